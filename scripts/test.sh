@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One command for the whole test suite: install dev dependencies into ./.venv and run pytest.
+# Tests start their own throwaway redis-server (pytest-redis) and create a throwaway database on the
+# PostgreSQL at $SENTINEL_TEST_PG (default postgresql://postgres@127.0.0.1:5432/test).
+# Under CI=true a missing Redis or PostgreSQL fails the run instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "redis-server not found: installing it from Debian's packages" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) || true
+fi
+bash scripts/bootstrap.sh dev
+exec .venv/bin/python -m pytest "$@"

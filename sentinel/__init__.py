@@ -1,0 +1,3 @@
+"""Sentinel: an AI API gateway."""
+
+__version__ = "0.1.0"

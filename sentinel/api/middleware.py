@@ -1,0 +1,181 @@
+"""The request middleware (pure ASGI): request id, backpressure, errors, timing, logs, metrics.
+
+It wraps the router. For every HTTP request it:
+- takes `X-Request-Id` from the client (if sane) or makes one, and returns it on the response;
+- refuses new work with 503 + Retry-After when `max_in_flight` requests are already running;
+- renders any SentinelError (and the router's 404/405) in the error shape, and any other exception
+  as a 500 without a traceback in the body, logging each error once with the request id;
+- adds `Server-Timing: upstream;dur=..., total;dur=...` and records latency, overhead and status
+  metrics, and writes one JSON access-log line when the response is finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sentinel.api.responses import error_response
+from sentinel.errors import (
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    Overloaded,
+    SentinelError,
+)
+from sentinel.observability.logging import request_id_var
+from sentinel.observability.metrics import Metrics
+
+log = logging.getLogger("sentinel.request")
+access_log = logging.getLogger("sentinel.access")
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_UNLIMITED_PREFIXES = ("/health", "/metrics")
+
+
+@dataclass
+class RequestContext:
+    """Per-request facts the handlers fill in and the middleware reports."""
+
+    request_id: str
+    started: float
+    route: str = "unmatched"
+    upstream_seconds: float = 0.0
+    upstream_status: int | None = None
+    provider: str | None = None
+    external_id: str | None = None
+    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    status: int = 0
+
+
+def context(scope: Scope) -> RequestContext:
+    ctx: RequestContext = scope["sentinel.ctx"]
+    return ctx
+
+
+class RequestMiddleware:
+    """See the module docstring."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_in_flight: int, access_log_enabled: bool = True) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.access_log_enabled = access_log_enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = _request_id(scope)
+        ctx = RequestContext(request_id=rid, started=time.perf_counter())
+        scope["sentinel.ctx"] = ctx
+        token = request_id_var.set(rid)
+        path: str = scope["path"]
+        started_response = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started_response
+            if message["type"] == "http.response.start":
+                started_response = True
+                ctx.status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", rid.encode()))
+                headers.extend(ctx.extra_headers)
+                total_ms = (time.perf_counter() - ctx.started) * 1000
+                timing = f"total;dur={total_ms:.2f}"
+                if ctx.upstream_status is not None:
+                    timing = f"upstream;dur={ctx.upstream_seconds * 1000:.2f}, " + timing
+                headers.append((b"server-timing", timing.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        limited = not path.startswith(_UNLIMITED_PREFIXES)
+        try:
+            if limited and self.in_flight >= self.max_in_flight:
+                self.metrics.rejected_overload.inc()
+                raise Overloaded("Too many requests in flight; retry shortly", retry_after=1)
+            if limited:
+                self.in_flight += 1
+                self.metrics.in_flight.inc()
+            try:
+                await self.app(scope, receive, send_wrapper)
+            finally:
+                if limited:
+                    self.in_flight -= 1
+                    self.metrics.in_flight.dec()
+        except Exception as exc:  # the one last-resort handler
+            err = _as_sentinel_error(exc, scope)
+            if err.status >= 500 and not isinstance(exc, SentinelError | HTTPException):
+                log.error("unhandled error", exc_info=exc, extra={"path": path})
+            else:
+                log.log(
+                    logging.WARNING if err.status >= 500 else logging.INFO,
+                    "request failed",
+                    extra={"status": err.status, "code": err.code, "error": err.message, "path": path},
+                )
+            if not started_response:
+                await error_response(err)(scope, receive, send_wrapper)
+        finally:
+            self._observe(scope, ctx)
+            request_id_var.reset(token)
+
+    def _observe(self, scope: Scope, ctx: RequestContext) -> None:
+        elapsed = time.perf_counter() - ctx.started
+        m = self.metrics
+        m.requests.labels(ctx.route, scope["method"], str(ctx.status)).inc()
+        m.request_duration.labels(ctx.route).observe(elapsed)
+        if ctx.upstream_status is not None:
+            m.overhead.labels(ctx.route).observe(max(0.0, elapsed - ctx.upstream_seconds))
+        if self.access_log_enabled:
+            extra: dict[str, Any] = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "route": ctx.route,
+                "status": ctx.status,
+                "latency_ms": round(elapsed * 1000, 3),
+            }
+            if ctx.upstream_status is not None:
+                extra["upstream_status"] = ctx.upstream_status
+                extra["upstream_ms"] = round(ctx.upstream_seconds * 1000, 3)
+            if ctx.external_id is not None:
+                extra["user"] = ctx.external_id
+            access_log.info("request", extra=extra)
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _SAFE_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+def _as_sentinel_error(exc: Exception, scope: Scope) -> SentinelError:
+    if isinstance(exc, SentinelError):
+        return exc
+    if isinstance(exc, HTTPException):
+        if exc.status_code == 404:
+            return endpoint_not_found(scope)
+        if exc.status_code == 405:
+            err = MethodNotAllowed(f"Method {scope['method']} not allowed on {scope['path']}")
+            if exc.headers and "Allow" in exc.headers:
+                err.headers["Allow"] = exc.headers["Allow"]
+            return err
+        return SentinelError(str(exc.detail), status=exc.status_code, code="http_error")
+    return InternalError("Internal server error")
+
+
+def endpoint_not_found(scope: Scope) -> NotFound:
+    return NotFound(
+        f"Endpoint {scope['method']} {scope['path']} not found. API endpoints are under /v1/ and /native/",
+        code="endpoint_not_found",
+    )

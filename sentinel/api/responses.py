@@ -1,0 +1,109 @@
+"""Small, fast ASGI responses: JSON bodies (orjson), error bodies, and the streaming relay."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from sentinel.errors import SentinelError
+
+HeaderList = list[tuple[bytes, bytes]]
+
+
+def encode_headers(headers: Iterable[tuple[str, str]] | dict[str, str] | None) -> HeaderList:
+    if headers is None:
+        return []
+    items = headers.items() if isinstance(headers, dict) else headers
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in items]
+
+
+class RawResponse:
+    """A complete response with a bytes body."""
+
+    __slots__ = ("status", "body", "headers")
+
+    def __init__(self, status: int, body: bytes, headers: HeaderList) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = self.headers
+        headers.append((b"content-length", str(len(self.body)).encode()))
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> RawResponse:
+    h = encode_headers(headers)
+    h.append((b"content-type", b"application/json"))
+    return RawResponse(status, orjson.dumps(data), h)
+
+
+def error_response(err: SentinelError, extra_headers: dict[str, str] | None = None) -> RawResponse:
+    headers = dict(err.headers)
+    if extra_headers:
+        headers.update(extra_headers)
+    return json_response(err.to_dict(), err.status, headers)
+
+
+class StreamingRelay:
+    """Stream body chunks to the client as they arrive, watching for client disconnect.
+
+    While relaying, a watcher waits for `http.disconnect`; when the client goes away the relay task
+    is cancelled, so the body iterator's `finally` (which closes the upstream request and records
+    usage) runs at once instead of when the next upstream chunk arrives.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        headers: HeaderList,
+        body: AsyncIterator[bytes],
+        on_close: Callable[[bool], Awaitable[None]] | None = None,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.on_close = on_close
+        self.client_disconnected = False
+
+    async def _relay(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        async for chunk in self.body:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relay = asyncio.ensure_future(self._relay(send))
+        watcher = asyncio.ensure_future(self._watch(receive))
+        try:
+            await asyncio.wait((relay, watcher), return_when=asyncio.FIRST_COMPLETED)
+            if not relay.done():
+                self.client_disconnected = True
+                relay.cancel()
+            watcher.cancel()
+            try:
+                await relay
+            except asyncio.CancelledError:
+                if not self.client_disconnected:
+                    raise
+        finally:
+            if not relay.done():
+                relay.cancel()
+            watcher.cancel()
+            closer = getattr(self.body, "aclose", None)
+            if closer is not None:
+                await closer()
+            if self.on_close is not None:
+                await self.on_close(self.client_disconnected)

@@ -1,0 +1,127 @@
+"""`create_app(settings)` -> the Sentinel ASGI app.
+
+Shared clients (the store's connection pool, the SQL engine, the upstream HTTP session) are opened
+in the lifespan startup, inside the running event loop, and closed at shutdown after in-flight
+requests drained. Nothing is module-global, so two apps with different settings can run side by
+side in one process (the tests do).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.routing import Router
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sentinel.api.deps import Deps
+from sentinel.api.middleware import RequestMiddleware, endpoint_not_found
+from sentinel.api.ops import OpsRoutes
+from sentinel.api.proxy import OpenAIProxy
+from sentinel.config import Settings
+from sentinel.db.engine import create_engine, migrate, session_factory
+from sentinel.governance.auth import Authenticator
+from sentinel.governance.keys import KeyService
+from sentinel.observability.metrics import Metrics
+from sentinel.providers.http import create_session
+from sentinel.providers.openai_compat import OpenAICompatUpstream
+from sentinel.quota.meter import NullMeter
+from sentinel.store import Store, create_store
+
+log = logging.getLogger("sentinel.app")
+
+
+async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    raise endpoint_not_found(scope)
+
+
+@dataclass
+class Runtime:
+    """What the lifespan opened, so shutdown can close it in reverse order."""
+
+    store: Store
+    engine: AsyncEngine
+    deps: Deps
+    closers: list[Any] = field(default_factory=list)
+
+
+class SentinelApp:
+    """The ASGI entry point. Requests are served by the router built at startup."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.runtime: Runtime | None = None
+        self._http: ASGIApp | None = None
+
+    async def startup(self) -> None:
+        s = self.settings
+        store = create_store(s.redis_url, timeout=s.redis_timeout_seconds)
+        engine = create_engine(s.database_url)
+        await migrate(engine)
+        sessions = session_factory(engine)
+        http = create_session(read_timeout=s.upstream_timeout_seconds, connect_timeout=s.upstream_connect_timeout_seconds)
+        keys = KeyService(sessions)
+        authenticator = Authenticator(
+            store,
+            api_keys=keys,
+            ttl=s.jwt_cache_ttl_seconds,
+            grace=s.governance_grace_seconds,
+            metrics=self.metrics,
+        )
+        openai = OpenAICompatUpstream("openai", s.effective_openai_url, s.openai_api_key, http)
+        deps = Deps(
+            settings=s,
+            store=store,
+            metrics=self.metrics,
+            authenticator=authenticator,
+            openai=openai,
+            meter=NullMeter(),
+        )
+        routes = OpsRoutes(store, engine, self.metrics).routes() + OpenAIProxy(deps).routes()
+        router = Router(routes=routes, default=_not_found)
+        self._http = RequestMiddleware(
+            router, metrics=self.metrics, max_in_flight=s.max_in_flight, access_log_enabled=s.access_log
+        )
+        self.runtime = Runtime(store=store, engine=engine, deps=deps, closers=[http.close, engine.dispose, store.close])
+
+    async def shutdown(self) -> None:
+        runtime, self.runtime = self.runtime, None
+        if runtime is None:
+            return
+        for close in runtime.closers:
+            try:
+                await close()
+            except Exception:  # noqa: BLE001 - shutdown must go on closing the rest
+                log.warning("error while closing a resource", exc_info=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if self._http is None:
+            raise RuntimeError("Sentinel app used before startup")
+        await self._http(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.error("startup failed", exc_info=True)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings) -> SentinelApp:
+    """Build (but do not start) a Sentinel app for `settings`."""
+    return SentinelApp(settings)

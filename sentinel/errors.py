@@ -1,0 +1,175 @@
+"""Sentinel's exception tree. Every error knows its HTTP status, its `type` and its `code`.
+
+    SentinelError
+    ├── ClientError                      the caller's fault (4xx)
+    │   ├── InvalidRequest               400 invalid_request_error
+    │   ├── PayloadTooLarge              413 invalid_request_error
+    │   ├── AuthenticationError          401 authentication_error   (+ WWW-Authenticate)
+    │   ├── PermissionDenied             403 permission_error
+    │   ├── NotFound                     404 not_found_error
+    │   ├── MethodNotAllowed             405 invalid_request_error
+    │   └── RateLimited                  429 rate_limit_error        (+ Retry-After, X-RateLimit-*)
+    ├── ServiceUnavailable               503 service_unavailable     (+ Retry-After)   retryable
+    │   ├── Overloaded                   503 too many requests in flight
+    │   ├── StoreUnavailable             503 Redis unreachable or slow
+    │   └── GovernanceUnavailable        503 identity/limits source unreachable, nothing cached
+    ├── UpstreamError                    502 upstream_error          (provider set when known)
+    │   ├── UpstreamStatusError          the upstream answered with an error status (4xx relayed as is)
+    │   ├── UpstreamConnectionError      502 refused / reset / DNS
+    │   └── UpstreamTimeout              504
+    └── InternalError                    500 server_error (the last resort; never carries a traceback)
+
+Foreign exceptions (aiohttp, redis, SQLAlchemy) are translated into this tree once, at the boundary
+that calls them; everything above that boundary only sees SentinelError.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SentinelError(Exception):
+    """Base of every error Sentinel turns into an HTTP answer."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        provider: str | None = None,
+        headers: dict[str, str] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.provider = provider
+        self.headers: dict[str, str] = dict(headers or {})
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error body: `{"error": {"message", "type", "code", ...}}`."""
+        err: dict[str, Any] = {"message": self.message, "type": self.type, "code": self.code}
+        if self.provider:
+            err["provider"] = self.provider
+        if self.details:
+            err["details"] = self.details
+        return {"error": err}
+
+
+class ClientError(SentinelError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidRequest(ClientError):
+    status = 400
+    code = "invalid_request"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "request_too_large"
+
+
+class AuthenticationError(ClientError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str = "Invalid authentication token", **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.headers.setdefault("WWW-Authenticate", "Bearer")
+
+
+class PermissionDenied(ClientError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class NotFound(ClientError):
+    status = 404
+    type = "not_found_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class RateLimited(ClientError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+        if retry_after is not None:
+            self.headers.setdefault("Retry-After", str(max(1, int(retry_after + 0.999))))
+
+
+class ServiceUnavailable(SentinelError):
+    status = 503
+    type = "service_unavailable"
+    code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float | None = 1.0, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+        if retry_after is not None:
+            self.headers.setdefault("Retry-After", str(max(1, int(retry_after + 0.999))))
+
+
+class Overloaded(ServiceUnavailable):
+    code = "overloaded"
+
+
+class StoreUnavailable(ServiceUnavailable):
+    code = "store_unavailable"
+
+
+class GovernanceUnavailable(ServiceUnavailable):
+    code = "governance_unavailable"
+
+
+class UpstreamError(SentinelError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with an error status; `upstream_status` keeps it."""
+
+    def __init__(self, message: str, *, upstream_status: int, body: Any = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.upstream_status = upstream_status
+        self.body = body
+
+
+class UpstreamConnectionError(UpstreamError):
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    type = "timeout_error"
+    code = "upstream_timeout"
+
+
+class InternalError(SentinelError):
+    status = 500
+    type = "server_error"
+    code = "internal_error"

@@ -1,0 +1,125 @@
+"""Bearer-token authentication with a store-backed cache of validated identities.
+
+The cache key is `sentinel:profile:<sha256(token)>` (the original's key format): the token itself
+is never stored. A positive entry is *fresh* for `ttl` seconds; it is kept `grace` seconds longer
+and used only while the identity source is unreachable (so a governance outage does not log
+everyone out). Invalid tokens are cached briefly too, so a flood of bad tokens cannot hammer the
+source. Revoking a key therefore takes effect within `ttl` seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+
+import orjson
+
+from sentinel.errors import AuthenticationError, GovernanceUnavailable, StoreUnavailable
+from sentinel.governance.identity import Identity, IdentitySource
+from sentinel.observability.metrics import Metrics
+from sentinel.store import Store
+
+log = logging.getLogger("sentinel.auth")
+
+API_KEY_PREFIX = "sk-sentinel-"
+_NEGATIVE = b"-"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def parse_bearer(header: str | None) -> str:
+    """The token from an `Authorization: Bearer <token>` header, or AuthenticationError."""
+    if not header:
+        raise AuthenticationError("Authentication required: send Authorization: Bearer <key>", code="missing_api_key")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationError("Authorization header must be 'Bearer <key>'", code="invalid_authorization")
+    return token
+
+
+class Authenticator:
+    """Resolves a bearer token to an Identity: Sentinel API keys first, then JWT sources."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        api_keys: IdentitySource | None,
+        jwt: IdentitySource | None = None,
+        ttl: float = 300,
+        grace: float = 900,
+        negative_ttl: float = 30,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.api_keys = api_keys
+        self.jwt = jwt
+        self.ttl = ttl
+        self.grace = grace
+        self.negative_ttl = min(negative_ttl, ttl)
+        self.metrics = metrics
+        self.clock = clock
+
+    def _count(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.auth_cache.labels(result).inc()
+
+    def _source_for(self, token: str) -> IdentitySource | None:
+        if token.startswith(API_KEY_PREFIX):
+            return self.api_keys
+        return self.jwt
+
+    async def authenticate(self, token: str) -> Identity:
+        """Identity for `token`; AuthenticationError (401) or GovernanceUnavailable (503)."""
+        key = "sentinel:profile:" + token_hash(token)
+        stale: Identity | None = None
+        try:
+            cached = await self.store.get(key)
+        except StoreUnavailable:
+            cached = None
+            self._count("store_error")
+        if cached is not None:
+            if cached == _NEGATIVE:
+                self._count("negative_hit")
+                raise AuthenticationError()
+            entry = orjson.loads(cached)
+            identity = Identity.from_json(entry["identity"])
+            if self.clock() < entry["fresh_until"]:
+                self._count("hit")
+                return identity
+            stale = identity
+        self._count("miss")
+        source = self._source_for(token)
+        if source is None:
+            raise AuthenticationError()
+        try:
+            found = await source.authenticate(token)
+        except GovernanceUnavailable:
+            if stale is not None:
+                log.warning("identity source unavailable; serving a cached identity", extra={"source": source.name})
+                return stale
+            raise
+        await self._remember(key, found)
+        if found is None:
+            raise AuthenticationError()
+        return found
+
+    async def _remember(self, key: str, identity: Identity | None) -> None:
+        try:
+            if identity is None:
+                await self.store.set(key, _NEGATIVE, self.negative_ttl)
+            else:
+                entry = {"identity": identity.to_json(), "fresh_until": self.clock() + self.ttl}
+                await self.store.set(key, orjson.dumps(entry), self.ttl + self.grace)
+        except StoreUnavailable:
+            log.warning("could not cache identity: store unavailable")
+
+    async def forget(self, token: str) -> None:
+        """Drop a token's cache entry (used after revocation in the same process)."""
+        await self.store.delete("sentinel:profile:" + token_hash(token))

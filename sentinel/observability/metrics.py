@@ -1,0 +1,88 @@
+"""Prometheus metrics, one registry per app (so two apps can live in one process, e.g. tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+class Metrics:
+    """Every metric Sentinel exports. Names are prefixed `sentinel_`."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "sentinel_http_requests_total", "HTTP requests by route and status", ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "sentinel_http_request_duration_seconds", "Total request time (streams: until the last byte)",
+            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "sentinel_upstream_duration_seconds", "Upstream time (streams: until the last byte)",
+            ["provider", "endpoint"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.upstream_errors = Counter(
+            "sentinel_upstream_errors_total", "Upstream failures by kind (status, timeout, connection, stream)",
+            ["provider", "kind"], registry=r,
+        )
+        self.overhead = Histogram(
+            "sentinel_overhead_seconds", "Sentinel's own time: request time minus upstream time",
+            ["route"], buckets=OVERHEAD_BUCKETS, registry=r,
+        )
+        self.auth_cache = Counter(
+            "sentinel_auth_cache_total", "Auth cache lookups (hit, miss, negative_hit)", ["result"], registry=r,
+        )
+        self.in_flight = Gauge("sentinel_requests_in_flight", "Requests being served", registry=r)
+        self.rejected_overload = Counter(
+            "sentinel_overload_rejections_total", "Requests refused because too many were in flight", registry=r,
+        )
+        self.tokenizer_fallback = Counter(
+            "sentinel_tokenizer_fallback_total", "Token counts that used an approximation",
+            ["wanted", "used"], registry=r,
+        )
+        self.quota_decisions = Counter(
+            "sentinel_quota_decisions_total", "Quota decisions by result and limit",
+            ["result", "limit"], registry=r,
+        )
+        self.quota_store_failures = Counter(
+            "sentinel_quota_store_failures_total", "Quota checks that could not reach the store, by policy",
+            ["mode"], registry=r,
+        )
+        self.tokens = Counter(
+            "sentinel_tokens_total", "Tokens metered by direction and model", ["direction", "model"], registry=r,
+        )
+        self.usage_requests = Counter(
+            "sentinel_usage_requests_total", "Usage records produced, by model and source",
+            ["model", "source"], registry=r,
+        )
+        self.estimate_error = Histogram(
+            "sentinel_token_estimate_error_ratio", "(actual - estimated) / estimated input tokens",
+            ["model"], buckets=(-1, -0.5, -0.25, -0.1, -0.05, 0, 0.05, 0.1, 0.25, 0.5, 1, 2), registry=r,
+        )
+        self.outbox_depth = Gauge("sentinel_usage_outbox_depth", "Usage records not yet delivered", registry=r)
+        self.deliveries = Counter(
+            "sentinel_usage_deliveries_total", "Usage delivery attempts by result", ["result"], registry=r,
+        )
+        self.delivered_records = Counter(
+            "sentinel_usage_delivered_records_total", "Usage records delivered to the ledger", registry=r,
+        )
+        self.sse_parse_errors = Counter(
+            "sentinel_sse_parse_errors_total", "Upstream SSE lines that failed to parse", ["endpoint"], registry=r,
+        )
+        self.model_selections = Counter(
+            "sentinel_model_selections_total", "Tier routing choices", ["tier", "provider", "model"], registry=r,
+        )
+        self.sessions = Counter(
+            "sentinel_sessions_total", "Session events (created, hit, upgraded, migrated, store_error)",
+            ["event"], registry=r,
+        )
+        self.provider_health = Gauge(
+            "sentinel_provider_health", "1 healthy, 0 in backoff", ["provider", "model"], registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Quotas: limits (pure decisions), the atomic limiter, token counting."""

@@ -1,0 +1,172 @@
+"""Reading usage out of OpenAI-format responses and streams (/v1 endpoints).
+
+Provider `usage` wins; when it is missing the caller counts the output text this module gathers.
+`StreamInspector` watches an SSE byte stream without delaying it: it splits events, pulls usage and
+text from `data:` lines, and (when Sentinel injected `stream_options.include_usage` on the client's
+behalf) drops the usage-only chunk the client did not ask for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass
+class Usage:
+    input_tokens: int
+    output_tokens: int
+
+
+def usage_from_body(endpoint: str, body: Any) -> Usage | None:
+    """Usage reported in a non-streaming response body, or None."""
+    if not isinstance(body, dict):
+        return None
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    if endpoint == "responses":
+        i, o = usage.get("input_tokens"), usage.get("output_tokens")
+    else:
+        i, o = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
+    if not isinstance(i, int) or not isinstance(o, int) or (i == 0 and o == 0):
+        return None
+    return Usage(i, o)
+
+
+def text_from_body(endpoint: str, body: Any) -> str:
+    """The generated text of a non-streaming response (for counting when usage is missing)."""
+    if not isinstance(body, dict):
+        return ""
+    parts: list[str] = []
+    if endpoint == "responses":
+        for item in body.get("output") or []:
+            if not isinstance(item, dict):
+                continue
+            content = item.get("content")
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts.extend(c.get("text", "") for c in content if isinstance(c, dict))
+            if isinstance(item.get("arguments"), str):
+                parts.append(item["arguments"])
+        return "".join(parts)
+    for choice in body.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        if endpoint == "completions":
+            parts.append(choice.get("text") or "")
+            continue
+        message = choice.get("message") or {}
+        if isinstance(message.get("content"), str):
+            parts.append(message["content"])
+        for call in message.get("tool_calls") or []:
+            fn = call.get("function") or {}
+            parts.append(fn.get("name") or "")
+            parts.append(fn.get("arguments") or "")
+    return "".join(parts)
+
+
+class StreamInspector:
+    """Incrementally parse an OpenAI-style SSE stream for usage and text.
+
+    `feed(chunk)` returns the bytes to relay to the client: the chunk itself, or, in stripping
+    mode, whole events minus the injected usage-only chunk.
+    """
+
+    def __init__(self, endpoint: str, *, strip_usage_chunk: bool = False) -> None:
+        self.endpoint = endpoint
+        self.strip = strip_usage_chunk
+        self._buf = b""
+        self.usage: Usage | None = None
+        self._text: list[str] = []
+        self.parse_errors = 0
+        self.saw_done = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._buf += chunk
+        if b"\n\n" not in self._buf and b"\r\n\r\n" not in self._buf:
+            return b"" if self.strip else chunk
+        data = self._buf.replace(b"\r\n", b"\n")
+        events = data.split(b"\n\n")
+        self._buf = events.pop()  # the unfinished tail
+        out: list[bytes] = []
+        for event in events:
+            keep = self._inspect(event)
+            if self.strip and keep:
+                out.append(event + b"\n\n")
+        return b"".join(out) if self.strip else chunk
+
+    def flush(self) -> bytes:
+        """At end of stream: inspect and return any unterminated tail."""
+        tail, self._buf = self._buf, b""
+        if tail.strip():
+            keep = self._inspect(tail)
+            if self.strip:
+                return tail if keep else b""
+        return b""
+
+    def _inspect(self, event: bytes) -> bool:
+        """Record what the event says; False when it is the usage-only chunk to strip."""
+        keep = True
+        for line in event.split(b"\n"):
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                self.saw_done = True
+                continue
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                self.parse_errors += 1
+                continue
+            if isinstance(obj, dict) and not self._absorb(obj):
+                keep = False
+        return keep
+
+    def _absorb(self, obj: dict[str, Any]) -> bool:
+        if self.endpoint == "responses":
+            return self._absorb_responses(obj)
+        usage = usage_from_body(self.endpoint, obj)
+        if usage is not None:
+            self.usage = usage
+        choices = obj.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if not isinstance(choice, dict):
+                    continue
+                if self.endpoint == "completions":
+                    self._text.append(choice.get("text") or "")
+                    continue
+                delta = choice.get("delta") or {}
+                if isinstance(delta.get("content"), str):
+                    self._text.append(delta["content"])
+                for call in delta.get("tool_calls") or []:
+                    fn = call.get("function") or {}
+                    self._text.append((fn.get("name") or "") + (fn.get("arguments") or ""))
+        # The usage-only chunk has an empty choices list.
+        return not (self.strip and usage is not None and choices == [])
+
+    def _absorb_responses(self, obj: dict[str, Any]) -> bool:
+        response = obj.get("response")
+        if isinstance(response, dict):
+            usage = usage_from_body("responses", response)
+            if usage is not None:
+                self.usage = usage
+        elif isinstance(obj.get("usage"), dict):
+            usage = usage_from_body("responses", obj)
+            if usage is not None:
+                self.usage = usage
+        delta = obj.get("delta")
+        if isinstance(delta, str):
+            self._text.append(delta)
+        elif isinstance(delta, dict):
+            self._text.append(str(delta.get("text") or delta.get("content") or ""))
+        return True

@@ -1,0 +1,140 @@
+"""In-process Store backend: a dict with lazy TTL expiry. One process only (the embedded default)."""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sentinel.store.base import Script, ScriptArg
+
+
+class _Ops:
+    """The synchronous primitives, shared by the async API and by scripts."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.data: dict[str, bytes] = {}
+        self.expiry: dict[str, float] = {}
+
+    def now(self) -> float:
+        return self._clock()
+
+    def _alive(self, key: str) -> bool:
+        deadline = self.expiry.get(key)
+        if deadline is not None and deadline <= self._clock():
+            self.data.pop(key, None)
+            self.expiry.pop(key, None)
+            return False
+        return key in self.data
+
+    def get(self, key: str) -> bytes | None:
+        return self.data[key] if self._alive(key) else None
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self.data[key] = value
+        if ttl is None:
+            self.expiry.pop(key, None)
+        else:
+            self.expiry[key] = self._clock() + ttl
+
+    def incrby(self, key: str, amount: int) -> int:
+        current = int(self.data[key]) if self._alive(key) else 0
+        current += amount
+        self.data[key] = str(current).encode()
+        return current
+
+    def expire(self, key: str, ttl: float) -> None:
+        if self._alive(key):
+            self.expiry[key] = self._clock() + ttl
+
+    def pttl(self, key: str) -> int:
+        if not self._alive(key):
+            return -2
+        deadline = self.expiry.get(key)
+        if deadline is None:
+            return -1
+        return max(0, int((deadline - self._clock()) * 1000))
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+        self.expiry.pop(key, None)
+
+    def sweep(self) -> None:
+        now = self._clock()
+        for key in [k for k, d in self.expiry.items() if d <= now]:
+            self.data.pop(key, None)
+            self.expiry.pop(key, None)
+
+
+class MemoryStore:
+    """Store backed by process memory. `clock` is injectable for TTL tests."""
+
+    backend = "memory"
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ops = _Ops(clock)
+        self._writes = 0
+
+    def _maybe_sweep(self) -> None:
+        # Expired keys are dropped on read; a periodic sweep bounds memory for keys never read again.
+        self._writes += 1
+        if self._writes % 1024 == 0:
+            self._ops.sweep()
+
+    async def get(self, key: str) -> bytes | None:
+        return self._ops.get(key)
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
+        if nx and self._ops.get(key) is not None:
+            return False
+        self._ops.set(key, value, ttl)
+        self._maybe_sweep()
+        return True
+
+    async def delete(self, *keys: str) -> int:
+        count = 0
+        for key in keys:
+            if self._ops.get(key) is not None:
+                count += 1
+            self._ops.delete(key)
+        return count
+
+    async def expire(self, key: str, ttl: float) -> bool:
+        if self._ops.get(key) is None:
+            return False
+        self._ops.expire(key, ttl)
+        return True
+
+    async def ttl(self, key: str) -> float | None:
+        ms = self._ops.pttl(key)
+        if ms == -2:
+            return None
+        if ms == -1:
+            return -1.0
+        return ms / 1000
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        is_new = self._ops.get(key) is None
+        value = self._ops.incrby(key, amount)
+        if ttl is not None and is_new:
+            self._ops.expire(key, ttl)
+        self._maybe_sweep()
+        return value
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        str_args = [a.decode() if isinstance(a, bytes) else str(a) for a in args]
+        result = script.local(self._ops, list(keys), str_args)
+        self._maybe_sweep()
+        return result
+
+    async def scan(self, pattern: str, limit: int = 100) -> list[str]:
+        self._ops.sweep()
+        return [k for k in self._ops.data if fnmatch.fnmatchcase(k, pattern)][:limit]
+
+    async def ping(self) -> float:
+        return 0.0
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,109 @@
+"""Every error case of the /v1 surface, in OpenAI's error shape, never a 500 with a traceback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+
+from tests.api.conftest import Gateway
+from tests.support.servers import free_port
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def assert_error_shape(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body["error"]) >= {"message", "type", "code"}
+    assert "Traceback" not in r.text
+    return body["error"]
+
+
+def test_missing_and_invalid_auth(gateway: Gateway) -> None:
+    with httpx.Client(base_url=gateway.url) as http:
+        missing = http.post("/v1/chat/completions", json=CHAT)
+        wrong_scheme = http.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Basic abc"})
+        invalid = http.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer sk-sentinel-nope"})
+    for r in (missing, wrong_scheme, invalid):
+        assert_error_shape(r, 401)
+        assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_invalid_json_and_non_object(gateway: Gateway) -> None:
+    with gateway.client() as http:
+        bad = http.post("/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+        arr = http.post("/v1/chat/completions", json=[1, 2])
+        no_model = http.post("/v1/chat/completions", json={"messages": []})
+    assert assert_error_shape(bad, 400)["code"] == "invalid_json"
+    assert_error_shape(arr, 400)
+    assert "model" in assert_error_shape(no_model, 400)["message"]
+
+
+def test_body_too_large(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(max_body_bytes=2048)
+    big = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 5000}]}
+    with gw.client() as http:
+        r = http.post("/v1/chat/completions", json=big)
+    assert_error_shape(r, 413)
+
+
+def test_unknown_route_and_wrong_method(gateway: Gateway) -> None:
+    with gateway.client() as http:
+        unknown = http.get("/nope")
+        wrong = http.get("/v1/chat/completions")
+    err = assert_error_shape(unknown, 404)
+    assert err["code"] == "endpoint_not_found" and "/nope" in err["message"]
+    assert_error_shape(wrong, 405)
+    assert wrong.headers["allow"] == "POST"
+
+
+def test_upstream_4xx_relayed_5xx_becomes_502(gateway: Gateway) -> None:
+    with gateway.client() as http:
+        r400 = http.post("/v1/chat/completions", json=CHAT, headers={"X-Mock-Status": "400"})
+        r429 = http.post("/v1/chat/completions", json=CHAT, headers={"X-Mock-Status": "429"})
+        r500 = http.post("/v1/chat/completions", json=CHAT, headers={"X-Mock-Status": "500"})
+    assert assert_error_shape(r400, 400)["message"]
+    assert_error_shape(r429, 429)
+    assert "retry-after" in r429.headers
+    err = assert_error_shape(r500, 502)
+    assert err["type"] == "upstream_error"
+
+
+def test_upstream_timeout_is_504(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(upstream_timeout_seconds=0.3)
+    with gw.client() as http:
+        r = http.post("/v1/chat/completions", json=CHAT, headers={"X-Mock-Latency-Ms": "1500"})
+    assert assert_error_shape(r, 504)["code"] == "upstream_timeout"
+
+
+def test_connection_refused_is_502(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(openai_api_url=f"http://127.0.0.1:{free_port()}/v1")
+    with gw.client() as http:
+        r = http.post("/v1/chat/completions", json=CHAT)
+    assert assert_error_shape(r, 502)["code"] == "upstream_unreachable"
+    # The upstream key never appears in what the client sees.
+    assert gw.settings.openai_api_key not in r.text
+
+
+def test_backpressure_rejects_at_once(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(max_in_flight=1)
+    results: list[int] = []
+
+    def slow() -> None:
+        with gw.client() as http:
+            results.append(http.post("/v1/chat/completions", json=CHAT, headers={"X-Mock-Latency-Ms": "800"}).status_code)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.3)
+    with gw.client() as http:
+        r = http.post("/v1/chat/completions", json=CHAT)
+        health = http.get("/health/live")
+    t.join()
+    assert_error_shape(r, 503)
+    assert r.headers["retry-after"] == "1"
+    assert health.status_code == 200  # probes are never refused
+    assert results == [200]

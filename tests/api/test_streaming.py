@@ -1,0 +1,87 @@
+"""Streaming relay: chunks pass as they arrive, and a client that leaves closes the upstream request."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+
+from tests.api.conftest import Gateway
+from tests.support.servers import serving
+
+
+class SlowStreamUpstream:
+    """An OpenAI-like upstream that streams one chunk every 50 ms, up to 200, and records its end."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.closed = threading.Event()
+        self.finished_normally = False
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                await send({"type": msg["type"] + ".complete"})
+                if msg["type"] == "lifespan.shutdown":
+                    return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        disconnected = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            for i in range(200):
+                if disconnected.is_set():
+                    return
+                chunk = b'data: {"choices":[{"index":0,"delta":{"content":"w%d "}}]}\n\n' % i
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self.sent += 1
+                await asyncio.sleep(0.05)
+            self.finished_normally = True
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        finally:
+            watcher.cancel()
+            self.closed.set()
+
+
+def test_chunks_arrive_before_the_stream_ends(gateway_factory: Callable[..., Gateway]) -> None:
+    upstream = SlowStreamUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+        with gw.client() as http, http.stream(
+            "POST", "/v1/chat/completions", json={"model": "m", "messages": [], "stream": True}
+        ) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            first = next(r.iter_raw())
+            # The first relayed bytes came while the upstream had sent only a few of its 200 chunks.
+            assert b"w0" in first
+            assert upstream.sent < 50
+
+
+def test_client_disconnect_closes_upstream(gateway_factory: Callable[..., Gateway]) -> None:
+    upstream = SlowStreamUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+        with gw.client() as http, http.stream(
+            "POST", "/v1/chat/completions", json={"model": "m", "messages": [], "stream": True}
+        ) as r:
+            for _ in r.iter_raw():
+                if upstream.sent >= 3:
+                    break
+        # Leaving the `with` closed our connection; the upstream must see its request end soon.
+        assert upstream.closed.wait(timeout=5)
+        assert not upstream.finished_normally
+        sent_at_close = upstream.sent
+        time.sleep(0.3)
+        assert upstream.sent == sent_at_close

@@ -1,0 +1,120 @@
+"""The OpenAI-compatible surface over real HTTP: the official `openai` SDK as client, the mock upstream."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.api.conftest import UPSTREAM_KEY, Gateway
+
+
+def last_upstream_request(gw: Gateway) -> dict:
+    import httpx
+
+    base = gw.settings.openai_api_url.removesuffix("/v1")
+    return httpx.get(base + "/__mock/last_request", timeout=5).json()
+
+
+def test_chat_completion_plain(gateway: Gateway) -> None:
+    client = gateway.openai()
+    result = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "ping pong"}]
+    )
+    assert "ping pong" in result.choices[0].message.content
+    assert result.usage is not None and result.usage.prompt_tokens > 0
+
+
+def test_chat_completion_stream_without_usage_request(gateway: Gateway) -> None:
+    client = gateway.openai()
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "stream me please"}], stream=True
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "stream me please" in text
+    # Sentinel asked the upstream for usage on its own behalf; the client did not ask, so it sees none.
+    assert all(c.usage is None for c in chunks)
+    assert all(c.choices for c in chunks)
+    seen = last_upstream_request(gateway)
+    assert seen["body"]["stream_options"] == {"include_usage": True}
+
+
+def test_chat_completion_stream_with_usage_request(gateway: Gateway) -> None:
+    client = gateway.openai()
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "count my tokens"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    assert len(usage_chunks) == 1 and usage_chunks[0].usage.completion_tokens > 0
+
+
+def test_completions_embeddings_models_responses(gateway: Gateway) -> None:
+    client = gateway.openai()
+    completion = client.completions.create(model="gpt-3.5-turbo-instruct", prompt="say hi")
+    assert "say hi" in completion.choices[0].text
+    emb = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    assert len(emb.data) == 2 and len(emb.data[0].embedding) > 0
+    models = client.models.list()
+    ids = [m.id for m in models.data]
+    assert ids
+    assert client.models.retrieve(ids[0]).id == ids[0]
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model-anywhere")
+    response = client.responses.create(model="gpt-4o-mini", input="hello responses")
+    assert "hello responses" in response.output_text
+
+
+def test_responses_stream(gateway: Gateway) -> None:
+    client = gateway.openai()
+    events = list(client.responses.create(model="gpt-4o-mini", input="stream responses", stream=True))
+    assert events[-1].type == "response.completed"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert "stream responses" in text
+
+
+def test_client_credentials_never_reach_upstream(gateway: Gateway) -> None:
+    with gateway.client() as http:
+        r = http.post(
+            "/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Cookie": "session=secret", "OpenAI-Organization": "org-client", "X-Custom": "kept"},
+        )
+    assert r.status_code == 200
+    seen = {k.lower(): v for k, v in last_upstream_request(gateway)["headers"].items()}
+    assert seen["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert gateway.key not in str(seen)
+    assert "cookie" not in seen and "openai-organization" not in seen
+    assert seen["x-custom"] == "kept"
+
+
+def test_request_id_created_or_kept(gateway: Gateway) -> None:
+    with gateway.client() as http:
+        created = http.get("/v1/models")
+        kept = http.get("/v1/models", headers={"X-Request-Id": "my-req-123"})
+        unauth = http.get("/v1/models", headers={"Authorization": ""})
+    assert len(created.headers["x-request-id"]) >= 16
+    assert kept.headers["x-request-id"] == "my-req-123"
+    assert unauth.status_code == 401 and unauth.headers["x-request-id"]
+
+
+def test_passthrough_keeps_method_path_query_and_status(gateway: Gateway) -> None:
+    with gateway.client() as http:
+        r = http.get("/v1/files/unknown-file?purpose=fine-tune&limit=2")
+    assert r.status_code == 404  # the upstream's own status is relayed
+    assert r.json()["error"]["message"]
+    seen = last_upstream_request(gateway)
+    assert seen["path"] == "/v1/files/unknown-file"
+    assert seen["query"] == {"purpose": "fine-tune", "limit": "2"} or "purpose=fine-tune" in str(seen["query"])
+
+
+def test_server_timing_header(gateway: Gateway) -> None:
+    with gateway.client() as http:
+        r = http.post(
+            "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "t"}]}
+        )
+    timing = r.headers["server-timing"]
+    assert "upstream;dur=" in timing and "total;dur=" in timing

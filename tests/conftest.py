@@ -1,0 +1,91 @@
+"""Shared fixtures: a throwaway real Redis, a throwaway PostgreSQL database, store backends.
+
+Real services are the proof that the Redis and PostgreSQL paths work. When a service cannot be
+had, the test is skipped locally but fails under CI=true (a missing dependency is a red build).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from pytest_redis import factories
+
+from sentinel.store import MemoryStore, Store
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+REDIS_BIN = shutil.which("redis-server")
+PG_ADMIN_DSN = os.environ.get("SENTINEL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def unavailable(reason: str) -> None:
+    """Skip locally, fail in CI: a missing Redis/PostgreSQL must not pass a CI run silently."""
+    if IN_CI:
+        pytest.fail(f"required test service unavailable under CI=true: {reason}")
+    pytest.skip(reason)
+
+
+redis_proc = factories.redis_proc(executable=REDIS_BIN or "/usr/bin/redis-server", port=None)
+
+
+@pytest.fixture(scope="session")
+def redis_server(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A redis-server started for this test session (pytest-redis); yields its base URL."""
+    if REDIS_BIN is None:
+        unavailable("redis-server binary not found")
+    proc = request.getfixturevalue("redis_proc")
+    yield f"redis://{proc.host}:{proc.port}"
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    """A clean Redis database (flushed before the test) on the session's server."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    yield redis_server + "/0"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this session, dropped at the end (asyncpg URL)."""
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover
+        unavailable("asyncpg not installed")
+    name = f"sentinel_test_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        unavailable(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """Each Store backend in turn: the in-memory one and a real Redis."""
+    if request.param == "memory":
+        s: Store = MemoryStore()
+    else:
+        from sentinel.store.redis import RedisStore
+
+        url = request.getfixturevalue("redis_url")
+        s = RedisStore(url, timeout=1.0)
+    yield s
+    await s.close()

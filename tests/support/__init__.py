@@ -1,0 +1,1 @@
+"""Test support: real servers on real sockets, run in background threads."""

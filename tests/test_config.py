@@ -1,0 +1,55 @@
+"""Settings: defaults, environment names, and one clear line for a bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from sentinel.config import ConfigError, Settings, load_settings
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("REDIS_URL", "DATABASE_URL", "OPENAI_API_KEY", "OPENAI_API_URL", "SENTINEL_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.host == "0.0.0.0" and s.port == 8080
+    assert s.redis_url is None
+    assert s.database_url.startswith("sqlite+aiosqlite:///")
+    assert s.max_body_bytes == 10 * 1024 * 1024
+    assert s.jwt_cache_ttl_seconds == 300
+    assert s.use_embedded_mock
+    assert s.effective_openai_url == "https://api.openai.com/v1"
+
+
+def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SENTINEL_PORT", "9001")
+    monkeypatch.setenv("REDIS_URL", "redis://localhost:6379/2")
+    monkeypatch.setenv("OPENAI_API_URL", "http://upstream:1/v1/")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@h/db")
+    monkeypatch.setenv("SENTINEL_DEBUG", "true")
+    s = load_settings()
+    assert s.port == 9001
+    assert s.redis_url == "redis://localhost:6379/2"
+    assert s.openai_api_url == "http://upstream:1/v1"
+    assert s.database_url == "postgresql+asyncpg://u@h/db"
+    assert s.debug is True and not s.use_embedded_mock
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SENTINEL_PORT", "eighty"),
+        ("SENTINEL_PORT", "70000"),
+        ("REDIS_URL", "localhost:6379"),
+        ("SENTINEL_MAX_BODY_BYTES", "-1"),
+        ("SENTINEL_LOG_LEVEL", "chatty"),
+        ("DATABASE_URL", "mysql://x"),
+        ("QUOTA_FAILURE_MODE", "sometimes"),
+    ],
+)
+def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert name in message
+    assert "\n" not in message

@@ -1,0 +1,81 @@
+"""The usage record: what one finished request consumed, keyed by its request id (exactly-once)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
+
+UsageSource = Literal["measured", "estimated"]
+USAGE_SOURCES: tuple[str, ...] = ("measured", "estimated")
+
+
+def _utc(value: datetime) -> datetime:
+    """`value` as an aware UTC datetime; naive values are taken to be UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """Usage of one request. `request_id` makes recording idempotent in every ledger.
+
+    `usage_source` says whether the token counts came from the provider (`measured`) or were
+    counted by Sentinel (`estimated`). Timestamps are normalised to aware UTC.
+    """
+
+    request_id: str
+    external_id: str
+    email: str | None
+    model: str | None
+    provider: str | None
+    endpoint: str
+    input_tokens: int
+    output_tokens: int
+    usage_source: UsageSource
+    status: int
+    started_at: datetime
+    finished_at: datetime
+    cost_usd: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.request_id:
+            raise ValueError("request_id must not be empty")
+        if self.usage_source not in USAGE_SOURCES:
+            raise ValueError(f"usage_source must be one of {USAGE_SOURCES}, got {self.usage_source!r}")
+        if self.input_tokens < 0 or self.output_tokens < 0:
+            raise ValueError("token counts must not be negative")
+        object.__setattr__(self, "started_at", _utc(self.started_at))
+        object.__setattr__(self, "finished_at", _utc(self.finished_at))
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict (orjson/json-serialisable) with ISO-8601 timestamps."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["started_at"] = self.started_at.isoformat()
+        data["finished_at"] = self.finished_at.isoformat()
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> UsageRecord:
+        """The inverse of `to_json`; unknown keys are ignored, missing required keys raise KeyError."""
+
+        def ts(key: str) -> datetime:
+            value = data[key]
+            return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+        cost = data.get("cost_usd")
+        return cls(
+            request_id=str(data["request_id"]),
+            external_id=str(data["external_id"]),
+            email=data.get("email"),
+            model=data.get("model"),
+            provider=data.get("provider"),
+            endpoint=str(data["endpoint"]),
+            input_tokens=int(data["input_tokens"]),
+            output_tokens=int(data["output_tokens"]),
+            usage_source=cast(UsageSource, data["usage_source"]),
+            status=int(data["status"]),
+            started_at=ts("started_at"),
+            finished_at=ts("finished_at"),
+            cost_usd=None if cost is None else float(cost),
+        )

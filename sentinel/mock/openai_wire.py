@@ -1,0 +1,277 @@
+"""OpenAI wire format: auth, error bodies, shared helpers and ``/v1/chat/completions``.
+
+Shapes follow the real API: non-stream ``chat.completion`` objects with usage details, and SSE
+streams of ``chat.completion.chunk`` objects (role first, one word per content delta, a finish
+chunk, an optional usage-only chunk when ``stream_options.include_usage``, then ``[DONE]``).
+Tool calls stream as ``delta.tool_calls`` fragments: index/id/type/name first, then arguments.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sentinel.mock.asgi import DONE, Call, JSONReply, Reply, SSEReply, sse
+from sentinel.mock.faults import Faults, WireError
+from sentinel.mock.text import (
+    TextOutput,
+    dumps_arguments,
+    echo_text,
+    example_arguments,
+    fragments,
+    new_id,
+    prompt_tokens,
+    result_text,
+    shape_text,
+    stop_list,
+    tool_output_tokens,
+)
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+FINGERPRINT = "fp_mock"
+_TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "requests"}
+_CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
+
+
+def error_reply(err: WireError) -> JSONReply:
+    """An error in OpenAI's shape ``{"error": {message, type, param, code}}``."""
+    kind = _TYPES.get(err.status, "server_error" if err.status >= 500 else "invalid_request_error")
+    body = {
+        "error": {
+            "message": err.message,
+            "type": kind,
+            "param": err.param,
+            "code": err.code or _CODES.get(err.status),
+        }
+    }
+    return JSONReply(body, err.status, err.headers)
+
+
+def authenticate(call: Call) -> None:
+    """Require ``Authorization: Bearer <non-empty>`` like the real API."""
+    scheme, _, token = call.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise WireError(
+            401,
+            "You didn't provide an API key. You need to provide your API key in an "
+            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        )
+
+
+def json_object(call: Call) -> dict[str, Any]:
+    """The body as a JSON object, or the real API's 400."""
+    if call.json_error is not None or not isinstance(call.body, dict):
+        raise WireError(
+            400,
+            "We could not parse the JSON body of your request. (HINT: This likely means "
+            "you aren't using your HTTP library correctly.)",
+        )
+    return call.body
+
+
+def require_model(body: dict[str, Any]) -> str:
+    """The ``model`` field (400 ``you must provide a model parameter`` when missing)."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise WireError(400, "you must provide a model parameter", param="model")
+    return model
+
+
+def content_text(content: Any) -> str:
+    """Text of a message content: a string, or the ``text`` of its text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
+    return ""
+
+
+def usage_block(prompt: int, completion: int) -> dict[str, Any]:
+    """Chat/completions usage with the real API's detail objects."""
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def max_tokens_of(body: dict[str, Any], *names: str, default: int | None = None) -> int | None:
+    """The first integer ``max_*tokens`` field present; a value below 1 is the real API's 400."""
+    for name in names:
+        value = body.get(name)
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise WireError(
+                    400,
+                    f"Invalid '{name}': integer below minimum value.",
+                    param=name,
+                    code="integer_below_min_value",
+                )
+            return value
+    return default
+
+
+def include_usage(body: dict[str, Any]) -> bool:
+    """Whether ``stream_options.include_usage`` asks for the final usage-only chunk."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def pick_tools(body: dict[str, Any], user_text: str, faults: Faults) -> list[tuple[str, str]]:
+    """The deterministic tool calls (name, JSON arguments) for a chat request, or []."""
+    tools = [
+        t["function"]
+        for t in body.get("tools") or []
+        if isinstance(t, dict)
+        and isinstance(t.get("function"), dict)
+        and isinstance(t["function"].get("name"), str)
+    ]
+    choice = body.get("tool_choice")
+    if not tools or choice == "none":
+        return []
+    if isinstance(choice, dict):
+        wanted = (choice.get("function") or {}).get("name")
+        tools = [t for t in tools if t["name"] == wanted]
+        if not tools:
+            raise WireError(
+                400, f"Invalid 'tool_choice': no function named {wanted!r} in 'tools'.", param="tool_choice"
+            )
+    parallel = faults.parallel_tools or (len(tools) >= 2 and "parallel" in user_text.lower())
+    if not parallel or body.get("parallel_tool_calls") is False:
+        tools = tools[:1]
+    return [(t["name"], dumps_arguments(example_arguments(t.get("parameters")))) for t in tools]
+
+
+def chat_completions(call: Call) -> Reply:
+    """POST /v1/chat/completions (plain, streamed, tool calls)."""
+    body = json_object(call)
+    model = require_model(body)
+    messages = body.get("messages")
+    if messages is None:
+        raise WireError(
+            400,
+            "Missing required parameter: 'messages'.",
+            param="messages",
+            code="missing_required_parameter",
+        )
+    if not isinstance(messages, list) or not messages:
+        raise WireError(
+            400,
+            "Invalid 'messages': empty array. Expected an array with minimum length 1.",
+            param="messages",
+            code="empty_array",
+        )
+    texts: list[str] = []
+    user_text = ""
+    for i, entry in enumerate(messages):
+        if not isinstance(entry, dict) or entry.get("role") not in ROLES:
+            raise WireError(
+                400,
+                f"Invalid value for 'messages[{i}].role'.",
+                param=f"messages[{i}].role",
+                code="invalid_value",
+            )
+        texts.append(content_text(entry.get("content")))
+        if entry["role"] == "user":
+            user_text = texts[-1]
+    faults = call.resolve_faults(user_text)
+    n = body.get("n") or 1
+    if not isinstance(n, int) or not 1 <= n <= 128:
+        raise WireError(400, "Invalid 'n': must be between 1 and 128.", param="n")
+    limit = max_tokens_of(body, "max_completion_tokens", "max_tokens")
+    calls: list[tuple[str, str]] = []
+    if messages[-1]["role"] in ("tool", "function"):
+        answer = result_text(texts[-1])
+    else:
+        answer = echo_text(user_text)
+        calls = pick_tools(body, user_text, faults)
+    output = shape_text(answer, limit, stop_list(body.get("stop")))
+    prompt = prompt_tokens(texts, body.get("tools"))
+    completion = sum(tool_output_tokens(*c) for c in calls) if calls else output.tokens
+    usage = None if faults.no_usage else usage_block(prompt, completion * n)
+    tool_calls = [
+        {"id": new_id("call_"), "type": "function", "function": {"name": name, "arguments": args}}
+        for name, args in calls
+    ]
+    head = {
+        "id": new_id("chatcmpl-"),
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": FINGERPRINT,
+    }
+    if body.get("stream"):
+        include = include_usage(body)
+        return _chat_stream(head, n, output, tool_calls, usage if include else None, include)
+    reason = "tool_calls" if tool_calls else ("length" if output.reason == "length" else "stop")
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": None if tool_calls else output.text,
+        "refusal": None,
+        "annotations": [],
+    }
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    choices = [{"index": i, "message": message, "logprobs": None, "finish_reason": reason} for i in range(n)]
+    result = {
+        "id": head["id"],
+        "object": "chat.completion",
+        **head,
+        "choices": choices,
+        "service_tier": "default",
+    }
+    if usage is not None:
+        result["usage"] = usage
+    return JSONReply(result)
+
+
+def _chat_stream(
+    head: dict[str, Any],
+    n: int,
+    output: TextOutput,
+    tool_calls: list[dict[str, Any]],
+    usage: dict[str, Any] | None,
+    include_usage: bool,
+) -> SSEReply:
+    base = {"id": head["id"], "object": "chat.completion.chunk", **head}
+    null_usage = {"usage": None} if include_usage and usage is not None else {}
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return sse({**base, "choices": [choice], **null_usage})
+
+    events: list[bytes] = []
+    for i in range(n):
+        if tool_calls:
+            for k, tc in enumerate(tool_calls):
+                first = {
+                    "index": k,
+                    "id": tc["id"],
+                    "type": "function",
+                    "function": {"name": tc["function"]["name"], "arguments": ""},
+                }
+                delta: dict[str, Any] = {"tool_calls": [first]}
+                if k == 0:
+                    delta = {"role": "assistant", "content": None, **delta, "refusal": None}
+                events.append(chunk(i, delta))
+                events.extend(
+                    chunk(i, {"tool_calls": [{"index": k, "function": {"arguments": part}}]})
+                    for part in fragments(tc["function"]["arguments"])
+                )
+            events.append(chunk(i, {}, "tool_calls"))
+            continue
+        events.append(chunk(i, {"role": "assistant", "content": "", "refusal": None}))
+        events.extend(chunk(i, {"content": piece}) for piece in output.pieces)
+        events.append(chunk(i, {}, "length" if output.reason == "length" else "stop"))
+    if usage is not None:
+        events.append(sse({**base, "choices": [], "usage": usage}))
+    events.append(DONE)
+    return SSEReply(events, 1)

@@ -1,0 +1,1 @@
+"""Tests of the mock upstream provider (sentinel.mock)."""

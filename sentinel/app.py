@@ -8,6 +8,7 @@ side in one process (the tests do).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +28,18 @@ from sentinel.governance.keys import KeyService
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.http import create_session
 from sentinel.providers.openai_compat import OpenAICompatUpstream
-from sentinel.quota.meter import NullMeter
+from sentinel.governance.ledger import SqlLedger
+from sentinel.governance.plan_source import BuiltinPlanSource, CachedPlans
+from sentinel.governance.plans import PlanRepository
+from sentinel.quota.deliverer import SqlLedgerSink, UsageDeliverer
+from sentinel.quota.limiter import QuotaLimiter
+from sentinel.quota.limits import parse_plan_spec
+from sentinel.quota.local_limiter import LocalLimiter
+from sentinel.quota.meter import QuotaMeter
+from sentinel.quota.outbox import DurableOutbox, RedisStreamOutbox, SqlOutbox
+from sentinel.quota.tokens import TokenCounter
 from sentinel.store import Store, create_store
+from sentinel.store.redis import RedisStore
 
 log = logging.getLogger("sentinel.app")
 
@@ -72,20 +83,49 @@ class SentinelApp:
             metrics=self.metrics,
         )
         openai = OpenAICompatUpstream("openai", s.effective_openai_url, s.openai_api_key, http)
+        counter = TokenCounter(on_fallback=lambda wanted, used: self.metrics.tokenizer_fallback.labels(wanted, used).inc())
+        await asyncio.to_thread(counter.warm)
+        plans = CachedPlans(
+            store,
+            BuiltinPlanSource(PlanRepository(sessions), parse_plan_spec(s.default_plan, "default")),
+            ttl=s.cache_ttl_seconds,
+            grace=s.governance_grace_seconds,
+        )
+        redis_outbox = RedisStreamOutbox(store, lease_seconds=s.usage_lease_seconds) if isinstance(store, RedisStore) else None
+        outbox = DurableOutbox(SqlOutbox(sessions, lease_seconds=s.usage_lease_seconds), redis_outbox)
+        deliverer = UsageDeliverer(
+            outbox, SqlLedgerSink(SqlLedger(sessions)), self.metrics, interval=s.usage_flush_interval_seconds
+        )
+        meter = QuotaMeter(
+            plans=plans,
+            limiter=QuotaLimiter(store),
+            local_limiter=LocalLimiter(),
+            failure_mode=s.quota_failure_mode,
+            counter=counter,
+            outbox=outbox,
+            metrics=self.metrics,
+            default_max_output=s.default_max_output_tokens,
+        )
         deps = Deps(
             settings=s,
             store=store,
             metrics=self.metrics,
             authenticator=authenticator,
             openai=openai,
-            meter=NullMeter(),
+            meter=meter,
         )
+        deliverer.start()
         routes = OpsRoutes(store, engine, self.metrics).routes() + OpenAIProxy(deps).routes()
         router = Router(routes=routes, default=_not_found)
         self._http = RequestMiddleware(
             router, metrics=self.metrics, max_in_flight=s.max_in_flight, access_log_enabled=s.access_log
         )
-        self.runtime = Runtime(store=store, engine=engine, deps=deps, closers=[http.close, engine.dispose, store.close])
+        self.runtime = Runtime(
+            store=store,
+            engine=engine,
+            deps=deps,
+            closers=[lambda: deliverer.stop(s.shutdown_timeout_seconds), http.close, engine.dispose, store.close],
+        )
 
     async def shutdown(self) -> None:
         runtime, self.runtime = self.runtime, None

@@ -92,6 +92,102 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return _run(_with_db(_settings(), go))
 
 
+# --- plans, users, usage ------------------------------------------------------------------------
+def cmd_plans_set(args: argparse.Namespace) -> int:
+    from sentinel.governance.plans import PlanLimit, PlanRepository, parse_limit, parse_window
+
+    try:
+        limits: list[PlanLimit] = [parse_limit(item) for item in args.limit or []]
+        metrics = {"requests": args.requests, "input_tokens": args.input_tokens, "output_tokens": args.output_tokens}
+        given = {m: v for m, v in metrics.items() if v is not None}
+        if given and not args.window:
+            raise ValueError("--window is required with --requests/--input-tokens/--output-tokens")
+        for window in args.window or []:
+            seconds = parse_window(window)
+            limits += [PlanLimit(m, seconds, v) for m, v in given.items()]  # type: ignore[arg-type]
+    except ValueError as exc:
+        print(f"sentinel: {exc}", file=sys.stderr)
+        return 2
+
+    async def go(sessions: Any) -> None:
+        repo = PlanRepository(sessions)
+        merged = limits
+        if args.add:
+            existing = await repo.get_plan(args.name)
+            new_keys = {(lim.metric, lim.window_seconds) for lim in limits}
+            kept = [lim for lim in (existing.limits if existing else ()) if (lim.metric, lim.window_seconds) not in new_keys]
+            merged = kept + limits
+        await repo.set_plan(args.name, merged)
+        plan = await repo.get_plan(args.name)
+        shown = ", ".join(str(lim) for lim in plan.limits) if plan else ""
+        print(f"plan {args.name}: {shown or 'no limits'} (applies within CACHE_TTL_SECONDS)")
+
+    return _run(_with_db(_settings(), go))
+
+
+def cmd_plans_list(args: argparse.Namespace) -> int:
+    from sentinel.governance.plans import PlanRepository
+
+    async def go(sessions: Any) -> None:
+        for plan in await PlanRepository(sessions).list_plans():
+            print(f"{plan.name}: {', '.join(str(lim) for lim in plan.limits) or 'no limits'}")
+
+    return _run(_with_db(_settings(), go))
+
+
+def cmd_users_set_plan(args: argparse.Namespace) -> int:
+    from sentinel.errors import NotFound
+    from sentinel.governance.plans import PlanRepository
+
+    async def go(sessions: Any) -> int:
+        try:
+            await PlanRepository(sessions).set_user_plan(args.external_id, args.plan)
+        except NotFound as exc:
+            print(f"sentinel: {exc.message}", file=sys.stderr)
+            return 1
+        print(f"user {args.external_id} is on plan {args.plan} (applies within CACHE_TTL_SECONDS)")
+        return 0
+
+    return _run(_with_db(_settings(), go))
+
+
+def _parse_since(text: str | None) -> Any:
+    from datetime import UTC, datetime, timedelta
+
+    from sentinel.governance.plans import parse_window
+
+    if text is None:
+        return None
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_window(text))
+    except ValueError:
+        pass
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def cmd_usage_show(args: argparse.Namespace) -> int:
+    from sentinel.governance.ledger import SqlLedger
+
+    try:
+        since = _parse_since(args.since)
+    except ValueError:
+        print(f"sentinel: --since takes a window (1h, 7d) or an ISO date, got {args.since!r}", file=sys.stderr)
+        return 2
+
+    async def go(sessions: Any) -> None:
+        rows = await SqlLedger(sessions).totals(args.external_id, since)
+        print(f"{'MODEL':<32} {'REQUESTS':>10} {'INPUT TOKENS':>14} {'OUTPUT TOKENS':>14}")
+        total = {"requests": 0, "input_tokens": 0, "output_tokens": 0}
+        for row in rows:
+            print(f"{(row['model'] or '-'):<32} {row['requests']:>10} {row['input_tokens']:>14} {row['output_tokens']:>14}")
+            for k in total:
+                total[k] += row[k]
+        print(f"{'TOTAL':<32} {total['requests']:>10} {total['input_tokens']:>14} {total['output_tokens']:>14}")
+
+    return _run(_with_db(_settings(), go))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sentinel", description="Sentinel AI gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +215,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("revoke", help="revoke a key by id")
     p.add_argument("key_id")
     p.set_defaults(fn=cmd_keys_revoke)
+
+    plans = sub.add_parser("plans", help="manage quota plans").add_subparsers(dest="plans_command", required=True)
+    p = plans.add_parser("set", help="create or replace a plan")
+    p.add_argument("name")
+    p.add_argument("--requests", type=int, default=None, help="requests per window")
+    p.add_argument("--input-tokens", type=int, default=None, help="input tokens per window")
+    p.add_argument("--output-tokens", type=int, default=None, help="output tokens per window")
+    p.add_argument("--window", action="append", help="window for the limits above: 90s, 1m, 1h, 1d, 30d (repeatable)")
+    p.add_argument("--limit", action="append", help="METRIC=N/WINDOW, e.g. requests=1000/1d (repeatable)")
+    p.add_argument("--add", action="store_true", help="merge into the plan instead of replacing its limits")
+    p.set_defaults(fn=cmd_plans_set)
+    p = plans.add_parser("list", help="list plans")
+    p.set_defaults(fn=cmd_plans_list)
+
+    users = sub.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
+    p = users.add_parser("set-plan", help="put a user on a plan")
+    p.add_argument("external_id")
+    p.add_argument("plan")
+    p.set_defaults(fn=cmd_users_set_plan)
+
+    usage = sub.add_parser("usage", help="usage from the ledger").add_subparsers(dest="usage_command", required=True)
+    p = usage.add_parser("show", help="a user's usage by model")
+    p.add_argument("external_id")
+    p.add_argument("--since", default=None, help="a window back from now (1h, 7d) or an ISO date")
+    p.set_defaults(fn=cmd_usage_show)
     return parser
 
 

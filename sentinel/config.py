@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,13 +29,6 @@ class QuotaFailureMode(StrEnum):
 class SessionFailover(StrEnum):
     keep = "keep"
     migrate = "migrate"
-
-
-def _env(name: str) -> Any:
-    return Field(validation_alias=AliasChoices(name, name.lower()))
-
-
-PositiveSeconds = Annotated[float, Field(gt=0)]
 
 
 class Settings(BaseSettings):
@@ -133,6 +126,9 @@ class Settings(BaseSettings):
     default_max_output_tokens: int = Field(
         4096, ge=1, validation_alias=AliasChoices("DEFAULT_MAX_OUTPUT_TOKENS", "default_max_output_tokens")
     )
+    usage_lease_seconds: float = Field(
+        30.0, gt=0, validation_alias=AliasChoices("USAGE_LEASE_SECONDS", "usage_lease_seconds")
+    )
     usage_flush_interval_seconds: float = Field(
         0.5, gt=0, validation_alias=AliasChoices("USAGE_FLUSH_INTERVAL_SECONDS", "usage_flush_interval_seconds")
     )
@@ -158,6 +154,14 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of debug, info, warning, error, critical")
         return level
+
+    @field_validator("default_plan")
+    @classmethod
+    def _default_plan(cls, value: str) -> str:
+        from sentinel.quota.limits import parse_plan_spec
+
+        parse_plan_spec(value)
+        return value
 
     @field_validator("redis_url")
     @classmethod

@@ -83,7 +83,7 @@ class RedisStore:
         return self._client
 
     @asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
+    async def guard(self) -> AsyncIterator[None]:
         if self.breaker.is_open:
             raise StoreUnavailable("Redis is unavailable (circuit open)", retry_after=self.breaker.cooldown)
         try:
@@ -98,30 +98,30 @@ class RedisStore:
             self.breaker.success()
 
     async def get(self, key: str) -> bytes | None:
-        async with self._guard():
+        async with self.guard():
             value: bytes | None = await self._client.get(key)
         return value
 
     async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
         px = int(ttl * 1000) if ttl is not None else None
-        async with self._guard():
+        async with self.guard():
             result = await self._client.set(key, value, px=px, nx=nx)
         return bool(result)
 
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
-        async with self._guard():
+        async with self.guard():
             count: int = await self._client.delete(*keys)
         return count
 
     async def expire(self, key: str, ttl: float) -> bool:
-        async with self._guard():
+        async with self.guard():
             ok = await self._client.pexpire(key, int(ttl * 1000))
         return bool(ok)
 
     async def ttl(self, key: str) -> float | None:
-        async with self._guard():
+        async with self.guard():
             ms: int = await self._client.pttl(key)
         if ms == -2:
             return None
@@ -130,7 +130,7 @@ class RedisStore:
         return ms / 1000
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
-        async with self._guard():
+        async with self.guard():
             if ttl is None:
                 value: int = await self._client.incrby(key, amount)
                 return value
@@ -141,7 +141,7 @@ class RedisStore:
         return int(value)
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
-        async with self._guard():
+        async with self.guard():
             sha = self._shas.get(script.name)
             if sha is None:
                 sha = await self._client.script_load(script.lua)
@@ -156,7 +156,7 @@ class RedisStore:
 
     async def scan(self, pattern: str, limit: int = 100) -> list[str]:
         found: list[str] = []
-        async with self._guard():
+        async with self.guard():
             async for key in self._client.scan_iter(match=pattern, count=100):
                 found.append(key.decode() if isinstance(key, bytes) else key)
                 if len(found) >= limit:
@@ -165,7 +165,7 @@ class RedisStore:
 
     async def ping(self) -> float:
         start = time.perf_counter()
-        async with self._guard():
+        async with self.guard():
             await self._client.ping()
         return time.perf_counter() - start
 

@@ -1,0 +1,206 @@
+"""Translate between the unified types and Anthropic's Messages API.
+
+Request: system messages become the top-level `system`; assistant tool calls become `tool_use` blocks
+and tool messages `tool_result` blocks in a user turn; consecutive turns of one role are merged so that
+user and assistant strictly alternate, as Anthropic requires. Within a merged user turn, tool results
+come first (Anthropic wants them before any text that follows a tool call).
+
+Temperature: OpenAI's range is 0..2, Anthropic's 0..1. The client names a tier, not a provider, so a
+request that is valid for the Native API must not fail because the router happened to pick Anthropic:
+values above 1 are clamped to 1 (both APIs' default is 1, so scaling would shift every request).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from sentinel.native._wire import as_count, as_object
+from sentinel.native.errors import NativeValidationError, TranslationError
+from sentinel.native.responses import AssistantMessage, Choice, FinishReason, ProviderReply, Usage
+from sentinel.native.types import ChatRequest, ImagePart, Message, Tier, ToolCall, ToolChoiceFunction
+
+ANTHROPIC_MAX_TEMPERATURE = 1.0
+_DATA_URL = re.compile(r"^data:(image/[a-zA-Z0-9.+-]+);base64,(.+)$", re.DOTALL)
+_STOP_REASONS: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "max_tokens": "length",
+    "stop_sequence": "stop",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def map_stop_reason(reason: Any) -> FinishReason:
+    """Anthropic's stop_reason in the unified vocabulary; anything unknown means `stop`."""
+    return _STOP_REASONS.get(reason, "stop") if isinstance(reason, str) else "stop"
+
+
+def build_anthropic_request(
+    req: ChatRequest, model: str, *, stream: bool, default_max_tokens: int = 4096
+) -> dict[str, Any]:
+    """The upstream body for POST /v1/messages with the selected `model`."""
+    body: dict[str, Any] = {"model": model, "max_tokens": req.max_tokens or default_max_tokens}
+    system = [m.text() for m in req.messages if m.role == "system"]
+    if system:
+        body["system"] = "\n".join(system)
+    body["messages"] = _turns(req.messages)
+    if req.temperature is not None:
+        body["temperature"] = min(req.temperature, ANTHROPIC_MAX_TEMPERATURE)
+    if req.top_p is not None:
+        body["top_p"] = req.top_p
+    if req.stop is not None:
+        body["stop_sequences"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+    if req.tools:
+        body["tools"] = [
+            {
+                "name": t.function.name,
+                "description": t.function.description,
+                "input_schema": t.function.parameters,
+            }
+            for t in req.tools
+        ]
+        choice = _tool_choice(req)
+        if choice is not None:
+            body["tool_choice"] = choice
+    if stream:
+        body["stream"] = True
+    return body
+
+
+def _tool_choice(req: ChatRequest) -> dict[str, Any] | None:
+    choice = req.tool_choice
+    if isinstance(choice, ToolChoiceFunction):
+        return {"type": "tool", "name": choice.function.name}
+    return {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}.get(choice or "")
+
+
+def _turns(messages: list[Message]) -> list[dict[str, Any]]:
+    """Non-system messages as strictly alternating user/assistant turns of content blocks."""
+    turns: list[dict[str, Any]] = []
+    first_index: list[int] = []  # the request index each turn starts at, for error paths
+    for i, msg in enumerate(messages):
+        if msg.role == "system":
+            continue
+        role = "assistant" if msg.role == "assistant" else "user"
+        blocks = _blocks(msg, i)
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+            first_index.append(i)
+    if not turns:
+        raise NativeValidationError("Conversation must contain at least one user message", "messages")
+    if turns[0]["role"] != "user":
+        raise NativeValidationError(
+            "First non-system message must be from user role", f"messages.{first_index[0]}.role"
+        )
+    for turn, index in zip(turns, first_index, strict=True):
+        if not turn["content"]:
+            raise NativeValidationError(
+                f"messages.{index}: Anthropic does not accept empty messages", f"messages.{index}.content"
+            )
+        if turn["role"] == "user":  # stable: tool results first, the rest in order
+            turn["content"].sort(key=lambda block: block["type"] != "tool_result")
+    return turns
+
+
+def _blocks(msg: Message, index: int) -> list[dict[str, Any]]:
+    if msg.role == "tool":
+        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": msg.tool_call_id}
+        if text := msg.text():
+            result["content"] = text
+        return [result]
+    blocks: list[dict[str, Any]] = []
+    if isinstance(msg.content, str):
+        if msg.content:  # Anthropic rejects empty text blocks
+            blocks.append({"type": "text", "text": msg.content})
+    elif msg.content is not None:
+        for j, part in enumerate(msg.content):
+            if isinstance(part, ImagePart):
+                blocks.append(_image_block(part.image_url.url, f"messages.{index}.content.{j}.image_url.url"))
+            elif part.text:
+                blocks.append({"type": "text", "text": part.text})
+    for call in msg.tool_calls or ():
+        blocks.append(
+            {"type": "tool_use", "id": call.id, "name": call.function.name, "input": call.function.arguments}
+        )
+    return blocks
+
+
+def _image_block(url: str, param: str) -> dict[str, Any]:
+    if match := _DATA_URL.match(url):
+        source = {"type": "base64", "media_type": match.group(1), "data": match.group(2)}
+        return {"type": "image", "source": source}
+    if url.startswith(("https://", "http://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise NativeValidationError(
+        f"{param}: image URL must be http(s) or a data:image/<type>;base64 URL", param
+    )
+
+
+def parse_anthropic_response(
+    body: Any, *, provider: str, tier: Tier, created: int | None = None
+) -> ProviderReply:
+    """A Messages API response in unified form (Anthropic sends no `created`: now, unless given)."""
+    if not isinstance(body, dict) or body.get("type", "message") != "message":
+        raise TranslationError("Upstream response is not a message", provider=provider)
+    if body.get("role", "assistant") != "assistant":
+        raise TranslationError("Upstream message is not from the assistant", provider=provider)
+    blocks = body.get("content")
+    if not isinstance(blocks, list):
+        raise TranslationError("Upstream message has no content list", provider=provider)
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for block in blocks:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif kind == "tool_use":
+            calls.append(_tool_call(block, provider))
+        # thinking, redacted_thinking and server-side tool blocks are not part of the unified answer
+    text = "".join(texts)
+    message = AssistantMessage(content=text if text or not calls else None, tool_calls=calls or None)
+    for key in ("id", "model"):
+        if not isinstance(body.get(key), str):
+            raise TranslationError(f"Upstream message has no string '{key}'", provider=provider)
+    return ProviderReply(
+        id=body["id"],
+        created=int(time.time()) if created is None else created,
+        model=body["model"],
+        provider=provider,
+        tier=tier,
+        choices=[Choice(index=0, message=message, finish_reason=map_stop_reason(body.get("stop_reason")))],
+        usage=parse_anthropic_usage(body.get("usage"), provider=provider),
+    )
+
+
+def _tool_call(block: dict[str, Any], provider: str) -> ToolCall:
+    call_id, name, arguments = block.get("id"), block.get("name"), block.get("input", {})
+    if not isinstance(call_id, str) or not call_id or not isinstance(name, str) or not name:
+        raise TranslationError("Upstream tool_use block has no id or name", provider=provider)
+    if not isinstance(arguments, dict):
+        raise TranslationError(
+            f"Malformed tool call arguments for '{name}': expected an object", provider=provider
+        )
+    return ToolCall.model_validate({"id": call_id, "function": {"name": name, "arguments": arguments}})
+
+
+def anthropic_prompt_tokens(raw: dict[str, Any]) -> int:
+    """Input tokens including cache writes and reads: all of them count as prompt."""
+    keys = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    return sum(as_count(raw.get(key)) or 0 for key in keys)
+
+
+def parse_anthropic_usage(raw: Any, *, provider: str) -> Usage | None:
+    """Anthropic's `usage` object, or None when the provider sent none."""
+    if raw is None:
+        return None
+    prompt, output = (
+        as_count(as_object(raw).get("input_tokens")),
+        as_count(as_object(raw).get("output_tokens")),
+    )
+    if prompt is None or output is None:
+        raise TranslationError("Upstream usage is malformed", provider=provider)
+    return Usage.of(anthropic_prompt_tokens(raw), output)

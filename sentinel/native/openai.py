@@ -1,0 +1,181 @@
+"""Translate between the unified types and OpenAI's chat-completions wire format.
+
+Two bugs of the original are fixed here: the upstream body always names the `model`, and assistant
+tool-call arguments go upstream as JSON *strings* (OpenAI rejects objects). Tool-call ids are the
+provider's own, kept unchanged in both directions: the client echoes them back in its next request and
+they are forwarded as they are, so no id mapping has to outlive a request. An id is invented only when
+the provider gave none.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+
+from sentinel.native._wire import as_count, as_object
+from sentinel.native.errors import TranslationError
+from sentinel.native.responses import AssistantMessage, Choice, FinishReason, ProviderReply, Usage
+from sentinel.native.types import ChatRequest, Message, Tier, ToolCall, ToolChoiceFunction
+
+_FINISH_REASONS: dict[str | None, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+def new_call_id() -> str:
+    """A tool-call id for a call the provider did not name."""
+    return f"call_{uuid.uuid4().hex}"
+
+
+def map_finish_reason(reason: Any) -> FinishReason:
+    """OpenAI's finish_reason in the unified vocabulary; unknown or missing values mean `stop`."""
+    return _FINISH_REASONS.get(reason, "stop") if isinstance(reason, str | None) else "stop"
+
+
+def parse_arguments(raw: Any, *, tool: str, provider: str) -> dict[str, Any]:
+    """Tool-call arguments (a JSON string) as an object; an empty string means no arguments."""
+    if isinstance(raw, dict):  # some OpenAI-compatible servers send the object itself
+        return raw
+    if not isinstance(raw, str):
+        raise TranslationError(f"Malformed tool call arguments for '{tool}': not a string", provider=provider)
+    if not raw.strip():
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise TranslationError(
+            f"Malformed tool call arguments for '{tool}': {exc}", provider=provider
+        ) from None
+    if not isinstance(value, dict):
+        raise TranslationError(
+            f"Malformed tool call arguments for '{tool}': expected a JSON object", provider=provider
+        )
+    return value
+
+
+def build_openai_request(req: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
+    """The upstream body for POST /chat/completions with the selected `model`."""
+    body: dict[str, Any] = {"model": model, "messages": [_message(m) for m in req.messages]}
+    for field in ("temperature", "top_p", "max_tokens", "stop"):
+        value = getattr(req, field)
+        if value is not None:
+            body[field] = value
+    if req.tools:
+        body["tools"] = [tool.to_dict() for tool in req.tools]
+    if isinstance(req.tool_choice, ToolChoiceFunction):
+        body["tool_choice"] = req.tool_choice.to_dict()
+    elif req.tool_choice is not None and req.tools:
+        body["tool_choice"] = req.tool_choice
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _message(msg: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": msg.role}
+    if isinstance(msg.content, list):
+        out["content"] = [part.to_dict() for part in msg.content]
+    else:
+        out["content"] = msg.content
+    if msg.name is not None:
+        out["name"] = msg.name
+    if msg.tool_call_id is not None:
+        out["tool_call_id"] = msg.tool_call_id
+    if msg.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {
+                    "name": call.function.name,
+                    "arguments": orjson.dumps(call.function.arguments).decode(),
+                },
+            }
+            for call in msg.tool_calls
+        ]
+    return out
+
+
+def parse_openai_response(body: Any, *, provider: str, tier: Tier) -> ProviderReply:
+    """A chat.completion body in unified form; raise `TranslationError` when it is not one."""
+    if not isinstance(body, dict):
+        raise TranslationError("Upstream response is not a JSON object", provider=provider)
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise TranslationError("Upstream response has no choices", provider=provider)
+    created = body.get("created")
+    if not isinstance(created, int) or isinstance(created, bool):
+        raise TranslationError("Upstream response has no integer 'created'", provider=provider)
+    return ProviderReply(
+        id=_required_str(body, "id", provider),
+        created=created,
+        model=_required_str(body, "model", provider),
+        provider=provider,
+        tier=tier,
+        choices=[_choice(position, raw, provider) for position, raw in enumerate(choices)],
+        usage=parse_openai_usage(body.get("usage"), provider=provider),
+    )
+
+
+def _required_str(body: dict[str, Any], key: str, provider: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise TranslationError(f"Upstream response has no string '{key}'", provider=provider)
+    return value
+
+
+def _choice(position: int, raw: Any, provider: str) -> Choice:
+    if not isinstance(raw, dict) or not isinstance(raw.get("message"), dict):
+        raise TranslationError(f"Upstream choice {position} has no message", provider=provider)
+    message = raw["message"]
+    if message.get("role", "assistant") != "assistant":
+        raise TranslationError(f"Upstream choice {position} is not from the assistant", provider=provider)
+    content = message.get("content")
+    calls = [_tool_call(call, provider) for call in message.get("tool_calls") or ()]
+    index = raw.get("index", position)
+    return Choice(
+        index=index if isinstance(index, int) and index >= 0 else position,
+        message=AssistantMessage(
+            content=content if isinstance(content, str) else None, tool_calls=calls or None
+        ),
+        finish_reason=map_finish_reason(raw.get("finish_reason")),
+    )
+
+
+def _tool_call(raw: Any, provider: str) -> ToolCall:
+    function = raw.get("function") if isinstance(raw, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        raise TranslationError("Upstream tool call has no function name", provider=provider)
+    if raw.get("type", "function") != "function":
+        raise TranslationError(f"Unsupported upstream tool call type '{raw.get('type')}'", provider=provider)
+    name = function["name"]
+    call_id = raw.get("id")
+    return ToolCall.model_validate(
+        {
+            "id": call_id if isinstance(call_id, str) and call_id else new_call_id(),
+            "function": {
+                "name": name,
+                "arguments": parse_arguments(function.get("arguments"), tool=name, provider=provider),
+            },
+        }
+    )
+
+
+def parse_openai_usage(raw: Any, *, provider: str) -> Usage | None:
+    """OpenAI's `usage` object, or None when the provider sent none."""
+    if raw is None:
+        return None
+    prompt, completion = (
+        as_count(as_object(raw).get("prompt_tokens")),
+        as_count(as_object(raw).get("completion_tokens")),
+    )
+    if prompt is None or completion is None:
+        raise TranslationError("Upstream usage is malformed", provider=provider)
+    return Usage.of(prompt, completion)

@@ -1,0 +1,314 @@
+"""Normalise upstream streams (OpenAI chunks, Anthropic events) into unified OpenAI-style chunks.
+
+A normaliser is fed the SSE events of one upstream response and returns the chunks to send, as dicts
+(render them with `render_chunk`). Whatever the upstream does, the client sees: one id/created/model on
+every chunk; `delta.role == "assistant"` on the first chunk; each tool call with its own stable `index`
+(0, 1, ... in order of appearance) and its id in its first fragment; and, from `finish()`, one last
+chunk with the finish_reason. That chunk is held back until the upstream has finished, so a stream that
+breaks off (no `[DONE]` / `message_stop`) or whose tool arguments are not valid JSON ends with an error
+event instead of a finish_reason that would claim success.
+
+Usage is captured, never forwarded as the upstream sent it: OpenAI's include_usage chunk (empty choices)
+and Anthropic's message_start input tokens plus message_delta output tokens.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from sentinel.native._wire import as_count, as_object
+from sentinel.native.anthropic import anthropic_prompt_tokens, map_stop_reason
+from sentinel.native.errors import StreamError, TranslationError
+from sentinel.native.openai import map_finish_reason, new_call_id, parse_arguments, parse_openai_usage
+from sentinel.native.responses import FinishReason, Usage
+from sentinel.native.sse import SSEEvent
+from sentinel.native.types import ToolCall
+
+DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keep-alive\n\n"
+
+
+def render_chunk(chunk: dict[str, Any]) -> bytes:
+    """One chunk as an SSE event: `data: <json>\\n\\n`."""
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def render_error_event(message: str, type: str = "stream_error", code: str | None = None) -> bytes:
+    """An in-stream error: `data: {"error": {"message", "type", "code"?}}\\n\\n` (sent instead of DONE)."""
+    error: dict[str, str] = {"message": message, "type": type}
+    if code is not None:
+        error["code"] = code
+    return render_chunk({"error": error})
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResult:
+    """How a stream ended. Send `chunks` then DONE, or, when `error` is set, only an error event."""
+
+    chunks: list[dict[str, Any]]
+    usage: Usage | None  # as the provider reported it; None: estimate from `text` and `tool_calls`
+    tool_calls: list[ToolCall]
+    text: str
+    finish_reason: FinishReason | None
+    error: StreamError | None
+
+
+@dataclass(slots=True)
+class _PendingCall:
+    index: int
+    id: str
+    name: str
+    fragments: list[str] = field(default_factory=list)
+
+
+class StreamNormalizer:
+    """What both normalisers share: chunk metadata, the role rule, text and tool-call accumulation."""
+
+    def __init__(self, *, provider: str, created: int | None = None) -> None:
+        self.provider = provider
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.model = ""
+        self.created = int(time.time()) if created is None else created
+        self._started = False  # a chunk was emitted: metadata is frozen and the role was sent
+        self._done = False
+        self._finish: FinishReason | None = None
+        self._text: list[str] = []
+        self._calls: dict[Any, _PendingCall] = {}  # keyed by the upstream's own index
+        self._prompt_tokens: int | None = None
+        self._completion_tokens: int | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        """The usage reported so far, or None (readable even after `feed` raised)."""
+        if self._prompt_tokens is None or self._completion_tokens is None:
+            return None
+        return Usage.of(self._prompt_tokens, self._completion_tokens)
+
+    @property
+    def text(self) -> str:
+        """The text (and tool-call argument fragments) streamed so far, for counting usage."""
+        fragments = [f for call in self._calls.values() for f in call.fragments]
+        return "".join(self._text) + "".join(fragments)
+
+    def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
+        """The chunks to send for one upstream event; raise `StreamError` on an error or a bad event."""
+        raise NotImplementedError
+
+    def finish(self) -> StreamResult:
+        """Call once the upstream body has ended: the closing chunk, or the reason there is none."""
+        calls: list[ToolCall] = []
+        error: StreamError | None = None
+        if not self._done:
+            error = StreamError("Upstream stream ended before completion", code="connection_closed")
+        else:
+            try:
+                calls = [self._finalize(call) for call in sorted(self._calls.values(), key=lambda c: c.index)]
+            except TranslationError as exc:
+                error = StreamError(exc.message, code="parse_error", provider=self.provider)
+        reason = self._finish or ("tool_calls" if self._calls else "stop")
+        chunks = [] if error else [self._chunk({}, reason)]
+        return StreamResult(
+            chunks, self.usage, calls, "".join(self._text), reason if self._done else None, error
+        )
+
+    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
+        """An OpenAI-style usage chunk (empty choices), for callers that report usage in the stream."""
+        return {**self._chunk({}), "choices": [], "usage": usage.to_dict()}
+
+    def _finalize(self, call: _PendingCall) -> ToolCall:
+        arguments = parse_arguments("".join(call.fragments), tool=call.name, provider=self.provider)
+        return ToolCall.model_validate(
+            {"id": call.id, "function": {"name": call.name, "arguments": arguments}}
+        )
+
+    def _adopt(self, id: Any, model: Any, created: Any = None) -> None:
+        """Take the upstream's metadata, until the first chunk has gone out."""
+        if self._started:
+            return
+        if isinstance(id, str) and id:
+            self.id = id
+        if isinstance(model, str):
+            self.model = model
+        if isinstance(created, int) and not isinstance(created, bool):
+            self.created = created
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: FinishReason | None = None) -> dict[str, Any]:
+        if not self._started:
+            self._started = True
+            delta = {"role": "assistant", **delta}
+        choice: dict[str, Any] = {"index": 0, "delta": delta}
+        if finish_reason is not None:
+            choice["finish_reason"] = finish_reason
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        }
+
+    def _add_text(self, delta: dict[str, Any], text: str) -> None:
+        self._text.append(text)
+        delta["content"] = delta.get("content", "") + text
+
+    def _start_call(self, key: Any, call_id: Any, name: Any) -> dict[str, Any]:
+        if not isinstance(name, str) or not name:
+            raise StreamError("Upstream tool call has no name", code="parse_error", provider=self.provider)
+        call = _PendingCall(
+            len(self._calls), call_id if isinstance(call_id, str) and call_id else new_call_id(), name
+        )
+        self._calls[key] = call
+        return {
+            "index": call.index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }
+
+    def _add_arguments(self, key: Any, fragment: Any) -> dict[str, Any]:
+        call = self._calls.get(key)
+        if call is None or not isinstance(fragment, str):
+            raise StreamError(
+                "Upstream tool call fragment out of order", code="parse_error", provider=self.provider
+            )
+        call.fragments.append(fragment)
+        return {"index": call.index, "function": {"arguments": fragment}}
+
+    def _decode(self, data: str) -> dict[str, Any]:
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise StreamError(
+                f"Malformed upstream event: {exc}", code="parse_error", provider=self.provider
+            ) from None
+        if not isinstance(value, dict):
+            raise StreamError(
+                "Malformed upstream event: not an object", code="parse_error", provider=self.provider
+            )
+        return value
+
+    def _upstream_error(self, error: Any) -> StreamError:
+        error = as_object(error)
+        message = error.get("message") if isinstance(error.get("message"), str) else "Upstream stream error"
+        code = error.get("code") or error.get("type") or "upstream_error"
+        return StreamError(message, code=str(code), provider=self.provider)
+
+
+class OpenAIStreamNormalizer(StreamNormalizer):
+    """Normalises an OpenAI chat-completions stream (requested with include_usage)."""
+
+    def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
+        if self._done:
+            return []
+        if event.data.strip() == "[DONE]":
+            self._done = True
+            return []
+        obj = self._decode(event.data)
+        if "error" in obj:
+            raise self._upstream_error(obj["error"])
+        self._adopt(obj.get("id"), obj.get("model"), obj.get("created"))
+        if obj.get("usage") is not None:
+            try:
+                usage = parse_openai_usage(obj["usage"], provider=self.provider)
+            except TranslationError as exc:
+                raise StreamError(exc.message, code="parse_error", provider=self.provider) from None
+            if usage is not None:
+                self._prompt_tokens, self._completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        out: list[dict[str, Any]] = []
+        for choice in obj.get("choices") or ():
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                out.extend(self._choice(choice))
+        return out
+
+    def _choice(self, choice: dict[str, Any]) -> list[dict[str, Any]]:
+        raw = as_object(choice.get("delta"))
+        delta: dict[str, Any] = {}
+        content = raw.get("content")
+        if isinstance(content, str) and (content or not self._started):
+            self._add_text(delta, content)
+        calls = []
+        for position, item in enumerate(raw.get("tool_calls") or ()):
+            tc = as_object(item)
+            key, function = tc.get("index", position), as_object(tc.get("function"))
+            fragment = function.get("arguments") or ""
+            if key not in self._calls:
+                calls.append(self._start_call(key, tc.get("id"), function.get("name")))
+                if fragment:
+                    calls[-1]["function"]["arguments"] = fragment
+                    self._calls[key].fragments.append(fragment)
+            elif fragment:
+                calls.append(self._add_arguments(key, fragment))
+        if calls:
+            delta["tool_calls"] = calls
+        if choice.get("finish_reason") is not None:
+            self._finish = map_finish_reason(choice["finish_reason"])
+        return [self._chunk(delta)] if delta else []
+
+
+class AnthropicStreamNormalizer(StreamNormalizer):
+    """Normalises an Anthropic Messages stream (message_start ... message_stop)."""
+
+    def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
+        if self._done:
+            return []
+        obj = self._decode(event.data)
+        kind = obj.get("type") or event.event
+        if kind == "message_start":
+            message = as_object(obj.get("message"))
+            self._adopt(message.get("id"), message.get("model"))
+            if isinstance(message.get("usage"), dict):
+                self._prompt_tokens = anthropic_prompt_tokens(message["usage"])
+            return [self._chunk({"content": ""})]
+        if kind == "content_block_start":
+            return self._block_start(obj.get("index"), obj.get("content_block"))
+        if kind == "content_block_delta":
+            return self._block_delta(obj.get("index"), obj.get("delta"))
+        if kind == "message_delta":
+            delta, usage = as_object(obj.get("delta")), as_object(obj.get("usage"))
+            if delta.get("stop_reason") is not None:
+                self._finish = map_stop_reason(delta["stop_reason"])
+            if (output := as_count(usage.get("output_tokens"))) is not None:
+                self._completion_tokens = output
+            if as_count(usage.get("input_tokens")) is not None:  # newer API versions repeat the totals here
+                self._prompt_tokens = anthropic_prompt_tokens(usage)
+            return []
+        if kind == "message_stop":
+            self._done = True
+        elif kind == "error":
+            raise self._upstream_error(obj.get("error"))
+        return []  # ping, content_block_stop and event types added later
+
+    def _block_start(self, index: Any, block: Any) -> list[dict[str, Any]]:
+        if not isinstance(block, dict):
+            return []
+        if block.get("type") == "tool_use":
+            call = self._start_call(index, block.get("id"), block.get("name"))
+            initial = block.get("input")
+            if isinstance(initial, dict) and initial:  # normally {} with the input streamed as JSON deltas
+                call["function"]["arguments"] = orjson.dumps(initial).decode()
+                self._calls[index].fragments.append(call["function"]["arguments"])
+            return [self._chunk({"tool_calls": [call]})]
+        if block.get("type") == "text" and isinstance(block.get("text"), str) and block["text"]:
+            delta: dict[str, Any] = {}
+            self._add_text(delta, block["text"])
+            return [self._chunk(delta)]
+        return []  # thinking and server-tool blocks are not part of the unified answer
+
+    def _block_delta(self, index: Any, raw: Any) -> list[dict[str, Any]]:
+        if not isinstance(raw, dict):
+            return []
+        if raw.get("type") == "text_delta" and isinstance(raw.get("text"), str):
+            delta: dict[str, Any] = {}
+            self._add_text(delta, raw["text"])
+            return [self._chunk(delta)]
+        if raw.get("type") == "input_json_delta":
+            fragment = raw.get("partial_json")
+            if not fragment or index not in self._calls:  # server-tool blocks stream their input too
+                return []
+            return [self._chunk({"tool_calls": [self._add_arguments(index, fragment)]})]
+        return []  # thinking, signature and citation deltas

@@ -1,0 +1,309 @@
+"""Unified request types of the Native API, validated strictly (pydantic v2).
+
+Every model rejects unknown keys, at the top level *and* inside messages, tools and tool calls: a typo
+must not be silently dropped (the original ignored unknown keys inside messages). `model` is not a field:
+the client names a tier. Values are not coerced (`"1"` is not a number, `1` is not a bool).
+
+Semantic rules the original checked at translation time (§2.5) are checked here, so a `ChatRequest` that
+exists is one every translator can send. They are raised with their path in the error's context (`param`);
+`sentinel.native.validation.parse_chat_request` turns any failure into a `NativeValidationError`.
+The response, stream-chunk and error shapes live in `sentinel.native.responses`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+Role = Literal["system", "user", "assistant", "tool"]
+Tier = Literal["simple", "moderate", "complex"]
+ToolChoiceMode = Literal["auto", "none", "required"]
+
+TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+_TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class StrictModel(BaseModel):
+    """Base of every native model: unknown keys are errors and values are never coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: JSON-ready, absent optional fields left out."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _kinds(allowed: tuple[type, ...], message: str) -> Callable[[Any], Any]:
+    """A before-validator that rejects the wrong JSON type with one clear message (instead of one
+    error per union member)."""
+
+    def check(value: Any) -> Any:
+        if value is None or isinstance(value, allowed):
+            return value
+        raise PydanticCustomError("type_error", message)
+
+    return check
+
+
+class TextPart(StrictModel):
+    """A text content part."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ImageUrl(StrictModel):
+    """An image reference: an http(s) URL or a `data:<media type>;base64,<data>` URL."""
+
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(StrictModel):
+    """An image content part (user messages only)."""
+
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+Content = Annotated[
+    str | list[ContentPart] | None,
+    BeforeValidator(_kinds((str, list), "Input should be a string, a list of content parts or null")),
+]
+
+
+class FunctionCall(StrictModel):
+    """The function a tool call invokes; `arguments` is a JSON object, not a JSON string."""
+
+    name: str = Field(min_length=1)
+    arguments: dict[str, Any]
+
+
+class ToolCall(StrictModel):
+    """A tool call made by the assistant. Its `id` is the provider's and must be echoed back unchanged."""
+
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(StrictModel):
+    """One conversation turn. `content` may be null only on an assistant turn that carries tool_calls."""
+
+    role: Role
+    content: Content = None
+    name: str | None = Field(default=None, min_length=1)
+    tool_call_id: str | None = Field(default=None, min_length=1)
+    tool_calls: list[ToolCall] | None = None
+
+    @model_validator(mode="after")
+    def _check_role_fields(self) -> Message:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise PydanticCustomError("message", "tool_calls are only allowed on assistant messages")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise PydanticCustomError(
+                "message", "Missing required field: tool_call_id is required for tool messages"
+            )
+        if self.role != "tool" and self.tool_call_id is not None:
+            raise PydanticCustomError("message", "tool_call_id is only allowed on tool messages")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise PydanticCustomError(
+                "message", "content is required (null is only allowed on assistant messages with tool_calls)"
+            )
+        if self.role != "user" and isinstance(self.content, list):
+            if any(isinstance(part, ImagePart) for part in self.content):
+                raise PydanticCustomError("message", "image_url parts are only allowed in user messages")
+        return self
+
+    def text(self) -> str:
+        """The text of the content: text parts concatenated with no separator, images ignored."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+
+
+def _empty_object_schema() -> dict[str, Any]:
+    return {"type": "object", "properties": {}}
+
+
+class FunctionDefinition(StrictModel):
+    """A callable function: `parameters` must be a JSON Schema (2020-12) for an object."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any] = Field(default_factory=_empty_object_schema)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not _TOOL_NAME.match(name):
+            raise PydanticCustomError(
+                "tool_definition",
+                f"Invalid tool definition: Invalid tool name '{name}': must match {TOOL_NAME_PATTERN}",
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _check_description_and_schema(self) -> FunctionDefinition:
+        if not self.description.strip():
+            raise PydanticCustomError(
+                "tool_definition", f"Invalid tool definition: Tool '{self.name}' has empty description"
+            )
+        problem = None
+        if self.parameters.get("type") != "object":
+            problem = 'parameters must have "type": "object"'
+        else:
+            try:
+                Draft202012Validator.check_schema(self.parameters)
+            except SchemaError as exc:
+                problem = exc.message
+        if problem is not None:
+            raise PydanticCustomError(
+                "tool_definition",
+                f"Invalid tool definition: Tool '{self.name}' has invalid schema: {problem}",
+            )
+        return self
+
+
+class ToolDefinition(StrictModel):
+    """A tool the model may call."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ToolChoiceName(StrictModel):
+    """The name of the one function the model must call."""
+
+    name: str = Field(min_length=1)
+
+
+class ToolChoiceFunction(StrictModel):
+    """`{"type": "function", "function": {"name": ...}}`: force one named tool."""
+
+    type: Literal["function"]
+    function: ToolChoiceName
+
+
+ToolChoice = Annotated[
+    ToolChoiceMode | ToolChoiceFunction,
+    BeforeValidator(
+        _kinds((str, dict), "Input should be 'auto', 'none', 'required' or an object naming a function")
+    ),
+]
+StopSequence = Annotated[str, Field(min_length=1)]
+Stop = Annotated[
+    StopSequence | Annotated[list[StopSequence], Field(min_length=1, max_length=4)],
+    BeforeValidator(_kinds((str, list), "Input should be a string or a list of at most 4 strings")),
+]
+
+_REQUEST_EXAMPLES: list[Any] = [
+    {"tier": "simple", "messages": [{"role": "user", "content": "Say hello."}]},
+    {
+        "tier": "moderate",
+        "conversation_id": "support-4711",
+        "messages": [
+            {"role": "system", "content": "You are a weather assistant."},
+            {"role": "user", "content": "What is the weather in Paris?"},
+        ],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "description": "Current weather for a city",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"city": {"type": "string"}},
+                        "required": ["city"],
+                    },
+                },
+            }
+        ],
+        "tool_choice": "auto",
+        "max_tokens": 256,
+        "stream": False,
+    },
+]
+
+
+def _semantic_error(message: str, param: str) -> PydanticCustomError:
+    return PydanticCustomError("semantic", message, {"param": param})
+
+
+class ChatRequest(StrictModel):
+    """POST /native/v1/chat/completions. The client names a tier; Sentinel picks the model."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": _REQUEST_EXAMPLES})
+
+    messages: list[Message] = Field(min_length=1)
+    tier: Tier = "simple"
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: Stop | None = None
+    stream: bool = False
+    conversation_id: str | None = Field(default=None, min_length=1, max_length=256)
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+
+    @field_validator("conversation_id")
+    @classmethod
+    def _check_conversation_id(cls, value: str | None) -> str | None:
+        if value is not None and _CONTROL_CHARS.search(value):
+            raise PydanticCustomError(
+                "conversation_id", "conversation_id must not contain control characters"
+            )
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _empty_tools_are_absent(cls, tools: list[ToolDefinition] | None) -> list[ToolDefinition] | None:
+        return tools or None
+
+    @model_validator(mode="after")
+    def _check_semantics(self) -> ChatRequest:
+        seen_non_system = False
+        call_ids: set[str] = set()
+        for i, msg in enumerate(self.messages):
+            if msg.role == "system" and seen_non_system:
+                raise _semantic_error(
+                    "System messages must appear before any non-system messages", f"messages.{i}.role"
+                )
+            seen_non_system = seen_non_system or msg.role != "system"
+            if msg.tool_calls:
+                call_ids.update(call.id for call in msg.tool_calls)
+            if msg.role == "tool" and msg.tool_call_id not in call_ids:
+                raise _semantic_error(
+                    f"No tool call found in history for tool_call_id: {msg.tool_call_id}",
+                    f"messages.{i}.tool_call_id",
+                )
+        self._check_tools()
+        return self
+
+    def _check_tools(self) -> None:
+        names: set[str] = set()
+        for i, tool in enumerate(self.tools or ()):
+            if tool.function.name in names:
+                raise _semantic_error(
+                    f"Invalid tool definition: duplicate tool name '{tool.function.name}'",
+                    f"tools.{i}.function.name",
+                )
+            names.add(tool.function.name)
+        choice = self.tool_choice
+        if (choice == "required" or isinstance(choice, ToolChoiceFunction)) and not names:
+            raise _semantic_error("tool_choice requires tools", "tool_choice")
+        if isinstance(choice, ToolChoiceFunction) and choice.function.name not in names:
+            raise _semantic_error(
+                f"tool_choice names unknown tool '{choice.function.name}'", "tool_choice.function.name"
+            )

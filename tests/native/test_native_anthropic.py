@@ -1,0 +1,359 @@
+"""The Anthropic translator: request bodies the official SDK's types accept, responses built with its models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from anthropic.types import Message, TextBlock, ToolUseBlock
+from anthropic.types import Usage as AnthropicUsage
+
+from sentinel.native import ChatRequest, NativeValidationError, TranslationError
+from sentinel.native.anthropic import build_anthropic_request, parse_anthropic_response
+from sentinel.native.validation import parse_chat_request
+
+Check = Callable[[dict[str, Any]], dict[str, Any]]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def call(cid: str, city: str) -> dict[str, Any]:
+    return {"id": cid, "type": "function", "function": {"name": "get_weather", "arguments": {"city": city}}}
+
+
+def request(*messages: dict[str, Any], **fields: Any) -> ChatRequest:
+    return parse_chat_request({"messages": list(messages), **fields})
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def message(
+    *blocks: TextBlock | ToolUseBlock, stop: str | None = "end_turn", cache_read: int | None = None
+) -> dict[str, Any]:
+    """A Messages API response exactly as the anthropic SDK models it."""
+    return Message(
+        id="msg_01",
+        type="message",
+        role="assistant",
+        model="claude-sonnet-4-5",
+        content=list(blocks),
+        stop_reason=stop,
+        stop_sequence=None,
+        usage=AnthropicUsage(input_tokens=20, output_tokens=5, cache_read_input_tokens=cache_read),
+    ).model_dump(mode="json")
+
+
+def text(value: str) -> TextBlock:
+    return TextBlock(type="text", text=value)
+
+
+def tool_use(tid: str, city: str) -> ToolUseBlock:
+    return ToolUseBlock(type="tool_use", id=tid, name="get_weather", input={"city": city})
+
+
+def test_minimal_request(anthropic_wire: Check) -> None:
+    body = build_anthropic_request(request(user("hi")), "claude-sonnet-4-5", stream=False)
+    anthropic_wire(body)
+    assert body == {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 4096,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+    }
+
+
+def test_parameters_and_stop_sequences(anthropic_wire: Check) -> None:
+    body = build_anthropic_request(
+        request(user("hi"), max_tokens=50, temperature=0.3, top_p=0.9, stop="END", stream=True),
+        "m",
+        stream=True,
+        default_max_tokens=999,
+    )
+    anthropic_wire(body)
+    assert (body["max_tokens"], body["temperature"], body["top_p"]) == (50, 0.3, 0.9)
+    assert body["stop_sequences"] == ["END"]
+    assert body["stream"] is True
+    listed = build_anthropic_request(
+        request(user("hi"), stop=["a", "b"]), "m", stream=False, default_max_tokens=7
+    )
+    assert listed["stop_sequences"] == ["a", "b"] and listed["max_tokens"] == 7
+    assert "stream" not in listed
+
+
+@pytest.mark.parametrize(("given", "sent"), [(0.0, 0.0), (1.0, 1.0), (1.7, 1.0), (2.0, 1.0)])
+def test_temperature_is_clamped_to_anthropic_range(given: float, sent: float) -> None:
+    assert (
+        build_anthropic_request(request(user("hi"), temperature=given), "m", stream=False)["temperature"]
+        == sent
+    )
+
+
+def test_system_messages_are_lifted_and_joined(anthropic_wire: Check) -> None:
+    req = request(
+        {"role": "system", "content": "Be brief."},
+        {
+            "role": "system",
+            "content": [{"type": "text", "text": "Answer in "}, {"type": "text", "text": "French."}],
+        },
+        user("hi"),
+    )
+    body = build_anthropic_request(req, "m", stream=False)
+    anthropic_wire(body)
+    assert body["system"] == "Be brief.\nAnswer in French."
+    assert [t["role"] for t in body["messages"]] == ["user"]
+
+
+def test_consecutive_same_role_turns_are_merged(anthropic_wire: Check) -> None:
+    req = request(
+        user("one"),
+        user("two"),
+        {"role": "assistant", "content": "three"},
+        {"role": "assistant", "content": "four"},
+        user("five"),
+    )
+    body = build_anthropic_request(req, "m", stream=False)
+    anthropic_wire(body)
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "three"}, {"type": "text", "text": "four"}],
+        },
+        {"role": "user", "content": [{"type": "text", "text": "five"}]},
+    ]
+
+
+def test_conversation_must_start_with_user() -> None:
+    req = request({"role": "system", "content": "s"}, {"role": "assistant", "content": "hello"}, user("hi"))
+    with pytest.raises(NativeValidationError) as info:
+        build_anthropic_request(req, "m", stream=False)
+    assert info.value.message == "First non-system message must be from user role"
+    assert info.value.param == "messages.1.role"
+
+
+def test_conversation_needs_a_non_system_message() -> None:
+    with pytest.raises(NativeValidationError) as info:
+        build_anthropic_request(request({"role": "system", "content": "s"}), "m", stream=False)
+    assert info.value.message == "Conversation must contain at least one user message"
+
+
+def test_empty_turn_is_rejected_clearly() -> None:
+    req = request(user("hi"), {"role": "assistant", "content": ""}, user("again"))
+    with pytest.raises(NativeValidationError) as info:
+        build_anthropic_request(req, "m", stream=False)
+    assert info.value.param == "messages.1.content"
+    assert "empty" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("choice", "wire"),
+    [
+        ("auto", {"type": "auto"}),
+        ("required", {"type": "any"}),
+        ("none", {"type": "none"}),
+        ({"type": "function", "function": {"name": "get_weather"}}, {"type": "tool", "name": "get_weather"}),
+        (None, None),
+    ],
+)
+def test_tools_and_tool_choice(anthropic_wire: Check, choice: Any, wire: Any) -> None:
+    fields: dict[str, Any] = {"tools": [WEATHER_TOOL]}
+    if choice is not None:
+        fields["tool_choice"] = choice
+    body = build_anthropic_request(request(user("hi"), **fields), "m", stream=False)
+    anthropic_wire(body)
+    assert body["tools"] == [
+        {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "input_schema": WEATHER_TOOL["function"]["parameters"],
+        }
+    ]
+    assert body.get("tool_choice") == wire
+
+
+def test_tool_round_trip(anthropic_wire: Check) -> None:
+    # 1. the client asks with tools
+    first = build_anthropic_request(
+        request(user("Weather in Paris and Oslo?"), tools=[WEATHER_TOOL]), "m", stream=False
+    )
+    anthropic_wire(first)
+    # 2. the provider answers with two parallel tool_use blocks
+    reply = parse_anthropic_response(
+        message(
+            text("Let me check."), tool_use("toolu_1", "Paris"), tool_use("toolu_2", "Oslo"), stop="tool_use"
+        ),
+        provider="anthropic",
+        tier="complex",
+        created=1700000000,
+    )
+    assert reply.choices[0].finish_reason == "tool_calls"
+    client_view = reply.to_response().to_dict()["choices"][0]["message"]
+    assert client_view == {
+        "role": "assistant",
+        "content": "Let me check.",
+        "tool_calls": [
+            {
+                "id": "toolu_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+            },
+            {
+                "id": "toolu_2",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": {"city": "Oslo"}},
+            },
+        ],
+    }
+    # 3. the client echoes the calls and sends both results: they become ONE user turn of tool_result blocks
+    follow_up = request(
+        user("Weather in Paris and Oslo?"),
+        client_view,
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "21C"},
+        {"role": "tool", "tool_call_id": "toolu_2", "content": [{"type": "text", "text": "5C"}]},
+        tools=[WEATHER_TOOL],
+    )
+    second = build_anthropic_request(follow_up, "m", stream=False)
+    anthropic_wire(second)
+    assert second["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Let me check."},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Oslo"}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "21C"},
+                {"type": "tool_result", "tool_use_id": "toolu_2", "content": "5C"},
+            ],
+        },
+    ]
+    # 4. the final answer
+    final = parse_anthropic_response(message(text("Warm in Paris.")), provider="anthropic", tier="complex")
+    assert final.choices[0].message.content == "Warm in Paris."
+    assert final.choices[0].message.tool_calls is None
+
+
+def test_user_text_after_tool_results_joins_their_turn_after_them(anthropic_wire: Check) -> None:
+    req = request(
+        user("hi"),
+        {"role": "assistant", "content": None, "tool_calls": [call("t1", "Paris")]},
+        {"role": "tool", "tool_call_id": "t1", "content": ""},
+        user("and now?"),
+    )
+    body = build_anthropic_request(req, "m", stream=False)
+    anthropic_wire(body)
+    assert body["messages"][2] == {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": "t1"}, {"type": "text", "text": "and now?"}],
+    }
+
+
+def test_images_become_image_blocks(anthropic_wire: Check) -> None:
+    req = request(
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+                {"type": "text", "text": "compare"},
+            ],
+        }
+    )
+    body = build_anthropic_request(req, "m", stream=False)
+    anthropic_wire(body)
+    assert body["messages"][0]["content"] == [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+        {"type": "text", "text": "compare"},
+    ]
+
+
+def test_unsupported_image_url_is_a_validation_error() -> None:
+    req = request({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]})
+    with pytest.raises(NativeValidationError) as info:
+        build_anthropic_request(req, "m", stream=False)
+    assert info.value.param == "messages.0.content.0.image_url.url"
+
+
+def test_response_with_usage_including_cache() -> None:
+    reply = parse_anthropic_response(
+        message(text("Hello "), text("world")), provider="anthropic", tier="simple", created=5
+    )
+    assert reply.to_response().to_dict() == {
+        "id": "msg_01",
+        "object": "chat.completion",
+        "created": 5,
+        "model": "claude-sonnet-4-5",
+        "provider": "anthropic",
+        "tier": "simple",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Hello world"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25},
+    }
+    cached = parse_anthropic_response(message(text("x"), cache_read=100), provider="anthropic", tier="simple")
+    assert cached.usage is not None
+    assert (cached.usage.prompt_tokens, cached.usage.total_tokens) == (120, 125)
+
+
+@pytest.mark.parametrize(
+    ("stop", "finish"),
+    [
+        ("end_turn", "stop"),
+        ("max_tokens", "length"),
+        ("stop_sequence", "stop"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+        ("pause_turn", "stop"),
+        (None, "stop"),
+    ],
+)
+def test_stop_reason_mapping(stop: str | None, finish: str) -> None:
+    reply = parse_anthropic_response(message(text("x"), stop=stop), provider="anthropic", tier="simple")
+    assert reply.choices[0].finish_reason == finish
+
+
+def test_thinking_blocks_are_not_part_of_the_answer() -> None:
+    body = message(text("answer"))
+    body["content"].insert(0, {"type": "thinking", "thinking": "hmm", "signature": "sig"})
+    assert parse_anthropic_response(body, provider="anthropic", tier="simple").text() == "answer"
+
+
+def test_missing_usage_is_left_to_the_caller() -> None:
+    body = message(text("x"))
+    del body["usage"]
+    assert parse_anthropic_response(body, provider="anthropic", tier="simple").usage is None
+
+
+@pytest.mark.parametrize(
+    ("mutate", "text_"),
+    [
+        (lambda b: b.update(type="error"), "not a message"),
+        (lambda b: b.update(content=None), "no content list"),
+        (lambda b: b.pop("id"), "'id'"),
+        (
+            lambda b: b["content"].append({"type": "tool_use", "id": "t", "name": "f", "input": "{}"}),
+            "Malformed",
+        ),
+        (lambda b: b["content"].append({"type": "tool_use", "name": "f", "input": {}}), "no id or name"),
+        (lambda b: b.update(usage={"input_tokens": 1}), "usage"),
+    ],
+)
+def test_malformed_responses_raise(mutate: Any, text_: str) -> None:
+    body = message(text("x"))
+    mutate(body)
+    with pytest.raises(TranslationError) as info:
+        parse_anthropic_response(body, provider="anthropic", tier="simple")
+    assert text_ in info.value.message

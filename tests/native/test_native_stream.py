@@ -1,0 +1,459 @@
+"""Stream normalisation: upstream SSE bytes (built from the official SDKs' event models) in, unified chunks out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from anthropic.types import (
+    InputJSONDelta,
+    Message,
+    MessageDeltaUsage,
+    RawContentBlockDeltaEvent,
+    RawContentBlockStartEvent,
+    RawContentBlockStopEvent,
+    RawMessageDeltaEvent,
+    RawMessageStartEvent,
+    RawMessageStopEvent,
+    TextBlock,
+    TextDelta,
+    ToolUseBlock,
+)
+from anthropic.types import Usage as AnthropicUsage
+from anthropic.types.raw_message_delta_event import Delta as MessageDelta
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk
+from openai.types.chat import chat_completion_chunk as ck
+from openai.types.completion_usage import CompletionUsage
+
+from sentinel.native import ChatChunk, StreamError, Usage
+from sentinel.native.sse import SSEEvent, SSEParser
+from sentinel.native.stream import (
+    DONE,
+    AnthropicStreamNormalizer,
+    OpenAIStreamNormalizer,
+    StreamNormalizer,
+    StreamResult,
+    render_chunk,
+    render_error_event,
+)
+
+# ---------------------------------------------------------------- upstream fixtures
+
+
+def oa_chunk(
+    delta: ck.ChoiceDelta | None = None, finish: str | None = None, usage: CompletionUsage | None = None
+) -> bytes:
+    choices = [] if delta is None else [ck.Choice(index=0, delta=delta, finish_reason=finish)]
+    chunk = ChatCompletionChunk(
+        id="chatcmpl-up",
+        object="chat.completion.chunk",
+        created=1732000000,
+        model="gpt-4o",
+        choices=choices,
+        usage=usage,
+    )
+    return b"data: " + orjson.dumps(chunk.model_dump(mode="json")) + b"\n\n"
+
+
+def oa_call(
+    index: int, *, id: str | None = None, name: str | None = None, args: str | None = None
+) -> ck.ChoiceDeltaToolCall:
+    return ck.ChoiceDeltaToolCall(
+        index=index,
+        id=id,
+        type="function" if id else None,
+        function=ck.ChoiceDeltaToolCallFunction(name=name, arguments=args),
+    )
+
+
+OA_USAGE = oa_chunk(usage=CompletionUsage(prompt_tokens=9, completion_tokens=4, total_tokens=13))
+OA_TEXT = (
+    oa_chunk(ck.ChoiceDelta(role="assistant", content=""))
+    + oa_chunk(ck.ChoiceDelta(content="Hel"))
+    + oa_chunk(ck.ChoiceDelta(content="lo ✓"))
+    + oa_chunk(ck.ChoiceDelta(), finish="stop")
+    + OA_USAGE
+    + DONE
+)
+OA_TOOLS = (
+    oa_chunk(
+        ck.ChoiceDelta(role="assistant", tool_calls=[oa_call(0, id="call_a", name="get_weather", args="")])
+    )
+    + oa_chunk(ck.ChoiceDelta(tool_calls=[oa_call(0, args='{"city": ')]))
+    + oa_chunk(ck.ChoiceDelta(tool_calls=[oa_call(1, id="call_b", name="get_time", args="{")]))
+    + oa_chunk(ck.ChoiceDelta(tool_calls=[oa_call(0, args='"Paris"}')]))
+    + oa_chunk(ck.ChoiceDelta(tool_calls=[oa_call(1, args='"tz": "CET"}')]))
+    + oa_chunk(ck.ChoiceDelta(), finish="tool_calls")
+    + OA_USAGE
+    + DONE
+)
+
+
+def an_event(event: Any) -> bytes:
+    data = event.model_dump(mode="json")
+    return f"event: {data['type']}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def an_start(input_tokens: int = 25, cache_read: int | None = None) -> bytes:
+    message = Message(
+        id="msg_up",
+        type="message",
+        role="assistant",
+        model="claude-sonnet-4-5",
+        content=[],
+        stop_reason=None,
+        stop_sequence=None,
+        usage=AnthropicUsage(input_tokens=input_tokens, output_tokens=1, cache_read_input_tokens=cache_read),
+    )
+    return an_event(RawMessageStartEvent(type="message_start", message=message))
+
+
+def an_text_block(index: int, *pieces: str) -> bytes:
+    out = an_event(
+        RawContentBlockStartEvent(
+            type="content_block_start", index=index, content_block=TextBlock(type="text", text="")
+        )
+    )
+    for piece in pieces:
+        out += an_event(
+            RawContentBlockDeltaEvent(
+                type="content_block_delta", index=index, delta=TextDelta(type="text_delta", text=piece)
+            )
+        )
+    return out + an_event(RawContentBlockStopEvent(type="content_block_stop", index=index))
+
+
+def an_tool_block(index: int, tool_id: str, name: str, *fragments: str) -> bytes:
+    block = ToolUseBlock(type="tool_use", id=tool_id, name=name, input={})
+    out = an_event(RawContentBlockStartEvent(type="content_block_start", index=index, content_block=block))
+    for fragment in fragments:
+        delta = InputJSONDelta(type="input_json_delta", partial_json=fragment)
+        out += an_event(RawContentBlockDeltaEvent(type="content_block_delta", index=index, delta=delta))
+    return out + an_event(RawContentBlockStopEvent(type="content_block_stop", index=index))
+
+
+def an_end(stop_reason: str | None = "end_turn", output_tokens: int = 12) -> bytes:
+    delta = RawMessageDeltaEvent(
+        type="message_delta",
+        delta=MessageDelta(stop_reason=stop_reason, stop_sequence=None),
+        usage=MessageDeltaUsage(output_tokens=output_tokens),
+    )
+    return an_event(delta) + an_event(RawMessageStopEvent(type="message_stop"))
+
+
+PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+AN_TEXT = an_start() + PING + an_text_block(0, "Hel", "lo") + an_end()
+AN_TOOLS = (
+    an_start()
+    + an_text_block(0, "Checking.")
+    + an_tool_block(1, "toolu_A", "get_weather", '{"ci', 'ty": "Paris"}')
+    + an_tool_block(2, "toolu_B", "get_weather", "", '{"city": "Oslo"}')
+    + an_tool_block(3, "toolu_C", "get_time")
+    + an_end("tool_use", 40)
+)
+
+# ---------------------------------------------------------------- driver
+
+
+def run(
+    normalizer: StreamNormalizer, raw: bytes, piece: int = 1
+) -> tuple[list[dict[str, Any]], StreamResult]:
+    """Feed raw upstream bytes in pieces of `piece` bytes; every chunk must be a valid unified chunk."""
+    parser = SSEParser()
+    chunks: list[dict[str, Any]] = []
+    for i in range(0, len(raw), piece):
+        for event in parser.feed(raw[i : i + piece]):
+            chunks.extend(normalizer.feed(event))
+    parser.close()
+    result = normalizer.finish()
+    for chunk in chunks + result.chunks:
+        ChatChunk.model_validate(chunk)
+        ChatCompletionChunk.model_validate(chunk)
+    return chunks + result.chunks, result
+
+
+def content(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+
+
+def assert_stable_and_role_first(chunks: list[dict[str, Any]]) -> None:
+    assert chunks, "no chunks"
+    assert {(c["id"], c["created"], c["model"]) for c in chunks} == {
+        (chunks[0]["id"], chunks[0]["created"], chunks[0]["model"])
+    }
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all("role" not in c["choices"][0]["delta"] for c in chunks[1:])
+    assert [c["choices"][0].get("finish_reason") for c in chunks][:-1] == [None] * (len(chunks) - 1)
+    assert chunks[-1]["choices"][0]["finish_reason"] is not None
+
+
+def openai_sdk_view(chunks: list[dict[str, Any]]) -> Any:
+    """What an OpenAI SDK client assembles from our chunks."""
+    state = ChatCompletionStreamState()
+    for chunk in chunks:
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    return state.get_final_completion().choices[0]
+
+
+# ---------------------------------------------------------------- OpenAI
+
+
+@pytest.mark.parametrize("piece", [1, 7, 10_000])
+def test_openai_text_stream(piece: int) -> None:
+    chunks, result = run(OpenAIStreamNormalizer(provider="openai"), OA_TEXT, piece)
+    assert_stable_and_role_first(chunks)
+    assert (chunks[0]["id"], chunks[0]["created"], chunks[0]["model"]) == (
+        "chatcmpl-up",
+        1732000000,
+        "gpt-4o",
+    )
+    assert content(chunks) == "Hello ✓"
+    assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop"}
+    assert all(c["choices"] for c in chunks), "the upstream usage chunk must not be forwarded"
+    assert result.error is None
+    assert result.usage == Usage.of(9, 4)
+    assert (result.text, result.finish_reason, result.tool_calls) == ("Hello ✓", "stop", [])
+    assert openai_sdk_view(chunks).message.content == "Hello ✓"
+
+
+def test_openai_tool_call_stream() -> None:
+    chunks, result = run(OpenAIStreamNormalizer(provider="openai"), OA_TOOLS)
+    assert_stable_and_role_first(chunks)
+    starts = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", []) if "id" in tc]
+    assert [(tc["index"], tc["id"], tc["function"]["name"]) for tc in starts] == [
+        (0, "call_a", "get_weather"),
+        (1, "call_b", "get_time"),
+    ]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert [(c.id, c.function.name, c.function.arguments) for c in result.tool_calls] == [
+        ("call_a", "get_weather", {"city": "Paris"}),
+        ("call_b", "get_time", {"tz": "CET"}),
+    ]
+    sdk_calls = openai_sdk_view(chunks).message.tool_calls
+    assert [(c.id, c.function.arguments) for c in sdk_calls] == [
+        ("call_a", '{"city": "Paris"}'),
+        ("call_b", '{"tz": "CET"}'),
+    ]
+
+
+def test_openai_first_chunk_gets_the_role_even_if_upstream_omits_it() -> None:
+    raw = oa_chunk(ck.ChoiceDelta(content="x")) + oa_chunk(ck.ChoiceDelta(), finish="length") + DONE
+    chunks, result = run(OpenAIStreamNormalizer(provider="compat"), raw, 1000)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "x"}
+    assert result.finish_reason == "length"
+    assert result.usage is None  # the caller estimates
+
+
+def test_openai_missing_ids_are_invented_once() -> None:
+    raw = (
+        oa_chunk(ck.ChoiceDelta(tool_calls=[oa_call(0, name="f", args="{}")]))
+        + oa_chunk(ck.ChoiceDelta(), finish="tool_calls")
+        + DONE
+    )
+    chunks, result = run(OpenAIStreamNormalizer(provider="compat"), raw, 1000)
+    sent_id = chunks[0]["choices"][0]["delta"]["tool_calls"][0]["id"]
+    assert sent_id.startswith("call_")
+    assert result.tool_calls[0].id == sent_id
+    assert result.tool_calls[0].function.arguments == {}
+
+
+def test_openai_truncated_stream_is_detected() -> None:
+    raw = OA_TEXT[: OA_TEXT.index(b"data: [DONE]")]  # finish and usage arrived, [DONE] did not
+    chunks, result = run(OpenAIStreamNormalizer(provider="openai"), raw)
+    assert result.error is not None and result.error.code == "connection_closed"
+    assert result.chunks == [] and result.finish_reason is None
+    assert all(c["choices"][0].get("finish_reason") is None for c in chunks)
+    assert result.usage == Usage.of(9, 4)  # still available for accounting
+
+
+def test_openai_invalid_tool_arguments_fail_at_the_end() -> None:
+    raw = (
+        oa_chunk(ck.ChoiceDelta(tool_calls=[oa_call(0, id="c", name="f", args='{"a": ')]))
+        + oa_chunk(ck.ChoiceDelta(), finish="tool_calls")
+        + DONE
+    )
+    _, result = run(OpenAIStreamNormalizer(provider="openai"), raw, 1000)
+    assert result.error is not None and result.error.code == "parse_error"
+    assert "Malformed tool call arguments for 'f'" in result.error.message
+    assert result.chunks == []
+
+
+def test_openai_error_event_raises_with_the_provider_code() -> None:
+    normalizer = OpenAIStreamNormalizer(provider="openai")
+    event = SSEEvent(
+        orjson.dumps(
+            {"error": {"message": "overloaded", "type": "server_error", "code": "overloaded"}}
+        ).decode()
+    )
+    with pytest.raises(StreamError) as info:
+        normalizer.feed(event)
+    assert (info.value.message, info.value.code, info.value.provider) == (
+        "overloaded",
+        "overloaded",
+        "openai",
+    )
+
+
+@pytest.mark.parametrize("data", ["{not json", "[1]"])
+def test_openai_malformed_event_raises_parse_error(data: str) -> None:
+    with pytest.raises(StreamError) as info:
+        OpenAIStreamNormalizer(provider="openai").feed(SSEEvent(data))
+    assert info.value.code == "parse_error"
+
+
+def test_openai_events_after_done_are_ignored() -> None:
+    normalizer = OpenAIStreamNormalizer(provider="openai")
+    normalizer.feed(SSEEvent("[DONE]"))
+    assert normalizer.feed(SSEEvent("{not json")) == []
+
+
+# ---------------------------------------------------------------- Anthropic
+
+
+@pytest.mark.parametrize("piece", [1, 13, 10_000])
+def test_anthropic_text_stream(piece: int) -> None:
+    chunks, result = run(AnthropicStreamNormalizer(provider="anthropic", created=42), AN_TEXT, piece)
+    assert_stable_and_role_first(chunks)
+    assert (chunks[0]["id"], chunks[0]["created"], chunks[0]["model"]) == ("msg_up", 42, "claude-sonnet-4-5")
+    assert content(chunks) == "Hello"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert result.error is None
+    assert result.usage == Usage.of(25, 12)
+    assert openai_sdk_view(chunks).message.content == "Hello"
+
+
+def test_anthropic_cache_tokens_count_as_prompt() -> None:
+    _, result = run(
+        AnthropicStreamNormalizer(provider="anthropic"), an_start(10, cache_read=90) + an_end(), 10_000
+    )
+    assert result.usage == Usage.of(100, 12)
+
+
+def test_anthropic_parallel_tool_use_blocks_get_distinct_indexes_and_ids() -> None:
+    chunks, result = run(AnthropicStreamNormalizer(provider="anthropic"), AN_TOOLS)
+    assert_stable_and_role_first(chunks)
+    deltas = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
+    starts = [(tc["index"], tc["id"], tc["type"], tc["function"]["name"]) for tc in deltas if "id" in tc]
+    assert starts == [
+        (0, "toolu_A", "function", "get_weather"),
+        (1, "toolu_B", "function", "get_weather"),
+        (2, "toolu_C", "function", "get_time"),
+    ]
+    fragments: dict[int, str] = {}
+    for tc in deltas:
+        fragments[tc["index"]] = fragments.get(tc["index"], "") + tc["function"].get("arguments", "")
+    assert fragments == {0: '{"city": "Paris"}', 1: '{"city": "Oslo"}', 2: ""}
+    assert content(chunks) == "Checking."
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert [(c.id, c.function.arguments) for c in result.tool_calls] == [
+        ("toolu_A", {"city": "Paris"}),
+        ("toolu_B", {"city": "Oslo"}),
+        ("toolu_C", {}),
+    ]
+    assert result.usage == Usage.of(25, 40)
+    sdk = openai_sdk_view(chunks).message
+    assert [(c.id, c.function.name) for c in sdk.tool_calls] == [
+        ("toolu_A", "get_weather"),
+        ("toolu_B", "get_weather"),
+        ("toolu_C", "get_time"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stop", "finish"),
+    [
+        ("end_turn", "stop"),
+        ("max_tokens", "length"),
+        ("stop_sequence", "stop"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+        ("pause_turn", "stop"),
+    ],
+)
+def test_anthropic_stop_reason_mapping(stop: str, finish: str) -> None:
+    chunks, result = run(AnthropicStreamNormalizer(provider="anthropic"), an_start() + an_end(stop), 10_000)
+    assert chunks[-1]["choices"][0]["finish_reason"] == finish == result.finish_reason
+
+
+def test_anthropic_truncated_stream_is_detected() -> None:
+    raw = AN_TOOLS[: AN_TOOLS.index(b"event: message_stop")]
+    _, result = run(AnthropicStreamNormalizer(provider="anthropic"), raw)
+    assert result.error is not None and result.error.code == "connection_closed"
+    assert result.chunks == []
+    assert result.usage == Usage.of(25, 40)
+
+
+def test_anthropic_stream_cut_before_message_delta_has_no_usage() -> None:
+    _, result = run(
+        AnthropicStreamNormalizer(provider="anthropic"), an_start() + an_text_block(0, "x"), 10_000
+    )
+    assert result.error is not None
+    assert result.usage is None  # output tokens unknown: the caller estimates
+
+
+def test_anthropic_error_event_raises_with_its_type() -> None:
+    normalizer = AnthropicStreamNormalizer(provider="anthropic")
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    with pytest.raises(StreamError) as info:
+        normalizer.feed(SSEEvent(orjson.dumps(error).decode(), "error"))
+    assert (info.value.message, info.value.code) == ("Overloaded", "overloaded_error")
+
+
+def test_anthropic_invalid_tool_json_fails_at_the_end() -> None:
+    raw = an_start() + an_tool_block(0, "toolu_X", "f", '{"a": tru') + an_end("tool_use")
+    _, result = run(AnthropicStreamNormalizer(provider="anthropic"), raw, 10_000)
+    assert result.error is not None and result.error.code == "parse_error"
+    assert result.chunks == []
+
+
+def test_anthropic_thinking_and_unknown_events_are_skipped() -> None:
+    thinking = (
+        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}\n\n'
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}\n\n'
+        b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+        b'event: brand_new\ndata: {"type":"brand_new"}\n\n'
+    )
+    chunks, result = run(
+        AnthropicStreamNormalizer(provider="anthropic"),
+        an_start() + thinking + an_text_block(1, "ok") + an_end(),
+        10_000,
+    )
+    assert content(chunks) == "ok"
+    assert result.error is None
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def test_render_helpers_produce_parseable_sse() -> None:
+    normalizer = OpenAIStreamNormalizer(provider="openai", created=1)
+    chunk = normalizer.usage_chunk(Usage.of(1, 2))
+    raw = (
+        render_chunk({"a": "é"})
+        + render_chunk(chunk)
+        + render_error_event("boom", code="connection_closed")
+        + DONE
+    )
+    assert render_chunk({"a": 1}) == b'data: {"a":1}\n\n'
+    assert DONE == b"data: [DONE]\n\n"
+    events = SSEParser().feed(raw)
+    assert [orjson.loads(e.data) for e in events[:3]] == [
+        {"a": "é"},
+        {**chunk},
+        {"error": {"message": "boom", "type": "stream_error", "code": "connection_closed"}},
+    ]
+    assert events[3].data == "[DONE]"
+    assert chunk["choices"] == [] and chunk["usage"] == {
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "total_tokens": 3,
+    }
+    ChatChunk.model_validate(chunk)
+
+
+def test_error_event_without_code() -> None:
+    assert orjson.loads(render_error_event("x", "upstream_error")[6:]) == {
+        "error": {"message": "x", "type": "upstream_error"}
+    }

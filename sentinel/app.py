@@ -19,6 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sentinel.api.deps import Deps
 from sentinel.api.middleware import RequestMiddleware, endpoint_not_found
+from sentinel.api.docs import DocsRoutes
+from sentinel.api.native import NativeAPI
 from sentinel.api.ops import OpsRoutes
 from sentinel.api.proxy import OpenAIProxy
 from sentinel.config import Settings
@@ -26,6 +28,8 @@ from sentinel.db.engine import create_engine, migrate, session_factory
 from sentinel.governance.auth import Authenticator
 from sentinel.governance.keys import KeyService
 from sentinel.observability.metrics import Metrics
+from sentinel.providers.catalog import build_catalog
+from sentinel.providers.chat import make_provider
 from sentinel.providers.http import create_session
 from sentinel.providers.openai_compat import OpenAICompatUpstream
 from sentinel.governance.ledger import SqlLedger
@@ -38,6 +42,11 @@ from sentinel.quota.local_limiter import LocalLimiter
 from sentinel.quota.meter import QuotaMeter
 from sentinel.quota.outbox import DurableOutbox, RedisStreamOutbox, SqlOutbox
 from sentinel.quota.tokens import TokenCounter
+from sentinel.routing.health import ProviderHealth
+from sentinel.routing.router import TierRouter
+from sentinel.routing.selection import WeightedSelector
+from sentinel.routing.sessions import SessionStore
+from sentinel.routing.tiers import StaticTiers
 from sentinel.store import Store, create_store
 from sentinel.store.redis import RedisStore
 
@@ -113,9 +122,30 @@ class SentinelApp:
             authenticator=authenticator,
             openai=openai,
             meter=meter,
+            counter=counter,
+        )
+        catalog = build_catalog(s)
+        chat_providers = {
+            name: make_provider(spec, http, default_max_tokens=s.default_max_output_tokens)
+            for name, spec in catalog.providers.items()
+        }
+        router = TierRouter(
+            tiers=StaticTiers(catalog.tiers),
+            providers=list(chat_providers),
+            health=ProviderHealth(store, self.metrics),
+            sessions=SessionStore(store, s.session_ttl_seconds),
+            selector=WeightedSelector(),
+            metrics=self.metrics,
+            failover=s.session_failover,
+            auto_key=s.session_auto_key,
         )
         deliverer.start()
-        routes = OpsRoutes(store, engine, self.metrics).routes() + OpenAIProxy(deps).routes()
+        routes = (
+            OpsRoutes(store, engine, self.metrics).routes()
+            + OpenAIProxy(deps).routes()
+            + NativeAPI(deps, router, chat_providers).routes()
+            + DocsRoutes(s.docs_api_key).routes()
+        )
         router = Router(routes=routes, default=_not_found)
         self._http = RequestMiddleware(
             router, metrics=self.metrics, max_in_flight=s.max_in_flight, access_log_enabled=s.access_log

@@ -7,11 +7,13 @@ environment names are the aliases (kept from the original system where it had on
 
 from __future__ import annotations
 
+import os
+import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -231,3 +233,65 @@ def load_settings(**overrides: Any) -> Settings:
             shown = f" (got {value!r})" if isinstance(value, str | int | float) and loc != "configuration" else ""
             parts.append(f"{loc.upper()}: {msg}{shown}")
         raise ConfigError("invalid configuration: " + "; ".join(parts)) from None
+
+
+# --- the providers file (SENTINEL_CONFIG) ---------------------------------------------------------
+class ProviderEntry(BaseModel):
+    """One named upstream: `kind` is its wire format (openai-compatible or anthropic)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,39}$")
+    kind: Literal["openai", "anthropic"]
+    base_url: str
+    api_key: str | None = None
+    cheap_model: str | None = None
+    mid_model: str | None = None
+
+
+class TierModelEntry(BaseModel):
+    """One candidate of a tier (field names as in Zion's tier config, snake_case here)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    provider: str
+    model: str
+    relative_cost: int = Field(1, ge=1, le=10, validation_alias=AliasChoices("relative_cost", "relativeCost"))
+    input_price_per_million: float = Field(
+        0.0, ge=0, validation_alias=AliasChoices("input_price_per_million", "inputPricePerMillion")
+    )
+    output_price_per_million: float = Field(
+        0.0, ge=0, validation_alias=AliasChoices("output_price_per_million", "outputPricePerMillion")
+    )
+
+
+class ProvidersFile(BaseModel):
+    """The YAML file named by SENTINEL_CONFIG: extra providers and, optionally, the tier table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    providers: list[ProviderEntry] = Field(default_factory=list)
+    tiers: dict[Literal["simple", "moderate", "complex"], list[TierModelEntry]] | None = None
+
+
+_ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+
+
+def load_providers_file(path: Path) -> ProvidersFile:
+    """Parse the providers file; `${VAR}` in values is replaced from the environment (keys stay out of it)."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"invalid configuration: SENTINEL_CONFIG: cannot read {path}: {exc.strerror}") from None
+    missing = [name for name in _ENV_REF.findall(text) if name not in os.environ]
+    if missing:
+        raise ConfigError(f"invalid configuration: SENTINEL_CONFIG: {', '.join(missing)} not set in the environment")
+    text = _ENV_REF.sub(lambda m: os.environ[m.group(1)], text)
+    try:
+        return ProvidersFile.model_validate(yaml.safe_load(text) or {})
+    except (yaml.YAMLError, ValidationError) as exc:
+        first = str(exc).splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise ConfigError(f"invalid configuration: SENTINEL_CONFIG ({path}): {detail}") from None

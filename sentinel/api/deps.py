@@ -14,6 +14,7 @@ from sentinel.governance.identity import Identity
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.openai_compat import OpenAICompatUpstream
 from sentinel.quota.meter import Meter
+from sentinel.quota.tokens import TokenCounter
 from sentinel.store import Store
 
 
@@ -27,6 +28,7 @@ class Deps:
     authenticator: Authenticator
     openai: OpenAICompatUpstream
     meter: Meter
+    counter: TokenCounter
 
     async def authenticate(self, request: Request) -> Identity:
         """The caller's identity from `Authorization: Bearer`, or AuthenticationError (401)."""

@@ -1,0 +1,219 @@
+"""Tier routing with sticky sessions: which provider+model serves a native request.
+
+`decide()` is read-only: it looks up the session, selects a candidate, and returns a `Decision`
+carrying any session write still to be done. The handler translates the request first and only
+then calls `commit()`, so a request that fails validation creates or changes no session.
+
+Policies (documented in the README):
+- a session's provider/model win over a fresh selection; a higher requested tier upgrades the
+  session (preferring its provider), a lower one never downgrades it;
+- SESSION_FAILOVER=keep (default): a session whose model is in backoff keeps it and the provider's
+  error reaches the client; `migrate` moves the session to a healthy model of its tier;
+- requests without a session are retried once, before the first byte, on another healthy candidate;
+- the store being unreachable means no stickiness (fresh selection), logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sentinel.config import SessionFailover, TierModelEntry
+from sentinel.errors import ServiceUnavailable, StoreUnavailable
+from sentinel.governance.identity import Identity
+from sentinel.native import ChatRequest
+from sentinel.observability.metrics import Metrics
+from sentinel.routing.health import ProviderHealth
+from sentinel.routing.selection import WeightedSelector
+from sentinel.routing.sessions import TIER_ORDER, Session, SessionStore, auto_conversation_id
+from sentinel.routing.tiers import TierSource
+
+log = logging.getLogger("sentinel.router")
+
+
+@dataclass
+class Decision:
+    """Where a request goes, and what to write to its session once the request is known valid."""
+
+    tier: str
+    entry: TierModelEntry
+    conversation_id: str | None = None
+    session: Session | None = None
+    pending_write: str | None = None  # "create" | "update" | "touch" | None
+    event: str | None = None  # session metric event
+    was_unhealthy: bool = False
+    tried: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def provider(self) -> str:
+        return self.entry.provider
+
+    @property
+    def model(self) -> str:
+        return self.entry.model
+
+    @property
+    def sticky(self) -> bool:
+        return self.session is not None
+
+
+class TierRouter:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        tiers: TierSource,
+        providers: Sequence[str],
+        health: ProviderHealth,
+        sessions: SessionStore,
+        selector: WeightedSelector,
+        metrics: Metrics,
+        failover: SessionFailover = SessionFailover.keep,
+        auto_key: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.tiers = tiers
+        self.providers = set(providers)
+        self.health = health
+        self.sessions = sessions
+        self.selector = selector
+        self.metrics = metrics
+        self.failover = failover
+        self.auto_key = auto_key
+        self.clock = clock
+
+    async def _candidates(self, tier: str) -> list[TierModelEntry]:
+        table = await self.tiers.table()
+        entries = [e for e in table.get(tier, []) if e.provider in self.providers]
+        if not entries:
+            raise ServiceUnavailable(
+                f"No models are configured for tier '{tier}'", code="no_models_for_tier", retry_after=30
+            )
+        return entries
+
+    async def _select(
+        self, tier: str, *, prefer: str | None = None, exclude: Sequence[tuple[str, str]] = ()
+    ) -> tuple[TierModelEntry, bool]:
+        entries = [e for e in await self._candidates(tier) if (e.provider, e.model) not in exclude]
+        if not entries:
+            raise ServiceUnavailable(f"No other model is available for tier '{tier}'", code="no_alternative")
+        states = await self.health.states([(e.provider, e.model) for e in entries])
+        now = self.clock()
+        healthy = [e for e in entries if (s := states[(e.provider, e.model)]) is None or s.until <= now]
+        if not healthy:
+            wait = min(s.remaining(now) for s in states.values() if s is not None)
+            raise ServiceUnavailable(
+                f"All models for tier '{tier}' are currently unavailable", code="tier_unavailable", retry_after=wait
+            )
+        chosen = next((e for e in healthy if e.provider == prefer), None) if prefer else None
+        chosen = chosen or self.selector.choose(healthy)
+        self.metrics.model_selections.labels(tier, chosen.provider, chosen.model).inc()
+        return chosen, states[(chosen.provider, chosen.model)] is not None
+
+    def conversation_id(self, identity: Identity, req: ChatRequest) -> str | None:
+        if req.conversation_id is not None:
+            return req.conversation_id
+        if not self.auto_key:
+            return None
+        system = "\n".join(m.text() for m in req.messages if m.role == "system")
+        first_user = next((m.text() for m in req.messages if m.role == "user"), "")
+        return auto_conversation_id(identity.external_id, system, first_user)
+
+    async def decide(self, identity: Identity, req: ChatRequest) -> Decision:
+        tier = req.tier
+        conv = self.conversation_id(identity, req)
+        session: Session | None = None
+        if conv is not None:
+            try:
+                session = await self.sessions.get(conv, identity.external_id)
+            except StoreUnavailable:
+                self.metrics.sessions.labels("store_error").inc()
+                log.warning("session store unavailable: serving without stickiness")
+                conv = None
+        if session is None:
+            entry, unhealthy = await self._select(tier)
+            decision = Decision(tier, entry, conv, None, "create" if conv else None, "created" if conv else None)
+            decision.was_unhealthy = unhealthy
+            return decision
+        if TIER_ORDER[tier] > TIER_ORDER[session.tier]:
+            entry, unhealthy = await self._select(tier, prefer=session.provider)
+            decision = Decision(tier, entry, conv, session, "update", "upgraded")
+            decision.was_unhealthy = unhealthy
+            return decision
+        return await self._sticky(session)
+
+    async def _sticky(self, session: Session) -> Decision:
+        table = await self.tiers.table()
+        entry = next(
+            (e for e in table.get(session.tier, []) if (e.provider, e.model) == (session.provider, session.model)),
+            None,
+        )
+        state = (await self.health.states([(session.provider, session.model)]))[(session.provider, session.model)]
+        in_backoff = state is not None and state.until > self.clock()
+        gone = session.provider not in self.providers
+        if (gone or in_backoff) and (gone or self.failover is SessionFailover.migrate):
+            new, _ = await self._select(session.tier, exclude=[(session.provider, session.model)])
+            return Decision(session.tier, new, session.conversation_id, session, "update", "migrated")
+        if entry is None:  # the table changed but the provider still exists: keep the conversation's model
+            entry = TierModelEntry(provider=session.provider, model=session.model, relative_cost=1)
+        decision = Decision(session.tier, entry, session.conversation_id, session, "touch", "hit")
+        decision.was_unhealthy = state is not None
+        return decision
+
+    async def commit(self, identity: Identity, decision: Decision) -> None:
+        """Apply the decision's session write (after the request proved valid). Never raises."""
+        if decision.pending_write is None or decision.conversation_id is None:
+            return
+        now = self.clock()
+        try:
+            if decision.pending_write == "create":
+                session = Session(
+                    decision.conversation_id, identity.external_id, decision.tier,
+                    decision.provider, decision.model, now, now,
+                )
+                won = await self.sessions.create(session)
+                if (won.provider, won.model) != (session.provider, session.model):
+                    # A concurrent first turn created the session first: follow it.
+                    decision.entry = TierModelEntry(provider=won.provider, model=won.model, relative_cost=1)
+                    decision.tier = won.tier
+                decision.session = won
+            elif decision.session is not None:
+                session = decision.session
+                if decision.pending_write != "touch":
+                    if decision.event == "migrated":
+                        session.migrations += 1
+                        log.info("session migrated", extra={"from": f"{session.provider}/{session.model}",
+                                                            "to": f"{decision.provider}/{decision.model}"})
+                    session.tier, session.provider, session.model = decision.tier, decision.provider, decision.model
+                await self.sessions.save(session)
+        except StoreUnavailable:
+            self.metrics.sessions.labels("store_error").inc()
+            log.warning("could not save the session (store unavailable)")
+            return
+        if decision.event:
+            self.metrics.sessions.labels(decision.event).inc()
+
+    async def alternative(self, decision: Decision) -> Decision | None:
+        """Another healthy candidate of the tier for a retry before the first byte, or None."""
+        if decision.sticky and self.failover is SessionFailover.keep:
+            return None
+        tried = [*decision.tried, (decision.provider, decision.model)]
+        try:
+            entry, _ = await self._select(decision.tier, exclude=tried)
+        except ServiceUnavailable:
+            return None
+        retry = Decision(decision.tier, entry, decision.conversation_id, decision.session, decision.pending_write,
+                         decision.event, tried=tried)
+        if decision.sticky:
+            retry.pending_write, retry.event = "update", "migrated"
+        return retry
+
+    async def report(self, decision: Decision, *, ok: bool) -> None:
+        if ok:
+            if decision.was_unhealthy:
+                await self.health.record_success(decision.provider, decision.model)
+        else:
+            await self.health.record_failure(decision.provider, decision.model)

@@ -1,0 +1,85 @@
+"""Conversation sessions: one provider+model for a conversation's whole life.
+
+Key `sentinel:session:<conversation_id>` (the original's format), JSON value
+`{conversation_id, external_id, tier, provider, model, created_at, last_seen_at, migrations}`,
+TTL SESSION_TTL_SECONDS refreshed on every request. A conversation belongs to the user who started
+it: another user presenting the same conversation_id gets 403 and never sees or changes it.
+Creation uses SET NX, so two concurrent first turns agree on one model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import orjson
+
+from sentinel.errors import PermissionDenied
+from sentinel.store import Store
+
+TIER_ORDER = {"simple": 0, "moderate": 1, "complex": 2}
+
+
+@dataclass
+class Session:
+    conversation_id: str
+    external_id: str
+    tier: str
+    provider: str
+    model: str
+    created_at: float
+    last_seen_at: float
+    migrations: int = 0
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Session:
+        data = orjson.loads(raw)
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def auto_conversation_id(external_id: str, system: str, first_user: str) -> str:
+    """SESSION_AUTO_KEY: the same user, system prompt and opening message -> the same conversation."""
+    digest = hashlib.sha256("\x1f".join((external_id, system, first_user)).encode()).hexdigest()
+    return f"auto-{digest[:40]}"
+
+
+class SessionStore:
+    """Reads and writes sessions; raises StoreUnavailable when the store is down (callers degrade)."""
+
+    def __init__(self, store: Store, ttl: float, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.clock = clock
+
+    @staticmethod
+    def key(conversation_id: str) -> str:
+        return f"sentinel:session:{conversation_id}"
+
+    async def get(self, conversation_id: str, external_id: str) -> Session | None:
+        raw = await self.store.get(self.key(conversation_id))
+        if raw is None:
+            return None
+        session = Session.from_bytes(raw)
+        if session.external_id != external_id:
+            raise PermissionDenied(
+                "This conversation_id belongs to another user; start a new conversation with a new id",
+                code="conversation_forbidden",
+            )
+        return session
+
+    async def create(self, session: Session) -> Session:
+        """Store a new session unless one appeared meanwhile; returns the session that won."""
+        if await self.store.set(self.key(session.conversation_id), session.to_bytes(), self.ttl, nx=True):
+            return session
+        existing = await self.get(session.conversation_id, session.external_id)
+        return existing or session
+
+    async def save(self, session: Session) -> None:
+        """Write (refreshing last_seen_at and the TTL)."""
+        session.last_seen_at = self.clock()
+        await self.store.set(self.key(session.conversation_id), session.to_bytes(), self.ttl)

@@ -1,0 +1,214 @@
+"""The Native API over HTTP against the mock upstream speaking real OpenAI and Anthropic wire formats."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.api.conftest import Gateway
+
+URL = "/native/v1/chat/completions"
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-20241022"}
+
+
+def tiers_file(tmp_path: Path, provider: str, name: str = "tiers.yaml") -> Path:
+    entry = {"provider": provider, "model": MODELS[provider], "relative_cost": 1}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"tiers": {"simple": [entry], "moderate": [entry], "complex": [entry]}}))
+    return path
+
+
+@pytest.fixture(params=["openai", "anthropic"])
+def native_gw(request: pytest.FixtureRequest, gateway_factory: Callable[..., Gateway], tmp_path: Path) -> Gateway:
+    gw = gateway_factory(providers_file=tiers_file(tmp_path, request.param))
+    gw.provider = request.param  # type: ignore[attr-defined]
+    return gw
+
+
+def sse_events(response: httpx.Response) -> Iterator[Any]:
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            payload = line[6:]
+            yield payload if payload == "[DONE]" else json.loads(payload)
+
+
+def stream_chat(http: httpx.Client, body: dict[str, Any]) -> tuple[list[Any], httpx.Response]:
+    with http.stream("POST", URL, json={**body, "stream": True}) as r:
+        if r.status_code == 200:
+            events = list(sse_events(r))
+        else:
+            events = []
+            r.read()
+    return events, r
+
+
+def assemble(events: list[Any]) -> dict[str, Any]:
+    """Turn unified chunks into {content, tool_calls, finish_reason} — the same for every provider."""
+    content, calls, finish = "", {}, None
+    for event in events:
+        if event == "[DONE]" or not event.get("choices"):
+            continue
+        choice = event["choices"][0]
+        delta = choice.get("delta", {})
+        content += delta.get("content") or ""
+        for tc in delta.get("tool_calls") or []:
+            slot = calls.setdefault(tc["index"], {"id": None, "name": "", "arguments": ""})
+            slot["id"] = tc.get("id") or slot["id"]
+            fn = tc.get("function") or {}
+            slot["name"] += fn.get("name") or ""
+            slot["arguments"] += fn.get("arguments") or ""
+        finish = choice.get("finish_reason") or finish
+    tool_calls = [
+        {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": json.loads(c["arguments"])}}
+        for _, c in sorted(calls.items())
+    ]
+    return {"content": content, "tool_calls": tool_calls, "finish_reason": finish}
+
+
+def test_plain_completion_unified_shape(native_gw: Gateway) -> None:
+    with native_gw.client() as http:
+        r = http.post(URL, json={"messages": [{"role": "system", "content": "Be brief."},
+                                              {"role": "user", "content": "hello native"}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion"
+    assert "hello native" in body["choices"][0]["message"]["content"]
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    assert r.headers["x-sentinel-provider"] == native_gw.provider  # type: ignore[attr-defined]
+    assert r.headers["x-sentinel-model"] == MODELS[native_gw.provider]  # type: ignore[attr-defined]
+    assert r.headers["x-sentinel-tier"] == "simple"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_calling_loop(native_gw: Gateway, stream: bool) -> None:
+    """The same client code runs the whole loop against either provider."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "What is the weather in Paris?"}]
+    body = {"messages": messages, "tools": [WEATHER_TOOL], "tool_choice": "auto"}
+    with native_gw.client() as http:
+        if stream:
+            events, r = stream_chat(http, body)
+            assert r.status_code == 200
+            assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+            assert events[-1] == "[DONE]"
+            first = assemble(events)
+        else:
+            r = http.post(URL, json=body)
+            assert r.status_code == 200, r.text
+            choice = r.json()["choices"][0]
+            first = {**choice["message"], "finish_reason": choice["finish_reason"]}
+        assert first["finish_reason"] == "tool_calls"
+        call = first["tool_calls"][0]
+        assert call["function"]["name"] == "get_weather"
+        assert isinstance(call["function"]["arguments"], dict) and "city" in call["function"]["arguments"]
+        messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+        messages.append({"role": "tool", "tool_call_id": call["id"], "content": "sunny, 21 C"})
+        if stream:
+            events, r = stream_chat(http, {"messages": messages, "tools": [WEATHER_TOOL]})
+            final = assemble(events)
+        else:
+            r = http.post(URL, json={"messages": messages, "tools": [WEATHER_TOOL]})
+            assert r.status_code == 200, r.text
+            final = {**r.json()["choices"][0]["message"], "finish_reason": r.json()["choices"][0]["finish_reason"]}
+    assert final["finish_reason"] == "stop"
+    assert "sunny" in final["content"]
+
+
+def test_stream_shape(native_gw: Gateway) -> None:
+    with native_gw.client() as http:
+        events, r = stream_chat(http, {"messages": [{"role": "user", "content": "one two three four"}]})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert r.headers["x-sentinel-provider"] == native_gw.provider  # type: ignore[attr-defined]
+    chunks = [e for e in events if e != "[DONE]"]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert len({c["id"] for c in chunks}) == 1  # one id for the whole stream
+    text = assemble(events)
+    assert "one two three four" in text["content"] and text["finish_reason"] == "stop"
+    assert events[-1] == "[DONE]"
+    usage = [c for c in chunks if c.get("usage")]
+    assert usage and usage[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_validation_errors_name_the_field(gateway: Gateway) -> None:
+    with gateway.client() as http:
+        model = http.post(URL, json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})
+        role = http.post(URL, json={"messages": [{"role": "user", "content": "x"}, {"role": "robot", "content": "y"}]})
+        tier = http.post(URL, json={"tier": "ultra", "messages": [{"role": "user", "content": "x"}]})
+        conv = http.post(URL, json={"conversation_id": "", "messages": [{"role": "user", "content": "x"}]})
+        bad_json = http.post(URL, content=b"{", headers={"content-type": "application/json"})
+    for r in (model, role, tier, conv, bad_json):
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["type"] == "invalid_request_error"
+    assert "model" in model.json()["error"]["message"]
+    assert "messages.1.role" in role.json()["error"]["message"]
+    assert "tier" in tier.json()["error"]["message"]
+
+
+def test_native_requires_auth(gateway: Gateway) -> None:
+    r = httpx.post(gateway.url + URL, json={"messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+
+
+@pytest.mark.parametrize(
+    ("directive", "status", "code"),
+    [
+        ("#mock:status=429", 429, "provider_rate_limited"),
+        ("#mock:status=500", 502, "provider_error"),
+        ("#mock:status=401", 502, "provider_auth_error"),
+        ("#mock:status=400", 400, "provider_rejected_request"),
+    ],
+)
+def test_provider_error_mapping(native_gw: Gateway, directive: str, status: int, code: str) -> None:
+    with native_gw.client() as http:
+        r = http.post(URL, json={"messages": [{"role": "user", "content": f"fail please {directive}"}]})
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code and error["provider"] == native_gw.provider  # type: ignore[attr-defined]
+    assert "sk-" not in r.text
+    if status == 429:
+        assert "retry-after" in r.headers
+
+
+def test_provider_timeout_is_504(gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
+    gw = gateway_factory(providers_file=tiers_file(tmp_path, "openai"), upstream_timeout_seconds=0.3)
+    with gw.client() as http:
+        r = http.post(URL, json={"messages": [{"role": "user", "content": "slow #mock:latency_ms=1500"}]})
+    assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
+
+
+def test_broken_stream_ends_with_error_event(native_gw: Gateway) -> None:
+    with native_gw.client() as http:
+        events, r = stream_chat(
+            http, {"messages": [{"role": "user", "content": "a b c d e f g h #mock:disconnect_after=4"}]}
+        )
+    assert r.status_code == 200
+    assert events and "[DONE]" not in events
+    assert events[-1]["error"]["type"] == "stream_error"
+
+
+def test_docs_protected_by_key(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(docs_api_key="docs-secret")
+    with httpx.Client(base_url=gw.url) as http:
+        assert http.get("/native/docs/openapi.json").status_code == 401
+        assert http.get("/native/docs/openapi.json", headers={"X-Docs-Key": "wrong"}).status_code == 401
+        assert http.get("/native/docs", headers={"X-Docs-Key": "docs-secret"}).status_code == 200
+        doc = http.get("/native/docs/openapi.json", headers={"X-Docs-Key": "docs-secret"}).json()
+    from openapi_spec_validator import validate
+
+    validate(doc)
+    assert doc["openapi"].startswith("3.1")
+    assert {"ChatRequest", "ChatResponse", "ChatChunk", "ErrorBody"} <= set(doc["components"]["schemas"])

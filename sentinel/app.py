@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.routing import Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sentinel.api.debug import DebugRoutes
 from sentinel.api.deps import Deps
 from sentinel.api.middleware import RequestMiddleware, endpoint_not_found
 from sentinel.api.docs import DocsRoutes
@@ -144,6 +145,7 @@ class SentinelApp:
             OpsRoutes(store, engine, self.metrics).routes()
             + OpenAIProxy(deps).routes()
             + NativeAPI(deps, router, chat_providers).routes()
+            + DebugRoutes(deps, router).routes()
             + DocsRoutes(s.docs_api_key).routes()
         )
         router = Router(routes=routes, default=_not_found)

@@ -81,7 +81,8 @@ class SqlOutbox:
             try:
                 with database_errors("usage outbox unavailable"):
                     async with self._sessions() as session:
-                        await session.execute(insert_ignoring(session, UsageOutboxRow, ["request_id"]).values(rows))
+                        # executemany with one cached statement (not a fresh multi-VALUES compile per batch)
+                        await session.execute(insert_ignoring(session, UsageOutboxRow, ["request_id"]), rows)
                         await session.commit()
             except GovernanceUnavailable as exc:
                 for _, future in batch:
@@ -180,16 +181,23 @@ class RedisStreamOutbox:
         async with self.store.guard():
             await self._ensure_group()
             client = self.store.client
-            if len(out) < limit:
-                # Entries a crashed (or stuck) consumer claimed and never acknowledged.
-                _, stolen, _ = await client.xautoclaim(
-                    self.KEY, self.GROUP, self.consumer, self.lease_ms, start_id="0-0", count=limit - len(out)
-                )
-                out += [self._entry(eid, fields) for eid, fields in stolen if fields]
-            if len(out) < limit:
-                fresh = await client.xreadgroup(self.GROUP, self.consumer, {self.KEY: ">"}, count=limit - len(out))
-                for _, entries in fresh or []:
-                    out += [self._entry(eid, fields) for eid, fields in entries if fields]
+            try:
+                if len(out) < limit:
+                    # Entries a crashed (or stuck) consumer claimed and never acknowledged.
+                    _, stolen, _ = await client.xautoclaim(
+                        self.KEY, self.GROUP, self.consumer, self.lease_ms, start_id="0-0", count=limit - len(out)
+                    )
+                    out += [self._entry(eid, fields) for eid, fields in stolen if fields]
+                if len(out) < limit:
+                    fresh = await client.xreadgroup(self.GROUP, self.consumer, {self.KEY: ">"}, count=limit - len(out))
+                    for _, entries in fresh or []:
+                        out += [self._entry(eid, fields) for eid, fields in entries if fields]
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    # Redis lost the group (restarted without its data): create it again next cycle,
+                    # or records written since the restart would never be read.
+                    self._group_ready = False
+                raise
         return out
 
     def _entry(self, eid: Any, fields: dict[bytes, bytes]) -> Claimed:

@@ -9,7 +9,8 @@ Policies (documented in the README):
   session (preferring its provider), a lower one never downgrades it;
 - SESSION_FAILOVER=keep (default): a session whose model is in backoff keeps it and the provider's
   error reaches the client; `migrate` moves the session to a healthy model of its tier;
-- requests without a session are retried once, before the first byte, on another healthy candidate;
+- requests without an established session (none, or its first turn, or the turn that upgrades it) are
+  retried once, before the first byte, on another healthy candidate, and the session follows the retry;
 - the store being unreachable means no stickiness (fresh selection), logged and counted.
 """
 
@@ -198,7 +199,10 @@ class TierRouter:
 
     async def alternative(self, decision: Decision) -> Decision | None:
         """Another healthy candidate of the tier for a retry before the first byte, or None."""
-        if decision.sticky and self.failover is SessionFailover.keep:
+        # A model the conversation has not been served by yet (its first turn, or the turn that
+        # upgraded it) is not "the conversation's model": keep does not bind the session to it.
+        fresh = decision.event in ("created", "upgraded")
+        if decision.sticky and not fresh and self.failover is SessionFailover.keep:
             return None
         tried = [*decision.tried, (decision.provider, decision.model)]
         try:
@@ -208,7 +212,7 @@ class TierRouter:
         retry = Decision(decision.tier, entry, decision.conversation_id, decision.session, decision.pending_write,
                          decision.event, tried=tried)
         if decision.sticky:
-            retry.pending_write, retry.event = "update", "migrated"
+            retry.pending_write, retry.event = "update", None if fresh else "migrated"
         return retry
 
     async def report(self, decision: Decision, *, ok: bool) -> None:

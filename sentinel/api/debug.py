@@ -1,0 +1,89 @@
+"""`/debug/*`: operator views of routing state, only when SENTINEL_DEBUG is on.
+
+- `GET /debug/sessions/{conversation_id}`: the caller's own session (403 for another user's, 404 when
+  there is none), with the seconds its TTL has left;
+- `GET /debug/health`: the backoff table for every tier candidate.
+
+Both need a bearer API key like `/v1` (the original left them unauthenticated). With debug off every
+`/debug/...` path answers 404 `debug_disabled` before any authentication, as the original did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from sentinel.api.deps import Deps
+from sentinel.api.middleware import context, endpoint_not_found
+from sentinel.api.responses import RawResponse, json_response
+from sentinel.errors import NotFound, StoreUnavailable
+from sentinel.routing.router import TierRouter
+
+DISABLED_MESSAGE = "Debug endpoints are disabled. Set SENTINEL_DEBUG=true to enable."
+
+
+class DebugRoutes:
+    """Read-only views of the router's sessions and provider health (see the module docstring)."""
+
+    def __init__(self, deps: Deps, router: TierRouter) -> None:
+        self.deps = deps
+        self.router = router
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/debug/sessions/{conversation_id}", self.session, methods=["GET"]),
+            Route("/debug/health", self.health, methods=["GET"]),
+            Route("/debug/{rest:path}", self.unknown),
+        ]
+
+    async def _guard(self, request: Request, route: str) -> None:
+        context(request.scope).route = route
+        if not self.deps.settings.debug:
+            raise NotFound(DISABLED_MESSAGE, code="debug_disabled")
+
+    async def session(self, request: Request) -> RawResponse:
+        await self._guard(request, "/debug/sessions")
+        identity = await self.deps.authenticate(request)
+        conversation_id: str = request.path_params["conversation_id"]
+        sessions = self.router.sessions
+        found = await sessions.get(conversation_id, identity.external_id)  # 403 for another user's
+        if found is None:
+            raise NotFound(f"No session for conversation '{conversation_id}'", code="session_not_found")
+        try:
+            ttl = await sessions.store.ttl(sessions.key(conversation_id))
+        except StoreUnavailable:
+            ttl = None
+        return json_response({**asdict(found), "ttl_remaining_seconds": ttl})
+
+    async def health(self, request: Request) -> RawResponse:
+        await self._guard(request, "/debug/health")
+        await self.deps.authenticate(request)
+        table = await self.router.tiers.table()
+        tiers_of: dict[tuple[str, str], list[str]] = {}
+        for tier, entries in table.items():
+            for entry in entries:
+                tiers_of.setdefault((entry.provider, entry.model), []).append(tier)
+        health = self.router.health
+        states = await health.states(list(tiers_of))
+        now = health.clock()
+        candidates: list[dict[str, Any]] = []
+        for (provider, model), tiers in tiers_of.items():
+            state = states[(provider, model)]
+            candidates.append({
+                "provider": provider,
+                "model": model,
+                "tiers": tiers,
+                "configured": provider in self.router.providers,
+                "available": state is None or state.until <= now,
+                "failures": 0 if state is None else state.failures,
+                "backoff_seconds": 0.0 if state is None else state.backoff,
+                "remaining_seconds": 0.0 if state is None else round(state.remaining(now), 3),
+            })
+        return json_response({"store": self.deps.store.backend, "candidates": candidates})
+
+    async def unknown(self, request: Request) -> RawResponse:
+        await self._guard(request, "/debug")
+        raise endpoint_not_found(request.scope)

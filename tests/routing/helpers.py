@@ -1,0 +1,111 @@
+"""Shared test helpers for routing: a settable clock, tier tables, /metrics reading."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import redis
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.api.conftest import Gateway
+
+OA_MINI = ("openai", "gpt-4o-mini")
+OA_4O = ("openai", "gpt-4o")
+AN_HAIKU = ("anthropic", "claude-3-5-haiku-20241022")
+AN_SONNET = ("anthropic", "claude-sonnet-4-20250514")
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def entry(pair: tuple[str, str], cost: int = 1) -> dict[str, Any]:
+    return {"provider": pair[0], "model": pair[1], "relative_cost": cost}
+
+
+def write_config(
+    path: Path, tiers: dict[str, list[dict[str, Any]]], providers: dict[str, str] | None = None
+) -> Path:
+    """A SENTINEL_CONFIG file: `providers` maps extra openai-kind provider names to base URLs."""
+    doc: dict[str, Any] = {"tiers": {t: tiers.get(t, []) for t in ("simple", "moderate", "complex")}}
+    if providers:
+        doc["providers"] = [
+            {"name": name, "kind": "openai", "base_url": url, "api_key": "sk-test"} for name, url in providers.items()
+        ]
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def metric(url: str, name: str, **labels: str) -> float | None:
+    """The sum of `name` samples matching `labels` in GET /metrics; None when no sample matches."""
+    text = httpx.get(url + "/metrics").text
+    values = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    ]
+    return sum(values) if values else None
+
+
+URL = "/native/v1/chat/completions"
+
+
+def chat(
+    http: httpx.Client, text: str = "hello", *, conv: str | None = None, tier: str | None = None,
+    messages: list[dict[str, Any]] | None = None, **extra: Any,
+) -> httpx.Response:
+    body: dict[str, Any] = {"messages": messages or [{"role": "user", "content": text}], **extra}
+    if conv is not None:
+        body["conversation_id"] = conv
+    if tier is not None:
+        body["tier"] = tier
+    return http.post(URL, json=body)
+
+
+def served(r: httpx.Response) -> tuple[str, str, str]:
+    """(tier, provider, model) from the X-Sentinel-* headers of a successful answer."""
+    assert r.status_code == 200, r.text
+    return r.headers["x-sentinel-tier"], r.headers["x-sentinel-provider"], r.headers["x-sentinel-model"]
+
+
+
+THREE = {"simple": [entry(OA_MINI), entry(OA_4O), entry(AN_HAIKU)], "complex": [entry(OA_4O), entry(AN_SONNET)]}
+_configs = count()
+
+
+def start(
+    factory: Callable[..., Gateway], tmp_path: Path, redis_url: str | None,
+    tiers: dict[str, list[dict[str, Any]]] = THREE, providers: dict[str, str] | None = None, **settings: Any,
+) -> Gateway:
+    config = write_config(tmp_path / f"sentinel-{next(_configs)}.yaml", tiers, providers)
+    return factory(providers_file=config, redis_url=redis_url, default_plan="requests=100000/60s", **settings)
+
+
+def stored(gw: Gateway, conv: str) -> dict[str, Any] | None:
+    """The raw session value under `sentinel:session:<conv>`, read from the gateway's own store."""
+    key = f"sentinel:session:{conv}"
+    if gw.settings.redis_url:
+        client = redis.Redis.from_url(gw.settings.redis_url)
+        try:
+            raw = client.get(key)
+        finally:
+            client.close()
+    else:
+        store = gw.server.server.config.app.runtime.store  # the MemoryStore: sync inside, no loop affinity
+        raw = asyncio.run(store.get(key))
+    return None if raw is None else orjson.loads(raw)

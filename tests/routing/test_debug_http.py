@@ -1,0 +1,67 @@
+"""`/debug/*` over HTTP: off by default (404 debug_disabled), authenticated and owner-scoped when on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.api.conftest import Gateway, make_key
+from tests.routing.helpers import AN_HAIKU, AN_SONNET, OA_4O, OA_MINI, THREE, chat, entry, served, start
+from tests.support.servers import free_port
+
+DISABLED = {
+    "error": {
+        "message": "Debug endpoints are disabled. Set SENTINEL_DEBUG=true to enable.",
+        "type": "not_found_error",
+        "code": "debug_disabled",
+    }
+}
+
+
+def test_debug_endpoints_are_404_when_debug_is_off(gateway: Gateway) -> None:
+    for path in ("/debug/health", "/debug/sessions/conv-1", "/debug/cache", "/debug/config"):
+        for headers in ({}, {"Authorization": f"Bearer {gateway.key}"}):
+            r = httpx.get(gateway.url + path, headers=headers)
+            assert r.status_code == 404 and r.json() == DISABLED, (path, r.text)
+
+
+def test_debug_endpoints_when_on(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    tiers = {**THREE, "moderate": [entry(("dead", "gpt-4o"))]}
+    gw = start(gateway_factory, tmp_path, backend_url, tiers, {"dead": f"http://127.0.0.1:{free_port()}/v1"},
+               debug=True, session_ttl_seconds=1000)
+    _, bob_key = asyncio.run(make_key(gw.settings.database_url, "bob"))
+    assert httpx.get(gw.url + "/debug/health").status_code == 401
+    assert httpx.get(gw.url + "/debug/sessions/conv-1").status_code == 401
+    with gw.client() as http:
+        candidates = http.get("/debug/health").json()["candidates"]
+        rows = {(c["provider"], c["model"]): c for c in candidates}
+        assert set(rows) == {OA_MINI, OA_4O, AN_HAIKU, AN_SONNET, ("dead", "gpt-4o")}
+        assert rows[OA_4O]["tiers"] == ["simple", "complex"]
+        assert all(c["available"] and c["failures"] == 0 and c["remaining_seconds"] == 0 for c in candidates)
+
+        assert chat(http, "dead end", tier="moderate").status_code == 502
+        dead = next(c for c in http.get("/debug/health").json()["candidates"] if c["provider"] == "dead")
+        assert (dead["available"], dead["failures"], dead["backoff_seconds"]) == (False, 1, 30)
+        assert 0 < dead["remaining_seconds"] <= 30
+
+        tier, provider, model = served(chat(http, "hello", conv="conv-debug"))
+        r = http.get("/debug/sessions/conv-debug")
+        assert r.status_code == 200, r.text
+        session = r.json()
+        assert (session["conversation_id"], session["external_id"]) == ("conv-debug", "alice")
+        assert (session["tier"], session["provider"], session["model"]) == (tier, provider, model)
+        assert 0 < session["ttl_remaining_seconds"] <= 1000
+
+        missing = http.get("/debug/sessions/conv-nobody")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "session_not_found"
+        unknown = http.get("/debug/nothing-here")
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "endpoint_not_found"
+    with gw.client(bob_key) as bob:
+        r = bob.get("/debug/sessions/conv-debug")
+        assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+        assert "alice" not in r.text and model not in r.text

@@ -1,0 +1,188 @@
+"""Provider failures over HTTP: retry once before the first byte, never after; keep vs migrate.
+
+Mock fault directives apply to every provider (they travel in the message), so provider-specific
+failures come from a provider pointed at a closed port, or at a mock upstream the test stops.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sentinel.mock.app import create_mock_app
+from tests.api.conftest import Gateway
+from tests.routing.helpers import (
+    AN_HAIKU,
+    AN_SONNET,
+    OA_4O,
+    OA_MINI,
+    URL,
+    chat,
+    entry,
+    metric,
+    served,
+    start,
+    stored,
+)
+from tests.support.servers import ServerThread, free_port
+
+DEAD = ("dead", "gpt-4o-mini")
+
+
+def dead_url() -> str:
+    return f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: connection refused
+
+
+def sse(http: httpx.Client, body: dict[str, Any]) -> tuple[httpx.Response, list[Any]]:
+    with http.stream("POST", URL, json={**body, "stream": True}) as r:
+        r.read()
+    events = [
+        line[6:] if line == "data: [DONE]" else json.loads(line[6:])
+        for line in r.text.splitlines()
+        if line.startswith("data: ")
+    ]
+    return r, events
+
+
+@pytest.mark.parametrize("mode", ["plain", "stream", "conversation"])
+def test_a_failed_first_choice_is_retried_once_on_a_healthy_candidate(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, mode: str
+) -> None:
+    # The dead provider is ten times cheaper, so it is nearly always the first choice until it fails.
+    tiers = {"simple": [entry(DEAD, 1), entry(OA_MINI, 10)]}
+    gw = start(gateway_factory, tmp_path, backend_url, tiers, {"dead": dead_url()})
+    with gw.client() as http:
+        for i in range(40):
+            if mode == "stream":
+                r, events = sse(http, {"messages": [{"role": "user", "content": f"hi {i}"}]})
+                assert events[-1] == "[DONE]" and "error" not in events[-2]
+            else:
+                r = chat(http, f"hi {i}", conv=f"conv-{i}" if mode == "conversation" else None)
+            assert served(r)[1:] == OA_MINI
+            if mode == "conversation":
+                session = stored(gw, f"conv-{i}")
+                assert session is not None and (session["provider"], session["model"]) == OA_MINI
+            if metric(gw.url, "sentinel_model_selections_total", provider="dead"):
+                break
+        else:
+            pytest.fail("the dead provider was never chosen")
+        # Once it failed it is in backoff: never chosen again.
+        for i in range(10):
+            assert served(chat(http, f"after {i}"))[1:] == OA_MINI
+    assert metric(gw.url, "sentinel_model_selections_total", provider="dead") == 1
+    assert metric(gw.url, "sentinel_provider_health", provider="dead", model="gpt-4o-mini") == 0
+    if mode == "conversation":
+        assert metric(gw.url, "sentinel_sessions_total", event="migrated") is None
+
+
+def test_when_both_candidates_fail_the_error_reaches_the_client(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    tiers = {"simple": [entry(("dead1", "m")), entry(("dead2", "m"))]}
+    gw = start(gateway_factory, tmp_path, backend_url, tiers, {"dead1": dead_url(), "dead2": dead_url()})
+    with gw.client() as http:
+        r = chat(http, "anyone?")
+        assert r.status_code == 502, r.text
+        error = r.json()["error"]
+        assert error["code"] == "upstream_unreachable" and error["provider"] in {"dead1", "dead2"}
+        again = chat(http, "still nobody?")  # both in backoff now
+        assert again.status_code == 503 and again.json()["error"]["code"] == "tier_unavailable"
+        assert 0 < int(again.headers["retry-after"]) <= 30
+    for name in ("dead1", "dead2"):
+        assert metric(gw.url, "sentinel_model_selections_total", provider=name) == 1
+        assert metric(gw.url, "sentinel_provider_health", provider=name, model="m") == 0
+
+
+def test_no_retry_after_the_first_byte(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    gw = start(gateway_factory, tmp_path, backend_url, {"simple": [entry(OA_MINI), entry(AN_HAIKU)]})
+    with gw.client() as http:
+        r, events = sse(http, {"messages": [{"role": "user", "content": "a b c d e f g h #mock:disconnect_after=3"}]})
+    assert r.status_code == 200
+    assert "[DONE]" not in events
+    assert events[-1]["error"]["type"] == "stream_error"
+    assert len({e["id"] for e in events[:-1]}) == 1  # one upstream stream, not a second one spliced in
+    assert metric(gw.url, "sentinel_model_selections_total", tier="simple") == 1
+    provider, model = r.headers["x-sentinel-provider"], r.headers["x-sentinel-model"]
+    assert metric(gw.url, "sentinel_provider_health", provider=provider, model=model) == 0
+
+
+@pytest.fixture
+def flaky() -> Iterator[ServerThread]:
+    """A mock upstream of this test's own, so the test can stop it mid-run."""
+    server = ServerThread(create_mock_app()).start()
+    yield server
+    server.stop()
+
+
+def flaky_gateway(
+    factory: Callable[..., Gateway], tmp_path: Path, redis_url: str | None, flaky: ServerThread, **settings: Any
+) -> Gateway:
+    """Sessions start on `flaky` (the only simple model) and upgrade to it in `complex` (preferred provider)."""
+    tiers = {"simple": [entry(("flaky", "gpt-4o-mini"))],
+             "complex": [entry(("flaky", "gpt-4o")), entry(OA_4O), entry(AN_SONNET)]}
+    return start(factory, tmp_path, redis_url, tiers, {"flaky": flaky.url + "/v1"}, debug=True, **settings)
+
+
+def bind_to_flaky(http: httpx.Client, conv: str) -> None:
+    assert served(chat(http, "start", conv=conv))[1] == "flaky"
+    assert served(chat(http, "upgrade", conv=conv, tier="complex")) == ("complex", "flaky", "gpt-4o")
+
+
+def test_keep_returns_the_provider_error(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, flaky: ServerThread
+) -> None:
+    gw = flaky_gateway(gateway_factory, tmp_path, backend_url, flaky)
+    with gw.client() as http:
+        bind_to_flaky(http, "conv-keep")
+        flaky.stop()
+        for _ in range(2):  # in backoff after the first: keep still sends the conversation to its model
+            r = chat(http, "are you there?", conv="conv-keep")
+            assert r.status_code == 502, r.text
+            assert r.json()["error"]["provider"] == "flaky"
+        health = {(c["provider"], c["model"]): c for c in http.get("/debug/health").json()["candidates"]}
+        assert health[("flaky", "gpt-4o")]["failures"] == 2
+        assert metric(gw.url, "sentinel_provider_health", provider="flaky", model="gpt-4o") == 0
+        session = stored(gw, "conv-keep")
+        assert session is not None and (session["provider"], session["model"]) == ("flaky", "gpt-4o")
+        back = ServerThread(create_mock_app(), port=flaky.port).start()  # the provider recovers
+        try:
+            # Still in backoff, but keep sends the conversation to its model, whose success clears it.
+            assert served(chat(http, "back?", conv="conv-keep")) == ("complex", "flaky", "gpt-4o")
+        finally:
+            back.stop()
+        health = {(c["provider"], c["model"]): c for c in http.get("/debug/health").json()["candidates"]}
+    assert health[("flaky", "gpt-4o")]["failures"] == 0
+    assert metric(gw.url, "sentinel_provider_health", provider="flaky", model="gpt-4o") == 1
+    assert metric(gw.url, "sentinel_sessions_total", event="migrated") is None
+
+
+def test_migrate_moves_the_session_to_a_healthy_model_of_its_tier(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, flaky: ServerThread
+) -> None:
+    gw = flaky_gateway(gateway_factory, tmp_path, backend_url, flaky, session_failover="migrate")
+    with gw.client() as http:
+        bind_to_flaky(http, "conv-a")
+        bind_to_flaky(http, "conv-b")
+        flaky.stop()
+        # conv-a's model fails now: the request is retried elsewhere and the session follows.
+        tier, provider, model = served(chat(http, "still there?", conv="conv-a"))
+        assert tier == "complex" and (provider, model) in {OA_4O, AN_SONNET}
+        # conv-b's model is now in backoff: moved before any call to it (its failure count stays 1).
+        tier_b, provider_b, model_b = served(chat(http, "hello?", conv="conv-b"))
+        assert tier_b == "complex" and (provider_b, model_b) in {OA_4O, AN_SONNET}
+        health = {(c["provider"], c["model"]): c for c in http.get("/debug/health").json()["candidates"]}
+        assert served(chat(http, "and now?", conv="conv-a")) == (tier, provider, model)
+    assert health[("flaky", "gpt-4o")]["failures"] == 1
+    for conv, pair in (("conv-a", (provider, model)), ("conv-b", (provider_b, model_b))):
+        session = stored(gw, conv)
+        assert session is not None
+        assert (session["tier"], session["provider"], session["model"], session["migrations"]) == ("complex", *pair, 1)
+    assert metric(gw.url, "sentinel_sessions_total", event="migrated") == 2
+    assert metric(gw.url, "sentinel_provider_health", provider="flaky", model="gpt-4o") == 0

@@ -1,0 +1,82 @@
+"""Provider health on both store backends, with an injected clock (no sleeping)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sentinel.errors import StoreUnavailable
+from sentinel.observability.metrics import Metrics
+from sentinel.routing.health import ProviderHealth
+from sentinel.store import Store
+from tests.routing.helpers import FakeClock
+
+PAIR = ("openai", "gpt-4o-mini")
+OTHER = ("anthropic", "claude-3-5-haiku-20241022")
+
+
+
+def gauge(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value("sentinel_provider_health", {"provider": PAIR[0], "model": PAIR[1]})
+
+
+async def available(health: ProviderHealth, pair: tuple[str, str]) -> bool:
+    return (await health.available([pair]))[pair]
+
+
+async def test_backoff_doubles_from_30_to_a_300_cap(store: Store) -> None:
+    clock = FakeClock()
+    health = ProviderHealth(store, Metrics(), clock=clock)
+    assert await available(health, PAIR)  # never seen = healthy
+    for n, expected in enumerate([30, 60, 120, 240, 300, 300, 300], start=1):
+        assert await health.record_failure(*PAIR) == expected
+        state = (await health.states([PAIR]))[PAIR]
+        assert state is not None
+        assert (state.failures, state.backoff, state.remaining(clock())) == (n, expected, expected)
+        assert not await available(health, PAIR)
+        clock.advance(expected - 1)
+        assert not await available(health, PAIR)
+        clock.advance(1)  # backoff elapsed: half-open, a probe may go through; the next failure doubles
+        assert await available(health, PAIR)
+    assert await available(health, OTHER)  # keyed by provider+model
+
+
+async def test_success_resets_the_backoff(store: Store) -> None:
+    clock = FakeClock()
+    metrics = Metrics()
+    health = ProviderHealth(store, metrics, clock=clock)
+    for _ in range(3):
+        await health.record_failure(*PAIR)
+    assert gauge(metrics) == 0
+    await health.record_success(*PAIR)
+    assert (await health.states([PAIR]))[PAIR] is None
+    assert await available(health, PAIR)
+    assert gauge(metrics) == 1
+    assert await health.record_failure(*PAIR) == 30  # starts over
+
+
+async def test_store_down_means_assume_healthy() -> None:
+    class DeadStore:
+        backend = "dead"
+
+        async def run(self, *args: object) -> object:
+            raise StoreUnavailable("down")
+
+        async def delete(self, *keys: str) -> int:
+            raise StoreUnavailable("down")
+
+    health = ProviderHealth(DeadStore(), Metrics(), clock=FakeClock())  # type: ignore[arg-type]
+    assert await health.record_failure(*PAIR) is None
+    assert await available(health, PAIR)
+    await health.record_success(*PAIR)
+
+
+@pytest.mark.parametrize("failures", [1, 4])
+async def test_states_report_remaining_time(store: Store, failures: int) -> None:
+    clock = FakeClock()
+    health = ProviderHealth(store, clock=clock)
+    for _ in range(failures):
+        await health.record_failure(*PAIR)
+    clock.advance(10)
+    state = (await health.states([PAIR, OTHER]))
+    assert state[OTHER] is None
+    assert state[PAIR] is not None and state[PAIR].remaining(clock()) == min(30 * 2 ** (failures - 1), 300) - 10

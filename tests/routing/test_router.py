@@ -1,0 +1,121 @@
+"""TierRouter decisions over a real store, with a seeded selector and an injected clock."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from sentinel.config import SessionFailover, TierModelEntry
+from sentinel.errors import StoreUnavailable
+from sentinel.governance.identity import Identity
+from sentinel.native import ChatRequest, parse_chat_request
+from sentinel.observability.metrics import Metrics
+from sentinel.routing.health import ProviderHealth
+from sentinel.routing.router import TierRouter
+from sentinel.routing.selection import WeightedSelector
+from sentinel.routing.sessions import SessionStore
+from sentinel.routing.tiers import StaticTiers
+from sentinel.store import MemoryStore, Store
+from tests.routing.helpers import AN_HAIKU, AN_SONNET, OA_4O, OA_MINI, FakeClock
+
+ALICE = Identity(external_id="alice", user_id="u1")
+
+
+def table(**tiers: list[tuple[str, str]]) -> StaticTiers:
+    return StaticTiers({
+        t: [TierModelEntry(provider=p, model=m, relative_cost=1) for p, m in tiers.get(t, [])]
+        for t in ("simple", "moderate", "complex")
+    })
+
+
+def make_router(store: Store, tiers: StaticTiers, *, failover: SessionFailover = SessionFailover.keep,
+                seed: int = 0) -> TierRouter:
+    clock = FakeClock()
+    metrics = Metrics()
+    return TierRouter(
+        tiers=tiers, providers=["openai", "anthropic"], health=ProviderHealth(store, metrics, clock=clock),
+        sessions=SessionStore(store, ttl=1000, clock=clock), selector=WeightedSelector(random.Random(seed)),
+        metrics=metrics, failover=failover, clock=clock,
+    )
+
+
+def request(tier: str = "simple", conv: str | None = "conv-1") -> ChatRequest:
+    body: dict[str, Any] = {"tier": tier, "messages": [{"role": "user", "content": "hi"}]}
+    if conv is not None:
+        body["conversation_id"] = conv
+    return parse_chat_request(body)
+
+
+def sessions_count(router: TierRouter, event: str) -> float:
+    return router.metrics.registry.get_sample_value("sentinel_sessions_total", {"event": event}) or 0.0
+
+
+async def turn(router: TierRouter, req: ChatRequest) -> tuple[str, str, str]:
+    decision = await router.decide(ALICE, req)
+    await router.commit(ALICE, decision)
+    await router.report(decision, ok=True)
+    return decision.tier, decision.provider, decision.model
+
+
+async def test_upgrade_prefers_the_session_provider_and_never_downgrades(store: Store) -> None:
+    tiers = table(simple=[OA_MINI, AN_HAIKU], complex=[OA_4O, AN_SONNET])
+    for seed in range(6):
+        router = make_router(store, tiers, seed=seed)
+        conv = f"conv-{seed}"
+        tier, provider, _ = await turn(router, request("simple", conv))
+        assert tier == "simple"
+        upgraded = await turn(router, request("complex", conv))
+        assert upgraded[:2] == ("complex", provider)
+        assert await turn(router, request("simple", conv)) == upgraded
+        assert await turn(router, request("moderate", conv)) == upgraded
+        stored = await router.sessions.get(conv, "alice")
+        assert stored is not None and (stored.tier, stored.provider, stored.model) == upgraded
+        assert [sessions_count(router, e) for e in ("created", "upgraded", "hit")] == [1, 1, 2]
+
+
+async def test_first_turn_failure_is_retried_and_the_session_follows_the_retry(store: Store) -> None:
+    """A conversation that has not been served yet is not bound to a model that failed its first call."""
+    router = make_router(store, table(simple=[OA_MINI, AN_HAIKU]))
+    first = await router.decide(ALICE, request())
+    await router.commit(ALICE, first)
+    await router.report(first, ok=False)
+    retry = await router.alternative(first)
+    assert retry is not None and retry.model != first.model
+    await router.commit(ALICE, retry)
+    await router.report(retry, ok=True)
+    stored = await router.sessions.get("conv-1", "alice")
+    assert stored is not None and (stored.provider, stored.model) == (retry.provider, retry.model)
+    assert stored.migrations == 0
+    assert sessions_count(router, "created") == 1 and sessions_count(router, "migrated") == 0
+    assert await turn(router, request()) == ("simple", retry.provider, retry.model)
+
+
+async def test_keep_leaves_an_established_session_on_its_model(store: Store) -> None:
+    router = make_router(store, table(simple=[OA_MINI, AN_HAIKU]))
+    _, provider, model = await turn(router, request())
+    await router.health.record_failure(provider, model)
+    decision = await router.decide(ALICE, request())
+    assert (decision.provider, decision.model, decision.event) == (provider, model, "hit")
+    assert await router.alternative(decision) is None  # the provider's error reaches the client
+
+
+async def test_migrate_moves_a_session_off_a_model_in_backoff(store: Store) -> None:
+    router = make_router(store, table(simple=[OA_MINI, OA_4O, AN_HAIKU]), failover=SessionFailover.migrate)
+    _, provider, model = await turn(router, request())
+    await router.health.record_failure(provider, model)
+    tier, new_provider, new_model = await turn(router, request())
+    assert tier == "simple" and (new_provider, new_model) != (provider, model)
+    stored = await router.sessions.get("conv-1", "alice")
+    assert stored is not None and (stored.model, stored.migrations) == (new_model, 1)
+    assert sessions_count(router, "migrated") == 1
+
+
+async def test_store_down_means_no_stickiness() -> None:
+    class FailingGets(MemoryStore):
+        async def get(self, key: str) -> bytes | None:
+            raise StoreUnavailable("down")
+
+    router = make_router(FailingGets(), table(simple=[OA_MINI, AN_HAIKU]))
+    decision = await router.decide(ALICE, request())
+    assert decision.conversation_id is None and not decision.sticky and decision.pending_write is None
+    assert sessions_count(router, "store_error") == 1

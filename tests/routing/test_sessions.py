@@ -1,0 +1,61 @@
+"""SessionStore: activity-based TTL, ownership, first-writer-wins creation (both backends)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sentinel.errors import PermissionDenied
+from sentinel.routing.sessions import Session, SessionStore
+from sentinel.store import MemoryStore, Store
+from tests.routing.helpers import FakeClock
+
+
+def make_session(conv: str = "conv-1", owner: str = "alice", model: str = "gpt-4o-mini") -> Session:
+    return Session(conv, owner, "simple", "openai", model, 0.0, 0.0)
+
+
+async def test_ttl_is_refreshed_by_activity_injected_clock() -> None:
+    clock = FakeClock(0.0)
+    sessions = SessionStore(MemoryStore(clock=clock), ttl=100, clock=clock)
+    session = make_session()
+    await sessions.create(session)
+    clock.advance(99)
+    assert await sessions.get("conv-1", "alice") is not None
+    await sessions.save(session)  # a turn at t=99 refreshes the TTL to t=199
+    clock.advance(99.5)
+    found = await sessions.get("conv-1", "alice")
+    assert found is not None and found.last_seen_at == 99
+    clock.advance(1)  # t=199.5, 100.5 s after the last activity
+    assert await sessions.get("conv-1", "alice") is None
+
+
+async def test_save_refreshes_the_ttl(store: Store) -> None:
+    sessions = SessionStore(store, ttl=1000)
+    session = make_session()
+    await sessions.create(session)
+    key = SessionStore.key("conv-1")
+    assert await store.expire(key, 5)
+    ttl = await store.ttl(key)
+    assert ttl is not None and ttl <= 5
+    await sessions.save(session)
+    ttl = await store.ttl(key)
+    assert ttl is not None and ttl > 500
+
+
+async def test_sessions_belong_to_their_owner(store: Store) -> None:
+    sessions = SessionStore(store, ttl=1000)
+    await sessions.create(make_session())
+    before = await store.get(SessionStore.key("conv-1"))
+    with pytest.raises(PermissionDenied) as info:
+        await sessions.get("conv-1", "bob")
+    assert info.value.status == 403 and info.value.code == "conversation_forbidden"
+    assert await store.get(SessionStore.key("conv-1")) == before
+
+
+async def test_first_creator_wins(store: Store) -> None:
+    sessions = SessionStore(store, ttl=1000)
+    first = await sessions.create(make_session(model="gpt-4o-mini"))
+    second = await sessions.create(make_session(model="gpt-4o"))
+    assert first.model == second.model == "gpt-4o-mini"
+    stored = await sessions.get("conv-1", "alice")
+    assert stored is not None and stored.model == "gpt-4o-mini"

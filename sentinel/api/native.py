@@ -58,7 +58,10 @@ class NativeAPI:
             raise InvalidRequest(exc.message, details={"param": exc.param} if exc.param else None) from None
         decision = await self.router.decide(identity, req)
         wire = self._translate(req, decision)
+        chosen = (decision.provider, decision.model)
         await self.router.commit(identity, decision)
+        if (decision.provider, decision.model) != chosen:
+            wire = self._translate(req, decision)  # a concurrent first turn won: follow its model
         admission = await self.deps.meter.admit(
             identity, endpoint="native", model=decision.model, payload=_estimate_payload(req),
             request_id=ctx.request_id,

@@ -183,12 +183,16 @@ class TierRouter:
                 decision.session = won
             elif decision.session is not None:
                 session = decision.session
-                if decision.pending_write != "touch":
-                    if decision.event == "migrated":
-                        session.migrations += 1
-                        log.info("session migrated", extra={"from": f"{session.provider}/{session.model}",
-                                                            "to": f"{decision.provider}/{decision.model}"})
-                    session.tier, session.provider, session.model = decision.tier, decision.provider, decision.model
+                if decision.pending_write == "touch":
+                    await self.sessions.touch(session)
+                    if decision.event:
+                        self.metrics.sessions.labels(decision.event).inc()
+                    return
+                if decision.event == "migrated":
+                    session.migrations += 1
+                    log.info("session migrated", extra={"from": f"{session.provider}/{session.model}",
+                                                        "to": f"{decision.provider}/{decision.model}"})
+                session.tier, session.provider, session.model = decision.tier, decision.provider, decision.model
                 await self.sessions.save(session)
         except StoreUnavailable:
             self.metrics.sessions.labels("store_error").inc()

@@ -17,9 +17,36 @@ from dataclasses import asdict, dataclass
 import orjson
 
 from sentinel.errors import PermissionDenied
-from sentinel.store import Store
+from sentinel.store import LocalOps, Script, Store
 
 TIER_ORDER = {"simple": 0, "moderate": 1, "complex": 2}
+
+_TOUCH_LUA = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local s = cjson.decode(raw)
+if s['provider'] ~= ARGV[1] or s['model'] ~= ARGV[2] or s['tier'] ~= ARGV[3] then return 0 end
+s['last_seen_at'] = tonumber(ARGV[4])
+redis.call('SET', KEYS[1], cjson.encode(s), 'PX', ARGV[5])
+return 1
+"""
+
+
+def _touch_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    raw = ops.get(keys[0])
+    if raw is None:
+        return 0
+    data = orjson.loads(raw)
+    if (data["provider"], data["model"], data["tier"]) != (args[0], args[1], args[2]):
+        return 0
+    data["last_seen_at"] = float(args[3])
+    ops.set(keys[0], orjson.dumps(data), int(args[4]) / 1000)
+    return 1
+
+
+# Refresh last_seen_at and the TTL only if the session still points where we read it: a hit never
+# overwrites a concurrent upgrade or migration.
+TOUCH = Script(name="session_touch", lua=_TOUCH_LUA, local=_touch_local)
 
 
 @dataclass
@@ -78,6 +105,18 @@ class SessionStore:
             return session
         existing = await self.get(session.conversation_id, session.external_id)
         return existing or session
+
+    async def touch(self, session: Session) -> bool:
+        """Refresh TTL and last_seen_at atomically, unless the session changed meanwhile."""
+        now = self.clock()
+        done = await self.store.run(
+            TOUCH,
+            [self.key(session.conversation_id)],
+            [session.provider, session.model, session.tier, now, int(self.ttl * 1000)],
+        )
+        if done:
+            session.last_seen_at = now
+        return bool(done)
 
     async def save(self, session: Session) -> None:
         """Write (refreshing last_seen_at and the TTL)."""

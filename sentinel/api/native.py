@@ -6,6 +6,7 @@ upstream (retried once before the first byte when allowed) -> unified response o
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -155,29 +156,36 @@ class NativeAPI:
         router, meter = self.router, self.deps.meter
         chosen = decision
 
+        async def settle(status: int) -> None:
+            usage = stream.usage
+            await meter.settle(
+                admission,
+                usage=None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens),
+                output_text=stream.normalizer.text,
+                status=status,
+                provider=chosen.provider,
+            )
+
         async def body() -> AsyncIterator[bytes]:
             try:
                 async for chunk in stream.events():
                     yield render_chunk(chunk)
                 if stream.usage is not None:
                     yield render_chunk(stream.normalizer.usage_chunk(stream.usage))
-                yield DONE
+                ending = DONE
                 await router.report(chosen, ok=True)
             except (StreamError, UpstreamError) as exc:
                 outcome["status"] = 502
                 code = exc.code if isinstance(exc, StreamError) else "connection_closed"
-                yield render_error_event(exc.message, "stream_error", code)
+                ending = render_error_event(exc.message, "stream_error", code)
                 await router.report(chosen, ok=False)
+            # The usage record is durable before the client sees the end of the stream (shielded:
+            # a client leaving now must not cancel the write halfway).
+            await asyncio.shield(settle(outcome["status"]))
+            yield ending
 
         async def on_close(disconnected: bool) -> None:
-            usage = stream.usage
-            await meter.settle(
-                admission,
-                usage=None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens),
-                output_text=stream.normalizer.text,
-                status=499 if disconnected else outcome["status"],
-                provider=chosen.provider,
-            )
+            await settle(499 if disconnected else outcome["status"])
 
         headers = {**SSE_HEADERS, **self._headers(decision)}
         return StreamingRelay(200, encode_headers(headers), body(), on_close)

@@ -19,8 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sentinel.api.debug import DebugRoutes
 from sentinel.api.deps import Deps
-from sentinel.api.middleware import RequestMiddleware, endpoint_not_found
 from sentinel.api.docs import DocsRoutes
+from sentinel.api.middleware import RequestMiddleware, endpoint_not_found
 from sentinel.api.native import NativeAPI
 from sentinel.api.ops import OpsRoutes
 from sentinel.api.proxy import OpenAIProxy
@@ -28,17 +28,15 @@ from sentinel.config import Settings
 from sentinel.db.engine import create_engine, migrate, session_factory
 from sentinel.governance.auth import Authenticator
 from sentinel.governance.keys import KeyService
+from sentinel.governance.plan_source import CachedPlans
+from sentinel.governance.wiring import build_governance
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.catalog import build_catalog
 from sentinel.providers.chat import make_provider
 from sentinel.providers.http import create_session
 from sentinel.providers.openai_compat import OpenAICompatUpstream
-from sentinel.governance.ledger import SqlLedger
-from sentinel.governance.plan_source import BuiltinPlanSource, CachedPlans
-from sentinel.governance.plans import PlanRepository
-from sentinel.quota.deliverer import SqlLedgerSink, UsageDeliverer
+from sentinel.quota.deliverer import UsageDeliverer
 from sentinel.quota.limiter import QuotaLimiter
-from sentinel.quota.limits import parse_plan_spec
 from sentinel.quota.local_limiter import LocalLimiter
 from sentinel.quota.meter import QuotaMeter
 from sentinel.quota.outbox import DurableOutbox, RedisStreamOutbox, SqlOutbox
@@ -47,7 +45,6 @@ from sentinel.routing.health import ProviderHealth
 from sentinel.routing.router import TierRouter
 from sentinel.routing.selection import WeightedSelector
 from sentinel.routing.sessions import SessionStore
-from sentinel.routing.tiers import StaticTiers
 from sentinel.store import Store, create_store
 from sentinel.store.redis import RedisStore
 
@@ -85,9 +82,12 @@ class SentinelApp:
         sessions = session_factory(engine)
         http = create_session(read_timeout=s.upstream_timeout_seconds, connect_timeout=s.upstream_connect_timeout_seconds)
         keys = KeyService(sessions)
+        catalog = build_catalog(s)
+        governance = build_governance(s, store=store, sessions=sessions, http=http, catalog_tiers=catalog.tiers)
         authenticator = Authenticator(
             store,
             api_keys=keys,
+            jwt=governance.jwt,
             ttl=s.jwt_cache_ttl_seconds,
             grace=s.governance_grace_seconds,
             metrics=self.metrics,
@@ -95,17 +95,10 @@ class SentinelApp:
         openai = OpenAICompatUpstream("openai", s.effective_openai_url, s.openai_api_key, http)
         counter = TokenCounter(on_fallback=lambda wanted, used: self.metrics.tokenizer_fallback.labels(wanted, used).inc())
         await asyncio.to_thread(counter.warm)
-        plans = CachedPlans(
-            store,
-            BuiltinPlanSource(PlanRepository(sessions), parse_plan_spec(s.default_plan, "default")),
-            ttl=s.cache_ttl_seconds,
-            grace=s.governance_grace_seconds,
-        )
+        plans = CachedPlans(store, governance.plans, ttl=s.cache_ttl_seconds, grace=s.governance_grace_seconds)
         redis_outbox = RedisStreamOutbox(store, lease_seconds=s.usage_lease_seconds) if isinstance(store, RedisStore) else None
         outbox = DurableOutbox(SqlOutbox(sessions, lease_seconds=s.usage_lease_seconds), redis_outbox)
-        deliverer = UsageDeliverer(
-            outbox, SqlLedgerSink(SqlLedger(sessions)), self.metrics, interval=s.usage_flush_interval_seconds
-        )
+        deliverer = UsageDeliverer(outbox, governance.sink, self.metrics, interval=s.usage_flush_interval_seconds)
         meter = QuotaMeter(
             plans=plans,
             limiter=QuotaLimiter(store),
@@ -125,13 +118,12 @@ class SentinelApp:
             meter=meter,
             counter=counter,
         )
-        catalog = build_catalog(s)
         chat_providers = {
             name: make_provider(spec, http, default_max_tokens=s.default_max_output_tokens)
             for name, spec in catalog.providers.items()
         }
         router = TierRouter(
-            tiers=StaticTiers(catalog.tiers),
+            tiers=governance.tiers,
             providers=list(chat_providers),
             health=ProviderHealth(store, self.metrics),
             sessions=SessionStore(store, s.session_ttl_seconds),

@@ -24,11 +24,12 @@ log = logging.getLogger("sentinel.deliverer")
 
 
 class UsageSink(Protocol):
-    """Where usage ends up. `deliver` raises GovernanceUnavailable when it should be retried."""
+    """Where usage ends up. `deliver` raises GovernanceUnavailable when the whole batch should be
+    retried, and returns the request ids of records refused one by one (retried later)."""
 
     name: str
 
-    async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> None: ...
+    async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]: ...
 
 
 class SqlLedgerSink:
@@ -39,8 +40,9 @@ class SqlLedgerSink:
     def __init__(self, ledger: SqlLedger) -> None:
         self.ledger = ledger
 
-    async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> None:
+    async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
         await self.ledger.record_batch(records)
+        return []
 
 
 class Backoff:
@@ -96,7 +98,7 @@ class UsageDeliverer:
             return 0
         records = [c.record for c in batch]
         try:
-            await self.sink.deliver(records, idempotency_key(records))
+            refused = set(await self.sink.deliver(records, idempotency_key(records)))
         except (GovernanceUnavailable, StoreUnavailable) as exc:
             delay = self.backoff.next_delay()
             self.metrics.deliveries.labels("failure").inc()
@@ -104,6 +106,10 @@ class UsageDeliverer:
             await self.outbox.retry_later(batch, delay)
             return 0
         self.backoff.reset()
+        if refused:
+            self.metrics.deliveries.labels("partial").inc()
+            await self.outbox.retry_later([c for c in batch if c.record.request_id in refused], self.backoff.cap)
+            batch = [c for c in batch if c.record.request_id not in refused]
         try:
             await self.outbox.ack(batch)
         except SentinelError as exc:

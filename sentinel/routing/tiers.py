@@ -53,8 +53,9 @@ class ZionTiers:
 
     def __init__(
         self, fetch: Callable[[], Awaitable[dict[str, Any]]], store: Store, ttl: float,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, fallback: TierTable | None = None,
     ) -> None:
+        self.fallback = fallback if fallback and any(fallback.values()) else None
         self.fetch = fetch
         self.store = store
         self.ttl = ttl
@@ -97,6 +98,9 @@ class ZionTiers:
         if raw is not None:
             log.warning("tier config source unavailable; using the last good table", extra={"error": reason})
             return parse_tier_config(orjson.loads(raw))
+        if self.fallback is not None:
+            log.warning("tier config source unavailable; using the configured default table", extra={"error": reason})
+            return self.fallback
         raise ServiceUnavailable(
             "No tier configuration is available (the tier config source is unreachable)", code="no_tier_config",
             retry_after=30,

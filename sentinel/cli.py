@@ -70,11 +70,11 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
     async def go(sessions: Any) -> None:
         rows = await KeyService(sessions).list_keys(args.user)
-        print(f"{'KEY ID':<18} {'USER':<24} {'PREFIX':<14} {'NAME':<20} {'CREATED':<20} STATUS")
+        print(f"{'KEY ID':<18} {'USER':<24} {'PREFIX':<22} {'NAME':<20} {'CREATED':<20} STATUS")
         for k in rows:
             status = "revoked" if k.revoked_at else "active"
             created = k.created_at.strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{k.id:<18} {k.external_id:<24} {k.prefix:<14} {(k.name or ''):<20} {created:<20} {status}")
+            print(f"{k.id:<18} {k.external_id:<24} {k.prefix:<22} {(k.name or ''):<20} {created:<20} {status}")
 
     return _run(_with_db(_settings(), go))
 

@@ -1,0 +1,196 @@
+"""Async SQL engines, sessions and start-up migrations for SQLite and PostgreSQL.
+
+`create_engine` tunes the engine per backend (SQLite: parent directory, WAL, busy timeout,
+foreign keys; PostgreSQL: a pre-pinged asyncpg pool). `migrate` runs Alembic `upgrade head`
+programmatically from the migrations shipped inside the package, serialised across processes
+(a PostgreSQL advisory lock, a file lock beside a SQLite file) so every instance can call it at
+start-up. `database_errors` is the one place SQLAlchemy/driver outages become Sentinel errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from sentinel.errors import GovernanceUnavailable, ServiceUnavailable
+
+try:  # POSIX only; elsewhere concurrent SQLite migrations are not serialised.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Arbitrary but fixed: every Sentinel process migrating one PostgreSQL database takes this lock.
+MIGRATION_LOCK_KEY = 0x53454E54494E454C  # "SENTINEL"
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "alembic_config",
+    "create_engine",
+    "database_errors",
+    "migrate",
+    "session_factory",
+]
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The file behind a SQLite URL, or None for an in-memory or URI-style database."""
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:") or url.query.get("mode") == "memory":
+        return None
+    return Path(database)
+
+
+def create_engine(
+    url: str | URL, *, pool_size: int = 10, max_overflow: int = 10, echo: bool = False
+) -> AsyncEngine:
+    """An AsyncEngine for `sqlite+aiosqlite://` or `postgresql+asyncpg://` URLs, tuned per backend."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, echo=echo)
+    return create_async_engine(
+        parsed,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        pool_timeout=10,
+        connect_args={
+            "timeout": 10,
+            "command_timeout": 30,
+            "server_settings": {"application_name": "sentinel"},
+        },
+    )
+
+
+def _sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
+    path = _sqlite_file(url)
+    kwargs: dict[str, Any] = {}
+    if path is None:
+        # One shared connection, or every session would see its own empty database.
+        kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, echo=echo, **kwargs)
+    wal = path is not None
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        if wal:
+            # Readers never block the writer; persistent in the file once set.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions bound to `engine`; objects stay readable after commit."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic Config for the packaged migrations (no alembic.ini needed).
+
+    With `connection`, the migration environment runs on it instead of opening its own.
+    """
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("path_separator", "os")
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+async def migrate(engine_or_url: AsyncEngine | str) -> None:
+    """Bring the database to the newest schema (`alembic upgrade head`); a no-op when it already is.
+
+    Safe to call at every start-up and from several processes at once.
+    """
+    if isinstance(engine_or_url, AsyncEngine):
+        await _migrate(engine_or_url)
+        return
+    engine = create_engine(engine_or_url, pool_size=1, max_overflow=0)
+    try:
+        await _migrate(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _migrate(engine: AsyncEngine) -> None:
+    path = _sqlite_file(engine.url) if engine.dialect.name == "sqlite" else None
+    async with _file_lock(path):
+        async with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                # Held until commit: a second migrator waits here, then finds the schema at head.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            await conn.run_sync(_upgrade_head)
+            await conn.commit()
+
+
+def _upgrade_head(connection: Connection) -> None:
+    command.upgrade(alembic_config(connection), "head")
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(db_path: Path | None) -> AsyncIterator[None]:
+    """An exclusive lock on `<db>.migrate-lock` (POSIX); nothing for in-memory databases."""
+    if db_path is None or fcntl is None:
+        yield
+        return
+    handle = await asyncio.to_thread(_lock_file, db_path.with_name(db_path.name + ".migrate-lock"))
+    try:
+        yield
+    finally:
+        handle.close()  # closing the file releases the lock
+
+
+def _lock_file(path: Path) -> BinaryIO:
+    """Open `path` and block until this process holds an exclusive flock on it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+b")  # closed by _file_lock
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+_OUTAGES = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout, OSError, TimeoutError)
+
+
+@contextlib.contextmanager
+def database_errors(
+    message: str = "database unavailable", error: type[ServiceUnavailable] = GovernanceUnavailable
+) -> Iterator[None]:
+    """Translate a database outage (connect failure, lost connection, pool timeout) into `error`.
+
+    Other SQLAlchemy errors (constraint violations, bad SQL) are bugs and propagate unchanged.
+    """
+    try:
+        yield
+    except _OUTAGES as exc:
+        raise error(f"{message}: {type(exc).__name__}") from exc
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        raise error(f"{message}: connection lost") from exc

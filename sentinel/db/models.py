@@ -1,0 +1,187 @@
+"""The built-in SQL schema, as SQLAlchemy 2 typed declarative models.
+
+The schema itself is owned by the Alembic migrations in `sentinel/db/migrations/versions/`; these
+models mirror it (a test compares the two) and are what the repositories query with.
+
+    users ──< api_keys                 a user has many keys; only a key's SHA-256 is stored
+    plans ──< plan_limits              (metric, window_seconds) -> limit, per plan
+    users.plan_name                    names a plan; FK-less so deleting a plan never blocks
+    usage_ledger                       one row per request, request_id unique (exactly-once)
+    usage_outbox                       durable queue of usage rows waiting for a remote ledger
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+METRICS = ("requests", "input_tokens", "output_tokens")
+USAGE_SOURCES = ("measured", "estimated")
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime (what every timestamp column holds)."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """`TIMESTAMP WITH TIME ZONE` that always binds UTC and always returns aware UTC datetimes.
+
+    SQLite has no time zone type: without this, values would come back naive there and aware on
+    PostgreSQL. Naive values passed in are taken to be UTC already.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _created_at() -> Mapped[datetime]:
+    return mapped_column(UTCDateTime(), nullable=False, default=utcnow, server_default=func.now())
+
+
+# Deterministic constraint names, identical on SQLite and PostgreSQL (the migrations spell them out).
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every Sentinel table."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: dict[Any, Any] = {datetime: UTCDateTime()}
+
+
+class User(Base):
+    """A caller known to the built-in governance: keys, a plan and usage hang off `external_id`."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    email: Mapped[str | None] = mapped_column(String(320))
+    plan_name: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class ApiKey(Base):
+    """An API key; the plaintext is never stored, only its SHA-256 and a display prefix."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    name: Mapped[str | None] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(32), nullable=False)
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True, index=True)
+    created_at: Mapped[datetime] = _created_at()
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class PlanRow(Base):
+    """A named plan; its limits are rows of `plan_limits`."""
+
+    __tablename__ = "plans"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _created_at()
+
+
+class PlanLimitRow(Base):
+    """One limit of a plan: at most `limit` of `metric` per `window_seconds`."""
+
+    __tablename__ = "plan_limits"
+    __table_args__ = (
+        CheckConstraint("metric IN ('requests', 'input_tokens', 'output_tokens')", name="metric"),
+        CheckConstraint("window_seconds > 0", name="window"),
+        CheckConstraint('"limit" >= 0', name="limit"),
+    )
+
+    plan_name: Mapped[str] = mapped_column(
+        String(100), ForeignKey("plans.name", ondelete="CASCADE"), primary_key=True
+    )
+    metric: Mapped[str] = mapped_column(String(32), primary_key=True)
+    window_seconds: Mapped[int] = mapped_column(Integer, primary_key=True)
+    limit: Mapped[int] = mapped_column("limit", BigInteger, nullable=False)
+
+
+class UsageLedgerRow(Base):
+    """One finished request's usage. `request_id` is unique: recording twice is a no-op."""
+
+    __tablename__ = "usage_ledger"
+    __table_args__ = (
+        CheckConstraint("usage_source IN ('measured', 'estimated')", name="usage_source"),
+        Index("ix_usage_ledger_external_id_finished_at", "external_id", "finished_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(128), nullable=False, unique=True)
+    external_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    email: Mapped[str | None] = mapped_column(String(320))
+    model: Mapped[str | None] = mapped_column(String(200))
+    provider: Mapped[str | None] = mapped_column(String(100))
+    endpoint: Mapped[str] = mapped_column(String(200), nullable=False)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    usage_source: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+
+
+class UsageOutboxRow(Base):
+    """A usage record waiting to be delivered to a remote ledger (JSON `payload`)."""
+
+    __tablename__ = "usage_outbox"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(128), nullable=False, unique=True)
+    payload: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default=text("0"))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)

@@ -1,0 +1,55 @@
+"""Statements shared by the SQL repositories: dialect-neutral insert-or-ignore, get-or-create user."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import Insert
+
+from sentinel.db.models import Base, User, utcnow
+
+
+def insert_ignoring(session: AsyncSession, model: type[Base], conflict_columns: Sequence[str]) -> Insert:
+    """`INSERT ... ON CONFLICT (conflict_columns) DO NOTHING` for the session's dialect.
+
+    Add `.values(...)` (one dict or a list) and optionally `.returning(...)` to learn which rows
+    were new.
+    """
+    dialect = session.get_bind().dialect.name
+    table: Any = model.__table__
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
+    raise NotImplementedError(f"unsupported database dialect {dialect!r}")
+
+
+async def ensure_user(session: AsyncSession, external_id: str, email: str | None = None) -> str:
+    """The id of the user with `external_id`, creating the row if missing (race-free).
+
+    A non-empty `email` different from the stored one replaces it. Does not commit.
+    """
+    if not external_id:
+        raise ValueError("external_id must not be empty")
+    found = (
+        await session.execute(select(User.id, User.email).where(User.external_id == external_id))
+    ).one_or_none()
+    if found is None:
+        # Another process may create the same user between our SELECT and INSERT: ignore and re-read.
+        await session.execute(
+            insert_ignoring(session, User, ["external_id"]).values(
+                id=str(uuid.uuid4()), external_id=external_id, email=email, created_at=utcnow()
+            )
+        )
+        found = (
+            await session.execute(select(User.id, User.email).where(User.external_id == external_id))
+        ).one()
+    user_id, stored_email = found
+    if email and email != stored_email:
+        await session.execute(update(User).where(User.id == user_id).values(email=email))
+    return str(user_id)

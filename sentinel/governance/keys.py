@@ -1,0 +1,177 @@
+"""Built-in API keys: issue, authenticate, list and revoke `sk-sentinel-...` keys.
+
+Only the SHA-256 of a key is stored (plus a short display prefix); a presented token is looked up
+by its hash, so the plaintext exists only in the caller's hands and in the one `create_key` answer.
+A 240-bit random key makes a fast unsalted hash safe here: there is nothing to brute-force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sentinel.db.engine import database_errors
+from sentinel.db.models import ApiKey, User, utcnow
+from sentinel.db.queries import ensure_user
+from sentinel.governance.identity import Identity
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "sk-sentinel-"
+KEY_RANDOM_CHARS = 40
+# The fixed "sk-sentinel-" is itself 12 characters, so show 8 random ones after it to tell keys apart.
+DISPLAY_PREFIX_CHARS = len(KEY_PREFIX) + 8
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+_MAX_TOKEN_CHARS = 256
+
+
+def generate_key() -> str:
+    """A new plaintext key: `sk-sentinel-` followed by 40 URL-safe random characters (240 bits)."""
+    return KEY_PREFIX + secrets.token_urlsafe(KEY_RANDOM_CHARS * 3 // 4)
+
+
+def hash_key(token: str) -> str:
+    """The lowercase hex SHA-256 of a key: what is stored and looked up."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    """What may be shown about a key: never the key itself."""
+
+    id: str
+    external_id: str
+    name: str | None
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+_INFO_COLUMNS = (
+    ApiKey.id,
+    User.external_id,
+    ApiKey.name,
+    ApiKey.prefix,
+    ApiKey.created_at,
+    ApiKey.revoked_at,
+    ApiKey.last_used_at,
+)
+
+
+class KeyService:
+    """API keys in the built-in SQL database; also an `IdentitySource` (name `api_key`)."""
+
+    name = "api_key"
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, clock: Callable[[], datetime] = utcnow
+    ) -> None:
+        self._sessions = sessions
+        self._clock = clock
+
+    async def ensure_user(self, external_id: str, email: str | None = None) -> str:
+        """The user id for `external_id`, creating the user if missing."""
+        with database_errors("user store unavailable"):
+            async with self._sessions() as session:
+                user_id = await ensure_user(session, external_id, email)
+                await session.commit()
+                return user_id
+
+    async def create_key(
+        self, external_id: str, name: str | None = None, email: str | None = None
+    ) -> tuple[ApiKeyInfo, str]:
+        """Issue a key for `external_id` (created if missing); returns (info, plaintext shown once)."""
+        token = generate_key()
+        row = ApiKey(
+            id=f"key_{secrets.token_hex(6)}",
+            name=name,
+            prefix=token[:DISPLAY_PREFIX_CHARS],
+            key_hash=hash_key(token),
+            created_at=self._clock(),
+        )
+        with database_errors("API key store unavailable"):
+            async with self._sessions() as session:
+                row.user_id = await ensure_user(session, external_id, email)
+                session.add(row)
+                await session.commit()
+        info = ApiKeyInfo(row.id, external_id, name, row.prefix, row.created_at, None, None)
+        return info, token
+
+    async def authenticate(self, token: str) -> Identity | None:
+        """The identity owning `token`, or None when the key is unknown, malformed or revoked."""
+        if not token.startswith(KEY_PREFIX) or len(token) > _MAX_TOKEN_CHARS:
+            return None
+        query = (
+            select(
+                ApiKey.id,
+                ApiKey.revoked_at,
+                ApiKey.last_used_at,
+                User.id,
+                User.external_id,
+                User.email,
+                User.plan_name,
+            )
+            .join(User, ApiKey.user_id == User.id)
+            .where(ApiKey.key_hash == hash_key(token))
+        )
+        with database_errors("API key store unavailable"):
+            async with self._sessions() as session:
+                found = (await session.execute(query)).one_or_none()
+                if found is None:
+                    return None
+                key_id, revoked_at, last_used_at, user_id, external_id, email, plan = found
+                if revoked_at is not None:
+                    return None
+                now = self._clock()
+                if last_used_at is None or now - last_used_at >= LAST_USED_RESOLUTION:
+                    await self._touch(session, key_id, now)
+        return Identity(
+            external_id=external_id, user_id=user_id, email=email, source=self.name, key_id=key_id, plan=plan
+        )
+
+    async def _touch(self, session: AsyncSession, key_id: str, now: datetime) -> None:
+        """Record use at most once per LAST_USED_RESOLUTION, across processes; never fails auth."""
+        stale = now - LAST_USED_RESOLUTION
+        try:
+            await session.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_id)
+                .where(or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at <= stale))
+                .values(last_used_at=now)
+            )
+            await session.commit()
+        except SQLAlchemyError as exc:  # a busy database must not turn a valid key into a 503
+            log.warning("could not record last use of API key %s: %s", key_id, type(exc).__name__)
+
+    async def list_keys(self, external_id: str | None = None) -> list[ApiKeyInfo]:
+        """Every key (revoked ones too), oldest first; only `external_id`'s when given."""
+        query = select(*_INFO_COLUMNS).join(User, ApiKey.user_id == User.id)
+        if external_id is not None:
+            query = query.where(User.external_id == external_id)
+        query = query.order_by(ApiKey.created_at, ApiKey.id)
+        with database_errors("API key store unavailable"):
+            async with self._sessions() as session:
+                rows = (await session.execute(query)).all()
+        return [ApiKeyInfo(*row) for row in rows]
+
+    async def revoke(self, key_id: str) -> bool:
+        """Revoke a key for good; False when it is unknown or was already revoked."""
+        with database_errors("API key store unavailable"):
+            async with self._sessions() as session:
+                result = await session.execute(
+                    update(ApiKey)
+                    .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                    .values(revoked_at=self._clock())
+                )
+                await session.commit()
+        return cast("CursorResult[Any]", result).rowcount > 0

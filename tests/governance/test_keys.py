@@ -1,0 +1,170 @@
+"""Built-in API keys on SQLite and PostgreSQL: issue, authenticate, list, revoke, store no secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from sentinel.db.engine import create_engine, session_factory
+from sentinel.errors import GovernanceUnavailable
+from sentinel.governance.identity import Identity, IdentitySource
+from sentinel.governance.keys import KeyService, generate_key, hash_key
+from sentinel.governance.plans import PlanLimit, PlanRepository
+
+
+class FakeClock:
+    """A settable clock handed to KeyService (the seam for last_used_at throttling)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def keys(sessions: async_sessionmaker[AsyncSession], clock: FakeClock) -> KeyService:
+    return KeyService(sessions, clock=clock)
+
+
+def test_generated_keys_have_the_documented_shape() -> None:
+    key = generate_key()
+    assert re.fullmatch(r"sk-sentinel-[A-Za-z0-9_-]{40}", key)
+    assert generate_key() != key
+    assert hash_key(key) == hashlib.sha256(key.encode()).hexdigest()
+
+
+async def test_create_then_authenticate(keys: KeyService) -> None:
+    info, key = await keys.create_key("user-1", name="laptop", email="u1@example.com")
+    assert re.fullmatch(r"key_[0-9a-f]{12}", info.id)
+    assert info.external_id == "user-1" and info.name == "laptop"
+    assert info.prefix == key[:20] and info.prefix.startswith("sk-sentinel-")
+    assert info.revoked_at is None and info.last_used_at is None
+
+    identity = await keys.authenticate(key)
+    assert identity is not None
+    assert identity.external_id == "user-1"
+    assert identity.email == "u1@example.com"
+    assert identity.source == "api_key"
+    assert identity.key_id == info.id
+    assert identity.plan is None
+    assert identity.user_id == await keys.ensure_user("user-1")
+
+
+async def test_satisfies_identity_source_protocol(keys: KeyService) -> None:
+    source: IdentitySource = keys
+    assert source.name == "api_key"
+
+
+async def test_unknown_malformed_and_tampered_tokens_are_rejected(keys: KeyService) -> None:
+    _, key = await keys.create_key("user-1")
+    assert await keys.authenticate(generate_key()) is None
+    assert await keys.authenticate(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
+    assert await keys.authenticate(key + "x") is None
+    assert await keys.authenticate("") is None
+    assert await keys.authenticate("Bearer " + key) is None
+    assert await keys.authenticate("eyJhbGciOiJIUzI1NiJ9.e30.sig") is None
+
+
+async def test_plaintext_key_is_never_stored(keys: KeyService, db_engine: AsyncEngine) -> None:
+    _, key = await keys.create_key("user-1", name="ci", email="u1@example.com")
+    secret_part = key.removeprefix("sk-sentinel-")
+    async with db_engine.connect() as conn:
+        keys_rows = (await conn.execute(text("SELECT * FROM api_keys"))).mappings().all()
+        user_rows = (await conn.execute(text("SELECT * FROM users"))).mappings().all()
+    assert len(keys_rows) == 1 and len(user_rows) == 1
+    assert keys_rows[0]["key_hash"] == hashlib.sha256(key.encode()).hexdigest()
+    for row in [*keys_rows, *user_rows]:
+        for value in row.values():
+            assert key not in str(value)
+            assert secret_part[10:] not in str(value)  # at most the 8-char display prefix is kept
+
+
+async def test_revoke(keys: KeyService) -> None:
+    info, key = await keys.create_key("user-1")
+    other_info, other_key = await keys.create_key("user-1")
+    assert await keys.revoke(info.id) is True
+    assert await keys.authenticate(key) is None
+    assert await keys.authenticate(other_key) is not None, "revoking one key must not touch another"
+    assert await keys.revoke(info.id) is False, "already revoked"
+    assert await keys.revoke("key_doesnotexist") is False
+    listed = {k.id: k for k in await keys.list_keys("user-1")}
+    assert listed[info.id].revoked_at is not None
+    assert listed[other_info.id].revoked_at is None
+
+
+async def test_list_keys(keys: KeyService, clock: FakeClock) -> None:
+    a, _ = await keys.create_key("alice", name="a1")
+    clock.now += timedelta(seconds=1)
+    b, _ = await keys.create_key("bob", name="b1")
+    clock.now += timedelta(seconds=1)
+    a2, _ = await keys.create_key("alice", name="a2")
+    assert [k.id for k in await keys.list_keys()] == [a.id, b.id, a2.id]
+    assert [k.id for k in await keys.list_keys("alice")] == [a.id, a2.id]
+    assert [k.external_id for k in await keys.list_keys("bob")] == ["bob"]
+    assert await keys.list_keys("nobody") == []
+    listed = (await keys.list_keys("bob"))[0]
+    assert listed == b
+    assert listed.created_at.tzinfo is not None
+
+
+async def test_last_used_is_written_at_most_once_a_minute(keys: KeyService, clock: FakeClock) -> None:
+    info, key = await keys.create_key("user-1")
+    start = clock.now
+
+    async def last_used() -> datetime | None:
+        return (await keys.list_keys("user-1"))[0].last_used_at
+
+    assert await keys.authenticate(key) is not None
+    assert await last_used() == start
+    clock.now = start + timedelta(seconds=59)
+    assert await keys.authenticate(key) is not None
+    assert await last_used() == start, "a second use within a minute must not write"
+    clock.now = start + timedelta(seconds=61)
+    assert await keys.authenticate(key) is not None
+    assert await last_used() == start + timedelta(seconds=61)
+
+
+async def test_ensure_user_is_idempotent_and_race_free(keys: KeyService, db_engine: AsyncEngine) -> None:
+    ids = await asyncio.gather(*(keys.ensure_user("racer") for _ in range(8)))
+    assert len(set(ids)) == 1
+    assert await keys.ensure_user("racer", email="r@example.com") == ids[0]
+    assert await keys.ensure_user("racer") == ids[0]
+    async with db_engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT id, email FROM users WHERE external_id = 'racer'"))).all()
+    assert [tuple(r) for r in rows] == [(ids[0], "r@example.com")], "email kept when not given again"
+
+
+async def test_identity_carries_the_users_plan(
+    keys: KeyService, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    _, key = await keys.create_key("user-1")
+    plans = PlanRepository(sessions)
+    await plans.set_plan("pro", [PlanLimit("requests", 60, 1000)])
+    await plans.set_user_plan("user-1", "pro")
+    identity = await keys.authenticate(key)
+    assert identity is not None and identity.plan == "pro"
+    assert Identity.from_json(identity.to_json()) == identity
+
+
+async def test_unreachable_database_is_governance_unavailable() -> None:
+    engine = create_engine("postgresql+asyncpg://postgres@127.0.0.1:1/nothing")
+    try:
+        service = KeyService(session_factory(engine))
+        with pytest.raises(GovernanceUnavailable):
+            await service.authenticate(generate_key())
+        with pytest.raises(GovernanceUnavailable):
+            await service.create_key("user-1")
+    finally:
+        await engine.dispose()

@@ -1,0 +1,152 @@
+"""The SQL usage ledger (exactly-once by request id) and the UsageRecord it stores."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta, timezone
+
+import orjson
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from sentinel.db.models import UsageLedgerRow
+from sentinel.governance.ledger import SqlLedger
+from sentinel.quota.records import UsageRecord
+
+T0 = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def record(
+    request_id: str,
+    *,
+    external_id: str = "alice",
+    model: str | None = "gpt-4o",
+    inp: int = 10,
+    out: int = 5,
+    finished: datetime = T0,
+) -> UsageRecord:
+    return UsageRecord(
+        request_id=request_id,
+        external_id=external_id,
+        email=f"{external_id}@example.com",
+        model=model,
+        provider="openai",
+        endpoint="/v1/chat/completions",
+        input_tokens=inp,
+        output_tokens=out,
+        usage_source="measured",
+        status=200,
+        started_at=finished - timedelta(seconds=2),
+        finished_at=finished,
+    )
+
+
+# --- UsageRecord -------------------------------------------------------------------------------
+def test_record_json_round_trip_through_orjson() -> None:
+    original = record("r1")
+    with_cost = UsageRecord(**{**original.to_json(), "started_at": T0, "finished_at": T0, "cost_usd": 0.25})
+    for rec in (original, with_cost):
+        data = orjson.loads(orjson.dumps(rec.to_json()))
+        assert data["finished_at"] == rec.finished_at.isoformat()
+        assert UsageRecord.from_json(data) == rec
+
+
+def test_record_normalises_timestamps_to_utc() -> None:
+    plus_two = timezone(timedelta(hours=2))
+    rec = UsageRecord.from_json(
+        {
+            **record("r1").to_json(),
+            "started_at": "2030-03-01T14:00:00+02:00",
+            "finished_at": "2030-03-01T12:00:01",
+        }
+    )
+    assert rec.started_at == datetime(2030, 3, 1, 12, 0, tzinfo=UTC) and rec.started_at.tzinfo is UTC
+    assert rec.finished_at == datetime(2030, 3, 1, 12, 0, 1, tzinfo=UTC)
+    assert record("r2", finished=T0.astimezone(plus_two)).finished_at.tzinfo is UTC
+
+
+def test_record_validates() -> None:
+    with pytest.raises(ValueError):
+        UsageRecord(
+            **{**record("r1").to_json(), "started_at": T0, "finished_at": T0, "usage_source": "guess"}
+        )
+    with pytest.raises(ValueError):
+        UsageRecord(**{**record("r1").to_json(), "started_at": T0, "finished_at": T0, "request_id": ""})
+
+
+# --- SqlLedger ----------------------------------------------------------------------------------
+@pytest.fixture
+def ledger(sessions: async_sessionmaker[AsyncSession]) -> SqlLedger:
+    return SqlLedger(sessions)
+
+
+async def count_rows(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text("SELECT count(*) FROM usage_ledger"))).scalar_one())
+
+
+async def test_duplicate_request_ids_are_recorded_once(ledger: SqlLedger, db_engine: AsyncEngine) -> None:
+    assert await ledger.record_batch([]) == 0
+    assert await ledger.record_batch([record("r1"), record("r2")]) == 2
+    assert await ledger.record_batch([record("r1"), record("r2")]) == 0, "a retried batch adds nothing"
+    assert await ledger.record_batch([record("r2"), record("r3"), record("r3", inp=999)]) == 1
+    assert await count_rows(db_engine) == 3
+    totals = await ledger.totals("alice")
+    assert totals == [{"model": "gpt-4o", "requests": 3, "input_tokens": 30, "output_tokens": 15}]
+
+
+async def test_large_batches_span_several_statements(ledger: SqlLedger, db_engine: AsyncEngine) -> None:
+    batch = [record(f"r{i}", inp=1, out=2) for i in range(1234)]
+    assert await ledger.record_batch(batch[:700]) == 700
+    assert await ledger.record_batch(batch) == 534
+    assert await count_rows(db_engine) == 1234
+    assert await ledger.totals("alice") == [
+        {"model": "gpt-4o", "requests": 1234, "input_tokens": 1234, "output_tokens": 2468}
+    ]
+
+
+async def test_concurrent_overlapping_batches_count_each_request_once(
+    ledger: SqlLedger, db_engine: AsyncEngine
+) -> None:
+    batches = [[record(f"r{i}") for i in range(start, start + 50)] for start in range(0, 200, 25)]
+    inserted = await asyncio.gather(*(ledger.record_batch(b) for b in batches))
+    assert sum(inserted) == 225
+    assert await count_rows(db_engine) == 225
+
+
+async def test_totals_by_model_user_and_time(ledger: SqlLedger) -> None:
+    await ledger.record_batch(
+        [
+            record("a1", model="gpt-4o", inp=100, out=10, finished=T0 - timedelta(days=2)),
+            record("a2", model="gpt-4o", inp=200, out=20, finished=T0),
+            record("a3", model="claude-3", inp=7, out=3, finished=T0 + timedelta(minutes=5)),
+            record("a4", model=None, inp=0, out=0, finished=T0),
+            record("b1", external_id="bob", model="gpt-4o", inp=5000, out=5000, finished=T0),
+        ]
+    )
+    assert await ledger.totals("alice") == [
+        {"model": "claude-3", "requests": 1, "input_tokens": 7, "output_tokens": 3},
+        {"model": "gpt-4o", "requests": 2, "input_tokens": 300, "output_tokens": 30},
+        {"model": None, "requests": 1, "input_tokens": 0, "output_tokens": 0},
+    ]
+    since = (T0 - timedelta(hours=1)).astimezone(timezone(timedelta(hours=-5)))  # same instant, other zone
+    assert await ledger.totals("alice", since) == [
+        {"model": "claude-3", "requests": 1, "input_tokens": 7, "output_tokens": 3},
+        {"model": "gpt-4o", "requests": 1, "input_tokens": 200, "output_tokens": 20},
+        {"model": None, "requests": 1, "input_tokens": 0, "output_tokens": 0},
+    ]
+    assert await ledger.totals("alice", T0, until=T0 + timedelta(minutes=1)) == [
+        {"model": "gpt-4o", "requests": 1, "input_tokens": 200, "output_tokens": 20},
+        {"model": None, "requests": 1, "input_tokens": 0, "output_tokens": 0},
+    ]
+    assert await ledger.totals("nobody") == []
+
+
+async def test_rows_keep_every_field(ledger: SqlLedger, sessions: async_sessionmaker[AsyncSession]) -> None:
+    rec = UsageRecord(**{**record("r1").to_json(), "started_at": T0, "finished_at": T0, "cost_usd": 0.125})
+    await ledger.record_batch([rec])
+    async with sessions() as session:
+        row = (await session.scalars(select(UsageLedgerRow))).one()
+    assert UsageRecord.from_json({c: getattr(row, c) for c in rec.to_json()}) == rec
+    assert row.finished_at.tzinfo is not None

@@ -1,0 +1,166 @@
+"""Plans: window/limit parsing, and the plan repository on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from sentinel.errors import NotFound
+from sentinel.governance.plans import (
+    Plan,
+    PlanLimit,
+    PlanRepository,
+    format_window,
+    parse_limit,
+    parse_limits,
+    parse_window,
+)
+
+
+@pytest.mark.parametrize(
+    ("text_", "seconds"),
+    [("90s", 90), ("1m", 60), ("1h", 3600), ("1d", 86400), ("30d", 2_592_000), ("2w", 1_209_600), ("45", 45)],
+)
+def test_parse_window(text_: str, seconds: int) -> None:
+    assert parse_window(text_) == seconds
+    assert parse_window(format_window(seconds)) == seconds
+
+
+@pytest.mark.parametrize("junk", ["", "m", "1x", "-1m", "0s", "0", "1.5h", "1 h", "1H", "h1", "1mm", "1d2h"])
+def test_parse_window_rejects_junk(junk: str) -> None:
+    with pytest.raises(ValueError):
+        parse_window(junk)
+
+
+def test_format_window_picks_the_largest_unit() -> None:
+    assert [format_window(s) for s in (90, 60, 3600, 86400, 604800, 2_592_000)] == [
+        "90s",
+        "1m",
+        "1h",
+        "1d",
+        "1w",
+        "30d",
+    ]
+
+
+def test_parse_limit() -> None:
+    assert parse_limit("requests=100/1m") == PlanLimit("requests", 60, 100)
+    assert parse_limit(" input_tokens = 50000 / 1d ") == PlanLimit("input_tokens", 86400, 50000)
+    assert str(PlanLimit("output_tokens", 3600, 7)) == "output_tokens=7/1h"
+    assert parse_limits("requests=100/60s, output_tokens=1000/1h,") == [
+        PlanLimit("requests", 60, 100),
+        PlanLimit("output_tokens", 3600, 1000),
+    ]
+
+
+@pytest.mark.parametrize(
+    "junk", ["requests=100", "requests/1m", "tokens=5/1m", "requests=-1/1m", "requests=1/0s"]
+)
+def test_parse_limit_rejects_junk(junk: str) -> None:
+    with pytest.raises(ValueError):
+        parse_limit(junk)
+
+
+def test_plan_limit_validates() -> None:
+    with pytest.raises(ValueError):
+        PlanLimit("tokens", 60, 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        PlanLimit("requests", 0, 1)
+    with pytest.raises(ValueError):
+        PlanLimit("requests", 60, -1)
+
+
+@pytest.fixture
+def plans(sessions: async_sessionmaker[AsyncSession]) -> PlanRepository:
+    return PlanRepository(sessions)
+
+
+async def test_set_and_get_plan(plans: PlanRepository) -> None:
+    assert await plans.get_plan("pro") is None
+    await plans.set_plan(
+        "pro",
+        [
+            PlanLimit("requests", 86400, 10_000),
+            PlanLimit("requests", 60, 100),
+            PlanLimit("input_tokens", 60, 10**12),
+        ],
+    )
+    assert await plans.get_plan("pro") == Plan(
+        "pro",
+        (
+            PlanLimit("input_tokens", 60, 10**12),
+            PlanLimit("requests", 60, 100),
+            PlanLimit("requests", 86400, 10_000),
+        ),
+    )
+
+
+async def test_set_plan_replaces_limits(plans: PlanRepository, db_engine: AsyncEngine) -> None:
+    await plans.set_plan("pro", [PlanLimit("requests", 60, 100), PlanLimit("output_tokens", 3600, 5)])
+    await plans.set_plan("pro", [PlanLimit("requests", 60, 200)])
+    assert await plans.get_plan("pro") == Plan("pro", (PlanLimit("requests", 60, 200),))
+    await plans.set_plan("pro", [])
+    assert await plans.get_plan("pro") == Plan("pro", ())
+    async with db_engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM plans"))).scalar() == 1
+        assert (await conn.execute(text("SELECT count(*) FROM plan_limits"))).scalar() == 0
+
+
+async def test_set_plan_rejects_duplicate_limits(plans: PlanRepository) -> None:
+    with pytest.raises(ValueError):
+        await plans.set_plan("x", [PlanLimit("requests", 60, 1), PlanLimit("requests", 60, 2)])
+    assert await plans.get_plan("x") is None
+
+
+async def test_list_plans(plans: PlanRepository) -> None:
+    assert await plans.list_plans() == []
+    await plans.set_plan("zeta", [PlanLimit("requests", 60, 1)])
+    await plans.set_plan("alpha", [])
+    await plans.set_plan("mid", [PlanLimit("requests", 60, 5), PlanLimit("output_tokens", 60, 9)])
+    assert await plans.list_plans() == [
+        Plan("alpha", ()),
+        Plan("mid", (PlanLimit("output_tokens", 60, 9), PlanLimit("requests", 60, 5))),
+        Plan("zeta", (PlanLimit("requests", 60, 1),)),
+    ]
+
+
+async def test_user_plans(plans: PlanRepository, db_engine: AsyncEngine) -> None:
+    await plans.set_plan("pro", [PlanLimit("requests", 60, 100)])
+    assert await plans.plan_for_user("newbie") is None
+    await plans.set_user_plan("newbie", "pro")  # creates the user
+    assert await plans.plan_for_user("newbie") == Plan("pro", (PlanLimit("requests", 60, 100),))
+    await plans.set_user_plan("newbie", None)
+    assert await plans.plan_for_user("newbie") is None
+    async with db_engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT plan_name FROM users WHERE external_id = 'newbie'"))).all()
+    assert [tuple(r) for r in rows] == [(None,)]
+
+
+async def test_set_user_plan_to_unknown_plan_is_not_found(
+    plans: PlanRepository, db_engine: AsyncEngine
+) -> None:
+    with pytest.raises(NotFound) as caught:
+        await plans.set_user_plan("someone", "no-such-plan")
+    assert caught.value.status == 404
+    async with db_engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM users"))).scalar() == 0
+
+
+async def test_deleted_plan_no_longer_applies(plans: PlanRepository) -> None:
+    await plans.set_plan("pro", [PlanLimit("requests", 60, 100)])
+    await plans.set_user_plan("u", "pro")
+    assert await plans.delete_plan("pro") is True
+    assert await plans.delete_plan("pro") is False
+    assert await plans.get_plan("pro") is None
+    assert await plans.plan_for_user("u") is None
+
+
+async def test_concurrent_set_plan_leaves_one_complete_version(plans: PlanRepository) -> None:
+    versions = [[PlanLimit("requests", 60, n), PlanLimit("output_tokens", 3600, n * 10)] for n in range(1, 7)]
+    await asyncio.gather(*(plans.set_plan("busy", v) for v in versions))
+    plan = await plans.get_plan("busy")
+    assert plan is not None
+    assert sorted(plan.limits, key=str) in [sorted(v, key=str) for v in versions]

@@ -6,6 +6,7 @@ kept (4xx relayed as they are, 5xx become 502, a timeout 504) and bodies are rel
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -161,18 +162,21 @@ class OpenAIProxy:
                 outcome["status"] = 502
             finally:
                 upstream.close()
+            # Store the usage record before the client sees the end of the body, so a crash can
+            # never lose the record of a stream the client received in full. Shielded: a client
+            # leaving right now must not cancel the write halfway (on_close's settle is then a no-op).
+            await asyncio.shield(settle(outcome["status"]))
+
+        async def settle(status: int) -> None:
+            await deps.meter.settle(
+                admission, usage=inspector.usage, output_text=inspector.text, status=status, provider=upstream.provider
+            )
 
         async def on_close(disconnected: bool) -> None:
             deps.metrics.upstream_duration.labels(upstream.provider, endpoint).observe(time.perf_counter() - started)
             if inspector.parse_errors:
                 deps.metrics.sse_parse_errors.labels(endpoint).inc(inspector.parse_errors)
-            await deps.meter.settle(
-                admission,
-                usage=inspector.usage,
-                output_text=inspector.text,
-                status=499 if disconnected else outcome["status"],
-                provider=upstream.provider,
-            )
+            await settle(499 if disconnected else outcome["status"])
 
         headers = dict(relayable_headers(upstream.headers))
         headers.update(SSE_HEADERS)

@@ -1,0 +1,210 @@
+"""Local JWT verification (PyJWT): HMAC with a shared secret, RSA/EC/EdDSA keys from a JWKS URL.
+
+The original sent every new token to Zion's `/users/me`; verifying locally needs no call per token.
+The token's `alg` picks the key family and never the other way round: HS* only with the secret,
+asymmetric algorithms only with JWKS keys (symmetric JWKS keys are ignored), `none` never. So a
+public key can never be used as an HMAC secret. The JWKS is cached, refreshed after `max_age`, and
+refetched when a token names an unknown `kid`, at most once per `refetch_interval`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import jwt
+
+from sentinel.errors import GovernanceUnavailable
+from sentinel.governance.identity import Identity, IdentitySource
+
+log = logging.getLogger("sentinel.jwt")
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+# Key type (JWK `kty`) each asymmetric algorithm needs.
+KEY_ALGORITHMS = {
+    **{f"RS{n}": "RSA" for n in (256, 384, 512)},
+    **{f"PS{n}": "RSA" for n in (256, 384, 512)},
+    **{f"ES{n}": "EC" for n in (256, 384, 512)},
+    "EdDSA": "OKP",
+}
+LEEWAY_SECONDS = 30
+
+
+class JwtVerifier:
+    """Verifies signature, `exp`/`nbf`/`iat` (30 s leeway), and `aud`/`iss` when configured.
+
+    `session` is needed with `jwks_url` (the app's pooled session; the verifier does not close it).
+    """
+
+    def __init__(
+        self,
+        secret: str | None,
+        jwks_url: str | None,
+        audience: str | None,
+        issuer: str | None,
+        session: aiohttp.ClientSession | None = None,
+        *,
+        refetch_interval: float = 60.0,
+        max_age: float = 3600.0,
+        fetch_timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not secret and not jwks_url:
+            raise ValueError("JWT verification needs a secret or a JWKS URL")
+        if jwks_url and session is None:
+            raise ValueError("a JWKS URL needs an HTTP session")
+        if secret and len(secret.encode()) < 32:
+            log.warning("JWT_SECRET is shorter than 32 bytes; HMAC tokens are easier to forge")
+        self._secret = secret.encode() if secret else None
+        self._jwks_url = jwks_url
+        self._audience = audience
+        self._issuer = issuer
+        self._session = session
+        self._refetch_interval = refetch_interval
+        self._max_age = max_age
+        self._timeout = aiohttp.ClientTimeout(total=fetch_timeout)
+        self._clock = clock
+        self._keys: list[tuple[str | None, jwt.PyJWK]] | None = None  # (the JWK's own `alg`, key)
+        self._fetched_at = 0.0
+        self._next_fetch = 0.0  # no fetch before this (monotonic), success or failure alike
+        self._lock = asyncio.Lock()
+        self.fetches = 0  # JWKS downloads attempted (for tests and metrics)
+
+    async def verify(self, token: str) -> dict[str, Any] | None:
+        """The token's claims, or None when it is not valid. GovernanceUnavailable when the JWKS is
+        needed but cannot be fetched and none is cached."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            return None
+        alg, kid = header.get("alg"), header.get("kid")
+        key: Any
+        if alg in HMAC_ALGORITHMS and self._secret is not None:
+            key = self._secret
+        elif alg in KEY_ALGORITHMS and self._jwks_url is not None:
+            found = await self._jwk(alg, kid if isinstance(kid, str) else None)
+            if found is None:
+                return None
+            key = found.key
+        else:
+            return None  # "none", unknown algorithms, and families we hold no key for
+        return self._decode(token, key, alg)
+
+    def _decode(self, token: str, key: Any, alg: str) -> dict[str, Any] | None:
+        options: dict[str, Any] = {"require": ["exp"], "verify_aud": self._audience is not None}
+        try:
+            with warnings.catch_warnings():  # short keys are warned about once, at start-up
+                warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
+                claims: dict[str, Any] = jwt.decode(
+                    token,
+                    key,
+                    algorithms=[alg],
+                    audience=self._audience,
+                    issuer=self._issuer,
+                    leeway=LEEWAY_SECONDS,
+                    options=options,  # type: ignore[arg-type]
+                )
+        except (jwt.PyJWTError, ValueError, TypeError):
+            return None
+        return claims
+
+    async def _jwk(self, alg: str, kid: str | None) -> jwt.PyJWK | None:
+        """The JWKS key for this token, fetching the set when missing, old, or the kid is unknown."""
+        now = self._clock()
+        key = self._find(alg, kid)
+        stale = self._keys is None or now - self._fetched_at > self._max_age
+        if key is None or stale:
+            await self._refresh()  # which fetches only when allowed
+            key = self._find(alg, kid)
+        if self._keys is None:
+            raise GovernanceUnavailable("the JWT key set (JWKS) cannot be fetched")
+        return key
+
+    def _find(self, alg: str, kid: str | None) -> jwt.PyJWK | None:
+        usable = [
+            key
+            for declared, key in self._keys or []
+            if key.key_type == KEY_ALGORITHMS[alg] and declared in (None, alg)
+        ]
+        if kid is not None:
+            return next((k for k in usable if k.key_id == kid), None)
+        return usable[0] if len(usable) == 1 else None  # no kid: only an unambiguous key will do
+
+    async def _refresh(self) -> None:
+        async with self._lock:
+            if self._clock() < self._next_fetch:  # too soon, or another task just refreshed
+                return
+            self.fetches += 1
+            try:
+                keys = await self._download()
+            except GovernanceUnavailable:
+                self._next_fetch = self._clock() + min(5.0, self._refetch_interval)
+                log.warning("JWKS fetch failed; %s", "keeping the cached keys" if self._keys else "no keys")
+                return
+            self._keys, self._fetched_at = keys, self._clock()
+            self._next_fetch = self._fetched_at + self._refetch_interval
+
+    async def _download(self) -> list[tuple[str | None, jwt.PyJWK]]:
+        assert self._session is not None and self._jwks_url is not None
+        try:
+            async with self._session.get(self._jwks_url, timeout=self._timeout) as resp:
+                if resp.status != 200:
+                    raise GovernanceUnavailable(f"JWKS answered {resp.status}")
+                document = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ConnectionError, ValueError) as exc:
+            raise GovernanceUnavailable(f"JWKS unreachable: {type(exc).__name__}") from exc
+        entries = document.get("keys") if isinstance(document, dict) else None
+        if not isinstance(entries, list):
+            raise GovernanceUnavailable("JWKS document has no key list")
+        keys = []
+        for entry in entries:
+            if not isinstance(entry, dict) or entry.get("kty") == "oct" or entry.get("use", "sig") != "sig":
+                continue
+            try:
+                keys.append((entry.get("alg"), jwt.PyJWK(entry)))
+            except jwt.PyJWTError:
+                log.warning("skipping an unusable JWKS key (kid %r)", entry.get("kid"))
+        return keys
+
+
+class LocalJwtIdentitySource:
+    """IdentitySource from locally verified JWT claims: no governance call per new token.
+
+    `external_id` = claim `externalId`, `external_id` or `sub`; `user_id` = `sub`; `email` =
+    `email`. When the claims carry no email and a `profile_source` is given, it is asked instead
+    (e.g. Zion's `/users/me`), since usage reported to Zion is keyed by email.
+    """
+
+    name = "jwt"
+
+    def __init__(self, verifier: JwtVerifier, profile_source: IdentitySource | None = None) -> None:
+        self.verifier = verifier
+        self.profile_source = profile_source
+
+    async def authenticate(self, token: str) -> Identity | None:
+        claims = await self.verifier.verify(token)
+        if claims is None:
+            return None
+        sub = _text(claims.get("sub"))
+        external_id = _text(claims.get("externalId")) or _text(claims.get("external_id")) or sub
+        if external_id is None:
+            return None
+        email = _text(claims.get("email"))
+        if email is None and self.profile_source is not None:
+            return await self.profile_source.authenticate(token)
+        return Identity(
+            external_id=external_id,
+            user_id=sub or external_id,
+            email=email,
+            source=self.name,
+            plan=_text(claims.get("plan")),
+        )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

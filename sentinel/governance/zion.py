@@ -1,0 +1,430 @@
+"""The Zion governance API over one pooled aiohttp session, and the sources built on it.
+
+`ZionClient` is the only place that talks to Zion: each call has a timeout, is retried with
+exponential backoff and jitter on a 5xx, a dropped connection or a timeout (never on a 4xx), and
+every aiohttp/asyncio failure becomes `GovernanceUnavailable` here, once. The service key goes in
+`x-api-key` and is never logged; Zion's error bodies are never passed on to clients.
+
+`ZionIdentitySource` validates user JWTs through `/users/me`; `ZionPlanSource` turns a user's Zion
+limits into a quota `Plan` whose limits carry Zion's `used` figure (`ExternalUsage`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from sentinel.errors import GovernanceUnavailable
+from sentinel.governance.identity import Identity
+from sentinel.quota.limits import ExternalUsage, Limit, Metric, Plan
+from sentinel.quota.records import UsageRecord
+
+log = logging.getLogger("sentinel.zion")
+
+MAX_BATCH = 1000
+PERIOD_SECONDS = {"DAILY": 86400, "WEEKLY": 7 * 86400, "MONTHLY": 30 * 86400, "NEVER": 10 * 365 * 86400}
+# Zion's metric names and Sentinel's quota metrics, in the same order.
+WIRE_METRICS: dict[str, Metric] = {
+    "aiInputTokens": "input_tokens",
+    "aiOutputTokens": "output_tokens",
+    "aiRequests": "requests",
+}
+
+
+class ZionStatusError(GovernanceUnavailable):
+    """Zion answered with an unexpected status; `zion_status` keeps it (4xx ones are not retryable),
+    `retry_after` Zion's Retry-After seconds when it sent one (e.g. with a 429)."""
+
+    def __init__(self, message: str, *, zion_status: int, retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after or 1.0)
+        self.zion_status = zion_status
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """At most `attempts` tries; before retry n, wait base*2**(n-1) capped, half of it jittered."""
+
+    attempts: int = 3
+    base: float = 0.1
+    cap: float = 2.0
+
+    def delay(self, retry: int) -> float:
+        ceiling = min(self.cap, self.base * 2.0 ** (retry - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@dataclass(frozen=True)
+class Meter:
+    """One metric of a Zion limit: `limit` None (or negative) means unlimited."""
+
+    limit: int | None
+    used: int
+    remaining: int | None
+
+
+@dataclass(frozen=True)
+class UserLimit:
+    name: str
+    display_name: str | None
+    metrics: dict[str, Meter]  # keyed by Zion's wire name, e.g. "aiInputTokens"
+    reset_period: str | None
+    period_start: datetime | None
+    period_end: datetime | None
+
+
+@dataclass(frozen=True)
+class ZionLimits:
+    """`GET /limits/external/{id}`: the user's limits as Zion reported them."""
+
+    user_id: str
+    external_id: str | None
+    limits: tuple[UserLimit, ...]
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """What became of one record: `applied`, `failed` (retry it under a new key) or `skipped` (no email)."""
+
+    request_id: str
+    status: Literal["applied", "failed", "skipped"]
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    items: tuple[ItemResult, ...]
+
+    @property
+    def applied(self) -> list[str]:
+        return [r.request_id for r in self.items if r.status == "applied"]
+
+    @property
+    def failed(self) -> list[ItemResult]:
+        return [r for r in self.items if r.status == "failed"]
+
+
+class ZionClient:
+    """Zion's HTTP API. Pass the app's session, or let the client own one (then `aclose()` it)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 3.0,
+        connect_timeout: float = 1.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._base = base_url.rstrip("/") + "/api/v1"
+        self._api_key = api_key
+        self._session = session
+        self._owned = session is None
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
+        self._backoff = backoff or Backoff()
+
+    def __repr__(self) -> str:  # never show the key
+        return f"ZionClient({self._base!r})"
+
+    async def aclose(self) -> None:
+        if self._owned and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def me(self, token: str) -> Identity | None:
+        """The user behind a JWT, per Zion; None when Zion says 401."""
+        data = await self._call("GET", "/users/me", headers={"Authorization": f"Bearer {token}"}, none_on=401)
+        if data is None:
+            return None
+        user_id, email = _str(data, "id"), data.get("email")
+        email = email if isinstance(email, str) and email else None
+        external_id = data.get("externalId") or user_id  # null or "" falls back to id
+        if external_id == user_id:
+            log.debug("Zion profile %s has no externalId; keying it by its id", user_id)
+        return Identity(external_id=str(external_id), user_id=user_id, email=email, source="zion")
+
+    async def limits(self, external_id: str) -> ZionLimits | None:
+        """The user's limits, or None when Zion does not know the user (404)."""
+        if not external_id:
+            raise ValueError("external_id must not be empty")
+        segment = quote(external_id, safe="")  # the original inserted it raw
+        if segment in (".", ".."):  # would be read as dot-segments
+            segment = segment.replace(".", "%2E")
+        data = await self._call("GET", "/limits/external/" + segment, service=True, none_on=404)
+        return None if data is None else _parse_limits(data)
+
+    async def tier_config(self) -> dict[str, Any]:
+        """`GET /tiers/config`'s data as Zion sent it."""
+        data = await self._call("GET", "/tiers/config", service=True)
+        return cast(dict[str, Any], data)
+
+    async def increment(self, record: UsageRecord, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Report one record through the single-increment endpoint; its data as sent."""
+        if not record.email:
+            raise ValueError("Zion usage is keyed by email; the record has none")
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        data = await self._call(
+            "POST", "/usage/external/increment", service=True, body=_item(record), headers=headers
+        )
+        return cast(dict[str, Any], data)
+
+    async def batch_increment(self, items: Sequence[UsageRecord], idempotency_key: str) -> BatchResult:
+        """Report records, one increment each, in calls of at most 1000 carrying `Idempotency-Key`.
+
+        Results are matched to records per item, never by email. Chunks after the first use
+        `<key>:<n>`, so retrying the same records with the same key repeats the same calls. Raises
+        GovernanceUnavailable when a call fails: retry the whole batch with the same key.
+        Whether a repeat is really applied once depends on Zion honouring the key.
+        """
+        results: list[ItemResult] = []
+        sendable = [r for r in items if r.email]
+        for n, start in enumerate(range(0, len(sendable), MAX_BATCH)):
+            chunk = sendable[start : start + MAX_BATCH]
+            key = idempotency_key if n == 0 else f"{idempotency_key}:{n}"
+            body = {"increments": [_item(r) for r in chunk]}
+            data = await self._call(
+                "POST",
+                "/usage/external/batch-increment",
+                service=True,
+                body=body,
+                headers={"Idempotency-Key": key},
+            )
+            results += _match(chunk, cast(dict[str, Any], data))
+        outcome = iter(results)  # one per sendable record, in order
+        return BatchResult(
+            tuple(
+                next(outcome) if r.email else ItemResult(r.request_id, "skipped", "no email") for r in items
+            )
+        )
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        service: bool = False,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        none_on: int | None = None,
+    ) -> Any:
+        """One API call with retries; Zion's `data` (None when the status is `none_on`)."""
+        sent = dict(headers or {})
+        if service:
+            sent["x-api-key"] = self._api_key
+        payload = None
+        if body is not None:
+            sent["Content-Type"] = "application/json"
+            payload = orjson.dumps(body)
+        url = URL(self._base + path, encoded=True)
+        route = path.split("/external/")[0] if path.startswith("/limits/") else path  # no user ids in logs
+        for attempt in range(1, self._backoff.attempts + 1):
+            last = attempt == self._backoff.attempts
+            try:
+                async with self._http().request(
+                    method, url, headers=sent, data=payload, timeout=self._timeout
+                ) as resp:
+                    if resp.status == none_on:
+                        return None
+                    if 200 <= resp.status < 300:
+                        return _data(await resp.read(), route)
+                    problem = f"Zion answered {resp.status} to {method} {route}"
+                    if resp.status < 500 or last:
+                        wait = resp.headers.get("Retry-After", "")
+                        retry_after = float(wait) if wait.isdigit() else None
+                        raise ZionStatusError(problem, zion_status=resp.status, retry_after=retry_after)
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+                problem = f"Zion unreachable on {method} {route}: {type(exc).__name__}"
+                if last:
+                    raise GovernanceUnavailable(problem) from exc
+            log.warning("%s; retrying (attempt %d of %d)", problem, attempt + 1, self._backoff.attempts)
+            await asyncio.sleep(self._backoff.delay(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=30)
+            )
+        return self._session
+
+
+def _data(raw: bytes, route: str) -> Any:
+    try:
+        data = orjson.loads(raw)["data"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise GovernanceUnavailable(f"Zion sent an unreadable answer to {route}") from None
+    if not isinstance(data, dict):
+        raise GovernanceUnavailable(f"Zion sent an unreadable answer to {route}")
+    return data
+
+
+def _str(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise GovernanceUnavailable(f"Zion's answer lacks {key!r}")
+    return value
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise GovernanceUnavailable(f"Zion's {name} is not an integer")
+    return int(value)
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise GovernanceUnavailable(f"Zion sent an unreadable time {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _parse_limits(data: dict[str, Any]) -> ZionLimits:
+    limits = []
+    for entry in data.get("limits") or []:
+        if not isinstance(entry, dict):
+            raise GovernanceUnavailable("Zion sent an unreadable limit")
+        metrics = {}
+        for wire in WIRE_METRICS:
+            meter = entry.get(wire)
+            if isinstance(meter, dict):
+                limit, remaining = meter.get("limit"), meter.get("remaining")
+                metrics[wire] = Meter(
+                    None if limit is None else _int(limit, f"{wire}.limit"),
+                    _int(meter.get("used") or 0, f"{wire}.used"),
+                    None if remaining is None else _int(remaining, f"{wire}.remaining"),
+                )
+        period = entry.get("resetPeriod")
+        if period is not None and period not in PERIOD_SECONDS:
+            log.warning("unknown Zion resetPeriod %r; treating it as NEVER", period)
+            period = None
+        limits.append(
+            UserLimit(
+                str(entry.get("name") or "limit"),
+                entry.get("displayName"),
+                metrics,
+                period,
+                _time(entry.get("periodStart")),
+                _time(entry.get("periodEnd")),
+            )
+        )
+    return ZionLimits(_str(data, "userId"), data.get("externalId"), tuple(limits))
+
+
+def _timestamp(value: datetime) -> str:
+    """RFC 3339 UTC with milliseconds and `Z`, e.g. 2024-01-15T10:30:00.123Z (records are UTC)."""
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def _item(record: UsageRecord) -> dict[str, Any]:
+    """One increment: metrics only when > 0 (every record is one request)."""
+    item: dict[str, Any] = {"email": record.email, "aiRequests": 1}
+    if record.input_tokens > 0:
+        item["aiInputTokens"] = record.input_tokens
+    if record.output_tokens > 0:
+        item["aiOutputTokens"] = record.output_tokens
+    if record.model:
+        item["model"] = record.model
+    item["timestamp"] = _timestamp(record.finished_at)
+    return item
+
+
+def _pop(queue: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    return queue.pop(0) if queue else None
+
+
+def _match(records: list[UsageRecord], data: dict[str, Any]) -> list[ItemResult]:
+    """Pair Zion's results with the records sent: by position when counts agree, else the n-th
+    result for an email with the n-th record for it. A record without a result counts as failed."""
+    results = [r for r in data.get("results") or [] if isinstance(r, dict)]
+    if not results and not data.get("failed") and data.get("processed") == len(records):
+        return [ItemResult(r.request_id, "applied") for r in records]
+    if len(results) == len(records):
+        matched: list[dict[str, Any] | None] = list(results)
+    else:  # ambiguous (Zion echoes only the email): assume it kept the order within an email
+        log.warning(
+            "Zion sent %d results for %d increments; matching them by email and order",
+            len(results),
+            len(records),
+        )
+        queues: dict[str, list[dict[str, Any]]] = {}
+        for found in results:
+            queues.setdefault(str(found.get("email")), []).append(found)
+        matched = [_pop(queues.get(str(r.email))) for r in records]
+    out = []
+    for record, result in zip(records, matched, strict=True):
+        if result is None:
+            out.append(ItemResult(record.request_id, "failed", "no result from Zion"))
+        elif result.get("success") is True:
+            out.append(ItemResult(record.request_id, "applied"))
+        else:
+            out.append(
+                ItemResult(record.request_id, "failed", str(result.get("error") or "rejected by Zion"))
+            )
+    return out
+
+
+class ZionIdentitySource:
+    """IdentitySource over Zion's `/users/me` (one Zion call per token not yet cached)."""
+
+    name = "zion"
+
+    def __init__(self, client: ZionClient) -> None:
+        self.client = client
+
+    async def authenticate(self, token: str) -> Identity | None:
+        return await self.client.me(token)
+
+
+def plan_from_limits(limits: ZionLimits, *, max_window_seconds: int | None = None) -> Plan:
+    """A Plan with one Limit per metric that has a limit (null or negative = unlimited).
+
+    The window is Zion's period (capped by `max_window_seconds`: it is how long the local count of
+    one reading is kept); `external` carries Zion's `used`, the period end, and a snapshot id that
+    changes whenever the reading does (so the local count restarts once Zion includes it).
+    """
+    out = []
+    for user_limit in limits.limits:
+        window = PERIOD_SECONDS[user_limit.reset_period or "NEVER"]
+        if max_window_seconds is not None:
+            window = min(window, max_window_seconds)
+        resets_at = user_limit.period_end.timestamp() if user_limit.period_end else None
+        for wire, meter in user_limit.metrics.items():
+            if meter.limit is None or meter.limit < 0:
+                continue
+            reading = (
+                f"{user_limit.name}|{wire}|{meter.limit}|{meter.used}|{user_limit.period_start}|{resets_at}"
+            )
+            snapshot = hashlib.sha256(reading.encode()).hexdigest()[:16]
+            external = ExternalUsage(max(0, meter.used), snapshot, resets_at)
+            out.append(Limit(WIRE_METRICS[wire], window, meter.limit, external))
+    names = ",".join(dict.fromkeys(ul.name for ul in limits.limits)) or "none"
+    return Plan(f"zion:{names}", tuple(out))
+
+
+class ZionPlanSource:
+    """Quota plans from Zion's limits (uncached: put a cache in front of it)."""
+
+    def __init__(self, client: ZionClient, *, max_window_seconds: int | None = None) -> None:
+        self.client = client
+        self.max_window_seconds = max_window_seconds
+
+    async def plan_for_user(self, external_id: str) -> Plan | None:
+        """The user's plan, None when Zion does not know the user; GovernanceUnavailable when down."""
+        limits = await self.client.limits(external_id)
+        if limits is None:
+            return None
+        return plan_from_limits(limits, max_window_seconds=self.max_window_seconds)

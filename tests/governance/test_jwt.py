@@ -1,0 +1,237 @@
+"""Local JWT verification: HMAC secrets, RS256 through a JWKS served over real HTTP, key rotation."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from jwt.algorithms import RSAAlgorithm
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from sentinel.errors import GovernanceUnavailable
+from sentinel.governance.identity import Identity
+from sentinel.governance.jwt import JwtVerifier, LocalJwtIdentitySource
+from tests.support.servers import free_port, serving
+
+SECRET = "test-secret-" + "0123456789" * 6  # 71 bytes: long enough for HS512 without a warning
+
+
+def claims(**extra: Any) -> dict[str, Any]:
+    return {"sub": "user-1", "email": "u@example.com", "exp": int(time.time()) + 300, **extra}
+
+
+def hs(payload: dict[str, Any], key: str = SECRET, alg: str = "HS256") -> str:
+    return jwt.encode(payload, key, algorithm=alg)
+
+
+@pytest.fixture
+def verifier() -> JwtVerifier:
+    return JwtVerifier(SECRET, None, "sentinel", "https://issuer.example")
+
+
+def aud(**extra: Any) -> dict[str, Any]:
+    return claims(aud="sentinel", iss="https://issuer.example", **extra)
+
+
+@pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512"])
+async def test_hmac_token_is_valid(verifier: JwtVerifier, alg: str) -> None:
+    found = await verifier.verify(hs(aud(), alg=alg))
+    assert found is not None and found["sub"] == "user-1"
+
+
+async def test_alg_none_is_rejected(verifier: JwtVerifier) -> None:
+    unsigned = jwt.encode(aud(), None, algorithm="none")  # type: ignore[arg-type]
+    assert await verifier.verify(unsigned) is None
+    # A forged header claiming HS256 with an empty signature is no better.
+    head, body, _ = hs(aud()).split(".")
+    assert await verifier.verify(f"{head}.{body}.") is None
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(hs(aud(), key="another-secret-0123456789-0123456789-01234"), id="wrong-secret"),
+        pytest.param(hs(claims(aud="other", iss="https://issuer.example")), id="wrong-audience"),
+        pytest.param(hs(claims(iss="https://issuer.example")), id="no-audience"),
+        pytest.param(hs(claims(aud="sentinel", iss="https://evil.example")), id="wrong-issuer"),
+        pytest.param(hs(aud(exp=int(time.time()) - 60)), id="expired"),
+        pytest.param(hs(aud(nbf=int(time.time()) + 120)), id="not-yet-valid"),
+        pytest.param(hs({k: v for k, v in aud().items() if k != "exp"}), id="no-exp"),
+        pytest.param("not.a.jwt", id="garbage"),
+        pytest.param("", id="empty"),
+    ],
+)
+async def test_invalid_tokens_are_rejected(verifier: JwtVerifier, token: str) -> None:
+    assert await verifier.verify(token) is None
+
+
+async def test_leeway_is_30_seconds(verifier: JwtVerifier) -> None:
+    assert await verifier.verify(hs(aud(exp=int(time.time()) - 10))) is not None
+    assert await verifier.verify(hs(aud(exp=int(time.time()) - 45))) is None
+
+
+async def test_without_configured_audience_any_audience_passes() -> None:
+    open_verifier = JwtVerifier(SECRET, None, None, None)
+    assert await open_verifier.verify(hs(claims(aud="whatever"))) is not None
+
+
+async def test_identity_from_claims(verifier: JwtVerifier) -> None:
+    source = LocalJwtIdentitySource(verifier)
+    identity = await source.authenticate(hs(aud(externalId="ext-9")))
+    assert identity == Identity("ext-9", "user-1", "u@example.com", source="jwt")
+    only_sub = await source.authenticate(hs(aud(email=None)))
+    assert only_sub is not None and (only_sub.external_id, only_sub.email) == ("user-1", None)
+    snake = await source.authenticate(hs(aud(external_id="ext-snake")))
+    assert snake is not None and snake.external_id == "ext-snake"
+    assert await source.authenticate(hs(aud(), key="wrong-secret-0123456789-0123456789-0123")) is None
+
+
+async def test_profile_source_is_asked_only_when_the_email_is_missing(verifier: JwtVerifier) -> None:
+    class Profiles:
+        name = "zion"
+        calls = 0
+
+        async def authenticate(self, token: str) -> Identity | None:
+            self.calls += 1
+            return Identity("ext-z", "usr-z", "z@example.com", source="zion")
+
+    profiles = Profiles()
+    source = LocalJwtIdentitySource(verifier, profile_source=profiles)
+    assert (await source.authenticate(hs(aud())) or Identity("", "")).email == "u@example.com"
+    assert profiles.calls == 0
+    assert (await source.authenticate(hs(aud(email=None))) or Identity("", "")).email == "z@example.com"
+    assert profiles.calls == 1
+
+
+# --- RS256 through a JWKS ---------------------------------------------------------------------------
+
+
+class Jwks:
+    """A JWKS endpoint whose key list tests change; counts downloads."""
+
+    def __init__(self) -> None:
+        self.keys: list[dict[str, Any]] = []
+        self.downloads = 0
+        self.app = Starlette(routes=[Route("/jwks.json", self.serve)])
+
+    async def serve(self, request: Request) -> JSONResponse:
+        self.downloads += 1
+        return JSONResponse({"keys": self.keys})
+
+
+def rsa_key(kid: str) -> tuple[rsa.RSAPrivateKey, dict[str, Any]]:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(RSAAlgorithm.to_jwk(private.public_key()))
+    return private, {**public, "kid": kid, "use": "sig", "alg": "RS256"}
+
+
+def hmac_signed(payload: dict[str, Any], key: bytes, kid: str) -> str:
+    """An HS256 token signed by hand (PyJWT refuses PEM keys as HMAC secrets when encoding)."""
+
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = (
+        part(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
+        + "."
+        + part(json.dumps(payload).encode())
+    )
+    return signing_input + "." + part(hmac.new(key, signing_input.encode(), hashlib.sha256).digest())
+
+
+def rs(private: rsa.RSAPrivateKey, kid: str | None, alg: str = "RS256", **extra: Any) -> str:
+    headers = {"kid": kid} if kid else None
+    return jwt.encode(claims(**extra), private, algorithm=alg, headers=headers)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def jwks() -> Iterator[tuple[Jwks, str]]:
+    server = Jwks()
+    with serving(server.app) as srv:
+        yield server, srv.url + "/jwks.json"
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def test_rs256_via_jwks_and_one_refetch_per_unknown_kid(
+    jwks: tuple[Jwks, str], session: aiohttp.ClientSession
+) -> None:
+    server, url = jwks
+    key_a, jwk_a = rsa_key("a")
+    key_b, jwk_b = rsa_key("b")
+    server.keys = [jwk_a]
+    clock = Clock()
+    verifier = JwtVerifier(None, url, None, None, session, clock=clock)
+
+    assert await verifier.verify(rs(key_a, "a")) is not None
+    assert await verifier.verify(rs(key_a, "a")) is not None
+    assert server.downloads == 1  # cached
+
+    server.keys = [jwk_a, jwk_b]  # rotation, seen at the next allowed refetch
+    assert await verifier.verify(rs(key_b, "b")) is None  # fetched < 60 s ago: no refetch yet
+    assert server.downloads == 1
+    clock.now += 61
+    assert await verifier.verify(rs(key_b, "b")) is not None  # unknown kid -> one refetch
+    assert server.downloads == 2
+    assert await verifier.verify(rs(key_b, "unknown")) is None
+    assert await verifier.verify(rs(key_b, "unknown")) is None
+    assert server.downloads == 2  # at most once per 60 s
+    clock.now += 61
+    assert await verifier.verify(rs(key_b, "unknown")) is None
+    assert server.downloads == 3
+
+
+async def test_jwks_key_misuse_is_rejected(jwks: tuple[Jwks, str], session: aiohttp.ClientSession) -> None:
+    server, url = jwks
+    key_a, jwk_a = rsa_key("a")
+    key_other, _ = rsa_key("a")  # same kid, different key: a forgery
+    server.keys = [jwk_a]
+    verifier = JwtVerifier(SECRET, url, None, None, session)
+    assert await verifier.verify(rs(key_other, "a")) is None
+    assert await verifier.verify(rs(key_a, "a", alg="PS256")) is None  # the JWK says RS256 only
+    assert await verifier.verify(rs(key_a, None)) is not None  # no kid, one usable key
+    assert await verifier.verify(rs(key_a, "a", exp=int(time.time()) - 120)) is None
+    # The RSA public key must not work as an HMAC secret (algorithm confusion).
+    pem = key_a.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    assert await JwtVerifier(None, url, None, None, session).verify(hmac_signed(claims(), pem, "a")) is None
+    # A secret-only verifier has no key for RS256 tokens.
+    assert await JwtVerifier(SECRET, None, None, None).verify(rs(key_a, "a")) is None
+
+
+async def test_unreachable_jwks_is_governance_unavailable(session: aiohttp.ClientSession) -> None:
+    key_a, _ = rsa_key("a")
+    verifier = JwtVerifier(None, f"http://127.0.0.1:{free_port()}/jwks.json", None, None, session)
+    with pytest.raises(GovernanceUnavailable):
+        await verifier.verify(rs(key_a, "a"))
+
+
+def test_configuration_is_checked() -> None:
+    with pytest.raises(ValueError):
+        JwtVerifier(None, None, None, None)
+    with pytest.raises(ValueError):
+        JwtVerifier(None, "http://127.0.0.1:1/jwks.json", None, None, None)

@@ -1,0 +1,264 @@
+"""ZionClient against the fake Zion over real HTTP: parsing, idempotency, retries, outages."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from sentinel.errors import GovernanceUnavailable
+from sentinel.governance.zion import Backoff, ZionClient, ZionIdentitySource, ZionStatusError
+from sentinel.quota.records import UsageRecord
+from tests.support.fake_zion import BATCH, LIMITS, ME, FakeZion
+from tests.support.servers import free_port, serving
+
+FAST = Backoff(attempts=3, base=0.01, cap=0.05)
+T = datetime(2024, 1, 15, 10, 30, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeZion]:
+    zion = FakeZion()
+    zion.add_user(
+        "tok-alice",
+        "ext-alice",
+        "alice@example.com",
+        user_id="usr_alice",
+        input_tokens=1000,
+        output_tokens=500,
+        requests=10,
+        used_input=100,
+        used_requests=3,
+    )
+    zion.add_user("tok-bob", None, "bob@example.com", user_id="usr_bob")
+    with serving(zion) as server:
+        zion.url = server.url
+        yield zion
+        zion.set_down(False)  # release hanging requests before the server stops
+
+
+@pytest.fixture
+async def client(fake: FakeZion) -> AsyncIterator[ZionClient]:
+    zion = ZionClient(fake.url, fake.api_key, timeout=1.0, connect_timeout=0.5, backoff=FAST)
+    yield zion
+    await zion.aclose()
+
+
+def record(
+    n: int,
+    email: str | None = "alice@example.com",
+    model: str | None = "gpt-4o",
+    *,
+    input_tokens: int = 10,
+    output_tokens: int = 5,
+) -> UsageRecord:
+    return UsageRecord(
+        f"req-{n}",
+        "ext-alice",
+        email,
+        model,
+        "openai",
+        "chat",
+        input_tokens,
+        output_tokens,
+        "measured",
+        200,
+        T,
+        T,
+    )
+
+
+async def test_me_returns_the_identity_without_sending_the_service_key(
+    client: ZionClient, fake: FakeZion
+) -> None:
+    identity = await client.me("tok-alice")
+    assert identity is not None
+    assert (identity.external_id, identity.user_id, identity.email, identity.source) == (
+        "ext-alice",
+        "usr_alice",
+        "alice@example.com",
+        "zion",
+    )
+    assert "x-api-key" not in fake.seen[-1].headers
+    assert fake.seen[-1].headers["authorization"] == "Bearer tok-alice"
+
+
+async def test_me_falls_back_to_the_id_when_external_id_is_null(client: ZionClient) -> None:
+    identity = await ZionIdentitySource(client).authenticate("tok-bob")
+    assert identity is not None and identity.external_id == "usr_bob"
+
+
+async def test_me_returns_none_on_401_without_retrying(client: ZionClient, fake: FakeZion) -> None:
+    assert await client.me("not-a-user") is None
+    assert fake.calls[ME] == 1
+
+
+async def test_limits_are_parsed(client: ZionClient, fake: FakeZion) -> None:
+    limits = await client.limits("ext-alice")
+    assert limits is not None and limits.user_id == "usr_alice" and limits.external_id == "ext-alice"
+    (ai,) = limits.limits
+    assert ai.name == "ai_usage" and ai.reset_period == "MONTHLY"
+    assert ai.period_end == datetime(2024, 2, 1, tzinfo=UTC)
+    assert (ai.metrics["aiInputTokens"].limit, ai.metrics["aiInputTokens"].used) == (1000, 100)
+    assert ai.metrics["aiInputTokens"].remaining == 900
+    assert (ai.metrics["aiOutputTokens"].limit, ai.metrics["aiOutputTokens"].used) == (500, 0)
+    assert (ai.metrics["aiRequests"].limit, ai.metrics["aiRequests"].remaining) == (10, 7)
+    assert fake.seen[-1].headers["x-api-key"] == fake.api_key
+
+
+async def test_limits_of_an_unknown_user_is_none(client: ZionClient) -> None:
+    assert await client.limits("nobody") is None
+
+
+@pytest.mark.parametrize("odd", ["a/b", "x y", "q?z#f", "100%", "ü-user", "..", ".", "a+b&c=d"])
+async def test_limits_url_encode_the_external_id(client: ZionClient, fake: FakeZion, odd: str) -> None:
+    fake.add_user("tok-odd", odd, "odd@example.com")
+    limits = await client.limits(odd)
+    assert limits is not None and limits.external_id == odd
+    raw = fake.seen[-1].path
+    assert raw.startswith("/api/v1/limits/external/") and "/" not in raw.removeprefix(
+        "/api/v1/limits/external/"
+    )
+
+
+async def test_batch_increment_applies_each_record(client: ZionClient, fake: FakeZion) -> None:
+    records = [record(1), record(2, model="gpt-4o-mini", input_tokens=0), record(3, "bob@example.com", None)]
+    result = await client.batch_increment(records, "key-1")
+    assert result.applied == ["req-1", "req-2", "req-3"] and result.failed == []
+    assert fake.applied[0] == {
+        "email": "alice@example.com",
+        "aiRequests": 1,
+        "aiInputTokens": 10,
+        "aiOutputTokens": 5,
+        "model": "gpt-4o",
+        "timestamp": "2024-01-15T10:30:00.123Z",
+    }
+    assert "aiInputTokens" not in fake.applied[1]  # metrics are sent only when > 0
+    assert "model" not in fake.applied[2]
+    assert fake.totals["alice@example.com"] == {"aiRequests": 2, "aiInputTokens": 10, "aiOutputTokens": 10}
+    assert fake.seen[-1].headers["idempotency-key"] == "key-1"
+
+
+async def test_a_repeated_idempotency_key_is_applied_once(client: ZionClient, fake: FakeZion) -> None:
+    first = await client.batch_increment([record(1), record(2)], "key-same")
+    again = await client.batch_increment([record(1), record(2)], "key-same")
+    assert first == again
+    assert fake.calls[BATCH] == 2 and len(fake.applied) == 2
+    assert fake.totals["alice@example.com"]["aiRequests"] == 2
+
+
+async def test_without_idempotency_support_a_repeat_counts_twice(client: ZionClient, fake: FakeZion) -> None:
+    # The at-least-once caveat: a Zion that ignores Idempotency-Key double-counts a retried batch.
+    fake.set_honour_idempotency(False)
+    await client.batch_increment([record(1)], "key-same")
+    await client.batch_increment([record(1)], "key-same")
+    assert fake.totals["alice@example.com"]["aiRequests"] == 2
+
+
+async def test_failures_are_matched_per_item_not_by_email(client: ZionClient, fake: FakeZion) -> None:
+    fake.reject_model("bad-model")
+    records = [record(1), record(2, model="bad-model"), record(3, "ghost@example.com")]
+    result = await client.batch_increment(records, "key-1")
+    assert result.applied == ["req-1"]
+    assert [(r.request_id, r.error) for r in result.failed] == [
+        ("req-2", "model rejected"),
+        ("req-3", "User not found"),
+    ]
+
+
+async def test_records_without_email_are_skipped(client: ZionClient, fake: FakeZion) -> None:
+    result = await client.batch_increment([record(1, email=None)], "key-1")
+    assert [(r.request_id, r.status) for r in result.items] == [("req-1", "skipped")]
+    assert await client.batch_increment([], "key-2") == result.__class__(())
+    assert fake.received == 0
+
+
+async def test_more_than_1000_records_are_chunked(client: ZionClient, fake: FakeZion) -> None:
+    result = await client.batch_increment([record(n) for n in range(1001)], "key-big")
+    assert len(result.applied) == 1001
+    assert fake.calls[BATCH] == 2
+    assert [s.headers["idempotency-key"] for s in fake.seen] == ["key-big", "key-big:1"]
+    assert fake.totals["alice@example.com"]["aiRequests"] == 1001
+
+
+async def test_5xx_is_retried_until_success(client: ZionClient, fake: FakeZion) -> None:
+    fake.fail_next(2, status=503)
+    assert await client.me("tok-alice") is not None
+    assert fake.received == 3
+
+
+async def test_a_retried_batch_keeps_its_idempotency_key(client: ZionClient, fake: FakeZion) -> None:
+    fake.fail_next(1, status=502)
+    result = await client.batch_increment([record(1)], "key-r")
+    assert result.applied == ["req-1"] and fake.totals["alice@example.com"]["aiRequests"] == 1
+    assert fake.received == 2
+
+
+async def test_persistent_5xx_is_governance_unavailable(client: ZionClient, fake: FakeZion) -> None:
+    fake.set_down(True)
+    with pytest.raises(ZionStatusError) as caught:
+        await client.me("tok-alice")
+    assert caught.value.zion_status == 503 and caught.value.status == 503
+    assert fake.received == 3
+
+
+async def test_4xx_is_not_retried_and_the_key_never_logged(
+    fake: FakeZion, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = ZionClient(fake.url, "wrong-key-s3cr3t", backoff=FAST)
+    try:
+        with pytest.raises(GovernanceUnavailable) as caught:
+            await wrong.limits("ext-alice")
+    finally:
+        await wrong.aclose()
+    assert fake.received == 1
+    assert "s3cr3t" not in str(caught.value) and "s3cr3t" not in caplog.text and "s3cr3t" not in repr(wrong)
+    assert "ext-alice" not in str(caught.value)
+
+
+@pytest.mark.parametrize("mode", ["drop", "hang"])
+async def test_down_zion_is_governance_unavailable_quickly(fake: FakeZion, mode: str) -> None:
+    fake.set_down(True, mode)
+    quick = ZionClient(fake.url, fake.api_key, timeout=0.2, backoff=FAST)
+    started = time.monotonic()
+    try:
+        with pytest.raises(GovernanceUnavailable):
+            await quick.limits("ext-alice")
+    finally:
+        await quick.aclose()
+    assert time.monotonic() - started < 3
+    assert fake.received == 3
+
+
+async def test_unreachable_zion_is_governance_unavailable() -> None:
+    nowhere = ZionClient(f"http://127.0.0.1:{free_port()}", "k", timeout=0.5, backoff=FAST)
+    try:
+        with pytest.raises(GovernanceUnavailable, match="unreachable"):
+            await nowhere.tier_config()
+    finally:
+        await nowhere.aclose()
+
+
+async def test_tier_config_is_returned_raw(client: ZionClient, fake: FakeZion) -> None:
+    config = await client.tier_config()
+    assert config["tiers"]["simple"][0]["model"] == "gpt-4o-mini"
+    assert set(config) == {"version", "updatedAt", "tiers"}
+
+
+async def test_single_increment(client: ZionClient, fake: FakeZion) -> None:
+    data = await client.increment(record(1), idempotency_key="one")
+    await client.increment(record(1), idempotency_key="one")
+    assert data["aiRequests"] == {"limit": 10, "used": 4, "remaining": 6}
+    assert fake.totals["alice@example.com"]["aiRequests"] == 1
+    assert fake.calls[LIMITS] == 0
+
+
+async def test_429_is_not_retried(client: ZionClient, fake: FakeZion) -> None:
+    fake.fail_next(1, status=429)
+    with pytest.raises(ZionStatusError) as caught:
+        await client.tier_config()
+    assert caught.value.zion_status == 429 and fake.received == 1

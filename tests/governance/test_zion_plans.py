@@ -1,0 +1,119 @@
+"""Zion limits as quota plans: windows, external usage, snapshots, and enforcement by the limiter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from sentinel.governance.zion import (
+    Backoff,
+    Meter,
+    UserLimit,
+    ZionClient,
+    ZionLimits,
+    ZionPlanSource,
+    plan_from_limits,
+)
+from sentinel.quota.limiter import QuotaLimiter
+from sentinel.quota.records import UsageRecord
+from sentinel.store import MemoryStore
+from tests.support.fake_zion import FakeZion
+from tests.support.servers import serving
+
+END = datetime(2024, 2, 1, tzinfo=UTC)
+
+
+def limits(period: str | None = "MONTHLY", *, requests: Meter | None = None, **extra: Meter) -> ZionLimits:
+    metrics = {"aiRequests": requests or Meter(100, 40, 60), **extra}
+    return ZionLimits("usr_1", "ext-1", (UserLimit("ai_usage", "AI usage", metrics, period, None, END),))
+
+
+def test_each_limited_metric_becomes_a_limit_with_external_usage() -> None:
+    plan = plan_from_limits(
+        limits(aiInputTokens=Meter(5000, 1200, 3800), aiOutputTokens=Meter(None, 7, None))
+    )
+    by_metric = {limit.metric: limit for limit in plan.limits}
+    assert set(by_metric) == {"requests", "input_tokens"}  # a null limit is unlimited
+    requests = by_metric["requests"]
+    assert (requests.limit, requests.window_seconds) == (100, 30 * 86400)
+    assert requests.external is not None
+    assert (requests.external.used, requests.external.resets_at) == (40, END.timestamp())
+    assert by_metric["input_tokens"].offset == 1200
+    assert plan.name == "zion:ai_usage"
+
+
+@pytest.mark.parametrize(
+    ("period", "window"),
+    [("DAILY", 86400), ("WEEKLY", 604800), ("MONTHLY", 2592000), ("NEVER", 315360000), (None, 315360000)],
+)
+def test_the_window_follows_the_reset_period(period: str | None, window: int) -> None:
+    (limit,) = plan_from_limits(limits(period)).limits
+    assert limit.window_seconds == window
+    (capped,) = plan_from_limits(limits(period), max_window_seconds=3600).limits
+    assert capped.window_seconds == 3600
+
+
+def test_negative_limits_are_unlimited_and_overdrawn_usage_is_kept() -> None:
+    plan = plan_from_limits(limits(requests=Meter(-1, 5, None), aiInputTokens=Meter(10, 12, -2)))
+    (limit,) = plan.limits
+    assert limit.metric == "input_tokens" and limit.offset == 12
+
+
+def test_the_snapshot_changes_exactly_when_the_reading_does() -> None:
+    def snapshot(meter: Meter) -> str:
+        (limit,) = plan_from_limits(limits(requests=meter)).limits
+        assert limit.external is not None
+        return limit.external.snapshot
+
+    assert snapshot(Meter(100, 40, 60)) == snapshot(Meter(100, 40, 60))
+    assert snapshot(Meter(100, 40, 60)) != snapshot(Meter(100, 41, 59))
+    assert snapshot(Meter(100, 40, 60)) != snapshot(Meter(200, 40, 160))
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeZion]:
+    zion = FakeZion()
+    zion.add_user("tok", "ext-1", "a@example.com", requests=10, used_requests=7, reset_period="DAILY")
+    with serving(zion) as server:
+        zion.url = server.url
+        yield zion
+
+
+@pytest.fixture
+async def client(fake: FakeZion) -> AsyncIterator[ZionClient]:
+    zion = ZionClient(fake.url, fake.api_key, timeout=1.0, backoff=Backoff(3, 0.01, 0.05))
+    yield zion
+    await zion.aclose()
+
+
+async def test_the_limiter_enforces_zion_used_plus_local_admissions(client: ZionClient) -> None:
+    source = ZionPlanSource(client)
+    assert await source.plan_for_user("nobody") is None
+    plan = await source.plan_for_user("ext-1")
+    assert plan is not None
+    limiter = QuotaLimiter(MemoryStore(), clock=lambda: 1_700_000_000.0)
+
+    async def admit() -> bool:
+        assert plan is not None
+        reservation = await limiter.reserve("ext-1", plan, input_tokens=1, output_tokens=1)
+        return reservation.allowed
+
+    assert [await admit() for _ in range(4)] == [True, True, True, False]  # 7 used + 3 admitted = 10
+    # Reporting the 3 admissions makes Zion's reading 10/10: the new snapshot restarts the local
+    # count, and the limit stays exhausted.
+    now = datetime.now(UTC)
+    records = [
+        UsageRecord(f"r{i}", "ext-1", "a@example.com", "m", "p", "chat", 1, 1, "measured", 200, now, now)
+        for i in range(3)
+    ]
+    assert len((await client.batch_increment(records, "k")).applied) == 3
+    plan = await source.plan_for_user("ext-1")
+    assert plan is not None
+    assert {limit.metric: limit.offset for limit in plan.limits} == {
+        "requests": 10,
+        "input_tokens": 3,
+        "output_tokens": 3,
+    }
+    assert not await admit()

@@ -188,6 +188,48 @@ def cmd_usage_show(args: argparse.Namespace) -> int:
     return _run(_with_db(_settings(), go))
 
 
+def cmd_tiers_set(args: argparse.Namespace) -> int:
+    from sentinel.governance.tier_store import TierRepository, parse_entry
+
+    try:
+        entries = [parse_entry(item) for item in args.entries]
+    except ValueError as exc:
+        print(f"sentinel: {exc}", file=sys.stderr)
+        return 2
+
+    async def go(sessions: Any) -> None:
+        await TierRepository(sessions).set_tier(args.tier, entries)
+        shown = ", ".join(f"{e.provider}/{e.model} (cost {e.relative_cost})" for e in entries)
+        print(f"tier {args.tier}: {shown} (applies within TIER_CONFIG_TTL_SECONDS)")
+
+    return _run(_with_db(_settings(), go))
+
+
+def cmd_tiers_show(args: argparse.Namespace) -> int:
+    from sentinel.governance.tier_store import TIERS, DbTiers, TierRepository
+    from sentinel.providers.catalog import build_catalog
+
+    settings = _settings()
+
+    async def go(sessions: Any) -> None:
+        table = await DbTiers(TierRepository(sessions), build_catalog(settings).tiers, 1).table()
+        for tier in TIERS:
+            shown = ", ".join(f"{e.provider}/{e.model} (cost {e.relative_cost})" for e in table.get(tier, []))
+            print(f"{tier}: {shown or '(none)'}")
+
+    return _run(_with_db(settings, go))
+
+
+def cmd_tiers_reset(args: argparse.Namespace) -> int:
+    from sentinel.governance.tier_store import TierRepository
+
+    async def go(sessions: Any) -> None:
+        await TierRepository(sessions).clear(args.tier)
+        print(f"tier table reset for {args.tier or 'all tiers'} (the providers file or defaults apply)")
+
+    return _run(_with_db(_settings(), go))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sentinel", description="Sentinel AI gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,6 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("external_id")
     p.add_argument("--since", default=None, help="a window back from now (1h, 7d) or an ISO date")
     p.set_defaults(fn=cmd_usage_show)
+    tiers = sub.add_parser("tiers", help="the built-in tier table").add_subparsers(dest="tiers_command", required=True)
+    p = tiers.add_parser("set", help="replace a tier's candidates")
+    p.add_argument("tier", choices=["simple", "moderate", "complex"])
+    p.add_argument("entries", nargs="+", help="provider/model:cost[:input_price:output_price] (prices per million)")
+    p.set_defaults(fn=cmd_tiers_set)
+    p = tiers.add_parser("show", help="the tier table in effect")
+    p.set_defaults(fn=cmd_tiers_show)
+    p = tiers.add_parser("reset", help="drop the database table for one tier or all")
+    p.add_argument("tier", nargs="?", choices=["simple", "moderate", "complex"])
+    p.set_defaults(fn=cmd_tiers_reset)
     return parser
 
 

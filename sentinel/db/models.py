@@ -185,3 +185,21 @@ class UsageOutboxRow(Base):
     created_at: Mapped[datetime] = _created_at()
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default=text("0"))
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+
+
+class TierModelRow(Base):
+    """One candidate of a tier, in order (`sentinel tiers set`)."""
+
+    __tablename__ = "tier_models"
+    __table_args__ = (
+        CheckConstraint("tier IN ('simple', 'moderate', 'complex')", name="tier"),
+        CheckConstraint("relative_cost BETWEEN 1 AND 10", name="relative_cost"),
+    )
+
+    tier: Mapped[str] = mapped_column(String(16), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(40), nullable=False)
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    relative_cost: Mapped[int] = mapped_column(Integer, nullable=False)
+    input_price_per_million: Mapped[float] = mapped_column(Float, nullable=False, server_default=text("0"))
+    output_price_per_million: Mapped[float] = mapped_column(Float, nullable=False, server_default=text("0"))

@@ -1,7 +1,7 @@
 """Picks the governance parts for the configured mode: identity sources, plans, usage sink, tiers.
 
 - `GOVERNANCE=builtin`: Sentinel's database holds keys, plans and the usage ledger; tiers come from
-  the catalog (defaults or the providers file). JWTs are accepted too when JWT_SECRET/JWT_JWKS_URL
+  the database (`sentinel tiers set`) over the catalog (defaults or the providers file). JWTs are accepted too when JWT_SECRET/JWT_JWKS_URL
   is set (verified locally).
 - `GOVERNANCE=zion`: Zion JWTs are validated by Zion (or locally with JWT_SECRET/JWT_JWKS_URL),
   limits come from Zion, usage goes to Zion's batch endpoint, tiers from Zion's tier config (the
@@ -21,11 +21,12 @@ from sentinel.governance.jwt import JwtVerifier, LocalJwtIdentitySource
 from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.plan_source import BuiltinPlanSource, PlanSource
 from sentinel.governance.plans import PlanRepository
+from sentinel.governance.tier_store import DbTiers, TierRepository
 from sentinel.governance.zion import ZionClient, ZionIdentitySource
 from sentinel.governance.zion_sources import ZionPlans, ZionSink
 from sentinel.quota.deliverer import SqlLedgerSink, UsageSink
 from sentinel.quota.limits import parse_plan_spec
-from sentinel.routing.tiers import StaticTiers, TierSource, TierTable, ZionTiers
+from sentinel.routing.tiers import TierSource, TierTable, ZionTiers
 from sentinel.store import Store
 
 
@@ -59,7 +60,7 @@ def build_governance(
             jwt=local_jwt,
             plans=BuiltinPlanSource(PlanRepository(sessions), default_plan),
             sink=SqlLedgerSink(SqlLedger(sessions)),
-            tiers=StaticTiers(catalog_tiers),
+            tiers=DbTiers(TierRepository(sessions), catalog_tiers, s.tier_config_ttl_seconds),
         )
     window = int(s.cache_ttl_seconds + s.governance_grace_seconds + 60)
     return Governance(

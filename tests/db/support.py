@@ -7,7 +7,7 @@ import uuid
 import asyncpg
 from sqlalchemy.engine import make_url
 
-SENTINEL_TABLES = ("users", "api_keys", "plans", "plan_limits", "usage_ledger", "usage_outbox")
+SENTINEL_TABLES = ("users", "api_keys", "plans", "plan_limits", "usage_ledger", "usage_outbox", "tier_models")
 
 
 def _plain_dsn(url: str) -> str:

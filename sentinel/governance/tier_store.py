@@ -1,0 +1,111 @@
+"""The built-in tier table, edited with `sentinel tiers set` and read by `DbTiers`.
+
+A tier with rows in `tier_models` uses them; a tier without rows falls back to the catalog's table
+(the providers file or the defaults). Each replica re-reads the table every
+TIER_CONFIG_TTL_SECONDS; when the database is down the last table read stays in use.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sentinel.config import TierModelEntry
+from sentinel.db.engine import database_errors
+from sentinel.db.models import TierModelRow
+from sentinel.errors import GovernanceUnavailable
+from sentinel.routing.tiers import TierTable
+
+log = logging.getLogger("sentinel.tiers")
+TIERS = ("simple", "moderate", "complex")
+
+
+def parse_entry(text: str) -> TierModelEntry:
+    """`provider/model:cost[:input_price:output_price]`, e.g. `openai/gpt-4o-mini:1:0.15:0.6`."""
+    head, *numbers = text.split(":")
+    provider, sep, model = head.partition("/")
+    if not sep or not provider or not model or len(numbers) not in (1, 3):
+        raise ValueError(f"invalid tier entry {text!r}: expected provider/model:cost[:input_price:output_price]")
+    prices = [float(n) for n in numbers[1:]] or [0.0, 0.0]
+    return TierModelEntry(
+        provider=provider, model=model, relative_cost=int(numbers[0]),
+        input_price_per_million=prices[0], output_price_per_million=prices[1],
+    )
+
+
+class TierRepository:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def set_tier(self, tier: str, entries: list[TierModelEntry]) -> None:
+        if tier not in TIERS:
+            raise ValueError(f"tier must be one of {', '.join(TIERS)}")
+        with database_errors("tier store unavailable"):
+            async with self._sessions() as session:
+                await session.execute(delete(TierModelRow).where(TierModelRow.tier == tier))
+                session.add_all(
+                    TierModelRow(
+                        tier=tier, position=i, provider=e.provider, model=e.model, relative_cost=e.relative_cost,
+                        input_price_per_million=e.input_price_per_million,
+                        output_price_per_million=e.output_price_per_million,
+                    )
+                    for i, e in enumerate(entries)
+                )
+                await session.commit()
+
+    async def clear(self, tier: str | None = None) -> None:
+        with database_errors("tier store unavailable"):
+            async with self._sessions() as session:
+                query = delete(TierModelRow)
+                if tier is not None:
+                    query = query.where(TierModelRow.tier == tier)
+                await session.execute(query)
+                await session.commit()
+
+    async def table(self) -> TierTable:
+        with database_errors("tier store unavailable"):
+            async with self._sessions() as session:
+                rows = (await session.execute(select(TierModelRow).order_by(TierModelRow.tier, TierModelRow.position))).scalars()
+                out: TierTable = {}
+                for row in rows:
+                    out.setdefault(row.tier, []).append(
+                        TierModelEntry(
+                            provider=row.provider, model=row.model, relative_cost=row.relative_cost,
+                            input_price_per_million=row.input_price_per_million,
+                            output_price_per_million=row.output_price_per_million,
+                        )
+                    )
+        return out
+
+
+class DbTiers:
+    """TierSource: the database's tiers over the catalog's, re-read every `ttl` seconds."""
+
+    def __init__(
+        self, repo: TierRepository, fallback: TierTable, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.repo = repo
+        self.fallback = fallback
+        self.ttl = ttl
+        self.clock = clock
+        self._cached: TierTable | None = None
+        self._until = 0.0
+
+    async def table(self) -> TierTable:
+        if self._cached is not None and self.clock() < self._until:
+            return self._cached
+        try:
+            stored = await self.repo.table()
+        except GovernanceUnavailable as exc:
+            if self._cached is not None:
+                log.warning("tier store unavailable; using the last table", extra={"error": exc.message})
+                self._until = self.clock() + min(self.ttl, 30)
+                return self._cached
+            stored = {}
+        self._cached = {tier: stored.get(tier) or list(self.fallback.get(tier, [])) for tier in TIERS}
+        self._until = self.clock() + self.ttl
+        return self._cached

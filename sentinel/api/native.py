@@ -19,10 +19,16 @@ from sentinel.api.middleware import context
 from sentinel.api.responses import RawResponse, StreamingRelay, encode_headers, json_response
 from sentinel.errors import InvalidRequest, RateLimited, SentinelError, UpstreamError
 from sentinel.governance.identity import Identity
-from sentinel.native import ChatRequest, NativeValidationError, StreamError, TranslationError, parse_chat_request
+from sentinel.native import (
+    ChatRequest,
+    NativeValidationError,
+    StreamError,
+    TranslationError,
+    parse_chat_request,
+)
 from sentinel.native.responses import Usage as NativeUsage
 from sentinel.native.stream import DONE, render_chunk, render_error_event
-from sentinel.providers.chat import ChatProvider, ProviderStream
+from sentinel.providers.chat import ChatProvider
 from sentinel.quota.meter import Admission
 from sentinel.quota.usage import Usage
 from sentinel.routing.router import Decision, TierRouter
@@ -107,6 +113,7 @@ class NativeAPI:
         while True:
             provider = self.providers[decision.provider]
             admission.model = decision.model
+            admission.prices = (decision.entry.input_price_per_million, decision.entry.output_price_per_million)
             try:
                 reply = await provider.complete_body(wire, decision.tier)
                 break
@@ -141,6 +148,7 @@ class NativeAPI:
         while True:
             provider = self.providers[decision.provider]
             admission.model = decision.model
+            admission.prices = (decision.entry.input_price_per_million, decision.entry.output_price_per_million)
             try:
                 stream = await provider.open_stream_body(wire)
                 break

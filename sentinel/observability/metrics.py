@@ -63,6 +63,9 @@ class Metrics:
             "sentinel_token_estimate_error_ratio", "(actual - estimated) / estimated input tokens",
             ["model"], buckets=(-1, -0.5, -0.25, -0.1, -0.05, 0, 0.05, 0.1, 0.25, 0.5, 1, 2), registry=r,
         )
+        self.cost = Counter(
+            "sentinel_cost_usd_total", "Cost of served requests from tier prices", ["provider", "model"], registry=r,
+        )
         self.outbox_depth = Gauge("sentinel_usage_outbox_depth", "Usage records not yet delivered", registry=r)
         self.deliveries = Counter(
             "sentinel_usage_deliveries_total", "Usage delivery attempts by result", ["result"], registry=r,

@@ -44,7 +44,15 @@ class Admission:
     reservation: Reservation | None = None
     limiter: QuotaLimiter | None = None
     provider: str | None = None
+    prices: tuple[float, float] | None = None  # USD per million input/output tokens, when known
     settled: bool = False
+
+
+def cost(prices: tuple[float, float] | None, input_tokens: int, output_tokens: int) -> float | None:
+    """USD cost from per-million prices (None when the prices are unknown)."""
+    if prices is None or prices == (0.0, 0.0):
+        return None
+    return round((input_tokens * prices[0] + output_tokens * prices[1]) / 1_000_000, 8)
 
 
 class Meter(Protocol):
@@ -182,11 +190,14 @@ class QuotaMeter:
             status=status,
             started_at=admission.started_at,
             finished_at=datetime.now(UTC),
+            cost_usd=cost(admission.prices, input_tokens, output_tokens),
         )
         await self.outbox.put(record)
         self.metrics.tokens.labels("input", model).inc(input_tokens)
         self.metrics.tokens.labels("output", model).inc(output_tokens)
         self.metrics.usage_requests.labels(model, source).inc()
+        if record.cost_usd:
+            self.metrics.cost.labels(provider, model).inc(record.cost_usd)
 
     async def release(self, admission: Admission) -> None:
         if admission.settled:

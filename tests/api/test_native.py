@@ -212,3 +212,17 @@ def test_docs_protected_by_key(gateway_factory: Callable[..., Gateway]) -> None:
     validate(doc)
     assert doc["openapi"].startswith("3.1")
     assert {"ChatRequest", "ChatResponse", "ChatChunk", "ErrorBody"} <= set(doc["components"]["schemas"])
+
+
+def test_cost_recorded_from_tier_prices(gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
+    entry = {"provider": "openai", "model": "gpt-4o-mini", "relative_cost": 1,
+             "input_price_per_million": 1000.0, "output_price_per_million": 2000.0}
+    path = tmp_path / "priced.yaml"
+    path.write_text(yaml.safe_dump({"tiers": {"simple": [entry], "moderate": [entry], "complex": [entry]}}))
+    gw = gateway_factory(providers_file=path)
+    with gw.client() as http:
+        usage = http.post(URL, json={"messages": [{"role": "user", "content": "price me"}]}).json()["usage"]
+        metrics = http.get("/metrics").text
+    expected = (usage["prompt_tokens"] * 1000.0 + usage["completion_tokens"] * 2000.0) / 1_000_000
+    line = next(x for x in metrics.splitlines() if x.startswith('sentinel_cost_usd_total{model="gpt-4o-mini"'))
+    assert abs(float(line.rsplit(" ", 1)[1]) - expected) < 1e-9

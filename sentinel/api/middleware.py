@@ -45,6 +45,7 @@ class RequestContext:
 
     request_id: str
     started: float
+    client_supplied_id: bool = False
     route: str = "unmatched"
     upstream_seconds: float = 0.0
     upstream_status: int | None = None
@@ -52,6 +53,18 @@ class RequestContext:
     external_id: str | None = None
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     status: int = 0
+
+    @property
+    def usage_id(self) -> str:
+        """The ledger key of this request: never client-controlled alone, so a client reusing an
+        X-Request-Id cannot make two requests count once (`<client id>~<server nonce>`)."""
+        if not self.client_supplied_id:
+            return self.request_id
+        if self._usage_id is None:
+            self._usage_id = f"{self.request_id}~{uuid.uuid4().hex[:12]}"
+        return self._usage_id
+
+    _usage_id: str | None = field(default=None, repr=False)
 
 
 def context(scope: Scope) -> RequestContext:
@@ -73,8 +86,8 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _request_id(scope)
-        ctx = RequestContext(request_id=rid, started=time.perf_counter())
+        rid, supplied = _request_id(scope)
+        ctx = RequestContext(request_id=rid, started=time.perf_counter(), client_supplied_id=supplied)
         scope["sentinel.ctx"] = ctx
         token = request_id_var.set(rid)
         path: str = scope["path"]
@@ -149,14 +162,15 @@ class RequestMiddleware:
             access_log.info("request", extra=extra)
 
 
-def _request_id(scope: Scope) -> str:
+def _request_id(scope: Scope) -> tuple[str, bool]:
+    """The client's X-Request-Id when it is sane (True), else a new one (False)."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             candidate = value.decode("latin-1")
             if _SAFE_ID.match(candidate):
-                return candidate
+                return candidate, True
             break
-    return uuid.uuid4().hex
+    return uuid.uuid4().hex, False
 
 
 def _as_sentinel_error(exc: Exception, scope: Scope) -> SentinelError:

@@ -71,7 +71,7 @@ class NativeAPI:
             wire = self._translate(req, decision)  # a concurrent first turn won: follow its model
         admission = await self.deps.meter.admit(
             identity, endpoint="native", model=decision.model, payload=_estimate_payload(req),
-            request_id=ctx.request_id,
+            request_id=ctx.usage_id,
         )
         ctx.extra_headers.extend(encode_headers(admission.headers))
         if req.stream:

@@ -77,7 +77,7 @@ class OpenAIProxy:
                 body = orjson.dumps(payload)
                 strip_usage = True
         admission = await self.deps.meter.admit(
-            identity, endpoint=endpoint, model=model, payload=payload, request_id=ctx.request_id
+            identity, endpoint=endpoint, model=model, payload=payload, request_id=ctx.usage_id
         )
         ctx.extra_headers.extend(encode_headers(admission.headers))
         upstream = await self._call(request, "POST", request.url.path[3:], body, admission)

@@ -65,13 +65,13 @@ class SqlLedger:
         inserted = 0
         with database_errors("usage ledger unavailable"):
             async with self._sessions() as session:
+                # One cached statement run as executemany (SQLAlchemy batches it as "insertmanyvalues"),
+                # not a freshly compiled multi-VALUES statement per batch: compiling dominated the CPU.
+                statement = insert_ignoring(session, UsageLedgerRow, ["request_id"]).returning(
+                    UsageLedgerRow.request_id
+                )
                 for chunk in _chunks(list(unique.values())):
-                    statement = (
-                        insert_ignoring(session, UsageLedgerRow, ["request_id"])
-                        .values(list(chunk))
-                        .returning(UsageLedgerRow.request_id)
-                    )
-                    inserted += len((await session.execute(statement)).all())
+                    inserted += len((await session.execute(statement, list(chunk))).all())
                 await session.commit()
         return inserted
 

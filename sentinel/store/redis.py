@@ -94,6 +94,13 @@ class RedisStore:
         except (RedisError, OSError, TimeoutError, RedisTimeoutError) as exc:
             self.breaker.failure()
             raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from None
+        except RuntimeError as exc:
+            # uvloop: Redis died between connect and the first command ("unable to perform
+            # operation on <TCPTransport closed=True>"): an outage, not a bug.
+            if "unable to perform operation" not in str(exc):
+                raise
+            self.breaker.failure()
+            raise StoreUnavailable("Redis is unavailable: connection closed") from None
         else:
             self.breaker.success()
 

@@ -135,3 +135,11 @@ def test_usage_reaches_the_ledger_exactly(gateway_factory: Callable[..., Gateway
     with httpx.Client(base_url=gw.url) as http:
         metrics = http.get("/metrics").text
     assert 'sentinel_tokens_total{direction="input",model="gpt-4o-mini"}' in metrics
+
+
+def test_reused_client_request_id_still_counts_every_request(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(usage_flush_interval_seconds=0.1)
+    with gw.client() as http:
+        answers = [http.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "same-id"}) for _ in range(3)]
+    assert all(r.status_code == 200 and r.headers["x-request-id"] == "same-id" for r in answers)
+    assert wait_for(lambda: ledger_totals(gw.settings.database_url, "alice")["requests"] == 3)

@@ -1,0 +1,261 @@
+"""Real processes for end-to-end tests: Sentinel, the mock upstream and a dedicated redis-server.
+
+Each helper starts its process with an explicit environment (nothing leaks in from the runner's
+shell or a `.env` file: the working directory is a temporary one), writes its output to a log file
+and waits, with a deadline, until the process answers. `kill9()` is the crash; `stop()` is the
+polite SIGTERM. Every helper is also a context manager, and `stop()` is safe to call twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+import httpx
+
+from tests.support.servers import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Only what a process needs to run; everything Sentinel reads comes from the caller's `env`.
+_PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+
+
+def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def wait_until(ready: Callable[[], bool], *, timeout: float, what: str, alive: Callable[[], bool]) -> None:
+    """Poll `ready` every 50 ms until it holds; raise once `timeout` passed or `alive` says it died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if not alive():
+            raise RuntimeError(f"{what} exited during start-up")
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} was not ready within {timeout:.0f}s")
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class ManagedProcess:
+    """One child process with a log file; subclasses say how to launch it and when it is ready."""
+
+    name = "process"
+    start_timeout = 30.0
+
+    def __init__(self, log_dir: Path, *, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.log_dir = log_dir
+        self.log_path = log_dir / f"{self.name}-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.starts = 0
+
+    # --- to override ---------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return base_env()
+
+    def is_ready(self) -> bool:
+        return port_open(self.port)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} is not running")
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> Self:
+        if self.running:
+            raise RuntimeError(f"{self.name} already running")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
+        self._log.write(f"\n===== start #{self.starts + 1}: {' '.join(self.command())}\n".encode())
+        self._log.flush()
+        self.proc = subprocess.Popen(
+            self.command(),
+            env=self.environment(),
+            cwd=self.log_dir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self.starts += 1
+        try:
+            wait_until(self.is_ready, timeout=self.start_timeout, what=self.name, alive=lambda: self.running)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}; log {self.log_path}:\n{self.log_tail()}") from None
+        return self
+
+    def kill9(self) -> None:
+        """The crash: SIGKILL, no shutdown code runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self._reap(5)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the process keeps its sockets open but answers nothing (a hung server)."""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} is not running")
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen process could not act on SIGTERM
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGKILL)
+        self._reap(5)
+
+    def _reap(self, timeout: float) -> None:
+        if self.proc is not None:
+            self.proc.wait(timeout)
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()
+
+
+class SentinelProcess(ManagedProcess):
+    """`python -m sentinel serve` on a free loopback port, configured only by `env`."""
+
+    name = "sentinel"
+
+    def __init__(self, log_dir: Path, env: Mapping[str, str], *, port: int | None = None) -> None:
+        super().__init__(log_dir, port=port)
+        self.env = dict(env)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "sentinel", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def environment(self) -> dict[str, str]:
+        return base_env(self.env)
+
+    def is_ready(self) -> bool:
+        try:
+            return httpx.get(self.url + "/health/live", timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def restart(self, **changes: str) -> Self:
+        """Start again on the same port (after `kill9`/`stop`), with `changes` applied to the env."""
+        self.env.update(changes)
+        return self.start()
+
+
+class MockUpstreamProcess(ManagedProcess):
+    """`python -m sentinel mock-upstream`: the OpenAI/Anthropic mock in its own process."""
+
+    name = "mock-upstream"
+
+    def __init__(self, log_dir: Path, *, port: int | None = None) -> None:
+        super().__init__(log_dir, port=port)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "sentinel",
+            "mock-upstream",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+
+    def stop(self, timeout: float = 15) -> None:
+        # The mock plays slow streams to their end even after the reader left; a graceful stop
+        # would wait for them, and nothing of the mock's needs a clean shutdown.
+        self.kill9()
+
+
+class RedisServerProcess(ManagedProcess):
+    """A private redis-server that a test may kill and start again on the same port.
+
+    `durable=True` turns on the append-only file with an fsync per write, so a `kill9()` loses
+    nothing that Redis acknowledged (the usage stream survives a Redis crash, as in production).
+    """
+
+    name = "redis"
+    start_timeout = 10.0
+
+    def __init__(
+        self, log_dir: Path, executable: str, *, port: int | None = None, durable: bool = False
+    ) -> None:
+        super().__init__(log_dir, port=port)
+        self.executable = executable
+        self.durable = durable
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
+        )
+        return [
+            self.executable,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--dir", str(self.log_dir),
+            "--appendfilename", f"redis-{self.port}.aof",
+            "--appenddirname", f"aof-{self.port}",
+            *persistence,
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False

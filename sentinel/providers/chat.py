@@ -26,7 +26,12 @@ from sentinel.native import ChatRequest, ProviderReply, StreamError, Translation
 from sentinel.native.anthropic import build_anthropic_request, parse_anthropic_response
 from sentinel.native.openai import build_openai_request, parse_openai_response
 from sentinel.native.sse import SSEParser
-from sentinel.native.stream import AnthropicStreamNormalizer, OpenAIStreamNormalizer, StreamNormalizer, StreamResult
+from sentinel.native.stream import (
+    AnthropicStreamNormalizer,
+    OpenAIStreamNormalizer,
+    StreamNormalizer,
+    StreamResult,
+)
 from sentinel.providers.catalog import ProviderSpec
 from sentinel.providers.http import UpstreamResponse, send
 

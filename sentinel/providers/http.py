@@ -6,7 +6,6 @@ chosen over httpx by measurement (see README, "Choices"): on one core it relays 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ def translate_errors(provider: str) -> Iterator[None]:
         yield
     except UpstreamError:
         raise
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout(f"Upstream {provider} timed out", provider=provider) from exc
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamConnectionError(

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.routing import Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sentinel.api.debug import DebugRoutes
 from sentinel.api.deps import Deps
+from sentinel.api.dispatch import Dispatcher
 from sentinel.api.docs import DocsRoutes
 from sentinel.api.middleware import RequestMiddleware, endpoint_not_found
 from sentinel.api.native import NativeAPI
@@ -140,9 +140,8 @@ class SentinelApp:
             + DebugRoutes(deps, router).routes()
             + DocsRoutes(s.docs_api_key).routes()
         )
-        router = Router(routes=routes, default=_not_found)
         self._http = RequestMiddleware(
-            router, metrics=self.metrics, max_in_flight=s.max_in_flight, access_log_enabled=s.access_log
+            Dispatcher(routes, default=_not_found), metrics=self.metrics, max_in_flight=s.max_in_flight, access_log_enabled=s.access_log
         )
         self.runtime = Runtime(
             store=store,

@@ -65,6 +65,9 @@ class Authenticator:
         self.negative_ttl = min(negative_ttl, ttl)
         self.metrics = metrics
         self.clock = clock
+        # Decoded cache entries by their stored bytes: the store stays the source of truth (TTL,
+        # revocation), this only skips re-parsing identical bytes on every request.
+        self._decoded: dict[bytes, tuple[Identity, float]] = {}
 
     def _count(self, result: str) -> None:
         if self.metrics is not None:
@@ -88,9 +91,8 @@ class Authenticator:
             if cached == _NEGATIVE:
                 self._count("negative_hit")
                 raise AuthenticationError()
-            entry = orjson.loads(cached)
-            identity = Identity.from_json(entry["identity"])
-            if self.clock() < entry["fresh_until"]:
+            identity, fresh_until = self._decode(cached)
+            if self.clock() < fresh_until:
                 self._count("hit")
                 return identity
             stale = identity
@@ -109,6 +111,16 @@ class Authenticator:
         if found is None:
             raise AuthenticationError()
         return found
+
+    def _decode(self, raw: bytes) -> tuple[Identity, float]:
+        hit = self._decoded.get(raw)
+        if hit is None:
+            entry = orjson.loads(raw)
+            hit = (Identity.from_json(entry["identity"]), float(entry["fresh_until"]))
+            if len(self._decoded) >= 10_000:
+                self._decoded.clear()
+            self._decoded[raw] = hit
+        return hit
 
     async def _remember(self, key: str, identity: Identity | None) -> None:
         try:

@@ -101,6 +101,17 @@ class CachedPlans:
         self.ttl = ttl
         self.grace = grace
         self.clock = clock
+        self._decoded: dict[bytes, tuple[Plan, float]] = {}  # stored bytes -> parsed (skips re-parsing)
+
+    def _decode(self, raw: bytes) -> tuple[Plan, float]:
+        hit = self._decoded.get(raw)
+        if hit is None:
+            entry = orjson.loads(raw)
+            hit = (plan_from_json(entry["plan"]), float(entry["fresh_until"]))
+            if len(self._decoded) >= 10_000:
+                self._decoded.clear()
+            self._decoded[raw] = hit
+        return hit
 
     async def plan_for(self, identity: Identity) -> Plan:
         key = f"sentinel:limits:{identity.external_id}"
@@ -110,9 +121,8 @@ class CachedPlans:
         except StoreUnavailable:
             cached = None
         if cached is not None:
-            entry = orjson.loads(cached)
-            plan = plan_from_json(entry["plan"])
-            if self.clock() < entry["fresh_until"]:
+            plan, fresh_until = self._decode(cached)
+            if self.clock() < fresh_until:
                 return plan
             stale = plan
         try:

@@ -65,6 +65,13 @@ class SentinelError(Exception):
         return {"error": err}
 
 
+def _retry_after(headers: dict[str, str], seconds: float | None) -> float | None:
+    """Set `Retry-After` (whole seconds, at least 1) unless already set; returns `seconds`."""
+    if seconds is not None:
+        headers.setdefault("Retry-After", str(max(1, int(seconds + 0.999))))
+    return seconds
+
+
 class ClientError(SentinelError):
     status = 400
     type = "invalid_request_error"
@@ -115,9 +122,7 @@ class RateLimited(ClientError):
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
-        self.retry_after = retry_after
-        if retry_after is not None:
-            self.headers.setdefault("Retry-After", str(max(1, int(retry_after + 0.999))))
+        self.retry_after = _retry_after(self.headers, retry_after)
 
 
 class ServiceUnavailable(SentinelError):
@@ -127,9 +132,7 @@ class ServiceUnavailable(SentinelError):
 
     def __init__(self, message: str, *, retry_after: float | None = 1.0, **kw: Any) -> None:
         super().__init__(message, **kw)
-        self.retry_after = retry_after
-        if retry_after is not None:
-            self.headers.setdefault("Retry-After", str(max(1, int(retry_after + 0.999))))
+        self.retry_after = _retry_after(self.headers, retry_after)
 
 
 class Overloaded(ServiceUnavailable):

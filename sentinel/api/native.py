@@ -7,8 +7,8 @@ upstream (retried once before the first byte when allowed) -> unified response o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -33,6 +33,7 @@ from sentinel.quota.meter import Admission
 from sentinel.quota.usage import Usage
 from sentinel.routing.router import Decision, TierRouter
 
+T = TypeVar("T")
 SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -101,6 +102,24 @@ class NativeAPI:
         await self.router.commit(identity, alternative)
         return alternative, wire
 
+    async def _call(
+        self, identity: Identity, req: ChatRequest, decision: Decision, wire: dict[str, Any], admission: Admission,
+        send: Callable[[ChatProvider, dict[str, Any], Decision], Awaitable[T]],
+    ) -> tuple[T, Decision, ChatProvider]:
+        """Call the provider, retrying once on another candidate when `_retry` allows it."""
+        while True:
+            provider = self.providers[decision.provider]
+            admission.model = decision.model
+            admission.prices = (decision.entry.input_price_per_million, decision.entry.output_price_per_million)
+            try:
+                return await send(provider, wire, decision), decision, provider
+            except SentinelError as exc:
+                retry = await self._retry(identity, req, decision, exc)
+                if retry is None:
+                    await self.deps.meter.release(admission)
+                    raise
+                decision, wire = retry
+
     def _headers(self, decision: Decision) -> dict[str, str]:
         return {"x-sentinel-tier": decision.tier, "x-sentinel-provider": decision.provider,
                 "x-sentinel-model": decision.model}
@@ -110,20 +129,9 @@ class NativeAPI:
         wire: dict[str, Any], admission: Admission,
     ) -> RawResponse:
         ctx = context(request.scope)
-        while True:
-            provider = self.providers[decision.provider]
-            admission.model = decision.model
-            admission.prices = (decision.entry.input_price_per_million, decision.entry.output_price_per_million)
-            try:
-                reply = await provider.complete_body(wire, decision.tier)
-                break
-            except SentinelError as exc:
-                ctx.upstream_seconds += provider.last_duration
-                retry = await self._retry(identity, req, decision, exc)
-                if retry is None:
-                    await self.deps.meter.release(admission)
-                    raise
-                decision, wire = retry
+        reply, decision, provider = await self._call(
+            identity, req, decision, wire, admission, lambda p, body, d: p.complete_body(body, d.tier)
+        )
         ctx.upstream_seconds += provider.last_duration
         ctx.upstream_status = 200
         await self.router.report(decision, ok=True)
@@ -145,19 +153,9 @@ class NativeAPI:
         wire: dict[str, Any], admission: Admission,
     ) -> StreamingRelay:
         ctx = context(request.scope)
-        while True:
-            provider = self.providers[decision.provider]
-            admission.model = decision.model
-            admission.prices = (decision.entry.input_price_per_million, decision.entry.output_price_per_million)
-            try:
-                stream = await provider.open_stream_body(wire)
-                break
-            except SentinelError as exc:
-                retry = await self._retry(identity, req, decision, exc)
-                if retry is None:
-                    await self.deps.meter.release(admission)
-                    raise
-                decision, wire = retry
+        stream, decision, provider = await self._call(
+            identity, req, decision, wire, admission, lambda p, body, d: p.open_stream_body(body)
+        )
         ctx.upstream_seconds = provider.last_duration
         ctx.upstream_status = stream.upstream.status
         outcome = {"status": 200}

@@ -76,6 +76,7 @@ def serve(settings: Settings) -> int:
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
         server_header=False,
+        proxy_headers=False,  # Sentinel does not use the client address; skip the X-Forwarded-* rewrite
     )
     server = uvicorn.Server(config)
     try:

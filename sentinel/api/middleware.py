@@ -81,6 +81,7 @@ class RequestMiddleware:
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self.access_log_enabled = access_log_enabled
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -141,11 +142,22 @@ class RequestMiddleware:
 
     def _observe(self, scope: Scope, ctx: RequestContext) -> None:
         elapsed = time.perf_counter() - ctx.started
-        m = self.metrics
-        m.requests.labels(ctx.route, scope["method"], str(ctx.status)).inc()
-        m.request_duration.labels(ctx.route).observe(elapsed)
+        key = (ctx.route, scope["method"], ctx.status)
+        children = self._children.get(key)
+        if children is None:
+            # prometheus_client's labels() lookup is slow on the hot path: keep the children.
+            m = self.metrics
+            children = (
+                m.requests.labels(ctx.route, scope["method"], str(ctx.status)),
+                m.request_duration.labels(ctx.route),
+                m.overhead.labels(ctx.route),
+            )
+            if len(self._children) < 10_000:
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(elapsed)
         if ctx.upstream_status is not None:
-            m.overhead.labels(ctx.route).observe(max(0.0, elapsed - ctx.upstream_seconds))
+            children[2].observe(max(0.0, elapsed - ctx.upstream_seconds))
         if self.access_log_enabled:
             extra: dict[str, Any] = {
                 "method": scope["method"],

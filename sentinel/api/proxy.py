@@ -59,8 +59,9 @@ class OpenAIProxy:
     # --- metered endpoints ---------------------------------------------------------------------
     async def metered(self, request: Request) -> Any:
         ctx = context(request.scope)
-        endpoint = METERED[request.url.path]
-        ctx.route = request.url.path
+        path: str = request.scope["path"]  # not request.url: building a URL parses the Host header
+        endpoint = METERED[path]
+        ctx.route = path
         identity = await self.deps.authenticate(request)
         body = await self.deps.read_body(request)
         payload = parse_json_object(body)
@@ -80,7 +81,7 @@ class OpenAIProxy:
             identity, endpoint=endpoint, model=model, payload=payload, request_id=ctx.usage_id
         )
         ctx.extra_headers.extend(encode_headers(admission.headers))
-        upstream = await self._call(request, "POST", request.url.path[3:], body, admission)
+        upstream = await self._call(request, "POST", path[3:], body, admission)
         if stream and 200 <= upstream.status < 300:
             return self._relay_stream(upstream, endpoint, admission, strip_usage)
         return await self._relay_complete(upstream, endpoint, admission)
@@ -118,7 +119,7 @@ class OpenAIProxy:
             raise
         finally:
             upstream.release()
-        self.deps.metrics.upstream_duration.labels(upstream.provider, endpoint).observe(
+        self.deps.metrics.child(self.deps.metrics.upstream_duration, upstream.provider, endpoint).observe(
             time.perf_counter() - started
         )
         if upstream.status >= 300:
@@ -220,7 +221,7 @@ class OpenAIProxy:
     async def passthrough(self, request: Request) -> Any:
         ctx = context(request.scope)
         ctx.route = "/v1/{path}"
-        path = request.url.path
+        path = request.scope["path"]
         if path in TYPED_PATHS:
             allowed = "GET" if path == "/v1/models" else "POST"
             raise MethodNotAllowed(f"Method {request.method} not allowed on {path}", headers={"Allow": allowed})

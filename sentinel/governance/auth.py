@@ -56,6 +56,7 @@ class Authenticator:
         negative_ttl: float = 30,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        local_ttl: float = 0.0,
     ) -> None:
         self.store = store
         self.api_keys = api_keys
@@ -68,10 +69,14 @@ class Authenticator:
         # Decoded cache entries by their stored bytes: the store stays the source of truth (TTL,
         # revocation), this only skips re-parsing identical bytes on every request.
         self._decoded: dict[bytes, tuple[Identity, float]] = {}
+        # A per-process copy of fresh entries for at most `local_ttl` seconds (and never past the
+        # store entry's own freshness), sparing a Redis round trip per request under load.
+        self.local_ttl = local_ttl
+        self._local: dict[str, tuple[Identity, float]] = {}
 
     def _count(self, result: str) -> None:
         if self.metrics is not None:
-            self.metrics.auth_cache.labels(result).inc()
+            self.metrics.child(self.metrics.auth_cache, result).inc()
 
     def _source_for(self, token: str) -> IdentitySource | None:
         if token.startswith(API_KEY_PREFIX):
@@ -81,6 +86,11 @@ class Authenticator:
     async def authenticate(self, token: str) -> Identity:
         """Identity for `token`; AuthenticationError (401) or GovernanceUnavailable (503)."""
         key = "sentinel:profile:" + token_hash(token)
+        now = self.clock()
+        local = self._local.get(key)
+        if local is not None and now < local[1]:
+            self._count("hit")
+            return local[0]
         stale: Identity | None = None
         try:
             cached = await self.store.get(key)
@@ -92,8 +102,12 @@ class Authenticator:
                 self._count("negative_hit")
                 raise AuthenticationError()
             identity, fresh_until = self._decode(cached)
-            if self.clock() < fresh_until:
+            if now < fresh_until:
                 self._count("hit")
+                if self.local_ttl > 0:
+                    if len(self._local) >= 10_000:
+                        self._local.clear()
+                    self._local[key] = (identity, min(fresh_until, now + self.local_ttl))
                 return identity
             stale = identity
         self._count("miss")

@@ -94,6 +94,7 @@ class CachedPlans:
         ttl: float,
         grace: float,
         clock: Callable[[], float] = time.time,
+        local_ttl: float = 0.0,
     ) -> None:
         self.store = store
         self.source = source
@@ -102,6 +103,9 @@ class CachedPlans:
         self.grace = grace
         self.clock = clock
         self._decoded: dict[bytes, tuple[Plan, float]] = {}  # stored bytes -> parsed (skips re-parsing)
+        # Per-process copies for at most `local_ttl` s, never past the stored entry's freshness.
+        self.local_ttl = local_ttl
+        self._local: dict[str, tuple[Plan, float]] = {}
 
     def _decode(self, raw: bytes) -> tuple[Plan, float]:
         hit = self._decoded.get(raw)
@@ -115,6 +119,10 @@ class CachedPlans:
 
     async def plan_for(self, identity: Identity) -> Plan:
         key = f"sentinel:limits:{identity.external_id}"
+        now = self.clock()
+        local = self._local.get(key)
+        if local is not None and now < local[1]:
+            return local[0]
         stale: Plan | None = None
         try:
             cached = await self.store.get(key)
@@ -122,7 +130,11 @@ class CachedPlans:
             cached = None
         if cached is not None:
             plan, fresh_until = self._decode(cached)
-            if self.clock() < fresh_until:
+            if now < fresh_until:
+                if self.local_ttl > 0:
+                    if len(self._local) >= 10_000:
+                        self._local.clear()
+                    self._local[key] = (plan, min(fresh_until, now + self.local_ttl))
                 return plan
             stale = plan
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -13,6 +15,7 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "sentinel_http_requests_total", "HTTP requests by route and status", ["route", "method", "status"],
             registry=r,
@@ -86,6 +89,16 @@ class Metrics:
         self.provider_health = Gauge(
             "sentinel_provider_health", "1 healthy, 0 in backoff", ["provider", "model"], registry=r,
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, memoised (labels() is slow for a per-request call)."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = metric.labels(*labels)
+            if len(self._children) < 50_000:
+                self._children[key] = found
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -147,7 +147,7 @@ class QuotaMeter:
             name = decision.limited_by.metric if decision.limited_by else "unknown"
             self.metrics.quota_decisions.labels("limited", name).inc()
             raise decision.to_error()
-        self.metrics.quota_decisions.labels("allowed", "").inc()
+        self.metrics.child(self.metrics.quota_decisions, "allowed", "").inc()
         admission.reservation = reservation
         admission.limiter = limiter
         admission.headers = decision.headers()
@@ -163,7 +163,7 @@ class QuotaMeter:
         if usage is not None:
             input_tokens, output_tokens, source = usage.input_tokens, usage.output_tokens, "measured"
             if admission.estimate_input > 0:
-                self.metrics.estimate_error.labels(model).observe(
+                self.metrics.child(self.metrics.estimate_error, model).observe(
                     (usage.input_tokens - admission.estimate_input) / admission.estimate_input
                 )
         else:
@@ -193,9 +193,10 @@ class QuotaMeter:
             cost_usd=cost(admission.prices, input_tokens, output_tokens),
         )
         await self.outbox.put(record)
-        self.metrics.tokens.labels("input", model).inc(input_tokens)
-        self.metrics.tokens.labels("output", model).inc(output_tokens)
-        self.metrics.usage_requests.labels(model, source).inc()
+        m = self.metrics
+        m.child(m.tokens, "input", model).inc(input_tokens)
+        m.child(m.tokens, "output", model).inc(output_tokens)
+        m.child(m.usage_requests, model, source).inc()
         if record.cost_usd:
             self.metrics.cost.labels(provider, model).inc(record.cost_usd)
 

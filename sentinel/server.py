@@ -45,7 +45,14 @@ def serve(settings: Settings) -> int:
         from sentinel.mock.server import start_mock_in_thread
 
         mock_url, stop_mock = start_mock_in_thread()
-        settings = settings.model_copy(update={"openai_api_url": mock_url + "/v1", "anthropic_api_url": mock_url})
+        settings = settings.model_copy(
+            update={
+                "openai_api_url": mock_url + "/v1",
+                "anthropic_api_url": mock_url,
+                "openai_api_key": "mock-upstream-key",
+                "anthropic_api_key": "mock-upstream-key",
+            }
+        )
         log.warning(
             "NO UPSTREAM CONFIGURED: serving the built-in MOCK upstream (%s). Set OPENAI_API_KEY / "
             "OPENAI_API_URL (or ANTHROPIC_*) for real providers.",

@@ -1,0 +1,71 @@
+"""`sentinel serve` on the embedded default, as a newcomer runs it: the printed curl line works."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.servers import free_port
+
+
+def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_", "REDIS_", "DATABASE_"))}
+    env["SENTINEL_PORT"] = str(port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel", "serve", "--host", "127.0.0.1"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        assert proc.stdout is not None
+        while time.monotonic() < deadline and not any(line.startswith("Try: ") for line in lines):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+        curl = next(line for line in lines if line.startswith("Try: "))[5:]
+        key = re.search(r"sk-sentinel-[\w-]+", curl)
+        assert key is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        if shutil.which("curl"):
+            out = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30).stdout
+        else:  # the same request, made without curl
+            body = re.search(r"-d '(.*)'$", curl)
+            assert body is not None
+            out = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", content=body.group(1),
+                             headers={"Authorization": f"Bearer {key.group(0)}",
+                                      "Content-Type": "application/json"}, timeout=30).text
+        assert '"choices"' in out and "Hello!" in out, out
+        native = httpx.post(
+            f"http://127.0.0.1:{port}/native/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi native"}]},
+            headers={"Authorization": f"Bearer {key.group(0)}"}, timeout=30,
+        )
+        assert native.status_code == 200, native.text
+        assert (tmp_path / "data" / "sentinel.db").exists()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+            pytest.fail("sentinel serve did not stop on SIGTERM")
+        stderr = proc.stderr.read() if proc.stderr else ""
+    assert "MOCK upstream" in stderr

@@ -38,3 +38,43 @@ def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "SENTINEL_PORT" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_plans_users_usage_commands(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    created = run(["plans", "set", "pro", "--requests", "600", "--input-tokens", "2000000", "--window", "1h"], env)
+    assert created.returncode == 0, created.stderr
+    added = run(["plans", "set", "pro", "--add", "--limit", "requests=5000/1d"], env)
+    assert added.returncode == 0, added.stderr
+    listed = run(["plans", "list"], env).stdout
+    assert "requests=600/1h" in listed and "input_tokens=2000000/1h" in listed and "requests=5000/1d" in listed
+    assert run(["users", "set-plan", "carol", "pro"], env).returncode == 0
+    assert run(["users", "set-plan", "carol", "nope"], env).returncode == 1
+    bad = run(["plans", "set", "x", "--requests", "5"], env)
+    assert bad.returncode == 2 and "--window" in bad.stderr
+
+    import asyncio
+    from datetime import UTC, datetime
+
+    from sentinel.db.engine import create_engine, session_factory
+    from sentinel.governance.ledger import SqlLedger
+    from sentinel.quota.records import UsageRecord
+
+    async def seed() -> None:
+        engine = create_engine(env["DATABASE_URL"])
+        now = datetime.now(UTC)
+        rows = [
+            UsageRecord(f"r{i}", "carol", None, model, "openai", "chat", 10 * (i + 1), i + 1, "measured", 200, now, now)
+            for i, model in enumerate(["gpt-4o", "gpt-4o", "gpt-4o-mini"])
+        ]
+        try:
+            await SqlLedger(session_factory(engine)).record_batch(rows)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(seed())
+    shown = run(["usage", "show", "carol", "--since", "1d"], env).stdout
+    lines = {line.split()[0]: line.split()[1:] for line in shown.splitlines()[1:]}
+    assert lines["gpt-4o"] == ["2", "30", "3"]
+    assert lines["gpt-4o-mini"] == ["1", "30", "3"]
+    assert lines["TOTAL"] == ["3", "60", "6"]

@@ -183,8 +183,9 @@ class NativeAPI:
             except (StreamError, UpstreamError) as exc:
                 outcome["status"] = 502
                 code = exc.code if isinstance(exc, StreamError) else "connection_closed"
+                # Not a health failure: the provider answered; one broken stream must not take a
+                # single-model tier down for 30 s (only failures before the first byte count).
                 ending = render_error_event(exc.message, "stream_error", code)
-                await router.report(chosen, ok=False)
             # The usage record is durable before the client sees the end of the stream (shielded:
             # a client leaving now must not cancel the write halfway).
             await asyncio.shield(settle(outcome["status"]))

@@ -226,3 +226,23 @@ def test_cost_recorded_from_tier_prices(gateway_factory: Callable[..., Gateway],
     expected = (usage["prompt_tokens"] * 1000.0 + usage["completion_tokens"] * 2000.0) / 1_000_000
     line = next(x for x in metrics.splitlines() if x.startswith('sentinel_cost_usd_total{model="gpt-4o-mini"'))
     assert abs(float(line.rsplit(" ", 1)[1]) - expected) < 1e-9
+
+
+def test_native_requests_are_metered_and_recorded(gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
+    from tests.api.test_quotas import ledger_totals, set_plan, wait_for
+
+    gw = gateway_factory(providers_file=tiers_file(tmp_path, "anthropic"), usage_flush_interval_seconds=0.1)
+    set_plan(gw.settings.database_url, "alice", "native-tiny", "requests=3/1h")
+    with gw.client() as http:
+        ok = http.post(URL, json={"messages": [{"role": "user", "content": "count me"}]})
+        events, broken = stream_chat(http, {"messages": [{"role": "user", "content": "a b c d #mock:disconnect_after=3"}]})
+        third = http.post(URL, json={"messages": [{"role": "user", "content": "and me"}]})
+        denied = http.post(URL, json={"messages": [{"role": "user", "content": "not me"}]})
+    assert ok.status_code == 200 and third.status_code == 200 and broken.status_code == 200
+    assert events[-1]["error"]["type"] == "stream_error"
+    assert denied.status_code == 429 and denied.json()["error"]["code"] == "quota_exceeded"
+    assert ok.headers["x-ratelimit-limit"] == "3"
+    expected_input = ok.json()["usage"]["prompt_tokens"] + third.json()["usage"]["prompt_tokens"]
+    # Three served requests (the broken stream too, with what it streamed), the denied one not.
+    assert wait_for(lambda: ledger_totals(gw.settings.database_url, "alice")["requests"] == 3)
+    assert ledger_totals(gw.settings.database_url, "alice")["input_tokens"] >= expected_input

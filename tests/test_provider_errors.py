@@ -1,0 +1,38 @@
+"""The one place upstream error answers become unified errors (statuses documented in the README)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from sentinel.providers.chat import provider_error
+
+
+def body(message: str, code: str = "") -> bytes:
+    return orjson.dumps({"error": {"message": message, "code": code, "type": "x"}})
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "headers", "expected_status", "expected_code"),
+    [
+        (429, body("slow down"), [("retry-after", "7")], 429, "provider_rate_limited"),
+        (401, body("bad key sk-live-123"), [], 502, "provider_auth_error"),
+        (403, body("forbidden"), [], 502, "provider_auth_error"),
+        (400, body("This model's maximum context length is 8192 tokens", "context_length_exceeded"), [], 400,
+         "context_length_exceeded"),
+        (400, orjson.dumps({"type": "error", "error": {"type": "invalid_request_error",
+                                                       "message": "prompt is too long: 210000 tokens"}}), [], 400,
+         "context_length_exceeded"),
+        (400, body("bad temperature"), [], 400, "provider_rejected_request"),
+        (500, body("boom"), [], 502, "provider_error"),
+        (503, b"<html>down</html>", [], 502, "provider_error"),
+    ],
+)
+def test_status_mapping(status: int, raw: bytes, headers: list[tuple[str, str]], expected_status: int,
+                        expected_code: str) -> None:
+    err = provider_error("openai", status, raw, headers)
+    assert (err.status, err.code, err.provider) == (expected_status, expected_code, "openai")
+    if status == 429:
+        assert err.headers["Retry-After"] == "7"
+    if status in (401, 403):
+        assert "sk-live" not in err.message  # the provider's text about our key is never shown

@@ -70,7 +70,7 @@ def pg_url() -> Iterator[str]:
 
     try:
         asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         unavailable(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
     base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     yield f"{base}/{name}"

@@ -7,8 +7,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import httpx
-
 from tests.api.conftest import Gateway
 from tests.support.servers import serving
 

@@ -70,7 +70,9 @@ class RedisStore:
         self._client = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout,
-            socket_connect_timeout=timeout,
+            # A burst of new connections (cold start under load) needs more than one command's
+            # budget; a dead Redis still costs this only until the breaker opens.
+            socket_connect_timeout=max(timeout * 4, 1.0),
             max_connections=max_connections,
             health_check_interval=0,
             retry_on_timeout=False,

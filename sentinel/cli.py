@@ -206,8 +206,8 @@ def cmd_tiers_set(args: argparse.Namespace) -> int:
 
 
 def cmd_tiers_show(args: argparse.Namespace) -> int:
-    from sentinel.governance.tier_store import TIERS, DbTiers, TierRepository
-    from sentinel.providers.catalog import build_catalog
+    from sentinel.governance.tier_store import DbTiers, TierRepository
+    from sentinel.providers.catalog import TIERS, build_catalog
 
     settings = _settings()
 

@@ -18,10 +18,10 @@ from sentinel.config import TierModelEntry
 from sentinel.db.engine import database_errors
 from sentinel.db.models import TierModelRow
 from sentinel.errors import GovernanceUnavailable
+from sentinel.providers.catalog import TIERS
 from sentinel.routing.tiers import TierTable
 
 log = logging.getLogger("sentinel.tiers")
-TIERS = ("simple", "moderate", "complex")
 
 
 def parse_entry(text: str) -> TierModelEntry:

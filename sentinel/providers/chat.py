@@ -1,8 +1,9 @@
 """Native chat providers: one class per wire format over the shared upstream session.
 
-`complete()` returns a unified `ProviderReply`; `open_stream()` returns a `ProviderStream` whose
-`events()` yields unified chunks. Upstream error answers are mapped to Sentinel errors here, in
-one place (see `provider_error`); provider keys go into headers and nowhere else.
+`body()` translates a unified request; `complete_body()` returns a unified `ProviderReply`;
+`open_stream_body()` returns a `ProviderStream` whose `events()` yields unified chunks. Upstream
+error answers are mapped to Sentinel errors here, in one place (see `provider_error`); provider
+keys go into headers and nowhere else.
 """
 
 from __future__ import annotations
@@ -152,9 +153,6 @@ class ChatProvider:
             raise provider_error(self.name, upstream.status, raw, upstream.headers)
         return upstream
 
-    async def complete(self, req: ChatRequest, model: str, tier: str) -> ProviderReply:
-        return await self.complete_body(self.body(req, model, stream=False), tier)
-
     async def complete_body(self, body: dict[str, Any], tier: str) -> ProviderReply:
         """Send an already translated (non-streaming) body; the unified reply."""
         upstream = await self._post(body)
@@ -168,9 +166,6 @@ class ChatProvider:
             message = exc.message if isinstance(exc, TranslationError) else "unparseable response body"
             raise UpstreamError(f"Provider {self.name} sent an invalid response: {message}",
                                 code="provider_bad_response", provider=self.name) from None
-
-    async def open_stream(self, req: ChatRequest, model: str) -> ProviderStream:
-        return await self.open_stream_body(self.body(req, model, stream=True))
 
     async def open_stream_body(self, body: dict[str, Any]) -> ProviderStream:
         """Send an already translated streaming body; returns once the upstream answered 2xx."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from sentinel.backoff import jittered_delay
 from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.identity import Identity
 from sentinel.quota.limits import ExternalUsage, Limit, Metric, Plan
@@ -60,8 +60,7 @@ class Backoff:
     cap: float = 2.0
 
     def delay(self, retry: int) -> float:
-        ceiling = min(self.cap, self.base * 2.0 ** (retry - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        return jittered_delay(self.base, self.cap, retry)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 from typing import Protocol
 
+from sentinel.backoff import jittered_delay
 from sentinel.errors import GovernanceUnavailable, SentinelError, StoreUnavailable
 from sentinel.governance.ledger import SqlLedger
 from sentinel.observability.metrics import Metrics
@@ -46,7 +46,7 @@ class SqlLedgerSink:
 
 
 class Backoff:
-    """Exponential backoff with full jitter: base * 2^n, capped."""
+    """Stateful backoff for the delivery loop: consecutive failures in, the next wait out."""
 
     def __init__(self, base: float = 0.5, cap: float = 30.0) -> None:
         self.base = base
@@ -54,9 +54,8 @@ class Backoff:
         self.failures = 0
 
     def next_delay(self) -> float:
-        delay = min(self.cap, self.base * (2**self.failures))
         self.failures += 1
-        return delay / 2 + random.uniform(0, delay / 2)
+        return jittered_delay(self.base, self.cap, self.failures)
 
     def reset(self) -> None:
         self.failures = 0

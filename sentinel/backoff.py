@@ -1,11 +1,23 @@
-"""Exponential backoff with jitter, shared by every retry loop (Zion calls, usage delivery)."""
+"""Exponential backoff with jitter: one policy for every retry loop (Zion calls, usage delivery)."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 
-def jittered_delay(base: float, cap: float, attempt: int) -> float:
-    """Before retry `attempt` (1-based): `min(cap, base * 2**(attempt-1))`, half of it jittered."""
-    ceiling = min(cap, base * 2.0 ** (attempt - 1))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+@dataclass(frozen=True)
+class Backoff:
+    """Before retry n (1-based) wait `min(cap, base * 2**(n-1))`, the upper half of it jittered.
+
+    `attempts` is how many tries a bounded retry loop makes in all (unbounded loops ignore it).
+    """
+
+    base: float = 0.1
+    cap: float = 2.0
+    attempts: int = 3
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry `retry` (1-based)."""
+        ceiling = min(self.cap, self.base * 2.0 ** (max(1, retry) - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sentinel.config import ConfigError, Settings, load_settings
+from sentinel.domain.tiers import TIERS
 
 log = logging.getLogger("sentinel.cli")
 
@@ -94,17 +95,18 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 # --- plans, users, usage ------------------------------------------------------------------------
 def cmd_plans_set(args: argparse.Namespace) -> int:
-    from sentinel.governance.plans import PlanLimit, PlanRepository, parse_limit, parse_window
+    from sentinel.domain.plans import Limit, parse_limit, parse_window
+    from sentinel.governance.plans import PlanRepository
 
     try:
-        limits: list[PlanLimit] = [parse_limit(item) for item in args.limit or []]
+        limits: list[Limit] = [parse_limit(item) for item in args.limit or []]
         metrics = {"requests": args.requests, "input_tokens": args.input_tokens, "output_tokens": args.output_tokens}
         given = {m: v for m, v in metrics.items() if v is not None}
         if given and not args.window:
             raise ValueError("--window is required with --requests/--input-tokens/--output-tokens")
         for window in args.window or []:
             seconds = parse_window(window)
-            limits += [PlanLimit(m, seconds, v) for m, v in given.items()]  # type: ignore[arg-type]
+            limits += [Limit(m, seconds, v) for m, v in given.items()]  # type: ignore[arg-type]
     except ValueError as exc:
         print(f"sentinel: {exc}", file=sys.stderr)
         return 2
@@ -154,7 +156,7 @@ def cmd_users_set_plan(args: argparse.Namespace) -> int:
 def _parse_since(text: str | None) -> Any:
     from datetime import UTC, datetime, timedelta
 
-    from sentinel.governance.plans import parse_window
+    from sentinel.domain.plans import parse_window
 
     if text is None:
         return None
@@ -207,7 +209,7 @@ def cmd_tiers_set(args: argparse.Namespace) -> int:
 
 def cmd_tiers_show(args: argparse.Namespace) -> int:
     from sentinel.governance.tier_store import DbTiers, TierRepository
-    from sentinel.providers.catalog import TIERS, build_catalog
+    from sentinel.wiring import build_catalog
 
     settings = _settings()
 
@@ -284,13 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_usage_show)
     tiers = sub.add_parser("tiers", help="the built-in tier table").add_subparsers(dest="tiers_command", required=True)
     p = tiers.add_parser("set", help="replace a tier's candidates")
-    p.add_argument("tier", choices=["simple", "moderate", "complex"])
+    p.add_argument("tier", choices=TIERS)
     p.add_argument("entries", nargs="+", help="provider/model:cost[:input_price:output_price] (prices per million)")
     p.set_defaults(fn=cmd_tiers_set)
     p = tiers.add_parser("show", help="the tier table in effect")
     p.set_defaults(fn=cmd_tiers_show)
     p = tiers.add_parser("reset", help="drop the database table for one tier or all")
-    p.add_argument("tier", nargs="?", choices=["simple", "moderate", "complex"])
+    p.add_argument("tier", nargs="?", choices=TIERS)
     p.set_defaults(fn=cmd_tiers_reset)
     return parser
 

@@ -24,21 +24,17 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sentinel.domain.plans import parse_plan_spec
+from sentinel.domain.policies import QuotaFailureMode, SessionFailover
+from sentinel.domain.tiers import Tier, TierModelEntry
+
+__all__ = ["ConfigError", "GovernanceKind", "ProviderEntry", "ProvidersFile", "Settings", "load_settings",
+           "load_providers_file"]
+
 
 class GovernanceKind(StrEnum):
     builtin = "builtin"
     zion = "zion"
-
-
-class QuotaFailureMode(StrEnum):
-    closed = "closed"
-    open = "open"
-    local = "local"
-
-
-class SessionFailover(StrEnum):
-    keep = "keep"
-    migrate = "migrate"
 
 
 class Settings(BaseSettings):
@@ -168,8 +164,6 @@ class Settings(BaseSettings):
     @field_validator("default_plan")
     @classmethod
     def _default_plan(cls, value: str) -> str:
-        from sentinel.quota.limits import parse_plan_spec
-
         parse_plan_spec(value)
         return value
 
@@ -257,29 +251,13 @@ class ProviderEntry(BaseModel):
     mid_model: str | None = None
 
 
-class TierModelEntry(BaseModel):
-    """One candidate of a tier (field names as in Zion's tier config, snake_case here)."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    provider: str
-    model: str
-    relative_cost: int = Field(1, ge=1, le=10, validation_alias=AliasChoices("relative_cost", "relativeCost"))
-    input_price_per_million: float = Field(
-        0.0, ge=0, validation_alias=AliasChoices("input_price_per_million", "inputPricePerMillion")
-    )
-    output_price_per_million: float = Field(
-        0.0, ge=0, validation_alias=AliasChoices("output_price_per_million", "outputPricePerMillion")
-    )
-
-
 class ProvidersFile(BaseModel):
     """The YAML file named by SENTINEL_CONFIG: extra providers and, optionally, the tier table."""
 
     model_config = ConfigDict(extra="forbid")
 
     providers: list[ProviderEntry] = Field(default_factory=list)
-    tiers: dict[Literal["simple", "moderate", "complex"], list[TierModelEntry]] | None = None
+    tiers: dict[Tier, list[TierModelEntry]] | None = None
 
 
 _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")

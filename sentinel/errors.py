@@ -44,11 +44,14 @@ class SentinelError(Exception):
         provider: str | None = None,
         headers: dict[str, str] | None = None,
         details: dict[str, Any] | None = None,
+        error_type: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if error_type is not None:
+            self.type = error_type
         if status is not None:
             self.status = status
         self.provider = provider

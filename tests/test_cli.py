@@ -57,8 +57,8 @@ def test_plans_users_usage_commands(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
     from sentinel.db.engine import create_engine, session_factory
+    from sentinel.domain.usage import UsageRecord
     from sentinel.governance.ledger import SqlLedger
-    from sentinel.quota.records import UsageRecord
 
     async def seed() -> None:
         engine = create_engine(env["DATABASE_URL"])

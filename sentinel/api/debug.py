@@ -17,8 +17,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from sentinel.api.deps import Deps
-from sentinel.api.middleware import context, endpoint_not_found
-from sentinel.api.responses import RawResponse, json_response
+from sentinel.api.responses import RawResponse, endpoint_not_found, json_response
 from sentinel.errors import NotFound, StoreUnavailable
 from sentinel.routing.router import TierRouter
 
@@ -39,13 +38,12 @@ class DebugRoutes:
             Route("/debug/{rest:path}", self.unknown),
         ]
 
-    async def _guard(self, request: Request, route: str) -> None:
-        context(request.scope).route = route
+    async def _guard(self, request: Request) -> None:
         if not self.deps.settings.debug:
             raise NotFound(DISABLED_MESSAGE, code="debug_disabled")
 
     async def session(self, request: Request) -> RawResponse:
-        await self._guard(request, "/debug/sessions")
+        await self._guard(request)
         identity = await self.deps.authenticate(request)
         conversation_id: str = request.path_params["conversation_id"]
         sessions = self.router.sessions
@@ -59,7 +57,7 @@ class DebugRoutes:
         return json_response({**asdict(found), "ttl_remaining_seconds": ttl})
 
     async def health(self, request: Request) -> RawResponse:
-        await self._guard(request, "/debug/health")
+        await self._guard(request)
         await self.deps.authenticate(request)
         table = await self.router.tiers.table()
         tiers_of: dict[tuple[str, str], list[str]] = {}
@@ -85,5 +83,5 @@ class DebugRoutes:
         return json_response({"store": self.deps.store.backend, "candidates": candidates})
 
     async def unknown(self, request: Request) -> RawResponse:
-        await self._guard(request, "/debug")
+        await self._guard(request)
         raise endpoint_not_found(request.scope)

@@ -6,15 +6,12 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from sentinel.api.middleware import context
+from sentinel.api.context import context
 from sentinel.config import Settings
+from sentinel.domain.identity import Identity
 from sentinel.errors import PayloadTooLarge
 from sentinel.governance.auth import Authenticator, parse_bearer
-from sentinel.governance.identity import Identity
 from sentinel.observability.metrics import Metrics
-from sentinel.providers.openai_compat import OpenAICompatUpstream
-from sentinel.quota.meter import Meter
-from sentinel.quota.tokens import TokenCounter
 from sentinel.store import Store
 
 
@@ -26,9 +23,6 @@ class Deps:
     store: Store
     metrics: Metrics
     authenticator: Authenticator
-    openai: OpenAICompatUpstream
-    meter: Meter
-    counter: TokenCounter
 
     async def authenticate(self, request: Request) -> Identity:
         """The caller's identity from `Authorization: Bearer`, or AuthenticationError (401)."""

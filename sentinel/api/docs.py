@@ -12,7 +12,6 @@ import orjson
 from starlette.requests import Request
 from starlette.routing import Route
 
-from sentinel.api.middleware import context
 from sentinel.api.openapi import build_openapi
 from sentinel.api.responses import RawResponse
 from sentinel.errors import AuthenticationError
@@ -54,11 +53,9 @@ class DocsRoutes:
             raise err
 
     async def page(self, request: Request) -> RawResponse:
-        context(request.scope).route = "/native/docs"
         self._check(request)
         return RawResponse(200, PAGE.encode(), [(b"content-type", b"text/html; charset=utf-8")])
 
     async def openapi(self, request: Request) -> RawResponse:
-        context(request.scope).route = "/native/docs/openapi.json"
         self._check(request)
         return RawResponse(200, self.document, [(b"content-type", b"application/json")])

@@ -15,20 +15,14 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sentinel.api.responses import error_response
-from sentinel.errors import (
-    InternalError,
-    MethodNotAllowed,
-    NotFound,
-    Overloaded,
-    SentinelError,
-)
+from sentinel.api.context import RequestContext
+from sentinel.api.responses import endpoint_not_found, error_response
+from sentinel.errors import InternalError, MethodNotAllowed, Overloaded, SentinelError
 from sentinel.observability.logging import request_id_var
 from sentinel.observability.metrics import Metrics
 
@@ -37,39 +31,6 @@ access_log = logging.getLogger("sentinel.access")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _UNLIMITED_PREFIXES = ("/health", "/metrics")
-
-
-@dataclass
-class RequestContext:
-    """Per-request facts the handlers fill in and the middleware reports."""
-
-    request_id: str
-    started: float
-    client_supplied_id: bool = False
-    route: str = "unmatched"
-    upstream_seconds: float = 0.0
-    upstream_status: int | None = None
-    provider: str | None = None
-    external_id: str | None = None
-    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    status: int = 0
-
-    @property
-    def usage_id(self) -> str:
-        """The ledger key of this request: never client-controlled alone, so a client reusing an
-        X-Request-Id cannot make two requests count once (`<client id>~<server nonce>`)."""
-        if not self.client_supplied_id:
-            return self.request_id
-        if self._usage_id is None:
-            self._usage_id = f"{self.request_id}~{uuid.uuid4().hex[:12]}"
-        return self._usage_id
-
-    _usage_id: str | None = field(default=None, repr=False)
-
-
-def context(scope: Scope) -> RequestContext:
-    ctx: RequestContext = scope["sentinel.ctx"]
-    return ctx
 
 
 class RequestMiddleware:
@@ -88,7 +49,7 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         rid, supplied = _request_id(scope)
-        ctx = RequestContext(request_id=rid, started=time.perf_counter(), client_supplied_id=supplied)
+        ctx = RequestContext.start(rid, time.perf_counter(), client_supplied_id=supplied)
         scope["sentinel.ctx"] = ctx
         token = request_id_var.set(rid)
         path: str = scope["path"]
@@ -101,7 +62,8 @@ class RequestMiddleware:
                 ctx.status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode()))
-                headers.extend(ctx.extra_headers)
+                for name, value in ctx.headers:
+                    headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
                 total_ms = (time.perf_counter() - ctx.started) * 1000
                 timing = f"total;dur={total_ms:.2f}"
                 if ctx.upstream_status is not None:
@@ -198,10 +160,3 @@ def _as_sentinel_error(exc: Exception, scope: Scope) -> SentinelError:
             return err
         return SentinelError(str(exc.detail), status=exc.status_code, code="http_error")
     return InternalError("Internal server error")
-
-
-def endpoint_not_found(scope: Scope) -> NotFound:
-    return NotFound(
-        f"Endpoint {scope['method']} {scope['path']} not found. API endpoints are under /v1/ and /native/",
-        code="endpoint_not_found",
-    )

@@ -12,7 +12,6 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from sentinel import __version__
-from sentinel.api.middleware import context
 from sentinel.api.responses import RawResponse, json_response
 from sentinel.errors import StoreUnavailable
 from sentinel.observability.metrics import Metrics
@@ -57,7 +56,6 @@ class OpsRoutes:
         return checks
 
     async def health(self, request: Request) -> RawResponse:
-        context(request.scope).route = "/health"
         checks = await self._checks()
         healthy = all(c["status"] == "healthy" for c in checks.values())
         uptime = round(time.monotonic() - self.started, 3)
@@ -71,17 +69,14 @@ class OpsRoutes:
         return json_response(body, 200 if healthy else 503)
 
     async def live(self, request: Request) -> RawResponse:
-        context(request.scope).route = "/health/live"
         return json_response({"status": "healthy"})
 
     async def ready(self, request: Request) -> RawResponse:
-        context(request.scope).route = "/health/ready"
         checks = await self._checks()
         healthy = all(c["status"] == "healthy" for c in checks.values())
         return json_response({"status": "healthy" if healthy else "unhealthy", "checks": checks}, 200 if healthy else 503)
 
     async def render_metrics(self, request: Request) -> RawResponse:
-        context(request.scope).route = "/metrics"
         return RawResponse(
             200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
         )

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from sentinel.errors import SentinelError
+from sentinel.errors import NotFound, SentinelError
 
 HeaderList = list[tuple[bytes, bytes]]
 
@@ -49,6 +49,14 @@ def error_response(err: SentinelError, extra_headers: dict[str, str] | None = No
     if extra_headers:
         headers.update(extra_headers)
     return json_response(err.to_dict(), err.status, headers)
+
+
+def endpoint_not_found(scope: Scope) -> NotFound:
+    """The 404 for a path no route serves."""
+    return NotFound(
+        f"Endpoint {scope['method']} {scope['path']} not found. API endpoints are under /v1/ and /native/",
+        code="endpoint_not_found",
+    )
 
 
 class StreamingRelay:

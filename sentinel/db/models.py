@@ -33,8 +33,15 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-METRICS = ("requests", "input_tokens", "output_tokens")
-USAGE_SOURCES = ("measured", "estimated")
+from sentinel.domain.plans import METRICS
+from sentinel.domain.tiers import TIERS
+from sentinel.domain.usage import USAGE_SOURCES
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    """`column IN ('a', 'b')`: a CHECK over the names the domain spells once."""
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
@@ -136,7 +143,7 @@ class PlanLimitRow(Base):
 
     __tablename__ = "plan_limits"
     __table_args__ = (
-        CheckConstraint("metric IN ('requests', 'input_tokens', 'output_tokens')", name="metric"),
+        CheckConstraint(_one_of("metric", METRICS), name="metric"),
         CheckConstraint("window_seconds > 0", name="window"),
         CheckConstraint('"limit" >= 0', name="limit"),
     )
@@ -154,7 +161,7 @@ class UsageLedgerRow(Base):
 
     __tablename__ = "usage_ledger"
     __table_args__ = (
-        CheckConstraint("usage_source IN ('measured', 'estimated')", name="usage_source"),
+        CheckConstraint(_one_of("usage_source", USAGE_SOURCES), name="usage_source"),
         Index("ix_usage_ledger_external_id_finished_at", "external_id", "finished_at"),
     )
 
@@ -192,7 +199,7 @@ class TierModelRow(Base):
 
     __tablename__ = "tier_models"
     __table_args__ = (
-        CheckConstraint("tier IN ('simple', 'moderate', 'complex')", name="tier"),
+        CheckConstraint(_one_of("tier", TIERS), name="tier"),
         CheckConstraint("relative_cost BETWEEN 1 AND 10", name="relative_cost"),
     )
 

@@ -1,34 +1,27 @@
 """Bearer-token authentication with a store-backed cache of validated identities.
 
 The cache key is `sentinel:profile:<sha256(token)>` (the original's key format): the token itself
-is never stored. A positive entry is *fresh* for `ttl` seconds; it is kept `grace` seconds longer
-and used only while the identity source is unreachable (so a governance outage does not log
-everyone out). Invalid tokens are cached briefly too, so a flood of bad tokens cannot hammer the
-source. Revoking a key therefore takes effect within `ttl` seconds.
+is never stored. A validated identity is fresh for `ttl` seconds and kept `grace` seconds longer
+for identity-source outages (see `GovernanceCache`); an identity whose credential expires (a
+JWT's `exp`) is never served past that moment. Invalid tokens are remembered for `negative_ttl`
+seconds. Revoking a key therefore takes effect within `ttl` seconds.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
 
-import orjson
-
-from sentinel.errors import AuthenticationError, GovernanceUnavailable, StoreUnavailable
-from sentinel.governance.identity import Identity, IdentitySource
+from sentinel.domain.identity import Identity
+from sentinel.errors import AuthenticationError, GovernanceUnavailable
+from sentinel.governance.cache import GovernanceCache
+from sentinel.governance.identity import IdentitySource
+from sentinel.governance.keys import KEY_PREFIX, hash_key
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
 
 log = logging.getLogger("sentinel.auth")
-
-API_KEY_PREFIX = "sk-sentinel-"
-_NEGATIVE = b"-"
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def parse_bearer(header: str | None) -> str:
@@ -58,59 +51,38 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
         local_ttl: float = 0.0,
     ) -> None:
-        self.store = store
         self.api_keys = api_keys
         self.jwt = jwt
-        self.ttl = ttl
-        self.grace = grace
         self.negative_ttl = min(negative_ttl, ttl)
-        self.metrics = metrics
         self.clock = clock
-        # Decoded cache entries by their stored bytes: the store stays the source of truth (TTL,
-        # revocation), this only skips re-parsing identical bytes on every request.
-        self._decoded: dict[bytes, tuple[Identity, float]] = {}
-        # A per-process copy of fresh entries for at most `local_ttl` seconds (and never past the
-        # store entry's own freshness), sparing a Redis round trip per request under load.
-        self.local_ttl = local_ttl
-        self._local: dict[str, tuple[Identity, float]] = {}
-
-    def _count(self, result: str) -> None:
-        if self.metrics is not None:
-            self.metrics.child(self.metrics.auth_cache, result).inc()
+        self.cache: GovernanceCache[Identity] = GovernanceCache(
+            store,
+            name="identity",
+            prefix="sentinel:profile:",
+            encode=Identity.to_json,
+            decode=Identity.from_json,
+            ttl=ttl,
+            grace=grace,
+            clock=clock,
+            local_ttl=local_ttl,
+            metrics=metrics,
+        )
 
     def _source_for(self, token: str) -> IdentitySource | None:
-        if token.startswith(API_KEY_PREFIX):
-            return self.api_keys
-        return self.jwt
+        return self.api_keys if token.startswith(KEY_PREFIX) else self.jwt
 
     async def authenticate(self, token: str) -> Identity:
         """Identity for `token`; AuthenticationError (401) or GovernanceUnavailable (503)."""
-        key = "sentinel:profile:" + token_hash(token)
-        now = self.clock()
-        local = self._local.get(key)
-        if local is not None and now < local[1]:
-            self._count("hit")
-            return local[0]
+        key = hash_key(token)
+        cached = await self.cache.get(key)
         stale: Identity | None = None
-        try:
-            cached = await self.store.get(key)
-        except StoreUnavailable:
-            cached = None
-            self._count("store_error")
         if cached is not None:
-            if cached == _NEGATIVE:
-                self._count("negative_hit")
+            if cached.value is None:
                 raise AuthenticationError()
-            identity, fresh_until = self._decode(cached)
-            if now < fresh_until:
-                self._count("hit")
-                if self.local_ttl > 0:
-                    if len(self._local) >= 10_000:
-                        self._local.clear()
-                    self._local[key] = (identity, min(fresh_until, now + self.local_ttl))
-                return identity
-            stale = identity
-        self._count("miss")
+            if not self._expired(cached.value):
+                if cached.fresh:
+                    return cached.value
+                stale = cached.value
         source = self._source_for(token)
         if source is None:
             raise AuthenticationError()
@@ -121,31 +93,11 @@ class Authenticator:
                 log.warning("identity source unavailable; serving a cached identity", extra={"source": source.name})
                 return stale
             raise
-        await self._remember(key, found)
-        if found is None:
+        if found is None or self._expired(found):
+            await self.cache.put(key, None, ttl=self.negative_ttl)
             raise AuthenticationError()
+        await self.cache.put(key, found, not_after=found.expires_at)
         return found
 
-    def _decode(self, raw: bytes) -> tuple[Identity, float]:
-        hit = self._decoded.get(raw)
-        if hit is None:
-            entry = orjson.loads(raw)
-            hit = (Identity.from_json(entry["identity"]), float(entry["fresh_until"]))
-            if len(self._decoded) >= 10_000:
-                self._decoded.clear()
-            self._decoded[raw] = hit
-        return hit
-
-    async def _remember(self, key: str, identity: Identity | None) -> None:
-        try:
-            if identity is None:
-                await self.store.set(key, _NEGATIVE, self.negative_ttl)
-            else:
-                entry = {"identity": identity.to_json(), "fresh_until": self.clock() + self.ttl}
-                await self.store.set(key, orjson.dumps(entry), self.ttl + self.grace)
-        except StoreUnavailable:
-            log.warning("could not cache identity: store unavailable")
-
-    async def forget(self, token: str) -> None:
-        """Drop a token's cache entry (used after revocation in the same process)."""
-        await self.store.delete("sentinel:profile:" + token_hash(token))
+    def _expired(self, identity: Identity) -> bool:
+        return identity.expires_at is not None and identity.expires_at <= self.clock()

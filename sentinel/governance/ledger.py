@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sentinel.db.engine import database_errors
 from sentinel.db.models import UsageLedgerRow
 from sentinel.db.queries import insert_ignoring
-from sentinel.quota.records import UsageRecord
+from sentinel.domain.usage import UsageRecord
 
 # 13 bound values a row: 500 rows stay well under SQLite's and PostgreSQL's parameter limits.
 _CHUNK_ROWS = 500
@@ -106,3 +106,17 @@ class SqlLedger:
             for model, count, inp, out in rows
         ]
         return sorted(totals, key=lambda item: (item["model"] is None, item["model"] or ""))
+
+
+class SqlLedgerSink:
+    """The built-in ledger as the deliverer's usage sink: exactly-once thanks to the unique request id."""
+
+    name = "builtin"
+
+    def __init__(self, ledger: SqlLedger) -> None:
+        self.ledger = ledger
+
+    async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
+        """Record the batch (already-recorded request ids are skipped); refuses nothing one by one."""
+        await self.ledger.record_batch(records)
+        return []

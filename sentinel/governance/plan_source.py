@@ -1,10 +1,10 @@
 """Where a user's quota plan comes from, cached in the store.
 
-`PlanSource.plan_for(identity)` returns the quota `Plan` to enforce. The built-in source reads the
-`plans`/`users` tables (users without a plan get DEFAULT_PLAN); the Zion source reads Zion's limits
-(see `sentinel.governance.zion`). `CachedPlans` keeps plans in the store for `ttl` seconds (so plan
-changes apply within CACHE_TTL_SECONDS without a restart) and serves a stale plan for `grace`
-seconds more while the source is unreachable.
+`PlanSource.plan_for(identity)` (the protocol is `sentinel.domain.plans.PlanSource`) returns the
+plan to enforce. The built-in source reads the `plans`/`users` tables (users without a plan get
+DEFAULT_PLAN); the Zion source reads Zion's limits (see `sentinel.governance.zion`). `CachedPlans`
+keeps plans in the store for `ttl` seconds (so plan changes apply within CACHE_TTL_SECONDS without
+a restart) and serves a stale plan for `grace` seconds more while the source is unreachable.
 """
 
 from __future__ import annotations
@@ -12,23 +12,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-import orjson
-
-from sentinel.errors import GovernanceUnavailable, StoreUnavailable
-from sentinel.governance.identity import Identity
+from sentinel.domain.identity import Identity
+from sentinel.domain.plans import ExternalUsage, Limit, Plan, PlanSource
+from sentinel.errors import GovernanceUnavailable
+from sentinel.governance.cache import GovernanceCache
 from sentinel.governance.plans import PlanRepository
-from sentinel.quota.limits import ExternalUsage, Limit, Plan
+from sentinel.observability.metrics import Metrics
+from sentinel.store import Store
 
 log = logging.getLogger("sentinel.plans")
-
-
-class PlanSource(Protocol):
-    name: str
-
-    async def plan_for(self, identity: Identity) -> Plan:
-        """The plan to enforce; raises GovernanceUnavailable when the source cannot be asked."""
 
 
 class BuiltinPlanSource:
@@ -42,12 +36,10 @@ class BuiltinPlanSource:
 
     async def plan_for(self, identity: Identity) -> Plan:
         stored = await self.repo.plan_for_user(identity.external_id)
-        if stored is None:
-            return self.default
-        return Plan(stored.name, tuple(Limit(pl.metric, pl.window_seconds, pl.limit) for pl in stored.limits))
-
+        return self.default if stored is None else stored
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
+    """A plan as plain JSON (what the cache stores)."""
     return {
         "name": plan.name,
         "limits": [
@@ -69,6 +61,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
 
 
 def plan_from_json(data: dict[str, Any]) -> Plan:
+    """The inverse of `plan_to_json`; raises ValueError/KeyError/TypeError on anything else."""
     limits = []
     for item in data["limits"]:
         ext = item.get("external")
@@ -88,68 +81,40 @@ class CachedPlans:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         source: PlanSource,
         *,
         ttl: float,
         grace: float,
         clock: Callable[[], float] = time.time,
         local_ttl: float = 0.0,
+        metrics: Metrics | None = None,
     ) -> None:
-        self.store = store
         self.source = source
         self.name = source.name
-        self.ttl = ttl
-        self.grace = grace
-        self.clock = clock
-        self._decoded: dict[bytes, tuple[Plan, float]] = {}  # stored bytes -> parsed (skips re-parsing)
-        # Per-process copies for at most `local_ttl` s, never past the stored entry's freshness.
-        self.local_ttl = local_ttl
-        self._local: dict[str, tuple[Plan, float]] = {}
-
-    def _decode(self, raw: bytes) -> tuple[Plan, float]:
-        hit = self._decoded.get(raw)
-        if hit is None:
-            entry = orjson.loads(raw)
-            hit = (plan_from_json(entry["plan"]), float(entry["fresh_until"]))
-            if len(self._decoded) >= 10_000:
-                self._decoded.clear()
-            self._decoded[raw] = hit
-        return hit
+        self.cache: GovernanceCache[Plan] = GovernanceCache(
+            store,
+            name="plan",
+            prefix="sentinel:limits:",
+            encode=plan_to_json,
+            decode=plan_from_json,
+            ttl=ttl,
+            grace=grace,
+            clock=clock,
+            local_ttl=local_ttl,
+            metrics=metrics,
+        )
 
     async def plan_for(self, identity: Identity) -> Plan:
-        key = f"sentinel:limits:{identity.external_id}"
-        now = self.clock()
-        local = self._local.get(key)
-        if local is not None and now < local[1]:
-            return local[0]
-        stale: Plan | None = None
-        try:
-            cached = await self.store.get(key)
-        except StoreUnavailable:
-            cached = None
-        if cached is not None:
-            plan, fresh_until = self._decode(cached)
-            if now < fresh_until:
-                if self.local_ttl > 0:
-                    if len(self._local) >= 10_000:
-                        self._local.clear()
-                    self._local[key] = (plan, min(fresh_until, now + self.local_ttl))
-                return plan
-            stale = plan
+        cached = await self.cache.get(identity.external_id)
+        if cached is not None and cached.value is not None and cached.fresh:
+            return cached.value
         try:
             plan = await self.source.plan_for(identity)
         except GovernanceUnavailable:
-            if stale is not None:
+            if cached is not None and cached.value is not None:
                 log.warning("plan source unavailable; enforcing the cached plan", extra={"user": identity.external_id})
-                return stale
+                return cached.value
             raise
-        entry = {"plan": plan_to_json(plan), "fresh_until": self.clock() + self.ttl}
-        try:
-            await self.store.set(key, orjson.dumps(entry), self.ttl + self.grace)
-        except StoreUnavailable:
-            pass
+        await self.cache.put(identity.external_id, plan)
         return plan
-
-    async def invalidate(self, external_id: str) -> None:
-        await self.store.delete(f"sentinel:limits:{external_id}")

@@ -1,89 +1,20 @@
 """Plans in the built-in database: named sets of limits, and which plan each user is on.
 
-A plan limit reads "at most `limit` of `metric` per `window_seconds`". Operators write them as
-`requests=100/1m` (see `parse_limit`); windows use `parse_window` (`90s`, `1m`, `1h`, `1d`, `30d`).
+The plan and limit types and their spelling (`requests=100/1m`) are `sentinel.domain.plans`.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Literal, cast
+from typing import cast
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
-from sentinel.db.models import METRICS, PlanLimitRow, PlanRow, User, utcnow
+from sentinel.db.models import PlanLimitRow, PlanRow, User, utcnow
 from sentinel.db.queries import ensure_user, insert_ignoring
+from sentinel.domain.plans import Limit, Metric, Plan
 from sentinel.errors import NotFound
-
-Metric = Literal["requests", "input_tokens", "output_tokens"]
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_WINDOW = re.compile(r"(\d+)([smhdw]?)")
-_LIMIT = re.compile(r"\s*(\w+)\s*=\s*(\d+)\s*/\s*(\S+)\s*")
-
-
-def parse_window(text: str) -> int:
-    """Seconds in a window written `90s`, `1m`, `1h`, `1d`, `30d`, `2w` or bare seconds; ValueError on junk."""
-    match = _WINDOW.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"invalid window {text!r}: expected a number and a unit s, m, h, d or w, e.g. 1h")
-    seconds = int(match.group(1)) * _UNITS[match.group(2) or "s"]
-    if seconds <= 0:
-        raise ValueError(f"invalid window {text!r}: must be longer than zero")
-    return seconds
-
-
-def format_window(seconds: int) -> str:
-    """The shortest `parse_window` spelling of `seconds` (3600 -> `1h`, 90 -> `90s`)."""
-    for unit, size in sorted(_UNITS.items(), key=lambda item: -item[1]):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"  # pragma: no cover - "s" always divides
-
-
-@dataclass(frozen=True, slots=True)
-class PlanLimit:
-    """At most `limit` of `metric` per `window_seconds`."""
-
-    metric: Metric
-    window_seconds: int
-    limit: int
-
-    def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
-        if isinstance(self.window_seconds, bool) or self.window_seconds <= 0:
-            raise ValueError("window_seconds must be a positive integer")
-        if isinstance(self.limit, bool) or self.limit < 0:
-            raise ValueError("limit must be a non-negative integer")
-
-    def __str__(self) -> str:
-        return f"{self.metric}={self.limit}/{format_window(self.window_seconds)}"
-
-
-def parse_limit(text: str) -> PlanLimit:
-    """`requests=100/1m` -> PlanLimit('requests', 60, 100); ValueError on junk."""
-    match = _LIMIT.fullmatch(text)
-    if match is None:
-        raise ValueError(f"invalid limit {text!r}: expected METRIC=LIMIT/WINDOW, e.g. requests=100/1m")
-    metric, limit, window = match.groups()
-    return PlanLimit(cast(Metric, metric), parse_window(window), int(limit))
-
-
-def parse_limits(text: str) -> list[PlanLimit]:
-    """Comma-separated `parse_limit` items: `requests=100/1m,input_tokens=100000/1d`."""
-    return [parse_limit(item) for item in text.split(",") if item.strip()]
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """A named plan and its limits, ordered by metric then window."""
-
-    name: str
-    limits: tuple[PlanLimit, ...]
 
 
 class PlanRepository:
@@ -92,7 +23,7 @@ class PlanRepository:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def set_plan(self, name: str, limits: list[PlanLimit]) -> None:
+    async def set_plan(self, name: str, limits: list[Limit]) -> None:
         """Create plan `name` or replace all of its limits with `limits`."""
         if not name:
             raise ValueError("plan name must not be empty")
@@ -171,9 +102,9 @@ class PlanRepository:
         with database_errors("plan store unavailable"):
             async with self._sessions() as session:
                 rows = (await session.execute(query)).all()
-        by_plan: dict[str, list[PlanLimit]] = {}
+        by_plan: dict[str, list[Limit]] = {}
         for name, metric, window_seconds, limit in rows:
             limits = by_plan.setdefault(name, [])
             if metric is not None:  # a plan without limits joins to one row of NULLs
-                limits.append(PlanLimit(cast(Metric, metric), window_seconds, limit))
+                limits.append(Limit(cast(Metric, metric), window_seconds, limit))
         return [Plan(name, tuple(limits)) for name, limits in by_plan.items()]

@@ -14,12 +14,10 @@ from collections.abc import Callable
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from sentinel.config import TierModelEntry
 from sentinel.db.engine import database_errors
 from sentinel.db.models import TierModelRow
+from sentinel.domain.tiers import TIERS, TierModelEntry, TierTable
 from sentinel.errors import GovernanceUnavailable
-from sentinel.providers.catalog import TIERS
-from sentinel.routing.tiers import TierTable
 
 log = logging.getLogger("sentinel.tiers")
 

@@ -24,11 +24,11 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from sentinel.backoff import jittered_delay
+from sentinel.backoff import Backoff
+from sentinel.domain.identity import Identity
+from sentinel.domain.plans import ExternalUsage, Limit, Metric, Plan
+from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
-from sentinel.governance.identity import Identity
-from sentinel.quota.limits import ExternalUsage, Limit, Metric, Plan
-from sentinel.quota.records import UsageRecord
 
 log = logging.getLogger("sentinel.zion")
 
@@ -52,19 +52,7 @@ class ZionStatusError(GovernanceUnavailable):
 
 
 @dataclass(frozen=True)
-class Backoff:
-    """At most `attempts` tries; before retry n, wait base*2**(n-1) capped, half of it jittered."""
-
-    attempts: int = 3
-    base: float = 0.1
-    cap: float = 2.0
-
-    def delay(self, retry: int) -> float:
-        return jittered_delay(self.base, self.cap, retry)
-
-
-@dataclass(frozen=True)
-class Meter:
+class MetricReading:
     """One metric of a Zion limit: `limit` None (or negative) means unlimited."""
 
     limit: int | None
@@ -76,7 +64,7 @@ class Meter:
 class UserLimit:
     name: str
     display_name: str | None
-    metrics: dict[str, Meter]  # keyed by Zion's wire name, e.g. "aiInputTokens"
+    metrics: dict[str, MetricReading]  # keyed by Zion's wire name, e.g. "aiInputTokens"
     reset_period: str | None
     period_start: datetime | None
     period_end: datetime | None
@@ -131,7 +119,7 @@ class ZionClient:
         self._session = session
         self._owned = session is None
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or Backoff(base=0.1, cap=2.0, attempts=3)
 
     def __repr__(self) -> str:  # never show the key
         return f"ZionClient({self._base!r})"
@@ -301,7 +289,7 @@ def _parse_limits(data: dict[str, Any]) -> ZionLimits:
             meter = entry.get(wire)
             if isinstance(meter, dict):
                 limit, remaining = meter.get("limit"), meter.get("remaining")
-                metrics[wire] = Meter(
+                metrics[wire] = MetricReading(
                     None if limit is None else _int(limit, f"{wire}.limit"),
                     _int(meter.get("used") or 0, f"{wire}.used"),
                     None if remaining is None else _int(remaining, f"{wire}.remaining"),

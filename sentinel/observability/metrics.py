@@ -36,8 +36,11 @@ class Metrics:
             "sentinel_overhead_seconds", "Sentinel's own time: request time minus upstream time",
             ["route"], buckets=OVERHEAD_BUCKETS, registry=r,
         )
-        self.auth_cache = Counter(
-            "sentinel_auth_cache_total", "Auth cache lookups (hit, miss, negative_hit)", ["result"], registry=r,
+        self.cache_lookups = Counter(
+            "sentinel_cache_lookups_total",
+            "Governance cache lookups by cache (identity, plan) and result (hit, local_hit, stale, miss, undecodable, "
+            "store_error)",
+            ["cache", "result"], registry=r,
         )
         self.in_flight = Gauge("sentinel_requests_in_flight", "Requests being served", registry=r)
         self.rejected_overload = Counter(

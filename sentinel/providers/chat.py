@@ -1,9 +1,10 @@
-"""Native chat providers: one class per wire format over the shared upstream session.
+"""Native chat providers: the plumbing every wire format shares, over the app's upstream session.
 
-`body()` translates a unified request; `complete_body()` returns a unified `ProviderReply`;
-`open_stream_body()` returns a `ProviderStream` whose `events()` yields unified chunks. Upstream
-error answers are mapped to Sentinel errors here, in one place (see `provider_error`); provider
-keys go into headers and nowhere else.
+A provider's `body()` translates a unified request; `complete_body()` returns a `Completion` (the
+unified reply and how long the upstream took); `open_stream_body()` returns a `ProviderStream`
+whose `events()` yields unified chunks. Error answers are mapped in `sentinel.providers.errors`.
+Timing travels with each answer: a provider object is shared by concurrent requests and keeps no
+per-request state. Provider keys go into headers and nowhere else.
 """
 
 from __future__ import annotations
@@ -16,76 +17,30 @@ from typing import Any
 import aiohttp
 import orjson
 
-from sentinel.errors import (
-    InvalidRequest,
-    RateLimited,
-    SentinelError,
-    UpstreamError,
-    UpstreamStatusError,
-)
-from sentinel.native import ChatRequest, ProviderReply, StreamError, TranslationError
-from sentinel.native.anthropic import build_anthropic_request, parse_anthropic_response
-from sentinel.native.openai import build_openai_request, parse_openai_response
+from sentinel.errors import UpstreamError
+from sentinel.native import ChatRequest, ProviderReply, TranslationError
 from sentinel.native.sse import SSEParser
-from sentinel.native.stream import (
-    AnthropicStreamNormalizer,
-    OpenAIStreamNormalizer,
-    StreamNormalizer,
-    StreamResult,
-)
+from sentinel.native.stream import StreamNormalizer, StreamResult
 from sentinel.providers.catalog import ProviderSpec
+from sentinel.providers.errors import upstream_error
 from sentinel.providers.http import UpstreamResponse, send
 
-ANTHROPIC_VERSION = "2023-06-01"
-_CONTEXT_HINTS = ("context_length_exceeded", "context length", "prompt is too long", "maximum context", "too many tokens")
 
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A unified reply and the upstream's time to answer it (seconds)."""
 
-def provider_error(provider: str, status: int, raw: bytes, headers: list[tuple[str, str]]) -> SentinelError:
-    """Map an upstream error answer to the unified error (status mapping documented in the README)."""
-    message, code = _error_text(raw)
-    lowered = f"{message} {code}".lower()
-    retry_after = next((v for k, v in headers if k.lower() == "retry-after"), None)
-    if status == 429:
-        seconds = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
-        return RateLimited(
-            f"Provider {provider} is rate limiting: {message}", code="provider_rate_limited",
-            retry_after=seconds, provider=provider,
-        )
-    if status in (401, 403):
-        # Our credentials for the provider are wrong: a gateway configuration fault, never the client's.
-        return UpstreamStatusError(
-            f"Provider {provider} rejected Sentinel's credentials (HTTP {status}); check the provider configuration",
-            upstream_status=status, code="provider_auth_error", provider=provider,
-        )
-    if status in (400, 413, 422) and any(h in lowered for h in _CONTEXT_HINTS):
-        return InvalidRequest(f"Context too long for the selected model: {message}",
-                              code="context_length_exceeded", provider=provider)
-    if 400 <= status < 500:
-        return InvalidRequest(f"Provider {provider} rejected the request: {message}",
-                              code="provider_rejected_request", provider=provider)
-    return UpstreamStatusError(
-        f"Provider {provider} failed with HTTP {status}: {message}", upstream_status=status,
-        code="provider_error", provider=provider,
-    )
-
-
-def _error_text(raw: bytes) -> tuple[str, str]:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return (raw[:200].decode("utf-8", "replace").strip() or "no details", "")
-    err = data.get("error") if isinstance(data, dict) else None
-    if isinstance(err, dict):
-        return str(err.get("message") or "no details"), str(err.get("code") or err.get("type") or "")
-    return "no details", ""
+    reply: ProviderReply
+    upstream_seconds: float
 
 
 @dataclass
 class ProviderStream:
-    """An open upstream stream, normalised to unified chunks."""
+    """An open upstream stream, normalised to unified chunks; `upstream_seconds` is the time to its headers."""
 
     upstream: UpstreamResponse
     normalizer: StreamNormalizer
+    upstream_seconds: float = 0.0
     result: StreamResult | None = None
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
@@ -123,7 +78,6 @@ class ChatProvider:
         self.name = spec.name
         self.session = session
         self.default_max_tokens = default_max_tokens
-        self.last_duration = 0.0
 
     def headers(self) -> dict[str, str]:
         raise NotImplementedError
@@ -140,28 +94,28 @@ class ChatProvider:
     def normalizer(self) -> StreamNormalizer:
         raise NotImplementedError
 
-    async def _post(self, body: dict[str, Any]) -> UpstreamResponse:
+    async def _post(self, body: dict[str, Any]) -> tuple[UpstreamResponse, float]:
         payload = orjson.dumps(body)
         started = time.perf_counter()
         upstream = await send(self.session, self.name, "POST", self.url(), headers=self.headers(), body=payload)
-        self.last_duration = time.perf_counter() - started
+        elapsed = time.perf_counter() - started
         if upstream.status >= 300:
             try:
                 raw = await upstream.read()
             finally:
                 upstream.release()
-            raise provider_error(self.name, upstream.status, raw, upstream.headers)
-        return upstream
+            raise upstream_error(self.name, upstream.status, raw, upstream.headers)
+        return upstream, elapsed
 
-    async def complete_body(self, body: dict[str, Any], tier: str) -> ProviderReply:
+    async def complete_body(self, body: dict[str, Any], tier: str) -> Completion:
         """Send an already translated (non-streaming) body; the unified reply."""
-        upstream = await self._post(body)
+        upstream, elapsed = await self._post(body)
         try:
             raw = await upstream.read()
         finally:
             upstream.release()
         try:
-            return self.parse(orjson.loads(raw), tier)
+            return Completion(self.parse(orjson.loads(raw), tier), elapsed)
         except (orjson.JSONDecodeError, TranslationError, ValueError) as exc:
             message = exc.message if isinstance(exc, TranslationError) else "unparseable response body"
             raise UpstreamError(f"Provider {self.name} sent an invalid response: {message}",
@@ -169,60 +123,14 @@ class ChatProvider:
 
     async def open_stream_body(self, body: dict[str, Any]) -> ProviderStream:
         """Send an already translated streaming body; returns once the upstream answered 2xx."""
-        return ProviderStream(await self._post(body), self.normalizer())
-
-
-class OpenAIChatProvider(ChatProvider):
-    """OpenAI chat completions (and any OpenAI-compatible base URL)."""
-
-    kind = "openai"
-
-    def headers(self) -> dict[str, str]:
-        h = {"content-type": "application/json", "accept-encoding": "identity"}
-        if self.spec.api_key:
-            h["authorization"] = f"Bearer {self.spec.api_key}"
-        return h
-
-    def url(self) -> str:
-        return self.spec.base_url + "/chat/completions"
-
-    def body(self, req: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
-        return build_openai_request(req, model, stream=stream)
-
-    def parse(self, body: Any, tier: str) -> ProviderReply:
-        return parse_openai_response(body, provider=self.name, tier=tier)  # type: ignore[arg-type]
-
-    def normalizer(self) -> StreamNormalizer:
-        return OpenAIStreamNormalizer(provider=self.name)
-
-
-class AnthropicProvider(ChatProvider):
-    """Anthropic's Messages API (base URL without /v1, as the SDK takes it)."""
-
-    kind = "anthropic"
-
-    def headers(self) -> dict[str, str]:
-        h = {"content-type": "application/json", "accept-encoding": "identity", "anthropic-version": ANTHROPIC_VERSION}
-        if self.spec.api_key:
-            h["x-api-key"] = self.spec.api_key
-        return h
-
-    def url(self) -> str:
-        return self.spec.base_url + "/v1/messages"
-
-    def body(self, req: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
-        return build_anthropic_request(req, model, stream=stream, default_max_tokens=self.default_max_tokens)
-
-    def parse(self, body: Any, tier: str) -> ProviderReply:
-        return parse_anthropic_response(body, provider=self.name, tier=tier)  # type: ignore[arg-type]
-
-    def normalizer(self) -> StreamNormalizer:
-        return AnthropicStreamNormalizer(provider=self.name)
+        upstream, elapsed = await self._post(body)
+        return ProviderStream(upstream, self.normalizer(), elapsed)
 
 
 def make_provider(spec: ProviderSpec, session: aiohttp.ClientSession, *, default_max_tokens: int) -> ChatProvider:
-    cls = AnthropicProvider if spec.kind == "anthropic" else OpenAIChatProvider
+    """The chat provider for `spec`'s wire format."""
+    from sentinel.providers.anthropic import AnthropicProvider
+    from sentinel.providers.openai import OpenAIChatProvider
+
+    cls: type[ChatProvider] = AnthropicProvider if spec.kind == "anthropic" else OpenAIChatProvider
     return cls(spec, session, default_max_tokens=default_max_tokens)
-
-
-__all__ = ["ChatProvider", "ProviderStream", "StreamError", "make_provider", "provider_error"]

@@ -13,12 +13,11 @@ import hashlib
 import logging
 from typing import Protocol
 
-from sentinel.backoff import jittered_delay
+from sentinel.backoff import Backoff
+from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable, SentinelError, StoreUnavailable
-from sentinel.governance.ledger import SqlLedger
 from sentinel.observability.metrics import Metrics
 from sentinel.quota.outbox import Claimed, DurableOutbox
-from sentinel.quota.records import UsageRecord
 
 log = logging.getLogger("sentinel.deliverer")
 
@@ -30,35 +29,6 @@ class UsageSink(Protocol):
     name: str
 
     async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]: ...
-
-
-class SqlLedgerSink:
-    """The built-in ledger: exactly-once thanks to the unique request id."""
-
-    name = "builtin"
-
-    def __init__(self, ledger: SqlLedger) -> None:
-        self.ledger = ledger
-
-    async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
-        await self.ledger.record_batch(records)
-        return []
-
-
-class Backoff:
-    """Stateful backoff for the delivery loop: consecutive failures in, the next wait out."""
-
-    def __init__(self, base: float = 0.5, cap: float = 30.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        self.failures += 1
-        return jittered_delay(self.base, self.cap, self.failures)
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 def idempotency_key(records: list[UsageRecord]) -> str:
@@ -84,7 +54,8 @@ class UsageDeliverer:
         self.metrics = metrics
         self.interval = interval
         self.batch_size = batch_size
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff(base=0.5, cap=30.0)
+        self.failures = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -99,12 +70,13 @@ class UsageDeliverer:
         try:
             refused = set(await self.sink.deliver(records, idempotency_key(records)))
         except (GovernanceUnavailable, StoreUnavailable) as exc:
-            delay = self.backoff.next_delay()
+            self.failures += 1
+            delay = self.backoff.delay(self.failures)
             self.metrics.deliveries.labels("failure").inc()
             log.warning("usage delivery failed; retrying", extra={"error": exc.message, "retry_in_s": round(delay, 2)})
             await self.outbox.retry_later(batch, delay)
             return 0
-        self.backoff.reset()
+        self.failures = 0
         if refused:
             self.metrics.deliveries.labels("partial").inc()
             await self.outbox.retry_later([c for c in batch if c.record.request_id in refused], self.backoff.cap)

@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sentinel.quota.limits import Decision, Limit, LimitState, Plan
+from sentinel.domain.plans import Limit, Plan
+from sentinel.quota.decision import Decision, LimitState
 from sentinel.store.base import LocalOps, Script, Store
 
 _RESERVE_LUA = """

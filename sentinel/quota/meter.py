@@ -14,17 +14,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sentinel.config import QuotaFailureMode
+from sentinel.domain.identity import Identity
+from sentinel.domain.plans import PlanSource
+from sentinel.domain.policies import QuotaFailureMode
+from sentinel.domain.usage import Usage, UsageRecord
 from sentinel.errors import ServiceUnavailable, StoreUnavailable
-from sentinel.governance.identity import Identity
-from sentinel.governance.plan_source import PlanSource
 from sentinel.observability.metrics import Metrics
 from sentinel.quota.estimate import estimate_input, max_output
 from sentinel.quota.limiter import QuotaLimiter, Reservation
 from sentinel.quota.outbox import DurableOutbox
-from sentinel.quota.records import UsageRecord
 from sentinel.quota.tokens import TokenCounter
-from sentinel.quota.usage import Usage
 
 log = logging.getLogger("sentinel.meter")
 
@@ -65,23 +64,6 @@ class Meter(Protocol):
     ) -> None: ...
 
     async def release(self, admission: Admission) -> None: ...
-
-
-class NullMeter:
-    """Meters nothing (unit tests of the proxy)."""
-
-    async def admit(
-        self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str
-    ) -> Admission:
-        return Admission(identity=identity, endpoint=endpoint, model=model, request_id=request_id)
-
-    async def settle(
-        self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str
-    ) -> None:
-        admission.settled = True
-
-    async def release(self, admission: Admission) -> None:
-        admission.settled = True
 
 
 class QuotaMeter:

@@ -32,8 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sentinel.db.engine import database_errors
 from sentinel.db.models import UsageOutboxRow, utcnow
 from sentinel.db.queries import insert_ignoring
+from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable, StoreUnavailable
-from sentinel.quota.records import UsageRecord
 from sentinel.store.redis import RedisStore
 
 log = logging.getLogger("sentinel.outbox")

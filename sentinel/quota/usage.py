@@ -8,16 +8,11 @@ behalf) drops the usage-only chunk the client did not ask for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-
-@dataclass
-class Usage:
-    input_tokens: int
-    output_tokens: int
+from sentinel.domain.usage import Usage
 
 
 def usage_from_body(endpoint: str, body: Any) -> Usage | None:
@@ -72,9 +67,13 @@ def text_from_body(endpoint: str, body: Any) -> str:
 class StreamInspector:
     """Incrementally parse an OpenAI-style SSE stream for usage and text.
 
-    `feed(chunk)` returns the bytes to relay to the client: the chunk itself, or, in stripping
-    mode, whole events minus the injected usage-only chunk.
+    `feed(chunk)` returns the complete events to relay to the client now (an unfinished event is
+    held until its end arrives). The final `data: [DONE]` event is never returned: it is kept in
+    `done` for the caller to send after the usage record is stored. In stripping mode the usage-only
+    chunk Sentinel asked for on the client's behalf is dropped too.
     """
+
+    DONE = b"data: [DONE]\n\n"
 
     def __init__(self, endpoint: str, *, strip_usage_chunk: bool = False) -> None:
         self.endpoint = endpoint
@@ -89,27 +88,31 @@ class StreamInspector:
     def text(self) -> str:
         return "".join(self._text)
 
+    @property
+    def done(self) -> bytes:
+        """The `[DONE]` event to send last, or b"" when the upstream never sent one."""
+        return self.DONE if self.saw_done else b""
+
     def feed(self, chunk: bytes) -> bytes:
         self._buf += chunk
         if b"\n\n" not in self._buf and b"\r\n\r\n" not in self._buf:
-            return b"" if self.strip else chunk
+            return b""
         data = self._buf.replace(b"\r\n", b"\n")
         events = data.split(b"\n\n")
         self._buf = events.pop()  # the unfinished tail
         out: list[bytes] = []
         for event in events:
-            keep = self._inspect(event)
-            if self.strip and keep:
+            if self.saw_done:
+                continue  # nothing is relayed after [DONE]
+            if self._inspect(event) and not self.saw_done:
                 out.append(event + b"\n\n")
-        return b"".join(out) if self.strip else chunk
+        return b"".join(out)
 
     def flush(self) -> bytes:
         """At end of stream: inspect and return any unterminated tail."""
         tail, self._buf = self._buf, b""
-        if tail.strip():
-            keep = self._inspect(tail)
-            if self.strip:
-                return tail if keep else b""
+        if tail.strip() and not self.saw_done and self._inspect(tail) and not self.saw_done:
+            return tail
         return b""
 
     def _inspect(self, event: bytes) -> bool:

@@ -1,6 +1,6 @@
 """Tier routing with sticky sessions: which provider+model serves a native request.
 
-`decide()` is read-only: it looks up the session, selects a candidate, and returns a `Decision`
+`decide()` is read-only: it looks up the session, selects a candidate, and returns a `RouteChoice`
 carrying any session write still to be done. The handler translates the request first and only
 then calls `commit()`, so a request that fails validation creates or changes no session.
 
@@ -21,21 +21,21 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sentinel.config import SessionFailover, TierModelEntry
+from sentinel.domain.identity import Identity
+from sentinel.domain.policies import SessionFailover
+from sentinel.domain.tiers import TIER_ORDER, TierModelEntry, TierSource
 from sentinel.errors import ServiceUnavailable, StoreUnavailable
-from sentinel.governance.identity import Identity
 from sentinel.native import ChatRequest
 from sentinel.observability.metrics import Metrics
 from sentinel.routing.health import ProviderHealth
 from sentinel.routing.selection import WeightedSelector
-from sentinel.routing.sessions import TIER_ORDER, Session, SessionStore, auto_conversation_id
-from sentinel.routing.tiers import TierSource
+from sentinel.routing.sessions import Session, SessionStore, auto_conversation_id
 
 log = logging.getLogger("sentinel.router")
 
 
 @dataclass
-class Decision:
+class RouteChoice:
     """Where a request goes, and what to write to its session once the request is known valid."""
 
     tier: str
@@ -123,7 +123,7 @@ class TierRouter:
         first_user = next((m.text() for m in req.messages if m.role == "user"), "")
         return auto_conversation_id(identity.external_id, system, first_user)
 
-    async def decide(self, identity: Identity, req: ChatRequest) -> Decision:
+    async def decide(self, identity: Identity, req: ChatRequest) -> RouteChoice:
         tier = req.tier
         conv = self.conversation_id(identity, req)
         session: Session | None = None
@@ -136,17 +136,17 @@ class TierRouter:
                 conv = None
         if session is None:
             entry, unhealthy = await self._select(tier)
-            decision = Decision(tier, entry, conv, None, "create" if conv else None, "created" if conv else None)
+            decision = RouteChoice(tier, entry, conv, None, "create" if conv else None, "created" if conv else None)
             decision.was_unhealthy = unhealthy
             return decision
         if TIER_ORDER[tier] > TIER_ORDER[session.tier]:
             entry, unhealthy = await self._select(tier, prefer=session.provider)
-            decision = Decision(tier, entry, conv, session, "update", "upgraded")
+            decision = RouteChoice(tier, entry, conv, session, "update", "upgraded")
             decision.was_unhealthy = unhealthy
             return decision
         return await self._sticky(session)
 
-    async def _sticky(self, session: Session) -> Decision:
+    async def _sticky(self, session: Session) -> RouteChoice:
         table = await self.tiers.table()
         entry = next(
             (e for e in table.get(session.tier, []) if (e.provider, e.model) == (session.provider, session.model)),
@@ -157,14 +157,14 @@ class TierRouter:
         gone = session.provider not in self.providers
         if (gone or in_backoff) and (gone or self.failover is SessionFailover.migrate):
             new, _ = await self._select(session.tier, exclude=[(session.provider, session.model)])
-            return Decision(session.tier, new, session.conversation_id, session, "update", "migrated")
+            return RouteChoice(session.tier, new, session.conversation_id, session, "update", "migrated")
         if entry is None:  # the table changed but the provider still exists: keep the conversation's model
             entry = TierModelEntry(provider=session.provider, model=session.model, relative_cost=1)
-        decision = Decision(session.tier, entry, session.conversation_id, session, "touch", "hit")
+        decision = RouteChoice(session.tier, entry, session.conversation_id, session, "touch", "hit")
         decision.was_unhealthy = state is not None
         return decision
 
-    async def commit(self, identity: Identity, decision: Decision) -> None:
+    async def commit(self, identity: Identity, decision: RouteChoice) -> None:
         """Apply the decision's session write (after the request proved valid). Never raises."""
         if decision.pending_write is None or decision.conversation_id is None:
             return
@@ -201,7 +201,7 @@ class TierRouter:
         if decision.event:
             self.metrics.sessions.labels(decision.event).inc()
 
-    async def alternative(self, decision: Decision) -> Decision | None:
+    async def alternative(self, decision: RouteChoice) -> RouteChoice | None:
         """Another healthy candidate of the tier for a retry before the first byte, or None."""
         # A model the conversation has not been served by yet (its first turn, or the turn that
         # upgraded it) is not "the conversation's model": keep does not bind the session to it.
@@ -213,13 +213,13 @@ class TierRouter:
             entry, _ = await self._select(decision.tier, exclude=tried)
         except ServiceUnavailable:
             return None
-        retry = Decision(decision.tier, entry, decision.conversation_id, decision.session, decision.pending_write,
+        retry = RouteChoice(decision.tier, entry, decision.conversation_id, decision.session, decision.pending_write,
                          decision.event, tried=tried)
         if decision.sticky:
             retry.pending_write, retry.event = "update", None if fresh else "migrated"
         return retry
 
-    async def report(self, decision: Decision, *, ok: bool) -> None:
+    async def report(self, decision: RouteChoice, *, ok: bool) -> None:
         if ok:
             if decision.was_unhealthy:
                 await self.health.record_success(decision.provider, decision.model)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from sentinel.config import TierModelEntry
+from sentinel.domain.tiers import TierModelEntry
 
 
 def weight(entry: TierModelEntry) -> float:

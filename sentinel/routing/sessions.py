@@ -19,8 +19,6 @@ import orjson
 from sentinel.errors import PermissionDenied
 from sentinel.store import LocalOps, Script, Store
 
-TIER_ORDER = {"simple": 0, "moderate": 1, "complex": 2}
-
 _TOUCH_LUA = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end

@@ -37,7 +37,7 @@ def test_cache_hits_and_revocation_within_ttl(gateway_factory: Callable[..., Gat
         assert http.get("/v1/models").status_code == 200
         assert http.get("/v1/models").status_code == 200
         metrics = http.get("/metrics").text
-        assert metric(metrics, "sentinel_auth_cache_total", 'result="hit"') >= 1
+        assert metric(metrics, "sentinel_cache_lookups_total", 'cache="identity",result="hit"') >= 1
         revoke(gw.settings.database_url, gw.key_id)
         # Still cached: the revocation is not seen yet...
         assert http.get("/v1/models").status_code == 200

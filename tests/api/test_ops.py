@@ -41,7 +41,7 @@ def test_metrics_exposition(gateway: Gateway) -> None:
         "sentinel_http_request_duration_seconds_bucket",
         "sentinel_upstream_duration_seconds_bucket",
         "sentinel_overhead_seconds_bucket",
-        "sentinel_auth_cache_total",
+        "sentinel_cache_lookups_total",
     ):
         assert name in text, name
     assert 'route="/v1/chat/completions"' in text

@@ -16,7 +16,8 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "quota 
 
 def set_plan(database_url: str, external_id: str, plan: str, spec: str) -> None:
     from sentinel.db.engine import create_engine, migrate, session_factory
-    from sentinel.governance.plans import PlanRepository, parse_limits
+    from sentinel.domain.plans import parse_limits
+    from sentinel.governance.plans import PlanRepository
 
     async def go() -> None:
         engine = create_engine(database_url)

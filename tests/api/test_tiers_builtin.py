@@ -50,7 +50,7 @@ def test_tier_entry_syntax_is_checked(tmp_path: Path) -> None:
 
 
 def test_database_down_keeps_last_table() -> None:
-    from sentinel.config import TierModelEntry
+    from sentinel.domain.tiers import TierModelEntry
     from sentinel.errors import GovernanceUnavailable
     from sentinel.governance.tier_store import DbTiers
 

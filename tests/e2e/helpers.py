@@ -20,8 +20,9 @@ from sqlalchemy import func, select
 
 from sentinel.db.engine import create_engine, migrate, session_factory
 from sentinel.db.models import UsageLedgerRow, UsageOutboxRow
+from sentinel.domain.plans import parse_limits
 from sentinel.governance.keys import KeyService
-from sentinel.governance.plans import PlanRepository, parse_limits
+from sentinel.governance.plans import PlanRepository
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 CHAT_PATH = "/v1/chat/completions"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from sentinel.domain.identity import Identity
 from sentinel.errors import AuthenticationError, GovernanceUnavailable
 from sentinel.governance.auth import Authenticator, parse_bearer
-from sentinel.governance.identity import Identity
 from sentinel.store import MemoryStore
 
 

@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from sentinel.domain.identity import Identity
 from sentinel.errors import GovernanceUnavailable
-from sentinel.governance.identity import Identity
 from sentinel.governance.jwt import JwtVerifier, LocalJwtIdentitySource
 from tests.support.servers import free_port, serving
 

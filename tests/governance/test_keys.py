@@ -12,10 +12,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import create_engine, session_factory
+from sentinel.domain.identity import Identity
+from sentinel.governance.identity import IdentitySource
+from sentinel.domain.plans import Limit
 from sentinel.errors import GovernanceUnavailable
-from sentinel.governance.identity import Identity, IdentitySource
 from sentinel.governance.keys import KeyService, generate_key, hash_key
-from sentinel.governance.plans import PlanLimit, PlanRepository
+from sentinel.governance.plans import PlanRepository
 
 
 class FakeClock:
@@ -151,7 +153,7 @@ async def test_identity_carries_the_users_plan(
 ) -> None:
     _, key = await keys.create_key("user-1")
     plans = PlanRepository(sessions)
-    await plans.set_plan("pro", [PlanLimit("requests", 60, 1000)])
+    await plans.set_plan("pro", [Limit("requests", 60, 1000)])
     await plans.set_user_plan("user-1", "pro")
     identity = await keys.authenticate(key)
     assert identity is not None and identity.plan == "pro"

@@ -11,8 +11,8 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from sentinel.db.models import UsageLedgerRow
+from sentinel.domain.usage import UsageRecord
 from sentinel.governance.ledger import SqlLedger
-from sentinel.quota.records import UsageRecord
 
 T0 = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
 

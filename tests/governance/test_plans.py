@@ -8,16 +8,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from sentinel.domain.plans import Limit, Plan, format_window, parse_limit, parse_limits, parse_window
 from sentinel.errors import NotFound
-from sentinel.governance.plans import (
-    Plan,
-    PlanLimit,
-    PlanRepository,
-    format_window,
-    parse_limit,
-    parse_limits,
-    parse_window,
-)
+from sentinel.governance.plans import PlanRepository
 
 
 @pytest.mark.parametrize(
@@ -47,12 +40,12 @@ def test_format_window_picks_the_largest_unit() -> None:
 
 
 def test_parse_limit() -> None:
-    assert parse_limit("requests=100/1m") == PlanLimit("requests", 60, 100)
-    assert parse_limit(" input_tokens = 50000 / 1d ") == PlanLimit("input_tokens", 86400, 50000)
-    assert str(PlanLimit("output_tokens", 3600, 7)) == "output_tokens=7/1h"
+    assert parse_limit("requests=100/1m") == Limit("requests", 60, 100)
+    assert parse_limit(" input_tokens = 50000 / 1d ") == Limit("input_tokens", 86400, 50000)
+    assert str(Limit("output_tokens", 3600, 7)) == "output_tokens=7/1h"
     assert parse_limits("requests=100/60s, output_tokens=1000/1h,") == [
-        PlanLimit("requests", 60, 100),
-        PlanLimit("output_tokens", 3600, 1000),
+        Limit("requests", 60, 100),
+        Limit("output_tokens", 3600, 1000),
     ]
 
 
@@ -66,11 +59,11 @@ def test_parse_limit_rejects_junk(junk: str) -> None:
 
 def test_plan_limit_validates() -> None:
     with pytest.raises(ValueError):
-        PlanLimit("tokens", 60, 1)  # type: ignore[arg-type]
+        Limit("tokens", 60, 1)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        PlanLimit("requests", 0, 1)
+        Limit("requests", 0, 1)
     with pytest.raises(ValueError):
-        PlanLimit("requests", 60, -1)
+        Limit("requests", 60, -1)
 
 
 @pytest.fixture
@@ -83,25 +76,25 @@ async def test_set_and_get_plan(plans: PlanRepository) -> None:
     await plans.set_plan(
         "pro",
         [
-            PlanLimit("requests", 86400, 10_000),
-            PlanLimit("requests", 60, 100),
-            PlanLimit("input_tokens", 60, 10**12),
+            Limit("requests", 86400, 10_000),
+            Limit("requests", 60, 100),
+            Limit("input_tokens", 60, 10**12),
         ],
     )
     assert await plans.get_plan("pro") == Plan(
         "pro",
         (
-            PlanLimit("input_tokens", 60, 10**12),
-            PlanLimit("requests", 60, 100),
-            PlanLimit("requests", 86400, 10_000),
+            Limit("input_tokens", 60, 10**12),
+            Limit("requests", 60, 100),
+            Limit("requests", 86400, 10_000),
         ),
     )
 
 
 async def test_set_plan_replaces_limits(plans: PlanRepository, db_engine: AsyncEngine) -> None:
-    await plans.set_plan("pro", [PlanLimit("requests", 60, 100), PlanLimit("output_tokens", 3600, 5)])
-    await plans.set_plan("pro", [PlanLimit("requests", 60, 200)])
-    assert await plans.get_plan("pro") == Plan("pro", (PlanLimit("requests", 60, 200),))
+    await plans.set_plan("pro", [Limit("requests", 60, 100), Limit("output_tokens", 3600, 5)])
+    await plans.set_plan("pro", [Limit("requests", 60, 200)])
+    assert await plans.get_plan("pro") == Plan("pro", (Limit("requests", 60, 200),))
     await plans.set_plan("pro", [])
     assert await plans.get_plan("pro") == Plan("pro", ())
     async with db_engine.connect() as conn:
@@ -111,27 +104,27 @@ async def test_set_plan_replaces_limits(plans: PlanRepository, db_engine: AsyncE
 
 async def test_set_plan_rejects_duplicate_limits(plans: PlanRepository) -> None:
     with pytest.raises(ValueError):
-        await plans.set_plan("x", [PlanLimit("requests", 60, 1), PlanLimit("requests", 60, 2)])
+        await plans.set_plan("x", [Limit("requests", 60, 1), Limit("requests", 60, 2)])
     assert await plans.get_plan("x") is None
 
 
 async def test_list_plans(plans: PlanRepository) -> None:
     assert await plans.list_plans() == []
-    await plans.set_plan("zeta", [PlanLimit("requests", 60, 1)])
+    await plans.set_plan("zeta", [Limit("requests", 60, 1)])
     await plans.set_plan("alpha", [])
-    await plans.set_plan("mid", [PlanLimit("requests", 60, 5), PlanLimit("output_tokens", 60, 9)])
+    await plans.set_plan("mid", [Limit("requests", 60, 5), Limit("output_tokens", 60, 9)])
     assert await plans.list_plans() == [
         Plan("alpha", ()),
-        Plan("mid", (PlanLimit("output_tokens", 60, 9), PlanLimit("requests", 60, 5))),
-        Plan("zeta", (PlanLimit("requests", 60, 1),)),
+        Plan("mid", (Limit("output_tokens", 60, 9), Limit("requests", 60, 5))),
+        Plan("zeta", (Limit("requests", 60, 1),)),
     ]
 
 
 async def test_user_plans(plans: PlanRepository, db_engine: AsyncEngine) -> None:
-    await plans.set_plan("pro", [PlanLimit("requests", 60, 100)])
+    await plans.set_plan("pro", [Limit("requests", 60, 100)])
     assert await plans.plan_for_user("newbie") is None
     await plans.set_user_plan("newbie", "pro")  # creates the user
-    assert await plans.plan_for_user("newbie") == Plan("pro", (PlanLimit("requests", 60, 100),))
+    assert await plans.plan_for_user("newbie") == Plan("pro", (Limit("requests", 60, 100),))
     await plans.set_user_plan("newbie", None)
     assert await plans.plan_for_user("newbie") is None
     async with db_engine.connect() as conn:
@@ -150,7 +143,7 @@ async def test_set_user_plan_to_unknown_plan_is_not_found(
 
 
 async def test_deleted_plan_no_longer_applies(plans: PlanRepository) -> None:
-    await plans.set_plan("pro", [PlanLimit("requests", 60, 100)])
+    await plans.set_plan("pro", [Limit("requests", 60, 100)])
     await plans.set_user_plan("u", "pro")
     assert await plans.delete_plan("pro") is True
     assert await plans.delete_plan("pro") is False
@@ -159,7 +152,7 @@ async def test_deleted_plan_no_longer_applies(plans: PlanRepository) -> None:
 
 
 async def test_concurrent_set_plan_leaves_one_complete_version(plans: PlanRepository) -> None:
-    versions = [[PlanLimit("requests", 60, n), PlanLimit("output_tokens", 3600, n * 10)] for n in range(1, 7)]
+    versions = [[Limit("requests", 60, n), Limit("output_tokens", 3600, n * 10)] for n in range(1, 7)]
     await asyncio.gather(*(plans.set_plan("busy", v) for v in versions))
     plan = await plans.get_plan("busy")
     assert plan is not None

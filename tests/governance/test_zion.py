@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from sentinel.backoff import Backoff
+from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
-from sentinel.governance.zion import Backoff, ZionClient, ZionIdentitySource, ZionStatusError
-from sentinel.quota.records import UsageRecord
+from sentinel.governance.zion import ZionClient, ZionIdentitySource, ZionStatusError
 from tests.support.fake_zion import BATCH, LIMITS, ME, FakeZion
 from tests.support.servers import free_port, serving
 

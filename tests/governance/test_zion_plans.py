@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from sentinel.backoff import Backoff
+from sentinel.domain.usage import UsageRecord
 from sentinel.governance.zion import (
-    Backoff,
-    Meter,
+    MetricReading,
     UserLimit,
     ZionClient,
     ZionLimits,
@@ -17,7 +18,6 @@ from sentinel.governance.zion import (
     plan_from_limits,
 )
 from sentinel.quota.limiter import QuotaLimiter
-from sentinel.quota.records import UsageRecord
 from sentinel.store import MemoryStore
 from tests.support.fake_zion import FakeZion
 from tests.support.servers import serving
@@ -25,14 +25,14 @@ from tests.support.servers import serving
 END = datetime(2024, 2, 1, tzinfo=UTC)
 
 
-def limits(period: str | None = "MONTHLY", *, requests: Meter | None = None, **extra: Meter) -> ZionLimits:
-    metrics = {"aiRequests": requests or Meter(100, 40, 60), **extra}
+def limits(period: str | None = "MONTHLY", *, requests: MetricReading | None = None, **extra: MetricReading) -> ZionLimits:
+    metrics = {"aiRequests": requests or MetricReading(100, 40, 60), **extra}
     return ZionLimits("usr_1", "ext-1", (UserLimit("ai_usage", "AI usage", metrics, period, None, END),))
 
 
 def test_each_limited_metric_becomes_a_limit_with_external_usage() -> None:
     plan = plan_from_limits(
-        limits(aiInputTokens=Meter(5000, 1200, 3800), aiOutputTokens=Meter(None, 7, None))
+        limits(aiInputTokens=MetricReading(5000, 1200, 3800), aiOutputTokens=MetricReading(None, 7, None))
     )
     by_metric = {limit.metric: limit for limit in plan.limits}
     assert set(by_metric) == {"requests", "input_tokens"}  # a null limit is unlimited
@@ -56,20 +56,20 @@ def test_the_window_follows_the_reset_period(period: str | None, window: int) ->
 
 
 def test_negative_limits_are_unlimited_and_overdrawn_usage_is_kept() -> None:
-    plan = plan_from_limits(limits(requests=Meter(-1, 5, None), aiInputTokens=Meter(10, 12, -2)))
+    plan = plan_from_limits(limits(requests=MetricReading(-1, 5, None), aiInputTokens=MetricReading(10, 12, -2)))
     (limit,) = plan.limits
     assert limit.metric == "input_tokens" and limit.offset == 12
 
 
 def test_the_snapshot_changes_exactly_when_the_reading_does() -> None:
-    def snapshot(meter: Meter) -> str:
+    def snapshot(meter: MetricReading) -> str:
         (limit,) = plan_from_limits(limits(requests=meter)).limits
         assert limit.external is not None
         return limit.external.snapshot
 
-    assert snapshot(Meter(100, 40, 60)) == snapshot(Meter(100, 40, 60))
-    assert snapshot(Meter(100, 40, 60)) != snapshot(Meter(100, 41, 59))
-    assert snapshot(Meter(100, 40, 60)) != snapshot(Meter(200, 40, 160))
+    assert snapshot(MetricReading(100, 40, 60)) == snapshot(MetricReading(100, 40, 60))
+    assert snapshot(MetricReading(100, 40, 60)) != snapshot(MetricReading(100, 41, 59))
+    assert snapshot(MetricReading(100, 40, 60)) != snapshot(MetricReading(200, 40, 160))
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def fake() -> Iterator[FakeZion]:
 
 @pytest.fixture
 async def client(fake: FakeZion) -> AsyncIterator[ZionClient]:
-    zion = ZionClient(fake.url, fake.api_key, timeout=1.0, backoff=Backoff(3, 0.01, 0.05))
+    zion = ZionClient(fake.url, fake.api_key, timeout=1.0, backoff=Backoff(base=0.01, cap=0.05, attempts=3))
     yield zion
     await zion.aclose()
 

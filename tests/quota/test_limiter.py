@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from sentinel.domain.plans import ExternalUsage, Limit, Plan, parse_plan_spec
 from sentinel.quota.limiter import QuotaLimiter, Reservation
-from sentinel.quota.limits import ExternalUsage, Limit, Plan, parse_plan_spec
 from sentinel.quota.local_limiter import LocalLimiter
 from sentinel.store import Store
 

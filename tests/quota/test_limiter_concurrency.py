@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from sentinel.domain.plans import parse_plan_spec
 from sentinel.quota.limiter import QuotaLimiter
-from sentinel.quota.limits import parse_plan_spec
 from sentinel.store import MemoryStore, Store
 from sentinel.store.redis import RedisStore
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from sentinel.domain.plans import ExternalUsage, Limit, Plan, parse_plan_spec
 from sentinel.errors import RateLimited
-from sentinel.quota.limits import Decision, ExternalUsage, Limit, LimitState, Plan, parse_plan_spec
+from sentinel.quota.decision import Decision, LimitState
 
 
 def test_parse_plan_spec_units() -> None:
@@ -22,6 +23,8 @@ def test_parse_plan_spec_units() -> None:
     assert parse_plan_spec("requests=1/1h").limits == (Limit("requests", 3600, 1),)
     assert parse_plan_spec("requests=1/30").limits == (Limit("requests", 30, 1),)
     assert parse_plan_spec("").limits == ()
+    # One window grammar for the CLI and DEFAULT_PLAN: weeks too.
+    assert parse_plan_spec("requests=10/2w").limits == (Limit("requests", 14 * 86400, 10),)
 
 
 @pytest.mark.parametrize(
@@ -31,7 +34,7 @@ def test_parse_plan_spec_units() -> None:
         "tokens=5/60s",
         "requests=-1/60s",
         "requests=10/0s",
-        "requests=10/5w",
+        "requests=10/5y",
         "requests=1/60s,,x",
     ],
 )
@@ -85,7 +88,11 @@ def test_denied_decision_shows_the_limit_hit() -> None:
     assert isinstance(error, RateLimited) and error.status == 429 and error.code == "quota_exceeded"
     assert error.headers["Retry-After"] == "61"
     assert "100 requests per 1m" in error.message
-    assert error.details == {"metric": "requests", "window_seconds": 60, "limit": 100}
+    # The original's 429 details (limit, used, remaining, reset_at) plus which limit it was.
+    assert error.details == {
+        "metric": "requests", "window_seconds": 60, "limit": 100, "used": 100, "requested": 1, "remaining": 0,
+        "reset_at": "1970-01-01T00:17:40+00:00",
+    }
 
 
 def test_oversized_request_is_said_so_and_has_no_retry() -> None:

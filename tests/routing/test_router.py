@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from sentinel.config import SessionFailover, TierModelEntry
+from sentinel.domain.identity import Identity
+from sentinel.domain.policies import SessionFailover
+from sentinel.domain.tiers import TierModelEntry
 from sentinel.errors import StoreUnavailable
-from sentinel.governance.identity import Identity
 from sentinel.native import ChatRequest, parse_chat_request
 from sentinel.observability.metrics import Metrics
 from sentinel.routing.health import ProviderHealth

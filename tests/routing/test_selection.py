@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from sentinel.config import TierModelEntry
+from sentinel.domain.tiers import TierModelEntry
 from sentinel.routing.selection import WeightedSelector, probabilities
 
 ENTRIES = [

@@ -1,16 +1,47 @@
-"""An OpenAI-compatible upstream (OpenAI itself, or xAI, Groq, vLLM, Ollama, the mock): raw forwarding.
+"""OpenAI's wire format: the native chat provider and the raw OpenAI-compatible relay.
 
-The client's credentials and hop-by-hop headers never leave Sentinel; the provider key is injected
+Any OpenAI-compatible base URL works (OpenAI itself, xAI, Groq, vLLM, Ollama, the mock). The
+client's credentials and hop-by-hop headers never leave Sentinel; the provider key is injected
 here and nowhere else, and it is never logged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
+from sentinel.native import ChatRequest, ProviderReply
+from sentinel.native.openai import build_openai_request, parse_openai_response
+from sentinel.native.stream import OpenAIStreamNormalizer, StreamNormalizer
+from sentinel.providers.chat import ChatProvider
 from sentinel.providers.http import UpstreamResponse, send
+
+
+class OpenAIChatProvider(ChatProvider):
+    """OpenAI chat completions (and any OpenAI-compatible base URL)."""
+
+    kind = "openai"
+
+    def headers(self) -> dict[str, str]:
+        h = {"content-type": "application/json", "accept-encoding": "identity"}
+        if self.spec.api_key:
+            h["authorization"] = f"Bearer {self.spec.api_key}"
+        return h
+
+    def url(self) -> str:
+        return self.spec.base_url + "/chat/completions"
+
+    def body(self, req: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
+        return build_openai_request(req, model, stream=stream)
+
+    def parse(self, body: Any, tier: str) -> ProviderReply:
+        return parse_openai_response(body, provider=self.name, tier=tier)  # type: ignore[arg-type]
+
+    def normalizer(self) -> StreamNormalizer:
+        return OpenAIStreamNormalizer(provider=self.name)
+
 
 # Request headers never forwarded: credentials, hop-by-hop, and those the client library sets for
 # its own connection (aiohttp recomputes length/host; encoding is pinned so usage can be read).

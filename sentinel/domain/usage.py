@@ -1,14 +1,25 @@
-"""The usage record: what one finished request consumed, keyed by its request id (exactly-once)."""
+"""Usage: the tokens one request consumed (`Usage`) and its ledger record (`UsageRecord`).
+
+A record is keyed by its request id, which makes recording it idempotent in every ledger.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 UsageSource = Literal["measured", "estimated"]
-USAGE_SOURCES: tuple[str, ...] = ("measured", "estimated")
+USAGE_SOURCES: tuple[UsageSource, ...] = get_args(UsageSource)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens a provider reported (or Sentinel counted) for one request."""
+
+    input_tokens: int
+    output_tokens: int
 
 
 def _utc(value: datetime) -> datetime:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from sentinel.providers.chat import provider_error
+from sentinel.providers.errors import upstream_error
 
 
 def body(message: str, code: str = "") -> bytes:
@@ -30,7 +30,7 @@ def body(message: str, code: str = "") -> bytes:
 )
 def test_status_mapping(status: int, raw: bytes, headers: list[tuple[str, str]], expected_status: int,
                         expected_code: str) -> None:
-    err = provider_error("openai", status, raw, headers)
+    err = upstream_error("openai", status, raw, headers)
     assert (err.status, err.code, err.provider) == (expected_status, expected_code, "openai")
     if status == 429:
         assert err.headers["Retry-After"] == "7"

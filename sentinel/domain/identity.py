@@ -1,0 +1,54 @@
+"""Who is calling: the identity every authenticated request carries, whatever its source."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated caller.
+
+    `external_id` is the stable user id quotas, sessions and usage are keyed by; `email` is what
+    Zion's usage endpoints are keyed by; `source` says which identity source vouched for it.
+    `expires_at` (unix seconds) is when the credential itself stops being valid (a JWT's `exp`),
+    None for credentials without an expiry (API keys): no cache may serve it past that moment.
+    """
+
+    external_id: str
+    user_id: str
+    email: str | None = None
+    source: str = "api_key"
+    key_id: str | None = None
+    plan: str | None = None
+    expires_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict (JSON-serialisable)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Identity:
+        """The inverse of `to_json`; raises ValueError when `data` is not an identity."""
+        if not isinstance(data, dict):
+            raise ValueError("an identity must be a JSON object")
+        external_id, user_id = data.get("external_id"), data.get("user_id")
+        if not isinstance(external_id, str) or not external_id or not isinstance(user_id, str):
+            raise ValueError("an identity needs string external_id and user_id")
+        expires_at = data.get("expires_at")
+        if expires_at is not None and not isinstance(expires_at, int | float):
+            raise ValueError("expires_at must be a number")
+        return cls(
+            external_id=external_id,
+            user_id=user_id,
+            email=_opt_str(data.get("email")),
+            source=_opt_str(data.get("source")) or "api_key",
+            key_id=_opt_str(data.get("key_id")),
+            plan=_opt_str(data.get("plan")),
+            expires_at=None if expires_at is None else float(expires_at),
+        )
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

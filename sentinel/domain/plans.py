@@ -1,0 +1,145 @@
+"""Plans and limits: what a user may consume, per metric and fixed window. Pure data, no I/O.
+
+A `Plan` is a named set of `Limit`s, each one metric (`requests`, `input_tokens`,
+`output_tokens`) over one fixed window aligned to the Unix epoch. Operators write limits as
+`requests=100/1m` and windows as `90s`, `1m`, `1h`, `1d`, `30d`, `2w` (one grammar, here).
+
+A limit may carry `ExternalUsage` (Zion mode): usage an outside system had already counted when
+it was read; the limit is then enforced as `external.used + admitted since that reading + request`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal, Protocol, cast, get_args
+
+from sentinel.domain.identity import Identity
+
+Metric = Literal["requests", "input_tokens", "output_tokens"]
+METRICS: tuple[Metric, ...] = get_args(Metric)
+
+_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_WINDOW = re.compile(r"(\d+)([smhdw]?)")
+_LIMIT = re.compile(r"\s*(\w+)\s*=\s*(\d+)\s*/\s*(\S+)\s*")
+_SNAPSHOT = re.compile(r"[\w.\-]{1,64}")
+
+
+def parse_window(text: str) -> int:
+    """Seconds in a window written `90s`, `1m`, `1h`, `1d`, `30d`, `2w` or bare seconds; ValueError on junk."""
+    match = _WINDOW.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"invalid window {text!r}: expected a number and a unit s, m, h, d or w, e.g. 1h")
+    seconds = int(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds <= 0:
+        raise ValueError(f"invalid window {text!r}: must be longer than zero")
+    return seconds
+
+
+def format_window(seconds: int) -> str:
+    """The shortest `parse_window` spelling of `seconds` (3600 -> `1h`, 90 -> `90s`)."""
+    for unit, size in _UNITS.items():
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"  # pragma: no cover - "s" always divides
+
+
+@dataclass(frozen=True)
+class ExternalUsage:
+    """What an external source (Zion) reported as already used for one limit.
+
+    `snapshot` identifies that reading (a short token without spaces, e.g. a hash of the fetch);
+    `resets_at` is when the external period ends (unix seconds), None when unknown or never.
+    """
+
+    used: int
+    snapshot: str
+    resets_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most `limit` units of `metric` per fixed `window_seconds` window.
+
+    With `external`, `window_seconds` is how long one reading's local count is kept (at least the
+    time the reading is cached) and the limit resets when `external.resets_at` says.
+    """
+
+    metric: Metric
+    window_seconds: int
+    limit: int
+    external: ExternalUsage | None = None
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown quota metric {self.metric!r}; expected one of {', '.join(METRICS)}")
+        if isinstance(self.window_seconds, bool) or not isinstance(self.window_seconds, int) or self.window_seconds <= 0:
+            raise ValueError("a quota window must be a whole number of seconds, at least 1")
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 0:
+            raise ValueError("a quota limit must be a non-negative integer")
+        if self.external is not None and not _SNAPSHOT.fullmatch(self.external.snapshot):
+            raise ValueError("an external snapshot id must be 1-64 characters of [A-Za-z0-9_.-]")
+
+    @property
+    def offset(self) -> int:
+        """Usage counted elsewhere that this limit must include."""
+        return self.external.used if self.external is not None else 0
+
+    def describe(self) -> str:
+        """e.g. `100 requests per 1m`."""
+        return f"{self.limit} {self.metric.replace('_', ' ')} per {format_window(self.window_seconds)}"
+
+    def __str__(self) -> str:
+        """The operator's spelling, e.g. `requests=100/1m` (what `parse_limit` reads)."""
+        return f"{self.metric}={self.limit}/{format_window(self.window_seconds)}"
+
+
+def parse_limit(text: str) -> Limit:
+    """`requests=100/1m` -> Limit('requests', 60, 100); ValueError on junk."""
+    match = _LIMIT.fullmatch(text)
+    if match is None:
+        raise ValueError(f"invalid limit {text.strip()!r}: expected METRIC=LIMIT/WINDOW, e.g. requests=100/1m")
+    metric, limit, window = match.groups()
+    if metric not in METRICS:
+        raise ValueError(f"unknown quota metric {metric!r}; expected one of {', '.join(METRICS)}")
+    return Limit(cast(Metric, metric), parse_window(window), int(limit))
+
+
+def parse_limits(text: str) -> list[Limit]:
+    """Comma-separated `parse_limit` items: `requests=100/1m,input_tokens=100000/1d`."""
+    return [parse_limit(item) for item in text.split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A named set of limits; each (metric, window) pair at most once (per external reading)."""
+
+    name: str
+    limits: tuple[Limit, ...] = ()
+
+    def __post_init__(self) -> None:
+        seen: set[tuple[str, int, str | None]] = set()
+        for limit in self.limits:
+            ident = (limit.metric, limit.window_seconds, limit.external.snapshot if limit.external else None)
+            if ident in seen:
+                raise ValueError(f"plan {self.name!r} has two {limit.metric} limits over the same window")
+            seen.add(ident)
+
+    def spec(self) -> str:
+        """The plan's limits in the operator's spelling, e.g. `requests=100/1m,output_tokens=5000/1d`."""
+        return ",".join(str(limit) for limit in self.limits)
+
+
+def parse_plan_spec(spec: str, name: str = "default") -> Plan:
+    """A plan from `requests=100/60s,input_tokens=100000/1d`; an empty spec has no limits."""
+    return Plan(name, tuple(parse_limits(spec)))
+
+
+class PlanSource(Protocol):
+    """Where a user's plan comes from (the built-in database, Zion, a cache in front of either)."""
+
+    name: str
+
+    async def plan_for(self, identity: Identity) -> Plan:
+        """The plan to enforce; raises GovernanceUnavailable when the source cannot be asked."""
+        ...

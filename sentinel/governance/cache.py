@@ -1,0 +1,133 @@
+"""A store-backed cache of governance answers (identities, plans) with a stale-while-down grace.
+
+An entry is *fresh* until `fresh_until`; after that it is kept `grace` seconds longer and served
+only while its source is unreachable, so a governance outage does not log everyone out or lift
+their limits. An entry never outlives `not_after` when the value carries one (a JWT's `exp`).
+
+Each process also keeps a copy of fresh entries for at most `local_ttl` seconds (never past the
+stored freshness), sparing a store round trip per request under load; and decoded values are
+memoised by their stored bytes. An entry that cannot be decoded (another version's format,
+corruption) is a miss: logged, counted, and overwritten by the next answer, never an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import orjson
+
+from sentinel.errors import StoreUnavailable
+from sentinel.observability.metrics import Metrics
+from sentinel.store import Store
+
+log = logging.getLogger("sentinel.cache")
+
+T = TypeVar("T")
+_MAX_LOCAL = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Cached(Generic[T]):
+    """A cache hit: the value (None for a remembered "no such thing") and whether it is fresh."""
+
+    value: T | None
+    fresh: bool
+
+
+class GovernanceCache(Generic[T]):
+    """Entries under `<prefix><key>`, encoded as `{"v": <encoded value or null>, "fresh_until": ts}`."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        name: str,
+        prefix: str,
+        encode: Callable[[T], Any],
+        decode: Callable[[Any], T],
+        ttl: float,
+        grace: float,
+        clock: Callable[[], float] = time.time,
+        local_ttl: float = 0.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.prefix = prefix
+        self.encode = encode
+        self.decode = decode
+        self.ttl = ttl
+        self.grace = grace
+        self.clock = clock
+        self.local_ttl = local_ttl
+        self.metrics = metrics
+        self._local: dict[str, tuple[Cached[T], float]] = {}
+        self._decoded: dict[bytes, tuple[T | None, float]] = {}
+
+    def _count(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.child(self.metrics.cache_lookups, self.name, result).inc()
+
+    async def get(self, key: str) -> Cached[T] | None:
+        """The entry for `key` (fresh or stale), or None when there is none (or it is unreadable)."""
+        now = self.clock()
+        local = self._local.get(key)
+        if local is not None and now < local[1]:
+            self._count("local_hit")
+            return local[0]
+        try:
+            raw = await self.store.get(self.prefix + key)
+        except StoreUnavailable:
+            self._count("store_error")
+            return None
+        if raw is None:
+            self._count("miss")
+            return None
+        try:
+            value, fresh_until = self._decode(raw)
+        except (ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
+            self._count("undecodable")
+            log.warning("ignoring an undecodable %s cache entry", self.name, extra={"error": str(exc)[:200]})
+            return None
+        fresh = now < fresh_until
+        self._count("hit" if fresh else "stale")
+        entry = Cached(value, fresh)
+        if fresh and self.local_ttl > 0:
+            if len(self._local) >= _MAX_LOCAL:
+                self._local.clear()
+            self._local[key] = (entry, min(fresh_until, now + self.local_ttl))
+        return entry
+
+    def _decode(self, raw: bytes) -> tuple[T | None, float]:
+        hit = self._decoded.get(raw)
+        if hit is None:
+            data = orjson.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("cache entry is not an object")
+            encoded = data["v"]
+            hit = (None if encoded is None else self.decode(encoded), float(data["fresh_until"]))
+            if len(self._decoded) >= _MAX_LOCAL:
+                self._decoded.clear()
+            self._decoded[raw] = hit
+        return hit
+
+    async def put(self, key: str, value: T | None, *, ttl: float | None = None, not_after: float | None = None) -> None:
+        """Remember `value` (None: "there is no such thing") fresh for `ttl` (default: the cache's),
+        kept `grace` longer for outages, and never past `not_after`. A store outage is logged only."""
+        now = self.clock()
+        fresh_until = now + (self.ttl if ttl is None else ttl)
+        keep_until = fresh_until + (self.grace if value is not None else 0.0)
+        if not_after is not None:
+            fresh_until, keep_until = min(fresh_until, not_after), min(keep_until, not_after)
+        self._local.pop(key, None)
+        if keep_until <= now:
+            return
+        entry = {"v": None if value is None else self.encode(value), "fresh_until": fresh_until}
+        try:
+            await self.store.set(self.prefix + key, orjson.dumps(entry), keep_until - now)
+        except StoreUnavailable:
+            log.warning("could not cache a %s entry: store unavailable", self.name)

@@ -1,0 +1,77 @@
+"""Upstream error answers mapped to Sentinel errors: the one place that reads a provider's error body.
+
+Both surfaces use the same mapping (documented in the README's error table):
+- 401/403: Sentinel's own provider credentials were refused -> 502 `provider_auth_error`, with a
+  generic message (a provider's message can quote the tail of the key);
+- 429 -> 429 `provider_rate_limited`, with the provider's Retry-After when it sent one;
+- other 4xx: the request was refused. The native API answers 400 (`context_length_exceeded` or
+  `provider_rejected_request`); the OpenAI-compatible `/v1` surface relays the provider's status,
+  type, code and message (`relay_client_errors=True`) so the official SDKs raise their own errors;
+- 5xx -> 502 `provider_error`.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from sentinel.errors import InvalidRequest, RateLimited, SentinelError, UpstreamStatusError
+
+_CONTEXT_HINTS = ("context_length_exceeded", "context length", "prompt is too long", "maximum context", "too many tokens")
+_MAX_MESSAGE = 500
+
+
+def upstream_error(
+    provider: str,
+    status: int,
+    raw: bytes,
+    headers: list[tuple[str, str]],
+    *,
+    relay_client_errors: bool = False,
+) -> SentinelError:
+    """The Sentinel error for an upstream error answer (`status` >= 400)."""
+    message, code, err_type = _error_fields(raw)
+    retry_after = next((v for k, v in headers if k.lower() == "retry-after"), None)
+    if status in (401, 403):
+        return UpstreamStatusError(
+            f"Provider {provider} rejected Sentinel's credentials (HTTP {status}); check the provider configuration",
+            upstream_status=status, code="provider_auth_error", provider=provider,
+        )
+    if status == 429:
+        seconds = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
+        return RateLimited(
+            f"Provider {provider} is rate limiting: {message}", code="provider_rate_limited",
+            retry_after=seconds, provider=provider,
+        )
+    if 400 <= status < 500:
+        if relay_client_errors:
+            return SentinelError(
+                message, status=status, code=code or "provider_rejected_request",
+                error_type=err_type or "invalid_request_error", provider=provider,
+            )
+        if status in (400, 413, 422) and any(h in f"{message} {code}".lower() for h in _CONTEXT_HINTS):
+            return InvalidRequest(f"Context too long for the selected model: {message}",
+                                  code="context_length_exceeded", provider=provider)
+        return InvalidRequest(f"Provider {provider} rejected the request: {message}",
+                              code="provider_rejected_request", provider=provider)
+    return UpstreamStatusError(
+        f"Provider {provider} failed with HTTP {status}: {message}", upstream_status=status,
+        code="provider_error", provider=provider,
+    )
+
+
+def _error_fields(raw: bytes) -> tuple[str, str, str]:
+    """(message, code, type) of an OpenAI- or Anthropic-shaped error body, tolerant of anything."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return (raw[:200].decode("utf-8", "replace").strip() or "no details", "", "")
+    err = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(err, dict):
+        return "no details", "", ""
+    message = err.get("message")
+    code, err_type = err.get("code"), err.get("type")
+    return (
+        str(message)[:_MAX_MESSAGE] if message else "no details",
+        code if isinstance(code, str) else "",
+        err_type if isinstance(err_type, str) else "",
+    )

@@ -1,0 +1,132 @@
+"""Quota decisions: what one reservation attempt found for every limit of a plan. Pure, no I/O.
+
+Every limit (see `sentinel.domain.plans`) is counted separately, so a request limit never shares
+a counter with a token limit. A limit with `ExternalUsage` (Zion mode) is enforced as
+`external.used + admitted_locally_since_that_reading + request <= limit`; the local count restarts
+with every new reading (`snapshot`), because the next reading includes what was reported since.
+
+The rule for every limit: a request is admitted only when `used + amount <= limit` (and when
+`amount` is 0, only while `used < limit`: an exhausted limit admits nothing). A request whose own
+amount exceeds a limit is denied outright (`Decision.oversized`): no window reset can help it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sentinel.domain.plans import Limit
+from sentinel.errors import RateLimited
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """One limit as seen by one decision: its usage (after the request when admitted)."""
+
+    limit: Limit
+    used: int
+    requested: int
+    reset_at: float
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit.limit - self.used)
+
+    @property
+    def fraction_left(self) -> float:
+        return self.remaining / self.limit.limit if self.limit.limit else 0.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one reservation attempt.
+
+    `limit`, `remaining` and `reset_at` describe the limit shown to the client: the one that
+    denied the request, else the tightest one (smallest fraction left). `retry_after` (seconds)
+    is set only when denied and a later window can admit the request.
+    """
+
+    allowed: bool
+    limited_by: Limit | None
+    limit: int | None
+    remaining: int | None
+    reset_at: float | None
+    retry_after: float | None
+    states: tuple[LimitState, ...] = ()
+    oversized: bool = False
+
+    @classmethod
+    def from_states(cls, states: tuple[LimitState, ...], denied: int | None, now: float) -> Decision:
+        """Build a decision; `denied` is the index of the limit that refused, None when admitted."""
+        if denied is not None:
+            shown = states[denied]
+            oversized = shown.requested > shown.limit.limit
+            retry = None if oversized else max(0.0, shown.reset_at - now)
+            return cls(
+                False,
+                shown.limit,
+                shown.limit.limit,
+                shown.remaining,
+                shown.reset_at,
+                retry,
+                states,
+                oversized,
+            )
+        if not states:
+            return cls(True, None, None, None, None, None)
+        shown = min(states, key=lambda s: (s.fraction_left, s.reset_at))
+        return cls(True, None, shown.limit.limit, shown.remaining, shown.reset_at, None, states)
+
+    @property
+    def message(self) -> str:
+        """A human-readable reason for a denial."""
+        if self.allowed or self.limited_by is None:
+            return "allowed"
+        limit, state = self.limited_by, next(s for s in self.states if s.limit == self.limited_by)
+        if self.oversized:
+            return (
+                f"This request alone needs {state.requested} {limit.metric.replace('_', ' ')}, "
+                f"more than the quota of {limit.describe()}; it can never be admitted as is."
+            )
+        return f"Quota exceeded: {limit.describe()}. Retry in {_ceil(self.retry_after or 0)}s."
+
+    def headers(self) -> dict[str, str]:
+        """`X-RateLimit-Limit/Remaining/Reset` (reset as unix seconds) and, when denied, `Retry-After`."""
+        if self.limit is None or self.remaining is None or self.reset_at is None:
+            return {}
+        out = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(math.ceil(self.reset_at)),
+        }
+        if not self.allowed and self.retry_after is not None:
+            out["Retry-After"] = str(_ceil(self.retry_after))
+        return out
+
+    def to_error(self) -> RateLimited:
+        """The 429 to raise for a denial; `details` name the limit that was hit and its state."""
+        limit = self.limited_by
+        details = None
+        if limit is not None:
+            state = next(s for s in self.states if s.limit == limit)
+            details = {
+                "metric": limit.metric,
+                "window_seconds": limit.window_seconds,
+                "limit": limit.limit,
+                "used": state.used,
+                "requested": state.requested,
+                "remaining": state.remaining,
+                "reset_at": datetime.fromtimestamp(state.reset_at, UTC).isoformat(timespec="seconds"),
+            }
+        return RateLimited(
+            self.message,
+            code="quota_exceeded",
+            retry_after=self.retry_after,
+            headers=self.headers(),
+            details=details,
+        )
+
+
+def _ceil(seconds: float) -> int:
+    return max(1, math.ceil(seconds))

@@ -1,0 +1,73 @@
+"""Retry once before the first byte: which failures count against a provider, and the retry loop.
+
+A request whose chosen candidate fails with a provider failure (5xx, timeout, connection error,
+provider 429) is recorded against that candidate's health and, when the router allows it (see
+`TierRouter.alternative`), sent once more to another healthy candidate of the tier. A client's
+own error (4xx) and a refusal of Sentinel's credentials never count against a provider's health.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sentinel.domain.identity import Identity
+from sentinel.errors import RateLimited, SentinelError, UpstreamError
+from sentinel.providers.chat import ChatProvider
+from sentinel.routing.router import RouteChoice, TierRouter
+
+T = TypeVar("T")
+
+
+def is_provider_failure(exc: SentinelError) -> bool:
+    """Errors that say the provider is unhealthy (not that the request was bad)."""
+    if isinstance(exc, RateLimited):
+        return exc.code == "provider_rate_limited"
+    return isinstance(exc, UpstreamError) and exc.code != "provider_auth_error"
+
+
+@dataclass(frozen=True)
+class Attempt(Generic[T]):
+    """The answer, and the choice and provider that gave it (after a retry, not the first choice)."""
+
+    result: T
+    choice: RouteChoice
+    provider: ChatProvider
+
+
+class Failover:
+    """Calls the chosen provider, retrying once on another candidate when a provider failure allows it."""
+
+    def __init__(self, router: TierRouter, providers: dict[str, ChatProvider]) -> None:
+        self.router = router
+        self.providers = providers
+
+    async def call(
+        self,
+        identity: Identity,
+        choice: RouteChoice,
+        wire: dict[str, Any],
+        *,
+        translate: Callable[[RouteChoice], dict[str, Any]],
+        send: Callable[[ChatProvider, dict[str, Any], RouteChoice], Awaitable[T]],
+        on_attempt: Callable[[RouteChoice], None] | None = None,
+    ) -> Attempt[T]:
+        """`send` the translated `wire` body; on a retryable failure, translate for the alternative,
+        commit the session to it and send again. Raises the last failure."""
+        while True:
+            provider = self.providers[choice.provider]
+            if on_attempt is not None:
+                on_attempt(choice)
+            try:
+                return Attempt(await send(provider, wire, choice), choice, provider)
+            except SentinelError as exc:
+                if not is_provider_failure(exc):
+                    raise
+                await self.router.report(choice, ok=False)
+                alternative = None if choice.tried else await self.router.alternative(choice)
+                if alternative is None:
+                    raise
+                wire = translate(alternative)
+                await self.router.commit(identity, alternative)
+                choice = alternative

@@ -1,0 +1,87 @@
+"""What a service reports about one request, and what it answers, in transport-neutral form."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+Headers = list[tuple[str, str]]
+
+
+@dataclass
+class Exchange:
+    """Facts a service fills in while serving one request (the transport renders and logs them).
+
+    `usage_id` is the request's ledger key; `headers` are extra response headers (rate limits,
+    `X-Sentinel-*`); `upstream_status` stays None when no upstream answered.
+    """
+
+    usage_id: str
+    provider: str | None = None
+    upstream_seconds: float = 0.0
+    upstream_status: int | None = None
+    external_id: str | None = None
+    headers: Headers = field(default_factory=list)
+
+
+@dataclass
+class Reply:
+    """A complete answer."""
+
+    status: int
+    body: bytes
+    headers: Headers
+
+
+@dataclass
+class StreamReply:
+    """A streamed answer: `chunks` are relayed as they come; `on_close(disconnected)` runs once at the end."""
+
+    status: int
+    headers: Headers
+    chunks: AsyncIterator[bytes]
+    on_close: Callable[[bool], Awaitable[None]] | None = None
+
+
+@dataclass
+class Ending:
+    """How a metered stream ended: the status its usage is recorded with and its last bytes."""
+
+    status: int = 200
+    last: bytes = b""
+
+
+class MeteredStream:
+    """A stream whose usage record is durable before the client sees its end.
+
+    `produce(ending)` yields the body and fills in `ending` (status, final bytes such as `[DONE]`
+    or an error event); then `settle(status)` runs — shielded, so a client leaving at that moment
+    cannot cancel the write halfway — and only then the final bytes are sent. A client that leaves
+    earlier is settled by `on_close` with 499. `settle` must be idempotent (the meter's is).
+    """
+
+    def __init__(
+        self,
+        produce: Callable[[Ending], AsyncIterator[bytes]],
+        settle: Callable[[int], Awaitable[None]],
+        on_end: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._produce = produce
+        self._settle = settle
+        self._on_end = on_end
+        self.ending = Ending()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, then (after the usage record is stored) the final bytes."""
+        async for chunk in self._produce(self.ending):
+            yield chunk
+        await asyncio.shield(self._settle(self.ending.status))
+        if self.ending.last:
+            yield self.ending.last
+
+    async def on_close(self, disconnected: bool) -> None:
+        """Settle a stream the client left (499) or that ended without reaching its end; then `on_end`."""
+        await self._settle(499 if disconnected else self.ending.status)
+        if self._on_end is not None:
+            await self._on_end()

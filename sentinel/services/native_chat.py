@@ -1,0 +1,150 @@
+"""The native chat use case: one chat format, any provider, chosen by tier.
+
+Order: route (read-only) -> translate -> commit the session -> quota -> upstream (retried once
+before the first byte when allowed) -> unified response or stream -> usage. A request refused for
+any reason before the upstream call changes no session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from sentinel.domain.identity import Identity
+from sentinel.domain.usage import Usage
+from sentinel.errors import InvalidRequest, SentinelError, UpstreamError
+from sentinel.native import ChatRequest, NativeValidationError, StreamError, TranslationError
+from sentinel.native.responses import Usage as WireUsage
+from sentinel.native.stream import DONE, render_chunk, render_error_event
+from sentinel.providers.chat import ChatProvider, Completion, ProviderStream
+from sentinel.quota.meter import Admission, Meter
+from sentinel.quota.tokens import TokenCounter
+from sentinel.routing.failover import Failover
+from sentinel.routing.router import RouteChoice, TierRouter
+from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
+
+SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-accel-buffering", "no")]
+
+
+class NativeChat:
+    """Serves native chat requests over the tier router, the meter and the chat providers."""
+
+    def __init__(
+        self, router: TierRouter, providers: dict[str, ChatProvider], meter: Meter, counter: TokenCounter
+    ) -> None:
+        self.router = router
+        self.providers = providers
+        self.meter = meter
+        self.counter = counter
+        self.failover = Failover(router, providers)
+
+    async def chat(self, ex: Exchange, identity: Identity, req: ChatRequest) -> Reply | StreamReply:
+        """Serve one validated request."""
+        choice = await self.router.decide(identity, req)
+        wire = self._translate(req, choice)
+        # Admission before the session write: a request the quota refuses changes no session.
+        admission = await self.meter.admit(
+            identity, endpoint="native", model=choice.model, payload=_estimate_payload(req), request_id=ex.usage_id
+        )
+        ex.headers.extend(admission.headers.items())
+
+        def on_attempt(attempt: RouteChoice) -> None:
+            admission.model = attempt.model
+            admission.prices = attempt.entry.prices
+            ex.provider = attempt.provider
+
+        try:
+            chosen = (choice.provider, choice.model)
+            await self.router.commit(identity, choice)
+            if (choice.provider, choice.model) != chosen:
+                wire = self._translate(req, choice)  # a concurrent first turn won: follow its model
+            if req.stream:
+                streamed = await self.failover.call(
+                    identity, choice, wire, translate=lambda c: self._translate(req, c),
+                    send=lambda p, body, c: p.open_stream_body(body), on_attempt=on_attempt,
+                )
+                return self._stream(ex, streamed.result, streamed.choice, admission)
+            completed = await self.failover.call(
+                identity, choice, wire, translate=lambda c: self._translate(req, c),
+                send=lambda p, body, c: p.complete_body(body, c.tier), on_attempt=on_attempt,
+            )
+        except SentinelError:
+            await self.meter.release(admission)
+            raise
+        return await self._complete(ex, completed.result, completed.choice, admission)
+
+    def _translate(self, req: ChatRequest, choice: RouteChoice) -> dict[str, Any]:
+        provider = self.providers[choice.provider]
+        try:
+            return provider.body(req, choice.model, stream=req.stream)
+        except (NativeValidationError, TranslationError) as exc:
+            raise InvalidRequest(exc.message, provider=choice.provider) from None
+
+    async def _complete(self, ex: Exchange, done: Completion, choice: RouteChoice, admission: Admission) -> Reply:
+        ex.upstream_seconds += done.upstream_seconds
+        ex.upstream_status = 200
+        await self.router.report(choice, ok=True)
+        reply = done.reply
+        text = reply.text()
+        usage = reply.usage
+        await self.meter.settle(
+            admission,
+            usage=None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens),
+            output_text=text, status=200, provider=choice.provider,
+        )
+        if usage is None:
+            estimated_out = self.counter.count_text(text, choice.model) if text else 0
+            usage = WireUsage.of(admission.estimate_input, estimated_out)
+        body = orjson.dumps(reply.to_response(usage).to_dict())
+        return Reply(200, body, [("content-type", "application/json"), *_choice_headers(choice)])
+
+    def _stream(self, ex: Exchange, stream: ProviderStream, choice: RouteChoice, admission: Admission) -> StreamReply:
+        ex.upstream_seconds = stream.upstream_seconds
+        ex.upstream_status = stream.upstream.status
+        router, meter = self.router, self.meter
+
+        async def produce(ending: Ending) -> AsyncIterator[bytes]:
+            try:
+                async for chunk in stream.events():
+                    yield render_chunk(chunk)
+                if stream.usage is not None:
+                    yield render_chunk(stream.normalizer.usage_chunk(stream.usage))
+                ending.last = DONE
+                await router.report(choice, ok=True)
+            except (StreamError, UpstreamError) as exc:
+                ending.status = 502
+                code = exc.code if isinstance(exc, StreamError) else "connection_closed"
+                # Not a health failure: the provider answered; one broken stream must not take a
+                # single-model tier down for 30 s (only failures before the first byte count).
+                ending.last = render_error_event(exc.message, "stream_error", code)
+
+        async def settle(status: int) -> None:
+            usage = stream.usage
+            await meter.settle(
+                admission,
+                usage=None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens),
+                output_text=stream.normalizer.text,
+                status=status,
+                provider=choice.provider,
+            )
+
+        metered = MeteredStream(produce, settle)
+        return StreamReply(200, [*SSE_HEADERS, *_choice_headers(choice)], metered.chunks(), metered.on_close)
+
+
+def _choice_headers(choice: RouteChoice) -> list[tuple[str, str]]:
+    return [("x-sentinel-tier", choice.tier), ("x-sentinel-provider", choice.provider),
+            ("x-sentinel-model", choice.model)]
+
+
+def _estimate_payload(req: ChatRequest) -> dict[str, Any]:
+    """The request as plain JSON for token estimation (tool-call arguments as strings)."""
+    data = req.to_dict()
+    for message in data.get("messages", []):
+        for call in message.get("tool_calls") or []:
+            fn = call.get("function") or {}
+            if not isinstance(fn.get("arguments"), str):
+                fn["arguments"] = orjson.dumps(fn.get("arguments")).decode()
+    return {"messages": data.get("messages", []), "tools": data.get("tools"), "max_tokens": req.max_tokens}

@@ -1,0 +1,206 @@
+"""The composition root: every service built from the settings, once, inside the running loop.
+
+`build_runtime(settings, metrics)` opens the shared clients (the store's pool, the SQL engine, the
+upstream HTTP session), builds the governance parts for the configured mode, the meter, the router
+and the services, and returns them with the closers shutdown runs in order. Only this module and
+`sentinel.app` read `Settings`; every service below takes plain values.
+
+- `GOVERNANCE=builtin`: Sentinel's database holds keys, plans and the usage ledger; tiers come from
+  the database (`sentinel tiers set`) over the catalog (defaults or the providers file). JWTs are
+  accepted too when JWT_SECRET/JWT_JWKS_URL is set (verified locally).
+- `GOVERNANCE=zion`: Zion JWTs are validated by Zion (or locally with JWT_SECRET/JWT_JWKS_URL),
+  limits come from Zion, usage goes to Zion's batch endpoint, tiers from Zion's tier config (the
+  catalog's table is the fallback when Zion has never answered). Sentinel API keys keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from sentinel.config import GovernanceKind, ProviderEntry, Settings, load_providers_file
+from sentinel.db.engine import create_engine, migrate, session_factory
+from sentinel.domain.plans import PlanSource, parse_plan_spec
+from sentinel.domain.tiers import TIERS, TierModelEntry, TierSource, TierTable
+from sentinel.governance.auth import Authenticator
+from sentinel.governance.identity import IdentitySource
+from sentinel.governance.jwt import JwtVerifier, LocalJwtIdentitySource
+from sentinel.governance.keys import KeyService
+from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
+from sentinel.governance.plan_source import BuiltinPlanSource, CachedPlans
+from sentinel.governance.plans import PlanRepository
+from sentinel.governance.tier_store import DbTiers, TierRepository
+from sentinel.governance.zion import ZionClient, ZionIdentitySource
+from sentinel.governance.zion_sources import ZionPlans, ZionSink, ZionTiers
+from sentinel.observability.metrics import Metrics
+from sentinel.providers.catalog import DEFAULT_MODELS, Catalog, ProviderSpec
+from sentinel.providers.chat import ChatProvider, make_provider
+from sentinel.providers.http import create_session
+from sentinel.providers.openai import OpenAICompatUpstream
+from sentinel.quota.deliverer import UsageDeliverer, UsageSink
+from sentinel.quota.limiter import QuotaLimiter
+from sentinel.quota.local_limiter import LocalLimiter
+from sentinel.quota.meter import QuotaMeter
+from sentinel.quota.outbox import DurableOutbox, RedisStreamOutbox, SqlOutbox
+from sentinel.quota.tokens import TokenCounter
+from sentinel.routing.health import ProviderHealth
+from sentinel.routing.router import TierRouter
+from sentinel.routing.selection import WeightedSelector
+from sentinel.routing.sessions import SessionStore
+from sentinel.services.native_chat import NativeChat
+from sentinel.services.relay import OpenAIRelay
+from sentinel.store import Store, create_store
+
+# With Redis, identities and plans are also kept per process for at most this long (never past
+# the stored entry's freshness), sparing two Redis round trips per request under load.
+LOCAL_CACHE_SECONDS = 1.0
+
+
+def build_catalog(settings: Settings) -> Catalog:
+    """The providers and the (default or configured) tier table."""
+    providers: dict[str, ProviderSpec] = {}
+    defaults: dict[str, tuple[TierModelEntry, TierModelEntry]] = {}
+    if settings.openai_api_key or settings.openai_api_url:
+        providers["openai"] = ProviderSpec("openai", "openai", settings.effective_openai_url, settings.openai_api_key)
+        defaults["openai"] = DEFAULT_MODELS["openai"]
+    if settings.anthropic_api_key or settings.anthropic_api_url:
+        providers["anthropic"] = ProviderSpec(
+            "anthropic", "anthropic", settings.effective_anthropic_url, settings.anthropic_api_key
+        )
+        defaults["anthropic"] = DEFAULT_MODELS["anthropic"]
+    configured = None
+    if settings.providers_file is not None:
+        file = load_providers_file(settings.providers_file)
+        for entry in file.providers:
+            providers[entry.name] = _spec(entry)
+            if entry.cheap_model:
+                cheap = TierModelEntry(provider=entry.name, model=entry.cheap_model, relative_cost=1)
+                mid = TierModelEntry(provider=entry.name, model=entry.mid_model or entry.cheap_model, relative_cost=5)
+                defaults[entry.name] = (cheap, mid)
+        configured = file.tiers
+    tiers: TierTable
+    if configured is not None:
+        tiers = {tier: list(configured.get(tier, [])) for tier in TIERS}
+    else:
+        tiers = {
+            "simple": [cheap for cheap, _ in defaults.values()],
+            "moderate": [mid for _, mid in defaults.values()],
+            "complex": [mid for _, mid in defaults.values()],
+        }
+    return Catalog(providers=providers, tiers=tiers)
+
+
+def _spec(entry: ProviderEntry) -> ProviderSpec:
+    return ProviderSpec(entry.name, entry.kind, entry.base_url.rstrip("/"), entry.api_key)
+
+
+@dataclass
+class Governance:
+    """The parts that depend on the governance mode."""
+
+    jwt: IdentitySource | None
+    plans: PlanSource
+    sink: UsageSink
+    tiers: TierSource
+
+
+def build_governance(
+    s: Settings,
+    *,
+    store: Store,
+    sessions: async_sessionmaker[AsyncSession],
+    http: aiohttp.ClientSession,
+    catalog_tiers: TierTable,
+) -> Governance:
+    """Identity sources, plan source, usage sink and tier source for `s.governance`."""
+    default_plan = parse_plan_spec(s.default_plan, "default")
+    local_jwt: IdentitySource | None = None
+    zion: ZionClient | None = None
+    if s.governance is GovernanceKind.zion:
+        assert s.zion_api_url and s.zion_api_key  # checked by Settings
+        zion = ZionClient(s.zion_api_url, s.zion_api_key, session=http)
+    if s.jwt_secret or s.jwt_jwks_url:
+        verifier = JwtVerifier(s.jwt_secret, s.jwt_jwks_url, s.jwt_audience, s.jwt_issuer, http)
+        local_jwt = LocalJwtIdentitySource(verifier, profile_source=ZionIdentitySource(zion) if zion else None)
+    if zion is None:
+        return Governance(
+            jwt=local_jwt,
+            plans=BuiltinPlanSource(PlanRepository(sessions), default_plan),
+            sink=SqlLedgerSink(SqlLedger(sessions)),
+            tiers=DbTiers(TierRepository(sessions), catalog_tiers, s.tier_config_ttl_seconds),
+        )
+    window = int(s.cache_ttl_seconds + s.governance_grace_seconds + 60)
+    return Governance(
+        jwt=local_jwt or ZionIdentitySource(zion),
+        plans=ZionPlans(zion, default_plan, max_window_seconds=window),
+        sink=ZionSink(zion),
+        tiers=ZionTiers(zion.tier_config, store, s.tier_config_ttl_seconds, fallback=catalog_tiers),
+    )
+
+
+@dataclass
+class Runtime:
+    """Everything the app serves with, and what shutdown closes (in order)."""
+
+    settings: Settings
+    store: Store
+    engine: AsyncEngine
+    authenticator: Authenticator
+    relay: OpenAIRelay
+    native: NativeChat
+    router: TierRouter
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+async def build_runtime(s: Settings, metrics: Metrics) -> Runtime:
+    """Open the shared clients and build every service (call inside the running event loop)."""
+    store = create_store(s.redis_url, timeout=s.redis_timeout_seconds)
+    engine = create_engine(s.database_url)
+    await migrate(engine)
+    sessions = session_factory(engine)
+    http = create_session(read_timeout=s.upstream_timeout_seconds, connect_timeout=s.upstream_connect_timeout_seconds)
+    local_ttl = LOCAL_CACHE_SECONDS if s.redis_url else 0.0
+    catalog = build_catalog(s)
+    governance = build_governance(s, store=store, sessions=sessions, http=http, catalog_tiers=catalog.tiers)
+    authenticator = Authenticator(
+        store, api_keys=KeyService(sessions), jwt=governance.jwt, ttl=s.jwt_cache_ttl_seconds,
+        grace=s.governance_grace_seconds, metrics=metrics, local_ttl=local_ttl,
+    )
+    counter = TokenCounter(on_fallback=lambda wanted, used: metrics.tokenizer_fallback.labels(wanted, used).inc())
+    await asyncio.to_thread(counter.warm)
+    plans = CachedPlans(
+        store, governance.plans, ttl=s.cache_ttl_seconds, grace=s.governance_grace_seconds, local_ttl=local_ttl,
+        metrics=metrics,
+    )
+    redis_outbox = RedisStreamOutbox(store, lease_seconds=s.usage_lease_seconds) if store.backend == "redis" else None
+    outbox = DurableOutbox(SqlOutbox(sessions, lease_seconds=s.usage_lease_seconds), redis_outbox)
+    deliverer = UsageDeliverer(outbox, governance.sink, metrics, interval=s.usage_flush_interval_seconds)
+    meter = QuotaMeter(
+        plans=plans, limiter=QuotaLimiter(store), local_limiter=LocalLimiter(), failure_mode=s.quota_failure_mode,
+        counter=counter, outbox=outbox, metrics=metrics, default_max_output=s.default_max_output_tokens,
+    )
+    chat_providers: dict[str, ChatProvider] = {
+        name: make_provider(spec, http, default_max_tokens=s.default_max_output_tokens)
+        for name, spec in catalog.providers.items()
+    }
+    router = TierRouter(
+        tiers=governance.tiers, providers=list(chat_providers), health=ProviderHealth(store, metrics),
+        sessions=SessionStore(store, s.session_ttl_seconds), selector=WeightedSelector(), metrics=metrics,
+        failover=s.session_failover, auto_key=s.session_auto_key,
+    )
+    openai = OpenAICompatUpstream("openai", s.effective_openai_url, s.openai_api_key, http)
+    deliverer.start()
+    return Runtime(
+        settings=s,
+        store=store,
+        engine=engine,
+        authenticator=authenticator,
+        relay=OpenAIRelay(openai, meter, metrics),
+        native=NativeChat(router, chat_providers, meter, counter),
+        router=router,
+        closers=[lambda: deliverer.stop(s.shutdown_timeout_seconds), http.close, engine.dispose, store.close],
+    )

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One command for the whole test suite: install dev dependencies into ./.venv and run pytest.
+# One command for the whole test suite: install dev dependencies into ./.venv, check the shape of the
+# code (ruff, the import-linter layer contract, mypy --strict), then run pytest.
 # Tests start their own throwaway redis-server (pytest-redis) and create a throwaway database on the
 # PostgreSQL at $SENTINEL_TEST_PG (default postgresql://postgres@127.0.0.1:5432/test).
 # Under CI=true a missing Redis or PostgreSQL fails the run instead of skipping.
@@ -10,4 +11,11 @@ if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command 
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) || true
 fi
 bash scripts/bootstrap.sh dev
+echo "== ruff" >&2
+.venv/bin/ruff check sentinel tests bench
+echo "== import-linter (layers)" >&2
+.venv/bin/lint-imports --no-cache >/dev/null || .venv/bin/lint-imports --no-cache
+echo "== mypy --strict" >&2
+.venv/bin/mypy
+echo "== pytest" >&2
 exec .venv/bin/python -m pytest "$@"

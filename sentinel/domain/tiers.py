@@ -12,6 +12,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from sentinel.native.types import Tier
 
+__all__ = ["TIERS", "TIER_ORDER", "Tier", "TierModelEntry", "TierSource", "TierTable", "is_tier"]
+
 TIERS: tuple[Tier, ...] = get_args(Tier)
 TIER_ORDER: dict[str, int] = {tier: rank for rank, tier in enumerate(TIERS)}
 

@@ -19,8 +19,9 @@ from typing import Any
 import aiohttp
 import jwt
 
+from sentinel.domain.identity import Identity
 from sentinel.errors import GovernanceUnavailable
-from sentinel.governance.identity import Identity, IdentitySource
+from sentinel.governance.identity import IdentitySource
 
 log = logging.getLogger("sentinel.jwt")
 

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sentinel.db.engine import database_errors
 from sentinel.db.models import ApiKey, User, utcnow
 from sentinel.db.queries import ensure_user
-from sentinel.governance.identity import Identity
+from sentinel.domain.identity import Identity
 
 log = logging.getLogger(__name__)
 

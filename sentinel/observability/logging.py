@@ -54,3 +54,5 @@ def configure_logging(level: str = "INFO") -> None:
         logger.propagate = True
     # Our own access log replaces uvicorn's (it has the request id, route and upstream status).
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # Migrations at start-up are routine: their step-by-step lines would bury the start-up banner.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import create_engine, session_factory
 from sentinel.domain.identity import Identity
-from sentinel.governance.identity import IdentitySource
 from sentinel.domain.plans import Limit
 from sentinel.errors import GovernanceUnavailable
+from sentinel.governance.identity import IdentitySource
 from sentinel.governance.keys import KeyService, generate_key, hash_key
 from sentinel.governance.plans import PlanRepository
 

@@ -3,12 +3,18 @@
 # code (ruff, the import-linter layer contract, mypy --strict), then run pytest.
 # Tests start their own throwaway redis-server (pytest-redis) and create a throwaway database on the
 # PostgreSQL at $SENTINEL_TEST_PG (default postgresql://postgres@127.0.0.1:5432/test).
-# Under CI=true a missing Redis or PostgreSQL fails the run instead of skipping.
+# Under CI=true a missing Redis, PostgreSQL or browser fails the run instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   echo "redis-server not found: installing it from Debian's packages" >&2
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) || true
+fi
+# Browser tests (tests/browser) drive Debian's chromium through Playwright (the Python package comes
+# with the dev extra); Playwright's own browser download is not used.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "chromium not found: installing it from Debian's packages" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || true
 fi
 bash scripts/bootstrap.sh dev
 echo "== ruff" >&2

@@ -1,61 +1,154 @@
-"""`/native/docs` (Swagger UI page) and `/native/docs/openapi.json`, behind `X-Docs-Key`.
+"""The native API docs: a Swagger UI page, its shipped assets, the OpenAPI document, a sign-in form.
 
-With DOCS_API_KEY set, both need `X-Docs-Key: <key>` (compared in constant time) or answer 401;
-unset, they are open (a warning is logged at start-up).
+Routes (all under ``/native/docs``):
+
+==========================  ======  ==========================================================
+path                        method  answer
+==========================  ======  ==========================================================
+``/native/docs``            GET     the Swagger UI page; without access 401 with the sign-in form
+``/native/docs/openapi.json``  GET  the OpenAPI document; without access 401 (JSON error)
+``/native/docs/signin``     GET     the sign-in form
+``/native/docs/signin``     POST    form field ``key``: right -> 303 to the page + cookie;
+                                    wrong -> 401 with the form again
+``/native/docs/assets/{n}`` GET     an allow-listed static file (public, cacheable)
+==========================  ======  ==========================================================
+
+Access rules are in `sentinel.api.docs_auth` (``X-Docs-Key`` header or sign-in cookie; never the
+query string: a key there is refused with 401 like a missing one). Without ``DOCS_API_KEY`` the
+docs are open and the sign-in routes redirect to the page. HTML answers carry a strict
+``Content-Security-Policy`` (scripts and styles from this origin only, no inline code; the page's
+init code is the shipped ``docs.js``) with ``Subresource Integrity`` on the page's tags, and
+``Cache-Control: no-store``.
 """
 
 from __future__ import annotations
 
-import hmac
+import html
+import time
+from collections.abc import Callable
 
 import orjson
 from starlette.requests import Request
 from starlette.routing import Route
 
+from sentinel.api.docs_assets import DocsAssets
+from sentinel.api.docs_auth import MAX_FORM_BYTES, DocsGate, form_key
 from sentinel.api.openapi import build_openapi
 from sentinel.api.responses import RawResponse
-from sentinel.errors import AuthenticationError
+from sentinel.errors import AuthenticationError, InvalidRequest, NotFound, PayloadTooLarge
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+HTML_HEADERS = [
+    (b"content-type", b"text/html; charset=utf-8"),
+    (b"content-security-policy", CSP.encode()),
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+QUERY_KEY_NAMES = frozenset({"key", "docs_key", "api_key", "x-docs-key"})
+QUERY_KEY_MESSAGE = "The docs key is not accepted in the URL: sign in, or send it in the X-Docs-Key header"
+ASSET = "/native/docs/assets/"
 
 PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Sentinel Native API</title>
-<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"></head>
+<html lang="en"><head><meta charset="utf-8"><title>Sentinel Native API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="{asset}swagger-ui.css" integrity="{css}"></head>
 <body><div id="ui"></div>
-<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>
-const key = new URLSearchParams(location.search).get("key") || "";
-SwaggerUIBundle({dom_id: "#ui", url: "/native/docs/openapi.json",
-  requestInterceptor: (r) => { if (key && r.url.endsWith("openapi.json")) r.headers["X-Docs-Key"] = key; return r; }});
-</script>
-<noscript>The OpenAPI document is at /native/docs/openapi.json (send X-Docs-Key).</noscript>
+<noscript>The OpenAPI document is at /native/docs/openapi.json.</noscript>
+<script src="{asset}swagger-ui-bundle.js" integrity="{bundle}"></script>
+<script src="{asset}docs.js" integrity="{init}"></script>
 </body></html>
+"""
+SIGNIN = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sign in - Sentinel API docs</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="{asset}docs.css" integrity="{css}"></head>
+<body><main><h1>Sentinel API docs</h1>{error}
+<form method="post" action="/native/docs/signin">
+<label for="key">Docs key</label>
+<input id="key" name="key" type="password" autocomplete="current-password" required autofocus>
+<button type="submit">Sign in</button>
+</form>
+<p class="hint">Scripts can send the key in the <code>X-Docs-Key</code> header instead.</p>
+</main></body></html>
 """
 
 
 class DocsRoutes:
-    def __init__(self, docs_key: str | None) -> None:
-        self.docs_key = docs_key
+    """The docs routes for one docs key (None: open docs). `clock` is unix seconds."""
+
+    def __init__(self, docs_key: str | None, *, clock: Callable[[], float] = time.time) -> None:
+        self.gate = DocsGate(docs_key or None, clock=clock)
+        self.assets = DocsAssets()
         self.document = orjson.dumps(build_openapi())
+        integrity = self.assets.integrity
+        self.page_html = PAGE.format(
+            asset=ASSET,
+            css=integrity("swagger-ui.css"),
+            bundle=integrity("swagger-ui-bundle.js"),
+            init=integrity("docs.js"),
+        )
 
     def routes(self) -> list[Route]:
         return [
             Route("/native/docs", self.page, methods=["GET"]),
             Route("/native/docs/", self.page, methods=["GET"]),
             Route("/native/docs/openapi.json", self.openapi, methods=["GET"]),
+            Route("/native/docs/signin", self.signin, methods=["GET", "POST"]),
+            Route("/native/docs/assets/{name}", self.asset, methods=["GET"]),
         ]
 
-    def _check(self, request: Request) -> None:
-        if self.docs_key is None:
-            return
-        given = request.headers.get("x-docs-key", "")
-        if not hmac.compare_digest(given.encode(), self.docs_key.encode()):
-            err = AuthenticationError("Send the docs key in the X-Docs-Key header", code="invalid_docs_key")
-            err.headers.pop("WWW-Authenticate", None)
-            raise err
+    def _signin_page(self, status: int, error: str | None = None) -> RawResponse:
+        shown = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+        body = SIGNIN.format(asset=ASSET, css=self.assets.integrity("docs.css"), error=shown)
+        return RawResponse(status, body.encode(), list(HTML_HEADERS))
+
+    @staticmethod
+    def _key_in_query(request: Request) -> bool:
+        return any(name.lower() in QUERY_KEY_NAMES for name in request.query_params)
 
     async def page(self, request: Request) -> RawResponse:
-        self._check(request)
-        return RawResponse(200, PAGE.encode(), [(b"content-type", b"text/html; charset=utf-8")])
+        if not self.gate.allows(dict(request.headers)):
+            return self._signin_page(401, QUERY_KEY_MESSAGE if self._key_in_query(request) else None)
+        return RawResponse(200, self.page_html.encode(), list(HTML_HEADERS))
 
     async def openapi(self, request: Request) -> RawResponse:
-        self._check(request)
-        return RawResponse(200, self.document, [(b"content-type", b"application/json")])
+        if not self.gate.allows(dict(request.headers)):
+            message = QUERY_KEY_MESSAGE if self._key_in_query(request) else (
+                "Send the docs key in the X-Docs-Key header, or sign in at /native/docs/signin"
+            )
+            err = AuthenticationError(message, code="invalid_docs_key")
+            err.headers.pop("WWW-Authenticate", None)
+            raise err
+        headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+        return RawResponse(200, self.document, headers)
+
+    async def signin(self, request: Request) -> RawResponse:
+        if self.gate.open:
+            return RawResponse(303, b"", [(b"location", b"/native/docs")])
+        if request.method == "GET":
+            return self._signin_page(200)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/x-www-form-urlencoded":
+            raise InvalidRequest("Sign in with a form post (application/x-www-form-urlencoded, field 'key')")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:
+                raise PayloadTooLarge(f"The sign-in form is limited to {MAX_FORM_BYTES} bytes")
+        key = form_key(bytes(body))
+        if key is None or not self.gate.key_matches(key):
+            return self._signin_page(401, "Wrong docs key.")
+        cookie = self.gate.set_cookie(secure=request.url.scheme == "https")
+        headers = [(b"location", b"/native/docs"), (b"set-cookie", cookie.encode()), (b"cache-control", b"no-store")]
+        return RawResponse(303, b"", headers)
+
+    async def asset(self, request: Request) -> RawResponse:
+        found = self.assets.response(request.path_params["name"], request.headers.get("if-none-match"))
+        if found is None:
+            raise NotFound("No such docs asset", code="not_found")
+        return found

@@ -33,6 +33,52 @@ def _schemas(models: list[tuple[type[BaseModel], str]]) -> dict[str, Any]:
     return out
 
 
+def _stream_schemas(ref: str) -> dict[str, Any]:
+    """Schemas of one server-sent event (OpenAPI 3.1 has `schema` of text/event-stream describe one event)."""
+
+    def json_data(name: str) -> dict[str, Any]:
+        return {
+            "properties": {
+                "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": {"$ref": ref + name}}
+            }
+        }
+
+    return {
+        "ChatStreamEvent": {
+            "title": "ChatStreamEvent",
+            "description": "One server-sent event of a streamed completion: `data:` holds a `ChatChunk`, "
+            "the final `[DONE]`, or a `StreamError` that ends a broken stream instead of `[DONE]`.",
+            "type": "object",
+            "required": ["data"],
+            "properties": {"data": {"type": "string"}},
+            "anyOf": [
+                {"properties": {"data": {"const": "[DONE]"}}},
+                json_data("ChatChunk"),
+                json_data("StreamError"),
+            ],
+        },
+        "StreamError": {
+            "title": "StreamError",
+            "description": "The last event of a stream that broke after it started (sent instead of `[DONE]`).",
+            "type": "object",
+            "required": ["error"],
+            "additionalProperties": False,
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["message", "type"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "message": {"type": "string"},
+                        "type": {"type": "string"},
+                        "code": {"type": "string"},
+                    },
+                }
+            },
+        },
+    }
+
+
 def build_openapi() -> dict[str, Any]:
     """The whole document (deterministic; served at /native/docs/openapi.json)."""
     ref = "#/components/schemas/"
@@ -54,7 +100,7 @@ def build_openapi() -> dict[str, Any]:
             },
             "content": {
                 "application/json": {"schema": {"$ref": ref + "ChatResponse"}},
-                "text/event-stream": {"schema": {"$ref": ref + "ChatChunk"}},
+                "text/event-stream": {"schema": {"$ref": ref + "ChatStreamEvent"}},
             },
         }
     }
@@ -93,9 +139,12 @@ def build_openapi() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer_auth": {"type": "http", "scheme": "bearer"}},
-            "schemas": _schemas(
-                [(ChatRequest, "validation"), (ChatResponse, "serialization"), (ChatChunk, "serialization"),
-                 (ErrorBody, "serialization")]
-            ),
+            "schemas": {
+                **_schemas(
+                    [(ChatRequest, "validation"), (ChatResponse, "serialization"), (ChatChunk, "serialization"),
+                     (ErrorBody, "serialization")]
+                ),
+                **_stream_schemas(ref),
+            },
         },
     }

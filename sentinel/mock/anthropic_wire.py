@@ -1,23 +1,33 @@
 """Anthropic wire format: auth, error bodies, ``POST /v1/messages`` and ``/v1/messages/count_tokens``.
 
-The stream is the real named-event sequence: ``message_start``, per block ``content_block_start`` /
-``content_block_delta`` (``text_delta`` one word each, or ``input_json_delta`` fragments) /
-``content_block_stop`` with one ``ping`` after the first block start, then ``message_delta``
-(stop_reason, usage.output_tokens) and ``message_stop``.
+Requests are validated by `sentinel.mock.anthropic_prompt`; ``cache_control`` blocks are priced by
+`sentinel.mock.prompt_cache`. Errors are ``{"type": "error", "error": {type, message},
+"request_id"}`` with the real status/type pairs (400 invalid_request_error, 401
+authentication_error, 403 permission_error, 404 not_found_error, 413 request_too_large, 429
+rate_limit_error, 529 overloaded_error, other 5xx api_error).
+
+The stream is the real named-event sequence: ``message_start`` (usage with the input and cache
+figures), per block ``content_block_start`` / ``content_block_delta`` (``text_delta`` one word
+each, or ``input_json_delta`` fragments) / ``content_block_stop`` with one ``ping`` after the first
+block start, then ``message_delta`` (stop_reason, stop_sequence and the final usage totals) and
+``message_stop``.
 
 Tools: with ``tools`` given the answer is a ``tool_use`` block for the first tool (or the one
 ``tool_choice`` names), its input built from the schema's required properties; every tool gets a
 block (parallel) under the ``parallel_tools`` knob, or with two or more tools and "parallel" in the
-user text, unless ``disable_parallel_tool_use``. A last user turn holding a ``tool_result`` is
-answered with text.
+user text, unless ``disable_parallel_tool_use``. A last user turn holding ``tool_result`` blocks is
+answered with text: ``Result: <each result's text, joined by " | ">``.
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
+from sentinel.mock.anthropic_prompt import Prompt, parse
 from sentinel.mock.asgi import Call, JSONReply, Reply, SSEReply, sse
 from sentinel.mock.faults import Faults, WireError
+from sentinel.mock.prompt_cache import CacheUsage, PromptCache, breakpoints
 from sentinel.mock.text import (
     TextOutput,
     dumps_arguments,
@@ -25,7 +35,6 @@ from sentinel.mock.text import (
     example_arguments,
     fragments,
     new_id,
-    prompt_tokens,
     result_text,
     shape_text,
     stop_list,
@@ -41,77 +50,34 @@ _TYPES = {
     429: "rate_limit_error",
     529: "overloaded_error",
 }
+_DELTA_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
 _STOP = {"stop": "end_turn", "length": "max_tokens", "stop_sequence": "stop_sequence"}
 
 
-def error_reply(err: WireError) -> JSONReply:
-    """An error in Anthropic's shape ``{"type": "error", "error": {type, message}}``."""
+def error_reply(err: WireError, request_id: str | None = None) -> JSONReply:
+    """An error in Anthropic's shape ``{"type": "error", "error": {type, message}, "request_id"}``."""
     kind = _TYPES.get(err.status, "api_error" if err.status >= 500 else "invalid_request_error")
-    body = {"type": "error", "error": {"type": kind, "message": err.message}}
+    body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": err.message}}
+    if request_id is not None:
+        body["request_id"] = request_id
     return JSONReply(body, err.status, err.headers)
 
 
-def authenticate(call: Call) -> None:
+def authenticate(call: Call, api_key: str | None = None) -> None:
     """Require a key (401) and ``anthropic-version`` (400) like the real API.
 
     The key is ``x-api-key`` or ``Authorization: Bearer`` (anthropic SDK 2.x sends API keys as
-    Bearer tokens; the real API takes both).
+    Bearer tokens; the real API takes both). With `api_key` configured, the key must equal it.
     """
     scheme, _, token = call.headers.get("authorization", "").partition(" ")
-    bearer = scheme.lower() == "bearer" and token.strip()
-    if not (call.headers.get("x-api-key", "").strip() or bearer):
+    bearer = token.strip() if scheme.lower() == "bearer" else ""
+    given = call.headers.get("x-api-key", "").strip() or bearer
+    if not given:
         raise WireError(401, "x-api-key header is required")
+    if api_key is not None and not hmac.compare_digest(given.encode(), api_key.encode()):
+        raise WireError(401, "invalid x-api-key")
     if not call.headers.get("anthropic-version", "").strip():
         raise WireError(400, "anthropic-version: header is required")
-
-
-def block_text(content: Any) -> str:
-    """Text of a content: a string, or its ``text`` blocks joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            b["text"]
-            for b in content
-            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
-        )
-    return ""
-
-
-def _parse(call: Call, need_max_tokens: bool) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
-    body = call.body
-    if call.json_error is not None or not isinstance(body, dict):
-        raise WireError(400, "There was an error parsing the body of your request as JSON")
-    names = ("model", "max_tokens", "messages") if need_max_tokens else ("model", "messages")
-    for name in names:
-        if name not in body:
-            raise WireError(400, f"{name}: Field required")
-    if not isinstance(body["model"], str) or not body["model"]:
-        raise WireError(400, "model: Input should be a valid string")
-    max_tokens = body.get("max_tokens")
-    if need_max_tokens and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
-    ):
-        raise WireError(400, "max_tokens: Input should be greater than or equal to 1")
-    messages = body["messages"]
-    if not isinstance(messages, list) or not messages:
-        raise WireError(400, "messages: at least one message is required")
-    texts = [block_text(body.get("system"))] if body.get("system") else []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-            raise WireError(400, f"messages.{i}.role: Input should be 'user' or 'assistant'")
-        texts.append(block_text(message.get("content")))
-    return body, messages, texts
-
-
-def _tool_result(message: dict[str, Any]) -> str | None:
-    content = message.get("content")
-    if message.get("role") != "user" or not isinstance(content, list):
-        return None
-    for block in content:
-        if isinstance(block, dict) and block.get("type") == "tool_result":
-            return block_text(block.get("content"))
-    return None
 
 
 def _tool_uses(body: dict[str, Any], user_text: str, faults: Faults) -> list[dict[str, Any]]:
@@ -144,37 +110,33 @@ def _tool_uses(body: dict[str, Any], user_text: str, faults: Faults) -> list[dic
 
 def count_tokens(call: Call) -> Reply:
     """POST /v1/messages/count_tokens: the input-token rule applied to a messages body."""
-    body, _, texts = _parse(call, need_max_tokens=False)
+    prompt = parse(call.body, call.json_error, need_max_tokens=False)
     call.resolve_faults("")
-    return JSONReply({"input_tokens": prompt_tokens(texts, body.get("tools"))})
+    return JSONReply({"input_tokens": prompt.input_tokens})
 
 
-def messages(call: Call) -> Reply:
-    """POST /v1/messages (plain, streamed, tool_use, stop_sequences)."""
-    body, history, texts = _parse(call, need_max_tokens=True)
-    user_text = next((block_text(m.get("content")) for m in reversed(history) if m["role"] == "user"), "")
-    faults = call.resolve_faults(user_text)
-    tool_text = _tool_result(history[-1])
-    uses: list[dict[str, Any]] = []
-    if tool_text is not None:
-        output = shape_text(result_text(tool_text), body["max_tokens"], stop_list(body.get("stop_sequences")))
-    else:
-        output = shape_text(echo_text(user_text), body["max_tokens"], stop_list(body.get("stop_sequences")))
-        uses = _tool_uses(body, user_text, faults)
+def _answer(prompt: Prompt, faults: Faults) -> tuple[TextOutput, list[dict[str, Any]]]:
+    body = prompt.body
+    stops = stop_list(body.get("stop_sequences"))
+    if prompt.tool_results is not None:
+        return shape_text(result_text(" | ".join(prompt.tool_results)), body["max_tokens"], stops), []
+    output = shape_text(echo_text(prompt.user_text), body["max_tokens"], stops)
+    return output, _tool_uses(body, prompt.user_text, faults)
+
+
+def messages(call: Call, cache: PromptCache) -> Reply:
+    """POST /v1/messages (plain, streamed, tool_use, stop_sequences, cache_control)."""
+    prompt = parse(call.body, call.json_error, need_max_tokens=True)
+    faults = call.resolve_faults(prompt.user_text)
+    points = breakpoints(prompt)
+    output, uses = _answer(prompt, faults)
+    cached: CacheUsage = cache.lookup(points)
+    if faults.error() is None:
+        cache.store(points)
     completion = (
         sum(tool_output_tokens(u["name"], dumps_arguments(u["input"])) for u in uses) or output.tokens
     )
-    usage = (
-        None
-        if faults.no_usage
-        else {
-            "input_tokens": prompt_tokens(texts, body.get("tools")),
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            "output_tokens": completion,
-            "service_tier": "standard",
-        }
-    )
+    body = prompt.body
     message: dict[str, Any] = {
         "id": new_id("msg_"),
         "type": "message",
@@ -184,8 +146,12 @@ def messages(call: Call) -> Reply:
         "stop_reason": "tool_use" if uses else _STOP[output.reason],
         "stop_sequence": None if uses else output.stop_sequence,
     }
-    if usage is not None:
-        message["usage"] = usage
+    if not faults.no_usage:
+        message["usage"] = {
+            **cached.usage_fields(prompt.input_tokens),
+            "output_tokens": completion,
+            "service_tier": "standard",
+        }
     if body.get("stream"):
         return _stream(message, output)
     return JSONReply(message)
@@ -224,7 +190,8 @@ def _stream(message: dict[str, Any], output: TextOutput) -> SSEReply:
         "delta": {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]},
     }
     if "usage" in message:
-        final["usage"] = {"output_tokens": message["usage"]["output_tokens"]}
+        usage = message["usage"]
+        final["usage"] = {k: usage[k] for k in _DELTA_USAGE}
     events.append(sse(final, "message_delta"))
     events.append(sse({"type": "message_stop"}, "message_stop"))
     return SSEReply(events, 3)

@@ -4,6 +4,11 @@ OpenAI base URL is ``<root>/v1``, Anthropic's is ``<root>``. Every endpoint is a
 `Endpoint` that reads the request once, records it, authenticates it the way its wire format
 does, runs its handler, resolves the fault knobs (see `sentinel.mock.faults`), waits the
 server-wide plus per-request latency, and sends the reply. No middleware is added.
+
+With ``api_key`` set the mock accepts only that key (OpenAI: ``Authorization: Bearer``;
+Anthropic: ``x-api-key`` or ``Authorization: Bearer``) and answers anything else with its wire's
+401; without it any non-empty key is accepted. Every reply carries ``request-id`` and
+``x-request-id``; Anthropic error bodies repeat it as ``request_id``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from starlette.applications import Starlette
 from starlette.routing import Route
@@ -21,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from sentinel.mock import anthropic_wire, openai_extra, openai_responses, openai_wire
 from sentinel.mock.asgi import Call, JSONReply, Reply
 from sentinel.mock.faults import WireError
+from sentinel.mock.prompt_cache import PromptCache
 from sentinel.mock.recorder import RequestLog, control_routes
 
 Handler = Callable[[Call], Reply]
@@ -31,8 +38,8 @@ class Wire:
     """How one wire format authenticates and renders errors."""
 
     name: str
-    authenticate: Callable[[Call], None]
-    error_reply: Callable[[WireError], JSONReply]
+    authenticate: Callable[[Call, str | None], None]
+    error_reply: Callable[[WireError, str | None], JSONReply]
 
 
 OPENAI = Wire("openai", openai_wire.authenticate, openai_wire.error_reply)
@@ -44,11 +51,13 @@ def _models_wire(call: Call) -> Wire:
 
 
 class MockState:
-    """Per-app state: the request log, the server-wide latency and a request-id sequence."""
+    """Per-app state: the request log, latency, the accepted key, the prompt cache, request ids."""
 
-    def __init__(self, latency_ms: float, history: int) -> None:
+    def __init__(self, latency_ms: float, history: int, api_key: str | None = None) -> None:
         self.latency_ms = latency_ms
+        self.api_key = api_key
         self.log = RequestLog(history)
+        self.prompt_cache = PromptCache()
         self._prefix = os.urandom(4).hex()
         self._ids = itertools.count(1)
 
@@ -69,24 +78,24 @@ class Endpoint:
         call = await Call.receive(scope, receive)
         self.state.log.record(call)
         wire = self.wire if isinstance(self.wire, Wire) else self.wire(call)
+        rid = self.state.request_id()
         reply: Reply
         try:
             if call.knob_error is not None:  # a bad knob value in a header or the query
                 raise call.knob_error
-            wire.authenticate(call)
+            wire.authenticate(call, self.state.api_key)
             reply = self.handler(call)
             fault = call.faults.error()
             if fault is not None:
-                reply = wire.error_reply(fault)
+                reply = wire.error_reply(fault, rid)
         except WireError as exc:
-            reply = wire.error_reply(exc)
-        await self._send(send, reply, call)
+            reply = wire.error_reply(exc, rid)
+        await self._send(send, reply, call, rid)
 
-    async def _send(self, send: Send, reply: Reply, call: Call) -> None:
+    async def _send(self, send: Send, reply: Reply, call: Call, rid: str) -> None:
         delay = self.state.latency_ms + call.faults.latency_ms
         if delay > 0:
             await asyncio.sleep(delay / 1000.0)
-        rid = self.state.request_id()
         await reply.send(send, call.faults, {"x-request-id": rid, "request-id": rid})
 
 
@@ -98,14 +107,17 @@ def _not_found(state: MockState) -> Endpoint:
     return Endpoint(state, handler, OPENAI)
 
 
-def create_mock_app(latency_ms: float = 0.0, *, history: int = 256) -> ASGIApp:
+def create_mock_app(latency_ms: float = 0.0, *, history: int = 256, api_key: str | None = None) -> ASGIApp:
     """The mock upstream ASGI app; `latency_ms` delays every response before its first byte.
 
+    `api_key`: when set, the only key accepted (401 in the caller's wire format otherwise).
     The app's `state.mock` is its `MockState` (`state.mock.log` is the request history).
     """
     if latency_ms < 0:
         raise ValueError("latency_ms must be >= 0")
-    state = MockState(latency_ms, history)
+    if api_key is not None and not api_key.strip():
+        raise ValueError("api_key must be non-empty when given")
+    state = MockState(latency_ms, history, api_key)
     routes = [
         Route(
             "/v1/chat/completions", Endpoint(state, openai_wire.chat_completions, OPENAI), methods=["POST"]
@@ -119,7 +131,7 @@ def create_mock_app(latency_ms: float = 0.0, *, history: int = 256) -> ASGIApp:
             Endpoint(state, openai_extra.retrieve_model, _models_wire),
             methods=["GET"],
         ),
-        Route("/v1/messages", Endpoint(state, anthropic_wire.messages, ANTHROPIC), methods=["POST"]),
+        Route("/v1/messages", Endpoint(state, partial(anthropic_wire.messages, cache=state.prompt_cache), ANTHROPIC), methods=["POST"]),
         Route(
             "/v1/messages/count_tokens",
             Endpoint(state, anthropic_wire.count_tokens, ANTHROPIC),

@@ -4,13 +4,18 @@ Shapes follow the real API: non-stream ``chat.completion`` objects with usage de
 streams of ``chat.completion.chunk`` objects (role first, one word per content delta, a finish
 chunk, an optional usage-only chunk when ``stream_options.include_usage``, then ``[DONE]``).
 Tool calls stream as ``delta.tool_calls`` fragments: index/id/type/name first, then arguments.
+``n`` (1..128) repeats the answer per choice; ``logprobs``/``top_logprobs`` follow
+`sentinel.mock.logprobs`; ``stream_options`` without ``stream`` is the real API's 400. After a run
+of ``tool`` messages (parallel calls) the answer is ``Result: <their texts joined by " | ">``.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 
+from sentinel.mock import logprobs
 from sentinel.mock.asgi import DONE, Call, JSONReply, Reply, SSEReply, sse
 from sentinel.mock.faults import Faults, WireError
 from sentinel.mock.text import (
@@ -33,8 +38,8 @@ _TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "requests"
 _CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
 
 
-def error_reply(err: WireError) -> JSONReply:
-    """An error in OpenAI's shape ``{"error": {message, type, param, code}}``."""
+def error_reply(err: WireError, request_id: str | None = None) -> JSONReply:
+    """An error in OpenAI's shape ``{"error": {message, type, param, code}}`` (the id is a header only)."""
     kind = _TYPES.get(err.status, "server_error" if err.status >= 500 else "invalid_request_error")
     body = {
         "error": {
@@ -47,15 +52,19 @@ def error_reply(err: WireError) -> JSONReply:
     return JSONReply(body, err.status, err.headers)
 
 
-def authenticate(call: Call) -> None:
-    """Require ``Authorization: Bearer <non-empty>`` like the real API."""
+def authenticate(call: Call, api_key: str | None = None) -> None:
+    """Require ``Authorization: Bearer <non-empty>`` like the real API (equal to `api_key` when set)."""
     scheme, _, token = call.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise WireError(
             401,
             "You didn't provide an API key. You need to provide your API key in an "
             "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
         )
+    if api_key is not None and not hmac.compare_digest(token.encode(), api_key.encode()):
+        shown = f"{token[:3]}****{token[-4:]}" if len(token) > 8 else "****"
+        raise WireError(401, f"Incorrect API key provided: {shown}.", code="invalid_api_key")
 
 
 def json_object(call: Call) -> dict[str, Any]:
@@ -151,6 +160,16 @@ def pick_tools(body: dict[str, Any], user_text: str, faults: Faults) -> list[tup
     return [(t["name"], dumps_arguments(example_arguments(t.get("parameters")))) for t in tools]
 
 
+def _trailing_tool_results(messages: list[dict[str, Any]], texts: list[str]) -> list[str]:
+    """Texts of the tool messages ending the conversation (parallel calls answer in a row)."""
+    results: list[str] = []
+    for entry, text in zip(reversed(messages), reversed(texts), strict=True):
+        if entry["role"] not in ("tool", "function"):
+            break
+        results.append(text)
+    return results[::-1]
+
+
 def chat_completions(call: Call) -> Reply:
     """POST /v1/chat/completions (plain, streamed, tool calls)."""
     body = json_object(call)
@@ -188,9 +207,17 @@ def chat_completions(call: Call) -> Reply:
     if not isinstance(n, int) or not 1 <= n <= 128:
         raise WireError(400, "Invalid 'n': must be between 1 and 128.", param="n")
     limit = max_tokens_of(body, "max_completion_tokens", "max_tokens")
+    top = logprobs.requested(body)
+    if body.get("stream_options") is not None and not body.get("stream"):
+        raise WireError(
+            400,
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
     calls: list[tuple[str, str]] = []
-    if messages[-1]["role"] in ("tool", "function"):
-        answer = result_text(texts[-1])
+    results = _trailing_tool_results(messages, texts)
+    if results:
+        answer = result_text(" | ".join(results))
     else:
         answer = echo_text(user_text)
         calls = pick_tools(body, user_text, faults)
@@ -210,7 +237,7 @@ def chat_completions(call: Call) -> Reply:
     }
     if body.get("stream"):
         include = include_usage(body)
-        return _chat_stream(head, n, output, tool_calls, usage if include else None, include)
+        return _chat_stream(head, n, output, tool_calls, usage if include else None, include, top)
     reason = "tool_calls" if tool_calls else ("length" if output.reason == "length" else "stop")
     message: dict[str, Any] = {
         "role": "assistant",
@@ -220,7 +247,8 @@ def chat_completions(call: Call) -> Reply:
     }
     if tool_calls:
         message["tool_calls"] = tool_calls
-    choices = [{"index": i, "message": message, "logprobs": None, "finish_reason": reason} for i in range(n)]
+    lp = logprobs.choice_logprobs(output.pieces, top, bool(tool_calls))
+    choices = [{"index": i, "message": message, "logprobs": lp, "finish_reason": reason} for i in range(n)]
     result = {
         "id": head["id"],
         "object": "chat.completion",
@@ -240,12 +268,13 @@ def _chat_stream(
     tool_calls: list[dict[str, Any]],
     usage: dict[str, Any] | None,
     include_usage: bool,
+    top: int | None,
 ) -> SSEReply:
     base = {"id": head["id"], "object": "chat.completion.chunk", **head}
     null_usage = {"usage": None} if include_usage and usage is not None else {}
 
-    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
         return sse({**base, "choices": [choice], **null_usage})
 
     events: list[bytes] = []
@@ -269,7 +298,10 @@ def _chat_stream(
             events.append(chunk(i, {}, "tool_calls"))
             continue
         events.append(chunk(i, {"role": "assistant", "content": "", "refusal": None}))
-        events.extend(chunk(i, {"content": piece}) for piece in output.pieces)
+        events.extend(
+            chunk(i, {"content": p}, None, None if top is None else {"content": [logprobs.entry(p, top)]})
+            for p in output.pieces
+        )
         events.append(chunk(i, {}, "length" if output.reason == "length" else "stop"))
     if usage is not None:
         events.append(sse({**base, "choices": [], "usage": usage}))

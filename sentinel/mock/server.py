@@ -18,10 +18,10 @@ from sentinel.mock.app import create_mock_app
 from sentinel.mock.asgi import install_cut_log_filter
 
 
-def _config(host: str, port: int, latency_ms: float, log_level: str) -> uvicorn.Config:
+def _config(host: str, port: int, latency_ms: float, log_level: str, api_key: str | None) -> uvicorn.Config:
     install_cut_log_filter()
     return uvicorn.Config(
-        create_mock_app(latency_ms),
+        create_mock_app(latency_ms, api_key=api_key),
         host=host,
         port=port,
         loop="uvloop",
@@ -34,20 +34,31 @@ def _config(host: str, port: int, latency_ms: float, log_level: str) -> uvicorn.
     )
 
 
-async def serve_mock(host: str, port: int, latency_ms: float = 0.0, *, log_level: str = "warning") -> None:
+async def serve_mock(
+    host: str, port: int, latency_ms: float = 0.0, *, log_level: str = "warning", api_key: str | None = None
+) -> None:
     """Serve the mock on host:port in the running event loop until cancelled or signalled."""
-    await uvicorn.Server(_config(host, port, latency_ms, log_level)).serve()
+    await uvicorn.Server(_config(host, port, latency_ms, log_level, api_key)).serve()
 
 
-def run_mock(host: str, port: int, latency_ms: float = 0.0, *, log_level: str = "info") -> None:
+def run_mock(
+    host: str, port: int, latency_ms: float = 0.0, *, log_level: str = "info", api_key: str | None = None
+) -> None:
     """Serve the mock until Ctrl-C, uvicorn owning a uvloop event loop (the CLI entry)."""
-    uvicorn.Server(_config(host, port, latency_ms, log_level)).run()
+    uvicorn.Server(_config(host, port, latency_ms, log_level, api_key)).run()
 
 
 def start_mock_in_thread(
-    latency_ms: float = 0.0, host: str = "127.0.0.1", port: int = 0, *, startup_timeout: float = 10.0
+    latency_ms: float = 0.0,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    startup_timeout: float = 10.0,
+    api_key: str | None = None,
 ) -> tuple[str, Callable[[], None]]:
     """Start the mock in a daemon thread on `port` (0: a free port chosen by the OS).
+
+    `api_key`: when set, the only key the mock accepts (see `create_mock_app`).
 
     Returns ``(root_url, stop)``: root_url is ``http://HOST:PORT`` (OpenAI base = root_url + "/v1");
     ``stop()`` shuts the server down and joins the thread (idempotent).
@@ -56,7 +67,7 @@ def start_mock_in_thread(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     port = sock.getsockname()[1]
-    config = _config(host, port, latency_ms, "warning")
+    config = _config(host, port, latency_ms, "warning", api_key)
     server = uvicorn.Server(config)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name=f"mock-upstream-{port}", daemon=True
@@ -79,9 +90,11 @@ def start_mock_in_thread(
 
 
 @contextmanager
-def running_mock(latency_ms: float = 0.0, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def running_mock(
+    latency_ms: float = 0.0, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None
+) -> Iterator[str]:
     """Context manager around `start_mock_in_thread`, yielding the root URL."""
-    url, stop = start_mock_in_thread(latency_ms, host, port)
+    url, stop = start_mock_in_thread(latency_ms, host, port, api_key=api_key)
     try:
         yield url
     finally:

@@ -166,13 +166,23 @@ class ChatChunk(StrictModel):
 
 
 class ErrorDetail(StrictModel):
-    """What went wrong: `type` gives the class (and the HTTP status), `code` the precise cause."""
+    """What went wrong: `type` gives the class (and the HTTP status), `code` the precise cause.
+
+    `provider` names the upstream involved, when one was; `details` carries machine-readable
+    context whose keys depend on `code` (e.g. ``{"param": "messages.0.role"}`` for a validation
+    error, the limit's figures for a quota error).
+    """
 
     message: str
     type: str
     code: str
     provider: str | None = None
     param: str | None = None
+    details: dict[str, Any] | None = Field(
+        default=None,
+        description="Machine-readable context; its keys depend on `code`.",
+        examples=[{"param": "messages.0.role"}],
+    )
 
 
 class ErrorBody(StrictModel):

@@ -40,3 +40,13 @@ def http(mock_url: str) -> Iterator[httpx.Client]:
     """A plain HTTP client on the mock's root, for raw wire checks."""
     with httpx.Client(base_url=mock_url, timeout=10) as client:
         yield client
+
+
+KEY = "sk-mock-configured-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed_mock_url() -> Iterator[str]:
+    """Root URL of a mock that accepts only the key `KEY`."""
+    with running_mock(api_key=KEY) as url:
+        yield url

@@ -163,6 +163,7 @@ def test_messages_validation_and_auth(http: httpx.Client) -> None:
     assert r.json() == {
         "type": "error",
         "error": {"type": "invalid_request_error", "message": "max_tokens: Field required"},
+        "request_id": r.headers["request-id"],
     }
     no_key = http.post("/v1/messages", headers={"anthropic-version": "2023-06-01"}, json=good)
     assert no_key.status_code == 401 and no_key.json()["error"]["type"] == "authentication_error"

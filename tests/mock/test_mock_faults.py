@@ -48,7 +48,9 @@ def test_status_via_directive_anthropic(claude: anthropic.Anthropic) -> None:
     assert caught.value.body == {
         "type": "error",
         "error": {"type": "overloaded_error", "message": caught.value.body["error"]["message"]},
+        "request_id": caught.value.response.headers["request-id"],
     }
+    assert caught.value.request_id == caught.value.response.headers["request-id"]
     with pytest.raises(anthropic.RateLimitError) as limited:
         claude.messages.create(
             model="m", max_tokens=10, messages=[{"role": "user", "content": "#mock:status=429"}]

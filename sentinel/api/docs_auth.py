@@ -1,0 +1,115 @@
+"""Who may read the native API docs: the ``X-Docs-Key`` header, or a signed sign-in cookie.
+
+With ``DOCS_API_KEY`` unset the docs are open. With it set, a request is let in when
+
+* its ``X-Docs-Key`` header equals the key (for scripts and curl), or
+* its ``sentinel_docs`` cookie holds a valid, unexpired token minted by the sign-in form.
+
+The key is never taken from the query string (access logs and browser history keep URLs). Keys
+are compared as HMAC-SHA256 digests with `hmac.compare_digest`, so neither content nor length
+leaks through timing. The cookie never holds the key: its value is ``v1.<expiry>.<mac>`` where
+``mac = HMAC-SHA256(key, "sentinel-docs-session|v1|<expiry>")``; changing the key revokes every
+cookie. The cookie is ``HttpOnly``, ``SameSite=Strict``, scoped to ``/native/docs`` and ``Secure``
+when the request came over https.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from urllib.parse import parse_qs
+
+COOKIE = "sentinel_docs"
+COOKIE_PATH = "/native/docs"
+SESSION_SECONDS = 12 * 3600
+MAX_FORM_BYTES = 4096
+_CONTEXT = b"sentinel-docs-session|v1|"
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+
+
+class DocsGate:
+    """Decides whether a docs request is authorised and mints sign-in cookies.
+
+    `clock` returns unix seconds (injected so tests can move time without sleeping).
+    """
+
+    def __init__(self, key: str | None, *, clock: Callable[[], float] = time.time,
+                 session_seconds: int = SESSION_SECONDS) -> None:
+        if key is not None and not key:
+            raise ValueError("the docs key must be non-empty when set")
+        self._key = key
+        self._key_bytes = key.encode("utf-8", "surrogatepass") if key else b""
+        self._key_digest = _digest(key) if key else b""
+        self._clock = clock
+        self.session_seconds = session_seconds
+
+    @property
+    def open(self) -> bool:
+        """True when no key is configured (the docs are public)."""
+        return self._key is None
+
+    def key_matches(self, given: str) -> bool:
+        """Constant-time comparison of a presented key with the configured one."""
+        return self._key is not None and hmac.compare_digest(_digest(given), self._key_digest)
+
+    def _mac(self, expires: int) -> str:
+        return hmac.new(self._key_bytes, _CONTEXT + str(expires).encode(), hashlib.sha256).hexdigest()
+
+    def mint(self) -> str:
+        """A new cookie token valid for `session_seconds` (only with a key configured)."""
+        if self._key is None:
+            raise RuntimeError("no docs key configured: there is nothing to sign in to")
+        expires = int(self._clock()) + self.session_seconds
+        return f"v1.{expires}.{self._mac(expires)}"
+
+    def token_valid(self, token: str) -> bool:
+        """True for an unexpired token minted with the current key."""
+        if self._key is None:
+            return False
+        version, _, rest = token.partition(".")
+        expires_text, _, mac = rest.partition(".")
+        if version != "v1" or not expires_text.isdigit() or len(expires_text) > 12:
+            return False
+        expires = int(expires_text)
+        if expires <= self._clock():
+            return False
+        return hmac.compare_digest(mac.encode(), self._mac(expires).encode())
+
+    def allows(self, headers: dict[str, str]) -> bool:
+        """Whether lower-cased request `headers` carry the key or a valid cookie (always, when open)."""
+        if self._key is None:
+            return True
+        given = headers.get("x-docs-key")
+        if given is not None and self.key_matches(given):
+            return True
+        token = cookie_value(headers.get("cookie", ""), COOKIE)
+        return token is not None and self.token_valid(token)
+
+    def set_cookie(self, secure: bool) -> str:
+        """The ``Set-Cookie`` value after a successful sign-in."""
+        attributes = f"; Max-Age={self.session_seconds}; Path={COOKIE_PATH}; HttpOnly; SameSite=Strict"
+        return f"{COOKIE}={self.mint()}{attributes}{'; Secure' if secure else ''}"
+
+
+def cookie_value(header: str, name: str) -> str | None:
+    """The first value of cookie `name` in a ``Cookie`` header (``a=1; b=2``), None when absent."""
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value.strip()
+    return None
+
+
+def form_key(body: bytes) -> str | None:
+    """The ``key`` field of an ``application/x-www-form-urlencoded`` body, None when missing."""
+    try:
+        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=8)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    values = fields.get("key")
+    return values[0] if values else None

@@ -1,0 +1,170 @@
+"""`/native/docs` over HTTP: the key from a header or the sign-in cookie only, never the URL; shipped
+Swagger UI assets with cache headers and integrity; a strict Content-Security-Policy."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sentinel.api.docs_auth import COOKIE, SESSION_SECONDS, DocsGate
+from tests.api.conftest import Gateway
+
+KEY = "docs-secret-7f3a9c"
+STATIC = Path(__file__).resolve().parents[2] / "sentinel" / "api" / "static"
+
+
+def signed_in(http: httpx.Client, key: str = KEY, **headers: str) -> httpx.Response:
+    return http.post(
+        "/native/docs/signin", data={"key": key}, headers=headers, follow_redirects=False
+    )
+
+
+@pytest.fixture
+def keyed(gateway_factory: Callable[..., Gateway]) -> Gateway:
+    return gateway_factory(docs_api_key=KEY)
+
+
+def test_key_in_query_string_is_refused(keyed: Gateway) -> None:
+    with httpx.Client(base_url=keyed.url) as http:
+        page = http.get("/native/docs", params={"key": KEY})
+        assert page.status_code == 401
+        assert page.headers["content-type"].startswith("text/html")
+        assert "not accepted in the URL" in page.text and KEY not in page.text
+        assert "set-cookie" not in page.headers
+        doc = http.get("/native/docs/openapi.json", params={"key": KEY})
+        assert doc.status_code == 401
+        assert doc.json()["error"]["code"] == "invalid_docs_key"
+        assert "www-authenticate" not in doc.headers
+
+
+def test_header_key_accepted_and_wrong_key_refused(keyed: Gateway) -> None:
+    with httpx.Client(base_url=keyed.url) as http:
+        assert http.get("/native/docs", headers={"X-Docs-Key": KEY}).status_code == 200
+        doc = http.get("/native/docs/openapi.json", headers={"X-Docs-Key": KEY})
+        assert doc.status_code == 200 and doc.json()["openapi"].startswith("3.1")
+        for wrong in ("nope", KEY + "x", KEY[:-1], ""):
+            assert http.get("/native/docs", headers={"X-Docs-Key": wrong}).status_code == 401
+            assert http.get("/native/docs/openapi.json", headers={"X-Docs-Key": wrong}).status_code == 401
+        assert http.get("/native/docs").status_code == 401  # nothing at all: the sign-in form
+        refused = signed_in(http, "wrong-key")
+        assert refused.status_code == 401 and "Wrong docs key" in refused.text
+        assert "set-cookie" not in refused.headers
+
+
+def test_signin_cookie_grants_access_and_holds_no_key(keyed: Gateway) -> None:
+    with httpx.Client(base_url=keyed.url) as http:
+        form = http.get("/native/docs/signin")
+        assert form.status_code == 200 and 'action="/native/docs/signin"' in form.text
+        r = signed_in(http)
+        assert r.status_code == 303 and r.headers["location"] == "/native/docs"
+        cookie = r.headers["set-cookie"]
+        attributes = [a.strip().lower() for a in cookie.split(";")]
+        assert {"httponly", "samesite=strict", "path=/native/docs", f"max-age={SESSION_SECONDS}"} <= set(attributes)
+        assert "secure" not in attributes  # plain http here; see the https test below
+        token = cookie.split(";")[0].split("=", 1)[1]
+        assert KEY not in token and re.fullmatch(r"v1\.\d+\.[0-9a-f]{64}", token)
+    with httpx.Client(base_url=keyed.url, cookies={COOKIE: token}) as browser_like:
+        assert browser_like.get("/native/docs").status_code == 200
+        assert browser_like.get("/native/docs/openapi.json").status_code == 200
+    version, expires, mac = token.split(".")
+    forged = [
+        f"{version}.{int(expires) + 3600}.{mac}",  # a longer life, same mac
+        f"{version}.{expires}.{mac[:-1]}{'0' if mac[-1] != '0' else '1'}",
+        KEY,  # the key itself is not a token
+        "v1..",
+    ]
+    for bad in forged:
+        with httpx.Client(base_url=keyed.url, cookies={COOKIE: bad}) as http:
+            assert http.get("/native/docs/openapi.json").status_code == 401, bad
+
+
+def test_signin_over_https_sets_a_secure_cookie(keyed: Gateway) -> None:
+    # uvicorn trusts X-Forwarded-Proto from 127.0.0.1 (its proxy_headers default), as behind a local proxy.
+    with httpx.Client(base_url=keyed.url) as http:
+        r = signed_in(http, **{"X-Forwarded-Proto": "https"})
+    assert r.status_code == 303
+    assert "secure" in [a.strip().lower() for a in r.headers["set-cookie"].split(";")]
+
+
+def test_signin_form_rules(keyed: Gateway) -> None:
+    with httpx.Client(base_url=keyed.url) as http:
+        as_json = http.post("/native/docs/signin", json={"key": KEY})
+        assert as_json.status_code == 400 and "set-cookie" not in as_json.headers
+        huge = http.post(
+            "/native/docs/signin",
+            content=b"key=" + b"a" * 10_000,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert huge.status_code == 413
+        assert http.post("/native/docs/signin", data={"other": KEY}).status_code == 401
+
+
+def test_gate_tokens_expire_and_die_with_the_key() -> None:
+    now = [1_000_000.0]
+    gate = DocsGate(KEY, clock=lambda: now[0])
+    token = gate.mint()
+    assert gate.token_valid(token)
+    now[0] += SESSION_SECONDS - 1
+    assert gate.token_valid(token)
+    now[0] += 1
+    assert not gate.token_valid(token)
+    assert not DocsGate("another-key", clock=lambda: 1_000_000.0).token_valid(token)
+    assert gate.key_matches(KEY) and not gate.key_matches(KEY.upper())
+    assert "Secure" in gate.set_cookie(secure=True) and "Secure" not in gate.set_cookie(secure=False)
+    assert DocsGate(None).allows({}) and not gate.allows({"x-docs-key": "x", "cookie": f"{COOKIE}=junk"})
+
+
+def test_open_docs_without_a_key(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(docs_api_key=None)
+    with httpx.Client(base_url=gw.url) as http:
+        assert http.get("/native/docs").status_code == 200
+        assert http.get("/native/docs/openapi.json").status_code == 200
+        r = http.get("/native/docs/signin", follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/native/docs"
+
+
+def test_page_has_strict_csp_and_only_local_scripts(keyed: Gateway) -> None:
+    with httpx.Client(base_url=keyed.url) as http:
+        for r in (http.get("/native/docs", headers={"X-Docs-Key": KEY}), http.get("/native/docs/signin")):
+            csp = r.headers["content-security-policy"]
+            assert "script-src 'self'" in csp and "default-src 'none'" in csp
+            assert "unsafe-inline" not in csp and "unsafe-eval" not in csp and "http" not in csp
+            assert r.headers["cache-control"] == "no-store"
+            assert "<script>" not in r.text  # no inline code
+            for url in re.findall(r'(?:src|href)="([^"]+)"', r.text):
+                assert url.startswith("/native/docs/"), url
+        page = http.get("/native/docs", headers={"X-Docs-Key": KEY}).text
+        tags = re.findall(r'(?:src|href)="/native/docs/assets/([^"]+)" integrity="(sha384-[^"]+)"', page)
+        assert {name for name, _ in tags} == {"swagger-ui.css", "swagger-ui-bundle.js", "docs.js"}
+        for name, integrity in tags:
+            served = http.get(f"/native/docs/assets/{name}").content
+            assert integrity == "sha384-" + base64.b64encode(hashlib.sha384(served).digest()).decode()
+
+
+def test_assets_served_with_cache_headers(keyed: Gateway) -> None:
+    pinned = dict(re.findall(r"^\| (\S+) \| ([0-9a-f]{64}) \|$", (STATIC / "swagger-ui" / "README.md").read_text(), re.M))
+    assert set(pinned) == {"swagger-ui-bundle.js", "swagger-ui.css", "swagger-ui-bundle.js.LICENSE.txt", "LICENSE", "NOTICE"}
+    names = {"swagger-ui-bundle.js": "swagger-ui-bundle.js", "swagger-ui.css": "swagger-ui.css",
+             "swagger-ui-LICENSE.txt": "LICENSE", "swagger-ui-NOTICE.txt": "NOTICE",
+             "swagger-ui-bundle.js.LICENSE.txt": "swagger-ui-bundle.js.LICENSE.txt"}
+    with httpx.Client(base_url=keyed.url) as http:  # no key: assets are public
+        for public, vendored in names.items():
+            r = http.get(f"/native/docs/assets/{public}")
+            assert r.status_code == 200, public
+            assert hashlib.sha256(r.content).hexdigest() == pinned[vendored]  # unmodified upstream files
+            assert r.headers["cache-control"] == "public, max-age=86400"
+            assert r.headers["x-content-type-options"] == "nosniff"
+        js = http.get("/native/docs/assets/swagger-ui-bundle.js")
+        assert js.headers["content-type"].startswith("text/javascript")
+        assert http.get("/native/docs/assets/swagger-ui.css").headers["content-type"].startswith("text/css")
+        again = http.get("/native/docs/assets/swagger-ui-bundle.js", headers={"If-None-Match": js.headers["etag"]})
+        assert again.status_code == 304 and again.content == b""
+        assert http.get("/native/docs/assets/docs.py").status_code == 404
+        assert http.get("/native/docs/assets/..%2Fdocs.py").status_code in (400, 404)
+        assert http.get("/native/docs/assets/swagger-ui").status_code == 404

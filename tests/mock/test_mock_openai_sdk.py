@@ -1,0 +1,127 @@
+"""The mock's OpenAI chat surface through the official SDK's fuller paths: n>1, parallel tool calls
+and their results, logprobs, stream_options, a configured key, request ids and the async client."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from tests.mock.conftest import KEY
+
+LOOKUP = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+    },
+}
+CLOCK = {"type": "function", "function": {"name": "clock", "parameters": {"type": "object", "properties": {}}}}
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def test_n_choices_streamed_with_usage(oai: openai.OpenAI) -> None:
+    single = oai.chat.completions.create(model="m", messages=user("three word answer"))
+    assert single.usage is not None
+    stream = oai.chat.completions.create(
+        model="m", n=3, messages=user("three word answer"), stream=True, stream_options={"include_usage": True}
+    )
+    texts: dict[int, str] = {}
+    finishes: dict[int, str] = {}
+    usage = None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert texts == {i: "Echo: three word answer" for i in range(3)}
+    assert finishes == {0: "stop", 1: "stop", 2: "stop"}
+    assert usage is not None
+    assert usage.completion_tokens == 3 * single.usage.completion_tokens
+    assert usage.prompt_tokens == single.usage.prompt_tokens
+
+
+def test_parallel_tool_calls_and_their_results(oai: openai.OpenAI) -> None:
+    first = oai.chat.completions.create(model="m", tools=[LOOKUP, CLOCK], messages=user("do both in parallel"))
+    calls = first.choices[0].message.tool_calls or []
+    assert [c.function.name for c in calls] == ["lookup", "clock"]  # type: ignore[union-attr]
+    assert first.choices[0].finish_reason == "tool_calls"
+    assert json.loads(calls[0].function.arguments) == {"q": "mock-q"}  # type: ignore[union-attr]
+    serial = oai.chat.completions.create(
+        model="m", tools=[LOOKUP, CLOCK], parallel_tool_calls=False, messages=user("do both in parallel")
+    )
+    assert len(serial.choices[0].message.tool_calls or []) == 1
+    follow = oai.chat.completions.create(
+        model="m",
+        tools=[LOOKUP, CLOCK],
+        messages=[
+            *user("do both in parallel"),
+            first.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": calls[0].id, "content": "found"},
+            {"role": "tool", "tool_call_id": calls[1].id, "content": "noon"},
+        ],
+    )
+    assert follow.choices[0].message.content == "Result: found | noon"
+
+
+def test_logprobs_plain_and_streamed(oai: openai.OpenAI) -> None:
+    out = oai.chat.completions.create(model="m", messages=user("a b"), logprobs=True, top_logprobs=3)
+    content = out.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None
+    assert "".join(t.token for t in content) == out.choices[0].message.content
+    assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token for t in content)
+    assert all(bytes(t.bytes or []).decode() == t.token for t in content)
+    plain = oai.chat.completions.create(model="m", messages=user("a b"))
+    assert plain.choices[0].logprobs is None
+    streamed = oai.chat.completions.create(model="m", messages=user("a b"), logprobs=True, stream=True)
+    tokens = [
+        t.token for c in streamed for ch in c.choices if ch.logprobs and ch.logprobs.content for t in ch.logprobs.content
+    ]
+    assert "".join(tokens) == "Echo: a b"
+    with pytest.raises(openai.BadRequestError) as without:
+        oai.chat.completions.create(model="m", messages=user("x"), top_logprobs=2)
+    assert without.value.param == "top_logprobs"  # type: ignore[attr-defined]
+    with pytest.raises(openai.BadRequestError, match="maximum"):
+        oai.chat.completions.create(model="m", messages=user("x"), logprobs=True, top_logprobs=21)
+
+
+def test_stream_options_need_stream(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.chat.completions.create(model="m", messages=user("x"), stream_options={"include_usage": True})
+    assert caught.value.param == "stream_options"  # type: ignore[attr-defined]
+
+
+def test_request_id_is_exposed(oai: openai.OpenAI) -> None:
+    raw = oai.chat.completions.with_raw_response.create(model="m", messages=user("x"))
+    assert raw.headers["x-request-id"] == raw.headers["request-id"]
+    assert raw.parse()._request_id == raw.headers["x-request-id"]
+
+
+def test_configured_key_is_enforced(keyed_mock_url: str) -> None:
+    with openai.OpenAI(api_key="sk-wrong-key-000000", base_url=keyed_mock_url + "/v1", max_retries=0) as wrong:
+        with pytest.raises(openai.AuthenticationError) as denied:
+            wrong.chat.completions.create(model="m", messages=user("x"))
+    assert denied.value.code == "invalid_api_key"  # type: ignore[attr-defined]
+    assert "sk-wrong-key-000000" not in str(denied.value)  # the key is masked like the real API does
+    with openai.OpenAI(api_key=KEY, base_url=keyed_mock_url + "/v1", max_retries=0) as right:
+        assert right.chat.completions.create(model="m", messages=user("x")).choices[0].message.content == "Echo: x"
+        assert right.embeddings.create(model="text-embedding-3-small", input="x").data
+
+
+async def test_async_client(mock_url: str) -> None:
+    async with openai.AsyncOpenAI(api_key="k", base_url=mock_url + "/v1", max_retries=0) as client:
+        out = await client.chat.completions.create(model="m", n=2, messages=user("async"))
+        assert [c.message.content for c in out.choices] == ["Echo: async"] * 2
+        stream = await client.chat.completions.create(
+            model="m", messages=user("async stream"), stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [c async for c in stream]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Echo: async stream"
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+        with pytest.raises(openai.RateLimitError):
+            await client.chat.completions.create(model="m", messages=user("#mock:status=429"))

@@ -18,10 +18,10 @@ from sentinel.api.dispatch import Dispatcher
 from sentinel.api.docs import DocsRoutes
 from sentinel.api.middleware import RequestMiddleware
 from sentinel.api.native import NativeRoutes
-from sentinel.api.openai import OpenAIRoutes
+from sentinel.api.openai import OpenAIRoutes, PassthroughPolicy
 from sentinel.api.ops import OpsRoutes
 from sentinel.api.responses import endpoint_not_found
-from sentinel.config import Settings
+from sentinel.config import Settings, reveal
 from sentinel.observability.metrics import Metrics
 from sentinel.wiring import Runtime, build_runtime
 
@@ -43,10 +43,10 @@ class SentinelApp:
         deps = Deps(settings=s, store=runtime.store, metrics=self.metrics, authenticator=runtime.authenticator)
         routes = (
             OpsRoutes(runtime.store, runtime.engine, self.metrics).routes()
-            + OpenAIRoutes(deps, runtime.relay).routes()
+            + OpenAIRoutes(deps, runtime.relay, PassthroughPolicy(s.passthrough_patterns)).routes()
             + NativeRoutes(deps, runtime.native).routes()
             + DebugRoutes(deps, runtime.router).routes()
-            + DocsRoutes(s.docs_api_key).routes()
+            + DocsRoutes(reveal(s.docs_api_key)).routes()
         )
         self._http = RequestMiddleware(
             Dispatcher(routes, not_found=endpoint_not_found),

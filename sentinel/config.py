@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -37,6 +37,22 @@ class GovernanceKind(StrEnum):
     zion = "zion"
 
 
+def env(name: str, default: Any, **constraints: Any) -> Any:
+    """A setting read from the environment variable `name` (or given by its field name)."""
+    return Field(default, validation_alias=name, **constraints)
+
+
+# Settings whose values are never shown (not in errors, not in logs, not in repr).
+SECRET_FIELDS = frozenset({"openai_api_key", "anthropic_api_key", "zion_api_key", "jwt_secret", "docs_api_key"})
+
+
+def reveal(value: SecretStr | str | None) -> str | None:
+    """The plain value of a secret setting (where it is injected upstream, and nowhere else)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value() or None
+    return value or None
+
+
 class Settings(BaseSettings):
     """Sentinel's whole configuration. Build with `Settings()` (environment) or keyword overrides."""
 
@@ -49,109 +65,65 @@ class Settings(BaseSettings):
     )
 
     # --- server -------------------------------------------------------------------------------
-    host: str = Field("0.0.0.0", validation_alias=AliasChoices("SENTINEL_HOST", "host"))
-    port: int = Field(8080, ge=1, le=65535, validation_alias=AliasChoices("SENTINEL_PORT", "port"))
-    log_level: str = Field("info", validation_alias=AliasChoices("SENTINEL_LOG_LEVEL", "log_level"))
-    debug: bool = Field(False, validation_alias=AliasChoices("SENTINEL_DEBUG", "debug"))
-    max_body_bytes: int = Field(
-        10 * 1024 * 1024, ge=1024, validation_alias=AliasChoices("SENTINEL_MAX_BODY_BYTES", "max_body_bytes")
-    )
-    max_in_flight: int = Field(
-        1024, ge=1, validation_alias=AliasChoices("SENTINEL_MAX_IN_FLIGHT", "max_in_flight")
-    )
-    shutdown_timeout_seconds: float = Field(
-        30.0,
-        gt=0,
-        validation_alias=AliasChoices("SENTINEL_SHUTDOWN_TIMEOUT_SECONDS", "shutdown_timeout_seconds"),
-    )
-    access_log: bool = Field(True, validation_alias=AliasChoices("SENTINEL_ACCESS_LOG", "access_log"))
+    host: str = env("SENTINEL_HOST", "0.0.0.0")
+    port: int = env("SENTINEL_PORT", 8080, ge=1, le=65535)
+    log_level: str = env("SENTINEL_LOG_LEVEL", "info")
+    debug: bool = env("SENTINEL_DEBUG", False)
+    max_body_bytes: int = env("SENTINEL_MAX_BODY_BYTES", 10 * 1024 * 1024, ge=1024)
+    max_in_flight: int = env("SENTINEL_MAX_IN_FLIGHT", 1024, ge=1)
+    shutdown_timeout_seconds: float = env("SENTINEL_SHUTDOWN_TIMEOUT_SECONDS", 30.0, gt=0)
+    access_log: bool = env("SENTINEL_ACCESS_LOG", True)
+    # Connection limits: a client that trickles its headers or body is cut off.
+    header_timeout_seconds: float = env("SENTINEL_HEADER_TIMEOUT_SECONDS", 10.0, gt=0)
+    body_timeout_seconds: float = env("SENTINEL_BODY_TIMEOUT_SECONDS", 30.0, gt=0)
+    keepalive_timeout_seconds: float = env("SENTINEL_KEEPALIVE_TIMEOUT_SECONDS", 5.0, gt=0)
+    max_header_bytes: int = env("SENTINEL_MAX_HEADER_BYTES", 16 * 1024, ge=1024)
+    max_headers: int = env("SENTINEL_MAX_HEADERS", 100, ge=8)
+    auth_failures_per_minute: int = env("SENTINEL_AUTH_FAILURES_PER_MINUTE", 30, ge=1)
 
     # --- storage ------------------------------------------------------------------------------
-    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "redis_url"))
-    redis_timeout_seconds: float = Field(
-        0.25, gt=0, validation_alias=AliasChoices("REDIS_TIMEOUT_SECONDS", "redis_timeout_seconds")
-    )
-    database_url: str = Field(
-        "sqlite+aiosqlite:///./data/sentinel.db",
-        validation_alias=AliasChoices("DATABASE_URL", "database_url"),
-    )
+    redis_url: str | None = env("REDIS_URL", None)
+    redis_timeout_seconds: float = env("REDIS_TIMEOUT_SECONDS", 0.25, gt=0)
+    database_url: str = env("DATABASE_URL", "sqlite+aiosqlite:///./data/sentinel.db")
 
     # --- upstream providers ---------------------------------------------------------------------
-    openai_api_url: str | None = Field(None, validation_alias=AliasChoices("OPENAI_API_URL", "openai_api_url"))
-    openai_api_key: str | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
-    anthropic_api_url: str | None = Field(
-        None, validation_alias=AliasChoices("ANTHROPIC_API_URL", "anthropic_api_url")
-    )
-    anthropic_api_key: str | None = Field(
-        None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "anthropic_api_key")
-    )
-    upstream_timeout_seconds: float = Field(
-        300.0,
-        gt=0,
-        validation_alias=AliasChoices("SENTINEL_UPSTREAM_TIMEOUT_SECONDS", "upstream_timeout_seconds"),
-    )
-    upstream_connect_timeout_seconds: float = Field(
-        10.0,
-        gt=0,
-        validation_alias=AliasChoices(
-            "SENTINEL_UPSTREAM_CONNECT_TIMEOUT_SECONDS", "upstream_connect_timeout_seconds"
-        ),
-    )
-    providers_file: Path | None = Field(
-        None, validation_alias=AliasChoices("SENTINEL_CONFIG", "providers_file")
-    )
+    openai_api_url: str | None = env("OPENAI_API_URL", None)
+    openai_api_key: SecretStr | None = env("OPENAI_API_KEY", None)
+    anthropic_api_url: str | None = env("ANTHROPIC_API_URL", None)
+    anthropic_api_key: SecretStr | None = env("ANTHROPIC_API_KEY", None)
+    upstream_timeout_seconds: float = env("SENTINEL_UPSTREAM_TIMEOUT_SECONDS", 300.0, gt=0)
+    upstream_connect_timeout_seconds: float = env("SENTINEL_UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10.0, gt=0)
+    # Idle upstream connections are dropped sooner than providers drop them (so a reused one is alive).
+    upstream_keepalive_seconds: float = env("SENTINEL_UPSTREAM_KEEPALIVE_SECONDS", 15.0, gt=0)
+    providers_file: Path | None = env("SENTINEL_CONFIG", None)
+    # Extra `/v1/*` paths forwarded (authenticated, metered, recorded): e.g. `/v1/moderations,/v1/images/*`.
+    passthrough: str = env("SENTINEL_PASSTHROUGH", "")
 
     # --- auth and governance --------------------------------------------------------------------
-    governance: GovernanceKind = Field(
-        GovernanceKind.builtin, validation_alias=AliasChoices("GOVERNANCE", "governance")
-    )
-    zion_api_url: str | None = Field(None, validation_alias=AliasChoices("ZION_API_URL", "zion_api_url"))
-    zion_api_key: str | None = Field(None, validation_alias=AliasChoices("ZION_API_KEY", "zion_api_key"))
-    jwt_jwks_url: str | None = Field(None, validation_alias=AliasChoices("JWT_JWKS_URL", "jwt_jwks_url"))
-    jwt_secret: str | None = Field(None, validation_alias=AliasChoices("JWT_SECRET", "jwt_secret"))
-    jwt_audience: str | None = Field(None, validation_alias=AliasChoices("JWT_AUDIENCE", "jwt_audience"))
-    jwt_issuer: str | None = Field(None, validation_alias=AliasChoices("JWT_ISSUER", "jwt_issuer"))
-    jwt_cache_ttl_seconds: int = Field(
-        300, ge=1, validation_alias=AliasChoices("JWT_CACHE_TTL_SECONDS", "jwt_cache_ttl_seconds")
-    )
-    cache_ttl_seconds: int = Field(
-        300, ge=1, validation_alias=AliasChoices("CACHE_TTL_SECONDS", "cache_ttl_seconds")
-    )
-    governance_grace_seconds: int = Field(
-        900, ge=0, validation_alias=AliasChoices("GOVERNANCE_GRACE_SECONDS", "governance_grace_seconds")
-    )
-    docs_api_key: str | None = Field(None, validation_alias=AliasChoices("DOCS_API_KEY", "docs_api_key"))
+    governance: GovernanceKind = env("GOVERNANCE", GovernanceKind.builtin)
+    zion_api_url: str | None = env("ZION_API_URL", None)
+    zion_api_key: SecretStr | None = env("ZION_API_KEY", None)
+    jwt_jwks_url: str | None = env("JWT_JWKS_URL", None)
+    jwt_secret: SecretStr | None = env("JWT_SECRET", None)
+    jwt_audience: str | None = env("JWT_AUDIENCE", None)
+    jwt_issuer: str | None = env("JWT_ISSUER", None)
+    jwt_cache_ttl_seconds: int = env("JWT_CACHE_TTL_SECONDS", 300, ge=1)
+    cache_ttl_seconds: int = env("CACHE_TTL_SECONDS", 300, ge=1)
+    governance_grace_seconds: int = env("GOVERNANCE_GRACE_SECONDS", 900, ge=0)
+    docs_api_key: SecretStr | None = env("DOCS_API_KEY", None)
 
     # --- quotas and usage -----------------------------------------------------------------------
-    default_plan: str = Field(
-        "requests=100/60s", validation_alias=AliasChoices("DEFAULT_PLAN", "default_plan")
-    )
-    quota_failure_mode: QuotaFailureMode = Field(
-        QuotaFailureMode.closed, validation_alias=AliasChoices("QUOTA_FAILURE_MODE", "quota_failure_mode")
-    )
-    default_max_output_tokens: int = Field(
-        4096, ge=1, validation_alias=AliasChoices("DEFAULT_MAX_OUTPUT_TOKENS", "default_max_output_tokens")
-    )
-    usage_lease_seconds: float = Field(
-        30.0, gt=0, validation_alias=AliasChoices("USAGE_LEASE_SECONDS", "usage_lease_seconds")
-    )
-    usage_flush_interval_seconds: float = Field(
-        0.5, gt=0, validation_alias=AliasChoices("USAGE_FLUSH_INTERVAL_SECONDS", "usage_flush_interval_seconds")
-    )
+    default_plan: str = env("DEFAULT_PLAN", "requests=100/60s")
+    quota_failure_mode: QuotaFailureMode = env("QUOTA_FAILURE_MODE", QuotaFailureMode.closed)
+    default_max_output_tokens: int = env("DEFAULT_MAX_OUTPUT_TOKENS", 4096, ge=1)
+    usage_lease_seconds: float = env("USAGE_LEASE_SECONDS", 30.0, gt=0)
+    usage_flush_interval_seconds: float = env("USAGE_FLUSH_INTERVAL_SECONDS", 0.5, gt=0)
 
     # --- native API, tiers, sessions --------------------------------------------------------------
-    session_ttl_seconds: int = Field(
-        86400, ge=1, validation_alias=AliasChoices("SESSION_TTL_SECONDS", "session_ttl_seconds")
-    )
-    tier_config_ttl_seconds: int = Field(
-        1800, ge=1, validation_alias=AliasChoices("TIER_CONFIG_TTL_SECONDS", "tier_config_ttl_seconds")
-    )
-    session_failover: SessionFailover = Field(
-        SessionFailover.keep, validation_alias=AliasChoices("SESSION_FAILOVER", "session_failover")
-    )
-    session_auto_key: bool = Field(
-        False, validation_alias=AliasChoices("SESSION_AUTO_KEY", "session_auto_key")
-    )
+    session_ttl_seconds: int = env("SESSION_TTL_SECONDS", 86400, ge=1)
+    tier_config_ttl_seconds: int = env("TIER_CONFIG_TTL_SECONDS", 1800, ge=1)
+    session_failover: SessionFailover = env("SESSION_FAILOVER", SessionFailover.keep)
+    session_auto_key: bool = env("SESSION_AUTO_KEY", False)
 
     @field_validator("log_level")
     @classmethod
@@ -167,13 +139,21 @@ class Settings(BaseSettings):
         parse_plan_spec(value)
         return value
 
+    @field_validator("passthrough")
+    @classmethod
+    def _passthrough(cls, value: str) -> str:
+        for pattern in filter(None, (p.strip() for p in value.split(","))):
+            if not pattern.startswith("/v1/") or "//" in pattern or ".." in pattern or "*" in pattern[:-1].replace("/*/", ""):
+                raise ValueError(f"bad pattern {pattern!r}: expected paths like /v1/moderations or /v1/images/*")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
         if value in (None, ""):
             return None
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not value.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")):
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+cluster://")
         return value
 
     @field_validator("database_url")
@@ -197,7 +177,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _governance_complete(self) -> Settings:
-        if self.governance is GovernanceKind.zion and not (self.zion_api_url and self.zion_api_key):
+        if self.governance is GovernanceKind.zion and not (self.zion_api_url and reveal(self.zion_api_key)):
             raise ValueError("GOVERNANCE=zion needs ZION_API_URL and ZION_API_KEY")
         return self
 
@@ -206,7 +186,8 @@ class Settings(BaseSettings):
     def use_embedded_mock(self) -> bool:
         """No upstream configured at all: serve the built-in mock in-process (the demo default)."""
         return not (
-            self.openai_api_key or self.openai_api_url or self.anthropic_api_key or self.anthropic_api_url
+            reveal(self.openai_api_key) or self.openai_api_url or reveal(self.anthropic_api_key)
+            or self.anthropic_api_url
         )
 
     @property
@@ -217,9 +198,25 @@ class Settings(BaseSettings):
     def effective_anthropic_url(self) -> str:
         return self.anthropic_api_url or "https://api.anthropic.com"
 
+    @property
+    def passthrough_patterns(self) -> list[str]:
+        """The `SENTINEL_PASSTHROUGH` patterns, in order."""
+        return [p.strip() for p in self.passthrough.split(",") if p.strip()]
+
 
 class ConfigError(Exception):
     """Raised with one human line naming the variable and what is wrong."""
+
+
+_USERINFO = re.compile(r"://[^/@]*@")
+
+
+def _shown(field: str, value: Any) -> str:
+    """What an error may show of a bad value: never a secret, never a URL's credentials."""
+    if field in SECRET_FIELDS or not isinstance(value, str | int | float):
+        return ""
+    text = _USERINFO.sub("://***@", str(value))
+    return f" (got {text!r})"
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -227,12 +224,13 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
+        names = {str(f.validation_alias).lower(): name for name, f in Settings.model_fields.items()}
         parts = []
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"]) or "configuration"
+            field = names.get(loc.lower(), loc.lower())
             msg = err["msg"].removeprefix("Value error, ")
-            value = err.get("input")
-            shown = f" (got {value!r})" if isinstance(value, str | int | float) and loc != "configuration" else ""
+            shown = "" if loc == "configuration" else _shown(field, err.get("input"))
             parts.append(f"{loc.upper()}: {msg}{shown}")
         raise ConfigError("invalid configuration: " + "; ".join(parts)) from None
 
@@ -246,7 +244,7 @@ class ProviderEntry(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,39}$")
     kind: Literal["openai", "anthropic"]
     base_url: str
-    api_key: str | None = None
+    api_key: SecretStr | None = None
     cheap_model: str | None = None
     mid_model: str | None = None
 
@@ -276,8 +274,17 @@ def load_providers_file(path: Path) -> ProvidersFile:
         raise ConfigError(f"invalid configuration: SENTINEL_CONFIG: {', '.join(missing)} not set in the environment")
     text = _ENV_REF.sub(lambda m: os.environ[m.group(1)], text)
     try:
-        return ProvidersFile.model_validate(yaml.safe_load(text) or {})
-    except (yaml.YAMLError, ValidationError) as exc:
-        first = str(exc).splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise ConfigError(f"invalid configuration: SENTINEL_CONFIG ({path}): {detail}") from None
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"invalid configuration: SENTINEL_CONFIG ({path}): {problem}{where}") from None
+    try:
+        return ProvidersFile.model_validate(data)
+    except ValidationError as exc:
+        # Values are never quoted back: a provider entry holds its API key.
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_input=False)
+        )
+        raise ConfigError(f"invalid configuration: SENTINEL_CONFIG ({path}): {details}") from None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from sentinel.config import GovernanceKind, ProviderEntry, Settings, load_providers_file
+from sentinel.config import GovernanceKind, ProviderEntry, Settings, load_providers_file, reveal
 from sentinel.db.engine import create_engine, migrate, session_factory
 from sentinel.domain.plans import PlanSource, parse_plan_spec
 from sentinel.domain.tiers import TIERS, TierModelEntry, TierSource, TierTable
@@ -31,6 +31,7 @@ from sentinel.governance.identity import IdentitySource
 from sentinel.governance.jwt import JwtVerifier, LocalJwtIdentitySource
 from sentinel.governance.keys import KeyService
 from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
+from sentinel.governance.ownership import Ownership
 from sentinel.governance.plan_source import BuiltinPlanSource, CachedPlans
 from sentinel.governance.plans import PlanRepository
 from sentinel.governance.tier_store import DbTiers, TierRepository
@@ -53,6 +54,7 @@ from sentinel.routing.selection import WeightedSelector
 from sentinel.routing.sessions import SessionStore
 from sentinel.services.native_chat import NativeChat
 from sentinel.services.relay import OpenAIRelay
+from sentinel.services.static_models import STATIC_MODELS
 from sentinel.store import Store, create_store
 
 # With Redis, identities and plans are also kept per process for at most this long (never past
@@ -64,12 +66,14 @@ def build_catalog(settings: Settings) -> Catalog:
     """The providers and the (default or configured) tier table."""
     providers: dict[str, ProviderSpec] = {}
     defaults: dict[str, tuple[TierModelEntry, TierModelEntry]] = {}
-    if settings.openai_api_key or settings.openai_api_url:
-        providers["openai"] = ProviderSpec("openai", "openai", settings.effective_openai_url, settings.openai_api_key)
+    if reveal(settings.openai_api_key) or settings.openai_api_url:
+        providers["openai"] = ProviderSpec(
+            "openai", "openai", settings.effective_openai_url, reveal(settings.openai_api_key)
+        )
         defaults["openai"] = DEFAULT_MODELS["openai"]
-    if settings.anthropic_api_key or settings.anthropic_api_url:
+    if reveal(settings.anthropic_api_key) or settings.anthropic_api_url:
         providers["anthropic"] = ProviderSpec(
-            "anthropic", "anthropic", settings.effective_anthropic_url, settings.anthropic_api_key
+            "anthropic", "anthropic", settings.effective_anthropic_url, reveal(settings.anthropic_api_key)
         )
         defaults["anthropic"] = DEFAULT_MODELS["anthropic"]
     configured = None
@@ -95,7 +99,15 @@ def build_catalog(settings: Settings) -> Catalog:
 
 
 def _spec(entry: ProviderEntry) -> ProviderSpec:
-    return ProviderSpec(entry.name, entry.kind, entry.base_url.rstrip("/"), entry.api_key)
+    return ProviderSpec(entry.name, entry.kind, entry.base_url.rstrip("/"), reveal(entry.api_key))
+
+
+def known_models(catalog: Catalog) -> set[str]:
+    """Model names that may appear as metric labels (everything else is reported as `other`)."""
+    names = {entry.model for entries in catalog.tiers.values() for entry in entries}
+    names.update(entry.model for pair in DEFAULT_MODELS.values() for entry in pair)
+    names.update(str(model["id"]) for model in STATIC_MODELS)
+    return names
 
 
 @dataclass
@@ -121,10 +133,11 @@ def build_governance(
     local_jwt: IdentitySource | None = None
     zion: ZionClient | None = None
     if s.governance is GovernanceKind.zion:
-        assert s.zion_api_url and s.zion_api_key  # checked by Settings
-        zion = ZionClient(s.zion_api_url, s.zion_api_key, session=http)
-    if s.jwt_secret or s.jwt_jwks_url:
-        verifier = JwtVerifier(s.jwt_secret, s.jwt_jwks_url, s.jwt_audience, s.jwt_issuer, http)
+        zion_key = reveal(s.zion_api_key)
+        assert s.zion_api_url and zion_key  # checked by Settings
+        zion = ZionClient(s.zion_api_url, zion_key, session=http)
+    if reveal(s.jwt_secret) or s.jwt_jwks_url:
+        verifier = JwtVerifier(reveal(s.jwt_secret), s.jwt_jwks_url, s.jwt_audience, s.jwt_issuer, http)
         local_jwt = LocalJwtIdentitySource(verifier, profile_source=ZionIdentitySource(zion) if zion else None)
     if zion is None:
         return Governance(
@@ -162,9 +175,13 @@ async def build_runtime(s: Settings, metrics: Metrics) -> Runtime:
     engine = create_engine(s.database_url)
     await migrate(engine)
     sessions = session_factory(engine)
-    http = create_session(read_timeout=s.upstream_timeout_seconds, connect_timeout=s.upstream_connect_timeout_seconds)
+    http = create_session(
+        read_timeout=s.upstream_timeout_seconds, connect_timeout=s.upstream_connect_timeout_seconds,
+        keepalive=s.upstream_keepalive_seconds,
+    )
     local_ttl = LOCAL_CACHE_SECONDS if s.redis_url else 0.0
     catalog = build_catalog(s)
+    metrics.known_models.update(known_models(catalog))
     governance = build_governance(s, store=store, sessions=sessions, http=http, catalog_tiers=catalog.tiers)
     authenticator = Authenticator(
         store, api_keys=KeyService(sessions), jwt=governance.jwt, ttl=s.jwt_cache_ttl_seconds,
@@ -192,14 +209,14 @@ async def build_runtime(s: Settings, metrics: Metrics) -> Runtime:
         sessions=SessionStore(store, s.session_ttl_seconds), selector=WeightedSelector(), metrics=metrics,
         failover=s.session_failover, auto_key=s.session_auto_key,
     )
-    openai = OpenAICompatUpstream("openai", s.effective_openai_url, s.openai_api_key, http)
+    openai = OpenAICompatUpstream("openai", s.effective_openai_url, reveal(s.openai_api_key), http)
     deliverer.start()
     return Runtime(
         settings=s,
         store=store,
         engine=engine,
         authenticator=authenticator,
-        relay=OpenAIRelay(openai, meter, metrics),
+        relay=OpenAIRelay(openai, meter, Ownership(store), metrics),
         native=NativeChat(router, chat_providers, meter, counter),
         router=router,
         closers=[lambda: deliverer.stop(s.shutdown_timeout_seconds), http.close, engine.dispose, store.close],

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sentinel.api.context import RequestContext
+from sentinel.api.paths import check_raw_path
 from sentinel.api.responses import endpoint_not_found, error_response
 from sentinel.errors import InternalError, MethodNotAllowed, Overloaded, SentinelError
 from sentinel.observability.logging import request_id_var
@@ -74,6 +75,7 @@ class RequestMiddleware:
 
         limited = not path.startswith(_UNLIMITED_PREFIXES)
         try:
+            check_raw_path(scope.get("raw_path") or path.encode())
             if limited and self.in_flight >= self.max_in_flight:
                 self.metrics.rejected_overload.inc()
                 raise Overloaded("Too many requests in flight; retry shortly", retry_after=1)

@@ -7,6 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
+from sentinel.api.bodies import parse_json_object
 from sentinel.api.context import context
 from sentinel.api.deps import Deps
 from sentinel.api.replies import render
@@ -27,9 +28,9 @@ class NativeRoutes:
 
     async def chat(self, request: Request) -> Any:
         identity = await self.deps.authenticate(request)
-        raw = await self.deps.read_body(request)
+        payload = parse_json_object(await self.deps.read_body(request))
         try:
-            req = parse_chat_request(raw)
+            req = parse_chat_request(payload)
         except NativeValidationError as exc:
             raise InvalidRequest(exc.message, details={"param": exc.param} if exc.param else None) from None
         return render(await self.service.chat(context(request.scope), identity, req))

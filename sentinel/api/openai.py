@@ -1,17 +1,22 @@
-"""The OpenAI-compatible surface `/v1/*`: parse, authenticate, call the relay, render."""
+"""The OpenAI-compatible surface `/v1/*`: parse, authenticate, call the relay, render.
+
+Served: the metered endpoints, the stored-response routes (`/v1/responses/{id}` and below), the
+model list, and the `/v1` paths the operator allows with SENTINEL_PASSTHROUGH. Everything else
+under `/v1` is 404 `endpoint_not_supported`: nothing reaches the provider account by default.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.routing import Route
 
+from sentinel.api.bodies import parse_json_object, query_items
 from sentinel.api.context import context
 from sentinel.api.deps import Deps
 from sentinel.api.replies import render
-from sentinel.errors import InvalidRequest, MethodNotAllowed
+from sentinel.errors import MethodNotAllowed, NotFound
 from sentinel.services.relay import OpenAIRelay
 
 METERED = {
@@ -21,26 +26,43 @@ METERED = {
     "/v1/responses": "responses",
 }
 TYPED_PATHS = {*METERED, "/v1/models"}
+ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+class PassthroughPolicy:
+    """Which other `/v1` paths are forwarded: exact paths, or `prefix/*` for a path and all below it."""
+
+    def __init__(self, patterns: list[str]) -> None:
+        self.exact = {p for p in patterns if not p.endswith("/*")}
+        self.prefixes = [p[:-2] for p in patterns if p.endswith("/*")]
+
+    def match(self, path: str) -> str | None:
+        """The pattern that allows `path` (the ledger's endpoint name), or None."""
+        if path in self.exact:
+            return path
+        for prefix in self.prefixes:
+            if path == prefix or path.startswith(prefix + "/"):
+                return prefix + "/*"
+        return None
 
 
 class OpenAIRoutes:
     """Handlers for `/v1/*`, bound to the app's dependencies and the relay service."""
 
-    def __init__(self, deps: Deps, relay: OpenAIRelay) -> None:
+    def __init__(self, deps: Deps, relay: OpenAIRelay, passthrough: PassthroughPolicy) -> None:
         self.deps = deps
         self.relay = relay
+        self.passthrough_policy = passthrough
 
     def routes(self) -> list[Route]:
         routes = [Route(path, self.metered, methods=["POST"], name=name) for path, name in METERED.items()]
         routes += [
+            Route("/v1/responses/{response_id}", self.stored_response, methods=["GET", "DELETE"]),
+            Route("/v1/responses/{response_id}/input_items", self.stored_response, methods=["GET"]),
+            Route("/v1/responses/{response_id}/cancel", self.stored_response, methods=["POST"]),
             Route("/v1/models", self.list_models, methods=["GET"], name="models"),
             Route("/v1/models/{model_id:path}", self.get_model, methods=["GET"], name="model"),
-            Route(
-                "/v1/{path:path}",
-                self.passthrough,
-                methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
-                name="passthrough",
-            ),
+            Route("/v1/{path:path}", self.passthrough, methods=ANY_METHOD, name="passthrough"),
         ]
         return routes
 
@@ -49,43 +71,42 @@ class OpenAIRoutes:
         identity = await self.deps.authenticate(request)
         body = await self.deps.read_body(request)
         reply = await self.relay.metered(
-            context(request.scope), identity, endpoint=METERED[path], path=path[3:], payload=parse_json_object(body),
-            body=body, headers=request.scope["headers"], query=_query(request),
+            context(request.scope), identity, endpoint=METERED[path], segments=path[4:].split("/"),
+            payload=parse_json_object(body), body=body, headers=request.scope["headers"], query=query_items(request),
         )
         return render(reply)
 
+    async def stored_response(self, request: Request) -> Any:
+        route: str = context(request.scope).route
+        return await self._call(request, endpoint=route)
+
     async def list_models(self, request: Request) -> Any:
-        await self.deps.authenticate(request)
-        return render(await self.relay.list_models(context(request.scope), request.scope["headers"]))
+        identity = await self.deps.authenticate(request)
+        return render(await self.relay.list_models(context(request.scope), identity, request.scope["headers"]))
 
     async def get_model(self, request: Request) -> Any:
-        await self.deps.authenticate(request)
+        identity = await self.deps.authenticate(request)
         model_id: str = request.path_params["model_id"]
-        return render(await self.relay.get_model(context(request.scope), model_id, request.scope["headers"]))
+        return render(await self.relay.get_model(context(request.scope), identity, model_id, request.scope["headers"]))
 
     async def passthrough(self, request: Request) -> Any:
         path: str = request.scope["path"]
         if path in TYPED_PATHS:
             allowed = "GET" if path == "/v1/models" else "POST"
             raise MethodNotAllowed(f"Method {request.method} not allowed on {path}", headers={"Allow": allowed})
-        await self.deps.authenticate(request)
+        pattern = self.passthrough_policy.match(path)
+        if pattern is None:
+            raise NotFound(
+                f"Endpoint {request.method} {path} is not supported by this gateway", code="endpoint_not_supported"
+            )
+        return await self._call(request, endpoint=pattern)
+
+    async def _call(self, request: Request, *, endpoint: str) -> Any:
+        identity = await self.deps.authenticate(request)
         body = await self.deps.read_body(request) if request.method not in ("GET", "HEAD") else None
-        reply = await self.relay.passthrough(
-            context(request.scope), request.method, path[3:], body, request.scope["headers"], _query(request)
+        path: str = request.scope["path"]
+        reply = await self.relay.call(
+            context(request.scope), identity, endpoint=endpoint, method=request.method,
+            segments=path[4:].split("/"), body=body, headers=request.scope["headers"], query=query_items(request),
         )
         return render(reply)
-
-
-def _query(request: Request) -> list[tuple[str, str]] | None:
-    return list(request.query_params.multi_items()) or None
-
-
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or InvalidRequest (400)."""
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"Invalid JSON body: {exc}", code="invalid_json") from None
-    if not isinstance(payload, dict):
-        raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
-    return payload

@@ -24,9 +24,10 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sentinel.mock import anthropic_wire, openai_extra, openai_responses, openai_wire
+from sentinel.mock import anthropic_wire, openai_extra, openai_objects, openai_responses, openai_wire
 from sentinel.mock.asgi import Call, JSONReply, Reply
 from sentinel.mock.faults import WireError
+from sentinel.mock.openai_objects import ObjectStore
 from sentinel.mock.prompt_cache import PromptCache
 from sentinel.mock.recorder import RequestLog, control_routes
 
@@ -58,6 +59,7 @@ class MockState:
         self.api_key = api_key
         self.log = RequestLog(history)
         self.prompt_cache = PromptCache()
+        self.objects = ObjectStore()
         self._prefix = os.urandom(4).hex()
         self._ids = itertools.count(1)
 
@@ -124,7 +126,23 @@ def create_mock_app(latency_ms: float = 0.0, *, history: int = 256, api_key: str
         ),
         Route("/v1/completions", Endpoint(state, openai_extra.completions, OPENAI), methods=["POST"]),
         Route("/v1/embeddings", Endpoint(state, openai_extra.embeddings, OPENAI), methods=["POST"]),
-        Route("/v1/responses", Endpoint(state, openai_responses.responses, OPENAI), methods=["POST"]),
+        Route(
+            "/v1/responses",
+            Endpoint(state, partial(openai_responses.responses, keep=state.objects.keep_response), OPENAI),
+            methods=["POST"],
+        ),
+        Route(
+            "/v1/responses/{response_id}", Endpoint(state, state.objects.get_response, OPENAI),
+            methods=["GET", "DELETE"],
+        ),
+        Route(
+            "/v1/responses/{response_id}/input_items", Endpoint(state, state.objects.input_items, OPENAI),
+            methods=["GET"],
+        ),
+        Route("/v1/files", Endpoint(state, state.objects.files_root, OPENAI), methods=["GET", "POST"]),
+        Route("/v1/files/{file_id}", Endpoint(state, state.objects.file, OPENAI), methods=["GET", "DELETE"]),
+        Route("/v1/files/{file_id}/content", Endpoint(state, state.objects.file_content, OPENAI), methods=["GET"]),
+        Route("/v1/moderations", Endpoint(state, openai_objects.moderations, OPENAI), methods=["POST"]),
         Route("/v1/models", Endpoint(state, openai_extra.list_models, _models_wire), methods=["GET"]),
         Route(
             "/v1/models/{model_id:path}",

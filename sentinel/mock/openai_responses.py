@@ -11,6 +11,7 @@ cut the text) carrying the usage.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sentinel.mock.asgi import Call, JSONReply, Reply, SSEReply, sse
@@ -73,8 +74,8 @@ def _function_calls(body: dict[str, Any], user_text: str, faults: Faults) -> lis
     ]
 
 
-def responses(call: Call) -> Reply:
-    """POST /v1/responses."""
+def responses(call: Call, keep: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None) -> Reply:
+    """POST /v1/responses; `keep(response, input_items)` stores it unless the request says `store: false`."""
     body = json_object(call)
     model = require_model(body)
     items = _items(body.get("input"))
@@ -117,6 +118,8 @@ def responses(call: Call) -> Reply:
     if incomplete:
         message["status"] = "incomplete"
     final = _envelope(body, model, "incomplete" if incomplete else "completed", outputs, usage)
+    if keep is not None and body.get("store") is not False:
+        keep(final, items)
     if not body.get("stream"):
         return JSONReply(final)
     return _stream(final, output.pieces)

@@ -16,6 +16,9 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # Model names that may become label values; anything else is reported as "other", so a
+        # client cannot grow the exposition by sending made-up model names.
+        self.known_models: set[str] = set()
         self.requests = Counter(
             "sentinel_http_requests_total", "HTTP requests by route and status", ["route", "method", "status"],
             registry=r,
@@ -92,6 +95,12 @@ class Metrics:
         self.provider_health = Gauge(
             "sentinel_provider_health", "1 healthy, 0 in backoff", ["provider", "model"], registry=r,
         )
+
+    def model_label(self, model: str | None) -> str:
+        """The label value for `model`: a known model's name, `none` or `other`."""
+        if model is None:
+            return "none"
+        return model if model in self.known_models else "other"
 
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, memoised (labels() is slow for a per-request call)."""

@@ -2,6 +2,11 @@
 
 One `aiohttp.ClientSession` per app (created in the lifespan) serves every provider. aiohttp was
 chosen over httpx by measurement (see README, "Choices"): on one core it relays ~3x more requests.
+
+Idle pooled connections are dropped after `keepalive` seconds, sooner than providers drop them;
+if a provider still closed one just as it was reused, the request fails before any answer began —
+a provider closing an idle connection has not processed what arrived on it — and is sent once
+more on a fresh connection. A failure on a new connection is never retried here.
 """
 
 from __future__ import annotations
@@ -9,23 +14,42 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import aiohttp
+from yarl import URL
 
 from sentinel.errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout
 
+# A pooled connection the peer closed while it sat idle fails like this before any answer began.
+_STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
-def create_session(*, read_timeout: float, connect_timeout: float, limit: int = 1000) -> aiohttp.ClientSession:
+
+async def _on_reuse(
+    session: aiohttp.ClientSession, ctx: SimpleNamespace, params: aiohttp.TraceConnectionReuseconnParams
+) -> None:
+    if ctx.trace_request_ctx is not None:
+        ctx.trace_request_ctx.reused = True
+
+
+def create_session(
+    *, read_timeout: float, connect_timeout: float, keepalive: float = 15.0, limit: int = 1000
+) -> aiohttp.ClientSession:
     """The app-wide upstream session: keep-alive pool, no total timeout (streams may be long),
     a connect timeout and an idle-read timeout (the longest wait for the next upstream byte)."""
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=60, ttl_dns_cache=300)
+    connector = aiohttp.TCPConnector(
+        limit=limit, limit_per_host=limit, keepalive_timeout=keepalive, ttl_dns_cache=300
+    )
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
+    tracing = aiohttp.TraceConfig()
+    tracing.on_connection_reuseconn.append(_on_reuse)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,
         auto_decompress=False,  # relay bytes as the upstream sent them
         skip_auto_headers=("User-Agent",),
         raise_for_status=False,
+        trace_configs=[tracing],
     )
 
 
@@ -81,7 +105,7 @@ async def send(
     session: aiohttp.ClientSession,
     provider: str,
     method: str,
-    url: str,
+    url: str | URL,
     *,
     headers: dict[str, str],
     body: bytes | None = None,
@@ -89,7 +113,17 @@ async def send(
 ) -> UpstreamResponse:
     """Send a request and return as soon as the upstream's status and headers are in."""
     with translate_errors(provider):
-        raw = await session.request(method, url, headers=headers, data=body, params=params, allow_redirects=False)
+        for attempt in (1, 2):
+            ctx = SimpleNamespace(reused=False)
+            try:
+                raw = await session.request(
+                    method, url, headers=headers, data=body, params=params, allow_redirects=False,
+                    trace_request_ctx=ctx,
+                )
+                break
+            except _STALE_CONNECTION:
+                if attempt == 2 or not ctx.reused:
+                    raise
     return UpstreamResponse(
         provider=provider,
         status=raw.status,

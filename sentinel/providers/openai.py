@@ -7,10 +7,13 @@ here and nowhere else, and it is never logged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from sentinel.native import ChatRequest, ProviderReply
 from sentinel.native.openai import build_openai_request, parse_openai_response
@@ -89,19 +92,20 @@ class OpenAICompatUpstream:
     async def forward(
         self,
         method: str,
-        path: str,
+        segments: Sequence[str],
         *,
         headers: dict[str, str],
         body: bytes | None,
         query: list[tuple[str, str]] | None = None,
     ) -> UpstreamResponse:
-        """Send `path` (relative to the base URL, e.g. `/chat/completions`) to the upstream."""
+        """Send the request to the path made of `segments` (decoded, relative to the base URL, e.g.
+        ["chat", "completions"]). Each segment is percent-encoded whole and the URL is used as built
+        (never normalised), so the upstream sees exactly this path below its base and nothing else."""
         out = dict(headers)
         out["accept-encoding"] = "identity"
         if self.api_key:
             out["authorization"] = f"Bearer {self.api_key}"
         if body is None or method in ("GET", "HEAD"):
             body = None
-        return await send(
-            self.session, self.name, method, self.base_url + path, headers=out, body=body, params=query
-        )
+        url = URL(self.base_url + "".join("/" + quote(segment, safe="") for segment in segments), encoded=True)
+        return await send(self.session, self.name, method, url, headers=out, body=body, params=query)

@@ -1,9 +1,15 @@
-"""Pre-request estimates: input tokens of a request body and the output tokens it may produce."""
+"""Pre-request estimates: input tokens of a request body and the output tokens it may produce.
+
+Both read only values of the expected types (anything else counts as absent): the transport
+type-checks metered fields first (`sentinel.native.openai_checks`), and an estimate must never be
+the thing that turns a hostile body into a 500.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from sentinel.native.openai_checks import output_multiplier
 from sentinel.quota.tokens import TokenCounter
 
 
@@ -13,29 +19,42 @@ def estimate_input(counter: TokenCounter, endpoint: str, model: str, payload: di
         messages = payload.get("messages")
         tools = payload.get("tools")
         return counter.count_chat(
-            messages if isinstance(messages, list) else [], model, tools if isinstance(tools, list) else None
+            [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else [],
+            model,
+            tools if isinstance(tools, list) else None,
         )
     if endpoint == "completions":
-        return counter.count_prompt(payload.get("prompt"), model)
+        return counter.count_prompt(_prompt(payload.get("prompt")), model)
     if endpoint == "embeddings":
-        return counter.count_prompt(payload.get("input"), model)
+        return counter.count_prompt(_prompt(payload.get("input")), model)
     if endpoint == "responses":
-        items = payload.get("input")
-        total = counter.count_text(payload.get("instructions") or "", model) if payload.get("instructions") else 0
-        if isinstance(items, str):
-            return total + counter.count_text(items, model) + 3
-        if isinstance(items, list):
-            messages = [item for item in items if isinstance(item, dict) and "role" in item]
-            others = [item for item in items if isinstance(item, dict) and "role" not in item]
-            total += counter.count_chat(messages, model)
-            for item in others:  # function_call / function_call_output items
-                total += counter.count_text(str(item.get("output") or item.get("arguments") or ""), model)
-        return total
+        return _responses_input(counter, model, payload)
     return 0
 
 
+def _prompt(value: Any) -> str | list[Any] | None:
+    return value if isinstance(value, str | list) else None
+
+
+def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any]) -> int:
+    instructions = payload.get("instructions")
+    total = counter.count_text(instructions, model) if isinstance(instructions, str) else 0
+    items = payload.get("input")
+    if isinstance(items, str):
+        return total + counter.count_text(items, model) + 3
+    if isinstance(items, list):
+        messages = [item for item in items if isinstance(item, dict) and "role" in item]
+        others = [item for item in items if isinstance(item, dict) and "role" not in item]
+        total += counter.count_chat(messages, model)
+        for item in others:  # function_call / function_call_output items
+            text = item.get("output") or item.get("arguments") or ""
+            total += counter.count_text(text if isinstance(text, str) else str(text), model)
+    return total
+
+
 def max_output(endpoint: str, payload: dict[str, Any], default: int) -> int:
-    """The most output tokens the request can produce: its own cap, or `default`."""
+    """The most output tokens the request can produce: its own cap (or `default`) times the number
+    of completions it asks for (`n`, `best_of`)."""
     if endpoint == "embeddings":
         return 0
     keys = {
@@ -44,8 +63,10 @@ def max_output(endpoint: str, payload: dict[str, Any], default: int) -> int:
         "completions": ("max_tokens",),
         "responses": ("max_output_tokens",),
     }.get(endpoint, ())
+    cap = 16 if endpoint == "completions" else default
     for key in keys:
         value = payload.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return 16 if endpoint == "completions" else default
+            cap = value
+            break
+    return cap * output_multiplier(endpoint, payload)

@@ -9,23 +9,28 @@ usage record to the durable outbox before returning. `release()` runs when nothi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from sentinel.domain.identity import Identity
-from sentinel.domain.plans import PlanSource
+from sentinel.domain.plans import Plan, PlanSource
 from sentinel.domain.policies import QuotaFailureMode
-from sentinel.domain.usage import Usage, UsageRecord
+from sentinel.domain.usage import Usage, UsageRecord, UsageSource
 from sentinel.errors import ServiceUnavailable, StoreUnavailable
 from sentinel.observability.metrics import Metrics
+from sentinel.quota.decision import Decision
 from sentinel.quota.estimate import estimate_input, max_output
 from sentinel.quota.limiter import QuotaLimiter, Reservation
 from sentinel.quota.outbox import DurableOutbox
 from sentinel.quota.tokens import TokenCounter
 
 log = logging.getLogger("sentinel.meter")
+
+# Bodies at least this large are counted off the event loop (after a cheap has-room check).
+OFF_LOOP_BYTES = 64 * 1024
 
 
 @dataclass
@@ -34,7 +39,7 @@ class Admission:
 
     identity: Identity
     endpoint: str
-    model: str
+    model: str | None
     request_id: str
     estimate_input: int = 0
     max_output: int = 0
@@ -55,12 +60,17 @@ def cost(prices: tuple[float, float] | None, input_tokens: int, output_tokens: i
 
 
 class Meter(Protocol):
+    """Quota admission and usage settlement, as the services see it (see the module docstring)."""
+
     async def admit(
-        self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str
+        self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
+        size: int = 0,
     ) -> Admission: ...
 
+    async def admit_call(self, identity: Identity, *, endpoint: str, request_id: str) -> Admission: ...
+
     async def settle(
-        self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str
+        self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None
     ) -> None: ...
 
     async def release(self, admission: Admission) -> None: ...
@@ -91,26 +101,55 @@ class QuotaMeter:
         self.default_max_output = default_max_output
 
     async def admit(
-        self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str
+        self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
+        size: int = 0,
     ) -> Admission:
+        """Reserve the request, its estimated input and its maximum output against every limit of the
+        caller's plan; RateLimited (429) when one does not fit. `size` (the body's bytes) decides
+        whether counting runs off the event loop, after a cheap check that the plan has room at all."""
         body = payload or {}
+        plan = await self.plans.plan_for(identity)
         admission = Admission(
-            identity=identity,
-            endpoint=endpoint,
-            model=model,
-            request_id=request_id,
-            estimate_input=estimate_input(self.counter, endpoint, model, body),
+            identity=identity, endpoint=endpoint, model=model, request_id=request_id,
             max_output=max_output(endpoint, body, self.default_max_output),
         )
+        if size >= OFF_LOOP_BYTES:
+            # A large body: refuse an exhausted user before paying for the count, and count in a
+            # worker thread (tiktoken releases the GIL) so the event loop keeps serving others.
+            await self._peek(identity, plan)
+            admission.estimate_input = await asyncio.to_thread(estimate_input, self.counter, endpoint, model, body)
+        else:
+            admission.estimate_input = estimate_input(self.counter, endpoint, model, body)
+        await self._reserve(admission, plan)
+        return admission
+
+    async def admit_call(self, identity: Identity, *, endpoint: str, request_id: str) -> Admission:
+        """Reserve one request and no tokens (a call whose tokens are not estimated: the model list,
+        pass-through endpoints); it is refused while any limit of the plan is exhausted."""
         plan = await self.plans.plan_for(identity)
+        admission = Admission(identity=identity, endpoint=endpoint, model=None, request_id=request_id)
+        await self._reserve(admission, plan)
+        return admission
+
+    async def _peek(self, identity: Identity, plan: Plan) -> None:
+        try:
+            decision = await self.limiter.peek(identity.external_id, plan)
+        except StoreUnavailable:
+            return  # the reservation that follows applies the failure mode
+        if not decision.allowed:
+            self._refuse(decision)
+
+    def _refuse(self, decision: Decision) -> NoReturn:
+        name = decision.limited_by.metric if decision.limited_by else "unknown"
+        self.metrics.quota_decisions.labels("limited", name).inc()
+        raise decision.to_error()
+
+    async def _reserve(self, admission: Admission, plan: Plan) -> None:
+        subject = admission.identity.external_id
+        tokens = {"input_tokens": admission.estimate_input, "output_tokens": admission.max_output}
         limiter = self.limiter
         try:
-            reservation = await limiter.reserve(
-                identity.external_id,
-                plan,
-                input_tokens=admission.estimate_input,
-                output_tokens=admission.max_output,
-            )
+            reservation = await limiter.reserve(subject, plan, **tokens)
         except StoreUnavailable:
             self.metrics.quota_store_failures.labels(self.failure_mode.value).inc()
             if self.failure_mode is QuotaFailureMode.closed:
@@ -119,38 +158,36 @@ class QuotaMeter:
                 ) from None
             if self.failure_mode is QuotaFailureMode.open:
                 log.warning("quota store unavailable; admitting without a quota check (QUOTA_FAILURE_MODE=open)")
-                return admission
+                return
             limiter = self.local_limiter
-            reservation = await limiter.reserve(
-                identity.external_id, plan, input_tokens=admission.estimate_input, output_tokens=admission.max_output
-            )
+            reservation = await limiter.reserve(subject, plan, **tokens)
         decision = reservation.decision
         if not decision.allowed:
-            name = decision.limited_by.metric if decision.limited_by else "unknown"
-            self.metrics.quota_decisions.labels("limited", name).inc()
-            raise decision.to_error()
+            self._refuse(decision)
         self.metrics.child(self.metrics.quota_decisions, "allowed", "").inc()
         admission.reservation = reservation
         admission.limiter = limiter
         admission.headers = decision.headers()
-        return admission
 
     async def settle(
-        self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str
+        self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None
     ) -> None:
+        """Reconcile the reservation to the real usage and store one usage record (once per admission)."""
         if admission.settled:
             return
         admission.settled = True
         model = admission.model
+        label = self.metrics.model_label(model)
+        source: UsageSource
         if usage is not None:
             input_tokens, output_tokens, source = usage.input_tokens, usage.output_tokens, "measured"
             if admission.estimate_input > 0:
-                self.metrics.child(self.metrics.estimate_error, model).observe(
+                self.metrics.child(self.metrics.estimate_error, label).observe(
                     (usage.input_tokens - admission.estimate_input) / admission.estimate_input
                 )
         else:
             input_tokens = admission.estimate_input
-            output_tokens = self.counter.count_text(output_text, model) if output_text else 0
+            output_tokens = self.counter.count_text(output_text, model or "") if output_text else 0
             source = "estimated"
         if admission.reservation is not None and admission.limiter is not None:
             try:
@@ -168,7 +205,7 @@ class QuotaMeter:
             endpoint=admission.endpoint,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
-            usage_source=source,  # type: ignore[arg-type]
+            usage_source=source,
             status=status,
             started_at=admission.started_at,
             finished_at=datetime.now(UTC),
@@ -176,13 +213,14 @@ class QuotaMeter:
         )
         await self.outbox.put(record)
         m = self.metrics
-        m.child(m.tokens, "input", model).inc(input_tokens)
-        m.child(m.tokens, "output", model).inc(output_tokens)
-        m.child(m.usage_requests, model, source).inc()
+        m.child(m.tokens, "input", label).inc(input_tokens)
+        m.child(m.tokens, "output", label).inc(output_tokens)
+        m.child(m.usage_requests, label, source).inc()
         if record.cost_usd:
-            self.metrics.cost.labels(provider, model).inc(record.cost_usd)
+            m.child(m.cost, provider or "none", label).inc(record.cost_usd)
 
     async def release(self, admission: Admission) -> None:
+        """Give back everything the admission reserved (nothing was served); once per admission."""
         if admission.settled:
             return
         admission.settled = True

@@ -16,19 +16,24 @@ from sentinel.domain.usage import Usage
 
 
 def usage_from_body(endpoint: str, body: Any) -> Usage | None:
-    """Usage reported in a non-streaming response body, or None."""
+    """Usage reported in a response body (`prompt_tokens`/`completion_tokens` as in chat, or
+    `input_tokens`/`output_tokens` as in responses and images), or None."""
     if not isinstance(body, dict):
         return None
     usage = body.get("usage")
     if not isinstance(usage, dict):
         return None
-    if endpoint == "responses":
-        i, o = usage.get("input_tokens"), usage.get("output_tokens")
-    else:
+    if "prompt_tokens" in usage:
         i, o = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
-    if not isinstance(i, int) or not isinstance(o, int) or (i == 0 and o == 0):
+    else:
+        i, o = usage.get("input_tokens"), usage.get("output_tokens", 0)
+    if not isinstance(i, int) or not isinstance(o, int) or not _count(i) or not _count(o) or (i == 0 and o == 0):
         return None
     return Usage(i, o)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def text_from_body(endpoint: str, body: Any) -> str:
@@ -83,6 +88,7 @@ class StreamInspector:
         self._text: list[str] = []
         self.parse_errors = 0
         self.saw_done = False
+        self.object_id: str | None = None
 
     @property
     def text(self) -> str:
@@ -159,6 +165,8 @@ class StreamInspector:
 
     def _absorb_responses(self, obj: dict[str, Any]) -> bool:
         response = obj.get("response")
+        if isinstance(response, dict) and self.object_id is None and isinstance(response.get("id"), str):
+            self.object_id = response["id"]  # `response.created` names the stored response
         if isinstance(response, dict):
             usage = usage_from_body("responses", response)
             if usage is not None:
@@ -173,3 +181,34 @@ class StreamInspector:
         elif isinstance(delta, dict):
             self._text.append(str(delta.get("text") or delta.get("content") or ""))
         return True
+
+
+class TailInspector:
+    """Keeps the last `keep` bytes of a large JSON answer relayed as it arrives, to read its usage
+    (OpenAI puts `usage` last) without holding or parsing the whole body."""
+
+    def __init__(self, keep: int = 64 * 1024) -> None:
+        self.keep = keep
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self._tail = (self._tail + chunk)[-self.keep :]
+
+    def usage(self, endpoint: str) -> Usage | None:
+        """The usage object after the last `"usage"` key in the tail, or None."""
+        at = self._tail.rfind(b'"usage"')
+        if at < 0:
+            return None
+        start = self._tail.find(b"{", at)
+        if start < 0:
+            return None
+        depth = 0
+        for end in range(start, len(self._tail)):  # usage objects hold no strings with braces
+            depth += {123: 1, 125: -1}.get(self._tail[end], 0)
+            if depth == 0:
+                try:
+                    usage = orjson.loads(self._tail[start : end + 1])
+                except orjson.JSONDecodeError:
+                    return None
+                return usage_from_body(endpoint, {"usage": usage})
+        return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import openai
 import pytest
 
@@ -101,14 +103,24 @@ def test_request_id_created_or_kept(gateway: Gateway) -> None:
     assert unauth.status_code == 401 and unauth.headers["x-request-id"]
 
 
-def test_passthrough_keeps_method_path_query_and_status(gateway: Gateway) -> None:
+def test_unknown_v1_paths_are_not_forwarded(gateway: Gateway) -> None:
     with gateway.client() as http:
+        before = last_upstream_request(gateway)
         r = http.get("/v1/files/unknown-file?purpose=fine-tune&limit=2")
-    assert r.status_code == 404  # the upstream's own status is relayed
-    assert r.json()["error"]["message"]
-    seen = last_upstream_request(gateway)
-    assert seen["path"] == "/v1/files/unknown-file"
-    assert seen["query"] == {"purpose": "fine-tune", "limit": "2"} or "purpose=fine-tune" in str(seen["query"])
+    assert r.status_code == 404 and r.json()["error"]["code"] == "endpoint_not_supported"
+    assert last_upstream_request(gateway) == before  # nothing reached the provider account
+
+
+def test_allowed_passthrough_keeps_method_path_query_and_status(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(passthrough="/v1/moderations")
+    with gw.client() as http:
+        r = http.post("/v1/moderations?purpose=check&limit=2", json={"input": ["a", "b"]})
+        assert r.status_code == 200 and len(r.json()["results"]) == 2
+        assert r.headers["x-ratelimit-limit"]
+        seen = last_upstream_request(gw)
+        assert (seen["method"], seen["path"], seen["query"]) == ("POST", "/v1/moderations", {"purpose": "check", "limit": "2"})
+        bad = http.post("/v1/moderations", content=b"not json", headers={"content-type": "text/plain"})
+    assert bad.status_code == 400  # the upstream's own 4xx is relayed
 
 
 def test_server_timing_header(gateway: Gateway) -> None:

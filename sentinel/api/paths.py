@@ -1,0 +1,51 @@
+"""One canonical request path: checked once, on the raw bytes the client sent, before routing.
+
+The path a route matches must be the path that is metered and the path an upstream receives, so
+anything an HTTP stack might normalise differently is refused with 400 instead of interpreted:
+dot segments (`.`/`..`, literal or percent-encoded, any case), encoded `/`, `\\`, `?`, `#` and `%`,
+a literal backslash, empty segments (`//`; one trailing slash is allowed), control characters and
+bytes outside printable ASCII, and malformed percent-escapes. What remains decodes to exactly one
+path with one meaning; percent-encoded ordinary characters (`%63hat`) decode to the same route.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sentinel.errors import InvalidRequest
+
+_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+# After percent-decoding, a segment may not contain these (nor be "." or "..").
+_FORBIDDEN_DECODED = re.compile(rb"[\x00-\x1f\x7f/\\?#%]")
+_HEX = re.compile(rb"%([0-9A-Fa-f]{2})")
+_PRINTABLE = re.compile(rb"^[\x21-\x7e]*$")
+
+
+def _refuse(reason: str) -> InvalidRequest:
+    return InvalidRequest(f"Invalid request path: {reason}", code="invalid_path")
+
+
+def check_raw_path(raw: bytes) -> None:
+    """Raise InvalidRequest (400 `invalid_path`) unless `raw` is a canonical path (see the module doc)."""
+    if not raw.startswith(b"/"):
+        raise _refuse("it must start with '/'")
+    if not _PRINTABLE.match(raw):
+        raise _refuse("control characters, spaces and non-ASCII bytes must not appear")
+    if b"\\" in raw:
+        raise _refuse("'\\' is not allowed")
+    if _ESCAPE.search(raw):
+        raise _refuse("'%' must start a two-digit percent-escape")
+    segments = raw[1:].split(b"/")
+    last = len(segments) - 1
+    for i, segment in enumerate(segments):
+        if not segment:
+            if i == last and i > 0:
+                continue  # one trailing slash
+            if i == 0 and last == 0:
+                continue  # the root path "/"
+            raise _refuse("empty path segments ('//') are not allowed")
+        decoded = _HEX.sub(lambda m: bytes([int(m.group(1), 16)]), segment) if b"%" in segment else segment
+        if decoded in (b".", b".."):
+            raise _refuse("dot segments are not allowed")
+        if _FORBIDDEN_DECODED.search(decoded):
+            raise _refuse("encoded '/', '\\', '?', '#', '%' or control characters are not allowed")

@@ -1,0 +1,108 @@
+"""OpenAI wire format: objects an account stores (files, stored responses) and a stateless extra.
+
+Enough of the Files API (`POST /v1/files` multipart, `GET /v1/files`, `GET/DELETE /v1/files/{id}`,
+`GET /v1/files/{id}/content`), stored responses (`GET/DELETE /v1/responses/{id}`,
+`GET /v1/responses/{id}/input_items`) and `POST /v1/moderations` for a gateway's ownership and
+pass-through tests. Like the real account, the mock does not know who asked: every object is
+visible to every caller, which is exactly what the gateway must hide.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sentinel.mock.asgi import Call, JSONReply, Reply
+from sentinel.mock.faults import WireError
+from sentinel.mock.openai_wire import json_object
+from sentinel.mock.text import new_id
+
+
+class ObjectStore:
+    """The account's objects, in memory."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
+        self.responses: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+
+    # --- stored responses (filled by POST /v1/responses unless store is false) -----------------------
+    def keep_response(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
+        self.responses[response["id"]] = (response, input_items)
+
+    def get_response(self, call: Call) -> Reply:
+        response_id = call.path_params["response_id"]
+        call.resolve_faults("")
+        if response_id not in self.responses:
+            raise WireError(404, f"Response with id '{response_id}' not found.", code="not_found")
+        if call.method == "DELETE":
+            del self.responses[response_id]
+            return JSONReply({"id": response_id, "object": "response", "deleted": True})
+        return JSONReply(self.responses[response_id][0])
+
+    def input_items(self, call: Call) -> Reply:
+        response_id = call.path_params["response_id"]
+        call.resolve_faults("")
+        if response_id not in self.responses:
+            raise WireError(404, f"Response with id '{response_id}' not found.", code="not_found")
+        items = self.responses[response_id][1]
+        return JSONReply({"object": "list", "data": items, "has_more": False})
+
+    # --- files ---------------------------------------------------------------------------------------
+    def files_root(self, call: Call) -> Reply:
+        call.resolve_faults("")
+        if call.method == "GET":
+            return JSONReply({"object": "list", "data": [meta for meta, _ in self.files.values()], "has_more": False})
+        filename, content, purpose = _multipart(call)
+        meta = {
+            "id": new_id("file-"), "object": "file", "bytes": len(content), "created_at": int(time.time()),
+            "filename": filename, "purpose": purpose, "status": "processed",
+        }
+        self.files[meta["id"]] = (meta, content)
+        return JSONReply(meta)
+
+    def file(self, call: Call) -> Reply:
+        file_id = call.path_params["file_id"]
+        call.resolve_faults("")
+        if file_id not in self.files:
+            raise WireError(404, f"No such File object: {file_id}", code="not_found")
+        if call.method == "DELETE":
+            del self.files[file_id]
+            return JSONReply({"id": file_id, "object": "file", "deleted": True})
+        return JSONReply(self.files[file_id][0])
+
+    def file_content(self, call: Call) -> Reply:
+        file_id = call.path_params["file_id"]
+        call.resolve_faults("")
+        if file_id not in self.files:
+            raise WireError(404, f"No such File object: {file_id}", code="not_found")
+        return JSONReply({"content": self.files[file_id][1].decode("utf-8", "replace")})
+
+
+def moderations(call: Call) -> Reply:
+    """POST /v1/moderations: nothing is flagged; usage-free, like the real endpoint."""
+    body = json_object(call)
+    call.resolve_faults("")
+    inputs = body.get("input")
+    count = len(inputs) if isinstance(inputs, list) else 1
+    result = {"flagged": False, "categories": {"violence": False}, "category_scores": {"violence": 0.0}}
+    return JSONReply({"id": new_id("modr-"), "model": body.get("model") or "omni-moderation-latest",
+                      "results": [result] * count})
+
+
+def _multipart(call: Call) -> tuple[str, bytes, str]:
+    """(filename, content, purpose) of a multipart/form-data upload (small and well-formed only)."""
+    kind = call.headers.get("content-type", "")
+    if "boundary=" not in kind:
+        raise WireError(400, "Expected multipart/form-data with a file and a purpose", param="file")
+    boundary = kind.split("boundary=", 1)[1].strip('"').encode()
+    filename, content, purpose = "upload", b"", "user_data"
+    for part in call.raw.split(b"--" + boundary):
+        head, _, data = part.partition(b"\r\n\r\n")
+        data = data.removesuffix(b"\r\n")
+        if b'name="file"' in head:
+            content = data
+            if b'filename="' in head:
+                filename = head.split(b'filename="', 1)[1].split(b'"', 1)[0].decode("utf-8", "replace")
+        elif b'name="purpose"' in head:
+            purpose = data.decode("utf-8", "replace")
+    return filename, content, purpose

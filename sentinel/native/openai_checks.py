@@ -1,0 +1,139 @@
+"""Type checks of the fields Sentinel meters in OpenAI-format requests, before any quota is taken.
+
+The upstream validates everything else; these fields decide what is reserved and how the answer
+is read (`stream`, the token caps, `n`/`best_of`, the prompt), so a wrong type must be a 400 that
+names the parameter, never a silently different reservation or a 500 later. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sentinel.native.errors import NativeValidationError
+
+MAX_N = 128  # OpenAI's range for `n`
+MAX_BEST_OF = 20  # and for `best_of` (legacy completions)
+MAX_JSON_DEPTH = 64
+MAX_MODEL_CHARS = 200  # the ledger's model column
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fail(param: str, expected: str) -> NativeValidationError:
+    return NativeValidationError(f"{param}: {expected}", param)
+
+
+def _optional(payload: dict[str, Any], key: str, ok: Callable[[Any], bool], expected: str) -> None:
+    value = payload.get(key)
+    if value is not None and not ok(value):
+        raise _fail(key, expected)
+
+
+def _positive_int(limit: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: _is_int(v) and v >= 1 and (limit is None or v <= limit)
+
+
+def _text_or_tokens(value: Any) -> bool:
+    """A string, a list of strings, a list of token ids, or a list of token-id lists."""
+    if isinstance(value, str):
+        return True
+    if not isinstance(value, list):
+        return False
+    return (
+        all(isinstance(v, str) for v in value)
+        or all(_is_int(v) for v in value)
+        or all(isinstance(v, list) and all(_is_int(t) for t in v) for v in value)
+    )
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise _fail("messages", "must be a non-empty array of message objects")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _fail(f"messages.{i}", "must be a message object")
+        if not isinstance(message.get("role"), str):
+            raise _fail(f"messages.{i}.role", "must be a string")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise _fail(f"messages.{i}.content", "must be a string, an array of content parts or null")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise _fail(f"messages.{i}.content.{j}", "must be a content part object with a string 'type'")
+
+
+def _check_common(payload: dict[str, Any]) -> None:
+    _optional(payload, "stream", lambda v: isinstance(v, bool), "must be a boolean")
+    _optional(payload, "stream_options", lambda v: isinstance(v, dict), "must be an object")
+    _optional(payload, "tools", lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v),
+              "must be an array of tool objects")
+
+
+def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
+    """Raise NativeValidationError (with `param`) when a metered field of `endpoint`'s request has the
+    wrong type or an absurd value. `endpoint` is one of chat, completions, embeddings, responses."""
+    model = payload.get("model")
+    if not isinstance(model, str) or not model or len(model) > MAX_MODEL_CHARS:
+        raise _fail("model", f"is required and must be a non-empty string of at most {MAX_MODEL_CHARS} characters")
+    _check_common(payload)
+    if endpoint == "chat":
+        _check_messages(payload.get("messages"))
+        _optional(payload, "max_tokens", _positive_int(), "must be an integer >= 1")
+        _optional(payload, "max_completion_tokens", _positive_int(), "must be an integer >= 1")
+        _optional(payload, "n", _positive_int(MAX_N), f"must be an integer from 1 to {MAX_N}")
+    elif endpoint == "completions":
+        if not _text_or_tokens(payload.get("prompt")):
+            raise _fail("prompt", "must be a string, an array of strings or an array of token ids")
+        _optional(payload, "max_tokens", _positive_int(), "must be an integer >= 1")
+        _optional(payload, "n", _positive_int(MAX_N), f"must be an integer from 1 to {MAX_N}")
+        _optional(payload, "best_of", _positive_int(MAX_BEST_OF), f"must be an integer from 1 to {MAX_BEST_OF}")
+        n, best_of = payload.get("n") or 1, payload.get("best_of")
+        if best_of is not None and best_of < n:
+            raise _fail("best_of", "must be at least n")
+    elif endpoint == "embeddings":
+        if not _text_or_tokens(payload.get("input")):
+            raise _fail("input", "must be a string, an array of strings or an array of token ids")
+    elif endpoint == "responses":
+        items = payload.get("input")
+        if items is not None and not isinstance(items, str | list):
+            raise _fail("input", "must be a string or an array of input items")
+        if isinstance(items, list):
+            for i, item in enumerate(items):
+                if not isinstance(item, dict):
+                    raise _fail(f"input.{i}", "must be an input item object")
+        _optional(payload, "instructions", lambda v: isinstance(v, str), "must be a string")
+        _optional(payload, "max_output_tokens", _positive_int(), "must be an integer >= 1")
+        _optional(payload, "previous_response_id", lambda v: isinstance(v, str), "must be a string")
+
+
+def output_multiplier(endpoint: str, payload: dict[str, Any]) -> int:
+    """How many completions the request asks for: `n`, or `best_of` when larger (each is billed)."""
+    if endpoint not in ("chat", "completions"):
+        return 1
+    n = payload.get("n")
+    count: int = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+    best_of = payload.get("best_of") if endpoint == "completions" else None
+    if isinstance(best_of, int) and not isinstance(best_of, bool) and best_of > count:
+        count = best_of
+    return count
+
+
+def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether `value` nests arrays/objects deeper than `limit` (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False

@@ -1,0 +1,121 @@
+"""Objects a provider account stores on a user's behalf, as the OpenAI API addresses them.
+
+Every user of Sentinel shares the company's provider account. A call that creates an object
+(a stored response, a file, a batch, ...) makes the caller its owner; a call that names an object
+— in its path or anywhere in its JSON body — may only name the caller's own objects (see
+`sentinel.governance.ownership`). Pure: which paths and fields address objects, nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+DAY = 86400.0
+# Collections of per-account objects under /v1, with how long ownership is kept: no shorter than
+# the provider keeps the object (None: until it is deleted through Sentinel).
+COLLECTIONS: dict[str, float | None] = {
+    "responses": 31 * DAY,  # stored responses: 30 days
+    "chat/completions": 31 * DAY,  # stored chat completions (`store: true`): 30 days
+    "conversations": None,
+    "files": None,
+    "uploads": 2 * DAY,  # an upload expires after an hour
+    "batches": None,
+    "vector_stores": None,
+    "fine_tuning/jobs": None,
+    "assistants": None,
+    "threads": None,
+    "containers": None,
+    "evals": None,
+}
+# Body fields whose values name objects (a string, a list of strings, or {"id": ...}).
+REFERENCE_KEYS = frozenset({
+    "previous_response_id", "response_id", "conversation", "conversation_id", "file_id", "file_ids",
+    "input_file_id", "output_file_id", "error_file_id", "training_file", "validation_file", "vector_store_id",
+    "vector_store_ids", "assistant_id", "thread_id", "batch_id", "upload_id", "container_id", "eval_id",
+})
+# Fields of an answer that name objects created along with it (a batch's output file, an upload's file).
+CREATED_KEYS = ("output_file_id", "error_file_id")
+
+
+@dataclass(frozen=True)
+class ObjectPath:
+    """Where a `/v1` path points in the object model."""
+
+    collection: str | None = None  # e.g. "files"; None: not a per-account object path
+    object_id: str | None = None  # the object named by the path, None for the collection itself
+
+    @property
+    def is_collection(self) -> bool:
+        return self.collection is not None and self.object_id is None
+
+    @property
+    def ttl(self) -> float | None:
+        return COLLECTIONS.get(self.collection or "")
+
+
+def classify(segments: list[str]) -> ObjectPath:
+    """`segments` are the path's segments after `/v1` (decoded); e.g. ["files", "file-1", "content"]."""
+    for size in (2, 1):
+        if len(segments) >= size and "/".join(segments[:size]) in COLLECTIONS:
+            collection = "/".join(segments[:size])
+            rest = segments[size:]
+            return ObjectPath(collection, rest[0] if rest else None)
+    return ObjectPath()
+
+
+def referenced_ids(body: Any, limit: int = 1000) -> list[str]:
+    """Object ids a JSON body names under REFERENCE_KEYS, anywhere in it (at most `limit` of them)."""
+    found: list[str] = []
+    stack = [body]
+    while stack and len(found) < limit:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(item for item in node if isinstance(item, dict | list))
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            if key in REFERENCE_KEYS:
+                found.extend(_ids(value))
+            if isinstance(value, dict | list):
+                stack.append(value)
+    return found[:limit]
+
+
+def _ids(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str) and v]
+    if isinstance(value, dict) and isinstance(value.get("id"), str):
+        return [value["id"]]
+    return []
+
+
+def created_ids(answer: Any, *, creating: bool) -> list[str]:
+    """Ids an answer makes the caller the owner of: the object itself when the call created it,
+    and objects created along with it (a batch's output and error files, an upload's file)."""
+    if not isinstance(answer, dict):
+        return []
+    out: list[str] = []
+    if creating and isinstance(answer.get("id"), str):
+        out.append(answer["id"])
+    for key in CREATED_KEYS:
+        if isinstance(answer.get(key), str):
+            out.append(answer[key])
+    file = answer.get("file")
+    if isinstance(file, dict) and isinstance(file.get("id"), str):
+        out.append(file["id"])
+    return out
+
+
+_LEADING_ID = re.compile(rb'^\s*\{\s*"id"\s*:\s*"([^"\\]{1,200})"')
+
+
+def leading_id(head: bytes) -> str | None:
+    """The `id` of a JSON object whose first key it is (as in every OpenAI object), read from the
+    first bytes of an answer too large to parse whole."""
+    match = _LEADING_ID.match(head[:4096])
+    return match.group(1).decode() if match else None

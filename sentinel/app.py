@@ -21,6 +21,7 @@ from sentinel.api.native import NativeRoutes
 from sentinel.api.openai import OpenAIRoutes, PassthroughPolicy
 from sentinel.api.ops import OpsRoutes
 from sentinel.api.responses import endpoint_not_found
+from sentinel.api.throttle import FailedAuthThrottle
 from sentinel.config import Settings, reveal
 from sentinel.observability.metrics import Metrics
 from sentinel.wiring import Runtime, build_runtime
@@ -40,13 +41,17 @@ class SentinelApp:
     async def startup(self) -> None:
         s = self.settings
         runtime = await build_runtime(s, self.metrics)
-        deps = Deps(settings=s, store=runtime.store, metrics=self.metrics, authenticator=runtime.authenticator)
+        throttle = FailedAuthThrottle(s.auth_failures_per_minute)
+        deps = Deps(
+            settings=s, store=runtime.store, metrics=self.metrics, authenticator=runtime.authenticator,
+            throttle=throttle,
+        )
         routes = (
             OpsRoutes(runtime.store, runtime.engine, self.metrics).routes()
             + OpenAIRoutes(deps, runtime.relay, PassthroughPolicy(s.passthrough_patterns)).routes()
             + NativeRoutes(deps, runtime.native).routes()
             + DebugRoutes(deps, runtime.router).routes()
-            + DocsRoutes(reveal(s.docs_api_key)).routes()
+            + DocsRoutes(reveal(s.docs_api_key), throttle=throttle).routes()
         )
         self._http = RequestMiddleware(
             Dispatcher(routes, not_found=endpoint_not_found),

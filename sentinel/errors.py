@@ -4,6 +4,7 @@
     ├── ClientError                      the caller's fault (4xx)
     │   ├── InvalidRequest               400 invalid_request_error
     │   ├── PayloadTooLarge              413 invalid_request_error
+    │   ├── RequestTimeout               408 invalid_request_error   (the body did not arrive in time)
     │   ├── AuthenticationError          401 authentication_error   (+ WWW-Authenticate)
     │   ├── PermissionDenied             403 permission_error
     │   ├── NotFound                     404 not_found_error
@@ -89,6 +90,11 @@ class InvalidRequest(ClientError):
 class PayloadTooLarge(ClientError):
     status = 413
     code = "request_too_large"
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    code = "request_timeout"
 
 
 class AuthenticationError(ClientError):

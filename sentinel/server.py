@@ -11,6 +11,7 @@ import uvicorn
 from sentinel.app import create_app
 from sentinel.config import Settings
 from sentinel.observability.logging import configure_logging
+from sentinel.protocol import uvicorn_protocol_options
 
 log = logging.getLogger("sentinel.server")
 
@@ -77,7 +78,7 @@ def serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
+        **uvicorn_protocol_options(settings),
         lifespan="on",
         log_config=None,
         access_log=False,

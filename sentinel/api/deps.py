@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
 from sentinel.api.context import context
+from sentinel.api.throttle import FailedAuthThrottle
 from sentinel.config import Settings
 from sentinel.domain.identity import Identity
-from sentinel.errors import PayloadTooLarge
+from sentinel.errors import AuthenticationError, PayloadTooLarge, RequestTimeout
 from sentinel.governance.auth import Authenticator, parse_bearer
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
@@ -23,25 +25,41 @@ class Deps:
     store: Store
     metrics: Metrics
     authenticator: Authenticator
+    throttle: FailedAuthThrottle
 
     async def authenticate(self, request: Request) -> Identity:
-        """The caller's identity from `Authorization: Bearer`, or AuthenticationError (401)."""
-        token = parse_bearer(request.headers.get("authorization"))
-        identity = await self.authenticator.authenticate(token)
+        """The caller's identity from `Authorization: Bearer`: AuthenticationError (401), or 429 for an
+        address that failed too often this minute (checked before any lookup)."""
+        client = request.scope.get("client")
+        address = client[0] if client else None
+        self.throttle.check(address)
+        try:
+            token = parse_bearer(request.headers.get("authorization"))
+            identity = await self.authenticator.authenticate(token)
+        except AuthenticationError:
+            self.throttle.failed(address)
+            raise
         context(request.scope).external_id = identity.external_id
         return identity
 
     async def read_body(self, request: Request) -> bytes:
-        """The whole request body, refusing more than `max_body_bytes` (413) without buffering it."""
+        """The whole request body: more than `max_body_bytes` is 413 (refused without buffering it),
+        not all of it within `body_timeout_seconds` is 408."""
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"Request body is larger than the {limit}-byte limit")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"Request body is larger than the {limit}-byte limit")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_seconds):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(f"Request body is larger than the {limit}-byte limit")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body did not arrive within {self.settings.body_timeout_seconds:g} seconds"
+            ) from None
         return b"".join(chunks)

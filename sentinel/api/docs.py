@@ -35,6 +35,7 @@ from sentinel.api.docs_assets import DocsAssets
 from sentinel.api.docs_auth import MAX_FORM_BYTES, DocsGate, form_key
 from sentinel.api.openapi import build_openapi
 from sentinel.api.responses import RawResponse
+from sentinel.api.throttle import FailedAuthThrottle
 from sentinel.errors import AuthenticationError, InvalidRequest, NotFound, PayloadTooLarge
 
 CSP = (
@@ -81,7 +82,11 @@ SIGNIN = """<!doctype html>
 class DocsRoutes:
     """The docs routes for one docs key (None: open docs). `clock` is unix seconds."""
 
-    def __init__(self, docs_key: str | None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, docs_key: str | None, *, throttle: FailedAuthThrottle | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.throttle = throttle or FailedAuthThrottle(30, clock=clock)
         self.gate = DocsGate(docs_key or None, clock=clock)
         self.assets = DocsAssets()
         self.document = orjson.dumps(build_openapi())
@@ -141,7 +146,11 @@ class DocsRoutes:
             if len(body) > MAX_FORM_BYTES:
                 raise PayloadTooLarge(f"The sign-in form is limited to {MAX_FORM_BYTES} bytes")
         key = form_key(bytes(body))
+        client = request.scope.get("client")
+        address = client[0] if client else None
+        self.throttle.check(address)  # failed sign-ins count like failed authentications
         if key is None or not self.gate.key_matches(key):
+            self.throttle.failed(address)
             return self._signin_page(401, "Wrong docs key.")
         cookie = self.gate.set_cookie(secure=request.url.scheme == "https")
         headers = [(b"location", b"/native/docs"), (b"set-cookie", cookie.encode()), (b"cache-control", b"no-store")]

@@ -53,11 +53,12 @@ class ObjectStore:
         if call.method == "GET":
             return JSONReply({"object": "list", "data": [meta for meta, _ in self.files.values()], "has_more": False})
         filename, content, purpose = _multipart(call)
-        meta = {
-            "id": new_id("file-"), "object": "file", "bytes": len(content), "created_at": int(time.time()),
+        file_id = new_id("file-")
+        meta: dict[str, Any] = {
+            "id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
             "filename": filename, "purpose": purpose, "status": "processed",
         }
-        self.files[meta["id"]] = (meta, content)
+        self.files[file_id] = (meta, content)
         return JSONReply(meta)
 
     def file(self, call: Call) -> Reply:

@@ -92,7 +92,8 @@ def _ttl(block: Any) -> str | None:
 def breakpoints(prompt: Prompt) -> list[Breakpoint]:
     """The request's breakpoints, shortest prefix first."""
     body = prompt.body
-    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    raw_tools = body.get("tools")
+    tools: list[Any] = raw_tools if isinstance(raw_tools, list) else []
     system = body.get("system")
     system_blocks = system if isinstance(system, list) else []
     found: list[tuple[Any, Any, list[dict[str, Any]], str]] = []
@@ -103,8 +104,9 @@ def breakpoints(prompt: Prompt) -> list[Breakpoint]:
         if (ttl := _ttl(block)) is not None:
             found.append((tools, system_blocks[: j + 1], [], ttl))
     for m, message in enumerate(prompt.messages):
-        content = message.get("content")
-        for b, block in enumerate(content if isinstance(content, list) else []):
+        raw_content = message.get("content")
+        content: list[Any] = raw_content if isinstance(raw_content, list) else []
+        for b, block in enumerate(content):
             if (ttl := _ttl(block)) is not None:
                 cut = {**message, "content": content[: b + 1]}
                 found.append((tools, system, [*prompt.messages[:m], cut], ttl))

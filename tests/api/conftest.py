@@ -14,6 +14,7 @@ import pytest
 from sentinel.app import create_app
 from sentinel.config import Settings
 from sentinel.mock.app import create_mock_app
+from sentinel.protocol import uvicorn_protocol_options
 from tests.support.servers import ServerThread, serving
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
@@ -75,7 +76,7 @@ def gateway_factory(tmp_path: Path, mock_upstream: str) -> Iterator[Callable[...
         values.update(overrides)
         settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
         key_id, key = asyncio.run(make_key(settings.database_url, "alice"))
-        server = ServerThread(create_app(settings)).start()
+        server = ServerThread(create_app(settings), **uvicorn_protocol_options(settings)).start()
         started.append(server)
         return Gateway(url=server.url, key=key, key_id=key_id, settings=settings, server=server)
 

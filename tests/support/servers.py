@@ -22,7 +22,8 @@ def free_port() -> int:
 class ServerThread:
     """A uvicorn server in a thread; `url` is its base URL once `start()` returned."""
 
-    def __init__(self, app: Any, *, port: int | None = None, graceful: int = 5) -> None:
+    def __init__(self, app: Any, *, port: int | None = None, graceful: int = 5, **options: Any) -> None:
+        """`options` are more uvicorn.Config arguments (e.g. Sentinel's connection limits)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
@@ -30,11 +31,11 @@ class ServerThread:
             host="127.0.0.1",
             port=self.port,
             loop="asyncio",
-            http="httptools",
             lifespan="on",
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=graceful,
+            **{"http": "httptools", **options},
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -1,0 +1,107 @@
+"""Bounded work: slow or oversized requests are cut off, failed authentications are throttled per
+address before any lookup, and a huge body is counted without stalling the event loop."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+
+import httpx
+
+from tests.api.conftest import Gateway
+
+
+def raw_exchange(gw: Gateway, data: bytes, *, wait: float = 5.0) -> bytes:
+    """Send `data` on a fresh connection and read until the server closes it (or `wait` passes)."""
+    port = int(gw.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except TimeoutError:
+            received += b"<still open>"
+    return received
+
+
+def test_headers_that_trickle_are_cut_off(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(header_timeout_seconds=0.5)
+    answer = raw_exchange(gw, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # never finished
+    assert answer.startswith(b"HTTP/1.1 408")
+    silent = raw_exchange(gw, b"")  # a connection that sends nothing at all
+    assert silent.startswith(b"HTTP/1.1 408")
+
+
+def test_too_many_or_too_large_headers_are_refused(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(max_headers=20, max_header_bytes=4096)
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(40))
+    assert raw_exchange(gw, b"GET /health/live HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n").startswith(b"HTTP/1.1 431")
+    big = b"X-Big: " + b"a" * 8000 + b"\r\n"
+    assert raw_exchange(gw, b"GET /health/live HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n").startswith(b"HTTP/1.1 431")
+    fine = raw_exchange(gw, b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert fine.startswith(b"HTTP/1.1 200")
+
+
+def test_a_body_that_trickles_is_refused(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(body_timeout_seconds=0.5)
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + gw.key.encode()
+        + b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\":"
+    )
+    answer = raw_exchange(gw, head)
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b"request_timeout" in answer
+
+
+def test_failed_authentications_are_throttled_per_address_before_any_lookup(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    gw = gateway_factory(auth_failures_per_minute=5)
+    with gw.client() as http:
+        statuses = [http.get("/v1/models", headers={"Authorization": f"Bearer sk-sentinel-made-up-{i}"}).status_code
+                    for i in range(8)]
+        misses_before = _identity_misses(http)
+        refused = http.get("/v1/models", headers={"Authorization": "Bearer sk-sentinel-another-made-up"})
+        misses_after = _identity_misses(http)
+        # The throttle holds for every token from this address until the minute ends, a good one too.
+        good = http.get("/v1/models")
+    assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "auth_rate_limited"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert misses_after == misses_before  # no lookup was made for the throttled request
+    assert good.status_code == 429
+
+
+def _identity_misses(http: httpx.Client) -> float:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("sentinel_cache_lookups_total") and 'cache="identity"' in line and 'result="miss"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_liveness_keeps_answering_while_a_9mb_request_is_served(gateway: Gateway) -> None:
+    big = {"model": "gpt-4o-mini", "max_tokens": 5,
+           "messages": [{"role": "user", "content": "lorem ipsum dolor sit amet " * 330_000}]}  # ~9 MB
+    done = threading.Event()
+    result: dict[str, int] = {}
+
+    def send_big() -> None:
+        with gateway.client() as http:
+            result["status"] = http.post("/v1/chat/completions", json=big, timeout=120).status_code
+        done.set()
+
+    sender = threading.Thread(target=send_big)
+    sender.start()
+    probes_while_big_in_flight = 0
+    with httpx.Client(base_url=gateway.url, timeout=30) as probe:
+        while not done.is_set():
+            assert probe.get("/health/live").status_code == 200
+            if not done.is_set():
+                probes_while_big_in_flight += 1
+    sender.join()
+    # The default plan has no token limit: the big request is served; while it was being read,
+    # counted and relayed, liveness probes kept being answered (a blocked loop answers none).
+    assert result["status"] == 200
+    assert probes_while_big_in_flight >= 3

@@ -3,8 +3,9 @@
 A failure (5xx, timeout, connection error, provider 429) puts the provider+model in backoff for
 `min(30 * 2^(n-1), 300)` seconds after the n-th consecutive failure; a success clears it. Client
 errors (4xx other than 429) are never a provider failure. State lives under
-`sentinel:health:<provider>:<model>`, so all replicas agree; the store being down means "assume
-healthy" (never refuse traffic because the health table is unreachable).
+`sentinel:health:{providers}:<provider>:<model>`, so all replicas agree (the `{providers}` hash tag
+puts every pair in one Redis Cluster slot, so one MGET script reads them all); the store being down
+means "assume healthy" (never refuse traffic because the health table is unreachable).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class ProviderHealth:
 
     @staticmethod
     def key(provider: str, model: str) -> str:
-        return f"sentinel:health:{provider}:{model}"
+        return f"sentinel:health:{{providers}}:{provider}:{model}"
 
     async def states(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], HealthState | None]:
         """Current backoff state of each pair (None = healthy); all healthy when the store is down."""

@@ -1,13 +1,14 @@
-"""In-process Store backend: a dict with lazy TTL expiry. One process only (the embedded default)."""
+"""In-process Store backend: a dict with lazy TTL expiry, plus streams. One process only (the embedded default)."""
 
 from __future__ import annotations
 
 import fnmatch
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sentinel.store.base import Script, ScriptArg
+from sentinel.store.base import Script, ScriptArg, StreamEntry, check_replica_wait
+from sentinel.store.memory_streams import MemoryStreams
 
 
 class _Ops:
@@ -69,12 +70,14 @@ class _Ops:
 
 
 class MemoryStore:
-    """Store backed by process memory. `clock` is injectable for TTL tests."""
+    """Store backed by process memory. `clock` is injectable for TTL and stream idle-time tests."""
 
     backend = "memory"
+    shared = False
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._ops = _Ops(clock)
+        self._streams = MemoryStreams(clock)
         self._writes = 0
 
     def _maybe_sweep(self) -> None:
@@ -96,7 +99,7 @@ class MemoryStore:
     async def delete(self, *keys: str) -> int:
         count = 0
         for key in keys:
-            if self._ops.get(key) is not None:
+            if self._ops.get(key) is not None or self._streams.delete(key):
                 count += 1
             self._ops.delete(key)
         return count
@@ -129,9 +132,30 @@ class MemoryStore:
         self._maybe_sweep()
         return result
 
+    async def stream_add(
+        self, key: str, fields: Mapping[str, bytes], *, replicas: int = 0, replica_timeout_ms: int = 100
+    ) -> str:
+        check_replica_wait(replicas, replica_timeout_ms)
+        # One process has no replica to wait for: `replicas` is accepted and has nothing to do.
+        return self._streams.add(key, fields)
+
+    async def stream_claim(
+        self, key: str, group: str, consumer: str, count: int, *, min_idle_ms: int
+    ) -> list[StreamEntry]:
+        if count <= 0:
+            return []
+        return self._streams.claim(key, group, consumer, count, min_idle_ms)
+
+    async def stream_ack(self, key: str, group: str, ids: Sequence[str]) -> int:
+        return self._streams.ack(key, group, ids)
+
+    async def stream_len(self, key: str) -> int:
+        return self._streams.length(key)
+
     async def scan(self, pattern: str, limit: int = 100) -> list[str]:
         self._ops.sweep()
-        return [k for k in self._ops.data if fnmatch.fnmatchcase(k, pattern)][:limit]
+        keys = [*self._ops.data, *self._streams.keys()]
+        return [k for k in keys if fnmatch.fnmatchcase(k, pattern)][:limit]
 
     async def ping(self) -> float:
         return 0.0

@@ -1,62 +1,72 @@
 """Redis Store backend: one redis-py asyncio pool (hiredis parser) shared by the whole app.
 
 Every call has a short socket timeout, and a circuit breaker turns a dead Redis into an immediate
-`StoreUnavailable` instead of a hang per request. Redis exceptions are translated here, once.
-Scripts are registered on first use and run with EVALSHA (one round trip).
+`StoreUnavailable` instead of a hang per request. Redis exceptions are translated here, once, by
+`guard()` (for the cluster variant in `cluster.py` too): an outage (connection refused or reset,
+timeout, a cluster slot without a serving primary, a failover in progress) trips the breaker; a
+command error (a bug or bad data) does not. Scripts run with EVALSHA; a node that does not know a
+script yet gets its body once with EVAL.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    CrossSlotTransactionError,
+    InvalidPipelineStack,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sentinel.errors import StoreUnavailable
-from sentinel.store.base import Script, ScriptArg
+from sentinel.store.base import Script, ScriptArg, StreamEntry, check_replica_wait, parse_stream_id
+from sentinel.store.breaker import CircuitBreaker
+
+__all__ = ["CircuitBreaker", "RedisStore"]
+
+RedisClient = aioredis.Redis | RedisCluster
+
+# Replies meaning "this node cannot serve that slot right now" (a failover or resharding is under
+# way, or the node was demoted to replica): outages, although redis-py raises them as ResponseError.
+_UNAVAILABLE_REPLIES = (ClusterDownError, TryAgainError, AskError, ReadOnlyError)
+# Client-side cluster errors that are bugs in the caller, not outages.
+_CLUSTER_MISUSE = (CrossSlotTransactionError, InvalidPipelineStack)
 
 
-class CircuitBreaker:
-    """Opens after `threshold` consecutive failures; while open, calls fail fast for `cooldown` s.
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
-    After the cooldown one call is let through (half-open); its success closes the breaker.
-    """
 
-    def __init__(self, threshold: int = 3, cooldown: float = 2.0) -> None:
-        self.threshold = threshold
-        self.cooldown = cooldown
-        self.failures = 0
-        self.opened_at: float | None = None
+def _fields(fields: Mapping[str, bytes]) -> dict[Any, Any]:
+    return dict(fields)
 
-    @property
-    def is_open(self) -> bool:
-        if self.opened_at is None:
-            return False
-        if time.monotonic() - self.opened_at >= self.cooldown:
-            # Half-open: let the next call probe; a failure re-opens for another cooldown.
-            self.opened_at = None
-            self.failures = self.threshold - 1
-            return False
-        return True
 
-    def success(self) -> None:
-        self.failures = 0
-        self.opened_at = None
-
-    def failure(self) -> None:
-        self.failures += 1
-        if self.failures >= self.threshold:
-            self.opened_at = time.monotonic()
+def _entries(raw: Sequence[Any]) -> list[StreamEntry]:
+    # An entry deleted while pending comes back without fields: it is gone, skip it.
+    return [
+        StreamEntry(_text(eid), {_text(k): v for k, v in fields.items()}) for eid, fields in raw if fields
+    ]
 
 
 class RedisStore:
-    """Store backed by Redis (standalone; keys of one script share a hash tag for Cluster)."""
+    """Store backed by a standalone Redis (see `RedisClusterStore` for a cluster)."""
 
     backend = "redis"
+    shared = True
 
     def __init__(
         self,
@@ -67,7 +77,14 @@ class RedisStore:
         breaker: CircuitBreaker | None = None,
     ) -> None:
         self.url = url
-        self._client = aioredis.Redis.from_url(
+        self.timeout = timeout
+        self._client: RedisClient = self._connect(url, timeout=timeout, max_connections=max_connections)
+        self.breaker = breaker or CircuitBreaker()
+        self._shas: dict[str, str] = {}
+        self._groups: set[tuple[str, str]] = set()
+
+    def _connect(self, url: str, *, timeout: float, max_connections: int) -> RedisClient:
+        return aioredis.Redis.from_url(
             url,
             socket_timeout=timeout,
             # A burst of new connections (cold start under load) needs more than one command's
@@ -77,23 +94,28 @@ class RedisStore:
             health_check_interval=0,
             retry_on_timeout=False,
         )
-        self.breaker = breaker or CircuitBreaker()
-        self._shas: dict[str, str] = {}
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> RedisClient:
         return self._client
 
     @asynccontextmanager
     async def guard(self) -> AsyncIterator[None]:
+        """Translate Redis errors into StoreUnavailable and keep the breaker's count."""
         if self.breaker.is_open:
             raise StoreUnavailable("Redis is unavailable (circuit open)", retry_after=self.breaker.cooldown)
         try:
             yield
+        except _UNAVAILABLE_REPLIES as exc:
+            self.breaker.failure()
+            raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from None
         except ResponseError as exc:
             # A command error is a bug or bad data, not an outage: do not trip the breaker.
             raise StoreUnavailable(f"Redis command failed: {exc}") from None
-        except (RedisError, OSError, TimeoutError, RedisTimeoutError) as exc:
+        except _CLUSTER_MISUSE as exc:
+            raise StoreUnavailable(f"Redis command failed: {exc}") from None
+        except (RedisError, RedisClusterException, OSError, TimeoutError, RedisTimeoutError) as exc:
+            # RedisClusterException: no node reachable, or slots not covered.
             self.breaker.failure()
             raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from None
         except RuntimeError as exc:
@@ -108,8 +130,8 @@ class RedisStore:
 
     async def get(self, key: str) -> bytes | None:
         async with self.guard():
-            value: bytes | None = await self._client.get(key)
-        return value
+            value: Any = await self._client.get(key)
+        return cast(bytes | None, value)
 
     async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
         px = int(ttl * 1000) if ttl is not None else None
@@ -149,25 +171,119 @@ class RedisStore:
                 value, _ = await pipe.execute()
         return int(value)
 
+    def check_script_keys(self, script: Script, keys: Sequence[str]) -> None:
+        """Hook for the cluster store (all keys in one slot); any keys will do on one server."""
+
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        self.check_script_keys(script, keys)
+        sha = self._shas.get(script.name)
+        if sha is None:
+            sha = self._shas[script.name] = hashlib.sha1(script.lua.encode()).hexdigest()
         async with self.guard():
-            sha = self._shas.get(script.name)
-            if sha is None:
-                sha = await self._client.script_load(script.lua)
-                self._shas[script.name] = sha
             try:
                 return await self._client.evalsha(sha, len(keys), *keys, *args)
             except NoScriptError:
-                # Redis restarted (or SCRIPT FLUSH): load again, once.
-                sha = await self._client.script_load(script.lua)
-                self._shas[script.name] = sha
-                return await self._client.evalsha(sha, len(keys), *keys, *args)
+                # First use on this node (or it restarted, or a replica was promoted): send the
+                # body once; Redis caches it under the same sha.
+                return await self._client.eval(script.lua, len(keys), *keys, *args)
 
+    # --- streams ---------------------------------------------------------------------------------
+    async def stream_add(
+        self, key: str, fields: Mapping[str, bytes], *, replicas: int = 0, replica_timeout_ms: int = 100
+    ) -> str:
+        check_replica_wait(replicas, replica_timeout_ms)
+        if replicas and replica_timeout_ms >= self.timeout * 1000:
+            raise ValueError("replica_timeout_ms must be below the store timeout (the WAIT runs inside it)")
+        async with self.guard():
+            if not replicas:
+                return _text(await self._client.xadd(key, _fields(fields)))
+            added, confirmed = await self._add_and_wait(key, fields, replicas, replica_timeout_ms)
+            if isinstance(added, BaseException):
+                raise added
+            entry_id = _text(added)
+            if isinstance(confirmed, BaseException) and not isinstance(confirmed, ResponseError):
+                raise confirmed  # the connection failed: an outage (the entry may or may not be there)
+            if isinstance(confirmed, BaseException) or int(confirmed) < replicas:
+                # Not durable: withdraw it, so the caller can store it elsewhere without the
+                # record also being delivered from here (a consumer may have read it already:
+                # at-least-once, consumers are idempotent).
+                await self._client.xdel(key, entry_id)
+                raise StoreUnavailable(
+                    f"stream entry not confirmed by {replicas} replica(s) within {replica_timeout_ms} ms"
+                )
+        return entry_id
+
+    async def _add_and_wait(
+        self, key: str, fields: Mapping[str, bytes], replicas: int, timeout_ms: int
+    ) -> list[Any]:
+        """XADD then WAIT on the same connection (WAIT counts that connection's writes)."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, _fields(fields))
+            pipe.wait(replicas, timeout_ms)
+            return list(await pipe.execute(raise_on_error=False))
+
+    async def stream_claim(
+        self, key: str, group: str, consumer: str, count: int, *, min_idle_ms: int
+    ) -> list[StreamEntry]:
+        if count <= 0:
+            return []
+        async with self.guard():
+            try:
+                return await self._claim(key, group, consumer, count, min_idle_ms)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis lost the group (restarted without its data, or the key was deleted).
+                self._groups.discard((key, group))
+                return await self._claim(key, group, consumer, count, min_idle_ms)
+
+    async def _claim(
+        self, key: str, group: str, consumer: str, count: int, min_idle_ms: int
+    ) -> list[StreamEntry]:
+        if (key, group) not in self._groups:
+            try:
+                await self._client.xgroup_create(key, group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self._groups.add((key, group))
+        # [next cursor, claimed entries, deleted ids (Redis 7)]
+        stolen: Any = await self._client.xautoclaim(
+            key, group, consumer, min_idle_ms, start_id="0-0", count=count
+        )
+        out = _entries(stolen[1])
+        if len(out) < count:
+            fresh: Any = await self._client.xreadgroup(group, consumer, {key: ">"}, count=count - len(out))
+            for _, entries in fresh or []:
+                out += _entries(entries)
+        return out
+
+    async def stream_ack(self, key: str, group: str, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        for entry_id in ids:
+            parse_stream_id(entry_id)
+        async with self.guard():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.xack(key, group, *ids)
+                pipe.xdel(key, *ids)
+                acked, deleted = await pipe.execute(raise_on_error=False)
+            if isinstance(deleted, BaseException):
+                raise deleted
+            if isinstance(acked, BaseException) and "NOGROUP" not in str(acked):
+                raise acked  # (a lost group has nothing pending: the delete is what matters)
+        return int(deleted)
+
+    async def stream_len(self, key: str) -> int:
+        async with self.guard():
+            return int(await self._client.xlen(key))
+
+    # --- the rest --------------------------------------------------------------------------------
     async def scan(self, pattern: str, limit: int = 100) -> list[str]:
         found: list[str] = []
         async with self.guard():
             async for key in self._client.scan_iter(match=pattern, count=100):
-                found.append(key.decode() if isinstance(key, bytes) else key)
+                found.append(_text(key))
                 if len(found) >= limit:
                     break
         return found

@@ -1,4 +1,4 @@
-"""The Store contract, run against every backend (in-memory and a real Redis)."""
+"""The Store contract, run against every backend: in-memory, a real Redis and a real Redis Cluster."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 from sentinel.errors import StoreUnavailable
 from sentinel.store import MemoryStore, Script, Store
+from sentinel.store.base import parse_stream_id
 from sentinel.store.redis import RedisStore
 from tests.support.servers import free_port
 
@@ -75,11 +76,13 @@ async def test_scripts_run_atomically(store: Store) -> None:
 
 
 async def test_scan(store: Store) -> None:
-    for i in range(5):
-        await store.set(f"scan:a:{i}", b"1")
+    # 20 keys without a hash tag land on every node of a cluster.
+    for i in range(20):
+        await store.set(f"scan:a:{i:02}", b"1")
     await store.set("scan:b:0", b"1")
     found = await store.scan("scan:a:*")
-    assert sorted(found) == [f"scan:a:{i}" for i in range(5)]
+    assert sorted(found) == [f"scan:a:{i:02}" for i in range(20)]
+    assert len(await store.scan("scan:*", limit=7)) == 7
 
 
 async def test_ping(store: Store) -> None:
@@ -106,3 +109,111 @@ async def test_redis_down_is_fast_and_typed() -> None:
     with pytest.raises(StoreUnavailable, match="circuit open"):
         await s.set("k", b"v")
     await s.close()
+
+
+# --- streams ---------------------------------------------------------------------------------
+S = "sentinel:test:{stream}"
+G = "deliverers"
+LONG = 60_000  # an idle time no entry reaches during a test: nothing is taken over
+
+
+async def add(store: Store, n: int, key: str = S) -> list[str]:
+    return [
+        await store.stream_add(key, {"r": f"record-{i}".encode(), "raw": bytes([0, 255, i])})
+        for i in range(n)
+    ]
+
+
+async def test_stream_add_returns_increasing_ids_and_len_counts(store: Store) -> None:
+    ids = await add(store, 5)
+    assert len(set(ids)) == 5
+    assert [parse_stream_id(i) for i in ids] == sorted(parse_stream_id(i) for i in ids)
+    assert await store.stream_len(S) == 5
+    assert await store.stream_len("sentinel:test:{missing}") == 0
+
+
+async def test_stream_claim_hands_out_each_entry_once_oldest_first(store: Store) -> None:
+    ids = await add(store, 5)
+    first = await store.stream_claim(S, G, "a", 3, min_idle_ms=LONG)
+    assert [e.id for e in first] == ids[:3]
+    assert first[0].fields == {"r": b"record-0", "raw": bytes([0, 255, 0])}
+    rest = await store.stream_claim(S, G, "b", 10, min_idle_ms=LONG)
+    assert [e.id for e in rest] == ids[3:]
+    assert await store.stream_claim(S, G, "a", 10, min_idle_ms=LONG) == []
+    assert await store.stream_claim(S, G, "a", 0, min_idle_ms=0) == []
+    # Claimed is not acknowledged: every entry is still in the stream.
+    assert await store.stream_len(S) == 5
+
+
+async def test_stream_claim_takes_over_idle_pending_entries(store: Store) -> None:
+    ids = await add(store, 3)
+    assert len(await store.stream_claim(S, G, "crashed", 3, min_idle_ms=LONG)) == 3
+    # Not idle long enough: nobody else gets them.
+    assert await store.stream_claim(S, G, "b", 3, min_idle_ms=LONG) == []
+    # Idle for at least 0 ms: taken over, oldest first, at most `count`.
+    taken = await store.stream_claim(S, G, "b", 2, min_idle_ms=0)
+    assert [e.id for e in taken] == ids[:2]
+    assert taken[1].fields["r"] == b"record-1"
+    assert [e.id for e in await store.stream_claim(S, G, "c", 5, min_idle_ms=0)] == ids
+
+
+async def test_stream_claim_takes_idle_entries_before_new_ones(store: Store) -> None:
+    ids = await add(store, 2)
+    await store.stream_claim(S, G, "crashed", 1, min_idle_ms=LONG)
+    got = await store.stream_claim(S, G, "b", 5, min_idle_ms=0)
+    assert [e.id for e in got] == ids
+
+
+async def test_stream_ack_deletes_and_ignores_unknown_ids(store: Store) -> None:
+    ids = await add(store, 3)
+    await store.stream_claim(S, G, "a", 3, min_idle_ms=LONG)
+    assert await store.stream_ack(S, G, ids[:2]) == 2
+    assert await store.stream_len(S) == 1
+    assert await store.stream_ack(S, G, ids[:2]) == 0
+    assert await store.stream_ack(S, G, []) == 0
+    assert await store.stream_ack("sentinel:test:{missing}", G, ids) == 0
+    # Acknowledged entries are never handed out again, idle or not.
+    assert [e.id for e in await store.stream_claim(S, G, "b", 5, min_idle_ms=0)] == ids[2:]
+
+
+async def test_stream_ack_refuses_malformed_ids(store: Store) -> None:
+    with pytest.raises(ValueError):
+        await store.stream_ack(S, G, ["not-an-id"])
+
+
+async def test_stream_group_starts_at_the_beginning_and_groups_are_independent(store: Store) -> None:
+    ids = await add(store, 2)  # before any group exists
+    assert [e.id for e in await store.stream_claim(S, "one", "a", 5, min_idle_ms=LONG)] == ids
+    assert [e.id for e in await store.stream_claim(S, "two", "a", 5, min_idle_ms=LONG)] == ids
+
+
+async def test_stream_group_is_recreated_after_the_stream_was_lost(store: Store) -> None:
+    ids = await add(store, 1)
+    assert [e.id for e in await store.stream_claim(S, G, "a", 5, min_idle_ms=LONG)] == ids
+    assert await store.delete(S) == 1  # as if Redis restarted without its data
+    assert await store.stream_len(S) == 0
+    new = await store.stream_add(S, {"r": b"after"})
+    got = await store.stream_claim(S, G, "a", 5, min_idle_ms=LONG)
+    assert [(e.id, e.fields) for e in got] == [(new, {"r": b"after"})]
+
+
+async def test_concurrent_consumers_never_get_the_same_entry(store: Store) -> None:
+    ids = set(await add(store, 30))
+
+    async def consume(name: str) -> list[str]:
+        seen: list[str] = []
+        while batch := await store.stream_claim(S, G, name, 4, min_idle_ms=LONG):
+            seen += [e.id for e in batch]
+        return seen
+
+    results = await asyncio.gather(*(consume(f"c{i}") for i in range(6)))
+    everything = [i for seen in results for i in seen]
+    assert sorted(everything) == sorted(ids)  # each entry exactly once
+
+
+async def test_stream_add_validates_replica_arguments(store: Store) -> None:
+    with pytest.raises(ValueError):
+        await store.stream_add(S, {"r": b"x"}, replicas=-1)
+    with pytest.raises(ValueError):
+        await store.stream_add(S, {"r": b"x"}, replicas=1, replica_timeout_ms=0)
+    assert await store.stream_len(S) == 0

@@ -1,0 +1,170 @@
+"""Redis Cluster Store backend: `RedisStore`'s semantics over redis-py's asyncio `RedisCluster`.
+
+Selected by the URL scheme `redis+cluster://` (`rediss+cluster://` for TLS), listing one or more
+seed nodes: `redis+cluster://[user:password@]host:port[,host:port...]`. The client discovers the
+rest of the cluster from any seed that answers, routes each command to the primary serving its
+key's hash slot, follows MOVED/ASK redirections, and reloads the slot map when a node fails (so
+after a failover the same store keeps working with the promoted replica).
+
+What differs from a single server:
+- every key of one script must hash to one slot (share a `{hash tag}`): `run()` refuses keys in
+  different slots with a ValueError before sending anything;
+- `stream_add(..., replicas=n)` sends XADD and WAIT together on one connection to the stream's
+  primary, bypassing redis-py's cluster retries (which could send the WAIT elsewhere);
+- `scan()` walks every primary; `ping()` asks every primary (a dead one makes the store unhealthy).
+
+Timeouts and the circuit breaker are `RedisStore`'s; so is the error translation (`guard()`).
+redis-py's own retry is cut to one immediate retry after a topology reload, so a call never takes
+much more than two timeouts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MovedError, RedisClusterException, RedisError, SlotNotCoveredError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from sentinel.store.base import Script
+from sentinel.store.redis import RedisClient, RedisStore
+
+SCHEMES = ("redis+cluster", "rediss+cluster")
+DEFAULT_PORT = 6379
+
+
+@dataclass(frozen=True)
+class ClusterAddress:
+    """What a `redis+cluster://` URL says: seed nodes, credentials, TLS."""
+
+    nodes: list[tuple[str, int]]
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ssl: bool = False
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0].lower() in SCHEMES
+
+
+def parse_cluster_url(url: str) -> ClusterAddress:
+    """Parse `redis+cluster://[user:pass@]host[:port][,host[:port]...][/0]`; ValueError otherwise."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in SCHEMES:
+        raise ValueError(f"not a Redis Cluster URL (expected {SCHEMES[0]}://host:port[,host:port...])")
+    userinfo, _, location = rest.rpartition("@")
+    hosts, _, path = location.partition("/")
+    if path not in ("", "0") or "?" in location:
+        raise ValueError("a Redis Cluster URL takes no database number (other than 0) and no options")
+    nodes: list[tuple[str, int]] = []
+    for part in hosts.split(","):
+        host, port = part, DEFAULT_PORT
+        if part.rpartition(":")[2].isdigit() and not part.endswith("]"):
+            host, _, raw_port = part.rpartition(":")
+            port = int(raw_port)
+        host = host.strip("[]")
+        if not host:
+            raise ValueError(f"missing host in Redis Cluster URL: {part!r}")
+        nodes.append((host, port))
+    username, password = None, None
+    if userinfo:
+        user, has_password, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+    return ClusterAddress(nodes, username, password, ssl=scheme.lower() == "rediss+cluster")
+
+
+class RedisClusterStore(RedisStore):
+    """Store backed by a Redis Cluster (primaries with replicas); see the module docstring."""
+
+    backend = "redis-cluster"
+
+    def _connect(self, url: str, *, timeout: float, max_connections: int) -> RedisClient:
+        address = parse_cluster_url(url)
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
+            username=address.username,
+            password=address.password,
+            ssl=address.ssl,
+            socket_timeout=timeout,
+            socket_connect_timeout=max(timeout * 4, 1.0),
+            max_connections=max_connections,  # per node
+            health_check_interval=0,
+            # redis-py retries a command up to 10 times (reloading the slot map, sleeping 0.25 s
+            # on CLUSTERDOWN): far beyond our timeouts. One retry after a reload is enough to
+            # follow a completed failover; anything longer is the breaker's business.
+            retry=Retry(NoBackoff(), 1),
+        )
+
+    @property
+    def cluster(self) -> RedisCluster:
+        assert isinstance(self._client, RedisCluster)
+        return self._client
+
+    def check_script_keys(self, script: Script, keys: Sequence[str]) -> None:
+        """A cluster runs a script on one node: all its keys must hash to one slot."""
+        slots = {key_slot(key.encode()) for key in keys}
+        if len(slots) > 1:
+            raise ValueError(
+                f"script {script.name!r}: keys in {len(slots)} hash slots ({', '.join(keys)}); on a "
+                "Redis Cluster every key of one script must share a hash tag, e.g. prefix:{tag}:rest"
+            )
+
+    async def _add_and_wait(
+        self, key: str, fields: Mapping[str, bytes], replicas: int, timeout_ms: int
+    ) -> list[Any]:
+        # WAIT counts the writes of the connection it arrives on, so XADD and WAIT must share one
+        # connection to the stream's primary. redis-py's cluster pipeline cannot promise that: on
+        # a retry it sends the WAIT to its "default node", where it may count some older write
+        # and report a confirmation that never happened. So the pair goes straight to the node,
+        # without redis-py's retries or redirections.
+        args = ["XADD", key, "*", *(item for name_value in fields.items() for item in name_value)]
+        added, confirmed = await self._send_to_primary(key, args, ["WAIT", replicas, timeout_ms])
+        if isinstance(added, MovedError):
+            # The slot has a new owner (failover or resharding) and nothing was written: learn
+            # the new owner and try once more there.
+            await self._repair_route(key)
+            added, confirmed = await self._send_to_primary(key, args, ["WAIT", replicas, timeout_ms])
+        return [added, confirmed]
+
+    async def _send_to_primary(self, key: str, *commands: list[Any]) -> list[Any]:
+        """Send `commands` on one connection to the primary of `key`'s slot; their results (or
+        errors). A connection failure raises, after letting redis-py reload its slot map."""
+        cluster = self.cluster
+        await cluster.initialize()  # a no-op unless a reload of the slot map is due
+        node = cluster.get_node_from_key(key)
+        if node is None:
+            raise SlotNotCoveredError(f"no primary serves the slot of {key!r}")
+        queue = [PipelineCommand(position, *args) for position, args in enumerate(commands)]
+        try:
+            await node.execute_pipeline(queue)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            await self._repair_route(key)
+            raise
+        results = [command.result for command in queue]
+        lost = next((r for r in results if isinstance(r, RedisConnectionError | RedisTimeoutError)), None)
+        if lost is not None:
+            await self._repair_route(key)
+            raise lost
+        return results
+
+    async def _repair_route(self, key: str) -> None:
+        """Let redis-py see `key`'s slot fail or move through its own path, so it reloads the slot
+        map (the pinned XADD + WAIT bypasses that path). Errors here belong to the caller's failure."""
+        with contextlib.suppress(RedisError, RedisClusterException):
+            await self.cluster.exists(key)
+
+    async def ping(self) -> float:
+        start = time.perf_counter()
+        async with self.guard():
+            await self.cluster.ping(target_nodes=RedisCluster.PRIMARIES)
+        return time.perf_counter() - start

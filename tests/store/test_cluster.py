@@ -1,0 +1,206 @@
+"""Redis Cluster specifics: URL spelling, the one-slot rule for scripts, replica confirmation.
+
+The real cluster is the session's local 3 primaries + 3 replicas (tests/support/redis_cluster.py);
+the shared contract suite runs on it too (tests/contract).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sentinel.errors import StoreUnavailable
+from sentinel.quota.limiter import QuotaLimiter
+from sentinel.quota.limits import Limit, Plan
+from sentinel.routing.health import ProviderHealth
+from sentinel.store import MemoryStore, create_store
+from sentinel.store.cluster import ClusterAddress, RedisClusterStore, parse_cluster_url
+from sentinel.store.redis import RedisStore
+from tests.contract.test_store import CAS
+from tests.support.redis_cluster import LocalRedisCluster
+from tests.support.servers import free_port
+
+S = "sentinel:usage:{outbox}"
+
+
+# --- URL -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis+cluster://10.0.0.1:7000", ClusterAddress([("10.0.0.1", 7000)])),
+        (
+            "redis+cluster://a:7000,b:7001,c/",
+            ClusterAddress([("a", 7000), ("b", 7001), ("c", 6379)]),
+        ),
+        (
+            "rediss+cluster://user:p%40ss@[::1]:7000,redis.internal:7001/0",
+            ClusterAddress([("::1", 7000), ("redis.internal", 7001)], "user", "p@ss", ssl=True),
+        ),
+        ("REDIS+CLUSTER://:secret@h:1", ClusterAddress([("h", 1)], None, "secret")),
+    ],
+)
+def test_cluster_url_spelling(url: str, expected: ClusterAddress) -> None:
+    assert parse_cluster_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://h:7000",
+        "redis+cluster://",
+        "redis+cluster://h:1,,h:2",
+        "redis+cluster://h:1/3",
+        "redis+cluster://h:1?x=1",
+    ],
+)
+def test_bad_cluster_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        parse_cluster_url(url)
+
+
+async def test_create_store_picks_the_backend_by_url() -> None:
+    port = free_port()
+    stores = [
+        create_store(None),
+        create_store(f"redis://127.0.0.1:{port}/0"),
+        create_store(f"redis+cluster://127.0.0.1:{port}"),
+        create_store(f"rediss+cluster://127.0.0.1:{port}"),
+    ]
+    assert [type(s) for s in stores] == [MemoryStore, RedisStore, RedisClusterStore, RedisClusterStore]
+    assert [s.shared for s in stores] == [False, True, True, True]
+    for s in stores:
+        await s.close()
+
+
+# --- errors and the breaker ---------------------------------------------------------------------
+async def test_scripts_with_keys_in_several_slots_are_refused_before_sending() -> None:
+    # Nothing listens on this port: a ValueError (not StoreUnavailable) proves nothing was sent.
+    store = RedisClusterStore(f"redis+cluster://127.0.0.1:{free_port()}", timeout=0.2)
+    with pytest.raises(ValueError, match="hash slots"):
+        await store.run(CAS, ["sentinel:a", "sentinel:b"], ["", "x"])
+    assert store.breaker.failures == 0
+    await store.close()
+
+
+async def test_an_unreachable_cluster_is_unavailable_and_opens_the_breaker() -> None:
+    store = RedisClusterStore(f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}", timeout=0.2)
+    for _ in range(3):
+        with pytest.raises(StoreUnavailable, match="Redis is unavailable"):
+            await store.get("k")
+    assert store.breaker.is_open
+    with pytest.raises(StoreUnavailable, match="circuit open"):
+        await store.stream_add(S, {"r": b"x"})
+    await store.close()
+
+
+async def test_command_errors_on_a_cluster_do_not_trip_the_breaker(redis_cluster_url: str) -> None:
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    await store.set(S, b"a string, not a stream")
+    for _ in range(4):
+        with pytest.raises(StoreUnavailable, match="command failed"):
+            await store.stream_len(S)
+    assert store.breaker.failures == 0
+    await store.close()
+
+
+# --- scripts of the application keep their keys in one slot -------------------------------------
+async def test_same_tag_scripts_run_and_cross_slot_scripts_are_refused(redis_cluster_url: str) -> None:
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    keys = ["sentinel:{u1}:a", "sentinel:{u1}:b"]
+    assert await store.run(CAS, keys, ["", "x"]) == 1
+    with pytest.raises(ValueError, match="hash slots"):
+        await store.run(CAS, ["sentinel:{u1}:a", "sentinel:{u2}:a"], ["x", "y"])
+    assert await store.get("sentinel:{u1}:a") == b"x"
+    await store.close()
+
+
+async def test_quota_reserve_and_adjust_run_on_a_cluster(redis_cluster_url: str) -> None:
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    limiter = QuotaLimiter(store, clock=lambda: 1_700_000_000.0)
+    plan = Plan(
+        "pro",
+        (Limit("requests", 60, 2), Limit("input_tokens", 3600, 500), Limit("output_tokens", 86400, 900)),
+    )
+    first = await limiter.reserve("user-1", plan, input_tokens=100, output_tokens=200)
+    assert first.allowed
+    await limiter.commit(first, input_tokens=50, output_tokens=10)
+    second = await limiter.reserve("user-1", plan, input_tokens=100, output_tokens=200)
+    third = await limiter.reserve("user-1", plan, input_tokens=100, output_tokens=200)
+    assert second.allowed and not third.allowed
+    assert third.decision.limited_by == Limit("requests", 60, 2)
+    await store.close()
+
+
+async def test_provider_health_reads_every_pair_in_one_script_on_a_cluster(redis_cluster_url: str) -> None:
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    health = ProviderHealth(store, clock=lambda: 1_700_000_000.0)
+    pairs = [("openai", "gpt-4o-mini"), ("anthropic", "claude-3-5-haiku"), ("google", "gemini-2.0-flash")]
+    assert await health.record_failure(*pairs[1]) == 30
+    states = await health.states(pairs)  # would be refused (ValueError) if the keys spanned slots
+    assert [s is not None for s in states.values()] == [False, True, False]
+    await store.close()
+
+
+# --- replica confirmation ------------------------------------------------------------------------
+async def test_a_confirmed_entry_is_on_the_replica(
+    redis_cluster: LocalRedisCluster, redis_cluster_url: str
+) -> None:
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    entry_id = await store.stream_add(S, {"r": b"kept"}, replicas=1, replica_timeout_ms=1000)
+    replica = redis_cluster.replica_of(redis_cluster.primary_of(S))
+    with replica.client() as on_replica:
+        on_replica.execute_command("READONLY")
+        assert [eid.decode() for eid, _ in on_replica.xrange(S)] == [entry_id]
+    await store.close()
+
+
+async def test_an_unconfirmed_entry_fails_and_is_withdrawn(
+    redis_cluster: LocalRedisCluster, redis_cluster_url: str
+) -> None:
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    # 16 concurrent confirmed writes leave 16 pooled connections whose last write a replica confirmed;
+    # 4 concurrent calls below leave 12 of them idle.
+    await asyncio.gather(
+        *(store.stream_add(S, {"r": b"before"}, replicas=1, replica_timeout_ms=1000) for _ in range(16))
+    )
+    primary = redis_cluster.primary_of(S)
+    redis_cluster.wait_replicated(primary)
+    replica = redis_cluster.replica_of(primary)
+    replica.freeze()  # still connected, confirms nothing new
+    try:
+        # A WAIT sent on another connection than its XADD would count an older, confirmed write.
+        results = await asyncio.gather(
+            *(
+                store.stream_add(S, {"r": b"unconfirmed"}, replicas=1, replica_timeout_ms=100)
+                for _ in range(4)
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        replica.thaw()
+    assert all(isinstance(r, StoreUnavailable) and "not confirmed by 1 replica" in r.message for r in results)
+    assert await store.stream_len(S) == 16  # the unconfirmed ones were withdrawn
+    assert store.breaker.failures == 0
+    await store.close()
+
+
+async def test_two_instances_share_data(redis_cluster_url: str) -> None:
+    one, two = create_store(redis_cluster_url, timeout=2.0), create_store(redis_cluster_url, timeout=2.0)
+    assert one.backend == "redis-cluster"
+    await one.stream_add(S, {"r": b"x"})
+    await one.set("k", b"v")
+    assert await two.get("k") == b"v" and await two.stream_len(S) == 1
+    await one.close()
+    await two.close()
+
+
+def test_the_fixture_cluster_has_three_primaries_with_a_replica_each(
+    redis_cluster: LocalRedisCluster,
+) -> None:
+    roles = []
+    for node in redis_cluster.nodes:
+        with node.client() as c:
+            roles.append(c.execute_command("ROLE")[0])
+            assert c.execute_command("CLUSTER INFO")["cluster_state"] == "ok"
+    assert sorted(roles) == [b"master"] * 3 + [b"slave"] * 3

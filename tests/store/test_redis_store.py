@@ -1,0 +1,145 @@
+"""Standalone Redis specifics: replica confirmation (WAIT), error translation and the breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from sentinel.errors import StoreUnavailable
+from sentinel.store import create_store
+from sentinel.store.redis import RedisStore
+from tests.conftest import REDIS_BIN
+from tests.contract.test_store import CAS
+from tests.support.process import RedisServerProcess
+from tests.support.servers import free_port
+
+S = "sentinel:test:{stream}"
+
+
+@pytest.fixture
+def replica(redis_url: str, tmp_path: Path) -> Iterator[RedisServerProcess]:
+    """A second redis-server replicating the test Redis, in sync when yielded."""
+    assert REDIS_BIN is not None
+    primary = redis.Redis.from_url(redis_url)
+    port = primary.connection_pool.connection_kwargs["port"]
+    with RedisServerProcess(tmp_path, REDIS_BIN) as proc:
+        client = redis.Redis(port=proc.port)
+        client.replicaof("127.0.0.1", port)
+        deadline = time.monotonic() + 30
+        while client.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica never synchronised"
+            time.sleep(0.05)
+        yield proc
+        proc.thaw()
+        client.close()
+    primary.close()
+
+
+def wait_replicated(primary_url: str) -> None:
+    """Wait until the replica confirmed everything written to the primary so far."""
+    deadline = time.monotonic() + 30
+    with redis.Redis.from_url(primary_url) as primary:
+        while True:
+            info = primary.info("replication")
+            if int(info["slave0"]["offset"]) >= int(info["master_repl_offset"]):
+                return
+            assert time.monotonic() < deadline, "the replica never caught up"
+            time.sleep(0.05)
+
+
+async def test_waiting_for_a_replica_that_does_not_exist_fails_and_withdraws(redis_url: str) -> None:
+    store = RedisStore(redis_url, timeout=2.0)
+    with pytest.raises(StoreUnavailable, match="not confirmed by 1 replica"):
+        await store.stream_add(S, {"r": b"x"}, replicas=1, replica_timeout_ms=50)
+    assert await store.stream_len(S) == 0  # withdrawn: the caller stores it elsewhere
+    assert store.breaker.failures == 0  # the primary is fine: not an outage
+    await store.close()
+
+
+async def test_a_replica_confirms_and_holds_the_entry(redis_url: str, replica: RedisServerProcess) -> None:
+    store = RedisStore(redis_url, timeout=2.0)
+    entry_id = await store.stream_add(S, {"r": b"kept"}, replicas=1, replica_timeout_ms=1000)
+    with redis.Redis(port=replica.port) as on_replica:
+        assert [eid.decode() for eid, _ in on_replica.xrange(S)] == [entry_id]
+    await store.close()
+
+
+async def test_wait_counts_this_write_not_an_older_one(redis_url: str, replica: RedisServerProcess) -> None:
+    store = RedisStore(redis_url, timeout=2.0)
+    # 16 concurrent confirmed writes leave 16 pooled connections whose last write was confirmed;
+    # 4 concurrent calls below leave 12 of them idle.
+    await asyncio.gather(
+        *(store.stream_add(S, {"r": b"before"}, replicas=1, replica_timeout_ms=1000) for _ in range(16))
+    )
+    wait_replicated(redis_url)
+    # A frozen replica is still connected but confirms nothing new. A WAIT sent on another
+    # connection than its XADD would count an older write and wrongly report success.
+    replica.freeze()
+    results = await asyncio.gather(
+        *(store.stream_add(S, {"r": b"unconfirmed"}, replicas=1, replica_timeout_ms=100) for _ in range(4)),
+        return_exceptions=True,
+    )
+    replica.thaw()
+    assert all(isinstance(r, StoreUnavailable) and "not confirmed" in r.message for r in results)
+    assert await store.stream_len(S) == 16
+    await store.close()
+
+
+async def test_command_errors_do_not_trip_the_breaker(redis_url: str) -> None:
+    store = RedisStore(redis_url, timeout=2.0)
+    await store.set(S, b"a string, not a stream")
+    for _ in range(5):
+        with pytest.raises(StoreUnavailable, match="command failed"):
+            await store.stream_add(S, {"r": b"x"})
+        with pytest.raises(StoreUnavailable, match="command failed"):
+            await store.stream_claim(S, "g", "c", 1, min_idle_ms=0)
+    assert not store.breaker.is_open and store.breaker.failures == 0
+    assert await store.get(S) == b"a string, not a stream"
+    await store.close()
+
+
+async def test_stream_calls_on_a_dead_redis_are_unavailable_and_open_the_breaker() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
+    calls = [
+        lambda: store.stream_add(S, {"r": b"x"}),
+        lambda: store.stream_claim(S, "g", "c", 1, min_idle_ms=0),
+        lambda: store.stream_ack(S, "g", ["1-0"]),
+        lambda: store.stream_len(S),
+    ]
+    for call in calls:
+        with pytest.raises(StoreUnavailable):
+            await call()
+    assert store.breaker.is_open
+    await store.close()
+
+
+async def test_the_replica_wait_must_fit_in_the_store_timeout() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.1)
+    with pytest.raises(ValueError, match="below the store timeout"):
+        await store.stream_add(S, {"r": b"x"}, replicas=1, replica_timeout_ms=100)
+    assert store.breaker.failures == 0
+    await store.close()
+
+
+async def test_scripts_survive_a_script_cache_flush(redis_url: str) -> None:
+    store = RedisStore(redis_url, timeout=2.0)
+    assert await store.run(CAS, ["cas"], ["", "a"]) == 1
+    with redis.Redis.from_url(redis_url) as admin:
+        admin.script_flush()
+    assert await store.run(CAS, ["cas"], ["a", "b"]) == 1
+    await store.close()
+
+
+async def test_two_instances_share_data(redis_url: str) -> None:
+    one, two = create_store(redis_url, timeout=2.0), create_store(redis_url, timeout=2.0)
+    assert isinstance(one, RedisStore) and one.shared and one.backend == "redis"
+    await one.stream_add(S, {"r": b"x"})
+    await one.set("k", b"v")
+    assert await two.get("k") == b"v" and await two.stream_len(S) == 1
+    await one.close()
+    await two.close()

@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sentinel.domain.plans import parse_plan_spec
 from sentinel.domain.policies import QuotaFailureMode, SessionFailover
 from sentinel.domain.tiers import Tier, TierModelEntry
+from sentinel.store import REDIS_URL_SCHEMES
 
 __all__ = ["ConfigError", "GovernanceKind", "ProviderEntry", "ProvidersFile", "Settings", "load_settings",
            "load_providers_file"]
@@ -152,8 +153,8 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str | None) -> str | None:
         if value in (None, ""):
             return None
-        if not value.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")):
-            raise ValueError("must start with redis://, rediss://, unix:// or redis+cluster://")
+        if not value.startswith(REDIS_URL_SCHEMES):
+            raise ValueError(f"must start with one of {', '.join(REDIS_URL_SCHEMES)}")
         return value
 
     @field_validator("database_url")

@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     default_plan: str = Field(
         "requests=100/60s", validation_alias=AliasChoices("DEFAULT_PLAN", "default_plan")
     )
+    # GOVERNANCE=zion: enforce DEFAULT_PLAN's limits (the original's per-minute throttle) on top of each
+    # user's Zion limits; a request must fit both. false: Zion's limits alone.
+    zion_apply_default_plan: bool = Field(
+        True, validation_alias=AliasChoices("ZION_APPLY_DEFAULT_PLAN", "zion_apply_default_plan")
+    )
     quota_failure_mode: QuotaFailureMode = Field(
         QuotaFailureMode.closed, validation_alias=AliasChoices("QUOTA_FAILURE_MODE", "quota_failure_mode")
     )

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sentinel.config import ConfigError, Settings, load_settings
+from sentinel.config import ConfigError, GovernanceKind, Settings, load_settings
 from sentinel.domain.tiers import TIERS
 
 log = logging.getLogger("sentinel.cli")
@@ -56,14 +56,23 @@ async def _with_db(settings: Settings, fn: Callable[[Any], Awaitable[int | None]
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
+    from sentinel.errors import InvalidRequest
     from sentinel.governance.keys import KeyService
 
-    async def go(sessions: Any) -> None:
-        info, key = await KeyService(sessions).create_key(args.external_id, args.name, email=args.email)
+    settings = _settings()
+
+    async def go(sessions: Any) -> int:
+        keys = KeyService(sessions, require_email=settings.governance is GovernanceKind.zion)
+        try:
+            info, key = await keys.create_key(args.external_id, args.name, email=args.email)
+        except InvalidRequest as exc:
+            print(f"sentinel: {exc.message}", file=sys.stderr)
+            return 2
         print(f"created key {info.id} ({info.prefix}...) for {info.external_id}; it is shown only once:")
         print(key)
+        return 0
 
-    return _run(_with_db(_settings(), go))
+    return _run(_with_db(settings, go))
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
 
     # --- quotas and usage -----------------------------------------------------------------------
     default_plan: str = env("DEFAULT_PLAN", "requests=100/60s")
+    # GOVERNANCE=zion: enforce DEFAULT_PLAN's limits (the original's per-minute throttle) on top of each
+    # user's Zion limits; a request must fit both. false: Zion's limits alone.
+    zion_apply_default_plan: bool = env("ZION_APPLY_DEFAULT_PLAN", True)
     quota_failure_mode: QuotaFailureMode = env("QUOTA_FAILURE_MODE", QuotaFailureMode.closed)
     default_max_output_tokens: int = env("DEFAULT_MAX_OUTPUT_TOKENS", 4096, ge=1)
     usage_lease_seconds: float = env("USAGE_LEASE_SECONDS", 30.0, gt=0)

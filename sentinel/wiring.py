@@ -127,6 +127,7 @@ def build_governance(
     sessions: async_sessionmaker[AsyncSession],
     http: aiohttp.ClientSession,
     catalog_tiers: TierTable,
+    metrics: Metrics | None = None,
 ) -> Governance:
     """Identity sources, plan source, usage sink and tier source for `s.governance`."""
     default_plan = parse_plan_spec(s.default_plan, "default")
@@ -149,9 +150,9 @@ def build_governance(
     window = int(s.cache_ttl_seconds + s.governance_grace_seconds + 60)
     return Governance(
         jwt=local_jwt or ZionIdentitySource(zion),
-        plans=ZionPlans(zion, default_plan, max_window_seconds=window),
+        plans=ZionPlans(zion, default_plan, max_window_seconds=window, apply_default=s.zion_apply_default_plan),
         sink=ZionSink(zion),
-        tiers=ZionTiers(zion.tier_config, store, s.tier_config_ttl_seconds, fallback=catalog_tiers),
+        tiers=ZionTiers(zion.tier_config, store, s.tier_config_ttl_seconds, fallback=catalog_tiers, metrics=metrics),
     )
 
 
@@ -182,10 +183,14 @@ async def build_runtime(s: Settings, metrics: Metrics) -> Runtime:
     local_ttl = LOCAL_CACHE_SECONDS if s.redis_url else 0.0
     catalog = build_catalog(s)
     metrics.known_models.update(known_models(catalog))
-    governance = build_governance(s, store=store, sessions=sessions, http=http, catalog_tiers=catalog.tiers)
+    governance = build_governance(
+        s, store=store, sessions=sessions, http=http, catalog_tiers=catalog.tiers, metrics=metrics
+    )
+    zion_mode = s.governance is GovernanceKind.zion  # usage is reported by email: identities need one
     authenticator = Authenticator(
-        store, api_keys=KeyService(sessions), jwt=governance.jwt, ttl=s.jwt_cache_ttl_seconds,
-        grace=s.governance_grace_seconds, metrics=metrics, local_ttl=local_ttl,
+        store, api_keys=KeyService(sessions, require_email=zion_mode), jwt=governance.jwt,
+        ttl=s.jwt_cache_ttl_seconds, grace=s.governance_grace_seconds, metrics=metrics, local_ttl=local_ttl,
+        require_email=zion_mode,
     )
     counter = TokenCounter(on_fallback=lambda wanted, used: metrics.tokenizer_fallback.labels(wanted, used).inc())
     await asyncio.to_thread(counter.warm)
@@ -206,7 +211,7 @@ async def build_runtime(s: Settings, metrics: Metrics) -> Runtime:
     }
     router = TierRouter(
         tiers=governance.tiers, providers=list(chat_providers), health=ProviderHealth(store, metrics),
-        sessions=SessionStore(store, s.session_ttl_seconds), selector=WeightedSelector(), metrics=metrics,
+        sessions=SessionStore(store, s.session_ttl_seconds, metrics=metrics), selector=WeightedSelector(), metrics=metrics,
         failover=s.session_failover, auto_key=s.session_auto_key,
     )
     openai = OpenAICompatUpstream("openai", s.effective_openai_url, reveal(s.openai_api_key), http)

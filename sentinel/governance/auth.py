@@ -3,8 +3,13 @@
 The cache key is `sentinel:profile:<sha256(token)>` (the original's key format): the token itself
 is never stored. A validated identity is fresh for `ttl` seconds and kept `grace` seconds longer
 for identity-source outages (see `GovernanceCache`); an identity whose credential expires (a
-JWT's `exp`) is never served past that moment. Invalid tokens are remembered for `negative_ttl`
-seconds. Revoking a key therefore takes effect within `ttl` seconds.
+JWT's `exp` plus the leeway) is never served past that moment, grace period included: a JWT whose
+own `exp` has passed is refused with 401 before any source is asked, so an outage cannot revive it.
+Invalid tokens are remembered for `negative_ttl` seconds. Revoking a key therefore takes effect
+within `ttl` seconds.
+
+With `require_email` (GOVERNANCE=zion, where usage is reported to Zion by email) an identity
+without an email is refused with 403 `usage_unreportable`: it would be served unmetered.
 """
 
 from __future__ import annotations
@@ -14,14 +19,21 @@ import time
 from collections.abc import Callable
 
 from sentinel.domain.identity import Identity
-from sentinel.errors import AuthenticationError, GovernanceUnavailable
+from sentinel.errors import AuthenticationError, GovernanceUnavailable, PermissionDenied
 from sentinel.governance.cache import GovernanceCache
 from sentinel.governance.identity import IdentitySource
+from sentinel.governance.jwt import unverified_expiry
 from sentinel.governance.keys import KEY_PREFIX, hash_key
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
 
 log = logging.getLogger("sentinel.auth")
+
+UNREPORTABLE = (
+    "Usage of this account cannot be reported: it has no email address, and Zion records usage by "
+    "email. Ask an operator to give the user an email (for a Sentinel key: `sentinel keys create "
+    "<external_id> --email ...`)."
+)
 
 
 def parse_bearer(header: str | None) -> str:
@@ -50,8 +62,10 @@ class Authenticator:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         local_ttl: float = 0.0,
+        require_email: bool = False,
     ) -> None:
         self.api_keys = api_keys
+        self.require_email = require_email
         self.jwt = jwt
         self.negative_ttl = min(negative_ttl, ttl)
         self.clock = clock
@@ -72,7 +86,8 @@ class Authenticator:
         return self.api_keys if token.startswith(KEY_PREFIX) else self.jwt
 
     async def authenticate(self, token: str) -> Identity:
-        """Identity for `token`; AuthenticationError (401) or GovernanceUnavailable (503)."""
+        """Identity for `token`; AuthenticationError (401), PermissionDenied (403, an identity whose
+        usage cannot be reported) or GovernanceUnavailable (503)."""
         key = hash_key(token)
         cached = await self.cache.get(key)
         stale: Identity | None = None
@@ -81,23 +96,32 @@ class Authenticator:
                 raise AuthenticationError()
             if not self._expired(cached.value):
                 if cached.fresh:
-                    return cached.value
+                    return self._admit(cached.value)
                 stale = cached.value
         source = self._source_for(token)
         if source is None:
             raise AuthenticationError()
+        if source is not self.api_keys:
+            expiry = unverified_expiry(token)
+            if expiry is not None and expiry <= self.clock():
+                raise AuthenticationError("The token has expired", code="token_expired")
         try:
             found = await source.authenticate(token)
         except GovernanceUnavailable:
             if stale is not None:
                 log.warning("identity source unavailable; serving a cached identity", extra={"source": source.name})
-                return stale
+                return self._admit(stale)
             raise
         if found is None or self._expired(found):
             await self.cache.put(key, None, ttl=self.negative_ttl)
             raise AuthenticationError()
         await self.cache.put(key, found, not_after=found.expires_at)
-        return found
+        return self._admit(found)
 
     def _expired(self, identity: Identity) -> bool:
         return identity.expires_at is not None and identity.expires_at <= self.clock()
+
+    def _admit(self, identity: Identity) -> Identity:
+        if self.require_email and not identity.email:
+            raise PermissionDenied(UNREPORTABLE, code="usage_unreportable")
+        return identity

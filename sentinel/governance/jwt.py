@@ -14,6 +14,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -33,7 +34,22 @@ KEY_ALGORITHMS = {
     **{f"ES{n}": "EC" for n in (256, 384, 512)},
     "EdDSA": "OKP",
 }
+# Clock skew allowed on `exp`/`nbf`/`iat`: the one figure both verification and every cache of a
+# JWT identity use (an identity is served until `exp + LEEWAY_SECONDS`, never longer).
 LEEWAY_SECONDS = 30
+
+
+def unverified_expiry(token: str) -> float | None:
+    """`exp + LEEWAY_SECONDS` read from a JWT *without* verifying it, None when it has none (or is
+    not a JWT). Only ever use it to shorten a lifetime or to refuse: it proves nothing else."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return None
+    return float(exp) + LEEWAY_SECONDS
 
 
 class JwtVerifier:
@@ -177,8 +193,9 @@ class LocalJwtIdentitySource:
     """IdentitySource from locally verified JWT claims: no governance call per new token.
 
     `external_id` = claim `externalId`, `external_id` or `sub`; `user_id` = `sub`; `email` =
-    `email`. When the claims carry no email and a `profile_source` is given, it is asked instead
-    (e.g. Zion's `/users/me`), since usage reported to Zion is keyed by email.
+    `email`; `expires_at` = `exp + LEEWAY_SECONDS` (so no cache serves it past the token's life).
+    When the claims carry no email and a `profile_source` is given, it is asked instead (e.g.
+    Zion's `/users/me`), since usage reported to Zion is keyed by email.
     """
 
     name = "jwt"
@@ -195,15 +212,21 @@ class LocalJwtIdentitySource:
         external_id = _text(claims.get("externalId")) or _text(claims.get("external_id")) or sub
         if external_id is None:
             return None
+        expires_at = float(claims["exp"]) + LEEWAY_SECONDS  # `exp` is required and verified
         email = _text(claims.get("email"))
         if email is None and self.profile_source is not None:
-            return await self.profile_source.authenticate(token)
+            profile = await self.profile_source.authenticate(token)
+            if profile is None:
+                return None
+            earliest = min(expires_at, profile.expires_at or expires_at)
+            return replace(profile, expires_at=earliest)
         return Identity(
             external_id=external_id,
             user_id=sub or external_id,
             email=email,
             source=self.name,
             plan=_text(claims.get("plan")),
+            expires_at=expires_at,
         )
 
 

@@ -23,6 +23,7 @@ from sentinel.db.engine import database_errors
 from sentinel.db.models import ApiKey, User, utcnow
 from sentinel.db.queries import ensure_user
 from sentinel.domain.identity import Identity
+from sentinel.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +70,24 @@ _INFO_COLUMNS = (
 
 
 class KeyService:
-    """API keys in the built-in SQL database; also an `IdentitySource` (name `api_key`)."""
+    """API keys in the built-in SQL database; also an `IdentitySource` (name `api_key`).
+
+    With `require_email` (GOVERNANCE=zion: usage is reported to Zion by email) a key is issued only
+    to a user with an email, given now or stored before; otherwise `create_key` raises InvalidRequest.
+    """
 
     name = "api_key"
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], *, clock: Callable[[], datetime] = utcnow
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        require_email: bool = False,
     ) -> None:
         self._sessions = sessions
         self._clock = clock
+        self.require_email = require_email
 
     async def ensure_user(self, external_id: str, email: str | None = None) -> str:
         """The user id for `external_id`, creating the user if missing."""
@@ -90,7 +100,9 @@ class KeyService:
     async def create_key(
         self, external_id: str, name: str | None = None, email: str | None = None
     ) -> tuple[ApiKeyInfo, str]:
-        """Issue a key for `external_id` (created if missing); returns (info, plaintext shown once)."""
+        """Issue a key for `external_id` (created if missing); returns (info, plaintext shown once).
+
+        InvalidRequest (nothing written) when `require_email` and the user has no email."""
         token = generate_key()
         row = ApiKey(
             id=f"key_{secrets.token_hex(6)}",
@@ -102,6 +114,15 @@ class KeyService:
         with database_errors("API key store unavailable"):
             async with self._sessions() as session:
                 row.user_id = await ensure_user(session, external_id, email)
+                if self.require_email and not email:
+                    stored = await session.scalar(select(User.email).where(User.id == row.user_id))
+                    if not stored:
+                        await session.rollback()
+                        raise InvalidRequest(
+                            f"user {external_id!r} has no email: with GOVERNANCE=zion usage is reported to "
+                            "Zion by email, so a key needs one (add --email ADDRESS)",
+                            code="usage_unreportable",
+                        )
                 session.add(row)
                 await session.commit()
         info = ApiKeyInfo(row.id, external_id, name, row.prefix, row.created_at, None, None)

@@ -5,6 +5,11 @@ exponential backoff and jitter on a 5xx, a dropped connection or a timeout (neve
 every aiohttp/asyncio failure becomes `GovernanceUnavailable` here, once. The service key goes in
 `x-api-key` and is never logged; Zion's error bodies are never passed on to clients.
 
+A circuit breaker (`sentinel.breaker`) counts outages only (connection errors, timeouts, 5xx; any
+answer below 500 counts as Zion being up). Once it opens, calls fail at once with
+`GovernanceUnavailable` (no call, no retry, no wait) until one probe per cooldown succeeds, so
+while Zion is down requests are served from the caches at cache speed for the grace period.
+
 `ZionIdentitySource` validates user JWTs through `/users/me`; `ZionPlanSource` turns a user's Zion
 limits into a quota `Plan` whose limits carry Zion's `used` figure (`ExternalUsage`).
 """
@@ -15,7 +20,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 from urllib.parse import quote
@@ -25,14 +30,19 @@ import orjson
 from yarl import URL
 
 from sentinel.backoff import Backoff
+from sentinel.breaker import CircuitBreaker, State
 from sentinel.domain.identity import Identity
 from sentinel.domain.plans import ExternalUsage, Limit, Metric, Plan
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
+from sentinel.governance.jwt import unverified_expiry
 
 log = logging.getLogger("sentinel.zion")
 
 MAX_BATCH = 1000
+# Consecutive outage answers (per attempt) that open the breaker, and how long it stays open.
+BREAKER_THRESHOLD = 3
+BREAKER_COOLDOWN_SECONDS = 5.0
 PERIOD_SECONDS = {"DAILY": 86400, "WEEKLY": 7 * 86400, "MONTHLY": 30 * 86400, "NEVER": 10 * 365 * 86400}
 # Zion's metric names and Sentinel's quota metrics, in the same order.
 WIRE_METRICS: dict[str, Metric] = {
@@ -113,6 +123,7 @@ class ZionClient:
         timeout: float = 3.0,
         connect_timeout: float = 1.0,
         backoff: Backoff | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._base = base_url.rstrip("/") + "/api/v1"
         self._api_key = api_key
@@ -120,6 +131,9 @@ class ZionClient:
         self._owned = session is None
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
         self._backoff = backoff or Backoff(base=0.1, cap=2.0, attempts=3)
+        self.breaker = breaker or CircuitBreaker(BREAKER_THRESHOLD, BREAKER_COOLDOWN_SECONDS)
+        if self.breaker.on_change is None:
+            self.breaker.on_change = self._breaker_changed
 
     def __repr__(self) -> str:  # never show the key
         return f"ZionClient({self._base!r})"
@@ -217,26 +231,48 @@ class ZionClient:
         route = path.split("/external/")[0] if path.startswith("/limits/") else path  # no user ids in logs
         for attempt in range(1, self._backoff.attempts + 1):
             last = attempt == self._backoff.attempts
+            if not self.breaker.allow():
+                raise GovernanceUnavailable(
+                    f"Zion is unavailable (circuit open) on {method} {route}",
+                    retry_after=max(1.0, self.breaker.retry_after()),
+                )
             try:
                 async with self._http().request(
                     method, url, headers=sent, data=payload, timeout=self._timeout
                 ) as resp:
-                    if resp.status == none_on:
-                        return None
-                    if 200 <= resp.status < 300:
-                        return _data(await resp.read(), route)
-                    problem = f"Zion answered {resp.status} to {method} {route}"
-                    if resp.status < 500 or last:
-                        wait = resp.headers.get("Retry-After", "")
-                        retry_after = float(wait) if wait.isdigit() else None
-                        raise ZionStatusError(problem, zion_status=resp.status, retry_after=retry_after)
+                    status, raw, wait = resp.status, await resp.read(), resp.headers.get("Retry-After", "")
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+                self.breaker.failure()
                 problem = f"Zion unreachable on {method} {route}: {type(exc).__name__}"
                 if last:
                     raise GovernanceUnavailable(problem) from exc
+            else:
+                if status < 500:
+                    self.breaker.success()  # a whole answer, even a refusal: Zion is up
+                else:
+                    self.breaker.failure()
+                if status == none_on:
+                    return None
+                if 200 <= status < 300:
+                    return _data(raw, route)
+                problem = f"Zion answered {status} to {method} {route}"
+                if status < 500 or last:
+                    retry_after = float(wait) if wait.isdigit() else None
+                    raise ZionStatusError(problem, zion_status=status, retry_after=retry_after)
+            if self.breaker.state == "open":  # this failure opened it: do not keep trying
+                raise GovernanceUnavailable(f"{problem}; circuit open", retry_after=self.breaker.retry_after())
             log.warning("%s; retrying (attempt %d of %d)", problem, attempt + 1, self._backoff.attempts)
             await asyncio.sleep(self._backoff.delay(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _breaker_changed(self, old: State, new: State) -> None:
+        if new == "open":
+            log.warning(
+                "Zion circuit open: Zion calls fail at once for %.0f s; cached identities and limits are served",
+                self.breaker.cooldown, extra={"breaker": "zion", "from_state": old},
+            )
+        elif new == "closed":
+            log.warning("Zion circuit closed: Zion answers again", extra={"breaker": "zion", "from_state": old})
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -365,7 +401,12 @@ def _match(records: list[UsageRecord], data: dict[str, Any]) -> list[ItemResult]
 
 
 class ZionIdentitySource:
-    """IdentitySource over Zion's `/users/me` (one Zion call per token not yet cached)."""
+    """IdentitySource over Zion's `/users/me` (one Zion call per token not yet cached).
+
+    Zion vouches for the token; its `exp` claim, read without verification (it can only shorten
+    the identity's life), sets `expires_at` = `exp + LEEWAY_SECONDS`, so no cache serves the
+    identity past the token's expiry. Opaque (non-JWT) tokens carry no expiry.
+    """
 
     name = "zion"
 
@@ -373,7 +414,11 @@ class ZionIdentitySource:
         self.client = client
 
     async def authenticate(self, token: str) -> Identity | None:
-        return await self.client.me(token)
+        identity = await self.client.me(token)
+        expires_at = unverified_expiry(token)
+        if identity is None or expires_at is None:
+            return identity
+        return replace(identity, expires_at=expires_at)
 
 
 def plan_from_limits(limits: ZionLimits, *, max_window_seconds: int | None = None) -> Plan:

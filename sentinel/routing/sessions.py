@@ -5,24 +5,34 @@ Key `sentinel:session:<conversation_id>` (the original's format), JSON value
 TTL SESSION_TTL_SECONDS refreshed on every request. A conversation belongs to the user who started
 it: another user presenting the same conversation_id gets 403 and never sees or changes it.
 Creation uses SET NX, so two concurrent first turns agree on one model.
+
+A stored value that cannot be decoded (another version's format, corruption) is treated as no
+session: logged, counted (`sentinel_cache_lookups_total{cache="session",result="undecodable"}`)
+and replaced by the next session created under that id; never an error.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import orjson
 
 from sentinel.errors import PermissionDenied
+from sentinel.observability.metrics import Metrics
 from sentinel.store import LocalOps, Script, Store
+
+log = logging.getLogger("sentinel.sessions")
 
 _TOUCH_LUA = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
-local s = cjson.decode(raw)
+local ok, s = pcall(cjson.decode, raw)
+if not ok or type(s) ~= 'table' then return 0 end
 if s['provider'] ~= ARGV[1] or s['model'] ~= ARGV[2] or s['tier'] ~= ARGV[3] then return 0 end
 s['last_seen_at'] = tonumber(ARGV[4])
 redis.call('SET', KEYS[1], cjson.encode(s), 'PX', ARGV[5])
@@ -34,8 +44,13 @@ def _touch_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     raw = ops.get(keys[0])
     if raw is None:
         return 0
-    data = orjson.loads(raw)
-    if (data["provider"], data["model"], data["tier"]) != (args[0], args[1], args[2]):
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return 0
+    if not isinstance(data, dict):
+        return 0
+    if (data.get("provider"), data["model"], data["tier"]) != (args[0], args[1], args[2]):
         return 0
     data["last_seen_at"] = float(args[3])
     ops.set(keys[0], orjson.dumps(data), int(args[4]) / 1000)
@@ -63,8 +78,36 @@ class Session:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Session:
-        data = orjson.loads(raw)
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        """The inverse of `to_bytes`; ValueError when `raw` is not a session."""
+        data = orjson.loads(raw)  # orjson.JSONDecodeError is a ValueError
+        if not isinstance(data, dict):
+            raise ValueError("a session must be a JSON object")
+        for name in ("conversation_id", "external_id", "tier", "provider", "model"):
+            if not isinstance(data.get(name), str) or not data[name]:
+                raise ValueError(f"a session needs a string {name}")
+        for name in ("created_at", "last_seen_at"):
+            if not _number(data.get(name)):
+                raise ValueError(f"a session needs a numeric {name}")
+        migrations = data.get("migrations", 0)
+        if isinstance(migrations, bool) or not isinstance(migrations, int):
+            raise ValueError("a session's migrations must be an integer")
+        return cls(
+            data["conversation_id"], data["external_id"], data["tier"], data["provider"], data["model"],
+            float(data["created_at"]), float(data["last_seen_at"]), migrations,
+        )
+
+
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float)
+
+
+def _owned(session: Session, external_id: str) -> Session:
+    if session.external_id != external_id:
+        raise PermissionDenied(
+            "This conversation_id belongs to another user; start a new conversation with a new id",
+            code="conversation_forbidden",
+        )
+    return session
 
 
 def auto_conversation_id(external_id: str, system: str, first_user: str) -> str:
@@ -76,33 +119,51 @@ def auto_conversation_id(external_id: str, system: str, first_user: str) -> str:
 class SessionStore:
     """Reads and writes sessions; raises StoreUnavailable when the store is down (callers degrade)."""
 
-    def __init__(self, store: Store, ttl: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: Store, ttl: float, clock: Callable[[], float] = time.time, *, metrics: Metrics | None = None
+    ) -> None:
         self.store = store
         self.ttl = ttl
         self.clock = clock
+        self.metrics = metrics
 
     @staticmethod
     def key(conversation_id: str) -> str:
         return f"sentinel:session:{conversation_id}"
 
     async def get(self, conversation_id: str, external_id: str) -> Session | None:
+        """The conversation's session; None when there is none or it cannot be decoded; 403 when
+        it belongs to another user."""
+        session = await self._read(conversation_id)
+        return None if session is None else _owned(session, external_id)
+
+    async def _read(self, conversation_id: str) -> Session | None:
         raw = await self.store.get(self.key(conversation_id))
         if raw is None:
             return None
-        session = Session.from_bytes(raw)
-        if session.external_id != external_id:
-            raise PermissionDenied(
-                "This conversation_id belongs to another user; start a new conversation with a new id",
-                code="conversation_forbidden",
-            )
-        return session
+        try:
+            return Session.from_bytes(raw)
+        except ValueError as exc:
+            if self.metrics is not None:
+                self.metrics.child(self.metrics.cache_lookups, "session", "undecodable").inc()
+            log.warning("ignoring an undecodable session entry; it will be replaced", extra={"error": str(exc)[:200]})
+            return None
 
     async def create(self, session: Session) -> Session:
-        """Store a new session unless one appeared meanwhile; returns the session that won."""
-        if await self.store.set(self.key(session.conversation_id), session.to_bytes(), self.ttl, nx=True):
-            return session
-        existing = await self.get(session.conversation_id, session.external_id)
-        return existing or session
+        """Store a new session unless one appeared meanwhile; returns the session that won.
+
+        An undecodable value in the way is deleted and creation tried once more, still with NX, so
+        of two concurrent first turns over it one wins (short of a delete landing between the
+        other's delete and write)."""
+        key = self.key(session.conversation_id)
+        for _ in range(2):
+            if await self.store.set(key, session.to_bytes(), self.ttl, nx=True):
+                return session
+            existing = await self._read(session.conversation_id)
+            if existing is not None:
+                return _owned(existing, session.external_id)
+            await self.store.delete(key)
+        return session
 
     async def touch(self, session: Session) -> bool:
         """Refresh TTL and last_seen_at atomically, unless the session changed meanwhile."""

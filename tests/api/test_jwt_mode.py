@@ -8,6 +8,7 @@ from collections.abc import Callable
 import httpx
 import jwt
 
+from sentinel.governance.jwt import LEEWAY_SECONDS
 from tests.api.conftest import Gateway
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
@@ -39,3 +40,30 @@ def test_local_jwt_verification(gateway_factory: Callable[..., Gateway]) -> None
         r = post(bad)
         assert r.status_code == 401, (bad, r.text)
     assert post(gw.key).status_code == 200  # Sentinel API keys still work
+
+
+def test_a_cached_jwt_identity_never_outlives_exp_plus_the_leeway(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(jwt_secret=SECRET, jwt_audience="sentinel")  # JWT_CACHE_TTL_SECONDS = 300
+    short = token(exp=int(time.time() + 3) - LEEWAY_SECONDS)  # usable for about 3 more seconds
+
+    def post() -> httpx.Response:
+        return httpx.post(gw.url + "/v1/chat/completions", json=CHAT,
+                          headers={"Authorization": f"Bearer {short}"}, timeout=30)
+
+    assert post().status_code == 200  # now cached
+    deadline = time.monotonic() + 20
+    answer = post()
+    while answer.status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        answer = post()
+    assert answer.status_code == 401, answer.text  # well within the cache TTL
+    assert answer.json()["error"]["code"] == "token_expired"
+    assert answer.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_jwt_past_exp_but_within_the_leeway_is_accepted(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(jwt_secret=SECRET, jwt_audience="sentinel")
+    lenient = token(exp=int(time.time()) - LEEWAY_SECONDS + 60)  # exp passed, the leeway has not
+    r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {lenient}"},
+                   timeout=30)
+    assert r.status_code == 200, r.text

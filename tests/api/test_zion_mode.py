@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 
 import httpx
+import jwt
+import orjson
 import pytest
 
+from sentinel.db.engine import create_engine, migrate, session_factory
+from sentinel.errors import InvalidRequest
+from sentinel.governance.jwt import LEEWAY_SECONDS
+from sentinel.governance.keys import KeyService
 from tests.api.conftest import Gateway
-from tests.support.fake_zion import BATCH, ME, FakeZion
+from tests.support.fake_zion import BATCH, LIMITS, ME, FakeZion
 from tests.support.servers import serving
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "zion says hi"}]}
@@ -35,6 +44,17 @@ def post(gw: Gateway, token: str, body: dict = CHAT) -> httpx.Response:
                       timeout=30)
 
 
+async def make_key(database_url: str, external_id: str, email: str | None = None) -> str:
+    """A Sentinel key as `sentinel keys create` makes it under GOVERNANCE=zion."""
+    engine = create_engine(database_url)
+    try:
+        await migrate(engine)
+        _, key = await KeyService(session_factory(engine), require_email=True).create_key(external_id, email=email)
+        return key
+    finally:
+        await engine.dispose()
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 15) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -52,8 +72,9 @@ def test_zion_jwt_validated_and_cached(gateway_factory: Callable[..., Gateway], 
     assert zion.calls[ME] == 1  # validated once, then cached by token hash
     bad = post(gw, "jwt-unknown")
     assert bad.status_code == 401 and bad.headers["www-authenticate"] == "Bearer"
-    # Sentinel-issued API keys keep working alongside Zion JWTs.
-    assert post(gw, gw.key).status_code == 200
+    # Sentinel-issued API keys keep working alongside Zion JWTs (for a user with an email).
+    key = asyncio.run(make_key(gw.settings.database_url, "carol-ext", email="carol@example.com"))
+    assert post(gw, key).status_code == 200
 
 
 def test_zion_limits_enforced_with_local_admissions(gateway_factory: Callable[..., Gateway], zion: FakeZion) -> None:
@@ -116,3 +137,147 @@ def test_native_tiers_come_from_zion(gateway_factory: Callable[..., Gateway], zi
         models.add((tier, r.headers["x-sentinel-provider"], r.headers["x-sentinel-model"]))
     assert models == {("simple", "openai", "gpt-4o-mini"), ("complex", "openai", "gpt-4o")}
     assert zion.calls["/api/v1/tiers/config"] == 1  # cached for TIER_CONFIG_TTL_SECONDS
+
+
+# --- identity and governance that do not outlive their truth (issue 8, section 4) -------------------
+
+
+def metric(gw: Gateway, name: str, **labels: str) -> float:
+    """One sample of the public /metrics page (0 when absent)."""
+    text = httpx.get(gw.url + "/metrics", timeout=10).text
+    wanted = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "} "
+    return sum(float(line.split(" ")[-1]) for line in text.splitlines() if line.startswith(wanted))
+
+
+def zion_jwt(seconds_left: float, sub: str) -> str:
+    """A JWT (signed by "Zion", never verified by Sentinel) usable for `seconds_left` more seconds,
+    counting Sentinel's leeway on `exp`."""
+    exp = int(time.time() + seconds_left) - LEEWAY_SECONDS
+    return jwt.encode({"sub": sub, "exp": exp}, "zion-own-signing-key-0123456789abcdef", algorithm="HS256")
+
+
+def test_a_cached_zion_identity_ends_with_its_token_even_while_zion_is_down(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    token = zion_jwt(3, "ivan")
+    zion.add_user(token, "ivan-ext", "ivan@example.com")
+    gw = zion_gateway(gateway_factory, zion)  # JWT_CACHE_TTL_SECONDS = 300, grace 900
+    assert post(gw, token).status_code == 200
+    zion.set_down(True)
+    deadline = time.monotonic() + 20
+    answer = post(gw, token)
+    while answer.status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        answer = post(gw, token)
+    assert answer.status_code == 401, answer.text  # not the cached identity, and not a 503
+    assert answer.json()["error"]["code"] == "token_expired"
+    assert zion.attempts[ME] == 1  # the cache served it until exp; the expiry needed no Zion call
+
+
+def test_users_whose_usage_cannot_be_reported_are_refused(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    zion.add_user("jwt-nomail", "nomail-ext", "")  # Zion knows no email for this user
+    gw = zion_gateway(gateway_factory, zion)
+    for bearer in ("jwt-nomail", gw.key):  # a Zion user, and a Sentinel key whose user has no email
+        for _ in range(2):  # first request and cached
+            r = post(gw, bearer)
+            assert r.status_code == 403, r.text
+            error = r.json()["error"]
+            assert (error["type"], error["code"]) == ("permission_error", "usage_unreportable")
+            assert "email" in error["message"]
+    # Key creation refuses such a user up front (what `sentinel keys create` prints).
+    with pytest.raises(InvalidRequest, match="email"):
+        asyncio.run(make_key(gw.settings.database_url, "nomail-ext"))
+
+
+def test_the_default_plan_throttles_zion_users_unless_configured_off(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    zion.add_user("jwt-judy", "judy-ext", "judy@example.com", requests=1000)
+    gw = zion_gateway(gateway_factory, zion, default_plan="requests=3/1h")
+    codes = [post(gw, "jwt-judy").status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]  # Zion allows 1000; DEFAULT_PLAN allows 3
+    denied = post(gw, "jwt-judy")
+    assert denied.headers["x-ratelimit-limit"] == "3"
+    zion.add_user("jwt-kim", "kim-ext", "kim@example.com", requests=4)
+    codes = [post(gw, "jwt-kim").status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]  # the stricter of the two wins, whichever it is
+    off = zion_gateway(gateway_factory, zion, default_plan="requests=3/1h", zion_apply_default_plan=False)
+    zion.add_user("jwt-lee", "lee-ext", "lee@example.com", requests=1000)
+    assert [post(off, "jwt-lee").status_code for _ in range(5)] == [200] * 5
+
+
+def test_once_zion_is_known_down_requests_do_not_wait_for_it(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sentinel.zion")
+    zion.add_user("jwt-mia", "mia-ext", "mia@example.com")
+    gw = zion_gateway(gateway_factory, zion, jwt_cache_ttl_seconds=1, cache_ttl_seconds=1)
+    assert post(gw, "jwt-mia").status_code == 200
+    mia = zion.user("mia@example.com")
+    assert mia is not None and wait_for(lambda: mia.used["aiRequests"] == 1)  # its delivery is done
+    zion.set_down(True)
+    # Past the cache TTL the gateway asks Zion (and finds it down); the identity is served stale.
+    deadline = time.monotonic() + 20
+    while zion.attempts[ME] < 2 and time.monotonic() < deadline:
+        assert post(gw, "jwt-mia").status_code == 200
+        time.sleep(0.1)
+    assert zion.attempts[ME] >= 2
+    asked = zion.attempts[ME] + zion.attempts[LIMITS]
+    stale_before = metric(gw, "sentinel_cache_lookups_total", cache="identity", result="stale")
+    n = 20
+    assert [post(gw, "jwt-mia").status_code for _ in range(n)] == [200] * n
+    # Without a breaker each of them would try Zion 3 times for the identity and 3 for the limits.
+    assert zion.attempts[ME] + zion.attempts[LIMITS] - asked < n
+    assert metric(gw, "sentinel_cache_lookups_total", cache="identity", result="stale") - stale_before >= n
+    assert "Zion circuit open" in caplog.text
+
+
+# --- undecodable cache entries are misses, never 500s (a real Redis) --------------------------------
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\x00\xff\xfe not json at all", b'{"id": "usr_1", "email": "x@example.com", "externalId": null}', b"[]"],
+    ids=["bytes", "original-format", "wrong-shape"],
+)
+def test_undecodable_cache_entries_are_misses(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion, redis_url: str, garbage: bytes
+) -> None:
+    import redis
+
+    token, conversation = "jwt-nora", "conv-nora"
+    zion.add_user(token, "nora-ext", "nora@example.com")
+    keys = {
+        "identity": "sentinel:profile:" + hashlib.sha256(token.encode()).hexdigest(),
+        "plan": "sentinel:limits:nora-ext",
+        "session": "sentinel:session:" + conversation,
+        "tiers": "sentinel:tiers:config",
+    }
+    r = redis.Redis.from_url(redis_url)
+    for key in keys.values():
+        r.set(key, garbage)
+    gw = zion_gateway(gateway_factory, zion, redis_url=redis_url)
+    body = {"tier": "simple", "conversation_id": conversation, "messages": [{"role": "user", "content": "hi"}]}
+
+    def native() -> httpx.Response:
+        return httpx.post(gw.url + "/native/v1/chat/completions", json=body,
+                          headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    first = native()
+    assert first.status_code == 200, first.text
+    for cache in keys:
+        assert metric(gw, "sentinel_cache_lookups_total", cache=cache, result="undecodable") >= 1, cache
+    # Each entry was replaced by a good one: the next request reads them all without Zion.
+    stored = {name: orjson.loads(r.get(key) or b"null") for name, key in keys.items()}
+    assert stored["identity"]["v"]["external_id"] == "nora-ext"
+    assert stored["plan"]["v"]["limits"]
+    assert stored["session"]["external_id"] == "nora-ext"
+    assert stored["session"]["model"] == first.headers["x-sentinel-model"]
+    assert stored["tiers"]["tiers"]["simple"]
+    calls = sum(zion.calls.values())
+    second = native()
+    assert second.status_code == 200 and second.headers["x-sentinel-model"] == first.headers["x-sentinel-model"]
+    assert sum(zion.calls.values()) == calls
+    r.close()

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from sentinel.domain.identity import Identity
 from sentinel.errors import GovernanceUnavailable
-from sentinel.governance.jwt import JwtVerifier, LocalJwtIdentitySource
+from sentinel.governance.jwt import LEEWAY_SECONDS, JwtVerifier, LocalJwtIdentitySource, unverified_expiry
 from tests.support.servers import free_port, serving
 
 SECRET = "test-secret-" + "0123456789" * 6  # 71 bytes: long enough for HS512 without a warning
@@ -90,8 +90,9 @@ async def test_without_configured_audience_any_audience_passes() -> None:
 
 async def test_identity_from_claims(verifier: JwtVerifier) -> None:
     source = LocalJwtIdentitySource(verifier)
-    identity = await source.authenticate(hs(aud(externalId="ext-9")))
-    assert identity == Identity("ext-9", "user-1", "u@example.com", source="jwt")
+    exp = int(time.time()) + 300
+    identity = await source.authenticate(hs(aud(externalId="ext-9", exp=exp)))
+    assert identity == Identity("ext-9", "user-1", "u@example.com", source="jwt", expires_at=exp + LEEWAY_SECONDS)
     only_sub = await source.authenticate(hs(aud(email=None)))
     assert only_sub is not None and (only_sub.external_id, only_sub.email) == ("user-1", None)
     snake = await source.authenticate(hs(aud(external_id="ext-snake")))
@@ -114,6 +115,30 @@ async def test_profile_source_is_asked_only_when_the_email_is_missing(verifier: 
     assert profiles.calls == 0
     assert (await source.authenticate(hs(aud(email=None))) or Identity("", "")).email == "z@example.com"
     assert profiles.calls == 1
+
+
+async def test_a_profile_never_outlives_the_verified_token(verifier: JwtVerifier) -> None:
+    class Profiles:
+        name = "zion"
+
+        async def authenticate(self, token: str) -> Identity | None:
+            return Identity("ext-z", "usr-z", "z@example.com", source="zion", expires_at=None)
+
+    exp = int(time.time()) + 120
+    identity = await LocalJwtIdentitySource(verifier, profile_source=Profiles()).authenticate(
+        hs(aud(email=None, exp=exp))
+    )
+    assert identity is not None and identity.expires_at == exp + LEEWAY_SECONDS
+
+
+def test_unverified_expiry_reads_exp_plus_the_leeway_and_nothing_else() -> None:
+    assert unverified_expiry(hs(claims(exp=1_700_000_000), key="some other key, never verified: 0123456789")) == 1_700_000_030
+    assert LEEWAY_SECONDS == 30
+    assert unverified_expiry(hs({"sub": "no-exp"})) is None
+    assert unverified_expiry(hs(claims(exp="soon"))) is None
+    assert unverified_expiry(hs(claims(exp=True))) is None
+    assert unverified_expiry("opaque-zion-token") is None
+    assert unverified_expiry("a.b.c") is None
 
 
 # --- RS256 through a JWKS ---------------------------------------------------------------------------

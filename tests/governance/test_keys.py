@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -14,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sentinel.db.engine import create_engine, session_factory
 from sentinel.domain.identity import Identity
 from sentinel.domain.plans import Limit
-from sentinel.errors import GovernanceUnavailable
+from sentinel.errors import GovernanceUnavailable, InvalidRequest
 from sentinel.governance.identity import IdentitySource
 from sentinel.governance.keys import KeyService, generate_key, hash_key
 from sentinel.governance.plans import PlanRepository
@@ -170,3 +174,38 @@ async def test_unreachable_database_is_governance_unavailable() -> None:
             await service.create_key("user-1")
     finally:
         await engine.dispose()
+
+
+async def test_usage_reported_by_email_needs_an_email_before_a_key_is_issued(
+    sessions: async_sessionmaker[AsyncSession], clock: FakeClock
+) -> None:
+    zion_keys = KeyService(sessions, clock=clock, require_email=True)
+    with pytest.raises(InvalidRequest, match="no email") as caught:
+        await zion_keys.create_key("no-mail")
+    assert caught.value.code == "usage_unreportable"
+    assert await zion_keys.list_keys() == []  # nothing written
+    _, key = await zion_keys.create_key("with-mail", email="w@example.com")
+    assert (await zion_keys.authenticate(key) or Identity("", "")).email == "w@example.com"
+    _, again = await zion_keys.create_key("with-mail")  # the stored email is enough
+    assert (await zion_keys.authenticate(again) or Identity("", "")).email == "w@example.com"
+    _, lenient = await KeyService(sessions, clock=clock).create_key("no-mail")  # GOVERNANCE=builtin
+    assert (await zion_keys.authenticate(lenient) or Identity("", "x")).email is None
+
+
+def test_the_cli_refuses_a_key_without_email_under_zion(tmp_path: Path) -> None:
+    env = {
+        **os.environ, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db", "GOVERNANCE": "zion",
+        "ZION_API_URL": "http://127.0.0.1:9", "ZION_API_KEY": "zion-key",
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sentinel", "keys", "create", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    refused = run("carol")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.startswith("sentinel: ") and "--email" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    created = run("carol", "--email", "carol@example.com")
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip().splitlines()[-1].startswith("sk-sentinel-")

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from sentinel.backoff import Backoff
+from sentinel.domain.identity import Identity
+from sentinel.domain.plans import parse_plan_spec
 from sentinel.domain.usage import UsageRecord
 from sentinel.governance.zion import (
     MetricReading,
@@ -17,6 +19,7 @@ from sentinel.governance.zion import (
     ZionPlanSource,
     plan_from_limits,
 )
+from sentinel.governance.zion_sources import ZionPlans
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.store import MemoryStore
 from tests.support.fake_zion import FakeZion
@@ -117,3 +120,21 @@ async def test_the_limiter_enforces_zion_used_plus_local_admissions(client: Zion
         "output_tokens": 3,
     }
     assert not await admit()
+
+
+async def test_default_plan_limits_are_added_to_zion_limits_unless_off(client: ZionClient) -> None:
+    default = parse_plan_spec("requests=100/60s,input_tokens=5000/1d", "default")
+    merged = await ZionPlans(client, default, max_window_seconds=3600).plan_for(Identity("ext-1", "usr_1"))
+    zion_only = await ZionPlans(client, default, max_window_seconds=3600, apply_default=False).plan_for(
+        Identity("ext-1", "usr_1")
+    )
+    assert zion_only.name == "zion:ai_usage" and all(limit.external for limit in zion_only.limits)
+    assert merged.name == "zion:ai_usage+default"
+    assert merged.limits == zion_only.limits + default.limits
+    # A user Zion does not know gets DEFAULT_PLAN once, not twice.
+    assert await ZionPlans(client, default, max_window_seconds=3600).plan_for(Identity("nobody", "u")) == default
+    limiter = QuotaLimiter(MemoryStore(), clock=lambda: 1_700_000_000.0)
+    tight = parse_plan_spec("requests=2/60s", "default")
+    plan = await ZionPlans(client, tight, max_window_seconds=3600).plan_for(Identity("ext-1", "usr_1"))
+    allowed = [(await limiter.reserve("ext-1", plan, input_tokens=1, output_tokens=1)).allowed for _ in range(3)]
+    assert allowed == [True, True, False]  # Zion would allow 3 more; the default plan's 2/60s decides

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sentinel.quota.limits import Limit, Plan
 
 from sentinel.errors import StoreUnavailable
 from sentinel.quota.limiter import QuotaLimiter
-from sentinel.quota.limits import Limit, Plan
 from sentinel.routing.health import ProviderHealth
 from sentinel.store import MemoryStore, create_store
 from sentinel.store.cluster import ClusterAddress, RedisClusterStore, parse_cluster_url

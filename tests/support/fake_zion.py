@@ -3,7 +3,8 @@
 Serve it on a real socket with `tests.support.servers.serving(fake)` (the object is an ASGI app)
 and drive it from the test thread with plain methods: `add_user`, `set_down`, `fail_next`,
 `set_honour_idempotency`, `reject_model`; read `calls` (per route, requests that got past the
-failure controls), `received` (all requests), `applied`, `totals` (per email), `seen`. A lock guards
+failure controls), `attempts` (per route, every request, failed ones too), `received` (all
+requests), `applied`, `totals` (per email), `seen`. A lock guards
 the state because the server runs in another thread.
 """
 
@@ -76,6 +77,11 @@ class Seen:
     headers: dict[str, str]
 
 
+def _route(path: str) -> str:
+    """The route constant a request path belongs to (the path itself when none)."""
+    return LIMITS if path.startswith("/api/v1/limits/external/") else path
+
+
 def _ok(data: Any) -> JSONResponse:
     return JSONResponse({"success": True, "data": data})
 
@@ -96,6 +102,7 @@ class FakeZion:
     totals: dict[str, Counter[str]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     received: int = 0  # every HTTP request, including the ones answered by set_down/fail_next
+    attempts: Counter[str] = field(default_factory=Counter)  # per route, every request
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -175,6 +182,7 @@ class FakeZion:
             return await self._app(scope, receive, send)
         with self._lock:
             self.received += 1
+            self.attempts[_route(scope.get("path", ""))] += 1
             failing = self._fail_next.pop(0) if self._fail_next else None
         if self._down == "hang":
             while self._down == "hang":  # noqa: ASYNC110 - the flag is set from the test thread

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -10,7 +9,9 @@ import pytest
 
 from tests.api.conftest import Gateway
 from tests.support.fake_zion import BATCH, ME, FakeZion
+from tests.support.metrics import metric
 from tests.support.servers import serving
+from tests.support.waiting import wait_for
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "zion says hi"}]}
 
@@ -33,15 +34,6 @@ def zion_gateway(factory: Callable[..., Gateway], zion: FakeZion, **kw: object) 
 def post(gw: Gateway, token: str, body: dict = CHAT) -> httpx.Response:
     return httpx.post(gw.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"},
                       timeout=30)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_zion_jwt_validated_and_cached(gateway_factory: Callable[..., Gateway], zion: FakeZion) -> None:
@@ -91,15 +83,17 @@ def test_zion_outage_loses_nothing(gateway_factory: Callable[..., Gateway], zion
     zion.set_down(True)
     during = [post(gw, "jwt-frank").status_code for _ in range(5)]
     unknown = post(gw, "jwt-gina")  # nothing cached for her: 503, not 401
-    time.sleep(1.0)  # deliveries fail meanwhile and back off
+    # Deliveries fail meanwhile and back off.
+    assert wait_for(lambda: (metric(gw.url, "sentinel_usage_deliveries_total", result="failure") or 0) >= 1)
     zion.set_down(False)
     assert during == [200] * 5
     assert unknown.status_code == 503
     frank = zion.user("frank@example.com")
     assert frank is not None
     assert wait_for(lambda: frank.used["aiRequests"] == 6, timeout=40)
-    time.sleep(1.0)
-    assert frank.used["aiRequests"] == 6  # delivered once, not again
+    # Once the outbox is empty nothing is left that could be delivered again...
+    assert wait_for(lambda: metric(gw.url, "sentinel_usage_outbox_depth") == 0)
+    assert frank.used["aiRequests"] == 6  # ...and it was delivered once, not twice
 
 
 def test_native_tiers_come_from_zion(gateway_factory: Callable[..., Gateway], zion: FakeZion) -> None:

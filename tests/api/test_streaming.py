@@ -11,6 +11,7 @@ import httpx
 
 from tests.api.conftest import Gateway
 from tests.support.servers import serving
+from tests.support.upstream import lifespan
 
 
 class SlowStreamUpstream:
@@ -23,11 +24,7 @@ class SlowStreamUpstream:
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                await send({"type": msg["type"] + ".complete"})
-                if msg["type"] == "lifespan.shutdown":
-                    return
+            return await lifespan(receive, send)
         while (await receive()).get("more_body"):
             pass
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})

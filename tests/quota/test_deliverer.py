@@ -5,8 +5,8 @@ the backoff policy is injected and its delays are recorded by the outbox, not wa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.backoff import Backoff
@@ -18,6 +18,7 @@ from sentinel.quota.deliverer import UsageDeliverer, idempotency_key
 from sentinel.quota.outbox import DurableOutbox, SqlOutbox
 from tests.support.metrics import counted
 from tests.support.outbox import OutboxPart, usage_record
+from tests.support.waiting import until
 
 
 class Sink:
@@ -70,15 +71,6 @@ class Setup:
 
     def deliveries(self, result: str) -> float:
         return counted(self.metrics, "sentinel_usage_deliveries_total", result=result)
-
-
-async def until(condition: Callable[[], bool], steps: int = 10_000) -> None:
-    """Let other tasks run until `condition` holds (loop turns, no clock)."""
-    for _ in range(steps):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition not reached")
 
 
 async def test_a_batch_is_delivered_then_acknowledged() -> None:
@@ -177,13 +169,15 @@ async def test_the_loop_delivers_at_once_and_stop_drains_the_rest() -> None:
     assert counted(s.metrics, "sentinel_usage_outbox_depth") == 0
 
 
-async def test_the_loop_survives_a_crashing_cycle() -> None:
+async def test_the_loop_survives_a_crashing_cycle(caplog: pytest.LogCaptureFixture) -> None:
     s = Setup(interval=0.001)
     await s.put("r1")
     s.sink.crash_once = True
     s.deliverer.start()
-    await until(lambda: s.sink.delivered == ["r1"])
+    await until(lambda: s.sink.delivered == ["r1"])  # the cycle after the crash delivered
     await asyncio.wait_for(s.deliverer.stop(), 5)
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == ["usage deliverer cycle crashed"]
+    assert s.sink.delivered == ["r1"] and await s.outbox.depth() == 0
 
 
 async def test_stop_gives_up_draining_after_its_timeout() -> None:

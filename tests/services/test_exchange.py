@@ -13,6 +13,7 @@ from typing import Any
 
 from sentinel.api.responses import StreamingRelay
 from sentinel.services.exchange import Ending, MeteredStream
+from tests.support.waiting import until
 
 DONE = b"data: [DONE]\n\n"
 
@@ -72,15 +73,6 @@ def producing(*chunks: bytes, last: bytes = DONE, status: int = 200, hang: bool 
         ending.last = last
 
     return produce
-
-
-async def until(condition: Callable[[], bool], steps: int = 1000) -> None:
-    """Let other tasks run until `condition` holds (a bounded number of loop turns, no clock)."""
-    for _ in range(steps):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition not reached")
 
 
 async def serve(metered: MeteredStream, client: Client) -> None:

@@ -25,6 +25,15 @@ _COMPLETION = {
 }
 
 
+async def lifespan(receive: Any, send: Any) -> None:
+    """Answer an ASGI lifespan conversation (startup, shutdown) for a bare ASGI test app."""
+    while True:
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+        if message["type"] == "lifespan.shutdown":
+            return
+
+
 class GatedUpstream:
     """Answers every request with one chat completion, once `open()` was called (or `timeout` passed)."""
 
@@ -39,11 +48,7 @@ class GatedUpstream:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            return await lifespan(receive, send)
         while (await receive()).get("more_body"):
             pass
         with self._lock:

@@ -2,7 +2,8 @@
 
 A test that must let something happen in another thread or process polls for the condition and
 fails (the helpers return False) only when the deadline passes: the wait is as short as the
-machine allows, and a slow machine makes it longer, never red.
+machine allows, and a slow machine makes it longer, never red. `until` is the same for tasks
+in the test's own event loop, counted in loop turns.
 """
 
 from __future__ import annotations
@@ -30,3 +31,13 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = 20
             return True
         await asyncio.sleep(every)
     return await check()
+
+
+async def until(condition: Callable[[], bool], *, turns: int = 10_000) -> None:
+    """Let the event loop's other tasks run until `condition` holds (for in-process fakes: counted
+    loop turns, no clock); AssertionError when it never does."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not reached")

@@ -11,11 +11,16 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from pytest_redis import factories
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from sentinel.db.engine import create_engine, migrate, session_factory
 from sentinel.store import MemoryStore, Store
+from tests.db.support import SENTINEL_TABLES, SQL_BACKENDS
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 REDIS_BIN = shutil.which("redis-server")
@@ -89,3 +94,30 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         s = RedisStore(url, timeout=5.0)  # the contract is about semantics, not latency
     yield s
     await s.close()
+
+
+@pytest.fixture(params=SQL_BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A SQLite file URL, then the session's PostgreSQL database (emptied by `db_engine`)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/sentinel.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+async def db_engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on a migrated database with every Sentinel table empty."""
+    engine = create_engine(db_url)
+    await migrate(engine)
+    if engine.dialect.name == "postgresql":
+        async with engine.begin() as conn:
+            await conn.execute(text(f"TRUNCATE {', '.join(SENTINEL_TABLES)} RESTART IDENTITY CASCADE"))
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def sessions(db_engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions on `db_engine` (SQLite, then PostgreSQL)."""
+    return session_factory(db_engine)

@@ -15,6 +15,14 @@ import httpx
 import pytest
 
 from tests.support.servers import free_port
+from tests.support.waiting import wait_for
+
+
+def live(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
@@ -37,13 +45,7 @@ def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
         curl = next(line for line in lines if line.startswith("Try: "))[5:]
         key = re.search(r"sk-sentinel-[\w-]+", curl)
         assert key is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        assert wait_for(lambda: live(port), timeout=30), "sentinel serve never answered /health/live"
         if shutil.which("curl"):
             out = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30).stdout
         else:  # the same request, made without curl

@@ -10,14 +10,18 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from sentinel.app import create_app
 from sentinel.config import Settings
 from sentinel.mock.app import create_mock_app
 from sentinel.protocol import uvicorn_protocol_options
+from sentinel.wiring import Runtime
+from tests.support.accounts import create_key
 from tests.support.servers import ServerThread, serving
+from tests.support.upstream import UPSTREAM_KEY
 
-UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+__all__ = ["UPSTREAM_KEY", "Gateway", "backend_url", "gateway", "gateway_factory", "mock_upstream"]
 
 
 @pytest.fixture(scope="session")
@@ -25,19 +29,6 @@ def mock_upstream() -> Iterator[str]:
     """The project's mock provider (OpenAI + Anthropic wire formats); root URL without /v1."""
     with serving(create_mock_app()) as srv:
         yield srv.url
-
-
-async def make_key(database_url: str, external_id: str, name: str | None = None) -> tuple[str, str]:
-    from sentinel.db.engine import create_engine, migrate, session_factory
-    from sentinel.governance.keys import KeyService
-
-    engine = create_engine(database_url)
-    try:
-        await migrate(engine)
-        info, key = await KeyService(session_factory(engine)).create_key(external_id, name)
-        return info.id, key
-    finally:
-        await engine.dispose()
 
 
 @dataclass
@@ -57,6 +48,36 @@ class Gateway:
 
         return openai.OpenAI(base_url=self.url + "/v1", api_key=self.key, max_retries=0, **kw)
 
+    @property
+    def runtime(self) -> Runtime:
+        """The running app's services (built by its lifespan)."""
+        runtime = self.server.server.config.app.runtime
+        assert runtime is not None, "the gateway has not started"
+        return runtime
+
+    def read_stored(self, key: str) -> bytes | None:
+        """The raw value under `key` in the gateway's store (its Redis, or its in-process store)."""
+        if self.settings.redis_url:
+            client = redis.Redis.from_url(self.settings.redis_url)
+            try:
+                value: bytes | None = client.get(key)
+                return value
+            finally:
+                client.close()
+        # The in-memory store never awaits and has no loop affinity: drive it from this thread.
+        return asyncio.run(self.runtime.store.get(key))
+
+    def drop_stored(self, key: str) -> None:
+        """Remove `key` from the gateway's store, as if its TTL ran out there."""
+        if self.settings.redis_url:
+            client = redis.Redis.from_url(self.settings.redis_url)
+            try:
+                client.delete(key)
+            finally:
+                client.close()
+        else:
+            asyncio.run(self.runtime.store.delete(key))
+
 
 @pytest.fixture
 def gateway_factory(tmp_path: Path, mock_upstream: str) -> Iterator[Callable[..., Gateway]]:
@@ -75,7 +96,7 @@ def gateway_factory(tmp_path: Path, mock_upstream: str) -> Iterator[Callable[...
         }
         values.update(overrides)
         settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
-        key_id, key = asyncio.run(make_key(settings.database_url, "alice"))
+        key_id, key = asyncio.run(create_key(settings.database_url, "alice"))
         server = ServerThread(create_app(settings), **uvicorn_protocol_options(settings)).start()
         started.append(server)
         return Gateway(url=server.url, key=key, key_id=key_id, settings=settings, server=server)
@@ -88,3 +109,9 @@ def gateway_factory(tmp_path: Path, mock_upstream: str) -> Iterator[Callable[...
 @pytest.fixture
 def gateway(gateway_factory: Callable[..., Gateway]) -> Gateway:
     return gateway_factory()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """REDIS_URL for a gateway: None (the in-process store), then a clean real Redis."""
+    yield None if request.param == "memory" else request.getfixturevalue("redis_url")

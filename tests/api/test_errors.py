@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import httpx
 
 from tests.api.conftest import UPSTREAM_KEY, Gateway
-from tests.support.servers import free_port
+from tests.support.metrics import metric
+from tests.support.servers import free_port, serving
+from tests.support.upstream import GatedUpstream
+from tests.support.waiting import wait_for
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -89,21 +91,29 @@ def test_connection_refused_is_502(gateway_factory: Callable[..., Gateway]) -> N
 
 
 def test_backpressure_rejects_at_once(gateway_factory: Callable[..., Gateway]) -> None:
-    gw = gateway_factory(max_in_flight=1)
-    results: list[int] = []
+    upstream = GatedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(max_in_flight=1, openai_api_url=srv.url + "/v1")
+        results: list[int] = []
 
-    def slow() -> None:
-        with gw.client() as http:
-            results.append(http.post("/v1/chat/completions", json=CHAT, headers={"X-Mock-Latency-Ms": "800"}).status_code)
+        def held() -> None:
+            with gw.client() as http:
+                results.append(http.post("/v1/chat/completions", json=CHAT).status_code)
 
-    t = threading.Thread(target=slow)
-    t.start()
-    time.sleep(0.3)
-    with gw.client() as http:
-        r = http.post("/v1/chat/completions", json=CHAT)
-        health = http.get("/health/live")
-    t.join()
+        t = threading.Thread(target=held)
+        t.start()
+        try:
+            # The one allowed request is in flight: it reached the upstream, which holds it.
+            assert wait_for(lambda: upstream.arrived == 1)
+            assert metric(gw.url, "sentinel_requests_in_flight") == 1
+            with gw.client() as http:
+                r = http.post("/v1/chat/completions", json=CHAT)
+                health = http.get("/health/live")
+        finally:
+            upstream.open()
+            t.join()
     assert_error_shape(r, 503)
     assert r.headers["retry-after"] == "1"
     assert health.status_code == 200  # probes are never refused
     assert results == [200]
+    assert upstream.arrived == 1  # the refused request never reached the upstream

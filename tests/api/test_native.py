@@ -12,16 +12,9 @@ import pytest
 import yaml
 
 from tests.api.conftest import Gateway
+from tests.support.payloads import WEATHER_TOOL
 
 URL = "/native/v1/chat/completions"
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-20241022"}
 
 

@@ -7,62 +7,24 @@ import time
 from collections.abc import Callable
 
 import httpx
-import pytest
 
 from tests.api.conftest import Gateway
+from tests.support.accounts import set_user_plan, usage_totals
+from tests.support.waiting import wait_for
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "quota please"}]}
 
 
 def set_plan(database_url: str, external_id: str, plan: str, spec: str) -> None:
-    from sentinel.db.engine import create_engine, migrate, session_factory
-    from sentinel.domain.plans import parse_limits
-    from sentinel.governance.plans import PlanRepository
-
-    async def go() -> None:
-        engine = create_engine(database_url)
-        try:
-            await migrate(engine)
-            repo = PlanRepository(session_factory(engine))
-            await repo.set_plan(plan, parse_limits(spec))
-            await repo.set_user_plan(external_id, plan)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(go())
+    asyncio.run(set_user_plan(database_url, external_id, spec, plan))
 
 
 def ledger_totals(database_url: str, external_id: str) -> dict[str, int]:
-    from sentinel.db.engine import create_engine, session_factory
-    from sentinel.governance.ledger import SqlLedger
-
-    async def go() -> list[dict]:
-        engine = create_engine(database_url)
-        try:
-            return await SqlLedger(session_factory(engine)).totals(external_id)
-        finally:
-            await engine.dispose()
-
-    rows = asyncio.run(go())
-    return {k: sum(r[k] for r in rows) for k in ("requests", "input_tokens", "output_tokens")}
+    return asyncio.run(usage_totals(database_url, external_id))
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    return None if request.param == "memory" else request.getfixturevalue("redis_url")
-
-
-def test_request_limit_bites_with_headers(gateway_factory: Callable[..., Gateway], store_url: str | None) -> None:
-    gw = gateway_factory(redis_url=store_url)
+def test_request_limit_bites_with_headers(gateway_factory: Callable[..., Gateway], backend_url: str | None) -> None:
+    gw = gateway_factory(redis_url=backend_url)
     set_plan(gw.settings.database_url, "alice", "tiny", "requests=3/1m")
     with gw.client() as http:
         answers = [http.post("/v1/chat/completions", json=CHAT) for _ in range(4)]
@@ -76,8 +38,8 @@ def test_request_limit_bites_with_headers(gateway_factory: Callable[..., Gateway
     assert error["type"] == "rate_limit_error" and "requests" in error["message"]
 
 
-def test_token_limits_have_their_own_counters(gateway_factory: Callable[..., Gateway], store_url: str | None) -> None:
-    gw = gateway_factory(redis_url=store_url)
+def test_token_limits_have_their_own_counters(gateway_factory: Callable[..., Gateway], backend_url: str | None) -> None:
+    gw = gateway_factory(redis_url=backend_url)
     set_plan(gw.settings.database_url, "alice", "tokens", "requests=1000/1m,input_tokens=40/1m,output_tokens=100000/1m")
     with gw.client() as http:
         statuses = []
@@ -90,15 +52,19 @@ def test_token_limits_have_their_own_counters(gateway_factory: Callable[..., Gat
     assert statuses[0] == 200 and statuses[-1] == 429
 
 
-def test_plan_change_applies_within_cache_ttl(gateway_factory: Callable[..., Gateway]) -> None:
-    gw = gateway_factory(cache_ttl_seconds=1)
-    set_plan(gw.settings.database_url, "alice", "one", "requests=1/1m")
-    with gw.client() as http:
+def test_plan_change_applies_once_the_cached_plan_expires(gateway: Gateway) -> None:
+    # The TTL itself is unit-tested with a clock (tests/governance/test_plan_source.py).
+    set_plan(gateway.settings.database_url, "alice", "one", "requests=1/1m")
+    with gateway.client() as http:
         assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
         assert http.post("/v1/chat/completions", json=CHAT).status_code == 429
-        set_plan(gw.settings.database_url, "alice", "more", "requests=50/1h")
-        time.sleep(1.2)
-        assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
+        set_plan(gateway.settings.database_url, "alice", "more", "requests=50/1h")
+        # The cached plan still applies...
+        assert http.post("/v1/chat/completions", json=CHAT).status_code == 429
+        # ...until its entry's TTL runs out in the store (here: removed from it).
+        gateway.drop_stored("sentinel:limits:alice")
+        r = http.post("/v1/chat/completions", json=CHAT)
+        assert r.status_code == 200 and r.headers["x-ratelimit-limit"] == "50"
 
 
 def test_default_plan_applies_to_users_without_one(gateway_factory: Callable[..., Gateway]) -> None:
@@ -108,8 +74,8 @@ def test_default_plan_applies_to_users_without_one(gateway_factory: Callable[...
     assert codes == [200, 200, 429]
 
 
-def test_usage_reaches_the_ledger_exactly(gateway_factory: Callable[..., Gateway], store_url: str | None) -> None:
-    gw = gateway_factory(redis_url=store_url, usage_flush_interval_seconds=0.1)
+def test_usage_reaches_the_ledger_exactly(gateway_factory: Callable[..., Gateway], backend_url: str | None) -> None:
+    gw = gateway_factory(redis_url=backend_url, usage_flush_interval_seconds=0.1)
     seen = {"requests": 0, "input_tokens": 0, "output_tokens": 0}
     client = gw.openai()
     for i in range(3):

@@ -7,7 +7,8 @@ from collections.abc import Callable
 import openai
 import pytest
 
-from tests.api.conftest import UPSTREAM_KEY, Gateway
+from tests.api.conftest import Gateway
+from tests.support.upstream import UPSTREAM_KEY
 
 
 def last_upstream_request(gw: Gateway) -> dict:

@@ -19,7 +19,9 @@ from sentinel.governance.jwt import LEEWAY_SECONDS
 from sentinel.governance.keys import KeyService
 from tests.api.conftest import Gateway
 from tests.support.fake_zion import BATCH, LIMITS, ME, FakeZion
+from tests.support.metrics import metric
 from tests.support.servers import serving
+from tests.support.waiting import wait_for
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "zion says hi"}]}
 
@@ -53,15 +55,6 @@ async def make_key(database_url: str, external_id: str, email: str | None = None
         return key
     finally:
         await engine.dispose()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_zion_jwt_validated_and_cached(gateway_factory: Callable[..., Gateway], zion: FakeZion) -> None:
@@ -112,15 +105,17 @@ def test_zion_outage_loses_nothing(gateway_factory: Callable[..., Gateway], zion
     zion.set_down(True)
     during = [post(gw, "jwt-frank").status_code for _ in range(5)]
     unknown = post(gw, "jwt-gina")  # nothing cached for her: 503, not 401
-    time.sleep(1.0)  # deliveries fail meanwhile and back off
+    # Deliveries fail meanwhile and back off.
+    assert wait_for(lambda: (metric(gw.url, "sentinel_usage_deliveries_total", result="failure") or 0) >= 1)
     zion.set_down(False)
     assert during == [200] * 5
     assert unknown.status_code == 503
     frank = zion.user("frank@example.com")
     assert frank is not None
     assert wait_for(lambda: frank.used["aiRequests"] == 6, timeout=40)
-    time.sleep(1.0)
-    assert frank.used["aiRequests"] == 6  # delivered once, not again
+    # Once the outbox is empty nothing is left that could be delivered again...
+    assert wait_for(lambda: metric(gw.url, "sentinel_usage_outbox_depth") == 0)
+    assert frank.used["aiRequests"] == 6  # ...and it was delivered once, not twice
 
 
 def test_native_tiers_come_from_zion(gateway_factory: Callable[..., Gateway], zion: FakeZion) -> None:
@@ -140,13 +135,6 @@ def test_native_tiers_come_from_zion(gateway_factory: Callable[..., Gateway], zi
 
 
 # --- identity and governance that do not outlive their truth (issue 8, section 4) -------------------
-
-
-def metric(gw: Gateway, name: str, **labels: str) -> float:
-    """One sample of the public /metrics page (0 when absent)."""
-    text = httpx.get(gw.url + "/metrics", timeout=10).text
-    wanted = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "} "
-    return sum(float(line.split(" ")[-1]) for line in text.splitlines() if line.startswith(wanted))
 
 
 def zion_jwt(seconds_left: float, sub: str) -> str:
@@ -225,12 +213,12 @@ def test_once_zion_is_known_down_requests_do_not_wait_for_it(
         time.sleep(0.1)
     assert zion.attempts[ME] >= 2
     asked = zion.attempts[ME] + zion.attempts[LIMITS]
-    stale_before = metric(gw, "sentinel_cache_lookups_total", cache="identity", result="stale")
+    stale_before = (metric(gw.url, "sentinel_cache_lookups_total", cache="identity", result="stale") or 0.0)
     n = 20
     assert [post(gw, "jwt-mia").status_code for _ in range(n)] == [200] * n
     # Without a breaker each of them would try Zion 3 times for the identity and 3 for the limits.
     assert zion.attempts[ME] + zion.attempts[LIMITS] - asked < n
-    assert metric(gw, "sentinel_cache_lookups_total", cache="identity", result="stale") - stale_before >= n
+    assert (metric(gw.url, "sentinel_cache_lookups_total", cache="identity", result="stale") or 0.0) - stale_before >= n
     assert "Zion circuit open" in caplog.text
 
 
@@ -268,7 +256,7 @@ def test_undecodable_cache_entries_are_misses(
     first = native()
     assert first.status_code == 200, first.text
     for cache in keys:
-        assert metric(gw, "sentinel_cache_lookups_total", cache=cache, result="undecodable") >= 1, cache
+        assert (metric(gw.url, "sentinel_cache_lookups_total", cache=cache, result="undecodable") or 0.0) >= 1, cache
     # Each entry was replaced by a good one: the next request reads them all without Zion.
     stored = {name: orjson.loads(r.get(key) or b"null") for name, key in keys.items()}
     assert stored["identity"]["v"]["external_id"] == "nora-ext"

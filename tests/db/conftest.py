@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.db.support import create_database, drop_database
+from tests.db.support import SQL_BACKENDS, create_database, drop_database
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ async def fresh_pg_url(pg_url: str) -> AsyncIterator[str]:
     await drop_database(pg_url, url)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=SQL_BACKENDS)
 def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty database URL on each backend: a SQLite file in a not-yet-existing directory, then PG."""
     if request.param == "sqlite":

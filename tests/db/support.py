@@ -1,12 +1,15 @@
-"""Helpers shared by the database test fixtures (tests/db and tests/governance)."""
+"""Helpers shared by the database test fixtures (tests/conftest.py and tests/db)."""
 
 from __future__ import annotations
 
 import uuid
 
 import asyncpg
+import pytest
 from sqlalchemy.engine import make_url
 
+# Parameters of a fixture that runs a test on SQLite, then on PostgreSQL.
+SQL_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 SENTINEL_TABLES = ("users", "api_keys", "plans", "plan_limits", "usage_ledger", "usage_outbox", "tier_models")
 
 

@@ -6,11 +6,10 @@ the package's own repositories, as an operator's `sentinel keys create` / `usage
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +17,14 @@ import httpx
 import orjson
 from sqlalchemy import func, select
 
-from sentinel.db.engine import create_engine, migrate, session_factory
+from sentinel.db.engine import create_engine, session_factory
 from sentinel.db.models import UsageLedgerRow, UsageOutboxRow
-from sentinel.domain.plans import parse_limits
-from sentinel.governance.keys import KeyService
-from sentinel.governance.plans import PlanRepository
+from tests.support.accounts import create_key, set_user_plan
+from tests.support.upstream import UPSTREAM_KEY
+from tests.support.waiting import eventually
 
-UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+__all__ = ["UPSTREAM_KEY", "eventually"]  # re-exported for the e2e tests
+
 CHAT_PATH = "/v1/chat/completions"
 
 
@@ -55,18 +55,10 @@ def new_user(label: str) -> str:
 
 async def provision(database_url: str, external_id: str, plan: str | None = None) -> str:
     """Create `external_id` with an API key (returned) and, given a spec, a plan of its own."""
-    engine = create_engine(database_url)
-    try:
-        await migrate(engine)
-        sessions = session_factory(engine)
-        _, key = await KeyService(sessions).create_key(external_id, "e2e")
-        if plan is not None:
-            repo = PlanRepository(sessions)
-            await repo.set_plan(f"plan-{external_id}", parse_limits(plan))
-            await repo.set_user_plan(external_id, f"plan-{external_id}")
-        return key
-    finally:
-        await engine.dispose()
+    _, key = await create_key(database_url, external_id, "e2e")
+    if plan is not None:
+        await set_user_plan(database_url, external_id, plan)
+    return key
 
 
 @dataclass(frozen=True)
@@ -104,16 +96,6 @@ async def sql_outbox_depth(database_url: str) -> int:
             return int(await session.scalar(select(func.count()).select_from(UsageOutboxRow)) or 0)
     finally:
         await engine.dispose()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = 20, every: float = 0.1) -> bool:
-    """Poll `check` until it holds or `within` seconds passed (a bounded wait, not a timing assertion)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(every)
-    return await check()
 
 
 async def wait_for_rows(

@@ -13,12 +13,14 @@ from tests.e2e.helpers import (
     chat_body,
     client,
     client_totals,
+    eventually,
     ledger_rows,
     ledger_totals,
     new_user,
     provision,
     sentinel_env,
 )
+from tests.support.metrics import sample_sum
 
 
 async def test_sigterm_drains_streams_and_flushes_usage(processes: Processes, sqlite_url: str, upstream: str) -> None:
@@ -36,18 +38,14 @@ async def test_sigterm_drains_streams_and_flushes_usage(processes: Processes, sq
             for _ in range(5)
         ]
         plain = [
-            asyncio.ensure_future(chat(http, chat_body("plain"), headers={"X-Mock-Latency-Ms": "800"}))
+            asyncio.ensure_future(chat(http, chat_body("plain"), headers={"X-Mock-Latency-Ms": "3000"}))
             for _ in range(5)
         ]
-        await asyncio.sleep(0.4)
+        # SIGTERM once all ten are being served (the plain ones wait 3 s for the upstream).
+        assert await eventually(lambda: in_flight_at_least(gw.url, 10), every=0.02)
         gw._signal(signal.SIGTERM)
-        await asyncio.sleep(0.2)
         # New connections are refused while the old requests drain.
-        try:
-            late = await httpx.AsyncClient(timeout=2).get(gw.url + "/health/live")
-            refused = late.status_code >= 500
-        except httpx.TransportError:
-            refused = True
+        refused = await eventually(lambda: refuses_new_requests(gw.url), within=5, every=0.05)
         outcomes = await asyncio.gather(*streams, *plain)
     assert refused
     assert all(o.status == 200 and o.complete for o in outcomes), outcomes
@@ -55,3 +53,18 @@ async def test_sigterm_drains_streams_and_flushes_usage(processes: Processes, sq
     assert await asyncio.to_thread(gw.proc.wait, 30) in (0, -signal.SIGTERM)  # type: ignore[union-attr]
     # Every usage record was flushed before exit.
     assert ledger_totals(await ledger_rows(sqlite_url, user)) == client_totals(outcomes)
+
+
+async def in_flight_at_least(url: str, count: int) -> bool:
+    async with httpx.AsyncClient(timeout=2) as http:
+        page = (await http.get(url + "/metrics")).text
+    return (sample_sum(page, "sentinel_requests_in_flight") or 0) >= count
+
+
+async def refuses_new_requests(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient(timeout=2) as http:
+            late = await http.get(url + "/health/live")
+    except httpx.TransportError:
+        return True
+    return late.status_code >= 500

@@ -12,16 +12,9 @@ from anthropic.types import Usage as AnthropicUsage
 from sentinel.native import ChatRequest, NativeValidationError, TranslationError
 from sentinel.native.anthropic import build_anthropic_request, parse_anthropic_response
 from sentinel.native.validation import parse_chat_request
+from tests.support.payloads import ANTHROPIC_STOP_REASONS, WEATHER_TOOL
 
 Check = Callable[[dict[str, Any]], dict[str, Any]]
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 
 
 def call(cid: str, city: str) -> dict[str, Any]:
@@ -172,7 +165,7 @@ def test_tools_and_tool_choice(anthropic_wire: Check, choice: Any, wire: Any) ->
     assert body["tools"] == [
         {
             "name": "get_weather",
-            "description": "Weather for a city",
+            "description": WEATHER_TOOL["function"]["description"],
             "input_schema": WEATHER_TOOL["function"]["parameters"],
         }
     ]
@@ -308,18 +301,7 @@ def test_response_with_usage_including_cache() -> None:
     assert (cached.usage.prompt_tokens, cached.usage.total_tokens) == (120, 125)
 
 
-@pytest.mark.parametrize(
-    ("stop", "finish"),
-    [
-        ("end_turn", "stop"),
-        ("max_tokens", "length"),
-        ("stop_sequence", "stop"),
-        ("tool_use", "tool_calls"),
-        ("refusal", "content_filter"),
-        ("pause_turn", "stop"),
-        (None, "stop"),
-    ],
-)
+@pytest.mark.parametrize(("stop", "finish"), [*ANTHROPIC_STOP_REASONS, (None, "stop")])
 def test_stop_reason_mapping(stop: str | None, finish: str) -> None:
     reply = parse_anthropic_response(message(text("x"), stop=stop), provider="anthropic", tier="simple")
     assert reply.choices[0].finish_reason == finish

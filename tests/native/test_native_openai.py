@@ -15,17 +15,10 @@ from openai.types.completion_usage import CompletionUsage
 from sentinel.native import ChatRequest, TranslationError, Usage
 from sentinel.native.openai import build_openai_request, parse_openai_response
 from sentinel.native.validation import parse_chat_request
+from tests.support.payloads import WEATHER_TOOL
 
 Check = Callable[[dict[str, Any]], dict[str, Any]]
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 
 
 def request(**fields: Any) -> ChatRequest:

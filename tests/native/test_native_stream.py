@@ -38,6 +38,7 @@ from sentinel.native.stream import (
     render_chunk,
     render_error_event,
 )
+from tests.support.payloads import ANTHROPIC_STOP_REASONS
 
 # ---------------------------------------------------------------- upstream fixtures
 
@@ -361,17 +362,7 @@ def test_anthropic_parallel_tool_use_blocks_get_distinct_indexes_and_ids() -> No
     ]
 
 
-@pytest.mark.parametrize(
-    ("stop", "finish"),
-    [
-        ("end_turn", "stop"),
-        ("max_tokens", "length"),
-        ("stop_sequence", "stop"),
-        ("tool_use", "tool_calls"),
-        ("refusal", "content_filter"),
-        ("pause_turn", "stop"),
-    ],
-)
+@pytest.mark.parametrize(("stop", "finish"), ANTHROPIC_STOP_REASONS)
 def test_anthropic_stop_reason_mapping(stop: str, finish: str) -> None:
     chunks, result = run(AnthropicStreamNormalizer(provider="anthropic"), an_start() + an_end(stop), 10_000)
     assert chunks[-1]["choices"][0]["finish_reason"] == finish == result.finish_reason

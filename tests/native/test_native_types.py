@@ -11,16 +11,9 @@ from jsonschema import Draft202012Validator
 from sentinel.native import ChatChunk, ChatRequest, ChatResponse, ErrorBody, NativeValidationError
 from sentinel.native.types import ImagePart, TextPart, ToolChoiceFunction
 from sentinel.native.validation import parse_chat_request
+from tests.support.payloads import WEATHER_TOOL
 
 USER = {"role": "user", "content": "hi"}
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 CALL = {
     "id": "call_1",
     "type": "function",

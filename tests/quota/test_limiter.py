@@ -8,16 +8,9 @@ from sentinel.domain.plans import ExternalUsage, Limit, Plan, parse_plan_spec
 from sentinel.quota.limiter import QuotaLimiter, Reservation
 from sentinel.quota.local_limiter import LocalLimiter
 from sentinel.store import Store
+from tests.support.clock import FakeClock
 
 T0 = 1_800_000_000.0  # a multiple of 60 and 3600
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def counts(store: Store, reservation: Reservation) -> list[int]:
@@ -31,7 +24,7 @@ async def reserve(
 
 
 async def test_limit_bites_exactly(store: Store) -> None:
-    limiter = QuotaLimiter(store, clock=Clock())
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
     plan = parse_plan_spec("requests=5/60s")
     results = [await reserve(limiter, plan) for _ in range(6)]
     assert [r.allowed for r in results] == [True] * 5 + [False]
@@ -42,7 +35,7 @@ async def test_limit_bites_exactly(store: Store) -> None:
 
 
 async def test_token_limit_bites_exactly(store: Store) -> None:
-    limiter = QuotaLimiter(store, clock=Clock())
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
     plan = parse_plan_spec("input_tokens=100/60s")
     assert (await reserve(limiter, plan, i=60)).allowed
     assert (await reserve(limiter, plan, i=40)).allowed
@@ -51,7 +44,7 @@ async def test_token_limit_bites_exactly(store: Store) -> None:
 
 
 async def test_deny_reserves_nothing(store: Store) -> None:
-    limiter = QuotaLimiter(store, clock=Clock())
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
     plan = parse_plan_spec("requests=10/60s,input_tokens=100/60s,output_tokens=1000/1h")
     first = await reserve(limiter, plan, i=60, o=200)
     denied = await reserve(limiter, plan, i=50, o=200)
@@ -65,7 +58,7 @@ async def test_deny_reserves_nothing(store: Store) -> None:
 
 
 async def test_each_metric_and_window_has_its_own_counter(store: Store) -> None:
-    limiter = QuotaLimiter(store, clock=Clock(T0 + 15))
+    limiter = QuotaLimiter(store, clock=FakeClock(T0 + 15))
     plan = parse_plan_spec("requests=3/60s,requests=50/1h,input_tokens=1000/60s,output_tokens=900/1d")
     r = await reserve(limiter, plan, i=7, o=11)
     assert len(set(r.keys)) == 4
@@ -79,7 +72,7 @@ async def test_each_metric_and_window_has_its_own_counter(store: Store) -> None:
 
 
 async def test_commit_reconciles_up_and_down(store: Store) -> None:
-    limiter = QuotaLimiter(store, clock=Clock())
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
     plan = parse_plan_spec("requests=10/60s,input_tokens=1000/60s,output_tokens=1000/60s")
     a = await reserve(limiter, plan, i=100, o=500)
     b = await reserve(limiter, plan, i=100, o=500)
@@ -97,7 +90,7 @@ async def test_commit_reconciles_up_and_down(store: Store) -> None:
 
 
 async def test_commit_floors_at_zero(store: Store) -> None:
-    limiter = QuotaLimiter(store, clock=Clock())
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
     plan = parse_plan_spec("input_tokens=1000/60s")
     r = await reserve(limiter, plan, i=100)
     await store.set(r.keys[0], b"30", ttl=100)  # e.g. other reservations were already released
@@ -106,7 +99,7 @@ async def test_commit_floors_at_zero(store: Store) -> None:
 
 
 async def test_release_reverts_everything(store: Store) -> None:
-    limiter = QuotaLimiter(store, clock=Clock())
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
     plan = parse_plan_spec("requests=1/60s,input_tokens=100/60s,output_tokens=100/60s")
     r = await reserve(limiter, plan, i=40, o=50)
     assert not (await reserve(limiter, plan)).allowed
@@ -120,7 +113,7 @@ async def test_release_reverts_everything(store: Store) -> None:
 
 
 async def test_window_rollover_and_retry_after(store: Store) -> None:
-    clock = Clock(T0 + 15)
+    clock = FakeClock(T0 + 15)
     limiter = QuotaLimiter(store, clock=clock)
     plan = parse_plan_spec("requests=2/60s,input_tokens=100/60s")
     old = await reserve(limiter, plan, i=10)
@@ -144,14 +137,14 @@ async def test_window_rollover_and_retry_after(store: Store) -> None:
 
 
 async def test_keys_expire_after_their_window(store: Store) -> None:
-    limiter = QuotaLimiter(store, clock=Clock(T0 + 15), ttl_margin=60)
+    limiter = QuotaLimiter(store, clock=FakeClock(T0 + 15), ttl_margin=60)
     r = await reserve(limiter, parse_plan_spec("requests=5/60s"))
     ttl = await store.ttl(r.keys[0])
     assert ttl is not None and 100 < ttl <= 105  # 45 s left in the window + 60 s margin
 
 
 async def test_headers_show_the_tightest_limit(store: Store) -> None:
-    limiter = QuotaLimiter(store, clock=Clock())
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
     plan = parse_plan_spec("requests=10/60s,input_tokens=1000/1h")
     r = await reserve(limiter, plan, i=900)
     assert r.decision.headers() == {
@@ -164,7 +157,7 @@ async def test_headers_show_the_tightest_limit(store: Store) -> None:
 
 
 async def test_oversized_request_is_denied_and_takes_nothing(store: Store) -> None:
-    limiter = QuotaLimiter(store, clock=Clock())
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
     plan = parse_plan_spec("requests=10/60s,input_tokens=100/60s")
     r = await reserve(limiter, plan, i=101)
     assert not r.allowed and r.decision.oversized and r.decision.retry_after is None
@@ -173,7 +166,7 @@ async def test_oversized_request_is_denied_and_takes_nothing(store: Store) -> No
 
 
 async def test_exhausted_limit_denies_even_zero_amounts(store: Store) -> None:
-    limiter = QuotaLimiter(store, clock=Clock())
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
     plan = parse_plan_spec("requests=10/60s,output_tokens=100/60s")
     r = await reserve(limiter, plan, o=100)
     assert r.allowed
@@ -182,7 +175,7 @@ async def test_exhausted_limit_denies_even_zero_amounts(store: Store) -> None:
 
 
 async def test_peek_counts_nothing(store: Store) -> None:
-    limiter = QuotaLimiter(store, clock=Clock())
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
     plan = parse_plan_spec("requests=10/60s")
     await reserve(limiter, plan)
     decision = await limiter.peek("u1", plan)
@@ -191,7 +184,7 @@ async def test_peek_counts_nothing(store: Store) -> None:
 
 
 async def test_external_usage_is_added(store: Store) -> None:
-    limiter = QuotaLimiter(store, clock=Clock())
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
 
     def plan(used: int, snapshot: str) -> Plan:
         ext = ExternalUsage(used=used, snapshot=snapshot, resets_at=T0 + 86400)
@@ -214,14 +207,14 @@ async def test_empty_plan_allows_without_store_calls() -> None:
         async def run(self, *args: object) -> None:
             raise AssertionError("no store call expected")
 
-    limiter = QuotaLimiter(NoStore(), clock=Clock())  # type: ignore[arg-type]
+    limiter = QuotaLimiter(NoStore(), clock=FakeClock(T0))  # type: ignore[arg-type]
     r = await reserve(limiter, Plan("free"))
     assert r.allowed and r.decision.headers() == {}
     await limiter.commit(r, input_tokens=5, output_tokens=5)
 
 
 async def test_validation_and_ownership(store: Store) -> None:
-    limiter = QuotaLimiter(store, clock=Clock())
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
     plan = parse_plan_spec("requests=10/60s")
     with pytest.raises(ValueError):
         await limiter.reserve("u1", plan, input_tokens=-1, output_tokens=0)
@@ -229,11 +222,11 @@ async def test_validation_and_ownership(store: Store) -> None:
     with pytest.raises(ValueError):
         await limiter.commit(r, input_tokens=-5, output_tokens=0)
     with pytest.raises(ValueError, match="limiter that made it"):
-        await QuotaLimiter(store, clock=Clock()).commit(r, input_tokens=0, output_tokens=0)
+        await QuotaLimiter(store, clock=FakeClock(T0)).commit(r, input_tokens=0, output_tokens=0)
 
 
 async def test_local_limiter_same_semantics() -> None:
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     limiter = LocalLimiter(clock=clock)
     plan = parse_plan_spec("requests=2/60s,input_tokens=100/60s")
     a = await reserve(limiter, plan, i=50)

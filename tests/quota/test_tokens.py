@@ -21,6 +21,7 @@ from sentinel.quota.tokens import (
     encoding_for_model,
     load_encoding,
 )
+from tests.support.payloads import WEATHER_TOOL
 
 # The example from OpenAI's cookbook "How to count tokens with tiktoken": 129 prompt tokens for the
 # gpt-4 / gpt-3.5-turbo-0613 family, 124 for gpt-4o (as the API reports them).
@@ -186,16 +187,7 @@ def test_chat_overhead_formula() -> None:
 def test_tools_are_counted() -> None:
     counter = TokenCounter()
     messages = [{"role": "user", "content": "weather?"}]
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": "get_weather",
-                "description": "Current weather for a city",
-                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-            },
-        }
-    ]
+    tools = [WEATHER_TOOL]
     bare = counter.count_chat(messages, "gpt-4o")
     with_tools = counter.count_chat(messages, "gpt-4o", tools=tools)
     as_json = json.dumps(tools, separators=(",", ":"), ensure_ascii=False)

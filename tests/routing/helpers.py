@@ -1,8 +1,7 @@
-"""Shared test helpers for routing: a settable clock, tier tables, /metrics reading."""
+"""Shared test helpers for routing: tier tables, gateways configured with them, session reads."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from itertools import count
 from pathlib import Path
@@ -10,9 +9,7 @@ from typing import Any
 
 import httpx
 import orjson
-import redis
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.conftest import Gateway
 
@@ -20,17 +17,6 @@ OA_MINI = ("openai", "gpt-4o-mini")
 OA_4O = ("openai", "gpt-4o")
 AN_HAIKU = ("anthropic", "claude-3-5-haiku-20241022")
 AN_SONNET = ("anthropic", "claude-sonnet-4-20250514")
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def entry(pair: tuple[str, str], cost: int = 1) -> dict[str, Any]:
@@ -48,18 +34,6 @@ def write_config(
         ]
     path.write_text(yaml.safe_dump(doc))
     return path
-
-
-def metric(url: str, name: str, **labels: str) -> float | None:
-    """The sum of `name` samples matching `labels` in GET /metrics; None when no sample matches."""
-    text = httpx.get(url + "/metrics").text
-    values = [
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    ]
-    return sum(values) if values else None
 
 
 URL = "/native/v1/chat/completions"
@@ -98,14 +72,5 @@ def start(
 
 def stored(gw: Gateway, conv: str) -> dict[str, Any] | None:
     """The raw session value under `sentinel:session:<conv>`, read from the gateway's own store."""
-    key = f"sentinel:session:{conv}"
-    if gw.settings.redis_url:
-        client = redis.Redis.from_url(gw.settings.redis_url)
-        try:
-            raw = client.get(key)
-        finally:
-            client.close()
-    else:
-        store = gw.server.server.config.app.runtime.store  # the MemoryStore: sync inside, no loop affinity
-        raw = asyncio.run(store.get(key))
+    raw = gw.read_stored(f"sentinel:session:{conv}")
     return None if raw is None else orjson.loads(raw)

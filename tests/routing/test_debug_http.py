@@ -8,8 +8,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.api.conftest import Gateway, make_key
+from tests.api.conftest import Gateway
 from tests.routing.helpers import AN_HAIKU, AN_SONNET, OA_4O, OA_MINI, THREE, chat, entry, served, start
+from tests.support.accounts import create_key
 from tests.support.servers import free_port
 
 DISABLED = {
@@ -34,7 +35,7 @@ def test_debug_endpoints_when_on(
     tiers = {**THREE, "moderate": [entry(("dead", "gpt-4o"))]}
     gw = start(gateway_factory, tmp_path, backend_url, tiers, {"dead": f"http://127.0.0.1:{free_port()}/v1"},
                debug=True, session_ttl_seconds=1000)
-    _, bob_key = asyncio.run(make_key(gw.settings.database_url, "bob"))
+    _, bob_key = asyncio.run(create_key(gw.settings.database_url, "bob"))
     assert httpx.get(gw.url + "/debug/health").status_code == 401
     assert httpx.get(gw.url + "/debug/sessions/conv-1").status_code == 401
     with gw.client() as http:

@@ -24,11 +24,11 @@ from tests.routing.helpers import (
     URL,
     chat,
     entry,
-    metric,
     served,
     start,
     stored,
 )
+from tests.support.metrics import metric
 from tests.support.servers import ServerThread, free_port
 
 DEAD = ("dead", "gpt-4o-mini")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sentinel.errors import StoreUnavailable
 from sentinel.observability.metrics import Metrics
 from sentinel.routing.health import ProviderHealth
 from sentinel.store import Store
-from tests.routing.helpers import FakeClock
+from tests.support.clock import FakeClock
+from tests.support.stores import FlakyStore
 
 PAIR = ("openai", "gpt-4o-mini")
 OTHER = ("anthropic", "claude-3-5-haiku-20241022")
@@ -55,16 +55,9 @@ async def test_success_resets_the_backoff(store: Store) -> None:
 
 
 async def test_store_down_means_assume_healthy() -> None:
-    class DeadStore:
-        backend = "dead"
-
-        async def run(self, *args: object) -> object:
-            raise StoreUnavailable("down")
-
-        async def delete(self, *keys: str) -> int:
-            raise StoreUnavailable("down")
-
-    health = ProviderHealth(DeadStore(), Metrics(), clock=FakeClock())  # type: ignore[arg-type]
+    store = FlakyStore()
+    store.fail()
+    health = ProviderHealth(store, Metrics(), clock=FakeClock())
     assert await health.record_failure(*PAIR) is None
     assert await available(health, PAIR)
     await health.record_success(*PAIR)

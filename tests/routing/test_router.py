@@ -8,7 +8,6 @@ from typing import Any
 from sentinel.domain.identity import Identity
 from sentinel.domain.policies import SessionFailover
 from sentinel.domain.tiers import TierModelEntry
-from sentinel.errors import StoreUnavailable
 from sentinel.native import ChatRequest, parse_chat_request
 from sentinel.observability.metrics import Metrics
 from sentinel.routing.health import ProviderHealth
@@ -16,8 +15,10 @@ from sentinel.routing.router import TierRouter
 from sentinel.routing.selection import WeightedSelector
 from sentinel.routing.sessions import SessionStore
 from sentinel.routing.tiers import StaticTiers
-from sentinel.store import MemoryStore, Store
-from tests.routing.helpers import AN_HAIKU, AN_SONNET, OA_4O, OA_MINI, FakeClock
+from sentinel.store import Store
+from tests.routing.helpers import AN_HAIKU, AN_SONNET, OA_4O, OA_MINI
+from tests.support.clock import FakeClock
+from tests.support.stores import FlakyStore
 
 ALICE = Identity(external_id="alice", user_id="u1")
 
@@ -112,11 +113,9 @@ async def test_migrate_moves_a_session_off_a_model_in_backoff(store: Store) -> N
 
 
 async def test_store_down_means_no_stickiness() -> None:
-    class FailingGets(MemoryStore):
-        async def get(self, key: str) -> bytes | None:
-            raise StoreUnavailable("down")
-
-    router = make_router(FailingGets(), table(simple=[OA_MINI, AN_HAIKU]))
+    store = FlakyStore()
+    store.fail("get")
+    router = make_router(store, table(simple=[OA_MINI, AN_HAIKU]))
     decision = await router.decide(ALICE, request())
     assert decision.conversation_id is None and not decision.sticky and decision.pending_write is None
     assert sessions_count(router, "store_error") == 1

@@ -7,7 +7,7 @@ import pytest
 from sentinel.errors import PermissionDenied
 from sentinel.routing.sessions import Session, SessionStore
 from sentinel.store import MemoryStore, Store
-from tests.routing.helpers import FakeClock
+from tests.support.clock import FakeClock
 
 
 def make_session(conv: str = "conv-1", owner: str = "alice", model: str = "gpt-4o-mini") -> Session:

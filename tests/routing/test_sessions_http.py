@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +10,12 @@ from typing import Any
 import pytest
 import redis
 
-from tests.api.conftest import Gateway, make_key
-from tests.conftest import REDIS_BIN
-from tests.routing.helpers import AN_HAIKU, OA_4O, THREE, chat, entry, metric, served, start, stored
+from tests.api.conftest import Gateway
+from tests.conftest import REDIS_BIN, unavailable
+from tests.routing.helpers import AN_HAIKU, OA_4O, THREE, chat, entry, served, start, stored
+from tests.support.accounts import create_key
+from tests.support.metrics import metric
+from tests.support.process import RedisServerProcess
 from tests.support.servers import free_port
 
 
@@ -65,7 +66,7 @@ def test_another_users_conversation_is_forbidden_and_untouched(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
 ) -> None:
     gw = start(gateway_factory, tmp_path, backend_url)
-    _, bob_key = asyncio.run(make_key(gw.settings.database_url, "bob"))
+    _, bob_key = asyncio.run(create_key(gw.settings.database_url, "bob"))
     with gw.client() as alice:
         first = served(chat(alice, "mine", conv="conv-owned"))
     before = stored(gw, "conv-owned")
@@ -145,42 +146,23 @@ def test_activity_refreshes_the_session_ttl(
 
 
 @pytest.fixture
-def own_redis() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def own_redis(tmp_path: Path) -> Iterator[RedisServerProcess]:
     """A redis-server of this test's own, so the test can kill it mid-run."""
     if REDIS_BIN is None:
-        pytest.skip("redis-server binary not found")
-    port = free_port()
-    proc = subprocess.Popen(
-        [REDIS_BIN, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    try:
-        for _ in range(500):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.01)
-        yield proc, url
-    finally:
-        client.close()
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        unavailable("redis-server binary not found")
+    assert REDIS_BIN is not None
+    with RedisServerProcess(tmp_path, REDIS_BIN) as server:
+        yield server
 
 
 def test_redis_stopped_mid_run_means_no_stickiness_never_a_500(
-    gateway_factory: Callable[..., Gateway], tmp_path: Path, own_redis: tuple[subprocess.Popen[bytes], str]
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, own_redis: RedisServerProcess
 ) -> None:
-    proc, url = own_redis
-    gw = start(gateway_factory, tmp_path, url, quota_failure_mode="local")
+    gw = start(gateway_factory, tmp_path, own_redis.url, quota_failure_mode="local")
     with gw.client() as http:
         sticky = {served(chat(http, f"turn {i}", conv="conv-outage")) for i in range(3)}
         assert len(sticky) == 1
-        proc.kill()  # Redis goes away mid-conversation
-        proc.wait()
+        own_redis.kill9()  # Redis goes away mid-conversation
         models = set()
         for i in range(20):
             r = chat(http, f"after the outage {i}", conv="conv-outage")

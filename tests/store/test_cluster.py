@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sentinel.quota.limits import Limit, Plan
 
+from sentinel.domain.plans import Limit, Plan
 from sentinel.errors import StoreUnavailable
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.routing.health import ProviderHealth

@@ -1,0 +1,138 @@
+"""GovernanceCache, the store-backed cache of identities and plans, with an injected clock.
+
+An entry is fresh for `ttl`, then kept (stale) for `grace` more; a remembered "no such thing"
+gets no grace; nothing outlives `not_after`; per-process copies never outlive the stored
+freshness; an entry that cannot be decoded is a miss (counted) and is overwritten by the next put.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from sentinel.governance.cache import Cached, GovernanceCache
+from sentinel.observability.metrics import Metrics
+from tests.support.clock import FakeClock
+from tests.support.metrics import counted
+from tests.support.stores import FlakyStore
+
+PREFIX = "test:cache:"
+
+
+def decode(data: Any) -> dict[str, int]:
+    if not isinstance(data, dict) or not isinstance(data.get("n"), int):
+        raise ValueError("not a value")
+    return dict(data)
+
+
+class Setup:
+    def __init__(self, *, ttl: float = 10, grace: float = 20, local_ttl: float = 0.0) -> None:
+        self.clock = FakeClock(1000.0)
+        self.store = FlakyStore(self.clock)
+        self.metrics = Metrics()
+        self.cache: GovernanceCache[dict[str, int]] = GovernanceCache(
+            self.store, name="thing", prefix=PREFIX, encode=dict, decode=decode, ttl=ttl, grace=grace,
+            clock=self.clock, local_ttl=local_ttl, metrics=self.metrics,
+        )
+
+    def lookups(self, result: str) -> float:
+        return counted(self.metrics, "sentinel_cache_lookups_total", cache="thing", result=result)
+
+
+async def test_fresh_then_stale_then_gone() -> None:
+    s = Setup()
+    await s.cache.put("k", {"n": 1})
+    assert await s.cache.get("k") == Cached({"n": 1}, fresh=True)
+    s.clock.advance(10.5)  # past the TTL: still there, not fresh
+    assert await s.cache.get("k") == Cached({"n": 1}, fresh=False)
+    s.clock.advance(20)  # past TTL + grace: gone from the store
+    assert await s.cache.get("k") is None
+    assert (s.lookups("hit"), s.lookups("stale"), s.lookups("miss")) == (1, 1, 1)
+
+
+async def test_a_remembered_absence_has_no_grace() -> None:
+    s = Setup()
+    await s.cache.put("k", None, ttl=5)
+    assert await s.cache.get("k") == Cached(None, fresh=True)
+    s.clock.advance(5.5)
+    assert await s.cache.get("k") is None
+
+
+async def test_not_after_caps_freshness_and_keeping() -> None:
+    s = Setup()
+    await s.cache.put("k", {"n": 1}, not_after=s.clock() + 3)
+    s.clock.advance(2.9)
+    assert await s.cache.get("k") == Cached({"n": 1}, fresh=True)
+    s.clock.advance(0.2)  # past not_after: neither fresh nor kept for the grace
+    assert await s.cache.get("k") is None
+
+
+async def test_a_value_already_past_not_after_is_not_stored() -> None:
+    s = Setup()
+    await s.cache.put("k", {"n": 1}, not_after=s.clock() - 1)
+    assert s.store.calls["set"] == 0
+    assert await s.cache.get("k") is None
+
+
+async def test_local_copies_spare_the_store_and_never_outlive_freshness() -> None:
+    s = Setup(ttl=10, local_ttl=4)
+    await s.cache.put("k", {"n": 1})
+    s.clock.advance(7)
+    assert (await s.cache.get("k")) == Cached({"n": 1}, fresh=True)  # from the store, copied locally
+    gets = s.store.calls["get"]
+    s.clock.advance(2.5)  # 9.5 s: the copy is younger than local_ttl and the entry still fresh
+    assert (await s.cache.get("k")) == Cached({"n": 1}, fresh=True)
+    assert s.store.calls["get"] == gets and s.lookups("local_hit") == 1
+    s.clock.advance(1)  # 10.5 s: the copy was bounded by the entry's freshness (10 s), not 7 + 4
+    assert (await s.cache.get("k")) == Cached({"n": 1}, fresh=False)
+    assert s.store.calls["get"] == gets + 1
+
+
+async def test_put_replaces_the_local_copy() -> None:
+    s = Setup(local_ttl=5)
+    await s.cache.put("k", {"n": 1})
+    await s.cache.get("k")
+    await s.cache.put("k", {"n": 2})
+    assert await s.cache.get("k") == Cached({"n": 2}, fresh=True)
+
+
+async def test_stale_entries_are_not_copied_locally() -> None:
+    s = Setup(ttl=10, local_ttl=5)
+    await s.cache.put("k", {"n": 1})
+    s.clock.advance(11)
+    await s.cache.get("k")
+    await s.cache.get("k")
+    assert s.store.calls["get"] == 2 and s.lookups("local_hit") == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b"[1, 2]", b'{"v": {"n": 1}}', b'{"fresh_until": 1e12}', b'{"v": {"n": "x"}, "fresh_until": 1e12}'],
+)
+async def test_an_undecodable_entry_is_a_counted_miss_and_is_overwritten(raw: bytes) -> None:
+    s = Setup()
+    await s.store.set(PREFIX + "k", raw, 60)
+    assert await s.cache.get("k") is None
+    assert s.lookups("undecodable") == 1
+    await s.cache.put("k", {"n": 3})
+    assert await s.cache.get("k") == Cached({"n": 3}, fresh=True)
+
+
+async def test_entries_are_stored_under_the_prefix_in_the_documented_shape() -> None:
+    s = Setup()
+    await s.cache.put("k", {"n": 1})
+    stored = orjson.loads(await s.store.get(PREFIX + "k") or b"null")
+    assert stored == {"v": {"n": 1}, "fresh_until": s.clock() + 10}
+    assert await s.store.ttl(PREFIX + "k") == pytest.approx(30)  # TTL + grace
+
+
+async def test_a_store_outage_is_a_miss_and_a_put_is_only_logged() -> None:
+    s = Setup()
+    s.store.fail()
+    assert await s.cache.get("k") is None
+    await s.cache.put("k", {"n": 1})  # no exception
+    assert s.lookups("store_error") == 1
+    s.store.recover()
+    assert await s.cache.get("k") is None  # nothing was written during the outage

@@ -1,0 +1,108 @@
+"""Plan sources: the built-in one over the database, and `CachedPlans`' TTL and stale-while-down
+grace with an injected clock (no sleeping)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sentinel.domain.identity import Identity
+from sentinel.domain.plans import ExternalUsage, Limit, Plan, parse_limits, parse_plan_spec
+from sentinel.errors import GovernanceUnavailable
+from sentinel.governance.plan_source import BuiltinPlanSource, CachedPlans, plan_from_json, plan_to_json
+from sentinel.governance.plans import PlanRepository
+from sentinel.store import MemoryStore
+from tests.support.clock import FakeClock
+
+ALICE = Identity("alice", "u1")
+SMALL = parse_plan_spec("requests=1/1m", "small")
+LARGE = parse_plan_spec("requests=50/1h,input_tokens=1000/1d", "large")
+
+
+class FakePlans:
+    """A plan source the test controls: the plan it answers, an outage switch, a call counter."""
+
+    name = "fake"
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.down = False
+        self.calls = 0
+
+    async def plan_for(self, identity: Identity) -> Plan:
+        self.calls += 1
+        if self.down:
+            raise GovernanceUnavailable("plans unavailable")
+        return self.plan
+
+
+def cached(source: FakePlans, clock: FakeClock, **kw: float) -> CachedPlans:
+    store = MemoryStore(clock=clock)
+    return CachedPlans(store, source, ttl=kw.get("ttl", 10), grace=kw.get("grace", 20), clock=clock)
+
+
+async def test_a_plan_change_applies_after_the_ttl_and_not_before() -> None:
+    source, clock = FakePlans(SMALL), FakeClock()
+    plans = cached(source, clock)
+    assert await plans.plan_for(ALICE) == SMALL
+    source.plan = LARGE
+    clock.advance(9.9)
+    assert await plans.plan_for(ALICE) == SMALL
+    assert source.calls == 1
+    clock.advance(0.2)
+    assert await plans.plan_for(ALICE) == LARGE
+    assert source.calls == 2
+
+
+async def test_a_stale_plan_is_enforced_while_the_source_is_down_within_the_grace() -> None:
+    source, clock = FakePlans(SMALL), FakeClock()
+    plans = cached(source, clock)
+    await plans.plan_for(ALICE)
+    source.down = True
+    clock.advance(25)  # past the TTL, within TTL + grace
+    assert await plans.plan_for(ALICE) == SMALL
+    clock.advance(10)  # past the grace: the entry is gone from the store
+    with pytest.raises(GovernanceUnavailable):
+        await plans.plan_for(ALICE)
+
+
+async def test_nothing_cached_and_the_source_down_is_governance_unavailable() -> None:
+    source = FakePlans(SMALL)
+    source.down = True
+    with pytest.raises(GovernanceUnavailable):
+        await cached(source, FakeClock()).plan_for(ALICE)
+
+
+async def test_users_are_cached_separately() -> None:
+    source, clock = FakePlans(SMALL), FakeClock()
+    plans = cached(source, clock)
+    await plans.plan_for(ALICE)
+    source.plan = LARGE
+    assert await plans.plan_for(Identity("bob", "u2")) == LARGE
+    assert await plans.plan_for(ALICE) == SMALL
+
+
+def test_plan_json_round_trip_keeps_external_usage() -> None:
+    plan = Plan(
+        "zion",
+        (
+            Limit("requests", 60, 100),
+            Limit("input_tokens", 2_678_400, 5000, ExternalUsage(1200, "snap-1", 1_706_745_600.0)),
+            Limit("output_tokens", 86_400, 10, ExternalUsage(0, "snap-2")),
+        ),
+    )
+    assert plan_from_json(plan_to_json(plan)) == plan
+    with pytest.raises((KeyError, TypeError, ValueError)):
+        plan_from_json({"name": "x", "limits": [{"metric": "requests"}]})
+
+
+async def test_builtin_source_answers_the_users_plan_or_the_default(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    repo = PlanRepository(sessions)
+    await repo.set_plan("gold", parse_limits("requests=500/1m"))
+    await repo.set_user_plan("alice", "gold")
+    default = parse_plan_spec("requests=5/1m", "default")
+    source = BuiltinPlanSource(repo, default)
+    assert (await source.plan_for(ALICE)).spec() == "requests=500/1m"
+    assert await source.plan_for(Identity("nobody", "u9")) == default

@@ -1,0 +1,87 @@
+"""The metrics registry: one per app (two apps in one process do not share counts), `child()`
+memoises label lookups (bounded), every exported name is prefixed `sentinel_`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from sentinel.app import create_app
+from sentinel.config import Settings
+from sentinel.observability.metrics import Metrics
+from tests.support.metrics import counted
+
+
+class SpyMetric:
+    """Stands in for a prometheus metric: counts `labels()` calls, returns one object per labels."""
+
+    def __init__(self) -> None:
+        self.lookups = 0
+
+    def labels(self, *labels: str) -> Any:
+        self.lookups += 1
+        return ("child", labels)
+
+
+def test_child_memoises_label_lookups() -> None:
+    metrics, spy = Metrics(), SpyMetric()
+    first = metrics.child(spy, "a", "b")
+    assert metrics.child(spy, "a", "b") is first
+    assert spy.lookups == 1
+    assert metrics.child(spy, "a", "c") == ("child", ("a", "c"))
+    assert spy.lookups == 2
+
+
+def test_child_is_keyed_by_metric_too() -> None:
+    metrics, one, two = Metrics(), SpyMetric(), SpyMetric()
+    metrics.child(one, "x")
+    metrics.child(two, "x")
+    assert (one.lookups, two.lookups) == (1, 1)
+
+
+def test_child_memo_is_bounded() -> None:
+    metrics, spy = Metrics(), SpyMetric()
+    for i in range(50_000):
+        metrics.child(spy, str(i))
+    spy.lookups = 0
+    assert metrics.child(spy, "one more") == ("child", ("one more",))
+    metrics.child(spy, "one more")
+    assert spy.lookups == 2  # past the bound: still answered, no longer remembered
+    metrics.child(spy, "7")
+    assert spy.lookups == 2  # what was remembered stays
+
+
+def test_child_counts_on_the_real_metric() -> None:
+    metrics = Metrics()
+    metrics.child(metrics.tokens, "input", "gpt-4o").inc(5)
+    metrics.child(metrics.tokens, "input", "gpt-4o").inc(2)
+    assert counted(metrics, "sentinel_tokens_total", direction="input", model="gpt-4o") == 7
+
+
+def test_two_registries_are_independent() -> None:
+    one, two = Metrics(), Metrics()
+    one.child(one.deliveries, "success").inc()
+    one.in_flight.inc()
+    assert counted(one, "sentinel_usage_deliveries_total", result="success") == 1
+    assert counted(two, "sentinel_usage_deliveries_total", result="success") == 0
+    assert counted(two, "sentinel_requests_in_flight") == 0
+
+
+def test_two_apps_in_one_process_have_their_own_registries(tmp_path: Path) -> None:
+    def app(name: str) -> Any:
+        settings = Settings(_env_file=None, database_url=f"sqlite+aiosqlite:///{tmp_path}/{name}.db")  # type: ignore[call-arg]
+        return create_app(settings)
+
+    a, b = app("a"), app("b")
+    assert a.metrics.registry is not b.metrics.registry
+    a.metrics.rejected_overload.inc()
+    assert counted(a.metrics, "sentinel_overload_rejections_total") == 1
+    assert counted(b.metrics, "sentinel_overload_rejections_total") == 0
+
+
+def test_every_exported_name_is_prefixed() -> None:
+    families = list(text_string_to_metric_families(Metrics().render().decode()))
+    assert len(families) >= 20
+    assert all(family.name.startswith("sentinel_") for family in families)

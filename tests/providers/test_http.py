@@ -1,0 +1,83 @@
+"""`sentinel.providers.http`: the one place aiohttp's and asyncio's failures become UpstreamErrors,
+unit by unit and over real sockets (refused, timed out, cut mid-body)."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from sentinel.errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout
+from sentinel.providers.http import create_session, send, translate_errors
+from tests.providers.conftest import Mock
+from tests.support.servers import free_port
+from tests.support.upstream import UPSTREAM_KEY
+
+AUTH = {"authorization": f"Bearer {UPSTREAM_KEY}", "content-type": "application/json"}
+CHAT = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected", "code"),
+    [
+        (TimeoutError(), UpstreamTimeout, "upstream_timeout"),
+        (aiohttp.ServerTimeoutError("read"), UpstreamTimeout, "upstream_timeout"),
+        (aiohttp.ServerDisconnectedError(), UpstreamConnectionError, "upstream_unreachable"),
+        (aiohttp.ClientPayloadError("cut"), UpstreamConnectionError, "upstream_unreachable"),
+        (ConnectionResetError(), UpstreamConnectionError, "upstream_unreachable"),
+    ],
+)
+def test_foreign_failures_are_translated_once(raised: Exception, expected: type[UpstreamError], code: str) -> None:
+    with pytest.raises(expected) as caught, translate_errors("acme"):
+        raise raised
+    assert (caught.value.code, caught.value.provider) == (code, "acme")
+    assert "acme" in caught.value.message
+    assert caught.value.__cause__ is raised
+
+
+def test_our_own_errors_pass_through_unchanged() -> None:
+    ours = UpstreamError("already ours", code="provider_error")
+    with pytest.raises(UpstreamError) as caught, translate_errors("acme"):
+        raise ours
+    assert caught.value is ours
+
+
+def test_anything_else_is_not_swallowed() -> None:
+    with pytest.raises(ValueError), translate_errors("acme"):
+        raise ValueError("a bug, not an upstream failure")
+
+
+async def test_a_refused_connection_names_the_reason() -> None:
+    async with create_session(read_timeout=5, connect_timeout=5) as http:
+        with pytest.raises(UpstreamConnectionError) as caught:
+            await send(http, "acme", "GET", f"http://127.0.0.1:{free_port()}/v1/models", headers={})
+    assert caught.value.message.startswith("Cannot connect to upstream acme")
+
+
+async def test_an_idle_read_past_the_timeout_is_a_timeout(mock: Mock) -> None:
+    async with create_session(read_timeout=0.2, connect_timeout=5) as http:
+        with pytest.raises(UpstreamTimeout):
+            await send(http, "mock", "POST", mock.url + "/v1/chat/completions", body=CHAT,
+                       headers={**AUTH, "x-mock-latency-ms": "2000"})
+
+
+async def test_a_body_cut_mid_way_is_a_connection_error(mock: Mock) -> None:
+    async with create_session(read_timeout=5, connect_timeout=5) as http:
+        answer = await send(http, "mock", "POST", mock.url + "/v1/chat/completions", body=CHAT,
+                            headers={**AUTH, "x-mock-disconnect-after": "1"})
+        assert answer.status == 200
+        with pytest.raises(UpstreamConnectionError):
+            await answer.read()
+        answer.close()
+
+
+async def test_answers_keep_status_headers_and_unread_body(mock: Mock) -> None:
+    async with create_session(read_timeout=5, connect_timeout=5) as http:
+        answer = await send(http, "mock", "POST", mock.url + "/v1/chat/completions", body=CHAT,
+                            headers={**AUTH, "x-mock-status": "429"})
+        try:
+            assert answer.status == 429 and answer.provider == "mock"
+            assert answer.content_type.startswith("application/json")
+            assert any(k.lower() == "retry-after" for k, _ in answer.headers)
+            assert b"error" in await answer.read()
+        finally:
+            answer.release()

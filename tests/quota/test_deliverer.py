@@ -1,0 +1,203 @@
+"""The usage deliverer, one cycle at a time (`deliver_once`, `drain`): batches, backoff on
+failure, partial refusal, acknowledgement failures, orphans; and the loop's start/stop. No sleeps:
+the backoff policy is injected and its delays are recorded by the outbox, not waited for."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sentinel.backoff import Backoff
+from sentinel.domain.usage import UsageRecord
+from sentinel.errors import GovernanceUnavailable
+from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
+from sentinel.observability.metrics import Metrics
+from sentinel.quota.deliverer import UsageDeliverer, idempotency_key
+from sentinel.quota.outbox import DurableOutbox, SqlOutbox
+from tests.support.metrics import counted
+from tests.support.outbox import OutboxPart, usage_record
+from tests.support.waiting import until
+
+
+class Sink:
+    """A usage sink the test controls: `down`, `refuse` (request ids), `hang`, `crash_once`."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.delivered: list[str] = []
+        self.keys: list[str] = []
+        self.down = False
+        self.refuse: set[str] = set()
+        self.hang = False
+        self.crash_once = False
+
+    async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
+        if self.crash_once:
+            self.crash_once = False
+            raise RuntimeError("a bug in the sink")
+        if self.hang:
+            await asyncio.Event().wait()
+        self.keys.append(idempotency_key)
+        if self.down:
+            raise GovernanceUnavailable("ledger unavailable")
+        self.delivered += [r.request_id for r in records if r.request_id not in self.refuse]
+        return [r.request_id for r in records if r.request_id in self.refuse]
+
+
+class CountingBackoff(Backoff):
+    """The real policy's shape with a delay of `retry` seconds, so the test can tell retries apart."""
+
+    def delay(self, retry: int) -> float:
+        return float(retry)
+
+
+class Setup:
+    def __init__(self, *, batch_size: int = 500, interval: float = 3600) -> None:
+        self.part = OutboxPart("sql")
+        self.outbox = DurableOutbox(self.part)  # type: ignore[arg-type]
+        self.sink = Sink()
+        self.metrics = Metrics()
+        self.deliverer = UsageDeliverer(
+            self.outbox, self.sink, self.metrics, interval=interval, batch_size=batch_size,
+            backoff=CountingBackoff(base=1, cap=30),
+        )
+
+    async def put(self, *ids: str) -> None:
+        for rid in ids:
+            await self.outbox.put(usage_record(rid))
+
+    def deliveries(self, result: str) -> float:
+        return counted(self.metrics, "sentinel_usage_deliveries_total", result=result)
+
+
+async def test_a_batch_is_delivered_then_acknowledged() -> None:
+    s = Setup()
+    await s.put("r1", "r2", "r3")
+    assert await s.deliverer.deliver_once() == 3
+    assert s.sink.delivered == ["r1", "r2", "r3"] and s.part.acked == ["r1", "r2", "r3"]
+    assert await s.outbox.depth() == 0
+    assert s.deliveries("success") == 1
+    assert counted(s.metrics, "sentinel_usage_delivered_records_total") == 3
+    assert await s.deliverer.deliver_once() == 0  # nothing left
+
+
+async def test_drain_delivers_batch_after_batch() -> None:
+    s = Setup(batch_size=2)
+    await s.put("r1", "r2", "r3", "r4", "r5")
+    await s.deliverer.drain()
+    assert s.sink.delivered == ["r1", "r2", "r3", "r4", "r5"]
+    assert len(s.sink.keys) == 3
+
+
+def test_the_idempotency_key_names_the_batch_not_its_order() -> None:
+    a, b, c = usage_record("a"), usage_record("b"), usage_record("c")
+    assert idempotency_key([a, b]) == idempotency_key([b, a])
+    assert idempotency_key([a, b]) != idempotency_key([a, c])
+    assert idempotency_key([a]).startswith("sentinel-usage-")
+
+
+async def test_a_failed_delivery_backs_off_longer_each_time_and_keeps_the_records() -> None:
+    s = Setup()
+    await s.put("r1", "r2")
+    s.sink.down = True
+    for _ in range(3):
+        assert await s.deliverer.deliver_once() == 0
+    assert s.part.retried == [("r1", 1.0), ("r2", 1.0), ("r1", 2.0), ("r2", 2.0), ("r1", 3.0), ("r2", 3.0)]
+    assert s.deliverer.failures == 3 and s.deliveries("failure") == 3
+    assert s.part.acked == [] and await s.outbox.depth() == 2
+    s.sink.down = False
+    assert await s.deliverer.deliver_once() == 2
+    assert s.deliverer.failures == 0  # the next outage starts from the shortest delay again
+    s.sink.down = True
+    await s.put("r3")
+    await s.deliverer.deliver_once()
+    assert s.part.retried[-1] == ("r3", 1.0)
+
+
+async def test_a_retried_batch_keeps_its_idempotency_key() -> None:
+    s = Setup()
+    await s.put("r1", "r2")
+    s.sink.down = True
+    await s.deliverer.deliver_once()
+    s.sink.down = False
+    await s.deliverer.deliver_once()
+    assert s.sink.keys == [idempotency_key([usage_record("r1"), usage_record("r2")])] * 2
+
+
+async def test_records_refused_one_by_one_wait_the_longest_delay_the_rest_are_acknowledged() -> None:
+    s = Setup()
+    await s.put("r1", "r2", "r3")
+    s.sink.refuse = {"r2"}
+    assert await s.deliverer.deliver_once() == 2
+    assert s.part.acked == ["r1", "r3"]
+    assert s.part.retried == [("r2", 30.0)]  # the backoff's cap
+    assert s.deliveries("partial") == 1 and s.deliverer.failures == 0
+
+
+async def test_an_acknowledgement_that_fails_is_delivered_again_later() -> None:
+    s = Setup()
+    await s.put("r1")
+    s.part.ack_down = True
+    assert await s.deliverer.deliver_once() == 1  # delivered; the ledger deduplicates the repeat
+    assert await s.outbox.depth() == 1
+    s.part.ack_down = False
+    await s.deliverer.deliver_once()
+    assert s.sink.delivered == ["r1", "r1"] and await s.outbox.depth() == 0
+
+
+async def test_orphans_are_stored_before_the_next_claim() -> None:
+    s = Setup()
+    s.part.down = True
+    await s.put("r1")
+    assert [r.request_id for r in s.outbox.orphans] == ["r1"]
+    s.part.down = False
+    assert await s.deliverer.deliver_once() == 1
+    assert s.outbox.orphans == [] and s.sink.delivered == ["r1"]
+
+
+async def test_the_loop_delivers_at_once_and_stop_drains_the_rest() -> None:
+    s = Setup(interval=3600)
+    await s.put("r1", "r2")
+    s.deliverer.start()
+    await until(lambda: len(s.sink.delivered) == 2)
+    await s.put("r3")  # arrives while the loop waits out its (long) interval
+    await asyncio.wait_for(s.deliverer.stop(drain_timeout=5), 5)
+    assert s.sink.delivered == ["r1", "r2", "r3"]
+    assert counted(s.metrics, "sentinel_usage_outbox_depth") == 0
+
+
+async def test_the_loop_survives_a_crashing_cycle(caplog: pytest.LogCaptureFixture) -> None:
+    s = Setup(interval=0.001)
+    await s.put("r1")
+    s.sink.crash_once = True
+    s.deliverer.start()
+    await until(lambda: s.sink.delivered == ["r1"])  # the cycle after the crash delivered
+    await asyncio.wait_for(s.deliverer.stop(), 5)
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == ["usage deliverer cycle crashed"]
+    assert s.sink.delivered == ["r1"] and await s.outbox.depth() == 0
+
+
+async def test_stop_gives_up_draining_after_its_timeout() -> None:
+    s = Setup()
+    s.sink.hang = True
+    await s.put("r1")
+    await asyncio.wait_for(s.deliverer.stop(drain_timeout=0.01), 5)
+    assert await s.outbox.depth() == 1  # left for the next start
+
+
+async def test_the_real_outbox_reaches_the_real_ledger_exactly_once(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    outbox = DurableOutbox(SqlOutbox(sessions, lease_seconds=0))
+    ledger = SqlLedger(sessions)
+    deliverer = UsageDeliverer(outbox, SqlLedgerSink(ledger), Metrics(), batch_size=7)
+    for i in range(20):
+        await outbox.put(usage_record(f"r{i}", tokens=i))
+    await deliverer.drain()
+    assert await outbox.depth() == 0
+    await deliverer.drain()  # nothing is delivered twice
+    (totals,) = await ledger.totals("alice")
+    assert (totals["requests"], totals["input_tokens"]) == (20, sum(range(20)))

@@ -1,0 +1,85 @@
+"""Pre-request estimates: which part of each endpoint's body is counted, and the output cap."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from sentinel.quota.estimate import estimate_input, max_output
+from tests.support.payloads import WEATHER_TOOL
+
+
+class RecordingCounter:
+    """Counts one token per character and records what it was asked to count."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, Any]] = []
+
+    def count_text(self, text: str, model: str) -> int:
+        self.asked.append(("text", text))
+        return len(text)
+
+    def count_prompt(self, prompt: Any, model: str) -> int:
+        self.asked.append(("prompt", prompt))
+        return 100 if prompt is not None else 0
+
+    def count_chat(self, messages: Sequence[Mapping[str, Any]], model: str, tools: Sequence[Any] | None = None) -> int:
+        self.asked.append(("chat", (list(messages), tools)))
+        return 10 * len(messages) + (1000 if tools else 0)
+
+
+USER = {"role": "user", "content": "hi"}
+
+
+def estimate(endpoint: str, payload: dict[str, Any]) -> tuple[int, list[tuple[str, Any]]]:
+    counter = RecordingCounter()
+    return estimate_input(counter, endpoint, "gpt-4o", payload), counter.asked  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "native"])
+def test_chat_counts_messages_and_tools(endpoint: str) -> None:
+    assert estimate(endpoint, {"messages": [USER, USER], "tools": [WEATHER_TOOL]}) == (
+        1020, [("chat", ([USER, USER], [WEATHER_TOOL]))]
+    )
+    assert estimate(endpoint, {"messages": "not a list", "tools": "nor this"}) == (0, [("chat", ([], None))])
+
+
+def test_completions_count_the_prompt_and_embeddings_the_input() -> None:
+    assert estimate("completions", {"prompt": ["a", "b"]}) == (100, [("prompt", ["a", "b"])])
+    assert estimate("embeddings", {"input": "text"}) == (100, [("prompt", "text")])
+
+
+def test_responses_count_instructions_input_and_tool_items() -> None:
+    assert estimate("responses", {"instructions": "be brief", "input": "hello"}) == (
+        len("be brief") + len("hello") + 3, [("text", "be brief"), ("text", "hello")]
+    )
+    items = [USER, {"type": "function_call_output", "output": "sunny"}, {"type": "function_call", "arguments": "{}"}]
+    total, asked = estimate("responses", {"input": items})
+    assert total == 10 + len("sunny") + len("{}")
+    assert asked == [("chat", ([USER], None)), ("text", "sunny"), ("text", "{}")]
+
+
+def test_unknown_endpoints_estimate_nothing() -> None:
+    assert estimate("images", {"prompt": "a cat"}) == (0, [])
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "payload", "expected"),
+    [
+        ("chat", {"max_completion_tokens": 40, "max_tokens": 90}, 40),
+        ("chat", {"max_tokens": 90}, 90),
+        ("chat", {}, 300),
+        ("native", {"max_tokens": 12}, 12),
+        ("completions", {}, 16),  # the legacy API's own default
+        ("completions", {"max_tokens": 64}, 64),
+        ("responses", {"max_output_tokens": 77}, 77),
+        ("embeddings", {"max_tokens": 5}, 0),
+        ("chat", {"max_tokens": 0}, 300),
+        ("chat", {"max_tokens": True}, 300),
+        ("chat", {"max_tokens": "50"}, 300),
+    ],
+)
+def test_max_output(endpoint: str, payload: dict[str, Any], expected: int) -> None:
+    assert max_output(endpoint, payload, 300) == expected

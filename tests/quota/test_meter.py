@@ -1,0 +1,229 @@
+"""QuotaMeter: admit reserves against the plan, settle reconciles and writes one usage record,
+release gives everything back, and the three failure modes when the shared store is down.
+
+Real limiters over an in-memory store (that can fail like a lost Redis), a plan source and an
+outbox the test controls, a token counter on its byte estimate (deterministic, no encodings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from sentinel.domain.identity import Identity
+from sentinel.domain.plans import Plan, parse_plan_spec
+from sentinel.domain.policies import QuotaFailureMode
+from sentinel.domain.usage import Usage, UsageRecord
+from sentinel.errors import GovernanceUnavailable, RateLimited, ServiceUnavailable
+from sentinel.observability.metrics import Metrics
+from sentinel.quota.estimate import estimate_input
+from sentinel.quota.limiter import QuotaLimiter
+from sentinel.quota.local_limiter import LocalLimiter
+from sentinel.quota.meter import Admission, QuotaMeter, cost
+from sentinel.quota.tokens import EncodingUnavailable, TokenCounter
+from tests.support.clock import FakeClock
+from tests.support.metrics import counted
+from tests.support.stores import FlakyStore
+
+ALICE = Identity("alice", "u1", email="alice@example.com")
+PLAN = "requests=2/1m,input_tokens=1000/1m,output_tokens=500/1m"
+MODEL = "gpt-4o-mini"
+
+
+def payload(text: str = "how many tokens is this", max_tokens: int | None = 50) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": text}]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return body
+
+
+def no_encodings(name: str) -> Any:
+    raise EncodingUnavailable(name)
+
+
+class FakePlans:
+    name = "fake"
+
+    def __init__(self, spec: str = PLAN) -> None:
+        self.plan: Plan = parse_plan_spec(spec, "test")
+        self.down = False
+
+    async def plan_for(self, identity: Identity) -> Plan:
+        if self.down:
+            raise GovernanceUnavailable("plans unavailable")
+        return self.plan
+
+
+@dataclass
+class RecordingOutbox:
+    records: list[UsageRecord] = field(default_factory=list)
+
+    async def put(self, record: UsageRecord) -> None:
+        self.records.append(record)
+
+
+class Setup:
+    def __init__(self, mode: QuotaFailureMode = QuotaFailureMode.closed, spec: str = PLAN) -> None:
+        self.clock = FakeClock(1_800_000_000.0)
+        self.store = FlakyStore(self.clock)
+        self.plans = FakePlans(spec)
+        self.outbox = RecordingOutbox()
+        self.metrics = Metrics()
+        self.counter = TokenCounter(loader=no_encodings)
+        self.limiter = QuotaLimiter(self.store, clock=self.clock)
+        self.local = LocalLimiter(clock=self.clock)
+        self.meter = QuotaMeter(
+            plans=self.plans, limiter=self.limiter, local_limiter=self.local, failure_mode=mode,
+            counter=self.counter, outbox=self.outbox, metrics=self.metrics,  # type: ignore[arg-type]
+            default_max_output=300,
+        )
+        self._ids = 0
+
+    async def admit(self, body: dict[str, Any] | None = None, endpoint: str = "chat") -> Admission:
+        self._ids += 1
+        return await self.meter.admit(
+            ALICE, endpoint=endpoint, model=MODEL, payload=payload() if body is None else body,
+            request_id=f"req-{self._ids}",
+        )
+
+    async def used(self, limiter: QuotaLimiter | None = None) -> dict[str, int]:
+        """What the plan's counters hold now (requests, input, output)."""
+        decision = await (limiter or self.limiter).peek(ALICE.external_id, self.plans.plan)
+        return {state.limit.metric: state.used for state in decision.states}
+
+
+async def test_admit_reserves_the_estimate_against_every_limit() -> None:
+    s = Setup()
+    admission = await s.admit()
+    expected_input = estimate_input(s.counter, "chat", MODEL, payload())
+    assert (admission.estimate_input, admission.max_output) == (expected_input, 50)
+    assert await s.used() == {"requests": 1, "input_tokens": expected_input, "output_tokens": 50}
+    assert admission.headers["X-RateLimit-Limit"] == "2" and admission.headers["X-RateLimit-Remaining"] == "1"
+    assert admission.reservation is not None and admission.limiter is s.limiter
+    assert counted(s.metrics, "sentinel_quota_decisions_total", result="allowed") == 1
+
+
+async def test_without_max_tokens_the_default_output_is_reserved() -> None:
+    s = Setup()
+    admission = await s.admit(payload(max_tokens=None))
+    assert admission.max_output == 300 and (await s.used())["output_tokens"] == 300
+
+
+async def test_a_denial_raises_429_with_details_and_reserves_nothing() -> None:
+    s = Setup()
+    await s.admit()
+    await s.admit()
+    before = await s.used()
+    with pytest.raises(RateLimited) as caught:
+        await s.admit()
+    err = caught.value
+    assert (err.status, err.code) == (429, "quota_exceeded")
+    assert err.details is not None
+    assert (err.details["metric"], err.details["limit"], err.details["used"]) == ("requests", 2, 2)
+    assert err.details["window_seconds"] == 60 and err.details["remaining"] == 0
+    assert int(err.headers["Retry-After"]) >= 1 and err.headers["X-RateLimit-Remaining"] == "0"
+    assert await s.used() == before
+    assert counted(s.metrics, "sentinel_quota_decisions_total", result="limited", limit="requests") == 1
+
+
+async def test_settle_commits_the_actual_tokens_and_writes_one_record() -> None:
+    s = Setup()
+    admission = await s.admit()
+    admission.prices = (2.5, 10.0)
+    await s.meter.settle(admission, usage=Usage(7, 11), output_text="ignored", status=200, provider="openai")
+    await s.meter.settle(admission, usage=Usage(99, 99), output_text="", status=499, provider="openai")
+    assert await s.used() == {"requests": 1, "input_tokens": 7, "output_tokens": 11}
+    (record,) = s.outbox.records
+    assert (record.request_id, record.external_id, record.email) == ("req-1", "alice", "alice@example.com")
+    assert (record.model, record.provider, record.endpoint, record.status) == (MODEL, "openai", "chat", 200)
+    assert (record.input_tokens, record.output_tokens, record.usage_source) == (7, 11, "measured")
+    assert record.cost_usd == cost((2.5, 10.0), 7, 11) and record.finished_at >= record.started_at
+    assert counted(s.metrics, "sentinel_tokens_total", direction="input", model=MODEL) == 7
+    assert counted(s.metrics, "sentinel_tokens_total", direction="output", model=MODEL) == 11
+    assert counted(s.metrics, "sentinel_usage_requests_total", model=MODEL, source="measured") == 1
+    assert counted(s.metrics, "sentinel_cost_usd_total", provider="openai", model=MODEL) == record.cost_usd
+
+
+async def test_settle_without_usage_counts_the_output_text() -> None:
+    s = Setup()
+    admission = await s.admit()
+    text = "a reply the provider did not count for us"
+    await s.meter.settle(admission, usage=None, output_text=text, status=200, provider="openai")
+    (record,) = s.outbox.records
+    assert record.usage_source == "estimated"
+    assert record.input_tokens == admission.estimate_input
+    assert record.output_tokens == s.counter.count_text(text, MODEL) > 0
+    assert record.cost_usd is None  # no prices known
+    assert (await s.used())["output_tokens"] == record.output_tokens
+
+
+async def test_release_gives_everything_back_and_writes_nothing() -> None:
+    s = Setup()
+    admission = await s.admit()
+    await s.meter.release(admission)
+    await s.meter.settle(admission, usage=Usage(5, 5), output_text="", status=200, provider="openai")
+    assert await s.used() == {"requests": 0, "input_tokens": 0, "output_tokens": 0}
+    assert s.outbox.records == []
+
+
+async def test_a_plan_source_outage_refuses_before_reserving() -> None:
+    s = Setup()
+    s.plans.down = True
+    with pytest.raises(GovernanceUnavailable):
+        await s.admit()
+    s.plans.down = False
+    assert await s.used() == {"requests": 0, "input_tokens": 0, "output_tokens": 0}
+
+
+async def test_store_down_and_failure_mode_closed_refuses_with_503() -> None:
+    s = Setup(QuotaFailureMode.closed)
+    s.store.fail("run")
+    with pytest.raises(ServiceUnavailable) as caught:
+        await s.admit()
+    assert (caught.value.status, caught.value.code) == (503, "quota_unavailable")
+    assert counted(s.metrics, "sentinel_quota_store_failures_total", mode="closed") == 1
+
+
+async def test_store_down_and_failure_mode_open_admits_unchecked_but_still_records() -> None:
+    s = Setup(QuotaFailureMode.open)
+    s.store.fail("run")
+    admissions = [await s.admit() for _ in range(4)]  # past the plan's 2 requests: nothing is checked
+    assert all(a.reservation is None and a.headers == {} for a in admissions)
+    await s.meter.settle(admissions[0], usage=Usage(3, 4), output_text="", status=200, provider="openai")
+    assert [r.input_tokens for r in s.outbox.records] == [3]
+    assert counted(s.metrics, "sentinel_quota_store_failures_total", mode="open") == 4
+
+
+async def test_store_down_and_failure_mode_local_enforces_the_plan_in_process() -> None:
+    s = Setup(QuotaFailureMode.local)
+    s.store.fail("run")
+    first = await s.admit()
+    await s.admit()
+    with pytest.raises(RateLimited):
+        await s.admit()
+    assert first.limiter is s.local
+    await s.meter.settle(first, usage=Usage(7, 11), output_text="", status=200, provider="openai")
+    second_estimate = estimate_input(s.counter, "chat", MODEL, payload())
+    assert (await s.used(s.local))["input_tokens"] == 7 + second_estimate
+    s.store.recover()
+    assert await s.used() == {"requests": 0, "input_tokens": 0, "output_tokens": 0}  # shared counters untouched
+    assert counted(s.metrics, "sentinel_quota_store_failures_total", mode="local") == 3
+
+
+async def test_a_settlement_the_store_cannot_reconcile_still_writes_its_record() -> None:
+    s = Setup()
+    admission = await s.admit()
+    s.store.fail("run")
+    await s.meter.settle(admission, usage=Usage(7, 11), output_text="", status=200, provider="openai")
+    assert [r.request_id for r in s.outbox.records] == [admission.request_id]
+    s.store.recover()
+    assert (await s.used())["input_tokens"] == admission.estimate_input  # the estimate stays reserved
+
+
+def test_cost_from_prices_per_million() -> None:
+    assert cost(None, 1000, 1000) is None
+    assert cost((0.0, 0.0), 1000, 1000) is None
+    assert cost((2.5, 10.0), 1_000_000, 500_000) == 2.5 + 5.0
+    assert cost((0.15, 0.6), 1, 1) == round(0.75 / 1_000_000, 8)

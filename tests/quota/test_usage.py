@@ -1,0 +1,155 @@
+"""Usage read out of OpenAI-format bodies and SSE streams (the /v1 relay's metering)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from sentinel.domain.usage import Usage
+from sentinel.quota.usage import StreamInspector, text_from_body, usage_from_body
+
+DONE = b"data: [DONE]\n\n"
+
+
+def event(obj: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def delta(text: str) -> bytes:
+    return event({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}}]})
+
+
+USAGE_CHUNK = event({"id": "c1", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}})
+STREAM = delta("Hello") + delta(", world") + USAGE_CHUNK + DONE
+
+
+def feed_all(inspector: StreamInspector, chunks: list[bytes]) -> bytes:
+    return b"".join(inspector.feed(chunk) for chunk in chunks) + inspector.flush()
+
+
+def test_done_is_withheld_for_the_caller_to_send_last() -> None:
+    inspector = StreamInspector("chat")
+    relayed = feed_all(inspector, [STREAM])
+    assert relayed == delta("Hello") + delta(", world") + USAGE_CHUNK
+    assert inspector.saw_done and inspector.done == DONE
+    assert inspector.usage == Usage(9, 4) and inspector.text == "Hello, world"
+
+
+def test_a_stream_without_done_has_nothing_to_send_last() -> None:
+    inspector = StreamInspector("chat")
+    feed_all(inspector, [delta("cut")])
+    assert not inspector.saw_done and inspector.done == b""
+
+
+def test_nothing_is_relayed_after_done() -> None:
+    inspector = StreamInspector("chat")
+    assert feed_all(inspector, [delta("a") + DONE + delta("late")]) == delta("a")
+    assert inspector.text == "a"
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 64])
+def test_events_split_across_chunks_are_relayed_whole(size: int) -> None:
+    inspector = StreamInspector("chat")
+    pieces = [STREAM[i : i + size] for i in range(0, len(STREAM), size)]
+    outputs = [inspector.feed(piece) for piece in pieces]
+    for out in outputs:  # only ever whole events
+        assert out == b"" or (out.startswith(b"data: ") and out.endswith(b"\n\n"))
+    assert b"".join(outputs) + inspector.flush() == delta("Hello") + delta(", world") + USAGE_CHUNK
+    assert inspector.usage == Usage(9, 4) and inspector.done == DONE
+
+
+def test_crlf_framing_is_understood() -> None:
+    crlf = STREAM.replace(b"\n", b"\r\n")
+    inspector = StreamInspector("chat")
+    relayed = feed_all(inspector, [crlf[:10], crlf[10:]])
+    assert relayed == delta("Hello") + delta(", world") + USAGE_CHUNK
+    assert inspector.usage == Usage(9, 4) and inspector.saw_done
+
+
+def test_the_usage_chunk_sentinel_asked_for_is_stripped() -> None:
+    inspector = StreamInspector("chat", strip_usage_chunk=True)
+    assert feed_all(inspector, [STREAM]) == delta("Hello") + delta(", world")
+    assert inspector.usage == Usage(9, 4)  # still metered
+
+
+def test_stripping_keeps_content_chunks_that_carry_usage() -> None:
+    both = event({"choices": [{"index": 0, "delta": {"content": "x"}}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+    inspector = StreamInspector("chat", strip_usage_chunk=True)
+    assert feed_all(inspector, [both]) == both
+
+
+def test_unparseable_lines_are_counted_and_relayed() -> None:
+    bad = b"data: {not json\n\n"
+    inspector = StreamInspector("chat")
+    assert feed_all(inspector, [delta("a") + bad + b": a comment\n\n" + DONE]) == delta("a") + bad + b": a comment\n\n"
+    assert inspector.parse_errors == 1
+
+
+def test_an_unterminated_tail_is_inspected_and_relayed_at_the_end() -> None:
+    inspector = StreamInspector("chat")
+    tail = USAGE_CHUNK.rstrip(b"\n")
+    assert inspector.feed(delta("a") + tail) == delta("a")
+    assert inspector.flush() == tail
+    assert inspector.usage == Usage(9, 4)
+
+
+def test_tool_call_fragments_are_counted_as_text() -> None:
+    call = event({"choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "function": {"name": "get_weather", "arguments": '{"city"'}}]}}]})
+    more = event({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ':"Paris"}'}}]}}]})
+    inspector = StreamInspector("chat")
+    feed_all(inspector, [call + more])
+    assert inspector.text == 'get_weather{"city":"Paris"}'
+
+
+def test_legacy_completions_stream_text() -> None:
+    inspector = StreamInspector("completions")
+    feed_all(inspector, [event({"choices": [{"text": "one "}]}) + event({"choices": [{"text": "two"}]})])
+    assert inspector.text == "one two"
+
+
+def test_responses_stream_text_and_usage() -> None:
+    inspector = StreamInspector("responses")
+    events = [
+        event({"type": "response.output_text.delta", "delta": "Hi "}),
+        event({"type": "response.output_text.delta", "delta": "there"}),
+        event({"type": "response.completed", "response": {"usage": {"input_tokens": 12, "output_tokens": 3}}}),
+    ]
+    relayed = feed_all(inspector, events)
+    assert relayed == b"".join(events)  # nothing is stripped from a responses stream
+    assert inspector.text == "Hi there" and inspector.usage == Usage(12, 3)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "expected"),
+    [
+        ("chat", {"usage": {"prompt_tokens": 5, "completion_tokens": 2}}, Usage(5, 2)),
+        ("embeddings", {"usage": {"prompt_tokens": 8, "total_tokens": 8}}, Usage(8, 0)),
+        ("responses", {"usage": {"input_tokens": 4, "output_tokens": 6}}, Usage(4, 6)),
+        ("chat", {"usage": {"prompt_tokens": 0, "completion_tokens": 0}}, None),  # a placeholder, not usage
+        ("chat", {"usage": {"prompt_tokens": "5", "completion_tokens": 2}}, None),
+        ("responses", {"usage": {"prompt_tokens": 5, "completion_tokens": 2}}, None),  # the wrong shape
+        ("chat", {"choices": []}, None),
+        ("chat", [1, 2], None),
+        ("chat", None, None),
+    ],
+)
+def test_usage_from_body(endpoint: str, body: Any, expected: Usage | None) -> None:
+    assert usage_from_body(endpoint, body) == expected
+
+
+def test_text_from_bodies_of_every_endpoint() -> None:
+    chat = {"choices": [{"message": {"content": "It is sunny.", "tool_calls": [
+        {"function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]}}, "junk"]}
+    assert text_from_body("chat", chat) == 'It is sunny.get_weather{"city":"Paris"}'
+    assert text_from_body("completions", {"choices": [{"text": "a"}, {"text": None}, {"text": "b"}]}) == "ab"
+    responses = {"output": [
+        {"type": "message", "content": [{"type": "output_text", "text": "Hello"}, "junk"]},
+        {"type": "function_call", "name": "f", "arguments": '{"x":1}'},
+        {"type": "message", "content": " again"},
+        "junk",
+    ]}
+    assert text_from_body("responses", responses) == 'Hello{"x":1} again'
+    assert text_from_body("chat", "not a body") == ""

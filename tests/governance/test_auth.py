@@ -115,62 +115,62 @@ def jwt_token(exp: float) -> str:
     return pyjwt.encode({"sub": "u9", "exp": int(exp)}, "signing-key-the-test-never-checks-0123", algorithm="HS256")
 
 
-def make_jwt(now: list[float], **kw: object) -> tuple[Authenticator, JwtSource]:
+def make_jwt(clock: FakeClock, **kw: object) -> tuple[Authenticator, JwtSource]:
     source = JwtSource()
-    store = MemoryStore(clock=lambda: now[0])
-    auth = Authenticator(store, api_keys=None, jwt=source, ttl=300, grace=900, clock=lambda: now[0], **kw)  # type: ignore[arg-type]
+    store = MemoryStore(clock=clock)
+    auth = Authenticator(store, api_keys=None, jwt=source, ttl=300, grace=900, clock=clock, **kw)  # type: ignore[arg-type]
     return auth, source
 
 
-async def test_a_cached_jwt_identity_ends_at_exp_plus_leeway_not_at_the_ttl(now: list[float]) -> None:
-    auth, source = make_jwt(now)
-    token = jwt_token(now[0] + 60)  # usable until now + 60 + LEEWAY_SECONDS
+async def test_a_cached_jwt_identity_ends_at_exp_plus_leeway_not_at_the_ttl(clock: FakeClock) -> None:
+    auth, source = make_jwt(clock)
+    token = jwt_token(clock.now + 60)  # usable until now + 60 + LEEWAY_SECONDS
     assert (await auth.authenticate(token)).external_id == "jwt-user"
-    now[0] += 60 + LEEWAY_SECONDS - 1
+    clock.now += 60 + LEEWAY_SECONDS - 1
     assert (await auth.authenticate(token)).external_id == "jwt-user"
     assert source.calls == 1  # served from the cache until then
-    now[0] += 1
+    clock.now += 1
     with pytest.raises(AuthenticationError) as caught:
         await auth.authenticate(token)  # the TTL (300 s) has not passed, the token has
     assert caught.value.code == "token_expired"
     assert source.calls == 1  # refused without asking the source
 
 
-async def test_an_expired_jwt_is_refused_in_the_grace_period_too(now: list[float]) -> None:
-    auth, source = make_jwt(now)
-    token = jwt_token(now[0] + 400)  # outlives the TTL (300 s), not TTL + grace
+async def test_an_expired_jwt_is_refused_in_the_grace_period_too(clock: FakeClock) -> None:
+    auth, source = make_jwt(clock)
+    token = jwt_token(clock.now + 400)  # outlives the TTL (300 s), not TTL + grace
     await auth.authenticate(token)
     source.down = True
-    now[0] += 350  # stale, in the grace period, token still valid: the stale identity is served
+    clock.now += 350  # stale, in the grace period, token still valid: the stale identity is served
     assert (await auth.authenticate(token)).external_id == "jwt-user"
-    now[0] += 400 + LEEWAY_SECONDS - 350  # the token has expired; the source is still down
+    clock.now += 400 + LEEWAY_SECONDS - 350  # the token has expired; the source is still down
     with pytest.raises(AuthenticationError):
         await auth.authenticate(token)
 
 
-async def test_an_identity_the_source_returns_already_expired_is_refused(now: list[float]) -> None:
+async def test_an_identity_the_source_returns_already_expired_is_refused(clock: FakeClock) -> None:
     class Expired(JwtSource):
         async def authenticate(self, token: str) -> Identity | None:
             self.calls += 1
-            return Identity("jwt-user", "u9", "j@example.com", source="jwt", expires_at=now[0] - 1)
+            return Identity("jwt-user", "u9", "j@example.com", source="jwt", expires_at=clock.now - 1)
 
     source = Expired()
-    auth = Authenticator(MemoryStore(clock=lambda: now[0]), api_keys=None, jwt=source, clock=lambda: now[0])
+    auth = Authenticator(MemoryStore(clock=clock), api_keys=None, jwt=source, clock=clock)
     for _ in range(2):
         with pytest.raises(AuthenticationError):
             await auth.authenticate("opaque-token")
     assert source.calls == 1  # remembered as invalid
 
 
-async def test_identities_without_email_are_refused_when_usage_is_reported_by_email(now: list[float]) -> None:
+async def test_identities_without_email_are_refused_when_usage_is_reported_by_email(clock: FakeClock) -> None:
     source = Source()
     source.valid["sk-sentinel-nomail"] = Identity("bob", "u2", None)
     source.valid["sk-sentinel-good"] = Identity("alice", "u1", "alice@example.com")
-    store = MemoryStore(clock=lambda: now[0])
-    auth = Authenticator(store, api_keys=source, ttl=10, grace=20, clock=lambda: now[0], require_email=True)
+    store = MemoryStore(clock=clock)
+    auth = Authenticator(store, api_keys=source, ttl=10, grace=20, clock=clock, require_email=True)
     assert (await auth.authenticate("sk-sentinel-good")).email == "alice@example.com"
     for step in (0, 5, 15):  # fresh from the source, fresh from the cache, stale while the source is down
-        now[0] += step
+        clock.now += step
         source.down = step == 15
         with pytest.raises(PermissionDenied) as caught:
             await auth.authenticate("sk-sentinel-nomail")

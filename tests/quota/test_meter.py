@@ -71,6 +71,7 @@ class Setup:
         self.plans = FakePlans(spec)
         self.outbox = RecordingOutbox()
         self.metrics = Metrics()
+        self.metrics.known_models.add(MODEL)  # as wiring does for the catalogue's models
         self.counter = TokenCounter(loader=no_encodings)
         self.limiter = QuotaLimiter(self.store, clock=self.clock)
         self.local = LocalLimiter(clock=self.clock)

@@ -130,7 +130,9 @@ def test_responses_stream_text_and_usage() -> None:
         ("responses", {"usage": {"input_tokens": 4, "output_tokens": 6}}, Usage(4, 6)),
         ("chat", {"usage": {"prompt_tokens": 0, "completion_tokens": 0}}, None),  # a placeholder, not usage
         ("chat", {"usage": {"prompt_tokens": "5", "completion_tokens": 2}}, None),
-        ("responses", {"usage": {"prompt_tokens": 5, "completion_tokens": 2}}, None),  # the wrong shape
+        # Either naming is read whatever the endpoint (images and pass-through answers use input/output).
+        ("responses", {"usage": {"prompt_tokens": 5, "completion_tokens": 2}}, Usage(5, 2)),
+        ("chat", {"usage": {"input_tokens": 5, "output_tokens": 2}}, Usage(5, 2)),
         ("chat", {"choices": []}, None),
         ("chat", [1, 2], None),
         ("chat", None, None),

@@ -27,6 +27,7 @@ from sentinel.store import Store
 log = logging.getLogger("sentinel.cache")
 
 T = TypeVar("T")
+D = TypeVar("D")
 _MAX_LOCAL = 10_000
 
 
@@ -36,6 +37,33 @@ class Cached(Generic[T]):
 
     value: T | None
     fresh: bool
+
+
+def count_lookup(metrics: Metrics | None, cache: str, result: str) -> None:
+    """Count one lookup of `cache` in `sentinel_cache_lookups_total`."""
+    if metrics is not None:
+        metrics.child(metrics.cache_lookups, cache, result).inc()
+
+
+async def read_entry(
+    store: Store, key: str, decode: Callable[[bytes], D], cache: str, metrics: Metrics | None
+) -> D | None:
+    """The decoded entry under `key`; None — counted, and logged when undecodable — when it is absent,
+    the store is unreachable, or `decode` refuses it (ValueError, TypeError or KeyError)."""
+    try:
+        raw = await store.get(key)
+    except StoreUnavailable:
+        count_lookup(metrics, cache, "store_error")
+        return None
+    if raw is None:
+        count_lookup(metrics, cache, "miss")
+        return None
+    try:
+        return decode(raw)
+    except (ValueError, TypeError, KeyError) as exc:  # orjson.JSONDecodeError is a ValueError
+        count_lookup(metrics, cache, "undecodable")
+        log.warning("ignoring an undecodable %s cache entry", cache, extra={"error": str(exc)[:200]})
+        return None
 
 
 class GovernanceCache(Generic[T]):
@@ -69,8 +97,7 @@ class GovernanceCache(Generic[T]):
         self._decoded: dict[bytes, tuple[T | None, float]] = {}
 
     def _count(self, result: str) -> None:
-        if self.metrics is not None:
-            self.metrics.child(self.metrics.cache_lookups, self.name, result).inc()
+        count_lookup(self.metrics, self.name, result)
 
     async def get(self, key: str) -> Cached[T] | None:
         """The entry for `key` (fresh or stale), or None when there is none (or it is unreadable)."""
@@ -79,20 +106,10 @@ class GovernanceCache(Generic[T]):
         if local is not None and now < local[1]:
             self._count("local_hit")
             return local[0]
-        try:
-            raw = await self.store.get(self.prefix + key)
-        except StoreUnavailable:
-            self._count("store_error")
+        found = await read_entry(self.store, self.prefix + key, self._decode, self.name, self.metrics)
+        if found is None:
             return None
-        if raw is None:
-            self._count("miss")
-            return None
-        try:
-            value, fresh_until = self._decode(raw)
-        except (ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
-            self._count("undecodable")
-            log.warning("ignoring an undecodable %s cache entry", self.name, extra={"error": str(exc)[:200]})
-            return None
+        value, fresh_until = found
         fresh = now < fresh_until
         self._count("hit" if fresh else "stale")
         entry = Cached(value, fresh)

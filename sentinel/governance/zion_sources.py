@@ -23,6 +23,7 @@ from sentinel.domain.plans import Plan
 from sentinel.domain.tiers import TIERS, TierModelEntry, TierTable
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable, ServiceUnavailable, StoreUnavailable
+from sentinel.governance.cache import count_lookup, read_entry
 from sentinel.governance.zion import ZionClient, ZionPlanSource
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
@@ -197,26 +198,11 @@ class ZionTiers:
 
     async def _read(self, key: str) -> TierTable | None:
         """The table stored under `key`; None when absent, unreachable or undecodable (logged, counted)."""
-        try:
-            raw = await self.store.get(key)
-        except StoreUnavailable:
-            self._count("store_error")
-            return None
-        if raw is None:
-            self._count("miss")
-            return None
-        try:
-            table = parse_tier_config(orjson.loads(raw))
-        except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
-            self._count("undecodable")
-            tier_log.warning("ignoring an undecodable tier config entry %s: %s", key, str(exc)[:200])
-            return None
-        self._count("hit")
+        table = await read_entry(self.store, key, lambda raw: parse_tier_config(orjson.loads(raw)), "tiers",
+                                 self.metrics)
+        if table is not None:
+            count_lookup(self.metrics, "tiers", "hit")
         return table
-
-    def _count(self, result: str) -> None:
-        if self.metrics is not None:
-            self.metrics.child(self.metrics.cache_lookups, "tiers", result).inc()
 
     async def _last_good(self, reason: str) -> TierTable:
         retry = min(self.ttl, self.retry_seconds)

@@ -39,6 +39,15 @@ class LocalOps(Protocol):
 ScriptArg = str | int | float | bytes
 
 
+def seconds_left(pttl_ms: int) -> float | None:
+    """A PTTL answer as `Store.ttl` reports it: None when the key is missing (-2), -1.0 without a TTL."""
+    if pttl_ms == -2:
+        return None
+    if pttl_ms == -1:
+        return -1.0
+    return pttl_ms / 1000
+
+
 @dataclass(frozen=True)
 class Script:
     """An atomic multi-key operation, in Lua for Redis and in Python for the memory backend.

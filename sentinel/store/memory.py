@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sentinel.store.base import Script, ScriptArg, StreamEntry, check_replica_wait
+from sentinel.store.base import Script, ScriptArg, StreamEntry, check_replica_wait, seconds_left
 from sentinel.store.memory_streams import MemoryStreams
 
 
@@ -111,12 +111,7 @@ class MemoryStore:
         return True
 
     async def ttl(self, key: str) -> float | None:
-        ms = self._ops.pttl(key)
-        if ms == -2:
-            return None
-        if ms == -1:
-            return -1.0
-        return ms / 1000
+        return seconds_left(self._ops.pttl(key))
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         is_new = self._ops.get(key) is None

@@ -33,7 +33,14 @@ from redis.exceptions import (
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sentinel.errors import StoreUnavailable
-from sentinel.store.base import Script, ScriptArg, StreamEntry, check_replica_wait, parse_stream_id
+from sentinel.store.base import (
+    Script,
+    ScriptArg,
+    StreamEntry,
+    check_replica_wait,
+    parse_stream_id,
+    seconds_left,
+)
 from sentinel.store.breaker import CircuitBreaker
 
 __all__ = ["CircuitBreaker", "RedisStore"]
@@ -154,11 +161,7 @@ class RedisStore:
     async def ttl(self, key: str) -> float | None:
         async with self.guard():
             ms: int = await self._client.pttl(key)
-        if ms == -2:
-            return None
-        if ms == -1:
-            return -1.0
-        return ms / 1000
+        return seconds_left(ms)
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         async with self.guard():

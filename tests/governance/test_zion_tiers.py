@@ -146,7 +146,7 @@ async def test_an_undecodable_stored_table_is_a_counted_miss(
     assert source.calls == 1  # the garbage was a miss: Zion was asked
     assert parse_tier_config(orjson.loads(await store.get(ZionTiers.KEY) or b"")) == await zt.table()  # replaced
     assert metrics.cache_lookups.labels("tiers", "undecodable")._value.get() == 1
-    assert "undecodable tier config entry" in caplog.text
+    assert "undecodable tiers cache entry" in caplog.text
     # A corrupted last-good copy with Zion down: the fallback, not a 500.
     source.down = True
     other = MemoryStore(clock=lambda: now[0])

@@ -20,12 +20,16 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from sentinel.app import SentinelApp, create_app
 from sentinel.config import Settings
 from sentinel.observability.logging import configure_logging
+
+if TYPE_CHECKING:
+    from sentinel.app import SentinelApp
 
 log = logging.getLogger("sentinel.server")
 
@@ -75,6 +79,8 @@ class WorkerApp:
         self.parent_pid = parent_pid
 
     def __call__(self) -> SentinelApp:
+        from sentinel.app import create_app
+
         configure_logging(self.settings.log_level)  # a spawned worker starts with bare logging
         _exit_with_parent(self.parent_pid)
         return create_app(self.settings)
@@ -94,7 +100,7 @@ def _exit_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _config(app: object, settings: Settings, workers: int) -> uvicorn.Config:
+def _config(app: Callable[..., Any], settings: Settings, workers: int) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -177,6 +183,8 @@ def serve(settings: Settings, workers: int = 1) -> int:
         if workers > 1:
             log.info("starting worker processes", extra={"workers": workers})
             return _run_workers(_config(WorkerApp(settings, os.getpid()), settings, workers))
+        from sentinel.app import create_app  # not imported by a `--workers` parent: it serves nothing
+
         server = uvicorn.Server(_config(create_app(settings), settings, 1))
         server.run()
         return 0 if server.started else 1

@@ -129,7 +129,7 @@ def _run_workers(config: uvicorn.Config) -> int:
     supervisor = Multiprocess(config, sockets=[sock])
     supervisor.run()
     sock.close()
-    failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
+    failed = [p.pid for p in supervisor.processes if p.process.exitcode == STARTUP_FAILURE]
     if failed:
         log.error("a worker failed to start; stopped all workers", extra={"worker_pids": failed})
         return 1

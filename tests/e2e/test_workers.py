@@ -241,6 +241,22 @@ async def test_sigterm_drains_every_worker_then_exits_0(
 
 
 @pytest.mark.redis
+def test_a_worker_that_cannot_start_stops_everything_with_status_1(
+    processes: Processes, tmp_path: Path, upstream: str
+) -> None:
+    unreachable = "postgresql+asyncpg://nobody@127.0.0.1:1/sentinel"  # every worker fails its start-up
+    env = base_env(sentinel_env(upstream, unreachable, processes.redis().url))
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "sentinel", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "failed to start" in done.stderr
+    assert not port_open(port)
+
+
+@pytest.mark.redis
 async def test_workers_stop_when_the_parent_is_killed(
     processes: Processes, start_workers: StartWorkers, sqlite_url: str, upstream: str
 ) -> None:

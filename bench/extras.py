@@ -148,7 +148,7 @@ def ledger(admin_dsn: str, seconds: float, spec: TargetSpec, tmp: Path, run_dir:
     last_growth = next((t for t, v in sampler.samples if v[0] >= final), load_end)
     served = r.get("requests", 0) - r.get("non2xx", 0)
     return {
-        "label": spec.label, "arrangement": arr.description, "concurrency": LEDGER_CONCURRENCY,
+        "label": spec.label, "arrangement": arr.name, "concurrency": LEDGER_CONCURRENCY,
         "duration_s": seconds, "served_rps": r.get("rps"), "ledger_rps": grew, "rows": final,
         "rows_expected_note": (
             f"wrk counted {served:,} 2xx responses; up to {LEDGER_CONCURRENCY} more were in flight when it stopped"

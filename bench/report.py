@@ -119,7 +119,8 @@ def group_tables(name: str, group: dict[str, Any], conc: list[int]) -> list[str]
             cells = [name_, c, f2(d and d["p50_ms"]), signed(bare_added)]
             for x in ss:
                 a = added(x, d)
-                cells += [signed(a), rr(a / bare_added if a is not None and bare_added else None)]
+                # a ratio to a non-positive difference means nothing (noise made bare faster than direct)
+                cells += [signed(a), rr(a / bare_added if a is not None and bare_added and bare_added > 0 else None)]
             cells.append("/".join(f2(r and r["p99_ms"]) for r in (d, b, *ss)))
             out.append("| " + " | ".join(cells) + " |")
     out.append("")
@@ -202,7 +203,7 @@ def checks(results: dict[str, Any]) -> list[str]:
         a, ab = added(run(group, k, "chat", "1"), run(group, "direct", "chat", "1")), added(
             run(group, "bare", "chat", "1"), run(group, "direct", "chat", "1")
         )
-        lat = a / ab if a is not None and ab else None
+        lat = a / ab if a is not None and ab and ab > 0 else None
         native = ratio(run(group, k, "native", "64"), run(group, k, "chat", "64"))
         out.append(
             f"| {group['targets'][k]['label']} | {mark(chat, (chat or 0) >= 0.5)} | {mark(stream, (stream or 0) >= 0.5)} "
@@ -227,7 +228,7 @@ def soak_section(soak: dict[str, Any]) -> list[str]:
 
 def ledger_section(led: dict[str, Any]) -> list[str]:
     return [
-        f"Ledger on PostgreSQL, {led['label']} ({led['arrangement']}): chat at c={led['concurrency']} for "
+        f"Ledger on PostgreSQL, {led['label']}, CPUs {led['arrangement']}: chat at c={led['concurrency']} for "
         f"{led['duration_s']:g} s, {fr(led['served_rps'])} req/s served; the ledger grew by {fr(led['ledger_rps'])} "
         f"records/s during the load, {led['rows']:,} rows in all ({led['rows_expected_note']}), the last one "
         f"{led['drain_s']:.1f} s after the load; outbox depth peak {led['depth_peak']:,}.",

@@ -14,32 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench import (
-    BENCH_DIR,
-    HOST,
-    LOAD_CPU,
-    SERVER_CPU,
-    UPSTREAM_KEY,
-    VENV_BIN,
-    ForeignLoad,
-    free_port,
-    http,
-    log,
-    lua_body,
-    port_open,
-    run_wrk,
-    sentinel_env_names,
-    start,
-    taskset,
-    wait_until,
-)
+from load import BY_NAME, run_wrk
+from procs import ForeignLoad, free_port, http, log, pin_self, port_open, start, taskset, wait_until
+from targets import BENCH_DIR, HOST, UPSTREAM_KEY, arrangements, clean_env, start_mock
 
 CONFIGS = [
     # name, server, client
@@ -47,7 +30,7 @@ CONFIGS = [
     ("uvicorn + httpx", "uvicorn", "httpx"),
     ("granian + aiohttp", "granian", "aiohttp"),
 ]
-WORKLOADS = [("chat (non-stream)", "chat.lua"), ("chat (stream)", "stream.lua")]
+WORKLOADS = [("chat (non-stream)", BY_NAME["chat"]), ("chat (stream)", BY_NAME["stream"])]
 
 
 def main() -> int:
@@ -58,38 +41,17 @@ def main() -> int:
     a = p.parse_args()
     if not shutil.which("wrk"):
         p.error("wrk is not installed (bash bench/run.sh installs it)")
-    if (os.cpu_count() or 1) >= 2:
-        os.sched_setaffinity(0, {int(LOAD_CPU)})
+    arr = arrangements()["one-core"]
+    pin_self(arr.load)
     tmp = Path(tempfile.mkdtemp(prefix="sentinel-choices-"))
     noise = ForeignLoad()
-    env = {k: v for k, v in os.environ.items() if k.upper() not in sentinel_env_names()}
-    mock_port = free_port()
-    mock = start(
-        "mock",
-        [
-            *taskset(LOAD_CPU),
-            str(VENV_BIN / "sentinel"),
-            "mock-upstream",
-            "--host",
-            HOST,
-            "--port",
-            str(mock_port),
-        ],
-        env,
-        tmp,
-        tmp,
-    )
-    mock_url = f"http://{HOST}:{mock_port}"
+    env = clean_env()
+    mock = start_mock(arr, tmp, 0.0)
+    mock_url = mock.url
     results: dict[str, dict[str, object]] = {}
+    chat = BY_NAME["chat"]
     try:
-        wait_until(
-            lambda: (
-                http("POST", mock_url + "/v1/chat/completions", lua_body("chat.lua"), UPSTREAM_KEY)[0] == 200
-            ),
-            mock,
-            "the mock upstream",
-        )
-        granian = VENV_BIN / "granian"
+        granian = Path(sys.executable).parent / "granian"
         for name, server, client in CONFIGS:
             if server == "granian" and not granian.exists():
                 log(f"{name}: granian not installed, skipped")
@@ -121,19 +83,19 @@ def main() -> int:
                     "--no-ws",
                     "bare_proxy:app",
                 ]
-            relay = start(f"relay-{server}-{client}", [*taskset(SERVER_CPU), *cmd], renv, BENCH_DIR, tmp)
+            relay = start(f"relay-{server}-{client}", [*taskset(arr.server), *cmd], renv, BENCH_DIR, tmp)
             try:
                 wait_until(lambda p=port: port_open(p), relay, name)
                 url = f"http://{HOST}:{port}/v1/chat/completions"
-                status, body = http("POST", url, lua_body("chat.lua"))
+                status, body = http("POST", url, chat.body_bytes(), chat.headers(None))
                 if status != 200:
                     log(f"{name}: probe answered {status}: {body[:200]!r}; skipped")
                     results[name] = {"error": f"probe {status}"}
                     continue
-                run_wrk(url, "chat.lua", 16, 1, None)  # warm-up
+                run_wrk(url, chat, 16, 1, None, cpus=arr.load, workdir=tmp)  # warm-up
                 row: dict[str, object] = {}
-                for wname, script in WORKLOADS:
-                    r = run_wrk(url, script, a.concurrency, a.duration, None)
+                for wname, scenario in WORKLOADS:
+                    r = run_wrk(url, scenario, a.concurrency, a.duration, None, cpus=arr.load, workdir=tmp)
                     row[wname] = r
                     log(
                         f"{name} / {wname}: {r.get('rps', 0):.0f} req/s p50 {r.get('p50_ms', 0):.2f} ms "
@@ -143,10 +105,11 @@ def main() -> int:
             finally:
                 relay.stop()
     finally:
-        mock.stop()
+        if mock.proc:
+            mock.proc.stop()
 
     print(
-        f"### Library choices — bare relay on CPU {SERVER_CPU}, mock + wrk on CPU {LOAD_CPU}, "
+        f"### Library choices — {arr.description}; "
         f"wrk -t1 -c{a.concurrency}, {a.duration:g} s per run"
     )
     nz = noise.foreign_pct()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,11 +29,26 @@ def _run(coro: Awaitable[int | None]) -> int:
 
 
 # --- serve -------------------------------------------------------------------------------------
+def parse_workers(value: str) -> int:
+    """`--workers`: a count of processes, or `auto` for one per CPU."""
+    if value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        workers = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {value!r}") from None
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {workers}")
+    return workers
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from sentinel.server import serve
 
     settings = _settings(host=args.host, port=args.port)
-    return serve(settings)
+    # SENTINEL_WORKERS becomes a Settings field (NOTES-bench.md); until then only the flag sets it.
+    workers = args.workers if args.workers is not None else getattr(settings, "workers", 1)
+    return serve(settings, workers=workers)
 
 
 def cmd_mock(args: argparse.Namespace) -> int:
@@ -248,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gateway")
     p.add_argument("--host", default=None, help="bind address (default SENTINEL_HOST or 0.0.0.0)")
     p.add_argument("--port", type=int, default=None, help="port (default SENTINEL_PORT or 8080)")
+    p.add_argument(
+        "--workers", type=parse_workers, default=None,
+        help="processes serving the port, a number or auto (one per CPU); more than 1 needs REDIS_URL (default 1)",
+    )
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("mock-upstream", help="run the mock OpenAI/Anthropic upstream")

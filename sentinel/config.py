@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     max_in_flight: int = env("SENTINEL_MAX_IN_FLIGHT", 1024, ge=1)
     shutdown_timeout_seconds: float = env("SENTINEL_SHUTDOWN_TIMEOUT_SECONDS", 30.0, gt=0)
     access_log: bool = env("SENTINEL_ACCESS_LOG", True)
+    # Processes serving the port (`auto`: one per CPU); more than one needs REDIS_URL.
+    workers: int = env("SENTINEL_WORKERS", 1, ge=1)
     # Connection limits: a client that trickles its headers or body is cut off.
     header_timeout_seconds: float = env("SENTINEL_HEADER_TIMEOUT_SECONDS", 10.0, gt=0)
     body_timeout_seconds: float = env("SENTINEL_BODY_TIMEOUT_SECONDS", 30.0, gt=0)
@@ -136,6 +138,13 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of debug, info, warning, error, critical")
         return level
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return os.cpu_count() or 1
+        return value
 
     @field_validator("default_plan")
     @classmethod

@@ -1,109 +1,132 @@
 """Connection limits the ASGI app cannot enforce: time and size of a request's headers.
 
 uvicorn's httptools protocol waits for headers forever and takes any number of them; a client
-that trickles its request line could hold a connection (and a slot) indefinitely. `guarded_protocol`
-returns a subclass that closes a connection whose headers are not complete within
+that trickles its request line could hold a connection (and a slot) indefinitely.
+`GuardedHttpToolsProtocol` closes a connection whose headers are not complete within
 `header_timeout` seconds of its first byte (or of the connection, for one that sends nothing)
 and answers 431 to more than `max_headers` headers or `max_header_bytes` bytes of request line
 and headers. Body reading time is bounded by the app (`Deps.read_body`); idle keep-alive by
-uvicorn's `timeout_keep_alive`.
+uvicorn's `timeout_keep_alive`. The limits travel on the uvicorn `Config` object (module-level
+class, picklable config: `--workers` processes get them too).
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from sentinel.config import Settings
 
 
-def guarded_protocol(*, header_timeout: float, max_header_bytes: int, max_headers: int) -> type[HttpToolsProtocol]:
-    """An HttpToolsProtocol class enforcing these limits (pass it as uvicorn's `http`)."""
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Header deadline and sizes for one server."""
 
-    class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        _timer: asyncio.TimerHandle | None = None
-        _header_bytes = 0
-        _header_count = 0
-        _refused = False
+    header_timeout: float = 10.0
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with `ConnectionLimits` (read from `config.sentinel_limits`)."""
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._header_bytes = self._header_count = 0
-            self._arm()
+    _timer: asyncio.TimerHandle | None = None
+    _header_bytes = 0
+    _header_count = 0
+    _refused = False
 
-        def on_url(self, url: bytes) -> None:
-            self._header_bytes += len(url)
-            self._check()
-            super().on_url(url)
+    @property
+    def _limits(self) -> ConnectionLimits:
+        limits: ConnectionLimits = getattr(self.config, "sentinel_limits", None) or ConnectionLimits()
+        return limits
 
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._header_bytes += len(name) + len(value) + 4
-            self._header_count += 1
-            self._check()
-            super().on_header(name, value)
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
 
-        def on_headers_complete(self) -> None:
-            self._disarm()
-            if self._refused:
-                return
-            super().on_headers_complete()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
-        def data_received(self, data: bytes) -> None:
-            if self._refused:
-                return
-            super().data_received(data)
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = self._header_count = 0
+        self._arm()
 
-        def _check(self) -> None:
-            if self._refused:
-                return
-            if self._header_bytes > max_header_bytes or self._header_count > max_headers:
-                self._refuse(b"431 Request Header Fields Too Large", b"request headers too large\n")
+    def on_url(self, url: bytes) -> None:
+        self._header_bytes += len(url)
+        self._check()
+        super().on_url(url)
 
-        def _arm(self) -> None:
-            self._disarm()
-            self._timer = self.loop.call_later(header_timeout, self._too_slow)
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        self._header_count += 1
+        self._check()
+        super().on_header(name, value)
 
-        def _disarm(self) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        if self._refused:
+            return
+        super().on_headers_complete()
 
-        def _too_slow(self) -> None:
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)
+
+    def _check(self) -> None:
+        limits = self._limits
+        if not self._refused and (
+            self._header_bytes > limits.max_header_bytes or self._header_count > limits.max_headers
+        ):
+            self._refuse(b"431 Request Header Fields Too Large", b"request headers too large\n")
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(self._limits.header_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
             self._timer = None
-            if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
-                self._refuse(b"408 Request Timeout", b"request headers not received in time\n")
 
-        def _refuse(self, status: bytes, message: bytes) -> None:
-            self._refused = True
-            self._disarm()
-            if not self.transport.is_closing():
-                self.transport.write(
-                    b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                    b"content-length: " + str(len(message)).encode() + b"\r\nconnection: close\r\n\r\n" + message
-                )
-                self.transport.close()
+    def _too_slow(self) -> None:
+        self._timer = None
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self._refuse(b"408 Request Timeout", b"request headers not received in time\n")
 
-    return GuardedHttpToolsProtocol
+    def _refuse(self, status: bytes, message: bytes) -> None:
+        self._refused = True
+        self._disarm()
+        if not self.transport.is_closing():
+            self.transport.write(
+                b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: " + str(len(message)).encode() + b"\r\nconnection: close\r\n\r\n" + message
+            )
+            self.transport.close()
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """The limits `settings` ask for."""
+    return ConnectionLimits(settings.header_timeout_seconds, settings.max_header_bytes, settings.max_headers)
 
 
 def uvicorn_protocol_options(settings: Settings) -> dict[str, Any]:
-    """The uvicorn.Config keyword arguments that apply Sentinel's connection limits."""
+    """The uvicorn.Config keyword arguments for Sentinel's protocol and keep-alive limit (pair them with
+    `with_connection_limits`, which puts the header limits on the Config)."""
     return {
-        "http": guarded_protocol(
-            header_timeout=settings.header_timeout_seconds,
-            max_header_bytes=settings.max_header_bytes,
-            max_headers=settings.max_headers,
-        ),
+        "http": GuardedHttpToolsProtocol,
         "timeout_keep_alive": settings.keepalive_timeout_seconds,
         "h11_max_incomplete_event_size": settings.max_header_bytes,
     }
+
+
+def with_connection_limits(config: uvicorn.Config, settings: Settings) -> uvicorn.Config:
+    """`config` carrying `settings`' header limits for `GuardedHttpToolsProtocol`."""
+    config.sentinel_limits = connection_limits(settings)  # type: ignore[attr-defined]
+    return config

@@ -1,22 +1,43 @@
-"""Running Sentinel under uvicorn (uvloop + httptools), with the demo set-up of the embedded default."""
+"""Running Sentinel under uvicorn (uvloop + httptools): one process, or N worker processes on one port.
+
+With `workers > 1`, uvicorn's own supervisor (`uvicorn.supervisors.Multiprocess`) binds the port
+once in this (parent) process and hands the listening socket to N spawned workers, which accept
+from it in turn: a busy worker accepts fewer new connections. The parent restarts a worker that
+dies, replaces workers one by one on SIGHUP and, on SIGTERM/SIGINT, stops every worker gracefully
+(in-flight requests finish, each worker's usage deliverer flushes) before it exits 0.
+
+The Settings object is built once, here; each worker receives it pickled through the
+multiprocessing pipe (`WorkerApp`), never on a command line or in a log, and never re-reads the
+environment or a `.env` file.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
+import os
+import signal
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from sentinel.app import create_app
 from sentinel.config import Settings
 from sentinel.observability.logging import configure_logging
-from sentinel.protocol import uvicorn_protocol_options
+from sentinel.protocol import uvicorn_protocol_options, with_connection_limits
+
+if TYPE_CHECKING:
+    from sentinel.app import SentinelApp
 
 log = logging.getLogger("sentinel.server")
 
 DEMO_USER = "demo-user"
 DEMO_KEY_NAME = "demo (sentinel serve)"
+STARTUP_FAILURE = 3  # uvicorn.config.STARTUP_FAILURE: a worker could not start (app, DB, bind)
+_PR_SET_PDEATHSIG = 1
 
 
 async def _demo_key(settings: Settings) -> str:
@@ -37,8 +58,94 @@ async def _demo_key(settings: Settings) -> str:
         await engine.dispose()
 
 
-def serve(settings: Settings) -> int:
-    """Run the gateway until SIGTERM/SIGINT; in-flight requests drain before pools close."""
+def workers_refused(settings: Settings, workers: int) -> str | None:
+    """Why `workers` processes cannot serve with `settings` (one line), or None when they can."""
+    if workers > 1 and not settings.redis_url:
+        return (
+            f"--workers {workers} needs REDIS_URL: with the in-memory store every worker would keep "
+            "its own quotas, sessions and caches (set REDIS_URL, or run one worker)"
+        )
+    return None
+
+
+class WorkerApp:
+    """The app factory a worker process calls: `Settings` travel pickled inside this object.
+
+    Unpickling a pydantic model restores its fields without validation or environment reads, so
+    every worker runs with exactly the parent's configuration (the embedded mock's URL included).
+    """
+
+    def __init__(self, settings: Settings, parent_pid: int) -> None:
+        self.settings = settings
+        self.parent_pid = parent_pid
+
+    def __call__(self) -> SentinelApp:
+        from sentinel.app import create_app
+
+        configure_logging(self.settings.log_level)  # a spawned worker starts with bare logging
+        _exit_with_parent(self.parent_pid)
+        return create_app(self.settings)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Linux: ask for SIGTERM (a graceful stop) when the supervising parent dies, even by SIGKILL,
+    so no orphaned worker keeps serving on the port."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _config(app: Callable[..., Any], settings: Settings, workers: int) -> uvicorn.Config:
+    return with_connection_limits(uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+        server_header=False,
+        proxy_headers=False,  # Sentinel does not use the client address; skip the X-Forwarded-* rewrite
+        workers=workers,
+        factory=workers > 1,
+        **uvicorn_protocol_options(settings),
+    ), settings)
+
+
+def _run_workers(config: uvicorn.Config) -> int:
+    """Bind once, supervise `config.workers` processes until SIGTERM/SIGINT; 0 after a clean stop."""
+    from uvicorn.supervisors import Multiprocess
+
+    try:
+        sock = config.bind_socket()
+    except SystemExit:  # uvicorn logged the bind error and exits with STARTUP_FAILURE
+        return 1
+    supervisor = Multiprocess(config, sockets=[sock])
+    supervisor.run()
+    sock.close()
+    failed = [p.pid for p in supervisor.processes if p.process.exitcode == STARTUP_FAILURE]
+    if failed:
+        log.error("a worker failed to start; stopped all workers", extra={"worker_pids": failed})
+        return 1
+    return 0
+
+
+def serve(settings: Settings, workers: int = 1) -> int:
+    """Run the gateway until SIGTERM/SIGINT; in-flight requests drain before pools close.
+
+    Returns the process exit status: 2 when `workers` cannot share the configured store.
+    """
+    refused = workers_refused(settings, workers)
+    if refused:
+        print(f"sentinel: {refused}", file=sys.stderr, flush=True)
+        return 2
     configure_logging(settings.log_level)
     stop_mock = None
     demo_key = None
@@ -73,23 +180,15 @@ def serve(settings: Settings) -> int:
             """-d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}]}'""",
             flush=True,
         )
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop" if sys.platform != "win32" else "asyncio",
-        **uvicorn_protocol_options(settings),
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
-        server_header=False,
-        proxy_headers=False,  # Sentinel does not use the client address; skip the X-Forwarded-* rewrite
-    )
-    server = uvicorn.Server(config)
     try:
+        if workers > 1:
+            log.info("starting worker processes", extra={"workers": workers})
+            return _run_workers(_config(WorkerApp(settings, os.getpid()), settings, workers))
+        from sentinel.app import create_app  # not imported by a `--workers` parent: it serves nothing
+
+        server = uvicorn.Server(_config(create_app(settings), settings, 1))
         server.run()
+        return 0 if server.started else 1
     finally:
         if stop_mock is not None:
             stop_mock()
-    return 0 if server.started else 1

@@ -1,18 +1,4 @@
--- Shared by the scenario scripts (loaded with dofile): the Authorization header from the
--- environment and a done() that prints one machine-readable line for bench/bench.py.
---   BENCH_AUTH  bearer token to send (empty/unset: no Authorization header)
-
-local auth = os.getenv("BENCH_AUTH")
-
-function bench_request(body)
-  wrk.method = "POST"
-  wrk.body = body
-  wrk.headers["Content-Type"] = "application/json"
-  if auth ~= nil and auth ~= "" then
-    wrk.headers["Authorization"] = "Bearer " .. auth
-  end
-end
-
+-- Loaded by request.lua: a done() that prints one machine-readable line for bench/load.py.
 function done(summary, latency, requests)
   local e = summary.errors
   local parts = {}

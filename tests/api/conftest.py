@@ -15,7 +15,7 @@ import redis
 from sentinel.app import create_app
 from sentinel.config import Settings
 from sentinel.mock.app import create_mock_app
-from sentinel.protocol import uvicorn_protocol_options
+from sentinel.protocol import connection_limits, uvicorn_protocol_options
 from sentinel.wiring import Runtime
 from tests.support.accounts import create_key
 from tests.support.servers import ServerThread, serving
@@ -97,7 +97,9 @@ def gateway_factory(tmp_path: Path, mock_upstream: str) -> Iterator[Callable[...
         values.update(overrides)
         settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
         key_id, key = asyncio.run(create_key(settings.database_url, "alice"))
-        server = ServerThread(create_app(settings), **uvicorn_protocol_options(settings)).start()
+        server = ServerThread(
+            create_app(settings), limits=connection_limits(settings), **uvicorn_protocol_options(settings)
+        ).start()
         started.append(server)
         return Gateway(url=server.url, key=key, key_id=key_id, settings=settings, server=server)
 

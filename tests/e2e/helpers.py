@@ -6,6 +6,7 @@ the package's own repositories, as an operator's `sentinel keys create` / `usage
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import Counter
@@ -13,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import h11
 import httpx
 import orjson
 from sqlalchemy import func, select
@@ -211,3 +213,119 @@ def ledger_totals(rows: Iterable[LedgerRow]) -> dict[str, int]:
         "input_tokens": sum(r.input_tokens for r in rows),
         "output_tokens": sum(r.output_tokens for r in rows),
     }
+
+
+class RawConnection:
+    """One HTTP/1.1 connection of our own (h11 over asyncio streams), so a test knows its local port
+    and can tell, from /proc, which server process accepted it (tests.support.process)."""
+
+    def __init__(self, url: str) -> None:
+        host, _, port = url.removeprefix("http://").partition(":")
+        self.host, self.port = host, int(port)
+        self.local_port = 0
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._conn = h11.Connection(h11.CLIENT)
+
+    async def open(self) -> RawConnection:
+        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        self.local_port = self._writer.get_extra_info("sockname")[1]
+        self._conn = h11.Connection(h11.CLIENT)
+        return self
+
+    async def send(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> None:
+        """Send a whole request (the response is read by `receive`)."""
+        assert self._writer is not None, "open() first"
+        all_headers = [("Host", f"{self.host}:{self.port}"), ("Content-Length", str(len(body))), *headers.items()]
+        data = self._conn.send(h11.Request(method=method, target=path, headers=all_headers))
+        data += self._conn.send(h11.Data(data=body)) + self._conn.send(h11.EndOfMessage())
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def receive(self) -> tuple[int, bytes]:
+        """The response's status and body (status 0: the connection ended without a response)."""
+        assert self._reader is not None, "open() first"
+        status, body = 0, b""
+        while True:
+            event = self._conn.next_event()
+            if event is h11.NEED_DATA:
+                self._conn.receive_data(await self._reader.read(65536))
+                continue
+            if isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body += bytes(event.data)
+            elif isinstance(event, h11.ConnectionClosed):
+                return 0, b""
+            elif isinstance(event, h11.EndOfMessage):
+                if self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE:
+                    self._conn.start_next_cycle()
+                return status, body
+
+    async def chat(self, key: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Outcome:
+        """One non-streaming chat completion on this connection (X-Request-Id generated)."""
+        started = time.perf_counter()
+        try:
+            request_id = await self.send_chat(key, body, headers)
+        except OSError as exc:
+            return Outcome(0, "", error={"transport": type(exc).__name__})
+        outcome = await self.receive_chat(request_id)
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    async def send_chat(self, key: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> str:
+        """Send a non-streaming chat completion; returns its X-Request-Id (read it with `receive_chat`)."""
+        request_id = uuid.uuid4().hex
+        await self.send(
+            "POST",
+            CHAT_PATH,
+            orjson.dumps(body),
+            {
+                "Authorization": f"Bearer {key}",
+                "Content-Type": "application/json",
+                "X-Request-Id": request_id,
+                **(headers or {}),
+            },
+        )
+        return request_id
+
+    async def receive_chat(self, request_id: str) -> Outcome:
+        """The outcome of the chat sent as `request_id` (status 0: no complete response)."""
+        try:
+            status, raw = await self.receive()
+        except (OSError, h11.RemoteProtocolError) as exc:
+            return Outcome(0, request_id, error={"transport": type(exc).__name__})
+        outcome = Outcome(status, request_id)
+        if status == 200:
+            usage = orjson.loads(raw)["usage"]
+            outcome.usage = (usage["prompt_tokens"], usage["completion_tokens"])
+        elif raw:
+            try:
+                outcome.error = orjson.loads(raw).get("error")
+            except orjson.JSONDecodeError:
+                outcome.error = {"raw": raw.decode(errors="replace")}
+        return outcome
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            try:
+                await self._writer.wait_closed()
+            except OSError:
+                pass
+            self._writer = None
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` (with at least these labels) in a Prometheus text page."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, label_text = head.partition("{")
+        if metric != name:
+            continue
+        if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            total += float(value)
+    return total

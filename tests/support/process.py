@@ -259,3 +259,117 @@ class RedisServerProcess(ManagedProcess):
                 return conn.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+
+# --- several worker processes on one port (`sentinel serve --workers N`) --------------------------
+def worker_pids(parent_pid: int) -> list[int]:
+    """The multiprocessing workers `parent_pid` spawned (its resource tracker excluded)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # exited while we looked
+        if ppid == parent_pid and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _tcp_inodes(local_port: int, remote_port: int) -> set[str]:
+    """Socket inodes of the TCP connections local_port <-> remote_port (from /proc/net/tcp*)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if int(local.rsplit(":", 1)[1], 16) == local_port and int(remote.rsplit(":", 1)[1], 16) == remote_port:
+                inodes.add(f"socket:[{inode}]")
+    return inodes
+
+
+def connection_owners(server_port: int, client_ports: list[int], pids: list[int]) -> dict[int, int]:
+    """Which of `pids` holds the server end of each client connection: {client port: pid}.
+
+    Read from /proc (Linux), so it names the process that accepted the connection without the
+    server telling anything. A connection not yet accepted (or already closed) has no owner.
+    """
+    wanted = {inode: port for port in client_ports for inode in _tcp_inodes(server_port, port)}
+    owners: dict[int, int] = {}
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target in wanted:
+                owners[wanted[target]] = pid
+    return owners
+
+
+class SentinelWorkersProcess(SentinelProcess):
+    """`sentinel serve --workers N`: `pid` is the supervising parent, `worker_pids()` its workers.
+
+    Ready once every worker answered `/health/live` itself: probes go out on a few connections at
+    a time, and /proc tells which worker accepted each one (a worker still starting accepts none).
+    """
+
+    name = "sentinel-workers"
+
+    def __init__(self, log_dir: Path, env: Mapping[str, str], *, workers: int, port: int | None = None) -> None:
+        super().__init__(log_dir, env, port=port)
+        self.workers = workers
+        self._answered: set[int] = set()
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--workers", str(self.workers)]
+
+    def worker_pids(self) -> list[int]:
+        return worker_pids(self.pid)
+
+    def start(self) -> Self:
+        self._answered = set()
+        return super().start()
+
+    def is_ready(self) -> bool:
+        workers = self.worker_pids() if self.running else []
+        if len(workers) < self.workers:
+            return False
+        probes: list[socket.socket] = []
+        ports: list[int] = []
+        try:
+            for _ in range(4):
+                probes.append(socket.create_connection(("127.0.0.1", self.port), timeout=1))
+            for probe in probes:
+                probe.sendall(b"GET /health/live HTTP/1.1\r\nHost: sentinel\r\n\r\n")
+            answers = [probe.recv(256) for probe in probes]
+            ports = [probe.getsockname()[1] for probe in probes]
+            owners = connection_owners(self.port, ports, workers)
+        except OSError:
+            return False
+        finally:
+            for probe in probes:
+                probe.close()
+        for probe_port, answer in zip(ports, answers, strict=True):
+            if answer.startswith(b"HTTP/1.1 200") and probe_port in owners:
+                self._answered.add(owners[probe_port])
+        return set(workers) <= self._answered
+
+
+def pid_exists(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def command_line(pid: int) -> bytes:
+    """The process's argv as the kernel shows it to everyone (NUL-separated)."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes()

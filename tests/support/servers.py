@@ -22,8 +22,10 @@ def free_port() -> int:
 class ServerThread:
     """A uvicorn server in a thread; `url` is its base URL once `start()` returned."""
 
-    def __init__(self, app: Any, *, port: int | None = None, graceful: int = 5, **options: Any) -> None:
-        """`options` are more uvicorn.Config arguments (e.g. Sentinel's connection limits)."""
+    def __init__(
+        self, app: Any, *, port: int | None = None, graceful: int = 5, limits: Any = None, **options: Any
+    ) -> None:
+        """`options` are more uvicorn.Config arguments, `limits` Sentinel's ConnectionLimits."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
@@ -37,6 +39,8 @@ class ServerThread:
             timeout_graceful_shutdown=graceful,
             **{"http": "httptools", **options},
         )
+        if limits is not None:
+            config.sentinel_limits = limits  # type: ignore[attr-defined]
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -1,0 +1,163 @@
+"""What the benchmark sends: the scenarios, wrk runs (one generic Lua script) and the TTFB client.
+
+A scenario is one line in SCENARIOS: its name, the path and JSON body Sentinel receives, and the
+path of the same call on the mock upstream / bare relay (None when the call only exists on
+Sentinel: its direct/bare columns then repeat the `baseline` scenario's rows). When Sentinel's
+Anthropic surface lands, the `/v1/messages` row is the commented line below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from procs import taskset
+
+WRK_SCRIPT = Path(__file__).resolve().parent / "wrk" / "request.lua"
+
+_SYSTEM = {"role": "system", "content": "You are terse."}
+_USER = {"role": "user", "content": "Say hello to the benchmark."}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    path: str  # on Sentinel
+    body: dict[str, Any]
+    upstream_path: str | None  # the same call on the mock / bare relay; None: Sentinel only
+    baseline: str | None = None  # Sentinel-only: whose direct/bare rows to compare with
+    stream: bool = False
+    auth_header: str = "Authorization"  # "Authorization" sends "Bearer KEY"; any other sends KEY
+
+    def body_bytes(self) -> bytes:
+        return json.dumps(self.body, separators=(",", ":")).encode()
+
+    def headers(self, key: str | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers[self.auth_header] = f"Bearer {key}" if self.auth_header == "Authorization" else key
+        if self.auth_header.lower() == "x-api-key":
+            headers["anthropic-version"] = "2023-06-01"
+        return headers
+
+
+CHAT = {"model": "gpt-4o-mini", "messages": [_SYSTEM, _USER], "max_tokens": 64}
+SCENARIOS: list[Scenario] = [
+    Scenario("chat", "/v1/chat/completions", CHAT, "/v1/chat/completions"),
+    Scenario("stream", "/v1/chat/completions", {**CHAT, "stream": True}, "/v1/chat/completions", stream=True),
+    Scenario("native", "/native/v1/chat/completions", {"tier": "simple", "messages": [_SYSTEM, _USER]}, None, "chat"),
+    # Scenario("messages", "/v1/messages", {"model": "claude-3-5-haiku-latest", "max_tokens": 64, "messages": [_USER]}, "/v1/messages", auth_header="x-api-key"),  # noqa: E501
+]
+BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+def run_wrk(
+    url: str,
+    scenario: Scenario,
+    conns: int,
+    duration: float,
+    key: str | None,
+    *,
+    cpus: str | None,
+    workdir: Path,
+    timeout_s: int = 10,
+) -> dict[str, Any]:
+    """One fixed-duration wrk run (-t1 -cN --latency); percentiles come from the script's done()."""
+    body_file = workdir / f"body-{scenario.name}.json"
+    body_file.write_bytes(scenario.body_bytes())
+    headers = scenario.headers(key)
+    env = {
+        **os.environ,
+        "BENCH_BODY_FILE": str(body_file),
+        "BENCH_HEADERS": "\n".join(f"{k}: {v}" for k, v in headers.items()),
+    }
+    cmd = [
+        *taskset(cpus), "wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s",
+        f"--timeout={timeout_s}s", "--latency", "-s", str(WRK_SCRIPT), url,
+    ]  # fmt: skip
+    try:
+        cp = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        return {"error": "wrk did not finish in time"}
+    line = next((ln for ln in cp.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if line is None:
+        return {"error": f"wrk exit {cp.returncode}: {cp.stderr.strip() or cp.stdout.strip()}"[:500]}
+    d = json.loads(line[len("BENCH_JSON ") :])
+    secs = d["duration_us"] / 1e6
+    lat = d["latency_us"]
+    m = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", cp.stdout)
+    e = d["errors"]
+    return {
+        "requests": d["requests"],
+        "rps": d["requests"] / secs if secs else 0.0,
+        "p50_ms": lat["p50"] / 1000,
+        "p90_ms": lat["p90"] / 1000,
+        "p99_ms": lat["p99"] / 1000,
+        "max_ms": lat["max"] / 1000,
+        "non2xx": int(m.group(1)) if m else 0,
+        "socket_errors": e["connect"] + e["read"] + e["write"] + e["timeout"],
+        "errors": e,
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, round(q / 100 * len(s) + 0.5) - 1))  # nearest-rank
+    return s[k]
+
+
+async def _ttfb(
+    url: str, body: bytes, headers: dict[str, str], n: int, warmup: int, budget_s: float
+) -> dict[str, Any]:
+    import aiohttp
+
+    first: list[float] = []
+    total: list[float] = []
+    statuses: Counter[int] = Counter()
+    deadline = time.monotonic() + budget_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        for i in range(warmup + n):
+            if time.monotonic() > deadline:
+                break
+            t0 = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as resp:
+                chunk = await resp.content.readany()
+                t1 = time.perf_counter()
+                while chunk:
+                    chunk = await resp.content.readany()
+                t2 = time.perf_counter()
+                if i >= warmup:
+                    statuses[resp.status] += 1
+                    if resp.status == 200:
+                        first.append(t1 - t0)
+                        total.append(t2 - t0)
+    return {
+        "n": len(first),
+        "statuses": dict(statuses),
+        "ttfb_p50_ms": pct(first, 50) * 1000,
+        "ttfb_p99_ms": pct(first, 99) * 1000,
+        "total_p50_ms": pct(total, 50) * 1000,
+        "total_p99_ms": pct(total, 99) * 1000,
+    }
+
+
+def ttfb(url: str, key: str | None, n: int, chunk_delay_ms: float, budget_s: float) -> dict[str, Any]:
+    """N sequential streamed chats: time to the first body bytes and to the end of the stream.
+
+    The mock waits `chunk_delay_ms` between events (a directive in the user text, so it survives
+    any relay): a relay that buffered the stream would show TTFB close to the total."""
+    scenario = BY_NAME["stream"]
+    body = json.loads(scenario.body_bytes())
+    if chunk_delay_ms > 0:
+        body["messages"][-1]["content"] += f" #mock:chunk_delay_ms={chunk_delay_ms:g}"
+    return asyncio.run(_ttfb(url, json.dumps(body).encode(), scenario.headers(key), n, 10, budget_s))

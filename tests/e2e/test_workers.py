@@ -1,0 +1,271 @@
+"""`sentinel serve --workers N`: N processes on one port, sharing Redis and the database.
+
+Which process served a request is read from /proc (the worker holding the server end of the
+client's TCP connection), so nothing new is exposed by Sentinel for the tests. Every request
+carries its own X-Request-Id, which is the ledger's request id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sentinel.cli import parse_workers
+from sentinel.config import Settings
+from sentinel.server import WorkerApp
+from tests.e2e.conftest import Processes
+from tests.e2e.helpers import (
+    UPSTREAM_KEY,
+    Outcome,
+    RawConnection,
+    chat_body,
+    eventually,
+    new_user,
+    provision,
+    sentinel_env,
+    statuses,
+    wait_for_rows,
+)
+from tests.support.process import (
+    SentinelWorkersProcess,
+    base_env,
+    command_line,
+    connection_owners,
+    pid_exists,
+    port_open,
+)
+from tests.support.servers import free_port
+
+StartWorkers = Callable[..., SentinelWorkersProcess]
+
+
+@pytest.fixture
+def start_workers(tmp_path: Path) -> Iterator[StartWorkers]:
+    started: list[tuple[SentinelWorkersProcess, list[int]]] = []
+
+    def start(env: dict[str, str], workers: int = 2) -> SentinelWorkersProcess:
+        gateway = SentinelWorkersProcess(tmp_path, env, workers=workers).start()
+        started.append((gateway, gateway.worker_pids()))
+        return gateway
+
+    yield start
+    for gateway, workers in started:
+        gateway.stop(timeout=30)
+        for pid in workers:  # a worker that outlived its parent (a failing test) must not linger
+            if pid_exists(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def open_connections(url: str, count: int) -> list[RawConnection]:
+    """`count` connections opened at once (the kernel hands each to whichever worker accepts first)."""
+    return list(await asyncio.gather(*(RawConnection(url).open() for _ in range(count))))
+
+
+async def close_all(connections: list[RawConnection]) -> None:
+    await asyncio.gather(*(c.close() for c in connections))
+
+
+@pytest.fixture
+async def connections() -> AsyncIterator[list[RawConnection]]:
+    opened: list[RawConnection] = []
+    yield opened
+    await close_all(opened)
+
+
+# --- configuration ---------------------------------------------------------------------------------
+def test_workers_flag_takes_a_count_or_auto() -> None:
+    assert parse_workers("3") == 3
+    assert parse_workers("auto") == (os.cpu_count() or 1)
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_workers(bad)
+
+
+@pytest.mark.parametrize("workers", ["2", "auto"])
+def test_several_workers_refuse_the_in_memory_store(tmp_path: Path, workers: str) -> None:
+    if workers == "auto" and (os.cpu_count() or 1) < 2:
+        pytest.skip("auto means one worker on a single CPU")
+    port = free_port()
+    env = base_env(sentinel_env("http://127.0.0.1:9", f"sqlite+aiosqlite:///{tmp_path}/s.db"))
+    done = subprocess.run(
+        [sys.executable, "-m", "sentinel", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", workers],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "REDIS_URL" in lines[0] and "quotas" in lines[0]
+    assert done.stdout == "" and not port_open(port)
+
+
+def test_workers_get_the_parents_settings_without_reading_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    parent = Settings(
+        openai_api_key="sk-parent", redis_url="redis://parent:6379/0", default_plan="requests=7/1h"
+    )
+    shipped = pickle.dumps(WorkerApp(parent, os.getpid()))
+    # What a worker would otherwise pick up: another environment and a .env file.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-other")
+    monkeypatch.setenv("REDIS_URL", "redis://other:6379/0")
+    (tmp_path / ".env").write_text("DEFAULT_PLAN=requests=1/1m\n")
+    received = pickle.loads(shipped).settings
+    assert received == parent
+    assert (received.openai_api_key, received.redis_url, received.default_plan) == (
+        "sk-parent", "redis://parent:6379/0", "requests=7/1h",
+    )  # fmt: skip
+
+
+# --- serving -----------------------------------------------------------------------------------------
+@pytest.mark.redis
+async def test_two_workers_serve_requests_from_two_processes(
+    processes: Processes,
+    start_workers: StartWorkers,
+    connections: list[RawConnection],
+    sqlite_url: str,
+    upstream: str,
+) -> None:
+    user = new_user("workers")
+    key = await provision(sqlite_url, user)
+    gateway = start_workers(sentinel_env(upstream, sqlite_url, processes.redis().url), workers=2)
+    workers = gateway.worker_pids()
+    assert len(workers) == 2 and gateway.pid not in workers
+
+    outcomes: list[Outcome] = []
+    owners: dict[int, int] = {}
+    for _ in range(20):  # batches of new connections until both workers accepted some
+        batch = await open_connections(gateway.url, 6)
+        connections.extend(batch)
+        outcomes += await asyncio.gather(*(c.chat(key, chat_body("which process?")) for c in batch))
+        owners.update(connection_owners(gateway.port, [c.local_port for c in batch], workers))
+        if set(owners.values()) == set(workers):
+            break
+
+    assert statuses(outcomes) == {200: len(outcomes)}
+    assert len(owners) == len(connections), "every connection was accepted by one of the workers"
+    assert set(owners.values()) == set(workers), "both worker processes served requests"
+    rows = await wait_for_rows(sqlite_url, user, len(outcomes))
+    assert sorted(r.request_id for r in rows) == sorted(o.request_id for o in outcomes)
+    # The upstream key reached the workers inside the pickled Settings: not on a command line, not logged.
+    for pid in (gateway.pid, *workers):
+        assert UPSTREAM_KEY.encode() not in command_line(pid)
+    assert UPSTREAM_KEY not in gateway.log_tail(lines=100_000)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("k", [10, 17])
+async def test_exact_admission_across_workers(
+    processes: Processes,
+    start_workers: StartWorkers,
+    connections: list[RawConnection],
+    sqlite_url: str,
+    upstream: str,
+    k: int,
+) -> None:
+    user = new_user(f"admit{k}")
+    key = await provision(sqlite_url, user, plan=f"requests={k}/1d")
+    gateway = start_workers(sentinel_env(upstream, sqlite_url, processes.redis().url), workers=2)
+    workers = gateway.worker_pids()
+
+    connections.extend(await open_connections(gateway.url, 3 * k))
+    outcomes = await asyncio.gather(
+        *(c.chat(key, chat_body(f"burst {i}")) for i, c in enumerate(connections))
+    )
+    owners = connection_owners(gateway.port, [c.local_port for c in connections], workers)
+
+    assert statuses(outcomes) == {200: k, 429: 2 * k}, [(o.status, o.error) for o in outcomes]
+    assert set(owners.values()) == set(workers), "both workers admitted or refused part of the burst"
+    rows = await wait_for_rows(sqlite_url, user, k)
+    assert sorted(r.request_id for r in rows) == sorted(o.request_id for o in outcomes if o.status == 200)
+
+
+# --- stopping ------------------------------------------------------------------------------------------
+@pytest.mark.redis
+async def test_sigterm_drains_every_worker_then_exits_0(
+    processes: Processes,
+    start_workers: StartWorkers,
+    connections: list[RawConnection],
+    sqlite_url: str,
+    upstream: str,
+) -> None:
+    user = new_user("drain")
+    key = await provision(sqlite_url, user)
+    # A flush interval longer than the test: only each worker's shutdown flush can fill the ledger.
+    env = sentinel_env(
+        upstream, sqlite_url, processes.redis().url,
+        USAGE_FLUSH_INTERVAL_SECONDS="60", SENTINEL_SHUTDOWN_TIMEOUT_SECONDS="20",
+    )  # fmt: skip
+    gateway = start_workers(env, workers=2)
+    workers = gateway.worker_pids()
+
+    connections.extend(await open_connections(gateway.url, 4))
+    done = list(await asyncio.gather(*(c.chat(key, chat_body("before the stop")) for c in connections)))
+
+    # Slow calls (3 s upstream latency) on new connections until both workers have some in flight.
+    slow = {"X-Mock-Latency-Ms": "3000"}
+    pending: list[tuple[RawConnection, str]] = []
+    owners: dict[int, int] = {}
+    for _ in range(5):
+        batch = await open_connections(gateway.url, 6)
+        connections.extend(batch)
+        pending += [(c, await c.send_chat(key, chat_body("in flight at SIGTERM"), slow)) for c in batch]
+
+        async def accepted(batch: list[RawConnection] = batch) -> bool:
+            owners.update(connection_owners(gateway.port, [c.local_port for c in batch], workers))
+            return all(c.local_port in owners for c in batch)
+
+        await eventually(accepted, within=2, every=0.05)
+        if set(owners.values()) == set(workers):
+            break
+    assert set(owners.values()) == set(workers), "both workers have calls in flight"
+
+    gateway._signal(signal.SIGTERM)
+    done += await asyncio.gather(*(c.receive_chat(request_id) for c, request_id in pending))
+    exit_status = await asyncio.to_thread(gateway.proc.wait, 60)  # type: ignore[union-attr]
+
+    assert statuses(done) == {200: len(done)}, [(o.status, o.error) for o in done]
+    assert exit_status == 0
+    assert not any(pid_exists(pid) for pid in workers)
+    rows = await wait_for_rows(sqlite_url, user, len(done), within=5)
+    assert sorted(r.request_id for r in rows) == sorted(o.request_id for o in done)
+
+
+@pytest.mark.redis
+def test_a_worker_that_cannot_start_stops_everything_with_status_1(
+    processes: Processes, tmp_path: Path, upstream: str
+) -> None:
+    unreachable = "postgresql+asyncpg://nobody@127.0.0.1:1/sentinel"  # every worker fails its start-up
+    env = base_env(sentinel_env(upstream, unreachable, processes.redis().url))
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "sentinel", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "failed to start" in done.stderr
+    assert not port_open(port)
+
+
+@pytest.mark.redis
+async def test_workers_stop_when_the_parent_is_killed(
+    processes: Processes, start_workers: StartWorkers, sqlite_url: str, upstream: str
+) -> None:
+    gateway = start_workers(sentinel_env(upstream, sqlite_url, processes.redis().url), workers=2)
+    workers = gateway.worker_pids()
+    gateway.kill9()
+
+    async def all_gone() -> bool:
+        return not any(pid_exists(pid) for pid in workers)
+
+    assert await eventually(all_gone, within=30), "workers outlived their supervisor"
+    assert not port_open(gateway.port)

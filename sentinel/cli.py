@@ -47,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(host=args.host, port=args.port)
     # SENTINEL_WORKERS becomes a Settings field (NOTES-bench.md); until then only the flag sets it.
-    workers = args.workers if args.workers is not None else getattr(settings, "workers", 1)
+    workers = args.workers if args.workers is not None else settings.workers
     return serve(settings, workers=workers)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from sentinel.cli import parse_workers
-from sentinel.config import Settings
+from sentinel.config import Settings, reveal
 from sentinel.server import WorkerApp
 from tests.e2e.conftest import Processes
 from tests.e2e.helpers import (
@@ -121,7 +121,7 @@ def test_workers_get_the_parents_settings_without_reading_the_environment(
     (tmp_path / ".env").write_text("DEFAULT_PLAN=requests=1/1m\n")
     received = pickle.loads(shipped).settings
     assert received == parent
-    assert (received.openai_api_key, received.redis_url, received.default_plan) == (
+    assert (reveal(received.openai_api_key), received.redis_url, received.default_plan) == (
         "sk-parent", "redis://parent:6379/0", "requests=7/1h",
     )  # fmt: skip
 

@@ -12,6 +12,11 @@ from typing import Any
 from sentinel.native.openai_checks import output_multiplier
 from sentinel.quota.tokens import TokenCounter
 
+# No request reserves more output tokens than this (no model produces that many in one call): the
+# quota arithmetic — Lua numbers in Redis, the 429's details, JSON — stays exact and in range
+# whatever token cap and `n` a client sends.
+MAX_RESERVED_OUTPUT = 2**40
+
 
 def estimate_input(counter: TokenCounter, endpoint: str, model: str, payload: dict[str, Any]) -> int:
     """Input tokens the request will most likely be billed for (before the provider says)."""
@@ -54,7 +59,7 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any])
 
 def max_output(endpoint: str, payload: dict[str, Any], default: int) -> int:
     """The most output tokens the request can produce: its own cap (or `default`) times the number
-    of completions it asks for (`n`, `best_of`)."""
+    of completions it asks for (`n`, `best_of`), at most MAX_RESERVED_OUTPUT."""
     if endpoint == "embeddings":
         return 0
     keys = {
@@ -69,4 +74,4 @@ def max_output(endpoint: str, payload: dict[str, Any], default: int) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             cap = value
             break
-    return cap * output_multiplier(endpoint, payload)
+    return min(cap * output_multiplier(endpoint, payload), MAX_RESERVED_OUTPUT)

@@ -1,0 +1,269 @@
+"""Errors that tell the truth and leak nothing: no malformed body is a 5xx, a refused provider key
+is a generic 502, and client-chosen model names never become metric labels."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from sentinel.mock.app import create_mock_app
+from sentinel.native.responses import ErrorBody
+from tests.api.conftest import Gateway
+from tests.api.test_native import tiers_file
+from tests.api.test_quotas import set_plan
+from tests.support.attack import ledger_rows, openai_error, wait_for
+from tests.support.servers import serving
+
+MODEL = "gpt-4o-mini"
+NATIVE = "/native/v1/chat/completions"
+
+
+def nested(depth: int, leaf: Any = 1) -> Any:
+    value = leaf
+    for i in range(depth):
+        value = {"k": value} if i % 2 else [value]
+    return value
+
+
+def deep_schema(depth: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"x": schema}}
+    return schema
+
+
+def user(text: str = "hi") -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+def tool_call(arguments: Any) -> list[dict[str, Any]]:
+    return [*user(), {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": arguments}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "ok"}]
+
+
+def dumps(body: Any) -> bytes:
+    """JSON text of `body` (the standard library's encoder: it nests deeper than orjson's)."""
+    return json.dumps(body).encode()
+
+
+DEEP_JSON_TEXT = '{"a":' * 300 + "1" + "}" * 300
+# Bodies that must be a 400 in the surface's error shape: (path, body).
+MUST_BE_400: list[tuple[str, dict[str, Any]]] = [
+    ("/v1/chat/completions", {"model": MODEL, "messages": [1]}),
+    ("/v1/responses", {"model": MODEL, "input": "hi", "instructions": 123}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": user(), "tools": [
+        {"type": "function", "function": {"name": "f", "parameters": deep_schema(300)}}]}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": tool_call(nested(300))}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": user(), "stream": True, "extra": nested(300)}),
+    ("/v1/responses", {"model": MODEL, "input": "hi", "stream": True, "metadata": nested(300)}),
+    ("/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "stream": True, "x": nested(300)}),
+    ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi", "x": nested(300)}),
+    ("/v1/responses", {"model": MODEL, "input": [{"role": "user", "content": nested(300)}]}),
+    ("/v1/responses", {"model": MODEL, "input": [{"type": "function_call_output", "call_id": "c",
+                                                   "output": nested(300)}]}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": user(), "max_tokens": 1e308}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": user(), "max_tokens": "NaN"}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": user(), "n": "Infinity"}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": user(), "max_tokens": -(2**63)}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": user(), "n": 2**63 - 1}),
+    ("/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "best_of": 2**63 - 1}),
+    ("/v1/chat/completions", {"model": None, "messages": user()}),
+]
+RAW_400: list[tuple[bytes, str]] = [  # (body, content type)
+    (b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":NaN}', "application/json"),
+    (b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":Infinity}', "application/json"),
+    (b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":1' + b"0" * 400 + b"}",
+     "application/json"),
+    (b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"n":123456789012345678901234567890}',
+     "application/json"),
+    (b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"\xff\xfe\xc3"}]}', "application/json"),
+    (b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"\\ud800"}]}', "application/json"),
+    (b"[" * 100_000 + b"]" * 100_000, "application/json"),
+    (b'{"a":' * 5000 + b"1" + b"}" * 5000, "application/json"),
+    (b"[]", "application/json"), (b'"chat"', "application/json"), (b"1", "application/json"),
+    (b"null", "application/json"), (b"true", "application/json"), (b"", "application/json"), (b"", ""),
+    (b"model=gpt-4o-mini&messages=hi", "application/x-www-form-urlencoded"),
+    (b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o-mini\r\n--b--\r\n",
+     "multipart/form-data; boundary=b"),
+    (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03", "application/json"),
+    (b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]', "application/json"),
+    (b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}garbage', "application/json"),
+]
+
+
+def test_malformed_bodies_are_400_in_the_openai_shape(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(default_plan="requests=100000/1m,output_tokens=1000000/1m")
+    with gw.client() as http:
+        for path, body in MUST_BE_400:
+            r = http.post(path, content=dumps(body), headers={"content-type": "application/json"})
+            assert r.status_code == 400, (path, str(body)[:200], r.status_code, r.text[:300])
+            openai_error(r.json())
+        for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"):
+            for raw, kind in RAW_400:
+                r = http.post(path, content=raw, headers={"content-type": kind} if kind else {})
+                assert r.status_code == 400, (path, raw[:80], r.status_code, r.text[:300])
+                openai_error(r.json())
+
+
+def test_odd_but_wellformed_bodies_are_never_a_server_error(gateway_factory: Callable[..., Gateway]) -> None:
+    """Whatever the answer (the upstream may refuse them), it is not a 5xx."""
+    gw = gateway_factory(default_plan="requests=100000/1m")
+    chat: dict[str, Any] = {"model": MODEL, "messages": user()}
+    bodies = [
+        {**chat, "messages": tool_call(DEEP_JSON_TEXT)},
+        {**chat, "tools": [{"type": "function", "function": {"name": "f", "parameters": deep_schema(30)}}]},
+        {**chat, "tools": [{"type": "function", "function": {"name": "f", "parameters": deep_schema(30)}}] * 128},
+        {**chat, "max_tokens": 2**62},
+        {**chat, "n": 128, "max_tokens": 2**62},
+        {**chat, "messages": [{"role": "user", "content": "\u0000\ud7ff\ufffe\U0010ffff" * 100}]},
+        {**chat, "messages": [{"role": "\u202e", "content": [{"type": "\u0000"}]}]},
+        {**chat, "stream": False, "stream_options": {"include_usage": "yes"}},
+        {**chat, "stream": True, "stream_options": {"include_usage": False}},
+        {**chat, "model": "x" * 200},
+        {**chat, "logit_bias": {str(i): 100 for i in range(300)}},
+        {**chat, "temperature": 1e308, "top_p": -1e308},
+    ]
+    with gw.client() as http:
+        for body in bodies:
+            r = http.post("/v1/chat/completions", content=dumps(body), headers={"content-type": "application/json"})
+            assert r.status_code < 500, (str(body)[:200], r.status_code, r.text[:300])
+            if r.status_code >= 400:
+                openai_error(r.json())
+        r = http.post("/v1/chat/completions", content=orjson.dumps(chat), headers={"content-type": "text/plain"})
+        assert r.status_code < 500
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    return None if request.param == "memory" else request.getfixturevalue("redis_url")
+
+
+def test_huge_token_caps_are_refused_not_crashed(gateway_factory: Callable[..., Gateway], store_url: str | None) -> None:
+    """Caps and multipliers beyond 64 bits and a Lua number's exact range: a 429 with its details,
+    never a 5xx (the details once held a 70-bit integer that could not be rendered)."""
+    gw = gateway_factory(redis_url=store_url)
+    set_plan(gw.settings.database_url, "alice", "tokens", "requests=100/1m,output_tokens=1000/1m")
+    with gw.client() as http:
+        for extra in ({"max_tokens": 2**62}, {"n": 128, "max_tokens": 2**62}, {"max_completion_tokens": 2**53 + 1},
+                      {"n": 128, "max_tokens": 2**64 - 1}, {"n": 128, "max_completion_tokens": 2**63}):
+            r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": user(), **extra})
+            assert r.status_code == 429, (extra, r.text)
+            assert openai_error(r.json())["details"]["metric"] == "output_tokens"
+        assert http.post("/v1/chat/completions", json={"model": MODEL, "messages": user(), "max_tokens": 10}
+                         ).status_code == 200
+
+
+def test_malformed_native_bodies_are_400_in_the_native_shape(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    gw = gateway_factory(providers_file=tiers_file(tmp_path, "openai"))
+    tool = {"type": "function", "function": {"name": "f", "parameters": deep_schema(300)}}
+    bodies: list[bytes] = [
+        dumps({"messages": [1]}),
+        dumps({"messages": user(), "tools": [tool]}),
+        dumps({"messages": tool_call(nested(300))}),
+        dumps({"messages": tool_call({"deep": nested(300)})}),
+        dumps({"messages": user(), "stream": True, "metadata": nested(300)}),
+        dumps({"messages": user(), "max_tokens": "NaN"}),
+        dumps({"messages": user(), "max_tokens": 2**64 + 1}),
+        dumps({"messages": user(), "stream": 1}),
+        *(raw for raw, _ in RAW_400),
+    ]
+    with gw.client() as http:
+        for body in bodies:
+            r = http.post(NATIVE, content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 400, (body[:120], r.status_code, r.text[:300])
+            ErrorBody.model_validate_json(r.content)
+
+
+# --- a provider refusing Sentinel's key --------------------------------------------------------
+UPSTREAM_TRUE_KEY = "sk-proj-Hq7Wd2Zr8Kp3Ux5Ny4Bv"
+GATEWAY_WRONG_KEY = "sk-proj-Zq81Xv7MwRt3LpK9Fj6Qe"
+
+
+def key_fragments(key: str) -> list[str]:
+    """Every piece of `key` a provider might quote: its tail, and any 5 characters after `sk-proj-`."""
+    body = key.removeprefix("sk-proj-")
+    return [key, key[-4:], *(body[i : i + 5] for i in range(0, len(body) - 4))]
+
+
+def assert_generic_auth_error(r: httpx.Response) -> None:
+    assert r.status_code == 502, (r.request.url, r.status_code, r.text)
+    error = openai_error(r.json())
+    assert error["code"] == "provider_auth_error", error
+    for fragment in key_fragments(GATEWAY_WRONG_KEY) + ["Incorrect API key", "****", "provided"]:
+        assert fragment not in r.text, (fragment, r.text)
+        assert all(fragment not in v for v in r.headers.values()), (fragment, r.headers)
+
+
+def test_a_refused_provider_key_is_a_generic_502(gateway_factory: Callable[..., Gateway]) -> None:
+    with serving(create_mock_app(api_key=UPSTREAM_TRUE_KEY)) as upstream:
+        gw = gateway_factory(openai_api_url=upstream.url + "/v1", openai_api_key=GATEWAY_WRONG_KEY,
+                             passthrough="/v1/moderations")
+        with gw.client() as http:
+            calls = [
+                http.post("/v1/chat/completions", json={"model": MODEL, "messages": user()}),
+                http.post("/v1/chat/completions", json={"model": MODEL, "messages": user(), "stream": True}),
+                http.post("/v1/completions", json={"model": "gpt-3.5-turbo-instruct", "prompt": "hi"}),
+                http.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": "hi"}),
+                http.post("/v1/responses", json={"model": MODEL, "input": "hi"}),
+                http.post("/v1/responses", json={"model": MODEL, "input": "hi", "stream": True}),
+                http.post("/v1/moderations", json={"input": "hi"}),
+            ]
+            for r in calls:
+                assert_generic_auth_error(r)
+            for r in (http.get("/v1/models"), http.get(f"/v1/models/{MODEL}")):
+                assert r.status_code in (200, 502)
+                assert all(f not in r.text for f in key_fragments(GATEWAY_WRONG_KEY))
+
+
+def test_a_forbidden_provider_answer_is_a_generic_502(gateway: Gateway) -> None:
+    with gateway.client() as http:
+        for path, body in (("/v1/chat/completions", {"model": MODEL, "messages": user()}),
+                           ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi"})):
+            r = http.post(path, json=body, headers={"X-Mock-Status": "403"})
+            assert_generic_auth_error(r)
+
+
+# --- metric labels -------------------------------------------------------------------------------
+def metrics_text(gw: Gateway) -> str:
+    return httpx.get(gw.url + "/metrics").text
+
+
+@pytest.mark.parametrize("length", [3000, 190])
+def test_made_up_model_names_do_not_grow_the_metrics(gateway_factory: Callable[..., Gateway], length: int) -> None:
+    gw = gateway_factory(default_plan="requests=1000/1m", usage_flush_interval_seconds=0.1)
+    with gw.client() as http:
+        def ask(tag: str) -> int:
+            """Both endpoints with a made-up model name; how many were served."""
+            name = (tag + "-" + "m" * length)[:length]
+            served = 0
+            for path, body in (("/v1/chat/completions", {"model": name, "messages": user()}),
+                               ("/v1/embeddings", {"model": name, "input": "hi"})):
+                status = http.post(path, json=body).status_code
+                assert status < 500
+                served += status == 200
+            return served
+
+
+        served = ask("warmup")  # the first made-up name may create the `other` series once,
+        assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == served)  # a first delivery its own,
+        metrics_text(gw)  # and the first scrape the /metrics route's
+        before = metrics_text(gw)
+        for i in range(5):
+            ask(f"made-up-{i}")
+        after = metrics_text(gw)
+    assert series(after) == series(before)  # no new series at all
+    assert len(after) - len(before) < 600, len(after) - len(before)
+    assert "made-up-" not in after and "warmup" not in after and "m" * 100 not in after
+
+
+def series(text: str) -> set[str]:
+    return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}

@@ -1,0 +1,194 @@
+"""Objects created upstream through Sentinel belong to their creator, on a real Redis.
+
+Two users share the company's provider account. Bob tries every way to name Alice's stored
+response and file — in the path (plain and encoded), in a body field, nested in a message — and
+must get exactly the 404 an id that does not exist gets, with nothing reaching the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+
+from sentinel.mock.app import create_mock_app
+from tests.api.conftest import Gateway, make_key
+from tests.support.attack import SpyUpstream, bearer, openai_error, raw_request, spying
+
+DAY_MS = 86_400_000
+PASSTHROUGH = "/v1/files/*,/v1/batches"
+
+
+@pytest.fixture
+def spy() -> Iterator[SpyUpstream]:
+    with spying(create_mock_app()) as (_, recorder):
+        yield recorder
+
+
+def start(gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str, **settings: Any) -> Gateway:
+    return gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough=PASSTHROUGH, **settings)
+
+
+def key_for(gw: Gateway, user: str) -> str:
+    return asyncio.run(make_key(gw.settings.database_url, user))[1]
+
+
+def ghost_like(object_id: str) -> str:
+    """An id of the same shape that names nothing."""
+    prefix, _, rest = object_id.partition("_") if "_" in object_id else object_id.partition("-")
+    sep = "_" if "_" in object_id else "-"
+    return prefix + sep + "0" * len(rest)
+
+
+def same_as_missing(attempt: httpx.Response, missing: httpx.Response, real: str, ghost: str) -> None:
+    """`attempt` on a real id answers exactly what `missing` answered for an id that does not exist."""
+    assert attempt.status_code == missing.status_code == 404, (attempt.text, missing.text)
+    assert attempt.text.replace(real, "<id>") == missing.text.replace(ghost, "<id>")
+    openai_error(attempt.json())
+
+
+def create_response(gw: Gateway, *, stream: bool, text: str) -> str:
+    client = gw.openai()
+    if not stream:
+        return str(client.responses.create(model="gpt-4o-mini", input=text).id)
+    events = list(client.responses.create(model="gpt-4o-mini", input=text, stream=True))
+    completed = [e for e in events if e.type == "response.completed"]
+    assert completed, [e.type for e in events]
+    return str(completed[0].response.id)
+
+
+def chat_with(content_part: dict[str, Any]) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "summarise"}, content_part]}]}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_stored_responses_are_their_creators(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str, stream: bool
+) -> None:
+    gw = start(gateway_factory, spy, redis_url)
+    rid = create_response(gw, stream=stream, text="alice's private thoughts")
+    ghost = ghost_like(rid)
+    bob_key = key_for(gw, "bob")
+    with gw.client() as alice, gw.client(bob_key) as bob:
+        assert alice.get(f"/v1/responses/{rid}").json()["id"] == rid
+        assert alice.get(f"/v1/responses/{rid}/input_items").status_code == 200
+        spy.clear()
+        attempts: list[tuple[httpx.Response, httpx.Response]] = [
+            (bob.get(f"/v1/responses/{rid}"), bob.get(f"/v1/responses/{ghost}")),
+            (bob.get(f"/v1/responses/{rid}/input_items"), bob.get(f"/v1/responses/{ghost}/input_items")),
+            (bob.delete(f"/v1/responses/{rid}"), bob.delete(f"/v1/responses/{ghost}")),
+            (bob.post(f"/v1/responses/{rid}/cancel"), bob.post(f"/v1/responses/{ghost}/cancel")),
+        ]
+        by_body = [
+            [
+                bob.post("/v1/responses", json={"model": "gpt-4o-mini", "input": "go on", "previous_response_id": ref}),
+                bob.post("/v1/responses", json={"model": "gpt-4o-mini", "input": "go on", "previous_response_id": ref,
+                                                "stream": True}),
+                bob.post("/v1/responses", json={"model": "gpt-4o-mini", "input": [
+                    {"role": "user", "content": "x"}, {"type": "item_reference", "response_id": ref}]}),
+            ]
+            for ref in (rid, ghost)
+        ]
+        attempts += list(zip(*by_body, strict=True))
+        for attempt, missing in attempts:
+            same_as_missing(attempt, missing, rid, ghost)
+        # encoded spellings of the same path
+        encoded = "".join(f"%{ord(c):02X}" for c in rid[:4]) + rid[4:]
+        for target in (f"/v1/responses/{encoded}", f"/v1/responses/{rid}/", f"/v1/responses/{encoded}/input_items"):
+            r = raw_request(gw.url, "GET", target, headers=bearer(bob_key))
+            assert r.status == 404 and b"private" not in r.body, (target, r.body)
+        assert spy.seen == []  # none of Bob's attempts reached the provider account
+        # Bob's DELETE deleted nothing; Alice continues her own conversation
+        assert alice.get(f"/v1/responses/{rid}").status_code == 200
+        follow = alice.post("/v1/responses", json={"model": "gpt-4o-mini", "input": "more", "previous_response_id": rid})
+        assert follow.status_code == 200, follow.text
+        assert alice.delete(f"/v1/responses/{rid}").status_code == 200
+        gone, missing = alice.get(f"/v1/responses/{rid}"), alice.get(f"/v1/responses/{ghost}")
+        same_as_missing(gone, missing, rid, ghost)
+    ttl = redis.Redis.from_url(redis_url).pttl(f"sentinel:owner:{follow.json()['id']}")
+    assert ttl >= 30 * DAY_MS  # ownership outlives the provider's 30-day retention
+
+
+def test_files_are_their_creators(gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str) -> None:
+    gw = start(gateway_factory, spy, redis_url)
+    secret = b"alice's salary: 1,000,000"
+    fid = gw.openai().files.create(file=("salary.txt", secret), purpose="user_data").id
+    ghost = ghost_like(fid)
+    bob_key = key_for(gw, "bob")
+    with gw.client() as alice, gw.client(bob_key) as bob:
+        assert alice.get(f"/v1/files/{fid}").json()["filename"] == "salary.txt"
+        assert alice.get(f"/v1/files/{fid}/content").status_code == 200
+        spy.clear()
+        pairs = []
+        for ref in (fid, ghost):
+            pairs.append([
+                bob.get(f"/v1/files/{ref}"),
+                bob.get(f"/v1/files/{ref}/content"),
+                bob.delete(f"/v1/files/{ref}"),
+                bob.post("/v1/chat/completions", json=chat_with({"type": "file", "file": {"file_id": ref}})),
+                bob.post("/v1/responses", json={"model": "gpt-4o-mini", "input": [{"role": "user", "content": [
+                    {"type": "input_file", "file_id": ref}]}]}),
+                bob.post("/v1/batches", json={"input_file_id": ref, "endpoint": "/v1/chat/completions",
+                                              "completion_window": "24h"}),
+                bob.post("/v1/chat/completions", json={**chat_with({"type": "text", "text": "x"}),
+                                                       "metadata": {"deep": [{"file_ids": [ref]}]}}),
+            ])
+        for attempt, missing in zip(*pairs, strict=True):
+            same_as_missing(attempt, missing, fid, ghost)
+            assert secret.decode() not in attempt.text
+        assert spy.seen == []
+        content = alice.get(f"/v1/files/{fid}/content")
+        assert content.status_code == 200 and secret.decode() in content.text
+        summary = alice.post("/v1/chat/completions", json=chat_with({"type": "file", "file": {"file_id": fid}}))
+        assert summary.status_code == 200, summary.text
+    assert gw.openai().files.delete(fid).deleted is True
+    with gw.client() as alice:
+        for path in (f"/v1/files/{fid}", f"/v1/files/{fid}/content"):
+            same_as_missing(alice.get(path), alice.get(path.replace(fid, ghost)), fid, ghost)
+
+
+def test_ownership_holds_across_replicas(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """Two Sentinels on one Redis and one database: an object made on either is the creator's on both."""
+    one = start(gateway_factory, spy, redis_url)
+    two = start(gateway_factory, spy, redis_url, database_url=one.settings.database_url)
+    bob_key = key_for(one, "bob")
+    made = {
+        "response": create_response(one, stream=False, text="made on one"),
+        "streamed": create_response(two, stream=True, text="made on two"),
+    }
+    fid = two.openai().files.create(file=("two.txt", b"from replica two"), purpose="user_data").id
+    paths = [f"/v1/responses/{made['response']}", f"/v1/responses/{made['streamed']}", f"/v1/files/{fid}"]
+    for gw in (one, two):
+        with gw.client() as alice, gw.client(bob_key) as bob:
+            for path in paths:
+                assert alice.get(path).status_code == 200, (gw.url, path)
+                denied = bob.get(path)
+                assert denied.status_code == 404 and openai_error(denied.json())["code"] == "object_not_found"
+    files_ttl = redis.Redis.from_url(redis_url).pttl(f"sentinel:owner:{fid}")
+    assert files_ttl == -1  # a file is kept until it is deleted, so is its owner
+
+
+def test_a_stored_chat_completion_is_not_readable_by_anyone(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """`store: true` keeps the completion upstream; the stored-completion routes are not offered."""
+    gw = start(gateway_factory, spy, redis_url)
+    with gw.client() as alice:
+        stored = alice.post("/v1/chat/completions", json={**chat_with({"type": "text", "text": "keep"}), "store": True})
+        assert stored.status_code == 200, stored.text
+        cid = stored.json()["id"]
+        spy.clear()
+        for method, path in (("GET", f"/v1/chat/completions/{cid}"), ("GET", f"/v1/chat/completions/{cid}/messages"),
+                             ("POST", f"/v1/chat/completions/{cid}"), ("DELETE", f"/v1/chat/completions/{cid}"),
+                             ("GET", "/v1/chat/completions")):
+            r = alice.request(method, path, content=orjson.dumps({"metadata": {"a": "b"}}))
+            assert r.status_code in (404, 405), (method, path, r.text)
+    assert spy.seen == []

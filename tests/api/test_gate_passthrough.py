@@ -1,0 +1,151 @@
+"""Pass-through is deny-by-default; what an operator allows is authenticated, admitted and recorded.
+
+A spy in front of the mock upstream records every request that reaches the provider account.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from sentinel.mock.app import create_mock_app
+from tests.api.conftest import Gateway
+from tests.api.test_quotas import set_plan
+from tests.support.attack import SpyUpstream, ledger_rows, openai_error, recorded_ids, spying, wait_for
+
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+# Provider endpoints that hold per-account state or cost money, none of which is offered by default.
+UNKNOWN = [
+    "/v1/files", "/v1/files/file-abc123", "/v1/files/file-abc123/content", "/v1/uploads", "/v1/uploads/upload_1/parts",
+    "/v1/batches", "/v1/batches/batch_1", "/v1/batches/batch_1/cancel", "/v1/images/generations", "/v1/images/edits",
+    "/v1/images/variations", "/v1/audio/speech", "/v1/audio/transcriptions", "/v1/audio/translations",
+    "/v1/vector_stores", "/v1/vector_stores/vs_1", "/v1/vector_stores/vs_1/files", "/v1/vector_stores/vs_1/search",
+    "/v1/chat/completions/chatcmpl-123", "/v1/chat/completions/chatcmpl-123/messages", "/v1/moderations",
+    "/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs/ftjob-1/events", "/v1/assistants", "/v1/threads/thread_1/runs",
+    "/v1/conversations", "/v1/conversations/conv_1/items", "/v1/containers", "/v1/evals", "/v1/realtime/sessions",
+    "/v1/organization/users", "/v1/organization/admin_api_keys", "/v1/responses/input_tokens", "/v1/x",
+    "/v1/chat/completions/",
+]
+MODERATION = {"input": ["is this fine?"]}
+
+
+@pytest.fixture
+def spy() -> Iterator[SpyUpstream]:
+    with spying(create_mock_app()) as (_, recorder):
+        yield recorder
+
+
+def start(gateway_factory: Callable[..., Gateway], spy: SpyUpstream, **settings: object) -> Gateway:
+    return gateway_factory(openai_api_url=spy.url + "/v1", **settings)
+
+
+def test_unknown_paths_are_not_supported_for_any_method(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    gw = start(gateway_factory, spy)
+    with gw.client() as http:
+        for path in UNKNOWN:
+            for method in METHODS:
+                r = http.request(method, path, json=None if method in ("GET", "HEAD") else {"model": "x"})
+                assert r.status_code == 404, (method, path, r.status_code, r.text)
+                if method != "HEAD":
+                    code = openai_error(r.json())["code"]
+                    assert code in ("endpoint_not_supported", "object_not_found"), (method, path, r.text)
+                assert "x-ratelimit-limit" not in r.headers
+    assert spy.seen == []
+    assert recorded_ids(gw.settings.database_url) == set()
+
+
+def test_metered_paths_with_other_methods_are_not_forwarded(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """`GET /v1/chat/completions` is the provider's list of stored completions: never offered."""
+    gw = start(gateway_factory, spy)
+    with gw.client() as http:
+        for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"):
+            for method in ("GET", "PUT", "PATCH", "DELETE"):
+                r = http.request(method, path, params={"limit": "100"})
+                assert r.status_code in (404, 405), (method, path, r.text)
+                assert openai_error(r.json())["code"] in ("endpoint_not_supported", "method_not_allowed")
+                if r.status_code == 405:
+                    assert r.headers["allow"] == "POST"
+    assert spy.seen == []
+
+
+def test_allowed_paths_need_a_valid_key(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    gw = start(gateway_factory, spy, passthrough="/v1/moderations,/v1/files/*")
+    for headers in ({}, {"Authorization": "Bearer sk-made-up-0000"}, {"Authorization": f"Basic {gw.key}"},
+                    {"Authorization": "Bearer"}, {"Authorization": f"Bearer {gw.key}x"}):
+        with httpx.Client(base_url=gw.url, headers=headers) as http:
+            assert http.post("/v1/moderations", json=MODERATION).status_code == 401
+            assert http.get("/v1/files/file-abc/content").status_code == 401
+            assert http.delete("/v1/files/file-abc").status_code == 401
+            assert http.get("/v1/models").status_code == 401
+            assert http.get("/v1/models/gpt-4o-mini").status_code == 401
+    assert spy.seen == []
+
+
+def test_allowed_calls_are_admitted_against_the_plan(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    gw = start(gateway_factory, spy, passthrough="/v1/moderations,/v1/files/*")
+    set_plan(gw.settings.database_url, "alice", "three", "requests=3/1m")
+    with gw.client() as http:
+        upload = http.post("/v1/files", files={"file": ("a.txt", b"x")}, data={"purpose": "user_data"})
+        answers = [upload, *(http.post("/v1/moderations", json=MODERATION) for _ in range(2))]
+        assert [r.status_code for r in answers] == [200, 200, 200]
+        assert [r.headers["x-ratelimit-remaining"] for r in answers] == ["2", "1", "0"]
+        assert all(r.headers["x-ratelimit-limit"] == "3" for r in answers)
+        file_id = upload.json()["id"]
+        for denied in (http.post("/v1/moderations", json=MODERATION), http.get(f"/v1/files/{file_id}"),
+                       http.delete(f"/v1/files/{file_id}"),
+                       http.post("/v1/files", files={"file": ("a.txt", b"x")}, data={"purpose": "user_data"}),
+                       http.get("/v1/models"), http.get("/v1/models/gpt-4o-mini")):
+            assert denied.status_code == 429, (denied.request.url, denied.text)
+            error = openai_error(denied.json())
+            assert error["details"]["metric"] == "requests", error
+            assert denied.headers["x-ratelimit-remaining"] == "0" and int(denied.headers["retry-after"]) >= 1
+    assert spy.paths() == ["/v1/files", "/v1/moderations", "/v1/moderations"]
+
+
+def test_each_allowed_call_is_one_ledger_row(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    gw = start(gateway_factory, spy, passthrough="/v1/moderations,/v1/files/*", usage_flush_interval_seconds=0.1)
+    with gw.client() as http:
+        mod = http.post("/v1/moderations", json=MODERATION)
+        created = http.post("/v1/files", files={"file": ("notes.txt", b"mine")}, data={"purpose": "user_data"})
+        assert mod.status_code == 200 and created.status_code == 200, (mod.text, created.text)
+        file_id = created.json()["id"]
+        got = http.get(f"/v1/files/{file_id}")
+        content = http.get(f"/v1/files/{file_id}/content")
+        models = http.get("/v1/models")
+        model = http.get("/v1/models/gpt-4o-mini")
+    answers = [mod, created, got, content, models, model]
+    for r in answers:
+        assert r.status_code == 200 and r.headers["x-ratelimit-limit"], (r.request.url, r.text)
+    expected = {r.headers["x-request-id"] for r in answers}
+    assert wait_for(lambda: {r["request_id"] for r in ledger_rows(gw.settings.database_url)} >= expected)
+    rows = {r["request_id"]: r for r in ledger_rows(gw.settings.database_url)}
+    assert len(rows) == len(answers)
+    endpoints = [rows[r.headers["x-request-id"]]["endpoint"] for r in answers]
+    assert endpoints[:4] == ["/v1/moderations", "/v1/files/*", "/v1/files/*", "/v1/files/*"]
+    assert all(e for e in endpoints[4:])
+    assert all(rows[i]["status"] == 200 and rows[i]["external_id"] == "alice" for i in expected)
+
+
+def test_listing_is_not_offered_even_when_allowed(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    """`GET /v1/files` would show every user's files on the shared account."""
+    gw = start(gateway_factory, spy, passthrough="/v1/files/*,/v1/files")
+    with gw.client() as http:
+        before = http.post("/v1/files", files={"file": ("a.txt", b"x")}, data={"purpose": "user_data"})
+        assert before.status_code == 200, before.text
+        remaining = int(before.headers["x-ratelimit-remaining"])
+        spy.clear()
+        for path, params in (("/v1/files", None), ("/v1/files", {"purpose": "batch", "limit": "10000"}),
+                             ("/v1/files/", None), ("/v1/%66iles", None)):
+            r = http.get(path, params=params)
+            assert r.status_code == 404, (path, r.text)
+            assert openai_error(r.json())["code"] in ("endpoint_not_supported", "object_not_found")
+        after = http.post("/v1/files", files={"file": ("b.txt", b"y")}, data={"purpose": "user_data"})
+    assert spy.paths() == ["/v1/files"]  # only the second upload
+    assert spy.seen[0].method == "POST"
+    assert int(after.headers["x-ratelimit-remaining"]) == remaining - 1  # the refusals cost nothing

@@ -1,0 +1,267 @@
+"""Quota arithmetic that cannot be gamed: multipliers reserve, wrong types are refused before
+admission, a refused request touches no session, and `[DONE]` follows the usage record."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+
+from sentinel.mock.app import create_mock_app
+from tests.api.conftest import Gateway, make_key
+from tests.api.test_native import tiers_file
+from tests.api.test_quotas import set_plan
+from tests.support.attack import (
+    SpyUpstream,
+    bearer,
+    ledger_rows,
+    openai_error,
+    read_until,
+    recorded_ids,
+    spying,
+    wait_for,
+)
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+COMPLETION = {"model": "gpt-3.5-turbo-instruct", "prompt": "hi"}
+EMBEDDING = {"model": "text-embedding-3-small", "input": "hi"}
+RESPONSE = {"model": "gpt-4o-mini", "input": "hi"}
+BASE = {"chat/completions": CHAT, "completions": COMPLETION, "embeddings": EMBEDDING, "responses": RESPONSE}
+NATIVE = "/native/v1/chat/completions"
+
+
+@pytest.fixture
+def spy() -> Iterator[SpyUpstream]:
+    with spying(create_mock_app()) as (_, recorder):
+        yield recorder
+
+
+def new_user(gw: Gateway, user: str, spec: str) -> str:
+    key = asyncio.run(make_key(gw.settings.database_url, user))[1]
+    set_plan(gw.settings.database_url, user, f"plan-{user}", spec)
+    return key
+
+
+# --- n and best_of multiply the output reservation ---------------------------------------------
+MULTIPLIED = [
+    ("chat/completions", {"n": 20, "max_tokens": 50}, 1000),
+    ("chat/completions", {"n": 20, "max_completion_tokens": 50}, 1000),
+    ("chat/completions", {"n": 3, "max_tokens": 50, "stream": True}, 150),
+    ("completions", {"best_of": 20, "max_tokens": 50}, 1000),
+    ("completions", {"n": 2, "best_of": 3, "max_tokens": 50}, 150),
+    ("completions", {"n": 5, "max_tokens": 50}, 250),
+]
+FITTING = [
+    ("chat/completions", {"n": 2, "max_tokens": 50}, 2),
+    ("completions", {"best_of": 2, "max_tokens": 50}, None),  # the mock's completions answer one choice
+    ("completions", {"n": 2, "max_tokens": 50}, None),
+]
+
+
+def test_n_and_best_of_multiply_the_output_reservation(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    gw = gateway_factory(openai_api_url=spy.url + "/v1")
+    for i, (path, extra, requested) in enumerate(MULTIPLIED):
+        key = new_user(gw, f"greedy-{i}", "requests=100/1m,output_tokens=100/1m")
+        with gw.client(key) as http:
+            r = http.post(f"/v1/{path}", json={**BASE[path], **extra})
+        assert r.status_code == 429, (path, extra, r.text)
+        error = openai_error(r.json())
+        assert "output" in error["message"], error
+        details = error["details"]
+        assert (details["metric"], details["limit"], details["used"], details["remaining"]) == (
+            "output_tokens", 100, 0, 100), details
+        assert details["requested"] == requested, details
+        assert datetime.fromisoformat(details["reset_at"]).timestamp() > 0
+        assert r.headers["x-ratelimit-limit"]
+    assert spy.seen == []
+    assert recorded_ids(gw.settings.database_url) == set()
+    for i, (path, extra, choices) in enumerate(FITTING):
+        key = new_user(gw, f"modest-{i}", "requests=100/1m,output_tokens=100/1m")
+        with gw.client(key) as http:
+            r = http.post(f"/v1/{path}", json={**BASE[path], **extra})
+        assert r.status_code == 200, (path, extra, r.text)
+        assert choices is None or len(r.json()["choices"]) == choices
+
+
+# --- metered fields are type-checked before admission -------------------------------------------
+MISSING = object()
+BAD_FIELDS: list[tuple[str, str, Any, str]] = [
+    # (path, field, value, the parameter the 400 names)
+    *[("chat/completions", "stream", v, "stream") for v in (1, 0, "true", "false", [], {})],
+    ("chat/completions", "stream_options", "include_usage", "stream_options"),
+    *[("chat/completions", "max_tokens", v, "max_tokens") for v in (0, -1, 1.5, "10", True, [10])],
+    *[("chat/completions", "max_completion_tokens", v, "max_completion_tokens") for v in (0, "5", False)],
+    *[("chat/completions", "n", v, "n") for v in (0, -1, 129, "2", True, 2.5)],
+    ("chat/completions", "messages", [1], "messages.0"),
+    ("chat/completions", "messages", "hi", "messages"),
+    ("chat/completions", "messages", [], "messages"),
+    ("chat/completions", "messages", {"role": "user"}, "messages"),
+    ("chat/completions", "messages", MISSING, "messages"),
+    ("chat/completions", "messages", [{"content": "x"}], "messages.0.role"),
+    ("chat/completions", "messages", [{"role": 1, "content": "x"}], "messages.0.role"),
+    ("chat/completions", "messages", [{"role": "user", "content": 5}], "messages.0.content"),
+    ("chat/completions", "messages", [{"role": "user", "content": [1]}], "messages.0.content.0"),
+    ("chat/completions", "messages", [{"role": "user", "content": [{"text": "x"}]}], "messages.0.content.0"),
+    *[("chat/completions", "model", v, "model") for v in (5, "", "m" * 201, MISSING, ["gpt-4o-mini"])],
+    ("chat/completions", "tools", "get_weather", "tools"),
+    ("chat/completions", "tools", [1], "tools"),
+    *[("completions", "prompt", v, "prompt") for v in (5, {"a": 1}, [1, "a"], MISSING, True, [[1, "a"]])],
+    *[("completions", "max_tokens", v, "max_tokens") for v in (0, "10")],
+    *[("completions", "n", v, "n") for v in (0, "2")],
+    *[("completions", "best_of", v, "best_of") for v in (0, 21, "2")],
+    ("completions", "stream", 1, "stream"),
+    *[("embeddings", "input", v, "input") for v in (5, MISSING, {"a": 1}, [1, "a"], True)],
+    *[("responses", "instructions", v, "instructions") for v in (123, ["x"], {"a": 1})],
+    *[("responses", "input", v, "input") for v in (5, {"a": 1})],
+    *[("responses", "input", v, "input.0") for v in ([1], ["x"])],
+    *[("responses", "max_output_tokens", v, "max_output_tokens") for v in (0, -5, "5", 1.5)],
+    *[("responses", "previous_response_id", v, "previous_response_id") for v in (5, ["resp_1"])],
+    *[("responses", "stream", v, "stream") for v in ("true", 1)],
+]
+
+
+def body_with(path: str, field: str, value: Any) -> dict[str, Any]:
+    body = dict(BASE[path])
+    if value is MISSING:
+        body.pop(field, None)
+    else:
+        body[field] = value
+    return body
+
+
+def test_wrong_types_are_refused_before_any_quota_is_taken(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    gw = gateway_factory(openai_api_url=spy.url + "/v1")
+    set_plan(gw.settings.database_url, "alice", "big", "requests=1000/1m,input_tokens=100000/1m")
+    with gw.client() as http:
+        first = http.post("/v1/chat/completions", json=CHAT)
+        assert first.status_code == 200
+        remaining = int(first.headers["x-ratelimit-remaining"])
+        for path, field, value, param in BAD_FIELDS:
+            r = http.post(f"/v1/{path}", json=body_with(path, field, value))
+            assert r.status_code == 400, (path, field, value, r.status_code, r.text)
+            error = openai_error(r.json())
+            assert error["type"] == "invalid_request_error", error
+            assert error["details"]["param"] == param, (path, field, value, error)
+            assert "x-ratelimit-remaining" not in r.headers
+        n_below_best_of = http.post("/v1/completions", json={**COMPLETION, "n": 3, "best_of": 2})
+        assert n_below_best_of.status_code == 400 and n_below_best_of.json()["error"]["details"]["param"] == "best_of"
+        last = http.post("/v1/chat/completions", json=CHAT)
+    assert last.status_code == 200
+    assert int(last.headers["x-ratelimit-remaining"]) == remaining - 1  # the 400s cost nothing
+    assert spy.paths() == ["/v1/chat/completions"] * 2
+    assert recorded_ids(gw.settings.database_url) == {first.headers["x-request-id"], last.headers["x-request-id"]}
+
+
+# --- a refused request touches no session ---------------------------------------------------------
+def test_a_refused_native_request_creates_or_changes_no_session(
+    gateway_factory: Callable[..., Gateway], redis_url: str, tmp_path: Path
+) -> None:
+    gw = gateway_factory(redis_url=redis_url, debug=True, providers_file=tiers_file(tmp_path, "openai"))
+    bob_key = new_user(gw, "bob", "requests=1/1m")
+    store = redis.Redis.from_url(redis_url)
+
+    def session(conv: str) -> bytes | None:
+        raw: bytes | None = store.get(f"sentinel:session:{conv}")
+        return raw
+
+    def chat(http: httpx.Client, conv: str, **extra: Any) -> httpx.Response:
+        return http.post(NATIVE, json={"messages": [{"role": "user", "content": "hello"}], "conversation_id": conv,
+                                       **extra})
+
+    with gw.client(bob_key) as bob, gw.client() as alice:
+        assert chat(bob, "bob-own").status_code == 200
+        before = session("bob-own")
+        assert before is not None and orjson.loads(before)["external_id"] == "bob"
+        # over quota: denied, whatever the conversation
+        for conv, extra in (("bob-own", {}), ("bob-own", {"tier": "complex"}), ("alice-conv", {}), ("bob-new", {}),
+                            ("alice-conv", {"stream": True})):
+            r = chat(bob, conv, **extra)
+            assert r.status_code == 429, (conv, r.text)
+        # invalid, or not authenticated at all: denied too
+        assert bob.post(NATIVE, json={"messages": "hello", "conversation_id": "bob-invalid"}).status_code == 400
+        assert httpx.post(gw.url + NATIVE, json={"messages": [{"role": "user", "content": "x"}],
+                                                 "conversation_id": "anon"}).status_code == 401
+        assert session("bob-own") == before  # neither extended nor changed
+        for conv in ("alice-conv", "bob-new", "bob-invalid", "anon"):
+            assert session(conv) is None, conv
+        missing = bob.get("/debug/sessions/bob-new")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "session_not_found"
+        # the conversation id Bob tried to squat is Alice's to start
+        started = chat(alice, "alice-conv")
+        assert started.status_code == 200, started.text
+        mine = alice.get("/debug/sessions/alice-conv")
+        assert mine.status_code == 200 and mine.json()["external_id"] == "alice"
+        assert bob.get("/debug/sessions/alice-conv").status_code == 403
+    store.close()
+
+
+# --- [DONE] only after the usage record is durable --------------------------------------------------
+@pytest.fixture(params=["sql-outbox", "redis-outbox"])
+def outbox_redis(request: pytest.FixtureRequest) -> str | None:
+    return None if request.param == "sql-outbox" else request.getfixturevalue("redis_url")
+
+
+def test_a_client_that_stops_at_done_finds_its_usage_recorded(
+    gateway_factory: Callable[..., Gateway], outbox_redis: str | None
+) -> None:
+    """The sync `openai` SDK stops reading at `data: [DONE]` and closes: by then the record is durable."""
+    gw = gateway_factory(redis_url=outbox_redis)
+    client = gw.openai()
+    db = gw.settings.database_url
+    for i in range(3):
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": f"count me {i}"}], stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert f"count me {i}" in text
+        assert stream.response.headers["x-request-id"] in recorded_ids(db, outbox_redis)
+        completion = client.completions.create(model="gpt-3.5-turbo-instruct", prompt=f"legacy {i}", stream=True)
+        assert "".join(c.choices[0].text for c in completion if c.choices)
+        assert completion.response.headers["x-request-id"] in recorded_ids(db, outbox_redis)
+
+
+def test_done_follows_the_record_while_the_connection_stays_open(
+    gateway_factory: Callable[..., Gateway], outbox_redis: str | None
+) -> None:
+    gw = gateway_factory(redis_url=outbox_redis)
+    db = gw.settings.database_url
+    for path, body in (("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION)):
+        for i in range(3):
+            rid = f"done-probe-{path.count('/')}-{i}"
+            headers = {**bearer(gw.key), "X-Request-Id": rid}
+            with read_until(gw.url, path, b"data: [DONE]", headers=headers,
+                            body=orjson.dumps({**body, "stream": True})) as seen:
+                assert b"data: [DONE]" in seen, seen[-300:]
+                assert any(r.startswith(rid + "~") for r in recorded_ids(db, outbox_redis)), path
+
+
+def test_a_large_answer_is_recorded_from_its_tail_before_its_last_bytes(
+    gateway_factory: Callable[..., Gateway], outbox_redis: str | None
+) -> None:
+    """An answer over 1 MiB is relayed as it arrives; its usage (at the very end of the JSON) is
+    still measured, and the record is durable by the time the client has the whole body."""
+    gw = gateway_factory(redis_url=outbox_redis, usage_flush_interval_seconds=0.1)
+    inputs = [f"embedding input number {i} " * 5 for i in range(80)]
+    with gw.client() as http:
+        r = http.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": inputs})
+        assert r.status_code == 200
+        rid = r.headers["x-request-id"]
+        assert rid in recorded_ids(gw.settings.database_url, outbox_redis)
+    assert len(r.content) > 1024 * 1024, len(r.content)
+    answer = r.json()
+    assert len(answer["data"]) == len(inputs)
+    assert wait_for(lambda: any(row["request_id"] == rid for row in ledger_rows(gw.settings.database_url)))
+    row = next(row for row in ledger_rows(gw.settings.database_url) if row["request_id"] == rid)
+    assert (row["usage_source"], row["input_tokens"], row["status"]) == (
+        "measured", answer["usage"]["prompt_tokens"], 200)

@@ -108,6 +108,9 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
         _optional(payload, "instructions", lambda v: isinstance(v, str), "must be a string")
         _optional(payload, "max_output_tokens", _positive_int(), "must be an integer >= 1")
         _optional(payload, "previous_response_id", lambda v: isinstance(v, str), "must be a string")
+        if payload.get("background") not in (None, False):
+            # The provider would generate after the call is answered: output Sentinel could not meter.
+            raise _fail("background", "background responses are not supported through this gateway")
 
 
 def output_multiplier(endpoint: str, payload: dict[str, Any]) -> int:

@@ -54,6 +54,8 @@ DROP_REQUEST_HEADERS = frozenset(
         "openai-organization", "openai-project",
         "connection", "keep-alive", "proxy-authenticate", "proxy-connection", "te", "trailer", "trailers",
         "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding", "expect",
+        # A provider honouring one would turn an allowed POST into another method (e.g. a list).
+        "x-http-method-override", "x-http-method", "x-method-override",
     }
 )
 # Response headers never relayed: hop-by-hop ones, framing the server recomputes, and upstream

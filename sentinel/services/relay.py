@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from sentinel.domain.identity import Identity
+from sentinel.domain.usage import Usage
 from sentinel.errors import InvalidRequest, NotFound, UpstreamError
 from sentinel.governance.ownership import Ownership
 from sentinel.native.errors import NativeValidationError
@@ -214,14 +215,21 @@ class OpenAIRelay:
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
     async def _refused(self, upstream: UpstreamResponse, admission: Admission) -> Reply:
-        """An upstream error answer: nothing was served, the reservation is given back."""
+        """An upstream error answer. A request the provider refused (4xx other than 401/403/429) still
+        reached the company's account: it counts as a request and is recorded with its status and no
+        tokens. When the provider failed or limited us (5xx, 429) or refused Sentinel's own key
+        (401/403), nothing was served and the reservation is given back."""
         try:
             raw = await upstream.read()
         except UpstreamError:
             raw = b""
         finally:
             upstream.release()
-        await self.meter.release(admission)
+        if 400 <= upstream.status < 500 and upstream.status not in (401, 403, 429):
+            await self.meter.settle(admission, usage=Usage(0, 0), output_text="", status=upstream.status,
+                                    provider=upstream.provider)
+        else:
+            await self.meter.release(admission)
         raise upstream_error(upstream.provider, upstream.status, raw, upstream.headers, relay_client_errors=True)
 
     def _relay_large(

@@ -17,7 +17,8 @@ import pytest
 import redis
 
 from sentinel.mock.app import create_mock_app
-from tests.api.conftest import Gateway, make_key
+from tests.api.conftest import Gateway
+from tests.support.accounts import create_key
 from tests.support.attack import SpyUpstream, bearer, openai_error, raw_request, spying
 
 DAY_MS = 86_400_000
@@ -35,7 +36,7 @@ def start(gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: 
 
 
 def key_for(gw: Gateway, user: str) -> str:
-    return asyncio.run(make_key(gw.settings.database_url, user))[1]
+    return asyncio.run(create_key(gw.settings.database_url, user))[1]
 
 
 def ghost_like(object_id: str) -> str:

@@ -15,9 +15,10 @@ import pytest
 import redis
 
 from sentinel.mock.app import create_mock_app
-from tests.api.conftest import Gateway, make_key
+from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.api.test_quotas import set_plan
+from tests.support.accounts import create_key
 from tests.support.attack import (
     SpyUpstream,
     bearer,
@@ -44,7 +45,7 @@ def spy() -> Iterator[SpyUpstream]:
 
 
 def new_user(gw: Gateway, user: str, spec: str) -> str:
-    key = asyncio.run(make_key(gw.settings.database_url, user))[1]
+    key = asyncio.run(create_key(gw.settings.database_url, user))[1]
     set_plan(gw.settings.database_url, user, f"plan-{user}", spec)
     return key
 

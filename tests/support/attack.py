@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import socket
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.support.servers import ServerThread, serving
+from tests.support.waiting import wait_for  # noqa: F401  (re-exported for the gate tests)
 
 REDIS_OUTBOX = "sentinel:usage:outbox"
 
@@ -200,16 +200,6 @@ def recorded_ids(database_url: str, redis_url: str | None = None, external_id: s
         if external_id is None or record.get("external_id") == external_id
     }
     return ids | {r["request_id"] for r in ledger_rows(database_url, external_id)}
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll `predicate` every 50 ms until it holds or `timeout` passed; its last value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 # --- answers -----------------------------------------------------------------------------------

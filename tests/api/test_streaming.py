@@ -57,7 +57,7 @@ def test_chunks_arrive_before_the_stream_ends(gateway_factory: Callable[..., Gat
     with serving(upstream) as srv:
         gw = gateway_factory(openai_api_url=srv.url + "/v1")
         with gw.client() as http, http.stream(
-            "POST", "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+            "POST", "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
         ) as r:
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("text/event-stream")
@@ -72,7 +72,7 @@ def test_client_disconnect_closes_upstream(gateway_factory: Callable[..., Gatewa
     with serving(upstream) as srv:
         gw = gateway_factory(openai_api_url=srv.url + "/v1")
         with gw.client() as http, http.stream(
-            "POST", "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+            "POST", "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
         ) as r:
             for _ in r.iter_raw():
                 if upstream.sent >= 3:

@@ -9,13 +9,14 @@ route table's 404/405 included) and for the response headers it adds:
   `timeout_error` 504, `overloaded_error` 529 — Sentinel's own 503s are sent as 529, as Anthropic
   does), so the official SDKs raise their own typed exceptions; every answer carries `request-id`;
 - everything else keeps Sentinel's shape `{"error": {"message", "type", "code", ...}}`.
-The surface is read from the decoded path with empty and `.` segments ignored, so an encoded or
-malformed variant of `/v1/messages` (refused with 400 by the canonical-path check) is still answered
-in Anthropic's shape.
+The surface is read from the decoded path, tolerant of extra `/`, `\\` and `.` segments, so an
+encoded or malformed variant of `/v1/messages` (refused with 400 by the canonical-path check) is still
+answered in Anthropic's shape.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -32,15 +33,14 @@ _ANTHROPIC_NAMES = frozenset(ANTHROPIC_TYPES.values()) | {"billing_error"}
 OVERLOADED = 529
 
 
+# `/v1/messages` and below, also when spelled with extra `/`, `\\` or `.` segments or followed by any
+# character that cannot continue the name (the canonical-path check refuses those with 400).
+_ANTHROPIC_PATH = re.compile(r"^[/\\.]*v1[/\\.]+messages(?![A-Za-z0-9_-])")
+
+
 def is_anthropic(path: str) -> bool:
     """Whether `path` (decoded) is on the Anthropic surface."""
-    if path.startswith("/v1/messages"):
-        return len(path) == 12 or path[12] == "/" or _segments(path)[:2] == ["v1", "messages"]
-    return "messages" in path and _segments(path)[:2] == ["v1", "messages"]
-
-
-def _segments(path: str) -> list[str]:
-    return [s for s in path.split("/") if s not in ("", ".")]
+    return "messages" in path and _ANTHROPIC_PATH.match(path) is not None
 
 
 def anthropic_error(err: SentinelError, request_id: str | None) -> tuple[int, dict[str, Any]]:
@@ -48,9 +48,9 @@ def anthropic_error(err: SentinelError, request_id: str | None) -> tuple[int, di
     status = err.status
     if status == 503 or (isinstance(err, UpstreamStatusError) and err.upstream_status == OVERLOADED):
         status = OVERLOADED
-    kind = err.type if err.type in _ANTHROPIC_NAMES else ANTHROPIC_TYPES.get(
-        status, "api_error" if status >= 500 else "invalid_request_error"
-    )
+    kind = ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    if err.provider is not None and err.type in _ANTHROPIC_NAMES:
+        kind = err.type  # an Anthropic provider's own error type, relayed
     body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": err.message}}
     if request_id:
         body["request_id"] = request_id

@@ -132,9 +132,13 @@ class OpenAIRelay:
     def _translated(self, request: Relayed, target: ModelTarget) -> ModelChatRequest:
         if request.translated is None:
             try:
-                request.translated = parse_openai_chat(request.payload, target=target.kind)
+                translated = parse_openai_chat(request.payload, target=target.kind)
             except NativeValidationError as exc:
                 raise InvalidRequest(exc.message, details={"param": exc.param} if exc.param else None) from None
+            # Sentinel asked for the usage chunk on the client's behalf: the client did not.
+            request.translated = translated.model_copy(
+                update={"include_usage": translated.include_usage and not request.strip_usage}
+            )
         return request.translated
 
     async def _serve(

@@ -11,7 +11,12 @@ import orjson
 import pytest
 
 from sentinel.domain.usage import Usage
-from sentinel.quota.anthropic_usage import AnthropicStreamInspector, estimate_messages, message_text, message_usage
+from sentinel.quota.anthropic_usage import (
+    AnthropicStreamInspector,
+    estimate_messages,
+    message_text,
+    message_usage,
+)
 from sentinel.quota.estimate import estimate_input, max_output
 from sentinel.quota.images import MAX_IMAGE_TOKENS, base64_image_tokens, image_size, image_tokens
 from sentinel.quota.tokens import TokenCounter

@@ -36,8 +36,9 @@ from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes
+from sentinel.services.answers import SSE_HEADERS
 from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
-from sentinel.services.relay import SSE_HEADERS, target_headers
+from sentinel.services.relay import target_headers
 from sentinel.services.translated_chat import TranslatedChat
 
 RawHeaders = list[tuple[bytes, bytes]]

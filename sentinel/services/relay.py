@@ -2,16 +2,17 @@
 
 Every call that reaches the upstream is authenticated (by the transport), admitted against the
 caller's plan, relayed, and settled into exactly one usage record. A metered call's model must be
-in the catalogue (404 `model_not_found` otherwise, before anything is reserved). Metered endpoints reserve
-their estimated tokens; other calls reserve one request. A stream's final `[DONE]` (and a large
-answer's last bytes) reach the client only after its usage record is stored. Objects the caller
-creates upstream become theirs; naming anyone else's — in the path or the body — is a 404.
+in the catalogue (404 `model_not_found` otherwise, before anything is reserved). Metered endpoints
+reserve their estimated tokens; other calls reserve one request. A stream's final `[DONE]` (and a
+large answer's last bytes) reach the client only after its usage record is stored
+(`sentinel.services.answers`). Objects the caller creates upstream become theirs; naming anyone
+else's — in the path or the body — is a 404.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,24 +27,18 @@ from sentinel.native.model_request import ModelChatRequest
 from sentinel.native.openai_checks import check_metered_fields
 from sentinel.native.openai_inbound import parse_openai_chat
 from sentinel.observability.metrics import Metrics
-from sentinel.providers.errors import upstream_error
 from sentinel.providers.http import UpstreamResponse
-from sentinel.providers.openai import OpenAICompatUpstream, forwardable_headers, relayable_headers
+from sentinel.providers.openai import OpenAICompatUpstream, forwardable_headers
 from sentinel.quota.meter import Admission, Meter
-from sentinel.quota.usage import StreamInspector, TailInspector, text_from_body, usage_from_body
 from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes
-from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
-from sentinel.services.objects import ObjectPath, classify, created_ids, leading_id, referenced_ids
+from sentinel.services.answers import AnswerRelay
+from sentinel.services.exchange import Exchange, Reply, StreamReply
+from sentinel.services.objects import ObjectPath, classify, referenced_ids
 from sentinel.services.translated_chat import TranslatedChat
 
-SSE_HEADERS = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
-JSON = [("content-type", "application/json")]
 RawHeaders = list[tuple[bytes, bytes]]
 Query = list[tuple[str, str]]
-# Answers up to this size are read whole (usage read from the parsed body); larger ones, and
-# answers of unknown length, are relayed as they arrive (usage read from their tail).
-MAX_BUFFERED = 1024 * 1024
 
 
 class OpenAIRelay:
@@ -68,6 +63,7 @@ class OpenAIRelay:
         self.catalogue = catalogue
         self.routes = routes
         self.translated = translated
+        self.answers = AnswerRelay(meter, ownership, metrics)
 
     # --- metered endpoints (chat, completions, embeddings, responses) -------------------------------
     async def metered(
@@ -153,8 +149,8 @@ class OpenAIRelay:
             ex, self.upstreams[target.provider], "POST", request.segments, body, request.headers, request.query
         )
         if request.stream and 200 <= upstream.status < 300:
-            return self._relay_sse(upstream, request.endpoint, admission, request.strip_usage, request.owner)
-        return await self._relay_answer(
+            return self.answers.sse(upstream, request.endpoint, admission, request.strip_usage, request.owner)
+        return await self.answers.complete(
             upstream, request.endpoint, admission, owner=request.owner,
             ttl=ObjectPath(_COLLECTION.get(request.endpoint)).ttl, creating=True,
         )
@@ -182,7 +178,7 @@ class OpenAIRelay:
         try:
             upstream = await self._forward(ex, self.upstream, method, segments, body, headers, query)
             owner = identity if where.collection is not None else None
-            reply = await self._relay_answer(
+            reply = await self.answers.complete(
                 upstream, endpoint, admission, owner=owner, ttl=where.ttl,
                 creating=where.is_collection and method == "POST",
             )
@@ -210,134 +206,6 @@ class OpenAIRelay:
         ex.upstream_seconds += time.perf_counter() - started
         ex.upstream_status = upstream.status
         return upstream
-
-    async def _relay_answer(
-        self, upstream: UpstreamResponse, endpoint: str, admission: Admission, *, owner: Identity | None,
-        ttl: float | None, creating: bool,
-    ) -> Reply | StreamReply:
-        """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
-        relayed as it arrives after the part already read."""
-        if upstream.status >= 300:
-            return await self._refused(upstream)
-        started = time.perf_counter()
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in upstream.iter_chunks():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > MAX_BUFFERED:
-                    return self._relay_large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating)
-        except UpstreamError:
-            upstream.close()
-            raise
-        upstream.release()
-        raw = b"".join(chunks)
-        self.metrics.child(self.metrics.upstream_duration, upstream.provider, endpoint).observe(
-            time.perf_counter() - started
-        )
-        parsed = _json(raw, upstream)
-        if owner is not None:
-            for object_id in created_ids(parsed, creating=creating):
-                await self.ownership.claim(object_id, owner.external_id, ttl)
-        await self.meter.settle(
-            admission,
-            usage=usage_from_body(endpoint, parsed),
-            output_text="" if parsed is None else text_from_body(endpoint, parsed),
-            status=upstream.status,
-            provider=upstream.provider,
-        )
-        return Reply(upstream.status, raw, relayable_headers(upstream.headers))
-
-    async def _refused(self, upstream: UpstreamResponse) -> Reply:
-        """An upstream error answer: nothing was served (the caller gives the reservation back)."""
-        try:
-            raw = await upstream.read()
-        except UpstreamError:
-            raw = b""
-        finally:
-            upstream.release()
-        raise upstream_error(upstream.provider, upstream.status, raw, upstream.headers, relay_client_errors=True)
-
-    def _relay_large(
-        self, upstream: UpstreamResponse, endpoint: str, admission: Admission, head: bytes, owner: Identity | None,
-        ttl: float | None, creating: bool,
-    ) -> StreamReply:
-        """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
-        from; the last chunk waits for the usage record."""
-        tail = TailInspector()
-        tail.feed(head)
-        meter, ownership = self.meter, self.ownership
-
-        async def produce(ending: Ending) -> AsyncIterator[bytes]:
-            ending.status = upstream.status
-            held = head
-            try:
-                async for chunk in upstream.iter_chunks():
-                    yield held
-                    held = chunk
-                    tail.feed(chunk)
-            except UpstreamError:
-                ending.status = 502
-            finally:
-                upstream.close()
-            ending.last = held
-
-        async def settle(status: int) -> None:
-            object_id = leading_id(head) if creating else None
-            if owner is not None and object_id is not None:
-                await ownership.claim(object_id, owner.external_id, ttl)
-            await meter.settle(admission, usage=tail.usage(endpoint), output_text="", status=status,
-                               provider=upstream.provider)
-
-        stream = MeteredStream(produce, settle)
-        headers = [(k, v) for k, v in relayable_headers(upstream.headers)]
-        return StreamReply(upstream.status, headers, stream.chunks(), stream.on_close)
-
-    def _relay_sse(
-        self, upstream: UpstreamResponse, endpoint: str, admission: Admission, strip_usage: bool,
-        owner: Identity | None,
-    ) -> StreamReply:
-        inspector = StreamInspector(endpoint, strip_usage_chunk=strip_usage)
-        metrics, meter, ownership = self.metrics, self.meter, self.ownership
-        started = time.perf_counter()
-
-        async def produce(ending: Ending) -> AsyncIterator[bytes]:
-            ending.status = upstream.status
-            try:
-                async for chunk in upstream.iter_chunks():
-                    out = inspector.feed(chunk)
-                    if out:
-                        yield out
-                tail = inspector.flush()
-                if tail:
-                    yield tail
-                if not inspector.saw_done:
-                    metrics.upstream_errors.labels(upstream.provider, "stream_truncated").inc()
-            except UpstreamError as exc:
-                # Headers are gone already: end the stream; usage so far is still recorded.
-                metrics.upstream_errors.labels(upstream.provider, exc.code).inc()
-                ending.status = 502
-            finally:
-                upstream.close()
-            ending.last = inspector.done
-
-        async def settle(status: int) -> None:
-            if owner is not None and inspector.object_id is not None:
-                await ownership.claim(inspector.object_id, owner.external_id, ObjectPath("responses").ttl)
-            await meter.settle(
-                admission, usage=inspector.usage, output_text=inspector.text, status=status, provider=upstream.provider
-            )
-
-        async def observe() -> None:
-            metrics.upstream_duration.labels(upstream.provider, endpoint).observe(time.perf_counter() - started)
-            if inspector.parse_errors:
-                metrics.sse_parse_errors.labels(endpoint).inc(inspector.parse_errors)
-
-        stream = MeteredStream(produce, settle, observe)
-        return StreamReply(upstream.status, relayable_headers(upstream.headers) + SSE_HEADERS, stream.chunks(),
-                           stream.on_close)
-
 
 # Metered endpoints whose answers are stored upstream, and the collection that holds them.
 _COLLECTION = {"responses": "responses", "chat": "chat/completions"}
@@ -372,12 +240,3 @@ def _stores_objects(endpoint: str, payload: dict[str, Any]) -> bool:
     if endpoint == "responses":
         return payload.get("store") is not False
     return endpoint == "chat" and payload.get("store") is True
-
-
-def _json(raw: bytes, upstream: UpstreamResponse) -> Any:
-    if "json" not in upstream.content_type:
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None

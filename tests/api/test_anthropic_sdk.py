@@ -166,3 +166,20 @@ async def test_async_client(gateway: Gateway) -> None:
             model=HAIKU, max_tokens=5, messages=user("x")
         )
     await claude.close()
+
+
+def test_refused_provider_key_is_a_generic_502(gateway_factory: Callable[..., Gateway]) -> None:
+    """The provider's answer to Sentinel's own key (it may quote the key) never reaches the client."""
+    from sentinel.mock.app import create_mock_app
+    from tests.support.servers import serving
+
+    with serving(create_mock_app(api_key="the-right-key")) as strict:
+        gw = gateway_factory(anthropic_api_url=strict.url, anthropic_api_key="sk-ant-wrong-key-1234")
+        with pytest.raises(anthropic.InternalServerError) as caught:
+            gw.anthropic().messages.create(model=HAIKU, max_tokens=5, messages=user("x"))
+        with gw.client() as http:
+            cross = http.post("/v1/chat/completions", json={"model": HAIKU, "messages": user("x")})
+    assert caught.value.status_code == 502 and "1234" not in caught.value.response.text
+    assert orjson.loads(caught.value.response.content)["error"]["type"] == "api_error"
+    assert cross.status_code == 502 and cross.json()["error"]["code"] == "provider_auth_error"
+    assert "1234" not in cross.text

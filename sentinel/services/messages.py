@@ -112,12 +112,13 @@ class MessagesService:
         target = self.catalogue.resolve(payload["model"])[0]
         admission = await self.meter.admit_call(identity, endpoint="messages/count_tokens", request_id=ex.usage_id)
         ex.headers.extend(admission.headers.items())
-        admission.model, ex.provider = target.name, target.provider
+        admission.model = target.name
         ex.headers.extend(target_headers(target))
         if target.kind != "anthropic":
             tokens = estimate_input(self.counter, "messages/count_tokens", target.upstream_model, payload)
             await self.meter.settle(admission, usage=None, output_text="", status=200, provider=None)
             return Reply(200, orjson.dumps({"input_tokens": tokens}), [*JSON, ("x-sentinel-estimate", "true")])
+        ex.provider = target.provider
         try:
             upstream = await self._forward(ex, target, ["messages", "count_tokens"], payload, body, headers)
             raw = await self._read(upstream)

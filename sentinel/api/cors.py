@@ -9,7 +9,9 @@ API path with an `Origin` header:
   without CORS headers, so the browser refuses the call;
 - any other request is served as usual (it still needs its credential); from an allowed origin its
   answer — errors included — carries `Access-Control-Allow-Origin` and exposes Sentinel's headers
-  (EXPOSED) to scripts; from another origin it carries no CORS headers, so scripts cannot read it.
+  (EXPOSED) to scripts; from another origin it carries no CORS headers, so scripts cannot read it
+  (`Vary: Origin` on both, so a shared cache never hands one origin's answer to another).
+Preflights are answered in front of the request middleware: no request id, not in the metrics.
 Credentials mode is never allowed (no `Access-Control-Allow-Credentials`): the API authenticates with
 headers, not cookies. That makes `*` (any origin) safe to offer: a page still needs a key to call.
 """
@@ -52,15 +54,10 @@ class CorsMiddleware:
         if scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method") is not None:
             await self._preflight(scope, send, origin if allowed else None)
             return
-        if not allowed:
-            await self.app(scope, receive, send)
-            return
-        cors = [
-            (b"access-control-allow-origin", b"*" if self.any_origin else origin),
-            (b"access-control-expose-headers", EXPOSED.encode()),
-        ]
-        if not self.any_origin:
-            cors.append((b"vary", b"Origin"))
+        cors: list[tuple[bytes, bytes]] = [] if self.any_origin else [(b"vary", b"Origin")]
+        if allowed:
+            cors.append((b"access-control-allow-origin", b"*" if self.any_origin else origin))
+            cors.append((b"access-control-expose-headers", EXPOSED.encode()))
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":

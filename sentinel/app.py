@@ -12,6 +12,8 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sentinel.api.anthropic import AnthropicRoutes
+from sentinel.api.cors import CorsMiddleware
 from sentinel.api.debug import DebugRoutes
 from sentinel.api.deps import Deps
 from sentinel.api.dispatch import Dispatcher
@@ -48,15 +50,19 @@ class SentinelApp:
         )
         routes = (
             OpsRoutes(runtime.store, runtime.engine, self.metrics).routes()
-            + OpenAIRoutes(deps, runtime.relay, PassthroughPolicy(s.passthrough_patterns)).routes()
+            + AnthropicRoutes(deps, runtime.messages).routes()
+            + OpenAIRoutes(deps, runtime.relay, runtime.models, PassthroughPolicy(s.passthrough_patterns)).routes()
             + NativeRoutes(deps, runtime.native).routes()
             + DebugRoutes(deps, runtime.router).routes()
             + DocsRoutes(reveal(s.docs_api_key), throttle=throttle).routes()
         )
-        self._http = RequestMiddleware(
+        app: ASGIApp = RequestMiddleware(
             Dispatcher(routes, not_found=endpoint_not_found),
             metrics=self.metrics, max_in_flight=s.max_in_flight, access_log_enabled=s.access_log,
         )
+        if s.cors_origin_list:
+            app = CorsMiddleware(app, origins=s.cors_origin_list)
+        self._http = app
         self.runtime = runtime
 
     async def shutdown(self) -> None:

@@ -11,7 +11,7 @@ import os
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sentinel.domain.catalogue import MODEL_NAME_PATTERN, CatalogueModel
 from sentinel.domain.plans import parse_plan_spec
 from sentinel.domain.policies import QuotaFailureMode, SessionFailover
 from sentinel.domain.tiers import Tier, TierModelEntry
@@ -101,6 +102,8 @@ class Settings(BaseSettings):
     providers_file: Path | None = env("SENTINEL_CONFIG", None)
     # Extra `/v1/*` paths forwarded (authenticated, metered, recorded): e.g. `/v1/moderations,/v1/images/*`.
     passthrough: str = env("SENTINEL_PASSTHROUGH", "")
+    # Browser origins allowed to call `/v1/*` and `/native/*` (CORS): `https://app.example.com,...` or `*`.
+    cors_origins: str = env("SENTINEL_CORS_ORIGINS", "")
 
     # --- auth and governance --------------------------------------------------------------------
     governance: GovernanceKind = env("GOVERNANCE", GovernanceKind.builtin)
@@ -160,6 +163,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"bad pattern {pattern!r}: expected paths like /v1/moderations or /v1/images/*")
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins(cls, value: str) -> str:
+        origins = [o.strip() for o in value.split(",") if o.strip()]
+        if "*" in origins and len(origins) > 1:
+            raise ValueError("'*' allows every origin: list origins or give '*' alone")
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(f"bad origin {origin!r}: expected scheme://host[:port] (no path, no trailing slash)")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
@@ -212,9 +226,17 @@ class Settings(BaseSettings):
         return self.anthropic_api_url or "https://api.anthropic.com"
 
     @property
+    def cors_origin_list(self) -> list[str]:
+        """The `SENTINEL_CORS_ORIGINS` entries (`["*"]` for any origin; empty: CORS is off)."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
     def passthrough_patterns(self) -> list[str]:
         """The `SENTINEL_PASSTHROUGH` patterns, in order."""
         return [p.strip() for p in self.passthrough.split(",") if p.strip()]
+
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
 
 class ConfigError(Exception):
@@ -262,13 +284,31 @@ class ProviderEntry(BaseModel):
     mid_model: str | None = None
 
 
+AliasName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
+
+
 class ProvidersFile(BaseModel):
-    """The YAML file named by SENTINEL_CONFIG: extra providers and, optionally, the tier table."""
+    """The YAML file named by SENTINEL_CONFIG: extra providers and, optionally, the tier table and the
+    model catalogue of the `/v1` surfaces (`models:`, `aliases:`; see `sentinel.routing.catalogue`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     providers: list[ProviderEntry] = Field(default_factory=list)
     tiers: dict[Tier, list[TierModelEntry]] | None = None
+    models: list[CatalogueModel] | None = None
+    aliases: dict[AliasName, AliasName | list[AliasName]] | None = None
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_targets(cls, value: dict[str, str | list[str]] | None) -> dict[str, str | list[str]] | None:
+        for name, targets in (value or {}).items():
+            if isinstance(targets, list) and not targets:
+                raise ValueError(f"alias {name!r} names no model")
+        return value
+
+    def alias_table(self) -> dict[str, list[str]]:
+        """The aliases with every target list spelled as a list."""
+        return {name: [t] if isinstance(t, str) else list(t) for name, t in (self.aliases or {}).items()}
 
 
 _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")

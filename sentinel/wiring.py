@@ -22,7 +22,15 @@ from dataclasses import dataclass, field
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from sentinel.config import GovernanceKind, ProviderEntry, Settings, load_providers_file, reveal
+from sentinel.config import (
+    ConfigError,
+    GovernanceKind,
+    ProviderEntry,
+    ProvidersFile,
+    Settings,
+    load_providers_file,
+    reveal,
+)
 from sentinel.db.engine import create_engine, migrate, session_factory
 from sentinel.domain.plans import PlanSource, parse_plan_spec
 from sentinel.domain.tiers import TIERS, TierModelEntry, TierSource, TierTable
@@ -38,7 +46,8 @@ from sentinel.governance.tier_store import DbTiers, TierRepository
 from sentinel.governance.zion import ZionClient, ZionIdentitySource
 from sentinel.governance.zion_sources import ZionPlans, ZionSink, ZionTiers
 from sentinel.observability.metrics import Metrics
-from sentinel.providers.catalog import DEFAULT_MODELS, Catalog, ProviderSpec
+from sentinel.providers.anthropic import AnthropicUpstream
+from sentinel.providers.catalog import DEFAULT_MODELS, WELL_KNOWN_MODELS, Catalog, ProviderSpec
 from sentinel.providers.chat import ChatProvider, make_provider
 from sentinel.providers.http import create_session
 from sentinel.providers.openai import OpenAICompatUpstream
@@ -48,13 +57,17 @@ from sentinel.quota.local_limiter import LocalLimiter
 from sentinel.quota.meter import QuotaMeter
 from sentinel.quota.outbox import DurableOutbox, RedisStreamOutbox, SqlOutbox
 from sentinel.quota.tokens import TokenCounter
+from sentinel.routing.catalogue import CatalogueError, ModelCatalogue, default_models
 from sentinel.routing.health import ProviderHealth
+from sentinel.routing.model_routes import ModelRoutes
 from sentinel.routing.router import TierRouter
 from sentinel.routing.selection import WeightedSelector
 from sentinel.routing.sessions import SessionStore
+from sentinel.services.messages import MessagesService
+from sentinel.services.models import ModelList
 from sentinel.services.native_chat import NativeChat
 from sentinel.services.relay import OpenAIRelay
-from sentinel.services.static_models import STATIC_MODELS
+from sentinel.services.translated_chat import TranslatedChat
 from sentinel.store import Store, create_store
 
 # With Redis, identities and plans are also kept per process for at most this long (never past
@@ -62,8 +75,15 @@ from sentinel.store import Store, create_store
 LOCAL_CACHE_SECONDS = 1.0
 
 
-def build_catalog(settings: Settings) -> Catalog:
+def read_providers_file(settings: Settings) -> ProvidersFile | None:
+    """The providers file (SENTINEL_CONFIG), or None when none is configured."""
+    return None if settings.providers_file is None else load_providers_file(settings.providers_file)
+
+
+def build_catalog(settings: Settings, file: ProvidersFile | None = None) -> Catalog:
     """The providers and the (default or configured) tier table."""
+    if file is None:
+        file = read_providers_file(settings)
     providers: dict[str, ProviderSpec] = {}
     defaults: dict[str, tuple[TierModelEntry, TierModelEntry]] = {}
     if reveal(settings.openai_api_key) or settings.openai_api_url:
@@ -77,8 +97,7 @@ def build_catalog(settings: Settings) -> Catalog:
         )
         defaults["anthropic"] = DEFAULT_MODELS["anthropic"]
     configured = None
-    if settings.providers_file is not None:
-        file = load_providers_file(settings.providers_file)
+    if file is not None:
         for entry in file.providers:
             providers[entry.name] = _spec(entry)
             if entry.cheap_model:
@@ -102,11 +121,30 @@ def _spec(entry: ProviderEntry) -> ProviderSpec:
     return ProviderSpec(entry.name, entry.kind, entry.base_url.rstrip("/"), reveal(entry.api_key))
 
 
-def known_models(catalog: Catalog) -> set[str]:
+def build_model_catalogue(catalog: Catalog, file: ProvidersFile | None) -> ModelCatalogue:
+    """The `/v1` surfaces' model catalogue: the file's `models:` and `aliases:`, or (no `models:`) the
+    configured providers' well-known models plus every model the tier table and the file name.
+    ConfigError when the file's catalogue is inconsistent."""
+    kinds = {name: spec.kind for name, spec in catalog.providers.items()}
+    if file is not None and file.models is not None:
+        models = list(file.models)
+    else:
+        extra = [entry for entries in catalog.tiers.values() for entry in entries]
+        for entry in file.providers if file is not None else ():
+            for model in filter(None, (entry.cheap_model, entry.mid_model)):
+                extra.append(TierModelEntry(provider=entry.name, model=model))
+        models = default_models(WELL_KNOWN_MODELS, kinds, extra)
+    try:
+        return ModelCatalogue(models, file.alias_table() if file is not None else {}, kinds)
+    except CatalogueError as exc:
+        raise ConfigError(f"invalid configuration: SENTINEL_CONFIG: {exc}") from None
+
+
+def known_models(catalog: Catalog, models: ModelCatalogue) -> set[str]:
     """Model names that may appear as metric labels (everything else is reported as `other`)."""
     names = {entry.model for entries in catalog.tiers.values() for entry in entries}
     names.update(entry.model for pair in DEFAULT_MODELS.values() for entry in pair)
-    names.update(str(model["id"]) for model in STATIC_MODELS)
+    names.update(models.names())
     return names
 
 
@@ -165,6 +203,8 @@ class Runtime:
     engine: AsyncEngine
     authenticator: Authenticator
     relay: OpenAIRelay
+    messages: MessagesService
+    models: ModelList
     native: NativeChat
     router: TierRouter
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -181,8 +221,10 @@ async def build_runtime(s: Settings, metrics: Metrics) -> Runtime:
         keepalive=s.upstream_keepalive_seconds,
     )
     local_ttl = LOCAL_CACHE_SECONDS if s.redis_url else 0.0
-    catalog = build_catalog(s)
-    metrics.known_models.update(known_models(catalog))
+    file = read_providers_file(s)
+    catalog = build_catalog(s, file)
+    catalogue = build_model_catalogue(catalog, file)
+    metrics.known_models.update(known_models(catalog, catalogue))
     governance = build_governance(
         s, store=store, sessions=sessions, http=http, catalog_tiers=catalog.tiers, metrics=metrics
     )
@@ -209,19 +251,38 @@ async def build_runtime(s: Settings, metrics: Metrics) -> Runtime:
         name: make_provider(spec, http, default_max_tokens=s.default_max_output_tokens)
         for name, spec in catalog.providers.items()
     }
+    health = ProviderHealth(store, metrics)
     router = TierRouter(
-        tiers=governance.tiers, providers=list(chat_providers), health=ProviderHealth(store, metrics),
-        sessions=SessionStore(store, s.session_ttl_seconds, metrics=metrics), selector=WeightedSelector(), metrics=metrics,
+        tiers=governance.tiers, providers=list(chat_providers), health=health,
+        sessions=SessionStore(store, s.session_ttl_seconds, metrics=metrics), selector=WeightedSelector(),
+        metrics=metrics,
         failover=s.session_failover, auto_key=s.session_auto_key,
     )
     openai = OpenAICompatUpstream("openai", s.effective_openai_url, reveal(s.openai_api_key), http)
+    relays = {
+        name: OpenAICompatUpstream(name, spec.base_url, spec.api_key, http)
+        for name, spec in catalog.providers.items() if spec.kind == "openai"
+    }
+    relays["openai"] = openai
+    anthropic_relays = {
+        name: AnthropicUpstream(name, spec.base_url, spec.api_key, http)
+        for name, spec in catalog.providers.items() if spec.kind == "anthropic"
+    }
+    routes = ModelRoutes(health)
+    translated = TranslatedChat(chat_providers, meter, counter, metrics, default_max_tokens=s.default_max_output_tokens)
     deliverer.start()
     return Runtime(
         settings=s,
         store=store,
         engine=engine,
         authenticator=authenticator,
-        relay=OpenAIRelay(openai, meter, Ownership(store), metrics),
+        relay=OpenAIRelay(
+            relays, openai, meter, Ownership(store), metrics, catalogue=catalogue, routes=routes, translated=translated
+        ),
+        messages=MessagesService(
+            anthropic_relays, meter, metrics, counter, catalogue=catalogue, routes=routes, translated=translated
+        ),
+        models=ModelList(catalogue, meter),
         native=NativeChat(router, chat_providers, meter, counter),
         router=router,
         closers=[lambda: deliverer.stop(s.shutdown_timeout_seconds), http.close, engine.dispose, store.close],

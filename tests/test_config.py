@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from sentinel.config import ConfigError, Settings, load_settings
+from sentinel.config import ConfigError, Settings, load_providers_file, load_settings
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,3 +55,22 @@ def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str
     message = str(info.value)
     assert name in message
     assert "\n" not in message
+
+
+def test_providers_file_catalogue(tmp_path: Path) -> None:
+    path = tmp_path / "providers.yaml"
+    path.write_text(
+        "models:\n"
+        "  - {name: gpt-4o-mini, provider: openai, input_price_per_million: 0.15, output_price_per_million: 0.6}\n"
+        "  - {name: house, provider: anthropic, upstream_name: claude-3-5-haiku-20241022,\n"
+        "     cache_write_price_per_million: 1.0, cache_read_price_per_million: 0.08}\n"
+        "aliases:\n  fast: gpt-4o-mini\n  smart: [house, gpt-4o-mini]\n"
+    )
+    file = load_providers_file(path)
+    assert file.models is not None and file.models[1].upstream == "claude-3-5-haiku-20241022"
+    assert file.alias_table() == {"fast": ["gpt-4o-mini"], "smart": ["house", "gpt-4o-mini"]}
+    for bad in ("models: [{name: 'bad name', provider: openai}]\n", "aliases: {a: []}\n",
+                "models: [{name: m, provider: openai, price: 1}]\n"):
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match="SENTINEL_CONFIG"):
+            load_providers_file(path)

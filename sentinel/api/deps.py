@@ -12,7 +12,7 @@ from sentinel.api.throttle import FailedAuthThrottle
 from sentinel.config import Settings
 from sentinel.domain.identity import Identity
 from sentinel.errors import AuthenticationError, PayloadTooLarge, RequestTimeout
-from sentinel.governance.auth import Authenticator, parse_bearer
+from sentinel.governance.auth import Authenticator, parse_credential
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
 
@@ -28,13 +28,14 @@ class Deps:
     throttle: FailedAuthThrottle
 
     async def authenticate(self, request: Request) -> Identity:
-        """The caller's identity from `Authorization: Bearer`: AuthenticationError (401), or 429 for an
-        address that failed too often this minute (checked before any lookup)."""
+        """The caller's identity from `Authorization: Bearer` or `x-api-key` (the client's credential is
+        never forwarded upstream): AuthenticationError (401), or 429 for an address that failed too
+        often this minute (checked before any lookup)."""
         client = request.scope.get("client")
         address = client[0] if client else None
         self.throttle.check(address)
         try:
-            token = parse_bearer(request.headers.get("authorization"))
+            token = parse_credential(request.headers.get("authorization"), request.headers.get("x-api-key"))
             identity = await self.authenticator.authenticate(token)
         except AuthenticationError:
             self.throttle.failed(address)

@@ -3,8 +3,9 @@
 It wraps the router. For every HTTP request it:
 - takes `X-Request-Id` from the client (if sane) or makes one, and returns it on the response;
 - refuses new work with 503 + Retry-After when `max_in_flight` requests are already running;
-- renders any SentinelError (and the router's 404/405) in the error shape, and any other exception
-  as a 500 without a traceback in the body, logging each error once with the request id;
+- renders any SentinelError (and the router's 404/405) in the shape of the request's surface
+  (`sentinel.api.surfaces`), and any other exception as a 500 without a traceback in the body,
+  logging each error once with the request id;
 - adds `Server-Timing: upstream;dur=..., total;dur=...` and records latency, overhead and status
   metrics, and writes one JSON access-log line when the response is finished.
 """
@@ -22,7 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sentinel.api.context import RequestContext
 from sentinel.api.paths import check_raw_path
-from sentinel.api.responses import endpoint_not_found, error_response
+from sentinel.api.responses import endpoint_not_found
+from sentinel.api.surfaces import render_error, surface_headers
 from sentinel.errors import InternalError, MethodNotAllowed, Overloaded, SentinelError
 from sentinel.observability.logging import request_id_var
 from sentinel.observability.metrics import Metrics
@@ -63,6 +65,7 @@ class RequestMiddleware:
                 ctx.status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode()))
+                headers.extend(surface_headers(path, rid))
                 for name, value in ctx.headers:
                     headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
                 total_ms = (time.perf_counter() - ctx.started) * 1000
@@ -99,7 +102,7 @@ class RequestMiddleware:
                     extra={"status": err.status, "code": err.code, "error": err.message, "path": path},
                 )
             if not started_response:
-                await error_response(err)(scope, receive, send_wrapper)
+                await render_error(path, err, rid)(scope, receive, send_wrapper)
         finally:
             self._observe(scope, ctx)
             request_id_var.reset(token)

@@ -1,7 +1,8 @@
 """The OpenAI-compatible surface `/v1/*`: parse, authenticate, call the relay, render.
 
 Served: the metered endpoints, the stored-response routes (`/v1/responses/{id}` and below), the
-model list, and the `/v1` paths the operator allows with SENTINEL_PASSTHROUGH. Everything else
+model list (the catalogue), and the `/v1` paths the operator allows with SENTINEL_PASSTHROUGH
+(`/v1/messages*` is Anthropic's surface, `sentinel.api.anthropic`). Everything else
 under `/v1` is 404 `endpoint_not_supported`: nothing reaches the provider account by default.
 """
 
@@ -17,6 +18,7 @@ from sentinel.api.context import context
 from sentinel.api.deps import Deps
 from sentinel.api.replies import render
 from sentinel.errors import MethodNotAllowed, NotFound
+from sentinel.services.models import ModelList
 from sentinel.services.relay import OpenAIRelay
 
 METERED = {
@@ -25,7 +27,7 @@ METERED = {
     "/v1/embeddings": "embeddings",
     "/v1/responses": "responses",
 }
-TYPED_PATHS = {*METERED, "/v1/models"}
+TYPED_PATHS = {*METERED, "/v1/models", "/v1/messages", "/v1/messages/count_tokens"}
 ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
@@ -49,9 +51,10 @@ class PassthroughPolicy:
 class OpenAIRoutes:
     """Handlers for `/v1/*`, bound to the app's dependencies and the relay service."""
 
-    def __init__(self, deps: Deps, relay: OpenAIRelay, passthrough: PassthroughPolicy) -> None:
+    def __init__(self, deps: Deps, relay: OpenAIRelay, models: ModelList, passthrough: PassthroughPolicy) -> None:
         self.deps = deps
         self.relay = relay
+        self.models = models
         self.passthrough_policy = passthrough
 
     def routes(self) -> list[Route]:
@@ -82,16 +85,16 @@ class OpenAIRoutes:
 
     async def list_models(self, request: Request) -> Any:
         identity = await self.deps.authenticate(request)
-        return render(await self.relay.list_models(context(request.scope), identity, request.scope["headers"]))
+        return render(await self.models.list_models(context(request.scope), identity))
 
     async def get_model(self, request: Request) -> Any:
         identity = await self.deps.authenticate(request)
         model_id: str = request.path_params["model_id"]
-        return render(await self.relay.get_model(context(request.scope), identity, model_id, request.scope["headers"]))
+        return render(await self.models.get_model(context(request.scope), identity, model_id))
 
     async def passthrough(self, request: Request) -> Any:
         path: str = request.scope["path"]
-        if path in TYPED_PATHS:
+        if path in TYPED_PATHS:  # a method the typed route does not serve
             allowed = "GET" if path == "/v1/models" else "POST"
             raise MethodNotAllowed(f"Method {request.method} not allowed on {path}", headers={"Allow": allowed})
         pattern = self.passthrough_policy.match(path)

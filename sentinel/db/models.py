@@ -179,6 +179,9 @@ class UsageLedgerRow(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     cost_usd: Mapped[float | None] = mapped_column(Float)
+    # Of `input_tokens`: written to / read from the provider's prompt cache (migration 0004).
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default=text("0"))
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default=text("0"))
 
 
 class UsageOutboxRow(Base):

@@ -10,6 +10,7 @@ from typing import Protocol, get_args
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from sentinel.domain.catalogue import Prices
 from sentinel.native.types import Tier
 
 __all__ = ["TIERS", "TIER_ORDER", "Tier", "TierModelEntry", "TierSource", "TierTable", "is_tier"]
@@ -34,9 +35,9 @@ class TierModelEntry(BaseModel):
     )
 
     @property
-    def prices(self) -> tuple[float, float]:
-        """USD per million input and output tokens."""
-        return (self.input_price_per_million, self.output_price_per_million)
+    def prices(self) -> Prices:
+        """USD per million input and output tokens (cache writes and reads at the input price)."""
+        return Prices(self.input_price_per_million, self.output_price_per_million)
 
 
 TierTable = dict[str, list[TierModelEntry]]

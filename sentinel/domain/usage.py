@@ -16,10 +16,16 @@ USAGE_SOURCES: tuple[UsageSource, ...] = get_args(UsageSource)
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens a provider reported (or Sentinel counted) for one request."""
+    """Tokens a provider reported (or Sentinel counted) for one request.
+
+    `input_tokens` counts every prompt token, including those written to and read from the provider's
+    prompt cache; `cache_write_tokens` and `cache_read_tokens` say how many of them were such.
+    """
 
     input_tokens: int
     output_tokens: int
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
 
 
 def _utc(value: datetime) -> datetime:
@@ -32,7 +38,9 @@ class UsageRecord:
     """Usage of one request. `request_id` makes recording idempotent in every ledger.
 
     `usage_source` says whether the token counts came from the provider (`measured`) or were
-    counted by Sentinel (`estimated`). Timestamps are normalised to aware UTC.
+    counted by Sentinel (`estimated`). `input_tokens` includes the prompt-cache writes and reads,
+    which are also given on their own (`cache_write_tokens`, `cache_read_tokens`: Anthropic's
+    cache_creation/cache_read_input_tokens, OpenAI's cached_tokens). Timestamps are normalised to aware UTC.
     """
 
     request_id: str
@@ -48,13 +56,15 @@ class UsageRecord:
     started_at: datetime
     finished_at: datetime
     cost_usd: float | None = None
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
 
     def __post_init__(self) -> None:
         if not self.request_id:
             raise ValueError("request_id must not be empty")
         if self.usage_source not in USAGE_SOURCES:
             raise ValueError(f"usage_source must be one of {USAGE_SOURCES}, got {self.usage_source!r}")
-        if self.input_tokens < 0 or self.output_tokens < 0:
+        if min(self.input_tokens, self.output_tokens, self.cache_write_tokens, self.cache_read_tokens) < 0:
             raise ValueError("token counts must not be negative")
         object.__setattr__(self, "started_at", _utc(self.started_at))
         object.__setattr__(self, "finished_at", _utc(self.finished_at))
@@ -89,4 +99,6 @@ class UsageRecord:
             started_at=ts("started_at"),
             finished_at=ts("finished_at"),
             cost_usd=None if cost is None else float(cost),
+            cache_write_tokens=int(data.get("cache_write_tokens") or 0),
+            cache_read_tokens=int(data.get("cache_read_tokens") or 0),
         )

@@ -47,6 +47,24 @@ def parse_bearer(header: str | None) -> str:
     return token
 
 
+def parse_credential(authorization: str | None, api_key: str | None) -> str:
+    """The caller's token from `Authorization: Bearer <token>` or `x-api-key: <token>` (Anthropic's
+    header); when both are sent they must name the same token. AuthenticationError otherwise."""
+    key = (api_key or "").strip() or None
+    if authorization:
+        token = parse_bearer(authorization)
+        if key is not None and key != token:
+            raise AuthenticationError(
+                "Authorization and x-api-key carry different credentials: send one", code="conflicting_credentials"
+            )
+        return token
+    if key is not None:
+        return key
+    raise AuthenticationError(
+        "Authentication required: send Authorization: Bearer <key> (or x-api-key: <key>)", code="missing_api_key"
+    )
+
+
 class Authenticator:
     """Resolves a bearer token to an Identity: Sentinel API keys first, then JWT sources."""
 

@@ -18,7 +18,7 @@ from sentinel.db.models import UsageLedgerRow
 from sentinel.db.queries import insert_ignoring
 from sentinel.domain.usage import UsageRecord
 
-# 13 bound values a row: 500 rows stay well under SQLite's and PostgreSQL's parameter limits.
+# 15 bound values a row: 500 rows stay well under SQLite's and PostgreSQL's parameter limits.
 _CHUNK_ROWS = 500
 
 
@@ -42,6 +42,8 @@ def _row(record: UsageRecord) -> dict[str, Any]:
         "started_at": record.started_at,
         "finished_at": record.finished_at,
         "cost_usd": record.cost_usd,
+        "cache_write_tokens": record.cache_write_tokens,
+        "cache_read_tokens": record.cache_read_tokens,
     }
 
 

@@ -18,8 +18,16 @@ from typing import Any
 
 from sentinel.native._wire import as_count, as_object
 from sentinel.native.errors import NativeValidationError, TranslationError
-from sentinel.native.responses import AssistantMessage, Choice, FinishReason, ProviderReply, Usage
-from sentinel.native.types import ChatRequest, ImagePart, Message, Tier, ToolCall, ToolChoiceFunction
+from sentinel.native.model_request import ModelChatRequest
+from sentinel.native.responses import (
+    AssistantMessage,
+    CacheTokens,
+    Choice,
+    FinishReason,
+    ProviderReply,
+    Usage,
+)
+from sentinel.native.types import ChatParams, ImagePart, Message, Tier, ToolCall, ToolChoiceFunction
 
 ANTHROPIC_MAX_TEMPERATURE = 1.0
 _DATA_URL = re.compile(r"^data:(image/[a-zA-Z0-9.+-]+);base64,(.+)$", re.DOTALL)
@@ -38,29 +46,27 @@ def map_stop_reason(reason: Any) -> FinishReason:
 
 
 def build_anthropic_request(
-    req: ChatRequest, model: str, *, stream: bool, default_max_tokens: int = 4096
+    req: ChatParams, model: str, *, stream: bool, default_max_tokens: int = 4096, clamp_temperature: bool = True
 ) -> dict[str, Any]:
-    """The upstream body for POST /v1/messages with the selected `model`."""
+    """The upstream body for POST /v1/messages with the selected `model`. Without `clamp_temperature`
+    a temperature above Anthropic's maximum is a NativeValidationError instead of being lowered."""
     body: dict[str, Any] = {"model": model, "max_tokens": req.max_tokens or default_max_tokens}
     system = [m.text() for m in req.messages if m.role == "system"]
     if system:
         body["system"] = "\n".join(system)
     body["messages"] = _turns(req.messages)
     if req.temperature is not None:
+        if req.temperature > ANTHROPIC_MAX_TEMPERATURE and not clamp_temperature:
+            raise NativeValidationError(
+                f"temperature: Anthropic models accept 0 to {ANTHROPIC_MAX_TEMPERATURE:g}", "temperature"
+            )
         body["temperature"] = min(req.temperature, ANTHROPIC_MAX_TEMPERATURE)
     if req.top_p is not None:
         body["top_p"] = req.top_p
     if req.stop is not None:
         body["stop_sequences"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
     if req.tools:
-        body["tools"] = [
-            {
-                "name": t.function.name,
-                "description": t.function.description,
-                "input_schema": t.function.parameters,
-            }
-            for t in req.tools
-        ]
+        body["tools"] = [_tool(t.function.name, t.function.description, t.function.parameters) for t in req.tools]
         choice = _tool_choice(req)
         if choice is not None:
             body["tool_choice"] = choice
@@ -69,7 +75,29 @@ def build_anthropic_request(
     return body
 
 
-def _tool_choice(req: ChatRequest) -> dict[str, Any] | None:
+def build_anthropic_model_request(req: ModelChatRequest, model: str, *, default_max_tokens: int) -> dict[str, Any]:
+    """The upstream body for a `/v1` request translated to Anthropic: the unified fields (a temperature
+    above 1 is refused, not lowered), the end-user id as `metadata.user_id`, and
+    `parallel_tool_calls: false` as `disable_parallel_tool_use`."""
+    body = build_anthropic_request(
+        req, model, stream=req.stream, default_max_tokens=default_max_tokens, clamp_temperature=False
+    )
+    if req.user is not None:
+        body["metadata"] = {"user_id": req.user}
+    if req.parallel_tool_calls is False and req.tools:
+        body["tool_choice"] = {**body.get("tool_choice", {"type": "auto"}), "disable_parallel_tool_use": True}
+    return body
+
+
+def _tool(name: str, description: str | None, schema: dict[str, Any]) -> dict[str, Any]:
+    tool: dict[str, Any] = {"name": name}
+    if description is not None:
+        tool["description"] = description
+    tool["input_schema"] = schema
+    return tool
+
+
+def _tool_choice(req: ChatParams) -> dict[str, Any] | None:
     choice = req.tool_choice
     if isinstance(choice, ToolChoiceFunction):
         return {"type": "tool", "name": choice.function.name}
@@ -173,6 +201,7 @@ def parse_anthropic_response(
         tier=tier,
         choices=[Choice(index=0, message=message, finish_reason=map_stop_reason(body.get("stop_reason")))],
         usage=parse_anthropic_usage(body.get("usage"), provider=provider),
+        cache=anthropic_cache_tokens(as_object(body.get("usage"))),
     )
 
 
@@ -191,6 +220,13 @@ def anthropic_prompt_tokens(raw: dict[str, Any]) -> int:
     """Input tokens including cache writes and reads: all of them count as prompt."""
     keys = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
     return sum(as_count(raw.get(key)) or 0 for key in keys)
+
+
+def anthropic_cache_tokens(raw: dict[str, Any]) -> CacheTokens:
+    """The cache writes and reads of an Anthropic `usage` object (absent counts as 0)."""
+    return CacheTokens(
+        as_count(raw.get("cache_creation_input_tokens")) or 0, as_count(raw.get("cache_read_input_tokens")) or 0
+    )
 
 
 def parse_anthropic_usage(raw: Any, *, provider: str) -> Usage | None:

@@ -16,8 +16,16 @@ import orjson
 
 from sentinel.native._wire import as_count, as_object
 from sentinel.native.errors import TranslationError
-from sentinel.native.responses import AssistantMessage, Choice, FinishReason, ProviderReply, Usage
-from sentinel.native.types import ChatRequest, Message, Tier, ToolCall, ToolChoiceFunction
+from sentinel.native.model_request import ModelChatRequest
+from sentinel.native.responses import (
+    AssistantMessage,
+    CacheTokens,
+    Choice,
+    FinishReason,
+    ProviderReply,
+    Usage,
+)
+from sentinel.native.types import ChatParams, Message, Tier, ToolCall, ToolChoiceFunction
 
 _FINISH_REASONS: dict[str | None, FinishReason] = {
     "stop": "stop",
@@ -59,7 +67,7 @@ def parse_arguments(raw: Any, *, tool: str, provider: str) -> dict[str, Any]:
     return value
 
 
-def build_openai_request(req: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
+def build_openai_request(req: ChatParams, model: str, *, stream: bool) -> dict[str, Any]:
     """The upstream body for POST /chat/completions with the selected `model`."""
     body: dict[str, Any] = {"model": model, "messages": [_message(m) for m in req.messages]}
     for field in ("temperature", "top_p", "max_tokens", "stop"):
@@ -75,6 +83,17 @@ def build_openai_request(req: ChatRequest, model: str, *, stream: bool) -> dict[
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def build_openai_model_request(req: ModelChatRequest, model: str) -> dict[str, Any]:
+    """The upstream body for a `/v1` request translated to OpenAI: the unified fields plus
+    `parallel_tool_calls` and `user`."""
+    body = build_openai_request(req, model, stream=req.stream)
+    if req.parallel_tool_calls is not None and req.tools:
+        body["parallel_tool_calls"] = req.parallel_tool_calls
+    if req.user is not None:
+        body["user"] = req.user
     return body
 
 
@@ -121,6 +140,7 @@ def parse_openai_response(body: Any, *, provider: str, tier: Tier) -> ProviderRe
         tier=tier,
         choices=[_choice(position, raw, provider) for position, raw in enumerate(choices)],
         usage=parse_openai_usage(body.get("usage"), provider=provider),
+        cache=openai_cache_tokens(body.get("usage")),
     )
 
 
@@ -166,6 +186,12 @@ def _tool_call(raw: Any, provider: str) -> ToolCall:
             },
         }
     )
+
+
+def openai_cache_tokens(raw: Any) -> CacheTokens:
+    """The cached prompt tokens of an OpenAI `usage` object (`prompt_tokens_details.cached_tokens`)."""
+    details = as_object(as_object(raw).get("prompt_tokens_details"))
+    return CacheTokens(read=as_count(details.get("cached_tokens")) or 0)
 
 
 def parse_openai_usage(raw: Any, *, provider: str) -> Usage | None:

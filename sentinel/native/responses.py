@@ -80,6 +80,16 @@ class ChatResponse(StrictModel):
 
 
 @dataclass(frozen=True, slots=True)
+class CacheTokens:
+    """The prompt-cache part of a completion's prompt tokens: written to the cache and read from it
+    (Anthropic's cache_creation/cache_read_input_tokens, OpenAI's cached_tokens). Both are included in
+    `Usage.prompt_tokens`."""
+
+    write: int = 0
+    read: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderReply:
     """A provider's completion in unified form; `usage` is None when the provider did not report it."""
 
@@ -90,6 +100,7 @@ class ProviderReply:
     tier: Tier
     choices: list[Choice]
     usage: Usage | None
+    cache: CacheTokens = CacheTokens()
 
     def text(self) -> str:
         """All generated text (for estimating completion tokens when usage is missing)."""

@@ -22,10 +22,16 @@ from typing import Any
 import orjson
 
 from sentinel.native._wire import as_count, as_object
-from sentinel.native.anthropic import anthropic_prompt_tokens, map_stop_reason
+from sentinel.native.anthropic import anthropic_cache_tokens, anthropic_prompt_tokens, map_stop_reason
 from sentinel.native.errors import StreamError, TranslationError
-from sentinel.native.openai import map_finish_reason, new_call_id, parse_arguments, parse_openai_usage
-from sentinel.native.responses import FinishReason, Usage
+from sentinel.native.openai import (
+    map_finish_reason,
+    new_call_id,
+    openai_cache_tokens,
+    parse_arguments,
+    parse_openai_usage,
+)
+from sentinel.native.responses import CacheTokens, FinishReason, Usage
 from sentinel.native.sse import SSEEvent
 from sentinel.native.types import ToolCall
 
@@ -81,6 +87,7 @@ class StreamNormalizer:
         self._calls: dict[Any, _PendingCall] = {}  # keyed by the upstream's own index
         self._prompt_tokens: int | None = None
         self._completion_tokens: int | None = None
+        self.cache = CacheTokens()  # the prompt-cache part of the prompt tokens, as reported
 
     @property
     def usage(self) -> Usage | None:
@@ -219,6 +226,7 @@ class OpenAIStreamNormalizer(StreamNormalizer):
                 raise StreamError(exc.message, code="parse_error", provider=self.provider) from None
             if usage is not None:
                 self._prompt_tokens, self._completion_tokens = usage.prompt_tokens, usage.completion_tokens
+                self.cache = openai_cache_tokens(obj["usage"])
         out: list[dict[str, Any]] = []
         for choice in obj.get("choices") or ():
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
@@ -250,8 +258,27 @@ class OpenAIStreamNormalizer(StreamNormalizer):
         return [self._chunk(delta)] if delta else []
 
 
+_INPUT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
 class AnthropicStreamNormalizer(StreamNormalizer):
-    """Normalises an Anthropic Messages stream (message_start ... message_stop)."""
+    """Normalises an Anthropic Messages stream (message_start ... message_stop).
+
+    Input figures come with message_start; a message_delta may repeat them as cumulative totals,
+    and a figure it leaves out keeps its message_start value (as the official SDKs read it).
+    """
+
+    def __init__(self, *, provider: str, created: int | None = None) -> None:
+        super().__init__(provider=provider, created=created)
+        self._input: dict[str, int] = {}
+
+    def _take_input(self, usage: dict[str, Any]) -> None:
+        for key in _INPUT_KEYS:
+            if (value := as_count(usage.get(key))) is not None:
+                self._input[key] = value
+        if "input_tokens" in self._input:
+            self._prompt_tokens = anthropic_prompt_tokens(self._input)
+            self.cache = anthropic_cache_tokens(self._input)
 
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
         if self._done:
@@ -261,8 +288,7 @@ class AnthropicStreamNormalizer(StreamNormalizer):
         if kind == "message_start":
             message = as_object(obj.get("message"))
             self._adopt(message.get("id"), message.get("model"))
-            if isinstance(message.get("usage"), dict):
-                self._prompt_tokens = anthropic_prompt_tokens(message["usage"])
+            self._take_input(as_object(message.get("usage")))
             return [self._chunk({"content": ""})]
         if kind == "content_block_start":
             return self._block_start(obj.get("index"), obj.get("content_block"))
@@ -274,8 +300,7 @@ class AnthropicStreamNormalizer(StreamNormalizer):
                 self._finish = map_stop_reason(delta["stop_reason"])
             if (output := as_count(usage.get("output_tokens"))) is not None:
                 self._completion_tokens = output
-            if as_count(usage.get("input_tokens")) is not None:  # newer API versions repeat the totals here
-                self._prompt_tokens = anthropic_prompt_tokens(usage)
+            self._take_input(usage)  # newer API versions repeat the input totals here
             return []
         if kind == "message_stop":
             self._done = True

@@ -13,8 +13,8 @@ The response, stream-chunk and error shapes live in `sentinel.native.responses`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
@@ -136,11 +136,14 @@ def _empty_object_schema() -> dict[str, Any]:
     return {"type": "object", "properties": {}}
 
 
-class FunctionDefinition(StrictModel):
-    """A callable function: `parameters` must be a JSON Schema (2020-12) for an object."""
+class FunctionSpec(StrictModel):
+    """A callable function as the OpenAI and Anthropic wire formats accept it: `description` may be
+    absent; `parameters` must be a JSON Schema (2020-12) for an object."""
+
+    _requires_description: ClassVar[bool] = False
 
     name: str
-    description: str
+    description: str | None = None
     parameters: dict[str, Any] = Field(default_factory=_empty_object_schema)
 
     @field_validator("name")
@@ -154,8 +157,8 @@ class FunctionDefinition(StrictModel):
         return name
 
     @model_validator(mode="after")
-    def _check_description_and_schema(self) -> FunctionDefinition:
-        if not self.description.strip():
+    def _check_description_and_schema(self) -> FunctionSpec:
+        if self._requires_description and not (self.description or "").strip():
             raise PydanticCustomError(
                 "tool_definition", f"Invalid tool definition: Tool '{self.name}' has empty description"
             )
@@ -175,10 +178,24 @@ class FunctionDefinition(StrictModel):
         return self
 
 
-class ToolDefinition(StrictModel):
-    """A tool the model may call."""
+class FunctionDefinition(FunctionSpec):
+    """A callable function of the Native API: a non-empty `description` is required."""
+
+    _requires_description: ClassVar[bool] = True
+
+    description: str
+
+
+class ToolSpec(StrictModel):
+    """A tool the model may call (description optional, as both wire formats allow)."""
 
     type: Literal["function"]
+    function: FunctionSpec
+
+
+class ToolDefinition(ToolSpec):
+    """A tool the model may call (Native API: described)."""
+
     function: FunctionDefinition
 
 
@@ -241,38 +258,31 @@ def _semantic_error(message: str, param: str) -> PydanticCustomError:
     return PydanticCustomError("semantic", message, {"param": param})
 
 
-class ChatRequest(StrictModel):
-    """POST /native/v1/chat/completions. The client names a tier; Sentinel picks the model."""
+class ChatParams(StrictModel):
+    """What every unified chat request holds, with the semantic rules every translator relies on.
 
-    model_config = ConfigDict(json_schema_extra={"examples": _REQUEST_EXAMPLES})
+    `ChatRequest` (the Native API: a tier) and `sentinel.native.model_request.ModelChatRequest`
+    (the `/v1` surfaces: a catalogue model) declare these fields themselves, each in its own order
+    (the order of validation errors and of the documented schema), and add how the model is chosen.
+    """
 
-    messages: list[Message] = Field(min_length=1)
-    tier: Tier = "simple"
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, ge=1)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    stop: Stop | None = None
-    stream: bool = False
-    conversation_id: str | None = Field(default=None, min_length=1, max_length=256)
-    tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
-    tool_choice: ToolChoice | None = None
+    if TYPE_CHECKING:  # declared by each subclass
+        messages: list[Message]
+        temperature: float | None
+        max_tokens: int | None
+        top_p: float | None
+        stop: str | list[str] | None
+        stream: bool
+        tools: Sequence[ToolSpec] | None
+        tool_choice: ToolChoiceMode | ToolChoiceFunction | None
 
-    @field_validator("conversation_id")
+    @field_validator("tools", check_fields=False)
     @classmethod
-    def _check_conversation_id(cls, value: str | None) -> str | None:
-        if value is not None and _CONTROL_CHARS.search(value):
-            raise PydanticCustomError(
-                "conversation_id", "conversation_id must not contain control characters"
-            )
-        return value
-
-    @field_validator("tools")
-    @classmethod
-    def _empty_tools_are_absent(cls, tools: list[ToolDefinition] | None) -> list[ToolDefinition] | None:
+    def _empty_tools_are_absent(cls, tools: Sequence[ToolSpec] | None) -> Sequence[ToolSpec] | None:
         return tools or None
 
     @model_validator(mode="after")
-    def _check_semantics(self) -> ChatRequest:
+    def _check_semantics(self) -> ChatParams:
         seen_non_system = False
         call_ids: set[str] = set()
         for i, msg in enumerate(self.messages):
@@ -307,3 +317,29 @@ class ChatRequest(StrictModel):
             raise _semantic_error(
                 f"tool_choice names unknown tool '{choice.function.name}'", "tool_choice.function.name"
             )
+
+
+class ChatRequest(ChatParams):
+    """POST /native/v1/chat/completions. The client names a tier; Sentinel picks the model."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": _REQUEST_EXAMPLES})
+
+    messages: list[Message] = Field(min_length=1)
+    tier: Tier = "simple"
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: Stop | None = None
+    stream: bool = False
+    conversation_id: str | None = Field(default=None, min_length=1, max_length=256)
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+
+    @field_validator("conversation_id")
+    @classmethod
+    def _check_conversation_id(cls, value: str | None) -> str | None:
+        if value is not None and _CONTROL_CHARS.search(value):
+            raise PydanticCustomError(
+                "conversation_id", "conversation_id must not contain control characters"
+            )
+        return value

@@ -62,7 +62,10 @@ class Metrics:
             ["mode"], registry=r,
         )
         self.tokens = Counter(
-            "sentinel_tokens_total", "Tokens metered by direction and model", ["direction", "model"], registry=r,
+            "sentinel_tokens_total",
+            "Tokens metered by direction (input, output; cache_write and cache_read are the parts of input "
+            "written to and read from the provider's prompt cache) and model",
+            ["direction", "model"], registry=r,
         )
         self.usage_requests = Counter(
             "sentinel_usage_requests_total", "Usage records produced, by model and source",

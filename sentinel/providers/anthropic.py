@@ -1,13 +1,25 @@
-"""Anthropic's Messages API as a native chat provider (base URL without /v1, as the SDK takes it)."""
+"""Anthropic's Messages API: the native chat provider and the raw relay of `/v1/messages`.
+
+Base URL without /v1, as the SDK takes it. The client's credentials never leave Sentinel; the
+provider key is injected here (as `x-api-key`) and nowhere else. The client's `anthropic-version`
+and `anthropic-beta` are forwarded; a request without `anthropic-version` gets ANTHROPIC_VERSION.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
 
 from sentinel.native import ChatRequest, ProviderReply
 from sentinel.native.anthropic import build_anthropic_request, parse_anthropic_response
 from sentinel.native.stream import AnthropicStreamNormalizer, StreamNormalizer
 from sentinel.providers.chat import ChatProvider
+from sentinel.providers.http import UpstreamResponse, send
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -34,3 +46,24 @@ class AnthropicProvider(ChatProvider):
 
     def normalizer(self) -> StreamNormalizer:
         return AnthropicStreamNormalizer(provider=self.name)
+
+
+@dataclass
+class AnthropicUpstream:
+    """A named Anthropic-wire-format provider at `base_url` (without /v1), for the raw relay."""
+
+    name: str
+    base_url: str
+    api_key: str | None
+    session: aiohttp.ClientSession
+
+    async def forward(self, segments: Sequence[str], *, headers: dict[str, str], body: bytes) -> UpstreamResponse:
+        """POST `body` to `/v1/<segments>` (each segment percent-encoded whole, never normalised) with the
+        client's forwardable `headers`, the provider key and an `anthropic-version`."""
+        out = dict(headers)
+        out["accept-encoding"] = "identity"
+        out.setdefault("anthropic-version", ANTHROPIC_VERSION)
+        if self.api_key:
+            out["x-api-key"] = self.api_key
+        url = URL(self.base_url + "/v1" + "".join("/" + quote(s, safe="") for s in segments), encoded=True)
+        return await send(self.session, self.name, "POST", url, headers=out, body=body)

@@ -94,7 +94,7 @@ class ChatProvider:
     def normalizer(self) -> StreamNormalizer:
         raise NotImplementedError
 
-    async def _post(self, body: dict[str, Any]) -> tuple[UpstreamResponse, float]:
+    async def _post(self, body: dict[str, Any], relay_client_errors: bool) -> tuple[UpstreamResponse, float]:
         payload = orjson.dumps(body)
         started = time.perf_counter()
         upstream = await send(self.session, self.name, "POST", self.url(), headers=self.headers(), body=payload)
@@ -104,12 +104,15 @@ class ChatProvider:
                 raw = await upstream.read()
             finally:
                 upstream.release()
-            raise upstream_error(self.name, upstream.status, raw, upstream.headers)
+            raise upstream_error(
+                self.name, upstream.status, raw, upstream.headers, relay_client_errors=relay_client_errors
+            )
         return upstream, elapsed
 
-    async def complete_body(self, body: dict[str, Any], tier: str) -> Completion:
-        """Send an already translated (non-streaming) body; the unified reply."""
-        upstream, elapsed = await self._post(body)
+    async def complete_body(self, body: dict[str, Any], tier: str, *, relay_client_errors: bool = False) -> Completion:
+        """Send an already translated (non-streaming) body; the unified reply. `relay_client_errors`:
+        an upstream 4xx keeps its status, type and message (the `/v1` surfaces) instead of becoming 400."""
+        upstream, elapsed = await self._post(body, relay_client_errors)
         try:
             raw = await upstream.read()
         finally:
@@ -121,9 +124,9 @@ class ChatProvider:
             raise UpstreamError(f"Provider {self.name} sent an invalid response: {message}",
                                 code="provider_bad_response", provider=self.name) from None
 
-    async def open_stream_body(self, body: dict[str, Any]) -> ProviderStream:
+    async def open_stream_body(self, body: dict[str, Any], *, relay_client_errors: bool = False) -> ProviderStream:
         """Send an already translated streaming body; returns once the upstream answered 2xx."""
-        upstream, elapsed = await self._post(body)
+        upstream, elapsed = await self._post(body, relay_client_errors)
         return ProviderStream(upstream, self.normalizer(), elapsed)
 
 

@@ -58,18 +58,20 @@ DROP_REQUEST_HEADERS = frozenset(
         "x-http-method-override", "x-http-method", "x-method-override",
     }
 )
-# Response headers never relayed: hop-by-hop ones, framing the server recomputes, and upstream
-# account identifiers.
+# Response headers never relayed: hop-by-hop ones, framing the server recomputes, the upstream's
+# request ids (Sentinel sends its own), and upstream account identifiers and account-wide limits.
 DROP_RESPONSE_HEADERS = frozenset(
     {
         "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
-        "transfer-encoding", "upgrade", "content-length", "date", "server", "x-request-id",
-        "openai-organization", "openai-project", "set-cookie",
+        "transfer-encoding", "upgrade", "content-length", "date", "server", "x-request-id", "request-id",
+        "openai-organization", "openai-project", "set-cookie", "anthropic-organization-id",
     }
 )
+DROP_RESPONSE_PREFIXES = ("anthropic-ratelimit-",)
 
 
 def forwardable_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The client's request headers that may go upstream (see DROP_REQUEST_HEADERS)."""
     out: dict[str, str] = {}
     for name, value in raw:
         key = name.decode("latin-1").lower()
@@ -79,7 +81,11 @@ def forwardable_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
 
 
 def relayable_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in headers if k.lower() not in DROP_RESPONSE_HEADERS]
+    """The upstream's response headers that may reach the client (see DROP_RESPONSE_HEADERS)."""
+    return [
+        (k, v) for k, v in headers
+        if k.lower() not in DROP_RESPONSE_HEADERS and not k.lower().startswith(DROP_RESPONSE_PREFIXES)
+    ]
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sentinel.native.openai_checks import output_multiplier
+from sentinel.quota.anthropic_usage import estimate_messages
 from sentinel.quota.tokens import TokenCounter
 
 # No request reserves more output tokens than this (no model produces that many in one call): the
@@ -34,6 +35,8 @@ def estimate_input(counter: TokenCounter, endpoint: str, model: str, payload: di
         return counter.count_prompt(_prompt(payload.get("input")), model)
     if endpoint == "responses":
         return _responses_input(counter, model, payload)
+    if endpoint in ("messages", "messages/count_tokens"):
+        return estimate_messages(counter, model, payload)
     return 0
 
 
@@ -67,6 +70,7 @@ def max_output(endpoint: str, payload: dict[str, Any], default: int) -> int:
         "native": ("max_tokens",),
         "completions": ("max_tokens",),
         "responses": ("max_output_tokens",),
+        "messages": ("max_tokens",),
     }.get(endpoint, ())
     cap = 16 if endpoint == "completions" else default
     for key in keys:

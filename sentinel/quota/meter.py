@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn, Protocol
 
+from sentinel.domain.catalogue import Prices
 from sentinel.domain.identity import Identity
 from sentinel.domain.plans import Plan, PlanSource
 from sentinel.domain.policies import QuotaFailureMode
@@ -48,15 +49,8 @@ class Admission:
     reservation: Reservation | None = None
     limiter: QuotaLimiter | None = None
     provider: str | None = None
-    prices: tuple[float, float] | None = None  # USD per million input/output tokens, when known
+    prices: Prices | None = None  # of the model that served the request, when known
     settled: bool = False
-
-
-def cost(prices: tuple[float, float] | None, input_tokens: int, output_tokens: int) -> float | None:
-    """USD cost from per-million prices (None when the prices are unknown)."""
-    if prices is None or prices == (0.0, 0.0):
-        return None
-    return round((input_tokens * prices[0] + output_tokens * prices[1]) / 1_000_000, 8)
 
 
 class Meter(Protocol):
@@ -179,8 +173,10 @@ class QuotaMeter:
         model = admission.model
         label = self.metrics.model_label(model)
         source: UsageSource
+        cache_write = cache_read = 0
         if usage is not None:
             input_tokens, output_tokens, source = usage.input_tokens, usage.output_tokens, "measured"
+            cache_write, cache_read = usage.cache_write_tokens, usage.cache_read_tokens
             if admission.estimate_input > 0:
                 self.metrics.child(self.metrics.estimate_error, label).observe(
                     (usage.input_tokens - admission.estimate_input) / admission.estimate_input
@@ -209,12 +205,20 @@ class QuotaMeter:
             status=status,
             started_at=admission.started_at,
             finished_at=datetime.now(UTC),
-            cost_usd=cost(admission.prices, input_tokens, output_tokens),
+            cost_usd=None if admission.prices is None else admission.prices.cost(
+                input_tokens, output_tokens, cache_write, cache_read
+            ),
+            cache_write_tokens=cache_write,
+            cache_read_tokens=cache_read,
         )
         await self.outbox.put(record)
         m = self.metrics
         m.child(m.tokens, "input", label).inc(input_tokens)
         m.child(m.tokens, "output", label).inc(output_tokens)
+        if cache_write:
+            m.child(m.tokens, "cache_write", label).inc(cache_write)
+        if cache_read:
+            m.child(m.tokens, "cache_read", label).inc(cache_read)
         m.child(m.usage_requests, label, source).inc()
         if record.cost_usd:
             m.child(m.cost, provider or "none", label).inc(record.cost_usd)

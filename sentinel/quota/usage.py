@@ -1,6 +1,7 @@
-"""Reading usage out of OpenAI-format responses and streams (/v1 endpoints).
+"""Reading usage out of OpenAI-format responses and streams (/v1 endpoints; Anthropic's format is read
+by `sentinel.quota.anthropic_usage`).
 
-Provider `usage` wins; when it is missing the caller counts the output text this module gathers.
+Provider `usage` wins (cached prompt tokens, `cached_tokens`, are recorded as cache reads); when it is missing the caller counts the output text this module gathers.
 `StreamInspector` watches an SSE byte stream without delaying it: it splits events, pulls usage and
 text from `data:` lines, and (when Sentinel injected `stream_options.include_usage` on the client's
 behalf) drops the usage-only chunk the client did not ask for.
@@ -25,11 +26,14 @@ def usage_from_body(endpoint: str, body: Any) -> Usage | None:
         return None
     if "prompt_tokens" in usage:
         i, o = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
+        details = usage.get("prompt_tokens_details")
     else:
         i, o = usage.get("input_tokens"), usage.get("output_tokens", 0)
+        details = usage.get("input_tokens_details")
     if not isinstance(i, int) or not isinstance(o, int) or not _count(i) or not _count(o) or (i == 0 and o == 0):
         return None
-    return Usage(i, o)
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(i, o, 0, min(cached, i) if isinstance(cached, int) and _count(cached) else 0)
 
 
 def _count(value: Any) -> bool:

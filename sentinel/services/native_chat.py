@@ -91,7 +91,9 @@ class NativeChat:
         usage = reply.usage
         await self.meter.settle(
             admission,
-            usage=None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens),
+            usage=None if usage is None else Usage(
+                usage.prompt_tokens, usage.completion_tokens, reply.cache.write, reply.cache.read
+            ),
             output_text=text, status=200, provider=choice.provider,
         )
         if usage is None:
@@ -121,10 +123,10 @@ class NativeChat:
                 ending.last = render_error_event(exc.message, "stream_error", code)
 
         async def settle(status: int) -> None:
-            usage = stream.usage
+            usage, cache = stream.usage, stream.normalizer.cache
             await meter.settle(
                 admission,
-                usage=None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens),
+                usage=None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens, cache.write, cache.read),
                 output_text=stream.normalizer.text,
                 status=status,
                 provider=choice.provider,

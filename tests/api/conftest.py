@@ -78,6 +78,21 @@ class Gateway:
         else:
             asyncio.run(self.runtime.store.delete(key))
 
+    def anthropic(self, **kw: Any) -> Any:
+        """The official Anthropic client on Sentinel (`api_key=` unless `auth_token=` is given)."""
+        import anthropic
+
+        if "auth_token" not in kw:
+            kw.setdefault("api_key", self.key)
+        return anthropic.Anthropic(base_url=self.url, max_retries=0, **kw)
+
+    def async_anthropic(self, **kw: Any) -> Any:
+        import anthropic
+
+        if "auth_token" not in kw:
+            kw.setdefault("api_key", self.key)
+        return anthropic.AsyncAnthropic(base_url=self.url, max_retries=0, **kw)
+
 
 @pytest.fixture
 def gateway_factory(tmp_path: Path, mock_upstream: str) -> Iterator[Callable[..., Gateway]]:

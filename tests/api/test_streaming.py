@@ -61,7 +61,7 @@ def gateway_in_front_of(gateway_factory: Callable[..., Gateway], upstream: SlowS
 def open_stream(gw: Gateway) -> Iterator[httpx.Response]:
     """A streamed chat completion relayed by `gw`, open for reading."""
     with gw.client() as http, http.stream(
-        "POST", "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        "POST", "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     ) as r:
         assert r.status_code == 200
         yield r

@@ -1,0 +1,72 @@
+"""Which client surface a request belongs to, and the error shape and headers that surface expects.
+
+The one place that decides it, used by the request middleware for every error it renders (the
+route table's 404/405 included) and for the response headers it adds:
+- `/v1/messages` and everything below it is Anthropic's surface: errors are
+  `{"type": "error", "error": {"type", "message"}, "request_id"}` with Anthropic's statuses and type
+  names (`invalid_request_error` 400, `authentication_error` 401, `permission_error` 403,
+  `not_found_error` 404, `request_too_large` 413, `rate_limit_error` 429, `api_error` 500/502,
+  `timeout_error` 504, `overloaded_error` 529 — Sentinel's own 503s are sent as 529, as Anthropic
+  does), so the official SDKs raise their own typed exceptions; every answer carries `request-id`;
+- everything else keeps Sentinel's shape `{"error": {"message", "type", "code", ...}}`.
+The surface is read from the decoded path, tolerant of extra `/`, `\\` and `.` segments, so an
+encoded or malformed variant of `/v1/messages` (refused with 400 by the canonical-path check) is still
+answered in Anthropic's shape.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from sentinel.api.responses import RawResponse, encode_headers, error_response
+from sentinel.errors import SentinelError, UpstreamStatusError
+
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+    413: "request_too_large", 429: "rate_limit_error", 500: "api_error", 504: "timeout_error",
+    529: "overloaded_error",
+}
+_ANTHROPIC_NAMES = frozenset(ANTHROPIC_TYPES.values()) | {"billing_error"}
+OVERLOADED = 529
+
+
+# `/v1/messages` and below, also when spelled with extra `/`, `\\` or `.` segments or followed by any
+# character that cannot continue the name (the canonical-path check refuses those with 400).
+_ANTHROPIC_PATH = re.compile(r"^[/\\.]*v1[/\\.]+messages(?![A-Za-z0-9_-])")
+
+
+def is_anthropic(path: str) -> bool:
+    """Whether `path` (decoded) is on the Anthropic surface."""
+    return "messages" in path and _ANTHROPIC_PATH.match(path) is not None
+
+
+def anthropic_error(err: SentinelError, request_id: str | None) -> tuple[int, dict[str, Any]]:
+    """(status, body) of `err` in Anthropic's shape."""
+    status = err.status
+    if status == 503 or (isinstance(err, UpstreamStatusError) and err.upstream_status == OVERLOADED):
+        status = OVERLOADED
+    kind = ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    if err.provider is not None and err.type in _ANTHROPIC_NAMES:
+        kind = err.type  # an Anthropic provider's own error type, relayed
+    body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": err.message}}
+    if request_id:
+        body["request_id"] = request_id
+    return status, body
+
+
+def render_error(path: str, err: SentinelError, request_id: str | None = None) -> RawResponse:
+    """The error response for a request to `path`, in its surface's shape."""
+    if not is_anthropic(path):
+        return error_response(err)
+    status, body = anthropic_error(err, request_id)
+    headers = encode_headers(err.headers)
+    headers.append((b"content-type", b"application/json"))
+    return RawResponse(status, orjson.dumps(body), headers)
+
+
+def surface_headers(path: str, request_id: str) -> list[tuple[bytes, bytes]]:
+    """Headers the surface adds to every answer (Anthropic's `request-id`)."""
+    return [(b"request-id", request_id.encode())] if is_anthropic(path) else []

@@ -1,0 +1,85 @@
+"""The model catalogue's value types: a model clients may name, its prices, and where it resolves to.
+
+`CatalogueModel` is what an operator writes in the providers file (`models:`) and what the default
+catalogue is made of; `ModelTarget` is one resolved destination (a provider, the model name that
+provider knows, its wire format and prices). An alias resolves to one or more targets, in order.
+Pure data: the catalogue itself (resolution, validation) is `sentinel.routing.catalogue`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["MODEL_NAME_PATTERN", "CatalogueModel", "ModelTarget", "Prices"]
+
+# What a client may send as `model` and what the ledger's model column holds (at most 200 characters).
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$"
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """USD per million tokens. Cache writes and reads cost the input price unless priced themselves."""
+
+    input: float = 0.0
+    output: float = 0.0
+    cache_write: float | None = None
+    cache_read: float | None = None
+
+    @property
+    def known(self) -> bool:
+        """Whether any price is set (an all-zero table means "unknown": no cost is recorded)."""
+        return any((self.input, self.output, self.cache_write, self.cache_read))
+
+    def cost(self, input_tokens: int, output_tokens: int, cache_write: int = 0, cache_read: int = 0) -> float | None:
+        """The USD cost of a request; `input_tokens` includes the cache writes and reads. None when unknown."""
+        if not self.known:
+            return None
+        plain = max(0, input_tokens - cache_write - cache_read)
+        write = self.input if self.cache_write is None else self.cache_write
+        read = self.input if self.cache_read is None else self.cache_read
+        total = plain * self.input + cache_write * write + cache_read * read + output_tokens * self.output
+        return round(total / 1_000_000, 8)
+
+
+class CatalogueModel(BaseModel):
+    """One model of the catalogue, as the providers file spells it.
+
+    `name` is what clients send; `upstream_name` (default: `name`) what the provider is sent.
+    `created` (Unix time) is only shown in the model list.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
+    provider: str = Field(min_length=1, max_length=40)
+    upstream_name: str | None = Field(default=None, min_length=1, max_length=200)
+    input_price_per_million: float = Field(0.0, ge=0)
+    output_price_per_million: float = Field(0.0, ge=0)
+    cache_write_price_per_million: float | None = Field(None, ge=0)
+    cache_read_price_per_million: float | None = Field(None, ge=0)
+    created: int = Field(0, ge=0)
+
+    @property
+    def upstream(self) -> str:
+        """The model name the provider is sent."""
+        return self.upstream_name or self.name
+
+    @property
+    def prices(self) -> Prices:
+        return Prices(
+            self.input_price_per_million, self.output_price_per_million,
+            self.cache_write_price_per_million, self.cache_read_price_per_million,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTarget:
+    """Where a catalogue name sends a request: `kind` is the provider's wire format (openai, anthropic)."""
+
+    name: str
+    provider: str
+    kind: str
+    upstream_model: str
+    prices: Prices

@@ -1,0 +1,261 @@
+"""Anthropic's Messages API as a client speaks it: request in, message out.
+
+Used when an Anthropic client's model lives on a provider of another wire format. The request
+becomes a `ModelChatRequest`: `system` (a string or text blocks) becomes the first message; a user
+turn's `tool_result` blocks become tool messages ahead of the rest of the turn (`is_error` results
+are prefixed "Error: "); `image` blocks become image parts (base64 as a data URL); `tool_use` blocks
+become tool calls; `stop_sequences` is `stop`, `metadata.user_id` the end user, `tool_choice`
+`any`/`tool` are `required`/a named function and `disable_parallel_tool_use` turns parallel calls off.
+`cache_control` marks are dropped (the other provider caches prompts by itself), so are citations of
+earlier answers. Anything else that cannot be carried over (`top_k`, thinking, documents, server tools,
+images inside tool results, a final assistant message used as a prefill, more than 4 stop
+sequences, ...) is a `NativeValidationError` naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from sentinel.native.errors import NativeValidationError
+from sentinel.native.model_request import ModelChatRequest
+from sentinel.native.responses import CacheTokens, FinishReason, ProviderReply, Usage
+from sentinel.native.validation import to_native_error
+
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit; Anthropic allows more
+STOP_REASONS: dict[FinishReason, str] = {
+    "stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal",
+}
+_KEPT = ("model", "max_tokens", "temperature", "top_p", "stream")
+_NO_OPS: dict[str, tuple[Any, ...]] = {
+    "top_k": (None,),
+    "thinking": (None, {"type": "disabled"}),
+    "service_tier": (None, "auto", "standard_only"),
+    "container": (None,),
+    "mcp_servers": (None, []),
+    "context_management": (None,),
+}
+_BLOCK_KEYS = {
+    "text": {"type", "text", "cache_control", "citations"},
+    "image": {"type", "source", "cache_control"},
+    "tool_use": {"type", "id", "name", "input", "cache_control"},
+    "tool_result": {"type", "tool_use_id", "content", "is_error", "cache_control"},
+}
+_TOOL_KEYS = {"type", "name", "description", "input_schema", "cache_control"}
+
+
+def _refuse(param: str, why: str) -> NativeValidationError:
+    return NativeValidationError(f"{param}: {why}", param)
+
+
+def parse_anthropic_messages(payload: dict[str, Any], *, target: str) -> ModelChatRequest:
+    """A Messages API body as a unified request; `target` names the provider's wire format in error
+    messages. Raise NativeValidationError naming the first field that cannot be translated."""
+    out: dict[str, Any] = {key: payload[key] for key in _KEPT if payload.get(key) is not None}
+    for key, value in payload.items():
+        if key in _KEPT or key in ("messages", "system", "stop_sequences", "tools", "tool_choice", "metadata"):
+            continue
+        if key not in _NO_OPS:
+            raise _refuse(key, f"unknown parameter, or one that cannot be translated to {target}")
+        if value not in _NO_OPS[key]:
+            raise _refuse(key, f"this value cannot be translated to {target}")
+    if "max_tokens" not in out:
+        raise _refuse("max_tokens", "Field required")
+    out["messages"] = _system(payload.get("system")) + _messages(payload.get("messages"), target)
+    stops = payload.get("stop_sequences")
+    if stops:
+        if not isinstance(stops, list) or len(stops) > MAX_STOP_SEQUENCES:
+            raise _refuse("stop_sequences", f"at most {MAX_STOP_SEQUENCES} stop sequences can be translated to {target}")
+        out["stop"] = stops
+    if payload.get("tools") is not None:
+        out["tools"] = _tools(payload["tools"], target)
+    if payload.get("tool_choice") is not None:
+        _tool_choice(payload["tool_choice"], out)
+    _metadata(payload.get("metadata"), out)
+    try:
+        return ModelChatRequest.model_validate(out)
+    except ValidationError as exc:
+        raise to_native_error(exc) from None
+
+
+def _metadata(metadata: Any, out: dict[str, Any]) -> None:
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict) or set(metadata) - {"user_id"}:
+        raise _refuse("metadata", "only metadata.user_id is known")
+    if metadata.get("user_id") is not None:
+        out["user"] = metadata["user_id"]
+
+
+def _system(system: Any) -> list[dict[str, Any]]:
+    if system is None or system == "":
+        return []
+    if isinstance(system, str):
+        return [{"role": "system", "content": system}]
+    if not isinstance(system, list):
+        raise _refuse("system", "must be a string or a list of text blocks")
+    parts = []
+    for j, block in enumerate(system):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise _refuse(f"system.{j}.type", "only text blocks are allowed")
+        _known_keys(f"system.{j}", block)
+        parts.append({"type": "text", "text": block.get("text")})
+    return [{"role": "system", "content": parts}] if parts else []
+
+
+def _known_keys(at: str, block: dict[str, Any]) -> None:
+    extra = set(block) - _BLOCK_KEYS[block["type"]]
+    if extra:
+        raise _refuse(f"{at}.{sorted(extra)[0]}", "unknown field")
+
+
+def _messages(raw: Any, target: str) -> list[dict[str, Any]]:
+    if not isinstance(raw, list) or not raw:
+        raise _refuse("messages", "must be a non-empty array of message objects")
+    out: list[dict[str, Any]] = []
+    for i, message in enumerate(raw):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise _refuse(f"messages.{i}.role", "must be 'user' or 'assistant'")
+        extra = set(message) - {"role", "content"}
+        if extra:
+            raise _refuse(f"messages.{i}.{sorted(extra)[0]}", "unknown field")
+        turn = _user(i, message.get("content"), target) if message["role"] == "user" else _assistant(
+            i, message.get("content"), target
+        )
+        out.extend(turn)
+    if raw[-1].get("role") == "assistant":
+        raise _refuse(f"messages.{len(raw) - 1}", f"a final assistant message (a prefill) cannot be translated to {target}")
+    return out
+
+
+def _blocks(at: str, content: Any, allowed: tuple[str, ...], target: str) -> list[dict[str, Any]]:
+    if not isinstance(content, list):
+        raise _refuse(at, "must be a string or a list of content blocks")
+    for j, block in enumerate(content):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind not in allowed:
+            raise _refuse(f"{at}.{j}.type", f"{kind!r} blocks cannot be translated to {target} here")
+        _known_keys(f"{at}.{j}", block)
+    return content
+
+
+def _user(i: int, content: Any, target: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"role": "user", "content": content}]
+    at = f"messages.{i}.content"
+    results: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for j, block in enumerate(_blocks(at, content, ("text", "image", "tool_result"), target)):
+        if block["type"] == "text":
+            parts.append({"type": "text", "text": block.get("text")})
+        elif block["type"] == "image":
+            parts.append({"type": "image_url", "image_url": {"url": _image_url(f"{at}.{j}.source", block.get("source"))}})
+        else:
+            results.append({"role": "tool", "tool_call_id": block.get("tool_use_id"),
+                            "content": _result_text(f"{at}.{j}", block, target)})
+    if not results and not parts:
+        raise _refuse(at, "must not be empty")
+    return results + ([{"role": "user", "content": parts}] if parts else [])
+
+
+def _image_url(at: str, source: Any) -> str:
+    if isinstance(source, dict) and source.get("type") == "base64":
+        media, data = source.get("media_type"), source.get("data")
+        if isinstance(media, str) and media.startswith("image/") and isinstance(data, str) and data:
+            return f"data:{media};base64,{data}"
+    if isinstance(source, dict) and source.get("type") == "url" and isinstance(source.get("url"), str):
+        return str(source["url"])
+    raise _refuse(at, "must be a base64 image (media_type image/..., data) or a url source")
+
+
+def _result_text(at: str, block: dict[str, Any], target: str) -> Any:
+    content = block.get("content")
+    if content is None:
+        text: Any = ""
+    elif isinstance(content, str):
+        text = content
+    else:
+        texts = [b.get("text") for b in _blocks(f"{at}.content", content, ("text",), target)]
+        text = "".join(t if isinstance(t, str) else "" for t in texts)
+    if block.get("is_error") is True and isinstance(text, str):
+        text = "Error: " + text
+    return text
+
+
+def _assistant(i: int, content: Any, target: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"role": "assistant", "content": content}]
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in _blocks(f"messages.{i}.content", content, ("text", "tool_use"), target):
+        if block["type"] == "text":
+            texts.append(block["text"] if isinstance(block.get("text"), str) else "")
+        else:
+            calls.append({"id": block.get("id"), "type": "function",
+                          "function": {"name": block.get("name"), "arguments": block.get("input")}})
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
+    if calls:
+        message["tool_calls"] = calls
+    return [message]
+
+
+def _tools(tools: Any, target: str) -> list[dict[str, Any]]:
+    if not isinstance(tools, list):
+        raise _refuse("tools", "must be an array of tool objects")
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type", "custom") not in ("custom", None):
+            raise _refuse(f"tools.{i}.type", f"only custom (client) tools can be translated to {target}")
+        extra = set(tool) - _TOOL_KEYS
+        if extra:
+            raise _refuse(f"tools.{i}.{sorted(extra)[0]}", f"cannot be translated to {target}")
+        function = {"name": tool.get("name"), "parameters": tool.get("input_schema")}
+        if tool.get("description") is not None:
+            function["description"] = tool["description"]
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _tool_choice(choice: Any, out: dict[str, Any]) -> None:
+    if not isinstance(choice, dict) or set(choice) - {"type", "name", "disable_parallel_tool_use"}:
+        raise _refuse("tool_choice", "must be an object with type auto, any, tool or none")
+    kind = choice.get("type")
+    if kind == "tool":
+        out["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+    elif kind in ("auto", "any", "none"):
+        out["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[kind]
+    else:
+        raise _refuse("tool_choice.type", "must be auto, any, tool or none")
+    if choice.get("disable_parallel_tool_use") is True:
+        out["parallel_tool_calls"] = False
+
+
+def anthropic_usage(usage: Usage, cache: CacheTokens) -> dict[str, int]:
+    """Anthropic's `usage` object: `input_tokens` excludes the cache writes and reads."""
+    return {
+        "input_tokens": max(0, usage.prompt_tokens - cache.write - cache.read),
+        "cache_creation_input_tokens": cache.write,
+        "cache_read_input_tokens": cache.read,
+        "output_tokens": usage.completion_tokens,
+    }
+
+
+def render_anthropic_message(reply: ProviderReply, usage: Usage, cache: CacheTokens) -> dict[str, Any]:
+    """A unified reply (its first choice) as a Messages API `message` body."""
+    choice = reply.choices[0]
+    content: list[dict[str, Any]] = []
+    if choice.message.content or not choice.message.tool_calls:
+        content.append({"type": "text", "text": choice.message.content or ""})
+    for call in choice.message.tool_calls or ():
+        content.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": call.function.arguments})
+    return {
+        "id": reply.id,
+        "type": "message",
+        "role": "assistant",
+        "model": reply.model,
+        "content": content,
+        "stop_reason": STOP_REASONS[choice.finish_reason],
+        "stop_sequence": None,
+        "usage": anthropic_usage(usage, cache),
+    }

@@ -1,0 +1,32 @@
+"""The unified request of the `/v1` surfaces when a request must be translated to another wire format.
+
+A client of `/v1/chat/completions` or `/v1/messages` names a catalogue model; when that model lives on
+a provider of the other wire format, its body is read into a `ModelChatRequest`
+(`sentinel.native.openai_inbound`, `sentinel.native.anthropic_inbound`) and sent with the same
+translators the Native API uses. It holds the unified fields plus what either wire format can carry
+to the other: the end-user id, whether parallel tool calls are allowed, and whether an OpenAI client
+asked for a usage chunk. Tool descriptions are optional here (both wire formats allow that).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from sentinel.native.types import ChatParams, Message, Stop, ToolChoice, ToolSpec
+
+
+class ModelChatRequest(ChatParams):
+    """A chat request addressed to one model (see the module docstring)."""
+
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: Stop | None = None
+    stream: bool = False
+    tools: list[ToolSpec] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    user: str | None = Field(default=None, max_length=256)
+    include_usage: bool = False

@@ -1,0 +1,119 @@
+"""The model catalogue of the `/v1` surfaces: which model names clients may send and where they go.
+
+One catalogue serves both wire formats. A name is a model (`name`, `provider`, optional
+`upstream_name`, prices) or an alias naming one or more models, tried in order. An unknown name is
+404 `model_not_found`, before any quota is taken and before any upstream call. Built once at start-up
+(`sentinel.wiring`) from the providers file, or — when the file lists no `models:` — from the
+well-known models of each configured built-in provider plus every model the tier table and the file's
+providers name (so the embeddings and legacy-completions models keep working).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from sentinel.domain.catalogue import CatalogueModel, ModelTarget
+from sentinel.domain.tiers import TierModelEntry
+from sentinel.errors import NotFound
+
+
+class CatalogueError(ValueError):
+    """The configured catalogue is inconsistent (raised at start-up, with one clear line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListedModel:
+    """One entry of the model list: a model, or an alias (listed under its first target's provider)."""
+
+    id: str
+    provider: str
+    created: int
+    alias_of: tuple[str, ...] = ()
+
+
+class ModelCatalogue:
+    """Resolves client model names (see the module docstring). `kinds` maps provider names to wire formats."""
+
+    def __init__(
+        self,
+        models: Sequence[CatalogueModel],
+        aliases: Mapping[str, Sequence[str]],
+        kinds: Mapping[str, str],
+    ) -> None:
+        self._models: dict[str, CatalogueModel] = {}
+        for model in models:
+            if model.name in self._models:
+                raise CatalogueError(f"model {model.name!r} is listed twice")
+            if model.provider not in kinds:
+                raise CatalogueError(f"model {model.name!r} names provider {model.provider!r}, which is not configured")
+            self._models[model.name] = model
+        self._targets: dict[str, tuple[ModelTarget, ...]] = {
+            name: (self._target(model, kinds),) for name, model in self._models.items()
+        }
+        self._aliases: dict[str, tuple[str, ...]] = {}
+        for alias, names in aliases.items():
+            if alias in self._models:
+                raise CatalogueError(f"alias {alias!r} has the name of a model")
+            missing = [n for n in names if n not in self._models]
+            if missing:
+                raise CatalogueError(f"alias {alias!r} names unknown model(s): {', '.join(missing)}")
+            self._aliases[alias] = tuple(dict.fromkeys(names))
+            self._targets[alias] = tuple(self._targets[n][0] for n in self._aliases[alias])
+
+    @staticmethod
+    def _target(model: CatalogueModel, kinds: Mapping[str, str]) -> ModelTarget:
+        return ModelTarget(model.name, model.provider, kinds[model.provider], model.upstream, model.prices)
+
+    def resolve(self, name: Any) -> tuple[ModelTarget, ...]:
+        """The targets of a model or alias name, in order; NotFound (404 `model_not_found`) otherwise."""
+        targets = self._targets.get(name) if isinstance(name, str) else None
+        if targets is None:
+            shown = name if isinstance(name, str) else repr(name)
+            raise NotFound(
+                f"The model '{shown[:200]}' does not exist in this gateway's catalogue (GET /v1/models lists it)",
+                code="model_not_found", details={"param": "model"},
+            )
+        return targets
+
+    def listing(self) -> list[ListedModel]:
+        """Every model, then every alias, in configuration order."""
+        out = [ListedModel(m.name, m.provider, m.created) for m in self._models.values()]
+        for alias, names in self._aliases.items():
+            first = self._models[names[0]]
+            out.append(ListedModel(alias, first.provider, first.created, names))
+        return out
+
+    def names(self) -> set[str]:
+        """Every name a client may send, and every upstream model name (metric label values)."""
+        return {*self._targets, *(m.upstream for m in self._models.values())}
+
+
+def default_models(
+    well_known: Mapping[str, Sequence[CatalogueModel]],
+    providers: Iterable[str],
+    extra: Iterable[TierModelEntry] = (),
+) -> list[CatalogueModel]:
+    """The catalogue used when the providers file lists no models: the well-known models of each configured
+    provider that has any, then each `extra` (provider, model) pair (tier-table entries, a file provider's
+    cheap and mid models) not named yet. A name already taken keeps its first provider."""
+    configured = set(providers)
+    out: dict[str, CatalogueModel] = {}
+    for provider, models in well_known.items():
+        if provider in configured:
+            for model in models:
+                out.setdefault(model.name, model)
+    for entry in extra:
+        if entry.provider in configured and entry.model not in out:
+            try:
+                out[entry.model] = CatalogueModel(
+                    name=entry.model, provider=entry.provider,
+                    input_price_per_million=entry.input_price_per_million,
+                    output_price_per_million=entry.output_price_per_million,
+                )
+            except ValidationError:
+                continue  # a name clients could not send anyway (see MODEL_NAME_PATTERN)
+    return list(out.values())

@@ -1,0 +1,78 @@
+"""Serving a catalogue name: its targets in order, with the provider health the tier router uses.
+
+A model name has one target and is never retried elsewhere: its provider's failure reaches the
+client (and is recorded against the provider+model's health, which the native API's routing reads).
+An alias with several targets tries its healthy targets first (in the alias's order) and moves to
+the next target when one fails with a provider failure before the first byte (5xx, timeout,
+connection error, provider 429) — the same rule as the native API's failover. A single target costs
+no health lookup: only a failure is written, and a later success clears it when this process saw it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from sentinel.domain.catalogue import ModelTarget
+from sentinel.errors import SentinelError
+from sentinel.routing.failover import is_provider_failure
+from sentinel.routing.health import ProviderHealth
+
+T = TypeVar("T")
+_MAX_REMEMBERED = 10_000
+
+
+class ModelRoutes:
+    """Calls a request's targets in order (see the module docstring)."""
+
+    def __init__(self, health: ProviderHealth) -> None:
+        self.health = health
+        self._failed: set[tuple[str, str]] = set()  # pairs this process put in backoff
+
+    async def order(self, targets: Sequence[ModelTarget]) -> tuple[list[ModelTarget], set[tuple[str, str]]]:
+        """The targets to try (healthy ones first) and the pairs currently in backoff."""
+        if len(targets) < 2:
+            return list(targets), set()
+        available = await self.health.available([_pair(t) for t in targets])
+        healthy = [t for t in targets if available[_pair(t)]]
+        return healthy + [t for t in targets if not available[_pair(t)]], {p for p, ok in available.items() if not ok}
+
+    async def call(
+        self,
+        targets: Sequence[ModelTarget],
+        send: Callable[[ModelTarget], Awaitable[T]],
+        on_attempt: Callable[[ModelTarget], None] | None = None,
+    ) -> T:
+        """`send` to each target in turn until one answers; raise the last provider failure, or at once
+        any other error (a client error is the same on every target)."""
+        ordered, unhealthy = await self.order(targets)
+        for position, target in enumerate(ordered):
+            if on_attempt is not None:
+                on_attempt(target)
+            try:
+                result = await send(target)
+            except SentinelError as exc:
+                if not is_provider_failure(exc):
+                    raise
+                await self._report_failure(target)
+                if position == len(ordered) - 1:
+                    raise
+                continue
+            await self._report_success(target, _pair(target) in unhealthy)
+            return result
+        raise ValueError("no targets to call")
+
+    async def _report_failure(self, target: ModelTarget) -> None:
+        await self.health.record_failure(target.provider, target.upstream_model)
+        if len(self._failed) < _MAX_REMEMBERED:
+            self._failed.add(_pair(target))
+
+    async def _report_success(self, target: ModelTarget, was_unhealthy: bool) -> None:
+        pair = _pair(target)
+        if was_unhealthy or pair in self._failed:
+            self._failed.discard(pair)
+            await self.health.record_success(*pair)
+
+
+def _pair(target: ModelTarget) -> tuple[str, str]:
+    return (target.provider, target.upstream_model)

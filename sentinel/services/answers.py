@@ -1,0 +1,185 @@
+"""Relaying an OpenAI-compatible upstream's answer to the client and settling its usage.
+
+A complete answer is read whole when it is at most MAX_BUFFERED bytes (usage read from the parsed
+body), else relayed as it arrives with only its tail kept to read usage from; an SSE stream is relayed
+event by event (`StreamInspector`), its final `[DONE]` held back until the usage record is stored.
+An error answer is raised as the Sentinel error for it (its status, type and message relayed) and the
+caller gives the reservation back. Objects the answer creates upstream become the caller's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from sentinel.domain.identity import Identity
+from sentinel.domain.usage import Usage
+from sentinel.errors import UpstreamError
+from sentinel.governance.ownership import Ownership
+from sentinel.observability.metrics import Metrics
+from sentinel.providers.errors import upstream_error
+from sentinel.providers.http import UpstreamResponse
+from sentinel.providers.openai import relayable_headers
+from sentinel.quota.meter import Admission, Meter
+from sentinel.quota.usage import StreamInspector, TailInspector, text_from_body, usage_from_body
+from sentinel.services.exchange import Ending, MeteredStream, Reply, StreamReply
+from sentinel.services.objects import ObjectPath, created_ids, leading_id
+
+SSE_HEADERS = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
+# Answers up to this size are read whole (usage read from the parsed body); larger ones, and
+# answers of unknown length, are relayed as they arrive (usage read from their tail).
+MAX_BUFFERED = 1024 * 1024
+
+
+class AnswerRelay:
+    """Relays upstream answers and settles them (see the module docstring)."""
+
+    def __init__(self, meter: Meter, ownership: Ownership, metrics: Metrics) -> None:
+        self.meter = meter
+        self.ownership = ownership
+        self.metrics = metrics
+
+    async def complete(
+        self, upstream: UpstreamResponse, endpoint: str, admission: Admission, *, owner: Identity | None,
+        ttl: float | None, creating: bool,
+    ) -> Reply | StreamReply:
+        """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
+        relayed as it arrives after the part already read."""
+        if upstream.status >= 300:
+            return await self.refused(upstream, admission)
+        started = time.perf_counter()
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in upstream.iter_chunks():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_BUFFERED:
+                    return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating)
+        except UpstreamError:
+            upstream.close()
+            raise
+        upstream.release()
+        raw = b"".join(chunks)
+        self.metrics.child(self.metrics.upstream_duration, upstream.provider, endpoint).observe(
+            time.perf_counter() - started
+        )
+        parsed = _json(raw, upstream)
+        if owner is not None:
+            for object_id in created_ids(parsed, creating=creating):
+                await self.ownership.claim(object_id, owner.external_id, ttl)
+        await self.meter.settle(
+            admission,
+            usage=usage_from_body(endpoint, parsed),
+            output_text="" if parsed is None else text_from_body(endpoint, parsed),
+            status=upstream.status,
+            provider=upstream.provider,
+        )
+        return Reply(upstream.status, raw, relayable_headers(upstream.headers))
+
+    async def refused(self, upstream: UpstreamResponse, admission: Admission) -> Reply:
+        """An upstream error answer. A request the provider refused (4xx other than 401/403/429) still
+        reached the company's account: it counts as a request and is recorded with its status and no
+        tokens. When the provider failed or limited us (5xx, 429) or refused Sentinel's own key
+        (401/403), nothing was served: the caller gives the reservation back."""
+        try:
+            raw = await upstream.read()
+        except UpstreamError:
+            raw = b""
+        finally:
+            upstream.release()
+        if 400 <= upstream.status < 500 and upstream.status not in (401, 403, 429):
+            await self.meter.settle(admission, usage=Usage(0, 0), output_text="", status=upstream.status,
+                                    provider=upstream.provider)
+        raise upstream_error(upstream.provider, upstream.status, raw, upstream.headers, relay_client_errors=True)
+
+    def _large(
+        self, upstream: UpstreamResponse, endpoint: str, admission: Admission, head: bytes, owner: Identity | None,
+        ttl: float | None, creating: bool,
+    ) -> StreamReply:
+        """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
+        from; the last chunk waits for the usage record."""
+        tail = TailInspector()
+        tail.feed(head)
+        meter, ownership = self.meter, self.ownership
+
+        async def produce(ending: Ending) -> AsyncIterator[bytes]:
+            ending.status = upstream.status
+            held = head
+            try:
+                async for chunk in upstream.iter_chunks():
+                    yield held
+                    held = chunk
+                    tail.feed(chunk)
+            except UpstreamError:
+                ending.status = 502
+            finally:
+                upstream.close()
+            ending.last = held
+
+        async def settle(status: int) -> None:
+            object_id = leading_id(head) if creating else None
+            if owner is not None and object_id is not None:
+                await ownership.claim(object_id, owner.external_id, ttl)
+            await meter.settle(admission, usage=tail.usage(endpoint), output_text="", status=status,
+                               provider=upstream.provider)
+
+        stream = MeteredStream(produce, settle)
+        headers = [(k, v) for k, v in relayable_headers(upstream.headers)]
+        return StreamReply(upstream.status, headers, stream.chunks(), stream.on_close)
+
+    def sse(
+        self, upstream: UpstreamResponse, endpoint: str, admission: Admission, strip_usage: bool,
+        owner: Identity | None,
+    ) -> StreamReply:
+        inspector = StreamInspector(endpoint, strip_usage_chunk=strip_usage)
+        metrics, meter, ownership = self.metrics, self.meter, self.ownership
+        started = time.perf_counter()
+
+        async def produce(ending: Ending) -> AsyncIterator[bytes]:
+            ending.status = upstream.status
+            try:
+                async for chunk in upstream.iter_chunks():
+                    out = inspector.feed(chunk)
+                    if out:
+                        yield out
+                tail = inspector.flush()
+                if tail:
+                    yield tail
+                if not inspector.saw_done:
+                    metrics.upstream_errors.labels(upstream.provider, "stream_truncated").inc()
+            except UpstreamError as exc:
+                # Headers are gone already: end the stream; usage so far is still recorded.
+                metrics.upstream_errors.labels(upstream.provider, exc.code).inc()
+                ending.status = 502
+            finally:
+                upstream.close()
+            ending.last = inspector.done
+
+        async def settle(status: int) -> None:
+            if owner is not None and inspector.object_id is not None:
+                await ownership.claim(inspector.object_id, owner.external_id, ObjectPath("responses").ttl)
+            await meter.settle(
+                admission, usage=inspector.usage, output_text=inspector.text, status=status, provider=upstream.provider
+            )
+
+        async def observe() -> None:
+            metrics.upstream_duration.labels(upstream.provider, endpoint).observe(time.perf_counter() - started)
+            if inspector.parse_errors:
+                metrics.sse_parse_errors.labels(endpoint).inc(inspector.parse_errors)
+
+        stream = MeteredStream(produce, settle, observe)
+        return StreamReply(upstream.status, relayable_headers(upstream.headers) + SSE_HEADERS, stream.chunks(),
+                           stream.on_close)
+
+
+def _json(raw: bytes, upstream: UpstreamResponse) -> Any:
+    if "json" not in upstream.content_type:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None

@@ -1,0 +1,221 @@
+"""The Anthropic-compatible surface: `POST /v1/messages` and `POST /v1/messages/count_tokens`.
+
+Same rules as the OpenAI relay: the metered fields are type-checked and the model resolved in the
+catalogue (404 `model_not_found`) before anything is reserved; the request is admitted with
+Anthropic's counting rules (`sentinel.quota.anthropic_usage`), served, and settled into exactly one
+usage record, with a stream's `message_stop` sent only after that record is stored. A model on an
+Anthropic-format provider is relayed as it is (its name replaced only when the catalogue gives it
+another upstream name); a model on another wire format is translated (`TranslatedChat`).
+`count_tokens` reserves one request: it is relayed to an Anthropic provider, or answered with
+Sentinel's own estimate for a model elsewhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from sentinel.domain.catalogue import ModelTarget
+from sentinel.domain.identity import Identity
+from sentinel.errors import InvalidRequest, SentinelError, UpstreamError
+from sentinel.native.anthropic_checks import check_messages_fields
+from sentinel.native.anthropic_inbound import parse_anthropic_messages
+from sentinel.native.errors import NativeValidationError
+from sentinel.native.model_request import ModelChatRequest
+from sentinel.observability.metrics import Metrics
+from sentinel.providers.anthropic import AnthropicUpstream
+from sentinel.providers.errors import upstream_error
+from sentinel.providers.http import UpstreamResponse
+from sentinel.providers.openai import forwardable_headers, relayable_headers
+from sentinel.quota.anthropic_usage import AnthropicStreamInspector, message_text, message_usage
+from sentinel.quota.estimate import estimate_input
+from sentinel.quota.meter import Admission, Meter
+from sentinel.quota.tokens import TokenCounter
+from sentinel.routing.catalogue import ModelCatalogue
+from sentinel.routing.model_routes import ModelRoutes
+from sentinel.services.answers import SSE_HEADERS
+from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
+from sentinel.services.relay import target_headers
+from sentinel.services.translated_chat import TranslatedChat
+
+RawHeaders = list[tuple[bytes, bytes]]
+JSON = [("content-type", "application/json")]
+
+
+def _invalid(exc: NativeValidationError) -> InvalidRequest:
+    return InvalidRequest(exc.message, details={"param": exc.param} if exc.param else None)
+
+
+class MessagesService:
+    """Serves the Messages API over the catalogue (see the module docstring)."""
+
+    def __init__(
+        self, upstreams: dict[str, AnthropicUpstream], meter: Meter, metrics: Metrics, counter: TokenCounter, *,
+        catalogue: ModelCatalogue, routes: ModelRoutes, translated: TranslatedChat,
+    ) -> None:
+        self.upstreams = upstreams
+        self.meter = meter
+        self.metrics = metrics
+        self.counter = counter
+        self.catalogue = catalogue
+        self.routes = routes
+        self.translated = translated
+
+    async def messages(
+        self, ex: Exchange, identity: Identity, *, payload: dict[str, Any], body: bytes, headers: RawHeaders
+    ) -> Reply | StreamReply:
+        """Check, resolve, admit, serve on the first target that answers, settle."""
+        try:
+            check_messages_fields(payload)
+        except NativeValidationError as exc:
+            raise _invalid(exc) from None
+        targets = self.catalogue.resolve(payload["model"])
+        parsed: dict[str, ModelChatRequest] = {}
+        if targets[0].kind != "anthropic":
+            parsed["req"] = self._parse(payload, targets[0])  # a 400 here reserves nothing
+        admission = await self.meter.admit(
+            identity, endpoint="messages", model=targets[0].name, payload=payload, request_id=ex.usage_id,
+            size=len(body),
+        )
+        ex.headers.extend(admission.headers.items())
+        served: list[ModelTarget] = []
+
+        def on_attempt(target: ModelTarget) -> None:
+            served[:] = [target]
+            admission.model, admission.prices, ex.provider = target.name, target.prices, target.provider
+
+        async def send(target: ModelTarget) -> Reply | StreamReply:
+            if target.kind == "anthropic":
+                return await self._relay(ex, target, payload, body, headers, admission)
+            req = parsed.get("req") or parsed.setdefault("req", self._parse(payload, target))
+            return await self.translated.serve(ex, req, target, admission, "anthropic")
+
+        try:
+            reply = await self.routes.call(targets, send, on_attempt)
+        except SentinelError:
+            await self.meter.release(admission)
+            raise
+        ex.headers.extend(target_headers(served[0]))
+        return reply
+
+    async def count_tokens(
+        self, ex: Exchange, identity: Identity, *, payload: dict[str, Any], body: bytes, headers: RawHeaders
+    ) -> Reply:
+        """Input tokens of a Messages body: the provider's count, or Sentinel's estimate off Anthropic."""
+        try:
+            check_messages_fields(payload, count_only=True)
+        except NativeValidationError as exc:
+            raise _invalid(exc) from None
+        target = self.catalogue.resolve(payload["model"])[0]
+        admission = await self.meter.admit_call(identity, endpoint="messages/count_tokens", request_id=ex.usage_id)
+        ex.headers.extend(admission.headers.items())
+        admission.model = target.name
+        ex.headers.extend(target_headers(target))
+        if target.kind != "anthropic":
+            tokens = estimate_input(self.counter, "messages/count_tokens", target.upstream_model, payload)
+            await self.meter.settle(admission, usage=None, output_text="", status=200, provider=None)
+            return Reply(200, orjson.dumps({"input_tokens": tokens}), [*JSON, ("x-sentinel-estimate", "true")])
+        ex.provider = target.provider
+        try:
+            upstream = await self._forward(ex, target, ["messages", "count_tokens"], payload, body, headers)
+            raw = await self._read(upstream)
+        except SentinelError:
+            await self.meter.release(admission)
+            raise
+        await self.meter.settle(admission, usage=None, output_text="", status=200, provider=target.provider)
+        return Reply(200, raw, relayable_headers(upstream.headers))
+
+    def _parse(self, payload: dict[str, Any], target: ModelTarget) -> ModelChatRequest:
+        try:
+            return parse_anthropic_messages(payload, target=target.kind)
+        except NativeValidationError as exc:
+            raise _invalid(exc) from None
+
+    async def _forward(
+        self, ex: Exchange, target: ModelTarget, segments: list[str], payload: dict[str, Any], body: bytes,
+        headers: RawHeaders,
+    ) -> UpstreamResponse:
+        if target.upstream_model != payload["model"]:
+            body = orjson.dumps({**payload, "model": target.upstream_model})
+        started = time.perf_counter()
+        try:
+            upstream = await self.upstreams[target.provider].forward(
+                segments, headers=forwardable_headers(headers), body=body
+            )
+        except UpstreamError as exc:
+            self.metrics.upstream_errors.labels(target.provider, exc.code).inc()
+            raise
+        finally:
+            ex.upstream_seconds += time.perf_counter() - started
+        ex.upstream_status = upstream.status
+        return upstream
+
+    async def _read(self, upstream: UpstreamResponse) -> bytes:
+        """The whole body of a 2xx answer; an error answer is raised (status, type and message relayed)."""
+        try:
+            raw = await upstream.read()
+        except UpstreamError:
+            upstream.close()
+            raise
+        upstream.release()
+        if upstream.status >= 300:
+            raise upstream_error(upstream.provider, upstream.status, raw, upstream.headers, relay_client_errors=True)
+        return raw
+
+    async def _relay(
+        self, ex: Exchange, target: ModelTarget, payload: dict[str, Any], body: bytes, headers: RawHeaders,
+        admission: Admission,
+    ) -> Reply | StreamReply:
+        upstream = await self._forward(ex, target, ["messages"], payload, body, headers)
+        if payload.get("stream") is True and 200 <= upstream.status < 300:
+            return self._relay_sse(upstream, admission)
+        raw = await self._read(upstream)
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = None
+        await self.meter.settle(
+            admission, usage=message_usage(parsed), output_text=message_text(parsed), status=upstream.status,
+            provider=upstream.provider,
+        )
+        return Reply(upstream.status, raw, relayable_headers(upstream.headers))
+
+    def _relay_sse(self, upstream: UpstreamResponse, admission: Admission) -> StreamReply:
+        inspector = AnthropicStreamInspector()
+        metrics, meter = self.metrics, self.meter
+        started = time.perf_counter()
+
+        async def produce(ending: Ending) -> AsyncIterator[bytes]:
+            ending.status = upstream.status
+            try:
+                async for chunk in upstream.iter_chunks():
+                    out = inspector.feed(chunk)
+                    if out:
+                        yield out
+                tail = inspector.flush()
+                if tail:
+                    yield tail
+                if not inspector.done:
+                    metrics.upstream_errors.labels(upstream.provider, "stream_truncated").inc()
+            except UpstreamError as exc:
+                metrics.upstream_errors.labels(upstream.provider, exc.code).inc()
+                ending.status = 502
+            finally:
+                upstream.close()
+            ending.last = inspector.done
+
+        async def settle(status: int) -> None:
+            await meter.settle(admission, usage=inspector.usage, output_text=inspector.text, status=status,
+                               provider=upstream.provider)
+
+        async def observe() -> None:
+            metrics.upstream_duration.labels(upstream.provider, "messages").observe(time.perf_counter() - started)
+            if inspector.parse_errors:
+                metrics.sse_parse_errors.labels("messages").inc(inspector.parse_errors)
+
+        stream = MeteredStream(produce, settle, observe)
+        return StreamReply(upstream.status, relayable_headers(upstream.headers) + SSE_HEADERS, stream.chunks(),
+                           stream.on_close)

@@ -1,0 +1,153 @@
+"""Chat across wire formats: an OpenAI client's request answered by an Anthropic model, and the reverse.
+
+The client's request arrives as a `ModelChatRequest` (read by the native layer's inbound translator
+for its wire format); it is sent with the same provider translators the Native API uses, and the
+provider's unified answer — a completion, or a stream of unified chunks — is written back in the
+client's own wire format. Metering is the caller's admission: this module settles it (exactly once,
+from the provider's usage, or estimated when the provider reported none or the stream broke off) and
+sends a stream's last bytes (`[DONE]`, `message_stop`) only after the usage record is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import orjson
+
+from sentinel.domain.catalogue import ModelTarget
+from sentinel.domain.usage import Usage
+from sentinel.errors import InvalidRequest, UpstreamError
+from sentinel.native import NativeValidationError, StreamError, TranslationError
+from sentinel.native.anthropic import build_anthropic_model_request
+from sentinel.native.anthropic_inbound import render_anthropic_message
+from sentinel.native.anthropic_stream import AnthropicStreamEncoder
+from sentinel.native.anthropic_stream import render_error_event as anthropic_error_event
+from sentinel.native.model_request import ModelChatRequest
+from sentinel.native.openai import build_openai_model_request
+from sentinel.native.openai_inbound import openai_usage, render_openai_completion
+from sentinel.native.responses import CacheTokens
+from sentinel.native.responses import Usage as WireUsage
+from sentinel.native.stream import DONE, render_chunk, render_error_event
+from sentinel.observability.metrics import Metrics
+from sentinel.providers.chat import ChatProvider, ProviderStream
+from sentinel.quota.meter import Admission, Meter
+from sentinel.quota.tokens import TokenCounter
+from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
+
+ClientFormat = Literal["openai", "anthropic"]
+SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-accel-buffering", "no")]
+JSON = [("content-type", "application/json")]
+
+
+class TranslatedChat:
+    """Serves a `ModelChatRequest` on a provider of the other wire format (see the module docstring)."""
+
+    def __init__(
+        self, providers: dict[str, ChatProvider], meter: Meter, counter: TokenCounter, metrics: Metrics,
+        *, default_max_tokens: int,
+    ) -> None:
+        self.providers = providers
+        self.meter = meter
+        self.counter = counter
+        self.metrics = metrics
+        self.default_max_tokens = default_max_tokens
+
+    def translate(self, req: ModelChatRequest, target: ModelTarget) -> dict[str, Any]:
+        """The provider's request body; InvalidRequest (400 naming the field) when it cannot be built."""
+        try:
+            if target.kind == "anthropic":
+                return build_anthropic_model_request(
+                    req, target.upstream_model, default_max_tokens=self.default_max_tokens
+                )
+            return build_openai_model_request(req, target.upstream_model)
+        except (NativeValidationError, TranslationError) as exc:
+            param = exc.param if isinstance(exc, NativeValidationError) else None
+            raise InvalidRequest(exc.message, details={"param": param} if param else None) from None
+
+    async def serve(
+        self, ex: Exchange, req: ModelChatRequest, target: ModelTarget, admission: Admission, client: ClientFormat
+    ) -> Reply | StreamReply:
+        """Send `req` to `target`'s provider and answer in the `client` wire format. Raises (before any
+        answer) the provider's error; the caller gives the admission back."""
+        body = self.translate(req, target)
+        provider = self.providers[target.provider]
+        try:
+            if req.stream:
+                stream = await provider.open_stream_body(body, relay_client_errors=True)
+                ex.upstream_seconds += stream.upstream_seconds
+                ex.upstream_status = stream.upstream.status
+                return self._stream(stream, req, target, admission, client)
+            done = await provider.complete_body(body, "simple", relay_client_errors=True)
+        except UpstreamError as exc:
+            self.metrics.upstream_errors.labels(target.provider, exc.code).inc()
+            raise
+        ex.upstream_seconds += done.upstream_seconds
+        ex.upstream_status = 200
+        reply = done.reply
+        usage = reply.usage
+        text = reply.text() + "".join(
+            call.function.name + orjson.dumps(call.function.arguments).decode()
+            for choice in reply.choices for call in choice.message.tool_calls or ()
+        )
+        await self.meter.settle(
+            admission, usage=_domain_usage(usage, reply.cache), output_text=text, status=200,
+            provider=target.provider,
+        )
+        shown = usage or self._estimate(admission, text, target)
+        rendered = (
+            render_openai_completion(reply, shown, reply.cache) if client == "openai"
+            else render_anthropic_message(reply, shown, reply.cache)
+        )
+        return Reply(200, orjson.dumps(rendered), list(JSON))
+
+    def _estimate(self, admission: Admission, text: str, target: ModelTarget) -> WireUsage:
+        return WireUsage.of(admission.estimate_input, self.counter.count_text(text, target.upstream_model) if text else 0)
+
+    def _stream(
+        self, stream: ProviderStream, req: ModelChatRequest, target: ModelTarget, admission: Admission,
+        client: ClientFormat,
+    ) -> StreamReply:
+        meter, metrics = self.meter, self.metrics
+        encoder = AnthropicStreamEncoder(input_tokens=admission.estimate_input) if client == "anthropic" else None
+
+        async def produce(ending: Ending) -> AsyncIterator[bytes]:
+            try:
+                async for chunk in stream.events():
+                    out = render_chunk(chunk) if encoder is None else encoder.feed(chunk)
+                    if out:
+                        yield out
+            except (StreamError, UpstreamError) as exc:
+                ending.status = 502
+                code = exc.code if isinstance(exc, StreamError) else "connection_closed"
+                metrics.upstream_errors.labels(target.provider, "stream_" + code[:40]).inc()
+                ending.last = (
+                    render_error_event(exc.message, "stream_error", code) if encoder is None
+                    else anthropic_error_event(exc.message)
+                )
+                return
+            usage = stream.usage or self._estimate(admission, stream.normalizer.text, target)
+            cache = stream.normalizer.cache
+            if encoder is None:
+                if req.include_usage:
+                    yield render_chunk({**stream.normalizer.usage_chunk(usage), "usage": openai_usage(usage, cache)})
+                ending.last = DONE
+            else:
+                reason = stream.result.finish_reason if stream.result is not None else None
+                closing, ending.last = encoder.finish(reason, usage, cache)
+                yield closing
+
+        async def settle(status: int) -> None:
+            await meter.settle(
+                admission, usage=_domain_usage(stream.usage, stream.normalizer.cache),
+                output_text=stream.normalizer.text, status=status, provider=target.provider,
+            )
+
+        metered = MeteredStream(produce, settle)
+        return StreamReply(200, list(SSE_HEADERS), metered.chunks(), metered.on_close)
+
+
+def _domain_usage(usage: WireUsage | None, cache: CacheTokens) -> Usage | None:
+    if usage is None:
+        return None
+    return Usage(usage.prompt_tokens, usage.completion_tokens, cache.write, cache.read)

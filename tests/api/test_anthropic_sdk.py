@@ -1,0 +1,185 @@
+"""The Anthropic-compatible surface through the official `anthropic` SDK (sync and async), against a real
+Sentinel and the mock upstream: a Claude model is relayed as it is (the same-format fast path)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Callable
+
+import anthropic
+import httpx
+import orjson
+import pytest
+
+from tests.api.conftest import Gateway
+
+HAIKU = "claude-3-5-haiku-20241022"
+IMAGE = base64.b64encode(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10" + bytes(32)).decode()
+LOOKUP = {
+    "name": "lookup",
+    "description": "Look something up",
+    "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+}
+
+
+def upstream_requests(gw: Gateway, path: str = "/v1/messages") -> list[dict]:
+    base = gw.settings.anthropic_api_url
+    return httpx.get(f"{base}/__mock/requests", params={"path": path}, timeout=5).json()["data"]
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def test_plain_message_with_system_prompts(gateway: Gateway) -> None:
+    claude = gateway.anthropic()
+    as_string = claude.messages.create(model=HAIKU, max_tokens=30, system="be terse", messages=user("hello there"))
+    assert as_string.content[0].text == "Echo: hello there"  # type: ignore[union-attr]
+    assert as_string.stop_reason == "end_turn" and as_string.usage.output_tokens == 3
+    as_blocks = claude.messages.create(
+        model=HAIKU, max_tokens=30, system=[{"type": "text", "text": "be "}, {"type": "text", "text": "terse"}],
+        messages=user("hello there"),
+    )
+    assert as_blocks.usage.input_tokens == as_string.usage.input_tokens
+    raw = claude.messages.with_raw_response.create(model=HAIKU, max_tokens=5, messages=user("ids"))
+    assert raw.headers["request-id"] == raw.headers["x-request-id"]
+    assert raw.headers["x-sentinel-provider"] == "anthropic" and raw.headers["x-ratelimit-limit"]
+
+
+def test_same_format_is_relayed_as_sent(gateway: Gateway) -> None:
+    """The body goes upstream as the client wrote it (key order, fields Sentinel does not know), with the
+    provider key instead of the client's, and the client's anthropic-version and anthropic-beta."""
+    body = b'{"messages":[{"role":"user","content":"as is"}],"model":"' + HAIKU.encode() + b'","max_tokens":9,"x_unknown":{"kept":true}}'
+    headers = {"x-api-key": gateway.key, "anthropic-version": "2023-06-01", "anthropic-beta": "beta-one,beta-two",
+               "content-type": "application/json"}
+    r = httpx.post(gateway.url + "/v1/messages", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    seen = upstream_requests(gateway)[-1]
+    assert list(seen["body"]) == ["messages", "model", "max_tokens", "x_unknown"]
+    assert seen["body"]["x_unknown"] == {"kept": True}
+    sent = {k.lower(): v for k, v in seen["headers"].items()}
+    assert sent["x-api-key"] == "sk-ant-upstream-secret" and gateway.key not in str(sent)
+    assert "authorization" not in sent
+    assert sent["anthropic-version"] == "2023-06-01" and sent["anthropic-beta"] == "beta-one,beta-two"
+
+
+def test_auth_token_and_x_api_key_are_both_accepted(gateway: Gateway) -> None:
+    bearer = gateway.anthropic(auth_token=gateway.key)  # Claude Code's ANTHROPIC_AUTH_TOKEN
+    assert bearer.messages.create(model=HAIKU, max_tokens=5, messages=user("token")).content
+    r = httpx.post(gateway.url + "/v1/messages", headers={"x-api-key": gateway.key},
+                   json={"model": HAIKU, "max_tokens": 5, "messages": user("key header")})
+    assert r.status_code == 200, r.text
+    assert upstream_requests(gateway)[-1]["headers"].get("anthropic-version") == "2023-06-01"  # added when absent
+
+
+def test_streaming_events_and_final_message(gateway: Gateway) -> None:
+    claude = gateway.anthropic()
+    with claude.messages.stream(model=HAIKU, max_tokens=30, messages=user("stream these words")) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    assert final.content[0].text == "Echo: stream these words"  # type: ignore[union-attr]
+    assert final.usage.output_tokens == 4 and final.usage.input_tokens > 0
+
+
+def test_tools_round_trip(gateway: Gateway) -> None:
+    claude = gateway.anthropic()
+    first = claude.messages.create(model=HAIKU, max_tokens=50, tools=[LOOKUP], messages=user("find the answer"))
+    assert first.stop_reason == "tool_use"
+    call = first.content[0]
+    assert call.type == "tool_use" and call.name == "lookup" and "q" in call.input  # type: ignore[union-attr]
+    second = claude.messages.create(
+        model=HAIKU, max_tokens=50, tools=[LOOKUP],
+        messages=[
+            {"role": "user", "content": "find the answer"},
+            {"role": "assistant", "content": first.content},  # type: ignore[typeddict-item]
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "42"}]},  # type: ignore[union-attr]
+        ],
+    )
+    assert second.content[0].text == "Result: 42"  # type: ignore[union-attr]
+
+
+def test_images_and_cache_control(gateway: Gateway) -> None:
+    claude = gateway.anthropic()
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": IMAGE}}
+    seen = claude.messages.create(
+        model=HAIKU, max_tokens=20, messages=[{"role": "user", "content": [image, {"type": "text", "text": "what"}]}]
+    )
+    assert seen.content[0].text == "Echo: what"  # type: ignore[union-attr]
+    system = [{"type": "text", "text": f"cached prompt {uuid.uuid4().hex} " * 8, "cache_control": {"type": "ephemeral"}}]
+    first = claude.messages.create(model=HAIKU, max_tokens=10, system=system, messages=user("q"))
+    again = claude.messages.create(model=HAIKU, max_tokens=10, system=system, messages=user("q"))
+    assert first.usage.cache_creation_input_tokens > 0 and first.usage.cache_read_input_tokens == 0
+    assert again.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
+
+
+def test_count_tokens(gateway: Gateway) -> None:
+    claude = gateway.anthropic()
+    counted = claude.messages.count_tokens(model=HAIKU, system="sys", messages=user("count me"))
+    sent = claude.messages.create(model=HAIKU, max_tokens=5, system="sys", messages=user("count me"))
+    assert counted.input_tokens == sent.usage.input_tokens > 0
+    assert upstream_requests(gateway, "/v1/messages/count_tokens")[-1]["body"]["model"] == HAIKU
+
+
+def test_typed_errors(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(default_plan="requests=3/1m")
+    with pytest.raises(anthropic.AuthenticationError):
+        gw.anthropic(api_key="sk-sentinel-wrong").messages.create(model=HAIKU, max_tokens=5, messages=user("x"))
+    claude = gw.anthropic()
+    with pytest.raises(anthropic.NotFoundError, match="model"):
+        claude.messages.create(model="claude-nonexistent", max_tokens=5, messages=user("x"))
+    with pytest.raises(anthropic.BadRequestError, match="max_tokens"):
+        claude.messages.create(model=HAIKU, max_tokens=0, messages=user("x"))
+    for _ in range(3):
+        claude.messages.create(model=HAIKU, max_tokens=5, messages=user("spend"))
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        claude.messages.create(model=HAIKU, max_tokens=5, messages=user("one too many"))
+    assert int(caught.value.response.headers["retry-after"]) >= 1
+    body = orjson.loads(caught.value.response.content)
+    assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
+    assert caught.value.response.headers["x-ratelimit-remaining"] == "0"
+
+
+def test_upstream_errors_keep_anthropic_types(gateway: Gateway) -> None:
+    claude = gateway.anthropic()
+    with pytest.raises(anthropic.OverloadedError):
+        claude.messages.create(model=HAIKU, max_tokens=5, messages=user("#mock:status=529"))
+    with pytest.raises(anthropic.BadRequestError, match="temperature"):
+        claude.messages.create(model=HAIKU, max_tokens=5, messages=user("too hot"), extra_body={"temperature": 1.5})
+    with pytest.raises(anthropic.InternalServerError) as caught:
+        claude.messages.create(model=HAIKU, max_tokens=5, messages=user("#mock:status=500"))
+    assert caught.value.status_code == 502
+
+
+async def test_async_client(gateway: Gateway) -> None:
+    claude = gateway.async_anthropic()
+    message = await claude.messages.create(model=HAIKU, max_tokens=20, messages=user("async hello"))
+    assert message.content[0].text == "Echo: async hello"  # type: ignore[union-attr]
+    async with claude.messages.stream(model=HAIKU, max_tokens=20, messages=user("async stream")) as stream:
+        text = "".join([piece async for piece in stream.text_stream])
+    assert text == "Echo: async stream"
+    counted = await claude.messages.count_tokens(model=HAIKU, messages=user("async count"))
+    assert counted.input_tokens > 0
+    with pytest.raises(anthropic.AuthenticationError):
+        await gateway.async_anthropic(api_key="sk-sentinel-bad").messages.create(
+            model=HAIKU, max_tokens=5, messages=user("x")
+        )
+    await claude.close()
+
+
+def test_refused_provider_key_is_a_generic_502(gateway_factory: Callable[..., Gateway]) -> None:
+    """The provider's answer to Sentinel's own key (it may quote the key) never reaches the client."""
+    from sentinel.mock.app import create_mock_app
+    from tests.support.servers import serving
+
+    with serving(create_mock_app(api_key="the-right-key")) as strict:
+        gw = gateway_factory(anthropic_api_url=strict.url, anthropic_api_key="sk-ant-wrong-key-1234")
+        with pytest.raises(anthropic.InternalServerError) as caught:
+            gw.anthropic().messages.create(model=HAIKU, max_tokens=5, messages=user("x"))
+        with gw.client() as http:
+            cross = http.post("/v1/chat/completions", json={"model": HAIKU, "messages": user("x")})
+    assert caught.value.status_code == 502 and "1234" not in caught.value.response.text
+    assert orjson.loads(caught.value.response.content)["error"]["type"] == "api_error"
+    assert cross.status_code == 502 and cross.json()["error"]["code"] == "provider_auth_error"
+    assert "1234" not in cross.text

@@ -1,0 +1,130 @@
+"""The model catalogue over HTTP: `models:` and `aliases:` in the providers file, `GET /v1/models` showing
+exactly the catalogue, unknown models refused before anything happens, aliases failing over."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import anthropic
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.api.conftest import Gateway
+from tests.api.test_quotas import ledger_totals, wait_for
+from tests.routing.helpers import metric
+from tests.support.servers import free_port
+
+HAIKU = "claude-3-5-haiku-20241022"
+
+
+def catalogue_gateway(factory: Callable[..., Gateway], tmp_path: Path, **settings: object) -> Gateway:
+    doc = {
+        "providers": [{"name": "dead", "kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1"}],
+        "models": [
+            {"name": "gpt-4o-mini", "provider": "openai", "input_price_per_million": 1.0,
+             "output_price_per_million": 2.0},
+            {"name": HAIKU, "provider": "anthropic"},
+            {"name": "dead-model", "provider": "dead", "upstream_name": "gpt-4o"},
+            {"name": "house-claude", "provider": "anthropic", "upstream_name": HAIKU, "created": 1700000000},
+        ],
+        "aliases": {"fast": "gpt-4o-mini", "smart": ["dead-model", HAIKU]},
+    }
+    path = tmp_path / "catalogue.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return factory(providers_file=path, usage_flush_interval_seconds=0.1, **settings)
+
+
+def mock_requests(gw: Gateway) -> int:
+    base = gw.settings.anthropic_api_url
+    return len(httpx.get(f"{base}/__mock/requests", timeout=5).json()["data"])
+
+
+def test_model_list_is_exactly_the_catalogue(gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
+    gw = catalogue_gateway(gateway_factory, tmp_path)
+    listed = gw.openai().models.list()
+    assert [m.id for m in listed.data] == ["gpt-4o-mini", HAIKU, "dead-model", "house-claude", "fast", "smart"]
+    assert {m.id: m.owned_by for m in listed.data}["smart"] == "dead"
+    assert gw.openai().models.retrieve("house-claude").created == 1700000000
+    with pytest.raises(openai.NotFoundError):
+        gw.openai().models.retrieve("gpt-4o")  # a real model, but not in this catalogue
+    anthropic_view = gw.anthropic().models.list()
+    assert [m.id for m in anthropic_view.data][:2] == ["gpt-4o-mini", HAIKU]
+
+
+def test_default_catalogue_lists_the_configured_providers_models(gateway: Gateway) -> None:
+    ids = {m.id for m in gateway.openai().models.list().data}
+    assert {"gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "gpt-3.5-turbo-instruct", HAIKU,
+            "claude-sonnet-4-20250514"} <= ids
+
+
+def test_unknown_model_is_404_before_anything_happens(gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
+    gw = catalogue_gateway(gateway_factory, tmp_path, default_plan="requests=1/1m")
+    before = mock_requests(gw)
+    with gw.client() as http:
+        oa = http.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})
+        an = http.post("/v1/messages", json={"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+        emb = http.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": "x"})
+    assert oa.status_code == 404 and oa.json()["error"]["code"] == "model_not_found"
+    assert an.status_code == 404 and an.json() == {
+        "type": "error", "error": {"type": "not_found_error", "message": an.json()["error"]["message"]},
+        "request_id": an.headers["request-id"],
+    }
+    assert emb.status_code == 404
+    assert mock_requests(gw) == before  # no upstream call
+    # Nothing was reserved: the plan's one request is still there.
+    assert gw.openai().chat.completions.create(model="fast", messages=[{"role": "user", "content": "ok"}]).choices
+
+
+def test_alias_fails_over_to_its_next_model(gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
+    gw = catalogue_gateway(gateway_factory, tmp_path)
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model="smart", messages=[{"role": "user", "content": "fail over"}]
+    )
+    assert raw.parse().choices[0].message.content == "Echo: fail over"
+    assert (raw.headers["x-sentinel-provider"], raw.headers["x-sentinel-model"]) == ("anthropic", HAIKU)
+    assert metric(gw.url, "sentinel_provider_health", provider="dead", model="gpt-4o") == 0
+    with pytest.raises(openai.APIStatusError) as caught:  # a named model is never moved elsewhere
+        gw.openai().chat.completions.create(model="dead-model", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 502
+    message = gw.anthropic().messages.create(model="smart", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert message.content[0].text == "Echo: hi"  # type: ignore[union-attr]
+
+
+def test_upstream_name_and_prices(gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
+    gw = catalogue_gateway(gateway_factory, tmp_path)
+    raw = gw.anthropic().messages.with_raw_response.create(
+        model="house-claude", max_tokens=10, messages=[{"role": "user", "content": "renamed"}]
+    )
+    assert raw.headers["x-sentinel-model"] == HAIKU
+    base = gw.settings.anthropic_api_url
+    assert httpx.get(f"{base}/__mock/last_request", params={"path": "/v1/messages"}).json()["body"]["model"] == HAIKU
+    with gw.client() as http:
+        r = http.post("/v1/embeddings", json={"model": HAIKU, "input": "x"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_supported"
+    gw.openai().chat.completions.create(model="fast", messages=[{"role": "user", "content": "priced"}])
+    assert wait_for(lambda: ledger_totals(gw.settings.database_url, "alice")["requests"] >= 2)
+    assert (metric(gw.url, "sentinel_cost_usd_total", provider="openai", model="gpt-4o-mini") or 0) > 0
+
+
+def test_bad_catalogue_refuses_to_start(tmp_path: Path) -> None:
+    from sentinel.config import ConfigError, Settings
+    from sentinel.wiring import build_catalog, build_model_catalogue, read_providers_file
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"models": [{"name": "m1", "provider": "openai"}], "aliases": {"a": ["m2"]}}))
+    settings = Settings(_env_file=None, openai_api_key="k", providers_file=path)  # type: ignore[call-arg]
+    file = read_providers_file(settings)
+    with pytest.raises(ConfigError, match="unknown model"):
+        build_model_catalogue(build_catalog(settings, file), file)
+    path.write_text(yaml.safe_dump({"models": [{"name": "m1", "provider": "nowhere"}]}))
+    file = read_providers_file(settings)
+    with pytest.raises(ConfigError, match="not configured"):
+        build_model_catalogue(build_catalog(settings, file), file)
+
+
+def test_anthropic_sdk_unknown_model_is_not_found(gateway: Gateway) -> None:
+    with pytest.raises(anthropic.NotFoundError):
+        gateway.anthropic().messages.create(model="gpt-9", max_tokens=5, messages=[{"role": "user", "content": "x"}])

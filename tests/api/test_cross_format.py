@@ -1,0 +1,216 @@
+"""Any catalogue model on either surface: the `openai` SDK calling a Claude model through
+`/v1/chat/completions`, and the `anthropic` SDK calling an OpenAI model through `/v1/messages` —
+plain, streamed and with tool calls, round trip — plus what cannot be translated (a 400 naming it)."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.api.conftest import Gateway
+
+HAIKU = "claude-3-5-haiku-20241022"
+MINI = "gpt-4o-mini"
+IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+OA_TOOLS = [
+    {"type": "function", "function": {"name": "lookup", "description": "Look up",
+                                      "parameters": {"type": "object", "properties": {"q": {"type": "string"}},
+                                                     "required": ["q"]}}},
+    {"type": "function", "function": {"name": "clock", "parameters": {"type": "object", "properties": {}}}},
+]
+AN_TOOLS = [
+    {"name": "lookup", "description": "Look up",
+     "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}},
+    {"name": "clock", "input_schema": {"type": "object", "properties": {}}},
+]
+
+
+def upstream(gw: Gateway, path: str) -> dict:
+    base = gw.settings.anthropic_api_url
+    return httpx.get(f"{base}/__mock/last_request", params={"path": path}, timeout=5).json()
+
+
+# --- OpenAI client, Anthropic model ---------------------------------------------------------------
+def test_openai_sdk_plain_completion_on_claude(gateway: Gateway) -> None:
+    client = gateway.openai()
+    raw = client.chat.completions.with_raw_response.create(
+        model=HAIKU, max_tokens=40, stop=["never"], user="end-user-7",
+        messages=[{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hello claude"}],
+    )
+    result = raw.parse()
+    assert result.choices[0].message.content == "Echo: hello claude"
+    assert result.choices[0].finish_reason == "stop" and result.model == HAIKU
+    assert result.usage is not None and result.usage.prompt_tokens > 0 and result.usage.completion_tokens == 3
+    assert raw.headers["x-sentinel-provider"] == "anthropic"
+    sent = upstream(gateway, "/v1/messages")["body"]
+    assert sent["system"] == "be brief" and sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hello claude"}]}]
+    assert (sent["max_tokens"], sent["stop_sequences"], sent["metadata"]) == (40, ["never"], {"user_id": "end-user-7"})
+
+
+def test_openai_sdk_stream_on_claude(gateway: Gateway) -> None:
+    client = gateway.openai()
+    chunks = list(client.chat.completions.create(
+        model=HAIKU, messages=[{"role": "user", "content": "stream from claude"}], stream=True
+    ))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Echo: stream from claude"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == "stop" and all(c.usage is None for c in chunks)
+    with_usage = list(client.chat.completions.create(
+        model=HAIKU, messages=[{"role": "user", "content": "count it"}], stream=True,
+        stream_options={"include_usage": True},
+    ))
+    assert with_usage[-1].choices == [] and with_usage[-1].usage is not None
+    assert with_usage[-1].usage.completion_tokens == 3
+
+
+def test_openai_sdk_tools_round_trip_on_claude(gateway: Gateway) -> None:
+    client = gateway.openai()
+    ask = [{"role": "user", "content": "use both tools in parallel"}]
+    first = client.chat.completions.create(model=HAIKU, messages=ask, tools=OA_TOOLS)
+    calls = first.choices[0].message.tool_calls
+    assert first.choices[0].finish_reason == "tool_calls"
+    assert calls is not None and [c.function.name for c in calls] == ["lookup", "clock"]
+    assert json.loads(calls[0].function.arguments) == {"q": "mock-q"} or "q" in json.loads(calls[0].function.arguments)
+    history = [*ask, first.choices[0].message.model_dump(exclude_none=True)]
+    history += [{"role": "tool", "tool_call_id": c.id, "content": f"answer {i}"} for i, c in enumerate(calls)]
+    second = client.chat.completions.create(model=HAIKU, messages=history, tools=OA_TOOLS)
+    assert second.choices[0].message.content == "Result: answer 0 | answer 1"
+    streamed = list(client.chat.completions.create(model=HAIKU, messages=ask, tools=OA_TOOLS, stream=True))
+    fragments: dict[int, dict[str, str]] = {}
+    for chunk in streamed:
+        for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            entry = fragments.setdefault(call.index, {"name": "", "arguments": "", "id": ""})
+            entry["name"] += call.function.name or "" if call.function else ""
+            entry["arguments"] += call.function.arguments or "" if call.function else ""
+            entry["id"] += call.id or ""
+    assert [fragments[i]["name"] for i in sorted(fragments)] == ["lookup", "clock"]
+    assert all(json.loads(f["arguments"]) is not None and f["id"] for f in fragments.values())
+    assert streamed[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_openai_fields_that_cannot_reach_claude_are_400(gateway: Gateway) -> None:
+    client = gateway.openai()
+    ask = [{"role": "user", "content": "x"}]
+    for extra, param in [({"n": 2}, "n"), ({"logprobs": True}, "logprobs"),
+                         ({"response_format": {"type": "json_object"}}, "response_format"),
+                         ({"temperature": 1.5}, "temperature")]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model=HAIKU, messages=ask, **extra)
+        assert caught.value.status_code == 400 and param in caught.value.message
+    harmless = client.chat.completions.create(model=HAIKU, messages=ask, n=1, logprobs=False, presence_penalty=0)
+    assert harmless.choices[0].message.content == "Echo: x"
+
+
+def test_claude_errors_reach_openai_clients_in_their_shape(gateway: Gateway) -> None:
+    with gateway.client() as http:
+        limited = http.post("/v1/chat/completions", json={"model": HAIKU, "messages": [
+            {"role": "user", "content": "#mock:status=429"}]})
+        broken = http.post("/v1/chat/completions", json={"model": HAIKU, "messages": [
+            {"role": "user", "content": "#mock:status=500"}]})
+    assert limited.status_code == 429 and limited.json()["error"]["code"] == "provider_rate_limited"
+    assert broken.status_code == 502 and broken.json()["error"]["type"] == "upstream_error"
+
+
+# --- Anthropic client, OpenAI model ---------------------------------------------------------------
+def test_anthropic_sdk_plain_message_on_gpt(gateway: Gateway) -> None:
+    claude = gateway.anthropic()
+    message = claude.messages.create(
+        model=MINI, max_tokens=30, system=[{"type": "text", "text": "be kind", "cache_control": {"type": "ephemeral"}}],
+        stop_sequences=["never"], metadata={"user_id": "end-user-9"},
+        messages=[{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": IMAGE}},
+            {"type": "text", "text": "hello gpt"},
+        ]}],
+    )
+    assert message.content[0].text == "Echo: hello gpt"  # type: ignore[union-attr]
+    assert message.stop_reason == "end_turn" and message.model == MINI
+    assert message.usage.input_tokens > 0 and message.usage.output_tokens == 3
+    sent = upstream(gateway, "/v1/chat/completions")["body"]
+    assert sent["messages"][0] == {"role": "system", "content": [{"type": "text", "text": "be kind"}]}
+    assert sent["messages"][1]["content"][0] == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{IMAGE}"}}
+    assert (sent["max_tokens"], sent["stop"], sent["user"]) == (30, ["never"], "end-user-9")
+
+
+def test_anthropic_sdk_stream_on_gpt(gateway: Gateway) -> None:
+    claude = gateway.anthropic()
+    with claude.messages.stream(model=MINI, max_tokens=30, messages=[{"role": "user", "content": "stream gpt"}]) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    assert kinds.count("content_block_start") == kinds.count("content_block_stop") == 1
+    assert final.content[0].text == "Echo: stream gpt"  # type: ignore[union-attr]
+    assert final.usage.output_tokens == 3 and final.usage.input_tokens > 0
+    assert upstream(gateway, "/v1/chat/completions")["body"]["stream_options"] == {"include_usage": True}
+
+
+def test_anthropic_sdk_tools_round_trip_on_gpt(gateway: Gateway) -> None:
+    claude = gateway.anthropic()
+    ask = [{"role": "user", "content": "call both in parallel please"}]
+    first = claude.messages.create(model=MINI, max_tokens=50, tools=AN_TOOLS, messages=ask)
+    assert first.stop_reason == "tool_use"
+    uses = [b for b in first.content if b.type == "tool_use"]
+    assert [u.name for u in uses] == ["lookup", "clock"]  # type: ignore[union-attr]
+    results = [{"type": "tool_result", "tool_use_id": u.id, "content": f"r{i}"} for i, u in enumerate(uses)]  # type: ignore[union-attr]
+    results[1]["is_error"] = True
+    second = claude.messages.create(
+        model=MINI, max_tokens=50, tools=AN_TOOLS,
+        messages=[*ask, {"role": "assistant", "content": first.content}, {"role": "user", "content": results}],  # type: ignore[list-item]
+    )
+    assert second.content[0].text == "Result: r0 | Error: r1"  # type: ignore[union-attr]
+    with claude.messages.stream(model=MINI, max_tokens=50, tools=AN_TOOLS, messages=ask) as stream:
+        final = stream.get_final_message()
+    streamed = [b for b in final.content if b.type == "tool_use"]
+    assert [(u.name, u.input) for u in streamed] == [(u.name, u.input) for u in uses]  # type: ignore[union-attr]
+    assert final.stop_reason == "tool_use"
+    forced = claude.messages.create(model=MINI, max_tokens=50, tools=AN_TOOLS, messages=ask,
+                                    tool_choice={"type": "tool", "name": "clock", "disable_parallel_tool_use": True})
+    assert [b.name for b in forced.content if b.type == "tool_use"] == ["clock"]  # type: ignore[union-attr]
+    sent = upstream(gateway, "/v1/chat/completions")["body"]
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "clock"}}
+    assert sent["parallel_tool_calls"] is False
+
+
+def test_anthropic_fields_that_cannot_reach_gpt_are_400(gateway: Gateway) -> None:
+    claude = gateway.anthropic()
+    ask = [{"role": "user", "content": "x"}]
+    cases = [
+        ({"extra_body": {"top_k": 5}}, "top_k"),
+        ({"extra_body": {"thinking": {"type": "enabled", "budget_tokens": 1024}}}, "thinking"),
+        ({"messages": [*ask, {"role": "assistant", "content": "prefill"}]}, "messages.1"),
+        ({"messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "doc"}}]}]},
+         "messages.0.content.0.type"),
+    ]
+    for extra, param in cases:
+        kwargs = {"model": MINI, "max_tokens": 5, "messages": ask, **extra}
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            claude.messages.create(**kwargs)  # type: ignore[arg-type]
+        assert param in caught.value.message, caught.value.message
+    count = claude.messages.count_tokens(model=MINI, messages=[{"role": "user", "content": "estimate me"}])
+    assert count.input_tokens > 0
+
+
+def test_gpt_errors_reach_anthropic_clients_in_their_shape(gateway: Gateway) -> None:
+    claude = gateway.anthropic()
+    with pytest.raises(anthropic.RateLimitError):
+        claude.messages.create(model=MINI, max_tokens=5, messages=[{"role": "user", "content": "#mock:status=429"}])
+    with pytest.raises(anthropic.BadRequestError):
+        claude.messages.create(model=MINI, max_tokens=5, messages=[{"role": "user", "content": "#mock:status=400"}])
+    with pytest.raises(anthropic.InternalServerError):
+        claude.messages.create(model=MINI, max_tokens=5, messages=[{"role": "user", "content": "#mock:status=503"}])
+
+
+def test_broken_stream_ends_with_an_error_event(gateway: Gateway) -> None:
+    with gateway.client() as http:
+        anthropic_side = http.post("/v1/messages", json={
+            "model": MINI, "max_tokens": 30, "stream": True,
+            "messages": [{"role": "user", "content": "cut me off now please #mock:disconnect_after=3"}]})
+        openai_side = http.post("/v1/chat/completions", json={
+            "model": HAIKU, "stream": True,
+            "messages": [{"role": "user", "content": "cut me off now please #mock:disconnect_after=3"}]})
+    assert "event: error" in anthropic_side.text and "message_stop" not in anthropic_side.text
+    assert '"stream_error"' in openai_side.text and "[DONE]" not in openai_side.text

@@ -1,0 +1,108 @@
+"""The ledger's totals equal the usage the provider reported, across both surfaces, both wire formats,
+plain and streamed, with prompt-cache writes and reads recorded on their own — one row per request."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from tests.api.conftest import Gateway
+from tests.api.test_quotas import wait_for
+from tests.routing.helpers import metric
+
+HAIKU = "claude-3-5-haiku-20241022"
+MINI = "gpt-4o-mini"
+KEYS = ("requests", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
+
+
+def ledger_rows(database_url: str) -> list[dict[str, Any]]:
+    from sentinel.db.engine import create_engine, session_factory
+    from sentinel.db.models import UsageLedgerRow
+
+    async def go() -> list[dict[str, Any]]:
+        engine = create_engine(database_url)
+        try:
+            async with session_factory(engine)() as session:
+                rows = (await session.execute(select(UsageLedgerRow))).scalars().all()
+                return [{c: getattr(r, c) for c in ("request_id", "endpoint", "model", "provider", "input_tokens",
+                                                    "output_tokens", "cache_write_tokens", "cache_read_tokens",
+                                                    "usage_source", "status", "cost_usd")} for r in rows]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def totals(rows: list[dict[str, Any]]) -> dict[str, int]:
+    out = {key: sum(r[key] for r in rows) for key in KEYS[1:]}
+    out["requests"] = len(rows)
+    return out
+
+
+class Reported:
+    """Sums what the provider reported, as each client saw it (converted to Sentinel's convention:
+    input tokens include the prompt-cache writes and reads)."""
+
+    def __init__(self) -> None:
+        self.sums = dict.fromkeys(KEYS, 0)
+
+    def openai(self, usage: Any) -> None:
+        cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
+        self._add(usage.prompt_tokens, usage.completion_tokens, 0, cached or 0)
+
+    def anthropic(self, usage: Any) -> None:
+        write, read = usage.cache_creation_input_tokens or 0, usage.cache_read_input_tokens or 0
+        self._add(usage.input_tokens + write + read, usage.output_tokens, write, read)
+
+    def _add(self, inp: int, out: int, write: int, read: int) -> None:
+        for key, value in zip(KEYS, (1, inp, out, write, read), strict=True):
+            self.sums[key] += value
+
+
+def test_ledger_totals_equal_reported_usage(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(usage_flush_interval_seconds=0.1)
+    seen = Reported()
+    oa, claude = gw.openai(), gw.anthropic()
+    ask = [{"role": "user", "content": "count every token"}]
+    for model in (MINI, HAIKU):  # same format, then translated
+        seen.openai(oa.chat.completions.create(model=model, messages=ask).usage)
+        chunks = list(oa.chat.completions.create(model=model, messages=ask, stream=True,
+                                                 stream_options={"include_usage": True}))
+        seen.openai(chunks[-1].usage)
+    system = [{"type": "text", "text": f"a cached system prompt {uuid.uuid4().hex} " * 6,
+               "cache_control": {"type": "ephemeral"}}]
+    for model in (HAIKU, MINI):  # same format (with cache writes and reads), then translated
+        for _ in range(2):
+            seen.anthropic(claude.messages.create(model=model, max_tokens=20, system=system, messages=ask).usage)
+        with claude.messages.stream(model=model, max_tokens=20, system=system, messages=ask) as stream:
+            seen.anthropic(stream.get_final_message().usage)
+    assert seen.sums["cache_write_tokens"] > 0 and seen.sums["cache_read_tokens"] > 0
+    assert wait_for(lambda: totals(ledger_rows(gw.settings.database_url)) == seen.sums), (
+        totals(ledger_rows(gw.settings.database_url)), seen.sums
+    )
+    rows = ledger_rows(gw.settings.database_url)
+    assert len({r["request_id"] for r in rows}) == len(rows) == 10
+    assert {r["endpoint"] for r in rows} == {"chat", "messages"} and {r["usage_source"] for r in rows} == {"measured"}
+    assert {(r["model"], r["provider"]) for r in rows} == {(MINI, "openai"), (HAIKU, "anthropic")}
+    assert all(r["cost_usd"] and r["cost_usd"] > 0 for r in rows)
+    read = metric(gw.url, "sentinel_tokens_total", direction="cache_read", model=HAIKU)
+    assert read == sum(r["cache_read_tokens"] for r in rows if r["model"] == HAIKU) > 0
+
+
+def test_partial_and_refused_requests(gateway_factory: Callable[..., Gateway]) -> None:
+    """A stream cut short is billed (estimated) once; a request the provider refuses records nothing."""
+    gw = gateway_factory(usage_flush_interval_seconds=0.1)
+    with gw.client() as http:
+        cut = http.post("/v1/messages", json={"model": HAIKU, "max_tokens": 30, "stream": True, "messages": [
+            {"role": "user", "content": "one two three four five six #mock:disconnect_after=4"}]})
+        refused = http.post("/v1/messages", json={"model": MINI, "max_tokens": 30, "messages": [
+            {"role": "user", "content": "#mock:status=400"}]})
+    assert cut.status_code == 200 and "message_stop" not in cut.text
+    assert refused.status_code == 400
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
+    (row,) = ledger_rows(gw.settings.database_url)
+    assert row["usage_source"] == "estimated" and row["input_tokens"] > 0 and row["status"] == 502

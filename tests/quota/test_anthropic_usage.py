@@ -1,0 +1,109 @@
+"""Metering Anthropic Messages: image sizes and their token rule, the admission estimate, usage from
+answers and streams (cache writes and reads included in input, and kept on their own)."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+
+import orjson
+import pytest
+
+from sentinel.domain.usage import Usage
+from sentinel.quota.anthropic_usage import (
+    AnthropicStreamInspector,
+    estimate_messages,
+    message_text,
+    message_usage,
+)
+from sentinel.quota.estimate import estimate_input, max_output
+from sentinel.quota.images import MAX_IMAGE_TOKENS, base64_image_tokens, image_size, image_tokens
+from sentinel.quota.tokens import TokenCounter
+from sentinel.quota.usage import usage_from_body
+
+
+def png(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+
+
+def jpeg(width: int, height: int) -> bytes:
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00" + bytes(9)
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + bytes(3)
+    return b"\xff\xd8" + app0 + sof + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("raw, size", [
+    (png(800, 600), (800, 600)),
+    (b"GIF89a" + struct.pack("<HH", 320, 200) + bytes(8), (320, 200)),
+    (jpeg(1024, 768), (1024, 768)),
+    (b"RIFF" + bytes(4) + b"WEBPVP8X" + bytes(8) + (639).to_bytes(3, "little") + (479).to_bytes(3, "little"), (640, 480)),
+    (b"not an image at all", None),
+])
+def test_image_sizes(raw: bytes, size: tuple[int, int] | None) -> None:
+    assert image_size(raw) == size
+
+
+def test_image_token_rule() -> None:
+    assert image_tokens(750, 1) == 1
+    assert image_tokens(1000, 1000) == 1334  # ceil(1e6 / 750)
+    assert image_tokens(4000, 3000) == MAX_IMAGE_TOKENS  # scaled to 1568 long edge, then capped
+    assert base64_image_tokens(base64.b64encode(png(200, 150)).decode()) == 40
+    assert base64_image_tokens("%%%not base64") == MAX_IMAGE_TOKENS
+
+
+def test_estimate_counts_system_tools_images_and_tool_blocks() -> None:
+    counter = TokenCounter()
+    base = {"model": "claude-x", "max_tokens": 77, "messages": [{"role": "user", "content": "hello"}]}
+    plain = estimate_messages(counter, "claude-x", base)
+    assert plain == 3 + 3 + counter.count_text("hello", "claude-x")
+    with_system = estimate_messages(counter, "claude-x", {**base, "system": [{"type": "text", "text": "be terse"}]})
+    assert with_system == plain + counter.count_text("be terse", "claude-x")
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": base64.b64encode(png(200, 150)).decode()}}
+    url_image = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+    with_images = estimate_messages(counter, "claude-x", {**base, "messages": [
+        {"role": "user", "content": [image, url_image, {"type": "text", "text": "hello"}]}]})
+    assert with_images == plain + 40 + MAX_IMAGE_TOKENS
+    tools = [{"name": "lookup", "input_schema": {"type": "object"}}]
+    assert estimate_messages(counter, "claude-x", {**base, "tools": tools}) > plain
+    hostile = {"model": "claude-x", "messages": [None, {"content": [7, {"type": "tool_result", "content": {}}]}],
+               "system": 5, "tools": "x"}
+    assert estimate_messages(counter, "claude-x", hostile) == 3 + 3
+    assert estimate_input(counter, "messages", "claude-x", base) == plain
+    assert max_output("messages", base, 4096) == 77
+
+
+def test_usage_of_answers() -> None:
+    body = {"content": [{"type": "text", "text": "hi"}, {"type": "tool_use", "name": "f", "input": {"a": 1}}],
+            "usage": {"input_tokens": 10, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 20,
+                      "output_tokens": 3}}
+    assert message_usage(body) == Usage(35, 3, 5, 20)
+    assert message_text(body) == 'hif{"a": 1}'
+    assert message_usage({"usage": {"output_tokens": 3}}) is None and message_usage([1]) is None
+    openai = {"usage": {"prompt_tokens": 50, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 32}}}
+    assert usage_from_body("chat", openai) == Usage(50, 2, 0, 32)
+
+
+def sse(kind: str, data: dict) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+
+def test_stream_inspector_relays_and_holds_back_message_stop() -> None:
+    events = [
+        sse("message_start", {"message": {"usage": {"input_tokens": 8, "cache_read_input_tokens": 100,
+                                                     "cache_creation_input_tokens": 0, "output_tokens": 1}}}),
+        sse("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        sse("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
+        sse("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 4}}),
+        sse("message_stop", {}),
+    ]
+    whole = b"".join(events)
+    inspector = AnthropicStreamInspector()
+    relayed = b"".join(inspector.feed(whole[i : i + 7]) for i in range(0, len(whole), 7)) + inspector.flush()
+    assert relayed == b"".join(events[:-1]) and inspector.done == events[-1]
+    assert inspector.usage == Usage(108, 4, 0, 100) and inspector.text == "Hello"
+    cut = AnthropicStreamInspector()
+    cut.feed(b"".join(events[:3]))
+    assert cut.usage is None and cut.done == b"" and cut.text == "Hello"  # billed by estimate

@@ -1,0 +1,116 @@
+"""The model catalogue (resolution, aliases, consistency, the default catalogue) and serving a name's
+targets in order with shared provider health."""
+
+from __future__ import annotations
+
+import pytest
+
+from sentinel.domain.catalogue import CatalogueModel, ModelTarget, Prices
+from sentinel.domain.tiers import TierModelEntry
+from sentinel.errors import InvalidRequest, NotFound, UpstreamConnectionError, UpstreamStatusError
+from sentinel.observability.metrics import Metrics
+from sentinel.providers.catalog import WELL_KNOWN_MODELS
+from sentinel.routing.catalogue import CatalogueError, ModelCatalogue, default_models
+from sentinel.routing.health import ProviderHealth
+from sentinel.routing.model_routes import ModelRoutes
+from sentinel.store import MemoryStore
+from tests.routing.helpers import FakeClock
+
+KINDS = {"openai": "openai", "anthropic": "anthropic", "groq": "openai"}
+MODELS = [
+    CatalogueModel(name="gpt-4o-mini", provider="openai", input_price_per_million=0.15, output_price_per_million=0.6),
+    CatalogueModel(name="claude", provider="anthropic", upstream_name="claude-3-5-haiku-20241022"),
+    CatalogueModel(name="llama", provider="groq"),
+]
+
+
+def catalogue(aliases: dict[str, list[str]] | None = None) -> ModelCatalogue:
+    return ModelCatalogue(MODELS, aliases or {}, KINDS)
+
+
+def test_resolve_models_and_aliases() -> None:
+    cat = catalogue({"fast": ["gpt-4o-mini"], "smart": ["claude", "llama", "claude"]})
+    (mini,) = cat.resolve("gpt-4o-mini")
+    assert mini == ModelTarget("gpt-4o-mini", "openai", "openai", "gpt-4o-mini", Prices(0.15, 0.6))
+    assert cat.resolve("claude")[0].upstream_model == "claude-3-5-haiku-20241022"
+    assert cat.resolve("claude")[0].kind == "anthropic"
+    assert [t.name for t in cat.resolve("smart")] == ["claude", "llama"]  # repeated targets dropped
+    assert [m.id for m in cat.listing()] == ["gpt-4o-mini", "claude", "llama", "fast", "smart"]
+    assert cat.listing()[-1].alias_of == ("claude", "llama")
+    assert "claude-3-5-haiku-20241022" in cat.names() and "smart" in cat.names()
+    for bad in ("gpt-4o", "", None, 3, ["gpt-4o-mini"]):
+        with pytest.raises(NotFound) as caught:
+            cat.resolve(bad)
+        assert caught.value.code == "model_not_found" and caught.value.status == 404
+
+
+@pytest.mark.parametrize("models, aliases, problem", [
+    ([*MODELS, MODELS[0]], {}, "listed twice"),
+    ([CatalogueModel(name="x", provider="nowhere")], {}, "not configured"),
+    (MODELS, {"llama": ["claude"]}, "name of a model"),
+    (MODELS, {"a": ["claude", "missing"]}, "unknown model"),
+])
+def test_inconsistent_catalogues_are_refused(models: list[CatalogueModel], aliases: dict[str, list[str]],
+                                             problem: str) -> None:
+    with pytest.raises(CatalogueError, match=problem):
+        ModelCatalogue(models, aliases, KINDS)
+
+
+def test_default_catalogue() -> None:
+    extra = [TierModelEntry(provider="groq", model="llama-3"), TierModelEntry(provider="openai", model="gpt-4o"),
+             TierModelEntry(provider="gone", model="x"), TierModelEntry(provider="groq", model="bad name!")]
+    models = default_models(WELL_KNOWN_MODELS, ["openai", "groq"], extra)
+    names = [m.name for m in models]
+    assert "gpt-4o-mini" in names and "text-embedding-3-small" in names and "llama-3" in names
+    assert not any(n.startswith("claude") for n in names)  # anthropic is not configured
+    assert names.count("gpt-4o") == 1 and "x" not in names and "bad name!" not in names
+    haiku = next(m for m in WELL_KNOWN_MODELS["anthropic"] if m.name == "claude-3-5-haiku-20241022")
+    assert haiku.prices == Prices(0.8, 4.0, 1.0, 0.08)
+
+
+def test_prices_cost_cache_tokens_on_their_own() -> None:
+    prices = Prices(input=1.0, output=2.0, cache_write=1.25, cache_read=0.1)
+    assert prices.cost(1_000_000, 1_000_000) == 3.0
+    assert prices.cost(1_000_000, 0, cache_write=400_000, cache_read=500_000) == pytest.approx(0.1 + 0.5 + 0.05)
+    assert Prices(1.0, 2.0).cost(1_000_000, 0, cache_read=1_000_000) == 1.0  # unpriced: the input price
+    assert Prices().cost(10, 10) is None
+
+
+class Flaky:
+    """A send function: fails with the given errors for the named targets, answers for the others."""
+
+    def __init__(self, failing: dict[str, Exception]) -> None:
+        self.failing = failing
+        self.calls: list[str] = []
+
+    async def __call__(self, target: ModelTarget) -> str:
+        self.calls.append(target.name)
+        if target.name in self.failing:
+            raise self.failing[target.name]
+        return target.name
+
+
+async def test_routes_fail_over_only_on_provider_failures() -> None:
+    clock = FakeClock()
+    health = ProviderHealth(MemoryStore(), Metrics(), clock=clock)
+    routes = ModelRoutes(health)
+    cat = catalogue({"smart": ["claude", "llama"]})
+    down = Flaky({"claude": UpstreamConnectionError("refused")})
+    assert await routes.call(cat.resolve("smart"), down) == "llama"
+    assert down.calls == ["claude", "llama"]
+    assert not (await health.available([("anthropic", "claude-3-5-haiku-20241022")]))[("anthropic", "claude-3-5-haiku-20241022")]
+    again = Flaky({})
+    assert await routes.call(cat.resolve("smart"), again) == "llama"  # the healthy target first now
+    assert again.calls == ["llama"]
+    refused = Flaky({"claude": InvalidRequest("bad")})
+    clock.advance(31)
+    with pytest.raises(InvalidRequest):  # a client error is not retried elsewhere
+        await routes.call(cat.resolve("smart"), refused)
+    assert refused.calls == ["claude"]
+    single = Flaky({"claude": UpstreamStatusError("boom", upstream_status=500)})
+    with pytest.raises(UpstreamStatusError):
+        await routes.call(cat.resolve("claude"), single)
+    assert single.calls == ["claude"]
+    healed = Flaky({})
+    assert await routes.call(cat.resolve("claude"), healed) == "claude"
+    assert (await health.available([("anthropic", "claude-3-5-haiku-20241022")]))[("anthropic", "claude-3-5-haiku-20241022")]

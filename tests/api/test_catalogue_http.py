@@ -14,7 +14,7 @@ import yaml
 
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import ledger_totals, wait_for
-from tests.routing.helpers import metric
+from tests.support.metrics import metric
 from tests.support.servers import free_port
 
 HAIKU = "claude-3-5-haiku-20241022"

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import wait_for
-from tests.routing.helpers import metric
+from tests.support.metrics import metric
 
 HAIKU = "claude-3-5-haiku-20241022"
 MINI = "gpt-4o-mini"

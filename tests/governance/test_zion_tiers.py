@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from sentinel.domain.catalogue import Prices
 from sentinel.domain.tiers import TierModelEntry
 from sentinel.errors import GovernanceUnavailable, ServiceUnavailable
 from sentinel.governance.zion_sources import ZionTiers, parse_tier_config
@@ -41,7 +42,7 @@ def test_extra_keys_are_ignored_and_the_full_cost_range_is_accepted() -> None:
 def test_prices_are_optional_and_an_absent_tier_has_no_models() -> None:
     data = {"tiers": {"simple": [{"provider": "openai", "model": "m", "relativeCost": 3}]}}
     table = parse_tier_config(data)
-    assert table["simple"][0].prices == (0.0, 0.0) and table["moderate"] == [] and table["complex"] == []
+    assert table["simple"][0].prices == Prices(0.0, 0.0) and table["moderate"] == [] and table["complex"] == []
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from sentinel.domain.catalogue import Prices
 from sentinel.domain.identity import Identity
 from sentinel.domain.plans import Plan, parse_plan_spec
 from sentinel.domain.policies import QuotaFailureMode
@@ -21,7 +22,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.quota.estimate import estimate_input
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.quota.local_limiter import LocalLimiter
-from sentinel.quota.meter import Admission, QuotaMeter, cost
+from sentinel.quota.meter import Admission, QuotaMeter
 from sentinel.quota.tokens import EncodingUnavailable, TokenCounter
 from tests.support.clock import FakeClock
 from tests.support.metrics import counted
@@ -132,7 +133,7 @@ async def test_a_denial_raises_429_with_details_and_reserves_nothing() -> None:
 async def test_settle_commits_the_actual_tokens_and_writes_one_record() -> None:
     s = Setup()
     admission = await s.admit()
-    admission.prices = (2.5, 10.0)
+    admission.prices = Prices(2.5, 10.0)
     await s.meter.settle(admission, usage=Usage(7, 11), output_text="ignored", status=200, provider="openai")
     await s.meter.settle(admission, usage=Usage(99, 99), output_text="", status=499, provider="openai")
     assert await s.used() == {"requests": 1, "input_tokens": 7, "output_tokens": 11}
@@ -140,7 +141,7 @@ async def test_settle_commits_the_actual_tokens_and_writes_one_record() -> None:
     assert (record.request_id, record.external_id, record.email) == ("req-1", "alice", "alice@example.com")
     assert (record.model, record.provider, record.endpoint, record.status) == (MODEL, "openai", "chat", 200)
     assert (record.input_tokens, record.output_tokens, record.usage_source) == (7, 11, "measured")
-    assert record.cost_usd == cost((2.5, 10.0), 7, 11) and record.finished_at >= record.started_at
+    assert record.cost_usd == Prices(2.5, 10.0).cost(7, 11) and record.finished_at >= record.started_at
     assert counted(s.metrics, "sentinel_tokens_total", direction="input", model=MODEL) == 7
     assert counted(s.metrics, "sentinel_tokens_total", direction="output", model=MODEL) == 11
     assert counted(s.metrics, "sentinel_usage_requests_total", model=MODEL, source="measured") == 1
@@ -224,7 +225,9 @@ async def test_a_settlement_the_store_cannot_reconcile_still_writes_its_record()
 
 
 def test_cost_from_prices_per_million() -> None:
-    assert cost(None, 1000, 1000) is None
-    assert cost((0.0, 0.0), 1000, 1000) is None
-    assert cost((2.5, 10.0), 1_000_000, 500_000) == 2.5 + 5.0
-    assert cost((0.15, 0.6), 1, 1) == round(0.75 / 1_000_000, 8)
+    assert Prices().cost(1000, 1000) is None  # no prices known
+    assert Prices(0.0, 0.0).cost(1000, 1000) is None
+    assert Prices(2.5, 10.0).cost(1_000_000, 500_000) == 2.5 + 5.0
+    assert Prices(0.15, 0.6).cost(1, 1) == round(0.75 / 1_000_000, 8)
+    # cache writes/reads cost the input price unless priced themselves
+    assert Prices(1.0, 0.0, cache_read=0.1).cost(1_000_000, 0, cache_read=1_000_000) == 0.1

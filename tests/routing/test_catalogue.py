@@ -14,7 +14,7 @@ from sentinel.routing.catalogue import CatalogueError, ModelCatalogue, default_m
 from sentinel.routing.health import ProviderHealth
 from sentinel.routing.model_routes import ModelRoutes
 from sentinel.store import MemoryStore
-from tests.routing.helpers import FakeClock
+from tests.support.clock import FakeClock
 
 KINDS = {"openai": "openai", "anthropic": "anthropic", "groq": "openai"}
 MODELS = [

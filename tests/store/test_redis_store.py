@@ -96,8 +96,14 @@ async def test_command_errors_do_not_trip_the_breaker(redis_url: str) -> None:
     for _ in range(5):
         with pytest.raises(StoreUnavailable, match="command failed"):
             await store.stream_add(S, {"r": b"x"})
-        with pytest.raises(StoreUnavailable, match="command failed"):
-            await store.stream_claim(S, "g", "c", 1, min_idle_ms=0)
+        for call in (
+            lambda: store.stream_read(S, "g", "c", 1),
+            lambda: store.stream_idle(S, "g", min_idle_ms=0, count=1),
+            lambda: store.stream_reclaim(S, "g", "c", ["1-0"], min_idle_ms=0),
+            lambda: store.stream_settle(S, "g", "c", done=["1-0"]),
+        ):
+            with pytest.raises(StoreUnavailable, match="command failed"):
+                await call()
     assert not store.breaker.is_open and store.breaker.failures == 0
     assert await store.get(S) == b"a string, not a stream"
     await store.close()
@@ -107,8 +113,10 @@ async def test_stream_calls_on_a_dead_redis_are_unavailable_and_open_the_breaker
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
     calls = [
         lambda: store.stream_add(S, {"r": b"x"}),
-        lambda: store.stream_claim(S, "g", "c", 1, min_idle_ms=0),
-        lambda: store.stream_ack(S, "g", ["1-0"]),
+        lambda: store.stream_read(S, "g", "c", 1),
+        lambda: store.stream_idle(S, "g", min_idle_ms=0, count=1),
+        lambda: store.stream_reclaim(S, "g", "c", ["1-0"], min_idle_ms=0),
+        lambda: store.stream_settle(S, "g", "c", done=["1-0"]),
         lambda: store.stream_len(S),
     ]
     for call in calls:

@@ -3,10 +3,10 @@
 A row waits with `batch_key` NULL. `claim` runs one transaction: first it takes over a batch
 whose lease (`next_attempt_at`) ran out — every row with that key, so the batch is re-sent whole
 under the same key — and otherwise gives a new key and a lease to up to `limit` waiting rows.
-Each step is a single UPDATE whose WHERE re-checks the lease, so two deliverers racing for one
-batch cannot both get it: on PostgreSQL the rows picked are locked (SKIP LOCKED sends the loser
-to other rows) and the WHERE is re-evaluated on a row the winner just updated; SQLite runs one
-writer at a time.
+Each step is a single statement whose WHERE re-checks the lease, so two deliverers racing for
+one batch cannot both get it: on PostgreSQL the loser waits for the winner's row locks and then
+finds the lease renewed (new rows are picked FOR UPDATE SKIP LOCKED, so claimers of fresh rows
+never wait for each other); SQLite runs one writer at a time.
 """
 
 from __future__ import annotations
@@ -74,12 +74,12 @@ class SqlOutbox:
                 if not future.done():
                     future.set_result(None)
 
-    def _picked(self, session: AsyncSession, query: Select[Any], name: str) -> CTE:
-        """`query` as a CTE evaluated once; on PostgreSQL its rows are locked (SKIP LOCKED), and it
-        is MATERIALIZED: as a plain subquery the planner may run it again for each row the UPDATE
-        touches, and every run would lock and return further rows past the LIMIT."""
+    def _picked(self, session: AsyncSession, query: Select[Any], name: str, *, skip_locked: bool) -> CTE:
+        """`query` as a CTE evaluated once. On PostgreSQL its rows are locked (FOR UPDATE, in the
+        query's order) and it is MATERIALIZED: as a plain subquery the planner may run it again
+        for each row the UPDATE touches, each run locking and returning further rows past the LIMIT."""
         if session.get_bind().dialect.name == "postgresql":
-            return query.with_for_update(skip_locked=True).cte(name).prefix_with("MATERIALIZED")
+            return query.with_for_update(skip_locked=skip_locked).cte(name).prefix_with("MATERIALIZED")
         return query.cte(name)
 
     async def claim(self, limit: int) -> Batch | None:
@@ -89,17 +89,27 @@ class SqlOutbox:
         lease_end = now + self.lease
         with database_errors("usage outbox unavailable"):
             async with self._sessions() as session:
-                expired = self._picked(
-                    session,
+                # A whole batch is locked row by row in id order, never SKIP LOCKED: skipping would
+                # let two takers each lock a part of it (or deadlock on each other's parts). The
+                # loser waits for the winner, then finds the lease renewed and takes nothing.
+                first_expired = (
                     select(Row.batch_key)
                     .where(Row.batch_key.is_not(None), Row.next_attempt_at <= now)
                     .order_by(Row.id)
-                    .limit(1),
+                    .limit(1)
+                    .scalar_subquery()
+                )
+                members = self._picked(
+                    session,
+                    select(Row.id)
+                    .where(Row.batch_key == first_expired, Row.next_attempt_at <= now)
+                    .order_by(Row.id),
                     "expired",
+                    skip_locked=False,
                 )
                 result = await session.execute(
                     update(Row)
-                    .where(Row.batch_key.in_(select(expired.c.batch_key)), Row.next_attempt_at <= now)
+                    .where(Row.id.in_(select(members.c.id)), Row.next_attempt_at <= now)
                     .values(next_attempt_at=lease_end, attempts=Row.attempts + 1)
                     .returning(Row.id, Row.batch_key, Row.payload)
                 )
@@ -117,6 +127,7 @@ class SqlOutbox:
                         .order_by(Row.id)
                         .limit(limit),
                         "due",
+                        skip_locked=True,  # rows without a batch are independent of each other
                     )
                     fresh = await session.execute(
                         update(Row)

@@ -82,10 +82,8 @@ class UsageDeliverer:
             return 0
         batch = self.held
         if self._refused is None:
-            if self.failures and not await self._still_held(batch):
-                log.info("usage batch settled by another deliverer", extra={"batch": batch.key})
-                self._release()
-                return 0
+            if self.failures:
+                await self._renew(batch)
             try:
                 refused = await self.sink.deliver(batch.records, batch.key)
             except (GovernanceUnavailable, StoreUnavailable) as exc:
@@ -108,12 +106,18 @@ class UsageDeliverer:
         self._release()
         return delivered
 
-    async def _still_held(self, batch: Batch) -> bool:
-        """Renew the lease before a retry; False only when the outbox says the batch is settled."""
+    async def _renew(self, batch: Batch) -> None:
+        """Extend the batch's lease before a retry, so no other deliverer takes it over meanwhile.
+
+        If the outbox no longer holds it (another deliverer settled it, or Redis lost it) it is
+        sent anyway: under its key that is a replay for a sink that honours keys, and it may be
+        the only copy left.
+        """
         try:
-            return await self.outbox.renew(batch)
+            if not await self.outbox.renew(batch):
+                log.info("usage batch no longer held in the outbox; sending it again", extra={"batch": batch.key})
         except SentinelError:
-            return True  # cannot tell: sending it again under its key is safe
+            pass  # the lease may run out meanwhile: a takeover sends the same batch under the same key
 
     def _later(self, exc: SentinelError, message: str) -> None:
         self.failures += 1

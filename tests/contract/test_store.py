@@ -258,6 +258,18 @@ async def test_stream_settle_refuses_bad_arguments(store: Store) -> None:
         await store.stream_reclaim(S, G, "c", ["nope"], min_idle_ms=0)
 
 
+async def test_stream_reclaim_and_settle_handle_large_batches(store: Store) -> None:
+    # More ids than one Redis command gets at a time inside the scripts (they go in chunks).
+    key = "sentinel:test:{big}"
+    ids = [await store.stream_add(key, {"r": str(i).encode()}) for i in range(2100)]
+    assert len(await store.stream_read(key, G, "big", 3000)) == 2100
+    got = await store.stream_reclaim(key, G, "big", ids, min_idle_ms=0)
+    assert [e.id for e in got] == ids
+    assert await store.stream_settle(key, G, "big", done=ids[:1050], retry=ids[1050:], retry_to="rest") == 1050
+    rest = await store.stream_idle(key, G, min_idle_ms=0, count=5000)
+    assert rest == [(i, "rest") for i in ids[1050:]]
+
+
 async def test_stream_group_starts_at_the_beginning_and_groups_are_independent(store: Store) -> None:
     ids = await add(store, 2)  # before any group exists
     assert [e.id for e in await store.stream_read(S, "one", "a", 5)] == ids

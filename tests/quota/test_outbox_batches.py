@@ -184,3 +184,16 @@ async def test_stream_consumers_do_not_pile_up(redis_url: str) -> None:
     finally:
         await client.aclose()
         await store.close()
+
+
+def test_stream_replica_settings_default_off_and_must_fit_the_redis_timeout() -> None:
+    from sentinel.config import ConfigError, load_settings
+
+    settings = load_settings(_env_file=None)
+    assert (settings.usage_stream_replicas, settings.usage_stream_replica_timeout_ms) == (0, 100)
+    ok = load_settings(_env_file=None, USAGE_STREAM_REPLICAS="1", USAGE_STREAM_REPLICA_TIMEOUT_MS="150")
+    assert ok.usage_stream_replicas == 1
+    with pytest.raises(ConfigError, match="USAGE_STREAM_REPLICA_TIMEOUT_MS"):
+        load_settings(_env_file=None, USAGE_STREAM_REPLICAS="1", USAGE_STREAM_REPLICA_TIMEOUT_MS="250")
+    with pytest.raises(ConfigError, match="USAGE_STREAM_REPLICAS"):
+        load_settings(_env_file=None, USAGE_STREAM_REPLICAS="-1")

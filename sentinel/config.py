@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     default_max_output_tokens: int = env("DEFAULT_MAX_OUTPUT_TOKENS", 4096, ge=1)
     usage_lease_seconds: float = env("USAGE_LEASE_SECONDS", 30.0, gt=0)
     usage_flush_interval_seconds: float = env("USAGE_FLUSH_INTERVAL_SECONDS", 0.5, gt=0)
+    # Replicas that must confirm a usage record in the Redis stream (WAIT) before it counts as stored.
+    usage_stream_replicas: int = env("USAGE_STREAM_REPLICAS", 0, ge=0)
+    usage_stream_replica_timeout_ms: int = env("USAGE_STREAM_REPLICA_TIMEOUT_MS", 100, ge=1)
 
     # --- native API, tiers, sessions --------------------------------------------------------------
     session_ttl_seconds: int = env("SESSION_TTL_SECONDS", 86400, ge=1)
@@ -201,6 +204,13 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _replica_wait_fits(self) -> Settings:
+        if self.usage_stream_replicas and self.usage_stream_replica_timeout_ms >= self.redis_timeout_seconds * 1000:
+            # The WAIT runs inside one Redis call, bounded by the socket timeout.
+            raise ValueError("USAGE_STREAM_REPLICA_TIMEOUT_MS must be below REDIS_TIMEOUT_SECONDS x 1000")
+        return self
 
     @model_validator(mode="after")
     def _governance_complete(self) -> Settings:

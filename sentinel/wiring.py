@@ -240,8 +240,16 @@ async def build_runtime(s: Settings, metrics: Metrics) -> Runtime:
         store, governance.plans, ttl=s.cache_ttl_seconds, grace=s.governance_grace_seconds, local_ttl=local_ttl,
         metrics=metrics,
     )
-    redis_outbox = RedisStreamOutbox(store, lease_seconds=s.usage_lease_seconds) if store.backend == "redis" else None
-    outbox = DurableOutbox(SqlOutbox(sessions, lease_seconds=s.usage_lease_seconds), redis_outbox)
+    # A stream outbox only where every replica sees the same stream (Redis, Redis Cluster).
+    stream_outbox = (
+        RedisStreamOutbox(
+            store, lease_seconds=s.usage_lease_seconds, replicas=s.usage_stream_replicas,
+            replica_timeout_ms=s.usage_stream_replica_timeout_ms,
+        )
+        if store.shared
+        else None
+    )
+    outbox = DurableOutbox(SqlOutbox(sessions, lease_seconds=s.usage_lease_seconds), stream_outbox)
     deliverer = UsageDeliverer(outbox, governance.sink, metrics, interval=s.usage_flush_interval_seconds)
     meter = QuotaMeter(
         plans=plans, limiter=QuotaLimiter(store), local_limiter=LocalLimiter(), failure_mode=s.quota_failure_mode,

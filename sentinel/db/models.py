@@ -185,7 +185,11 @@ class UsageLedgerRow(Base):
 
 
 class UsageOutboxRow(Base):
-    """A usage record waiting to be delivered to a remote ledger (JSON `payload`)."""
+    """A usage record waiting to be delivered to a remote ledger (JSON `payload`).
+
+    `batch_key` names the delivery batch the row belongs to once claimed (NULL while waiting);
+    `next_attempt_at` is the end of that batch's lease, or when a refused row may be batched again.
+    """
 
     __tablename__ = "usage_outbox"
 
@@ -195,6 +199,7 @@ class UsageOutboxRow(Base):
     created_at: Mapped[datetime] = _created_at()
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default=text("0"))
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    batch_key: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class TierModelRow(Base):

@@ -1,43 +1,48 @@
-"""The background deliverer: moves usage records from the outbox to the governance ledger.
+"""The background deliverer: moves usage batches from the outbox to the usage sink.
 
-Batches are delivered with retries and exponential backoff (0.5 s doubling to 30 s, with jitter);
-records stay in the outbox until the sink accepted them, so a governance outage, a crash or a
-restart delays delivery but loses nothing. Each batch carries an idempotency key derived from its
-request ids; the built-in ledger is exactly-once by request id.
+One batch at a time. A batch claimed from the outbox is kept in memory and sent again — the same
+records under the same key (its `Idempotency-Key`) — with exponential backoff (0.5 s doubling to
+30 s, with jitter) until the sink answers; no new records are claimed meanwhile (other replicas
+may deliver them). Then the batch is settled: accepted records leave the outbox, records the sink
+refused one by one go back to be batched again later under a new key. A crash at any point leaves
+the batch in the outbox under its key, and whoever takes it over after the lease sends it under
+that key again, so a sink that honours the key (Zion should; the built-in ledger is exactly-once
+by request id regardless) counts every record once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 from sentinel.backoff import Backoff
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable, SentinelError, StoreUnavailable
 from sentinel.observability.metrics import Metrics
-from sentinel.quota.outbox import Claimed, DurableOutbox
+from sentinel.quota.batch import Batch
+from sentinel.quota.outbox import DurableOutbox
 
 log = logging.getLogger("sentinel.deliverer")
 
 
 class UsageSink(Protocol):
     """Where usage ends up. `deliver` raises GovernanceUnavailable when the whole batch should be
-    retried, and returns the request ids of records refused one by one (retried later)."""
+    retried (it is, with the same records and key), and returns the request ids of records refused
+    one by one (batched again later under a new key)."""
 
     name: str
 
     async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]: ...
 
 
-def idempotency_key(records: list[UsageRecord]) -> str:
-    digest = hashlib.sha256("\n".join(sorted(r.request_id for r in records)).encode()).hexdigest()
-    return f"sentinel-usage-{digest[:32]}"
-
-
 class UsageDeliverer:
-    """Runs `deliver_once` on an interval (or sooner when records wait) until stopped."""
+    """Runs `deliver_once` on an interval (or sooner when records wait) until stopped.
+
+    `clock` (monotonic seconds) decides when a failed batch is due again; tests inject one.
+    """
 
     def __init__(
         self,
@@ -48,6 +53,7 @@ class UsageDeliverer:
         interval: float = 0.5,
         batch_size: int = 500,
         backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.outbox = outbox
         self.sink = sink
@@ -55,40 +61,73 @@ class UsageDeliverer:
         self.interval = interval
         self.batch_size = batch_size
         self.backoff = backoff or Backoff(base=0.5, cap=30.0)
+        self.clock = clock
         self.failures = 0
+        self.held: Batch | None = None
+        self._refused: frozenset[str] | None = None  # the sink's answer, once it gave one
+        self._not_before = 0.0
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     async def deliver_once(self) -> int:
-        """Deliver one batch; returns how many records were delivered (0 on failure or nothing)."""
-        if self.outbox.orphans:
-            await self.outbox.rescue_orphans()
-        batch: list[Claimed] = await self.outbox.claim(self.batch_size)
-        if not batch:
+        """Advance the current batch (claiming one if none is held): returns how many records the
+        sink accepted, 0 when nothing was delivered (nothing waiting, a failure, or not yet due)."""
+        if self.held is None:
+            if self.outbox.orphans:
+                await self.outbox.rescue_orphans()
+            self.held = await self.outbox.claim(self.batch_size)
+            if self.held is None:
+                return 0
+        elif self.clock() < self._not_before:
             return 0
-        records = [c.record for c in batch]
+        batch = self.held
+        if self._refused is None:
+            if self.failures:
+                await self._renew(batch)
+            try:
+                refused = await self.sink.deliver(batch.records, batch.key)
+            except (GovernanceUnavailable, StoreUnavailable) as exc:
+                self.metrics.deliveries.labels("failure").inc()
+                self._later(exc, "usage delivery failed; retrying the same batch")
+                return 0
+            self._refused = frozenset(refused) & {c.record.request_id for c in batch.items}
+            if self._refused:
+                self.metrics.deliveries.labels("partial").inc()
         try:
-            refused = set(await self.sink.deliver(records, idempotency_key(records)))
-        except (GovernanceUnavailable, StoreUnavailable) as exc:
-            self.failures += 1
-            delay = self.backoff.delay(self.failures)
-            self.metrics.deliveries.labels("failure").inc()
-            log.warning("usage delivery failed; retrying", extra={"error": exc.message, "retry_in_s": round(delay, 2)})
-            await self.outbox.retry_later(batch, delay)
-            return 0
-        self.failures = 0
-        if refused:
-            self.metrics.deliveries.labels("partial").inc()
-            await self.outbox.retry_later([c for c in batch if c.record.request_id in refused], self.backoff.cap)
-            batch = [c for c in batch if c.record.request_id not in refused]
-        try:
-            await self.outbox.ack(batch)
+            await self.outbox.settle(batch, self._refused, retry_in=self.backoff.cap)
         except SentinelError as exc:
-            # Delivered but not acknowledged: it will be delivered again; the ledger deduplicates.
-            log.warning("could not acknowledge delivered usage", extra={"error": exc.message})
+            # Delivered, not settled: settle again later. Should this process die first, the batch
+            # is taken over and sent again under the same key, which the sink deduplicates.
+            self._later(exc, "could not settle a delivered usage batch; retrying")
+            return 0
+        delivered = len(batch.items) - len(self._refused)
         self.metrics.deliveries.labels("success").inc()
-        self.metrics.delivered_records.inc(len(batch))
-        return len(batch)
+        self.metrics.delivered_records.inc(delivered)
+        self._release()
+        return delivered
+
+    async def _renew(self, batch: Batch) -> None:
+        """Extend the batch's lease before a retry, so no other deliverer takes it over meanwhile.
+
+        If the outbox no longer holds it (another deliverer settled it, or Redis lost it) it is
+        sent anyway: under its key that is a replay for a sink that honours keys, and it may be
+        the only copy left.
+        """
+        try:
+            if not await self.outbox.renew(batch):
+                log.info("usage batch no longer held in the outbox; sending it again", extra={"batch": batch.key})
+        except SentinelError:
+            pass  # the lease may run out meanwhile: a takeover sends the same batch under the same key
+
+    def _later(self, exc: SentinelError, message: str) -> None:
+        self.failures += 1
+        delay = self.backoff.delay(self.failures)
+        self._not_before = self.clock() + delay
+        held = self.held.key if self.held is not None else None
+        log.warning(message, extra={"error": exc.message, "retry_in_s": round(delay, 2), "batch": held})
+
+    def _release(self) -> None:
+        self.held, self._refused, self.failures, self._not_before = None, None, 0, 0.0
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -124,6 +163,8 @@ class UsageDeliverer:
             log.warning("usage outbox not fully drained at shutdown; the rest is delivered after restart")
 
     async def drain(self) -> None:
-        """Deliver batches until nothing deliverable is left (or a delivery fails)."""
+        """Deliver batches until nothing deliverable is left or a delivery fails (a batch waiting
+        for its retry is tried once more right away)."""
+        self._not_before = 0.0
         while await self.deliver_once() > 0:
             pass

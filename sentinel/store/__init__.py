@@ -1,9 +1,11 @@
 """Store backends behind one Protocol."""
 
-from sentinel.store.base import LocalOps, Script, Store, StreamEntry
+from sentinel.store.base import LocalOps, PendingEntry, Script, Store, StreamEntry
 from sentinel.store.memory import MemoryStore
 
-__all__ = ["REDIS_URL_SCHEMES", "LocalOps", "MemoryStore", "Script", "Store", "StreamEntry", "create_store"]
+__all__ = [
+    "REDIS_URL_SCHEMES", "LocalOps", "MemoryStore", "PendingEntry", "Script", "Store", "StreamEntry", "create_store",
+]
 
 # What `create_store` accepts (config validation uses the same list).
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")

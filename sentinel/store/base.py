@@ -13,8 +13,11 @@ a common hash tag (`sentinel:quota:{<subject>}:...`); the cluster store refuses 
 span slots (ValueError) before sending it.
 
 Streams (append-only logs read through consumer groups, the Redis stream model) carry the usage
-outbox: `stream_add` appends, `stream_claim` hands entries to one consumer of a group (taking over
-entries another consumer claimed and left idle), `stream_ack` acknowledges and deletes them.
+outbox. A consumer name doubles as a *batch*: `stream_read` hands new entries to one consumer,
+where they stay pending until settled; `stream_idle` lists pending entries nobody touched for a
+while, with their consumer; `stream_reclaim` takes such entries over (atomically, only from the
+consumer named, only when still idle); `stream_settle` acknowledges and deletes entries, hands
+others to another consumer and forgets the consumer once it holds nothing.
 """
 
 from __future__ import annotations
@@ -68,12 +71,31 @@ class StreamEntry(NamedTuple):
     fields: dict[str, bytes]
 
 
+class PendingEntry(NamedTuple):
+    """An entry read by a consumer of a group and not yet settled: its id and that consumer."""
+
+    id: str
+    consumer: str
+
+
 def parse_stream_id(entry_id: str) -> tuple[int, int]:
     """`"<ms>-<seq>"` as a sortable pair; ValueError for anything else (a caller bug)."""
     ms, sep, seq = entry_id.partition("-")
     if not (sep and ms.isdigit() and seq.isdigit()):
         raise ValueError(f"not a stream entry id: {entry_id!r}")
     return int(ms), int(seq)
+
+
+def check_stream_ids(ids: Sequence[str]) -> list[tuple[int, int]]:
+    """Every id parsed (ValueError for a malformed one, before anything is sent)."""
+    return [parse_stream_id(entry_id) for entry_id in ids]
+
+
+def check_settle(done: Sequence[str], retry: Sequence[str], retry_to: str | None) -> None:
+    """Validate `stream_settle`'s arguments (the same on every backend)."""
+    check_stream_ids([*done, *retry])
+    if retry and not retry_to:
+        raise ValueError("retry entries need a consumer to go to (retry_to)")
 
 
 def check_replica_wait(replicas: int, replica_timeout_ms: int) -> None:
@@ -128,21 +150,43 @@ class Store(Protocol):
         idempotent). A backend without replicas (memory) ignores `replicas`.
         """
 
-    async def stream_claim(
-        self, key: str, group: str, consumer: str, count: int, *, min_idle_ms: int
+    async def stream_read(self, key: str, group: str, consumer: str, count: int) -> list[StreamEntry]:
+        """Up to `count` entries no consumer of `group` has read yet, oldest first, now pending for
+        `consumer` until settled. Creates the group (and the stream) when missing, reading from the
+        beginning of the stream; a group that vanished (Redis lost its data) is created again, so
+        entries added since are not stranded. `count <= 0` reads nothing."""
+
+    async def stream_idle(
+        self, key: str, group: str, *, min_idle_ms: int, count: int, consumer: str | None = None
+    ) -> list[PendingEntry]:
+        """Up to `count` pending entries (of `consumer` only, when given) that have been pending
+        without being read or reclaimed for at least `min_idle_ms`, oldest first. A missing stream
+        or group has none."""
+
+    async def stream_reclaim(
+        self, key: str, group: str, owner: str, ids: Sequence[str], *, min_idle_ms: int, to: str | None = None
     ) -> list[StreamEntry]:
-        """Up to `count` entries for `consumer`, oldest first; each stays pending until acknowledged.
+        """Atomically take over those of `ids` still pending for `owner` and idle for at least
+        `min_idle_ms`: they become pending for `to` (default: `owner` itself) with their idle time
+        reset. Returns them, oldest first, with their fields. Entries another caller reclaimed
+        first (their idle time was reset), settled, or deleted are left out, so two callers racing
+        for the same idle entries never both get one. `min_idle_ms=0` renews a lease."""
 
-        Creates the group (and the stream) when missing, reading from the beginning of the stream;
-        a group that vanished (Redis lost its data) is created again, so entries added since are
-        not stranded. First takes over pending entries idle for at least `min_idle_ms` (claimed
-        by any consumer of the group, this one included, and not acknowledged: a crashed
-        consumer's entries), then adds entries no consumer of the group has seen yet.
-        """
-
-    async def stream_ack(self, key: str, group: str, ids: Sequence[str]) -> int:
-        """Acknowledge entries and delete them from the stream, atomically; returns how many of
-        them were still in the stream. Unknown or already deleted ids are ignored."""
+    async def stream_settle(
+        self,
+        key: str,
+        group: str,
+        consumer: str,
+        *,
+        done: Sequence[str] = (),
+        retry: Sequence[str] = (),
+        retry_to: str | None = None,
+    ) -> int:
+        """Finish (part of) `consumer`'s work in one atomic step: acknowledge and delete the `done`
+        entries; hand the `retry` entries still pending for `consumer` to `retry_to`; then, if
+        `consumer` holds nothing any more, forget it. Returns how many `done` entries were still in
+        the stream. Unknown ids are ignored; malformed ids raise ValueError before anything is
+        sent; `retry` without `retry_to` is a ValueError."""
 
     async def stream_len(self, key: str) -> int:
         """Entries in the stream (pending or not yet read); 0 when it does not exist."""

@@ -7,7 +7,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sentinel.store.base import Script, ScriptArg, StreamEntry, check_replica_wait, seconds_left
+from sentinel.store.base import (
+    PendingEntry,
+    Script,
+    ScriptArg,
+    StreamEntry,
+    check_replica_wait,
+    check_settle,
+    seconds_left,
+)
 from sentinel.store.memory_streams import MemoryStreams
 
 
@@ -134,15 +142,35 @@ class MemoryStore:
         # One process has no replica to wait for: `replicas` is accepted and has nothing to do.
         return self._streams.add(key, fields)
 
-    async def stream_claim(
-        self, key: str, group: str, consumer: str, count: int, *, min_idle_ms: int
-    ) -> list[StreamEntry]:
+    async def stream_read(self, key: str, group: str, consumer: str, count: int) -> list[StreamEntry]:
         if count <= 0:
             return []
-        return self._streams.claim(key, group, consumer, count, min_idle_ms)
+        return self._streams.read(key, group, consumer, count)
 
-    async def stream_ack(self, key: str, group: str, ids: Sequence[str]) -> int:
-        return self._streams.ack(key, group, ids)
+    async def stream_idle(
+        self, key: str, group: str, *, min_idle_ms: int, count: int, consumer: str | None = None
+    ) -> list[PendingEntry]:
+        if count <= 0:
+            return []
+        return self._streams.idle(key, group, min_idle_ms, count, consumer)
+
+    async def stream_reclaim(
+        self, key: str, group: str, owner: str, ids: Sequence[str], *, min_idle_ms: int, to: str | None = None
+    ) -> list[StreamEntry]:
+        return self._streams.reclaim(key, group, owner, ids, min_idle_ms, to or owner)
+
+    async def stream_settle(
+        self,
+        key: str,
+        group: str,
+        consumer: str,
+        *,
+        done: Sequence[str] = (),
+        retry: Sequence[str] = (),
+        retry_to: str | None = None,
+    ) -> int:
+        check_settle(done, retry, retry_to)
+        return self._streams.settle(key, group, consumer, done, retry, retry_to)
 
     async def stream_len(self, key: str) -> int:
         return self._streams.length(key)

@@ -1,10 +1,12 @@
 """Streams for the in-process store: the Redis stream and consumer-group model, in plain Python.
 
-Mirrors what `RedisStore` does with XADD / XGROUP CREATE .. 0 MKSTREAM / XAUTOCLAIM / XREADGROUP >
-/ XACK + XDEL / XLEN: ids `<ms>-<seq>` strictly increasing per stream; a group starts at the
-beginning of the stream; a claimed entry stays in the group's pending list, owned by the consumer
-that claimed it, until acknowledged; an entry pending for at least `min_idle_ms` may be taken
-over; acknowledging deletes. Idle time comes from the injected clock, so tests can move time.
+Mirrors what `RedisStore` does with XADD / XGROUP CREATE .. 0 MKSTREAM / XREADGROUP > / XPENDING
+IDLE / XCLAIM / XACK + XDEL / XGROUP DELCONSUMER / XLEN: ids `<ms>-<seq>` strictly increasing per
+stream; a group starts at the beginning of the stream; a read entry stays in the group's pending
+list, owned by the consumer that read it, until settled; an entry pending for at least
+`min_idle_ms` may be reclaimed; settling deletes. Idle time comes from the injected clock, so
+tests can move time. (Consumers holding nothing are invisible through the Store API, so this twin
+does not keep a list of them.)
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sentinel.store.base import StreamEntry, parse_stream_id
+from sentinel.store.base import PendingEntry, StreamEntry, check_stream_ids
 
 StreamId = tuple[int, int]
 
@@ -63,20 +65,11 @@ class MemoryStreams:
         stream.entries[stream.last_id] = {name: bytes(value) for name, value in fields.items()}
         return _format(stream.last_id)
 
-    def claim(self, key: str, group: str, consumer: str, count: int, min_idle_ms: int) -> list[StreamEntry]:
+    def read(self, key: str, group: str, consumer: str, count: int) -> list[StreamEntry]:
         stream = self._streams.setdefault(key, _Stream())
         state = stream.groups.setdefault(group, _Group())
         now = self._clock()
         out: list[StreamEntry] = []
-        for entry_id in sorted(state.pending):
-            if len(out) >= count:
-                break
-            if entry_id not in stream.entries:
-                del state.pending[entry_id]  # deleted meanwhile: it leaves the pending list
-                continue
-            if (now - state.pending[entry_id].delivered_at) * 1000 >= min_idle_ms:
-                state.pending[entry_id] = _Pending(consumer, now)
-                out.append(StreamEntry(_format(entry_id), dict(stream.entries[entry_id])))
         for entry_id, fields in stream.entries.items():
             if len(out) >= count:
                 break
@@ -86,18 +79,69 @@ class MemoryStreams:
                 out.append(StreamEntry(_format(entry_id), dict(fields)))
         return out
 
-    def ack(self, key: str, group: str, ids: Sequence[str]) -> int:
-        parsed = [parse_stream_id(i) for i in ids]
+    def _group(self, key: str, group: str) -> tuple[_Stream, _Group] | None:
+        stream = self._streams.get(key)
+        state = stream.groups.get(group) if stream is not None else None
+        return None if stream is None or state is None else (stream, state)
+
+    def _idle_for(self, state: _Group, entry_id: StreamId, min_idle_ms: int) -> bool:
+        return (self._clock() - state.pending[entry_id].delivered_at) * 1000 >= min_idle_ms
+
+    def idle(self, key: str, group: str, min_idle_ms: int, count: int, consumer: str | None) -> list[PendingEntry]:
+        found = self._group(key, group)
+        if found is None:
+            return []
+        _, state = found
+        out: list[PendingEntry] = []
+        for entry_id in sorted(state.pending):
+            if len(out) >= count:
+                break
+            owner = state.pending[entry_id].consumer
+            if (consumer is None or owner == consumer) and self._idle_for(state, entry_id, min_idle_ms):
+                out.append(PendingEntry(_format(entry_id), owner))
+        return out
+
+    def reclaim(
+        self, key: str, group: str, owner: str, ids: Sequence[str], min_idle_ms: int, to: str
+    ) -> list[StreamEntry]:
+        parsed = check_stream_ids(ids)
+        found = self._group(key, group)
+        if found is None:
+            return []
+        stream, state = found
+        now = self._clock()
+        out: list[StreamEntry] = []
+        for entry_id in sorted(set(parsed)):
+            pending = state.pending.get(entry_id)
+            if pending is None or pending.consumer != owner or not self._idle_for(state, entry_id, min_idle_ms):
+                continue
+            if entry_id not in stream.entries:
+                del state.pending[entry_id]  # deleted meanwhile: it leaves the pending list (as XCLAIM does)
+                continue
+            state.pending[entry_id] = _Pending(to, now)
+            out.append(StreamEntry(_format(entry_id), dict(stream.entries[entry_id])))
+        return out
+
+    def settle(
+        self, key: str, group: str, consumer: str, done: Sequence[str], retry: Sequence[str], retry_to: str | None
+    ) -> int:
+        done_ids, retry_ids = check_stream_ids(done), check_stream_ids(retry)
         stream = self._streams.get(key)
         if stream is None:
             return 0
         state = stream.groups.get(group)
         deleted = 0
-        for entry_id in parsed:
+        for entry_id in done_ids:
             if state is not None:
                 state.pending.pop(entry_id, None)
             if stream.entries.pop(entry_id, None) is not None:
                 deleted += 1
+        if state is not None and retry_to is not None:
+            now = self._clock()
+            for entry_id in retry_ids:
+                pending = state.pending.get(entry_id)
+                if pending is not None and pending.consumer == consumer:
+                    state.pending[entry_id] = _Pending(retry_to, now)
         return deleted
 
     def length(self, key: str) -> int:

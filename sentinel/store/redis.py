@@ -33,15 +33,21 @@ from redis.exceptions import (
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sentinel.errors import StoreUnavailable
+from sentinel.store import redis_streams as lua
 from sentinel.store.base import (
+    PendingEntry,
     Script,
     ScriptArg,
     StreamEntry,
     check_replica_wait,
-    parse_stream_id,
+    check_settle,
+    check_stream_ids,
     seconds_left,
 )
 from sentinel.store.breaker import CircuitBreaker
+from sentinel.store.redis_streams import entries as _entries
+from sentinel.store.redis_streams import is_nogroup
+from sentinel.store.redis_streams import text as _text
 
 __all__ = ["CircuitBreaker", "RedisStore"]
 
@@ -54,19 +60,8 @@ _UNAVAILABLE_REPLIES = (ClusterDownError, TryAgainError, AskError, ReadOnlyError
 _CLUSTER_MISUSE = (CrossSlotTransactionError, InvalidPipelineStack)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _fields(fields: Mapping[str, bytes]) -> dict[Any, Any]:
     return dict(fields)
-
-
-def _entries(raw: Sequence[Any]) -> list[StreamEntry]:
-    # An entry deleted while pending comes back without fields: it is gone, skip it.
-    return [
-        StreamEntry(_text(eid), {_text(k): v for k, v in fields.items()}) for eid, fields in raw if fields
-    ]
 
 
 class RedisStore:
@@ -179,16 +174,20 @@ class RedisStore:
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         self.check_script_keys(script, keys)
-        sha = self._shas.get(script.name)
-        if sha is None:
-            sha = self._shas[script.name] = hashlib.sha1(script.lua.encode()).hexdigest()
         async with self.guard():
-            try:
-                return await self._client.evalsha(sha, len(keys), *keys, *args)
-            except NoScriptError:
-                # First use on this node (or it restarted, or a replica was promoted): send the
-                # body once; Redis caches it under the same sha.
-                return await self._client.eval(script.lua, len(keys), *keys, *args)
+            return await self._eval(script.name, script.lua, keys, args)
+
+    async def _eval(self, name: str, body: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        """EVALSHA, or EVAL once on a node that does not know the script yet (inside `guard()`)."""
+        sha = self._shas.get(name)
+        if sha is None:
+            sha = self._shas[name] = hashlib.sha1(body.encode()).hexdigest()
+        try:
+            return await self._client.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # First use on this node (or it restarted, or a replica was promoted): send the
+            # body once; Redis caches it under the same sha.
+            return await self._client.eval(body, len(keys), *keys, *args)
 
     # --- streams ---------------------------------------------------------------------------------
     async def stream_add(
@@ -225,24 +224,20 @@ class RedisStore:
             pipe.wait(replicas, timeout_ms)
             return list(await pipe.execute(raise_on_error=False))
 
-    async def stream_claim(
-        self, key: str, group: str, consumer: str, count: int, *, min_idle_ms: int
-    ) -> list[StreamEntry]:
+    async def stream_read(self, key: str, group: str, consumer: str, count: int) -> list[StreamEntry]:
         if count <= 0:
             return []
         async with self.guard():
             try:
-                return await self._claim(key, group, consumer, count, min_idle_ms)
+                return await self._read(key, group, consumer, count)
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if not is_nogroup(exc):
                     raise
                 # Redis lost the group (restarted without its data, or the key was deleted).
                 self._groups.discard((key, group))
-                return await self._claim(key, group, consumer, count, min_idle_ms)
+                return await self._read(key, group, consumer, count)
 
-    async def _claim(
-        self, key: str, group: str, consumer: str, count: int, min_idle_ms: int
-    ) -> list[StreamEntry]:
+    async def _read(self, key: str, group: str, consumer: str, count: int) -> list[StreamEntry]:
         if (key, group) not in self._groups:
             try:
                 await self._client.xgroup_create(key, group, id="0", mkstream=True)
@@ -250,32 +245,55 @@ class RedisStore:
                 if "BUSYGROUP" not in str(exc):
                     raise
             self._groups.add((key, group))
-        # [next cursor, claimed entries, deleted ids (Redis 7)]
-        stolen: Any = await self._client.xautoclaim(
-            key, group, consumer, min_idle_ms, start_id="0-0", count=count
-        )
-        out = _entries(stolen[1])
-        if len(out) < count:
-            fresh: Any = await self._client.xreadgroup(group, consumer, {key: ">"}, count=count - len(out))
-            for _, entries in fresh or []:
-                out += _entries(entries)
-        return out
+        fresh: Any = await self._client.xreadgroup(group, consumer, {key: ">"}, count=count)
+        return [entry for _, got in fresh or [] for entry in _entries(got)]
 
-    async def stream_ack(self, key: str, group: str, ids: Sequence[str]) -> int:
-        if not ids:
-            return 0
-        for entry_id in ids:
-            parse_stream_id(entry_id)
+    async def stream_idle(
+        self, key: str, group: str, *, min_idle_ms: int, count: int, consumer: str | None = None
+    ) -> list[PendingEntry]:
+        if count <= 0:
+            return []
         async with self.guard():
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.xack(key, group, *ids)
-                pipe.xdel(key, *ids)
-                acked, deleted = await pipe.execute(raise_on_error=False)
-            if isinstance(deleted, BaseException):
-                raise deleted
-            if isinstance(acked, BaseException) and "NOGROUP" not in str(acked):
-                raise acked  # (a lost group has nothing pending: the delete is what matters)
-        return int(deleted)
+            try:
+                found: Any = await self._client.xpending_range(
+                    key, group, "-", "+", count, consumername=consumer, idle=min_idle_ms
+                )
+            except ResponseError as exc:
+                if not is_nogroup(exc):
+                    raise
+                return []
+        return [PendingEntry(_text(p["message_id"]), _text(p["consumer"])) for p in found]
+
+    async def stream_reclaim(
+        self, key: str, group: str, owner: str, ids: Sequence[str], *, min_idle_ms: int, to: str | None = None
+    ) -> list[StreamEntry]:
+        check_stream_ids(ids)
+        if not ids:
+            return []
+        async with self.guard():
+            try:
+                args: list[ScriptArg] = [group, owner, to or owner, min_idle_ms, *ids]
+                raw = await self._eval("stream-reclaim", lua.RECLAIM, [key], args)
+            except ResponseError as exc:
+                if not is_nogroup(exc):
+                    raise
+                return []
+        return _entries(raw)
+
+    async def stream_settle(
+        self,
+        key: str,
+        group: str,
+        consumer: str,
+        *,
+        done: Sequence[str] = (),
+        retry: Sequence[str] = (),
+        retry_to: str | None = None,
+    ) -> int:
+        check_settle(done, retry, retry_to)
+        args: list[ScriptArg] = [group, consumer, retry_to or "", len(done), *done, *retry]
+        async with self.guard():
+            return int(await self._eval("stream-settle", lua.SETTLE, [key], args))
 
     async def stream_len(self, key: str) -> int:
         async with self.guard():

@@ -132,77 +132,167 @@ async def test_stream_add_returns_increasing_ids_and_len_counts(store: Store) ->
     assert await store.stream_len("sentinel:test:{missing}") == 0
 
 
-async def test_stream_claim_hands_out_each_entry_once_oldest_first(store: Store) -> None:
+async def test_stream_read_hands_out_each_entry_once_oldest_first(store: Store) -> None:
     ids = await add(store, 5)
-    first = await store.stream_claim(S, G, "a", 3, min_idle_ms=LONG)
+    first = await store.stream_read(S, G, "a", 3)
     assert [e.id for e in first] == ids[:3]
     assert first[0].fields == {"r": b"record-0", "raw": bytes([0, 255, 0])}
-    rest = await store.stream_claim(S, G, "b", 10, min_idle_ms=LONG)
+    rest = await store.stream_read(S, G, "b", 10)
     assert [e.id for e in rest] == ids[3:]
-    assert await store.stream_claim(S, G, "a", 10, min_idle_ms=LONG) == []
-    assert await store.stream_claim(S, G, "a", 0, min_idle_ms=0) == []
-    # Claimed is not acknowledged: every entry is still in the stream.
+    assert await store.stream_read(S, G, "a", 10) == []
+    assert await store.stream_read(S, G, "a", 0) == []
+    # Read is not settled: every entry is still in the stream, pending for its reader.
     assert await store.stream_len(S) == 5
+    pending = await store.stream_idle(S, G, min_idle_ms=0, count=10)
+    assert pending == [(i, "a") for i in ids[:3]] + [(i, "b") for i in ids[3:]]
 
 
-async def test_stream_claim_takes_over_idle_pending_entries(store: Store) -> None:
-    ids = await add(store, 3)
-    assert len(await store.stream_claim(S, G, "crashed", 3, min_idle_ms=LONG)) == 3
-    # Not idle long enough: nobody else gets them.
-    assert await store.stream_claim(S, G, "b", 3, min_idle_ms=LONG) == []
-    # Idle for at least 0 ms: taken over, oldest first, at most `count`.
-    taken = await store.stream_claim(S, G, "b", 2, min_idle_ms=0)
-    assert [e.id for e in taken] == ids[:2]
-    assert taken[1].fields["r"] == b"record-1"
-    assert [e.id for e in await store.stream_claim(S, G, "c", 5, min_idle_ms=0)] == ids
+async def test_stream_idle_lists_only_entries_idle_long_enough(store: Store) -> None:
+    ids = await add(store, 4)
+    await store.stream_read(S, G, "a", 2)
+    await store.stream_read(S, G, "b", 2)
+    assert await store.stream_idle(S, G, min_idle_ms=LONG, count=10) == []
+    assert await store.stream_idle(S, G, min_idle_ms=0, count=3) == [(ids[0], "a"), (ids[1], "a"), (ids[2], "b")]
+    assert await store.stream_idle(S, G, min_idle_ms=0, count=10, consumer="b") == [(ids[2], "b"), (ids[3], "b")]
+    assert await store.stream_idle(S, G, min_idle_ms=0, count=10, consumer="nobody") == []
+    assert await store.stream_idle(S, G, min_idle_ms=0, count=0) == []
+    assert await store.stream_idle(S, "no-such-group", min_idle_ms=0, count=10) == []
+    assert await store.stream_idle("sentinel:test:{missing}", G, min_idle_ms=0, count=10) == []
 
 
-async def test_stream_claim_takes_idle_entries_before_new_ones(store: Store) -> None:
+async def test_stream_reclaim_takes_over_only_the_owners_idle_entries(store: Store) -> None:
+    ids = await add(store, 4)
+    await store.stream_read(S, G, "batch-1", 3)
+    await store.stream_read(S, G, "batch-2", 1)
+    # Not idle long enough: nothing moves.
+    assert await store.stream_reclaim(S, G, "batch-1", ids[:3], min_idle_ms=LONG) == []
+    # Only entries of the named owner: ids[3] belongs to batch-2.
+    got = await store.stream_reclaim(S, G, "batch-1", [ids[2], ids[0], ids[3]], min_idle_ms=0)
+    assert [e.id for e in got] == [ids[0], ids[2]]  # oldest first, with their fields
+    assert got[1].fields == {"r": b"record-2", "raw": bytes([0, 255, 2])}
+    assert [p.consumer for p in await store.stream_idle(S, G, min_idle_ms=0, count=10)] == [
+        "batch-1", "batch-1", "batch-1", "batch-2"
+    ]
+    # To another consumer: the entries change owner, and the old owner can no longer reclaim them.
+    moved = await store.stream_reclaim(S, G, "batch-1", ids[:2], min_idle_ms=0, to="batch-3")
+    assert [e.id for e in moved] == ids[:2]
+    assert await store.stream_reclaim(S, G, "batch-1", ids[:2], min_idle_ms=0) == []
+    assert await store.stream_idle(S, G, min_idle_ms=0, count=10, consumer="batch-3") == [
+        (ids[0], "batch-3"), (ids[1], "batch-3")
+    ]
+    assert await store.stream_reclaim(S, G, "batch-1", [], min_idle_ms=0) == []
+    assert await store.stream_reclaim(S, "no-such-group", "x", ids, min_idle_ms=0) == []
+
+
+async def test_stream_reclaim_resets_the_idle_time(store: Store) -> None:
     ids = await add(store, 2)
-    await store.stream_claim(S, G, "crashed", 1, min_idle_ms=LONG)
-    got = await store.stream_claim(S, G, "b", 5, min_idle_ms=0)
-    assert [e.id for e in got] == ids
+    await store.stream_read(S, G, "batch-1", 2)
+    assert len(await store.stream_reclaim(S, G, "batch-1", ids, min_idle_ms=0)) == 2
+    # Right after a takeover the entries are fresh again: a second taker with a real lease gets nothing.
+    assert await store.stream_idle(S, G, min_idle_ms=LONG, count=10) == []
+    assert await store.stream_reclaim(S, G, "batch-1", ids, min_idle_ms=LONG) == []
 
 
-async def test_stream_ack_deletes_and_ignores_unknown_ids(store: Store) -> None:
+async def test_stream_reclaim_races_give_each_entry_to_one_caller(store: Store) -> None:
+    ids = await add(store, 20)
+    await store.stream_read(S, G, "crashed", 20)
+    # Two takers see the same idle batch; with min_idle_ms the first resets it and the second gets nothing.
+    await store.stream_reclaim(S, G, "crashed", ids, min_idle_ms=0)  # make it "just taken"
+    results = await asyncio.gather(
+        *(store.stream_reclaim(S, G, "crashed", ids, min_idle_ms=LONG) for _ in range(5))
+    )
+    assert results == [[]] * 5
+    moved = await asyncio.gather(
+        *(store.stream_reclaim(S, G, "crashed", ids, min_idle_ms=0, to=f"taker-{i}") for i in range(5))
+    )
+    # Moving away from "crashed" succeeds once: the others find the entries owned by someone else.
+    assert sorted(len(m) for m in moved) == [0, 0, 0, 0, 20]
+
+
+async def test_stream_reclaim_skips_entries_deleted_while_pending(store: Store) -> None:
     ids = await add(store, 3)
-    await store.stream_claim(S, G, "a", 3, min_idle_ms=LONG)
-    assert await store.stream_ack(S, G, ids[:2]) == 2
+    await store.stream_read(S, G, "batch-1", 3)
+    assert await store.stream_settle(S, "other-group", "x", done=[ids[1]]) == 1  # deleted, still pending in G
+    got = await store.stream_reclaim(S, G, "batch-1", ids, min_idle_ms=0)
+    assert [e.id for e in got] == [ids[0], ids[2]]
+
+
+async def test_stream_settle_acknowledges_deletes_and_forgets_the_consumer(store: Store) -> None:
+    ids = await add(store, 3)
+    await store.stream_read(S, G, "batch-1", 3)
+    assert await store.stream_settle(S, G, "batch-1", done=ids[:2]) == 2
     assert await store.stream_len(S) == 1
-    assert await store.stream_ack(S, G, ids[:2]) == 0
-    assert await store.stream_ack(S, G, []) == 0
-    assert await store.stream_ack("sentinel:test:{missing}", G, ids) == 0
-    # Acknowledged entries are never handed out again, idle or not.
-    assert [e.id for e in await store.stream_claim(S, G, "b", 5, min_idle_ms=0)] == ids[2:]
+    assert await store.stream_idle(S, G, min_idle_ms=0, count=10) == [(ids[2], "batch-1")]
+    assert await store.stream_settle(S, G, "batch-1", done=ids[:2]) == 0  # already gone
+    assert await store.stream_settle(S, G, "batch-1") == 0
+    assert await store.stream_settle("sentinel:test:{missing}", G, "batch-1", done=ids) == 0
+    # Settled entries are never handed out again, read or reclaimed.
+    assert await store.stream_read(S, G, "b", 5) == []
+    assert await store.stream_reclaim(S, G, "batch-1", ids[:2], min_idle_ms=0) == []
 
 
-async def test_stream_ack_refuses_malformed_ids(store: Store) -> None:
+async def test_stream_settle_hands_retries_to_a_new_consumer(store: Store) -> None:
+    ids = await add(store, 4)
+    await store.stream_read(S, G, "batch-1", 3)
+    await store.stream_read(S, G, "batch-2", 1)
+    deleted = await store.stream_settle(
+        S, G, "batch-1", done=[ids[0]], retry=[ids[1], ids[2], ids[3]], retry_to="batch-9"
+    )
+    assert deleted == 1
+    # ids[3] was not batch-1's: it stays with batch-2.
+    assert await store.stream_idle(S, G, min_idle_ms=0, count=10) == [
+        (ids[1], "batch-9"), (ids[2], "batch-9"), (ids[3], "batch-2")
+    ]
+    # The moved entries start a fresh lease.
+    assert await store.stream_idle(S, G, min_idle_ms=LONG, count=10) == []
+    got = await store.stream_reclaim(S, G, "batch-9", ids, min_idle_ms=0)
+    assert [e.id for e in got] == ids[1:3]
+
+
+async def test_stream_settle_refuses_bad_arguments(store: Store) -> None:
     with pytest.raises(ValueError):
-        await store.stream_ack(S, G, ["not-an-id"])
+        await store.stream_settle(S, G, "c", done=["not-an-id"])
+    with pytest.raises(ValueError):
+        await store.stream_settle(S, G, "c", retry=["1-0"])
+    with pytest.raises(ValueError):
+        await store.stream_reclaim(S, G, "c", ["nope"], min_idle_ms=0)
+
+
+async def test_stream_reclaim_and_settle_handle_large_batches(store: Store) -> None:
+    # More ids than one Redis command gets at a time inside the scripts (they go in chunks).
+    key = "sentinel:test:{big}"
+    ids = [await store.stream_add(key, {"r": str(i).encode()}) for i in range(2100)]
+    assert len(await store.stream_read(key, G, "big", 3000)) == 2100
+    got = await store.stream_reclaim(key, G, "big", ids, min_idle_ms=0)
+    assert [e.id for e in got] == ids
+    assert await store.stream_settle(key, G, "big", done=ids[:1050], retry=ids[1050:], retry_to="rest") == 1050
+    rest = await store.stream_idle(key, G, min_idle_ms=0, count=5000)
+    assert rest == [(i, "rest") for i in ids[1050:]]
 
 
 async def test_stream_group_starts_at_the_beginning_and_groups_are_independent(store: Store) -> None:
     ids = await add(store, 2)  # before any group exists
-    assert [e.id for e in await store.stream_claim(S, "one", "a", 5, min_idle_ms=LONG)] == ids
-    assert [e.id for e in await store.stream_claim(S, "two", "a", 5, min_idle_ms=LONG)] == ids
+    assert [e.id for e in await store.stream_read(S, "one", "a", 5)] == ids
+    assert [e.id for e in await store.stream_read(S, "two", "a", 5)] == ids
 
 
 async def test_stream_group_is_recreated_after_the_stream_was_lost(store: Store) -> None:
     ids = await add(store, 1)
-    assert [e.id for e in await store.stream_claim(S, G, "a", 5, min_idle_ms=LONG)] == ids
+    assert [e.id for e in await store.stream_read(S, G, "a", 5)] == ids
     assert await store.delete(S) == 1  # as if Redis restarted without its data
     assert await store.stream_len(S) == 0
+    assert await store.stream_idle(S, G, min_idle_ms=0, count=5) == []
     new = await store.stream_add(S, {"r": b"after"})
-    got = await store.stream_claim(S, G, "a", 5, min_idle_ms=LONG)
+    got = await store.stream_read(S, G, "a", 5)
     assert [(e.id, e.fields) for e in got] == [(new, {"r": b"after"})]
 
 
-async def test_concurrent_consumers_never_get_the_same_entry(store: Store) -> None:
+async def test_concurrent_readers_never_get_the_same_entry(store: Store) -> None:
     ids = set(await add(store, 30))
 
     async def consume(name: str) -> list[str]:
         seen: list[str] = []
-        while batch := await store.stream_claim(S, G, name, 4, min_idle_ms=LONG):
+        while batch := await store.stream_read(S, G, name, 4):
             seen += [e.id for e in batch]
         return seen
 

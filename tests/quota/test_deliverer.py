@@ -1,6 +1,6 @@
 """The usage deliverer, one cycle at a time (`deliver_once`, `drain`): batches, backoff on
-failure, partial refusal, acknowledgement failures, orphans; and the loop's start/stop. No sleeps:
-the backoff policy is injected and its delays are recorded by the outbox, not waited for."""
+failure, partial refusal, settle failures, orphans; and the loop's start/stop. No sleeps: the
+backoff policy and the clock are injected. (Batch identity end to end: test_deliverer_batches.py.)"""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
 from sentinel.observability.metrics import Metrics
-from sentinel.quota.deliverer import UsageDeliverer, idempotency_key
+from sentinel.quota.batch import is_batch_key
+from sentinel.quota.deliverer import UsageDeliverer
 from sentinel.quota.outbox import DurableOutbox, SqlOutbox
+from tests.support.clock import FakeClock
 from tests.support.metrics import counted
 from tests.support.outbox import OutboxPart, usage_record
 from tests.support.waiting import until
@@ -60,9 +62,10 @@ class Setup:
         self.outbox = DurableOutbox(self.part)  # type: ignore[arg-type]
         self.sink = Sink()
         self.metrics = Metrics()
+        self.clock = FakeClock()
         self.deliverer = UsageDeliverer(
             self.outbox, self.sink, self.metrics, interval=interval, batch_size=batch_size,
-            backoff=CountingBackoff(base=1, cap=30),
+            backoff=CountingBackoff(base=1, cap=30), clock=self.clock,
         )
 
     async def put(self, *ids: str) -> None:
@@ -92,42 +95,66 @@ async def test_drain_delivers_batch_after_batch() -> None:
     assert len(s.sink.keys) == 3
 
 
-def test_the_idempotency_key_names_the_batch_not_its_order() -> None:
-    a, b, c = usage_record("a"), usage_record("b"), usage_record("c")
-    assert idempotency_key([a, b]) == idempotency_key([b, a])
-    assert idempotency_key([a, b]) != idempotency_key([a, c])
-    assert idempotency_key([a]).startswith("sentinel-usage-")
+async def test_each_batch_has_a_fresh_recognisable_key() -> None:
+    s = Setup(batch_size=2)
+    await s.put("r1", "r2", "r3")
+    await s.deliverer.drain()
+    assert len(set(s.sink.keys)) == 2 and all(is_batch_key(k) for k in s.sink.keys)
 
 
-async def test_a_failed_delivery_backs_off_longer_each_time_and_keeps_the_records() -> None:
+async def test_a_failed_delivery_backs_off_longer_each_time_and_keeps_the_batch() -> None:
     s = Setup()
     await s.put("r1", "r2")
     s.sink.down = True
-    for _ in range(3):
+    assert await s.deliverer.deliver_once() == 0
+    for delay in (1, 2):  # CountingBackoff: retry n waits n seconds
+        s.clock.advance(delay - 0.001)
         assert await s.deliverer.deliver_once() == 0
-    assert s.part.retried == [("r1", 1.0), ("r2", 1.0), ("r1", 2.0), ("r2", 2.0), ("r1", 3.0), ("r2", 3.0)]
+        assert len(s.sink.keys) == delay  # not due yet: the sink was not called again
+        s.clock.advance(0.001)
+        assert await s.deliverer.deliver_once() == 0
+        assert len(s.sink.keys) == delay + 1
     assert s.deliverer.failures == 3 and s.deliveries("failure") == 3
-    assert s.part.acked == [] and await s.outbox.depth() == 2
+    assert s.part.acked == [] and s.part.retried == [] and await s.outbox.depth() == 2
     s.sink.down = False
+    s.clock.advance(3)
     assert await s.deliverer.deliver_once() == 2
     assert s.deliverer.failures == 0  # the next outage starts from the shortest delay again
     s.sink.down = True
     await s.put("r3")
     await s.deliverer.deliver_once()
-    assert s.part.retried[-1] == ("r3", 1.0)
+    s.clock.advance(1)
+    await s.deliverer.deliver_once()
+    assert s.sink.keys[-1] == s.sink.keys[-2] and len(set(s.sink.keys)) == 2
 
 
-async def test_a_retried_batch_keeps_its_idempotency_key() -> None:
+async def test_a_retried_batch_keeps_its_idempotency_key_and_records() -> None:
     s = Setup()
     await s.put("r1", "r2")
     s.sink.down = True
     await s.deliverer.deliver_once()
+    await s.put("r3")  # arrives meanwhile: not part of the batch being retried
     s.sink.down = False
+    s.clock.advance(1)
+    assert await s.deliverer.deliver_once() == 2
+    assert len(s.sink.keys) == 2 and s.sink.keys[0] == s.sink.keys[1]
+    assert await s.deliverer.deliver_once() == 1
+    assert s.sink.delivered == ["r1", "r2", "r3"] and s.sink.keys[2] != s.sink.keys[0]
+
+
+async def test_a_batch_the_outbox_no_longer_holds_is_still_sent_under_its_key() -> None:
+    s = Setup()
+    await s.put("r1")
+    s.sink.down = True
     await s.deliverer.deliver_once()
-    assert s.sink.keys == [idempotency_key([usage_record("r1"), usage_record("r2")])] * 2
+    s.part.held.clear()  # renewing finds nothing: the outbox lost it (or another deliverer settled it)
+    s.sink.down = False
+    s.clock.advance(1)
+    assert await s.deliverer.deliver_once() == 1
+    assert s.sink.delivered == ["r1"] and s.sink.keys[0] == s.sink.keys[1]
 
 
-async def test_records_refused_one_by_one_wait_the_longest_delay_the_rest_are_acknowledged() -> None:
+async def test_records_refused_one_by_one_wait_the_longest_delay_the_rest_are_settled() -> None:
     s = Setup()
     await s.put("r1", "r2", "r3")
     s.sink.refuse = {"r2"}
@@ -137,15 +164,16 @@ async def test_records_refused_one_by_one_wait_the_longest_delay_the_rest_are_ac
     assert s.deliveries("partial") == 1 and s.deliverer.failures == 0
 
 
-async def test_an_acknowledgement_that_fails_is_delivered_again_later() -> None:
+async def test_a_settle_that_fails_is_retried_without_delivering_again() -> None:
     s = Setup()
     await s.put("r1")
-    s.part.ack_down = True
-    assert await s.deliverer.deliver_once() == 1  # delivered; the ledger deduplicates the repeat
-    assert await s.outbox.depth() == 1
-    s.part.ack_down = False
-    await s.deliverer.deliver_once()
-    assert s.sink.delivered == ["r1", "r1"] and await s.outbox.depth() == 0
+    s.part.settle_down = True
+    assert await s.deliverer.deliver_once() == 0
+    assert s.sink.delivered == ["r1"] and await s.outbox.depth() == 1
+    s.part.settle_down = False
+    s.clock.advance(1)
+    assert await s.deliverer.deliver_once() == 1
+    assert s.sink.delivered == ["r1"] and await s.outbox.depth() == 0
 
 
 async def test_orphans_are_stored_before_the_next_claim() -> None:

@@ -1,12 +1,12 @@
-"""The durable usage outbox: `SqlOutbox` on SQLite and PostgreSQL (group commit, claim leases,
-ack, retry_later), and `DurableOutbox`'s fallback from one part to the next and to memory."""
+"""The durable usage outbox: `SqlOutbox` on SQLite and PostgreSQL (group commit, batches under
+leases, settling), and `DurableOutbox`'s fallback from one part to the next and to memory.
+(Batch identity across retries, takeovers and races: test_outbox_batches.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -16,12 +16,17 @@ from sentinel.db.engine import create_engine, session_factory
 from sentinel.db.models import UsageOutboxRow
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
-from sentinel.quota.outbox import Claimed, DurableOutbox, SqlOutbox
+from sentinel.quota.batch import Batch, is_batch_key
+from sentinel.quota.outbox import DurableOutbox, SqlOutbox
 from tests.support.outbox import OutboxPart, usage_record
 
 
 def record(request_id: str, tokens: int = 10) -> UsageRecord:
     return usage_record(request_id, tokens)
+
+
+def ids(batch: Batch | None) -> list[str]:
+    return [] if batch is None else [c.record.request_id for c in batch.items]
 
 
 class CountingSessions:
@@ -49,10 +54,11 @@ async def test_a_record_comes_back_as_it_went_in(sessions: async_sessionmaker[As
     outbox = SqlOutbox(sessions)
     await outbox.put(record("r1"))
     await outbox.put(record("r2", tokens=20))
-    claimed = await outbox.claim(10)
-    assert [c.record for c in claimed] == [record("r1"), record("r2", tokens=20)]
-    assert all(c.backend == "sql" for c in claimed) and len({c.ref for c in claimed}) == 2
-    assert await outbox.depth() == 2  # claimed is not delivered: rows stay until acknowledged
+    batch = await outbox.claim(10)
+    assert batch is not None and batch.records == [record("r1"), record("r2", tokens=20)]
+    assert batch.backend == "sql" and is_batch_key(batch.key)
+    assert all(c.backend == "sql" for c in batch.items) and len({c.ref for c in batch.items}) == 2
+    assert await outbox.depth() == 2  # claimed is not delivered: rows stay until settled
 
 
 async def test_concurrent_puts_are_group_committed(sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -70,7 +76,8 @@ async def test_a_request_id_is_stored_once(sessions: async_sessionmaker[AsyncSes
     outbox = SqlOutbox(sessions)
     await outbox.put(record("same"))
     await outbox.put(record("same", tokens=99))
-    assert [c.record.input_tokens for c in await outbox.claim(10)] == [10]
+    batch = await outbox.claim(10)
+    assert batch is not None and [r.input_tokens for r in batch.records] == [10]
 
 
 async def test_a_claim_takes_a_lease_until_it_runs_out(sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -78,12 +85,16 @@ async def test_a_claim_takes_a_lease_until_it_runs_out(sessions: async_sessionma
     for i in range(3):
         await outbox.put(record(f"r{i}"))
     first = await outbox.claim(2)
-    assert [c.record.request_id for c in first] == ["r0", "r1"]
-    assert [c.record.request_id for c in await outbox.claim(10)] == ["r2"]
-    assert await outbox.claim(10) == []  # everything is leased
-    await expire_leases(sessions)  # a crashed deliverer's lease ran out
-    again = await outbox.claim(10)
-    assert [c.record.request_id for c in again] == ["r0", "r1", "r2"]
+    second = await outbox.claim(10)
+    assert (ids(first), ids(second)) == (["r0", "r1"], ["r2"])
+    assert await outbox.claim(10) is None  # everything is leased
+    await expire_leases(sessions)  # a crashed deliverer's leases ran out
+    again, again2 = await outbox.claim(10), await outbox.claim(10)
+    # Each batch comes back whole, under its own key, one per claim.
+    assert first is not None and second is not None and again is not None and again2 is not None
+    assert {(b.key, tuple(ids(b))) for b in (again, again2)} == {
+        (first.key, ("r0", "r1")), (second.key, ("r2",))
+    }
     async with sessions() as session:
         attempts = (await session.execute(select(UsageOutboxRow.attempts).order_by(UsageOutboxRow.id))).scalars()
         assert list(attempts) == [2, 2, 2]
@@ -93,32 +104,44 @@ async def test_concurrent_claimers_never_share_a_row(sessions: async_sessionmake
     writer = SqlOutbox(sessions)
     await asyncio.gather(*(writer.put(record(f"r{i}")) for i in range(40)))
     a, b = SqlOutbox(sessions), SqlOutbox(sessions)
-    claims = await asyncio.gather(a.claim(25), b.claim(25), a.claim(25), b.claim(25))
-    ids = [c.record.request_id for batch in claims for c in batch]
-    assert sorted(ids) == sorted(f"r{i}" for i in range(40))
+    claims = await asyncio.gather(a.claim(15), b.claim(15), a.claim(15), b.claim(15))
+    got = [rid for batch in claims for rid in ids(batch)]
+    assert sorted(got) == sorted(f"r{i}" for i in range(40))
+    assert len({batch.key for batch in claims if batch is not None}) == 3
 
 
-async def test_ack_deletes_only_what_was_delivered(sessions: async_sessionmaker[AsyncSession]) -> None:
+async def test_settle_deletes_what_was_accepted_and_rebatches_the_refused(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
     outbox = SqlOutbox(sessions)
     for i in range(3):
         await outbox.put(record(f"r{i}"))
-    claimed = await outbox.claim(10)
-    foreign = Claimed("redis", "1-0", record("elsewhere"))
-    await outbox.ack([claimed[0], claimed[2], foreign])
+    batch = await outbox.claim(10)
+    assert batch is not None
+    await outbox.settle(batch, {"r1"}, retry_in=0)
     assert await outbox.depth() == 1
-    await expire_leases(sessions)
-    assert [c.record.request_id for c in await outbox.claim(10)] == ["r1"]
-    await outbox.ack([])  # nothing to do, no error
+    again = await outbox.claim(10)  # no lease to wait for: the refused row waits only retry_in
+    assert again is not None and ids(again) == ["r1"] and again.key != batch.key
+    await outbox.settle(again, (), retry_in=0)
+    assert await outbox.depth() == 0
 
 
-async def test_retry_later_postpones_by_the_delay(sessions: async_sessionmaker[AsyncSession]) -> None:
-    outbox = SqlOutbox(sessions, lease_seconds=0)
+async def test_refused_rows_wait_retry_in(sessions: async_sessionmaker[AsyncSession]) -> None:
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    outbox = SqlOutbox(sessions, lease_seconds=30, clock=lambda: now[0])
     await outbox.put(record("late"))
     await outbox.put(record("soon"))
-    late, soon = await outbox.claim(10)
-    await outbox.retry_later([late], 3600)
-    await outbox.retry_later([soon], 0)
-    assert [c.record.request_id for c in await outbox.claim(10)] == ["soon"]
+    batch = await outbox.claim(10)
+    assert batch is not None
+    await outbox.settle(batch, {"late"}, retry_in=3600)
+    await outbox.put(record("new"))
+    new = await outbox.claim(10)
+    assert new is not None and ids(new) == ["new"]
+    await outbox.settle(new, (), retry_in=0)
+    now[0] += timedelta(seconds=3599)
+    assert await outbox.claim(10) is None
+    now[0] += timedelta(seconds=1)
+    assert ids(await outbox.claim(10)) == ["late"]
 
 
 async def test_an_unreachable_database_fails_every_waiting_put(tmp_path: Path) -> None:
@@ -164,29 +187,35 @@ async def test_records_stored_nowhere_are_kept_and_rescued(caplog: pytest.LogCap
     assert outbox.orphans == [] and list(sql.items) == ["r1", "r2"]
 
 
-async def test_claims_fill_up_from_every_reachable_part() -> None:
+async def test_claims_take_one_batch_from_one_part_in_turn() -> None:
     outbox, redis, sql = durable()
     for i in range(3):
         await outbox.put(record(f"a{i}"))
     redis.down = True
     for i in range(3):
         await outbox.put(record(f"b{i}"))
-    assert [c.record.request_id for c in await outbox.claim(10)] == ["b0", "b1", "b2"]  # redis down: skipped
     redis.down = False
-    claimed = await outbox.claim(4)
-    assert [(c.backend, c.record.request_id) for c in claimed] == [
-        ("redis", "a0"), ("redis", "a1"), ("redis", "a2"), ("sql", "b0")
+    claims = [await outbox.claim(2) for _ in range(4)]
+    # Never a mix of backends in one batch, and neither backend starves the other.
+    assert [(b.backend, ids(b)) for b in claims if b is not None] == [
+        ("redis", ["a0", "a1"]), ("sql", ["b0", "b1"]), ("redis", ["a2"]), ("sql", ["b2"])
     ]
-    await outbox.ack(claimed)
-    assert (redis.acked, sql.acked) == (["a0", "a1", "a2"], ["b0"])
-    assert await outbox.depth() == 2
+    for batch in claims:
+        assert batch is not None
+        await outbox.settle(batch)
+    redis.down = True  # a part that is down is skipped
+    await outbox.put(record("b3"))
+    batch = await outbox.claim(10)
+    assert batch is not None and (batch.backend, ids(batch)) == ("sql", ["b3"])
 
 
-async def test_retry_later_and_depth_tolerate_a_part_that_is_down() -> None:
+async def test_settle_goes_to_the_batch_backend_and_depth_tolerates_a_part_that_is_down() -> None:
     outbox, redis, sql = durable()
     await outbox.put(record("r1"))
-    claimed: list[Any] = await outbox.claim(10)
+    await outbox.put(record("r2"))
+    batch = await outbox.claim(10)
+    assert batch is not None and batch.backend == "redis"
     sql.down = True
-    await outbox.retry_later(claimed, 5.0)
-    assert redis.retried == [("r1", 5.0)]
+    await outbox.settle(batch, {"r2"}, retry_in=5.0)
+    assert (redis.acked, redis.retried, sql.acked) == (["r1"], [("r2", 5.0)], [])
     assert await outbox.depth() == 1

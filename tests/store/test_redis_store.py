@@ -96,8 +96,14 @@ async def test_command_errors_do_not_trip_the_breaker(redis_url: str) -> None:
     for _ in range(5):
         with pytest.raises(StoreUnavailable, match="command failed"):
             await store.stream_add(S, {"r": b"x"})
-        with pytest.raises(StoreUnavailable, match="command failed"):
-            await store.stream_claim(S, "g", "c", 1, min_idle_ms=0)
+        for call in (
+            lambda: store.stream_read(S, "g", "c", 1),
+            lambda: store.stream_idle(S, "g", min_idle_ms=0, count=1),
+            lambda: store.stream_reclaim(S, "g", "c", ["1-0"], min_idle_ms=0),
+            lambda: store.stream_settle(S, "g", "c", done=["1-0"]),
+        ):
+            with pytest.raises(StoreUnavailable, match="command failed"):
+                await call()
     assert not store.breaker.is_open and store.breaker.failures == 0
     assert await store.get(S) == b"a string, not a stream"
     await store.close()
@@ -107,8 +113,10 @@ async def test_stream_calls_on_a_dead_redis_are_unavailable_and_open_the_breaker
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
     calls = [
         lambda: store.stream_add(S, {"r": b"x"}),
-        lambda: store.stream_claim(S, "g", "c", 1, min_idle_ms=0),
-        lambda: store.stream_ack(S, "g", ["1-0"]),
+        lambda: store.stream_read(S, "g", "c", 1),
+        lambda: store.stream_idle(S, "g", min_idle_ms=0, count=1),
+        lambda: store.stream_reclaim(S, "g", "c", ["1-0"], min_idle_ms=0),
+        lambda: store.stream_settle(S, "g", "c", done=["1-0"]),
         lambda: store.stream_len(S),
     ]
     for call in calls:
@@ -143,3 +151,26 @@ async def test_two_instances_share_data(redis_url: str) -> None:
     assert await two.get("k") == b"v" and await two.stream_len(S) == 1
     await one.close()
     await two.close()
+
+
+async def test_settle_forgets_a_consumer_only_once_it_holds_nothing(redis_url: str) -> None:
+    store = RedisStore(redis_url, timeout=2.0)
+    ids = [await store.stream_add(S, {"r": bytes([i])}) for i in range(3)]
+    await store.stream_read(S, "g", "batch-1", 3)
+    raw = redis.Redis.from_url(redis_url)
+
+    def consumers() -> dict[str, int]:
+        return {c["name"].decode(): c["pending"] for c in raw.xinfo_consumers(S, "g")}
+
+    try:
+        assert await store.stream_settle(S, "g", "batch-1", done=ids[:1]) == 1
+        assert consumers() == {"batch-1": 2}  # still holds two: kept (deleting it would strand them)
+        await store.stream_settle(S, "g", "batch-1", done=ids[1:2], retry=ids[2:], retry_to="batch-2")
+        assert consumers() == {"batch-2": 1}
+        await store.stream_settle(S, "g", "batch-1")  # a consumer that is gone already: no error
+        await store.stream_read(S, "g", "empty-read", 5)  # nothing new, but Redis made the consumer
+        await store.stream_settle(S, "g", "empty-read")
+        assert consumers() == {"batch-2": 1}
+    finally:
+        raw.close()
+        await store.close()

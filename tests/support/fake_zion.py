@@ -2,7 +2,7 @@
 
 Serve it on a real socket with `tests.support.servers.serving(fake)` (the object is an ASGI app)
 and drive it from the test thread with plain methods: `add_user`, `set_down`, `fail_next`,
-`set_honour_idempotency`, `reject_model`; read `calls` (per route, requests that got past the
+`set_honour_idempotency`, `reject_model`, `lose_batch_answers`; read `calls` (per route, requests that got past the
 failure controls), `attempts` (per route, every request, failed ones too), `received` (all
 requests), `applied`, `totals` (per email), `seen`. A lock guards
 the state because the server runs in another thread.
@@ -82,6 +82,16 @@ def _route(path: str) -> str:
     return LIMITS if path.startswith("/api/v1/limits/external/") else path
 
 
+class _LostAnswer(Response):
+    """Starts an answer whose promised body never comes: uvicorn closes the connection."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=200)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100")]})
+
+
 def _ok(data: Any) -> JSONResponse:
     return JSONResponse({"success": True, "data": data})
 
@@ -110,6 +120,8 @@ class FakeZion:
         self._down: str | None = None
         self._fail_next: list[int] = []
         self._honour_idempotency = True
+        self._lose_batch_answers = 0
+        self.lost_answers = 0  # batch calls handled (applied or replayed) whose answer was dropped
         self._idempotent: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._rejected_models: set[str] = set()
         self._app = Starlette(
@@ -168,6 +180,13 @@ class FakeZion:
 
     def set_honour_idempotency(self, honour: bool) -> None:
         self._honour_idempotency = honour
+
+    def lose_batch_answers(self, count: int) -> None:
+        """The next `count` batch-increment calls are handled in full (applied, or replayed for a
+        known Idempotency-Key) and then the connection is closed without an answer: what a client
+        sees when Zion applied its batch but the reply was lost."""
+        with self._lock:
+            self._lose_batch_answers = count
 
     def reject_model(self, model: str) -> None:
         """Batch items for `model` fail (`success:false`) while the others are applied."""
@@ -268,7 +287,13 @@ class FakeZion:
 
     async def _batch(self, request: Request) -> Response:
         self._note(request, BATCH)
-        return await self._idempotently(request, BATCH, self._apply_batch)
+        response = await self._idempotently(request, BATCH, self._apply_batch)
+        with self._lock:
+            if self._lose_batch_answers <= 0:
+                return response
+            self._lose_batch_answers -= 1
+            self.lost_answers += 1
+        return _LostAnswer()
 
     async def _idempotently(self, request: Request, route: str, apply: Any) -> Response:
         if not self._service_key_ok(request):

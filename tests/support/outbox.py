@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable, StoreUnavailable
-from sentinel.quota.outbox import Claimed
+from sentinel.quota.batch import Batch, Claimed, new_batch_key
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -21,19 +22,24 @@ def usage_record(request_id: str, tokens: int = 10, external_id: str = "alice") 
 
 
 class OutboxPart:
-    """One part of a `DurableOutbox` (the Outbox interface), in memory, that a test can take down.
+    """One backend of a `DurableOutbox` (the `OutboxBackend` interface), in memory, that a test can
+    take down.
 
     `down` makes every operation raise what its backend raises when unreachable (StoreUnavailable
-    for `redis`, GovernanceUnavailable for `sql`); `ack_down` fails acknowledgements only.
-    `acked` and `retried` record what was acknowledged and postponed (with the delay).
+    for `redis`, GovernanceUnavailable for `sql`); `settle_down` fails settling only. Refs are
+    request ids. `acked` and `retried` record what was settled as accepted and as refused (with
+    its `retry_in`); `expire()` ends every lease, so held batches are claimed again, whole, under
+    their keys (what a crash does).
     """
 
     def __init__(self, backend: str) -> None:
         self.backend = backend
         self.error = StoreUnavailable if backend == "redis" else GovernanceUnavailable
         self.down = False
-        self.ack_down = False
+        self.settle_down = False
         self.items: dict[str, UsageRecord] = {}
+        self.held: dict[str, Batch] = {}
+        self.expired: list[Batch] = []
         self.acked: list[str] = []
         self.retried: list[tuple[str, float]] = []
 
@@ -41,24 +47,39 @@ class OutboxPart:
         if down:
             raise self.error(f"{self.backend} unavailable")
 
+    def expire(self) -> None:
+        self.expired += self.held.values()
+        self.held.clear()
+
     async def put(self, record: UsageRecord) -> None:
         self._check(self.down)
         self.items[record.request_id] = record
 
-    async def claim(self, limit: int) -> list[Claimed]:
+    async def claim(self, limit: int) -> Batch | None:
         self._check(self.down)
-        return [Claimed(self.backend, rid, r) for rid, r in list(self.items.items())[:limit]]
+        if self.expired:
+            batch = self.expired.pop(0)
+        else:
+            taken = {c.ref for b in self.held.values() for c in b.items}
+            free = [(rid, r) for rid, r in self.items.items() if rid not in taken][:limit]
+            if not free:
+                return None
+            batch = Batch(self.backend, new_batch_key(), tuple(Claimed(self.backend, rid, r) for rid, r in free))
+        self.held[batch.key] = batch
+        return batch
 
-    async def ack(self, items: list[Claimed]) -> None:
-        self._check(self.down or self.ack_down)
-        for c in items:
-            if c.backend == self.backend:
-                self.acked.append(c.ref)
-                self.items.pop(c.ref, None)
-
-    async def retry_later(self, items: list[Claimed], delay: float) -> None:
+    async def renew(self, batch: Batch) -> bool:
         self._check(self.down)
-        self.retried += [(c.ref, delay) for c in items if c.backend == self.backend]
+        return batch.key in self.held
+
+    async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
+        self._check(self.down or self.settle_down)
+        accepted, declined = batch.split(refused)
+        for c in accepted:
+            self.acked.append(c.ref)
+            self.items.pop(c.ref, None)
+        self.retried += [(c.ref, retry_in) for c in declined]
+        self.held.pop(batch.key, None)
 
     async def depth(self) -> int:
         self._check(self.down)

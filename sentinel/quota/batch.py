@@ -1,0 +1,81 @@
+"""A usage batch: a durable unit of delivery whose key is chosen once.
+
+Every outbox backend hands out records in `Batch`es. A batch's key is both where the backend
+keeps the batch's membership (a column, a stream consumer name) and the `Idempotency-Key` the sink
+receives, so every retry and every takeover after a crash sends exactly the same records under
+exactly the same key. Records the sink refused one by one leave their batch and are batched again,
+later, under a new key (the old key was applied for the others).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Protocol
+
+from sentinel.domain.usage import UsageRecord
+
+KEY_PREFIX = "sentinel-usage-"
+
+
+def new_batch_key() -> str:
+    """A fresh, recognisable batch key: `sentinel-usage-<uuid4 hex>`."""
+    return f"{KEY_PREFIX}{uuid.uuid4().hex}"
+
+
+def is_batch_key(name: str) -> bool:
+    """True for keys made by `new_batch_key` (anything else was never sent as a key)."""
+    return name.startswith(KEY_PREFIX)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One record of a batch; `ref` identifies it in its backend (row id, stream entry id)."""
+
+    backend: str
+    ref: str
+    record: UsageRecord
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Records claimed together from one backend under one key, delivered and settled together."""
+
+    backend: str
+    key: str
+    items: tuple[Claimed, ...]
+
+    @property
+    def records(self) -> list[UsageRecord]:
+        return [item.record for item in self.items]
+
+    def split(self, refused: Collection[str]) -> tuple[list[Claimed], list[Claimed]]:
+        """(accepted, refused) items, by the request ids the sink refused."""
+        accepted = [c for c in self.items if c.record.request_id not in refused]
+        declined = [c for c in self.items if c.record.request_id in refused]
+        return accepted, declined
+
+
+class OutboxBackend(Protocol):
+    """One place records wait for delivery (a Redis stream, the SQL table, process memory)."""
+
+    backend: str
+
+    async def put(self, record: UsageRecord) -> None:
+        """Store a record durably (or raise StoreUnavailable / GovernanceUnavailable)."""
+
+    async def claim(self, limit: int) -> Batch | None:
+        """A batch to deliver: first one whose holder's lease ran out (taken over whole, same key,
+        same records), else up to `limit` waiting records under a new key; None when nothing waits."""
+
+    async def renew(self, batch: Batch) -> bool:
+        """Extend the lease on `batch`; False when none of it is held under its key any more
+        (another holder settled it)."""
+
+    async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
+        """The sink answered: remove the accepted records; the `refused` request ids leave the batch
+        and wait (at least `retry_in` seconds) to be batched again under a new key."""
+
+    async def depth(self) -> int:
+        """Records waiting or held (not yet settled)."""

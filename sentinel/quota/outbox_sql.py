@@ -1,0 +1,176 @@
+"""The SQL usage outbox: the `usage_outbox` table, with group commit for puts and keyed batches.
+
+A row waits with `batch_key` NULL. `claim` runs one transaction: first it takes over a batch
+whose lease (`next_attempt_at`) ran out — every row with that key, so the batch is re-sent whole
+under the same key — and otherwise gives a new key and a lease to up to `limit` waiting rows.
+Each step is a single statement whose WHERE re-checks the lease, so two deliverers racing for
+one batch cannot both get it: on PostgreSQL the loser waits for the winner's row locks and then
+finds the lease renewed (new rows are picked FOR UPDATE SKIP LOCKED, so claimers of fresh rows
+never wait for each other); SQLite runs one writer at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import CTE, Select, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sentinel.db.engine import database_errors
+from sentinel.db.models import UsageOutboxRow, utcnow
+from sentinel.db.queries import insert_ignoring
+from sentinel.domain.usage import UsageRecord
+from sentinel.errors import GovernanceUnavailable
+from sentinel.quota.batch import Batch, Claimed, new_batch_key
+
+Row = UsageOutboxRow
+
+
+class SqlOutbox:
+    """The outbox table (see the module docstring). `clock` is injectable for lease tests."""
+
+    backend = "sql"
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        lease_seconds: float = 30.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self.lease = timedelta(seconds=lease_seconds)
+        self.clock = clock
+        self._queue: list[tuple[UsageRecord, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def put(self, record: UsageRecord) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((record, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        await asyncio.shield(future)
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            rows = [{"request_id": r.request_id, "payload": orjson.dumps(r.to_json()).decode()} for r, _ in batch]
+            try:
+                with database_errors("usage outbox unavailable"):
+                    async with self._sessions() as session:
+                        # executemany with one cached statement (not a fresh multi-VALUES compile per batch)
+                        await session.execute(insert_ignoring(session, UsageOutboxRow, ["request_id"]), rows)
+                        await session.commit()
+            except GovernanceUnavailable as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+    def _picked(self, session: AsyncSession, query: Select[Any], name: str, *, skip_locked: bool) -> CTE:
+        """`query` as a CTE evaluated once. On PostgreSQL its rows are locked (FOR UPDATE, in the
+        query's order) and it is MATERIALIZED: as a plain subquery the planner may run it again
+        for each row the UPDATE touches, each run locking and returning further rows past the LIMIT."""
+        if session.get_bind().dialect.name == "postgresql":
+            return query.with_for_update(skip_locked=skip_locked).cte(name).prefix_with("MATERIALIZED")
+        return query.cte(name)
+
+    async def claim(self, limit: int) -> Batch | None:
+        if limit <= 0:
+            return None
+        now = self.clock()
+        lease_end = now + self.lease
+        with database_errors("usage outbox unavailable"):
+            async with self._sessions() as session:
+                # A whole batch is locked row by row in id order, never SKIP LOCKED: skipping would
+                # let two takers each lock a part of it (or deadlock on each other's parts). The
+                # loser waits for the winner, then finds the lease renewed and takes nothing.
+                first_expired = (
+                    select(Row.batch_key)
+                    .where(Row.batch_key.is_not(None), Row.next_attempt_at <= now)
+                    .order_by(Row.id)
+                    .limit(1)
+                    .scalar_subquery()
+                )
+                members = self._picked(
+                    session,
+                    select(Row.id)
+                    .where(Row.batch_key == first_expired, Row.next_attempt_at <= now)
+                    .order_by(Row.id),
+                    "expired",
+                    skip_locked=False,
+                )
+                result = await session.execute(
+                    update(Row)
+                    .where(Row.id.in_(select(members.c.id)), Row.next_attempt_at <= now)
+                    .values(next_attempt_at=lease_end, attempts=Row.attempts + 1)
+                    .returning(Row.id, Row.batch_key, Row.payload)
+                )
+                taken = result.all()
+                rows = [(row_id, payload) for row_id, _, payload in taken]
+                key = str(taken[0][1]) if taken else new_batch_key()
+                if not rows:
+                    due = self._picked(
+                        session,
+                        select(Row.id)
+                        .where(
+                            Row.batch_key.is_(None),
+                            or_(Row.next_attempt_at.is_(None), Row.next_attempt_at <= now),
+                        )
+                        .order_by(Row.id)
+                        .limit(limit),
+                        "due",
+                        skip_locked=True,  # rows without a batch are independent of each other
+                    )
+                    fresh = await session.execute(
+                        update(Row)
+                        .where(Row.id.in_(select(due.c.id)), Row.batch_key.is_(None))
+                        .values(batch_key=key, next_attempt_at=lease_end, attempts=Row.attempts + 1)
+                        .returning(Row.id, Row.payload)
+                    )
+                    rows = [(row_id, payload) for row_id, payload in fresh.all()]
+                await session.commit()
+        if not rows:
+            return None
+        rows.sort()
+        items = tuple(Claimed("sql", str(i), UsageRecord.from_json(orjson.loads(p))) for i, p in rows)
+        return Batch("sql", key, items)
+
+    async def renew(self, batch: Batch) -> bool:
+        with database_errors("usage outbox unavailable"):
+            async with self._sessions() as session:
+                result = await session.execute(
+                    update(Row)
+                    .where(Row.batch_key == batch.key)
+                    .values(next_attempt_at=self.clock() + self.lease)
+                    .returning(Row.id)
+                )
+                renewed = len(result.all())
+                await session.commit()
+        return renewed > 0
+
+    async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
+        accepted, declined = batch.split(refused)
+        with database_errors("usage outbox unavailable"):
+            async with self._sessions() as session:
+                if accepted:
+                    await session.execute(delete(Row).where(Row.id.in_([int(c.ref) for c in accepted])))
+                if declined:
+                    await session.execute(
+                        update(Row)
+                        .where(Row.id.in_([int(c.ref) for c in declined]), Row.batch_key == batch.key)
+                        .values(batch_key=None, next_attempt_at=self.clock() + timedelta(seconds=retry_in))
+                    )
+                await session.commit()
+
+    async def depth(self) -> int:
+        with database_errors("usage outbox unavailable"):
+            async with self._sessions() as session:
+                return int(await session.scalar(select(func.count()).select_from(Row)) or 0)

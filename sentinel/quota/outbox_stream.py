@@ -1,0 +1,114 @@
+"""The stream usage outbox: records in a store stream, batches as consumers of one group.
+
+It uses nothing but the Store Protocol (Redis, Redis Cluster, or the in-memory twin in tests).
+A batch key is the consumer name its entries were read under, so the stream's pending-entries list
+remembers every entry's batch, across crashes and replicas:
+
+- claim: first look for a batch left idle longer than the lease (its holder crashed or hangs) and
+  take it over whole, under the same consumer name, so it is re-sent with the same records and the
+  same key; the takeover checks the entries are still that batch's and still idle, atomically, so
+  of two replicas racing for it only one gets it. Otherwise read up to `limit` new entries under a
+  fresh key.
+- settle: acknowledge and delete the accepted entries, hand refused ones to a fresh consumer (a new
+  batch, picked up once its lease runs out) and forget the old consumer — one atomic step, so a
+  crash never leaves a part of a batch under its old key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+import orjson
+
+from sentinel.domain.usage import UsageRecord
+from sentinel.quota.batch import Batch, Claimed, is_batch_key, new_batch_key
+from sentinel.store import Store, StreamEntry
+
+# A batch is never larger than the deliverer's batch size; this only bounds one takeover call.
+TAKEOVER_CAP = 10_000
+
+
+class RedisStreamOutbox:
+    """The usage stream `sentinel:usage:outbox`, read by the consumer group `deliverers`."""
+
+    backend = "redis"
+    KEY = "sentinel:usage:outbox"  # entries already in production streams stay readable
+    GROUP = "deliverers"
+
+    def __init__(
+        self, store: Store, *, lease_seconds: float = 30.0, replicas: int = 0, replica_timeout_ms: int = 100
+    ) -> None:
+        self.store = store
+        self.lease_ms = int(lease_seconds * 1000)
+        self.replicas = replicas
+        self.replica_timeout_ms = replica_timeout_ms
+
+    async def put(self, record: UsageRecord) -> None:
+        await self.store.stream_add(
+            self.KEY,
+            {"r": orjson.dumps(record.to_json())},
+            replicas=self.replicas,
+            replica_timeout_ms=self.replica_timeout_ms,
+        )
+
+    async def claim(self, limit: int) -> Batch | None:
+        if limit <= 0:
+            return None
+        taken = await self._take_over(limit)
+        if taken is not None:
+            return taken
+        key = new_batch_key()
+        entries = await self.store.stream_read(self.KEY, self.GROUP, key, limit)
+        if not entries:
+            await self.store.stream_settle(self.KEY, self.GROUP, key)  # forget the consumer the read made
+            return None
+        return self._batch(key, entries)
+
+    async def _take_over(self, limit: int) -> Batch | None:
+        idle = await self.store.stream_idle(self.KEY, self.GROUP, min_idle_ms=self.lease_ms, count=limit)
+        for owner in dict.fromkeys(pending.consumer for pending in idle):
+            if is_batch_key(owner):
+                # Whole or not at all: a part re-sent under the batch's key would get the sink's
+                # remembered answer for the whole batch.
+                key, count = owner, TAKEOVER_CAP
+            else:
+                # Read under another name (an older Sentinel, an operator): never sent under that
+                # name, and maybe huge, so it is batched afresh.
+                key, count = new_batch_key(), limit
+            mine = await self.store.stream_idle(
+                self.KEY, self.GROUP, min_idle_ms=self.lease_ms, count=count, consumer=owner
+            )
+            entries = await self.store.stream_reclaim(
+                self.KEY, self.GROUP, owner, [p.id for p in mine], min_idle_ms=self.lease_ms, to=key
+            )
+            if key != owner or not entries:
+                await self.store.stream_settle(self.KEY, self.GROUP, owner)  # forgotten once it holds nothing
+            if entries:
+                return self._batch(key, entries)
+        return None
+
+    def _batch(self, key: str, entries: Sequence[StreamEntry]) -> Batch:
+        items = tuple(
+            Claimed(self.backend, e.id, UsageRecord.from_json(orjson.loads(e.fields["r"]))) for e in entries
+        )
+        return Batch(self.backend, key, items)
+
+    async def renew(self, batch: Batch) -> bool:
+        ids = [c.ref for c in batch.items]
+        return bool(await self.store.stream_reclaim(self.KEY, self.GROUP, batch.key, ids, min_idle_ms=0))
+
+    async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
+        """As `OutboxBackend.settle`; refused records wait one lease (not `retry_in`) before their
+        new batch is taken up."""
+        accepted, declined = batch.split(refused)
+        await self.store.stream_settle(
+            self.KEY,
+            self.GROUP,
+            batch.key,
+            done=[c.ref for c in accepted],
+            retry=[c.ref for c in declined],
+            retry_to=new_batch_key() if declined else None,
+        )
+
+    async def depth(self) -> int:
+        return await self.store.stream_len(self.KEY)

@@ -1,0 +1,215 @@
+"""Usage batches keep their identity through the real deliverer, the real outbox and the real Zion
+client, against the fake Zion over HTTP (which honours Idempotency-Key, as Zion should).
+
+Every attempt for one batch carries the same request ids and the same key, whatever arrives in
+between; a batch Zion applied but whose answer was lost is replayed, not applied again; refused
+records come back under another key, accepted ones never; a deliverer that dies holding a batch
+is replaced by one that sends the same batch under the same key. At the end Zion has counted every
+record exactly once (each record has its own user, so a double count cannot hide in a total).
+
+Only the public surface shared with earlier versions is used (UsageDeliverer, DurableOutbox,
+SqlOutbox, RedisStreamOutbox, deliver_once), so these tests state the required behaviour, not
+this implementation's shape. Outboxes: SQLite and PostgreSQL tables alone, and each with a stream
+in front (a real Redis; the memory store's twin).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sentinel.backoff import Backoff
+from sentinel.breaker import CircuitBreaker
+from sentinel.domain.usage import UsageRecord
+from sentinel.governance.zion import ZionClient
+from sentinel.governance.zion_sources import ZionSink
+from sentinel.observability.metrics import Metrics
+from sentinel.quota.deliverer import UsageDeliverer
+from sentinel.quota.outbox import DurableOutbox, RedisStreamOutbox, SqlOutbox
+from sentinel.store import MemoryStore, Store
+from tests.support.clock import FakeClock
+from tests.support.fake_zion import BATCH, FakeZion
+from tests.support.outbox_worlds import age_redis_stream
+from tests.support.servers import serving
+
+LEASE = 30.0
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+NO_WAIT = Backoff(base=0.0, cap=0.0)  # retries are due at once: the tests drive every cycle
+
+
+def record(n: int) -> UsageRecord:
+    """Record n of user n (its own email, so Zion's per-user totals show each record's count)."""
+    return UsageRecord(
+        request_id=f"req-{n}", external_id=f"user-{n}", email=f"user-{n}@example.com", model="gpt-4o-mini",
+        provider="openai", endpoint="chat", input_tokens=10 + n, output_tokens=5 + n, usage_source="measured",
+        status=200, started_at=NOW, finished_at=NOW + timedelta(seconds=1),
+    )
+
+
+class RecordingSink:
+    """ZionSink, noting every attempt: (idempotency key, request ids)."""
+
+    name = "zion"
+
+    def __init__(self, inner: ZionSink) -> None:
+        self.inner = inner
+        self.attempts: list[tuple[str, tuple[str, ...]]] = []
+
+    async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
+        self.attempts.append((idempotency_key, tuple(r.request_id for r in records)))
+        return await self.inner.deliver(records, idempotency_key)
+
+    def attempts_with(self, request_id: str) -> list[tuple[str, tuple[str, ...]]]:
+        return [a for a in self.attempts if request_id in a[1]]
+
+
+class Rig:
+    """One outbox storage (SQL, maybe a stream in front), the fake Zion, and deliverers on them."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], store: Store | None, zion: FakeZion) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.zion = zion
+        self.memory_clock: FakeClock | None = None
+        self.client = ZionClient(
+            zion.url, zion.api_key, timeout=2.0, backoff=Backoff(base=0.001, cap=0.002, attempts=3),
+            breaker=CircuitBreaker(threshold=1000),
+        )
+        self.sink = RecordingSink(ZionSink(self.client))
+
+    def outbox(self, lease: float = LEASE) -> DurableOutbox:
+        stream = RedisStreamOutbox(self.store, lease_seconds=lease) if self.store is not None else None  # type: ignore[arg-type]
+        return DurableOutbox(SqlOutbox(self.sessions, lease_seconds=lease), stream)
+
+    def deliverer(self, outbox: DurableOutbox) -> UsageDeliverer:
+        return UsageDeliverer(outbox, self.sink, Metrics(), batch_size=10, backoff=NO_WAIT)
+
+    async def age(self, seconds: float) -> None:
+        """Let time pass for entries pending in the stream (rows' leases are not needed here)."""
+        if self.memory_clock is not None:
+            self.memory_clock.advance(seconds)
+        elif self.store is not None:
+            await age_redis_stream(self.store, seconds)
+
+    async def deliver_all(self, deliverer: UsageDeliverer, outbox: DurableOutbox, *, cycles: int = 20) -> None:
+        for _ in range(cycles):
+            await deliverer.deliver_once()
+            if await outbox.depth() == 0:
+                return
+            await self.age(LEASE)  # refused records wait a lease in a stream
+        raise AssertionError(f"outbox not empty after {cycles} cycles: {await outbox.depth()}")
+
+    def counted(self, n: int) -> int:
+        user = self.zion.user(f"user-{n}@example.com")
+        return 0 if user is None else user.used["aiRequests"]
+
+
+@pytest.fixture
+def zion() -> Iterator[FakeZion]:
+    fake = FakeZion()
+    for n in range(20):
+        fake.add_user(f"tok-{n}", f"user-{n}", f"user-{n}@example.com")
+    with serving(fake) as server:
+        fake.url = server.url
+        yield fake
+
+
+@pytest.fixture(params=["table", pytest.param("redis-stream", marks=pytest.mark.redis), "memory-stream"])
+async def rig(
+    request: pytest.FixtureRequest,
+    sessions: async_sessionmaker[AsyncSession],
+    zion: FakeZion,
+) -> AsyncIterator[Rig]:
+    store: Store | None = None
+    clock: FakeClock | None = None
+    if request.param == "redis-stream":
+        from sentinel.store.redis import RedisStore
+
+        store = RedisStore(request.getfixturevalue("redis_url"), timeout=5.0)
+    elif request.param == "memory-stream":
+        clock = FakeClock()
+        store = MemoryStore(clock=clock)
+    built = Rig(sessions, store, zion)
+    built.memory_clock = clock
+    yield built
+    await built.client.aclose()
+    if store is not None:
+        await store.close()
+
+
+async def test_a_failing_batch_is_retried_with_the_same_records_and_key(rig: Rig) -> None:
+    outbox = rig.outbox()
+    deliverer = rig.deliverer(outbox)
+    for n in (0, 1):
+        await outbox.put(record(n))
+    rig.zion.fail_next(3 * 2)  # two whole deliveries fail (the client tries 3 times each)
+    assert await deliverer.deliver_once() == 0
+    await outbox.put(record(2))  # arrives between the attempts
+    assert await deliverer.deliver_once() == 0
+    await outbox.put(record(3))
+    await rig.deliver_all(deliverer, outbox)
+    first = rig.sink.attempts_with("req-0")
+    assert len(first) == 3 and len(set(first)) == 1, rig.sink.attempts  # identical key and ids, 3 times
+    key, ids = first[0]
+    assert sorted(ids) == ["req-0", "req-1"]
+    assert all(a[0] != key for a in rig.sink.attempts if a not in first)
+    assert [rig.counted(n) for n in range(4)] == [1, 1, 1, 1]
+
+
+async def test_a_batch_applied_whose_answer_was_lost_is_replayed_not_applied_again(rig: Rig) -> None:
+    outbox = rig.outbox()
+    deliverer = rig.deliverer(outbox)
+    for n in (0, 1, 2):
+        await outbox.put(record(n))
+    rig.zion.lose_batch_answers(3 * 2)  # applied by Zion, the client never hears: twice in a row
+    assert await deliverer.deliver_once() == 0
+    await outbox.put(record(3))
+    await outbox.put(record(4))
+    assert await deliverer.deliver_once() == 0
+    await outbox.put(record(5))
+    await rig.deliver_all(deliverer, outbox)
+    assert rig.zion.lost_answers == 6
+    first = rig.sink.attempts_with("req-0")
+    assert len(set(first)) == 1 and sorted(first[0][1]) == ["req-0", "req-1", "req-2"], rig.sink.attempts
+    assert [rig.counted(n) for n in range(6)] == [1] * 6
+
+
+async def test_refused_records_come_back_under_a_new_key_accepted_ones_never(rig: Rig) -> None:
+    outbox = rig.outbox()
+    deliverer = rig.deliverer(outbox)
+    newcomer = replace(record(0), request_id="req-new", email="late@example.com")
+    await outbox.put(newcomer)  # Zion does not know this user yet: refused one by one
+    for n in (1, 2):
+        await outbox.put(record(n))
+    assert await deliverer.deliver_once() == 2
+    (first,) = rig.sink.attempts
+    rig.zion.add_user("tok-late", "late", "late@example.com")
+    await rig.deliver_all(deliverer, outbox)
+    later = rig.sink.attempts[1:]
+    assert later and all(ids == ("req-new",) for _, ids in later), rig.sink.attempts
+    assert all(key != first[0] for key, _ in later)
+    assert [rig.counted(n) for n in (1, 2)] == [1, 1]
+    late = rig.zion.user("late@example.com")
+    assert late is not None and late.used["aiRequests"] == 1
+
+
+async def test_a_dead_deliverers_batch_is_sent_again_under_its_key(rig: Rig) -> None:
+    # Lease 0: the dead deliverer's batch may be taken over at once (what waiting out a lease does).
+    first_outbox = rig.outbox(lease=0)
+    dying = rig.deliverer(first_outbox)
+    for n in (0, 1):
+        await first_outbox.put(record(n))
+    rig.zion.lose_batch_answers(3)
+    assert await dying.deliver_once() == 0  # Zion applied it; then this deliverer dies
+    del dying
+    await first_outbox.put(record(2))  # arrives before the takeover
+    successor_outbox = rig.outbox(lease=0)
+    await rig.deliver_all(rig.deliverer(successor_outbox), successor_outbox)
+    first = rig.sink.attempts_with("req-0")
+    assert len(set(first)) == 1 and sorted(first[0][1]) == ["req-0", "req-1"], rig.sink.attempts
+    assert [rig.counted(n) for n in range(3)] == [1, 1, 1]
+    assert rig.zion.calls[BATCH] >= 3

@@ -1,0 +1,199 @@
+"""Batch identity in every outbox backend: a batch is claimed once under a key and comes back —
+after its holder died — whole, with the same records and the same key; two takers racing for it
+never both get it; refused records leave it for a new batch under a new key; settling is final.
+
+Each test runs on SQLite, PostgreSQL, the memory store's stream (the twin), a real Redis and a real
+Redis Cluster (`tests/support/outbox_worlds.py`); time is moved, never waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from sentinel.quota.batch import Batch, is_batch_key
+from sentinel.quota.outbox import RedisStreamOutbox
+from tests.support.outbox import usage_record
+from tests.support.outbox_worlds import LEASE, World, age_redis_stream, world, world_kind
+from tests.support.redis_cluster import redis_cluster, redis_cluster_url
+
+__all__ = ["redis_cluster", "redis_cluster_url", "world", "world_kind"]
+
+
+def ids(batch: Batch | None) -> list[str]:
+    return [] if batch is None else [c.record.request_id for c in batch.items]
+
+
+async def put(world: World, *request_ids: str) -> None:
+    outbox = world.outbox()
+    for rid in request_ids:
+        await outbox.put(usage_record(rid))
+
+
+async def test_a_dead_holders_batch_is_taken_over_whole_under_its_key(world: World) -> None:
+    await put(world, "r1", "r2", "r3", "r4")
+    dead = await world.outbox().claim(3)  # this deliverer dies holding it
+    assert dead is not None and ids(dead) == ["r1", "r2", "r3"] and is_batch_key(dead.key)
+    other = world.outbox()
+    # Within the lease, others get only what nobody holds.
+    fresh = await other.claim(10)
+    assert fresh is not None and ids(fresh) == ["r4"] and fresh.key != dead.key
+    await other.settle(fresh, (), retry_in=0)
+    assert await other.claim(10) is None
+    await put(world, "r5")  # arrives meanwhile: never merged into the old batch
+    await world.age(LEASE - 1)
+    newer = await other.claim(10)
+    assert newer is not None and ids(newer) == ["r5"]
+    await other.settle(newer, (), retry_in=0)
+    await world.age(1)
+    taken = await other.claim(10)
+    assert taken is not None
+    assert (taken.key, ids(taken), taken.records) == (dead.key, ids(dead), dead.records)
+    # Taking over starts a new lease: nobody else takes it meanwhile.
+    assert await world.outbox().claim(10) is None
+    await other.settle(taken, (), retry_in=0)
+    assert await other.depth() == 0 and await other.claim(10) is None
+
+
+async def test_takeover_never_takes_a_smaller_part_of_a_batch(world: World) -> None:
+    await put(world, *(f"r{i}" for i in range(6)))
+    dead = await world.outbox().claim(6)
+    assert dead is not None
+    await world.age(LEASE)
+    taken = await world.outbox().claim(2)  # a deliverer with a smaller batch size
+    assert taken is not None and (taken.key, ids(taken)) == (dead.key, ids(dead))
+
+
+async def test_two_takers_racing_for_an_expired_batch_only_one_gets_it(world: World) -> None:
+    for round_ in range(4):
+        await put(world, f"a{round_}", f"b{round_}")
+        dead = await world.outbox().claim(10)
+        assert dead is not None
+        await world.age(LEASE)
+        first, second = world.outbox(), world.outbox()
+        got = await asyncio.gather(first.claim(10), second.claim(10))
+        winners = [batch for batch in got if batch is not None]
+        assert [(b.key, ids(b)) for b in winners] == [(dead.key, ids(dead))], (round_, got)
+        await first.settle(winners[0], (), retry_in=0)
+    assert await world.outbox().depth() == 0
+
+
+async def test_refused_records_leave_the_batch_for_a_new_key(world: World) -> None:
+    await put(world, "r1", "r2", "r3")
+    outbox = world.outbox()
+    batch = await outbox.claim(10)
+    assert batch is not None
+    await outbox.settle(batch, {"r2"}, retry_in=LEASE)
+    assert await outbox.depth() == 1
+    await world.age(LEASE)
+    again = await outbox.claim(10)
+    assert again is not None and ids(again) == ["r2"]
+    assert again.key != batch.key and is_batch_key(again.key)
+    await outbox.settle(again, (), retry_in=0)
+    await world.age(10 * LEASE)
+    assert await outbox.claim(10) is None and await outbox.depth() == 0  # the accepted never come back
+
+
+async def test_a_stale_holder_settling_after_a_takeover_changes_nothing(world: World) -> None:
+    await put(world, "r1", "r2")
+    stale = world.outbox()
+    batch = await stale.claim(10)
+    assert batch is not None
+    await world.age(LEASE)
+    taker = world.outbox()
+    taken = await taker.claim(10)
+    assert taken is not None and taken.key == batch.key
+    # Both sent the batch under its key and got the same answer: r2 refused.
+    await taker.settle(taken, {"r2"}, retry_in=LEASE)
+    await stale.settle(batch, {"r2"}, retry_in=LEASE)
+    await world.age(LEASE)
+    retry = await taker.claim(10)
+    assert retry is not None and ids(retry) == ["r2"] and retry.key != batch.key
+    assert await world.outbox().claim(10) is None  # r2 is in exactly one batch
+    await taker.settle(retry, (), retry_in=0)
+    assert await taker.depth() == 0
+
+
+async def test_renew_keeps_a_slow_holders_lease_and_tells_it_when_settled(world: World) -> None:
+    await put(world, "r1")
+    slow = world.outbox()
+    batch = await slow.claim(10)
+    assert batch is not None
+    await world.age(LEASE - 1)
+    assert await slow.renew(batch) is True
+    await world.age(LEASE - 1)  # past the first lease, within the renewed one
+    assert await world.outbox().claim(10) is None
+    await world.age(1)
+    taker = world.outbox()
+    taken = await taker.claim(10)
+    assert taken is not None and taken.key == batch.key
+    await taker.settle(taken, (), retry_in=0)
+    assert await slow.renew(batch) is False  # settled by the taker: the slow holder lets it go
+
+
+@pytest.mark.redis
+async def test_stream_entries_read_under_another_name_are_batched_afresh(redis_url: str) -> None:
+    from sentinel.store.redis import RedisStore
+
+    store = RedisStore(redis_url, timeout=5.0)
+    outbox = RedisStreamOutbox(store, lease_seconds=LEASE)
+    for i in range(5):
+        await outbox.put(usage_record(f"r{i}"))
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        # What an older Sentinel (or an operator) leaves behind: entries read under a host name.
+        await client.xgroup_create(outbox.KEY, outbox.GROUP, id="0")
+        await client.xreadgroup(outbox.GROUP, "old-host-1a2b3c4d", {outbox.KEY: ">"}, count=5)
+        assert await outbox.claim(3) is None  # held, within the lease
+        await age_redis_stream(store, LEASE)
+        first, second = await outbox.claim(3), await outbox.claim(3)
+        # Never sent under "old-host-…": re-batched under new keys, at most `limit` at a time.
+        assert first is not None and second is not None
+        assert (ids(first), ids(second)) == (["r0", "r1", "r2"], ["r3", "r4"])
+        assert is_batch_key(first.key) and is_batch_key(second.key) and first.key != second.key
+        await outbox.settle(first, (), retry_in=0)
+        await outbox.settle(second, (), retry_in=0)
+        consumers = await client.xinfo_consumers(outbox.KEY, outbox.GROUP)
+        assert consumers == []  # the old name, the batches and the empty reads are all forgotten
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_stream_consumers_do_not_pile_up(redis_url: str) -> None:
+    from sentinel.store.redis import RedisStore
+
+    store = RedisStore(redis_url, timeout=5.0)
+    outbox = RedisStreamOutbox(store)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        for _ in range(5):
+            assert await outbox.claim(10) is None  # empty reads
+        await outbox.put(usage_record("r1"))
+        await outbox.put(usage_record("r2"))
+        batch = await outbox.claim(10)
+        assert batch is not None
+        names = [c["name"].decode() for c in await client.xinfo_consumers(outbox.KEY, outbox.GROUP)]
+        assert names == [batch.key]  # the batch in flight, nothing else
+        await outbox.settle(batch, {"r2"}, retry_in=0)
+        names = [c["name"].decode() for c in await client.xinfo_consumers(outbox.KEY, outbox.GROUP)]
+        assert len(names) == 1 and names != [batch.key] and is_batch_key(names[0])  # r2's new batch
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+def test_stream_replica_settings_default_off_and_must_fit_the_redis_timeout() -> None:
+    from sentinel.config import ConfigError, load_settings
+
+    settings = load_settings(_env_file=None)
+    assert (settings.usage_stream_replicas, settings.usage_stream_replica_timeout_ms) == (0, 100)
+    ok = load_settings(_env_file=None, USAGE_STREAM_REPLICAS="1", USAGE_STREAM_REPLICA_TIMEOUT_MS="150")
+    assert ok.usage_stream_replicas == 1
+    with pytest.raises(ConfigError, match="USAGE_STREAM_REPLICA_TIMEOUT_MS"):
+        load_settings(_env_file=None, USAGE_STREAM_REPLICAS="1", USAGE_STREAM_REPLICA_TIMEOUT_MS="250")
+    with pytest.raises(ConfigError, match="USAGE_STREAM_REPLICAS"):
+        load_settings(_env_file=None, USAGE_STREAM_REPLICAS="-1")

@@ -1,7 +1,7 @@
 """Prompt-cache tokens in the usage ledger: cache writes and reads, as part of input_tokens.
 
 Revision ID: 0004
-Revises: 0002 (re-chained after 0003 when the outbox migration lands)
+Revises: 0003
 Create Date: 2026-12-01
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

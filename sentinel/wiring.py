@@ -56,6 +56,7 @@ from sentinel.services.native_chat import NativeChat
 from sentinel.services.relay import OpenAIRelay
 from sentinel.services.static_models import STATIC_MODELS
 from sentinel.store import Store, create_store
+from sentinel.store.redis import RedisStore
 
 # With Redis, identities and plans are also kept per process for at most this long (never past
 # the stored entry's freshness), sparing two Redis round trips per request under load.
@@ -198,7 +199,10 @@ async def build_runtime(s: Settings, metrics: Metrics) -> Runtime:
         store, governance.plans, ttl=s.cache_ttl_seconds, grace=s.governance_grace_seconds, local_ttl=local_ttl,
         metrics=metrics,
     )
-    redis_outbox = RedisStreamOutbox(store, lease_seconds=s.usage_lease_seconds) if store.backend == "redis" else None
+    # A usage stream wherever every replica sees the same one: Redis and Redis Cluster alike.
+    redis_outbox = (
+        RedisStreamOutbox(store, lease_seconds=s.usage_lease_seconds) if isinstance(store, RedisStore) else None
+    )
     outbox = DurableOutbox(SqlOutbox(sessions, lease_seconds=s.usage_lease_seconds), redis_outbox)
     deliverer = UsageDeliverer(outbox, governance.sink, metrics, interval=s.usage_flush_interval_seconds)
     meter = QuotaMeter(

@@ -7,7 +7,8 @@ both Sentinels the whole time (QUOTA_FAILURE_MODE=closed, usage in PostgreSQL):
 - `steady` (a large plan, 4 callers) on the quota primary that dies in the quota case;
 - `capped` (REQUESTS_CAP a day, 2 callers), on the same primary; the kill comes when it has used
   half its plan, and its callers go on until it is refused (429) ten times;
-- `bystander` (1 caller) on a primary that does not die and does not hold the usage stream.
+- `bystander` (1 caller) on a primary that does not die and does not hold the usage stream (it is
+  refused too while the store's one circuit breaker is open; that is reported, not asserted).
 
 What must hold, whatever the timing: only 200, 429 and 503 (`quota_unavailable`), never a 500 and
 never a hang; the quota case refuses `steady` with 503 during the failover; after the replica is

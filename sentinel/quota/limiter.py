@@ -9,7 +9,9 @@ forwarded.
 
 Windows are fixed and aligned to the Unix epoch, one counter per (metric, window):
 `{prefix}:{<subject>}:{metric}:{window_seconds}:{window_index}`. The braces are a Redis Cluster
-hash tag, so all keys of one script live in one slot. Each key expires `ttl_margin` seconds after
+hash tag, so all keys of one script live in one slot; `%`, `{` and `}` in the subject are written
+`%25`, `%7B`, `%7D`, or a subject such as `}x` would end the tag early (an empty tag hashes the
+whole key: one user's counters in several slots). Each key expires `ttl_margin` seconds after
 its window ends. Time comes from the caller's clock, passed to the script (not Redis TIME), so
 replicas agree on window indexes and tests can move time.
 
@@ -105,6 +107,12 @@ RESERVE = Script("sentinel_quota_reserve", _RESERVE_LUA, _reserve_local)
 ADJUST = Script("sentinel_quota_adjust", _ADJUST_LUA, _adjust_local)
 
 
+def hash_tag(subject: str) -> str:
+    """`subject` as the hash tag of its keys: itself, with `%`, `{`, `}` percent-encoded (one-to-one,
+    so two subjects never share counters; plain ids are unchanged)."""
+    return subject.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
 @dataclass(eq=False)
 class Reservation:
     """What one `reserve()` took: the decision, the counter keys and the amounts per key.
@@ -147,7 +155,7 @@ class QuotaLimiter:
 
     def _slot(self, subject: str, limit: Limit, now: float) -> tuple[str, float, int]:
         """(key, reset_at, ttl_ms) of the counter `limit` uses at time `now`."""
-        base = f"{self.prefix}:{{{subject}}}:{limit.metric}:{limit.window_seconds}"
+        base = f"{self.prefix}:{{{hash_tag(subject)}}}:{limit.metric}:{limit.window_seconds}"
         if limit.external is not None:
             reset_at = limit.external.resets_at or now + limit.window_seconds
             ttl = limit.window_seconds + self.ttl_margin

@@ -103,12 +103,24 @@ class RedisClusterStore(RedisStore):
             # on CLUSTERDOWN): far beyond our timeouts. One retry after a reload is enough to
             # follow a completed failover; anything longer is the breaker's business.
             retry=Retry(NoBackoff(), 1),
+            # By default every fifth MOVED reply makes redis-py close *all* its connections,
+            # those of commands in flight included (they fail). Patch the moved slot instead;
+            # connection errors still reload the whole map.
+            reinitialize_steps=0,
         )
 
     @property
     def cluster(self) -> RedisCluster:
         assert isinstance(self._client, RedisCluster)
         return self._client
+
+    def routing_unknown(self) -> bool:
+        # redis-py picks a command's target before loading the slot map: without one (a new
+        # client, or after it dropped its connections) a keyed command goes to a random primary.
+        return self.cluster.get_default_node() is None
+
+    async def load_routing(self) -> None:
+        await self.cluster.initialize()  # one load, however many commands wait for it
 
     def check_script_keys(self, script: Script, keys: Sequence[str]) -> None:
         """A cluster runs a script on one node: all its keys must hash to one slot."""

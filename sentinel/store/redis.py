@@ -64,6 +64,16 @@ def _fields(fields: Mapping[str, bytes]) -> dict[Any, Any]:
     return dict(fields)
 
 
+def _raised_inside_redis_py(exc: BaseException) -> bool:
+    """Whether the innermost frame of `exc`'s traceback is redis-py's code."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("redis.")
+
+
 class RedisStore:
     """Store backed by a standalone Redis (see `RedisClusterStore` for a cluster)."""
 
@@ -101,12 +111,21 @@ class RedisStore:
     def client(self) -> RedisClient:
         return self._client
 
+    def routing_unknown(self) -> bool:
+        """Hook: True when the client must learn where keys live before a command (cluster)."""
+        return False
+
+    async def load_routing(self) -> None:
+        """Hook: learn where keys live (the cluster's slot map); nothing to learn on one server."""
+
     @asynccontextmanager
     async def guard(self) -> AsyncIterator[None]:
         """Translate Redis errors into StoreUnavailable and keep the breaker's count."""
         if self.breaker.is_open:
             raise StoreUnavailable("Redis is unavailable (circuit open)", retry_after=self.breaker.cooldown)
         try:
+            if self.routing_unknown():
+                await self.load_routing()
             yield
         except _UNAVAILABLE_REPLIES as exc:
             self.breaker.failure()
@@ -127,6 +146,14 @@ class RedisStore:
                 raise
             self.breaker.failure()
             raise StoreUnavailable("Redis is unavailable: connection closed") from None
+        except AttributeError as exc:
+            # redis-py's cluster client closed a connection while a command was using it (it
+            # drops connections after errors and topology changes): the command met
+            # `None.writelines`. An outage of that node; the same error from our code is a bug.
+            if not _raised_inside_redis_py(exc):
+                raise
+            self.breaker.failure()
+            raise StoreUnavailable("Redis is unavailable: connection closed under the command") from None
         else:
             self.breaker.success()
 

@@ -15,6 +15,9 @@ import pytest
 
 from tests.conftest import unavailable
 from tests.support.process import ManagedProcess, MockUpstreamProcess, RedisServerProcess, SentinelProcess
+from tests.support.redis_cluster import redis_cluster, redis_cluster_url
+
+__all__ = ["redis_cluster", "redis_cluster_url"]  # the session's Redis Cluster, for test_cluster*.py
 
 P = TypeVar("P", bound=ManagedProcess)
 

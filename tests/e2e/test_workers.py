@@ -178,13 +178,17 @@ async def test_exact_admission_across_workers(
     workers = gateway.worker_pids()
 
     connections.extend(await open_connections(gateway.url, 3 * k))
+    owners = connection_owners(gateway.port, [c.local_port for c in connections], workers)
+    # Which worker accepts a connection is the kernel's choice: open more until both hold some.
+    while set(owners.values()) != set(workers) and len(connections) < 40 * k:
+        connections.extend(await open_connections(gateway.url, k))
+        owners = connection_owners(gateway.port, [c.local_port for c in connections], workers)
+    assert set(owners.values()) == set(workers), "one worker accepted every connection"
     outcomes = await asyncio.gather(
         *(c.chat(key, chat_body(f"burst {i}")) for i, c in enumerate(connections))
     )
-    owners = connection_owners(gateway.port, [c.local_port for c in connections], workers)
 
-    assert statuses(outcomes) == {200: k, 429: 2 * k}, [(o.status, o.error) for o in outcomes]
-    assert set(owners.values()) == set(workers), "both workers admitted or refused part of the burst"
+    assert statuses(outcomes) == {200: k, 429: len(connections) - k}, [(o.status, o.error) for o in outcomes]
     rows = await wait_for_rows(sqlite_url, user, k)
     assert sorted(r.request_id for r in rows) == sorted(o.request_id for o in outcomes if o.status == 200)
 

@@ -1,4 +1,5 @@
-"""Statements shared by the SQL repositories: dialect-neutral insert-or-ignore, get-or-create user."""
+"""Statements shared by the SQL repositories: dialect-neutral insert-or-ignore, upsert-adding,
+get-or-create user."""
 
 from __future__ import annotations
 
@@ -27,6 +28,35 @@ def insert_ignoring(session: AsyncSession, model: type[Base], conflict_columns: 
     if dialect == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
     raise NotImplementedError(f"unsupported database dialect {dialect!r}")
+
+
+async def upsert_adding(
+    session: AsyncSession,
+    model: type[Base],
+    keys: Sequence[str],
+    columns: Sequence[str],
+    rows: Sequence[dict[str, Any]],
+) -> None:
+    """Insert `rows`; where a row with the same `keys` exists, add the new values of `columns` to it.
+
+    Keys must be unique within `rows` (PostgreSQL refuses to update one row twice in a statement).
+    Does not commit.
+    """
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    table: Any = model.__table__
+    if dialect == "postgresql":
+        statement: Any = postgresql.insert(table)
+    elif dialect == "sqlite":
+        statement = sqlite.insert(table)
+    else:
+        raise NotImplementedError(f"unsupported database dialect {dialect!r}")
+    excluded = statement.excluded
+    statement = statement.on_conflict_do_update(
+        index_elements=list(keys), set_={name: table.c[name] + excluded[name] for name in columns}
+    )
+    await session.execute(statement, list(rows))
 
 
 async def ensure_user(session: AsyncSession, external_id: str, email: str | None = None) -> str:

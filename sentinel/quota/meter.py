@@ -50,6 +50,7 @@ class Admission:
     provider: str | None = None
     prices: tuple[float, float] | None = None  # USD per million input/output tokens, when known
     settled: bool = False
+    recorded: Usage | None = None  # the tokens the usage record was written with (after settle)
 
 
 def cost(prices: tuple[float, float] | None, input_tokens: int, output_tokens: int) -> float | None:
@@ -212,6 +213,7 @@ class QuotaMeter:
             cost_usd=cost(admission.prices, input_tokens, output_tokens),
         )
         await self.outbox.put(record)
+        admission.recorded = Usage(input_tokens, output_tokens)
         m = self.metrics
         m.child(m.tokens, "input", label).inc(input_tokens)
         m.child(m.tokens, "output", label).inc(output_tokens)

@@ -21,6 +21,7 @@ from sentinel.governance.ownership import Ownership
 from sentinel.native.errors import NativeValidationError
 from sentinel.native.openai_checks import check_metered_fields
 from sentinel.observability.metrics import Metrics
+from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.providers.errors import upstream_error
 from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import OpenAICompatUpstream, forwardable_headers, relayable_headers
@@ -69,15 +70,17 @@ class OpenAIRelay:
                 body = orjson.dumps(payload)
                 strip_usage = True
         model: str = payload["model"]
-        admission = await self.meter.admit(
-            identity, endpoint=endpoint, model=model, payload=payload, request_id=ex.usage_id, size=len(body)
-        )
+        ex.operation, ex.request_model = OPERATIONS.get(endpoint, endpoint), model
+        with ex.spans.span("sentinel.quota.admit"):
+            admission = await self.meter.admit(
+                identity, endpoint=endpoint, model=model, payload=payload, request_id=ex.usage_id, size=len(body)
+            )
         ex.headers.extend(admission.headers.items())
         upstream = await self._forward(ex, admission, "POST", segments, body, headers, query)
         owned = _stores_objects(endpoint, payload)
         if stream and 200 <= upstream.status < 300:
-            return self._relay_sse(upstream, endpoint, admission, strip_usage, identity if owned else None)
-        return await self._relay_answer(upstream, endpoint, admission, owner=identity if owned else None,
+            return self._relay_sse(ex, upstream, endpoint, admission, strip_usage, identity if owned else None)
+        return await self._relay_answer(ex, upstream, endpoint, admission, owner=identity if owned else None,
                                         ttl=ObjectPath(_COLLECTION.get(endpoint)).ttl, creating=True)
 
     # --- other calls: objects, the model list, allowed pass-through ---------------------------------
@@ -98,12 +101,11 @@ class OpenAIRelay:
             except orjson.JSONDecodeError:
                 parsed = None  # not JSON (an upload): nothing in it can name an object
             await self.ownership.require(referenced_ids(parsed), identity.external_id)
-        admission = await self.meter.admit_call(identity, endpoint=endpoint, request_id=ex.usage_id)
-        ex.headers.extend(admission.headers.items())
+        admission = await self._admit_call(ex, identity, endpoint)
         upstream = await self._forward(ex, admission, method, segments, body, headers, query)
         owner = identity if where.collection is not None else None
         reply = await self._relay_answer(
-            upstream, endpoint, admission, owner=owner, ttl=where.ttl, creating=where.is_collection and method == "POST"
+            ex, upstream, endpoint, admission, owner=owner, ttl=where.ttl, creating=where.is_collection and method == "POST"
         )
         if method == "DELETE" and where.object_id is not None and segments[-1] == where.object_id and reply.status < 300:
             await self.ownership.forget(where.object_id)
@@ -111,8 +113,7 @@ class OpenAIRelay:
 
     async def list_models(self, ex: Exchange, identity: Identity, headers: RawHeaders) -> Reply | StreamReply:
         """The upstream's model list, or the static catalogue when the upstream cannot list models."""
-        admission = await self.meter.admit_call(identity, endpoint="models", request_id=ex.usage_id)
-        ex.headers.extend(admission.headers.items())
+        admission = await self._admit_call(ex, identity, "models")
         try:
             upstream = await self._forward(ex, admission, "GET", ["models"], None, headers, None, release=False)
             raw = await upstream.read()
@@ -128,8 +129,7 @@ class OpenAIRelay:
 
     async def get_model(self, ex: Exchange, identity: Identity, model_id: str, headers: RawHeaders) -> Reply:
         """One model, from the upstream or the static catalogue; NotFound when neither knows it."""
-        admission = await self.meter.admit_call(identity, endpoint="model", request_id=ex.usage_id)
-        ex.headers.extend(admission.headers.items())
+        admission = await self._admit_call(ex, identity, "model")
         status = 404
         try:
             upstream = await self._forward(ex, admission, "GET", ["models", model_id], None, headers, None,
@@ -149,6 +149,12 @@ class OpenAIRelay:
         return Reply(200, orjson.dumps(found), [*JSON, ("x-sentinel-fallback", "static")])
 
     # --- plumbing ----------------------------------------------------------------------------------
+    async def _admit_call(self, ex: Exchange, identity: Identity, endpoint: str) -> Admission:
+        with ex.spans.span("sentinel.quota.admit"):
+            admission = await self.meter.admit_call(identity, endpoint=endpoint, request_id=ex.usage_id)
+        ex.headers.extend(admission.headers.items())
+        return admission
+
     async def _forward(
         self, ex: Exchange, admission: Admission, method: str, segments: Sequence[str], body: bytes | None,
         headers: RawHeaders, query: Query | None, *, release: bool = True,
@@ -157,10 +163,16 @@ class OpenAIRelay:
         (`release`) and raise."""
         ex.provider = self.upstream.name
         started = time.perf_counter()
+        name = f"{OPERATIONS.get(admission.endpoint, admission.endpoint)} {admission.model or '/'.join(segments)}"
+        attributes = {PROVIDER: self.upstream.name, SYSTEM: self.upstream.name}
+        if admission.model:
+            attributes[REQUEST_MODEL] = admission.model
         try:
-            upstream = await self.upstream.forward(
-                method, segments, headers=forwardable_headers(headers), body=body, query=query
-            )
+            with ex.spans.span(name, attributes, client=True) as span:
+                upstream = await self.upstream.forward(
+                    method, segments, headers=forwardable_headers(headers), body=body, query=query
+                )
+                span.set_attribute("http.response.status_code", upstream.status)
         except UpstreamError as exc:
             ex.upstream_seconds = time.perf_counter() - started
             self.metrics.upstream_errors.labels(self.upstream.name, exc.code).inc()
@@ -175,8 +187,8 @@ class OpenAIRelay:
         await self.meter.settle(admission, usage=None, output_text="", status=status, provider=provider)
 
     async def _relay_answer(
-        self, upstream: UpstreamResponse, endpoint: str, admission: Admission, *, owner: Identity | None,
-        ttl: float | None, creating: bool,
+        self, ex: Exchange, upstream: UpstreamResponse, endpoint: str, admission: Admission, *,
+        owner: Identity | None, ttl: float | None, creating: bool,
     ) -> Reply | StreamReply:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
         relayed as it arrives after the part already read."""
@@ -190,7 +202,8 @@ class OpenAIRelay:
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > MAX_BUFFERED:
-                    return self._relay_large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating)
+                    return self._relay_large(ex, upstream, endpoint, admission, b"".join(chunks), owner, ttl,
+                                             creating)
         except UpstreamError:
             upstream.close()
             await self.meter.release(admission)
@@ -211,6 +224,7 @@ class OpenAIRelay:
             status=upstream.status,
             provider=upstream.provider,
         )
+        _report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
     async def _refused(self, upstream: UpstreamResponse, admission: Admission) -> Reply:
@@ -225,8 +239,8 @@ class OpenAIRelay:
         raise upstream_error(upstream.provider, upstream.status, raw, upstream.headers, relay_client_errors=True)
 
     def _relay_large(
-        self, upstream: UpstreamResponse, endpoint: str, admission: Admission, head: bytes, owner: Identity | None,
-        ttl: float | None, creating: bool,
+        self, ex: Exchange, upstream: UpstreamResponse, endpoint: str, admission: Admission, head: bytes,
+        owner: Identity | None, ttl: float | None, creating: bool,
     ) -> StreamReply:
         """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
         from; the last chunk waits for the usage record."""
@@ -254,13 +268,14 @@ class OpenAIRelay:
                 await ownership.claim(object_id, owner.external_id, ttl)
             await meter.settle(admission, usage=tail.usage(endpoint), output_text="", status=status,
                                provider=upstream.provider)
+            _report(ex, admission, None)
 
         stream = MeteredStream(produce, settle)
         headers = [(k, v) for k, v in relayable_headers(upstream.headers)]
         return StreamReply(upstream.status, headers, stream.chunks(), stream.on_close)
 
     def _relay_sse(
-        self, upstream: UpstreamResponse, endpoint: str, admission: Admission, strip_usage: bool,
+        self, ex: Exchange, upstream: UpstreamResponse, endpoint: str, admission: Admission, strip_usage: bool,
         owner: Identity | None,
     ) -> StreamReply:
         inspector = StreamInspector(endpoint, strip_usage_chunk=strip_usage)
@@ -293,6 +308,7 @@ class OpenAIRelay:
             await meter.settle(
                 admission, usage=inspector.usage, output_text=inspector.text, status=status, provider=upstream.provider
             )
+            _report(ex, admission, inspector.model)
 
         async def observe() -> None:
             metrics.upstream_duration.labels(upstream.provider, endpoint).observe(time.perf_counter() - started)
@@ -306,6 +322,13 @@ class OpenAIRelay:
 
 # Metered endpoints whose answers are stored upstream, and the collection that holds them.
 _COLLECTION = {"responses": "responses", "chat": "chat/completions"}
+
+
+def _report(ex: Exchange, admission: Admission, response_model: Any) -> None:
+    """Tell the exchange what was recorded (what the request's span reports)."""
+    if admission.recorded is not None:
+        ex.recorded(admission.recorded.input_tokens, admission.recorded.output_tokens,
+                    response_model if isinstance(response_model, str) else None)
 
 
 def _stores_objects(endpoint: str, payload: dict[str, Any]) -> bool:

@@ -9,6 +9,7 @@ holds the sum of its first series (tests read it). Colours come from CSS classes
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,11 +27,12 @@ class SeriesData:
 
 
 def _nice_max(value: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x a power of ten that is at least `value` (1 for nothing)."""
     if value <= 0:
         return 1.0
-    magnitude = 10 ** (len(str(int(value))) - 1) if value >= 1 else 1
+    magnitude = 10.0 ** math.floor(math.log10(value))
     for step in (1, 2, 2.5, 5, 10):
-        if value <= step * magnitude:
+        if value <= step * magnitude * (1 + 1e-9):
             return step * magnitude
     return value  # pragma: no cover
 

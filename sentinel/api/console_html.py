@@ -47,8 +47,8 @@ def pct(value: float) -> str:
     return f"{value * 100:.1f}%"
 
 
-def when(moment: datetime | None) -> str:
-    return "–" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
+def when(moment: datetime | None, seconds: bool = False) -> str:
+    return "–" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC")
 
 
 def csrf_field(token: str | None) -> str:
@@ -86,7 +86,7 @@ def layout(title: str, body: str, *, csrf: str | None, active: str, css: str, js
     notice = f'<p class="flash" role="status">{e(flash)}</p>' if flash else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)} · Sentinel console</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">
 <meta name="csrf-token" content="{e(csrf)}">
 <link rel="stylesheet" href="/admin/assets/console.css" integrity="{css}">
 <script src="/admin/assets/console.js" integrity="{js}" defer></script></head>
@@ -100,7 +100,7 @@ def signin_page(css: str, error: str | None = None) -> str:
     shown = f'<p class="error" role="alert">{e(error)}</p>' if error else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Sign in · Sentinel console</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">
 <link rel="stylesheet" href="/admin/assets/console.css" integrity="{css}"></head>
 <body class="signin"><main><h1>Sentinel console</h1>{shown}
 <form method="post" action="/admin/signin">
@@ -115,7 +115,7 @@ def signin_page(css: str, error: str | None = None) -> str:
 def message_page(css: str, title: str, message: str) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)} · Sentinel console</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">
 <link rel="stylesheet" href="/admin/assets/console.css" integrity="{css}"></head>
 <body class="signin"><main><h1>{e(title)}</h1><p class="error" role="alert">{e(message)}</p>
 <p><a href="/admin">Back to the console</a></p></main></body></html>

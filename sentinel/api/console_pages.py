@@ -149,7 +149,7 @@ def _quota(detail: UserDetail) -> str:
                  f'optimum="0" aria-label="{e(lim.metric)} used"></meter>')
         rows.append([e(lim.metric.replace("_", " ")), e("per " + format_window(lim.window_seconds)),
                      f'<span class="used" data-metric="{e(lim.metric)}" data-window="{lim.window_seconds}">'
-                     f"{num(lim.used)}</span> / {num(lim.limit)}", meter, when(lim.reset_at)])
+                     f"{num(lim.used)}</span> / {num(lim.limit)}", meter, when(lim.reset_at, seconds=True)])
     return table(("Metric", "Window", "Used / limit", "", "Resets"), rows, cls="quota")
 
 

@@ -1,9 +1,10 @@
 """Usage reports for operators: time series, top users and models, totals and the CSV export.
 
 Series come from the per-minute rollup (with a latency histogram: p50/p99 are estimated within a
-histogram bucket); top lists of the last hour and day from the ledger (by its `finished_at`
-index), of the last 30 days from the per-day rollups (whole UTC days, today included). Totals per
-user and model come from the ledger itself, so the CSV export shows exactly what
+histogram bucket). An overview period is a fixed number of epoch-aligned buckets, the last one
+holding the current minute; its top lists cover the same interval, from the ledger (by its
+`finished_at` index) for the last hour and day, from the per-day rollups (whole UTC days) for 30
+days. Totals per user and model come from the ledger itself, so the CSV export shows exactly what
 `sentinel usage show` shows.
 """
 
@@ -155,22 +156,28 @@ class UsageReports:
         start = datetime.fromtimestamp(first * 60, UTC)
         return Series(start, step, points, _point(start, list(found.values())))
 
+    def bounds(self, period: Period) -> tuple[datetime, datetime]:
+        """[start, end) of the period's buckets: the last one holds the current minute."""
+        step = period.step_minutes
+        end = (math.floor(self.clock().timestamp() / 60) // step + 1) * step
+        start = end - period.buckets * step
+        return datetime.fromtimestamp(start * 60, UTC), datetime.fromtimestamp(end * 60, UTC)
+
     async def period_series(self, period: Period) -> Series:
-        """The period's buckets, the last one holding the current minute."""
-        now = self.clock()
-        until = now + timedelta(minutes=1)
-        return await self.series(until - timedelta(seconds=period.seconds), until, period.step_minutes)
+        """The period's buckets."""
+        start, end = self.bounds(period)
+        return await self.series(start, end, period.step_minutes)
 
     async def top(self, period: Period, limit: int = 10) -> tuple[list[Ranked], list[Ranked]]:
-        """(top users, top models) of the period, by requests."""
-        now = self.clock()
+        """(top users, top models) by requests over the period's buckets; over 30 days, whole UTC days
+        from the per-day rollups."""
+        start, _ = self.bounds(period)
         if period.seconds > 2 * 86400:
-            first_day = int(now.timestamp()) // 86400 - (period.seconds // 86400 - 1)
+            first_day = int(start.timestamp()) // 86400
             return (await self.stats.top_users(first_day=first_day, limit=limit),
                     await self.stats.top_models(first_day=first_day, limit=limit))
-        since = now - timedelta(seconds=period.seconds)
-        return (await self.stats.top_users(since=since, limit=limit),
-                await self.stats.top_models(since=since, limit=limit))
+        return (await self.stats.top_users(since=start, limit=limit),
+                await self.stats.top_models(since=start, limit=limit))
 
     async def totals(self, external_id: str, since: datetime | None = None,
                      until: datetime | None = None) -> list[dict[str, Any]]:

@@ -63,7 +63,8 @@ def user_json(detail: UserDetail) -> dict[str, Any]:
         "quota": None if detail.quota is None else detail.quota.to_json(),
         "keys": [key_json(k) for k in detail.keys],
         "recent_requests": [entry_json(e) for e in detail.recent],
-        "usage_30d": detail.usage_30d,
+        "usage_30d": ranked_json(detail.usage_30d),
+        "models_24h": detail.models_24h,
     }
 
 
@@ -81,6 +82,7 @@ def overview_json(view: Overview) -> dict[str, Any]:
         "series": view.series.to_json(),
         "top_users": [ranked_json(r) for r in view.top_users],
         "top_models": [ranked_json(r) for r in view.top_models],
+        "top_since": iso(view.top_since),
         "providers": [provider_json(p) for p in view.providers],
         "providers_error": view.providers_error,
         "outbox_depth": view.outbox_depth,

@@ -87,6 +87,7 @@ def overview(view: Overview) -> str:
     return (
         f'<nav class="periods" aria-label="Period">{tabs}</nav>'
         f'<section class="tiles">{tiles}</section><section class="charts">{charts}</section>'
+        f'<p class="hint">Top users and models since {when(view.top_since)}.</p>'
         f'<section class="pair"><div><h2>Top users</h2>{users}</div><div><h2>Top models</h2>{models}</div></section>'
         f"<section><h2>Providers</h2>{providers(view)}</section>"
         f"<section><h2>Export usage</h2>{export_form()}</section>"
@@ -201,17 +202,21 @@ def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan]
         f'</label>{error_for(errors, "email")}<button type="submit">Create key</button></form></section>'
     )
     if detail is not None:
-        usage = table(("Model", "Requests", "Input", "Output"),
-                      ([e(r["model"] or "(none)"), num(r["requests"]), num(r["input_tokens"]), num(r["output_tokens"])]
-                       for r in detail.usage_30d), empty="No usage in the last 30 days.", cls="usage")
+        month = detail.usage_30d
+        usage = table(("Period", "Requests", "Errors", "Input", "Output", "Cost"),
+                      [["last 30 days", num(month.requests), num(month.errors), num(month.input_tokens),
+                        num(month.output_tokens), usd(month.cost_usd)]], cls="usage")
+        models = table(("Model", "Requests", "Input", "Output"),
+                       ([e(r["model"] or "(none)"), num(r["requests"]), num(r["input_tokens"]), num(r["output_tokens"])]
+                        for r in detail.models_24h), empty="No requests in the last 24 hours.", cls="models")
         recent = table(
             ("Finished", "Endpoint", "Model", "Status", "Input", "Output", "Latency", "Cost"),
             ([when(r.finished_at), e(r.endpoint), e(r.model or ""), num(r.status), num(r.input_tokens),
               num(r.output_tokens), ms(r.latency_ms), usd(r.cost_usd)] for r in detail.recent),
             empty="No requests recorded yet.", cls="recent",
         )
-        parts.append(f"<section><h2>Usage, last 30 days</h2>{usage}</section>"
-                     f"<section><h2>Recent requests</h2>{recent}</section>")
+        parts.append(f"<section><h2>Usage</h2>{usage}</section><section><h2>By model, last 24 hours</h2>{models}"
+                     f"</section><section><h2>Recent requests</h2>{recent}</section>")
     return "".join(parts)
 
 

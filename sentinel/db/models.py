@@ -8,8 +8,9 @@ models mirror it (a test compares the two) and are what the repositories query w
     users.plan_name                    names a plan; FK-less so deleting a plan never blocks
     usage_ledger                       one row per request, request_id unique (exactly-once)
     usage_outbox                       durable queue of usage rows waiting for a remote ledger
-    usage_minutes                      per-minute rollup of the ledger (+ a latency histogram)
-    usage_daily_users / _models        per-day rollups of the ledger by user and by model
+    usage_minutes / usage_hours        per-minute and per-hour rollups of the ledger (+ latency histograms)
+    usage_hourly_users / _models       per-hour rollups by user and by model
+    usage_daily_users / _models        per-day rollups by user and by model
     audit_log                          operator actions (plans, plan assignments, keys, tiers)
 
 The rollups are written in the ledger's own transaction, only for rows that were new, so they
@@ -244,13 +245,10 @@ class _Measures:
     cost_usd: Mapped[float] = _cost()
 
 
-class UsageMinuteRow(_Measures, Base):
-    """The ledger per minute (`minute` = unix seconds // 60), with request durations as a histogram:
-    `lat_NN` counts requests that took at most LATENCY_BOUNDS_MS[NN] ms (the last one: longer)."""
+class _Latencies:
+    """Request durations as a histogram: `lat_NN` counts requests that took at most
+    LATENCY_BOUNDS_MS[NN] ms (the last one: longer); `latency_ms_sum` is their total."""
 
-    __tablename__ = "usage_minutes"
-
-    minute: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     latency_ms_sum: Mapped[int] = _count()
     lat_00: Mapped[int] = _count()
     lat_01: Mapped[int] = _count()
@@ -274,10 +272,46 @@ class UsageMinuteRow(_Measures, Base):
     lat_19: Mapped[int] = _count()
 
 
+class UsageMinuteRow(_Measures, _Latencies, Base):
+    """The ledger per minute (`minute` = unix seconds // 60)."""
+
+    __tablename__ = "usage_minutes"
+
+    minute: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+
+class UsageHourRow(_Measures, _Latencies, Base):
+    """The ledger per hour (`hour` = unix seconds // 3600)."""
+
+    __tablename__ = "usage_hours"
+
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+
+class UsageHourlyUserRow(_Measures, Base):
+    """The ledger per hour and user."""
+
+    __tablename__ = "usage_hourly_users"
+
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    external_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+
+
+class UsageHourlyModelRow(_Measures, Base):
+    """The ledger per hour and model ('' for requests without a model or provider)."""
+
+    __tablename__ = "usage_hourly_models"
+
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(100), primary_key=True)
+
+
 class UsageDailyUserRow(_Measures, Base):
     """The ledger per UTC day (`day` = unix seconds // 86400) and user."""
 
     __tablename__ = "usage_daily_users"
+    __table_args__ = (Index("ix_usage_daily_users_external_id_day", "external_id", "day"),)
 
     day: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     external_id: Mapped[str] = mapped_column(String(255), primary_key=True)

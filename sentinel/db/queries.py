@@ -3,6 +3,7 @@ get-or-create user."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +31,23 @@ def insert_ignoring(session: AsyncSession, model: type[Base], conflict_columns: 
     raise NotImplementedError(f"unsupported database dialect {dialect!r}")
 
 
+@functools.cache
+def _upsert_statement(dialect: str, model: type[Base], keys: tuple[str, ...], columns: tuple[str, ...]) -> Any:
+    """One immutable statement per (dialect, table, keys, columns), built once: SQLAlchemy's compiled
+    cache then serves every later batch (building the expression dominated small batches' cost)."""
+    table: Any = model.__table__
+    if dialect == "postgresql":
+        insert: Any = postgresql.insert(table)
+    elif dialect == "sqlite":
+        insert = sqlite.insert(table)
+    else:
+        raise NotImplementedError(f"unsupported database dialect {dialect!r}")
+    excluded = insert.excluded
+    return insert.on_conflict_do_update(
+        index_elements=list(keys), set_={name: table.c[name] + excluded[name] for name in columns}
+    )
+
+
 async def upsert_adding(
     session: AsyncSession,
     model: type[Base],
@@ -42,21 +60,9 @@ async def upsert_adding(
     Keys must be unique within `rows` (PostgreSQL refuses to update one row twice in a statement).
     Does not commit.
     """
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    table: Any = model.__table__
-    if dialect == "postgresql":
-        statement: Any = postgresql.insert(table)
-    elif dialect == "sqlite":
-        statement = sqlite.insert(table)
-    else:
-        raise NotImplementedError(f"unsupported database dialect {dialect!r}")
-    excluded = statement.excluded
-    statement = statement.on_conflict_do_update(
-        index_elements=list(keys), set_={name: table.c[name] + excluded[name] for name in columns}
-    )
-    await session.execute(statement, list(rows))
+    if rows:
+        dialect = session.get_bind().dialect.name
+        await session.execute(_upsert_statement(dialect, model, tuple(keys), tuple(columns)), list(rows))
 
 
 async def ensure_user(session: AsyncSession, external_id: str, email: str | None = None) -> str:

@@ -1,4 +1,5 @@
-"""The ledger's rollups: per minute (with a latency histogram), per day by user and by model.
+"""The ledger's rollups: per minute and per hour (with latency histograms), per hour and per day by
+user and by model.
 
 The console's pages read these instead of scanning the ledger, so they stay fast with millions of
 rows. `SqlLedger.record_batch` calls `apply_rollups` in the transaction that inserts the rows, for
@@ -23,6 +24,9 @@ from sentinel.db.models import (
     LATENCY_COLUMNS,
     UsageDailyModelRow,
     UsageDailyUserRow,
+    UsageHourlyModelRow,
+    UsageHourlyUserRow,
+    UsageHourRow,
     UsageMinuteRow,
 )
 from sentinel.db.queries import upsert_adding
@@ -80,8 +84,8 @@ class Totals:
 
 
 @dataclass
-class MinuteTotals(Totals):
-    """Totals plus the latency sum and histogram."""
+class SeriesTotals(Totals):
+    """Totals plus the latency sum and histogram (the per-minute and per-hour rollups)."""
 
     latency_ms_sum: int = 0
     histogram: list[int] = field(default_factory=lambda: [0] * len(LATENCY_COLUMNS))
@@ -93,38 +97,59 @@ class MinuteTotals(Totals):
         self.histogram[latency_bucket(ms)] += 1
 
     def values(self) -> dict[str, Any]:
-        return {**super().values(), "latency_ms_sum": self.latency_ms_sum, **dict(zip(LATENCY_COLUMNS, self.histogram, strict=True))}
+        histogram = dict(zip(LATENCY_COLUMNS, self.histogram, strict=True))
+        return {**super().values(), "latency_ms_sum": self.latency_ms_sum, **histogram}
+
+
+# table, its key columns, whether it keeps latencies
+TABLES: tuple[tuple[type[Any], tuple[str, ...], bool], ...] = (
+    (UsageMinuteRow, ("minute",), True),
+    (UsageHourRow, ("hour",), True),
+    (UsageHourlyUserRow, ("hour", "external_id"), False),
+    (UsageHourlyModelRow, ("hour", "model", "provider"), False),
+    (UsageDailyUserRow, ("day", "external_id"), False),
+    (UsageDailyModelRow, ("day", "model", "provider"), False),
+)
 
 
 @dataclass
 class Rollup:
-    """One batch of records, summed per minute, per (day, user) and per (day, model, provider)."""
+    """Records summed per key of every rollup table (see TABLES)."""
 
-    minutes: dict[int, MinuteTotals] = field(default_factory=dict)
-    users: dict[tuple[int, str], Totals] = field(default_factory=dict)
-    models: dict[tuple[int, str, str], Totals] = field(default_factory=dict)
+    groups: list[dict[tuple[Any, ...], Totals]] = field(default_factory=lambda: [{} for _ in TABLES])
 
     @classmethod
     def of(cls, records: Iterable[UsageRecord]) -> Rollup:
         rollup = cls()
         for record in records:
-            seconds = int(record.finished_at.timestamp())
-            day = seconds // 86400
-            rollup.minutes.setdefault(seconds // 60, MinuteTotals()).add(record)
-            rollup.users.setdefault((day, record.external_id), Totals()).add(record)
-            rollup.models.setdefault((day, record.model or "", record.provider or ""), Totals()).add(record)
+            rollup.add(record)
         return rollup
+
+    def add(self, record: UsageRecord) -> None:
+        """Count one record under each table's key."""
+        seconds = int(record.finished_at.timestamp())
+        hour, day = seconds // 3600, seconds // 86400
+        model = (record.model or "", record.provider or "")
+        keys = ((seconds // 60,), (hour,), (hour, record.external_id), (hour, *model), (day, record.external_id),
+                (day, *model))
+        for group, key, (_, _, series) in zip(self.groups, keys, TABLES, strict=True):
+            totals = group.get(key)
+            if totals is None:
+                totals = group[key] = SeriesTotals() if series else Totals()
+            totals.add(record)
+
+    def rows(self) -> list[list[dict[str, Any]]]:
+        """Per table (in TABLES order), the rows to add, in key order."""
+        return [
+            [{**dict(zip(names, key, strict=True)), **totals.values()} for key, totals in sorted(group.items())]
+            for group, (_, names, _) in zip(self.groups, TABLES, strict=True)
+        ]
 
 
 async def apply_rollups(session: AsyncSession, records: Sequence[UsageRecord]) -> None:
     """Add `records` (rows just inserted into the ledger) to the rollups; does not commit."""
     if not records:
         return
-    rollup = Rollup.of(records)
-    minutes = [{"minute": k, **v.values()} for k, v in sorted(rollup.minutes.items())]
-    users = [{"day": d, "external_id": u, **v.values()} for (d, u), v in sorted(rollup.users.items())]
-    models = [{"day": d, "model": m, "provider": p, **v.values()} for (d, m, p), v in sorted(rollup.models.items())]
-    minute_columns = [*MEASURES, "latency_ms_sum", *LATENCY_COLUMNS]
-    await upsert_adding(session, UsageMinuteRow, ["minute"], minute_columns, minutes)
-    await upsert_adding(session, UsageDailyUserRow, ["day", "external_id"], MEASURES, users)
-    await upsert_adding(session, UsageDailyModelRow, ["day", "model", "provider"], MEASURES, models)
+    for rows, (table, keys, series) in zip(Rollup.of(records).rows(), TABLES, strict=True):
+        columns = [*MEASURES, "latency_ms_sum", *LATENCY_COLUMNS] if series else list(MEASURES)
+        await upsert_adding(session, table, keys, columns, rows)

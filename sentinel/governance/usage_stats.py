@@ -19,6 +19,9 @@ from sentinel.db.models import (
     LATENCY_COLUMNS,
     UsageDailyModelRow,
     UsageDailyUserRow,
+    UsageHourlyModelRow,
+    UsageHourlyUserRow,
+    UsageHourRow,
     UsageLedgerRow,
     UsageMinuteRow,
 )
@@ -96,13 +99,16 @@ class UsageStats:
 
     async def series(self, start_minute: int, end_minute: int, step_minutes: int) -> list[Bucket]:
         """Buckets of `step_minutes` over minutes [start_minute, end_minute) (unix minutes), only
-        those with requests, in order."""
-        row = UsageMinuteRow
-        index = ((row.minute - start_minute) // step_minutes).label("bucket")
-        histogram = [func.coalesce(func.sum(getattr(row, name)), 0) for name in LATENCY_COLUMNS]
+        those with requests, in order. Whole hours are read from the per-hour rollup."""
+        table: Any = UsageMinuteRow
+        key, start, end, step = UsageMinuteRow.minute, start_minute, end_minute, step_minutes
+        if step_minutes % 60 == 0 and start_minute % 60 == 0 and end_minute % 60 == 0:
+            table, key, start, end, step = UsageHourRow, UsageHourRow.hour, start // 60, end // 60, step // 60
+        index = ((key - start) // step).label("bucket")
+        histogram = [func.coalesce(func.sum(getattr(table, name)), 0) for name in LATENCY_COLUMNS]
         query = (
-            select(index, *_sums(row), func.coalesce(func.sum(row.latency_ms_sum), 0), *histogram)
-            .where(row.minute >= start_minute, row.minute < end_minute)
+            select(index, *_sums(table), func.coalesce(func.sum(table.latency_ms_sum), 0), *histogram)
+            .where(key >= start, key < end)
             .group_by(index)
             .order_by(index)
         )
@@ -112,13 +118,15 @@ class UsageStats:
             for r in await self._all(query)
         ]
 
-    async def top_users(self, *, since: datetime | None = None, first_day: int | None = None,
-                        limit: int = 10) -> list[Ranked]:
-        """The users with most requests since `since` (from the ledger) or since UTC day `first_day`
-        (from the per-day rollup: give one of the two)."""
-        if first_day is not None:
-            table: Any = UsageDailyUserRow
-            query = select(table.external_id, *_sums(table)).where(table.day >= first_day)
+    async def top_users(self, *, since: datetime | None = None, first_hour: int | None = None,
+                        first_day: int | None = None, limit: int = 10) -> list[Ranked]:
+        """The users with most requests since `since` (from the ledger), since unix hour `first_hour`
+        (per-hour rollup) or since UTC day `first_day` (per-day rollup): give one of the three."""
+        table: Any
+        if first_day is not None or first_hour is not None:
+            table = UsageDailyUserRow if first_day is not None else UsageHourlyUserRow
+            bound = table.day >= first_day if first_day is not None else table.hour >= first_hour
+            query = select(table.external_id, *_sums(table)).where(bound)
         else:
             table = UsageLedgerRow
             query = select(table.external_id, *self._ledger_sums()).where(table.finished_at >= since)
@@ -126,12 +134,14 @@ class UsageStats:
         query = query.group_by(table.external_id).order_by(desc(count), table.external_id).limit(limit)
         return [_ranked(r[0], None, r[1:]) for r in await self._all(query)]
 
-    async def top_models(self, *, since: datetime | None = None, first_day: int | None = None,
-                         limit: int = 10) -> list[Ranked]:
+    async def top_models(self, *, since: datetime | None = None, first_hour: int | None = None,
+                         first_day: int | None = None, limit: int = 10) -> list[Ranked]:
         """The models with most requests (see `top_users`); requests without a model are `''`."""
-        if first_day is not None:
-            table: Any = UsageDailyModelRow
-            query = select(table.model, table.provider, *_sums(table)).where(table.day >= first_day)
+        table: Any
+        if first_day is not None or first_hour is not None:
+            table = UsageDailyModelRow if first_day is not None else UsageHourlyModelRow
+            bound = table.day >= first_day if first_day is not None else table.hour >= first_hour
+            query = select(table.model, table.provider, *_sums(table)).where(bound)
             query = query.group_by(table.model, table.provider)
         else:
             table = UsageLedgerRow
@@ -141,6 +151,12 @@ class UsageStats:
         count = query.selected_columns[2]
         query = query.order_by(desc(count), query.selected_columns[0]).limit(limit)
         return [_ranked(r[0], r[1] or None, r[2:]) for r in await self._all(query)]
+
+    async def user_totals(self, external_id: str, first_day: int) -> Ranked:
+        """One user's totals since UTC day `first_day` (per-day rollup, by its (external_id, day) index)."""
+        table = UsageDailyUserRow
+        query = select(*_sums(table)).where(table.external_id == external_id, table.day >= first_day)
+        return _ranked(external_id, None, (await self._all(query))[0])
 
     @staticmethod
     def _ledger_sums() -> list[ColumnElement[Any]]:

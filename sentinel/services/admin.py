@@ -71,7 +71,8 @@ class UserDetail:
     quota: QuotaView | None
     keys: list[ApiKeyInfo]
     recent: list[LedgerEntry]
-    usage_30d: list[dict[str, Any]]
+    usage_30d: Ranked  # totals over the last 30 UTC days (today included)
+    models_24h: list[dict[str, Any]]  # by model over the last 24 hours
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Overview:
     series: Series
     top_users: list[Ranked]
     top_models: list[Ranked]
+    top_since: datetime
     providers: list[ProviderView]
     providers_error: str | None
     outbox_depth: int | None
@@ -157,14 +159,15 @@ class AdminService:
         if summary is None and not recent:
             raise NotFound(f"No user {external_id!r}", code="user_not_found")
         keys = await self.keys.list_keys(external_id)
-        since = self.clock() - timedelta(days=30)
-        usage = await self.reports.totals(external_id, since)
+        now = self.clock()
+        usage = await self.reports.stats.user_totals(external_id, int(now.timestamp()) // 86400 - 29)
+        models = await self.reports.totals(external_id, now - timedelta(days=1))
         quota = None
         if self.live is not None:
             identity = Identity(external_id=external_id, user_id="", email=summary.email if summary else None)
             quota = await self.live.quota(identity)
         origin = ("assigned" if summary and summary.plan_name else "default") if self.builtin else "governance"
-        return UserDetail(external_id, summary, origin, quota, keys, recent, usage)
+        return UserDetail(external_id, summary, origin, quota, keys, recent, usage, models)
 
     async def set_user_plan(self, external_id: str, plan: str | None, actor: Actor) -> None:
         """Put a user (created if missing) on `plan` (None: the default plan); NotFound for an unknown plan."""
@@ -306,10 +309,10 @@ class AdminService:
         if chosen is None:
             raise refuse({"period": f"one of {', '.join(PERIODS)}"})
         series = await self.reports.period_series(chosen)
-        users, models = await self.reports.top(chosen)
+        users, models, since = await self.reports.top(chosen)
         providers, error = await self.live.provider_health() if self.live else ([], "not available")
         depth = await self.live.outbox_depth() if self.live else None
-        return Overview(period, series, users, models, providers, error, depth)
+        return Overview(period, series, users, models, since, providers, error, depth)
 
     async def usage_totals(self, external_id: str, since: datetime | None = None,
                            until: datetime | None = None) -> list[dict[str, Any]]:

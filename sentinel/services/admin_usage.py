@@ -2,9 +2,9 @@
 
 Series come from the per-minute rollup (with a latency histogram: p50/p99 are estimated within a
 histogram bucket). An overview period is a fixed number of epoch-aligned buckets, the last one
-holding the current minute; its top lists cover the same interval, from the ledger (by its
-`finished_at` index) for the last hour and day, from the per-day rollups (whole UTC days) for 30
-days. Totals per user and model come from the ledger itself, so the CSV export shows exactly what
+holding the current minute (the last 30 days: from the per-hour rollup). Top lists come from the
+ledger for the last hour (the same interval as the chart), from the per-hour rollups for the last
+day (whole hours) and from the per-day rollups for 30 days (whole UTC days). Totals per user and model come from the ledger itself, so the CSV export shows exactly what
 `sentinel usage show` shows.
 """
 
@@ -168,16 +168,24 @@ class UsageReports:
         start, end = self.bounds(period)
         return await self.series(start, end, period.step_minutes)
 
-    async def top(self, period: Period, limit: int = 10) -> tuple[list[Ranked], list[Ranked]]:
-        """(top users, top models) by requests over the period's buckets; over 30 days, whole UTC days
-        from the per-day rollups."""
+    async def top(self, period: Period, limit: int = 10) -> tuple[list[Ranked], list[Ranked], datetime]:
+        """(top users, top models, since) by requests over the period: an hour from the ledger, up to
+        two days from the per-hour rollups (since the hour the period starts in), longer from the
+        per-day rollups (since the UTC day it starts in)."""
         start, _ = self.bounds(period)
-        if period.seconds > 2 * 86400:
-            first_day = int(start.timestamp()) // 86400
-            return (await self.stats.top_users(first_day=first_day, limit=limit),
-                    await self.stats.top_models(first_day=first_day, limit=limit))
-        return (await self.stats.top_users(since=start, limit=limit),
-                await self.stats.top_models(since=start, limit=limit))
+        seconds = int(start.timestamp())
+        if period.seconds <= 3600:
+            users = await self.stats.top_users(since=start, limit=limit)
+            return users, await self.stats.top_models(since=start, limit=limit), start
+        if period.seconds <= 2 * 86400:
+            hour = seconds // 3600
+            users = await self.stats.top_users(first_hour=hour, limit=limit)
+            models = await self.stats.top_models(first_hour=hour, limit=limit)
+            return users, models, datetime.fromtimestamp(hour * 3600, UTC)
+        day = seconds // 86400
+        users = await self.stats.top_users(first_day=day, limit=limit)
+        models = await self.stats.top_models(first_day=day, limit=limit)
+        return users, models, datetime.fromtimestamp(day * 86400, UTC)
 
     async def totals(self, external_id: str, since: datetime | None = None,
                      until: datetime | None = None) -> list[dict[str, Any]]:

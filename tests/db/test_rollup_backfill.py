@@ -31,8 +31,10 @@ async def _rollups(url: str) -> dict[str, list[tuple[object, ...]]]:
     try:
         async with engine.connect() as conn:
             out = {}
-            for table, order in (("usage_minutes", "minute"), ("usage_daily_users", "day, external_id"),
-                                 ("usage_daily_models", "day, model, provider")):
+            for table, order in (("usage_minutes", "minute"), ("usage_hours", "hour"),
+                                 ("usage_hourly_users", "hour, external_id"),
+                                 ("usage_hourly_models", "hour, model, provider"),
+                                 ("usage_daily_users", "day, external_id"), ("usage_daily_models", "day, model, provider")):
                 rows = (await conn.execute(text(f"SELECT * FROM {table} ORDER BY {order}"))).all()
                 out[table] = [tuple(round(v, 6) if isinstance(v, float) else v for v in row) for row in rows]
             return out
@@ -65,13 +67,14 @@ async def test_upgrade_rolls_up_existing_rows_like_the_runtime(empty_db_url: str
     finally:
         await engine.dispose()
     backfilled = await _rollups(empty_db_url)
+    assert all(backfilled.values())
     assert sum(row[1] for row in backfilled["usage_minutes"]) == 40  # `requests` follows `minute`
 
     # The runtime's write path over the same records, in a fresh database, gives the same rows.
     engine = create_engine(empty_db_url)
     try:
         async with engine.begin() as conn:
-            for table in ("usage_minutes", "usage_daily_users", "usage_daily_models", "usage_ledger"):
+            for table in (*backfilled, "usage_ledger"):
                 await conn.execute(text(f"DELETE FROM {table}"))
         await SqlLedger(session_factory(engine)).record_batch(records)
     finally:

@@ -11,7 +11,16 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from sentinel.db.models import LATENCY_BOUNDS_MS, UsageDailyModelRow, UsageDailyUserRow, UsageLedgerRow, UsageMinuteRow
+from sentinel.db.models import (
+    LATENCY_BOUNDS_MS,
+    UsageDailyModelRow,
+    UsageDailyUserRow,
+    UsageHourlyModelRow,
+    UsageHourlyUserRow,
+    UsageHourRow,
+    UsageLedgerRow,
+    UsageMinuteRow,
+)
 from sentinel.domain.usage import UsageRecord
 from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.rollups import latency_bucket, percentile
@@ -87,15 +96,17 @@ async def test_rollups_equal_the_ledger_also_when_batches_are_delivered_twice(
     assert await ledger.record_batch(batch[:400]) == 400
     assert await ledger.record_batch(batch) == 200  # 400 again: nothing new for them
     assert await ledger.record_batch(batch[100:300]) == 0
+    tables = (UsageMinuteRow, UsageHourRow, UsageHourlyUserRow, UsageHourlyModelRow, UsageDailyUserRow,
+              UsageDailyModelRow)
     for column in ("input_tokens", "output_tokens"):
         total = await _sum(sessions, getattr(UsageLedgerRow, column))
-        for table in (UsageMinuteRow, UsageDailyUserRow, UsageDailyModelRow):
+        for table in tables:
             assert await _sum(sessions, getattr(table, column)) == total, (table, column)
-    for table in (UsageMinuteRow, UsageDailyUserRow, UsageDailyModelRow):
+    for table in tables:
         assert await _sum(sessions, table.requests) == 600
         assert await _sum(sessions, table.errors) == sum(1 for r in batch if r.status >= 400)
-    histogram = sum([await _sum(sessions, getattr(UsageMinuteRow, f"lat_{i:02d}")) for i in range(20)])
-    assert histogram == 600
+    for table in (UsageMinuteRow, UsageHourRow):
+        assert sum([await _sum(sessions, getattr(table, f"lat_{i:02d}")) for i in range(20)]) == 600
 
 
 async def test_concurrent_overlapping_batches_roll_up_each_request_once(
@@ -121,6 +132,9 @@ async def test_series_buckets_sum_minutes_and_merge_histograms(sessions: async_s
     assert buckets[0].cost_usd == pytest.approx(0.25)
     assert buckets[0].histogram[latency_bucket(3)] == 1 and buckets[0].histogram[latency_bucket(150)] == 1
     assert sum(buckets[1].histogram) == 1 and buckets[0].latency_ms_sum == 153
+    hours = await UsageStats(sessions).series(MINUTE0 - MINUTE0 % 60, MINUTE0 - MINUTE0 % 60 + 120, 60)  # per-hour rollup
+    assert [(b.index, b.requests, b.input_tokens) for b in hours] == [(0, 4, 15)]
+    assert sum(hours[0].histogram) == 4 and hours[0].histogram[latency_bucket(9000)] == 1
 
 
 async def test_top_users_and_models_from_the_ledger_and_from_the_daily_rollups(
@@ -135,6 +149,13 @@ async def test_top_users_and_models_from_the_ledger_and_from_the_daily_rollups(
     assert [(r.name, r.requests, r.errors) for r in recent] == [("alice", 3, 0), ("carol", 1, 1)]
     monthly = await stats.top_users(first_day=DAY0 - 29, limit=2)
     assert [(r.name, r.requests) for r in monthly] == [("bob", 5), ("alice", 3)]
+    hourly = await stats.top_users(first_hour=int(T0.timestamp()) // 3600 - 1)
+    assert [(r.name, r.requests, r.errors) for r in hourly] == [("alice", 3, 0), ("carol", 1, 1)]
+    hourly_models = await stats.top_models(first_hour=int(T0.timestamp()) // 3600 - 100)
+    assert [(m.name, m.requests) for m in hourly_models] == [("gpt-4o-mini", 5), ("gpt-4o", 3), ("", 1)]
+    totals = await stats.user_totals("bob", DAY0 - 29)
+    assert (totals.requests, totals.input_tokens, totals.cost_usd) == (5, 50, pytest.approx(2.5))
+    assert (await stats.user_totals("bob", DAY0)).requests == 0
     models = await stats.top_models(since=T0 - timedelta(hours=1))
     assert [(m.name, m.provider, m.requests) for m in models] == [("gpt-4o", "openai", 3), ("", None, 1)]
     daily = await stats.top_models(first_day=DAY0 - 29)

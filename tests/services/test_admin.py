@@ -166,7 +166,8 @@ async def test_the_user_view_shows_live_counters_keys_and_recent_requests(setup:
     assert resets["output_tokens"] == datetime(2030, 3, 2, tzinfo=UTC)
     assert [k.id for k in view.keys] == [info.id]
     assert [r.request_id for r in view.recent] == ["r0", "r1", "r2"]
-    assert view.usage_30d == [{"model": "gpt-4o", "requests": 3, "input_tokens": 15, "output_tokens": 21}]
+    assert (view.usage_30d.requests, view.usage_30d.input_tokens, view.usage_30d.output_tokens) == (3, 15, 21)
+    assert view.models_24h == [{"model": "gpt-4o", "requests": 3, "input_tokens": 15, "output_tokens": 21}]
 
 
 # --- usage ---------------------------------------------------------------------------------------
@@ -204,10 +205,14 @@ async def test_overview_buckets_and_tops(setup: Setup) -> None:
     assert hour.series.totals.errors == 1 and hour.series.points[-1].error_rate == 1.0
     assert 50 <= (hour.series.totals.p50_ms or 0) <= 100
     assert [(r.name, r.requests) for r in hour.top_users] == [("u0", 30), ("u1", 30)]
+    assert hour.top_since == hour.series.start
     day = await setup.admin.overview("24h")
     assert len(day.series.points) == 96 and day.series.totals.requests == 90
+    assert day.top_since == datetime(2030, 2, 28, 12, 0, tzinfo=UTC)  # whole hours
+    assert sum(r.requests for r in day.top_users) == 90
     month = await setup.admin.overview("30d")
     assert len(month.series.points) == 120 and sum(r.requests for r in month.top_users) == 90
+    assert month.series.totals.requests == 90 and month.series.totals.errors == 1  # from the per-hour rollup
     with pytest.raises(InvalidRequest):
         await setup.admin.overview("2h")
 

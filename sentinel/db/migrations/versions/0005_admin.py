@@ -1,5 +1,5 @@
-"""Operator console: the audit log, the ledger's rollups (per minute, per day by user and by model)
-and an index on the ledger's finish time.
+"""Operator console: the audit log, the ledger's rollups (per minute and per hour with latency
+histograms; per hour and per day by user and by model) and an index on the ledger's finish time.
 
 Existing ledger rows are rolled up here once; from then on `SqlLedger.record_batch` keeps the
 rollups in step in the same transaction as the rows it inserts. The latency bounds are frozen
@@ -39,31 +39,36 @@ def _measures() -> list[sa.Column[Any]]:
     return [*(_count(m) for m in MEASURES), cost]
 
 
-def upgrade() -> None:
-    op.create_index("ix_usage_ledger_finished_at", "usage_ledger", ["finished_at"])
+def _series(name: str, key: str) -> None:
     op.create_table(
-        "usage_minutes",
-        sa.Column("minute", sa.BigInteger(), nullable=False, autoincrement=False),
+        name,
+        sa.Column(key, sa.BigInteger(), nullable=False, autoincrement=False),
         *_measures(),
         _count("latency_ms_sum"),
-        *(_count(name) for name in LAT),
-        sa.PrimaryKeyConstraint("minute", name="pk_usage_minutes"),
+        *(_count(lat) for lat in LAT),
+        sa.PrimaryKeyConstraint(key, name=f"pk_{name}"),
     )
+
+
+def _by(name: str, key: tuple[str, Any], *names: tuple[str, int]) -> None:
     op.create_table(
-        "usage_daily_users",
-        sa.Column("day", sa.Integer(), nullable=False, autoincrement=False),
-        sa.Column("external_id", sa.String(255), nullable=False),
+        name,
+        sa.Column(key[0], key[1], nullable=False, autoincrement=False),
+        *(sa.Column(column, sa.String(size), nullable=False) for column, size in names),
         *_measures(),
-        sa.PrimaryKeyConstraint("day", "external_id", name="pk_usage_daily_users"),
+        sa.PrimaryKeyConstraint(key[0], *(column for column, _ in names), name=f"pk_{name}"),
     )
-    op.create_table(
-        "usage_daily_models",
-        sa.Column("day", sa.Integer(), nullable=False, autoincrement=False),
-        sa.Column("model", sa.String(200), nullable=False),
-        sa.Column("provider", sa.String(100), nullable=False),
-        *_measures(),
-        sa.PrimaryKeyConstraint("day", "model", "provider", name="pk_usage_daily_models"),
-    )
+
+
+def upgrade() -> None:
+    op.create_index("ix_usage_ledger_finished_at", "usage_ledger", ["finished_at"])
+    _series("usage_minutes", "minute")
+    _series("usage_hours", "hour")
+    _by("usage_hourly_users", ("hour", sa.BigInteger()), ("external_id", 255))
+    _by("usage_hourly_models", ("hour", sa.BigInteger()), ("model", 200), ("provider", 100))
+    _by("usage_daily_users", ("day", sa.Integer()), ("external_id", 255))
+    op.create_index("ix_usage_daily_users_external_id_day", "usage_daily_users", ["external_id", "day"])
+    _by("usage_daily_models", ("day", sa.Integer()), ("model", 200), ("provider", 100))
     op.create_table(
         "audit_log",
         sa.Column("id", BIG_PK, autoincrement=True, nullable=False),
@@ -84,23 +89,24 @@ def _utc(value: Any) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _add(target: dict[str, float], row: Any) -> None:
+def _add(target: dict[str, float], row: Any, ms: int | None = None) -> None:
     target["requests"] += 1
     target["errors"] += 1 if row.status >= 400 else 0
     target["input_tokens"] += row.input_tokens
     target["output_tokens"] += row.output_tokens
     target["cost_usd"] += row.cost_usd or 0.0
+    if ms is not None:
+        target["latency_ms_sum"] += ms
+        target[LAT[sum(1 for bound in BOUNDS_MS if ms > bound)]] += 1
 
 
-def _blank(extra: Sequence[str] = ()) -> dict[str, float]:
-    return dict.fromkeys((*MEASURES, "cost_usd", *extra), 0)
+def _blank(series: bool = False) -> dict[str, float]:
+    return dict.fromkeys((*MEASURES, "cost_usd", *(("latency_ms_sum", *LAT) if series else ())), 0)
 
 
 def _backfill(bind: sa.Connection) -> None:
     """Roll up the rows already in the ledger (streamed, so a large ledger is not held in memory)."""
-    minutes: dict[int, dict[str, float]] = {}
-    users: dict[tuple[int, str], dict[str, float]] = {}
-    models: dict[tuple[int, str, str], dict[str, float]] = {}
+    groups: dict[str, dict[Any, dict[str, float]]] = {name: {} for name, _ in TABLES}
     query = sa.text(
         "SELECT external_id, model, provider, input_tokens, output_tokens, status, started_at, finished_at, cost_usd "
         "FROM usage_ledger"
@@ -110,25 +116,17 @@ def _backfill(bind: sa.Connection) -> None:
         finished = _utc(row.finished_at)
         seconds = int(finished.timestamp())
         ms = max(0, int((finished - _utc(row.started_at)).total_seconds() * 1000))
-        minute = minutes.setdefault(seconds // 60, _blank(["latency_ms_sum", *LAT]))
-        _add(minute, row)
-        minute["latency_ms_sum"] += ms
-        minute[LAT[sum(1 for bound in BOUNDS_MS if ms > bound)]] += 1
-        day = seconds // 86400
-        _add(users.setdefault((day, row.external_id), _blank()), row)
-        _add(models.setdefault((day, row.model or "", row.provider or ""), _blank()), row)
-    tables = (
-        ("usage_minutes", ("minute",), minutes),
-        ("usage_daily_users", ("day", "external_id"), users),
-        ("usage_daily_models", ("day", "model", "provider"), models),
-    )
-    for table, keys, groups in tables:
-        if not groups:
+        hour, day, model = seconds // 3600, seconds // 86400, (row.model or "", row.provider or "")
+        _add(groups["usage_minutes"].setdefault((seconds // 60,), _blank(True)), row, ms)
+        _add(groups["usage_hours"].setdefault((hour,), _blank(True)), row, ms)
+        _add(groups["usage_hourly_users"].setdefault((hour, row.external_id), _blank()), row)
+        _add(groups["usage_hourly_models"].setdefault((hour, *model), _blank()), row)
+        _add(groups["usage_daily_users"].setdefault((day, row.external_id), _blank()), row)
+        _add(groups["usage_daily_models"].setdefault((day, *model), _blank()), row)
+    for table, keys in TABLES:
+        rows = [{**dict(zip(keys, key, strict=True)), **values} for key, values in groups[table].items()]
+        if not rows:
             continue
-        rows: list[dict[str, Any]] = []
-        for key, values in groups.items():
-            parts = key if isinstance(key, tuple) else (key,)
-            rows.append({**dict(zip(keys, parts, strict=True)), **values})
         columns = list(rows[0])
         statement = sa.text(
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})"
@@ -137,10 +135,20 @@ def _backfill(bind: sa.Connection) -> None:
             bind.execute(statement, rows[start : start + 1000])
 
 
+TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("usage_minutes", ("minute",)),
+    ("usage_hours", ("hour",)),
+    ("usage_hourly_users", ("hour", "external_id")),
+    ("usage_hourly_models", ("hour", "model", "provider")),
+    ("usage_daily_users", ("day", "external_id")),
+    ("usage_daily_models", ("day", "model", "provider")),
+)
+
+
 def downgrade() -> None:
     op.drop_index("ix_audit_log_at", table_name="audit_log")
     op.drop_table("audit_log")
-    op.drop_table("usage_daily_models")
-    op.drop_table("usage_daily_users")
-    op.drop_table("usage_minutes")
+    op.drop_index("ix_usage_daily_users_external_id_day", table_name="usage_daily_users")
+    for table, _ in reversed(TABLES):
+        op.drop_table(table)
     op.drop_index("ix_usage_ledger_finished_at", table_name="usage_ledger")

@@ -40,7 +40,9 @@ def usd(value: float | None) -> str:
 
 
 def ms(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.0f} ms"
+    if value is None:
+        return "–"
+    return f"{value / 1000:,.2f} s" if value >= 1000 else f"{value:,.0f} ms"
 
 
 def pct(value: float) -> str:

@@ -79,9 +79,9 @@ def overview(view: Overview) -> str:
         empty="No requests in this period.", cls="top-users",
     )
     models = table(
-        ("Model", "Provider", "Requests", "Input", "Output", "Cost"),
-        ([e(r.name or "(none)"), e(r.provider or ""), num(r.requests), short(r.input_tokens), short(r.output_tokens),
-          usd(r.cost_usd)] for r in view.top_models),
+        ("Model", "Requests", "Input", "Output", "Cost"),
+        ([f'{e(r.name or "(none)")} <span class="provider">{e(r.provider or "")}</span>', num(r.requests),
+          short(r.input_tokens), short(r.output_tokens), usd(r.cost_usd)] for r in view.top_models),
         empty="No requests in this period.", cls="top-models",
     )
     return (

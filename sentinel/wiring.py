@@ -38,7 +38,7 @@ from sentinel.governance.tier_store import DbTiers, TierRepository
 from sentinel.governance.zion import ZionClient, ZionIdentitySource
 from sentinel.governance.zion_sources import ZionPlans, ZionSink, ZionTiers
 from sentinel.observability.metrics import Metrics
-from sentinel.observability.tracing import Tracing, build_tracing
+from sentinel.observability.tracing import NOOP_TRACING, Tracing, build_tracing
 from sentinel.providers.catalog import DEFAULT_MODELS, Catalog, ProviderSpec
 from sentinel.providers.chat import ChatProvider, make_provider
 from sentinel.providers.http import create_session
@@ -172,7 +172,7 @@ class Runtime:
     router: TierRouter
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     admin: AdminService | None = None
-    tracing: Tracing = field(default_factory=Tracing)
+    tracing: Tracing = NOOP_TRACING
 
 
 def build_admin(

@@ -282,6 +282,7 @@ class AdminService:
 
     async def set_tier(self, tier: str, entries: Sequence[str] | Sequence[TierModelEntry], actor: Actor) -> None:
         """Replace a tier's candidates (text lines `provider/model:cost[:in:out]` or entries)."""
+        self._tiers_editable()
         tier = check_tier(tier)
         parsed = [e for e in entries if isinstance(e, TierModelEntry)]
         if len(parsed) != len(entries):
@@ -294,8 +295,14 @@ class AdminService:
         shown = [f"{e.provider}/{e.model}:{e.relative_cost}" for e in parsed]
         await self._audit(actor, "tier.set", tier, {"to": shown})
 
+    def _tiers_editable(self) -> None:
+        if not self.builtin:
+            raise InvalidRequest("With GOVERNANCE=zion the tier table comes from Zion's tier config",
+                                 code="tiers_not_editable")
+
     async def reset_tier(self, tier: str | None, actor: Actor) -> None:
         """Drop the database's candidates of one tier (None: all); the catalog's table applies."""
+        self._tiers_editable()
         if tier is not None:
             check_tier(tier)
         await self.tier_repo.clear(tier)

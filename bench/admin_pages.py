@@ -126,6 +126,21 @@ async def seed(dsn: str, users: int, rows: int, skew: str) -> None:
             await conn.copy_records_to_table(table.__tablename__, columns=columns,
                                              records=[tuple(r[c] for c in columns) for r in items])
             sizes.append(f"{len(items):,} {table.__tablename__}")
+        # Every answer counted (what the request middleware writes): the served ones plus refusals.
+        rnd = random.Random(7)
+        answers: dict[str, dict[int, list[int]]] = {"request_minutes": {}, "request_hours": {}}
+        for row in rollup.rows()[0]:  # usage_minutes rows
+            refused, failed = rnd.randint(0, row["requests"] // 10 + 1), rnd.randint(0, 1)
+            counts = [row["requests"] + refused + failed, refused, refused // 2, failed]
+            answers["request_minutes"][row["minute"]] = counts
+            hour = answers["request_hours"].setdefault(row["minute"] // 60, [0, 0, 0, 0])
+            for i, value in enumerate(counts):
+                hour[i] += value
+        for table, key in (("request_minutes", "minute"), ("request_hours", "hour")):
+            await conn.copy_records_to_table(
+                table, columns=[key, "requests", "client_errors", "rate_limited", "server_errors"],
+                records=[(k, *v) for k, v in sorted(answers[table].items())],
+            )
         audit = [(now - timedelta(minutes=i), "admin", "key.create", f"key_{i:012x}", '{"user": "x"}', "127.0.0.1")
                  for i in range(2000)]
         await conn.copy_records_to_table("audit_log", records=audit,

@@ -71,6 +71,7 @@ class SentinelApp:
         self._http = RequestMiddleware(
             app,
             metrics=self.metrics, max_in_flight=s.max_in_flight, access_log_enabled=s.access_log,
+            outcomes=runtime.outcomes,
         )
         self.runtime = runtime
 

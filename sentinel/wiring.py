@@ -34,10 +34,12 @@ from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
 from sentinel.governance.ownership import Ownership
 from sentinel.governance.plan_source import BuiltinPlanSource, CachedPlans
 from sentinel.governance.plans import PlanRepository
+from sentinel.governance.request_stats import RequestStatsWriter
 from sentinel.governance.tier_store import DbTiers, TierRepository
 from sentinel.governance.zion import ZionClient, ZionIdentitySource
 from sentinel.governance.zion_sources import ZionPlans, ZionSink, ZionTiers
 from sentinel.observability.metrics import Metrics
+from sentinel.observability.outcomes import RequestOutcomes
 from sentinel.observability.tracing import NOOP_TRACING, Tracing, build_tracing
 from sentinel.providers.catalog import DEFAULT_MODELS, Catalog, ProviderSpec
 from sentinel.providers.chat import ChatProvider, make_provider
@@ -173,6 +175,7 @@ class Runtime:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     admin: AdminService | None = None
     tracing: Tracing = NOOP_TRACING
+    outcomes: RequestOutcomes | None = None
 
 
 def build_admin(
@@ -262,7 +265,10 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
         s, sessions, catalog_tiers=catalog.tiers, live=live, identities=authenticator, plan_cache=plans,
         db_tiers=governance.tiers if isinstance(governance.tiers, DbTiers) else None,
     )
+    outcomes = RequestOutcomes()
+    stats_writer = RequestStatsWriter(sessions, outcomes)
     deliverer.start()
+    stats_writer.start()
     return Runtime(
         settings=s,
         store=store,
@@ -271,8 +277,9 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
         relay=OpenAIRelay(openai, meter, Ownership(store), metrics),
         native=NativeChat(router, chat_providers, meter, counter),
         router=router,
-        closers=[lambda: deliverer.stop(s.shutdown_timeout_seconds), http.close, engine.dispose, store.close,
-                 lambda: asyncio.to_thread(tracing.shutdown)],
+        closers=[lambda: deliverer.stop(s.shutdown_timeout_seconds), http.close, stats_writer.stop, engine.dispose,
+                 store.close, lambda: asyncio.to_thread(tracing.shutdown)],
         admin=admin,
         tracing=tracing,
+        outcomes=outcomes,
     )

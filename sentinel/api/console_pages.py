@@ -53,22 +53,24 @@ def overview(view: Overview) -> str:
         _tile("Input tokens", short(totals.input_tokens), "input_tokens"),
         _tile("Output tokens", short(totals.output_tokens), "output_tokens"),
         _tile("Cost", usd(totals.cost_usd), "cost"),
-        _tile("Error rate", pct(totals.error_rate), "error_rate"),
+        _tile("Errors (5xx)", pct(totals.error_rate), "error_rate"),
+        _tile("Refused (4xx)", pct(totals.refused_rate), "refused_rate"),
         _tile("p50 latency", ms(totals.p50_ms), "p50"),
         _tile("p99 latency", ms(totals.p99_ms), "p99"),
         _tile("Outbox depth", num(view.outbox_depth), "outbox"),
     ])
     points, fmt = series.points, TIME_FORMATS.get(view.period, "%H:%M")
     starts = [p.start for p in points]
-    answered = [p.requests > 0 for p in points]
+    answered = [p.answers > 0 for p in points]
     charts = "".join([
         bar_chart("Requests", starts, SeriesData("requests", [p.requests for p in points]), num, fmt),
         line_chart("Tokens", starts, [SeriesData("input", [p.input_tokens for p in points]),
                                       SeriesData("output", [p.output_tokens for p in points])], short, fmt),
         bar_chart("Cost", starts, SeriesData("USD", [p.cost_usd for p in points]), usd, fmt),
-        line_chart("Error rate", starts, [SeriesData("errors", [p.error_rate if a else None
-                                                                for p, a in zip(points, answered, strict=True)])],
-                   pct, fmt),
+        line_chart("Errors and refusals", starts, [
+            SeriesData("5xx", [p.error_rate if a else None for p, a in zip(points, answered, strict=True)]),
+            SeriesData("4xx", [p.refused_rate if a else None for p, a in zip(points, answered, strict=True)]),
+        ], pct, fmt),
         line_chart("Latency", starts, [SeriesData("p50", [p.p50_ms for p in points]),
                                        SeriesData("p99", [p.p99_ms for p in points])], ms, fmt),
     ])

@@ -11,6 +11,7 @@ models mirror it (a test compares the two) and are what the repositories query w
     usage_minutes / usage_hours        per-minute and per-hour rollups of the ledger (+ latency histograms)
     usage_hourly_users / _models       per-hour rollups by user and by model
     usage_daily_users / _models        per-day rollups by user and by model
+    request_minutes / request_hours    every API answer by kind (refused and failed ones too)
     audit_log                          operator actions (plans, plan assignments, keys, tiers)
 
 The rollups are written in the ledger's own transaction, only for rows that were new, so they
@@ -325,6 +326,31 @@ class UsageDailyModelRow(_Measures, Base):
     day: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
     provider: Mapped[str] = mapped_column(String(100), primary_key=True)
+
+
+class _Answers:
+    """API answers (every `/v1` and `/native/v1` request, served or not) by kind."""
+
+    requests: Mapped[int] = _count()
+    client_errors: Mapped[int] = _count()
+    rate_limited: Mapped[int] = _count()
+    server_errors: Mapped[int] = _count()
+
+
+class RequestMinuteRow(_Answers, Base):
+    """API answers per minute, counted by every process (`sentinel.observability.outcomes`)."""
+
+    __tablename__ = "request_minutes"
+
+    minute: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+
+class RequestHourRow(_Answers, Base):
+    """API answers per hour."""
+
+    __tablename__ = "request_hours"
+
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
 
 
 class AuditLogRow(Base):

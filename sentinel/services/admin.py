@@ -35,6 +35,7 @@ from sentinel.governance.keys import ApiKeyInfo, KeyService
 from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.plan_source import CachedPlans
 from sentinel.governance.plans import PlanRepository
+from sentinel.governance.request_stats import RequestStats
 from sentinel.governance.tier_store import DbTiers, TierRepository
 from sentinel.governance.usage_stats import LedgerEntry, Ranked, UsageStats
 from sentinel.governance.users import UserDirectory, UserSummary
@@ -123,7 +124,7 @@ class AdminService:
         self.tier_repo = TierRepository(sessions)
         self.users = UserDirectory(sessions)
         self.ledger = SqlLedger(sessions)
-        self.reports = UsageReports(self.ledger, UsageStats(sessions), clock)
+        self.reports = UsageReports(self.ledger, UsageStats(sessions), RequestStats(sessions), clock)
         self.audit_log = AuditLog(sessions, clock)
         self.default_plan = default_plan
         self.catalog_tiers = catalog_tiers

@@ -1,7 +1,8 @@
 """Usage reports for operators: time series, top users and models, totals and the CSV export.
 
 Series come from the per-minute rollup (with a latency histogram: p50/p99 are estimated within a
-histogram bucket). An overview period is a fixed number of epoch-aligned buckets, the last one
+histogram bucket) and from the counts of every API answer (the error rates: refused and failed
+requests leave no usage record). An overview period is a fixed number of epoch-aligned buckets, the last one
 holding the current minute (the last 30 days: from the per-hour rollup). Top lists come from the
 ledger for the last hour (the same interval as the chart), from the per-hour rollups for the last
 day (whole hours) and from the per-day rollups for 30 days (whole UTC days). Totals per user and model come from the ledger itself, so the CSV export shows exactly what
@@ -21,6 +22,7 @@ from typing import Any
 from sentinel.domain.plans import parse_window
 from sentinel.errors import InvalidRequest
 from sentinel.governance.ledger import SqlLedger
+from sentinel.governance.request_stats import AnswerBucket, RequestStats
 from sentinel.governance.rollups import percentile
 from sentinel.governance.usage_stats import Bucket, Ranked, UsageStats
 
@@ -51,7 +53,14 @@ CSV_COLUMNS = ("external_id", "model", "requests", "input_tokens", "output_token
 
 @dataclass(frozen=True)
 class Point:
-    """One bucket of a series; p50/p99 (ms) are None for a bucket without requests."""
+    """One bucket of a series.
+
+    From the ledger (served requests): `requests`, `errors` (recorded with a status >= 400, e.g. a
+    stream cut short), tokens, cost and p50/p99 latency (ms; None without requests). From the
+    answer counts (every API request, refused and failed ones too): `answers`, `client_errors`
+    (4xx, `rate_limited` = the 429s among them) and `server_errors` (5xx); `error_rate` is the
+    5xx share of the answers, `refused_rate` the 4xx share.
+    """
 
     start: datetime
     requests: int
@@ -61,17 +70,27 @@ class Point:
     cost_usd: float
     p50_ms: float | None
     p99_ms: float | None
+    answers: int = 0
+    client_errors: int = 0
+    rate_limited: int = 0
+    server_errors: int = 0
 
     @property
     def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
+        return self.server_errors / self.answers if self.answers else 0.0
+
+    @property
+    def refused_rate(self) -> float:
+        return self.client_errors / self.answers if self.answers else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "start": self.start.isoformat(), "requests": self.requests, "errors": self.errors,
-            "error_rate": round(self.error_rate, 6), "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens, "cost_usd": round(self.cost_usd, 8),
-            "p50_ms": _ms(self.p50_ms), "p99_ms": _ms(self.p99_ms),
+            "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+            "cost_usd": round(self.cost_usd, 8), "p50_ms": _ms(self.p50_ms), "p99_ms": _ms(self.p99_ms),
+            "answers": self.answers, "client_errors": self.client_errors, "rate_limited": self.rate_limited,
+            "server_errors": self.server_errors, "error_rate": round(self.error_rate, 6),
+            "refused_rate": round(self.refused_rate, 6),
         }
 
 
@@ -115,8 +134,8 @@ def ranked_json(item: Ranked) -> dict[str, Any]:
     }
 
 
-def _point(start: datetime, buckets: list[Bucket]) -> Point:
-    """One point from zero or more buckets (their histograms merged)."""
+def _point(start: datetime, buckets: list[Bucket], answers: list[AnswerBucket]) -> Point:
+    """One point from zero or more buckets of each kind (histograms merged)."""
     width = len(buckets[0].histogram) if buckets else 0
     histogram = [sum(b.histogram[i] for b in buckets) for i in range(width)]
     return Point(
@@ -128,15 +147,21 @@ def _point(start: datetime, buckets: list[Bucket]) -> Point:
         sum(b.cost_usd for b in buckets),
         percentile(histogram, 0.50) if histogram else None,
         percentile(histogram, 0.99) if histogram else None,
+        sum(a.requests for a in answers),
+        sum(a.client_errors for a in answers),
+        sum(a.rate_limited for a in answers),
+        sum(a.server_errors for a in answers),
     )
 
 
 class UsageReports:
     """The read side of usage (see the module docstring). `clock` gives aware UTC datetimes."""
 
-    def __init__(self, ledger: SqlLedger, stats: UsageStats, clock: Callable[[], datetime]) -> None:
+    def __init__(self, ledger: SqlLedger, stats: UsageStats, answers: RequestStats,
+                 clock: Callable[[], datetime]) -> None:
         self.ledger = ledger
         self.stats = stats
+        self.answers = answers
         self.clock = clock
 
     async def series(self, since: datetime, until: datetime, step_minutes: int) -> Series:
@@ -149,12 +174,14 @@ class UsageReports:
             raise InvalidRequest(f"a series has 1 to {MAX_BUCKETS} buckets; use a longer step or a shorter range",
                                  details={"param": "step"})
         found = {b.index: b for b in await self.stats.series(first, end, step)}
+        answered = {a.index: a for a in await self.answers.series(first, end, step)}
         points = [
-            _point(datetime.fromtimestamp((first + i * step) * 60, UTC), [found[i]] if i in found else [])
+            _point(datetime.fromtimestamp((first + i * step) * 60, UTC), [found[i]] if i in found else [],
+                   [answered[i]] if i in answered else [])
             for i in range(count)
         ]
         start = datetime.fromtimestamp(first * 60, UTC)
-        return Series(start, step, points, _point(start, list(found.values())))
+        return Series(start, step, points, _point(start, list(found.values()), list(answered.values())))
 
     def bounds(self, period: Period) -> tuple[datetime, datetime]:
         """[start, end) of the period's buckets: the last one holds the current minute."""

@@ -170,6 +170,13 @@ def test_an_operator_flow_through_the_api(gw: Gateway) -> None:
             assert csv.headers["content-type"].startswith("text/csv") and "dave,gpt-4o-mini,2," in csv.text
             overview = client.get("/admin/api/overview", params={"period": "1h"}).json()
             assert overview["series"]["totals"]["requests"] >= 2 and overview["outbox_depth"] is not None
+
+            def answers() -> dict[str, int]:
+                return dict(client.get("/admin/api/overview", params={"period": "1h"}).json()["series"]["totals"])
+
+            # Every answer is counted (the 429 left no usage record), written every few seconds.
+            assert wait_for(lambda: answers()["rate_limited"] >= 1, timeout=20)
+            assert answers()["answers"] >= 3 and answers()["refused_rate"] > 0
             assert {p["provider"] for p in overview["providers"]} >= {"openai"}
             assert client.post(f"/admin/api/keys/{key_id}/revoke").json()["active"] is False
             assert user.post("/v1/chat/completions", json=CHAT).status_code == 401  # at once, despite the cache

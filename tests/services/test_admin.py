@@ -21,7 +21,9 @@ from sentinel.governance.keys import KeyService
 from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.plan_source import BuiltinPlanSource, CachedPlans
 from sentinel.governance.plans import PlanRepository
+from sentinel.governance.request_stats import RequestStatsWriter
 from sentinel.governance.tier_store import DbTiers, TierRepository
+from sentinel.observability.outcomes import RequestOutcomes
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import LimitInput, field_errors
@@ -202,7 +204,8 @@ async def test_overview_buckets_and_tops(setup: Setup) -> None:
     assert len(hour.series.points) == 60 and hour.series.step_minutes == 1
     assert hour.series.points[-1].start == datetime(2030, 3, 1, 12, 30, tzinfo=UTC)  # the current minute is last
     assert hour.series.totals.requests == 60  # minutes 0..59 back
-    assert hour.series.totals.errors == 1 and hour.series.points[-1].error_rate == 1.0
+    assert hour.series.totals.errors == 1 and hour.series.points[-1].errors == 1  # recorded with a 502
+    assert hour.series.totals.answers == 0 and hour.series.totals.error_rate == 0.0  # no answer was counted
     assert 50 <= (hour.series.totals.p50_ms or 0) <= 100
     assert [(r.name, r.requests) for r in hour.top_users] == [("u0", 30), ("u1", 30)]
     assert hour.top_since == hour.series.start
@@ -215,6 +218,17 @@ async def test_overview_buckets_and_tops(setup: Setup) -> None:
     assert month.series.totals.requests == 90 and month.series.totals.errors == 1  # from the per-hour rollup
     with pytest.raises(InvalidRequest):
         await setup.admin.overview("2h")
+
+
+async def test_error_rates_come_from_every_answer(setup: Setup) -> None:
+    outcomes = RequestOutcomes(FakeClock(NOW.timestamp()))
+    for status in (200, 200, 200, 200, 401, 429, 429, 502):
+        outcomes.record(status)
+    await RequestStatsWriter(setup.sessions, outcomes).flush()
+    totals = (await setup.admin.overview("1h")).series.totals
+    assert (totals.answers, totals.client_errors, totals.rate_limited, totals.server_errors) == (8, 3, 2, 1)
+    assert totals.error_rate == 1 / 8 and totals.refused_rate == 3 / 8
+    assert totals.requests == 0  # nothing reached the ledger
 
 
 # --- tiers ---------------------------------------------------------------------------------------

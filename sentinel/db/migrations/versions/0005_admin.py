@@ -1,5 +1,6 @@
 """Operator console: the audit log, the ledger's rollups (per minute and per hour with latency
-histograms; per hour and per day by user and by model) and an index on the ledger's finish time.
+histograms; per hour and per day by user and by model), counts of every API answer (per minute and
+per hour) and an index on the ledger's finish time.
 
 Existing ledger rows are rolled up here once; from then on `SqlLedger.record_batch` keeps the
 rollups in step in the same transaction as the rows it inserts. The latency bounds are frozen
@@ -69,6 +70,13 @@ def upgrade() -> None:
     _by("usage_daily_users", ("day", sa.Integer()), ("external_id", 255))
     op.create_index("ix_usage_daily_users_external_id_day", "usage_daily_users", ["external_id", "day"])
     _by("usage_daily_models", ("day", sa.Integer()), ("model", 200), ("provider", 100))
+    for name, key in (("request_minutes", "minute"), ("request_hours", "hour")):
+        op.create_table(
+            name,
+            sa.Column(key, sa.BigInteger(), nullable=False, autoincrement=False),
+            *(_count(c) for c in ("requests", "client_errors", "rate_limited", "server_errors")),
+            sa.PrimaryKeyConstraint(key, name=f"pk_{name}"),
+        )
     op.create_table(
         "audit_log",
         sa.Column("id", BIG_PK, autoincrement=True, nullable=False),
@@ -148,6 +156,8 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
 def downgrade() -> None:
     op.drop_index("ix_audit_log_at", table_name="audit_log")
     op.drop_table("audit_log")
+    op.drop_table("request_hours")
+    op.drop_table("request_minutes")
     op.drop_index("ix_usage_daily_users_external_id_day", table_name="usage_daily_users")
     for table, _ in reversed(TABLES):
         op.drop_table(table)

@@ -8,7 +8,7 @@ The routes are only registered with SENTINEL_ADMIN_KEY set. The document describ
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -118,9 +118,8 @@ class AdminApiRoutes:
         step = request.query_params.get("step", "1h")
         if step not in STEPS:
             raise refuse({"step": f"one of {', '.join(STEPS)}"})
-        since = moment_param(request, "since", now) or parse_moment("24h", now)
+        since = moment_param(request, "since", now) or now - timedelta(days=1)
         until = moment_param(request, "until", now) or now
-        assert since is not None
         series = await self.service.reports.series(since, until, STEPS[step])
         return json_response(series.to_json())
 

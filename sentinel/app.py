@@ -12,7 +12,11 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sentinel.api.admin_api import AdminApiRoutes
+from sentinel.api.admin_auth import AdminGate
+from sentinel.api.admin_openapi import build_admin_openapi
 from sentinel.api.anthropic import AnthropicRoutes
+from sentinel.api.console import ConsoleRoutes
 from sentinel.api.cors import CorsMiddleware
 from sentinel.api.debug import DebugRoutes
 from sentinel.api.deps import Deps
@@ -24,8 +28,10 @@ from sentinel.api.openai import OpenAIRoutes, PassthroughPolicy
 from sentinel.api.ops import OpsRoutes
 from sentinel.api.responses import endpoint_not_found
 from sentinel.api.throttle import FailedAuthThrottle
+from sentinel.api.tracing import TracingMiddleware
 from sentinel.config import Settings, reveal
 from sentinel.observability.metrics import Metrics
+from sentinel.observability.tracing import OtelTracing, Tracing
 from sentinel.wiring import Runtime, build_runtime
 
 log = logging.getLogger("sentinel.app")
@@ -34,15 +40,16 @@ log = logging.getLogger("sentinel.app")
 class SentinelApp:
     """The ASGI entry point. Requests are served by the routes built at startup."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, tracing: Tracing | None = None) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.metrics = Metrics()
         self.runtime: Runtime | None = None
         self._http: ASGIApp | None = None
 
     async def startup(self) -> None:
         s = self.settings
-        runtime = await build_runtime(s, self.metrics)
+        runtime = await build_runtime(s, self.metrics, self.tracing)
         throttle = FailedAuthThrottle(s.auth_failures_per_minute)
         deps = Deps(
             settings=s, store=runtime.store, metrics=self.metrics, authenticator=runtime.authenticator,
@@ -56,9 +63,18 @@ class SentinelApp:
             + DebugRoutes(deps, runtime.router).routes()
             + DocsRoutes(reveal(s.docs_api_key), throttle=throttle).routes()
         )
-        app: ASGIApp = RequestMiddleware(
-            Dispatcher(routes, not_found=endpoint_not_found),
+        admin_key = reveal(s.admin_key)
+        if admin_key and runtime.admin is not None:  # without the key, every /admin* path stays 404
+            gate = AdminGate(admin_key, throttle=throttle)
+            routes += AdminApiRoutes(deps, runtime.admin, gate, build_admin_openapi()).routes()
+            routes += ConsoleRoutes(runtime.admin, gate).routes()
+        app: ASGIApp = Dispatcher(routes, not_found=endpoint_not_found)
+        if isinstance(runtime.tracing, OtelTracing):
+            app = TracingMiddleware(app, runtime.tracing)
+        app = RequestMiddleware(
+            app,
             metrics=self.metrics, max_in_flight=s.max_in_flight, access_log_enabled=s.access_log,
+            outcomes=runtime.outcomes,
         )
         if s.cors_origin_list:
             app = CorsMiddleware(app, origins=s.cors_origin_list)
@@ -100,6 +116,7 @@ class SentinelApp:
                 return
 
 
-def create_app(settings: Settings) -> SentinelApp:
-    """Build (but do not start) a Sentinel app for `settings`."""
-    return SentinelApp(settings)
+def create_app(settings: Settings, *, tracing: Tracing | None = None) -> SentinelApp:
+    """Build (but do not start) a Sentinel app for `settings` (`tracing`: instead of the one the
+    settings choose, e.g. an in-memory exporter in tests)."""
+    return SentinelApp(settings, tracing=tracing)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sentinel.config import ConfigError, GovernanceKind, Settings, load_settings
+from sentinel.config import ConfigError, Settings, load_settings
 from sentinel.domain.tiers import TIERS
 
 log = logging.getLogger("sentinel.cli")
@@ -59,69 +59,83 @@ def cmd_mock(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- keys --------------------------------------------------------------------------------------
-async def _with_db(settings: Settings, fn: Callable[[Any], Awaitable[int | None]]) -> int | None:
+# --- keys, plans, users, usage, tiers: through the admin service ---------------------------------
+def _actor() -> Any:
+    from sentinel.services.admin import Actor
+
+    return Actor("cli")
+
+
+async def _with_admin(settings: Settings, fn: Callable[[Any], Awaitable[int | None]]) -> int | None:
+    """Run `fn(admin_service)` on the configured database (and store, whose caches it updates)."""
     from sentinel.db.engine import create_engine, migrate, session_factory
+    from sentinel.store import create_store
+    from sentinel.wiring import build_cli_admin
 
     engine = create_engine(settings.database_url)
+    store = create_store(settings.redis_url, timeout=settings.redis_timeout_seconds)
     try:
         await migrate(engine)
-        return await fn(session_factory(engine))
+        return await fn(build_cli_admin(settings, session_factory(engine), store))
     finally:
+        await store.close()
         await engine.dispose()
+
+
+def _refused(exc: Any) -> str:
+    """One line for a refused operator input (the first field's message when there are fields)."""
+    from sentinel.services.admin_forms import field_errors
+
+    fields = field_errors(exc)
+    return "; ".join(f"{k}: {v}" for k, v in fields.items()) if fields else exc.message
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from sentinel.errors import InvalidRequest
-    from sentinel.governance.keys import KeyService
 
-    settings = _settings()
-
-    async def go(sessions: Any) -> int:
-        keys = KeyService(sessions, require_email=settings.governance is GovernanceKind.zion)
+    async def go(admin: Any) -> int:
         try:
-            info, key = await keys.create_key(args.external_id, args.name, email=args.email)
+            info, key = await admin.create_key(args.external_id, args.name, args.email, _actor())
         except InvalidRequest as exc:
-            print(f"sentinel: {exc.message}", file=sys.stderr)
+            print(f"sentinel: {_refused(exc)}", file=sys.stderr)
             return 2
         print(f"created key {info.id} ({info.prefix}...) for {info.external_id}; it is shown only once:")
         print(key)
         return 0
 
-    return _run(_with_db(settings, go))
+    return _run(_with_admin(_settings(), go))
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    from sentinel.governance.keys import KeyService
-
-    async def go(sessions: Any) -> None:
-        rows = await KeyService(sessions).list_keys(args.user)
+    async def go(admin: Any) -> None:
+        rows = await admin.keys.list_keys(args.user)
         print(f"{'KEY ID':<18} {'USER':<24} {'PREFIX':<22} {'NAME':<20} {'CREATED':<20} STATUS")
         for k in rows:
             status = "revoked" if k.revoked_at else "active"
             created = k.created_at.strftime("%Y-%m-%d %H:%M:%S")
             print(f"{k.id:<18} {k.external_id:<24} {k.prefix:<22} {(k.name or ''):<20} {created:<20} {status}")
 
-    return _run(_with_db(_settings(), go))
+    return _run(_with_admin(_settings(), go))
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from sentinel.governance.keys import KeyService
+    from sentinel.errors import NotFound
 
-    async def go(sessions: Any) -> int:
-        if await KeyService(sessions).revoke(args.key_id):
-            print(f"revoked {args.key_id} (cached validations expire within JWT_CACHE_TTL_SECONDS)")
-            return 0
-        print(f"sentinel: no such key: {args.key_id}", file=sys.stderr)
-        return 1
+    async def go(admin: Any) -> int:
+        try:
+            await admin.revoke_key(args.key_id, _actor())
+        except NotFound:
+            print(f"sentinel: no such key: {args.key_id}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.key_id} (cached validations expire within JWT_CACHE_TTL_SECONDS)")
+        return 0
 
-    return _run(_with_db(_settings(), go))
+    return _run(_with_admin(_settings(), go))
 
 
-# --- plans, users, usage ------------------------------------------------------------------------
 def cmd_plans_set(args: argparse.Namespace) -> int:
     from sentinel.domain.plans import Limit, parse_limit, parse_window
-    from sentinel.governance.plans import PlanRepository
+    from sentinel.errors import InvalidRequest
 
     try:
         limits: list[Limit] = [parse_limit(item) for item in args.limit or []]
@@ -136,74 +150,55 @@ def cmd_plans_set(args: argparse.Namespace) -> int:
         print(f"sentinel: {exc}", file=sys.stderr)
         return 2
 
-    async def go(sessions: Any) -> None:
-        repo = PlanRepository(sessions)
-        merged = limits
-        if args.add:
-            existing = await repo.get_plan(args.name)
-            new_keys = {(lim.metric, lim.window_seconds) for lim in limits}
-            kept = [lim for lim in (existing.limits if existing else ()) if (lim.metric, lim.window_seconds) not in new_keys]
-            merged = kept + limits
-        await repo.set_plan(args.name, merged)
-        plan = await repo.get_plan(args.name)
-        shown = ", ".join(str(lim) for lim in plan.limits) if plan else ""
+    async def go(admin: Any) -> int:
+        try:
+            plan = await admin.save_plan(args.name, limits, _actor(), merge=args.add)
+        except InvalidRequest as exc:
+            print(f"sentinel: {_refused(exc)}", file=sys.stderr)
+            return 2
+        shown = ", ".join(str(lim) for lim in plan.limits)
         print(f"plan {args.name}: {shown or 'no limits'} (applies within CACHE_TTL_SECONDS)")
+        return 0
 
-    return _run(_with_db(_settings(), go))
+    return _run(_with_admin(_settings(), go))
 
 
 def cmd_plans_list(args: argparse.Namespace) -> int:
-    from sentinel.governance.plans import PlanRepository
-
-    async def go(sessions: Any) -> None:
-        for plan in await PlanRepository(sessions).list_plans():
+    async def go(admin: Any) -> None:
+        for plan, _users in await admin.plans():
             print(f"{plan.name}: {', '.join(str(lim) for lim in plan.limits) or 'no limits'}")
 
-    return _run(_with_db(_settings(), go))
+    return _run(_with_admin(_settings(), go))
 
 
 def cmd_users_set_plan(args: argparse.Namespace) -> int:
-    from sentinel.errors import NotFound
-    from sentinel.governance.plans import PlanRepository
+    from sentinel.errors import InvalidRequest, NotFound
 
-    async def go(sessions: Any) -> int:
+    async def go(admin: Any) -> int:
         try:
-            await PlanRepository(sessions).set_user_plan(args.external_id, args.plan)
-        except NotFound as exc:
+            await admin.set_user_plan(args.external_id, args.plan, _actor())
+        except (NotFound, InvalidRequest) as exc:
             print(f"sentinel: {exc.message}", file=sys.stderr)
             return 1
         print(f"user {args.external_id} is on plan {args.plan} (applies within CACHE_TTL_SECONDS)")
         return 0
 
-    return _run(_with_db(_settings(), go))
-
-
-def _parse_since(text: str | None) -> Any:
-    from datetime import UTC, datetime, timedelta
-
-    from sentinel.domain.plans import parse_window
-
-    if text is None:
-        return None
-    try:
-        return datetime.now(UTC) - timedelta(seconds=parse_window(text))
-    except ValueError:
-        pass
-    moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return _run(_with_admin(_settings(), go))
 
 
 def cmd_usage_show(args: argparse.Namespace) -> int:
-    from sentinel.governance.ledger import SqlLedger
+    from datetime import UTC, datetime
+
+    from sentinel.services.admin_usage import parse_moment
 
     try:
-        since = _parse_since(args.since)
+        since = parse_moment(args.since, datetime.now(UTC))
     except ValueError:
         print(f"sentinel: --since takes a window (1h, 7d) or an ISO date, got {args.since!r}", file=sys.stderr)
         return 2
 
-    async def go(sessions: Any) -> None:
-        rows = await SqlLedger(sessions).totals(args.external_id, since)
+    async def go(admin: Any) -> None:
+        rows = await admin.usage_totals(args.external_id, since)
         print(f"{'MODEL':<32} {'REQUESTS':>10} {'INPUT TOKENS':>14} {'OUTPUT TOKENS':>14}")
         total = {"requests": 0, "input_tokens": 0, "output_tokens": 0}
         for row in rows:
@@ -212,49 +207,60 @@ def cmd_usage_show(args: argparse.Namespace) -> int:
                 total[k] += row[k]
         print(f"{'TOTAL':<32} {total['requests']:>10} {total['input_tokens']:>14} {total['output_tokens']:>14}")
 
-    return _run(_with_db(_settings(), go))
+    return _run(_with_admin(_settings(), go))
+
+
+def cmd_usage_export(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from sentinel.services.admin_usage import parse_moment
+
+    now = datetime.now(UTC)
+    try:
+        since, until = parse_moment(args.since, now), parse_moment(args.until, now)
+    except ValueError:
+        print("sentinel: --since/--until take a window (1h, 7d) or an ISO date", file=sys.stderr)
+        return 2
+
+    async def go(admin: Any) -> None:
+        sys.stdout.write(await admin.usage_csv(since, until))
+
+    return _run(_with_admin(_settings(), go))
 
 
 def cmd_tiers_set(args: argparse.Namespace) -> int:
-    from sentinel.governance.tier_store import TierRepository, parse_entry
+    from sentinel.errors import InvalidRequest
 
-    try:
-        entries = [parse_entry(item) for item in args.entries]
-    except ValueError as exc:
-        print(f"sentinel: {exc}", file=sys.stderr)
-        return 2
-
-    async def go(sessions: Any) -> None:
-        await TierRepository(sessions).set_tier(args.tier, entries)
+    async def go(admin: Any) -> int:
+        try:
+            await admin.set_tier(args.tier, list(args.entries), _actor())
+        except InvalidRequest as exc:
+            print(f"sentinel: {_refused(exc)}", file=sys.stderr)
+            return 2
+        entries = (await admin.tiers()).overrides.get(args.tier, [])
         shown = ", ".join(f"{e.provider}/{e.model} (cost {e.relative_cost})" for e in entries)
         print(f"tier {args.tier}: {shown} (applies within TIER_CONFIG_TTL_SECONDS)")
+        return 0
 
-    return _run(_with_db(_settings(), go))
+    return _run(_with_admin(_settings(), go))
 
 
 def cmd_tiers_show(args: argparse.Namespace) -> int:
-    from sentinel.governance.tier_store import DbTiers, TierRepository
-    from sentinel.wiring import build_catalog
-
-    settings = _settings()
-
-    async def go(sessions: Any) -> None:
-        table = await DbTiers(TierRepository(sessions), build_catalog(settings).tiers, 1).table()
+    async def go(admin: Any) -> None:
+        table = (await admin.tiers()).effective
         for tier in TIERS:
             shown = ", ".join(f"{e.provider}/{e.model} (cost {e.relative_cost})" for e in table.get(tier, []))
             print(f"{tier}: {shown or '(none)'}")
 
-    return _run(_with_db(settings, go))
+    return _run(_with_admin(_settings(), go))
 
 
 def cmd_tiers_reset(args: argparse.Namespace) -> int:
-    from sentinel.governance.tier_store import TierRepository
-
-    async def go(sessions: Any) -> None:
-        await TierRepository(sessions).clear(args.tier)
+    async def go(admin: Any) -> None:
+        await admin.reset_tier(args.tier, _actor())
         print(f"tier table reset for {args.tier or 'all tiers'} (the providers file or defaults apply)")
 
-    return _run(_with_db(_settings(), go))
+    return _run(_with_admin(_settings(), go))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("external_id")
     p.add_argument("--since", default=None, help="a window back from now (1h, 7d) or an ISO date")
     p.set_defaults(fn=cmd_usage_show)
+    p = usage.add_parser("export", help="usage per user and model as CSV (what the console exports)")
+    p.add_argument("--since", default=None, help="a window back from now (1h, 7d) or an ISO date")
+    p.add_argument("--until", default=None, help="a window back from now or an ISO date (default: now)")
+    p.set_defaults(fn=cmd_usage_export)
     tiers = sub.add_parser("tiers", help="the built-in tier table").add_subparsers(dest="tiers_command", required=True)
     p = tiers.add_parser("set", help="replace a tier's candidates")
     p.add_argument("tier", choices=TIERS)

@@ -45,7 +45,9 @@ def env(name: str, default: Any, **constraints: Any) -> Any:
 
 
 # Settings whose values are never shown (not in errors, not in logs, not in repr).
-SECRET_FIELDS = frozenset({"openai_api_key", "anthropic_api_key", "zion_api_key", "jwt_secret", "docs_api_key"})
+SECRET_FIELDS = frozenset(
+    {"openai_api_key", "anthropic_api_key", "zion_api_key", "jwt_secret", "docs_api_key", "admin_key"}
+)
 
 
 def reveal(value: SecretStr | str | None) -> str | None:
@@ -117,6 +119,13 @@ class Settings(BaseSettings):
     cache_ttl_seconds: int = env("CACHE_TTL_SECONDS", 300, ge=1)
     governance_grace_seconds: int = env("GOVERNANCE_GRACE_SECONDS", 900, ge=0)
     docs_api_key: SecretStr | None = env("DOCS_API_KEY", None)
+    # The operator console and admin API (`/admin*`): without it every `/admin*` path is 404.
+    admin_key: SecretStr | None = env("SENTINEL_ADMIN_KEY", None)
+
+    # --- observability --------------------------------------------------------------------------
+    # OTLP/HTTP collector base URL (traces go to <url>/v1/traces); unset: no tracing at all.
+    otel_endpoint: str | None = env("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    otel_service_name: str = env("OTEL_SERVICE_NAME", "sentinel")
 
     # --- quotas and usage -----------------------------------------------------------------------
     default_plan: str = env("DEFAULT_PLAN", "requests=100/60s")
@@ -196,7 +205,19 @@ class Settings(BaseSettings):
             raise ValueError("must be sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
         return value
 
-    @field_validator("openai_api_url", "anthropic_api_url", "zion_api_url", "jwt_jwks_url")
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        secret = value.get_secret_value()
+        if len(secret) < 16:
+            raise ValueError("must be at least 16 characters")
+        if secret.startswith("sk-sentinel-"):
+            raise ValueError("must not look like a user API key (sk-sentinel-...): the admin credential is separate")
+        return value
+
+    @field_validator("openai_api_url", "anthropic_api_url", "zion_api_url", "jwt_jwks_url", "otel_endpoint")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value in (None, ""):

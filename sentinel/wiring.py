@@ -42,10 +42,13 @@ from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
 from sentinel.governance.ownership import Ownership
 from sentinel.governance.plan_source import BuiltinPlanSource, CachedPlans
 from sentinel.governance.plans import PlanRepository
+from sentinel.governance.request_stats import RequestStatsWriter
 from sentinel.governance.tier_store import DbTiers, TierRepository
 from sentinel.governance.zion import ZionClient, ZionIdentitySource
 from sentinel.governance.zion_sources import ZionPlans, ZionSink, ZionTiers
 from sentinel.observability.metrics import Metrics
+from sentinel.observability.outcomes import RequestOutcomes
+from sentinel.observability.tracing import NOOP_TRACING, Tracing, build_tracing
 from sentinel.providers.anthropic import AnthropicUpstream
 from sentinel.providers.catalog import DEFAULT_MODELS, WELL_KNOWN_MODELS, Catalog, ProviderSpec
 from sentinel.providers.chat import ChatProvider, make_provider
@@ -63,6 +66,8 @@ from sentinel.routing.model_routes import ModelRoutes
 from sentinel.routing.router import TierRouter
 from sentinel.routing.selection import WeightedSelector
 from sentinel.routing.sessions import SessionStore
+from sentinel.services.admin import AdminService
+from sentinel.services.admin_live import LiveState
 from sentinel.services.messages import MessagesService
 from sentinel.services.models import ModelList
 from sentinel.services.native_chat import NativeChat
@@ -208,17 +213,53 @@ class Runtime:
     native: NativeChat
     router: TierRouter
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    admin: AdminService | None = None
+    tracing: Tracing = NOOP_TRACING
+    outcomes: RequestOutcomes | None = None
 
 
-async def build_runtime(s: Settings, metrics: Metrics) -> Runtime:
-    """Open the shared clients and build every service (call inside the running event loop)."""
+def build_admin(
+    s: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    catalog_tiers: TierTable,
+    live: LiveState | None = None,
+    identities: Authenticator | None = None,
+    plan_cache: CachedPlans | None = None,
+    db_tiers: DbTiers | None = None,
+) -> AdminService:
+    """The operator service (console, admin API, CLI) on the database and what of the runtime is given."""
+    zion = s.governance is GovernanceKind.zion
+    return AdminService(
+        sessions, keys=KeyService(sessions, require_email=zion), default_plan=parse_plan_spec(s.default_plan, "default"),
+        catalog_tiers=catalog_tiers, live=live, identities=identities, plan_cache=plan_cache, db_tiers=db_tiers,
+        builtin=not zion,
+    )
+
+
+def build_cli_admin(s: Settings, sessions: async_sessionmaker[AsyncSession], store: Store) -> AdminService:
+    """The operator service for the command line: the database, plus the store's caches so that a
+    revoked key or a changed plan applies at once on a shared Redis."""
+    plan_cache = CachedPlans(
+        store, BuiltinPlanSource(PlanRepository(sessions), parse_plan_spec(s.default_plan, "default")),
+        ttl=s.cache_ttl_seconds, grace=s.governance_grace_seconds,
+    )
+    identities = Authenticator(store, api_keys=None, ttl=s.jwt_cache_ttl_seconds, grace=s.governance_grace_seconds)
+    return build_admin(s, sessions, catalog_tiers=build_catalog(s).tiers, identities=identities, plan_cache=plan_cache)
+
+
+async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None = None) -> Runtime:
+    """Open the shared clients and build every service (call inside the running event loop).
+
+    `tracing` replaces the one OTEL_EXPORTER_OTLP_ENDPOINT selects (tests pass an in-memory one)."""
+    tracing = tracing or build_tracing(s.otel_endpoint, s.otel_service_name)
     store = create_store(s.redis_url, timeout=s.redis_timeout_seconds)
     engine = create_engine(s.database_url)
     await migrate(engine)
     sessions = session_factory(engine)
     http = create_session(
         read_timeout=s.upstream_timeout_seconds, connect_timeout=s.upstream_connect_timeout_seconds,
-        keepalive=s.upstream_keepalive_seconds,
+        keepalive=s.upstream_keepalive_seconds, trace_configs=tracing.trace_configs(),
     )
     local_ttl = LOCAL_CACHE_SECONDS if s.redis_url else 0.0
     file = read_providers_file(s)
@@ -251,8 +292,9 @@ async def build_runtime(s: Settings, metrics: Metrics) -> Runtime:
     )
     outbox = DurableOutbox(SqlOutbox(sessions, lease_seconds=s.usage_lease_seconds), stream_outbox)
     deliverer = UsageDeliverer(outbox, governance.sink, metrics, interval=s.usage_flush_interval_seconds)
+    limiter = QuotaLimiter(store)
     meter = QuotaMeter(
-        plans=plans, limiter=QuotaLimiter(store), local_limiter=LocalLimiter(), failure_mode=s.quota_failure_mode,
+        plans=plans, limiter=limiter, local_limiter=LocalLimiter(), failure_mode=s.quota_failure_mode,
         counter=counter, outbox=outbox, metrics=metrics, default_max_output=s.default_max_output_tokens,
     )
     chat_providers: dict[str, ChatProvider] = {
@@ -278,7 +320,18 @@ async def build_runtime(s: Settings, metrics: Metrics) -> Runtime:
     }
     routes = ModelRoutes(health)
     translated = TranslatedChat(chat_providers, meter, counter, metrics, default_max_tokens=s.default_max_output_tokens)
+    live = LiveState(
+        plans=plans, limiter=limiter, health=router.health, tiers=governance.tiers, providers=set(chat_providers),
+        sessions=router.sessions, outbox=outbox,
+    )
+    admin = build_admin(
+        s, sessions, catalog_tiers=catalog.tiers, live=live, identities=authenticator, plan_cache=plans,
+        db_tiers=governance.tiers if isinstance(governance.tiers, DbTiers) else None,
+    )
+    outcomes = RequestOutcomes()
+    stats_writer = RequestStatsWriter(sessions, outcomes)
     deliverer.start()
+    stats_writer.start()
     return Runtime(
         settings=s,
         store=store,
@@ -293,5 +346,9 @@ async def build_runtime(s: Settings, metrics: Metrics) -> Runtime:
         models=ModelList(catalogue, meter),
         native=NativeChat(router, chat_providers, meter, counter),
         router=router,
-        closers=[lambda: deliverer.stop(s.shutdown_timeout_seconds), http.close, engine.dispose, store.close],
+        closers=[lambda: deliverer.stop(s.shutdown_timeout_seconds), http.close, stats_writer.stop, engine.dispose,
+                 store.close, lambda: asyncio.to_thread(tracing.shutdown)],
+        admin=admin,
+        tracing=tracing,
+        outcomes=outcomes,
     )

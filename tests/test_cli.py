@@ -78,3 +78,41 @@ def test_plans_users_usage_commands(tmp_path: Path) -> None:
     assert lines["gpt-4o"] == ["2", "30", "3"]
     assert lines["gpt-4o-mini"] == ["1", "30", "3"]
     assert lines["TOTAL"] == ["3", "60", "6"]
+    exported = run(["usage", "export", "--since", "1d"], env).stdout.splitlines()
+    assert exported[1:] == ["carol,gpt-4o,2,30,3,0", "carol,gpt-4o-mini,1,30,3,0"]  # the same figures
+
+
+def test_cli_changes_go_through_the_admin_service(tmp_path: Path) -> None:
+    """Plans, plan assignments, keys and tiers from the CLI are checked like the console's and audited
+    with actor `cli`; `usage export` prints the console's CSV."""
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    bad_name = run(["plans", "set", "bad name", "--limit", "requests=5/1m"], env)
+    assert bad_name.returncode == 2 and "name" in bad_name.stderr
+    assert run(["plans", "set", "pro", "--limit", "requests=5/1m"], env).returncode == 0
+    assert run(["users", "set-plan", "dora", "pro"], env).returncode == 0
+    key_id = run(["keys", "create", "dora"], env).stdout.split()[2]
+    assert run(["keys", "revoke", key_id], env).returncode == 0
+    bad_tier = run(["tiers", "set", "simple", "openai/gpt-4o:42"], env)
+    assert bad_tier.returncode == 2 and "relative cost" in bad_tier.stderr
+    assert run(["tiers", "set", "simple", "openai/gpt-4o:2:2.5:10"], env).returncode == 0
+    assert "simple: openai/gpt-4o (cost 2)" in run(["tiers", "show"], env).stdout
+
+    import asyncio
+
+    from sentinel.db.engine import create_engine, session_factory
+    from sentinel.governance.audit import AuditLog
+
+    async def audit() -> list[tuple[str, str, str]]:
+        engine = create_engine(env["DATABASE_URL"])
+        try:
+            return [(e.actor, e.action, e.target) for e in await AuditLog(session_factory(engine)).recent()]
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(audit()) == [
+        ("cli", "tier.set", "simple"), ("cli", "key.revoke", key_id), ("cli", "key.create", key_id),
+        ("cli", "user.plan", "dora"), ("cli", "plan.create", "pro"),
+    ]
+    exported = run(["usage", "export", "--since", "30d"], env)
+    assert exported.returncode == 0
+    assert exported.stdout.splitlines() == ["external_id,model,requests,input_tokens,output_tokens,cost_usd"]

@@ -74,3 +74,24 @@ def test_providers_file_catalogue(tmp_path: Path) -> None:
         path.write_text(bad)
         with pytest.raises(ConfigError, match="SENTINEL_CONFIG"):
             load_providers_file(path)
+
+
+def test_console_and_tracing_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SENTINEL_ADMIN_KEY", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    off = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert off.admin_key is None and off.otel_endpoint is None and off.otel_service_name == "sentinel"
+    monkeypatch.setenv("SENTINEL_ADMIN_KEY", "a-long-enough-admin-key")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")
+    on = load_settings()
+    assert on.admin_key is not None and on.admin_key.get_secret_value() == "a-long-enough-admin-key"
+    assert "a-long-enough-admin-key" not in repr(on)
+    assert on.otel_endpoint == "http://collector:4318"
+
+
+@pytest.mark.parametrize("value", ["too-short", "sk-sentinel-looks-like-a-user-key"])
+def test_a_weak_or_confusable_admin_key_is_refused_without_being_shown(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("SENTINEL_ADMIN_KEY", value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "SENTINEL_ADMIN_KEY" in str(refused.value) and value not in str(refused.value)

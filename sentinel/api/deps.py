@@ -33,14 +33,16 @@ class Deps:
         often this minute (checked before any lookup)."""
         client = request.scope.get("client")
         address = client[0] if client else None
-        self.throttle.check(address)
-        try:
-            token = parse_credential(request.headers.get("authorization"), request.headers.get("x-api-key"))
-            identity = await self.authenticator.authenticate(token)
-        except AuthenticationError:
-            self.throttle.failed(address)
-            raise
-        context(request.scope).external_id = identity.external_id
+        ctx = context(request.scope)
+        with ctx.spans.span("sentinel.auth"):
+            self.throttle.check(address)
+            try:
+                token = parse_credential(request.headers.get("authorization"), request.headers.get("x-api-key"))
+                identity = await self.authenticator.authenticate(token)
+            except AuthenticationError:
+                self.throttle.failed(address)
+                raise
+        ctx.external_id = identity.external_id
         return identity
 
     async def read_body(self, request: Request) -> bytes:

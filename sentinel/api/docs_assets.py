@@ -47,12 +47,13 @@ class Asset:
 
 
 class DocsAssets:
-    """The allow-listed files, loaded from the installed package."""
+    """The allow-listed files (`files`: public name -> (path under sentinel/api/static, content
+    type); the docs page's by default), loaded from the installed package."""
 
-    def __init__(self) -> None:
+    def __init__(self, files: dict[str, tuple[str, str]] | None = None) -> None:
         root = resources.files("sentinel.api").joinpath("static")
         self._assets: dict[str, Asset] = {}
-        for name, (relative, content_type) in FILES.items():
+        for name, (relative, content_type) in (FILES if files is None else files).items():
             body = root.joinpath(relative).read_bytes()
             etag = b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
             integrity = "sha384-" + base64.b64encode(hashlib.sha384(body).digest()).decode()

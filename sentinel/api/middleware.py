@@ -28,19 +28,25 @@ from sentinel.api.surfaces import render_error, surface_headers
 from sentinel.errors import InternalError, MethodNotAllowed, Overloaded, SentinelError
 from sentinel.observability.logging import request_id_var
 from sentinel.observability.metrics import Metrics
+from sentinel.observability.outcomes import RequestOutcomes
 
 log = logging.getLogger("sentinel.request")
 access_log = logging.getLogger("sentinel.access")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _UNLIMITED_PREFIXES = ("/health", "/metrics")
+_API_ROUTES = ("/v1/", "/native/v1/")  # the answers counted for the console's error rate
 
 
 class RequestMiddleware:
     """See the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_in_flight: int, access_log_enabled: bool = True) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, max_in_flight: int, access_log_enabled: bool = True,
+        outcomes: RequestOutcomes | None = None,
+    ) -> None:
         self.app = app
+        self.outcomes = outcomes
         self.metrics = metrics
         self.max_in_flight = max_in_flight
         self.in_flight = 0
@@ -123,6 +129,8 @@ class RequestMiddleware:
                 self._children[key] = children
         children[0].inc()
         children[1].observe(elapsed)
+        if self.outcomes is not None and ctx.route.startswith(_API_ROUTES):
+            self.outcomes.record(ctx.status)
         if ctx.upstream_status is not None:
             children[2].observe(max(0.0, elapsed - ctx.upstream_seconds))
         if self.access_log_enabled:

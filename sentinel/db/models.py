@@ -8,6 +8,14 @@ models mirror it (a test compares the two) and are what the repositories query w
     users.plan_name                    names a plan; FK-less so deleting a plan never blocks
     usage_ledger                       one row per request, request_id unique (exactly-once)
     usage_outbox                       durable queue of usage rows waiting for a remote ledger
+    usage_minutes / usage_hours        per-minute and per-hour rollups of the ledger (+ latency histograms)
+    usage_hourly_users / _models       per-hour rollups by user and by model
+    usage_daily_users / _models        per-day rollups by user and by model
+    request_minutes / request_hours    every API answer by kind (refused and failed ones too)
+    audit_log                          operator actions (plans, plan assignments, keys, tiers)
+
+The rollups are written in the ledger's own transaction, only for rows that were new, so they
+hold exactly what the ledger holds (see `sentinel.governance.rollups`).
 """
 
 from __future__ import annotations
@@ -163,6 +171,7 @@ class UsageLedgerRow(Base):
     __table_args__ = (
         CheckConstraint(_one_of("usage_source", USAGE_SOURCES), name="usage_source"),
         Index("ix_usage_ledger_external_id_finished_at", "external_id", "finished_at"),
+        Index("ix_usage_ledger_finished_at", "finished_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
@@ -218,3 +227,150 @@ class TierModelRow(Base):
     relative_cost: Mapped[int] = mapped_column(Integer, nullable=False)
     input_price_per_million: Mapped[float] = mapped_column(Float, nullable=False, server_default=text("0"))
     output_price_per_million: Mapped[float] = mapped_column(Float, nullable=False, server_default=text("0"))
+
+
+# Upper bounds (ms) of the rollups' latency histogram; the last bucket is everything slower.
+LATENCY_BOUNDS_MS: tuple[int, ...] = (
+    5, 10, 25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 7500, 10000, 20000, 30000, 60000,
+)
+LATENCY_COLUMNS: tuple[str, ...] = tuple(f"lat_{i:02d}" for i in range(len(LATENCY_BOUNDS_MS) + 1))
+
+
+def _count() -> Mapped[int]:
+    return mapped_column(BigInteger, nullable=False, default=0, server_default=text("0"))
+
+
+def _cost() -> Mapped[float]:
+    return mapped_column(Float, nullable=False, default=0.0, server_default=text("0"))
+
+
+class _Measures:
+    """What every rollup row sums: requests, errors (status >= 400), tokens and cost."""
+
+    requests: Mapped[int] = _count()
+    errors: Mapped[int] = _count()
+    input_tokens: Mapped[int] = _count()
+    output_tokens: Mapped[int] = _count()
+    cost_usd: Mapped[float] = _cost()
+
+
+class _Latencies:
+    """Request durations as a histogram: `lat_NN` counts requests that took at most
+    LATENCY_BOUNDS_MS[NN] ms (the last one: longer); `latency_ms_sum` is their total."""
+
+    latency_ms_sum: Mapped[int] = _count()
+    lat_00: Mapped[int] = _count()
+    lat_01: Mapped[int] = _count()
+    lat_02: Mapped[int] = _count()
+    lat_03: Mapped[int] = _count()
+    lat_04: Mapped[int] = _count()
+    lat_05: Mapped[int] = _count()
+    lat_06: Mapped[int] = _count()
+    lat_07: Mapped[int] = _count()
+    lat_08: Mapped[int] = _count()
+    lat_09: Mapped[int] = _count()
+    lat_10: Mapped[int] = _count()
+    lat_11: Mapped[int] = _count()
+    lat_12: Mapped[int] = _count()
+    lat_13: Mapped[int] = _count()
+    lat_14: Mapped[int] = _count()
+    lat_15: Mapped[int] = _count()
+    lat_16: Mapped[int] = _count()
+    lat_17: Mapped[int] = _count()
+    lat_18: Mapped[int] = _count()
+    lat_19: Mapped[int] = _count()
+
+
+class UsageMinuteRow(_Measures, _Latencies, Base):
+    """The ledger per minute (`minute` = unix seconds // 60)."""
+
+    __tablename__ = "usage_minutes"
+
+    minute: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+
+class UsageHourRow(_Measures, _Latencies, Base):
+    """The ledger per hour (`hour` = unix seconds // 3600)."""
+
+    __tablename__ = "usage_hours"
+
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+
+class UsageHourlyUserRow(_Measures, Base):
+    """The ledger per hour and user."""
+
+    __tablename__ = "usage_hourly_users"
+
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    external_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+
+
+class UsageHourlyModelRow(_Measures, Base):
+    """The ledger per hour and model ('' for requests without a model or provider)."""
+
+    __tablename__ = "usage_hourly_models"
+
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(100), primary_key=True)
+
+
+class UsageDailyUserRow(_Measures, Base):
+    """The ledger per UTC day (`day` = unix seconds // 86400) and user."""
+
+    __tablename__ = "usage_daily_users"
+    __table_args__ = (Index("ix_usage_daily_users_external_id_day", "external_id", "day"),)
+
+    day: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    external_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+
+
+class UsageDailyModelRow(_Measures, Base):
+    """The ledger per UTC day and model ('' for requests without a model or provider)."""
+
+    __tablename__ = "usage_daily_models"
+
+    day: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(100), primary_key=True)
+
+
+class _Answers:
+    """API answers (every `/v1` and `/native/v1` request, served or not) by kind."""
+
+    requests: Mapped[int] = _count()
+    client_errors: Mapped[int] = _count()
+    rate_limited: Mapped[int] = _count()
+    server_errors: Mapped[int] = _count()
+
+
+class RequestMinuteRow(_Answers, Base):
+    """API answers per minute, counted by every process (`sentinel.observability.outcomes`)."""
+
+    __tablename__ = "request_minutes"
+
+    minute: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+
+class RequestHourRow(_Answers, Base):
+    """API answers per hour."""
+
+    __tablename__ = "request_hours"
+
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+
+class AuditLogRow(Base):
+    """One operator action: who (`actor`: `admin` for the console/API, `cli`), what, on what."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    actor: Mapped[str] = mapped_column(String(64), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    target: Mapped[str] = mapped_column(String(255), nullable=False)
+    details: Mapped[str | None] = mapped_column(Text)
+    address: Mapped[str | None] = mapped_column(String(64))

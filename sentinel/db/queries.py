@@ -1,7 +1,9 @@
-"""Statements shared by the SQL repositories: dialect-neutral insert-or-ignore, get-or-create user."""
+"""Statements shared by the SQL repositories: dialect-neutral insert-or-ignore, upsert-adding,
+get-or-create user."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +29,40 @@ def insert_ignoring(session: AsyncSession, model: type[Base], conflict_columns: 
     if dialect == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
     raise NotImplementedError(f"unsupported database dialect {dialect!r}")
+
+
+@functools.cache
+def _upsert_statement(dialect: str, model: type[Base], keys: tuple[str, ...], columns: tuple[str, ...]) -> Any:
+    """One immutable statement per (dialect, table, keys, columns), built once: SQLAlchemy's compiled
+    cache then serves every later batch (building the expression dominated small batches' cost)."""
+    table: Any = model.__table__
+    if dialect == "postgresql":
+        insert: Any = postgresql.insert(table)
+    elif dialect == "sqlite":
+        insert = sqlite.insert(table)
+    else:
+        raise NotImplementedError(f"unsupported database dialect {dialect!r}")
+    excluded = insert.excluded
+    return insert.on_conflict_do_update(
+        index_elements=list(keys), set_={name: table.c[name] + excluded[name] for name in columns}
+    )
+
+
+async def upsert_adding(
+    session: AsyncSession,
+    model: type[Base],
+    keys: Sequence[str],
+    columns: Sequence[str],
+    rows: Sequence[dict[str, Any]],
+) -> None:
+    """Insert `rows`; where a row with the same `keys` exists, add the new values of `columns` to it.
+
+    Keys must be unique within `rows` (PostgreSQL refuses to update one row twice in a statement).
+    Does not commit.
+    """
+    if rows:
+        dialect = session.get_bind().dialect.name
+        await session.execute(_upsert_statement(dialect, model, tuple(keys), tuple(columns)), list(rows))
 
 
 async def ensure_user(session: AsyncSession, external_id: str, email: str | None = None) -> str:

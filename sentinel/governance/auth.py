@@ -143,3 +143,8 @@ class Authenticator:
         if self.require_email and not identity.email:
             raise PermissionDenied(UNREPORTABLE, code="usage_unreportable")
         return identity
+
+    async def forget(self, token_hash: str) -> None:
+        """Drop the cached identity of the token whose SHA-256 is `token_hash` (a revoked key then
+        fails at its next use; other processes' local copies live at most `local_ttl` longer)."""
+        await self.cache.forget(token_hash)

@@ -148,3 +148,8 @@ class GovernanceCache(Generic[T]):
             await self.store.set(self.prefix + key, orjson.dumps(entry), keep_until - now)
         except StoreUnavailable:
             log.warning("could not cache a %s entry: store unavailable", self.name)
+
+    async def forget(self, key: str) -> None:
+        """Drop the entry for `key` (the next lookup asks the source); raises StoreUnavailable."""
+        self._local.pop(key, None)
+        await self.store.delete(self.prefix + key)

@@ -13,9 +13,8 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
 
-from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -185,14 +184,29 @@ class KeyService:
                 rows = (await session.execute(query)).all()
         return [ApiKeyInfo(*row) for row in rows]
 
+    async def get_key(self, key_id: str) -> ApiKeyInfo | None:
+        """One key's information, or None when there is no such key."""
+        query = select(*_INFO_COLUMNS).join(User, ApiKey.user_id == User.id).where(ApiKey.id == key_id)
+        with database_errors("API key store unavailable"):
+            async with self._sessions() as session:
+                row = (await session.execute(query)).one_or_none()
+        return None if row is None else ApiKeyInfo(*row)
+
     async def revoke(self, key_id: str) -> bool:
         """Revoke a key for good; False when it is unknown or was already revoked."""
+        return await self.revoke_with_hash(key_id) is not None
+
+    async def revoke_with_hash(self, key_id: str) -> str | None:
+        """Revoke a key for good; the revoked key's hash (what caches are keyed by), None when it is
+        unknown or was already revoked."""
         with database_errors("API key store unavailable"):
             async with self._sessions() as session:
                 result = await session.execute(
                     update(ApiKey)
                     .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                     .values(revoked_at=self._clock())
+                    .returning(ApiKey.key_hash)
                 )
+                found = result.scalar_one_or_none()
                 await session.commit()
-        return cast("CursorResult[Any]", result).rowcount > 0
+        return found

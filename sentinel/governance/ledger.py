@@ -1,7 +1,8 @@
 """The built-in usage ledger: one SQL row per request, recorded exactly once.
 
 `request_id` is unique in `usage_ledger`, and rows are written with `INSERT ... ON CONFLICT DO
-NOTHING`, so a batch retried after a crash or a timeout never counts a request twice.
+NOTHING`, so a batch retried after a crash or a timeout never counts a request twice. The rows
+that were new are added to the rollups (`sentinel.governance.rollups`) in the same transaction.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sentinel.db.engine import database_errors
 from sentinel.db.models import UsageLedgerRow
 from sentinel.db.queries import insert_ignoring
 from sentinel.domain.usage import UsageRecord
+from sentinel.governance.rollups import apply_rollups
 
 # 15 bound values a row: 500 rows stay well under SQLite's and PostgreSQL's parameter limits.
 _CHUNK_ROWS = 500
@@ -60,11 +62,14 @@ class SqlLedger:
         in which case nothing was recorded and the whole batch can be retried safely.
         """
         unique: dict[str, dict[str, Any]] = {}
+        by_id: dict[str, UsageRecord] = {}
         for record in records:
-            unique.setdefault(record.request_id, _row(record))
+            if record.request_id not in unique:
+                unique[record.request_id] = _row(record)
+                by_id[record.request_id] = record
         if not unique:
             return 0
-        inserted = 0
+        new: list[UsageRecord] = []
         with database_errors("usage ledger unavailable"):
             async with self._sessions() as session:
                 # One cached statement run as executemany (SQLAlchemy batches it as "insertmanyvalues"),
@@ -73,9 +78,10 @@ class SqlLedger:
                     UsageLedgerRow.request_id
                 )
                 for chunk in _chunks(list(unique.values())):
-                    inserted += len((await session.execute(statement, list(chunk))).all())
+                    new += (by_id[request_id] for (request_id,) in (await session.execute(statement, list(chunk))).all())
+                await apply_rollups(session, new)
                 await session.commit()
-        return inserted
+        return len(new)
 
     async def totals(
         self, external_id: str, since: datetime | None = None, until: datetime | None = None
@@ -85,29 +91,49 @@ class SqlLedger:
         Each item: `{"model", "requests", "input_tokens", "output_tokens"}`; sorted by model,
         requests without a model last.
         """
-        query = (
-            select(
-                UsageLedgerRow.model,
-                func.count(),
-                func.coalesce(func.sum(UsageLedgerRow.input_tokens), 0),
-                func.coalesce(func.sum(UsageLedgerRow.output_tokens), 0),
-            )
-            .where(UsageLedgerRow.external_id == external_id)
-            .group_by(UsageLedgerRow.model)
-        )
+        rows = await self._grouped(external_id, since, until)
+        for row in rows:
+            del row["external_id"], row["cost_usd"]
+        return rows
+
+    async def totals_by_user(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Every user's usage grouped by model for requests finished in [since, until): the items of
+        `totals` plus `external_id` and `cost_usd`, sorted by user then model (the same figures as
+        `totals`, user by user)."""
+        return await self._grouped(None, since, until)
+
+    async def _grouped(
+        self, external_id: str | None, since: datetime | None, until: datetime | None
+    ) -> list[dict[str, Any]]:
+        row = UsageLedgerRow
+        query = select(
+            row.external_id,
+            row.model,
+            func.count(),
+            func.coalesce(func.sum(row.input_tokens), 0),
+            func.coalesce(func.sum(row.output_tokens), 0),
+            func.coalesce(func.sum(row.cost_usd), 0.0),
+        ).group_by(row.external_id, row.model)
+        if external_id is not None:
+            query = query.where(row.external_id == external_id)
         if since is not None:
-            query = query.where(UsageLedgerRow.finished_at >= since)
+            query = query.where(row.finished_at >= since)
         if until is not None:
-            query = query.where(UsageLedgerRow.finished_at < until)
+            query = query.where(row.finished_at < until)
         with database_errors("usage ledger unavailable"):
             async with self._sessions() as session:
-                rows = (await session.execute(query)).all()
+                found = (await session.execute(query)).all()
         totals = [
             # PostgreSQL sums BIGINT as NUMERIC: normalise to int.
-            {"model": model, "requests": int(count), "input_tokens": int(inp), "output_tokens": int(out)}
-            for model, count, inp, out in rows
+            {
+                "external_id": user, "model": model, "requests": int(count), "input_tokens": int(inp),
+                "output_tokens": int(out), "cost_usd": round(float(spent or 0.0), 8),
+            }
+            for user, model, count, inp, out, spent in found
         ]
-        return sorted(totals, key=lambda item: (item["model"] is None, item["model"] or ""))
+        return sorted(totals, key=lambda item: (item["external_id"], item["model"] is None, item["model"] or ""))
 
 
 class SqlLedgerSink:

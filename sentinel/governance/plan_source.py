@@ -118,3 +118,7 @@ class CachedPlans:
             raise
         await self.cache.put(identity.external_id, plan)
         return plan
+
+    async def forget(self, external_id: str) -> None:
+        """Drop the cached plan of `external_id` (the next request reads the source)."""
+        await self.cache.forget(external_id)

@@ -107,3 +107,7 @@ class DbTiers:
         self._cached = {tier: stored.get(tier) or list(self.fallback.get(tier, [])) for tier in TIERS}
         self._until = self.clock() + self.ttl
         return self._cached
+
+    def invalidate(self) -> None:
+        """Re-read the table at the next lookup (after an edit in this process)."""
+        self._until = 0.0

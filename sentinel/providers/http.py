@@ -11,7 +11,7 @@ more on a fresh connection. A failure on a new connection is never retried here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -33,10 +33,12 @@ async def _on_reuse(
 
 
 def create_session(
-    *, read_timeout: float, connect_timeout: float, keepalive: float = 15.0, limit: int = 1000
+    *, read_timeout: float, connect_timeout: float, keepalive: float = 15.0, limit: int = 1000,
+    trace_configs: Sequence[aiohttp.TraceConfig] = (),
 ) -> aiohttp.ClientSession:
     """The app-wide upstream session: keep-alive pool, no total timeout (streams may be long),
-    a connect timeout and an idle-read timeout (the longest wait for the next upstream byte)."""
+    a connect timeout and an idle-read timeout (the longest wait for the next upstream byte).
+    `trace_configs` are more aiohttp hooks (tracing adds `traceparent` with one)."""
     connector = aiohttp.TCPConnector(
         limit=limit, limit_per_host=limit, keepalive_timeout=keepalive, ttl_dns_cache=300
     )
@@ -49,7 +51,7 @@ def create_session(
         auto_decompress=False,  # relay bytes as the upstream sent them
         skip_auto_headers=("User-Agent",),
         raise_for_status=False,
-        trace_configs=[tracing],
+        trace_configs=[tracing, *trace_configs],
     )
 
 

@@ -51,6 +51,7 @@ class Admission:
     provider: str | None = None
     prices: Prices | None = None  # of the model that served the request, when known
     settled: bool = False
+    recorded: Usage | None = None  # the tokens the usage record was written with (after settle)
 
 
 class Meter(Protocol):
@@ -212,6 +213,7 @@ class QuotaMeter:
             cache_read_tokens=cache_read,
         )
         await self.outbox.put(record)
+        admission.recorded = Usage(input_tokens, output_tokens)
         m = self.metrics
         m.child(m.tokens, "input", label).inc(input_tokens)
         m.child(m.tokens, "output", label).inc(output_tokens)

@@ -93,6 +93,7 @@ class StreamInspector:
         self.parse_errors = 0
         self.saw_done = False
         self.object_id: str | None = None
+        self.model: str | None = None  # the model the upstream named in its chunks
 
     @property
     def text(self) -> str:
@@ -145,6 +146,8 @@ class StreamInspector:
         return keep
 
     def _absorb(self, obj: dict[str, Any]) -> bool:
+        if self.model is None and isinstance(obj.get("model"), str):
+            self.model = obj["model"]
         if self.endpoint == "responses":
             return self._absorb_responses(obj)
         usage = usage_from_body(self.endpoint, obj)

@@ -137,6 +137,10 @@ class SessionStore:
         session = await self._read(conversation_id)
         return None if session is None else _owned(session, external_id)
 
+    async def lookup(self, conversation_id: str) -> Session | None:
+        """The conversation's session whoever owns it (for operators); None when there is none."""
+        return await self._read(conversation_id)
+
     async def _read(self, conversation_id: str) -> Session | None:
         raw = await self.store.get(self.key(conversation_id))
         if raw is None:

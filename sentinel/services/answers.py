@@ -25,7 +25,7 @@ from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.usage import StreamInspector, TailInspector, text_from_body, usage_from_body
-from sentinel.services.exchange import Ending, MeteredStream, Reply, StreamReply
+from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
 from sentinel.services.objects import ObjectPath, created_ids, leading_id
 
 SSE_HEADERS = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
@@ -44,7 +44,7 @@ class AnswerRelay:
 
     async def complete(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, *, owner: Identity | None,
-        ttl: float | None, creating: bool,
+        ttl: float | None, creating: bool, ex: Exchange | None = None,
     ) -> Reply | StreamReply:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
         relayed as it arrives after the part already read."""
@@ -58,7 +58,7 @@ class AnswerRelay:
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > MAX_BUFFERED:
-                    return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating)
+                    return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating, ex)
         except UpstreamError:
             upstream.close()
             raise
@@ -78,6 +78,7 @@ class AnswerRelay:
             status=upstream.status,
             provider=upstream.provider,
         )
+        report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
     async def refused(self, upstream: UpstreamResponse, admission: Admission) -> Reply:
@@ -98,7 +99,7 @@ class AnswerRelay:
 
     def _large(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, head: bytes, owner: Identity | None,
-        ttl: float | None, creating: bool,
+        ttl: float | None, creating: bool, ex: Exchange | None = None,
     ) -> StreamReply:
         """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
         from; the last chunk waits for the usage record."""
@@ -126,6 +127,7 @@ class AnswerRelay:
                 await ownership.claim(object_id, owner.external_id, ttl)
             await meter.settle(admission, usage=tail.usage(endpoint), output_text="", status=status,
                                provider=upstream.provider)
+            report(ex, admission, None)
 
         stream = MeteredStream(produce, settle)
         headers = [(k, v) for k, v in relayable_headers(upstream.headers)]
@@ -133,7 +135,7 @@ class AnswerRelay:
 
     def sse(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, strip_usage: bool,
-        owner: Identity | None,
+        owner: Identity | None, *, ex: Exchange | None = None,
     ) -> StreamReply:
         inspector = StreamInspector(endpoint, strip_usage_chunk=strip_usage)
         metrics, meter, ownership = self.metrics, self.meter, self.ownership
@@ -165,6 +167,7 @@ class AnswerRelay:
             await meter.settle(
                 admission, usage=inspector.usage, output_text=inspector.text, status=status, provider=upstream.provider
             )
+            report(ex, admission, inspector.model)
 
         async def observe() -> None:
             metrics.upstream_duration.labels(upstream.provider, endpoint).observe(time.perf_counter() - started)
@@ -183,3 +186,10 @@ def _json(raw: bytes, upstream: UpstreamResponse) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
+
+
+def report(ex: Exchange | None, admission: Admission, response_model: Any) -> None:
+    """Tell the exchange what was recorded (what the request's span reports)."""
+    if ex is not None and admission.recorded is not None:
+        ex.recorded(admission.recorded.input_tokens, admission.recorded.output_tokens,
+                    response_model if isinstance(response_model, str) else None)

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from sentinel.observability.tracing import NOOP_TRACING, Tracing
+
 Headers = list[tuple[str, str]]
 
 
@@ -14,7 +16,9 @@ class Exchange:
     """Facts a service fills in while serving one request (the transport renders and logs them).
 
     `usage_id` is the request's ledger key; `headers` are extra response headers (rate limits,
-    `X-Sentinel-*`); `upstream_status` stays None when no upstream answered.
+    `X-Sentinel-*`); `upstream_status` stays None when no upstream answered. `spans` opens child
+    spans of the request's trace (a no-op unless tracing is on); the `operation`, model and token
+    fields are what the request's span reports (GenAI conventions), filled in as they become known.
     """
 
     usage_id: str
@@ -23,6 +27,18 @@ class Exchange:
     upstream_status: int | None = None
     external_id: str | None = None
     headers: Headers = field(default_factory=list)
+    spans: Tracing = field(default=NOOP_TRACING, repr=False)
+    operation: str | None = None
+    request_model: str | None = None
+    response_model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+    def recorded(self, input_tokens: int, output_tokens: int, response_model: str | None = None) -> None:
+        """Note the usage that was recorded (and the model that answered, when known)."""
+        self.input_tokens, self.output_tokens = input_tokens, output_tokens
+        if response_model:
+            self.response_model = response_model
 
 
 @dataclass

@@ -26,6 +26,7 @@ from sentinel.native.anthropic_inbound import parse_anthropic_messages
 from sentinel.native.errors import NativeValidationError
 from sentinel.native.model_request import ModelChatRequest
 from sentinel.observability.metrics import Metrics
+from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.providers.anthropic import AnthropicUpstream
 from sentinel.providers.errors import upstream_error
 from sentinel.providers.http import UpstreamResponse
@@ -36,7 +37,7 @@ from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes
-from sentinel.services.answers import SSE_HEADERS
+from sentinel.services.answers import SSE_HEADERS, report
 from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
 from sentinel.services.relay import target_headers
 from sentinel.services.translated_chat import TranslatedChat
@@ -76,10 +77,12 @@ class MessagesService:
         parsed: dict[str, ModelChatRequest] = {}
         if targets[0].kind != "anthropic":
             parsed["req"] = self._parse(payload, targets[0])  # a 400 here reserves nothing
-        admission = await self.meter.admit(
-            identity, endpoint="messages", model=targets[0].name, payload=payload, request_id=ex.usage_id,
-            size=len(body),
-        )
+        ex.operation, ex.request_model = OPERATIONS["chat"], targets[0].name
+        with ex.spans.span("sentinel.quota.admit"):
+            admission = await self.meter.admit(
+                identity, endpoint="messages", model=targets[0].name, payload=payload, request_id=ex.usage_id,
+                size=len(body),
+            )
         ex.headers.extend(admission.headers.items())
         served: list[ModelTarget] = []
 
@@ -141,10 +144,13 @@ class MessagesService:
         if target.upstream_model != payload["model"]:
             body = orjson.dumps({**payload, "model": target.upstream_model})
         started = time.perf_counter()
+        attributes = {PROVIDER: target.provider, SYSTEM: target.provider, REQUEST_MODEL: target.name}
         try:
-            upstream = await self.upstreams[target.provider].forward(
-                segments, headers=forwardable_headers(headers), body=body
-            )
+            with ex.spans.span(f"chat {target.name}", attributes, client=True) as span:
+                upstream = await self.upstreams[target.provider].forward(
+                    segments, headers=forwardable_headers(headers), body=body
+                )
+                span.set_attribute("http.response.status_code", upstream.status)
         except UpstreamError as exc:
             self.metrics.upstream_errors.labels(target.provider, exc.code).inc()
             raise
@@ -171,7 +177,7 @@ class MessagesService:
     ) -> Reply | StreamReply:
         upstream = await self._forward(ex, target, ["messages"], payload, body, headers)
         if payload.get("stream") is True and 200 <= upstream.status < 300:
-            return self._relay_sse(upstream, admission)
+            return self._relay_sse(ex, upstream, admission)
         raw = await self._read(upstream)
         try:
             parsed = orjson.loads(raw)
@@ -181,9 +187,10 @@ class MessagesService:
             admission, usage=message_usage(parsed), output_text=message_text(parsed), status=upstream.status,
             provider=upstream.provider,
         )
+        report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
-    def _relay_sse(self, upstream: UpstreamResponse, admission: Admission) -> StreamReply:
+    def _relay_sse(self, ex: Exchange, upstream: UpstreamResponse, admission: Admission) -> StreamReply:
         inspector = AnthropicStreamInspector()
         metrics, meter = self.metrics, self.meter
         started = time.perf_counter()
@@ -210,6 +217,7 @@ class MessagesService:
         async def settle(status: int) -> None:
             await meter.settle(admission, usage=inspector.usage, output_text=inspector.text, status=status,
                                provider=upstream.provider)
+            report(ex, admission, None)
 
         async def observe() -> None:
             metrics.upstream_duration.labels(upstream.provider, "messages").observe(time.perf_counter() - started)

@@ -7,8 +7,8 @@ any reason before the upstream call changes no session.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import orjson
 
@@ -18,6 +18,7 @@ from sentinel.errors import InvalidRequest, SentinelError, UpstreamError
 from sentinel.native import ChatRequest, NativeValidationError, StreamError, TranslationError
 from sentinel.native.responses import Usage as WireUsage
 from sentinel.native.stream import DONE, render_chunk, render_error_event
+from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.providers.chat import ChatProvider, Completion, ProviderStream
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
@@ -25,6 +26,7 @@ from sentinel.routing.failover import Failover
 from sentinel.routing.router import RouteChoice, TierRouter
 from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
 
+T = TypeVar("T")
 SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-accel-buffering", "no")]
 
 
@@ -44,10 +46,12 @@ class NativeChat:
         """Serve one validated request."""
         choice = await self.router.decide(identity, req)
         wire = self._translate(req, choice)
+        ex.operation, ex.request_model = OPERATIONS["native"], choice.model
         # Admission before the session write: a request the quota refuses changes no session.
-        admission = await self.meter.admit(
-            identity, endpoint="native", model=choice.model, payload=_estimate_payload(req), request_id=ex.usage_id
-        )
+        with ex.spans.span("sentinel.quota.admit"):
+            admission = await self.meter.admit(
+                identity, endpoint="native", model=choice.model, payload=_estimate_payload(req), request_id=ex.usage_id
+            )
         ex.headers.extend(admission.headers.items())
 
         def on_attempt(attempt: RouteChoice) -> None:
@@ -63,12 +67,12 @@ class NativeChat:
             if req.stream:
                 streamed = await self.failover.call(
                     identity, choice, wire, translate=lambda c: self._translate(req, c),
-                    send=lambda p, body, c: p.open_stream_body(body), on_attempt=on_attempt,
+                    send=lambda p, body, c: _upstream(ex, c, p.open_stream_body(body)), on_attempt=on_attempt,
                 )
                 return self._stream(ex, streamed.result, streamed.choice, admission)
             completed = await self.failover.call(
                 identity, choice, wire, translate=lambda c: self._translate(req, c),
-                send=lambda p, body, c: p.complete_body(body, c.tier), on_attempt=on_attempt,
+                send=lambda p, body, c: _upstream(ex, c, p.complete_body(body, c.tier)), on_attempt=on_attempt,
             )
         except SentinelError:
             await self.meter.release(admission)
@@ -96,6 +100,8 @@ class NativeChat:
             ),
             output_text=text, status=200, provider=choice.provider,
         )
+        if admission.recorded is not None:
+            ex.recorded(admission.recorded.input_tokens, admission.recorded.output_tokens, reply.model or choice.model)
         if usage is None:
             estimated_out = self.counter.count_text(text, choice.model) if text else 0
             usage = WireUsage.of(admission.estimate_input, estimated_out)
@@ -131,9 +137,19 @@ class NativeChat:
                 status=status,
                 provider=choice.provider,
             )
+            if admission.recorded is not None:
+                ex.recorded(admission.recorded.input_tokens, admission.recorded.output_tokens,
+                            stream.normalizer.model or choice.model)
 
         metered = MeteredStream(produce, settle)
         return StreamReply(200, [*SSE_HEADERS, *_choice_headers(choice)], metered.chunks(), metered.on_close)
+
+
+async def _upstream(ex: Exchange, choice: RouteChoice, call: Awaitable[T]) -> T:
+    """Await one upstream attempt inside its client span (the span's context goes upstream)."""
+    attributes = {PROVIDER: choice.provider, SYSTEM: choice.provider, REQUEST_MODEL: choice.model}
+    with ex.spans.span(f"chat {choice.model}", attributes, client=True):
+        return await call
 
 
 def _choice_headers(choice: RouteChoice) -> list[tuple[str, str]]:

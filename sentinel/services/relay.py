@@ -27,6 +27,7 @@ from sentinel.native.model_request import ModelChatRequest
 from sentinel.native.openai_checks import check_metered_fields
 from sentinel.native.openai_inbound import parse_openai_chat
 from sentinel.observability.metrics import Metrics
+from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import OpenAICompatUpstream, forwardable_headers
 from sentinel.quota.meter import Admission, Meter
@@ -91,10 +92,12 @@ class OpenAIRelay:
                           identity if _stores_objects(endpoint, payload) else None)
         if targets[0].kind != "openai":
             request.translated = self._translated(request, targets[0])  # a 400 here reserves nothing
-        admission = await self.meter.admit(
-            identity, endpoint=endpoint, model=targets[0].name, payload=payload, request_id=ex.usage_id,
-            size=len(body),
-        )
+        ex.operation, ex.request_model = OPERATIONS.get(endpoint, endpoint), targets[0].name
+        with ex.spans.span("sentinel.quota.admit"):
+            admission = await self.meter.admit(
+                identity, endpoint=endpoint, model=targets[0].name, payload=payload, request_id=ex.usage_id,
+                size=len(body),
+            )
         ex.headers.extend(admission.headers.items())
         served: list[ModelTarget] = []
 
@@ -146,13 +149,14 @@ class OpenAIRelay:
         if target.upstream_model != request.payload["model"]:
             body = orjson.dumps({**request.payload, "model": target.upstream_model})
         upstream = await self._forward(
-            ex, self.upstreams[target.provider], "POST", request.segments, body, request.headers, request.query
+            ex, self.upstreams[target.provider], "POST", request.segments, body, request.headers, request.query,
+            admission,
         )
         if request.stream and 200 <= upstream.status < 300:
-            return self.answers.sse(upstream, request.endpoint, admission, request.strip_usage, request.owner)
+            return self.answers.sse(upstream, request.endpoint, admission, request.strip_usage, request.owner, ex=ex)
         return await self.answers.complete(
             upstream, request.endpoint, admission, owner=request.owner,
-            ttl=ObjectPath(_COLLECTION.get(request.endpoint)).ttl, creating=True,
+            ttl=ObjectPath(_COLLECTION.get(request.endpoint)).ttl, creating=True, ex=ex,
         )
 
     # --- other calls: objects, allowed pass-through --------------------------------------------------
@@ -173,14 +177,15 @@ class OpenAIRelay:
             except orjson.JSONDecodeError:
                 parsed = None  # not JSON (an upload): nothing in it can name an object
             await self.ownership.require(referenced_ids(parsed), identity.external_id)
-        admission = await self.meter.admit_call(identity, endpoint=endpoint, request_id=ex.usage_id)
+        with ex.spans.span("sentinel.quota.admit"):
+            admission = await self.meter.admit_call(identity, endpoint=endpoint, request_id=ex.usage_id)
         ex.headers.extend(admission.headers.items())
         try:
-            upstream = await self._forward(ex, self.upstream, method, segments, body, headers, query)
+            upstream = await self._forward(ex, self.upstream, method, segments, body, headers, query, admission)
             owner = identity if where.collection is not None else None
             reply = await self.answers.complete(
                 upstream, endpoint, admission, owner=owner, ttl=where.ttl,
-                creating=where.is_collection and method == "POST",
+                creating=where.is_collection and method == "POST", ex=ex,
             )
         except SentinelError:
             await self.meter.release(admission)
@@ -192,13 +197,21 @@ class OpenAIRelay:
     # --- plumbing ----------------------------------------------------------------------------------
     async def _forward(
         self, ex: Exchange, to: OpenAICompatUpstream, method: str, segments: Sequence[str], body: bytes | None,
-        headers: RawHeaders, query: Query | None,
+        headers: RawHeaders, query: Query | None, admission: Admission,
     ) -> UpstreamResponse:
-        """Send the call upstream (the caller gives the reservation back when this raises)."""
+        """Send the call upstream, as a CLIENT span (the caller gives the reservation back when this raises)."""
         ex.provider = to.name
         started = time.perf_counter()
+        name = f"{OPERATIONS.get(admission.endpoint, admission.endpoint)} {admission.model or '/'.join(segments)}"
+        attributes = {PROVIDER: to.name, SYSTEM: to.name}
+        if admission.model:
+            attributes[REQUEST_MODEL] = admission.model
         try:
-            upstream = await to.forward(method, segments, headers=forwardable_headers(headers), body=body, query=query)
+            with ex.spans.span(name, attributes, client=True) as span:
+                upstream = await to.forward(
+                    method, segments, headers=forwardable_headers(headers), body=body, query=query
+                )
+                span.set_attribute("http.response.status_code", upstream.status)
         except UpstreamError as exc:
             ex.upstream_seconds += time.perf_counter() - started
             self.metrics.upstream_errors.labels(to.name, exc.code).inc()

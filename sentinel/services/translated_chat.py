@@ -30,9 +30,11 @@ from sentinel.native.responses import CacheTokens
 from sentinel.native.responses import Usage as WireUsage
 from sentinel.native.stream import DONE, render_chunk, render_error_event
 from sentinel.observability.metrics import Metrics
+from sentinel.observability.tracing import PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.providers.chat import ChatProvider, ProviderStream
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
+from sentinel.services.answers import report
 from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
 
 ClientFormat = Literal["openai", "anthropic"]
@@ -72,13 +74,15 @@ class TranslatedChat:
         answer) the provider's error; the caller gives the admission back."""
         body = self.translate(req, target)
         provider = self.providers[target.provider]
+        attributes = {PROVIDER: target.provider, SYSTEM: target.provider, REQUEST_MODEL: target.name}
         try:
-            if req.stream:
-                stream = await provider.open_stream_body(body, relay_client_errors=True)
-                ex.upstream_seconds += stream.upstream_seconds
-                ex.upstream_status = stream.upstream.status
-                return self._stream(stream, req, target, admission, client)
-            done = await provider.complete_body(body, "simple", relay_client_errors=True)
+            with ex.spans.span(f"chat {target.name}", attributes, client=True):
+                if req.stream:
+                    stream = await provider.open_stream_body(body, relay_client_errors=True)
+                    ex.upstream_seconds += stream.upstream_seconds
+                    ex.upstream_status = stream.upstream.status
+                    return self._stream(ex, stream, req, target, admission, client)
+                done = await provider.complete_body(body, "simple", relay_client_errors=True)
         except UpstreamError as exc:
             self.metrics.upstream_errors.labels(target.provider, exc.code).inc()
             raise
@@ -94,6 +98,7 @@ class TranslatedChat:
             admission, usage=_domain_usage(usage, reply.cache), output_text=text, status=200,
             provider=target.provider,
         )
+        report(ex, admission, target.upstream_model)
         shown = usage or self._estimate(admission, text, target)
         rendered = (
             render_openai_completion(reply, shown, reply.cache) if client == "openai"
@@ -105,7 +110,7 @@ class TranslatedChat:
         return WireUsage.of(admission.estimate_input, self.counter.count_text(text, target.upstream_model) if text else 0)
 
     def _stream(
-        self, stream: ProviderStream, req: ModelChatRequest, target: ModelTarget, admission: Admission,
+        self, ex: Exchange, stream: ProviderStream, req: ModelChatRequest, target: ModelTarget, admission: Admission,
         client: ClientFormat,
     ) -> StreamReply:
         meter, metrics = self.meter, self.metrics
@@ -142,6 +147,7 @@ class TranslatedChat:
                 admission, usage=_domain_usage(stream.usage, stream.normalizer.cache),
                 output_text=stream.normalizer.text, status=status, provider=target.provider,
             )
+            report(ex, admission, target.upstream_model)
 
         metered = MeteredStream(produce, settle)
         return StreamReply(200, list(SSE_HEADERS), metered.chunks(), metered.on_close)

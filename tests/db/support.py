@@ -10,7 +10,11 @@ from sqlalchemy.engine import make_url
 
 # Parameters of a fixture that runs a test on SQLite, then on PostgreSQL.
 SQL_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-SENTINEL_TABLES = ("users", "api_keys", "plans", "plan_limits", "usage_ledger", "usage_outbox", "tier_models")
+SENTINEL_TABLES = (
+    "users", "api_keys", "plans", "plan_limits", "usage_ledger", "usage_outbox", "tier_models",
+    "usage_minutes", "usage_hours", "usage_hourly_users", "usage_hourly_models", "usage_daily_users",
+    "usage_daily_models", "request_minutes", "request_hours", "audit_log",
+)
 
 
 def _plain_dsn(url: str) -> str:

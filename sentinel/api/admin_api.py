@@ -1,0 +1,250 @@
+"""The admin JSON API under `/admin/api/`: thin handlers over `AdminService`.
+
+Every route needs the admin key (`Authorization: Bearer`) or the console's session cookie, and
+with the cookie every state-changing call needs `X-CSRF-Token` (see `sentinel.api.admin_auth`).
+The routes are only registered with SENTINEL_ADMIN_KEY set. The document describing them is
+`GET /admin/api/openapi.json` (`sentinel.api.admin_openapi`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.routing import Route
+
+from sentinel.api.admin_auth import AdminAccess, AdminGate
+from sentinel.api.admin_json import (
+    audit_json,
+    key_json,
+    overview_json,
+    plan_json,
+    provider_json,
+    tiers_json,
+    user_json,
+    user_summary_json,
+)
+from sentinel.api.bodies import parse_json_object
+from sentinel.api.deps import Deps
+from sentinel.api.responses import RawResponse, json_response
+from sentinel.errors import InvalidRequest
+from sentinel.services.admin import Actor, AdminService
+from sentinel.services.admin_forms import limit_inputs, refuse
+from sentinel.services.admin_usage import STEPS, parse_moment
+
+PREFIX = "/admin/api"
+
+
+def address_of(request: Request) -> str | None:
+    client = request.scope.get("client")
+    return client[0] if client else None
+
+
+def moment_param(request: Request, name: str, now: datetime) -> datetime | None:
+    """A `since`/`until` query parameter: a window back from now (`7d`) or an ISO date/time."""
+    try:
+        return parse_moment(request.query_params.get(name), now)
+    except ValueError:
+        raise refuse({name: "a window back from now (1h, 7d) or an ISO date/time"}) from None
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise refuse({name: f"a whole number from {low} to {high}"})
+    return int(text)
+
+
+class AdminApiRoutes:
+    """Handlers of `/admin/api/*` (see the module docstring)."""
+
+    def __init__(self, deps: Deps, service: AdminService, gate: AdminGate, document: dict[str, Any]) -> None:
+        self.deps = deps
+        self.service = service
+        self.gate = gate
+        self.document = orjson.dumps(document)
+
+    def routes(self) -> list[Route]:
+        p = PREFIX
+        return [
+            Route(f"{p}/openapi.json", self.openapi, methods=["GET"]),
+            Route(f"{p}/overview", self.overview, methods=["GET"]),
+            Route(f"{p}/usage", self.usage_series, methods=["GET"]),
+            Route(f"{p}/usage/totals", self.usage_totals, methods=["GET"]),
+            Route(f"{p}/usage.csv", self.usage_csv, methods=["GET"]),
+            Route(f"{p}/users", self.users, methods=["GET"]),
+            Route(f"{p}/users/{{external_id}}", self.user, methods=["GET"]),
+            Route(f"{p}/users/{{external_id}}/plan", self.set_user_plan, methods=["PUT"]),
+            Route(f"{p}/users/{{external_id}}/quota", self.quota, methods=["GET"]),
+            Route(f"{p}/users/{{external_id}}/keys", self.create_key, methods=["POST"]),
+            Route(f"{p}/keys", self.keys, methods=["GET"]),
+            Route(f"{p}/keys/{{key_id}}/revoke", self.revoke_key, methods=["POST"]),
+            Route(f"{p}/plans", self.plans, methods=["GET"]),
+            Route(f"{p}/plans/{{name}}", self.plan, methods=["GET", "PUT", "DELETE"]),
+            Route(f"{p}/tiers", self.tiers, methods=["GET"]),
+            Route(f"{p}/tiers/{{tier}}", self.tier, methods=["PUT", "DELETE"]),
+            Route(f"{p}/providers", self.providers, methods=["GET"]),
+            Route(f"{p}/sessions/{{conversation_id}}", self.session, methods=["GET"]),
+            Route(f"{p}/outbox", self.outbox, methods=["GET"]),
+            Route(f"{p}/audit", self.audit, methods=["GET"]),
+        ]
+
+    def _access(self, request: Request) -> AdminAccess:
+        return self.gate.authorize(request.method, request.headers, address_of(request))
+
+    def _actor(self, request: Request) -> Actor:
+        self._access(request)
+        return Actor("admin", address_of(request))
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        return parse_json_object(await self.deps.read_body(request))
+
+    async def openapi(self, request: Request) -> RawResponse:
+        self._access(request)
+        return RawResponse(200, self.document, [(b"content-type", b"application/json"), (b"cache-control", b"no-store")])
+
+    async def overview(self, request: Request) -> RawResponse:
+        self._access(request)
+        view = await self.service.overview(request.query_params.get("period", "24h"))
+        return json_response(overview_json(view))
+
+    async def usage_series(self, request: Request) -> RawResponse:
+        self._access(request)
+        now = self.service.clock()
+        step = request.query_params.get("step", "1h")
+        if step not in STEPS:
+            raise refuse({"step": f"one of {', '.join(STEPS)}"})
+        since = moment_param(request, "since", now) or now - timedelta(days=1)
+        until = moment_param(request, "until", now) or now
+        series = await self.service.reports.series(since, until, STEPS[step])
+        return json_response(series.to_json())
+
+    async def usage_totals(self, request: Request) -> RawResponse:
+        self._access(request)
+        user = request.query_params.get("user")
+        if not user:
+            raise refuse({"user": "the user's external id"})
+        now = self.service.clock()
+        rows = await self.service.usage_totals(user, moment_param(request, "since", now), moment_param(request, "until", now))
+        return json_response({"user": user, "models": rows})
+
+    async def usage_csv(self, request: Request) -> RawResponse:
+        self._access(request)
+        now = self.service.clock()
+        text = await self.service.usage_csv(moment_param(request, "since", now), moment_param(request, "until", now))
+        headers = [
+            (b"content-type", b"text/csv; charset=utf-8"),
+            (b"content-disposition", b'attachment; filename="sentinel-usage.csv"'),
+            (b"cache-control", b"no-store"),
+        ]
+        return RawResponse(200, text.encode(), headers)
+
+    async def users(self, request: Request) -> RawResponse:
+        self._access(request)
+        found = await self.service.find_users(
+            request.query_params.get("q"), limit=int_param(request, "limit", 50, 1, 500),
+            offset=int_param(request, "offset", 0, 0, 10_000_000),
+        )
+        return json_response({"users": [user_summary_json(u) for u in found]})
+
+    async def user(self, request: Request) -> RawResponse:
+        self._access(request)
+        return json_response(user_json(await self.service.user(request.path_params["external_id"])))
+
+    async def set_user_plan(self, request: Request) -> RawResponse:
+        actor = self._actor(request)
+        body = await self._body(request)
+        plan = body.get("plan")
+        if plan is not None and not isinstance(plan, str):
+            raise refuse({"plan": "a plan name, or null for the default plan"})
+        external_id = request.path_params["external_id"]
+        await self.service.set_user_plan(external_id, plan or None, actor)
+        return json_response({"external_id": external_id, "plan": plan or None})
+
+    async def quota(self, request: Request) -> RawResponse:
+        self._access(request)
+        detail = await self.service.user(request.path_params["external_id"])
+        return json_response(None if detail.quota is None else detail.quota.to_json())
+
+    async def create_key(self, request: Request) -> RawResponse:
+        actor = self._actor(request)
+        body = await self._body(request)
+        name, email = body.get("name"), body.get("email")
+        if not isinstance(name, str | None) or not isinstance(email, str | None):
+            raise refuse({"name": "text or null", "email": "text or null"})
+        info, key = await self.service.create_key(request.path_params["external_id"], name, email, actor)
+        return json_response({**key_json(info), "key": key}, 201, {"cache-control": "no-store"})
+
+    async def keys(self, request: Request) -> RawResponse:
+        self._access(request)
+        found = await self.service.keys.list_keys(request.query_params.get("user") or None)
+        return json_response({"keys": [key_json(k) for k in found]})
+
+    async def revoke_key(self, request: Request) -> RawResponse:
+        actor = self._actor(request)
+        info = await self.service.revoke_key(request.path_params["key_id"], actor)
+        return json_response({**key_json(info), "active": False})
+
+    async def plans(self, request: Request) -> RawResponse:
+        self._access(request)
+        return json_response({"plans": [plan_json(plan, users) for plan, users in await self.service.plans()]})
+
+    async def plan(self, request: Request) -> RawResponse:
+        name = request.path_params["name"]
+        if request.method == "GET":
+            self._access(request)
+            return json_response(plan_json(await self.service.plan(name)))
+        actor = self._actor(request)
+        if request.method == "DELETE":
+            await self.service.delete_plan(name, actor)
+            return json_response({"deleted": name})
+        body = await self._body(request)
+        create = body.get("create", False)
+        if not isinstance(create, bool):
+            raise refuse({"create": "true or false"})
+        saved = await self.service.save_plan_input(name, limit_inputs(body.get("limits")), actor, create=create)
+        return json_response(plan_json(saved))
+
+    async def tiers(self, request: Request) -> RawResponse:
+        self._access(request)
+        return json_response(tiers_json(await self.service.tiers()))
+
+    async def tier(self, request: Request) -> RawResponse:
+        actor = self._actor(request)
+        tier = request.path_params["tier"]
+        if request.method == "DELETE":
+            await self.service.reset_tier(tier, actor)
+            return json_response({"reset": tier})
+        entries = (await self._body(request)).get("entries")
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries) or len(entries) > 50:
+            raise refuse({"entries": "a list of provider/model:cost[:input_price:output_price] strings"})
+        await self.service.set_tier(tier, entries, actor)
+        return json_response(tiers_json(await self.service.tiers()))
+
+    async def providers(self, request: Request) -> RawResponse:
+        self._access(request)
+        views, error = await self.service.require_live().provider_health()
+        return json_response({"providers": [provider_json(v) for v in views], "error": error})
+
+    async def session(self, request: Request) -> RawResponse:
+        self._access(request)
+        return json_response(await self.service.require_live().session(request.path_params["conversation_id"]))
+
+    async def outbox(self, request: Request) -> RawResponse:
+        self._access(request)
+        return json_response({"depth": await self.service.require_live().outbox_depth()})
+
+    async def audit(self, request: Request) -> RawResponse:
+        self._access(request)
+        before = request.query_params.get("before")
+        if before is not None and not before.isdigit():
+            raise InvalidRequest("before: an entry id", details={"param": "before"})
+        entries = await self.service.audit(
+            int_param(request, "limit", 50, 1, 500), int(before) if before else None,
+            request.query_params.get("target") or None,
+        )
+        return json_response({"entries": [audit_json(e) for e in entries]})

@@ -1,0 +1,328 @@
+"""The operator console: server-rendered pages under `/admin` over `AdminService`.
+
+Routes (registered only with SENTINEL_ADMIN_KEY set; see `sentinel.api.admin_auth` for sign-in,
+cookies and CSRF): `GET /admin` (overview, `?period=1h|24h|30d`), `/admin/users[?q=]`,
+`/admin/users/{id}`, `/admin/plans`, `/admin/plans/{name}`, `/admin/audit`, `/admin/export.csv`,
+`/admin/assets/{name}`, the sign-in form, and the POST targets of the pages' forms. A page without
+a session redirects to the sign-in form; a form post without its CSRF token is refused with 403.
+A successful change redirects back (303); a refused one shows the form again with each message
+next to its field (400).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from sentinel.api import console_pages as pages
+from sentinel.api.admin_api import address_of
+from sentinel.api.admin_auth import AdminGate
+from sentinel.api.console_html import layout, message_page, signin_page
+from sentinel.api.docs import HTML_HEADERS
+from sentinel.api.docs_assets import DocsAssets
+from sentinel.api.responses import RawResponse
+from sentinel.domain.plans import format_window
+from sentinel.errors import InvalidRequest, NotFound, PayloadTooLarge
+from sentinel.services.admin import Actor, AdminService
+from sentinel.services.admin_forms import LimitInput, field_errors
+from sentinel.services.admin_usage import PERIODS, parse_moment
+
+MAX_FORM_BYTES = 64 * 1024
+ASSETS = {
+    "console.css": ("console/console.css", "text/css; charset=utf-8"),
+    "console.js": ("console/console.js", "text/javascript; charset=utf-8"),
+}
+Form = dict[str, list[str]]
+
+
+def _html(status: int, body: str, extra: list[tuple[bytes, bytes]] | None = None) -> RawResponse:
+    return RawResponse(status, body.encode(), [*HTML_HEADERS, *(extra or [])])
+
+
+def _see_other(location: str, extra: list[tuple[bytes, bytes]] | None = None) -> RawResponse:
+    return RawResponse(303, b"", [(b"location", location.encode()), (b"cache-control", b"no-store"), *(extra or [])])
+
+
+def _user_path(external_id: str) -> str:
+    return f"/admin/users/{quote(external_id, safe='')}"
+
+
+class ConsoleRoutes:
+    """The console's pages and form targets (see the module docstring)."""
+
+    def __init__(self, service: AdminService, gate: AdminGate) -> None:
+        self.service = service
+        self.gate = gate
+        self.assets = DocsAssets(ASSETS)
+        self.css = self.assets.integrity("console.css")
+        self.js = self.assets.integrity("console.js")
+
+    def routes(self) -> list[Route]:
+        page, post = ["GET"], ["POST"]
+        return [
+            Route("/admin", self.overview, methods=page),
+            Route("/admin/", self.overview, methods=page),
+            Route("/admin/signin", self.signin, methods=["GET", "POST"]),
+            Route("/admin/signout", self.signout, methods=post),
+            Route("/admin/users", self.users, methods=page),
+            Route("/admin/user", self.open_user, methods=page),
+            Route("/admin/users/{external_id}", self.user, methods=page),
+            Route("/admin/users/{external_id}/plan", self.set_plan, methods=post),
+            Route("/admin/users/{external_id}/keys", self.create_key, methods=post),
+            Route("/admin/keys/{key_id}/revoke", self.revoke_key, methods=post),
+            Route("/admin/plans", self.plans, methods=["GET", "POST"]),
+            Route("/admin/plans/{name}", self.plan, methods=["GET", "POST"]),
+            Route("/admin/plans/{name}/delete", self.delete_plan, methods=post),
+            Route("/admin/tiers/{tier}", self.set_tier, methods=post),
+            Route("/admin/tiers/{tier}/reset", self.reset_tier, methods=post),
+            Route("/admin/audit", self.audit, methods=page),
+            Route("/admin/export.csv", self.export, methods=page),
+            Route("/admin/assets/{name}", self.asset, methods=page),
+        ]
+
+    # --- sessions and forms -------------------------------------------------------------------------
+    def _page(self, title: str, body: str, session: str, active: str, status: int = 200) -> RawResponse:
+        html = layout(title, body, csrf=self.gate.csrf_for(session), active=active, css=self.css, js=self.js)
+        return _html(status, html)
+
+    async def _form(self, request: Request) -> Form:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/x-www-form-urlencoded":
+            raise InvalidRequest("Console forms are posted as application/x-www-form-urlencoded")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:
+                raise PayloadTooLarge(f"Console forms are limited to {MAX_FORM_BYTES} bytes")
+        try:
+            return parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=400)
+        except (UnicodeDecodeError, ValueError):
+            raise InvalidRequest("Unreadable form") from None
+
+    async def _post(self, request: Request) -> tuple[str, Form, Actor] | RawResponse:
+        """(session, form, actor) of an authorised form post, or the answer refusing it."""
+        session = self.gate.session_of(request.headers)
+        if session is None:
+            return _html(401, message_page(self.css, "Signed out", "Your session ended: sign in again."))
+        form = await self._form(request)
+        if not self.gate.csrf_matches(session, self._one(form, "csrf") or None):
+            return _html(403, message_page(self.css, "Refused", "This form is missing its CSRF token; reload the "
+                                                                "page and try again."))
+        return session, form, Actor("admin", address_of(request))
+
+    @staticmethod
+    def _one(form: Form, name: str) -> str:
+        return (form.get(name) or [""])[0]
+
+    # --- sign-in -----------------------------------------------------------------------------------
+    async def signin(self, request: Request) -> RawResponse:
+        if request.method == "GET":
+            return _html(200, signin_page(self.css))
+        address = address_of(request)
+        self.gate.throttle.check(address)
+        key = self._one(await self._form(request), "key")
+        if not key or not self.gate.key_matches(key):
+            self.gate.throttle.failed(address)
+            return _html(401, signin_page(self.css, "Wrong admin key."))
+        cookie = self.gate.set_cookie(self.gate.mint(), secure=request.url.scheme == "https")
+        return _see_other("/admin", [(b"set-cookie", cookie.encode())])
+
+    async def signout(self, request: Request) -> RawResponse:
+        checked = await self._post(request)
+        if isinstance(checked, RawResponse):
+            return checked
+        return _see_other("/admin/signin", [(b"set-cookie", self.gate.clear_cookie(request.url.scheme == "https").encode())])
+
+    # --- pages -------------------------------------------------------------------------------------
+    async def _guarded(self, request: Request, render: Callable[[str], Any]) -> RawResponse:
+        session = self.gate.session_of(request.headers)
+        if session is None:
+            return _see_other("/admin/signin")
+        result: RawResponse = await render(session)
+        return result
+
+    async def overview(self, request: Request) -> RawResponse:
+        async def render(session: str) -> RawResponse:
+            period = request.query_params.get("period", "24h")
+            view = await self.service.overview(period if period in PERIODS else "24h")
+            return self._page("Overview", pages.overview(view), session, "/admin")
+
+        return await self._guarded(request, render)
+
+    async def users(self, request: Request) -> RawResponse:
+        async def render(session: str) -> RawResponse:
+            query = request.query_params.get("q") or None
+            found = await self.service.find_users(query, limit=100)
+            return self._page("Users", pages.users_page(found, query), session, "/admin/users")
+
+        return await self._guarded(request, render)
+
+    async def open_user(self, request: Request) -> RawResponse:
+        async def render(session: str) -> RawResponse:
+            return _see_other(_user_path((request.query_params.get("id") or "").strip() or "-"))
+
+        return await self._guarded(request, render)
+
+    async def _user_page(self, session: str, external_id: str, *, status: int = 200, **extra: Any) -> RawResponse:
+        try:
+            detail = await self.service.user(external_id)
+        except NotFound:
+            detail = None
+        plans = [plan for plan, _ in await self.service.plans()]
+        body = pages.user_page(external_id, detail, plans, self.gate.csrf_for(session), **extra)
+        return self._page(f"User {external_id}", body, session, "/admin/users", status)
+
+    async def user(self, request: Request) -> RawResponse:
+        async def render(session: str) -> RawResponse:
+            return await self._user_page(session, request.path_params["external_id"])
+
+        return await self._guarded(request, render)
+
+    async def set_plan(self, request: Request) -> RawResponse:
+        checked = await self._post(request)
+        if isinstance(checked, RawResponse):
+            return checked
+        session, form, actor = checked
+        external_id = request.path_params["external_id"]
+        try:
+            await self.service.set_user_plan(external_id, self._one(form, "plan") or None, actor)
+        except (NotFound, InvalidRequest) as exc:
+            errors = field_errors(exc) if isinstance(exc, InvalidRequest) else {"plan": exc.message}
+            return await self._user_page(session, external_id, status=400, errors=errors or {"plan": exc.message})
+        return _see_other(_user_path(external_id))
+
+    async def create_key(self, request: Request) -> RawResponse:
+        checked = await self._post(request)
+        if isinstance(checked, RawResponse):
+            return checked
+        session, form, actor = checked
+        external_id = request.path_params["external_id"]
+        try:
+            created = await self.service.create_key(
+                external_id, self._one(form, "name") or None, self._one(form, "email") or None, actor
+            )
+        except InvalidRequest as exc:
+            return await self._user_page(session, external_id, status=400, errors=field_errors(exc) or {"name": exc.message})
+        return await self._user_page(session, external_id, new_key=created)
+
+    async def revoke_key(self, request: Request) -> RawResponse:
+        checked = await self._post(request)
+        if isinstance(checked, RawResponse):
+            return checked
+        info = await self.service.revoke_key(request.path_params["key_id"], checked[2])
+        return _see_other(_user_path(info.external_id))
+
+    async def _plans_page(self, session: str, status: int = 200, **extra: Any) -> RawResponse:
+        body = pages.plans_page(await self.service.plans(), await self.service.tiers(), self.gate.csrf_for(session), **extra)
+        return self._page("Plans & tiers", body, session, "/admin/plans", status)
+
+    @staticmethod
+    def _limits(form: Form) -> list[LimitInput]:
+        metrics, limits, windows = form.get("metric", []), form.get("limit", []), form.get("window", [])
+        size = max(len(metrics), len(limits), len(windows))
+
+        def pad(values: list[str]) -> list[str]:
+            return values + [""] * (size - len(values))
+
+        return [LimitInput(m, n, w) for m, n, w in zip(pad(metrics), pad(limits), pad(windows), strict=True)]
+
+    async def plans(self, request: Request) -> RawResponse:
+        if request.method == "GET":
+            return await self._guarded(request, lambda session: self._plans_page(session))
+        checked = await self._post(request)
+        if isinstance(checked, RawResponse):
+            return checked
+        session, form, actor = checked
+        name, limits = self._one(form, "name"), self._limits(form)
+        try:
+            await self.service.save_plan_input(name, limits, actor, create=True)
+        except InvalidRequest as exc:
+            errors = field_errors(exc) or {"name": exc.message}
+            return await self._plans_page(session, 400, new_plan=(name, limits, errors))
+        return _see_other("/admin/plans")
+
+    async def plan(self, request: Request) -> RawResponse:
+        name = request.path_params["name"]
+        if request.method == "GET":
+            async def render(session: str) -> RawResponse:
+                plan = await self.service.plan(name)
+                rows = [LimitInput(lim.metric, str(lim.limit), format_window(lim.window_seconds)) for lim in plan.limits]
+                body = pages.plan_form(name, rows, self.gate.csrf_for(session), create=False)
+                return self._page(f"Plan {name}", body, session, "/admin/plans")
+
+            return await self._guarded(request, render)
+        checked = await self._post(request)
+        if isinstance(checked, RawResponse):
+            return checked
+        session, form, actor = checked
+        limits = self._limits(form)
+        try:
+            await self.service.plan(name)
+            await self.service.save_plan_input(name, limits, actor)
+        except InvalidRequest as exc:
+            body = pages.plan_form(name, limits, self.gate.csrf_for(session), create=False,
+                                   errors=field_errors(exc) or {"limits": exc.message})
+            return self._page(f"Plan {name}", body, session, "/admin/plans", 400)
+        return _see_other("/admin/plans")
+
+    async def delete_plan(self, request: Request) -> RawResponse:
+        checked = await self._post(request)
+        if isinstance(checked, RawResponse):
+            return checked
+        await self.service.delete_plan(request.path_params["name"], checked[2])
+        return _see_other("/admin/plans")
+
+    async def set_tier(self, request: Request) -> RawResponse:
+        checked = await self._post(request)
+        if isinstance(checked, RawResponse):
+            return checked
+        session, form, actor = checked
+        tier, text = request.path_params["tier"], self._one(form, "entries")
+        try:
+            await self.service.set_tier(tier, text.splitlines(), actor)
+        except InvalidRequest as exc:
+            return await self._plans_page(session, 400, tier_errors=(tier, text, field_errors(exc)))
+        return _see_other("/admin/plans")
+
+    async def reset_tier(self, request: Request) -> RawResponse:
+        checked = await self._post(request)
+        if isinstance(checked, RawResponse):
+            return checked
+        await self.service.reset_tier(request.path_params["tier"], checked[2])
+        return _see_other("/admin/plans")
+
+    async def audit(self, request: Request) -> RawResponse:
+        async def render(session: str) -> RawResponse:
+            before = request.query_params.get("before")
+            entries = await self.service.audit(100, int(before) if before and before.isdigit() else None)
+            return self._page("Audit log", pages.audit_page(entries), session, "/admin/audit")
+
+        return await self._guarded(request, render)
+
+    async def export(self, request: Request) -> RawResponse:
+        async def render(session: str) -> RawResponse:
+            now = datetime.now(UTC)
+            try:
+                since = parse_moment(request.query_params.get("since"), now)
+                until = parse_moment(request.query_params.get("until"), now)
+            except ValueError:
+                return _html(400, message_page(self.css, "Export", "From/Until: a window like 7d or a date like "
+                                                                   "2026-01-31"))
+            text = await self.service.usage_csv(since, until)
+            stamp = now.strftime("%Y%m%d-%H%M")
+            headers = [(b"content-type", b"text/csv; charset=utf-8"), (b"cache-control", b"no-store"),
+                       (b"content-disposition", f'attachment; filename="sentinel-usage-{stamp}.csv"'.encode())]
+            return RawResponse(200, text.encode(), headers)
+
+        return await self._guarded(request, render)
+
+    async def asset(self, request: Request) -> RawResponse:
+        found = self.assets.response(request.path_params["name"], request.headers.get("if-none-match"))
+        if found is None:
+            raise NotFound("No such console asset", code="not_found")
+        return found

@@ -1,0 +1,319 @@
+"""The console's page bodies: overview, users, one user, plans and tiers, the audit log.
+
+Each function takes the service's view objects and returns escaped HTML for `console_html.layout`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from urllib.parse import quote
+
+from sentinel.api.console_charts import SeriesData, bar_chart, line_chart
+from sentinel.api.console_html import (
+    csrf_field,
+    e,
+    error_for,
+    ms,
+    num,
+    pct,
+    select,
+    short,
+    table,
+    usd,
+    when,
+)
+from sentinel.domain.plans import METRICS, Plan, format_window
+from sentinel.domain.tiers import TIERS
+from sentinel.governance.audit import AuditEntry
+from sentinel.governance.keys import ApiKeyInfo
+from sentinel.governance.users import UserSummary
+from sentinel.services.admin import Overview, TiersView, UserDetail
+from sentinel.services.admin_forms import LimitInput
+from sentinel.services.admin_usage import PERIODS
+
+TIME_FORMATS = {"1h": "%H:%M", "24h": "%H:%M", "30d": "%m-%d %H:%M"}
+
+
+def user_link(external_id: str) -> str:
+    return f'<a href="/admin/users/{quote(external_id, safe="")}">{e(external_id)}</a>'
+
+
+def _tile(label: str, value: str, key: str) -> str:
+    return f'<div class="tile" data-tile="{key}"><span class="label">{e(label)}</span><span class="value">{e(value)}</span></div>'
+
+
+def overview(view: Overview) -> str:
+    series, totals = view.series, view.series.totals
+    tabs = "".join(
+        f'<a href="/admin?period={name}"{" aria-current=page" if name == view.period else ""}>{e(p.label)}</a>'
+        for name, p in PERIODS.items()
+    )
+    tiles = "".join([
+        _tile("Requests", num(totals.requests), "requests"),
+        _tile("Input tokens", short(totals.input_tokens), "input_tokens"),
+        _tile("Output tokens", short(totals.output_tokens), "output_tokens"),
+        _tile("Cost", usd(totals.cost_usd), "cost"),
+        _tile("Errors (5xx)", pct(totals.error_rate), "error_rate"),
+        _tile("Refused (4xx)", pct(totals.refused_rate), "refused_rate"),
+        _tile("p50 latency", ms(totals.p50_ms), "p50"),
+        _tile("p99 latency", ms(totals.p99_ms), "p99"),
+        _tile("Outbox depth", num(view.outbox_depth), "outbox"),
+    ])
+    points, fmt = series.points, TIME_FORMATS.get(view.period, "%H:%M")
+    starts = [p.start for p in points]
+    answered = [p.answers > 0 for p in points]
+    charts = "".join([
+        bar_chart("Requests", starts, SeriesData("requests", [p.requests for p in points]), num, fmt),
+        line_chart("Tokens", starts, [SeriesData("input", [p.input_tokens for p in points]),
+                                      SeriesData("output", [p.output_tokens for p in points])], short, fmt),
+        bar_chart("Cost", starts, SeriesData("USD", [p.cost_usd for p in points]), usd, fmt),
+        line_chart("Errors and refusals", starts, [
+            SeriesData("5xx", [p.error_rate if a else None for p, a in zip(points, answered, strict=True)]),
+            SeriesData("4xx", [p.refused_rate if a else None for p, a in zip(points, answered, strict=True)]),
+        ], pct, fmt),
+        line_chart("Latency", starts, [SeriesData("p50", [p.p50_ms for p in points]),
+                                       SeriesData("p99", [p.p99_ms for p in points])], ms, fmt),
+    ])
+    users = table(
+        ("User", "Requests", "Input", "Output", "Cost"),
+        ([user_link(r.name), num(r.requests), short(r.input_tokens), short(r.output_tokens), usd(r.cost_usd)]
+         for r in view.top_users),
+        empty="No requests in this period.", cls="top-users",
+    )
+    models = table(
+        ("Model", "Requests", "Input", "Output", "Cost"),
+        ([f'{e(r.name or "(none)")} <span class="provider">{e(r.provider or "")}</span>', num(r.requests),
+          short(r.input_tokens), short(r.output_tokens), usd(r.cost_usd)] for r in view.top_models),
+        empty="No requests in this period.", cls="top-models",
+    )
+    return (
+        f'<nav class="periods" aria-label="Period">{tabs}</nav>'
+        f'<section class="tiles">{tiles}</section><section class="charts">{charts}</section>'
+        f'<p class="hint">Top users and models since {when(view.top_since)}.</p>'
+        f'<section class="pair"><div><h2>Top users</h2>{users}</div><div><h2>Top models</h2>{models}</div></section>'
+        f"<section><h2>Providers</h2>{providers(view)}</section>"
+        f"<section><h2>Export usage</h2>{export_form()}</section>"
+    )
+
+
+def providers(view: Overview) -> str:
+    rows = []
+    for p in view.providers:
+        if not p.configured:
+            state = '<span class="badge warn">not configured</span>'
+        elif p.available:
+            state = '<span class="badge ok">healthy</span>'
+        else:
+            state = f'<span class="badge bad">backoff {p.remaining_seconds:.0f} s</span>'
+        rows.append([e(p.provider), e(p.model or "–"), e(", ".join(p.tiers) or "–"), state, num(p.failures),
+                     f"{p.backoff_seconds:.0f} s"])
+    note = f'<p class="error">{e(view.providers_error)}</p>' if view.providers_error else ""
+    return note + table(("Provider", "Model", "Tiers", "State", "Failures", "Backoff"), rows,
+                        empty="No provider is configured.", cls="providers")
+
+
+def export_form() -> str:
+    return (
+        '<form method="get" action="/admin/export.csv" class="inline">'
+        '<label>From <input name="since" value="30d" size="22" placeholder="7d or 2026-01-31"></label>'
+        '<label>Until <input name="until" size="22" placeholder="now"></label>'
+        '<button type="submit">Download CSV</button></form>'
+        '<p class="hint">Per user and model: requests, input and output tokens, cost. The same figures as '
+        "<code>sentinel usage show</code>. Dates are UTC; <code>7d</code> means seven days back from now.</p>"
+    )
+
+
+def users_page(found: Sequence[UserSummary], query: str | None) -> str:
+    search = (
+        '<form method="get" action="/admin/users" class="inline" role="search">'
+        f'<input name="q" value="{e(query)}" placeholder="external id or email" aria-label="Search users">'
+        '<button type="submit">Search</button></form>'
+        '<form method="get" action="/admin/user" class="inline">'
+        '<input name="id" placeholder="external id" aria-label="Open a user by external id" required>'
+        '<button type="submit">Open</button></form>'
+    )
+    rows = ([user_link(u.external_id), e(u.email or ""), e(u.plan_name or "(default)"), num(u.active_keys),
+             when(u.last_used_at), when(u.created_at)] for u in found)
+    return search + table(("User", "Email", "Plan", "Active keys", "Last used", "Created"), rows,
+                          empty="No user matches.", cls="users")
+
+
+def _quota(detail: UserDetail) -> str:
+    quota = detail.quota
+    if quota is None:
+        return ""
+    if quota.error:
+        return f'<p class="error">{e(quota.error)}</p>'
+    if not quota.limits:
+        return '<p class="empty">This plan has no limits.</p>'
+    rows = []
+    for lim in quota.limits:
+        meter = (f'<meter min="0" max="{lim.limit}" value="{min(lim.used, lim.limit)}" high="{lim.limit * 0.8:.0f}" '
+                 f'optimum="0" aria-label="{e(lim.metric)} used"></meter>')
+        rows.append([e(lim.metric.replace("_", " ")), e("per " + format_window(lim.window_seconds)),
+                     f'<span class="used" data-metric="{e(lim.metric)}" data-window="{lim.window_seconds}">'
+                     f"{num(lim.used)}</span> / {num(lim.limit)}", meter, when(lim.reset_at, seconds=True)])
+    return table(("Metric", "Window", "Used / limit", "", "Resets"), rows, cls="quota")
+
+
+def _keys(keys: Sequence[ApiKeyInfo], csrf: str | None) -> str:
+    rows = []
+    for k in keys:
+        if k.revoked_at is None:
+            action = (f'<form method="post" action="/admin/keys/{e(k.id)}/revoke" class="revoke">{csrf_field(csrf)}'
+                      f'<button type="submit" class="danger" data-confirm="Revoke {e(k.prefix)}…?">Revoke</button></form>')
+        else:
+            action = f"revoked {when(k.revoked_at)}"
+        rows.append([f"<code>{e(k.prefix)}…</code>", e(k.name or ""), when(k.created_at), when(k.last_used_at), action])
+    return table(("Prefix", "Name", "Created", "Last used", ""), rows, empty="No keys.", cls="keys")
+
+
+def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan], csrf: str | None,
+              new_key: tuple[ApiKeyInfo, str] | None = None, errors: Mapping[str, str] | None = None) -> str:
+    errors = errors or {}
+    path = f"/admin/users/{quote(external_id, safe='')}"
+    summary = detail.summary if detail else None
+    plan_name = summary.plan_name if summary else None
+    enforced = detail.quota.plan.name if detail and detail.quota and detail.quota.plan else None
+    origin = detail.plan_origin if detail else "default"
+    parts = []
+    if detail is None:
+        parts.append('<p class="empty">This user is not in the database yet: choosing a plan or creating a key '
+                     "creates it.</p>")
+    if new_key is not None:
+        info, key = new_key
+        parts.append(
+            f'<section class="new-key" role="status"><h2>New key {e(info.prefix)}…</h2><p>Copy it now: it is shown '
+            f'only once.</p><div class="copy"><input id="new-key" readonly value="{e(key)}" aria-label="New API key">'
+            '<button type="button" data-copy="#new-key">Copy</button></div></section>'
+        )
+    options = [("", "(default plan)"), *((p.name, p.name) for p in plans)]
+    parts.append(
+        f'<section><h2>Plan</h2><p>Enforced now: <strong class="plan-name">{e(enforced or "–")}</strong> '
+        f"({e(origin)}). Changes apply at once.</p>"
+        f'<form method="post" action="{path}/plan" class="inline">{csrf_field(csrf)}'
+        f'{select("plan", options, plan_name or "", label="Plan")}{error_for(errors, "plan")}'
+        '<button type="submit">Change plan</button></form>'
+        f"{_quota(detail) if detail else ''}</section>"
+    )
+    parts.append(
+        f'<section><h2>Keys</h2>{_keys(detail.keys if detail else [], csrf)}'
+        f'<form method="post" action="{path}/keys" class="inline create-key">{csrf_field(csrf)}'
+        f'<label>Name <input name="name" maxlength="200"></label>{error_for(errors, "name")}'
+        f'<label>Email <input name="email" type="email" maxlength="320" value="{e(summary.email if summary else "")}">'
+        f'</label>{error_for(errors, "email")}<button type="submit">Create key</button></form></section>'
+    )
+    if detail is not None:
+        month = detail.usage_30d
+        usage = table(("Period", "Requests", "Errors", "Input", "Output", "Cost"),
+                      [["last 30 days", num(month.requests), num(month.errors), num(month.input_tokens),
+                        num(month.output_tokens), usd(month.cost_usd)]], cls="usage")
+        models = table(("Model", "Requests", "Input", "Output"),
+                       ([e(r["model"] or "(none)"), num(r["requests"]), num(r["input_tokens"]), num(r["output_tokens"])]
+                        for r in detail.models_24h), empty="No requests in the last 24 hours.", cls="models")
+        recent = table(
+            ("Finished", "Endpoint", "Model", "Status", "Input", "Output", "Latency", "Cost"),
+            ([when(r.finished_at), e(r.endpoint), e(r.model or ""), num(r.status), num(r.input_tokens),
+              num(r.output_tokens), ms(r.latency_ms), usd(r.cost_usd)] for r in detail.recent),
+            empty="No requests recorded yet.", cls="recent",
+        )
+        parts.append(f"<section><h2>Usage</h2>{usage}</section><section><h2>By model, last 24 hours</h2>{models}"
+                     f"</section><section><h2>Recent requests</h2>{recent}</section>")
+    return "".join(parts)
+
+
+def _limit_row(index: int, item: LimitInput, errors: Mapping[str, str]) -> str:
+    here = f"limits.{index}"
+    metric = select("metric", [("", "–"), *((m, m.replace("_", " ")) for m in METRICS)], item.metric, label="Metric")
+    return (
+        f'<div class="limit-row">{metric}{error_for(errors, here + ".metric")}'
+        f'<input name="limit" value="{e(item.limit)}" inputmode="numeric" placeholder="limit" aria-label="Limit">'
+        f'{error_for(errors, here + ".limit")}<span>per</span>'
+        f'<input name="window" value="{e(item.window)}" placeholder="1h" size="6" aria-label="Window">'
+        f"{error_for(errors, here + '.window')}</div>"
+    )
+
+
+def plan_form(name: str, limits: Sequence[LimitInput], csrf: str | None, *, create: bool,
+              errors: Mapping[str, str] | None = None) -> str:
+    errors = errors or {}
+    rows = [*limits, *(LimitInput("", "", "") for _ in range(2 if create or not limits else 1))]
+    action = "/admin/plans" if create else f"/admin/plans/{quote(name, safe='')}"
+    name_field = (
+        f'<label>Name <input name="name" value="{e(name)}" required maxlength="100"></label>{error_for(errors, "name")}'
+        if create else f'<input type="hidden" name="name" value="{e(name)}">'
+    )
+    general = error_for(errors, "limits")
+    return (
+        f'<form method="post" action="{action}" class="plan-form" data-plan-form>{csrf_field(csrf)}{name_field}'
+        f'<fieldset><legend>Limits (metric, amount, window: 90s, 1m, 1h, 1d, 30d, 2w)</legend>{general}'
+        f'<div data-limit-rows>{"".join(_limit_row(i, item, errors) for i, item in enumerate(rows))}</div>'
+        '<button type="button" data-add-limit>Add a limit</button></fieldset>'
+        f'<button type="submit">{"Create plan" if create else "Save plan"}</button></form>'
+    )
+
+
+def plans_page(plans: Sequence[tuple[Plan, int]], tiers: TiersView, csrf: str | None,
+               new_plan: tuple[str, list[LimitInput], Mapping[str, str]] | None = None,
+               tier_errors: tuple[str, str, Mapping[str, str]] | None = None) -> str:
+    rows = []
+    for plan, users in plans:
+        path = f"/admin/plans/{quote(plan.name, safe='')}"
+        rows.append([
+            f'<a href="{path}">{e(plan.name)}</a>', e(", ".join(lim.describe() for lim in plan.limits) or "no limits"),
+            num(users),
+            f'<form method="post" action="{path}/delete" class="inline">{csrf_field(csrf)}<button type="submit" '
+            f'class="danger" data-confirm="Delete plan {e(plan.name)}? Its users get the default plan.">Delete</button></form>',
+        ])
+    name, limits, errors = new_plan or ("", [], {})
+    listed = table(("Plan", "Limits", "Users", ""), rows, empty="No plans yet: users get DEFAULT_PLAN.", cls="plans")
+    return (
+        f"<section>{listed}</section>"
+        f'<section><h2>New plan</h2>{plan_form(name, limits, csrf, create=True, errors=errors)}</section>'
+        f"<section><h2>Tiers</h2>{tiers_section(tiers, csrf, tier_errors)}</section>"
+    )
+
+
+def tiers_section(view: TiersView, csrf: str | None, failed: tuple[str, str, Mapping[str, str]] | None) -> str:
+    out = []
+    for tier in TIERS:
+        effective = view.effective.get(tier, [])
+        shown = ", ".join(
+            f"{x.provider}/{x.model} (cost {x.relative_cost})"
+            + ("" if not view.providers or x.provider in view.providers else " – provider not configured")
+            for x in effective
+        ) or "(none)"
+        source = "database" if view.overrides.get(tier) else "configuration"
+        if not view.editable:
+            out.append(f'<div class="tier"><h3>{e(tier)}</h3><p>{e(shown)}</p></div>')
+            continue
+        lines = "\n".join(
+            f"{x.provider}/{x.model}:{x.relative_cost}:{x.input_price_per_million:g}:{x.output_price_per_million:g}"
+            for x in (view.overrides.get(tier) or effective)
+        )
+        errors: Mapping[str, str] = {}
+        if failed is not None and failed[0] == tier:
+            lines, errors = failed[1], failed[2]
+        messages = "".join(
+            f'<span class="field-error" role="alert" data-field="{e(k)}">line {int(k.split(".")[1]) + 1}: {e(v)}</span>'
+            if k.startswith("entries.") else error_for(errors, k)
+            for k, v in errors.items()
+        )
+        out.append(
+            f'<div class="tier"><h3>{e(tier)}</h3><p>In effect ({e(source)}): {e(shown)}</p>'
+            f'<form method="post" action="/admin/tiers/{e(tier)}">{csrf_field(csrf)}'
+            f'<label>Candidates, one per line: <code>provider/model:cost[:input_price:output_price]</code>'
+            f'<textarea name="entries" rows="3">{e(lines)}</textarea></label>{messages}'
+            '<button type="submit">Save tier</button></form>'
+            f'<form method="post" action="/admin/tiers/{e(tier)}/reset" class="inline">{csrf_field(csrf)}'
+            '<button type="submit" class="secondary">Reset to configuration</button></form></div>'
+        )
+    return '<div class="tiers">' + "".join(out) + "</div>"
+
+
+def audit_page(entries: Sequence[AuditEntry]) -> str:
+    rows = ([when(x.at), e(x.actor), f"<code>{e(x.action)}</code>", e(x.target),
+             e(", ".join(f"{k}: {v}" for k, v in x.details.items())), e(x.address or "")] for x in entries)
+    more = f'<p><a href="/admin/audit?before={entries[-1].id}">Older entries</a></p>' if len(entries) >= 100 else ""
+    return table(("When", "Actor", "Action", "Target", "Details", "Address"), rows, empty="No actions yet.",
+                 cls="audit") + more

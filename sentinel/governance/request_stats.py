@@ -1,0 +1,116 @@
+"""API answers by kind in the database: written every few seconds, read by the console.
+
+`RequestStatsWriter` takes the process's `RequestOutcomes` counts every `interval` seconds (and at
+shutdown) and adds them to `request_minutes` and `request_hours` (`INSERT ... ON CONFLICT DO UPDATE
+SET n = n + new`), so the replicas' counts add up. Counts that could not be written are given back
+and tried again with the next flush. `RequestStats.series` reads them in time buckets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sentinel.db.engine import database_errors
+from sentinel.db.models import RequestHourRow, RequestMinuteRow
+from sentinel.db.queries import upsert_adding
+from sentinel.errors import GovernanceUnavailable
+from sentinel.observability.outcomes import Outcomes, RequestOutcomes
+
+log = logging.getLogger("sentinel.request_stats")
+COLUMNS = ("requests", "client_errors", "rate_limited", "server_errors")
+
+
+@dataclass(frozen=True)
+class AnswerBucket:
+    """Answers of one time bucket (index from the start of the range)."""
+
+    index: int
+    requests: int
+    client_errors: int
+    rate_limited: int
+    server_errors: int
+
+
+class RequestStats:
+    """Reads `request_minutes` / `request_hours`."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def series(self, start_minute: int, end_minute: int, step_minutes: int) -> list[AnswerBucket]:
+        """Buckets of `step_minutes` over minutes [start_minute, end_minute), only those with answers;
+        whole hours are read from the per-hour table."""
+        table: Any = RequestMinuteRow
+        key, start, end, step = RequestMinuteRow.minute, start_minute, end_minute, step_minutes
+        if step_minutes % 60 == 0 and start_minute % 60 == 0 and end_minute % 60 == 0:
+            table, key, start, end, step = RequestHourRow, RequestHourRow.hour, start // 60, end // 60, step // 60
+        index = ((key - start) // step).label("bucket")
+        sums = [func.coalesce(func.sum(getattr(table, c)), 0) for c in COLUMNS]
+        query = select(index, *sums).where(key >= start, key < end).group_by(index).order_by(index)
+        with database_errors("request statistics unavailable"):
+            async with self._sessions() as session:
+                rows = (await session.execute(query)).all()
+        return [AnswerBucket(*(int(v) for v in row)) for row in rows]
+
+
+class RequestStatsWriter:
+    """Flushes a `RequestOutcomes` counter to the database every `interval` seconds until stopped."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], outcomes: RequestOutcomes, *,
+                 interval: float = 5.0) -> None:
+        self._sessions = sessions
+        self.outcomes = outcomes
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def flush(self) -> None:
+        """Write what was counted since the last flush (given back to the counter on an outage)."""
+        taken = self.outcomes.take()
+        if not taken:
+            return
+        hours: dict[int, Outcomes] = {}
+        for minute, counts in taken.items():
+            hours.setdefault(minute // 60, Outcomes()).merge(counts)
+        try:
+            with database_errors("request statistics unavailable"):
+                async with self._sessions() as session:
+                    await upsert_adding(session, RequestMinuteRow, ["minute"], COLUMNS, _rows("minute", taken))
+                    await upsert_adding(session, RequestHourRow, ["hour"], COLUMNS, _rows("hour", hours))
+                    await session.commit()
+        except GovernanceUnavailable as exc:
+            self.outcomes.give_back(taken)
+            log.warning("could not write request statistics; kept for the next flush", extra={"error": exc.message})
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="sentinel-request-stats")
+
+    async def stop(self) -> None:
+        """Stop the loop and write what is left."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        await self.flush()
+
+
+def _rows(key: str, groups: dict[int, Outcomes]) -> list[dict[str, Any]]:
+    return [
+        {key: bucket, "requests": c.requests, "client_errors": c.client_errors, "rate_limited": c.rate_limited,
+         "server_errors": c.server_errors}
+        for bucket, c in sorted(groups.items())
+    ]

@@ -1,0 +1,155 @@
+"""The ledger's rollups: per minute and per hour (with latency histograms), per hour and per day by
+user and by model.
+
+The console's pages read these instead of scanning the ledger, so they stay fast with millions of
+rows. `SqlLedger.record_batch` calls `apply_rollups` in the transaction that inserts the rows, for
+the rows that were new only: the rollups hold exactly what the ledger holds, also when a batch is
+delivered twice. Rows are upserted in key order (`INSERT ... ON CONFLICT DO UPDATE SET n = n + new`),
+so two writers never wait on each other's locks in opposite orders.
+
+A request's latency is `finished_at - started_at`: from its admission (after authentication and
+the body) until its usage record was written (a stream's end).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sentinel.db.models import (
+    LATENCY_BOUNDS_MS,
+    LATENCY_COLUMNS,
+    UsageDailyModelRow,
+    UsageDailyUserRow,
+    UsageHourlyModelRow,
+    UsageHourlyUserRow,
+    UsageHourRow,
+    UsageMinuteRow,
+)
+from sentinel.db.queries import upsert_adding
+from sentinel.domain.usage import UsageRecord
+
+MEASURES = ("requests", "errors", "input_tokens", "output_tokens", "cost_usd")
+
+
+def latency_bucket(ms: int) -> int:
+    """The histogram column index for a request that took `ms` milliseconds."""
+    for index, bound in enumerate(LATENCY_BOUNDS_MS):
+        if ms <= bound:
+            return index
+    return len(LATENCY_BOUNDS_MS)
+
+
+def percentile(histogram: Sequence[int], q: float) -> float | None:
+    """The `q`-quantile (0..1) in ms estimated from histogram counts (linear within a bucket);
+    None for an empty histogram. The open last bucket reports its lower bound."""
+    total = sum(histogram)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for index, count in enumerate(histogram):
+        if count and seen + count >= rank:
+            low = 0 if index == 0 else LATENCY_BOUNDS_MS[index - 1]
+            if index >= len(LATENCY_BOUNDS_MS):
+                return float(low)
+            high = LATENCY_BOUNDS_MS[index]
+            return low + (high - low) * max(0.0, rank - seen) / count
+        seen += count
+    return float(LATENCY_BOUNDS_MS[-1])  # pragma: no cover - the loop always returns
+
+
+@dataclass
+class Totals:
+    """Summed measures of some requests."""
+
+    requests: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, record: UsageRecord) -> None:
+        self.requests += 1
+        self.errors += 1 if record.status >= 400 else 0
+        self.input_tokens += record.input_tokens
+        self.output_tokens += record.output_tokens
+        self.cost_usd += record.cost_usd or 0.0
+
+    def values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in MEASURES}
+
+
+@dataclass
+class SeriesTotals(Totals):
+    """Totals plus the latency sum and histogram (the per-minute and per-hour rollups)."""
+
+    latency_ms_sum: int = 0
+    histogram: list[int] = field(default_factory=lambda: [0] * len(LATENCY_COLUMNS))
+
+    def add(self, record: UsageRecord) -> None:
+        super().add(record)
+        ms = max(0, int((record.finished_at - record.started_at).total_seconds() * 1000))
+        self.latency_ms_sum += ms
+        self.histogram[latency_bucket(ms)] += 1
+
+    def values(self) -> dict[str, Any]:
+        histogram = dict(zip(LATENCY_COLUMNS, self.histogram, strict=True))
+        return {**super().values(), "latency_ms_sum": self.latency_ms_sum, **histogram}
+
+
+# table, its key columns, whether it keeps latencies
+TABLES: tuple[tuple[type[Any], tuple[str, ...], bool], ...] = (
+    (UsageMinuteRow, ("minute",), True),
+    (UsageHourRow, ("hour",), True),
+    (UsageHourlyUserRow, ("hour", "external_id"), False),
+    (UsageHourlyModelRow, ("hour", "model", "provider"), False),
+    (UsageDailyUserRow, ("day", "external_id"), False),
+    (UsageDailyModelRow, ("day", "model", "provider"), False),
+)
+
+
+@dataclass
+class Rollup:
+    """Records summed per key of every rollup table (see TABLES)."""
+
+    groups: list[dict[tuple[Any, ...], Totals]] = field(default_factory=lambda: [{} for _ in TABLES])
+
+    @classmethod
+    def of(cls, records: Iterable[UsageRecord]) -> Rollup:
+        rollup = cls()
+        for record in records:
+            rollup.add(record)
+        return rollup
+
+    def add(self, record: UsageRecord) -> None:
+        """Count one record under each table's key."""
+        seconds = int(record.finished_at.timestamp())
+        hour, day = seconds // 3600, seconds // 86400
+        model = (record.model or "", record.provider or "")
+        keys = ((seconds // 60,), (hour,), (hour, record.external_id), (hour, *model), (day, record.external_id),
+                (day, *model))
+        for group, key, (_, _, series) in zip(self.groups, keys, TABLES, strict=True):
+            totals = group.get(key)
+            if totals is None:
+                totals = group[key] = SeriesTotals() if series else Totals()
+            totals.add(record)
+
+    def rows(self) -> list[list[dict[str, Any]]]:
+        """Per table (in TABLES order), the rows to add, in key order."""
+        return [
+            [{**dict(zip(names, key, strict=True)), **totals.values()} for key, totals in sorted(group.items())]
+            for group, (_, names, _) in zip(self.groups, TABLES, strict=True)
+        ]
+
+
+async def apply_rollups(session: AsyncSession, records: Sequence[UsageRecord]) -> None:
+    """Add `records` (rows just inserted into the ledger) to the rollups; does not commit."""
+    if not records:
+        return
+    for rows, (table, keys, series) in zip(Rollup.of(records).rows(), TABLES, strict=True):
+        columns = [*MEASURES, "latency_ms_sum", *LATENCY_COLUMNS] if series else list(MEASURES)
+        await upsert_adding(session, table, keys, columns, rows)

@@ -1,0 +1,338 @@
+"""The operator's use cases, once, for the console, the admin API and the CLI.
+
+Users (find, look at one: plan, live quota, keys, recent requests), plans (define with several
+limits and windows, delete, assign), keys (issue, shown once; revoke), the tier table, usage
+(series with time buckets, top users and models, totals, the CSV export), live state (quota
+counters, provider health, sessions, the outbox depth) and the audit log.
+
+Every change is written to the audit log after it succeeded, with its actor (`admin` from the
+console or admin API, `cli` from the command line). Changes that caches would hide apply at once
+where this process can reach the cache: revoking a key drops its cached identity and changing a
+user's plan (or a plan's limits) drops the cached plans, in the shared store; other replicas' own
+one-second copies expire by themselves. Tier edits reach other replicas within
+TIER_CONFIG_TTL_SECONDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sentinel.db.models import utcnow
+from sentinel.domain.identity import Identity
+from sentinel.domain.plans import Limit, Plan
+from sentinel.domain.tiers import TIERS, TierModelEntry, TierTable
+from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable
+from sentinel.governance.audit import AuditEntry, AuditLog
+from sentinel.governance.auth import Authenticator
+from sentinel.governance.keys import ApiKeyInfo, KeyService
+from sentinel.governance.ledger import SqlLedger
+from sentinel.governance.plan_source import CachedPlans
+from sentinel.governance.plans import PlanRepository
+from sentinel.governance.request_stats import RequestStats
+from sentinel.governance.tier_store import DbTiers, TierRepository
+from sentinel.governance.usage_stats import LedgerEntry, Ranked, UsageStats
+from sentinel.governance.users import UserDirectory, UserSummary
+from sentinel.services.admin_forms import (
+    LimitInput,
+    check_limits,
+    check_plan_name,
+    check_tier,
+    check_tier_entries,
+    field_errors,
+    refuse,
+)
+from sentinel.services.admin_live import LiveState, ProviderView, QuotaView
+from sentinel.services.admin_usage import PERIODS, Series, UsageReports
+
+log = logging.getLogger("sentinel.admin")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who makes a change: `admin` (console, admin API) or `cli`, and from which address."""
+
+    name: str
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class UserDetail:
+    """Everything the user page shows."""
+
+    external_id: str
+    summary: UserSummary | None
+    plan_origin: str  # "assigned", "default" or the governance source's name
+    quota: QuotaView | None
+    keys: list[ApiKeyInfo]
+    recent: list[LedgerEntry]
+    usage_30d: Ranked  # totals over the last 30 UTC days (today included)
+    models_24h: list[dict[str, Any]]  # by model over the last 24 hours
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The overview page's data for one period."""
+
+    period: str
+    series: Series
+    top_users: list[Ranked]
+    top_models: list[Ranked]
+    top_since: datetime
+    providers: list[ProviderView]
+    providers_error: str | None
+    outbox_depth: int | None
+
+
+@dataclass(frozen=True)
+class TiersView:
+    """The tier table in effect, the database's overrides and the catalog's table under them."""
+
+    effective: TierTable
+    overrides: TierTable
+    fallback: TierTable
+    editable: bool
+    providers: set[str] = field(default_factory=set)
+
+
+class AdminService:
+    """See the module docstring. Parts that need the running gateway (`live`, caches) are optional:
+    the CLI builds the service on the database (and the store) alone."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        keys: KeyService,
+        default_plan: Plan,
+        catalog_tiers: TierTable,
+        live: LiveState | None = None,
+        identities: Authenticator | None = None,
+        plan_cache: CachedPlans | None = None,
+        db_tiers: DbTiers | None = None,
+        builtin: bool = True,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.keys = keys
+        self.plan_repo = PlanRepository(sessions)
+        self.tier_repo = TierRepository(sessions)
+        self.users = UserDirectory(sessions)
+        self.ledger = SqlLedger(sessions)
+        self.reports = UsageReports(self.ledger, UsageStats(sessions), RequestStats(sessions), clock)
+        self.audit_log = AuditLog(sessions, clock)
+        self.default_plan = default_plan
+        self.catalog_tiers = catalog_tiers
+        self.live = live
+        self.identities = identities
+        self.plan_cache = plan_cache
+        self.db_tiers = db_tiers
+        self.builtin = builtin
+        self.clock = clock
+
+    async def _audit(self, actor: Actor, action: str, target: str, details: dict[str, Any] | None = None) -> None:
+        await self.audit_log.record(actor.name, action, target, details, actor.address)
+
+    async def _forget_plans(self, external_ids: Sequence[str]) -> None:
+        if self.plan_cache is None:
+            return
+        cache = self.plan_cache
+        try:
+            for start in range(0, len(external_ids), 100):
+                await asyncio.gather(*(cache.forget(u) for u in external_ids[start : start + 100]))
+        except StoreUnavailable:
+            log.warning("could not drop cached plans: store unavailable (they expire within CACHE_TTL_SECONDS)")
+
+    # --- users --------------------------------------------------------------------------------------
+    async def find_users(self, text: str | None = None, *, limit: int = 50, offset: int = 0) -> list[UserSummary]:
+        """Users whose external id or email contains `text`."""
+        return await self.users.search(text, limit=limit, offset=offset)
+
+    async def user(self, external_id: str) -> UserDetail:
+        """A user's page; NotFound when the user has neither a row nor usage."""
+        summary = await self.users.get(external_id)
+        recent = await self.reports.stats.recent_requests(external_id)
+        if summary is None and not recent:
+            raise NotFound(f"No user {external_id!r}", code="user_not_found")
+        keys = await self.keys.list_keys(external_id)
+        now = self.clock()
+        usage = await self.reports.stats.user_totals(external_id, int(now.timestamp()) // 86400 - 29)
+        models = await self.reports.totals(external_id, now - timedelta(days=1))
+        quota = None
+        if self.live is not None:
+            identity = Identity(external_id=external_id, user_id="", email=summary.email if summary else None)
+            quota = await self.live.quota(identity)
+        origin = ("assigned" if summary and summary.plan_name else "default") if self.builtin else "governance"
+        return UserDetail(external_id, summary, origin, quota, keys, recent, usage, models)
+
+    async def set_user_plan(self, external_id: str, plan: str | None, actor: Actor) -> None:
+        """Put a user (created if missing) on `plan` (None: the default plan); NotFound for an unknown plan."""
+        if not external_id.strip() or len(external_id) > 255:
+            raise refuse({"external_id": "1-255 characters"})
+        before = await self.users.get(external_id)
+        await self.plan_repo.set_user_plan(external_id, plan)
+        await self._forget_plans([external_id])
+        await self._audit(actor, "user.plan", external_id, {"from": before.plan_name if before else None, "to": plan})
+
+    # --- plans --------------------------------------------------------------------------------------
+    async def plans(self) -> list[tuple[Plan, int]]:
+        """Every plan with how many users are on it."""
+        counts = await self.users.per_plan()
+        return [(plan, counts.get(plan.name, 0)) for plan in await self.plan_repo.list_plans()]
+
+    async def plan(self, name: str) -> Plan:
+        found = await self.plan_repo.get_plan(name)
+        if found is None:
+            raise NotFound(f"No plan {name!r}", code="plan_not_found")
+        return found
+
+    async def save_plan_input(self, name: str, limits: Sequence[LimitInput], actor: Actor, *,
+                              create: bool = False) -> Plan:
+        """`save_plan` from operator input (every field checked, errors per field)."""
+        errors: dict[str, str] = {}
+        checked: list[Limit] = []
+        try:
+            name = check_plan_name(name)
+        except InvalidRequest as exc:  # reported with the limits' errors, all at once
+            errors.update(field_errors(exc))
+        try:
+            checked = check_limits(limits)
+        except InvalidRequest as exc:
+            errors.update(field_errors(exc))
+        if errors:
+            raise refuse(errors)
+        return await self.save_plan(name, checked, actor, create=create)
+
+    async def save_plan(self, name: str, limits: Sequence[Limit], actor: Actor, *, create: bool = False,
+                        merge: bool = False) -> Plan:
+        """Create plan `name` or replace its limits (`merge`: only those of the same metric and window);
+        with `create`, an existing plan is a field error."""
+        name = check_plan_name(name)
+        existing = await self.plan_repo.get_plan(name)
+        if create and existing is not None:
+            raise refuse({"name": f"a plan called {name!r} exists already"})
+        merged = list(limits)
+        if merge and existing is not None:
+            new = {(lim.metric, lim.window_seconds) for lim in limits}
+            merged = [lim for lim in existing.limits if (lim.metric, lim.window_seconds) not in new] + merged
+        try:
+            await self.plan_repo.set_plan(name, merged)
+        except ValueError as exc:
+            raise refuse({"limits": str(exc)}) from None
+        saved = await self.plan(name)
+        await self._forget_plans(await self.users.on_plan(name))
+        action = "plan.update" if existing is not None else "plan.create"
+        before = existing.spec() if existing is not None else None
+        await self._audit(actor, action, name, {"from": before, "to": saved.spec()})
+        return saved
+
+    async def delete_plan(self, name: str, actor: Actor) -> None:
+        """Delete a plan; its users fall back to the default plan. NotFound when unknown."""
+        users = await self.users.on_plan(name)
+        existing = await self.plan(name)
+        await self.plan_repo.delete_plan(name)
+        await self._forget_plans(users)
+        await self._audit(actor, "plan.delete", name, {"from": existing.spec(), "users": len(users)})
+
+    # --- keys ---------------------------------------------------------------------------------------
+    async def create_key(self, external_id: str, name: str | None, email: str | None, actor: Actor
+                         ) -> tuple[ApiKeyInfo, str]:
+        """Issue a key (the user is created if missing): (info, the key, shown this once)."""
+        errors = {}
+        if not external_id.strip() or len(external_id) > 255:
+            errors["external_id"] = "1-255 characters"
+        if name is not None and len(name) > 200:
+            errors["name"] = "at most 200 characters"
+        if email is not None and (len(email) > 320 or "@" not in email):
+            errors["email"] = "an email address"
+        if errors:
+            raise refuse(errors)
+        info, token = await self.keys.create_key(external_id, name or None, email=email or None)
+        await self._audit(actor, "key.create", info.id, {"user": external_id, "name": name, "prefix": info.prefix})
+        return info, token
+
+    async def revoke_key(self, key_id: str, actor: Actor) -> ApiKeyInfo:
+        """Revoke a key and drop its cached identity; NotFound when unknown or already revoked."""
+        info = await self.keys.get_key(key_id)
+        token_hash = await self.keys.revoke_with_hash(key_id)
+        if info is None or token_hash is None:
+            raise NotFound(f"No active key {key_id!r}", code="key_not_found")
+        if self.identities is not None:
+            try:
+                await self.identities.forget(token_hash)
+            except StoreUnavailable:
+                log.warning("could not drop a revoked key's cached identity (it expires within JWT_CACHE_TTL_SECONDS)")
+        await self._audit(actor, "key.revoke", key_id, {"user": info.external_id, "prefix": info.prefix})
+        return info
+
+    # --- tiers --------------------------------------------------------------------------------------
+    async def tiers(self) -> TiersView:
+        overrides = await self.tier_repo.table() if self.builtin else {}
+        effective: TierTable
+        if self.live is not None and self.live.tiers is not None:
+            effective = await self.live.tiers.table()
+        else:
+            effective = {t: overrides.get(t) or list(self.catalog_tiers.get(t, [])) for t in TIERS}
+        providers = self.live.providers if self.live is not None else set()
+        return TiersView(effective, overrides, self.catalog_tiers, self.builtin, providers)
+
+    async def set_tier(self, tier: str, entries: Sequence[str] | Sequence[TierModelEntry], actor: Actor) -> None:
+        """Replace a tier's candidates (text lines `provider/model:cost[:in:out]` or entries)."""
+        self._tiers_editable()
+        tier = check_tier(tier)
+        parsed = [e for e in entries if isinstance(e, TierModelEntry)]
+        if len(parsed) != len(entries):
+            parsed = check_tier_entries([e for e in entries if isinstance(e, str)])
+        if not parsed:
+            raise refuse({"entries.0": "at least one candidate (or reset the tier)"})
+        await self.tier_repo.set_tier(tier, parsed)
+        if self.db_tiers is not None:
+            self.db_tiers.invalidate()
+        shown = [f"{e.provider}/{e.model}:{e.relative_cost}" for e in parsed]
+        await self._audit(actor, "tier.set", tier, {"to": shown})
+
+    def _tiers_editable(self) -> None:
+        if not self.builtin:
+            raise InvalidRequest("With GOVERNANCE=zion the tier table comes from Zion's tier config",
+                                 code="tiers_not_editable")
+
+    async def reset_tier(self, tier: str | None, actor: Actor) -> None:
+        """Drop the database's candidates of one tier (None: all); the catalog's table applies."""
+        self._tiers_editable()
+        if tier is not None:
+            check_tier(tier)
+        await self.tier_repo.clear(tier)
+        if self.db_tiers is not None:
+            self.db_tiers.invalidate()
+        await self._audit(actor, "tier.reset", tier or "*")
+
+    # --- usage, live state, audit -------------------------------------------------------------------
+    async def overview(self, period: str) -> Overview:
+        chosen = PERIODS.get(period)
+        if chosen is None:
+            raise refuse({"period": f"one of {', '.join(PERIODS)}"})
+        series = await self.reports.period_series(chosen)
+        users, models, since = await self.reports.top(chosen)
+        providers, error = await self.live.provider_health() if self.live else ([], "not available")
+        depth = await self.live.outbox_depth() if self.live else None
+        return Overview(period, series, users, models, since, providers, error, depth)
+
+    async def usage_totals(self, external_id: str, since: datetime | None = None,
+                           until: datetime | None = None) -> list[dict[str, Any]]:
+        return await self.reports.totals(external_id, since, until)
+
+    async def usage_csv(self, since: datetime | None, until: datetime | None) -> str:
+        return await self.reports.csv(since, until)
+
+    async def audit(self, limit: int = 50, before_id: int | None = None, target: str | None = None) -> list[AuditEntry]:
+        return await self.audit_log.recent(limit, before_id, target)
+
+    def require_live(self) -> LiveState:
+        if self.live is None:
+            raise NotFound("Live state is not available here", code="not_available")
+        return self.live

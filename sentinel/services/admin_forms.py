@@ -1,0 +1,139 @@
+"""Validation of operator input (plans, limits, tier entries, names) with an error per field.
+
+Every admin surface (console forms, admin API, CLI) goes through these checks, and a refusal is an
+`InvalidRequest` whose `details.fields` maps a field path (`name`, `limits.1.window`,
+`entries.0`) to its message, so the console shows each message next to its field and the API
+returns them as they are.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sentinel.domain.plans import METRICS, Limit, parse_window
+from sentinel.domain.tiers import TIERS, TierModelEntry
+from sentinel.errors import InvalidRequest
+from sentinel.governance.tier_store import parse_entry
+
+PLAN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
+MAX_LIMIT = 10**15
+MAX_COST = 10  # the tier_models table's check constraint
+
+
+@dataclass(frozen=True)
+class LimitInput:
+    """One limit as typed by an operator: `limit` and `window` as text or numbers."""
+
+    metric: str
+    limit: str | int
+    window: str | int
+
+
+def refuse(fields: Mapping[str, str], message: str = "Some fields are not valid") -> InvalidRequest:
+    """The InvalidRequest carrying per-field messages."""
+    first = next(iter(fields.items()), None)
+    text = f"{message}: {first[0]}: {first[1]}" if first else message
+    return InvalidRequest(text, code="validation_failed", details={"fields": dict(fields)})
+
+
+def field_errors(error: InvalidRequest) -> dict[str, str]:
+    """The per-field messages of an InvalidRequest (empty when it has none)."""
+    fields = (error.details or {}).get("fields")
+    return dict(fields) if isinstance(fields, dict) else {}
+
+
+def check_plan_name(name: str) -> str:
+    name = name.strip()
+    if not PLAN_NAME.fullmatch(name):
+        raise refuse({"name": "1-100 characters: letters, digits, '_', '.', '-', starting with a letter or digit"})
+    return name
+
+
+def check_limits(items: Iterable[LimitInput]) -> list[Limit]:
+    """Limits from operator input; rows whose three fields are all empty are skipped."""
+    errors: dict[str, str] = {}
+    limits: list[Limit] = []
+    seen: dict[tuple[str, int], int] = {}
+    for i, item in enumerate(items):
+        if item.metric in ("", None) and str(item.limit).strip() == "" and str(item.window).strip() == "":
+            continue
+        here = f"limits.{i}"
+        if item.metric not in METRICS:
+            errors[f"{here}.metric"] = f"choose one of {', '.join(METRICS)}"
+        amount = _whole(item.limit)
+        if amount is None or not 0 <= amount <= MAX_LIMIT:
+            errors[f"{here}.limit"] = "a whole number, 0 or more"
+        try:
+            window = item.window if isinstance(item.window, int) and not isinstance(item.window, bool) else parse_window(
+                str(item.window)
+            )
+            if window <= 0:
+                raise ValueError("a window must be longer than zero")
+        except ValueError:
+            errors[f"{here}.window"] = "a duration such as 90s, 1m, 1h, 1d, 30d or 2w"
+            continue
+        if item.metric in METRICS and amount is not None and f"{here}.limit" not in errors:
+            key = (item.metric, window)
+            if key in seen:
+                errors[f"{here}.window"] = f"limit {seen[key] + 1} already counts {item.metric} over this window"
+                continue
+            seen[key] = i
+            limits.append(Limit(item.metric, window, amount))
+    if errors:
+        raise refuse(errors)
+    return limits
+
+
+def limit_inputs(raw: Any) -> list[LimitInput]:
+    """`[{"metric", "limit", "window"}, ...]` (JSON) as LimitInputs; InvalidRequest when malformed."""
+    if not isinstance(raw, list) or len(raw) > 50:
+        raise refuse({"limits": "a list of at most 50 {metric, limit, window} objects"})
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise refuse({f"limits.{i}": "an object {metric, limit, window}"})
+        values = [item.get(name, "") for name in ("metric", "limit", "window")]
+        if not all(isinstance(v, str | int) and not isinstance(v, bool) for v in values):
+            raise refuse({f"limits.{i}": "metric is text; limit and window are text or whole numbers"})
+        out.append(LimitInput(str(values[0]), values[1], values[2]))
+    return out
+
+
+def check_tier(tier: str) -> str:
+    if tier not in TIERS:
+        raise refuse({"tier": f"one of {', '.join(TIERS)}"})
+    return tier
+
+
+def check_tier_entries(lines: Iterable[str]) -> list[TierModelEntry]:
+    """Tier candidates written `provider/model:cost[:input_price:output_price]`, one per item;
+    blank items are skipped."""
+    errors: dict[str, str] = {}
+    entries: list[TierModelEntry] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            entry = parse_entry(line.strip())
+        except ValueError as exc:  # also pydantic's ValidationError (a ValueError)
+            errors[f"entries.{i}"] = str(exc).splitlines()[0]
+            continue
+        if not 1 <= entry.relative_cost <= MAX_COST:
+            errors[f"entries.{i}"] = f"the relative cost must be 1 to {MAX_COST}"
+            continue
+        entries.append(entry)
+    if errors:
+        raise refuse(errors)
+    return entries
+
+
+def _whole(value: str | int) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    text = value.strip().replace("_", "").replace(",", "")
+    return int(text) if text.isdigit() else None

@@ -1,0 +1,237 @@
+"""Usage reports for operators: time series, top users and models, totals and the CSV export.
+
+Series come from the per-minute rollup (with a latency histogram: p50/p99 are estimated within a
+histogram bucket) and from the counts of every API answer (the error rates: refused and failed
+requests leave no usage record). An overview period is a fixed number of epoch-aligned buckets, the last one
+holding the current minute (the last 30 days: from the per-hour rollup). Top lists come from the
+ledger for the last hour (the same interval as the chart), from the per-hour rollups for the last
+day (whole hours) and from the per-day rollups for 30 days (whole UTC days). Totals per user and model come from the ledger itself, so the CSV export shows exactly what
+`sentinel usage show` shows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sentinel.domain.plans import parse_window
+from sentinel.errors import InvalidRequest
+from sentinel.governance.ledger import SqlLedger
+from sentinel.governance.request_stats import AnswerBucket, RequestStats
+from sentinel.governance.rollups import percentile
+from sentinel.governance.usage_stats import Bucket, Ranked, UsageStats
+
+
+@dataclass(frozen=True)
+class Period:
+    """An overview period: `buckets` buckets of `step_minutes`, ending with the current one."""
+
+    name: str
+    label: str
+    step_minutes: int
+    buckets: int
+
+    @property
+    def seconds(self) -> int:
+        return self.step_minutes * self.buckets * 60
+
+
+PERIODS: dict[str, Period] = {
+    "1h": Period("1h", "last hour", 1, 60),
+    "24h": Period("24h", "last 24 hours", 15, 96),
+    "30d": Period("30d", "last 30 days", 360, 120),
+}
+STEPS: dict[str, int] = {"1m": 1, "5m": 5, "15m": 15, "1h": 60, "6h": 360, "1d": 1440}
+MAX_BUCKETS = 2000
+CSV_COLUMNS = ("external_id", "model", "requests", "input_tokens", "output_tokens", "cost_usd")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One bucket of a series.
+
+    From the ledger (served requests): `requests`, `errors` (recorded with a status >= 400, e.g. a
+    stream cut short), tokens, cost and p50/p99 latency (ms; None without requests). From the
+    answer counts (every API request, refused and failed ones too): `answers`, `client_errors`
+    (4xx, `rate_limited` = the 429s among them) and `server_errors` (5xx); `error_rate` is the
+    5xx share of the answers, `refused_rate` the 4xx share.
+    """
+
+    start: datetime
+    requests: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    p50_ms: float | None
+    p99_ms: float | None
+    answers: int = 0
+    client_errors: int = 0
+    rate_limited: int = 0
+    server_errors: int = 0
+
+    @property
+    def error_rate(self) -> float:
+        return self.server_errors / self.answers if self.answers else 0.0
+
+    @property
+    def refused_rate(self) -> float:
+        return self.client_errors / self.answers if self.answers else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "start": self.start.isoformat(), "requests": self.requests, "errors": self.errors,
+            "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+            "cost_usd": round(self.cost_usd, 8), "p50_ms": _ms(self.p50_ms), "p99_ms": _ms(self.p99_ms),
+            "answers": self.answers, "client_errors": self.client_errors, "rate_limited": self.rate_limited,
+            "server_errors": self.server_errors, "error_rate": round(self.error_rate, 6),
+            "refused_rate": round(self.refused_rate, 6),
+        }
+
+
+@dataclass(frozen=True)
+class Series:
+    """Buckets of `step_minutes` from `start` (every bucket present, empty ones as zeros)."""
+
+    start: datetime
+    step_minutes: int
+    points: list[Point]
+    totals: Point
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "start": self.start.isoformat(), "step_seconds": self.step_minutes * 60,
+            "points": [p.to_json() for p in self.points], "totals": self.totals.to_json(),
+        }
+
+
+def parse_moment(text: str | None, now: datetime) -> datetime | None:
+    """`7d`, `1h`, `90s` (that long before `now`) or an ISO date/time (UTC unless it says otherwise);
+    None for None or empty text; ValueError on anything else."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return now - timedelta(seconds=parse_window(text))
+    except ValueError:
+        pass
+    moment = datetime.fromisoformat(text.strip())
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def ranked_json(item: Ranked) -> dict[str, Any]:
+    return {
+        "name": item.name, "provider": item.provider, "requests": item.requests, "errors": item.errors,
+        "input_tokens": item.input_tokens, "output_tokens": item.output_tokens, "cost_usd": round(item.cost_usd, 8),
+    }
+
+
+def _point(start: datetime, buckets: list[Bucket], answers: list[AnswerBucket]) -> Point:
+    """One point from zero or more buckets of each kind (histograms merged)."""
+    width = len(buckets[0].histogram) if buckets else 0
+    histogram = [sum(b.histogram[i] for b in buckets) for i in range(width)]
+    return Point(
+        start,
+        sum(b.requests for b in buckets),
+        sum(b.errors for b in buckets),
+        sum(b.input_tokens for b in buckets),
+        sum(b.output_tokens for b in buckets),
+        sum(b.cost_usd for b in buckets),
+        percentile(histogram, 0.50) if histogram else None,
+        percentile(histogram, 0.99) if histogram else None,
+        sum(a.requests for a in answers),
+        sum(a.client_errors for a in answers),
+        sum(a.rate_limited for a in answers),
+        sum(a.server_errors for a in answers),
+    )
+
+
+class UsageReports:
+    """The read side of usage (see the module docstring). `clock` gives aware UTC datetimes."""
+
+    def __init__(self, ledger: SqlLedger, stats: UsageStats, answers: RequestStats,
+                 clock: Callable[[], datetime]) -> None:
+        self.ledger = ledger
+        self.stats = stats
+        self.answers = answers
+        self.clock = clock
+
+    async def series(self, since: datetime, until: datetime, step_minutes: int) -> Series:
+        """Buckets of `step_minutes` (epoch-aligned) covering [since, until)."""
+        step = step_minutes
+        first = math.floor(since.timestamp() / 60 / step) * step
+        end = math.ceil(until.timestamp() / 60 / step) * step
+        count = (end - first) // step
+        if count <= 0 or count > MAX_BUCKETS:
+            raise InvalidRequest(f"a series has 1 to {MAX_BUCKETS} buckets; use a longer step or a shorter range",
+                                 details={"param": "step"})
+        found = {b.index: b for b in await self.stats.series(first, end, step)}
+        answered = {a.index: a for a in await self.answers.series(first, end, step)}
+        points = [
+            _point(datetime.fromtimestamp((first + i * step) * 60, UTC), [found[i]] if i in found else [],
+                   [answered[i]] if i in answered else [])
+            for i in range(count)
+        ]
+        start = datetime.fromtimestamp(first * 60, UTC)
+        return Series(start, step, points, _point(start, list(found.values()), list(answered.values())))
+
+    def bounds(self, period: Period) -> tuple[datetime, datetime]:
+        """[start, end) of the period's buckets: the last one holds the current minute."""
+        step = period.step_minutes
+        end = (math.floor(self.clock().timestamp() / 60) // step + 1) * step
+        start = end - period.buckets * step
+        return datetime.fromtimestamp(start * 60, UTC), datetime.fromtimestamp(end * 60, UTC)
+
+    async def period_series(self, period: Period) -> Series:
+        """The period's buckets."""
+        start, end = self.bounds(period)
+        return await self.series(start, end, period.step_minutes)
+
+    async def top(self, period: Period, limit: int = 10) -> tuple[list[Ranked], list[Ranked], datetime]:
+        """(top users, top models, since) by requests over the period: an hour from the ledger, up to
+        two days from the per-hour rollups (since the hour the period starts in), longer from the
+        per-day rollups (since the UTC day it starts in)."""
+        start, _ = self.bounds(period)
+        seconds = int(start.timestamp())
+        if period.seconds <= 3600:
+            users = await self.stats.top_users(since=start, limit=limit)
+            return users, await self.stats.top_models(since=start, limit=limit), start
+        if period.seconds <= 2 * 86400:
+            hour = seconds // 3600
+            users = await self.stats.top_users(first_hour=hour, limit=limit)
+            models = await self.stats.top_models(first_hour=hour, limit=limit)
+            return users, models, datetime.fromtimestamp(hour * 3600, UTC)
+        day = seconds // 86400
+        users = await self.stats.top_users(first_day=day, limit=limit)
+        models = await self.stats.top_models(first_day=day, limit=limit)
+        return users, models, datetime.fromtimestamp(day * 86400, UTC)
+
+    async def totals(self, external_id: str, since: datetime | None = None,
+                     until: datetime | None = None) -> list[dict[str, Any]]:
+        """One user's usage by model (what `sentinel usage show` prints)."""
+        return await self.ledger.totals(external_id, since, until)
+
+    async def csv(self, since: datetime | None, until: datetime | None) -> str:
+        """Usage per user and model for requests finished in [since, until), as CSV text."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for row in await self.ledger.totals_by_user(since, until):
+            writer.writerow([
+                _csv_safe(row["external_id"]), _csv_safe(row["model"] or ""), row["requests"],
+                row["input_tokens"], row["output_tokens"], f"{row['cost_usd']:.8f}".rstrip("0").rstrip("."),
+            ])
+        return out.getvalue()
+
+
+def _csv_safe(text: str) -> str:
+    """Neutralise spreadsheet formulas (a cell starting with = + - @ is prefixed with ')."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

@@ -1,0 +1,190 @@
+"""The admin API over HTTP: off without SENTINEL_ADMIN_KEY, its credentials apart from users', the
+session cookie and its CSRF token, the sign-in throttle, the OpenAPI document, an operator's flow."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import httpx
+import pytest
+from openapi_spec_validator import validate
+
+from sentinel.api.admin_auth import AdminGate
+from sentinel.api.throttle import FailedAuthThrottle
+from tests.api.conftest import Gateway
+from tests.support.clock import FakeClock
+from tests.support.waiting import wait_for
+
+ADMIN_KEY = "admin-key-for-tests-0123"
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+
+
+@pytest.fixture
+def gw(gateway_factory: Callable[..., Gateway]) -> Gateway:
+    return gateway_factory(admin_key=ADMIN_KEY, auth_failures_per_minute=5)
+
+
+def admin(gw: Gateway) -> httpx.Client:
+    return httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+
+
+def signed_in(gw: Gateway) -> tuple[httpx.Client, str]:
+    """A client holding the console's session cookie, and the page's CSRF token."""
+    client = httpx.Client(base_url=gw.url, timeout=30)
+    answer = client.post("/admin/signin", data={"key": ADMIN_KEY})
+    assert answer.status_code == 303 and answer.headers["location"] == "/admin"
+    page = client.get("/admin/users")
+    token = re.search(r'<meta name="csrf-token" content="([0-9a-f]+)">', page.text)
+    assert token is not None
+    return client, token.group(1)
+
+
+ADMIN_PATHS = ["/admin", "/admin/", "/admin/signin", "/admin/users/alice", "/admin/api/users", "/admin/api/openapi.json",
+               "/admin/assets/console.css", "/admin/anything/else"]
+
+
+def test_without_the_admin_key_every_admin_path_is_404(gateway: Gateway) -> None:
+    with httpx.Client(base_url=gateway.url) as client:
+        for path in ADMIN_PATHS:
+            for method in ("GET", "POST"):
+                answer = client.request(method, path, headers={"Authorization": f"Bearer {gateway.key}"})
+                assert answer.status_code == 404, (method, path)
+                assert answer.json()["error"]["code"] == "endpoint_not_found"
+
+
+def test_admin_routes_want_the_admin_key_and_refuse_user_keys(gw: Gateway) -> None:
+    with httpx.Client(base_url=gw.url) as client:
+        assert client.get("/admin/api/users").status_code == 401
+        refused = client.get("/admin/api/users", headers={"Authorization": f"Bearer {gw.key}"})  # a user's key
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "admin_auth_required"
+        assert client.get("/admin/api/users", headers={"Authorization": "Basic abc"}).status_code == 401
+        assert client.get("/admin", follow_redirects=False).headers["location"] == "/admin/signin"
+    with admin(gw) as client:
+        assert client.get("/admin/api/users").status_code == 200
+
+
+def test_the_admin_key_is_not_accepted_on_user_routes(gw: Gateway) -> None:
+    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as client:
+        assert client.post("/v1/chat/completions", json=CHAT).status_code == 401
+        assert client.get("/v1/models").status_code == 401
+        assert client.post("/native/v1/chat/completions",
+                           json={"tier": "simple", "messages": [{"role": "user", "content": "x"}]}).status_code == 401
+    signed, _ = signed_in(gw)
+    try:  # nor the console's session cookie
+        assert signed.post("/v1/chat/completions", json=CHAT).status_code == 401
+    finally:
+        signed.close()
+
+
+def test_session_cookie_attributes_and_csrf_on_changes(gw: Gateway) -> None:
+    with httpx.Client(base_url=gw.url) as client:
+        answer = client.post("/admin/signin", data={"key": ADMIN_KEY})
+        cookie = answer.headers["set-cookie"]
+        assert cookie.startswith("sentinel_admin=v1.") and ADMIN_KEY not in cookie
+        for attribute in ("HttpOnly", "SameSite=Strict", "Path=/admin", "Max-Age=28800"):
+            assert attribute in cookie
+        assert "Secure" not in cookie  # plain http here; https answers add Secure (see the gate test)
+    client, csrf = signed_in(gw)
+    try:
+        assert client.get("/admin/api/plans").status_code == 200  # reading needs no token
+        body = {"limits": [{"metric": "requests", "limit": 5, "window": "1m"}]}
+        refused = client.put("/admin/api/plans/team", json=body)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "csrf_failed"
+        assert client.put("/admin/api/plans/team", json=body, headers={"X-CSRF-Token": "0" * 64}).status_code == 403
+        assert client.put("/admin/api/plans/team", json=body, headers={"X-CSRF-Token": csrf}).status_code == 200
+        # Console forms: the same token as a form field.
+        assert client.post("/admin/plans/team/delete", data={"confirm": "1"}).status_code == 403
+        assert client.post("/admin/plans/team/delete", data={"csrf": csrf}).status_code == 303
+        signout = client.post("/admin/signout", data={"csrf": csrf})
+        assert signout.status_code == 303 and "Max-Age=0" in signout.headers["set-cookie"]
+    finally:
+        client.close()
+
+
+def test_failed_sign_ins_are_rate_limited(gw: Gateway) -> None:
+    with httpx.Client(base_url=gw.url) as client:
+        for _ in range(5):
+            wrong = client.post("/admin/signin", data={"key": "not-the-key"})
+            assert wrong.status_code == 401 and "Wrong admin key" in wrong.text
+        limited = client.post("/admin/signin", data={"key": ADMIN_KEY})
+        assert limited.status_code == 429 and limited.headers["retry-after"]
+        assert client.get("/admin/api/users", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 429
+
+
+def test_sessions_expire_and_die_with_the_key() -> None:
+    clock = FakeClock()
+    gate = AdminGate(ADMIN_KEY, throttle=FailedAuthThrottle(10, clock=clock), clock=clock, session_seconds=60)
+    token = gate.mint()
+    assert gate.session_valid(token)
+    assert "Secure" in gate.set_cookie(token, secure=True)
+    assert not gate.session_valid(token[:-1] + ("0" if token[-1] != "0" else "1"))  # tampered
+    other = AdminGate(ADMIN_KEY + "-rotated", throttle=FailedAuthThrottle(10, clock=clock), clock=clock)
+    assert not other.session_valid(token)
+    assert gate.csrf_for(token) != other.csrf_for(token)
+    clock.advance(61)
+    assert not gate.session_valid(token)
+
+
+def test_the_openapi_document_is_valid_and_covers_every_route(gw: Gateway) -> None:
+    with httpx.Client(base_url=gw.url) as anonymous:
+        assert anonymous.get("/admin/api/openapi.json").status_code == 401
+    with admin(gw) as client:
+        document = client.get("/admin/api/openapi.json").json()
+    validate(document)
+    documented = {(path, method.upper()) for path, item in document["paths"].items() for method in item}
+    app = gw.server.server.config.app
+    served = {
+        (route.path, method)
+        for route in app._http.app.patterned
+        for method in route.methods or ()
+        if route.path.startswith("/admin/api") and method != "HEAD"
+    }
+    served |= {(path, method) for path, methods in app._http.app.exact.items() if path.startswith("/admin/api")
+               for method in methods if method != "HEAD"}
+    assert served == documented
+
+
+def test_an_operator_flow_through_the_api(gw: Gateway) -> None:
+    with admin(gw) as client:
+        bad = client.put("/admin/api/plans/team", json={"limits": [{"metric": "requests", "limit": "x", "window": "1m"}]})
+        assert bad.status_code == 400 and bad.json()["error"]["details"]["fields"] == {"limits.0.limit": "a whole number, 0 or more"}
+        plan = client.put("/admin/api/plans/team", json={"create": True, "limits": [
+            {"metric": "requests", "limit": 2, "window": "1h"}, {"metric": "output_tokens", "limit": 100000, "window": "1d"}]})
+        assert plan.status_code == 200 and plan.json()["spec"] == "output_tokens=100000/1d,requests=2/1h"
+        assert client.put("/admin/api/users/dave/plan", json={"plan": "team"}).json() == {"external_id": "dave", "plan": "team"}
+        created = client.post("/admin/api/users/dave/keys", json={"name": "ci"})
+        assert created.status_code == 201 and created.headers["cache-control"] == "no-store"
+        key, key_id = created.json()["key"], created.json()["id"]
+        user = httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        with user:
+            assert [user.post("/v1/chat/completions", json=CHAT).status_code for _ in range(3)] == [200, 200, 429]
+            assert wait_for(lambda: len(client.get("/admin/api/users/dave").json()["recent_requests"]) == 2)
+            view = client.get("/admin/api/users/dave").json()
+            assert view["user"]["plan"] == "team" and view["keys"][0]["id"] == key_id
+            requests = next(lim for lim in view["quota"]["limits"] if lim["metric"] == "requests")
+            assert (requests["used"], requests["limit"], requests["remaining"]) == (2, 2, 0)
+            totals = client.get("/admin/api/usage/totals", params={"user": "dave", "since": "1h"}).json()
+            assert totals["models"][0]["requests"] == 2
+            csv = client.get("/admin/api/usage.csv", params={"since": "1h"})
+            assert csv.headers["content-type"].startswith("text/csv") and "dave,gpt-4o-mini,2," in csv.text
+            overview = client.get("/admin/api/overview", params={"period": "1h"}).json()
+            assert overview["series"]["totals"]["requests"] >= 2 and overview["outbox_depth"] is not None
+
+            def answers() -> dict[str, int]:
+                return dict(client.get("/admin/api/overview", params={"period": "1h"}).json()["series"]["totals"])
+
+            # Every answer is counted (the 429 left no usage record), written every few seconds.
+            assert wait_for(lambda: answers()["rate_limited"] >= 1, timeout=20)
+            assert answers()["answers"] >= 3 and answers()["refused_rate"] > 0
+            assert {p["provider"] for p in overview["providers"]} >= {"openai"}
+            assert client.post(f"/admin/api/keys/{key_id}/revoke").json()["active"] is False
+            assert user.post("/v1/chat/completions", json=CHAT).status_code == 401  # at once, despite the cache
+        assert client.post(f"/admin/api/keys/{key_id}/revoke").status_code == 404
+        audit = [(e["action"], e["target"]) for e in client.get("/admin/api/audit").json()["entries"]]
+        assert audit == [("key.revoke", key_id), ("key.create", key_id), ("user.plan", "dave"), ("plan.create", "team")]
+        series = client.get("/admin/api/usage", params={"since": "2h", "step": "15m"}).json()
+        assert sum(p["requests"] for p in series["points"]) >= 2
+        assert client.get("/admin/api/usage", params={"step": "7m"}).status_code == 400
+        assert client.get("/admin/api/sessions/none-such").status_code == 404
+        assert client.get("/admin/api/users/nobody-at-all").status_code == 404

@@ -1,0 +1,141 @@
+"""The console's pages and forms over HTTP (the browser tests drive the same pages in chromium)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from tests.api.conftest import Gateway
+from tests.support.waiting import wait_for
+
+ADMIN_KEY = "admin-key-for-tests-0123"
+
+
+class Console:
+    """A signed-in browser-like client: cookie jar plus the page's CSRF token."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.http = httpx.Client(base_url=gw.url, timeout=30)
+        assert self.http.post("/admin/signin", data={"key": ADMIN_KEY}).status_code == 303
+        found = re.search(r'name="csrf-token" content="([0-9a-f]+)"', self.http.get("/admin/audit").text)
+        assert found is not None
+        self.csrf = found.group(1)
+
+    def get(self, path: str, **kw: object) -> httpx.Response:
+        return self.http.get(path, **kw)  # type: ignore[arg-type]
+
+    def post(self, path: str, data: dict[str, str] | list[tuple[str, str]]) -> httpx.Response:
+        """A form post (repeated fields in order, as a browser sends them) with the CSRF token."""
+        items = list(data.items()) if isinstance(data, dict) else list(data)
+        body = urlencode([*items, ("csrf", self.csrf)])
+        return self.http.post(path, content=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+
+
+@pytest.fixture
+def console(gateway_factory: Callable[..., Gateway]) -> Iterator[Console]:
+    c = Console(gateway_factory(admin_key=ADMIN_KEY))
+    yield c
+    c.http.close()
+
+
+def field_error(page: str, name: str) -> str | None:
+    found = re.search(rf'<span class="field-error" role="alert" data-field="{re.escape(name)}">([^<]*)</span>', page)
+    return None if found is None else found.group(1)
+
+
+def test_pages_are_strict_html_and_signed_out_visitors_are_sent_to_sign_in(console: Console) -> None:
+    anonymous = httpx.get(console.gw.url + "/admin/users")
+    assert anonymous.status_code == 303 and anonymous.headers["location"] == "/admin/signin"
+    for path in ("/admin", "/admin?period=1h", "/admin?period=30d", "/admin/users", "/admin/plans", "/admin/audit",
+                 "/admin/users/alice"):
+        page = console.get(path)
+        assert page.status_code == 200, path
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert page.headers["cache-control"] == "no-store" and page.headers["x-frame-options"] == "DENY"
+        assert "<script>" not in page.text and " style=" not in page.text  # nothing inline
+    css = console.get("/admin/assets/console.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert console.get("/admin/assets/console.css", headers={"If-None-Match": css.headers["etag"]}).status_code == 304
+    assert console.get("/admin/assets/../app.py").status_code in (400, 404)
+
+
+def test_plan_form_errors_stand_next_to_their_fields(console: Console) -> None:
+    form = [("name", "team"), ("metric", "requests"), ("limit", "ten"), ("window", "1m"),
+            ("metric", "output_tokens"), ("limit", "5000"), ("window", "fortnight"),
+            ("metric", ""), ("limit", ""), ("window", "")]
+    page = console.post("/admin/plans", form)
+    assert page.status_code == 400
+    assert field_error(page.text, "limits.0.limit") == "a whole number, 0 or more"
+    assert "duration" in (field_error(page.text, "limits.1.window") or "")
+    assert 'value="ten"' in page.text and 'value="fortnight"' in page.text  # what was typed stays
+    fixed = [("name", "team"), ("metric", "requests"), ("limit", "10"), ("window", "1m"),
+             ("metric", "output_tokens"), ("limit", "5000"), ("window", "1d")]
+    assert console.post("/admin/plans", fixed).status_code == 303
+    listed = console.get("/admin/plans").text
+    assert "5000 output tokens per 1d, 10 requests per 1m" in listed
+    again = console.post("/admin/plans", fixed)
+    assert again.status_code == 400 and "exists" in (field_error(again.text, "name") or "")
+    edited = console.post("/admin/plans/team", [("metric", "requests"), ("limit", "20"), ("window", "1h")])
+    assert edited.status_code == 303 and "20 requests per 1h" in console.get("/admin/plans").text
+
+
+def test_tier_form_errors_name_their_line(console: Console) -> None:
+    page = console.post("/admin/tiers/simple", {"entries": "openai/gpt-4o-mini:1\nbroken line\nopenai/gpt-4o:99"})
+    assert page.status_code == 400
+    assert (field_error(page.text, "entries.1") or "").startswith("line 2: invalid tier entry")
+    assert "relative cost" in (field_error(page.text, "entries.2") or "")
+    assert console.post("/admin/tiers/simple", {"entries": "openai/gpt-4o:2:2.5:10"}).status_code == 303
+    assert "In effect (database): openai/gpt-4o (cost 2)" in console.get("/admin/plans").text
+    assert console.post("/admin/tiers/simple/reset", {}).status_code == 303
+    assert "In effect (configuration)" in console.get("/admin/plans").text
+
+
+def test_a_key_is_shown_once_then_only_its_prefix(console: Console) -> None:
+    page = console.post("/admin/users/erin/keys", {"name": "laptop", "email": ""})
+    assert page.status_code == 200
+    key = re.search(r'id="new-key" readonly value="(sk-sentinel-[^"]+)"', page.text)
+    assert key is not None
+    later = console.get("/admin/users/erin").text
+    assert key.group(1) not in later and key.group(1)[:20] in later
+    with httpx.Client(base_url=console.gw.url, headers={"Authorization": f"Bearer {key.group(1)}"}) as user:
+        chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+        assert user.post("/v1/chat/completions", json=chat).status_code == 200
+        assert wait_for(lambda: "No requests recorded yet" not in console.get("/admin/users/erin").text)
+        key_id = re.search(r'action="/admin/keys/(key_[0-9a-f]+)/revoke"', console.get("/admin/users/erin").text)
+        assert key_id is not None
+        revoked = console.post(f"/admin/keys/{key_id.group(1)}/revoke", {})
+        assert revoked.status_code == 303 and revoked.headers["location"] == "/admin/users/erin"
+        assert user.post("/v1/chat/completions", json=chat).status_code == 401
+    audit = console.get("/admin/audit").text
+    assert "key.revoke" in audit and "key.create" in audit and key.group(1) not in audit
+
+
+def test_names_are_escaped(console: Console) -> None:
+    created = console.post("/admin/users/%3Cscript%3Ex/keys", {"name": "<img src=x onerror=alert(1)>"})
+    assert created.status_code == 200
+    for page in (created.text, console.get("/admin/users/%3Cscript%3Ex").text, console.get("/admin/users").text,
+                 console.get("/admin/audit").text):
+        assert "<script>x" not in page and "<img src=x" not in page
+        assert "&lt;script&gt;x" in page
+
+
+def test_plan_assignment_and_csv_export_from_the_console(console: Console) -> None:
+    assert console.post("/admin/plans", [("name", "tiny"), ("metric", "requests"), ("limit", "1"),
+                                         ("window", "1h")]).status_code == 303
+    assert console.post("/admin/users/alice/plan", {"plan": "tiny"}).status_code == 303
+    refused = console.post("/admin/users/alice/plan", {"plan": "no-such-plan"})
+    assert refused.status_code == 400 and "does not exist" in (field_error(refused.text, "plan") or "")
+    with console.gw.client() as user:  # alice's key from the gateway fixture
+        chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+        assert [user.post("/v1/chat/completions", json=chat).status_code for _ in range(2)] == [200, 429]
+    assert wait_for(lambda: "alice,gpt-4o-mini,1," in console.get("/admin/export.csv?since=1h").text)
+    export = console.get("/admin/export.csv", params={"since": "1h"})
+    assert export.headers["content-disposition"].startswith('attachment; filename="sentinel-usage-')
+    assert console.get("/admin/export.csv", params={"since": "yesterday-ish"}).status_code == 400
+    page = console.get("/admin/users/alice").text
+    assert 'data-metric="requests" data-window="3600">1</span> / 1' in page

@@ -1,0 +1,170 @@
+"""The ledger's rollups hold exactly what the ledger holds (SQLite and PostgreSQL), and the read
+queries over them: series buckets with latency histograms, top users/models, recent requests."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sentinel.db.models import (
+    LATENCY_BOUNDS_MS,
+    UsageDailyModelRow,
+    UsageDailyUserRow,
+    UsageHourlyModelRow,
+    UsageHourlyUserRow,
+    UsageHourRow,
+    UsageLedgerRow,
+    UsageMinuteRow,
+)
+from sentinel.domain.usage import UsageRecord
+from sentinel.governance.ledger import SqlLedger
+from sentinel.governance.rollups import latency_bucket, percentile
+from sentinel.governance.usage_stats import UsageStats
+
+T0 = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
+MINUTE0 = int(T0.timestamp()) // 60
+DAY0 = int(T0.timestamp()) // 86400
+
+
+def rec(rid: str, *, user: str = "alice", model: str | None = "gpt-4o", at: datetime = T0, ms: int = 120,
+        inp: int = 10, out: int = 5, status: int = 200, cost: float | None = 0.5) -> UsageRecord:
+    return UsageRecord(rid, user, None, model, "openai" if model else None, "chat", inp, out, "measured", status,
+                       at - timedelta(milliseconds=ms), at, cost)
+
+
+# --- pure parts ----------------------------------------------------------------------------------
+def test_latency_buckets_are_upper_bounds() -> None:
+    assert latency_bucket(0) == 0 and latency_bucket(LATENCY_BOUNDS_MS[0]) == 0
+    assert latency_bucket(LATENCY_BOUNDS_MS[0] + 1) == 1
+    assert latency_bucket(LATENCY_BOUNDS_MS[-1]) == len(LATENCY_BOUNDS_MS) - 1
+    assert latency_bucket(10**9) == len(LATENCY_BOUNDS_MS)
+
+
+def test_percentiles_interpolate_within_the_bucket() -> None:
+    width = len(LATENCY_BOUNDS_MS) + 1
+    assert percentile([0] * width, 0.5) is None
+    one = [0] * width
+    one[latency_bucket(150)] = 1  # (100, 200]
+    assert percentile(one, 0.5) == pytest.approx(150)
+    assert 100 <= (percentile(one, 0.99) or 0) <= 200
+    spread = [0] * width
+    spread[0], spread[latency_bucket(2500)] = 99, 1  # 99 fast, 1 slow
+    assert (percentile(spread, 0.5) or 0) <= LATENCY_BOUNDS_MS[0]
+    assert 2000 < (percentile(spread, 0.999) or 0) <= 3000
+    slowest = [0] * width
+    slowest[-1] = 3
+    assert percentile(slowest, 0.99) == LATENCY_BOUNDS_MS[-1]  # the open bucket reports its lower bound
+
+
+def test_percentile_estimate_is_within_one_bucket_of_the_truth() -> None:
+    rnd = random.Random(7)
+    values = [int(rnd.lognormvariate(5, 1)) for _ in range(5000)]
+    histogram = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+    for v in values:
+        histogram[latency_bucket(v)] += 1
+    for q in (0.5, 0.99):
+        true = sorted(values)[int(q * len(values)) - 1]
+        estimate = percentile(histogram, q) or 0
+        index = latency_bucket(true)
+        low = 0 if index == 0 else LATENCY_BOUNDS_MS[index - 1]
+        high = LATENCY_BOUNDS_MS[min(index, len(LATENCY_BOUNDS_MS) - 1)]
+        assert low <= estimate <= high, (q, true, estimate)
+
+
+# --- the write path ------------------------------------------------------------------------------
+async def _sum(sessions: async_sessionmaker[AsyncSession], column: object) -> int:
+    async with sessions() as session:
+        return int(await session.scalar(select(func.coalesce(func.sum(column), 0))) or 0)  # type: ignore[call-overload]
+
+
+async def test_rollups_equal_the_ledger_also_when_batches_are_delivered_twice(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    ledger = SqlLedger(sessions)
+    rnd = random.Random(3)
+    batch = [
+        rec(f"r{i}", user=f"u{i % 7}", model=rnd.choice(["gpt-4o", "gpt-4o-mini", None]),
+            at=T0 + timedelta(seconds=rnd.randint(0, 3 * 86400)), ms=rnd.randint(1, 20000),
+            inp=rnd.randint(0, 500), out=rnd.randint(0, 90), status=rnd.choice([200, 200, 200, 502, 499]))
+        for i in range(600)
+    ]
+    assert await ledger.record_batch(batch[:400]) == 400
+    assert await ledger.record_batch(batch) == 200  # 400 again: nothing new for them
+    assert await ledger.record_batch(batch[100:300]) == 0
+    tables = (UsageMinuteRow, UsageHourRow, UsageHourlyUserRow, UsageHourlyModelRow, UsageDailyUserRow,
+              UsageDailyModelRow)
+    for column in ("input_tokens", "output_tokens"):
+        total = await _sum(sessions, getattr(UsageLedgerRow, column))
+        for table in tables:
+            assert await _sum(sessions, getattr(table, column)) == total, (table, column)
+    for table in tables:
+        assert await _sum(sessions, table.requests) == 600
+        assert await _sum(sessions, table.errors) == sum(1 for r in batch if r.status >= 400)
+    for table in (UsageMinuteRow, UsageHourRow):
+        assert sum([await _sum(sessions, getattr(table, f"lat_{i:02d}")) for i in range(20)]) == 600
+
+
+async def test_concurrent_overlapping_batches_roll_up_each_request_once(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    ledger = SqlLedger(sessions)
+    batches = [[rec(f"r{i}", at=T0 + timedelta(seconds=i)) for i in range(start, start + 50)] for start in range(0, 200, 25)]
+    await asyncio.gather(*(ledger.record_batch(b) for b in batches))
+    assert await _sum(sessions, UsageMinuteRow.requests) == 225
+    assert await _sum(sessions, UsageDailyUserRow.requests) == 225
+
+
+# --- the read side ------------------------------------------------------------------------------
+async def test_series_buckets_sum_minutes_and_merge_histograms(sessions: async_sessionmaker[AsyncSession]) -> None:
+    await SqlLedger(sessions).record_batch([
+        rec("a", at=T0 + timedelta(seconds=5), ms=3, inp=1, out=1, cost=0.25),
+        rec("b", at=T0 + timedelta(minutes=4, seconds=59), ms=150, inp=2, out=2, status=502, cost=None),
+        rec("c", at=T0 + timedelta(minutes=5), ms=150, inp=4, out=4),
+        rec("d", at=T0 + timedelta(minutes=20), ms=9000, inp=8, out=8),  # outside the range
+    ])
+    buckets = await UsageStats(sessions).series(MINUTE0, MINUTE0 + 10, 5)
+    assert [(b.index, b.requests, b.errors, b.input_tokens) for b in buckets] == [(0, 2, 1, 3), (1, 1, 0, 4)]
+    assert buckets[0].cost_usd == pytest.approx(0.25)
+    assert buckets[0].histogram[latency_bucket(3)] == 1 and buckets[0].histogram[latency_bucket(150)] == 1
+    assert sum(buckets[1].histogram) == 1 and buckets[0].latency_ms_sum == 153
+    hours = await UsageStats(sessions).series(MINUTE0 - MINUTE0 % 60, MINUTE0 - MINUTE0 % 60 + 120, 60)  # per-hour rollup
+    assert [(b.index, b.requests, b.input_tokens) for b in hours] == [(0, 4, 15)]
+    assert sum(hours[0].histogram) == 4 and hours[0].histogram[latency_bucket(9000)] == 1
+
+
+async def test_top_users_and_models_from_the_ledger_and_from_the_daily_rollups(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    rows = [rec(f"b{i}", user="bob", model="gpt-4o-mini", at=T0 - timedelta(days=3)) for i in range(5)]
+    rows += [rec(f"a{i}", user="alice", at=T0 - timedelta(minutes=i)) for i in range(3)]
+    rows += [rec("c0", user="carol", model=None, at=T0, status=500)]
+    await SqlLedger(sessions).record_batch(rows)
+    stats = UsageStats(sessions)
+    recent = await stats.top_users(since=T0 - timedelta(hours=1))
+    assert [(r.name, r.requests, r.errors) for r in recent] == [("alice", 3, 0), ("carol", 1, 1)]
+    monthly = await stats.top_users(first_day=DAY0 - 29, limit=2)
+    assert [(r.name, r.requests) for r in monthly] == [("bob", 5), ("alice", 3)]
+    hourly = await stats.top_users(first_hour=int(T0.timestamp()) // 3600 - 1)
+    assert [(r.name, r.requests, r.errors) for r in hourly] == [("alice", 3, 0), ("carol", 1, 1)]
+    hourly_models = await stats.top_models(first_hour=int(T0.timestamp()) // 3600 - 100)
+    assert [(m.name, m.requests) for m in hourly_models] == [("gpt-4o-mini", 5), ("gpt-4o", 3), ("", 1)]
+    totals = await stats.user_totals("bob", DAY0 - 29)
+    assert (totals.requests, totals.input_tokens, totals.cost_usd) == (5, 50, pytest.approx(2.5))
+    assert (await stats.user_totals("bob", DAY0)).requests == 0
+    models = await stats.top_models(since=T0 - timedelta(hours=1))
+    assert [(m.name, m.provider, m.requests) for m in models] == [("gpt-4o", "openai", 3), ("", None, 1)]
+    daily = await stats.top_models(first_day=DAY0 - 29)
+    assert [(m.name, m.requests, m.input_tokens) for m in daily][:2] == [("gpt-4o-mini", 5, 50), ("gpt-4o", 3, 30)]
+
+
+async def test_recent_requests_newest_first_with_latency(sessions: async_sessionmaker[AsyncSession]) -> None:
+    await SqlLedger(sessions).record_batch([rec(f"r{i}", at=T0 + timedelta(seconds=i), ms=100 + i) for i in range(30)])
+    found = await UsageStats(sessions).recent_requests("alice", limit=5)
+    assert [r.request_id for r in found] == ["r29", "r28", "r27", "r26", "r25"]
+    assert found[0].latency_ms == 129
+    assert await UsageStats(sessions).recent_requests("nobody") == []

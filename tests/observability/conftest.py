@@ -1,0 +1,3 @@
+"""HTTP fixtures for the tracing tests: the mock upstream and gateway factory of tests/api."""
+
+from tests.api.conftest import gateway_factory, mock_upstream  # noqa: F401

@@ -1,0 +1,223 @@
+"""OpenTelemetry traces through a real Sentinel and the mock upstream, exported in memory.
+
+Each request is one SERVER span with the GenAI attributes, and children for authentication, quota
+admission and the upstream call (CLIENT), whose context reaches the provider as `traceparent`.
+Without an endpoint nothing is installed: no middleware, no upstream hook, no span.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from sentinel.api.tracing import TracingMiddleware
+from sentinel.app import create_app
+from sentinel.config import Settings
+from sentinel.observability.tracing import NOOP_SPAN, NOOP_TRACING, OtelTracing, build_tracing
+from sentinel.protocol import uvicorn_protocol_options
+from tests.support.accounts import create_key
+from tests.support.servers import ServerThread
+from tests.support.upstream import UPSTREAM_KEY
+from tests.support.waiting import wait_for
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
+
+
+class Traced:
+    """A running Sentinel whose spans land in `exporter`."""
+
+    def __init__(self, url: str, key: str, exporter: InMemorySpanExporter, server: ServerThread) -> None:
+        self.url, self.key, self.exporter, self.server = url, key, exporter, server
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30)
+
+    def request_span(self, route: str) -> ReadableSpan:
+        """The (last) finished SERVER span of `route`, waiting for it to end."""
+
+        def found() -> list[ReadableSpan]:
+            return [s for s in self.exporter.get_finished_spans()
+                    if s.kind is SpanKind.SERVER and (s.attributes or {}).get("http.route") == route]
+
+        assert wait_for(lambda: bool(found())), f"no span for {route}"
+        return found()[-1]
+
+    def children(self, parent: ReadableSpan) -> dict[str, ReadableSpan]:
+        assert parent.context is not None
+        return {s.name: s for s in self.exporter.get_finished_spans()
+                if s.parent is not None and s.parent.span_id == parent.context.span_id}
+
+
+def _settings(tmp_path: Path, upstream: str, **extra: Any) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None, openai_api_url=upstream + "/v1", openai_api_key=UPSTREAM_KEY, anthropic_api_url=upstream,
+        anthropic_api_key="sk-ant-upstream", database_url=f"sqlite+aiosqlite:///{tmp_path}/trace.db",
+        access_log=False, **extra,
+    )
+
+
+@pytest.fixture
+def traced(tmp_path: Path, mock_upstream: str) -> Iterator[Traced]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = _settings(tmp_path, mock_upstream)
+    _, key = asyncio.run(create_key(settings.database_url, "alice"))
+    server = ServerThread(create_app(settings, tracing=OtelTracing(provider)),
+                          **uvicorn_protocol_options(settings)).start()
+    try:
+        yield Traced(server.url, key, exporter, server)
+    finally:
+        server.stop()
+
+
+def _upstream_headers(mock: str) -> dict[str, str]:
+    recorded = httpx.get(f"{mock}/__mock/last_request").json()
+    headers: dict[str, str] = recorded["headers"]
+    return headers
+
+
+def _traceparent(span: ReadableSpan) -> str:
+    assert span.context is not None
+    return f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-{int(span.context.trace_flags):02x}"
+
+
+def test_plain_chat_is_one_request_span_with_genai_attributes_and_three_children(
+    traced: Traced, mock_upstream: str
+) -> None:
+    with traced.client() as client:
+        answer = client.post("/v1/chat/completions", json=CHAT)
+    assert answer.status_code == 200
+    body = answer.json()
+    span = traced.request_span("/v1/chat/completions")
+    attrs = dict(span.attributes or {})
+    assert span.name == "POST /v1/chat/completions" and span.kind is SpanKind.SERVER
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.provider.name"] == attrs["gen_ai.system"] == "openai"
+    assert attrs["gen_ai.request.model"] == "gpt-4o-mini"
+    assert attrs["gen_ai.response.model"] == body["model"]
+    assert attrs["gen_ai.usage.input_tokens"] == body["usage"]["prompt_tokens"]
+    assert attrs["gen_ai.usage.output_tokens"] == body["usage"]["completion_tokens"]
+    assert attrs["http.response.status_code"] == 200 and attrs["http.request.method"] == "POST"
+    assert "gen_ai.response.time_to_first_chunk" not in attrs  # only for streams
+    assert span.status.status_code is StatusCode.UNSET
+
+    children = traced.children(span)
+    assert set(children) == {"sentinel.auth", "sentinel.quota.admit", "chat gpt-4o-mini"}
+    upstream = children["chat gpt-4o-mini"]
+    assert upstream.kind is SpanKind.CLIENT
+    assert (upstream.attributes or {})["http.response.status_code"] == 200
+    assert (upstream.attributes or {})["gen_ai.request.model"] == "gpt-4o-mini"
+    assert all(c.context is not None and c.context.trace_id == span.context.trace_id for c in children.values())  # type: ignore[union-attr]
+    # The provider received the upstream span's context.
+    assert _upstream_headers(mock_upstream)["traceparent"] == _traceparent(upstream)
+
+
+def test_streamed_chat_reports_time_to_first_chunk_and_usage(traced: Traced) -> None:
+    with traced.client() as client:
+        with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as answer:
+            text = "".join(answer.iter_text())
+    assert answer.status_code == 200 and "[DONE]" in text
+    span = traced.request_span("/v1/chat/completions")
+    attrs = dict(span.attributes or {})
+    assert attrs["gen_ai.request.stream"] is True
+    first = attrs["gen_ai.response.time_to_first_chunk"]
+    assert isinstance(first, float) and first > 0
+    assert span.end_time is not None and span.start_time is not None
+    assert first <= (span.end_time - span.start_time) / 1e9
+    assert isinstance(attrs["gen_ai.usage.output_tokens"], int) and attrs["gen_ai.usage.output_tokens"] > 0
+    assert attrs["gen_ai.response.model"]
+    assert set(traced.children(span)) == {"sentinel.auth", "sentinel.quota.admit", "chat gpt-4o-mini"}
+
+
+def test_failed_upstream_marks_the_request_and_upstream_spans(traced: Traced, mock_upstream: str) -> None:
+    with traced.client() as client:
+        answer = client.post("/v1/chat/completions", json=CHAT, headers={"X-Mock-Status": "500"})
+    assert answer.status_code == 502
+    span = traced.request_span("/v1/chat/completions")
+    attrs = dict(span.attributes or {})
+    assert span.status.status_code is StatusCode.ERROR
+    assert attrs["http.response.status_code"] == 502
+    assert attrs["error.type"] == answer.json()["error"]["code"]
+    assert "gen_ai.usage.input_tokens" not in attrs  # nothing was recorded
+    children = traced.children(span)
+    upstream = children["chat gpt-4o-mini"]
+    assert (upstream.attributes or {})["http.response.status_code"] == 500
+    assert _upstream_headers(mock_upstream)["traceparent"] == _traceparent(upstream)
+
+
+def test_refused_credentials_end_in_the_auth_span(traced: Traced) -> None:
+    answer = httpx.post(traced.url + "/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer sk-sentinel-nope"})
+    assert answer.status_code == 401
+    span = traced.request_span("/v1/chat/completions")
+    assert (span.attributes or {})["error.type"] == "invalid_api_key"
+    assert span.status.status_code is StatusCode.UNSET  # a 4xx is the client's, not a server error
+    children = traced.children(span)
+    assert set(children) == {"sentinel.auth"}
+    assert children["sentinel.auth"].status.status_code is StatusCode.ERROR
+
+
+def test_native_stream_spans_name_the_routed_model(traced: Traced, mock_upstream: str) -> None:
+    payload = {"tier": "simple", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    with traced.client() as client:
+        with client.stream("POST", "/native/v1/chat/completions", json=payload) as answer:
+            "".join(answer.iter_text())
+    assert answer.status_code == 200
+    model = answer.headers["x-sentinel-model"]
+    span = traced.request_span("/native/v1/chat/completions")
+    attrs = dict(span.attributes or {})
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.request.model"] == model
+    assert attrs["gen_ai.provider.name"] == answer.headers["x-sentinel-provider"]
+    assert attrs["gen_ai.response.time_to_first_chunk"] > 0
+    upstream = traced.children(span)[f"chat {model}"]
+    assert upstream.kind is SpanKind.CLIENT
+    assert _upstream_headers(mock_upstream)["traceparent"] == _traceparent(upstream)
+
+
+def test_a_callers_traceparent_becomes_the_parent(traced: Traced) -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with traced.client() as client:
+        assert client.post("/v1/chat/completions", json=CHAT, headers={"traceparent": parent}).status_code == 200
+    span = traced.request_span("/v1/chat/completions")
+    assert span.context is not None and span.parent is not None
+    assert f"{span.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    assert f"{span.parent.span_id:016x}" == "b7ad6b7169203331"
+
+
+def test_without_an_endpoint_nothing_is_installed(
+    gateway_factory: Callable[..., Any], mock_upstream: str
+) -> None:
+    assert build_tracing(None, "sentinel") is NOOP_TRACING
+    assert NOOP_TRACING.trace_configs() == []
+    # One shared context manager, entered without creating anything.
+    assert NOOP_TRACING.span("a") is NOOP_TRACING.span("b", {"x": 1}, client=True)
+    with NOOP_TRACING.span("a") as span:
+        assert span is NOOP_SPAN
+    gw = gateway_factory()
+    assert gw.runtime.tracing is NOOP_TRACING
+    app = gw.server.server.config.app
+    assert not isinstance(app._http.app, TracingMiddleware)
+    with gw.client() as client:
+        assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+    assert "traceparent" not in _upstream_headers(mock_upstream)
+
+
+def test_an_endpoint_selects_the_otlp_exporter() -> None:
+    tracing = build_tracing("http://127.0.0.1:4318/", "sentinel-test")
+    try:
+        assert isinstance(tracing, OtelTracing)
+        processor = tracing.provider._active_span_processor._span_processors[0]  # type: ignore[attr-defined]
+        assert processor.span_exporter._endpoint == "http://127.0.0.1:4318/v1/traces"
+        assert tracing.provider.resource.attributes["service.name"] == "sentinel-test"
+    finally:
+        tracing.shutdown()

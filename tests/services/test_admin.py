@@ -1,0 +1,249 @@
+"""The admin service on a real database (SQLite, then PostgreSQL) and the in-memory store: field
+errors, the audit log, caches dropped on change, live quota counters, the CSV export, tiers."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sentinel.domain.identity import Identity
+from sentinel.domain.plans import Limit, parse_plan_spec
+from sentinel.domain.tiers import TierModelEntry
+from sentinel.domain.usage import UsageRecord
+from sentinel.errors import AuthenticationError, InvalidRequest, NotFound
+from sentinel.governance.auth import Authenticator
+from sentinel.governance.keys import KeyService
+from sentinel.governance.ledger import SqlLedger
+from sentinel.governance.plan_source import BuiltinPlanSource, CachedPlans
+from sentinel.governance.plans import PlanRepository
+from sentinel.governance.request_stats import RequestStatsWriter
+from sentinel.governance.tier_store import DbTiers, TierRepository
+from sentinel.observability.outcomes import RequestOutcomes
+from sentinel.quota.limiter import QuotaLimiter
+from sentinel.services.admin import Actor, AdminService
+from sentinel.services.admin_forms import LimitInput, field_errors
+from sentinel.services.admin_live import LiveState
+from sentinel.store import MemoryStore
+from tests.support.clock import FakeClock
+
+NOW = datetime(2030, 3, 1, 12, 30, 15, tzinfo=UTC)
+ADMIN = Actor("admin", "10.0.0.9")
+CATALOG = {"simple": [TierModelEntry(provider="openai", model="gpt-4o-mini")], "moderate": [], "complex": []}
+
+
+@dataclass
+class Setup:
+    admin: AdminService
+    identities: Authenticator
+    plans: CachedPlans
+    limiter: QuotaLimiter
+    tiers: DbTiers
+    sessions: async_sessionmaker[AsyncSession]
+
+
+@pytest.fixture
+def setup(sessions: async_sessionmaker[AsyncSession]) -> Setup:
+    store = MemoryStore()
+    clock = FakeClock(NOW.timestamp())
+    keys = KeyService(sessions)
+    default = parse_plan_spec("requests=100/60s", "default")
+    plans = CachedPlans(store, BuiltinPlanSource(PlanRepository(sessions), default), ttl=300, grace=900, clock=clock)
+    identities = Authenticator(store, api_keys=keys, ttl=300, clock=clock)
+    limiter = QuotaLimiter(store, clock=clock)
+    tiers = DbTiers(TierRepository(sessions), CATALOG, ttl=1800, clock=clock)
+    live = LiveState(plans=plans, limiter=limiter, tiers=tiers, providers={"openai"})
+    admin = AdminService(sessions, keys=keys, default_plan=default, catalog_tiers=CATALOG, live=live,
+                         identities=identities, plan_cache=plans, db_tiers=tiers, clock=lambda: NOW)
+    return Setup(admin, identities, plans, limiter, tiers, sessions)
+
+
+def _fields(exc: pytest.ExceptionInfo[InvalidRequest]) -> dict[str, str]:
+    return field_errors(exc.value)
+
+
+# --- plans ---------------------------------------------------------------------------------------
+async def test_every_bad_field_of_a_plan_is_reported_at_once(setup: Setup) -> None:
+    rows = [
+        LimitInput("requests", "100", "1m"),
+        LimitInput("tokens", "5", "1h"),         # unknown metric
+        LimitInput("input_tokens", "lots", "1h"),  # not a number
+        LimitInput("output_tokens", "9", "soon"),  # not a window
+        LimitInput("requests", "7", "60s"),        # the same window as row 0
+        LimitInput("", "", ""),                    # blank rows are skipped
+    ]
+    with pytest.raises(InvalidRequest) as refused:
+        await setup.admin.save_plan_input("bad name!", rows, ADMIN, create=True)
+    assert set(_fields(refused)) == {"name", "limits.1.metric", "limits.2.limit", "limits.3.window", "limits.4.window"}
+    assert refused.value.status == 400
+    assert await setup.admin.plans() == []
+    assert await setup.admin.audit() == []
+
+
+async def test_create_edit_delete_a_plan_with_several_limits_is_audited(setup: Setup) -> None:
+    admin = setup.admin
+    rows = [LimitInput("requests", "600", "1h"), LimitInput("output_tokens", "5_000_000", "30d")]
+    plan = await admin.save_plan_input("pro", rows, ADMIN, create=True)
+    assert set(plan.limits) == {Limit("requests", 3600, 600), Limit("output_tokens", 30 * 86400, 5_000_000)}
+    with pytest.raises(InvalidRequest) as again:
+        await admin.save_plan_input("pro", rows, ADMIN, create=True)
+    assert "exists" in _fields(again)["name"]
+    edited = await admin.save_plan_input("pro", [LimitInput("requests", 10, 60)], ADMIN)
+    assert edited.limits == (Limit("requests", 60, 10),)
+    merged = await admin.save_plan("pro", [Limit("input_tokens", 60, 99)], ADMIN, merge=True)
+    assert set(merged.limits) == {Limit("requests", 60, 10), Limit("input_tokens", 60, 99)}
+    await admin.delete_plan("pro", ADMIN)
+    with pytest.raises(NotFound):
+        await admin.delete_plan("pro", ADMIN)
+    actions = [(e.action, e.target, e.actor, e.address) for e in await admin.audit()]
+    assert actions == [
+        ("plan.delete", "pro", "admin", "10.0.0.9"), ("plan.update", "pro", "admin", "10.0.0.9"),
+        ("plan.update", "pro", "admin", "10.0.0.9"), ("plan.create", "pro", "admin", "10.0.0.9"),
+    ]
+    latest_update = (await admin.audit())[2]
+    assert latest_update.details == {"from": "output_tokens=5000000/30d,requests=600/1h", "to": "requests=10/1m"}
+
+
+async def test_a_plan_change_reaches_the_enforced_plan_at_once(setup: Setup) -> None:
+    alice = Identity("alice", "u1")
+    assert (await setup.plans.plan_for(alice)).name == "default"  # now cached for 300 s
+    await setup.admin.save_plan("team", [Limit("requests", 60, 5)], ADMIN)
+    await setup.admin.set_user_plan("alice", "team", ADMIN)
+    assert (await setup.plans.plan_for(alice)).name == "team"
+    await setup.admin.save_plan("team", [Limit("requests", 60, 7)], ADMIN)  # editing the plan also drops it
+    assert (await setup.plans.plan_for(alice)).limits == (Limit("requests", 60, 7),)
+    with pytest.raises(NotFound):
+        await setup.admin.set_user_plan("alice", "nope", ADMIN)
+    await setup.admin.set_user_plan("alice", None, ADMIN)
+    assert (await setup.plans.plan_for(alice)).name == "default"
+    entries = [e for e in await setup.admin.audit() if e.action == "user.plan"]
+    assert [e.details for e in entries] == [{"from": "team", "to": None}, {"from": None, "to": "team"}]
+
+
+# --- keys ----------------------------------------------------------------------------------------
+async def test_a_revoked_key_fails_at_its_next_use(setup: Setup) -> None:
+    info, key = await setup.admin.create_key("bob", "laptop", None, ADMIN)
+    assert key.startswith("sk-sentinel-") and info.prefix == key[: len(info.prefix)]
+    assert (await setup.identities.authenticate(key)).external_id == "bob"  # cached for 300 s from here
+    revoked = await setup.admin.revoke_key(info.id, ADMIN)
+    assert revoked.external_id == "bob"
+    with pytest.raises(AuthenticationError):
+        await setup.identities.authenticate(key)
+    with pytest.raises(NotFound):
+        await setup.admin.revoke_key(info.id, ADMIN)
+    audit = await setup.admin.audit()
+    assert [(e.action, e.target) for e in audit] == [("key.revoke", info.id), ("key.create", info.id)]
+    assert key not in str([e.details for e in audit])  # the key itself is never logged
+    with pytest.raises(InvalidRequest) as refused:
+        await setup.admin.create_key(" ", "x" * 201, "not-an-email", ADMIN)
+    assert set(_fields(refused)) == {"external_id", "name", "email"}
+
+
+# --- a user's page -------------------------------------------------------------------------------
+async def test_the_user_view_shows_live_counters_keys_and_recent_requests(setup: Setup) -> None:
+    admin = setup.admin
+    with pytest.raises(NotFound):
+        await admin.user("carol")
+    await admin.save_plan("team", [Limit("requests", 60, 5), Limit("output_tokens", 86400, 1000)], ADMIN)
+    await admin.set_user_plan("carol", "team", ADMIN)
+    info, _ = await admin.create_key("carol", "ci", "carol@example.com", ADMIN)
+    plan = await setup.plans.plan_for(Identity("carol", "x"))
+    for _ in range(2):
+        await setup.limiter.reserve("carol", plan, input_tokens=10, output_tokens=300)
+    await SqlLedger(setup.sessions).record_batch([
+        UsageRecord(f"r{i}", "carol", None, "gpt-4o", "openai", "chat", 5, 7, "measured", 200, NOW - timedelta(minutes=i, seconds=1),
+                    NOW - timedelta(minutes=i)) for i in range(3)
+    ])
+    view = await admin.user("carol")
+    assert view.summary is not None and view.summary.plan_name == "team" and view.plan_origin == "assigned"
+    assert view.quota is not None and view.quota.plan is not None and view.quota.plan.name == "team"
+    used = {(lim.metric, lim.window_seconds): (lim.used, lim.limit) for lim in view.quota.limits}
+    assert used == {("requests", 60): (2, 5), ("output_tokens", 86400): (600, 1000)}
+    resets = {lim.metric: lim.reset_at for lim in view.quota.limits}
+    assert resets["requests"] == datetime(2030, 3, 1, 12, 31, tzinfo=UTC)
+    assert resets["output_tokens"] == datetime(2030, 3, 2, tzinfo=UTC)
+    assert [k.id for k in view.keys] == [info.id]
+    assert [r.request_id for r in view.recent] == ["r0", "r1", "r2"]
+    assert (view.usage_30d.requests, view.usage_30d.input_tokens, view.usage_30d.output_tokens) == (3, 15, 21)
+    assert view.models_24h == [{"model": "gpt-4o", "requests": 3, "input_tokens": 15, "output_tokens": 21}]
+
+
+# --- usage ---------------------------------------------------------------------------------------
+async def test_the_csv_export_has_the_figures_of_usage_show(setup: Setup) -> None:
+    rows = [
+        UsageRecord(f"r{i}", user, None, model, "openai", "chat", 10 * i, i, "measured", 200, NOW, NOW, 0.001 * i)
+        for i, (user, model) in enumerate([("alice", "gpt-4o"), ("alice", "gpt-4o"), ("alice", None),
+                                           ("=cmd|'/c calc'!A0", "gpt-4o-mini"), ("bob", "gpt-4o-mini")])
+    ]
+    await SqlLedger(setup.sessions).record_batch(rows)
+    text = await setup.admin.usage_csv(NOW - timedelta(days=1), None)
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert list(table[0]) == ["external_id", "model", "requests", "input_tokens", "output_tokens", "cost_usd"]
+    for user in ("alice", "bob"):
+        shown = await setup.admin.usage_totals(user, NOW - timedelta(days=1))
+        exported = [r for r in table if r["external_id"] == user]
+        assert [(r["model"] or None, int(r["requests"]), int(r["input_tokens"]), int(r["output_tokens"])) for r in exported] == [
+            (s["model"], s["requests"], s["input_tokens"], s["output_tokens"]) for s in shown
+        ]
+    assert any(r["external_id"] == "'=cmd|'/c calc'!A0" for r in table)  # a formula is neutralised
+    assert await setup.admin.usage_csv(NOW + timedelta(seconds=1), None) == (
+        "external_id,model,requests,input_tokens,output_tokens,cost_usd\n"
+    )
+
+
+async def test_overview_buckets_and_tops(setup: Setup) -> None:
+    await SqlLedger(setup.sessions).record_batch([
+        UsageRecord(f"r{i}", f"u{i % 2}", None, "gpt-4o", "openai", "chat", 1, 1, "measured", 200 if i else 502,
+                    NOW - timedelta(minutes=i, milliseconds=80), NOW - timedelta(minutes=i)) for i in range(90)
+    ])
+    hour = await setup.admin.overview("1h")
+    assert len(hour.series.points) == 60 and hour.series.step_minutes == 1
+    assert hour.series.points[-1].start == datetime(2030, 3, 1, 12, 30, tzinfo=UTC)  # the current minute is last
+    assert hour.series.totals.requests == 60  # minutes 0..59 back
+    assert hour.series.totals.errors == 1 and hour.series.points[-1].errors == 1  # recorded with a 502
+    assert hour.series.totals.answers == 0 and hour.series.totals.error_rate == 0.0  # no answer was counted
+    assert 50 <= (hour.series.totals.p50_ms or 0) <= 100
+    assert [(r.name, r.requests) for r in hour.top_users] == [("u0", 30), ("u1", 30)]
+    assert hour.top_since == hour.series.start
+    day = await setup.admin.overview("24h")
+    assert len(day.series.points) == 96 and day.series.totals.requests == 90
+    assert day.top_since == datetime(2030, 2, 28, 12, 0, tzinfo=UTC)  # whole hours
+    assert sum(r.requests for r in day.top_users) == 90
+    month = await setup.admin.overview("30d")
+    assert len(month.series.points) == 120 and sum(r.requests for r in month.top_users) == 90
+    assert month.series.totals.requests == 90 and month.series.totals.errors == 1  # from the per-hour rollup
+    with pytest.raises(InvalidRequest):
+        await setup.admin.overview("2h")
+
+
+async def test_error_rates_come_from_every_answer(setup: Setup) -> None:
+    outcomes = RequestOutcomes(FakeClock(NOW.timestamp()))
+    for status in (200, 200, 200, 200, 401, 429, 429, 502):
+        outcomes.record(status)
+    await RequestStatsWriter(setup.sessions, outcomes).flush()
+    totals = (await setup.admin.overview("1h")).series.totals
+    assert (totals.answers, totals.client_errors, totals.rate_limited, totals.server_errors) == (8, 3, 2, 1)
+    assert totals.error_rate == 1 / 8 and totals.refused_rate == 3 / 8
+    assert totals.requests == 0  # nothing reached the ledger
+
+
+# --- tiers ---------------------------------------------------------------------------------------
+async def test_tier_edits_apply_in_this_process_at_once(setup: Setup) -> None:
+    admin = setup.admin
+    assert (await setup.tiers.table())["simple"][0].model == "gpt-4o-mini"  # cached for 1800 s
+    with pytest.raises(InvalidRequest) as refused:
+        await admin.set_tier("simple", ["openai/gpt-4o:1", "nonsense", "", "openai/gpt-4o:11"], ADMIN)
+    assert set(_fields(refused)) == {"entries.1", "entries.3"}
+    await admin.set_tier("simple", ["openai/gpt-4o:2:2.5:10"], ADMIN)
+    assert [(e.model, e.relative_cost) for e in (await setup.tiers.table())["simple"]] == [("gpt-4o", 2)]
+    view = await admin.tiers()
+    assert view.overrides["simple"][0].model == "gpt-4o" and view.editable
+    await admin.reset_tier("simple", ADMIN)
+    assert (await setup.tiers.table())["simple"][0].model == "gpt-4o-mini"
+    with pytest.raises(InvalidRequest):
+        await admin.set_tier("huge", ["openai/gpt-4o:1"], ADMIN)
+    assert [e.action for e in await admin.audit()] == ["tier.reset", "tier.set"]

@@ -54,11 +54,12 @@ from sentinel.providers.catalog import DEFAULT_MODELS, WELL_KNOWN_MODELS, Catalo
 from sentinel.providers.chat import ChatProvider, make_provider
 from sentinel.providers.http import create_session
 from sentinel.providers.openai import OpenAICompatUpstream
-from sentinel.quota.deliverer import UsageDeliverer, UsageSink
+from sentinel.quota.deliverer import UsageDeliverer
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.quota.local_limiter import LocalLimiter
 from sentinel.quota.meter import QuotaMeter
-from sentinel.quota.outbox import DurableOutbox, RedisStreamOutbox, SqlOutbox
+from sentinel.quota.outbox import DurableOutbox, LedgerOutbox, RedisStreamOutbox, SqlOutbox
+from sentinel.quota.sink import UsageSink
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.catalogue import CatalogueError, ModelCatalogue, default_models
 from sentinel.routing.health import ProviderHealth
@@ -290,7 +291,12 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
         if store.shared
         else None
     )
-    outbox = DurableOutbox(SqlOutbox(sessions, lease_seconds=s.usage_lease_seconds), stream_outbox)
+    # The built-in ledger on one process: records go straight to the ledger (it is durable and
+    # exactly-once by request id); an outbox would be a second copy written and deleted again.
+    ledger_outbox = LedgerOutbox(governance.sink) if not zion_mode and not store.shared else None
+    outbox = DurableOutbox(
+        SqlOutbox(sessions, lease_seconds=s.usage_lease_seconds), stream_outbox, ledger=ledger_outbox
+    )
     deliverer = UsageDeliverer(outbox, governance.sink, metrics, interval=s.usage_flush_interval_seconds)
     limiter = QuotaLimiter(store)
     meter = QuotaMeter(

@@ -16,26 +16,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from sentinel.backoff import Backoff
-from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable, SentinelError, StoreUnavailable
 from sentinel.observability.metrics import Metrics
 from sentinel.quota.batch import Batch
 from sentinel.quota.outbox import DurableOutbox
+from sentinel.quota.sink import UsageSink
 
 log = logging.getLogger("sentinel.deliverer")
-
-
-class UsageSink(Protocol):
-    """Where usage ends up. `deliver` raises GovernanceUnavailable when the whole batch should be
-    retried (it is, with the same records and key), and returns the request ids of records refused
-    one by one (batched again later under a new key)."""
-
-    name: str
-
-    async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]: ...
 
 
 class UsageDeliverer:

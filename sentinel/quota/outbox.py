@@ -22,10 +22,12 @@ from collections.abc import Callable, Collection
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable, StoreUnavailable
 from sentinel.quota.batch import Batch, Claimed, OutboxBackend, new_batch_key
+from sentinel.quota.group_commit import GroupCommit
 from sentinel.quota.outbox_sql import SqlOutbox
 from sentinel.quota.outbox_stream import RedisStreamOutbox
+from sentinel.quota.sink import UsageSink
 
-__all__ = ["Batch", "Claimed", "DurableOutbox", "MemoryOutbox", "OutboxBackend", "RedisStreamOutbox", "SqlOutbox"]
+__all__ = ["Batch", "Claimed", "DurableOutbox", "LedgerOutbox", "MemoryOutbox", "OutboxBackend", "RedisStreamOutbox", "SqlOutbox"]
 
 log = logging.getLogger("sentinel.outbox")
 
@@ -81,19 +83,61 @@ class MemoryOutbox:
         return len(self.records)
 
 
-class DurableOutbox:
-    """The stream first (when there is one), the database when it is down, memory as the last resort."""
+class LedgerOutbox:
+    """Records written straight into their sink (the built-in ledger) while the request finishes.
 
-    def __init__(self, sql: SqlOutbox, redis: RedisStreamOutbox | None = None) -> None:
+    For the built-in ledger on one process (no shared store) an outbox would only be a second copy:
+    the ledger itself is durable and exactly-once by request id. Concurrent records are written
+    together (group commit). Nothing is ever waiting here, so there is nothing to claim.
+    """
+
+    backend = "ledger"
+
+    def __init__(self, sink: UsageSink) -> None:
+        self.sink = sink
+        self._group: GroupCommit[UsageRecord] = GroupCommit(self._write)
+
+    async def _write(self, records: list[UsageRecord]) -> None:
+        refused = await self.sink.deliver(records, new_batch_key())
+        if refused:  # the built-in ledger refuses nothing; a sink that does belongs behind an outbox
+            raise GovernanceUnavailable(f"the usage sink refused {len(refused)} records")
+
+    async def put(self, record: UsageRecord) -> None:
+        await self._group.submit(record)
+
+    async def claim(self, limit: int) -> Batch | None:
+        return None
+
+    async def renew(self, batch: Batch) -> bool:
+        return False
+
+    async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
+        raise ValueError("the ledger outbox holds no batches")
+
+    async def depth(self) -> int:
+        return 0
+
+
+class DurableOutbox:
+    """The stream first (when there is one), the database when it is down, memory as the last resort.
+
+    With `ledger` (the built-in ledger on one process), records go straight to the ledger instead of
+    the stream or table; the table is still read, for records an earlier configuration left there.
+    """
+
+    def __init__(
+        self, sql: SqlOutbox, redis: RedisStreamOutbox | None = None, *, ledger: LedgerOutbox | None = None
+    ) -> None:
         self.sql = sql
         self.redis = redis
+        self.ledger = ledger
         self.memory = MemoryOutbox()
         self._turn = 0
 
     @property
     def parts(self) -> list[OutboxBackend]:
         """The durable backends, in the order `put` tries them."""
-        return [p for p in (self.redis, self.sql) if p is not None]
+        return [p for p in (self.ledger, self.redis, self.sql) if p is not None]
 
     @property
     def orphans(self) -> list[UsageRecord]:

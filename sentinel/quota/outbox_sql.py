@@ -11,7 +11,6 @@ never wait for each other); SQLite runs one writer at a time.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,8 +23,8 @@ from sentinel.db.engine import database_errors
 from sentinel.db.models import UsageOutboxRow, utcnow
 from sentinel.db.queries import insert_ignoring
 from sentinel.domain.usage import UsageRecord
-from sentinel.errors import GovernanceUnavailable
 from sentinel.quota.batch import Batch, Claimed, new_batch_key
+from sentinel.quota.group_commit import GroupCommit
 
 Row = UsageOutboxRow
 
@@ -45,34 +44,18 @@ class SqlOutbox:
         self._sessions = sessions
         self.lease = timedelta(seconds=lease_seconds)
         self.clock = clock
-        self._queue: list[tuple[UsageRecord, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._group: GroupCommit[UsageRecord] = GroupCommit(self._write)
 
     async def put(self, record: UsageRecord) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((record, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush())
-        await asyncio.shield(future)
+        await self._group.submit(record)
 
-    async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            rows = [{"request_id": r.request_id, "payload": orjson.dumps(r.to_json()).decode()} for r, _ in batch]
-            try:
-                with database_errors("usage outbox unavailable"):
-                    async with self._sessions() as session:
-                        # executemany with one cached statement (not a fresh multi-VALUES compile per batch)
-                        await session.execute(insert_ignoring(session, UsageOutboxRow, ["request_id"]), rows)
-                        await session.commit()
-            except GovernanceUnavailable as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
+    async def _write(self, records: list[UsageRecord]) -> None:
+        rows = [{"request_id": r.request_id, "payload": orjson.dumps(r.to_json()).decode()} for r in records]
+        with database_errors("usage outbox unavailable"):
+            async with self._sessions() as session:
+                # executemany with one cached statement (not a fresh multi-VALUES compile per batch)
+                await session.execute(insert_ignoring(session, UsageOutboxRow, ["request_id"]), rows)
+                await session.commit()
 
     def _picked(self, session: AsyncSession, query: Select[Any], name: str, *, skip_locked: bool) -> CTE:
         """`query` as a CTE evaluated once. On PostgreSQL its rows are locked (FOR UPDATE, in the

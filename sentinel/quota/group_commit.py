@@ -1,0 +1,45 @@
+"""Group commit: concurrent writers share one write per batch instead of one write each.
+
+`await commit.submit(item)` returns once the item has been written (or raises what the write
+raised). Items that arrive while a write is running are written together by the next one, so
+under load each write carries many items and an idle system still writes every item at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class GroupCommit(Generic[T]):
+    """Batches `submit`ted items into calls of `write(items)` (see the module docstring)."""
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]]) -> None:
+        self._write = write
+        self._queue: list[tuple[T, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> None:
+        """Write `item` with whatever else is waiting; shielded, so a cancelled caller cannot cut a write."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        await asyncio.shield(future)
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                await self._write([item for item, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting caller, who sees it raised
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)

@@ -9,6 +9,7 @@ tests do).
 from __future__ import annotations
 
 import logging
+import sys
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -30,6 +31,7 @@ from sentinel.api.responses import endpoint_not_found
 from sentinel.api.throttle import FailedAuthThrottle
 from sentinel.api.tracing import TracingMiddleware
 from sentinel.config import Settings, reveal
+from sentinel.observability.logging import AccessLog, access_log_wanted
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OtelTracing, Tracing
 from sentinel.wiring import Runtime, build_runtime
@@ -45,11 +47,15 @@ class SentinelApp:
         self.tracing = tracing
         self.metrics = Metrics()
         self.runtime: Runtime | None = None
+        self.access_log: AccessLog | None = None
         self._http: ASGIApp | None = None
 
     async def startup(self) -> None:
         s = self.settings
         runtime = await build_runtime(s, self.metrics, self.tracing)
+        if s.access_log and access_log_wanted():
+            self.access_log = AccessLog(sys.stderr.buffer)
+            self.access_log.start()
         throttle = FailedAuthThrottle(s.auth_failures_per_minute)
         deps = Deps(
             settings=s, store=runtime.store, metrics=self.metrics, authenticator=runtime.authenticator,
@@ -73,7 +79,7 @@ class SentinelApp:
             app = TracingMiddleware(app, runtime.tracing)
         app = RequestMiddleware(
             app,
-            metrics=self.metrics, max_in_flight=s.max_in_flight, access_log_enabled=s.access_log,
+            metrics=self.metrics, max_in_flight=s.max_in_flight, access_log=self.access_log,
             outcomes=runtime.outcomes,
         )
         if s.cors_origin_list:
@@ -82,6 +88,8 @@ class SentinelApp:
         self.runtime = runtime
 
     async def shutdown(self) -> None:
+        if self.access_log is not None:
+            await self.access_log.stop()
         runtime, self.runtime = self.runtime, None
         if runtime is None:
             return

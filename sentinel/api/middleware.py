@@ -26,12 +26,11 @@ from sentinel.api.paths import check_raw_path
 from sentinel.api.responses import endpoint_not_found
 from sentinel.api.surfaces import render_error, surface_headers
 from sentinel.errors import InternalError, MethodNotAllowed, Overloaded, SentinelError
-from sentinel.observability.logging import request_id_var
+from sentinel.observability.logging import AccessLog, request_id_var
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.outcomes import RequestOutcomes
 
 log = logging.getLogger("sentinel.request")
-access_log = logging.getLogger("sentinel.access")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _UNLIMITED_PREFIXES = ("/health", "/metrics")
@@ -42,7 +41,7 @@ class RequestMiddleware:
     """See the module docstring."""
 
     def __init__(
-        self, app: ASGIApp, *, metrics: Metrics, max_in_flight: int, access_log_enabled: bool = True,
+        self, app: ASGIApp, *, metrics: Metrics, max_in_flight: int, access_log: AccessLog | None = None,
         outcomes: RequestOutcomes | None = None,
     ) -> None:
         self.app = app
@@ -50,7 +49,7 @@ class RequestMiddleware:
         self.metrics = metrics
         self.max_in_flight = max_in_flight
         self.in_flight = 0
-        self.access_log_enabled = access_log_enabled
+        self.access_log = access_log
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -133,7 +132,7 @@ class RequestMiddleware:
             self.outcomes.record(ctx.status)
         if ctx.upstream_status is not None:
             children[2].observe(max(0.0, elapsed - ctx.upstream_seconds))
-        if self.access_log_enabled:
+        if self.access_log is not None:
             extra: dict[str, Any] = {
                 "method": scope["method"],
                 "path": scope["path"],
@@ -146,7 +145,7 @@ class RequestMiddleware:
                 extra["upstream_ms"] = round(ctx.upstream_seconds * 1000, 3)
             if ctx.external_id is not None:
                 extra["user"] = ctx.external_id
-            access_log.info("request", extra=extra)
+            self.access_log.record(ctx.request_id, extra)
 
 
 def _request_id(scope: Scope) -> tuple[str, bool]:

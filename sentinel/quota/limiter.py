@@ -152,10 +152,21 @@ class QuotaLimiter:
         self.prefix = prefix
         self.clock = clock
         self.ttl_margin = ttl_margin
+        self._bases: dict[tuple[str, str, int], str] = {}  # key prefixes, built once per user and limit
+
+    def _base(self, subject: str, limit: Limit) -> str:
+        key = (subject, limit.metric, limit.window_seconds)
+        base = self._bases.get(key)
+        if base is None:
+            base = f"{self.prefix}:{{{hash_tag(subject)}}}:{limit.metric}:{limit.window_seconds}"
+            if len(self._bases) >= 50_000:
+                self._bases.clear()
+            self._bases[key] = base
+        return base
 
     def _slot(self, subject: str, limit: Limit, now: float) -> tuple[str, float, int]:
         """(key, reset_at, ttl_ms) of the counter `limit` uses at time `now`."""
-        base = f"{self.prefix}:{{{hash_tag(subject)}}}:{limit.metric}:{limit.window_seconds}"
+        base = self._base(subject, limit)
         if limit.external is not None:
             reset_at = limit.external.resets_at or now + limit.window_seconds
             ttl = limit.window_seconds + self.ttl_margin

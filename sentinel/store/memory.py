@@ -130,8 +130,10 @@ class MemoryStore:
         return value
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
-        str_args = [a.decode() if isinstance(a, bytes) else str(a) for a in args]
-        result = script.local(self._ops, list(keys), str_args)
+        # Scripts read their arguments with int()/float()/str comparisons, which take these as they
+        # are; only bytes need decoding to look like Lua's ARGV.
+        plain = [a.decode() if isinstance(a, bytes) else a for a in args]
+        result = script.local(self._ops, list(keys), plain)  # type: ignore[arg-type]
         self._maybe_sweep()
         return result
 

@@ -2,8 +2,7 @@
 
 A scenario is one line in SCENARIOS: its name, the path and JSON body Sentinel receives, and the
 path of the same call on the mock upstream / bare relay (None when the call only exists on
-Sentinel: its direct/bare columns then repeat the `baseline` scenario's rows). When Sentinel's
-Anthropic surface lands, the `/v1/messages` row is the commented line below.
+Sentinel: its direct/bare columns then repeat the `baseline` scenario's rows).
 """
 
 from __future__ import annotations
@@ -50,11 +49,14 @@ class Scenario:
 
 
 CHAT = {"model": "gpt-4o-mini", "messages": [_SYSTEM, _USER], "max_tokens": 64}
+MESSAGES = {"model": "claude-3-5-haiku-20241022", "system": "You are terse.", "max_tokens": 64, "messages": [_USER]}
 SCENARIOS: list[Scenario] = [
     Scenario("chat", "/v1/chat/completions", CHAT, "/v1/chat/completions"),
     Scenario("stream", "/v1/chat/completions", {**CHAT, "stream": True}, "/v1/chat/completions", stream=True),
     Scenario("native", "/native/v1/chat/completions", {"tier": "simple", "messages": [_SYSTEM, _USER]}, None, "chat"),
-    # Scenario("messages", "/v1/messages", {"model": "claude-3-5-haiku-latest", "max_tokens": 64, "messages": [_USER]}, "/v1/messages", auth_header="x-api-key"),  # noqa: E501
+    # The Anthropic surface: a Claude model relayed as it is, and an OpenAI model translated both ways.
+    Scenario("messages", "/v1/messages", MESSAGES, "/v1/messages", auth_header="x-api-key"),
+    Scenario("messages_x", "/v1/messages", {**MESSAGES, "model": "gpt-4o-mini"}, None, "chat", auth_header="x-api-key"),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 

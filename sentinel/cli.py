@@ -46,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from sentinel.server import serve
 
     settings = _settings(host=args.host, port=args.port)
-    # SENTINEL_WORKERS becomes a Settings field (NOTES-bench.md); until then only the flag sets it.
+    # --workers wins over SENTINEL_WORKERS.
     workers = args.workers if args.workers is not None else settings.workers
     return serve(settings, workers=workers)
 

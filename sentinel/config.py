@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     max_header_bytes: int = env("SENTINEL_MAX_HEADER_BYTES", 16 * 1024, ge=1024)
     max_headers: int = env("SENTINEL_MAX_HEADERS", 100, ge=8)
     auth_failures_per_minute: int = env("SENTINEL_AUTH_FAILURES_PER_MINUTE", 30, ge=1)
+    # Proxies (comma list of addresses, or *) whose X-Forwarded-For/-Proto are believed: the client's
+    # address (throttles, logs) and scheme (Secure cookies) then come from them. Unset: the socket's.
+    forwarded_allow_ips: str | None = env("SENTINEL_FORWARDED_ALLOW_IPS", None)
 
     # --- storage ------------------------------------------------------------------------------
     redis_url: str | None = env("REDIS_URL", None)

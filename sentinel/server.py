@@ -112,7 +112,9 @@ def _config(app: Callable[..., Any], settings: Settings, workers: int) -> uvicor
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
         server_header=False,
-        proxy_headers=False,  # Sentinel does not use the client address; skip the X-Forwarded-* rewrite
+        # X-Forwarded-* only from the proxies the operator names (else the socket's address and scheme).
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
         workers=workers,
         factory=workers > 1,
         **uvicorn_protocol_options(settings),

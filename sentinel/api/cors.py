@@ -27,7 +27,7 @@ PREFIXES = ("/v1/", "/native/")
 METHODS = "GET, POST, DELETE, OPTIONS"
 EXPOSED = (
     "X-Request-Id, request-id, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, "
-    "X-Sentinel-Tier, X-Sentinel-Provider, X-Sentinel-Model, X-Sentinel-Estimate, X-Sentinel-Fallback, "
+    "X-Sentinel-Tier, X-Sentinel-Provider, X-Sentinel-Model, X-Sentinel-Estimate, "
     "Server-Timing"
 )
 _HEADER_LIST = re.compile(rb"^[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*$")

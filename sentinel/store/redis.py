@@ -32,6 +32,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sentinel.breaker import CircuitBreaker
 from sentinel.errors import StoreUnavailable
 from sentinel.store import redis_streams as lua
 from sentinel.store.base import (
@@ -44,7 +45,6 @@ from sentinel.store.base import (
     check_stream_ids,
     seconds_left,
 )
-from sentinel.store.breaker import CircuitBreaker
 from sentinel.store.redis_streams import entries as _entries
 from sentinel.store.redis_streams import is_nogroup
 from sentinel.store.redis_streams import text as _text

@@ -43,6 +43,7 @@ from sentinel.governance.ownership import Ownership
 from sentinel.governance.plan_source import BuiltinPlanSource, CachedPlans
 from sentinel.governance.plans import PlanRepository
 from sentinel.governance.request_stats import RequestStatsWriter
+from sentinel.governance.rollups import RollupWorker
 from sentinel.governance.tier_store import DbTiers, TierRepository
 from sentinel.governance.zion import ZionClient, ZionIdentitySource
 from sentinel.governance.zion_sources import ZionPlans, ZionSink, ZionTiers
@@ -336,8 +337,12 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
     )
     outcomes = RequestOutcomes()
     stats_writer = RequestStatsWriter(sessions, outcomes)
+    # The ledger is rolled up after the fact (recording stays one insert); only the built-in ledger has one.
+    rollups = RollupWorker(SqlLedger(sessions).roll_up) if not zion_mode else None
     deliverer.start()
     stats_writer.start()
+    if rollups is not None:
+        rollups.start()
     return Runtime(
         settings=s,
         store=store,
@@ -352,7 +357,8 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
         models=ModelList(catalogue, meter),
         native=NativeChat(router, chat_providers, meter, counter),
         router=router,
-        closers=[lambda: deliverer.stop(s.shutdown_timeout_seconds), http.close, stats_writer.stop, engine.dispose,
+        closers=[lambda: deliverer.stop(s.shutdown_timeout_seconds), *([rollups.stop] if rollups else []),
+                 http.close, stats_writer.stop, engine.dispose,
                  store.close, lambda: asyncio.to_thread(tracing.shutdown)],
         admin=admin,
         tracing=tracing,

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.accounts import record_and_roll_up
+
 
 def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **env}
@@ -58,7 +60,6 @@ def test_plans_users_usage_commands(tmp_path: Path) -> None:
 
     from sentinel.db.engine import create_engine, session_factory
     from sentinel.domain.usage import UsageRecord
-    from sentinel.governance.ledger import SqlLedger
 
     async def seed() -> None:
         engine = create_engine(env["DATABASE_URL"])
@@ -68,7 +69,7 @@ def test_plans_users_usage_commands(tmp_path: Path) -> None:
             for i, model in enumerate(["gpt-4o", "gpt-4o", "gpt-4o-mini"])
         ]
         try:
-            await SqlLedger(session_factory(engine)).record_batch(rows)
+            await record_and_roll_up(session_factory(engine), rows)
         finally:
             await engine.dispose()
 

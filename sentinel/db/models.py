@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -35,6 +36,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
     func,
     text,
 )
@@ -172,6 +174,10 @@ class UsageLedgerRow(Base):
         CheckConstraint(_one_of("usage_source", USAGE_SOURCES), name="usage_source"),
         Index("ix_usage_ledger_external_id_finished_at", "external_id", "finished_at"),
         Index("ix_usage_ledger_finished_at", "finished_at"),
+        Index(
+            "ix_usage_ledger_pending_rollup", "id",
+            postgresql_where=text("NOT rolled_up"), sqlite_where=text("NOT rolled_up"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
@@ -191,6 +197,8 @@ class UsageLedgerRow(Base):
     # Of `input_tokens`: written to / read from the provider's prompt cache (migration 0004).
     cache_write_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default=text("0"))
     cache_read_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default=text("0"))
+    # Not yet added to the rollups (migration 0006): the rollup worker takes these in id order.
+    rolled_up: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
 
 
 class UsageOutboxRow(Base):

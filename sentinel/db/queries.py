@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import CTE, Select, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import Insert
@@ -89,3 +89,13 @@ async def ensure_user(session: AsyncSession, external_id: str, email: str | None
     if email and email != stored_email:
         await session.execute(update(User).where(User.id == user_id).values(email=email))
     return str(user_id)
+
+
+def picked_once(session: AsyncSession, query: Select[Any], name: str, *, skip_locked: bool) -> CTE:
+    """`query` as a CTE evaluated once, for an `UPDATE ... WHERE id IN (picked) RETURNING` claim. On
+    PostgreSQL its rows are locked (FOR UPDATE, in the query's order) and it is MATERIALIZED: as a
+    plain subquery the planner may run it again for each row the UPDATE touches, each run locking
+    and returning further rows past the LIMIT. On SQLite the UPDATE itself takes the write lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        return query.with_for_update(skip_locked=skip_locked).cte(name).prefix_with("MATERIALIZED")
+    return query.cte(name)

@@ -11,12 +11,12 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
 from sentinel.db.models import UsageLedgerRow
-from sentinel.db.queries import insert_ignoring
+from sentinel.db.queries import insert_ignoring, picked_once
 from sentinel.domain.usage import UsageRecord
 from sentinel.governance.rollups import apply_rollups
 
@@ -49,6 +49,19 @@ def _row(record: UsageRecord) -> dict[str, Any]:
     }
 
 
+_RECORD_COLUMNS = (
+    UsageLedgerRow.request_id, UsageLedgerRow.external_id, UsageLedgerRow.email, UsageLedgerRow.model,
+    UsageLedgerRow.provider, UsageLedgerRow.endpoint, UsageLedgerRow.input_tokens, UsageLedgerRow.output_tokens,
+    UsageLedgerRow.usage_source, UsageLedgerRow.status, UsageLedgerRow.started_at, UsageLedgerRow.finished_at,
+    UsageLedgerRow.cost_usd, UsageLedgerRow.cache_write_tokens, UsageLedgerRow.cache_read_tokens,
+)
+
+
+def _record(row: Any) -> UsageRecord:
+    """A ledger row (the `_RECORD_COLUMNS`) as a usage record."""
+    return UsageRecord(*row)
+
+
 class SqlLedger:
     """Usage records in the `usage_ledger` table of the built-in database."""
 
@@ -59,29 +72,45 @@ class SqlLedger:
         """Insert `records` in one transaction, skipping request ids already recorded.
 
         Returns how many rows were new. Raises GovernanceUnavailable when the database is down,
-        in which case nothing was recorded and the whole batch can be retried safely.
+        in which case nothing was recorded and the whole batch can be retried safely. New rows wait
+        for the rollup worker (`roll_up`): recording a request is one insert.
         """
         unique: dict[str, dict[str, Any]] = {}
-        by_id: dict[str, UsageRecord] = {}
         for record in records:
-            if record.request_id not in unique:
-                unique[record.request_id] = _row(record)
-                by_id[record.request_id] = record
+            unique.setdefault(record.request_id, _row(record))
         if not unique:
             return 0
-        new: list[UsageRecord] = []
+        inserted = 0
         with database_errors("usage ledger unavailable"):
             async with self._sessions() as session:
                 # One cached statement run as executemany (SQLAlchemy batches it as "insertmanyvalues"),
                 # not a freshly compiled multi-VALUES statement per batch: compiling dominated the CPU.
-                statement = insert_ignoring(session, UsageLedgerRow, ["request_id"]).returning(
-                    UsageLedgerRow.request_id
-                )
+                statement = insert_ignoring(session, UsageLedgerRow, ["request_id"]).returning(UsageLedgerRow.id)
                 for chunk in _chunks(list(unique.values())):
-                    new += (by_id[request_id] for (request_id,) in (await session.execute(statement, list(chunk))).all())
-                await apply_rollups(session, new)
+                    inserted += len((await session.execute(statement, list(chunk))).all())
                 await session.commit()
-        return len(new)
+        return inserted
+
+    async def roll_up(self, limit: int = 2000) -> int:
+        """Add up to `limit` rows not yet rolled up to the rollups, oldest first, and mark them, in one
+        transaction that claims the rows first (each row is rolled up exactly once, also with
+        concurrent workers). Returns how many rows were rolled up."""
+        Row = UsageLedgerRow
+        with database_errors("usage ledger unavailable"):
+            async with self._sessions() as session:
+                pending = picked_once(
+                    session, select(Row.id).where(Row.rolled_up.is_(False)).order_by(Row.id).limit(limit),
+                    "pending", skip_locked=True,
+                )
+                result = await session.execute(
+                    update(Row).where(Row.id.in_(select(pending.c.id)), Row.rolled_up.is_(False))
+                    .values(rolled_up=True).returning(*_RECORD_COLUMNS)
+                )
+                records = [_record(row) for row in result.all()]
+                if records:
+                    await apply_rollups(session, records)
+                await session.commit()
+        return len(records)
 
     async def totals(
         self, external_id: str, since: datetime | None = None, until: datetime | None = None

@@ -2,9 +2,9 @@
 user and by model.
 
 The console's pages read these instead of scanning the ledger, so they stay fast with millions of
-rows. `SqlLedger.record_batch` calls `apply_rollups` in the transaction that inserts the rows, for
-the rows that were new only: the rollups hold exactly what the ledger holds, also when a batch is
-delivered twice. Rows are upserted in key order (`INSERT ... ON CONFLICT DO UPDATE SET n = n + new`),
+rows. Recording a request is one insert; `RollupWorker` adds new ledger rows to the rollups in
+batches, in id order, marking them in the same transaction (`SqlLedger.roll_up`): the rollups hold
+exactly what the ledger holds, at most one interval later. Rows are upserted in key order (`INSERT ... ON CONFLICT DO UPDATE SET n = n + new`),
 so two writers never wait on each other's locks in opposite orders.
 
 A request's latency is `finished_at - started_at`: from its admission (after authentication and
@@ -13,7 +13,10 @@ the body) until its usage record was written (a stream's end).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +34,9 @@ from sentinel.db.models import (
 )
 from sentinel.db.queries import upsert_adding
 from sentinel.domain.usage import UsageRecord
+from sentinel.errors import GovernanceUnavailable
+
+log = logging.getLogger("sentinel.rollups")
 
 MEASURES = ("requests", "errors", "input_tokens", "output_tokens", "cost_usd")
 
@@ -153,3 +159,43 @@ async def apply_rollups(session: AsyncSession, records: Sequence[UsageRecord]) -
     for rows, (table, keys, series) in zip(Rollup.of(records).rows(), TABLES, strict=True):
         columns = [*MEASURES, "latency_ms_sum", *LATENCY_COLUMNS] if series else list(MEASURES)
         await upsert_adding(session, table, keys, columns, rows)
+
+
+class RollupWorker:
+    """Rolls new ledger rows up every `interval` seconds (sooner while a backlog remains) until stopped."""
+
+    def __init__(self, roll_up: Callable[[int], Awaitable[int]], *, interval: float = 1.0, batch: int = 2000) -> None:
+        self.roll_up = roll_up
+        self.interval = interval
+        self.batch = batch
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def run_once(self) -> int:
+        """Roll up one batch; how many rows it took (0 when nothing waits or the database is down)."""
+        try:
+            return await self.roll_up(self.batch)
+        except GovernanceUnavailable as exc:
+            log.warning("rollups delayed: %s", exc.message)
+            return 0
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            if await self.run_once() >= self.batch:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stopping.clear()
+            self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        """Stop the loop after rolling up what is waiting."""
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        while await self.run_once() >= self.batch:
+            pass

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -25,11 +26,19 @@ from sentinel.errors import UpstreamConnectionError, UpstreamError, UpstreamTime
 _STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
-async def _on_reuse(
-    session: aiohttp.ClientSession, ctx: SimpleNamespace, params: aiohttp.TraceConnectionReuseconnParams
-) -> None:
-    if ctx.trace_request_ctx is not None:
-        ctx.trace_request_ctx.reused = True
+# Set when the connection a request goes out on came from the pool (the request's own task only).
+_REUSED: ContextVar[bool] = ContextVar("sentinel_upstream_reused", default=False)
+
+
+class _PoolConnector(aiohttp.TCPConnector):
+    """A TCPConnector that notes, for the requesting task, when a pooled connection is reused
+    (aiohttp's trace hooks would tell too, but cost a few coroutine calls on every request)."""
+
+    async def _get(self, key: Any, traces: list[Any]) -> Any:
+        connection = await super()._get(key, traces)
+        if connection is not None:
+            _REUSED.set(True)
+        return connection
 
 
 def create_session(
@@ -38,20 +47,16 @@ def create_session(
 ) -> aiohttp.ClientSession:
     """The app-wide upstream session: keep-alive pool, no total timeout (streams may be long),
     a connect timeout and an idle-read timeout (the longest wait for the next upstream byte).
-    `trace_configs` are more aiohttp hooks (tracing adds `traceparent` with one)."""
-    connector = aiohttp.TCPConnector(
-        limit=limit, limit_per_host=limit, keepalive_timeout=keepalive, ttl_dns_cache=300
-    )
+    `trace_configs` are aiohttp hooks (tracing adds `traceparent` with one; none by default)."""
+    connector = _PoolConnector(limit=limit, limit_per_host=limit, keepalive_timeout=keepalive, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
-    tracing = aiohttp.TraceConfig()
-    tracing.on_connection_reuseconn.append(_on_reuse)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,
         auto_decompress=False,  # relay bytes as the upstream sent them
         skip_auto_headers=("User-Agent",),
         raise_for_status=False,
-        trace_configs=[tracing, *trace_configs],
+        trace_configs=list(trace_configs) or None,
     )
 
 
@@ -116,15 +121,14 @@ async def send(
     """Send a request and return as soon as the upstream's status and headers are in."""
     with translate_errors(provider):
         for attempt in (1, 2):
-            ctx = SimpleNamespace(reused=False)
+            _REUSED.set(False)
             try:
                 raw = await session.request(
-                    method, url, headers=headers, data=body, params=params, allow_redirects=False,
-                    trace_request_ctx=ctx,
+                    method, url, headers=headers, data=body, params=params, allow_redirects=False
                 )
                 break
             except _STALE_CONNECTION:
-                if attempt == 2 or not ctx.reused:
+                if attempt == 2 or not _REUSED.get():
                     raise
     return UpstreamResponse(
         provider=provider,

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
-from typing import Any
 
 import orjson
-from sqlalchemy import CTE, Select, delete, func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
 from sentinel.db.models import UsageOutboxRow, utcnow
-from sentinel.db.queries import insert_ignoring
+from sentinel.db.queries import insert_ignoring, picked_once
 from sentinel.domain.usage import UsageRecord
 from sentinel.quota.batch import Batch, Claimed, new_batch_key
 from sentinel.quota.group_commit import GroupCommit
@@ -57,14 +56,6 @@ class SqlOutbox:
                 await session.execute(insert_ignoring(session, UsageOutboxRow, ["request_id"]), rows)
                 await session.commit()
 
-    def _picked(self, session: AsyncSession, query: Select[Any], name: str, *, skip_locked: bool) -> CTE:
-        """`query` as a CTE evaluated once. On PostgreSQL its rows are locked (FOR UPDATE, in the
-        query's order) and it is MATERIALIZED: as a plain subquery the planner may run it again
-        for each row the UPDATE touches, each run locking and returning further rows past the LIMIT."""
-        if session.get_bind().dialect.name == "postgresql":
-            return query.with_for_update(skip_locked=skip_locked).cte(name).prefix_with("MATERIALIZED")
-        return query.cte(name)
-
     async def claim(self, limit: int) -> Batch | None:
         if limit <= 0:
             return None
@@ -82,7 +73,7 @@ class SqlOutbox:
                     .limit(1)
                     .scalar_subquery()
                 )
-                members = self._picked(
+                members = picked_once(
                     session,
                     select(Row.id)
                     .where(Row.batch_key == first_expired, Row.next_attempt_at <= now)
@@ -100,7 +91,7 @@ class SqlOutbox:
                 rows = [(row_id, payload) for row_id, _, payload in taken]
                 key = str(taken[0][1]) if taken else new_batch_key()
                 if not rows:
-                    due = self._picked(
+                    due = picked_once(
                         session,
                         select(Row.id)
                         .where(

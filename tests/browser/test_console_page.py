@@ -137,7 +137,11 @@ async def test_operator_journey(console_gateway: Gateway, page: Page, screenshot
     await page.click("nav >> text=Overview")
     await page.click("nav.periods >> text=last hour")
     chart = page.locator('figure.chart svg[data-series="requests"]')
-    assert int(await chart.get_attribute("data-total") or 0) >= REQUESTS
+
+    async def charted() -> bool:  # the ledger is rolled up in the background, within about a second
+        return int(await chart.get_attribute("data-total") or 0) >= REQUESTS
+
+    assert await reload_until(page, charted)
     assert await page.locator("figure.chart svg[data-series=requests] rect.s0[height]").count() == 60
     assert "browser-bob" in await page.inner_text("table.top-users")
     await screenshot(page, "overview")

@@ -9,8 +9,8 @@ from sqlalchemy import Connection, text
 
 from sentinel.db.engine import alembic_config, create_engine, session_factory
 from sentinel.domain.usage import UsageRecord
-from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.rollups import latency_bucket
+from tests.support.accounts import record_and_roll_up
 
 T0 = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
 COLUMNS = "request_id, external_id, model, provider, endpoint, input_tokens, output_tokens, usage_source, status, " \
@@ -76,7 +76,7 @@ async def test_upgrade_rolls_up_existing_rows_like_the_runtime(empty_db_url: str
         async with engine.begin() as conn:
             for table in (*backfilled, "usage_ledger"):
                 await conn.execute(text(f"DELETE FROM {table}"))
-        await SqlLedger(session_factory(engine)).record_batch(records)
+        await record_and_roll_up(session_factory(engine), records)
     finally:
         await engine.dispose()
     assert await _rollups(empty_db_url) == backfilled

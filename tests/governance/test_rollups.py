@@ -25,6 +25,7 @@ from sentinel.domain.usage import UsageRecord
 from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.rollups import latency_bucket, percentile
 from sentinel.governance.usage_stats import UsageStats
+from tests.support.accounts import record_and_roll_up
 
 T0 = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
 MINUTE0 = int(T0.timestamp()) // 60
@@ -96,6 +97,8 @@ async def test_rollups_equal_the_ledger_also_when_batches_are_delivered_twice(
     assert await ledger.record_batch(batch[:400]) == 400
     assert await ledger.record_batch(batch) == 200  # 400 again: nothing new for them
     assert await ledger.record_batch(batch[100:300]) == 0
+    while await ledger.roll_up(100):  # in batches, as the worker takes them
+        pass
     tables = (UsageMinuteRow, UsageHourRow, UsageHourlyUserRow, UsageHourlyModelRow, UsageDailyUserRow,
               UsageDailyModelRow)
     for column in ("input_tokens", "output_tokens"):
@@ -115,13 +118,16 @@ async def test_concurrent_overlapping_batches_roll_up_each_request_once(
     ledger = SqlLedger(sessions)
     batches = [[rec(f"r{i}", at=T0 + timedelta(seconds=i)) for i in range(start, start + 50)] for start in range(0, 200, 25)]
     await asyncio.gather(*(ledger.record_batch(b) for b in batches))
+    await asyncio.gather(*(ledger.roll_up(50) for _ in range(20)))  # concurrent workers: each row once
+    while await ledger.roll_up():
+        pass
     assert await _sum(sessions, UsageMinuteRow.requests) == 225
     assert await _sum(sessions, UsageDailyUserRow.requests) == 225
 
 
 # --- the read side ------------------------------------------------------------------------------
 async def test_series_buckets_sum_minutes_and_merge_histograms(sessions: async_sessionmaker[AsyncSession]) -> None:
-    await SqlLedger(sessions).record_batch([
+    await record_and_roll_up(sessions, [
         rec("a", at=T0 + timedelta(seconds=5), ms=3, inp=1, out=1, cost=0.25),
         rec("b", at=T0 + timedelta(minutes=4, seconds=59), ms=150, inp=2, out=2, status=502, cost=None),
         rec("c", at=T0 + timedelta(minutes=5), ms=150, inp=4, out=4),
@@ -143,7 +149,7 @@ async def test_top_users_and_models_from_the_ledger_and_from_the_daily_rollups(
     rows = [rec(f"b{i}", user="bob", model="gpt-4o-mini", at=T0 - timedelta(days=3)) for i in range(5)]
     rows += [rec(f"a{i}", user="alice", at=T0 - timedelta(minutes=i)) for i in range(3)]
     rows += [rec("c0", user="carol", model=None, at=T0, status=500)]
-    await SqlLedger(sessions).record_batch(rows)
+    await record_and_roll_up(sessions, rows)
     stats = UsageStats(sessions)
     recent = await stats.top_users(since=T0 - timedelta(hours=1))
     assert [(r.name, r.requests, r.errors) for r in recent] == [("alice", 3, 0), ("carol", 1, 1)]
@@ -163,7 +169,7 @@ async def test_top_users_and_models_from_the_ledger_and_from_the_daily_rollups(
 
 
 async def test_recent_requests_newest_first_with_latency(sessions: async_sessionmaker[AsyncSession]) -> None:
-    await SqlLedger(sessions).record_batch([rec(f"r{i}", at=T0 + timedelta(seconds=i), ms=100 + i) for i in range(30)])
+    await record_and_roll_up(sessions, [rec(f"r{i}", at=T0 + timedelta(seconds=i), ms=100 + i) for i in range(30)])
     found = await UsageStats(sessions).recent_requests("alice", limit=5)
     assert [r.request_id for r in found] == ["r29", "r28", "r27", "r26", "r25"]
     assert found[0].latency_ms == 129

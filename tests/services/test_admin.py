@@ -18,7 +18,6 @@ from sentinel.domain.usage import UsageRecord
 from sentinel.errors import AuthenticationError, InvalidRequest, NotFound
 from sentinel.governance.auth import Authenticator
 from sentinel.governance.keys import KeyService
-from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.plan_source import BuiltinPlanSource, CachedPlans
 from sentinel.governance.plans import PlanRepository
 from sentinel.governance.request_stats import RequestStatsWriter
@@ -29,6 +28,7 @@ from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import LimitInput, field_errors
 from sentinel.services.admin_live import LiveState
 from sentinel.store import MemoryStore
+from tests.support.accounts import record_and_roll_up
 from tests.support.clock import FakeClock
 
 NOW = datetime(2030, 3, 1, 12, 30, 15, tzinfo=UTC)
@@ -154,7 +154,7 @@ async def test_the_user_view_shows_live_counters_keys_and_recent_requests(setup:
     plan = await setup.plans.plan_for(Identity("carol", "x"))
     for _ in range(2):
         await setup.limiter.reserve("carol", plan, input_tokens=10, output_tokens=300)
-    await SqlLedger(setup.sessions).record_batch([
+    await record_and_roll_up(setup.sessions, [
         UsageRecord(f"r{i}", "carol", None, "gpt-4o", "openai", "chat", 5, 7, "measured", 200, NOW - timedelta(minutes=i, seconds=1),
                     NOW - timedelta(minutes=i)) for i in range(3)
     ])
@@ -179,7 +179,7 @@ async def test_the_csv_export_has_the_figures_of_usage_show(setup: Setup) -> Non
         for i, (user, model) in enumerate([("alice", "gpt-4o"), ("alice", "gpt-4o"), ("alice", None),
                                            ("=cmd|'/c calc'!A0", "gpt-4o-mini"), ("bob", "gpt-4o-mini")])
     ]
-    await SqlLedger(setup.sessions).record_batch(rows)
+    await record_and_roll_up(setup.sessions, rows)
     text = await setup.admin.usage_csv(NOW - timedelta(days=1), None)
     table = list(csv.DictReader(io.StringIO(text)))
     assert list(table[0]) == ["external_id", "model", "requests", "input_tokens", "output_tokens", "cost_usd"]
@@ -196,7 +196,7 @@ async def test_the_csv_export_has_the_figures_of_usage_show(setup: Setup) -> Non
 
 
 async def test_overview_buckets_and_tops(setup: Setup) -> None:
-    await SqlLedger(setup.sessions).record_batch([
+    await record_and_roll_up(setup.sessions, [
         UsageRecord(f"r{i}", f"u{i % 2}", None, "gpt-4o", "openai", "chat", 1, 1, "measured", 200 if i else 502,
                     NOW - timedelta(minutes=i, milliseconds=80), NOW - timedelta(minutes=i)) for i in range(90)
     ])

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import create_engine, migrate, session_factory
 from sentinel.domain.plans import parse_limits
+from sentinel.domain.usage import UsageRecord
 from sentinel.governance.keys import KeyService
 from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.plans import PlanRepository
@@ -56,3 +57,12 @@ async def usage_totals(database_url: str, external_id: str) -> dict[str, int]:
     async with database(database_url) as sessions:
         rows = await SqlLedger(sessions).totals(external_id)
     return {k: sum(int(r[k]) for r in rows) for k in ("requests", "input_tokens", "output_tokens")}
+
+
+async def record_and_roll_up(sessions: async_sessionmaker[AsyncSession], records: list[UsageRecord]) -> int:
+    """Record usage in the built-in ledger and roll it up at once (what the rollup worker does within a second)."""
+    ledger = SqlLedger(sessions)
+    new = await ledger.record_batch(records)
+    while await ledger.roll_up():
+        pass
+    return new

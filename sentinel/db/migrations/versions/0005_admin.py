@@ -2,8 +2,8 @@
 histograms; per hour and per day by user and by model), counts of every API answer (per minute and
 per hour) and an index on the ledger's finish time.
 
-Existing ledger rows are rolled up here once; from then on `SqlLedger.record_batch` keeps the
-rollups in step in the same transaction as the rows it inserts. The latency bounds are frozen
+Existing ledger rows are rolled up here once; from then on the rollup worker adds new rows (marked
+`rolled_up = false` until it has) in batches. The latency bounds are frozen
 here (a copy of `sentinel.db.models.LATENCY_BOUNDS_MS` at the time of writing), as migrations are.
 
 Revision ID: 0005
@@ -63,6 +63,13 @@ def _by(name: str, key: tuple[str, Any], *names: tuple[str, int]) -> None:
 
 def upgrade() -> None:
     op.create_index("ix_usage_ledger_finished_at", "usage_ledger", ["finished_at"])
+    # Rows not yet rolled up, for the rollup worker (recording stays one insert).
+    with op.batch_alter_table("usage_ledger") as batch:
+        batch.add_column(sa.Column("rolled_up", sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.create_index(
+        "ix_usage_ledger_pending_rollup", "usage_ledger", ["id"],
+        postgresql_where=sa.text("NOT rolled_up"), sqlite_where=sa.text("NOT rolled_up"),
+    )
     _series("usage_minutes", "minute")
     _series("usage_hours", "hour")
     _by("usage_hourly_users", ("hour", sa.BigInteger()), ("external_id", 255))
@@ -90,6 +97,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_audit_log_at", "audit_log", ["at"])
     _backfill(op.get_bind())
+    op.execute(sa.text("UPDATE usage_ledger SET rolled_up = true"))
 
 
 def _utc(value: Any) -> datetime:
@@ -161,4 +169,7 @@ def downgrade() -> None:
     op.drop_index("ix_usage_daily_users_external_id_day", table_name="usage_daily_users")
     for table, _ in reversed(TABLES):
         op.drop_table(table)
+    op.drop_index("ix_usage_ledger_pending_rollup", table_name="usage_ledger")
+    with op.batch_alter_table("usage_ledger") as batch:
+        batch.drop_column("rolled_up")
     op.drop_index("ix_usage_ledger_finished_at", table_name="usage_ledger")

@@ -1,0 +1,82 @@
+"""A pooled upstream connection the provider dropped while it sat idle is retried once on a fresh
+connection; a request that fails on a fresh connection is never sent twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sentinel.errors import UpstreamConnectionError
+from sentinel.providers.http import create_session, send
+
+ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+
+
+class DroppingUpstream:
+    """Answers the first request of each connection; a second request on a connection is dropped
+    unanswered (as a provider closing an idle keep-alive connection just as it is reused), and with
+    `drop_fresh` even the first request of a fresh connection is dropped."""
+
+    def __init__(self, *, drop_fresh: bool = False) -> None:
+        self.drop_fresh = drop_fresh
+        self.connections = 0
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        served = 0
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                self.requests += 1
+                if served or self.drop_fresh:
+                    break  # close without answering
+                served += 1
+                writer.write(ANSWER)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1/x"
+
+
+@pytest.fixture
+async def upstream(request: pytest.FixtureRequest) -> AsyncIterator[DroppingUpstream]:
+    up = DroppingUpstream(drop_fresh=getattr(request, "param", False))
+    up.server = await asyncio.start_server(up.handle, "127.0.0.1", 0)
+    yield up
+    up.server.close()
+    await up.server.wait_closed()
+
+
+async def test_a_dropped_pooled_connection_is_retried_once_on_a_fresh_one(upstream: DroppingUpstream) -> None:
+    session = create_session(read_timeout=5, connect_timeout=5)
+    try:
+        first = await send(session, "p", "POST", upstream.url, headers={}, body=b"{}")
+        await first.read()
+        first.release()  # back to the pool
+        second = await send(session, "p", "POST", upstream.url, headers={}, body=b"{}")
+        assert second.status == 200 and await second.read() == b"{}"
+        second.release()
+    finally:
+        await session.close()
+    # The second request went out on the pooled connection, was dropped, and went again on a new one.
+    assert (upstream.connections, upstream.requests) == (2, 3)
+
+
+@pytest.mark.parametrize("upstream", [True], indirect=True)
+async def test_a_request_dropped_on_a_fresh_connection_is_not_sent_again(upstream: DroppingUpstream) -> None:
+    session = create_session(read_timeout=5, connect_timeout=5)
+    try:
+        with pytest.raises(UpstreamConnectionError):
+            await send(session, "p", "POST", upstream.url, headers={}, body=b"{}")
+    finally:
+        await session.close()
+    assert (upstream.connections, upstream.requests) == (1, 1)

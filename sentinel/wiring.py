@@ -32,6 +32,7 @@ from sentinel.config import (
     reveal,
 )
 from sentinel.db.engine import create_engine, migrate, session_factory
+from sentinel.db.sqlite_writer import SqliteWriter
 from sentinel.domain.plans import PlanSource, parse_plan_spec
 from sentinel.domain.tiers import TIERS, TierModelEntry, TierSource, TierTable
 from sentinel.governance.auth import Authenticator
@@ -173,8 +174,10 @@ def build_governance(
     http: aiohttp.ClientSession,
     catalog_tiers: TierTable,
     metrics: Metrics | None = None,
+    ledger: SqlLedger | None = None,
 ) -> Governance:
-    """Identity sources, plan source, usage sink and tier source for `s.governance`."""
+    """Identity sources, plan source, usage sink and tier source for `s.governance` (`ledger`: the
+    built-in ledger to record usage in, default one over `sessions`)."""
     default_plan = parse_plan_spec(s.default_plan, "default")
     local_jwt: IdentitySource | None = None
     zion: ZionClient | None = None
@@ -189,7 +192,7 @@ def build_governance(
         return Governance(
             jwt=local_jwt,
             plans=BuiltinPlanSource(PlanRepository(sessions), default_plan),
-            sink=SqlLedgerSink(SqlLedger(sessions)),
+            sink=SqlLedgerSink(ledger or SqlLedger(sessions)),
             tiers=DbTiers(TierRepository(sessions), catalog_tiers, s.tier_config_ttl_seconds),
         )
     window = int(s.cache_ttl_seconds + s.governance_grace_seconds + 60)
@@ -268,8 +271,11 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
     catalog = build_catalog(s, file)
     catalogue = build_model_catalogue(catalog, file)
     metrics.known_models.update(known_models(catalog, catalogue))
+    # On a SQLite file, usage records are inserted through a private connection (one hop a batch).
+    sqlite_writer = SqliteWriter.for_url(s.database_url)
+    ledger = SqlLedger(sessions, sqlite_writer)
     governance = build_governance(
-        s, store=store, sessions=sessions, http=http, catalog_tiers=catalog.tiers, metrics=metrics
+        s, store=store, sessions=sessions, http=http, catalog_tiers=catalog.tiers, metrics=metrics, ledger=ledger
     )
     zion_mode = s.governance is GovernanceKind.zion  # usage is reported by email: identities need one
     authenticator = Authenticator(
@@ -338,7 +344,7 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
     outcomes = RequestOutcomes()
     stats_writer = RequestStatsWriter(sessions, outcomes)
     # The ledger is rolled up after the fact (recording stays one insert); only the built-in ledger has one.
-    rollups = RollupWorker(SqlLedger(sessions).roll_up) if not zion_mode else None
+    rollups = RollupWorker(ledger.roll_up) if not zion_mode else None
     deliverer.start()
     stats_writer.start()
     if rollups is not None:
@@ -358,7 +364,7 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
         native=NativeChat(router, chat_providers, meter, counter),
         router=router,
         closers=[lambda: deliverer.stop(s.shutdown_timeout_seconds), *([rollups.stop] if rollups else []),
-                 http.close, stats_writer.stop, engine.dispose,
+                 http.close, stats_writer.stop, *([sqlite_writer.close] if sqlite_writer else []), engine.dispose,
                  store.close, lambda: asyncio.to_thread(tracing.shutdown)],
         admin=admin,
         tracing=tracing,

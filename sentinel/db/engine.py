@@ -46,6 +46,12 @@ __all__ = [
 ]
 
 
+def sqlite_file(url: str | URL) -> Path | None:
+    """The database file of a SQLite URL; None for any other URL or an in-memory SQLite."""
+    parsed = make_url(url)
+    return _sqlite_file(parsed) if parsed.get_backend_name() == "sqlite" else None
+
+
 def _sqlite_file(url: URL) -> Path | None:
     """The file behind a SQLite URL, or None for an in-memory or URI-style database."""
     database = url.database or ""

@@ -8,7 +8,7 @@ that were new are added to the rollups (`sentinel.governance.rollups`) in the sa
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sentinel.db.engine import database_errors
 from sentinel.db.models import UsageLedgerRow
 from sentinel.db.queries import insert_ignoring, picked_once
+from sentinel.db.sqlite_writer import SqliteWriter
 from sentinel.domain.usage import UsageRecord
 from sentinel.governance.rollups import apply_rollups
 
@@ -29,32 +30,18 @@ def _chunks(rows: Sequence[dict[str, Any]]) -> Iterator[Sequence[dict[str, Any]]
         yield rows[start : start + _CHUNK_ROWS]
 
 
-def _row(record: UsageRecord) -> dict[str, Any]:
-    return {
-        "request_id": record.request_id,
-        "external_id": record.external_id,
-        "email": record.email,
-        "model": record.model,
-        "provider": record.provider,
-        "endpoint": record.endpoint,
-        "input_tokens": record.input_tokens,
-        "output_tokens": record.output_tokens,
-        "usage_source": record.usage_source,
-        "status": record.status,
-        "started_at": record.started_at,
-        "finished_at": record.finished_at,
-        "cost_usd": record.cost_usd,
-        "cache_write_tokens": record.cache_write_tokens,
-        "cache_read_tokens": record.cache_read_tokens,
-    }
-
-
-_RECORD_COLUMNS = (
-    UsageLedgerRow.request_id, UsageLedgerRow.external_id, UsageLedgerRow.email, UsageLedgerRow.model,
-    UsageLedgerRow.provider, UsageLedgerRow.endpoint, UsageLedgerRow.input_tokens, UsageLedgerRow.output_tokens,
-    UsageLedgerRow.usage_source, UsageLedgerRow.status, UsageLedgerRow.started_at, UsageLedgerRow.finished_at,
-    UsageLedgerRow.cost_usd, UsageLedgerRow.cache_write_tokens, UsageLedgerRow.cache_read_tokens,
+# A ledger row's columns: each is the usage record's attribute of that name.
+_COLUMNS = (
+    "request_id", "external_id", "email", "model", "provider", "endpoint", "input_tokens", "output_tokens",
+    "usage_source", "status", "started_at", "finished_at", "cost_usd", "cache_write_tokens", "cache_read_tokens",
 )
+
+
+def _row(record: UsageRecord) -> dict[str, Any]:
+    return {column: getattr(record, column) for column in _COLUMNS}
+
+
+_RECORD_COLUMNS = tuple(getattr(UsageLedgerRow, column) for column in _COLUMNS)
 
 
 def _record(row: Any) -> UsageRecord:
@@ -62,11 +49,27 @@ def _record(row: Any) -> UsageRecord:
     return UsageRecord(*row)
 
 
-class SqlLedger:
-    """Usage records in the `usage_ledger` table of the built-in database."""
+_SQLITE_INSERT = (
+    f"INSERT OR IGNORE INTO usage_ledger ({', '.join(_COLUMNS)}, rolled_up) "
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)}, 0)"
+)
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+
+def _sqlite_time(value: datetime) -> str:
+    """How SQLAlchemy stores a UTC datetime in SQLite (naive UTC, microseconds)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+class SqlLedger:
+    """Usage records in the `usage_ledger` table of the built-in database.
+
+    With `writer` (a file-backed SQLite), inserts go through it: one thread hop and one commit a
+    batch, instead of SQLAlchemy's async round trips; reads always go through SQLAlchemy.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], writer: SqliteWriter | None = None) -> None:
         self._sessions = sessions
+        self._writer = writer
 
     async def record_batch(self, records: list[UsageRecord]) -> int:
         """Insert `records` in one transaction, skipping request ids already recorded.
@@ -80,6 +83,12 @@ class SqlLedger:
             unique.setdefault(record.request_id, _row(record))
         if not unique:
             return 0
+        if self._writer is not None:
+            rows = [
+                tuple(_sqlite_time(v) if isinstance(v, datetime) else v for v in (row[c] for c in _COLUMNS))
+                for row in unique.values()
+            ]
+            return await self._writer.executemany(_SQLITE_INSERT, rows)
         inserted = 0
         with database_errors("usage ledger unavailable"):
             async with self._sessions() as session:

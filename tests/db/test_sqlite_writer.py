@@ -1,0 +1,67 @@
+"""SQLite's hot write path: the ledger's inserts through a private connection read back exactly as
+SQLAlchemy writes them, once per request id; a broken database is GovernanceUnavailable."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from sentinel.db.engine import create_engine, migrate, session_factory
+from sentinel.db.models import UsageLedgerRow
+from sentinel.db.sqlite_writer import SqliteWriter
+from sentinel.domain.usage import UsageRecord
+from sentinel.errors import GovernanceUnavailable
+from sentinel.governance.ledger import SqlLedger
+
+T0 = datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=UTC)
+
+
+def record(request_id: str, external_id: str = "alice") -> UsageRecord:
+    return UsageRecord(
+        request_id=request_id, external_id=external_id, email="a@example.com", model="gpt-4o-mini",
+        provider="openai", endpoint="chat", input_tokens=12, output_tokens=7, usage_source="measured",
+        status=200, started_at=T0, finished_at=T0 + timedelta(milliseconds=250), cost_usd=0.00012,
+        cache_write_tokens=2, cache_read_tokens=3,
+    )
+
+
+async def test_the_fast_path_writes_what_sqlalchemy_reads_back_once(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
+    engine = create_engine(url)
+    await migrate(engine)
+    writer = SqliteWriter.for_url(url)
+    assert writer is not None
+    fast, plain = SqlLedger(session_factory(engine), writer), SqlLedger(session_factory(engine))
+    try:
+        assert await fast.record_batch([record("r1"), record("r2"), record("r1")]) == 2
+        assert await fast.record_batch([record("r2"), record("r3")]) == 1  # r2 is there already
+        assert await plain.record_batch([record("r4")]) == 1  # the two paths share one table
+        rows = await plain.totals("alice")
+        assert rows == [{"model": "gpt-4o-mini", "requests": 4, "input_tokens": 48, "output_tokens": 28}]
+        assert await plain.roll_up() == 4  # rows written by the fast path wait for the rollups too
+        async with session_factory(engine)() as session:
+            rows = (await session.execute(select(UsageLedgerRow).order_by(UsageLedgerRow.request_id))).scalars().all()
+        for row in rows:  # the same values, timestamps included, whichever path wrote them
+            assert (row.started_at, row.finished_at) == (T0, T0 + timedelta(milliseconds=250))
+            assert (row.cost_usd, row.cache_write_tokens, row.cache_read_tokens, row.rolled_up) == (0.00012, 2, 3, True)
+    finally:
+        await writer.close()
+        await engine.dispose()
+
+
+async def test_a_broken_database_is_governance_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "not-a-db").write_bytes(b"this is not a database" * 100)
+    writer = SqliteWriter(tmp_path / "not-a-db")
+    try:
+        with pytest.raises(GovernanceUnavailable):
+            await writer.executemany("INSERT INTO t VALUES (?)", [(1,)])
+    finally:
+        await writer.close()
+
+
+def test_only_sqlite_files_get_a_writer() -> None:
+    assert SqliteWriter.for_url("postgresql+asyncpg://u@h/db") is None
+    assert SqliteWriter.for_url("sqlite+aiosqlite:///:memory:") is None

@@ -43,9 +43,10 @@ log = logging.getLogger("sentinel.app")
 class SentinelApp:
     """The ASGI entry point. Requests are served by the routes built at startup."""
 
-    def __init__(self, settings: Settings, *, tracing: Tracing | None = None) -> None:
+    def __init__(self, settings: Settings, *, tracing: Tracing | None = None, owns_process: bool = False) -> None:
         self.settings = settings
         self.tracing = tracing
+        self.owns_process = owns_process
         self.metrics = Metrics()
         self.runtime: Runtime | None = None
         self.access_log: AccessLog | None = None
@@ -87,11 +88,13 @@ class SentinelApp:
             app = CorsMiddleware(app, origins=s.cors_origin_list)
         self._http = app
         self.runtime = runtime
-        # Everything built so far lives as long as the process: keep it out of the garbage
-        # collector's generations, so each collection walks only what requests allocate.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 20)
+        if self.owns_process:
+            # Everything built so far lives as long as the process: keep it out of the garbage
+            # collector's generations, so each collection walks only what requests allocate. Only
+            # for `serve`: a process that builds many apps (the tests) would never free the frozen ones.
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(50_000, 20, 20)
 
     async def shutdown(self) -> None:
         if self.access_log is not None:
@@ -130,7 +133,8 @@ class SentinelApp:
                 return
 
 
-def create_app(settings: Settings, *, tracing: Tracing | None = None) -> SentinelApp:
+def create_app(settings: Settings, *, tracing: Tracing | None = None, owns_process: bool = False) -> SentinelApp:
     """Build (but do not start) a Sentinel app for `settings` (`tracing`: instead of the one the
-    settings choose, e.g. an in-memory exporter in tests)."""
-    return SentinelApp(settings, tracing=tracing)
+    settings choose, e.g. an in-memory exporter in tests; `owns_process`: the app is all this
+    process serves, so start-up may tune the garbage collector for it)."""
+    return SentinelApp(settings, tracing=tracing, owns_process=owns_process)

@@ -84,7 +84,7 @@ class WorkerApp:
 
         configure_logging(self.settings.log_level)  # a spawned worker starts with bare logging
         _exit_with_parent(self.parent_pid)
-        return create_app(self.settings)
+        return create_app(self.settings, owns_process=True)
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -188,7 +188,7 @@ def serve(settings: Settings, workers: int = 1) -> int:
             return _run_workers(_config(WorkerApp(settings, os.getpid()), settings, workers))
         from sentinel.app import create_app  # not imported by a `--workers` parent: it serves nothing
 
-        server = uvicorn.Server(_config(create_app(settings), settings, 1))
+        server = uvicorn.Server(_config(create_app(settings, owns_process=True), settings, 1))
         server.run()
         return 0 if server.started else 1
     finally:

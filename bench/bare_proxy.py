@@ -46,13 +46,17 @@ async def app(scope, receive, send):
         body, more = body + msg.get("body", b""), msg.get("more_body", False)
     _client = _client or _make_client()
     url = UPSTREAM + scope["path"]
+    headers = HEADERS
+    for name, value in scope["headers"]:
+        if name == b"anthropic-version":  # the mock's /v1/messages needs it (the messages rows)
+            headers = {**HEADERS, "anthropic-version": value.decode("latin-1")}
     if CLIENT == "httpx":
         resp = await _client.send(
-            _client.build_request(scope["method"], url, content=body, headers=HEADERS), stream=True
+            _client.build_request(scope["method"], url, content=body, headers=headers), stream=True
         )
         status, chunks, close = resp.status_code, resp.aiter_raw(), resp.aclose
     else:
-        resp = await _client.request(scope["method"], url, data=body, headers=HEADERS)
+        resp = await _client.request(scope["method"], url, data=body, headers=headers)
         status, chunks, close = resp.status, resp.content.iter_any(), resp.release
     ctype = resp.headers.get("content-type", "application/json")
     try:

@@ -55,7 +55,7 @@ def cmd_mock(args: argparse.Namespace) -> int:
     from sentinel.mock.server import run_mock
 
     print(f"mock upstream on http://{args.host}:{args.port} (OpenAI: /v1, Anthropic: /v1/messages)", flush=True)
-    run_mock(args.host, args.port, args.latency_ms)
+    run_mock(args.host, args.port, args.latency_ms, api_key=args.api_key)
     return 0
 
 
@@ -280,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9090)
     p.add_argument("--latency-ms", type=float, default=0.0, help="delay before every response")
+    p.add_argument(
+        "--api-key", default=None, help="the only upstream key accepted (401 otherwise; default: any key)"
+    )
     p.set_defaults(fn=cmd_mock)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)

@@ -182,6 +182,8 @@ def serve(settings: Settings, workers: int = 1) -> int:
             """-d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}]}'""",
             flush=True,
         )
+    if settings.admin_key is not None:
+        print(f"Operator console: {base}/admin (sign in with SENTINEL_ADMIN_KEY)", flush=True)
     try:
         if workers > 1:
             log.info("starting worker processes", extra={"workers": workers})

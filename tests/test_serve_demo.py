@@ -29,6 +29,7 @@ def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_", "REDIS_", "DATABASE_"))}
     env["SENTINEL_PORT"] = str(port)
+    env["SENTINEL_ADMIN_KEY"] = "serve-demo-admin-key-0123"
     proc = subprocess.Popen(
         [sys.executable, "-m", "sentinel", "serve", "--host", "127.0.0.1"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -37,7 +38,7 @@ def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
         lines: list[str] = []
         deadline = time.monotonic() + 60
         assert proc.stdout is not None
-        while time.monotonic() < deadline and not any(line.startswith("Try: ") for line in lines):
+        while time.monotonic() < deadline and not any(line.startswith("Operator console: ") for line in lines):
             line = proc.stdout.readline()
             if not line:
                 break
@@ -62,6 +63,11 @@ def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
         )
         assert native.status_code == 200, native.text
         assert (tmp_path / "data" / "sentinel.db").exists()
+        console = next(line for line in lines if line.startswith("Operator console: "))
+        url = console.split()[2]
+        assert url == f"http://127.0.0.1:{port}/admin"
+        page = httpx.get(url, follow_redirects=True, timeout=30)
+        assert page.status_code == 200 and "<form" in page.text and "serve-demo-admin-key" not in page.text
     finally:
         proc.terminate()
         try:

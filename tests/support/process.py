@@ -197,11 +197,13 @@ class MockUpstreamProcess(ManagedProcess):
 
     name = "mock-upstream"
 
-    def __init__(self, log_dir: Path, *, port: int | None = None) -> None:
+    def __init__(self, log_dir: Path, *, port: int | None = None, api_key: str | None = None) -> None:
         super().__init__(log_dir, port=port)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.api_key = api_key
 
     def command(self) -> list[str]:
+        key = ["--api-key", self.api_key] if self.api_key is not None else []
         return [
             sys.executable,
             "-m",
@@ -211,6 +213,7 @@ class MockUpstreamProcess(ManagedProcess):
             "127.0.0.1",
             "--port",
             str(self.port),
+            *key,
         ]
 
     def stop(self, timeout: float = 15) -> None:

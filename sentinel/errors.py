@@ -97,6 +97,13 @@ class RequestTimeout(ClientError):
     code = "request_timeout"
 
 
+class ClientClosedRequest(ClientError):
+    """The client went away before its request body arrived (nginx's 499: nothing is sent back)."""
+
+    status = 499
+    code = "client_closed_request"
+
+
 class AuthenticationError(ClientError):
     status = 401
     type = "authentication_error"

@@ -19,13 +19,14 @@ import uuid
 from typing import Any
 
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sentinel.api.context import RequestContext
 from sentinel.api.paths import check_raw_path
 from sentinel.api.responses import endpoint_not_found
 from sentinel.api.surfaces import render_error, surface_headers
-from sentinel.errors import InternalError, MethodNotAllowed, Overloaded, SentinelError
+from sentinel.errors import ClientClosedRequest, InternalError, MethodNotAllowed, Overloaded, SentinelError
 from sentinel.observability.logging import AccessLog, request_id_var
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.outcomes import RequestOutcomes
@@ -162,6 +163,8 @@ def _request_id(scope: Scope) -> tuple[str, bool]:
 def _as_sentinel_error(exc: Exception, scope: Scope) -> SentinelError:
     if isinstance(exc, SentinelError):
         return exc
+    if isinstance(exc, ClientDisconnect):  # gone mid-body: nothing to answer, nothing to alarm about
+        return ClientClosedRequest("The client closed the connection before its request body arrived")
     if isinstance(exc, HTTPException):
         if exc.status_code == 404:
             return endpoint_not_found(scope)

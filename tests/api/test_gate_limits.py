@@ -3,13 +3,17 @@ address before any lookup, and a huge body is counted without stalling the event
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from tests.api.conftest import Gateway
+from tests.support.waiting import wait_for
 
 
 def raw_exchange(gw: Gateway, data: bytes, *, wait: float = 5.0) -> bytes:
@@ -105,3 +109,28 @@ def test_liveness_keeps_answering_while_a_9mb_request_is_served(gateway: Gateway
     # counted and relayed, liveness probes kept being answered (a blocked loop answers none).
     assert result["status"] == 200
     assert probes_while_big_in_flight >= 3
+
+
+def test_a_client_that_leaves_mid_body_is_a_quiet_499(
+    gateway_factory: Callable[..., Gateway], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sentinel.request")
+    gw = gateway_factory()
+    port = int(gw.url.rsplit(":", 1)[1])
+    for path in (b"/v1/chat/completions", b"/v1/messages", b"/native/v1/chat/completions"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + gw.key.encode()
+                + b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\":"
+            )
+            time.sleep(0.2)  # let the gateway start reading the body before the client leaves
+
+    def closed() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if getattr(r, "status", None) == 499]
+
+    assert wait_for(lambda: len(closed()) == 3, timeout=10), caplog.text
+    assert all(getattr(r, "code", None) == "client_closed_request" for r in closed())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    with gw.client() as client:  # the gateway is fine afterwards
+        assert client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [
+            {"role": "user", "content": "still here?"}]}).status_code == 200

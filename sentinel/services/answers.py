@@ -25,10 +25,10 @@ from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.usage import StreamInspector, TailInspector, text_from_body, usage_from_body
+from sentinel.services.event_streams import relay_events
 from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
 from sentinel.services.objects import ObjectPath, created_ids, leading_id
 
-SSE_HEADERS = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
 # Answers up to this size are read whole (usage read from the parsed body); larger ones, and
 # answers of unknown length, are relayed as they arrive (usage read from their tail).
 MAX_BUFFERED = 1024 * 1024
@@ -138,28 +138,7 @@ class AnswerRelay:
         owner: Identity | None, *, ex: Exchange | None = None,
     ) -> StreamReply:
         inspector = StreamInspector(endpoint, strip_usage_chunk=strip_usage)
-        metrics, meter, ownership = self.metrics, self.meter, self.ownership
-        started = time.perf_counter()
-
-        async def produce(ending: Ending) -> AsyncIterator[bytes]:
-            ending.status = upstream.status
-            try:
-                async for chunk in upstream.iter_chunks():
-                    out = inspector.feed(chunk)
-                    if out:
-                        yield out
-                tail = inspector.flush()
-                if tail:
-                    yield tail
-                if not inspector.saw_done:
-                    metrics.upstream_errors.labels(upstream.provider, "stream_truncated").inc()
-            except UpstreamError as exc:
-                # Headers are gone already: end the stream; usage so far is still recorded.
-                metrics.upstream_errors.labels(upstream.provider, exc.code).inc()
-                ending.status = 502
-            finally:
-                upstream.close()
-            ending.last = inspector.done
+        meter, ownership = self.meter, self.ownership
 
         async def settle(status: int) -> None:
             if owner is not None and inspector.object_id is not None:
@@ -169,14 +148,7 @@ class AnswerRelay:
             )
             report(ex, admission, inspector.model)
 
-        async def observe() -> None:
-            metrics.upstream_duration.labels(upstream.provider, endpoint).observe(time.perf_counter() - started)
-            if inspector.parse_errors:
-                metrics.sse_parse_errors.labels(endpoint).inc(inspector.parse_errors)
-
-        stream = MeteredStream(produce, settle, observe)
-        return StreamReply(upstream.status, relayable_headers(upstream.headers) + SSE_HEADERS, stream.chunks(),
-                           stream.on_close)
+        return relay_events(upstream, inspector, endpoint, self.metrics, settle)
 
 
 def _json(raw: bytes, upstream: UpstreamResponse) -> Any:

@@ -10,6 +10,11 @@ from sentinel.observability.tracing import NOOP_TRACING, Tracing
 
 Headers = list[tuple[str, str]]
 
+# Added to every event stream Sentinel sends (a relayed one keeps the upstream's content type).
+SSE_HEADERS: Headers = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
+# The headers of an event stream Sentinel writes itself (native API, cross-format translation).
+SSE_RESPONSE_HEADERS: Headers = [("content-type", "text/event-stream"), *SSE_HEADERS]
+
 
 @dataclass
 class Exchange:

@@ -13,7 +13,6 @@ Sentinel's own estimate for a model elsewhere.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -37,8 +36,9 @@ from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes
-from sentinel.services.answers import SSE_HEADERS, report
-from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
+from sentinel.services.answers import report
+from sentinel.services.event_streams import relay_events
+from sentinel.services.exchange import Exchange, Reply, StreamReply
 from sentinel.services.relay import target_headers
 from sentinel.services.translated_chat import TranslatedChat
 
@@ -192,38 +192,11 @@ class MessagesService:
 
     def _relay_sse(self, ex: Exchange, upstream: UpstreamResponse, admission: Admission) -> StreamReply:
         inspector = AnthropicStreamInspector()
-        metrics, meter = self.metrics, self.meter
-        started = time.perf_counter()
-
-        async def produce(ending: Ending) -> AsyncIterator[bytes]:
-            ending.status = upstream.status
-            try:
-                async for chunk in upstream.iter_chunks():
-                    out = inspector.feed(chunk)
-                    if out:
-                        yield out
-                tail = inspector.flush()
-                if tail:
-                    yield tail
-                if not inspector.done:
-                    metrics.upstream_errors.labels(upstream.provider, "stream_truncated").inc()
-            except UpstreamError as exc:
-                metrics.upstream_errors.labels(upstream.provider, exc.code).inc()
-                ending.status = 502
-            finally:
-                upstream.close()
-            ending.last = inspector.done
+        meter = self.meter
 
         async def settle(status: int) -> None:
             await meter.settle(admission, usage=inspector.usage, output_text=inspector.text, status=status,
                                provider=upstream.provider)
             report(ex, admission, None)
 
-        async def observe() -> None:
-            metrics.upstream_duration.labels(upstream.provider, "messages").observe(time.perf_counter() - started)
-            if inspector.parse_errors:
-                metrics.sse_parse_errors.labels("messages").inc(inspector.parse_errors)
-
-        stream = MeteredStream(produce, settle, observe)
-        return StreamReply(upstream.status, relayable_headers(upstream.headers) + SSE_HEADERS, stream.chunks(),
-                           stream.on_close)
+        return relay_events(upstream, inspector, "messages", self.metrics, settle)

@@ -24,10 +24,16 @@ from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.failover import Failover
 from sentinel.routing.router import RouteChoice, TierRouter
-from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
+from sentinel.services.exchange import (
+    SSE_RESPONSE_HEADERS,
+    Ending,
+    Exchange,
+    MeteredStream,
+    Reply,
+    StreamReply,
+)
 
 T = TypeVar("T")
-SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-accel-buffering", "no")]
 
 
 class NativeChat:
@@ -142,7 +148,7 @@ class NativeChat:
                             stream.normalizer.model or choice.model)
 
         metered = MeteredStream(produce, settle)
-        return StreamReply(200, [*SSE_HEADERS, *_choice_headers(choice)], metered.chunks(), metered.on_close)
+        return StreamReply(200, [*SSE_RESPONSE_HEADERS, *_choice_headers(choice)], metered.chunks(), metered.on_close)
 
 
 async def _upstream(ex: Exchange, choice: RouteChoice, call: Awaitable[T]) -> T:

@@ -35,10 +35,16 @@ from sentinel.providers.chat import ChatProvider, ProviderStream
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.services.answers import report
-from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
+from sentinel.services.exchange import (
+    SSE_RESPONSE_HEADERS,
+    Ending,
+    Exchange,
+    MeteredStream,
+    Reply,
+    StreamReply,
+)
 
 ClientFormat = Literal["openai", "anthropic"]
-SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-accel-buffering", "no")]
 JSON = [("content-type", "application/json")]
 
 
@@ -150,7 +156,7 @@ class TranslatedChat:
             report(ex, admission, target.upstream_model)
 
         metered = MeteredStream(produce, settle)
-        return StreamReply(200, list(SSE_HEADERS), metered.chunks(), metered.on_close)
+        return StreamReply(200, list(SSE_RESPONSE_HEADERS), metered.chunks(), metered.on_close)
 
 
 def _domain_usage(usage: WireUsage | None, cache: CacheTokens) -> Usage | None:

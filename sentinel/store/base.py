@@ -98,6 +98,12 @@ def check_settle(done: Sequence[str], retry: Sequence[str], retry_to: str | None
         raise ValueError("retry entries need a consumer to go to (retry_to)")
 
 
+def check_stream_fields(fields: Mapping[str, bytes]) -> None:
+    """A stream entry needs at least one field (Redis refuses an empty XADD): the same on every backend."""
+    if not fields:
+        raise ValueError("a stream entry needs at least one field")
+
+
 def check_replica_wait(replicas: int, replica_timeout_ms: int) -> None:
     """Validate `stream_add`'s replication arguments (the same on every backend)."""
     if replicas < 0:
@@ -139,7 +145,8 @@ class Store(Protocol):
     async def stream_add(
         self, key: str, fields: Mapping[str, bytes], *, replicas: int = 0, replica_timeout_ms: int = 100
     ) -> str:
-        """Append an entry (creating the stream if needed); returns its id.
+        """Append an entry (creating the stream if needed); returns its id. An entry without
+        fields is a ValueError.
 
         With `replicas > 0` the call returns only after that many replicas of the node holding the
         stream confirmed the entry (Redis WAIT, waiting at most `replica_timeout_ms`, which must be

@@ -36,7 +36,7 @@ from redis.exceptions import MovedError, RedisClusterException, RedisError, Slot
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sentinel.store.base import Script
-from sentinel.store.redis import RedisClient, RedisStore
+from sentinel.store.redis import RedisClient, RedisStore, flat_fields
 
 SCHEMES = ("redis+cluster", "rediss+cluster")
 DEFAULT_PORT = 6379
@@ -139,7 +139,7 @@ class RedisClusterStore(RedisStore):
         # a retry it sends the WAIT to its "default node", where it may count some older write
         # and report a confirmation that never happened. So the pair goes straight to the node,
         # without redis-py's retries or redirections.
-        args = ["XADD", key, "*", *(item for name_value in fields.items() for item in name_value)]
+        args = ["XADD", key, "*", *flat_fields(fields)]
         added, confirmed = await self._send_to_primary(key, args, ["WAIT", replicas, timeout_ms])
         if isinstance(added, MovedError):
             # The slot has a new owner (failover or resharding) and nothing was written: learn

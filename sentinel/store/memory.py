@@ -14,6 +14,7 @@ from sentinel.store.base import (
     StreamEntry,
     check_replica_wait,
     check_settle,
+    check_stream_fields,
     seconds_left,
 )
 from sentinel.store.memory_streams import MemoryStreams
@@ -141,6 +142,7 @@ class MemoryStore:
         self, key: str, fields: Mapping[str, bytes], *, replicas: int = 0, replica_timeout_ms: int = 100
     ) -> str:
         check_replica_wait(replicas, replica_timeout_ms)
+        check_stream_fields(fields)
         # One process has no replica to wait for: `replicas` is accepted and has nothing to do.
         return self._streams.add(key, fields)
 

@@ -6,6 +6,11 @@ Every call has a short socket timeout, and a circuit breaker turns a dead Redis 
 timeout, a cluster slot without a serving primary, a failover in progress) trips the breaker; a
 command error (a bug or bad data) does not. Scripts run with EVALSHA; a node that does not know a
 script yet gets its body once with EVAL.
+
+On a single server, the hot-path commands (scripts and stream appends without a replica wait) go
+through an `AutoPipeline`: those issued while another is on the wire are sent together, one
+pipeline for many requests (`autopipeline.py`). The cluster variant sends them one by one
+through redis-py's cluster client, which routes each to its slot's primary.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sentinel.breaker import CircuitBreaker
 from sentinel.errors import StoreUnavailable
 from sentinel.store import redis_streams as lua
+from sentinel.store.autopipeline import AutoPipeline
 from sentinel.store.base import (
     PendingEntry,
     Script,
@@ -42,6 +48,7 @@ from sentinel.store.base import (
     StreamEntry,
     check_replica_wait,
     check_settle,
+    check_stream_fields,
     check_stream_ids,
     seconds_left,
 )
@@ -62,6 +69,12 @@ _CLUSTER_MISUSE = (CrossSlotTransactionError, InvalidPipelineStack)
 
 def _fields(fields: Mapping[str, bytes]) -> dict[Any, Any]:
     return dict(fields)
+
+
+def flat_fields(fields: Mapping[str, bytes]) -> list[str | bytes]:
+    """XADD's field-value arguments (ValueError for an entry without fields)."""
+    check_stream_fields(fields)
+    return [item for name_value in fields.items() for item in name_value]
 
 
 def _raised_inside_redis_py(exc: BaseException) -> bool:
@@ -91,6 +104,9 @@ class RedisStore:
         self.url = url
         self.timeout = timeout
         self._client: RedisClient = self._connect(url, timeout=timeout, max_connections=max_connections)
+        self._pipeline = (
+            AutoPipeline(self._client.connection_pool) if isinstance(self._client, aioredis.Redis) else None
+        )
         self.breaker = breaker or CircuitBreaker()
         self._shas: dict[str, str] = {}
         self._groups: set[tuple[str, str]] = set()
@@ -210,22 +226,29 @@ class RedisStore:
         if sha is None:
             sha = self._shas[name] = hashlib.sha1(body.encode()).hexdigest()
         try:
-            return await self._client.evalsha(sha, len(keys), *keys, *args)
+            return await self._command("EVALSHA", sha, len(keys), *keys, *args)
         except NoScriptError:
             # First use on this node (or it restarted, or a replica was promoted): send the
             # body once; Redis caches it under the same sha.
-            return await self._client.eval(body, len(keys), *keys, *args)
+            return await self._command("EVAL", body, len(keys), *keys, *args)
+
+    async def _command(self, *command: Any) -> Any:
+        """A hot-path command: auto-pipelined on one server, routed by redis-py on a cluster."""
+        if self._pipeline is not None:
+            return await self._pipeline.execute(*command)
+        return await self._client.execute_command(*command)
 
     # --- streams ---------------------------------------------------------------------------------
     async def stream_add(
         self, key: str, fields: Mapping[str, bytes], *, replicas: int = 0, replica_timeout_ms: int = 100
     ) -> str:
         check_replica_wait(replicas, replica_timeout_ms)
+        check_stream_fields(fields)
         if replicas and replica_timeout_ms >= self.timeout * 1000:
             raise ValueError("replica_timeout_ms must be below the store timeout (the WAIT runs inside it)")
         async with self.guard():
             if not replicas:
-                return _text(await self._client.xadd(key, _fields(fields)))
+                return _text(await self._command("XADD", key, "*", *flat_fields(fields)))
             added, confirmed = await self._add_and_wait(key, fields, replicas, replica_timeout_ms)
             if isinstance(added, BaseException):
                 raise added

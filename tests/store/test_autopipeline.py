@@ -1,0 +1,138 @@
+"""Auto-pipelining on a real Redis: concurrent commands share writes, yet each caller gets its own
+reply or error, a lost connection never hands one caller another's reply, and a caller cancelled
+while queued is not sent."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from sentinel.errors import StoreUnavailable
+from sentinel.store.autopipeline import AutoPipeline
+from sentinel.store.base import Script
+from sentinel.store.redis import RedisStore
+from tests.conftest import REDIS_BIN
+from tests.support.process import RedisServerProcess
+
+# Returns its key's name and the counter after adding ARGV[1]: a reply that names its caller.
+ADD = Script(
+    "test-add",
+    "return {KEYS[1], redis.call('INCRBY', KEYS[1], ARGV[1])}",
+    lambda ops, keys, args: [keys[0], ops.incrby(keys[0], int(args[0]))],
+)
+
+
+def pipeline_of(store: RedisStore) -> AutoPipeline:
+    pipeline = store._pipeline  # noqa: SLF001 - the store's own auto-pipeline, observed
+    assert pipeline is not None
+    return pipeline
+
+
+async def test_a_lone_command_is_sent_alone(redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    assert await store.run(ADD, ["k:lone"], [5]) == [b"k:lone", 5]
+    pipeline = pipeline_of(store)
+    assert (pipeline.sends, pipeline.commands) >= (1, 1)
+    before = pipeline.sends
+    assert await store.stream_add("s:lone", {"r": b"x"})
+    assert pipeline.sends == before + 1
+    await store.close()
+
+
+async def test_concurrent_commands_share_writes_and_each_caller_gets_its_own_reply(redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    await store.run(ADD, ["k:warm"], [1])  # the script is known: no NOSCRIPT round
+    pipeline = pipeline_of(store)
+    sends, commands = pipeline.sends, pipeline.commands
+    replies = await asyncio.gather(*(store.run(ADD, [f"k:{n}"], [n]) for n in range(200)))
+    assert replies == [[f"k:{n}".encode(), n] for n in range(200)]
+    assert pipeline.commands - commands == 200
+    assert pipeline.sends - sends < 20  # batched: far fewer writes than commands
+    ids = await asyncio.gather(*(store.stream_add("s:many", {"n": str(n).encode()}) for n in range(100)))
+    assert len(set(ids)) == 100
+    client = aioredis.Redis.from_url(redis_url)
+    entries = await client.xrange("s:many")
+    assert [fields[b"n"] for _, fields in entries] == [str(n).encode() for n in range(100)]
+    await client.aclose()
+    await store.close()
+
+
+async def test_a_command_error_belongs_to_its_command_only(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.set("k:string", b"not a counter")
+    pipeline = AutoPipeline(client.connection_pool)
+    replies = await asyncio.gather(
+        pipeline.execute("INCRBY", "k:a", 1),
+        pipeline.execute("INCRBY", "k:string", 1),
+        pipeline.execute("EVALSHA", "0" * 40, 0),
+        pipeline.execute("INCRBY", "k:b", 2),
+        pipeline.execute("INCRBY", "k:a", 3),
+        return_exceptions=True,
+    )
+    assert replies[0] == 1 and replies[3] == 2 and replies[4] == 4
+    assert isinstance(replies[1], ResponseError) and not isinstance(replies[1], NoScriptError)
+    assert isinstance(replies[2], NoScriptError)
+    assert pipeline.sends < 5
+    await client.aclose()
+
+
+async def test_scripts_unknown_to_redis_are_loaded_once_inside_a_pipeline(redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    client = aioredis.Redis.from_url(redis_url)
+    await client.script_flush()
+    replies = await asyncio.gather(*(store.run(ADD, [f"k:{n}"], [1]) for n in range(50)))
+    assert replies == [[f"k:{n}".encode(), 1] for n in range(50)]
+    await client.aclose()
+    await store.close()
+
+
+async def test_a_caller_cancelled_while_queued_is_not_sent(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    pipeline = AutoPipeline(client.connection_pool)
+    first = asyncio.create_task(pipeline.execute("INCRBY", "k:first", 1))
+    second = asyncio.create_task(pipeline.execute("INCRBY", "k:second", 1))
+    third = asyncio.create_task(pipeline.execute("INCRBY", "k:third", 1))
+    await asyncio.sleep(0)  # all three started: the first is on the wire, the others queued
+    second.cancel()
+    assert await first == 1 and await third == 1
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert await client.get("k:second") is None
+    await client.aclose()
+
+
+@pytest.mark.skipif(REDIS_BIN is None, reason="redis-server binary not found")
+async def test_a_timeout_fails_the_unread_and_no_late_reply_reaches_another_caller(tmp_path: Path) -> None:
+    assert REDIS_BIN is not None
+    with RedisServerProcess(tmp_path, REDIS_BIN) as proc:
+        store = RedisStore(f"redis://127.0.0.1:{proc.port}/0", timeout=0.3)
+        await store.run(ADD, ["k:warm"], [1])
+        proc.freeze()  # replies stop; the commands sit in the socket
+        failed = await asyncio.gather(*(store.run(ADD, [f"k:{n}"], [1]) for n in range(20)), return_exceptions=True)
+        proc.thaw()  # now Redis runs them and answers on a connection nobody reads any more
+        assert all(isinstance(r, StoreUnavailable) for r in failed)
+        store.breaker.success()  # the breaker opened, as it should: close it for the second half
+        replies = await asyncio.gather(*(store.run(ADD, [f"k:{n}"], [100]) for n in range(20)))
+        # Each caller's own key; the frozen commands may have run (an outage is "maybe"), by +1.
+        assert [key for key, _ in replies] == [f"k:{n}".encode() for n in range(20)]
+        assert all(value in (100, 101) for _, value in replies)
+        await store.close()
+
+
+async def test_nothing_sent_when_no_connection_can_be_made() -> None:
+    from tests.support.servers import free_port
+
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+    pipeline = AutoPipeline(client.connection_pool)
+    replies = await asyncio.gather(*(pipeline.execute("INCR", f"k:{n}") for n in range(5)), return_exceptions=True)
+    assert all(isinstance(r, Exception) and not isinstance(r, ResponseError) for r in replies)
+    assert not pipeline._busy  # noqa: SLF001 - the line is free again for the next caller
+    with pytest.raises((RedisConnectionError, RedisTimeoutError)):
+        await pipeline.execute("INCR", "k:again")
+    await client.aclose()

@@ -307,3 +307,13 @@ async def test_stream_add_validates_replica_arguments(store: Store) -> None:
     with pytest.raises(ValueError):
         await store.stream_add(S, {"r": b"x"}, replicas=1, replica_timeout_ms=0)
     assert await store.stream_len(S) == 0
+
+
+async def test_stream_add_refuses_an_entry_without_fields(store: Store) -> None:
+    with pytest.raises(ValueError, match="at least one field"):
+        await store.stream_add(S, {})
+    with pytest.raises(ValueError, match="at least one field"):
+        await store.stream_add(S, {}, replicas=1, replica_timeout_ms=10)
+    assert await store.stream_len(S) == 0
+    breaker = getattr(store, "breaker", None)  # a caller's mistake is not an outage
+    assert breaker is None or breaker.failures == 0

@@ -123,13 +123,13 @@ def measure(running: Running, arr: Arrangement, a: argparse.Namespace, workdir: 
                 log(f"{spec.label} / {sc.name} c={c}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.2f} ms "
                     f"p99 {r['p99_ms']:.2f} ms non2xx {r['non2xx']} sockerr {r['socket_errors']} "
                     f"cpu {r.get('server_cpu_pct', float('nan')):.0f}%")  # fmt: skip
-        if a.profile == spec.key and sc.name == "chat":
+        if a.profile == spec.key and sc.name == a.profile_scenario:
             top = max(a.conc)
             secs = max(3, round(a.duration))
             drive = functools.partial(run_wrk, url, sc, top, secs + 1, running.key, cpus=arr.load, workdir=workdir)
             prof = pyspy.record(pid, secs, workdir / "profile.raw", arr.load, drive)
             if prof:
-                a.profile_result = {**prof, "label": spec.label, "concurrency": top}
+                a.profile_result = {**prof, "label": spec.label, "concurrency": top, "scenario": sc.name}
     if "ttfb" in a.scenarios and "skipped" not in scenarios.get("stream", {}):
         path = BY_NAME["stream"].path if spec.kind == "sentinel" else BY_NAME["stream"].upstream_path
         entry["ttfb"] = r = ttfb(running.url + (path or ""), running.key, a.ttfb_requests, a.ttfb_chunk_delay_ms,
@@ -197,7 +197,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    metavar="ADMIN_DSN", help="ledger records/s on PostgreSQL with --workers 2 (default DSN: local)")  # fmt: skip
     p.add_argument("--ledger-seconds", type=float, default=30.0, help="load duration of the ledger step")
     p.add_argument("--profile", nargs="?", const="embedded", default=None, metavar="TARGET",
-                   help="py-spy a Sentinel target (embedded, redis) during an extra chat run at the top c")  # fmt: skip
+                   help="py-spy a Sentinel target (embedded, redis) during an extra run at the top c")  # fmt: skip
+    p.add_argument("--profile-scenario", default="chat", metavar="SCENARIO", help="the scenario --profile records")
     p.add_argument("--json", default=None, metavar="PATH", help="also save the results here")
     a = p.parse_args(argv)
     a.groups = [g.strip() for g in a.groups.split(",") if g.strip()]

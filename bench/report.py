@@ -238,7 +238,7 @@ def ledger_section(led: dict[str, Any]) -> list[str]:
 
 def profile_section(prof: dict[str, Any]) -> list[str]:
     out = [
-        f"py-spy of {prof['label']}, chat at c={prof['concurrency']} ({prof['samples']} samples): "
+        f"py-spy of {prof['label']}, {prof.get('scenario', 'chat')} at c={prof['concurrency']} ({prof['samples']} samples): "
         + ", ".join(f"{k} {v:.0f}%" for k, v in prof.get("threads", [])),
         "",
         "| % of samples | deepest sentinel/ frame (incl. the libraries it calls) |",

@@ -80,7 +80,7 @@ class AutoPipeline:
                     for _, future in live:
                         future.cancel()
                     raise
-                except Exception as exc:  # noqa: BLE001 - nothing was sent: every caller sees it raised
+                except Exception as exc:  # noqa: BLE001 - no reply was read: every caller sees it raised
                     replies = [exc] * len(live)
                 for (_, future), reply in zip(live, replies, strict=True):
                     if future.done():

@@ -67,13 +67,8 @@ _UNAVAILABLE_REPLIES = (ClusterDownError, TryAgainError, AskError, ReadOnlyError
 _CLUSTER_MISUSE = (CrossSlotTransactionError, InvalidPipelineStack)
 
 
-def _fields(fields: Mapping[str, bytes]) -> dict[Any, Any]:
-    return dict(fields)
-
-
 def flat_fields(fields: Mapping[str, bytes]) -> list[str | bytes]:
-    """XADD's field-value arguments (ValueError for an entry without fields)."""
-    check_stream_fields(fields)
+    """XADD's field-value arguments (`stream_add` has checked there is at least one)."""
     return [item for name_value in fields.items() for item in name_value]
 
 
@@ -270,7 +265,7 @@ class RedisStore:
     ) -> list[Any]:
         """XADD then WAIT on the same connection (WAIT counts that connection's writes)."""
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, _fields(fields))
+            pipe.execute_command("XADD", key, "*", *flat_fields(fields))
             pipe.wait(replicas, timeout_ms)
             return list(await pipe.execute(raise_on_error=False))
 

@@ -63,8 +63,9 @@ def _sqlite_time(value: datetime) -> str:
 class SqlLedger:
     """Usage records in the `usage_ledger` table of the built-in database.
 
-    With `writer` (a file-backed SQLite), inserts go through it: one thread hop and one commit a
-    batch, instead of SQLAlchemy's async round trips; reads always go through SQLAlchemy.
+    With `writer` (a file-backed SQLite), inserts go through it: one commit a batch, on the event
+    loop while the file is free (see `SqliteWriter`), instead of SQLAlchemy's async round trips;
+    reads always go through SQLAlchemy.
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], writer: SqliteWriter | None = None) -> None:

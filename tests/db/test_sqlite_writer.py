@@ -1,8 +1,13 @@
 """SQLite's hot write path: the ledger's inserts through a private connection read back exactly as
-SQLAlchemy writes them, once per request id; a broken database is GovernanceUnavailable."""
+SQLAlchemy writes them, once per request id; a batch is written on the event loop while the file is
+free, in the writer's thread while another connection holds it (the loop runs on meanwhile), and the
+WAL is checkpointed from the thread; a broken database is GovernanceUnavailable."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -38,6 +43,7 @@ async def test_the_fast_path_writes_what_sqlalchemy_reads_back_once(tmp_path: Pa
     try:
         assert await fast.record_batch([record("r1"), record("r2"), record("r1")]) == 2
         assert await fast.record_batch([record("r2"), record("r3")]) == 1  # r2 is there already
+        assert (writer.inline_commits, writer.thread_commits) == (2, 0)  # the file was free: no thread hop
         assert await plain.record_batch([record("r4")]) == 1  # the two paths share one table
         rows = await plain.totals("alice")
         assert rows == [{"model": "gpt-4o-mini", "requests": 4, "input_tokens": 48, "output_tokens": 28}]
@@ -47,6 +53,59 @@ async def test_the_fast_path_writes_what_sqlalchemy_reads_back_once(tmp_path: Pa
         for row in rows:  # the same values, timestamps included, whichever path wrote them
             assert (row.started_at, row.finished_at) == (T0, T0 + timedelta(milliseconds=250))
             assert (row.cost_usd, row.cache_write_tokens, row.cache_read_tokens, row.rolled_up) == (0.00012, 2, 3, True)
+    finally:
+        await writer.close()
+        await engine.dispose()
+
+
+async def test_a_locked_database_is_written_from_the_thread_while_the_loop_runs_on(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
+    engine = create_engine(url)
+    await migrate(engine)
+    writer = SqliteWriter.for_url(url)
+    assert writer is not None
+    ledger = SqlLedger(session_factory(engine), writer)
+    holder = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another writer (a CLI command, another process) holds the file
+        write = asyncio.ensure_future(ledger.record_batch([record("r1"), record("r2")]))
+        for _ in range(50):
+            await asyncio.sleep(0)  # the event loop keeps turning: the write is not waiting on it
+        assert not write.done()
+        holder.execute("COMMIT")
+        assert await write == 2
+        assert (writer.inline_commits, writer.thread_commits) == (0, 1)
+        assert await ledger.record_batch([record("r3")]) == 1  # free again: back on the loop
+        assert writer.inline_commits == 1
+        assert [r["requests"] for r in await ledger.totals("alice")] == [3]
+    finally:
+        holder.close()
+        await writer.close()
+        await engine.dispose()
+
+
+async def test_the_wal_is_checkpointed_from_the_thread(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
+    engine = create_engine(url)
+    await migrate(engine)
+    await engine.dispose()  # the last connection out checkpoints: the schema is in the main file
+    engine = create_engine(url)
+    writer = SqliteWriter(tmp_path / "ledger.db", checkpoint_every=2)
+    ledger = SqlLedger(session_factory(engine), writer)
+
+    def rows_in_the_main_file() -> int:  # what a copy of the database file alone (no WAL) holds
+        shutil.copyfile(tmp_path / "ledger.db", tmp_path / "copy.db")
+        with sqlite3.connect(tmp_path / "copy.db") as copy:
+            return int(copy.execute("SELECT count(*) FROM usage_ledger").fetchone()[0])
+
+    try:
+        assert await ledger.record_batch([record("r1")]) == 1
+        await writer.drain()
+        assert (writer.checkpoints, rows_in_the_main_file()) == (0, 0)  # in the WAL only: never checkpointed inline
+        assert await ledger.record_batch([record("r2")]) == 1
+        await writer.drain()
+        assert (writer.checkpoints, rows_in_the_main_file()) == (1, 2)
+        assert writer.thread_commits == 0
     finally:
         await writer.close()
         await engine.dispose()

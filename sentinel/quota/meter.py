@@ -186,13 +186,6 @@ class QuotaMeter:
             input_tokens = admission.estimate_input
             output_tokens = self.counter.count_text(output_text, model or "") if output_text else 0
             source = "estimated"
-        if admission.reservation is not None and admission.limiter is not None:
-            try:
-                await admission.limiter.commit(
-                    admission.reservation, input_tokens=input_tokens, output_tokens=output_tokens
-                )
-            except StoreUnavailable:
-                log.warning("could not reconcile a quota reservation (store unavailable)")
         record = UsageRecord(
             request_id=admission.request_id,
             external_id=admission.identity.external_id,
@@ -212,7 +205,20 @@ class QuotaMeter:
             cache_write_tokens=cache_write,
             cache_read_tokens=cache_read,
         )
-        await self.outbox.put(record)
+        # The record is stored while the reservation is reconciled: the two are independent, and on a
+        # shared store they travel to Redis in one round trip (auto-pipelining). The write is a task
+        # of its own, so it completes even if this caller is cancelled; it is awaited either way.
+        stored = asyncio.ensure_future(self.outbox.put(record))
+        try:
+            if admission.reservation is not None and admission.limiter is not None:
+                try:
+                    await admission.limiter.commit(
+                        admission.reservation, input_tokens=input_tokens, output_tokens=output_tokens
+                    )
+                except StoreUnavailable:
+                    log.warning("could not reconcile a quota reservation (store unavailable)")
+        finally:
+            await stored
         admission.recorded = Usage(input_tokens, output_tokens)
         m = self.metrics
         m.child(m.tokens, "input", label).inc(input_tokens)

@@ -5,12 +5,16 @@ record). Sent one by one, each costs redis-py and the event loop about 70-110 µ
 write, a wake-up, a read); sent as one pipeline of 64 they cost about 15 µs each (measured with
 `bench/`'s machine; see the README's Benchmark). So:
 
-- a command issued while nothing is in flight is sent at once, alone: a lone caller waits for
-  nothing;
+- a command issued while nothing is in flight is sent on the event loop's next turn, together
+  with every command issued in this same turn: independent commands a request issues at once
+  (a quota settlement and its usage record) cost one round trip, not two;
 - commands issued while a send is in flight queue up; when it completes, everything queued goes
   out as one pipeline (one write, one read of all the replies), and so on while commands keep
   coming. Under load each pipeline carries many requests' commands; Redis runs them one after
   another as it would anyway.
+
+The sends run in one task of their own (the drainer), never in a caller's: a caller cancelled
+while its command is on the wire cancels only its wait, never another caller's reply.
 
 Each caller gets its own reply, or its own error: a command error (a `ResponseError`, such as
 NOSCRIPT) belongs to that command only; a connection failure or timeout fails the commands whose
@@ -47,25 +51,12 @@ class AutoPipeline:
 
     async def execute(self, *command: Any) -> Any:
         """The reply to `command`; raises its error (ResponseError) or the connection's."""
-        if self._busy:
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._queue.append((command, future))
-            return await future
-        self._busy = True
-        try:
-            (reply,) = await self._send([command])
-        finally:
-            self._hand_over()
-        if isinstance(reply, BaseException):
-            raise reply
-        return reply
-
-    def _hand_over(self) -> None:
-        """After a send: drain what queued up meanwhile, or mark the line free."""
-        if self._queue:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((command, future))
+        if not self._busy:
+            self._busy = True
             self._drainer = asyncio.ensure_future(self._drain())
-        else:
-            self._busy = False
+        return await future
 
     async def _drain(self) -> None:
         try:

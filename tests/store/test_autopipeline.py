@@ -45,6 +45,18 @@ async def test_a_lone_command_is_sent_alone(redis_url: str) -> None:
     await store.close()
 
 
+async def test_commands_issued_together_go_out_in_one_write(redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    await store.run(ADD, ["k:warm-pair"], [1])  # the script is known: no NOSCRIPT round
+    pipeline = pipeline_of(store)
+    sends, commands = pipeline.sends, pipeline.commands
+    # What a request's settlement does: its quota script and its usage record, issued at once.
+    reply, entry = await asyncio.gather(store.run(ADD, ["k:pair"], [2]), store.stream_add("s:pair", {"r": b"x"}))
+    assert reply == [b"k:pair", 2] and entry
+    assert (pipeline.sends - sends, pipeline.commands - commands) == (1, 2)  # one round trip, not two
+    await store.close()
+
+
 async def test_concurrent_commands_share_writes_and_each_caller_gets_its_own_reply(redis_url: str) -> None:
     store = RedisStore(redis_url)
     await store.run(ADD, ["k:warm"], [1])  # the script is known: no NOSCRIPT round

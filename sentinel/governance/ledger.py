@@ -57,7 +57,7 @@ _SQLITE_INSERT = (
 
 def _sqlite_time(value: datetime) -> str:
     """How SQLAlchemy stores a UTC datetime in SQLite (naive UTC, microseconds)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]  # half of strftime's cost
 
 
 class SqlLedger:

@@ -1,8 +1,10 @@
 """Group commit: concurrent writers share one write per batch instead of one write each.
 
 `await commit.submit(item)` returns once the item has been written (or raises what the write
-raised). Items that arrive while a write is running are written together by the next one, so
-under load each write carries many items and an idle system still writes every item at once.
+raised). A write starts one turn of the event loop after it is scheduled, so items submitted in
+that turn join it (a write that does not wait, such as SQLite's on the event loop, would otherwise
+carry one item each); items that arrive while a write is running are written together by the next
+one. Under load each write carries many items; an idle system writes an item a turn later.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class GroupCommit(Generic[T]):
 
     async def _flush(self) -> None:
         while self._queue:
+            await asyncio.sleep(0)  # one more turn of the loop: items submitted in it join this write
             batch, self._queue = self._queue, []
             try:
                 await self._write([item for item, _ in batch])

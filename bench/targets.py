@@ -93,8 +93,8 @@ class Running:
         return self.proc.pid if self.proc else None
 
 
-def clean_env() -> dict[str, str]:
-    """This environment minus every variable Sentinel reads, with this checkout importable."""
+def clean_env(checkout: Path = REPO) -> dict[str, str]:
+    """This environment minus every variable Sentinel reads, with `checkout` (this one by default) importable."""
     from sentinel.config import Settings
 
     names = set()
@@ -104,7 +104,7 @@ def clean_env() -> dict[str, str]:
                 names.add(choice.upper())
     names |= {"SENTINEL_WORKERS", "PYTHONPATH"}
     env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = str(checkout)
     return env
 
 
@@ -170,13 +170,15 @@ def start_sentinel(
     redis_url: str | None = None,
     database_url: str | None = None,
     name: str | None = None,
+    checkout: Path = REPO,
 ) -> Running:
-    """Provision the benchmark user (key, plan) as an operator would, then `sentinel serve`."""
+    """Provision the benchmark user (key, plan) as an operator would, then `sentinel serve` (the
+    Sentinel of `checkout`: this one unless an A/B names another, see `interleave.py`)."""
     home = workdir / (name or spec.key)
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {
-        **clean_env(),
+        **clean_env(checkout),
         "OPENAI_API_URL": f"{mock}/v1",
         "OPENAI_API_KEY": UPSTREAM_KEY,
         "ANTHROPIC_API_URL": mock,

@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sentinel.db.engine import create_engine, migrate, session_factory
 from sentinel.db.models import UsageLedgerRow
@@ -33,37 +35,44 @@ def record(request_id: str, external_id: str = "alice") -> UsageRecord:
     )
 
 
-async def test_the_fast_path_writes_what_sqlalchemy_reads_back_once(tmp_path: Path) -> None:
+@pytest.fixture
+async def migrated(tmp_path: Path) -> AsyncIterator[tuple[AsyncEngine, SqliteWriter]]:
+    """A migrated SQLite file, its engine and a writer for it (closed after the test)."""
     url = f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
     engine = create_engine(url)
     await migrate(engine)
     writer = SqliteWriter.for_url(url)
     assert writer is not None
-    fast, plain = SqlLedger(session_factory(engine), writer), SqlLedger(session_factory(engine))
     try:
-        assert await fast.record_batch([record("r1"), record("r2"), record("r1")]) == 2
-        assert await fast.record_batch([record("r2"), record("r3")]) == 1  # r2 is there already
-        assert (writer.inline_commits, writer.thread_commits) == (2, 0)  # the file was free: no thread hop
-        assert await plain.record_batch([record("r4")]) == 1  # the two paths share one table
-        rows = await plain.totals("alice")
-        assert rows == [{"model": "gpt-4o-mini", "requests": 4, "input_tokens": 48, "output_tokens": 28}]
-        assert await plain.roll_up() == 4  # rows written by the fast path wait for the rollups too
-        async with session_factory(engine)() as session:
-            rows = (await session.execute(select(UsageLedgerRow).order_by(UsageLedgerRow.request_id))).scalars().all()
-        for row in rows:  # the same values, timestamps included, whichever path wrote them
-            assert (row.started_at, row.finished_at) == (T0, T0 + timedelta(milliseconds=250))
-            assert (row.cost_usd, row.cache_write_tokens, row.cache_read_tokens, row.rolled_up) == (0.00012, 2, 3, True)
+        yield engine, writer
     finally:
         await writer.close()
         await engine.dispose()
 
 
-async def test_a_locked_database_is_written_from_the_thread_while_the_loop_runs_on(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
-    engine = create_engine(url)
-    await migrate(engine)
-    writer = SqliteWriter.for_url(url)
-    assert writer is not None
+async def test_the_fast_path_writes_what_sqlalchemy_reads_back_once(
+    migrated: tuple[AsyncEngine, SqliteWriter],
+) -> None:
+    engine, writer = migrated
+    fast, plain = SqlLedger(session_factory(engine), writer), SqlLedger(session_factory(engine))
+    assert await fast.record_batch([record("r1"), record("r2"), record("r1")]) == 2
+    assert await fast.record_batch([record("r2"), record("r3")]) == 1  # r2 is there already
+    assert (writer.inline_commits, writer.thread_commits) == (2, 0)  # the file was free: no thread hop
+    assert await plain.record_batch([record("r4")]) == 1  # the two paths share one table
+    rows = await plain.totals("alice")
+    assert rows == [{"model": "gpt-4o-mini", "requests": 4, "input_tokens": 48, "output_tokens": 28}]
+    assert await plain.roll_up() == 4  # rows written by the fast path wait for the rollups too
+    async with session_factory(engine)() as session:
+        stored = (await session.execute(select(UsageLedgerRow).order_by(UsageLedgerRow.request_id))).scalars().all()
+    for row in stored:  # the same values, timestamps included, whichever path wrote them
+        assert (row.started_at, row.finished_at) == (T0, T0 + timedelta(milliseconds=250))
+        assert (row.cost_usd, row.cache_write_tokens, row.cache_read_tokens, row.rolled_up) == (0.00012, 2, 3, True)
+
+
+async def test_a_locked_database_is_written_from_the_thread_while_the_loop_runs_on(
+    tmp_path: Path, migrated: tuple[AsyncEngine, SqliteWriter]
+) -> None:
+    engine, writer = migrated
     ledger = SqlLedger(session_factory(engine), writer)
     holder = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
     try:
@@ -80,8 +89,6 @@ async def test_a_locked_database_is_written_from_the_thread_while_the_loop_runs_
         assert [r["requests"] for r in await ledger.totals("alice")] == [3]
     finally:
         holder.close()
-        await writer.close()
-        await engine.dispose()
 
 
 async def test_the_wal_is_checkpointed_from_the_thread(tmp_path: Path) -> None:

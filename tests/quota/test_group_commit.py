@@ -12,10 +12,12 @@ from sentinel.quota.group_commit import GroupCommit
 
 
 class Writes:
-    def __init__(self, fail: Exception | None = None) -> None:
+    """The batches written; with `gated`, each write waits for `gate` to open."""
+
+    def __init__(self, fail: Exception | None = None, *, gated: bool = False) -> None:
         self.batches: list[list[int]] = []
         self.fail = fail
-        self.gate: asyncio.Event | None = None
+        self.gate = asyncio.Event() if gated else None
 
     async def __call__(self, items: list[int]) -> None:
         if self.gate is not None:
@@ -23,6 +25,12 @@ class Writes:
         if self.fail is not None:
             raise self.fail
         self.batches.append(items)
+
+
+async def turns(n: int = 3) -> None:
+    """Let the event loop turn `n` times (enough for a scheduled write to start)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
 
 
 async def test_items_submitted_in_the_next_turn_join_the_same_write() -> None:
@@ -38,14 +46,13 @@ async def test_items_submitted_in_the_next_turn_join_the_same_write() -> None:
 
 
 async def test_items_submitted_during_a_write_go_in_the_next_one() -> None:
-    writes = Writes()
-    writes.gate = asyncio.Event()
+    writes = Writes(gated=True)
     commit = GroupCommit(writes)
     first = asyncio.ensure_future(commit.submit(1))
-    for _ in range(3):
-        await asyncio.sleep(0)  # the write of [1] has started and waits on the gate
+    await turns()  # the write of [1] has started and waits on the gate
     later = [asyncio.ensure_future(commit.submit(n)) for n in (2, 3)]
     await asyncio.sleep(0)
+    assert writes.gate is not None
     writes.gate.set()
     await asyncio.gather(first, *later)
     assert writes.batches == [[1], [2, 3]]
@@ -58,15 +65,14 @@ async def test_a_failed_write_fails_every_caller_in_it() -> None:
 
 
 async def test_a_cancelled_caller_does_not_cut_the_write() -> None:
-    writes = Writes()
-    writes.gate = asyncio.Event()
+    writes = Writes(gated=True)
     commit = GroupCommit(writes)
     caller = asyncio.ensure_future(commit.submit(1))
-    for _ in range(3):
-        await asyncio.sleep(0)
+    await turns()  # the write of [1] has started and waits on the gate
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
+    assert writes.gate is not None
     writes.gate.set()
     await commit.submit(2)
     assert writes.batches == [[1], [2]]

@@ -13,9 +13,9 @@ It wraps the router. For every HTTP request it:
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -157,7 +157,7 @@ def _request_id(scope: Scope) -> tuple[str, bool]:
             if _SAFE_ID.match(candidate):
                 return candidate, True
             break
-    return uuid.uuid4().hex, False
+    return os.urandom(16).hex(), False  # 128 random bits, like uuid4().hex (122), at a seventh of its cost
 
 
 def _as_sentinel_error(exc: Exception, scope: Scope) -> SentinelError:

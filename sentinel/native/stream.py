@@ -14,8 +14,8 @@ and Anthropic's message_start input tokens plus message_delta output tokens.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +77,7 @@ class StreamNormalizer:
 
     def __init__(self, *, provider: str, created: int | None = None) -> None:
         self.provider = provider
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.id = "chatcmpl-" + os.urandom(16).hex()
         self.model = ""
         self.created = int(time.time()) if created is None else created
         self._started = False  # a chunk was emitted: metadata is frozen and the role was sent

@@ -9,7 +9,7 @@ later, under a new key (the old key was applied for the others).
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,8 +20,8 @@ KEY_PREFIX = "sentinel-usage-"
 
 
 def new_batch_key() -> str:
-    """A fresh, recognisable batch key: `sentinel-usage-<uuid4 hex>`."""
-    return f"{KEY_PREFIX}{uuid.uuid4().hex}"
+    """A fresh, recognisable batch key: `sentinel-usage-<32 random hex digits>`."""
+    return KEY_PREFIX + os.urandom(16).hex()
 
 
 def is_batch_key(name: str) -> bool:

@@ -81,6 +81,9 @@ from sentinel.store import Store, create_store
 # With Redis, identities and plans are also kept per process for at most this long (never past
 # the stored entry's freshness), sparing two Redis round trips per request under load.
 LOCAL_CACHE_SECONDS = 1.0
+# The SQL outbox and the ledger's rows awaiting roll-up are empty nearly always: once a poll found
+# nothing, the next one looks after this long, or at once after this process added work there.
+IDLE_RECHECK_SECONDS = 5.0
 
 
 def read_providers_file(settings: Settings) -> ProvidersFile | None:
@@ -273,7 +276,7 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
     metrics.known_models.update(known_models(catalog, catalogue))
     # On a SQLite file, usage records are inserted through a private connection (one hop a batch).
     sqlite_writer = SqliteWriter.for_url(s.database_url)
-    ledger = SqlLedger(sessions, sqlite_writer)
+    ledger = SqlLedger(sessions, sqlite_writer, idle_recheck=IDLE_RECHECK_SECONDS)
     governance = build_governance(
         s, store=store, sessions=sessions, http=http, catalog_tiers=catalog.tiers, metrics=metrics, ledger=ledger
     )
@@ -302,7 +305,8 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
     # exactly-once by request id); an outbox would be a second copy written and deleted again.
     ledger_outbox = LedgerOutbox(governance.sink) if not zion_mode and not store.shared else None
     outbox = DurableOutbox(
-        SqlOutbox(sessions, lease_seconds=s.usage_lease_seconds), stream_outbox, ledger=ledger_outbox
+        SqlOutbox(sessions, lease_seconds=s.usage_lease_seconds, idle_recheck=IDLE_RECHECK_SECONDS),
+        stream_outbox, ledger=ledger_outbox,
     )
     deliverer = UsageDeliverer(outbox, governance.sink, metrics, interval=s.usage_flush_interval_seconds)
     limiter = QuotaLimiter(store)

@@ -7,7 +7,8 @@ that were new are added to the rollups (`sentinel.governance.rollups`) in the sa
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from sentinel.db.queries import insert_ignoring, picked_once
 from sentinel.db.sqlite_writer import SqliteWriter
 from sentinel.domain.usage import UsageRecord
 from sentinel.governance.rollups import apply_rollups
+from sentinel.quiet import QuietWindow
 
 # 15 bound values a row: 500 rows stay well under SQLite's and PostgreSQL's parameter limits.
 _CHUNK_ROWS = 500
@@ -65,12 +67,18 @@ class SqlLedger:
 
     With `writer` (a file-backed SQLite), inserts go through it: one commit a batch, on the event
     loop while the file is free (see `SqliteWriter`), instead of SQLAlchemy's async round trips;
-    reads always go through SQLAlchemy.
+    reads always go through SQLAlchemy. With `idle_recheck` (`sentinel.quiet`), a `roll_up` that
+    found nothing skips the next ones for that long unless this ledger recorded rows meanwhile: rows
+    another process recorded are rolled up by that process, or here at most `idle_recheck` later.
     """
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], writer: SqliteWriter | None = None) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], writer: SqliteWriter | None = None, *,
+        idle_recheck: float = 0.0, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._sessions = sessions
         self._writer = writer
+        self.quiet = QuietWindow(idle_recheck, clock)
 
     async def record_batch(self, records: list[UsageRecord]) -> int:
         """Insert `records` in one transaction, skipping request ids already recorded.
@@ -79,6 +87,7 @@ class SqlLedger:
         in which case nothing was recorded and the whole batch can be retried safely. New rows wait
         for the rollup worker (`roll_up`): recording a request is one insert.
         """
+        self.quiet.touched()
         unique: dict[str, dict[str, Any]] = {}
         for record in records:
             unique.setdefault(record.request_id, _row(record))
@@ -104,7 +113,11 @@ class SqlLedger:
     async def roll_up(self, limit: int = 2000) -> int:
         """Add up to `limit` rows not yet rolled up to the rollups, oldest first, and mark them, in one
         transaction that claims the rows first (each row is rolled up exactly once, also with
-        concurrent workers). Returns how many rows were rolled up."""
+        concurrent workers). Returns how many rows were rolled up (0 without asking the database
+        while `quiet` is active)."""
+        if self.quiet.active:
+            return 0
+        poll = self.quiet.poll()
         Row = UsageLedgerRow
         with database_errors("usage ledger unavailable"):
             async with self._sessions() as session:
@@ -120,6 +133,8 @@ class SqlLedger:
                 if records:
                     await apply_rollups(session, records)
                 await session.commit()
+        if not records:
+            self.quiet.found_nothing(poll)
         return len(records)
 
     async def totals(

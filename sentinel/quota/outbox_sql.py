@@ -7,6 +7,12 @@ Each step is a single statement whose WHERE re-checks the lease, so two delivere
 one batch cannot both get it: on PostgreSQL the loser waits for the winner's row locks and then
 finds the lease renewed (new rows are picked FOR UPDATE SKIP LOCKED, so claimers of fresh rows
 never wait for each other); SQLite runs one writer at a time.
+
+With `idle_recheck` (`sentinel.quiet`), a claim that found nothing due makes the next claims (and
+`depth`, while it was 0) answer from memory for that long, unless this process puts a record
+meanwhile: the table is written only when a stream or the ledger could not be (or by an earlier
+configuration), so it is empty nearly always. What another replica writes there meanwhile is that
+replica's to deliver; a batch whose holder died is taken over at most `idle_recheck` later.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from sentinel.db.engine import database_errors
 from sentinel.db.models import UsageOutboxRow, utcnow
 from sentinel.db.queries import insert_ignoring, picked_once
 from sentinel.domain.usage import UsageRecord
+from sentinel.quiet import QuietWindow
 from sentinel.quota.batch import Batch, Claimed, new_batch_key
 from sentinel.quota.group_commit import GroupCommit
 
@@ -29,7 +36,7 @@ Row = UsageOutboxRow
 
 
 class SqlOutbox:
-    """The outbox table (see the module docstring). `clock` is injectable for lease tests."""
+    """The outbox table (see the module docstring). `clock` is injectable for lease and quiet-window tests."""
 
     backend = "sql"
 
@@ -39,13 +46,17 @@ class SqlOutbox:
         *,
         lease_seconds: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
+        idle_recheck: float = 0.0,
     ) -> None:
         self._sessions = sessions
         self.lease = timedelta(seconds=lease_seconds)
         self.clock = clock
+        self.quiet = QuietWindow(idle_recheck, lambda: self.clock().timestamp())
+        self._last_depth: int | None = None
         self._group: GroupCommit[UsageRecord] = GroupCommit(self._write)
 
     async def put(self, record: UsageRecord) -> None:
+        self.quiet.touched()
         await self._group.submit(record)
 
     async def _write(self, records: list[UsageRecord]) -> None:
@@ -57,9 +68,9 @@ class SqlOutbox:
                 await session.commit()
 
     async def claim(self, limit: int) -> Batch | None:
-        if limit <= 0:
+        if limit <= 0 or self.quiet.active:
             return None
-        now = self.clock()
+        now, poll = self.clock(), self.quiet.poll()
         lease_end = now + self.lease
         with database_errors("usage outbox unavailable"):
             async with self._sessions() as session:
@@ -112,6 +123,7 @@ class SqlOutbox:
                     rows = [(row_id, payload) for row_id, payload in fresh.all()]
                 await session.commit()
         if not rows:
+            self.quiet.found_nothing(poll)
             return None
         rows.sort()
         items = tuple(Claimed("sql", str(i), UsageRecord.from_json(orjson.loads(p))) for i, p in rows)
@@ -145,6 +157,9 @@ class SqlOutbox:
                 await session.commit()
 
     async def depth(self) -> int:
+        if self._last_depth == 0 and self.quiet.active:
+            return 0
         with database_errors("usage outbox unavailable"):
             async with self._sessions() as session:
-                return int(await session.scalar(select(func.count()).select_from(Row)) or 0)
+                self._last_depth = int(await session.scalar(select(func.count()).select_from(Row)) or 0)
+        return self._last_depth

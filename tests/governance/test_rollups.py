@@ -125,6 +125,24 @@ async def test_concurrent_overlapping_batches_roll_up_each_request_once(
     assert await _sum(sessions, UsageDailyUserRow.requests) == 225
 
 
+async def test_a_roll_up_that_found_nothing_quiets_the_next_ones_until_rows_are_recorded_here(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    clock = [0.0]
+    ledger = SqlLedger(sessions, idle_recheck=5, clock=lambda: clock[0])
+    assert await ledger.roll_up() == 0
+    await SqlLedger(sessions).record_batch([rec("other")])  # another process's row
+    assert await ledger.roll_up() == 0  # quiet: not asked
+    assert await _sum(sessions, UsageMinuteRow.requests) == 0
+    await ledger.record_batch([rec("mine", at=T0 + timedelta(seconds=1))])
+    assert await ledger.roll_up() == 2  # its own row ended the window; the other's comes along
+    assert await ledger.roll_up() == 0
+    await SqlLedger(sessions).record_batch([rec("later")])
+    clock[0] += 5
+    assert await ledger.roll_up() == 1  # the window is over: asked again
+    assert await _sum(sessions, UsageMinuteRow.requests) == 3
+
+
 # --- the read side ------------------------------------------------------------------------------
 async def test_series_buckets_sum_minutes_and_merge_histograms(sessions: async_sessionmaker[AsyncSession]) -> None:
     await record_and_roll_up(sessions, [

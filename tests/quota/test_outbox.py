@@ -156,6 +156,40 @@ async def test_an_unreachable_database_fails_every_waiting_put(tmp_path: Path) -
         await engine.dispose()
 
 
+async def test_an_empty_outbox_is_asked_again_only_after_the_quiet_window(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    counting = CountingSessions(sessions)
+    outbox = SqlOutbox(counting, clock=lambda: now[0], idle_recheck=5)  # type: ignore[arg-type]
+    assert await outbox.depth() == 0 and await outbox.claim(10) is None
+    asked = counting.opened
+    await SqlOutbox(sessions).put(record("other"))  # another replica's record
+    now[0] += timedelta(seconds=4.9)
+    assert await outbox.claim(10) is None and await outbox.depth() == 0
+    assert counting.opened == asked  # both answered without a transaction
+    now[0] += timedelta(seconds=0.1)
+    assert await outbox.depth() == 1
+    assert ids(await outbox.claim(10)) == ["other"]
+
+
+async def test_a_record_put_here_is_claimed_at_once_despite_the_quiet_window(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    outbox = SqlOutbox(sessions, idle_recheck=3600)
+    assert await outbox.claim(10) is None
+    await SqlOutbox(sessions).put(record("other"))
+    await outbox.put(record("mine"))
+    assert ids(await outbox.claim(10)) == ["other", "mine"]
+
+
+async def test_without_a_quiet_window_every_claim_asks(sessions: async_sessionmaker[AsyncSession]) -> None:
+    outbox = SqlOutbox(sessions)
+    assert await outbox.claim(10) is None
+    await SqlOutbox(sessions).put(record("other"))
+    assert ids(await outbox.claim(10)) == ["other"]
+
+
 # --- DurableOutbox -------------------------------------------------------------------------------
 
 def durable() -> tuple[DurableOutbox, OutboxPart, OutboxPart]:

@@ -130,7 +130,7 @@ class Reservation:
     input_tokens: int
     output_tokens: int
     settled: bool = False
-    owner: object = field(default=None, repr=False)
+    owner: QuotaLimiter | None = field(default=None, repr=False)  # the limiter that made it
 
     @property
     def allowed(self) -> bool:

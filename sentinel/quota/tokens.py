@@ -111,9 +111,10 @@ DEFAULT_SEARCH_DIRS: tuple[Path, ...] = (Path(tempfile.gettempdir()) / "data-gym
 def _package_dirs(package: str) -> list[Path]:
     # find_spec locates a package's directory without importing it.
     spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    return [Path(p) for p in spec.submodule_search_locations]
+    # Read untyped: a namespace package's locations are a _NamespacePath, not the list typeshed
+    # promises (a mypyc build, bench/mypyc_trial.py, checks declared types at run time).
+    locations: Iterable[str] = getattr(spec, "submodule_search_locations", None) or ()  # noqa: B009
+    return [Path(p) for p in locations]
 
 
 def _read_gzip(path: Path) -> bytes:

@@ -131,10 +131,10 @@ class MemoryStore:
         return value
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
-        # Scripts read their arguments with int()/float()/str comparisons, which take these as they
-        # are; only bytes need decoding to look like Lua's ARGV.
-        plain = [a.decode() if isinstance(a, bytes) else a for a in args]
-        result = script.local(self._ops, list(keys), plain)  # type: ignore[arg-type]
+        # Lua's ARGV holds strings, and so do the local twins' `args`: a script that forgets to
+        # convert a number fails here as it would on Redis (and the annotation `list[str]` is true).
+        plain = [a.decode() if isinstance(a, bytes) else str(a) for a in args]
+        result = script.local(self._ops, list(keys), plain)
         self._maybe_sweep()
         return result
 

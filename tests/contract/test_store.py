@@ -75,6 +75,19 @@ async def test_scripts_run_atomically(store: Store) -> None:
     assert sum(wins) == 1
 
 
+# Joins its arguments as Lua sees them: ARGV holds strings, whatever the caller passed.
+JOIN = Script(
+    name="test_join",
+    lua="return ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3]",
+    local=lambda ops, keys, args: "|".join(args),
+)
+
+
+async def test_script_arguments_reach_the_script_as_strings(store: Store) -> None:
+    joined = await store.run(JOIN, ["join"], [7, 2.5, b"raw"])
+    assert (joined.decode() if isinstance(joined, bytes) else joined) == "7|2.5|raw"
+
+
 async def test_scan(store: Store) -> None:
     # 20 keys without a hash tag land on every node of a cluster.
     for i in range(20):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable
 
 import openai
@@ -95,11 +97,15 @@ def test_client_credentials_never_reach_upstream(gateway: Gateway) -> None:
 
 
 def test_request_id_created_or_kept(gateway: Gateway) -> None:
+    before_ms = time.time_ns() // 1_000_000
     with gateway.client() as http:
         created = http.get("/v1/models")
         kept = http.get("/v1/models", headers={"X-Request-Id": "my-req-123"})
         unauth = http.get("/v1/models", headers={"Authorization": ""})
-    assert len(created.headers["x-request-id"]) >= 16
+    after_ms = time.time_ns() // 1_000_000
+    made = created.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", made)
+    assert before_ms <= int(made[:12], 16) <= after_ms  # a made id begins with its time (ledger order)
     assert kept.headers["x-request-id"] == "my-req-123"
     assert unauth.status_code == 401 and unauth.headers["x-request-id"]
 

@@ -11,7 +11,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from sentinel.db.models import UsageLedgerRow
-from sentinel.domain.usage import UsageRecord
+from sentinel.domain.usage import UsageRecord, new_request_id
 from sentinel.governance.ledger import SqlLedger
 
 T0 = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
@@ -73,6 +73,17 @@ def test_record_validates() -> None:
         )
     with pytest.raises(ValueError):
         UsageRecord(**{**record("r1").to_json(), "started_at": T0, "finished_at": T0, "request_id": ""})
+
+
+def test_new_request_ids_sort_by_time_and_stay_apart_within_a_millisecond() -> None:
+    t0 = int(T0.timestamp() * 1_000_000_000)
+    same_ms = [new_request_id(t0 + n) for n in range(1000)]  # one millisecond, 1,000 ids
+    assert len(set(same_ms)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in same_ms)
+    assert {i[:12] for i in same_ms} == {f"{t0 // 1_000_000:012x}"}
+    later = [new_request_id(t0 + ms * 1_000_000) for ms in (1, 2, 1_000, 86_400_000)]
+    assert sorted([same_ms[0], *later]) == [same_ms[0], *later]
+    assert min(later) > max(same_ms)
 
 
 # --- SqlLedger ----------------------------------------------------------------------------------

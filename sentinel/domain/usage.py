@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, cast, get_args
 
 UsageSource = Literal["measured", "estimated"]
+USAGE_SOURCES: tuple[UsageSource, ...] = get_args(UsageSource)
 
 
 def new_request_id(now_ns: int | None = None) -> str:
@@ -21,12 +22,12 @@ def new_request_id(now_ns: int | None = None) -> str:
 
     Ids made later sort later, so the ledger's unique index on `request_id` grows at its right edge:
     a batch of inserts dirties a page or two instead of one random page per row (on SQLite 37–56 %
-    less time per batch of 8–32 rows on this machine's disk; PostgreSQL's B-trees gain alike). 80
-    random bits per millisecond keep ids from any number of processes and hosts apart.
+    less time per batch of 8–32 rows on this machine's disk; PostgreSQL's B-tree index is built the
+    same way, not measured). 80 random bits per millisecond keep ids from any number of processes
+    and hosts apart.
     """
     ms = (time.time_ns() if now_ns is None else now_ns) // 1_000_000
     return f"{ms:012x}{os.urandom(10).hex()}"
-USAGE_SOURCES: tuple[UsageSource, ...] = get_args(UsageSource)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,13 +21,15 @@ class QuietWindow:
             raise ValueError("a quiet window cannot be negative")
         self.seconds = seconds
         self.clock = clock
+        self._since = 0.0
         self._until: float | None = None
         self._touches = 0
 
     @property
     def active(self) -> bool:
-        """Whether a poll may be skipped now."""
-        return self._until is not None and self.clock() < self._until
+        """Whether a poll may be skipped now (never when the clock went back past the window's
+        start: a wall clock set back an hour must not silence the poll for an hour)."""
+        return self._until is not None and self._since <= self.clock() < self._until
 
     def touched(self) -> None:
         """This process added work: the next poll looks."""
@@ -42,4 +44,5 @@ class QuietWindow:
         """The poll begun as `poll` found nothing: go quiet, unless work was added since it began
         (that work may have landed after the poll looked)."""
         if self.seconds and poll == self._touches:
-            self._until = self.clock() + self.seconds
+            self._since = self.clock()
+            self._until = self._since + self.seconds

@@ -46,6 +46,14 @@ def test_a_poll_that_raced_added_work_does_not_go_quiet() -> None:
     assert quiet.active
 
 
+def test_a_clock_set_back_ends_the_window() -> None:
+    clock = Clock()  # SqlOutbox's quiet window runs on its lease clock, wall time
+    quiet = QuietWindow(5.0, clock)
+    quiet.found_nothing(quiet.poll())
+    clock.now -= 3600.0
+    assert not quiet.active
+
+
 def test_a_zero_window_never_goes_quiet_and_a_negative_one_is_refused() -> None:
     quiet = QuietWindow(0.0, Clock())
     quiet.found_nothing(quiet.poll())

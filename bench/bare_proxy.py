@@ -3,7 +3,7 @@
 Receives a request, forwards it to BARE_UPSTREAM + path with the upstream key, returns the body
 (SSE answers are relayed chunk by chunk). No auth, parsing, metering or logging: the floor that
 Sentinel's own overhead is measured against. Env: BARE_UPSTREAM, BARE_UPSTREAM_KEY,
-BARE_CLIENT=aiohttp|httpx (bench/choices.py compares them; the server is uvicorn or granian).
+BARE_CLIENT=aiohttp|httpx|pyreqwest (bench/choices.py compares them; the server is uvicorn or granian).
 """
 
 from __future__ import annotations
@@ -28,9 +28,18 @@ def _make_client():  # created lazily inside the server's event loop
         return httpx.AsyncClient(
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000), timeout=300
         )
+    if CLIENT == "pyreqwest":  # Rust (reqwest/hyper on a tokio runtime), `pip install pyreqwest`
+        from pyreqwest.client import ClientBuilder
+
+        return ClientBuilder().max_connections(1000).follow_redirects(False).gzip(False).build()
     import aiohttp
 
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000), auto_decompress=False)
+
+
+async def _pyreqwest_chunks(reader):
+    while (chunk := await reader.read_chunk()) is not None:
+        yield chunk.to_bytes()
 
 
 async def app(scope, receive, send):
@@ -55,6 +64,13 @@ async def app(scope, receive, send):
             _client.build_request(scope["method"], url, content=body, headers=headers), stream=True
         )
         status, chunks, close = resp.status_code, resp.aiter_raw(), resp.aclose
+    elif CLIENT == "pyreqwest":
+        request = _client.request(scope["method"], url).headers(headers).body_bytes(body).build_streamed()
+        resp = await request.__aenter__()
+        status, chunks = resp.status, _pyreqwest_chunks(resp.body_reader)
+
+        async def close():
+            await request.__aexit__(None, None, None)
     else:
         resp = await _client.request(scope["method"], url, data=body, headers=headers)
         status, chunks, close = resp.status, resp.content.iter_any(), resp.release

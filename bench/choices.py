@@ -1,11 +1,11 @@
 """Library choices by measurement: the same bare relay (bench/bare_proxy.py) under the same load.
 
-  upstream client: aiohttp vs httpx          (server: uvicorn + httptools + uvloop)
+  upstream client: aiohttp vs httpx vs pyreqwest (server: uvicorn + httptools + uvloop)
   server:          uvicorn(httptools+uvloop) vs granian (ASGI, uvloop)   (client: aiohttp)
 
 The relay is pinned to CPU 0; the mock upstream and wrk to CPU 1 (as in bench.py). Each
-configuration gets a 1 s warm-up and one fixed-duration wrk run per workload. Granian is skipped
-if it is not installed (`.venv/bin/pip install granian`). Runs in well under 2 minutes by default.
+configuration gets a 1 s warm-up and one fixed-duration wrk run per workload. Granian and
+pyreqwest are skipped if they are not installed (`.venv/bin/pip install granian pyreqwest`). Runs in well under 2 minutes by default.
 
     .venv/bin/python bench/choices.py [--duration 8] [--concurrency 64] [--json out.json]
 """
@@ -13,6 +13,7 @@ if it is not installed (`.venv/bin/pip install granian`). Runs in well under 2 m
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import sys
@@ -28,13 +29,14 @@ CONFIGS = [
     # name, server, client
     ("uvicorn + aiohttp", "uvicorn", "aiohttp"),
     ("uvicorn + httpx", "uvicorn", "httpx"),
+    ("uvicorn + pyreqwest", "uvicorn", "pyreqwest"),
     ("granian + aiohttp", "granian", "aiohttp"),
 ]
 WORKLOADS = [("chat (non-stream)", BY_NAME["chat"]), ("chat (stream)", BY_NAME["stream"])]
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description="aiohttp vs httpx, uvicorn vs granian, by measurement")
+    p = argparse.ArgumentParser(description="aiohttp vs httpx vs pyreqwest, uvicorn vs granian, by measurement")
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--json", default=None)
@@ -55,6 +57,9 @@ def main() -> int:
         for name, server, client in CONFIGS:
             if server == "granian" and not granian.exists():
                 log(f"{name}: granian not installed, skipped")
+                continue
+            if client == "pyreqwest" and importlib.util.find_spec("pyreqwest") is None:
+                log(f"{name}: pyreqwest not installed, skipped")
                 continue
             port = free_port()
             renv = {

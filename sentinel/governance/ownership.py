@@ -6,17 +6,48 @@ the store (shared by replicas) under `sentinel:owner:<id>`, and a reference to a
 not the caller's — unknown, expired or someone else's — is answered as if it did not exist.
 Ownership never outlives what it guards by less than the provider's retention (`ttl` None = kept
 until the object is deleted through Sentinel). A store outage fails closed (`StoreUnavailable`).
+An owner, once recorded, is never replaced: a claim of another user's object changes nothing.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from sentinel.errors import NotFound
 from sentinel.store import Store
+from sentinel.store.base import LocalOps, Script
+
+log = logging.getLogger("sentinel.ownership")
 
 _PREFIX = "sentinel:owner:"
 _MAX_ID = 200
+
+# Record ARGV[1] as the owner unless another owner is recorded; the owner's own claim refreshes the
+# expiry (ARGV[2] ms; "" = none). 1 when the caller owns the object afterwards, else 0.
+_CLAIM_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == '' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
+"""
+
+
+def _claim_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    current = ops.get(keys[0])
+    if current is not None and current.decode() != args[0]:
+        return 0
+    ops.set(keys[0], args[0].encode(), None if args[1] == "" else int(args[1]) / 1000)
+    return 1
+
+
+CLAIM = Script("sentinel_owner_claim", _CLAIM_LUA, _claim_local)
 
 
 class Ownership:
@@ -25,10 +56,16 @@ class Ownership:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def claim(self, object_id: str, owner: str, ttl: float | None) -> None:
-        """Record `owner` as the owner of `object_id` (a new object, or one the owner's object names)."""
-        if 0 < len(object_id) <= _MAX_ID:
-            await self.store.set(_PREFIX + object_id, owner.encode(), ttl)
+    async def claim(self, object_id: str, owner: str, ttl: float | None) -> bool:
+        """Record `owner` as the owner of `object_id` (a new object, or one the owner's object names),
+        in one atomic step; False (and nothing changed) when another user owns it already."""
+        if not 0 < len(object_id) <= _MAX_ID:
+            return False
+        expiry = "" if ttl is None else str(max(1, round(ttl * 1000)))
+        if int(await self.store.run(CLAIM, [_PREFIX + object_id], [owner, expiry])):
+            return True
+        log.warning("an answer named an object another user owns; its owner was kept", extra={"object": object_id})
+        return False
 
     async def owner_of(self, object_id: str) -> str | None:
         """The owner's external id, or None when the object is unknown to Sentinel."""

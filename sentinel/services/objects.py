@@ -29,11 +29,13 @@ COLLECTIONS: dict[str, float | None] = {
     "containers": None,
     "evals": None,
 }
-# Body fields whose values name objects (a string, a list of strings, or {"id": ...}).
+# Body fields whose values name objects (a string, a list of strings, or {"id": ...}); besides
+# these, any object {"type": "file_id", "id": ...} names a file (an eval run's JSONL source).
 REFERENCE_KEYS = frozenset({
     "previous_response_id", "response_id", "conversation", "conversation_id", "file_id", "file_ids",
     "input_file_id", "output_file_id", "error_file_id", "training_file", "validation_file", "vector_store_id",
-    "vector_store_ids", "assistant_id", "thread_id", "batch_id", "upload_id", "container_id", "eval_id",
+    "vector_store_ids", "assistant_id", "thread_id", "batch_id", "upload_id", "container", "container_id",
+    "eval_id",
 })
 # Fields of an answer that name objects created along with it (a batch's output file, an upload's file).
 CREATED_KEYS = ("output_file_id", "error_file_id")
@@ -76,6 +78,8 @@ def referenced_ids(body: Any, limit: int = 1000) -> list[str]:
             continue
         if not isinstance(node, dict):
             continue
+        if node.get("type") == "file_id" and isinstance(node.get("id"), str) and node["id"]:
+            found.append(node["id"])
         for key, value in node.items():
             if key in REFERENCE_KEYS:
                 found.extend(_ids(value))

@@ -182,7 +182,8 @@ class OpenAIRelay:
         ex.headers.extend(admission.headers.items())
         try:
             upstream = await self._forward(ex, self.upstream, method, segments, body, headers, query, admission)
-            owner = identity if where.collection is not None else None
+            # An object's answer names what it created; a file's content is the user's own bytes.
+            owner = identity if where.collection is not None and segments[-1] != "content" else None
             reply = await self.answers.complete(
                 upstream, endpoint, admission, owner=owner, ttl=where.ttl,
                 creating=where.is_collection and method == "POST", ex=ex,

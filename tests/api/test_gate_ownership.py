@@ -139,6 +139,11 @@ def test_files_are_their_creators(gateway_factory: Callable[..., Gateway], spy: 
                                               "completion_window": "24h"}),
                 bob.post("/v1/chat/completions", json={**chat_with({"type": "text", "text": "x"}),
                                                        "metadata": {"deep": [{"file_ids": [ref]}]}}),
+                # a code interpreter's container and a typed file reference (an eval run's JSONL source)
+                bob.post("/v1/responses", json={"model": "gpt-4o-mini", "input": "list /mnt/data",
+                                                "tools": [{"type": "code_interpreter", "container": ref}]}),
+                bob.post("/v1/responses", json={"model": "gpt-4o-mini", "input": "x", "metadata": {
+                    "data_source": {"type": "jsonl", "source": {"type": "file_id", "id": ref}}}}),
             ])
         for attempt, missing in zip(*pairs, strict=True):
             same_as_missing(attempt, missing, fid, ghost)

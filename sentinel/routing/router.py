@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from sentinel.domain.identity import Identity
 from sentinel.domain.policies import SessionFailover
 from sentinel.domain.tiers import TIER_ORDER, TierModelEntry, TierSource
-from sentinel.errors import ServiceUnavailable, StoreUnavailable
+from sentinel.errors import InvalidRequest, ServiceUnavailable, StoreUnavailable
 from sentinel.native import ChatRequest
 from sentinel.observability.metrics import Metrics
 from sentinel.routing.health import ProviderHealth
 from sentinel.routing.selection import WeightedSelector
-from sentinel.routing.sessions import Session, SessionStore, auto_conversation_id
+from sentinel.routing.sessions import AUTO_PREFIX, Session, SessionStore, auto_conversation_id
 
 log = logging.getLogger("sentinel.router")
 
@@ -116,6 +116,11 @@ class TierRouter:
 
     def conversation_id(self, identity: Identity, req: ChatRequest) -> str | None:
         if req.conversation_id is not None:
+            if req.conversation_id.startswith(AUTO_PREFIX):
+                raise InvalidRequest(
+                    f"conversation_id must not begin with '{AUTO_PREFIX}': those ids are derived by Sentinel",
+                    details={"param": "conversation_id"},
+                )
             return req.conversation_id
         if not self.auto_key:
             return None

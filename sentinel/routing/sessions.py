@@ -110,10 +110,15 @@ def _owned(session: Session, external_id: str) -> Session:
     return session
 
 
+# Conversation ids Sentinel derives begin with this; a client may not send one (see the router),
+# or another user who knows a victim's opening messages could take the victim's derived id first.
+AUTO_PREFIX = "auto-"
+
+
 def auto_conversation_id(external_id: str, system: str, first_user: str) -> str:
     """SESSION_AUTO_KEY: the same user, system prompt and opening message -> the same conversation."""
     digest = hashlib.sha256("\x1f".join((external_id, system, first_user)).encode()).hexdigest()
-    return f"auto-{digest[:40]}"
+    return f"{AUTO_PREFIX}{digest[:40]}"
 
 
 class SessionStore:

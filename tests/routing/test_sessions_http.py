@@ -82,6 +82,32 @@ def test_another_users_conversation_is_forbidden_and_untouched(
         assert served(chat(alice, "still mine", conv="conv-owned")) == first
 
 
+def test_a_derived_conversation_id_cannot_be_taken_by_another_user(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    """SESSION_AUTO_KEY: bob can compute the id Sentinel derives for alice's opening messages, but
+    may not send it (nor any id with the reserved prefix): alice's conversation stays hers."""
+    from sentinel.routing.sessions import auto_conversation_id
+
+    gw = start(gateway_factory, tmp_path, backend_url, session_auto_key=True)
+    _, bob_key = asyncio.run(create_key(gw.settings.database_url, "bob"))
+    opening = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]
+    derived = auto_conversation_id("alice", "You are terse.", "Hi")
+    with gw.client(bob_key) as bob:
+        for conv in (derived, "auto-mine"):
+            r = chat(bob, messages=opening, conv=conv)
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["type"] == "invalid_request_error"
+            assert "conversation_id" in r.json()["error"]["message"]
+    assert stored(gw, derived) is None
+    with gw.client() as alice:
+        first = served(chat(alice, messages=opening))
+        assert served(chat(alice, messages=[*opening, {"role": "assistant", "content": "Hello."},
+                                            {"role": "user", "content": "again"}])) == first
+    session = stored(gw, derived)
+    assert session is not None and session["external_id"] == "alice"
+
+
 def test_a_request_that_fails_validation_creates_no_session(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
 ) -> None:

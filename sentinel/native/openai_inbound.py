@@ -81,7 +81,10 @@ def parse_openai_chat(payload: dict[str, Any], *, target: str) -> ModelChatReque
             raise _refuse(key, f"unknown parameter, or one that cannot be translated to {target}")
         if not check(value):
             raise _refuse(key, f"this value cannot be translated to {target}")
-    limit = payload.get("max_completion_tokens", payload.get("max_tokens"))
+    # null is absent (as OpenAI reads it), so `max_completion_tokens: null` leaves `max_tokens` in force.
+    limit = payload.get("max_completion_tokens")
+    if limit is None:
+        limit = payload.get("max_tokens")
     if limit is not None:
         out["max_tokens"] = limit
     out["include_usage"] = _include_usage(payload.get("stream_options"))

@@ -62,7 +62,9 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any])
 
 def max_output(endpoint: str, payload: dict[str, Any], default: int) -> int:
     """The most output tokens the request can produce: its own cap (or `default`) times the number
-    of completions it asks for (`n`, `best_of`), at most MAX_RESERVED_OUTPUT."""
+    of completions it asks for (`n`, `best_of`), at most MAX_RESERVED_OUTPUT. Of a chat request's two
+    caps the first one set wins (`max_completion_tokens`, then `max_tokens`; null is not set), as in
+    OpenAI's API and in the translation to other providers (`sentinel.native.openai_inbound`)."""
     if endpoint == "embeddings":
         return 0
     keys = {

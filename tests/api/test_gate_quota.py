@@ -93,6 +93,23 @@ def test_n_and_best_of_multiply_the_output_reservation(
         assert choices is None or len(r.json()["choices"]) == choices
 
 
+def test_a_null_cap_does_not_hide_the_cap_in_force(gateway: Gateway) -> None:
+    """`max_completion_tokens: null` is not set, so `max_tokens` is the cap: the gate reserves it and
+    a translated request (a Claude model through /v1/chat/completions) sends that same cap upstream,
+    not the provider default — the answer can never exceed what was reserved."""
+    key = new_user(gateway, "nullcap", "requests=100/1m,output_tokens=50/1m")
+    long_prompt = " ".join(f"word{i}" for i in range(400))
+    body = {"model": "claude-3-5-haiku-20241022", "max_completion_tokens": None, "max_tokens": 5,
+            "messages": [{"role": "user", "content": long_prompt}]}
+    with gateway.client(key) as http:
+        r = http.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] <= 5, r.json()["usage"]
+        assert r.json()["choices"][0]["finish_reason"] == "length"
+    rows = ledger_rows(gateway.settings.database_url, "nullcap")
+    assert [row["output_tokens"] for row in rows] == [r.json()["usage"]["completion_tokens"]]
+
+
 # --- metered fields are type-checked before admission -------------------------------------------
 MISSING = object()
 BAD_FIELDS: list[tuple[str, str, Any, str]] = [

@@ -69,6 +69,7 @@ def test_unknown_endpoints_estimate_nothing() -> None:
     ("endpoint", "payload", "expected"),
     [
         ("chat", {"max_completion_tokens": 40, "max_tokens": 90}, 40),
+        ("chat", {"max_completion_tokens": None, "max_tokens": 9}, 9),  # null is not set
         ("chat", {"max_tokens": 90}, 90),
         ("chat", {}, 300),
         ("native", {"max_tokens": 12}, 12),

@@ -2,7 +2,9 @@
 
 A provider's `body()` translates a unified request; `complete_body()` returns a `Completion` (the
 unified reply and how long the upstream took); `open_stream_body()` returns a `ProviderStream`
-whose `events()` yields unified chunks. Error answers are mapped in `sentinel.providers.errors`.
+whose `events()` yields unified chunks. Error answers are mapped in `sentinel.providers.errors`, or
+handed to the caller's `refused` hook (which must raise) when it gives one: the services settle a
+request the provider refused there (`sentinel.services.answers.refuse`).
 Timing travels with each answer: a provider object is shared by concurrent requests and keeps no
 per-request state. Provider keys go into headers and nowhere else.
 """
@@ -10,9 +12,9 @@ per-request state. Provider keys go into headers and nowhere else.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import orjson
@@ -24,6 +26,9 @@ from sentinel.native.stream import StreamNormalizer, StreamResult
 from sentinel.providers.catalog import ProviderSpec
 from sentinel.providers.errors import upstream_error
 from sentinel.providers.http import UpstreamResponse, send
+
+# Called with an upstream error answer (status >= 300, body unread) instead of raising it here; it raises.
+Refused = Callable[[UpstreamResponse], Awaitable[NoReturn]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +99,16 @@ class ChatProvider:
     def normalizer(self) -> StreamNormalizer:
         raise NotImplementedError
 
-    async def _post(self, body: dict[str, Any], relay_client_errors: bool) -> tuple[UpstreamResponse, float]:
+    async def _post(
+        self, body: dict[str, Any], relay_client_errors: bool, refused: Refused | None = None
+    ) -> tuple[UpstreamResponse, float]:
         payload = orjson.dumps(body)
         started = time.perf_counter()
         upstream = await send(self.session, self.name, "POST", self.url(), headers=self.headers(), body=payload)
         elapsed = time.perf_counter() - started
         if upstream.status >= 300:
+            if refused is not None:
+                await refused(upstream)
             try:
                 raw = await upstream.read()
             finally:
@@ -109,10 +118,13 @@ class ChatProvider:
             )
         return upstream, elapsed
 
-    async def complete_body(self, body: dict[str, Any], tier: str, *, relay_client_errors: bool = False) -> Completion:
+    async def complete_body(
+        self, body: dict[str, Any], tier: str, *, relay_client_errors: bool = False, refused: Refused | None = None
+    ) -> Completion:
         """Send an already translated (non-streaming) body; the unified reply. `relay_client_errors`:
-        an upstream 4xx keeps its status, type and message (the `/v1` surfaces) instead of becoming 400."""
-        upstream, elapsed = await self._post(body, relay_client_errors)
+        an upstream 4xx keeps its status, type and message (the `/v1` surfaces) instead of becoming 400.
+        `refused`: an error answer is handed to it (it raises) instead of being raised here."""
+        upstream, elapsed = await self._post(body, relay_client_errors, refused)
         try:
             raw = await upstream.read()
         finally:
@@ -124,9 +136,12 @@ class ChatProvider:
             raise UpstreamError(f"Provider {self.name} sent an invalid response: {message}",
                                 code="provider_bad_response", provider=self.name) from None
 
-    async def open_stream_body(self, body: dict[str, Any], *, relay_client_errors: bool = False) -> ProviderStream:
-        """Send an already translated streaming body; returns once the upstream answered 2xx."""
-        upstream, elapsed = await self._post(body, relay_client_errors)
+    async def open_stream_body(
+        self, body: dict[str, Any], *, relay_client_errors: bool = False, refused: Refused | None = None
+    ) -> ProviderStream:
+        """Send an already translated streaming body; returns once the upstream answered 2xx (an error
+        answer as `complete_body`)."""
+        upstream, elapsed = await self._post(body, relay_client_errors, refused)
         return ProviderStream(upstream, self.normalizer(), elapsed)
 
 

@@ -3,15 +3,17 @@
 A complete answer is read whole when it is at most MAX_BUFFERED bytes (usage read from the parsed
 body), else relayed as it arrives with only its tail kept to read usage from; an SSE stream is relayed
 event by event (`StreamInspector`), its final `[DONE]` held back until the usage record is stored.
-An error answer is raised as the Sentinel error for it (its status, type and message relayed) and the
-caller gives the reservation back. Objects the answer creates upstream become the caller's.
+An error answer goes through `refuse` (the one home of that policy, used by every surface): it is
+raised as the Sentinel error for it (its status, type and message relayed), after settling a request
+the provider refused; when nothing was served the caller gives the reservation back. Objects the
+answer creates upstream become the caller's.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -81,21 +83,9 @@ class AnswerRelay:
         report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
-    async def refused(self, upstream: UpstreamResponse, admission: Admission) -> Reply:
-        """An upstream error answer. A request the provider refused (4xx other than 401/403/429) still
-        reached the company's account: it counts as a request and is recorded with its status and no
-        tokens. When the provider failed or limited us (5xx, 429) or refused Sentinel's own key
-        (401/403), nothing was served: the caller gives the reservation back."""
-        try:
-            raw = await upstream.read()
-        except UpstreamError:
-            raw = b""
-        finally:
-            upstream.release()
-        if 400 <= upstream.status < 500 and upstream.status not in (401, 403, 429):
-            await self.meter.settle(admission, usage=Usage(0, 0), output_text="", status=upstream.status,
-                                    provider=upstream.provider)
-        raise upstream_error(upstream.provider, upstream.status, raw, upstream.headers, relay_client_errors=True)
+    async def refused(self, upstream: UpstreamResponse, admission: Admission) -> NoReturn:
+        """An upstream error answer: see `refuse`."""
+        await refuse(self.meter, upstream, admission)
 
     def _large(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, head: bytes, owner: Identity | None,
@@ -149,6 +139,34 @@ class AnswerRelay:
             report(ex, admission, inspector.model)
 
         return relay_events(upstream, inspector, endpoint, self.metrics, settle)
+
+
+async def refuse(
+    meter: Meter, upstream: UpstreamResponse, admission: Admission, *, relay_client_errors: bool = True
+) -> NoReturn:
+    """Settle (or not) an upstream error answer, then raise the Sentinel error for it.
+
+    A request the provider refused (4xx other than 401/403/429) still reached the company's account:
+    it counts as one request and is recorded with the upstream status and no tokens, so
+    provider-refused calls are not free. When the provider failed or limited us (5xx, 429) or refused
+    Sentinel's own key (401/403), nothing was served: nothing is settled here and the caller gives the
+    reservation back (`Meter.release`, a no-op after a settle). The error raised is
+    `upstream_error(...)` for the answer; `relay_client_errors` as there (True on the `/v1` surfaces,
+    False on the native API). Every surface's error answers go through here: the OpenAI relay
+    (`AnswerRelay`), the Messages API (`MessagesService`), translated chat (`TranslatedChat`) and
+    the native API (`NativeChat`)."""
+    try:
+        raw = await upstream.read()
+    except UpstreamError:
+        raw = b""
+    finally:
+        upstream.release()
+    if 400 <= upstream.status < 500 and upstream.status not in (401, 403, 429):
+        await meter.settle(admission, usage=Usage(0, 0), output_text="", status=upstream.status,
+                           provider=upstream.provider)
+    raise upstream_error(
+        upstream.provider, upstream.status, raw, upstream.headers, relay_client_errors=relay_client_errors
+    )
 
 
 def _json(raw: bytes, upstream: UpstreamResponse) -> Any:

@@ -7,7 +7,10 @@ usage record, with a stream's `message_stop` sent only after that record is stor
 Anthropic-format provider is relayed as it is (its name replaced only when the catalogue gives it
 another upstream name); a model on another wire format is translated (`TranslatedChat`).
 `count_tokens` reserves one request: it is relayed to an Anthropic provider, or answered with
-Sentinel's own estimate for a model elsewhere.
+Sentinel's own estimate for a model elsewhere. An upstream error answer, on either endpoint, goes
+through `sentinel.services.answers.refuse`: a request the provider refused (4xx other than
+401/403/429) counts as one request and is recorded with its status and no tokens; a provider failure
+(5xx, 429, 401/403) gives the reservation back.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from sentinel.native.model_request import ModelChatRequest
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.providers.anthropic import AnthropicUpstream
-from sentinel.providers.errors import upstream_error
 from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import forwardable_headers, relayable_headers
 from sentinel.quota.anthropic_usage import AnthropicStreamInspector, message_text, message_usage
@@ -36,7 +38,7 @@ from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes
-from sentinel.services.answers import report
+from sentinel.services.answers import refuse, report
 from sentinel.services.event_streams import relay_events
 from sentinel.services.exchange import Exchange, Reply, StreamReply
 from sentinel.services.relay import target_headers
@@ -99,7 +101,7 @@ class MessagesService:
         try:
             reply = await self.routes.call(targets, send, on_attempt)
         except SentinelError:
-            await self.meter.release(admission)
+            await self.meter.release(admission)  # a no-op when `refuse` settled a provider refusal
             raise
         ex.headers.extend(target_headers(served[0]))
         return reply
@@ -124,9 +126,9 @@ class MessagesService:
         ex.provider = target.provider
         try:
             upstream = await self._forward(ex, target, ["messages", "count_tokens"], payload, body, headers)
-            raw = await self._read(upstream)
+            raw = await self._read(upstream, admission)
         except SentinelError:
-            await self.meter.release(admission)
+            await self.meter.release(admission)  # a no-op when `refuse` settled a provider refusal
             raise
         await self.meter.settle(admission, usage=None, output_text="", status=200, provider=target.provider)
         return Reply(200, raw, relayable_headers(upstream.headers))
@@ -159,16 +161,17 @@ class MessagesService:
         ex.upstream_status = upstream.status
         return upstream
 
-    async def _read(self, upstream: UpstreamResponse) -> bytes:
-        """The whole body of a 2xx answer; an error answer is raised (status, type and message relayed)."""
+    async def _read(self, upstream: UpstreamResponse, admission: Admission) -> bytes:
+        """The whole body of a 2xx answer; an error answer is settled or not and raised (`refuse`:
+        status, type and message relayed)."""
+        if upstream.status >= 300:
+            await refuse(self.meter, upstream, admission)
         try:
             raw = await upstream.read()
         except UpstreamError:
             upstream.close()
             raise
         upstream.release()
-        if upstream.status >= 300:
-            raise upstream_error(upstream.provider, upstream.status, raw, upstream.headers, relay_client_errors=True)
         return raw
 
     async def _relay(
@@ -178,7 +181,7 @@ class MessagesService:
         upstream = await self._forward(ex, target, ["messages"], payload, body, headers)
         if payload.get("stream") is True and 200 <= upstream.status < 300:
             return self._relay_sse(ex, upstream, admission)
-        raw = await self._read(upstream)
+        raw = await self._read(upstream, admission)
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -2,13 +2,16 @@
 
 Order: route (read-only) -> translate -> commit the session -> quota -> upstream (retried once
 before the first byte when allowed) -> unified response or stream -> usage. A request refused for
-any reason before the upstream call changes no session.
+any reason before the upstream call changes no session. An upstream error answer goes through
+`sentinel.services.answers.refuse`: a request the provider refused (4xx other than 401/403/429)
+counts as one request and is recorded with its status and no tokens; otherwise the reservation is
+given back.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import orjson
 
@@ -20,10 +23,12 @@ from sentinel.native.responses import Usage as WireUsage
 from sentinel.native.stream import DONE, render_chunk, render_error_event
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.providers.chat import ChatProvider, Completion, ProviderStream
+from sentinel.providers.http import UpstreamResponse
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.failover import Failover
 from sentinel.routing.router import RouteChoice, TierRouter
+from sentinel.services.answers import refuse
 from sentinel.services.exchange import (
     SSE_RESPONSE_HEADERS,
     Ending,
@@ -65,6 +70,9 @@ class NativeChat:
             admission.prices = attempt.entry.prices
             ex.provider = attempt.provider
 
+        async def refused(upstream: UpstreamResponse) -> NoReturn:
+            await refuse(self.meter, upstream, admission, relay_client_errors=False)
+
         try:
             chosen = (choice.provider, choice.model)
             await self.router.commit(identity, choice)
@@ -73,15 +81,15 @@ class NativeChat:
             if req.stream:
                 streamed = await self.failover.call(
                     identity, choice, wire, translate=lambda c: self._translate(req, c),
-                    send=lambda p, body, c: _upstream(ex, c, p.open_stream_body(body)), on_attempt=on_attempt,
+                    send=lambda p, body, c: _upstream(ex, c, p.open_stream_body(body, refused=refused)), on_attempt=on_attempt,
                 )
                 return self._stream(ex, streamed.result, streamed.choice, admission)
             completed = await self.failover.call(
                 identity, choice, wire, translate=lambda c: self._translate(req, c),
-                send=lambda p, body, c: _upstream(ex, c, p.complete_body(body, c.tier)), on_attempt=on_attempt,
+                send=lambda p, body, c: _upstream(ex, c, p.complete_body(body, c.tier, refused=refused)), on_attempt=on_attempt,
             )
         except SentinelError:
-            await self.meter.release(admission)
+            await self.meter.release(admission)  # a no-op when `refuse` settled a provider refusal
             raise
         return await self._complete(ex, completed.result, completed.choice, admission)
 

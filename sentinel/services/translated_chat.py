@@ -5,13 +5,15 @@ for its wire format); it is sent with the same provider translators the Native A
 provider's unified answer — a completion, or a stream of unified chunks — is written back in the
 client's own wire format. Metering is the caller's admission: this module settles it (exactly once,
 from the provider's usage, or estimated when the provider reported none or the stream broke off) and
-sends a stream's last bytes (`[DONE]`, `message_stop`) only after the usage record is stored.
+sends a stream's last bytes (`[DONE]`, `message_stop`) only after the usage record is stored. An
+upstream error answer goes through `sentinel.services.answers.refuse`: a request the provider
+refused is settled (one request, its status, no tokens) before its error is raised.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import orjson
 
@@ -32,9 +34,10 @@ from sentinel.native.stream import DONE, render_chunk, render_error_event
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.providers.chat import ChatProvider, ProviderStream
+from sentinel.providers.http import UpstreamResponse
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
-from sentinel.services.answers import report
+from sentinel.services.answers import refuse, report
 from sentinel.services.exchange import (
     SSE_RESPONSE_HEADERS,
     Ending,
@@ -77,18 +80,24 @@ class TranslatedChat:
         self, ex: Exchange, req: ModelChatRequest, target: ModelTarget, admission: Admission, client: ClientFormat
     ) -> Reply | StreamReply:
         """Send `req` to `target`'s provider and answer in the `client` wire format. Raises (before any
-        answer) the provider's error; the caller gives the admission back."""
+        answer) the provider's error, after settling a request the provider refused (`refuse`); the
+        caller gives the admission back (a no-op once settled)."""
         body = self.translate(req, target)
         provider = self.providers[target.provider]
+        meter = self.meter
+
+        async def refused(upstream: UpstreamResponse) -> NoReturn:
+            await refuse(meter, upstream, admission)
+
         attributes = {PROVIDER: target.provider, SYSTEM: target.provider, REQUEST_MODEL: target.name}
         try:
             with ex.spans.span(f"chat {target.name}", attributes, client=True):
                 if req.stream:
-                    stream = await provider.open_stream_body(body, relay_client_errors=True)
+                    stream = await provider.open_stream_body(body, relay_client_errors=True, refused=refused)
                     ex.upstream_seconds += stream.upstream_seconds
                     ex.upstream_status = stream.upstream.status
                     return self._stream(ex, stream, req, target, admission, client)
-                done = await provider.complete_body(body, "simple", relay_client_errors=True)
+                done = await provider.complete_body(body, "simple", relay_client_errors=True, refused=refused)
         except UpstreamError as exc:
             self.metrics.upstream_errors.labels(target.provider, exc.code).inc()
             raise

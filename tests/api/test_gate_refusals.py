@@ -4,11 +4,16 @@ method-override headers never reach the provider."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from tests.api.conftest import Gateway
+from tests.api.test_native import tiers_file
 from tests.support.accounts import set_user_plan
 from tests.support.attack import ledger_rows, wait_for
 
@@ -38,6 +43,91 @@ def test_a_request_the_provider_refuses_counts_as_a_request_and_is_recorded(
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 3)
     statuses = sorted((r["status"], r["input_tokens"], r["output_tokens"]) for r in ledger_rows(gw.settings.database_url, "alice"))
     assert [s[0] for s in statuses] == [200, 200, 400] and statuses[2] == (400, 0, 0)
+
+
+HAIKU, MINI = "claude-3-5-haiku-20241022", "gpt-4o-mini"
+
+
+def _messages(model: str, *, stream: bool = False) -> Callable[[int | None], tuple[str, dict[str, Any], dict[str, str]]]:
+    """A /v1/messages call whose upstream answers `status` (None: served); the failure is forced by the
+    mock's `#mock:status=` directive, which also reaches a translated (OpenAI-format) provider."""
+    def call(status: int | None) -> tuple[str, dict[str, Any], dict[str, str]]:
+        text = "hi" if status is None else f"hi #mock:status={status}"
+        body: dict[str, Any] = {"model": model, "max_tokens": 20, "messages": [{"role": "user", "content": text}]}
+        return "/v1/messages", {**body, "stream": True} if stream else body, {}
+    return call
+
+
+def _count_tokens(status: int | None) -> tuple[str, dict[str, Any], dict[str, str]]:
+    body = {"model": HAIKU, "messages": [{"role": "user", "content": "count me"}]}
+    return "/v1/messages/count_tokens", body, {} if status is None else {"X-Mock-Status": str(status)}
+
+
+def _chat(model: str, *, stream: bool = False) -> Callable[[int | None], tuple[str, dict[str, Any], dict[str, str]]]:
+    def call(status: int | None) -> tuple[str, dict[str, Any], dict[str, str]]:
+        text = "hi" if status is None else f"hi #mock:status={status}"
+        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": text}]}
+        return "/v1/chat/completions", {**body, "stream": True} if stream else body, {}
+    return call
+
+
+def _native(status: int | None) -> tuple[str, dict[str, Any], dict[str, str]]:
+    text = "hi" if status is None else f"hi #mock:status={status}"
+    return "/native/v1/chat/completions", {"messages": [{"role": "user", "content": text}]}, {}
+
+
+Build = Callable[[int | None], tuple[str, dict[str, Any], dict[str, str]]]
+REFUSAL_CASES: dict[str, tuple[Build, str, str, str | None]] = {
+    # name: (request builder, endpoint recorded, model recorded, native tiers provider or None)
+    "messages": (_messages(HAIKU), "messages", HAIKU, None),
+    "messages-stream": (_messages(HAIKU, stream=True), "messages", HAIKU, None),
+    "count_tokens": (_count_tokens, "messages/count_tokens", HAIKU, None),
+    "messages-translated": (_messages(MINI), "messages", MINI, None),
+    "messages-translated-stream": (_messages(MINI, stream=True), "messages", MINI, None),
+    "chat-translated": (_chat(HAIKU), "chat", HAIKU, None),
+    "chat-translated-stream": (_chat(HAIKU, stream=True), "chat", HAIKU, None),
+    "native": (_native, "native", MINI, "openai"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSAL_CASES))
+def test_provider_refusals_count_on_every_surface_and_failures_give_back(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, case: str,
+) -> None:
+    """The /v1/messages surface (relayed, streamed, count_tokens), translated chat both ways and the
+    native API: a 400 from the provider costs one request and leaves one record (its status, no
+    tokens); a 503 or a 429 from the provider gives the reservation back and records nothing."""
+    build, endpoint, model, native = REFUSAL_CASES[case]
+    extra: dict[str, Any] = {"providers_file": tiers_file(tmp_path, native)} if native else {}
+    gw = gateway_factory(usage_flush_interval_seconds=0.1, **extra)
+    asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=4/1m"))
+    # The native API's tier router puts a failed provider in backoff (its next call would be refused
+    # before admission): there the 503 comes last and a /v1 call (same quota) reads what was left.
+    failures = (503,) if native else (503, 429)
+    probe = _chat(MINI) if native else build
+    with gw.client() as http:
+        path, body, headers = build(400)
+        refused = http.post(path, json=body, headers=headers)
+        failed = [http.post(p, json=b, headers=h) for p, b, h in map(build, failures)]
+        path_, body, headers = probe(None)
+        served = http.post(path_, json=body, headers=headers)
+    assert refused.status_code == 400, refused.text
+    error = refused.json()
+    if path.startswith("/v1/messages"):  # the provider's refusal, relayed in the Anthropic shape
+        assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error", error
+    else:
+        assert error["error"]["type"] == "invalid_request_error", error
+    assert [r.status_code for r in failed] == [{503: 502, 429: 429}[s] for s in failures]
+    assert served.status_code == 200, served.text
+    # The refused call used one of the four requests; the failed and the limited one gave theirs back.
+    assert refused.headers["x-ratelimit-remaining"] == "3"
+    assert served.headers["x-ratelimit-remaining"] == "2"
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) >= 2)
+    time.sleep(0.3)  # a wrongly recorded failure would have been flushed by now
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert sorted(r["status"] for r in rows) == [200, 400]
+    (row,) = [r for r in rows if r["status"] == 400]
+    assert (row["endpoint"], row["model"], row["input_tokens"], row["output_tokens"]) == (endpoint, model, 0, 0)
 
 
 def test_background_responses_are_refused_before_admission(gateway: Gateway) -> None:

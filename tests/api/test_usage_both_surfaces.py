@@ -94,7 +94,8 @@ def test_ledger_totals_equal_reported_usage(gateway_factory: Callable[..., Gatew
 
 
 def test_partial_and_refused_requests(gateway_factory: Callable[..., Gateway]) -> None:
-    """A stream cut short is billed (estimated) once; a request the provider refuses records nothing."""
+    """A stream cut short is billed (estimated) once; a request the provider refuses (here a translated
+    one) is recorded once with its status and no tokens."""
     gw = gateway_factory(usage_flush_interval_seconds=0.1)
     with gw.client() as http:
         cut = http.post("/v1/messages", json={"model": HAIKU, "max_tokens": 30, "stream": True, "messages": [
@@ -103,6 +104,9 @@ def test_partial_and_refused_requests(gateway_factory: Callable[..., Gateway]) -
             {"role": "user", "content": "#mock:status=400"}]})
     assert cut.status_code == 200 and "message_stop" not in cut.text
     assert refused.status_code == 400
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
-    (row,) = ledger_rows(gw.settings.database_url)
-    assert row["usage_source"] == "estimated" and row["input_tokens"] > 0 and row["status"] == 502
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 2)
+    cut_row, refused_row = sorted(ledger_rows(gw.settings.database_url), key=lambda r: r["status"], reverse=True)
+    assert cut_row["usage_source"] == "estimated" and cut_row["input_tokens"] > 0 and cut_row["status"] == 502
+    assert (refused_row["status"], refused_row["model"], refused_row["input_tokens"], refused_row["output_tokens"]) == (
+        400, MINI, 0, 0
+    )

@@ -54,6 +54,8 @@ def test_plans_users_usage_commands(tmp_path: Path) -> None:
     assert run(["users", "set-plan", "carol", "nope"], env).returncode == 1
     bad = run(["plans", "set", "x", "--requests", "5"], env)
     assert bad.returncode == 2 and "--window" in bad.stderr
+    too_long = run(["plans", "set", "x", "--requests", "5", "--window", "99999999999999d"], env)
+    assert too_long.returncode == 2 and "at most 366d" in too_long.stderr and "Traceback" not in too_long.stderr
 
     import asyncio
     from datetime import UTC, datetime

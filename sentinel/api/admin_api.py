@@ -29,7 +29,7 @@ from sentinel.api.admin_json import (
 from sentinel.api.bodies import parse_json_object
 from sentinel.api.deps import Deps
 from sentinel.api.responses import RawResponse, json_response
-from sentinel.errors import InvalidRequest
+from sentinel.domain.numbers import MAX_INT64, parse_whole
 from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import limit_inputs, refuse
 from sentinel.services.admin_usage import STEPS, parse_moment
@@ -51,12 +51,14 @@ def moment_param(request: Request, name: str, now: datetime) -> datetime | None:
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter from `low` to `high`, `default` when absent or empty."""
     text = request.query_params.get(name)
     if text is None or text == "":
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    value = parse_whole(text, high)
+    if value is None or value < low:
         raise refuse({name: f"a whole number from {low} to {high}"})
-    return int(text)
+    return value
 
 
 class AdminApiRoutes:
@@ -240,11 +242,9 @@ class AdminApiRoutes:
 
     async def audit(self, request: Request) -> RawResponse:
         self._access(request)
-        before = request.query_params.get("before")
-        if before is not None and not before.isdigit():
-            raise InvalidRequest("before: an entry id", details={"param": "before"})
+        before = int_param(request, "before", -1, 0, MAX_INT64)  # an entry id; -1: absent
         entries = await self.service.audit(
-            int_param(request, "limit", 50, 1, 500), int(before) if before else None,
+            int_param(request, "limit", 50, 1, 500), None if before < 0 else before,
             request.query_params.get("target") or None,
         )
         return json_response({"entries": [audit_json(e) for e in entries]})

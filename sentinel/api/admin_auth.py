@@ -27,8 +27,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from sentinel.api.docs_auth import cookie_value
+from sentinel.api.docs_auth import MAX_EXPIRY, cookie_value
 from sentinel.api.throttle import FailedAuthThrottle
+from sentinel.domain.numbers import parse_whole
 from sentinel.errors import AuthenticationError, PermissionDenied
 
 COOKIE = "sentinel_admin"
@@ -80,9 +81,8 @@ class AdminGate:
     def session_valid(self, token: str) -> bool:
         """True for an unexpired token minted with the current key."""
         parts = token.split(".")
-        if len(parts) != 4 or parts[0] != "v1" or not parts[1].isdigit() or len(parts[1]) > 12:
-            return False
-        if int(parts[1]) <= self.clock():
+        expires = parse_whole(parts[1], MAX_EXPIRY) if len(parts) == 4 and parts[0] == "v1" else None
+        if expires is None or expires <= self.clock():
             return False
         return hmac.compare_digest(parts[3].encode(), self._mac(_SESSION, f"{parts[1]}|{parts[2]}").encode())
 

@@ -26,6 +26,7 @@ from sentinel.api.console_html import layout, message_page, signin_page
 from sentinel.api.docs import HTML_HEADERS
 from sentinel.api.docs_assets import DocsAssets
 from sentinel.api.responses import RawResponse
+from sentinel.domain.numbers import parse_whole
 from sentinel.domain.plans import format_window
 from sentinel.errors import InvalidRequest, NotFound, PayloadTooLarge
 from sentinel.services.admin import Actor, AdminService
@@ -298,8 +299,11 @@ class ConsoleRoutes:
 
     async def audit(self, request: Request) -> RawResponse:
         async def render(session: str) -> RawResponse:
-            before = request.query_params.get("before")
-            entries = await self.service.audit(100, int(before) if before and before.isdigit() else None)
+            before = request.query_params.get("before") or None
+            before_id = None if before is None else parse_whole(before)
+            if before is not None and before_id is None:
+                return _html(400, message_page(self.css, "Audit log", "Before: an entry id (a whole number)"))
+            entries = await self.service.audit(100, before_id)
             return self._page("Audit log", pages.audit_page(entries), session, "/admin/audit")
 
         return await self._guarded(request, render)

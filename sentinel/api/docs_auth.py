@@ -21,11 +21,14 @@ import time
 from collections.abc import Callable
 from urllib.parse import parse_qs
 
+from sentinel.domain.numbers import parse_whole
+
 COOKIE = "sentinel_docs"
 COOKIE_PATH = "/native/docs"
 SESSION_SECONDS = 12 * 3600
 MAX_FORM_BYTES = 4096
 _CONTEXT = b"sentinel-docs-session|v1|"
+MAX_EXPIRY = 10**12 - 1  # a cookie's expiry: at most 12 digits of unix seconds
 
 
 def _digest(value: str) -> bytes:
@@ -73,10 +76,8 @@ class DocsGate:
             return False
         version, _, rest = token.partition(".")
         expires_text, _, mac = rest.partition(".")
-        if version != "v1" or not expires_text.isdigit() or len(expires_text) > 12:
-            return False
-        expires = int(expires_text)
-        if expires <= self._clock():
+        expires = parse_whole(expires_text, MAX_EXPIRY) if version == "v1" else None
+        if expires is None or expires <= self._clock():
             return False
         return hmac.compare_digest(mac.encode(), self._mac(expires).encode())
 

@@ -9,13 +9,18 @@ Pure data: the catalogue itself (resolution, validation) is `sentinel.routing.ca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["MODEL_NAME_PATTERN", "CatalogueModel", "ModelTarget", "Prices"]
+__all__ = ["MODEL_NAME_PATTERN", "CatalogueModel", "ModelTarget", "Price", "Prices"]
 
 # What a client may send as `model` and what the ledger's model column holds (at most 200 characters).
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$"
+
+# A price as operators and Zion write it (USD per million tokens): 0 or more and finite (`inf`,
+# `1e400` and `nan` are refused). The catalogue's and the tier table's prices are this type.
+Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +60,10 @@ class CatalogueModel(BaseModel):
     name: str = Field(pattern=MODEL_NAME_PATTERN)
     provider: str = Field(min_length=1, max_length=40)
     upstream_name: str | None = Field(default=None, min_length=1, max_length=200)
-    input_price_per_million: float = Field(0.0, ge=0)
-    output_price_per_million: float = Field(0.0, ge=0)
-    cache_write_price_per_million: float | None = Field(None, ge=0)
-    cache_read_price_per_million: float | None = Field(None, ge=0)
+    input_price_per_million: Price = 0.0
+    output_price_per_million: Price = 0.0
+    cache_write_price_per_million: Price | None = None
+    cache_read_price_per_million: Price | None = None
     created: int = Field(0, ge=0)
 
     @property

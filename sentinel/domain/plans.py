@@ -2,7 +2,8 @@
 
 A `Plan` is a named set of `Limit`s, each one metric (`requests`, `input_tokens`,
 `output_tokens`) over one fixed window aligned to the Unix epoch. Operators write limits as
-`requests=100/1m` and windows as `90s`, `1m`, `1h`, `1d`, `30d`, `2w` (one grammar, here).
+`requests=100/1m` and windows as `90s`, `1m`, `1h`, `1d`, `30d`, `2w` (one grammar, here), at most
+`MAX_WINDOW_SECONDS` (366 days).
 
 A limit may carry `ExternalUsage` (Zion mode): usage an outside system had already counted when
 it was read; the limit is then enforced as `external.used + admitted since that reading + request`.
@@ -20,19 +21,39 @@ Metric = Literal["requests", "input_tokens", "output_tokens"]
 METRICS: tuple[Metric, ...] = get_args(Metric)
 
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
-_WINDOW = re.compile(r"(\d+)([smhdw]?)")
-_LIMIT = re.compile(r"\s*(\w+)\s*=\s*(\d+)\s*/\s*(\S+)\s*")
+_WINDOW = re.compile(r"([0-9]+)([smhdw]?)")
+_LIMIT = re.compile(r"\s*(\w+)\s*=\s*([0-9]+)\s*/\s*(\S+)\s*")
+# The longest window a limit may have: a year, leap day included. Longer ones buy nothing (a
+# fixed window aligned to the epoch) and their reset times leave what dates can represent.
+MAX_WINDOW_SECONDS = 366 * 86400
 _SNAPSHOT = re.compile(r"[\w.\-]{1,64}")
 
 
-def parse_window(text: str) -> int:
-    """Seconds in a window written `90s`, `1m`, `1h`, `1d`, `30d`, `2w` or bare seconds; ValueError on junk."""
+def parse_duration(text: str) -> int:
+    """Seconds in a duration written `90s`, `1m`, `1h`, `1d`, `30d`, `2w` or bare seconds, of any
+    length (`since=400d`); ValueError on junk. A plan's window is `parse_window` (bounded)."""
     match = _WINDOW.fullmatch(text.strip())
     if match is None:
         raise ValueError(f"invalid window {text!r}: expected a number and a unit s, m, h, d or w, e.g. 1h")
     seconds = int(match.group(1)) * _UNITS[match.group(2) or "s"]
     if seconds <= 0:
         raise ValueError(f"invalid window {text!r}: must be longer than zero")
+    return seconds
+
+
+def parse_window(text: str) -> int:
+    """Seconds in a limit's window written as `parse_duration` reads it, at most MAX_WINDOW_SECONDS;
+    ValueError on junk or a longer window."""
+    return check_window(parse_duration(text))
+
+
+def check_window(seconds: int) -> int:
+    """`seconds` when it is a usable limit window (1 to MAX_WINDOW_SECONDS); ValueError otherwise."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
+        raise ValueError("a quota window must be a whole number of seconds, at least 1")
+    if seconds > MAX_WINDOW_SECONDS:
+        raise ValueError(f"a quota window may be at most {format_window(MAX_WINDOW_SECONDS)} "
+                         f"({MAX_WINDOW_SECONDS} seconds), got {format_window(seconds)}")
     return seconds
 
 

@@ -10,7 +10,7 @@ from typing import Protocol, get_args
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from sentinel.domain.catalogue import Prices
+from sentinel.domain.catalogue import Price, Prices
 from sentinel.native.types import Tier
 
 __all__ = ["TIERS", "TIER_ORDER", "Tier", "TierModelEntry", "TierSource", "TierTable", "is_tier"]
@@ -27,11 +27,11 @@ class TierModelEntry(BaseModel):
     provider: str
     model: str
     relative_cost: int = Field(1, ge=0, le=255, validation_alias=AliasChoices("relative_cost", "relativeCost"))
-    input_price_per_million: float = Field(
-        0.0, ge=0, validation_alias=AliasChoices("input_price_per_million", "inputPricePerMillion")
+    input_price_per_million: Price = Field(
+        0.0, validation_alias=AliasChoices("input_price_per_million", "inputPricePerMillion")
     )
-    output_price_per_million: float = Field(
-        0.0, ge=0, validation_alias=AliasChoices("output_price_per_million", "outputPricePerMillion")
+    output_price_per_million: Price = Field(
+        0.0, validation_alias=AliasChoices("output_price_per_million", "outputPricePerMillion")
     )
 
     @property

@@ -13,7 +13,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sentinel.domain.plans import METRICS, Limit, parse_window
+from pydantic import ValidationError
+
+from sentinel.domain.numbers import parse_whole
+from sentinel.domain.plans import (
+    MAX_WINDOW_SECONDS,
+    METRICS,
+    Limit,
+    check_window,
+    format_window,
+    parse_window,
+)
 from sentinel.domain.tiers import TIERS, TierModelEntry
 from sentinel.errors import InvalidRequest
 from sentinel.governance.tier_store import parse_entry
@@ -21,6 +31,7 @@ from sentinel.governance.tier_store import parse_entry
 PLAN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 MAX_LIMIT = 10**15
 MAX_COST = 10  # the tier_models table's check constraint
+WINDOW_HINT = f"a duration such as 90s, 1m, 1h, 1d, 30d or 2w, at most {format_window(MAX_WINDOW_SECONDS)}"
 
 
 @dataclass(frozen=True)
@@ -67,13 +78,9 @@ def check_limits(items: Iterable[LimitInput]) -> list[Limit]:
         if amount is None or not 0 <= amount <= MAX_LIMIT:
             errors[f"{here}.limit"] = "a whole number, 0 or more"
         try:
-            window = item.window if isinstance(item.window, int) and not isinstance(item.window, bool) else parse_window(
-                str(item.window)
-            )
-            if window <= 0:
-                raise ValueError("a window must be longer than zero")
+            window = check_window(item.window) if isinstance(item.window, int) else parse_window(str(item.window))
         except ValueError:
-            errors[f"{here}.window"] = "a duration such as 90s, 1m, 1h, 1d, 30d or 2w"
+            errors[f"{here}.window"] = WINDOW_HINT
             continue
         if item.metric in METRICS and amount is not None and f"{here}.limit" not in errors:
             key = (item.metric, window)
@@ -118,7 +125,11 @@ def check_tier_entries(lines: Iterable[str]) -> list[TierModelEntry]:
             continue
         try:
             entry = parse_entry(line.strip())
-        except ValueError as exc:  # also pydantic's ValidationError (a ValueError)
+        except ValidationError as exc:  # a price below 0 or not finite, a cost out of range
+            first = exc.errors()[0]
+            errors[f"entries.{i}"] = f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
+            continue
+        except ValueError as exc:
             errors[f"entries.{i}"] = str(exc).splitlines()[0]
             continue
         if not 1 <= entry.relative_cost <= MAX_COST:
@@ -135,5 +146,4 @@ def _whole(value: str | int) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    text = value.strip().replace("_", "").replace(",", "")
-    return int(text) if text.isdigit() else None
+    return parse_whole(value.strip().replace("_", "").replace(",", ""), MAX_LIMIT)

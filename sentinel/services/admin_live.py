@@ -22,6 +22,15 @@ from sentinel.routing.health import ProviderHealth
 from sentinel.routing.sessions import SessionStore
 
 
+def _moment(unix: float) -> datetime:
+    """`unix` seconds as a UTC datetime; the last representable one beyond year 9999 (a window
+    saved before windows were bounded can reset later than a datetime can say)."""
+    try:
+        return datetime.fromtimestamp(unix, UTC)
+    except (OverflowError, OSError, ValueError):
+        return datetime.max.replace(tzinfo=UTC)
+
+
 class HasDepth(Protocol):
     """The usage outbox as far as operators look at it."""
 
@@ -116,7 +125,7 @@ class LiveState:
             return QuotaView(plan, error=f"quota counters unavailable: {exc.message}")
         limits = [
             LimitView(s.limit.metric, s.limit.window_seconds, s.limit.limit, s.used,
-                      datetime.fromtimestamp(s.reset_at, UTC))
+                      _moment(s.reset_at))
             for s in decision.states
         ]
         return QuotaView(plan, limits)

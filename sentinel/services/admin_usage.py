@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sentinel.domain.plans import parse_window
+from sentinel.domain.plans import parse_duration
 from sentinel.errors import InvalidRequest
 from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.request_stats import AnswerBucket, RequestStats
@@ -116,8 +116,8 @@ def parse_moment(text: str | None, now: datetime) -> datetime | None:
     if text is None or not text.strip():
         return None
     try:
-        return now - timedelta(seconds=parse_window(text))
-    except ValueError:
+        return now - timedelta(seconds=parse_duration(text))
+    except (ValueError, OverflowError):  # OverflowError: a window reaching before year 1 (99999999d)
         pass
     moment = datetime.fromisoformat(text.strip())
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -191,3 +191,83 @@ def test_an_operator_flow_through_the_api(gw: Gateway) -> None:
         assert client.get("/admin/api/usage", params={"step": "7m"}).status_code == 400
         assert client.get("/admin/api/sessions/none-such").status_code == 404
         assert client.get("/admin/api/users/nobody-at-all").status_code == 404
+
+
+MALFORMED_SESSIONS = [
+    b"sentinel_admin=v1.\xb2.aa.bb",  # one raw byte 0xB2: '\u00b2' (latin-1), a "digit" int() refuses
+    "sentinel_admin=v1.\u0663\u0663.aa.bb".encode(),  # Arabic-Indic digits: int() takes them, the gate must not
+    b"sentinel_admin=v1.99999999999999999999.aa.bb",
+    b"sentinel_admin=v1.+1.aa.bb",
+    b"sentinel_admin=v1. 1.aa.bb",
+]
+
+
+def test_a_malformed_session_cookie_is_no_session(gw: Gateway) -> None:
+    with httpx.Client(base_url=gw.url, timeout=30) as client:
+        for cookie in MALFORMED_SESSIONS:
+            api = client.get("/admin/api/users", headers={b"Cookie": cookie})
+            assert api.status_code == 401 and api.json()["error"]["code"] == "admin_auth_required", cookie
+            page = client.get("/admin/users", headers={b"Cookie": cookie})
+            assert page.status_code == 303 and page.headers["location"] == "/admin/signin", cookie
+    gate = AdminGate(ADMIN_KEY, throttle=FailedAuthThrottle(10))
+    assert not any(gate.session_valid(c.decode("latin-1").partition("=")[2]) for c in MALFORMED_SESSIONS)
+
+
+def test_bad_numbers_in_queries_are_validation_failures(gw: Gateway) -> None:
+    huge = "9" * 26
+    bad = [
+        ("/admin/api/audit", {"before": "\u00b2"}, "before"),
+        ("/admin/api/audit", {"before": huge}, "before"),
+        ("/admin/api/audit", {"before": str(2**63)}, "before"),
+        ("/admin/api/audit", {"before": "-1"}, "before"),
+        ("/admin/api/audit", {"limit": "\u00b2"}, "limit"),
+        ("/admin/api/audit", {"limit": "\u0661"}, "limit"),  # an Arabic-Indic 1
+        ("/admin/api/users", {"limit": "\u00b2"}, "limit"),
+        ("/admin/api/users", {"offset": "\u00b2"}, "offset"),
+        ("/admin/api/users", {"offset": huge}, "offset"),
+        ("/admin/api/usage", {"since": "99999999d"}, "since"),
+        ("/admin/api/usage", {"until": "99999999999999999999w"}, "until"),
+        ("/admin/api/usage/totals", {"user": "dave", "since": "99999999d"}, "since"),
+        ("/admin/api/usage.csv", {"since": "99999999d"}, "since"),
+    ]
+    with admin(gw) as client:
+        for path, params, field in bad:
+            answer = client.get(path, params=params)
+            assert answer.status_code == 400, (path, params, answer.text)
+            error = answer.json()["error"]
+            assert error["code"] == "validation_failed" and field in error["details"]["fields"], (path, params)
+        assert client.get("/admin/api/audit", params={"before": str(2**63 - 1), "limit": "500"}).status_code == 200
+        assert client.get("/admin/api/audit", params={"before": "0"}).json() == {"entries": []}
+        assert client.get("/admin/api/usage.csv", params={"since": "400d"}).status_code == 200  # not a plan window
+
+
+def test_plan_limits_and_windows_are_bounded(gw: Gateway) -> None:
+    def put(limit: object, window: object) -> httpx.Response:
+        return client.put("/admin/api/plans/team", json={"create": True, "limits": [
+            {"metric": "requests", "limit": limit, "window": window}]})
+
+    with admin(gw) as client:
+        refused = put("\u00b2", "1h")
+        assert refused.status_code == 400
+        assert refused.json()["error"]["details"]["fields"] == {"limits.0.limit": "a whole number, 0 or more"}
+        for window in ("99999999999999d", "367d", "53w", 366 * 86400 + 1, 2**62, "\u00b2h"):
+            refused = put(5, window)
+            assert refused.status_code == 400, window
+            error = refused.json()["error"]
+            assert error["code"] == "validation_failed" and "at most 366d" in error["details"]["fields"]["limits.0.window"]
+        assert client.get("/admin/api/plans/team").status_code == 404  # nothing was saved
+        saved = put(5, "366d")
+        assert saved.status_code == 200 and saved.json()["spec"] == "requests=5/366d"
+        assert client.put("/admin/api/users/erin/plan", json={"plan": "team"}).status_code == 200
+        quota = client.get("/admin/api/users/erin/quota")
+        assert quota.status_code == 200 and quota.json()["limits"][0]["window_seconds"] == 366 * 86400
+
+
+def test_tier_prices_must_be_finite(gw: Gateway) -> None:
+    with admin(gw) as client:
+        for price in ("inf", "1e400", "nan", "-1"):
+            refused = client.put("/admin/api/tiers/simple", json={"entries": [f"openai/gpt-4o-mini:1:{price}:0.6"]})
+            assert refused.status_code == 400, price
+            message = refused.json()["error"]["details"]["fields"]["entries.0"]
+            assert message.startswith("input_price_per_million: "), message
+        assert client.put("/admin/api/tiers/simple", json={"entries": ["openai/gpt-4o-mini:1:1e3:0.6"]}).status_code == 200

@@ -139,3 +139,18 @@ def test_plan_assignment_and_csv_export_from_the_console(console: Console) -> No
     assert console.get("/admin/export.csv", params={"since": "yesterday-ish"}).status_code == 400
     page = console.get("/admin/users/alice").text
     assert 'data-metric="requests" data-window="3600">1</span> / 1' in page
+
+
+def test_bad_numbers_in_console_queries_and_forms_are_400(console: Console) -> None:
+    for before in ("\u00b2", "9" * 26, "-1", "x"):
+        page = console.get("/admin/audit", params={"before": before})
+        assert page.status_code == 400 and "entry id" in page.text, before
+    assert console.get("/admin/audit", params={"before": "0"}).status_code == 200
+    assert console.get("/admin/export.csv", params={"since": "99999999d"}).status_code == 400
+    assert console.get("/admin/export.csv", params={"until": "\u00b2h"}).status_code == 400
+    form = [("name", "team"), ("metric", "requests"), ("limit", "\u00b2"), ("window", "1h"),
+            ("metric", "output_tokens"), ("limit", "5"), ("window", "99999999999999d")]
+    page = console.post("/admin/plans", form)
+    assert page.status_code == 400
+    assert field_error(page.text, "limits.0.limit") == "a whole number, 0 or more"
+    assert "at most 366d" in (field_error(page.text, "limits.1.window") or "")

@@ -168,3 +168,12 @@ def test_assets_served_with_cache_headers(keyed: Gateway) -> None:
         assert http.get("/native/docs/assets/docs.py").status_code == 404
         assert http.get("/native/docs/assets/..%2Fdocs.py").status_code in (400, 404)
         assert http.get("/native/docs/assets/swagger-ui").status_code == 404
+
+
+@pytest.mark.parametrize("expires", [b"\xb2", "\u0663\u0663".encode(), b"9" * 20, b"+1", b""])
+def test_a_malformed_cookie_is_refused_not_an_error(keyed: Gateway, expires: bytes) -> None:
+    cookie = COOKIE.encode() + b"=v1." + expires + b"." + b"a" * 64  # raw bytes: 0xB2 arrives as latin-1 '\u00b2'
+    with httpx.Client(base_url=keyed.url) as http:
+        for path in ("/native/docs", "/native/docs/openapi.json"):
+            assert http.get(path, headers={b"Cookie": cookie}).status_code == 401, path
+    assert not DocsGate(KEY).token_valid(cookie.decode("latin-1").partition("=")[2])

@@ -8,7 +8,16 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from sentinel.domain.plans import Limit, Plan, format_window, parse_limit, parse_limits, parse_window
+from sentinel.domain.plans import (
+    MAX_WINDOW_SECONDS,
+    Limit,
+    Plan,
+    format_window,
+    parse_limit,
+    parse_limits,
+    parse_plan_spec,
+    parse_window,
+)
 from sentinel.errors import NotFound
 from sentinel.governance.plans import PlanRepository
 
@@ -26,6 +35,26 @@ def test_parse_window(text_: str, seconds: int) -> None:
 def test_parse_window_rejects_junk(junk: str) -> None:
     with pytest.raises(ValueError):
         parse_window(junk)
+
+
+@pytest.mark.parametrize("junk", ["\u00b2", "\u00b2h", "\u0661h", "\uff11h", "1\u00b2s"])
+def test_parse_window_takes_ascii_digits_only(junk: str) -> None:
+    with pytest.raises(ValueError):
+        parse_window(junk)
+
+
+def test_a_window_is_at_most_366_days() -> None:
+    assert MAX_WINDOW_SECONDS == 366 * 86400
+    assert parse_window("366d") == MAX_WINDOW_SECONDS and parse_window("52w") == 52 * 604800
+    for too_long in ("367d", "53w", "31622401", "99999999999999d"):
+        with pytest.raises(ValueError, match="at most 366d"):
+            parse_window(too_long)
+    with pytest.raises(ValueError):
+        parse_window("9" * 5000)  # past int()'s digit limit: still a ValueError
+    with pytest.raises(ValueError, match="at most 366d"):
+        parse_limit("requests=1/367d")
+    with pytest.raises(ValueError, match="at most 366d"):
+        parse_plan_spec("requests=100/60s,output_tokens=5/99999999999999d")
 
 
 def test_format_window_picks_the_largest_unit() -> None:
@@ -50,7 +79,8 @@ def test_parse_limit() -> None:
 
 
 @pytest.mark.parametrize(
-    "junk", ["requests=100", "requests/1m", "tokens=5/1m", "requests=-1/1m", "requests=1/0s"]
+    "junk", ["requests=100", "requests/1m", "tokens=5/1m", "requests=-1/1m", "requests=1/0s", "requests=\u00b2/1m",
+             "requests=\u0661/1m"]
 )
 def test_parse_limit_rejects_junk(junk: str) -> None:
     with pytest.raises(ValueError):

@@ -68,6 +68,17 @@ def test_default_catalogue() -> None:
     assert haiku.prices == Prices(0.8, 4.0, 1.0, 0.08)
 
 
+@pytest.mark.parametrize("price", [float("inf"), float("nan"), 1e400, -1.0])
+@pytest.mark.parametrize("field", ["input_price_per_million", "output_price_per_million",
+                                   "cache_write_price_per_million", "cache_read_price_per_million"])
+def test_catalogue_prices_are_finite_and_not_negative(price: float, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        CatalogueModel.model_validate({"name": "m", "provider": "openai", field: price})
+    if not field.startswith("cache"):
+        with pytest.raises(ValueError, match=field):
+            TierModelEntry.model_validate({"provider": "openai", "model": "m", field: price})
+
+
 def test_prices_cost_cache_tokens_on_their_own() -> None:
     prices = Prices(input=1.0, output=2.0, cache_write=1.25, cache_read=0.1)
     assert prices.cost(1_000_000, 1_000_000) == 3.0

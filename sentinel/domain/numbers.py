@@ -1,0 +1,22 @@
+"""Whole numbers read from untrusted text (query parameters, cookies, form fields). Pure, no I/O.
+
+`str.isdigit()` is no test for "`int()` will take this": it is True for `²` and other digit-like
+characters `int()` refuses, and `int()` itself takes non-ASCII decimal digits, spaces, signs and
+`_`. Every place that reads a count, an id or a timestamp from a request goes through
+`parse_whole`, which takes ASCII digits only and bounds the value.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MAX_INT64", "parse_whole"]
+
+MAX_INT64 = 2**63 - 1  # the largest value an SQL INTEGER column (SQLite, PostgreSQL BIGINT) holds
+
+
+def parse_whole(text: str, maximum: int = MAX_INT64) -> int | None:
+    """The non-negative integer `text` spells in ASCII digits `0-9` (nothing else: no sign, space,
+    `_` or other digit characters), or None when it spells anything else or a value above `maximum`."""
+    if not 0 < len(text) <= len(str(maximum)) or not text.isascii() or not text.isdigit():
+        return None
+    value = int(text)
+    return value if value <= maximum else None

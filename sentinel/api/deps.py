@@ -50,7 +50,7 @@ class Deps:
         not all of it within `body_timeout_seconds` is 408."""
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"Request body is larger than the {limit}-byte limit")
         chunks: list[bytes] = []
         size = 0

@@ -65,7 +65,8 @@ class Meter(Protocol):
     async def admit_call(self, identity: Identity, *, endpoint: str, request_id: str) -> Admission: ...
 
     async def settle(
-        self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None
+        self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
+        output_estimate: int | None = None,
     ) -> None: ...
 
     async def release(self, admission: Admission) -> None: ...
@@ -165,9 +166,13 @@ class QuotaMeter:
         admission.headers = decision.headers()
 
     async def settle(
-        self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None
+        self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
+        output_estimate: int | None = None,
     ) -> None:
-        """Reconcile the reservation to the real usage and store one usage record (once per admission)."""
+        """Reconcile the reservation to the real usage and store one usage record (once per admission).
+
+        Without `usage` the record is estimated: the input from the admission's estimate, the output
+        counted in `output_text`, or `output_estimate` when the caller could not keep the text."""
         if admission.settled:
             return
         admission.settled = True
@@ -184,7 +189,10 @@ class QuotaMeter:
                 )
         else:
             input_tokens = admission.estimate_input
-            output_tokens = self.counter.count_text(output_text, model or "") if output_text else 0
+            if output_estimate is not None:
+                output_tokens = output_estimate
+            else:
+                output_tokens = self.counter.count_text(output_text, model or "") if output_text else 0
             source = "estimated"
         record = UsageRecord(
             request_id=admission.request_id,

@@ -115,8 +115,10 @@ class AnswerRelay:
             object_id = leading_id(head) if creating else None
             if owner is not None and object_id is not None:
                 await ownership.claim(object_id, owner.external_id, ttl)
+            # Without a usage object, the text of an answer this large was not kept to count: it is
+            # charged the most output it could hold, as reserved (never a free answer).
             await meter.settle(admission, usage=tail.usage(endpoint), output_text="", status=status,
-                               provider=upstream.provider)
+                               provider=upstream.provider, output_estimate=admission.max_output)
             report(ex, admission, None)
 
         stream = MeteredStream(produce, settle)

@@ -283,3 +283,19 @@ def test_a_large_answer_is_recorded_from_its_tail_before_its_last_bytes(
     row = next(row for row in ledger_rows(gw.settings.database_url) if row["request_id"] == rid)
     assert (row["usage_source"], row["input_tokens"], row["status"]) == (
         "measured", answer["usage"]["prompt_tokens"], 200)
+
+
+def test_a_large_answer_without_usage_is_charged_what_it_reserved(gateway: Gateway) -> None:
+    """Over 1 MiB the answer's text is not kept; with no `usage` at its end the output cannot be
+    counted, so the record charges the output the request reserved, never nothing."""
+    prompt = " ".join(f"w{i}" for i in range(2000))
+    body = {**CHAT, "messages": [{"role": "user", "content": prompt}], "n": 128, "max_tokens": 2010}
+    with gateway.client() as http:
+        r = http.post("/v1/chat/completions", json=body, headers={"X-Mock-No-Usage": "1"})
+        assert r.status_code == 200, r.text
+    assert len(r.content) > 1024 * 1024, len(r.content)
+    assert "usage" not in r.json()
+    rid = r.headers["x-request-id"]
+    row = next(row for row in ledger_rows(gateway.settings.database_url) if row["request_id"] == rid)
+    assert (row["usage_source"], row["output_tokens"], row["status"]) == ("estimated", 128 * 2010, 200)
+    assert row["input_tokens"] > 2000

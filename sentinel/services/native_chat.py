@@ -55,8 +55,7 @@ class NativeChat:
 
     async def chat(self, ex: Exchange, identity: Identity, req: ChatRequest) -> Reply | StreamReply:
         """Serve one validated request."""
-        choice = await self.router.decide(identity, req)
-        wire = self._translate(req, choice)
+        choice, wire = await self._translatable(req, await self.router.decide(identity, req))
         ex.operation, ex.request_model = OPERATIONS["native"], choice.model
         # Admission before the session write: a request the quota refuses changes no session.
         with ex.spans.span("sentinel.quota.admit"):
@@ -92,6 +91,25 @@ class NativeChat:
             await self.meter.release(admission)  # a no-op when `refuse` settled a provider refusal
             raise
         return await self._complete(ex, completed.result, completed.choice, admission)
+
+    async def _translatable(self, req: ChatRequest, choice: RouteChoice) -> tuple[RouteChoice, dict[str, Any]]:
+        """The choice and the request translated for it. A model the conversation is not bound to yet
+        (no session, a new one, an upgrade) whose translation cannot carry the request gives way to
+        the tier's next candidate, so whether a valid request is accepted does not depend on the
+        draw; a conversation's own model is kept, and its refusal is the answer."""
+        try:
+            return choice, self._translate(req, choice)
+        except InvalidRequest as exc:
+            if choice.sticky and choice.event != "upgraded":
+                raise
+            refused = exc
+        candidate = await self.router.alternative(choice)
+        while candidate is not None:
+            try:
+                return candidate, self._translate(req, candidate)
+            except InvalidRequest:
+                candidate = await self.router.alternative(candidate)
+        raise refused
 
     def _translate(self, req: ChatRequest, choice: RouteChoice) -> dict[str, Any]:
         provider = self.providers[choice.provider]

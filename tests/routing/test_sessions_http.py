@@ -108,6 +108,30 @@ def test_a_derived_conversation_id_cannot_be_taken_by_another_user(
     assert session is not None and session["external_id"] == "alice"
 
 
+def test_a_request_one_candidate_cannot_carry_goes_to_another_not_to_a_400(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    """An empty user message is valid for OpenAI, not for Anthropic. With Anthropic the cheaper
+    draw of the tier, a new conversation (or none) is served by OpenAI every time instead of
+    getting a 400 whenever the draw lands on Anthropic; a conversation bound to Anthropic keeps it."""
+    tiers = {"simple": [entry(AN_HAIKU, cost=1), entry(OA_4O, cost=50)]}
+    gw = start(gateway_factory, tmp_path, backend_url, tiers=tiers)
+    empty = [{"role": "user", "content": ""}]
+    with gw.client() as http:
+        for i in range(8):
+            assert served(chat(http, messages=empty)) == ("simple", *OA_4O)
+            assert served(chat(http, messages=empty, conv=f"conv-empty-{i}")) == ("simple", *OA_4O)
+        session = stored(gw, "conv-empty-0")
+        assert session is not None and (session["provider"], session["model"]) == OA_4O
+        bound = next(f"conv-claude-{i}" for i in range(50)
+                     if served(chat(http, "hello", conv=f"conv-claude-{i}")) == ("simple", *AN_HAIKU))
+        r = chat(http, messages=[{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
+                                 {"role": "user", "content": ""}], conv=bound)
+        assert r.status_code == 400, r.text
+        kept = stored(gw, bound)
+        assert kept is not None and (kept["provider"], kept["model"]) == AN_HAIKU
+
+
 def test_a_request_that_fails_validation_creates_no_session(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
 ) -> None:

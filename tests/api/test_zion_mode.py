@@ -147,9 +147,9 @@ def zion_jwt(seconds_left: float, sub: str) -> str:
 def test_a_cached_zion_identity_ends_with_its_token_even_while_zion_is_down(
     gateway_factory: Callable[..., Gateway], zion: FakeZion
 ) -> None:
-    token = zion_jwt(3, "ivan")
-    zion.add_user(token, "ivan-ext", "ivan@example.com")
     gw = zion_gateway(gateway_factory, zion)  # JWT_CACHE_TTL_SECONDS = 300, grace 900
+    token = zion_jwt(5, "ivan")  # minted once the gateway is up: its start-up takes none of the 5 s
+    zion.add_user(token, "ivan-ext", "ivan@example.com")
     assert post(gw, token).status_code == 200
     zion.set_down(True)
     deadline = time.monotonic() + 20

@@ -4,6 +4,7 @@ For SENTINEL_LEDGER_SCALE_SECONDS (default 60) a client keeps CONCURRENCY calls 
 over both processes (plain and streamed chat, each with its own X-Request-Id). Afterwards the
 ledger holds exactly one row per 200 response and nothing else (failed and refused calls are not
 billed; a client that hangs up mid-stream would be, with status 499, but this client never does).
+The only refusals allowed are the gate failing closed when Redis answers too slowly (503, at most 1 %).
 
 Every second the outbox depth is sampled twice: the `sentinel_usage_outbox_depth` gauge of each
 process (/metrics) and the real depth (the Redis stream's length plus the SQL outbox table), since a
@@ -45,6 +46,7 @@ CONCURRENCY = 32
 FLUSH_INTERVAL_S = 0.5  # the default USAGE_FLUSH_INTERVAL_SECONDS
 BATCH = 500  # UsageDeliverer's default batch size
 PATIENCE_S = 5.0
+FAILED_CLOSED = {"quota_unavailable", "store_unavailable"}  # the 503 codes of a store too slow to answer
 
 pytestmark = [
     pytest.mark.slow,
@@ -135,8 +137,14 @@ async def test_two_processes_bill_every_response_exactly_once_under_load(
         f"({len(rows) / settled_s:.0f} records/s end to end); outbox depth peak {depths.peak:.0f} "
         f"(bound {bound:.0f}, {len(depths.real)} samples)"
     )
-    assert Counter(o.status for o in outcomes) == {200: len(outcomes)}, Counter(o.status for o in outcomes)
-    assert len(served) == len(outcomes), "every stream ended with [DONE]"
+    # On a machine this busy a Redis call can outlast REDIS_TIMEOUT_SECONDS (0.25 s): the gate then
+    # fails closed with a 503 (QUOTA_FAILURE_MODE=closed, documented), which bills nothing — the
+    # billed set below must equal the served set exactly. Anything else, or more than 1 %, fails.
+    refused = [o for o in outcomes if o.status != 200]
+    assert all(o.status == 503 and (o.error or {}).get("code") in FAILED_CLOSED for o in refused), [
+        (o.status, o.error) for o in refused[:5]]
+    assert len(refused) <= len(outcomes) // 100, Counter(o.status for o in outcomes)
+    assert len(served) == len(outcomes) - len(refused), "every stream ended with [DONE]"
     billed = Counter(r.request_id for r in rows)
     assert not [rid for rid, n in billed.items() if n > 1], "a request billed twice"
     assert set(billed) == {o.request_id for o in served}

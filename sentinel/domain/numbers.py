@@ -8,9 +8,10 @@ characters `int()` refuses, and `int()` itself takes non-ASCII decimal digits, s
 
 from __future__ import annotations
 
-__all__ = ["MAX_INT64", "parse_whole"]
+__all__ = ["MAX_INT64", "MAX_RETRY_AFTER", "parse_retry_after", "parse_whole"]
 
 MAX_INT64 = 2**63 - 1  # the largest value an SQL INTEGER column (SQLite, PostgreSQL BIGINT) holds
+MAX_RETRY_AFTER = 86400.0  # a peer's Retry-After is believed up to a day
 
 
 def parse_whole(text: str, maximum: int = MAX_INT64) -> int | None:
@@ -20,3 +21,11 @@ def parse_whole(text: str, maximum: int = MAX_INT64) -> int | None:
         return None
     value = int(text)
     return value if value <= maximum else None
+
+
+def parse_retry_after(text: str | None) -> float | None:
+    """Seconds from a peer's `Retry-After` given as a number (`30`, `1.5`; ASCII digits and at most
+    one dot), at most MAX_RETRY_AFTER; None for anything else (an HTTP date, junk, `²`, `1e400`)."""
+    if not text or len(text) > 16 or not text.isascii() or not text.replace(".", "", 1).isdigit():
+        return None
+    return min(float(text), MAX_RETRY_AFTER)

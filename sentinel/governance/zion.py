@@ -32,6 +32,7 @@ from yarl import URL
 from sentinel.backoff import Backoff
 from sentinel.breaker import CircuitBreaker, State
 from sentinel.domain.identity import Identity
+from sentinel.domain.numbers import parse_retry_after
 from sentinel.domain.plans import ExternalUsage, Limit, Metric, Plan
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
@@ -257,7 +258,7 @@ class ZionClient:
                     return _data(raw, route)
                 problem = f"Zion answered {status} to {method} {route}"
                 if status < 500 or last:
-                    retry_after = float(wait) if wait.isdigit() else None
+                    retry_after = parse_retry_after(wait)
                     raise ZionStatusError(problem, zion_status=status, retry_after=retry_after)
             if self.breaker.state == "open":  # this failure opened it: do not keep trying
                 raise GovernanceUnavailable(f"{problem}; circuit open", retry_after=self.breaker.retry_after())

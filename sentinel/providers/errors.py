@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import orjson
 
+from sentinel.domain.numbers import parse_retry_after
 from sentinel.errors import InvalidRequest, RateLimited, SentinelError, UpstreamStatusError
 
 _CONTEXT_HINTS = ("context_length_exceeded", "context length", "prompt is too long", "maximum context", "too many tokens")
@@ -37,7 +38,7 @@ def upstream_error(
             upstream_status=status, code="provider_auth_error", provider=provider,
         )
     if status == 429:
-        seconds = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
+        seconds = parse_retry_after(retry_after)
         return RateLimited(
             f"Provider {provider} is rate limiting: {message}", code="provider_rate_limited",
             retry_after=seconds, provider=provider,

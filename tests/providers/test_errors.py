@@ -36,3 +36,16 @@ def test_status_mapping(status: int, raw: bytes, headers: list[tuple[str, str]],
         assert err.headers["Retry-After"] == "7"
     if status in (401, 403):
         assert "sk-live" not in err.message  # the provider's text about our key is never shown
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("7", "7"), ("1.5", "2"), ("²", None), ("9" * 400, None), ("1e400", None), ("-3", None),
+     ("Wed, 21 Oct 2026 07:28:00 GMT", None), ("999999", "86400")],
+)
+def test_a_providers_retry_after_is_read_only_when_sane(value: str, expected: str | None) -> None:
+    """A provider's Retry-After is relayed when it is a number of seconds (at most a day); junk, a
+    digit-like character or a number too long for a float never turns the 429 into a 500."""
+    err = upstream_error("openai", 429, body("slow down"), [("Retry-After", value)])
+    assert (err.status, err.code) == (429, "provider_rate_limited")
+    assert err.headers.get("Retry-After") == expected

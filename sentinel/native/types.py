@@ -4,8 +4,10 @@ Every model rejects unknown keys, at the top level *and* inside messages, tools 
 must not be silently dropped (the original ignored unknown keys inside messages). `model` is not a field:
 the client names a tier. Values are not coerced (`"1"` is not a number, `1` is not a bool).
 
-Semantic rules the original checked at translation time (§2.5) are checked here, so a `ChatRequest` that
-exists is one every translator can send. They are raised with their path in the error's context (`param`);
+Semantic rules the original checked at translation time (§2.5) are checked here. A few limits belong to
+one wire format only (Anthropic refuses empty messages and a conversation the assistant opens); those a
+translator raises, and the native service then tries another candidate of the tier while the
+conversation is not bound to a model (`sentinel.services.native_chat`). They are raised with their path in the error's context (`param`);
 `sentinel.native.validation.parse_chat_request` turns any failure into a `NativeValidationError`.
 The response, stream-chunk and error shapes live in `sentinel.native.responses`.
 """

@@ -39,6 +39,18 @@ KEY_ALGORITHMS = {
 LEEWAY_SECONDS = 30
 
 
+# The latest `exp` taken as it is (9999-12-31T23:59:59Z): a later one means the same, "far away",
+# and an integer of hundreds of digits must not overflow a float.
+MAX_EXP = 253_402_300_799
+
+
+def expiry_of(exp: object) -> float | None:
+    """`exp + LEEWAY_SECONDS` for an `exp` claim, at most MAX_EXP; None unless it is a number."""
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or exp != exp:  # exp != exp: NaN
+        return None
+    return float(min(exp, MAX_EXP)) + LEEWAY_SECONDS
+
+
 def unverified_expiry(token: str) -> float | None:
     """`exp + LEEWAY_SECONDS` read from a JWT *without* verifying it, None when it has none (or is
     not a JWT). Only ever use it to shorten a lifetime or to refuse: it proves nothing else."""
@@ -46,10 +58,7 @@ def unverified_expiry(token: str) -> float | None:
         claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
     except (jwt.PyJWTError, ValueError, TypeError):
         return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    if isinstance(exp, bool) or not isinstance(exp, int | float):
-        return None
-    return float(exp) + LEEWAY_SECONDS
+    return expiry_of(claims.get("exp") if isinstance(claims, dict) else None)
 
 
 class JwtVerifier:
@@ -212,7 +221,9 @@ class LocalJwtIdentitySource:
         external_id = _text(claims.get("externalId")) or _text(claims.get("external_id")) or sub
         if external_id is None:
             return None
-        expires_at = float(claims["exp"]) + LEEWAY_SECONDS  # `exp` is required and verified
+        expires_at = expiry_of(claims["exp"])  # `exp` is required and verified
+        if expires_at is None:
+            return None
         email = _text(claims.get("email"))
         if email is None and self.profile_source is not None:
             profile = await self.profile_source.authenticate(token)

@@ -36,10 +36,15 @@ def test_local_jwt_verification(gateway_factory: Callable[..., Gateway]) -> None
         jwt.encode({"sub": "x", "aud": "sentinel", "exp": int(time.time()) + 600}, "wrong-key-" * 4, algorithm="HS256"),
         token(aud="someone-else"),
         token(exp=int(time.time()) - 600),
+        # unsigned, with an `exp` of 401 digits (no float holds it) or a NaN: a 401, never a 500
+        jwt.encode({"sub": "x", "aud": "sentinel", "exp": 10**400}, "wrong-key-" * 4, algorithm="HS256"),
+        jwt.encode({"sub": "x", "aud": "sentinel", "exp": float("nan")}, "wrong-key-" * 4, algorithm="HS256"),
     ):
         r = post(bad)
         assert r.status_code == 401, (bad, r.text)
     assert post(gw.key).status_code == 200  # Sentinel API keys still work
+    # signed by the issuer with an `exp` no float holds: valid, and kept as "far away", not a 500
+    assert post(token(exp=10**400)).status_code == 200
 
 
 def test_a_cached_jwt_identity_never_outlives_exp_plus_the_leeway(gateway_factory: Callable[..., Gateway]) -> None:

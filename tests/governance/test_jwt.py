@@ -139,6 +139,10 @@ def test_unverified_expiry_reads_exp_plus_the_leeway_and_nothing_else() -> None:
     assert unverified_expiry(hs(claims(exp=True))) is None
     assert unverified_expiry("opaque-zion-token") is None
     assert unverified_expiry("a.b.c") is None
+    far = 253_402_300_799 + LEEWAY_SECONDS  # 9999-12-31: a later exp means the same
+    assert unverified_expiry(hs(claims(exp=10**400))) == far  # no float holds it: capped, not an error
+    assert unverified_expiry(hs(claims(exp=1e300))) == far
+    assert unverified_expiry(hs(claims(exp=float("nan")))) is None
 
 
 # --- RS256 through a JWKS ---------------------------------------------------------------------------

@@ -112,6 +112,9 @@ class SentinelApp:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
+        if scope["type"] != "http":  # a WebSocket (the server is configured without them): refused
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if self._http is None:
             raise RuntimeError("Sentinel app used before startup")
         await self._http(scope, receive, send)

@@ -121,6 +121,7 @@ def uvicorn_protocol_options(settings: Settings) -> dict[str, Any]:
     `with_connection_limits`, which puts the header limits on the Config)."""
     return {
         "http": GuardedHttpToolsProtocol,
+        "ws": "none",  # no route speaks WebSocket: an upgrade request is served as plain HTTP
         "timeout_keep_alive": settings.keepalive_timeout_seconds,
         "h11_max_incomplete_event_size": settings.max_header_bytes,
     }

@@ -48,6 +48,18 @@ def test_too_many_or_too_large_headers_are_refused(gateway_factory: Callable[...
     assert fine.startswith(b"HTTP/1.1 200")
 
 
+def test_a_websocket_upgrade_is_plain_http_not_a_500(gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    """No route speaks WebSocket: an upgrade request, with or without a key, is answered as the
+    plain HTTP request it also is — never a 500 with a traceback."""
+    upgrade = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               b"Sec-WebSocket-Version: 13\r\n")
+    with caplog.at_level(logging.ERROR):
+        for path, status in ((b"/health/live", b"200"), (b"/v1/models", b"401"), (b"/nope", b"404")):
+            answer = raw_exchange(gateway, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + upgrade + b"\r\n", wait=1.0)
+            assert answer.startswith(b"HTTP/1.1 " + status), (path, answer[:200])
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
 def test_a_body_that_trickles_is_refused(gateway_factory: Callable[..., Gateway]) -> None:
     gw = gateway_factory(body_timeout_seconds=0.5)
     head = (

@@ -67,11 +67,22 @@ def classify(segments: list[str]) -> ObjectPath:
     return ObjectPath()
 
 
-def referenced_ids(body: Any, limit: int = 1000) -> list[str]:
-    """Object ids a JSON body names under REFERENCE_KEYS, anywhere in it (at most `limit` of them)."""
+# The most object ids one request may name; a body naming more is refused (never checked in part).
+MAX_REFERENCES = 1000
+
+
+class TooManyReferences(ValueError):
+    """A body names more than MAX_REFERENCES objects."""
+
+
+def referenced_ids(body: Any, limit: int = MAX_REFERENCES) -> list[str]:
+    """Object ids a JSON body names under REFERENCE_KEYS, anywhere in it. TooManyReferences when it
+    names more than `limit`: every id named must be checked, so none may be left unread."""
     found: list[str] = []
     stack = [body]
-    while stack and len(found) < limit:
+    while stack:
+        if len(found) > limit:
+            raise TooManyReferences(f"A request may name at most {limit} objects")
         node = stack.pop()
         if isinstance(node, list):
             stack.extend(item for item in node if isinstance(item, dict | list))
@@ -85,7 +96,9 @@ def referenced_ids(body: Any, limit: int = 1000) -> list[str]:
                 found.extend(_ids(value))
             if isinstance(value, dict | list):
                 stack.append(value)
-    return found[:limit]
+    if len(found) > limit:
+        raise TooManyReferences(f"A request may name at most {limit} objects")
+    return found
 
 
 def _ids(value: Any) -> list[str]:

@@ -35,7 +35,7 @@ from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes
 from sentinel.services.answers import AnswerRelay
 from sentinel.services.exchange import Exchange, Reply, StreamReply
-from sentinel.services.objects import ObjectPath, classify, referenced_ids
+from sentinel.services.objects import ObjectPath, TooManyReferences, classify, referenced_ids
 from sentinel.services.translated_chat import TranslatedChat
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -78,7 +78,7 @@ class OpenAIRelay:
         except NativeValidationError as exc:
             raise InvalidRequest(exc.message, details={"param": exc.param}) from None
         targets = self._targets(endpoint, payload["model"])
-        await self.ownership.require(referenced_ids(payload), identity.external_id)
+        await self.ownership.require(_references(payload), identity.external_id)
         stream = payload.get("stream") is True
         strip_usage = False
         if stream and endpoint == "chat":
@@ -175,8 +175,14 @@ class OpenAIRelay:
             try:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError:
-                parsed = None  # not JSON (an upload): nothing in it can name an object
-            await self.ownership.require(referenced_ids(parsed), identity.external_id)
+                # An upload (multipart) names no object. Any other body must be JSON Sentinel can
+                # read — else ids in it (compressed, or JSON orjson refuses) would go unchecked.
+                if not _content_type(headers).startswith("multipart/"):
+                    raise InvalidRequest(
+                        "The request body must be JSON (uncompressed, valid UTF-8) or a multipart upload"
+                    ) from None
+                parsed = None
+            await self.ownership.require(_references(parsed), identity.external_id)
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit_call(identity, endpoint=endpoint, request_id=ex.usage_id)
         ex.headers.extend(admission.headers.items())
@@ -254,3 +260,17 @@ def _stores_objects(endpoint: str, payload: dict[str, Any]) -> bool:
     if endpoint == "responses":
         return payload.get("store") is not False
     return endpoint == "chat" and payload.get("store") is True
+
+
+def _references(body: Any) -> list[str]:
+    try:
+        return referenced_ids(body)
+    except TooManyReferences as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def _content_type(headers: RawHeaders) -> str:
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            return value.decode("latin-1").strip().lower()
+    return ""

@@ -159,6 +159,43 @@ def test_files_are_their_creators(gateway_factory: Callable[..., Gateway], spy: 
             same_as_missing(alice.get(path), alice.get(path.replace(fid, ghost)), fid, ghost)
 
 
+def test_a_body_whose_ids_cannot_all_be_checked_is_refused(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """Every id a body names is checked or the body is refused: more than 1,000 ids (the victim's
+    last), a compressed body, or JSON orjson refuses (NaN, a lone surrogate) are 400 and reach no
+    provider — never forwarded with the ids unread."""
+    import gzip
+
+    gw = start(gateway_factory, spy, redis_url)
+    victim = gw.openai().files.create(file=("v.txt", b"alice's"), purpose="user_data").id
+    bob_key = key_for(gw, "bob")
+    with gw.client(bob_key) as bob:
+        own = bob.post("/v1/files", files={"file": ("b.txt", b"bob's")}, data={"purpose": "user_data"})
+        assert own.status_code == 200, own.text  # a multipart upload is not JSON and still works
+        mine = own.json()["id"]
+        spy.clear()
+        batch = {"input_file_id": victim, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        attempts = [
+            bob.post("/v1/chat/completions", json={**chat_with({"type": "text", "text": "x"}),
+                                                   "metadata": {"file_ids": [mine] * 1000 + [victim]}}),
+            bob.post("/v1/batches", json={**batch, "metadata": {"file_ids": [mine] * 1001}}),
+            bob.post("/v1/batches", content=gzip.compress(orjson.dumps(batch)),
+                     headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}),
+            bob.post("/v1/batches", content=b'{"input_file_id": "' + victim.encode() + b'", "x": NaN}',
+                     headers={"Content-Type": "application/json"}),
+            bob.post("/v1/batches", content=b'{"input_file_id": "' + victim.encode() + b'", "x": "\\ud800"}',
+                     headers={"Content-Type": "application/json"}),
+        ]
+        for attempt in attempts:
+            assert attempt.status_code == 400, attempt.text
+            openai_error(attempt.json())
+        assert spy.seen == []
+        fine = bob.post("/v1/chat/completions", json={**chat_with({"type": "text", "text": "x"}),
+                                                      "metadata": {"file_ids": [mine] * 1000}})
+        assert fine.status_code == 200, fine.text  # 1,000 of one's own ids are fine
+
+
 def test_ownership_holds_across_replicas(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
 ) -> None:

@@ -3,7 +3,8 @@
 uvicorn's httptools protocol waits for headers forever and takes any number of them; a client
 that trickles its request line could hold a connection (and a slot) indefinitely.
 `GuardedHttpToolsProtocol` closes a connection whose headers are not complete within
-`header_timeout` seconds of its first byte (or of the connection, for one that sends nothing)
+`header_timeout` seconds of its first byte (or of the connection, for one that sends nothing; for
+a request pipelined behind one still being answered, as soon as that answer is complete)
 and answers 431 to more than `max_headers` headers or `max_header_bytes` bytes of request line
 and headers. Body reading time is bounded by the app (`Deps.read_body`); idle keep-alive by
 uvicorn's `timeout_keep_alive`. The limits travel on the uvicorn `Config` object (module-level
@@ -97,8 +98,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _too_slow(self) -> None:
         self._timer = None
-        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
-            self._refuse(b"408 Request Timeout", b"request headers not received in time\n")
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined request's headers are late while the answer before it is still being
+            # sent: the deadline has passed, so refuse as soon as that answer is complete.
+            self._timer = self.loop.call_later(min(0.5, self._limits.header_timeout), self._too_slow)
+            return
+        self._refuse(b"408 Request Timeout", b"request headers not received in time\n")
 
     def _refuse(self, status: bytes, message: bytes) -> None:
         self._refused = True

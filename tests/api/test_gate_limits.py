@@ -38,6 +38,19 @@ def test_headers_that_trickle_are_cut_off(gateway_factory: Callable[..., Gateway
     assert silent.startswith(b"HTTP/1.1 408")
 
 
+def test_a_pipelined_request_that_trickles_is_cut_off_too(gateway_factory: Callable[..., Gateway]) -> None:
+    """A request pipelined behind a slow one gets no more time for its headers: once the answer
+    before it is complete, its late headers are a 408 and the connection is closed."""
+    gw = gateway_factory(header_timeout_seconds=0.5)
+    body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"slow"}]}'
+    first = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + gw.key.encode()
+             + b"\r\nContent-Type: application/json\r\nX-Mock-Latency-Ms: 1500\r\nContent-Length: "
+             + str(len(body)).encode() + b"\r\n\r\n" + body)
+    answer = raw_exchange(gw, first + b"GET /health/live HTTP/1.1\r\nHost: x\r\n", wait=8.0)  # never finished
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert b"HTTP/1.1 408" in answer and not answer.endswith(b"<still open>"), answer[-300:]
+
+
 def test_too_many_or_too_large_headers_are_refused(gateway_factory: Callable[..., Gateway]) -> None:
     gw = gateway_factory(max_headers=20, max_header_bytes=4096)
     many = b"".join(b"X-H%d: v\r\n" % i for i in range(40))

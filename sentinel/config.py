@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = env("SENTINEL_HEADER_TIMEOUT_SECONDS", 10.0, gt=0)
     body_timeout_seconds: float = env("SENTINEL_BODY_TIMEOUT_SECONDS", 30.0, gt=0)
     keepalive_timeout_seconds: float = env("SENTINEL_KEEPALIVE_TIMEOUT_SECONDS", 5.0, gt=0)
+    # A client that stops reading its answer (the socket's send buffer stays full) is cut off.
+    send_timeout_seconds: float = env("SENTINEL_SEND_TIMEOUT_SECONDS", 60.0, gt=0)
     max_header_bytes: int = env("SENTINEL_MAX_HEADER_BYTES", 16 * 1024, ge=1024)
     max_headers: int = env("SENTINEL_MAX_HEADERS", 100, ge=8)
     auth_failures_per_minute: int = env("SENTINEL_AUTH_FAILURES_PER_MINUTE", 30, ge=1)

@@ -1,12 +1,15 @@
 """Connection limits the ASGI app cannot enforce: time and size of a request's headers.
 
-uvicorn's httptools protocol waits for headers forever and takes any number of them; a client
-that trickles its request line could hold a connection (and a slot) indefinitely.
+uvicorn's httptools protocol waits for headers forever and takes any number of them, and waits
+forever for a client to read its answer; a client that trickles its request line, or stops reading,
+could hold a connection (and an in-flight slot) indefinitely.
 `GuardedHttpToolsProtocol` closes a connection whose headers are not complete within
 `header_timeout` seconds of its first byte (or of the connection, for one that sends nothing; for
 a request pipelined behind one still being answered, as soon as that answer is complete)
 and answers 431 to more than `max_headers` headers or `max_header_bytes` bytes of request line
-and headers. Body reading time is bounded by the app (`Deps.read_body`); idle keep-alive by
+and headers. While the answer cannot be written because the client does not read it (the
+transport paused writing), `send_timeout` seconds without progress close the connection (the app
+sees a client disconnect: its slot is freed, a stream is settled as 499). Body reading time is bounded by the app (`Deps.read_body`); idle keep-alive by
 uvicorn's `timeout_keep_alive`. The limits travel on the uvicorn `Config` object (module-level
 class, picklable config: `--workers` processes get them too).
 """
@@ -30,12 +33,14 @@ class ConnectionLimits:
     header_timeout: float = 10.0
     max_header_bytes: int = 16 * 1024
     max_headers: int = 100
+    send_timeout: float = 60.0
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with `ConnectionLimits` (read from `config.sentinel_limits`)."""
 
     _timer: asyncio.TimerHandle | None = None
+    _send_timer: asyncio.TimerHandle | None = None
     _header_bytes = 0
     _header_count = 0
     _refused = False
@@ -51,7 +56,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._stop_send_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._stop_send_timer()
+        self._send_timer = self.loop.call_later(self._limits.send_timeout, self._not_reading)
+
+    def resume_writing(self) -> None:
+        self._stop_send_timer()
+        super().resume_writing()
+
+    def _stop_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _not_reading(self) -> None:
+        """The client has not taken any of its answer for `send_timeout` seconds: drop it."""
+        self._send_timer = None
+        if not self.transport.is_closing():
+            self.transport.abort()  # close() would wait for the buffer the client never drains
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -120,7 +146,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 def connection_limits(settings: Settings) -> ConnectionLimits:
     """The limits `settings` ask for."""
-    return ConnectionLimits(settings.header_timeout_seconds, settings.max_header_bytes, settings.max_headers)
+    return ConnectionLimits(
+        settings.header_timeout_seconds, settings.max_header_bytes, settings.max_headers, settings.send_timeout_seconds
+    )
 
 
 def uvicorn_protocol_options(settings: Settings) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+import orjson
 import pytest
 
 from tests.api.conftest import Gateway
@@ -49,6 +50,34 @@ def test_a_pipelined_request_that_trickles_is_cut_off_too(gateway_factory: Calla
     answer = raw_exchange(gw, first + b"GET /health/live HTTP/1.1\r\nHost: x\r\n", wait=8.0)  # never finished
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
     assert b"HTTP/1.1 408" in answer and not answer.endswith(b"<still open>"), answer[-300:]
+
+
+def test_a_client_that_stops_reading_its_answer_is_cut_off(gateway_factory: Callable[..., Gateway]) -> None:
+    """A client that never reads a large answer would hold its in-flight slot for ever (enough of
+    them lock every user out with 503): after `SENTINEL_SEND_TIMEOUT_SECONDS` without progress the
+    connection is dropped and the slot is free again."""
+    from tests.support.metrics import metric
+
+    gw = gateway_factory(send_timeout_seconds=0.5)
+    body = orjson.dumps({"model": "text-embedding-3-small", "input": ["hello world"] * 200})
+    request = (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + gw.key.encode()
+               + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
+               + b"\r\n\r\n" + body)
+    port = int(gw.url.rsplit(":", 1)[1])
+    sockets = []
+    for _ in range(3):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(request)  # ... and never read the answer
+        sockets.append(sock)
+    try:
+        assert wait_for(lambda: metric(gw.url, "sentinel_requests_in_flight") == 0, timeout=20)
+        answer = raw_exchange(gw, b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def test_too_many_or_too_large_headers_are_refused(gateway_factory: Callable[..., Gateway]) -> None:

@@ -69,9 +69,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().resume_writing()
 
     def _stop_send_timer(self) -> None:
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+        _cancel(self._send_timer)
+        self._send_timer = None
 
     def _not_reading(self) -> None:
         """The client has not taken any of its answer for `send_timeout` seconds: drop it."""
@@ -118,9 +117,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._timer = self.loop.call_later(self._limits.header_timeout, self._too_slow)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        _cancel(self._timer)
+        self._timer = None
 
     def _too_slow(self) -> None:
         self._timer = None
@@ -142,6 +140,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 b"content-length: " + str(len(message)).encode() + b"\r\nconnection: close\r\n\r\n" + message
             )
             self.transport.close()
+
+
+def _cancel(timer: asyncio.TimerHandle | None) -> None:
+    """Cancel `timer` if there is one."""
+    if timer is not None:
+        timer.cancel()
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:

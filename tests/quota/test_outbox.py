@@ -106,8 +106,12 @@ async def test_concurrent_claimers_never_share_a_row(sessions: async_sessionmake
     a, b = SqlOutbox(sessions), SqlOutbox(sessions)
     claims = await asyncio.gather(a.claim(15), b.claim(15), a.claim(15), b.claim(15))
     got = [rid for batch in claims for rid in ids(batch)]
-    assert sorted(got) == sorted(f"r{i}" for i in range(40))
-    assert len({batch.key for batch in claims if batch is not None}) == 3
+    assert sorted(got) == sorted(f"r{i}" for i in range(40))  # every row claimed, none twice
+    batches = [batch for batch in claims if batch is not None]
+    assert all(len(ids(batch)) <= 15 for batch in batches)
+    # Rows a concurrent claimer holds are skipped (SKIP LOCKED on PostgreSQL), so a batch claimed
+    # beside another may come out short: 40 rows in 3 batches, or 4 when two claims overlapped.
+    assert len({batch.key for batch in batches}) == len(batches) in (3, 4)
 
 
 async def test_settle_deletes_what_was_accepted_and_rebatches_the_refused(

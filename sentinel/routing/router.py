@@ -59,6 +59,12 @@ class RouteChoice:
     def sticky(self) -> bool:
         return self.session is not None
 
+    @property
+    def bound(self) -> bool:
+        """The conversation has been served by this model: a session's model, not one chosen for its
+        first turn or for the turn that upgraded it."""
+        return self.sticky and self.event not in ("created", "upgraded")
+
 
 class TierRouter:
     """See the module docstring."""
@@ -208,10 +214,8 @@ class TierRouter:
 
     async def alternative(self, decision: RouteChoice) -> RouteChoice | None:
         """Another healthy candidate of the tier for a retry before the first byte, or None."""
-        # A model the conversation has not been served by yet (its first turn, or the turn that
-        # upgraded it) is not "the conversation's model": keep does not bind the session to it.
-        fresh = decision.event in ("created", "upgraded")
-        if decision.sticky and not fresh and self.failover is SessionFailover.keep:
+        # Keep binds a session only to a model that has served the conversation (`bound`).
+        if decision.bound and self.failover is SessionFailover.keep:
             return None
         tried = [*decision.tried, (decision.provider, decision.model)]
         try:
@@ -221,7 +225,7 @@ class TierRouter:
         retry = RouteChoice(decision.tier, entry, decision.conversation_id, decision.session, decision.pending_write,
                          decision.event, tried=tried)
         if decision.sticky:
-            retry.pending_write, retry.event = "update", None if fresh else "migrated"
+            retry.pending_write, retry.event = "update", "migrated" if decision.bound else None
         return retry
 
     async def report(self, decision: RouteChoice, *, ok: bool) -> None:

@@ -7,10 +7,8 @@ usage record, with a stream's `message_stop` sent only after that record is stor
 Anthropic-format provider is relayed as it is (its name replaced only when the catalogue gives it
 another upstream name); a model on another wire format is translated (`TranslatedChat`).
 `count_tokens` reserves one request: it is relayed to an Anthropic provider, or answered with
-Sentinel's own estimate for a model elsewhere. An upstream error answer, on either endpoint, goes
-through `sentinel.services.answers.refuse`: a request the provider refused (4xx other than
-401/403/429) counts as one request and is recorded with its status and no tokens; a provider failure
-(5xx, 429, 401/403) gives the reservation back.
+Sentinel's own estimate for a model elsewhere. Upstream error answers, on either endpoint, are settled
+by `sentinel.services.answers.refuse`.
 """
 
 from __future__ import annotations

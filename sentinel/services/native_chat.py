@@ -2,10 +2,8 @@
 
 Order: route (read-only) -> translate -> commit the session -> quota -> upstream (retried once
 before the first byte when allowed) -> unified response or stream -> usage. A request refused for
-any reason before the upstream call changes no session. An upstream error answer goes through
-`sentinel.services.answers.refuse`: a request the provider refused (4xx other than 401/403/429)
-counts as one request and is recorded with its status and no tokens; otherwise the reservation is
-given back.
+any reason before the upstream call changes no session. Upstream error answers are settled by
+`sentinel.services.answers.refuse`.
 """
 
 from __future__ import annotations
@@ -100,7 +98,7 @@ class NativeChat:
         try:
             return choice, self._translate(req, choice)
         except InvalidRequest as exc:
-            if choice.sticky and choice.event != "upgraded":
+            if choice.bound:
                 raise
             refused = exc
         candidate = await self.router.alternative(choice)

@@ -48,11 +48,22 @@ class Scenario:
         return headers
 
 
+# An application's long system prompt (~19 KB, ~4,200 tokens), the same in every request: what a
+# real chat app sends, where counting the prompt is most of the estimate's cost.
+_TOPICS = ("billing", "shipping", "returns", "warranty", "privacy", "accounts", "invoices", "outages")
+_POLICY = " ".join(
+    f"Section {i}: when a customer writes about {_TOPICS[i % 8]} case {i * 7919 % 100_000}, check their "
+    f"{_TOPICS[(i * 3) % 8]} history first, quote rule {i}.{i % 7} word for word and never promise more than "
+    f"{(i * 37) % 500 + 20} dollars without a supervisor."
+    for i in range(100)
+)
 CHAT = {"model": "gpt-4o-mini", "messages": [_SYSTEM, _USER], "max_tokens": 64}
+LONG = {**CHAT, "messages": [{"role": "system", "content": _POLICY}, _USER]}
 MESSAGES = {"model": "claude-3-5-haiku-20241022", "system": "You are terse.", "max_tokens": 64, "messages": [_USER]}
 SCENARIOS: list[Scenario] = [
     Scenario("chat", "/v1/chat/completions", CHAT, "/v1/chat/completions"),
     Scenario("stream", "/v1/chat/completions", {**CHAT, "stream": True}, "/v1/chat/completions", stream=True),
+    Scenario("long", "/v1/chat/completions", LONG, "/v1/chat/completions"),
     Scenario("native", "/native/v1/chat/completions", {"tier": "simple", "messages": [_SYSTEM, _USER]}, None, "chat"),
     # The Anthropic surface: a Claude model relayed as it is, and an OpenAI model translated both ways.
     Scenario("messages", "/v1/messages", MESSAGES, "/v1/messages", auth_header="x-api-key"),

@@ -29,8 +29,11 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def estimate_messages(counter: TokenCounter, model: str, payload: dict[str, Any]) -> int:
-    """Input tokens of a Messages API body (see the module docstring); wrong types count as absent."""
+def estimate_messages(
+    counter: TokenCounter, model: str, payload: dict[str, Any], *, user: str | None = None
+) -> int:
+    """Input tokens of a Messages API body (see the module docstring); wrong types count as absent
+    (`user`: whose body it is, see `InputCounts`)."""
     texts: list[str] = []
     images = 0
     system = payload.get("system")
@@ -45,7 +48,7 @@ def estimate_messages(counter: TokenCounter, model: str, payload: dict[str, Any]
     tools = payload.get("tools")
     if isinstance(tools, list) and tools:
         texts.append(json.dumps(tools, separators=(",", ":"), ensure_ascii=False))
-    count = sum(counter.count_text(text, model) for text in texts if text)
+    count = sum(counter.count_text(text, model, user=user) for text in texts if text)
     return overhead + count + images
 
 

@@ -19,8 +19,11 @@ from sentinel.quota.tokens import TokenCounter
 MAX_RESERVED_OUTPUT = 2**40
 
 
-def estimate_input(counter: TokenCounter, endpoint: str, model: str, payload: dict[str, Any]) -> int:
-    """Input tokens the request will most likely be billed for (before the provider says)."""
+def estimate_input(
+    counter: TokenCounter, endpoint: str, model: str, payload: dict[str, Any], *, user: str | None = None
+) -> int:
+    """Input tokens the request will most likely be billed for (before the provider says); `user`
+    (the caller's external id) lets the counter remember their long texts (`InputCounts`)."""
     if endpoint in ("chat", "native"):
         messages = payload.get("messages")
         tools = payload.get("tools")
@@ -28,15 +31,16 @@ def estimate_input(counter: TokenCounter, endpoint: str, model: str, payload: di
             [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else [],
             model,
             tools if isinstance(tools, list) else None,
+            user=user,
         )
     if endpoint == "completions":
-        return counter.count_prompt(_prompt(payload.get("prompt")), model)
+        return counter.count_prompt(_prompt(payload.get("prompt")), model, user=user)
     if endpoint == "embeddings":
-        return counter.count_prompt(_prompt(payload.get("input")), model)
+        return counter.count_prompt(_prompt(payload.get("input")), model, user=user)
     if endpoint == "responses":
-        return _responses_input(counter, model, payload)
+        return _responses_input(counter, model, payload, user)
     if endpoint in ("messages", "messages/count_tokens"):
-        return estimate_messages(counter, model, payload)
+        return estimate_messages(counter, model, payload, user=user)
     return 0
 
 
@@ -44,19 +48,19 @@ def _prompt(value: Any) -> str | list[Any] | None:
     return value if isinstance(value, str | list) else None
 
 
-def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any]) -> int:
+def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any], user: str | None) -> int:
     instructions = payload.get("instructions")
-    total = counter.count_text(instructions, model) if isinstance(instructions, str) else 0
+    total = counter.count_text(instructions, model, user=user) if isinstance(instructions, str) else 0
     items = payload.get("input")
     if isinstance(items, str):
-        return total + counter.count_text(items, model) + 3
+        return total + counter.count_text(items, model, user=user) + 3
     if isinstance(items, list):
         messages = [item for item in items if isinstance(item, dict) and "role" in item]
         others = [item for item in items if isinstance(item, dict) and "role" not in item]
-        total += counter.count_chat(messages, model)
+        total += counter.count_chat(messages, model, user=user)
         for item in others:  # function_call / function_call_output items
             text = item.get("output") or item.get("arguments") or ""
-            total += counter.count_text(text if isinstance(text, str) else str(text), model)
+            total += counter.count_text(text if isinstance(text, str) else str(text), model, user=user)
     return total
 
 

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, NoReturn, Protocol
 
 from sentinel.domain.catalogue import Prices
@@ -113,9 +114,11 @@ class QuotaMeter:
             # A large body: refuse an exhausted user before paying for the count, and count in a
             # worker thread (tiktoken releases the GIL) so the event loop keeps serving others.
             await self._peek(identity, plan)
-            admission.estimate_input = await asyncio.to_thread(estimate_input, self.counter, endpoint, model, body)
+            admission.estimate_input = await asyncio.to_thread(
+                partial(estimate_input, self.counter, endpoint, model, body, user=identity.external_id)
+            )
         else:
-            admission.estimate_input = estimate_input(self.counter, endpoint, model, body)
+            admission.estimate_input = estimate_input(self.counter, endpoint, model, body, user=identity.external_id)
         await self._reserve(admission, plan)
         return admission
 

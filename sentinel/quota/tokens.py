@@ -17,6 +17,12 @@ Llama, ...) are counted with `cl100k_base` and report `wanted="unknown"`.
 Text is encoded with `encode_ordinary`: special-token text in user input counts as plain text.
 Encodings are loaded lazily, once per counter (call `warm()` off the event loop at start-up, a load
 takes ~0.5 s); counting takes no lock, since tiktoken's `Encoding` is thread-safe.
+
+Counts of long texts are remembered per user (`InputCounts`, used when the caller names a `user`):
+a chat client sends its system prompt with every request and the whole conversation again at every
+turn, and encoding 16 KB of text costs about half a millisecond of the event loop. Keys are the
+user, the encoding and the text, so one user's request never tells them (by its speed) what
+another user sent.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import json
 import math
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -179,11 +186,70 @@ def encoding_for_model(model: str) -> str | None:
     return None
 
 
+# Texts shorter than this are encoded each time (a few microseconds); longer ones are remembered.
+CACHED_MIN_CHARS = 256
+CACHED_MAX_CHARS = 512 * 1024  # a longer text is encoded each time (off the loop: its body is large)
+CACHE_BUDGET_CHARS = 16 * 1024 * 1024  # all remembered texts together; least recently used go first
+
+
+class InputCounts:
+    """Token counts of long input texts, per (user, encoding, text): a bounded LRU, thread-safe
+    (bodies of 64 KiB and more are counted in worker threads)."""
+
+    def __init__(
+        self, *, budget_chars: int = CACHE_BUDGET_CHARS, min_chars: int = CACHED_MIN_CHARS,
+        max_chars: int = CACHED_MAX_CHARS,
+    ) -> None:
+        self.budget_chars = budget_chars
+        self.min_chars = min_chars
+        self.max_chars = min(max_chars, budget_chars)
+        self.hits = 0
+        self.misses = 0
+        self._counts: OrderedDict[tuple[str, str, str], int] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    @property
+    def chars(self) -> int:
+        """Characters of all remembered texts."""
+        return self._chars
+
+    def wrap(self, user: str, encoding: str, count: Callable[[str], int]) -> Callable[[str], int]:
+        """`count`, remembering the counts of `user`'s long texts."""
+
+        def cached(text: str) -> int:
+            if not self.min_chars <= len(text) <= self.max_chars:
+                return count(text)
+            key = (user, encoding, text)
+            with self._lock:
+                found = self._counts.get(key)
+                if found is not None:
+                    self._counts.move_to_end(key)
+                    self.hits += 1
+                    return found
+                self.misses += 1
+            tokens = count(text)
+            with self._lock:
+                if key not in self._counts:
+                    self._counts[key] = tokens
+                    self._chars += len(text)
+                    while self._chars > self.budget_chars:
+                        (_, _, old), _ = self._counts.popitem(last=False)
+                        self._chars -= len(old)
+            return tokens
+
+        return cached
+
+
 class TokenCounter:
     """Counts tokens for OpenAI-style payloads; see the module docstring for the fallbacks.
 
     `loader(name)` builds an encoding or raises EncodingUnavailable/OSError/ValueError;
-    `on_fallback(wanted, used)` is called on every count that is an approximation.
+    `on_fallback(wanted, used)` is called on every count that is an approximation. Counts that name
+    a `user` remember that user's long texts in `inputs`.
     """
 
     def __init__(
@@ -192,11 +258,13 @@ class TokenCounter:
         loader: EncodingLoader | None = None,
         on_fallback: FallbackHook | None = None,
         search_dirs: Sequence[Path] = DEFAULT_SEARCH_DIRS,
+        inputs: InputCounts | None = None,
     ) -> None:
         self._loader: EncodingLoader = loader or (lambda name: load_encoding(name, search_dirs))
         self._on_fallback = on_fallback
         self._encodings: dict[str, tiktoken.Encoding | None] = {}
         self._load_lock = threading.Lock()  # taken only while loading, never while counting
+        self.inputs = inputs if inputs is not None else InputCounts()
 
     def encoding_for_model(self, model: str) -> str:
         """The encoding name used for `model`; unknown models get `cl100k_base` (an approximation)."""
@@ -220,8 +288,9 @@ class TokenCounter:
                     self._encodings[name] = None  # remembered: no retry on every request
             return self._encodings[name]
 
-    def _encoder(self, model: str) -> Callable[[str], int]:
-        """A text -> count function for `model`, reporting any approximation once."""
+    def _encoder(self, model: str, user: str | None = None) -> Callable[[str], int]:
+        """A text -> count function for `model`, reporting any approximation once; with `user`, it
+        remembers that user's long texts."""
         known = encoding_for_model(model)
         wanted = known or CL100K
         encoding = self._get(wanted)
@@ -235,19 +304,20 @@ class TokenCounter:
         if encoding is None:
             return estimate_tokens
         encode = encoding.encode_ordinary
-        return lambda text: len(encode(text)) if text else 0
+        count: Callable[[str], int] = lambda text: len(encode(text)) if text else 0  # noqa: E731
+        return count if user is None else self.inputs.wrap(user, used, count)
 
-    def count_text(self, text: str, model: str) -> int:
-        """Tokens in plain text."""
-        return self._encoder(model)(text)
+    def count_text(self, text: str, model: str, *, user: str | None = None) -> int:
+        """Tokens in plain text (`user`: whose input it is, see `InputCounts`)."""
+        return self._encoder(model, user)(text)
 
-    def count_prompt(self, prompt: str | Sequence[Any] | None, model: str) -> int:
+    def count_prompt(self, prompt: str | Sequence[Any] | None, model: str, *, user: str | None = None) -> int:
         """Tokens in a legacy completions `prompt`: a string, strings, token ids or lists of token ids."""
         if prompt is None:
             return 0
         if isinstance(prompt, str):
-            return self.count_text(prompt, model)
-        count = self._encoder(model)
+            return self.count_text(prompt, model, user=user)
+        count = self._encoder(model, user)
         total = 0
         for item in prompt:
             if isinstance(item, str):
@@ -259,7 +329,8 @@ class TokenCounter:
         return total
 
     def count_chat(
-        self, messages: Sequence[Mapping[str, Any]], model: str, tools: Sequence[Any] | None = None
+        self, messages: Sequence[Mapping[str, Any]], model: str, tools: Sequence[Any] | None = None, *,
+        user: str | None = None,
     ) -> int:
         """Prompt tokens of a chat request, with OpenAI's per-message overhead.
 
@@ -268,7 +339,7 @@ class TokenCounter:
         tool_call_id. Plus 3 for the reply priming, plus `tools` as compact JSON (an approximation:
         OpenAI renders tools in its own format).
         """
-        count = self._encoder(model)
+        count = self._encoder(model, user)
         total = REPLY_PRIMING
         for message in messages:
             total += TOKENS_PER_MESSAGE + count(_str(message.get("role")))

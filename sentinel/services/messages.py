@@ -118,7 +118,9 @@ class MessagesService:
         admission.model = target.name
         ex.headers.extend(target_headers(target))
         if target.kind != "anthropic":
-            tokens = estimate_input(self.counter, "messages/count_tokens", target.upstream_model, payload)
+            tokens = estimate_input(
+                self.counter, "messages/count_tokens", target.upstream_model, payload, user=identity.external_id
+            )
             await self.meter.settle(admission, usage=None, output_text="", status=200, provider=None)
             return Reply(200, orjson.dumps({"input_tokens": tokens}), [*JSON, ("x-sentinel-estimate", "true")])
         ex.provider = target.provider

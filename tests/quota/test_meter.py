@@ -231,3 +231,14 @@ def test_cost_from_prices_per_million() -> None:
     assert Prices(0.15, 0.6).cost(1, 1) == round(0.75 / 1_000_000, 8)
     # cache writes/reads cost the input price unless priced themselves
     assert Prices(1.0, 0.0, cache_read=0.1).cost(1_000_000, 0, cache_read=1_000_000) == 0.1
+
+
+async def test_admit_remembers_the_callers_long_texts_for_their_next_request() -> None:
+    s = Setup(spec="requests=5/1m,input_tokens=100000/1m,output_tokens=5000/1m")
+    s.meter.counter = s.counter = TokenCounter()  # real encodings: the remembered counts are theirs
+    body = payload("Answer as the ACME support assistant and cite the policy section. " * 10)
+    first = await s.admit(body)
+    second = await s.admit(body)
+    assert first.estimate_input == second.estimate_input == estimate_input(TokenCounter(), "chat", MODEL, body)
+    assert (s.counter.inputs.misses, s.counter.inputs.hits) == (1, 1)
+    assert {user for (user, _, _) in s.counter.inputs._counts} == {ALICE.external_id}

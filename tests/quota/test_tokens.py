@@ -11,11 +11,13 @@ import pytest
 import tiktoken
 
 from sentinel.quota import tokens
+from sentinel.quota.estimate import estimate_input
 from sentinel.quota.tokens import (
     BYTE_ESTIMATE,
     CL100K,
     O200K,
     EncodingUnavailable,
+    InputCounts,
     StreamTextAccumulator,
     TokenCounter,
     encoding_for_model,
@@ -260,3 +262,79 @@ def test_stream_accumulator_counts_joined_text() -> None:
     assert acc.text == "hello world"
     assert acc.count() == 2  # per-delta counting would give more
     assert sum(counter.count_text(d, "gpt-4") for d in ["hel", "lo wor", "ld"]) > 2
+
+
+# --- remembered counts of long input texts (InputCounts) ------------------------------------------
+
+LONG = "You are the support assistant of ACME Corp. Cite the policy section you rely on. " * 8  # > 256 chars
+
+
+def test_a_users_long_text_is_encoded_once_and_counted_the_same() -> None:
+    counter = TokenCounter()
+    messages = [{"role": "system", "content": LONG}, {"role": "user", "content": "hi"}]
+    fresh = TokenCounter().count_chat(messages, "gpt-4o")
+    assert counter.count_chat(messages, "gpt-4o", user="alice") == fresh
+    assert (counter.inputs.hits, counter.inputs.misses, len(counter.inputs)) == (0, 1, 1)  # "hi" is too short
+    assert counter.count_chat(messages, "gpt-4o", user="alice") == fresh
+    assert counter.inputs.hits == 1 and len(counter.inputs) == 1
+    # The same text under another encoding is another count.
+    assert counter.count_text(LONG, "gpt-4", user="alice") == TokenCounter().count_text(LONG, "gpt-4")
+    assert counter.inputs.misses == 2
+
+
+def test_remembered_counts_are_per_user_and_only_for_inputs() -> None:
+    counter = TokenCounter()
+    counter.count_text(LONG, "gpt-4o", user="alice")
+    counter.count_text(LONG, "gpt-4o", user="bob")  # bob's request cannot reveal what alice sent
+    assert (counter.inputs.hits, counter.inputs.misses) == (0, 2)
+    counter.count_text(LONG, "gpt-4o")  # no user (an answer's text): neither looked up nor kept
+    assert (counter.inputs.hits, counter.inputs.misses, len(counter.inputs)) == (0, 2, 2)
+
+
+def test_every_input_estimate_names_the_user() -> None:
+    counter = TokenCounter()
+    bodies = {
+        "chat": {"messages": [{"role": "user", "content": LONG}]},
+        "completions": {"prompt": LONG},
+        "embeddings": {"input": [LONG]},
+        "responses": {"instructions": LONG, "input": [{"role": "user", "content": LONG}]},
+        "messages": {"system": LONG, "messages": [{"role": "user", "content": [{"type": "text", "text": LONG}]}]},
+    }
+    for endpoint, body in bodies.items():
+        before = counter.inputs.hits + counter.inputs.misses
+        first = estimate_input(counter, endpoint, "gpt-4o", body, user="alice")
+        assert estimate_input(counter, endpoint, "gpt-4o", body, user="alice") == first
+        assert first == estimate_input(TokenCounter(), endpoint, "gpt-4o", body), endpoint
+        assert counter.inputs.hits + counter.inputs.misses > before, endpoint
+
+
+def test_the_least_recently_used_texts_go_first_within_the_budget() -> None:
+    calls: list[str] = []
+    inputs = InputCounts(budget_chars=1000, min_chars=10, max_chars=600)
+    count = inputs.wrap("alice", CL100K, lambda text: calls.append(text) or len(text))
+    a, b, c = "a" * 400, "b" * 400, "c" * 400
+    assert [count(a), count(b), count(a)] == [400, 400, 400]
+    assert calls == [a, b] and inputs.chars == 800
+    count(c)  # over budget: b (least recently used) goes
+    assert inputs.chars == 800 and len(inputs) == 2
+    count(a)
+    count(b)
+    assert calls == [a, b, c, b]
+    count("d" * 700)  # longer than max_chars: counted, never kept
+    count("short")  # shorter than min_chars: the same
+    assert len(inputs) == 2 and inputs.chars == 800
+
+
+def test_remembered_counts_are_safe_across_threads() -> None:
+    inputs = InputCounts(budget_chars=20_000, min_chars=1, max_chars=1_000)
+    count = inputs.wrap("alice", CL100K, len)
+    texts = [str(i) * (50 + i % 200) for i in range(400)]
+
+    def work(offset: int) -> list[int]:
+        return [count(texts[(offset + i) % len(texts)]) for i in range(2_000)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(4)))
+    for offset, got in enumerate(results):
+        assert got == [len(texts[(offset + i) % len(texts)]) for i in range(2_000)]
+    assert inputs.chars == sum(len(text) for (_, _, text) in inputs._counts) <= 20_000

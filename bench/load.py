@@ -57,13 +57,27 @@ _POLICY = " ".join(
     f"{(i * 37) % 500 + 20} dollars without a supervisor."
     for i in range(100)
 )
+# A conversation at its 31st turn (~9 KB): the client sends every earlier turn again, as chat
+# clients do.
+_TURNS = [
+    message
+    for i in range(30)
+    for message in (
+        {"role": "user", "content": f"Turn {i}: how was order {i * 977} shipped, and why does the invoice show "
+                                    f"{i * 13} items? Please check the warehouse notes too."},
+        {"role": "assistant", "content": f"Order {i * 977} left the warehouse on day {i}; the invoice lists "
+                                         f"{i * 13} items because partial shipments are billed together."},
+    )
+]
 CHAT = {"model": "gpt-4o-mini", "messages": [_SYSTEM, _USER], "max_tokens": 64}
 LONG = {**CHAT, "messages": [{"role": "system", "content": _POLICY}, _USER]}
+TURNS = {**CHAT, "messages": [_SYSTEM, *_TURNS, _USER]}
 MESSAGES = {"model": "claude-3-5-haiku-20241022", "system": "You are terse.", "max_tokens": 64, "messages": [_USER]}
 SCENARIOS: list[Scenario] = [
     Scenario("chat", "/v1/chat/completions", CHAT, "/v1/chat/completions"),
     Scenario("stream", "/v1/chat/completions", {**CHAT, "stream": True}, "/v1/chat/completions", stream=True),
     Scenario("long", "/v1/chat/completions", LONG, "/v1/chat/completions"),
+    Scenario("turns", "/v1/chat/completions", TURNS, "/v1/chat/completions"),
     Scenario("native", "/native/v1/chat/completions", {"tier": "simple", "messages": [_SYSTEM, _USER]}, None, "chat"),
     # The Anthropic surface: a Claude model relayed as it is, and an OpenAI model translated both ways.
     Scenario("messages", "/v1/messages", MESSAGES, "/v1/messages", auth_header="x-api-key"),

@@ -16,17 +16,24 @@ class RecordingCounter:
 
     def __init__(self) -> None:
         self.asked: list[tuple[str, Any]] = []
+        self.users: set[str | None] = set()  # whose input each count was said to be
 
-    def count_text(self, text: str, model: str) -> int:
+    def count_text(self, text: str, model: str, *, user: str | None = None) -> int:
         self.asked.append(("text", text))
+        self.users.add(user)
         return len(text)
 
-    def count_prompt(self, prompt: Any, model: str) -> int:
+    def count_prompt(self, prompt: Any, model: str, *, user: str | None = None) -> int:
         self.asked.append(("prompt", prompt))
+        self.users.add(user)
         return 100 if prompt is not None else 0
 
-    def count_chat(self, messages: Sequence[Mapping[str, Any]], model: str, tools: Sequence[Any] | None = None) -> int:
+    def count_chat(
+        self, messages: Sequence[Mapping[str, Any]], model: str, tools: Sequence[Any] | None = None, *,
+        user: str | None = None,
+    ) -> int:
         self.asked.append(("chat", (list(messages), tools)))
+        self.users.add(user)
         return 10 * len(messages) + (1000 if tools else 0)
 
 
@@ -35,7 +42,9 @@ USER = {"role": "user", "content": "hi"}
 
 def estimate(endpoint: str, payload: dict[str, Any]) -> tuple[int, list[tuple[str, Any]]]:
     counter = RecordingCounter()
-    return estimate_input(counter, endpoint, "gpt-4o", payload), counter.asked  # type: ignore[arg-type]
+    total = estimate_input(counter, endpoint, "gpt-4o", payload, user="alice")  # type: ignore[arg-type]
+    assert counter.users <= {"alice"}  # every count is told whose input it is (remembered counts)
+    return total, counter.asked
 
 
 @pytest.mark.parametrize("endpoint", ["chat", "native"])

@@ -28,9 +28,9 @@ class ThreadRecordingCounter(TokenCounter):
         super().__init__()
         self.threads: list[threading.Thread] = []
 
-    def count_chat(self, messages: Any, model: str, tools: Any = None) -> int:
+    def count_chat(self, messages: Any, model: str, tools: Any = None, *, user: str | None = None) -> int:
         self.threads.append(threading.current_thread())
-        return super().count_chat(messages, model, tools)
+        return super().count_chat(messages, model, tools, user=user)
 
 
 class FixedPlan:

@@ -15,6 +15,7 @@ from sentinel.quota.estimate import estimate_input
 from sentinel.quota.tokens import (
     BYTE_ESTIMATE,
     CL100K,
+    ENTRY_CHARS,
     O200K,
     EncodingUnavailable,
     InputCounts,
@@ -274,7 +275,7 @@ def test_a_users_long_text_is_encoded_once_and_counted_the_same() -> None:
     messages = [{"role": "system", "content": LONG}, {"role": "user", "content": "hi"}]
     fresh = TokenCounter().count_chat(messages, "gpt-4o")
     assert counter.count_chat(messages, "gpt-4o", user="alice") == fresh
-    assert (counter.inputs.hits, counter.inputs.misses, len(counter.inputs)) == (0, 1, 1)  # "hi" is too short
+    assert (counter.inputs.hits, counter.inputs.misses, len(counter.inputs)) == (0, 1, 1)  # "hi", "system" are short
     assert counter.count_chat(messages, "gpt-4o", user="alice") == fresh
     assert counter.inputs.hits == 1 and len(counter.inputs) == 1
     # The same text under another encoding is another count.
@@ -310,19 +311,27 @@ def test_every_input_estimate_names_the_user() -> None:
 
 def test_the_least_recently_used_texts_go_first_within_the_budget() -> None:
     calls: list[str] = []
-    inputs = InputCounts(budget_chars=1000, min_chars=10, max_chars=600)
+    inputs = InputCounts(budget_chars=1000 + 2 * ENTRY_CHARS, min_chars=10, max_chars=600)
     count = inputs.wrap("alice", CL100K, lambda text: calls.append(text) or len(text))
     a, b, c = "a" * 400, "b" * 400, "c" * 400
     assert [count(a), count(b), count(a)] == [400, 400, 400]
-    assert calls == [a, b] and inputs.chars == 800
+    assert calls == [a, b] and inputs.chars == 800 + 2 * ENTRY_CHARS
     count(c)  # over budget: b (least recently used) goes
-    assert inputs.chars == 800 and len(inputs) == 2
+    assert inputs.chars == 800 + 2 * ENTRY_CHARS and len(inputs) == 2
     count(a)
     count(b)
     assert calls == [a, b, c, b]
     count("d" * 700)  # longer than max_chars: counted, never kept
     count("short")  # shorter than min_chars: the same
-    assert len(inputs) == 2 and inputs.chars == 800
+    assert len(inputs) == 2 and inputs.chars == 800 + 2 * ENTRY_CHARS
+
+
+def test_many_short_texts_are_bounded_by_their_entries_too() -> None:
+    inputs = InputCounts(budget_chars=100 * (10 + ENTRY_CHARS), min_chars=1)
+    count = inputs.wrap("alice", CL100K, len)
+    for i in range(1_000):
+        count(f"{i:010d}")
+    assert len(inputs) == 100
 
 
 def test_remembered_counts_are_safe_across_threads() -> None:
@@ -337,4 +346,4 @@ def test_remembered_counts_are_safe_across_threads() -> None:
         results = list(pool.map(work, range(4)))
     for offset, got in enumerate(results):
         assert got == [len(texts[(offset + i) % len(texts)]) for i in range(2_000)]
-    assert inputs.chars == sum(len(text) for (_, _, text) in inputs._counts) <= 20_000
+    assert inputs.chars == sum(len(text) + ENTRY_CHARS for (_, _, text) in inputs._counts) <= 20_000

@@ -72,10 +72,14 @@ _TURNS = [
 CHAT = {"model": "gpt-4o-mini", "messages": [_SYSTEM, _USER], "max_tokens": 64}
 LONG = {**CHAT, "messages": [{"role": "system", "content": _POLICY}, _USER]}
 TURNS = {**CHAT, "messages": [_SYSTEM, *_TURNS, _USER]}
+# A streamed answer of ~300 events (the mock echoes the user's words, one event each).
+_ECHO = {"role": "user", "content": " ".join(f"word{i}" for i in range(300))}
+STREAM_LONG = {**CHAT, "messages": [_SYSTEM, _ECHO], "max_tokens": 1000, "stream": True}
 MESSAGES = {"model": "claude-3-5-haiku-20241022", "system": "You are terse.", "max_tokens": 64, "messages": [_USER]}
 SCENARIOS: list[Scenario] = [
     Scenario("chat", "/v1/chat/completions", CHAT, "/v1/chat/completions"),
     Scenario("stream", "/v1/chat/completions", {**CHAT, "stream": True}, "/v1/chat/completions", stream=True),
+    Scenario("stream_long", "/v1/chat/completions", STREAM_LONG, "/v1/chat/completions", stream=True),
     Scenario("long", "/v1/chat/completions", LONG, "/v1/chat/completions"),
     Scenario("turns", "/v1/chat/completions", TURNS, "/v1/chat/completions"),
     Scenario("native", "/native/v1/chat/completions", {"tier": "simple", "messages": [_SYSTEM, _USER]}, None, "chat"),

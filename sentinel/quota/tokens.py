@@ -16,9 +16,10 @@ Llama, ...) are counted with `cl100k_base` and report `wanted="unknown"`.
 
 Text is encoded with `encode_ordinary`: special-token text in user input counts as plain text.
 Encodings are loaded lazily, once per counter (call `warm()` off the event loop at start-up, a load
-takes ~0.5 s); counting takes no lock, since tiktoken's `Encoding` is thread-safe.
+takes ~0.5 s); encoding takes no lock, since tiktoken's `Encoding` is thread-safe.
 
-Counts of long texts are remembered per user (`InputCounts`, used when the caller names a `user`):
+Counts of input texts of CACHED_MIN_CHARS or more are remembered per user (`InputCounts`, used when
+the caller names a `user`; its lock is held for a dictionary lookup or insert, never while encoding):
 a chat client sends its system prompt with every request and the whole conversation again at every
 turn, and encoding 16 KB of text costs about half a millisecond of the event loop. Keys are the
 user, the encoding and the text, so one user's request never tells them (by its speed) what
@@ -195,8 +196,9 @@ ENTRY_CHARS = 128  # what an entry costs the budget beyond its text (key tuple, 
 
 
 class InputCounts:
-    """Token counts of long input texts, per (user, encoding, text): a bounded LRU, thread-safe
-    (bodies of 64 KiB and more are counted in worker threads)."""
+    """Token counts of input texts of `min_chars` to `max_chars` characters, per (user, encoding,
+    text): an LRU bounded by `budget_chars`, thread-safe (bodies of 64 KiB and more are counted in
+    worker threads)."""
 
     def __init__(
         self, *, budget_chars: int = CACHE_BUDGET_CHARS, min_chars: int = CACHED_MIN_CHARS,

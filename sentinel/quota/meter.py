@@ -13,7 +13,6 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any, NoReturn, Protocol
 
 from sentinel.domain.catalogue import Prices
@@ -115,7 +114,7 @@ class QuotaMeter:
             # worker thread (tiktoken releases the GIL) so the event loop keeps serving others.
             await self._peek(identity, plan)
             admission.estimate_input = await asyncio.to_thread(
-                partial(estimate_input, self.counter, endpoint, model, body, user=identity.external_id)
+                estimate_input, self.counter, endpoint, model, body, user=identity.external_id
             )
         else:
             admission.estimate_input = estimate_input(self.counter, endpoint, model, body, user=identity.external_id)

@@ -12,8 +12,9 @@ both Sentinels the whole time (QUOTA_FAILURE_MODE=closed, usage in PostgreSQL):
 
 What must hold, whatever the timing: only 200, 429 and 503 (`quota_unavailable`), never a 500 and
 never a hang; the quota case refuses `steady` with 503 during the failover; after the replica is
-promoted every request is served again by the same processes; `capped` is never admitted beyond
-its plan, across the whole run; and every 200 ends as exactly one ledger row (records of the
+promoted every request is served again by the same processes (each has its own breaker, so the
+test waits until both answer 200 again before it says "after"); `capped` is never admitted
+beyond its plan, across the whole run; and every 200 ends as exactly one ledger row (records of the
 failover went to the database outbox or sat in the stream, which the promoted replica holds).
 How long the 503s lasted is printed (run with `-s`), not asserted.
 """
@@ -60,6 +61,7 @@ MAX_CALLS = 20_000
 class Call:
     user: str
     phase: str
+    url: str  # the Sentinel that answered
     sent: float  # time.monotonic() when sent
     outcome: Outcome
 
@@ -86,11 +88,13 @@ class Load:
         async with client("", key) as http:
             i = 0
             while not (self._stop.is_set() or until()) and len(self.calls) < MAX_CALLS:
-                phase, sent = self.phase, time.monotonic()
+                phase, sent, url = self.phase, time.monotonic(), self.urls[(n + i) % 2]
                 body = chat_body(f"{user} {n}.{i}", stream=i % 3 == 2)
-                outcome = await chat(http, body, url=self.urls[(n + i) % 2])
+                outcome = await chat(http, body, url=url)
                 # A call that straddles a phase change belongs to neither phase.
-                self.calls.append(Call(user, phase if phase == self.phase else "changing", sent, outcome))
+                self.calls.append(
+                    Call(user, phase if phase == self.phase else "changing", url, sent, outcome)
+                )
                 i += 1
 
     def of(self, user: str, status: int | None = None, phase: str | None = None) -> list[Call]:
@@ -99,6 +103,17 @@ class Load:
             for c in self.calls
             if c.user == user and status in (None, c.outcome.status) and phase in (None, c.phase)
         ]
+
+    def serving_again(self, user: str, phase: str, run: int) -> bool:
+        """Whether each Sentinel's last `run` answers to `user` in `phase` were all 200.
+
+        Each process has its own circuit breaker: one may serve again while the other's is still
+        open (its probe failed just before the promotion), so both are asked."""
+        for url in self.urls:
+            last = [c.outcome.status for c in self.of(user, phase=phase) if c.url == url][-run:]
+            if len(last) < run or any(status != 200 for status in last):
+                return False
+        return True
 
     async def until(self, what: str, condition: Callable[[], bool]) -> None:
         async def reached() -> bool:
@@ -181,8 +196,8 @@ async def test_a_primary_killed_under_load(
         promoted_at = time.monotonic()
         load.phase = "promoted"
         await load.until(
-            "requests to be served again and the capped user to be refused",
-            lambda: len(load.of(steady, 200, "promoted")) >= 20 and capped_refused(),
+            "both Sentinels to serve again and the capped user to be refused",
+            lambda: load.serving_again(steady, "promoted", 10) and capped_refused(),
         )
         load.phase = "after"
         await load.until(

@@ -11,9 +11,15 @@ What differs from a single server:
   different slots with a ValueError before sending anything;
 - `stream_add(..., replicas=n)` sends XADD and WAIT together on one connection to the stream's
   primary, bypassing redis-py's cluster retries (which could send the WAIT elsewhere);
-- `scan()` walks every primary; `ping()` asks every primary (a dead one makes the store unhealthy).
+- `scan()` walks every primary; `ping()` asks every primary (a dead one makes the store unhealthy);
+- **a circuit breaker per primary**: a command on a key counts against (and is refused by) the
+  breaker of the primary its slot maps to now, so a dead primary refuses only the keys it served
+  (its users' quotas, or the usage stream) while every other primary goes on serving; after a
+  failover the slot maps to the promoted replica, which has a breaker of its own. Commands without
+  one key (`ping`, `scan`, a multi-key delete) and commands issued before the slot map is known
+  use the store-wide `breaker`.
 
-Timeouts and the circuit breaker are `RedisStore`'s; so is the error translation (`guard()`).
+Timeouts and the breaker itself are `RedisStore`'s; so is the error translation (`guard()`).
 redis-py's own retry is cut to one immediate retry after a topology reload, so a call never takes
 much more than two timeouts.
 """
@@ -35,6 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, RedisClusterException, RedisError, SlotNotCoveredError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sentinel.breaker import CircuitBreaker
 from sentinel.store.base import Script
 from sentinel.store.redis import RedisClient, RedisStore, flat_fields
 
@@ -88,6 +95,17 @@ class RedisClusterStore(RedisStore):
 
     backend = "redis-cluster"
 
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 0.25,
+        max_connections: int = 512,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        super().__init__(url, timeout=timeout, max_connections=max_connections, breaker=breaker)
+        self._node_breakers: dict[str, CircuitBreaker] = {}  # by node name (host:port)
+
     def _connect(self, url: str, *, timeout: float, max_connections: int) -> RedisClient:
         address = parse_cluster_url(url)
         return RedisCluster(
@@ -113,6 +131,23 @@ class RedisClusterStore(RedisStore):
     def cluster(self) -> RedisCluster:
         assert isinstance(self._client, RedisCluster)
         return self._client
+
+    def breaker_for(self, key: str | None) -> CircuitBreaker:
+        """The breaker of the primary `key`'s slot maps to (created on first use, with the settings
+        of the store-wide one); the store-wide breaker without a key or a slot map."""
+        if key is None:
+            return self.breaker
+        try:
+            node = self.cluster.get_node_from_key(key)
+        except RedisClusterException:  # SlotNotCoveredError: no slot map yet, or a hole in it
+            return self.breaker
+        if node is None:
+            return self.breaker
+        breaker = self._node_breakers.get(node.name)
+        if breaker is None:
+            breaker = CircuitBreaker(self.breaker.threshold, self.breaker.cooldown, clock=self.breaker.clock)
+            self._node_breakers[node.name] = breaker
+        return breaker
 
     def routing_unknown(self) -> bool:
         # redis-py picks a command's target before loading the slot map: without one (a new

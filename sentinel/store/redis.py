@@ -1,11 +1,11 @@
 """Redis Store backend: one redis-py asyncio pool (hiredis parser) shared by the whole app.
 
 Every call has a short socket timeout, and a circuit breaker turns a dead Redis into an immediate
-`StoreUnavailable` instead of a hang per request. Redis exceptions are translated here, once, by
-`guard()` (for the cluster variant in `cluster.py` too): an outage (connection refused or reset,
-timeout, a cluster slot without a serving primary, a failover in progress) trips the breaker; a
-command error (a bug or bad data) does not. Scripts run with EVALSHA; a node that does not know a
-script yet gets its body once with EVAL.
+`StoreUnavailable` instead of a hang per request (one breaker per server; on a cluster, one per
+primary: `cluster.py`). Redis exceptions are translated here, once, by `guard()` (for the cluster
+variant too): an outage (connection refused or reset, timeout, a cluster slot without a serving
+primary, a failover in progress) trips the breaker; a command error (a bug or bad data) does not.
+Scripts run with EVALSHA; a node that does not know a script yet gets its body once with EVAL.
 
 On a single server, the hot-path commands (scripts and stream appends without a replica wait) go
 through an `AutoPipeline`: those issued while another is on the wire are sent together, one
@@ -129,17 +129,24 @@ class RedisStore:
     async def load_routing(self) -> None:
         """Hook: learn where keys live (the cluster's slot map); nothing to learn on one server."""
 
+    def breaker_for(self, key: str | None) -> CircuitBreaker:
+        """Hook: the breaker of the server a command on `key` goes to (None: no one key); one
+        server, one breaker."""
+        return self.breaker
+
     @asynccontextmanager
-    async def guard(self) -> AsyncIterator[None]:
-        """Translate Redis errors into StoreUnavailable and keep the breaker's count."""
-        if self.breaker.is_open:
-            raise StoreUnavailable("Redis is unavailable (circuit open)", retry_after=self.breaker.cooldown)
+    async def guard(self, key: str | None = None) -> AsyncIterator[None]:
+        """Translate Redis errors into StoreUnavailable and keep the count of the breaker of the
+        server `key` lives on (`breaker_for`)."""
+        breaker = self.breaker_for(key)
+        if breaker.is_open:
+            raise StoreUnavailable("Redis is unavailable (circuit open)", retry_after=breaker.cooldown)
         try:
             if self.routing_unknown():
                 await self.load_routing()
             yield
         except _UNAVAILABLE_REPLIES as exc:
-            self.breaker.failure()
+            breaker.failure()
             raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from None
         except ResponseError as exc:
             # A command error is a bug or bad data, not an outage: do not trip the breaker.
@@ -148,14 +155,14 @@ class RedisStore:
             raise StoreUnavailable(f"Redis command failed: {exc}") from None
         except (RedisError, RedisClusterException, OSError, TimeoutError, RedisTimeoutError) as exc:
             # RedisClusterException: no node reachable, or slots not covered.
-            self.breaker.failure()
+            breaker.failure()
             raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from None
         except RuntimeError as exc:
             # uvloop: Redis died between connect and the first command ("unable to perform
             # operation on <TCPTransport closed=True>"): an outage, not a bug.
             if "unable to perform operation" not in str(exc):
                 raise
-            self.breaker.failure()
+            breaker.failure()
             raise StoreUnavailable("Redis is unavailable: connection closed") from None
         except AttributeError as exc:
             # redis-py's cluster client closed a connection while a command was using it (it
@@ -163,41 +170,41 @@ class RedisStore:
             # `None.writelines`. An outage of that node; the same error from our code is a bug.
             if not _raised_inside_redis_py(exc):
                 raise
-            self.breaker.failure()
+            breaker.failure()
             raise StoreUnavailable("Redis is unavailable: connection closed under the command") from None
         else:
-            self.breaker.success()
+            breaker.success()
 
     async def get(self, key: str) -> bytes | None:
-        async with self.guard():
+        async with self.guard(key):
             value: Any = await self._client.get(key)
         return cast(bytes | None, value)
 
     async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
         px = int(ttl * 1000) if ttl is not None else None
-        async with self.guard():
+        async with self.guard(key):
             result = await self._client.set(key, value, px=px, nx=nx)
         return bool(result)
 
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
-        async with self.guard():
+        async with self.guard(keys[0] if len(keys) == 1 else None):
             count: int = await self._client.delete(*keys)
         return count
 
     async def expire(self, key: str, ttl: float) -> bool:
-        async with self.guard():
+        async with self.guard(key):
             ok = await self._client.pexpire(key, int(ttl * 1000))
         return bool(ok)
 
     async def ttl(self, key: str) -> float | None:
-        async with self.guard():
+        async with self.guard(key):
             ms: int = await self._client.pttl(key)
         return seconds_left(ms)
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
-        async with self.guard():
+        async with self.guard(key):
             if ttl is None:
                 value: int = await self._client.incrby(key, amount)
                 return value
@@ -212,7 +219,7 @@ class RedisStore:
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         self.check_script_keys(script, keys)
-        async with self.guard():
+        async with self.guard(keys[0] if keys else None):
             return await self._eval(script.name, script.lua, keys, args)
 
     async def _eval(self, name: str, body: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
@@ -241,7 +248,7 @@ class RedisStore:
         check_stream_fields(fields)
         if replicas and replica_timeout_ms >= self.timeout * 1000:
             raise ValueError("replica_timeout_ms must be below the store timeout (the WAIT runs inside it)")
-        async with self.guard():
+        async with self.guard(key):
             if not replicas:
                 return _text(await self._command("XADD", key, "*", *flat_fields(fields)))
             added, confirmed = await self._add_and_wait(key, fields, replicas, replica_timeout_ms)
@@ -272,7 +279,7 @@ class RedisStore:
     async def stream_read(self, key: str, group: str, consumer: str, count: int) -> list[StreamEntry]:
         if count <= 0:
             return []
-        async with self.guard():
+        async with self.guard(key):
             try:
                 return await self._read(key, group, consumer, count)
             except ResponseError as exc:
@@ -298,7 +305,7 @@ class RedisStore:
     ) -> list[PendingEntry]:
         if count <= 0:
             return []
-        async with self.guard():
+        async with self.guard(key):
             try:
                 found: Any = await self._client.xpending_range(
                     key, group, "-", "+", count, consumername=consumer, idle=min_idle_ms
@@ -315,7 +322,7 @@ class RedisStore:
         check_stream_ids(ids)
         if not ids:
             return []
-        async with self.guard():
+        async with self.guard(key):
             try:
                 args: list[ScriptArg] = [group, owner, to or owner, min_idle_ms, *ids]
                 raw = await self._eval("stream-reclaim", lua.RECLAIM, [key], args)
@@ -337,11 +344,11 @@ class RedisStore:
     ) -> int:
         check_settle(done, retry, retry_to)
         args: list[ScriptArg] = [group, consumer, retry_to or "", len(done), *done, *retry]
-        async with self.guard():
+        async with self.guard(key):
             return int(await self._eval("stream-settle", lua.SETTLE, [key], args))
 
     async def stream_len(self, key: str) -> int:
-        async with self.guard():
+        async with self.guard(key):
             return int(await self._client.xlen(key))
 
     # --- the rest --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A primary of the Redis Cluster crashes under load; the store rides through the failover.
+"""A primary of the Redis Cluster crashes (under load); the store rides through the failover.
 
 Concurrent `incr`, quota `RESERVE` scripts and `stream_add(replicas=1)` on keys of one hash slot;
 then that slot's primary is SIGKILLed. While the cluster notices and promotes the replica, calls
@@ -159,3 +159,49 @@ async def test_primary_crash_under_load(redis_cluster: LocalRedisCluster, redis_
     quota_used = int(await store.get(QUOTA) or 0)
     assert counter > 0 and 0 < quota_used <= CAP
     await store.close()
+
+
+async def test_a_dead_primary_opens_only_its_own_breaker(
+    redis_cluster: LocalRedisCluster, redis_cluster_url: str
+) -> None:
+    """Each primary has its own breaker: keys on a dead primary are refused at once after a few
+    failures, keys on the others are served meanwhile, and after the promotion the slot's keys go
+    to the promoted replica (a breaker of its own) without a restart."""
+    store = RedisClusterStore(redis_cluster_url, timeout=0.5)
+    doomed = "sentinel:test:{doomed}:key"
+    victim = redis_cluster.primary_of(doomed)
+    others = [f"sentinel:test:{{alive{n}}}:key" for n in range(200)]
+    alive = next(key for key in others if redis_cluster.primary_of(key) is not victim)
+    replica = redis_cluster.replica_of(victim)
+    await store.set(doomed, b"on the dead primary")
+    await store.set(alive, b"elsewhere")
+    redis_cluster.wait_replicated(victim)
+
+    assert redis_cluster.kill_primary_of(doomed) is victim
+    try:
+        for _ in range(store.breaker.threshold):
+            with pytest.raises(StoreUnavailable, match="Redis is unavailable"):
+                await store.get(doomed)
+        with pytest.raises(StoreUnavailable, match="circuit open"):
+            await store.get(doomed)
+        # The other primary's keys are served, and neither its breaker nor the store-wide one opened.
+        for _ in range(5):
+            assert await store.get(alive) == b"elsewhere"
+        assert store.breaker_for(alive).state == "closed"
+        assert store.breaker.state == "closed"
+        assert store.breaker_for(doomed).state == "open"
+
+        deadline = time.monotonic() + PHASE_DEADLINE
+        while True:
+            try:
+                value = await store.get(doomed)
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "the doomed key was never served again"
+                await asyncio.sleep(0.1)
+                continue
+            break
+        assert value == b"on the dead primary"
+        assert redis_cluster.primary_of(doomed) is replica
+    finally:
+        redis_cluster.restart(victim)
+        await store.close()

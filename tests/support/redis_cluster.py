@@ -60,6 +60,9 @@ class ClusterNode(ManagedProcess):
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
             # A replica may take over however long it was cut off (tests crash primaries on purpose).
             "--cluster-replica-validity-factor", "0",
+            # As the README asks for production: the other primaries go on serving their slots
+            # while one slot range has no primary.
+            "--cluster-require-full-coverage", "no",
             "--save", "",
             "--appendonly", "no",
         ]  # fmt: skip

@@ -8,19 +8,24 @@ dies, replaces workers one by one on SIGHUP and, on SIGTERM/SIGINT, stops every 
 
 The Settings object is built once, here; each worker receives it pickled through the
 multiprocessing pipe (`WorkerApp`), never on a command line or in a log, and never re-reads the
-environment or a `.env` file.
+environment or a `.env` file. The workers' metrics meet in one directory (`PROMETHEUS_MULTIPROC_DIR`,
+see `observability/metrics.py`): the operator's, emptied at start, or a temporary one this process
+creates before the workers start and removes when they have stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -139,6 +144,27 @@ def _run_workers(config: uvicorn.Config) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _metrics_dir(workers: int) -> Iterator[None]:
+    """With several workers, a directory where they all keep their metrics (see the module
+    docstring); with one, the operator's `PROMETHEUS_MULTIPROC_DIR`, if set, is emptied too."""
+    from sentinel.observability.metrics import MULTIPROC_ENV, prepare_shared_dir
+
+    given = os.environ.get(MULTIPROC_ENV)
+    if workers <= 1 and not given:
+        yield
+        return
+    path = given or tempfile.mkdtemp(prefix="sentinel-metrics-")
+    prepare_shared_dir(path)
+    os.environ[MULTIPROC_ENV] = path  # inherited by the workers (spawned after this)
+    try:
+        yield
+    finally:
+        if not given:
+            os.environ.pop(MULTIPROC_ENV, None)
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def serve(settings: Settings, workers: int = 1) -> int:
     """Run the gateway until SIGTERM/SIGINT; in-flight requests drain before pools close.
 
@@ -185,14 +211,15 @@ def serve(settings: Settings, workers: int = 1) -> int:
     if settings.admin_key is not None:
         print(f"Operator console: {base}/admin (sign in with SENTINEL_ADMIN_KEY)", flush=True)
     try:
-        if workers > 1:
-            log.info("starting worker processes", extra={"workers": workers})
-            return _run_workers(_config(WorkerApp(settings, os.getpid()), settings, workers))
-        from sentinel.app import create_app  # not imported by a `--workers` parent: it serves nothing
+        with _metrics_dir(workers):
+            if workers > 1:
+                log.info("starting worker processes", extra={"workers": workers})
+                return _run_workers(_config(WorkerApp(settings, os.getpid()), settings, workers))
+            from sentinel.app import create_app  # not imported by a `--workers` parent: it serves nothing
 
-        server = uvicorn.Server(_config(create_app(settings, owns_process=True), settings, 1))
-        server.run()
-        return 0 if server.started else 1
+            server = uvicorn.Server(_config(create_app(settings, owns_process=True), settings, 1))
+            server.run()
+            return 0 if server.started else 1
     finally:
         if stop_mock is not None:
             stop_mock()

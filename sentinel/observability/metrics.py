@@ -1,10 +1,27 @@
-"""Prometheus metrics, one registry per app (so two apps can live in one process, e.g. tests)."""
+"""Prometheus metrics, one registry per app (so two apps can live in one process, e.g. tests).
+
+With `sentinel serve --workers N` the parent sets `PROMETHEUS_MULTIPROC_DIR` (`MULTIPROC_ENV`)
+before it starts the workers, so prometheus_client keeps every worker's values in files there and
+any worker's `/metrics` reports the whole server: counters and histograms summed over every worker
+that ever ran (a replaced worker's counts stay), requests in flight summed over the live workers,
+and the outbox depth and provider health as last read by any live worker. prometheus_client
+chooses this when it is imported, from the environment: one process never uses it unless the
+variable is set.
+"""
 
 from __future__ import annotations
 
+import glob
+import os
+import re
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The files prometheus_client keeps per process for gauges that count live processes only.
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db$")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -45,7 +62,9 @@ class Metrics:
             "store_error)",
             ["cache", "result"], registry=r,
         )
-        self.in_flight = Gauge("sentinel_requests_in_flight", "Requests being served", registry=r)
+        self.in_flight = Gauge(
+            "sentinel_requests_in_flight", "Requests being served", registry=r, multiprocess_mode="livesum"
+        )
         self.rejected_overload = Counter(
             "sentinel_overload_rejections_total", "Requests refused because too many were in flight", registry=r,
         )
@@ -78,7 +97,10 @@ class Metrics:
         self.cost = Counter(
             "sentinel_cost_usd_total", "Cost of served requests from tier prices", ["provider", "model"], registry=r,
         )
-        self.outbox_depth = Gauge("sentinel_usage_outbox_depth", "Usage records not yet delivered", registry=r)
+        self.outbox_depth = Gauge(
+            "sentinel_usage_outbox_depth", "Usage records not yet delivered", registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.deliveries = Counter(
             "sentinel_usage_deliveries_total", "Usage delivery attempts by result", ["result"], registry=r,
         )
@@ -97,6 +119,7 @@ class Metrics:
         )
         self.provider_health = Gauge(
             "sentinel_provider_health", "1 healthy, 0 in backoff", ["provider", "model"], registry=r,
+            multiprocess_mode="livemostrecent",
         )
 
     def model_label(self, model: str | None) -> str:
@@ -116,4 +139,37 @@ class Metrics:
         return found
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition: this app's registry, or every worker's values with `--workers`."""
+        shared = os.environ.get(MULTIPROC_ENV)
+        if not shared:
+            return generate_latest(self.registry)
+        forget_dead_processes(shared)
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone, shared)  # type: ignore[no-untyped-call]
+        return generate_latest(everyone)
+
+
+def prepare_shared_dir(path: str) -> None:
+    """Start `path` empty of metric files (values of an earlier run must not be added to this one)."""
+    os.makedirs(path, exist_ok=True)
+    for name in glob.glob(os.path.join(path, "*.db")):
+        os.remove(name)
+
+
+def forget_dead_processes(path: str) -> None:
+    """Drop the live-only gauge files of processes that are gone (a worker killed and replaced):
+    its requests in flight are not in flight any more. Its counters stay, as counters should."""
+    pids = {int(m.group(1)) for name in os.listdir(path) if (m := _LIVE_GAUGE_FILE.match(name))}
+    for pid in pids:
+        if not _alive(pid):
+            mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

@@ -35,6 +35,7 @@ from tests.e2e.helpers import (
     statuses,
     wait_for_rows,
 )
+from tests.support.metrics import sample_sum
 from tests.support.process import (
     SentinelWorkersProcess,
     base_env,
@@ -160,6 +161,51 @@ async def test_two_workers_serve_requests_from_two_processes(
     for pid in (gateway.pid, *workers):
         assert UPSTREAM_KEY.encode() not in command_line(pid)
     assert UPSTREAM_KEY not in gateway.log_tail(lines=100_000)
+
+
+@pytest.mark.redis
+async def test_every_worker_reports_the_metrics_of_all_workers(
+    processes: Processes,
+    start_workers: StartWorkers,
+    connections: list[RawConnection],
+    sqlite_url: str,
+    upstream: str,
+) -> None:
+    """Whichever worker answers `/metrics` counts the requests every worker served."""
+    user = new_user("metrics")
+    key = await provision(sqlite_url, user)
+    gateway = start_workers(sentinel_env(upstream, sqlite_url, processes.redis().url), workers=2)
+    workers = gateway.worker_pids()
+
+    served: dict[int, int] = {}  # worker pid -> chats it served
+    scrapers: dict[int, RawConnection] = {}  # worker pid -> a connection it accepted
+    for _ in range(20):  # batches of new connections until both workers served some
+        batch = await open_connections(gateway.url, 6)
+        connections.extend(batch)
+        outcomes = await asyncio.gather(*(c.chat(key, chat_body("count me")) for c in batch))
+        assert statuses(outcomes) == {200: len(batch)}
+        owners = connection_owners(gateway.port, [c.local_port for c in batch], workers)
+        for connection in batch:
+            pid = owners[connection.local_port]
+            served[pid] = served.get(pid, 0) + 1
+            scrapers.setdefault(pid, connection)
+        if set(scrapers) == set(workers):
+            break
+    assert set(scrapers) == set(workers), "one worker accepted every connection"
+
+    total = sum(served.values())
+    for pid, connection in scrapers.items():
+        await connection.send("GET", "/metrics", b"", {})
+        status, body = await connection.receive()
+        assert status == 200
+        text = body.decode()
+        chats = sample_sum(text, "sentinel_http_requests_total", route="/v1/chat/completions", status="200")
+        assert chats == total, f"worker {pid} reported {chats} chats; the workers served {served}"
+        assert (
+            sample_sum(text, "sentinel_http_request_duration_seconds_count", route="/v1/chat/completions")
+            == total
+        )
+        assert sample_sum(text, "sentinel_requests_in_flight") == 0  # summed over the live workers
 
 
 @pytest.mark.redis

@@ -3,14 +3,19 @@ memoises label lookups (bounded), every exported name is prefixed `sentinel_`.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sentinel.app import create_app
 from sentinel.config import Settings
-from sentinel.observability.metrics import Metrics
+from sentinel.observability.metrics import MULTIPROC_ENV, Metrics, forget_dead_processes
+from sentinel.server import _metrics_dir
 from tests.support.metrics import counted
 
 
@@ -85,3 +90,49 @@ def test_every_exported_name_is_prefixed() -> None:
     families = list(text_string_to_metric_families(Metrics().render().decode()))
     assert len(families) >= 20
     assert all(family.name.startswith("sentinel_") for family in families)
+
+
+# --- the directory the workers of `serve --workers N` share ---------------------------------------
+def test_dead_processes_lose_their_live_gauges_and_keep_their_counters(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    alive = os.getpid()
+    names = [
+        f"gauge_livesum_{dead.pid}.db",
+        f"gauge_livemostrecent_{dead.pid}.db",
+        f"counter_{dead.pid}.db",
+        f"histogram_{dead.pid}.db",
+        f"gauge_livesum_{alive}.db",
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    forget_dead_processes(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"counter_{dead.pid}.db", f"histogram_{dead.pid}.db", f"gauge_livesum_{alive}.db"]
+    )
+
+
+def test_serve_gives_several_workers_a_temporary_directory_and_removes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    with _metrics_dir(1):
+        assert MULTIPROC_ENV not in os.environ  # one process keeps its metrics in memory
+    with _metrics_dir(2):
+        shared = Path(os.environ[MULTIPROC_ENV])
+        assert shared.is_dir() and not any(shared.iterdir())
+        (shared / "counter_1.db").write_bytes(b"")
+    assert MULTIPROC_ENV not in os.environ and not shared.exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_operators_directory_is_emptied_of_metric_files_and_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: int
+) -> None:
+    (tmp_path / "counter_1.db").write_bytes(b"an earlier run")
+    (tmp_path / "notes.txt").write_text("not ours")
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    with _metrics_dir(workers):
+        assert os.environ[MULTIPROC_ENV] == str(tmp_path)
+        assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert os.environ[MULTIPROC_ENV] == str(tmp_path) and tmp_path.is_dir()

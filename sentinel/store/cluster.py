@@ -95,15 +95,9 @@ class RedisClusterStore(RedisStore):
 
     backend = "redis-cluster"
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        timeout: float = 0.25,
-        max_connections: int = 512,
-        breaker: CircuitBreaker | None = None,
-    ) -> None:
-        super().__init__(url, timeout=timeout, max_connections=max_connections, breaker=breaker)
+    def __init__(self, url: str, **options: Any) -> None:
+        """`RedisStore`'s options (`timeout`, `max_connections`, `breaker`: the store-wide one)."""
+        super().__init__(url, **options)
         self._node_breakers: dict[str, CircuitBreaker] = {}  # by node name (host:port)
 
     def _connect(self, url: str, *, timeout: float, max_connections: int) -> RedisClient:

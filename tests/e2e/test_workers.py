@@ -14,6 +14,7 @@ import pickle
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -69,6 +70,27 @@ def start_workers(tmp_path: Path) -> Iterator[StartWorkers]:
 async def open_connections(url: str, count: int) -> list[RawConnection]:
     """`count` connections opened at once (the kernel hands each to whichever worker accepts first)."""
     return list(await asyncio.gather(*(RawConnection(url).open() for _ in range(count))))
+
+
+async def chat_on_both(
+    gateway: SentinelWorkersProcess,
+    key: str,
+    workers: list[int],
+    connections: list[RawConnection],
+    prompt: str,
+) -> tuple[list[Outcome], dict[int, int]]:
+    """One chat on each of batches of new connections (kept in `connections`) until both workers
+    accepted some: the outcomes and {client port: worker pid}."""
+    outcomes: list[Outcome] = []
+    owners: dict[int, int] = {}
+    for _ in range(20):
+        batch = await open_connections(gateway.url, 6)
+        connections.extend(batch)
+        outcomes += await asyncio.gather(*(c.chat(key, chat_body(prompt)) for c in batch))
+        owners.update(connection_owners(gateway.port, [c.local_port for c in batch], workers))
+        if set(owners.values()) == set(workers):
+            break
+    return outcomes, owners
 
 
 async def close_all(connections: list[RawConnection]) -> None:
@@ -142,15 +164,7 @@ async def test_two_workers_serve_requests_from_two_processes(
     workers = gateway.worker_pids()
     assert len(workers) == 2 and gateway.pid not in workers
 
-    outcomes: list[Outcome] = []
-    owners: dict[int, int] = {}
-    for _ in range(20):  # batches of new connections until both workers accepted some
-        batch = await open_connections(gateway.url, 6)
-        connections.extend(batch)
-        outcomes += await asyncio.gather(*(c.chat(key, chat_body("which process?")) for c in batch))
-        owners.update(connection_owners(gateway.port, [c.local_port for c in batch], workers))
-        if set(owners.values()) == set(workers):
-            break
+    outcomes, owners = await chat_on_both(gateway, key, workers, connections, "which process?")
 
     assert statuses(outcomes) == {200: len(outcomes)}
     assert len(owners) == len(connections), "every connection was accepted by one of the workers"
@@ -177,23 +191,13 @@ async def test_every_worker_reports_the_metrics_of_all_workers(
     gateway = start_workers(sentinel_env(upstream, sqlite_url, processes.redis().url), workers=2)
     workers = gateway.worker_pids()
 
-    served: dict[int, int] = {}  # worker pid -> chats it served
-    scrapers: dict[int, RawConnection] = {}  # worker pid -> a connection it accepted
-    for _ in range(20):  # batches of new connections until both workers served some
-        batch = await open_connections(gateway.url, 6)
-        connections.extend(batch)
-        outcomes = await asyncio.gather(*(c.chat(key, chat_body("count me")) for c in batch))
-        assert statuses(outcomes) == {200: len(batch)}
-        owners = connection_owners(gateway.port, [c.local_port for c in batch], workers)
-        for connection in batch:
-            pid = owners[connection.local_port]
-            served[pid] = served.get(pid, 0) + 1
-            scrapers.setdefault(pid, connection)
-        if set(scrapers) == set(workers):
-            break
-    assert set(scrapers) == set(workers), "one worker accepted every connection"
+    outcomes, owners = await chat_on_both(gateway, key, workers, connections, "count me")
+    assert statuses(outcomes) == {200: len(outcomes)}
+    assert set(owners.values()) == set(workers), "one worker accepted every connection"
+    served = Counter(owners.values())  # worker pid -> chats it served (one per connection)
+    scrapers = {owners[c.local_port]: c for c in connections}  # worker pid -> a connection it accepted
 
-    total = sum(served.values())
+    total = len(outcomes)
     for pid, connection in scrapers.items():
         await connection.send("GET", "/metrics", b"", {})
         status, body = await connection.receive()

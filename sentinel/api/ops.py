@@ -38,8 +38,14 @@ class OpsRoutes:
     async def _checks(self) -> dict[str, dict[str, Any]]:
         checks: dict[str, dict[str, Any]] = {}
         try:
-            latency = await self.store.ping()
-            checks["store"] = {"status": "healthy", "backend": self.store.backend, "latency_ms": round(latency * 1000, 3)}
+            ping = await self.store.ping()
+            checks["store"] = {
+                "status": "degraded" if ping.unreachable else "healthy",
+                "backend": self.store.backend,
+                "latency_ms": round(ping.latency * 1000, 3),
+            }
+            if ping.unreachable:  # a Redis Cluster with primaries down: their users wait for the failover
+                checks["store"]["unreachable"] = list(ping.unreachable)
         except StoreUnavailable as exc:
             checks["store"] = {"status": "unhealthy", "backend": self.store.backend, "error": exc.message}
         started = time.perf_counter()
@@ -57,26 +63,37 @@ class OpsRoutes:
 
     async def health(self, request: Request) -> RawResponse:
         checks = await self._checks()
-        healthy = all(c["status"] == "healthy" for c in checks.values())
+        status = _overall(checks)
         uptime = round(time.monotonic() - self.started, 3)
         body = {
-            "status": "healthy" if healthy else "unhealthy",
+            "status": status,
             "version": __version__,
             "uptime_seconds": uptime,
             "timestamp": datetime.now(UTC).isoformat(),
             "checks": checks,
         }
-        return json_response(body, 200 if healthy else 503)
+        return json_response(body, 503 if status == "unhealthy" else 200)
 
     async def live(self, request: Request) -> RawResponse:
         return json_response({"status": "healthy"})
 
     async def ready(self, request: Request) -> RawResponse:
         checks = await self._checks()
-        healthy = all(c["status"] == "healthy" for c in checks.values())
-        return json_response({"status": "healthy" if healthy else "unhealthy", "checks": checks}, 200 if healthy else 503)
+        status = _overall(checks)
+        return json_response({"status": status, "checks": checks}, 503 if status == "unhealthy" else 200)
 
     async def render_metrics(self, request: Request) -> RawResponse:
         return RawResponse(
             200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
         )
+
+
+def _overall(checks: dict[str, dict[str, Any]]) -> str:
+    """`unhealthy` when a check is (503: take this process out of rotation), `degraded` when one is
+    (still 200: every replica sees the same partial outage, and most users are served), else
+    `healthy`."""
+    statuses = {c["status"] for c in checks.values()}
+    for status in ("unhealthy", "degraded"):
+        if status in statuses:
+            return status
+    return "healthy"

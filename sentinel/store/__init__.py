@@ -1,10 +1,11 @@
 """Store backends behind one Protocol."""
 
-from sentinel.store.base import LocalOps, PendingEntry, Script, Store, StreamEntry
+from sentinel.store.base import LocalOps, PendingEntry, Ping, Script, Store, StreamEntry
 from sentinel.store.memory import MemoryStore
 
 __all__ = [
-    "REDIS_URL_SCHEMES", "LocalOps", "MemoryStore", "PendingEntry", "Script", "Store", "StreamEntry", "create_store",
+    "REDIS_URL_SCHEMES", "LocalOps", "MemoryStore", "PendingEntry", "Ping", "Script", "Store", "StreamEntry",
+    "create_store",
 ]
 
 # What `create_store` accepts (config validation uses the same list).

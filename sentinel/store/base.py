@@ -71,6 +71,14 @@ class StreamEntry(NamedTuple):
     fields: dict[str, bytes]
 
 
+class Ping(NamedTuple):
+    """A store's answer to `ping()`: the round trip, and the nodes that did not answer (on a Redis
+    Cluster, primaries that are down while the others serve; empty everywhere else)."""
+
+    latency: float
+    unreachable: tuple[str, ...] = ()
+
+
 class PendingEntry(NamedTuple):
     """An entry read by a consumer of a group and not yet settled: its id and that consumer."""
 
@@ -201,8 +209,9 @@ class Store(Protocol):
     async def scan(self, pattern: str, limit: int = 100) -> list[str]:
         """Up to `limit` keys matching a glob pattern (for debug views, never on the hot path)."""
 
-    async def ping(self) -> float:
-        """Round-trip latency in seconds; raises StoreUnavailable when unreachable."""
+    async def ping(self) -> Ping:
+        """Round-trip latency in seconds (and the nodes that did not answer, when some did);
+        raises StoreUnavailable when the store cannot be reached at all."""
 
     async def close(self) -> None:
         """Release connections."""

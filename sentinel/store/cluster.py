@@ -11,13 +11,15 @@ What differs from a single server:
   different slots with a ValueError before sending anything;
 - `stream_add(..., replicas=n)` sends XADD and WAIT together on one connection to the stream's
   primary, bypassing redis-py's cluster retries (which could send the WAIT elsewhere);
-- `scan()` walks every primary; `ping()` asks every primary (a dead one makes the store unhealthy);
+- `scan()` walks every primary; `ping()` asks every primary, each under its own breaker: it fails
+  only when none answers, and otherwise names the primaries that did not (`Ping.unreachable`: the
+  store is degraded, not down, as the other primaries' users are served);
 - **a circuit breaker per primary**: a command on a key counts against (and is refused by) the
   breaker of the primary its slot maps to now, so a dead primary refuses only the keys it served
   (its users' quotas, or the usage stream) while every other primary goes on serving; after a
   failover the slot maps to the promoted replica, which has a breaker of its own. Commands without
-  one key (`ping`, `scan`, a multi-key delete) and commands issued before the slot map is known
-  use the store-wide `breaker`.
+  one key (`scan`, a multi-key delete) and commands issued before the slot map is known use the
+  store-wide `breaker`.
 
 Timeouts and the breaker itself are `RedisStore`'s; so is the error translation (`guard()`).
 redis-py's own retry is cut to one immediate retry after a topology reload, so a call never takes
@@ -26,6 +28,7 @@ much more than two timeouts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Mapping, Sequence
@@ -42,7 +45,8 @@ from redis.exceptions import MovedError, RedisClusterException, RedisError, Slot
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sentinel.breaker import CircuitBreaker
-from sentinel.store.base import Script
+from sentinel.errors import StoreUnavailable
+from sentinel.store.base import Ping, Script
 from sentinel.store.redis import RedisClient, RedisStore, flat_fields
 
 SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -137,10 +141,13 @@ class RedisClusterStore(RedisStore):
             return self.breaker
         if node is None:
             return self.breaker
-        breaker = self._node_breakers.get(node.name)
+        return self._node_breaker(node.name)
+
+    def _node_breaker(self, name: str) -> CircuitBreaker:
+        breaker = self._node_breakers.get(name)
         if breaker is None:
             breaker = CircuitBreaker(self.breaker.threshold, self.breaker.cooldown, clock=self.breaker.clock)
-            self._node_breakers[node.name] = breaker
+            self._node_breakers[name] = breaker
         return breaker
 
     def routing_unknown(self) -> bool:
@@ -204,8 +211,22 @@ class RedisClusterStore(RedisStore):
         with contextlib.suppress(RedisError, RedisClusterException):
             await self.cluster.exists(key)
 
-    async def ping(self) -> float:
+    async def ping(self) -> Ping:
+        """Every primary of the slot map at once, each under its own breaker. StoreUnavailable
+        when none answers (or no slot map can be had); else the primaries that did not answer."""
         start = time.perf_counter()
         async with self.guard():
-            await self.cluster.ping(target_nodes=RedisCluster.PRIMARIES)
-        return time.perf_counter() - start
+            primaries = self.cluster.get_primaries()  # guard() loaded the slot map if needed
+        answered = await asyncio.gather(*(self._ping_node(node) for node in primaries))
+        unreachable = tuple(sorted(node.name for node, ok in zip(primaries, answered, strict=True) if not ok))
+        if len(unreachable) == len(primaries):
+            raise StoreUnavailable("Redis is unavailable: no primary of the cluster answered")
+        return Ping(time.perf_counter() - start, unreachable)
+
+    async def _ping_node(self, node: ClusterNode) -> bool:
+        try:
+            async with self.guard(breaker=self._node_breaker(node.name)):
+                await self.cluster.ping(target_nodes=node)
+        except StoreUnavailable:
+            return False
+        return True

@@ -9,6 +9,7 @@ from typing import Any
 
 from sentinel.store.base import (
     PendingEntry,
+    Ping,
     Script,
     ScriptArg,
     StreamEntry,
@@ -184,8 +185,8 @@ class MemoryStore:
         keys = [*self._ops.data, *self._streams.keys()]
         return [k for k in keys if fnmatch.fnmatchcase(k, pattern)][:limit]
 
-    async def ping(self) -> float:
-        return 0.0
+    async def ping(self) -> Ping:
+        return Ping(0.0)
 
     async def close(self) -> None:
         return None

@@ -43,6 +43,7 @@ from sentinel.store import redis_streams as lua
 from sentinel.store.autopipeline import AutoPipeline
 from sentinel.store.base import (
     PendingEntry,
+    Ping,
     Script,
     ScriptArg,
     StreamEntry,
@@ -135,10 +136,13 @@ class RedisStore:
         return self.breaker
 
     @asynccontextmanager
-    async def guard(self, key: str | None = None) -> AsyncIterator[None]:
+    async def guard(
+        self, key: str | None = None, *, breaker: CircuitBreaker | None = None
+    ) -> AsyncIterator[None]:
         """Translate Redis errors into StoreUnavailable and keep the count of the breaker of the
-        server `key` lives on (`breaker_for`)."""
-        breaker = self.breaker_for(key)
+        server `key` lives on (`breaker_for`), or of `breaker` when given."""
+        if breaker is None:
+            breaker = self.breaker_for(key)
         if breaker.is_open:
             raise StoreUnavailable("Redis is unavailable (circuit open)", retry_after=breaker.cooldown)
         try:
@@ -361,11 +365,11 @@ class RedisStore:
                     break
         return found
 
-    async def ping(self) -> float:
+    async def ping(self) -> Ping:
         start = time.perf_counter()
         async with self.guard():
             await self._client.ping()
-        return time.perf_counter() - start
+        return Ping(time.perf_counter() - start)
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+from starlette.applications import Starlette
 
+from sentinel.api.ops import OpsRoutes
+from sentinel.errors import StoreUnavailable
+from sentinel.observability.metrics import Metrics
+from sentinel.store import MemoryStore, Ping
 from tests.api.conftest import Gateway
 from tests.support.servers import free_port
 
@@ -45,3 +53,47 @@ def test_metrics_exposition(gateway: Gateway) -> None:
     ):
         assert name in text, name
     assert 'route="/v1/chat/completions"' in text
+
+
+class _PartlyDownCluster(MemoryStore):
+    """A store whose ping reports some nodes down (a Redis Cluster with a dead primary), or all."""
+
+    backend = "redis-cluster"
+
+    def __init__(self, unreachable: tuple[str, ...], *, down: bool = False) -> None:
+        super().__init__()
+        self.unreachable = unreachable
+        self.down = down
+
+    async def ping(self) -> Ping:
+        if self.down:
+            raise StoreUnavailable("Redis is unavailable: no primary of the cluster answered")
+        return Ping(0.001, self.unreachable)
+
+
+@pytest.mark.parametrize(
+    ("store", "status", "code"),
+    [
+        (_PartlyDownCluster(()), "healthy", 200),
+        (_PartlyDownCluster(("10.0.0.2:7001",)), "degraded", 200),
+        (_PartlyDownCluster((), down=True), "unhealthy", 503),
+    ],
+)
+async def test_a_cluster_with_a_dead_primary_is_degraded_but_ready(
+    tmp_path: Path, store: _PartlyDownCluster, status: str, code: int
+) -> None:
+    """Every replica sees the same dead primary: readiness stays 200 (taking them all out of
+    rotation would refuse every user, not only that primary's), and says which node is down."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/ops.db")
+    app = Starlette(routes=OpsRoutes(store, engine, Metrics()).routes())
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ops") as http:
+            ready, health = await http.get("/health/ready"), await http.get("/health")
+    finally:
+        await engine.dispose()
+    for answer in (ready, health):
+        assert answer.status_code == code
+        assert answer.json()["status"] == status
+    check = ready.json()["checks"]["store"]
+    assert check["status"] == status and check["backend"] == "redis-cluster"
+    assert check.get("unreachable", []) == list(store.unreachable)

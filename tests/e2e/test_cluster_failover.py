@@ -19,6 +19,10 @@ breakers, so the test waits until both answer 200 again before it says "after");
 admitted beyond its plan, across the whole run; and every 200 ends as exactly one ledger row
 (records of the failover went to the database outbox or sat in the stream, which the promoted
 replica holds). How long the 503s lasted is printed (run with `-s`), not asserted.
+
+Readiness is probed on both Sentinels all along: it never says 503 (a partial outage is the same
+for every replica; taking them all out of rotation would refuse everyone), and while the primary
+is down it says `degraded`, naming it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.cluster_support import (
@@ -79,8 +85,22 @@ class Load:
     urls: list[str]
     phase: str = "before"
     calls: list[Call] = field(default_factory=list)
+    ready: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)  # phase, status, store check
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def watch_readiness(self) -> None:
+        """Ask each Sentinel's `/health/ready` every 0.1 s until stopped (see `ready`)."""
+        self._tasks.append(asyncio.ensure_future(self._probe()))
+
+    async def _probe(self) -> None:
+        async with httpx.AsyncClient(timeout=20.0) as http:
+            while not self._stop.is_set():
+                for url in self.urls:
+                    phase = self.phase
+                    answer = await http.get(f"{url}/health/ready")
+                    self.ready.append((phase, answer.status_code, answer.json()["checks"]["store"]))
+                await asyncio.sleep(0.1)
 
     def start(self, user: str, key: str, callers: int, *, until: Callable[[], bool] = lambda: False) -> None:
         for n in range(callers):
@@ -178,6 +198,7 @@ async def test_a_primary_killed_under_load(
     load.start(steady, keys["steady"], 4)
     load.start(capped, keys["capped"], 2, until=capped_refused)
     load.start(bystander, keys["bystander"], 1)
+    load.watch_readiness()
     try:
         await load.until(
             "the capped user to use half its plan",
@@ -233,6 +254,16 @@ async def test_a_primary_killed_under_load(
     assert refused <= ({"steady", "capped"} if victim_case == "quota" else set()), (
         f"users of live primaries were refused: {sorted(refused)}"
     )
+
+    assert load.ready and all(status == 200 for _, status, _ in load.ready), [
+        r for r in load.ready if r[1] != 200
+    ][:5]
+    victim_name = f":{victim.port}"
+    assert any(
+        check["status"] == "degraded" and any(n.endswith(victim_name) for n in check["unreachable"])
+        for phase, _, check in load.ready
+        if phase == "failover"
+    ), "readiness never named the dead primary"
 
     admitted = len(load.of(capped, 200))
     assert admitted <= REQUESTS_CAP, f"over-admission: {admitted} admitted, plan {REQUESTS_CAP}"

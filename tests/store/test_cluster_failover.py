@@ -187,6 +187,9 @@ async def test_a_dead_primary_opens_only_its_own_breaker(
         # The other primary's keys are served, and neither its breaker nor the store-wide one opened.
         for _ in range(5):
             assert await store.get(alive) == b"elsewhere"
+        # The store is degraded, not down: ping names the dead primary (under its own breaker).
+        ping = await store.ping()
+        assert [name.rsplit(":", 1)[1] for name in ping.unreachable] == [str(victim.port)]
         assert store.breaker_for(alive).state == "closed"
         assert store.breaker.state == "closed"
         assert store.breaker_for(doomed).state == "open"
@@ -202,6 +205,7 @@ async def test_a_dead_primary_opens_only_its_own_breaker(
             break
         assert value == b"on the dead primary"
         assert redis_cluster.primary_of(doomed) is replica
+        assert (await store.ping()).unreachable == ()  # the promoted replica serves the slots
     finally:
         redis_cluster.restart(victim)
         await store.close()

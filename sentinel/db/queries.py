@@ -48,6 +48,14 @@ def _upsert_statement(dialect: str, model: type[Base], keys: tuple[str, ...], co
     )
 
 
+@functools.cache
+def sqlite_upsert_adding(model: type[Base], keys: tuple[str, ...], columns: tuple[str, ...]) -> tuple[str, list[str]]:
+    """`upsert_adding`'s statement for a raw sqlite3 connection (`SqliteWriter`): its SQL with `?`
+    placeholders, and the row keys whose values fill them, in order."""
+    compiled = _upsert_statement("sqlite", model, keys, columns).compile(dialect=sqlite.dialect())
+    return str(compiled), list(compiled.positiontup or ())
+
+
 async def upsert_adding(
     session: AsyncSession,
     model: type[Base],

@@ -22,15 +22,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sentinel.db.engine import SQLITE_BUSY_TIMEOUT_MS, sqlite_file
 from sentinel.errors import GovernanceUnavailable
 
 log = logging.getLogger("sentinel.db")
+
+T = TypeVar("T")
 
 INLINE_MAX_ROWS = 64  # larger batches are written in the thread (the loop is not held for long)
 CHECKPOINT_EVERY = 256  # commits on the loop between two checkpoints in the thread
@@ -94,6 +96,30 @@ class SqliteWriter:
 
     def _run(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         return self._transaction(self._connect(), sql, rows)
+
+    async def transact(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work(connection)` in one write transaction in the writer's thread (for background
+        batches too large for the loop): committed when it returns, rolled back when it raises.
+        GovernanceUnavailable when the database cannot be written (nothing was)."""
+
+        def run() -> T:
+            connection = self._connect()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(connection)
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            return result
+
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        except sqlite3.Error as exc:
+            raise GovernanceUnavailable(f"database unavailable: {type(exc).__name__}") from None
+        self.thread_commits += 1
+        return result
 
     def _try_inline(self, sql: str, rows: Sequence[Sequence[Any]]) -> int | None:
         """The batch committed on the loop's connection, or None when it has to go to the thread."""

@@ -1,26 +1,29 @@
 """The built-in usage ledger: one SQL row per request, recorded exactly once.
 
 `request_id` is unique in `usage_ledger`, and rows are written with `INSERT ... ON CONFLICT DO
-NOTHING`, so a batch retried after a crash or a timeout never counts a request twice. The rows
-that were new are added to the rollups (`sentinel.governance.rollups`) in the same transaction.
+NOTHING`, so a batch retried after a crash or a timeout never counts a request twice. The rollup
+worker adds new rows to the rollups (`sentinel.governance.rollups`) later, in batches, marking them
+in the same transaction.
 """
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
 from sentinel.db.models import UsageLedgerRow
-from sentinel.db.queries import insert_ignoring, picked_once
+from sentinel.db.queries import insert_ignoring, picked_once, sqlite_upsert_adding
 from sentinel.db.sqlite_writer import SqliteWriter
 from sentinel.domain.usage import UsageRecord
-from sentinel.governance.rollups import apply_rollups
+from sentinel.governance.rollups import TABLES, Rollup, apply_rollups, rollup_columns
 from sentinel.quiet import QuietWindow
 
 # 15 bound values a row: 500 rows stay well under SQLite's and PostgreSQL's parameter limits.
@@ -55,6 +58,51 @@ _SQLITE_INSERT = (
     f"INSERT OR IGNORE INTO usage_ledger ({', '.join(_COLUMNS)}, rolled_up) "
     f"VALUES ({', '.join('?' for _ in _COLUMNS)}, 0)"
 )
+
+
+# The rollup's claim on SQLite, for the writer's connection: the write lock is the transaction's
+# (BEGIN IMMEDIATE), so two processes never claim the same row.
+_SQLITE_CLAIM = (
+    "UPDATE usage_ledger SET rolled_up = 1 WHERE id IN "
+    "(SELECT id FROM usage_ledger WHERE NOT rolled_up ORDER BY id LIMIT ?) "
+    "RETURNING external_id, model, provider, status, input_tokens, output_tokens, cost_usd, started_at, finished_at"
+)
+
+
+class _Figures(NamedTuple):
+    """What the rollups read of a ledger row claimed on SQLite (see `rollups.Figures`)."""
+
+    external_id: str
+    model: str | None
+    provider: str | None
+    status: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    started_at: datetime
+    finished_at: datetime
+
+    @classmethod
+    def of(cls, row: tuple[Any, ...]) -> _Figures:
+        external_id, model, provider, status, input_tokens, output_tokens, cost, started, finished = row
+        return cls(
+            external_id, model, provider, status, input_tokens, output_tokens, cost,
+            _from_sqlite_time(started), _from_sqlite_time(finished),
+        )  # fmt: skip
+
+
+def _from_sqlite_time(value: str) -> datetime:
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)  # stored naive UTC (`_sqlite_time`)
+
+
+def _roll_up_sqlite(limit: int, connection: sqlite3.Connection) -> int:
+    """Claim up to `limit` rows and add them to the rollups, in the caller's transaction."""
+    claimed = [_Figures.of(row) for row in connection.execute(_SQLITE_CLAIM, (limit,)).fetchall()]
+    if claimed:
+        for rows, (table, keys, series) in zip(Rollup.of(claimed).rows(), TABLES, strict=True):
+            sql, names = sqlite_upsert_adding(table, keys, rollup_columns(series))
+            connection.executemany(sql, [[row[name] for name in names] for row in rows])
+    return len(claimed)
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -118,6 +166,11 @@ class SqlLedger:
         if self.quiet.active:
             return 0
         poll = self.quiet.poll()
+        if self._writer is not None:  # the claim, the sums and the upserts in the writer's thread
+            count = await self._writer.transact(functools.partial(_roll_up_sqlite, limit))
+            if not count:
+                self.quiet.found_nothing(poll)
+            return count
         Row = UsageLedgerRow
         with database_errors("usage ledger unavailable"):
             async with self._sessions() as session:

@@ -16,15 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sentinel.db.models import (
     LATENCY_BOUNDS_MS,
     LATENCY_COLUMNS,
+    Base,
     UsageDailyModelRow,
     UsageDailyUserRow,
     UsageHourlyModelRow,
@@ -33,7 +36,6 @@ from sentinel.db.models import (
     UsageMinuteRow,
 )
 from sentinel.db.queries import upsert_adding
-from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
 
 log = logging.getLogger("sentinel.rollups")
@@ -43,10 +45,7 @@ MEASURES = ("requests", "errors", "input_tokens", "output_tokens", "cost_usd")
 
 def latency_bucket(ms: int) -> int:
     """The histogram column index for a request that took `ms` milliseconds."""
-    for index, bound in enumerate(LATENCY_BOUNDS_MS):
-        if ms <= bound:
-            return index
-    return len(LATENCY_BOUNDS_MS)
+    return bisect_left(LATENCY_BOUNDS_MS, ms)  # the first bound >= ms; past the last: the open bucket
 
 
 def percentile(histogram: Sequence[int], q: float) -> float | None:
@@ -68,6 +67,29 @@ def percentile(histogram: Sequence[int], q: float) -> float | None:
     return float(LATENCY_BOUNDS_MS[-1])  # pragma: no cover - the loop always returns
 
 
+class Figures(Protocol):
+    """What a rollup reads of a ledger row (a `UsageRecord` has it all)."""
+
+    @property
+    def external_id(self) -> str: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def provider(self) -> str | None: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cost_usd(self) -> float | None: ...
+    @property
+    def started_at(self) -> datetime: ...
+    @property
+    def finished_at(self) -> datetime: ...
+
+
 @dataclass
 class Totals:
     """Summed measures of some requests."""
@@ -78,12 +100,12 @@ class Totals:
     output_tokens: int = 0
     cost_usd: float = 0.0
 
-    def add(self, record: UsageRecord) -> None:
-        self.requests += 1
-        self.errors += 1 if record.status >= 400 else 0
-        self.input_tokens += record.input_tokens
-        self.output_tokens += record.output_tokens
-        self.cost_usd += record.cost_usd or 0.0
+    def merge(self, other: Totals) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cost_usd += other.cost_usd
 
     def values(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in MEASURES}
@@ -96,11 +118,22 @@ class SeriesTotals(Totals):
     latency_ms_sum: int = 0
     histogram: list[int] = field(default_factory=lambda: [0] * len(LATENCY_COLUMNS))
 
-    def add(self, record: UsageRecord) -> None:
-        super().add(record)
+    def add(self, record: Figures) -> None:
+        """Count one request."""
+        self.requests += 1
+        self.errors += 1 if record.status >= 400 else 0
+        self.input_tokens += record.input_tokens
+        self.output_tokens += record.output_tokens
+        self.cost_usd += record.cost_usd or 0.0
         ms = max(0, int((record.finished_at - record.started_at).total_seconds() * 1000))
         self.latency_ms_sum += ms
         self.histogram[latency_bucket(ms)] += 1
+
+    def merge(self, other: Totals) -> None:
+        super().merge(other)
+        if isinstance(other, SeriesTotals):
+            self.latency_ms_sum += other.latency_ms_sum
+            self.histogram = [a + b for a, b in zip(self.histogram, other.histogram, strict=True)]
 
     def values(self) -> dict[str, Any]:
         histogram = dict(zip(LATENCY_COLUMNS, self.histogram, strict=True))
@@ -108,7 +141,7 @@ class SeriesTotals(Totals):
 
 
 # table, its key columns, whether it keeps latencies
-TABLES: tuple[tuple[type[Any], tuple[str, ...], bool], ...] = (
+TABLES: tuple[tuple[type[Base], tuple[str, ...], bool], ...] = (
     (UsageMinuteRow, ("minute",), True),
     (UsageHourRow, ("hour",), True),
     (UsageHourlyUserRow, ("hour", "external_id"), False),
@@ -118,31 +151,62 @@ TABLES: tuple[tuple[type[Any], tuple[str, ...], bool], ...] = (
 )
 
 
+def rollup_columns(series: bool) -> tuple[str, ...]:
+    """The summed columns of a rollup table (those of a series table keep latencies too)."""
+    return (*MEASURES, "latency_ms_sum", *LATENCY_COLUMNS) if series else MEASURES
+
+
 @dataclass
 class Rollup:
-    """Records summed per key of every rollup table (see TABLES)."""
+    """Records summed per key of every rollup table (see TABLES).
+
+    Each record is counted once, under its (minute, user, model, provider); those sums are then
+    added to every table's key (minutes make hours and days): a batch's records share a few such
+    keys, so each table costs per key, not per record."""
 
     groups: list[dict[tuple[Any, ...], Totals]] = field(default_factory=lambda: [{} for _ in TABLES])
 
     @classmethod
-    def of(cls, records: Iterable[UsageRecord]) -> Rollup:
-        rollup = cls()
+    def of(cls, records: Iterable[Figures]) -> Rollup:
+        fine: dict[tuple[int, str, str, str], SeriesTotals] = {}
         for record in records:
-            rollup.add(record)
+            key = (
+                int(record.finished_at.timestamp()) // 60, record.external_id, record.model or "",
+                record.provider or "",
+            )  # fmt: skip
+            totals = fine.get(key)
+            if totals is None:
+                totals = fine[key] = SeriesTotals()
+            totals.add(record)
+        rollup = cls()
+        for key, totals in fine.items():
+            rollup._merge(key, totals)
         return rollup
 
-    def add(self, record: UsageRecord) -> None:
+    def add(self, record: Figures) -> None:
         """Count one record under each table's key."""
-        seconds = int(record.finished_at.timestamp())
-        hour, day = seconds // 3600, seconds // 86400
-        model = (record.model or "", record.provider or "")
-        keys = ((seconds // 60,), (hour,), (hour, record.external_id), (hour, *model), (day, record.external_id),
-                (day, *model))
+        self.merge(Rollup.of([record]))
+
+    def merge(self, other: Rollup) -> None:
+        """Add another rollup's sums to this one."""
+        for group, theirs, (_, _, series) in zip(self.groups, other.groups, TABLES, strict=True):
+            for key, totals in theirs.items():
+                self._into(group, key, series).merge(totals)
+
+    def _merge(self, fine: tuple[int, str, str, str], totals: SeriesTotals) -> None:
+        minute, external_id, model, provider = fine
+        hour, day = minute // 60, minute // 1440
+        keys = ((minute,), (hour,), (hour, external_id), (hour, model, provider), (day, external_id),
+                (day, model, provider))  # fmt: skip
         for group, key, (_, _, series) in zip(self.groups, keys, TABLES, strict=True):
-            totals = group.get(key)
-            if totals is None:
-                totals = group[key] = SeriesTotals() if series else Totals()
-            totals.add(record)
+            self._into(group, key, series).merge(totals)
+
+    @staticmethod
+    def _into(group: dict[tuple[Any, ...], Totals], key: tuple[Any, ...], series: bool) -> Totals:
+        totals = group.get(key)
+        if totals is None:
+            totals = group[key] = SeriesTotals() if series else Totals()
+        return totals
 
     def rows(self) -> list[list[dict[str, Any]]]:
         """Per table (in TABLES order), the rows to add, in key order."""
@@ -152,13 +216,12 @@ class Rollup:
         ]
 
 
-async def apply_rollups(session: AsyncSession, records: Sequence[UsageRecord]) -> None:
+async def apply_rollups(session: AsyncSession, records: Sequence[Figures]) -> None:
     """Add `records` (rows just inserted into the ledger) to the rollups; does not commit."""
     if not records:
         return
     for rows, (table, keys, series) in zip(Rollup.of(records).rows(), TABLES, strict=True):
-        columns = [*MEASURES, "latency_ms_sum", *LATENCY_COLUMNS] if series else list(MEASURES)
-        await upsert_adding(session, table, keys, columns, rows)
+        await upsert_adding(session, table, keys, rollup_columns(series), rows)
 
 
 class RollupWorker:

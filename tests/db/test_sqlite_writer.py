@@ -6,9 +6,11 @@ WAL is checkpointed from the thread; a broken database is GovernanceUnavailable.
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from sentinel.db.sqlite_writer import SqliteWriter
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.ledger import SqlLedger
+from sentinel.governance.rollups import TABLES
 
 T0 = datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=UTC)
 
@@ -67,6 +70,49 @@ async def test_the_fast_path_writes_what_sqlalchemy_reads_back_once(
     for row in stored:  # the same values, timestamps included, whichever path wrote them
         assert (row.started_at, row.finished_at) == (T0, T0 + timedelta(milliseconds=250))
         assert (row.cost_usd, row.cache_write_tokens, row.cache_read_tokens, row.rolled_up) == (0.00012, 2, 3, True)
+
+
+async def test_the_writer_rolls_up_what_sqlalchemy_rolls_up(tmp_path: Path) -> None:
+    """The same records, recorded and rolled up through the writer in one file and through
+    SQLAlchemy in another, leave the same rollup tables; each row is rolled up once."""
+    rng = random.Random(3)
+    records = [
+        replace(
+            record(f"r{n}", rng.choice(["alice", "bob"])),
+            model=rng.choice(["gpt-4o-mini", "o3", None]), status=rng.choice([200, 200, 500]),
+            cost_usd=rng.choice([None, 0.25]), input_tokens=rng.randrange(500),
+            started_at=T0 + timedelta(seconds=n * 997), finished_at=T0 + timedelta(seconds=n * 997, milliseconds=ms),
+        )
+        for n, ms in enumerate(rng.choice([0, 40, 250, 30_000]) for _ in range(60))
+    ]  # fmt: skip
+    for n, r in enumerate(records):
+        if r.model is None:
+            records[n] = replace(r, provider=None)
+    tables: list[list[tuple[object, ...]]] = []
+    for name, with_writer in (("fast", True), ("plain", False)):
+        url = f"sqlite+aiosqlite:///{tmp_path}/{name}.db"
+        engine = create_engine(url)
+        await migrate(engine)
+        writer = SqliteWriter.for_url(url) if with_writer else None
+        ledger = SqlLedger(session_factory(engine), writer)
+        try:
+            assert await ledger.record_batch(records[:40]) == 40
+            assert [await ledger.roll_up(limit=25), await ledger.roll_up(limit=25)] == [25, 15]
+            assert await ledger.record_batch(records[30:]) == 20  # 10 of them were there already
+            assert [await ledger.roll_up(limit=25), await ledger.roll_up(limit=25)] == [20, 0]
+            if writer is not None:
+                assert writer.thread_commits == 4  # the roll-ups ran in the writer's thread
+            async with engine.connect() as conn:
+                tables.append([
+                    tuple((await conn.execute(select(table).order_by(*table.__table__.primary_key))).all())
+                    for table, _, _ in TABLES
+                ])  # fmt: skip
+        finally:
+            if writer is not None:
+                await writer.close()
+            await engine.dispose()
+    fast, plain = tables
+    assert all(fast) and fast == plain
 
 
 async def test_a_locked_database_is_written_from_the_thread_while_the_loop_runs_on(
@@ -124,6 +170,8 @@ async def test_a_broken_database_is_governance_unavailable(tmp_path: Path) -> No
     try:
         with pytest.raises(GovernanceUnavailable):
             await writer.executemany("INSERT INTO t VALUES (?)", [(1,)])
+        with pytest.raises(GovernanceUnavailable):
+            await writer.transact(lambda connection: connection.execute("SELECT * FROM t").fetchall())
     finally:
         await writer.close()
 

@@ -23,7 +23,7 @@ from sentinel.db.models import (
 )
 from sentinel.domain.usage import UsageRecord
 from sentinel.governance.ledger import SqlLedger
-from sentinel.governance.rollups import latency_bucket, percentile
+from sentinel.governance.rollups import TABLES, Rollup, latency_bucket, percentile
 from sentinel.governance.usage_stats import UsageStats
 from tests.support.accounts import record_and_roll_up
 
@@ -39,6 +39,48 @@ def rec(rid: str, *, user: str = "alice", model: str | None = "gpt-4o", at: date
 
 
 # --- pure parts ----------------------------------------------------------------------------------
+def test_a_batch_rolls_up_as_its_records_one_by_one() -> None:
+    """`Rollup.of` counts each record once under (minute, user, model, provider) and adds those
+    sums to every table; the result is what counting each record under each table's key gives."""
+    rng = random.Random(7)
+    records = [
+        rec(f"r{n}", user=rng.choice(["alice", "bob", "carol"]), model=rng.choice(["gpt-4o", "o3", None]),
+            at=T0 + timedelta(seconds=rng.randrange(-2 * 86400, 2 * 86400)), ms=rng.choice([0, 3, 150, 9000, 10**7]),
+            inp=rng.randrange(1000), out=rng.randrange(1000), status=rng.choice([200, 200, 429, 502]),
+            cost=rng.choice([None, 0.25, 1.5]))
+        for n in range(600)
+    ]  # fmt: skip
+    expected: list[dict[tuple[object, ...], dict[str, float]]] = [{} for _ in TABLES]
+    for r in records:
+        seconds = int(r.finished_at.timestamp())
+        model, provider = r.model or "", r.provider or ""
+        keys = ((seconds // 60,), (seconds // 3600,), (seconds // 3600, r.external_id),
+                (seconds // 3600, model, provider), (seconds // 86400, r.external_id),
+                (seconds // 86400, model, provider))  # fmt: skip
+        ms = max(0, int((r.finished_at - r.started_at).total_seconds() * 1000))
+        for table, key, (_, _, series) in zip(expected, keys, TABLES, strict=True):
+            sums = table.setdefault(key, {})
+            add = {"requests": 1, "errors": int(r.status >= 400), "input_tokens": r.input_tokens,
+                   "output_tokens": r.output_tokens, "cost_usd": r.cost_usd or 0.0}  # fmt: skip
+            if series:
+                add |= {"latency_ms_sum": ms, f"lat_{latency_bucket(ms):02d}": 1}
+            for name, value in add.items():
+                sums[name] = sums.get(name, 0) + value
+    got = Rollup.of(records).rows()
+    assert sum(len(t) for t in expected) > 6 * 2  # several keys per table: the test can tell them apart
+    for rows, want, (_, names, _) in zip(got, expected, TABLES, strict=True):
+        assert [tuple(row[n] for n in names) for row in rows] == sorted(want)  # key order
+        for row in rows:
+            sums = want[tuple(row[n] for n in names)]
+            assert {k: v for k, v in row.items() if k not in names and v} == pytest.approx(
+                {k: v for k, v in sums.items() if v}
+            )
+    one_by_one = Rollup()
+    for r in records:
+        one_by_one.add(r)
+    assert one_by_one.rows() == got
+
+
 def test_latency_buckets_are_upper_bounds() -> None:
     assert latency_bucket(0) == 0 and latency_bucket(LATENCY_BOUNDS_MS[0]) == 0
     assert latency_bucket(LATENCY_BOUNDS_MS[0] + 1) == 1

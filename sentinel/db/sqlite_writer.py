@@ -12,6 +12,9 @@ lock, or the batch is larger, the batch goes to the writer's thread, which waits
 timeout) without holding up the loop. Every `checkpoint_every` commits on the loop a PASSIVE
 checkpoint runs in the thread, so the WAL stays bounded and the disk is touched off the loop.
 
+`transact(work)` runs a larger background transaction (the ledger's roll-ups) in the same thread,
+on the same connection, so it waits its turn like any other write and never holds up the loop.
+
 Same file, same pragmas as the engine's connections (WAL, `synchronous=NORMAL`: a commit survives
 the process crashing). A batch refused on the loop wrote nothing (its transaction was rolled back)
 and is retried whole in the thread; the ledger's inserts ignore request ids already stored.

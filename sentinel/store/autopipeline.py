@@ -20,9 +20,13 @@ Each caller gets its own reply, or its own error: a command error (a `ResponseEr
 NOSCRIPT) belongs to that command only; a connection failure or timeout fails the commands whose
 replies had not been read (those already read keep their replies), and the connection is dropped
 so no late reply can be mistaken for another command's. A caller cancelled while queued is not
-sent. The commands are plain Redis commands (`"EVALSHA", sha, ...`), encoded by redis-py's own
-connection; replies are the raw RESP replies (no redis-py response callbacks), which is what
-`RedisStore` expects of the commands it sends this way (EVALSHA, EVAL, XADD).
+sent. The commands are plain Redis commands (`"EVALSHA", sha, ...`); replies are the raw RESP
+replies (no redis-py response callbacks), which is what `RedisStore` expects of the commands it
+sends this way (EVALSHA, EVAL, XADD).
+
+Commands are encoded by hiredis's C packer (`pack`), byte for byte what redis-py's own packer
+writes: redis-py's synchronous connection uses it when hiredis is installed, its asyncio connection
+packs in Python, ~6x slower (49 µs against 8 µs for a reservation and a usage record here).
 """
 
 from __future__ import annotations
@@ -30,10 +34,27 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import hiredis
 from redis.asyncio.connection import ConnectionPool
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
 Command = tuple[Any, ...]
+
+
+def pack(commands: list[Command]) -> bytes:
+    """`commands` in RESP, one after the other. Arguments are str (UTF-8), bytes, int or float, as
+    redis-py accepts them; anything else is redis-py's DataError. A command name with a space
+    (`"CONFIG GET"`) is split, as redis-py does."""
+    packed = []
+    for command in commands:
+        name = command[0]
+        if (" " if isinstance(name, str) else b" ") in name:
+            command = (*name.split(), *command[1:])
+        try:
+            packed.append(hiredis.pack_command(command))
+        except TypeError as exc:
+            raise DataError(f"Invalid input in command {command[0]!r}: {exc}") from None
+    return b"".join(packed)
 
 
 class AutoPipeline:
@@ -94,7 +115,7 @@ class AutoPipeline:
         pool = self._pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         try:
-            await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+            await connection.send_packed_command(pack(commands), check_health=False)
             replies: list[Any] = []
             for _ in commands:
                 try:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sentinel.errors import StoreUnavailable
-from sentinel.store.autopipeline import AutoPipeline
+from sentinel.store.autopipeline import AutoPipeline, pack
 from sentinel.store.base import Script
 from sentinel.store.redis import RedisStore
 from tests.conftest import REDIS_BIN
@@ -148,3 +149,24 @@ async def test_nothing_sent_when_no_connection_can_be_made() -> None:
     with pytest.raises((RedisConnectionError, RedisTimeoutError)):
         await pipeline.execute("INCR", "k:again")
     await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "commands",
+    [
+        [("EVALSHA", "a" * 40, 2, "sentinel:quota:{ü}:requests:3600:1", "k2", 1, 10**10, -5, 3_660_000)],
+        [("XADD", "sentinel:usage:outbox", "*", "r", b'{"id":1}\xff\x00', "n", "é"), ("EVAL", "return 1", 0)],
+        [("SET", "k", 0.1, "PX", 1e20), ("SET", b"k", 2**70), ("CONFIG GET", "maxmemory")],
+    ],
+)
+def test_commands_are_packed_as_redis_py_packs_them(commands: list[tuple[object, ...]]) -> None:
+    redis_py = Connection()  # never connected: only its packer is used
+    assert pack(commands) == b"".join(redis_py.pack_commands(commands))
+
+
+@pytest.mark.parametrize("bad", [True, None, object()])
+def test_an_argument_redis_py_refuses_is_a_data_error(bad: object) -> None:
+    with pytest.raises(DataError):
+        Connection().pack_commands([("SET", "k", bad)])  # what redis-py does ...
+    with pytest.raises(DataError):
+        pack([("SET", "k", bad)])  # ... and so does the auto-pipeline

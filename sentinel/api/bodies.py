@@ -19,7 +19,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise InvalidRequest(f"Invalid JSON body: {exc}", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
-    if json_depth_exceeds(payload, MAX_JSON_DEPTH):
+    # Nesting needs an opening bracket per level: a body with no more brackets (in strings or not)
+    # than the limit cannot exceed it, and needs no walk (most chat bodies: two per message).
+    if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and json_depth_exceeds(payload, MAX_JSON_DEPTH):
         raise InvalidRequest(f"JSON body is nested deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
     return payload
 

@@ -44,6 +44,12 @@ class Usage:
     cache_read_tokens: int = 0
 
 
+def latency_ms(started_at: datetime, finished_at: datetime) -> int:
+    """A request's latency in whole milliseconds (truncated; never negative): from its admission
+    until its usage record was written."""
+    return max(0, int((finished_at - started_at).total_seconds() * 1000))
+
+
 def _utc(value: datetime) -> datetime:
     """`value` as an aware UTC datetime; naive values are taken to be UTC already."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -36,6 +36,7 @@ from sentinel.db.models import (
     UsageMinuteRow,
 )
 from sentinel.db.queries import upsert_adding
+from sentinel.domain.usage import latency_ms
 from sentinel.errors import GovernanceUnavailable
 
 log = logging.getLogger("sentinel.rollups")
@@ -125,7 +126,7 @@ class SeriesTotals(Totals):
         self.input_tokens += record.input_tokens
         self.output_tokens += record.output_tokens
         self.cost_usd += record.cost_usd or 0.0
-        ms = max(0, int((record.finished_at - record.started_at).total_seconds() * 1000))
+        ms = latency_ms(record.started_at, record.finished_at)
         self.latency_ms_sum += ms
         self.histogram[latency_bucket(ms)] += 1
 

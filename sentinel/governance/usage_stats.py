@@ -25,6 +25,7 @@ from sentinel.db.models import (
     UsageLedgerRow,
     UsageMinuteRow,
 )
+from sentinel.domain.usage import latency_ms
 from sentinel.governance.rollups import MEASURES
 
 UNAVAILABLE = "usage statistics unavailable"
@@ -74,7 +75,7 @@ class LedgerEntry:
 
     @property
     def latency_ms(self) -> int:
-        return max(0, int((self.finished_at - self.started_at).total_seconds() * 1000))
+        return latency_ms(self.started_at, self.finished_at)
 
 
 def _sums(table: Any) -> list[ColumnElement[Any]]:

@@ -9,6 +9,7 @@ in the same transaction.
 from __future__ import annotations
 
 import functools
+import operator
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,8 +43,20 @@ _COLUMNS = (
 )
 
 
+_values = operator.attrgetter(*_COLUMNS)  # a record's `_COLUMNS`, as a tuple, in one call
+_STARTED, _FINISHED = _COLUMNS.index("started_at"), _COLUMNS.index("finished_at")
+
+
 def _row(record: UsageRecord) -> dict[str, Any]:
-    return {column: getattr(record, column) for column in _COLUMNS}
+    return dict(zip(_COLUMNS, _values(record), strict=True))
+
+
+def _sqlite_row(record: UsageRecord) -> list[Any]:
+    """The `_SQLITE_INSERT` parameters of `record` (its two times as SQLAlchemy stores them)."""
+    values = list(_values(record))
+    values[_STARTED] = _sqlite_time(values[_STARTED])
+    values[_FINISHED] = _sqlite_time(values[_FINISHED])
+    return values
 
 
 _RECORD_COLUMNS = tuple(getattr(UsageLedgerRow, column) for column in _COLUMNS)
@@ -136,24 +149,20 @@ class SqlLedger:
         for the rollup worker (`roll_up`): recording a request is one insert.
         """
         self.quiet.touched()
-        unique: dict[str, dict[str, Any]] = {}
+        unique: dict[str, UsageRecord] = {}
         for record in records:
-            unique.setdefault(record.request_id, _row(record))
+            unique.setdefault(record.request_id, record)
         if not unique:
             return 0
         if self._writer is not None:
-            rows = [
-                tuple(_sqlite_time(v) if isinstance(v, datetime) else v for v in (row[c] for c in _COLUMNS))
-                for row in unique.values()
-            ]
-            return await self._writer.executemany(_SQLITE_INSERT, rows)
+            return await self._writer.executemany(_SQLITE_INSERT, [_sqlite_row(r) for r in unique.values()])
         inserted = 0
         with database_errors("usage ledger unavailable"):
             async with self._sessions() as session:
                 # One cached statement run as executemany (SQLAlchemy batches it as "insertmanyvalues"),
                 # not a freshly compiled multi-VALUES statement per batch: compiling dominated the CPU.
                 statement = insert_ignoring(session, UsageLedgerRow, ["request_id"]).returning(UsageLedgerRow.id)
-                for chunk in _chunks(list(unique.values())):
+                for chunk in _chunks([_row(r) for r in unique.values()]):
                     inserted += len((await session.execute(statement, list(chunk))).all())
                 await session.commit()
         return inserted

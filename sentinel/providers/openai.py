@@ -7,6 +7,7 @@ here and nowhere else, and it is never logged.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +89,25 @@ def relayable_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     ]
 
 
+
+def upstream_url(base_url: str, segments: Sequence[str]) -> URL:
+    """`base_url` and the path made of `segments`, each percent-encoded whole, used as built (never
+    normalised): the upstream sees exactly this path below its base and nothing else."""
+    if sum(map(len, segments)) > _REMEMBERED_PATH_CHARS:
+        return _build_url(base_url, tuple(segments))
+    return _remembered_url(base_url, tuple(segments))
+
+
+def _build_url(base_url: str, segments: tuple[str, ...]) -> URL:
+    return URL(base_url + "".join("/" + quote(segment, safe="") for segment in segments), encoded=True)
+
+
+# A few paths serve nearly every request: their URLs are built once (short paths only, so the
+# cache stays small whatever paths clients send).
+_REMEMBERED_PATH_CHARS = 256
+_remembered_url = functools.lru_cache(maxsize=1024)(_build_url)
+
+
 @dataclass
 class OpenAICompatUpstream:
     """A named OpenAI-wire-format provider at `base_url` (which ends in /v1, as OpenAI's does)."""
@@ -107,13 +127,12 @@ class OpenAICompatUpstream:
         query: list[tuple[str, str]] | None = None,
     ) -> UpstreamResponse:
         """Send the request to the path made of `segments` (decoded, relative to the base URL, e.g.
-        ["chat", "completions"]). Each segment is percent-encoded whole and the URL is used as built
-        (never normalised), so the upstream sees exactly this path below its base and nothing else."""
+        ["chat", "completions"]; see `upstream_url`)."""
         out = dict(headers)
         out["accept-encoding"] = "identity"
         if self.api_key:
             out["authorization"] = f"Bearer {self.api_key}"
         if body is None or method in ("GET", "HEAD"):
             body = None
-        url = URL(self.base_url + "".join("/" + quote(segment, safe="") for segment in segments), encoded=True)
+        url = upstream_url(self.base_url, segments)
         return await send(self.session, self.name, method, url, headers=out, body=body, params=query)

@@ -53,6 +53,9 @@ UNKNOWN = "unknown"
 TOKENS_PER_MESSAGE = 3  # <|start|>{role}\n ... <|end|>
 TOKENS_PER_NAME = 1
 REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
+# Role token counts remembered per encoding (a role is client text: only short ones, only so many).
+MAX_REMEMBERED_ROLES = 64
+MAX_REMEMBERED_ROLE_CHARS = 32
 
 FallbackHook = Callable[[str, str], None]
 EncodingLoader = Callable[[str], tiktoken.Encoding]
@@ -269,6 +272,8 @@ class TokenCounter:
         self._encodings: dict[str, tiktoken.Encoding | None] = {}
         self._load_lock = threading.Lock()  # taken only while loading, never while counting
         self.inputs = inputs if inputs is not None else InputCounts()
+        # Role names are a handful of short strings: their counts, per encoding, for every request.
+        self._roles: dict[str, dict[str, int]] = {}
 
     def encoding_for_model(self, model: str) -> str:
         """The encoding name used for `model`; unknown models get `cl100k_base` (an approximation)."""
@@ -295,6 +300,10 @@ class TokenCounter:
     def _encoder(self, model: str, user: str | None = None) -> Callable[[str], int]:
         """A text -> count function for `model`, reporting any approximation once; with `user`, it
         remembers that user's long texts."""
+        return self._counting(model, user)[1]
+
+    def _counting(self, model: str, user: str | None = None) -> tuple[str, Callable[[str], int]]:
+        """The name of the encoding that counts for `model` (or BYTE_ESTIMATE) and `_encoder`'s function."""
         known = encoding_for_model(model)
         wanted = known or CL100K
         encoding = self._get(wanted)
@@ -306,10 +315,10 @@ class TokenCounter:
         if self._on_fallback is not None and (known is None or used != wanted):
             self._on_fallback(wanted if known else UNKNOWN, used)
         if encoding is None:
-            return estimate_tokens
+            return used, estimate_tokens
         encode = encoding.encode_ordinary
         count: Callable[[str], int] = lambda text: len(encode(text)) if text else 0  # noqa: E731
-        return count if user is None else self.inputs.wrap(user, used, count)
+        return used, count if user is None else self.inputs.wrap(user, used, count)
 
     def count_text(self, text: str, model: str, *, user: str | None = None) -> int:
         """Tokens in plain text (`user`: whose input it is, see `InputCounts`)."""
@@ -343,14 +352,18 @@ class TokenCounter:
         tool_call_id. Plus 3 for the reply priming, plus `tools` as compact JSON (an approximation:
         OpenAI renders tools in its own format).
         """
-        count = self._encoder(model, user)
-        roles: dict[str, int] = {}  # a conversation repeats a few roles: each is encoded once
+        used, count = self._counting(model, user)
+        roles = self._roles.get(used)
+        if roles is None:
+            roles = self._roles.setdefault(used, {})
         total = REPLY_PRIMING
         for message in messages:
             role = _str(message.get("role"))
             role_tokens = roles.get(role)
             if role_tokens is None:
-                role_tokens = roles[role] = count(role)
+                role_tokens = count(role)
+                if len(roles) < MAX_REMEMBERED_ROLES and len(role) <= MAX_REMEMBERED_ROLE_CHARS:
+                    roles[role] = role_tokens
             total += TOKENS_PER_MESSAGE + role_tokens
             total += sum(count(text) for text in _content_texts(message.get("content")))
             name = message.get("name")

@@ -347,3 +347,28 @@ def test_remembered_counts_are_safe_across_threads() -> None:
     for offset, got in enumerate(results):
         assert got == [len(texts[(offset + i) % len(texts)]) for i in range(2_000)]
     assert inputs.chars == sum(len(text) + ENTRY_CHARS for (_, _, text) in inputs._counts) <= 20_000
+
+
+def test_role_counts_are_remembered_per_encoding_and_stay_exact() -> None:
+    counter = TokenCounter()
+    # "研究者" is 6 tokens in cl100k and 2 in o200k: a count remembered for one encoding is not the other's
+    messages = [{"role": "研究者", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    assert counter.count_text("研究者", "gpt-4") != counter.count_text("研究者", "gpt-4o")
+    for model in ("gpt-4", "gpt-4o"):  # cl100k and o200k: each its own counts
+        t = lambda s, m=model: counter.count_text(s, m)  # noqa: E731
+        expected = 3 + (3 + t("研究者") + t("be brief")) + (3 + t("user") + t("hi"))
+        assert counter.count_chat(messages, model) == expected
+        assert counter.count_chat(messages, model) == expected  # the second time from the remembered roles
+
+
+def test_remembered_roles_are_bounded_and_odd_roles_still_count() -> None:
+    counter = TokenCounter()
+    long_role = "an invented role " * 10  # longer than MAX_REMEMBERED_ROLE_CHARS
+    roles = [f"role-{i}" for i in range(tokens.MAX_REMEMBERED_ROLES * 2)] + [long_role]
+    messages = [{"role": role, "content": ""} for role in roles]
+    expected = 3 + sum(3 + counter.count_text(role, "gpt-4") for role in roles)
+    assert counter.count_chat(messages, "gpt-4") == expected
+    assert counter.count_chat(messages, "gpt-4") == expected
+    remembered = counter._roles[tokens.CL100K]
+    assert len(remembered) == tokens.MAX_REMEMBERED_ROLES
+    assert long_role not in remembered

@@ -89,7 +89,6 @@ def relayable_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     ]
 
 
-
 def upstream_url(base_url: str, segments: Sequence[str]) -> URL:
     """`base_url` and the path made of `segments`, each percent-encoded whole, used as built (never
     normalised): the upstream sees exactly this path below its base and nothing else."""

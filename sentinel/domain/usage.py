@@ -9,11 +9,12 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast, get_args
 
 UsageSource = Literal["measured", "estimated"]
 USAGE_SOURCES: tuple[UsageSource, ...] = get_args(UsageSource)
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 def new_request_id(now_ns: int | None = None) -> str:
@@ -46,8 +47,8 @@ class Usage:
 
 def latency_ms(started_at: datetime, finished_at: datetime) -> int:
     """A request's latency in whole milliseconds (truncated; never negative): from its admission
-    until its usage record was written."""
-    return max(0, int((finished_at - started_at).total_seconds() * 1000))
+    until its usage record was written. Integer arithmetic: through float seconds, 1001 ms was 1000."""
+    return max(0, (finished_at - started_at) // _MILLISECOND)
 
 
 def _utc(value: datetime) -> datetime:

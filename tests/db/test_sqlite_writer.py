@@ -72,6 +72,12 @@ async def test_the_fast_path_writes_what_sqlalchemy_reads_back_once(
         assert (row.cost_usd, row.cache_write_tokens, row.cache_read_tokens, row.rolled_up) == (0.00012, 2, 3, True)
 
 
+# Latencies in µs: bucket bounds and either side of them, 1001 ms (1000 through float seconds), a
+# finish at .999556 s after T0's .123456 (SQLite's own clock would round it up to the next second),
+# a finish before the start (0 ms).
+LATENCIES_US = (0, 999, 5_000, 5_999, 40_000, 250_000, 876_100, 876_544, 1_001_000, 30_000_000, -500)
+
+
 async def test_the_writer_rolls_up_what_sqlalchemy_rolls_up(tmp_path: Path) -> None:
     """The same records, recorded and rolled up through the writer in one file and through
     SQLAlchemy in another, leave the same rollup tables; each row is rolled up once."""
@@ -80,10 +86,11 @@ async def test_the_writer_rolls_up_what_sqlalchemy_rolls_up(tmp_path: Path) -> N
         replace(
             record(f"r{n}", rng.choice(["alice", "bob"])),
             model=rng.choice(["gpt-4o-mini", "o3", None]), status=rng.choice([200, 200, 500]),
-            cost_usd=rng.choice([None, 0.25]), input_tokens=rng.randrange(500),
-            started_at=T0 + timedelta(seconds=n * 997), finished_at=T0 + timedelta(seconds=n * 997, milliseconds=ms),
+            cost_usd=rng.choice([None, 0.25, 1.5]), input_tokens=rng.randrange(500),
+            started_at=T0 + timedelta(seconds=n * 997),
+            finished_at=T0 + timedelta(seconds=n * 997, microseconds=latency),
         )
-        for n, ms in enumerate(rng.choice([0, 40, 250, 30_000]) for _ in range(60))
+        for n, latency in enumerate(rng.choice(LATENCIES_US) for _ in range(60))
     ]  # fmt: skip
     for n, r in enumerate(records):
         if r.model is None:

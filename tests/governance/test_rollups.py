@@ -21,7 +21,7 @@ from sentinel.db.models import (
     UsageLedgerRow,
     UsageMinuteRow,
 )
-from sentinel.domain.usage import UsageRecord
+from sentinel.domain.usage import UsageRecord, latency_ms
 from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.rollups import TABLES, Rollup, latency_bucket, percentile
 from sentinel.governance.usage_stats import UsageStats
@@ -86,6 +86,15 @@ def test_latency_buckets_are_upper_bounds() -> None:
     assert latency_bucket(LATENCY_BOUNDS_MS[0] + 1) == 1
     assert latency_bucket(LATENCY_BOUNDS_MS[-1]) == len(LATENCY_BOUNDS_MS) - 1
     assert latency_bucket(10**9) == len(LATENCY_BOUNDS_MS)
+
+
+def test_a_latency_is_whole_milliseconds_truncated_exactly() -> None:
+    """Integer arithmetic: through float seconds, 1,001 ms (and 23 more values up to 3 s) came out a
+    millisecond short — and in the bucket below when the bound is 1,000 ms."""
+    for micros in (0, 999, 1_000, 5_000, 5_999, 1_001_000, 1_003_000, 2_999_999, 10**9):
+        assert latency_ms(T0, T0 + timedelta(microseconds=micros)) == micros // 1000, micros
+    assert latency_ms(T0 + timedelta(microseconds=1), T0) == 0  # a finish before the start
+    assert latency_bucket(latency_ms(T0, T0 + timedelta(milliseconds=1001))) == latency_bucket(1001) != latency_bucket(1000)
 
 
 def test_percentiles_interpolate_within_the_bucket() -> None:

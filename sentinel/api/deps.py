@@ -11,7 +11,7 @@ from sentinel.api.context import context
 from sentinel.api.throttle import FailedAuthThrottle
 from sentinel.config import Settings
 from sentinel.domain.identity import Identity
-from sentinel.errors import AuthenticationError, PayloadTooLarge, RequestTimeout
+from sentinel.errors import AuthenticationError, InvalidRequest, PayloadTooLarge, RequestTimeout
 from sentinel.governance.auth import Authenticator, parse_credential
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
@@ -47,7 +47,11 @@ class Deps:
 
     async def read_body(self, request: Request) -> bytes:
         """The whole request body: more than `max_body_bytes` is 413 (refused without buffering it),
-        not all of it within `body_timeout_seconds` is 408."""
+        not all of it within `body_timeout_seconds` is 408. A request with more than one `Content-Type`
+        is 400 before any of it is read: readers that pick different ones would disagree on what the
+        body is (Sentinel could judge it an upload while the provider reads it as JSON)."""
+        if len(request.headers.getlist("content-type")) > 1:
+            raise InvalidRequest("The request has more than one Content-Type header: send exactly one")
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:

@@ -270,7 +270,5 @@ def _references(body: Any) -> list[str]:
 
 
 def _content_type(headers: RawHeaders) -> str:
-    for name, value in headers:
-        if name.lower() == b"content-type":
-            return value.decode("latin-1").strip().lower()
-    return ""
+    """The Content-Type the upstream will receive (read from what is forwarded, never on its own)."""
+    return forwardable_headers(headers).get("content-type", "").strip().lower()

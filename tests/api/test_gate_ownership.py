@@ -19,7 +19,7 @@ import redis
 from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.support.accounts import create_key
-from tests.support.attack import SpyUpstream, bearer, openai_error, raw_request, spying
+from tests.support.attack import SpyUpstream, bearer, openai_error, raw_request, recorded_ids, spying
 
 DAY_MS = 86_400_000
 PASSTHROUGH = "/v1/files/*,/v1/batches"
@@ -194,6 +194,38 @@ def test_a_body_whose_ids_cannot_all_be_checked_is_refused(
         fine = bob.post("/v1/chat/completions", json={**chat_with({"type": "text", "text": "x"}),
                                                       "metadata": {"file_ids": [mine] * 1000}})
         assert fine.status_code == 200, fine.text  # 1,000 of one's own ids are fine
+
+
+def test_a_request_with_two_content_types_is_refused(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """Sentinel and the provider must read one Content-Type. With an upload's first and JSON's last,
+    Sentinel took the body (JSON it cannot read: NaN) for an upload naming nothing while the provider
+    read it as JSON naming Alice's file. Two Content-Types are 400 on every surface, before the body
+    is read: nothing is reserved or forwarded."""
+    gw = start(gateway_factory, spy, redis_url)
+    victim = gw.openai().files.create(file=("v.txt", b"alice's"), purpose="user_data").id
+    bob_key = key_for(gw, "bob")
+    two = [("Content-Type", "multipart/form-data; boundary=x"), ("Content-Type", "application/json")]
+    batch = b'{"input_file_id": "%s", "endpoint": "/v1/chat/completions", "completion_window": "24h", "x": NaN}'
+    chat = orjson.dumps(chat_with({"type": "text", "text": "x"}))
+    message = orjson.dumps({"model": "claude-3-5-haiku-20241022", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "x"}]})
+    with gw.client(bob_key) as bob:
+        spy.clear()
+        attempts = [
+            bob.post("/v1/batches", content=batch % victim.encode(), headers=two),
+            bob.post("/v1/chat/completions", content=chat, headers=two),
+            bob.post("/v1/chat/completions", content=chat, headers=two[::-1]),
+        ]
+        for attempt in attempts:
+            assert attempt.status_code == 400, attempt.text
+            assert "Content-Type" in openai_error(attempt.json())["message"]
+        anthropic = bob.post("/v1/messages", content=message, headers=two)
+        assert anthropic.status_code == 400, anthropic.text
+        assert anthropic.json()["type"] == "error" and anthropic.json()["error"]["type"] == "invalid_request_error"
+    assert spy.seen == []
+    assert recorded_ids(gw.settings.database_url, redis_url, external_id="bob") == set()
 
 
 def test_ownership_holds_across_replicas(

@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 
 from starlette.types import Scope
 
+from sentinel.domain.usage import MAX_REQUEST_ID
 from sentinel.services.exchange import Exchange
+
+_NONCE_HEX = 12
+# The longest X-Request-Id taken from a client: `<id>~<nonce>` must fit the ledger's request_id.
+MAX_CLIENT_REQUEST_ID = MAX_REQUEST_ID - 1 - _NONCE_HEX
 
 
 @dataclass
@@ -28,7 +33,7 @@ class RequestContext(Exchange):
     @classmethod
     def start(cls, request_id: str, started: float, *, client_supplied_id: bool) -> RequestContext:
         """The context of a new request."""
-        usage_id = f"{request_id}~{uuid.uuid4().hex[:12]}" if client_supplied_id else request_id
+        usage_id = f"{request_id}~{uuid.uuid4().hex[:_NONCE_HEX]}" if client_supplied_id else request_id
         return cls(usage_id=usage_id, request_id=request_id, started=started)
 
 

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sentinel.api.context import RequestContext
+from sentinel.api.context import MAX_CLIENT_REQUEST_ID, RequestContext
 from sentinel.api.paths import check_raw_path
 from sentinel.api.responses import endpoint_not_found
 from sentinel.api.surfaces import render_error, surface_headers
@@ -33,7 +33,7 @@ from sentinel.observability.outcomes import RequestOutcomes
 
 log = logging.getLogger("sentinel.request")
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_SAFE_ID = re.compile(rf"^[A-Za-z0-9._:\-]{{1,{MAX_CLIENT_REQUEST_ID}}}$")
 _UNLIMITED_PREFIXES = ("/health", "/metrics")
 _API_ROUTES = ("/v1/", "/native/v1/")  # the answers counted for the console's error rate
 
@@ -150,7 +150,8 @@ class RequestMiddleware:
 
 
 def _request_id(scope: Scope) -> tuple[str, bool]:
-    """The client's X-Request-Id when it is sane (True), else a new one (False)."""
+    """The client's X-Request-Id when it is sane (True), else a new one (False). Sane: 1 to
+    MAX_CLIENT_REQUEST_ID (115) characters of `A-Z a-z 0-9 . _ : -`, so its ledger key fits."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             candidate = value.decode("latin-1")

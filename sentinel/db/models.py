@@ -45,7 +45,7 @@ from sqlalchemy.types import TypeDecorator
 
 from sentinel.domain.plans import METRICS
 from sentinel.domain.tiers import TIERS
-from sentinel.domain.usage import USAGE_SOURCES
+from sentinel.domain.usage import MAX_REQUEST_ID, USAGE_SOURCES
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
@@ -181,7 +181,7 @@ class UsageLedgerRow(Base):
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    request_id: Mapped[str] = mapped_column(String(128), nullable=False, unique=True)
+    request_id: Mapped[str] = mapped_column(String(MAX_REQUEST_ID), nullable=False, unique=True)
     external_id: Mapped[str] = mapped_column(String(255), nullable=False)
     email: Mapped[str | None] = mapped_column(String(320))
     model: Mapped[str | None] = mapped_column(String(200))
@@ -211,7 +211,7 @@ class UsageOutboxRow(Base):
     __tablename__ = "usage_outbox"
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    request_id: Mapped[str] = mapped_column(String(128), nullable=False, unique=True)
+    request_id: Mapped[str] = mapped_column(String(MAX_REQUEST_ID), nullable=False, unique=True)
     payload: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = _created_at()
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default=text("0"))

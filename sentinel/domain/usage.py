@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast, get_args
 
+# The longest request id (ledger key) a ledger stores: the `request_id` columns are VARCHAR(128).
+MAX_REQUEST_ID = 128
 UsageSource = Literal["measured", "estimated"]
 USAGE_SOURCES: tuple[UsageSource, ...] = get_args(UsageSource)
 _MILLISECOND = timedelta(milliseconds=1)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
+import pytest
 
 from tests.api.conftest import Gateway
-from tests.support.accounts import set_user_plan, usage_totals
+from tests.db.support import create_database, drop_database
+from tests.support.accounts import ledger_request_ids, set_user_plan, usage_totals
 from tests.support.waiting import wait_for
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "quota please"}]}
@@ -110,3 +112,33 @@ def test_reused_client_request_id_still_counts_every_request(gateway_factory: Ca
         answers = [http.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "same-id"}) for _ in range(3)]
     assert all(r.status_code == 200 and r.headers["x-request-id"] == "same-id" for r in answers)
     assert wait_for(lambda: ledger_totals(gw.settings.database_url, "alice")["requests"] == 3)
+
+
+@pytest.fixture
+def own_pg_url(pg_url: str) -> Iterator[str]:
+    """An empty PostgreSQL database of this test's own."""
+    url = asyncio.run(create_database(pg_url))
+    yield url
+    asyncio.run(drop_database(pg_url, url))
+
+
+@pytest.mark.postgres
+def test_a_long_client_request_id_is_recorded_on_postgresql(
+    own_pg_url: str, gateway_factory: Callable[..., Gateway]  # the database outlives the gateway
+) -> None:
+    """The ledger key `<client id>~<nonce>` always fits `request_id` (128 characters): a client id of
+    115 is kept, a longer one is replaced by a new id, and both requests are recorded (once the key
+    did not fit, PostgreSQL refused the whole group commit: a 500 and no record)."""
+    gw = gateway_factory(database_url=own_pg_url)
+    kept_id, long_id = "k" * 115, "x" * 128
+    with gw.client() as http:
+        kept = http.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": kept_id})
+        replaced = http.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": long_id})
+    assert (kept.status_code, kept.headers["x-request-id"]) == (200, kept_id), kept.text
+    assert replaced.status_code == 200, replaced.text
+    new_id = replaced.headers["x-request-id"]
+    assert new_id != long_id and len(new_id) == 32
+    ids = asyncio.run(ledger_request_ids(own_pg_url))
+    assert new_id in ids and len(ids) == 2
+    (kept_key,) = ids - {new_id}
+    assert kept_key.startswith(kept_id + "~") and len(kept_key) == 128

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import create_engine, migrate, session_factory
+from sentinel.db.models import UsageLedgerRow
 from sentinel.domain.plans import parse_limits
 from sentinel.domain.usage import UsageRecord
 from sentinel.governance.keys import KeyService
@@ -57,6 +59,12 @@ async def usage_totals(database_url: str, external_id: str) -> dict[str, int]:
     async with database(database_url) as sessions:
         rows = await SqlLedger(sessions).totals(external_id)
     return {k: sum(int(r[k]) for r in rows) for k in ("requests", "input_tokens", "output_tokens")}
+
+
+async def ledger_request_ids(database_url: str) -> set[str]:
+    """The request id of every row the built-in ledger holds."""
+    async with database(database_url) as sessions, sessions() as session:
+        return set((await session.execute(select(UsageLedgerRow.request_id))).scalars())
 
 
 async def record_and_roll_up(sessions: async_sessionmaker[AsyncSession], records: list[UsageRecord]) -> int:

@@ -1,7 +1,8 @@
 """The Anthropic-compatible surface: `POST /v1/messages` and `POST /v1/messages/count_tokens`.
 
-Same rules as the OpenAI relay: the metered fields are type-checked and the model resolved in the
-catalogue (404 `model_not_found`) before anything is reserved; the request is admitted with
+Same rules as the OpenAI relay: the metered fields are type-checked, a body naming a file or container
+of the provider account is refused (400: Sentinel serves neither, so none is the caller's) and the model
+resolved in the catalogue (404 `model_not_found`) before anything is reserved; the request is admitted with
 Anthropic's counting rules (`sentinel.quota.anthropic_usage`), served, and settled into exactly one
 usage record, with a stream's `message_stop` sent only after that record is stored. A model on an
 Anthropic-format provider is relayed as it is (its name replaced only when the catalogue gives it
@@ -39,6 +40,7 @@ from sentinel.routing.model_routes import ModelRoutes
 from sentinel.services.answers import refuse, report
 from sentinel.services.event_streams import relay_events
 from sentinel.services.exchange import Exchange, Reply, StreamReply
+from sentinel.services.objects import anthropic_object_reference
 from sentinel.services.relay import target_headers
 from sentinel.services.translated_chat import TranslatedChat
 
@@ -48,6 +50,23 @@ JSON = [("content-type", "application/json")]
 
 def _invalid(exc: NativeValidationError) -> InvalidRequest:
     return InvalidRequest(exc.message, details={"param": exc.param} if exc.param else None)
+
+
+def _check(payload: dict[str, Any], *, count_only: bool = False) -> None:
+    """The metered fields' types, and no object of the provider account named (InvalidRequest, 400):
+    Sentinel serves neither Anthropic's Files API nor its containers, so such an object is never the
+    caller's (SECURITY.md: objects created outside Sentinel are unreachable through it)."""
+    try:
+        check_messages_fields(payload, count_only=count_only)
+    except NativeValidationError as exc:
+        raise _invalid(exc) from None
+    at = anthropic_object_reference(payload)
+    if at is not None:
+        raise InvalidRequest(
+            f"{at}: files (Anthropic's Files API) and containers of the provider account cannot be used "
+            "through this gateway; send the content itself (base64, text or a URL)",
+            details={"param": at},
+        )
 
 
 class MessagesService:
@@ -69,10 +88,7 @@ class MessagesService:
         self, ex: Exchange, identity: Identity, *, payload: dict[str, Any], body: bytes, headers: RawHeaders
     ) -> Reply | StreamReply:
         """Check, resolve, admit, serve on the first target that answers, settle."""
-        try:
-            check_messages_fields(payload)
-        except NativeValidationError as exc:
-            raise _invalid(exc) from None
+        _check(payload)
         targets = self.catalogue.resolve(payload["model"])
         parsed: dict[str, ModelChatRequest] = {}
         if targets[0].kind != "anthropic":
@@ -108,10 +124,7 @@ class MessagesService:
         self, ex: Exchange, identity: Identity, *, payload: dict[str, Any], body: bytes, headers: RawHeaders
     ) -> Reply:
         """Input tokens of a Messages body: the provider's count, or Sentinel's estimate off Anthropic."""
-        try:
-            check_messages_fields(payload, count_only=True)
-        except NativeValidationError as exc:
-            raise _invalid(exc) from None
+        _check(payload, count_only=True)
         target = self.catalogue.resolve(payload["model"])[0]
         admission = await self.meter.admit_call(identity, endpoint="messages/count_tokens", request_id=ex.usage_id)
         ex.headers.extend(admission.headers.items())

@@ -4,6 +4,11 @@ Every user of Sentinel shares the company's provider account. A call that create
 (a stored response, a file, a batch, ...) makes the caller its owner; a call that names an object
 — in its path or anywhere in its JSON body — may only name the caller's own objects (see
 `sentinel.governance.ownership`). Pure: which paths and fields address objects, nothing else.
+
+Anthropic's Messages API can name objects of the provider account too — files of its Files API (a
+`file` source of a document or image, a `container_upload` block) and code-execution containers (a
+top-level `container`). Sentinel does not serve those APIs, so no such object can be the caller's:
+`anthropic_object_reference` finds them so that the request is refused.
 """
 
 from __future__ import annotations
@@ -109,6 +114,30 @@ def _ids(value: Any) -> list[str]:
     if isinstance(value, dict) and isinstance(value.get("id"), str):
         return [value["id"]]
     return []
+
+
+def anthropic_object_reference(payload: dict[str, Any]) -> str | None:
+    """Where a Messages API body names an object of the provider account, as a parameter path (e.g.
+    `messages.0.content.1.source`), or None. Named are: a top-level `container` (an id, or skills),
+    and any content block of `system` or a message — nested ones too (tool results, a document's
+    content) — that carries a `file_id` or is a `file` source. Tool inputs are the client's own
+    data and are not read."""
+    if payload.get("container") is not None:
+        return "container"
+    messages = payload.get("messages")
+    stack: list[tuple[str, Any]] = [("system", payload.get("system"))]
+    if isinstance(messages, list):
+        stack += [(f"messages.{i}.content", message.get("content"))
+                  for i, message in enumerate(messages) if isinstance(message, dict)]
+    while stack:
+        at, node = stack.pop()
+        if isinstance(node, list):
+            stack += [(f"{at}.{j}", item) for j, item in enumerate(node)]
+        elif isinstance(node, dict):
+            if "file_id" in node or node.get("type") == "file":
+                return at
+            stack += [(f"{at}.{key}", node[key]) for key in ("source", "content") if key in node]
+    return None
 
 
 def created_ids(answer: Any, *, creating: bool) -> list[str]:

@@ -152,6 +152,44 @@ def test_upstream_errors_keep_anthropic_types(gateway: Gateway) -> None:
     assert caught.value.status_code == 502
 
 
+FILE_ID = "file_011CNha8iCJcU1wXNR6q4V8w"
+FILE_REFERENCES = [  # (a block naming a file of the provider account, where the refusal points)
+    ({"type": "document", "source": {"type": "file", "file_id": FILE_ID}}, "messages.0.content.1.source"),
+    ({"type": "image", "source": {"type": "file", "file_id": FILE_ID}}, "messages.0.content.1.source"),
+    ({"type": "container_upload", "file_id": FILE_ID}, "messages.0.content.1"),
+    ({"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+        {"type": "document", "source": {"type": "file", "file_id": FILE_ID}}]}, "messages.0.content.1.content.0.source"),
+]
+
+
+def test_files_and_containers_of_the_provider_account_are_refused(gateway_factory: Callable[..., Gateway]) -> None:
+    """Sentinel does not serve Anthropic's Files API nor its containers, so a file or container a
+    Messages body names was never created through Sentinel: it is the company account's, not the
+    caller's. 400 in Anthropic's shape, relayed or translated, before anything is reserved or sent."""
+    from sentinel.mock.app import create_mock_app
+    from tests.support.attack import recorded_ids, spying
+
+    with spying(create_mock_app()) as (_, spy):
+        gw = gateway_factory(anthropic_api_url=spy.url, openai_api_url=spy.url + "/v1")
+        claude = gw.anthropic()
+        for model in (HAIKU, "gpt-4o-mini"):  # relayed as sent, translated
+            for block, param in FILE_REFERENCES:
+                turn = [{"role": "user", "content": [{"type": "text", "text": "what does it say?"}, block]}]
+                for send, extra in ((claude.messages.create, {"max_tokens": 5}), (claude.messages.count_tokens, {})):
+                    with pytest.raises(anthropic.BadRequestError, match=param) as caught:
+                        send(model=model, messages=turn, **extra)
+                    assert orjson.loads(caught.value.response.content)["error"]["type"] == "invalid_request_error"
+            for container in ("container_011CPR5CNjB747bTd36fQLFk", {"id": None, "skills": [
+                    {"type": "custom", "skill_id": "skill_01AbCdEf", "version": "latest"}]}):
+                with pytest.raises(anthropic.BadRequestError, match="container"):
+                    claude.messages.create(model=model, max_tokens=5, messages=user("run it"),
+                                           extra_body={"container": container})
+        assert spy.seen == []
+        assert recorded_ids(gw.settings.database_url) == set()
+        claude.messages.create(model=HAIKU, max_tokens=5, messages=user("no file"))  # the spy sees what goes through
+        assert spy.paths() == ["/v1/messages"]
+
+
 async def test_async_client(gateway: Gateway) -> None:
     claude = gateway.async_anthropic()
     message = await claude.messages.create(model=HAIKU, max_tokens=20, messages=user("async hello"))

@@ -10,8 +10,13 @@ def as_object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+# The largest count an SQL INTEGER column holds (`sentinel.domain.numbers.MAX_INT64`; native imports
+# nothing of ours): a larger one could never be recorded, so it reads as malformed, like a negative one.
+MAX_COUNT = 2**63 - 1
+
+
 def as_count(value: Any) -> int | None:
-    """`value` if it is a non-negative integer (not a bool), else None."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    """`value` if it is an integer (not a bool) from 0 to MAX_COUNT, else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
         return value
     return None

@@ -16,7 +16,7 @@ import re
 import time
 from typing import Any
 
-from sentinel.native._wire import as_count, as_object
+from sentinel.native._wire import MAX_COUNT, as_count, as_object
 from sentinel.native.errors import NativeValidationError, TranslationError
 from sentinel.native.model_request import ModelChatRequest
 from sentinel.native.responses import (
@@ -216,10 +216,12 @@ def _tool_call(block: dict[str, Any], provider: str) -> ToolCall:
     return ToolCall.model_validate({"id": call_id, "function": {"name": name, "arguments": arguments}})
 
 
-def anthropic_prompt_tokens(raw: dict[str, Any]) -> int:
-    """Input tokens including cache writes and reads: all of them count as prompt."""
+def anthropic_prompt_tokens(raw: dict[str, Any]) -> int | None:
+    """Input tokens including cache writes and reads: all of them count as prompt (None when their
+    sum is over MAX_COUNT: malformed)."""
     keys = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    return sum(as_count(raw.get(key)) or 0 for key in keys)
+    total = sum(as_count(raw.get(key)) or 0 for key in keys)
+    return total if total <= MAX_COUNT else None
 
 
 def anthropic_cache_tokens(raw: dict[str, Any]) -> CacheTokens:
@@ -233,10 +235,11 @@ def parse_anthropic_usage(raw: Any, *, provider: str) -> Usage | None:
     """Anthropic's `usage` object, or None when the provider sent none."""
     if raw is None:
         return None
-    prompt, output = (
+    plain, output = (
         as_count(as_object(raw).get("input_tokens")),
         as_count(as_object(raw).get("output_tokens")),
     )
+    prompt = None if plain is None else anthropic_prompt_tokens(raw)
     if prompt is None or output is None:
         raise TranslationError("Upstream usage is malformed", provider=provider)
-    return Usage.of(anthropic_prompt_tokens(raw), output)
+    return Usage.of(prompt, output)

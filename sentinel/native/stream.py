@@ -277,7 +277,7 @@ class AnthropicStreamNormalizer(StreamNormalizer):
             if (value := as_count(usage.get(key))) is not None:
                 self._input[key] = value
         if "input_tokens" in self._input:
-            self._prompt_tokens = anthropic_prompt_tokens(self._input)
+            self._prompt_tokens = anthropic_prompt_tokens(self._input)  # None (estimate) when too large
             self.cache = anthropic_cache_tokens(self._input)
 
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:

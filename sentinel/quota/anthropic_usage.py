@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from sentinel.domain.numbers import MAX_INT64
 from sentinel.domain.usage import Usage
 from sentinel.quota.images import MAX_IMAGE_TOKENS, base64_image_tokens
 from sentinel.quota.tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
@@ -26,7 +27,10 @@ _INPUT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_
 
 
 def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    """A token count as a ledger can store it, else None (negative, too large, not an integer)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT64:
+        return value
+    return None
 
 
 def estimate_messages(
@@ -85,7 +89,8 @@ def _content(content: Any, texts: list[str]) -> int:
 
 
 def usage_of(raw: Any) -> Usage | None:
-    """Sentinel's usage from an Anthropic `usage` object (None unless it has input and output figures)."""
+    """Sentinel's usage from an Anthropic `usage` object (None unless it has input and output figures,
+    and input figures whose sum a ledger can store)."""
     if not isinstance(raw, dict):
         return None
     plain, output = _count(raw.get("input_tokens")), _count(raw.get("output_tokens"))
@@ -93,6 +98,8 @@ def usage_of(raw: Any) -> Usage | None:
         return None
     write = _count(raw.get("cache_creation_input_tokens")) or 0
     read = _count(raw.get("cache_read_input_tokens")) or 0
+    if plain + write + read > MAX_INT64:
+        return None
     return Usage(plain + write + read, output, write, read)
 
 

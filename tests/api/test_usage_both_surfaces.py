@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
 from tests.api.conftest import Gateway
+from tests.api.test_native import tiers_file
 from tests.api.test_quotas import wait_for
 from tests.support.metrics import metric
+from tests.support.servers import serving
+from tests.support.upstream import ScriptedUpstream
 
 HAIKU = "claude-3-5-haiku-20241022"
 MINI = "gpt-4o-mini"
@@ -110,3 +114,71 @@ def test_partial_and_refused_requests(gateway_factory: Callable[..., Gateway]) -
     assert (refused_row["status"], refused_row["model"], refused_row["input_tokens"], refused_row["output_tokens"]) == (
         400, MINI, 0, 0
     )
+
+
+# --- usage too large to be recorded ---------------------------------------------------------------
+TOO_LARGE = 2**63  # one more than an SQL INTEGER holds (MAX_INT64)
+ASK_OPENAI = {"model": MINI, "messages": [{"role": "user", "content": "count me"}]}
+ASK_CLAUDE = {"model": HAIKU, "max_tokens": 30, "messages": [{"role": "user", "content": "count me"}]}
+
+
+def completion(usage: dict[str, int]) -> dict[str, Any]:
+    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": MINI, "usage": usage,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "a reply"}, "finish_reason": "stop"}]}
+
+
+def chunk(choices: list[Any], **extra: Any) -> dict[str, Any]:
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MINI, "choices": choices,
+            **extra}
+
+
+def claude_message(usage: dict[str, int]) -> dict[str, Any]:
+    return {"id": "msg_1", "type": "message", "role": "assistant", "model": HAIKU, "stop_reason": "end_turn",
+            "stop_sequence": None, "content": [{"type": "text", "text": "a reply"}], "usage": usage}
+
+
+def claude_events(start_usage: dict[str, int], output_tokens: int) -> list[dict[str, Any]]:
+    return [
+        {"type": "message_start", "message": {**claude_message(start_usage), "content": [], "stop_reason": None}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "a reply"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": output_tokens}},
+        {"type": "message_stop"},
+    ]
+
+
+def test_usage_too_large_to_record_is_estimated(gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
+    """A count over MAX_INT64 (or Anthropic input figures summing over it) is malformed usage, like a
+    negative one: the answer is relayed and its record estimated (once, SQLite's OverflowError failed
+    the request and lost the record)."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url,
+                             providers_file=tiers_file(tmp_path, "anthropic"))
+        with gw.client() as http:
+            upstream.json(completion({"prompt_tokens": TOO_LARGE, "completion_tokens": 3}))
+            answers = [http.post("/v1/chat/completions", json=ASK_OPENAI)]
+            upstream.sse(chunk([{"index": 0, "delta": {"role": "assistant", "content": "a reply"},
+                                 "finish_reason": "stop"}]),
+                         chunk([], usage={"prompt_tokens": 5, "completion_tokens": TOO_LARGE}), "[DONE]")
+            answers.append(http.post("/v1/chat/completions", json={**ASK_OPENAI, "stream": True}))
+            third = 2**62  # each figure fits, their sum does not
+            upstream.json(claude_message({"input_tokens": third, "cache_creation_input_tokens": third,
+                                          "cache_read_input_tokens": third, "output_tokens": 3}))
+            answers.append(http.post("/v1/messages", json=ASK_CLAUDE))
+            upstream.sse(*claude_events({"input_tokens": 5, "output_tokens": 1}, TOO_LARGE))
+            answers.append(http.post("/v1/messages", json={**ASK_CLAUDE, "stream": True}))
+            upstream.sse(*claude_events({"input_tokens": third, "cache_read_input_tokens": third,
+                                         "cache_creation_input_tokens": third, "output_tokens": 1}, 3))
+            answers.append(http.post("/native/v1/chat/completions", json={
+                "messages": ASK_CLAUDE["messages"], "max_tokens": 30, "stream": True}))
+    assert [r.status_code for r in answers] == [200] * 5, [r.text for r in answers]
+    assert "[DONE]" in answers[1].text and "message_stop" in answers[3].text and "[DONE]" in answers[4].text
+    rows = ledger_rows(gw.settings.database_url)
+    assert sorted(r["request_id"] for r in rows) == sorted(r.headers["x-request-id"] for r in answers)
+    for row in rows:
+        assert row["usage_source"] == "estimated", row
+        assert 0 < row["input_tokens"] < 100 and 0 < row["output_tokens"] < 100, row
+        assert row["cache_write_tokens"] == row["cache_read_tokens"] == 0, row
+

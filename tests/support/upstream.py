@@ -1,14 +1,19 @@
-"""Upstreams for tests: the provider key the gateways are configured with, and a gated upstream.
+"""Upstreams for tests: the provider key the gateways are configured with, a gated upstream and a
+scripted one.
 
 `GatedUpstream` is an OpenAI-like chat endpoint whose answers wait until the test opens the gate:
 a request is provably in flight (`arrived` counts it) for as long as the test needs, without a
-latency guessed in milliseconds. Serve it with `tests.support.servers.serving`.
+latency guessed in milliseconds. `ScriptedUpstream` answers with what the test queued: what a
+provider breaking its own rules might send, which the mock upstream never does. Serve them with
+`tests.support.servers.serving`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+from collections import deque
 from typing import Any
 
 import orjson
@@ -57,4 +62,34 @@ class GatedUpstream:
         body = orjson.dumps(_COMPLETION)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class ScriptedUpstream:
+    """Answers each request, on any path and in either wire format, with the next queued answer (an
+    empty queue is a 500). Bodies are written by the standard library's encoder: integers of any size."""
+
+    def __init__(self) -> None:
+        self._answers: deque[tuple[bytes, bytes]] = deque()  # (content type, body)
+
+    def json(self, body: Any) -> None:
+        """Queue a JSON answer."""
+        self._answers.append((b"application/json", json.dumps(body).encode()))
+
+    def sse(self, *events: Any) -> None:
+        """Queue an event stream: one `data:` line per event (a str as it is, e.g. "[DONE]", else JSON)."""
+        data = b"".join(
+            b"data: " + (event if isinstance(event, str) else json.dumps(event)).encode() + b"\n\n"
+            for event in events
+        )
+        self._answers.append((b"text/event-stream", data))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await lifespan(receive, send)
+        while (await receive()).get("more_body"):
+            pass
+        status, (content_type, body) = (200, self._answers.popleft()) if self._answers else (500, (b"", b""))
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

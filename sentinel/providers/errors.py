@@ -3,19 +3,27 @@
 Both surfaces use the same mapping (documented in the README's error table):
 - 401/403: Sentinel's own provider credentials were refused -> 502 `provider_auth_error`, with a
   generic message (a provider's message can quote the tail of the key);
-- 429 -> 429 `provider_rate_limited`, with the provider's Retry-After when it sent one;
+- 429 -> 429 `provider_rate_limited`, with the provider's Retry-After when it sent one and a generic
+  message: the provider's names the company's account (organisation id) and its limits and usage;
 - other 4xx: the request was refused. The native API answers 400 (`context_length_exceeded` or
   `provider_rejected_request`); the OpenAI-compatible `/v1` surface relays the provider's status,
   type, code and message (`relay_client_errors=True`) so the official SDKs raise their own errors;
-- 5xx -> 502 `provider_error`.
+- 5xx -> 502 `provider_error`, with a generic message: a provider's failure is about its own or the
+  company's account, never something the client can act on.
+The provider's own message of a 429 or a 5xx is logged at info (`sentinel.upstream`), for operators
+only; the request's error line (the middleware's) says what the client got.
 """
 
 from __future__ import annotations
+
+import logging
 
 import orjson
 
 from sentinel.domain.numbers import parse_retry_after
 from sentinel.errors import InvalidRequest, RateLimited, SentinelError, UpstreamStatusError
+
+log = logging.getLogger("sentinel.upstream")
 
 _CONTEXT_HINTS = ("context_length_exceeded", "context length", "prompt is too long", "maximum context", "too many tokens")
 _MAX_MESSAGE = 500
@@ -38,10 +46,10 @@ def upstream_error(
             upstream_status=status, code="provider_auth_error", provider=provider,
         )
     if status == 429:
-        seconds = parse_retry_after(retry_after)
+        log.info("provider rate limited", extra={"provider": provider, "upstream_status": status, "error": message})
         return RateLimited(
-            f"Provider {provider} is rate limiting: {message}", code="provider_rate_limited",
-            retry_after=seconds, provider=provider,
+            f"Provider {provider} is rate limiting the gateway; retry later", code="provider_rate_limited",
+            retry_after=parse_retry_after(retry_after), provider=provider,
         )
     if 400 <= status < 500:
         if relay_client_errors:
@@ -54,9 +62,10 @@ def upstream_error(
                                   code="context_length_exceeded", provider=provider)
         return InvalidRequest(f"Provider {provider} rejected the request: {message}",
                               code="provider_rejected_request", provider=provider)
+    log.info("provider failed", extra={"provider": provider, "upstream_status": status, "error": message})
     return UpstreamStatusError(
-        f"Provider {provider} failed with HTTP {status}: {message}", upstream_status=status,
-        code="provider_error", provider=provider,
+        f"Provider {provider} failed with HTTP {status}", upstream_status=status, code="provider_error",
+        provider=provider,
     )
 
 

@@ -19,6 +19,7 @@ from tests.api.test_native import tiers_file
 from tests.api.test_quotas import set_plan
 from tests.support.attack import ledger_rows, openai_error, wait_for
 from tests.support.servers import serving
+from tests.support.upstream import lifespan
 
 MODEL = "gpt-4o-mini"
 NATIVE = "/native/v1/chat/completions"
@@ -230,6 +231,68 @@ def test_a_forbidden_provider_answer_is_a_generic_502(gateway: Gateway) -> None:
                            ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi"})):
             r = http.post(path, json=body, headers={"X-Mock-Status": "403"})
             assert_generic_auth_error(r)
+
+
+# --- provider failures name the company's account: never relayed --------------------------------------
+SECRET_ORG = "org-secret123"
+ACCOUNT_DETAILS = (f"Rate limit reached for gpt-4o-mini in organization {SECRET_ORG} on tokens per min (TPM): "
+                   "Limit 30000, Used 29950, Requested 120.")
+
+
+class AccountDetailsUpstream:
+    """Answers every call with `status` and an error body (OpenAI's or Anthropic's shape) naming the
+    company's organisation, its limit and its usage, as OpenAI's rate-limit answers do."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await lifespan(receive, send)
+        while (await receive()).get("more_body"):
+            pass
+        if scope["path"].startswith("/v1/messages"):
+            error: dict[str, Any] = {"type": "error", "error": {"type": "rate_limit_error"}}
+        else:
+            error = {"error": {"type": "tokens", "param": None, "code": "rate_limit_exceeded"}}
+        error["error"]["message"] = ACCOUNT_DETAILS
+        body = orjson.dumps(error)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"retry-after", b"7"), (b"openai-organization", SECRET_ORG.encode())]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize("status", [429, 500])
+def test_provider_failures_do_not_leak_the_account(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, status: int
+) -> None:
+    """A provider's 429 (or 5xx) message names the company's organisation and its limits: the client
+    gets a generic message on every surface — the code, the provider and Retry-After stay."""
+    with serving(AccountDetailsUpstream(status)) as upstream:
+        gw = gateway_factory(openai_api_url=upstream.url + "/v1", anthropic_api_url=upstream.url,
+                             providers_file=tiers_file(tmp_path, "openai"))
+        claude = {"model": "claude-3-5-haiku-20241022", "max_tokens": 20, "messages": user()}
+        with gw.client() as http:
+            answers = {  # the native API first: its tier routing skips a provider that just failed
+                "native": http.post(NATIVE, json={"messages": user()}),
+                "chat": http.post("/v1/chat/completions", json={"model": MODEL, "messages": user()}),
+                "messages": http.post("/v1/messages", json=claude),
+                "translated": http.post("/v1/messages", json={**claude, "model": MODEL}),
+            }
+    for surface, r in answers.items():
+        assert SECRET_ORG not in r.text and "30000" not in r.text, (surface, r.text)
+        assert all(SECRET_ORG not in v for v in r.headers.values()), (surface, r.headers)
+        if status == 429:
+            assert (r.status_code, r.headers["retry-after"]) == (429, "7"), (surface, r.text)
+        else:
+            assert r.status_code == 502, (surface, r.text)
+        if surface in ("messages", "translated"):
+            assert r.json()["error"]["type"] == ("rate_limit_error" if status == 429 else "api_error")
+        else:
+            error = openai_error(r.json())
+            assert error["code"] == ("provider_rate_limited" if status == 429 else "provider_error")
+            assert error["provider"] == "openai"
 
 
 # --- metric labels -------------------------------------------------------------------------------

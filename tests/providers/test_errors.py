@@ -36,6 +36,9 @@ def test_status_mapping(status: int, raw: bytes, headers: list[tuple[str, str]],
         assert err.headers["Retry-After"] == "7"
     if status in (401, 403):
         assert "sk-live" not in err.message  # the provider's text about our key is never shown
+    if status == 429 or status >= 500:
+        # The provider's text names the company's account, its limits and usage: never shown either.
+        assert all(text not in err.message for text in ("slow down", "boom", "down</html>")), err.message
 
 
 @pytest.mark.parametrize(

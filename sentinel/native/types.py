@@ -172,6 +172,10 @@ class FunctionSpec(StrictModel):
                 Draft202012Validator.check_schema(self.parameters)
             except SchemaError as exc:
                 problem = exc.message
+            except (OverflowError, RecursionError) as exc:
+                # Compiling a `pattern` fails beyond the re.error the check expects: a repetition
+                # count over the regex engine's limit (`a{4294967295}`), groups nested too deep.
+                problem = f"a pattern cannot be compiled: {exc}"
         if problem is not None:
             raise PydanticCustomError(
                 "tool_definition",

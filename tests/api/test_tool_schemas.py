@@ -1,0 +1,63 @@
+"""Tool definitions whose JSON Schema cannot be checked are the tool-definition 400 on every surface
+that validates them (native, and translated either way), in that surface's error shape, costing nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sentinel.native.responses import ErrorBody
+from tests.api.conftest import Gateway
+from tests.api.test_native import tiers_file
+from tests.api.test_quotas import set_plan
+from tests.support.attack import ledger_rows, openai_error
+
+MINI = "gpt-4o-mini"
+HAIKU = "claude-3-5-haiku-20241022"
+NATIVE = "/native/v1/chat/completions"
+# Patterns `re.compile` refuses with OverflowError (a repetition count over its limit) and
+# RecursionError (groups nested too deep), not the re.error the schema check expected.
+PATTERNS = ["a{4294967295}", "(" * 2000 + ")" * 2000]
+INVALID_SCHEMA = "Invalid tool definition: Tool 'f' has invalid schema"
+
+
+def schema(pattern: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {"s": {"type": "string", "pattern": pattern}}}
+
+
+def user() -> list[dict[str, Any]]:
+    return [{"role": "user", "content": "hi"}]
+
+
+def test_a_tool_pattern_the_regex_engine_refuses_is_a_400_that_costs_nothing(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """Native, OpenAI client on an Anthropic model, Anthropic client on an OpenAI model: a 400 (it
+    was a 500), and no quota or usage record spent on it."""
+    gw = gateway_factory(providers_file=tiers_file(tmp_path, "openai"))
+    set_plan(gw.settings.database_url, "alice", "big", "requests=1000/1m")
+    with gw.client() as http:
+        first = http.post("/v1/chat/completions", json={"model": MINI, "messages": user()})
+        for pattern in PATTERNS:
+            tools = [{"type": "function", "function": {"name": "f", "description": "a tool",
+                                                       "parameters": schema(pattern)}}]
+            native = http.post(NATIVE, json={"messages": user(), "tools": tools})
+            to_claude = http.post("/v1/chat/completions", json={"model": HAIKU, "messages": user(), "tools": tools})
+            to_gpt = http.post("/v1/messages", json={"model": MINI, "max_tokens": 5, "messages": user(), "tools": [
+                {"name": "f", "input_schema": schema(pattern)}]})
+            for r in (native, to_claude):
+                assert r.status_code == 400, (pattern[:20], r.text)
+                error = openai_error(r.json())
+                assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_request"), error
+                assert INVALID_SCHEMA in error["message"], error
+            ErrorBody.model_validate_json(native.content)
+            assert to_gpt.status_code == 400, (pattern[:20], to_gpt.text)
+            body = to_gpt.json()
+            assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error", body
+            assert INVALID_SCHEMA in body["error"]["message"], body
+        last = http.post("/v1/chat/completions", json={"model": MINI, "messages": user()})
+    assert first.status_code == last.status_code == 200
+    assert int(last.headers["x-ratelimit-remaining"]) == int(first.headers["x-ratelimit-remaining"]) - 1
+    assert {r["request_id"] for r in ledger_rows(gw.settings.database_url)} == {
+        first.headers["x-request-id"], last.headers["x-request-id"]}

@@ -10,8 +10,9 @@ answer below 500 counts as Zion being up). Once it opens, calls fail at once wit
 `GovernanceUnavailable` (no call, no retry, no wait) until one probe per cooldown succeeds, so
 while Zion is down requests are served from the caches at cache speed for the grace period.
 
-`ZionIdentitySource` validates user JWTs through `/users/me`; `ZionPlanSource` turns a user's Zion
-limits into a quota `Plan` whose limits carry Zion's `used` figure (`ExternalUsage`).
+`ZionIdentitySource` validates user JWTs through `/users/me` (a 400, 401, 403 or 404 there means
+no such identity, never an outage); `ZionPlanSource` turns a user's Zion limits into a quota `Plan`
+whose limits carry Zion's `used` figure (`ExternalUsage`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
@@ -44,6 +45,9 @@ MAX_BATCH = 1000
 # Consecutive outage answers (per attempt) that open the breaker, and how long it stays open.
 BREAKER_THRESHOLD = 3
 BREAKER_COOLDOWN_SECONDS = 5.0
+# What `/users/me` answers for a token that names no usable user: malformed (400), invalid or expired
+# (401), a deactivated user (403), a deleted one (404). Exactly like 401: no identity.
+NO_IDENTITY = (400, 401, 403, 404)
 PERIOD_SECONDS = {"DAILY": 86400, "WEEKLY": 7 * 86400, "MONTHLY": 30 * 86400, "NEVER": 10 * 365 * 86400}
 # Zion's metric names and Sentinel's quota metrics, in the same order.
 WIRE_METRICS: dict[str, Metric] = {
@@ -145,8 +149,12 @@ class ZionClient:
             self._session = None
 
     async def me(self, token: str) -> Identity | None:
-        """The user behind a JWT, per Zion; None when Zion says 401."""
-        data = await self._call("GET", "/users/me", headers={"Authorization": f"Bearer {token}"}, none_on=401)
+        """The user behind a JWT, per Zion; None when Zion refuses it (NO_IDENTITY: an invalid token, a
+        deactivated or deleted user). Such a refusal is an answer, not an outage: no cached identity
+        may stand in for it."""
+        data = await self._call(
+            "GET", "/users/me", headers={"Authorization": f"Bearer {token}"}, none_on=NO_IDENTITY
+        )
         if data is None:
             return None
         user_id, email = _str(data, "id"), data.get("email")
@@ -163,7 +171,7 @@ class ZionClient:
         segment = quote(external_id, safe="")  # the original inserted it raw
         if segment in (".", ".."):  # would be read as dot-segments
             segment = segment.replace(".", "%2E")
-        data = await self._call("GET", "/limits/external/" + segment, service=True, none_on=404)
+        data = await self._call("GET", "/limits/external/" + segment, service=True, none_on=(404,))
         return None if data is None else _parse_limits(data)
 
     async def tier_config(self) -> dict[str, Any]:
@@ -218,9 +226,9 @@ class ZionClient:
         service: bool = False,
         body: Any = None,
         headers: dict[str, str] | None = None,
-        none_on: int | None = None,
+        none_on: Collection[int] = (),
     ) -> Any:
-        """One API call with retries; Zion's `data` (None when the status is `none_on`)."""
+        """One API call with retries; Zion's `data` (None when the status is one of `none_on`)."""
         sent = dict(headers or {})
         if service:
             sent["x-api-key"] = self._api_key
@@ -252,7 +260,7 @@ class ZionClient:
                     self.breaker.success()  # a whole answer, even a refusal: Zion is up
                 else:
                     self.breaker.failure()
-                if status == none_on:
+                if status in none_on:
                     return None
                 if 200 <= status < 300:
                     return _data(raw, route)

@@ -162,6 +162,30 @@ def test_a_cached_zion_identity_ends_with_its_token_even_while_zion_is_down(
     assert zion.attempts[ME] == 1  # the cache served it until exp; the expiry needed no Zion call
 
 
+@pytest.mark.parametrize("status", [400, 403, 404])
+def test_a_user_zion_refuses_is_401_not_a_stale_identity(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion, status: int
+) -> None:
+    """A deactivated (403) or deleted (404) user — or a token Zion cannot read (400) — is a refusal,
+    not an outage: once the cached identity is due for a check it is dropped and the caller gets 401,
+    counted by the failed-authentication throttle; the grace period is for outages only."""
+    zion.add_user("jwt-olga", "olga-ext", "olga@example.com")
+    gw = zion_gateway(gateway_factory, zion, jwt_cache_ttl_seconds=1, auth_failures_per_minute=1)
+    assert post(gw, "jwt-olga").status_code == 200
+    zion.refuse_user("jwt-olga", status)
+    deadline = time.monotonic() + 10
+    answer = post(gw, "jwt-olga")
+    while answer.status_code == 200 and time.monotonic() < deadline:  # until the cached identity is 1 s old
+        time.sleep(0.2)
+        answer = post(gw, "jwt-olga")
+    assert answer.status_code == 401, answer.text  # neither the stale identity nor a 503
+    assert answer.headers["www-authenticate"] == "Bearer"
+    # That failure counted: the next request from this address is throttled (a second try, in case
+    # the throttle's minute ended in between).
+    codes = [post(gw, "jwt-olga").json()["error"]["code"] for _ in range(2)]
+    assert "auth_rate_limited" in codes, codes
+
+
 def test_users_whose_usage_cannot_be_reported_are_refused(
     gateway_factory: Callable[..., Gateway], zion: FakeZion
 ) -> None:

@@ -97,6 +97,15 @@ async def test_me_returns_none_on_401_without_retrying(client: ZionClient, fake:
     assert fake.calls[ME] == 1
 
 
+@pytest.mark.parametrize("status", [400, 403, 404])
+async def test_me_returns_none_when_zion_refuses_the_user(client: ZionClient, fake: FakeZion, status: int) -> None:
+    """A deactivated (403) or deleted (404) user, or a token Zion cannot read (400), is an answer
+    like 401 — no identity — not an outage: not retried, and the breaker counts Zion as up."""
+    fake.refuse_user("tok-alice", status)
+    assert await client.me("tok-alice") is None
+    assert fake.attempts[ME] == 1 and client.breaker.failures == 0
+
+
 async def test_limits_are_parsed(client: ZionClient, fake: FakeZion) -> None:
     limits = await client.limits("ext-alice")
     assert limits is not None and limits.user_id == "usr_alice" and limits.external_id == "ext-alice"

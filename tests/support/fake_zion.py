@@ -1,7 +1,7 @@
 """A fake Zion governance API: the spec's paths and payloads, state kept in plain Python.
 
 Serve it on a real socket with `tests.support.servers.serving(fake)` (the object is an ASGI app)
-and drive it from the test thread with plain methods: `add_user`, `set_down`, `fail_next`,
+and drive it from the test thread with plain methods: `add_user`, `refuse_user`, `set_down`, `fail_next`,
 `set_honour_idempotency`, `reject_model`, `lose_batch_answers`; read `calls` (per route, requests that got past the
 failure controls), `attempts` (per route, every request, failed ones too), `received` (all
 requests), `applied`, `totals` (per email), `seen`. A lock guards
@@ -92,6 +92,9 @@ class _LostAnswer(Response):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100")]})
 
 
+_REFUSALS = {400: "BAD_REQUEST", 403: "USER_DEACTIVATED", 404: "USER_NOT_FOUND"}
+
+
 def _ok(data: Any) -> JSONResponse:
     return JSONResponse({"success": True, "data": data})
 
@@ -117,6 +120,7 @@ class FakeZion:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._users: list[FakeUser] = []
+        self._refused: dict[str, int] = {}  # token -> the status /users/me answers for it
         self._down: str | None = None
         self._fail_next: list[int] = []
         self._honour_idempotency = True
@@ -165,6 +169,12 @@ class FakeZion:
         with self._lock:
             self._users.append(user)
         return user
+
+    def refuse_user(self, token: str, status: int) -> None:
+        """From now on `/users/me` answers `status` for `token`'s user, as Zion does for a deactivated
+        (403) or deleted (404) user, or a token it cannot read (400)."""
+        with self._lock:
+            self._refused[token] = status
 
     def set_down(self, down: bool, mode: str = "503") -> None:
         """Down: answer every call with 503 (`mode="503"`), drop the connection mid-answer
@@ -229,6 +239,9 @@ class FakeZion:
     async def _me(self, request: Request) -> Response:
         self._note(request, ME)
         auth = request.headers.get("authorization", "")
+        refused = next((status for token, status in self._refused.items() if auth == f"Bearer {token}"), None)
+        if refused is not None:
+            return _error(refused, _REFUSALS.get(refused, "REFUSED"), "User not available")
         user = next((u for u in self._users if auth == f"Bearer {u.token}"), None)
         if user is None:
             return _error(401, "UNAUTHORIZED", "Invalid token")

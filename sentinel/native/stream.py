@@ -177,6 +177,17 @@ class StreamNormalizer:
             "function": {"name": name, "arguments": ""},
         }
 
+    def _arguments_text(self, arguments: Any) -> str:
+        """A call's first arguments as JSON text: some OpenAI-compatible servers send the object itself."""
+        if isinstance(arguments, str):
+            return arguments
+        try:
+            return orjson.dumps(arguments).decode()
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes
+            raise StreamError(
+                "Upstream tool call arguments cannot be read", code="parse_error", provider=self.provider
+            ) from None
+
     def _add_arguments(self, key: Any, fragment: Any) -> dict[str, Any]:
         call = self._calls.get(key)
         if call is None or not isinstance(fragment, str):
@@ -247,6 +258,7 @@ class OpenAIStreamNormalizer(StreamNormalizer):
             if key not in self._calls:
                 calls.append(self._start_call(key, tc.get("id"), function.get("name")))
                 if fragment:
+                    fragment = self._arguments_text(fragment)
                     calls[-1]["function"]["arguments"] = fragment
                     self._calls[key].fragments.append(fragment)
             elif fragment:

@@ -59,20 +59,42 @@ def text_from_body(endpoint: str, body: Any) -> str:
             if isinstance(item.get("arguments"), str):
                 parts.append(item["arguments"])
         return "".join(parts)
-    for choice in body.get("choices") or []:
+    for choice in _list(body.get("choices")):
         if not isinstance(choice, dict):
             continue
         if endpoint == "completions":
-            parts.append(choice.get("text") or "")
+            parts.append(_text(choice.get("text")))
             continue
-        message = choice.get("message") or {}
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            continue
         if isinstance(message.get("content"), str):
             parts.append(message["content"])
-        for call in message.get("tool_calls") or []:
-            fn = call.get("function") or {}
-            parts.append(fn.get("name") or "")
-            parts.append(fn.get("arguments") or "")
+        parts.extend(_call_text(call) for call in _list(message.get("tool_calls")))
     return "".join(parts)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str:
+    """A field of an answer as text to count: a string as it is, null as nothing, anything else as
+    compact JSON (some OpenAI-compatible servers send tool-call `arguments` as an object)."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes
+        return ""
+
+
+def _call_text(call: Any) -> str:
+    """A tool call's name and arguments, as text to count."""
+    fn = call.get("function") if isinstance(call, dict) else None
+    return _text(fn.get("name")) + _text(fn.get("arguments")) if isinstance(fn, dict) else ""
 
 
 class StreamInspector:
@@ -161,14 +183,14 @@ class StreamInspector:
                 if not isinstance(choice, dict):
                     continue
                 if self.endpoint == "completions":
-                    self._text.append(choice.get("text") or "")
+                    self._text.append(_text(choice.get("text")))
                     continue
-                delta = choice.get("delta") or {}
+                delta = choice.get("delta")
+                if not isinstance(delta, dict):
+                    continue
                 if isinstance(delta.get("content"), str):
                     self._text.append(delta["content"])
-                for call in delta.get("tool_calls") or []:
-                    fn = call.get("function") or {}
-                    self._text.append((fn.get("name") or "") + (fn.get("arguments") or ""))
+                self._text.extend(_call_text(call) for call in _list(delta.get("tool_calls")))
         # The usage-only chunk has an empty choices list.
         return not (self.strip and usage is not None and choices == [])
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
-from tests.api.test_quotas import wait_for
+from tests.api.test_quotas import set_plan, wait_for
 from tests.support.metrics import metric
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream
@@ -182,3 +182,45 @@ def test_usage_too_large_to_record_is_estimated(gateway_factory: Callable[..., G
         assert 0 < row["input_tokens"] < 100 and 0 < row["output_tokens"] < 100, row
         assert row["cache_write_tokens"] == row["cache_read_tokens"] == 0, row
 
+
+# --- tool-call arguments sent as an object ---------------------------------------------------------
+ARGUMENTS = {"city": "Paris"}  # some OpenAI-compatible servers send the object, not its JSON text
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ARGUMENTS}}
+
+
+def test_tool_call_arguments_sent_as_an_object_are_counted_as_json_text(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """Relayed, native and translated, answered and streamed: the answer arrives whole, its usage is
+    recorded (counted from the arguments as compact JSON) and its reservation reconciled (once a 500,
+    a stream without its end, no record and the reservation held)."""
+    upstream = ScriptedUpstream()
+    answer = completion({})
+    answer["choices"][0].update(message={"role": "assistant", "content": None, "tool_calls": [CALL]},
+                                finish_reason="tool_calls")
+    del answer["usage"]
+    first_delta = {"role": "assistant", "content": None, "tool_calls": [{"index": 0, **CALL}]}
+    stream = (chunk([{"index": 0, "delta": first_delta}]),
+              chunk([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]), "[DONE]")
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
+        set_plan(gw.settings.database_url, "alice", "tight", "requests=100/1m,output_tokens=1000/1m")
+        ask = [{"role": "user", "content": "weather in Paris?"}]
+        with gw.client() as http:
+            upstream.json(answer)
+            relayed = http.post("/v1/chat/completions", json={"model": MINI, "messages": ask, "max_tokens": 900})
+            upstream.sse(*stream)
+            native = http.post("/native/v1/chat/completions", json={"messages": ask, "max_tokens": 900, "stream": True})
+            upstream.sse(*stream)
+            translated = http.post("/v1/messages", json={"model": MINI, "messages": ask, "max_tokens": 900,
+                                                         "stream": True})
+            upstream.json(answer)  # 900 of the 1,000 output tokens again: fits only if nothing is still held
+            after = http.post("/v1/chat/completions", json={"model": MINI, "messages": ask, "max_tokens": 900})
+    answers = [relayed, native, translated, after]
+    assert [r.status_code for r in answers] == [200] * 4, [r.text for r in answers]
+    assert relayed.json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == ARGUMENTS
+    assert native.text.endswith("data: [DONE]\n\n") and '"arguments":"{\\"city\\":\\"Paris\\"}"' in native.text
+    assert "message_stop" in translated.text and '"partial_json":"{\\"city\\":\\"Paris\\"}"' in translated.text
+    rows = ledger_rows(gw.settings.database_url)
+    assert sorted(r["request_id"] for r in rows) == sorted(r.headers["x-request-id"] for r in answers)
+    assert all(r["status"] == 200 and r["usage_source"] == "estimated" and r["output_tokens"] > 0 for r in rows), rows

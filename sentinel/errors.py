@@ -183,9 +183,16 @@ class UpstreamConnectionError(UpstreamError):
 
 
 class UpstreamTimeout(UpstreamError):
+    """No upstream byte in time. `sent`: the request may have reached the provider (a read timeout,
+    not a connect timeout), so the provider may have spent on it."""
+
     status = 504
     type = "timeout_error"
     code = "upstream_timeout"
+
+    def __init__(self, message: str, *, sent: bool = True, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.sent = sent
 
 
 class InternalError(SentinelError):

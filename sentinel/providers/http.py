@@ -68,7 +68,10 @@ def translate_errors(provider: str) -> Iterator[None]:
     except UpstreamError:
         raise
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise UpstreamTimeout(f"Upstream {provider} timed out", provider=provider) from exc
+        raise UpstreamTimeout(
+            f"Upstream {provider} timed out", provider=provider,
+            sent=not isinstance(exc, aiohttp.ConnectionTimeoutError),
+        ) from exc
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamConnectionError(
             f"Cannot connect to upstream {provider}: {exc.os_error.strerror or type(exc.os_error).__name__}",

@@ -20,7 +20,7 @@ from sentinel.domain.identity import Identity
 from sentinel.domain.plans import Plan, PlanSource
 from sentinel.domain.policies import QuotaFailureMode
 from sentinel.domain.usage import Usage, UsageRecord, UsageSource
-from sentinel.errors import ServiceUnavailable, StoreUnavailable
+from sentinel.errors import SentinelError, ServiceUnavailable, StoreUnavailable, UpstreamTimeout
 from sentinel.observability.metrics import Metrics
 from sentinel.quota.decision import Decision
 from sentinel.quota.estimate import estimate_input, max_output
@@ -70,6 +70,8 @@ class Meter(Protocol):
     ) -> None: ...
 
     async def release(self, admission: Admission) -> None: ...
+
+    async def fail(self, admission: Admission, error: SentinelError) -> None: ...
 
 
 class QuotaMeter:
@@ -240,6 +242,17 @@ class QuotaMeter:
         m.child(m.usage_requests, label, source).inc()
         if record.cost_usd:
             m.child(m.cost, provider or "none", label).inc(record.cost_usd)
+
+    async def fail(self, admission: Admission, error: SentinelError) -> None:
+        """The call ended in `error` before an answer: give the reservation back — unless the request
+        may have reached the provider, which then never answered (an upstream read timeout). The
+        provider may have spent on that one, so it counts as one request and its estimated input,
+        recorded with status 504 (the output is unknown: none is charged); otherwise a slow enough
+        request would be free, and repeatable without limit."""
+        if isinstance(error, UpstreamTimeout) and error.sent:
+            await self.settle(admission, usage=None, output_text="", status=error.status, provider=error.provider)
+        else:
+            await self.release(admission)
 
     async def release(self, admission: Admission) -> None:
         """Give back everything the admission reserved (nothing was served); once per admission."""

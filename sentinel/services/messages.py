@@ -114,8 +114,8 @@ class MessagesService:
 
         try:
             reply = await self.routes.call(targets, send, on_attempt)
-        except SentinelError:
-            await self.meter.release(admission)  # a no-op when `refuse` settled a provider refusal
+        except SentinelError as exc:
+            await self.meter.fail(admission, exc)  # a no-op when `refuse` settled a provider refusal
             raise
         ex.headers.extend(target_headers(served[0]))
         return reply
@@ -140,8 +140,8 @@ class MessagesService:
         try:
             upstream = await self._forward(ex, target, ["messages", "count_tokens"], payload, body, headers)
             raw = await self._read(upstream, admission)
-        except SentinelError:
-            await self.meter.release(admission)  # a no-op when `refuse` settled a provider refusal
+        except SentinelError as exc:
+            await self.meter.fail(admission, exc)  # a no-op when `refuse` settled a provider refusal
             raise
         await self.meter.settle(admission, usage=None, output_text="", status=200, provider=target.provider)
         return Reply(200, raw, relayable_headers(upstream.headers))

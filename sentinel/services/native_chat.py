@@ -85,8 +85,8 @@ class NativeChat:
                 identity, choice, wire, translate=lambda c: self._translate(req, c),
                 send=lambda p, body, c: _upstream(ex, c, p.complete_body(body, c.tier, refused=refused)), on_attempt=on_attempt,
             )
-        except SentinelError:
-            await self.meter.release(admission)  # a no-op when `refuse` settled a provider refusal
+        except SentinelError as exc:
+            await self.meter.fail(admission, exc)  # a no-op when `refuse` settled a provider refusal
             raise
         return await self._complete(ex, completed.result, completed.choice, admission)
 

@@ -109,8 +109,8 @@ class OpenAIRelay:
             reply = await self.routes.call(
                 targets, lambda target: self._serve(ex, request, target, admission), on_attempt
             )
-        except SentinelError:
-            await self.meter.release(admission)
+        except SentinelError as exc:
+            await self.meter.fail(admission, exc)
             raise
         ex.headers.extend(target_headers(served[0]))
         return reply
@@ -194,8 +194,8 @@ class OpenAIRelay:
                 upstream, endpoint, admission, owner=owner, ttl=where.ttl,
                 creating=where.is_collection and method == "POST", ex=ex,
             )
-        except SentinelError:
-            await self.meter.release(admission)
+        except SentinelError as exc:
+            await self.meter.fail(admission, exc)
             raise
         if method == "DELETE" and where.object_id is not None and segments[-1] == where.object_id and reply.status < 300:
             await self.ownership.forget(where.object_id)

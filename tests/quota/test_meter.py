@@ -17,7 +17,15 @@ from sentinel.domain.identity import Identity
 from sentinel.domain.plans import Plan, parse_plan_spec
 from sentinel.domain.policies import QuotaFailureMode
 from sentinel.domain.usage import Usage, UsageRecord
-from sentinel.errors import GovernanceUnavailable, RateLimited, ServiceUnavailable
+from sentinel.errors import (
+    GovernanceUnavailable,
+    RateLimited,
+    SentinelError,
+    ServiceUnavailable,
+    UpstreamConnectionError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
 from sentinel.observability.metrics import Metrics
 from sentinel.quota.estimate import estimate_input
 from sentinel.quota.limiter import QuotaLimiter
@@ -166,6 +174,31 @@ async def test_release_gives_everything_back_and_writes_nothing() -> None:
     admission = await s.admit()
     await s.meter.release(admission)
     await s.meter.settle(admission, usage=Usage(5, 5), output_text="", status=200, provider="openai")
+    assert await s.used() == {"requests": 0, "input_tokens": 0, "output_tokens": 0}
+    assert s.outbox.records == []
+
+
+async def test_a_call_the_provider_never_answered_counts_its_request_and_input() -> None:
+    """A read timeout: the request may have reached the provider, which may have spent on it."""
+    s = Setup()
+    admission = await s.admit()
+    await s.meter.fail(admission, UpstreamTimeout("timed out", provider="openai"))
+    (record,) = s.outbox.records
+    assert (record.status, record.provider, record.usage_source) == (504, "openai", "estimated")
+    assert record.input_tokens == admission.estimate_input > 0 and record.output_tokens == 0
+    assert await s.used() == {"requests": 1, "input_tokens": admission.estimate_input, "output_tokens": 0}
+
+
+@pytest.mark.parametrize("error", [
+    UpstreamTimeout("connect timed out", provider="openai", sent=False),
+    UpstreamConnectionError("refused", provider="openai"),
+    UpstreamStatusError("boom", upstream_status=503, provider="openai"),
+    RateLimited("provider limit", provider="openai"),
+])
+async def test_a_call_that_failed_before_the_provider_spent_gives_everything_back(error: SentinelError) -> None:
+    s = Setup()
+    admission = await s.admit()
+    await s.meter.fail(admission, error)
     assert await s.used() == {"requests": 0, "input_tokens": 0, "output_tokens": 0}
     assert s.outbox.records == []
 

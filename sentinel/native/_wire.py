@@ -10,9 +10,10 @@ def as_object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-# The largest count an SQL INTEGER column holds (`sentinel.domain.numbers.MAX_INT64`; native imports
-# nothing of ours): a larger one could never be recorded, so it reads as malformed, like a negative one.
-MAX_COUNT = 2**63 - 1
+# The most tokens a provider is believed to report for one call (`sentinel.domain.numbers.MAX_TOKENS`;
+# native imports nothing of ours): sums of larger ones could overflow a ledger's or a counter's
+# 64-bit integers, so a larger count reads as malformed, like a negative one.
+MAX_COUNT = 10**12
 
 
 def as_count(value: Any) -> int | None:

@@ -200,7 +200,7 @@ def parse_anthropic_response(
         provider=provider,
         tier=tier,
         choices=[Choice(index=0, message=message, finish_reason=map_stop_reason(body.get("stop_reason")))],
-        usage=parse_anthropic_usage(body.get("usage"), provider=provider),
+        usage=parse_anthropic_usage(body.get("usage")),
         cache=anthropic_cache_tokens(as_object(body.get("usage"))),
     )
 
@@ -231,8 +231,9 @@ def anthropic_cache_tokens(raw: dict[str, Any]) -> CacheTokens:
     )
 
 
-def parse_anthropic_usage(raw: Any, *, provider: str) -> Usage | None:
-    """Anthropic's `usage` object, or None when the provider sent none."""
+def parse_anthropic_usage(raw: Any) -> Usage | None:
+    """Anthropic's `usage` object, or None when the provider sent none or a malformed one (then the
+    usage is estimated; see `parse_openai_usage`)."""
     if raw is None:
         return None
     plain, output = (
@@ -241,5 +242,5 @@ def parse_anthropic_usage(raw: Any, *, provider: str) -> Usage | None:
     )
     prompt = None if plain is None else anthropic_prompt_tokens(raw)
     if prompt is None or output is None:
-        raise TranslationError("Upstream usage is malformed", provider=provider)
+        return None
     return Usage.of(prompt, output)

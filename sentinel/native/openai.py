@@ -139,7 +139,7 @@ def parse_openai_response(body: Any, *, provider: str, tier: Tier) -> ProviderRe
         provider=provider,
         tier=tier,
         choices=[_choice(position, raw, provider) for position, raw in enumerate(choices)],
-        usage=parse_openai_usage(body.get("usage"), provider=provider),
+        usage=parse_openai_usage(body.get("usage")),
         cache=openai_cache_tokens(body.get("usage")),
     )
 
@@ -194,8 +194,11 @@ def openai_cache_tokens(raw: Any) -> CacheTokens:
     return CacheTokens(read=as_count(details.get("cached_tokens")) or 0)
 
 
-def parse_openai_usage(raw: Any, *, provider: str) -> Usage | None:
-    """OpenAI's `usage` object, or None when the provider sent none."""
+def parse_openai_usage(raw: Any) -> Usage | None:
+    """OpenAI's `usage` object, or None when the provider sent none or a malformed one (a count that
+    is negative, not an integer or beyond MAX_COUNT): the answer is still served and its usage
+    estimated, as on the relayed surfaces — refusing it would lose the record of a call the provider
+    served."""
     if raw is None:
         return None
     prompt, completion = (
@@ -203,5 +206,5 @@ def parse_openai_usage(raw: Any, *, provider: str) -> Usage | None:
         as_count(as_object(raw).get("completion_tokens")),
     )
     if prompt is None or completion is None:
-        raise TranslationError("Upstream usage is malformed", provider=provider)
+        return None
     return Usage.of(prompt, completion)

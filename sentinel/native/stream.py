@@ -232,7 +232,7 @@ class OpenAIStreamNormalizer(StreamNormalizer):
         self._adopt(obj.get("id"), obj.get("model"), obj.get("created"))
         if obj.get("usage") is not None:
             try:
-                usage = parse_openai_usage(obj["usage"], provider=self.provider)
+                usage = parse_openai_usage(obj["usage"])
             except TranslationError as exc:
                 raise StreamError(exc.message, code="parse_error", provider=self.provider) from None
             if usage is not None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from sentinel.domain.numbers import MAX_INT64
+from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
 from sentinel.quota.images import MAX_IMAGE_TOKENS, base64_image_tokens
 from sentinel.quota.tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
@@ -27,8 +27,8 @@ _INPUT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_
 
 
 def _count(value: Any) -> int | None:
-    """A token count as a ledger can store it, else None (negative, too large, not an integer)."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT64:
+    """A token count a provider can believably report, else None (negative, too large, not an integer)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
         return value
     return None
 
@@ -98,7 +98,7 @@ def usage_of(raw: Any) -> Usage | None:
         return None
     write = _count(raw.get("cache_creation_input_tokens")) or 0
     read = _count(raw.get("cache_read_input_tokens")) or 0
-    if plain + write + read > MAX_INT64:
+    if plain + write + read > MAX_TOKENS:
         return None
     return Usage(plain + write + read, output, write, read)
 

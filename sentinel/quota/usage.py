@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from sentinel.domain.numbers import MAX_INT64
+from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
 
 
@@ -38,8 +38,8 @@ def usage_from_body(endpoint: str, body: Any) -> Usage | None:
 
 
 def _count(value: Any) -> bool:
-    """A token count as a ledger can store it (a larger one is as malformed as a negative one)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT64
+    """A token count a provider can believably report (a larger one is as malformed as a negative one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS
 
 
 def text_from_body(endpoint: str, body: Any) -> str:

@@ -117,7 +117,7 @@ def test_partial_and_refused_requests(gateway_factory: Callable[..., Gateway]) -
 
 
 # --- usage too large to be recorded ---------------------------------------------------------------
-TOO_LARGE = 2**63  # one more than an SQL INTEGER holds (MAX_INT64)
+TOO_LARGE = 10**12 + 1  # one more than a provider is believed to report (MAX_TOKENS)
 ASK_OPENAI = {"model": MINI, "messages": [{"role": "user", "content": "count me"}]}
 ASK_CLAUDE = {"model": HAIKU, "max_tokens": 30, "messages": [{"role": "user", "content": "count me"}]}
 
@@ -149,9 +149,9 @@ def claude_events(start_usage: dict[str, int], output_tokens: int) -> list[dict[
 
 
 def test_usage_too_large_to_record_is_estimated(gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
-    """A count over MAX_INT64 (or Anthropic input figures summing over it) is malformed usage, like a
-    negative one: the answer is relayed and its record estimated (once, SQLite's OverflowError failed
-    the request and lost the record)."""
+    """A count over MAX_TOKENS (or Anthropic input figures summing over it) is malformed usage, like a
+    negative one: the answer is relayed and its record estimated (once, a count past 2^63 made SQLite's
+    OverflowError fail the request and lose the record, and sums of large ones could overflow)."""
     upstream = ScriptedUpstream()
     with serving(upstream) as srv:
         gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url,
@@ -163,7 +163,7 @@ def test_usage_too_large_to_record_is_estimated(gateway_factory: Callable[..., G
                                  "finish_reason": "stop"}]),
                          chunk([], usage={"prompt_tokens": 5, "completion_tokens": TOO_LARGE}), "[DONE]")
             answers.append(http.post("/v1/chat/completions", json={**ASK_OPENAI, "stream": True}))
-            third = 2**62  # each figure fits, their sum does not
+            third = 4 * 10**11  # each figure fits, their sum does not
             upstream.json(claude_message({"input_tokens": third, "cache_creation_input_tokens": third,
                                           "cache_read_input_tokens": third, "output_tokens": 3}))
             answers.append(http.post("/v1/messages", json=ASK_CLAUDE))
@@ -173,7 +173,13 @@ def test_usage_too_large_to_record_is_estimated(gateway_factory: Callable[..., G
                                          "cache_creation_input_tokens": third, "output_tokens": 1}, 3))
             answers.append(http.post("/native/v1/chat/completions", json={
                 "messages": ASK_CLAUDE["messages"], "max_tokens": 30, "stream": True}))
-    assert [r.status_code for r in answers] == [200] * 5, [r.text for r in answers]
+            for usage in ({"input_tokens": 5, "output_tokens": TOO_LARGE}, {"input_tokens": -1, "output_tokens": 3}):
+                upstream.json(claude_message(usage))  # native answers: served and estimated, not a 502
+                answers.append(http.post("/native/v1/chat/completions", json={
+                    "messages": ASK_CLAUDE["messages"], "max_tokens": 30}))
+            upstream.json(claude_message({"input_tokens": 5, "output_tokens": TOO_LARGE}))
+            answers.append(http.post("/v1/chat/completions", json={**ASK_OPENAI, "model": HAIKU}))  # translated
+    assert [r.status_code for r in answers] == [200] * 8, [r.text for r in answers]
     assert "[DONE]" in answers[1].text and "message_stop" in answers[3].text and "[DONE]" in answers[4].text
     rows = ledger_rows(gw.settings.database_url)
     assert sorted(r["request_id"] for r in rows) == sorted(r.headers["x-request-id"] for r in answers)

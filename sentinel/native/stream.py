@@ -231,10 +231,7 @@ class OpenAIStreamNormalizer(StreamNormalizer):
             raise self._upstream_error(obj["error"])
         self._adopt(obj.get("id"), obj.get("model"), obj.get("created"))
         if obj.get("usage") is not None:
-            try:
-                usage = parse_openai_usage(obj["usage"])
-            except TranslationError as exc:
-                raise StreamError(exc.message, code="parse_error", provider=self.provider) from None
+            usage = parse_openai_usage(obj["usage"])  # None when malformed: the stream's usage is estimated
             if usage is not None:
                 self._prompt_tokens, self._completion_tokens = usage.prompt_tokens, usage.completion_tokens
                 self.cache = openai_cache_tokens(obj["usage"])

@@ -90,7 +90,7 @@ def _content(content: Any, texts: list[str]) -> int:
 
 def usage_of(raw: Any) -> Usage | None:
     """Sentinel's usage from an Anthropic `usage` object (None unless it has input and output figures,
-    and input figures whose sum a ledger can store)."""
+    and input figures that sum to at most MAX_TOKENS)."""
     if not isinstance(raw, dict):
         return None
     plain, output = _count(raw.get("input_tokens")), _count(raw.get("output_tokens"))

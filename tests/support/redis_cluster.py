@@ -42,9 +42,9 @@ class ClusterNode(ManagedProcess):
     name = "redis-cluster-node"
     start_timeout = 10.0
 
-    def __init__(self, directory: Path, executable: str) -> None:
-        super().__init__(directory, port=free_port())
-        self.bus_port = free_port()
+    def __init__(self, directory: Path, executable: str, *, port: int, bus_port: int) -> None:
+        super().__init__(directory, port=port)
+        self.bus_port = bus_port
         self.executable = executable
         self.address = f"127.0.0.1:{self.port}"
 
@@ -87,13 +87,28 @@ class ClusterNode(ManagedProcess):
             return False
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """`count` different free ports. `free_port` alone can hand out the same port twice (nothing
+    holds it until a server binds it): two nodes on one port made a cluster of five servers whose
+    health check counted one of them twice, and a primary without a replica."""
+    ports: list[int] = []
+    while len(ports) < count:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    return ports
+
+
 class LocalRedisCluster:
     """Six local redis-server processes joined into one cluster (3 primaries, 1 replica each)."""
 
     def __init__(self, server: str, cli: str, *, base: Path | None = None) -> None:
         self.base = base or Path(tempfile.mkdtemp(prefix="sentinel-redis-cluster-"))
         self.cli = cli
-        self.nodes = [ClusterNode(self.base / f"node-{i}", server) for i in range(PRIMARIES * 2)]
+        ports = distinct_free_ports(PRIMARIES * 2 * 2)  # a client and a bus port per node
+        self.nodes = [
+            ClusterNode(self.base / f"node-{i}", server, port=ports[2 * i], bus_port=ports[2 * i + 1])
+            for i in range(PRIMARIES * 2)
+        ]
         self.url = "redis+cluster://" + ",".join(n.address for n in self.nodes)
 
     # --- lifecycle -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ and Anthropic's message_start input tokens plus message_delta output tokens.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from sentinel.native.openai import (
 from sentinel.native.responses import CacheTokens, FinishReason, Usage
 from sentinel.native.sse import SSEEvent
 from sentinel.native.types import ToolCall
+
+log = logging.getLogger("sentinel.upstream")
 
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
@@ -211,10 +214,16 @@ class StreamNormalizer:
         return value
 
     def _upstream_error(self, error: Any) -> StreamError:
+        """The provider's in-stream error, with its code and a generic message.
+
+        Like a 429 or a 5xx before the stream (`providers/errors.py`), a provider's mid-stream failure
+        is about its own or the company's account (an organisation id, the account's limits): its
+        message is logged for operators (`sentinel.upstream`, info), never sent to the client.
+        """
         error = as_object(error)
-        message = error.get("message") if isinstance(error.get("message"), str) else "Upstream stream error"
-        code = error.get("code") or error.get("type") or "upstream_error"
-        return StreamError(message, code=str(code), provider=self.provider)
+        code = str(error.get("code") or error.get("type") or "upstream_error")[:100]
+        log.info("provider stream failed", extra={"provider": self.provider, "code": code, "error": error.get("message")})
+        return StreamError(f"Provider {self.provider} failed during the stream", code=code, provider=self.provider)
 
 
 class OpenAIStreamNormalizer(StreamNormalizer):

@@ -19,7 +19,7 @@ from tests.api.test_native import tiers_file
 from tests.api.test_quotas import set_plan
 from tests.support.attack import ledger_rows, openai_error, wait_for
 from tests.support.servers import serving
-from tests.support.upstream import lifespan
+from tests.support.upstream import ScriptedUpstream, lifespan
 
 MODEL = "gpt-4o-mini"
 NATIVE = "/native/v1/chat/completions"
@@ -296,6 +296,42 @@ def test_provider_failures_do_not_leak_the_account(
 
 
 # --- metric labels -------------------------------------------------------------------------------
+def test_a_mid_stream_provider_error_does_not_leak_the_account(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """An error event inside a provider's stream is a provider failure too: the native and translated
+    streams end with a stream error carrying the provider's code and a generic message (once they
+    carried the provider's message, naming the company's organisation and its limits)."""
+    upstream = ScriptedUpstream()
+    openai_error_event = {"error": {"message": ACCOUNT_DETAILS, "type": "server_error", "code": "rate_limit_exceeded"}}
+    claude_error_event = {"type": "error", "error": {"type": "overloaded_error", "message": ACCOUNT_DETAILS}}
+    openai_first = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"}}]}
+    claude_first = {"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
+        "content": [], "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}
+    claude = {"model": "claude-3-5-haiku-20241022", "max_tokens": 20, "messages": user(), "stream": True}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url,
+                             providers_file=tiers_file(tmp_path, "openai"))
+        with gw.client() as http:
+            upstream.sse(openai_first, openai_error_event)
+            native = http.post(NATIVE, json={"messages": user(), "stream": True})
+            upstream.sse(openai_first, openai_error_event)
+            to_claude = http.post("/v1/messages", json={**claude, "model": MODEL})
+            upstream.sse(claude_first, claude_error_event)
+            to_openai = http.post("/v1/chat/completions", json={**claude, "max_tokens": 20})
+    answers = {"native": native, "translated to Anthropic": to_claude, "translated to OpenAI": to_openai}
+    for surface, r in answers.items():
+        assert r.status_code == 200, (surface, r.text)
+        assert SECRET_ORG not in r.text and "30000" not in r.text, (surface, r.text)
+        assert "[DONE]" not in r.text and "message_stop" not in r.text, (surface, r.text)
+    assert '"code":"rate_limit_exceeded"' in native.text
+    assert '"code":"overloaded_error"' in to_openai.text
+    rows = ledger_rows(gw.settings.database_url)  # each broken stream still recorded
+    assert sorted(r["request_id"] for r in rows) == sorted(r.headers["x-request-id"] for r in answers.values())
+
+
 def metrics_text(gw: Gateway) -> str:
     return httpx.get(gw.url + "/metrics").text
 

@@ -11,7 +11,9 @@ Both surfaces use the same mapping (documented in the README's error table):
 - 5xx -> 502 `provider_error`, with a generic message: a provider's failure is about its own or the
   company's account, never something the client can act on.
 The provider's own message of a 429 or a 5xx is logged at info (`sentinel.upstream`), for operators
-only; the request's error line (the middleware's) says what the client got.
+only; the request's error line (the middleware's) says what the client got. An error event inside a
+provider's stream is a provider failure too: `stream_failure` gives the message a relayed stream's
+error event carries instead of the provider's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ log = logging.getLogger("sentinel.upstream")
 
 _CONTEXT_HINTS = ("context_length_exceeded", "context length", "prompt is too long", "maximum context", "too many tokens")
 _MAX_MESSAGE = 500
+
+
+def stream_failure(provider: str, error: object) -> str:
+    """The message that replaces the provider's in an error event of a relayed stream; logs the provider's."""
+    log.info("provider stream failed", extra={"provider": provider, "error": error})
+    return f"Provider {provider} failed during the stream"
 
 
 def upstream_error(

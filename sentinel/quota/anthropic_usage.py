@@ -7,8 +7,9 @@ Counted with the tokenizer Sentinel has for the model (Claude models: `cl100k_ba
 
 Usage: Anthropic's `input_tokens` excludes the prompt-cache writes and reads; Sentinel's input tokens
 include them (as OpenAI's `prompt_tokens` do), with the two figures kept on their own as well.
-`AnthropicStreamInspector` watches a relayed stream without delaying it and holds back the final
-`message_stop` event until the usage record is stored.
+`AnthropicStreamInspector` watches a relayed stream without delaying it, holds back the final
+`message_stop` event until the usage record is stored and replaces the message of an `error` event
+(`providers.errors.stream_failure`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import orjson
 
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
+from sentinel.providers.errors import stream_failure
 from sentinel.quota.images import MAX_IMAGE_TOKENS, base64_image_tokens
 from sentinel.quota.tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
 
@@ -125,7 +127,8 @@ class AnthropicStreamInspector:
     `message_stop` event is kept in `done` (sent after the usage record is stored); nothing after it
     is relayed."""
 
-    def __init__(self) -> None:
+    def __init__(self, provider: str = "anthropic") -> None:
+        self.provider = provider
         self._buf = b""
         self._input: dict[str, int] = {}
         self._output: int | None = None
@@ -173,6 +176,10 @@ class AnthropicStreamInspector:
                     return b""
                 if isinstance(obj, dict):
                     self._absorb(obj)
+                    error = obj.get("error")
+                    if obj.get("type") == "error" and isinstance(error, dict) and "message" in error:
+                        error["message"] = stream_failure(self.provider, error["message"])
+                        event = event.replace(line, b"data: " + orjson.dumps(obj))
         return event + b"\n\n"
 
     def _absorb(self, obj: dict[str, Any]) -> None:

@@ -3,8 +3,9 @@ by `sentinel.quota.anthropic_usage`).
 
 Provider `usage` wins (cached prompt tokens, `cached_tokens`, are recorded as cache reads); when it is missing the caller counts the output text this module gathers.
 `StreamInspector` watches an SSE byte stream without delaying it: it splits events, pulls usage and
-text from `data:` lines, and (when Sentinel injected `stream_options.include_usage` on the client's
-behalf) drops the usage-only chunk the client did not ask for.
+text from `data:` lines, (when Sentinel injected `stream_options.include_usage` on the client's
+behalf) drops the usage-only chunk the client did not ask for, and replaces the message of a
+provider's error event (`providers.errors.stream_failure`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import orjson
 
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
+from sentinel.providers.errors import stream_failure
 
 
 def usage_from_body(endpoint: str, body: Any) -> Usage | None:
@@ -108,8 +110,9 @@ class StreamInspector:
 
     DONE = b"data: [DONE]\n\n"
 
-    def __init__(self, endpoint: str, *, strip_usage_chunk: bool = False) -> None:
+    def __init__(self, endpoint: str, *, strip_usage_chunk: bool = False, provider: str = "openai") -> None:
         self.endpoint = endpoint
+        self.provider = provider
         self.strip = strip_usage_chunk
         self._buf = b""
         self.usage: Usage | None = None
@@ -139,19 +142,21 @@ class StreamInspector:
         for event in events:
             if self.saw_done:
                 continue  # nothing is relayed after [DONE]
-            if self._inspect(event) and not self.saw_done:
+            event = self._inspect(event)
+            if event and not self.saw_done:
                 out.append(event + b"\n\n")
         return b"".join(out)
 
     def flush(self) -> bytes:
         """At end of stream: inspect and return any unterminated tail."""
         tail, self._buf = self._buf, b""
-        if tail.strip() and not self.saw_done and self._inspect(tail) and not self.saw_done:
-            return tail
+        if tail.strip() and not self.saw_done:
+            tail = self._inspect(tail)
+            return b"" if self.saw_done else tail
         return b""
 
-    def _inspect(self, event: bytes) -> bool:
-        """Record what the event says; False when it is the usage-only chunk to strip."""
+    def _inspect(self, event: bytes) -> bytes:
+        """Record what the event says; the event to relay (b"" for the usage-only chunk to strip)."""
         keep = True
         for line in event.split(b"\n"):
             if not line.startswith(b"data:"):
@@ -165,9 +170,26 @@ class StreamInspector:
             except orjson.JSONDecodeError:
                 self.parse_errors += 1
                 continue
-            if isinstance(obj, dict) and not self._absorb(obj):
+            if not isinstance(obj, dict):
+                continue
+            if not self._absorb(obj):
                 keep = False
-        return keep
+            elif self._redact(obj):
+                event = event.replace(line, b"data: " + orjson.dumps(obj))
+        return event if keep else b""
+
+    def _redact(self, obj: dict[str, Any]) -> bool:
+        """Replace the provider's message in an error event (chat's `error`, the Responses API's `error`
+        event and `response.failed`); True when `obj` was one."""
+        holder: Any = obj.get("error")
+        if self.endpoint == "responses":
+            kind = obj.get("type")
+            response = obj.get("response")
+            holder = obj if kind == "error" else response.get("error") if isinstance(response, dict) else None
+        if not isinstance(holder, dict) or "message" not in holder:
+            return False
+        holder["message"] = stream_failure(self.provider, holder["message"])
+        return True
 
     def _absorb(self, obj: dict[str, Any]) -> bool:
         if self.model is None and isinstance(obj.get("model"), str):

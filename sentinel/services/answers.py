@@ -129,7 +129,7 @@ class AnswerRelay:
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, strip_usage: bool,
         owner: Identity | None, *, ex: Exchange | None = None,
     ) -> StreamReply:
-        inspector = StreamInspector(endpoint, strip_usage_chunk=strip_usage)
+        inspector = StreamInspector(endpoint, strip_usage_chunk=strip_usage, provider=upstream.provider)
         meter, ownership = self.meter, self.ownership
 
         async def settle(status: int) -> None:

@@ -207,7 +207,7 @@ class MessagesService:
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
     def _relay_sse(self, ex: Exchange, upstream: UpstreamResponse, admission: Admission) -> StreamReply:
-        inspector = AnthropicStreamInspector()
+        inspector = AnthropicStreamInspector(upstream.provider)
         meter = self.meter
 
         async def settle(status: int) -> None:

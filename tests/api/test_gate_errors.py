@@ -299,9 +299,9 @@ def test_provider_failures_do_not_leak_the_account(
 def test_a_mid_stream_provider_error_does_not_leak_the_account(
     gateway_factory: Callable[..., Gateway], tmp_path: Path
 ) -> None:
-    """An error event inside a provider's stream is a provider failure too: the native and translated
-    streams end with a stream error carrying the provider's code and a generic message (once they
-    carried the provider's message, naming the company's organisation and its limits)."""
+    """An error event inside a provider's stream is a provider failure too: relayed, native and
+    translated streams carry the provider's code and a generic message (once they carried the
+    provider's message, naming the company's organisation and its limits)."""
     upstream = ScriptedUpstream()
     openai_error_event = {"error": {"message": ACCOUNT_DETAILS, "type": "server_error", "code": "rate_limit_exceeded"}}
     claude_error_event = {"type": "error", "error": {"type": "overloaded_error", "message": ACCOUNT_DETAILS}}
@@ -321,13 +321,26 @@ def test_a_mid_stream_provider_error_does_not_leak_the_account(
             to_claude = http.post("/v1/messages", json={**claude, "model": MODEL})
             upstream.sse(claude_first, claude_error_event)
             to_openai = http.post("/v1/chat/completions", json={**claude, "max_tokens": 20})
-    answers = {"native": native, "translated to Anthropic": to_claude, "translated to OpenAI": to_openai}
+            upstream.sse(openai_first, openai_error_event)
+            chat = http.post("/v1/chat/completions", json={"model": MODEL, "messages": user(), "stream": True})
+            upstream.sse(claude_first, claude_error_event)
+            messages = http.post("/v1/messages", json=claude)
+            upstream.sse({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}},
+                         {"type": "error", "code": "rate_limit_exceeded", "message": ACCOUNT_DETAILS, "param": None},
+                         {"type": "response.failed", "response": {
+                             "id": "resp_1", "status": "failed",
+                             "error": {"code": "rate_limit_exceeded", "message": ACCOUNT_DETAILS}}})
+            responses = http.post("/v1/responses", json={"model": MODEL, "input": "hi", "stream": True})
+    answers = {"native": native, "translated to Anthropic": to_claude, "translated to OpenAI": to_openai,
+               "chat": chat, "messages": messages, "responses": responses}
     for surface, r in answers.items():
         assert r.status_code == 200, (surface, r.text)
         assert SECRET_ORG not in r.text and "30000" not in r.text, (surface, r.text)
         assert "[DONE]" not in r.text and "message_stop" not in r.text, (surface, r.text)
-    assert '"code":"rate_limit_exceeded"' in native.text
-    assert '"code":"overloaded_error"' in to_openai.text
+        assert "failed during the stream" in r.text, (surface, r.text)
+    assert '"code":"rate_limit_exceeded"' in native.text and '"code":"rate_limit_exceeded"' in chat.text
+    assert '"code":"overloaded_error"' in to_openai.text and '"type":"overloaded_error"' in messages.text
+    assert responses.text.count('"code":"rate_limit_exceeded"') == 2
     rows = ledger_rows(gw.settings.database_url)  # each broken stream still recorded
     assert sorted(r["request_id"] for r in rows) == sorted(r.headers["x-request-id"] for r in answers.values())
 

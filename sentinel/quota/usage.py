@@ -10,6 +10,8 @@ provider's error event (`providers.errors.stream_failure`).
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import orjson
@@ -238,7 +240,8 @@ class StreamInspector:
 
 class TailInspector:
     """Keeps the last `keep` bytes of a large JSON answer relayed as it arrives, to read its usage
-    (OpenAI puts `usage` last) without holding or parsing the whole body."""
+    (OpenAI puts `usage` at the end, followed at most by `user` and `metadata`) without holding or
+    parsing the whole body."""
 
     def __init__(self, keep: int = 64 * 1024) -> None:
         self.keep = keep
@@ -248,20 +251,49 @@ class TailInspector:
         self._tail = (self._tail + chunk)[-self.keep :]
 
     def usage(self, endpoint: str) -> Usage | None:
-        """The usage object after the last `"usage"` key in the tail, or None."""
-        at = self._tail.rfind(b'"usage"')
-        if at < 0:
-            return None
-        start = self._tail.find(b"{", at)
-        if start < 0:
-            return None
-        depth = 0
-        for end in range(start, len(self._tail)):  # usage objects hold no strings with braces
-            depth += {123: 1, 125: -1}.get(self._tail[end], 0)
-            if depth == 0:
+        """The answer's own (top-level) `usage` object, or None when the tail holds none."""
+        value = top_level_value(self._tail, b"usage")
+        return None if value is None else usage_from_body(endpoint, {"usage": value})
+
+
+_STRUCTURE = re.compile(rb'[{}\[\]"]')
+_KEY_END = re.compile(rb'\s*:\s*')
+
+
+def top_level_value(tail: bytes, key: bytes) -> Any:
+    """The value of `key` in the top-level object whose last bytes are `tail`, or None.
+
+    Read backwards from the closing brace, where the nesting and the string boundaries are known,
+    so only the answer's own key counts: never a `"usage"` inside a string or inside an object the
+    client sent and the provider echoes after it (a Responses answer ends with the request's
+    `metadata`; its `tools` carry any JSON schema).
+    """
+    depth = 0
+    closing = -1  # the closing quote of the string being read backwards, -1 outside strings
+    for match in reversed(list(_STRUCTURE.finditer(tail.rstrip()))):
+        at = match.start()
+        char = tail[at]
+        if closing >= 0:
+            if char != 0x22 or _escaped(tail, at):
+                continue
+            if depth == 1 and tail[at + 1 : closing] == key and (colon := _KEY_END.match(tail, closing + 1)):
                 try:
-                    usage = orjson.loads(self._tail[start : end + 1])
-                except orjson.JSONDecodeError:
+                    return json.JSONDecoder().raw_decode(tail[colon.end() :].decode())[0]
+                except (ValueError, UnicodeDecodeError):
                     return None
-                return usage_from_body(endpoint, {"usage": usage})
-        return None
+            closing = -1
+        elif char == 0x22:
+            closing = at
+        else:
+            depth += 1 if char in b"}]" else -1
+            if depth <= 0:
+                return None  # back at the top-level object's opening brace
+    return None
+
+
+def _escaped(text: bytes, at: int) -> bool:
+    """Whether the quote at `at` is escaped: an odd run of backslashes before it."""
+    run = 0
+    while at - run - 1 >= 0 and text[at - run - 1] == 0x5C:
+        run += 1
+    return run % 2 == 1

@@ -29,6 +29,8 @@ from tests.support.attack import (
     spying,
     wait_for,
 )
+from tests.support.servers import serving
+from tests.support.upstream import ScriptedUpstream
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 COMPLETION = {"model": "gpt-3.5-turbo-instruct", "prompt": "hi"}
@@ -283,6 +285,31 @@ def test_a_large_answer_is_recorded_from_its_tail_before_its_last_bytes(
     row = next(row for row in ledger_rows(gw.settings.database_url) if row["request_id"] == rid)
     assert (row["usage_source"], row["input_tokens"], row["status"]) == (
         "measured", answer["usage"]["prompt_tokens"], 200)
+
+
+
+def test_a_large_answer_is_charged_its_own_usage_not_an_echoed_one(gateway_factory: Callable[..., Gateway]) -> None:
+    """A Responses answer echoes the request's `tools` and ends with its `metadata`, after `usage`:
+    a `"usage"` the client put in either (a schema, a metadata key) is not the answer's (once the
+    last `"usage"` in the tail was taken, and 498,630 input tokens were recorded as 4)."""
+    upstream = ScriptedUpstream()
+    fake = {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}
+    tools = [{"type": "function", "name": f"tool_{i}", "description": "lorem ipsum " * 100,
+              "parameters": {"type": "object", "properties": {}, "usage": fake}} for i in range(1000)]
+    usage = {"input_tokens": 300_000, "output_tokens": 7, "total_tokens": 300_007}
+    answer = {"id": "resp_1", "object": "response", "status": "completed", "model": "gpt-4o-mini", "output": [],
+              "tools": tools, "usage": usage, "user": None,
+              "metadata": {"usage": orjson.dumps(fake).decode(), 'x"usage': "{}"}}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1)
+        with gw.client() as http:
+            upstream.json(answer)
+            r = http.post("/v1/responses", json={"model": "gpt-4o-mini", "input": "hi", "store": False})
+    assert r.status_code == 200 and len(r.content) > 1024 * 1024, (r.status_code, len(r.content))
+    rid = r.headers["x-request-id"]
+    assert wait_for(lambda: any(row["request_id"] == rid for row in ledger_rows(gw.settings.database_url)))
+    row = next(row for row in ledger_rows(gw.settings.database_url) if row["request_id"] == rid)
+    assert (row["usage_source"], row["input_tokens"], row["output_tokens"]) == ("measured", 300_000, 7), row
 
 
 def test_a_large_answer_without_usage_is_charged_what_it_reserved(gateway: Gateway) -> None:

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from sentinel.domain.usage import Usage
-from sentinel.quota.usage import StreamInspector, text_from_body, usage_from_body
+from sentinel.quota.usage import StreamInspector, text_from_body, top_level_value, usage_from_body
 
 DONE = b"data: [DONE]\n\n"
 
@@ -155,3 +155,26 @@ def test_text_from_bodies_of_every_endpoint() -> None:
     ]}
     assert text_from_body("responses", responses) == 'Hello{"x":1} again'
     assert text_from_body("chat", "not a body") == ""
+
+
+# --- the answer's own usage, read backwards from the end of a large answer -------------------------
+OWN = {"input_tokens": 500, "output_tokens": 7}
+ECHOED = {"input_tokens": 1, "output_tokens": 1}
+
+
+@pytest.mark.parametrize("keep", [10_000, 200, 131])  # 131: from the comma before the key
+def test_only_the_top_level_usage_counts(keep: int) -> None:
+    answer = {"tools": [{"parameters": {"usage": ECHOED}}], "note": 'a "usage": {"input_tokens": 2}',
+              "usage": OWN, "user": None, "metadata": {"usage": "x", 'k"usage': '{"input_tokens":3}', "t": "\\\\"}}
+    raw = orjson.dumps(answer)
+    assert top_level_value(raw[-keep:] + b"\n", b"usage") == OWN
+
+
+@pytest.mark.parametrize("raw", [
+    orjson.dumps({"data": {"usage": ECHOED}}),  # nested only
+    orjson.dumps({"usage": OWN, "metadata": {"m": "x" * 200}})[-150:],  # cut before the key
+    b'{"usage": {"input_tokens": 1',  # truncated
+    b"",
+])
+def test_no_top_level_usage_is_none(raw: bytes) -> None:
+    assert top_level_value(raw, b"usage") is None

@@ -109,6 +109,8 @@ class JwtVerifier:
         except jwt.PyJWTError:
             return None
         alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(alg, str):
+            return None  # PyJWT does not check its type: a list or an object would not even hash
         key: Any
         if alg in HMAC_ALGORITHMS and self._secret is not None:
             key = self._secret

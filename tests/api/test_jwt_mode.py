@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Callable
 
@@ -22,6 +24,14 @@ def token(**claims: object) -> str:
     return jwt.encode(base, SECRET, algorithm="HS256")
 
 
+def forged(header: dict[str, object]) -> str:
+    """A token with this header, valid claims and a signature of nothing."""
+    def part(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part(header)}.{part({'sub': 'x', 'aud': 'sentinel', 'exp': int(time.time()) + 600})}.AAAA"
+
+
 def test_local_jwt_verification(gateway_factory: Callable[..., Gateway]) -> None:
     gw = gateway_factory(jwt_secret=SECRET, jwt_audience="sentinel")
 
@@ -39,6 +49,9 @@ def test_local_jwt_verification(gateway_factory: Callable[..., Gateway]) -> None
         # unsigned, with an `exp` of 401 digits (no float holds it) or a NaN: a 401, never a 500
         jwt.encode({"sub": "x", "aud": "sentinel", "exp": 10**400}, "wrong-key-" * 4, algorithm="HS256"),
         jwt.encode({"sub": "x", "aud": "sentinel", "exp": float("nan")}, "wrong-key-" * 4, algorithm="HS256"),
+        # an `alg` that is a list or an object (PyJWT does not check its type): a 401, never a 500
+        forged({"alg": ["HS256"], "typ": "JWT"}),
+        forged({"alg": {"HS256": 1}, "typ": "JWT"}),
     ):
         r = post(bad)
         assert r.status_code == 401, (bad, r.text)

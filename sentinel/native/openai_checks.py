@@ -114,14 +114,20 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
 
 
 def output_multiplier(endpoint: str, payload: dict[str, Any]) -> int:
-    """How many completions the request asks for: `n`, or `best_of` when larger (each is billed)."""
+    """How many completions the request asks for: `n`, or `best_of` when larger (each is billed),
+    for each prompt of a legacy completion (`prompt` can be a list of strings or of token lists)."""
     if endpoint not in ("chat", "completions"):
         return 1
     n = payload.get("n")
     count: int = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
-    best_of = payload.get("best_of") if endpoint == "completions" else None
+    if endpoint == "chat":
+        return count
+    best_of = payload.get("best_of")
     if isinstance(best_of, int) and not isinstance(best_of, bool) and best_of > count:
         count = best_of
+    prompt = payload.get("prompt")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        count *= len(prompt)  # a list of integers is one tokenised prompt
     return count
 
 

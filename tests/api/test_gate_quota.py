@@ -60,11 +60,14 @@ MULTIPLIED = [
     ("completions", {"best_of": 20, "max_tokens": 50}, 1000),
     ("completions", {"n": 2, "best_of": 3, "max_tokens": 50}, 150),
     ("completions", {"n": 5, "max_tokens": 50}, 250),
+    ("completions", {"prompt": ["a", "b", "c"], "max_tokens": 50}, 150),  # one completion per prompt
+    ("completions", {"prompt": [[64], [65]], "n": 2, "max_tokens": 30}, 120),
 ]
 FITTING = [
     ("chat/completions", {"n": 2, "max_tokens": 50}, 2),
     ("completions", {"best_of": 2, "max_tokens": 50}, None),  # the mock's completions answer one choice
     ("completions", {"n": 2, "max_tokens": 50}, None),
+    ("completions", {"prompt": [64, 65, 66], "max_tokens": 50}, None),  # one prompt, as token ids
 ]
 
 

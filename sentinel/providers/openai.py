@@ -71,13 +71,17 @@ DROP_RESPONSE_HEADERS = frozenset(
 DROP_RESPONSE_PREFIXES = ("anthropic-ratelimit-",)
 
 
-def forwardable_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    """The client's request headers that may go upstream (see DROP_REQUEST_HEADERS)."""
+def forwardable_headers(raw: list[tuple[bytes, bytes]], *, as_json: bool = False) -> dict[str, str]:
+    """The client's request headers that may go upstream (see DROP_REQUEST_HEADERS); with `as_json`
+    (a body Sentinel read as JSON) its Content-Type is `application/json`, whatever the client named:
+    the provider reads the body as Sentinel did."""
     out: dict[str, str] = {}
     for name, value in raw:
         key = name.decode("latin-1").lower()
         if key not in DROP_REQUEST_HEADERS:
             out[key] = value.decode("latin-1")
+    if as_json:
+        out["content-type"] = "application/json"
     return out
 
 

@@ -71,8 +71,8 @@ class AnswerRelay:
         )
         parsed = _json(raw, upstream)
         if owner is not None:
-            for object_id in created_ids(parsed, creating=creating):
-                await self.ownership.claim(object_id, owner.external_id, ttl)
+            for object_id, kept in created_ids(parsed, creating=creating, ttl=ttl):
+                await self.ownership.claim(object_id, owner.external_id, kept)
         await self.meter.settle(
             admission,
             usage=usage_from_body(endpoint, parsed),

@@ -163,7 +163,7 @@ class MessagesService:
         try:
             with ex.spans.span(f"chat {target.name}", attributes, client=True) as span:
                 upstream = await self.upstreams[target.provider].forward(
-                    segments, headers=forwardable_headers(headers), body=body
+                    segments, headers=forwardable_headers(headers, as_json=True), body=body
                 )
                 span.set_attribute("http.response.status_code", upstream.status)
         except UpstreamError as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from email.message import Message
 from typing import Any
 
 DAY = 86400.0
@@ -106,6 +107,41 @@ def referenced_ids(body: Any, limit: int = MAX_REFERENCES) -> list[str]:
     return found
 
 
+class MalformedUpload(ValueError):
+    """A multipart body Sentinel cannot read part by part as the provider would."""
+
+
+def multipart_references(body: bytes, content_type: str, limit: int = MAX_REFERENCES) -> list[str]:
+    """Object ids a `multipart/form-data` body names: the value of every part named as one of
+    REFERENCE_KEYS (`file_id`, also `file_ids[]`), file part or not. MalformedUpload when the body
+    has no boundary, or a part no name (a reader could take it for anything)."""
+    header = Message()
+    header["content-type"] = content_type
+    boundary = header.get_boundary()
+    if not boundary:
+        raise MalformedUpload("A multipart body needs a boundary in its Content-Type")
+    found: list[str] = []
+    for part in (b"\r\n" + body).split(b"\r\n--" + boundary.encode("latin-1"))[1:]:  # a delimiter starts a line
+        if part.startswith(b"--"):
+            break  # the closing delimiter
+        head, _, value = part.partition(b"\r\n\r\n")
+        fields = Message()
+        for line in head.strip(b"\r\n").split(b"\r\n"):
+            key, colon, text = line.decode("latin-1").partition(":")
+            if not colon:
+                raise MalformedUpload("A multipart part header without a colon")
+            fields[key.strip()] = text.strip()
+        names = fields.get_all("content-disposition") or []
+        name = fields.get_param("name", header="content-disposition") if len(names) == 1 else None
+        if not isinstance(name, str) or not name:  # a tuple: RFC 2231 (`name*=`), which readers differ on
+            raise MalformedUpload("Every multipart part needs one Content-Disposition with a name")
+        if name.removesuffix("[]") in REFERENCE_KEYS:
+            found.extend(_ids(value.removesuffix(b"\r\n").decode("utf-8", "replace").strip()))
+        if len(found) > limit:
+            raise TooManyReferences(f"A request may name at most {limit} objects")
+    return found
+
+
 def _ids(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value] if value else []
@@ -140,20 +176,22 @@ def anthropic_object_reference(payload: dict[str, Any]) -> str | None:
     return None
 
 
-def created_ids(answer: Any, *, creating: bool) -> list[str]:
-    """Ids an answer makes the caller the owner of: the object itself when the call created it,
-    and objects created along with it (a batch's output and error files, an upload's file)."""
+def created_ids(answer: Any, *, creating: bool, ttl: float | None) -> list[tuple[str, float | None]]:
+    """Ids an answer makes the caller the owner of, each with how long: the object itself when the
+    call created it (`ttl`, its collection's), and files created along with it (a batch's output and
+    error files, an upload's file), for as long as files are kept — not the answer's collection's
+    (an upload's two days would take the file from its owner while the provider still keeps it)."""
     if not isinstance(answer, dict):
         return []
-    out: list[str] = []
+    out: list[tuple[str, float | None]] = []
     if creating and isinstance(answer.get("id"), str):
-        out.append(answer["id"])
+        out.append((answer["id"], ttl))
     for key in CREATED_KEYS:
         if isinstance(answer.get(key), str):
-            out.append(answer[key])
+            out.append((answer[key], COLLECTIONS["files"]))
     file = answer.get("file")
     if isinstance(file, dict) and isinstance(file.get("id"), str):
-        out.append(file["id"])
+        out.append((file["id"], COLLECTIONS["files"]))
     return out
 
 

@@ -35,7 +35,14 @@ from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes
 from sentinel.services.answers import AnswerRelay
 from sentinel.services.exchange import Exchange, Reply, StreamReply
-from sentinel.services.objects import ObjectPath, TooManyReferences, classify, referenced_ids
+from sentinel.services.objects import (
+    MalformedUpload,
+    ObjectPath,
+    TooManyReferences,
+    classify,
+    multipart_references,
+    referenced_ids,
+)
 from sentinel.services.translated_chat import TranslatedChat
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -171,23 +178,15 @@ class OpenAIRelay:
             raise NotFound("Listing is not offered: it would show every user's objects", code="endpoint_not_supported")
         if where.object_id is not None:
             await self.ownership.require([where.object_id], identity.external_id)
+        as_json = False
         if body:
-            try:
-                parsed = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                # An upload (multipart) names no object. Any other body must be JSON Sentinel can
-                # read — else ids in it (compressed, or JSON orjson refuses) would go unchecked.
-                if not _content_type(headers).startswith("multipart/"):
-                    raise InvalidRequest(
-                        "The request body must be JSON (uncompressed, valid UTF-8) or a multipart upload"
-                    ) from None
-                parsed = None
-            await self.ownership.require(_references(parsed), identity.external_id)
+            as_json = await self._check_body(identity, body, _content_type(headers))
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit_call(identity, endpoint=endpoint, request_id=ex.usage_id)
         ex.headers.extend(admission.headers.items())
         try:
-            upstream = await self._forward(ex, self.upstream, method, segments, body, headers, query, admission)
+            upstream = await self._forward(ex, self.upstream, method, segments, body, headers, query, admission,
+                                           as_json=as_json)
             # An object's answer names what it created; a file's content is the user's own bytes.
             owner = identity if where.collection is not None and segments[-1] != "content" else None
             reply = await self.answers.complete(
@@ -201,12 +200,38 @@ class OpenAIRelay:
             await self.ownership.forget(where.object_id)
         return reply
 
+    async def _check_body(self, identity: Identity, body: bytes, content_type: str) -> bool:
+        """Refuse a body naming another user's object; True when it is JSON (and goes upstream as such).
+
+        The ids are read the way the provider will read the body: JSON (no Content-Type, or a JSON
+        one) or a `multipart/form-data` upload, whose named parts are read. Any other type (a form,
+        text) is refused: a form reader finds fields in any bytes, JSON included."""
+        media = content_type.partition(";")[0].strip()
+        if media == "multipart/form-data":
+            try:
+                ids = multipart_references(body, content_type)
+            except (MalformedUpload, TooManyReferences) as exc:
+                raise InvalidRequest(str(exc)) from None
+            await self.ownership.require(ids, identity.external_id)
+            return False
+        if media and media != "application/json" and not media.endswith("+json"):
+            raise InvalidRequest(
+                "The request body must be JSON (Content-Type: application/json) or a multipart/form-data upload"
+            )
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:  # compressed, or JSON orjson refuses: ids in it would go unchecked
+            raise InvalidRequest("The request body must be JSON (uncompressed, valid UTF-8)") from None
+        await self.ownership.require(_references(parsed), identity.external_id)
+        return True
+
     # --- plumbing ----------------------------------------------------------------------------------
     async def _forward(
         self, ex: Exchange, to: OpenAICompatUpstream, method: str, segments: Sequence[str], body: bytes | None,
-        headers: RawHeaders, query: Query | None, admission: Admission,
+        headers: RawHeaders, query: Query | None, admission: Admission, *, as_json: bool = True,
     ) -> UpstreamResponse:
-        """Send the call upstream, as a CLIENT span (the caller gives the reservation back when this raises)."""
+        """Send the call upstream, as a CLIENT span (the caller gives the reservation back when this raises).
+        A body Sentinel read as JSON goes as `application/json`, whatever type the client named."""
         ex.provider = to.name
         started = time.perf_counter()
         name = f"{OPERATIONS.get(admission.endpoint, admission.endpoint)} {admission.model or '/'.join(segments)}"
@@ -216,7 +241,8 @@ class OpenAIRelay:
         try:
             with ex.spans.span(name, attributes, client=True) as span:
                 upstream = await to.forward(
-                    method, segments, headers=forwardable_headers(headers), body=body, query=query
+                    method, segments, headers=forwardable_headers(headers, as_json=as_json and body is not None),
+                    body=body, query=query,
                 )
                 span.set_attribute("http.response.status_code", upstream.status)
         except UpstreamError as exc:

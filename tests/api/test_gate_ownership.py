@@ -196,6 +196,44 @@ def test_a_body_whose_ids_cannot_all_be_checked_is_refused(
         assert fine.status_code == 200, fine.text  # 1,000 of one's own ids are fine
 
 
+
+def test_ids_are_read_as_the_provider_reads_the_body(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """Sentinel read every body as JSON whatever its Content-Type: a form naming Alice's file (inside
+    a JSON string, so no JSON key named it) and a multipart body with a `input_file_id` field both
+    reached the provider, and Bob owned the batch. Now multipart fields are read, other types are
+    400, and a body Sentinel read as JSON goes upstream as `application/json`."""
+    gw = start(gateway_factory, spy, redis_url)
+    victim = gw.openai().files.create(file=("v.txt", b"alice's"), purpose="batch").id
+    bob_key = key_for(gw, "bob")
+    fields = {"input_file_id": victim, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    form = f'"&input_file_id={victim}&endpoint=/v1/chat/completions&completion_window=24h&x="'.encode()
+    with gw.client(bob_key) as bob:
+        mine = bob.post("/v1/files", files={"file": ("b.jsonl", b"{}")}, data={"purpose": "batch"}).json()["id"]
+        spy.clear()
+        refused = [
+            bob.post("/v1/batches", content=form, headers={"Content-Type": "application/x-www-form-urlencoded"}),
+            bob.post("/v1/batches", content=form, headers={"Content-Type": "text/plain"}),
+            bob.post("/v1/batches", data=fields, files={"f": ("f", b"")}),  # multipart, Alice's id in a field
+            bob.post("/v1/batches", data={**fields, "input_file_id": mine}, files={"f": ("f", b"")},
+                     headers={"Content-Type": "multipart/form-data"}),  # no boundary: cannot be read
+        ]
+        assert [r.status_code for r in refused] == [400, 400, 404, 400], [r.text for r in refused]
+        for r in refused:
+            openai_error(r.json())
+        assert spy.seen == []
+        as_text = bob.post("/v1/batches", content=orjson.dumps({**fields, "input_file_id": mine}),
+                           headers={"Content-Type": "application/json; charset=utf-8"})
+        bare = bob.post("/v1/batches", content=orjson.dumps({**fields, "input_file_id": mine}),
+                        headers={"Content-Type": ""})
+        upload = bob.post("/v1/files", files={"file": ("c.jsonl", b"{}")}, data={"purpose": "batch"})
+    assert upload.status_code == 200, upload.text
+    assert all(r.status_code != 400 for r in (as_text, bare)), (as_text.text, bare.text)  # the mock has no batches
+    assert [(s.path, s.content_type.split(";")[0]) for s in spy.seen] == [
+        ("/v1/batches", "application/json"), ("/v1/batches", "application/json"), ("/v1/files", "multipart/form-data")]
+
+
 def test_a_request_with_two_content_types_is_refused(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
 ) -> None:
@@ -267,3 +305,37 @@ def test_a_stored_chat_completion_is_not_readable_by_anyone(
             r = alice.request(method, path, content=orjson.dumps({"metadata": {"a": "b"}}))
             assert r.status_code in (404, 405), (method, path, r.text)
     assert spy.seen == []
+
+
+def test_a_file_made_by_an_upload_is_owned_as_long_as_files_are(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """Completing an upload creates a file, which the provider keeps until it is deleted. Its owner
+    was recorded for the upload's two days: after that Alice got 404 on her own file and the id was
+    anyone's to claim. The upload keeps its two days; the file has no expiry."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from tests.support.servers import serving
+
+    async def create(_: Request) -> JSONResponse:
+        return JSONResponse({"id": "upload_1", "object": "upload", "status": "pending"})
+
+    async def complete(request: Request) -> JSONResponse:
+        return JSONResponse({"id": request.path_params["uid"], "object": "upload", "status": "completed",
+                             "file": {"id": "file-from-upload_1", "object": "file", "purpose": "batch"}})
+
+    upstream = Starlette(routes=[Route("/v1/uploads", create, methods=["POST"]),
+                                 Route("/v1/uploads/{uid}/complete", complete, methods=["POST"])])
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/uploads/*")
+        with gw.client() as alice:
+            upload = alice.post("/v1/uploads", json={"filename": "a.jsonl", "purpose": "batch", "bytes": 1,
+                                                     "mime_type": "text/jsonl"})
+            done = alice.post("/v1/uploads/upload_1/complete", json={"part_ids": []})
+    assert upload.status_code == done.status_code == 200, (upload.text, done.text)
+    owners = redis.Redis.from_url(redis_url)
+    assert 0 < owners.pttl("sentinel:owner:upload_1") <= 2 * DAY_MS
+    assert owners.pttl("sentinel:owner:file-from-upload_1") == -1  # kept until deleted through Sentinel

@@ -120,11 +120,12 @@ class Seen:
     raw_path: bytes
     path: str
     query: bytes
+    content_type: str = ""
 
 
 @dataclass
 class SpyUpstream:
-    """An ASGI wrapper recording every HTTP request (method, raw path, decoded path, query)."""
+    """An ASGI wrapper recording every HTTP request (method, raw path, decoded path, query, Content-Type)."""
 
     app: ASGIApp
     seen: list[Seen] = field(default_factory=list)
@@ -133,7 +134,8 @@ class SpyUpstream:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope["path"].startswith("/__mock/"):
             raw = scope.get("raw_path") or scope["path"].encode()
-            self.seen.append(Seen(scope["method"], raw, scope["path"], scope.get("query_string", b"")))
+            content_type = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), "")
+            self.seen.append(Seen(scope["method"], raw, scope["path"], scope.get("query_string", b""), content_type))
         await self.app(scope, receive, send)
 
     def clear(self) -> None:

@@ -1,0 +1,43 @@
+"""Which ids a multipart upload names, read part by part as a provider reads it."""
+
+from __future__ import annotations
+
+import pytest
+
+from sentinel.services.objects import MalformedUpload, TooManyReferences, multipart_references
+
+TYPE = 'multipart/form-data; boundary="XyZ"'
+
+
+def part(disposition: str, value: bytes, *extra: str) -> bytes:
+    head = "\r\n".join([f"Content-Disposition: {disposition}", *extra]).encode()
+    return b"--XyZ\r\n" + head + b"\r\n\r\n" + value + b"\r\n"
+
+
+def test_named_fields_are_read_file_parts_too() -> None:
+    body = (part('form-data; name="purpose"', b"batch")
+            + part('form-data; name="file"; filename="a.jsonl"', b'{"file_id": "not-a-field"} --XyZ is data',
+                   "Content-Type: application/jsonl")
+            + part('form-data; name="file_id"', b"file-alice1")
+            + part('form-data; name="file_ids[]"', b"file-2")
+            + part('form-data; name="container_id"; filename="x"', b"cntr_3")
+            + b"--XyZ--\r\n")
+    assert multipart_references(body, TYPE) == ["file-alice1", "file-2", "cntr_3"]
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (part('form-data; name="file_id"', b"f"), "multipart/form-data"),  # no boundary
+    (part("form-data", b"f"), TYPE),  # no name
+    (part("form-data; name*=utf-8''file_id", b"f"), TYPE),  # RFC 2231: readers differ
+    (part('form-data; name="a"', b"f", 'Content-Disposition: form-data; name="file_id"'), TYPE),  # two
+    (b"--XyZ\r\nno colon here\r\n\r\nf\r\n--XyZ--", TYPE),
+])
+def test_a_part_that_cannot_be_read_is_malformed(body: bytes, content_type: str) -> None:
+    with pytest.raises(MalformedUpload):
+        multipart_references(body, content_type)
+
+
+def test_too_many_ids_are_refused() -> None:
+    body = b"".join(part('form-data; name="file_ids[]"', b"f") for _ in range(5)) + b"--XyZ--"
+    with pytest.raises(TooManyReferences):
+        multipart_references(body, TYPE, limit=4)

@@ -100,6 +100,11 @@ class StreamNormalizer:
         return Usage.of(self._prompt_tokens, self._completion_tokens)
 
     @property
+    def prompt_tokens(self) -> int | None:
+        """The input the provider reported so far (Anthropic's message_start), or None."""
+        return self._prompt_tokens
+
+    @property
     def text(self) -> str:
         """The text (and tool-call argument fragments) streamed so far, for counting usage."""
         fragments = [f for call in self._calls.values() for f in call.fragments]

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import aiohttp
 import orjson
 
+from sentinel.domain.usage import Usage
 from sentinel.errors import UpstreamError
 from sentinel.native import ChatRequest, ProviderReply, TranslationError
 from sentinel.native.sse import SSEParser
@@ -71,6 +72,18 @@ class ProviderStream:
     @property
     def usage(self) -> Any:
         return self.normalizer.usage
+
+    @property
+    def measured(self) -> Usage | None:
+        """The usage the provider reported, with its cache figures, as the meter records it (None: estimate)."""
+        usage, cache = self.normalizer.usage, self.normalizer.cache
+        return None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens, cache.write, cache.read)
+
+    @property
+    def reported_input(self) -> Usage | None:
+        """The input figures the provider reported before its output count (kept when the stream breaks off)."""
+        prompt, cache = self.normalizer.prompt_tokens, self.normalizer.cache
+        return None if prompt is None else Usage(prompt, 0, cache.write, cache.read)
 
 
 class ChatProvider:

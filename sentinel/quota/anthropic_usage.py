@@ -148,6 +148,14 @@ class AnthropicStreamInspector:
             return None
         return usage_of({**self._input, "output_tokens": self._output})
 
+    @property
+    def reported_input(self) -> Usage | None:
+        """The input figures message_start reported (output 0), kept for a stream that breaks off
+        before its final count; None when it reported none."""
+        if "input_tokens" not in self._input:
+            return None
+        return usage_of({**self._input, "output_tokens": 0})
+
     def feed(self, chunk: bytes) -> bytes:
         self._buf += chunk
         if b"\n\n" not in self._buf and b"\r\n\r\n" not in self._buf:

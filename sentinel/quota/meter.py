@@ -66,7 +66,7 @@ class Meter(Protocol):
 
     async def settle(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
-        output_estimate: int | None = None,
+        output_estimate: int | None = None, reported_input: Usage | None = None,
     ) -> None: ...
 
     async def release(self, admission: Admission) -> None: ...
@@ -171,12 +171,14 @@ class QuotaMeter:
 
     async def settle(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
-        output_estimate: int | None = None,
+        output_estimate: int | None = None, reported_input: Usage | None = None,
     ) -> None:
         """Reconcile the reservation to the real usage and store one usage record (once per admission).
 
-        Without `usage` the record is estimated: the input from the admission's estimate, the output
-        counted in `output_text`, or `output_estimate` when the caller could not keep the text."""
+        Without `usage` the record is estimated: the input from `reported_input` (the input and cache
+        figures a provider reported before a stream broke off, e.g. Anthropic's message_start) or
+        else the admission's estimate, the output counted in `output_text`, or `output_estimate`
+        when the caller could not keep the text."""
         if admission.settled:
             return
         admission.settled = True
@@ -193,6 +195,9 @@ class QuotaMeter:
                 )
         else:
             input_tokens = admission.estimate_input
+            if reported_input is not None:
+                input_tokens = reported_input.input_tokens
+                cache_write, cache_read = reported_input.cache_write_tokens, reported_input.cache_read_tokens
             if output_estimate is not None:
                 output_tokens = output_estimate
             else:

@@ -212,7 +212,7 @@ class MessagesService:
 
         async def settle(status: int) -> None:
             await meter.settle(admission, usage=inspector.usage, output_text=inspector.text, status=status,
-                               provider=upstream.provider)
+                               provider=upstream.provider, reported_input=inspector.reported_input)
             report(ex, admission, None)
 
         return relay_events(upstream, inspector, "messages", self.metrics, settle)

@@ -159,13 +159,9 @@ class NativeChat:
                 ending.last = render_error_event(exc.message, "stream_error", code)
 
         async def settle(status: int) -> None:
-            usage, cache = stream.usage, stream.normalizer.cache
             await meter.settle(
-                admission,
-                usage=None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens, cache.write, cache.read),
-                output_text=stream.normalizer.text,
-                status=status,
-                provider=choice.provider,
+                admission, usage=stream.measured, output_text=stream.normalizer.text, status=status,
+                provider=choice.provider, reported_input=stream.reported_input,
             )
             if admission.recorded is not None:
                 ex.recorded(admission.recorded.input_tokens, admission.recorded.output_tokens,

@@ -159,8 +159,8 @@ class TranslatedChat:
 
         async def settle(status: int) -> None:
             await meter.settle(
-                admission, usage=_domain_usage(stream.usage, stream.normalizer.cache),
-                output_text=stream.normalizer.text, status=status, provider=target.provider,
+                admission, usage=stream.measured, output_text=stream.normalizer.text, status=status,
+                provider=target.provider, reported_input=stream.reported_input,
             )
             report(ex, admission, target.upstream_model)
 

@@ -230,3 +230,35 @@ def test_tool_call_arguments_sent_as_an_object_are_counted_as_json_text(
     rows = ledger_rows(gw.settings.database_url)
     assert sorted(r["request_id"] for r in rows) == sorted(r.headers["x-request-id"] for r in answers)
     assert all(r["status"] == 200 and r["usage_source"] == "estimated" and r["output_tokens"] > 0 for r in rows), rows
+
+
+# --- a stream that breaks off keeps the input the provider reported ---------------------------------
+def test_a_broken_claude_stream_is_charged_the_input_it_reported(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """message_start reports the input (cache writes and reads too) before any output; a stream that
+    ends without its final count was recorded from Sentinel's estimate, a few tokens for a prompt the
+    provider billed at 50,000 (a document or a file part the estimate cannot count), and could be
+    repeated: relayed, native and translated now keep the reported input, output counted."""
+    upstream = ScriptedUpstream()
+    start = {"input_tokens": 50_000, "cache_creation_input_tokens": 300, "cache_read_input_tokens": 200,
+             "output_tokens": 1}
+    broken = claude_events(start, 0)[:3]  # message_start, a text block, then nothing
+    with serving(upstream) as srv:
+        gw = gateway_factory(anthropic_api_url=srv.url, providers_file=tiers_file(tmp_path, "anthropic"))
+        with gw.client() as http:
+            upstream.sse(*broken)
+            relayed = http.post("/v1/messages", json={**ASK_CLAUDE, "stream": True})
+            upstream.sse(*broken)
+            native = http.post("/native/v1/chat/completions", json={
+                "messages": ASK_CLAUDE["messages"], "max_tokens": 30, "stream": True})
+            upstream.sse(*broken)
+            translated = http.post("/v1/chat/completions", json={**ASK_OPENAI, "model": HAIKU, "stream": True})
+    answers = [relayed, native, translated]
+    assert [r.status_code for r in answers] == [200] * 3, [r.text for r in answers]
+    assert "message_stop" not in relayed.text and "[DONE]" not in native.text + translated.text
+    rows = ledger_rows(gw.settings.database_url)
+    assert sorted(r["request_id"] for r in rows) == sorted(r.headers["x-request-id"] for r in answers)
+    for row in rows:
+        assert (row["input_tokens"], row["cache_write_tokens"], row["cache_read_tokens"]) == (50_500, 300, 200), row
+        assert row["usage_source"] == "estimated" and row["output_tokens"] > 0, row  # "a reply", counted

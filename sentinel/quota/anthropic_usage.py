@@ -87,6 +87,18 @@ def _content(content: Any, texts: list[str]) -> int:
             texts.append((name if isinstance(name, str) else "") + json.dumps(block.get("input"), default=str))
         elif kind == "tool_result":
             images += _content(block.get("content"), texts)
+        elif kind in ("document", "search_result"):
+            # A plain-text document's data, a content document's blocks, a search result's blocks;
+            # titles and context too. (A PDF's pages are not estimated: the answer's usage counts them.)
+            source = block.get("source")
+            if isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
+                texts.append(source["data"])
+            elif isinstance(source, dict) and source.get("type") == "content":
+                images += _content(source.get("content"), texts)
+            images += _content(block.get("content"), texts) if kind == "search_result" else 0
+            texts.extend(v for key in ("title", "context") if isinstance(v := block.get(key), str))
+        elif kind == "thinking" and isinstance(block.get("thinking"), str):
+            texts.append(block["thinking"])
     return images
 
 

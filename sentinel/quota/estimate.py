@@ -7,6 +7,7 @@ the thing that turns a hostile body into a 500.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sentinel.native.openai_checks import output_multiplier
@@ -27,14 +28,18 @@ def estimate_input(
     if endpoint in ("chat", "native"):
         messages = payload.get("messages")
         tools = payload.get("tools")
-        return counter.count_chat(
+        total = counter.count_chat(
             [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else [],
             model,
             tools if isinstance(tools, list) else None,
             user=user,
         )
+        # The legacy `functions` and a `response_format`'s schema reach the model as text too.
+        return total + _as_json(counter, model, user, payload.get("functions"), payload.get("response_format"))
     if endpoint == "completions":
-        return counter.count_prompt(_prompt(payload.get("prompt")), model, user=user)
+        total = counter.count_prompt(_prompt(payload.get("prompt")), model, user=user)
+        suffix = payload.get("suffix")
+        return total + (counter.count_text(suffix, model, user=user) if isinstance(suffix, str) else 0)
     if endpoint == "embeddings":
         return counter.count_prompt(_prompt(payload.get("input")), model, user=user)
     if endpoint == "responses":
@@ -48,9 +53,20 @@ def _prompt(value: Any) -> str | list[Any] | None:
     return value if isinstance(value, str | list) else None
 
 
+def _as_json(counter: TokenCounter, model: str, user: str | None, *values: Any) -> int:
+    """Tokens of each object or list among `values` as compact JSON (how tool-like definitions are
+    estimated: the provider renders them in its own format)."""
+    return sum(
+        counter.count_text(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str), model, user=user)
+        for value in values if isinstance(value, dict | list) and value
+    )
+
+
 def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any], user: str | None) -> int:
     instructions = payload.get("instructions")
     total = counter.count_text(instructions, model, user=user) if isinstance(instructions, str) else 0
+    # Tool definitions and the output format's schema (`text.format`) reach the model as text.
+    total += _as_json(counter, model, user, payload.get("tools"), payload.get("text"))
     items = payload.get("input")
     if isinstance(items, str):
         return total + counter.count_text(items, model, user=user) + 3
@@ -58,9 +74,8 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any],
         messages = [item for item in items if isinstance(item, dict) and "role" in item]
         others = [item for item in items if isinstance(item, dict) and "role" not in item]
         total += counter.count_chat(messages, model, user=user)
-        for item in others:  # function_call / function_call_output items
-            text = item.get("output") or item.get("arguments") or ""
-            total += counter.count_text(text if isinstance(text, str) else str(text), model, user=user)
+        # Function calls and their outputs, reasoning summaries, ...: counted whole, as JSON.
+        total += _as_json(counter, model, user, others)
     return total
 
 

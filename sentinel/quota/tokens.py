@@ -394,8 +394,10 @@ def _content_texts(content: Any) -> Iterator[str]:
         for part in content:
             if isinstance(part, str):
                 yield part
-            elif isinstance(part, Mapping) and isinstance(part.get("text"), str):
-                yield part["text"]
+            elif isinstance(part, Mapping):
+                for key in ("text", "refusal"):  # an assistant's refusal part is prompt text too
+                    if isinstance(part.get(key), str):
+                        yield part[key]
 
 
 class StreamTextAccumulator:

@@ -98,6 +98,32 @@ def test_n_and_best_of_multiply_the_output_reservation(
         assert choices is None or len(r.json()["choices"]) == choices
 
 
+
+def test_definitions_count_against_the_input_limit(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    """Tool definitions and schemas are prompt text: a request whose tools alone exceed the plan's
+    input limit is refused before it is sent (once estimated at 4 tokens and served: 24,920 input
+    tokens on a 1,000-token plan)."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1")
+    tools = [{"type": "function", "name": f"tool_{i}", "description": "lorem ipsum dolor sit amet " * 40,
+              "parameters": {"type": "object", "properties": {}}} for i in range(10)]
+    schema = {"type": "json_schema", "json_schema": {"name": "w", "schema": {
+        "type": "object", "description": "lorem ipsum dolor sit amet " * 400}}}
+    bodies = {
+        "responses": {**RESPONSE, "tools": tools},
+        "responses ": {**RESPONSE, "text": {"format": {"type": "json_schema", "name": "w",
+                                                        "schema": schema["json_schema"]["schema"]}}},
+        "chat/completions": {**CHAT, "response_format": schema},
+        "completions": {**COMPLETION, "suffix": "lorem ipsum dolor sit amet " * 400},
+    }
+    for i, (path, body) in enumerate(bodies.items()):
+        key = new_user(gw, f"schemer-{i}", "requests=100/1h,input_tokens=1000/1h")
+        with gw.client(key) as http:
+            r = http.post(f"/v1/{path.strip()}", json=body)
+        assert r.status_code == 429, (path, r.text)
+        assert openai_error(r.json())["details"]["metric"] == "input_tokens", r.text
+    assert spy.seen == []
+
+
 def test_a_null_cap_does_not_hide_the_cap_in_force(gateway: Gateway) -> None:
     """`max_completion_tokens: null` is not set, so `max_tokens` is the cap: the gate reserves it and
     a translated request (a Claude model through /v1/chat/completions) sends that same cap upstream,

@@ -75,6 +75,28 @@ def test_estimate_counts_system_tools_images_and_tool_blocks() -> None:
     assert max_output("messages", base, 4096) == 77
 
 
+
+def test_documents_search_results_and_thinking_are_counted() -> None:
+    """A text document, a content document, a search result and a thinking block are prompt text
+    (once estimated at nothing: a 10,000-token document was admitted at 6 tokens)."""
+    counter = TokenCounter()
+    base = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hello"}]}
+    plain = estimate_messages(counter, "claude-x", base)
+    words = " ".join(f"word{i}" for i in range(500))
+    blocks = [
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": words}, "title": "T"},
+        {"type": "document", "source": {"type": "content", "content": [{"type": "text", "text": words}]}},
+        {"type": "search_result", "source": "https://example.com", "title": "R",
+         "content": [{"type": "text", "text": words}]},
+    ]
+    for block in blocks:
+        body = {**base, "messages": [{"role": "user", "content": [block, {"type": "text", "text": "hello"}]}]}
+        assert estimate_messages(counter, "claude-x", body) >= plain + counter.count_text(words, "claude-x"), block
+    thinking = {"role": "assistant", "content": [{"type": "thinking", "thinking": words, "signature": "s"}]}
+    body = {**base, "messages": [*base["messages"], thinking]}
+    assert estimate_messages(counter, "claude-x", body) >= plain + counter.count_text(words, "claude-x")
+
+
 def test_usage_of_answers() -> None:
     body = {"content": [{"type": "text", "text": "hi"}, {"type": "tool_use", "name": "f", "input": {"a": 1}}],
             "usage": {"input_tokens": 10, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 20,

@@ -66,8 +66,24 @@ def test_responses_count_instructions_input_and_tool_items() -> None:
     )
     items = [USER, {"type": "function_call_output", "output": "sunny"}, {"type": "function_call", "arguments": "{}"}]
     total, asked = estimate("responses", {"input": items})
-    assert total == 10 + len("sunny") + len("{}")
-    assert asked == [("chat", ([USER], None)), ("text", "sunny"), ("text", "{}")]
+    others = '[{"type":"function_call_output","output":"sunny"},{"type":"function_call","arguments":"{}"}]'
+    assert (total, asked) == (10 + len(others), [("chat", ([USER], None)), ("text", others)])
+
+
+def test_definitions_that_reach_the_model_as_text_are_counted() -> None:
+    """Tool-like definitions and schemas are prompt text (once, the estimate left them out: a
+    Responses request with 60 long tools was admitted against a 1,000-token plan at 4 tokens)."""
+    schema = {"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}}
+    functions = [{"name": "f", "parameters": {"type": "object"}}]
+    total, asked = estimate("chat", {"messages": [USER], "functions": functions, "response_format": schema})
+    assert asked[1:] == [("text", '[{"name":"f","parameters":{"type":"object"}}]'),
+                         ("text", '{"type":"json_schema","json_schema":{"name":"w","schema":{"type":"object"}}}')]
+    assert total == 10 + sum(len(text) for _, text in asked[1:])
+    tools = [{"type": "function", "name": "f", "description": "d" * 50}]
+    text = {"format": {"type": "json_schema", "schema": {"type": "object"}}}
+    total, asked = estimate("responses", {"input": "hi", "tools": tools, "text": text})
+    assert [kind for kind, _ in asked] == ["text", "text", "text"] and total > 50 + 3
+    assert estimate("completions", {"prompt": "a", "suffix": "after"}) == (100 + 5, [("prompt", "a"), ("text", "after")])
 
 
 def test_unknown_endpoints_estimate_nothing() -> None:

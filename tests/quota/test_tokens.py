@@ -372,3 +372,11 @@ def test_remembered_roles_are_bounded_and_odd_roles_still_count() -> None:
     remembered = counter._roles[tokens.CL100K]
     assert len(remembered) == tokens.MAX_REMEMBERED_ROLES
     assert long_role not in remembered
+
+
+def test_a_refusal_part_is_counted_like_text() -> None:
+    counter = TokenCounter()
+    words = " ".join(f"word{i}" for i in range(300))
+    as_text = counter.count_chat([{"role": "assistant", "content": [{"type": "text", "text": words}]}], "gpt-4o")
+    as_refusal = counter.count_chat([{"role": "assistant", "content": [{"type": "refusal", "refusal": words}]}], "gpt-4o")
+    assert as_refusal == as_text > 300

@@ -88,7 +88,7 @@ class OpenAIRelay:
         await self.ownership.require(_references(payload), identity.external_id)
         stream = payload.get("stream") is True
         strip_usage = False
-        if stream and endpoint == "chat":
+        if stream and endpoint in ("chat", "completions"):
             opts = payload.get("stream_options")
             if not (isinstance(opts, dict) and opts.get("include_usage") is True):
                 # Ask the upstream for the final usage chunk; strip it from the client's stream.

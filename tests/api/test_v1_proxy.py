@@ -57,6 +57,25 @@ def test_chat_completion_stream_with_usage_request(gateway: Gateway) -> None:
     assert len(usage_chunks) == 1 and usage_chunks[0].usage.completion_tokens > 0
 
 
+
+def test_a_streamed_completion_is_measured_and_the_client_sees_no_usage_it_did_not_ask_for(gateway: Gateway) -> None:
+    """Legacy completions stream their usage only when asked (`stream_options.include_usage`), as
+    chat does: Sentinel asks on the client's behalf, strips the chunk and records the provider's
+    figures (once it did not ask, and every streamed completion was an estimate: a long `suffix`
+    cost nothing)."""
+    from tests.support.attack import ledger_rows, wait_for
+
+    stream = gateway.openai().completions.create(model="gpt-3.5-turbo-instruct", prompt="say hi", stream=True)
+    chunks = list(stream)
+    assert chunks and all(c.usage is None and c.choices for c in chunks)
+    assert last_upstream_request(gateway)["body"]["stream_options"] == {"include_usage": True}
+    def rows() -> list[dict[str, object]]:
+        return [r for r in ledger_rows(gateway.settings.database_url) if r["endpoint"] == "completions"]
+
+    assert wait_for(lambda: len(rows()) == 1)
+    assert rows()[0]["usage_source"] == "measured", rows()
+
+
 def test_completions_embeddings_models_responses(gateway: Gateway) -> None:
     client = gateway.openai()
     completion = client.completions.create(model="gpt-3.5-turbo-instruct", prompt="say hi")

@@ -188,7 +188,9 @@ class OpenAIRelay:
             upstream = await self._forward(ex, self.upstream, method, segments, body, headers, query, admission,
                                            as_json=as_json)
             # An object's answer names what it created; a file's content is the user's own bytes.
-            owner = identity if where.collection is not None and segments[-1] != "content" else None
+            # (`content/` too: a trailing slash is an empty last segment a provider may ignore.)
+            last = segments[-1] if segments[-1] or len(segments) < 2 else segments[-2]
+            owner = identity if where.collection is not None and last != "content" else None
             reply = await self.answers.complete(
                 upstream, endpoint, admission, owner=owner, ttl=where.ttl,
                 creating=where.is_collection and method == "POST", ex=ex,

@@ -339,3 +339,35 @@ def test_a_file_made_by_an_upload_is_owned_as_long_as_files_are(
     owners = redis.Redis.from_url(redis_url)
     assert 0 < owners.pttl("sentinel:owner:upload_1") <= 2 * DAY_MS
     assert owners.pttl("sentinel:owner:file-from-upload_1") == -1  # kept until deleted through Sentinel
+
+
+def test_a_files_content_is_never_read_for_ids_even_with_a_trailing_slash(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """A file's content is the user's own bytes: ids in it are never claimed. `content/` (an empty
+    last segment, which a provider may ignore) was read as an object's answer, so a JSON file
+    naming `output_file_id` claimed that id for its uploader."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from tests.support.servers import serving
+
+    async def create(_: Request) -> JSONResponse:
+        return JSONResponse({"id": "file-own", "object": "file"})
+
+    async def content(_: Request) -> JSONResponse:
+        return JSONResponse({"id": "x", "output_file_id": "file-unowned", "file": {"id": "file-unowned-2"}})
+
+    upstream = Starlette(routes=[Route("/v1/files", create, methods=["POST"]),
+                                 Route("/v1/files/{fid}/content", content), Route("/v1/files/{fid}/content/", content)])
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/files/*")
+        with gw.client() as alice:
+            assert alice.post("/v1/files", files={"file": ("a.json", b"{}")}, data={"purpose": "batch"}).status_code == 200
+            answers = [alice.get("/v1/files/file-own/content/"), alice.get("/v1/files/file-own/content")]
+    assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
+    owners = redis.Redis.from_url(redis_url)
+    assert owners.exists("sentinel:owner:file-own") == 1
+    assert owners.exists("sentinel:owner:file-unowned", "sentinel:owner:file-unowned-2") == 0

@@ -15,8 +15,14 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from sentinel.domain.usage import Usage
 from sentinel.native import ChatRequest, ProviderReply
-from sentinel.native.anthropic import build_anthropic_request, parse_anthropic_response
+from sentinel.native.anthropic import (
+    anthropic_cache_tokens,
+    build_anthropic_request,
+    parse_anthropic_response,
+    parse_anthropic_usage,
+)
 from sentinel.native.stream import AnthropicStreamNormalizer, StreamNormalizer
 from sentinel.providers.chat import ChatProvider
 from sentinel.providers.http import UpstreamResponse, send
@@ -46,6 +52,14 @@ class AnthropicProvider(ChatProvider):
 
     def normalizer(self) -> StreamNormalizer:
         return AnthropicStreamNormalizer(provider=self.name)
+
+    def usage_of(self, answer: Any) -> Usage | None:
+        raw = answer.get("usage") if isinstance(answer, dict) else None
+        usage = parse_anthropic_usage(raw)
+        if usage is None or not isinstance(raw, dict):
+            return None
+        cache = anthropic_cache_tokens(raw)
+        return Usage(usage.prompt_tokens, usage.completion_tokens, cache.write, cache.read)
 
 
 @dataclass

@@ -20,12 +20,11 @@ import aiohttp
 import orjson
 
 from sentinel.domain.usage import Usage
-from sentinel.errors import UpstreamError
 from sentinel.native import ChatRequest, ProviderReply, TranslationError
 from sentinel.native.sse import SSEParser
 from sentinel.native.stream import StreamNormalizer, StreamResult
 from sentinel.providers.catalog import ProviderSpec
-from sentinel.providers.errors import upstream_error
+from sentinel.providers.errors import UnreadableAnswer, upstream_error
 from sentinel.providers.http import UpstreamResponse, send
 
 # Called with an upstream error answer (status >= 300, body unread) instead of raising it here; it raises.
@@ -112,6 +111,10 @@ class ChatProvider:
     def normalizer(self) -> StreamNormalizer:
         raise NotImplementedError
 
+    def usage_of(self, answer: Any) -> Usage | None:
+        """The usage of an answer read leniently (its `usage` object alone), or None."""
+        raise NotImplementedError
+
     async def _post(
         self, body: dict[str, Any], relay_client_errors: bool, refused: Refused | None = None
     ) -> tuple[UpstreamResponse, float]:
@@ -142,12 +145,14 @@ class ChatProvider:
             raw = await upstream.read()
         finally:
             upstream.release()
+        answer: Any = None
         try:
-            return Completion(self.parse(orjson.loads(raw), tier), elapsed)
+            answer = orjson.loads(raw)
+            return Completion(self.parse(answer, tier), elapsed)
         except (orjson.JSONDecodeError, TranslationError, ValueError) as exc:
             message = exc.message if isinstance(exc, TranslationError) else "unparseable response body"
-            raise UpstreamError(f"Provider {self.name} sent an invalid response: {message}",
-                                code="provider_bad_response", provider=self.name) from None
+            raise UnreadableAnswer(f"Provider {self.name} sent an invalid response: {message}",
+                                   usage=self.usage_of(answer), provider=self.name) from None
 
     async def open_stream_body(
         self, body: dict[str, Any], *, relay_client_errors: bool = False, refused: Refused | None = None

@@ -23,12 +23,26 @@ import logging
 import orjson
 
 from sentinel.domain.numbers import parse_retry_after
-from sentinel.errors import InvalidRequest, RateLimited, SentinelError, UpstreamStatusError
+from sentinel.domain.usage import Usage
+from sentinel.errors import InvalidRequest, RateLimited, SentinelError, UpstreamError, UpstreamStatusError
 
 log = logging.getLogger("sentinel.upstream")
 
 _CONTEXT_HINTS = ("context_length_exceeded", "context length", "prompt is too long", "maximum context", "too many tokens")
 _MAX_MESSAGE = 500
+
+
+class UnreadableAnswer(UpstreamError):
+    """The provider answered 2xx with a body Sentinel cannot turn into a reply (e.g. a forced tool
+    call cut off by `max_tokens`, its arguments broken JSON). The provider served, and billed, the
+    call: it is recorded (`usage`, when the body's own usage could be read), never given back, and
+    it says nothing about the provider's health (a client can cause it at will)."""
+
+    code = "provider_bad_response"
+
+    def __init__(self, message: str, *, usage: Usage | None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.usage = usage
 
 
 def stream_failure(provider: str, error: object) -> str:

@@ -16,8 +16,14 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from sentinel.domain.usage import Usage
 from sentinel.native import ChatRequest, ProviderReply
-from sentinel.native.openai import build_openai_request, parse_openai_response
+from sentinel.native.openai import (
+    build_openai_request,
+    openai_cache_tokens,
+    parse_openai_response,
+    parse_openai_usage,
+)
 from sentinel.native.stream import OpenAIStreamNormalizer, StreamNormalizer
 from sentinel.providers.chat import ChatProvider
 from sentinel.providers.http import UpstreamResponse, send
@@ -45,6 +51,12 @@ class OpenAIChatProvider(ChatProvider):
 
     def normalizer(self) -> StreamNormalizer:
         return OpenAIStreamNormalizer(provider=self.name)
+
+    def usage_of(self, answer: Any) -> Usage | None:
+        raw = answer.get("usage") if isinstance(answer, dict) else None
+        usage = parse_openai_usage(raw)
+        return None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens, 0,
+                                                openai_cache_tokens(raw).read)
 
 
 # Request headers never forwarded: credentials, hop-by-hop, and those the client library sets for

@@ -22,6 +22,7 @@ from sentinel.domain.policies import QuotaFailureMode
 from sentinel.domain.usage import Usage, UsageRecord, UsageSource
 from sentinel.errors import SentinelError, ServiceUnavailable, StoreUnavailable, UpstreamTimeout
 from sentinel.observability.metrics import Metrics
+from sentinel.providers.errors import UnreadableAnswer
 from sentinel.quota.decision import Decision
 from sentinel.quota.estimate import estimate_input, max_output
 from sentinel.quota.limiter import QuotaLimiter, Reservation
@@ -253,9 +254,14 @@ class QuotaMeter:
         may have reached the provider, which then never answered (an upstream read timeout). The
         provider may have spent on that one, so it counts as one request and its estimated input,
         recorded with status 504 (the output is unknown: none is charged); otherwise a slow enough
-        request would be free, and repeatable without limit."""
+        request would be free, and repeatable without limit. A 2xx answer Sentinel could not read
+        (`UnreadableAnswer`) was served: recorded with status 502 and the answer's own usage, or
+        its estimated input and all the output it reserved."""
         if isinstance(error, UpstreamTimeout) and error.sent:
             await self.settle(admission, usage=None, output_text="", status=error.status, provider=error.provider)
+        elif isinstance(error, UnreadableAnswer):  # served, billed: its usage, else all it reserved
+            await self.settle(admission, usage=error.usage, output_text="", status=error.status,
+                              provider=error.provider, output_estimate=admission.max_output)
         else:
             await self.release(admission)
 

@@ -2,8 +2,11 @@
 
 A request whose chosen candidate fails with a provider failure (5xx, timeout, connection error,
 provider 429) is recorded against that candidate's health and, when the router allows it (see
-`TierRouter.alternative`), sent once more to another healthy candidate of the tier. A client's
-own error (4xx) and a refusal of Sentinel's credentials never count against a provider's health.
+`TierRouter.alternative`), sent once more to another healthy candidate of the tier — unless the
+provider may have served it: a read timeout (the request was sent) is not retried, so that the
+attempt is recorded (504, its estimated input) rather than billed twice and recorded once. A
+client's own error (4xx), a refusal of Sentinel's credentials and a 2xx answer Sentinel cannot read
+(`UnreadableAnswer`: a client can cause one at will) never count against a provider's health.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sentinel.domain.identity import Identity
-from sentinel.errors import RateLimited, SentinelError, UpstreamError
+from sentinel.errors import RateLimited, SentinelError, UpstreamError, UpstreamTimeout
 from sentinel.providers.chat import ChatProvider
+from sentinel.providers.errors import UnreadableAnswer
 from sentinel.routing.router import RouteChoice, TierRouter
 
 T = TypeVar("T")
@@ -24,7 +28,13 @@ def is_provider_failure(exc: SentinelError) -> bool:
     """Errors that say the provider is unhealthy (not that the request was bad)."""
     if isinstance(exc, RateLimited):
         return exc.code == "provider_rate_limited"
-    return isinstance(exc, UpstreamError) and exc.code != "provider_auth_error"
+    return isinstance(exc, UpstreamError) and exc.code != "provider_auth_error" and not isinstance(exc, UnreadableAnswer)
+
+
+def may_retry(exc: SentinelError) -> bool:
+    """Whether a provider failure may be sent to another candidate: not when the provider may have
+    served (and billed) it — a read timeout."""
+    return not (isinstance(exc, UpstreamTimeout) and exc.sent)
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,8 @@ class Failover:
                 if not is_provider_failure(exc):
                     raise
                 await self.router.report(choice, ok=False)
+                if not may_retry(exc):
+                    raise
                 alternative = None if choice.tried else await self.router.alternative(choice)
                 if alternative is None:
                     raise

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from sentinel.domain.catalogue import ModelTarget
 from sentinel.errors import SentinelError
-from sentinel.routing.failover import is_provider_failure
+from sentinel.routing.failover import is_provider_failure, may_retry
 from sentinel.routing.health import ProviderHealth
 
 T = TypeVar("T")
@@ -55,7 +55,7 @@ class ModelRoutes:
                 if not is_provider_failure(exc):
                     raise
                 await self._report_failure(target)
-                if position == len(ordered) - 1:
+                if position == len(ordered) - 1 or not may_retry(exc):
                     raise
                 continue
             await self._report_success(target, _pair(target) in unhealthy)

@@ -80,3 +80,76 @@ def test_a_call_that_never_reached_the_provider_gives_everything_back(
     assert second.headers["x-ratelimit-remaining"] == "2"  # only the call in flight is reserved
     time.sleep(0.3)  # a wrongly recorded failure would have been flushed by now
     assert ledger_rows(gw.settings.database_url, "alice") == []
+
+
+def test_a_timed_out_call_is_not_sent_again_to_another_candidate(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path,
+) -> None:
+    """On a tier with two candidates a read timeout was retried on the other one: the provider that
+    timed out may have billed the call, but only the retry was recorded. The timeout now ends the
+    request (504), recorded, and counts against that candidate's health."""
+    import yaml
+
+    entries = [{"provider": "openai", "model": MINI, "relative_cost": 1},
+               {"provider": "anthropic", "model": HAIKU, "relative_cost": 2}]
+    tiers = tmp_path / "two.yaml"
+    tiers.write_text(yaml.safe_dump({"tiers": {"simple": entries, "moderate": entries, "complex": entries}}))
+    gw = gateway_factory(providers_file=tiers, upstream_timeout_seconds=0.3, usage_flush_interval_seconds=0.1)
+    with gw.client() as http:
+        r = http.post("/native/v1/chat/completions", json={"messages": [{"role": "user", "content": SLOW}]})
+    assert r.status_code == 504, r.text
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) >= 1)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(row["provider"], row["status"]) for row in rows] == [("openai", 504)], rows
+
+
+# --- a 2xx answer Sentinel cannot read -------------------------------------------------------------------
+TRUNCATED_CALL = {  # what OpenAI answers when max_tokens cuts a forced tool call short
+    "id": "chatcmpl-x", "object": "chat.completion", "created": 1732000000, "model": MINI,
+    "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"ci'}}]}}],
+    "usage": {"prompt_tokens": 50_000, "completion_tokens": 3, "total_tokens": 50_003},
+}
+
+
+def test_an_answer_that_cannot_be_read_is_recorded_and_does_not_take_the_model_down(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path,
+) -> None:
+    """A forced tool call cut off by `max_tokens` has broken JSON arguments: the native API (and an
+    OpenAI model on /v1/messages) answers 502. It was given back (free, without limit, billed 50,000
+    input tokens a time) and counted as a provider failure: one user took the tier down for everyone.
+    Now it is recorded with the answer's own usage and the model stays up."""
+    from tests.support.accounts import create_key
+    from tests.support.servers import serving
+    from tests.support.upstream import ScriptedUpstream
+
+    upstream = ScriptedUpstream()
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "d", "parameters": {"type": "object"}}}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"),
+                             usage_flush_interval_seconds=0.1)
+        asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=3/1m"))
+        bob = asyncio.run(create_key(gw.settings.database_url, "bob"))[1]
+        with gw.client() as http:
+            upstream.json(TRUNCATED_CALL)
+            native = http.post("/native/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": "weather?"}], "tools": [tool], "tool_choice": "required",
+                "max_tokens": 3})
+            upstream.json(TRUNCATED_CALL)
+            messages = http.post("/v1/messages", json={
+                "model": MINI, "max_tokens": 3, "messages": [{"role": "user", "content": "weather?"}],
+                "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}], "tool_choice": {"type": "any"}})
+            upstream.json(TRUNCATED_CALL)
+            third = http.post("/native/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+            refused = http.post("/native/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+        with gw.client(bob) as http:
+            upstream.json({**TRUNCATED_CALL, "choices": [{"index": 0, "finish_reason": "stop",
+                                                          "message": {"role": "assistant", "content": "sunny"}}]})
+            other = http.post("/native/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert [native.status_code, messages.status_code, third.status_code] == [502, 502, 502], (native.text, messages.text)
+    assert refused.status_code == 429, refused.text  # three requests a minute: all three counted
+    assert other.status_code == 200, other.text  # the model is still up for everyone else
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 3)
+    for row in ledger_rows(gw.settings.database_url, "alice"):
+        assert (row["status"], row["input_tokens"], row["output_tokens"], row["usage_source"]) == (
+            502, 50_000, 3, "measured"), row

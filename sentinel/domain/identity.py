@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+# What the ledger stores of a caller: the `external_id` (VARCHAR(255)) and `email` (VARCHAR(320))
+# columns; PostgreSQL takes no NUL character in text.
+MAX_EXTERNAL_ID = 255
+MAX_EMAIL = 320
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -23,6 +28,18 @@ class Identity:
     key_id: str | None = None
     plan: str | None = None
     expires_at: float | None = None
+
+    def unrecordable(self) -> str | None:
+        """Why a usage record of this caller could not be stored, or None. A source may vouch for
+        any string (a JWT's claims, Zion's answer); one the ledger refuses would lose the record of
+        a request already served and block the records stored with it."""
+        if len(self.external_id) > MAX_EXTERNAL_ID:
+            return f"its user id is longer than {MAX_EXTERNAL_ID} characters"
+        if self.email is not None and len(self.email) > MAX_EMAIL:
+            return f"its email is longer than {MAX_EMAIL} characters"
+        if "\x00" in self.external_id or (self.email is not None and "\x00" in self.email):
+            return "its user id or email contains a NUL character"
+        return None
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict (JSON-serialisable)."""

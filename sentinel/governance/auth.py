@@ -142,6 +142,8 @@ class Authenticator:
     def _admit(self, identity: Identity) -> Identity:
         if self.require_email and not identity.email:
             raise PermissionDenied(UNREPORTABLE, code="usage_unreportable")
+        if (problem := identity.unrecordable()) is not None:
+            raise PermissionDenied(f"This identity's usage cannot be recorded: {problem}", code="identity_unrecordable")
         return identity
 
     async def forget(self, token_hash: str) -> None:

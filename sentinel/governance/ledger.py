@@ -9,6 +9,7 @@ in the same transaction.
 from __future__ import annotations
 
 import functools
+import logging
 import operator
 import sqlite3
 import time
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
@@ -26,6 +28,8 @@ from sentinel.db.sqlite_writer import SqliteWriter
 from sentinel.domain.usage import UsageRecord
 from sentinel.governance.rollups import TABLES, Rollup, apply_rollups, rollup_columns
 from sentinel.quiet import QuietWindow
+
+log = logging.getLogger("sentinel.ledger")
 
 # 15 bound values a row: 500 rows stay well under SQLite's and PostgreSQL's parameter limits.
 _CHUNK_ROWS = 500
@@ -261,6 +265,19 @@ class SqlLedgerSink:
         self.ledger = ledger
 
     async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
-        """Record the batch (already-recorded request ids are skipped); refuses nothing one by one."""
-        await self.ledger.record_batch(records)
-        return []
+        """Record the batch (already-recorded request ids are skipped). When the database refuses it
+        for a reason that is no outage (a value it cannot store), each record is tried on its own and
+        the ones it still refuses are handed back as refused: one bad record must not keep the
+        others out of the ledger (the outbox keeps the refused ones, counted and logged)."""
+        try:
+            await self.ledger.record_batch(records)
+            return []
+        except (SQLAlchemyError, sqlite3.Error, ValueError, OverflowError) as exc:
+            if len(records) == 1:
+                log.error("the ledger refused a usage record", extra={"request_id": records[0].request_id,
+                                                                     "error": type(exc).__name__})
+                return [records[0].request_id]
+        refused: list[str] = []
+        for record in records:
+            refused += await self.deliver([record], idempotency_key)
+        return refused

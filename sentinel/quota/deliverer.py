@@ -77,7 +77,11 @@ class UsageDeliverer:
                 refused = await self.sink.deliver(batch.records, batch.key)
             except (GovernanceUnavailable, StoreUnavailable) as exc:
                 self.metrics.deliveries.labels("failure").inc()
-                self._later(exc, "usage delivery failed; retrying the same batch")
+                self._later(exc.message, "usage delivery failed; retrying the same batch")
+                return 0
+            except Exception as exc:  # noqa: BLE001 - no outage (odd JSON from a sink, a bug): back off all the same
+                self.metrics.deliveries.labels("failure").inc()
+                self._later(type(exc).__name__, "usage delivery failed unexpectedly; retrying the same batch")
                 return 0
             self._refused = frozenset(refused) & {c.record.request_id for c in batch.items}
             if self._refused:
@@ -87,7 +91,7 @@ class UsageDeliverer:
         except SentinelError as exc:
             # Delivered, not settled: settle again later. Should this process die first, the batch
             # is taken over and sent again under the same key, which the sink deduplicates.
-            self._later(exc, "could not settle a delivered usage batch; retrying")
+            self._later(exc.message, "could not settle a delivered usage batch; retrying")
             return 0
         delivered = len(batch.items) - len(self._refused)
         self.metrics.deliveries.labels("success").inc()
@@ -108,12 +112,14 @@ class UsageDeliverer:
         except SentinelError:
             pass  # the lease may run out meanwhile: a takeover sends the same batch under the same key
 
-    def _later(self, exc: SentinelError, message: str) -> None:
+    def _later(self, error: str, message: str) -> None:
+        """Back off before the next attempt at the held batch (`error`: what to log of the failure —
+        never an exception's text that could carry a batch's records)."""
         self.failures += 1
         delay = self.backoff.delay(self.failures)
         self._not_before = self.clock() + delay
         held = self.held.key if self.held is not None else None
-        log.warning(message, extra={"error": exc.message, "retry_in_s": round(delay, 2), "batch": held})
+        log.warning(message, extra={"error": error, "retry_in_s": round(delay, 2), "batch": held})
 
     def _release(self) -> None:
         self.held, self._refused, self.failures, self._not_before = None, None, 0, 0.0

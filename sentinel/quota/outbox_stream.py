@@ -4,11 +4,12 @@ It uses nothing but the Store Protocol (Redis, Redis Cluster, or the in-memory t
 A batch key is the consumer name its entries were read under, so the stream's pending-entries list
 remembers every entry's batch, across crashes and replicas:
 
-- claim: first look for a batch left idle longer than the lease (its holder crashed or hangs) and
-  take it over whole, under the same consumer name, so it is re-sent with the same records and the
-  same key; the takeover checks the entries are still that batch's and still idle, atomically, so
-  of two replicas racing for it only one gets it. Otherwise read up to `limit` new entries under a
-  fresh key.
+- claim: look for a batch left idle longer than the lease (its holder crashed or hangs, or it
+  holds records the sink refused) and take it over whole, under the same consumer name, so it is
+  re-sent with the same records and the same key; the takeover checks the entries are still that
+  batch's and still idle, atomically, so of two replicas racing for it only one gets it. Or read up
+  to `limit` new entries under a fresh key. After a takeover the next claim reads new entries
+  first: records a sink keeps refusing never starve the new ones.
 - settle: acknowledge and delete the accepted entries, hand refused ones to a fresh consumer (a new
   batch, picked up once its lease runs out) and forget the old consumer — one atomic step, so a
   crash never leaves a part of a batch under its old key.
@@ -42,6 +43,7 @@ class RedisStreamOutbox:
         self.lease_ms = int(lease_seconds * 1000)
         self.replicas = replicas
         self.replica_timeout_ms = replica_timeout_ms
+        self._new_first = False  # after a takeover, new entries come first
 
     async def put(self, record: UsageRecord) -> None:
         await self.store.stream_add(
@@ -54,9 +56,16 @@ class RedisStreamOutbox:
     async def claim(self, limit: int) -> Batch | None:
         if limit <= 0:
             return None
+        if self._new_first:
+            self._new_first = False
+            return await self._read_new(limit) or await self._take_over(limit)
         taken = await self._take_over(limit)
         if taken is not None:
+            self._new_first = True
             return taken
+        return await self._read_new(limit)
+
+    async def _read_new(self, limit: int) -> Batch | None:
         key = new_batch_key()
         entries = await self.store.stream_read(self.KEY, self.GROUP, key, limit)
         if not entries:

@@ -85,3 +85,26 @@ def test_a_jwt_past_exp_but_within_the_leeway_is_accepted(gateway_factory: Calla
     r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {lenient}"},
                    timeout=30)
     assert r.status_code == 200, r.text
+
+
+def test_an_identity_whose_usage_cannot_be_recorded_is_refused_before_anything_is_served(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """A validly signed token may carry any claims. A user id over 255 characters or an email over
+    320 (the ledger's columns) or a NUL made the record of a served request unstorable: the client
+    got a 500 after the provider had answered, and the records written with it were lost too."""
+    from tests.support.attack import ledger_rows, wait_for
+
+    gw = gateway_factory(jwt_secret=SECRET, jwt_audience="sentinel", usage_flush_interval_seconds=0.1)
+
+    def post(bearer: str) -> httpx.Response:
+        return httpx.post(gw.url + "/v1/chat/completions", json=CHAT,
+                          headers={"Authorization": f"Bearer {bearer}"}, timeout=30)
+
+    for claims in ({"email": "a" * 330 + "@example.com"}, {"externalId": "x" * 256}, {"externalId": "nul\x00id"}):
+        r = post(token(**claims))
+        assert r.status_code == 403, (claims, r.text)
+        assert r.json()["error"]["code"] == "identity_unrecordable"
+    assert post(token()).status_code == 200
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
+    assert [row["external_id"] for row in ledger_rows(gw.settings.database_url)] == ["jwt-user"]

@@ -229,3 +229,32 @@ async def test_the_real_outbox_reaches_the_real_ledger_exactly_once(
     await deliverer.drain()  # nothing is delivered twice
     (totals,) = await ledger.totals("alice")
     assert (totals["requests"], totals["input_tokens"]) == (20, sum(range(20)))
+
+
+async def test_a_sink_failing_in_a_way_that_is_no_outage_backs_off_the_same_way() -> None:
+    """Odd JSON from Zion (a TypeError), a bug: the batch used to be re-sent every cycle, with no
+    backoff and a traceback each time (carrying the batch's records)."""
+    s = Setup()
+    await s.put("r1")
+    s.sink.crash_once = True
+    assert await s.deliverer.deliver_once() == 0
+    assert (s.deliverer.failures, s.deliveries("failure"), s.sink.keys) == (1, 1, [])
+    s.clock.advance(0.999)
+    assert await s.deliverer.deliver_once() == 0 and s.sink.keys == []  # not due yet
+    s.clock.advance(0.001)
+    assert await s.deliverer.deliver_once() == 1 and s.sink.delivered == ["r1"]
+
+
+async def test_a_record_the_ledger_cannot_store_is_refused_alone(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """One record the database refuses (here a count past 64 bits) made the whole batch fail, every
+    time: its neighbours never reached the ledger and the deliverer was stuck on it. It is refused on
+    its own (it stays in the outbox) and the rest is recorded, exactly once."""
+    outbox = DurableOutbox(SqlOutbox(sessions, lease_seconds=0))
+    ledger = SqlLedger(sessions)
+    deliverer = UsageDeliverer(outbox, SqlLedgerSink(ledger), Metrics(), batch_size=10)
+    for record in (usage_record("ok1", tokens=1), usage_record("bad", tokens=2**63), usage_record("ok2", tokens=2)):
+        await outbox.put(record)
+    await deliverer.drain()
+    (totals,) = await ledger.totals("alice")
+    assert (totals["requests"], totals["input_tokens"]) == (2, 3)
+    assert await outbox.depth() == 1  # the refused record, kept

@@ -96,6 +96,30 @@ async def test_refused_records_leave_the_batch_for_a_new_key(world: World) -> No
     assert await outbox.claim(10) is None and await outbox.depth() == 0  # the accepted never come back
 
 
+
+async def test_records_a_sink_keeps_refusing_never_starve_new_ones(world: World) -> None:
+    """Zion refuses a record of an email it does not know, every time. On the stream each refused
+    record waits in a batch of its own that is due again one lease later, and a claim took those
+    over before reading anything new: enough of them and no new record was ever delivered."""
+    outbox = world.outbox()
+    for i in range(5):
+        await put(world, f"dead{i}")
+        batch = await outbox.claim(1)
+        assert batch is not None and ids(batch) == [f"dead{i}"]
+        await outbox.settle(batch, {f"dead{i}"}, retry_in=LEASE)
+    await world.age(LEASE)  # every refused record is due again
+    await put(world, "good")
+    seen: list[str] = []
+    for _ in range(2):  # the table takes them all in one batch, the stream alternates
+        batch = await outbox.claim(10)
+        assert batch is not None
+        seen += ids(batch)
+        await outbox.settle(batch, set(ids(batch)) - {"good"}, retry_in=LEASE)
+        if "good" in seen:
+            break
+    assert "good" in seen, seen
+
+
 async def test_a_stale_holder_settling_after_a_takeover_changes_nothing(world: World) -> None:
     await put(world, "r1", "r2")
     stale = world.outbox()

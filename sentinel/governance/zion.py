@@ -33,7 +33,7 @@ from yarl import URL
 from sentinel.backoff import Backoff
 from sentinel.breaker import CircuitBreaker, State
 from sentinel.domain.identity import Identity
-from sentinel.domain.numbers import parse_retry_after
+from sentinel.domain.numbers import MAX_TOKENS, parse_retry_after
 from sentinel.domain.plans import ExternalUsage, Limit, Metric, Plan
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
@@ -42,6 +42,7 @@ from sentinel.governance.jwt import unverified_expiry
 log = logging.getLogger("sentinel.zion")
 
 MAX_BATCH = 1000
+MAX_ANSWER_BYTES = 1024 * 1024  # no Zion answer comes near: a larger one is refused, not read whole
 # Consecutive outage answers (per attempt) that open the breaker, and how long it stays open.
 BREAKER_THRESHOLD = 3
 BREAKER_COOLDOWN_SECONDS = 5.0
@@ -249,7 +250,7 @@ class ZionClient:
                 async with self._http().request(
                     method, url, headers=sent, data=payload, timeout=self._timeout
                 ) as resp:
-                    status, raw, wait = resp.status, await resp.read(), resp.headers.get("Retry-After", "")
+                    status, raw, wait = resp.status, await _read_capped(resp), resp.headers.get("Retry-After", "")
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 self.breaker.failure()
                 problem = f"Zion unreachable on {method} {route}: {type(exc).__name__}"
@@ -291,6 +292,19 @@ class ZionClient:
         return self._session
 
 
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """The answer's body, refused (GovernanceUnavailable) past MAX_ANSWER_BYTES: no Zion answer is
+    that large, and reading one whole would let a hostile or broken Zion exhaust memory."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise GovernanceUnavailable(f"Zion sent an answer larger than {MAX_ANSWER_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _data(raw: bytes, route: str) -> Any:
     try:
         data = orjson.loads(raw)["data"]
@@ -309,9 +323,12 @@ def _str(data: dict[str, Any], key: str) -> str:
 
 
 def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+    """A whole number, kept within ±MAX_TOKENS (a larger limit is as good as none; quota arithmetic
+    and the cache's JSON stay in range), else GovernanceUnavailable."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value in (
+        float("inf"), float("-inf")) or value != int(value):
         raise GovernanceUnavailable(f"Zion's {name} is not an integer")
-    return int(value)
+    return max(-MAX_TOKENS, min(int(value), MAX_TOKENS))
 
 
 def _time(value: Any) -> datetime | None:
@@ -326,7 +343,10 @@ def _time(value: Any) -> datetime | None:
 
 def _parse_limits(data: dict[str, Any]) -> ZionLimits:
     limits = []
-    for entry in data.get("limits") or []:
+    entries = data.get("limits") or []
+    if not isinstance(entries, list):
+        raise GovernanceUnavailable("Zion sent unreadable limits")
+    for entry in entries:
         if not isinstance(entry, dict):
             raise GovernanceUnavailable("Zion sent an unreadable limit")
         metrics = {}
@@ -340,13 +360,13 @@ def _parse_limits(data: dict[str, Any]) -> ZionLimits:
                     None if remaining is None else _int(remaining, f"{wire}.remaining"),
                 )
         period = entry.get("resetPeriod")
-        if period is not None and period not in PERIOD_SECONDS:
+        if period is not None and (not isinstance(period, str) or period not in PERIOD_SECONDS):
             log.warning("unknown Zion resetPeriod %r; treating it as NEVER", period)
             period = None
         limits.append(
             UserLimit(
                 str(entry.get("name") or "limit"),
-                entry.get("displayName"),
+                display if isinstance(display := entry.get("displayName"), str) else None,
                 metrics,
                 period,
                 _time(entry.get("periodStart")),
@@ -381,7 +401,8 @@ def _pop(queue: list[dict[str, Any]] | None) -> dict[str, Any] | None:
 def _match(records: list[UsageRecord], data: dict[str, Any]) -> list[ItemResult]:
     """Pair Zion's results with the records sent: by position when counts agree, else the n-th
     result for an email with the n-th record for it. A record without a result counts as failed."""
-    results = [r for r in data.get("results") or [] if isinstance(r, dict)]
+    raw = data.get("results") or []
+    results = [r for r in raw if isinstance(r, dict)] if isinstance(raw, list) else []
     if not results and not data.get("failed") and data.get("processed") == len(records):
         return [ItemResult(r.request_id, "applied") for r in records]
     if len(results) == len(records):

@@ -272,3 +272,79 @@ async def test_429_is_not_retried(client: ZionClient, fake: FakeZion) -> None:
     with pytest.raises(ZionStatusError) as caught:
         await client.tier_config()
     assert caught.value.zion_status == 429 and fake.received == 1
+
+
+# --- a hostile or broken Zion: answers of the wrong shape are an outage, never a 500 ---------------------
+class ShapedZion:
+    """Answers /limits with `limits` as given, /usage batch-increment with `results` as given, and
+    /users/me with `me_bytes` of padding (a huge answer)."""
+
+    def __init__(self, limits: object = None, results: object = None, me_bytes: int = 0) -> None:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse, Response
+        from starlette.routing import Route
+
+        async def me(_: Request) -> Response:
+            pad = "x" * me_bytes
+            return JSONResponse({"success": True, "data": {"id": "u1", "email": "u@example.com", "externalId": "e1",
+                                                           "pad": pad}})
+
+        async def limits_(_: Request) -> Response:
+            return JSONResponse({"success": True, "data": {"userId": "u1", "limits": limits}})
+
+        async def batch(_: Request) -> Response:
+            return JSONResponse({"success": True, "data": {"results": results}})
+
+        self.app = Starlette(routes=[
+            Route("/api/v1/users/me", me), Route("/api/v1/limits/external/{rest:path}", limits_),
+            Route("/api/v1/usage/external/batch-increment", batch, methods=["POST"])])
+
+
+async def test_limits_of_the_wrong_shape_are_an_outage() -> None:
+    with serving(ShapedZion(limits=5).app) as server:
+        client = ZionClient(server.url, "k" * 20, timeout=2.0, backoff=Backoff(base=0.01, cap=0.02, attempts=1))
+        try:
+            with pytest.raises(GovernanceUnavailable):
+                await client.limits("e1")
+        finally:
+            await client.aclose()
+
+
+async def test_a_limit_beyond_any_count_is_kept_in_range() -> None:
+    limits = [{"name": "pro", "resetPeriod": ["MONTHLY"], "aiRequests": {"limit": 1e21, "used": 10**30}}]
+    with serving(ShapedZion(limits=limits).app) as server:
+        client = ZionClient(server.url, "k" * 20, timeout=2.0, backoff=Backoff(base=0.01, cap=0.02, attempts=1))
+        try:
+            found = await client.limits("e1")
+        finally:
+            await client.aclose()
+    assert found is not None
+    reading = found.limits[0].metrics["aiRequests"]
+    assert (reading.limit, reading.used) == (10**12, 10**12)
+    assert found.limits[0].reset_period is None  # a period that is not a string reads as NEVER
+
+
+async def test_batch_results_of_the_wrong_shape_fail_the_records_not_the_deliverer() -> None:
+    record = UsageRecord(
+        request_id="r1", external_id="e1", email="u@example.com", model="m", provider="p", endpoint="chat",
+        input_tokens=1, output_tokens=1, usage_source="measured", status=200,
+        started_at=datetime.now(UTC), finished_at=datetime.now(UTC),
+    )
+    with serving(ShapedZion(results=5).app) as server:
+        client = ZionClient(server.url, "k" * 20, timeout=2.0, backoff=Backoff(base=0.01, cap=0.02, attempts=1))
+        try:
+            result = await client.batch_increment([record], "sentinel-usage-" + "0" * 32)
+        finally:
+            await client.aclose()
+    assert [(item.request_id, item.status) for item in result.items] == [("r1", "failed")]
+
+
+async def test_an_answer_too_large_to_be_zions_is_refused_unread() -> None:
+    with serving(ShapedZion(me_bytes=2 * 1024 * 1024).app) as server:
+        client = ZionClient(server.url, "k" * 20, timeout=5.0, backoff=Backoff(base=0.01, cap=0.02, attempts=1))
+        try:
+            with pytest.raises(GovernanceUnavailable, match="larger than"):
+                await client.me("token")
+        finally:
+            await client.aclose()

@@ -15,6 +15,7 @@ The response, stream-chunk and error shapes live in `sentinel.native.responses`.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
@@ -169,7 +170,9 @@ class FunctionSpec(StrictModel):
             problem = 'parameters must have "type": "object"'
         else:
             try:
-                Draft202012Validator.check_schema(self.parameters)
+                with warnings.catch_warnings():  # a `pattern` like "[[" warns (FutureWarning) as it compiles
+                    warnings.simplefilter("ignore")
+                    Draft202012Validator.check_schema(self.parameters)
             except SchemaError as exc:
                 problem = exc.message
             except (OverflowError, RecursionError) as exc:

@@ -28,9 +28,10 @@ class NativeRoutes:
 
     async def chat(self, request: Request) -> Any:
         identity = await self.deps.authenticate(request)
-        payload = parse_json_object(await self.deps.read_body(request))
+        body = await self.deps.read_body(request)
+        payload = parse_json_object(body)
         try:
             req = parse_chat_request(payload)
         except NativeValidationError as exc:
             raise InvalidRequest(exc.message, details={"param": exc.param} if exc.param else None) from None
-        return render(await self.service.chat(context(request.scope), identity, req))
+        return render(await self.service.chat(context(request.scope), identity, req, size=len(body)))

@@ -51,14 +51,15 @@ class NativeChat:
         self.counter = counter
         self.failover = Failover(router, providers)
 
-    async def chat(self, ex: Exchange, identity: Identity, req: ChatRequest) -> Reply | StreamReply:
-        """Serve one validated request."""
+    async def chat(self, ex: Exchange, identity: Identity, req: ChatRequest, *, size: int = 0) -> Reply | StreamReply:
+        """Serve one validated request (`size`: its body's bytes; a large one is counted off the loop)."""
         choice, wire = await self._translatable(req, await self.router.decide(identity, req))
         ex.operation, ex.request_model = OPERATIONS["native"], choice.model
         # Admission before the session write: a request the quota refuses changes no session.
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(
-                identity, endpoint="native", model=choice.model, payload=_estimate_payload(req), request_id=ex.usage_id
+                identity, endpoint="native", model=choice.model, payload=_estimate_payload(req), request_id=ex.usage_id,
+                size=size,
             )
         ex.headers.extend(admission.headers.items())
 

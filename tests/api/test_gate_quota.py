@@ -355,3 +355,33 @@ def test_a_large_answer_without_usage_is_charged_what_it_reserved(gateway: Gatew
     row = next(row for row in ledger_rows(gateway.settings.database_url) if row["request_id"] == rid)
     assert (row["usage_source"], row["output_tokens"], row["status"]) == ("estimated", 128 * 2010, 200)
     assert row["input_tokens"] > 2000
+
+
+def test_large_native_and_count_tokens_bodies_are_counted_off_the_event_loop(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body of 64 KiB and more is counted in a worker thread (/v1 did; the native API and
+    count_tokens on a non-Anthropic model counted on the event loop, ~0.2 s of stall for 9 MB)."""
+    import threading
+
+    gw = gateway_factory(providers_file=tiers_file(tmp_path, "openai"))
+    with gw.client() as http:
+        assert http.post(NATIVE, json={"messages": [{"role": "user", "content": "warm up"}]}).status_code == 200
+        loop_thread = gw.server.thread
+        threads: list[threading.Thread] = []
+
+        def recording(real: Callable[..., int]) -> Callable[..., int]:
+            def count(*args: Any, **kwargs: Any) -> int:
+                threads.append(threading.current_thread())
+                return real(*args, **kwargs)
+            return count
+
+        for counter in (gw.runtime.native.meter.counter, gw.runtime.messages.counter):  # type: ignore[attr-defined]
+            for name in ("count_chat", "count_text"):
+                monkeypatch.setattr(counter, name, recording(getattr(counter, name)))
+        big = " ".join(f"w{i}" for i in range(20_000))  # > 64 KiB
+        native = http.post(NATIVE, json={"messages": [{"role": "user", "content": big}]})
+        counted = http.post("/v1/messages/count_tokens", json={
+            "model": "gpt-4o-mini", "messages": [{"role": "user", "content": big}]})
+    assert native.status_code == 200 and counted.status_code == 200, (native.text, counted.text)
+    assert threads and all(t is not loop_thread and t is not threading.main_thread() for t in threads), threads

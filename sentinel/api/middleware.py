@@ -27,7 +27,7 @@ from sentinel.api.responses import endpoint_not_found
 from sentinel.api.surfaces import render_error, surface_headers
 from sentinel.domain.usage import new_request_id
 from sentinel.errors import ClientClosedRequest, InternalError, MethodNotAllowed, Overloaded, SentinelError
-from sentinel.observability.logging import AccessLog, request_id_var
+from sentinel.observability.logging import AccessLog, clipped, request_id_var
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.outcomes import RequestOutcomes
 
@@ -100,12 +100,12 @@ class RequestMiddleware:
         except Exception as exc:  # the one last-resort handler
             err = _as_sentinel_error(exc, scope)
             if err.status >= 500 and not isinstance(exc, SentinelError | HTTPException):
-                log.error("unhandled error", exc_info=exc, extra={"path": path})
+                log.error("unhandled error", exc_info=exc, extra={"path": clipped(path)})
             else:
                 log.log(
                     logging.WARNING if err.status >= 500 else logging.INFO,
                     "request failed",
-                    extra={"status": err.status, "code": err.code, "error": err.message, "path": path},
+                    extra={"status": err.status, "code": err.code, "error": clipped(err.message), "path": clipped(path)},
                 )
             if not started_response:
                 await render_error(path, err, rid)(scope, receive, send_wrapper)
@@ -136,7 +136,7 @@ class RequestMiddleware:
         if self.access_log is not None:
             extra: dict[str, Any] = {
                 "method": scope["method"],
-                "path": scope["path"],
+                "path": clipped(scope["path"]),
                 "route": ctx.route,
                 "status": ctx.status,
                 "latency_ms": round(elapsed * 1000, 3),

@@ -18,6 +18,7 @@ from sentinel.api.context import context
 from sentinel.api.deps import Deps
 from sentinel.api.replies import render
 from sentinel.errors import MethodNotAllowed, NotFound
+from sentinel.observability.logging import clipped
 from sentinel.services.models import ModelList
 from sentinel.services.relay import OpenAIRelay
 
@@ -100,7 +101,7 @@ class OpenAIRoutes:
         pattern = self.passthrough_policy.match(path)
         if pattern is None:
             raise NotFound(
-                f"Endpoint {request.method} {path} is not supported by this gateway", code="endpoint_not_supported"
+                f"Endpoint {request.method} {clipped(path)} is not supported by this gateway", code="endpoint_not_supported"
             )
         return await self._call(request, endpoint=pattern)
 

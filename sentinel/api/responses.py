@@ -10,6 +10,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from sentinel.errors import NotFound, SentinelError
+from sentinel.observability.logging import clipped
 
 HeaderList = list[tuple[bytes, bytes]]
 
@@ -54,7 +55,7 @@ def error_response(err: SentinelError, extra_headers: dict[str, str] | None = No
 def endpoint_not_found(scope: Scope) -> NotFound:
     """The 404 for a path no route serves."""
     return NotFound(
-        f"Endpoint {scope['method']} {scope['path']} not found. API endpoints are under /v1/ and /native/",
+        f"Endpoint {scope['method']} {clipped(scope['path'])} not found. API endpoints are under /v1/ and /native/",
         code="endpoint_not_found",
     )
 

@@ -43,6 +43,15 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(data, default=str).decode()
 
 
+MAX_LOGGED_CHARS = 256
+
+
+def clipped(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
+    """`text` cut to `limit` characters (marked with "…"): what a client sends (a path, an error
+    message quoting it) never makes a log line larger than this, whatever its length."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send every logger's output to stderr as JSON lines at `level`."""
     handler = logging.StreamHandler(sys.stderr)

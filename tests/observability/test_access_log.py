@@ -53,3 +53,26 @@ def test_every_request_gets_one_access_line(
     assert (ok["route"], ok["status"], ok["user"], ok["upstream_status"]) == ("/v1/chat/completions", 200, "alice", 200)
     assert (denied["route"], denied["status"]) == ("/v1/models", 401) and "user" not in denied
     assert "sk-sentinel" not in capfd.readouterr().err
+
+
+def test_a_long_path_is_clipped_in_every_log_line_and_the_answer(
+    gateway_factory: Callable[..., Gateway], capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 15,000-character path with no key used to write it three times (~45 KB of log per request:
+    the error line's message and path, the access line) and once more into the 404."""
+    logging.getLogger("sentinel.access").setLevel(logging.INFO)
+    try:
+        gw = gateway_factory(access_log=True)
+    finally:
+        logging.getLogger("sentinel.access").setLevel(logging.NOTSET)
+    caplog.set_level(logging.INFO, logger="sentinel.request")
+    with gw.client() as http:
+        r = http.get("/v1/" + "a" * 15_000)
+    gw.server.stop()
+    assert r.status_code == 404 and len(r.text) < 1_000, len(r.text)
+    access = [line for line in capfd.readouterr().err.splitlines() if '"logger":"sentinel.access"' in line]
+    failed = [rec for rec in caplog.records if rec.getMessage() == "request failed"]
+    assert access and failed
+    assert all(len(line) < 1_000 for line in access), [len(line) for line in access]
+    for rec in failed:
+        assert len(rec.path) <= 257 and len(rec.error) <= 257, (len(rec.path), len(rec.error))  # type: ignore[attr-defined]

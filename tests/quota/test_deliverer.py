@@ -258,3 +258,24 @@ async def test_a_record_the_ledger_cannot_store_is_refused_alone(sessions: async
     (totals,) = await ledger.totals("alice")
     assert (totals["requests"], totals["input_tokens"]) == (2, 3)
     assert await outbox.depth() == 1  # the refused record, kept
+
+
+async def test_a_record_the_ledger_cannot_store_loses_none_written_with_it(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Straight to the ledger (one process, built-in ledger), records of concurrent requests share
+    one write: one the database refuses used to fail the others' requests and lose every record of
+    the group. The others are recorded; the group is kept in the outbox table (delivered again, each
+    request once) and the request is not failed."""
+    from sentinel.quota.outbox import LedgerOutbox
+
+    ledger = SqlLedger(sessions)
+    table = SqlOutbox(sessions, lease_seconds=0)
+    outbox = DurableOutbox(table, ledger=LedgerOutbox(SqlLedgerSink(ledger)))
+    records = [usage_record("ok1", tokens=1), usage_record("bad", tokens=2**63), usage_record("ok2", tokens=2)]
+    await asyncio.gather(*(outbox.put(record) for record in records))  # one group; none raises
+    deliverer = UsageDeliverer(outbox, SqlLedgerSink(ledger), Metrics(), batch_size=10)
+    await deliverer.drain()
+    (totals,) = await ledger.totals("alice")
+    assert (totals["requests"], totals["input_tokens"]) == (2, 3)
+    assert await outbox.depth() == 1  # the refused record, kept

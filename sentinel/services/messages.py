@@ -110,7 +110,7 @@ class MessagesService:
 
         async def send(target: ModelTarget) -> Reply | StreamReply:
             if target.kind == "anthropic":
-                return await self._relay(ex, target, payload, body, headers, admission)
+                return await self._relay(ex, target, payload, headers, admission)
             req = parsed.get("req") or parsed.setdefault("req", self._parse(payload, target))
             return await self.translated.serve(ex, req, target, admission, "anthropic")
 
@@ -142,7 +142,7 @@ class MessagesService:
             return Reply(200, orjson.dumps({"input_tokens": tokens}), [*JSON, ("x-sentinel-estimate", "true")])
         ex.provider = target.provider
         try:
-            upstream = await self._forward(ex, target, ["messages", "count_tokens"], payload, body, headers)
+            upstream = await self._forward(ex, target, ["messages", "count_tokens"], payload, headers)
             raw = await self._read(upstream, admission)
         except SentinelError as exc:
             await self.meter.fail(admission, exc)  # a no-op when `refuse` settled a provider refusal
@@ -157,11 +157,12 @@ class MessagesService:
             raise _invalid(exc) from None
 
     async def _forward(
-        self, ex: Exchange, target: ModelTarget, segments: list[str], payload: dict[str, Any], body: bytes,
-        headers: RawHeaders,
+        self, ex: Exchange, target: ModelTarget, segments: list[str], payload: dict[str, Any], headers: RawHeaders,
     ) -> UpstreamResponse:
-        if target.upstream_model != payload["model"]:
-            body = orjson.dumps({**payload, "model": target.upstream_model})
+        # What Sentinel read, never the client's bytes (a duplicated key read first-wins upstream
+        # would differ from what was checked and reserved; see `OpenAIRelay._serve`).
+        body = orjson.dumps(payload if target.upstream_model == payload["model"] else
+                            {**payload, "model": target.upstream_model})
         started = time.perf_counter()
         attributes = {PROVIDER: target.provider, SYSTEM: target.provider, REQUEST_MODEL: target.name}
         try:
@@ -192,10 +193,9 @@ class MessagesService:
         return raw
 
     async def _relay(
-        self, ex: Exchange, target: ModelTarget, payload: dict[str, Any], body: bytes, headers: RawHeaders,
-        admission: Admission,
+        self, ex: Exchange, target: ModelTarget, payload: dict[str, Any], headers: RawHeaders, admission: Admission,
     ) -> Reply | StreamReply:
-        upstream = await self._forward(ex, target, ["messages"], payload, body, headers)
+        upstream = await self._forward(ex, target, ["messages"], payload, headers)
         if payload.get("stream") is True and 200 <= upstream.status < 300:
             return self._relay_sse(ex, upstream, admission)
         raw = await self._read(upstream, admission)

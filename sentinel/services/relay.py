@@ -93,9 +93,8 @@ class OpenAIRelay:
             if not (isinstance(opts, dict) and opts.get("include_usage") is True):
                 # Ask the upstream for the final usage chunk; strip it from the client's stream.
                 payload["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
-                body = orjson.dumps(payload)
                 strip_usage = True
-        request = Relayed(endpoint, segments, payload, body, headers, query, stream, strip_usage,
+        request = Relayed(endpoint, segments, payload, headers, query, stream, strip_usage,
                           identity if _stores_objects(endpoint, payload) else None)
         if targets[0].kind != "openai":
             request.translated = self._translated(request, targets[0])  # a 400 here reserves nothing
@@ -152,9 +151,11 @@ class OpenAIRelay:
     ) -> Reply | StreamReply:
         if target.kind != "openai":
             return await self.translated.serve(ex, self._translated(request, target), target, admission, "openai")
-        body = request.body
-        if target.upstream_model != request.payload["model"]:
-            body = orjson.dumps({**request.payload, "model": target.upstream_model})
+        # What Sentinel read, never the client's bytes: a duplicated key (`max_tokens`, an id) that a
+        # provider read first-wins would otherwise differ from what was checked and reserved.
+        payload = request.payload
+        body = orjson.dumps(payload if target.upstream_model == payload["model"] else
+                            {**payload, "model": target.upstream_model})
         upstream = await self._forward(
             ex, self.upstreams[target.provider], "POST", request.segments, body, request.headers, request.query,
             admission,
@@ -180,7 +181,9 @@ class OpenAIRelay:
             await self.ownership.require([where.object_id], identity.external_id)
         as_json = False
         if body:
-            as_json = await self._check_body(identity, body, _content_type(headers))
+            checked = await self._check_body(identity, body, _content_type(headers))
+            if checked is not None:  # JSON: sent as Sentinel read it (see `_serve`)
+                as_json, body = True, checked
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit_call(identity, endpoint=endpoint, request_id=ex.usage_id)
         ex.headers.extend(admission.headers.items())
@@ -202,8 +205,9 @@ class OpenAIRelay:
             await self.ownership.forget(where.object_id)
         return reply
 
-    async def _check_body(self, identity: Identity, body: bytes, content_type: str) -> bool:
-        """Refuse a body naming another user's object; True when it is JSON (and goes upstream as such).
+    async def _check_body(self, identity: Identity, body: bytes, content_type: str) -> bytes | None:
+        """Refuse a body naming another user's object; a JSON body as it goes upstream (re-encoded from
+        what was checked), None for an upload (sent as it came).
 
         The ids are read the way the provider will read the body: JSON (no Content-Type, or a JSON
         one) or a `multipart/form-data` upload, whose named parts are read. Any other type (a form,
@@ -215,7 +219,7 @@ class OpenAIRelay:
             except (MalformedUpload, TooManyReferences) as exc:
                 raise InvalidRequest(str(exc)) from None
             await self.ownership.require(ids, identity.external_id)
-            return False
+            return None
         if media and media != "application/json" and not media.endswith("+json"):
             raise InvalidRequest(
                 "The request body must be JSON (Content-Type: application/json) or a multipart/form-data upload"
@@ -225,7 +229,7 @@ class OpenAIRelay:
         except orjson.JSONDecodeError:  # compressed, or JSON orjson refuses: ids in it would go unchecked
             raise InvalidRequest("The request body must be JSON (uncompressed, valid UTF-8)") from None
         await self.ownership.require(_references(parsed), identity.external_id)
-        return True
+        return orjson.dumps(parsed)
 
     # --- plumbing ----------------------------------------------------------------------------------
     async def _forward(
@@ -267,8 +271,7 @@ class Relayed:
 
     endpoint: str
     segments: Sequence[str]
-    payload: dict[str, Any]
-    body: bytes
+    payload: dict[str, Any]  # what is sent (re-encoded: never the client's bytes)
     headers: RawHeaders
     query: Query | None
     stream: bool

@@ -385,3 +385,37 @@ def test_large_native_and_count_tokens_bodies_are_counted_off_the_event_loop(
             "model": "gpt-4o-mini", "messages": [{"role": "user", "content": big}]})
     assert native.status_code == 200 and counted.status_code == 200, (native.text, counted.text)
     assert threads and all(t is not loop_thread and t is not threading.main_thread() for t in threads), threads
+
+
+def test_the_provider_gets_what_sentinel_read_never_the_clients_bytes(
+    gateway_factory: Callable[..., Gateway]
+) -> None:
+    """A key given twice is read last-wins by Sentinel; a provider reading first-wins would have
+    used a cap Sentinel never reserved (or an id it never checked). The body sent is re-encoded
+    from what Sentinel read, on /v1/chat/completions, /v1/messages and pass-through paths."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url, passthrough="/v1/batches")
+        with gw.client() as http:
+            upstream.json({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                           "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"},
+                                        "finish_reason": "stop"}],
+                           "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+            chat = http.post("/v1/chat/completions", headers={"Content-Type": "application/json"}, content=(
+                b'{"max_tokens": 100000, "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],'
+                b' "max_tokens": 5}'))
+            upstream.json({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
+                           "content": [{"type": "text", "text": "x"}], "stop_reason": "end_turn",
+                           "usage": {"input_tokens": 1, "output_tokens": 1}})
+            messages = http.post("/v1/messages", headers={"Content-Type": "application/json"}, content=(
+                b'{"max_tokens": 100000, "model": "claude-3-5-haiku-20241022",'
+                b' "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}'))
+            upstream.json({"id": "batch_1", "object": "batch"})
+            batch = http.post("/v1/batches", headers={"Content-Type": "application/json"},
+                              content=b'{"completion_window": "24h", "completion_window": "1h"}')
+    assert [r.status_code for r in (chat, messages, batch)] == [200, 200, 200], [chat.text, messages.text, batch.text]
+    sent = [orjson.loads(body) for body in upstream.received]
+    assert [body.get("max_tokens") for body in sent[:2]] == [5, 5]
+    assert sent[2] == {"completion_window": "1h"}
+    assert all(body.count(b'"max_tokens"') <= 1 and body.count(b'"completion_window"') <= 1
+               for body in upstream.received)

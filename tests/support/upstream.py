@@ -71,6 +71,7 @@ class ScriptedUpstream:
 
     def __init__(self) -> None:
         self._answers: deque[tuple[bytes, bytes]] = deque()  # (content type, body)
+        self.received: list[bytes] = []  # the request bodies, as they arrived
 
     def json(self, body: Any) -> None:
         """Queue a JSON answer."""
@@ -87,8 +88,13 @@ class ScriptedUpstream:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             return await lifespan(receive, send)
-        while (await receive()).get("more_body"):
-            pass
+        received = b""
+        while True:
+            message = await receive()
+            received += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.received.append(received)
         status, (content_type, body) = (200, self._answers.popleft()) if self._answers else (500, (b"", b""))
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})

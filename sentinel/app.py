@@ -31,6 +31,7 @@ from sentinel.api.ops import OpsRoutes
 from sentinel.api.responses import endpoint_not_found
 from sentinel.api.throttle import FailedAuthThrottle
 from sentinel.api.tracing import TracingMiddleware
+from sentinel.api.user_slots import UserSlots
 from sentinel.config import Settings, reveal
 from sentinel.observability.logging import AccessLog, access_log_wanted
 from sentinel.observability.metrics import Metrics
@@ -59,9 +60,10 @@ class SentinelApp:
             self.access_log = AccessLog(sys.stderr.buffer)
             self.access_log.start()
         throttle = FailedAuthThrottle(s.auth_failures_per_minute)
+        slots = UserSlots(s.max_in_flight_per_user)
         deps = Deps(
             settings=s, store=runtime.store, metrics=self.metrics, authenticator=runtime.authenticator,
-            throttle=throttle,
+            throttle=throttle, slots=slots,
         )
         routes = (
             OpsRoutes(runtime.store, runtime.engine, self.metrics).routes()
@@ -82,7 +84,7 @@ class SentinelApp:
         app = RequestMiddleware(
             app,
             metrics=self.metrics, max_in_flight=s.max_in_flight, access_log=self.access_log,
-            outcomes=runtime.outcomes,
+            outcomes=runtime.outcomes, slots=slots,
         )
         if s.cors_origin_list:
             app = CorsMiddleware(app, origins=s.cors_origin_list)

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     debug: bool = env("SENTINEL_DEBUG", False)
     max_body_bytes: int = env("SENTINEL_MAX_BODY_BYTES", 10 * 1024 * 1024, ge=1024)
     max_in_flight: int = env("SENTINEL_MAX_IN_FLIGHT", 1024, ge=1)
+    # One caller's share of those slots (per process): one key cannot hold a process's every slot.
+    max_in_flight_per_user: int = env("SENTINEL_MAX_IN_FLIGHT_PER_USER", 128, ge=1)
     shutdown_timeout_seconds: float = env("SENTINEL_SHUTDOWN_TIMEOUT_SECONDS", 30.0, gt=0)
     access_log: bool = env("SENTINEL_ACCESS_LOG", True)
     # Processes serving the port (`auto`: one per CPU); more than one needs REDIS_URL.

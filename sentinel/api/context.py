@@ -29,6 +29,7 @@ class RequestContext(Exchange):
     route: str = "unmatched"
     status: int = 0
     client_address: str | None = field(default=None, repr=False)
+    slot: str | None = None  # whose in-flight slot this request holds (`UserSlots`), given back at its end
 
     @classmethod
     def start(cls, request_id: str, started: float, *, client_supplied_id: bool) -> RequestContext:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from sentinel.api.context import context
 from sentinel.api.throttle import FailedAuthThrottle
+from sentinel.api.user_slots import UserSlots
 from sentinel.config import Settings
 from sentinel.domain.identity import Identity
 from sentinel.errors import AuthenticationError, InvalidRequest, PayloadTooLarge, RequestTimeout
@@ -26,6 +27,7 @@ class Deps:
     metrics: Metrics
     authenticator: Authenticator
     throttle: FailedAuthThrottle
+    slots: UserSlots
 
     async def authenticate(self, request: Request) -> Identity:
         """The caller's identity from `Authorization: Bearer` or `x-api-key` (the client's credential is
@@ -43,6 +45,9 @@ class Deps:
                 self.throttle.failed(address)
                 raise
         ctx.external_id = identity.external_id
+        if ctx.slot is None:  # given back by RequestMiddleware once the answer is sent
+            self.slots.acquire(identity.external_id)
+            ctx.slot = identity.external_id
         return identity
 
     async def read_body(self, request: Request) -> bytes:

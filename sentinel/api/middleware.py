@@ -25,6 +25,7 @@ from sentinel.api.context import MAX_CLIENT_REQUEST_ID, RequestContext
 from sentinel.api.paths import check_raw_path
 from sentinel.api.responses import endpoint_not_found
 from sentinel.api.surfaces import render_error, surface_headers
+from sentinel.api.user_slots import UserSlots
 from sentinel.domain.usage import new_request_id
 from sentinel.errors import ClientClosedRequest, InternalError, MethodNotAllowed, Overloaded, SentinelError
 from sentinel.observability.logging import AccessLog, clipped, request_id_var
@@ -43,9 +44,10 @@ class RequestMiddleware:
 
     def __init__(
         self, app: ASGIApp, *, metrics: Metrics, max_in_flight: int, access_log: AccessLog | None = None,
-        outcomes: RequestOutcomes | None = None,
+        outcomes: RequestOutcomes | None = None, slots: UserSlots | None = None,
     ) -> None:
         self.app = app
+        self.slots = slots
         self.outcomes = outcomes
         self.metrics = metrics
         self.max_in_flight = max_in_flight
@@ -110,6 +112,8 @@ class RequestMiddleware:
             if not started_response:
                 await render_error(path, err, rid)(scope, receive, send_wrapper)
         finally:
+            if ctx.slot is not None and self.slots is not None:
+                self.slots.release(ctx.slot)
             self._observe(scope, ctx)
             request_id_var.reset(token)
 

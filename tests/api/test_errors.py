@@ -117,3 +117,42 @@ def test_backpressure_rejects_at_once(gateway_factory: Callable[..., Gateway]) -
     assert health.status_code == 200  # probes are never refused
     assert results == [200]
     assert upstream.arrived == 1  # the refused request never reached the upstream
+
+
+def test_one_caller_cannot_hold_every_slot(gateway_factory: Callable[..., Gateway]) -> None:
+    """Past SENTINEL_MAX_IN_FLIGHT_PER_USER requests still running, a caller gets 429 at once (nothing
+    reserved or sent), while other callers are served; the slots come back when the answers are sent."""
+    import asyncio
+
+    from tests.support.accounts import create_key
+
+    upstream = GatedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(max_in_flight_per_user=2, openai_api_url=srv.url + "/v1")
+        bob = asyncio.run(create_key(gw.settings.database_url, "bob"))[1]
+        results: list[int] = []
+
+        def held() -> None:
+            with gw.client() as http:
+                results.append(http.post("/v1/chat/completions", json=CHAT).status_code)
+
+        threads = [threading.Thread(target=held) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            assert wait_for(lambda: upstream.arrived == 2)
+            with gw.client() as http:
+                refused = http.post("/v1/chat/completions", json=CHAT)
+            with gw.client(bob) as http:
+                other = http.get("/v1/models")
+        finally:
+            upstream.open()
+            for t in threads:
+                t.join()
+        with gw.client() as http:
+            again = http.post("/v1/chat/completions", json=CHAT)  # both slots given back
+    error = assert_error_shape(refused, 429)
+    assert error["code"] == "too_many_in_flight" and refused.headers["retry-after"] == "1"
+    assert other.status_code == 200
+    assert results == [200, 200] and again.status_code == 200
+    assert upstream.arrived == 3  # the refused request never reached the upstream

@@ -341,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name, value in vars(args).items():
+        if isinstance(value, str) and any("\udc80" <= char <= "\udcff" for char in value):
+            print(f"sentinel: --{name.replace('_', '-')} is not valid UTF-8", file=sys.stderr)
+            return 2  # the shell passed bytes no database column or identity can hold
     result: int = args.fn(args)
     return result
 

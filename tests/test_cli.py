@@ -119,3 +119,20 @@ def test_cli_changes_go_through_the_admin_service(tmp_path: Path) -> None:
     exported = run(["usage", "export", "--since", "30d"], env)
     assert exported.returncode == 0
     assert exported.stdout.splitlines() == ["external_id,model,requests,input_tokens,output_tokens,cost_usd"]
+
+
+def test_values_no_store_can_hold_are_one_line_and_status_2(tmp_path: Path) -> None:
+    """A limit past 10^15 (once an OverflowError traceback, or stored where the console then refused
+    to save the plan again) and an argument that is not UTF-8 (once a UnicodeEncodeError traceback)."""
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    huge = run(["plans", "set", "pro", "--requests", "99999999999999999999", "--window", "1h"], env)
+    large = run(["plans", "set", "pro", "--requests", str(10**16), "--window", "1h"], env)
+    undecodable = subprocess.run(
+        [sys.executable, "-m", "sentinel", "keys", "create", os.fsdecode(b"\xff\xfe"), "--name", "x"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+    )
+    for result in (huge, large, undecodable):
+        assert result.returncode == 2, (result.returncode, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "pro" not in run(["plans", "list"], env).stdout

@@ -26,7 +26,7 @@ from sentinel.api.admin_json import (
     user_json,
     user_summary_json,
 )
-from sentinel.api.bodies import parse_json_object
+from sentinel.api.bodies import parse_json_object, refuse_control_characters
 from sentinel.api.deps import Deps
 from sentinel.api.responses import RawResponse, json_response
 from sentinel.domain.numbers import MAX_INT64, parse_whole
@@ -96,14 +96,18 @@ class AdminApiRoutes:
         ]
 
     def _access(self, request: Request) -> AdminAccess:
-        return self.gate.authorize(request.method, request.headers, address_of(request))
+        access = self.gate.authorize(request.method, request.headers, address_of(request))
+        refuse_control_characters(list(request.query_params.multi_items()), "the query")
+        return access
 
     def _actor(self, request: Request) -> Actor:
         self._access(request)
         return Actor("admin", address_of(request))
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        return parse_json_object(await self.deps.read_body(request))
+        body = parse_json_object(await self.deps.read_body(request))
+        refuse_control_characters(body, "the body")
+        return body
 
     async def openapi(self, request: Request) -> RawResponse:
         self._access(request)

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from sentinel.api import console_pages as pages
 from sentinel.api.admin_api import address_of
 from sentinel.api.admin_auth import AdminGate
+from sentinel.api.bodies import refuse_control_characters
 from sentinel.api.console_html import layout, message_page, signin_page
 from sentinel.api.docs import HTML_HEADERS
 from sentinel.api.docs_assets import DocsAssets
@@ -101,9 +102,11 @@ class ConsoleRoutes:
             if len(body) > MAX_FORM_BYTES:
                 raise PayloadTooLarge(f"Console forms are limited to {MAX_FORM_BYTES} bytes")
         try:
-            return parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=400)
+            form = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=400)
         except (UnicodeDecodeError, ValueError):
             raise InvalidRequest("Unreadable form") from None
+        refuse_control_characters(form, "a form", lines=True)  # a textarea's lines (tier entries) are split
+        return form
 
     async def _post(self, request: Request) -> tuple[str, Form, Actor] | RawResponse:
         """(session, form, actor) of an authorised form post, or the answer refusing it."""
@@ -144,6 +147,7 @@ class ConsoleRoutes:
         session = self.gate.session_of(request.headers)
         if session is None:
             return _see_other("/admin/signin")
+        refuse_control_characters(list(request.query_params.multi_items()), "the query")
         result: RawResponse = await render(session)
         return result
 

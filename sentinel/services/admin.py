@@ -40,6 +40,7 @@ from sentinel.governance.tier_store import DbTiers, TierRepository
 from sentinel.governance.usage_stats import LedgerEntry, Ranked, UsageStats
 from sentinel.governance.users import UserDirectory, UserSummary
 from sentinel.services.admin_forms import (
+    MAX_LIMIT,
     LimitInput,
     check_limits,
     check_plan_name,
@@ -213,6 +214,8 @@ class AdminService:
         """Create plan `name` or replace its limits (`merge`: only those of the same metric and window);
         with `create`, an existing plan is a field error."""
         name = check_plan_name(name)
+        if too_large := [lim for lim in limits if not 0 <= lim.limit <= MAX_LIMIT]:
+            raise refuse({"limits": f"{too_large[0].metric}: a whole number from 0 to {MAX_LIMIT:,}"})
         existing = await self.plan_repo.get_plan(name)
         if create and existing is not None:
             raise refuse({"name": f"a plan called {name!r} exists already"})
@@ -250,6 +253,10 @@ class AdminService:
             errors["name"] = "at most 200 characters"
         if email is not None and (len(email) > 320 or "@" not in email):
             errors["email"] = "an email address"
+        if not errors and (problem := Identity(external_id, "", email=email or None).unrecordable()):
+            errors["email" if "email" in problem else "external_id"] = problem  # its keys would all be refused
+        if name is not None and "\x00" in name:
+            errors["name"] = "no NUL character"
         if errors:
             raise refuse(errors)
         info, token = await self.keys.create_key(external_id, name or None, email=email or None)

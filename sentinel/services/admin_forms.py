@@ -57,7 +57,7 @@ def field_errors(error: InvalidRequest) -> dict[str, str]:
 
 
 def check_plan_name(name: str) -> str:
-    name = name.strip()
+    """The name as given (never stripped: `PUT /plans/%20a` must not edit plan `a`), or 400."""
     if not PLAN_NAME.fullmatch(name):
         raise refuse({"name": "1-100 characters: letters, digits, '_', '.', '-', starting with a letter or digit"})
     return name
@@ -76,7 +76,7 @@ def check_limits(items: Iterable[LimitInput]) -> list[Limit]:
             errors[f"{here}.metric"] = f"choose one of {', '.join(METRICS)}"
         amount = _whole(item.limit)
         if amount is None or not 0 <= amount <= MAX_LIMIT:
-            errors[f"{here}.limit"] = "a whole number, 0 or more"
+            errors[f"{here}.limit"] = f"a whole number from 0 to {MAX_LIMIT:,}"
         try:
             window = check_window(item.window) if isinstance(item.window, int) else parse_window(str(item.window))
         except ValueError:

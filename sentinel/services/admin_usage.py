@@ -222,7 +222,8 @@ class UsageReports:
     async def csv(self, since: datetime | None, until: datetime | None) -> str:
         """Usage per user and model for requests finished in [since, until), as CSV text."""
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
+        # "\r\n" (RFC 4180): a field holding a CR or LF is quoted, so no cell can start a row of its own
+        writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(CSV_COLUMNS)
         for row in await self.ledger.totals_by_user(since, until):
             writer.writerow([

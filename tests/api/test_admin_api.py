@@ -148,7 +148,7 @@ def test_the_openapi_document_is_valid_and_covers_every_route(gw: Gateway) -> No
 def test_an_operator_flow_through_the_api(gw: Gateway) -> None:
     with admin(gw) as client:
         bad = client.put("/admin/api/plans/team", json={"limits": [{"metric": "requests", "limit": "x", "window": "1m"}]})
-        assert bad.status_code == 400 and bad.json()["error"]["details"]["fields"] == {"limits.0.limit": "a whole number, 0 or more"}
+        assert bad.status_code == 400 and bad.json()["error"]["details"]["fields"] == {"limits.0.limit": "a whole number from 0 to 1,000,000,000,000,000"}
         plan = client.put("/admin/api/plans/team", json={"create": True, "limits": [
             {"metric": "requests", "limit": 2, "window": "1h"}, {"metric": "output_tokens", "limit": 100000, "window": "1d"}]})
         assert plan.status_code == 200 and plan.json()["spec"] == "output_tokens=100000/1d,requests=2/1h"
@@ -249,7 +249,7 @@ def test_plan_limits_and_windows_are_bounded(gw: Gateway) -> None:
     with admin(gw) as client:
         refused = put("\u00b2", "1h")
         assert refused.status_code == 400
-        assert refused.json()["error"]["details"]["fields"] == {"limits.0.limit": "a whole number, 0 or more"}
+        assert refused.json()["error"]["details"]["fields"] == {"limits.0.limit": "a whole number from 0 to 1,000,000,000,000,000"}
         for window in ("99999999999999d", "367d", "53w", 366 * 86400 + 1, 2**62, "\u00b2h"):
             refused = put(5, window)
             assert refused.status_code == 400, window
@@ -271,3 +271,61 @@ def test_tier_prices_must_be_finite(gw: Gateway) -> None:
             message = refused.json()["error"]["details"]["fields"]["entries.0"]
             assert message.startswith("input_price_per_million: "), message
         assert client.put("/admin/api/tiers/simple", json={"entries": ["openai/gpt-4o-mini:1:1e3:0.6"]}).status_code == 200
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_db_gw(request: pytest.FixtureRequest, gateway_factory: Callable[..., Gateway]) -> Gateway:
+    if request.param == "postgres":
+        return gateway_factory(admin_key=ADMIN_KEY, database_url=request.getfixturevalue("pg_url"))
+    return gateway_factory(admin_key=ADMIN_KEY)
+
+
+def test_operator_input_a_column_cannot_hold_is_a_400_that_changes_nothing(any_db_gw: Gateway) -> None:
+    """A NUL in a plan, key name or email, a tier entry longer than its columns, a NUL in a search:
+    500s on PostgreSQL, and on SQLite stored as given — an email with a NUL made every key of its
+    user refused at authentication. Each is 400 now, and nothing changed."""
+    gw = any_db_gw
+    key = gw.key
+    console = signed_in(gw)[0]
+    with admin(gw) as http:
+        before = http.get("/admin/api/tiers").json()
+        answers = [
+            http.put("/admin/api/users/alice/plan", json={"plan": "a\x00b"}),
+            http.post("/admin/api/users/alice/keys", json={"name": "second", "email": "a\x00@example.com"}),
+            http.post("/admin/api/users/bob/keys", json={"name": "a\x00b"}),
+            http.put("/admin/api/tiers/simple", json={"entries": ["p" * 41 + "/m:1"]}),
+            http.put("/admin/api/tiers/simple", json={"entries": ["openai/" + "m" * 201 + ":1"]}),
+            http.put("/admin/api/tiers/simple", json={"entries": ["openai/a\x00b:1"]}),
+            http.get("/admin/api/users", params={"q": "\x00"}),
+            http.get("/admin/api/audit", params={"target": "a\rb"}),
+            console.get("/admin/users", params={"q": "\x00"}),
+            http.put("/admin/api/plans/%20pro", json={"limits": [{"metric": "requests", "limit": 5, "window": "1h"}]}),
+        ]
+        after = http.get("/admin/api/tiers").json()
+        users = http.get("/admin/api/users").json()
+    console.close()
+    assert [r.status_code for r in answers] == [400] * len(answers), [(r.status_code, r.text[:120]) for r in answers]
+    assert before == after
+    assert "bob" not in str(users)
+    with gw.client(key) as alice:  # alice's key still works: her email was not replaced
+        assert alice.get("/v1/models").status_code == 200
+
+
+def test_the_usage_csv_quotes_a_cell_holding_a_line_break(gateway_factory: Callable[..., Gateway]) -> None:
+    """A bare CR in a cell (an external id any identity source may vouch for) was not quoted: a
+    spreadsheet reading CR as a row's end saw a cell starting with '=' on a row of its own."""
+    import time
+
+    import jwt
+
+    secret = "a-test-secret-that-is-long-enough-for-hs256"
+    gw = gateway_factory(admin_key=ADMIN_KEY, jwt_secret=secret, usage_flush_interval_seconds=0.1)
+    token = jwt.encode({"sub": "u", "externalId": "alice\r=1+1", "exp": int(time.time()) + 600}, secret,
+                       algorithm="HS256")
+    r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {token}"},
+                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+    assert r.status_code == 200, r.text
+    with admin(gw) as http:
+        assert wait_for(lambda: "alice" in http.get("/admin/api/usage.csv").text)
+        csv_text = http.get("/admin/api/usage.csv").text
+    assert '"alice\r=1+1",' in csv_text, csv_text  # quoted whole: the CR stays inside its cell

@@ -191,7 +191,7 @@ async def test_the_csv_export_has_the_figures_of_usage_show(setup: Setup) -> Non
         ]
     assert any(r["external_id"] == "'=cmd|'/c calc'!A0" for r in table)  # a formula is neutralised
     assert await setup.admin.usage_csv(NOW + timedelta(seconds=1), None) == (
-        "external_id,model,requests,input_tokens,output_tokens,cost_usd\n"
+        "external_id,model,requests,input_tokens,output_tokens,cost_usd\r\n"  # RFC 4180 line ends
     )
 
 

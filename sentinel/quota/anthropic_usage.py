@@ -24,6 +24,7 @@ from sentinel.domain.usage import Usage
 from sentinel.providers.errors import stream_failure
 from sentinel.quota.images import MAX_IMAGE_TOKENS, base64_image_tokens
 from sentinel.quota.tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
+from sentinel.quota.usage import EventSplitter
 
 _INPUT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
@@ -141,7 +142,7 @@ class AnthropicStreamInspector:
 
     def __init__(self, provider: str = "anthropic") -> None:
         self.provider = provider
-        self._buf = b""
+        self._events = EventSplitter()
         self._input: dict[str, int] = {}
         self._output: int | None = None
         self._final = False  # a message_delta gave the final output count
@@ -169,16 +170,11 @@ class AnthropicStreamInspector:
         return usage_of({**self._input, "output_tokens": 0})
 
     def feed(self, chunk: bytes) -> bytes:
-        self._buf += chunk
-        if b"\n\n" not in self._buf and b"\r\n\r\n" not in self._buf:
-            return b""
-        events = self._buf.replace(b"\r\n", b"\n").split(b"\n\n")
-        self._buf = events.pop()
-        return b"".join(self._event(event) for event in events)
+        return b"".join(self._event(event) for event in self._events.feed(chunk))
 
     def flush(self) -> bytes:
         """At the end of the stream: the unterminated tail, if any."""
-        tail, self._buf = self._buf, b""
+        tail = self._events.flush()
         return self._event(tail) if tail.strip() else b""
 
     def _event(self, event: bytes) -> bytes:

@@ -18,6 +18,7 @@ import orjson
 
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
+from sentinel.errors import UpstreamError
 from sentinel.providers.errors import stream_failure
 
 
@@ -101,13 +102,56 @@ def _call_text(call: Any) -> str:
     return _text(fn.get("name")) + _text(fn.get("arguments")) if isinstance(fn, dict) else ""
 
 
+MAX_EVENT_BYTES = 16 * 1024 * 1024  # as the native API's SSE parser (`sentinel.native.sse`)
+# A Responses stream ends with one of these (no `[DONE]`): held back like `[DONE]`.
+RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+class EventSplitter:
+    """Splits a relayed SSE byte stream into its events: the bytes between blank lines, line ends
+    normalised to LF, the separator dropped. Linear in the stream (a chunk without a blank line is
+    set aside, not searched again) and bounded: an event past `max_event_bytes` is an upstream
+    failure (UpstreamError `stream_event_too_large`), never a buffer without end."""
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+        self._pending: list[bytes] = []
+        self._size = 0
+        self._last = b""  # the last two bytes set aside: a blank line may straddle two chunks
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The events `chunk` completes (possibly none)."""
+        window = self._last + chunk
+        if b"\n\n" not in window and b"\n\r\n" not in window:  # covers \r\n\r\n, \r\n\n, \n\n
+            self._pending.append(chunk)
+            self._size += len(chunk)
+            self._last = window[-2:]
+            if self._size > self.max_event_bytes:
+                raise UpstreamError(f"Provider stream event larger than {self.max_event_bytes} bytes",
+                                    code="stream_event_too_large")
+            return []
+        data = b"".join(self._pending) + chunk if self._pending else chunk
+        events = data.replace(b"\r\n", b"\n").split(b"\n\n")
+        tail = events.pop()  # the unfinished one
+        self._pending, self._size, self._last = ([tail], len(tail), tail[-2:]) if tail else ([], 0, b"")
+        return events
+
+    def flush(self) -> bytes:
+        """What is left at the end of the stream (an event without its blank line)."""
+        tail = b"".join(self._pending)
+        self._pending, self._size, self._last = [], 0, b""
+        return tail
+
+
 class StreamInspector:
     """Incrementally parse an OpenAI-style SSE stream for usage and text.
 
     `feed(chunk)` returns the complete events to relay to the client now (an unfinished event is
-    held until its end arrives). The final `data: [DONE]` event is never returned: it is kept in
-    `done` for the caller to send after the usage record is stored. In stripping mode the usage-only
-    chunk Sentinel asked for on the client's behalf is dropped too.
+    held until its end arrives). The final `data: [DONE]` event — on the Responses API the terminal
+    `response.completed` / `.incomplete` / `.failed` event, which carries the usage — is never
+    returned: it is kept in `done` for the caller to send after the usage record is stored (and the
+    response's owner recorded). In stripping mode the usage-only chunk Sentinel asked for on the
+    client's behalf is dropped too.
     """
 
     DONE = b"data: [DONE]\n\n"
@@ -116,7 +160,9 @@ class StreamInspector:
         self.endpoint = endpoint
         self.provider = provider
         self.strip = strip_usage_chunk
-        self._buf = b""
+        self._events = EventSplitter()
+        self._final = b""  # the held-back terminal event of a Responses stream
+        self._terminal = False
         self.usage: Usage | None = None
         self._text: list[str] = []
         self.parse_errors = 0
@@ -130,30 +176,31 @@ class StreamInspector:
 
     @property
     def done(self) -> bytes:
-        """The `[DONE]` event to send last, or b"" when the upstream never sent one."""
-        return self.DONE if self.saw_done else b""
+        """The final event to send last (`[DONE]`, a Responses stream's terminal event), or b"" when
+        the upstream never sent one."""
+        if not self.saw_done:
+            return b""
+        return self._final or self.DONE
 
     def feed(self, chunk: bytes) -> bytes:
-        self._buf += chunk
-        if b"\n\n" not in self._buf and b"\r\n\r\n" not in self._buf:
-            return b""
-        data = self._buf.replace(b"\r\n", b"\n")
-        events = data.split(b"\n\n")
-        self._buf = events.pop()  # the unfinished tail
         out: list[bytes] = []
-        for event in events:
+        for event in self._events.feed(chunk):
             if self.saw_done:
-                continue  # nothing is relayed after [DONE]
+                continue  # nothing is relayed after the final event
             event = self._inspect(event)
-            if event and not self.saw_done:
+            if self._terminal and not self.saw_done:
+                self._final, self.saw_done = event + b"\n\n", True
+            elif event and not self.saw_done:
                 out.append(event + b"\n\n")
         return b"".join(out)
 
     def flush(self) -> bytes:
         """At end of stream: inspect and return any unterminated tail."""
-        tail, self._buf = self._buf, b""
+        tail = self._events.flush()
         if tail.strip() and not self.saw_done:
             tail = self._inspect(tail)
+            if self._terminal and not self.saw_done:
+                self._final, self.saw_done = tail + b"\n\n", True
             return b"" if self.saw_done else tail
         return b""
 
@@ -219,6 +266,8 @@ class StreamInspector:
         return not (self.strip and usage is not None and choices == [])
 
     def _absorb_responses(self, obj: dict[str, Any]) -> bool:
+        if obj.get("type") in RESPONSES_TERMINAL:
+            self._terminal = True
         response = obj.get("response")
         if isinstance(response, dict) and self.object_id is None and isinstance(response.get("id"), str):
             self.object_id = response["id"]  # `response.created` names the stored response

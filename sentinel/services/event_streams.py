@@ -55,6 +55,8 @@ def relay_events(
                 out = inspector.feed(chunk)
                 if out:
                     yield out
+                if inspector.done:
+                    break  # the final event came: nothing more is relayed, so nothing more is awaited
             tail = inspector.flush()
             if tail:
                 yield tail

@@ -285,13 +285,17 @@ def test_done_follows_the_record_while_the_connection_stays_open(
 ) -> None:
     gw = gateway_factory(redis_url=outbox_redis)
     db = gw.settings.database_url
-    for path, body in (("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION)):
+    # A Responses stream ends with `response.completed` (no [DONE]): it was sent at once, before the
+    # record (and the response's owner, so a follow-up naming it was a 404).
+    finals = [("/v1/chat/completions", CHAT, b"data: [DONE]"), ("/v1/completions", COMPLETION, b"data: [DONE]"),
+              ("/v1/responses", RESPONSE, b'"type":"response.completed"')]
+    for path, body, final in finals:
         for i in range(3):
-            rid = f"done-probe-{path.count('/')}-{i}"
+            rid = f"done-probe-{path.count('/')}-{path[-3:]}-{i}"
             headers = {**bearer(gw.key), "X-Request-Id": rid}
-            with read_until(gw.url, path, b"data: [DONE]", headers=headers,
+            with read_until(gw.url, path, final, headers=headers,
                             body=orjson.dumps({**body, "stream": True})) as seen:
-                assert b"data: [DONE]" in seen, seen[-300:]
+                assert final in seen, seen[-300:]
                 assert any(r.startswith(rid + "~") for r in recorded_ids(db, outbox_redis)), path
 
 
@@ -419,3 +423,51 @@ def test_the_provider_gets_what_sentinel_read_never_the_clients_bytes(
     assert sent[2] == {"completion_window": "1h"}
     assert all(body.count(b'"max_tokens"') <= 1 and body.count(b'"completion_window"') <= 1
                for body in upstream.received)
+
+
+class LingeringUpstream:
+    """Streams the queued Responses events at once, then keeps the connection open for `linger` s
+    (as a proxy in front of a provider may): only a relay that holds the final event back until the
+    record is stored, and stops reading once it came, answers the client at once."""
+
+    def __init__(self, linger: float = 5.0) -> None:
+        self.linger = linger
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import asyncio as aio
+
+        from tests.support.upstream import lifespan
+
+        if scope["type"] == "lifespan":
+            return await lifespan(receive, send)
+        while (await receive()).get("more_body"):
+            pass
+        events = [
+            {"type": "response.created", "response": {"id": "resp_linger1", "object": "response", "status": "in_progress"}},
+            {"type": "response.output_text.delta", "delta": "hello"},
+            {"type": "response.completed", "response": {"id": "resp_linger1", "object": "response", "status": "completed",
+                                                        "usage": {"input_tokens": 11, "output_tokens": 22}}},
+        ]
+        body = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        await aio.sleep(self.linger)
+        await send({"type": "http.response.body", "body": b""})
+
+
+def test_a_responses_stream_ends_for_the_client_once_recorded_and_owned(
+    gateway_factory: Callable[..., Gateway]
+) -> None:
+    """`response.completed` is held back until the record is durable and the response is its
+    caller's: a follow-up naming it at once is served, and the stream is complete (not a 499)."""
+    with serving(LingeringUpstream()) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1)
+        rid = "linger-probe"
+        with read_until(gw.url, "/v1/responses", b'"type":"response.completed"',
+                        headers={**bearer(gw.key), "X-Request-Id": rid},
+                        body=orjson.dumps({**RESPONSE, "stream": True}), timeout=4) as seen:
+            assert b'"type":"response.completed"' in seen, seen[-300:]
+            assert any(r.startswith(rid + "~") for r in recorded_ids(gw.settings.database_url, None))
+            assert gw.read_stored("sentinel:owner:resp_linger1") == b"alice"
+    rows = [r for r in ledger_rows(gw.settings.database_url) if r["request_id"].startswith(rid)]
+    assert [(r["status"], r["input_tokens"], r["output_tokens"]) for r in rows] == [(200, 11, 22)], rows

@@ -118,8 +118,25 @@ def test_responses_stream_text_and_usage() -> None:
         event({"type": "response.completed", "response": {"usage": {"input_tokens": 12, "output_tokens": 3}}}),
     ]
     relayed = feed_all(inspector, events)
-    assert relayed == b"".join(events)  # nothing is stripped from a responses stream
+    # Nothing is stripped; the terminal event is held back (sent after the record is stored), as
+    # [DONE] is on chat: a client stopping at response.completed found no record once.
+    assert relayed == b"".join(events[:2]) and inspector.done == events[2]
     assert inspector.text == "Hi there" and inspector.usage == Usage(12, 3)
+
+
+def test_an_event_without_end_is_bounded_and_split_linearly() -> None:
+    """An upstream that never sends a blank line: the pending event is set aside chunk by chunk
+    (never searched again) and past the bound the stream fails, not the process's memory."""
+    from sentinel.errors import UpstreamError
+    from sentinel.quota.usage import EventSplitter
+
+    splitter = EventSplitter(max_event_bytes=1000)
+    assert splitter.feed(b"data: {") == [] and splitter.feed(b'"a": 1}\r') == []
+    assert splitter.feed(b"\n\r\ndata: x") == [b'data: {"a": 1}']  # a blank line across two chunks
+    with pytest.raises(UpstreamError) as failed:
+        for _ in range(100):
+            splitter.feed(b"y" * 100)
+    assert failed.value.code == "stream_event_too_large"
 
 
 @pytest.mark.parametrize(

@@ -146,6 +146,13 @@ class Authenticator:
             raise PermissionDenied(f"This identity's usage cannot be recorded: {problem}", code="identity_unrecordable")
         return identity
 
+    async def revoke(self, token_hash: str) -> None:
+        """Remember the token whose SHA-256 is `token_hash` as refused, for as long as any cached
+        identity of it could live (`ttl` + `grace`): unlike `forget`, a lookup that read the key as
+        active just before its revocation cannot cache it again afterwards (a value never replaces
+        a refusal). A store outage is logged (the identity then expires within the cache's TTL)."""
+        await self.cache.put(token_hash, None, ttl=self.cache.ttl + self.cache.grace)
+
     async def forget(self, token_hash: str) -> None:
         """Drop the cached identity of the token whose SHA-256 is `token_hash` (a revoked key then
         fails at its next use; other processes' local copies live at most `local_ttl` longer)."""

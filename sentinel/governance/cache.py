@@ -8,6 +8,10 @@ Each process also keeps a copy of fresh entries for at most `local_ttl` seconds 
 stored freshness), sparing a store round trip per request under load; and decoded values are
 memoised by their stored bytes. An entry that cannot be decoded (another version's format,
 corruption) is a miss: logged, counted, and overwritten by the next answer, never an error.
+
+A remembered "no such thing" (a refused token, a revoked key's tombstone) is never replaced by a
+value: only a lookup that began before the refusal can bring one (a key read as active just before
+its revocation), and it must not bring the key back. The refusal expires or is `forget`-ten.
 """
 
 from __future__ import annotations
@@ -23,8 +27,31 @@ import orjson
 from sentinel.errors import StoreUnavailable
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
+from sentinel.store.base import LocalOps, Script
 
 log = logging.getLogger("sentinel.cache")
+
+# Set KEYS[1] to ARGV[1] for ARGV[2] ms unless it holds a refusal (an entry whose value is null).
+_REFUSED = b'{"v":null'
+_PUT_VALUE_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, 9) == '{"v":null' then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+def _put_value_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    current = ops.get(keys[0])
+    if current is not None and current.startswith(_REFUSED):
+        return 0
+    ops.set(keys[0], args[0].encode(), int(args[1]) / 1000)
+    return 1
+
+
+PUT_VALUE = Script("sentinel_cache_put_value", _PUT_VALUE_LUA, _put_value_local)
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -145,7 +172,11 @@ class GovernanceCache(Generic[T]):
             return
         entry = {"v": None if value is None else self.encode(value), "fresh_until": fresh_until}
         try:
-            await self.store.set(self.prefix + key, orjson.dumps(entry), keep_until - now)
+            if value is None:
+                await self.store.set(self.prefix + key, orjson.dumps(entry), keep_until - now)
+            else:  # never over a refusal (see the module docstring)
+                keep_ms = max(1, round((keep_until - now) * 1000))
+                await self.store.run(PUT_VALUE, [self.prefix + key], [orjson.dumps(entry).decode(), keep_ms])
         except StoreUnavailable:
             log.warning("could not cache a %s entry: store unavailable", self.name)
 

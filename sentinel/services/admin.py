@@ -270,10 +270,7 @@ class AdminService:
         if info is None or token_hash is None:
             raise NotFound(f"No active key {key_id!r}", code="key_not_found")
         if self.identities is not None:
-            try:
-                await self.identities.forget(token_hash)
-            except StoreUnavailable:
-                log.warning("could not drop a revoked key's cached identity (it expires within JWT_CACHE_TTL_SECONDS)")
+            await self.identities.revoke(token_hash)  # a tombstone no lookup in flight can overwrite
         await self._audit(actor, "key.revoke", key_id, {"user": info.external_id, "prefix": info.prefix})
         return info
 

@@ -180,3 +180,38 @@ async def test_identities_without_email_are_refused_when_usage_is_reported_by_em
     lenient = Authenticator(MemoryStore(), api_keys=source, require_email=False)
     source.down = False
     assert (await lenient.authenticate("sk-sentinel-nomail")).external_id == "bob"
+
+
+async def test_a_key_revoked_while_its_lookup_is_in_flight_stays_revoked(clock: FakeClock) -> None:
+    """A lookup that read the key as active just before its revocation used to cache it just after
+    (the revocation only deleted the cached entry): the key then worked for the cache's TTL. The
+    revocation is a tombstone, and a value never replaces a refusal."""
+    import asyncio
+
+    from sentinel.governance.keys import hash_key
+
+    class SlowSource(Source):
+        def __init__(self) -> None:
+            super().__init__()
+            self.read = asyncio.Event()
+            self.release = asyncio.Event()
+
+        async def authenticate(self, token: str) -> Identity | None:
+            found = await super().authenticate(token)  # read as active
+            self.read.set()
+            await self.release.wait()
+            return found
+
+    source, store = SlowSource(), FlakyStore(clock)
+    auth = Authenticator(store, api_keys=source, ttl=10, grace=20, clock=clock)  # type: ignore[arg-type]
+    in_flight = asyncio.ensure_future(auth.authenticate("sk-sentinel-good"))
+    await source.read.wait()
+    del source.valid["sk-sentinel-good"]
+    await auth.revoke(hash_key("sk-sentinel-good"))  # what the admin service does on revocation
+    source.release.set()
+    assert (await in_flight).external_id == "alice"  # that request was admitted before the revocation
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate("sk-sentinel-good")
+    clock.advance(25)  # past the TTL, within the grace: still refused, never the stale identity
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate("sk-sentinel-good")

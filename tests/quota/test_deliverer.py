@@ -5,6 +5,7 @@ backoff policy and the clock are injected. (Batch identity end to end: test_deli
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -198,9 +199,19 @@ async def test_the_loop_delivers_at_once_and_stop_drains_the_rest() -> None:
 
 
 async def test_the_loop_survives_a_crashing_cycle(caplog: pytest.LogCaptureFixture) -> None:
+    """A bug outside the sink (here the outbox's claim) crashes one cycle, logged; the next delivers.
+    (A sink's own failure, whatever it is, is a delivery failure with backoff: tested above.)"""
     s = Setup(interval=0.001)
     await s.put("r1")
-    s.sink.crash_once = True
+    claim = s.outbox.claim
+    crashes = [RuntimeError("a bug in the outbox")]
+
+    async def claim_once(limit: int) -> Any:
+        if crashes:
+            raise crashes.pop()
+        return await claim(limit)
+
+    s.outbox.claim = claim_once  # type: ignore[method-assign]
     s.deliverer.start()
     await until(lambda: s.sink.delivered == ["r1"])  # the cycle after the crash delivered
     await asyncio.wait_for(s.deliverer.stop(), 5)

@@ -112,31 +112,43 @@ class MalformedUpload(ValueError):
 
 
 def multipart_references(body: bytes, content_type: str, limit: int = MAX_REFERENCES) -> list[str]:
-    """Object ids a `multipart/form-data` body names: the value of every part named as one of
-    REFERENCE_KEYS (`file_id`, also `file_ids[]`), file part or not. MalformedUpload when the body
-    has no boundary, or a part no name (a reader could take it for anything)."""
+    """Object ids a `multipart/form-data` body names: the value of every part whose name is, or ends
+    in a bracket component that is, one of REFERENCE_KEYS (`file_id`, `file_ids[]`,
+    `tool_resources[code_interpreter][file_ids][]`), file part or not. Read strictly, since the
+    provider's reader may be lenient where this one is not: MalformedUpload unless the Content-Type
+    names its boundary once, the body starts with it and ends with the closing one, each delimiter
+    line and header line ends in CRLF, and each part has one Content-Disposition naming it once."""
     header = Message()
     header["content-type"] = content_type
+    params = [key.lower() for key, _ in header.get_params() or []]
     boundary = header.get_boundary()
-    if not boundary:
-        raise MalformedUpload("A multipart body needs a boundary in its Content-Type")
+    if not boundary or len(params) != len(set(params)):
+        raise MalformedUpload("A multipart body needs exactly one boundary in its Content-Type")
+    delimiter = b"--" + boundary.encode("latin-1")
+    parts = (b"\r\n" + body).split(b"\r\n" + delimiter)
+    if parts[0] or len(parts) < 2 or not parts[-1].startswith(b"--"):
+        raise MalformedUpload("A multipart body must start with its boundary and end with the closing one")
     found: list[str] = []
-    for part in (b"\r\n" + body).split(b"\r\n--" + boundary.encode("latin-1"))[1:]:  # a delimiter starts a line
-        if part.startswith(b"--"):
-            break  # the closing delimiter
-        head, _, value = part.partition(b"\r\n\r\n")
+    for part in parts[1:-1]:
+        padding, crlf, rest = part.partition(b"\r\n")
+        head, blank, value = rest.partition(b"\r\n\r\n")
+        if not crlf or padding.strip(b" \t") or not blank:
+            raise MalformedUpload("A multipart part must follow its boundary line and end its headers with a blank line")
         fields = Message()
-        for line in head.strip(b"\r\n").split(b"\r\n"):
+        for line in head.split(b"\r\n"):
             key, colon, text = line.decode("latin-1").partition(":")
-            if not colon:
-                raise MalformedUpload("A multipart part header without a colon")
+            if not colon or "\r" in line.decode("latin-1") or "\n" in line.decode("latin-1"):
+                raise MalformedUpload("A multipart part header must be one 'Name: value' line")
             fields[key.strip()] = text.strip()
-        names = fields.get_all("content-disposition") or []
-        name = fields.get_param("name", header="content-disposition") if len(names) == 1 else None
-        if not isinstance(name, str) or not name:  # a tuple: RFC 2231 (`name*=`), which readers differ on
-            raise MalformedUpload("Every multipart part needs one Content-Disposition with a name")
-        if name.removesuffix("[]") in REFERENCE_KEYS:
-            found.extend(_ids(value.removesuffix(b"\r\n").decode("utf-8", "replace").strip()))
+        dispositions = fields.get_all("content-disposition") or []
+        given = [key.lower() for key, _ in fields.get_params(header="content-disposition") or []]
+        name = fields.get_param("name", header="content-disposition") if len(dispositions) == 1 else None
+        if not isinstance(name, str) or not name or len(given) != len(set(given)):
+            # a tuple: RFC 2231 (`name*=`), which readers differ on; a parameter twice: first or last wins
+            raise MalformedUpload("Every multipart part needs one Content-Disposition naming it once")
+        components = [c.rstrip("]") for c in name.split("[")]
+        if any(c in REFERENCE_KEYS for c in components):
+            found.extend(_ids(value.decode("utf-8", "replace").strip()))
         if len(found) > limit:
             raise TooManyReferences(f"A request may name at most {limit} objects")
     return found

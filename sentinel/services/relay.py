@@ -181,7 +181,10 @@ class OpenAIRelay:
             await self.ownership.require([where.object_id], identity.external_id)
         as_json = False
         if body:
-            checked = await self._check_body(identity, body, _content_type(headers))
+            forwarded = forwardable_headers(headers)
+            if forwarded.get("content-encoding", "identity").strip().lower() != "identity":
+                raise InvalidRequest("A pass-through body must not be compressed (Content-Encoding): its ids must be read")
+            checked = await self._check_body(identity, body, forwarded.get("content-type", "").strip())
             if checked is not None:  # JSON: sent as Sentinel read it (see `_serve`)
                 as_json, body = True, checked
         with ex.spans.span("sentinel.quota.admit"):
@@ -212,7 +215,7 @@ class OpenAIRelay:
         The ids are read the way the provider will read the body: JSON (no Content-Type, or a JSON
         one) or a `multipart/form-data` upload, whose named parts are read. Any other type (a form,
         text) is refused: a form reader finds fields in any bytes, JSON included."""
-        media = content_type.partition(";")[0].strip()
+        media = content_type.partition(";")[0].strip().lower()  # the boundary keeps its case
         if media == "multipart/form-data":
             try:
                 ids = multipart_references(body, content_type)
@@ -298,8 +301,3 @@ def _references(body: Any) -> list[str]:
         return referenced_ids(body)
     except TooManyReferences as exc:
         raise InvalidRequest(str(exc)) from None
-
-
-def _content_type(headers: RawHeaders) -> str:
-    """The Content-Type the upstream will receive (read from what is forwarded, never on its own)."""
-    return forwardable_headers(headers).get("content-type", "").strip().lower()

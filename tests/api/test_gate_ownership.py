@@ -219,7 +219,16 @@ def test_ids_are_read_as_the_provider_reads_the_body(
             bob.post("/v1/batches", data={**fields, "input_file_id": mine}, files={"f": ("f", b"")},
                      headers={"Content-Type": "multipart/form-data"}),  # no boundary: cannot be read
         ]
-        assert [r.status_code for r in refused] == [400, 400, 404, 400], [r.text for r in refused]
+        mixed_case = (b'--WebKitFormBoundaryAbC\r\nContent-Disposition: form-data; name="input_file_id"\r\n\r\n'
+                      + victim.encode() + b"\r\n--WebKitFormBoundaryAbC--\r\n")
+        refused += [
+            # a browser's boundary is mixed case: once lowercased with the header, no part was found
+            bob.post("/v1/batches", content=mixed_case,
+                     headers={"Content-Type": "multipart/form-data; boundary=WebKitFormBoundaryAbC"}),
+            bob.post("/v1/batches", content=__import__("gzip").compress(orjson.dumps(fields)),
+                     headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}),
+        ]
+        assert [r.status_code for r in refused] == [400, 400, 404, 400, 404, 400], [r.text for r in refused]
         for r in refused:
             openai_error(r.json())
         assert spy.seen == []

@@ -41,3 +41,23 @@ def test_too_many_ids_are_refused() -> None:
     body = b"".join(part('form-data; name="file_ids[]"', b"f") for _ in range(5)) + b"--XyZ--"
     with pytest.raises(TooManyReferences):
         multipart_references(body, TYPE, limit=4)
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b"hello", TYPE),  # no part at all
+    (part('form-data; name="file_id"', b"f").replace(b"\r\n", b"\n") + b"--XyZ--\n", TYPE),  # LF only
+    (part('form-data; name="file_id"', b"f"), TYPE),  # no closing boundary
+    (part('form-data; name="purpose"; name="file_id"', b"f") + b"--XyZ--", TYPE),  # a parameter twice
+    (part('form-data; name="file_id"', b"f") + b"--XyZ--", 'multipart/form-data; boundary=XyZ; boundary=Q'),
+])
+def test_a_body_a_lenient_reader_could_read_otherwise_is_malformed(body: bytes, content_type: str) -> None:
+    """Once each of these came back as naming nothing (and was forwarded): a provider reading LF
+    line ends, the last of two parameters, or a body this reader found no part in, saw the ids."""
+    with pytest.raises(MalformedUpload):
+        multipart_references(body, content_type)
+
+
+def test_bracketed_names_are_read_by_their_components() -> None:
+    body = (part('form-data; name="tool_resources[code_interpreter][file_ids][]"', b"file-a")
+            + part('form-data; name="timestamp_granularities[]"', b"word") + b"--XyZ--")
+    assert multipart_references(body, TYPE) == ["file-a"]

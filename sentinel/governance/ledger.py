@@ -26,6 +26,7 @@ from sentinel.db.models import UsageLedgerRow
 from sentinel.db.queries import insert_ignoring, picked_once, sqlite_upsert_adding
 from sentinel.db.sqlite_writer import SqliteWriter
 from sentinel.domain.usage import UsageRecord
+from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.rollups import TABLES, Rollup, apply_rollups, rollup_columns
 from sentinel.quiet import QuietWindow
 
@@ -280,4 +281,6 @@ class SqlLedgerSink:
         refused: list[str] = []
         for record in records:
             refused += await self.deliver([record], idempotency_key)
+        if len(refused) == len(records):  # not a record's fault (a schema not migrated, ...): back off
+            raise GovernanceUnavailable(f"the ledger refused every record of a batch of {len(records)}")
         return refused

@@ -74,9 +74,31 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any],
         messages = [item for item in items if isinstance(item, dict) and "role" in item]
         others = [item for item in items if isinstance(item, dict) and "role" not in item]
         total += counter.count_chat(messages, model, user=user)
-        # Function calls and their outputs, reasoning summaries, ...: counted whole, as JSON.
-        total += _as_json(counter, model, user, others)
+        # Function calls and their outputs, reasoning summaries, ...: their text (never a screenshot's
+        # data URL, a file's base64 or a reasoning item's encrypted content, which are not text).
+        texts = [text for item in others for text in _item_texts(item)]
+        total += counter.count_text("\n".join(texts), model, user=user) if texts else 0
     return total
+
+
+_NOT_TEXT = frozenset({"image_url", "file_data", "encrypted_content", "id", "call_id", "type", "status"})
+
+
+def _item_texts(item: Any) -> list[str]:
+    """The strings of a Responses input item that reach the model as text (a bounded walk: the body's
+    depth is checked before any estimate)."""
+    out: list[str] = []
+    stack = [item]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if not node.startswith("data:"):
+                out.append(node)
+        elif isinstance(node, dict):
+            stack.extend(value for key, value in node.items() if key not in _NOT_TEXT)
+        elif isinstance(node, list):
+            stack.extend(node)
+    return out
 
 
 def max_output(endpoint: str, payload: dict[str, Any], default: int) -> int:

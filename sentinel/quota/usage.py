@@ -126,14 +126,15 @@ class EventSplitter:
             self._pending.append(chunk)
             self._size += len(chunk)
             self._last = window[-2:]
-            if self._size > self.max_event_bytes:
-                raise UpstreamError(f"Provider stream event larger than {self.max_event_bytes} bytes",
-                                    code="stream_event_too_large")
-            return []
-        data = b"".join(self._pending) + chunk if self._pending else chunk
-        events = data.replace(b"\r\n", b"\n").split(b"\n\n")
-        tail = events.pop()  # the unfinished one
-        self._pending, self._size, self._last = ([tail], len(tail), tail[-2:]) if tail else ([], 0, b"")
+            events: list[bytes] = []
+        else:
+            data = b"".join(self._pending) + chunk if self._pending else chunk
+            events = data.replace(b"\r\n", b"\n").split(b"\n\n")
+            tail = events.pop()  # the unfinished one
+            self._pending, self._size, self._last = ([tail], len(tail), tail[-2:]) if tail else ([], 0, b"")
+        if self._size > self.max_event_bytes:
+            raise UpstreamError(f"Provider stream event larger than {self.max_event_bytes} bytes",
+                                code="stream_event_too_large")
         return events
 
     def flush(self) -> bytes:

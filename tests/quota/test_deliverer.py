@@ -290,3 +290,13 @@ async def test_a_record_the_ledger_cannot_store_loses_none_written_with_it(
     (totals,) = await ledger.totals("alice")
     assert (totals["requests"], totals["input_tokens"]) == (2, 3)
     assert await outbox.depth() == 1  # the refused record, kept
+
+
+async def test_a_batch_whose_every_record_is_refused_is_a_failure_not_refusals(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Every record refused one by one is not the records' fault (a schema not migrated, ...): it is a
+    failure the deliverer backs off from, not N refusals retried every lease with N error lines."""
+    sink = SqlLedgerSink(SqlLedger(sessions))
+    with pytest.raises(GovernanceUnavailable):
+        await sink.deliver([usage_record("bad1", tokens=2**63), usage_record("bad2", tokens=2**63)], "key")

@@ -66,8 +66,12 @@ def test_responses_count_instructions_input_and_tool_items() -> None:
     )
     items = [USER, {"type": "function_call_output", "output": "sunny"}, {"type": "function_call", "arguments": "{}"}]
     total, asked = estimate("responses", {"input": items})
-    others = '[{"type":"function_call_output","output":"sunny"},{"type":"function_call","arguments":"{}"}]'
-    assert (total, asked) == (10 + len(others), [("chat", ([USER], None)), ("text", others)])
+    assert (total, asked) == (10 + len("sunny\n{}"), [("chat", ([USER], None)), ("text", "sunny\n{}")])
+    screenshot = {"type": "computer_call_output", "call_id": "c1", "output": {
+        "type": "computer_screenshot", "image_url": "data:image/png;base64," + "A" * 50_000}}
+    reasoning = {"type": "reasoning", "encrypted_content": "B" * 50_000, "summary": [{"type": "summary_text", "text": "why"}]}
+    total, asked = estimate("responses", {"input": [screenshot, reasoning]})
+    assert total == len("why")  # the screenshot and the encrypted content are not text
 
 
 def test_definitions_that_reach_the_model_as_text_are_counted() -> None:

@@ -137,6 +137,8 @@ def test_an_event_without_end_is_bounded_and_split_linearly() -> None:
         for _ in range(100):
             splitter.feed(b"y" * 100)
     assert failed.value.code == "stream_event_too_large"
+    with pytest.raises(UpstreamError):  # the unfinished tail of a chunk that also ended an event
+        EventSplitter(max_event_bytes=1000).feed(b"data: x\n\n" + b"y" * 2000)
 
 
 @pytest.mark.parametrize(

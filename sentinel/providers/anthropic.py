@@ -24,7 +24,7 @@ from sentinel.native.anthropic import (
     parse_anthropic_usage,
 )
 from sentinel.native.stream import AnthropicStreamNormalizer, StreamNormalizer
-from sentinel.providers.chat import ChatProvider
+from sentinel.providers.chat import ChatProvider, recorded_usage
 from sentinel.providers.http import UpstreamResponse, send
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -55,11 +55,7 @@ class AnthropicProvider(ChatProvider):
 
     def usage_of(self, answer: Any) -> Usage | None:
         raw = answer.get("usage") if isinstance(answer, dict) else None
-        usage = parse_anthropic_usage(raw)
-        if usage is None or not isinstance(raw, dict):
-            return None
-        cache = anthropic_cache_tokens(raw)
-        return Usage(usage.prompt_tokens, usage.completion_tokens, cache.write, cache.read)
+        return recorded_usage(parse_anthropic_usage(raw), anthropic_cache_tokens(raw if isinstance(raw, dict) else {}))
 
 
 @dataclass

@@ -21,11 +21,20 @@ import orjson
 
 from sentinel.domain.usage import Usage
 from sentinel.native import ChatRequest, ProviderReply, TranslationError
+from sentinel.native.responses import CacheTokens
+from sentinel.native.responses import Usage as WireUsage
 from sentinel.native.sse import SSEParser
 from sentinel.native.stream import StreamNormalizer, StreamResult
 from sentinel.providers.catalog import ProviderSpec
 from sentinel.providers.errors import UnreadableAnswer, upstream_error
 from sentinel.providers.http import UpstreamResponse, send
+
+
+def recorded_usage(usage: WireUsage | None, cache: CacheTokens) -> Usage | None:
+    """A provider's reported usage, with its prompt-cache figures, as the meter records it (None:
+    the provider reported none, the meter estimates)."""
+    return None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens, cache.write, cache.read)
+
 
 # Called with an upstream error answer (status >= 300, body unread) instead of raising it here; it raises.
 Refused = Callable[[UpstreamResponse], Awaitable[NoReturn]]
@@ -75,8 +84,7 @@ class ProviderStream:
     @property
     def measured(self) -> Usage | None:
         """The usage the provider reported, with its cache figures, as the meter records it (None: estimate)."""
-        usage, cache = self.normalizer.usage, self.normalizer.cache
-        return None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens, cache.write, cache.read)
+        return recorded_usage(self.normalizer.usage, self.normalizer.cache)
 
     @property
     def reported_input(self) -> Usage | None:

@@ -25,7 +25,7 @@ from sentinel.native.openai import (
     parse_openai_usage,
 )
 from sentinel.native.stream import OpenAIStreamNormalizer, StreamNormalizer
-from sentinel.providers.chat import ChatProvider
+from sentinel.providers.chat import ChatProvider, recorded_usage
 from sentinel.providers.http import UpstreamResponse, send
 
 
@@ -54,9 +54,7 @@ class OpenAIChatProvider(ChatProvider):
 
     def usage_of(self, answer: Any) -> Usage | None:
         raw = answer.get("usage") if isinstance(answer, dict) else None
-        usage = parse_openai_usage(raw)
-        return None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens, 0,
-                                                openai_cache_tokens(raw).read)
+        return recorded_usage(parse_openai_usage(raw), openai_cache_tokens(raw))
 
 
 # Request headers never forwarded: credentials, hop-by-hop, and those the client library sets for

@@ -14,13 +14,12 @@ from typing import Any, NoReturn, TypeVar
 import orjson
 
 from sentinel.domain.identity import Identity
-from sentinel.domain.usage import Usage
 from sentinel.errors import InvalidRequest, SentinelError, UpstreamError
 from sentinel.native import ChatRequest, NativeValidationError, StreamError, TranslationError
 from sentinel.native.responses import Usage as WireUsage
 from sentinel.native.stream import DONE, render_chunk, render_error_event
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
-from sentinel.providers.chat import ChatProvider, Completion, ProviderStream
+from sentinel.providers.chat import ChatProvider, Completion, ProviderStream, recorded_usage
 from sentinel.providers.http import UpstreamResponse
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
@@ -125,11 +124,8 @@ class NativeChat:
         text = reply.text()
         usage = reply.usage
         await self.meter.settle(
-            admission,
-            usage=None if usage is None else Usage(
-                usage.prompt_tokens, usage.completion_tokens, reply.cache.write, reply.cache.read
-            ),
-            output_text=text, status=200, provider=choice.provider,
+            admission, usage=recorded_usage(usage, reply.cache), output_text=text, status=200,
+            provider=choice.provider,
         )
         if admission.recorded is not None:
             ex.recorded(admission.recorded.input_tokens, admission.recorded.output_tokens, reply.model or choice.model)

@@ -18,7 +18,6 @@ from typing import Any, Literal, NoReturn
 import orjson
 
 from sentinel.domain.catalogue import ModelTarget
-from sentinel.domain.usage import Usage
 from sentinel.errors import InvalidRequest, UpstreamError
 from sentinel.native import NativeValidationError, StreamError, TranslationError
 from sentinel.native.anthropic import build_anthropic_model_request
@@ -28,12 +27,11 @@ from sentinel.native.anthropic_stream import render_error_event as anthropic_err
 from sentinel.native.model_request import ModelChatRequest
 from sentinel.native.openai import build_openai_model_request
 from sentinel.native.openai_inbound import openai_usage, render_openai_completion
-from sentinel.native.responses import CacheTokens
 from sentinel.native.responses import Usage as WireUsage
 from sentinel.native.stream import DONE, render_chunk, render_error_event
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import PROVIDER, REQUEST_MODEL, SYSTEM
-from sentinel.providers.chat import ChatProvider, ProviderStream
+from sentinel.providers.chat import ChatProvider, ProviderStream, recorded_usage
 from sentinel.providers.http import UpstreamResponse
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
@@ -110,7 +108,7 @@ class TranslatedChat:
             for choice in reply.choices for call in choice.message.tool_calls or ()
         )
         await self.meter.settle(
-            admission, usage=_domain_usage(usage, reply.cache), output_text=text, status=200,
+            admission, usage=recorded_usage(usage, reply.cache), output_text=text, status=200,
             provider=target.provider,
         )
         report(ex, admission, target.upstream_model)
@@ -166,9 +164,3 @@ class TranslatedChat:
 
         metered = MeteredStream(produce, settle)
         return StreamReply(200, list(SSE_RESPONSE_HEADERS), metered.chunks(), metered.on_close)
-
-
-def _domain_usage(usage: WireUsage | None, cache: CacheTokens) -> Usage | None:
-    if usage is None:
-        return None
-    return Usage(usage.prompt_tokens, usage.completion_tokens, cache.write, cache.read)

@@ -83,8 +83,8 @@ DROP_RESPONSE_PREFIXES = ("anthropic-ratelimit-",)
 
 def forwardable_headers(raw: list[tuple[bytes, bytes]], *, as_json: bool = False) -> dict[str, str]:
     """The client's request headers that may go upstream (see DROP_REQUEST_HEADERS); with `as_json`
-    (a body Sentinel read as JSON) its Content-Type is `application/json`, whatever the client named:
-    the provider reads the body as Sentinel did."""
+    (a body Sentinel read as JSON and re-encoded) its Content-Type is `application/json` and it has no
+    Content-Encoding, whatever the client named: the provider reads the body as Sentinel did."""
     out: dict[str, str] = {}
     for name, value in raw:
         key = name.decode("latin-1").lower()
@@ -92,6 +92,7 @@ def forwardable_headers(raw: list[tuple[bytes, bytes]], *, as_json: bool = False
             out[key] = value.decode("latin-1")
     if as_json:
         out["content-type"] = "application/json"
+        out.pop("content-encoding", None)
     return out
 
 

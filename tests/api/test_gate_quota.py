@@ -417,7 +417,14 @@ def test_the_provider_gets_what_sentinel_read_never_the_clients_bytes(
             upstream.json({"id": "batch_1", "object": "batch"})
             batch = http.post("/v1/batches", headers={"Content-Type": "application/json"},
                               content=b'{"completion_window": "24h", "completion_window": "1h"}')
-    assert [r.status_code for r in (chat, messages, batch)] == [200, 200, 200], [chat.text, messages.text, batch.text]
+            upstream.json({"id": "chatcmpl-2", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                           "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"},
+                                        "finish_reason": "stop"}],
+                           "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+            # a Content-Encoding the body does not have (Sentinel read it plain): not passed on
+            labelled = http.post("/v1/chat/completions", json=CHAT, headers={"Content-Encoding": "gzip"})
+    assert [r.status_code for r in (chat, messages, batch, labelled)] == [200] * 4, [chat.text, labelled.text]
+    assert "content-encoding" not in upstream.received_headers[3], upstream.received_headers[3]
     sent = [orjson.loads(body) for body in upstream.received]
     assert [body.get("max_tokens") for body in sent[:2]] == [5, 5]
     assert sent[2] == {"completion_window": "1h"}

@@ -72,6 +72,7 @@ class ScriptedUpstream:
     def __init__(self) -> None:
         self._answers: deque[tuple[bytes, bytes]] = deque()  # (content type, body)
         self.received: list[bytes] = []  # the request bodies, as they arrived
+        self.received_headers: list[dict[str, str]] = []  # and their headers (lower-case names)
 
     def json(self, body: Any) -> None:
         """Queue a JSON answer."""
@@ -95,6 +96,7 @@ class ScriptedUpstream:
             if not message.get("more_body"):
                 break
         self.received.append(received)
+        self.received_headers.append({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]})
         status, (content_type, body) = (200, self._answers.popleft()) if self._answers else (500, (b"", b""))
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})

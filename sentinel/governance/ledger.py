@@ -273,7 +273,7 @@ class SqlLedgerSink:
         try:
             await self.ledger.record_batch(records)
             return []
-        except (SQLAlchemyError, sqlite3.Error, ValueError, OverflowError) as exc:
+        except (SQLAlchemyError, ValueError, OverflowError) as exc:  # SqliteWriter raises outages as such
             if len(records) == 1:
                 log.error("the ledger refused a usage record", extra={"request_id": records[0].request_id,
                                                                      "error": type(exc).__name__})

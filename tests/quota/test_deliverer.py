@@ -261,11 +261,20 @@ async def test_a_record_the_ledger_cannot_store_is_refused_alone(sessions: async
     time: its neighbours never reached the ledger and the deliverer was stuck on it. It is refused on
     its own (it stays in the outbox) and the rest is recorded, exactly once."""
     outbox = DurableOutbox(SqlOutbox(sessions, lease_seconds=0))
-    ledger = SqlLedger(sessions)
-    deliverer = UsageDeliverer(outbox, SqlLedgerSink(ledger), Metrics(), batch_size=10)
-    for record in (usage_record("ok1", tokens=1), usage_record("bad", tokens=2**63), usage_record("ok2", tokens=2)):
+    for record in ONE_BAD:
         await outbox.put(record)
-    await deliverer.drain()
+    await assert_the_good_recorded_the_bad_kept(sessions, outbox)
+
+
+ONE_BAD = (usage_record("ok1", tokens=1), usage_record("bad", tokens=2**63), usage_record("ok2", tokens=2))
+
+
+async def assert_the_good_recorded_the_bad_kept(
+    sessions: async_sessionmaker[AsyncSession], outbox: DurableOutbox
+) -> None:
+    """Deliver what `outbox` holds of ONE_BAD: the two good records reach the ledger, the bad one stays."""
+    ledger = SqlLedger(sessions)
+    await UsageDeliverer(outbox, SqlLedgerSink(ledger), Metrics(), batch_size=10).drain()
     (totals,) = await ledger.totals("alice")
     assert (totals["requests"], totals["input_tokens"]) == (2, 3)
     assert await outbox.depth() == 1  # the refused record, kept
@@ -280,16 +289,10 @@ async def test_a_record_the_ledger_cannot_store_loses_none_written_with_it(
     request once) and the request is not failed."""
     from sentinel.quota.outbox import LedgerOutbox
 
-    ledger = SqlLedger(sessions)
     table = SqlOutbox(sessions, lease_seconds=0)
-    outbox = DurableOutbox(table, ledger=LedgerOutbox(SqlLedgerSink(ledger)))
-    records = [usage_record("ok1", tokens=1), usage_record("bad", tokens=2**63), usage_record("ok2", tokens=2)]
-    await asyncio.gather(*(outbox.put(record) for record in records))  # one group; none raises
-    deliverer = UsageDeliverer(outbox, SqlLedgerSink(ledger), Metrics(), batch_size=10)
-    await deliverer.drain()
-    (totals,) = await ledger.totals("alice")
-    assert (totals["requests"], totals["input_tokens"]) == (2, 3)
-    assert await outbox.depth() == 1  # the refused record, kept
+    outbox = DurableOutbox(table, ledger=LedgerOutbox(SqlLedgerSink(SqlLedger(sessions))))
+    await asyncio.gather(*(outbox.put(record) for record in ONE_BAD))  # one group; none raises
+    await assert_the_good_recorded_the_bad_kept(sessions, outbox)
 
 
 async def test_a_batch_whose_every_record_is_refused_is_a_failure_not_refusals(

@@ -17,11 +17,13 @@ from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.support.accounts import set_user_plan
 from tests.support.attack import ledger_rows
+from tests.support.metrics import metric
 from tests.support.servers import free_port
 from tests.support.waiting import wait_for
 
 HAIKU, MINI = "claude-3-5-haiku-20241022", "gpt-4o-mini"
-SLOW = "hi #mock:latency_ms=1500"  # the mock waits 1.5 s before its first byte; Sentinel waits 0.3 s
+SLOW = "hi #mock:latency_ms=3000"  # the mock waits 3 s before its first byte; Sentinel waits 1 s
+TIMEOUT = 1.0  # an ordinary request to the mock (the probes) answers well within it, even on a busy machine
 
 CASES: dict[str, tuple[str, dict[str, Any], str, str, str | None]] = {
     # name: (path, body, endpoint recorded, model recorded, native tiers provider or None)
@@ -49,7 +51,7 @@ def test_a_call_the_provider_never_answered_counts_one_request_and_its_input(
 ) -> None:
     path, body, endpoint, model, native = CASES[case]
     extra: dict[str, Any] = {"providers_file": tiers_file(tmp_path, native)} if native else {}
-    gw = gateway_factory(upstream_timeout_seconds=0.3, usage_flush_interval_seconds=0.1, **extra)
+    gw = gateway_factory(upstream_timeout_seconds=TIMEOUT, usage_flush_interval_seconds=0.1, **extra)
     asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=3/1m"))
     probe = {"model": MINI, "messages": [{"role": "user", "content": "hi"}]}
     with gw.client() as http:
@@ -94,13 +96,19 @@ def test_a_timed_out_call_is_not_sent_again_to_another_candidate(
                {"provider": "anthropic", "model": HAIKU, "relative_cost": 2}]
     tiers = tmp_path / "two.yaml"
     tiers.write_text(yaml.safe_dump({"tiers": {"simple": entries, "moderate": entries, "complex": entries}}))
-    gw = gateway_factory(providers_file=tiers, upstream_timeout_seconds=0.3, usage_flush_interval_seconds=0.1)
+    gw = gateway_factory(providers_file=tiers, upstream_timeout_seconds=TIMEOUT, usage_flush_interval_seconds=0.1)
     with gw.client() as http:
         r = http.post("/native/v1/chat/completions", json={"messages": [{"role": "user", "content": SLOW}]})
     assert r.status_code == 504, r.text
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) >= 1)
     rows = ledger_rows(gw.settings.database_url, "alice")
-    assert [(row["provider"], row["status"]) for row in rows] == [("openai", 504)], rows
+    # One attempt, recorded: whichever candidate the router chose first (both are slow here); only
+    # that one is in backoff — a retry would have put the other one there too.
+    assert [row["status"] for row in rows] == [504], rows
+    health = {(e["provider"], e["model"]): metric(gw.url, "sentinel_provider_health", provider=e["provider"],
+                                                 model=e["model"]) for e in entries}
+    assert sorted(v for v in health.values() if v is not None) == [0], health
+    assert health[(rows[0]["provider"], rows[0]["model"])] == 0, (rows, health)
 
 
 # --- a 2xx answer Sentinel cannot read -------------------------------------------------------------------

@@ -225,7 +225,10 @@ def test_once_zion_is_known_down_requests_do_not_wait_for_it(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="sentinel.zion")
     zion.add_user("jwt-mia", "mia-ext", "mia@example.com")
-    gw = zion_gateway(gateway_factory, zion, jwt_cache_ttl_seconds=1, cache_ttl_seconds=1)
+    # The wait below can take ~100 requests (until the circuit lets a /users/me through): this test
+    # is about not waiting, so the default 100-a-minute throttle is raised out of the way.
+    gw = zion_gateway(gateway_factory, zion, jwt_cache_ttl_seconds=1, cache_ttl_seconds=1,
+                      default_plan="requests=100000/60s")
     assert post(gw, "jwt-mia").status_code == 200
     mia = zion.user("mia@example.com")
     assert mia is not None and wait_for(lambda: mia.used["aiRequests"] == 1)  # its delivery is done

@@ -287,7 +287,8 @@ class ZionClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=30)
+                connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=30),
+                cookie_jar=aiohttp.DummyCookieJar(),  # calls for every user: no state carried between them
             )
         return self._session
 

@@ -55,6 +55,9 @@ def create_session(
         timeout=timeout,
         auto_decompress=False,  # relay bytes as the upstream sent them
         skip_auto_headers=("User-Agent",),
+        # One session serves every user: a cookie a provider set answering one user's request must
+        # not go out with the next user's. (No jar also saves aiohttp's cookie work on every request.)
+        cookie_jar=aiohttp.DummyCookieJar(),
         raise_for_status=False,
         trace_configs=list(trace_configs) or None,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -10,7 +11,9 @@ import openai
 import pytest
 
 from tests.api.conftest import Gateway
-from tests.support.upstream import UPSTREAM_KEY
+from tests.support.accounts import create_key
+from tests.support.servers import serving
+from tests.support.upstream import UPSTREAM_KEY, ScriptedUpstream
 
 
 def last_upstream_request(gw: Gateway) -> dict:
@@ -113,6 +116,30 @@ def test_client_credentials_never_reach_upstream(gateway: Gateway) -> None:
     assert gateway.key not in str(seen)
     assert "cookie" not in seen and "openai-organization" not in seen
     assert seen["x-custom"] == "kept"
+
+
+def test_cookies_an_upstream_sets_are_never_sent_again(gateway_factory: Callable[..., Gateway]) -> None:
+    """One upstream session serves every user: a cookie a provider set answering one user's request
+    (a load balancer's, a session's) must not travel with the next user's requests (aiohttp's
+    default cookie jar kept it and sent it with every later request to that host)."""
+    upstream = ScriptedUpstream()
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    with serving(upstream) as srv:
+        # A host name: aiohttp's jar ignores cookies from bare IP addresses (a provider has a name).
+        gw = gateway_factory(openai_api_url=srv.url.replace("127.0.0.1", "localhost") + "/v1")
+        other = asyncio.run(create_key(gw.settings.database_url, "bob"))[1]
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        with gw.client() as http:
+            upstream.json(answer, headers={"Set-Cookie": "affinity=alice-node-7; Path=/"})
+            first = http.post("/v1/chat/completions", json=body)
+            upstream.json(answer)
+            second = http.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {other}"})
+    assert (first.status_code, second.status_code) == (200, 200), (first.text, second.text)
+    assert "set-cookie" not in first.headers
+    assert len(upstream.received_headers) == 2
+    assert "cookie" not in upstream.received_headers[1], upstream.received_headers[1]
 
 
 def test_request_id_created_or_kept(gateway: Gateway) -> None:

@@ -70,13 +70,14 @@ class ScriptedUpstream:
     empty queue is a 500). Bodies are written by the standard library's encoder: integers of any size."""
 
     def __init__(self) -> None:
-        self._answers: deque[tuple[bytes, bytes]] = deque()  # (content type, body)
+        self._answers: deque[tuple[bytes, bytes, list[tuple[bytes, bytes]]]] = deque()  # (type, body, headers)
         self.received: list[bytes] = []  # the request bodies, as they arrived
         self.received_headers: list[dict[str, str]] = []  # and their headers (lower-case names)
 
-    def json(self, body: Any) -> None:
-        """Queue a JSON answer."""
-        self._answers.append((b"application/json", json.dumps(body).encode()))
+    def json(self, body: Any, headers: dict[str, str] | None = None) -> None:
+        """Queue a JSON answer (with extra response `headers`, e.g. a `Set-Cookie`)."""
+        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        self._answers.append((b"application/json", json.dumps(body).encode(), extra))
 
     def sse(self, *events: Any) -> None:
         """Queue an event stream: one `data:` line per event (a str as it is, e.g. "[DONE]", else JSON)."""
@@ -84,7 +85,7 @@ class ScriptedUpstream:
             b"data: " + (event if isinstance(event, str) else json.dumps(event)).encode() + b"\n\n"
             for event in events
         )
-        self._answers.append((b"text/event-stream", data))
+        self._answers.append((b"text/event-stream", data, []))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -97,7 +98,7 @@ class ScriptedUpstream:
                 break
         self.received.append(received)
         self.received_headers.append({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]})
-        status, (content_type, body) = (200, self._answers.popleft()) if self._answers else (500, (b"", b""))
-        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        status, (content_type, body, extra) = (200, self._answers.popleft()) if self._answers else (500, (b"", b"", []))
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -71,13 +71,13 @@ class SentinelApp:
             + OpenAIRoutes(deps, runtime.relay, runtime.models, PassthroughPolicy(s.passthrough_patterns)).routes()
             + NativeRoutes(deps, runtime.native).routes()
             + DebugRoutes(deps, runtime.router).routes()
-            + DocsRoutes(reveal(s.docs_api_key), throttle=throttle).routes()
+            + DocsRoutes(reveal(s.docs_api_key), throttle=throttle, body_timeout=s.body_timeout_seconds).routes()
         )
         admin_key = reveal(s.admin_key)
         if admin_key and runtime.admin is not None:  # without the key, every /admin* path stays 404
             gate = AdminGate(admin_key, throttle=throttle)
             routes += AdminApiRoutes(deps, runtime.admin, gate, build_admin_openapi()).routes()
-            routes += ConsoleRoutes(runtime.admin, gate).routes()
+            routes += ConsoleRoutes(runtime.admin, gate, body_timeout=s.body_timeout_seconds).routes()
         app: ASGIApp = Dispatcher(routes, not_found=endpoint_not_found)
         if isinstance(runtime.tracing, OtelTracing):
             app = TracingMiddleware(app, runtime.tracing)

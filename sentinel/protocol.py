@@ -44,6 +44,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _header_bytes = 0
     _header_count = 0
     _refused = False
+    _in_headers = False  # a request's line and headers have begun and are not complete yet
+    _messages = 0  # requests begun on this connection
+    _unparsed = 0  # bytes of whole reads that arrived while one request's headers stayed incomplete
 
     @property
     def _limits(self) -> ConnectionLimits:
@@ -80,7 +83,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._header_bytes = self._header_count = 0
+        self._header_bytes = self._header_count = self._unparsed = 0
+        self._in_headers = True
+        self._messages += 1
         self._arm()
 
     def on_url(self, url: bytes) -> None:
@@ -95,6 +100,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._in_headers = False
         self._disarm()
         if self._refused:
             return
@@ -103,7 +109,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        was_in_headers, messages = self._in_headers, self._messages
         super().data_received(data)
+        if was_in_headers and self._in_headers and messages == self._messages:
+            # All of `data` belonged to headers still incomplete: a name or value that does not end
+            # is buffered by the parser and never reaches `on_header`, so count it here (at most one
+            # read more than the limit is held: the one that began the request is not counted).
+            self._unparsed += len(data)
+            if self._unparsed > self._limits.max_header_bytes and not self._refused:
+                self._refuse(b"431 Request Header Fields Too Large", b"request headers too large\n")
 
     def _check(self) -> None:
         limits = self._limits

@@ -1,14 +1,38 @@
-"""Request bodies and queries as the handlers need them: JSON objects of bounded depth."""
+"""Request bodies and queries as the handlers need them: read within a size and a time limit, JSON
+objects of bounded depth."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 
-from sentinel.errors import InvalidRequest
+from sentinel.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
 from sentinel.native.openai_checks import MAX_JSON_DEPTH, json_depth_exceeds
+
+
+async def read_within(request: Request, *, limit: int, seconds: float, too_large: str) -> bytes:
+    """The whole request body: more than `limit` bytes is 413 (`too_large`; refused from its
+    Content-Length before any of it is read, else as soon as it is past the limit), and a body not
+    all in within `seconds` is 408 — every body reader goes through here, so no route waits
+    for ever for a body a client trickles or never sends (an in-flight slot held by each)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(too_large)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(too_large)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {seconds:g} seconds") from None
+    return b"".join(chunks)
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:

@@ -22,14 +22,14 @@ from starlette.routing import Route
 from sentinel.api import console_pages as pages
 from sentinel.api.admin_api import address_of
 from sentinel.api.admin_auth import AdminGate
-from sentinel.api.bodies import refuse_control_characters
+from sentinel.api.bodies import read_within, refuse_control_characters
 from sentinel.api.console_html import layout, message_page, signin_page
 from sentinel.api.docs import HTML_HEADERS
 from sentinel.api.docs_assets import DocsAssets
 from sentinel.api.responses import RawResponse
 from sentinel.domain.numbers import parse_whole
 from sentinel.domain.plans import format_window
-from sentinel.errors import InvalidRequest, NotFound, PayloadTooLarge
+from sentinel.errors import InvalidRequest, NotFound
 from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import LimitInput, field_errors
 from sentinel.services.admin_usage import PERIODS, parse_moment
@@ -57,9 +57,10 @@ def _user_path(external_id: str) -> str:
 class ConsoleRoutes:
     """The console's pages and form targets (see the module docstring)."""
 
-    def __init__(self, service: AdminService, gate: AdminGate) -> None:
+    def __init__(self, service: AdminService, gate: AdminGate, *, body_timeout: float = 30.0) -> None:
         self.service = service
         self.gate = gate
+        self.body_timeout = body_timeout
         self.assets = DocsAssets(ASSETS)
         self.css = self.assets.integrity("console.css")
         self.js = self.assets.integrity("console.js")
@@ -96,11 +97,8 @@ class ConsoleRoutes:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
             raise InvalidRequest("Console forms are posted as application/x-www-form-urlencoded")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_FORM_BYTES:
-                raise PayloadTooLarge(f"Console forms are limited to {MAX_FORM_BYTES} bytes")
+        body = await read_within(request, limit=MAX_FORM_BYTES, seconds=self.body_timeout,
+                                 too_large=f"Console forms are limited to {MAX_FORM_BYTES} bytes")
         try:
             form = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=400)
         except (UnicodeDecodeError, ValueError):

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from sentinel.api.bodies import read_within
 from sentinel.api.context import context
 from sentinel.api.throttle import FailedAuthThrottle
 from sentinel.api.user_slots import UserSlots
 from sentinel.config import Settings
 from sentinel.domain.identity import Identity
-from sentinel.errors import AuthenticationError, InvalidRequest, PayloadTooLarge, RequestTimeout
+from sentinel.errors import AuthenticationError, InvalidRequest
 from sentinel.governance.auth import Authenticator, parse_credential
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
@@ -58,20 +58,5 @@ class Deps:
         if len(request.headers.getlist("content-type")) > 1:
             raise InvalidRequest("The request has more than one Content-Type header: send exactly one")
         limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"Request body is larger than the {limit}-byte limit")
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async with asyncio.timeout(self.settings.body_timeout_seconds):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        raise PayloadTooLarge(f"Request body is larger than the {limit}-byte limit")
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise RequestTimeout(
-                f"The request body did not arrive within {self.settings.body_timeout_seconds:g} seconds"
-            ) from None
-        return b"".join(chunks)
+        return await read_within(request, limit=limit, seconds=self.settings.body_timeout_seconds,
+                                 too_large=f"Request body is larger than the {limit}-byte limit")

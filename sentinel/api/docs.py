@@ -31,12 +31,13 @@ import orjson
 from starlette.requests import Request
 from starlette.routing import Route
 
+from sentinel.api.bodies import read_within
 from sentinel.api.docs_assets import DocsAssets
 from sentinel.api.docs_auth import MAX_FORM_BYTES, DocsGate, form_key
 from sentinel.api.openapi import build_openapi
 from sentinel.api.responses import RawResponse
 from sentinel.api.throttle import FailedAuthThrottle
-from sentinel.errors import AuthenticationError, InvalidRequest, NotFound, PayloadTooLarge
+from sentinel.errors import AuthenticationError, InvalidRequest, NotFound
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
@@ -84,8 +85,9 @@ class DocsRoutes:
 
     def __init__(
         self, docs_key: str | None, *, throttle: FailedAuthThrottle | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, body_timeout: float = 30.0,
     ) -> None:
+        self.body_timeout = body_timeout
         self.throttle = throttle or FailedAuthThrottle(30, clock=clock)
         self.gate = DocsGate(docs_key or None, clock=clock)
         self.assets = DocsAssets()
@@ -116,13 +118,27 @@ class DocsRoutes:
     def _key_in_query(request: Request) -> bool:
         return any(name.lower() in QUERY_KEY_NAMES for name in request.query_params)
 
+    def _admitted(self, request: Request) -> bool:
+        """Whether the request carries the docs key or a signed-in cookie. A wrong `X-Docs-Key` counts
+        as a failed sign-in (and a throttled address is refused, 429): the header is no way around
+        the sign-in form's throttle for guessing the key."""
+        headers = dict(request.headers)
+        if "x-docs-key" not in headers or self.gate.open:
+            return self.gate.allows(headers)
+        address = _address(request)
+        self.throttle.check(address)
+        if self.gate.allows(headers):
+            return True
+        self.throttle.failed(address)
+        return False
+
     async def page(self, request: Request) -> RawResponse:
-        if not self.gate.allows(dict(request.headers)):
+        if not self._admitted(request):
             return self._signin_page(401, QUERY_KEY_MESSAGE if self._key_in_query(request) else None)
         return RawResponse(200, self.page_html.encode(), list(HTML_HEADERS))
 
     async def openapi(self, request: Request) -> RawResponse:
-        if not self.gate.allows(dict(request.headers)):
+        if not self._admitted(request):
             message = QUERY_KEY_MESSAGE if self._key_in_query(request) else (
                 "Send the docs key in the X-Docs-Key header, or sign in at /native/docs/signin"
             )
@@ -140,14 +156,10 @@ class DocsRoutes:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
             raise InvalidRequest("Sign in with a form post (application/x-www-form-urlencoded, field 'key')")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_FORM_BYTES:
-                raise PayloadTooLarge(f"The sign-in form is limited to {MAX_FORM_BYTES} bytes")
-        key = form_key(bytes(body))
-        client = request.scope.get("client")
-        address = client[0] if client else None
+        body = await read_within(request, limit=MAX_FORM_BYTES, seconds=self.body_timeout,
+                                 too_large=f"The sign-in form is limited to {MAX_FORM_BYTES} bytes")
+        key = form_key(body)
+        address = _address(request)
         self.throttle.check(address)  # failed sign-ins count like failed authentications
         if key is None or not self.gate.key_matches(key):
             self.throttle.failed(address)
@@ -161,3 +173,9 @@ class DocsRoutes:
         if found is None:
             raise NotFound("No such docs asset", code="not_found")
         return found
+
+
+def _address(request: Request) -> str | None:
+    """The client's address, as the failed-authentication throttle counts it."""
+    client = request.scope.get("client")
+    return client[0] if client else None

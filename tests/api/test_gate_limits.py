@@ -90,6 +90,77 @@ def test_too_many_or_too_large_headers_are_refused(gateway_factory: Callable[...
     assert fine.startswith(b"HTTP/1.1 200")
 
 
+def test_a_header_line_that_never_ends_is_refused_not_buffered(gateway_factory: Callable[..., Gateway]) -> None:
+    """The parser buffers a header value until its line ends, and only then counts it: a value that
+    never ends grew in memory until the header deadline (about a gigabyte a connection at 1 Gbit/s).
+    It is refused (431) once it is past the limit, long before the deadline."""
+    gw = gateway_factory(max_header_bytes=4096, header_timeout_seconds=30)
+    port = int(gw.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            for _ in range(64):  # up to 4 MiB, one read at a time, never a line end
+                sock.sendall(b"a" * 65536)
+                time.sleep(0.005)
+        except OSError:  # refused and closed while still sending: what should happen
+            pass
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except OSError:
+            pass
+    assert received.startswith(b"HTTP/1.1 431"), received[:200]
+
+
+def test_a_sign_in_form_that_never_arrives_is_cut_off(gateway_factory: Callable[..., Gateway]) -> None:
+    """The console's and the docs' sign-in forms read their bodies without the body deadline: a
+    connection announcing a form and never sending it held an in-flight slot for ever (enough of
+    them answer every /v1 request 503). They get the same 408 as every other body."""
+    gw = gateway_factory(admin_key="admin-key-for-tests-0123", docs_api_key="docs-key-for-tests-0123",
+                         body_timeout_seconds=0.5)
+    for path in (b"/admin/signin", b"/native/docs/signin"):
+        answer = raw_exchange(gw, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nkey=",
+                              wait=5)
+        assert answer.startswith(b"HTTP/1.1 408"), (path, answer[:200])
+
+
+def test_an_answer_given_before_the_body_closes_the_connection(gateway_factory: Callable[..., Gateway]) -> None:
+    """A request answered without its body being read (no key: 401) would otherwise keep its
+    connection for as long as the client trickles the rest of the announced body: every byte put
+    off the keep-alive timeout, and nothing else watched. The answer says `connection: close`
+    and the connection is closed."""
+    gw = gateway_factory(keepalive_timeout_seconds=1)
+    answer = raw_exchange(gw, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 100000\r\n\r\n{\"model\": ", wait=4)
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 401") and b"connection: close" in head, answer[:300]
+    assert not answer.endswith(b"<still open>"), answer[-100:]
+    # A request whose body was read keeps its connection (keep-alive is not given up in general).
+    body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+    kept = raw_exchange(gw, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + gw.key.encode()
+                        + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
+                        + b"\r\n\r\n" + body, wait=0.5)
+    assert kept.startswith(b"HTTP/1.1 200") and b"connection: close" not in kept.lower(), kept[:300]
+
+
+def test_wrong_docs_keys_in_the_header_are_throttled_like_failed_sign_ins(
+    gateway_factory: Callable[..., Gateway]
+) -> None:
+    """`X-Docs-Key` was compared without counting failures: guessing the key through the header
+    went around the sign-in form's throttle. A wrong header counts; the page without any key does not."""
+    gw = gateway_factory(docs_api_key="docs-key-for-tests-0123", auth_failures_per_minute=3)
+    with httpx.Client(base_url=gw.url, timeout=10) as http:
+        for _ in range(5):
+            assert http.get("/native/docs").status_code == 401  # no key: the sign-in page, not counted
+        codes = [http.get("/native/docs/openapi.json", headers={"X-Docs-Key": f"guess-{i}"}).status_code
+                 for i in range(4)]
+        assert codes == [401, 401, 401, 429], codes
+        right = http.get("/native/docs/openapi.json", headers={"X-Docs-Key": "docs-key-for-tests-0123"})
+    assert right.status_code == 429, right.status_code  # throttled addresses wait, right key or not
+
+
 def test_a_websocket_upgrade_is_plain_http_not_a_500(gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
     """No route speaks WebSocket: an upgrade request, with or without a key, is answered as the
     plain HTTP request it also is — never a 500 with a traceback."""

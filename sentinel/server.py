@@ -45,8 +45,22 @@ STARTUP_FAILURE = 3  # uvicorn.config.STARTUP_FAILURE: a worker could not start 
 _PR_SET_PDEATHSIG = 1
 
 
-async def _demo_key(settings: Settings) -> str:
-    """A fresh demo key for the embedded default (older demo keys are revoked)."""
+def demo_mode(settings: Settings) -> bool:
+    """Whether `serve` is a demo: nothing configured — the built-in mock upstream, no providers file,
+    the in-memory store, a SQLite ledger, built-in governance. Only then is a demo key made and
+    printed: never in a database a real deployment uses, where it would be a working key in the logs."""
+    from sentinel.config import GovernanceKind
+
+    return (
+        settings.use_embedded_mock and settings.providers_file is None and not settings.redis_url
+        and settings.governance is GovernanceKind.builtin and settings.database_url.startswith("sqlite")
+    )
+
+
+async def _demo_keys(settings: Settings, *, mint: bool) -> str | None:
+    """Revoke every earlier demo key; with `mint` (a demo start), make a fresh one and return it.
+    A start that is not a demo revokes them all: a demo key must not outlive the demo (reaching the
+    providers configured since)."""
     from sentinel.db.engine import create_engine, migrate, session_factory
     from sentinel.governance.keys import KeyService
 
@@ -54,9 +68,15 @@ async def _demo_key(settings: Settings) -> str:
     try:
         await migrate(engine)
         keys = KeyService(session_factory(engine))
+        revoked = 0
         for old in await keys.list_keys(DEMO_USER):
             if old.name == DEMO_KEY_NAME and old.revoked_at is None:
                 await keys.revoke(old.id)
+                revoked += 1
+        if not mint:
+            if revoked:
+                log.warning("revoked %d demo key(s) left from a demo start: this start is not a demo", revoked)
+            return None
         _, key = await keys.create_key(DEMO_USER, DEMO_KEY_NAME)
         return key
     finally:
@@ -194,7 +214,16 @@ def serve(settings: Settings, workers: int = 1) -> int:
             "OPENAI_API_URL (or ANTHROPIC_*) for real providers.",
             mock_url,
         )
-        demo_key = asyncio.run(_demo_key(settings))
+    if demo_mode(settings):
+        demo_key = asyncio.run(_demo_keys(settings, mint=True))
+    else:
+        if settings.use_embedded_mock:
+            log.warning("no demo key: a store, ledger, providers file or governance is configured "
+                        "(create keys with `sentinel keys create`)")
+        try:
+            asyncio.run(_demo_keys(settings, mint=False))
+        except Exception as exc:  # noqa: BLE001 - the server's own start reports an unreachable database
+            log.warning("could not check for demo keys left from a demo start: %s", type(exc).__name__)
     if not settings.docs_api_key:
         log.warning("DOCS_API_KEY is not set: /native/docs is open to anyone")
     shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host

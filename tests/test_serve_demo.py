@@ -77,3 +77,49 @@ def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
             pytest.fail("sentinel serve did not stop on SIGTERM")
         stderr = proc.stderr.read() if proc.stderr else ""
     assert "MOCK upstream" in stderr
+
+
+def test_a_demo_key_is_made_only_on_the_embedded_default(tmp_path: Path) -> None:
+    """`serve` with nothing configured is a demo and prints a working key. Against a database a
+    deployment uses (PostgreSQL), a Redis store, a providers file (whose own providers are real
+    even when the built-in ones are mocked) or Zion, no key is made: it would be a working key in
+    the deployment's logs."""
+    from sentinel.config import Settings
+    from sentinel.server import demo_mode
+
+    def settings(**values: object) -> Settings:
+        base = {"openai_api_key": None, "openai_api_url": None, "anthropic_api_key": None, "anthropic_api_url": None,
+                "redis_url": None, "database_url": f"sqlite+aiosqlite:///{tmp_path}/s.db"}
+        return Settings(_env_file=None, **{**base, **values})  # type: ignore[arg-type]
+
+    providers = tmp_path / "providers.yaml"
+    providers.write_text("providers: []\n")
+    assert demo_mode(settings())
+    assert not demo_mode(settings(database_url="postgresql+asyncpg://postgres@127.0.0.1:5432/prod"))
+    assert not demo_mode(settings(redis_url="redis://127.0.0.1:6379/0"))
+    assert not demo_mode(settings(providers_file=providers))
+    assert not demo_mode(settings(governance="zion", zion_api_url="http://zion", zion_api_key="z" * 20))
+    assert not demo_mode(settings(openai_api_key="sk-real"))
+
+
+def test_a_start_that_is_not_a_demo_revokes_the_demo_keys(tmp_path: Path) -> None:
+    """A demo start's key must not outlive the demo: once real providers are configured, the next
+    start revokes it (it would reach them under the default plan)."""
+    import asyncio
+
+    from sentinel.config import Settings
+    from sentinel.governance.keys import KeyService
+    from sentinel.server import _demo_keys
+    from tests.support.accounts import database
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/s.db"
+    settings = Settings(_env_file=None, database_url=url, redis_url=None)  # type: ignore[call-arg]
+
+    async def identity(key: str) -> object:
+        async with database(url) as sessions:
+            return await KeyService(sessions).authenticate(key)
+
+    demo = asyncio.run(_demo_keys(settings, mint=True))
+    assert demo is not None and asyncio.run(identity(demo)) is not None
+    assert asyncio.run(_demo_keys(settings, mint=False)) is None
+    assert asyncio.run(identity(demo)) is None

@@ -67,10 +67,15 @@ DROP_REQUEST_HEADERS = frozenset(
         "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding", "expect",
         # A provider honouring one would turn an allowed POST into another method (e.g. a list).
         "x-http-method-override", "x-http-method", "x-method-override",
+        # The client's address (what a proxy in front of Sentinel adds) and Sentinel's own credentials.
+        "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-real-ip",
+        "x-docs-key", "x-csrf-token",
     }
 )
 # Response headers never relayed: hop-by-hop ones, framing the server recomputes, the upstream's
-# request ids (Sentinel sends its own), and upstream account identifiers and account-wide limits.
+# request ids (Sentinel sends its own), and upstream account identifiers and account-wide limits
+# (OpenAI's `x-ratelimit-*-requests/-tokens`, Anthropic's `anthropic-ratelimit-*`: the company's
+# account, not the user's plan — Sentinel's own `X-RateLimit-*` are added after these are dropped).
 DROP_RESPONSE_HEADERS = frozenset(
     {
         "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
@@ -78,7 +83,7 @@ DROP_RESPONSE_HEADERS = frozenset(
         "openai-organization", "openai-project", "set-cookie", "anthropic-organization-id",
     }
 )
-DROP_RESPONSE_PREFIXES = ("anthropic-ratelimit-",)
+DROP_RESPONSE_PREFIXES = ("anthropic-ratelimit-", "x-ratelimit-")
 
 
 def forwardable_headers(raw: list[tuple[bytes, bytes]], *, as_json: bool = False) -> dict[str, str]:

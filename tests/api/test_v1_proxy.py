@@ -108,13 +108,17 @@ def test_client_credentials_never_reach_upstream(gateway: Gateway) -> None:
         r = http.post(
             "/v1/chat/completions",
             json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
-            headers={"Cookie": "session=secret", "OpenAI-Organization": "org-client", "X-Custom": "kept"},
+            headers={"Cookie": "session=secret", "OpenAI-Organization": "org-client", "X-Custom": "kept",
+                     "X-Forwarded-For": "203.0.113.7", "Forwarded": "for=203.0.113.7", "X-Real-IP": "203.0.113.7",
+                     "X-Docs-Key": "docs-secret", "X-CSRF-Token": "csrf-secret"},
         )
     assert r.status_code == 200
     seen = {k.lower(): v for k, v in last_upstream_request(gateway)["headers"].items()}
     assert seen["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert gateway.key not in str(seen)
     assert "cookie" not in seen and "openai-organization" not in seen
+    # The user's address (a proxy's headers) and Sentinel's own credentials stay here too.
+    assert "203.0.113.7" not in str(seen) and "docs-secret" not in str(seen) and "csrf-secret" not in str(seen), seen
     assert seen["x-custom"] == "kept"
 
 
@@ -140,6 +144,27 @@ def test_cookies_an_upstream_sets_are_never_sent_again(gateway_factory: Callable
     assert "set-cookie" not in first.headers
     assert len(upstream.received_headers) == 2
     assert "cookie" not in upstream.received_headers[1], upstream.received_headers[1]
+
+
+def test_the_providers_account_limits_are_not_relayed(gateway_factory: Callable[..., Gateway]) -> None:
+    """OpenAI's `x-ratelimit-*-requests/-tokens` describe the company's provider account (its limits
+    and what is left of them): a user sees only Sentinel's `X-RateLimit-*` for their own plan."""
+    upstream = ScriptedUpstream()
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    account = {"x-ratelimit-limit-requests": "30000", "x-ratelimit-remaining-tokens": "149999000",
+               "x-ratelimit-reset-requests": "2ms", "openai-processing-ms": "12"}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+        with gw.client() as http:
+            upstream.json(answer, headers=account)
+            r = http.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    assert not [name for name in r.headers if name.lower().startswith("x-ratelimit-") and name.lower().endswith(
+        ("-requests", "-tokens"))], dict(r.headers)
+    assert r.headers["openai-processing-ms"] == "12"  # what is about this answer still is relayed
+    assert int(r.headers["x-ratelimit-remaining"]) >= 0  # Sentinel's own, for the user's plan
 
 
 def test_request_id_created_or_kept(gateway: Gateway) -> None:

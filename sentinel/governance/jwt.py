@@ -19,10 +19,12 @@ from typing import Any
 
 import aiohttp
 import jwt
+import orjson
 
 from sentinel.domain.identity import Identity
 from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.identity import IdentitySource
+from sentinel.providers.http import read_capped
 
 log = logging.getLogger("sentinel.jwt")
 
@@ -37,6 +39,7 @@ KEY_ALGORITHMS = {
 # Clock skew allowed on `exp`/`nbf`/`iat`: the one figure both verification and every cache of a
 # JWT identity use (an identity is served until `exp + LEEWAY_SECONDS`, never longer).
 LEEWAY_SECONDS = 30
+MAX_JWKS_BYTES = 1024 * 1024  # a key set is a few KiB: a larger document is refused unread
 
 
 # The latest `exp` taken as it is (9999-12-31T23:59:59Z): a later one means the same, "far away",
@@ -180,10 +183,16 @@ class JwtVerifier:
     async def _download(self) -> list[tuple[str | None, jwt.PyJWK]]:
         assert self._session is not None and self._jwks_url is not None
         try:
-            async with self._session.get(self._jwks_url, timeout=self._timeout) as resp:
+            # Not redirected, not compressed (the app's session does not inflate), at most 1 MiB.
+            async with self._session.get(
+                self._jwks_url, timeout=self._timeout, allow_redirects=False, headers={"Accept-Encoding": "identity"}
+            ) as resp:
                 if resp.status != 200:
                     raise GovernanceUnavailable(f"JWKS answered {resp.status}")
-                document = await resp.json(content_type=None)
+                raw = await read_capped(resp, MAX_JWKS_BYTES)
+            if raw is None:
+                raise GovernanceUnavailable(f"JWKS document larger than {MAX_JWKS_BYTES} bytes")
+            document = orjson.loads(raw)
         except (aiohttp.ClientError, TimeoutError, ConnectionError, ValueError) as exc:
             raise GovernanceUnavailable(f"JWKS unreachable: {type(exc).__name__}") from exc
         entries = document.get("keys") if isinstance(document, dict) else None

@@ -38,6 +38,7 @@ from sentinel.domain.plans import ExternalUsage, Limit, Metric, Plan
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.jwt import unverified_expiry
+from sentinel.providers.http import read_capped
 
 log = logging.getLogger("sentinel.zion")
 
@@ -230,7 +231,7 @@ class ZionClient:
         none_on: Collection[int] = (),
     ) -> Any:
         """One API call with retries; Zion's `data` (None when the status is one of `none_on`)."""
-        sent = dict(headers or {})
+        sent = {**(headers or {}), "Accept-Encoding": "identity"}
         if service:
             sent["x-api-key"] = self._api_key
         payload = None
@@ -247,8 +248,10 @@ class ZionClient:
                     retry_after=max(1.0, self.breaker.retry_after()),
                 )
             try:
+                # Not redirected (the service key would go wherever Zion pointed), not compressed
+                # (the app's session does not inflate answers).
                 async with self._http().request(
-                    method, url, headers=sent, data=payload, timeout=self._timeout
+                    method, url, headers=sent, data=payload, timeout=self._timeout, allow_redirects=False
                 ) as resp:
                     status, raw, wait = resp.status, await _read_capped(resp), resp.headers.get("Retry-After", "")
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
@@ -296,14 +299,10 @@ class ZionClient:
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
     """The answer's body, refused (GovernanceUnavailable) past MAX_ANSWER_BYTES: no Zion answer is
     that large, and reading one whole would let a hostile or broken Zion exhaust memory."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > MAX_ANSWER_BYTES:
-            raise GovernanceUnavailable(f"Zion sent an answer larger than {MAX_ANSWER_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    raw = await read_capped(resp, MAX_ANSWER_BYTES)
+    if raw is None:
+        raise GovernanceUnavailable(f"Zion sent an answer larger than {MAX_ANSWER_BYTES} bytes")
+    return raw
 
 
 def _data(raw: bytes, route: str) -> Any:

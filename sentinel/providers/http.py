@@ -63,6 +63,20 @@ def create_session(
     )
 
 
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The answer's body, or None as soon as it is past `limit` bytes (the rest is not read): for
+    answers of a known kind and size (governance, JWKS) that a hostile or broken server could make
+    large enough to exhaust memory."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @contextmanager
 def translate_errors(provider: str) -> Iterator[None]:
     """Map aiohttp/asyncio failures to the UpstreamError branch, once, at the boundary."""

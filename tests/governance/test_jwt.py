@@ -264,3 +264,47 @@ def test_configuration_is_checked() -> None:
         JwtVerifier(None, None, None, None)
     with pytest.raises(ValueError):
         JwtVerifier(None, "http://127.0.0.1:1/jwks.json", None, None, None)
+
+
+async def test_the_jwks_is_read_through_the_apps_session_unredirected_and_bounded() -> None:
+    """Production fetches the JWKS with the app's upstream session, which does not inflate answers:
+    a JWKS host that compresses (most CDNs) made every JWT a 503. A redirect is not followed (the
+    keys come from the configured URL, nowhere else), and a document past 1 MiB is refused unread."""
+    import gzip
+
+    from starlette.responses import RedirectResponse, Response
+
+    from sentinel.providers.http import create_session
+
+    key, jwk = rsa_key("a")
+    document = json.dumps({"keys": [jwk]}).encode()
+
+    async def compressed(request: Request) -> Response:
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            return Response(gzip.compress(document), headers={"content-encoding": "gzip"},
+                            media_type="application/json")
+        return Response(document, media_type="application/json")
+
+    async def moved(_: Request) -> Response:
+        return RedirectResponse("/compressed.json", status_code=302)
+
+    async def huge(_: Request) -> Response:
+        return Response(json.dumps({"keys": [jwk], "pad": "x" * (2 * 1024 * 1024)}), media_type="application/json")
+
+    app = Starlette(routes=[Route("/compressed.json", compressed), Route("/moved.json", moved),
+                            Route("/huge.json", huge)])
+    session = create_session(read_timeout=5, connect_timeout=5)
+
+    async def verified(url: str) -> object:
+        try:
+            return await JwtVerifier(None, url, None, None, session).verify(rs(key, "a"))
+        except GovernanceUnavailable:  # no key set could be read
+            return "unavailable"
+
+    try:
+        with serving(app) as srv:
+            found = {name: await verified(f"{srv.url}/{name}.json") for name in ("compressed", "moved", "huge")}
+    finally:
+        await session.close()
+    assert isinstance(found["compressed"], dict), found
+    assert found["moved"] == "unavailable" and found["huge"] == "unavailable", found

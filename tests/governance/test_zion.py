@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -348,3 +349,68 @@ async def test_an_answer_too_large_to_be_zions_is_refused_unread() -> None:
                 await client.me("token")
         finally:
             await client.aclose()
+
+
+class _Elsewhere:
+    """A second server that records the headers of every request it gets."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            return
+        self.seen.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        body = b'{"success": true, "data": {"results": []}}'
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def test_zion_calls_through_the_apps_session_read_a_compressing_zion_and_follow_no_redirect() -> None:
+    """Production passes the app's upstream session (it does not inflate answers): a Zion behind a
+    compressing proxy was an outage for every call; and a redirect was followed with the service key
+    in `x-api-key` (aiohttp drops only Authorization and cookies when the host changes)."""
+    import gzip
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import RedirectResponse, Response
+    from starlette.routing import Route
+
+    from sentinel.providers.http import create_session
+
+    elsewhere = _Elsewhere()
+    with serving(elsewhere) as other:
+
+        async def me(request: Request) -> Response:
+            body = b'{"success": true, "data": {"id": "u1", "email": "u@example.com", "externalId": "e1"}}'
+            if "gzip" in request.headers.get("accept-encoding", ""):
+                return Response(gzip.compress(body), headers={"content-encoding": "gzip"},
+                                media_type="application/json")
+            return Response(body, media_type="application/json")
+
+        async def batch(_: Request) -> Response:
+            return RedirectResponse(other.url + "/steal", status_code=307)
+
+        app = Starlette(routes=[Route("/api/v1/users/me", me),
+                                Route("/api/v1/usage/external/batch-increment", batch, methods=["POST"])])
+        record = UsageRecord(
+            request_id="r1", external_id="e1", email="u@example.com", model="m", provider="p", endpoint="chat",
+            input_tokens=1, output_tokens=1, usage_source="measured", status=200,
+            started_at=datetime.now(UTC), finished_at=datetime.now(UTC),
+        )
+        session = create_session(read_timeout=5, connect_timeout=5)
+        with serving(app) as server:
+            client = ZionClient(server.url, "zion-service-key-0123456789", timeout=5.0, session=session,
+                                backoff=Backoff(base=0.01, cap=0.02, attempts=1))
+            try:
+                identity = await client.me("token")
+                with pytest.raises((GovernanceUnavailable, ZionStatusError)):
+                    await client.batch_increment([record], "sentinel-usage-" + "0" * 32)
+            finally:
+                await client.aclose()
+                await session.close()
+    assert identity is not None and identity.email == "u@example.com"
+    assert elsewhere.seen == [], elsewhere.seen

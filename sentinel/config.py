@@ -241,6 +241,14 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _jwks_names_its_audience(self) -> Settings:
+        if self.jwt_jwks_url and not self.jwt_audience:
+            # A JWKS usually belongs to an identity provider that signs tokens for many applications:
+            # without an audience check, a token it issued for any of them would be accepted here.
+            raise ValueError("JWT_JWKS_URL needs JWT_AUDIENCE (the audience Sentinel's tokens are issued for)")
+        return self
+
+    @model_validator(mode="after")
     def _governance_complete(self) -> Settings:
         if self.governance is GovernanceKind.zion and not (self.zion_api_url and reveal(self.zion_api_key)):
             raise ValueError("GOVERNANCE=zion needs ZION_API_URL and ZION_API_KEY")

@@ -95,3 +95,14 @@ def test_a_weak_or_confusable_admin_key_is_refused_without_being_shown(monkeypat
     with pytest.raises(ConfigError) as refused:
         load_settings()
     assert "SENTINEL_ADMIN_KEY" in str(refused.value) and value not in str(refused.value)
+
+
+def test_a_jwks_without_an_audience_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JWKS is an identity provider's, signing tokens for many applications: without
+    JWT_AUDIENCE a token it issued for any of them was accepted."""
+    monkeypatch.setenv("JWT_JWKS_URL", "https://idp.example/.well-known/jwks.json")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "JWT_AUDIENCE" in str(refused.value)
+    monkeypatch.setenv("JWT_AUDIENCE", "sentinel")
+    assert load_settings().jwt_audience == "sentinel"

@@ -214,8 +214,9 @@ class LocalJwtIdentitySource:
 
     `external_id` = claim `externalId`, `external_id` or `sub`; `user_id` = `sub`; `email` =
     `email`; `expires_at` = `exp + LEEWAY_SECONDS` (so no cache serves it past the token's life).
-    When the claims carry no email and a `profile_source` is given, it is asked instead (e.g.
-    Zion's `/users/me`), since usage reported to Zion is keyed by email.
+    With a `profile_source` (Zion's `/users/me`) the identity is the one it answers, for every token:
+    it knows whether the user may still be served (a refusal is None: 401) and the email usage is
+    reported by. While it is unreachable, a token whose claims carry an email is served from them.
     """
 
     name = "jwt"
@@ -236,12 +237,21 @@ class LocalJwtIdentitySource:
         if expires_at is None:
             return None
         email = _text(claims.get("email"))
-        if email is None and self.profile_source is not None:
-            profile = await self.profile_source.authenticate(token)
-            if profile is None:
-                return None
-            earliest = min(expires_at, profile.expires_at or expires_at)
-            return replace(profile, expires_at=earliest)
+        if self.profile_source is not None:
+            # Governance says whether a valid token's user may still be served (deactivated or
+            # deleted since it was issued: 401), once per token and cache TTL. While it cannot be
+            # reached, a token whose claims carry the email is served from them (as a cached one is).
+            try:
+                profile = await self.profile_source.authenticate(token)
+            except GovernanceUnavailable:
+                if email is None:
+                    raise
+                log.warning("identity source unavailable; serving a locally verified JWT from its claims")
+            else:
+                if profile is None:
+                    return None
+                earliest = min(expires_at, profile.expires_at or expires_at)
+                return replace(profile, expires_at=earliest)
         return Identity(
             external_id=external_id,
             user_id=sub or external_id,

@@ -100,21 +100,40 @@ async def test_identity_from_claims(verifier: JwtVerifier) -> None:
     assert await source.authenticate(hs(aud(), key="wrong-secret-0123456789-0123456789-0123")) is None
 
 
-async def test_profile_source_is_asked_only_when_the_email_is_missing(verifier: JwtVerifier) -> None:
+async def test_governance_is_asked_about_every_token_and_its_claims_serve_only_in_an_outage(
+    verifier: JwtVerifier,
+) -> None:
+    """A locally verified token of a user Zion has since deactivated or deleted was served until
+    its `exp` whenever it carried an email (Zion was asked only for tokens without one). Zion is
+    asked for every token; its refusal is a refusal; its outage serves a token with an email from
+    the claims (a token without one cannot be reported, and fails as an outage)."""
+
     class Profiles:
         name = "zion"
         calls = 0
+        answer: Identity | None = Identity("ext-z", "usr-z", "z@example.com", source="zion")
+        down = False
 
         async def authenticate(self, token: str) -> Identity | None:
             self.calls += 1
-            return Identity("ext-z", "usr-z", "z@example.com", source="zion")
+            if self.down:
+                raise GovernanceUnavailable("zion is down")
+            return self.answer
 
     profiles = Profiles()
     source = LocalJwtIdentitySource(verifier, profile_source=profiles)
-    assert (await source.authenticate(hs(aud())) or Identity("", "")).email == "u@example.com"
-    assert profiles.calls == 0
+    assert (await source.authenticate(hs(aud())) or Identity("", "")).email == "z@example.com"
     assert (await source.authenticate(hs(aud(email=None))) or Identity("", "")).email == "z@example.com"
-    assert profiles.calls == 1
+    assert profiles.calls == 2
+    profiles.answer = None  # deactivated since the token was issued
+    assert await source.authenticate(hs(aud())) is None
+    profiles.down = True
+    assert (await source.authenticate(hs(aud())) or Identity("", "")).email == "u@example.com"
+    with pytest.raises(GovernanceUnavailable):
+        await source.authenticate(hs(aud(email=None)))
+    assert profiles.calls == 5
+    assert await source.authenticate(hs(aud(), key="wrong-secret-0123456789-0123456789-0123")) is None
+    assert profiles.calls == 5  # a token that fails verification never reaches governance
 
 
 async def test_a_profile_never_outlives_the_verified_token(verifier: JwtVerifier) -> None:

@@ -38,7 +38,7 @@ from sentinel.domain.tiers import TIERS, TierModelEntry, TierSource, TierTable
 from sentinel.governance.auth import Authenticator
 from sentinel.governance.identity import IdentitySource
 from sentinel.governance.jwt import JwtVerifier, LocalJwtIdentitySource
-from sentinel.governance.keys import KeyService
+from sentinel.governance.keys import KeyService, hash_key
 from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
 from sentinel.governance.ownership import Ownership
 from sentinel.governance.plan_source import BuiltinPlanSource, CachedPlans
@@ -256,6 +256,11 @@ def build_cli_admin(s: Settings, sessions: async_sessionmaker[AsyncSession], sto
     return build_admin(s, sessions, catalog_tiers=build_catalog(s).tiers, identities=identities, plan_cache=plan_cache)
 
 
+def operator_key_digests(s: Settings) -> list[str]:
+    """`hash_key` of the admin and docs keys: never a user's credential (see `Authenticator`)."""
+    return [hash_key(key) for key in (reveal(s.admin_key), reveal(s.docs_api_key)) if key]
+
+
 async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None = None) -> Runtime:
     """Open the shared clients and build every service (call inside the running event loop).
 
@@ -284,7 +289,7 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
     authenticator = Authenticator(
         store, api_keys=KeyService(sessions, require_email=zion_mode), jwt=governance.jwt,
         ttl=s.jwt_cache_ttl_seconds, grace=s.governance_grace_seconds, metrics=metrics, local_ttl=local_ttl,
-        require_email=zion_mode,
+        require_email=zion_mode, withheld=operator_key_digests(s),
     )
     counter = TokenCounter(on_fallback=lambda wanted, used: metrics.tokenizer_fallback.labels(wanted, used).inc())
     await asyncio.to_thread(counter.warm)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from sentinel.domain.identity import Identity
 from sentinel.errors import AuthenticationError, GovernanceUnavailable, PermissionDenied
@@ -81,8 +81,12 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
         local_ttl: float = 0.0,
         require_email: bool = False,
+        withheld: Collection[str] = (),
     ) -> None:
         self.api_keys = api_keys
+        # Digests (`hash_key`) of Sentinel's operator keys (admin, docs): refused here before any
+        # source is asked, so a mistaken one is never sent to Zion or cached as anyone's identity.
+        self.withheld = frozenset(withheld)
         self.require_email = require_email
         self.jwt = jwt
         self.negative_ttl = min(negative_ttl, ttl)
@@ -107,6 +111,8 @@ class Authenticator:
         """Identity for `token`; AuthenticationError (401), PermissionDenied (403, an identity whose
         usage cannot be reported) or GovernanceUnavailable (503)."""
         key = hash_key(token)
+        if key in self.withheld:
+            raise AuthenticationError("An operator key is not a user credential: use an API key or a JWT")
         cached = await self.cache.get(key)
         stale: Identity | None = None
         if cached is not None:

@@ -215,3 +215,17 @@ async def test_a_key_revoked_while_its_lookup_is_in_flight_stays_revoked(clock: 
     clock.advance(25)  # past the TTL, within the grace: still refused, never the stale identity
     with pytest.raises(AuthenticationError):
         await auth.authenticate("sk-sentinel-good")
+
+
+async def test_an_operator_key_is_refused_before_any_source_sees_it(clock: FakeClock) -> None:
+    """The admin (or docs) key sent as a bearer by mistake went to the identity source — in Zion
+    mode, to Zion's /users/me. It is refused here, and never cached as anyone's identity."""
+    from sentinel.governance.keys import hash_key
+
+    admin = "operator-admin-key-0123456789"
+    auth, source, _ = make(clock, withheld=[hash_key(admin)])
+    source.valid[admin] = Identity("mallory", "u9")  # whatever a source would have said
+    with pytest.raises(AuthenticationError, match="operator key"):
+        await auth.authenticate(admin)
+    assert source.calls == 0
+    assert (await auth.authenticate("sk-sentinel-good")).external_id == "alice"

@@ -111,8 +111,14 @@ class StreamingRelay:
             if not relay.done():
                 relay.cancel()
             watcher.cancel()
-            closer = getattr(self.body, "aclose", None)
-            if closer is not None:
-                await closer()
-            if self.on_close is not None:
-                await self.on_close(self.client_disconnected)
+            # The relay must have stopped before the body is closed (closing a generator another task
+            # is still running raises) and settled — also when this task is the one cancelled (the
+            # server stopping past its shutdown deadline): the stream is then recorded, not lost.
+            await asyncio.gather(relay, return_exceptions=True)
+            try:
+                closer = getattr(self.body, "aclose", None)
+                if closer is not None:
+                    await closer()
+            finally:
+                if self.on_close is not None:
+                    await asyncio.shield(self.on_close(self.client_disconnected))

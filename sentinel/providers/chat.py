@@ -149,10 +149,7 @@ class ChatProvider:
         an upstream 4xx keeps its status, type and message (the `/v1` surfaces) instead of becoming 400.
         `refused`: an error answer is handed to it (it raises) instead of being raised here."""
         upstream, elapsed = await self._post(body, relay_client_errors, refused)
-        try:
-            raw = await upstream.read()
-        finally:
-            upstream.release()
+        raw = await upstream.read_served()
         answer: Any = None
         try:
             answer = orjson.loads(raw)

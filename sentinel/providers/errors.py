@@ -45,6 +45,11 @@ class UnreadableAnswer(UpstreamError):
         self.usage = usage
 
 
+def broken_off(provider: str) -> UnreadableAnswer:
+    """A 2xx answer whose connection broke while its body was read: served and billed, unread."""
+    return UnreadableAnswer(f"Provider {provider} broke off its answer", usage=None, provider=provider)
+
+
 def stream_failure(provider: str, error: object) -> str:
     """The message that replaces the provider's in an error event of a relayed stream; logs the provider's."""
     log.info("provider stream failed", extra={"provider": provider, "error": error})

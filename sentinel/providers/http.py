@@ -21,6 +21,7 @@ import aiohttp
 from yarl import URL
 
 from sentinel.errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout
+from sentinel.providers.errors import broken_off
 
 # A pooled connection the peer closed while it sat idle fails like this before any answer began.
 _STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -113,6 +114,21 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         with translate_errors(self.provider):
             return await self.raw.read()
+
+    async def read_served(self) -> bytes:
+        """The whole body of a 2xx answer, the connection released (or dropped, on a failure). The
+        provider served and billed it: a connection that breaks while it is read is `UnreadableAnswer`
+        — recorded, never given back nor sent again elsewhere; a read timeout stays one (sent)."""
+        try:
+            raw = await self.read()
+        except UpstreamConnectionError:
+            self.close()
+            raise broken_off(self.provider) from None
+        except UpstreamError:
+            self.close()
+            raise
+        self.release()
+        return raw
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """Yield body bytes as they arrive (no re-chunking, no buffering)."""

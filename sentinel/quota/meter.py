@@ -20,7 +20,7 @@ from sentinel.domain.identity import Identity
 from sentinel.domain.plans import Plan, PlanSource
 from sentinel.domain.policies import QuotaFailureMode
 from sentinel.domain.usage import Usage, UsageRecord, UsageSource
-from sentinel.errors import SentinelError, ServiceUnavailable, StoreUnavailable, UpstreamTimeout
+from sentinel.errors import ServiceUnavailable, StoreUnavailable, UpstreamTimeout
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.errors import UnreadableAnswer
 from sentinel.quota.decision import Decision
@@ -72,7 +72,7 @@ class Meter(Protocol):
 
     async def release(self, admission: Admission) -> None: ...
 
-    async def fail(self, admission: Admission, error: SentinelError) -> None: ...
+    async def fail(self, admission: Admission, error: BaseException) -> None: ...
 
 
 class QuotaMeter:
@@ -249,15 +249,20 @@ class QuotaMeter:
         if record.cost_usd:
             m.child(m.cost, provider or "none", label).inc(record.cost_usd)
 
-    async def fail(self, admission: Admission, error: SentinelError) -> None:
+    async def fail(self, admission: Admission, error: BaseException) -> None:
         """The call ended in `error` before an answer: give the reservation back — unless the request
         may have reached the provider, which then never answered (an upstream read timeout). The
         provider may have spent on that one, so it counts as one request and its estimated input,
         recorded with status 504 (the output is unknown: none is charged); otherwise a slow enough
         request would be free, and repeatable without limit. A 2xx answer Sentinel could not read
         (`UnreadableAnswer`) was served: recorded with status 502 and the answer's own usage, or
-        its estimated input and all the output it reserved."""
-        if isinstance(error, UpstreamTimeout) and error.sent:
+        its estimated input and all the output it reserved. A call cancelled mid-way (the server
+        stopping past its shutdown deadline) may have reached the provider too: recorded like a
+        timeout, with status 499, shielded from the cancellation. Any other exception (the client
+        gets a 500, not an answer) gives the reservation back."""
+        if isinstance(error, asyncio.CancelledError):
+            await asyncio.shield(self.settle(admission, usage=None, output_text="", status=499, provider=None))
+        elif isinstance(error, UpstreamTimeout) and error.sent:
             await self.settle(admission, usage=None, output_text="", status=error.status, provider=error.provider)
         elif isinstance(error, UnreadableAnswer):  # served, billed: its usage, else all it reserved
             await self.settle(admission, usage=error.usage, output_text="", status=error.status,

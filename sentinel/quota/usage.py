@@ -53,14 +53,14 @@ def text_from_body(endpoint: str, body: Any) -> str:
         return ""
     parts: list[str] = []
     if endpoint == "responses":
-        for item in body.get("output") or []:
+        for item in _list(body.get("output")):
             if not isinstance(item, dict):
                 continue
             content = item.get("content")
             if isinstance(content, str):
                 parts.append(content)
             elif isinstance(content, list):
-                parts.extend(c.get("text", "") for c in content if isinstance(c, dict))
+                parts.extend(_text(c.get("text")) for c in content if isinstance(c, dict))
             if isinstance(item.get("arguments"), str):
                 parts.append(item["arguments"])
         return "".join(parts)

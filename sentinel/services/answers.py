@@ -11,18 +11,19 @@ answer creates upstream become the caller's.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, NoReturn
 
 import orjson
 
 from sentinel.domain.identity import Identity
 from sentinel.domain.usage import Usage
-from sentinel.errors import UpstreamError
+from sentinel.errors import StoreUnavailable, UpstreamConnectionError, UpstreamError
 from sentinel.governance.ownership import Ownership
 from sentinel.observability.metrics import Metrics
-from sentinel.providers.errors import upstream_error
+from sentinel.providers.errors import broken_off, upstream_error
 from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
 from sentinel.quota.meter import Admission, Meter
@@ -30,6 +31,8 @@ from sentinel.quota.usage import StreamInspector, TailInspector, text_from_body,
 from sentinel.services.event_streams import relay_events
 from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
 from sentinel.services.objects import ObjectPath, created_ids, leading_id
+
+log = logging.getLogger("sentinel.answers")
 
 # Answers up to this size are read whole (usage read from the parsed body); larger ones, and
 # answers of unknown length, are relayed as they arrive (usage read from their tail).
@@ -61,6 +64,9 @@ class AnswerRelay:
                 size += len(chunk)
                 if size > MAX_BUFFERED:
                     return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating, ex)
+        except UpstreamConnectionError:  # served and billed, then cut off: recorded, not sent again
+            upstream.close()
+            raise broken_off(upstream.provider) from None
         except UpstreamError:
             upstream.close()
             raise
@@ -70,9 +76,6 @@ class AnswerRelay:
             time.perf_counter() - started
         )
         parsed = _json(raw, upstream)
-        if owner is not None:
-            for object_id, kept in created_ids(parsed, creating=creating, ttl=ttl):
-                await self.ownership.claim(object_id, owner.external_id, kept)
         await self.meter.settle(
             admission,
             usage=usage_from_body(endpoint, parsed),
@@ -80,6 +83,8 @@ class AnswerRelay:
             status=upstream.status,
             provider=upstream.provider,
         )
+        if owner is not None:
+            await claim_created(self.ownership, created_ids(parsed, creating=creating, ttl=ttl), owner)
         report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
@@ -112,13 +117,13 @@ class AnswerRelay:
             ending.last = held
 
         async def settle(status: int) -> None:
-            object_id = leading_id(head) if creating else None
-            if owner is not None and object_id is not None:
-                await ownership.claim(object_id, owner.external_id, ttl)
             # Without a usage object, the text of an answer this large was not kept to count: it is
             # charged the most output it could hold, as reserved (never a free answer).
             await meter.settle(admission, usage=tail.usage(endpoint), output_text="", status=status,
                                provider=upstream.provider, output_estimate=admission.max_output)
+            object_id = leading_id(head) if creating else None
+            if owner is not None and object_id is not None:
+                await claim_created(ownership, [(object_id, ttl)], owner)
             report(ex, admission, None)
 
         stream = MeteredStream(produce, settle)
@@ -133,14 +138,25 @@ class AnswerRelay:
         meter, ownership = self.meter, self.ownership
 
         async def settle(status: int) -> None:
-            if owner is not None and inspector.object_id is not None:
-                await ownership.claim(inspector.object_id, owner.external_id, ObjectPath("responses").ttl)
             await meter.settle(
                 admission, usage=inspector.usage, output_text=inspector.text, status=status, provider=upstream.provider
             )
+            if owner is not None and inspector.object_id is not None:
+                await claim_created(ownership, [(inspector.object_id, ObjectPath("responses").ttl)], owner)
             report(ex, admission, inspector.model)
 
         return relay_events(upstream, inspector, endpoint, self.metrics, settle)
+
+
+async def claim_created(ownership: Ownership, created: Iterable[tuple[str, float | None]], owner: Identity) -> None:
+    """Record `owner` as the owner of the objects an answer created, after its usage was recorded. A
+    store that cannot be reached leaves them unowned — unreachable through Sentinel, which fails
+    closed — and never costs the call its usage record: the provider served it."""
+    try:
+        for object_id, ttl in created:
+            await ownership.claim(object_id, owner.external_id, ttl)
+    except StoreUnavailable:
+        log.warning("the store is unavailable: an object this answer created stays unowned (unreachable)")
 
 
 async def refuse(

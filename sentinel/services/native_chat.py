@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TypeVar
 import orjson
 
 from sentinel.domain.identity import Identity
-from sentinel.errors import InvalidRequest, SentinelError, UpstreamError
+from sentinel.errors import InvalidRequest, UpstreamError
 from sentinel.native import ChatRequest, NativeValidationError, StreamError, TranslationError
 from sentinel.native.responses import Usage as WireUsage
 from sentinel.native.stream import DONE, render_chunk, render_error_event
@@ -85,7 +85,7 @@ class NativeChat:
                 identity, choice, wire, translate=lambda c: self._translate(req, c),
                 send=lambda p, body, c: _upstream(ex, c, p.complete_body(body, c.tier, refused=refused)), on_attempt=on_attempt,
             )
-        except SentinelError as exc:
+        except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)  # a no-op when `refuse` settled a provider refusal
             raise
         return await self._complete(ex, completed.result, completed.choice, admission)

@@ -7,6 +7,7 @@ outbox the test controls, a token counter on its byte estimate (deterministic, n
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,6 @@ from sentinel.domain.usage import Usage, UsageRecord
 from sentinel.errors import (
     GovernanceUnavailable,
     RateLimited,
-    SentinelError,
     ServiceUnavailable,
     UpstreamConnectionError,
     UpstreamStatusError,
@@ -189,13 +189,26 @@ async def test_a_call_the_provider_never_answered_counts_its_request_and_input()
     assert await s.used() == {"requests": 1, "input_tokens": admission.estimate_input, "output_tokens": 0}
 
 
+async def test_a_call_cancelled_mid_way_counts_like_one_never_answered() -> None:
+    """Cancelled (the server stopping past its shutdown deadline) while the provider may already
+    have it: recorded as 499 with its request and estimated input; before, the reservation stayed
+    in the counters until its window ended and nothing was recorded."""
+    s = Setup()
+    admission = await s.admit()
+    await s.meter.fail(admission, asyncio.CancelledError())
+    (record,) = s.outbox.records
+    assert (record.status, record.usage_source, record.output_tokens) == (499, "estimated", 0)
+    assert await s.used() == {"requests": 1, "input_tokens": admission.estimate_input, "output_tokens": 0}
+
+
 @pytest.mark.parametrize("error", [
+    KeyError("a bug"),  # the client gets a 500 and no answer
     UpstreamTimeout("connect timed out", provider="openai", sent=False),
     UpstreamConnectionError("refused", provider="openai"),
     UpstreamStatusError("boom", upstream_status=503, provider="openai"),
     RateLimited("provider limit", provider="openai"),
 ])
-async def test_a_call_that_failed_before_the_provider_spent_gives_everything_back(error: SentinelError) -> None:
+async def test_a_call_that_failed_before_the_provider_spent_gives_everything_back(error: BaseException) -> None:
     s = Setup()
     admission = await s.admit()
     await s.meter.fail(admission, error)

@@ -1,0 +1,137 @@
+"""A call the provider served is recorded whatever happens after it answered: the store failing
+while the answer's objects are claimed, an answer Sentinel reads oddly, a body cut off after a 2xx,
+a stream whose relay is cancelled (the server stopping past its deadline)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sentinel.errors import StoreUnavailable
+from sentinel.governance.ownership import Ownership
+from tests.api.conftest import Gateway
+from tests.support.attack import ledger_rows, wait_for
+from tests.support.servers import serving
+from tests.support.upstream import ScriptedUpstream, lifespan
+
+RESPONSE = {"model": "gpt-4o-mini", "input": "hi"}
+
+
+def recorded(gw: Gateway, rid: str) -> list[dict[str, Any]]:
+    return [row for row in ledger_rows(gw.settings.database_url) if row["request_id"] == rid]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_store_failure_while_claiming_the_answers_object_does_not_lose_the_call(
+    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """The object a response creates was claimed before the usage was recorded: a store blip there
+    gave the reservation back and recorded nothing (a 503 to the client, or a whole stream
+    delivered) although the provider had served and billed the call. The record comes first; the
+    object stays unowned (unreachable through Sentinel: it fails closed)."""
+
+    async def unavailable(self: Ownership, object_id: str, owner: str, ttl: float | None) -> bool:
+        raise StoreUnavailable("store down")
+
+    gw = gateway_factory(usage_flush_interval_seconds=0.1)
+    monkeypatch.setattr(Ownership, "claim", unavailable)
+    with gw.client() as http:
+        r = http.post("/v1/responses", json={**RESPONSE, "stream": stream})
+        assert r.status_code == 200, r.text
+        rid = r.headers["x-request-id"]
+        assert wait_for(lambda: len(recorded(gw, rid)) == 1), ledger_rows(gw.settings.database_url)
+        assert recorded(gw, rid)[0]["status"] == 200
+        response_id = r.json()["id"] if not stream else None
+        if response_id is not None:  # unowned: nobody can read it through Sentinel, its maker neither
+            assert http.get(f"/v1/responses/{response_id}").status_code == 404
+
+
+def test_an_answer_whose_text_is_not_a_string_is_served_and_recorded(gateway_factory: Callable[..., Gateway]) -> None:
+    """`text: null` (or a number) in a Responses answer without usage raised a TypeError while the
+    output was counted: a 500, no record, and the reservation never given back nor committed."""
+    upstream = ScriptedUpstream()
+    answer = {"id": "resp_odd", "object": "response", "status": "completed", "model": "gpt-4o-mini",
+              "output": [{"type": "message", "content": [{"type": "output_text", "text": None},
+                                                         {"type": "output_text", "text": 5}]}]}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+        with gw.client() as http:
+            upstream.json(answer)
+            r = http.post("/v1/responses", json={**RESPONSE, "store": False})
+    assert r.status_code == 200, r.text
+    rows = recorded(gw, r.headers["x-request-id"])
+    assert [(row["status"], row["usage_source"]) for row in rows] == [(200, "estimated")], rows
+
+
+async def _cut_off_after_headers(scope: Any, receive: Any, send: Any) -> None:
+    """Answers 200 with a Content-Length of 1,000 and closes after 10 bytes."""
+    if scope["type"] == "lifespan":
+        return await lifespan(receive, send)
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")]})
+    await send({"type": "http.response.body", "body": b'{"id": "ch', "more_body": True})
+    raise RuntimeError("the provider's connection breaks here")
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/messages", {"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}),
+])
+def test_a_2xx_answer_cut_off_while_read_is_recorded_not_given_back(
+    gateway_factory: Callable[..., Gateway], path: str, body: dict[str, Any]
+) -> None:
+    """A connection that broke after the provider's 2xx headers was a connection error: the
+    reservation was given back (a billed call became free and unrecorded), and a model with a second
+    target would have been sent again (billed twice). It is a served call Sentinel could not read:
+    502, recorded with all the output it reserved."""
+    with serving(_cut_off_after_headers) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+        with gw.client() as http:
+            r = http.post(path, json=body)
+    assert r.status_code == 502, r.text
+    rows = recorded(gw, r.headers["x-request-id"])
+    assert [(row["status"], row["usage_source"]) for row in rows] == [(502, "estimated")], rows
+    assert rows[0]["output_tokens"] > 0
+
+
+async def test_a_stream_relay_cancelled_by_the_server_stopping_is_still_settled() -> None:
+    """Past the shutdown deadline uvicorn cancels the requests still running: the relay task was
+    cancelled, its body closed while that task still ran it (RuntimeError: aclose() of a running
+    generator) and `on_close` — which records the stream — never ran."""
+    from sentinel.api.responses import StreamingRelay
+
+    waiting = asyncio.Event()
+    closed: list[bool] = []
+
+    async def body() -> Any:
+        yield b"data: first\n\n"
+        await waiting.wait()  # the upstream's next event never comes
+        yield b"data: never\n\n"
+
+    async def on_close(disconnected: bool) -> None:
+        closed.append(disconnected)
+
+    sent: list[dict[str, Any]] = []
+    first_chunk_sent = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message.get("body"):
+            first_chunk_sent.set()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client stays
+        return {"type": "http.disconnect"}
+
+    relay = StreamingRelay(200, [], body(), on_close)
+    task = asyncio.ensure_future(relay({"type": "http"}, receive, send))
+    await first_chunk_sent.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed == [False]

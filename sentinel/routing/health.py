@@ -40,7 +40,7 @@ local raw = redis.call('GET', KEYS[1])
 local n = 0
 if raw then n = cjson.decode(raw)['failures'] end
 n = n + 1
-local backoff = math.min(tonumber(ARGV[2]) * math.pow(2, n - 1), tonumber(ARGV[3]))
+local backoff = math.min(tonumber(ARGV[2]) * math.pow(2, math.min(n - 1, 30)), tonumber(ARGV[3]))
 local untl = tonumber(ARGV[1]) + backoff
 redis.call('SET', KEYS[1], cjson.encode({failures = n, until_ts = untl, backoff = backoff}), 'PX', math.ceil((backoff + 3600) * 1000))
 return tostring(backoff)
@@ -50,7 +50,7 @@ return tostring(backoff)
 def _fail_local(ops: LocalOps, keys: list[str], args: list[str]) -> str:
     raw = ops.get(keys[0])
     n = (orjson.loads(raw)["failures"] if raw else 0) + 1
-    backoff = min(float(args[1]) * 2 ** (n - 1), float(args[2]))
+    backoff = min(float(args[1]) * 2.0 ** min(n - 1, 30), float(args[2]))  # 2.0 ** 1024 overflows
     state = {"failures": n, "until_ts": float(args[0]) + backoff, "backoff": backoff}
     ops.set(keys[0], orjson.dumps(state), backoff + 3600)
     return repr(backoff)

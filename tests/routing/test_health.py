@@ -40,6 +40,14 @@ async def test_backoff_doubles_from_30_to_a_300_cap(store: Store) -> None:
     assert await available(health, OTHER)  # keyed by provider+model
 
 
+async def test_a_long_outage_stays_at_the_cap(store: Store) -> None:
+    """The in-memory twin of the Lua script computed 30 * 2 ** (n - 1) as a float: at the 1,025th
+    failure in a row it overflowed, and every later failure of that model was a 500."""
+    health = ProviderHealth(store, Metrics(), clock=FakeClock())
+    backoffs = {await health.record_failure(*PAIR) for _ in range(1100)}
+    assert backoffs == {30, 60, 120, 240, 300}
+
+
 async def test_success_resets_the_backoff(store: Store) -> None:
     clock = FakeClock()
     metrics = Metrics()

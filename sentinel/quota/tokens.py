@@ -373,10 +373,10 @@ class TokenCounter:
             for call in calls if isinstance(calls, list) else ():
                 function = call.get("function") if isinstance(call, Mapping) else None
                 if isinstance(function, Mapping):
-                    total += count(_str(function.get("name"))) + count(_str(function.get("arguments")))
+                    total += count(_str(function.get("name"))) + count(_arguments(function.get("arguments")))
             legacy_call = message.get("function_call")
             if isinstance(legacy_call, Mapping):
-                total += count(_str(legacy_call.get("name"))) + count(_str(legacy_call.get("arguments")))
+                total += count(_str(legacy_call.get("name"))) + count(_arguments(legacy_call.get("arguments")))
             total += count(_str(message.get("tool_call_id")))
         if tools:
             total += count(json.dumps(list(tools), separators=(",", ":"), ensure_ascii=False))
@@ -385,6 +385,16 @@ class TokenCounter:
 
 def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+def _arguments(value: Any) -> str:
+    """A tool call's arguments as text to count: a string as it is, an object (which a translation to
+    Anthropic accepts and sends as `tool_use.input`) as compact JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping | list):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    return ""
 
 
 def _content_texts(content: Any) -> Iterator[str]:

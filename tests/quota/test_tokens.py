@@ -155,6 +155,19 @@ def test_cookbook_chat_counts() -> None:
     assert hook.calls == []  # exact counts are not approximations
 
 
+def test_tool_call_arguments_given_as_an_object_are_counted() -> None:
+    """A translation to Anthropic accepts `arguments` as a JSON object and sends it as the tool
+    call's input, which is billed: it counted as nothing (39 tokens estimated for ~54 KB sent)."""
+    counter = TokenCounter()
+    notes = "lorem ipsum dolor sit amet " * 400
+    as_object = [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "t1", "type": "function", "function": {"name": "f", "arguments": {"notes": notes}}}]}]
+    as_text = [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "t1", "type": "function", "function": {"name": "f", "arguments": json.dumps({"notes": notes})}}]}]
+    counted = counter.count_chat(as_object, "gpt-4o")
+    assert counted > 2000 and abs(counted - counter.count_chat(as_text, "gpt-4o")) < 10, counted
+
+
 def test_chat_overhead_formula() -> None:
     counter = TokenCounter()
     t = lambda s: counter.count_text(s, "gpt-4")  # noqa: E731

@@ -39,6 +39,9 @@ class Identity:
             return f"its email is longer than {MAX_EMAIL} characters"
         if "\x00" in self.external_id or (self.email is not None and "\x00" in self.email):
             return "its user id or email contains a NUL character"
+        texts = (self.external_id, self.user_id, self.email, self.source, self.key_id, self.plan)
+        if not all(_encodable(text) for text in texts if isinstance(text, str)):
+            return "a claim is not valid Unicode text (a lone surrogate): it cannot be stored"
         return None
 
     def to_json(self) -> dict[str, Any]:
@@ -69,3 +72,12 @@ class Identity:
 
 def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _encodable(text: str) -> bool:
+    """Whether `text` can be written as UTF-8 (a JSON claim may hold a lone surrogate, which cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

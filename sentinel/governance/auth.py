@@ -139,6 +139,8 @@ class Authenticator:
         if found is None or self._expired(found):
             await self.cache.put(key, None, ttl=self.negative_ttl)
             raise AuthenticationError()
+        if found.unrecordable() is not None:
+            return self._admit(found)  # refused (403), and not cached: nothing of it can be stored
         await self.cache.put(key, found, not_after=found.expires_at)
         return self._admit(found)
 

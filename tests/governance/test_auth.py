@@ -229,3 +229,17 @@ async def test_an_operator_key_is_refused_before_any_source_sees_it(clock: FakeC
         await auth.authenticate(admin)
     assert source.calls == 0
     assert (await auth.authenticate("sk-sentinel-good")).external_id == "alice"
+
+
+async def test_an_identity_that_cannot_be_stored_is_refused_not_a_500(clock: FakeClock) -> None:
+    """A JWT's claims may hold a lone surrogate (JSON allows the escape): caching such an identity
+    raised inside the encoder — a 500 — and on Redis it would have failed the other commands of its
+    pipeline. It is refused (403) and never cached."""
+    auth, source, store = make(clock)
+    source.valid["sk-sentinel-odd"] = Identity("alice\ud800", "u1")
+    for _ in range(2):
+        with pytest.raises(PermissionDenied):
+            await auth.authenticate("sk-sentinel-odd")
+    assert source.calls == 2  # nothing was cached
+    assert Identity("a", "u\udfff").unrecordable() is not None
+    assert Identity("alice", "u1", email="a@example.com").unrecordable() is None

@@ -101,6 +101,21 @@ def _item_texts(item: Any) -> list[str]:
     return out
 
 
+def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:
+    """Whether the request asks for reasoning the provider bills as output but does not return as
+    text (Anthropic's `thinking` — summarised or omitted since Claude 4 —, OpenAI's
+    `reasoning_effort` on chat and `reasoning` on Responses): text counted from what was streamed
+    would leave it free."""
+    if endpoint == "messages":
+        thinking = payload.get("thinking")
+        return isinstance(thinking, dict) and thinking.get("type") != "disabled"
+    if endpoint == "chat":
+        return payload.get("reasoning_effort") is not None
+    if endpoint == "responses":
+        return isinstance(payload.get("reasoning"), dict)
+    return False
+
+
 def max_output(endpoint: str, payload: dict[str, Any], default: int) -> int:
     """The most output tokens the request can produce: its own cap (or `default`) times the number
     of completions it asks for (`n`, `best_of`), at most MAX_RESERVED_OUTPUT. Of a chat request's two

@@ -24,7 +24,7 @@ from sentinel.errors import ServiceUnavailable, StoreUnavailable, UpstreamTimeou
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.errors import UnreadableAnswer
 from sentinel.quota.decision import Decision
-from sentinel.quota.estimate import estimate_input, max_output
+from sentinel.quota.estimate import estimate_input, hides_output, max_output
 from sentinel.quota.limiter import QuotaLimiter, Reservation
 from sentinel.quota.outbox import DurableOutbox
 from sentinel.quota.tokens import TokenCounter
@@ -45,6 +45,10 @@ class Admission:
     request_id: str
     estimate_input: int = 0
     max_output: int = 0
+    # The request asked for reasoning the provider bills but does not show (Anthropic `thinking`,
+    # OpenAI `reasoning_effort` / `reasoning`): without the provider's usage its output is not
+    # countable from the text, so it is charged as reserved (`settle`).
+    hidden_output: bool = False
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     headers: dict[str, str] = field(default_factory=dict)
     reservation: Reservation | None = None
@@ -111,6 +115,7 @@ class QuotaMeter:
         admission = Admission(
             identity=identity, endpoint=endpoint, model=model, request_id=request_id,
             max_output=max_output(endpoint, body, self.default_max_output),
+            hidden_output=hides_output(endpoint, body),
         )
         if size >= OFF_LOOP_BYTES:
             # A large body: refuse an exhausted user before paying for the count, and count in a
@@ -201,6 +206,8 @@ class QuotaMeter:
                 cache_write, cache_read = reported_input.cache_write_tokens, reported_input.cache_read_tokens
             if output_estimate is not None:
                 output_tokens = output_estimate
+            elif admission.hidden_output:  # billed reasoning, never streamed: charged as reserved
+                output_tokens = admission.max_output
             else:
                 output_tokens = self.counter.count_text(output_text, model or "") if output_text else 0
             source = "estimated"

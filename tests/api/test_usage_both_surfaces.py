@@ -262,3 +262,36 @@ def test_a_broken_claude_stream_is_charged_the_input_it_reported(
     for row in rows:
         assert (row["input_tokens"], row["cache_write_tokens"], row["cache_read_tokens"]) == (50_500, 300, 200), row
         assert row["usage_source"] == "estimated" and row["output_tokens"] > 0, row  # "a reply", counted
+
+
+def test_a_broken_stream_that_asked_for_thinking_is_charged_the_output_it_reserved(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """Claude 4 streams a summary of its thinking (or only a signature) but bills every thinking
+    token: a stream cut after its first text was charged the few tokens of text it had shown (a
+    client closing its connection there got up to `budget_tokens` of reasoning nearly free).
+    Without the provider's final count, a request that asked for thinking is charged the output
+    it reserved; one that did not keeps the counted text."""
+    upstream = ScriptedUpstream()
+    start = {"input_tokens": 20, "output_tokens": 1}
+    thinking_block = [
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "c2ln"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "42"}},
+    ]
+    message_start = claude_events(start, 0)[0]
+    ask = {**ASK_CLAUDE, "max_tokens": 32_000, "stream": True,
+           "thinking": {"type": "enabled", "budget_tokens": 30_000}}
+    with serving(upstream) as srv:
+        gw = gateway_factory(anthropic_api_url=srv.url, providers_file=tiers_file(tmp_path, "anthropic"))
+        with gw.client() as http:
+            upstream.sse(message_start, *thinking_block)
+            thought = http.post("/v1/messages", json=ask)
+            upstream.sse(message_start, *thinking_block[3:])
+            plain = http.post("/v1/messages", json={**ask, "thinking": {"type": "disabled"}})
+    assert (thought.status_code, plain.status_code) == (200, 200), (thought.text, plain.text)
+    rows = {row["request_id"]: row for row in ledger_rows(gw.settings.database_url)}
+    assert rows[thought.headers["x-request-id"]]["output_tokens"] == 32_000
+    assert 0 < rows[plain.headers["x-request-id"]]["output_tokens"] < 10

@@ -113,3 +113,16 @@ def test_unknown_endpoints_estimate_nothing() -> None:
 )
 def test_max_output(endpoint: str, payload: dict[str, Any], expected: int) -> None:
     assert max_output(endpoint, payload, 300) == expected
+
+
+def test_requests_for_reasoning_the_provider_does_not_show_are_known() -> None:
+    from sentinel.quota.estimate import hides_output
+
+    assert hides_output("messages", {"thinking": {"type": "enabled", "budget_tokens": 2000}})
+    assert hides_output("messages", {"thinking": {"type": "adaptive"}})
+    assert not hides_output("messages", {"thinking": {"type": "disabled"}})
+    assert not hides_output("messages", {})
+    assert hides_output("chat", {"reasoning_effort": "high"})
+    assert not hides_output("chat", {"reasoning_effort": None})
+    assert hides_output("responses", {"reasoning": {"effort": "low"}})
+    assert not hides_output("responses", {"input": "hi"}) and not hides_output("embeddings", {"reasoning": {}})

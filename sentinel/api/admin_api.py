@@ -90,7 +90,7 @@ class AdminApiRoutes:
             Route(f"{p}/tiers", self.tiers, methods=["GET"]),
             Route(f"{p}/tiers/{{tier}}", self.tier, methods=["PUT", "DELETE"]),
             Route(f"{p}/providers", self.providers, methods=["GET"]),
-            Route(f"{p}/sessions/{{conversation_id}}", self.session, methods=["GET"]),
+            Route(f"{p}/users/{{external_id}}/sessions/{{conversation_id}}", self.session, methods=["GET"]),
             Route(f"{p}/outbox", self.outbox, methods=["GET"]),
             Route(f"{p}/audit", self.audit, methods=["GET"]),
         ]
@@ -238,7 +238,8 @@ class AdminApiRoutes:
 
     async def session(self, request: Request) -> RawResponse:
         self._access(request)
-        return json_response(await self.service.require_live().session(request.path_params["conversation_id"]))
+        params = request.path_params
+        return json_response(await self.service.require_live().session(params["external_id"], params["conversation_id"]))
 
     async def outbox(self, request: Request) -> RawResponse:
         self._access(request)

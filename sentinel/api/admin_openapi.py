@@ -184,9 +184,9 @@ def build_admin_openapi() -> dict[str, Any]:
         "/admin/api/providers": {"get": _op("Tier candidates with their health and backoff",
                                             _json(_obj(["providers"], providers={"type": "array", "items": _ref("Provider")},
                                                        error=_NULL_STR)))},
-        "/admin/api/sessions/{conversation_id}": {"get": _op("A conversation's session, whoever owns it",
-                                                             _json({"type": "object"}),
-                                                             params=[_path("conversation_id")], errors=("404",))},
+        "/admin/api/users/{external_id}/sessions/{conversation_id}": {"get": _op(
+            "A user's conversation's session", _json({"type": "object"}),
+            params=[_path("external_id"), _path("conversation_id")], errors=("404",))},
         "/admin/api/outbox": {"get": _op("Usage records waiting for delivery",
                                          _json(_obj(["depth"], depth={"type": ["integer", "null"]})))},
         "/admin/api/audit": {"get": _op("The audit log, newest first", array("entries", "AuditEntry"),

@@ -1,6 +1,6 @@
 """`/debug/*`: operator views of routing state, only when SENTINEL_DEBUG is on.
 
-- `GET /debug/sessions/{conversation_id}`: the caller's own session (403 for another user's, 404 when
+- `GET /debug/sessions/{conversation_id}`: the caller's own session (conversation ids are per user; 404 when
   there is none), with the seconds its TTL has left;
 - `GET /debug/health`: the backoff table for every tier candidate.
 
@@ -47,11 +47,11 @@ class DebugRoutes:
         identity = await self.deps.authenticate(request)
         conversation_id: str = request.path_params["conversation_id"]
         sessions = self.router.sessions
-        found = await sessions.get(conversation_id, identity.external_id)  # 403 for another user's
+        found = await sessions.get(conversation_id, identity.external_id)  # the caller's own only
         if found is None:
             raise NotFound(f"No session for conversation '{conversation_id}'", code="session_not_found")
         try:
-            ttl = await sessions.store.ttl(sessions.key(conversation_id))
+            ttl = await sessions.store.ttl(sessions.key(identity.external_id, conversation_id))
         except StoreUnavailable:
             ttl = None
         return json_response({**asdict(found), "ttl_remaining_seconds": ttl})

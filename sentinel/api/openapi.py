@@ -14,7 +14,7 @@ ERRORS: dict[str, tuple[str, str, str]] = {
     "400": ("Invalid request (validation, context too long, provider rejected the request)",
             "invalid_request_error", "invalid_request"),
     "401": ("Missing or invalid bearer token", "authentication_error", "invalid_api_key"),
-    "403": ("The conversation_id belongs to another user", "permission_error", "conversation_forbidden"),
+    "403": ("The caller's usage cannot be recorded or reported", "permission_error", "identity_unrecordable"),
     "413": ("Request body too large", "invalid_request_error", "request_too_large"),
     "429": ("Quota exceeded or provider rate limit (Retry-After when known)", "rate_limit_error", "quota_exceeded"),
     "502": ("Provider error or provider authentication/configuration failure", "upstream_error", "provider_error"),

@@ -1,9 +1,11 @@
 """Conversation sessions: one provider+model for a conversation's whole life.
 
-Key `sentinel:session:<conversation_id>` (the original's format), JSON value
+Key `sentinel:session:u<owner>:<conversation_id>` (`<owner>`: 32 hex digits of the SHA-256 of the
+user's external id), JSON value
 `{conversation_id, external_id, tier, provider, model, created_at, last_seen_at, migrations}`,
-TTL SESSION_TTL_SECONDS refreshed on every request. A conversation belongs to the user who started
-it: another user presenting the same conversation_id gets 403 and never sees or changes it.
+TTL SESSION_TTL_SECONDS refreshed on every request. Conversation ids are the user's own: two users
+naming the same id have two conversations, and neither can see, change, hold or learn of the other's
+(the original keyed sessions by the id alone, so another user could squat a guessable id).
 Creation uses SET NX, so two concurrent first turns agree on one model.
 
 A stored value that cannot be decoded (another version's format, corruption) is treated as no
@@ -102,6 +104,7 @@ def _number(value: Any) -> bool:
 
 
 def _owned(session: Session, external_id: str) -> Session:
+    """`session`, checked to be `external_id`'s (its key is theirs: only a hash collision differs)."""
     if session.external_id != external_id:
         raise PermissionDenied(
             "This conversation_id belongs to another user; start a new conversation with a new id",
@@ -133,21 +136,18 @@ class SessionStore:
         self.metrics = metrics
 
     @staticmethod
-    def key(conversation_id: str) -> str:
-        return f"sentinel:session:{conversation_id}"
+    def key(external_id: str, conversation_id: str) -> str:
+        """The store key of `external_id`'s conversation `conversation_id`."""
+        owner = hashlib.sha256(external_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return f"sentinel:session:u{owner}:{conversation_id}"
 
     async def get(self, conversation_id: str, external_id: str) -> Session | None:
-        """The conversation's session; None when there is none or it cannot be decoded; 403 when
-        it belongs to another user."""
-        session = await self._read(conversation_id)
+        """The user's session of the conversation; None when there is none or it cannot be decoded."""
+        session = await self._read(external_id, conversation_id)
         return None if session is None else _owned(session, external_id)
 
-    async def lookup(self, conversation_id: str) -> Session | None:
-        """The conversation's session whoever owns it (for operators); None when there is none."""
-        return await self._read(conversation_id)
-
-    async def _read(self, conversation_id: str) -> Session | None:
-        raw = await self.store.get(self.key(conversation_id))
+    async def _read(self, external_id: str, conversation_id: str) -> Session | None:
+        raw = await self.store.get(self.key(external_id, conversation_id))
         if raw is None:
             return None
         try:
@@ -164,11 +164,11 @@ class SessionStore:
         An undecodable value in the way is deleted and creation tried once more, still with NX, so
         of two concurrent first turns over it one wins (short of a delete landing between the
         other's delete and write)."""
-        key = self.key(session.conversation_id)
+        key = self.key(session.external_id, session.conversation_id)
         for _ in range(2):
             if await self.store.set(key, session.to_bytes(), self.ttl, nx=True):
                 return session
-            existing = await self._read(session.conversation_id)
+            existing = await self._read(session.external_id, session.conversation_id)
             if existing is not None:
                 return _owned(existing, session.external_id)
             await self.store.delete(key)
@@ -179,7 +179,7 @@ class SessionStore:
         now = self.clock()
         done = await self.store.run(
             TOUCH,
-            [self.key(session.conversation_id)],
+            [self.key(session.external_id, session.conversation_id)],
             [session.provider, session.model, session.tier, now, int(self.ttl * 1000)],
         )
         if done:
@@ -189,4 +189,4 @@ class SessionStore:
     async def save(self, session: Session) -> None:
         """Write (refreshing last_seen_at and the TTL)."""
         session.last_seen_at = self.clock()
-        await self.store.set(self.key(session.conversation_id), session.to_bytes(), self.ttl)
+        await self.store.set(self.key(session.external_id, session.conversation_id), session.to_bytes(), self.ttl)

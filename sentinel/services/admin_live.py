@@ -157,15 +157,16 @@ class LiveState:
             out.append(ProviderView(provider, "", [], True, True, 0, 0.0, 0.0))
         return out, None
 
-    async def session(self, conversation_id: str) -> dict[str, Any]:
-        """A conversation's session (any owner) with its TTL left; NotFound when there is none."""
+    async def session(self, external_id: str, conversation_id: str) -> dict[str, Any]:
+        """A user's conversation's session with its TTL left; NotFound when there is none."""
         if self.sessions is None:
             raise NotFound("Sessions are not available here", code="session_not_found")
-        found = await self.sessions.lookup(conversation_id)
+        found = await self.sessions.get(conversation_id, external_id)
         if found is None:
-            raise NotFound(f"No session for conversation {conversation_id!r}", code="session_not_found")
+            raise NotFound(f"No session for conversation {conversation_id!r} of {external_id!r}",
+                           code="session_not_found")
         try:
-            ttl = await self.sessions.store.ttl(self.sessions.key(conversation_id))
+            ttl = await self.sessions.store.ttl(self.sessions.key(external_id, conversation_id))
         except StoreUnavailable:
             ttl = None
         return {**asdict(found), "ttl_remaining_seconds": ttl}

@@ -191,8 +191,17 @@ def test_an_operator_flow_through_the_api(gw: Gateway) -> None:
         series = client.get("/admin/api/usage", params={"since": "2h", "step": "15m"}).json()
         assert sum(p["requests"] for p in series["points"]) >= 2
         assert client.get("/admin/api/usage", params={"step": "7m"}).status_code == 400
-        assert client.get("/admin/api/sessions/none-such").status_code == 404
+        assert client.get("/admin/api/users/alice/sessions/none-such").status_code == 404
         assert client.get("/admin/api/users/nobody-at-all").status_code == 404
+    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {gw.key}"}, timeout=30) as alice:
+        started = alice.post("/native/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], "conversation_id": "conv-ops"})
+        assert started.status_code == 200, started.text
+    with admin(gw) as client:  # a conversation id is looked up with its user: ids are each user's own
+        found = client.get("/admin/api/users/alice/sessions/conv-ops")
+        assert found.status_code == 200 and found.json()["external_id"] == "alice", found.text
+        assert found.json()["ttl_remaining_seconds"] > 0
+        assert client.get("/admin/api/users/dave/sessions/conv-ops").status_code == 404
 
 
 MALFORMED_SESSIONS = [

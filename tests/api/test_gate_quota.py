@@ -220,8 +220,10 @@ def test_a_refused_native_request_creates_or_changes_no_session(
     bob_key = new_user(gw, "bob", "requests=1/1m")
     store = redis.Redis.from_url(redis_url)
 
-    def session(conv: str) -> bytes | None:
-        raw: bytes | None = store.get(f"sentinel:session:{conv}")
+    def session(conv: str, user: str = "bob") -> bytes | None:
+        from sentinel.routing.sessions import SessionStore
+
+        raw: bytes | None = store.get(SessionStore.key(user, conv))
         return raw
 
     def chat(http: httpx.Client, conv: str, **extra: Any) -> httpx.Response:
@@ -243,15 +245,15 @@ def test_a_refused_native_request_creates_or_changes_no_session(
                                                  "conversation_id": "anon"}).status_code == 401
         assert session("bob-own") == before  # neither extended nor changed
         for conv in ("alice-conv", "bob-new", "bob-invalid", "anon"):
-            assert session(conv) is None, conv
+            assert session(conv) is None and session(conv, "alice") is None, conv
         missing = bob.get("/debug/sessions/bob-new")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "session_not_found"
-        # the conversation id Bob tried to squat is Alice's to start
+        # the conversation id Bob tried is Alice's to start (ids are each user's own)
         started = chat(alice, "alice-conv")
         assert started.status_code == 200, started.text
         mine = alice.get("/debug/sessions/alice-conv")
         assert mine.status_code == 200 and mine.json()["external_id"] == "alice"
-        assert bob.get("/debug/sessions/alice-conv").status_code == 403
+        assert bob.get("/debug/sessions/alice-conv").status_code == 404  # Bob has none by that id
     store.close()
 
 

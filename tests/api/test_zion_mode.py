@@ -17,6 +17,7 @@ from sentinel.db.engine import create_engine, migrate, session_factory
 from sentinel.errors import InvalidRequest
 from sentinel.governance.jwt import LEEWAY_SECONDS
 from sentinel.governance.keys import KeyService
+from sentinel.routing.sessions import SessionStore
 from tests.api.conftest import Gateway
 from tests.support.fake_zion import BATCH, LIMITS, ME, FakeZion
 from tests.support.metrics import metric
@@ -267,7 +268,7 @@ def test_undecodable_cache_entries_are_misses(
     keys = {
         "identity": "sentinel:profile:" + hashlib.sha256(token.encode()).hexdigest(),
         "plan": "sentinel:limits:nora-ext",
-        "session": "sentinel:session:" + conversation,
+        "session": SessionStore.key("nora-ext", conversation),
         "tiers": "sentinel:tiers:config",
     }
     r = redis.Redis.from_url(redis_url)

@@ -70,7 +70,9 @@ def start(
     return factory(providers_file=config, redis_url=redis_url, default_plan="requests=100000/60s", **settings)
 
 
-def stored(gw: Gateway, conv: str) -> dict[str, Any] | None:
-    """The raw session value under `sentinel:session:<conv>`, read from the gateway's own store."""
-    raw = gw.read_stored(f"sentinel:session:{conv}")
+def stored(gw: Gateway, conv: str, user: str = "alice") -> dict[str, Any] | None:
+    """The raw value of `user`'s session `conv`, read from the gateway's own store."""
+    from sentinel.routing.sessions import SessionStore
+
+    raw = gw.read_stored(SessionStore.key(user, conv))
     return None if raw is None else orjson.loads(raw)

@@ -39,7 +39,7 @@ async def test_a_garbled_session_is_absent_then_replaced(
     caplog.set_level(logging.WARNING, logger="sentinel.sessions")
     metrics = Metrics()
     sessions = SessionStore(store, ttl=60, metrics=metrics)
-    await store.set(SessionStore.key("c1"), garbage, 60)
+    await store.set(SessionStore.key("alice", "c1"), garbage, 60)
     assert await sessions.get("c1", "alice") is None  # not a 500, and not "someone else's" (403)
     assert undecodable(metrics) == 1
     assert "undecodable session" in caplog.text
@@ -52,14 +52,16 @@ async def test_a_garbled_session_is_absent_then_replaced(
 async def test_touch_over_a_garbled_value_changes_nothing(store: Store) -> None:
     sessions = SessionStore(store, ttl=60)
     current = await sessions.create(session())
-    await store.set(SessionStore.key("c1"), b"\x00garbled", 60)  # corrupted after it was read
+    await store.set(SessionStore.key("alice", "c1"), b"\x00garbled", 60)  # corrupted after it was read
     assert await sessions.touch(current) is False
-    assert await store.get(SessionStore.key("c1")) == b"\x00garbled"
+    assert await store.get(SessionStore.key("alice", "c1")) == b"\x00garbled"
 
 
-async def test_a_good_session_of_another_user_is_still_forbidden(store: Store) -> None:
+async def test_a_session_under_another_users_key_is_still_forbidden(store: Store) -> None:
+    """Keys are per user; a value naming another owner under a user's key (only a hash collision
+    or a hand-written value puts one there) is still refused, never served as theirs."""
     sessions = SessionStore(store, ttl=60)
-    await sessions.create(session("bob"))
+    await store.set(SessionStore.key("alice", "c1"), session("bob").to_bytes(), 60)
     with pytest.raises(PermissionDenied):
         await sessions.get("c1", "alice")
     with pytest.raises(PermissionDenied):

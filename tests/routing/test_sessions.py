@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
-from sentinel.errors import PermissionDenied
 from sentinel.routing.sessions import Session, SessionStore
 from sentinel.store import MemoryStore, Store
 from tests.support.clock import FakeClock
@@ -33,7 +30,7 @@ async def test_save_refreshes_the_ttl(store: Store) -> None:
     sessions = SessionStore(store, ttl=1000)
     session = make_session()
     await sessions.create(session)
-    key = SessionStore.key("conv-1")
+    key = SessionStore.key("alice", "conv-1")
     assert await store.expire(key, 5)
     ttl = await store.ttl(key)
     assert ttl is not None and ttl <= 5
@@ -42,14 +39,17 @@ async def test_save_refreshes_the_ttl(store: Store) -> None:
     assert ttl is not None and ttl > 500
 
 
-async def test_sessions_belong_to_their_owner(store: Store) -> None:
+async def test_conversation_ids_are_each_users_own(store: Store) -> None:
+    """Keyed by the id alone, another user's conversation under an id was a 403: anyone could squat
+    an id someone would use (and learn that it was in use). Each user's ids are their own."""
     sessions = SessionStore(store, ttl=1000)
     await sessions.create(make_session())
-    before = await store.get(SessionStore.key("conv-1"))
-    with pytest.raises(PermissionDenied) as info:
-        await sessions.get("conv-1", "bob")
-    assert info.value.status == 403 and info.value.code == "conversation_forbidden"
-    assert await store.get(SessionStore.key("conv-1")) == before
+    before = await store.get(SessionStore.key("alice", "conv-1"))
+    assert await sessions.get("conv-1", "bob") is None
+    bobs = await sessions.create(make_session(owner="bob", model="gpt-4o"))
+    assert bobs.external_id == "bob" and bobs.model == "gpt-4o"
+    assert await store.get(SessionStore.key("alice", "conv-1")) == before
+    assert SessionStore.key("a:b", "c") != SessionStore.key("a", "b:c")
 
 
 async def test_first_creator_wins(store: Store) -> None:

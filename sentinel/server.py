@@ -197,7 +197,8 @@ def serve(settings: Settings, workers: int = 1) -> int:
     configure_logging(settings.log_level)
     stop_mock = None
     demo_key = None
-    if settings.use_embedded_mock:
+    mocked, demo = settings.use_embedded_mock, demo_mode(settings)  # before the mock's URL is set
+    if mocked:
         from sentinel.mock.server import start_mock_in_thread
 
         mock_url, stop_mock = start_mock_in_thread()
@@ -214,10 +215,10 @@ def serve(settings: Settings, workers: int = 1) -> int:
             "OPENAI_API_URL (or ANTHROPIC_*) for real providers.",
             mock_url,
         )
-    if demo_mode(settings):
+    if demo:
         demo_key = asyncio.run(_demo_keys(settings, mint=True))
     else:
-        if settings.use_embedded_mock:
+        if mocked:
             log.warning("no demo key: a store, ledger, providers file or governance is configured "
                         "(create keys with `sentinel keys create`)")
         try:

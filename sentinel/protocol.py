@@ -7,7 +7,10 @@ could hold a connection (and an in-flight slot) indefinitely.
 `header_timeout` seconds of its first byte (or of the connection, for one that sends nothing; for
 a request pipelined behind one still being answered, as soon as that answer is complete)
 and answers 431 to more than `max_headers` headers or `max_header_bytes` bytes of request line
-and headers. While the answer cannot be written because the client does not read it (the
+and headers (a header line that never ends included). A request answered before its body was all
+in (a 401, a 413 from its Content-Length) keeps its connection while the rest arrives — read and
+dropped, so the client still gets its answer — but for at most `body_timeout` seconds: one that
+trickles the rest is then closed (every byte it sent had put off the keep-alive timeout). While the answer cannot be written because the client does not read it (the
 transport paused writing), `send_timeout` seconds without progress close the connection (the app
 sees a client disconnect: its slot is freed, a stream is settled as 499). Body reading time is bounded by the app (`Deps.read_body`); idle keep-alive by
 uvicorn's `timeout_keep_alive`. The limits travel on the uvicorn `Config` object (module-level
@@ -34,6 +37,7 @@ class ConnectionLimits:
     max_header_bytes: int = 16 * 1024
     max_headers: int = 100
     send_timeout: float = 60.0
+    body_timeout: float = 30.0
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -41,6 +45,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     _timer: asyncio.TimerHandle | None = None
     _send_timer: asyncio.TimerHandle | None = None
+    _drain_timer: asyncio.TimerHandle | None = None
+    _body_pending = False  # the latest request's headers are in, its body (maybe empty) is not
     _header_bytes = 0
     _header_count = 0
     _refused = False
@@ -60,6 +66,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._stop_send_timer()
+        self._stop_drain()
         super().connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -101,10 +108,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
+        self._body_pending = True
         self._disarm()
         if self._refused:
             return
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._body_pending = False
+        self._stop_drain()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        answered_before_its_body = (
+            self._body_pending and self.cycle is not None and self.cycle.response_complete and not self.pipeline
+        )
+        super().on_response_complete()
+        if answered_before_its_body and not self.transport.is_closing():
+            self._stop_drain()
+            self._drain_timer = self.loop.call_later(self._limits.body_timeout, self._drain_too_slow)
+
+    def _stop_drain(self) -> None:
+        _cancel(self._drain_timer)
+        self._drain_timer = None
+
+    def _drain_too_slow(self) -> None:
+        """The rest of a body already answered did not arrive within `body_timeout`: close."""
+        self._drain_timer = None
+        if self._body_pending and not self.transport.is_closing():
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -165,7 +197,8 @@ def _cancel(timer: asyncio.TimerHandle | None) -> None:
 def connection_limits(settings: Settings) -> ConnectionLimits:
     """The limits `settings` ask for."""
     return ConnectionLimits(
-        settings.header_timeout_seconds, settings.max_header_bytes, settings.max_headers, settings.send_timeout_seconds
+        settings.header_timeout_seconds, settings.max_header_bytes, settings.max_headers, settings.send_timeout_seconds,
+        settings.body_timeout_seconds,
     )
 
 

@@ -65,14 +65,6 @@ class RequestMiddleware:
         token = request_id_var.set(rid)
         path: str = scope["path"]
         started_response = False
-        body_read = False
-
-        async def receive_wrapper() -> Message:
-            nonlocal body_read
-            message = await receive()
-            if not message.get("more_body", False):  # the body's last part (or the client is gone)
-                body_read = True
-            return message
 
         async def send_wrapper(message: Message) -> None:
             nonlocal started_response
@@ -80,10 +72,6 @@ class RequestMiddleware:
                 started_response = True
                 ctx.status = message["status"]
                 headers = list(message.get("headers", []))
-                if not body_read and _has_body(scope):
-                    # Answered before its body was read (a 401, a 413, a 408): the rest of it would
-                    # keep the connection open for as long as the client trickles it. Close it.
-                    headers.append((b"connection", b"close"))
                 headers.append((b"x-request-id", rid.encode()))
                 headers.extend(surface_headers(path, rid))
                 for name, value in ctx.headers:
@@ -106,7 +94,7 @@ class RequestMiddleware:
                 self.in_flight += 1
                 self.metrics.in_flight.inc()
             try:
-                await self.app(scope, receive_wrapper, send_wrapper)
+                await self.app(scope, receive, send_wrapper)
             finally:
                 if limited:
                     self.in_flight -= 1
@@ -122,7 +110,7 @@ class RequestMiddleware:
                     extra={"status": err.status, "code": err.code, "error": clipped(err.message), "path": clipped(path)},
                 )
             if not started_response:
-                await render_error(path, err, rid)(scope, receive_wrapper, send_wrapper)
+                await render_error(path, err, rid)(scope, receive, send_wrapper)
         finally:
             if ctx.slot is not None and self.slots is not None:
                 self.slots.release(ctx.slot)
@@ -175,14 +163,6 @@ def _request_id(scope: Scope) -> tuple[str, bool]:
                 return candidate, True
             break
     return new_request_id(), False
-
-
-def _has_body(scope: Scope) -> bool:
-    """Whether the request announced a body (a non-zero Content-Length, or Transfer-Encoding)."""
-    for name, value in scope["headers"]:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"0", b"")):
-            return True
-    return False
 
 
 def _as_sentinel_error(exc: Exception, scope: Scope) -> SentinelError:

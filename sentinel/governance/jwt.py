@@ -214,9 +214,10 @@ class LocalJwtIdentitySource:
 
     `external_id` = claim `externalId`, `external_id` or `sub`; `user_id` = `sub`; `email` =
     `email`; `expires_at` = `exp + LEEWAY_SECONDS` (so no cache serves it past the token's life).
-    With a `profile_source` (Zion's `/users/me`) the identity is the one it answers, for every token:
-    it knows whether the user may still be served (a refusal is None: 401) and the email usage is
-    reported by. While it is unreachable, a token whose claims carry an email is served from them.
+    With a `profile_source` (Zion's `/users/me`) every token is checked with it too: it knows whether
+    the user may still be served (a refusal is None: 401). The identity is the claims' when they carry
+    an email, else the profile's (usage reported to Zion is keyed by email). While the source is
+    unreachable, a token whose claims carry an email is served from them.
     """
 
     name = "jwt"
@@ -239,8 +240,10 @@ class LocalJwtIdentitySource:
         email = _text(claims.get("email"))
         if self.profile_source is not None:
             # Governance says whether a valid token's user may still be served (deactivated or
-            # deleted since it was issued: 401), once per token and cache TTL. While it cannot be
-            # reached, a token whose claims carry the email is served from them (as a cached one is).
+            # deleted since it was issued: 401), once per token and cache TTL. The identity stays
+            # the claims' when they carry the email (the same user whether governance answers or
+            # not: their quotas, objects and sessions are keyed by it); else it is governance's.
+            # While governance cannot be reached, a token with an email is served from its claims.
             try:
                 profile = await self.profile_source.authenticate(token)
             except GovernanceUnavailable:
@@ -250,8 +253,9 @@ class LocalJwtIdentitySource:
             else:
                 if profile is None:
                     return None
-                earliest = min(expires_at, profile.expires_at or expires_at)
-                return replace(profile, expires_at=earliest)
+                if email is None:
+                    earliest = min(expires_at, profile.expires_at or expires_at)
+                    return replace(profile, expires_at=earliest)
         return Identity(
             external_id=external_id,
             user_id=sub or external_id,

@@ -45,9 +45,15 @@ class UnreadableAnswer(UpstreamError):
         self.usage = usage
 
 
-def broken_off(provider: str) -> UnreadableAnswer:
-    """A 2xx answer whose connection broke while its body was read: served and billed, unread."""
-    return UnreadableAnswer(f"Provider {provider} broke off its answer", usage=None, provider=provider)
+class BrokenOffAnswer(UnreadableAnswer):
+    """A 2xx answer whose connection broke while its body was read: served and billed, unread. Unlike
+    an answer a client can make unreadable, this is the provider's fault: it counts toward backoff
+    (still never sent again elsewhere: it was billed)."""
+
+
+def broken_off(provider: str) -> BrokenOffAnswer:
+    """The error for a 2xx answer cut off while it was read (see `BrokenOffAnswer`)."""
+    return BrokenOffAnswer(f"Provider {provider} broke off its answer", usage=None, provider=provider)
 
 
 def stream_failure(provider: str, error: object) -> str:

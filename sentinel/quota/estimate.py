@@ -110,7 +110,7 @@ def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:
         thinking = payload.get("thinking")
         return isinstance(thinking, dict) and thinking.get("type") != "disabled"
     if endpoint == "chat":
-        return payload.get("reasoning_effort") is not None
+        return payload.get("reasoning_effort") not in (None, "none")
     if endpoint == "responses":
         return isinstance(payload.get("reasoning"), dict)
     return False

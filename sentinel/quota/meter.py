@@ -268,9 +268,11 @@ class QuotaMeter:
         timeout, with status 499, shielded from the cancellation. Any other exception (the client
         gets a 500, not an answer) gives the reservation back."""
         if isinstance(error, asyncio.CancelledError):
-            await asyncio.shield(self.settle(admission, usage=None, output_text="", status=499, provider=None))
+            await asyncio.shield(self.settle(admission, usage=None, output_text="", status=499, provider=None,
+                                             output_estimate=0))
         elif isinstance(error, UpstreamTimeout) and error.sent:
-            await self.settle(admission, usage=None, output_text="", status=error.status, provider=error.provider)
+            await self.settle(admission, usage=None, output_text="", status=error.status, provider=error.provider,
+                              output_estimate=0)
         elif isinstance(error, UnreadableAnswer):  # served, billed: its usage, else all it reserved
             await self.settle(admission, usage=error.usage, output_text="", status=error.status,
                               provider=error.provider, output_estimate=admission.max_output)

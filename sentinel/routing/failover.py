@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 from sentinel.domain.identity import Identity
 from sentinel.errors import RateLimited, SentinelError, UpstreamError, UpstreamTimeout
 from sentinel.providers.chat import ChatProvider
-from sentinel.providers.errors import UnreadableAnswer
+from sentinel.providers.errors import BrokenOffAnswer, UnreadableAnswer
 from sentinel.routing.router import RouteChoice, TierRouter
 
 T = TypeVar("T")
@@ -28,13 +28,15 @@ def is_provider_failure(exc: SentinelError) -> bool:
     """Errors that say the provider is unhealthy (not that the request was bad)."""
     if isinstance(exc, RateLimited):
         return exc.code == "provider_rate_limited"
-    return isinstance(exc, UpstreamError) and exc.code != "provider_auth_error" and not isinstance(exc, UnreadableAnswer)
+    if isinstance(exc, UnreadableAnswer):  # a client can make an answer unreadable; not cut it off
+        return isinstance(exc, BrokenOffAnswer)
+    return isinstance(exc, UpstreamError) and exc.code != "provider_auth_error"
 
 
 def may_retry(exc: SentinelError) -> bool:
     """Whether a provider failure may be sent to another candidate: not when the provider may have
-    served (and billed) it — a read timeout."""
-    return not (isinstance(exc, UpstreamTimeout) and exc.sent)
+    served (and billed) it — a read timeout, an answer cut off while it was read."""
+    return not ((isinstance(exc, UpstreamTimeout) and exc.sent) or isinstance(exc, UnreadableAnswer))
 
 
 @dataclass(frozen=True)

@@ -124,5 +124,6 @@ def test_requests_for_reasoning_the_provider_does_not_show_are_known() -> None:
     assert not hides_output("messages", {})
     assert hides_output("chat", {"reasoning_effort": "high"})
     assert not hides_output("chat", {"reasoning_effort": None})
+    assert not hides_output("chat", {"reasoning_effort": "none"})
     assert hides_output("responses", {"reasoning": {"effort": "low"}})
     assert not hides_output("responses", {"input": "hi"}) and not hides_output("embeddings", {"reasoning": {}})

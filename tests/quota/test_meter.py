@@ -189,6 +189,17 @@ async def test_a_call_the_provider_never_answered_counts_its_request_and_input()
     assert await s.used() == {"requests": 1, "input_tokens": admission.estimate_input, "output_tokens": 0}
 
 
+async def test_a_call_never_answered_is_not_charged_output_even_when_it_asked_for_reasoning() -> None:
+    """Reasoning asked for (`thinking`) is charged as reserved when a stream ends without the
+    provider's count; a call never answered (a read timeout, a cancellation) had no output at all."""
+    s = Setup()
+    for error in (UpstreamTimeout("timed out", provider="openai"), asyncio.CancelledError()):
+        admission = await s.admit({**payload(), "thinking": {"type": "enabled", "budget_tokens": 1024}}, "messages")
+        assert admission.hidden_output
+        await s.meter.fail(admission, error)
+    assert [r.output_tokens for r in s.outbox.records] == [0, 0]
+
+
 async def test_a_call_cancelled_mid_way_counts_like_one_never_answered() -> None:
     """Cancelled (the server stopping past its shutdown deadline) while the provider may already
     have it: recorded as 499 with its request and estimated input; before, the reservation stayed

@@ -123,7 +123,7 @@ def test_count_tokens(gateway: Gateway) -> None:
 
 
 def test_typed_errors(gateway_factory: Callable[..., Gateway]) -> None:
-    gw = gateway_factory(default_plan="requests=3/1m")
+    gw = gateway_factory(default_plan="requests=3/1d")
     with pytest.raises(anthropic.AuthenticationError):
         gw.anthropic(api_key="sk-sentinel-wrong").messages.create(model=HAIKU, max_tokens=5, messages=user("x"))
     claude = gw.anthropic()

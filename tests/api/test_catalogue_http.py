@@ -61,7 +61,7 @@ def test_default_catalogue_lists_the_configured_providers_models(gateway: Gatewa
 
 
 def test_unknown_model_is_404_before_anything_happens(gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
-    gw = catalogue_gateway(gateway_factory, tmp_path, default_plan="requests=1/1m")
+    gw = catalogue_gateway(gateway_factory, tmp_path, default_plan="requests=1/1d")
     before = mock_requests(gw)
     with gw.client() as http:
         oa = http.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})

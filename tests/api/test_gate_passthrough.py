@@ -89,7 +89,7 @@ def test_allowed_paths_need_a_valid_key(gateway_factory: Callable[..., Gateway],
 
 def test_allowed_calls_are_admitted_against_the_plan(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
     gw = start(gateway_factory, spy, passthrough="/v1/moderations,/v1/files/*")
-    set_plan(gw.settings.database_url, "alice", "three", "requests=3/1m")
+    set_plan(gw.settings.database_url, "alice", "three", "requests=3/1d")
     with gw.client() as http:
         upload = http.post("/v1/files", files={"file": ("a.txt", b"x")}, data={"purpose": "user_data"})
         answers = [upload, *(http.post("/v1/moderations", json=MODERATION) for _ in range(2))]

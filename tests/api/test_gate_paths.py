@@ -86,7 +86,7 @@ def assert_invalid_path(status: int, body: bytes, target: object) -> None:
 def test_encoded_dot_segment_does_not_bypass_an_exhausted_quota(spy_gw: Gateway, spy: SpyUpstream) -> None:
     """The reported attack: refused with 429 on the metered path, the same key tries it encoded."""
     gw = spy_gw
-    set_plan(gw.settings.database_url, "alice", "one", "requests=1/1m")
+    set_plan(gw.settings.database_url, "alice", "one", "requests=1/1d")
     assert post(gw, "/v1/chat/completions")[0] == 200
     status, body = post(gw, "/v1/chat/completions")
     assert status == 429, body

@@ -217,7 +217,7 @@ def test_a_refused_native_request_creates_or_changes_no_session(
     gateway_factory: Callable[..., Gateway], redis_url: str, tmp_path: Path
 ) -> None:
     gw = gateway_factory(redis_url=redis_url, debug=True, providers_file=tiers_file(tmp_path, "openai"))
-    bob_key = new_user(gw, "bob", "requests=1/1m")
+    bob_key = new_user(gw, "bob", "requests=1/1d")
     store = redis.Redis.from_url(redis_url)
 
     def session(conv: str, user: str = "bob") -> bytes | None:

@@ -27,7 +27,7 @@ def test_a_request_the_provider_refuses_counts_as_a_request_and_is_recorded(
     gateway_factory: Callable[..., Gateway],
 ) -> None:
     gw = gateway_factory()
-    asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=3/1m"))
+    asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=3/1d"))
     chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
     with gw.client() as http:
         refused = http.post("/v1/chat/completions", json=chat, headers={"X-Mock-Status": "400"})
@@ -100,7 +100,7 @@ def test_provider_refusals_count_on_every_surface_and_failures_give_back(
     build, endpoint, model, native = REFUSAL_CASES[case]
     extra: dict[str, Any] = {"providers_file": tiers_file(tmp_path, native)} if native else {}
     gw = gateway_factory(usage_flush_interval_seconds=0.1, **extra)
-    asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=4/1m"))
+    asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=4/1d"))
     # The native API's tier router puts a failed provider in backoff (its next call would be refused
     # before admission): there the 503 comes last and a /v1 call (same quota) reads what was left.
     failures = (503,) if native else (503, 429)

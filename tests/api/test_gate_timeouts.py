@@ -52,7 +52,7 @@ def test_a_call_the_provider_never_answered_counts_one_request_and_its_input(
     path, body, endpoint, model, native = CASES[case]
     extra: dict[str, Any] = {"providers_file": tiers_file(tmp_path, native)} if native else {}
     gw = gateway_factory(upstream_timeout_seconds=TIMEOUT, usage_flush_interval_seconds=0.1, **extra)
-    asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=3/1m"))
+    asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=3/1d"))
     probe = {"model": MINI, "messages": [{"role": "user", "content": "hi"}]}
     with gw.client() as http:
         timed_out = http.post(path, json=body)
@@ -73,7 +73,7 @@ def test_a_call_that_never_reached_the_provider_gives_everything_back(
     gateway_factory: Callable[..., Gateway],
 ) -> None:
     gw = gateway_factory(openai_api_url=f"http://127.0.0.1:{free_port()}/v1", usage_flush_interval_seconds=0.1)
-    asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=3/1m"))
+    asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=3/1d"))
     chat = {"model": MINI, "messages": [{"role": "user", "content": "hi"}]}
     with gw.client() as http:
         first = http.post("/v1/chat/completions", json=chat)
@@ -136,7 +136,7 @@ def test_an_answer_that_cannot_be_read_is_recorded_and_does_not_take_the_model_d
     with serving(upstream) as srv:
         gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"),
                              usage_flush_interval_seconds=0.1)
-        asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=3/1m"))
+        asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=3/1d"))
         bob = asyncio.run(create_key(gw.settings.database_url, "bob"))[1]
         with gw.client() as http:
             upstream.json(TRUNCATED_CALL)

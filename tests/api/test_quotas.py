@@ -27,7 +27,7 @@ def ledger_totals(database_url: str, external_id: str) -> dict[str, int]:
 
 def test_request_limit_bites_with_headers(gateway_factory: Callable[..., Gateway], backend_url: str | None) -> None:
     gw = gateway_factory(redis_url=backend_url)
-    set_plan(gw.settings.database_url, "alice", "tiny", "requests=3/1m")
+    set_plan(gw.settings.database_url, "alice", "tiny", "requests=3/1d")
     with gw.client() as http:
         answers = [http.post("/v1/chat/completions", json=CHAT) for _ in range(4)]
     assert [r.status_code for r in answers] == [200, 200, 200, 429]
@@ -56,7 +56,7 @@ def test_token_limits_have_their_own_counters(gateway_factory: Callable[..., Gat
 
 def test_plan_change_applies_once_the_cached_plan_expires(gateway: Gateway) -> None:
     # The TTL itself is unit-tested with a clock (tests/governance/test_plan_source.py).
-    set_plan(gateway.settings.database_url, "alice", "one", "requests=1/1m")
+    set_plan(gateway.settings.database_url, "alice", "one", "requests=1/1d")
     with gateway.client() as http:
         assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
         assert http.post("/v1/chat/completions", json=CHAT).status_code == 429
@@ -70,7 +70,7 @@ def test_plan_change_applies_once_the_cached_plan_expires(gateway: Gateway) -> N
 
 
 def test_default_plan_applies_to_users_without_one(gateway_factory: Callable[..., Gateway]) -> None:
-    gw = gateway_factory(default_plan="requests=2/1m")
+    gw = gateway_factory(default_plan="requests=2/1d")
     with gw.client() as http:
         codes = [http.post("/v1/chat/completions", json=CHAT).status_code for _ in range(3)]
     assert codes == [200, 200, 429]

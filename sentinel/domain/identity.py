@@ -39,10 +39,16 @@ class Identity:
             return f"its email is longer than {MAX_EMAIL} characters"
         if "\x00" in self.external_id or (self.email is not None and "\x00" in self.email):
             return "its user id or email contains a NUL character"
+        return None
+
+    def unstorable(self) -> str | None:
+        """`unrecordable()`, or why this identity cannot be stored at all (cached, recorded): text
+        that is not valid Unicode (a JSON claim may hold a lone surrogate). Checked once, where an
+        identity comes from its source; a stored one was storable."""
         texts = (self.external_id, self.user_id, self.email, self.source, self.key_id, self.plan)
         if not all(_encodable(text) for text in texts if isinstance(text, str)):
             return "a claim is not valid Unicode text (a lone surrogate): it cannot be stored"
-        return None
+        return self.unrecordable()
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict (JSON-serialisable)."""

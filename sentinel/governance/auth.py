@@ -139,8 +139,8 @@ class Authenticator:
         if found is None or self._expired(found):
             await self.cache.put(key, None, ttl=self.negative_ttl)
             raise AuthenticationError()
-        if found.unrecordable() is not None:
-            return self._admit(found)  # refused (403), and not cached: nothing of it can be stored
+        if (problem := found.unstorable()) is not None:  # refused, and not cached: it cannot be stored
+            raise PermissionDenied(f"This identity's usage cannot be recorded: {problem}", code="identity_unrecordable")
         await self.cache.put(key, found, not_after=found.expires_at)
         return self._admit(found)
 

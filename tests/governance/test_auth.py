@@ -241,5 +241,5 @@ async def test_an_identity_that_cannot_be_stored_is_refused_not_a_500(clock: Fak
         with pytest.raises(PermissionDenied):
             await auth.authenticate("sk-sentinel-odd")
     assert source.calls == 2  # nothing was cached
-    assert Identity("a", "u\udfff").unrecordable() is not None
-    assert Identity("alice", "u1", email="a@example.com").unrecordable() is None
+    assert Identity("a", "u\udfff").unstorable() is not None
+    assert Identity("alice", "u1", email="a@example.com").unstorable() is None

@@ -148,14 +148,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # is buffered by the parser and never reaches `on_header`, so count it here (at most one
             # read more than the limit is held: the one that began the request is not counted).
             self._unparsed += len(data)
-            if self._unparsed > self._limits.max_header_bytes and not self._refused:
-                self._refuse(b"431 Request Header Fields Too Large", b"request headers too large\n")
+            if self._unparsed > self._limits.max_header_bytes:
+                self._headers_too_large()
 
     def _check(self) -> None:
         limits = self._limits
-        if not self._refused and (
-            self._header_bytes > limits.max_header_bytes or self._header_count > limits.max_headers
-        ):
+        if self._header_bytes > limits.max_header_bytes or self._header_count > limits.max_headers:
+            self._headers_too_large()
+
+    def _headers_too_large(self) -> None:
+        if not self._refused:
             self._refuse(b"431 Request Header Fields Too Large", b"request headers too large\n")
 
     def _arm(self) -> None:

@@ -116,19 +116,25 @@ class UpstreamResponse:
             return await self.raw.read()
 
     async def read_served(self) -> bytes:
-        """The whole body of a 2xx answer, the connection released (or dropped, on a failure). The
-        provider served and billed it: a connection that breaks while it is read is `UnreadableAnswer`
-        — recorded, never given back nor sent again elsewhere; a read timeout stays one (sent)."""
-        try:
+        """The whole body of a 2xx answer, the connection released (see `reading_served`)."""
+        with self.reading_served():
             raw = await self.read()
+        self.release()
+        return raw
+
+    @contextmanager
+    def reading_served(self) -> Iterator[None]:
+        """Reading a 2xx answer's body: on a failure the connection is dropped. The provider served
+        and billed the call: a connection that breaks while it is read is `BrokenOffAnswer` —
+        recorded, never given back nor sent again elsewhere; a read timeout stays one (sent)."""
+        try:
+            yield
         except UpstreamConnectionError:
             self.close()
             raise broken_off(self.provider) from None
         except UpstreamError:
             self.close()
             raise
-        self.release()
-        return raw
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """Yield body bytes as they arrive (no re-chunking, no buffering)."""

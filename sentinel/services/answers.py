@@ -20,10 +20,10 @@ import orjson
 
 from sentinel.domain.identity import Identity
 from sentinel.domain.usage import Usage
-from sentinel.errors import StoreUnavailable, UpstreamConnectionError, UpstreamError
+from sentinel.errors import StoreUnavailable, UpstreamError
 from sentinel.governance.ownership import Ownership
 from sentinel.observability.metrics import Metrics
-from sentinel.providers.errors import broken_off, upstream_error
+from sentinel.providers.errors import upstream_error
 from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
 from sentinel.quota.meter import Admission, Meter
@@ -58,18 +58,12 @@ class AnswerRelay:
         started = time.perf_counter()
         chunks: list[bytes] = []
         size = 0
-        try:
+        with upstream.reading_served():
             async for chunk in upstream.iter_chunks():
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > MAX_BUFFERED:
                     return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating, ex)
-        except UpstreamConnectionError:  # served and billed, then cut off: recorded, not sent again
-            upstream.close()
-            raise broken_off(upstream.provider) from None
-        except UpstreamError:
-            upstream.close()
-            raise
         upstream.release()
         raw = b"".join(chunks)
         self.metrics.child(self.metrics.upstream_duration, upstream.provider, endpoint).observe(

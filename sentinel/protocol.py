@@ -1,20 +1,23 @@
-"""Connection limits the ASGI app cannot enforce: time and size of a request's headers.
+"""Connection limits the ASGI app cannot enforce: time and size of a request's headers, the rest of
+a body already answered, and a client that does not read its answer.
 
 uvicorn's httptools protocol waits for headers forever and takes any number of them, and waits
 forever for a client to read its answer; a client that trickles its request line, or stops reading,
 could hold a connection (and an in-flight slot) indefinitely.
 `GuardedHttpToolsProtocol` closes a connection whose headers are not complete within
 `header_timeout` seconds of its first byte (or of the connection, for one that sends nothing; for
-a request pipelined behind one still being answered, as soon as that answer is complete)
-and answers 431 to more than `max_headers` headers or `max_header_bytes` bytes of request line
-and headers (a header line that never ends included). A request answered before its body was all
-in (a 401, a 413 from its Content-Length) keeps its connection while the rest arrives — read and
+a request pipelined behind one still being answered, as soon as that answer is complete) and
+answers 431 to more than `max_headers` headers or `max_header_bytes` bytes of request line and
+headers (a header line that never ends included). A request answered before its body was all in
+(a 401, a 413 from its Content-Length) keeps its connection while the rest arrives — read and
 dropped, so the client still gets its answer — but for at most `body_timeout` seconds: one that
-trickles the rest is then closed (every byte it sent had put off the keep-alive timeout). While the answer cannot be written because the client does not read it (the
-transport paused writing), `send_timeout` seconds without progress close the connection (the app
-sees a client disconnect: its slot is freed, a stream is settled as 499). Body reading time is bounded by the app (`Deps.read_body`); idle keep-alive by
-uvicorn's `timeout_keep_alive`. The limits travel on the uvicorn `Config` object (module-level
-class, picklable config: `--workers` processes get them too).
+trickles the rest is then closed (every byte it sent had put off the keep-alive timeout). While
+the answer cannot be written because the client does not read it (the transport paused writing),
+`send_timeout` seconds without progress close the connection (the app sees a client disconnect:
+its slot is freed, a stream is settled as 499). A body the app reads is bounded by the app
+(`sentinel.api.bodies.read_within`); idle keep-alive by uvicorn's `timeout_keep_alive`. The limits
+travel on the uvicorn `Config` object (module-level class, picklable config: `--workers`
+processes get them too).
 """
 
 from __future__ import annotations

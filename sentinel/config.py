@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -44,6 +45,9 @@ def env(name: str, default: Any, **constraints: Any) -> Any:
     return Field(default, validation_alias=name, **constraints)
 
 
+MAX_SECONDS = 1_000_000_000  # ~31 years: the longest duration a setting takes (`1e300` overflowed timedelta)
+MIN_JWT_SECRET_BYTES = 32
+
 # Settings whose values are never shown (not in errors, not in logs, not in repr).
 SECRET_FIELDS = frozenset(
     {"openai_api_key", "anthropic_api_key", "zion_api_key", "jwt_secret", "docs_api_key", "admin_key"}
@@ -66,6 +70,7 @@ class Settings(BaseSettings):
         extra="ignore",
         populate_by_name=True,
         case_sensitive=False,
+        allow_inf_nan=False,  # `inf` seconds turned the slow-client limits off and broke aiohttp's timeouts
     )
 
     # --- server -------------------------------------------------------------------------------
@@ -212,6 +217,23 @@ class Settings(BaseSettings):
             raise ValueError("must be sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
         return value
 
+    @field_validator("*")
+    @classmethod
+    def _seconds_bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        if (info.field_name or "").endswith("_seconds") and isinstance(value, int | float) and value > MAX_SECONDS:
+            raise ValueError(f"must be at most {MAX_SECONDS} seconds")
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _jwt_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value().encode()) < MIN_JWT_SECRET_BYTES:
+            # One stolen token and an offline guess of a short HMAC key mint tokens for every user.
+            raise ValueError(f"must be at least {MIN_JWT_SECRET_BYTES} bytes (HS256 wants a 256-bit key)")
+        return value
+
     @field_validator("admin_key")
     @classmethod
     def _admin_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -289,15 +311,12 @@ class ConfigError(Exception):
     """Raised with one human line naming the variable and what is wrong."""
 
 
-_USERINFO = re.compile(r"://[^/@]*@")
-
-
 def _shown(field: str, value: Any) -> str:
-    """What an error may show of a bad value: never a secret, never a URL's credentials."""
-    if field in SECRET_FIELDS or not isinstance(value, str | int | float):
+    """What an error may show of a bad value: never a secret, never a URL (a mistyped one is no
+    easier to strip of its credentials than a good one: `redis:/:pw@host`, `?password=`)."""
+    if field in SECRET_FIELDS or field.endswith("_url") or not isinstance(value, str | int | float):
         return ""
-    text = _USERINFO.sub("://***@", str(value))
-    return f" (got {text!r})"
+    return f" (got {str(value)!r})"
 
 
 def load_settings(**overrides: Any) -> Settings:

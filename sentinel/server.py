@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import math
 import os
 import shutil
 import signal
@@ -135,7 +136,7 @@ def _config(app: Callable[..., Any], settings: Settings, workers: int) -> uvicor
         lifespan="on",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_seconds),  # 0.5 s is not 0
         server_header=False,
         # X-Forwarded-* only from the proxies the operator names (else the socket's address and scheme).
         proxy_headers=bool(settings.forwarded_allow_ips),

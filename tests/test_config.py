@@ -106,3 +106,44 @@ def test_a_jwks_without_an_audience_is_refused(monkeypatch: pytest.MonkeyPatch) 
     assert "JWT_AUDIENCE" in str(refused.value)
     monkeypatch.setenv("JWT_AUDIENCE", "sentinel")
     assert load_settings().jwt_audience == "sentinel"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SENTINEL_SEND_TIMEOUT_SECONDS", "inf"),  # the slow-client limits, silently off
+        ("SENTINEL_UPSTREAM_CONNECT_TIMEOUT_SECONDS", "infinity"),  # every upstream call a 500
+        ("REDIS_TIMEOUT_SECONDS", "1e400"),  # a hung Redis never failed over
+        ("SENTINEL_SHUTDOWN_TIMEOUT_SECONDS", "inf"),  # a traceback at start
+        ("USAGE_LEASE_SECONDS", "1e300"),  # a timedelta overflow at start
+    ],
+)
+def test_durations_must_be_finite_and_bounded(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name.removeprefix("SENTINEL_")):
+        load_settings(_env_file=None)
+
+
+def test_a_short_jwt_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One stolen token and an offline guess of a one-byte HMAC key would mint tokens for anyone."""
+    monkeypatch.setenv("JWT_SECRET", "x" * 31)
+    with pytest.raises(ConfigError, match="JWT_SECRET: must be at least 32 bytes") as refused:
+        load_settings(_env_file=None)
+    assert "x" * 31 not in str(refused.value)
+    monkeypatch.setenv("JWT_SECRET", "x" * 32)
+    assert load_settings(_env_file=None).jwt_secret is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "secret"),
+    [
+        ("REDIS_URL", "redis:/:s3cret@cache:6379", "s3cret"),  # a mistyped scheme
+        ("DATABASE_URL", "mysql://u:p@ss@h/db", "ss@h"),  # an '@' inside the password
+        ("DATABASE_URL", "postgresq://h/db?password=hunter2", "hunter2"),  # a password in the query
+    ],
+)
+def test_a_bad_url_is_never_quoted_back(monkeypatch: pytest.MonkeyPatch, name: str, value: str, secret: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name) as refused:
+        load_settings(_env_file=None)
+    assert secret not in str(refused.value)

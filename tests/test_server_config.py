@@ -22,3 +22,9 @@ def test_the_connection_limits_reach_the_protocol() -> None:
     config = _config(app, Settings(_env_file=None, header_timeout_seconds=3, max_headers=50), 1)  # type: ignore[call-arg]
     assert config.http is GuardedHttpToolsProtocol
     assert config.sentinel_limits.header_timeout == 3 and config.sentinel_limits.max_headers == 50  # type: ignore[attr-defined]
+
+
+def test_a_shutdown_deadline_under_a_second_is_not_zero() -> None:
+    """`int(0.5)` gave uvicorn no time at all: every request in flight was cut at SIGTERM."""
+    config = _config(app, Settings(_env_file=None, shutdown_timeout_seconds=0.5), 1)  # type: ignore[call-arg]
+    assert config.timeout_graceful_shutdown == 1

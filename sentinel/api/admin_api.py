@@ -26,12 +26,12 @@ from sentinel.api.admin_json import (
     user_json,
     user_summary_json,
 )
-from sentinel.api.bodies import parse_json_object, refuse_control_characters
+from sentinel.api.bodies import is_read, parse_json_object, refuse_control_characters
 from sentinel.api.deps import Deps
 from sentinel.api.responses import RawResponse, json_response
 from sentinel.domain.numbers import MAX_INT64, parse_whole
 from sentinel.services.admin import Actor, AdminService
-from sentinel.services.admin_forms import limit_inputs, refuse
+from sentinel.services.admin_forms import MAX_ITEMS, limit_inputs, refuse
 from sentinel.services.admin_usage import STEPS, parse_moment
 
 PREFIX = "/admin/api"
@@ -201,7 +201,7 @@ class AdminApiRoutes:
 
     async def plan(self, request: Request) -> RawResponse:
         name = request.path_params["name"]
-        if request.method == "GET":
+        if is_read(request):
             self._access(request)
             return json_response(plan_json(await self.service.plan(name)))
         actor = self._actor(request)
@@ -226,7 +226,7 @@ class AdminApiRoutes:
             await self.service.reset_tier(tier, actor)
             return json_response({"reset": tier})
         entries = (await self._body(request)).get("entries")
-        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries) or len(entries) > 50:
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries) or len(entries) > MAX_ITEMS:
             raise refuse({"entries": "a list of provider/model:cost[:input_price:output_price] strings"})
         await self.service.set_tier(tier, entries, actor)
         return json_response(tiers_json(await self.service.tiers()))

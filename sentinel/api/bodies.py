@@ -35,6 +35,13 @@ async def read_within(request: Request, *, limit: int, seconds: float, too_large
     return b"".join(chunks)
 
 
+def is_read(request: Request) -> bool:
+    """GET or HEAD: a request that only reads. Routes that answer GET answer HEAD too (Starlette),
+    so a handler that branches on the method must send HEAD down the read branch: one that took
+    "not GET" for a write ran a HEAD with a body as a PUT, without its CSRF check."""
+    return request.method in ("GET", "HEAD")
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object nested at most MAX_JSON_DEPTH levels, or InvalidRequest (400)."""
     try:

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from sentinel.api import console_pages as pages
 from sentinel.api.admin_api import address_of
 from sentinel.api.admin_auth import AdminGate
-from sentinel.api.bodies import read_within, refuse_control_characters
+from sentinel.api.bodies import is_read, read_within, refuse_control_characters
 from sentinel.api.console_html import layout, message_page, signin_page
 from sentinel.api.docs import HTML_HEADERS
 from sentinel.api.docs_assets import DocsAssets
@@ -52,6 +52,9 @@ def _see_other(location: str, extra: list[tuple[bytes, bytes]] | None = None) ->
 
 def _user_path(external_id: str) -> str:
     return f"/admin/users/{quote(external_id, safe='')}"
+
+
+TEXTAREAS = frozenset({"entries"})  # the form fields whose value may span lines
 
 
 class ConsoleRoutes:
@@ -103,7 +106,10 @@ class ConsoleRoutes:
             form = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=400)
         except (UnicodeDecodeError, ValueError):
             raise InvalidRequest("Unreadable form") from None
-        refuse_control_characters(form, "a form", lines=True)  # a textarea's lines (tier entries) are split
+        # Only the tier form's textarea (`entries`) holds lines, which are split: a line break in any
+        # other field (a key's name, an email) is refused as the admin API refuses it.
+        refuse_control_characters({k: v for k, v in form.items() if k not in TEXTAREAS}, "a form")
+        refuse_control_characters([form.get(name, []) for name in TEXTAREAS], "a form", lines=True)
         return form
 
     async def _post(self, request: Request) -> tuple[str, Form, Actor] | RawResponse:
@@ -123,7 +129,7 @@ class ConsoleRoutes:
 
     # --- sign-in -----------------------------------------------------------------------------------
     async def signin(self, request: Request) -> RawResponse:
-        if request.method == "GET":
+        if is_read(request):
             return _html(200, signin_page(self.css))
         address = address_of(request)
         self.gate.throttle.check(address)
@@ -235,7 +241,7 @@ class ConsoleRoutes:
         return [LimitInput(m, n, w) for m, n, w in zip(pad(metrics), pad(limits), pad(windows), strict=True)]
 
     async def plans(self, request: Request) -> RawResponse:
-        if request.method == "GET":
+        if is_read(request):
             return await self._guarded(request, lambda session: self._plans_page(session))
         checked = await self._post(request)
         if isinstance(checked, RawResponse):
@@ -251,7 +257,7 @@ class ConsoleRoutes:
 
     async def plan(self, request: Request) -> RawResponse:
         name = request.path_params["name"]
-        if request.method == "GET":
+        if is_read(request):
             async def render(session: str) -> RawResponse:
                 plan = await self.service.plan(name)
                 rows = [LimitInput(lim.metric, str(lim.limit), format_window(lim.window_seconds)) for lim in plan.limits]

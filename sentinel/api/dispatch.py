@@ -16,6 +16,7 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from sentinel.api.context import context
+from sentinel.api.responses import method_not_allowed
 from sentinel.errors import MethodNotAllowed, NotFound
 
 Endpoint = Callable[[Request], Awaitable[Any]]
@@ -68,4 +69,4 @@ class Dispatcher:
 
 def _method_not_allowed(scope: Scope, methods: dict[str, Any]) -> MethodNotAllowed:
     allowed = ", ".join(sorted(m for m in methods if m != "HEAD"))
-    return MethodNotAllowed(f"Method {scope['method']} not allowed on {scope['path']}", headers={"Allow": allowed})
+    return method_not_allowed(scope, allowed)

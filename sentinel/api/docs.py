@@ -31,7 +31,7 @@ import orjson
 from starlette.requests import Request
 from starlette.routing import Route
 
-from sentinel.api.bodies import read_within
+from sentinel.api.bodies import is_read, read_within
 from sentinel.api.docs_assets import DocsAssets
 from sentinel.api.docs_auth import MAX_FORM_BYTES, DocsGate, form_key
 from sentinel.api.openapi import build_openapi
@@ -151,7 +151,7 @@ class DocsRoutes:
     async def signin(self, request: Request) -> RawResponse:
         if self.gate.open:
             return RawResponse(303, b"", [(b"location", b"/native/docs")])
-        if request.method == "GET":
+        if is_read(request):
             return self._signin_page(200)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":

@@ -23,11 +23,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sentinel.api.context import MAX_CLIENT_REQUEST_ID, RequestContext
 from sentinel.api.paths import check_raw_path
-from sentinel.api.responses import endpoint_not_found
+from sentinel.api.responses import endpoint_not_found, method_not_allowed
 from sentinel.api.surfaces import render_error, surface_headers
 from sentinel.api.user_slots import UserSlots
 from sentinel.domain.usage import new_request_id
-from sentinel.errors import ClientClosedRequest, InternalError, MethodNotAllowed, Overloaded, SentinelError
+from sentinel.errors import ClientClosedRequest, InternalError, Overloaded, SentinelError
 from sentinel.observability.logging import AccessLog, clipped, request_id_var
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.outcomes import RequestOutcomes
@@ -174,9 +174,6 @@ def _as_sentinel_error(exc: Exception, scope: Scope) -> SentinelError:
         if exc.status_code == 404:
             return endpoint_not_found(scope)
         if exc.status_code == 405:
-            err = MethodNotAllowed(f"Method {scope['method']} not allowed on {scope['path']}")
-            if exc.headers and "Allow" in exc.headers:
-                err.headers["Allow"] = exc.headers["Allow"]
-            return err
+            return method_not_allowed(scope, (exc.headers or {}).get("Allow"))
         return SentinelError(str(exc.detail), status=exc.status_code, code="http_error")
     return InternalError("Internal server error")

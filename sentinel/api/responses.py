@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from sentinel.errors import NotFound, SentinelError
+from sentinel.errors import MethodNotAllowed, NotFound, SentinelError
 from sentinel.observability.logging import clipped
 
 HeaderList = list[tuple[bytes, bytes]]
@@ -58,6 +58,12 @@ def endpoint_not_found(scope: Scope) -> NotFound:
         f"Endpoint {scope['method']} {clipped(scope['path'])} not found. API endpoints are under /v1/ and /native/",
         code="endpoint_not_found",
     )
+
+
+def method_not_allowed(scope: Scope, allowed: str | None = None) -> MethodNotAllowed:
+    """The 405 for a method the path's route does not serve (`allowed`: the `Allow` header)."""
+    return MethodNotAllowed(f"Method {scope['method']} not allowed on {clipped(scope['path'])}",
+                            headers=None if allowed is None else {"Allow": allowed})
 
 
 class StreamingRelay:

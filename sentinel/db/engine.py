@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -90,7 +91,7 @@ def _sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
         # One shared connection, or every session would see its own empty database.
         kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
     engine = create_async_engine(url, echo=echo, **kwargs)
     wal = path is not None
 
@@ -106,6 +107,17 @@ def _sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
         cursor.close()
 
     return engine
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file (and its directory) readable by this user only, if missing: it holds
+    key digests, emails, usage and the audit log. SQLite gives its `-wal` and `-shm` files the
+    database file's permissions. An existing file keeps the permissions its operator gave it."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # an empty file is an empty database
+    except FileExistsError:
+        pass
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -11,7 +11,6 @@ variable is set.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 from typing import Any
@@ -22,6 +21,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The files prometheus_client keeps per process for gauges that count live processes only.
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db$")
+# prometheus_client's own files (`<type>_<pid>.db`): nothing else in the directory is touched.
+_METRIC_FILE = re.compile(r"^(?:counter|histogram|summary|gauge_[a-z]+)_\d+\.db$")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -150,10 +151,13 @@ class Metrics:
 
 
 def prepare_shared_dir(path: str) -> None:
-    """Start `path` empty of metric files (values of an earlier run must not be added to this one)."""
+    """Start `path` empty of metric files (values of an earlier run must not be added to this one).
+    Only prometheus_client's files go: an operator's directory may hold other `.db` files (a
+    `PROMETHEUS_MULTIPROC_DIR=./data` emptied Sentinel's own database)."""
     os.makedirs(path, exist_ok=True)
-    for name in glob.glob(os.path.join(path, "*.db")):
-        os.remove(name)
+    for name in os.listdir(path):
+        if _METRIC_FILE.match(name):
+            os.remove(os.path.join(path, name))
 
 
 def forget_dead_processes(path: str) -> None:

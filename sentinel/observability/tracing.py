@@ -113,13 +113,16 @@ class OtelTracing(Tracing):
     enabled = True
 
     def __init__(self, provider: TracerProvider) -> None:
-        from opentelemetry import context, propagate, trace
+        from opentelemetry import context, trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self.provider = provider
         self.tracer = provider.get_tracer("sentinel")
         self._trace = trace
         self._context = context
-        self._propagate = propagate
+        # `traceparent` only, both ways: a client's `baggage` and `tracestate` are its own, never
+        # carried into Sentinel's calls to Zion, the JWKS or a provider.
+        self._propagate = TraceContextTextMapPropagator()
 
     @contextlib.contextmanager
     def span(self, name: str, attributes: Mapping[str, Any] | None = None, *, client: bool = False
@@ -147,6 +150,13 @@ class OtelTracing(Tracing):
         """Open a request (SERVER) span, child of the client's `traceparent` if any, and make it
         current; returns (span, token for `end_request`)."""
         parent = self._propagate.extract(headers)
+        remote = self._trace.get_current_span(parent).get_span_context()
+        if remote.is_valid:
+            # The client's trace id and span id link the traces; whether this request is recorded is
+            # Sentinel's decision, never the client's sampled flag (a `-00` kept failures out of traces).
+            linked = self._trace.SpanContext(remote.trace_id, remote.span_id, is_remote=True,
+                                             trace_flags=self._trace.TraceFlags(self._trace.TraceFlags.SAMPLED))
+            parent = self._trace.set_span_in_context(self._trace.NonRecordingSpan(linked))
         span = self.tracer.start_span(name, context=parent, kind=self._trace.SpanKind.SERVER,
                                       attributes=dict(attributes))
         token = self._context.attach(self._trace.set_span_in_context(span, parent))

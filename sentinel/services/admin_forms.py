@@ -43,6 +43,9 @@ class LimitInput:
     window: str | int
 
 
+MAX_ITEMS = 50  # limits in a plan, candidates in a tier: on every surface (API, console, CLI)
+
+
 def refuse(fields: Mapping[str, str], message: str = "Some fields are not valid") -> InvalidRequest:
     """The InvalidRequest carrying per-field messages."""
     first = next(iter(fields.items()), None)
@@ -68,9 +71,13 @@ def check_limits(items: Iterable[LimitInput]) -> list[Limit]:
     errors: dict[str, str] = {}
     limits: list[Limit] = []
     seen: dict[tuple[str, int], int] = {}
+    counted = 0
     for i, item in enumerate(items):
         if item.metric in ("", None) and str(item.limit).strip() == "" and str(item.window).strip() == "":
             continue
+        counted += 1
+        if counted > MAX_ITEMS:
+            raise refuse({"limits": f"at most {MAX_ITEMS} limits"})
         here = f"limits.{i}"
         if item.metric not in METRICS:
             errors[f"{here}.metric"] = f"choose one of {', '.join(METRICS)}"
@@ -96,8 +103,8 @@ def check_limits(items: Iterable[LimitInput]) -> list[Limit]:
 
 def limit_inputs(raw: Any) -> list[LimitInput]:
     """`[{"metric", "limit", "window"}, ...]` (JSON) as LimitInputs; InvalidRequest when malformed."""
-    if not isinstance(raw, list) or len(raw) > 50:
-        raise refuse({"limits": "a list of at most 50 {metric, limit, window} objects"})
+    if not isinstance(raw, list) or len(raw) > MAX_ITEMS:
+        raise refuse({"limits": f"a list of at most {MAX_ITEMS} {{metric, limit, window}} objects"})
     out = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
@@ -120,9 +127,13 @@ def check_tier_entries(lines: Iterable[str]) -> list[TierModelEntry]:
     blank items are skipped."""
     errors: dict[str, str] = {}
     entries: list[TierModelEntry] = []
+    counted = 0
     for i, line in enumerate(lines):
         if not line.strip():
             continue
+        counted += 1
+        if counted > MAX_ITEMS:
+            raise refuse({"entries": f"at most {MAX_ITEMS} candidates"})
         try:
             entry = parse_entry(line.strip())
         except ValidationError as exc:  # a price below 0 or not finite, a cost out of range

@@ -110,17 +110,32 @@ class Series:
         }
 
 
+# Moments are kept within these (a date near year 1 or 9999 overflowed once shifted to UTC or into
+# buckets): nothing is recorded before the first, and a range past the last reads nothing more.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 def parse_moment(text: str | None, now: datetime) -> datetime | None:
-    """`7d`, `1h`, `90s` (that long before `now`) or an ISO date/time (UTC unless it says otherwise);
-    None for None or empty text; ValueError on anything else."""
+    """An ISO date/time (UTC unless it says otherwise; `20240101` is a date, not seconds) or `7d`,
+    `1h`, `90s` (that long before `now`), as UTC, kept between EARLIEST and LATEST; None for None
+    or empty text; ValueError on anything else."""
     if text is None or not text.strip():
         return None
     try:
-        return now - timedelta(seconds=parse_duration(text))
-    except (ValueError, OverflowError):  # OverflowError: a window reaching before year 1 (99999999d)
-        pass
-    moment = datetime.fromisoformat(text.strip())
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        try:
+            moment = now - timedelta(seconds=parse_duration(text))
+        except OverflowError:  # a window reaching before year 1 (99999999d)
+            raise ValueError(f"window {text.strip()!r} reaches before year 1") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is in year 10000 in UTC; 0001-01-01+01:00 in year 0
+        return EARLIEST if moment.year == 1 else LATEST
+    return min(max(moment, EARLIEST), LATEST)
 
 
 def _ms(value: float | None) -> float | None:

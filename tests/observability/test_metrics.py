@@ -129,10 +129,12 @@ def test_serve_gives_several_workers_a_temporary_directory_and_removes_it(
 def test_an_operators_directory_is_emptied_of_metric_files_and_kept(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: int
 ) -> None:
-    (tmp_path / "counter_1.db").write_bytes(b"an earlier run")
+    for name in ("counter_1.db", "gauge_livesum_12.db", "histogram_3.db"):
+        (tmp_path / name).write_bytes(b"an earlier run")
     (tmp_path / "notes.txt").write_text("not ours")
+    (tmp_path / "sentinel.db").write_bytes(b"the operator's database: PROMETHEUS_MULTIPROC_DIR=./data emptied it")
     monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
     with _metrics_dir(workers):
         assert os.environ[MULTIPROC_ENV] == str(tmp_path)
-        assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "sentinel.db"]
     assert os.environ[MULTIPROC_ENV] == str(tmp_path) and tmp_path.is_dir()

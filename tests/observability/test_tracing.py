@@ -221,3 +221,17 @@ def test_an_endpoint_selects_the_otlp_exporter() -> None:
         assert tracing.provider.resource.attributes["service.name"] == "sentinel-test"
     finally:
         tracing.shutdown()
+
+
+def test_the_callers_sampling_flag_baggage_and_tracestate_stay_its_own(traced: Traced, mock_upstream: str) -> None:
+    """A `-00` traceparent kept the request (failures included) out of the traces, and the client's
+    `baggage` was injected into every call Sentinel made while serving it."""
+    headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+               "baggage": "user=victim", "tracestate": "vendor=client"}
+    with traced.client() as client:
+        assert client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
+    span = traced.request_span("/v1/chat/completions")  # recorded although the caller said "not sampled"
+    assert span.context is not None and f"{span.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    upstream = {k.lower(): v for k, v in _upstream_headers(mock_upstream).items()}
+    assert upstream["traceparent"].endswith("-01") and "b7ad6b7169203331" not in upstream["traceparent"]
+    assert "tracestate" not in upstream or upstream["tracestate"] == "vendor=client"  # relayed as sent, at most

@@ -1,0 +1,107 @@
+"""Edges of the operator surfaces an attacker-minded review found: dates at the ends of the
+calendar, HEAD on a route that writes, line breaks and oversized forms in the console, a 405 that
+quoted a whole path."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from tests.api.conftest import Gateway
+from tests.api.test_console import ADMIN_KEY, Console
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+@pytest.fixture
+def gw(gateway_factory: Callable[..., Gateway]) -> Gateway:
+    return gateway_factory(admin_key=ADMIN_KEY)
+
+
+@pytest.fixture
+def api(gw: Gateway) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def console(gw: Gateway) -> Iterator[Console]:
+    c = Console(gw)
+    yield c
+    c.http.close()
+
+
+EDGES = ["9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59", "0001-01-01"]
+
+
+@pytest.mark.parametrize("moment", EDGES)
+def test_dates_at_the_ends_of_the_calendar_never_give_a_500(api: httpx.Client, console: Console, moment: str) -> None:
+    """A date that left years 1-9999 once shifted to UTC, or once cut into buckets, was a 500."""
+    for param in ("since", "until"):
+        answers = [
+            api.get("/admin/api/usage.csv", params={param: moment}),
+            api.get("/admin/api/usage/totals", params={"user": "alice", param: moment}),
+            console.get("/admin/export.csv", params={param: moment}),
+        ]
+        for answer in answers:
+            assert answer.status_code in (200, 400), (param, answer.request.url, answer.status_code, answer.text)
+    for step, since, until in (("1h", "0001-01-01T00:00:00+01:00", "0001-01-01T01:00:00"),
+                               ("1m", "9999-12-31T23:00:00", "9999-12-31T23:59:59-01:00")):
+        answer = api.get("/admin/api/usage", params={"step": step, "since": since, "until": until})
+        assert answer.status_code in (200, 400), answer.text
+        if answer.status_code == 400:
+            assert answer.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_compact_iso_date_is_a_date_not_a_number_of_seconds(api: httpx.Client) -> None:
+    """`since=20240101` (ISO 8601's basic format) covered the last 20,240,101 seconds (~234 days)."""
+    answer = api.get("/admin/api/usage", params={"step": "1d", "since": "20240101", "until": "20240105"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["start"].startswith("2024-01-01")
+    assert len(answer.json()["points"]) == 4
+
+
+def test_head_on_a_plan_reads_it_and_never_saves_one(gw: Gateway) -> None:
+    """HEAD (which the route answers because it answers GET) ran the PUT branch, with no CSRF check."""
+    with httpx.Client(base_url=gw.url, timeout=30) as client:
+        assert client.post("/admin/signin", data={"key": ADMIN_KEY}).status_code == 303
+        body = b'{"limits":[{"metric":"requests","limit":"7","window":"1h"}],"create":true}'
+        head = client.request("HEAD", "/admin/api/plans/headcookie", content=body,
+                              headers={"Content-Type": "application/json"})
+        assert head.status_code == 404  # no such plan: HEAD read it, as GET does
+        assert client.get("/admin/api/plans/headcookie").status_code == 404
+        put = client.put("/admin/api/plans/headcookie", content=body, headers={"Content-Type": "application/json"})
+        assert put.status_code == 403 and put.json()["error"]["code"] == "csrf_failed"  # the write needs its token
+
+
+@pytest.mark.parametrize("field", ["name", "email"])
+def test_console_fields_other_than_the_tier_textarea_refuse_line_breaks(console: Console, field: str) -> None:
+    values = {"name": "laptop", "email": ""}
+    values[field] = "line1\r\nBcc: z@w" if field == "email" else "line1\r\nline2"
+    page = console.post("/admin/users/carol/keys", values)
+    assert page.status_code == 400
+    with httpx.Client(base_url=console.gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api:
+        assert api.get("/admin/api/keys", params={"user": "carol"}).json()["keys"] == []
+    entries = "openai/gpt-4o-mini:1\r\nopenai/gpt-4o:3"  # the textarea's lines are still its lines
+    assert console.post("/admin/tiers/cheap", {"entries": entries}).status_code in (303, 400, 409)
+
+
+def test_console_forms_take_no_more_items_than_the_api(console: Console) -> None:
+    limits = [item for n in range(51) for item in (("metric", "requests"), ("limit", "5"), ("window", f"{n + 1}m"))]
+    page = console.post("/admin/plans", [("name", "big"), *limits])
+    assert page.status_code == 400 and "at most 50 limits" in page.text
+    with httpx.Client(base_url=console.gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api:
+        assert api.get("/admin/api/plans/big").status_code == 404
+    fifty = [item for n in range(50) for item in (("metric", "requests"), ("limit", "5"), ("window", f"{n + 1}m"))]
+    assert console.post("/admin/plans", [("name", "big"), *fifty]).status_code == 303
+
+
+def test_a_405_quotes_the_path_clipped(gateway: Gateway) -> None:
+    path = "/native/docs/assets/" + "A" * 5000
+    answer = httpx.post(gateway.url + path, timeout=30)
+    assert answer.status_code == 405
+    message = answer.json()["error"]["message"]
+    assert len(message) < 400 and re.search(r"A{200}", message)

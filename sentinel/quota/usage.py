@@ -168,7 +168,7 @@ class StreamInspector:
         self._text: list[str] = []
         self.parse_errors = 0
         self.saw_done = False
-        self.object_id: str | None = None
+        self.object_id: str | None = None  # the answer's own id (a stored response or chat completion)
         self.model: str | None = None  # the model the upstream named in its chunks
 
     @property
@@ -246,6 +246,8 @@ class StreamInspector:
             self.model = obj["model"]
         if self.endpoint == "responses":
             return self._absorb_responses(obj)
+        if self.object_id is None and isinstance(obj.get("id"), str):
+            self.object_id = obj["id"]  # a chat completion's chunks carry its id (stored with `store: true`)
         usage = usage_from_body(self.endpoint, obj)
         if usage is not None:
             self.usage = usage

@@ -49,10 +49,12 @@ class AnswerRelay:
 
     async def complete(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, *, owner: Identity | None,
-        ttl: float | None, creating: bool, ex: Exchange | None = None,
+        ttl: float | None, creating: bool, ex: Exchange | None = None, billed: bool = True,
     ) -> Reply | StreamReply:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
-        relayed as it arrives after the part already read."""
+        relayed as it arrives after the part already read. Not `billed`: an answer that shows an
+        object (a stored response, a batch) rather than work done for this call: its `usage` is the
+        object's, already counted when it was made, so the call counts as one request, no tokens."""
         if upstream.status >= 300:
             return await self.refused(upstream, admission)
         started = time.perf_counter()
@@ -63,7 +65,8 @@ class AnswerRelay:
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > MAX_BUFFERED:
-                    return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating, ex)
+                    return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating, ex,
+                                       billed)
         upstream.release()
         raw = b"".join(chunks)
         self.metrics.child(self.metrics.upstream_duration, upstream.provider, endpoint).observe(
@@ -72,8 +75,8 @@ class AnswerRelay:
         parsed = _json(raw, upstream)
         await self.meter.settle(
             admission,
-            usage=usage_from_body(endpoint, parsed),
-            output_text="" if parsed is None else text_from_body(endpoint, parsed),
+            usage=usage_from_body(endpoint, parsed) if billed else Usage(0, 0),
+            output_text="" if parsed is None or not billed else text_from_body(endpoint, parsed),
             status=upstream.status,
             provider=upstream.provider,
         )
@@ -88,7 +91,7 @@ class AnswerRelay:
 
     def _large(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, head: bytes, owner: Identity | None,
-        ttl: float | None, creating: bool, ex: Exchange | None = None,
+        ttl: float | None, creating: bool, ex: Exchange | None = None, billed: bool = True,
     ) -> StreamReply:
         """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
         from; the last chunk waits for the usage record."""
@@ -113,7 +116,8 @@ class AnswerRelay:
         async def settle(status: int) -> None:
             # Without a usage object, the text of an answer this large was not kept to count: it is
             # charged the most output it could hold, as reserved (never a free answer).
-            await meter.settle(admission, usage=tail.usage(endpoint), output_text="", status=status,
+            usage = tail.usage(endpoint) if billed else Usage(0, 0)
+            await meter.settle(admission, usage=usage, output_text="", status=status,
                                provider=upstream.provider, output_estimate=admission.max_output)
             object_id = leading_id(head) if creating else None
             if owner is not None and object_id is not None:
@@ -136,7 +140,8 @@ class AnswerRelay:
                 admission, usage=inspector.usage, output_text=inspector.text, status=status, provider=upstream.provider
             )
             if owner is not None and inspector.object_id is not None:
-                await claim_created(ownership, [(inspector.object_id, ObjectPath("responses").ttl)], owner)
+                collection = "responses" if endpoint == "responses" else "chat/completions"
+                await claim_created(ownership, [(inspector.object_id, ObjectPath(collection).ttl)], owner)
             report(ex, admission, inspector.model)
 
         return relay_events(upstream, inspector, endpoint, self.metrics, settle)

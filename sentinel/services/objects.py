@@ -107,6 +107,33 @@ def referenced_ids(body: Any, limit: int = MAX_REFERENCES) -> list[str]:
     return found
 
 
+# Eval data that the provider selects from the whole account by filter (model, metadata, dates):
+# stored responses and stored chat completions of every user. A run's `source` of these types, or an
+# eval's `data_source_config` of these types (its schema drawn from them), is a list in disguise.
+ACCOUNT_SOURCES = frozenset({"responses", "stored_completions"})
+ACCOUNT_CONFIGS = frozenset({"logs", "stored_completions"})
+
+
+def reads_account_data(body: Any) -> bool:
+    """Whether a JSON body asks the provider to select stored objects across the account (an eval
+    run over `stored_completions` or `responses`, an eval configured from `logs`)."""
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(item for item in node if isinstance(item, dict | list))
+            continue
+        if not isinstance(node, dict):
+            continue
+        source, config = node.get("source"), node.get("data_source_config")
+        if isinstance(source, dict) and source.get("type") in ACCOUNT_SOURCES:
+            return True
+        if isinstance(config, dict) and config.get("type") in ACCOUNT_CONFIGS:
+            return True
+        stack.extend(value for value in node.values() if isinstance(value, dict | list))
+    return False
+
+
 class MalformedUpload(ValueError):
     """A multipart body Sentinel cannot read part by part as the provider would."""
 

@@ -41,6 +41,7 @@ from sentinel.services.objects import (
     TooManyReferences,
     classify,
     multipart_references,
+    reads_account_data,
     referenced_ids,
 )
 from sentinel.services.translated_chat import TranslatedChat
@@ -199,7 +200,7 @@ class OpenAIRelay:
             owner = identity if where.collection is not None and last != "content" else None
             reply = await self.answers.complete(
                 upstream, endpoint, admission, owner=owner, ttl=where.ttl,
-                creating=where.is_collection and method == "POST", ex=ex,
+                creating=where.is_collection and method == "POST", ex=ex, billed=_asks_for_work(method, last),
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)
@@ -231,6 +232,12 @@ class OpenAIRelay:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:  # compressed, or JSON orjson refuses: ids in it would go unchecked
             raise InvalidRequest("The request body must be JSON (uncompressed, valid UTF-8)") from None
+        if reads_account_data(parsed):
+            raise InvalidRequest(
+                "Eval data selected from the provider account by filter (stored responses, stored chat "
+                "completions, logs) is not offered: it would read every user's; give the items as a file or inline",
+                code="unsupported_data_source",
+            )
         await self.ownership.require(_references(parsed), identity.external_id)
         return orjson.dumps(parsed)
 
@@ -286,6 +293,13 @@ class Relayed:
 def target_headers(target: ModelTarget) -> list[tuple[str, str]]:
     """Where a request was served: `X-Sentinel-Provider` and `X-Sentinel-Model` (the upstream's model name)."""
     return [("x-sentinel-provider", target.provider), ("x-sentinel-model", target.upstream_model)]
+
+
+def _asks_for_work(method: str, last: str) -> bool:
+    """Whether a pass-through call asks the provider for work this call is billed for: a POST, but not
+    a `cancel`. A GET, HEAD or DELETE shows or drops an object: the `usage` in its answer is the
+    object's (a stored response fetched again), charged when the object was made."""
+    return method == "POST" and last != "cancel"
 
 
 def _stores_objects(endpoint: str, payload: dict[str, Any]) -> bool:

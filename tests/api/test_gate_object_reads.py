@@ -1,0 +1,90 @@
+"""Objects read back: fetching a stored response is not doing the work again (one request, no tokens,
+whatever `usage` the object shows); a chat completion stored with `store: true` is its creator's
+whether it was streamed or not; and no call may have the provider select stored objects across the
+account by filter (an eval run over "responses" or "stored_completions": a list in disguise)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from sentinel.mock.app import create_mock_app
+from tests.api.conftest import Gateway
+from tests.support.attack import SpyUpstream, ledger_rows, recorded_ids, spying
+from tests.support.waiting import wait_for
+
+
+@pytest.fixture
+def spy() -> Iterator[SpyUpstream]:
+    with spying(create_mock_app()) as (_, recorder):
+        yield recorder
+
+
+def test_fetching_a_stored_response_charges_no_tokens(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    gw = gateway_factory(openai_api_url=spy.url + "/v1")
+    made = gw.openai().responses.create(model="gpt-4o-mini", input="tell me a long story about a lighthouse")
+    assert made.usage is not None and made.usage.output_tokens > 0
+    with gw.client() as alice:
+        for _ in range(3):
+            fetched = alice.get(f"/v1/responses/{made.id}")
+            assert fetched.status_code == 200 and fetched.json()["usage"]["output_tokens"] == made.usage.output_tokens
+        assert alice.get(f"/v1/responses/{made.id}/input_items").status_code == 200
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 5)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert rows[0]["output_tokens"] == made.usage.output_tokens  # the call that made it is billed
+    reads = rows[1:]
+    assert [(r["input_tokens"], r["output_tokens"]) for r in reads] == [(0, 0)] * 4, reads
+    assert all(r["status"] == 200 for r in reads)
+
+
+def test_a_streamed_stored_chat_completion_is_its_creators(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """Only a non-streamed one was claimed: a streamed one stayed unowned (unreachable, even to its creator,
+    where an operator forwards `/v1/chat/completions/*`)."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url)
+    chunks = list(gw.openai().chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "keep this"}], stream=True, store=True))
+    cid = chunks[0].id
+    assert cid
+    assert redis.Redis.from_url(redis_url).get(f"sentinel:owner:{cid}") is not None
+    unstored = list(gw.openai().chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "not this"}], stream=True))
+    assert redis.Redis.from_url(redis_url).get(f"sentinel:owner:{unstored[0].id}") is None
+
+
+ACCOUNT_WIDE = [
+    ("/v1/evals", {"name": "e", "data_source_config": {"type": "logs", "metadata": {"usecase": "x"}},
+                   "testing_criteria": []}),
+    ("/v1/evals", {"name": "e", "data_source_config": {"type": "stored_completions"}, "testing_criteria": []}),
+    ("/v1/evals/eval_1/runs", {"data_source": {"type": "responses", "source": {"type": "responses"}}}),
+    ("/v1/evals/eval_1/runs", {"data_source": {"type": "completions",
+                                               "source": {"type": "stored_completions", "model": "gpt-4o"}}}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), ACCOUNT_WIDE)
+def test_eval_data_selected_across_the_account_is_refused(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str, path: str, body: dict[str, Any]
+) -> None:
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", passthrough="/v1/evals,/v1/evals/*", redis_url=redis_url)
+    redis.Redis.from_url(redis_url).set("sentinel:owner:eval_1", "alice")  # Alice's own eval
+    with gw.client() as alice:
+        refused = alice.post(path, json=body)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_data_source", refused.text
+    assert spy.seen == []
+    assert recorded_ids(gw.settings.database_url, redis_url) == set()  # refused: nothing recorded
+
+
+def test_an_eval_over_its_own_items_still_goes_through(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", passthrough="/v1/evals,/v1/evals/*")
+    body = {"name": "e", "data_source_config": {"type": "custom", "item_schema": {"type": "object"}},
+            "testing_criteria": []}
+    with gw.client() as alice:
+        alice.post("/v1/evals", json=body)
+    assert spy.paths() == ["/v1/evals"]

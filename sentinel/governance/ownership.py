@@ -14,13 +14,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from sentinel.errors import NotFound
+from sentinel.errors import InvalidRequest, NotFound
 from sentinel.store import Store
 from sentinel.store.base import LocalOps, Script
 
 log = logging.getLogger("sentinel.ownership")
 
 _PREFIX = "sentinel:owner:"
+# A file whose every line Sentinel checked as a batch's input (value: its owner): only such a file
+# may be a batch's `input_file_id` (each line is a request the provider runs in the owner's name).
+_BATCH_INPUT = "sentinel:batch-input:"
 _MAX_ID = 200
 
 # Record ARGV[1] as the owner unless another owner is recorded; the owner's own claim refreshes the
@@ -85,3 +88,19 @@ class Ownership:
         """Drop the record of a deleted object."""
         if 0 < len(object_id) <= _MAX_ID:
             await self.store.delete(_PREFIX + object_id)
+            await self.store.delete(_BATCH_INPUT + object_id)  # apart: two slots of a Redis Cluster
+
+    async def vouch_batch_input(self, file_id: str, owner: str) -> None:
+        """Record that `owner` uploaded `file_id` as a batch input whose lines Sentinel checked."""
+        if 0 < len(file_id) <= _MAX_ID:
+            await self.store.set(_BATCH_INPUT + file_id, owner.encode())
+
+    async def require_batch_input(self, file_id: str, owner: str) -> None:
+        """InvalidRequest (400) unless `file_id` is `owner`'s batch input checked at upload."""
+        raw = await self.store.get(_BATCH_INPUT + file_id) if 0 < len(file_id) <= _MAX_ID else None
+        if raw is None or raw.decode() != owner:
+            raise InvalidRequest(
+                "A batch's input file must be uploaded through POST /v1/files with purpose=batch (Sentinel reads "
+                "its lines for the objects they name)", code="unchecked_batch_input",
+                details={"param": "input_file_id"},
+            )

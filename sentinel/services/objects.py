@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
+import orjson
+
 DAY = 86400.0
 # Collections of per-account objects under /v1, with how long ownership is kept: no shorter than
 # the provider keeps the object (None: until it is deleted through Sentinel).
@@ -141,7 +143,58 @@ class MalformedUpload(ValueError):
 def multipart_references(body: bytes, content_type: str, limit: int = MAX_REFERENCES) -> list[str]:
     """Object ids a `multipart/form-data` body names: the value of every part whose name is, or ends
     in a bracket component that is, one of REFERENCE_KEYS (`file_id`, `file_ids[]`,
-    `tool_resources[code_interpreter][file_ids][]`), file part or not. Read strictly, since the
+    `tool_resources[code_interpreter][file_ids][]`), file part or not. Read strictly (see `_parts`)."""
+    found: list[str] = []
+    for name, value in _parts(body, content_type):
+        components = [c.rstrip("]") for c in name.split("[")]
+        if any(c in REFERENCE_KEYS for c in components):
+            found.extend(_ids(value.decode("utf-8", "replace").strip()))
+        if len(found) > limit:
+            raise TooManyReferences(f"A request may name at most {limit} objects")
+    return found
+
+
+def batch_input(body: bytes, content_type: str) -> bytes | None:
+    """The file's content when a `multipart/form-data` upload is a batch's input (`purpose` is
+    `batch`), else None. MalformedUpload when its `purpose` or `file` is not given exactly once."""
+    parts = _parts(body, content_type)
+    purposes = [value for name, value in parts if name == "purpose"]
+    if len(purposes) > 1:
+        raise MalformedUpload("An upload names its purpose once")
+    if not purposes or purposes[0].strip() != b"batch":
+        return None
+    files = [value for name, value in parts if name == "file"]
+    if len(files) != 1:
+        raise MalformedUpload("A batch input upload holds exactly one file")
+    return files[0]
+
+
+def batch_references(content: bytes, limit: int = MAX_REFERENCES) -> list[str]:
+    """Object ids a batch's JSONL input names, every line read as the provider will run it (its
+    `body` is a request of its own). InvalidBatchInput when a line is not a JSON object, or asks for
+    account-wide data (`reads_account_data`); TooManyReferences past `limit` ids in all."""
+    found: list[str] = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            request = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise InvalidBatchInput(f"Line {number} of the batch input is not JSON Sentinel can read") from None
+        if not isinstance(request, dict):
+            raise InvalidBatchInput(f"Line {number} of the batch input is not a JSON object")
+        if reads_account_data(request):
+            raise InvalidBatchInput(f"Line {number} of the batch input asks for data across the account")
+        found += referenced_ids(request, limit - len(found))
+    return found
+
+
+class InvalidBatchInput(ValueError):
+    """A batch input file Sentinel cannot check line by line."""
+
+
+def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
+    """(name, value) of every part of a `multipart/form-data` body, read strictly, since the
     provider's reader may be lenient where this one is not: MalformedUpload unless the Content-Type
     names its boundary once, the body starts with it and ends with the closing one, each delimiter
     line and header line ends in CRLF, and each part has one Content-Disposition naming it once."""
@@ -155,7 +208,7 @@ def multipart_references(body: bytes, content_type: str, limit: int = MAX_REFERE
     parts = (b"\r\n" + body).split(b"\r\n" + delimiter)
     if parts[0] or len(parts) < 2 or not parts[-1].startswith(b"--"):
         raise MalformedUpload("A multipart body must start with its boundary and end with the closing one")
-    found: list[str] = []
+    found: list[tuple[str, bytes]] = []
     for part in parts[1:-1]:
         padding, crlf, rest = part.partition(b"\r\n")
         head, blank, value = rest.partition(b"\r\n\r\n")
@@ -173,11 +226,7 @@ def multipart_references(body: bytes, content_type: str, limit: int = MAX_REFERE
         if not isinstance(name, str) or not name or len(given) != len(set(given)):
             # a tuple: RFC 2231 (`name*=`), which readers differ on; a parameter twice: first or last wins
             raise MalformedUpload("Every multipart part needs one Content-Disposition naming it once")
-        components = [c.rstrip("]") for c in name.split("[")]
-        if any(c in REFERENCE_KEYS for c in components):
-            found.extend(_ids(value.decode("utf-8", "replace").strip()))
-        if len(found) > limit:
-            raise TooManyReferences(f"A request may name at most {limit} objects")
+        found.append((name, value))
     return found
 
 

@@ -11,6 +11,7 @@ else's — in the path or the body — is a 404.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import orjson
 
 from sentinel.domain.catalogue import ModelTarget
 from sentinel.domain.identity import Identity
-from sentinel.errors import InvalidRequest, NotFound, UpstreamError
+from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable, UpstreamError
 from sentinel.governance.ownership import Ownership
 from sentinel.native.errors import NativeValidationError
 from sentinel.native.model_request import ModelChatRequest
@@ -36,15 +37,21 @@ from sentinel.routing.model_routes import ModelRoutes
 from sentinel.services.answers import AnswerRelay
 from sentinel.services.exchange import Exchange, Reply, StreamReply
 from sentinel.services.objects import (
+    MAX_REFERENCES,
+    InvalidBatchInput,
     MalformedUpload,
     ObjectPath,
     TooManyReferences,
+    batch_input,
+    batch_references,
     classify,
     multipart_references,
     reads_account_data,
     referenced_ids,
 )
 from sentinel.services.translated_chat import TranslatedChat
+
+log = logging.getLogger("sentinel.relay")
 
 RawHeaders = list[tuple[bytes, bytes]]
 Query = list[tuple[str, str]]
@@ -180,14 +187,20 @@ class OpenAIRelay:
             raise NotFound("Listing is not offered: it would show every user's objects", code="endpoint_not_supported")
         if where.object_id is not None:
             await self.ownership.require([where.object_id], identity.external_id)
-        as_json = False
+        as_json = batch_upload = False
+        creating = where.is_collection and method == "POST"
         if body:
             forwarded = forwardable_headers(headers)
             if forwarded.get("content-encoding", "identity").strip().lower() != "identity":
                 raise InvalidRequest("A pass-through body must not be compressed (Content-Encoding): its ids must be read")
-            checked = await self._check_body(identity, body, forwarded.get("content-type", "").strip())
+            checked, batch_upload = await self._check_body(
+                identity, body, forwarded.get("content-type", "").strip(),
+                creates_batch=creating and where.collection == "batches",
+            )
             if checked is not None:  # JSON: sent as Sentinel read it (see `_serve`)
                 as_json, body = True, checked
+        elif creating and where.collection == "batches":
+            await self.ownership.require_batch_input("", identity.external_id)  # a batch names its input
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit_call(identity, endpoint=endpoint, request_id=ex.usage_id)
         ex.headers.extend(admission.headers.items())
@@ -200,30 +213,39 @@ class OpenAIRelay:
             owner = identity if where.collection is not None and last != "content" else None
             reply = await self.answers.complete(
                 upstream, endpoint, admission, owner=owner, ttl=where.ttl,
-                creating=where.is_collection and method == "POST", ex=ex, billed=_asks_for_work(method, last),
+                creating=creating, ex=ex, billed=_asks_for_work(method, last),
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)
             raise
+        if batch_upload and creating and where.collection == "files" and isinstance(reply, Reply):
+            await self._vouch_batch_input(reply, identity)
         if method == "DELETE" and where.object_id is not None and segments[-1] == where.object_id and reply.status < 300:
             await self.ownership.forget(where.object_id)
         return reply
 
-    async def _check_body(self, identity: Identity, body: bytes, content_type: str) -> bytes | None:
-        """Refuse a body naming another user's object; a JSON body as it goes upstream (re-encoded from
-        what was checked), None for an upload (sent as it came).
+    async def _check_body(
+        self, identity: Identity, body: bytes, content_type: str, *, creates_batch: bool
+    ) -> tuple[bytes | None, bool]:
+        """Refuse a body naming another user's object. Returns (a JSON body as it goes upstream,
+        re-encoded from what was checked — None for an upload, sent as it came; whether the body is
+        the upload of a batch's input, whose every line was checked as a request of its own).
 
         The ids are read the way the provider will read the body: JSON (no Content-Type, or a JSON
         one) or a `multipart/form-data` upload, whose named parts are read. Any other type (a form,
-        text) is refused: a form reader finds fields in any bytes, JSON included."""
+        text) is refused: a form reader finds fields in any bytes, JSON included. A batch (`creates_batch`)
+        may only run an input file checked so."""
         media = content_type.partition(";")[0].strip().lower()  # the boundary keeps its case
         if media == "multipart/form-data":
             try:
                 ids = multipart_references(body, content_type)
-            except (MalformedUpload, TooManyReferences) as exc:
+                lines = batch_input(body, content_type)
+                if lines is not None:
+                    ids += batch_references(lines, MAX_REFERENCES - len(ids))
+            except (MalformedUpload, TooManyReferences, InvalidBatchInput) as exc:
                 raise InvalidRequest(str(exc)) from None
             await self.ownership.require(ids, identity.external_id)
-            return None
+            return None, lines is not None
         if media and media != "application/json" and not media.endswith("+json"):
             raise InvalidRequest(
                 "The request body must be JSON (Content-Type: application/json) or a multipart/form-data upload"
@@ -239,7 +261,22 @@ class OpenAIRelay:
                 code="unsupported_data_source",
             )
         await self.ownership.require(_references(parsed), identity.external_id)
-        return orjson.dumps(parsed)
+        if creates_batch:
+            given = parsed.get("input_file_id") if isinstance(parsed, dict) else None
+            await self.ownership.require_batch_input(given if isinstance(given, str) else "", identity.external_id)
+        return orjson.dumps(parsed), False
+
+    async def _vouch_batch_input(self, reply: Reply, identity: Identity) -> None:
+        """Mark the file an upload of a checked batch input created as such (its owner's only)."""
+        try:
+            created = orjson.loads(reply.body) if reply.status < 300 else None
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(created, dict) and isinstance(created.get("id"), str):
+            try:
+                await self.ownership.vouch_batch_input(created["id"], identity.external_id)
+            except StoreUnavailable:  # the file stays usable for everything but a batch
+                log.warning("the store is unavailable: a checked batch input was not marked as such")
 
     # --- plumbing ----------------------------------------------------------------------------------
     async def _forward(

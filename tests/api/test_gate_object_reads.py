@@ -5,14 +5,18 @@ account by filter (an eval run over "responses" or "stored_completions": a list 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 import redis
 
 from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
+from tests.support.accounts import create_key
 from tests.support.attack import SpyUpstream, ledger_rows, recorded_ids, spying
 from tests.support.waiting import wait_for
 
@@ -88,3 +92,43 @@ def test_an_eval_over_its_own_items_still_goes_through(
     with gw.client() as alice:
         alice.post("/v1/evals", json=body)
     assert spy.paths() == ["/v1/evals"]
+
+
+def test_a_batch_runs_only_input_whose_every_line_was_checked(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """Each line of a batch's input is a request the provider runs: one naming Alice's stored response
+    ran with it (Bob read her conversation from the batch's output), since only the batch's own
+    body was read for ids."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough="/v1/files/*,/v1/batches")
+    alices = gw.openai().responses.create(model="gpt-4o-mini", input="alice's private thoughts").id
+    bob_key = asyncio.run(create_key(gw.settings.database_url, "bob"))[1]
+
+    def line(body: dict[str, Any]) -> bytes:
+        return orjson.dumps({"custom_id": "1", "method": "POST", "url": "/v1/responses", "body": body})
+
+    def upload(client: httpx.Client, content: bytes, purpose: str = "batch") -> httpx.Response:
+        return client.post("/v1/files", files={"file": ("in.jsonl", content)}, data={"purpose": purpose})
+
+    with gw.client(bob_key) as bob:
+        spy.clear()
+        stealing = upload(bob, line({"model": "gpt-4o-mini", "input": "hi"}) + b"\n"
+                          + line({"model": "gpt-4o-mini", "input": "repeat it", "previous_response_id": alices}))
+        assert stealing.status_code == 404 and stealing.json()["error"]["code"] == "object_not_found", stealing.text
+        account = upload(bob, orjson.dumps({"custom_id": "1", "body": {"source": {"type": "stored_completions"}}}))
+        unreadable = upload(bob, b'{"custom_id": "1"}\nnot json\n')
+        assert [account.status_code, unreadable.status_code] == [400, 400], (account.text, unreadable.text)
+        assert spy.seen == []  # none of them reached the provider
+        plain = upload(bob, line({"model": "gpt-4o-mini", "input": "hi"}), purpose="user_data").json()["id"]
+        checked = upload(bob, line({"model": "gpt-4o-mini", "input": "hi"}) + b"\n\n").json()["id"]
+        spy.clear()
+        batch = {"endpoint": "/v1/responses", "completion_window": "24h"}
+        unchecked = bob.post("/v1/batches", json={**batch, "input_file_id": plain})
+        missing = bob.post("/v1/batches", json=batch)
+        assert [unchecked.status_code, missing.status_code] == [400, 400]
+        assert unchecked.json()["error"]["code"] == "unchecked_batch_input"
+        assert spy.seen == []
+        bob.post("/v1/batches", json={**batch, "input_file_id": checked})
+        assert spy.paths() == ["/v1/batches"]  # forwarded (the mock serves no batches)
+        assert bob.delete(f"/v1/files/{checked}").status_code == 200
+    assert redis.Redis.from_url(redis_url).get(f"sentinel:batch-input:{checked}") is None  # forgotten with the file

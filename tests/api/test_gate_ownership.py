@@ -205,7 +205,7 @@ def test_ids_are_read_as_the_provider_reads_the_body(
     reached the provider, and Bob owned the batch. Now multipart fields are read, other types are
     400, and a body Sentinel read as JSON goes upstream as `application/json`."""
     gw = start(gateway_factory, spy, redis_url)
-    victim = gw.openai().files.create(file=("v.txt", b"alice's"), purpose="batch").id
+    victim = gw.openai().files.create(file=("v.jsonl", b"{\"custom_id\": \"alice\"}"), purpose="batch").id
     bob_key = key_for(gw, "bob")
     fields = {"input_file_id": victim, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
     form = f'"&input_file_id={victim}&endpoint=/v1/chat/completions&completion_window=24h&x="'.encode()

@@ -401,7 +401,7 @@ def test_the_provider_gets_what_sentinel_read_never_the_clients_bytes(
     from what Sentinel read, on /v1/chat/completions, /v1/messages and pass-through paths."""
     upstream = ScriptedUpstream()
     with serving(upstream) as srv:
-        gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url, passthrough="/v1/batches")
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url, passthrough="/v1/moderations")
         with gw.client() as http:
             upstream.json({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
                            "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"},
@@ -416,9 +416,9 @@ def test_the_provider_gets_what_sentinel_read_never_the_clients_bytes(
             messages = http.post("/v1/messages", headers={"Content-Type": "application/json"}, content=(
                 b'{"max_tokens": 100000, "model": "claude-3-5-haiku-20241022",'
                 b' "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}'))
-            upstream.json({"id": "batch_1", "object": "batch"})
-            batch = http.post("/v1/batches", headers={"Content-Type": "application/json"},
-                              content=b'{"completion_window": "24h", "completion_window": "1h"}')
+            upstream.json({"id": "modr-1", "results": []})
+            batch = http.post("/v1/moderations", headers={"Content-Type": "application/json"},
+                              content=b'{"input": "first", "input": "last"}')
             upstream.json({"id": "chatcmpl-2", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
                            "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"},
                                         "finish_reason": "stop"}],
@@ -429,7 +429,7 @@ def test_the_provider_gets_what_sentinel_read_never_the_clients_bytes(
     assert "content-encoding" not in upstream.received_headers[3], upstream.received_headers[3]
     sent = [orjson.loads(body) for body in upstream.received]
     assert [body.get("max_tokens") for body in sent[:2]] == [5, 5]
-    assert sent[2] == {"completion_window": "1h"}
+    assert sent[2] == {"input": "last"}
     assert all(body.count(b'"max_tokens"') <= 1 and body.count(b'"completion_window"') <= 1
                for body in upstream.received)
 

@@ -24,6 +24,9 @@ _PREFIX = "sentinel:owner:"
 # A file whose every line Sentinel checked as a batch's input (value: its owner): only such a file
 # may be a batch's `input_file_id` (each line is a request the provider runs in the owner's name).
 _BATCH_INPUT = "sentinel:batch-input:"
+# The tokens a stored response (or a conversation, as of its last response) holds: a request that
+# continues it (`previous_response_id`, `conversation`) makes the provider read all of them again.
+_CONTEXT = "sentinel:context:"
 _MAX_ID = 200
 
 # Record ARGV[1] as the owner unless another owner is recorded; the owner's own claim refreshes the
@@ -87,8 +90,21 @@ class Ownership:
     async def forget(self, object_id: str) -> None:
         """Drop the record of a deleted object."""
         if 0 < len(object_id) <= _MAX_ID:
-            await self.store.delete(_PREFIX + object_id)
-            await self.store.delete(_BATCH_INPUT + object_id)  # apart: two slots of a Redis Cluster
+            for prefix in (_PREFIX, _BATCH_INPUT, _CONTEXT):  # one by one: keys in different slots of a Cluster
+                await self.store.delete(prefix + object_id)
+
+    async def context_of(self, object_ids: Iterable[str]) -> int:
+        """The tokens the objects hold as context (0 for one Sentinel does not know)."""
+        total = 0
+        for object_id in object_ids:
+            raw = await self.store.get(_CONTEXT + object_id) if 0 < len(object_id) <= _MAX_ID else None
+            total += int(raw) if raw is not None and raw.isdigit() else 0
+        return total
+
+    async def remember_context(self, object_id: str, tokens: int, ttl: float | None) -> None:
+        """Record that `object_id` holds `tokens` of context, for as long as its owner is kept."""
+        if 0 < len(object_id) <= _MAX_ID:
+            await self.store.set(_CONTEXT + object_id, str(max(0, tokens)).encode(), ttl)
 
     async def vouch_batch_input(self, file_id: str, owner: str) -> None:
         """Record that `owner` uploaded `file_id` as a batch input whose lines Sentinel checked."""

@@ -64,7 +64,7 @@ class Meter(Protocol):
 
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
-        size: int = 0,
+        size: int = 0, carried_input: int = 0,
     ) -> Admission: ...
 
     async def admit_call(self, identity: Identity, *, endpoint: str, request_id: str) -> Admission: ...
@@ -105,11 +105,13 @@ class QuotaMeter:
 
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
-        size: int = 0,
+        size: int = 0, carried_input: int = 0,
     ) -> Admission:
         """Reserve the request, its estimated input and its maximum output against every limit of the
         caller's plan; RateLimited (429) when one does not fit. `size` (the body's bytes) decides
-        whether counting runs off the event loop, after a cheap check that the plan has room at all."""
+        whether counting runs off the event loop, after a cheap check that the plan has room at all.
+        `carried_input`: tokens of earlier context the provider reads along (a stored response the
+        request continues), part of the estimated input."""
         body = payload or {}
         plan = await self.plans.plan_for(identity)
         admission = Admission(
@@ -126,6 +128,7 @@ class QuotaMeter:
             )
         else:
             admission.estimate_input = estimate_input(self.counter, endpoint, model, body, user=identity.external_id)
+        admission.estimate_input += carried_input
         await self._reserve(admission, plan)
         return admission
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, NoReturn
 
 import orjson
@@ -50,6 +50,7 @@ class AnswerRelay:
     async def complete(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, *, owner: Identity | None,
         ttl: float | None, creating: bool, ex: Exchange | None = None, billed: bool = True,
+        extends: Sequence[str] = (),
     ) -> Reply | StreamReply:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
         relayed as it arrives after the part already read. Not `billed`: an answer that shows an
@@ -82,6 +83,8 @@ class AnswerRelay:
         )
         if owner is not None:
             await claim_created(self.ownership, created_ids(parsed, creating=creating, ttl=ttl), owner)
+            if endpoint == "responses" and isinstance(parsed, dict) and isinstance(parsed.get("id"), str):
+                await remember_context(self.ownership, admission, [parsed["id"], *extends])
         report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
@@ -122,6 +125,8 @@ class AnswerRelay:
             object_id = leading_id(head) if creating else None
             if owner is not None and object_id is not None:
                 await claim_created(ownership, [(object_id, ttl)], owner)
+                if endpoint == "responses":
+                    await remember_context(ownership, admission, [object_id])
             report(ex, admission, None)
 
         stream = MeteredStream(produce, settle)
@@ -130,7 +135,7 @@ class AnswerRelay:
 
     def sse(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, strip_usage: bool,
-        owner: Identity | None, *, ex: Exchange | None = None,
+        owner: Identity | None, *, ex: Exchange | None = None, extends: Sequence[str] = (),
     ) -> StreamReply:
         inspector = StreamInspector(endpoint, strip_usage_chunk=strip_usage, provider=upstream.provider)
         meter, ownership = self.meter, self.ownership
@@ -142,6 +147,8 @@ class AnswerRelay:
             if owner is not None and inspector.object_id is not None:
                 collection = "responses" if endpoint == "responses" else "chat/completions"
                 await claim_created(ownership, [(inspector.object_id, ObjectPath(collection).ttl)], owner)
+                if endpoint == "responses":  # also when the client left early: what was charged
+                    await remember_context(ownership, admission, [inspector.object_id, *extends])
             report(ex, admission, inspector.model)
 
         return relay_events(upstream, inspector, endpoint, self.metrics, settle)
@@ -156,6 +163,21 @@ async def claim_created(ownership: Ownership, created: Iterable[tuple[str, float
             await ownership.claim(object_id, owner.external_id, ttl)
     except StoreUnavailable:
         log.warning("the store is unavailable: an object this answer created stays unowned (unreachable)")
+
+
+async def remember_context(ownership: Ownership, admission: Admission, object_ids: Iterable[str]) -> None:
+    """Record the tokens a stored response's exchange held (its input, the context it continued
+    included, and its output, as charged) under the response's id and the conversation it joined:
+    a later request continuing either is charged them as input, even when its own stream is cut off
+    before the provider's count. Like `claim_created`, a store outage costs nothing but this."""
+    if admission.recorded is None:
+        return
+    tokens = admission.recorded.input_tokens + admission.recorded.output_tokens
+    try:
+        for object_id in object_ids:
+            await ownership.remember_context(object_id, tokens, ObjectPath("responses").ttl)
+    except StoreUnavailable:
+        log.warning("the store is unavailable: a stored response's context size was not kept")
 
 
 async def refuse(

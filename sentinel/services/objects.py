@@ -230,6 +230,13 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
     return found
 
 
+def continued(payload: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """What a Responses request continues: (the stored objects whose context the provider reads
+    along — `previous_response_id`, `conversation` —, the conversation its answer extends)."""
+    conversation = _ids(payload.get("conversation"))[:1]
+    return _ids(payload.get("previous_response_id"))[:1] + conversation, conversation
+
+
 def _ids(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value] if value else []

@@ -45,6 +45,7 @@ from sentinel.services.objects import (
     batch_input,
     batch_references,
     classify,
+    continued,
     multipart_references,
     reads_account_data,
     referenced_ids,
@@ -102,15 +103,16 @@ class OpenAIRelay:
                 # Ask the upstream for the final usage chunk; strip it from the client's stream.
                 payload["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
                 strip_usage = True
+        carried, extends = continued(payload) if endpoint == "responses" else ([], [])
         request = Relayed(endpoint, segments, payload, headers, query, stream, strip_usage,
-                          identity if _stores_objects(endpoint, payload) else None)
+                          identity if _stores_objects(endpoint, payload) else None, extends=extends)
         if targets[0].kind != "openai":
             request.translated = self._translated(request, targets[0])  # a 400 here reserves nothing
         ex.operation, ex.request_model = OPERATIONS.get(endpoint, endpoint), targets[0].name
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(
                 identity, endpoint=endpoint, model=targets[0].name, payload=payload, request_id=ex.usage_id,
-                size=len(body),
+                size=len(body), carried_input=await self.ownership.context_of(carried) if carried else 0,
             )
         ex.headers.extend(admission.headers.items())
         served: list[ModelTarget] = []
@@ -169,10 +171,11 @@ class OpenAIRelay:
             admission,
         )
         if request.stream and 200 <= upstream.status < 300:
-            return self.answers.sse(upstream, request.endpoint, admission, request.strip_usage, request.owner, ex=ex)
+            return self.answers.sse(upstream, request.endpoint, admission, request.strip_usage, request.owner, ex=ex,
+                                    extends=request.extends)
         return await self.answers.complete(
             upstream, request.endpoint, admission, owner=request.owner,
-            ttl=ObjectPath(_COLLECTION.get(request.endpoint)).ttl, creating=True, ex=ex,
+            ttl=ObjectPath(_COLLECTION.get(request.endpoint)).ttl, creating=True, ex=ex, extends=request.extends,
         )
 
     # --- other calls: objects, allowed pass-through --------------------------------------------------
@@ -324,6 +327,7 @@ class Relayed:
     stream: bool
     strip_usage: bool
     owner: Identity | None
+    extends: Sequence[str] = ()  # the conversation a response is added to (its context grows)
     translated: ModelChatRequest | None = None
 
 

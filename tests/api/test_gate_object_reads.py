@@ -132,3 +132,27 @@ def test_a_batch_runs_only_input_whose_every_line_was_checked(
         assert spy.paths() == ["/v1/batches"]  # forwarded (the mock serves no batches)
         assert bob.delete(f"/v1/files/{checked}").status_code == 200
     assert redis.Redis.from_url(redis_url).get(f"sentinel:batch-input:{checked}") is None  # forgotten with the file
+
+
+def test_a_continued_response_cut_short_is_charged_the_context_it_continued(gateway_factory: Callable[..., Gateway]) -> None:
+    """The provider reads a stored response's whole context again for every request that continues
+    it; a stream cut before the provider's count was charged only its new input (a few tokens for a
+    100k-token chain, again and again)."""
+    gw = gateway_factory()
+    first = gw.openai().responses.create(model="gpt-4o-mini", input="tell me about lighthouses " * 500)
+    assert first.usage is not None
+    context = first.usage.input_tokens + first.usage.output_tokens
+    cut = {"X-Mock-Disconnect-After": "2"}  # the stream ends before `response.completed` and its usage
+    with gw.client() as alice:
+        with alice.stream("POST", "/v1/responses", headers=cut, json={
+                "model": "gpt-4o-mini", "input": "go on", "previous_response_id": first.id, "stream": True}) as answer:
+            events = [line for line in answer.iter_lines() if line.startswith("data:")]
+        second = orjson.loads(events[0][5:])["response"]["id"]
+        with alice.stream("POST", "/v1/responses", headers=cut, json={
+                "model": "gpt-4o-mini", "input": "and on", "previous_response_id": second, "stream": True}) as answer:
+            answer.read()
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 3)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [r["usage_source"] for r in rows] == ["measured", "estimated", "estimated"]
+    assert rows[1]["input_tokens"] >= context, (rows[1], context)
+    assert rows[2]["input_tokens"] >= rows[1]["input_tokens"] + rows[1]["output_tokens"]  # the chain carries on

@@ -47,6 +47,10 @@ def env(name: str, default: Any, **constraints: Any) -> Any:
 
 MAX_SECONDS = 1_000_000_000  # ~31 years: the longest duration a setting takes (`1e300` overflowed timedelta)
 MIN_JWT_SECRET_BYTES = 32
+# Settings holding a URL: never quoted back in an error (credentials may sit in any part of one).
+URL_FIELDS = frozenset(
+    {"redis_url", "database_url", "openai_api_url", "anthropic_api_url", "zion_api_url", "jwt_jwks_url", "otel_endpoint"}
+)
 
 # Settings whose values are never shown (not in errors, not in logs, not in repr).
 SECRET_FIELDS = frozenset(
@@ -314,9 +318,10 @@ class ConfigError(Exception):
 def _shown(field: str, value: Any) -> str:
     """What an error may show of a bad value: never a secret, never a URL (a mistyped one is no
     easier to strip of its credentials than a good one: `redis:/:pw@host`, `?password=`)."""
-    if field in SECRET_FIELDS or field.endswith("_url") or not isinstance(value, str | int | float):
+    if field in SECRET_FIELDS or field in URL_FIELDS or not isinstance(value, str | int | float):
         return ""
-    return f" (got {str(value)!r})"
+    text = str(value)
+    return "" if "://" in text or "@" in text else f" (got {text!r})"
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -140,6 +140,7 @@ def test_a_short_jwt_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         ("REDIS_URL", "redis:/:s3cret@cache:6379", "s3cret"),  # a mistyped scheme
         ("DATABASE_URL", "mysql://u:p@ss@h/db", "ss@h"),  # an '@' inside the password
         ("DATABASE_URL", "postgresq://h/db?password=hunter2", "hunter2"),  # a password in the query
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "htps://alice:s3cretpw@collector:4318", "s3cretpw"),
     ],
 )
 def test_a_bad_url_is_never_quoted_back(monkeypatch: pytest.MonkeyPatch, name: str, value: str, secret: str) -> None:

@@ -26,6 +26,9 @@ _LIMIT = re.compile(r"\s*(\w+)\s*=\s*([0-9]+)\s*/\s*(\S+)\s*")
 # The longest window a limit may have: a year, leap day included. Longer ones buy nothing (a
 # fixed window aligned to the epoch) and their reset times leave what dates can represent.
 MAX_WINDOW_SECONDS = 366 * 86400
+# The largest limit an operator may set (a million billion: "unlimited" in practice); sums stay far
+# inside the 64-bit integers of the store, the caches and the database.
+MAX_LIMIT = 10**15
 _SNAPSHOT = re.compile(r"[\w.\-]{1,64}")
 
 
@@ -123,6 +126,8 @@ def parse_limit(text: str) -> Limit:
     metric, limit, window = match.groups()
     if metric not in METRICS:
         raise ValueError(f"unknown quota metric {metric!r}; expected one of {', '.join(METRICS)}")
+    if int(limit) > MAX_LIMIT:
+        raise ValueError(f"limit {limit} of {metric} is larger than {MAX_LIMIT:,}")
     return Limit(cast(Metric, metric), parse_window(window), int(limit))
 
 

@@ -106,6 +106,11 @@ class Ownership:
         if 0 < len(object_id) <= _MAX_ID:
             await self.store.set(_CONTEXT + object_id, str(max(0, tokens)).encode(), ttl)
 
+    async def grow_context(self, object_id: str, tokens: int) -> None:
+        """Add `tokens` to what `object_id` holds as context (items added to a conversation)."""
+        if 0 < len(object_id) <= _MAX_ID and tokens > 0:
+            await self.store.incr(_CONTEXT + object_id, tokens)
+
     async def vouch_batch_input(self, file_id: str, owner: str) -> None:
         """Record that `owner` uploaded `file_id` as a batch input whose lines Sentinel checked."""
         if 0 < len(file_id) <= _MAX_ID:

@@ -34,7 +34,7 @@ from sentinel.backoff import Backoff
 from sentinel.breaker import CircuitBreaker, State
 from sentinel.domain.identity import Identity
 from sentinel.domain.numbers import MAX_TOKENS, parse_retry_after
-from sentinel.domain.plans import ExternalUsage, Limit, Metric, Plan
+from sentinel.domain.plans import MAX_LIMIT, ExternalUsage, Limit, Metric, Plan
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.jwt import unverified_expiry
@@ -352,6 +352,8 @@ def _parse_limits(data: dict[str, Any]) -> ZionLimits:
         metrics = {}
         for wire in WIRE_METRICS:
             meter = entry.get(wire)
+            if meter is not None and not isinstance(meter, dict):  # `"aiRequests": 100`: not a limit to drop
+                raise GovernanceUnavailable(f"Zion sent an unreadable {wire}")
             if isinstance(meter, dict):
                 limit, remaining = meter.get("limit"), meter.get("remaining")
                 metrics[wire] = MetricReading(
@@ -451,6 +453,9 @@ class ZionIdentitySource:
         return replace(identity, expires_at=expires_at)
 
 
+LATEST_RESET = 253402214400.0  # 9999-12-31T00:00:00Z: a later period end is read as this
+
+
 def plan_from_limits(limits: ZionLimits, *, max_window_seconds: int | None = None) -> Plan:
     """A Plan with one Limit per metric that has a limit (null or negative = unlimited).
 
@@ -459,20 +464,25 @@ def plan_from_limits(limits: ZionLimits, *, max_window_seconds: int | None = Non
     changes whenever the reading does (so the local count restarts once Zion includes it).
     """
     out = []
-    for user_limit in limits.limits:
+    for n, user_limit in enumerate(limits.limits):
         window = PERIOD_SECONDS[user_limit.reset_period or "NEVER"]
         if max_window_seconds is not None:
             window = min(window, max_window_seconds)
-        resets_at = user_limit.period_end.timestamp() if user_limit.period_end else None
+        # Kept where dates and Retry-After make sense (.NET's DateTime.MaxValue means "never").
+        resets_at = (min(max(user_limit.period_end.timestamp(), 0.0), LATEST_RESET)
+                     if user_limit.period_end else None)
         for wire, meter in user_limit.metrics.items():
             if meter.limit is None or meter.limit < 0:
                 continue
+            # The entry's place and period too: two unnamed entries (DAILY, MONTHLY) capped to the same
+            # window read alike, and a plan cannot hold one limit twice.
             reading = (
-                f"{user_limit.name}|{wire}|{meter.limit}|{meter.used}|{user_limit.period_start}|{resets_at}"
+                f"{n}|{user_limit.name}|{user_limit.reset_period}|{wire}|{meter.limit}|{meter.used}|"
+                f"{user_limit.period_start}|{resets_at}"
             )
             snapshot = hashlib.sha256(reading.encode()).hexdigest()[:16]
             external = ExternalUsage(max(0, meter.used), snapshot, resets_at)
-            out.append(Limit(WIRE_METRICS[wire], window, meter.limit, external))
+            out.append(Limit(WIRE_METRICS[wire], window, min(meter.limit, MAX_LIMIT), external))
     names = ",".join(dict.fromkeys(ul.name for ul in limits.limits)) or "none"
     return Plan(f"zion:{names}", tuple(out))
 

@@ -23,12 +23,15 @@ A client's own `traceparent` is honoured (the request span joins its trace).
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import aiohttp
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import Sampler
     from opentelemetry.trace import Span as OtelSpan
 
 # Attribute names (OpenTelemetry GenAI and HTTP semantic conventions).
@@ -151,11 +154,9 @@ class OtelTracing(Tracing):
         current; returns (span, token for `end_request`)."""
         parent = self._propagate.extract(headers)
         remote = self._trace.get_current_span(parent).get_span_context()
-        if remote.is_valid:
-            # The client's trace id and span id link the traces; whether this request is recorded is
-            # Sentinel's decision, never the client's sampled flag (a `-00` kept failures out of traces).
+        if remote.is_valid:  # the caller's trace id and span id link the traces; its tracestate stays its own
             linked = self._trace.SpanContext(remote.trace_id, remote.span_id, is_remote=True,
-                                             trace_flags=self._trace.TraceFlags(self._trace.TraceFlags.SAMPLED))
+                                             trace_flags=remote.trace_flags)
             parent = self._trace.set_span_in_context(self._trace.NonRecordingSpan(linked))
         span = self.tracer.start_span(name, context=parent, kind=self._trace.SpanKind.SERVER,
                                       attributes=dict(attributes))
@@ -191,6 +192,29 @@ def build_tracing(endpoint: str | None, service_name: str) -> Tracing:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}), sampler=request_sampler())
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")))
     return OtelTracing(provider)
+
+
+def request_sampler(name: str | None = None, arg: str | None = None) -> Sampler:
+    """The sampler of Sentinel's traces: `OTEL_TRACES_SAMPLER` (`always_on` when unset, `always_off`,
+    `traceidratio` with `OTEL_TRACES_SAMPLER_ARG`; a `parentbased_` prefix means the same) decides
+    for every request, whatever the sampled flag of a caller's `traceparent` says (a `-00` kept a
+    caller's failures out of the traces, a `-01` overrode the ratio); spans inside a request follow it."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
+
+    name = (os.environ.get("OTEL_TRACES_SAMPLER", "") if name is None else name).strip().lower()
+    name = name.removeprefix("parentbased_")
+    root: Sampler
+    if name == "always_off":
+        root = ALWAYS_OFF
+    elif name == "traceidratio":
+        try:
+            ratio = float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1") if arg is None else arg)
+        except ValueError:
+            ratio = 1.0
+        root = TraceIdRatioBased(min(max(ratio, 0.0), 1.0) if math.isfinite(ratio) else 1.0)
+    else:
+        root = ALWAYS_ON
+    return ParentBased(root, remote_parent_sampled=root, remote_parent_not_sampled=root)

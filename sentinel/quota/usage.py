@@ -246,7 +246,7 @@ class StreamInspector:
             self.model = obj["model"]
         if self.endpoint == "responses":
             return self._absorb_responses(obj)
-        if self.object_id is None and isinstance(obj.get("id"), str):
+        if self.object_id is None and isinstance(obj.get("id"), str) and obj["id"]:
             self.object_id = obj["id"]  # a chat completion's chunks carry its id (stored with `store: true`)
         usage = usage_from_body(self.endpoint, obj)
         if usage is not None:

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.models import utcnow
 from sentinel.domain.identity import Identity
-from sentinel.domain.plans import Limit, Plan
+from sentinel.domain.plans import MAX_LIMIT, Limit, Plan
 from sentinel.domain.tiers import TIERS, TierModelEntry, TierTable
 from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable
 from sentinel.governance.audit import AuditEntry, AuditLog
@@ -40,7 +40,6 @@ from sentinel.governance.tier_store import DbTiers, TierRepository
 from sentinel.governance.usage_stats import LedgerEntry, Ranked, UsageStats
 from sentinel.governance.users import UserDirectory, UserSummary
 from sentinel.services.admin_forms import (
-    MAX_LIMIT,
     LimitInput,
     check_limits,
     check_plan_name,

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from sentinel.domain.numbers import parse_whole
 from sentinel.domain.plans import (
+    MAX_LIMIT,
     MAX_WINDOW_SECONDS,
     METRICS,
     Limit,
@@ -29,7 +30,6 @@ from sentinel.errors import InvalidRequest
 from sentinel.governance.tier_store import parse_entry
 
 PLAN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
-MAX_LIMIT = 10**15
 MAX_COST = 10  # the tier_models table's check constraint
 WINDOW_HINT = f"a duration such as 90s, 1m, 1h, 1d, 30d or 2w, at most {format_window(MAX_WINDOW_SECONDS)}"
 

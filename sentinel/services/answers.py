@@ -67,7 +67,7 @@ class AnswerRelay:
                 size += len(chunk)
                 if size > MAX_BUFFERED:
                     return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating, ex,
-                                       billed)
+                                       billed, extends)
         upstream.release()
         raw = b"".join(chunks)
         self.metrics.child(self.metrics.upstream_duration, upstream.provider, endpoint).observe(
@@ -95,6 +95,7 @@ class AnswerRelay:
     def _large(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, head: bytes, owner: Identity | None,
         ttl: float | None, creating: bool, ex: Exchange | None = None, billed: bool = True,
+        extends: Sequence[str] = (),
     ) -> StreamReply:
         """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
         from; the last chunk waits for the usage record."""
@@ -126,7 +127,7 @@ class AnswerRelay:
             if owner is not None and object_id is not None:
                 await claim_created(ownership, [(object_id, ttl)], owner)
                 if endpoint == "responses":
-                    await remember_context(ownership, admission, [object_id])
+                    await remember_context(ownership, admission, [object_id, *extends])
             report(ex, admission, None)
 
         stream = MeteredStream(produce, settle)

@@ -13,12 +13,11 @@ top-level `container`). Sentinel does not serve those APIs, so no such object ca
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
-
-import orjson
 
 DAY = 86400.0
 # Collections of per-account objects under /v1, with how long ownership is kept: no shorter than
@@ -170,23 +169,38 @@ def batch_input(body: bytes, content_type: str) -> bytes | None:
 
 
 def batch_references(content: bytes, limit: int = MAX_REFERENCES) -> list[str]:
-    """Object ids a batch's JSONL input names, every line read as the provider will run it (its
-    `body` is a request of its own). InvalidBatchInput when a line is not a JSON object, or asks for
-    account-wide data (`reads_account_data`); TooManyReferences past `limit` ids in all."""
-    found: list[str] = []
+    """The distinct object ids a batch's JSONL input names, every line read as the provider will run
+    it (its `body` is a request of its own). InvalidBatchInput when a line is not a JSON object Sentinel
+    reads as any reader would (a key given twice, which readers resolve differently, is refused: the
+    file goes upstream as it came), or asks for account-wide data (`reads_account_data`);
+    TooManyReferences past `limit` distinct ids in all."""
+    found: dict[str, None] = {}
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            request = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise InvalidBatchInput(f"Line {number} of the batch input is not JSON Sentinel can read") from None
+            request = json.loads(line, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError; so is a repeated key
+            raise InvalidBatchInput(f"Line {number} of the batch input is not JSON Sentinel can read: {exc}") from None
         if not isinstance(request, dict):
             raise InvalidBatchInput(f"Line {number} of the batch input is not a JSON object")
         if reads_account_data(request):
             raise InvalidBatchInput(f"Line {number} of the batch input asks for data across the account")
-        found += referenced_ids(request, limit - len(found))
-    return found
+        found.update(dict.fromkeys(referenced_ids(request)))
+        if len(found) > limit:
+            raise TooManyReferences(f"A batch input may name at most {limit} objects")
+    return list(found)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError("a key is given twice")
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 class InvalidBatchInput(ValueError):

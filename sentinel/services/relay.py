@@ -37,7 +37,6 @@ from sentinel.routing.model_routes import ModelRoutes
 from sentinel.services.answers import AnswerRelay
 from sentinel.services.exchange import Exchange, Reply, StreamReply
 from sentinel.services.objects import (
-    MAX_REFERENCES,
     InvalidBatchInput,
     MalformedUpload,
     ObjectPath,
@@ -198,7 +197,7 @@ class OpenAIRelay:
                 raise InvalidRequest("A pass-through body must not be compressed (Content-Encoding): its ids must be read")
             checked, batch_upload = await self._check_body(
                 identity, body, forwarded.get("content-type", "").strip(),
-                creates_batch=creating and where.collection == "batches",
+                creates_batch=creating and where.collection == "batches", json_only=where.collection in JSON_ONLY,
             )
             if checked is not None:  # JSON: sent as Sentinel read it (see `_serve`)
                 as_json, body = True, checked
@@ -216,19 +215,21 @@ class OpenAIRelay:
             owner = identity if where.collection is not None and last != "content" else None
             reply = await self.answers.complete(
                 upstream, endpoint, admission, owner=owner, ttl=where.ttl,
-                creating=creating, ex=ex, billed=_asks_for_work(method, last),
+                creating=creating, ex=ex, billed=_asks_for_work(method, last, where),
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)
             raise
         if batch_upload and creating and where.collection == "files" and isinstance(reply, Reply):
             await self._vouch_batch_input(reply, identity)
+        if where.collection == "conversations" and method == "POST" and body and isinstance(reply, Reply):
+            await self._conversation_grew(where, last, reply, len(body))
         if method == "DELETE" and where.object_id is not None and segments[-1] == where.object_id and reply.status < 300:
             await self.ownership.forget(where.object_id)
         return reply
 
     async def _check_body(
-        self, identity: Identity, body: bytes, content_type: str, *, creates_batch: bool
+        self, identity: Identity, body: bytes, content_type: str, *, creates_batch: bool, json_only: bool
     ) -> tuple[bytes | None, bool]:
         """Refuse a body naming another user's object. Returns (a JSON body as it goes upstream,
         re-encoded from what was checked — None for an upload, sent as it came; whether the body is
@@ -237,14 +238,17 @@ class OpenAIRelay:
         The ids are read the way the provider will read the body: JSON (no Content-Type, or a JSON
         one) or a `multipart/form-data` upload, whose named parts are read. Any other type (a form,
         text) is refused: a form reader finds fields in any bytes, JSON included. A batch (`creates_batch`)
-        may only run an input file checked so."""
+        may only run an input file checked so; `json_only` calls (batches, evals: their checks read
+        JSON) refuse an upload."""
         media = content_type.partition(";")[0].strip().lower()  # the boundary keeps its case
         if media == "multipart/form-data":
+            if json_only:  # read as JSON only: an upload's fields would escape the checks below
+                raise InvalidRequest("This call takes a JSON body (Content-Type: application/json)")
             try:
                 ids = multipart_references(body, content_type)
                 lines = batch_input(body, content_type)
                 if lines is not None:
-                    ids += batch_references(lines, MAX_REFERENCES - len(ids))
+                    ids += batch_references(lines)
             except (MalformedUpload, TooManyReferences, InvalidBatchInput) as exc:
                 raise InvalidRequest(str(exc)) from None
             await self.ownership.require(ids, identity.external_id)
@@ -268,6 +272,23 @@ class OpenAIRelay:
             given = parsed.get("input_file_id") if isinstance(parsed, dict) else None
             await self.ownership.require_batch_input(given if isinstance(given, str) else "", identity.external_id)
         return orjson.dumps(parsed), False
+
+    async def _conversation_grew(self, where: ObjectPath, last: str, reply: Reply, size: int) -> None:
+        """Items given to a conversation (at its creation, or added) are context every later response
+        in it makes the provider read: counted as a token per `BYTES_PER_TOKEN` bytes of the call's
+        JSON, since this call charges none of them."""
+        if reply.status >= 300 or not (where.is_collection or last == "items"):
+            return
+        tokens = -(-size // BYTES_PER_TOKEN)
+        try:
+            if where.object_id is not None:
+                await self.ownership.grow_context(where.object_id, tokens)
+                return
+            created = orjson.loads(reply.body)
+            if isinstance(created, dict) and isinstance(created.get("id"), str):
+                await self.ownership.remember_context(created["id"], tokens, where.ttl)
+        except (orjson.JSONDecodeError, StoreUnavailable):
+            log.warning("a conversation's items were not counted as its context")
 
     async def _vouch_batch_input(self, reply: Reply, identity: Identity) -> None:
         """Mark the file an upload of a checked batch input created as such (its owner's only)."""
@@ -311,6 +332,9 @@ class OpenAIRelay:
 
 # Metered endpoints whose answers are stored upstream, and the collection that holds them.
 _COLLECTION = {"responses": "responses", "chat": "chat/completions"}
+BYTES_PER_TOKEN = 4  # items added to a conversation, as context: a token per 4 bytes of their JSON
+# Collections whose calls are read as JSON only (a batch's input file, an eval's data sources).
+JSON_ONLY = frozenset({"batches", "evals"})
 _PATHS = {"chat": ("chat", "completions"), "completions": ("completions",), "embeddings": ("embeddings",),
           "responses": ("responses",)}
 
@@ -336,11 +360,12 @@ def target_headers(target: ModelTarget) -> list[tuple[str, str]]:
     return [("x-sentinel-provider", target.provider), ("x-sentinel-model", target.upstream_model)]
 
 
-def _asks_for_work(method: str, last: str) -> bool:
+def _asks_for_work(method: str, last: str, where: ObjectPath) -> bool:
     """Whether a pass-through call asks the provider for work this call is billed for: a POST, but not
-    a `cancel`. A GET, HEAD or DELETE shows or drops an object: the `usage` in its answer is the
-    object's (a stored response fetched again), charged when the object was made."""
-    return method == "POST" and last != "cancel"
+    a `cancel` nor one to an object's own path (an update of its metadata). A GET, HEAD or DELETE
+    shows or drops an object: the `usage` in its answer is the object's (a stored response fetched
+    again, a stored chat completion updated), charged when the object was made."""
+    return method == "POST" and last != "cancel" and last != where.object_id
 
 
 def _stores_objects(endpoint: str, payload: dict[str, Any]) -> bool:

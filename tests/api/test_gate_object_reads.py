@@ -18,6 +18,8 @@ from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.support.accounts import create_key
 from tests.support.attack import SpyUpstream, ledger_rows, recorded_ids, spying
+from tests.support.servers import serving
+from tests.support.upstream import ScriptedUpstream
 from tests.support.waiting import wait_for
 
 
@@ -156,3 +158,78 @@ def test_a_continued_response_cut_short_is_charged_the_context_it_continued(gate
     assert [r["usage_source"] for r in rows] == ["measured", "estimated", "estimated"]
     assert rows[1]["input_tokens"] >= context, (rows[1], context)
     assert rows[2]["input_tokens"] >= rows[1]["input_tokens"] + rows[1]["output_tokens"]  # the chain carries on
+
+
+def test_batches_and_evals_take_json_only(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """A multipart body skipped the JSON checks: a batch over an unchecked file, an eval run over the
+    account's stored responses (`data_source[source][type]=responses`)."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url,
+                         passthrough="/v1/files/*,/v1/batches,/v1/evals,/v1/evals/*")
+    redis.Redis.from_url(redis_url).set("sentinel:owner:eval_1", "alice")
+    with gw.client() as alice:
+        plain = alice.post("/v1/files", files={"file": ("a.jsonl", b"{}")}, data={"purpose": "user_data"}).json()["id"]
+        spy.clear()
+        batch = alice.post("/v1/batches", data={"input_file_id": plain, "endpoint": "/v1/responses",
+                                                "completion_window": "24h"}, files={"x": ("x", b"")})
+        run = alice.post("/v1/evals/eval_1/runs", data={"data_source[type]": "responses",
+                                                       "data_source[source][type]": "responses"},
+                         files={"x": ("x", b"")})
+    assert [batch.status_code, run.status_code] == [400, 400], (batch.text, run.text)
+    assert spy.seen == []
+
+
+def test_a_batch_input_is_read_strictly_and_its_ids_counted_once(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough="/v1/files/*")
+    redis.Redis.from_url(redis_url).set("sentinel:owner:vs_1", "alice")
+    line = orjson.dumps({"custom_id": "1", "method": "POST", "url": "/v1/responses", "body": {
+        "model": "gpt-4o-mini", "input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}})
+    with gw.client() as alice:
+        many = alice.post("/v1/files", files={"file": ("a.jsonl", b"\n".join([line] * 1500))},
+                          data={"purpose": "batch"})
+        assert many.status_code == 200, many.text  # one id named 1,500 times is one id
+        twice = b'{"custom_id": "1", "body": {"previous_response_id": "resp_a", "previous_response_id": "resp_b"}}'
+        refused = alice.post("/v1/files", files={"file": ("a.jsonl", twice)}, data={"purpose": "batch"})
+        assert refused.status_code == 400 and "given twice" in refused.json()["error"]["message"]
+
+
+def test_updating_a_stored_object_charges_no_tokens(gateway_factory: Callable[..., Gateway], redis_url: str) -> None:
+    """`POST /v1/chat/completions/{id}` (the SDK's `update`: metadata) answered with the stored
+    completion, whose `usage` was charged again on every update."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url,
+                             passthrough="/v1/chat/completions/*")
+        redis.Redis.from_url(redis_url).set("sentinel:owner:chatcmpl-1", "alice")
+        upstream.json({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                       "choices": [], "usage": {"prompt_tokens": 900, "completion_tokens": 700, "total_tokens": 1600},
+                       "metadata": {"a": "b"}})
+        with gw.client() as alice:
+            updated = alice.post("/v1/chat/completions/chatcmpl-1", json={"metadata": {"a": "b"}})
+        assert updated.status_code == 200, updated.text
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)  # delivered from Redis
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0)]
+
+
+def test_items_given_to_a_conversation_count_as_its_context(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """Items put into a conversation by a pass-through call (no tokens charged there) are read again by
+    every response in it: they were never part of its known context."""
+    upstream = ScriptedUpstream()
+    items = {"items": [{"type": "message", "role": "user", "content": "lighthouse " * 1000}]}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url,
+                             passthrough="/v1/conversations,/v1/conversations/*")
+        upstream.json({"id": "conv_1", "object": "conversation"})
+        upstream.json({"object": "list", "data": []})
+        with gw.client() as alice:
+            assert alice.post("/v1/conversations", json=items).status_code == 200
+            created = int(redis.Redis.from_url(redis_url).get("sentinel:context:conv_1") or 0)
+            assert alice.post("/v1/conversations/conv_1/items", json=items).status_code == 200
+    grown = int(redis.Redis.from_url(redis_url).get("sentinel:context:conv_1") or 0)
+    assert created >= len(orjson.dumps(items)) // 4 and grown >= 2 * created

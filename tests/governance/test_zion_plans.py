@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -138,3 +139,52 @@ async def test_default_plan_limits_are_added_to_zion_limits_unless_off(client: Z
     plan = await ZionPlans(client, tight, max_window_seconds=3600).plan_for(Identity("ext-1", "usr_1"))
     allowed = [(await limiter.reserve("ext-1", plan, input_tokens=1, output_tokens=1)).allowed for _ in range(3)]
     assert allowed == [True, True, False]  # Zion would allow 3 more; the default plan's 2/60s decides
+
+
+@pytest.mark.parametrize("meter", [100, [100], "x", True])
+def test_a_metric_that_is_not_an_object_is_an_outage_not_no_limit(meter: object) -> None:
+    """`"aiRequests": 100` was skipped: the plan came out without that limit (unlimited)."""
+    from sentinel.governance.zion import _parse_limits
+
+    assert _parse_limits({"userId": "usr_1", "limits": []}).limits == ()  # the rest of the answer is readable
+    from sentinel.errors import GovernanceUnavailable
+
+    with pytest.raises(GovernanceUnavailable):
+        _parse_limits({"userId": "usr_1", "limits": [{"name": "d", "resetPeriod": "DAILY", "aiRequests": meter}]})
+
+
+def test_two_unnamed_limits_capped_to_one_window_make_a_plan() -> None:
+    """A DAILY and a MONTHLY entry without names, capped to the same window, read alike: building
+    the plan raised (a 500 on every request)."""
+    same = {"aiRequests": MetricReading(100, 0, 100)}
+    both = ZionLimits("usr_1", "ext-1", (UserLimit("limit", None, same, "DAILY", None, None),
+                                         UserLimit("limit", None, same, "MONTHLY", None, None)))
+    plan = plan_from_limits(both, max_window_seconds=3600)
+    assert len(plan.limits) == 2 and {lim.window_seconds for lim in plan.limits} == {3600}
+
+
+@pytest.mark.parametrize("end", [datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+                                 datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))])
+def test_a_period_end_at_the_ends_of_the_calendar_gives_a_429_not_a_500(end: datetime) -> None:
+    """A denial computed its reset date from a period end in year 9999 (or 1) shifted: year 10000."""
+    over = ZionLimits("usr_1", "ext-1", (UserLimit("d", None, {"aiRequests": MetricReading(10, 10, 0)},
+                                                   "MONTHLY", None, end),))
+    plan = plan_from_limits(over)
+
+    async def denied() -> object:
+        limiter = QuotaLimiter(MemoryStore())
+        reservation = await limiter.reserve("ext-1", plan, input_tokens=1, output_tokens=1)
+        assert not reservation.allowed
+        return reservation.decision.to_error()
+
+    error = asyncio.run(denied())
+    assert getattr(error, "status", None) == 429
+
+
+def test_limits_past_the_largest_are_clamped_from_zion_and_refused_in_config() -> None:
+    huge = ZionLimits("usr_1", "ext-1", (UserLimit("d", None, {"aiRequests": MetricReading(10**20, 0, None)},
+                                                   "DAILY", None, None),))
+    (limit,) = plan_from_limits(huge).limits
+    assert limit.limit == 10**15
+    with pytest.raises(ValueError, match="larger than"):
+        parse_plan_spec("requests=100/1m,output_tokens=100000000000000000000/30d")

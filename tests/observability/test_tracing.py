@@ -22,7 +22,13 @@ from opentelemetry.trace import SpanKind, StatusCode
 from sentinel.api.tracing import TracingMiddleware
 from sentinel.app import create_app
 from sentinel.config import Settings
-from sentinel.observability.tracing import NOOP_SPAN, NOOP_TRACING, OtelTracing, build_tracing
+from sentinel.observability.tracing import (
+    NOOP_SPAN,
+    NOOP_TRACING,
+    OtelTracing,
+    build_tracing,
+    request_sampler,
+)
 from sentinel.protocol import uvicorn_protocol_options
 from tests.support.accounts import create_key
 from tests.support.servers import ServerThread
@@ -68,7 +74,7 @@ def _settings(tmp_path: Path, upstream: str, **extra: Any) -> Settings:
 @pytest.fixture
 def traced(tmp_path: Path, mock_upstream: str) -> Iterator[Traced]:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = TracerProvider(sampler=request_sampler())  # Sentinel's own sampler (`build_tracing`)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     settings = _settings(tmp_path, mock_upstream)
     _, key = asyncio.run(create_key(settings.database_url, "alice"))
@@ -223,15 +229,47 @@ def test_an_endpoint_selects_the_otlp_exporter() -> None:
         tracing.shutdown()
 
 
-def test_the_callers_sampling_flag_baggage_and_tracestate_stay_its_own(traced: Traced, mock_upstream: str) -> None:
-    """A `-00` traceparent kept the request (failures included) out of the traces, and the client's
-    `baggage` was injected into every call Sentinel made while serving it."""
-    headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
-               "baggage": "user=victim", "tracestate": "vendor=client"}
+def test_the_callers_sampling_flag_does_not_decide(traced: Traced, mock_upstream: str) -> None:
+    """A `-00` traceparent kept the request (failures included) out of the traces."""
+    headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"}
     with traced.client() as client:
         assert client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
     span = traced.request_span("/v1/chat/completions")  # recorded although the caller said "not sampled"
     assert span.context is not None and f"{span.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
     upstream = {k.lower(): v for k, v in _upstream_headers(mock_upstream).items()}
     assert upstream["traceparent"].endswith("-01") and "b7ad6b7169203331" not in upstream["traceparent"]
-    assert "tracestate" not in upstream or upstream["tracestate"] == "vendor=client"  # relayed as sent, at most
+
+
+def test_a_ratio_decides_for_every_request_whatever_its_traceparent_says() -> None:
+    """A `-01` traceparent overrode an operator's ratio; `-00` overrode always-on."""
+    from opentelemetry.sdk.trace.sampling import Decision
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+    def decision(sampler_name: str, flags: int) -> Decision:
+        remote = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
+                             trace_flags=TraceFlags(flags))
+        sampler = request_sampler(sampler_name, "0")
+        parent = set_span_in_context(NonRecordingSpan(remote))
+        return sampler.should_sample(parent, remote.trace_id, "POST /v1/chat/completions").decision
+
+    assert decision("parentbased_traceidratio", 1) is Decision.DROP  # ratio 0: the caller's -01 does not override it
+    assert decision("always_on", 0) is Decision.RECORD_AND_SAMPLE  # nor does its -00 keep it out
+
+
+def test_the_callers_baggage_and_tracestate_never_reach_sentinels_calls() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=request_sampler())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = OtelTracing(provider)
+    span, token = tracing.start_request("POST /v1/chat/completions", {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "baggage": "user=victim", "tracestate": "vendor=client"}, {})
+    outgoing: dict[str, str] = {}
+    try:
+        tracing._propagate.inject(outgoing)  # what every call made while serving carries (`trace_configs`)
+        from opentelemetry import baggage
+        assert baggage.get_all() == {}
+    finally:
+        tracing.end_request(span, token)
+    assert set(outgoing) == {"traceparent"}
+    assert outgoing["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")

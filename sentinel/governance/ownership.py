@@ -27,6 +27,10 @@ _BATCH_INPUT = "sentinel:batch-input:"
 # The tokens a stored response (or a conversation, as of its last response) holds: a request that
 # continues it (`previous_response_id`, `conversation`) makes the provider read all of them again.
 _CONTEXT = "sentinel:context:"
+# An object whose usage was charged (made through Sentinel, or first shown with its usage to a read):
+# a later read of it (a batch or a run polled until done, a stored response fetched) charges nothing.
+_CHARGED = "sentinel:charged:"
+CHARGE_MEMORY = 31 * 86400.0  # no object is polled or fetched for its usage longer than a month
 _MAX_ID = 200
 
 # Record ARGV[1] as the owner unless another owner is recorded; the owner's own claim refreshes the
@@ -90,7 +94,7 @@ class Ownership:
     async def forget(self, object_id: str) -> None:
         """Drop the record of a deleted object."""
         if 0 < len(object_id) <= _MAX_ID:
-            for prefix in (_PREFIX, _BATCH_INPUT, _CONTEXT):  # one by one: keys in different slots of a Cluster
+            for prefix in (_PREFIX, _BATCH_INPUT, _CONTEXT, _CHARGED):  # one by one: keys in different slots of a Cluster
                 await self.store.delete(prefix + object_id)
 
     async def context_of(self, object_ids: Iterable[str]) -> int:
@@ -105,6 +109,12 @@ class Ownership:
         """Record that `object_id` holds `tokens` of context, for as long as its owner is kept."""
         if 0 < len(object_id) <= _MAX_ID:
             await self.store.set(_CONTEXT + object_id, str(max(0, tokens)).encode(), ttl)
+
+    async def charge_once(self, object_id: str) -> bool:
+        """True the first time `object_id`'s usage is charged (and marks it so); False after that."""
+        if not 0 < len(object_id) <= _MAX_ID:
+            return False
+        return await self.store.set(_CHARGED + object_id, b"1", CHARGE_MEMORY, nx=True)
 
     async def grow_context(self, object_id: str, tokens: int) -> None:
         """Add `tokens` to what `object_id` holds as context (items added to a conversation)."""

@@ -54,8 +54,10 @@ class AnswerRelay:
     ) -> Reply | StreamReply:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
         relayed as it arrives after the part already read. Not `billed`: an answer that shows an
-        object (a stored response, a batch) rather than work done for this call: its `usage` is the
-        object's, already counted when it was made, so the call counts as one request, no tokens."""
+        object (a stored response fetched, a batch or a run polled) rather than work done for this
+        call: its `usage` is the object's, charged once — when it was made through Sentinel, or by the
+        first read that shows it (a batch's or a run's usage appears only when it is done) — so
+        such a call counts as one request and, after that, no tokens."""
         if upstream.status >= 300:
             return await self.refused(upstream, admission)
         started = time.perf_counter()
@@ -74,9 +76,13 @@ class AnswerRelay:
             time.perf_counter() - started
         )
         parsed = _json(raw, upstream)
+        usage = usage_from_body(endpoint, parsed)
+        answer_id = parsed.get("id") if owner is not None and isinstance(parsed, dict) else None
+        if isinstance(answer_id, str) and usage is not None:  # (a batch made shows its usage only when done)
+            billed = await self._charged(answer_id) or billed
         await self.meter.settle(
             admission,
-            usage=usage_from_body(endpoint, parsed) if billed else Usage(0, 0),
+            usage=usage if billed else Usage(0, 0),
             output_text="" if parsed is None or not billed else text_from_body(endpoint, parsed),
             status=upstream.status,
             provider=upstream.provider,
@@ -87,6 +93,14 @@ class AnswerRelay:
                 await remember_context(self.ownership, admission, [parsed["id"], *extends])
         report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
+
+    async def _charged(self, object_id: str) -> bool:
+        """Whether this is the first charge of `object_id`'s usage (see `complete`); a store that
+        cannot be reached counts it as the first (a usage charged twice beats one never charged)."""
+        try:
+            return await self.ownership.charge_once(object_id)
+        except StoreUnavailable:
+            return True
 
     async def refused(self, upstream: UpstreamResponse, admission: Admission) -> NoReturn:
         """An upstream error answer: see `refuse`."""
@@ -148,6 +162,7 @@ class AnswerRelay:
             if owner is not None and inspector.object_id is not None:
                 collection = "responses" if endpoint == "responses" else "chat/completions"
                 await claim_created(ownership, [(inspector.object_id, ObjectPath(collection).ttl)], owner)
+                await self._charged(inspector.object_id)  # charged here: a later fetch charges nothing
                 if endpoint == "responses":  # also when the client left early: what was charged
                     await remember_context(ownership, admission, [inspector.object_id, *extends])
             report(ex, admission, inspector.model)

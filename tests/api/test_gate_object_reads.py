@@ -200,19 +200,25 @@ def test_updating_a_stored_object_charges_no_tokens(gateway_factory: Callable[..
     """`POST /v1/chat/completions/{id}` (the SDK's `update`: metadata) answered with the stored
     completion, whose `usage` was charged again on every update."""
     upstream = ScriptedUpstream()
+    stored = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 900, "completion_tokens": 700, "total_tokens": 1600}}
     with serving(upstream) as srv:
         gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url,
                              passthrough="/v1/chat/completions/*")
-        redis.Redis.from_url(redis_url).set("sentinel:owner:chatcmpl-1", "alice")
-        upstream.json({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-                       "choices": [], "usage": {"prompt_tokens": 900, "completion_tokens": 700, "total_tokens": 1600},
-                       "metadata": {"a": "b"}})
+        upstream.json(stored)
+        upstream.json({**stored, "metadata": {"a": "b"}})
+        upstream.json({**stored, "metadata": {"a": "c"}})
         with gw.client() as alice:
-            updated = alice.post("/v1/chat/completions/chatcmpl-1", json={"metadata": {"a": "b"}})
-        assert updated.status_code == 200, updated.text
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)  # delivered from Redis
+            made = alice.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "store": True,
+                                                            "messages": [{"role": "user", "content": "hi"}]})
+            assert made.status_code == 200, made.text
+            for value in ("b", "c"):
+                updated = alice.post("/v1/chat/completions/chatcmpl-1", json={"metadata": {"a": value}})
+                assert updated.status_code == 200, updated.text
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 3)  # delivered from Redis
     rows = ledger_rows(gw.settings.database_url, "alice")
-    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0)]
+    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(900, 700), (0, 0), (0, 0)]
 
 
 def test_items_given_to_a_conversation_count_as_its_context(
@@ -233,3 +239,47 @@ def test_items_given_to_a_conversation_count_as_its_context(
             assert alice.post("/v1/conversations/conv_1/items", json=items).status_code == 200
     grown = int(redis.Redis.from_url(redis_url).get("sentinel:context:conv_1") or 0)
     assert created >= len(orjson.dumps(items)) // 4 and grown >= 2 * created
+
+
+def test_a_batch_polled_until_done_is_charged_its_usage_once(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """A batch's (or a run's) usage shows only when it is done, in the answer to a GET: not charging
+    reads at all left batches unmetered, charging every read charged each poll again."""
+    upstream = ScriptedUpstream()
+    done = {"id": "batch_1", "object": "batch", "status": "completed", "output_file_id": "file-out",
+            "usage": {"input_tokens": 900, "output_tokens": 700, "total_tokens": 1600}}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/batches/*")
+        redis.Redis.from_url(redis_url).set("sentinel:owner:batch_1", "alice")
+        upstream.json({"id": "batch_1", "object": "batch", "status": "in_progress", "usage": None})
+        upstream.json(done)
+        upstream.json(done)
+        with gw.client() as alice:
+            for _ in range(3):
+                assert alice.get("/v1/batches/batch_1").status_code == 200
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 3)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0), (900, 700), (0, 0)]
+
+
+def test_a_batch_made_through_sentinel_is_charged_when_a_read_first_shows_its_usage(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url,
+                             passthrough="/v1/batches,/v1/batches/*")
+        redis.Redis.from_url(redis_url).set("sentinel:batch-input:file-in", "alice")
+        redis.Redis.from_url(redis_url).set("sentinel:owner:file-in", "alice")
+        upstream.json({"id": "batch_2", "object": "batch", "status": "validating", "usage": None})
+        upstream.json({"id": "batch_2", "object": "batch", "status": "completed",
+                       "usage": {"input_tokens": 50, "output_tokens": 20, "total_tokens": 70}})
+        with gw.client() as alice:
+            made = alice.post("/v1/batches", json={"input_file_id": "file-in", "endpoint": "/v1/responses",
+                                                   "completion_window": "24h"})
+            assert made.status_code == 200, made.text
+            assert alice.get("/v1/batches/batch_2").status_code == 200
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0), (50, 20)]

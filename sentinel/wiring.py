@@ -56,7 +56,7 @@ from sentinel.providers.catalog import DEFAULT_MODELS, WELL_KNOWN_MODELS, Catalo
 from sentinel.providers.chat import ChatProvider, make_provider
 from sentinel.providers.http import create_session
 from sentinel.providers.openai import OpenAICompatUpstream
-from sentinel.quota.deliverer import UsageDeliverer
+from sentinel.quota.deliverer import UsageDeliverer, delivery_backoff
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.quota.local_limiter import LocalLimiter
 from sentinel.quota.meter import QuotaMeter
@@ -313,7 +313,8 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
         SqlOutbox(sessions, lease_seconds=s.usage_lease_seconds, idle_recheck=IDLE_RECHECK_SECONDS),
         stream_outbox, ledger=ledger_outbox,
     )
-    deliverer = UsageDeliverer(outbox, governance.sink, metrics, interval=s.usage_flush_interval_seconds)
+    deliverer = UsageDeliverer(outbox, governance.sink, metrics, interval=s.usage_flush_interval_seconds,
+                               backoff=delivery_backoff(s.usage_lease_seconds))
     limiter = QuotaLimiter(store)
     meter = QuotaMeter(
         plans=plans, limiter=limiter, local_limiter=LocalLimiter(), failure_mode=s.quota_failure_mode,

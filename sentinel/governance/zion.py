@@ -407,6 +407,11 @@ def _match(records: list[UsageRecord], data: dict[str, Any]) -> list[ItemResult]
     results = [r for r in raw if isinstance(r, dict)] if isinstance(raw, list) else []
     if not results and not data.get("failed") and data.get("processed") == len(records):
         return [ItemResult(r.request_id, "applied") for r in records]
+    if not results:
+        # Counts without results (`{"processed": 499, "failed": 1}`) name no record: marking them all
+        # failed re-sent the 499 applied ones under a new key, every retry. A wrong shape: an outage,
+        # the same batch sent again under the same key.
+        raise GovernanceUnavailable("Zion's batch answer names no result per increment")
     if len(results) == len(records):
         matched: list[dict[str, Any] | None] = list(results)
     else:  # ambiguous (Zion echoes only the email): assume it kept the order within an email

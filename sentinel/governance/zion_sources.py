@@ -68,13 +68,14 @@ class ZionSink:
         self.client = client
 
     async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
-        """Deliver; returns the request ids Zion refused (retried later under a new key)."""
+        """Deliver; returns the request ids Zion refused (retried later under a new key), those
+        without an email among them: never sent, they stay in the outbox (a record left from a
+        `GOVERNANCE=builtin` run), not settled as if Zion had counted them."""
         result = await self.client.batch_increment(records, idempotency_key)
-        for item in result.items:
-            if item.status == "skipped":
-                log.warning("usage record without an email cannot be reported to Zion",
-                            extra={"record_id": item.request_id})
-        failed = [item.request_id for item in result.failed]
+        skipped = [item.request_id for item in result.items if item.status == "skipped"]
+        for request_id in skipped:
+            log.warning("usage record without an email cannot be reported to Zion", extra={"record_id": request_id})
+        failed = [item.request_id for item in result.failed] + skipped
         if failed:
             log.warning("Zion refused some usage records; retrying them", extra={"count": len(failed)})
         return failed

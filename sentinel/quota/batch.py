@@ -9,12 +9,17 @@ later, under a new key (the old key was applied for the others).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import orjson
 
 from sentinel.domain.usage import UsageRecord
+
+log = logging.getLogger("sentinel.outbox")
 
 KEY_PREFIX = "sentinel-usage-"
 
@@ -27,6 +32,19 @@ def new_batch_key() -> str:
 def is_batch_key(name: str) -> bool:
     """True for keys made by `new_batch_key` (anything else was never sent as a key)."""
     return name.startswith(KEY_PREFIX)
+
+
+def decode_record(raw: Any, where: str) -> UsageRecord | None:
+    """The usage record stored as `raw` (JSON bytes), or None — logged at error with what was stored,
+    the only place it is then kept — when it cannot be read (corrupted, or written by a newer
+    Sentinel): one such entry must not keep the records claimed with it from their sink forever."""
+    try:
+        return UsageRecord.from_json(orjson.loads(raw))
+    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError) as exc:
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else repr(raw)
+        log.error("an unreadable usage record was taken out of the outbox",
+                  extra={"where": where, "error": type(exc).__name__, "stored": text[:4000]})
+        return None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 One batch at a time. A batch claimed from the outbox is kept in memory and sent again — the same
 records under the same key (its `Idempotency-Key`) — with exponential backoff (0.5 s doubling to
-30 s, with jitter) until the sink answers; no new records are claimed meanwhile (other replicas
+a third of the lease, with jitter) until the sink answers; no new records are claimed meanwhile (other replicas
 may deliver them). Then the batch is settled: accepted records leave the outbox, records the sink
 refused one by one go back to be batched again later under a new key. A crash at any point leaves
 the batch in the outbox under its key, and whoever takes it over after the lease sends it under
@@ -27,6 +27,13 @@ from sentinel.quota.sink import UsageSink
 log = logging.getLogger("sentinel.deliverer")
 
 
+def delivery_backoff(lease_seconds: float) -> Backoff:
+    """Retries of a held batch: 0.5 s doubling to 30 s — or to a third of the lease, so a retry (its
+    wait plus the sink's call) renews the lease before it runs out: a replica taking the batch over
+    while this one still sends it would hold it too."""
+    return Backoff(base=min(0.5, lease_seconds / 3), cap=max(min(30.0, lease_seconds / 3), 0.001))
+
+
 class UsageDeliverer:
     """Runs `deliver_once` on an interval (or sooner when records wait) until stopped.
 
@@ -49,7 +56,7 @@ class UsageDeliverer:
         self.metrics = metrics
         self.interval = interval
         self.batch_size = batch_size
-        self.backoff = backoff or Backoff(base=0.5, cap=30.0)
+        self.backoff = backoff or delivery_backoff(30.0)
         self.clock = clock
         self.failures = 0
         self.held: Batch | None = None
@@ -61,9 +68,9 @@ class UsageDeliverer:
     async def deliver_once(self) -> int:
         """Advance the current batch (claiming one if none is held): returns how many records the
         sink accepted, 0 when nothing was delivered (nothing waiting, a failure, or not yet due)."""
+        if self.outbox.orphans:  # every cycle: also while a batch waits for its retry (a long outage)
+            await self.outbox.rescue_orphans()
         if self.held is None:
-            if self.outbox.orphans:
-                await self.outbox.rescue_orphans()
             self.held = await self.outbox.claim(self.batch_size)
             if self.held is None:
                 return 0
@@ -156,6 +163,21 @@ class UsageDeliverer:
             await asyncio.wait_for(self.drain(), drain_timeout)
         except TimeoutError:
             log.warning("usage outbox not fully drained at shutdown; the rest is delivered after restart")
+        await self._keep_memory_records()
+
+    async def _keep_memory_records(self) -> None:
+        """At shutdown, store durably what only this process's memory holds — records that found no
+        durable outbox, and a batch claimed from memory still undelivered — or say loudly what is lost."""
+        held, self.held = self.held, None
+        if held is not None and held.backend == "memory":  # undelivered: waiting in memory again
+            await self.outbox.memory.settle(held, [c.record.request_id for c in held.items], retry_in=0.0)
+        try:
+            await self.outbox.rescue_orphans(everything=True)
+        except SentinelError as exc:
+            log.warning("could not store the remaining usage records durably", extra={"error": exc.message})
+        if lost := self.outbox.orphans:
+            log.error("usage records lost at shutdown: no durable outbox was reachable",
+                      extra={"count": len(lost), "request_ids": [r.request_id for r in lost][:100]})
 
     async def drain(self) -> None:
         """Deliver batches until nothing deliverable is left or a delivery fails (a batch waiting

@@ -47,9 +47,10 @@ class MemoryOutbox:
         held = [c.record for batch in self._held.values() for c in batch.items]
         return [record for _, record in self._waiting] + held
 
-    def take_due(self) -> list[UsageRecord]:
-        """Remove and return the waiting records that may be stored or batched now."""
-        now = self.clock()
+    def take_due(self, *, everything: bool = False) -> list[UsageRecord]:
+        """Remove and return the waiting records that may be stored or batched now (`everything`:
+        those waiting for a later retry too)."""
+        now = float("inf") if everything else self.clock()
         due = [record for at, record in self._waiting if at <= now]
         self._waiting = [(at, record) for at, record in self._waiting if at > now]
         return due
@@ -154,10 +155,10 @@ class DurableOutbox:
         await self.memory.put(record)
         log.error("usage record kept in memory until an outbox is reachable", extra={"record_id": record.request_id})
 
-    async def rescue_orphans(self) -> None:
+    async def rescue_orphans(self, *, everything: bool = False) -> None:
         """Store durably the records that could be stored nowhere earlier (batches being delivered
-        from memory stay where they are)."""
-        for record in self.memory.take_due():
+        from memory stay where they are; `everything`: records waiting for a later retry too)."""
+        for record in self.memory.take_due(everything=everything):
             await self.put(record)
 
     async def claim(self, limit: int) -> Batch | None:

@@ -29,7 +29,7 @@ from sentinel.db.models import UsageOutboxRow, utcnow
 from sentinel.db.queries import insert_ignoring, picked_once
 from sentinel.domain.usage import UsageRecord
 from sentinel.quiet import QuietWindow
-from sentinel.quota.batch import Batch, Claimed, new_batch_key
+from sentinel.quota.batch import Batch, Claimed, decode_record, new_batch_key
 from sentinel.quota.group_commit import GroupCommit
 
 Row = UsageOutboxRow
@@ -126,8 +126,14 @@ class SqlOutbox:
             self.quiet.found_nothing(poll)
             return None
         rows.sort()
-        items = tuple(Claimed("sql", str(i), UsageRecord.from_json(orjson.loads(p))) for i, p in rows)
-        return Batch("sql", key, items)
+        decoded = [(i, decode_record(p, f"usage_outbox row {i}")) for i, p in rows]
+        items = tuple(Claimed("sql", str(i), record) for i, record in decoded if record is not None)
+        if unreadable := [i for i, record in decoded if record is None]:
+            with database_errors("usage outbox unavailable"):
+                async with self._sessions() as session:
+                    await session.execute(delete(Row).where(Row.id.in_(unreadable)))
+                    await session.commit()
+        return Batch("sql", key, items) if items else None
 
     async def renew(self, batch: Batch) -> bool:
         with database_errors("usage outbox unavailable"):

@@ -22,7 +22,7 @@ from collections.abc import Collection, Sequence
 import orjson
 
 from sentinel.domain.usage import UsageRecord
-from sentinel.quota.batch import Batch, Claimed, is_batch_key, new_batch_key
+from sentinel.quota.batch import Batch, Claimed, decode_record, is_batch_key, new_batch_key
 from sentinel.store import Store, StreamEntry
 
 # A batch is never larger than the deliverer's batch size; this only bounds one takeover call.
@@ -51,6 +51,7 @@ class RedisStreamOutbox:
             {"r": orjson.dumps(record.to_json())},
             replicas=self.replicas,
             replica_timeout_ms=self.replica_timeout_ms,
+            group=self.GROUP,
         )
 
     async def claim(self, limit: int) -> Batch | None:
@@ -71,7 +72,7 @@ class RedisStreamOutbox:
         if not entries:
             await self.store.stream_settle(self.KEY, self.GROUP, key)  # forget the consumer the read made
             return None
-        return self._batch(key, entries)
+        return await self._batch(key, entries)
 
     async def _take_over(self, limit: int) -> Batch | None:
         idle = await self.store.stream_idle(self.KEY, self.GROUP, min_idle_ms=self.lease_ms, count=limit)
@@ -93,14 +94,21 @@ class RedisStreamOutbox:
             if key != owner or not entries:
                 await self.store.stream_settle(self.KEY, self.GROUP, owner)  # forgotten once it holds nothing
             if entries:
-                return self._batch(key, entries)
+                return await self._batch(key, entries)
         return None
 
-    def _batch(self, key: str, entries: Sequence[StreamEntry]) -> Batch:
-        items = tuple(
-            Claimed(self.backend, e.id, UsageRecord.from_json(orjson.loads(e.fields["r"]))) for e in entries
-        )
-        return Batch(self.backend, key, items)
+    async def _batch(self, key: str, entries: Sequence[StreamEntry]) -> Batch | None:
+        """The entries as a batch; unreadable ones are logged and acknowledged (`decode_record`)."""
+        items, unreadable = [], []
+        for entry in entries:
+            record = decode_record(entry.fields.get("r"), f"stream entry {entry.id}")
+            if record is None:
+                unreadable.append(entry.id)
+            else:
+                items.append(Claimed(self.backend, entry.id, record))
+        if unreadable:
+            await self.store.stream_settle(self.KEY, self.GROUP, key, done=unreadable)
+        return Batch(self.backend, key, tuple(items)) if items else None
 
     async def renew(self, batch: Batch) -> bool:
         ids = [c.ref for c in batch.items]

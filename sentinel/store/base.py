@@ -151,7 +151,8 @@ class Store(Protocol):
         """Run an atomic script."""
 
     async def stream_add(
-        self, key: str, fields: Mapping[str, bytes], *, replicas: int = 0, replica_timeout_ms: int = 100
+        self, key: str, fields: Mapping[str, bytes], *, replicas: int = 0, replica_timeout_ms: int = 100,
+        group: str | None = None,
     ) -> str:
         """Append an entry (creating the stream if needed); returns its id. An entry without
         fields is a ValueError.
@@ -160,9 +161,10 @@ class Store(Protocol):
         stream confirmed the entry (Redis WAIT, waiting at most `replica_timeout_ms`, which must be
         below the store's timeout), so the entry survives a crash of that node and the promotion of
         a replica. Raises StoreUnavailable when the entry could not be written, or was written but
-        not confirmed in time; in the latter case it is withdrawn again (best effort: a consumer
-        may have read it meanwhile, so delivery stays at-least-once and consumers must be
-        idempotent). A backend without replicas (memory) ignores `replicas`.
+        not confirmed in time; in the latter case it is withdrawn again — unless consumer `group`
+        has read it meanwhile: then it is kept and its id returned, as stored (its reader delivers
+        it; a copy the caller stored elsewhere would be delivered twice). A backend without
+        replicas (memory) ignores `replicas`.
         """
 
     async def stream_read(self, key: str, group: str, consumer: str, count: int) -> list[StreamEntry]:

@@ -140,7 +140,8 @@ class MemoryStore:
         return result
 
     async def stream_add(
-        self, key: str, fields: Mapping[str, bytes], *, replicas: int = 0, replica_timeout_ms: int = 100
+        self, key: str, fields: Mapping[str, bytes], *, replicas: int = 0, replica_timeout_ms: int = 100,
+        group: str | None = None,
     ) -> str:
         check_replica_wait(replicas, replica_timeout_ms)
         check_stream_fields(fields)

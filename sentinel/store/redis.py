@@ -83,6 +83,30 @@ def _raised_inside_redis_py(exc: BaseException) -> bool:
     return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("redis.")
 
 
+# Withdraw a stream entry unless consumer group ARGV[1] has read it (its last delivered id is at or
+# past the entry's): 1 withdrawn, 0 kept. One script: a read cannot fall between the check and XDEL.
+_WITHDRAW_UNREAD = """
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if ok then
+  local em, es = string.match(ARGV[2], '^(%d+)-(%d+)$')
+  for _, g in ipairs(groups) do
+    local name, last
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+    end
+    if name == ARGV[1] and last and em then
+      local lm, ls = string.match(last, '^(%d+)-(%d+)$')
+      lm, ls, em, es = tonumber(lm), tonumber(ls), tonumber(em), tonumber(es)
+      if lm > em or (lm == em and ls >= es) then
+        return 0
+      end
+    end
+  end
+end
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"""
+
 class RedisStore:
     """Store backed by a standalone Redis (see `RedisClusterStore` for a cluster)."""
 
@@ -246,7 +270,8 @@ class RedisStore:
 
     # --- streams ---------------------------------------------------------------------------------
     async def stream_add(
-        self, key: str, fields: Mapping[str, bytes], *, replicas: int = 0, replica_timeout_ms: int = 100
+        self, key: str, fields: Mapping[str, bytes], *, replicas: int = 0, replica_timeout_ms: int = 100,
+        group: str | None = None,
     ) -> str:
         check_replica_wait(replicas, replica_timeout_ms)
         check_stream_fields(fields)
@@ -262,13 +287,13 @@ class RedisStore:
             if isinstance(confirmed, BaseException) and not isinstance(confirmed, ResponseError):
                 raise confirmed  # the connection failed: an outage (the entry may or may not be there)
             if isinstance(confirmed, BaseException) or int(confirmed) < replicas:
-                # Not durable: withdraw it, so the caller can store it elsewhere without the
-                # record also being delivered from here (a consumer may have read it already:
-                # at-least-once, consumers are idempotent).
-                await self._client.xdel(key, entry_id)
-                raise StoreUnavailable(
-                    f"stream entry not confirmed by {replicas} replica(s) within {replica_timeout_ms} ms"
-                )
+                # Not durable: withdraw it, so the caller can store it elsewhere without the record
+                # also being delivered from here — unless `group` read it meanwhile: its reader
+                # delivers it, and a copy stored elsewhere would be delivered twice.
+                if int(await self._client.eval(_WITHDRAW_UNREAD, 1, key, group or "", entry_id)):
+                    raise StoreUnavailable(
+                        f"stream entry not confirmed by {replicas} replica(s) within {replica_timeout_ms} ms"
+                    )
         return entry_id
 
     async def _add_and_wait(

@@ -280,7 +280,8 @@ class ShapedZion:
     """Answers /limits with `limits` as given, /usage batch-increment with `results` as given, and
     /users/me with `me_bytes` of padding (a huge answer)."""
 
-    def __init__(self, limits: object = None, results: object = None, me_bytes: int = 0) -> None:
+    def __init__(self, limits: object = None, results: object = None, me_bytes: int = 0,
+                 batch: dict[str, object] | None = None) -> None:
         from starlette.applications import Starlette
         from starlette.requests import Request
         from starlette.responses import JSONResponse, Response
@@ -294,12 +295,12 @@ class ShapedZion:
         async def limits_(_: Request) -> Response:
             return JSONResponse({"success": True, "data": {"userId": "u1", "limits": limits}})
 
-        async def batch(_: Request) -> Response:
-            return JSONResponse({"success": True, "data": {"results": results}})
+        async def batch_(_: Request) -> Response:
+            return JSONResponse({"success": True, "data": batch if batch is not None else {"results": results}})
 
         self.app = Starlette(routes=[
             Route("/api/v1/users/me", me), Route("/api/v1/limits/external/{rest:path}", limits_),
-            Route("/api/v1/usage/external/batch-increment", batch, methods=["POST"])])
+            Route("/api/v1/usage/external/batch-increment", batch_, methods=["POST"])])
 
 
 async def test_limits_of_the_wrong_shape_are_an_outage() -> None:
@@ -326,19 +327,40 @@ async def test_a_limit_beyond_any_count_is_kept_in_range() -> None:
     assert found.limits[0].reset_period is None  # a period that is not a string reads as NEVER
 
 
-async def test_batch_results_of_the_wrong_shape_fail_the_records_not_the_deliverer() -> None:
+@pytest.mark.parametrize("data", [{"results": 5}, {"processed": 0, "failed": 1}, {"results": []}])
+async def test_a_batch_answer_naming_no_result_per_record_is_an_outage(data: dict[str, object]) -> None:
+    """Counts without results name no record: marking them all failed sent the applied ones again
+    under a new key (counted twice by Zion, every retry). The same batch goes again under its key."""
     record = UsageRecord(
         request_id="r1", external_id="e1", email="u@example.com", model="m", provider="p", endpoint="chat",
         input_tokens=1, output_tokens=1, usage_source="measured", status=200,
         started_at=datetime.now(UTC), finished_at=datetime.now(UTC),
     )
-    with serving(ShapedZion(results=5).app) as server:
+    with serving(ShapedZion(batch=data).app) as server:
         client = ZionClient(server.url, "k" * 20, timeout=2.0, backoff=Backoff(base=0.01, cap=0.02, attempts=1))
         try:
-            result = await client.batch_increment([record], "sentinel-usage-" + "0" * 32)
+            with pytest.raises(GovernanceUnavailable):
+                await client.batch_increment([record], "sentinel-usage-" + "0" * 32)
         finally:
             await client.aclose()
-    assert [(item.request_id, item.status) for item in result.items] == [("r1", "failed")]
+
+
+async def test_records_without_an_email_stay_in_the_outbox() -> None:
+    """They were settled as if Zion had counted them (a record left from a GOVERNANCE=builtin run)."""
+    from sentinel.governance.zion_sources import ZionSink
+
+    record = UsageRecord(
+        request_id="no-email", external_id="e1", email=None, model="m", provider="p", endpoint="chat",
+        input_tokens=1, output_tokens=1, usage_source="measured", status=200,
+        started_at=datetime.now(UTC), finished_at=datetime.now(UTC),
+    )
+    with serving(ShapedZion(batch={"results": []}).app) as server:
+        client = ZionClient(server.url, "k" * 20, timeout=2.0, backoff=Backoff(base=0.01, cap=0.02, attempts=1))
+        try:
+            refused = await ZionSink(client).deliver([record], "sentinel-usage-" + "1" * 32)
+        finally:
+            await client.aclose()
+    assert refused == ["no-email"]
 
 
 async def test_an_answer_too_large_to_be_zions_is_refused_unread() -> None:

@@ -303,3 +303,48 @@ async def test_a_batch_whose_every_record_is_refused_is_a_failure_not_refusals(
     sink = SqlLedgerSink(SqlLedger(sessions))
     with pytest.raises(GovernanceUnavailable):
         await sink.deliver([usage_record("bad1", tokens=2**63), usage_record("bad2", tokens=2**63)], "key")
+
+
+async def test_orphans_are_stored_while_a_batch_waits_for_its_retry() -> None:
+    """They were rescued only when no batch was held: during a long outage of the sink they stayed
+    in memory, lost at the next restart."""
+    s = Setup()
+    await s.put("r1")
+    s.sink.down = True
+    assert await s.deliverer.deliver_once() == 0  # r1's batch is held, waiting for its retry
+    s.part.down = True
+    await s.put("r2")  # stored nowhere durable: in memory
+    s.part.down = False
+    await s.deliverer.deliver_once()  # not due yet: the batch waits, but r2 is stored
+    assert s.outbox.orphans == [] and "r2" in s.part.items
+
+
+async def test_stop_stores_what_only_memory_holds_or_logs_it_as_lost(caplog: pytest.LogCaptureFixture) -> None:
+    from sentinel.quota.outbox import MemoryOutbox
+
+    s = Setup()
+    s.part.down = True
+    await s.put("r1", "r2")  # in memory only
+    s.sink.down = True
+    await s.deliverer.deliver_once()  # claims r1, r2 from memory, fails: held
+    assert s.deliverer.held is not None and s.deliverer.held.backend == MemoryOutbox.backend
+    s.part.down = False
+    await s.deliverer.stop(drain_timeout=1)
+    assert sorted(s.part.items) == ["r1", "r2"] and s.outbox.orphans == []  # durable before exit
+    s2 = Setup()
+    s2.part.down = s2.sink.down = True  # nothing durable, no sink: at exit, r3 is lost, loudly
+    await s2.put("r3")
+    with caplog.at_level("ERROR", logger="sentinel.deliverer"):
+        await s2.deliverer.stop(drain_timeout=1)
+    assert any(getattr(r, "request_ids", None) == ["r3"] for r in caplog.records)
+
+
+def test_a_held_batch_is_retried_well_inside_its_lease() -> None:
+    """Retries waited up to 30 s, the lease's own length: another replica took the batch over while
+    its holder still sent it."""
+    from sentinel.quota.deliverer import delivery_backoff
+
+    for lease in (30.0, 6.0, 90.0):
+        backoff = delivery_backoff(lease)
+        assert max(backoff.delay(n) for n in range(1, 40)) <= lease / 3
+    assert delivery_backoff(300.0).cap == 30.0

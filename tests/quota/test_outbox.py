@@ -257,3 +257,23 @@ async def test_settle_goes_to_the_batch_backend_and_depth_tolerates_a_part_that_
     await outbox.settle(batch, {"r2"}, retry_in=5.0)
     assert (redis.acked, redis.retried, sql.acked) == (["r1"], [("r2", 5.0)], [])
     assert await outbox.depth() == 1
+
+
+async def test_an_unreadable_row_is_logged_and_taken_out_not_holding_its_batch(
+    sessions: async_sessionmaker[AsyncSession], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An entry that cannot be read raised after the claim: the batch stayed claimed, every lease it
+    was taken over and crashed again, and the good records claimed with it never left."""
+    outbox = SqlOutbox(sessions)
+    await outbox.put(record("r1"))
+    async with sessions() as session:
+        session.add(UsageOutboxRow(request_id="broken", payload='{"request_id": "broken"'))
+        await session.commit()
+    await outbox.put(record("r2"))
+    with caplog.at_level("ERROR", logger="sentinel.outbox"):
+        batch = await outbox.claim(10)
+    assert ids(batch) == ["r1", "r2"]
+    assert any("broken" in str(getattr(r, "stored", "")) for r in caplog.records)  # kept in the log
+    async with sessions() as session:
+        left = (await session.execute(select(UsageOutboxRow.request_id))).scalars().all()
+    assert sorted(left) == ["r1", "r2"]

@@ -221,3 +221,29 @@ def test_stream_replica_settings_default_off_and_must_fit_the_redis_timeout() ->
         load_settings(_env_file=None, USAGE_STREAM_REPLICAS="1", USAGE_STREAM_REPLICA_TIMEOUT_MS="250")
     with pytest.raises(ConfigError, match="USAGE_STREAM_REPLICAS"):
         load_settings(_env_file=None, USAGE_STREAM_REPLICAS="-1")
+
+
+@pytest.mark.redis
+async def test_an_unreadable_stream_entry_is_logged_and_acknowledged(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sentinel.store.redis import RedisStore
+
+    store = RedisStore(redis_url, timeout=5.0)
+    outbox = RedisStreamOutbox(store)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await outbox.put(usage_record("r1"))
+        await client.xadd(outbox.KEY, {"r": b"{not json"})
+        await client.xadd(outbox.KEY, {"other": b"no r field"})
+        await outbox.put(usage_record("r2"))
+        with caplog.at_level("ERROR", logger="sentinel.outbox"):
+            batch = await outbox.claim(10)
+        assert ids(batch) == ["r1", "r2"]
+        assert sum("unreadable" in r.getMessage() for r in caplog.records) == 2
+        assert batch is not None
+        pending = await client.xpending(outbox.KEY, outbox.GROUP)
+        assert pending["pending"] == 2  # only the batch's two records are held
+    finally:
+        await client.aclose()
+        await store.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
@@ -86,25 +87,14 @@ def referenced_ids(body: Any, limit: int = MAX_REFERENCES) -> list[str]:
     """Object ids a JSON body names under REFERENCE_KEYS, anywhere in it. TooManyReferences when it
     names more than `limit`: every id named must be checked, so none may be left unread."""
     found: list[str] = []
-    stack = [body]
-    while stack:
-        if len(found) > limit:
-            raise TooManyReferences(f"A request may name at most {limit} objects")
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(item for item in node if isinstance(item, dict | list))
-            continue
-        if not isinstance(node, dict):
-            continue
+    for node in _objects(body):
         if node.get("type") == "file_id" and isinstance(node.get("id"), str) and node["id"]:
             found.append(node["id"])
         for key, value in node.items():
             if key in REFERENCE_KEYS:
                 found.extend(_ids(value))
-            if isinstance(value, dict | list):
-                stack.append(value)
-    if len(found) > limit:
-        raise TooManyReferences(f"A request may name at most {limit} objects")
+        if len(found) > limit:
+            raise TooManyReferences(f"A request may name at most {limit} objects")
     return found
 
 
@@ -118,21 +108,25 @@ ACCOUNT_CONFIGS = frozenset({"logs", "stored_completions"})
 def reads_account_data(body: Any) -> bool:
     """Whether a JSON body asks the provider to select stored objects across the account (an eval
     run over `stored_completions` or `responses`, an eval configured from `logs`)."""
-    stack = [body]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(item for item in node if isinstance(item, dict | list))
-            continue
-        if not isinstance(node, dict):
-            continue
+    for node in _objects(body):
         source, config = node.get("source"), node.get("data_source_config")
         if isinstance(source, dict) and source.get("type") in ACCOUNT_SOURCES:
             return True
         if isinstance(config, dict) and config.get("type") in ACCOUNT_CONFIGS:
             return True
-        stack.extend(value for value in node.values() if isinstance(value, dict | list))
     return False
+
+
+def _objects(body: Any) -> Iterator[dict[str, Any]]:
+    """Every JSON object in `body`, nested ones included (a walk without recursion: any depth)."""
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(item for item in node if isinstance(item, dict | list))
+        elif isinstance(node, dict):
+            yield node
+            stack.extend(value for value in node.values() if isinstance(value, dict | list))
 
 
 class MalformedUpload(ValueError):

@@ -102,15 +102,17 @@ def _item_texts(item: Any) -> list[str]:
 
 
 def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:
-    """Whether the request asks for reasoning the provider bills as output but does not return as
+    """Whether the request asks for output the provider bills but does not return as countable
     text (Anthropic's `thinking` — summarised or omitted since Claude 4 —, OpenAI's
-    `reasoning_effort` on chat and `reasoning` on Responses): text counted from what was streamed
-    would leave it free."""
+    `reasoning_effort` on chat and `reasoning` on Responses; spoken output, `modalities` with
+    `audio`, billed as audio tokens): text counted from what was streamed would leave it free."""
     if endpoint == "messages":
         thinking = payload.get("thinking")
         return isinstance(thinking, dict) and thinking.get("type") != "disabled"
     if endpoint == "chat":
-        return payload.get("reasoning_effort") not in (None, "none")
+        modalities = payload.get("modalities")
+        speaks = isinstance(modalities, list) and "audio" in modalities
+        return speaks or payload.get("reasoning_effort") not in (None, "none")
     if endpoint == "responses":
         return isinstance(payload.get("reasoning"), dict)
     return False

@@ -262,9 +262,9 @@ class QuotaMeter:
     async def fail(self, admission: Admission, error: BaseException) -> None:
         """The call ended in `error` before an answer: give the reservation back — unless the request
         may have reached the provider, which then never answered (an upstream read timeout). The
-        provider may have spent on that one, so it counts as one request and its estimated input,
-        recorded with status 504 (the output is unknown: none is charged); otherwise a slow enough
-        request would be free, and repeatable without limit. A 2xx answer Sentinel could not read
+        provider may have generated and billed all of it, so it counts as one request, its estimated
+        input and all the output it reserved, recorded with status 504; otherwise a slow enough
+        request (a long generation made to outlast the timeout) would be free, and repeatable. A 2xx answer Sentinel could not read
         (`UnreadableAnswer`) was served: recorded with status 502 and the answer's own usage, or
         its estimated input and all the output it reserved. A call cancelled mid-way (the server
         stopping past its shutdown deadline) may have reached the provider too: recorded like a
@@ -273,9 +273,9 @@ class QuotaMeter:
         if isinstance(error, asyncio.CancelledError):
             await asyncio.shield(self.settle(admission, usage=None, output_text="", status=499, provider=None,
                                              output_estimate=0))
-        elif isinstance(error, UpstreamTimeout) and error.sent:
+        elif isinstance(error, UpstreamTimeout) and error.sent:  # may have been generated, billed: as reserved
             await self.settle(admission, usage=None, output_text="", status=error.status, provider=error.provider,
-                              output_estimate=0)
+                              output_estimate=admission.max_output)
         elif isinstance(error, UnreadableAnswer):  # served, billed: its usage, else all it reserved
             await self.settle(admission, usage=error.usage, output_text="", status=error.status,
                               provider=error.provider, output_estimate=admission.max_output)

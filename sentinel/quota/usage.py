@@ -75,6 +75,7 @@ def text_from_body(endpoint: str, body: Any) -> str:
             continue
         if isinstance(message.get("content"), str):
             parts.append(message["content"])
+        parts.append(_delta_extras(message))  # a message holds the same kinds of output as a delta
         parts.extend(_call_text(call) for call in _list(message.get("tool_calls")))
     return "".join(parts)
 
@@ -94,6 +95,26 @@ def _text(value: Any) -> str:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:  # nested deeper than orjson writes
         return ""
+
+
+# Output a chat delta carries besides `content` and `tool_calls`, relayed to the client and billed:
+# the legacy `function_call`, a `refusal`, reasoning some OpenAI-compatible providers stream
+# (`reasoning_content`: DeepSeek, vLLM; `reasoning`: Groq, OpenRouter), an audio answer's transcript.
+_DELTA_TEXT = ("refusal", "reasoning_content", "reasoning")
+_PLAIN_DELTA = frozenset({"role", "content", "tool_calls"})  # most deltas: nothing more to look at
+
+
+def _delta_extras(delta: dict[str, Any]) -> str:
+    """The text of a chat delta's (or message's) output other than its `content` and `tool_calls`
+    (see `_DELTA_TEXT`), for counting when the answer comes without the provider's usage."""
+    parts = [delta[key] for key in _DELTA_TEXT if isinstance(delta.get(key), str)]
+    call = delta.get("function_call")
+    if isinstance(call, dict):
+        parts.append(_text(call.get("name")) + _text(call.get("arguments")))
+    audio = delta.get("audio")
+    if isinstance(audio, dict) and isinstance(audio.get("transcript"), str):
+        parts.append(audio["transcript"])
+    return "".join(parts)
 
 
 def _call_text(call: Any) -> str:
@@ -264,6 +285,8 @@ class StreamInspector:
                     continue
                 if isinstance(delta.get("content"), str):
                     self._text.append(delta["content"])
+                if not delta.keys() <= _PLAIN_DELTA:
+                    self._text.append(_delta_extras(delta))
                 self._text.extend(_call_text(call) for call in _list(delta.get("tool_calls")))
         # The usage-only chunk has an empty choices list.
         return not (self.strip and usage is not None and choices == [])

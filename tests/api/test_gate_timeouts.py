@@ -65,8 +65,9 @@ def test_a_call_the_provider_never_answered_counts_one_request_and_its_input(
     rows = ledger_rows(gw.settings.database_url, "alice")
     assert sorted(r["status"] for r in rows) == [200, 504]
     (row,) = [r for r in rows if r["status"] == 504]
-    assert (row["endpoint"], row["model"], row["output_tokens"], row["usage_source"]) == (endpoint, model, 0, "estimated")
+    assert (row["endpoint"], row["model"], row["usage_source"]) == (endpoint, model, "estimated")
     assert row["input_tokens"] > 0  # the admission's estimate of what was sent
+    assert row["output_tokens"] > 0  # all it reserved: the provider may have generated (and billed) it
 
 
 def test_a_call_that_never_reached_the_provider_gives_everything_back(

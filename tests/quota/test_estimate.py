@@ -127,3 +127,11 @@ def test_requests_for_reasoning_the_provider_does_not_show_are_known() -> None:
     assert not hides_output("chat", {"reasoning_effort": "none"})
     assert hides_output("responses", {"reasoning": {"effort": "low"}})
     assert not hides_output("responses", {"input": "hi"}) and not hides_output("embeddings", {"reasoning": {}})
+
+
+def test_spoken_output_is_output_the_text_does_not_show() -> None:
+    """An audio answer is billed as audio tokens: its transcript is no count of them."""
+    from sentinel.quota.estimate import hides_output
+
+    assert hides_output("chat", {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}})
+    assert not hides_output("chat", {"modalities": ["text"]})

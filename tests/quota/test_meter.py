@@ -179,25 +179,31 @@ async def test_release_gives_everything_back_and_writes_nothing() -> None:
 
 
 async def test_a_call_the_provider_never_answered_counts_its_request_and_input() -> None:
-    """A read timeout: the request may have reached the provider, which may have spent on it."""
+    """A read timeout: the request may have reached the provider, which may have generated (and
+    billed) all of it; a long generation made to outlast the timeout had its output for free."""
     s = Setup()
     admission = await s.admit()
     await s.meter.fail(admission, UpstreamTimeout("timed out", provider="openai"))
     (record,) = s.outbox.records
     assert (record.status, record.provider, record.usage_source) == (504, "openai", "estimated")
-    assert record.input_tokens == admission.estimate_input > 0 and record.output_tokens == 0
-    assert await s.used() == {"requests": 1, "input_tokens": admission.estimate_input, "output_tokens": 0}
+    assert record.input_tokens == admission.estimate_input > 0
+    assert record.output_tokens == admission.max_output > 0
+    assert await s.used() == {"requests": 1, "input_tokens": admission.estimate_input,
+                              "output_tokens": admission.max_output}
 
 
-async def test_a_call_never_answered_is_not_charged_output_even_when_it_asked_for_reasoning() -> None:
+async def test_a_call_cancelled_at_shutdown_is_not_charged_output_even_when_it_asked_for_reasoning() -> None:
     """Reasoning asked for (`thinking`) is charged as reserved when a stream ends without the
-    provider's count; a call never answered (a read timeout, a cancellation) had no output at all."""
+    provider's count, and so is a call whose answer timed out; a call Sentinel cancelled itself
+    (shutting down) is charged no output."""
     s = Setup()
+    admissions = []
     for error in (UpstreamTimeout("timed out", provider="openai"), asyncio.CancelledError()):
         admission = await s.admit({**payload(), "thinking": {"type": "enabled", "budget_tokens": 1024}}, "messages")
         assert admission.hidden_output
         await s.meter.fail(admission, error)
-    assert [r.output_tokens for r in s.outbox.records] == [0, 0]
+        admissions.append(admission)
+    assert [r.output_tokens for r in s.outbox.records] == [admissions[0].max_output, 0]
 
 
 async def test_a_call_cancelled_mid_way_counts_like_one_never_answered() -> None:

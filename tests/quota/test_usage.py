@@ -197,3 +197,26 @@ def test_only_the_top_level_usage_counts(keep: int) -> None:
 ])
 def test_no_top_level_usage_is_none(raw: bytes) -> None:
     assert top_level_value(raw, b"usage") is None
+
+
+@pytest.mark.parametrize(
+    ("delta", "text"),
+    [
+        ({"function_call": {"name": "weather", "arguments": '{"city": "Oslo"}'}}, 'weather{"city": "Oslo"}'),
+        ({"refusal": "I can't help with that."}, "I can't help with that."),
+        ({"reasoning_content": "Let me think step by step."}, "Let me think step by step."),
+        ({"reasoning": "First, the premise."}, "First, the premise."),
+        ({"audio": {"id": "a1", "data": "UklGR...", "transcript": "Hello there"}}, "Hello there"),
+        ({"content": "Hi", "reasoning_content": " and why"}, "Hi and why"),
+    ],
+)
+def test_a_cut_stream_counts_every_kind_of_output_it_relayed(delta: dict[str, Any], text: str) -> None:
+    """Only `content` and `tool_calls` were read: a stream of legacy function-call arguments,
+    refusals, a provider's streamed reasoning or an audio answer, cut before its usage chunk, was
+    charged no output at all."""
+    inspector = StreamInspector("chat")
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
+    inspector.feed(b"data: " + orjson.dumps(chunk) + b"\n\n")
+    assert inspector.text == text and inspector.usage is None
+    message = {"choices": [{"index": 0, "message": {"role": "assistant", **delta}}]}
+    assert text_from_body("chat", message) == text  # the same output, not streamed

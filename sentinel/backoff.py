@@ -19,5 +19,5 @@ class Backoff:
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry `retry` (1-based)."""
-        ceiling = min(self.cap, self.base * 2.0 ** (max(1, retry) - 1))
+        ceiling = min(self.cap, self.base * 2.0 ** min(max(1, retry) - 1, 64))  # 2.0**1024 overflows
         return ceiling / 2 + random.uniform(0, ceiling / 2)

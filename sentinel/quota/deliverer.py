@@ -27,6 +27,9 @@ from sentinel.quota.sink import UsageSink
 log = logging.getLogger("sentinel.deliverer")
 
 
+KEEP_TIMEOUT = 5.0  # at shutdown, how long storing what only memory holds may take
+
+
 def delivery_backoff(lease_seconds: float) -> Backoff:
     """Retries of a held batch: 0.5 s doubling to 30 s — or to a third of the lease, so a retry (its
     wait plus the sink's call) renews the lease before it runs out: a replica taking the batch over
@@ -163,7 +166,16 @@ class UsageDeliverer:
             await asyncio.wait_for(self.drain(), drain_timeout)
         except TimeoutError:
             log.warning("usage outbox not fully drained at shutdown; the rest is delivered after restart")
-        await self._keep_memory_records()
+        except Exception:  # noqa: BLE001 - whatever the drain met, what memory holds is kept below
+            log.exception("usage outbox drain failed at shutdown")
+        finally:
+            try:
+                await asyncio.wait_for(self._keep_memory_records(), KEEP_TIMEOUT)
+            except TimeoutError:
+                pass
+            if lost := self.outbox.orphans:
+                log.error("usage records lost at shutdown: no durable outbox was reachable",
+                          extra={"count": len(lost), "request_ids": [r.request_id for r in lost][:100]})
 
     async def _keep_memory_records(self) -> None:
         """At shutdown, store durably what only this process's memory holds — records that found no
@@ -171,13 +183,7 @@ class UsageDeliverer:
         held, self.held = self.held, None
         if held is not None and held.backend == "memory":  # undelivered: waiting in memory again
             await self.outbox.memory.settle(held, [c.record.request_id for c in held.items], retry_in=0.0)
-        try:
-            await self.outbox.rescue_orphans(everything=True)
-        except SentinelError as exc:
-            log.warning("could not store the remaining usage records durably", extra={"error": exc.message})
-        if lost := self.outbox.orphans:
-            log.error("usage records lost at shutdown: no durable outbox was reachable",
-                      extra={"count": len(lost), "request_ids": [r.request_id for r in lost][:100]})
+        await self.outbox.rescue_orphans(everything=True)
 
     async def drain(self) -> None:
         """Deliver batches until nothing deliverable is left or a delivery fails (a batch waiting

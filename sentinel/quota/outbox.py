@@ -47,13 +47,15 @@ class MemoryOutbox:
         held = [c.record for batch in self._held.values() for c in batch.items]
         return [record for _, record in self._waiting] + held
 
-    def take_due(self, *, everything: bool = False) -> list[UsageRecord]:
-        """Remove and return the waiting records that may be stored or batched now (`everything`:
-        those waiting for a later retry too)."""
+    def due(self, *, everything: bool = False) -> list[UsageRecord]:
+        """The waiting records that may be stored or batched now (`everything`: those waiting for a
+        later retry too), left in place: `discard` one once it is stored elsewhere."""
         now = float("inf") if everything else self.clock()
-        due = [record for at, record in self._waiting if at <= now]
-        self._waiting = [(at, record) for at, record in self._waiting if at > now]
-        return due
+        return [record for at, record in self._waiting if at <= now]
+
+    def discard(self, record: UsageRecord) -> None:
+        """Forget a waiting record (stored elsewhere now)."""
+        self._waiting = [(at, kept) for at, kept in self._waiting if kept is not record]
 
     async def put(self, record: UsageRecord) -> None:
         self._waiting.append((0.0, record))
@@ -146,20 +148,29 @@ class DurableOutbox:
         return self.memory.records
 
     async def put(self, record: UsageRecord) -> None:
-        for part in self.parts:
-            try:
-                await part.put(record)
-                return
-            except (StoreUnavailable, GovernanceUnavailable) as exc:
-                log.warning("usage outbox %s unavailable: %s", part.backend, exc.message)
+        if await self._store_durably(record):
+            return
         await self.memory.put(record)
         log.error("usage record kept in memory until an outbox is reachable", extra={"record_id": record.request_id})
 
+    async def _store_durably(self, record: UsageRecord) -> bool:
+        for part in self.parts:
+            try:
+                await part.put(record)
+                return True
+            except (StoreUnavailable, GovernanceUnavailable) as exc:
+                log.warning("usage outbox %s unavailable: %s", part.backend, exc.message)
+        return False
+
     async def rescue_orphans(self, *, everything: bool = False) -> None:
-        """Store durably the records that could be stored nowhere earlier (batches being delivered
-        from memory stay where they are; `everything`: records waiting for a later retry too)."""
-        for record in self.memory.take_due(everything=everything):
-            await self.put(record)
+        """Store durably the records that could be stored nowhere earlier, each leaving memory only
+        once stored (a cancelled rescue loses none); the first that still finds no durable outbox
+        ends the attempt until the next. Batches being delivered from memory stay where they are;
+        `everything`: records waiting for a later retry too."""
+        for record in self.memory.due(everything=everything):
+            if not await self._store_durably(record):
+                return
+            self.memory.discard(record)
 
     async def claim(self, limit: int) -> Batch | None:
         """One batch from one backend (each backend's turn comes in rotation), or None."""

@@ -348,3 +348,45 @@ def test_a_held_batch_is_retried_well_inside_its_lease() -> None:
         backoff = delivery_backoff(lease)
         assert max(backoff.delay(n) for n in range(1, 40)) <= lease / 3
     assert delivery_backoff(300.0).cap == 30.0
+
+
+def test_the_backoff_survives_any_number_of_retries() -> None:
+    """2.0 ** 1024 overflowed: after ~2 hours of a sink outage every cycle crashed, and `stop` raised
+    before keeping what only memory held."""
+    from sentinel.quota.deliverer import delivery_backoff
+
+    assert delivery_backoff(30.0).delay(5000) <= 10.0
+    assert Backoff(base=0.5, cap=30.0).delay(10**9) <= 30.0
+
+
+async def test_a_rescue_cut_short_loses_no_record() -> None:
+    """The records left memory before they were stored: a rescue cancelled (a shutdown deadline)
+    between the two lost them."""
+
+    class SlowPart(OutboxPart):
+        def __init__(self) -> None:
+            super().__init__("sql")
+            self.gate = asyncio.Event()
+            self.waiting = False
+
+        async def put(self, record: UsageRecord) -> None:
+            self._check(self.down)
+            self.waiting = True
+            await self.gate.wait()
+            await super().put(record)
+
+    part = SlowPart()
+    outbox = DurableOutbox(part)  # type: ignore[arg-type]
+    part.down = True
+    for rid in ("r1", "r2", "r3"):
+        await outbox.put(usage_record(rid))
+    part.down = False
+    rescue = asyncio.ensure_future(outbox.rescue_orphans())
+    await until(lambda: part.waiting)  # blocked on the first record's put
+    rescue.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await rescue
+    assert sorted(r.request_id for r in outbox.orphans) == ["r1", "r2", "r3"]
+    part.gate.set()
+    await outbox.rescue_orphans()
+    assert outbox.orphans == [] and sorted(part.items) == ["r1", "r2", "r3"]

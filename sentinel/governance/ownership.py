@@ -30,7 +30,6 @@ _CONTEXT = "sentinel:context:"
 # An object whose usage was charged (made through Sentinel, or first shown with its usage to a read):
 # a later read of it (a batch or a run polled until done, a stored response fetched) charges nothing.
 _CHARGED = "sentinel:charged:"
-CHARGE_MEMORY = 31 * 86400.0  # no object is polled or fetched for its usage longer than a month
 _MAX_ID = 200
 
 # Record ARGV[1] as the owner unless another owner is recorded; the owner's own claim refreshes the
@@ -110,11 +109,12 @@ class Ownership:
         if 0 < len(object_id) <= _MAX_ID:
             await self.store.set(_CONTEXT + object_id, str(max(0, tokens)).encode(), ttl)
 
-    async def charge_once(self, object_id: str) -> bool:
-        """True the first time `object_id`'s usage is charged (and marks it so); False after that."""
+    async def charge_once(self, object_id: str, ttl: float | None) -> bool:
+        """True the first time `object_id`'s usage is charged (and marks it so, for `ttl` seconds —
+        as long as its owner is kept — or until it is deleted); False after that."""
         if not 0 < len(object_id) <= _MAX_ID:
             return False
-        return await self.store.set(_CHARGED + object_id, b"1", CHARGE_MEMORY, nx=True)
+        return await self.store.set(_CHARGED + object_id, b"1", ttl, nx=True)
 
     async def grow_context(self, object_id: str, tokens: int) -> None:
         """Add `tokens` to what `object_id` holds as context (items added to a conversation)."""

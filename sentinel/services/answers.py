@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import orjson
@@ -39,6 +40,25 @@ log = logging.getLogger("sentinel.answers")
 MAX_BUFFERED = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class Charging:
+    """Whether the `usage` an answer shows is the call's to pay.
+
+    An object's usage is charged once: when it is made through Sentinel, or by the first read that
+    shows it (a batch's or a run's appears only when it is done); Sentinel marks it charged, in the
+    store, for as long as it keeps the object's owner. `work`: the call asked the provider for work
+    (a POST that is no `cancel`) — unless its answer is the object at the call's own path (`at`:
+    the path's last segment; an update of its metadata); `counted`: False for an answer whose usage
+    is part of another object's (a run's steps)."""
+
+    work: bool = True
+    at: str | None = None
+    counted: bool = True
+
+
+WORK = Charging()  # a metered call: its answer's usage is its own
+
+
 class AnswerRelay:
     """Relays upstream answers and settles them (see the module docstring)."""
 
@@ -49,15 +69,12 @@ class AnswerRelay:
 
     async def complete(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, *, owner: Identity | None,
-        ttl: float | None, creating: bool, ex: Exchange | None = None, billed: bool = True,
+        ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
         extends: Sequence[str] = (),
     ) -> Reply | StreamReply:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
-        relayed as it arrives after the part already read. Not `billed`: an answer that shows an
-        object (a stored response fetched, a batch or a run polled) rather than work done for this
-        call: its `usage` is the object's, charged once — when it was made through Sentinel, or by the
-        first read that shows it (a batch's or a run's usage appears only when it is done) — so
-        such a call counts as one request and, after that, no tokens."""
+        relayed as it arrives after the part already read; its `usage` is charged as `charging`
+        says (see `Charging`)."""
         if upstream.status >= 300:
             return await self.refused(upstream, admission)
         started = time.perf_counter()
@@ -69,7 +86,7 @@ class AnswerRelay:
                 size += len(chunk)
                 if size > MAX_BUFFERED:
                     return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating, ex,
-                                       billed, extends)
+                                       charging, extends)
         upstream.release()
         raw = b"".join(chunks)
         self.metrics.child(self.metrics.upstream_duration, upstream.provider, endpoint).observe(
@@ -78,12 +95,11 @@ class AnswerRelay:
         parsed = _json(raw, upstream)
         usage = usage_from_body(endpoint, parsed)
         answer_id = parsed.get("id") if owner is not None and isinstance(parsed, dict) else None
-        if isinstance(answer_id, str) and usage is not None:  # (a batch made shows its usage only when done)
-            billed = await self._charged(answer_id) or billed
+        pays = await self._pays(charging, answer_id, usage is not None, ttl)
         await self.meter.settle(
             admission,
-            usage=usage if billed else Usage(0, 0),
-            output_text="" if parsed is None or not billed else text_from_body(endpoint, parsed),
+            usage=usage if pays else Usage(0, 0),
+            output_text="" if parsed is None or not pays else text_from_body(endpoint, parsed),
             status=upstream.status,
             provider=upstream.provider,
         )
@@ -94,11 +110,21 @@ class AnswerRelay:
         report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
-    async def _charged(self, object_id: str) -> bool:
-        """Whether this is the first charge of `object_id`'s usage (see `complete`); a store that
+    async def _pays(self, charging: Charging, answer_id: Any, has_usage: bool, ttl: float | None) -> bool:
+        """Whether this call pays the usage its answer shows (see `Charging`); an answer about an
+        owned object with a usage marks that object's usage charged."""
+        if not charging.counted:
+            return False
+        work = charging.work and answer_id != charging.at
+        if isinstance(answer_id, str) and has_usage:  # (a batch made shows its usage only when done)
+            return await self._charged(answer_id, ttl) or work
+        return work
+
+    async def _charged(self, object_id: str, ttl: float | None) -> bool:
+        """Whether this is the first charge of `object_id`'s usage (see `Charging`); a store that
         cannot be reached counts it as the first (a usage charged twice beats one never charged)."""
         try:
-            return await self.ownership.charge_once(object_id)
+            return await self.ownership.charge_once(object_id, ttl)
         except StoreUnavailable:
             return True
 
@@ -108,7 +134,7 @@ class AnswerRelay:
 
     def _large(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, head: bytes, owner: Identity | None,
-        ttl: float | None, creating: bool, ex: Exchange | None = None, billed: bool = True,
+        ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
         extends: Sequence[str] = (),
     ) -> StreamReply:
         """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
@@ -134,10 +160,13 @@ class AnswerRelay:
         async def settle(status: int) -> None:
             # Without a usage object, the text of an answer this large was not kept to count: it is
             # charged the most output it could hold, as reserved (never a free answer).
-            usage = tail.usage(endpoint) if billed else Usage(0, 0)
+            usage = tail.usage(endpoint)
+            answer_id = leading_id(head) if owner is not None else None
+            if not await self._pays(charging, answer_id, usage is not None, ttl):
+                usage = Usage(0, 0)
             await meter.settle(admission, usage=usage, output_text="", status=status,
                                provider=upstream.provider, output_estimate=admission.max_output)
-            object_id = leading_id(head) if creating else None
+            object_id = answer_id if creating else None
             if owner is not None and object_id is not None:
                 await claim_created(ownership, [(object_id, ttl)], owner)
                 if endpoint == "responses":
@@ -162,7 +191,7 @@ class AnswerRelay:
             if owner is not None and inspector.object_id is not None:
                 collection = "responses" if endpoint == "responses" else "chat/completions"
                 await claim_created(ownership, [(inspector.object_id, ObjectPath(collection).ttl)], owner)
-                await self._charged(inspector.object_id)  # charged here: a later fetch charges nothing
+                await self._charged(inspector.object_id, ObjectPath(collection).ttl)  # a later fetch: nothing
                 if endpoint == "responses":  # also when the client left early: what was charged
                     await remember_context(ownership, admission, [inspector.object_id, *extends])
             report(ex, admission, inspector.model)

@@ -133,33 +133,55 @@ class MalformedUpload(ValueError):
     """A multipart body Sentinel cannot read part by part as the provider would."""
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A `multipart/form-data` body, read part by part, strictly (see `_parts`): (name, value) pairs."""
+
+    parts: tuple[tuple[str, bytes], ...]
+
+    @classmethod
+    def read(cls, body: bytes, content_type: str) -> Upload:
+        """MalformedUpload when the body cannot be read as the provider would read it."""
+        return cls(tuple(_parts(body, content_type)))
+
+    def values(self, name: str) -> list[bytes]:
+        return [value for part, value in self.parts if part == name]
+
+    def references(self, limit: int = MAX_REFERENCES) -> list[str]:
+        """Object ids the upload names: the value of every part whose name is, or ends in a bracket
+        component that is, one of REFERENCE_KEYS (`file_id`, `file_ids[]`,
+        `tool_resources[code_interpreter][file_ids][]`), file part or not."""
+        found: list[str] = []
+        for name, value in self.parts:
+            components = [c.rstrip("]") for c in name.split("[")]
+            if any(c in REFERENCE_KEYS for c in components):
+                found.extend(_ids(value.decode("utf-8", "replace").strip()))
+            if len(found) > limit:
+                raise TooManyReferences(f"A request may name at most {limit} objects")
+        return found
+
+    def batch_input(self) -> bytes | None:
+        """The file's content when the upload is a batch's input (`purpose` is `batch`), else None.
+        MalformedUpload when its `purpose` or `file` is not given exactly once."""
+        purposes = self.values("purpose")
+        if len(purposes) > 1:
+            raise MalformedUpload("An upload names its purpose once")
+        if not purposes or purposes[0].strip() != b"batch":
+            return None
+        files = self.values("file")
+        if len(files) != 1:
+            raise MalformedUpload("A batch input upload holds exactly one file")
+        return files[0]
+
+    @property
+    def streams(self) -> bool:
+        """Whether the upload asks for its answer as a stream (`stream=true`: a transcription)."""
+        return any(value.strip().lower() in (b"true", b"1") for value in self.values("stream"))
+
+
 def multipart_references(body: bytes, content_type: str, limit: int = MAX_REFERENCES) -> list[str]:
-    """Object ids a `multipart/form-data` body names: the value of every part whose name is, or ends
-    in a bracket component that is, one of REFERENCE_KEYS (`file_id`, `file_ids[]`,
-    `tool_resources[code_interpreter][file_ids][]`), file part or not. Read strictly (see `_parts`)."""
-    found: list[str] = []
-    for name, value in _parts(body, content_type):
-        components = [c.rstrip("]") for c in name.split("[")]
-        if any(c in REFERENCE_KEYS for c in components):
-            found.extend(_ids(value.decode("utf-8", "replace").strip()))
-        if len(found) > limit:
-            raise TooManyReferences(f"A request may name at most {limit} objects")
-    return found
-
-
-def batch_input(body: bytes, content_type: str) -> bytes | None:
-    """The file's content when a `multipart/form-data` upload is a batch's input (`purpose` is
-    `batch`), else None. MalformedUpload when its `purpose` or `file` is not given exactly once."""
-    parts = _parts(body, content_type)
-    purposes = [value for name, value in parts if name == "purpose"]
-    if len(purposes) > 1:
-        raise MalformedUpload("An upload names its purpose once")
-    if not purposes or purposes[0].strip() != b"batch":
-        return None
-    files = [value for name, value in parts if name == "file"]
-    if len(files) != 1:
-        raise MalformedUpload("A batch input upload holds exactly one file")
-    return files[0]
+    """`Upload.references` of a `multipart/form-data` body."""
+    return Upload.read(body, content_type).references(limit)
 
 
 def batch_references(content: bytes, limit: int = MAX_REFERENCES) -> list[str]:

@@ -34,18 +34,17 @@ from sentinel.providers.openai import OpenAICompatUpstream, forwardable_headers
 from sentinel.quota.meter import Admission, Meter
 from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes
-from sentinel.services.answers import AnswerRelay
+from sentinel.services.answers import AnswerRelay, Charging
 from sentinel.services.exchange import Exchange, Reply, StreamReply
 from sentinel.services.objects import (
     InvalidBatchInput,
     MalformedUpload,
     ObjectPath,
     TooManyReferences,
-    batch_input,
+    Upload,
     batch_references,
     classify,
     continued,
-    multipart_references,
     reads_account_data,
     referenced_ids,
 )
@@ -213,9 +212,9 @@ class OpenAIRelay:
             # (`content/` too: a trailing slash is an empty last segment a provider may ignore.)
             last = segments[-1] if segments[-1] or len(segments) < 2 else segments[-2]
             owner = identity if where.collection is not None and last != "content" else None
+            charging = Charging(work=method == "POST" and last != "cancel", at=last, counted="steps" not in segments)
             reply = await self.answers.complete(
-                upstream, endpoint, admission, owner=owner, ttl=where.ttl,
-                creating=creating, ex=ex, billed=_asks_for_work(method, last, where),
+                upstream, endpoint, admission, owner=owner, ttl=where.ttl, creating=creating, ex=ex, charging=charging,
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)
@@ -245,12 +244,15 @@ class OpenAIRelay:
             if json_only:  # read as JSON only: an upload's fields would escape the checks below
                 raise InvalidRequest("This call takes a JSON body (Content-Type: application/json)")
             try:
-                ids = multipart_references(body, content_type)
-                lines = batch_input(body, content_type)
+                upload = Upload.read(body, content_type)
+                ids = upload.references()
+                lines = upload.batch_input()
                 if lines is not None:
                     ids += batch_references(lines)
             except (MalformedUpload, TooManyReferences, InvalidBatchInput) as exc:
                 raise InvalidRequest(str(exc)) from None
+            if upload.streams:
+                raise _no_passthrough_stream()
             await self.ownership.require(ids, identity.external_id)
             return None, lines is not None
         if media and media != "application/json" and not media.endswith("+json"):
@@ -261,6 +263,8 @@ class OpenAIRelay:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:  # compressed, or JSON orjson refuses: ids in it would go unchecked
             raise InvalidRequest("The request body must be JSON (uncompressed, valid UTF-8)") from None
+        if isinstance(parsed, dict) and parsed.get("stream") not in (None, False):
+            raise _no_passthrough_stream()
         if reads_account_data(parsed):
             raise InvalidRequest(
                 "Eval data selected from the provider account by filter (stored responses, stored chat "
@@ -332,6 +336,13 @@ class OpenAIRelay:
 
 # Metered endpoints whose answers are stored upstream, and the collection that holds them.
 _COLLECTION = {"responses": "responses", "chat": "chat/completions"}
+# A pass-through answer streamed (a run, a transcription, partial images) carries its usage in
+# events Sentinel does not read for it: offered on the metered endpoints only.
+def _no_passthrough_stream() -> InvalidRequest:
+    return InvalidRequest(
+        "Streaming is not offered on this endpoint through Sentinel (its usage would go unread): leave out `stream`",
+        code="stream_not_supported", details={"param": "stream"},
+    )
 BYTES_PER_TOKEN = 4  # items added to a conversation, as context: a token per 4 bytes of their JSON
 # Collections whose calls are read as JSON only (a batch's input file, an eval's data sources).
 JSON_ONLY = frozenset({"batches", "evals"})
@@ -358,14 +369,6 @@ class Relayed:
 def target_headers(target: ModelTarget) -> list[tuple[str, str]]:
     """Where a request was served: `X-Sentinel-Provider` and `X-Sentinel-Model` (the upstream's model name)."""
     return [("x-sentinel-provider", target.provider), ("x-sentinel-model", target.upstream_model)]
-
-
-def _asks_for_work(method: str, last: str, where: ObjectPath) -> bool:
-    """Whether a pass-through call asks the provider for work this call is billed for: a POST, but not
-    a `cancel` nor one to an object's own path (an update of its metadata). A GET, HEAD or DELETE
-    shows or drops an object: the `usage` in its answer is the object's (a stored response fetched
-    again, a stored chat completion updated), charged when the object was made."""
-    return method == "POST" and last != "cancel" and last != where.object_id
 
 
 def _stores_objects(endpoint: str, payload: dict[str, Any]) -> bool:

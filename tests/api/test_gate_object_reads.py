@@ -283,3 +283,62 @@ def test_a_batch_made_through_sentinel_is_charged_when_a_read_first_shows_its_us
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
     rows = ledger_rows(gw.settings.database_url, "alice")
     assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0), (50, 20)]
+
+
+def test_a_run_is_charged_once_however_it_is_read_and_its_steps_never(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """An update at the run's own path (`POST …/runs/{r}`) charged the finished run's usage every
+    time; each step's usage (part of its run's) was charged on top of the run's."""
+    upstream = ScriptedUpstream()
+    run = {"id": "run_1", "object": "thread.run", "status": "completed",
+           "usage": {"prompt_tokens": 300, "completion_tokens": 200, "total_tokens": 500}}
+    step = {"id": "step_1", "object": "thread.run.step", "run_id": "run_1",
+            "usage": {"prompt_tokens": 300, "completion_tokens": 200, "total_tokens": 500}}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/threads/*")
+        redis.Redis.from_url(redis_url).set("sentinel:owner:thread_1", "alice")
+        for answer in (run, run, step, run):
+            upstream.json(answer)
+        with gw.client() as alice:
+            assert alice.post("/v1/threads/thread_1/runs/run_1", json={"metadata": {"a": "1"}}).status_code == 200
+            assert alice.post("/v1/threads/thread_1/runs/run_1", json={"metadata": {"a": "2"}}).status_code == 200
+            assert alice.get("/v1/threads/thread_1/runs/run_1/steps/step_1").status_code == 200
+            assert alice.get("/v1/threads/thread_1/runs/run_1").status_code == 200
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(300, 200), (0, 0), (0, 0), (0, 0)]
+
+
+def test_a_large_answer_about_an_object_is_charged_once_too(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """Answers over 1 MiB are relayed as they arrive: a read of one charged nothing, ever."""
+    upstream = ScriptedUpstream()
+    big = {"id": "batch_big", "object": "batch", "status": "completed", "metadata": {"pad": "x" * (1 << 21)},
+           "usage": {"input_tokens": 40, "output_tokens": 60, "total_tokens": 100}}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/batches/*")
+        redis.Redis.from_url(redis_url).set("sentinel:owner:batch_big", "alice")
+        upstream.json(big)
+        upstream.json(big)
+        with gw.client() as alice:
+            for _ in range(2):
+                answer = alice.get("/v1/batches/batch_big")
+                assert answer.status_code == 200 and len(answer.content) > 1 << 21
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(40, 60), (0, 0)]
+
+
+def test_pass_through_calls_are_not_streamed(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    """A streamed pass-through answer (a run, a transcription, partial images) carries its usage in
+    events Sentinel does not read: it went unmetered."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", passthrough="/v1/images/*,/v1/audio/*")
+    with gw.client() as alice:
+        images = alice.post("/v1/images/generations", json={"model": "gpt-image-1", "prompt": "a cat", "stream": True})
+        spoken = alice.post("/v1/audio/transcriptions", data={"model": "gpt-4o-transcribe", "stream": "true"},
+                            files={"file": ("a.wav", b"RIFF....")})
+    assert [images.status_code, spoken.status_code] == [400, 400], (images.text, spoken.text)
+    assert images.json()["error"]["code"] == "stream_not_supported"
+    assert spy.seen == []

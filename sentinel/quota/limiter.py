@@ -4,8 +4,8 @@
 to all of them, in one atomic script call (Lua on Redis, its Python twin in memory). So concurrent
 requests on any number of replicas can never overrun a limit, and a denied request consumes
 nothing. `commit()` later replaces the estimated token amounts with the real ones (in the same
-windows the reservation used), and `release()` gives everything back for a request that was never
-forwarded.
+windows the reservation used; usage above the reservation settled after a window ended goes to the
+window of now), and `release()` gives everything back for a request that was never forwarded.
 
 Windows are fixed and aligned to the Unix epoch, one counter per (metric, window):
 `{prefix}:{<subject>}:{metric}:{window_seconds}:{window_index}`. The braces are a Redis Cluster
@@ -78,14 +78,21 @@ def _reserve_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[int]
     return [denied, *used]
 
 
-# Only windows that still exist are adjusted: an expired window no longer limits anything.
+# A delta per key (ARGV[2i-1]) and how to apply it (ARGV[2i]): "" adjusts a window that still exists
+# (an expired window no longer limits anything: a refund there is moot); a TTL in ms adds to the
+# window, creating it if needed (usage above a reservation, settled after its window ended, lands
+# in the window current at the settlement). A counter never goes below 0.
 _ADJUST_LUA = """
 for i = 1, #KEYS do
-  local delta = tonumber(ARGV[i])
-  if delta ~= 0 and redis.call('EXISTS', KEYS[i]) == 1 then
+  local delta = tonumber(ARGV[2 * i - 1])
+  local ttl = ARGV[2 * i]
+  if delta ~= 0 and (ttl ~= '' or redis.call('EXISTS', KEYS[i]) == 1) then
     local value = redis.call('INCRBY', KEYS[i], delta)
     if value < 0 then
       redis.call('INCRBY', KEYS[i], -value)
+    end
+    if ttl ~= '' and redis.call('PTTL', KEYS[i]) < 0 then
+      redis.call('PEXPIRE', KEYS[i], ttl)
     end
   end
 end
@@ -94,12 +101,14 @@ return 1
 
 
 def _adjust_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
-    for key, raw in zip(keys, args, strict=True):
-        delta = int(raw)
-        if delta != 0 and ops.get(key) is not None:
+    for n, key in enumerate(keys):
+        delta, ttl = int(args[2 * n]), args[2 * n + 1]
+        if delta != 0 and (ttl != "" or ops.get(key) is not None):
             value = ops.incrby(key, delta)
             if value < 0:
                 ops.incrby(key, -value)  # incrby keeps the key's TTL, unlike set
+            if ttl != "" and ops.pttl(key) < 0:
+                ops.expire(key, int(ttl) / 1000)
     return 1
 
 
@@ -224,7 +233,9 @@ class QuotaLimiter:
         """Replace the reserved token estimates with the actual amounts (up or down, floored at 0).
 
         The request count stays. Applies to the windows the reservation used, even if time has
-        moved on since. One atomic call; no-op for a denied or already settled reservation.
+        moved on since — but usage above the reservation, when that window has ended, is added to
+        the window of now (it would limit nothing in the one that ended). One atomic call; no-op for
+        a denied or already settled reservation.
         """
         if min(input_tokens, output_tokens) < 0:
             raise ValueError("token counts cannot be negative")
@@ -250,8 +261,22 @@ class QuotaLimiter:
             raise ValueError("a reservation must be settled by the limiter that made it")
         if reservation.settled:
             return
-        pairs = [(key, delta) for key, delta in zip(reservation.keys, deltas, strict=True) if delta]
-        if pairs:
-            await self.store.run(ADJUST, [k for k, _ in pairs], [d for _, d in pairs])
+        now = self.clock()
+        keys: list[str] = []
+        args: list[str | int] = []
+        for key, limit, delta in zip(reservation.keys, reservation.limits, deltas, strict=True):
+            if not delta:
+                continue
+            current, _, ttl_ms = self._slot(reservation.subject, limit, now)
+            if delta > 0 and current != key:
+                # Usage above the reservation, settled after its window ended: counted in the window
+                # of now (in the one that ended it would limit nothing).
+                keys.append(current)
+                args += [delta, ttl_ms]
+            else:
+                keys.append(key)
+                args += [delta, ""]
+        if keys:
+            await self.store.run(ADJUST, keys, args)
         # Only after success: a settle that failed (StoreUnavailable) may be retried.
         reservation.settled = True

@@ -130,10 +130,11 @@ async def test_window_rollover_and_retry_after(store: Store) -> None:
     fresh = await reserve(limiter, plan, i=10)
     assert fresh.allowed and fresh.keys != old.keys
     assert fresh.decision.reset_at == T0 + 120
-    # A commit after the rollover reconciles the window the reservation used, not the new one.
+    # A commit after the rollover: usage above the reservation (+40) counts in the window of now,
+    # where it still limits something; the window the reservation used keeps what it reserved.
     await limiter.commit(old, input_tokens=50, output_tokens=0)
-    assert await counts(store, old) == [2, 60]
-    assert await counts(store, fresh) == [1, 10]
+    assert await counts(store, old) == [2, 20]
+    assert await counts(store, fresh) == [1, 50]
 
 
 async def test_keys_expire_after_their_window(store: Store) -> None:
@@ -239,3 +240,23 @@ async def test_local_limiter_same_semantics() -> None:
     assert limiter.store.backend == "memory"
     # Two local limiters share nothing (one per process).
     assert (await reserve(LocalLimiter(clock=clock), plan, i=100)).allowed
+
+
+async def test_usage_above_a_reservation_settled_after_its_window_counts_in_the_window_of_now(store: Store) -> None:
+    """The difference went to the window the reservation used: settled after that window ended, a
+    long uncapped answer's overshoot limited nothing, and the next request was admitted."""
+    clock = FakeClock(T0)
+    limiter = QuotaLimiter(store, clock=clock)
+    plan = parse_plan_spec("output_tokens=20000/60s")
+    reservation = await reserve(limiter, plan, o=4096)
+    clock.advance(150)  # the answer ends two windows later
+    await limiter.commit(reservation, input_tokens=0, output_tokens=100_000)
+    assert not (await reserve(limiter, plan, o=1)).allowed  # the overshoot limits the window of now
+    refund = await reserve(limiter, plan, o=4096)
+    assert not refund.allowed
+    clock.advance(60)
+    smaller = await reserve(limiter, plan, o=4096)
+    assert smaller.allowed
+    clock.advance(120)
+    await limiter.commit(smaller, input_tokens=0, output_tokens=10)  # a refund stays in its own window
+    assert (await reserve(limiter, plan, o=19_000)).allowed

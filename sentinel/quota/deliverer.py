@@ -173,6 +173,8 @@ class UsageDeliverer:
                 await asyncio.wait_for(self._keep_memory_records(), KEEP_TIMEOUT)
             except TimeoutError:
                 pass
+            except Exception:  # noqa: BLE001 - the loss, if any, is logged below all the same
+                log.exception("could not store what only memory holds at shutdown")
             if lost := self.outbox.orphans:
                 log.error("usage records lost at shutdown: no durable outbox was reachable",
                           extra={"count": len(lost), "request_ids": [r.request_id for r in lost][:100]})

@@ -267,10 +267,11 @@ class QuotaLimiter:
         for key, limit, delta in zip(reservation.keys, reservation.limits, deltas, strict=True):
             if not delta:
                 continue
-            current, _, ttl_ms = self._slot(reservation.subject, limit, now)
-            if delta > 0 and current != key:
-                # Usage above the reservation, settled after its window ended: counted in the window
-                # of now (in the one that ended it would limit nothing).
+            if delta > 0:
+                # Usage above the reservation counts in the window of now — the reservation's own
+                # while it lasts, else the next (in one that ended it would limit nothing) — created
+                # if need be: a call that reserved no tokens (pass-through) made no token counter.
+                current, _, ttl_ms = self._slot(reservation.subject, limit, now)
                 keys.append(current)
                 args += [delta, ttl_ms]
             else:

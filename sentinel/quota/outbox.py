@@ -49,13 +49,15 @@ class MemoryOutbox:
 
     def due(self, *, everything: bool = False) -> list[UsageRecord]:
         """The waiting records that may be stored or batched now (`everything`: those waiting for a
-        later retry too), left in place: `discard` one once it is stored elsewhere."""
+        later retry too), left in place: `discard` them once they are stored elsewhere."""
         now = float("inf") if everything else self.clock()
         return [record for at, record in self._waiting if at <= now]
 
-    def discard(self, record: UsageRecord) -> None:
-        """Forget a waiting record (stored elsewhere now)."""
-        self._waiting = [(at, kept) for at, kept in self._waiting if kept is not record]
+    def discard(self, records: list[UsageRecord]) -> None:
+        """Forget waiting records (stored elsewhere now), in one pass."""
+        if records:
+            gone = {id(record) for record in records}
+            self._waiting = [(at, kept) for at, kept in self._waiting if id(kept) not in gone]
 
     async def put(self, record: UsageRecord) -> None:
         self._waiting.append((0.0, record))
@@ -167,10 +169,18 @@ class DurableOutbox:
         once stored (a cancelled rescue loses none); the first that still finds no durable outbox
         ends the attempt until the next. Batches being delivered from memory stay where they are;
         `everything`: records waiting for a later retry too."""
-        for record in self.memory.due(everything=everything):
-            if not await self._store_durably(record):
-                return
-            self.memory.discard(record)
+        stored: list[UsageRecord] = []
+        try:
+            for record in self.memory.due(everything=everything):
+                try:
+                    if not await self._store_durably(record):
+                        return
+                except Exception:  # noqa: BLE001 - no outage (a value refused): kept in memory, logged
+                    log.exception("a usage record could not be stored durably", extra={"record_id": record.request_id})
+                    return
+                stored.append(record)
+        finally:
+            self.memory.discard(stored)
 
     async def claim(self, limit: int) -> Batch | None:
         """One batch from one backend (each backend's turn comes in rotation), or None."""

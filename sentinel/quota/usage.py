@@ -100,7 +100,7 @@ def _text(value: Any) -> str:
 # Output a chat delta carries besides `content` and `tool_calls`, relayed to the client and billed:
 # the legacy `function_call`, a `refusal`, reasoning some OpenAI-compatible providers stream
 # (`reasoning_content`: DeepSeek, vLLM; `reasoning`: Groq, OpenRouter), an audio answer's transcript.
-_DELTA_TEXT = ("refusal", "reasoning_content", "reasoning")
+_DELTA_TEXT = ("refusal", "reasoning_content")
 _PLAIN_DELTA = frozenset({"role", "content", "tool_calls"})  # most deltas: nothing more to look at
 
 
@@ -108,6 +108,8 @@ def _delta_extras(delta: dict[str, Any]) -> str:
     """The text of a chat delta's (or message's) output other than its `content` and `tool_calls`
     (see `_DELTA_TEXT`), for counting when the answer comes without the provider's usage."""
     parts = [delta[key] for key in _DELTA_TEXT if isinstance(delta.get(key), str)]
+    if not isinstance(delta.get("reasoning_content"), str) and isinstance(delta.get("reasoning"), str):
+        parts.append(delta["reasoning"])  # one or the other: some servers send the same text as both
     call = delta.get("function_call")
     if isinstance(call, dict):
         parts.append(_text(call.get("name")) + _text(call.get("arguments")))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any, NoReturn
 
 import orjson
@@ -96,6 +96,10 @@ class AnswerRelay:
         usage = usage_from_body(endpoint, parsed)
         answer_id = parsed.get("id") if owner is not None and isinstance(parsed, dict) else None
         pays = await self._pays(charging, answer_id, usage is not None, ttl)
+        if owner is not None and not pays and charging.counted:  # a list of objects (a thread's runs)
+            listed = await self._listed_usage(endpoint, parsed, ttl)
+            if listed is not None:
+                usage, pays = listed, True
         await self.meter.settle(
             admission,
             usage=usage if pays else Usage(0, 0),
@@ -115,10 +119,22 @@ class AnswerRelay:
         owned object with a usage marks that object's usage charged."""
         if not charging.counted:
             return False
-        work = charging.work and answer_id != charging.at
+        work = charging.work and (charging.at is None or answer_id != charging.at)
         if isinstance(answer_id, str) and has_usage:  # (a batch made shows its usage only when done)
             return await self._charged(answer_id, ttl) or work
         return work
+
+    async def _listed_usage(self, endpoint: str, parsed: Any, ttl: float | None) -> Usage | None:
+        """The usage of the objects a list answer shows (`data`) whose usage it is the first to show,
+        summed; None when there is none: a list read is one more way to read each."""
+        items = parsed.get("data") if isinstance(parsed, dict) else None
+        total: Usage | None = None
+        for item in items if isinstance(items, list) else ():
+            shown = usage_from_body(endpoint, item) if isinstance(item, dict) else None
+            if shown is None or not isinstance(item.get("id"), str) or not await self._charged(item["id"], ttl):
+                continue
+            total = shown if total is None else Usage(*map(sum, zip(astuple(total), astuple(shown), strict=True)))
+        return total
 
     async def _charged(self, object_id: str, ttl: float | None) -> bool:
         """Whether this is the first charge of `object_id`'s usage (see `Charging`); a store that

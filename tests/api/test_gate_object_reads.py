@@ -342,3 +342,23 @@ def test_pass_through_calls_are_not_streamed(gateway_factory: Callable[..., Gate
     assert [images.status_code, spoken.status_code] == [400, 400], (images.text, spoken.text)
     assert images.json()["error"]["code"] == "stream_not_supported"
     assert spy.seen == []
+
+
+def test_a_list_of_runs_charges_each_runs_usage_once(gateway_factory: Callable[..., Gateway], redis_url: str) -> None:
+    """`GET /v1/threads/{t}/runs` shows each run's usage: reading runs only that way charged nothing."""
+    upstream = ScriptedUpstream()
+    usage = {"prompt_tokens": 30, "completion_tokens": 20, "total_tokens": 50}
+    runs = {"object": "list", "data": [{"id": "run_a", "object": "thread.run", "usage": usage},
+                                       {"id": "run_b", "object": "thread.run", "usage": usage},
+                                       {"id": "run_c", "object": "thread.run", "usage": None}]}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/threads/*")
+        redis.Redis.from_url(redis_url).set("sentinel:owner:thread_1", "alice")
+        upstream.json(runs)
+        upstream.json(runs)
+        with gw.client() as alice:
+            assert alice.get("/v1/threads/thread_1/runs").status_code == 200
+            assert alice.get("/v1/threads/thread_1/runs").status_code == 200
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(60, 40), (0, 0)]

@@ -390,3 +390,26 @@ async def test_a_rescue_cut_short_loses_no_record() -> None:
     part.gate.set()
     await outbox.rescue_orphans()
     assert outbox.orphans == [] and sorted(part.items) == ["r1", "r2", "r3"]
+
+
+async def test_a_record_no_outbox_takes_stays_in_memory_without_stopping_the_deliverer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An error that is no outage, raised storing one orphan, escaped every cycle before the claim:
+    this replica delivered nothing more."""
+
+    class PickyPart(OutboxPart):
+        async def put(self, record: UsageRecord) -> None:
+            if record.request_id == "odd":
+                raise ValueError("a value the outbox cannot store")
+            await super().put(record)
+
+    part = PickyPart("sql")
+    outbox = DurableOutbox(part)  # type: ignore[arg-type]
+    outbox.memory._waiting.append((0.0, usage_record("odd")))
+    sink = Sink()
+    deliverer = UsageDeliverer(outbox, sink, Metrics(), backoff=CountingBackoff(base=1, cap=30), clock=FakeClock())
+    await outbox.put(usage_record("r1"))
+    with caplog.at_level("ERROR", logger="sentinel.outbox"):
+        assert await deliverer.deliver_once() == 1  # r1 delivered all the same
+    assert [r.request_id for r in outbox.orphans] == ["odd"] and sink.delivered == ["r1"]

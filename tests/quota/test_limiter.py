@@ -260,3 +260,13 @@ async def test_usage_above_a_reservation_settled_after_its_window_counts_in_the_
     clock.advance(120)
     await limiter.commit(smaller, input_tokens=0, output_tokens=10)  # a refund stays in its own window
     assert (await reserve(limiter, plan, o=19_000)).allowed
+
+
+async def test_usage_of_a_call_that_reserved_no_tokens_counts(store: Store) -> None:
+    """A pass-through call reserves one request and no tokens, so no token counter existed for its
+    usage to be added to: what its answer showed (an image generation, a batch read) limited nothing."""
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
+    plan = parse_plan_spec("requests=100/1h,output_tokens=1000/1h")
+    call = await reserve(limiter, plan)
+    await limiter.commit(call, input_tokens=0, output_tokens=50_000)
+    assert not (await reserve(limiter, plan, o=1)).allowed

@@ -220,3 +220,10 @@ def test_a_cut_stream_counts_every_kind_of_output_it_relayed(delta: dict[str, An
     assert inspector.text == text and inspector.usage is None
     message = {"choices": [{"index": 0, "message": {"role": "assistant", **delta}}]}
     assert text_from_body("chat", message) == text  # the same output, not streamed
+
+
+def test_reasoning_sent_under_both_names_is_counted_once() -> None:
+    """Some servers send the same text as `reasoning` and `reasoning_content`."""
+    message = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Yes.",
+                                                   "reasoning_content": "Because.", "reasoning": "Because."}}]}
+    assert text_from_body("chat", message) == "Yes.Because."

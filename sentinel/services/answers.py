@@ -180,6 +180,8 @@ class AnswerRelay:
             answer_id = leading_id(head) if owner is not None else None
             if not await self._pays(charging, answer_id, usage is not None, ttl):
                 usage = Usage(0, 0)
+            elif usage is None and charging.at is None and answer_id is not None:
+                await self._charged(answer_id, ttl)  # made here, charged as reserved: a later fetch pays nothing
             await meter.settle(admission, usage=usage, output_text="", status=status,
                                provider=upstream.provider, output_estimate=admission.max_output)
             object_id = answer_id if creating else None

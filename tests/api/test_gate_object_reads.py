@@ -362,3 +362,27 @@ def test_a_list_of_runs_charges_each_runs_usage_once(gateway_factory: Callable[.
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
     rows = ledger_rows(gw.settings.database_url, "alice")
     assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(60, 40), (0, 0)]
+
+
+def test_a_large_stored_answer_charged_as_reserved_is_not_charged_again_when_fetched(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """An answer over 1 MiB without a usage Sentinel could read is charged all it reserved; the
+    object was not marked charged, so fetching it later charged its usage a second time."""
+    upstream = ScriptedUpstream()
+    made = {"id": "resp_big", "object": "response", "status": "completed", "model": "gpt-4o-mini",
+            "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "x"}]}],
+            "metadata": {"pad": "y" * (1 << 21)}}
+    fetched = {**made, "metadata": {}, "usage": {"input_tokens": 7, "output_tokens": 9, "total_tokens": 16}}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url)
+        upstream.json(made)
+        upstream.json(fetched)
+        with gw.client() as alice:
+            created = alice.post("/v1/responses", json={"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 64})
+            assert created.status_code == 200 and len(created.content) > 1 << 21
+            assert alice.get("/v1/responses/resp_big").status_code == 200
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert rows[0]["output_tokens"] == 64  # all it reserved
+    assert (rows[1]["input_tokens"], rows[1]["output_tokens"]) == (0, 0)

@@ -109,8 +109,8 @@ class AnswerRelay:
         )
         if owner is not None:
             await claim_created(self.ownership, created_ids(parsed, creating=creating, ttl=ttl), owner)
-            if endpoint == "responses" and isinstance(parsed, dict) and isinstance(parsed.get("id"), str):
-                await remember_context(self.ownership, admission, [parsed["id"], *extends])
+            if endpoint == "responses" and isinstance(answer_id, str):
+                await remember_context(self.ownership, admission, [answer_id, *extends])
         report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
@@ -120,7 +120,8 @@ class AnswerRelay:
         if not charging.counted:
             return False
         work = charging.work and (charging.at is None or answer_id != charging.at)
-        if isinstance(answer_id, str) and has_usage:  # (a batch made shows its usage only when done)
+        made_here = work and charging.at is None  # a metered call's own object: charged now, usage or estimate
+        if isinstance(answer_id, str) and (has_usage or made_here):  # (a batch made shows its usage when done)
             return await self._charged(answer_id, ttl) or work
         return work
 
@@ -180,8 +181,6 @@ class AnswerRelay:
             answer_id = leading_id(head) if owner is not None else None
             if not await self._pays(charging, answer_id, usage is not None, ttl):
                 usage = Usage(0, 0)
-            elif usage is None and charging.at is None and answer_id is not None:
-                await self._charged(answer_id, ttl)  # made here, charged as reserved: a later fetch pays nothing
             await meter.settle(admission, usage=usage, output_text="", status=status,
                                provider=upstream.provider, output_estimate=admission.max_output)
             object_id = answer_id if creating else None

@@ -190,17 +190,18 @@ class OpenAIRelay:
             await self.ownership.require([where.object_id], identity.external_id)
         as_json = batch_upload = False
         creating = where.is_collection and method == "POST"
+        creates_batch = creating and where.collection == "batches"
         if body:
             forwarded = forwardable_headers(headers)
             if forwarded.get("content-encoding", "identity").strip().lower() != "identity":
                 raise InvalidRequest("A pass-through body must not be compressed (Content-Encoding): its ids must be read")
             checked, batch_upload = await self._check_body(
                 identity, body, forwarded.get("content-type", "").strip(),
-                creates_batch=creating and where.collection == "batches", json_only=where.collection in JSON_ONLY,
+                creates_batch=creates_batch, json_only=where.collection in JSON_ONLY,
             )
             if checked is not None:  # JSON: sent as Sentinel read it (see `_serve`)
                 as_json, body = True, checked
-        elif creating and where.collection == "batches":
+        elif creates_batch:
             await self.ownership.require_batch_input("", identity.external_id)  # a batch names its input
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit_call(identity, endpoint=endpoint, request_id=ex.usage_id)

@@ -40,8 +40,8 @@ class Deps:
             self.throttle.check(address)
             try:
                 token = parse_credential(request.headers.get("authorization"), request.headers.get("x-api-key"))
-                identity = await self.authenticator.authenticate(token)
-            except AuthenticationError:
+                identity = await self.authenticator.authenticate(token, lookup=lambda: self.throttle.lookup(address))
+            except AuthenticationError:  # counted before the lookup's turn is given back (no await between)
                 self.throttle.failed(address)
                 raise
         ctx.external_id = identity.external_id

@@ -1,40 +1,70 @@
-"""Failed authentications are rate-limited per client address, before any identity lookup.
+"""Failed authentications are rate-limited per client, before any identity lookup.
 
-A flood of made-up bearer tokens would otherwise cost one database or governance lookup each. An
-address with `limit` failed authentications in the current minute gets 429 `auth_rate_limited`
-for every request until that minute ends, without a lookup. Counted in this process (each replica
-counts its own: N replicas admit up to N x `limit` failures a minute); the address is the socket
-peer's (behind a proxy, the proxy's address).
+A flood of made-up bearer tokens would otherwise cost one database or governance lookup each. A
+client with `limit` failed authentications in the current minute gets 429 `auth_rate_limited`
+for every request until that minute ends, without a lookup. Lookups that go to the identity source
+(`lookup`) are counted while they run: a client has at most `limit` minus its failures of this
+minute in flight at once, and further ones wait their turn (or are refused once the failures reach
+the limit), so a burst of concurrent made-up tokens cannot all pass the check before the first of
+them has failed. Tokens found in the identity cache never wait.
+
+A client is its address: an IPv4 address (an IPv4-mapped IPv6 one counts as its IPv4 address), or
+the /64 an IPv6 address belongs to (one host usually holds a whole /64: counting its addresses
+one by one would give it billions of tries). Counted in this process (each replica counts its
+own: N replicas admit up to N x `limit` failures a minute); the address is the socket peer's, or
+the one a trusted proxy reported (`SENTINEL_FORWARDED_ALLOW_IPS`). The table holds at most
+`max_clients` clients: when it is full, the counts of past minutes and of clients below the limit
+are dropped first; clients at the limit are never forgotten before their minute ends.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from sentinel.errors import RateLimited
 
-_MAX_ADDRESSES = 100_000
+MAX_CLIENTS = 100_000
+
+
+def client_key(address: str | None) -> str | None:
+    """What the throttle counts `address` under: IPv4 as is, IPv6 by its /64 (see the module docstring)."""
+    if address is None or ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
 
 
 class FailedAuthThrottle:
-    """Per-address counts of failed authentications over fixed one-minute windows."""
+    """Per-client counts of failed authentications over fixed one-minute windows, and of the
+    identity lookups each client has in flight."""
 
-    def __init__(self, limit: int, *, window: float = 60.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, limit: int, *, window: float = 60.0, clock: Callable[[], float] = time.time,
+        max_clients: int = MAX_CLIENTS,
+    ) -> None:
         self.limit = limit
         self.window = window
         self.clock = clock
-        self._counts: dict[str, tuple[int, int]] = {}  # address -> (window index, failures)
+        self.max_clients = max_clients
+        self._counts: dict[str, tuple[int, int]] = {}  # client -> (window index, failures)
+        self._pending: dict[str, int] = {}  # client -> identity lookups in flight
+        self._waiting: dict[str, list[asyncio.Future[None]]] = {}  # client -> lookups waiting for a turn
 
     def check(self, address: str | None) -> None:
         """RateLimited (429) when `address` already failed `limit` times in this window."""
-        if address is None:
-            return
-        index = math.floor(self.clock() / self.window)
-        seen = self._counts.get(address)
-        if seen is not None and seen[0] == index and seen[1] >= self.limit:
-            retry = (index + 1) * self.window - self.clock()
+        key = client_key(address)
+        if key is not None and self._failures(key) >= self.limit:
+            retry = (math.floor(self.clock() / self.window) + 1) * self.window - self.clock()
             raise RateLimited(
                 "Too many failed authentications from this address; retry later",
                 code="auth_rate_limited", retry_after=retry,
@@ -42,13 +72,64 @@ class FailedAuthThrottle:
 
     def failed(self, address: str | None) -> None:
         """Count one failed authentication from `address`."""
-        if address is None:
+        key = client_key(address)
+        if key is None:
             return
         index = math.floor(self.clock() / self.window)
-        seen = self._counts.get(address)
+        seen = self._counts.get(key)
         count = seen[1] + 1 if seen is not None and seen[0] == index else 1
-        if len(self._counts) >= _MAX_ADDRESSES and address not in self._counts:
-            self._counts = {a: c for a, c in self._counts.items() if c[0] == index}
-            if len(self._counts) >= _MAX_ADDRESSES:
-                self._counts.clear()
-        self._counts[address] = (index, count)
+        if key not in self._counts and len(self._counts) >= self.max_clients and not self._make_room(index):
+            return  # every client in the table is at its limit this minute: those stay
+        self._counts[key] = (index, count)
+        if count >= self.limit:
+            self._wake(key)  # waiting lookups are refused now
+
+    @asynccontextmanager
+    async def lookup(self, address: str | None) -> AsyncIterator[None]:
+        """Around one identity-source lookup for `address`: waits while the client has `limit` minus
+        its failures in flight; RateLimited (429) when its failures reach the limit meanwhile."""
+        key = client_key(address)
+        if key is None:
+            yield
+            return
+        while self._failures(key) + self._pending.get(key, 0) >= self.limit:
+            self.check(address)
+            turn = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(key, []).append(turn)
+            try:
+                await turn
+            finally:
+                queue = self._waiting.get(key)
+                if queue is not None and turn in queue:
+                    queue.remove(turn)
+                if not queue:
+                    self._waiting.pop(key, None)
+        self._pending[key] = self._pending.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._pending[key] - 1
+            if left:
+                self._pending[key] = left
+            else:
+                del self._pending[key]
+            self._wake(key)
+
+    def _failures(self, key: str) -> int:
+        seen = self._counts.get(key)
+        if seen is None or seen[0] != math.floor(self.clock() / self.window):
+            return 0
+        return seen[1]
+
+    def _wake(self, key: str) -> None:
+        """Let the client's waiting lookups look again (each re-checks its turn)."""
+        for turn in self._waiting.get(key, ()):
+            if not turn.done():
+                turn.set_result(None)
+
+    def _make_room(self, index: int) -> bool:
+        """Drop past minutes, then clients below the limit; False if the table is still full."""
+        self._counts = {k: c for k, c in self._counts.items() if c[0] == index}
+        if len(self._counts) >= self.max_clients:
+            self._counts = {k: c for k, c in self._counts.items() if c[1] >= self.limit}
+        return len(self._counts) < self.max_clients

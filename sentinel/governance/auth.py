@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection
+from contextlib import AbstractAsyncContextManager, nullcontext
 
 from sentinel.domain.identity import Identity
 from sentinel.errors import AuthenticationError, GovernanceUnavailable, PermissionDenied
@@ -107,9 +108,13 @@ class Authenticator:
     def _source_for(self, token: str) -> IdentitySource | None:
         return self.api_keys if token.startswith(KEY_PREFIX) else self.jwt
 
-    async def authenticate(self, token: str) -> Identity:
+    async def authenticate(
+        self, token: str, *, lookup: Callable[[], AbstractAsyncContextManager[None]] | None = None
+    ) -> Identity:
         """Identity for `token`; AuthenticationError (401), PermissionDenied (403, an identity whose
-        usage cannot be reported) or GovernanceUnavailable (503)."""
+        usage cannot be reported) or GovernanceUnavailable (503). `lookup()`, when given, is entered
+        around the identity source's lookup (not for a cached identity) until its outcome is known:
+        the failed-authentication throttle counts the lookups a client has in flight with it."""
         key = hash_key(token)
         if key in self.withheld:
             raise AuthenticationError("An operator key is not a user credential: use an API key or a JWT")
@@ -129,16 +134,17 @@ class Authenticator:
             expiry = unverified_expiry(token)
             if expiry is not None and expiry <= self.clock():
                 raise AuthenticationError("The token has expired", code="token_expired")
-        try:
-            found = await source.authenticate(token)
-        except GovernanceUnavailable:
-            if stale is not None:
-                log.warning("identity source unavailable; serving a cached identity", extra={"source": source.name})
-                return self._admit(stale)
-            raise
-        if found is None or self._expired(found):
-            await self.cache.put(key, None, ttl=self.negative_ttl)
-            raise AuthenticationError()
+        async with lookup() if lookup is not None else nullcontext():
+            try:
+                found = await source.authenticate(token)
+            except GovernanceUnavailable:
+                if stale is not None:
+                    log.warning("identity source unavailable; serving a cached identity", extra={"source": source.name})
+                    return self._admit(stale)
+                raise
+            if found is None or self._expired(found):
+                await self.cache.put(key, None, ttl=self.negative_ttl)
+                raise AuthenticationError()
         if (problem := found.unstorable()) is not None:  # refused, and not cached: it cannot be stored
             raise PermissionDenied(f"This identity's usage cannot be recorded: {problem}", code="identity_unrecordable")
         await self.cache.put(key, found, not_after=found.expires_at)

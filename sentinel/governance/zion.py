@@ -260,9 +260,9 @@ class ZionClient:
                 if last:
                     raise GovernanceUnavailable(problem) from exc
             else:
-                if status < 500:
+                if status < 500 and status != 429:
                     self.breaker.success()  # a whole answer, even a refusal: Zion is up
-                else:
+                else:  # down, or asking to be called less (429): calls stop while the circuit is open
                     self.breaker.failure()
                 if status in none_on:
                     return None

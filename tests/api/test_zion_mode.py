@@ -300,3 +300,35 @@ def test_undecodable_cache_entries_are_misses(
     assert second.status_code == 200 and second.headers["x-sentinel-model"] == first.headers["x-sentinel-model"]
     assert lookups() == calls
     r.close()
+
+
+def test_concurrent_made_up_tokens_reach_zion_no_more_often_than_the_throttle_allows(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    """The throttle was checked before the lookup and counted after it: 20 made-up tokens sent at
+    once from one address all passed the check while its count was 0, 20 Zion calls a minute
+    instead of 3. A client has at most `limit` minus its failures of lookups in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gw = zion_gateway(gateway_factory, zion, auth_failures_per_minute=3)
+    zion.set_down(True, "hang")
+    with ThreadPoolExecutor(20) as pool:
+        answers = [pool.submit(post, gw, f"made-up-{i}") for i in range(20)]
+        assert wait_for(lambda: zion.attempts[ME] >= 3)
+        time.sleep(0.5)  # the other 17 are in by now (waiting their turn, or, before, at Zion)
+        zion.set_down(False)
+        codes = sorted(a.result().status_code for a in answers)
+    assert zion.attempts[ME] == 3, zion.attempts[ME]
+    assert codes == [401] * 3 + [429] * 17, codes
+
+
+def test_a_zion_answering_429_is_not_called_for_every_made_up_token(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    """A 429 counted as Zion being up: every made-up token (none of them counted by the throttle,
+    each a 503) was one more call to a Zion asking to be called less. It opens the circuit now."""
+    gw = zion_gateway(gateway_factory, zion)
+    zion.fail_next(20, status=429)
+    codes = [post(gw, f"made-up-{i}").status_code for i in range(10)]
+    assert codes == [503] * 10, codes
+    assert zion.attempts[ME] <= 3, zion.attempts[ME]  # the circuit's threshold; the rest fail at once

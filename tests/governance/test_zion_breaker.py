@@ -49,12 +49,18 @@ async def test_refusals_never_open_the_breaker(client: ZionClient, fake: FakeZio
     for _ in range(5):
         assert await client.me("tok-unknown") is None  # 401
         assert await client.limits("ext-nobody") is None  # 404
+    assert client.breaker.state == "closed"
+    assert fake.received == 10  # every call reached Zion
+
+
+async def test_429s_open_the_breaker(client: ZionClient, fake: FakeZion) -> None:
+    """Zion asking to be called less is not Zion up: calls stop while the circuit is open."""
     fake.fail_next(5, status=429)
     for _ in range(5):
         with pytest.raises(GovernanceUnavailable):
             await client.tier_config()
-    assert client.breaker.state == "closed"
-    assert fake.received == 15  # every call reached Zion
+    assert client.breaker.state == "open"
+    assert fake.received == 3  # the threshold; the others failed without a call
 
 
 @pytest.mark.parametrize("mode", ["503", "drop"])

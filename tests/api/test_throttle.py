@@ -1,0 +1,85 @@
+"""The failed-authentication throttle on its own: concurrent lookups, IPv6 clients, a full table."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sentinel.api.throttle import FailedAuthThrottle, client_key
+from sentinel.errors import AuthenticationError, RateLimited
+
+
+async def _failing_lookup(throttle: FailedAuthThrottle, address: str, release: asyncio.Event, seen: list[str]) -> str:
+    """One identity lookup that fails, as `Deps.authenticate` runs it: the failure is counted before
+    the lookup's turn is given back."""
+    try:
+        async with throttle.lookup(address):
+            seen.append(address)
+            await release.wait()
+            raise AuthenticationError()
+    except AuthenticationError:
+        throttle.failed(address)
+        return "401"
+    except RateLimited:
+        return "429"
+
+
+async def test_concurrent_made_up_tokens_cannot_all_pass_the_check_before_the_first_fails() -> None:
+    """The check ran before the lookup and the failure was counted after it: 20 concurrent made-up
+    tokens from one address all passed while the count was 0, 20 lookups instead of 3."""
+    throttle = FailedAuthThrottle(3, clock=lambda: 1000.0)
+    release = asyncio.Event()
+    seen: list[str] = []
+    tasks = [asyncio.create_task(_failing_lookup(throttle, "198.51.100.7", release, seen)) for _ in range(20)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(seen) == 3  # three lookups in flight; the others wait their turn
+    release.set()
+    outcomes = await asyncio.gather(*tasks)
+    assert len(seen) == 3, len(seen)
+    assert sorted(outcomes) == ["401"] * 3 + ["429"] * 17
+    with pytest.raises(RateLimited):
+        throttle.check("198.51.100.7")
+
+
+async def test_lookups_that_succeed_let_the_waiting_ones_through() -> None:
+    """Valid tokens from one address beyond `limit` at once wait, they are not refused."""
+    throttle = FailedAuthThrottle(2, clock=lambda: 1000.0)
+    in_flight = 0
+    most = 0
+
+    async def valid() -> None:
+        nonlocal in_flight, most
+        async with throttle.lookup("198.51.100.8"):
+            in_flight += 1
+            most = max(most, in_flight)
+            await asyncio.sleep(0)
+            in_flight -= 1
+
+    await asyncio.gather(*(valid() for _ in range(10)))
+    assert most == 2
+    throttle.check("198.51.100.8")  # nothing failed: not throttled
+
+
+def test_an_ipv6_host_is_one_client_however_many_addresses_of_its_64_it_uses() -> None:
+    throttle = FailedAuthThrottle(2, clock=lambda: 1000.0)
+    throttle.failed("2001:db8:1:2::1")
+    throttle.failed("2001:db8:1:2:ffff:ffff:ffff:fffe")
+    with pytest.raises(RateLimited):
+        throttle.check("2001:db8:1:2::99")
+    throttle.check("2001:db8:1:3::1")  # another /64: another client
+    assert client_key("::ffff:192.0.2.1") == "192.0.2.1"  # an IPv4-mapped address is its IPv4 address
+    assert client_key("192.0.2.1") == "192.0.2.1"
+    assert client_key("fe80::1%eth0") == "fe80::/64"
+
+
+def test_a_full_table_never_forgets_a_client_at_its_limit() -> None:
+    """When the table was full, every count was cleared: an attacker filling it lifted its own lockout."""
+    throttle = FailedAuthThrottle(2, clock=lambda: 1000.0, max_clients=10)
+    throttle.failed("203.0.113.1")
+    throttle.failed("203.0.113.1")  # at the limit
+    for i in range(2, 40):  # fill the table with other addresses, each below the limit
+        throttle.failed(f"203.0.113.{i}")
+    with pytest.raises(RateLimited):
+        throttle.check("203.0.113.1")

@@ -36,6 +36,10 @@ log = logging.getLogger("sentinel.request")
 
 _SAFE_ID = re.compile(rf"^[A-Za-z0-9._:\-]{{1,{MAX_CLIENT_REQUEST_ID}}}$")
 _UNLIMITED_PREFIXES = ("/health", "/metrics")
+# The sign-in forms read a body from a caller nobody has authenticated yet: they get their own few
+# slots, so slow forms cannot fill the ones API traffic needs (`max_in_flight`).
+SIGN_IN_PATHS = frozenset({"/native/docs/signin", "/admin/signin"})
+MAX_SIGN_IN_IN_FLIGHT = 32
 _API_ROUTES = ("/v1/", "/native/v1/")  # the answers counted for the console's error rate
 
 
@@ -52,6 +56,7 @@ class RequestMiddleware:
         self.metrics = metrics
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self.signing_in = 0  # sign-in requests in flight (SIGN_IN_PATHS), not counted in `in_flight`
         self.access_log = access_log
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
@@ -84,21 +89,14 @@ class RequestMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        limited = not path.startswith(_UNLIMITED_PREFIXES)
         try:
             check_raw_path(scope.get("raw_path") or path.encode())
-            if limited and self.in_flight >= self.max_in_flight:
-                self.metrics.rejected_overload.inc()
-                raise Overloaded("Too many requests in flight; retry shortly", retry_after=1)
-            if limited:
-                self.in_flight += 1
-                self.metrics.in_flight.inc()
-            try:
+            if path.startswith(_UNLIMITED_PREFIXES):
                 await self.app(scope, receive, send_wrapper)
-            finally:
-                if limited:
-                    self.in_flight -= 1
-                    self.metrics.in_flight.dec()
+            elif path in SIGN_IN_PATHS:
+                await self._sign_in(scope, receive, send_wrapper)
+            else:
+                await self._limited(scope, receive, send_wrapper)
         except Exception as exc:  # the one last-resort handler
             err = _as_sentinel_error(exc, scope)
             if err.status >= 500 and not isinstance(exc, SentinelError | HTTPException):
@@ -116,6 +114,30 @@ class RequestMiddleware:
                 self.slots.release(ctx.slot)
             self._observe(scope, ctx)
             request_id_var.reset(token)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app, in one of `max_in_flight` slots (503 Overloaded when none is free)."""
+        if self.in_flight >= self.max_in_flight:
+            self.metrics.rejected_overload.inc()
+            raise Overloaded("Too many requests in flight; retry shortly", retry_after=1)
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+
+    async def _sign_in(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A sign-in form, in one of its own MAX_SIGN_IN_IN_FLIGHT slots (503 when none is free)."""
+        if self.signing_in >= MAX_SIGN_IN_IN_FLIGHT:
+            self.metrics.rejected_overload.inc()
+            raise Overloaded("Too many sign-ins in flight; retry shortly", retry_after=1)
+        self.signing_in += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.signing_in -= 1
 
     def _observe(self, scope: Scope, ctx: RequestContext) -> None:
         elapsed = time.perf_counter() - ctx.started

@@ -126,6 +126,31 @@ def test_a_sign_in_form_that_never_arrives_is_cut_off(gateway_factory: Callable[
         assert answer.startswith(b"HTTP/1.1 408"), (path, answer[:200])
 
 
+def test_sign_in_forms_that_never_arrive_cannot_take_the_api_slots(gateway_factory: Callable[..., Gateway]) -> None:
+    """Sign-in forms are read before anyone is authenticated: held open, each kept one of the
+    `SENTINEL_MAX_IN_FLIGHT` slots for the whole body deadline, and enough of them answered every
+    user's API request 503. They have their own few slots now (and the 33rd waits its turn: 503)."""
+    from sentinel.api.middleware import MAX_SIGN_IN_IN_FLIGHT
+
+    gw = gateway_factory(docs_api_key="docs-key-for-tests-0123", max_in_flight=2, body_timeout_seconds=20)
+    port = int(gw.url.rsplit(":", 1)[1])
+    held = []
+    try:
+        for _ in range(MAX_SIGN_IN_IN_FLIGHT):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(b"POST /native/docs/signin HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 4096\r\n\r\nkey=")
+            held.append(sock)
+        with httpx.Client(base_url=gw.url, timeout=10) as http:
+            # Every held form is being read once one more sign-in finds no free slot.
+            assert wait_for(lambda: http.get("/native/docs/signin").status_code == 503)
+            models = http.get("/v1/models", headers={"Authorization": f"Bearer {gw.key}"})
+        assert models.status_code == 200, models.text
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def test_the_rest_of_a_body_already_answered_is_waited_for_only_so_long(
     gateway_factory: Callable[..., Gateway]
 ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
 from pydantic import ConfigDict, Field
 
 from sentinel.native.types import StrictModel, Tier, ToolCall
@@ -103,8 +104,14 @@ class ProviderReply:
     cache: CacheTokens = CacheTokens()
 
     def text(self) -> str:
-        """All generated text (for estimating completion tokens when usage is missing)."""
-        return "".join(choice.message.content or "" for choice in self.choices)
+        """All generated text, tool calls' names and arguments included (for estimating completion
+        tokens when usage is missing: an answer of tool calls only is output too)."""
+        parts: list[str] = []
+        for choice in self.choices:
+            parts.append(choice.message.content or "")
+            for call in choice.message.tool_calls or ():
+                parts.append(call.function.name + orjson.dumps(call.function.arguments).decode())
+        return "".join(parts)
 
     def to_response(self, usage: Usage | None = None) -> ChatResponse:
         """The client-facing response; `usage` (an estimate) is required when the provider gave none."""

@@ -158,22 +158,27 @@ class TierRouter:
         return await self._sticky(session)
 
     async def _sticky(self, session: Session) -> RouteChoice:
-        table = await self.tiers.table()
-        entry = next(
-            (e for e in table.get(session.tier, []) if (e.provider, e.model) == (session.provider, session.model)),
-            None,
-        )
+        entry = await self._entry_for(session.tier, session.provider, session.model)
         state = (await self.health.states([(session.provider, session.model)]))[(session.provider, session.model)]
         in_backoff = state is not None and state.until > self.clock()
         gone = session.provider not in self.providers
         if (gone or in_backoff) and (gone or self.failover is SessionFailover.migrate):
             new, _ = await self._select(session.tier, exclude=[(session.provider, session.model)])
             return RouteChoice(session.tier, new, session.conversation_id, session, "update", "migrated")
-        if entry is None:  # the table changed but the provider still exists: keep the conversation's model
-            entry = TierModelEntry(provider=session.provider, model=session.model, relative_cost=1)
         decision = RouteChoice(session.tier, entry, session.conversation_id, session, "touch", "hit")
         decision.was_unhealthy = state is not None
         return decision
+
+    async def _entry_for(self, tier: str, provider: str, model: str) -> TierModelEntry:
+        """The tier table's entry for a conversation's provider+model (its prices included): in its
+        tier, else in any tier; a bare entry (prices unknown) only when the table no longer names it
+        — the table changed but the provider still exists, so the conversation keeps its model."""
+        table = await self.tiers.table()
+        for entries in (table.get(tier, []), *table.values()):
+            for entry in entries:
+                if (entry.provider, entry.model) == (provider, model):
+                    return entry
+        return TierModelEntry(provider=provider, model=model, relative_cost=1)
 
     async def commit(self, identity: Identity, decision: RouteChoice) -> None:
         """Apply the decision's session write (after the request proved valid). Never raises."""
@@ -189,7 +194,7 @@ class TierRouter:
                 won = await self.sessions.create(session)
                 if (won.provider, won.model) != (session.provider, session.model):
                     # A concurrent first turn created the session first: follow it.
-                    decision.entry = TierModelEntry(provider=won.provider, model=won.model, relative_cost=1)
+                    decision.entry = await self._entry_for(won.tier, won.provider, won.model)
                     decision.tier = won.tier
                 decision.session = won
             elif decision.session is not None:

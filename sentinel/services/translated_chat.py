@@ -103,10 +103,7 @@ class TranslatedChat:
         ex.upstream_status = 200
         reply = done.reply
         usage = reply.usage
-        text = reply.text() + "".join(
-            call.function.name + orjson.dumps(call.function.arguments).decode()
-            for choice in reply.choices for call in choice.message.tool_calls or ()
-        )
+        text = reply.text()
         await self.meter.settle(
             admission, usage=recorded_usage(usage, reply.cache), output_text=text, status=200,
             provider=target.provider,

@@ -239,3 +239,16 @@ def test_native_requests_are_metered_and_recorded(gateway_factory: Callable[...,
     # Three served requests (the broken stream too, with what it streamed), the denied one not.
     assert wait_for(lambda: ledger_totals(gw.settings.database_url, "alice")["requests"] == 3)
     assert ledger_totals(gw.settings.database_url, "alice")["input_tokens"] >= expected_input
+
+
+def test_an_answer_of_tool_calls_only_costs_output_tokens_without_provider_usage(native_gw: Gateway) -> None:
+    """A provider that reports no usage: the output was estimated from the message text only, so an
+    answer of tool calls (any size of arguments) cost 0 output tokens."""
+    body = {"messages": [{"role": "user", "content": "What is the weather in Paris? #mock:no_usage"}],
+            "tools": [WEATHER_TOOL], "tool_choice": "auto"}
+    with native_gw.client() as http:
+        r = http.post(URL, json=body)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and not choice["message"].get("content")
+    assert r.json()["usage"]["completion_tokens"] > 0, r.json()["usage"]

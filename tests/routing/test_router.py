@@ -13,7 +13,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.routing.health import ProviderHealth
 from sentinel.routing.router import TierRouter
 from sentinel.routing.selection import WeightedSelector
-from sentinel.routing.sessions import SessionStore
+from sentinel.routing.sessions import Session, SessionStore
 from sentinel.routing.tiers import StaticTiers
 from sentinel.store import Store
 from tests.routing.helpers import AN_HAIKU, AN_SONNET, OA_4O, OA_MINI
@@ -119,3 +119,30 @@ async def test_store_down_means_no_stickiness() -> None:
     decision = await router.decide(ALICE, request())
     assert decision.conversation_id is None and not decision.sticky and decision.pending_write is None
     assert sessions_count(router, "store_error") == 1
+
+
+async def test_a_conversation_served_by_another_candidate_keeps_that_candidates_prices(store: Store) -> None:
+    """A first turn that lost the race to create its session, and every turn of a conversation whose
+    model left its tier, were served under a bare entry without prices: their cost was unknown."""
+    priced = StaticTiers({
+        "simple": [
+            TierModelEntry(provider="openai", model="gpt-4o-mini", input_price_per_million=0.15,
+                           output_price_per_million=0.6),
+            TierModelEntry(provider="anthropic", model="claude-3-5-haiku-20241022", input_price_per_million=0.8,
+                           output_price_per_million=4.0),
+        ],
+        "moderate": [], "complex": [],
+    })
+    by_provider = {e.provider: e for e in (await priced.table())["simple"]}
+    router = make_router(store, priced)
+    decision = await router.decide(ALICE, request("simple", "raced"))
+    other = by_provider["anthropic" if decision.provider == "openai" else "openai"]
+    now = router.clock()
+    await router.sessions.create(Session("raced", "alice", "simple", other.provider, other.model, now, now))
+    await router.commit(ALICE, decision)  # the concurrent first turn won: this one follows it
+    assert (decision.provider, decision.entry.prices) == (other.provider, other.prices)
+    # The model is taken out of the simple tier but still in the table (another tier): its prices stay.
+    rest = next(e for e in by_provider.values() if e is not other)
+    moved = StaticTiers({"simple": [rest], "moderate": [other], "complex": []})
+    later = await make_router(store, moved).decide(ALICE, request("simple", "raced"))
+    assert (later.provider, later.entry.prices) == (other.provider, other.prices)

@@ -70,6 +70,9 @@ DROP_REQUEST_HEADERS = frozenset(
         # The client's address (what a proxy in front of Sentinel adds) and Sentinel's own credentials.
         "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-real-ip",
         "x-docs-key", "x-csrf-token",
+        # The client's trace context: with tracing on, Sentinel's own traceparent goes instead (and no
+        # caller's tracestate/baggage rides on Sentinel's trace); off, none goes.
+        "traceparent", "tracestate", "baggage",
     }
 )
 # Response headers never relayed: hop-by-hop ones, framing the server recomputes, the upstream's

@@ -214,3 +214,21 @@ def test_broken_stream_ends_with_an_error_event(gateway: Gateway) -> None:
             "messages": [{"role": "user", "content": "cut me off now please #mock:disconnect_after=3"}]})
     assert "event: error" in anthropic_side.text and "message_stop" not in anthropic_side.text
     assert '"stream_error"' in openai_side.text and "[DONE]" not in openai_side.text
+
+
+def test_the_callers_trace_headers_are_not_relayed(gateway: Gateway) -> None:
+    """The client's `traceparent`, `tracestate` and `baggage` went to the provider as they were
+    (untraced here; traced, Sentinel's own traceparent goes: tests/observability/test_tracing.py)."""
+    sent = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "baggage": "user=victim", "tracestate": "vendor=client"}
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    for path, body in (("/v1/chat/completions", chat),
+                       ("/v1/messages", {"model": HAIKU, "max_tokens": 20,
+                                         "messages": [{"role": "user", "content": "hi"}]})):
+        with gateway.client() as client:
+            assert client.post(path, json=body, headers=sent).status_code == 200, path
+        base = gateway.settings.anthropic_api_url if path == "/v1/messages" else gateway.settings.openai_api_url
+        base = base.removesuffix("/v1")
+        recorded = httpx.get(f"{base}/__mock/last_request", params={"path": path}, timeout=5).json()
+        relayed = {k.lower() for k in recorded["headers"]}
+        assert not relayed & {"traceparent", "baggage", "tracestate"}, (path, relayed)

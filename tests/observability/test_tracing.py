@@ -273,3 +273,17 @@ def test_the_callers_baggage_and_tracestate_never_reach_sentinels_calls() -> Non
         tracing.end_request(span, token)
     assert set(outgoing) == {"traceparent"}
     assert outgoing["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+
+
+def test_the_callers_trace_headers_are_not_relayed_to_the_provider(traced: Traced, mock_upstream: str) -> None:
+    """The relayed request carried the client's `baggage` and `tracestate` (and, untraced, its
+    `traceparent`) to the provider: only Sentinel's own `traceparent` goes."""
+    sent = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "baggage": "user=victim", "tracestate": "vendor=client"}
+    with traced.client() as client:
+        assert client.post("/v1/chat/completions", json=CHAT, headers=sent).status_code == 200
+    relayed = {k.lower(): v for k, v in _upstream_headers(mock_upstream).items()}
+    assert "baggage" not in relayed and "tracestate" not in relayed, relayed
+    assert relayed["traceparent"] != sent["traceparent"]  # Sentinel's upstream span, child of the caller's
+    assert relayed["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+

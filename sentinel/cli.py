@@ -179,7 +179,7 @@ def cmd_users_set_plan(args: argparse.Namespace) -> int:
             await admin.set_user_plan(args.external_id, args.plan, _actor())
         except (NotFound, InvalidRequest) as exc:
             print(f"sentinel: {exc.message}", file=sys.stderr)
-            return 1
+            return 2 if isinstance(exc, InvalidRequest) else 1  # a value refused, as every command refuses one
         print(f"user {args.external_id} is on plan {args.plan} (applies within CACHE_TTL_SECONDS)")
         return 0
 

@@ -22,6 +22,7 @@ import ctypes.util
 import logging
 import math
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -186,6 +187,22 @@ def _metrics_dir(workers: int) -> Iterator[None]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def local_url(settings: Settings) -> str:
+    """The URL a client on this host uses (a wildcard bind is reached on the loopback address)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(settings.host, settings.host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
+
+
+def listening_line(settings: Settings) -> str:
+    """The start-up line: where the server is reachable, saying so when that is every interface."""
+    if settings.host in ("0.0.0.0", "::"):
+        return (f"Sentinel listening on {settings.host}:{settings.port} (every interface: reachable from other "
+                f"hosts; SENTINEL_HOST=127.0.0.1 for this host only) — {local_url(settings)}")
+    return f"Sentinel listening on {local_url(settings)}"
+
+
 def serve(settings: Settings, workers: int = 1) -> int:
     """Run the gateway until SIGTERM/SIGINT; in-flight requests drain before pools close.
 
@@ -202,13 +219,14 @@ def serve(settings: Settings, workers: int = 1) -> int:
     if mocked:
         from sentinel.mock.server import start_mock_in_thread
 
-        mock_url, stop_mock = start_mock_in_thread()
+        mock_key = "mock-" + secrets.token_urlsafe(24)  # the only key it takes: Sentinel's, not a local caller's
+        mock_url, stop_mock = start_mock_in_thread(api_key=mock_key, embedded=True)
         settings = settings.model_copy(
             update={
                 "openai_api_url": mock_url + "/v1",
                 "anthropic_api_url": mock_url,
-                "openai_api_key": "mock-upstream-key",
-                "anthropic_api_key": "mock-upstream-key",
+                "openai_api_key": mock_key,
+                "anthropic_api_key": mock_key,
             }
         )
         log.warning(
@@ -228,9 +246,8 @@ def serve(settings: Settings, workers: int = 1) -> int:
             log.warning("could not check for demo keys left from a demo start: %s", type(exc).__name__)
     if not settings.docs_api_key:
         log.warning("DOCS_API_KEY is not set: /native/docs is open to anyone")
-    shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    base = f"http://{shown_host}:{settings.port}"
-    print(f"Sentinel listening on {base}", flush=True)
+    print(listening_line(settings), flush=True)
+    base = local_url(settings)
     if demo_key:
         print(f"Demo API key (mock upstream): {demo_key}", flush=True)
         print(

@@ -136,3 +136,15 @@ def test_values_no_store_can_hold_are_one_line_and_status_2(tmp_path: Path) -> N
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "pro" not in run(["plans", "list"], env).stdout
+
+
+def test_control_characters_in_a_key_s_user_name_or_email_are_refused(tmp_path: Path) -> None:
+    """The admin API and the console refuse them; `keys create` stored a line break or a terminal
+    escape in the user's id (a user the admin API could then not address) and in the audit log."""
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    for args in (["keys", "create", "ali\nce", "--name", "x"], ["keys", "create", "alice", "--name", "\x1b]8;;x\x07"],
+                 ["users", "set-plan", "bo\rb", "free"]):
+        result = run(args, env)
+        assert result.returncode == 2, (args, result.returncode, result.stdout, result.stderr)
+        assert "control characters" in result.stderr, result.stderr
+    assert "ali" not in run(["keys", "list"], env).stdout

@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +35,9 @@ def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
         [sys.executable, "-m", "sentinel", "serve", "--host", "127.0.0.1"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    errors: list[str] = []
+    reader = threading.Thread(target=lambda: errors.extend(proc.stderr or ()), daemon=True)
+    reader.start()
     try:
         lines: list[str] = []
         deadline = time.monotonic() + 60
@@ -68,6 +72,13 @@ def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
         assert url == f"http://127.0.0.1:{port}/admin"
         page = httpx.get(url, follow_redirects=True, timeout=30)
         assert page.status_code == 200 and "<form" in page.text and "serve-demo-admin-key" not in page.text
+        # The embedded mock upstream keeps no history and serves no /__mock/* routes (they showed
+        # every user's prompts to anything on the host), and takes only Sentinel's own random key.
+        mock = next(m for line in errors if (m := re.search(r"MOCK upstream \((http://[\d.:]+)\)", line)))
+        assert httpx.get(mock.group(1) + "/__mock/requests", timeout=5).status_code == 404
+        guessed = httpx.post(mock.group(1) + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []},
+                             headers={"Authorization": "Bearer mock-upstream-key"}, timeout=5)
+        assert guessed.status_code == 401, guessed.text
     finally:
         proc.terminate()
         try:
@@ -75,8 +86,8 @@ def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:  # pragma: no cover
             proc.kill()
             pytest.fail("sentinel serve did not stop on SIGTERM")
-        stderr = proc.stderr.read() if proc.stderr else ""
-    assert "MOCK upstream" in stderr
+        reader.join(10)
+    assert "MOCK upstream" in "".join(errors)
 
 
 def test_a_demo_key_is_made_only_on_the_embedded_default(tmp_path: Path) -> None:
@@ -123,3 +134,15 @@ def test_a_start_that_is_not_a_demo_revokes_the_demo_keys(tmp_path: Path) -> Non
     assert demo is not None and asyncio.run(identity(demo)) is not None
     assert asyncio.run(_demo_keys(settings, mint=False)) is None
     assert asyncio.run(identity(demo)) is None
+
+
+def test_the_start_up_line_says_when_every_interface_listens() -> None:
+    """The banner said http://127.0.0.1:8080 while the default bind (0.0.0.0) is every interface."""
+    from sentinel.config import Settings
+    from sentinel.server import listening_line
+
+    wildcard = listening_line(Settings(_env_file=None, port=8080))  # type: ignore[call-arg]
+    assert "0.0.0.0:8080" in wildcard and "every interface" in wildcard and "http://127.0.0.1:8080" in wildcard
+    local = listening_line(Settings(_env_file=None, host="127.0.0.1", port=8080))  # type: ignore[call-arg]
+    assert local == "Sentinel listening on http://127.0.0.1:8080"
+    assert listening_line(Settings(_env_file=None, host="::1", port=9))  == "Sentinel listening on http://[::1]:9"  # type: ignore[call-arg]

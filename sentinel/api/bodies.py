@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
+from sentinel.domain.text import has_control
 from sentinel.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
 from sentinel.native.openai_checks import MAX_JSON_DEPTH, json_depth_exceeds
 
@@ -57,23 +58,16 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return payload
 
 
-_CONTROL = frozenset(chr(c) for c in [*range(0x20), 0x7F])
-
-
-_CONTROL_BUT_LINES = _CONTROL - {"\r", "\n"}
-
-
 def refuse_control_characters(values: Any, where: str = "input", *, lines: bool = False) -> None:
     """InvalidRequest (400) when any string in `values` (nested lists and dicts, keys too) holds a
     control character (NUL, CR, LF, ...; with `lines`, CR and LF are allowed: a form's textarea).
     Operators' input (names, emails, plans, ids, search terms) never needs one, and one reaches
     places that take none: PostgreSQL text (NUL), a key's identity (see `Identity.unrecordable`)."""
-    refused = _CONTROL_BUT_LINES if lines else _CONTROL
     stack = [values]
     while stack:
         node = stack.pop()
         if isinstance(node, str):
-            if not refused.isdisjoint(node):
+            if has_control(node, lines=lines):
                 raise InvalidRequest(f"Control characters (NUL, CR, LF, ...) are not accepted in {where}")
         elif isinstance(node, dict):
             stack.extend(node.keys())

@@ -109,11 +109,15 @@ def _not_found(state: MockState) -> Endpoint:
     return Endpoint(state, handler, OPENAI)
 
 
-def create_mock_app(latency_ms: float = 0.0, *, history: int = 256, api_key: str | None = None) -> ASGIApp:
+def create_mock_app(
+    latency_ms: float = 0.0, *, history: int = 256, api_key: str | None = None, inspect: bool = True
+) -> ASGIApp:
     """The mock upstream ASGI app; `latency_ms` delays every response before its first byte.
 
     `api_key`: when set, the only key accepted (401 in the caller's wire format otherwise).
-    The app's `state.mock` is its `MockState` (`state.mock.log` is the request history).
+    The app's `state.mock` is its `MockState` (`state.mock.log` is the last `history` requests).
+    `inspect`: serve the `/__mock/*` routes (the request history, controls) — for tests; the mock
+    `sentinel serve` embeds has none and keeps no history (it would hold every user's prompts).
     """
     if latency_ms < 0:
         raise ValueError("latency_ms must be >= 0")
@@ -155,7 +159,7 @@ def create_mock_app(latency_ms: float = 0.0, *, history: int = 256, api_key: str
             Endpoint(state, anthropic_wire.count_tokens, ANTHROPIC),
             methods=["POST"],
         ),
-        *control_routes(state.log),
+        *(control_routes(state.log) if inspect else ()),
         Route("/v1/{rest:path}", _not_found(state)),
     ]
     app = Starlette(routes=routes)

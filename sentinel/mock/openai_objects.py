@@ -17,17 +17,20 @@ from sentinel.mock.faults import WireError
 from sentinel.mock.openai_wire import json_object
 from sentinel.mock.text import new_id
 
+MAX_OBJECTS = 1000  # of each kind: the oldest is forgotten first (a long-running mock keeps no more)
+
 
 class ObjectStore:
-    """The account's objects, in memory."""
+    """The account's objects, in memory: at most `limit` files and `limit` stored responses."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_OBJECTS) -> None:
+        self.limit = limit
         self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
         self.responses: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
 
     # --- stored responses (filled by POST /v1/responses unless store is false) -----------------------
     def keep_response(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
-        self.responses[response["id"]] = (response, input_items)
+        _keep(self.responses, response["id"], (response, input_items), self.limit)
 
     def get_response(self, call: Call) -> Reply:
         response_id = call.path_params["response_id"]
@@ -58,7 +61,7 @@ class ObjectStore:
             "id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
             "filename": filename, "purpose": purpose, "status": "processed",
         }
-        self.files[file_id] = (meta, content)
+        _keep(self.files, file_id, (meta, content), self.limit)
         return JSONReply(meta)
 
     def file(self, call: Call) -> Reply:
@@ -107,3 +110,10 @@ def _multipart(call: Call) -> tuple[str, bytes, str]:
         elif b'name="purpose"' in head:
             purpose = data.decode("utf-8", "replace")
     return filename, content, purpose
+
+
+def _keep(objects: dict[str, Any], key: str, value: Any, limit: int) -> None:
+    """Store `value`, forgetting the oldest objects beyond `limit` (dicts keep insertion order)."""
+    objects[key] = value
+    while len(objects) > limit:
+        del objects[next(iter(objects))]

@@ -18,10 +18,14 @@ from sentinel.mock.app import create_mock_app
 from sentinel.mock.asgi import install_cut_log_filter
 
 
-def _config(host: str, port: int, latency_ms: float, log_level: str, api_key: str | None) -> uvicorn.Config:
+def _config(
+    host: str, port: int, latency_ms: float, log_level: str, api_key: str | None, *, embedded: bool = False
+) -> uvicorn.Config:
     install_cut_log_filter()
+    app = (create_mock_app(latency_ms, api_key=api_key, history=0, inspect=False) if embedded
+           else create_mock_app(latency_ms, api_key=api_key))
     return uvicorn.Config(
-        create_mock_app(latency_ms, api_key=api_key),
+        app,
         host=host,
         port=port,
         loop="uvloop",
@@ -55,10 +59,12 @@ def start_mock_in_thread(
     *,
     startup_timeout: float = 10.0,
     api_key: str | None = None,
+    embedded: bool = False,
 ) -> tuple[str, Callable[[], None]]:
     """Start the mock in a daemon thread on `port` (0: a free port chosen by the OS).
 
-    `api_key`: when set, the only key the mock accepts (see `create_mock_app`).
+    `api_key`: when set, the only key the mock accepts (see `create_mock_app`). `embedded`: the
+    mock `sentinel serve` runs, without history or `/__mock/*` routes (every user's prompts pass it).
 
     Returns ``(root_url, stop)``: root_url is ``http://HOST:PORT`` (OpenAI base = root_url + "/v1");
     ``stop()`` shuts the server down and joins the thread (idempotent).
@@ -67,7 +73,7 @@ def start_mock_in_thread(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     port = sock.getsockname()[1]
-    config = _config(host, port, latency_ms, "warning", api_key)
+    config = _config(host, port, latency_ms, "warning", api_key, embedded=embedded)
     server = uvicorn.Server(config)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name=f"mock-upstream-{port}", daemon=True

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sentinel.db.models import utcnow
 from sentinel.domain.identity import Identity
 from sentinel.domain.plans import MAX_LIMIT, Limit, Plan
+from sentinel.domain.text import has_control
 from sentinel.domain.tiers import TIERS, TierModelEntry, TierTable
 from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable
 from sentinel.governance.audit import AuditEntry, AuditLog
@@ -172,8 +173,8 @@ class AdminService:
 
     async def set_user_plan(self, external_id: str, plan: str | None, actor: Actor) -> None:
         """Put a user (created if missing) on `plan` (None: the default plan); NotFound for an unknown plan."""
-        if not external_id.strip() or len(external_id) > 255:
-            raise refuse({"external_id": "1-255 characters"})
+        if not external_id.strip() or len(external_id) > 255 or has_control(external_id):
+            raise refuse({"external_id": "1-255 characters, no control characters"})
         before = await self.users.get(external_id)
         await self.plan_repo.set_user_plan(external_id, plan)
         await self._forget_plans([external_id])
@@ -254,8 +255,9 @@ class AdminService:
             errors["email"] = "an email address"
         if not errors and (problem := Identity(external_id, "", email=email or None).unrecordable()):
             errors["email" if "email" in problem else "external_id"] = problem  # its keys would all be refused
-        if name is not None and "\x00" in name:
-            errors["name"] = "no NUL character"
+        for named, value in (("external_id", external_id), ("name", name), ("email", email)):
+            if value is not None and has_control(value):  # as the admin API and the console refuse them
+                errors[named] = "no control characters (NUL, CR, LF, ...)"
         if errors:
             raise refuse(errors)
         info, token = await self.keys.create_key(external_id, name or None, email=email or None)

@@ -148,3 +148,19 @@ def test_responses_raw_sse_has_event_names(http: httpx.Client) -> None:
     payloads = [json.loads(d) for d in sse_data(r.text)]
     assert names == [p["type"] for p in payloads]
     assert payloads[-1]["response"]["usage"]["total_tokens"] > 0
+
+
+def test_a_long_running_mock_keeps_a_bounded_number_of_objects() -> None:
+    """Every stored response (and file) was kept for ever: a mock serving for days grew without end."""
+    from starlette.testclient import TestClient
+
+    from sentinel.mock import create_mock_app
+    from sentinel.mock.openai_objects import MAX_OBJECTS
+
+    app = create_mock_app()
+    with TestClient(app) as client:
+        ids = [client.post("/v1/responses", json={"model": "gpt-4o-mini", "input": f"x{i}"},
+                           headers={"Authorization": "Bearer k"}).json()["id"] for i in range(MAX_OBJECTS + 5)]
+        assert len(app.state.mock.objects.responses) == MAX_OBJECTS
+        assert client.get(f"/v1/responses/{ids[0]}", headers={"Authorization": "Bearer k"}).status_code == 404
+        assert client.get(f"/v1/responses/{ids[-1]}", headers={"Authorization": "Bearer k"}).status_code == 200

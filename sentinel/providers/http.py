@@ -111,6 +111,13 @@ class UpstreamResponse:
     raw: aiohttp.ClientResponse
     content_type: str = field(default="")
 
+    @property
+    def streams(self) -> bool:
+        """Whether a 2xx answer to a streamed request is the stream it asked for: anything but a JSON
+        answer (a server that ignores `stream` answers JSON, to be read and charged as one)."""
+        media = self.content_type.partition(";")[0].strip().lower()
+        return media != "application/json" and not media.endswith("+json")
+
     async def read(self) -> bytes:
         with translate_errors(self.provider):
             return await self.raw.read()
@@ -175,7 +182,7 @@ async def send(
     return UpstreamResponse(
         provider=provider,
         status=raw.status,
-        headers=[(k, v) for k, v in raw.headers.items()],
+        headers=[(k, v) for k, v in raw.headers.items() if k.isascii() and v.isascii()],  # else not relayable
         raw=raw,
         content_type=raw.headers.get("Content-Type", ""),
     )

@@ -30,11 +30,12 @@ def usage_from_body(endpoint: str, body: Any) -> Usage | None:
     usage = body.get("usage")
     if not isinstance(usage, dict):
         return None
+    none = 0 if endpoint == "embeddings" else None  # only embeddings have no output to report
     if "prompt_tokens" in usage:
-        i, o = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
+        i, o = usage.get("prompt_tokens"), usage.get("completion_tokens", none)
         details = usage.get("prompt_tokens_details")
     else:
-        i, o = usage.get("input_tokens"), usage.get("output_tokens", 0)
+        i, o = usage.get("input_tokens"), usage.get("output_tokens", none)
         details = usage.get("input_tokens_details")
     if not isinstance(i, int) or not isinstance(o, int) or not _count(i) or not _count(o) or (i == 0 and o == 0):
         return None

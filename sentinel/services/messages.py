@@ -190,7 +190,7 @@ class MessagesService:
         self, ex: Exchange, target: ModelTarget, payload: dict[str, Any], headers: RawHeaders, admission: Admission,
     ) -> Reply | StreamReply:
         upstream = await self._forward(ex, target, ["messages"], payload, headers)
-        if payload.get("stream") is True and 200 <= upstream.status < 300:
+        if payload.get("stream") is True and 200 <= upstream.status < 300 and upstream.streams:
             return self._relay_sse(ex, upstream, admission)
         raw = await self._read(upstream, admission)
         try:

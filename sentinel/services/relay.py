@@ -168,7 +168,7 @@ class OpenAIRelay:
             ex, self.upstreams[target.provider], "POST", request.segments, body, request.headers, request.query,
             admission,
         )
-        if request.stream and 200 <= upstream.status < 300:
+        if request.stream and 200 <= upstream.status < 300 and upstream.streams:
             return self.answers.sse(upstream, request.endpoint, admission, request.strip_usage, request.owner, ex=ex,
                                     extends=request.extends)
         return await self.answers.complete(

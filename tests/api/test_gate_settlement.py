@@ -135,3 +135,68 @@ async def test_a_stream_relay_cancelled_by_the_server_stopping_is_still_settled(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert closed == [False]
+
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+_CHUNKS = (
+    {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+     "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a reply"}, "finish_reason": "stop"}]},
+    {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini", "choices": [],
+     "usage": {"prompt_tokens": 5, "completion_tokens": 7}},
+    "[DONE]",
+)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_header_that_is_not_ascii_is_dropped_not_a_500(
+    gateway_factory: Callable[..., Gateway], stream: bool
+) -> None:
+    """A provider header holding a byte past ASCII (aiohttp decodes it as UTF-8 with surrogates)
+    could not be encoded for the client: a 500 after the provider had served the call, no record,
+    and — for a stream — the reservation never given back nor committed."""
+    upstream = ScriptedUpstream()
+    odd: dict[str, str | bytes] = {"x-note": b"caf\xe9 \xff", "x-euro": "\u20ac", "x-plain": "kept"}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+        with gw.client() as http:
+            if stream:
+                upstream.sse(*_CHUNKS, headers=odd)
+            else:
+                upstream.json({**_CHUNKS[0], "object": "chat.completion", "usage": {"prompt_tokens": 5,
+                               "completion_tokens": 7}, "choices": [{"index": 0, "finish_reason": "stop",
+                               "message": {"role": "assistant", "content": "a reply"}}]}, headers=odd)
+            r = http.post("/v1/chat/completions", json={**CHAT, "stream": stream})
+    assert r.status_code == 200, r.text
+    assert "x-note" not in r.headers and "x-euro" not in r.headers and r.headers["x-plain"] == "kept"
+    rows = recorded(gw, r.headers["x-request-id"])
+    assert [(row["status"], row["usage_source"], row["output_tokens"]) for row in rows] == [(200, "measured", 7)], rows
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_a_json_answer_to_a_stream_request_is_charged_its_usage(
+    gateway_factory: Callable[..., Gateway], path: str
+) -> None:
+    """A server that ignores `stream` and answers JSON: the answer went through the stream
+    inspector, which found no events — relayed whole, charged 0 output tokens."""
+    upstream = ScriptedUpstream()
+    if path == "/v1/messages":
+        body: dict[str, Any] = {"model": "claude-3-5-haiku-20241022", "max_tokens": 500, "stream": True,
+                                "messages": [{"role": "user", "content": "hi"}]}
+        answer: dict[str, Any] = {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": body["model"], "stop_reason": "end_turn",
+            "stop_sequence": None, "content": [{"type": "text", "text": "a reply"}],
+            "usage": {"input_tokens": 5, "output_tokens": 400}}
+    else:
+        body = {**CHAT, "stream": True}
+        answer = {"id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                  "usage": {"prompt_tokens": 5, "completion_tokens": 400},
+                  "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "x"}}]}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url)
+        with gw.client() as http:
+            upstream.json(answer)
+            r = http.post(path, json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"] == answer["usage"]  # relayed as the provider sent it
+    rows = recorded(gw, r.headers["x-request-id"])
+    assert [(row["usage_source"], row["output_tokens"]) for row in rows] == [("measured", 400)], rows

@@ -227,3 +227,11 @@ def test_reasoning_sent_under_both_names_is_counted_once() -> None:
     message = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Yes.",
                                                    "reasoning_content": "Because.", "reasoning": "Because."}}]}
     assert text_from_body("chat", message) == "Yes.Because."
+
+
+def test_usage_without_its_output_figure_is_not_a_measured_zero() -> None:
+    """`completion_tokens` (or `output_tokens`) missing was read as 0 output, measured: the answer's
+    text went uncounted. Only embeddings report no output."""
+    assert usage_from_body("chat", {"usage": {"prompt_tokens": 12, "total_tokens": 412}}) is None
+    assert usage_from_body("responses", {"usage": {"input_tokens": 12, "total_tokens": 412}}) is None
+    assert usage_from_body("embeddings", {"usage": {"prompt_tokens": 12, "total_tokens": 12}}) == Usage(12, 0)

@@ -74,18 +74,18 @@ class ScriptedUpstream:
         self.received: list[bytes] = []  # the request bodies, as they arrived
         self.received_headers: list[dict[str, str]] = []  # and their headers (lower-case names)
 
-    def json(self, body: Any, headers: dict[str, str] | None = None) -> None:
-        """Queue a JSON answer (with extra response `headers`, e.g. a `Set-Cookie`)."""
-        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
-        self._answers.append((b"application/json", json.dumps(body).encode(), extra))
+    def json(self, body: Any, headers: dict[str, str | bytes] | None = None) -> None:
+        """Queue a JSON answer (with extra response `headers`, e.g. a `Set-Cookie`; a str value is
+        sent UTF-8 encoded, bytes as they are)."""
+        self._answers.append((b"application/json", json.dumps(body).encode(), _raw_headers(headers)))
 
-    def sse(self, *events: Any) -> None:
+    def sse(self, *events: Any, headers: dict[str, str | bytes] | None = None) -> None:
         """Queue an event stream: one `data:` line per event (a str as it is, e.g. "[DONE]", else JSON)."""
         data = b"".join(
             b"data: " + (event if isinstance(event, str) else json.dumps(event)).encode() + b"\n\n"
             for event in events
         )
-        self._answers.append((b"text/event-stream", data, []))
+        self._answers.append((b"text/event-stream", data, _raw_headers(headers)))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -102,3 +102,7 @@ class ScriptedUpstream:
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _raw_headers(headers: dict[str, str | bytes] | None) -> list[tuple[bytes, bytes]]:
+    return [(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in (headers or {}).items()]

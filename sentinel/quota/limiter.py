@@ -17,7 +17,10 @@ replicas agree on window indexes and tests can move time.
 
 Limits with `ExternalUsage` (Zion mode) count locally per reading instead of per window: their key
 ends in `x<snapshot>`, the script adds `external.used`, and the key lives `window_seconds` +
-margin after its last increment.
+margin after its last increment. Such a key can expire while a reservation on it is still running
+(a long stream) and be made again, under the same name, by the next reservation: a refund then
+would take back that one's amount, so a reservation older than `window_seconds` gives nothing back
+on an external key (its amount stays counted, against the user, until the next reading).
 """
 
 from __future__ import annotations
@@ -140,6 +143,7 @@ class Reservation:
     output_tokens: int
     settled: bool = False
     owner: QuotaLimiter | None = field(default=None, repr=False)  # the limiter that made it
+    reserved_at: float = 0.0  # the limiter's clock when it was made
 
     @property
     def allowed(self) -> bool:
@@ -222,6 +226,7 @@ class QuotaLimiter:
             output_tokens,
             settled=not decision.allowed,
             owner=self,
+            reserved_at=now,
         )
 
     async def peek(self, subject: str, plan: Plan) -> Decision:
@@ -274,6 +279,8 @@ class QuotaLimiter:
                 current, _, ttl_ms = self._slot(reservation.subject, limit, now)
                 keys.append(current)
                 args += [delta, ttl_ms]
+            elif limit.external is not None and now - reservation.reserved_at >= limit.window_seconds:
+                continue  # its counter may have expired and been made again since: see the module docstring
             else:
                 keys.append(key)
                 args += [delta, ""]

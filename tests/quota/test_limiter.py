@@ -270,3 +270,24 @@ async def test_usage_of_a_call_that_reserved_no_tokens_counts(store: Store) -> N
     call = await reserve(limiter, plan)
     await limiter.commit(call, input_tokens=0, output_tokens=50_000)
     assert not (await reserve(limiter, plan, o=1)).allowed
+
+
+async def test_a_refund_never_lands_on_a_zion_counter_made_again_after_it_expired(store: Store) -> None:
+    """A Zion-mode counter lives `window + margin` after its last increment: a reservation still
+    running after that (a long stream) found, at its refund, the counter a later reservation had
+    made again under the same name, and took that one's amount back (16,100 admitted of 10,000)."""
+    clock = FakeClock(T0)
+    limiter = QuotaLimiter(store, clock=clock)
+    ext = ExternalUsage(used=0, snapshot="s1", resets_at=T0 + 86400)
+    plan = Plan("zion", (Limit("output_tokens", 1260, 10_000, ext),))
+    first = await reserve(limiter, plan, o=8000)
+    clock.advance(1320)  # the counter's TTL (1,260 s + the 60 s margin) passes while `first` streams
+    await store.delete(*first.keys)  # what that TTL did (a test Redis keeps its own clock)
+    second = await reserve(limiter, plan, o=8000)
+    assert second.allowed and second.keys == first.keys
+    await limiter.commit(first, input_tokens=0, output_tokens=100)  # `first` used 100 of its 8,000
+    assert await counts(store, second) == [8000]
+    assert not (await reserve(limiter, plan, o=8000)).allowed
+    # A refund within the counter's life still lands (the usual case).
+    await limiter.commit(second, input_tokens=0, output_tokens=100)
+    assert await counts(store, second) == [100]

@@ -188,6 +188,42 @@ def _tool_call(raw: Any, provider: str) -> ToolCall:
     )
 
 
+def field_text(value: Any) -> str:
+    """A field of an answer as text to count: a string as it is, null as nothing, anything else as
+    compact JSON (some OpenAI-compatible servers send tool-call `arguments` as an object)."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes
+        return ""
+
+
+# Output a chat delta carries besides `content` and `tool_calls`, relayed to the client and billed:
+# the legacy `function_call`, a `refusal`, reasoning some OpenAI-compatible providers stream
+# (`reasoning_content`: DeepSeek, vLLM; `reasoning`: Groq, OpenRouter), an audio answer's transcript.
+# One rule for every surface: the relay (`sentinel.quota.usage`) and the stream normaliser count alike.
+_DELTA_TEXT = ("refusal", "reasoning_content")
+PLAIN_DELTA = frozenset({"role", "content", "tool_calls"})  # most deltas: nothing more to look at
+
+
+def delta_extras(delta: dict[str, Any]) -> str:
+    """The text of a chat delta's (or message's) output other than its `content` and `tool_calls`
+    (see `_DELTA_TEXT`), for counting when the answer comes without the provider's usage."""
+    parts = [delta[key] for key in _DELTA_TEXT if isinstance(delta.get(key), str)]
+    if not isinstance(delta.get("reasoning_content"), str) and isinstance(delta.get("reasoning"), str):
+        parts.append(delta["reasoning"])  # one or the other: some servers send the same text as both
+    call = delta.get("function_call")
+    if isinstance(call, dict):
+        parts.append(field_text(call.get("name")) + field_text(call.get("arguments")))
+    audio = delta.get("audio")
+    if isinstance(audio, dict) and isinstance(audio.get("transcript"), str):
+        parts.append(audio["transcript"])
+    return "".join(parts)
+
+
 def openai_cache_tokens(raw: Any) -> CacheTokens:
     """The cached prompt tokens of an OpenAI `usage` object (`prompt_tokens_details.cached_tokens`)."""
     details = as_object(as_object(raw).get("prompt_tokens_details"))

@@ -26,6 +26,8 @@ from sentinel.native._wire import as_count, as_object
 from sentinel.native.anthropic import anthropic_cache_tokens, anthropic_prompt_tokens, map_stop_reason
 from sentinel.native.errors import StreamError, TranslationError
 from sentinel.native.openai import (
+    PLAIN_DELTA,
+    delta_extras,
     map_finish_reason,
     new_call_id,
     openai_cache_tokens,
@@ -87,6 +89,7 @@ class StreamNormalizer:
         self._done = False
         self._finish: FinishReason | None = None
         self._text: list[str] = []
+        self._extras: list[str] = []  # output sent beside the text (reasoning, a refusal): counted only
         self._calls: dict[Any, _PendingCall] = {}  # keyed by the upstream's own index
         self._prompt_tokens: int | None = None
         self._completion_tokens: int | None = None
@@ -106,9 +109,10 @@ class StreamNormalizer:
 
     @property
     def text(self) -> str:
-        """The text (and tool-call argument fragments) streamed so far, for counting usage."""
+        """The output streamed so far, for counting usage: the text, the reasoning and refusals the
+        provider streamed beside it (billed like the text) and the tool-call argument fragments."""
         fragments = [f for call in self._calls.values() for f in call.fragments]
-        return "".join(self._text) + "".join(fragments)
+        return "".join(self._text) + "".join(self._extras) + "".join(fragments)
 
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
         """The chunks to send for one upstream event; raise `StreamError` on an error or a bad event."""
@@ -261,6 +265,8 @@ class OpenAIStreamNormalizer(StreamNormalizer):
         content = raw.get("content")
         if isinstance(content, str) and (content or not self._started):
             self._add_text(delta, content)
+        if not raw.keys() <= PLAIN_DELTA:
+            self._extras.append(delta_extras(raw))  # counted as the relay counts it, not relayed
         calls = []
         for position, item in enumerate(raw.get("tool_calls") or ()):
             tc = as_object(item)

@@ -19,6 +19,7 @@ import orjson
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
 from sentinel.errors import UpstreamError
+from sentinel.native.openai import PLAIN_DELTA, delta_extras, field_text
 from sentinel.providers.errors import stream_failure
 
 
@@ -61,7 +62,7 @@ def text_from_body(endpoint: str, body: Any) -> str:
             if isinstance(content, str):
                 parts.append(content)
             elif isinstance(content, list):
-                parts.extend(_text(c.get("text")) for c in content if isinstance(c, dict))
+                parts.extend(field_text(c.get("text")) for c in content if isinstance(c, dict))
             if isinstance(item.get("arguments"), str):
                 parts.append(item["arguments"])
         return "".join(parts)
@@ -69,14 +70,14 @@ def text_from_body(endpoint: str, body: Any) -> str:
         if not isinstance(choice, dict):
             continue
         if endpoint == "completions":
-            parts.append(_text(choice.get("text")))
+            parts.append(field_text(choice.get("text")))
             continue
         message = choice.get("message")
         if not isinstance(message, dict):
             continue
         if isinstance(message.get("content"), str):
             parts.append(message["content"])
-        parts.append(_delta_extras(message))  # a message holds the same kinds of output as a delta
+        parts.append(delta_extras(message))  # a message holds the same kinds of output as a delta
         parts.extend(_call_text(call) for call in _list(message.get("tool_calls")))
     return "".join(parts)
 
@@ -85,45 +86,10 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _text(value: Any) -> str:
-    """A field of an answer as text to count: a string as it is, null as nothing, anything else as
-    compact JSON (some OpenAI-compatible servers send tool-call `arguments` as an object)."""
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:  # nested deeper than orjson writes
-        return ""
-
-
-# Output a chat delta carries besides `content` and `tool_calls`, relayed to the client and billed:
-# the legacy `function_call`, a `refusal`, reasoning some OpenAI-compatible providers stream
-# (`reasoning_content`: DeepSeek, vLLM; `reasoning`: Groq, OpenRouter), an audio answer's transcript.
-_DELTA_TEXT = ("refusal", "reasoning_content")
-_PLAIN_DELTA = frozenset({"role", "content", "tool_calls"})  # most deltas: nothing more to look at
-
-
-def _delta_extras(delta: dict[str, Any]) -> str:
-    """The text of a chat delta's (or message's) output other than its `content` and `tool_calls`
-    (see `_DELTA_TEXT`), for counting when the answer comes without the provider's usage."""
-    parts = [delta[key] for key in _DELTA_TEXT if isinstance(delta.get(key), str)]
-    if not isinstance(delta.get("reasoning_content"), str) and isinstance(delta.get("reasoning"), str):
-        parts.append(delta["reasoning"])  # one or the other: some servers send the same text as both
-    call = delta.get("function_call")
-    if isinstance(call, dict):
-        parts.append(_text(call.get("name")) + _text(call.get("arguments")))
-    audio = delta.get("audio")
-    if isinstance(audio, dict) and isinstance(audio.get("transcript"), str):
-        parts.append(audio["transcript"])
-    return "".join(parts)
-
-
 def _call_text(call: Any) -> str:
     """A tool call's name and arguments, as text to count."""
     fn = call.get("function") if isinstance(call, dict) else None
-    return _text(fn.get("name")) + _text(fn.get("arguments")) if isinstance(fn, dict) else ""
+    return field_text(fn.get("name")) + field_text(fn.get("arguments")) if isinstance(fn, dict) else ""
 
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # as the native API's SSE parser (`sentinel.native.sse`)
@@ -281,15 +247,15 @@ class StreamInspector:
                 if not isinstance(choice, dict):
                     continue
                 if self.endpoint == "completions":
-                    self._text.append(_text(choice.get("text")))
+                    self._text.append(field_text(choice.get("text")))
                     continue
                 delta = choice.get("delta")
                 if not isinstance(delta, dict):
                     continue
                 if isinstance(delta.get("content"), str):
                     self._text.append(delta["content"])
-                if not delta.keys() <= _PLAIN_DELTA:
-                    self._text.append(_delta_extras(delta))
+                if not delta.keys() <= PLAIN_DELTA:
+                    self._text.append(delta_extras(delta))
                 self._text.extend(_call_text(call) for call in _list(delta.get("tool_calls")))
         # The usage-only chunk has an empty choices list.
         return not (self.strip and usage is not None and choices == [])

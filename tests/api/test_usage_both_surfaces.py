@@ -295,3 +295,34 @@ def test_a_broken_stream_that_asked_for_thinking_is_charged_the_output_it_reserv
     rows = {row["request_id"]: row for row in ledger_rows(gw.settings.database_url)}
     assert rows[thought.headers["x-request-id"]]["output_tokens"] == 32_000
     assert 0 < rows[plain.headers["x-request-id"]]["output_tokens"] < 10
+
+
+# --- reasoning streamed beside the answer -----------------------------------------------------------
+def test_streamed_reasoning_without_usage_is_charged_on_every_surface(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """An OpenAI-compatible provider streaming `reasoning_content` and reporting no usage: the relay
+    counted the reasoning, but translated (`/v1/messages`) and native streams counted only `content`,
+    one token for an answer that streamed 200 more."""
+    upstream = ScriptedUpstream()
+    stream = (chunk([{"index": 0, "delta": {"role": "assistant", "reasoning_content": "think " * 200}}]),
+              chunk([{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}]), "[DONE]")
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
+        ask = [{"role": "user", "content": "think first"}]
+        with gw.client() as http:
+            upstream.sse(*stream)
+            relayed = http.post("/v1/chat/completions", json={"model": MINI, "messages": ask, "stream": True})
+            upstream.sse(*stream)
+            translated = http.post("/v1/messages", json={"model": MINI, "messages": ask, "max_tokens": 1000,
+                                                         "stream": True})
+            upstream.sse(*stream)
+            native = http.post("/native/v1/chat/completions", json={"messages": ask, "max_tokens": 1000,
+                                                                     "stream": True})
+    answers = [relayed, translated, native]
+    assert [r.status_code for r in answers] == [200] * 3, [r.text for r in answers]
+    assert "message_stop" in translated.text and native.text.endswith("data: [DONE]\n\n")
+    rows = ledger_rows(gw.settings.database_url)
+    assert sorted(r["request_id"] for r in rows) == sorted(r.headers["x-request-id"] for r in answers)
+    for row in rows:
+        assert row["status"] == 200 and row["usage_source"] == "estimated" and row["output_tokens"] >= 200, row

@@ -307,6 +307,31 @@ def test_openai_events_after_done_are_ignored() -> None:
     assert normalizer.feed(SSEEvent("{not json")) == []
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"reasoning_content": "Let me think."},
+        {"reasoning": "Let me think."},
+        {"refusal": "Let me think."},
+        {"function_call": {"name": "Let me", "arguments": " think."}},
+        {"audio": {"id": "a1", "transcript": "Let me think."}},
+    ],
+)
+def test_openai_output_beside_the_content_is_counted_not_relayed(extra: dict[str, Any]) -> None:
+    """Only `content` and tool-call arguments were counted: a provider streaming its reasoning (or a
+    refusal) and reporting no usage had only the final answer charged, though the relay counts it all."""
+    raw = (
+        b"data: " + orjson.dumps({"id": "c", "model": "m", "choices": [{"index": 0, "delta": extra}]}) + b"\n\n"
+        + oa_chunk(ck.ChoiceDelta(content="ok"), finish="stop")
+        + DONE
+    )
+    normalizer = OpenAIStreamNormalizer(provider="openai")
+    chunks, result = run(normalizer, raw, 10_000)
+    assert result.error is None and result.usage is None
+    assert normalizer.text == "ok" + "Let me think."  # the answer's text, then the output beside it
+    assert content(chunks) == "ok" and result.text == "ok"  # what the client sees is unchanged
+
+
 # ---------------------------------------------------------------- Anthropic
 
 

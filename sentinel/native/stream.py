@@ -90,7 +90,7 @@ class StreamNormalizer:
         self._finish: FinishReason | None = None
         self._text: list[str] = []
         self._extras: list[str] = []  # output sent beside the text (reasoning, a refusal): counted only
-        self._calls: dict[Any, _PendingCall] = {}  # keyed by the upstream's own index
+        self._calls: dict[int | None, _PendingCall] = {}  # keyed by the upstream's own index
         self._prompt_tokens: int | None = None
         self._completion_tokens: int | None = None
         self.cache = CacheTokens()  # the prompt-cache part of the prompt tokens, as reported
@@ -175,7 +175,7 @@ class StreamNormalizer:
         self._text.append(text)
         delta["content"] = delta.get("content", "") + text
 
-    def _start_call(self, key: Any, call_id: Any, name: Any) -> dict[str, Any]:
+    def _start_call(self, key: int | None, call_id: Any, name: Any) -> dict[str, Any]:
         if not isinstance(name, str) or not name:
             raise StreamError("Upstream tool call has no name", code="parse_error", provider=self.provider)
         call = _PendingCall(
@@ -200,7 +200,17 @@ class StreamNormalizer:
                 "Upstream tool call arguments cannot be read", code="parse_error", provider=self.provider
             ) from None
 
-    def _add_arguments(self, key: Any, fragment: Any) -> dict[str, Any]:
+    def _index(self, value: Any) -> int | None:
+        """An upstream's block or tool-call index, its key here: an integer (not a bool), or None when
+        it sent none. Anything else (a list, an object) is a malformed event, not a key to look up
+        (an unhashable one raised a TypeError that cut the client's connection without an error event)."""
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise StreamError(
+            "Malformed upstream event: index is not an integer", code="parse_error", provider=self.provider
+        )
+
+    def _add_arguments(self, key: int | None, fragment: Any) -> dict[str, Any]:
         call = self._calls.get(key)
         if call is None or not isinstance(fragment, str):
             raise StreamError(
@@ -270,7 +280,8 @@ class OpenAIStreamNormalizer(StreamNormalizer):
         calls = []
         for position, item in enumerate(raw.get("tool_calls") or ()):
             tc = as_object(item)
-            key, function = tc.get("index", position), as_object(tc.get("function"))
+            index, function = self._index(tc.get("index")), as_object(tc.get("function"))
+            key = position if index is None else index
             fragment = function.get("arguments") or ""
             if key not in self._calls:
                 calls.append(self._start_call(key, tc.get("id"), function.get("name")))
@@ -320,9 +331,9 @@ class AnthropicStreamNormalizer(StreamNormalizer):
             self._take_input(as_object(message.get("usage")))
             return [self._chunk({"content": ""})]
         if kind == "content_block_start":
-            return self._block_start(obj.get("index"), obj.get("content_block"))
+            return self._block_start(self._index(obj.get("index")), obj.get("content_block"))
         if kind == "content_block_delta":
-            return self._block_delta(obj.get("index"), obj.get("delta"))
+            return self._block_delta(self._index(obj.get("index")), obj.get("delta"))
         if kind == "message_delta":
             delta, usage = as_object(obj.get("delta")), as_object(obj.get("usage"))
             if delta.get("stop_reason") is not None:
@@ -337,14 +348,14 @@ class AnthropicStreamNormalizer(StreamNormalizer):
             raise self._upstream_error(obj.get("error"))
         return []  # ping, content_block_stop and event types added later
 
-    def _block_start(self, index: Any, block: Any) -> list[dict[str, Any]]:
+    def _block_start(self, index: int | None, block: Any) -> list[dict[str, Any]]:
         if not isinstance(block, dict):
             return []
         if block.get("type") == "tool_use":
             call = self._start_call(index, block.get("id"), block.get("name"))
             initial = block.get("input")
             if isinstance(initial, dict) and initial:  # normally {} with the input streamed as JSON deltas
-                call["function"]["arguments"] = orjson.dumps(initial).decode()
+                call["function"]["arguments"] = self._arguments_text(initial)
                 self._calls[index].fragments.append(call["function"]["arguments"])
             return [self._chunk({"tool_calls": [call]})]
         if block.get("type") == "text" and isinstance(block.get("text"), str) and block["text"]:
@@ -353,7 +364,7 @@ class AnthropicStreamNormalizer(StreamNormalizer):
             return [self._chunk(delta)]
         return []  # thinking and server-tool blocks are not part of the unified answer
 
-    def _block_delta(self, index: Any, raw: Any) -> list[dict[str, Any]]:
+    def _block_delta(self, index: int | None, raw: Any) -> list[dict[str, Any]]:
         if not isinstance(raw, dict):
             return []
         if raw.get("type") == "text_delta" and isinstance(raw.get("text"), str):

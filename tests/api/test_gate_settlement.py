@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from sentinel.errors import StoreUnavailable
 from sentinel.governance.ownership import Ownership
 from tests.api.conftest import Gateway
+from tests.api.test_native import tiers_file
 from tests.support.attack import ledger_rows, wait_for
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream, lifespan
@@ -200,3 +202,40 @@ def test_a_json_answer_to_a_stream_request_is_charged_its_usage(
     assert r.json()["usage"] == answer["usage"]  # relayed as the provider sent it
     rows = recorded(gw, r.headers["x-request-id"])
     assert [(row["usage_source"], row["output_tokens"]) for row in rows] == [("measured", 400)], rows
+
+
+ASK = [{"role": "user", "content": "weather in Paris?"}]
+TRANSLATED = ("/v1/messages", {"model": "gpt-4o-mini", "max_tokens": 50, "messages": ASK, "stream": True})
+NATIVE = ("/native/v1/chat/completions", {"messages": ASK, "max_tokens": 50, "stream": True})
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def test_a_stream_with_a_malformed_tool_call_index_ends_with_an_error_event(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """A tool call whose `index` is a list raised a TypeError mid-stream: the client's connection was
+    cut without an error event and the call recorded as a success (200). It is a stream error now."""
+    upstream = ScriptedUpstream()
+    call = {"index": [0], "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    events = (chunk({"role": "assistant", "content": "Checking."}), chunk({"tool_calls": [call]}),
+              chunk({}, "tool_calls"), "[DONE]")
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
+        answers = []
+        with gw.client() as http:
+            for path, body in (TRANSLATED, NATIVE):
+                upstream.sse(*events)
+                answers.append(http.post(path, json=body))
+    translated, native = answers
+    assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
+    assert "event: error" in translated.text and "message_stop" not in translated.text
+    assert '"code":"parse_error"' in native.text and "[DONE]" not in native.text
+    for r in answers:
+        rid = r.headers["x-request-id"]
+        assert wait_for(lambda rid=rid: len(recorded(gw, rid)) == 1)
+        assert recorded(gw, rid)[0]["status"] == 502
+

@@ -332,6 +332,28 @@ def test_openai_output_beside_the_content_is_counted_not_relayed(extra: dict[str
     assert content(chunks) == "ok" and result.text == "ok"  # what the client sees is unchanged
 
 
+@pytest.mark.parametrize("index", [[0], {"i": 0}, "0", True, 0.0])
+def test_openai_tool_call_index_that_is_not_an_integer_is_a_parse_error(index: Any) -> None:
+    """An unhashable index raised a TypeError (no error event, the connection cut, recorded as 200)."""
+    call = {"index": index, "id": "c", "type": "function", "function": {"name": "f", "arguments": ""}}
+    event = SSEEvent(orjson.dumps({"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}).decode())
+    with pytest.raises(StreamError) as info:
+        OpenAIStreamNormalizer(provider="openai").feed(event)
+    assert info.value.code == "parse_error"
+
+
+def test_openai_tool_call_without_an_index_keys_on_its_position() -> None:
+    calls = [{"id": "a", "function": {"name": "f", "arguments": "{}"}},
+             {"index": None, "id": "b", "function": {"name": "g", "arguments": "{}"}}]
+    raw = (
+        b"data: " + orjson.dumps({"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": calls}}]}) + b"\n\n"
+        + oa_chunk(ck.ChoiceDelta(), finish="tool_calls")
+        + DONE
+    )
+    _, result = run(OpenAIStreamNormalizer(provider="openai"), raw, 10_000)
+    assert [(c.id, c.function.name) for c in result.tool_calls] == [("a", "f"), ("b", "g")]
+
+
 # ---------------------------------------------------------------- Anthropic
 
 
@@ -435,6 +457,33 @@ def test_anthropic_thinking_and_unknown_events_are_skipped() -> None:
     )
     assert content(chunks) == "ok"
     assert result.error is None
+
+
+@pytest.mark.parametrize("kind", ["content_block_start", "content_block_delta"])
+def test_anthropic_block_index_that_is_not_an_integer_is_a_parse_error(kind: str) -> None:
+    """An unhashable index raised a TypeError (no error event, the connection cut, recorded as 200)."""
+    normalizer = AnthropicStreamNormalizer(provider="anthropic")
+    run_events = [
+        {"type": "content_block_start", "index": 0,
+         "content_block": {"type": "tool_use", "id": "toolu_A", "name": "f", "input": {}}},
+        {"type": kind, "index": [0], "content_block": {"type": "tool_use", "id": "toolu_B", "name": "g", "input": {}},
+         "delta": {"type": "input_json_delta", "partial_json": "{}"}},
+    ]
+    normalizer.feed(SSEEvent(orjson.dumps(run_events[0]).decode()))
+    with pytest.raises(StreamError) as info:
+        normalizer.feed(SSEEvent(orjson.dumps(run_events[1]).decode()))
+    assert info.value.code == "parse_error"
+
+
+def test_anthropic_tool_input_nested_deeper_than_orjson_writes_is_a_parse_error() -> None:
+    """orjson reads 1,024 levels but writes 255: the block's initial input raised a JSONEncodeError."""
+    deep = '{"a":' * 300 + "1" + "}" * 300
+    start = {"type": "content_block_start", "index": 0,
+             "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": "INPUT"}}
+    event = SSEEvent(orjson.dumps(start).decode().replace('"INPUT"', deep))
+    with pytest.raises(StreamError) as info:
+        AnthropicStreamNormalizer(provider="anthropic").feed(event)
+    assert info.value.code == "parse_error"
 
 
 # ---------------------------------------------------------------- rendering

@@ -135,6 +135,16 @@ def message_text(body: Any) -> str:
     return "".join(parts)
 
 
+def _rendered(error_event: dict[str, Any], message: str) -> bytes:
+    """A redacted error event as JSON. orjson reads deeper nesting than it writes (255 levels): an
+    event it cannot write back becomes a generic error event, with the provider's other fields left
+    out, instead of an exception that cut the client's connection mid-stream."""
+    try:
+        return orjson.dumps(error_event)
+    except orjson.JSONEncodeError:
+        return orjson.dumps({"type": "error", "error": {"type": "api_error", "message": message}})
+
+
 class AnthropicStreamInspector:
     """Watches an Anthropic SSE stream: `feed(chunk)` returns the complete events to relay now; the
     `message_stop` event is kept in `done` (sent after the usage record is stored); nothing after it
@@ -195,7 +205,7 @@ class AnthropicStreamInspector:
                     error = obj.get("error")
                     if obj.get("type") == "error" and isinstance(error, dict) and "message" in error:
                         error["message"] = stream_failure(self.provider, error["message"])
-                        event = event.replace(line, b"data: " + orjson.dumps(obj))
+                        event = event.replace(line, b"data: " + _rendered(obj, error["message"]))
         return event + b"\n\n"
 
     def _absorb(self, obj: dict[str, Any]) -> None:

@@ -214,22 +214,40 @@ class StreamInspector:
                 continue
             if not self._absorb(obj):
                 keep = False
-            elif self._redact(obj):
-                event = event.replace(line, b"data: " + orjson.dumps(obj))
+            elif (message := self._redact(obj)) is not None:
+                event = event.replace(line, b"data: " + self._rendered(obj, message))
         return event if keep else b""
 
-    def _redact(self, obj: dict[str, Any]) -> bool:
+    def _redact(self, obj: dict[str, Any]) -> str | None:
         """Replace the provider's message in an error event (chat's `error`, the Responses API's `error`
-        event and `response.failed`); True when `obj` was one."""
+        event and `response.failed`); the message put in its place, or None when `obj` was not one."""
         holder: Any = obj.get("error")
         if self.endpoint == "responses":
             kind = obj.get("type")
             response = obj.get("response")
             holder = obj if kind == "error" else response.get("error") if isinstance(response, dict) else None
         if not isinstance(holder, dict) or "message" not in holder:
-            return False
-        holder["message"] = stream_failure(self.provider, holder["message"])
-        return True
+            return None
+        holder["message"] = message = stream_failure(self.provider, holder["message"])
+        return message
+
+    def _rendered(self, obj: dict[str, Any], message: str) -> bytes:
+        """A redacted error event as JSON. orjson reads deeper nesting than it writes (255 levels): an
+        event it cannot write back becomes a generic error of the same kind, with the provider's other
+        fields left out, instead of an exception that cut the client's connection mid-stream."""
+        try:
+            return orjson.dumps(obj)
+        except orjson.JSONEncodeError:
+            return orjson.dumps(self._generic_error(obj.get("type"), message))
+
+    def _generic_error(self, kind: Any, message: str) -> dict[str, Any]:
+        if self.endpoint != "responses":
+            return {"error": {"message": message, "type": "upstream_error"}}
+        if kind == "error":
+            return {"type": "error", "code": "upstream_error", "message": message, "param": None}
+        error = {"code": "server_error", "message": message}
+        return {"type": kind if isinstance(kind, str) else "response.failed",
+                "response": {"object": "response", "status": "failed", "error": error}}
 
     def _absorb(self, obj: dict[str, Any]) -> bool:
         if self.model is None and isinstance(obj.get("model"), str):

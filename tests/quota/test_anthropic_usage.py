@@ -129,3 +129,15 @@ def test_stream_inspector_relays_and_holds_back_message_stop() -> None:
     cut = AnthropicStreamInspector()
     cut.feed(b"".join(events[:3]))
     assert cut.usage is None and cut.done == b"" and cut.text == "Hello"  # billed by estimate
+
+
+def test_an_error_event_too_deep_to_write_back_is_replaced_by_a_generic_one() -> None:
+    """orjson reads 1,024 levels but writes 255: re-writing the redacted event raised a JSONEncodeError
+    that cut the client's connection mid-stream and left the request recorded as a success."""
+    deep = "[" * 300 + "]" * 300
+    raw = b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "org-123", "x": '
+    relayed = AnthropicStreamInspector().feed(raw + deep.encode() + b"}}\n\n")
+    assert relayed.startswith(b"event: error\ndata: ") and b"org-123" not in relayed
+    assert orjson.loads(relayed.split(b"data: ", 1)[1]) == {
+        "type": "error", "error": {"type": "api_error", "message": "Provider anthropic failed during the stream"}
+    }

@@ -235,3 +235,31 @@ def test_usage_without_its_output_figure_is_not_a_measured_zero() -> None:
     assert usage_from_body("chat", {"usage": {"prompt_tokens": 12, "total_tokens": 412}}) is None
     assert usage_from_body("responses", {"usage": {"input_tokens": 12, "total_tokens": 412}}) is None
     assert usage_from_body("embeddings", {"usage": {"prompt_tokens": 12, "total_tokens": 12}}) == Usage(12, 0)
+
+
+DEEP = "[" * 300 + "]" * 300  # orjson reads 1,024 levels but writes only 255
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "raw", "expected"),
+    [
+        ("chat", '{"error": {"message": "org-123 over quota", "param": DEEP}}',
+         {"error": {"message": "Provider openai failed during the stream", "type": "upstream_error"}}),
+        ("responses", '{"type": "error", "message": "org-123 over quota", "param": DEEP}',
+         {"type": "error", "code": "upstream_error", "message": "Provider openai failed during the stream",
+          "param": None}),
+        ("responses", '{"type": "response.failed", "response": {"error": {"message": "org-123", "x": DEEP}}}',
+         {"type": "response.failed", "response": {"object": "response", "status": "failed", "error": {
+             "code": "server_error", "message": "Provider openai failed during the stream"}}}),
+    ],
+)
+def test_an_error_event_too_deep_to_write_back_is_replaced_by_a_generic_one(
+    endpoint: str, raw: str, expected: dict[str, Any]
+) -> None:
+    """Re-writing the redacted event raised a JSONEncodeError: the relay cut the client's connection
+    mid-stream and recorded the request as a success."""
+    inspector = StreamInspector(endpoint)
+    sent = inspector.feed(b"data: " + raw.replace("DEEP", DEEP).encode() + b"\n\n") + inspector.flush()
+    sent += inspector.done  # `response.failed` is held back, to be sent last
+    assert orjson.loads(sent.removeprefix(b"data: ")) == expected
+    assert b"org-123" not in sent

@@ -15,7 +15,13 @@ from sentinel.errors import UpstreamError
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
-from sentinel.services.exchange import SSE_HEADERS, Ending, MeteredStream, StreamReply
+from sentinel.services.exchange import (
+    SSE_HEADERS,
+    Ending,
+    MeteredStream,
+    StreamReply,
+    unexpected_stream_failure,
+)
 
 
 class EventInspector(Protocol):
@@ -64,6 +70,10 @@ def relay_events(
                 metrics.upstream_errors.labels(upstream.provider, "stream_truncated").inc()
         except UpstreamError as exc:
             metrics.upstream_errors.labels(upstream.provider, exc.code).inc()
+            ending.status = 502
+        except Exception as exc:  # unexpected (an event the inspector could not handle): ended as above
+            failure = unexpected_stream_failure(exc, upstream.provider)
+            metrics.upstream_errors.labels(upstream.provider, "stream_" + failure.code).inc()
             ending.status = 502
         finally:
             upstream.close()

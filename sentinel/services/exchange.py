@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from sentinel.native import StreamError
 from sentinel.observability.tracing import NOOP_TRACING, Tracing
+
+log = logging.getLogger("sentinel.stream")
 
 Headers = list[tuple[str, str]]
 
@@ -106,3 +110,14 @@ class MeteredStream:
         await self._settle(499 if disconnected else self.ending.status)
         if self._on_end is not None:
             await self._on_end()
+
+
+def unexpected_stream_failure(exc: Exception, provider: str) -> StreamError:
+    """An exception a stream raised that no step anticipated (an upstream event shaped as no check
+    foresaw, a bug), as the stream error a broken stream ends with. Raised out of the body, it cut
+    the client's connection without an error event and left the usage recorded as a success (200);
+    ended as a stream error, the client is told and the record says 502. Logged here with its
+    traceback, once: it is not raised further."""
+    log.error("stream failed unexpectedly", exc_info=exc, extra={"provider": provider})
+    return StreamError(f"Sentinel could not read the stream of provider {provider}", code="internal_error",
+                       provider=provider)

@@ -33,6 +33,7 @@ from sentinel.services.exchange import (
     MeteredStream,
     Reply,
     StreamReply,
+    unexpected_stream_failure,
 )
 
 T = TypeVar("T")
@@ -146,14 +147,18 @@ class NativeChat:
                     yield render_chunk(chunk)
                 if stream.usage is not None:
                     yield render_chunk(stream.normalizer.usage_chunk(stream.usage))
-                ending.last = DONE
-                await router.report(choice, ok=True)
-            except (StreamError, UpstreamError) as exc:
+            except Exception as exc:  # an unexpected one too: the client gets an error event, not a cut
+                error = exc if isinstance(exc, StreamError | UpstreamError) else (
+                    unexpected_stream_failure(exc, choice.provider)
+                )
                 ending.status = 502
-                code = exc.code if isinstance(exc, StreamError) else "connection_closed"
+                code = error.code if isinstance(error, StreamError) else "connection_closed"
                 # Not a health failure: the provider answered; one broken stream must not take a
                 # single-model tier down for 30 s (only failures before the first byte count).
-                ending.last = render_error_event(exc.message, "stream_error", code)
+                ending.last = render_error_event(error.message, "stream_error", code)
+                return
+            ending.last = DONE
+            await router.report(choice, ok=True)  # outside the stream's failures: the answer is whole
 
         async def settle(status: int) -> None:
             await meter.settle(

@@ -43,6 +43,7 @@ from sentinel.services.exchange import (
     MeteredStream,
     Reply,
     StreamReply,
+    unexpected_stream_failure,
 )
 
 ClientFormat = Literal["openai", "anthropic"]
@@ -132,13 +133,16 @@ class TranslatedChat:
                     out = render_chunk(chunk) if encoder is None else encoder.feed(chunk)
                     if out:
                         yield out
-            except (StreamError, UpstreamError) as exc:
+            except Exception as exc:  # an unexpected one too: the client gets an error event, not a cut
+                error = exc if isinstance(exc, StreamError | UpstreamError) else (
+                    unexpected_stream_failure(exc, target.provider)
+                )
                 ending.status = 502
-                code = exc.code if isinstance(exc, StreamError) else "connection_closed"
+                code = error.code if isinstance(error, StreamError) else "connection_closed"
                 metrics.upstream_errors.labels(target.provider, "stream_" + code[:40]).inc()
                 ending.last = (
-                    render_error_event(exc.message, "stream_error", code) if encoder is None
-                    else anthropic_error_event(exc.message)
+                    render_error_event(error.message, "stream_error", code) if encoder is None
+                    else anthropic_error_event(error.message)
                 )
                 return
             usage = stream.usage or self._estimate(admission, stream.normalizer.text, target)

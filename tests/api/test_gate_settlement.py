@@ -13,6 +13,8 @@ import pytest
 
 from sentinel.errors import StoreUnavailable
 from sentinel.governance.ownership import Ownership
+from sentinel.native.stream import OpenAIStreamNormalizer
+from sentinel.quota.usage import StreamInspector
 from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.support.attack import ledger_rows, wait_for
@@ -239,3 +241,34 @@ def test_a_stream_with_a_malformed_tool_call_index_ends_with_an_error_event(
         assert wait_for(lambda rid=rid: len(recorded(gw, rid)) == 1)
         assert recorded(gw, rid)[0]["status"] == 502
 
+
+def test_an_unexpected_failure_mid_stream_ends_the_stream_as_a_502(
+    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Any exception a stream step raises (a bug, a shape no check foresaw), not only a stream error:
+    the translated and native streams end with their error event, the relay ends its stream, and the
+    call is recorded with 502 (it was cut off and recorded as 200)."""
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(OpenAIStreamNormalizer, "_choice", broken)
+    monkeypatch.setattr(StreamInspector, "_absorb", broken)
+    upstream = ScriptedUpstream()
+    events = (chunk({"role": "assistant", "content": "Hello"}), chunk({}, "stop"), "[DONE]")
+    relayed = ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": ASK, "stream": True})
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
+        answers = []
+        with gw.client() as http:
+            for path, body in (relayed, TRANSLATED, NATIVE):
+                upstream.sse(*events)
+                answers.append(http.post(path, json=body))
+    assert [r.status_code for r in answers] == [200] * 3, [r.text for r in answers]
+    assert "[DONE]" not in answers[0].text
+    assert "event: error" in answers[1].text and "message_stop" not in answers[1].text
+    assert '"code":"internal_error"' in answers[2].text and "[DONE]" not in answers[2].text
+    for r in answers:
+        rid = r.headers["x-request-id"]
+        assert wait_for(lambda rid=rid: len(recorded(gw, rid)) == 1)
+        assert recorded(gw, rid)[0]["status"] == 502

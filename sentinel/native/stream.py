@@ -103,6 +103,11 @@ class StreamNormalizer:
         return Usage.of(self._prompt_tokens, self._completion_tokens)
 
     @property
+    def done(self) -> bool:
+        """The upstream's final event (`[DONE]`, `message_stop`) arrived: nothing after it is read."""
+        return self._done
+
+    @property
     def prompt_tokens(self) -> int | None:
         """The input the provider reported so far (Anthropic's message_start), or None."""
         return self._prompt_tokens

@@ -68,6 +68,11 @@ class ProviderStream:
                 for event in parser.feed(raw):
                     for chunk in self.normalizer.feed(event):
                         yield chunk
+                if self.normalizer.done:
+                    # The final event came: nothing after it is read, so nothing more is awaited (an
+                    # upstream holding its connection open delayed the end until its read timeout,
+                    # which then turned a whole answer into an error).
+                    break
             parser.close()
             self.result = self.normalizer.finish()
             if self.result.error is not None:

@@ -1,4 +1,5 @@
-"""Streaming relay: chunks pass as they arrive, and a client that leaves closes the upstream request."""
+"""Streaming: chunks pass as they arrive, a client that leaves closes the upstream request, and a
+stream ends at the upstream's final event whether or not the upstream closes its connection."""
 
 from __future__ import annotations
 
@@ -6,10 +7,16 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
+import pytest
 
 from tests.api.conftest import Gateway
+from tests.api.test_native import tiers_file
+from tests.support.attack import ledger_rows, wait_for
 from tests.support.servers import serving
 from tests.support.upstream import lifespan
 
@@ -89,3 +96,53 @@ def test_client_disconnect_closes_upstream(gateway_factory: Callable[..., Gatewa
     # The upstream handler has returned (`closed` is set on its way out): it stopped early.
     assert not upstream.finished_normally
     assert upstream.sent < 200
+
+
+class HeldOpenUpstream:
+    """An OpenAI-like upstream that sends a whole stream, `[DONE]` included, then keeps its connection
+    open until the other side closes it (some servers and proxies do)."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] == "lifespan":
+            return await lifespan(receive, send)
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for delta, finish in (({"role": "assistant", "content": "Hello"}, None), ({}, "stop")):
+            chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                        "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.closed.set()
+
+
+ASK = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/messages", {"model": "gpt-4o-mini", "max_tokens": 50, "messages": ASK, "stream": True}),
+    ("/native/v1/chat/completions", {"messages": ASK, "max_tokens": 50, "stream": True}),
+])
+def test_a_stream_ends_at_the_final_event_though_the_upstream_keeps_its_connection_open(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, path: str, body: dict[str, Any]
+) -> None:
+    """Translated and native streams read on until the upstream closed: the client's end (and the usage
+    record) waited for the upstream read timeout, which then turned a whole answer into an error."""
+    upstream = HeldOpenUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"),
+                             upstream_timeout_seconds=30)
+        with gw.client() as http:
+            r = http.post(path, json=body, timeout=10)  # the old code fails on this, not by hanging
+        assert r.status_code == 200 and "Hello" in r.text, r.text
+        assert "event: message_stop" in r.text or r.text.endswith("data: [DONE]\n\n"), r.text
+        assert upstream.closed.wait(timeout=5)  # Sentinel let go of the upstream's connection
+    rid = r.headers["x-request-id"]
+    assert wait_for(lambda: [row["status"] for row in ledger_rows(gw.settings.database_url)
+                             if row["request_id"] == rid] == [200])

@@ -303,7 +303,9 @@ def test_openai_malformed_event_raises_parse_error(data: str) -> None:
 
 def test_openai_events_after_done_are_ignored() -> None:
     normalizer = OpenAIStreamNormalizer(provider="openai")
+    assert not normalizer.done
     normalizer.feed(SSEEvent("[DONE]"))
+    assert normalizer.done  # the caller stops reading here
     assert normalizer.feed(SSEEvent("{not json")) == []
 
 

@@ -41,20 +41,18 @@ from redis.exceptions import DataError, ResponseError
 Command = tuple[Any, ...]
 
 
-def pack(commands: list[Command]) -> bytes:
-    """`commands` in RESP, one after the other. Arguments are str (UTF-8), bytes, int or float, as
-    redis-py accepts them; anything else is redis-py's DataError. A command name with a space
-    (`"CONFIG GET"`) is split, as redis-py does."""
-    packed = []
-    for command in commands:
-        name = command[0]
-        if (" " if isinstance(name, str) else b" ") in name:
-            command = (*name.split(), *command[1:])
-        try:
-            packed.append(hiredis.pack_command(command))
-        except TypeError as exc:
-            raise DataError(f"Invalid input in command {command[0]!r}: {exc}") from None
-    return b"".join(packed)
+def pack(command: Command) -> bytes:
+    """`command` in RESP. Arguments are str (UTF-8), bytes, int or float, as redis-py accepts them;
+    anything else (or a str UTF-8 cannot encode) is redis-py's DataError. A command name with a
+    space (`"CONFIG GET"`) is split, as redis-py does."""
+    name = command[0]
+    if (" " if isinstance(name, str) else b" ") in name:
+        command = (*name.split(), *command[1:])
+    try:
+        packed: bytes = hiredis.pack_command(command)
+    except (TypeError, UnicodeError) as exc:
+        raise DataError(f"Invalid input in command {command[0]!r}: {exc}") from None
+    return packed
 
 
 class AutoPipeline:
@@ -63,7 +61,7 @@ class AutoPipeline:
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
         self._busy = False
-        self._queue: list[tuple[Command, asyncio.Future[Any]]] = []
+        self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []  # (packed command, its reply)
         self._drainer: asyncio.Task[None] | None = None
         self.sends = 0
         """Writes so far (one per lone command or pipeline)."""
@@ -71,9 +69,11 @@ class AutoPipeline:
         """Commands sent so far; `commands / sends` is the mean pipeline length."""
 
     async def execute(self, *command: Any) -> Any:
-        """The reply to `command`; raises its error (ResponseError) or the connection's."""
+        """The reply to `command`; raises its error (ResponseError) or the connection's. Packed
+        here: a command that cannot be (DataError) fails alone, not the others sent with it."""
+        packed = pack(command)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((command, future))
+        self._queue.append((packed, future))
         if not self._busy:
             self._busy = True
             self._drainer = asyncio.ensure_future(self._drain())
@@ -107,7 +107,7 @@ class AutoPipeline:
             self._queue = []
             self._busy = False
 
-    async def _send(self, commands: list[Command]) -> list[Any]:
+    async def _send(self, commands: list[bytes]) -> list[Any]:
         """One write of `commands`, then their replies (or errors) in order. Raises when nothing
         could be sent; a failure while reading fails the replies not read yet."""
         self.sends += 1
@@ -115,7 +115,7 @@ class AutoPipeline:
         pool = self._pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         try:
-            await connection.send_packed_command(pack(commands), check_health=False)
+            await connection.send_packed_command(b"".join(commands), check_health=False)
             replies: list[Any] = []
             for _ in commands:
                 try:

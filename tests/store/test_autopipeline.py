@@ -95,6 +95,22 @@ async def test_a_command_error_belongs_to_its_command_only(redis_url: str) -> No
     await client.aclose()
 
 
+async def test_a_command_that_cannot_be_packed_fails_alone(redis_url: str) -> None:
+    """Commands were packed together when sent: one holding a string UTF-8 cannot encode (a lone
+    surrogate) failed every command written with it — other users' reservations and records."""
+    client = aioredis.Redis.from_url(redis_url)
+    pipeline = AutoPipeline(client.connection_pool)
+    replies = await asyncio.gather(
+        pipeline.execute("INCRBY", "k:ok1", 1),
+        pipeline.execute("SET", "k:bad", "\ud800"),
+        pipeline.execute("INCRBY", "k:ok2", 2),
+        return_exceptions=True,
+    )
+    assert replies[0] == 1 and replies[2] == 2, replies
+    assert isinstance(replies[1], DataError), replies
+    await client.aclose()
+
+
 async def test_scripts_unknown_to_redis_are_loaded_once_inside_a_pipeline(redis_url: str) -> None:
     store = RedisStore(redis_url)
     client = aioredis.Redis.from_url(redis_url)
@@ -161,7 +177,7 @@ async def test_nothing_sent_when_no_connection_can_be_made() -> None:
 )
 def test_commands_are_packed_as_redis_py_packs_them(commands: list[tuple[object, ...]]) -> None:
     redis_py = Connection()  # never connected: only its packer is used
-    assert pack(commands) == b"".join(redis_py.pack_commands(commands))
+    assert b"".join(map(pack, commands)) == b"".join(redis_py.pack_commands(commands))
 
 
 @pytest.mark.parametrize("bad", [True, None, object()])
@@ -169,4 +185,4 @@ def test_an_argument_redis_py_refuses_is_a_data_error(bad: object) -> None:
     with pytest.raises(DataError):
         Connection().pack_commands([("SET", "k", bad)])  # what redis-py does ...
     with pytest.raises(DataError):
-        pack([("SET", "k", bad)])  # ... and so does the auto-pipeline
+        pack(("SET", "k", bad))  # ... and so does the auto-pipeline

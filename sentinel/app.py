@@ -18,6 +18,7 @@ from sentinel.api.admin_api import AdminApiRoutes
 from sentinel.api.admin_auth import AdminGate
 from sentinel.api.admin_openapi import build_admin_openapi
 from sentinel.api.anthropic import AnthropicRoutes
+from sentinel.api.body_budget import BodyBudget
 from sentinel.api.console import ConsoleRoutes
 from sentinel.api.cors import CorsMiddleware
 from sentinel.api.debug import DebugRoutes
@@ -61,9 +62,10 @@ class SentinelApp:
             self.access_log.start()
         throttle = FailedAuthThrottle(s.auth_failures_per_minute)
         slots = UserSlots(s.max_in_flight_per_user)
+        bodies = BodyBudget(s.max_body_bytes_in_flight)
         deps = Deps(
             settings=s, store=runtime.store, metrics=self.metrics, authenticator=runtime.authenticator,
-            throttle=throttle, slots=slots,
+            throttle=throttle, slots=slots, bodies=bodies,
         )
         routes = (
             OpsRoutes(runtime.store, runtime.engine, self.metrics).routes()
@@ -84,7 +86,7 @@ class SentinelApp:
         app = RequestMiddleware(
             app,
             metrics=self.metrics, max_in_flight=s.max_in_flight, access_log=self.access_log,
-            outcomes=runtime.outcomes, slots=slots,
+            outcomes=runtime.outcomes, slots=slots, bodies=bodies,
         )
         if s.cors_origin_list:
             app = CorsMiddleware(app, origins=s.cors_origin_list)

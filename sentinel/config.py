@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     log_level: str = env("SENTINEL_LOG_LEVEL", "info")
     debug: bool = env("SENTINEL_DEBUG", False)
     max_body_bytes: int = env("SENTINEL_MAX_BODY_BYTES", 10 * 1024 * 1024, ge=1024)
+    # Bytes of request bodies all of this process's requests may hold at once (503 beyond).
+    max_body_bytes_in_flight: int = env("SENTINEL_MAX_BODY_BYTES_IN_FLIGHT", 1024 * 1024 * 1024, ge=1024)
     max_in_flight: int = env("SENTINEL_MAX_IN_FLIGHT", 1024, ge=1)
     # One caller's share of those slots (per process): one key cannot hold a process's every slot.
     max_in_flight_per_user: int = env("SENTINEL_MAX_IN_FLIGHT_PER_USER", 128, ge=1)
@@ -264,6 +266,12 @@ class Settings(BaseSettings):
         if self.usage_stream_replicas and self.usage_stream_replica_timeout_ms >= self.redis_timeout_seconds * 1000:
             # The WAIT runs inside one Redis call, bounded by the socket timeout.
             raise ValueError("USAGE_STREAM_REPLICA_TIMEOUT_MS must be below REDIS_TIMEOUT_SECONDS x 1000")
+        return self
+
+    @model_validator(mode="after")
+    def _bodies_fit_in_flight(self) -> Settings:
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError("SENTINEL_MAX_BODY_BYTES_IN_FLIGHT must be at least SENTINEL_MAX_BODY_BYTES")
         return self
 
     @model_validator(mode="after")

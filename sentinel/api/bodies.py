@@ -9,16 +9,21 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
+from sentinel.api.body_budget import BodyBudget
+from sentinel.api.context import context
 from sentinel.domain.text import has_control
 from sentinel.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
 from sentinel.native.openai_checks import MAX_JSON_DEPTH, json_depth_exceeds
 
 
-async def read_within(request: Request, *, limit: int, seconds: float, too_large: str) -> bytes:
+async def read_within(
+    request: Request, *, limit: int, seconds: float, too_large: str, budget: BodyBudget | None = None
+) -> bytes:
     """The whole request body: more than `limit` bytes is 413 (`too_large`; refused from its
     Content-Length before any of it is read, else as soon as it is past the limit), and a body not
     all in within `seconds` is 408 — every body reader goes through here, so no route waits
-    for ever for a body a client trickles or never sends (an in-flight slot held by each)."""
+    for ever for a body a client trickles or never sends (an in-flight slot held by each). With a
+    `budget`, every chunk is counted in it as it arrives (503 when the process holds too much)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(too_large)
@@ -30,6 +35,8 @@ async def read_within(request: Request, *, limit: int, seconds: float, too_large
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(too_large)
+                if budget is not None:
+                    budget.take(context(request.scope), len(chunk))
                 chunks.append(chunk)
     except TimeoutError:
         raise RequestTimeout(f"The request body did not arrive within {seconds:g} seconds") from None

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from sentinel.api.bodies import read_within
+from sentinel.api.body_budget import BodyBudget
 from sentinel.api.context import context
 from sentinel.api.throttle import FailedAuthThrottle
 from sentinel.api.user_slots import UserSlots
@@ -28,6 +29,7 @@ class Deps:
     authenticator: Authenticator
     throttle: FailedAuthThrottle
     slots: UserSlots
+    bodies: BodyBudget
 
     async def authenticate(self, request: Request) -> Identity:
         """The caller's identity from `Authorization: Bearer` or `x-api-key` (the client's credential is
@@ -59,4 +61,4 @@ class Deps:
             raise InvalidRequest("The request has more than one Content-Type header: send exactly one")
         limit = self.settings.max_body_bytes
         return await read_within(request, limit=limit, seconds=self.settings.body_timeout_seconds,
-                                 too_large=f"Request body is larger than the {limit}-byte limit")
+                                 too_large=f"Request body is larger than the {limit}-byte limit", budget=self.bodies)

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sentinel.api.body_budget import BodyBudget
 from sentinel.api.context import MAX_CLIENT_REQUEST_ID, RequestContext
 from sentinel.api.paths import check_raw_path
 from sentinel.api.responses import endpoint_not_found, method_not_allowed
@@ -48,10 +49,11 @@ class RequestMiddleware:
 
     def __init__(
         self, app: ASGIApp, *, metrics: Metrics, max_in_flight: int, access_log: AccessLog | None = None,
-        outcomes: RequestOutcomes | None = None, slots: UserSlots | None = None,
+        outcomes: RequestOutcomes | None = None, slots: UserSlots | None = None, bodies: BodyBudget | None = None,
     ) -> None:
         self.app = app
         self.slots = slots
+        self.bodies = bodies
         self.outcomes = outcomes
         self.metrics = metrics
         self.max_in_flight = max_in_flight
@@ -112,6 +114,8 @@ class RequestMiddleware:
         finally:
             if ctx.slot is not None and self.slots is not None:
                 self.slots.release(ctx.slot)
+            if ctx.body_bytes and self.bodies is not None:
+                self.bodies.give_back(ctx)
             self._observe(scope, ctx)
             request_id_var.reset(token)
 

@@ -151,6 +151,30 @@ def test_sign_in_forms_that_never_arrive_cannot_take_the_api_slots(gateway_facto
             sock.close()
 
 
+def test_bodies_held_in_memory_are_bounded_per_process(gateway_factory: Callable[..., Gateway]) -> None:
+    """Only the number of requests in flight was bounded: bodies just under the size limit, their
+    last byte held back until the body deadline, made the process hold 1024 x 10 MiB. The bytes of
+    bodies being read and served count against SENTINEL_MAX_BODY_BYTES_IN_FLIGHT (503 beyond), and
+    are given back when their request ends."""
+    gw = gateway_factory(max_body_bytes=800_000, max_body_bytes_in_flight=1_000_000, body_timeout_seconds=30)
+    port = int(gw.url.rsplit(":", 1)[1])
+    chat = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    padded = chat[:-1] + b" " * (500_000 - len(chat)) + b"}"  # 500 KB of valid JSON
+
+    def second() -> int:
+        return httpx.post(gw.url + "/v1/chat/completions", content=padded, timeout=30,
+                          headers={"Authorization": f"Bearer {gw.key}", "Content-Type": "application/json"}).status_code
+
+    held = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        held.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + gw.key.encode()
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: 800000\r\n\r\n" + b" " * 600_000)
+        assert wait_for(lambda: second() == 503)  # 600 KB held + 500 KB > 1 MB, once the first is read
+    finally:
+        held.close()
+    assert wait_for(lambda: second() == 200)  # the held body's bytes were given back with its request
+
+
 def test_the_rest_of_a_body_already_answered_is_waited_for_only_so_long(
     gateway_factory: Callable[..., Gateway]
 ) -> None:

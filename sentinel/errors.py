@@ -16,7 +16,7 @@
     │   └── GovernanceUnavailable        503 identity/limits source unreachable, nothing cached
     ├── UpstreamError                    502 upstream_error          (provider set when known)
     │   ├── UpstreamStatusError          the upstream answered with an error status (4xx relayed as is)
-    │   ├── UpstreamConnectionError      502 refused / reset / DNS
+    │   ├── UpstreamConnectionError      502 refused / DNS (not sent) or reset, dropped (sent)
     │   └── UpstreamTimeout              504
     └── InternalError                    500 server_error (the last resort; never carries a traceback)
 
@@ -26,7 +26,7 @@ that calls them; everything above that boundary only sees SentinelError.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 
 class SentinelError(Exception):
@@ -179,7 +179,15 @@ class UpstreamStatusError(UpstreamError):
 
 
 class UpstreamConnectionError(UpstreamError):
+    """The connection failed before an answer began. `sent`: the request may have reached the
+    provider (the connection was made and dropped afterwards, not a failure to connect), so the
+    provider may have spent on it."""
+
     code = "upstream_unreachable"
+
+    def __init__(self, message: str, *, sent: bool = True, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.sent = sent
 
 
 class UpstreamTimeout(UpstreamError):
@@ -193,6 +201,13 @@ class UpstreamTimeout(UpstreamError):
     def __init__(self, message: str, *, sent: bool = True, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.sent = sent
+
+
+def sent_unanswered(exc: BaseException) -> TypeGuard[UpstreamError]:
+    """Whether `exc` is a request that may have reached the provider, which never answered (a read
+    timeout, a connection dropped after it was made): the provider may have served and billed it, so
+    it is recorded as reserved and never sent again elsewhere."""
+    return isinstance(exc, (UpstreamTimeout, UpstreamConnectionError)) and exc.sent
 
 
 class InternalError(SentinelError):

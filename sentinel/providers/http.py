@@ -4,14 +4,17 @@ One `aiohttp.ClientSession` per app (created in the lifespan) serves every provi
 chosen over httpx by measurement (see README, "Choices"): on one core it relays ~3x more requests.
 
 Idle pooled connections are dropped after `keepalive` seconds, sooner than providers drop them;
-if a provider still closed one just as it was reused, the request fails before any answer began —
-a provider closing an idle connection has not processed what arrived on it — and is sent once
-more on a fresh connection. A failure on a new connection is never retried here.
+if a provider still closed one just as it was reused, the request fails at once, before any answer
+began — a provider closing an idle connection has not processed what arrived on it — and is sent
+once more on a fresh connection. A reused connection that failed only after a while (the provider
+had the request all that time: it may be working on it) and a failure on a new connection are
+never retried here.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -25,6 +28,7 @@ from sentinel.providers.errors import broken_off
 
 # A pooled connection the peer closed while it sat idle fails like this before any answer began.
 _STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+_STALE_WITHIN = 1.0  # seconds: a pooled connection the peer had closed fails at once, not later
 
 
 # Set when the connection a request goes out on came from the pool (the request's own task only).
@@ -90,14 +94,14 @@ def translate_errors(provider: str) -> Iterator[None]:
             f"Upstream {provider} timed out", provider=provider,
             sent=not isinstance(exc, aiohttp.ConnectionTimeoutError),
         ) from exc
-    except aiohttp.ClientConnectorError as exc:
+    except aiohttp.ClientConnectorError as exc:  # no connection: the request was never sent
         raise UpstreamConnectionError(
             f"Cannot connect to upstream {provider}: {exc.os_error.strerror or type(exc.os_error).__name__}",
-            provider=provider,
+            provider=provider, sent=False,
         ) from exc
-    except (aiohttp.ClientError, ConnectionError) as exc:
+    except (aiohttp.ClientError, ConnectionError) as exc:  # dropped once made: the request may have arrived
         raise UpstreamConnectionError(
-            f"Upstream {provider} connection failed: {type(exc).__name__}", provider=provider
+            f"Upstream {provider} connection failed: {type(exc).__name__}", provider=provider, sent=True
         ) from exc
 
 
@@ -166,18 +170,20 @@ async def send(
     headers: dict[str, str],
     body: bytes | None = None,
     params: list[tuple[str, str]] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> UpstreamResponse:
     """Send a request and return as soon as the upstream's status and headers are in."""
     with translate_errors(provider):
         for attempt in (1, 2):
             _REUSED.set(False)
+            started = clock()
             try:
                 raw = await session.request(
                     method, url, headers=headers, data=body, params=params, allow_redirects=False
                 )
                 break
             except _STALE_CONNECTION:
-                if attempt == 2 or not _REUSED.get():
+                if attempt == 2 or not _REUSED.get() or clock() - started >= _STALE_WITHIN:
                     raise
     return UpstreamResponse(
         provider=provider,

@@ -20,7 +20,7 @@ from sentinel.domain.identity import Identity
 from sentinel.domain.plans import Plan, PlanSource
 from sentinel.domain.policies import QuotaFailureMode
 from sentinel.domain.usage import Usage, UsageRecord, UsageSource
-from sentinel.errors import ServiceUnavailable, StoreUnavailable, UpstreamTimeout
+from sentinel.errors import ServiceUnavailable, StoreUnavailable, sent_unanswered
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.errors import UnreadableAnswer
 from sentinel.quota.decision import Decision
@@ -261,10 +261,11 @@ class QuotaMeter:
 
     async def fail(self, admission: Admission, error: BaseException) -> None:
         """The call ended in `error` before an answer: give the reservation back — unless the request
-        may have reached the provider, which then never answered (an upstream read timeout). The
-        provider may have generated and billed all of it, so it counts as one request, its estimated
-        input and all the output it reserved, recorded with status 504; otherwise a slow enough
-        request (a long generation made to outlast the timeout) would be free, and repeatable. A 2xx answer Sentinel could not read
+        may have reached the provider, which then never answered (an upstream read timeout, a
+        connection dropped after it was made: `sent_unanswered`). The provider may have generated and
+        billed all of it, so it counts as one request, its estimated input and all the output it
+        reserved, recorded with the error's status (504, 502); otherwise a slow enough request (a long
+        generation made to outlast the timeout) would be free, and repeatable. A 2xx answer Sentinel could not read
         (`UnreadableAnswer`) was served: recorded with status 502 and the answer's own usage, or
         its estimated input and all the output it reserved. A call cancelled mid-way (the server
         stopping past its shutdown deadline) may have reached the provider too: recorded like a
@@ -273,7 +274,7 @@ class QuotaMeter:
         if isinstance(error, asyncio.CancelledError):
             await asyncio.shield(self.settle(admission, usage=None, output_text="", status=499, provider=None,
                                              output_estimate=0))
-        elif isinstance(error, UpstreamTimeout) and error.sent:  # may have been generated, billed: as reserved
+        elif sent_unanswered(error):  # may have been generated, billed: as reserved
             await self.settle(admission, usage=None, output_text="", status=error.status, provider=error.provider,
                               output_estimate=admission.max_output)
         elif isinstance(error, UnreadableAnswer):  # served, billed: its usage, else all it reserved

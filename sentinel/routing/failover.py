@@ -3,8 +3,9 @@
 A request whose chosen candidate fails with a provider failure (5xx, timeout, connection error,
 provider 429) is recorded against that candidate's health and, when the router allows it (see
 `TierRouter.alternative`), sent once more to another healthy candidate of the tier — unless the
-provider may have served it: a read timeout (the request was sent) is not retried, so that the
-attempt is recorded (504, its estimated input) rather than billed twice and recorded once. A
+provider may have served it: a read timeout or a connection dropped after it was made (the
+request was sent) is not retried, so that the attempt is recorded (504 or 502, its estimated input
+and all the output it reserved) rather than billed twice and recorded once. A
 client's own error (4xx), a refusal of Sentinel's credentials and a 2xx answer Sentinel cannot read
 (`UnreadableAnswer`: a client can cause one at will) never count against a provider's health.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sentinel.domain.identity import Identity
-from sentinel.errors import RateLimited, SentinelError, UpstreamError, UpstreamTimeout
+from sentinel.errors import RateLimited, SentinelError, UpstreamError, sent_unanswered
 from sentinel.providers.chat import ChatProvider
 from sentinel.providers.errors import BrokenOffAnswer, UnreadableAnswer
 from sentinel.routing.router import RouteChoice, TierRouter
@@ -35,8 +36,9 @@ def is_provider_failure(exc: SentinelError) -> bool:
 
 def may_retry(exc: SentinelError) -> bool:
     """Whether a provider failure may be sent to another candidate: not when the provider may have
-    served (and billed) it — a read timeout, an answer cut off while it was read."""
-    return not ((isinstance(exc, UpstreamTimeout) and exc.sent) or isinstance(exc, UnreadableAnswer))
+    served (and billed) it — a read timeout, a connection dropped after it was made, an answer cut
+    off while it was read."""
+    return not (sent_unanswered(exc) or isinstance(exc, UnreadableAnswer))
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,11 @@
 A model name has one target and is never retried elsewhere: its provider's failure reaches the
 client (and is recorded against the provider+model's health, which the native API's routing reads).
 An alias with several targets tries its healthy targets first (in the alias's order) and moves to
-the next target when one fails with a provider failure before the first byte (5xx, timeout,
-connection error, provider 429) — the same rule as the native API's failover. A single target costs
-no health lookup: only a failure is written, and a later success clears it when this process saw it.
+the next target when one fails with a provider failure before the first byte (5xx, connect timeout,
+refused connection, provider 429; not a read timeout nor a connection dropped after the request was
+sent: the provider may have served it) — the same rule as the native API's failover. A single target
+costs no health lookup: only a failure is written, and a later success clears it when this process
+saw it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,11 @@ exactly the catalogue, unknown models refused before anything happens, aliases f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import socket
+import socketserver
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anthropic
@@ -14,6 +18,7 @@ import yaml
 
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import ledger_totals, wait_for
+from tests.support.attack import ledger_rows
 from tests.support.metrics import metric
 from tests.support.servers import free_port
 
@@ -91,6 +96,75 @@ def test_alias_fails_over_to_its_next_model(gateway_factory: Callable[..., Gatew
     assert caught.value.status_code == 502
     message = gw.anthropic().messages.create(model="smart", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
     assert message.content[0].text == "Echo: hi"  # type: ignore[union-attr]
+
+
+class _HangUp(socketserver.BaseRequestHandler):
+    """Reads one whole request (headers and body), then closes the connection without answering."""
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.settimeout(10)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            body += chunk
+        self.server.requests.append(body)  # type: ignore[attr-defined]
+
+
+@contextmanager
+def hanging_up() -> Iterator[tuple[str, list[bytes]]]:
+    """An upstream that takes every request whole and then drops the connection: (base URL, bodies)."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _HangUp)
+    server.daemon_threads = True
+    server.requests = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", server.requests  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_request_whose_connection_was_dropped_after_it_was_sent_is_not_sent_elsewhere(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path,
+) -> None:
+    """The provider took the whole request, then closed the connection without answering: it may have
+    served (and billed) it. The alias sent it on to its next target (billed twice, recorded once) and
+    gave the first attempt's reservation back (free). Now it ends there: a 502, recorded as reserved."""
+    with hanging_up() as (url, received):
+        doc = {
+            "providers": [{"name": "dropping", "kind": "openai", "base_url": url}],
+            "models": [{"name": "drop-model", "provider": "dropping", "upstream_name": "gpt-4o"},
+                       {"name": HAIKU, "provider": "anthropic"}],
+            "aliases": {"sturdy": ["drop-model", HAIKU]},
+        }
+        path = tmp_path / "dropping.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        gw = gateway_factory(providers_file=path, usage_flush_interval_seconds=0.1)
+        before = mock_requests(gw)
+        with gw.client() as http:
+            r = http.post("/v1/chat/completions", json={
+                "model": "sturdy", "max_tokens": 50, "messages": [{"role": "user", "content": "once only"}]})
+        assert r.status_code == 502, r.text
+        assert r.json()["error"]["code"] == "upstream_unreachable"
+        assert len(received) == 1  # sent once (a fresh connection: no stale-connection retry)
+    assert mock_requests(gw) == before  # the alias's next target never saw it
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) >= 1)
+    (row,) = ledger_rows(gw.settings.database_url, "alice")
+    assert (row["provider"], row["model"], row["status"], row["usage_source"]) == (
+        "dropping", "drop-model", 502, "estimated")
+    assert row["input_tokens"] > 0 and row["output_tokens"] == 50  # charged: all it reserved
 
 
 def test_upstream_name_and_prices(gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:

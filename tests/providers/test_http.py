@@ -17,19 +17,24 @@ CHAT = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}
 
 
 @pytest.mark.parametrize(
-    ("raised", "expected", "code"),
+    ("raised", "expected", "code", "sent"),
     [
-        (TimeoutError(), UpstreamTimeout, "upstream_timeout"),
-        (aiohttp.ServerTimeoutError("read"), UpstreamTimeout, "upstream_timeout"),
-        (aiohttp.ServerDisconnectedError(), UpstreamConnectionError, "upstream_unreachable"),
-        (aiohttp.ClientPayloadError("cut"), UpstreamConnectionError, "upstream_unreachable"),
-        (ConnectionResetError(), UpstreamConnectionError, "upstream_unreachable"),
+        (TimeoutError(), UpstreamTimeout, "upstream_timeout", True),
+        (aiohttp.ServerTimeoutError("read"), UpstreamTimeout, "upstream_timeout", True),
+        (aiohttp.ConnectionTimeoutError("connect"), UpstreamTimeout, "upstream_timeout", False),
+        # A connection dropped once it was made: the request may have reached the provider.
+        (aiohttp.ServerDisconnectedError(), UpstreamConnectionError, "upstream_unreachable", True),
+        (aiohttp.ClientOSError(104, "reset"), UpstreamConnectionError, "upstream_unreachable", True),
+        (aiohttp.ClientPayloadError("cut"), UpstreamConnectionError, "upstream_unreachable", True),
+        (ConnectionResetError(), UpstreamConnectionError, "upstream_unreachable", True),
     ],
 )
-def test_foreign_failures_are_translated_once(raised: Exception, expected: type[UpstreamError], code: str) -> None:
+def test_foreign_failures_are_translated_once(
+    raised: Exception, expected: type[UpstreamError], code: str, sent: bool
+) -> None:
     with pytest.raises(expected) as caught, translate_errors("acme"):
         raise raised
-    assert (caught.value.code, caught.value.provider) == (code, "acme")
+    assert (caught.value.code, caught.value.provider, getattr(caught.value, "sent", None)) == (code, "acme", sent)
     assert "acme" in caught.value.message
     assert caught.value.__cause__ is raised
 
@@ -51,6 +56,7 @@ async def test_a_refused_connection_names_the_reason() -> None:
         with pytest.raises(UpstreamConnectionError) as caught:
             await send(http, "acme", "GET", f"http://127.0.0.1:{free_port()}/v1/models", headers={})
     assert caught.value.message.startswith("Cannot connect to upstream acme")
+    assert caught.value.sent is False  # never sent: given back, and may go to another target
 
 
 async def test_an_idle_read_past_the_timeout_is_a_timeout(mock: Mock) -> None:

@@ -1,5 +1,6 @@
-"""A pooled upstream connection the provider dropped while it sat idle is retried once on a fresh
-connection; a request that fails on a fresh connection is never sent twice."""
+"""A pooled upstream connection the provider dropped while it sat idle (it fails at once) is retried
+once on a fresh connection; a request that fails on a fresh connection, or on a pooled one only after
+a while, is never sent twice."""
 
 from __future__ import annotations
 
@@ -80,3 +81,28 @@ async def test_a_request_dropped_on_a_fresh_connection_is_not_sent_again(upstrea
     finally:
         await session.close()
     assert (upstream.connections, upstream.requests) == (1, 1)
+
+
+async def test_a_pooled_connection_that_fails_only_after_a_while_is_not_sent_again(
+    upstream: DroppingUpstream,
+) -> None:
+    """A pooled connection the provider had closed while idle fails at once; one that failed after a
+    while (here: 2 s on the clock) had the request all that time — the provider may be working on it —
+    so it is not sent again: the failure says it was sent (recorded, never moved elsewhere)."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 2.0
+        return now[0]
+
+    session = create_session(read_timeout=5, connect_timeout=5)
+    try:
+        first = await send(session, "p", "POST", upstream.url, headers={}, body=b"{}")
+        await first.read()
+        first.release()  # back to the pool
+        with pytest.raises(UpstreamConnectionError) as caught:
+            await send(session, "p", "POST", upstream.url, headers={}, body=b"{}", clock=clock)
+    finally:
+        await session.close()
+    assert caught.value.sent
+    assert (upstream.connections, upstream.requests) == (1, 2)

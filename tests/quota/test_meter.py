@@ -178,14 +178,19 @@ async def test_release_gives_everything_back_and_writes_nothing() -> None:
     assert s.outbox.records == []
 
 
-async def test_a_call_the_provider_never_answered_counts_its_request_and_input() -> None:
-    """A read timeout: the request may have reached the provider, which may have generated (and
-    billed) all of it; a long generation made to outlast the timeout had its output for free."""
+@pytest.mark.parametrize(("error", "status"), [
+    (UpstreamTimeout("timed out", provider="openai"), 504),
+    (UpstreamConnectionError("dropped", provider="openai", sent=True), 502),
+])
+async def test_a_call_the_provider_never_answered_counts_its_request_and_input(error: BaseException, status: int) -> None:
+    """A read timeout, or a connection dropped after the request was sent: the request may have
+    reached the provider, which may have generated (and billed) all of it; a long generation made to
+    outlast the timeout had its output for free, and so had a dropped one (given back in full)."""
     s = Setup()
     admission = await s.admit()
-    await s.meter.fail(admission, UpstreamTimeout("timed out", provider="openai"))
+    await s.meter.fail(admission, error)
     (record,) = s.outbox.records
-    assert (record.status, record.provider, record.usage_source) == (504, "openai", "estimated")
+    assert (record.status, record.provider, record.usage_source) == (status, "openai", "estimated")
     assert record.input_tokens == admission.estimate_input > 0
     assert record.output_tokens == admission.max_output > 0
     assert await s.used() == {"requests": 1, "input_tokens": admission.estimate_input,
@@ -221,7 +226,7 @@ async def test_a_call_cancelled_mid_way_counts_like_one_never_answered() -> None
 @pytest.mark.parametrize("error", [
     KeyError("a bug"),  # the client gets a 500 and no answer
     UpstreamTimeout("connect timed out", provider="openai", sent=False),
-    UpstreamConnectionError("refused", provider="openai"),
+    UpstreamConnectionError("refused", provider="openai", sent=False),
     UpstreamStatusError("boom", upstream_status=503, provider="openai"),
     RateLimited("provider limit", provider="openai"),
 ])

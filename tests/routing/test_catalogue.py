@@ -106,7 +106,7 @@ async def test_routes_fail_over_only_on_provider_failures() -> None:
     health = ProviderHealth(MemoryStore(), Metrics(), clock=clock)
     routes = ModelRoutes(health)
     cat = catalogue({"smart": ["claude", "llama"]})
-    down = Flaky({"claude": UpstreamConnectionError("refused")})
+    down = Flaky({"claude": UpstreamConnectionError("refused", sent=False)})
     assert await routes.call(cat.resolve("smart"), down) == "llama"
     assert down.calls == ["claude", "llama"]
     assert not (await health.available([("anthropic", "claude-3-5-haiku-20241022")]))[("anthropic", "claude-3-5-haiku-20241022")]
@@ -125,3 +125,13 @@ async def test_routes_fail_over_only_on_provider_failures() -> None:
     healed = Flaky({})
     assert await routes.call(cat.resolve("claude"), healed) == "claude"
     assert (await health.available([("anthropic", "claude-3-5-haiku-20241022")]))[("anthropic", "claude-3-5-haiku-20241022")]
+
+
+async def test_a_connection_dropped_after_the_request_was_sent_is_not_sent_to_the_next_target() -> None:
+    """The provider may have served (and billed) a request whose connection it dropped afterwards:
+    moving on to the alias's next target billed it twice and recorded it once."""
+    health = ProviderHealth(MemoryStore(), Metrics(), clock=FakeClock())
+    dropped = Flaky({"claude": UpstreamConnectionError("dropped", sent=True)})
+    with pytest.raises(UpstreamConnectionError):
+        await ModelRoutes(health).call(catalogue({"smart": ["claude", "llama"]}).resolve("smart"), dropped)
+    assert dropped.calls == ["claude"]

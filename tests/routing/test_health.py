@@ -86,7 +86,8 @@ async def test_states_report_remaining_time(store: Store, failures: int) -> None
 def test_which_provider_failures_count_toward_backoff_and_which_may_go_elsewhere() -> None:
     """An answer a client made unreadable (a forced tool call cut by its own max_tokens) says nothing
     about the provider; an answer the provider cut off while it was read does — but it was billed, so
-    neither is sent again elsewhere; nor is a read timeout; a refused connection is."""
+    neither is sent again elsewhere; nor is a read timeout, nor a connection dropped after the request
+    was sent (it may have been served); a refused connection is."""
     from sentinel.errors import UpstreamConnectionError, UpstreamTimeout
     from sentinel.providers.errors import UnreadableAnswer, broken_off
     from sentinel.routing.failover import is_provider_failure, may_retry
@@ -97,5 +98,7 @@ def test_which_provider_failures_count_toward_backoff_and_which_may_go_elsewhere
     assert (is_provider_failure(cut), may_retry(cut)) == (True, False)
     read_timeout = UpstreamTimeout("slow", provider="p")
     assert (is_provider_failure(read_timeout), may_retry(read_timeout)) == (True, False)
-    refused = UpstreamConnectionError("refused", provider="p")
+    refused = UpstreamConnectionError("refused", provider="p", sent=False)
     assert (is_provider_failure(refused), may_retry(refused)) == (True, True)
+    dropped = UpstreamConnectionError("dropped", provider="p", sent=True)
+    assert (is_provider_failure(dropped), may_retry(dropped)) == (True, False)

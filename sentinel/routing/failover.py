@@ -1,13 +1,15 @@
 """Retry once before the first byte: which failures count against a provider, and the retry loop.
 
-A request whose chosen candidate fails with a provider failure (5xx, timeout, connection error,
-provider 429) is recorded against that candidate's health and, when the router allows it (see
+A request whose chosen candidate fails with a provider failure (5xx, connect timeout, connection
+error, provider 429) is recorded against that candidate's health and, when the router allows it (see
 `TierRouter.alternative`), sent once more to another healthy candidate of the tier — unless the
 provider may have served it: a read timeout or a connection dropped after it was made (the
 request was sent) is not retried, so that the attempt is recorded (504 or 502, its estimated input
 and all the output it reserved) rather than billed twice and recorded once. A
-client's own error (4xx), a refusal of Sentinel's credentials and a 2xx answer Sentinel cannot read
-(`UnreadableAnswer`: a client can cause one at will) never count against a provider's health.
+client's own error (4xx), a refusal of Sentinel's credentials, a 2xx answer Sentinel cannot read
+(`UnreadableAnswer`: a client can cause one at will) and a read timeout after the request was sent
+(the caller's request was long: a huge `max_tokens` makes a call outlast any timeout) never count
+against a provider's health — else one user's slow request took a model out of service for everyone.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sentinel.domain.identity import Identity
-from sentinel.errors import RateLimited, SentinelError, UpstreamError, sent_unanswered
+from sentinel.errors import RateLimited, SentinelError, UpstreamError, UpstreamTimeout, sent_unanswered
 from sentinel.providers.chat import ChatProvider
 from sentinel.providers.errors import BrokenOffAnswer, UnreadableAnswer
 from sentinel.routing.router import RouteChoice, TierRouter
@@ -26,11 +28,13 @@ T = TypeVar("T")
 
 
 def is_provider_failure(exc: SentinelError) -> bool:
-    """Errors that say the provider is unhealthy (not that the request was bad)."""
+    """Errors that say the provider is unhealthy (not that the request was bad, nor that it was long)."""
     if isinstance(exc, RateLimited):
         return exc.code == "provider_rate_limited"
     if isinstance(exc, UnreadableAnswer):  # a client can make an answer unreadable; not cut it off
         return isinstance(exc, BrokenOffAnswer)
+    if isinstance(exc, UpstreamTimeout) and exc.sent:  # a read timeout: a client can make a call that long
+        return False
     return isinstance(exc, UpstreamError) and exc.code != "provider_auth_error"
 
 

@@ -1,7 +1,9 @@
 """Serving a catalogue name: its targets in order, with the provider health the tier router uses.
 
 A model name has one target and is never retried elsewhere: its provider's failure reaches the
-client (and is recorded against the provider+model's health, which the native API's routing reads).
+client (and is recorded against the provider+model's health, which the native API's routing reads;
+a read timeout after the request was sent is not: the caller's request was long, see
+`is_provider_failure`).
 An alias with several targets tries its healthy targets first (in the alias's order) and moves to
 the next target when one fails with a provider failure before the first byte (5xx, connect timeout,
 refused connection, provider 429; not a read timeout nor a connection dropped after the request was

@@ -87,7 +87,9 @@ def test_which_provider_failures_count_toward_backoff_and_which_may_go_elsewhere
     """An answer a client made unreadable (a forced tool call cut by its own max_tokens) says nothing
     about the provider; an answer the provider cut off while it was read does — but it was billed, so
     neither is sent again elsewhere; nor is a read timeout, nor a connection dropped after the request
-    was sent (it may have been served); a refused connection is."""
+    was sent (it may have been served); a refused connection is. A read timeout after the request was
+    sent says the request was long (a client can make it so), not that the provider is down; a
+    connect timeout does."""
     from sentinel.errors import UpstreamConnectionError, UpstreamTimeout
     from sentinel.providers.errors import UnreadableAnswer, broken_off
     from sentinel.routing.failover import is_provider_failure, may_retry
@@ -97,7 +99,9 @@ def test_which_provider_failures_count_toward_backoff_and_which_may_go_elsewhere
     assert (is_provider_failure(unreadable), may_retry(unreadable)) == (False, False)
     assert (is_provider_failure(cut), may_retry(cut)) == (True, False)
     read_timeout = UpstreamTimeout("slow", provider="p")
-    assert (is_provider_failure(read_timeout), may_retry(read_timeout)) == (True, False)
+    assert (is_provider_failure(read_timeout), may_retry(read_timeout)) == (False, False)
+    connect_timeout = UpstreamTimeout("unreachable", provider="p", sent=False)
+    assert (is_provider_failure(connect_timeout), may_retry(connect_timeout)) == (True, True)
     refused = UpstreamConnectionError("refused", provider="p", sent=False)
     assert (is_provider_failure(refused), may_retry(refused)) == (True, True)
     dropped = UpstreamConnectionError("dropped", provider="p", sent=True)

@@ -1,5 +1,5 @@
 """Request bodies and queries as the handlers need them: read within a size and a time limit, JSON
-objects of bounded depth."""
+objects of bounded size and depth."""
 
 from __future__ import annotations
 
@@ -13,7 +13,12 @@ from sentinel.api.body_budget import BodyBudget
 from sentinel.api.context import context
 from sentinel.domain.text import has_control
 from sentinel.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
-from sentinel.native.openai_checks import MAX_JSON_DEPTH, json_depth_exceeds
+from sentinel.native.openai_checks import (
+    MAX_JSON_DEPTH,
+    TOO_MANY_CONTAINERS,
+    json_containers_exceed,
+    json_depth_exceeds,
+)
 
 
 async def read_within(
@@ -51,7 +56,11 @@ def is_read(request: Request) -> bool:
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object nested at most MAX_JSON_DEPTH levels, or InvalidRequest (400)."""
+    """The body as a JSON object of at most MAX_JSON_CONTAINERS objects and arrays, nested at most
+    MAX_JSON_DEPTH levels, or InvalidRequest (400). The containers are counted before the parse:
+    building them, and every walk of the body before admission, is the event loop's time."""
+    if json_containers_exceed(body):
+        raise InvalidRequest(TOO_MANY_CONTAINERS, code="invalid_json")
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

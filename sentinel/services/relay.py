@@ -25,7 +25,7 @@ from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable, Upstream
 from sentinel.governance.ownership import Ownership
 from sentinel.native.errors import NativeValidationError
 from sentinel.native.model_request import ModelChatRequest
-from sentinel.native.openai_checks import check_metered_fields
+from sentinel.native.openai_checks import TOO_MANY_CONTAINERS, check_metered_fields, json_containers_exceed
 from sentinel.native.openai_inbound import parse_openai_chat
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
@@ -260,6 +260,8 @@ class OpenAIRelay:
             raise InvalidRequest(
                 "The request body must be JSON (Content-Type: application/json) or a multipart/form-data upload"
             )
+        if json_containers_exceed(body):  # before the parse and the walks for ids, as `parse_json_object`
+            raise InvalidRequest(TOO_MANY_CONTAINERS, code="invalid_json")
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:  # compressed, or JSON orjson refuses: ids in it would go unchecked

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
@@ -9,7 +10,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from sentinel.native import ChatChunk, ChatRequest, ChatResponse, ErrorBody, NativeValidationError
-from sentinel.native.types import ImagePart, TextPart, ToolChoiceFunction
+from sentinel.native.types import MAX_TOOL_NODES, ImagePart, TextPart, ToolChoiceFunction
 from sentinel.native.validation import parse_chat_request
 from tests.support.payloads import WEATHER_TOOL
 
@@ -336,6 +337,76 @@ def test_tool_definition_errors(tools: list[Any], param: str, text: str) -> None
     err = error_of(body(tools=tools))
     assert err.param == param
     assert text in err.message
+
+
+def schema_checks(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The schemas `Draft202012Validator.check_schema` is called with from now on (it still checks)."""
+    seen: list[dict[str, Any]] = []
+    check = Draft202012Validator.check_schema
+
+    def recording(schema: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        seen.append(schema)
+        check(schema, *args, **kwargs)
+
+    monkeypatch.setattr(Draft202012Validator, "check_schema", recording)
+    return seen
+
+
+def fresh_tool(i: int = 0, **properties: Any) -> dict[str, Any]:
+    """A tool whose schema no earlier test sent (checked schemas are remembered process-wide)."""
+    schema = {"type": "object", "properties": {uuid.uuid4().hex: {"type": "string"}, **properties}}
+    return tool(name=f"f{i}", parameters=schema)
+
+
+def test_tools_past_the_node_limit_are_refused_before_any_schema_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One tool of 5,000 `allOf` entries (~20 KB) cost ~0.85 s of the event loop in the meta-schema check."""
+    checked = schema_checks(monkeypatch)
+    huge = tool(parameters={"type": "object", "allOf": [{}] * 5000})
+    err = error_of(body(tools=[fresh_tool(), huge]))
+    assert err.param == "tools"
+    assert f"more than {MAX_TOOL_NODES:,} JSON objects and arrays" in err.message
+    assert checked == []
+
+
+def test_tools_up_to_the_node_limit_are_checked() -> None:
+    """The limit counts every object and array of `tools` (the list, each tool and its `function`
+    too): 128 tools (the most a request may have) of 14 each, more than an agent's tools hold, fit."""
+    tools = [fresh_tool(i, a={"type": "array", "items": {"type": "string", "enum": ["x", "y"]}},
+                        b={"type": "object", "properties": {"c": {"type": "integer"}}, "required": ["c"]},
+                        d={"type": "array", "items": {"type": "number"}})
+             for i in range(128)]
+    nodes = containers(tools)
+    assert nodes == 1 + 128 * 14 <= MAX_TOOL_NODES
+    assert parse_chat_request(body(tools=tools)).tools is not None
+    padding = {f"p{i}": {} for i in range(MAX_TOOL_NODES - nodes)}  # exactly the limit, then one more
+    tools[0]["function"]["parameters"]["properties"].update(padding)
+    assert parse_chat_request(body(tools=tools)).tools is not None
+    tools[0]["function"]["parameters"]["properties"]["one_more"] = {}
+    assert error_of(body(tools=tools)).param == "tools"
+
+
+def containers(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + sum(containers(item) for item in value.values())
+    if isinstance(value, list):
+        return 1 + sum(containers(item) for item in value)
+    return 0
+
+
+def test_a_schema_that_passed_is_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client sends its tools on every turn: each distinct schema is checked once, whatever the
+    order of its keys; one that failed is checked again (and still fails)."""
+    checked = schema_checks(monkeypatch)
+    tools = [fresh_tool(0), fresh_tool(1)]
+    for _ in range(3):
+        assert parse_chat_request(body(tools=tools)).tools is not None
+    reordered = dict(reversed(tools[0]["function"]["parameters"].items()))
+    parse_chat_request(body(tools=[tool(name="f0", parameters=reordered)]))
+    assert checked == [tools[0]["function"]["parameters"], tools[1]["function"]["parameters"]]
+    bad = fresh_tool(2, a={"type": "strange"})
+    for _ in range(2):
+        assert "has invalid schema" in error_of(body(tools=[bad])).message
+    assert len(checked) == 4
 
 
 @pytest.mark.parametrize(

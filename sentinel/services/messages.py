@@ -14,7 +14,6 @@ by `sentinel.services.answers.refuse`.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from typing import Any
@@ -35,7 +34,7 @@ from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import forwardable_headers, relayable_headers
 from sentinel.quota.anthropic_usage import AnthropicStreamInspector, message_text, message_usage
 from sentinel.quota.estimate import estimate_input
-from sentinel.quota.meter import OFF_LOOP_BYTES, Admission, Meter
+from sentinel.quota.meter import Admission, Meter, count_off_loop
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes
@@ -137,7 +136,7 @@ class MessagesService:
                 estimate_input, self.counter, "messages/count_tokens", target.upstream_model, payload,
                 user=identity.external_id,
             )  # a large body off the event loop (tiktoken releases the GIL), as admission counts it
-            tokens = await asyncio.to_thread(count) if len(body) >= OFF_LOOP_BYTES else count()
+            tokens = await count_off_loop(count, len(body))
             await self.meter.settle(admission, usage=None, output_text="", status=200, provider=None)
             return Reply(200, orjson.dumps({"input_tokens": tokens}), [*JSON, ("x-sentinel-estimate", "true")])
         ex.provider = target.provider

@@ -8,6 +8,7 @@ any reason before the upstream call changes no session. Upstream error answers a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, NoReturn, TypeVar
 
@@ -21,7 +22,7 @@ from sentinel.native.stream import DONE, render_chunk, render_error_event
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.providers.chat import ChatProvider, Completion, ProviderStream, recorded_usage
 from sentinel.providers.http import UpstreamResponse
-from sentinel.quota.meter import Admission, Meter
+from sentinel.quota.meter import Admission, Meter, count_off_loop
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.failover import Failover
 from sentinel.routing.router import RouteChoice, TierRouter
@@ -131,7 +132,8 @@ class NativeChat:
         if admission.recorded is not None:
             ex.recorded(admission.recorded.input_tokens, admission.recorded.output_tokens, reply.model or choice.model)
         if usage is None:
-            estimated_out = self.counter.count_text(text, choice.model) if text else 0
+            count = functools.partial(self.counter.count_text, text, choice.model)
+            estimated_out = await count_off_loop(count, len(text)) if text else 0
             usage = WireUsage.of(admission.estimate_input, estimated_out)
         body = orjson.dumps(reply.to_response(usage).to_dict())
         return Reply(200, body, [("content-type", "application/json"), *_choice_headers(choice)])

@@ -12,6 +12,7 @@ refused is settled (one request, its status, no tokens) before its error is rais
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any, Literal, NoReturn
 
@@ -33,7 +34,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.providers.chat import ChatProvider, ProviderStream, recorded_usage
 from sentinel.providers.http import UpstreamResponse
-from sentinel.quota.meter import Admission, Meter
+from sentinel.quota.meter import Admission, Meter, count_off_loop
 from sentinel.quota.tokens import TokenCounter
 from sentinel.services.answers import refuse, report
 from sentinel.services.exchange import (
@@ -110,15 +111,18 @@ class TranslatedChat:
             provider=target.provider,
         )
         report(ex, admission, target.upstream_model)
-        shown = usage or self._estimate(admission, text, target)
+        shown = usage or await self._estimate(admission, text, target)
         rendered = (
             render_openai_completion(reply, shown, reply.cache) if client == "openai"
             else render_anthropic_message(reply, shown, reply.cache)
         )
         return Reply(200, orjson.dumps(rendered), list(JSON))
 
-    def _estimate(self, admission: Admission, text: str, target: ModelTarget) -> WireUsage:
-        return WireUsage.of(admission.estimate_input, self.counter.count_text(text, target.upstream_model) if text else 0)
+    async def _estimate(self, admission: Admission, text: str, target: ModelTarget) -> WireUsage:
+        """The usage shown for an answer the provider gave none for: the text counted (a long one off
+        the event loop)."""
+        count = functools.partial(self.counter.count_text, text, target.upstream_model)
+        return WireUsage.of(admission.estimate_input, await count_off_loop(count, len(text)) if text else 0)
 
     def _stream(
         self, ex: Exchange, stream: ProviderStream, req: ModelChatRequest, target: ModelTarget, admission: Admission,
@@ -145,7 +149,7 @@ class TranslatedChat:
                     else anthropic_error_event(error.message)
                 )
                 return
-            usage = stream.usage or self._estimate(admission, stream.normalizer.text, target)
+            usage = stream.usage or await self._estimate(admission, stream.normalizer.text, target)
             cache = stream.normalizer.cache
             if encoder is None:
                 if req.include_usage:

@@ -4,11 +4,14 @@ huge body is counted without stalling the event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -16,7 +19,10 @@ import pytest
 
 from sentinel.mock.app import create_mock_app
 from sentinel.native.openai_checks import MAX_JSON_CONTAINERS
+from sentinel.quota.meter import OFF_LOOP_SIZE
+from sentinel.quota.tokens import TokenCounter
 from tests.api.conftest import Gateway
+from tests.api.test_native import tiers_file
 from tests.support.attack import openai_error, spying
 from tests.support.waiting import wait_for
 
@@ -359,6 +365,41 @@ def test_a_body_of_too_many_containers_is_refused_before_anything_reaches_the_pr
         assert error["code"] == "invalid_json" and f"{MAX_JSON_CONTAINERS:,} objects and arrays" in error["message"]
     assert messages.status_code == 400 and messages.json()["error"]["type"] == "invalid_request_error", messages.text
     assert served.status_code == 200, served.text
+
+
+def test_a_long_answer_without_usage_is_counted_off_the_event_loop(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The native API and a translated chat show the usage of an answer the provider gave none for,
+    and record it: its text counted each time, a long one in a worker thread (~0.5 ms per 1,000
+    characters), streamed or not."""
+    counted: list[tuple[int, bool]] = []  # (characters, on the event loop)
+    count_text = TokenCounter.count_text
+
+    def recording(self: TokenCounter, text: str, model: str, **kwargs: Any) -> int:
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        counted.append((len(text), on_loop))
+        return count_text(self, text, model, **kwargs)
+
+    monkeypatch.setattr(TokenCounter, "count_text", recording)
+    gw = gateway_factory(providers_file=tiers_file(tmp_path, "anthropic"))
+    long_text = "word " * (OFF_LOOP_SIZE // 4)
+    user = [{"role": "user", "content": long_text + " #mock:no_usage"}]
+    claude = {"model": "claude-3-5-haiku-20241022", "messages": user, "max_tokens": 20_000}
+    with gw.client() as http:
+        answers = [
+            http.post("/native/v1/chat/completions", json={"messages": user, "max_tokens": 20_000}),
+            http.post("/v1/chat/completions", json=claude),
+            http.post("/v1/chat/completions", json={**claude, "stream": True, "stream_options": {"include_usage": True}}),
+        ]
+    assert [r.status_code for r in answers] == [200, 200, 200], [r.text[:300] for r in answers]
+    long_counts = [on_loop for size, on_loop in counted if size >= OFF_LOOP_SIZE]
+    assert len(long_counts) >= 6, counted  # each answer: its usage shown, then recorded
+    assert not any(long_counts), counted
 
 
 def test_a_client_that_leaves_mid_body_is_a_quiet_499(

@@ -41,6 +41,10 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # request may have) of 14 each, the tool and its `function` included; a function-calling example
 # holds 6 to 17, an agent's 20 tools a few hundred.
 MAX_TOOL_NODES = 2_000
+# Characters of regular expressions (`pattern` values, `patternProperties` keys) in one request's
+# `tools`: the check compiles each, at ~1 µs per character (one pattern of 1 MB: ~0.9 s). 10,000
+# is ~10 ms; a tool's patterns (a date, an email, an id) are tens of characters.
+MAX_TOOL_PATTERN_CHARS = 10_000
 # Schemas that passed the check, remembered by the digest of their canonical JSON: a client sends
 # the same tools on every turn of a conversation, and pays for the check once.
 SCHEMAS_REMEMBERED = 4096
@@ -194,23 +198,28 @@ def _check_schema(schema: dict[str, Any]) -> str | None:
     return None
 
 
-def _nodes_exceed(value: Any, limit: int) -> bool:
-    """Whether `value` holds more than `limit` objects and arrays (itself included; iterative, and
-    it stops at the limit)."""
-    stack = [value]
-    count = 0
+def _too_costly(tools: Any) -> str | None:
+    """Why checking the schemas of `tools` would cost too much (MAX_TOOL_NODES, MAX_TOOL_PATTERN_CHARS),
+    or None; an iterative walk that stops at the first limit passed."""
+    stack = [tools]
+    nodes = chars = 0
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
             stack.extend(node.values())
+            pattern, keyed = node.get("pattern"), node.get("patternProperties")
+            chars += len(pattern) if isinstance(pattern, str) else 0
+            chars += sum(map(len, keyed)) if isinstance(keyed, dict) else 0
         elif isinstance(node, list):
             stack.extend(node)
         else:
             continue
-        count += 1
-        if count > limit:
-            return True
-    return False
+        nodes += 1
+        if nodes > MAX_TOOL_NODES:
+            return f"the tools hold more than {MAX_TOOL_NODES:,} JSON objects and arrays in all"
+        if chars > MAX_TOOL_PATTERN_CHARS:
+            return f"the tools' patterns hold more than {MAX_TOOL_PATTERN_CHARS:,} characters in all"
+    return None
 
 
 class FunctionSpec(StrictModel):
@@ -349,12 +358,10 @@ class ChatParams(StrictModel):
     @field_validator("tools", mode="before", check_fields=False)
     @classmethod
     def _check_tools_size(cls, tools: Any) -> Any:
-        """Before any tool's schema is checked (see MAX_TOOL_NODES)."""
-        if _nodes_exceed(tools, MAX_TOOL_NODES):
-            raise _semantic_error(
-                f"Invalid tool definition: the tools hold more than {MAX_TOOL_NODES:,} JSON objects and arrays in all",
-                "tools",
-            )
+        """Before any tool's schema is checked (see MAX_TOOL_NODES, MAX_TOOL_PATTERN_CHARS)."""
+        problem = _too_costly(tools)
+        if problem is not None:
+            raise _semantic_error(f"Invalid tool definition: {problem}", "tools")
         return tools
 
     @field_validator("tools", check_fields=False)

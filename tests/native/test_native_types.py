@@ -10,7 +10,13 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from sentinel.native import ChatChunk, ChatRequest, ChatResponse, ErrorBody, NativeValidationError
-from sentinel.native.types import MAX_TOOL_NODES, ImagePart, TextPart, ToolChoiceFunction
+from sentinel.native.types import (
+    MAX_TOOL_NODES,
+    MAX_TOOL_PATTERN_CHARS,
+    ImagePart,
+    TextPart,
+    ToolChoiceFunction,
+)
 from sentinel.native.validation import parse_chat_request
 from tests.support.payloads import WEATHER_TOOL
 
@@ -383,6 +389,23 @@ def test_tools_up_to_the_node_limit_are_checked() -> None:
     assert parse_chat_request(body(tools=tools)).tools is not None
     tools[0]["function"]["parameters"]["properties"]["one_more"] = {}
     assert error_of(body(tools=tools)).param == "tools"
+
+
+def test_tools_past_the_pattern_limit_are_refused_before_any_schema_is_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check compiles every `pattern` and `patternProperties` key: one of 1 MB cost ~0.9 s."""
+    checked = schema_checks(monkeypatch)
+    half = MAX_TOOL_PATTERN_CHARS // 2
+    at_limit = [fresh_tool(0, s={"type": "string", "pattern": "a" * half}),
+                fresh_tool(1, o={"type": "object", "patternProperties": {"b" * (half - 1): {}, "c": {}}})]
+    assert parse_chat_request(body(tools=at_limit)).tools is not None
+    assert len(checked) == 2
+    at_limit[1]["function"]["parameters"]["properties"]["o"]["patternProperties"]["d"] = {}
+    err = error_of(body(tools=at_limit))
+    assert err.param == "tools"
+    assert f"patterns hold more than {MAX_TOOL_PATTERN_CHARS:,} characters" in err.message
+    assert len(checked) == 2
 
 
 def containers(value: Any) -> int:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
+import orjson
+
 DAY = 86400.0
 # Collections of per-account objects under /v1, with how long ownership is kept: no shorter than
 # the provider keeps the object (None: until it is deleted through Sentinel).
@@ -133,6 +135,14 @@ class MalformedUpload(ValueError):
     """A multipart body Sentinel cannot read part by part as the provider would."""
 
 
+# An upload is read in Python, on the event loop: its size in parts and headers is capped so that
+# reading one stays cheap. A form has a handful of fields; the stdlib's reader of a header's
+# parameters takes time quadratic in their number (a part of 500,000 of them took 37 s).
+MAX_PARTS = 100
+MAX_PART_HEADERS = 16 * 1024  # bytes of header lines, all parts together
+MAX_PARAMETERS = 16  # `;` in the Content-Type, and in the header lines of one part
+
+
 @dataclass(frozen=True)
 class Upload:
     """A `multipart/form-data` body, read part by part, strictly (see `_parts`): (name, value) pairs."""
@@ -184,18 +194,35 @@ def multipart_references(body: bytes, content_type: str, limit: int = MAX_REFERE
     return Upload.read(body, content_type).references(limit)
 
 
+# A batch's input is read in Python, on the event loop, line by line: capped so that reading any file
+# costs no more than reading a real one of the largest body. The provider runs at most 50,000
+# requests a file; no real request holds 10,000 JSON objects and arrays.
+MAX_BATCH_LINES = 50_000
+MAX_LINE_CONTAINERS = 10_000  # JSON objects and arrays in one line
+MAX_BATCH_CONTAINERS = 100_000  # ... in the whole file
+
+
 def batch_references(content: bytes, limit: int = MAX_REFERENCES) -> list[str]:
     """The distinct object ids a batch's JSONL input names, every line read as the provider will run
     it (its `body` is a request of its own). InvalidBatchInput when a line is not a JSON object Sentinel
     reads as any reader would (a key given twice, which readers resolve differently, is refused: the
-    file goes upstream as it came), or asks for account-wide data (`reads_account_data`);
-    TooManyReferences past `limit` distinct ids in all."""
+    file goes upstream as it came), or asks for account-wide data (`reads_account_data`), or the file
+    is larger than the caps above; TooManyReferences past `limit` distinct ids in all."""
+    breaks = content.count(b"\n") + content.count(b"\r") - content.count(b"\r\n")  # as `splitlines` reads them
+    if breaks + (not content.endswith((b"\n", b"\r"))) > MAX_BATCH_LINES:
+        raise InvalidBatchInput(f"A batch input may hold at most {MAX_BATCH_LINES:,} lines")
+    if _containers(content, MAX_BATCH_CONTAINERS) > MAX_BATCH_CONTAINERS:
+        raise InvalidBatchInput(f"A batch input may hold at most {MAX_BATCH_CONTAINERS:,} JSON objects and arrays")
     found: dict[str, None] = {}
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
+        if _containers(line, MAX_LINE_CONTAINERS) > MAX_LINE_CONTAINERS:
+            raise InvalidBatchInput(
+                f"Line {number} of the batch input holds more than {MAX_LINE_CONTAINERS:,} JSON objects and arrays"
+            )
         try:
-            request = json.loads(line, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+            request = _batch_line(line)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError; so is a repeated key
             raise InvalidBatchInput(f"Line {number} of the batch input is not JSON Sentinel can read: {exc}") from None
         if not isinstance(request, dict):
@@ -206,6 +233,46 @@ def batch_references(content: bytes, limit: int = MAX_REFERENCES) -> list[str]:
         if len(found) > limit:
             raise TooManyReferences(f"A batch input may name at most {limit} objects")
     return list(found)
+
+
+def _containers(data: bytes, cap: int) -> int:
+    """The JSON objects and arrays `data` opens: its `{` and `[` bytes while they are no more than
+    `cap`, else only those outside strings (exact in JSON; in bytes a parser refuses, exact up to
+    where it stops reading them)."""
+    opening = data.count(b"{") + data.count(b"[")
+    if opening <= cap:
+        return opening
+    # Without its escapes (a backslash escapes the next byte: `\\` pairs go first), every `"` opens or
+    # closes a string: every other piece is outside them.
+    plain = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(plain.split(b'"')[::2])
+    return outside.count(b"{") + outside.count(b"[")
+
+
+def _batch_line(line: bytes) -> Any:
+    """A line as `_strict_json` reads it — what it accepts, nothing else (numbers aside, which no check
+    reads: orjson reads an integer of more than 64 bits as a float) —, read by orjson where orjson
+    reads the same. The strict read still runs on a line orjson refuses (the stdlib takes a lone
+    surrogate, a BOM, `1e400`), one too deep for orjson to write back (past 254 levels), and one that
+    may give a key twice: orjson keeps one of a repeated key's values, and its compact writing of
+    what it read then holds fewer `:` than the line. (Each `:` of a line is a key's or in a string,
+    and orjson writes each `:` it read as one `:` — an escaped one, `\\u003a`, too, so these are
+    counted as the line's; an escaped backslash followed by `u003a`, counted as well, can only send
+    a line the strict way.)"""
+    try:
+        parsed = orjson.loads(line)
+        compact = orjson.dumps(parsed)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return _strict_json(line)
+    if line.count(b":") + line.count(b"\\u003a") + line.count(b"\\u003A") > compact.count(b":"):
+        return _strict_json(line)
+    return parsed
+
+
+def _strict_json(line: bytes) -> Any:
+    """`json.loads(line, object_pairs_hook=_unique_keys, parse_constant=_no_constant)`, with one decoder
+    made once (`json.loads` makes one a call: most of the time it takes on a short line)."""
+    return _STRICT.decode(line.decode(json.detect_encoding(line), "surrogatepass"))
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -219,6 +286,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_STRICT = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+
+
 class InvalidBatchInput(ValueError):
     """A batch input file Sentinel cannot check line by line."""
 
@@ -228,6 +298,8 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
     provider's reader may be lenient where this one is not: MalformedUpload unless the Content-Type
     names its boundary once, the body starts with it and ends with the closing one, each delimiter
     line and header line ends in CRLF, and each part has one Content-Disposition naming it once."""
+    if content_type.count(";") > MAX_PARAMETERS:
+        raise MalformedUpload(f"A multipart Content-Type may have at most {MAX_PARAMETERS} parameters")
     header = Message()
     header["content-type"] = content_type
     params = [key.lower() for key, _ in header.get_params() or []]
@@ -235,15 +307,25 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
     if not boundary or len(params) != len(set(params)):
         raise MalformedUpload("A multipart body needs exactly one boundary in its Content-Type")
     delimiter = b"--" + boundary.encode("latin-1")
-    parts = (b"\r\n" + body).split(b"\r\n" + delimiter)
+    framed = b"\r\n" + body
+    if framed.count(b"\r\n" + delimiter) > MAX_PARTS + 1:  # the parts and the closing delimiter
+        raise MalformedUpload(f"A multipart body may hold at most {MAX_PARTS} parts")
+    parts = framed.split(b"\r\n" + delimiter)
     if parts[0] or len(parts) < 2 or not parts[-1].startswith(b"--"):
         raise MalformedUpload("A multipart body must start with its boundary and end with the closing one")
     found: list[tuple[str, bytes]] = []
+    headers = 0
     for part in parts[1:-1]:
         padding, crlf, rest = part.partition(b"\r\n")
         head, blank, value = rest.partition(b"\r\n\r\n")
         if not crlf or padding.strip(b" \t") or not blank:
             raise MalformedUpload("A multipart part must follow its boundary line and end its headers with a blank line")
+        headers += len(head)
+        if headers > MAX_PART_HEADERS or head.count(b";") > MAX_PARAMETERS:
+            raise MalformedUpload(
+                f"A multipart body's parts may have at most {MAX_PART_HEADERS // 1024} KiB of header lines "
+                f"in all, each part at most {MAX_PARAMETERS} parameters"
+            )
         fields = Message()
         for line in head.split(b"\r\n"):
             key, colon, text = line.decode("latin-1").partition(":")

@@ -244,6 +244,37 @@ def test_ids_are_read_as_the_provider_reads_the_body(
         ("/v1/batches", "application/json"), ("/v1/batches", "application/json"), ("/v1/files", "multipart/form-data")]
 
 
+BATCH_LINE = (b'{"custom_id": "%s", "method": "POST", "url": "/v1/chat/completions", '
+              b'"body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Answer: yes or no"}]}}')
+
+
+def test_an_upload_too_large_to_read_cheaply_is_refused(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """An upload is read in Python on the event loop that serves every user: 20,164 tiny parts (1 MiB)
+    took 0.2 s of it, a 1 MiB batch input of `{}` lines 1.5 s, one line of `{}` items 0.4 s (10 MiB:
+    ten times that). An upload of more parts than a form holds and a batch input of more JSON objects
+    than a real one are 400 and reach no provider; a real batch input is read as before, a key given
+    twice still refused."""
+    gw = start(gateway_factory, spy, redis_url)
+    real = b"\n".join(BATCH_LINE % str(n).encode() for n in range(2_000)) + b"\n"
+    huge_line = BATCH_LINE.replace(b'"messages"', b'"x": [' + b"{}, " * 20_000 + b'{}], "messages"') % b"x"
+    twice = BATCH_LINE.replace(b'"custom_id": "%s"', b'"custom_id": "1", "custom_id": "2"')
+    with gw.client() as alice:
+        refused = [
+            alice.post("/v1/files", data={f"f{n}": "x" for n in range(20_000)}, files={"file": ("a.txt", b"x")}),
+            alice.post("/v1/files", files={"file": ("a.jsonl", real + huge_line)}, data={"purpose": "batch"}),
+            alice.post("/v1/files", files={"file": ("a.jsonl", b"{}\n" * 60_000)}, data={"purpose": "batch"}),
+            alice.post("/v1/files", files={"file": ("a.jsonl", real + twice)}, data={"purpose": "batch"}),
+        ]
+        assert [r.status_code for r in refused] == [400] * 4, [r.text for r in refused]
+        assert "given twice" in refused[3].json()["error"]["message"]
+        assert spy.seen == []
+        accepted = alice.post("/v1/files", files={"file": ("a.jsonl", real)}, data={"purpose": "batch"})
+    assert accepted.status_code == 200, accepted.text
+    assert spy.paths() == ["/v1/files"]
+
+
 def test_a_request_with_two_content_types_is_refused(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
 ) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
@@ -202,12 +202,13 @@ MAX_LINE_CONTAINERS = 10_000  # JSON objects and arrays in one line
 MAX_BATCH_CONTAINERS = 100_000  # ... in the whole file
 
 
-def batch_references(content: bytes, limit: int = MAX_REFERENCES) -> list[str]:
+def batch_references(content: bytes, *, offered: Callable[[str], bool], limit: int = MAX_REFERENCES) -> list[str]:
     """The distinct object ids a batch's JSONL input names, every line read as the provider will run
     it (its `body` is a request of its own). InvalidBatchInput when a line is not a JSON object Sentinel
     reads as any reader would (a key given twice, which readers resolve differently, is refused: the
-    file goes upstream as it came), or asks for account-wide data (`reads_account_data`), or the file
-    is larger than the caps above; TooManyReferences past `limit` distinct ids in all."""
+    file goes upstream as it came), names in its `body.model` a model that is not `offered` (the
+    provider runs the name the line gives), or asks for account-wide data (`reads_account_data`), or
+    the file is larger than the caps above; TooManyReferences past `limit` distinct ids in all."""
     breaks = content.count(b"\n") + content.count(b"\r") - content.count(b"\r\n")  # as `splitlines` reads them
     if breaks + (not content.endswith((b"\n", b"\r"))) > MAX_BATCH_LINES:
         raise InvalidBatchInput(f"A batch input may hold at most {MAX_BATCH_LINES:,} lines")
@@ -227,6 +228,14 @@ def batch_references(content: bytes, limit: int = MAX_REFERENCES) -> list[str]:
             raise InvalidBatchInput(f"Line {number} of the batch input is not JSON Sentinel can read: {exc}") from None
         if not isinstance(request, dict):
             raise InvalidBatchInput(f"Line {number} of the batch input is not a JSON object")
+        body = request.get("body")
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(model, str) or not offered(model):
+            shown = f"the model '{model[:200]}'" if isinstance(model, str) else "no model (`body.model`)"
+            raise InvalidBatchInput(
+                f"Line {number} of the batch input names {shown}: a batch runs only a model of this gateway's "
+                "catalogue (GET /v1/models) that its OpenAI provider serves under that name (not an alias)"
+            )
         if reads_account_data(request):
             raise InvalidBatchInput(f"Line {number} of the batch input asks for data across the account")
         found.update(dict.fromkeys(referenced_ids(request)))

@@ -238,8 +238,8 @@ class OpenAIRelay:
         The ids are read the way the provider will read the body: JSON (no Content-Type, or a JSON
         one) or a `multipart/form-data` upload, whose named parts are read. Any other type (a form,
         text) is refused: a form reader finds fields in any bytes, JSON included. A batch (`creates_batch`)
-        may only run an input file checked so; `json_only` calls (batches, evals: their checks read
-        JSON) refuse an upload."""
+        may only run an input file checked so (its lines run only models `_batch_model` allows);
+        `json_only` calls (batches, evals: their checks read JSON) refuse an upload."""
         media = content_type.partition(";")[0].strip().lower()  # the boundary keeps its case
         if media == "multipart/form-data":
             if json_only:  # read as JSON only: an upload's fields would escape the checks below
@@ -249,7 +249,7 @@ class OpenAIRelay:
                 ids = upload.references()
                 lines = upload.batch_input()
                 if lines is not None:
-                    ids += batch_references(lines)
+                    ids += batch_references(lines, offered=self._batch_model)
             except (MalformedUpload, TooManyReferences, InvalidBatchInput) as exc:
                 raise InvalidRequest(str(exc)) from None
             if upload.streams:
@@ -279,6 +279,18 @@ class OpenAIRelay:
             given = parsed.get("input_file_id") if isinstance(parsed, dict) else None
             await self.ownership.require_batch_input(given if isinstance(given, str) else "", identity.external_id)
         return orjson.dumps(parsed), False
+
+    def _batch_model(self, name: str) -> bool:
+        """Whether a batch's input may run the model `name`. The file goes upstream as it came, to the
+        default upstream, so the provider runs the name the line gives: only a catalogue model that
+        upstream serves under that very name (not an alias, not a model renamed upstream)."""
+        try:
+            targets = self.catalogue.resolve(name)
+        except NotFound:
+            return False
+        target = targets[0]
+        return (len(targets) == 1 and target.name == name == target.upstream_model and target.kind == "openai"
+                and self.upstreams.get(target.provider) is self.upstream)
 
     async def _conversation_grew(self, where: ObjectPath, last: str, reply: Reply, size: int) -> None:
         """Items given to a conversation (at its creation, or added) are context every later response

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 import redis
+import yaml
 
 from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
@@ -23,6 +25,8 @@ from tests.support.attack import SpyUpstream, bearer, openai_error, raw_request,
 
 DAY_MS = 86_400_000
 PASSTHROUGH = "/v1/files/*,/v1/batches"
+BATCH_LINE = (b'{"custom_id": "%s", "method": "POST", "url": "/v1/chat/completions", '
+              b'"body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Answer: yes or no"}]}}')
 
 
 @pytest.fixture
@@ -205,12 +209,13 @@ def test_ids_are_read_as_the_provider_reads_the_body(
     reached the provider, and Bob owned the batch. Now multipart fields are read, other types are
     400, and a body Sentinel read as JSON goes upstream as `application/json`."""
     gw = start(gateway_factory, spy, redis_url)
-    victim = gw.openai().files.create(file=("v.jsonl", b"{\"custom_id\": \"alice\"}"), purpose="batch").id
+    victim = gw.openai().files.create(file=("v.jsonl", BATCH_LINE % b"alice"), purpose="batch").id
     bob_key = key_for(gw, "bob")
     fields = {"input_file_id": victim, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
     form = f'"&input_file_id={victim}&endpoint=/v1/chat/completions&completion_window=24h&x="'.encode()
     with gw.client(bob_key) as bob:
-        mine = bob.post("/v1/files", files={"file": ("b.jsonl", b"{}")}, data={"purpose": "batch"}).json()["id"]
+        mine = bob.post("/v1/files", files={"file": ("b.jsonl", BATCH_LINE % b"bob")},
+                        data={"purpose": "batch"}).json()["id"]
         spy.clear()
         refused = [
             bob.post("/v1/batches", content=form, headers={"Content-Type": "application/x-www-form-urlencoded"}),
@@ -237,15 +242,11 @@ def test_ids_are_read_as_the_provider_reads_the_body(
                            headers={"Content-Type": "application/json; charset=utf-8"})
         bare = bob.post("/v1/batches", content=orjson.dumps({**fields, "input_file_id": mine}),
                         headers={"Content-Type": ""})
-        upload = bob.post("/v1/files", files={"file": ("c.jsonl", b"{}")}, data={"purpose": "batch"})
+        upload = bob.post("/v1/files", files={"file": ("c.jsonl", BATCH_LINE % b"c")}, data={"purpose": "batch"})
     assert upload.status_code == 200, upload.text
     assert all(r.status_code != 400 for r in (as_text, bare)), (as_text.text, bare.text)  # the mock has no batches
     assert [(s.path, s.content_type.split(";")[0]) for s in spy.seen] == [
         ("/v1/batches", "application/json"), ("/v1/batches", "application/json"), ("/v1/files", "multipart/form-data")]
-
-
-BATCH_LINE = (b'{"custom_id": "%s", "method": "POST", "url": "/v1/chat/completions", '
-              b'"body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Answer: yes or no"}]}}')
 
 
 def test_an_upload_too_large_to_read_cheaply_is_refused(
@@ -273,6 +274,51 @@ def test_an_upload_too_large_to_read_cheaply_is_refused(
         accepted = alice.post("/v1/files", files={"file": ("a.jsonl", real)}, data={"purpose": "batch"})
     assert accepted.status_code == 200, accepted.text
     assert spy.paths() == ["/v1/files"]
+
+
+def test_a_batch_input_runs_only_a_model_the_gateway_offers(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """A batch input's lines were checked for the ids they name, never for the model they run: Bob
+    uploaded lines naming `o1-pro`, created the batch, and the company's account ran a model the
+    operator never offered. Such an upload is now 400 and reaches no provider."""
+    gw = start(gateway_factory, spy, redis_url)
+    with gw.client(key_for(gw, "bob")) as bob:
+        refused = bob.post("/v1/files", data={"purpose": "batch"}, files={"file": ("b.jsonl", b"\n".join([
+            BATCH_LINE % b"1", BATCH_LINE.replace(b"gpt-4o-mini", b"o1-pro") % b"2"]))})
+        assert spy.seen == []
+        accepted = bob.post("/v1/files", files={"file": ("b.jsonl", BATCH_LINE % b"1")}, data={"purpose": "batch"})
+    assert refused.status_code == 400, refused.text
+    assert "Line 2 of the batch input names the model 'o1-pro'" in openai_error(refused.json())["message"]
+    assert accepted.status_code == 200, accepted.text
+
+
+@pytest.mark.parametrize("model", ["house", "gpt-4o", "elsewhere", "fast", "claude-3-5-haiku-20241022"])
+def test_a_batch_input_runs_a_catalogue_model_by_the_name_its_provider_knows(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str, tmp_path: Path, model: str
+) -> None:
+    """The input goes upstream as it came, to the OpenAI provider, which runs the model its lines
+    name: a model renamed upstream (`house` is `gpt-4o` there), a real model the catalogue leaves
+    out, a model of another provider, an alias (which the provider may know as another model) are
+    400; a catalogue model the OpenAI provider serves under its own name is run."""
+    doc = {
+        "providers": [{"name": "other", "kind": "openai", "base_url": spy.url + "/v1"}],
+        "models": [{"name": "gpt-4o-mini", "provider": "openai"},
+                   {"name": "house", "provider": "openai", "upstream_name": "gpt-4o"},
+                   {"name": "elsewhere", "provider": "other"},
+                   {"name": "claude-3-5-haiku-20241022", "provider": "anthropic"}],
+        "aliases": {"fast": "gpt-4o-mini"},
+    }
+    (tmp_path / "catalogue.yaml").write_text(yaml.safe_dump(doc))
+    gw = start(gateway_factory, spy, redis_url, providers_file=tmp_path / "catalogue.yaml")
+    with gw.client() as alice:
+        refused = alice.post("/v1/files", data={"purpose": "batch"}, files={
+            "file": ("a.jsonl", BATCH_LINE.replace(b"gpt-4o-mini", model.encode()) % b"1")})
+        assert spy.seen == []
+        accepted = alice.post("/v1/files", files={"file": ("a.jsonl", BATCH_LINE % b"1")}, data={"purpose": "batch"})
+    assert refused.status_code == 400, refused.text
+    assert f"names the model '{model}'" in openai_error(refused.json())["message"]
+    assert accepted.status_code == 200, accepted.text
 
 
 def test_a_request_with_two_content_types_is_refused(
@@ -406,7 +452,8 @@ def test_a_files_content_is_never_read_for_ids_even_with_a_trailing_slash(
     with serving(upstream) as srv:
         gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/files/*")
         with gw.client() as alice:
-            assert alice.post("/v1/files", files={"file": ("a.json", b"{}")}, data={"purpose": "batch"}).status_code == 200
+            made = alice.post("/v1/files", files={"file": ("a.jsonl", BATCH_LINE % b"1")}, data={"purpose": "batch"})
+            assert made.status_code == 200, made.text
             answers = [alice.get("/v1/files/file-own/content/"), alice.get("/v1/files/file-own/content")]
     assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
     owners = redis.Redis.from_url(redis_url)

@@ -98,6 +98,7 @@ def test_a_form_with_its_usual_headers_is_read() -> None:
 
 LINE = (b'{"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", '
         b'"body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Answer: %s"}]}}')
+OFFERED = {"gpt-4o-mini"}.__contains__
 
 
 @pytest.mark.parametrize("content, message", [
@@ -108,7 +109,7 @@ LINE = (b'{"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", '
 ], ids=["line", "lines", "file"])
 def test_a_batch_input_larger_than_a_real_one_is_refused(content: bytes, message: str) -> None:
     with pytest.raises(InvalidBatchInput, match=message):
-        batch_references(content)
+        batch_references(content, offered=OFFERED)
 
 
 def test_only_the_containers_outside_strings_count() -> None:
@@ -116,30 +117,48 @@ def test_only_the_containers_outside_strings_count() -> None:
     structural ones are counted, escaped quotes and backslashes read as a parser reads them."""
     braces = b"{[" * 30_000
     line = LINE % (b'\\\\\\"' + braces + b'\\\\')
-    assert batch_references(b"\n".join([line] * 2)) == []
-    assert batch_references(b"\n".join([LINE % b"x"] * 25_000)) == []  # 100,000 containers: the cap
+    assert batch_references(b"\n".join([line] * 2), offered=OFFERED) == []
+    assert batch_references(b"\n".join([LINE % b"x"] * 25_000), offered=OFFERED) == []  # 100,000 containers: the cap
+
+
+ANY = b'{"custom_id": "1", "body": {"model": "gpt-4o-mini"}, "x": %s}'
 
 
 @pytest.mark.parametrize("line, accepted", [
-    (b'{"a": 1, "a": 2}', False),
-    (b'{"a": 1e15, "a": 2}', False),  # orjson writes 1e15 longer than it came: the line still lost a key
-    (b'{"a": 1, "b": {"c": [{"d": 1, "d": 1}]}}', False),
-    (b'{"a\\u003a": 1, "a:": 2}', False),  # a `:` escaped in one key, not in the other
-    (b'{"a": 1, "\\u0061": 2}', False),
-    (b'{"a": [{"b": 1}, {"b": 2}], "c": "x:y", "d": "\\\\u003a"}', True),
-    (b'{"a": "\\ud800"}', True),  # a lone surrogate, a BOM, 1e400: orjson refuses them, `json` does not
-    (b'\xef\xbb\xbf{"a": 1}', True),
-    (b'{"a": 1e400}', True),
-    (b'{"a": NaN}', False),
-    (b'{"a": ' + b"[" * 300 + b"]" * 300 + b"}", True),  # deeper than orjson writes back
-    (b'{"a": ' + b"[" * 300 + b'{"b": 1, "b": 2}' + b"]" * 300 + b"}", False),
-    (b'{"a": ' + b"[" * 3_000 + b"]" * 3_000 + b"}", False),
-    (b'{"a": 1} x', False),
+    (ANY % b'{"a": 1, "a": 2}', False),
+    (ANY % b'{"a": 1e15, "a": 2}', False),  # orjson writes 1e15 longer than it came: the line still lost a key
+    (ANY % b'{"a": 1, "b": {"c": [{"d": 1, "d": 1}]}}', False),
+    (ANY % b'{"a\\u003a": 1, "a:": 2}', False),  # a `:` escaped in one key, not in the other
+    (ANY % b'{"a": 1, "\\u0061": 2}', False),
+    (ANY % b'1, "body": {"model": "o1-pro"}', False),  # the model a first-wins reader runs was never checked
+    (ANY % b'[{"b": 1}, {"b": 2}, "x:y", "\\\\u003a"]', True),
+    (ANY % b'"\\ud800"', True),  # a lone surrogate, a BOM, 1e400: orjson refuses them, `json` does not
+    (b"\xef\xbb\xbf" + ANY % b"1", True),
+    (ANY % b"1e400", True),
+    (ANY % b"NaN", False),
+    (ANY % (b"[" * 300 + b"]" * 300), True),  # deeper than orjson writes back
+    (ANY % (b"[" * 300 + b'{"b": 1, "b": 2}' + b"]" * 300), False),
+    (ANY % (b"[" * 3_000 + b"]" * 3_000), False),
+    (ANY % b"1" + b" x", False),
 ])
 def test_a_batch_line_is_read_as_strictly_as_the_json_module_reads_it(line: bytes, accepted: bool) -> None:
     """Lines are read by orjson where that gives what `json` (a repeated key refused) gives."""
     if accepted:
-        assert batch_references(line) == []
+        assert batch_references(line, offered=OFFERED) == []
     else:
         with pytest.raises(InvalidBatchInput, match="not JSON Sentinel can read"):
-            batch_references(line)
+            batch_references(line, offered=OFFERED)
+
+
+@pytest.mark.parametrize("line", [
+    LINE.replace(b"gpt-4o-mini", b"o1-pro"),
+    LINE.replace(b'"model": "gpt-4o-mini", ', b""),
+    LINE.replace(b'"gpt-4o-mini"', b'["gpt-4o-mini"]'),
+    b'{"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": "gpt-4o-mini"}',
+], ids=["another model", "no model", "a list", "no body"])
+def test_a_batch_line_runs_only_a_model_offered_for_batches(line: bytes) -> None:
+    """Every line was checked for the ids it names, never for the model it runs: a user's batch ran
+    any model of the company's account (o1-pro), the operator's catalogue bypassed."""
+    assert batch_references(LINE % b"x", offered=OFFERED) == []
+    with pytest.raises(InvalidBatchInput, match="Line 2 .* a batch runs only a model of this gateway's catalogue"):
+        batch_references(LINE % b"x" + b"\n" + line.replace(b"%s", b"x"), offered=OFFERED)

@@ -192,11 +192,14 @@ class UpstreamConnectionError(UpstreamError):
 
 class UpstreamTimeout(UpstreamError):
     """No upstream byte in time. `sent`: the request may have reached the provider (a read timeout,
-    not a connect timeout), so the provider may have spent on it."""
+    not a connect timeout), so the provider may have spent on it. `stalled`: a streamed request
+    whose answer never began (a provider sends a stream's headers at once, however long the answer:
+    it is stuck, unlike a long non-streamed generation)."""
 
     status = 504
     type = "timeout_error"
     code = "upstream_timeout"
+    stalled = False
 
     def __init__(self, message: str, *, sent: bool = True, **kw: Any) -> None:
         super().__init__(message, **kw)

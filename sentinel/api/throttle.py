@@ -20,6 +20,7 @@ are dropped first; clients at the limit are never forgotten before their minute 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import math
 import time
@@ -31,6 +32,7 @@ from sentinel.errors import RateLimited
 MAX_CLIENTS = 100_000
 
 
+@functools.lru_cache(maxsize=4096)
 def client_key(address: str | None) -> str | None:
     """What the throttle counts `address` under: IPv4 as is, IPv6 by its /64 (see the module docstring)."""
     if address is None or ":" not in address:

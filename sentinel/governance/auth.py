@@ -134,7 +134,8 @@ class Authenticator:
             expiry = unverified_expiry(token)
             if expiry is not None and expiry <= self.clock():
                 raise AuthenticationError("The token has expired", code="token_expired")
-        async with lookup() if lookup is not None else nullcontext():
+        # A stale identity (known good, being refreshed) does not queue behind unknown tokens.
+        async with lookup() if lookup is not None and stale is None else nullcontext():
             try:
                 found = await source.authenticate(token)
             except GovernanceUnavailable:

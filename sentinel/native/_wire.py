@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 
 def as_object(value: Any) -> dict[str, Any]:
     """`value` if it is a JSON object, else an empty one."""
@@ -21,3 +23,16 @@ def as_count(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
         return value
     return None
+
+
+def field_text(value: Any) -> str:
+    """A field of an answer as text to count: a string as it is, null as nothing, anything else as
+    compact JSON (some OpenAI-compatible servers send tool-call `arguments` as an object)."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes
+        return ""

@@ -19,6 +19,7 @@ from typing import Any
 from sentinel.native._wire import MAX_COUNT, as_count, as_object
 from sentinel.native.errors import NativeValidationError, TranslationError
 from sentinel.native.model_request import ModelChatRequest
+from sentinel.native.openai import writable_arguments
 from sentinel.native.responses import (
     AssistantMessage,
     CacheTokens,
@@ -213,6 +214,7 @@ def _tool_call(block: dict[str, Any], provider: str) -> ToolCall:
         raise TranslationError(
             f"Malformed tool call arguments for '{name}': expected an object", provider=provider
         )
+    arguments = writable_arguments(arguments, tool=name, provider=provider)
     return ToolCall.model_validate({"id": call_id, "function": {"name": name, "arguments": arguments}})
 
 

@@ -15,6 +15,9 @@ from typing import Any
 import orjson
 
 from sentinel.native._wire import as_count, as_object
+from sentinel.native._wire import (
+    field_text as field_text,  # the one rule; `sentinel.quota.usage` reads it here
+)
 from sentinel.native.errors import TranslationError
 from sentinel.native.model_request import ModelChatRequest
 from sentinel.native.responses import (
@@ -49,7 +52,7 @@ def map_finish_reason(reason: Any) -> FinishReason:
 def parse_arguments(raw: Any, *, tool: str, provider: str) -> dict[str, Any]:
     """Tool-call arguments (a JSON string) as an object; an empty string means no arguments."""
     if isinstance(raw, dict):  # some OpenAI-compatible servers send the object itself
-        return raw
+        return writable_arguments(raw, tool=tool, provider=provider)
     if not isinstance(raw, str):
         raise TranslationError(f"Malformed tool call arguments for '{tool}': not a string", provider=provider)
     if not raw.strip():
@@ -64,6 +67,16 @@ def parse_arguments(raw: Any, *, tool: str, provider: str) -> dict[str, Any]:
         raise TranslationError(
             f"Malformed tool call arguments for '{tool}': expected a JSON object", provider=provider
         )
+    return writable_arguments(value, tool=tool, provider=provider)
+
+
+def writable_arguments(value: dict[str, Any], *, tool: str, provider: str) -> dict[str, Any]:
+    """`value`, if it can be written as JSON again (every answer is: to the client, to count it);
+    orjson reads 1,024 levels of nesting but writes 255, and a deeper object raised mid-answer."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        raise TranslationError(f"Malformed tool call arguments for '{tool}': nested too deep", provider=provider) from None
     return value
 
 
@@ -186,19 +199,6 @@ def _tool_call(raw: Any, provider: str) -> ToolCall:
             },
         }
     )
-
-
-def field_text(value: Any) -> str:
-    """A field of an answer as text to count: a string as it is, null as nothing, anything else as
-    compact JSON (some OpenAI-compatible servers send tool-call `arguments` as an object)."""
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:  # nested deeper than orjson writes
-        return ""
 
 
 # Output a chat delta carries besides `content` and `tool_calls`, relayed to the client and billed:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import orjson
 from pydantic import ConfigDict, Field
 
+from sentinel.native._wire import field_text
 from sentinel.native.types import StrictModel, Tier, ToolCall
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
@@ -110,7 +110,7 @@ class ProviderReply:
         for choice in self.choices:
             parts.append(choice.message.content or "")
             for call in choice.message.tool_calls or ():
-                parts.append(call.function.name + orjson.dumps(call.function.arguments).decode())
+                parts.append(call.function.name + field_text(call.function.arguments))
         return "".join(parts)
 
     def to_response(self, usage: Usage | None = None) -> ChatResponse:

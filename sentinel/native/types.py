@@ -212,11 +212,11 @@ def _too_costly(tools: Any) -> str | None:
             chars += sum(map(len, keyed)) if isinstance(keyed, dict) else 0
         elif isinstance(node, list):
             stack.extend(node)
-        else:
+        elif not isinstance(node, bool):  # `true`/`false` are schemas too, each checked like an object
             continue
         nodes += 1
         if nodes > MAX_TOOL_NODES:
-            return f"the tools hold more than {MAX_TOOL_NODES:,} JSON objects and arrays in all"
+            return f"the tools hold more than {MAX_TOOL_NODES:,} JSON objects, arrays and booleans in all"
         if chars > MAX_TOOL_PATTERN_CHARS:
             return f"the tools' patterns hold more than {MAX_TOOL_PATTERN_CHARS:,} characters in all"
     return None

@@ -27,7 +27,7 @@ from sentinel.native.sse import SSEParser
 from sentinel.native.stream import StreamNormalizer, StreamResult
 from sentinel.providers.catalog import ProviderSpec
 from sentinel.providers.errors import UnreadableAnswer, upstream_error
-from sentinel.providers.http import UpstreamResponse, send
+from sentinel.providers.http import UpstreamResponse, send, stalled_if
 
 
 def recorded_usage(usage: WireUsage | None, cache: CacheTokens) -> Usage | None:
@@ -133,7 +133,8 @@ class ChatProvider:
     ) -> tuple[UpstreamResponse, float]:
         payload = orjson.dumps(body)
         started = time.perf_counter()
-        upstream = await send(self.session, self.name, "POST", self.url(), headers=self.headers(), body=payload)
+        with stalled_if(body.get("stream") is True):
+            upstream = await send(self.session, self.name, "POST", self.url(), headers=self.headers(), body=payload)
         elapsed = time.perf_counter() - started
         if upstream.status >= 300:
             if refused is not None:
@@ -170,6 +171,14 @@ class ChatProvider:
         """Send an already translated streaming body; returns once the upstream answered 2xx (an error
         answer as `complete_body`)."""
         upstream, elapsed = await self._post(body, relay_client_errors, refused)
+        if not upstream.streams:  # it ignored `stream` and answered JSON: served, and billed as such
+            raw = await upstream.read_served()
+            try:
+                answer: Any = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                answer = None
+            raise UnreadableAnswer(f"Provider {self.name} answered a streamed request without a stream",
+                                   usage=self.usage_of(answer), provider=self.name)
         return ProviderStream(upstream, self.normalizer(), elapsed)
 
 

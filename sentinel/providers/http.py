@@ -105,6 +105,17 @@ def translate_errors(provider: str) -> Iterator[None]:
         ) from exc
 
 
+@contextmanager
+def stalled_if(stream: bool) -> Iterator[None]:
+    """Around sending a request until its answer's headers: a read timeout of a streamed one is a
+    provider stuck before its stream began (`UpstreamTimeout.stalled`), which counts against its health."""
+    try:
+        yield
+    except UpstreamTimeout as exc:
+        exc.stalled = stream and exc.sent
+        raise
+
+
 @dataclass
 class UpstreamResponse:
     """An upstream answer whose body has not been read yet (so it can be streamed)."""

@@ -33,7 +33,7 @@ def is_provider_failure(exc: SentinelError) -> bool:
         return exc.code == "provider_rate_limited"
     if isinstance(exc, UnreadableAnswer):  # a client can make an answer unreadable; not cut it off
         return isinstance(exc, BrokenOffAnswer)
-    if isinstance(exc, UpstreamTimeout) and exc.sent:  # a read timeout: a client can make a call that long
+    if isinstance(exc, UpstreamTimeout) and exc.sent and not exc.stalled:  # a client can make a call that long
         return False
     return isinstance(exc, UpstreamError) and exc.code != "provider_auth_error"
 

@@ -30,7 +30,7 @@ from sentinel.native.model_request import ModelChatRequest
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.providers.anthropic import AnthropicUpstream
-from sentinel.providers.http import UpstreamResponse
+from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import forwardable_headers, relayable_headers
 from sentinel.quota.anthropic_usage import AnthropicStreamInspector, message_text, message_usage
 from sentinel.quota.estimate import estimate_input
@@ -165,7 +165,8 @@ class MessagesService:
         started = time.perf_counter()
         attributes = {PROVIDER: target.provider, SYSTEM: target.provider, REQUEST_MODEL: target.name}
         try:
-            with ex.spans.span(f"chat {target.name}", attributes, client=True) as span:
+            with ex.spans.span(f"chat {target.name}", attributes, client=True) as span, \
+                    stalled_if(payload.get("stream") is True):
                 upstream = await self.upstreams[target.provider].forward(
                     segments, headers=forwardable_headers(headers, as_json=True), body=body
                 )

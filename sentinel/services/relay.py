@@ -29,7 +29,7 @@ from sentinel.native.openai_checks import TOO_MANY_CONTAINERS, check_metered_fie
 from sentinel.native.openai_inbound import parse_openai_chat
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
-from sentinel.providers.http import UpstreamResponse
+from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import OpenAICompatUpstream, forwardable_headers
 from sentinel.quota.meter import Admission, Meter
 from sentinel.routing.catalogue import ModelCatalogue
@@ -166,7 +166,7 @@ class OpenAIRelay:
                             {**payload, "model": target.upstream_model})
         upstream = await self._forward(
             ex, self.upstreams[target.provider], "POST", request.segments, body, request.headers, request.query,
-            admission,
+            admission, stream=request.stream,
         )
         if request.stream and 200 <= upstream.status < 300 and upstream.streams:
             return self.answers.sse(upstream, request.endpoint, admission, request.strip_usage, request.owner, ex=ex,
@@ -324,7 +324,7 @@ class OpenAIRelay:
     # --- plumbing ----------------------------------------------------------------------------------
     async def _forward(
         self, ex: Exchange, to: OpenAICompatUpstream, method: str, segments: Sequence[str], body: bytes | None,
-        headers: RawHeaders, query: Query | None, admission: Admission, *, as_json: bool = True,
+        headers: RawHeaders, query: Query | None, admission: Admission, *, as_json: bool = True, stream: bool = False,
     ) -> UpstreamResponse:
         """Send the call upstream, as a CLIENT span (the caller gives the reservation back when this raises).
         A body Sentinel read as JSON goes as `application/json`, whatever type the client named."""
@@ -335,7 +335,7 @@ class OpenAIRelay:
         if admission.model:
             attributes[REQUEST_MODEL] = admission.model
         try:
-            with ex.spans.span(name, attributes, client=True) as span:
+            with ex.spans.span(name, attributes, client=True) as span, stalled_if(stream):
                 upstream = await to.forward(
                     method, segments, headers=forwardable_headers(headers, as_json=as_json and body is not None),
                     body=body, query=query,

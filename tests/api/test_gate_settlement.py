@@ -272,3 +272,52 @@ def test_an_unexpected_failure_mid_stream_ends_the_stream_as_a_502(
         rid = r.headers["x-request-id"]
         assert wait_for(lambda rid=rid: len(recorded(gw, rid)) == 1)
         assert recorded(gw, rid)[0]["status"] == 502
+
+
+OPENAI_ANSWER = {"id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                 "usage": {"prompt_tokens": 5, "completion_tokens": 400},
+                 "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "x"}}]}
+
+
+def test_a_json_answer_to_a_translated_or_native_stream_is_charged_its_usage(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """The native and translated streams read a JSON answer as an event stream without events: a
+    stream error to the client and 0 output recorded for a call the provider served (400 tokens)."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
+        answers = []
+        with gw.client() as http:
+            for path, body in (TRANSLATED, NATIVE):
+                upstream.json(OPENAI_ANSWER)
+                answers.append(http.post(path, json=body))
+    for r in answers:
+        assert r.status_code == 502, r.text
+        rows = recorded(gw, r.headers["x-request-id"])
+        assert [(row["status"], row["usage_source"], row["output_tokens"]) for row in rows] == [
+            (502, "measured", 400)], rows
+
+
+def test_tool_arguments_too_deep_to_write_back_are_recorded(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """orjson reads 1,024 levels but writes 255: a served answer whose tool-call arguments nest deeper
+    raised while its output was counted (native: a 500, no record, the reservation kept; translated:
+    given back, a served call free). It is an answer Sentinel cannot read: 502, its usage recorded."""
+    deep = '{"a":' + "[" * 300 + "]" * 300 + "}"
+    answer = {**OPENAI_ANSWER, "usage": {"prompt_tokens": 5, "completion_tokens": 7}, "choices": [
+        {"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": deep}}]}}]}
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
+        answers = []
+        with gw.client() as http:
+            for path, body in (TRANSLATED, NATIVE):
+                upstream.json(answer)
+                answers.append(http.post(path, json={**body, "stream": False}))
+    for r in answers:
+        assert r.status_code == 502, r.text
+        rows = recorded(gw, r.headers["x-request-id"])
+        assert [(row["status"], row["output_tokens"]) for row in rows] == [(502, 7)], rows

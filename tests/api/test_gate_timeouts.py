@@ -125,6 +125,20 @@ def test_a_slow_request_does_not_take_the_model_out_of_service(
     assert after.status_code == 200, after.text  # not 503 tier_unavailable: the model is not in backoff
 
 
+def test_a_stream_that_never_begins_takes_the_model_out_of_service(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path,
+) -> None:
+    """A provider sends a stream's headers at once, however long the answer: a streamed request with
+    no answer at all before the timeout is a stuck provider, and still puts the model in backoff
+    (else every request of an alias or tier waited for it, then got 504)."""
+    gw = gateway_factory(providers_file=tiers_file(tmp_path, "openai"), upstream_timeout_seconds=TIMEOUT)
+    ask = [{"role": "user", "content": SLOW}]
+    with gw.client() as http:
+        relayed = http.post("/v1/chat/completions", json={"model": MINI, "messages": ask, "stream": True})
+    assert relayed.status_code == 504, relayed.text
+    assert metric(gw.url, "sentinel_provider_health", provider="openai", model=MINI) == 0
+
+
 # --- a 2xx answer Sentinel cannot read -------------------------------------------------------------------
 TRUNCATED_CALL = {  # what OpenAI answers when max_tokens cuts a forced tool call short
     "id": "chatcmpl-x", "object": "chat.completion", "created": 1732000000, "model": MINI,

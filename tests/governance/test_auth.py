@@ -243,3 +243,29 @@ async def test_an_identity_that_cannot_be_stored_is_refused_not_a_500(clock: Fak
     assert source.calls == 2  # nothing was cached
     assert Identity("a", "u\udfff").unstorable() is not None
     assert Identity("alice", "u1", email="a@example.com").unstorable() is None
+
+
+async def test_a_stale_identity_is_refreshed_without_waiting_for_a_lookup_turn(clock: FakeClock) -> None:
+    """Lookups that go to the source take a turn of the failed-authentication throttle; a token
+    already known good (cached, past its TTL) waited behind unknown ones from its address — and got
+    429 instead of its identity once they had failed."""
+    import asyncio
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    auth, source, _ = make(clock)
+    await auth.authenticate("sk-sentinel-good")
+    clock.advance(15)  # past the TTL: the next use refreshes it from the source
+    turns: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def never_your_turn() -> AsyncIterator[None]:  # every turn taken by unknown tokens
+        turns.append("waited")
+        await asyncio.Event().wait()
+        yield
+
+    identity = await asyncio.wait_for(auth.authenticate("sk-sentinel-good", lookup=never_your_turn), 5)
+    assert identity.external_id == "alice" and turns == [] and source.calls == 2
+    with pytest.raises(TimeoutError):  # an unknown token does wait its turn
+        await asyncio.wait_for(auth.authenticate("sk-sentinel-unknown", lookup=never_your_turn), 0.1)
+    assert turns == ["waited"]

@@ -370,7 +370,7 @@ def test_tools_past_the_node_limit_are_refused_before_any_schema_is_checked(monk
     huge = tool(parameters={"type": "object", "allOf": [{}] * 5000})
     err = error_of(body(tools=[fresh_tool(), huge]))
     assert err.param == "tools"
-    assert f"more than {MAX_TOOL_NODES:,} JSON objects and arrays" in err.message
+    assert f"more than {MAX_TOOL_NODES:,} JSON objects, arrays and booleans" in err.message
     assert checked == []
 
 

@@ -105,7 +105,7 @@ OFFERED = {"gpt-4o-mini"}.__contains__
     # one line of 20,000 `{}` items (1 MiB of them took 0.4 s), 50,001 lines of `{}` (1 MiB: 1.5 s)
     (LINE % (b'", "x": [' + b"{}, " * 20_000 + b'{}], "y": "'), "Line 1 of the batch input holds more than 10,000"),
     (b"{}\n" * 50_001, "at most 50,000 lines"),
-    ((LINE % (b'", "x": [' + b"[], " * 9_000 + b'[]], "y": "') + b"\n") * 12, "at most 100,000 JSON objects"),
+    ((LINE % (b'", "x": [' + b"[], " * 9_000 + b'[]], "y": "') + b"\n") * 56, "at most 500,000 JSON objects"),
 ], ids=["line", "lines", "file"])
 def test_a_batch_input_larger_than_a_real_one_is_refused(content: bytes, message: str) -> None:
     with pytest.raises(InvalidBatchInput, match=message):
@@ -118,7 +118,9 @@ def test_only_the_containers_outside_strings_count() -> None:
     braces = b"{[" * 30_000
     line = LINE % (b'\\\\\\"' + braces + b'\\\\')
     assert batch_references(b"\n".join([line] * 2), offered=OFFERED) == []
-    assert batch_references(b"\n".join([LINE % b"x"] * 25_000), offered=OFFERED) == []  # 100,000 containers: the cap
+    # A real file at the line cap: 50,000 chat lines, with a system message (250,000 containers).
+    system = LINE.replace(b'[{"role": "user"', b'[{"role": "system", "content": "Be brief."}, {"role": "user"')
+    assert batch_references(b"\n".join([system % b"x"] * 50_000), offered=OFFERED) == []
 
 
 ANY = b'{"custom_id": "1", "body": {"model": "gpt-4o-mini"}, "x": %s}'

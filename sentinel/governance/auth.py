@@ -92,6 +92,7 @@ class Authenticator:
         self.jwt = jwt
         self.negative_ttl = min(negative_ttl, ttl)
         self.clock = clock
+        self._refreshing: set[str] = set()  # keys of stale identities being refreshed from their source
         self.cache: GovernanceCache[Identity] = GovernanceCache(
             store,
             name="identity",
@@ -134,7 +135,22 @@ class Authenticator:
             expiry = unverified_expiry(token)
             if expiry is not None and expiry <= self.clock():
                 raise AuthenticationError("The token has expired", code="token_expired")
-        # A stale identity (known good, being refreshed) does not queue behind unknown tokens.
+        if stale is not None:
+            if key in self._refreshing:  # being refreshed already: served as it is meanwhile
+                return self._admit(stale)
+            self._refreshing.add(key)
+        try:
+            return await self._look_up(token, key, source, stale, lookup)
+        finally:
+            if stale is not None:
+                self._refreshing.discard(key)
+
+    async def _look_up(
+        self, token: str, key: str, source: IdentitySource, stale: Identity | None,
+        lookup: Callable[[], AbstractAsyncContextManager[None]] | None,
+    ) -> Identity:
+        # A stale identity (known good, being refreshed: one lookup per token at a time) does not
+        # queue behind unknown tokens for a lookup turn.
         async with lookup() if lookup is not None and stale is None else nullcontext():
             try:
                 found = await source.authenticate(token)

@@ -49,10 +49,11 @@ def map_finish_reason(reason: Any) -> FinishReason:
     return _FINISH_REASONS.get(reason, "stop") if isinstance(reason, str | None) else "stop"
 
 
-def parse_arguments(raw: Any, *, tool: str, provider: str) -> dict[str, Any]:
-    """Tool-call arguments (a JSON string) as an object; an empty string means no arguments."""
+def parse_arguments(raw: Any, *, tool: str, provider: str, written: bool = True) -> dict[str, Any]:
+    """Tool-call arguments (a JSON string) as an object; an empty string means no arguments.
+    `written`: the object is written again inside a larger document (see `writable_arguments`)."""
     if isinstance(raw, dict):  # some OpenAI-compatible servers send the object itself
-        return writable_arguments(raw, tool=tool, provider=provider)
+        return writable_arguments(raw, tool=tool, provider=provider) if written else raw
     if not isinstance(raw, str):
         raise TranslationError(f"Malformed tool call arguments for '{tool}': not a string", provider=provider)
     if not raw.strip():
@@ -67,14 +68,23 @@ def parse_arguments(raw: Any, *, tool: str, provider: str) -> dict[str, Any]:
         raise TranslationError(
             f"Malformed tool call arguments for '{tool}': expected a JSON object", provider=provider
         )
-    return writable_arguments(value, tool=tool, provider=provider)
+    return writable_arguments(value, tool=tool, provider=provider) if written else value
+
+
+# The levels a tool call's arguments sit at inside the documents they are written into (a request
+# body's messages and content blocks, an answer's choices): room kept for them.
+_ENCLOSING_LEVELS = 16
 
 
 def writable_arguments(value: dict[str, Any], *, tool: str, provider: str) -> dict[str, Any]:
-    """`value`, if it can be written as JSON again (every answer is: to the client, to count it);
-    orjson reads 1,024 levels of nesting but writes 255, and a deeper object raised mid-answer."""
+    """`value`, if it can be written as JSON again inside the document it goes into (every request
+    and answer is: upstream, to the client, to count it); orjson reads 1,024 levels of nesting but
+    writes 255 in a whole document, and a deeper one raised mid-request or mid-answer."""
+    enclosed: Any = value
+    for _ in range(_ENCLOSING_LEVELS):
+        enclosed = [enclosed]
     try:
-        orjson.dumps(value)
+        orjson.dumps(enclosed)
     except orjson.JSONEncodeError:
         raise TranslationError(f"Malformed tool call arguments for '{tool}': nested too deep", provider=provider) from None
     return value

@@ -145,7 +145,8 @@ class StreamNormalizer:
         return {**self._chunk({}), "choices": [], "usage": usage.to_dict()}
 
     def _finalize(self, call: _PendingCall) -> ToolCall:
-        arguments = parse_arguments("".join(call.fragments), tool=call.name, provider=self.provider)
+        # Its fragments were relayed as text: the object is not written again.
+        arguments = parse_arguments("".join(call.fragments), tool=call.name, provider=self.provider, written=False)
         return ToolCall.model_validate(
             {"id": call.id, "function": {"name": call.name, "arguments": arguments}}
         )

@@ -299,13 +299,14 @@ def test_a_json_answer_to_a_translated_or_native_stream_is_charged_its_usage(
             (502, "measured", 400)], rows
 
 
+@pytest.mark.parametrize("depth", [250, 300])  # 250: writable alone, not inside the answer
 def test_tool_arguments_too_deep_to_write_back_are_recorded(
-    gateway_factory: Callable[..., Gateway], tmp_path: Path
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, depth: int
 ) -> None:
     """orjson reads 1,024 levels but writes 255: a served answer whose tool-call arguments nest deeper
     raised while its output was counted (native: a 500, no record, the reservation kept; translated:
     given back, a served call free). It is an answer Sentinel cannot read: 502, its usage recorded."""
-    deep = '{"a":' + "[" * 300 + "]" * 300 + "}"
+    deep = '{"a":' + "[" * depth + "]" * depth + "}"
     answer = {**OPENAI_ANSWER, "usage": {"prompt_tokens": 5, "completion_tokens": 7}, "choices": [
         {"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": None, "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": deep}}]}}]}
@@ -321,3 +322,18 @@ def test_tool_arguments_too_deep_to_write_back_are_recorded(
         assert r.status_code == 502, r.text
         rows = recorded(gw, r.headers["x-request-id"])
         assert [(row["status"], row["output_tokens"]) for row in rows] == [(502, 7)], rows
+
+
+def test_client_tool_arguments_too_deep_to_send_on_are_a_400(gateway: Gateway) -> None:
+    """An assistant message's tool-call arguments nested just under orjson's limit alone, but over it
+    inside the translated request: the request body could not be written (a 500)."""
+    deep = '{"a":' + "[" * 250 + "]" * 250 + "}"
+    messages = [{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": deep}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "ok"}]
+    with gateway.client() as http:
+        r = http.post("/v1/chat/completions", json={"model": "claude-3-5-haiku-20241022", "max_tokens": 20,
+                                                    "messages": messages})
+    assert r.status_code == 400, r.text
+    assert "nested too deep" in r.json()["error"]["message"]

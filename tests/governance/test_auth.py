@@ -269,3 +269,28 @@ async def test_a_stale_identity_is_refreshed_without_waiting_for_a_lookup_turn(c
     with pytest.raises(TimeoutError):  # an unknown token does wait its turn
         await asyncio.wait_for(auth.authenticate("sk-sentinel-unknown", lookup=never_your_turn), 0.1)
     assert turns == ["waited"]
+
+
+async def test_a_stale_identity_is_refreshed_once_however_many_requests_carry_it(clock: FakeClock) -> None:
+    """Stale identities skip the throttle's lookup turns: without one refresh per token at a time,
+    100 concurrent requests with one stale key made 100 source lookups (each waiting out an outage)."""
+    import asyncio
+
+    auth, source, _ = make(clock)
+    await auth.authenticate("sk-sentinel-good")
+    clock.advance(15)  # past the TTL
+    release = asyncio.Event()
+    real = source.authenticate
+
+    async def slow(token: str) -> Identity | None:
+        await release.wait()
+        return await real(token)
+
+    source.authenticate = slow  # type: ignore[method-assign]
+    pending = [asyncio.create_task(auth.authenticate("sk-sentinel-good")) for _ in range(100)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    release.set()
+    identities = await asyncio.gather(*pending)
+    assert {i.external_id for i in identities} == {"alice"}
+    assert source.calls == 2  # the first authentication, then one refresh

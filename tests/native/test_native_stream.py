@@ -281,6 +281,19 @@ def test_openai_invalid_tool_arguments_fail_at_the_end() -> None:
     assert result.chunks == []
 
 
+def test_openai_tool_arguments_too_deep_to_write_again_still_end_the_stream() -> None:
+    """A stream's arguments are relayed as the text fragments they came in, never written again as
+    an object: arguments nested deeper than orjson writes still end the stream normally."""
+    deep = '{"a": ' + "[" * 300 + "]" * 300 + "}"
+    raw = (
+        oa_chunk(ck.ChoiceDelta(tool_calls=[oa_call(0, id="c", name="f", args=deep)]))
+        + oa_chunk(ck.ChoiceDelta(), finish="tool_calls")
+        + DONE
+    )
+    _, result = run(OpenAIStreamNormalizer(provider="openai"), raw, 1000)
+    assert result.error is None and result.finish_reason == "tool_calls"
+
+
 def test_openai_error_event_raises_with_the_provider_code_and_a_generic_message() -> None:
     normalizer = OpenAIStreamNormalizer(provider="openai")
     event = SSEEvent(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -44,6 +45,16 @@ MAX_SIGN_IN_IN_FLIGHT = 32
 _API_ROUTES = ("/v1/", "/native/v1/")  # the answers counted for the console's error rate
 
 
+@dataclass
+class _Slots:
+    """Requests in flight of one kind, up to `limit` (a Prometheus `gauge` follows them, if given)."""
+
+    limit: int
+    refusal: str
+    gauge: Any = None
+    held: int = 0
+
+
 class RequestMiddleware:
     """See the module docstring."""
 
@@ -56,9 +67,9 @@ class RequestMiddleware:
         self.bodies = bodies
         self.outcomes = outcomes
         self.metrics = metrics
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0
-        self.signing_in = 0  # sign-in requests in flight (SIGN_IN_PATHS), not counted in `in_flight`
+        self.requests = _Slots(max_in_flight, "Too many requests in flight; retry shortly", metrics.in_flight)
+        # Sign-in requests (SIGN_IN_PATHS) are not counted in `requests`: they have slots of their own.
+        self.sign_ins = _Slots(MAX_SIGN_IN_IN_FLIGHT, "Too many sign-ins in flight; retry shortly")
         self.access_log = access_log
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
@@ -96,9 +107,9 @@ class RequestMiddleware:
             if path.startswith(_UNLIMITED_PREFIXES):
                 await self.app(scope, receive, send_wrapper)
             elif path in SIGN_IN_PATHS:
-                await self._sign_in(scope, receive, send_wrapper)
+                await self._in_slot(self.sign_ins, scope, receive, send_wrapper)
             else:
-                await self._limited(scope, receive, send_wrapper)
+                await self._in_slot(self.requests, scope, receive, send_wrapper)
         except Exception as exc:  # the one last-resort handler
             err = _as_sentinel_error(exc, scope)
             if err.status >= 500 and not isinstance(exc, SentinelError | HTTPException):
@@ -119,29 +130,20 @@ class RequestMiddleware:
             self._observe(scope, ctx)
             request_id_var.reset(token)
 
-    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The app, in one of `max_in_flight` slots (503 Overloaded when none is free)."""
-        if self.in_flight >= self.max_in_flight:
+    async def _in_slot(self, slots: _Slots, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app, in one of `slots` (503 Overloaded when none is free)."""
+        if slots.held >= slots.limit:
             self.metrics.rejected_overload.inc()
-            raise Overloaded("Too many requests in flight; retry shortly", retry_after=1)
-        self.in_flight += 1
-        self.metrics.in_flight.inc()
+            raise Overloaded(slots.refusal, retry_after=1)
+        slots.held += 1
+        if slots.gauge is not None:
+            slots.gauge.inc()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.dec()
-
-    async def _sign_in(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A sign-in form, in one of its own MAX_SIGN_IN_IN_FLIGHT slots (503 when none is free)."""
-        if self.signing_in >= MAX_SIGN_IN_IN_FLIGHT:
-            self.metrics.rejected_overload.inc()
-            raise Overloaded("Too many sign-ins in flight; retry shortly", retry_after=1)
-        self.signing_in += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.signing_in -= 1
+            slots.held -= 1
+            if slots.gauge is not None:
+                slots.gauge.dec()
 
     def _observe(self, scope: Scope, ctx: RequestContext) -> None:
         elapsed = time.perf_counter() - ctx.started

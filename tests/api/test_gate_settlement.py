@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from sentinel.errors import StoreUnavailable
@@ -211,6 +212,23 @@ TRANSLATED = ("/v1/messages", {"model": "gpt-4o-mini", "max_tokens": 50, "messag
 NATIVE = ("/native/v1/chat/completions", {"messages": ASK, "max_tokens": 50, "stream": True})
 
 
+def translated_and_native(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, queue: Callable[[ScriptedUpstream], None],
+    *, stream: bool = True,
+) -> tuple[Gateway, list[httpx.Response]]:
+    """The same scripted OpenAI answer (`queue` puts it on the upstream) to a translated
+    (`/v1/messages`) and a native request, in that order: the gateway and the two answers."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
+        answers = []
+        with gw.client() as http:
+            for path, body in (TRANSLATED, NATIVE):
+                queue(upstream)
+                answers.append(http.post(path, json={**body, "stream": stream}))
+    return gw, answers
+
+
 def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
     return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -221,17 +239,10 @@ def test_a_stream_with_a_malformed_tool_call_index_ends_with_an_error_event(
 ) -> None:
     """A tool call whose `index` is a list raised a TypeError mid-stream: the client's connection was
     cut without an error event and the call recorded as a success (200). It is a stream error now."""
-    upstream = ScriptedUpstream()
     call = {"index": [0], "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
     events = (chunk({"role": "assistant", "content": "Checking."}), chunk({"tool_calls": [call]}),
               chunk({}, "tool_calls"), "[DONE]")
-    with serving(upstream) as srv:
-        gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
-        answers = []
-        with gw.client() as http:
-            for path, body in (TRANSLATED, NATIVE):
-                upstream.sse(*events)
-                answers.append(http.post(path, json=body))
+    gw, answers = translated_and_native(gateway_factory, tmp_path, lambda upstream: upstream.sse(*events))
     translated, native = answers
     assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
     assert "event: error" in translated.text and "message_stop" not in translated.text
@@ -284,14 +295,7 @@ def test_a_json_answer_to_a_translated_or_native_stream_is_charged_its_usage(
 ) -> None:
     """The native and translated streams read a JSON answer as an event stream without events: a
     stream error to the client and 0 output recorded for a call the provider served (400 tokens)."""
-    upstream = ScriptedUpstream()
-    with serving(upstream) as srv:
-        gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
-        answers = []
-        with gw.client() as http:
-            for path, body in (TRANSLATED, NATIVE):
-                upstream.json(OPENAI_ANSWER)
-                answers.append(http.post(path, json=body))
+    gw, answers = translated_and_native(gateway_factory, tmp_path, lambda upstream: upstream.json(OPENAI_ANSWER))
     for r in answers:
         assert r.status_code == 502, r.text
         rows = recorded(gw, r.headers["x-request-id"])
@@ -310,14 +314,8 @@ def test_tool_arguments_too_deep_to_write_back_are_recorded(
     answer = {**OPENAI_ANSWER, "usage": {"prompt_tokens": 5, "completion_tokens": 7}, "choices": [
         {"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": None, "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": deep}}]}}]}
-    upstream = ScriptedUpstream()
-    with serving(upstream) as srv:
-        gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
-        answers = []
-        with gw.client() as http:
-            for path, body in (TRANSLATED, NATIVE):
-                upstream.json(answer)
-                answers.append(http.post(path, json={**body, "stream": False}))
+    gw, answers = translated_and_native(gateway_factory, tmp_path, lambda upstream: upstream.json(answer),
+                                        stream=False)
     for r in answers:
         assert r.status_code == 502, r.text
         rows = recorded(gw, r.headers["x-request-id"])

@@ -131,11 +131,10 @@ class ConsoleRoutes:
     async def signin(self, request: Request) -> RawResponse:
         if is_read(request):
             return _html(200, signin_page(self.css))
-        address = address_of(request)
-        self.gate.throttle.check(address)
-        key = self._one(await self._form(request), "key")
-        if not key or not self.gate.key_matches(key):
-            self.gate.throttle.failed(address)
+        async def typed_key() -> str:
+            return self._one(await self._form(request), "key")
+
+        if not await self.gate.throttle.attempt(address_of(request), typed_key, self.gate.key_matches):
             return _html(401, signin_page(self.css, "Wrong admin key."))
         cookie = self.gate.set_cookie(self.gate.mint(), secure=request.url.scheme == "https")
         return _see_other("/admin", [(b"set-cookie", cookie.encode())])

@@ -156,13 +156,12 @@ class DocsRoutes:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
             raise InvalidRequest("Sign in with a form post (application/x-www-form-urlencoded, field 'key')")
-        address = _address(request)
-        self.throttle.check(address)  # failed sign-ins count like failed authentications: before the read
-        body = await read_within(request, limit=MAX_FORM_BYTES, seconds=self.body_timeout,
-                                 too_large=f"The sign-in form is limited to {MAX_FORM_BYTES} bytes")
-        key = form_key(body)
-        if key is None or not self.gate.key_matches(key):
-            self.throttle.failed(address)
+        async def typed_key() -> str | None:
+            return form_key(await read_within(request, limit=MAX_FORM_BYTES, seconds=self.body_timeout,
+                                              too_large=f"The sign-in form is limited to {MAX_FORM_BYTES} bytes"))
+
+        # A failed sign-in counts like a failed authentication (see `FailedAuthThrottle.attempt`).
+        if not await self.throttle.attempt(_address(request), typed_key, self.gate.key_matches):
             return self._signin_page(401, "Wrong docs key.")
         cookie = self.gate.set_cookie(secure=request.url.scheme == "https")
         headers = [(b"location", b"/native/docs"), (b"set-cookie", cookie.encode()), (b"cache-control", b"no-store")]

@@ -6,7 +6,8 @@ for every request until that minute ends, without a lookup. Lookups that go to t
 (`lookup`) are counted while they run: a client has at most `limit` minus its failures of this
 minute in flight at once, and further ones wait their turn (or are refused once the failures reach
 the limit), so a burst of concurrent made-up tokens cannot all pass the check before the first of
-them has failed. Tokens found in the identity cache never wait.
+them has failed. Tokens found in the identity cache never wait. A key typed into a sign-in form is
+one such guess (`attempt`), judged in a turn once its form is read.
 
 A client is its address: an IPv4 address (an IPv4-mapped IPv6 one counts as its IPv4 address), or
 the /64 an IPv6 address belongs to (one host usually holds a whole /64: counting its addresses
@@ -24,7 +25,7 @@ import functools
 import ipaddress
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from sentinel.errors import RateLimited
@@ -116,6 +117,22 @@ class FailedAuthThrottle:
             else:
                 del self._pending[key]
             self._wake(key)
+
+    async def attempt(
+        self, address: str | None, read: Callable[[], Awaitable[str | None]], matches: Callable[[str], bool],
+    ) -> bool:
+        """One key typed into a sign-in form from `address`: whether `matches` accepts the key `read`
+        returns (None or empty: wrong). RateLimited (429) when the client failed `limit` times, before
+        the form is read, and again after: the key is judged in a lookup turn, a wrong one counted
+        before the turn is given back, so concurrent forms cannot all pass the check before the first
+        is judged. The form is read outside the turn: a slow form holds none."""
+        self.check(address)
+        key = await read()
+        async with self.lookup(address):
+            if key and matches(key):
+                return True
+            self.failed(address)
+            return False
 
     def _failures(self, key: str) -> int:
         seen = self._counts.get(key)

@@ -161,6 +161,46 @@ def test_sign_in_forms_that_never_arrive_cannot_take_the_api_slots(gateway_facto
             sock.close()
 
 
+@pytest.mark.parametrize("path", ["/admin/signin", "/native/docs/signin"])
+def test_concurrent_sign_ins_cannot_all_pass_the_failed_login_limit(
+    gateway_factory: Callable[..., Gateway], path: str,
+) -> None:
+    """The sign-in forms checked the throttle, then read the form, and only then counted the wrong
+    key: 32 concurrent wrong keys with slow forms all passed the check (32 x 401 with a limit of 3).
+    Each key is judged in a lookup turn once its form is read: `limit` are judged; the rest get 429."""
+    from sentinel.api.middleware import MAX_SIGN_IN_IN_FLIGHT
+
+    gw = gateway_factory(admin_key="admin-key-for-tests-0123", docs_api_key="docs-key-for-tests-0123",
+                         auth_failures_per_minute=3, body_timeout_seconds=20)
+    port = int(gw.url.rsplit(":", 1)[1])
+    form = b"key=wrong-key"
+    held = []
+    try:
+        for _ in range(MAX_SIGN_IN_IN_FLIGHT):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         b"application/x-www-form-urlencoded\r\nContent-Length: " + str(len(form)).encode()
+                         + b"\r\n\r\n" + form[:4])
+            held.append(sock)
+        with httpx.Client(base_url=gw.url, timeout=10) as http:
+            # Every held sign-in is in its handler once one more finds no free slot.
+            assert wait_for(lambda: http.get(path).status_code == 503)
+        for sock in held:
+            sock.sendall(form[4:])
+        statuses = sorted(_status_of(sock) for sock in held)
+    finally:
+        for sock in held:
+            sock.close()
+    assert statuses == [401] * 3 + [429] * (MAX_SIGN_IN_IN_FLIGHT - 3), statuses
+
+
+def _status_of(sock: socket.socket) -> int:
+    received = b""
+    while b"\r\n" not in received and (chunk := sock.recv(65536)):
+        received += chunk
+    return int(received.split(b" ", 2)[1])
+
+
 def test_bodies_held_in_memory_are_bounded_per_process(gateway_factory: Callable[..., Gateway]) -> None:
     """Only the number of requests in flight was bounded: bodies just under the size limit, their
     last byte held back until the body deadline, made the process hold 1024 x 10 MiB. The bytes of

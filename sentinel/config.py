@@ -240,6 +240,16 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least {MIN_JWT_SECRET_BYTES} bytes (HS256 wants a 256-bit key)")
         return value
 
+    @field_validator("admin_key", "docs_api_key")
+    @classmethod
+    def _no_surrounding_space(cls, value: SecretStr | None) -> SecretStr | None:
+        secret = value.get_secret_value() if value is not None else ""
+        if secret != secret.strip():
+            # Credentials are stripped where clients send them (a bearer token, a header value): a key
+            # with a space or line break around it could never match, nor be known as reserved on /v1.
+            raise ValueError("must not start or end with whitespace (a stray space or newline?)")
+        return value
+
     @field_validator("admin_key")
     @classmethod
     def _admin_key(cls, value: SecretStr | None) -> SecretStr | None:

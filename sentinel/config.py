@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     jwt_audience: str | None = env("JWT_AUDIENCE", None)
     jwt_issuer: str | None = env("JWT_ISSUER", None)
     jwt_cache_ttl_seconds: int = env("JWT_CACHE_TTL_SECONDS", 300, ge=1)
+    # The JWKS is refreshed once this old; while refetches fail it is used up to `max_stale` old, then 503.
+    jwt_jwks_max_age_seconds: int = env("JWT_JWKS_MAX_AGE_SECONDS", 3600, ge=1)
+    jwt_jwks_max_stale_seconds: int = env("JWT_JWKS_MAX_STALE_SECONDS", 86400, ge=1)
     cache_ttl_seconds: int = env("CACHE_TTL_SECONDS", 300, ge=1)
     governance_grace_seconds: int = env("GOVERNANCE_GRACE_SECONDS", 900, ge=0)
     docs_api_key: SecretStr | None = env("DOCS_API_KEY", None)
@@ -290,6 +293,12 @@ class Settings(BaseSettings):
             # A JWKS usually belongs to an identity provider that signs tokens for many applications:
             # without an audience check, a token it issued for any of them would be accepted here.
             raise ValueError("JWT_JWKS_URL needs JWT_AUDIENCE (the audience Sentinel's tokens are issued for)")
+        return self
+
+    @model_validator(mode="after")
+    def _jwks_staleness_ordered(self) -> Settings:
+        if self.jwt_jwks_max_stale_seconds < self.jwt_jwks_max_age_seconds:
+            raise ValueError("JWT_JWKS_MAX_STALE_SECONDS must be at least JWT_JWKS_MAX_AGE_SECONDS")
         return self
 
     @model_validator(mode="after")

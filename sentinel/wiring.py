@@ -189,7 +189,8 @@ def build_governance(
         assert s.zion_api_url and zion_key  # checked by Settings
         zion = ZionClient(s.zion_api_url, zion_key, session=http)
     if reveal(s.jwt_secret) or s.jwt_jwks_url:
-        verifier = JwtVerifier(reveal(s.jwt_secret), s.jwt_jwks_url, s.jwt_audience, s.jwt_issuer, http)
+        verifier = JwtVerifier(reveal(s.jwt_secret), s.jwt_jwks_url, s.jwt_audience, s.jwt_issuer, http,
+                               max_age=s.jwt_jwks_max_age_seconds, max_stale=s.jwt_jwks_max_stale_seconds)
         local_jwt = LocalJwtIdentitySource(verifier, profile_source=ZionIdentitySource(zion) if zion else None)
     if zion is None:
         return Governance(

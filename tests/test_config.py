@@ -112,6 +112,19 @@ def test_a_key_with_surrounding_whitespace_is_refused_without_being_shown(
     assert value.strip() not in str(refused.value)
 
 
+def test_the_jwks_staleness_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """How long a JWKS is used before a refresh, and at most while refetches fail (then 503)."""
+    s = load_settings()
+    assert (s.jwt_jwks_max_age_seconds, s.jwt_jwks_max_stale_seconds) == (3600, 86400)
+    monkeypatch.setenv("JWT_JWKS_MAX_AGE_SECONDS", "600")
+    monkeypatch.setenv("JWT_JWKS_MAX_STALE_SECONDS", "300")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "JWT_JWKS_MAX_STALE_SECONDS must be at least JWT_JWKS_MAX_AGE_SECONDS" in str(refused.value)
+    monkeypatch.setenv("JWT_JWKS_MAX_STALE_SECONDS", "7200")
+    assert load_settings().jwt_jwks_max_stale_seconds == 7200
+
+
 def test_a_jwks_without_an_audience_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A JWKS is an identity provider's, signing tokens for many applications: without
     JWT_AUDIENCE a token it issued for any of them was accepted."""

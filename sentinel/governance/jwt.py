@@ -4,7 +4,10 @@ The original sent every new token to Zion's `/users/me`; verifying locally needs
 The token's `alg` picks the key family and never the other way round: HS* only with the secret,
 asymmetric algorithms only with JWKS keys (symmetric JWKS keys are ignored), `none` never. So a
 public key can never be used as an HMAC secret. The JWKS is cached, refreshed after `max_age`, and
-refetched when a token names an unknown `kid`, at most once per `refetch_interval`.
+refetched when a token names an unknown `kid`, at most once per `refetch_interval`. While refetches
+fail the cached set is still used, but never once it was fetched more than `max_stale` ago: a key the
+identity provider removed must not stay valid for as long as its JWKS URL is unreachable. Past that,
+every JWKS-signed token is GovernanceUnavailable (503), as with no set at all.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class JwtVerifier:
         *,
         refetch_interval: float = 60.0,
         max_age: float = 3600.0,
+        max_stale: float = 86400.0,
         fetch_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -87,6 +91,8 @@ class JwtVerifier:
             raise ValueError("JWT verification needs a secret or a JWKS URL")
         if jwks_url and session is None:
             raise ValueError("a JWKS URL needs an HTTP session")
+        if max_stale < max_age:
+            raise ValueError("a key set cannot be refused as stale before it is due for a refresh")
         if secret and len(secret.encode()) < 32:
             log.warning("JWT_SECRET is shorter than 32 bytes; HMAC tokens are easier to forge")
         self._secret = secret.encode() if secret else None
@@ -96,6 +102,7 @@ class JwtVerifier:
         self._session = session
         self._refetch_interval = refetch_interval
         self._max_age = max_age
+        self._max_stale = max_stale
         self._timeout = aiohttp.ClientTimeout(total=fetch_timeout)
         self._clock = clock
         self._keys: list[tuple[str | None, jwt.PyJWK]] | None = None  # (the JWK's own `alg`, key)
@@ -106,7 +113,7 @@ class JwtVerifier:
 
     async def verify(self, token: str) -> dict[str, Any] | None:
         """The token's claims, or None when it is not valid. GovernanceUnavailable when the JWKS is
-        needed but cannot be fetched and none is cached."""
+        needed but cannot be fetched and none is cached, or only one fetched over `max_stale` ago."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -145,7 +152,8 @@ class JwtVerifier:
         return claims
 
     async def _jwk(self, alg: str, kid: str | None) -> jwt.PyJWK | None:
-        """The JWKS key for this token, fetching the set when missing, old, or the kid is unknown."""
+        """The JWKS key for this token, fetching the set when missing, old, or the kid is unknown;
+        GovernanceUnavailable without a set fetched within `max_stale`."""
         now = self._clock()
         key = self._find(alg, kid)
         stale = self._keys is None or now - self._fetched_at > self._max_age
@@ -154,6 +162,8 @@ class JwtVerifier:
             key = self._find(alg, kid)
         if self._keys is None:
             raise GovernanceUnavailable("the JWT key set (JWKS) cannot be fetched")
+        if self._clock() - self._fetched_at > self._max_stale:
+            raise GovernanceUnavailable("the JWT key set (JWKS) cannot be refetched and the cached one is too old")
         return key
 
     def _find(self, alg: str, kid: str | None) -> jwt.PyJWK | None:
@@ -175,7 +185,7 @@ class JwtVerifier:
                 keys = await self._download()
             except GovernanceUnavailable:
                 self._next_fetch = self._clock() + min(5.0, self._refetch_interval)
-                log.warning("JWKS fetch failed; %s", "keeping the cached keys" if self._keys else "no keys")
+                log.warning("JWKS fetch failed; %s", "keeping the cached keys (until max_stale)" if self._keys else "no keys")
                 return
             self._keys, self._fetched_at = keys, self._clock()
             self._next_fetch = self._fetched_at + self._refetch_interval

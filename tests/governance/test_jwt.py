@@ -176,10 +176,13 @@ class Jwks:
     def __init__(self) -> None:
         self.keys: list[dict[str, Any]] = []
         self.downloads = 0
+        self.down = False  # answer 503, as an identity provider in an outage
         self.app = Starlette(routes=[Route("/jwks.json", self.serve)])
 
     async def serve(self, request: Request) -> JSONResponse:
         self.downloads += 1
+        if self.down:
+            return JSONResponse({"error": "unavailable"}, status_code=503)
         return JSONResponse({"keys": self.keys})
 
 
@@ -257,6 +260,33 @@ async def test_rs256_via_jwks_and_one_refetch_per_unknown_kid(
     assert server.downloads == 3
 
 
+async def test_a_stale_key_set_is_honoured_for_max_stale_then_it_is_an_outage(
+    jwks: tuple[Jwks, str], session: aiohttp.ClientSession
+) -> None:
+    """Once the cached JWKS was older than `max_age`, a failed refetch kept its keys for ever: a key
+    the identity provider removed stayed valid for as long as the JWKS URL was unreachable. The set
+    serves through an outage up to `max_stale` old; past that a JWKS token is an outage (503)."""
+    server, url = jwks
+    key_a, jwk_a = rsa_key("a")
+    server.keys = [jwk_a]
+    clock = Clock()
+    verifier = JwtVerifier(None, url, None, None, session, clock=clock)  # max_age 1 h, max_stale 24 h
+    assert await verifier.verify(rs(key_a, "a")) is not None  # fetched at 1000
+    server.down, server.keys = True, []  # key "a" removed, and the JWKS unreachable
+    clock.now = 1000 + 3601
+    assert await verifier.verify(rs(key_a, "a")) is not None  # stale: refetch failed, cached set served
+    clock.now = 1000 + 86400
+    assert await verifier.verify(rs(key_a, "a")) is not None
+    downloads = server.downloads
+    clock.now = 1000 + 86410  # past max_stale, and the next refetch is allowed
+    with pytest.raises(GovernanceUnavailable):
+        await verifier.verify(rs(key_a, "a"))
+    assert server.downloads == downloads + 1  # it did try once more
+    server.down = False
+    clock.now += 6  # the next refetch allowed after a failure
+    assert await verifier.verify(rs(key_a, "a")) is None  # back: the key is gone from the new set
+
+
 async def test_jwks_key_misuse_is_rejected(jwks: tuple[Jwks, str], session: aiohttp.ClientSession) -> None:
     server, url = jwks
     key_a, jwk_a = rsa_key("a")
@@ -286,6 +316,8 @@ def test_configuration_is_checked() -> None:
         JwtVerifier(None, None, None, None)
     with pytest.raises(ValueError):
         JwtVerifier(None, "http://127.0.0.1:1/jwks.json", None, None, None)
+    with pytest.raises(ValueError):  # a set refused as too old before it is even due for a refresh
+        JwtVerifier(None, "http://127.0.0.1:1/jwks.json", None, None, object(), max_age=3600, max_stale=60)  # type: ignore[arg-type]
 
 
 async def test_the_jwks_is_read_through_the_apps_session_unredirected_and_bounded() -> None:

@@ -76,6 +76,17 @@ class Identity:
         )
 
 
+def external_id_of(value: object) -> str | None:
+    """A profile's `externalId` (Zion's answer, or a JWT claim standing in for it) as the id a user is
+    keyed by: a non-empty string as it is, a number as its text; None for anything else (null, "",
+    0, a boolean), where the profile's own id is the key."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value:
+        return str(value)
+    return None
+
+
 def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 

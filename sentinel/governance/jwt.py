@@ -24,7 +24,7 @@ import aiohttp
 import jwt
 import orjson
 
-from sentinel.domain.identity import Identity
+from sentinel.domain.identity import Identity, external_id_of
 from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.identity import IdentitySource
 from sentinel.providers.http import read_capped
@@ -222,12 +222,17 @@ class JwtVerifier:
 class LocalJwtIdentitySource:
     """IdentitySource from locally verified JWT claims: no governance call per new token.
 
-    `external_id` = claim `externalId`, `external_id` or `sub`; `user_id` = `sub`; `email` =
-    `email`; `expires_at` = `exp + LEEWAY_SECONDS` (so no cache serves it past the token's life).
-    With a `profile_source` (Zion's `/users/me`) every token is checked with it too: it knows whether
-    the user may still be served (a refusal is None: 401). The identity is the claims' when they carry
-    an email, else the profile's (usage reported to Zion is keyed by email). While the source is
-    unreachable, a token whose claims carry an email is served from them.
+    Without a `profile_source` the claims are the identity: `external_id` = claim `externalId`,
+    `external_id` or `sub`; `user_id` = `sub`; `email` = `email`; `expires_at` = `exp + LEEWAY_SECONDS`
+    (so no cache serves it past the token's life).
+
+    With a `profile_source` (Zion's `/users/me`) every verified token is checked with it too, and the
+    identity is always the profile's when it answers (`externalId`, else Zion's id; the earlier of the
+    two expiries): that is the id Zion's limits are read by, and the one a user's objects, sessions and
+    ledger rows are keyed by whether or not the token carries an email. A refusal is None (401). Only
+    while the source is unreachable (GovernanceUnavailable) is a token served from its claims, and
+    only when they name the profile's id explicitly (`externalId` or `external_id`, a number taken as
+    its text, as Zion's is) and carry the email usage is reported by; any other is the outage (503).
     """
 
     name = "jwt"
@@ -240,36 +245,37 @@ class LocalJwtIdentitySource:
         claims = await self.verifier.verify(token)
         if claims is None:
             return None
-        sub = _text(claims.get("sub"))
-        external_id = _text(claims.get("externalId")) or _text(claims.get("external_id")) or sub
-        if external_id is None:
-            return None
         expires_at = expiry_of(claims["exp"])  # `exp` is required and verified
         if expires_at is None:
             return None
-        email = _text(claims.get("email"))
-        if self.profile_source is not None:
-            # Governance says whether a valid token's user may still be served (deactivated or
-            # deleted since it was issued: 401), once per token and cache TTL. The identity stays
-            # the claims' when they carry the email (the same user whether governance answers or
-            # not: their quotas, objects and sessions are keyed by it); else it is governance's.
-            # While governance cannot be reached, a token with an email is served from its claims.
-            try:
-                profile = await self.profile_source.authenticate(token)
-            except GovernanceUnavailable:
-                if email is None:
-                    raise
-                log.warning("identity source unavailable; serving a locally verified JWT from its claims")
-            else:
-                if profile is None:
-                    return None
-                if email is None:
-                    earliest = min(expires_at, profile.expires_at or expires_at)
-                    return replace(profile, expires_at=earliest)
+        if self.profile_source is None:
+            external_id = _text(claims.get("externalId")) or _text(claims.get("external_id")) or _text(claims.get("sub"))
+            return self._from_claims(claims, external_id, expires_at) if external_id is not None else None
+        try:
+            profile = await self.profile_source.authenticate(token)
+        except GovernanceUnavailable:
+            stand_in = self._outage_identity(claims, expires_at)
+            if stand_in is None:
+                raise
+            log.warning("identity source unavailable; serving a locally verified JWT from its claims")
+            return stand_in
+        if profile is None:
+            return None
+        return replace(profile, expires_at=min(expires_at, profile.expires_at or expires_at))
+
+    def _outage_identity(self, claims: dict[str, Any], expires_at: float) -> Identity | None:
+        """The identity the profile would give, from claims that name it (explicit external id and
+        email), or None: `sub` is not the profile's id, and a guess would key the user apart."""
+        external_id = external_id_of(claims.get("externalId")) or external_id_of(claims.get("external_id"))
+        if external_id is None or _text(claims.get("email")) is None:
+            return None
+        return self._from_claims(claims, external_id, expires_at)
+
+    def _from_claims(self, claims: dict[str, Any], external_id: str, expires_at: float) -> Identity:
         return Identity(
             external_id=external_id,
-            user_id=sub or external_id,
-            email=email,
+            user_id=_text(claims.get("sub")) or external_id,
+            email=_text(claims.get("email")),
             source=self.name,
             plan=_text(claims.get("plan")),
             expires_at=expires_at,

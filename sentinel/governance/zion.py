@@ -32,7 +32,7 @@ from yarl import URL
 
 from sentinel.backoff import Backoff
 from sentinel.breaker import CircuitBreaker, State
-from sentinel.domain.identity import Identity
+from sentinel.domain.identity import Identity, external_id_of
 from sentinel.domain.numbers import MAX_TOKENS, parse_retry_after
 from sentinel.domain.plans import MAX_LIMIT, ExternalUsage, Limit, Metric, Plan
 from sentinel.domain.usage import UsageRecord
@@ -161,10 +161,10 @@ class ZionClient:
             return None
         user_id, email = _str(data, "id"), data.get("email")
         email = email if isinstance(email, str) and email else None
-        external_id = data.get("externalId") or user_id  # null or "" falls back to id
-        if external_id == user_id:
+        external_id = external_id_of(data.get("externalId"))
+        if external_id is None:  # null or "" falls back to id
             log.debug("Zion profile %s has no externalId; keying it by its id", user_id)
-        return Identity(external_id=str(external_id), user_id=user_id, email=email, source="zion")
+        return Identity(external_id=external_id or user_id, user_id=user_id, email=email, source="zion")
 
     async def limits(self, external_id: str) -> ZionLimits | None:
         """The user's limits, or None when Zion does not know the user (404)."""

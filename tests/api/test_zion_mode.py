@@ -145,6 +145,20 @@ def zion_jwt(seconds_left: float, sub: str) -> str:
     return jwt.encode({"sub": sub, "exp": exp}, "zion-own-signing-key-0123456789abcdef", algorithm="HS256")
 
 
+def test_locally_verified_jwts_are_the_zion_profiles_user(gateway_factory: Callable[..., Gateway], zion: FakeZion) -> None:
+    """With JWT_SECRET and GOVERNANCE=zion, a token carrying an email was keyed by its `sub` even
+    though Zion answered: a realistic {sub, email} token had its limits read at
+    /limits/external/<sub>, Zion answered 404, and the default plan replaced the user's own limits.
+    The identity is Zion's profile (its externalId), so Zion's limits apply."""
+    secret = "shared-jwt-signing-secret-0123456789"
+    token = jwt.encode({"sub": "auth0|mona", "email": "mona@example.com", "exp": int(time.time()) + 600},
+                       secret, algorithm="HS256")
+    zion.add_user(token, "mona-ext", "mona@example.com", requests=2)
+    gw = zion_gateway(gateway_factory, zion, jwt_secret=secret)
+    assert [post(gw, token).status_code for _ in range(3)] == [200, 200, 429]
+    assert {s.path for s in zion.seen if s.route == LIMITS} == {"/api/v1/limits/external/mona-ext"}
+
+
 def test_a_cached_zion_identity_ends_with_its_token_even_while_zion_is_down(
     gateway_factory: Callable[..., Gateway], zion: FakeZion
 ) -> None:

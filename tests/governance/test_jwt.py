@@ -100,43 +100,69 @@ async def test_identity_from_claims(verifier: JwtVerifier) -> None:
     assert await source.authenticate(hs(aud(), key="wrong-secret-0123456789-0123456789-0123")) is None
 
 
+class Profiles:
+    """A profile source (Zion's `/users/me`) whose answer and outage tests set."""
+
+    name = "zion"
+
+    def __init__(self, answer: Identity | None) -> None:
+        self.answer = answer
+        self.down = False
+        self.calls = 0
+
+    async def authenticate(self, token: str) -> Identity | None:
+        self.calls += 1
+        if self.down:
+            raise GovernanceUnavailable("zion is down")
+        return self.answer
+
+
 async def test_governance_is_asked_about_every_token_and_its_claims_serve_only_in_an_outage(
     verifier: JwtVerifier,
 ) -> None:
     """A locally verified token of a user Zion has since deactivated or deleted was served until
     its `exp` whenever it carried an email (Zion was asked only for tokens without one). Zion is
-    asked for every token; its refusal is a refusal; its outage serves a token with an email from
-    the claims (a token without one cannot be reported, and fails as an outage)."""
-
-    class Profiles:
-        name = "zion"
-        calls = 0
-        answer: Identity | None = Identity("ext-z", "usr-z", "z@example.com", source="zion")
-        down = False
-
-        async def authenticate(self, token: str) -> Identity | None:
-            self.calls += 1
-            if self.down:
-                raise GovernanceUnavailable("zion is down")
-            return self.answer
-
-    profiles = Profiles()
+    asked for every token; its refusal is a refusal; its outage serves a token from its claims only
+    when they name the profile's id and the email (anything else fails as an outage)."""
+    profiles = Profiles(Identity("ext-z", "usr-z", "z@example.com", source="zion"))
     source = LocalJwtIdentitySource(verifier, profile_source=profiles)
-    # the claims' identity when they carry an email (the same user whether Zion answers or not)
-    with_email = await source.authenticate(hs(aud()))
-    assert with_email is not None and (with_email.external_id, with_email.email) == ("user-1", "u@example.com")
-    assert (await source.authenticate(hs(aud(email=None))) or Identity("", "")).email == "z@example.com"
-    assert profiles.calls == 2
+    answered = await source.authenticate(hs(aud(externalId="ext-z")))
+    assert answered is not None and (answered.external_id, answered.email, answered.source) == (
+        "ext-z", "z@example.com", "zion")
+    assert profiles.calls == 1
     profiles.answer = None  # deactivated since the token was issued
-    assert await source.authenticate(hs(aud())) is None
+    assert await source.authenticate(hs(aud(externalId="ext-z"))) is None
     profiles.down = True
-    in_outage = await source.authenticate(hs(aud()))
-    assert in_outage == with_email  # an outage does not change who the user is
-    with pytest.raises(GovernanceUnavailable):
-        await source.authenticate(hs(aud(email=None)))
-    assert profiles.calls == 5
+    in_outage = await source.authenticate(hs(aud(externalId="ext-z")))
+    assert in_outage is not None and (in_outage.external_id, in_outage.email) == ("ext-z", "u@example.com")
+    snake = await source.authenticate(hs(aud(external_id="ext-z")))
+    assert snake is not None and snake.external_id == "ext-z"
+    with pytest.raises(GovernanceUnavailable):  # its id unknown: `sub` is not Zion's id
+        await source.authenticate(hs(aud()))
+    with pytest.raises(GovernanceUnavailable):  # no email to report usage by
+        await source.authenticate(hs(aud(externalId="ext-z", email=None)))
+    assert profiles.calls == 6
     assert await source.authenticate(hs(aud(), key="wrong-secret-0123456789-0123456789-0123")) is None
-    assert profiles.calls == 5  # a token that fails verification never reaches governance
+    assert profiles.calls == 6  # a token that fails verification never reaches governance
+
+
+async def test_with_zion_the_identity_is_always_the_profiles(verifier: JwtVerifier) -> None:
+    """A token carrying an email was keyed by its claims (`sub`) even when Zion answered, one without
+    by Zion's profile: a realistic {sub, email} token had its limits read at /limits/external/<sub>
+    (404: the default plan instead of the user's), and the same person's objects, sessions and ledger
+    rows split across two ids. Whatever the token carries, Zion's answer is the identity."""
+    exp = int(time.time()) + 120
+    profiles = Profiles(Identity("ext-z", "usr-z", "z@example.com", source="zion", expires_at=exp + 3600))
+    source = LocalJwtIdentitySource(verifier, profile_source=profiles)
+    for token in (hs(aud(exp=exp)), hs(aud(exp=exp, email=None)), hs(aud(exp=exp, externalId="claimed"))):
+        identity = await source.authenticate(token)
+        assert identity == Identity("ext-z", "usr-z", "z@example.com", source="zion", expires_at=exp + LEEWAY_SECONDS)
+    profiles.down = True  # in an outage, a numeric externalId is the text Zion's profile gives it
+    numeric = await source.authenticate(hs(aud(exp=exp, externalId=42)))
+    assert numeric is not None and numeric.external_id == "42"
+    for odd in (True, 0, "", None):
+        with pytest.raises(GovernanceUnavailable):
+            await source.authenticate(hs(aud(exp=exp, externalId=odd)))
 
 
 async def test_a_profile_never_outlives_the_verified_token(verifier: JwtVerifier) -> None:

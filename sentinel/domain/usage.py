@@ -38,13 +38,29 @@ class Usage:
     """Tokens a provider reported (or Sentinel counted) for one request.
 
     `input_tokens` counts every prompt token, including those written to and read from the provider's
-    prompt cache; `cache_write_tokens` and `cache_read_tokens` say how many of them were such.
+    prompt cache; `cache_write_tokens` and `cache_read_tokens` say how many of them were such — never
+    more than `input_tokens` together (`capped_cache`: a provider reporting more is believed for the
+    input, not for the part of it that was cached).
     """
 
     input_tokens: int
     output_tokens: int
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cache_write_tokens + self.cache_read_tokens > self.input_tokens:
+            write, read = capped_cache(self.input_tokens, self.cache_write_tokens, self.cache_read_tokens)
+            object.__setattr__(self, "cache_write_tokens", write)
+            object.__setattr__(self, "cache_read_tokens", read)
+
+
+def capped_cache(input_tokens: int, write: int, read: int) -> tuple[int, int]:
+    """Prompt-cache writes and reads that fit in `input_tokens`, of which they are a part: reads
+    first (OpenAI's `cached_tokens` can exceed its `prompt_tokens` only when malformed; charged as
+    cache reads, 10**12 of them made a record of ~$2.5M), then writes in what is left."""
+    read = min(max(read, 0), max(input_tokens, 0))
+    return min(max(write, 0), max(input_tokens, 0) - read), read
 
 
 def latency_ms(started_at: datetime, finished_at: datetime) -> int:
@@ -65,7 +81,8 @@ class UsageRecord:
     `usage_source` says whether the token counts came from the provider (`measured`) or were
     counted by Sentinel (`estimated`). `input_tokens` includes the prompt-cache writes and reads,
     which are also given on their own (`cache_write_tokens`, `cache_read_tokens`: Anthropic's
-    cache_creation/cache_read_input_tokens, OpenAI's cached_tokens). Timestamps are normalised to aware UTC.
+    cache_creation/cache_read_input_tokens, OpenAI's cached_tokens), together never more than
+    `input_tokens` (`capped_cache`). Timestamps are normalised to aware UTC.
     """
 
     request_id: str
@@ -91,6 +108,11 @@ class UsageRecord:
             raise ValueError(f"usage_source must be one of {USAGE_SOURCES}, got {self.usage_source!r}")
         if min(self.input_tokens, self.output_tokens, self.cache_write_tokens, self.cache_read_tokens) < 0:
             raise ValueError("token counts must not be negative")
+        if self.cache_write_tokens + self.cache_read_tokens > self.input_tokens:
+            # Capped, not refused: ledger rows and outbox entries written before the cap are read back.
+            write, read = capped_cache(self.input_tokens, self.cache_write_tokens, self.cache_read_tokens)
+            object.__setattr__(self, "cache_write_tokens", write)
+            object.__setattr__(self, "cache_read_tokens", read)
         object.__setattr__(self, "started_at", _utc(self.started_at))
         object.__setattr__(self, "finished_at", _utc(self.finished_at))
 

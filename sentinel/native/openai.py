@@ -235,9 +235,11 @@ def delta_extras(delta: dict[str, Any]) -> str:
 
 
 def openai_cache_tokens(raw: Any) -> CacheTokens:
-    """The cached prompt tokens of an OpenAI `usage` object (`prompt_tokens_details.cached_tokens`)."""
-    details = as_object(as_object(raw).get("prompt_tokens_details"))
-    return CacheTokens(read=as_count(details.get("cached_tokens")) or 0)
+    """The cached prompt tokens of an OpenAI `usage` object (`prompt_tokens_details.cached_tokens`),
+    part of its `prompt_tokens`: never more (a malformed count is shown and recorded as all of them)."""
+    usage = as_object(raw)
+    cached = as_count(as_object(usage.get("prompt_tokens_details")).get("cached_tokens")) or 0
+    return CacheTokens(read=min(cached, as_count(usage.get("prompt_tokens")) or 0))
 
 
 def parse_openai_usage(raw: Any) -> Usage | None:

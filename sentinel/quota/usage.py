@@ -41,7 +41,7 @@ def usage_from_body(endpoint: str, body: Any) -> Usage | None:
     if not isinstance(i, int) or not isinstance(o, int) or not _count(i) or not _count(o) or (i == 0 and o == 0):
         return None
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(i, o, 0, min(cached, i) if isinstance(cached, int) and _count(cached) else 0)
+    return Usage(i, o, 0, cached if isinstance(cached, int) and _count(cached) else 0)  # capped at `i` by Usage
 
 
 def _count(value: Any) -> bool:

@@ -326,3 +326,38 @@ def test_streamed_reasoning_without_usage_is_charged_on_every_surface(
     assert sorted(r["request_id"] for r in rows) == sorted(r.headers["x-request-id"] for r in answers)
     for row in rows:
         assert row["status"] == 200 and row["usage_source"] == "estimated" and row["output_tokens"] >= 200, row
+
+
+# --- cached tokens beyond the prompt ----------------------------------------------------------------
+def test_cached_tokens_beyond_the_prompt_are_capped_on_every_surface(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """`cached_tokens` is part of `prompt_tokens`: a provider reporting 10**12 of them for a 10-token
+    prompt was believed on the native and translated paths (a record of 10**12 cache reads costing
+    ~$2.5M), while the relay capped it. Every surface now records (and shows) at most the prompt."""
+    usage = {"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 10**12}}
+    upstream = ScriptedUpstream()
+    streamed = (chunk([{"index": 0, "delta": {"role": "assistant", "content": "a reply"}, "finish_reason": "stop"}]),
+                chunk([], usage=usage), "[DONE]")
+    ask = [{"role": "user", "content": "count me"}]
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
+        with gw.client() as http:
+            answers = []
+            for path, body in (("/v1/chat/completions", {"model": MINI, "messages": ask}),
+                               ("/native/v1/chat/completions", {"messages": ask, "max_tokens": 30}),
+                               ("/v1/messages", {"model": MINI, "messages": ask, "max_tokens": 30})):
+                upstream.json(completion(usage))
+                answers.append(http.post(path, json=body))
+                upstream.sse(*streamed)
+                answers.append(http.post(path, json={**body, "stream": True}))
+    assert [r.status_code for r in answers] == [200] * 6, [r.text for r in answers]
+    translated = answers[4].json()["usage"]
+    assert translated["input_tokens"] + translated["cache_read_input_tokens"] == 10, translated
+    rows = ledger_rows(gw.settings.database_url)
+    assert sorted(r["request_id"] for r in rows) == sorted(r.headers["x-request-id"] for r in answers)
+    for row in rows:
+        assert row["usage_source"] == "measured", row
+        assert (row["input_tokens"], row["output_tokens"], row["cache_read_tokens"]) == (10, 5, 10), row
+        assert row["cost_usd"] is None or 0 < row["cost_usd"] < 0.001, row  # (the tiers file names no prices)
+    assert sum(row["cost_usd"] is not None for row in rows) >= 4

@@ -11,7 +11,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from sentinel.db.models import UsageLedgerRow
-from sentinel.domain.usage import UsageRecord, new_request_id
+from sentinel.domain.usage import Usage, UsageRecord, capped_cache, new_request_id
 from sentinel.governance.ledger import SqlLedger
 
 T0 = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
@@ -73,6 +73,19 @@ def test_record_validates() -> None:
         )
     with pytest.raises(ValueError):
         UsageRecord(**{**record("r1").to_json(), "started_at": T0, "finished_at": T0, "request_id": ""})
+
+
+def test_cache_figures_never_exceed_the_input() -> None:
+    """Prompt-cache writes and reads are part of the input: a Usage or a record (read back from a row or
+    an outbox entry written before the cap, too) holds at most the input between them, reads first."""
+    assert Usage(10, 5, 0, 10**12) == Usage(10, 5, 0, 10)
+    assert Usage(10, 5, 8, 6) == Usage(10, 5, 4, 6)
+    assert Usage(10, 5, 3, 6) == Usage(10, 5, 3, 6)  # within the input: untouched
+    assert Usage(0, 5, 7, 7) == Usage(0, 5, 0, 0)
+    stored = {**record("r1").to_json(), "cache_write_tokens": 5, "cache_read_tokens": 10**12}
+    rec = UsageRecord.from_json(stored)
+    assert (rec.input_tokens, rec.cache_write_tokens, rec.cache_read_tokens) == (10, 0, 10)
+    assert capped_cache(10, 4, 3) == (4, 3) and capped_cache(10, 9, 9) == (1, 9)
 
 
 def test_new_request_ids_sort_by_time_and_stay_apart_within_a_millisecond() -> None:

@@ -5,6 +5,8 @@ request and reserves it against every limit in one atomic store operation (or ra
 `settle()` runs exactly once after the request was served (success, upstream error after tokens
 were spent, client disconnect): it reconciles the reservation to the real usage and writes one
 usage record to the durable outbox before returning. `release()` runs when nothing was served.
+Either, once begun, runs to its end even if its caller is cancelled (one task of its own, shielded);
+shutdown waits for those under way (`QuotaMeter.drain`) before it closes the outbox and the store.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn, Protocol
@@ -111,6 +113,7 @@ class QuotaMeter:
         self.outbox = outbox
         self.metrics = metrics
         self.default_max_output = default_max_output
+        self._settling: set[asyncio.Task[None]] = set()  # settlements and releases under way
 
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
@@ -191,15 +194,38 @@ class QuotaMeter:
         figures a provider reported before a stream broke off, e.g. Anthropic's message_start) or
         else the admission's estimate, the output counted in `output_text`, or `output_estimate`
         when the caller could not keep the text. A long text is counted in a worker thread
-        (`count_off_loop`); the count and the record are then one shielded task, so that a caller
-        cancelled meanwhile still leaves its record (as one recorded at once does: its write starts
-        before its first wait)."""
+        (`count_off_loop`). The count, the reconciliation and the record are one task, shielded
+        (`_carry_out`): a caller cancelled at any of its waits (the server stopping past its
+        shutdown deadline) still leaves its record and its reconciled counters."""
         if admission.settled:
             return
         admission.settled = True
-        record = self._record(admission, usage=usage, output_text=output_text, status=status, provider=provider,
-                              output_estimate=output_estimate, reported_input=reported_input)
-        await (asyncio.shield(record) if len(output_text) >= OFF_LOOP_SIZE else record)
+        await self._carry_out(self._record(
+            admission, usage=usage, output_text=output_text, status=status, provider=provider,
+            output_estimate=output_estimate, reported_input=reported_input,
+        ))
+
+    async def _carry_out(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` (a settlement, a release) to its end whatever becomes of the caller: a task of
+        its own, awaited through a shield, kept in `_settling` until done (for `drain`)."""
+        task = asyncio.ensure_future(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        await asyncio.shield(task)
+
+    async def drain(self, within: float) -> None:
+        """Wait, at most `within` seconds, for the settlements and releases under way (those begun
+        meanwhile too): shutdown runs it before the outbox, the ledger and the store are closed,
+        which would otherwise lose the records of requests cancelled past the shutdown deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self._settling:
+            left = deadline - loop.time()
+            if left <= 0:
+                log.error("usage settlements still under way at shutdown; their records may be lost",
+                          extra={"count": len(self._settling)})
+                return
+            await asyncio.wait(set(self._settling), timeout=left)
 
     async def _record(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
@@ -248,20 +274,21 @@ class QuotaMeter:
             cache_write_tokens=cache_write,
             cache_read_tokens=cache_read,
         )
-        # The record is stored while the reservation is reconciled: the two are independent, and on a
-        # shared store they travel to Redis in one round trip (auto-pipelining). The write is a task
-        # of its own, so it completes even if this caller is cancelled; it is awaited either way.
-        stored = asyncio.ensure_future(self.outbox.put(record))
-        try:
-            if admission.reservation is not None and admission.limiter is not None:
-                try:
-                    await admission.limiter.commit(
-                        admission.reservation, input_tokens=input_tokens, output_tokens=output_tokens
-                    )
-                except StoreUnavailable:
-                    log.warning("could not reconcile a quota reservation (store unavailable)")
-        finally:
-            await stored
+        if admission.reservation is None or admission.limiter is None:  # admitted unchecked (failure mode open)
+            await self.outbox.put(record)
+        else:
+            # The record is stored while the reservation is reconciled: the two are independent, and on
+            # a shared store they travel to Redis in one round trip (auto-pipelining). Nothing cancels
+            # this task (see `settle`), so neither is cut short.
+            stored = asyncio.ensure_future(self.outbox.put(record))
+            try:
+                await admission.limiter.commit(
+                    admission.reservation, input_tokens=input_tokens, output_tokens=output_tokens
+                )
+            except StoreUnavailable:
+                log.warning("could not reconcile a quota reservation (store unavailable)")
+            finally:
+                await stored
         admission.recorded = Usage(input_tokens, output_tokens)
         m = self.metrics
         m.child(m.tokens, "input", label).inc(input_tokens)
@@ -286,9 +313,8 @@ class QuotaMeter:
         stopping past its shutdown deadline) may have reached the provider too: recorded like a
         timeout, with status 499, shielded from the cancellation. Any other exception (the client
         gets a 500, not an answer) gives the reservation back."""
-        if isinstance(error, asyncio.CancelledError):
-            await asyncio.shield(self.settle(admission, usage=None, output_text="", status=499, provider=None,
-                                             output_estimate=0))
+        if isinstance(error, asyncio.CancelledError):  # (settled even if cancelled again: see `settle`)
+            await self.settle(admission, usage=None, output_text="", status=499, provider=None, output_estimate=0)
         elif sent_unanswered(error):  # may have been generated, billed: as reserved
             await self.settle(admission, usage=None, output_text="", status=error.status, provider=error.provider,
                               output_estimate=admission.max_output)
@@ -299,12 +325,17 @@ class QuotaMeter:
             await self.release(admission)
 
     async def release(self, admission: Admission) -> None:
-        """Give back everything the admission reserved (nothing was served); once per admission."""
+        """Give back everything the admission reserved (nothing was served); once per admission, to
+        its end even if the caller is cancelled (as `settle`)."""
         if admission.settled:
             return
         admission.settled = True
         if admission.reservation is not None and admission.limiter is not None:
-            try:
-                await admission.limiter.release(admission.reservation)
-            except StoreUnavailable:
-                log.warning("could not release a quota reservation (store unavailable)")
+            await self._carry_out(self._release(admission.limiter, admission.reservation))
+
+    @staticmethod
+    async def _release(limiter: QuotaLimiter, reservation: Reservation) -> None:
+        try:
+            await limiter.release(reservation)
+        except StoreUnavailable:
+            log.warning("could not release a quota reservation (store unavailable)")

@@ -35,6 +35,7 @@ from sentinel.quota.tokens import EncodingUnavailable, TokenCounter
 from tests.support.clock import FakeClock
 from tests.support.metrics import counted
 from tests.support.stores import FlakyStore
+from tests.support.waiting import until
 
 ALICE = Identity("alice", "u1", email="alice@example.com")
 PLAN = "requests=2/1m,input_tokens=1000/1m,output_tokens=500/1m"
@@ -310,3 +311,107 @@ async def test_admit_remembers_the_callers_long_texts_for_their_next_request() -
     assert first.estimate_input == second.estimate_input == estimate_input(TokenCounter(), "chat", MODEL, body)
     assert (s.counter.inputs.misses, s.counter.inputs.hits) == (1, 1)
     assert {user for (user, _, _) in s.counter.inputs._counts} == {ALICE.external_id}
+
+
+# --- a settlement begun is carried out, whatever becomes of its caller -------------------------------
+class GatedOutbox(RecordingOutbox):
+    """Holds every write at `gate` (when set) until it opens; `waiting` says one is held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+        self.waiting = False
+
+    async def put(self, record: UsageRecord) -> None:
+        if self.gate is not None:
+            self.waiting = True
+            await self.gate.wait()
+        await super().put(record)
+
+
+class GatedStore(FlakyStore):
+    """Holds every script (a reservation's commit or release) at `gate` (when set) until it opens."""
+
+    def __init__(self, clock: Any) -> None:
+        super().__init__(clock)
+        self.gate: asyncio.Event | None = None
+        self.waiting = False
+
+    async def run(self, script: Any, keys: Any, args: Any) -> Any:
+        if self.gate is not None:
+            self.waiting = True
+            await self.gate.wait()
+        return await super().run(script, keys, args)
+
+
+def gated_setup() -> tuple[Setup, GatedOutbox, GatedStore]:
+    s = Setup()
+    outbox, store = GatedOutbox(), GatedStore(s.clock)
+    s.outbox, s.store = outbox, store
+    s.limiter = s.meter.limiter = QuotaLimiter(store, clock=s.clock)
+    s.meter.outbox = outbox  # type: ignore[assignment]
+    return s, outbox, store
+
+
+@pytest.mark.parametrize("held_at", ["write", "commit"])
+async def test_a_settlement_cancelled_at_any_wait_still_stores_its_record_and_reconciles(held_at: str) -> None:
+    """Settling sets `settled` first, so `fail` after a cancellation does nothing: a caller cancelled
+    while the record was written lost the record (no log), one cancelled while the reservation was
+    reconciled kept the estimate counted until its window ended (reserved 8,000, used 7). The
+    count, the write and the reconciliation now go on without the caller (the count: see
+    test_meter_offload)."""
+    s, outbox, store = gated_setup()
+    admission = await s.admit(payload(max_tokens=400))
+    gate = asyncio.Event()
+    held: GatedOutbox | GatedStore = outbox if held_at == "write" else store
+    held.gate = gate
+    settling = asyncio.create_task(
+        s.meter.settle(admission, usage=Usage(7, 3), output_text="", status=200, provider="openai"))
+    await until(lambda: held.waiting)
+    settling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await settling
+    await s.meter.fail(admission, asyncio.CancelledError())  # what a cancelled service does next: nothing
+    gate.set()
+    await s.meter.drain(10)
+    assert [(r.request_id, r.input_tokens, r.output_tokens, r.status) for r in outbox.records] == [
+        (admission.request_id, 7, 3, 200)]
+    held.gate = None
+    assert await s.used() == {"requests": 1, "input_tokens": 7, "output_tokens": 3}
+    assert admission.recorded == Usage(7, 3)
+
+
+async def test_a_release_cancelled_mid_way_still_gives_everything_back() -> None:
+    s, _, store = gated_setup()
+    admission = await s.admit()
+    store.gate = gate = asyncio.Event()
+    releasing = asyncio.create_task(s.meter.release(admission))
+    await until(lambda: store.waiting)
+    releasing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await releasing
+    gate.set()
+    await s.meter.drain(10)
+    store.gate = None
+    assert await s.used() == {"requests": 0, "input_tokens": 0, "output_tokens": 0}
+
+
+async def test_drain_waits_for_the_settlements_under_way_and_no_longer_than_told(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    s, outbox, _ = gated_setup()
+    admission = await s.admit()
+    outbox.gate = gate = asyncio.Event()
+    settling = asyncio.create_task(
+        s.meter.settle(admission, usage=Usage(7, 3), output_text="", status=200, provider="openai"))
+    await until(lambda: outbox.waiting)
+    await s.meter.drain(0)  # bounded: gives up at once, and says so
+    assert outbox.records == [] and "still under way at shutdown" in caplog.text
+    draining = asyncio.create_task(s.meter.drain(10))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not draining.done()
+    gate.set()
+    await draining
+    assert [r.request_id for r in outbox.records] == [admission.request_id]
+    await settling

@@ -374,7 +374,10 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
         models=ModelList(catalogue, meter),
         native=NativeChat(router, chat_providers, meter, counter),
         router=router,
-        closers=[lambda: deliverer.stop(s.shutdown_timeout_seconds), *([rollups.stop] if rollups else []),
+        # Settlements under way first (requests cancelled past the shutdown deadline finish theirs):
+        # their records go to the outbox and the ledger the next closers flush and close.
+        closers=[lambda: meter.drain(s.shutdown_timeout_seconds),
+                 lambda: deliverer.stop(s.shutdown_timeout_seconds), *([rollups.stop] if rollups else []),
                  http.close, stats_writer.stop, *([sqlite_writer.close] if sqlite_writer else []), engine.dispose,
                  store.close, lambda: asyncio.to_thread(tracing.shutdown)],
         admin=admin,

@@ -156,12 +156,18 @@ class DurableOutbox:
         log.error("usage record kept in memory until an outbox is reachable", extra={"record_id": record.request_id})
 
     async def _store_durably(self, record: UsageRecord) -> bool:
+        """Whether a durable backend took `record`. Any failure of one moves on to the next (and at the
+        end to memory): an outage, or anything else (a writer closed under the write at shutdown
+        raised RuntimeError, and the record was lost without a word), then logged with its traceback."""
         for part in self.parts:
             try:
                 await part.put(record)
                 return True
             except (StoreUnavailable, GovernanceUnavailable) as exc:
                 log.warning("usage outbox %s unavailable: %s", part.backend, exc.message)
+            except Exception:  # noqa: BLE001 - not an outage (a bug, a closed writer): the next backend all the same
+                log.exception("usage outbox %s failed to store a record", part.backend,
+                              extra={"record_id": record.request_id})
         return False
 
     async def rescue_orphans(self, *, everything: bool = False) -> None:

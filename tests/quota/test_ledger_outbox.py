@@ -61,3 +61,48 @@ def sessions(tmp_path):  # type: ignore[no-untyped-def]
     from sentinel.db.engine import create_engine, session_factory
 
     return session_factory(create_engine(f"sqlite+aiosqlite:///{tmp_path}/x.db"))
+
+
+async def test_a_ledger_closed_under_a_write_leaves_the_record_in_the_outbox_table(
+    tmp_path, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+) -> None:
+    """Shutdown closes the SQLite writer: a record written after that raised RuntimeError, which
+    `DurableOutbox.put` did not fall back on — the record was lost without a log. Any failure now
+    moves on to the next backend (here the outbox table, delivered after restart), logged."""
+    from sentinel.db.engine import create_engine, migrate, session_factory
+    from sentinel.db.sqlite_writer import INLINE_MAX_ROWS, SqliteWriter
+    from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/x.db"
+    engine = create_engine(url)
+    await migrate(engine)
+    writer = SqliteWriter.for_url(url)
+    assert writer is not None
+    sessions = session_factory(engine)
+    durable = DurableOutbox(SqlOutbox(sessions), ledger=LedgerOutbox(SqlLedgerSink(SqlLedger(sessions, writer))))
+    try:
+        await durable.put(usage_record("before"))
+        await writer.close()
+        late = [f"late-{n}" for n in range(INLINE_MAX_ROWS + 1)]  # together, a batch for the writer's thread
+        await asyncio.gather(*(durable.put(usage_record(request_id)) for request_id in late))
+        batch = await durable.sql.claim(1000)
+        assert batch is not None and sorted(c.record.request_id for c in batch.items) == sorted(late)
+        assert durable.orphans == []
+        logged = {getattr(r, "record_id", None) for r in caplog.records if r.levelname == "ERROR" and r.exc_info}
+        assert logged == set(late)
+    finally:
+        await engine.dispose()
+
+
+class _BrokenPart:
+    backend = "redis"
+
+    async def put(self, record: UsageRecord) -> None:
+        raise RuntimeError("a bug")
+
+
+async def test_a_record_no_backend_takes_for_any_reason_is_kept_in_memory(caplog: pytest.LogCaptureFixture) -> None:
+    durable = DurableOutbox(_BrokenPart(), _BrokenPart())  # type: ignore[arg-type]
+    await durable.put(usage_record("kept"))
+    assert [r.request_id for r in durable.orphans] == ["kept"]
+    assert "usage record kept in memory" in caplog.text

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from sentinel.backoff import Backoff
 from sentinel.db.models import (
     LATENCY_BOUNDS_MS,
     LATENCY_COLUMNS,
@@ -226,29 +227,46 @@ async def apply_rollups(session: AsyncSession, records: Sequence[Figures]) -> No
 
 
 class RollupWorker:
-    """Rolls new ledger rows up every `interval` seconds (sooner while a backlog remains) until stopped."""
+    """Rolls new ledger rows up every `interval` seconds (sooner while a backlog remains) until stopped.
 
-    def __init__(self, roll_up: Callable[[int], Awaitable[int]], *, interval: float = 1.0, batch: int = 2000) -> None:
+    A database outage is retried after `interval`; any other failure (a bug, a row the roll-up cannot
+    take) is logged with its traceback and retried after `backoff` (doubling from `interval` to a
+    minute): before, it ended the loop for good and the console's roll-ups stayed stale until restart.
+    """
+
+    def __init__(
+        self, roll_up: Callable[[int], Awaitable[int]], *, interval: float = 1.0, batch: int = 2000,
+        backoff: Backoff | None = None,
+    ) -> None:
         self.roll_up = roll_up
         self.interval = interval
         self.batch = batch
+        self.backoff = backoff or Backoff(base=interval, cap=60.0)
+        self.failures = 0  # unexpected failures in a row
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     async def run_once(self) -> int:
-        """Roll up one batch; how many rows it took (0 when nothing waits or the database is down)."""
+        """Roll up one batch; how many rows it took (0 when nothing waits or it failed)."""
         try:
-            return await self.roll_up(self.batch)
+            taken = await self.roll_up(self.batch)
         except GovernanceUnavailable as exc:
             log.warning("rollups delayed: %s", exc.message)
             return 0
+        except Exception:  # noqa: BLE001 - the loop must outlive anything; logged, backed off
+            self.failures += 1
+            log.exception("rollups failed; retrying", extra={"failures": self.failures})
+            return 0
+        self.failures = 0
+        return taken
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
             if await self.run_once() >= self.batch:
                 continue
+            wait = self.backoff.delay(self.failures) if self.failures else self.interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval)
+                await asyncio.wait_for(self._stopping.wait(), wait)
 
     def start(self) -> None:
         if self._task is None:

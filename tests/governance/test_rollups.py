@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sentinel.backoff import Backoff
 from sentinel.db.models import (
     LATENCY_BOUNDS_MS,
     UsageDailyModelRow,
@@ -23,9 +24,10 @@ from sentinel.db.models import (
 )
 from sentinel.domain.usage import UsageRecord, latency_ms
 from sentinel.governance.ledger import SqlLedger
-from sentinel.governance.rollups import TABLES, Rollup, latency_bucket, percentile
+from sentinel.governance.rollups import TABLES, Rollup, RollupWorker, latency_bucket, percentile
 from sentinel.governance.usage_stats import UsageStats
 from tests.support.accounts import record_and_roll_up
+from tests.support.waiting import until
 
 T0 = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
 MINUTE0 = int(T0.timestamp()) // 60
@@ -243,3 +245,43 @@ async def test_recent_requests_newest_first_with_latency(sessions: async_session
     assert [r.request_id for r in found] == ["r29", "r28", "r27", "r26", "r25"]
     assert found[0].latency_ms == 129
     assert await UsageStats(sessions).recent_requests("nobody") == []
+
+
+# --- the worker -------------------------------------------------------------------------------------
+class FlakyRollUp:
+    """A roll-up that raises `failures` unexpected errors first, then takes nothing."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    async def __call__(self, limit: int) -> int:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError("a bug")
+        return 0
+
+
+async def test_the_worker_outlives_an_unexpected_failure_and_logs_it(caplog: pytest.LogCaptureFixture) -> None:
+    """Only GovernanceUnavailable was caught: any other exception ended the worker's task for good
+    (the console's roll-ups stale until restart), and its stop() raised it at shutdown."""
+    roll_up = FlakyRollUp(failures=2)
+    worker = RollupWorker(roll_up, interval=0, backoff=Backoff(base=0, cap=0))
+    worker.start()
+    await until(lambda: roll_up.calls >= 4)
+    await worker.stop()
+    assert worker.failures == 0  # the later roll-ups succeeded
+    failed = [r for r in caplog.records if r.message == "rollups failed; retrying"]
+    assert len(failed) == 2 and all(r.exc_info for r in failed)
+
+
+async def test_after_an_unexpected_failure_the_worker_backs_off() -> None:
+    roll_up = FlakyRollUp(failures=1)
+    worker = RollupWorker(roll_up, interval=0, backoff=Backoff(base=3600, cap=3600))
+    worker.start()
+    await until(lambda: roll_up.calls == 1 and worker.failures == 1)
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert roll_up.calls == 1  # waiting its backoff (an interval of 0 would have called again by now)
+    await worker.stop()  # stopping does not wait the backoff out
+    assert roll_up.calls == 2 and worker.failures == 0

@@ -136,7 +136,11 @@ class MessagesService:
                 estimate_input, self.counter, "messages/count_tokens", target.upstream_model, payload,
                 user=identity.external_id,
             )  # a large body off the event loop (tiktoken releases the GIL), as admission counts it
-            tokens = await count_off_loop(count, len(body))
+            try:
+                tokens = await count_off_loop(count, len(body))
+            except BaseException:  # a count that failed or was cancelled served nothing: the request back
+                await self.meter.release(admission)
+                raise
             await self.meter.settle(admission, usage=None, output_text="", status=200, provider=None)
             return Reply(200, orjson.dumps({"input_tokens": tokens}), [*JSON, ("x-sentinel-estimate", "true")])
         ex.provider = target.provider

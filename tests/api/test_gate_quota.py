@@ -480,3 +480,24 @@ def test_a_responses_stream_ends_for_the_client_once_recorded_and_owned(
             assert gw.read_stored("sentinel:owner:resp_linger1") == b"alice"
     rows = [r for r in ledger_rows(gw.settings.database_url) if r["request_id"].startswith(rid)]
     assert [(r["status"], r["input_tokens"], r["output_tokens"]) for r in rows] == [(200, 11, 22)], rows
+
+
+def test_a_count_of_tokens_that_fails_gives_its_request_back(
+    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """count_tokens on a non-Anthropic model is counted by Sentinel between its admission and its
+    settlement: a count that raised (or was cancelled) kept the request reserved until the window
+    ended, so a plan of one request a day was spent by a 500."""
+    gw = gateway_factory()
+    key = new_user(gw, "carol", "requests=1/1d")
+    ask = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "count me"}]}
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("a bug in counting")
+
+    with gw.client(key) as http:
+        monkeypatch.setattr(gw.runtime.messages.counter, "count_text", broken)
+        assert http.post("/v1/messages/count_tokens", json=ask).status_code == 500
+        monkeypatch.undo()
+        counted = http.post("/v1/messages/count_tokens", json=ask)
+    assert counted.status_code == 200 and counted.json()["input_tokens"] > 0, counted.text

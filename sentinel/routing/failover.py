@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sentinel.domain.identity import Identity
 from sentinel.errors import RateLimited, SentinelError, UpstreamError, UpstreamTimeout, sent_unanswered
 from sentinel.providers.chat import ChatProvider
 from sentinel.providers.errors import BrokenOffAnswer, UnreadableAnswer
@@ -63,7 +62,6 @@ class Failover:
 
     async def call(
         self,
-        identity: Identity,
         choice: RouteChoice,
         wire: dict[str, Any],
         *,
@@ -71,8 +69,9 @@ class Failover:
         send: Callable[[ChatProvider, dict[str, Any], RouteChoice], Awaitable[T]],
         on_attempt: Callable[[RouteChoice], None] | None = None,
     ) -> Attempt[T]:
-        """`send` the translated `wire` body; on a retryable failure, translate for the alternative,
-        commit the session to it and send again. Raises the last failure."""
+        """`send` the translated `wire` body; on a retryable failure, translate for the alternative
+        and send again. Raises the last failure. The session is the caller's to commit, to the
+        choice that answered (`Attempt.choice`): none is written for a request no model answered."""
         while True:
             provider = self.providers[choice.provider]
             if on_attempt is not None:
@@ -89,5 +88,4 @@ class Failover:
                 if alternative is None:
                     raise
                 wire = translate(alternative)
-                await self.router.commit(identity, alternative)
                 choice = alternative

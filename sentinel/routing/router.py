@@ -1,8 +1,9 @@
 """Tier routing with sticky sessions: which provider+model serves a native request.
 
 `decide()` is read-only: it looks up the session, selects a candidate, and returns a `RouteChoice`
-carrying any session write still to be done. The handler translates the request first and only
-then calls `commit()`, so a request that fails validation creates or changes no session.
+carrying any session write still to be done. The handler calls `commit()` with the choice that
+answered, once it answered, so a request that fails validation, that the quota refuses or that no
+model answers creates or changes no session.
 
 Policies (documented in the README):
 - a session's provider/model win over a fresh selection; a higher requested tier upgrades the
@@ -10,7 +11,9 @@ Policies (documented in the README):
 - SESSION_FAILOVER=keep (default): a session whose model is in backoff keeps it and the provider's
   error reaches the client; `migrate` moves the session to a healthy model of its tier;
 - requests without an established session (none, or its first turn, or the turn that upgrades it) are
-  retried once, before the first byte, on another healthy candidate, and the session follows the retry;
+  retried once, before the first byte, on another healthy candidate, and the session follows the
+  retry; concurrent first turns: the first answered creates the session (`SET NX`), the others
+  leave it as it is;
 - the store being unreachable means no stickiness (fresh selection), logged and counted.
 """
 
@@ -181,7 +184,7 @@ class TierRouter:
         return TierModelEntry(provider=provider, model=model, relative_cost=1)
 
     async def commit(self, identity: Identity, decision: RouteChoice) -> None:
-        """Apply the decision's session write (after the request proved valid). Never raises."""
+        """Apply the decision's session write, once its model answered the request. Never raises."""
         if decision.pending_write is None or decision.conversation_id is None:
             return
         now = self.clock()
@@ -192,11 +195,9 @@ class TierRouter:
                     decision.provider, decision.model, now, now,
                 )
                 won = await self.sessions.create(session)
-                if (won.provider, won.model) != (session.provider, session.model):
-                    # A concurrent first turn created the session first: follow it.
-                    decision.entry = await self._entry_for(won.tier, won.provider, won.model)
-                    decision.tier = won.tier
                 decision.session = won
+                if (won.provider, won.model) != (session.provider, session.model):
+                    return  # a concurrent first turn was answered first: the session is its own
             elif decision.session is not None:
                 session = decision.session
                 if decision.pending_write == "touch":

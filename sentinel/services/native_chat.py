@@ -1,9 +1,11 @@
 """The native chat use case: one chat format, any provider, chosen by tier.
 
-Order: route (read-only) -> translate -> commit the session -> quota -> upstream (retried once
-before the first byte when allowed) -> unified response or stream -> usage. A request refused for
-any reason before the upstream call changes no session. Upstream error answers are settled by
-`sentinel.services.answers.refuse`.
+Order: route (read-only) -> translate -> quota -> upstream (retried once before the first byte when
+allowed) -> unified response or stream -> usage, and the session is written to the model that
+answered (a stream: once it began). A request no model answered — refused before the upstream
+call, or by the provider (5xx, 429, after any retry), or never answered — creates or changes no
+session: a conversation is bound only to a model that served it. Upstream error answers are settled
+by `sentinel.services.answers.refuse`.
 """
 
 from __future__ import annotations
@@ -73,24 +75,22 @@ class NativeChat:
             await refuse(self.meter, upstream, admission, relay_client_errors=False)
 
         try:
-            chosen = (choice.provider, choice.model)
-            await self.router.commit(identity, choice)
-            if (choice.provider, choice.model) != chosen:
-                wire = self._translate(req, choice)  # a concurrent first turn won: follow its model
             if req.stream:
                 streamed = await self.failover.call(
-                    identity, choice, wire, translate=lambda c: self._translate(req, c),
+                    choice, wire, translate=lambda c: self._translate(req, c),
                     send=lambda p, body, c: _upstream(ex, c, p.open_stream_body(body, refused=refused)), on_attempt=on_attempt,
                 )
-                return self._stream(ex, streamed.result, streamed.choice, admission)
+                return self._stream(ex, identity, streamed.result, streamed.choice, admission)
             completed = await self.failover.call(
-                identity, choice, wire, translate=lambda c: self._translate(req, c),
+                choice, wire, translate=lambda c: self._translate(req, c),
                 send=lambda p, body, c: _upstream(ex, c, p.complete_body(body, c.tier, refused=refused)), on_attempt=on_attempt,
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)  # a no-op when `refuse` settled a provider refusal
             raise
-        return await self._complete(ex, completed.result, completed.choice, admission)
+        reply = await self._complete(ex, completed.result, completed.choice, admission)
+        await self.router.commit(identity, completed.choice)  # answered: the session is this model's
+        return reply
 
     async def _translatable(self, req: ChatRequest, choice: RouteChoice) -> tuple[RouteChoice, dict[str, Any]]:
         """The choice and the request translated for it. A model the conversation is not bound to yet
@@ -138,12 +138,15 @@ class NativeChat:
         body = orjson.dumps(reply.to_response(usage).to_dict())
         return Reply(200, body, [("content-type", "application/json"), *_choice_headers(choice)])
 
-    def _stream(self, ex: Exchange, stream: ProviderStream, choice: RouteChoice, admission: Admission) -> StreamReply:
+    def _stream(
+        self, ex: Exchange, identity: Identity, stream: ProviderStream, choice: RouteChoice, admission: Admission
+    ) -> StreamReply:
         ex.upstream_seconds = stream.upstream_seconds
         ex.upstream_status = stream.upstream.status
         router, meter = self.router, self.meter
 
         async def produce(ending: Ending) -> AsyncIterator[bytes]:
+            await router.commit(identity, choice)  # the answer began: the session is this model's
             try:
                 async for chunk in stream.events():
                     yield render_chunk(chunk)

@@ -122,8 +122,9 @@ async def test_store_down_means_no_stickiness() -> None:
 
 
 async def test_a_conversation_served_by_another_candidate_keeps_that_candidates_prices(store: Store) -> None:
-    """A first turn that lost the race to create its session, and every turn of a conversation whose
-    model left its tier, were served under a bare entry without prices: their cost was unknown."""
+    """Every turn of a conversation whose model left its tier was served under a bare entry without
+    prices: its cost was unknown (so was a first turn's that lost the race to create the session; it
+    keeps its own model now, and that model's entry)."""
     priced = StaticTiers({
         "simple": [
             TierModelEntry(provider="openai", model="gpt-4o-mini", input_price_per_million=0.15,
@@ -139,8 +140,10 @@ async def test_a_conversation_served_by_another_candidate_keeps_that_candidates_
     other = by_provider["anthropic" if decision.provider == "openai" else "openai"]
     now = router.clock()
     await router.sessions.create(Session("raced", "alice", "simple", other.provider, other.model, now, now))
-    await router.commit(ALICE, decision)  # the concurrent first turn won: this one follows it
-    assert (decision.provider, decision.entry.prices) == (other.provider, other.prices)
+    await router.commit(ALICE, decision)  # answered after a concurrent first turn: that one's session stays
+    assert (decision.provider, decision.entry.prices) != (other.provider, other.prices)  # it served this one
+    assert decision.entry.prices is not None and decision.entry.prices.known
+    assert decision.session is not None and decision.session.provider == other.provider
     # The model is taken out of the simple tier but still in the table (another tier): its prices stay.
     rest = next(e for e in by_provider.values() if e is not other)
     moved = StaticTiers({"simple": [rest], "moderate": [other], "complex": []})

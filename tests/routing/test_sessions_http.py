@@ -13,7 +13,18 @@ import redis
 from sentinel.routing.sessions import SessionStore
 from tests.api.conftest import Gateway
 from tests.conftest import REDIS_BIN, unavailable
-from tests.routing.helpers import AN_HAIKU, OA_4O, THREE, chat, entry, served, start, stored
+from tests.routing.helpers import (
+    AN_HAIKU,
+    AN_SONNET,
+    OA_4O,
+    OA_MINI,
+    THREE,
+    chat,
+    entry,
+    served,
+    start,
+    stored,
+)
 from tests.support.accounts import create_key
 from tests.support.metrics import metric
 from tests.support.process import RedisServerProcess
@@ -156,6 +167,32 @@ def test_a_request_that_fails_validation_creates_no_session(
         assert metric(gw.url, "sentinel_sessions_total", event="created") is None
         assert served(chat(http, "now valid", conv="conv-invalid"))[1] == "anthropic"
     assert stored(gw, "conv-invalid") is not None
+
+
+def test_a_request_no_model_answers_creates_or_changes_no_session(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    """The session was written before the upstream call: a first turn the providers refused (5xx, 429:
+    the reservation given back) bound the conversation to a model that never served it — under
+    `keep` for good, that model's failures then the conversation's answers — and a refused upgrade
+    moved it up. Now only an answer writes the session (a stream's once it began)."""
+    tiers = {"simple": [entry(OA_MINI), entry(AN_HAIKU)], "moderate": [entry(OA_4O)], "complex": [entry(AN_SONNET)]}
+    gw = start(gateway_factory, tmp_path, backend_url, tiers)
+    with gw.client() as http:
+        assert served(chat(http, "answered", conv="conv-stream", stream=True))[0] == "simple"
+        assert stored(gw, "conv-stream") is not None  # a stream that began binds its conversation
+        start_turn = served(chat(http, "start", conv="conv-up", tier="moderate"))
+        refused = chat(http, "harder #mock:status=500", conv="conv-up", tier="complex")  # its only model fails
+        assert refused.status_code == 502, refused.text
+        session = stored(gw, "conv-up")
+        assert session is not None and (session["tier"], session["provider"], session["model"]) == start_turn
+        assert metric(gw.url, "sentinel_sessions_total", event="upgraded") is None
+        first = chat(http, "refuse me #mock:status=500", conv="conv-500")  # both candidates, the retry too
+        assert first.status_code == 502, first.text
+        limited = chat(http, "limit me #mock:status=429", conv="conv-429", tier="moderate", stream=True)
+        assert limited.status_code == 429, limited.text
+        assert stored(gw, "conv-500") is None and stored(gw, "conv-429") is None
+    assert metric(gw.url, "sentinel_sessions_total", event="created") == 2  # conv-stream, conv-up
 
 
 def test_two_instances_share_sessions_and_backoff(

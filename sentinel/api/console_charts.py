@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,9 +26,24 @@ class SeriesData:
     values: Sequence[float | None]
 
 
+def _finite(values: Iterable[float | None]) -> list[float]:
+    """The values a chart can scale to: present and finite (a stored cost of `inf`, or the `nan` of
+    a sum holding it, is drawn off the scale instead of breaking the page)."""
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def _height(value: float, top: float) -> float:
+    """How high `value` stands on a chart scaled to `top`: a non-finite value at the top (inf) or
+    the bottom (nan, -inf)."""
+    if not math.isfinite(value):
+        return HEIGHT if value > 0 else 0.0
+    return HEIGHT * value / top
+
+
 def _nice_max(value: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 x a power of ten that is at least `value` (1 for nothing)."""
-    if value <= 0:
+    """The smallest of 1, 2, 2.5, 5 x a power of ten that is at least `value` (1 for nothing, and
+    for a value that is not finite)."""
+    if not 0 < value < math.inf:  # also False for nan
         return 1.0
     magnitude = 10.0 ** math.floor(math.log10(value))
     for step in (1, 2, 2.5, 5, 10):
@@ -54,11 +69,11 @@ def bar_chart(title: str, starts: Sequence[datetime], series: SeriesData, fmt: C
               time_format: str = "%H:%M") -> str:
     """One series as bars."""
     values = [v or 0.0 for v in series.values]
-    top = _nice_max(max(values, default=0.0))
+    top = _nice_max(max(_finite(values), default=0.0))
     width = WIDTH / max(1, len(values))
     bars = []
     for i, (start, value) in enumerate(zip(starts, values, strict=True)):
-        h = HEIGHT * value / top
+        h = _height(value, top)
         tip = f"{start.strftime(time_format)} UTC: {fmt(value)} {series.name}"
         bars.append(
             f'<rect class="s0" x="{i * width + width * 0.1:.2f}" y="{HEIGHT - h:.2f}" width="{width * 0.8:.2f}" '
@@ -75,8 +90,7 @@ def bar_chart(title: str, starts: Sequence[datetime], series: SeriesData, fmt: C
 def line_chart(title: str, starts: Sequence[datetime], series: Sequence[SeriesData], fmt: Callable[[float], str],
                time_format: str = "%H:%M") -> str:
     """Up to four series as lines (a gap where a value is None); hovering a bucket shows its values."""
-    everything = [v for s in series for v in s.values if v is not None]
-    top = _nice_max(max(everything, default=0.0))
+    top = _nice_max(max(_finite(v for s in series for v in s.values), default=0.0))
     step = WIDTH / max(1, len(starts))
     lines: list[str] = []
     for index, item in enumerate(series):
@@ -85,7 +99,7 @@ def line_chart(title: str, starts: Sequence[datetime], series: Sequence[SeriesDa
             if value is None:
                 runs.append([])
                 continue
-            runs[-1].append(f"{step * i + step / 2:.2f},{HEIGHT - HEIGHT * value / top:.2f}")
+            runs[-1].append(f"{step * i + step / 2:.2f},{HEIGHT - _height(value, top):.2f}")
         for run in runs:
             if len(run) == 1:  # a lone point: a short flat segment, so it shows
                 x, y = run[0].split(",")

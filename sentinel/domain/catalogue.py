@@ -13,14 +13,29 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["MODEL_NAME_PATTERN", "CatalogueModel", "ModelTarget", "Price", "Prices"]
+__all__ = ["MAX_PRICE", "MODEL_NAME_PATTERN", "CatalogueModel", "ModelTarget", "Price", "Prices", "stored_price"]
 
 # What a client may send as `model` and what the ledger's model column holds (at most 200 characters).
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$"
 
-# A price as operators and Zion write it (USD per million tokens): 0 or more and finite (`inf`,
-# `1e400` and `nan` are refused). The catalogue's and the tier table's prices are this type.
-Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# The most a price may be, USD per million tokens: far above any real model's, and low enough that
+# a cost (at most MAX_TOKENS tokens per call) and the sums of many stay finite. Above it, a cost was
+# `inf`, which the ledger stored and the console's charts could not scale (a 500).
+MAX_PRICE = 1_000_000.0
+
+# A price as operators and Zion write it (USD per million tokens): 0 to MAX_PRICE (`inf`, `1e400`,
+# `nan` and `1e308` are refused). The one home of price validation: the providers file's models, the
+# tier table's entries (`sentinel tiers set`, the console, the admin API, the providers file's
+# `tiers:`, Zion's tier config) are all this type.
+Price = Annotated[float, Field(ge=0, le=MAX_PRICE, allow_inf_nan=False)]
+
+
+def stored_price(value: float) -> float:
+    """A price read back from the database, brought within 0..MAX_PRICE (a row written before the
+    bound held up to 1e308; refusing it would make the whole tier table unreadable)."""
+    if 0.0 <= value <= MAX_PRICE:
+        return value
+    return MAX_PRICE if value > MAX_PRICE else 0.0  # nan: 0
 
 
 @dataclass(frozen=True, slots=True)

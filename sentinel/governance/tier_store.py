@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
 from sentinel.db.models import TierModelRow
+from sentinel.domain.catalogue import stored_price
 from sentinel.domain.tiers import TIERS, TierModelEntry, TierTable
 from sentinel.errors import GovernanceUnavailable
 
@@ -73,8 +74,8 @@ class TierRepository:
                     out.setdefault(row.tier, []).append(
                         TierModelEntry(
                             provider=row.provider, model=row.model, relative_cost=row.relative_cost,
-                            input_price_per_million=row.input_price_per_million,
-                            output_price_per_million=row.output_price_per_million,
+                            input_price_per_million=stored_price(row.input_price_per_million),
+                            output_price_per_million=stored_price(row.output_price_per_million),
                         )
                     )
         return out

@@ -3,9 +3,12 @@ targets in order with shared provider health."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from sentinel.domain.catalogue import CatalogueModel, ModelTarget, Prices
+from sentinel.domain.catalogue import MAX_PRICE, CatalogueModel, ModelTarget, Prices
+from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.tiers import TierModelEntry
 from sentinel.errors import InvalidRequest, NotFound, UpstreamConnectionError, UpstreamStatusError
 from sentinel.observability.metrics import Metrics
@@ -68,15 +71,24 @@ def test_default_catalogue() -> None:
     assert haiku.prices == Prices(0.8, 4.0, 1.0, 0.08)
 
 
-@pytest.mark.parametrize("price", [float("inf"), float("nan"), 1e400, -1.0])
+@pytest.mark.parametrize("price", [float("inf"), float("nan"), 1e400, -1.0, 1e308, MAX_PRICE * 1.000001])
 @pytest.mark.parametrize("field", ["input_price_per_million", "output_price_per_million",
                                    "cache_write_price_per_million", "cache_read_price_per_million"])
-def test_catalogue_prices_are_finite_and_not_negative(price: float, field: str) -> None:
+def test_catalogue_prices_are_finite_not_negative_and_bounded(price: float, field: str) -> None:
+    """The providers file's models, its `tiers:`, Zion's tier config and every tier edit are these
+    two types: a price of 1e308 made a cost of `inf`, which broke the console's charts."""
     with pytest.raises(ValueError, match=field):
         CatalogueModel.model_validate({"name": "m", "provider": "openai", field: price})
     if not field.startswith("cache"):
         with pytest.raises(ValueError, match=field):
             TierModelEntry.model_validate({"provider": "openai", "model": "m", field: price})
+
+
+def test_the_highest_price_on_the_most_tokens_costs_a_finite_sum() -> None:
+    top = CatalogueModel(name="m", provider="openai", input_price_per_million=MAX_PRICE,
+                         output_price_per_million=MAX_PRICE)
+    cost = top.prices.cost(MAX_TOKENS, MAX_TOKENS)
+    assert cost is not None and math.isfinite(cost * 1_000_000)  # and a million such calls summed
 
 
 def test_prices_cost_cache_tokens_on_their_own() -> None:

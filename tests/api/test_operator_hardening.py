@@ -1,0 +1,82 @@
+"""The operator surfaces (console, admin API, debug views, health) against what a security review of
+them found: prices that overflowed a cost, tier forms that changed or hid what was typed, a 405
+where debug-off promises 404, Unicode controls in names, missing headers, store details on the
+public health check, users whose ids no path can name."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from sentinel.db.models import TierModelRow, UsageMinuteRow
+from tests.api.conftest import Gateway
+from tests.api.test_console import ADMIN_KEY, Console
+from tests.support.accounts import database
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+@pytest.fixture
+def gw(gateway_factory: Callable[..., Gateway]) -> Gateway:
+    return gateway_factory(admin_key=ADMIN_KEY)
+
+
+@pytest.fixture
+def api(gw: Gateway) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def console(gw: Gateway) -> Iterator[Console]:
+    c = Console(gw)
+    yield c
+    c.http.close()
+
+
+def test_a_price_too_large_for_a_finite_cost_is_refused(api: httpx.Client) -> None:
+    """`1e308` was accepted: a request's cost became `inf`, and the console's overview a 500."""
+    for entry in ("openai/gpt-4o:1:1e308:1e308", "openai/gpt-4o:1:0.15:1000001"):
+        refused = api.put("/admin/api/tiers/simple", json={"entries": [entry]})
+        assert refused.status_code == 400, entry
+        assert "1000000" in refused.json()["error"]["details"]["fields"]["entries.0"]
+    assert api.put("/admin/api/tiers/simple", json={"entries": ["openai/gpt-4o:1:1e6:0"]}).status_code == 200
+
+
+async def _store_tier_row(database_url: str, price: float) -> None:
+    async with database(database_url) as sessions, sessions() as session:
+        session.add(TierModelRow(tier="simple", position=0, provider="openai", model="gpt-4o-mini", relative_cost=1,
+                                 input_price_per_million=price, output_price_per_million=0.6))
+        await session.commit()
+
+
+def test_a_price_stored_before_the_bound_is_read_at_the_bound(gw: Gateway, api: httpx.Client) -> None:
+    """Refusing such a row when it is read would leave no tier table at all (every native call a 500)."""
+    asyncio.run(_store_tier_row(gw.settings.database_url, 1e308))
+    tiers = api.get("/admin/api/tiers")
+    assert tiers.status_code == 200, tiers.text
+    assert tiers.json()["overrides"]["simple"][0]["input_price_per_million"] == 1e6
+    with gw.client() as user:
+        chat = {"tier": "simple", "messages": [{"role": "user", "content": "Hi"}]}
+        assert user.post("/native/v1/chat/completions", json=chat).status_code == 200
+
+
+async def _record_minute(database_url: str, cost: float) -> None:
+    async with database(database_url) as sessions, sessions() as session:
+        session.add(UsageMinuteRow(minute=int(time.time()) // 60, requests=1, cost_usd=cost))
+        await session.commit()
+
+
+def test_the_overview_draws_a_cost_that_is_not_finite(gw: Gateway, console: Console, api: httpx.Client) -> None:
+    """A minute whose cost is `inf` (stored before prices were bounded) made every period a 500."""
+    asyncio.run(_record_minute(gw.settings.database_url, float("inf")))
+    for period in ("1h", "24h", "30d"):
+        page = console.get("/admin", params={"period": period})
+        assert page.status_code == 200, (period, page.text[:300])
+        if period != "30d":  # the minute is in the per-minute rollup only
+            assert '<span class="value">$inf</span>' in page.text  # the cost tile says what is stored
+        assert api.get("/admin/api/overview", params={"period": period}).status_code == 200

@@ -3,12 +3,15 @@
 `str.isdigit()` is no test for "`int()` will take this": it is True for `²` and other digit-like
 characters `int()` refuses, and `int()` itself takes non-ASCII decimal digits, spaces, signs and
 `_`. Every place that reads a count, an id or a timestamp from a request goes through
-`parse_whole`, which takes ASCII digits only and bounds the value.
+`parse_whole`, which takes ASCII digits only and bounds the value; a decimal an operator types (a
+price) goes through `parse_decimal`, as strict (`float()` takes `٣`, `1_0`, `inf` and `nan`).
 """
 
 from __future__ import annotations
 
-__all__ = ["MAX_INT64", "MAX_RETRY_AFTER", "MAX_TOKENS", "parse_retry_after", "parse_whole"]
+import re
+
+__all__ = ["MAX_INT64", "MAX_RETRY_AFTER", "MAX_TOKENS", "parse_decimal", "parse_retry_after", "parse_whole"]
 
 MAX_INT64 = 2**63 - 1  # the largest value an SQL INTEGER column (SQLite, PostgreSQL BIGINT) holds
 MAX_RETRY_AFTER = 86400.0  # a peer's Retry-After is believed up to a day
@@ -24,6 +27,19 @@ def parse_whole(text: str, maximum: int = MAX_INT64) -> int | None:
         return None
     value = int(text)
     return value if value <= maximum else None
+
+
+_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
+
+
+def parse_decimal(text: str) -> float | None:
+    """The non-negative number `text` spells as ASCII digits with at most one `.` and an optional
+    exponent (`0.15`, `2.`, `.5`, `1e3`), or None for anything else (a sign, a space, `_`, `inf`,
+    `nan`, other digit characters, more than 40 characters). A value too large for a float is
+    `inf`: the caller bounds it."""
+    if len(text) > 40 or not _DECIMAL.fullmatch(text):
+        return None
+    return float(text)
 
 
 def parse_retry_after(text: str | None) -> float | None:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sentinel.db.engine import database_errors
 from sentinel.db.models import TierModelRow
 from sentinel.domain.catalogue import stored_price
+from sentinel.domain.numbers import parse_decimal, parse_whole
 from sentinel.domain.tiers import TIERS, TierModelEntry, TierTable
 from sentinel.errors import GovernanceUnavailable
 
@@ -24,14 +25,25 @@ log = logging.getLogger("sentinel.tiers")
 
 
 def parse_entry(text: str) -> TierModelEntry:
-    """`provider/model:cost[:input_price:output_price]`, e.g. `openai/gpt-4o-mini:1:0.15:0.6`."""
+    """`provider/model:cost[:input_price:output_price]`, e.g. `openai/gpt-4o-mini:1:0.15:0.6`: the
+    cost in ASCII digits, the prices as decimals (`parse_decimal`); ValueError naming the field that
+    is not, pydantic's ValidationError for a value out of range."""
     head, *numbers = text.split(":")
     provider, sep, model = head.partition("/")
     if not sep or not provider or not model or len(numbers) not in (1, 3):
         raise ValueError(f"invalid tier entry {text!r}: expected provider/model:cost[:input_price:output_price]")
-    prices = [float(n) for n in numbers[1:]] or [0.0, 0.0]
+    cost = parse_whole(numbers[0])
+    if cost is None:
+        raise ValueError("relative_cost: a whole number in the digits 0-9")
+    prices: list[float] = []
+    for field, number in zip(("input_price_per_million", "output_price_per_million"), numbers[1:], strict=False):
+        price = parse_decimal(number)
+        if price is None:
+            raise ValueError(f"{field}: a number such as 0.15 or 1e-3 (the digits 0-9, one '.', an exponent)")
+        prices.append(price)
+    prices = prices or [0.0, 0.0]
     return TierModelEntry(
-        provider=provider, model=model, relative_cost=int(numbers[0]),
+        provider=provider, model=model, relative_cost=cost,
         input_price_per_million=prices[0], output_price_per_million=prices[1],
     )
 

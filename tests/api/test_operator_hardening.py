@@ -14,7 +14,7 @@ import pytest
 
 from sentinel.db.models import TierModelRow, UsageMinuteRow
 from tests.api.conftest import Gateway
-from tests.api.test_console import ADMIN_KEY, Console
+from tests.api.test_console import ADMIN_KEY, Console, field_error
 from tests.support.accounts import database
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -80,3 +80,27 @@ def test_the_overview_draws_a_cost_that_is_not_finite(gw: Gateway, console: Cons
         if period != "30d":  # the minute is in the per-minute rollup only
             assert '<span class="value">$inf</span>' in page.text  # the cost tile says what is stored
         assert api.get("/admin/api/overview", params={"period": period}).status_code == 200
+
+
+@pytest.mark.parametrize("entry", [
+    "openai/gpt-4o:\u0663",  # ARABIC-INDIC DIGIT THREE: int() read cost 3
+    "openai/gpt-4o:\uff12",  # FULLWIDTH DIGIT TWO
+    "openai/gpt-4o:+2", "openai/gpt-4o: 2", "openai/gpt-4o:0_2",
+    "openai/gpt-4o:2:\u0661.5:0", "openai/gpt-4o:2:1_0:0", "openai/gpt-4o:2: 1:0", "openai/gpt-4o:2:infinity:0",
+    "openai/gpt-4o:2:0:NaN", "openai/gpt-4o:2:-0:0",
+])
+def test_every_number_of_a_tier_entry_is_ascii_digits(api: httpx.Client, console: Console, entry: str) -> None:
+    before = api.get("/admin/api/tiers").json()
+    refused = api.put("/admin/api/tiers/simple", json={"entries": [entry]})
+    assert refused.status_code == 400, refused.text
+    page = console.post("/admin/tiers/simple", {"entries": entry})
+    assert page.status_code == 400 and field_error(page.text, "entries.0"), page.text[-600:]
+    assert api.get("/admin/api/tiers").json() == before
+
+
+def test_tier_prices_are_decimals_with_an_optional_exponent(api: httpx.Client) -> None:
+    entries = ["openai/gpt-4o:2", "openai/gpt-4o-mini:1:.5:2.", "anthropic/claude-3-5-haiku-20241022:3:1e-3:1E2"]
+    saved = api.put("/admin/api/tiers/simple", json={"entries": entries})
+    assert saved.status_code == 200, saved.text
+    prices = [(x["input_price_per_million"], x["output_price_per_million"]) for x in saved.json()["overrides"]["simple"]]
+    assert prices == [(0.0, 0.0), (0.5, 2.0), (0.001, 100.0)]

@@ -274,6 +274,14 @@ def plans_page(plans: Sequence[tuple[Plan, int]], tiers: TiersView, csrf: str | 
     )
 
 
+def _price(value: float) -> str:
+    """A price as the tier form shows it, read back as the same float: `%g` when that is exact
+    (`0.15`, `2.5`), else the shortest text that round-trips (`%g` kept six digits, so saving a
+    form unchanged rounded 0.1234567 to 0.123457)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
 def tiers_section(view: TiersView, csrf: str | None, failed: tuple[str, str, Mapping[str, str]] | None) -> str:
     out = []
     for tier in TIERS:
@@ -288,7 +296,8 @@ def tiers_section(view: TiersView, csrf: str | None, failed: tuple[str, str, Map
             out.append(f'<div class="tier"><h3>{e(tier)}</h3><p>{e(shown)}</p></div>')
             continue
         lines = "\n".join(
-            f"{x.provider}/{x.model}:{x.relative_cost}:{x.input_price_per_million:g}:{x.output_price_per_million:g}"
+            f"{x.provider}/{x.model}:{x.relative_cost}:{_price(x.input_price_per_million)}:"
+            f"{_price(x.output_price_per_million)}"
             for x in (view.overrides.get(tier) or effective)
         )
         errors: Mapping[str, str] = {}

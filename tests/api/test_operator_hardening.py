@@ -6,6 +6,8 @@ public health check, users whose ids no path can name."""
 from __future__ import annotations
 
 import asyncio
+import html
+import re
 import time
 from collections.abc import Callable, Iterator
 
@@ -104,3 +106,20 @@ def test_tier_prices_are_decimals_with_an_optional_exponent(api: httpx.Client) -
     assert saved.status_code == 200, saved.text
     prices = [(x["input_price_per_million"], x["output_price_per_million"]) for x in saved.json()["overrides"]["simple"]]
     assert prices == [(0.0, 0.0), (0.5, 2.0), (0.001, 100.0)]
+
+
+def _tier_textarea(page: str, tier: str) -> str:
+    found = re.search(rf'action="/admin/tiers/{tier}">.*?<textarea name="entries" rows="3">([^<]*)</textarea>', page, re.S)
+    assert found is not None
+    return html.unescape(found.group(1))
+
+
+def test_saving_a_tier_form_unchanged_keeps_its_prices(api: httpx.Client, console: Console) -> None:
+    """The form printed prices with six significant digits: saving it as shown rounded them."""
+    entries = ["openai/gpt-4o-mini:1:0.1234567:1.0000001", "openai/gpt-4o:2:123456.789:3e-09"]
+    saved = api.put("/admin/api/tiers/simple", json={"entries": entries}).json()["overrides"]["simple"]
+    shown = _tier_textarea(console.get("/admin/plans").text, "simple")
+    assert console.post("/admin/tiers/simple", {"entries": shown}).status_code == 303
+    assert api.get("/admin/api/tiers").json()["overrides"]["simple"] == saved
+    assert [(x["input_price_per_million"], x["output_price_per_million"]) for x in saved] == [
+        (0.1234567, 1.0000001), (123456.789, 3e-09)]

@@ -5,7 +5,9 @@
 - `GET /debug/health`: the backoff table for every tier candidate.
 
 Both need a bearer API key like `/v1` (the original left them unauthenticated). With debug off every
-`/debug/...` path answers 404 `debug_disabled` before any authentication, as the original did.
+`/debug/...` path answers 404 `debug_disabled` to every method, before any authentication, as the
+original did: no debug route is registered then but the catch-all (a registered `GET /debug/health`
+made `POST /debug/health` a 405, telling the route apart from an unknown path).
 """
 
 from __future__ import annotations
@@ -32,10 +34,14 @@ class DebugRoutes:
         self.router = router
 
     def routes(self) -> list[Route]:
+        rest = Route("/debug/{rest:path}", self.unknown)
+        rest.methods = None  # every method (Starlette gives a function endpoint GET and HEAD): never a 405
+        if not self.deps.settings.debug:
+            return [rest]
         return [
             Route("/debug/sessions/{conversation_id}", self.session, methods=["GET"]),
             Route("/debug/health", self.health, methods=["GET"]),
-            Route("/debug/{rest:path}", self.unknown),
+            rest,
         ]
 
     async def _guard(self, request: Request) -> None:

@@ -25,8 +25,11 @@ DISABLED = {
 def test_debug_endpoints_are_404_when_debug_is_off(gateway: Gateway) -> None:
     for path in ("/debug/health", "/debug/sessions/conv-1", "/debug/cache", "/debug/config"):
         for headers in ({}, {"Authorization": f"Bearer {gateway.key}"}):
-            r = httpx.get(gateway.url + path, headers=headers)
-            assert r.status_code == 404 and r.json() == DISABLED, (path, r.text)
+            for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"):  # a 405 told a route apart
+                r = httpx.request(method, gateway.url + path, headers=headers)
+                assert r.status_code == 404, (method, path, r.status_code)
+                if method != "HEAD":
+                    assert r.json() == DISABLED, (method, path, r.text)
 
 
 def test_debug_endpoints_when_on(

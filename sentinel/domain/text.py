@@ -1,11 +1,31 @@
-"""Operator text: the control characters no name, id, email or plan ever needs."""
+"""Operator text: the control and format characters no name, id, email or plan ever needs.
+
+Refused: Unicode's control characters (category Cc: NUL, CR, LF, ESC, DEL and the C1 controls
+U+0080-U+009F, NEL among them), its format characters (Cf: the bidirectional marks, embeddings,
+overrides and isolates U+200E/U+200F, U+202A-U+202E, U+2066-U+2069 and U+061C that make a name read
+otherwise than it is stored, the zero-width space, word joiner, soft hyphen and BOM, the invisible
+tag characters), the line and paragraph separators U+2028/U+2029 (Zl, Zp) and lone surrogates (Cs:
+not text any store can hold). Allowed of these: ZERO WIDTH NON-JOINER and ZERO WIDTH JOINER
+(U+200C, U+200D), which names in Persian and Indic scripts and emoji sequences need.
+"""
 
 from __future__ import annotations
 
-CONTROL = frozenset(chr(c) for c in [*range(0x20), 0x7F])  # NUL, CR, LF, ESC, ... and DEL
-CONTROL_BUT_LINES = CONTROL - {"\r", "\n"}  # a textarea's line breaks allowed
+import unicodedata
+
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+JOINERS = frozenset({"\u200c", "\u200d"})  # ZWNJ, ZWJ: part of legitimate names
+LINE_BREAKS = frozenset({"\r", "\n"})  # a textarea's line breaks, allowed with `lines`
 
 
 def has_control(text: str, *, lines: bool = False) -> bool:
-    """Whether `text` holds a control character (with `lines`, CR and LF do not count)."""
-    return not (CONTROL_BUT_LINES if lines else CONTROL).isdisjoint(text)
+    """Whether `text` holds a character the module docstring refuses (with `lines`, CR and LF do
+    not count)."""
+    if text.isprintable():  # the common case in one pass in C: no character of categories C* and Z* but ' '
+        return False
+    for char in text:
+        if char.isprintable() or char in JOINERS or (lines and char in LINE_BREAKS):
+            continue  # printable, or allowed though not (ZWNJ, ZWJ; a textarea's line breaks)
+        if unicodedata.category(char) in REFUSED_CATEGORIES:
+            return True
+    return False

@@ -10,6 +10,7 @@ import html
 import re
 import time
 from collections.abc import Callable, Iterator
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -123,3 +124,26 @@ def test_saving_a_tier_form_unchanged_keeps_its_prices(api: httpx.Client, consol
     assert api.get("/admin/api/tiers").json()["overrides"]["simple"] == saved
     assert [(x["input_price_per_million"], x["output_price_per_million"]) for x in saved] == [
         (0.1234567, 1.0000001), (123456.789, 3e-09)]
+
+
+@pytest.mark.parametrize("char", ["\u0085", "\u009b", "\u202e", "\u200f", "\u2066", "\u061c", "\u200b", "\ufeff",
+                                  "\u2028", "\U000e0041"])
+def test_unicode_controls_and_format_characters_are_refused(api: httpx.Client, console: Console, char: str) -> None:
+    """Only ASCII controls were refused: NEL, CSI (C1), bidi overrides that make a name read as
+    another, zero-width and tag characters were stored."""
+    answers = [
+        api.post("/admin/api/users/bob/keys", json={"name": f"lap{char}top"}),
+        api.post("/admin/api/users/bob/keys", json={"email": f"bob{char}@example.com"}),
+        api.put(f"/admin/api/users/bo{quote(char)}b/plan", json={"plan": None}),
+        api.get("/admin/api/users", params={"q": f"b{char}"}),
+        console.post("/admin/users/bob/keys", {"name": f"lap{char}top"}),
+        console.get("/admin/users", params={"q": f"b{char}"}),
+    ]
+    assert [a.status_code for a in answers] == [400] * len(answers), [(a.status_code, a.text[:100]) for a in answers]
+    assert api.get("/admin/api/users", params={"q": "b"}).json()["users"] == []
+
+
+def test_the_joiners_names_need_are_accepted(api: httpx.Client) -> None:
+    for name in ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "dev \U0001f469\u200d\U0001f4bb", "caf\u00e9\u00a0bar"):
+        created = api.post("/admin/api/users/bob/keys", json={"name": name})
+        assert created.status_code == 201 and created.json()["name"] == name, created.text

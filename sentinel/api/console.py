@@ -293,15 +293,21 @@ class ConsoleRoutes:
         tier, text = request.path_params["tier"], self._one(form, "entries")
         try:
             await self.service.set_tier(tier, text.splitlines(), actor)
-        except InvalidRequest as exc:
-            return await self._plans_page(session, 400, tier_errors=(tier, text, field_errors(exc)))
+        except InvalidRequest as exc:  # an unknown tier's message (`tier`) is shown above the tiers
+            errors = field_errors(exc) or {"tier": exc.message}
+            return await self._plans_page(session, 400, tier_errors=(tier, text, errors))
         return _see_other("/admin/plans")
 
     async def reset_tier(self, request: Request) -> RawResponse:
         checked = await self._post(request)
         if isinstance(checked, RawResponse):
             return checked
-        await self.service.reset_tier(request.path_params["tier"], checked[2])
+        session, _, actor = checked
+        tier = request.path_params["tier"]
+        try:
+            await self.service.reset_tier(tier, actor)
+        except InvalidRequest as exc:
+            return await self._plans_page(session, 400, tier_errors=(tier, None, field_errors(exc) or {"tier": exc.message}))
         return _see_other("/admin/plans")
 
     async def audit(self, request: Request) -> RawResponse:

@@ -255,7 +255,7 @@ def plan_form(name: str, limits: Sequence[LimitInput], csrf: str | None, *, crea
 
 def plans_page(plans: Sequence[tuple[Plan, int]], tiers: TiersView, csrf: str | None,
                new_plan: tuple[str, list[LimitInput], Mapping[str, str]] | None = None,
-               tier_errors: tuple[str, str, Mapping[str, str]] | None = None) -> str:
+               tier_errors: tuple[str, str | None, Mapping[str, str]] | None = None) -> str:
     rows = []
     for plan, users in plans:
         path = f"/admin/plans/{quote(plan.name, safe='')}"
@@ -282,8 +282,16 @@ def _price(value: float) -> str:
     return short if float(short) == value else repr(value)
 
 
-def tiers_section(view: TiersView, csrf: str | None, failed: tuple[str, str, Mapping[str, str]] | None) -> str:
+def tiers_section(view: TiersView, csrf: str | None, failed: tuple[str, str | None, Mapping[str, str]] | None) -> str:
+    """The tiers and their forms. `failed`: (tier, the lines typed, messages) of a refused save,
+    shown in that tier's form; (tier, None, messages) of a refused reset, or of a save no form shows
+    (an unknown tier, tiers that are not editable), shown above the tiers."""
     out = []
+    if failed is not None and (failed[1] is None or failed[0] not in TIERS or not view.editable):
+        action = "reset" if failed[1] is None else "saved"
+        out.append(f'<p class="error" role="alert">Tier “{e(failed[0])}” was not {action}:</p>'
+                   + "".join(error_for(failed[2], name) for name in failed[2]))
+        failed = None
     for tier in TIERS:
         effective = view.effective.get(tier, [])
         shown = ", ".join(
@@ -301,7 +309,7 @@ def tiers_section(view: TiersView, csrf: str | None, failed: tuple[str, str, Map
             for x in (view.overrides.get(tier) or effective)
         )
         errors: Mapping[str, str] = {}
-        if failed is not None and failed[0] == tier:
+        if failed is not None and failed[0] == tier and failed[1] is not None:
             lines, errors = failed[1], failed[2]
         messages = "".join(
             f'<span class="field-error" role="alert" data-field="{e(k)}">line {int(k.split(".")[1]) + 1}: {e(v)}</span>'

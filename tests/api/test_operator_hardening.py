@@ -147,3 +147,14 @@ def test_the_joiners_names_need_are_accepted(api: httpx.Client) -> None:
     for name in ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "dev \U0001f469\u200d\U0001f4bb", "caf\u00e9\u00a0bar"):
         created = api.post("/admin/api/users/bob/keys", json={"name": name})
         assert created.status_code == 201 and created.json()["name"] == name, created.text
+
+
+def test_a_refused_save_of_an_unknown_tier_says_why(console: Console) -> None:
+    """The message was keyed to a tier no form shows: a 400 page that said nothing."""
+    page = console.post("/admin/tiers/bogus", {"entries": "openai/gpt-4o:1"})
+    assert page.status_code == 400
+    assert "Tier \u201cbogus\u201d was not saved" in page.text
+    assert "one of simple" in (field_error(page.text, "tier") or "")
+    reset = console.post("/admin/tiers/bogus/reset", {})
+    assert reset.status_code == 400 and reset.headers["content-type"].startswith("text/html")
+    assert "one of simple" in (field_error(reset.text, "tier") or "")

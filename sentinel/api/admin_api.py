@@ -28,13 +28,18 @@ from sentinel.api.admin_json import (
 )
 from sentinel.api.bodies import is_read, parse_json_object, refuse_control_characters
 from sentinel.api.deps import Deps
-from sentinel.api.responses import RawResponse, json_response
+from sentinel.api.responses import NO_STORE, NOSNIFF, RawResponse, operator_json
 from sentinel.domain.numbers import MAX_INT64, parse_whole
 from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import MAX_ITEMS, limit_inputs, refuse
 from sentinel.services.admin_usage import STEPS, parse_moment
 
 PREFIX = "/admin/api"
+
+
+def _json(data: Any, status: int = 200) -> RawResponse:
+    """Every admin API answer: operator data, never cached (`no-store`), never sniffed."""
+    return operator_json(data, status, no_store=True)
 
 
 def address_of(request: Request) -> str | None:
@@ -111,12 +116,12 @@ class AdminApiRoutes:
 
     async def openapi(self, request: Request) -> RawResponse:
         self._access(request)
-        return RawResponse(200, self.document, [(b"content-type", b"application/json"), (b"cache-control", b"no-store")])
+        return RawResponse(200, self.document, [(b"content-type", b"application/json"), NO_STORE, NOSNIFF])
 
     async def overview(self, request: Request) -> RawResponse:
         self._access(request)
         view = await self.service.overview(request.query_params.get("period", "24h"))
-        return json_response(overview_json(view))
+        return _json(overview_json(view))
 
     async def usage_series(self, request: Request) -> RawResponse:
         self._access(request)
@@ -127,7 +132,7 @@ class AdminApiRoutes:
         since = moment_param(request, "since", now) or now - timedelta(days=1)
         until = moment_param(request, "until", now) or now
         series = await self.service.reports.series(since, until, STEPS[step])
-        return json_response(series.to_json())
+        return _json(series.to_json())
 
     async def usage_totals(self, request: Request) -> RawResponse:
         self._access(request)
@@ -136,7 +141,7 @@ class AdminApiRoutes:
             raise refuse({"user": "the user's external id"})
         now = self.service.clock()
         rows = await self.service.usage_totals(user, moment_param(request, "since", now), moment_param(request, "until", now))
-        return json_response({"user": user, "models": rows})
+        return _json({"user": user, "models": rows})
 
     async def usage_csv(self, request: Request) -> RawResponse:
         self._access(request)
@@ -145,7 +150,7 @@ class AdminApiRoutes:
         headers = [
             (b"content-type", b"text/csv; charset=utf-8"),
             (b"content-disposition", b'attachment; filename="sentinel-usage.csv"'),
-            (b"cache-control", b"no-store"),
+            NO_STORE, NOSNIFF,
         ]
         return RawResponse(200, text.encode(), headers)
 
@@ -155,11 +160,11 @@ class AdminApiRoutes:
             request.query_params.get("q"), limit=int_param(request, "limit", 50, 1, 500),
             offset=int_param(request, "offset", 0, 0, 10_000_000),
         )
-        return json_response({"users": [user_summary_json(u) for u in found]})
+        return _json({"users": [user_summary_json(u) for u in found]})
 
     async def user(self, request: Request) -> RawResponse:
         self._access(request)
-        return json_response(user_json(await self.service.user(request.path_params["external_id"])))
+        return _json(user_json(await self.service.user(request.path_params["external_id"])))
 
     async def set_user_plan(self, request: Request) -> RawResponse:
         actor = self._actor(request)
@@ -169,12 +174,12 @@ class AdminApiRoutes:
             raise refuse({"plan": "a plan name, or null for the default plan"})
         external_id = request.path_params["external_id"]
         await self.service.set_user_plan(external_id, plan or None, actor)
-        return json_response({"external_id": external_id, "plan": plan or None})
+        return _json({"external_id": external_id, "plan": plan or None})
 
     async def quota(self, request: Request) -> RawResponse:
         self._access(request)
         detail = await self.service.user(request.path_params["external_id"])
-        return json_response(None if detail.quota is None else detail.quota.to_json())
+        return _json(None if detail.quota is None else detail.quota.to_json())
 
     async def create_key(self, request: Request) -> RawResponse:
         actor = self._actor(request)
@@ -183,67 +188,67 @@ class AdminApiRoutes:
         if not isinstance(name, str | None) or not isinstance(email, str | None):
             raise refuse({"name": "text or null", "email": "text or null"})
         info, key = await self.service.create_key(request.path_params["external_id"], name, email, actor)
-        return json_response({**key_json(info), "key": key}, 201, {"cache-control": "no-store"})
+        return _json({**key_json(info), "key": key}, 201)
 
     async def keys(self, request: Request) -> RawResponse:
         self._access(request)
         found = await self.service.keys.list_keys(request.query_params.get("user") or None)
-        return json_response({"keys": [key_json(k) for k in found]})
+        return _json({"keys": [key_json(k) for k in found]})
 
     async def revoke_key(self, request: Request) -> RawResponse:
         actor = self._actor(request)
         info = await self.service.revoke_key(request.path_params["key_id"], actor)
-        return json_response({**key_json(info), "active": False})
+        return _json({**key_json(info), "active": False})
 
     async def plans(self, request: Request) -> RawResponse:
         self._access(request)
-        return json_response({"plans": [plan_json(plan, users) for plan, users in await self.service.plans()]})
+        return _json({"plans": [plan_json(plan, users) for plan, users in await self.service.plans()]})
 
     async def plan(self, request: Request) -> RawResponse:
         name = request.path_params["name"]
         if is_read(request):
             self._access(request)
-            return json_response(plan_json(await self.service.plan(name)))
+            return _json(plan_json(await self.service.plan(name)))
         actor = self._actor(request)
         if request.method == "DELETE":
             await self.service.delete_plan(name, actor)
-            return json_response({"deleted": name})
+            return _json({"deleted": name})
         body = await self._body(request)
         create = body.get("create", False)
         if not isinstance(create, bool):
             raise refuse({"create": "true or false"})
         saved = await self.service.save_plan_input(name, limit_inputs(body.get("limits")), actor, create=create)
-        return json_response(plan_json(saved))
+        return _json(plan_json(saved))
 
     async def tiers(self, request: Request) -> RawResponse:
         self._access(request)
-        return json_response(tiers_json(await self.service.tiers()))
+        return _json(tiers_json(await self.service.tiers()))
 
     async def tier(self, request: Request) -> RawResponse:
         actor = self._actor(request)
         tier = request.path_params["tier"]
         if request.method == "DELETE":
             await self.service.reset_tier(tier, actor)
-            return json_response({"reset": tier})
+            return _json({"reset": tier})
         entries = (await self._body(request)).get("entries")
         if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries) or len(entries) > MAX_ITEMS:
             raise refuse({"entries": "a list of provider/model:cost[:input_price:output_price] strings"})
         await self.service.set_tier(tier, entries, actor)
-        return json_response(tiers_json(await self.service.tiers()))
+        return _json(tiers_json(await self.service.tiers()))
 
     async def providers(self, request: Request) -> RawResponse:
         self._access(request)
         views, error = await self.service.require_live().provider_health()
-        return json_response({"providers": [provider_json(v) for v in views], "error": error})
+        return _json({"providers": [provider_json(v) for v in views], "error": error})
 
     async def session(self, request: Request) -> RawResponse:
         self._access(request)
         params = request.path_params
-        return json_response(await self.service.require_live().session(params["external_id"], params["conversation_id"]))
+        return _json(await self.service.require_live().session(params["external_id"], params["conversation_id"]))
 
     async def outbox(self, request: Request) -> RawResponse:
         self._access(request)
-        return json_response({"depth": await self.service.require_live().outbox_depth()})
+        return _json({"depth": await self.service.require_live().outbox_depth()})
 
     async def audit(self, request: Request) -> RawResponse:
         self._access(request)
@@ -252,4 +257,4 @@ class AdminApiRoutes:
             int_param(request, "limit", 50, 1, 500), None if before < 0 else before,
             request.query_params.get("target") or None,
         )
-        return json_response({"entries": [audit_json(e) for e in entries]})
+        return _json({"entries": [audit_json(e) for e in entries]})

@@ -26,7 +26,7 @@ from sentinel.api.bodies import is_read, read_within, refuse_control_characters
 from sentinel.api.console_html import layout, message_page, signin_page
 from sentinel.api.docs import HTML_HEADERS
 from sentinel.api.docs_assets import DocsAssets
-from sentinel.api.responses import RawResponse
+from sentinel.api.responses import NOSNIFF, RawResponse
 from sentinel.domain.numbers import parse_whole
 from sentinel.domain.plans import format_window
 from sentinel.errors import InvalidRequest, NotFound
@@ -332,7 +332,7 @@ class ConsoleRoutes:
                                                                    "2026-01-31"))
             text = await self.service.usage_csv(since, until)
             stamp = now.strftime("%Y%m%d-%H%M")
-            headers = [(b"content-type", b"text/csv; charset=utf-8"), (b"cache-control", b"no-store"),
+            headers = [(b"content-type", b"text/csv; charset=utf-8"), (b"cache-control", b"no-store"), NOSNIFF,
                        (b"content-disposition", f'attachment; filename="sentinel-usage-{stamp}.csv"'.encode())]
             return RawResponse(200, text.encode(), headers)
 

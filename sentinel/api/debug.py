@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from sentinel.api.deps import Deps
-from sentinel.api.responses import RawResponse, endpoint_not_found, json_response
+from sentinel.api.responses import RawResponse, endpoint_not_found, operator_json
 from sentinel.errors import NotFound, StoreUnavailable
 from sentinel.routing.router import TierRouter
 
@@ -60,7 +60,7 @@ class DebugRoutes:
             ttl = await sessions.store.ttl(sessions.key(identity.external_id, conversation_id))
         except StoreUnavailable:
             ttl = None
-        return json_response({**asdict(found), "ttl_remaining_seconds": ttl})
+        return operator_json({**asdict(found), "ttl_remaining_seconds": ttl})
 
     async def health(self, request: Request) -> RawResponse:
         await self._guard(request)
@@ -86,7 +86,7 @@ class DebugRoutes:
                 "backoff_seconds": 0.0 if state is None else state.backoff,
                 "remaining_seconds": 0.0 if state is None else round(state.remaining(now), 3),
             })
-        return json_response({"store": self.deps.store.backend, "candidates": candidates})
+        return operator_json({"store": self.deps.store.backend, "candidates": candidates})
 
     async def unknown(self, request: Request) -> RawResponse:
         await self._guard(request)

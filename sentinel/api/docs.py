@@ -35,7 +35,7 @@ from sentinel.api.bodies import is_read, read_within
 from sentinel.api.docs_assets import DocsAssets
 from sentinel.api.docs_auth import MAX_FORM_BYTES, DocsGate, form_key
 from sentinel.api.openapi import build_openapi
-from sentinel.api.responses import RawResponse
+from sentinel.api.responses import NOSNIFF, RawResponse
 from sentinel.api.throttle import FailedAuthThrottle
 from sentinel.errors import AuthenticationError, InvalidRequest, NotFound
 
@@ -145,7 +145,7 @@ class DocsRoutes:
             err = AuthenticationError(message, code="invalid_docs_key")
             err.headers.pop("WWW-Authenticate", None)
             raise err
-        headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+        headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store"), NOSNIFF]
         return RawResponse(200, self.document, headers)
 
     async def signin(self, request: Request) -> RawResponse:

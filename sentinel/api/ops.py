@@ -1,7 +1,9 @@
-"""Operator endpoints: health probes and Prometheus metrics (public by design, no secrets)."""
+"""Operator endpoints: health probes and Prometheus metrics (public by design, no secrets: a failing
+check says what failed, never the driver's message, which may name hosts and ports; that is logged)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -12,10 +14,12 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from sentinel import __version__
-from sentinel.api.responses import RawResponse, json_response
+from sentinel.api.responses import NOSNIFF, RawResponse, operator_json
 from sentinel.errors import StoreUnavailable
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
+
+log = logging.getLogger("sentinel.health")
 
 
 class OpsRoutes:
@@ -47,8 +51,9 @@ class OpsRoutes:
             if ping.unreachable:  # a Redis Cluster with primaries down: their users wait for the failover
                 # How many, not which: these endpoints are public, node addresses are not.
                 checks["store"]["unreachable_nodes"] = len(ping.unreachable)
-        except StoreUnavailable as exc:
-            checks["store"] = {"status": "unhealthy", "backend": self.store.backend, "error": exc.message}
+        except StoreUnavailable as exc:  # its message may quote the server (`MOVED 1234 10.0.0.5:6379`): logged only
+            log.warning("health check: the store is unavailable", extra={"error": exc.message})
+            checks["store"] = {"status": "unhealthy", "backend": self.store.backend, "error": "unreachable"}
         started = time.perf_counter()
         try:
             async with self.engine.connect() as conn:
@@ -73,19 +78,19 @@ class OpsRoutes:
             "timestamp": datetime.now(UTC).isoformat(),
             "checks": checks,
         }
-        return json_response(body, 503 if status == "unhealthy" else 200)
+        return operator_json(body, 503 if status == "unhealthy" else 200)
 
     async def live(self, request: Request) -> RawResponse:
-        return json_response({"status": "healthy"})
+        return operator_json({"status": "healthy"})
 
     async def ready(self, request: Request) -> RawResponse:
         checks = await self._checks()
         status = _overall(checks)
-        return json_response({"status": status, "checks": checks}, 503 if status == "unhealthy" else 200)
+        return operator_json({"status": status, "checks": checks}, 503 if status == "unhealthy" else 200)
 
     async def render_metrics(self, request: Request) -> RawResponse:
         return RawResponse(
-            200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
+            200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"), NOSNIFF]
         )
 
 

@@ -39,17 +39,33 @@ class RawResponse:
         await send({"type": "http.response.body", "body": self.body})
 
 
+NOSNIFF = (b"x-content-type-options", b"nosniff")  # a browser never reads a JSON answer as a page or script
+NO_STORE = (b"cache-control", b"no-store")
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> RawResponse:
     h = encode_headers(headers)
     h.append((b"content-type", b"application/json"))
     return RawResponse(status, orjson.dumps(data), h)
 
 
+def operator_json(data: Any, status: int = 200, *, no_store: bool = False) -> RawResponse:
+    """A JSON answer of an operator surface (admin API, ops, debug): `nosniff`, and with `no_store`
+    `Cache-Control: no-store` (operator data kept out of every cache)."""
+    headers = [(b"content-type", b"application/json"), NOSNIFF]
+    if no_store:
+        headers.append(NO_STORE)
+    return RawResponse(status, orjson.dumps(data), headers)
+
+
 def error_response(err: SentinelError, extra_headers: dict[str, str] | None = None) -> RawResponse:
+    """The Sentinel-shape error answer (every surface but Anthropic's), with `nosniff`."""
     headers = dict(err.headers)
     if extra_headers:
         headers.update(extra_headers)
-    return json_response(err.to_dict(), err.status, headers)
+    response = json_response(err.to_dict(), err.status, headers)
+    response.headers.append(NOSNIFF)
+    return response
 
 
 def endpoint_not_found(scope: Scope) -> NotFound:

@@ -158,3 +158,25 @@ def test_a_refused_save_of_an_unknown_tier_says_why(console: Console) -> None:
     reset = console.post("/admin/tiers/bogus/reset", {})
     assert reset.status_code == 400 and reset.headers["content-type"].startswith("text/html")
     assert "one of simple" in (field_error(reset.text, "tier") or "")
+
+
+def test_operator_answers_are_never_cached_or_sniffed(gw: Gateway, api: httpx.Client, console: Console) -> None:
+    """`/admin/api/*` reads (users, keys, audit: operator data) had no `Cache-Control`, and JSON
+    answers of the operator surfaces no `nosniff`."""
+    for path in ("/admin/api/users", "/admin/api/keys", "/admin/api/overview", "/admin/api/tiers", "/admin/api/audit",
+                 "/admin/api/plans", "/admin/api/usage.csv", "/admin/api/openapi.json"):
+        answer = api.get(path)
+        assert answer.status_code == 200, path
+        assert answer.headers.get("cache-control") == "no-store", path
+        assert answer.headers.get("x-content-type-options") == "nosniff", path
+    sniffed = [
+        api.get("/admin/api/users/nobody"),  # 404
+        httpx.get(gw.url + "/admin/api/users"),  # 401
+        console.get("/admin/export.csv"),
+        httpx.get(gw.url + "/health"), httpx.get(gw.url + "/health/live"), httpx.get(gw.url + "/health/ready"),
+        httpx.get(gw.url + "/metrics"),
+        httpx.get(gw.url + "/native/docs/openapi.json"),
+        httpx.get(gw.url + "/debug/health"),  # 404 debug_disabled
+    ]
+    for answer in sniffed:
+        assert answer.headers.get("x-content-type-options") == "nosniff", (answer.request.url, answer.status_code)

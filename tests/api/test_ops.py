@@ -98,3 +98,30 @@ async def test_a_cluster_with_a_dead_primary_is_degraded_but_ready(
     assert check["status"] == status and check["backend"] == "redis-cluster"
     assert check.get("unreachable_nodes", 0) == len(store.unreachable)
     assert "10.0.0.2" not in ready.text and "10.0.0.2" not in health.text  # public: no node addresses
+
+
+class _FailingStore(MemoryStore):
+    """A store whose ping fails with a message quoting a node, as a Redis Cluster redirection does."""
+
+    async def ping(self) -> Ping:
+        raise StoreUnavailable("Redis command failed: MOVED 1234 10.0.0.5:6379")
+
+
+async def test_a_failing_store_check_does_not_quote_the_store_publicly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`/health` is public: it returned the driver's message, with a node's address in it."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/ops.db")
+    app = Starlette(routes=OpsRoutes(_FailingStore(), engine, Metrics()).routes())
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ops") as http:
+            with caplog.at_level("WARNING", logger="sentinel.health"):
+                answers = [await http.get("/health"), await http.get("/health/ready")]
+    finally:
+        await engine.dispose()
+    for answer in answers:
+        assert answer.status_code == 503
+        assert answer.json()["checks"]["store"] == {"status": "unhealthy", "backend": "memory", "error": "unreachable"}
+        assert "10.0.0.5" not in answer.text and "MOVED" not in answer.text
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    assert any("10.0.0.5" in str(getattr(r, "error", "")) for r in caplog.records)  # the operator still sees it

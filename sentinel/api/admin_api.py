@@ -55,6 +55,17 @@ def moment_param(request: Request, name: str, now: datetime) -> datetime | None:
         raise refuse({name: "a window back from now (1h, 7d) or an ISO date/time"}) from None
 
 
+def user_param(request: Request) -> str:
+    """The user a route is about: its `{external_id}` path segment, or (`/admin/api/user...`, for ids
+    no path segment can hold: `a/b`, `50%`, `..`) its `id` query parameter, exactly as given."""
+    found: str | None = request.path_params.get("external_id")
+    if found is None:
+        found = request.query_params.get("id", "")
+        if not found:
+            raise refuse({"id": "the user's external id"})
+    return found
+
+
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     """A whole-number query parameter from `low` to `high`, `default` when absent or empty."""
     text = request.query_params.get(name)
@@ -96,6 +107,12 @@ class AdminApiRoutes:
             Route(f"{p}/tiers/{{tier}}", self.tier, methods=["PUT", "DELETE"]),
             Route(f"{p}/providers", self.providers, methods=["GET"]),
             Route(f"{p}/users/{{external_id}}/sessions/{{conversation_id}}", self.session, methods=["GET"]),
+            # The same, the user named by `?id=`: for ids the canonical-path check refuses as a segment.
+            Route(f"{p}/user", self.user, methods=["GET"]),
+            Route(f"{p}/user/plan", self.set_user_plan, methods=["PUT"]),
+            Route(f"{p}/user/quota", self.quota, methods=["GET"]),
+            Route(f"{p}/user/keys", self.create_key, methods=["POST"]),
+            Route(f"{p}/user/sessions/{{conversation_id}}", self.session, methods=["GET"]),
             Route(f"{p}/outbox", self.outbox, methods=["GET"]),
             Route(f"{p}/audit", self.audit, methods=["GET"]),
         ]
@@ -164,7 +181,7 @@ class AdminApiRoutes:
 
     async def user(self, request: Request) -> RawResponse:
         self._access(request)
-        return _json(user_json(await self.service.user(request.path_params["external_id"])))
+        return _json(user_json(await self.service.user(user_param(request))))
 
     async def set_user_plan(self, request: Request) -> RawResponse:
         actor = self._actor(request)
@@ -172,13 +189,13 @@ class AdminApiRoutes:
         plan = body.get("plan")
         if plan is not None and not isinstance(plan, str):
             raise refuse({"plan": "a plan name, or null for the default plan"})
-        external_id = request.path_params["external_id"]
+        external_id = user_param(request)
         await self.service.set_user_plan(external_id, plan or None, actor)
         return _json({"external_id": external_id, "plan": plan or None})
 
     async def quota(self, request: Request) -> RawResponse:
         self._access(request)
-        detail = await self.service.user(request.path_params["external_id"])
+        detail = await self.service.user(user_param(request))
         return _json(None if detail.quota is None else detail.quota.to_json())
 
     async def create_key(self, request: Request) -> RawResponse:
@@ -187,7 +204,7 @@ class AdminApiRoutes:
         name, email = body.get("name"), body.get("email")
         if not isinstance(name, str | None) or not isinstance(email, str | None):
             raise refuse({"name": "text or null", "email": "text or null"})
-        info, key = await self.service.create_key(request.path_params["external_id"], name, email, actor)
+        info, key = await self.service.create_key(user_param(request), name, email, actor)
         return _json({**key_json(info), "key": key}, 201)
 
     async def keys(self, request: Request) -> RawResponse:
@@ -243,8 +260,8 @@ class AdminApiRoutes:
 
     async def session(self, request: Request) -> RawResponse:
         self._access(request)
-        params = request.path_params
-        return _json(await self.service.require_live().session(params["external_id"], params["conversation_id"]))
+        conversation_id = request.path_params["conversation_id"]
+        return _json(await self.service.require_live().session(user_param(request), conversation_id))
 
     async def outbox(self, request: Request) -> RawResponse:
         self._access(request)

@@ -118,6 +118,28 @@ def _op(summary: str, ok: dict[str, Any], *, params: list[dict[str, Any]] | None
     return op
 
 
+_USER_ID = {"name": "id", "in": "query", "required": True, "schema": {"type": "string"},
+            "description": "the user's external id, percent-encoded (`a%2Fb` for `a/b`)"}
+
+
+def _by_query(paths: dict[str, Any]) -> dict[str, Any]:
+    """`/admin/api/user...?id=` for every `/admin/api/users/{external_id}...` operation: the same
+    answers, for ids the canonical-path check refuses as a path segment (`/`, `\\`, `?`, `#`, `%`,
+    `.`, `..`)."""
+    out: dict[str, Any] = {}
+    prefix = "/admin/api/users/{external_id}"
+    for path, item in paths.items():
+        if not path.startswith(prefix):
+            continue
+        ops = {}
+        for method, op in item.items():
+            params = [_USER_ID if p.get("name") == "external_id" else p for p in op.get("parameters", [])]
+            ops[method] = {**op, "summary": op["summary"] + " (the user named by `id`)", "parameters": params,
+                           "responses": {**op["responses"], **_errors("400")}}  # no `id`: 400
+        out["/admin/api/user" + path[len(prefix):]] = ops
+    return out
+
+
 def build_admin_openapi() -> dict[str, Any]:
     """The document (OpenAPI 3.1)."""
     def array(name: str, item: str) -> dict[str, Any]:
@@ -194,6 +216,7 @@ def build_admin_openapi() -> dict[str, Any]:
                                                 _query("target", {"type": "string"})], errors=("400",))},
         "/admin/api/openapi.json": {"get": _op("This document", _json({"type": "object"}))},
     }
+    paths.update(_by_query(paths))
     return {
         "openapi": "3.1.0",
         "info": {

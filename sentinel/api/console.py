@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.routing import Route
@@ -50,8 +50,11 @@ def _see_other(location: str, extra: list[tuple[bytes, bytes]] | None = None) ->
     return RawResponse(303, b"", [(b"location", location.encode()), (b"cache-control", b"no-store"), *(extra or [])])
 
 
-def _user_path(external_id: str) -> str:
-    return f"/admin/users/{quote(external_id, safe='')}"
+def _external_id(request: Request) -> str:
+    """The user a console route is about: its `{external_id}` path segment, or (`/admin/user...`, for
+    ids no path segment can hold) its `id` query parameter, exactly as given."""
+    found: str | None = request.path_params.get("external_id")
+    return found if found is not None else request.query_params.get("id", "")
 
 
 TEXTAREAS = frozenset({"entries"})  # the form fields whose value may span lines
@@ -77,6 +80,8 @@ class ConsoleRoutes:
             Route("/admin/signout", self.signout, methods=post),
             Route("/admin/users", self.users, methods=page),
             Route("/admin/user", self.open_user, methods=page),
+            Route("/admin/user/plan", self.set_plan, methods=post),  # ?id=: ids no path segment can hold
+            Route("/admin/user/keys", self.create_key, methods=post),
             Route("/admin/users/{external_id}", self.user, methods=page),
             Route("/admin/users/{external_id}/plan", self.set_plan, methods=post),
             Route("/admin/users/{external_id}/keys", self.create_key, methods=post),
@@ -171,8 +176,15 @@ class ConsoleRoutes:
         return await self._guarded(request, render)
 
     async def open_user(self, request: Request) -> RawResponse:
+        """`/admin/user?id=` (the users page's "Open" form, and the links to ids no path segment can
+        hold: `a/b`, `50%`, `..`): the user's page for such an id, a redirect to `/admin/users/{id}`
+        for any other. The id is taken as given, never stripped (` alice` is not `alice`)."""
         async def render(session: str) -> RawResponse:
-            return _see_other(_user_path((request.query_params.get("id") or "").strip() or "-"))
+            external_id = request.query_params.get("id", "")
+            href = pages.user_href(external_id)
+            if not external_id or href.startswith("/admin/users/"):
+                return _see_other(href if external_id else "/admin/users")
+            return await self._user_page(session, external_id)
 
         return await self._guarded(request, render)
 
@@ -196,20 +208,20 @@ class ConsoleRoutes:
         if isinstance(checked, RawResponse):
             return checked
         session, form, actor = checked
-        external_id = request.path_params["external_id"]
+        external_id = _external_id(request)
         try:
             await self.service.set_user_plan(external_id, self._one(form, "plan") or None, actor)
         except (NotFound, InvalidRequest) as exc:
             errors = field_errors(exc) if isinstance(exc, InvalidRequest) else {"plan": exc.message}
             return await self._user_page(session, external_id, status=400, errors=errors or {"plan": exc.message})
-        return _see_other(_user_path(external_id))
+        return _see_other(pages.user_href(external_id))
 
     async def create_key(self, request: Request) -> RawResponse:
         checked = await self._post(request)
         if isinstance(checked, RawResponse):
             return checked
         session, form, actor = checked
-        external_id = request.path_params["external_id"]
+        external_id = _external_id(request)
         try:
             created = await self.service.create_key(
                 external_id, self._one(form, "name") or None, self._one(form, "email") or None, actor
@@ -223,7 +235,7 @@ class ConsoleRoutes:
         if isinstance(checked, RawResponse):
             return checked
         info = await self.service.revoke_key(request.path_params["key_id"], checked[2])
-        return _see_other(_user_path(info.external_id))
+        return _see_other(pages.user_href(info.external_id))
 
     async def _plans_page(self, session: str, status: int = 200, **extra: Any) -> RawResponse:
         body = pages.plans_page(await self.service.plans(), await self.service.tiers(), self.gate.csrf_for(session), **extra)

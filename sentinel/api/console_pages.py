@@ -22,6 +22,7 @@ from sentinel.api.console_html import (
     usd,
     when,
 )
+from sentinel.api.paths import is_canonical
 from sentinel.domain.plans import METRICS, Plan, format_window
 from sentinel.domain.tiers import TIERS
 from sentinel.governance.audit import AuditEntry
@@ -34,8 +35,19 @@ from sentinel.services.admin_usage import PERIODS
 TIME_FORMATS = {"1h": "%H:%M", "24h": "%H:%M", "30d": "%m-%d %H:%M"}
 
 
+def user_href(external_id: str, action: str = "") -> str:
+    """The console's address of a user's page (`action`: of its `plan` or `keys` form):
+    `/admin/users/{id}`, or `/admin/user?id={id}` for an id the canonical-path check refuses as a
+    path segment (one holding `/`, `\\`, `?`, `#` or `%`, or `.` and `..`), which no path can name."""
+    segment = quote(external_id, safe="")
+    suffix = f"/{action}" if action else ""
+    if is_canonical(f"/admin/users/{segment}".encode()):
+        return f"/admin/users/{segment}{suffix}"
+    return f"/admin/user{suffix}?id={segment}"
+
+
 def user_link(external_id: str) -> str:
-    return f'<a href="/admin/users/{quote(external_id, safe="")}">{e(external_id)}</a>'
+    return f'<a href="{e(user_href(external_id))}">{e(external_id)}</a>'
 
 
 def _tile(label: str, value: str, key: str) -> str:
@@ -171,7 +183,6 @@ def _keys(keys: Sequence[ApiKeyInfo], csrf: str | None) -> str:
 def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan], csrf: str | None,
               new_key: tuple[ApiKeyInfo, str] | None = None, errors: Mapping[str, str] | None = None) -> str:
     errors = errors or {}
-    path = f"/admin/users/{quote(external_id, safe='')}"
     summary = detail.summary if detail else None
     plan_name = summary.plan_name if summary else None
     enforced = detail.quota.plan.name if detail and detail.quota and detail.quota.plan else None
@@ -191,14 +202,14 @@ def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan]
     parts.append(
         f'<section><h2>Plan</h2><p>Enforced now: <strong class="plan-name">{e(enforced or "–")}</strong> '
         f"({e(origin)}). Changes apply at once.</p>"
-        f'<form method="post" action="{path}/plan" class="inline">{csrf_field(csrf)}'
+        f'<form method="post" action="{e(user_href(external_id, "plan"))}" class="inline">{csrf_field(csrf)}'
         f'{select("plan", options, plan_name or "", label="Plan")}{error_for(errors, "plan")}'
         '<button type="submit">Change plan</button></form>'
         f"{_quota(detail) if detail else ''}</section>"
     )
     parts.append(
         f'<section><h2>Keys</h2>{_keys(detail.keys if detail else [], csrf)}'
-        f'<form method="post" action="{path}/keys" class="inline create-key">{csrf_field(csrf)}'
+        f'<form method="post" action="{e(user_href(external_id, "keys"))}" class="inline create-key">{csrf_field(csrf)}'
         f'<label>Name <input name="name" maxlength="200"></label>{error_for(errors, "name")}'
         f'<label>Email <input name="email" type="email" maxlength="320" value="{e(summary.email if summary else "")}">'
         f'</label>{error_for(errors, "email")}<button type="submit">Create key</button></form></section>'

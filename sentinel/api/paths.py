@@ -53,3 +53,12 @@ def check_raw_path(raw: bytes) -> None:
             raise _refuse("dot segments are not allowed")
         if _FORBIDDEN_DECODED.search(decoded):
             raise _refuse("encoded '/', '\\', '?', '#', '%' or control characters are not allowed")
+
+
+def is_canonical(raw: bytes) -> bool:
+    """Whether `check_raw_path` accepts `raw` (a link Sentinel builds can be followed)."""
+    try:
+        check_raw_path(raw)
+    except InvalidRequest:
+        return False
+    return True

@@ -180,3 +180,44 @@ def test_operator_answers_are_never_cached_or_sniffed(gw: Gateway, api: httpx.Cl
     ]
     for answer in sniffed:
         assert answer.headers.get("x-content-type-options") == "nosniff", (answer.request.url, answer.status_code)
+
+
+ODD_IDS = ["team/alice", "50%", "what?", "a#b", "back\\slash", ".", ".."]
+
+
+@pytest.mark.parametrize("external_id", ODD_IDS)
+def test_a_user_whose_id_no_path_can_hold_is_managed_by_query(
+    gw: Gateway, api: httpx.Client, console: Console, external_id: str
+) -> None:
+    """Ids the canonical-path check refuses as a segment were listed with links to a 400 page, and
+    no console page or admin API route could reach them."""
+    created = api.post("/admin/api/user/keys", params={"id": external_id}, json={"name": "laptop"})
+    assert created.status_code == 201 and created.json()["user"] == external_id, created.text
+    assert api.put("/admin/api/plans/team", json={"create": True, "limits": [
+        {"metric": "requests", "limit": 5, "window": "1h"}]}).status_code == 200
+    assert api.put("/admin/api/user/plan", params={"id": external_id}, json={"plan": "team"}).status_code == 200
+    user = api.get("/admin/api/user", params={"id": external_id})
+    assert user.status_code == 200 and user.json()["user"]["plan"] == "team"
+    assert api.get("/admin/api/user/quota", params={"id": external_id}).json()["plan"] == "team"
+    assert api.get("/admin/api/user").status_code == 400  # no id
+
+    listed = console.get("/admin/users", params={"q": external_id})
+    links = re.findall(r'<a href="([^"]+)">([^<]*)</a>', listed.text)
+    href = next(html.unescape(h) for h, text in links if html.unescape(text) == external_id)
+    page = console.get(href)
+    assert page.status_code == 200 and 'class="plan-name">team<' in page.text, (href, page.status_code)
+    plan_action = re.search(r'<form method="post" action="([^"]+)" class="inline"><input type="hidden" name="csrf"',
+                            page.text)
+    assert plan_action is not None
+    assert console.post(html.unescape(plan_action.group(1)), {"plan": ""}).status_code == 303
+    keys_action = re.search(r'action="([^"]+)" class="inline create-key"', page.text)
+    assert keys_action is not None
+    new_key = console.post(html.unescape(keys_action.group(1)), {"name": "second"})
+    assert new_key.status_code == 200 and 'id="new-key"' in new_key.text
+    assert api.get("/admin/api/user", params={"id": external_id}).json()["user"]["plan"] is None
+    assert len(api.get("/admin/api/keys", params={"user": external_id}).json()["keys"]) == 2
+    without_token = console.http.post(html.unescape(keys_action.group(1)), data={"name": "third"})
+    assert without_token.status_code == 403  # CSRF on the query form's actions too
+    key_id = created.json()["id"]
+    revoked = console.post(f"/admin/keys/{key_id}/revoke", {})
+    assert revoked.status_code == 303 and console.get(revoked.headers["location"]).status_code == 200

@@ -2,8 +2,8 @@
 
 Routes (registered only with SENTINEL_ADMIN_KEY set; see `sentinel.api.admin_auth` for sign-in,
 cookies and CSRF): `GET /admin` (overview, `?period=1h|24h|30d`), `/admin/users[?q=]`,
-`/admin/users/{id}`, `/admin/plans`, `/admin/plans/{name}`, `/admin/audit`, `/admin/export.csv`,
-`/admin/assets/{name}`, the sign-in form, and the POST targets of the pages' forms. A page without
+`/admin/users/{id}` (`/admin/user?id=` for an id no path segment can hold), `/admin/plans`,
+`/admin/plans/{name}`, `/admin/audit`, `/admin/export.csv`, `/admin/assets/{name}`, the sign-in form, and the POST targets of the pages' forms. A page without
 a session redirects to the sign-in form; a form post without its CSRF token is refused with 403.
 A successful change redirects back (303); a refused one shows the form again with each message
 next to its field (400).

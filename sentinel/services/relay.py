@@ -182,9 +182,13 @@ class OpenAIRelay:
         body: bytes | None, headers: RawHeaders, query: Query | None,
     ) -> Reply | StreamReply:
         """Forward a call that reserves one request. Paths into a collection of per-account objects
-        are checked for ownership (a collection's list is not offered); so are ids named in a JSON body."""
+        are checked for ownership (a collection's list is not offered: GET or HEAD); so are ids named
+        in the body. An object's path with a trailing slash is its path (`/v1/files/{id}/` is
+        `/v1/files/{id}`: a DELETE of it forgets its owner), and goes upstream without it."""
         where = classify(list(segments))
-        if where.is_collection and method == "GET":
+        if segments[-1] == "" and where.object_id:
+            segments = segments[:-1]
+        if where.is_collection and method in ("GET", "HEAD"):
             raise NotFound("Listing is not offered: it would show every user's objects", code="endpoint_not_supported")
         if where.object_id is not None:
             await self.ownership.require([where.object_id], identity.external_id)
@@ -210,8 +214,7 @@ class OpenAIRelay:
             upstream = await self._forward(ex, self.upstream, method, segments, body, headers, query, admission,
                                            as_json=as_json)
             # An object's answer names what it created; a file's content is the user's own bytes.
-            # (`content/` too: a trailing slash is an empty last segment a provider may ignore.)
-            last = segments[-1] if segments[-1] or len(segments) < 2 else segments[-2]
+            last = segments[-1]
             owner = identity if where.collection is not None and last != "content" else None
             charging = Charging(work=method == "POST" and last != "cancel", at=last, counted="steps" not in segments)
             reply = await self.answers.complete(

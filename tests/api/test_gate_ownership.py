@@ -459,3 +459,25 @@ def test_a_files_content_is_never_read_for_ids_even_with_a_trailing_slash(
     owners = redis.Redis.from_url(redis_url)
     assert owners.exists("sentinel:owner:file-own") == 1
     assert owners.exists("sentinel:owner:file-unowned", "sentinel:owner:file-unowned-2") == 0
+
+
+def test_a_delete_with_a_trailing_slash_forgets_the_owner(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """`DELETE /v1/files/{id}/` deleted the file but kept its owner record (and the batch-input and
+    charge marks), for ever. An object's path with a trailing slash is its path: it goes upstream
+    without the slash and the records go with the object."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough="/v1/files/*")
+    owners = redis.Redis.from_url(redis_url)
+    with gw.client() as alice:
+        fid = alice.post("/v1/files", files={"file": ("a.txt", b"x")}, data={"purpose": "user_data"}).json()["id"]
+        assert owners.exists(f"sentinel:owner:{fid}") == 1
+        spy.clear()
+        read = alice.get(f"/v1/files/{fid}/")
+        gone = alice.delete(f"/v1/files/{fid}/")
+        after = alice.get(f"/v1/files/{fid}")
+    assert read.status_code == 200 and read.json()["id"] == fid, read.text
+    assert gone.status_code == 200 and gone.json()["deleted"] is True, gone.text
+    assert owners.exists(f"sentinel:owner:{fid}") == 0
+    assert after.status_code == 404
+    assert [(s.method, s.path) for s in spy.seen] == [("GET", f"/v1/files/{fid}"), ("DELETE", f"/v1/files/{fid}")]

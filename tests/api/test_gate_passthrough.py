@@ -149,3 +149,14 @@ def test_listing_is_not_offered_even_when_allowed(gateway_factory: Callable[...,
     assert spy.paths() == ["/v1/files"]  # only the second upload
     assert spy.seen[0].method == "POST"
     assert int(after.headers["x-ratelimit-remaining"]) == remaining - 1  # the refusals cost nothing
+
+
+def test_a_collection_is_not_listed_with_head_either(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    """GET /v1/files was 404, HEAD /v1/files reached the provider: a list of every user's files
+    (its length, its headers)."""
+    gw = start(gateway_factory, spy, passthrough="/v1/files,/v1/files/*,/v1/batches")
+    with gw.client() as alice:
+        answers = [alice.head("/v1/files"), alice.head("/v1/files", params={"limit": "10000"}), alice.head("/v1/batches")]
+        gets = [alice.get("/v1/files"), alice.get("/v1/batches")]
+    assert [r.status_code for r in answers + gets] == [404] * 5
+    assert spy.seen == []

@@ -159,6 +159,7 @@ class StreamInspector:
         self.parse_errors = 0
         self.saw_done = False
         self.object_id: str | None = None  # the answer's own id (a stored response or chat completion)
+        self.audio: dict[str, Any] = {}  # a chat answer's audio answers: id -> `expires_at` (None until given)
         self.model: str | None = None  # the model the upstream named in its chunks
 
     @property
@@ -272,6 +273,9 @@ class StreamInspector:
                     continue
                 if isinstance(delta.get("content"), str):
                     self._text.append(delta["content"])
+                audio = delta.get("audio")
+                if isinstance(audio, dict) and isinstance(audio.get("id"), str) and audio["id"]:
+                    self.audio[audio["id"]] = audio.get("expires_at") or self.audio.get(audio["id"])
                 if not delta.keys() <= PLAIN_DELTA:
                     self._text.append(delta_extras(delta))
                 self._text.extend(_call_text(call) for call in _list(delta.get("tool_calls")))

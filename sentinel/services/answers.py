@@ -31,7 +31,15 @@ from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.usage import StreamInspector, TailInspector, text_from_body, usage_from_body
 from sentinel.services.event_streams import relay_events
 from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
-from sentinel.services.objects import ObjectPath, created_ids, leading_id
+from sentinel.services.objects import (
+    AUDIO_TTL,
+    ObjectPath,
+    audio_answers,
+    audio_ttl,
+    created_ids,
+    leading_audio_ids,
+    leading_id,
+)
 
 log = logging.getLogger("sentinel.answers")
 
@@ -70,11 +78,12 @@ class AnswerRelay:
     async def complete(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, *, owner: Identity | None,
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
-        extends: Sequence[str] = (),
+        extends: Sequence[str] = (), speaker: Identity | None = None,
     ) -> Reply | StreamReply:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
         relayed as it arrives after the part already read; its `usage` is charged as `charging`
-        says (see `Charging`)."""
+        says (see `Charging`). The audio answers of a chat answer become `speaker`'s (stored or not:
+        a later request names them in `messages[].audio`)."""
         if upstream.status >= 300:
             return await self.refused(upstream, admission)
         started = time.perf_counter()
@@ -86,7 +95,7 @@ class AnswerRelay:
                 size += len(chunk)
                 if size > MAX_BUFFERED:
                     return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating, ex,
-                                       charging, extends)
+                                       charging, extends, speaker)
         upstream.release()
         raw = b"".join(chunks)
         self.metrics.child(self.metrics.upstream_duration, upstream.provider, endpoint).observe(
@@ -111,6 +120,8 @@ class AnswerRelay:
             await claim_created(self.ownership, created_ids(parsed, creating=creating, ttl=ttl), owner)
             if endpoint == "responses" and isinstance(answer_id, str):
                 await remember_context(self.ownership, admission, [answer_id, *extends])
+        if speaker is not None:
+            await claim_created(self.ownership, audio_answers(parsed, time.time()), speaker)
         report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
@@ -152,7 +163,7 @@ class AnswerRelay:
     def _large(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, head: bytes, owner: Identity | None,
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
-        extends: Sequence[str] = (),
+        extends: Sequence[str] = (), speaker: Identity | None = None,
     ) -> StreamReply:
         """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
         from; the last chunk waits for the usage record."""
@@ -188,6 +199,8 @@ class AnswerRelay:
                 await claim_created(ownership, [(object_id, ttl)], owner)
                 if endpoint == "responses":
                     await remember_context(ownership, admission, [object_id, *extends])
+            if speaker is not None:  # read from the head: an audio answer's id comes before its data
+                await claim_created(ownership, [(i, AUDIO_TTL) for i in leading_audio_ids(head)], speaker)
             report(ex, admission, None)
 
         stream = MeteredStream(produce, settle)
@@ -197,6 +210,7 @@ class AnswerRelay:
     def sse(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, strip_usage: bool,
         owner: Identity | None, *, ex: Exchange | None = None, extends: Sequence[str] = (),
+        speaker: Identity | None = None,
     ) -> StreamReply:
         inspector = StreamInspector(endpoint, strip_usage_chunk=strip_usage, provider=upstream.provider)
         meter, ownership = self.meter, self.ownership
@@ -211,6 +225,9 @@ class AnswerRelay:
                 await self._charged(inspector.object_id, ObjectPath(collection).ttl)  # a later fetch: nothing
                 if endpoint == "responses":  # also when the client left early: what was charged
                     await remember_context(ownership, admission, [inspector.object_id, *extends])
+            if speaker is not None and inspector.audio:
+                now = time.time()
+                await claim_created(ownership, [(i, audio_ttl(at, now)) for i, at in inspector.audio.items()], speaker)
             report(ex, admission, inspector.model)
 
         return relay_events(upstream, inspector, endpoint, self.metrics, settle)

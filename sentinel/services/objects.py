@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
@@ -40,13 +40,21 @@ COLLECTIONS: dict[str, float | None] = {
     "evals": None,
 }
 # Body fields whose values name objects (a string, a list of strings, or {"id": ...}); besides
-# these, any object {"type": "file_id", "id": ...} names a file (an eval run's JSONL source).
+# these, any object {"type": "file_id", "id": ...} names a file (an eval run's JSONL source), and
+# any `audio` object with an `id` names an earlier audio answer (a chat message's `audio.id`).
 REFERENCE_KEYS = frozenset({
     "previous_response_id", "response_id", "conversation", "conversation_id", "file_id", "file_ids",
     "input_file_id", "output_file_id", "error_file_id", "training_file", "validation_file", "vector_store_id",
     "vector_store_ids", "assistant_id", "thread_id", "batch_id", "upload_id", "container", "container_id",
-    "eval_id",
+    "eval_id", "part_ids",
 })
+# POSTs below an object that create an object of their own, named in later bodies: an upload's
+# parts (`part_ids` when it is completed). Their answer's `id` becomes the caller's, kept as long as
+# the collection's objects are.
+PART_COLLECTIONS = frozenset({("uploads", "parts")})
+# An audio answer of chat (its `id` is named again in a later request's `messages[].audio`): the
+# provider keeps it until its `expires_at`; when that is not known, this long.
+AUDIO_TTL = 2 * DAY
 # Fields of an answer that name objects created along with it (a batch's output file, an upload's file).
 CREATED_KEYS = ("output_file_id", "error_file_id")
 
@@ -65,6 +73,16 @@ class ObjectPath:
     @property
     def ttl(self) -> float | None:
         return COLLECTIONS.get(self.collection or "")
+
+    def creates(self, method: str, segments: Sequence[str]) -> bool:
+        """Whether a call with `method` on `segments` (this path's) creates an object that becomes the
+        caller's: a POST to a collection, or to one of an object's PART_COLLECTIONS."""
+        if method != "POST" or self.collection is None:
+            return False
+        if self.is_collection:
+            return True
+        depth = self.collection.count("/") + 1
+        return len(segments) == depth + 2 and (self.collection, segments[-1]) in PART_COLLECTIONS
 
 
 def classify(segments: list[str]) -> ObjectPath:
@@ -92,6 +110,9 @@ def referenced_ids(body: Any, limit: int = MAX_REFERENCES) -> list[str]:
     for node in _objects(body):
         if node.get("type") == "file_id" and isinstance(node.get("id"), str) and node["id"]:
             found.append(node["id"])
+        audio = node.get("audio")
+        if isinstance(audio, dict) and isinstance(audio.get("id"), str) and audio["id"]:
+            found.append(audio["id"])
         for key, value in node.items():
             if key in REFERENCE_KEYS:
                 found.extend(_ids(value))
@@ -411,6 +432,36 @@ def created_ids(answer: Any, *, creating: bool, ttl: float | None) -> list[tuple
     if isinstance(file, dict) and isinstance(file.get("id"), str):
         out.append((file["id"], COLLECTIONS["files"]))
     return out
+
+
+def audio_answers(answer: Any, now: float) -> list[tuple[str, float | None]]:
+    """The audio answers a chat completion holds (`choices[].message.audio`), each with how long its
+    owner is kept (`audio_ttl`)."""
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    out: list[tuple[str, float | None]] = []
+    for choice in choices if isinstance(choices, list) else ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        audio = message.get("audio") if isinstance(message, dict) else None
+        if isinstance(audio, dict) and isinstance(audio.get("id"), str) and audio["id"]:
+            out.append((audio["id"], audio_ttl(audio.get("expires_at"), now)))
+    return out
+
+
+def audio_ttl(expires_at: Any, now: float) -> float:
+    """How long the owner of an audio answer is kept: a day past its `expires_at` (a Unix time, as
+    the provider gives it; 30 days ahead at most), AUDIO_TTL at least."""
+    if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
+        return max(AUDIO_TTL, min(expires_at - now, 30 * DAY) + DAY)
+    return AUDIO_TTL
+
+
+_AUDIO_ID = re.compile(rb'"audio"\s*:\s*\{\s*"id"\s*:\s*"([^"\\]{1,200})"')
+
+
+def leading_audio_ids(head: bytes) -> list[str]:
+    """The ids of the audio answers (`"audio": {"id": ...`, as the provider writes them) in the first
+    bytes of a chat answer too large to parse whole."""
+    return [match.group(1).decode() for match in _AUDIO_ID.finditer(head)]
 
 
 _LEADING_ID = re.compile(rb'^\s*\{\s*"id"\s*:\s*"([^"\\]{1,200})"')

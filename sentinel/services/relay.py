@@ -103,7 +103,8 @@ class OpenAIRelay:
                 strip_usage = True
         carried, extends = continued(payload) if endpoint == "responses" else ([], [])
         request = Relayed(endpoint, segments, payload, headers, query, stream, strip_usage,
-                          identity if _stores_objects(endpoint, payload) else None, extends=extends)
+                          identity if _stores_objects(endpoint, payload) else None, extends=extends,
+                          speaker=identity if endpoint == "chat" else None)
         if targets[0].kind != "openai":
             request.translated = self._translated(request, targets[0])  # a 400 here reserves nothing
         ex.operation, ex.request_model = OPERATIONS.get(endpoint, endpoint), targets[0].name
@@ -170,10 +171,11 @@ class OpenAIRelay:
         )
         if request.stream and 200 <= upstream.status < 300 and upstream.streams:
             return self.answers.sse(upstream, request.endpoint, admission, request.strip_usage, request.owner, ex=ex,
-                                    extends=request.extends)
+                                    extends=request.extends, speaker=request.speaker)
         return await self.answers.complete(
             upstream, request.endpoint, admission, owner=request.owner,
             ttl=ObjectPath(_COLLECTION.get(request.endpoint)).ttl, creating=True, ex=ex, extends=request.extends,
+            speaker=request.speaker,
         )
 
     # --- other calls: objects, allowed pass-through --------------------------------------------------
@@ -193,7 +195,7 @@ class OpenAIRelay:
         if where.object_id is not None:
             await self.ownership.require([where.object_id], identity.external_id)
         as_json = batch_upload = False
-        creating = where.is_collection and method == "POST"
+        creating = where.creates(method, segments)
         creates_batch = creating and where.collection == "batches"
         if body:
             forwarded = forwardable_headers(headers)
@@ -381,6 +383,7 @@ class Relayed:
     strip_usage: bool
     owner: Identity | None
     extends: Sequence[str] = ()  # the conversation a response is added to (its context grows)
+    speaker: Identity | None = None  # who owns the audio answers of a chat answer (stored or not)
     translated: ModelChatRequest | None = None
 
 

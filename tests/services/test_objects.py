@@ -6,12 +6,18 @@ from __future__ import annotations
 import pytest
 
 from sentinel.services.objects import (
+    AUDIO_TTL,
+    DAY,
     InvalidBatchInput,
     MalformedUpload,
     TooManyReferences,
     Upload,
+    audio_answers,
     batch_references,
+    classify,
+    leading_audio_ids,
     multipart_references,
+    referenced_ids,
 )
 
 TYPE = 'multipart/form-data; boundary="XyZ"'
@@ -69,6 +75,38 @@ def test_bracketed_names_are_read_by_their_components() -> None:
     body = (part('form-data; name="tool_resources[code_interpreter][file_ids][]"', b"file-a")
             + part('form-data; name="timestamp_granularities[]"', b"word") + b"--XyZ--")
     assert multipart_references(body, TYPE) == ["file-a"]
+
+
+def test_audio_answers_and_upload_parts_are_references() -> None:
+    body = {"model": "gpt-4o-audio-preview", "audio": {"voice": "alloy", "format": "wav"}, "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "audio": {"id": "audio_1"}}],
+        "part_ids": ["part_1", "part_2"]}
+    assert sorted(referenced_ids(body)) == ["audio_1", "part_1", "part_2"]
+    assert referenced_ids({"audio": {"voice": {"id": "voice_1"}}, "metadata": {"audio": "audio_x"}}) == []
+
+
+def test_the_audio_answers_of_a_chat_answer_are_its_callers() -> None:
+    now = 1_800_000_000.0
+    answer = {"choices": [{"message": {"audio": {"id": "audio_1", "expires_at": now + 3600}}},
+                          {"message": {"audio": {"id": "audio_2", "expires_at": now + 5 * DAY}}},
+                          {"message": {"audio": {"id": "audio_3", "expires_at": now + 900 * DAY}}},
+                          {"message": {"audio": {"id": "audio_4"}, "content": None}}, {"message": {"content": "x"}}]}
+    assert audio_answers(answer, now) == [("audio_1", AUDIO_TTL), ("audio_2", 6 * DAY), ("audio_3", 31 * DAY),
+                                          ("audio_4", AUDIO_TTL)]
+    assert audio_answers({"choices": "x"}, now) == audio_answers(None, now) == []
+    head = b'{"id": "chatcmpl-1", "choices": [{"message": {"audio": {"id": "audio_5", "data": "UklG'
+    assert leading_audio_ids(head + b"A" * 1000 + b'"}}}, {"message": {"audio" : { "id":"audio_6"') == [
+        "audio_5", "audio_6"]
+
+
+@pytest.mark.parametrize("method, path, creates", [
+    ("POST", "files", True), ("POST", "uploads/upload_1/parts", True), ("POST", "fine_tuning/jobs", True),
+    ("GET", "files", False), ("POST", "uploads/upload_1/complete", False), ("POST", "uploads/upload_1", False),
+    ("POST", "threads/thread_1/parts", False), ("POST", "moderations", False),
+])
+def test_what_a_call_creates_becomes_its_callers(method: str, path: str, creates: bool) -> None:
+    segments = path.split("/")
+    assert classify(segments).creates(method, segments) is creates
 
 
 def test_an_upload_of_more_parts_than_a_form_holds_is_malformed() -> None:

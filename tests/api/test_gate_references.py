@@ -1,0 +1,147 @@
+"""References the ownership checks missed, on a real Redis: an earlier audio answer named in
+`messages[].audio.id`, and an upload's parts named in `part_ids`."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import orjson
+import pytest
+import redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.api.conftest import Gateway
+from tests.support.accounts import create_key
+from tests.support.attack import openai_error, spying
+
+DAY_MS = 86_400_000
+
+
+def key_for(gw: Gateway, user: str) -> str:
+    return asyncio.run(create_key(gw.settings.database_url, user))[1]
+
+
+# --- audio answers -------------------------------------------------------------------------------
+def speaking_upstream() -> Starlette:
+    """Chat answers with an audio answer each (`audio_1`, `audio_2`, ...), plain or streamed; 2 MiB
+    of audio when the user asks for a long one (relayed as it arrives, not read whole)."""
+    numbers = itertools.count(1)
+
+    async def chat(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        long = "long" in orjson.dumps(body["messages"]).decode()
+        audio = {"id": f"audio_{next(numbers)}", "data": "UklGRg==" * (262_144 if long else 1),
+                 "expires_at": int(time.time()) + 3 * 86_400, "transcript": "hello"}
+        usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+        if not body.get("stream"):
+            return JSONResponse({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": body["model"],
+                                 "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                     "role": "assistant", "content": None, "audio": audio}}], "usage": usage})
+        chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant", "audio": audio}}]},
+                  {"choices": [{"index": 0, "delta": {"audio": {"transcript": " there"}}, "finish_reason": "stop"}]},
+                  {"choices": [], "usage": usage}]
+        events = [b"data: " + orjson.dumps({"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1,
+                                            "model": body["model"], **c}) + b"\n\n" for c in chunks]
+        return StreamingResponse(iter([*events, b"data: [DONE]\n\n"]), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+def referring_to(audio_id: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": "say hello"}, {"role": "assistant", "audio": {"id": audio_id}},
+            {"role": "user", "content": "again"}]
+
+
+@pytest.mark.parametrize("how", ["plain", "streamed", "large"])
+def test_an_audio_answer_is_named_again_only_by_its_owner(
+    gateway_factory: Callable[..., Gateway], redis_url: str, how: str
+) -> None:
+    """`messages[].audio.id` names an earlier audio answer: Bob could name Alice's (the provider
+    reads her audio as his conversation's). Every audio answer, stored or not, streamed or not,
+    is its caller's; naming another user's is the 404 an unknown one gets, and reaches nobody."""
+    with spying(speaking_upstream()) as (_, upstream):
+        gw = gateway_factory(openai_api_url=upstream.url + "/v1", redis_url=redis_url)
+        client = gw.openai()
+        kwargs: dict[str, Any] = {"model": "gpt-4o-mini", "modalities": ["text", "audio"],
+                                  "audio": {"voice": "alloy", "format": "wav"}}
+        first = [{"role": "user", "content": "say a long hello" if how == "large" else "say hello"}]
+        if how == "streamed":
+            chunks = list(client.chat.completions.create(messages=first, stream=True, **kwargs))
+            audio_id = next(c.choices[0].delta.audio.id for c in chunks if c.choices and c.choices[0].delta.audio)
+        else:
+            answer = client.chat.completions.create(messages=first, **kwargs)
+            assert answer.choices[0].message.audio is not None
+            audio_id = answer.choices[0].message.audio.id
+        owners = redis.Redis.from_url(redis_url)
+        assert owners.get(f"sentinel:owner:{audio_id}") == b"alice"
+        # kept a day past the provider's `expires_at` (3 days ahead); read from a large answer's head, 2 days
+        assert owners.pttl(f"sentinel:owner:{audio_id}") >= (2 if how == "large" else 4) * DAY_MS - 60_000
+        with gw.client(key_for(gw, "bob")) as bob:
+            upstream.clear()
+            stolen = bob.post("/v1/chat/completions", json={**kwargs, "messages": referring_to(audio_id)})
+            missing = bob.post("/v1/chat/completions", json={**kwargs, "messages": referring_to("audio_999")})
+            in_responses = bob.post("/v1/responses", json={"model": "gpt-4o-mini", "input": referring_to(audio_id)})
+            assert upstream.seen == []
+        assert stolen.status_code == missing.status_code == in_responses.status_code == 404, stolen.text
+        assert openai_error(stolen.json())["code"] == "object_not_found"
+        assert stolen.text.replace(audio_id, "<id>") == missing.text.replace("audio_999", "<id>")
+        again = client.chat.completions.create(messages=referring_to(audio_id), **kwargs)  # Alice's own
+        assert again.choices[0].message.audio is not None
+
+
+# --- an upload's parts ---------------------------------------------------------------------------
+def uploads_upstream() -> Starlette:
+    numbers = itertools.count(1)
+
+    async def create(_: Request) -> JSONResponse:
+        return JSONResponse({"id": f"upload_{next(numbers)}", "object": "upload", "status": "pending"})
+
+    async def part(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"id": f"part_{next(numbers)}", "object": "upload.part", "created_at": 1,
+                             "upload_id": request.path_params["uid"]})
+
+    async def complete(request: Request) -> JSONResponse:
+        return JSONResponse({"id": request.path_params["uid"], "object": "upload", "status": "completed",
+                             "file": {"id": f"file-{next(numbers)}", "object": "file", "purpose": "user_data"}})
+
+    return Starlette(routes=[Route("/v1/uploads", create, methods=["POST"]),
+                             Route("/v1/uploads/{uid}/parts", part, methods=["POST"]),
+                             Route("/v1/uploads/{uid}/complete", complete, methods=["POST"])])
+
+
+def test_an_uploads_parts_are_completed_only_by_their_owner(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """A part's id (`POST /v1/uploads/{id}/parts`) was nobody's and `part_ids` was not read: Bob
+    completed his upload with Alice's parts, a file of her bytes made his. A part is now its
+    uploader's (as long as an upload is kept) and `part_ids` naming anyone else's is 404."""
+    with spying(uploads_upstream()) as (_, upstream):
+        gw = gateway_factory(openai_api_url=upstream.url + "/v1", redis_url=redis_url, passthrough="/v1/uploads/*")
+        alice = gw.openai()
+        made = {"filename": "a.txt", "purpose": "user_data", "bytes": 5, "mime_type": "text/plain"}
+        upload = alice.uploads.create(**made)
+        part = alice.uploads.parts.create(upload.id, data=b"alice")
+        owners = redis.Redis.from_url(redis_url)
+        assert owners.get(f"sentinel:owner:{part.id}") == b"alice"
+        assert 0 < owners.pttl(f"sentinel:owner:{part.id}") <= 2 * DAY_MS
+        bob = openai.OpenAI(base_url=gw.url + "/v1", api_key=key_for(gw, "bob"), max_retries=0)
+        his = bob.uploads.create(**made)
+        upstream.clear()
+        with pytest.raises(openai.NotFoundError) as stolen:
+            bob.uploads.complete(his.id, part_ids=[part.id])
+        with pytest.raises(openai.NotFoundError) as missing:
+            bob.uploads.complete(his.id, part_ids=["part_999"])
+        assert upstream.seen == []
+        assert str(stolen.value).replace(part.id, "<id>") == str(missing.value).replace("part_999", "<id>")
+        done = alice.uploads.complete(upload.id, part_ids=[part.id])
+    assert done.status == "completed" and done.file is not None
+    assert owners.get(f"sentinel:owner:{done.file.id}") == b"alice"

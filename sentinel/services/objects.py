@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from sentinel.native.openai_checks import json_containers_exceed
+
 DAY = 86400.0
 # Collections of per-account objects under /v1, with how long ownership is kept: no shorter than
 # the provider keeps the object (None: until it is deleted through Sentinel).
@@ -166,9 +168,10 @@ MAX_PARAMETERS = 16  # `;` in the Content-Type, and in the header lines of one p
 
 @dataclass(frozen=True)
 class Upload:
-    """A `multipart/form-data` body, read part by part, strictly (see `_parts`): (name, value) pairs."""
+    """A `multipart/form-data` body, read part by part, strictly (see `_parts`): (name, value, whether
+    the part is a file — its Content-Disposition names a `filename`) triples."""
 
-    parts: tuple[tuple[str, bytes], ...]
+    parts: tuple[tuple[str, bytes, bool], ...]
 
     @classmethod
     def read(cls, body: bytes, content_type: str) -> Upload:
@@ -176,17 +179,22 @@ class Upload:
         return cls(tuple(_parts(body, content_type)))
 
     def values(self, name: str) -> list[bytes]:
-        return [value for part, value in self.parts if part == name]
+        return [value for part, value, _ in self.parts if part == name]
 
     def references(self, limit: int = MAX_REFERENCES) -> list[str]:
-        """Object ids the upload names: the value of every part whose name is, or ends in a bracket
-        component that is, one of REFERENCE_KEYS (`file_id`, `file_ids[]`,
-        `tool_resources[code_interpreter][file_ids][]`), file part or not."""
+        """Object ids the upload names: the value of every part whose name has a component — split
+        at brackets and dots — that is one of REFERENCE_KEYS (`file_id`, `file_ids[]`,
+        `tool_resources[code_interpreter][file_ids][]`, `tool_resources.file_search.vector_store_ids`),
+        file part or not; and the ids (`referenced_ids`) in the value of a field that is not a file
+        and holds a JSON object or array (`tool_resources={...}`). MalformedUpload when such a value
+        holds more JSON objects and arrays than a body may."""
         found: list[str] = []
-        for name, value in self.parts:
-            components = [c.rstrip("]") for c in name.split("[")]
+        for name, value, is_file in self.parts:
+            components = _COMPONENT.split(name)
             if any(c in REFERENCE_KEYS for c in components):
                 found.extend(_ids(value.decode("utf-8", "replace").strip()))
+            elif not is_file and value.lstrip()[:1] in (b"{", b"["):
+                found.extend(referenced_ids(_json_field(value), limit))
             if len(found) > limit:
                 raise TooManyReferences(f"A request may name at most {limit} objects")
         return found
@@ -208,6 +216,41 @@ class Upload:
     def streams(self) -> bool:
         """Whether the upload asks for its answer as a stream (`stream=true`: a transcription)."""
         return any(value.strip().lower() in (b"true", b"1") for value in self.values("stream"))
+
+
+_COMPONENT = re.compile(r"[\[\].]+")
+
+
+def _json_field(value: bytes) -> Any:
+    """A form field's value read as JSON (None when it is not JSON: text, which names nothing)."""
+    if json_containers_exceed(value):
+        raise MalformedUpload("A form field's JSON value holds too many objects and arrays")
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+
+
+# Calls that take an upload (`multipart/form-data`): a POST to one of these paths (`*`: any one
+# segment, an object's id) — those the OpenAI API takes a file on (the official SDK sends them as
+# multipart). Every other call takes JSON only: an upload's fields would escape the checks that
+# read a JSON body (a batch's input file, an eval's data sources and models).
+UPLOAD_PATHS = frozenset({
+    ("files",), ("uploads", "*", "parts"), ("audio", "transcriptions"), ("audio", "translations"),
+    ("images", "edits"), ("images", "variations"), ("containers", "*", "files"), ("videos",),
+    ("videos", "edits"), ("videos", "extensions"), ("videos", "characters"), ("skills",),
+    ("skills", "*", "versions"), ("audio", "voices"), ("audio", "voice_consents"), ("realtime", "calls"),
+    ("content_provenance_checks",),
+})
+
+
+def takes_upload(method: str, segments: Sequence[str]) -> bool:
+    """Whether a `multipart/form-data` body is taken by a call with `method` on `segments` (a `/v1`
+    path's, e.g. ["uploads", "upload_1", "parts"]): see UPLOAD_PATHS."""
+    return method == "POST" and any(
+        len(path) == len(segments) and all(p in ("*", s) for p, s in zip(path, segments, strict=True))
+        for path in UPLOAD_PATHS
+    )
 
 
 def multipart_references(body: bytes, content_type: str, limit: int = MAX_REFERENCES) -> list[str]:
@@ -325,8 +368,8 @@ class InvalidBatchInput(ValueError):
     """A batch input file Sentinel cannot check line by line."""
 
 
-def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
-    """(name, value) of every part of a `multipart/form-data` body, read strictly, since the
+def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
+    """(name, value, whether it is a file) of every part of a `multipart/form-data` body, read strictly, since the
     provider's reader may be lenient where this one is not: MalformedUpload unless the Content-Type
     names its boundary once, the body starts with it and ends with the closing one, each delimiter
     line and header line ends in CRLF, and each part has one Content-Disposition naming it once."""
@@ -345,7 +388,7 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
     parts = framed.split(b"\r\n" + delimiter)
     if parts[0] or len(parts) < 2 or not parts[-1].startswith(b"--"):
         raise MalformedUpload("A multipart body must start with its boundary and end with the closing one")
-    found: list[tuple[str, bytes]] = []
+    found: list[tuple[str, bytes, bool]] = []
     headers = 0
     for part in parts[1:-1]:
         padding, crlf, rest = part.partition(b"\r\n")
@@ -370,7 +413,7 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
         if not isinstance(name, str) or not name or len(given) != len(set(given)):
             # a tuple: RFC 2231 (`name*=`), which readers differ on; a parameter twice: first or last wins
             raise MalformedUpload("Every multipart part needs one Content-Disposition naming it once")
-        found.append((name, value))
+        found.append((name, value, fields.get_param("filename", header="content-disposition") is not None))
     return found
 
 

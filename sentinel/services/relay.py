@@ -47,6 +47,7 @@ from sentinel.services.objects import (
     continued,
     reads_account_data,
     referenced_ids,
+    takes_upload,
 )
 from sentinel.services.translated_chat import TranslatedChat
 
@@ -203,7 +204,7 @@ class OpenAIRelay:
                 raise InvalidRequest("A pass-through body must not be compressed (Content-Encoding): its ids must be read")
             checked, batch_upload = await self._check_body(
                 identity, body, forwarded.get("content-type", "").strip(),
-                creates_batch=creates_batch, json_only=where.collection in JSON_ONLY,
+                creates_batch=creates_batch, uploads=takes_upload(method, segments),
             )
             if checked is not None:  # JSON: sent as Sentinel read it (see `_serve`)
                 as_json, body = True, checked
@@ -234,7 +235,7 @@ class OpenAIRelay:
         return reply
 
     async def _check_body(
-        self, identity: Identity, body: bytes, content_type: str, *, creates_batch: bool, json_only: bool
+        self, identity: Identity, body: bytes, content_type: str, *, creates_batch: bool, uploads: bool
     ) -> tuple[bytes | None, bool]:
         """Refuse a body naming another user's object. Returns (a JSON body as it goes upstream,
         re-encoded from what was checked — None for an upload, sent as it came; whether the body is
@@ -242,13 +243,14 @@ class OpenAIRelay:
 
         The ids are read the way the provider will read the body: JSON (no Content-Type, or a JSON
         one) or a `multipart/form-data` upload, whose named parts are read. Any other type (a form,
-        text) is refused: a form reader finds fields in any bytes, JSON included. A batch (`creates_batch`)
-        may only run an input file checked so (its lines run only models `_batch_model` allows);
-        `json_only` calls (batches, evals: their checks read JSON) refuse an upload."""
+        text) is refused: a form reader finds fields in any bytes, JSON included; so is an upload on
+        a call that takes none (`uploads` False, see `takes_upload`): only JSON is read for what it
+        asks of the provider. A batch (`creates_batch`) may only run an input file checked so (its
+        lines run only models `_batch_model` allows)."""
         media = content_type.partition(";")[0].strip().lower()  # the boundary keeps its case
         if media == "multipart/form-data":
-            if json_only:  # read as JSON only: an upload's fields would escape the checks below
-                raise InvalidRequest("This call takes a JSON body (Content-Type: application/json)")
+            if not uploads:  # read as JSON only: an upload's fields would escape the checks below
+                raise _unsupported_type("This call takes a JSON body (Content-Type: application/json), not an upload")
             try:
                 upload = Upload.read(body, content_type)
                 ids = upload.references()
@@ -262,8 +264,9 @@ class OpenAIRelay:
             await self.ownership.require(ids, identity.external_id)
             return None, lines is not None
         if media and media != "application/json" and not media.endswith("+json"):
-            raise InvalidRequest(
-                "The request body must be JSON (Content-Type: application/json) or a multipart/form-data upload"
+            raise _unsupported_type(
+                "The request body must be JSON (Content-Type: application/json), or a multipart/form-data upload "
+                "where the call takes a file"
             )
         if json_containers_exceed(body):  # before the parse and the walks for ids, as `parse_json_object`
             raise InvalidRequest(TOO_MANY_CONTAINERS, code="invalid_json")
@@ -363,9 +366,9 @@ def _no_passthrough_stream() -> InvalidRequest:
         "Streaming is not offered on this endpoint through Sentinel (its usage would go unread): leave out `stream`",
         code="stream_not_supported", details={"param": "stream"},
     )
+def _unsupported_type(message: str) -> InvalidRequest:
+    return InvalidRequest(message, code="unsupported_content_type")
 BYTES_PER_TOKEN = 4  # items added to a conversation, as context: a token per 4 bytes of their JSON
-# Collections whose calls are read as JSON only (a batch's input file, an eval's data sources).
-JSON_ONLY = frozenset({"batches", "evals"})
 _PATHS = {"chat": ("chat", "completions"), "completions": ("completions",), "embeddings": ("embeddings",),
           "responses": ("responses",)}
 

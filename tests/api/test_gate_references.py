@@ -1,12 +1,13 @@
 """References the ownership checks missed, on a real Redis: an earlier audio answer named in
-`messages[].audio.id`, and an upload's parts named in `part_ids`."""
+`messages[].audio.id`, an upload's parts named in `part_ids`, and ids in a multipart form on a call
+that takes JSON (dotted field names, JSON values)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import openai
@@ -18,15 +19,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.support.accounts import create_key
-from tests.support.attack import openai_error, spying
+from tests.support.attack import SpyUpstream, openai_error, spying
 
 DAY_MS = 86_400_000
 
 
 def key_for(gw: Gateway, user: str) -> str:
     return asyncio.run(create_key(gw.settings.database_url, user))[1]
+
+
+@pytest.fixture
+def spy() -> Iterator[SpyUpstream]:
+    with spying(create_mock_app()) as (_, recorder):
+        yield recorder
 
 
 # --- audio answers -------------------------------------------------------------------------------
@@ -145,3 +153,50 @@ def test_an_uploads_parts_are_completed_only_by_their_owner(
         done = alice.uploads.complete(upload.id, part_ids=[part.id])
     assert done.status == "completed" and done.file is not None
     assert owners.get(f"sentinel:owner:{done.file.id}") == b"alice"
+
+
+# --- multipart bodies ----------------------------------------------------------------------------
+def test_a_form_is_taken_only_where_a_file_is(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """Only JSON was read for what it asks of the provider, but a form was taken on any call but a
+    batch's or an eval's: Bob created an assistant over Alice's vector store with a form whose field
+    name used dots (`tool_resources.file_search.vector_store_ids`) or held JSON
+    (`tool_resources={...}`), both unread. A form on a call that takes no file is now 400
+    `unsupported_content_type` and reaches nobody; uploads still work, and on them a field holding
+    JSON, or named with dots, is read too."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url,
+                         passthrough="/v1/assistants,/v1/assistants/*,/v1/files/*,/v1/audio/*,/v1/threads/*")
+    victim = gw.openai().files.create(file=("v.txt", b"alice's"), purpose="user_data").id
+    owners = redis.Redis.from_url(redis_url)
+    owners.set("sentinel:owner:vs_alice", "alice")
+    owners.set("sentinel:owner:thread_bob", "bob")
+    tools = {"file_search": {"vector_store_ids": ["vs_alice"]}}
+    with gw.client(key_for(gw, "bob")) as bob:
+        spy.clear()
+        refused = [
+            bob.post("/v1/assistants", data={"model": "gpt-4o-mini", "tool_resources.file_search.vector_store_ids":
+                                             "vs_alice"}, files={"f": ("f", b"")}),
+            bob.post("/v1/assistants", data={"model": "gpt-4o-mini", "tool_resources": orjson.dumps(tools).decode()},
+                     files={"f": ("f", b"")}),
+            bob.post("/v1/threads/thread_bob/messages", data={"role": "user", "content": "x"},
+                     files={"f": ("f", b"")}),
+            bob.post("/v1/assistants", content=b"model=gpt-4o-mini", headers={"Content-Type": "text/plain"}),
+        ]
+        for r in refused:
+            assert r.status_code == 400, r.text
+            assert openai_error(r.json())["code"] == "unsupported_content_type", r.text
+        unread = [
+            bob.post("/v1/files", data={"purpose": "user_data", "x.file_ids": victim}, files={"file": ("b", b"b")}),
+            bob.post("/v1/files", data={"purpose": "user_data", "meta": orjson.dumps({"file_id": victim}).decode()},
+                     files={"file": ("b", b"b")}),
+        ]
+        for r in unread:
+            assert r.status_code == 404 and openai_error(r.json())["code"] == "object_not_found", r.text
+        assert spy.seen == []
+        upload = bob.post("/v1/files", data={"purpose": "user_data", "note": "{not json"},
+                          files={"file": ("b.json", orjson.dumps({"file_id": victim}))})  # a file's bytes are its own
+        spoken = bob.post("/v1/audio/transcriptions", data={"model": "whisper-1"}, files={"file": ("a.wav", b"RIFF")})
+    assert upload.status_code == 200, upload.text
+    assert spoken.status_code != 400, spoken.text  # forwarded (what the mock answers is its own)
+    assert [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/files"), ("POST", "/v1/audio/transcriptions")]

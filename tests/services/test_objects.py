@@ -18,6 +18,7 @@ from sentinel.services.objects import (
     leading_audio_ids,
     multipart_references,
     referenced_ids,
+    takes_upload,
 )
 
 TYPE = 'multipart/form-data; boundary="XyZ"'
@@ -75,6 +76,34 @@ def test_bracketed_names_are_read_by_their_components() -> None:
     body = (part('form-data; name="tool_resources[code_interpreter][file_ids][]"', b"file-a")
             + part('form-data; name="timestamp_granularities[]"', b"word") + b"--XyZ--")
     assert multipart_references(body, TYPE) == ["file-a"]
+
+
+def test_dotted_names_and_json_values_are_read() -> None:
+    """A reader taking dotted names (`a.b.c`) or a field holding JSON (`tool_resources={...}`) saw ids
+    that were never read; a file's bytes stay unread, and text that is not JSON names nothing."""
+    body = (part('form-data; name="tool_resources.file_search.vector_store_ids"', b"vs_1")
+            + part('form-data; name="tool_resources"', b' {"code_interpreter": {"file_ids": ["file-2"]}}')
+            + part('form-data; name="attachments"', b'[{"file_id": "file-3"}]')
+            + part('form-data; name="prompt"', b"[Speaker 1] {not json")
+            + part('form-data; name="file"; filename="a.json"', b'{"file_id": "file-in-the-file"}')
+            + b"--XyZ--")
+    assert multipart_references(body, TYPE) == ["vs_1", "file-2", "file-3"]
+    crowded = part('form-data; name="x"', b"[" + b"[], " * 100_001 + b"[]]") + b"--XyZ--"
+    with pytest.raises(MalformedUpload, match="too many"):
+        multipart_references(crowded, TYPE)
+
+
+@pytest.mark.parametrize("method, path, taken", [
+    ("POST", "files", True), ("POST", "uploads/upload_1/parts", True), ("POST", "audio/transcriptions", True),
+    ("POST", "audio/translations", True), ("POST", "images/edits", True), ("POST", "images/variations", True),
+    ("POST", "containers/cntr_1/files", True),
+    ("POST", "assistants", False), ("POST", "threads/thread_1/messages", False), ("POST", "batches", False),
+    ("POST", "evals/eval_1/runs", False), ("POST", "uploads/upload_1/complete", False),
+    ("POST", "files/file-1", False), ("PUT", "files", False), ("POST", "vector_stores/vs_1/files", False),
+    ("POST", "images/generations", False), ("POST", "chat/completions", False),
+])
+def test_an_upload_is_taken_only_by_a_call_that_takes_a_file(method: str, path: str, taken: bool) -> None:
+    assert takes_upload(method, path.split("/")) is taken
 
 
 def test_audio_answers_and_upload_parts_are_references() -> None:

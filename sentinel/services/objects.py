@@ -142,6 +142,29 @@ def reads_account_data(body: Any) -> bool:
     return False
 
 
+# Eval run data sources the provider samples a model for (`data_source.model`), and graders that run
+# a model (`testing_criteria[].model`, nested graders too).
+SAMPLED_SOURCES = frozenset({"completions", "responses"})
+MODEL_GRADERS = frozenset({"label_model", "score_model"})
+
+
+def eval_models(body: Any) -> list[tuple[str, Any]]:
+    """(parameter, value) of every model an eval's body has the provider run: a run's `data_source.model`
+    (given, or needed: a source of SAMPLED_SOURCES samples one) and the `model` of every model grader
+    in `testing_criteria`. The value is as given (None when missing)."""
+    if not isinstance(body, dict):
+        return []
+    found: list[tuple[str, Any]] = []
+    source = body.get("data_source")
+    if isinstance(source, dict) and ("model" in source or source.get("type") in SAMPLED_SOURCES):
+        found.append(("data_source.model", source.get("model")))
+    criteria = body.get("testing_criteria")
+    for grader in _objects(criteria) if isinstance(criteria, list) else ():
+        if grader.get("type") in MODEL_GRADERS or ("model" in grader and "type" in grader):
+            found.append(("testing_criteria.model", grader.get("model")))
+    return found
+
+
 def _objects(body: Any) -> Iterator[dict[str, Any]]:
     """Every JSON object in `body`, nested ones included (a walk without recursion: any depth)."""
     stack = [body]

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import openai
 import orjson
 import pytest
 import redis
@@ -17,7 +18,7 @@ import redis
 from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.support.accounts import create_key
-from tests.support.attack import SpyUpstream, ledger_rows, recorded_ids, spying
+from tests.support.attack import SpyUpstream, ledger_rows, openai_error, recorded_ids, spying
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream
 from tests.support.waiting import wait_for
@@ -386,3 +387,73 @@ def test_a_large_stored_answer_charged_as_reserved_is_not_charged_again_when_fet
     rows = ledger_rows(gw.settings.database_url, "alice")
     assert rows[0]["output_tokens"] == 64  # all it reserved
     assert (rows[1]["input_tokens"], rows[1]["output_tokens"]) == (0, 0)
+
+
+def sampled(model: str | None, kind: str = "completions") -> dict[str, Any]:
+    source: dict[str, Any] = {"type": kind, "source": {"type": "file_id", "id": "file-items"},
+                              "input_messages": {"type": "template", "template": [
+                                  {"role": "user", "content": "{{item.question}}"}]}}
+    return {"data_source": source if model is None else {**source, "model": model}}
+
+
+def graded(model: str) -> dict[str, Any]:
+    return {"name": "e", "data_source_config": {"type": "custom", "item_schema": {"type": "object"}},
+            "testing_criteria": [
+                {"type": "string_check", "name": "s", "input": "{{sample.output_text}}", "operation": "eq",
+                 "reference": "yes"},
+                {"type": "label_model", "name": "l", "model": model, "labels": ["a"], "passing_labels": ["a"],
+                 "input": [{"role": "user", "content": "{{item.q}}"}]}]}
+
+
+def scored(model: str) -> dict[str, Any]:
+    return {**graded("gpt-4o-mini"), "testing_criteria": [
+        {"type": "score_model", "name": "s", "model": model, "input": [{"role": "user", "content": "x"}]}]}
+
+
+RUNS = "/v1/evals/eval_1/runs"
+
+
+@pytest.mark.parametrize(("path", "body", "fine", "param"), [
+    (RUNS, sampled("o1-pro"), sampled("gpt-4o-mini"), "data_source.model"),
+    (RUNS, sampled("o1-pro", "responses"), sampled("gpt-4o-mini", "responses"), "data_source.model"),
+    (RUNS, sampled(None), sampled("gpt-4o-mini"), "data_source.model"),
+    (RUNS, sampled("claude-3-5-haiku-20241022"), sampled("gpt-4o-mini"), "data_source.model"),
+    ("/v1/evals", graded("o1-pro"), graded("gpt-4o-mini"), "testing_criteria.model"),
+    ("/v1/evals", scored("gpt-4.5-preview"), scored("gpt-4o-mini"), "testing_criteria.model"),
+], ids=["run", "responses-run", "run-without-model", "other-provider", "label-grader", "score-grader"])
+def test_an_eval_runs_only_a_model_the_gateway_offers(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str, path: str, body: dict[str, Any],
+    fine: dict[str, Any], param: str,
+) -> None:
+    """An eval run samples the model its data source names and a model grader runs its own: Bob had
+    the company's account run any model (`o1-pro`), outside the catalogue. As a batch's lines, they
+    must name a catalogue model the OpenAI upstream serves under that very name (400 otherwise,
+    nothing reaches the provider)."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough="/v1/evals,/v1/evals/*")
+    owners = redis.Redis.from_url(redis_url)
+    owners.set("sentinel:owner:eval_1", "alice")
+    owners.set("sentinel:owner:file-items", "alice")
+    with gw.client() as alice:
+        refused = alice.post(path, json=body)
+        assert spy.seen == []
+        offered = alice.post(path, json=fine)
+    assert refused.status_code == 400, refused.text
+    error = openai_error(refused.json())
+    assert error["details"]["param"] == param and "catalogue" in error["message"], error
+    assert offered.status_code != 400, offered.text  # forwarded (the mock has no evals)
+    assert [s.path for s in spy.seen] == [path]
+
+
+def test_an_eval_run_through_the_sdk_names_a_catalogue_model(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough="/v1/evals/*")
+    owners = redis.Redis.from_url(redis_url)
+    owners.set("sentinel:owner:eval_1", "alice")
+    owners.set("sentinel:owner:file-items", "alice")
+    with pytest.raises(openai.BadRequestError, match="o1-pro"):
+        gw.openai().evals.runs.create("eval_1", data_source=sampled("o1-pro")["data_source"])  # type: ignore[arg-type]
+    assert spy.seen == []
+    with pytest.raises(openai.NotFoundError):  # forwarded: the mock has no evals
+        gw.openai().evals.runs.create("eval_1", data_source=sampled("gpt-4o-mini")["data_source"])  # type: ignore[arg-type]
+    assert spy.paths() == [RUNS]

@@ -15,6 +15,7 @@ from sentinel.services.objects import (
     audio_answers,
     batch_references,
     classify,
+    eval_models,
     leading_audio_ids,
     multipart_references,
     referenced_ids,
@@ -136,6 +137,17 @@ def test_the_audio_answers_of_a_chat_answer_are_its_callers() -> None:
 def test_what_a_call_creates_becomes_its_callers(method: str, path: str, creates: bool) -> None:
     segments = path.split("/")
     assert classify(segments).creates(method, segments) is creates
+
+
+def test_the_models_an_eval_runs() -> None:
+    run = {"data_source": {"type": "completions", "model": "o1-pro", "sampling_params": {"seed": 1}}}
+    assert eval_models(run) == [("data_source.model", "o1-pro")]
+    assert eval_models({"data_source": {"type": "responses"}}) == [("data_source.model", None)]
+    assert eval_models({"data_source": {"type": "jsonl", "source": {"type": "file_id", "id": "file-1"}}}) == []
+    graded = {"testing_criteria": [{"type": "string_check"}, {"type": "label_model", "model": "a"},
+                                   {"type": "multi", "graders": {"x": {"type": "score_model", "model": "b"}}}],
+              "data_source_config": {"type": "custom", "item_schema": {"properties": {"model": {"type": "string"}}}}}
+    assert sorted(eval_models(graded)) == [("testing_criteria.model", "a"), ("testing_criteria.model", "b")]
 
 
 def test_an_upload_of_more_parts_than_a_form_holds_is_malformed() -> None:

@@ -120,8 +120,8 @@ class AnswerRelay:
             await claim_created(self.ownership, created_ids(parsed, creating=creating, ttl=ttl), owner)
             if endpoint == "responses" and isinstance(answer_id, str):
                 await remember_context(self.ownership, admission, [answer_id, *extends])
-        if speaker is not None:
-            await claim_created(self.ownership, audio_answers(parsed, time.time()), speaker)
+        if speaker is not None and (audio := audio_answers(parsed, time.time())):
+            await claim_created(self.ownership, audio, speaker)
         report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 

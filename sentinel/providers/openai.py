@@ -75,18 +75,21 @@ DROP_REQUEST_HEADERS = frozenset(
         "traceparent", "tracestate", "baggage",
     }
 )
-# Response headers never relayed: hop-by-hop ones, framing the server recomputes, the upstream's
-# request ids (Sentinel sends its own), and upstream account identifiers and account-wide limits
-# (OpenAI's `x-ratelimit-*-requests/-tokens`, Anthropic's `anthropic-ratelimit-*`: the company's
-# account, not the user's plan — Sentinel's own `X-RateLimit-*` are added after these are dropped).
-DROP_RESPONSE_HEADERS = frozenset(
+# The only response headers relayed from a provider (an allowlist: a provider or a gateway in front
+# of one — LiteLLM, Azure, Cloudflare — adds headers naming the company's account, its limits and
+# spend, its deployment and region; none of them is the user's). What a client or the official SDKs
+# read off an answer: its media type and encoding (the bytes are relayed as they came), a file's
+# name (`content-disposition`), caching, when to retry (`retry-after`, `retry-after-ms`,
+# `x-should-retry`) or poll again (`openai-poll-after-ms`), and OpenAI's processing time and API
+# version. `content-length` is Sentinel's own (a body it changed, or a stream sent in chunks), as
+# are the request ids (`x-request-id`, `request-id`) and `X-RateLimit-*` (the user's plan).
+RELAYED_RESPONSE_HEADERS = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
-        "transfer-encoding", "upgrade", "content-length", "date", "server", "x-request-id", "request-id",
-        "openai-organization", "openai-project", "set-cookie", "anthropic-organization-id",
+        "content-type", "content-encoding", "content-disposition", "cache-control",
+        "retry-after", "retry-after-ms", "x-should-retry",
+        "openai-poll-after-ms", "openai-processing-ms", "openai-version",
     }
 )
-DROP_RESPONSE_PREFIXES = ("anthropic-ratelimit-", "x-ratelimit-")
 
 
 def forwardable_headers(raw: list[tuple[bytes, bytes]], *, as_json: bool = False) -> dict[str, str]:
@@ -105,11 +108,8 @@ def forwardable_headers(raw: list[tuple[bytes, bytes]], *, as_json: bool = False
 
 
 def relayable_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The upstream's response headers that may reach the client (see DROP_RESPONSE_HEADERS)."""
-    return [
-        (k, v) for k, v in headers
-        if k.lower() not in DROP_RESPONSE_HEADERS and not k.lower().startswith(DROP_RESPONSE_PREFIXES)
-    ]
+    """The upstream's response headers that may reach the client (see RELAYED_RESPONSE_HEADERS)."""
+    return [(k, v) for k, v in headers if k.lower() in RELAYED_RESPONSE_HEADERS]
 
 
 def upstream_url(base_url: str, segments: Sequence[str]) -> URL:

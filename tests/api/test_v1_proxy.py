@@ -6,6 +6,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 import openai
 import pytest
@@ -146,25 +147,70 @@ def test_cookies_an_upstream_sets_are_never_sent_again(gateway_factory: Callable
     assert "cookie" not in upstream.received_headers[1], upstream.received_headers[1]
 
 
-def test_the_providers_account_limits_are_not_relayed(gateway_factory: Callable[..., Gateway]) -> None:
-    """OpenAI's `x-ratelimit-*-requests/-tokens` describe the company's provider account (its limits
-    and what is left of them): a user sees only Sentinel's `X-RateLimit-*` for their own plan."""
-    upstream = ScriptedUpstream()
-    answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-              "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-              "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-    account = {"x-ratelimit-limit-requests": "30000", "x-ratelimit-remaining-tokens": "149999000",
-               "x-ratelimit-reset-requests": "2ms", "openai-processing-ms": "12"}
-    with serving(upstream) as srv:
-        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+# What providers and the gateways in front of them (LiteLLM, Azure, Cloudflare) add to their answers:
+# the company's account, its limits and spend, its deployment. None of it may reach a user.
+ACCOUNT_HEADERS = {
+    "x-ratelimit-limit-requests": "30000", "x-ratelimit-remaining-tokens": "149999000",
+    "llm_provider-x-ratelimit-remaining-tokens": "149999000", "x-litellm-key-spend": "1234.5",
+    "x-litellm-model-api-base": "https://internal-azure.example/openai", "anthropic-ratelimit-tokens-limit": "400000",
+    "anthropic-priority-input-tokens-limit": "100000", "ratelimit-limit": "5000", "ratelimit-remaining": "4990",
+    "x-ms-region": "East US", "apim-request-id": "5f1c-account", "azureml-model-session": "d001-20240101",
+    "cf-ray": "8a1b2c3d4e5f-AMS", "www-authenticate": 'Bearer realm="company-account"',
+    "anthropic-organization-id": "org-company", "openai-organization": "org-company",
+}
+# What a client or the official SDKs read off an answer: relayed.
+ANSWER_HEADERS = {"openai-processing-ms": "12", "openai-version": "2020-10-01", "openai-poll-after-ms": "500",
+                  "x-should-retry": "false", "retry-after-ms": "100"}
+
+
+def _with_headers(app: Any, extra: dict[str, str]) -> Any:
+    """`app` with `extra` added to every answer, and a file's name to a file's content."""
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        async def send_more(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                added = [(k.encode(), v.encode()) for k, v in extra.items()]
+                if scope["path"].endswith("/content"):
+                    added.append((b"content-disposition", b'attachment; filename="notes.txt"'))
+                message = {**message, "headers": [*message["headers"], *added]}
+            await send(message)
+        await app(scope, receive, send_more)
+    return wrapped
+
+
+def test_only_what_a_client_needs_of_the_providers_headers_is_relayed(gateway_factory: Callable[..., Gateway]) -> None:
+    """Provider headers were relayed unless named in a blocklist: a LiteLLM backend's spend and API
+    base, Anthropic's priority limits, Azure's region and deployment, Cloudflare's ray reached every
+    user. Only an allowlist is relayed now (README, Model catalogue and translation): on JSON and streamed answers,
+    both wire formats, and a file's content (its type and name kept, its length Sentinel's own)."""
+    from sentinel.mock.app import create_mock_app
+
+    with serving(_with_headers(create_mock_app(), {**ACCOUNT_HEADERS, **ANSWER_HEADERS})) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url, passthrough="/v1/files/*")
+        chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        claude = {"model": "claude-3-5-haiku-20241022", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+        sdk = gw.openai()
         with gw.client() as http:
-            upstream.json(answer, headers=account)
-            r = http.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-    assert r.status_code == 200, r.text
-    assert not [name for name in r.headers if name.lower().startswith("x-ratelimit-") and name.lower().endswith(
-        ("-requests", "-tokens"))], dict(r.headers)
-    assert r.headers["openai-processing-ms"] == "12"  # what is about this answer still is relayed
-    assert int(r.headers["x-ratelimit-remaining"]) >= 0  # Sentinel's own, for the user's plan
+            answers = [
+                sdk.chat.completions.with_raw_response.create(**chat).http_response,  # type: ignore[call-overload]
+                http.post("/v1/chat/completions", json={**chat, "stream": True}),
+                http.post("/v1/messages", json=claude),
+                http.post("/v1/messages", json={**claude, "stream": True}),
+                http.post("/v1/messages/count_tokens", json={k: claude[k] for k in ("model", "messages")}),
+            ]
+            made = http.post("/v1/files", files={"file": ("notes.txt", b"my notes")}, data={"purpose": "user_data"})
+            assert made.status_code == 200, made.text
+            content = sdk.files.content(made.json()["id"])
+            answers += [made, content.response]
+    for r in answers:
+        assert r.status_code == 200, (r.request.url, r.text)
+        leaked = {name for name in r.headers if name.lower() in ACCOUNT_HEADERS or name.lower().startswith(
+            ("x-ratelimit-limit-", "x-ratelimit-remaining-", "x-ratelimit-reset-"))}
+        assert not leaked, (r.request.url, leaked)
+        assert {name: r.headers[name] for name in ANSWER_HEADERS} == ANSWER_HEADERS, (r.request.url, dict(r.headers))
+        assert int(r.headers["x-ratelimit-remaining"]) >= 0  # Sentinel's own, for the user's plan
+    assert content.response.headers["content-disposition"] == 'attachment; filename="notes.txt"'
+    assert content.response.headers["content-type"].startswith("application/json")
+    assert int(content.response.headers["content-length"]) == len(content.content)
 
 
 def test_request_id_created_or_kept(gateway: Gateway) -> None:

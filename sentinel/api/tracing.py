@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sentinel.api.context import context
 from sentinel.errors import SentinelError
 from sentinel.observability import tracing as t
+from sentinel.observability.logging import clipped
 
 
 class TracingMiddleware:
@@ -36,7 +37,7 @@ class TracingMiddleware:
         method: str = scope["method"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         span, token = self.tracing.start_request(
-            method, headers, {"http.request.method": method, "url.path": scope["path"]}
+            method, headers, {"http.request.method": method, "url.path": clipped(scope["path"])}
         )
         started = time.perf_counter()
         state: dict[str, Any] = {"status": 0, "sse": False, "first": None}

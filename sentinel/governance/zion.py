@@ -38,6 +38,7 @@ from sentinel.domain.plans import MAX_LIMIT, ExternalUsage, Limit, Metric, Plan
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.jwt import unverified_expiry
+from sentinel.observability.logging import clipped
 from sentinel.providers.http import read_capped
 
 log = logging.getLogger("sentinel.zion")
@@ -363,7 +364,7 @@ def _parse_limits(data: dict[str, Any]) -> ZionLimits:
                 )
         period = entry.get("resetPeriod")
         if period is not None and (not isinstance(period, str) or period not in PERIOD_SECONDS):
-            log.warning("unknown Zion resetPeriod %r; treating it as NEVER", period)
+            log.warning("unknown Zion resetPeriod %s; treating it as NEVER", clipped(repr(period)))
             period = None
         limits.append(
             UserLimit(

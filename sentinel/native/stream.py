@@ -39,6 +39,7 @@ from sentinel.native.sse import SSEEvent
 from sentinel.native.types import ToolCall
 
 log = logging.getLogger("sentinel.upstream")
+MAX_LOGGED_CHARS = 256  # a provider's message in a log line: as `sentinel.observability.logging`'s
 
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
@@ -247,7 +248,10 @@ class StreamNormalizer:
         """
         error = as_object(error)
         code = str(error.get("code") or error.get("type") or "upstream_error")[:100]
-        log.info("provider stream failed", extra={"provider": self.provider, "code": code, "error": error.get("message")})
+        message = str(error.get("message"))
+        if len(message) > MAX_LOGGED_CHARS:  # cut as `observability.logging.clipped` cuts (native imports none of ours)
+            message = message[:MAX_LOGGED_CHARS] + "…"
+        log.info("provider stream failed", extra={"provider": self.provider, "code": code, "error": message})
         return StreamError(f"Provider {self.provider} failed during the stream", code=code, provider=self.provider)
 
 

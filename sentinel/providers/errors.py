@@ -25,6 +25,7 @@ import orjson
 from sentinel.domain.numbers import parse_retry_after
 from sentinel.domain.usage import Usage
 from sentinel.errors import InvalidRequest, RateLimited, SentinelError, UpstreamError, UpstreamStatusError
+from sentinel.observability.logging import clipped
 
 log = logging.getLogger("sentinel.upstream")
 
@@ -58,7 +59,7 @@ def broken_off(provider: str) -> BrokenOffAnswer:
 
 def stream_failure(provider: str, error: object) -> str:
     """The message that replaces the provider's in an error event of a relayed stream; logs the provider's."""
-    log.info("provider stream failed", extra={"provider": provider, "error": error})
+    log.info("provider stream failed", extra={"provider": provider, "error": clipped(str(error))})
     return f"Provider {provider} failed during the stream"
 
 

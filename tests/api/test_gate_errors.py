@@ -4,6 +4,7 @@ is a generic 502, and client-chosen model names never become metric labels."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -343,6 +344,31 @@ def test_a_mid_stream_provider_error_does_not_leak_the_account(
     assert responses.text.count('"code":"rate_limit_exceeded"') == 2
     rows = ledger_rows(gw.settings.database_url)  # each broken stream still recorded
     assert sorted(r["request_id"] for r in rows) == sorted(r.headers["x-request-id"] for r in answers.values())
+
+
+def test_a_providers_long_stream_error_message_is_clipped_in_the_log(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A provider's in-stream error message is logged for operators (`sentinel.upstream`): it was
+    logged whole, so a provider (or what answers in its place) set the size of each log line. It is
+    cut to 256 characters like everything else logged that Sentinel does not write itself."""
+    caplog.set_level(logging.INFO, logger="sentinel.upstream")
+    upstream = ScriptedUpstream()
+    huge = "quota of org-company " + "x" * 100_000
+    openai_error_event = {"error": {"message": huge, "type": "server_error", "code": "server_error"}}
+    openai_first = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"}}]}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
+        with gw.client() as http:
+            upstream.sse(openai_first, openai_error_event)
+            native = http.post(NATIVE, json={"messages": user(), "stream": True})
+            upstream.sse(openai_first, openai_error_event)
+            chat = http.post("/v1/chat/completions", json={"model": MODEL, "messages": user(), "stream": True})
+    assert native.status_code == chat.status_code == 200, (native.text, chat.text)
+    logged = [getattr(r, "error", None) for r in caplog.records if r.getMessage() == "provider stream failed"]
+    assert len(logged) == 2, logged
+    assert all(isinstance(e, str) and e.startswith("quota of org-company") and len(e) == 257 for e in logged), logged
 
 
 def metrics_text(gw: Gateway) -> str:

@@ -327,6 +327,21 @@ async def test_a_limit_beyond_any_count_is_kept_in_range() -> None:
     assert found.limits[0].reset_period is None  # a period that is not a string reads as NEVER
 
 
+async def test_an_unknown_reset_period_is_logged_clipped(caplog: pytest.LogCaptureFixture) -> None:
+    """Zion's `resetPeriod` was logged as it came (`%r`): a huge one made a huge warning line."""
+    limits = [{"name": "pro", "resetPeriod": "WEEKLY" * 20_000, "aiRequests": {"limit": 10, "used": 1}}]
+    with serving(ShapedZion(limits=limits).app) as server:
+        client = ZionClient(server.url, "k" * 20, timeout=2.0, backoff=Backoff(base=0.01, cap=0.02, attempts=1))
+        try:
+            with caplog.at_level(logging.WARNING, logger="sentinel.zion"):
+                found = await client.limits("e1")
+        finally:
+            await client.aclose()
+    assert found is not None and found.limits[0].reset_period is None  # read as NEVER
+    [line] = [r.getMessage() for r in caplog.records if "resetPeriod" in r.getMessage()]
+    assert line.startswith("unknown Zion resetPeriod 'WEEKLYWEEKLY") and len(line) < 400, line[:500]
+
+
 @pytest.mark.parametrize("data", [{"results": 5}, {"processed": 0, "failed": 1}, {"results": []}])
 async def test_a_batch_answer_naming_no_result_per_record_is_an_outage(data: dict[str, object]) -> None:
     """Counts without results name no record: marking them all failed sent the applied ones again

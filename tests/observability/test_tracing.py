@@ -161,6 +161,20 @@ def test_failed_upstream_marks_the_request_and_upstream_spans(traced: Traced, mo
     assert _upstream_headers(mock_upstream)["traceparent"] == _traceparent(upstream)
 
 
+def test_a_long_path_is_clipped_in_the_request_span(traced: Traced) -> None:
+    """`url.path` held the client's whole path: a long URL (up to the header limit) went into every
+    span exported. It is cut to 256 characters, as in the logs."""
+    path = "/v1/files/" + "a" * 8000
+    assert httpx.get(traced.url + path).status_code in (401, 404)
+
+    def found() -> list[ReadableSpan]:
+        return [s for s in traced.exporter.get_finished_spans() if s.kind is SpanKind.SERVER
+                and str((s.attributes or {}).get("url.path", "")).startswith("/v1/files/aaa")]
+
+    assert wait_for(lambda: bool(found()))
+    assert (found()[0].attributes or {})["url.path"] == path[:256] + "…"
+
+
 def test_refused_credentials_end_in_the_auth_span(traced: Traced) -> None:
     answer = httpx.post(traced.url + "/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer sk-sentinel-nope"})
     assert answer.status_code == 401

@@ -2,7 +2,9 @@
 
 It wraps the router. For every HTTP request it:
 - takes `X-Request-Id` from the client (if sane) or makes one, and returns it on the response;
-- refuses new work with 503 + Retry-After when `max_in_flight` requests are already running;
+- refuses new work with 503 + Retry-After when `max_in_flight` requests are already running (a
+  503 `overloaded` is counted in `sentinel_overload_rejections_total` and logged at debug only: it
+  comes at the rate of whoever fills the slots);
 - renders any SentinelError (and the router's 404/405) in the shape of the request's surface
   (`sentinel.api.surfaces`), and any other exception as a 500 without a traceback in the body,
   logging each error once with the request id;
@@ -27,9 +29,10 @@ from sentinel.api.context import MAX_CLIENT_REQUEST_ID, RequestContext
 from sentinel.api.paths import check_raw_path
 from sentinel.api.responses import endpoint_not_found, method_not_allowed
 from sentinel.api.surfaces import render_error, surface_headers
+from sentinel.api.throttle import client_key
 from sentinel.api.user_slots import UserSlots
 from sentinel.domain.usage import new_request_id
-from sentinel.errors import ClientClosedRequest, InternalError, Overloaded, SentinelError
+from sentinel.errors import ClientClosedRequest, InternalError, Overloaded, RateLimited, SentinelError
 from sentinel.observability.logging import AccessLog, clipped, request_id_var
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.outcomes import RequestOutcomes
@@ -39,9 +42,11 @@ log = logging.getLogger("sentinel.request")
 _SAFE_ID = re.compile(rf"^[A-Za-z0-9._:\-]{{1,{MAX_CLIENT_REQUEST_ID}}}$")
 _UNLIMITED_PREFIXES = ("/health", "/metrics")
 # The sign-in forms read a body from a caller nobody has authenticated yet: they get their own few
-# slots, so slow forms cannot fill the ones API traffic needs (`max_in_flight`).
+# slots, so slow forms cannot fill the ones API traffic needs (`max_in_flight`), and one client (an
+# address, as the failed-authentication throttle counts it) holds at most a few of those.
 SIGN_IN_PATHS = frozenset({"/native/docs/signin", "/admin/signin"})
 MAX_SIGN_IN_IN_FLIGHT = 32
+MAX_SIGN_IN_PER_CLIENT = 4
 _API_ROUTES = ("/v1/", "/native/v1/")  # the answers counted for the console's error rate
 # The `method` label of `sentinel_http_requests_total`: any other method a client sends (a 405,
 # refused before authentication) is "other", so made-up methods cannot multiply the series.
@@ -73,6 +78,7 @@ class RequestMiddleware:
         self.requests = _Slots(max_in_flight, "Too many requests in flight; retry shortly", metrics.in_flight)
         # Sign-in requests (SIGN_IN_PATHS) are not counted in `requests`: they have slots of their own.
         self.sign_ins = _Slots(MAX_SIGN_IN_IN_FLIGHT, "Too many sign-ins in flight; retry shortly")
+        self._sign_ins_of: dict[str, int] = {}  # client (`client_key`) -> its sign-ins in flight
         self.access_log = access_log
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
@@ -110,7 +116,7 @@ class RequestMiddleware:
             if path.startswith(_UNLIMITED_PREFIXES):
                 await self.app(scope, receive, send_wrapper)
             elif path in SIGN_IN_PATHS:
-                await self._in_slot(self.sign_ins, scope, receive, send_wrapper)
+                await self._sign_in(scope, receive, send_wrapper)
             else:
                 await self._in_slot(self.requests, scope, receive, send_wrapper)
         except Exception as exc:  # the one last-resort handler
@@ -118,8 +124,12 @@ class RequestMiddleware:
             if err.status >= 500 and not isinstance(exc, SentinelError | HTTPException):
                 log.error("unhandled error", exc_info=exc, extra={"path": clipped(path)})
             else:
+                level = logging.WARNING if err.status >= 500 else logging.INFO
+                if isinstance(err, Overloaded):  # counted, not a warning: see the module docstring
+                    self.metrics.rejected_overload.inc()
+                    level = logging.DEBUG
                 log.log(
-                    logging.WARNING if err.status >= 500 else logging.INFO,
+                    level,
                     "request failed",
                     extra={"status": err.status, "code": err.code, "error": clipped(err.message), "path": clipped(path)},
                 )
@@ -133,10 +143,33 @@ class RequestMiddleware:
             self._observe(scope, ctx)
             request_id_var.reset(token)
 
+    async def _sign_in(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A sign-in, in one of `sign_ins`: 429 `too_many_in_flight` when its client already has
+        MAX_SIGN_IN_PER_CLIENT in flight (a client whose address is unknown is not counted)."""
+        client = scope.get("client")
+        key = client_key(client[0]) if client else None
+        if key is None:
+            await self._in_slot(self.sign_ins, scope, receive, send)
+            return
+        held = self._sign_ins_of.get(key, 0)
+        if held >= MAX_SIGN_IN_PER_CLIENT:
+            raise RateLimited(
+                f"Too many sign-ins from this address in flight (at most {MAX_SIGN_IN_PER_CLIENT}); retry when one "
+                "has finished", code="too_many_in_flight", retry_after=1,
+            )
+        self._sign_ins_of[key] = held + 1
+        try:
+            await self._in_slot(self.sign_ins, scope, receive, send)
+        finally:
+            left = self._sign_ins_of[key] - 1
+            if left:
+                self._sign_ins_of[key] = left
+            else:
+                del self._sign_ins_of[key]
+
     async def _in_slot(self, slots: _Slots, scope: Scope, receive: Receive, send: Send) -> None:
         """The app, in one of `slots` (503 Overloaded when none is free)."""
         if slots.held >= slots.limit:
-            self.metrics.rejected_overload.inc()
             raise Overloaded(slots.refusal, retry_after=1)
         slots.held += 1
         if slots.gauge is not None:

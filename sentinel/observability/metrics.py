@@ -67,7 +67,8 @@ class Metrics:
             "sentinel_requests_in_flight", "Requests being served", registry=r, multiprocess_mode="livesum"
         )
         self.rejected_overload = Counter(
-            "sentinel_overload_rejections_total", "Requests refused because too many were in flight", registry=r,
+            "sentinel_overload_rejections_total",
+            "Requests refused as overloaded (503: too many in flight, or too many body bytes held)", registry=r,
         )
         self.tokenizer_fallback = Counter(
             "sentinel_tokenizer_fallback_total", "Token counts that used an approximation",

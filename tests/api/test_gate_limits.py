@@ -24,6 +24,7 @@ from sentinel.quota.tokens import TokenCounter
 from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.support.attack import openai_error, spying
+from tests.support.metrics import metric
 from tests.support.waiting import wait_for
 
 
@@ -136,26 +137,73 @@ def test_a_sign_in_form_that_never_arrives_is_cut_off(gateway_factory: Callable[
         assert answer.startswith(b"HTTP/1.1 408"), (path, answer[:200])
 
 
-def test_sign_in_forms_that_never_arrive_cannot_take_the_api_slots(gateway_factory: Callable[..., Gateway]) -> None:
+def _held_sign_in(port: int, path: bytes, host: int, body: bytes = b"key=", length: int = 4096) -> socket.socket:
+    """A connection from 127.0.0.`host` (a client address of its own) posting a sign-in form of
+    `length` bytes of which only `body` is sent: the form is being read until the rest comes."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(f"127.0.0.{host}", 0))
+    sock.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                 b"Content-Length: " + str(length).encode() + b"\r\n\r\n" + body)
+    return sock
+
+
+def _get_from(port: int, path: bytes, host: int) -> int:
+    """The status of a GET of `path` from 127.0.0.`host`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(f"127.0.0.{host}", 0)) as sock:
+        sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return _status_of(sock)
+
+
+def test_sign_in_forms_that_never_arrive_cannot_take_the_api_slots(
+    gateway_factory: Callable[..., Gateway], caplog: pytest.LogCaptureFixture
+) -> None:
     """Sign-in forms are read before anyone is authenticated: held open, each kept one of the
     `SENTINEL_MAX_IN_FLIGHT` slots for the whole body deadline, and enough of them answered every
-    user's API request 503. They have their own few slots now (and the 33rd waits its turn: 503)."""
-    from sentinel.api.middleware import MAX_SIGN_IN_IN_FLIGHT
+    user's API request 503. They have their own few slots now (and the 33rd waits its turn: 503).
+    Each such 503 is counted, and logged at debug only: it was a warning line per refusal, at the
+    rate of whoever holds the slots."""
+    from sentinel.api.middleware import MAX_SIGN_IN_IN_FLIGHT, MAX_SIGN_IN_PER_CLIENT
 
+    caplog.set_level(logging.DEBUG, logger="sentinel.request")
     gw = gateway_factory(docs_api_key="docs-key-for-tests-0123", max_in_flight=2, body_timeout_seconds=20)
     port = int(gw.url.rsplit(":", 1)[1])
     held = []
     try:
-        for _ in range(MAX_SIGN_IN_IN_FLIGHT):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-            sock.sendall(b"POST /native/docs/signin HTTP/1.1\r\nHost: x\r\n"
-                         b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 4096\r\n\r\nkey=")
-            held.append(sock)
+        for i in range(MAX_SIGN_IN_IN_FLIGHT):  # from addresses other than the probe's (127.0.0.1)
+            held.append(_held_sign_in(port, b"/native/docs/signin", 2 + i // MAX_SIGN_IN_PER_CLIENT))
         with httpx.Client(base_url=gw.url, timeout=10) as http:
             # Every held form is being read once one more sign-in finds no free slot.
             assert wait_for(lambda: http.get("/native/docs/signin").status_code == 503)
+            refused = [http.get("/native/docs/signin").status_code for _ in range(5)]
             models = http.get("/v1/models", headers={"Authorization": f"Bearer {gw.key}"})
         assert models.status_code == 200, models.text
+        assert refused == [503] * 5
+    finally:
+        for sock in held:
+            sock.close()
+    overloads = [r for r in caplog.records if getattr(r, "code", None) == "overloaded"]
+    assert len(overloads) >= 6 and {r.levelno for r in overloads} == {logging.DEBUG}, caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert (metric(gw.url, "sentinel_overload_rejections_total") or 0) >= 6
+
+
+def test_one_address_holds_only_a_few_sign_in_slots(gateway_factory: Callable[..., Gateway]) -> None:
+    """One client holding the 32 sign-in slots with forms it never finishes made every other
+    sign-in a 503 until the body deadline. A client (an address; an IPv6 /64) has at most
+    MAX_SIGN_IN_PER_CLIENT in flight: its next one is 429 `too_many_in_flight`, others sign in."""
+    from sentinel.api.middleware import MAX_SIGN_IN_PER_CLIENT
+
+    gw = gateway_factory(admin_key="admin-key-for-tests-0123", docs_api_key="docs-key-for-tests-0123",
+                         body_timeout_seconds=20)
+    port = int(gw.url.rsplit(":", 1)[1])
+    held = []
+    try:
+        for i in range(MAX_SIGN_IN_PER_CLIENT):  # either form: one count per client
+            held.append(_held_sign_in(port, (b"/admin/signin", b"/native/docs/signin")[i % 2], 2))
+        assert wait_for(lambda: _get_from(port, b"/admin/signin", 2) == 429)
+        assert _get_from(port, b"/native/docs/signin", 2) == 429
+        with httpx.Client(base_url=gw.url, timeout=10) as http:  # another address
+            signed_in = http.post("/native/docs/signin", data={"key": "docs-key-for-tests-0123"})
+        assert signed_in.status_code == 303, signed_in.text
     finally:
         for sock in held:
             sock.close()
@@ -168,7 +216,7 @@ def test_concurrent_sign_ins_cannot_all_pass_the_failed_login_limit(
     """The sign-in forms checked the throttle, then read the form, and only then counted the wrong
     key: 32 concurrent wrong keys with slow forms all passed the check (32 x 401 with a limit of 3).
     Each key is judged in a lookup turn once its form is read: `limit` are judged; the rest get 429."""
-    from sentinel.api.middleware import MAX_SIGN_IN_IN_FLIGHT
+    from sentinel.api.middleware import MAX_SIGN_IN_PER_CLIENT
 
     gw = gateway_factory(admin_key="admin-key-for-tests-0123", docs_api_key="docs-key-for-tests-0123",
                          auth_failures_per_minute=3, body_timeout_seconds=20)
@@ -176,22 +224,17 @@ def test_concurrent_sign_ins_cannot_all_pass_the_failed_login_limit(
     form = b"key=wrong-key"
     held = []
     try:
-        for _ in range(MAX_SIGN_IN_IN_FLIGHT):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            sock.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                         b"application/x-www-form-urlencoded\r\nContent-Length: " + str(len(form)).encode()
-                         + b"\r\n\r\n" + form[:4])
-            held.append(sock)
-        with httpx.Client(base_url=gw.url, timeout=10) as http:
-            # Every held sign-in is in its handler once one more finds no free slot.
-            assert wait_for(lambda: http.get(path).status_code == 503)
+        for _ in range(MAX_SIGN_IN_PER_CLIENT):  # as many as one client may have in flight
+            held.append(_held_sign_in(port, path.encode(), 2, body=form[:4], length=len(form)))
+        # Every held sign-in is in its handler once one more from its address is refused.
+        assert wait_for(lambda: _get_from(port, path.encode(), 2) == 429)
         for sock in held:
             sock.sendall(form[4:])
         statuses = sorted(_status_of(sock) for sock in held)
     finally:
         for sock in held:
             sock.close()
-    assert statuses == [401] * 3 + [429] * (MAX_SIGN_IN_IN_FLIGHT - 3), statuses
+    assert statuses == [401] * 3 + [429] * (MAX_SIGN_IN_PER_CLIENT - 3), statuses
 
 
 def _status_of(sock: socket.socket) -> int:
@@ -223,6 +266,8 @@ def test_bodies_held_in_memory_are_bounded_per_process(gateway_factory: Callable
     finally:
         held.close()
     assert wait_for(lambda: second() == 200)  # the held body's bytes were given back with its request
+    # Counted like every other overload refusal (which is logged at debug only).
+    assert (metric(gw.url, "sentinel_overload_rejections_total") or 0) >= 1
 
 
 def test_the_rest_of_a_body_already_answered_is_waited_for_only_so_long(

@@ -7,7 +7,8 @@ for every request until that minute ends, without a lookup. Lookups that go to t
 minute in flight at once, and further ones wait their turn (or are refused once the failures reach
 the limit), so a burst of concurrent made-up tokens cannot all pass the check before the first of
 them has failed. Tokens found in the identity cache never wait. A key typed into a sign-in form is
-one such guess (`attempt`), judged in a turn once its form is read.
+one such guess (`attempt`), judged in a turn once its form is read; a form that never arrives (its
+body deadline passed, or the client left) is a failed one too.
 
 A client is its address: an IPv4 address (an IPv4-mapped IPv6 one counts as its IPv4 address), or
 the /64 an IPv6 address belongs to (one host usually holds a whole /64: counting its addresses
@@ -28,7 +29,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from sentinel.errors import RateLimited
+from starlette.requests import ClientDisconnect
+
+from sentinel.errors import RateLimited, RequestTimeout
 
 MAX_CLIENTS = 100_000
 
@@ -125,9 +128,15 @@ class FailedAuthThrottle:
         returns (None or empty: wrong). RateLimited (429) when the client failed `limit` times, before
         the form is read, and again after: the key is judged in a lookup turn, a wrong one counted
         before the turn is given back, so concurrent forms cannot all pass the check before the first
-        is judged. The form is read outside the turn: a slow form holds none."""
+        is judged. The form is read outside the turn: a slow form holds none; one not read whole
+        (the body deadline passed: 408, or the client left: 499) counts as a failed sign-in, so
+        forms held open until then are guesses that cost their sender like any other."""
         self.check(address)
-        key = await read()
+        try:
+            key = await read()
+        except (RequestTimeout, ClientDisconnect):
+            self.failed(address)
+            raise
         async with self.lookup(address):
             if key and matches(key):
                 return True

@@ -209,6 +209,24 @@ def test_one_address_holds_only_a_few_sign_in_slots(gateway_factory: Callable[..
             sock.close()
 
 
+def test_a_sign_in_form_that_never_arrives_counts_as_a_failed_sign_in(
+    gateway_factory: Callable[..., Gateway], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A form held until its body deadline (408) or left unfinished (499) cost its sender nothing:
+    slots held open that way, again and again, were never throttled. Each counts as a failed
+    sign-in now: with a limit of 2, after one of each even the right key is refused (429)."""
+    caplog.set_level(logging.INFO, logger="sentinel.request")
+    gw = gateway_factory(admin_key="admin-key-for-tests-0123", auth_failures_per_minute=2, body_timeout_seconds=0.5)
+    port = int(gw.url.rsplit(":", 1)[1])
+    _held_sign_in(port, b"/admin/signin", 1, length=100).close()  # the client leaves mid-form
+    assert wait_for(lambda: any(getattr(r, "status", None) == 499 for r in caplog.records)), caplog.text
+    with _held_sign_in(port, b"/admin/signin", 1, length=100) as late:  # the body deadline passes
+        assert _status_of(late) == 408
+    with httpx.Client(base_url=gw.url, timeout=10) as http:
+        answer = http.post("/admin/signin", data={"key": "admin-key-for-tests-0123"})
+    assert answer.status_code == 429 and answer.json()["error"]["code"] == "auth_rate_limited", answer.text
+
+
 @pytest.mark.parametrize("path", ["/admin/signin", "/native/docs/signin"])
 def test_concurrent_sign_ins_cannot_all_pass_the_failed_login_limit(
     gateway_factory: Callable[..., Gateway], path: str,

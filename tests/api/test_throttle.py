@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
+from starlette.requests import ClientDisconnect
 
 from sentinel.api.throttle import FailedAuthThrottle, client_key
-from sentinel.errors import AuthenticationError, RateLimited
+from sentinel.errors import AuthenticationError, InvalidRequest, RateLimited, RequestTimeout
 
 
 async def _failing_lookup(throttle: FailedAuthThrottle, address: str, release: asyncio.Event, seen: list[str]) -> str:
@@ -95,7 +97,7 @@ def test_an_ipv6_address_is_parsed_once_however_often_it_is_checked(monkeypatch:
     def counting(address: object) -> ipaddress.IPv6Address:
         if isinstance(address, str):  # (the network's own construction passes an int)
             parsed.append(address)
-        return real(address)  # type: ignore[arg-type]
+        return real(address)
 
     monkeypatch.setattr(ipaddress, "IPv6Address", counting)
     client_key.cache_clear()
@@ -103,3 +105,23 @@ def test_an_ipv6_address_is_parsed_once_however_often_it_is_checked(monkeypatch:
     for _ in range(5):
         throttle.check("2001:db8:7::1")
     assert parsed == ["2001:db8:7::1"]
+
+
+async def test_a_sign_in_form_never_read_whole_is_a_failed_sign_in() -> None:
+    """A form whose body deadline passed or whose client left was no guess at all: forms held open
+    until then cost nothing. Each is a failed sign-in now; any other refusal of the form is not."""
+    throttle = FailedAuthThrottle(2, clock=lambda: 1000.0)
+
+    def never(exc: Exception) -> Callable[[], Awaitable[str | None]]:
+        async def read() -> str | None:
+            raise exc
+        return read
+
+    with pytest.raises(InvalidRequest):
+        await throttle.attempt("198.51.100.7", never(InvalidRequest("bad form")), lambda _: True)
+    throttle.check("198.51.100.7")  # not counted
+    for exc in (RequestTimeout("too slow"), ClientDisconnect()):
+        with pytest.raises(type(exc)):
+            await throttle.attempt("198.51.100.7", never(exc), lambda _: True)
+    with pytest.raises(RateLimited):
+        throttle.check("198.51.100.7")

@@ -82,8 +82,10 @@ class MeteredStream:
 
     `produce(ending)` yields the body and fills in `ending` (status, final bytes such as `[DONE]`
     or an error event); then `settle(status)` runs — shielded, so a client leaving at that moment
-    cannot cancel the write halfway — and only then the final bytes are sent. A client that leaves
-    earlier is settled by `on_close` with 499. `settle` must be idempotent (the meter's is).
+    cannot cancel the write halfway — and only then the final bytes are sent. A stream cut before
+    its producer finished — the client left, or the server cancelled it (stopping past its shutdown
+    deadline) — is settled by `on_close` with 499, as a cancelled request is (`Meter.fail`).
+    `settle` must be idempotent (the meter's is).
     """
 
     def __init__(
@@ -96,18 +98,21 @@ class MeteredStream:
         self._settle = settle
         self._on_end = on_end
         self.ending = Ending()
+        self._produced = False  # the producer finished: `ending.status` is how the stream ended
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body, then (after the usage record is stored) the final bytes."""
         async for chunk in self._produce(self.ending):
             yield chunk
+        self._produced = True
         await asyncio.shield(self._settle(self.ending.status))
         if self.ending.last:
             yield self.ending.last
 
     async def on_close(self, disconnected: bool) -> None:
-        """Settle a stream the client left (499) or that ended without reaching its end; then `on_end`."""
-        await self._settle(499 if disconnected else self.ending.status)
+        """Settle a stream the client left or that was cut before its producer finished (499), or
+        one that ended without its settlement yet; then `on_end`."""
+        await self._settle(self.ending.status if self._produced and not disconnected else 499)
         if self._on_end is not None:
             await self._on_end()
 

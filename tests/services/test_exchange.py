@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
+
 from sentinel.api.responses import StreamingRelay
 from sentinel.services.exchange import Ending, MeteredStream
 from tests.support.waiting import until
@@ -145,3 +147,19 @@ async def test_leaving_during_the_settlement_cannot_cancel_it() -> None:
     await until(lambda: bool(settle.recorded))  # the shielded write finishes on its own
     assert settle.recorded == [200]  # written once, with the status the stream ended with
     assert DONE not in client.bodies()  # the client left before the final bytes
+
+
+async def test_a_stream_the_server_cuts_is_settled_as_cut_not_as_a_success() -> None:
+    """The server stopping past its shutdown deadline cancels the request: the client did not leave
+    (`on_close(False)`), but the stream never reached its end. It was recorded with the status it
+    began with (200, a success); it is cut, as a cancelled request is: 499."""
+    log: list[tuple[str, Any]] = []
+    settle = Settlements(log)
+    client = Client(log)
+    served = asyncio.ensure_future(serve(MeteredStream(producing(b"a", hang=True), settle), client))
+    await asyncio.wait_for(client.got_body.wait(), 5)
+    served.cancel()  # uvicorn's Server.shutdown, its graceful timeout passed
+    with pytest.raises(asyncio.CancelledError):
+        await served
+    assert settle.calls == [499] and settle.recorded == [499]
+    assert client.bodies() == [b"a"]

@@ -1,5 +1,6 @@
 """`sentinel/app.py`: start-up tunes the garbage collector only for an app that owns its process; shutdown
-waits for the usage settlements under way before it closes what they write to."""
+waits for the usage settlements under way, and for those of requests the server just cancelled,
+before it closes what they write to."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -18,7 +20,12 @@ from sentinel.db.engine import create_engine, session_factory
 from sentinel.db.models import UsageLedgerRow
 from sentinel.domain.identity import Identity
 from sentinel.domain.usage import Usage, UsageRecord
+from sentinel.protocol import connection_limits, uvicorn_protocol_options
 from sentinel.quota.meter import QuotaMeter
+from tests.support.accounts import create_key
+from tests.support.attack import ledger_rows, recorded_ids
+from tests.support.servers import ServerThread, serving
+from tests.support.upstream import lifespan
 from tests.support.waiting import until
 
 
@@ -95,3 +102,55 @@ async def test_shutdown_waits_for_the_settlements_under_way_before_closing_the_l
     finally:
         await engine.dispose()
     assert stored == [admission.request_id]
+
+
+class OpenStream:
+    """An OpenAI-like upstream that sends one chunk of a chat stream and then nothing, until the
+    other side closes the connection: a generation still under way when the gateway stops."""
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] == "lifespan":
+            return await lifespan(receive, send)
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        chunk = b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini",' \
+                b'"choices":[{"index":0,"delta":{"content":"half"}}]}\n\n'
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+
+def test_a_stream_the_server_cancels_is_recorded_before_shutdown_closes_the_ledger(tmp_path: Path) -> None:
+    """uvicorn's shutdown cancels the requests still running past its graceful timeout and goes
+    straight on to the app's shutdown. A cancelled stream begins its settlement only some loop turns
+    later (the relay unwinds, its body is closed, `on_close` settles), so `QuotaMeter.drain` saw none
+    under way and the closers (deliverer, ledger writer, engine, store) ran before the record was
+    written. Drain now also waits for admissions not yet settled; the record is there before the
+    first closer after it runs, and says the stream was cut (499), not served whole."""
+    with serving(OpenStream()) as upstream:
+        s = settings(tmp_path).model_copy(update={"openai_api_url": upstream.url + "/v1"})
+        _, key = asyncio.run(create_key(s.database_url, "alice"))
+        # graceful=0: the server cancels the running requests at once (its deadline passed)
+        server = ServerThread(create_app(s), graceful=0, limits=connection_limits(s), **uvicorn_protocol_options(s))
+        server.start()
+        runtime = server.server.config.app.runtime
+        assert runtime is not None
+        before_closing: list[set[str]] = []
+
+        async def look() -> None:  # runs right after the drain, before the deliverer and the ledger close
+            before_closing.append(recorded_ids(s.database_url))
+
+        runtime.closers.insert(1, look)
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client, \
+                client.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            reading = r.iter_raw()  # kept: a dropped iterator closes the connection (the client leaving)
+            assert b"half" in next(reading)
+            request_id = r.headers["x-request-id"]
+            server.stop()  # SIGTERM: the stream is still open
+            assert not server.thread.is_alive()
+    assert before_closing == [{request_id}]
+    assert [(row["request_id"], row["status"]) for row in ledger_rows(s.database_url)] == [(request_id, 499)]

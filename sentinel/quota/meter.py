@@ -6,7 +6,9 @@ request and reserves it against every limit in one atomic store operation (or ra
 were spent, client disconnect): it reconciles the reservation to the real usage and writes one
 usage record to the durable outbox before returning. `release()` runs when nothing was served.
 Either, once begun, runs to its end even if its caller is cancelled (one task of its own, shielded);
-shutdown waits for those under way (`QuotaMeter.drain`) before it closes the outbox and the store.
+shutdown waits (`QuotaMeter.drain`) for those under way, and for every admission neither has begun
+for yet (a request the server cancelled reaches its settlement some loop turns later), before it
+closes the outbox and the store.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Admission:
     provider: str | None = None
     prices: Prices | None = None  # of the model that served the request, when known
     settled: bool = False
+    counted: bool = False  # counted open by the meter that admitted it, until settled or released
     recorded: Usage | None = None  # the tokens the usage record was written with (after settle)
 
 
@@ -114,6 +117,8 @@ class QuotaMeter:
         self.metrics = metrics
         self.default_max_output = default_max_output
         self._settling: set[asyncio.Task[None]] = set()  # settlements and releases under way
+        self._open = 0  # admissions neither settled nor released yet (a settlement still to come)
+        self._changed: asyncio.Event | None = None  # set on every change `drain` waits for, while it waits
 
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
@@ -136,6 +141,7 @@ class QuotaMeter:
         count = functools.partial(estimate_input, self.counter, endpoint, model, body, user=identity.external_id)
         admission.estimate_input = await count_off_loop(count, size) + carried_input
         await self._reserve(admission, plan)
+        self._count(admission)
         return admission
 
     async def admit_call(self, identity: Identity, *, endpoint: str, request_id: str) -> Admission:
@@ -144,7 +150,13 @@ class QuotaMeter:
         plan = await self.plans.plan_for(identity)
         admission = Admission(identity=identity, endpoint=endpoint, model=None, request_id=request_id)
         await self._reserve(admission, plan)
+        self._count(admission)
         return admission
+
+    def _count(self, admission: Admission) -> None:
+        """Count `admission` open until it is settled or released (see `drain`)."""
+        admission.counted = True
+        self._open += 1
 
     async def _peek(self, identity: Identity, plan: Plan) -> None:
         try:
@@ -197,35 +209,64 @@ class QuotaMeter:
         (`count_off_loop`). The count, the reconciliation and the record are one task, shielded
         (`_carry_out`): a caller cancelled at any of its waits (the server stopping past its
         shutdown deadline) still leaves its record and its reconciled counters."""
-        if admission.settled:
+        if not self._begin(admission):
             return
-        admission.settled = True
         await self._carry_out(self._record(
             admission, usage=usage, output_text=output_text, status=status, provider=provider,
             output_estimate=output_estimate, reported_input=reported_input,
         ))
+
+    def _begin(self, admission: Admission) -> bool:
+        """Mark `admission` settled (or released); False when it already was. An admission `admit`
+        counted open is no longer: the caller goes straight on to `_carry_out`, with no await
+        between, so `drain` finds it in one of the two (open, under way) until it is done."""
+        if admission.settled:
+            return False
+        admission.settled = True
+        if admission.counted:
+            admission.counted = False
+            self._open -= 1
+            if self._changed is not None:
+                self._changed.set()
+        return True
 
     async def _carry_out(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` (a settlement, a release) to its end whatever becomes of the caller: a task of
         its own, awaited through a shield, kept in `_settling` until done (for `drain`)."""
         task = asyncio.ensure_future(work)
         self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        task.add_done_callback(self._carried_out)
         await asyncio.shield(task)
 
+    def _carried_out(self, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        if self._changed is not None:
+            self._changed.set()
+
     async def drain(self, within: float) -> None:
-        """Wait, at most `within` seconds, for the settlements and releases under way (those begun
-        meanwhile too): shutdown runs it before the outbox, the ledger and the store are closed,
-        which would otherwise lose the records of requests cancelled past the shutdown deadline."""
+        """Wait, at most `within` seconds, until no settlement or release is under way and every
+        admission was settled or released (those admitted meanwhile too): shutdown runs it before
+        the outbox, the ledger and the store are closed. The server cancels the requests still
+        running past its shutdown deadline and goes straight on to the app's shutdown; a cancelled
+        stream begins its settlement only some loop turns later (the relay unwinds, the body is
+        closed, then `on_close` settles), and its record would be written to closed writers."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        while self._settling:
-            left = deadline - loop.time()
-            if left <= 0:
-                log.error("usage settlements still under way at shutdown; their records may be lost",
-                          extra={"count": len(self._settling)})
-                return
-            await asyncio.wait(set(self._settling), timeout=left)
+        self._changed = changed = asyncio.Event()
+        try:
+            while self._settling or self._open:
+                left = deadline - loop.time()
+                if left <= 0:
+                    log.error("usage settlements still under way at shutdown; their records may be lost",
+                              extra={"count": len(self._settling) + self._open})
+                    return
+                changed.clear()
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=left)
+                except TimeoutError:
+                    pass
+        finally:
+            self._changed = None
 
     async def _record(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
@@ -327,9 +368,8 @@ class QuotaMeter:
     async def release(self, admission: Admission) -> None:
         """Give back everything the admission reserved (nothing was served); once per admission, to
         its end even if the caller is cancelled (as `settle`)."""
-        if admission.settled:
+        if not self._begin(admission):
             return
-        admission.settled = True
         if admission.reservation is not None and admission.limiter is not None:
             await self._carry_out(self._release(admission.limiter, admission.reservation))
 

@@ -121,14 +121,16 @@ class NativeChat:
     async def _complete(self, ex: Exchange, done: Completion, choice: RouteChoice, admission: Admission) -> Reply:
         ex.upstream_seconds += done.upstream_seconds
         ex.upstream_status = 200
-        await self.router.report(choice, ok=True)
         reply = done.reply
         text = reply.text()
         usage = reply.usage
+        # Settled first, before any other wait: the answer was served, and a request cancelled
+        # from here on must still leave its record (and not hold `QuotaMeter.drain` at shutdown).
         await self.meter.settle(
             admission, usage=recorded_usage(usage, reply.cache), output_text=text, status=200,
             provider=choice.provider,
         )
+        await self.router.report(choice, ok=True)
         if admission.recorded is not None:
             ex.recorded(admission.recorded.input_tokens, admission.recorded.output_tokens, reply.model or choice.model)
         if usage is None:

@@ -415,3 +415,26 @@ async def test_drain_waits_for_the_settlements_under_way_and_no_longer_than_told
     await draining
     assert [r.request_id for r in outbox.records] == [admission.request_id]
     await settling
+
+
+async def test_drain_waits_for_an_admission_whose_settlement_has_not_begun() -> None:
+    """A request the server cancelled reaches its settlement (or release) some loop turns after the
+    cancel; drain saw nothing under way and returned, and shutdown closed the outbox first. An
+    admission not yet settled or released now holds drain (bounded) until it is."""
+    s, outbox, _ = gated_setup()
+    admission = await s.admit()
+    released = await s.admit()
+    await s.meter.drain(0)  # bounded as before
+    draining = asyncio.create_task(s.meter.drain(10))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not draining.done()
+    await s.meter.release(released)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not draining.done()
+    await s.meter.settle(admission, usage=Usage(7, 3), output_text="", status=499, provider="openai")
+    await asyncio.wait_for(draining, 5)
+    assert [r.request_id for r in outbox.records] == [admission.request_id]
+    await s.meter.settle(admission, usage=Usage(7, 3), output_text="", status=499, provider="openai")  # once
+    await asyncio.wait_for(s.meter.drain(10), 5)

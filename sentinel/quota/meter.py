@@ -93,6 +93,13 @@ class Meter(Protocol):
     async def fail(self, admission: Admission, error: BaseException) -> None: ...
 
 
+def _report_unawaited(task: asyncio.Task[None]) -> None:
+    """Log the exception of a settlement or release whose caller was cancelled (see `_carry_out`)."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("a usage settlement failed after its request was cancelled; its record or its "
+                  "reconciliation may be lost", exc_info=error)
+
+
 class QuotaMeter:
     """Quotas (shared limiter, failure policy) plus usage records (token counting, outbox)."""
 
@@ -232,11 +239,17 @@ class QuotaMeter:
 
     async def _carry_out(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` (a settlement, a release) to its end whatever becomes of the caller: a task of
-        its own, awaited through a shield, kept in `_settling` until done (for `drain`)."""
+        its own, awaited through a shield, kept in `_settling` until done (for `drain`). A caller
+        still waiting gets its exception; once the caller is cancelled nobody would (the shield
+        marks it retrieved): it is logged, with its traceback."""
         task = asyncio.ensure_future(work)
         self._settling.add(task)
         task.add_done_callback(self._carried_out)
-        await asyncio.shield(task)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_report_unawaited)
+            raise
 
     def _carried_out(self, task: asyncio.Task[None]) -> None:
         self._settling.discard(task)

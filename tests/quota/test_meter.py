@@ -438,3 +438,47 @@ async def test_drain_waits_for_an_admission_whose_settlement_has_not_begun() -> 
     assert [r.request_id for r in outbox.records] == [admission.request_id]
     await s.meter.settle(admission, usage=Usage(7, 3), output_text="", status=499, provider="openai")  # once
     await asyncio.wait_for(s.meter.drain(10), 5)
+
+
+async def test_a_settlement_that_fails_after_its_caller_was_cancelled_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The settlement goes on without a cancelled caller; if it then failed, its exception went
+    nowhere (the shield marks it retrieved): a lost record without a line in the log."""
+    s, outbox, _ = gated_setup()
+    admission = await s.admit()
+    outbox.gate = gate = asyncio.Event()
+
+    async def broken(record: UsageRecord) -> None:
+        outbox.waiting = True
+        await gate.wait()
+        raise RuntimeError("the outbox broke")
+
+    outbox.put = broken  # type: ignore[method-assign]
+    settling = asyncio.create_task(
+        s.meter.settle(admission, usage=Usage(7, 3), output_text="", status=200, provider="openai"))
+    await until(lambda: outbox.waiting)
+    settling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await settling
+    gate.set()
+    await s.meter.drain(10)
+    failed = [r for r in caplog.records if "failed after its request was cancelled" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is not None
+    assert "the outbox broke" in caplog.text
+
+
+async def test_a_settlement_that_fails_under_its_waiting_caller_is_raised_to_it_not_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    s, outbox, _ = gated_setup()
+    admission = await s.admit()
+
+    async def broken(record: UsageRecord) -> None:
+        raise RuntimeError("the outbox broke")
+
+    outbox.put = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="the outbox broke"):
+        await s.meter.settle(admission, usage=Usage(7, 3), output_text="", status=200, provider="openai")
+    await s.meter.drain(10)
+    assert "failed after its request was cancelled" not in caplog.text

@@ -13,7 +13,8 @@ Policies (documented in the README):
 - requests without an established session (none, or its first turn, or the turn that upgrades it) are
   retried once, before the first byte, on another healthy candidate, and the session follows the
   retry; concurrent first turns: the first answered creates the session (`SET NX`), the others
-  leave it as it is;
+  leave it as it is; so do concurrent upgrades and migrations (the first answered is written, the
+  others find the session changed since they read it and leave it: `SessionStore.replace`);
 - the store being unreachable means no stickiness (fresh selection), logged and counted.
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sentinel.domain.identity import Identity
 from sentinel.domain.policies import SessionFailover
@@ -199,18 +200,25 @@ class TierRouter:
                 if (won.provider, won.model) != (session.provider, session.model):
                     return  # a concurrent first turn was answered first: the session is its own
             elif decision.session is not None:
-                session = decision.session
+                read = decision.session
                 if decision.pending_write == "touch":
-                    await self.sessions.touch(session)
+                    await self.sessions.touch(read)
                     if decision.event:
                         self.metrics.sessions.labels(decision.event).inc()
                     return
-                if decision.event == "migrated":
-                    session.migrations += 1
-                    log.info("session migrated", extra={"from": f"{session.provider}/{session.model}",
-                                                        "to": f"{decision.provider}/{decision.model}"})
-                session.tier, session.provider, session.model = decision.tier, decision.provider, decision.model
-                await self.sessions.save(session)
+                migrated = decision.event == "migrated"
+                new = replace(read, tier=decision.tier, provider=decision.provider, model=decision.model,
+                              migrations=read.migrations + (1 if migrated else 0))
+                # Only over the session as `decide` read it: a concurrent request that changed it
+                # first (its own upgrade or migration, answered sooner) keeps its change.
+                if not await self.sessions.replace(read, new):
+                    log.info("session changed by a concurrent request; left as it is",
+                             extra={"event": decision.event, "model": f"{decision.provider}/{decision.model}"})
+                    return
+                decision.session = new
+                if migrated:
+                    log.info("session migrated", extra={"from": f"{read.provider}/{read.model}",
+                                                        "to": f"{new.provider}/{new.model}"})
         except StoreUnavailable:
             self.metrics.sessions.labels("store_error").inc()
             log.warning("could not save the session (store unavailable)")

@@ -3,10 +3,13 @@
 Key `sentinel:session:u<owner>:<conversation_id>` (`<owner>`: 32 hex digits of the SHA-256 of the
 user's external id), JSON value
 `{conversation_id, external_id, tier, provider, model, created_at, last_seen_at, migrations}`,
-TTL SESSION_TTL_SECONDS refreshed on every request. Conversation ids are the user's own: two users
-naming the same id have two conversations, and neither can see, change, hold or learn of the other's
-(the original keyed sessions by the id alone, so another user could squat a guessable id).
-Creation uses SET NX, so two concurrent first turns agree on one model.
+TTL SESSION_TTL_SECONDS, refreshed by every request a model answered (a stream: once it began; a
+request refused or never answered leaves the session as it was). Conversation ids are the user's
+own: two users naming the same id have two conversations, and neither can see, change, hold or learn
+of the other's (the original keyed sessions by the id alone, so another user could squat a guessable
+id). Creation uses SET NX, so two concurrent first turns agree on one model; an upgrade or a
+migration is written only if the session is still as the request read it (`REPLACE`), so of two
+concurrent ones the first answered wins and the other leaves it; a hit refreshes it only so (`TOUCH`).
 
 A stored value that cannot be decoded (another version's format, corruption) is treated as no
 session: logged, counted (`sentinel_cache_lookups_total{cache="session",result="undecodable"}`)
@@ -62,6 +65,46 @@ def _touch_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 # Refresh last_seen_at and the TTL only if the session still points where we read it: a hit never
 # overwrites a concurrent upgrade or migration.
 TOUCH = Script(name="session_touch", lua=_TOUCH_LUA, local=_touch_local)
+
+# ARGV: the provider, model, tier and migrations the session was read with, the new session (JSON),
+# its TTL (ms). Compared as TOUCH does, plus `migrations` (a move there and back is a change).
+_REPLACE_LUA = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local ok, s = pcall(cjson.decode, raw)
+if not ok or type(s) ~= 'table' then return 0 end
+if s['provider'] ~= ARGV[1] or s['model'] ~= ARGV[2] or s['tier'] ~= ARGV[3] then return 0 end
+local migrations = s['migrations']
+if type(migrations) ~= 'number' then migrations = 0 end
+if migrations ~= tonumber(ARGV[4]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[5], 'PX', ARGV[6])
+return 1
+"""
+
+
+def _replace_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    raw = ops.get(keys[0])
+    if raw is None:
+        return 0
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return 0
+    if not isinstance(data, dict):
+        return 0
+    if (data.get("provider"), data.get("model"), data.get("tier")) != (args[0], args[1], args[2]):
+        return 0
+    migrations = data.get("migrations")
+    if (migrations if isinstance(migrations, int | float) and not isinstance(migrations, bool) else 0) != int(args[3]):
+        return 0
+    ops.set(keys[0], args[4].encode(), int(args[5]) / 1000)
+    return 1
+
+
+# Write a session's upgrade or migration only if it still is what the request read: of two requests
+# that both changed the session they read, the first answered wins (its migration counted), and the
+# other leaves it — as of two first turns (SET NX).
+REPLACE = Script(name="session_replace", lua=_REPLACE_LUA, local=_replace_local)
 
 
 @dataclass
@@ -186,7 +229,15 @@ class SessionStore:
             session.last_seen_at = now
         return bool(done)
 
-    async def save(self, session: Session) -> None:
-        """Write (refreshing last_seen_at and the TTL)."""
-        session.last_seen_at = self.clock()
-        await self.store.set(self.key(session.external_id, session.conversation_id), session.to_bytes(), self.ttl)
+    async def replace(self, read: Session, new: Session) -> bool:
+        """Write `new` (refreshing last_seen_at and the TTL) in place of `read`, the session as the
+        request read it, atomically — unless the stored one has changed meanwhile (another
+        request's upgrade or migration; or it expired): then it is left as it is, False. A touch
+        (last_seen_at) is no change."""
+        new.last_seen_at = self.clock()
+        done = await self.store.run(
+            REPLACE,
+            [self.key(read.external_id, read.conversation_id)],
+            [read.provider, read.model, read.tier, read.migrations, new.to_bytes(), int(self.ttl * 1000)],
+        )
+        return bool(done)

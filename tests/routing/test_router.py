@@ -149,3 +149,28 @@ async def test_a_conversation_served_by_another_candidate_keeps_that_candidates_
     moved = StaticTiers({"simple": [rest], "moderate": [other], "complex": []})
     later = await make_router(store, moved).decide(ALICE, request("simple", "raced"))
     assert (later.provider, later.entry.prices) == (other.provider, other.prices)
+
+
+async def test_of_two_requests_that_change_a_session_the_first_answered_wins(store: Store) -> None:
+    """Sessions are written once answered: a request that upgrades the session it read and generates
+    for a minute, and one that meanwhile migrates the same session off a model in backoff, each
+    wrote their own unconditionally. The upgrade, answered last, overwrote the migration and the
+    migrations count it made. The first answered now wins; the other leaves the session as it is."""
+    router = make_router(store, table(simple=[OA_MINI, OA_4O, AN_HAIKU], complex=[OA_4O, AN_SONNET]),
+                         failover=SessionFailover.migrate)
+    _, provider, model = await turn(router, request("simple"))
+    await router.health.record_failure(provider, model)
+    upgrading = await router.decide(ALICE, request("complex"))
+    migrating = await router.decide(ALICE, request("simple"))
+    assert (upgrading.event, migrating.event) == ("upgraded", "migrated")
+    await router.commit(ALICE, migrating)  # answered first
+    await router.commit(ALICE, upgrading)  # answered a minute later
+    stored = await router.sessions.get("conv-1", "alice")
+    assert stored is not None
+    assert (stored.tier, stored.provider, stored.model, stored.migrations) == (
+        "simple", migrating.provider, migrating.model, 1)
+    assert sessions_count(router, "migrated") == 1 and sessions_count(router, "upgraded") == 0
+    # the next complex request upgrades the session as it now is
+    assert (await turn(router, request("complex")))[0] == "complex"
+    stored = await router.sessions.get("conv-1", "alice")
+    assert stored is not None and (stored.tier, stored.migrations) == ("complex", 1)

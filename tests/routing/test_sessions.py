@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sentinel.routing.sessions import Session, SessionStore
 from sentinel.store import MemoryStore, Store
 from tests.support.clock import FakeClock
@@ -18,7 +20,7 @@ async def test_ttl_is_refreshed_by_activity_injected_clock() -> None:
     await sessions.create(session)
     clock.advance(99)
     assert await sessions.get("conv-1", "alice") is not None
-    await sessions.save(session)  # a turn at t=99 refreshes the TTL to t=199
+    assert await sessions.touch(session)  # a turn at t=99 refreshes the TTL to t=199
     clock.advance(99.5)
     found = await sessions.get("conv-1", "alice")
     assert found is not None and found.last_seen_at == 99
@@ -26,7 +28,7 @@ async def test_ttl_is_refreshed_by_activity_injected_clock() -> None:
     assert await sessions.get("conv-1", "alice") is None
 
 
-async def test_save_refreshes_the_ttl(store: Store) -> None:
+async def test_replace_refreshes_the_ttl(store: Store) -> None:
     sessions = SessionStore(store, ttl=1000)
     session = make_session()
     await sessions.create(session)
@@ -34,9 +36,38 @@ async def test_save_refreshes_the_ttl(store: Store) -> None:
     assert await store.expire(key, 5)
     ttl = await store.ttl(key)
     assert ttl is not None and ttl <= 5
-    await sessions.save(session)
+    assert await sessions.replace(session, replace(session, tier="complex", model="gpt-4o"))
     ttl = await store.ttl(key)
     assert ttl is not None and ttl > 500
+    stored = await sessions.get("conv-1", "alice")
+    assert stored is not None and (stored.tier, stored.model) == ("complex", "gpt-4o")
+
+
+async def test_replace_leaves_a_session_changed_since_it_was_read(store: Store) -> None:
+    """Two requests read the same session and both change it (an upgrade, a migration); each
+    answered after a long generation and wrote its own unconditionally, so the last one answered
+    overwrote the first (and the migration it counted). Now the first written wins; the other finds
+    the session changed and leaves it. A touch in between (last_seen_at) is no change."""
+    clock = FakeClock(0.0)
+    sessions = SessionStore(store, ttl=1000, clock=clock)
+    await sessions.create(make_session())
+    first, second = await sessions.get("conv-1", "alice"), await sessions.get("conv-1", "alice")
+    assert first is not None and second is not None
+    clock.advance(5)
+    assert await sessions.touch(replace(second))  # a hit meanwhile
+    migrated = replace(second, model="gpt-4o", migrations=1)
+    assert await sessions.replace(second, migrated)
+    assert not await sessions.replace(first, replace(first, tier="complex", model="o3"))
+    stored = await sessions.get("conv-1", "alice")
+    assert stored is not None and (stored.tier, stored.model, stored.migrations) == ("simple", "gpt-4o", 1)
+    # There and back again is a change too (the migrations count differs)
+    back = replace(migrated, model="gpt-4o-mini", migrations=2)
+    assert await sessions.replace(migrated, back)
+    assert not await sessions.replace(second, replace(second, tier="complex"))
+    # A session gone (expired) is not brought back by a request that read it before
+    await store.delete(SessionStore.key("alice", "conv-1"))
+    assert not await sessions.replace(back, replace(back, tier="complex"))
+    assert await sessions.get("conv-1", "alice") is None
 
 
 async def test_conversation_ids_are_each_users_own(store: Store) -> None:

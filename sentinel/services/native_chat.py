@@ -148,7 +148,11 @@ class NativeChat:
         router, meter = self.router, self.meter
 
         async def produce(ending: Ending) -> AsyncIterator[bytes]:
-            await router.commit(identity, choice)  # the answer began: the session is this model's
+            try:
+                await router.commit(identity, choice)  # the answer began: the session is this model's
+            except BaseException:  # cancelled (the client left during the write): `events` never runs
+                stream.upstream.close()  # its `finally` would have; else the connection waits for GC
+                raise
             try:
                 async for chunk in stream.events():
                     yield render_chunk(chunk)

@@ -1,0 +1,77 @@
+"""NativeChat's stream, driven through the transport's real `StreamingRelay` with fakes around it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sentinel.api.responses import StreamingRelay
+from sentinel.domain.identity import Identity
+from sentinel.domain.tiers import TierModelEntry
+from sentinel.native.stream import OpenAIStreamNormalizer
+from sentinel.providers.chat import ProviderStream
+from sentinel.providers.http import UpstreamResponse
+from sentinel.quota.meter import Admission
+from sentinel.routing.router import RouteChoice
+from sentinel.services.exchange import Exchange
+from sentinel.services.native_chat import NativeChat
+from tests.support.waiting import until
+
+ALICE = Identity("alice", "u1")
+
+
+class HeldRouter:
+    """A router whose session write waits at `gate` (a slow store)."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.writing = False
+
+    async def commit(self, identity: Identity, choice: RouteChoice) -> None:
+        self.writing = True
+        await self.gate.wait()
+
+    async def report(self, choice: RouteChoice, *, ok: bool) -> None:
+        pass
+
+
+class Connection:
+    """The upstream's aiohttp response: only whether it was closed matters here."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Settled:
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+
+    async def settle(self, admission: Admission, **kw: Any) -> None:
+        self.statuses.append(kw["status"])
+
+
+async def test_a_client_leaving_during_the_session_write_closes_the_upstream() -> None:
+    """The session write came before the body's `try`: a client that left while it was written
+    cancelled the stream before `events()` began, and the `finally` that closes the upstream never
+    ran (the connection was freed only by the garbage collector)."""
+    router, connection, meter = HeldRouter(), Connection(), Settled()
+    chat = NativeChat(router, {}, meter, None)  # type: ignore[arg-type]
+    choice = RouteChoice("simple", TierModelEntry(provider="openai", model="gpt-4o-mini", relative_cost=1))
+    upstream = UpstreamResponse("openai", 200, [], connection)  # type: ignore[arg-type]
+    stream = ProviderStream(upstream, OpenAIStreamNormalizer(provider="openai"))
+    admission = Admission(ALICE, "native", "gpt-4o-mini", "r1")
+    reply = chat._stream(Exchange(usage_id="r1"), ALICE, stream, choice, admission)
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    relay = StreamingRelay(200, [], reply.chunks, reply.on_close)
+    served = asyncio.ensure_future(relay({}, inbox.get, send))
+    await until(lambda: router.writing)
+    inbox.put_nowait({"type": "http.disconnect"})  # the client leaves
+    await asyncio.wait_for(served, 5)
+    assert connection.closed
+    assert meter.statuses == [499]

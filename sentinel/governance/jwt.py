@@ -3,8 +3,9 @@
 The original sent every new token to Zion's `/users/me`; verifying locally needs no call per token.
 The token's `alg` picks the key family and never the other way round: HS* only with the secret,
 asymmetric algorithms only with JWKS keys (symmetric JWKS keys are ignored), `none` never. So a
-public key can never be used as an HMAC secret. The JWKS is cached, refreshed after `max_age`, and
-refetched when a token names an unknown `kid`, at most once per `refetch_interval`. While refetches
+public key can never be used as an HMAC secret. The JWKS is cached, refreshed once older than
+`max_age` (however small), and refetched when a token names an unknown `kid`, at most once per
+`refetch_interval` after a fetch. After a failed fetch none is tried for up to 5 s. While refetches
 fail the cached set is still used, but never once it was fetched more than `max_stale` ago: a key the
 identity provider removed must not stay valid for as long as its JWKS URL is unreachable. Past that,
 every JWKS-signed token is GovernanceUnavailable (503), as with no set at all.
@@ -107,7 +108,7 @@ class JwtVerifier:
         self._clock = clock
         self._keys: list[tuple[str | None, jwt.PyJWK]] | None = None  # (the JWK's own `alg`, key)
         self._fetched_at = 0.0
-        self._next_fetch = 0.0  # no fetch before this (monotonic), success or failure alike
+        self._retry_at = 0.0  # after a failed fetch, no fetch before this (monotonic)
         self._lock = asyncio.Lock()
         self.fetches = 0  # JWKS downloads attempted (for tests and metrics)
 
@@ -177,18 +178,26 @@ class JwtVerifier:
         return usable[0] if len(usable) == 1 else None  # no kid: only an unambiguous key will do
 
     async def _refresh(self) -> None:
+        """Fetch the set when it is due: none yet, or older than `max_age` (whatever
+        `refetch_interval` says: a `max_age` below it was not refreshed in time, and a `max_stale`
+        below it made a reachable JWKS an outage), or else (a token named an unknown `kid`) fetched
+        `refetch_interval` ago. Never within 5 s of a failure. Decided under the lock: of the tasks
+        that found the set due, the first fetches and the others find it fresh."""
         async with self._lock:
-            if self._clock() < self._next_fetch:  # too soon, or another task just refreshed
+            now = self._clock()
+            if now < self._retry_at:  # a fetch failed moments ago
+                return
+            due = self._keys is None or now - self._fetched_at > self._max_age
+            if not due and now < self._fetched_at + self._refetch_interval:  # fetched recently
                 return
             self.fetches += 1
             try:
                 keys = await self._download()
             except GovernanceUnavailable:
-                self._next_fetch = self._clock() + min(5.0, self._refetch_interval)
+                self._retry_at = self._clock() + min(5.0, self._refetch_interval)
                 log.warning("JWKS fetch failed; %s", "keeping the cached keys (until max_stale)" if self._keys else "no keys")
                 return
             self._keys, self._fetched_at = keys, self._clock()
-            self._next_fetch = self._fetched_at + self._refetch_interval
 
     async def _download(self) -> list[tuple[str | None, jwt.PyJWK]]:
         assert self._session is not None and self._jwks_url is not None

@@ -313,6 +313,41 @@ async def test_a_stale_key_set_is_honoured_for_max_stale_then_it_is_an_outage(
     assert await verifier.verify(rs(key_a, "a")) is None  # back: the key is gone from the new set
 
 
+async def test_a_max_age_and_max_stale_below_the_refetch_interval_are_kept(
+    jwks: tuple[Jwks, str], session: aiohttp.ClientSession
+) -> None:
+    """A set past `max_age` was refetched only `refetch_interval` (60 s) after its fetch, yet refused
+    once past `max_stale`: with JWT_JWKS_MAX_STALE_SECONDS=20 a reachable JWKS made every JWKS token
+    a 503 from 20 s to 60 s after each fetch, and JWT_JWKS_MAX_AGE_SECONDS=10 refreshed once a minute.
+    A set past `max_age` is now fetched again at once (never within 5 s of a failure)."""
+    server, url = jwks
+    key_a, jwk_a = rsa_key("a")
+    server.keys = [jwk_a]
+    clock = Clock()
+    verifier = JwtVerifier(None, url, None, None, session, max_age=10, max_stale=20, clock=clock)
+    assert await verifier.verify(rs(key_a, "a")) is not None
+    clock.now += 5
+    assert await verifier.verify(rs(key_a, "a")) is not None
+    assert server.downloads == 1  # fresh: cached
+    clock.now += 6  # 11 s old: due
+    assert await verifier.verify(rs(key_a, "a")) is not None
+    assert server.downloads == 2
+    clock.now += 21  # past max_stale of the last fetch, the JWKS reachable: fetched, not an outage
+    assert await verifier.verify(rs(key_a, "a")) is not None
+    assert server.downloads == 3
+    server.down = True
+    clock.now += 21
+    with pytest.raises(GovernanceUnavailable):  # unreachable and too old: the outage it should be
+        await verifier.verify(rs(key_a, "a"))
+    with pytest.raises(GovernanceUnavailable):
+        await verifier.verify(rs(key_a, "a"))
+    assert server.downloads == 4  # one try; the next only 5 s after the failure
+    server.down = False
+    clock.now += 5
+    assert await verifier.verify(rs(key_a, "a")) is not None
+    assert server.downloads == 5
+
+
 async def test_jwks_key_misuse_is_rejected(jwks: tuple[Jwks, str], session: aiohttp.ClientSession) -> None:
     server, url = jwks
     key_a, jwk_a = rsa_key("a")

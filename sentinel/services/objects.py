@@ -135,11 +135,18 @@ def reads_account_data(body: Any) -> bool:
     run over `stored_completions` or `responses`, an eval configured from `logs`)."""
     for node in _objects(body):
         source, config = node.get("source"), node.get("data_source_config")
-        if isinstance(source, dict) and source.get("type") in ACCOUNT_SOURCES:
+        if isinstance(source, dict) and _typed(source, ACCOUNT_SOURCES):
             return True
-        if isinstance(config, dict) and config.get("type") in ACCOUNT_CONFIGS:
+        if isinstance(config, dict) and _typed(config, ACCOUNT_CONFIGS):
             return True
     return False
+
+
+def _typed(node: dict[str, Any], kinds: frozenset[str]) -> bool:
+    """Whether a JSON object's `type` is one of `kinds`. A `type` that is not a string (a list, an
+    object: unhashable) is no type of them, as a `source` that is not an object is no source."""
+    kind = node.get("type")
+    return isinstance(kind, str) and kind in kinds
 
 
 # Eval run data sources the provider samples a model for (`data_source.model`), and graders that run
@@ -156,11 +163,11 @@ def eval_models(body: Any) -> list[tuple[str, Any]]:
         return []
     found: list[tuple[str, Any]] = []
     source = body.get("data_source")
-    if isinstance(source, dict) and ("model" in source or source.get("type") in SAMPLED_SOURCES):
+    if isinstance(source, dict) and ("model" in source or _typed(source, SAMPLED_SOURCES)):
         found.append(("data_source.model", source.get("model")))
     criteria = body.get("testing_criteria")
     for grader in _objects(criteria) if isinstance(criteria, list) else ():
-        if grader.get("type") in MODEL_GRADERS or ("model" in grader and "type" in grader):
+        if _typed(grader, MODEL_GRADERS) or ("model" in grader and "type" in grader):
             found.append(("testing_criteria.model", grader.get("model")))
     return found
 

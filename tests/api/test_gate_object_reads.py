@@ -457,3 +457,29 @@ def test_an_eval_run_through_the_sdk_names_a_catalogue_model(
     with pytest.raises(openai.NotFoundError):  # forwarded: the mock has no evals
         gw.openai().evals.runs.create("eval_1", data_source=sampled("gpt-4o-mini")["data_source"])  # type: ignore[arg-type]
     assert spy.paths() == [RUNS]
+
+
+@pytest.mark.parametrize(("path", "body", "status"), [
+    ("/v1/evals", {"name": "e", "testing_criteria": [{"type": ["label_model"]}]}, 404),
+    ("/v1/evals", {"name": "e", "testing_criteria": [{"type": {"a": 1}, "model": "x"}]}, 400),
+    ("/v1/evals", {"name": "e", "data_source_config": {"type": []}}, 404),
+    (RUNS, {"data_source": {"type": ["completions"]}}, 404),
+    (RUNS, {"data_source": {"type": "jsonl", "source": {"type": []}}}, 404),
+], ids=["grader-type-list", "grader-type-object", "config-type-list", "source-type-list", "nested-source-type"])
+def test_an_eval_whose_type_is_not_a_string_is_no_such_type(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str, path: str, body: dict[str, Any],
+    status: int,
+) -> None:
+    """A `type` that is a list or an object was looked up in a set of types (unhashable): an ordinary
+    user's key made a 500 with a traceback. It is no type Sentinel checks for (as a `source` that is
+    not an object is no source): forwarded unless it names a model the catalogue does not offer."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough="/v1/evals,/v1/evals/*")
+    redis.Redis.from_url(redis_url).set("sentinel:owner:eval_1", "alice")
+    with gw.client() as alice:
+        answer = alice.post(path, json=body)
+    assert answer.status_code == status, answer.text
+    if status == 400:  # a grader with a model is a model grader, whatever its type
+        assert openai_error(answer.json())["details"]["param"] == "testing_criteria.model", answer.text
+        assert spy.seen == []
+    else:  # forwarded (the mock has no evals)
+        assert [s.path for s in spy.seen] == [path]

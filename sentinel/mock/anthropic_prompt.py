@@ -187,7 +187,8 @@ def _check_image(at: str, source: Any) -> None:
         return
     if source.get("type") != "base64":
         raise WireError(400, f"{at}.source.type: Input should be 'base64' or 'url'")
-    if source.get("media_type") not in MEDIA_TYPES:
+    media = source.get("media_type")
+    if not isinstance(media, str) or media not in MEDIA_TYPES:
         raise WireError(
             400, f"{at}.source.media_type: Input should be 'image/jpeg', 'image/png', 'image/gif' or 'image/webp'"
         )
@@ -242,7 +243,8 @@ def _check_tools(tools: Any, choice: Any) -> None:
                 raise WireError(400, f"tools.{t}.custom.input_schema.type: Input should be 'object'")
     if choice is None:
         return
-    if not isinstance(choice, dict) or choice.get("type") not in TOOL_CHOICES:
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if not isinstance(kind, str) or kind not in TOOL_CHOICES:
         raise WireError(400, "tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'")
     if choice["type"] == "tool" and not isinstance(choice.get("name"), str):
         raise WireError(400, "tool_choice.tool.name: Field required")

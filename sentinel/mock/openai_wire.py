@@ -192,7 +192,8 @@ def chat_completions(call: Call) -> Reply:
     texts: list[str] = []
     user_text = ""
     for i, entry in enumerate(messages):
-        if not isinstance(entry, dict) or entry.get("role") not in ROLES:
+        role = entry.get("role") if isinstance(entry, dict) else None
+        if not isinstance(role, str) or role not in ROLES:
             raise WireError(
                 400,
                 f"Invalid value for 'messages[{i}].role'.",

@@ -84,7 +84,7 @@ def _ttl(block: Any) -> str | None:
     if not isinstance(marker, dict) or marker.get("type") != "ephemeral":
         raise WireError(400, "cache_control.type: Input should be 'ephemeral'")
     ttl = marker.get("ttl", "5m")
-    if ttl not in TTLS:
+    if not isinstance(ttl, str) or ttl not in TTLS:
         raise WireError(400, "cache_control.ttl: Input should be '5m' or '1h'")
     return str(ttl)
 

@@ -178,6 +178,21 @@ def test_messages_validation_and_auth(http: httpx.Client) -> None:
     assert http.post("/v1/messages", headers=ANTHROPIC_AUTH, json=good).status_code == 200
 
 
+@pytest.mark.parametrize(("extra", "field"), [
+    ({"tool_choice": {"type": ["auto"]}}, "tool_choice.type"),
+    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {
+        "type": "base64", "media_type": ["image/png"], "data": "iVBORw0KGgo="}}]}]}, "source.media_type"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {
+        "type": "ephemeral", "ttl": {"m": 5}}}]}]}, "cache_control.ttl"),
+], ids=["tool-choice", "media-type", "cache-ttl"])
+def test_a_list_or_object_where_a_name_goes_is_a_400(http: httpx.Client, extra: dict, field: str) -> None:
+    """Looked up in a set of names, a list or an object (unhashable) was a 500."""
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], **extra}
+    r = http.post("/v1/messages", headers=ANTHROPIC_AUTH, json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error" and field in r.json()["error"]["message"]
+
+
 def test_models_and_count_tokens_anthropic_flavour(claude: anthropic.Anthropic) -> None:
     ids = [m.id for m in claude.models.list()]
     assert "claude-3-5-haiku-20241022" in ids

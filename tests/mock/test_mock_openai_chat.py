@@ -234,6 +234,7 @@ def test_completions_list_prompt(oai: openai.OpenAI) -> None:
         ({"model": "m"}, "messages"),
         ({"model": "m", "messages": []}, "messages"),
         ({"model": "m", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"model": "m", "messages": [{"role": ["user"], "content": "x"}]}, "messages[0].role"),  # was a 500
     ],
 )
 def test_chat_validation_errors(http: httpx.Client, body: dict, param: str) -> None:

@@ -198,5 +198,5 @@ def test_a_form_is_taken_only_where_a_file_is(
                           files={"file": ("b.json", orjson.dumps({"file_id": victim}))})  # a file's bytes are its own
         spoken = bob.post("/v1/audio/transcriptions", data={"model": "whisper-1"}, files={"file": ("a.wav", b"RIFF")})
     assert upload.status_code == 200, upload.text
-    assert spoken.status_code != 400, spoken.text  # forwarded (what the mock answers is its own)
+    assert spoken.status_code == 404, spoken.text  # forwarded (the mock has no transcriptions)
     assert [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/files"), ("POST", "/v1/audio/transcriptions")]

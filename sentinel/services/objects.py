@@ -211,19 +211,22 @@ class Upload:
     def values(self, name: str) -> list[bytes]:
         return [value for part, value, _ in self.parts if part == name]
 
-    def references(self, limit: int = MAX_REFERENCES) -> list[str]:
+    def references(self, limit: int = MAX_REFERENCES, *, files: frozenset[str] = frozenset()) -> list[str]:
         """Object ids the upload names: the value of every part whose name has a component — split
         at brackets and dots — that is one of REFERENCE_KEYS (`file_id`, `file_ids[]`,
         `tool_resources[code_interpreter][file_ids][]`, `tool_resources.file_search.vector_store_ids`),
-        file part or not; and the ids (`referenced_ids`) in the value of a field that is not a file
-        and holds a JSON object or array (`tool_resources={...}`). MalformedUpload when such a value
-        holds more JSON objects and arrays than a body may."""
+        file part or not; and the ids (`referenced_ids`) in every other value that starts as JSON
+        (`{` or `[`: `tool_resources={...}`), unless it is a file (its part has a `filename`) given
+        on one of `files`, the fields the call takes files on (`upload_files`: a file's bytes are
+        its own) — a file part on any other field is read as a field. MalformedUpload when such a
+        value holds more JSON objects and arrays than a body may, or is not JSON Sentinel reads as
+        any reader would (`_json_field`)."""
         found: list[str] = []
         for name, value, is_file in self.parts:
             components = _COMPONENT.split(name)
             if any(c in REFERENCE_KEYS for c in components):
                 found.extend(_ids(value.decode("utf-8", "replace").strip()))
-            elif not is_file and value.lstrip()[:1] in (b"{", b"["):
+            elif value.lstrip()[:1] in (b"{", b"[") and not (is_file and _INDEX.sub("", name) in files):
                 found.extend(referenced_ids(_json_field(value), limit))
             if len(found) > limit:
                 raise TooManyReferences(f"A request may name at most {limit} objects")
@@ -249,43 +252,69 @@ class Upload:
 
 
 _COMPONENT = re.compile(r"[\[\].]+")
+_INDEX = re.compile(r"\[\d*\]$")  # `image[]`, `image[0]`: one of the files given on `image`
 
 
 def _json_field(value: bytes) -> Any:
-    """A form field's value read as JSON (None when it is not JSON: text, which names nothing)."""
+    """A form field's value that starts as JSON, read as JSON. The upload goes upstream as it came, so
+    a value a reader could read otherwise than orjson is MalformedUpload: one orjson refuses (`NaN`,
+    a lone surrogate, which lenient readers take) and one that gives a key twice (readers keep the
+    first or the last). A value orjson refuses that holds no `:` is text (`[Speaker 1] ...`), None:
+    it names nothing in any reader's JSON (an id is named by a key)."""
     if json_containers_exceed(value):
         raise MalformedUpload("A form field's JSON value holds too many objects and arrays")
     try:
-        return orjson.loads(value)
+        parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
-        return None
+        if b":" not in value:
+            return None
+        raise MalformedUpload(
+            "A form field's value that starts as JSON ({ or [) must be JSON Sentinel can read "
+            "(valid UTF-8, no NaN, no lone surrogate)"
+        ) from None
+    if _may_repeat_a_key(value, parsed):
+        try:
+            _strict_json(value)
+        except (ValueError, RecursionError) as exc:
+            raise MalformedUpload(f"A form field's JSON value must be JSON Sentinel can read: {exc}") from None
+    return parsed
 
 
 # Calls that take an upload (`multipart/form-data`): a POST to one of these paths (`*`: any one
 # segment, an object's id) — those the OpenAI API takes a file on (the official SDK sends them as
-# multipart). Every other call takes JSON only: an upload's fields would escape the checks that
-# read a JSON body (a batch's input file, an eval's data sources and models).
-UPLOAD_PATHS = frozenset({
-    ("files",), ("uploads", "*", "parts"), ("audio", "transcriptions"), ("audio", "translations"),
-    ("images", "edits"), ("images", "variations"), ("containers", "*", "files"), ("videos",),
-    ("videos", "edits"), ("videos", "extensions"), ("videos", "characters"), ("skills",),
-    ("skills", "*", "versions"), ("audio", "voices"), ("audio", "voice_consents"), ("realtime", "calls"),
-    ("content_provenance_checks",),
-})
+# multipart) —, each with the fields it takes files on (a file of several given as `image[]`, too).
+# Every other call takes JSON only: an upload's fields would escape the checks that read a JSON body
+# (a batch's input file, an eval's data sources and models).
+_FILE = frozenset({"file"})
+UPLOAD_PATHS: dict[tuple[str, ...], frozenset[str]] = {
+    ("files",): _FILE, ("uploads", "*", "parts"): frozenset({"data"}), ("audio", "transcriptions"): _FILE,
+    ("audio", "translations"): _FILE, ("images", "edits"): frozenset({"image", "mask", "markup"}),
+    ("images", "variations"): frozenset({"image"}), ("containers", "*", "files"): _FILE,
+    ("videos",): frozenset({"input_reference"}), ("videos", "edits"): frozenset({"video"}),
+    ("videos", "extensions"): frozenset({"video"}), ("videos", "characters"): frozenset({"video"}),
+    ("skills",): frozenset({"files"}), ("skills", "*", "versions"): frozenset({"files"}),
+    ("audio", "voices"): frozenset({"audio_sample"}), ("audio", "voice_consents"): frozenset({"recording"}),
+    ("realtime", "calls"): frozenset(), ("content_provenance_checks",): _FILE,
+}
 
 
-def takes_upload(method: str, segments: Sequence[str]) -> bool:
-    """Whether a `multipart/form-data` body is taken by a call with `method` on `segments` (a `/v1`
-    path's, e.g. ["uploads", "upload_1", "parts"]): see UPLOAD_PATHS."""
-    return method == "POST" and any(
-        len(path) == len(segments) and all(p in ("*", s) for p, s in zip(path, segments, strict=True))
-        for path in UPLOAD_PATHS
-    )
+def upload_files(method: str, segments: Sequence[str]) -> frozenset[str] | None:
+    """The fields a call with `method` on `segments` (a `/v1` path's, e.g. ["uploads", "upload_1",
+    "parts"]) takes files on when it takes a `multipart/form-data` body, None when it takes none:
+    see UPLOAD_PATHS."""
+    if method != "POST":
+        return None
+    for path, files in UPLOAD_PATHS.items():
+        if len(path) == len(segments) and all(p in ("*", s) for p, s in zip(path, segments, strict=True)):
+            return files
+    return None
 
 
-def multipart_references(body: bytes, content_type: str, limit: int = MAX_REFERENCES) -> list[str]:
+def multipart_references(
+    body: bytes, content_type: str, limit: int = MAX_REFERENCES, *, files: frozenset[str] = frozenset()
+) -> list[str]:
     """`Upload.references` of a `multipart/form-data` body."""
-    return Upload.read(body, content_type).references(limit)
+    return Upload.read(body, content_type).references(limit, files=files)
 
 
 # A batch's input is read in Python, on the event loop, line by line: capped so that reading any file
@@ -366,12 +395,19 @@ def _batch_line(line: bytes) -> Any:
     a line the strict way.)"""
     try:
         parsed = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return _strict_json(line)
+    return _strict_json(line) if _may_repeat_a_key(line, parsed) else parsed
+
+
+def _may_repeat_a_key(data: bytes, parsed: Any) -> bool:
+    """Whether `data`, which orjson read as `parsed`, may give a key twice (see `_batch_line`): it holds
+    more `:` than orjson's compact writing of `parsed`, or is too deep for orjson to write."""
+    try:
         compact = orjson.dumps(parsed)
-    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
-        return _strict_json(line)
-    if line.count(b":") + line.count(b"\\u003a") + line.count(b"\\u003A") > compact.count(b":"):
-        return _strict_json(line)
-    return parsed
+    except orjson.JSONEncodeError:
+        return True
+    return data.count(b":") + data.count(b"\\u003a") + data.count(b"\\u003A") > compact.count(b":")
 
 
 def _strict_json(line: bytes) -> Any:

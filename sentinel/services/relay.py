@@ -48,7 +48,7 @@ from sentinel.services.objects import (
     eval_models,
     reads_account_data,
     referenced_ids,
-    takes_upload,
+    upload_files,
 )
 from sentinel.services.translated_chat import TranslatedChat
 
@@ -205,7 +205,7 @@ class OpenAIRelay:
                 raise InvalidRequest("A pass-through body must not be compressed (Content-Encoding): its ids must be read")
             checked, batch_upload = await self._check_body(
                 identity, body, forwarded.get("content-type", "").strip(),
-                creates_batch=creates_batch, uploads=takes_upload(method, segments), evals=where.collection == "evals",
+                creates_batch=creates_batch, uploads=upload_files(method, segments), evals=where.collection == "evals",
             )
             if checked is not None:  # JSON: sent as Sentinel read it (see `_serve`)
                 as_json, body = True, checked
@@ -236,7 +236,8 @@ class OpenAIRelay:
         return reply
 
     async def _check_body(
-        self, identity: Identity, body: bytes, content_type: str, *, creates_batch: bool, uploads: bool, evals: bool,
+        self, identity: Identity, body: bytes, content_type: str, *, creates_batch: bool,
+        uploads: frozenset[str] | None, evals: bool,
     ) -> tuple[bytes | None, bool]:
         """Refuse a body naming another user's object. Returns (a JSON body as it goes upstream,
         re-encoded from what was checked — None for an upload, sent as it came; whether the body is
@@ -245,16 +246,16 @@ class OpenAIRelay:
         The ids are read the way the provider will read the body: JSON (no Content-Type, or a JSON
         one) or a `multipart/form-data` upload, whose named parts are read. Any other type (a form,
         text) is refused: a form reader finds fields in any bytes, JSON included; so is an upload on
-        a call that takes none (`uploads` False, see `takes_upload`): only JSON is read for what it
-        asks of the provider. A batch (`creates_batch`) may only run an input file checked so (its
+        a call that takes none (`uploads` None, else the fields it takes files on: see `upload_files`):
+        only JSON is read for what it asks of the provider. A batch (`creates_batch`) may only run an input file checked so (its
         lines run only models `_batch_model` allows), an eval (`evals`) only such models too."""
         media = content_type.partition(";")[0].strip().lower()  # the boundary keeps its case
         if media == "multipart/form-data":
-            if not uploads:  # read as JSON only: an upload's fields would escape the checks below
+            if uploads is None:  # read as JSON only: an upload's fields would escape the checks below
                 raise _unsupported_type("This call takes a JSON body (Content-Type: application/json), not an upload")
             try:
                 upload = Upload.read(body, content_type)
-                ids = upload.references()
+                ids = upload.references(files=uploads)
                 lines = upload.batch_input()
                 if lines is not None:
                     ids += batch_references(lines, offered=self._batch_model)

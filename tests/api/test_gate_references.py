@@ -200,3 +200,35 @@ def test_a_form_is_taken_only_where_a_file_is(
     assert upload.status_code == 200, upload.text
     assert spoken.status_code == 404, spoken.text  # forwarded (the mock has no transcriptions)
     assert [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/files"), ("POST", "/v1/audio/transcriptions")]
+
+
+def test_a_json_field_of_an_upload_is_read_as_any_reader_would_or_refused(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """An upload goes upstream as it came, but a field orjson could not read named nothing (`NaN`, a
+    lone surrogate: Python's json and lenient providers read them), a key given twice named only the
+    id orjson kept, and a JSON value given as a file (`filename=`) was never read: Bob named Alice's
+    file in each. Such a value is now 400, and a file on a field the call takes no file on is read as
+    a field (404: not his); a file's bytes on its own field stay unread."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough="/v1/files/*")
+    victim = gw.openai().files.create(file=("v.txt", b"alice's"), purpose="user_data").id
+    file = {"file": ("b.json", orjson.dumps({"file_id": victim}))}
+    with gw.client(key_for(gw, "bob")) as bob:
+        mine = bob.post("/v1/files", data={"purpose": "user_data"}, files=file).json()["id"]
+        spy.clear()
+        unreadable = [
+            bob.post("/v1/files", data={"purpose": "user_data", "session": value}, files=file)
+            for value in (f'{{"file_id": "{victim}", "x": NaN}}', f'[{{"file_id": "{victim}", "n": "\\ud800"}}]',
+                          f'{{"file_id": "{victim}", "file_id": "{mine}"}}')
+        ]
+        as_file = bob.post("/v1/files", data={"purpose": "user_data"},
+                           files={**file, "meta": ("m.json", orjson.dumps({"file_id": victim}))})
+        assert spy.seen == []
+        own = bob.post("/v1/files", data={"purpose": "user_data", "note": "[Speaker 1] {not json"},
+                       files={**file, "meta": ("m.json", orjson.dumps({"file_id": mine}))})
+    for r in unreadable:
+        assert r.status_code == 400, r.text
+        assert openai_error(r.json())["type"] == "invalid_request_error" and "JSON" in r.json()["error"]["message"]
+    assert as_file.status_code == 404 and openai_error(as_file.json())["code"] == "object_not_found", as_file.text
+    assert own.status_code == 200, own.text
+    assert [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/files")]

@@ -19,7 +19,7 @@ from sentinel.services.objects import (
     leading_audio_ids,
     multipart_references,
     referenced_ids,
-    takes_upload,
+    upload_files,
 )
 
 TYPE = 'multipart/form-data; boundary="XyZ"'
@@ -38,7 +38,7 @@ def test_named_fields_are_read_file_parts_too() -> None:
             + part('form-data; name="file_ids[]"', b"file-2")
             + part('form-data; name="container_id"; filename="x"', b"cntr_3")
             + b"--XyZ--\r\n")
-    assert multipart_references(body, TYPE) == ["file-alice1", "file-2", "cntr_3"]
+    assert multipart_references(body, TYPE, files=frozenset({"file"})) == ["file-alice1", "file-2", "cntr_3"]
 
 
 @pytest.mark.parametrize("body, content_type", [
@@ -88,7 +88,7 @@ def test_dotted_names_and_json_values_are_read() -> None:
             + part('form-data; name="prompt"', b"[Speaker 1] {not json")
             + part('form-data; name="file"; filename="a.json"', b'{"file_id": "file-in-the-file"}')
             + b"--XyZ--")
-    assert multipart_references(body, TYPE) == ["vs_1", "file-2", "file-3"]
+    assert multipart_references(body, TYPE, files=frozenset({"file"})) == ["vs_1", "file-2", "file-3"]
     crowded = part('form-data; name="x"', b"[" + b"[], " * 100_001 + b"[]]") + b"--XyZ--"
     with pytest.raises(MalformedUpload, match="too many"):
         multipart_references(crowded, TYPE)
@@ -104,7 +104,33 @@ def test_dotted_names_and_json_values_are_read() -> None:
     ("POST", "images/generations", False), ("POST", "chat/completions", False),
 ])
 def test_an_upload_is_taken_only_by_a_call_that_takes_a_file(method: str, path: str, taken: bool) -> None:
-    assert takes_upload(method, path.split("/")) is taken
+    assert (upload_files(method, path.split("/")) is not None) is taken
+
+
+@pytest.mark.parametrize("value", [
+    b'{"file_id": "file-victim", "x": NaN}',  # Python's json and lenient readers take NaN
+    b' [{"file_id": "file-victim", "n": "\\ud800"}]',  # a lone surrogate: the same
+    b'{"file_id": "file-victim", "file_id": "file-mine"}',  # a key twice: a reader keeping the first
+    b'{"a": {"file_id": "file-victim"}, "a": 1}',
+])
+def test_a_json_value_a_reader_could_read_otherwise_is_malformed(value: bytes) -> None:
+    """Once each of these named nothing, or only the id orjson kept: the upload goes upstream as it
+    came, and a provider reading it leniently, or first-wins, saw the victim's file."""
+    with pytest.raises(MalformedUpload):
+        multipart_references(part('form-data; name="session"', value) + b"--XyZ--", TYPE)
+
+
+def test_a_file_is_read_as_a_field_unless_the_call_takes_files_there() -> None:
+    """A part carrying a `filename` was never read: a JSON value given as a file on a field that is
+    not one of the call's files is read as a field is."""
+    body = (part('form-data; name="image[]"; filename="a.png"', b'{"file_id": "file-in-an-image"}')
+            + part('form-data; name="meta"; filename="m.json"', b'{"file_id": "file-victim"}')
+            + part('form-data; name="mask"; filename="m"', b"[Speaker 1] {not json")
+            + b"--XyZ--")
+    files = upload_files("POST", ["images", "edits"])
+    assert files is not None and "image" in files
+    assert multipart_references(body, TYPE, files=files) == ["file-victim"]
+    assert multipart_references(body, TYPE, files=frozenset({"meta"})) == ["file-in-an-image"]
 
 
 def test_audio_answers_and_upload_parts_are_references() -> None:

@@ -340,3 +340,23 @@ def test_the_usage_csv_quotes_a_cell_holding_a_line_break(gateway_factory: Calla
         assert wait_for(lambda: "alice" in http.get("/admin/api/usage.csv").text)
         csv_text = http.get("/admin/api/usage.csv").text
     assert '"alice\r=1+1",' in csv_text, csv_text  # quoted whole: the CR stays inside its cell
+
+
+def test_every_admin_api_error_is_not_stored(gw: Gateway) -> None:
+    """Only the admin API's successes carried `Cache-Control: no-store`: its refusals (a missing key,
+    a bad input, an unknown user or route, a wrong method) could be kept by a cache along the way."""
+    with admin(gw) as client:
+        answers = [
+            httpx.get(gw.url + "/admin/api/users"),  # no key: 401
+            client.get("/admin/api/usage", params={"step": "1y"}),  # 400
+            client.get("/admin/api/users/nobody-at-all"),  # 404
+            client.get("/admin/api/nope"),  # no such route: 404
+            client.post("/admin/api/users"),  # 405
+            client.get("/admin/api//users"),  # not canonical: 400
+        ]
+        user_error = client.post("/v1/chat/completions", json=CHAT)  # the admin key is no user's: 401
+    assert [a.status_code for a in answers] == [401, 400, 404, 404, 405, 400], [a.text for a in answers]
+    for answer in answers:
+        assert answer.headers["cache-control"] == "no-store", answer.request.url
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    assert user_error.status_code == 401 and "cache-control" not in user_error.headers

@@ -150,25 +150,37 @@ def _typed(node: dict[str, Any], kinds: frozenset[str]) -> bool:
 
 
 # Eval run data sources the provider samples a model for (`data_source.model`), and graders that run
-# a model (`testing_criteria[].model`, nested graders too).
+# a model (`model`, nested graders too).
 SAMPLED_SOURCES = frozenset({"completions", "responses"})
 MODEL_GRADERS = frozenset({"label_model", "score_model"})
+# Where a call's body gives graders (any may be a model grader), by its `/v1` path's first two
+# segments, with the parameter named when one's model is refused: an eval's `testing_criteria`, a
+# reinforcement fine-tuning job's grader (`method.reinforcement.grader`: all of `method` is read), a
+# grader run or validated on its own (`/v1/fine_tuning/alpha/graders/run`, `/validate`).
+GRADERS = {
+    ("evals",): ("testing_criteria", "testing_criteria.model"),
+    ("fine_tuning", "jobs"): ("method", "method.reinforcement.grader.model"),
+    ("fine_tuning", "alpha"): ("grader", "grader.model"),
+}
 
 
-def eval_models(body: Any) -> list[tuple[str, Any]]:
-    """(parameter, value) of every model an eval's body has the provider run: a run's `data_source.model`
-    (given, or needed: a source of SAMPLED_SOURCES samples one) and the `model` of every model grader
-    in `testing_criteria`. The value is as given (None when missing)."""
-    if not isinstance(body, dict):
+def run_models(segments: Sequence[str], body: Any) -> list[tuple[str, Any]]:
+    """(parameter, value) of every model a call's JSON body has the provider run besides a metered
+    call's own `model` — `segments` are its `/v1` path's: an eval run's `data_source.model` (given, or
+    needed: a source of SAMPLED_SOURCES samples one) and the `model` of every model grader (GRADERS: a
+    typed object whose type is one of MODEL_GRADERS, or that gives a `model`). The value is as given
+    (None when missing)."""
+    if not isinstance(body, dict) or not segments:
         return []
     found: list[tuple[str, Any]] = []
-    source = body.get("data_source")
+    source = body.get("data_source") if segments[0] == "evals" else None
     if isinstance(source, dict) and ("model" in source or _typed(source, SAMPLED_SOURCES)):
         found.append(("data_source.model", source.get("model")))
-    criteria = body.get("testing_criteria")
-    for grader in _objects(criteria) if isinstance(criteria, list) else ():
-        if _typed(grader, MODEL_GRADERS) or ("model" in grader and "type" in grader):
-            found.append(("testing_criteria.model", grader.get("model")))
+    for prefix, (field, param) in GRADERS.items():
+        graders = body.get(field) if tuple(segments[:len(prefix)]) == prefix else None
+        for grader in _objects(graders) if isinstance(graders, dict | list) else ():
+            if _typed(grader, MODEL_GRADERS) or ("model" in grader and "type" in grader):
+                found.append((param, grader.get("model")))
     return found
 
 

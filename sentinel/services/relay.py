@@ -45,9 +45,9 @@ from sentinel.services.objects import (
     batch_references,
     classify,
     continued,
-    eval_models,
     reads_account_data,
     referenced_ids,
+    run_models,
     upload_files,
 )
 from sentinel.services.translated_chat import TranslatedChat
@@ -205,7 +205,7 @@ class OpenAIRelay:
                 raise InvalidRequest("A pass-through body must not be compressed (Content-Encoding): its ids must be read")
             checked, batch_upload = await self._check_body(
                 identity, body, forwarded.get("content-type", "").strip(),
-                creates_batch=creates_batch, uploads=upload_files(method, segments), evals=where.collection == "evals",
+                creates_batch=creates_batch, uploads=upload_files(method, segments), segments=segments,
             )
             if checked is not None:  # JSON: sent as Sentinel read it (see `_serve`)
                 as_json, body = True, checked
@@ -237,7 +237,7 @@ class OpenAIRelay:
 
     async def _check_body(
         self, identity: Identity, body: bytes, content_type: str, *, creates_batch: bool,
-        uploads: frozenset[str] | None, evals: bool,
+        uploads: frozenset[str] | None, segments: Sequence[str],
     ) -> tuple[bytes | None, bool]:
         """Refuse a body naming another user's object. Returns (a JSON body as it goes upstream,
         re-encoded from what was checked — None for an upload, sent as it came; whether the body is
@@ -247,8 +247,10 @@ class OpenAIRelay:
         one) or a `multipart/form-data` upload, whose named parts are read. Any other type (a form,
         text) is refused: a form reader finds fields in any bytes, JSON included; so is an upload on
         a call that takes none (`uploads` None, else the fields it takes files on: see `upload_files`):
-        only JSON is read for what it asks of the provider. A batch (`creates_batch`) may only run an input file checked so (its
-        lines run only models `_batch_model` allows), an eval (`evals`) only such models too."""
+        only JSON is read for what it asks of the provider. A batch (`creates_batch`) may only run an
+        input file checked so (its lines run only models `_batch_model` allows); every model the body
+        itself has the provider run (`run_models` of `segments`, the call's path: an eval's, a
+        grader's) must be one it allows too."""
         media = content_type.partition(";")[0].strip().lower()  # the boundary keeps its case
         if media == "multipart/form-data":
             if uploads is None:  # read as JSON only: an upload's fields would escape the checks below
@@ -284,8 +286,7 @@ class OpenAIRelay:
                 "completions, logs) is not offered: it would read every user's; give the items as a file or inline",
                 code="unsupported_data_source",
             )
-        if evals:
-            self._check_eval_models(parsed)
+        self._check_run_models(segments, parsed)
         await self.ownership.require(_references(parsed), identity.external_id)
         if creates_batch:
             given = parsed.get("input_file_id") if isinstance(parsed, dict) else None
@@ -304,16 +305,18 @@ class OpenAIRelay:
         return (len(targets) == 1 and target.name == name == target.upstream_model and target.kind == "openai"
                 and self.upstreams.get(target.provider) is self.upstream)
 
-    def _check_eval_models(self, body: Any) -> None:
-        """InvalidRequest unless every model an eval's body has the provider run (`eval_models`: a
-        run's sampling model, a model grader's) is one `_batch_model` allows: the body goes to the
-        default upstream, which runs the name it gives."""
-        for param, model in eval_models(body):
+    def _check_run_models(self, segments: Sequence[str], body: Any) -> None:
+        """InvalidRequest unless every model a pass-through body has the provider run (`run_models`: an
+        eval run's sampling model, a model grader's — an eval's, a fine-tuning job's, one run alone)
+        is one `_batch_model` allows: the body goes to the default upstream, which runs the name it
+        gives."""
+        for param, model in run_models(segments, body):
             if not isinstance(model, str) or not self._batch_model(model):
                 shown = f"the model '{model[:200]}'" if isinstance(model, str) else "no model"
                 raise InvalidRequest(
-                    f"`{param}` names {shown}: an eval runs only a model of this gateway's catalogue (GET /v1/models) "
-                    "that its OpenAI provider serves under that name (not an alias)", details={"param": param},
+                    f"`{param}` names {shown}: a pass-through call runs only a model of this gateway's catalogue "
+                    "(GET /v1/models) that its OpenAI provider serves under that name (not an alias)",
+                    details={"param": param},
                 )
 
     async def _conversation_grew(self, where: ObjectPath, last: str, reply: Reply, size: int) -> None:

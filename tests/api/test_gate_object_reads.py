@@ -444,6 +444,44 @@ def test_an_eval_runs_only_a_model_the_gateway_offers(
     assert [s.path for s in spy.seen] == [path]
 
 
+def grader(model: str) -> dict[str, Any]:
+    return {"type": "multi", "name": "m", "calculate_output": "a + b", "graders": {
+        "a": {"type": "string_check", "name": "a", "input": "{{sample.output_text}}", "operation": "eq",
+              "reference": "yes"},
+        "b": {"type": "score_model", "name": "b", "model": model, "input": [{"role": "user", "content": "x"}]}}}
+
+
+def tuned(model: str) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "training_file": "file-items",
+            "method": {"type": "reinforcement", "reinforcement": {"grader": grader(model)}}}
+
+
+@pytest.mark.parametrize(("path", "body", "fine", "param"), [
+    ("/v1/fine_tuning/alpha/graders/run", {"grader": grader("o1-pro"), "model_sample": "yes"},
+     {"grader": grader("gpt-4o-mini"), "model_sample": "yes"}, "grader.model"),
+    ("/v1/fine_tuning/alpha/graders/validate", {"grader": {**grader("x")["graders"]["b"], "model": "o1-pro"}},
+     {"grader": grader("gpt-4o-mini")["graders"]["b"]}, "grader.model"),
+    ("/v1/fine_tuning/jobs", tuned("o1-pro"), tuned("gpt-4o-mini"), "method.reinforcement.grader.model"),
+], ids=["grader-run", "grader-validate", "reinforcement-job"])
+def test_a_grader_runs_only_a_model_the_gateway_offers(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str, path: str, body: dict[str, Any],
+    fine: dict[str, Any], param: str,
+) -> None:
+    """A grader run or validated on its own, and a reinforcement fine-tuning job's grader, had the
+    provider run any model (`o1-pro`): the rule of an eval's graders and a batch's lines holds."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough="/v1/fine_tuning/*")
+    redis.Redis.from_url(redis_url).set("sentinel:owner:file-items", "alice")
+    with gw.client() as alice:
+        refused = alice.post(path, json=body)
+        assert spy.seen == []
+        offered = alice.post(path, json=fine)
+    assert refused.status_code == 400, refused.text
+    error = openai_error(refused.json())
+    assert error["details"]["param"] == param and "catalogue" in error["message"], error
+    assert offered.status_code == 404, offered.text  # forwarded (the mock has no fine-tuning)
+    assert [s.path for s in spy.seen] == [path]
+
+
 def test_an_eval_run_through_the_sdk_names_a_catalogue_model(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
 ) -> None:

@@ -15,10 +15,10 @@ from sentinel.services.objects import (
     audio_answers,
     batch_references,
     classify,
-    eval_models,
     leading_audio_ids,
     multipart_references,
     referenced_ids,
+    run_models,
     upload_files,
 )
 
@@ -166,14 +166,29 @@ def test_what_a_call_creates_becomes_its_callers(method: str, path: str, creates
 
 
 def test_the_models_an_eval_runs() -> None:
+    runs = ["evals", "eval_1", "runs"]
     run = {"data_source": {"type": "completions", "model": "o1-pro", "sampling_params": {"seed": 1}}}
-    assert eval_models(run) == [("data_source.model", "o1-pro")]
-    assert eval_models({"data_source": {"type": "responses"}}) == [("data_source.model", None)]
-    assert eval_models({"data_source": {"type": "jsonl", "source": {"type": "file_id", "id": "file-1"}}}) == []
+    assert run_models(runs, run) == [("data_source.model", "o1-pro")]
+    assert run_models(runs, {"data_source": {"type": "responses"}}) == [("data_source.model", None)]
+    assert run_models(runs, {"data_source": {"type": "jsonl", "source": {"type": "file_id", "id": "file-1"}}}) == []
     graded = {"testing_criteria": [{"type": "string_check"}, {"type": "label_model", "model": "a"},
                                    {"type": "multi", "graders": {"x": {"type": "score_model", "model": "b"}}}],
               "data_source_config": {"type": "custom", "item_schema": {"properties": {"model": {"type": "string"}}}}}
-    assert sorted(eval_models(graded)) == [("testing_criteria.model", "a"), ("testing_criteria.model", "b")]
+    assert sorted(run_models(["evals"], graded)) == [("testing_criteria.model", "a"), ("testing_criteria.model", "b")]
+    assert run_models(["fine_tuning", "jobs"], graded) == []  # an eval's fields, elsewhere: nothing run
+
+
+def test_the_models_a_grader_runs_on_its_own_or_in_a_fine_tuning_job() -> None:
+    grader = {"type": "multi", "calculate_output": "a", "graders": {
+        "a": {"type": "score_model", "name": "a", "model": "o1-pro", "input": []}, "b": {"type": "python"}}}
+    assert run_models(["fine_tuning", "alpha", "graders", "run"], {"grader": grader, "model_sample": "x"}) == [
+        ("grader.model", "o1-pro")]
+    assert run_models(["fine_tuning", "alpha", "graders", "validate"], {"grader": {"type": "label_model"}}) == [
+        ("grader.model", None)]
+    job = {"model": "gpt-4o-mini", "training_file": "file-1",
+           "method": {"type": "reinforcement", "reinforcement": {"grader": grader}}}
+    assert run_models(["fine_tuning", "jobs"], job) == [("method.reinforcement.grader.model", "o1-pro")]
+    assert run_models(["fine_tuning", "jobs"], {"method": {"type": "supervised", "supervised": {}}}) == []
 
 
 def test_an_upload_of_more_parts_than_a_form_holds_is_malformed() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,16 +21,23 @@ from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
 
 log = logging.getLogger("sentinel.health")
+# While the store is down, its failure is logged when a check first finds it (and it comes back),
+# and again at most this often: the probes are public, and as frequent as any client makes them.
+STORE_LOG_INTERVAL = 60.0
 
 
 class OpsRoutes:
     """`/health`, `/health/live`, `/health/ready`, `/metrics`."""
 
-    def __init__(self, store: Store, engine: AsyncEngine, metrics: Metrics) -> None:
+    def __init__(
+        self, store: Store, engine: AsyncEngine, metrics: Metrics, *, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.engine = engine
         self.metrics = metrics
+        self.clock = clock
         self.started = time.monotonic()
+        self._store_logged: float | None = None  # when the store's failure was last logged; None: it answers
 
     def routes(self) -> list[Route]:
         return [
@@ -51,8 +59,14 @@ class OpsRoutes:
             if ping.unreachable:  # a Redis Cluster with primaries down: their users wait for the failover
                 # How many, not which: these endpoints are public, node addresses are not.
                 checks["store"]["unreachable_nodes"] = len(ping.unreachable)
+            if self._store_logged is not None:
+                self._store_logged = None
+                log.info("health check: the store answers again")
         except StoreUnavailable as exc:  # its message may quote the server (`MOVED 1234 10.0.0.5:6379`): logged only
-            log.warning("health check: the store is unavailable", extra={"error": exc.message})
+            now = self.clock()
+            if self._store_logged is None or now - self._store_logged >= STORE_LOG_INTERVAL:
+                self._store_logged = now
+                log.warning("health check: the store is unavailable", extra={"error": exc.message})
             checks["store"] = {"status": "unhealthy", "backend": self.store.backend, "error": "unreachable"}
         started = time.perf_counter()
         try:

@@ -16,6 +16,7 @@ from sentinel.errors import StoreUnavailable
 from sentinel.observability.metrics import Metrics
 from sentinel.store import MemoryStore, Ping
 from tests.api.conftest import Gateway
+from tests.support.clock import FakeClock
 from tests.support.metrics import sample_sum
 from tests.support.servers import free_port
 
@@ -141,3 +142,49 @@ def test_a_made_up_method_is_counted_as_other_not_a_series_of_its_own(gateway: G
     methods = set(re.findall(r'sentinel_http_requests_total\{[^}]*method="([^"]*)"', text))
     assert methods == {"DELETE", "other"}, methods
     assert sample_sum(text, "sentinel_http_requests_total", route="/v1/chat/completions", method="other") == 4
+
+
+class _FlakyStore(MemoryStore):
+    """A store whose ping fails while `down`."""
+
+    down = True
+
+    async def ping(self) -> Ping:
+        if self.down:
+            raise StoreUnavailable("Redis is unavailable: connection refused")
+        return Ping(0.001, ())
+
+
+async def test_a_store_down_is_logged_once_a_minute_not_once_a_probe(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every unauthenticated `/health` logged a warning while the store was down: a log flood at
+    whatever rate a client probes. Its failure is logged when first seen, then once a minute, and its
+    return once."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/ops.db")
+    store, clock = _FlakyStore(), FakeClock()
+    app = Starlette(routes=OpsRoutes(store, engine, Metrics(), clock=clock).routes())
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "sentinel.health"]
+
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ops") as http:
+            with caplog.at_level("INFO", logger="sentinel.health"):
+                statuses = [(await http.get(path)).status_code for path in ["/health", "/health/ready"] * 50]
+                assert logged() == ["health check: the store is unavailable"]
+                clock.advance(59.9)
+                await http.get("/health")
+                assert len(logged()) == 1
+                clock.advance(0.1)
+                await http.get("/health")
+                assert logged() == ["health check: the store is unavailable"] * 2
+                store.down = False
+                back = [(await http.get("/health")).status_code for _ in range(3)]
+                store.down = True
+                await http.get("/health")  # down again: said at once
+    finally:
+        await engine.dispose()
+    assert statuses == [503] * 100 and back == [200] * 3
+    assert logged() == ["health check: the store is unavailable"] * 2 + [
+        "health check: the store answers again", "health check: the store is unavailable"]

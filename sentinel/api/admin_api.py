@@ -56,8 +56,9 @@ def moment_param(request: Request, name: str, now: datetime) -> datetime | None:
 
 
 def user_param(request: Request) -> str:
-    """The user a route is about: its `{external_id}` path segment, or (`/admin/api/user...`, for ids
-    no path segment can hold: `a/b`, `50%`, `..`) its `id` query parameter, exactly as given."""
+    """The user an admin API or console route is about: its `{external_id}` path segment, or
+    (`/admin/api/user...`, `/admin/user...`, for ids no path segment can hold: `a/b`, `50%`, `..`) its
+    `id` query parameter, exactly as given; 400 (`validation_failed`, field `id`) without one."""
     found: str | None = request.path_params.get("external_id")
     if found is None:
         found = request.query_params.get("id", "")

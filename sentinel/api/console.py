@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from sentinel.api import console_pages as pages
-from sentinel.api.admin_api import address_of
+from sentinel.api.admin_api import address_of, user_param
 from sentinel.api.admin_auth import AdminGate
 from sentinel.api.bodies import is_read, read_within, refuse_control_characters
 from sentinel.api.console_html import layout, message_page, signin_page
@@ -48,13 +48,6 @@ def _html(status: int, body: str, extra: list[tuple[bytes, bytes]] | None = None
 
 def _see_other(location: str, extra: list[tuple[bytes, bytes]] | None = None) -> RawResponse:
     return RawResponse(303, b"", [(b"location", location.encode()), (b"cache-control", b"no-store"), *(extra or [])])
-
-
-def _external_id(request: Request) -> str:
-    """The user a console route is about: its `{external_id}` path segment, or (`/admin/user...`, for
-    ids no path segment can hold) its `id` query parameter, exactly as given."""
-    found: str | None = request.path_params.get("external_id")
-    return found if found is not None else request.query_params.get("id", "")
 
 
 TEXTAREAS = frozenset({"entries"})  # the form fields whose value may span lines
@@ -208,7 +201,7 @@ class ConsoleRoutes:
         if isinstance(checked, RawResponse):
             return checked
         session, form, actor = checked
-        external_id = _external_id(request)
+        external_id = user_param(request)
         try:
             await self.service.set_user_plan(external_id, self._one(form, "plan") or None, actor)
         except (NotFound, InvalidRequest) as exc:
@@ -221,7 +214,7 @@ class ConsoleRoutes:
         if isinstance(checked, RawResponse):
             return checked
         session, form, actor = checked
-        external_id = _external_id(request)
+        external_id = user_param(request)
         try:
             created = await self.service.create_key(
                 external_id, self._one(form, "name") or None, self._one(form, "email") or None, actor

@@ -154,3 +154,11 @@ def test_bad_numbers_in_console_queries_and_forms_are_400(console: Console) -> N
     assert page.status_code == 400
     assert field_error(page.text, "limits.0.limit") == "a whole number from 0 to 1,000,000,000,000,000"
     assert "at most 366d" in (field_error(page.text, "limits.1.window") or "")
+
+
+def test_a_user_form_posted_without_its_user_is_refused_as_the_admin_api_refuses_it(console: Console) -> None:
+    """The console read a missing `?id=` as the user "" (the admin API refused it): one rule now."""
+    for path in ("/admin/user/plan", "/admin/user/keys"):
+        refused = console.post(path, {"plan": "", "name": "x"})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["details"]["fields"] == {"id": "the user's external id"}, refused.text

@@ -376,17 +376,24 @@ class OpenAIRelay:
         ex.upstream_status = upstream.status
         return upstream
 
+
 # Metered endpoints whose answers are stored upstream, and the collection that holds them.
 _COLLECTION = {"responses": "responses", "chat": "chat/completions"}
-# A pass-through answer streamed (a run, a transcription, partial images) carries its usage in
-# events Sentinel does not read for it: offered on the metered endpoints only.
+
+
 def _no_passthrough_stream() -> InvalidRequest:
+    """A pass-through answer streamed (a run, a transcription, partial images) carries its usage in
+    events Sentinel does not read for it: offered on the metered endpoints only."""
     return InvalidRequest(
         "Streaming is not offered on this endpoint through Sentinel (its usage would go unread): leave out `stream`",
         code="stream_not_supported", details={"param": "stream"},
     )
+
+
 def _unsupported_type(message: str) -> InvalidRequest:
     return InvalidRequest(message, code="unsupported_content_type")
+
+
 BYTES_PER_TOKEN = 4  # items added to a conversation, as context: a token per 4 bytes of their JSON
 _PATHS = {"chat": ("chat", "completions"), "completions": ("completions",), "embeddings": ("embeddings",),
           "responses": ("responses",)}

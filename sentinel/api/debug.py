@@ -7,7 +7,9 @@
 Both need a bearer API key like `/v1` (the original left them unauthenticated). With debug off every
 `/debug/...` path answers 404 `debug_disabled` to every method, before any authentication, as the
 original did: no debug route is registered then but the catch-all (a registered `GET /debug/health`
-made `POST /debug/health` a 405, telling the route apart from an unknown path).
+made `POST /debug/health` a 405, telling the route apart from an unknown path). With debug on only
+the two routes are: another method on them is 405, as on every served path (the catch-all made it a
+404 on `/debug/sessions/{id}`, and not on `/debug/health`), any other path 404 `endpoint_not_found`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from sentinel.api.deps import Deps
-from sentinel.api.responses import RawResponse, endpoint_not_found, operator_json
+from sentinel.api.responses import RawResponse, operator_json
 from sentinel.errors import NotFound, StoreUnavailable
 from sentinel.routing.router import TierRouter
 
@@ -34,14 +36,13 @@ class DebugRoutes:
         self.router = router
 
     def routes(self) -> list[Route]:
-        rest = Route("/debug/{rest:path}", self.unknown)
-        rest.methods = None  # every method (Starlette gives a function endpoint GET and HEAD): never a 405
         if not self.deps.settings.debug:
+            rest = Route("/debug/{rest:path}", self.disabled)
+            rest.methods = None  # every method (Starlette gives a function endpoint GET and HEAD): never a 405
             return [rest]
         return [
             Route("/debug/sessions/{conversation_id}", self.session, methods=["GET"]),
             Route("/debug/health", self.health, methods=["GET"]),
-            rest,
         ]
 
     async def _guard(self, request: Request) -> None:
@@ -88,6 +89,5 @@ class DebugRoutes:
             })
         return operator_json({"store": self.deps.store.backend, "candidates": candidates})
 
-    async def unknown(self, request: Request) -> RawResponse:
-        await self._guard(request)
-        raise endpoint_not_found(request.scope)
+    async def disabled(self, request: Request) -> RawResponse:
+        raise NotFound(DISABLED_MESSAGE, code="debug_disabled")

@@ -65,6 +65,10 @@ def test_debug_endpoints_when_on(
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "session_not_found"
         unknown = http.get("/debug/nothing-here")
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "endpoint_not_found"
+        for path in ("/debug/health", "/debug/sessions/conv-debug"):  # another method: 405, as on any served path
+            other = http.post(path)  # (it was a 404 on the sessions path: the catch-all took it)
+            assert other.status_code == 405 and other.headers["allow"] == "GET", (path, other.text)
+            assert other.json()["error"]["code"] == "method_not_allowed"
     with gw.client(bob_key) as bob:
         r = bob.get("/debug/sessions/conv-debug")  # bob has no conversation by alice's id
         assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found"

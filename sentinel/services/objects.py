@@ -271,14 +271,14 @@ def _json_field(value: bytes) -> Any:
     """A form field's value that starts as JSON, read as JSON. The upload goes upstream as it came, so
     a value a reader could read otherwise than orjson is MalformedUpload: one orjson refuses (`NaN`,
     a lone surrogate, which lenient readers take) and one that gives a key twice (readers keep the
-    first or the last). A value orjson refuses that holds no `:` is text (`[Speaker 1] ...`), None:
-    it names nothing in any reader's JSON (an id is named by a key)."""
+    first or the last). A value orjson refuses that Python's lenient `json` refuses too, or that holds
+    no `:`, is text (`[Speaker 1]: hi`), None: it names nothing in any reader's JSON."""
     if json_containers_exceed(value):
         raise MalformedUpload("A form field's JSON value holds too many objects and arrays")
     try:
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
-        if b":" not in value:
+        if b":" not in value or not _lenient_json(value):
             return None
         raise MalformedUpload(
             "A form field's value that starts as JSON ({ or [) must be JSON Sentinel can read "
@@ -290,6 +290,15 @@ def _json_field(value: bytes) -> Any:
         except (ValueError, RecursionError) as exc:
             raise MalformedUpload(f"A form field's JSON value must be JSON Sentinel can read: {exc}") from None
     return parsed
+
+
+def _lenient_json(value: bytes) -> bool:
+    """Whether Python's `json`, which takes what orjson refuses (`NaN`, lone surrogates), reads `value`."""
+    try:
+        json.loads(value)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 # Calls that take an upload (`multipart/form-data`): a POST to one of these paths (`*`: any one

@@ -86,6 +86,7 @@ def test_dotted_names_and_json_values_are_read() -> None:
             + part('form-data; name="tool_resources"', b' {"code_interpreter": {"file_ids": ["file-2"]}}')
             + part('form-data; name="attachments"', b'[{"file_id": "file-3"}]')
             + part('form-data; name="prompt"', b"[Speaker 1] {not json")
+            + part('form-data; name="language"', b"[Speaker 1]: hi, {Speaker 2}: hello")
             + part('form-data; name="file"; filename="a.json"', b'{"file_id": "file-in-the-file"}')
             + b"--XyZ--")
     assert multipart_references(body, TYPE, files=frozenset({"file"})) == ["vs_1", "file-2", "file-3"]

@@ -31,7 +31,7 @@ from contextlib import asynccontextmanager
 
 from starlette.requests import ClientDisconnect
 
-from sentinel.errors import RateLimited, RequestTimeout
+from sentinel.errors import Overloaded, RateLimited
 
 MAX_CLIENTS = 100_000
 
@@ -128,14 +128,15 @@ class FailedAuthThrottle:
         returns (None or empty: wrong). RateLimited (429) when the client failed `limit` times, before
         the form is read, and again after: the key is judged in a lookup turn, a wrong one counted
         before the turn is given back, so concurrent forms cannot all pass the check before the first
-        is judged. The form is read outside the turn: a slow form holds none; one not read whole
-        (the body deadline passed: 408, or the client left: 499) counts as a failed sign-in, so
-        forms held open until then are guesses that cost their sender like any other."""
+        is judged. The form is read outside the turn: a slow form holds none; one refused while read
+        (its body deadline passed: 408, its client left: 499, too large: 413, not a form: 400) counts
+        as a failed sign-in — only the server being full (Overloaded) is not the sender's doing."""
         self.check(address)
         try:
             key = await read()
-        except (RequestTimeout, ClientDisconnect):
-            self.failed(address)
+        except (Exception, ClientDisconnect) as exc:
+            if not isinstance(exc, Overloaded):
+                self.failed(address)
             raise
         async with self.lookup(address):
             if key and matches(key):

@@ -86,6 +86,7 @@ DROP_REQUEST_HEADERS = frozenset(
 RELAYED_RESPONSE_HEADERS = frozenset(
     {
         "content-type", "content-encoding", "content-disposition", "cache-control",
+        "content-range", "accept-ranges", "etag", "last-modified",  # range and conditional downloads
         "retry-after", "retry-after-ms", "x-should-retry",
         "openai-poll-after-ms", "openai-processing-ms", "openai-version",
     }

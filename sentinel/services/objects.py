@@ -238,7 +238,8 @@ class Upload:
             components = _COMPONENT.split(name)
             if any(c in REFERENCE_KEYS for c in components):
                 found.extend(_ids(value.decode("utf-8", "replace").strip()))
-            elif value.lstrip()[:1] in (b"{", b"[") and not (is_file and _INDEX.sub("", name) in files):
+            elif (_starts_as_json(value) and not (is_file and _INDEX.sub("", name) in files)
+                  and not (components[0] in TEXT_FIELDS and not is_file)):
                 found.extend(referenced_ids(_json_field(value), limit))
             if len(found) > limit:
                 raise TooManyReferences(f"A request may name at most {limit} objects")
@@ -267,18 +268,30 @@ _COMPONENT = re.compile(r"[\[\].]+")
 _INDEX = re.compile(r"\[\d*\]$")  # `image[]`, `image[0]`: one of the files given on `image`
 
 
+# Fields whose value is free text the provider never reads as JSON (an image edit's or a
+# transcription's `prompt`): `[Speaker 1]: hi` there is text, not JSON Sentinel cannot read.
+TEXT_FIELDS = frozenset({"prompt"})
+
+
+def _starts_as_json(value: bytes) -> bool:
+    """Whether a form value starts as JSON (`{` or `[`) after whitespace and a UTF-8 byte order mark,
+    which lenient readers skip."""
+    return value.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()[:1] in (b"{", b"[")
+
+
 def _json_field(value: bytes) -> Any:
     """A form field's value that starts as JSON, read as JSON. The upload goes upstream as it came, so
     a value a reader could read otherwise than orjson is MalformedUpload: one orjson refuses (`NaN`,
     a lone surrogate, which lenient readers take) and one that gives a key twice (readers keep the
-    first or the last). A value orjson refuses that Python's lenient `json` refuses too, or that holds
-    no `:`, is text (`[Speaker 1]: hi`), None: it names nothing in any reader's JSON."""
+    first or the last); a value not valid UTF-8 is refused too (lenient readers decode it as Latin-1).
+    A value orjson refuses that holds no `:` is text (`[Speaker 1] ...`), None: it names nothing in
+    any reader's JSON (an id is named by a key)."""
     if json_containers_exceed(value):
         raise MalformedUpload("A form field's JSON value holds too many objects and arrays")
     try:
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
-        if b":" not in value or not _lenient_json(value):
+        if b":" not in value:
             return None
         raise MalformedUpload(
             "A form field's value that starts as JSON ({ or [) must be JSON Sentinel can read "
@@ -290,15 +303,6 @@ def _json_field(value: bytes) -> Any:
         except (ValueError, RecursionError) as exc:
             raise MalformedUpload(f"A form field's JSON value must be JSON Sentinel can read: {exc}") from None
     return parsed
-
-
-def _lenient_json(value: bytes) -> bool:
-    """Whether Python's `json`, which takes what orjson refuses (`NaN`, lone surrogates), reads `value`."""
-    try:
-        json.loads(value)
-    except (ValueError, RecursionError):
-        return False
-    return True
 
 
 # Calls that take an upload (`multipart/form-data`): a POST to one of these paths (`*`: any one

@@ -9,7 +9,7 @@ import pytest
 from starlette.requests import ClientDisconnect
 
 from sentinel.api.throttle import FailedAuthThrottle, client_key
-from sentinel.errors import AuthenticationError, InvalidRequest, RateLimited, RequestTimeout
+from sentinel.errors import AuthenticationError, InvalidRequest, Overloaded, RateLimited, RequestTimeout
 
 
 async def _failing_lookup(throttle: FailedAuthThrottle, address: str, release: asyncio.Event, seen: list[str]) -> str:
@@ -109,7 +109,8 @@ def test_an_ipv6_address_is_parsed_once_however_often_it_is_checked(monkeypatch:
 
 async def test_a_sign_in_form_never_read_whole_is_a_failed_sign_in() -> None:
     """A form whose body deadline passed or whose client left was no guess at all: forms held open
-    until then cost nothing. Each is a failed sign-in now; any other refusal of the form is not."""
+    until then cost nothing; nor did one trickled to its deadline and then made too large or not a
+    form. Each is a failed sign-in now; only the server being full is not."""
     throttle = FailedAuthThrottle(2, clock=lambda: 1000.0)
 
     def never(exc: Exception) -> Callable[[], Awaitable[str | None]]:
@@ -117,10 +118,11 @@ async def test_a_sign_in_form_never_read_whole_is_a_failed_sign_in() -> None:
             raise exc
         return read
 
-    with pytest.raises(InvalidRequest):
-        await throttle.attempt("198.51.100.7", never(InvalidRequest("bad form")), lambda _: True)
+    with pytest.raises(Overloaded):
+        await throttle.attempt("198.51.100.7", never(Overloaded("full")), lambda _: True)
     throttle.check("198.51.100.7")  # not counted
-    for exc in (RequestTimeout("too slow"), ClientDisconnect()):
+    throttle = FailedAuthThrottle(3, clock=lambda: 1000.0)
+    for exc in (InvalidRequest("bad form"), RequestTimeout("too slow"), ClientDisconnect()):
         with pytest.raises(type(exc)):
             await throttle.attempt("198.51.100.7", never(exc), lambda _: True)
     with pytest.raises(RateLimited):

@@ -16,3 +16,13 @@ def test_only_allowlisted_headers_are_relayed_in_any_case_as_they_came() -> None
         ("Content-Type", "application/octet-stream"), ("Content-Disposition", 'attachment; filename="a.jsonl"'),
         ("Content-Encoding", "identity"), ("Retry-After", "3"), ("x-should-retry", "true"),
     ]
+
+
+def test_a_range_or_conditional_download_keeps_the_headers_that_describe_it() -> None:
+    """`Range` and `If-*` go upstream, so a 206 came back without its `Content-Range` (the bytes were
+    put together wrongly by a resuming client) and a download lost its validators."""
+    upstream = [
+        ("Content-Range", "bytes 0-9/100"), ("Accept-Ranges", "bytes"), ("ETag", '"abc"'),
+        ("Last-Modified", "Sat, 05 Dec 2026 00:00:00 GMT"), ("x-litellm-model-api-base", "http://10.0.0.1"),
+    ]
+    assert relayable_headers(upstream) == upstream[:4]

@@ -86,7 +86,7 @@ def test_dotted_names_and_json_values_are_read() -> None:
             + part('form-data; name="tool_resources"', b' {"code_interpreter": {"file_ids": ["file-2"]}}')
             + part('form-data; name="attachments"', b'[{"file_id": "file-3"}]')
             + part('form-data; name="prompt"', b"[Speaker 1] {not json")
-            + part('form-data; name="language"', b"[Speaker 1]: hi, {Speaker 2}: hello")
+            + part('form-data; name="prompt"', b"[Speaker 1]: hi, {Speaker 2}: hello")
             + part('form-data; name="file"; filename="a.json"', b'{"file_id": "file-in-the-file"}')
             + b"--XyZ--")
     assert multipart_references(body, TYPE, files=frozenset({"file"})) == ["vs_1", "file-2", "file-3"]
@@ -113,6 +113,9 @@ def test_an_upload_is_taken_only_by_a_call_that_takes_a_file(method: str, path: 
     b' [{"file_id": "file-victim", "n": "\\ud800"}]',  # a lone surrogate: the same
     b'{"file_id": "file-victim", "file_id": "file-mine"}',  # a key twice: a reader keeping the first
     b'{"a": {"file_id": "file-victim"}, "a": 1}',
+    b'{"file_ids": ["file-victim"], "x": "\xff"}',  # not UTF-8: read as Latin-1 by lenient readers
+    b'\xef\xbb\xbf{"file_ids": ["file-victim"], "x": NaN}',  # behind a byte order mark
+    b'{"file_ids": ["file-victim"]} and then text',  # a reader of the first value sees the id
 ])
 def test_a_json_value_a_reader_could_read_otherwise_is_malformed(value: bytes) -> None:
     """Once each of these named nothing, or only the id orjson kept: the upload goes upstream as it

@@ -248,7 +248,7 @@ class StreamNormalizer:
         """
         error = as_object(error)
         code = str(error.get("code") or error.get("type") or "upstream_error")[:100]
-        message = str(error.get("message"))
+        message = str(error.get("message") or "")
         if len(message) > MAX_LOGGED_CHARS:  # cut as `observability.logging.clipped` cuts (native imports none of ours)
             message = message[:MAX_LOGGED_CHARS] + "…"
         log.info("provider stream failed", extra={"provider": self.provider, "code": code, "error": message})

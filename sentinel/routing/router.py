@@ -1,9 +1,13 @@
 """Tier routing with sticky sessions: which provider+model serves a native request.
 
 `decide()` is read-only: it looks up the session, selects a candidate, and returns a `RouteChoice`
-carrying any session write still to be done. The handler calls `commit()` with the choice that
-answered, once it answered, so a request that fails validation, that the quota refuses or that no
-model answers creates or changes no session.
+carrying any session write still to be done. A first turn's session is created by `claim()` once the
+request is admitted, before its upstream call (`SET NX`: of concurrent first turns, also across
+processes, the first decides and the others follow its model), and removed by `abandon()` if no
+model answered the turn — only if it is still exactly the session it created, never one it followed.
+Every other write (an upgrade, a migration, a retry's move, a hit's refresh) is `commit()`ed with
+the choice that answered, once it answered, so a request that fails validation or that the quota
+refuses creates or changes no session, and one no model answers upgrades or moves none.
 
 Policies (documented in the README):
 - a session's provider/model win over a fresh selection; a higher requested tier upgrades the
@@ -12,9 +16,10 @@ Policies (documented in the README):
   error reaches the client; `migrate` moves the session to a healthy model of its tier;
 - requests without an established session (none, or its first turn, or the turn that upgrades it) are
   retried once, before the first byte, on another healthy candidate, and the session follows the
-  retry; concurrent first turns: the first answered creates the session (`SET NX`), the others
-  leave it as it is; so do concurrent upgrades and migrations (the first answered is written, the
-  others find the session changed since they read it and leave it: `SessionStore.replace`);
+  retry (`SessionStore.replace` from the session the first turn created to the model that answered);
+  concurrent first turns follow the first one's session; concurrent upgrades and migrations: the
+  first answered is written, the others find the session changed since they read it and leave it
+  (`SessionStore.replace`);
 - the store being unreachable means no stickiness (fresh selection), logged and counted.
 """
 
@@ -50,6 +55,7 @@ class RouteChoice:
     event: str | None = None  # session metric event
     was_unhealthy: bool = False
     tried: list[tuple[str, str]] = field(default_factory=list)
+    created: Session | None = None  # the session this first turn created (`claim`), as written
 
     @property
     def provider(self) -> str:
@@ -184,6 +190,43 @@ class TierRouter:
                     return entry
         return TierModelEntry(provider=provider, model=model, relative_cost=1)
 
+    async def claim(self, identity: Identity, decision: RouteChoice) -> None:
+        """A first turn's session, created before its upstream call (the request admitted). If a
+        concurrent first turn created it first, the decision follows that one's model (`entry`,
+        `tier`: the caller translates again). Either way the decision then holds the session, so a
+        retry moves it (`alternative`) and the answer refreshes it (`commit`). Never raises."""
+        if decision.pending_write != "create" or decision.conversation_id is None:
+            return
+        now = self.clock()
+        session = Session(
+            decision.conversation_id, identity.external_id, decision.tier, decision.provider, decision.model, now, now,
+        )
+        try:
+            won = await self.sessions.create(session)
+        except StoreUnavailable:  # `commit` tries again once answered
+            self.metrics.sessions.labels("store_error").inc()
+            log.warning("could not create the session (store unavailable)")
+            return
+        if won is session:
+            decision.created = replace(session)  # a copy: `touch` updates the decision's own
+        elif (won.tier, won.provider, won.model) != (decision.tier, decision.provider, decision.model):
+            # A concurrent first turn created the session first: follow it.
+            decision.entry = await self._entry_for(won.tier, won.provider, won.model)
+            decision.tier = won.tier
+        decision.session = won
+        decision.pending_write = "touch"  # its event stays "created": counted once answered
+
+    async def abandon(self, decision: RouteChoice) -> None:
+        """No model answered this first turn: remove the session it created, if still exactly as
+        created (a session it followed, or one changed meanwhile, stays). Never raises."""
+        if decision.created is None:
+            return
+        try:
+            await self.sessions.delete_if(decision.created)
+        except StoreUnavailable:
+            self.metrics.sessions.labels("store_error").inc()
+            log.warning("could not remove an unanswered first turn's session (store unavailable)")
+
     async def commit(self, identity: Identity, decision: RouteChoice) -> None:
         """Apply the decision's session write, once its model answered the request. Never raises."""
         if decision.pending_write is None or decision.conversation_id is None:
@@ -202,7 +245,10 @@ class TierRouter:
             elif decision.session is not None:
                 read = decision.session
                 if decision.pending_write == "touch":
-                    await self.sessions.touch(read)
+                    if not await self.sessions.touch(read) and decision.event == "created":
+                        # The first turn it followed was answered by no model and removed its
+                        # session: this one was answered by the same model, so it is created anew.
+                        decision.session = await self.sessions.create(replace(read, last_seen_at=now))
                     if decision.event:
                         self.metrics.sessions.labels(decision.event).inc()
                     return
@@ -237,9 +283,11 @@ class TierRouter:
         except ServiceUnavailable:
             return None
         retry = RouteChoice(decision.tier, entry, decision.conversation_id, decision.session, decision.pending_write,
-                         decision.event, tried=tried)
+                         decision.event, tried=tried, created=decision.created)
         if decision.sticky:
-            retry.pending_write, retry.event = "update", "migrated" if decision.bound else None
+            # A first turn's session (`claim`) is moved to the retry's model, and still counted as created.
+            retry.pending_write = "update"
+            retry.event = "migrated" if decision.bound else "created" if decision.event == "created" else None
         return retry
 
     async def report(self, decision: RouteChoice, *, ok: bool) -> None:

@@ -10,6 +10,8 @@ of the other's (the original keyed sessions by the id alone, so another user cou
 id). Creation uses SET NX, so two concurrent first turns agree on one model; an upgrade or a
 migration is written only if the session is still as the request read it (`REPLACE`), so of two
 concurrent ones the first answered wins and the other leaves it; a hit refreshes it only so (`TOUCH`).
+A first turn creates its session before its upstream call, and one no model answered deletes it
+only if it is still exactly as created (`DELETE_IF`).
 
 A stored value that cannot be decoded (another version's format, corruption) is treated as no
 session: logged, counted (`sentinel_cache_lookups_total{cache="session",result="undecodable"}`)
@@ -105,6 +107,26 @@ def _replace_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 # that both changed the session they read, the first answered wins (its migration counted), and the
 # other leaves it — as of two first turns (SET NX).
 REPLACE = Script(name="session_replace", lua=_REPLACE_LUA, local=_replace_local)
+
+# ARGV: the session exactly as it was created (JSON). Deleted only if the stored value is still
+# those bytes: a session another request created, changed or refreshed meanwhile stays.
+_DELETE_IF_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
+def _delete_if_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    if ops.get(keys[0]) != args[0].encode():
+        return 0
+    ops.delete(keys[0])
+    return 1
+
+
+# Remove the session a first turn created when no model answered that turn — only if it is still
+# the one it created (see `SessionStore.delete_if`).
+DELETE_IF = Script(name="session_delete_if", lua=_DELETE_IF_LUA, local=_delete_if_local)
 
 
 @dataclass
@@ -239,5 +261,14 @@ class SessionStore:
             REPLACE,
             [self.key(read.external_id, read.conversation_id)],
             [read.provider, read.model, read.tier, read.migrations, new.to_bytes(), int(self.ttl * 1000)],
+        )
+        return bool(done)
+
+    async def delete_if(self, session: Session) -> bool:
+        """Delete the stored session if it is still exactly `session` (as `create` wrote it),
+        atomically: a session another request created, upgraded, moved or refreshed meanwhile (or
+        that expired) is left as it is, False."""
+        done = await self.store.run(
+            DELETE_IF, [self.key(session.external_id, session.conversation_id)], [session.to_bytes()]
         )
         return bool(done)

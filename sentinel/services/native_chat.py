@@ -1,11 +1,13 @@
 """The native chat use case: one chat format, any provider, chosen by tier.
 
-Order: route (read-only) -> translate -> quota -> upstream (retried once before the first byte when
-allowed) -> unified response or stream -> usage, and the session is written to the model that
-answered (a stream: once it began). A request no model answered — refused before the upstream
-call, or by the provider (5xx, 429, after any retry), or never answered — creates or changes no
-session: a conversation is bound only to a model that served it. Upstream error answers are settled
-by `sentinel.services.answers.refuse`.
+Order: route (read-only) -> translate -> quota -> a first turn's session created (concurrent first
+turns follow the first one's model) -> upstream (retried once before the first byte when allowed)
+-> unified response or stream -> usage, and the session is written to the model that answered (a
+stream: once it began). A request refused before the upstream call creates or changes no session;
+one no model answered — the provider's 5xx or 429 after any retry, an error, cancelled — upgrades
+or moves none, and a first turn's removes the session it created (unless it changed meanwhile): a
+conversation is bound only to a model that served it. Upstream error answers are settled by
+`sentinel.services.answers.refuse`.
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ class NativeChat:
             await refuse(self.meter, upstream, admission, relay_client_errors=False)
 
         try:
+            chosen = (choice.provider, choice.model)
+            await self.router.claim(identity, choice)  # a first turn's session, before the upstream call
+            if (choice.provider, choice.model) != chosen:
+                wire = self._translate(req, choice)  # a concurrent first turn won: follow its model
             if req.stream:
                 streamed = await self.failover.call(
                     choice, wire, translate=lambda c: self._translate(req, c),
@@ -87,6 +93,7 @@ class NativeChat:
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)  # a no-op when `refuse` settled a provider refusal
+            await self.router.abandon(choice)  # no model answered: the session it created goes
             raise
         reply = await self._complete(ex, completed.result, completed.choice, admission)
         await self.router.commit(identity, completed.choice)  # answered: the session is this model's

@@ -54,6 +54,7 @@ def sessions_count(router: TierRouter, event: str) -> float:
 
 async def turn(router: TierRouter, req: ChatRequest) -> tuple[str, str, str]:
     decision = await router.decide(ALICE, req)
+    await router.claim(ALICE, decision)  # as the handler: a first turn's session before the call
     await router.commit(ALICE, decision)
     await router.report(decision, ok=True)
     return decision.tier, decision.provider, decision.model
@@ -79,7 +80,8 @@ async def test_first_turn_failure_is_retried_and_the_session_follows_the_retry(s
     """A conversation that has not been served yet is not bound to a model that failed its first call."""
     router = make_router(store, table(simple=[OA_MINI, AN_HAIKU]))
     first = await router.decide(ALICE, request())
-    await router.commit(ALICE, first)
+    await router.claim(ALICE, first)  # created before the upstream call
+    assert first.created is not None and first.sticky
     await router.report(first, ok=False)
     retry = await router.alternative(first)
     assert retry is not None and retry.model != first.model
@@ -122,9 +124,8 @@ async def test_store_down_means_no_stickiness() -> None:
 
 
 async def test_a_conversation_served_by_another_candidate_keeps_that_candidates_prices(store: Store) -> None:
-    """Every turn of a conversation whose model left its tier was served under a bare entry without
-    prices: its cost was unknown (so was a first turn's that lost the race to create the session; it
-    keeps its own model now, and that model's entry)."""
+    """A first turn that lost the race to create its session, and every turn of a conversation whose
+    model left its tier, were served under a bare entry without prices: their cost was unknown."""
     priced = StaticTiers({
         "simple": [
             TierModelEntry(provider="openai", model="gpt-4o-mini", input_price_per_million=0.15,
@@ -140,10 +141,12 @@ async def test_a_conversation_served_by_another_candidate_keeps_that_candidates_
     other = by_provider["anthropic" if decision.provider == "openai" else "openai"]
     now = router.clock()
     await router.sessions.create(Session("raced", "alice", "simple", other.provider, other.model, now, now))
-    await router.commit(ALICE, decision)  # answered after a concurrent first turn: that one's session stays
-    assert (decision.provider, decision.entry.prices) != (other.provider, other.prices)  # it served this one
-    assert decision.entry.prices is not None and decision.entry.prices.known
+    await router.claim(ALICE, decision)  # the concurrent first turn won: this one follows it
+    assert (decision.provider, decision.entry.prices) == (other.provider, other.prices)
     assert decision.session is not None and decision.session.provider == other.provider
+    assert decision.created is None  # not this one's to remove
+    await router.abandon(decision)  # no model answered it: the winner's session stays
+    assert await router.sessions.get("raced", "alice") is not None
     # The model is taken out of the simple tier but still in the table (another tier): its prices stay.
     rest = next(e for e in by_provider.values() if e is not other)
     moved = StaticTiers({"simple": [rest], "moderate": [other], "complex": []})

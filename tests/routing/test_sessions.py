@@ -90,3 +90,29 @@ async def test_first_creator_wins(store: Store) -> None:
     assert first.model == second.model == "gpt-4o-mini"
     stored = await sessions.get("conv-1", "alice")
     assert stored is not None and stored.model == "gpt-4o-mini"
+
+
+async def test_delete_if_removes_only_the_session_as_created(store: Store) -> None:
+    """A first turn no model answered removes the session it created, and nothing else: not a
+    session another first turn created, nor its own once changed or refreshed by another request."""
+    clock = FakeClock(0.0)
+    sessions = SessionStore(store, ttl=1000, clock=clock)
+    created = make_session()
+    assert await sessions.create(created) is created
+    assert not await sessions.delete_if(make_session(model="gpt-4o"))  # another first turn's choice
+    assert await sessions.delete_if(created)
+    assert await sessions.get("conv-1", "alice") is None
+    assert not await sessions.delete_if(created)  # gone: nothing to delete
+
+    await sessions.create(created)
+    clock.advance(5)
+    assert await sessions.touch(replace(created))  # a later turn answered meanwhile
+    assert not await sessions.delete_if(created)
+    assert await sessions.get("conv-1", "alice") is not None
+
+    upgraded = make_session(conv="conv-2")
+    await sessions.create(upgraded)
+    assert await sessions.replace(upgraded, replace(upgraded, tier="complex", model="gpt-4o"))
+    assert not await sessions.delete_if(upgraded)
+    stored = await sessions.get("conv-2", "alice")
+    assert stored is not None and stored.model == "gpt-4o"

@@ -175,7 +175,8 @@ def test_a_request_no_model_answers_creates_or_changes_no_session(
     """The session was written before the upstream call: a first turn the providers refused (5xx, 429:
     the reservation given back) bound the conversation to a model that never served it — under
     `keep` for good, that model's failures then the conversation's answers — and a refused upgrade
-    moved it up. Now only an answer writes the session (a stream's once it began)."""
+    moved it up. Now a first turn no model answered removes the session it created before its call,
+    and only an answer upgrades or moves one (a stream's once it began)."""
     tiers = {"simple": [entry(OA_MINI), entry(AN_HAIKU)], "moderate": [entry(OA_4O)], "complex": [entry(AN_SONNET)]}
     gw = start(gateway_factory, tmp_path, backend_url, tiers)
     with gw.client() as http:
@@ -193,6 +194,36 @@ def test_a_request_no_model_answers_creates_or_changes_no_session(
         assert limited.status_code == 429, limited.text
         assert stored(gw, "conv-500") is None and stored(gw, "conv-429") is None
     assert metric(gw.url, "sentinel_sessions_total", event="created") == 2  # conv-stream, conv-up
+
+
+def test_a_refused_first_turn_that_followed_a_concurrent_one_leaves_its_session(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Concurrent first turns follow the first one's session (created before the upstream call). One
+    that followed it and that no model answered removes only a session it created itself: the one it
+    followed stays, on its model (not moved by the refused retry either)."""
+    from sentinel.routing.sessions import Session
+
+    tiers = {"simple": [entry(OA_MINI), entry(AN_HAIKU)]}
+    gw = start(gateway_factory, tmp_path, backend_url, tiers)
+    sessions = gw.runtime.native.router.sessions
+    create = sessions.create
+    winners: list[Session] = []
+
+    async def after_a_concurrent_first_turn(session: Session) -> Session:
+        winner = Session(session.conversation_id, session.external_id, "simple", *AN_HAIKU, 1.0, 1.0)
+        winners.append(await create(winner))  # created between this turn's read and its write
+        return await create(session)
+
+    monkeypatch.setattr(sessions, "create", after_a_concurrent_first_turn)
+    with gw.client() as http:
+        refused = chat(http, "refuse me #mock:status=500", conv="conv-raced")  # the retry too
+        assert refused.status_code == 502, refused.text
+    assert len(winners) == 1
+    session = stored(gw, "conv-raced")
+    assert session is not None and (session["provider"], session["model"]) == AN_HAIKU
+    assert session["created_at"] == 1.0
 
 
 def test_two_instances_share_sessions_and_backoff(

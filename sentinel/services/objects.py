@@ -238,9 +238,8 @@ class Upload:
             components = _COMPONENT.split(name)
             if any(c in REFERENCE_KEYS for c in components):
                 found.extend(_ids(value.decode("utf-8", "replace").strip()))
-            elif (_starts_as_json(value) and not (is_file and _INDEX.sub("", name) in files)
-                  and not (components[0] in TEXT_FIELDS and not is_file)):
-                found.extend(referenced_ids(_json_field(value), limit))
+            elif _starts_as_json(value) and not (is_file and _INDEX.sub("", name) in files):
+                found.extend(referenced_ids(_json_field(value, text=name in TEXT_FIELDS and not is_file), limit))
             if len(found) > limit:
                 raise TooManyReferences(f"A request may name at most {limit} objects")
         return found
@@ -268,8 +267,9 @@ _COMPONENT = re.compile(r"[\[\].]+")
 _INDEX = re.compile(r"\[\d*\]$")  # `image[]`, `image[0]`: one of the files given on `image`
 
 
-# Fields whose value is free text the provider never reads as JSON (an image edit's or a
-# transcription's `prompt`): `[Speaker 1]: hi` there is text, not JSON Sentinel cannot read.
+# Fields whose value is free text (an image edit's or a transcription's `prompt`, named exactly so):
+# `[Speaker 1]: hi` there that no JSON reader reads is text, not a 400; JSON that reads is still
+# scanned.
 TEXT_FIELDS = frozenset({"prompt"})
 
 
@@ -279,19 +279,19 @@ def _starts_as_json(value: bytes) -> bool:
     return value.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()[:1] in (b"{", b"[")
 
 
-def _json_field(value: bytes) -> Any:
+def _json_field(value: bytes, *, text: bool = False) -> Any:
     """A form field's value that starts as JSON, read as JSON. The upload goes upstream as it came, so
     a value a reader could read otherwise than orjson is MalformedUpload: one orjson refuses (`NaN`,
     a lone surrogate, which lenient readers take) and one that gives a key twice (readers keep the
     first or the last); a value not valid UTF-8 is refused too (lenient readers decode it as Latin-1).
     A value orjson refuses that holds no `:` is text (`[Speaker 1] ...`), None: it names nothing in
-    any reader's JSON (an id is named by a key)."""
+    any reader's JSON (an id is named by a key); so is one of a free-text field (`text`: TEXT_FIELDS)."""
     if json_containers_exceed(value):
         raise MalformedUpload("A form field's JSON value holds too many objects and arrays")
     try:
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
-        if b":" not in value:
+        if text or b":" not in value:
             return None
         raise MalformedUpload(
             "A form field's value that starts as JSON ({ or [) must be JSON Sentinel can read "

@@ -90,6 +90,14 @@ def test_dotted_names_and_json_values_are_read() -> None:
             + part('form-data; name="file"; filename="a.json"', b'{"file_id": "file-in-the-file"}')
             + b"--XyZ--")
     assert multipart_references(body, TYPE, files=frozenset({"file"})) == ["vs_1", "file-2", "file-3"]
+    # Only a field named exactly `prompt` is free text, and only what no JSON reader reads is let by
+    # as text there: JSON that reads is scanned, in `prompt` and in any name that starts with it.
+    for name, value in (("prompt", b'{"file_id": "file-victim"}'),
+                        ("prompt[variables][doc]", b'{"type": "input_file", "file_id": "file-victim"}'),
+                        ("prompt.variables", b'{"file_ids": ["file-victim"]}')):
+        assert multipart_references(part(f'form-data; name="{name}"', value) + b"--XyZ--", TYPE) == ["file-victim"]
+    with pytest.raises(MalformedUpload):
+        multipart_references(part('form-data; name="prompt.x"', b'{"file_id": "file-victim", "n": NaN}') + b"--XyZ--", TYPE)
     crowded = part('form-data; name="x"', b"[" + b"[], " * 100_001 + b"[]]") + b"--XyZ--"
     with pytest.raises(MalformedUpload, match="too many"):
         multipart_references(crowded, TYPE)

@@ -124,6 +124,7 @@ def test_an_upload_is_taken_only_by_a_call_that_takes_a_file(method: str, path: 
     b'{"file_ids": ["file-victim"], "x": "\xff"}',  # not UTF-8: read as Latin-1 by lenient readers
     b'\xef\xbb\xbf{"file_ids": ["file-victim"], "x": NaN}',  # behind a byte order mark
     b'{"file_ids": ["file-victim"]} and then text',  # a reader of the first value sees the id
+    '{"file_ids": ["file-victim"]}'.encode("utf-16"),  # with its byte order mark: Python's json reads it
 ])
 def test_a_json_value_a_reader_could_read_otherwise_is_malformed(value: bytes) -> None:
     """Once each of these named nothing, or only the id orjson kept: the upload goes upstream as it

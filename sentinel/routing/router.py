@@ -3,8 +3,10 @@
 `decide()` is read-only: it looks up the session, selects a candidate, and returns a `RouteChoice`
 carrying any session write still to be done. A first turn's session is created by `claim()` once the
 request is admitted, before its upstream call (`SET NX`: of concurrent first turns, also across
-processes, the first decides and the others follow its model), and removed by `abandon()` if no
-model answered the turn — only if it is still exactly the session it created, never one it followed.
+processes, the first decides; the others follow its session as later turns do — bound to its model,
+or upgrading it when they asked for a higher tier), and removed by `abandon()` if no model answered
+the turn — only if it is still exactly the session it created (recorded before the write, so a turn
+cancelled during it removes it too), never one it followed.
 Every other write (an upgrade, a migration, a retry's move, a hit's refresh) is `commit()`ed with
 the choice that answered, once it answered, so a request that fails validation or that the quota
 refuses creates or changes no session, and one no model answers upgrades or moves none.
@@ -17,7 +19,8 @@ Policies (documented in the README):
 - requests without an established session (none, or its first turn, or the turn that upgrades it) are
   retried once, before the first byte, on another healthy candidate, and the session follows the
   retry (`SessionStore.replace` from the session the first turn created to the model that answered);
-  concurrent first turns follow the first one's session; concurrent upgrades and migrations: the
+  concurrent first turns follow the first one's session (a hit, or an upgrade at a higher tier, with
+  the model chosen for that tier); concurrent upgrades and migrations: the
   first answered is written, the others find the session changed since they read it and leave it
   (`SessionStore.replace`);
 - the store being unreachable means no stickiness (fresh selection), logged and counted.
@@ -192,29 +195,38 @@ class TierRouter:
 
     async def claim(self, identity: Identity, decision: RouteChoice) -> None:
         """A first turn's session, created before its upstream call (the request admitted). If a
-        concurrent first turn created it first, the decision follows that one's model (`entry`,
-        `tier`: the caller translates again). Either way the decision then holds the session, so a
-        retry moves it (`alternative`) and the answer refreshes it (`commit`). Never raises."""
+        concurrent first turn created it first, this one follows that session: at the same or a
+        lower tier it is served by that one's model (`entry`, `tier`: the caller translates again)
+        and bound to it as any later turn (a hit); at a higher tier it upgrades that session, with
+        the model it chose for its tier, written once answered (`commit`). Never raises."""
         if decision.pending_write != "create" or decision.conversation_id is None:
             return
         now = self.clock()
         session = Session(
             decision.conversation_id, identity.external_id, decision.tier, decision.provider, decision.model, now, now,
         )
+        # Recorded before the write: a first turn cancelled during it still removes (`abandon`) the
+        # session if it was written — only ever these bytes, never a session another request made.
+        decision.created = replace(session)  # a copy: `touch` updates the decision's own
         try:
             won = await self.sessions.create(session)
         except StoreUnavailable:  # `commit` tries again once answered
             self.metrics.sessions.labels("store_error").inc()
             log.warning("could not create the session (store unavailable)")
             return
+        decision.session = won
         if won is session:
-            decision.created = replace(session)  # a copy: `touch` updates the decision's own
-        elif (won.tier, won.provider, won.model) != (decision.tier, decision.provider, decision.model):
-            # A concurrent first turn created the session first: follow it.
+            decision.pending_write = "touch"  # its event stays "created": counted once answered
+            return
+        decision.created = None  # a concurrent first turn created it first: not this one's to remove
+        if TIER_ORDER[decision.tier] > TIER_ORDER[won.tier]:
+            decision.pending_write, decision.event = "update", "upgraded"
+            return
+        if (won.tier, won.provider, won.model) != (decision.tier, decision.provider, decision.model):
             decision.entry = await self._entry_for(won.tier, won.provider, won.model)
             decision.tier = won.tier
-        decision.session = won
-        decision.pending_write = "touch"  # its event stays "created": counted once answered
+            decision.was_unhealthy = True  # its health unread: `report` records a success once answered
+        decision.pending_write, decision.event = "touch", "hit"
 
     async def abandon(self, decision: RouteChoice) -> None:
         """No model answered this first turn: remove the session it created, if still exactly as
@@ -240,17 +252,22 @@ class TierRouter:
                 )
                 won = await self.sessions.create(session)
                 decision.session = won
-                if (won.provider, won.model) != (session.provider, session.model):
+                if won is not session:
                     return  # a concurrent first turn was answered first: the session is its own
             elif decision.session is not None:
                 read = decision.session
                 if decision.pending_write == "touch":
-                    if not await self.sessions.touch(read) and decision.event == "created":
-                        # The first turn it followed was answered by no model and removed its
-                        # session: this one was answered by the same model, so it is created anew.
-                        decision.session = await self.sessions.create(replace(read, last_seen_at=now))
-                    if decision.event:
-                        self.metrics.sessions.labels(decision.event).inc()
+                    event = decision.event
+                    if not await self.sessions.touch(read):
+                        # Gone (the first turn it followed was answered by no model and removed
+                        # it; or it expired) or changed meanwhile: this model answered, so the
+                        # session is created anew unless another request's is there.
+                        anew = replace(read, last_seen_at=now)
+                        decision.session = await self.sessions.create(anew)
+                        if decision.session is anew:
+                            event = "created"
+                    if event:
+                        self.metrics.sessions.labels(event).inc()
                     return
                 migrated = decision.event == "migrated"
                 new = replace(read, tier=decision.tier, provider=decision.provider, model=decision.model,
@@ -285,9 +302,10 @@ class TierRouter:
         retry = RouteChoice(decision.tier, entry, decision.conversation_id, decision.session, decision.pending_write,
                          decision.event, tried=tried, created=decision.created)
         if decision.sticky:
-            # A first turn's session (`claim`) is moved to the retry's model, and still counted as created.
+            # A first turn's session (`claim`) is moved to the retry's model, and still counted as
+            # created; an upgrade is still one.
             retry.pending_write = "update"
-            retry.event = "migrated" if decision.bound else "created" if decision.event == "created" else None
+            retry.event = "migrated" if decision.bound else decision.event
         return retry
 
     async def report(self, decision: RouteChoice, *, ok: bool) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
+
+import pytest
 
 from sentinel.domain.identity import Identity
 from sentinel.domain.policies import SessionFailover
@@ -177,3 +180,100 @@ async def test_of_two_requests_that_change_a_session_the_first_answered_wins(sto
     assert (await turn(router, request("complex")))[0] == "complex"
     stored = await router.sessions.get("conv-1", "alice")
     assert stored is not None and (stored.tier, stored.migrations) == ("complex", 1)
+
+
+async def test_a_concurrent_first_turn_at_a_higher_tier_upgrades_the_session_it_lost_to(store: Store) -> None:
+    """A first turn that lost the race to create its session followed the winner's model even when
+    it asked for a higher tier: a complex request was served by the simple model. Now it upgrades
+    the winner's session (with the model it chose for its tier), written once answered."""
+    router = make_router(store, table(simple=[OA_MINI, AN_HAIKU], complex=[OA_4O, AN_SONNET]))
+    simple = await router.decide(ALICE, request("simple"))
+    complex_ = await router.decide(ALICE, request("complex"))  # both read no session
+    chosen = (complex_.provider, complex_.model)
+    await router.claim(ALICE, simple)
+    await router.claim(ALICE, complex_)
+    assert (complex_.tier, complex_.provider, complex_.model) == ("complex", *chosen)
+    assert (complex_.event, complex_.pending_write, complex_.created) == ("upgraded", "update", None)
+    assert complex_.session is not None and complex_.session.model == simple.model
+    await router.abandon(complex_)  # were it not answered: the session it did not create stays
+    assert await router.sessions.get("conv-1", "alice") is not None
+    await router.commit(ALICE, simple)
+    await router.commit(ALICE, complex_)
+    stored = await router.sessions.get("conv-1", "alice")
+    assert stored is not None and (stored.tier, stored.provider, stored.model) == ("complex", *chosen)
+    assert [sessions_count(router, e) for e in ("created", "upgraded", "hit")] == [1, 1, 0]
+
+
+async def test_a_concurrent_first_turn_that_follows_is_bound_to_the_winners_model(store: Store) -> None:
+    """A first turn that followed a concurrent one's session kept the event "created": it was not
+    bound, so a failure was retried on another model whose answer moved the session (two models
+    served the conversation's first turns), and each counted the session as created."""
+    for failover in SessionFailover:
+        router = make_router(store, table(simple=[OA_MINI, AN_HAIKU]), failover=failover)
+        conv = f"conv-{failover.value}"
+        first = await router.decide(ALICE, request("simple", conv))
+        second = await router.decide(ALICE, request("simple", conv))
+        await router.claim(ALICE, first)
+        await router.claim(ALICE, second)
+        assert (second.provider, second.model) == (first.provider, first.model)
+        assert (second.event, second.pending_write, second.created, second.bound) == ("hit", "touch", None, True)
+        retry = await router.alternative(second)
+        if failover is SessionFailover.keep:
+            assert retry is None  # the provider's error reaches the client, as on any later turn
+        else:
+            assert retry is not None and (retry.event, retry.pending_write) == ("migrated", "update")
+        await router.commit(ALICE, first)
+        await router.commit(ALICE, second)
+        assert [sessions_count(router, e) for e in ("created", "hit")] == [1, 1]
+
+
+async def test_a_follower_answered_after_the_first_turn_was_not_recreates_the_session_once(store: Store) -> None:
+    router = make_router(store, table(simple=[OA_MINI, AN_HAIKU]))
+    first = await router.decide(ALICE, request())
+    second = await router.decide(ALICE, request())
+    await router.claim(ALICE, first)
+    await router.claim(ALICE, second)
+    await router.abandon(first)  # no model answered the first: its session goes
+    assert await router.sessions.get("conv-1", "alice") is None
+    await router.commit(ALICE, second)  # the follower was answered, by that model
+    stored = await router.sessions.get("conv-1", "alice")
+    assert stored is not None and (stored.provider, stored.model) == (second.provider, second.model)
+    assert [sessions_count(router, e) for e in ("created", "hit")] == [1, 0]
+
+
+async def test_an_upgrade_answered_by_its_retry_is_counted_as_an_upgrade(store: Store) -> None:
+    router = make_router(store, table(simple=[OA_MINI], complex=[OA_4O, AN_SONNET]))
+    await turn(router, request("simple"))
+    upgrading = await router.decide(ALICE, request("complex"))
+    retry = await router.alternative(upgrading)
+    assert retry is not None
+    await router.commit(ALICE, retry)
+    stored = await router.sessions.get("conv-1", "alice")
+    assert stored is not None and (stored.tier, stored.model) == ("complex", retry.model)
+    assert sessions_count(router, "upgraded") == 1
+
+
+async def test_a_first_turn_cancelled_during_its_session_write_removes_it(store: Store) -> None:
+    """`claim` recorded the session it created only once the write returned: a first turn
+    cancelled while the write was in flight (written, its reply not yet read) left `created`
+    None, and the session on a model that never answered stayed."""
+    router = make_router(store, table(simple=[OA_MINI, AN_HAIKU]))
+    decision = await router.decide(ALICE, request())
+    written = asyncio.Event()
+    create = router.sessions.create
+
+    async def written_then_cancelled(session: Session) -> Session:
+        await create(session)
+        written.set()
+        await asyncio.Event().wait()  # the reply never comes: the request is cancelled
+        raise AssertionError("unreachable")
+
+    router.sessions.create = written_then_cancelled  # type: ignore[method-assign]
+    claiming = asyncio.ensure_future(router.claim(ALICE, decision))
+    await written.wait()
+    claiming.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await claiming
+    assert await router.sessions.get("conv-1", "alice") is not None
+    await router.abandon(decision)
+    assert await router.sessions.get("conv-1", "alice") is None

@@ -1,17 +1,19 @@
 """The native chat use case: one chat format, any provider, chosen by tier.
 
 Order: route (read-only) -> translate -> quota -> a first turn's session created (concurrent first
-turns follow the first one's model) -> upstream (retried once before the first byte when allowed)
+turns follow the first one's session: its model, or an upgrade at a higher tier) -> upstream (retried once before the first byte when allowed)
 -> unified response or stream -> usage, and the session is written to the model that answered (a
 stream: once it began). A request refused before the upstream call creates or changes no session;
 one no model answered — the provider's 5xx or 429 after any retry, an error, cancelled — upgrades
-or moves none, and a first turn's removes the session it created (unless it changed meanwhile): a
+or moves none, and a first turn's removes the session it created (unless it changed meanwhile; also
+when settling the failure raises or is cancelled): a
 conversation is bound only to a model that served it. Upstream error answers are settled by
 `sentinel.services.answers.refuse`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, NoReturn, TypeVar
@@ -92,8 +94,10 @@ class NativeChat:
                 send=lambda p, body, c: _upstream(ex, c, p.complete_body(body, c.tier, refused=refused)), on_attempt=on_attempt,
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
-            await self.meter.fail(admission, exc)  # a no-op when `refuse` settled a provider refusal
-            await self.router.abandon(choice)  # no model answered: the session it created goes
+            try:
+                await self.meter.fail(admission, exc)  # a no-op when `refuse` settled a provider refusal
+            finally:  # also when that raises, or is cancelled again: the session it created goes
+                await asyncio.shield(self.router.abandon(choice))  # no model answered
             raise
         reply = await self._complete(ex, completed.result, completed.choice, admission)
         await self.router.commit(identity, completed.choice)  # answered: the session is this model's

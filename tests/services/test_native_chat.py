@@ -5,16 +5,26 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from sentinel.api.responses import StreamingRelay
 from sentinel.domain.identity import Identity
 from sentinel.domain.tiers import TierModelEntry
+from sentinel.native import parse_chat_request
 from sentinel.native.stream import OpenAIStreamNormalizer
+from sentinel.observability.metrics import Metrics
 from sentinel.providers.chat import ProviderStream
 from sentinel.providers.http import UpstreamResponse
 from sentinel.quota.meter import Admission
-from sentinel.routing.router import RouteChoice
+from sentinel.routing.health import ProviderHealth
+from sentinel.routing.router import RouteChoice, TierRouter
+from sentinel.routing.selection import WeightedSelector
+from sentinel.routing.sessions import SessionStore
+from sentinel.routing.tiers import StaticTiers
 from sentinel.services.exchange import Exchange
 from sentinel.services.native_chat import NativeChat
+from sentinel.store import MemoryStore
+from tests.support.clock import FakeClock
 from tests.support.waiting import until
 
 ALICE = Identity("alice", "u1")
@@ -75,3 +85,40 @@ async def test_a_client_leaving_during_the_session_write_closes_the_upstream() -
     await asyncio.wait_for(served, 5)
     assert connection.closed
     assert meter.statuses == [499]
+
+
+class Failing:
+    """Both candidates' provider: translates anything, and its call fails (a bug, not an answer)."""
+
+    def body(self, req: Any, model: str, *, stream: bool) -> dict[str, Any]:
+        return {}
+
+    async def complete_body(self, body: dict[str, Any], tier: str, **kw: Any) -> Any:
+        raise RuntimeError("the call failed")
+
+
+class UnsettledMeter:
+    """Admits, then fails to settle the failure (a settlement error re-raised)."""
+
+    async def admit(self, identity: Identity, **kw: Any) -> Admission:
+        return Admission(identity, "native", kw["model"], kw["request_id"])
+
+    async def fail(self, admission: Admission, error: BaseException) -> None:
+        raise OSError("the settlement failed")
+
+
+async def test_a_first_turn_whose_failure_cannot_be_settled_still_removes_its_session() -> None:
+    """The session a first turn created was removed after `meter.fail`: when that raised, it stayed,
+    binding the conversation to a model that never answered it."""
+    clock = FakeClock()
+    store, metrics = MemoryStore(), Metrics()
+    tiers = StaticTiers({"simple": [TierModelEntry(provider="openai", model="gpt-4o-mini", relative_cost=1)],
+                         "moderate": [], "complex": []})
+    sessions = SessionStore(store, ttl=1000, clock=clock)
+    router = TierRouter(tiers=tiers, providers=["openai"], health=ProviderHealth(store, metrics, clock=clock),
+                        sessions=sessions, selector=WeightedSelector(), metrics=metrics, clock=clock)
+    chat = NativeChat(router, {"openai": Failing()}, UnsettledMeter(), None)  # type: ignore[dict-item, arg-type]
+    req = parse_chat_request({"tier": "simple", "conversation_id": "c1", "messages": [{"role": "user", "content": "hi"}]})
+    with pytest.raises(OSError):
+        await chat.chat(Exchange(usage_id="r1"), ALICE, req)
+    assert await sessions.get("c1", "alice") is None

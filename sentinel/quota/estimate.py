@@ -34,8 +34,13 @@ def estimate_input(
             tools if isinstance(tools, list) else None,
             user=user,
         )
-        # The legacy `functions` and a `response_format`'s schema reach the model as text too.
-        return total + _as_json(counter, model, user, payload.get("functions"), payload.get("response_format"))
+        # The legacy `functions` and a `response_format`'s schema reach the model as text too, and a
+        # predicted output (`prediction.content`) is read as input.
+        total += _as_json(counter, model, user, payload.get("functions"), payload.get("response_format"))
+        prediction = payload.get("prediction")
+        if isinstance(prediction, dict):
+            total += sum(counter.count_text(text, model, user=user) for text in _texts(prediction.get("content")))
+        return total
     if endpoint == "completions":
         total = counter.count_prompt(_prompt(payload.get("prompt")), model, user=user)
         suffix = payload.get("suffix")
@@ -47,6 +52,15 @@ def estimate_input(
     if endpoint in ("messages", "messages/count_tokens"):
         return estimate_messages(counter, model, payload, user=user)
     return 0
+
+
+def _texts(content: Any) -> list[str]:
+    """A string, or the `text` of each part of a list of content parts."""
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)]
+    return []
 
 
 def _prompt(value: Any) -> str | list[Any] | None:
@@ -67,6 +81,15 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any],
     total = counter.count_text(instructions, model, user=user) if isinstance(instructions, str) else 0
     # Tool definitions and the output format's schema (`text.format`) reach the model as text.
     total += _as_json(counter, model, user, payload.get("tools"), payload.get("text"))
+    # A reusable prompt's variables (strings or input_text parts) are filled into its text; the
+    # prompt's own text (`prompt.id`) lives at the provider and is not estimated.
+    prompt = payload.get("prompt")
+    variables = prompt.get("variables") if isinstance(prompt, dict) else None
+    if isinstance(variables, dict):
+        values = [value for value in variables.values() if isinstance(value, str)]
+        values += [value["text"] for value in variables.values()
+                   if isinstance(value, dict) and value.get("type") == "input_text" and isinstance(value.get("text"), str)]
+        total += sum(counter.count_text(text, model, user=user) for text in values)
     items = payload.get("input")
     if isinstance(items, str):
         return total + counter.count_text(items, model, user=user) + 3
@@ -105,14 +128,16 @@ def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:
     """Whether the request asks for output the provider bills but does not return as countable
     text (Anthropic's `thinking` — summarised or omitted since Claude 4 —, OpenAI's
     `reasoning_effort` on chat and `reasoning` on Responses; spoken output, `modalities` with
-    `audio`, billed as audio tokens): text counted from what was streamed would leave it free."""
+    `audio`, billed as audio tokens; a chat `prediction`, whose rejected tokens are billed as
+    output but never streamed): text counted from what was streamed would leave it free."""
     if endpoint == "messages":
         thinking = payload.get("thinking")
         return isinstance(thinking, dict) and thinking.get("type") != "disabled"
     if endpoint == "chat":
         modalities = payload.get("modalities")
         speaks = isinstance(modalities, list) and "audio" in modalities
-        return speaks or payload.get("reasoning_effort") not in (None, "none")
+        predicts = isinstance(payload.get("prediction"), dict)
+        return speaks or predicts or payload.get("reasoning_effort") not in (None, "none")
     if endpoint == "responses":
         return isinstance(payload.get("reasoning"), dict)
     return False

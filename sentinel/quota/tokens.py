@@ -348,8 +348,8 @@ class TokenCounter:
         """Prompt tokens of a chat request, with OpenAI's per-message overhead.
 
         Per message: 3 + role + content (a string, or the `text` of each content part; images and
-        audio are not estimated) + name (+1) + each tool call's function name and arguments +
-        tool_call_id. Plus 3 for the reply priming, plus `tools` as compact JSON (an approximation:
+        audio are not estimated) + refusal + name (+1) + each tool call's function name and
+        arguments (a custom tool call's name and input) + tool_call_id. Plus 3 for the reply priming, plus `tools` as compact JSON (an approximation:
         OpenAI renders tools in its own format).
         """
         used, count = self._counting(model, user)
@@ -366,14 +366,22 @@ class TokenCounter:
                     roles[role] = role_tokens
             total += TOKENS_PER_MESSAGE + role_tokens
             total += sum(count(text) for text in _content_texts(message.get("content")))
+            refusal = message.get("refusal")  # an assistant's earlier refusal, sent back as prompt
+            if isinstance(refusal, str):
+                total += count(refusal)
             name = message.get("name")
             if isinstance(name, str) and name:
                 total += count(name) + TOKENS_PER_NAME
             calls = message.get("tool_calls")
             for call in calls if isinstance(calls, list) else ():
-                function = call.get("function") if isinstance(call, Mapping) else None
+                if not isinstance(call, Mapping):
+                    continue
+                function = call.get("function")
                 if isinstance(function, Mapping):
                     total += count(_str(function.get("name"))) + count(_arguments(function.get("arguments")))
+                custom = call.get("custom")  # a custom tool's call: its input is free text
+                if isinstance(custom, Mapping):
+                    total += count(_str(custom.get("name"))) + count(_str(custom.get("input")))
             legacy_call = message.get("function_call")
             if isinstance(legacy_call, Mapping):
                 total += count(_str(legacy_call.get("name"))) + count(_arguments(legacy_call.get("arguments")))

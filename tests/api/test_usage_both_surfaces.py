@@ -361,3 +361,46 @@ def test_cached_tokens_beyond_the_prompt_are_capped_on_every_surface(
         assert (row["input_tokens"], row["output_tokens"], row["cache_read_tokens"]) == (10, 5, 10), row
         assert row["cost_usd"] is None or 0 < row["cost_usd"] < 0.001, row  # (the tiers file names no prices)
     assert sum(row["cost_usd"] is not None for row in rows) >= 4
+
+
+def test_a_cut_stream_is_charged_the_client_text_the_provider_bills(gateway_factory: Callable[..., Gateway]) -> None:
+    """A chat stream cut before its usage is charged its estimated input: an earlier refusal, a
+    custom tool call's input and a predicted output are billed input the estimate left out (3 to 19
+    tokens for each ~2,000 tokens sent); a prediction is charged its reserved output, since its
+    rejected tokens are billed and never streamed."""
+    gw = gateway_factory(usage_flush_interval_seconds=0.1)
+    words = " ".join(f"word{i}" for i in range(2000))
+    cut = {"role": "user", "content": "one two three four five six #mock:disconnect_after=4"}
+    bodies = [
+        [{"role": "assistant", "content": None, "refusal": words}],
+        [{"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "custom", "custom": {"name": "grep", "input": words}}]},
+         {"role": "tool", "tool_call_id": "call_1", "content": "ok"}],
+    ]
+    with gw.client() as http:
+        for history in bodies:
+            r = http.post("/v1/chat/completions", json={"model": MINI, "stream": True, "messages": [*history, cut]})
+            assert r.status_code == 200 and "[DONE]" not in r.text
+        r = http.post("/v1/chat/completions", json={"model": MINI, "stream": True, "max_tokens": 50, "messages": [cut],
+                                                    "prediction": {"type": "content", "content": words}})
+        assert r.status_code == 200 and "[DONE]" not in r.text
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 3)
+    rows = ledger_rows(gw.settings.database_url)
+    assert all(r["usage_source"] == "estimated" and r["input_tokens"] > 2000 for r in rows), rows
+    (predicted,) = [r for r in rows if r["output_tokens"] == 50]
+    assert predicted["input_tokens"] > 2000
+
+
+def test_a_cut_responses_stream_is_charged_its_prompt_variables(gateway_factory: Callable[..., Gateway]) -> None:
+    """A reusable prompt's variables are billed input; `_responses_input` never read `prompt`."""
+    gw = gateway_factory(usage_flush_interval_seconds=0.1)
+    words = " ".join(f"word{i}" for i in range(2000))
+    variables = {"notes": words, "more": {"type": "input_text", "text": words}}
+    with gw.client() as http:
+        r = http.post("/v1/responses", json={
+            "model": MINI, "stream": True, "prompt": {"id": "pmpt_1", "variables": variables},
+            "input": "one two three four five six #mock:disconnect_after=4"})
+    assert r.status_code == 200 and "response.completed" not in r.text, r.text[:300]
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
+    (row,) = ledger_rows(gw.settings.database_url)
+    assert row["usage_source"] == "estimated" and row["input_tokens"] > 4000, row

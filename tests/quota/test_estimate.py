@@ -135,3 +135,33 @@ def test_spoken_output_is_output_the_text_does_not_show() -> None:
 
     assert hides_output("chat", {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}})
     assert not hides_output("chat", {"modalities": ["text"]})
+
+
+def test_a_predicted_output_is_counted_as_input() -> None:
+    """`prediction.content` is billed as input (a string or text parts); it counted as nothing."""
+    total, asked = estimate("chat", {"messages": [USER], "prediction": {"type": "content", "content": "x = 1"}})
+    assert (total, asked[1:]) == (10 + 5, [("text", "x = 1")])
+    parts = [{"type": "text", "text": "a = 1"}, {"type": "text", "text": "bb"}, {"type": "image"}, "odd"]
+    total, asked = estimate("chat", {"messages": [USER], "prediction": {"type": "content", "content": parts}})
+    assert (total, asked[1:]) == (10 + 7, [("text", "a = 1"), ("text", "bb")])
+    assert estimate("chat", {"messages": [USER], "prediction": "not an object"})[0] == 10
+
+
+def test_a_prediction_is_output_the_stream_does_not_show() -> None:
+    """A prediction's rejected tokens are billed as output and never streamed: a stream cut before
+    its usage is charged the reserved output."""
+    from sentinel.quota.estimate import hides_output
+
+    assert hides_output("chat", {"prediction": {"type": "content", "content": "x = 1"}})
+    assert not hides_output("chat", {"prediction": None})
+
+
+def test_a_reusable_prompts_variables_are_counted() -> None:
+    """`prompt.variables` are filled into the prompt (strings and input_text parts); they were never
+    read. The prompt's own text lives at the provider (`prompt.id`): not estimated."""
+    variables = {"city": "Paris", "notes": {"type": "input_text", "text": "long notes"},
+                 "photo": {"type": "input_image", "image_url": "https://x/y.png"}, "n": 3}
+    total, asked = estimate("responses", {"prompt": {"id": "pmpt_1", "variables": variables}})
+    assert (total, sorted(asked)) == (len("Paris") + len("long notes"), [("text", "Paris"), ("text", "long notes")])
+    assert estimate("responses", {"prompt": {"id": "pmpt_1", "variables": ["x"]}}) == (0, [])
+    assert estimate("responses", {"prompt": "pmpt_1"}) == (0, [])

@@ -393,3 +393,21 @@ def test_a_refusal_part_is_counted_like_text() -> None:
     as_text = counter.count_chat([{"role": "assistant", "content": [{"type": "text", "text": words}]}], "gpt-4o")
     as_refusal = counter.count_chat([{"role": "assistant", "content": [{"type": "refusal", "refusal": words}]}], "gpt-4o")
     assert as_refusal == as_text > 300
+
+
+def test_a_refusal_string_and_a_custom_tool_calls_input_are_counted() -> None:
+    """Both are client text the provider bills as input: a top-level `refusal` and a custom tool
+    call's `custom.input` counted as nothing (a stream cut before its usage was charged ~3 tokens
+    for 100k of text)."""
+    counter = TokenCounter()
+    words = " ".join(f"word{i}" for i in range(300))
+    as_text = counter.count_chat([{"role": "assistant", "content": words}], "gpt-4o")
+    as_refusal = counter.count_chat([{"role": "assistant", "content": None, "refusal": words}], "gpt-4o")
+    assert as_refusal == as_text > 300
+    function = [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "t1", "type": "function", "function": {"name": "grep", "arguments": words}}]}]
+    custom = [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "t1", "type": "custom", "custom": {"name": "grep", "input": words}}]}]
+    assert counter.count_chat(custom, "gpt-4o") == counter.count_chat(function, "gpt-4o") > 300
+    odd = [{"role": "assistant", "refusal": 7, "tool_calls": ["x", {"custom": {"name": 1, "input": None}}]}]
+    assert counter.count_chat(odd, "gpt-4o") == counter.count_chat([{"role": "assistant"}], "gpt-4o")

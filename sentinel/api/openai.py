@@ -98,6 +98,14 @@ class OpenAIRoutes:
         if path in TYPED_PATHS:  # a method the typed route does not serve
             allowed = "GET" if path == "/v1/models" else "POST"
             raise MethodNotAllowed(f"Method {request.method} not allowed on {path}", headers={"Allow": allowed})
+        if path.endswith("/") and path[:-1] in TYPED_PATHS:
+            # Never pass-through (which an allowed `/v1/chat/completions/*` would make it: one request,
+            # no catalogue, no token reservation), never sent on to a provider that may read it as
+            # the metered endpoint.
+            raise NotFound(
+                f"Endpoint {request.method} {path} is not supported by this gateway (use {path[:-1]})",
+                code="endpoint_not_supported",
+            )
         pattern = self.passthrough_policy.match(path)
         if pattern is None:
             raise NotFound(

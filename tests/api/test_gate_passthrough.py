@@ -160,3 +160,28 @@ def test_a_collection_is_not_listed_with_head_either(gateway_factory: Callable[.
         gets = [alice.get("/v1/files"), alice.get("/v1/batches")]
     assert [r.status_code for r in answers + gets] == [404] * 5
     assert spy.seen == []
+
+
+def test_a_metered_path_with_a_trailing_slash_is_never_pass_through(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """`POST /v1/chat/completions/` matched an allowed `/v1/chat/completions/*` and was forwarded as
+    pass-through: one request, no catalogue, no token reservation. A path that is a typed one but for
+    its trailing slash is refused, whatever the operator allows."""
+    typed = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
+             "/v1/messages/count_tokens", "/v1/models"]
+    gw = start(gateway_factory, spy, passthrough=",".join(p + "/*" for p in typed),
+               usage_flush_interval_seconds=0.1)
+    with gw.client() as http:
+        for path in typed:
+            for method in ("POST", "GET"):
+                r = http.request(method, path + "/", json=None if method == "GET" else {
+                    "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "input": "hi"})
+                if path == "/v1/models" and method == "GET":  # the catalogue's model "" (not pass-through)
+                    continue
+                assert r.status_code == 404, (method, path, r.status_code, r.text)
+                error = r.json()["error"]
+                assert error.get("code", "endpoint_not_supported") == "endpoint_not_supported", (method, path, r.text)
+                assert f"use {path}" in error["message"], (method, path, r.text)
+    assert spy.seen == []
+    assert recorded_ids(gw.settings.database_url) == set()

@@ -47,17 +47,24 @@ return 1
 """
 
 
-def _touch_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
-    raw = ops.get(keys[0])
+def _pointing(ops: LocalOps, key: str, provider: str, model: str, tier: str) -> dict[str, Any] | None:
+    """The stored session under `key`, decoded, if it points at `provider`/`model`/`tier` — what the
+    scripts' Lua reads first (a value that is not a JSON object is no session: None)."""
+    raw = ops.get(key)
     if raw is None:
-        return 0
+        return None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return 0
-    if not isinstance(data, dict):
-        return 0
-    if (data.get("provider"), data["model"], data["tier"]) != (args[0], args[1], args[2]):
+        return None
+    if not isinstance(data, dict) or (data.get("provider"), data.get("model"), data.get("tier")) != (provider, model, tier):
+        return None
+    return data
+
+
+def _touch_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    data = _pointing(ops, keys[0], args[0], args[1], args[2])
+    if data is None:
         return 0
     data["last_seen_at"] = float(args[3])
     ops.set(keys[0], orjson.dumps(data), int(args[4]) / 1000)
@@ -85,16 +92,8 @@ return 1
 
 
 def _replace_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
-    raw = ops.get(keys[0])
-    if raw is None:
-        return 0
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return 0
-    if not isinstance(data, dict):
-        return 0
-    if (data.get("provider"), data.get("model"), data.get("tier")) != (args[0], args[1], args[2]):
+    data = _pointing(ops, keys[0], args[0], args[1], args[2])
+    if data is None:
         return 0
     migrations = data.get("migrations")
     if (migrations if isinstance(migrations, int | float) and not isinstance(migrations, bool) else 0) != int(args[3]):

@@ -163,7 +163,7 @@ class TierRouter:
             decision = RouteChoice(tier, entry, conv, None, "create" if conv else None, "created" if conv else None)
             decision.was_unhealthy = unhealthy
             return decision
-        if TIER_ORDER[tier] > TIER_ORDER[session.tier]:
+        if TIER_ORDER[tier] > TIER_ORDER.get(session.tier, -1):  # a tier no longer known: the lowest
             entry, unhealthy = await self._select(tier, prefer=session.provider)
             decision = RouteChoice(tier, entry, conv, session, "update", "upgraded")
             decision.was_unhealthy = unhealthy
@@ -219,7 +219,7 @@ class TierRouter:
             decision.pending_write = "touch"  # its event stays "created": counted once answered
             return
         decision.created = None  # a concurrent first turn created it first: not this one's to remove
-        if TIER_ORDER[decision.tier] > TIER_ORDER[won.tier]:
+        if TIER_ORDER[decision.tier] > TIER_ORDER.get(won.tier, -1):
             decision.pending_write, decision.event = "update", "upgraded"
             return
         if (won.tier, won.provider, won.model) != (decision.tier, decision.provider, decision.model):
@@ -275,9 +275,15 @@ class TierRouter:
                 # Only over the session as `decide` read it: a concurrent request that changed it
                 # first (its own upgrade or migration, answered sooner) keeps its change.
                 if not await self.sessions.replace(read, new):
-                    log.info("session changed by a concurrent request; left as it is",
-                             extra={"event": decision.event, "model": f"{decision.provider}/{decision.model}"})
-                    return
+                    # Changed by a concurrent request (its own upgrade or migration, answered sooner):
+                    # left as it is. Gone (the first turn this one followed was answered by no model
+                    # and removed it; or it expired): this model answered, so it is created anew.
+                    anew = replace(new, last_seen_at=now)
+                    if await self.sessions.create(anew) is not anew:
+                        log.info("session changed by a concurrent request; left as it is",
+                                 extra={"event": decision.event, "model": f"{decision.provider}/{decision.model}"})
+                        return
+                    new = anew
                 decision.session = new
                 if migrated:
                     log.info("session migrated", extra={"from": f"{read.provider}/{read.model}",

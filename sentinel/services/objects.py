@@ -275,10 +275,12 @@ TEXT_FIELDS = frozenset({"prompt"})
 
 def _starts_as_json(value: bytes) -> bool:
     """Whether a form value starts as JSON (`{` or `[`) after whitespace and a UTF-8 byte order mark,
-    which lenient readers skip — or is UTF-16 with its byte order mark, which Python's `json` reads
-    (orjson does not: such a value holding a `:` is refused)."""
+    which lenient readers skip — or is UTF-16 or UTF-32, with or without a byte order mark (a NUL
+    or a BOM in its first four bytes), which Python's `json` reads and orjson does not: such a value
+    holding a `:` is refused."""
     head = value.lstrip()
-    return head[:2] in (b"\xff\xfe", b"\xfe\xff") or head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] in (b"{", b"[")
+    return (head[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in head[:4]
+            or head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] in (b"{", b"["))
 
 
 def _json_field(value: bytes, *, text: bool = False) -> Any:

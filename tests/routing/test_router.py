@@ -241,6 +241,23 @@ async def test_a_follower_answered_after_the_first_turn_was_not_recreates_the_se
     assert [sessions_count(router, e) for e in ("created", "hit")] == [1, 0]
 
 
+async def test_a_higher_tier_follower_answered_after_the_first_turn_was_not_keeps_its_upgrade(store: Store) -> None:
+    """The follower's upgrade was a compare-and-set over the winner's session; when no model
+    answered the winner, which removed it, the follower's write found nothing and wrote nothing: a
+    conversation the complex model had just served had no session (the next turn drew afresh)."""
+    router = make_router(store, table(simple=[OA_MINI, AN_HAIKU], complex=[OA_4O, AN_SONNET]))
+    simple = await router.decide(ALICE, request("simple"))
+    complex_ = await router.decide(ALICE, request("complex"))
+    await router.claim(ALICE, simple)
+    await router.claim(ALICE, complex_)
+    await router.abandon(simple)  # no model answered the winner: its session goes
+    await router.commit(ALICE, complex_)  # the follower was answered, by its complex model
+    stored = await router.sessions.get("conv-1", "alice")
+    assert stored is not None and (stored.tier, stored.provider, stored.model) == (
+        "complex", complex_.provider, complex_.model)
+    assert sessions_count(router, "upgraded") == 1
+
+
 async def test_an_upgrade_answered_by_its_retry_is_counted_as_an_upgrade(store: Store) -> None:
     router = make_router(store, table(simple=[OA_MINI], complex=[OA_4O, AN_SONNET]))
     await turn(router, request("simple"))

@@ -125,6 +125,9 @@ def test_an_upload_is_taken_only_by_a_call_that_takes_a_file(method: str, path: 
     b'\xef\xbb\xbf{"file_ids": ["file-victim"], "x": NaN}',  # behind a byte order mark
     b'{"file_ids": ["file-victim"]} and then text',  # a reader of the first value sees the id
     '{"file_ids": ["file-victim"]}'.encode("utf-16"),  # with its byte order mark: Python's json reads it
+    '{"file_ids": ["file-victim"]}'.encode("utf-16-be"),  # without one: Python's json reads it too
+    ' {"file_ids": ["file-victim"]}'.encode("utf-16-le"),
+    '{"file_ids": ["file-victim"]}'.encode("utf-32-be"),
 ])
 def test_a_json_value_a_reader_could_read_otherwise_is_malformed(value: bytes) -> None:
     """Once each of these named nothing, or only the id orjson kept: the upload goes upstream as it

@@ -136,7 +136,8 @@ def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:
     if endpoint == "chat":
         modalities = payload.get("modalities")
         speaks = isinstance(modalities, list) and "audio" in modalities
-        predicts = isinstance(payload.get("prediction"), dict)
+        prediction = payload.get("prediction")
+        predicts = isinstance(prediction, dict) and any(_texts(prediction.get("content")))
         return speaks or predicts or payload.get("reasoning_effort") not in (None, "none")
     if endpoint == "responses":
         return isinstance(payload.get("reasoning"), dict)

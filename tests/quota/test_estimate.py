@@ -154,6 +154,9 @@ def test_a_prediction_is_output_the_stream_does_not_show() -> None:
 
     assert hides_output("chat", {"prediction": {"type": "content", "content": "x = 1"}})
     assert not hides_output("chat", {"prediction": None})
+    assert hides_output("chat", {"prediction": {"type": "content", "content": [{"type": "text", "text": "x"}]}})
+    for empty in ({}, {"type": "content", "content": ""}, {"content": []}, {"content": 5}):  # predicts nothing
+        assert not hides_output("chat", {"prediction": empty}), empty
 
 
 def test_a_reusable_prompts_variables_are_counted() -> None:

@@ -433,6 +433,14 @@ def test_an_eval_runs_only_a_model_the_gateway_offers(
     owners = redis.Redis.from_url(redis_url)
     owners.set("sentinel:owner:eval_1", "alice")
     owners.set("sentinel:owner:file-items", "alice")
+    assert_only_the_offered_model_runs(gw, spy, path, body, fine, param)
+
+
+def assert_only_the_offered_model_runs(
+    gw: Gateway, spy: SpyUpstream, path: str, body: dict[str, Any], fine: dict[str, Any], param: str,
+) -> None:
+    """`body` (naming a model the gateway does not offer at `param`) is refused, 400, before anything
+    reaches the provider; `fine` (an offered model) is forwarded (404: the mock has no such call)."""
     with gw.client() as alice:
         refused = alice.post(path, json=body)
         assert spy.seen == []
@@ -440,7 +448,7 @@ def test_an_eval_runs_only_a_model_the_gateway_offers(
     assert refused.status_code == 400, refused.text
     error = openai_error(refused.json())
     assert error["details"]["param"] == param and "catalogue" in error["message"], error
-    assert offered.status_code == 404, offered.text  # forwarded (the mock has no evals)
+    assert offered.status_code == 404, offered.text
     assert [s.path for s in spy.seen] == [path]
 
 
@@ -471,15 +479,7 @@ def test_a_grader_runs_only_a_model_the_gateway_offers(
     provider run any model (`o1-pro`): the rule of an eval's graders and a batch's lines holds."""
     gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough="/v1/fine_tuning/*")
     redis.Redis.from_url(redis_url).set("sentinel:owner:file-items", "alice")
-    with gw.client() as alice:
-        refused = alice.post(path, json=body)
-        assert spy.seen == []
-        offered = alice.post(path, json=fine)
-    assert refused.status_code == 400, refused.text
-    error = openai_error(refused.json())
-    assert error["details"]["param"] == param and "catalogue" in error["message"], error
-    assert offered.status_code == 404, offered.text  # forwarded (the mock has no fine-tuning)
-    assert [s.path for s in spy.seen] == [path]
+    assert_only_the_offered_model_runs(gw, spy, path, body, fine, param)
 
 
 def test_an_eval_run_through_the_sdk_names_a_catalogue_model(

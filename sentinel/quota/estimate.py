@@ -104,21 +104,39 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any],
     return total
 
 
-_NOT_TEXT = frozenset({"image_url", "file_data", "encrypted_content", "id", "call_id", "type", "status"})
+# An item's own bookkeeping fields (not text the model reads); only at the item's top level: deeper,
+# a key of that name is the client's (a tool schema's property called `id`, say) and is counted.
+_ITEM_FIELDS = frozenset({"id", "call_id", "type", "status"})
+# Parts whose data fields are an image, a file or audio (a data URL or base64), not text: skipped
+# only inside such a part, so naming a key `image_url` elsewhere hides nothing.
+_MEDIA_FIELDS = {
+    "input_image": frozenset({"image_url", "file_data"}),
+    "computer_screenshot": frozenset({"image_url", "file_data"}),
+    "input_file": frozenset({"file_data", "file_url"}),
+    "input_audio": frozenset({"data", "input_audio"}),
+    "reasoning": frozenset({"encrypted_content"}),  # the provider's own ciphertext, not the client's text
+}
+_NO_FIELDS: frozenset[str] = frozenset()
 
 
 def _item_texts(item: Any) -> list[str]:
-    """The strings of a Responses input item that reach the model as text (a bounded walk: the body's
-    depth is checked before any estimate)."""
+    """The strings of a Responses input item that reach the model as text: every string, however
+    it starts, but the item's own bookkeeping fields and the data of image, file and audio parts
+    (a bounded walk: the body's depth is checked before any estimate)."""
     out: list[str] = []
-    stack = [item]
+    if not isinstance(item, dict):
+        return out
+    kind = item.get("type")
+    skipped = _MEDIA_FIELDS.get(kind, _NO_FIELDS) if isinstance(kind, str) else _NO_FIELDS
+    stack: list[Any] = [value for key, value in item.items() if key not in _ITEM_FIELDS and key not in skipped]
     while stack:
         node = stack.pop()
         if isinstance(node, str):
-            if not node.startswith("data:"):
-                out.append(node)
+            out.append(node)
         elif isinstance(node, dict):
-            stack.extend(value for key, value in node.items() if key not in _NOT_TEXT)
+            kind = node.get("type")
+            skip = _MEDIA_FIELDS.get(kind, _NO_FIELDS) if isinstance(kind, str) else _NO_FIELDS
+            stack.extend(value for key, value in node.items() if key not in skip)
         elif isinstance(node, list):
             stack.extend(node)
     return out

@@ -364,8 +364,9 @@ class QuotaMeter:
         generation made to outlast the timeout) would be free, and repeatable. A 2xx answer Sentinel could not read
         (`UnreadableAnswer`) was served: recorded with status 502 and the answer's own usage, or
         its estimated input and all the output it reserved. A call cancelled mid-way (the server
-        stopping past its shutdown deadline) may have reached the provider too: recorded like a
-        timeout, with status 499, shielded from the cancellation. Any other exception (the client
+        stopping past its shutdown deadline) may have reached the provider too: recorded with
+        status 499, its estimated input and no output (the server stopped it, not its caller),
+        shielded from the cancellation. Any other exception (the client
         gets a 500, not an answer) gives the reservation back."""
         if isinstance(error, asyncio.CancelledError):  # (settled even if cancelled again: see `settle`)
             await self.settle(admission, usage=None, output_text="", status=499, provider=None, output_estimate=0)

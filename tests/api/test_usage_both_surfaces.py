@@ -404,3 +404,20 @@ def test_a_cut_responses_stream_is_charged_its_prompt_variables(gateway_factory:
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
     (row,) = ledger_rows(gw.settings.database_url)
     assert row["usage_source"] == "estimated" and row["input_tokens"] > 4000, row
+
+
+def test_a_cut_responses_stream_is_charged_a_function_output_however_it_starts(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """A function call's output is billed input whatever its first characters: one starting
+    `data:` was estimated at 3 tokens, so a stream cut before its usage was charged almost nothing."""
+    gw = gateway_factory(usage_flush_interval_seconds=0.1)
+    words = " ".join(f"word{i}" for i in range(2000))
+    with gw.client() as http:
+        r = http.post("/v1/responses", json={"model": MINI, "stream": True, "input": [
+            {"type": "function_call_output", "call_id": "call_1", "output": "data:" + words},
+            {"role": "user", "content": "one two three four five six #mock:disconnect_after=4"}]})
+    assert r.status_code == 200 and "response.completed" not in r.text, r.text[:300]
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
+    (row,) = ledger_rows(gw.settings.database_url)
+    assert row["usage_source"] == "estimated" and row["input_tokens"] > 2000, row

@@ -71,7 +71,38 @@ def test_responses_count_instructions_input_and_tool_items() -> None:
         "type": "computer_screenshot", "image_url": "data:image/png;base64," + "A" * 50_000}}
     reasoning = {"type": "reasoning", "encrypted_content": "B" * 50_000, "summary": [{"type": "summary_text", "text": "why"}]}
     total, asked = estimate("responses", {"input": [screenshot, reasoning]})
-    assert total == len("why")  # the screenshot and the encrypted content are not text
+    # The screenshot and the encrypted content are not text; a part's kind (its nested `type`) is
+    # counted like any string below the item (a token or two).
+    assert total == len("\n".join(["computer_screenshot", "summary_text", "why"]))
+
+
+TEXT = "x" * 5_000
+
+
+@pytest.mark.parametrize("item", [
+    # A string is text however it starts: once, any string beginning `data:` was skipped.
+    {"type": "function_call_output", "call_id": "c", "output": "data:" + TEXT},
+    {"type": "reasoning", "summary": [{"type": "summary_text", "text": "data:" + TEXT}]},
+    {"type": "function_call", "call_id": "c", "name": "f", "arguments": "data:" + TEXT},
+    # Keys named like an item's fields or a media part's below the item are the client's: once, a
+    # schema property called `id` (or `image_url`) hid its whole subtree.
+    {"type": "mcp_list_tools", "server_label": "s", "tools": [
+        {"name": "t", "input_schema": {"properties": {"id": {"description": TEXT}}}}]},
+    {"type": "mcp_list_tools", "server_label": "s", "tools": [
+        {"name": "t", "input_schema": {"properties": {"image_url": {"description": TEXT}}}}]},
+    {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": TEXT}]},
+])
+def test_every_string_of_an_input_item_that_is_text_is_counted(item: dict[str, Any]) -> None:
+    total, _ = estimate("responses", {"input": [item]})
+    assert total >= len(TEXT)
+
+
+def test_only_media_parts_data_is_skipped() -> None:
+    image = "data:image/png;base64," + "A" * 50_000
+    output = [{"type": "input_image", "image_url": image}, {"type": "input_file", "file_data": image},
+              {"type": "input_text", "text": "caption"}]
+    total, _ = estimate("responses", {"input": [{"type": "function_call_output", "call_id": "c", "output": output}]})
+    assert total == len("\n".join(["input_image", "input_file", "input_text", "caption"]))
 
 
 def test_definitions_that_reach_the_model_as_text_are_counted() -> None:

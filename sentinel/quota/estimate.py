@@ -94,8 +94,12 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any],
     if isinstance(items, str):
         return total + counter.count_text(items, model, user=user) + 3
     if isinstance(items, list):
-        messages = [item for item in items if isinstance(item, dict) and "role" in item]
-        others = [item for item in items if isinstance(item, dict) and "role" not in item]
+        # A message is an item with a role and no other type (a function output given a `role`
+        # is still a function output: its `output` is read below, not skipped by the chat count).
+        messages = [item for item in items if isinstance(item, dict) and "role" in item
+                    and item.get("type", "message") == "message"]
+        others = [item for item in items if isinstance(item, dict) and not (
+            "role" in item and item.get("type", "message") == "message")]
         total += counter.count_chat(messages, model, user=user)
         # Function calls and their outputs, reasoning summaries, ...: their text (never a screenshot's
         # data URL, a file's base64 or a reasoning item's encrypted content, which are not text).

@@ -91,6 +91,8 @@ TEXT = "x" * 5_000
     {"type": "mcp_list_tools", "server_label": "s", "tools": [
         {"name": "t", "input_schema": {"properties": {"image_url": {"description": TEXT}}}}]},
     {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": TEXT}]},
+    # A role on a non-message item does not make it a message (whose count reads no `output`).
+    {"type": "function_call_output", "role": "user", "call_id": "c", "output": TEXT},
 ])
 def test_every_string_of_an_input_item_that_is_text_is_counted(item: dict[str, Any]) -> None:
     total, _ = estimate("responses", {"input": [item]})

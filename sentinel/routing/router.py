@@ -18,7 +18,9 @@ Policies (documented in the README):
   error reaches the client; `migrate` moves the session to a healthy model of its tier;
 - requests without an established session (none, or its first turn, or the turn that upgrades it) are
   retried once, before the first byte, on another healthy candidate, and the session follows the
-  retry (`SessionStore.replace` from the session the first turn created to the model that answered);
+  retry (`SessionStore.replace_if` from the session the first turn created, if still exactly as
+  created, to the model that answered: one a concurrent first turn that followed it was answered
+  with meanwhile stays on that model, and the retry's answer is served as a follower's);
   concurrent first turns follow the first one's session (a hit, or an upgrade at a higher tier, with
   the model chosen for that tier); concurrent upgrades and migrations: the
   first answered is written, the others find the session changed since they read it and leave it
@@ -272,16 +274,25 @@ class TierRouter:
                 migrated = decision.event == "migrated"
                 new = replace(read, tier=decision.tier, provider=decision.provider, model=decision.model,
                               migrations=read.migrations + (1 if migrated else 0))
-                # Only over the session as `decide` read it: a concurrent request that changed it
-                # first (its own upgrade or migration, answered sooner) keeps its change.
-                if not await self.sessions.replace(read, new):
-                    # Changed by a concurrent request (its own upgrade or migration, answered sooner):
-                    # left as it is. Gone (the first turn this one followed was answered by no model
-                    # and removed it; or it expired): this model answered, so it is created anew.
+                if decision.created is not None:
+                    # A first turn's retry: the session it created moves to the retry's model only
+                    # if still exactly as created. A concurrent first turn that followed it and was
+                    # answered by its model refreshed it: that model has served the conversation.
+                    written = await self.sessions.replace_if(decision.created, new)
+                else:
+                    # Only over the session as `decide` read it: a concurrent request that changed
+                    # it first (its own upgrade or migration, answered sooner) keeps its change.
+                    written = await self.sessions.replace(read, new)
+                if not written:
+                    # Changed (or served) by a concurrent request: left as it is. Gone (the first
+                    # turn this one followed was answered by no model and removed it; or it
+                    # expired): this model answered, so it is created anew.
                     anew = replace(new, last_seen_at=now)
                     if await self.sessions.create(anew) is not anew:
                         log.info("session changed by a concurrent request; left as it is",
                                  extra={"event": decision.event, "model": f"{decision.provider}/{decision.model}"})
+                        if decision.created is not None:  # it created the session, and was answered
+                            self.metrics.sessions.labels("created").inc()
                         return
                     new = anew
                 decision.session = new
@@ -308,8 +319,9 @@ class TierRouter:
         retry = RouteChoice(decision.tier, entry, decision.conversation_id, decision.session, decision.pending_write,
                          decision.event, tried=tried, created=decision.created)
         if decision.sticky:
-            # A first turn's session (`claim`) is moved to the retry's model, and still counted as
-            # created; an upgrade is still one.
+            # A first turn's session (`claim`) is moved to the retry's model if no other turn was
+            # answered with it meanwhile (`commit`), and still counted as created; an upgrade is
+            # still one.
             retry.pending_write = "update"
             retry.event = "migrated" if decision.bound else decision.event
         return retry

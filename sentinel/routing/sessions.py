@@ -10,8 +10,9 @@ of the other's (the original keyed sessions by the id alone, so another user cou
 id). Creation uses SET NX, so two concurrent first turns agree on one model; an upgrade or a
 migration is written only if the session is still as the request read it (`REPLACE`), so of two
 concurrent ones the first answered wins and the other leaves it; a hit refreshes it only so (`TOUCH`).
-A first turn creates its session before its upstream call, and one no model answered deletes it
-only if it is still exactly as created (`DELETE_IF`).
+A first turn creates its session before its upstream call; one no model answered deletes it, and
+one its retry answered moves it to the retry's model, only if it is still exactly as created
+(`DELETE_IF`, `REPLACE_IF`): once another turn was answered with it, it stays on that model.
 
 A stored value that cannot be decoded (another version's format, corruption) is treated as no
 session: logged, counted (`sentinel_cache_lookups_total{cache="session",result="undecodable"}`)
@@ -126,6 +127,27 @@ def _delete_if_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 # Remove the session a first turn created when no model answered that turn — only if it is still
 # the one it created (see `SessionStore.delete_if`).
 DELETE_IF = Script(name="session_delete_if", lua=_DELETE_IF_LUA, local=_delete_if_local)
+
+# ARGV: the session exactly as it was created (JSON), the new session (JSON), its TTL (ms). Written
+# only if the stored value is still those bytes, as DELETE_IF: a session another request was
+# answered with (refreshed), changed, or created meanwhile stays.
+_REPLACE_IF_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+
+def _replace_if_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    if ops.get(keys[0]) != args[0].encode():
+        return 0
+    ops.set(keys[0], args[1].encode(), int(args[2]) / 1000)
+    return 1
+
+
+# Move the session a first turn created to the model its retry was answered by — only if it is
+# still the one it created (see `SessionStore.replace_if`).
+REPLACE_IF = Script(name="session_replace_if", lua=_REPLACE_IF_LUA, local=_replace_if_local)
 
 
 @dataclass
@@ -260,6 +282,19 @@ class SessionStore:
             REPLACE,
             [self.key(read.external_id, read.conversation_id)],
             [read.provider, read.model, read.tier, read.migrations, new.to_bytes(), int(self.ttl * 1000)],
+        )
+        return bool(done)
+
+    async def replace_if(self, created: Session, new: Session) -> bool:
+        """Write `new` (refreshing last_seen_at and the TTL) in place of the stored session if it is
+        still exactly `created` (as `create` wrote it), atomically: unlike `replace`, a refresh is a
+        change — a session another request was answered with, changed or created meanwhile (or
+        that expired) is left as it is, False."""
+        new.last_seen_at = self.clock()
+        done = await self.store.run(
+            REPLACE_IF,
+            [self.key(created.external_id, created.conversation_id)],
+            [created.to_bytes(), new.to_bytes(), int(self.ttl * 1000)],
         )
         return bool(done)
 

@@ -227,6 +227,34 @@ async def test_a_concurrent_first_turn_that_follows_is_bound_to_the_winners_mode
         assert [sessions_count(router, e) for e in ("created", "hit")] == [1, 1]
 
 
+async def test_a_first_turns_retry_leaves_a_session_a_follower_was_answered_with(store: Store) -> None:
+    """The first turn's model fails slowly; a concurrent first turn follows its session and is
+    answered by that model (a refresh). The retry's answer, on another model, moved the session
+    anyway (its compare ignored the refresh): under `keep` a conversation a model had served moved,
+    uncounted. It stays; the retry is served, and the session counted created once."""
+    router = make_router(store, table(simple=[OA_MINI, AN_HAIKU]))
+    clock = router.clock
+    assert isinstance(clock, FakeClock)
+    first = await router.decide(ALICE, request())
+    await router.claim(ALICE, first)  # created on X, before X's (slow) call
+    clock.advance(2)
+    follower = await router.decide(ALICE, request())  # reads the session: a hit on X
+    assert (follower.event, follower.provider, follower.model) == ("hit", first.provider, first.model)
+    await router.commit(ALICE, follower)  # X answered the follower: last_seen_at refreshed
+    await router.report(follower, ok=True)
+    clock.advance(1)
+    await router.report(first, ok=False)  # X fails the first turn: a 5xx
+    retry = await router.alternative(first)
+    assert retry is not None and retry.model != first.model
+    await router.commit(ALICE, retry)  # Y answered the retry
+    stored = await router.sessions.get("conv-1", "alice")
+    assert stored is not None and (stored.provider, stored.model, stored.migrations) == (
+        first.provider, first.model, 0)
+    assert stored.last_seen_at == clock.now - 1  # the follower's refresh, nothing written since
+    assert [sessions_count(router, e) for e in ("created", "hit", "migrated")] == [1, 1, 0]
+    assert await turn(router, request()) == ("simple", first.provider, first.model)
+
+
 async def test_a_follower_answered_after_the_first_turn_was_not_recreates_the_session_once(store: Store) -> None:
     router = make_router(store, table(simple=[OA_MINI, AN_HAIKU]))
     first = await router.decide(ALICE, request())

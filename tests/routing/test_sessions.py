@@ -116,3 +116,34 @@ async def test_delete_if_removes_only_the_session_as_created(store: Store) -> No
     assert not await sessions.delete_if(upgraded)
     stored = await sessions.get("conv-2", "alice")
     assert stored is not None and stored.model == "gpt-4o"
+
+
+async def test_replace_if_moves_only_the_session_as_created(store: Store) -> None:
+    """A first turn's retry moved the session it created with `replace`, which ignores a refresh:
+    once a concurrent first turn that followed it had been answered by its model, the retry's
+    answer still moved the conversation to another model. `replace_if` compares the exact bytes,
+    as `delete_if` does: a refresh is a change."""
+    clock = FakeClock(0.0)
+    sessions = SessionStore(store, ttl=1000, clock=clock)
+    created = make_session()
+    assert await sessions.create(created) is created
+    clock.advance(5)
+    assert await sessions.touch(replace(created))  # a follower answered by gpt-4o-mini meanwhile
+    assert not await sessions.replace_if(created, replace(created, model="gpt-4o"))
+    stored = await sessions.get("conv-1", "alice")
+    assert stored is not None and (stored.model, stored.last_seen_at) == ("gpt-4o-mini", 5)
+
+    untouched = make_session(conv="conv-2")
+    await sessions.create(untouched)
+    key = SessionStore.key("alice", "conv-2")
+    assert await store.expire(key, 5)
+    clock.advance(1)
+    assert await sessions.replace_if(untouched, replace(untouched, model="gpt-4o"))
+    stored = await sessions.get("conv-2", "alice")
+    assert stored is not None and (stored.model, stored.created_at, stored.last_seen_at) == ("gpt-4o", 0, 6)
+    ttl = await store.ttl(key)
+    assert ttl is not None and ttl > 500  # refreshed
+    assert not await sessions.replace_if(untouched, replace(untouched, model="o3"))  # no longer as created
+    await store.delete(key)
+    assert not await sessions.replace_if(untouched, replace(untouched, model="o3"))  # gone: not brought back
+    assert await sessions.get("conv-2", "alice") is None

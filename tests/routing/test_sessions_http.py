@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from starlette.responses import JSONResponse
+from starlette.types import Message, Receive, Scope, Send
 
+from sentinel.mock.app import create_mock_app
 from sentinel.routing.sessions import SessionStore
 from tests.api.conftest import Gateway
 from tests.conftest import REDIS_BIN, unavailable
@@ -28,7 +33,7 @@ from tests.routing.helpers import (
 from tests.support.accounts import create_key
 from tests.support.metrics import metric
 from tests.support.process import RedisServerProcess
-from tests.support.servers import free_port
+from tests.support.servers import free_port, serving
 
 
 def test_fifty_turns_of_one_conversation_hit_one_model(
@@ -224,6 +229,77 @@ def test_a_refused_first_turn_that_followed_a_concurrent_one_leaves_its_session(
     session = stored(gw, "conv-raced")
     assert session is not None and (session["provider"], session["model"]) == AN_HAIKU
     assert session["created_at"] == 1.0
+
+
+class HeldUpstream:
+    """The mock provider, except that the request carrying `marker` is held until `release` is set
+    and then fails (a 500): a model that answers one turn slowly with an error and others at once."""
+
+    def __init__(self, marker: bytes) -> None:
+        self.mock = create_mock_app()
+        self.marker = marker
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.mock(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if self.marker in body:
+            self.arrived.set()
+            released = await asyncio.to_thread(self.release.wait, 30)
+            assert released, "the test never released the held request"
+            failed = JSONResponse({"error": {"message": "overloaded", "type": "server_error"}}, status_code=500)
+            await failed(scope, receive, send)
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.mock(scope, replay, send)
+
+
+def test_a_first_turns_retry_leaves_a_session_a_concurrent_turn_was_answered_with(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two first turns of one new conversation: A is drawn onto X, which answers it slowly with a
+    5xx; B, sent meanwhile, follows A's session and X answers it. A's retry, answered by Y, moved
+    the session to Y (its compare ignored B's refresh): under `keep` a conversation X had served
+    was moved to another model, uncounted. It stays on X; A's answer from Y is still served."""
+    held = HeldUpstream(b"turn A")
+    x = ("held", "gpt-4o-mini")
+    with serving(held) as upstream:
+        gw = start(gateway_factory, tmp_path, backend_url, {"simple": [entry(x), entry(OA_MINI)]},
+                   {"held": upstream.url + "/v1"})
+        selector = gw.runtime.native.router.selector
+        draw = selector.choose
+        monkeypatch.setattr(selector, "choose", lambda healthy: next(
+            (e for e in healthy if (e.provider, e.model) == x), None) or draw(healthy))  # X whenever healthy
+        with ThreadPoolExecutor(1) as pool, gw.client() as http_a, gw.client() as http_b:
+            turn_a = pool.submit(chat, http_a, "turn A", conv="conv-raced")
+            assert held.arrived.wait(30)  # A created its session on X, and X holds A
+            assert served(chat(http_b, "turn B", conv="conv-raced")) == ("simple", *x)  # X served it
+            held.release.set()  # X fails A: retried on Y
+            assert served(turn_a.result(30)) == ("simple", *OA_MINI)
+        session = stored(gw, "conv-raced")
+        assert session is not None and (session["provider"], session["model"], session["migrations"]) == (*x, 0)
+        assert metric(gw.url, "sentinel_sessions_total", event="created") == 1  # A's
+        assert metric(gw.url, "sentinel_sessions_total", event="hit") == 1  # B's
+        assert metric(gw.url, "sentinel_sessions_total", event="migrated") is None
+        with gw.client() as http:
+            assert served(chat(http, "turn C", conv="conv-raced")) == ("simple", *x)
 
 
 def test_two_instances_share_sessions_and_backoff(

@@ -6,7 +6,9 @@ for identity-source outages (see `GovernanceCache`); an identity whose credentia
 JWT's `exp` plus the leeway) is never served past that moment, grace period included: a JWT whose
 own `exp` has passed is refused with 401 before any source is asked, so an outage cannot revive it.
 Invalid tokens are remembered for `negative_ttl` seconds. Revoking a key therefore takes effect
-within `ttl` seconds.
+within `ttl` seconds. An identity served while its source is down from the token's own claims (a
+`StandIn`) is cached for the outage only, never fresh: the next use asks the source again, so a
+user it refuses once it answers is refused then, not a TTL later.
 
 With `require_email` (GOVERNANCE=zion, where usage is reported to Zion by email) an identity
 without an email is refused with 403 `usage_unreportable`: it would be served unmetered.
@@ -22,7 +24,7 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 from sentinel.domain.identity import Identity
 from sentinel.errors import AuthenticationError, GovernanceUnavailable, PermissionDenied
 from sentinel.governance.cache import GovernanceCache
-from sentinel.governance.identity import IdentitySource
+from sentinel.governance.identity import IdentitySource, StandIn
 from sentinel.governance.jwt import unverified_expiry
 from sentinel.governance.keys import KEY_PREFIX, hash_key
 from sentinel.observability.metrics import Metrics
@@ -152,19 +154,26 @@ class Authenticator:
         # A stale identity (known good, being refreshed: one lookup per token at a time) does not
         # queue behind unknown tokens for a lookup turn.
         async with lookup() if lookup is not None and stale is None else nullcontext():
+            confirmed = True
             try:
                 found = await source.authenticate(token)
-            except GovernanceUnavailable:
+            except GovernanceUnavailable as exc:
                 if stale is not None:
                     log.warning("identity source unavailable; serving a cached identity", extra={"source": source.name})
                     return self._admit(stale)
-                raise
+                if not isinstance(exc, StandIn):
+                    raise
+                log.warning("identity source unavailable; serving a token from its claims", extra={"source": source.name})
+                found, confirmed = exc.identity, False
             if found is None or self._expired(found):
                 await self.cache.put(key, None, ttl=self.negative_ttl)
                 raise AuthenticationError()
         if (problem := found.unstorable()) is not None:  # refused, and not cached: it cannot be stored
             raise PermissionDenied(f"This identity's usage cannot be recorded: {problem}", code="identity_unrecordable")
-        await self.cache.put(key, found, not_after=found.expires_at)
+        # A stand-in is kept for the outage only (stale from the start, as a confirmed identity past
+        # its TTL): every later use asks the source again — at once when the breaker is open — and
+        # is served it only while the source still cannot answer.
+        await self.cache.put(key, found, ttl=None if confirmed else 0.0, not_after=found.expires_at)
         return self._admit(found)
 
     def _expired(self, identity: Identity) -> bool:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from sentinel.domain.identity import Identity
+from sentinel.errors import GovernanceUnavailable
 
 
 class IdentitySource(Protocol):
     """Turns a bearer token into an Identity.
 
     Returns None when the token is not valid for this source (-> 401); raises
-    `GovernanceUnavailable` when the source cannot be asked (-> 503 unless cached).
+    `GovernanceUnavailable` when the source cannot be asked (-> 503 unless cached), or `StandIn`
+    when it cannot be asked but the token names its identity itself.
     """
 
     name: str
@@ -19,3 +21,14 @@ class IdentitySource(Protocol):
     async def authenticate(self, token: str) -> Identity | None:
         """The token's identity, None when invalid; GovernanceUnavailable when the source is down."""
         ...
+
+
+class StandIn(GovernanceUnavailable):
+    """The source that vouches for identities could not be asked (an outage, and a 503 to whoever
+    does not know better), but the token names its identity itself: a locally verified JWT's claims.
+    `identity` may be served while the outage lasts; it is not the source's answer, so it is never
+    cached as one (fresh): the first lookup once the source answers again asks it."""
+
+    def __init__(self, message: str, identity: Identity, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.identity = identity

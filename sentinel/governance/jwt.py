@@ -27,7 +27,7 @@ import orjson
 
 from sentinel.domain.identity import Identity, external_id_of
 from sentinel.errors import GovernanceUnavailable
-from sentinel.governance.identity import IdentitySource
+from sentinel.governance.identity import IdentitySource, StandIn
 from sentinel.providers.http import read_capped
 
 log = logging.getLogger("sentinel.jwt")
@@ -239,9 +239,11 @@ class LocalJwtIdentitySource:
     identity is always the profile's when it answers (`externalId`, else Zion's id; the earlier of the
     two expiries): that is the id Zion's limits are read by, and the one a user's objects, sessions and
     ledger rows are keyed by whether or not the token carries an email. A refusal is None (401). Only
-    while the source is unreachable (GovernanceUnavailable) is a token served from its claims, and
+    while the source is unreachable (GovernanceUnavailable) may a token be served from its claims, and
     only when they name the profile's id explicitly (`externalId` or `external_id`, a number taken as
-    its text, as Zion's is) and carry the email usage is reported by; any other is the outage (503).
+    its text, as Zion's is) and carry the email usage is reported by: that identity is raised as a
+    `StandIn` (the outage, carrying it), never returned as if the profile had vouched for it, so no
+    cache keeps it as a confirmed identity. Any other is the outage (503).
     """
 
     name = "jwt"
@@ -262,12 +264,14 @@ class LocalJwtIdentitySource:
             return self._from_claims(claims, external_id, expires_at) if external_id is not None else None
         try:
             profile = await self.profile_source.authenticate(token)
-        except GovernanceUnavailable:
+        except GovernanceUnavailable as exc:
             stand_in = self._outage_identity(claims, expires_at)
             if stand_in is None:
                 raise
-            log.warning("identity source unavailable; serving a locally verified JWT from its claims")
-            return stand_in
+            raise StandIn(
+                "identity source unavailable; the token's claims name its identity", stand_in,
+                retry_after=exc.retry_after,
+            ) from exc
         if profile is None:
             return None
         return replace(profile, expires_at=min(expires_at, profile.expires_at or expires_at))

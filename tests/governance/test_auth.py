@@ -294,3 +294,88 @@ async def test_a_stale_identity_is_refreshed_once_however_many_requests_carry_it
     identities = await asyncio.gather(*pending)
     assert {i.external_id for i in identities} == {"alice"}
     assert source.calls == 2  # the first authentication, then one refresh
+
+
+# --- a locally verified JWT served from its claims while Zion is down (a stand-in) -----------------
+
+
+class Profiles:
+    """Zion's `/users/me` as a profile source: its answer, or an outage, set by the test."""
+
+    name = "zion"
+
+    def __init__(self) -> None:
+        self.answer: Identity | None = None
+        self.down = False
+        self.calls = 0
+
+    async def authenticate(self, token: str) -> Identity | None:
+        self.calls += 1
+        if self.down:
+            raise GovernanceUnavailable("zion is down")
+        return self.answer
+
+
+JWT_SECRET = "stand-in-test-secret-0123456789-0123456789"
+
+
+def claims_token(exp: float, **claims: object) -> str:
+    return pyjwt.encode({"sub": "auth0|dora", "exp": int(exp), **claims}, JWT_SECRET, algorithm="HS256")
+
+
+def make_zion_jwt(clock: FakeClock) -> tuple[Authenticator, Profiles]:
+    from sentinel.governance.jwt import JwtVerifier, LocalJwtIdentitySource
+
+    profiles = Profiles()
+    source = LocalJwtIdentitySource(JwtVerifier(JWT_SECRET, None, None, None), profile_source=profiles)
+    auth = Authenticator(MemoryStore(clock=clock), api_keys=None, jwt=source, ttl=300, grace=900, clock=clock,
+                         require_email=True)
+    return auth, profiles
+
+
+async def test_a_stand_in_is_not_cached_as_an_identity_zion_confirmed() -> None:
+    """While Zion was unreachable a token carrying `externalId` and `email` was served from its
+    claims — and that stand-in was cached like an identity Zion had confirmed: fresh for the TTL
+    (300 s), so once Zion was back a user it now refuses (deactivated) was served from the claims,
+    with no Zion call, until the TTL ended. The stand-in is kept for the outage only: each use asks
+    Zion, and the first one Zion answers again is refused."""
+    import time
+
+    clock = FakeClock(time.time())  # the token's `exp` is verified against the real time
+    auth, profiles = make_zion_jwt(clock)
+    token = claims_token(clock.now + 3600, externalId="dora-ext", email="dora@example.com")
+    profiles.down = True
+    served = await auth.authenticate(token)
+    assert (served.external_id, served.email, served.source) == ("dora-ext", "dora@example.com", "jwt")
+    assert profiles.calls == 1
+    clock.advance(5)
+    assert (await auth.authenticate(token)).external_id == "dora-ext"  # still down: the stand-in again
+    assert profiles.calls == 2  # asked again (at once while the breaker is open: see test_zion_breaker)
+    profiles.down = False  # Zion is back, and has deactivated the user (403: no identity)
+    clock.advance(5)  # well within the TTL the stand-in was once cached fresh for
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate(token)
+    assert profiles.calls == 3
+    with pytest.raises(AuthenticationError):  # remembered as refused, as any refusal
+        await auth.authenticate(token)
+    assert profiles.calls == 3
+
+
+async def test_zions_answer_after_an_outage_replaces_the_stand_in_and_is_cached_fresh() -> None:
+    import time
+
+    clock = FakeClock(time.time())
+    auth, profiles = make_zion_jwt(clock)
+    token = claims_token(clock.now + 3600, externalId="dora-ext", email="dora@example.com")
+    profiles.down = True
+    assert (await auth.authenticate(token)).source == "jwt"  # the claims' stand-in
+    profiles.down = False
+    profiles.answer = Identity("dora-ext", "usr-dora", "dora@zion.example", source="zion")
+    clock.advance(1)
+    assert (await auth.authenticate(token)).email == "dora@zion.example"  # Zion asked, and answered
+    profiles.down = True
+    clock.advance(200)  # within the TTL: Zion's answer is served without asking
+    assert (await auth.authenticate(token)).email == "dora@zion.example"
+    clock.advance(200)  # past it, Zion down: Zion's identity (stale), not the claims', in the grace
+    assert (await auth.authenticate(token)).email == "dora@zion.example"
+    assert profiles.calls == 3

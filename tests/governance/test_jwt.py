@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from sentinel.domain.identity import Identity
 from sentinel.errors import GovernanceUnavailable
+from sentinel.governance.identity import StandIn
 from sentinel.governance.jwt import LEEWAY_SECONDS, JwtVerifier, LocalJwtIdentitySource, unverified_expiry
 from tests.support.servers import free_port, serving
 
@@ -117,6 +118,13 @@ class Profiles:
         return self.answer
 
 
+async def stand_in(source: LocalJwtIdentitySource, token: str) -> Identity:
+    """The identity a token's claims stand in with while governance is down (raised, never returned)."""
+    with pytest.raises(StandIn) as outage:
+        await source.authenticate(token)
+    return outage.value.identity
+
+
 async def test_governance_is_asked_about_every_token_and_its_claims_serve_only_in_an_outage(
     verifier: JwtVerifier,
 ) -> None:
@@ -133,14 +141,13 @@ async def test_governance_is_asked_about_every_token_and_its_claims_serve_only_i
     profiles.answer = None  # deactivated since the token was issued
     assert await source.authenticate(hs(aud(externalId="ext-z"))) is None
     profiles.down = True
-    in_outage = await source.authenticate(hs(aud(externalId="ext-z")))
-    assert in_outage is not None and (in_outage.external_id, in_outage.email) == ("ext-z", "u@example.com")
-    snake = await source.authenticate(hs(aud(external_id="ext-z")))
-    assert snake is not None and snake.external_id == "ext-z"
-    with pytest.raises(GovernanceUnavailable):  # its id unknown: `sub` is not Zion's id
-        await source.authenticate(hs(aud()))
-    with pytest.raises(GovernanceUnavailable):  # no email to report usage by
-        await source.authenticate(hs(aud(externalId="ext-z", email=None)))
+    in_outage = await stand_in(source, hs(aud(externalId="ext-z")))
+    assert (in_outage.external_id, in_outage.email) == ("ext-z", "u@example.com")
+    assert (await stand_in(source, hs(aud(external_id="ext-z")))).external_id == "ext-z"
+    for no_stand_in in (hs(aud()), hs(aud(externalId="ext-z", email=None))):  # `sub` is not Zion's id; no email
+        with pytest.raises(GovernanceUnavailable) as outage:
+            await source.authenticate(no_stand_in)
+        assert not isinstance(outage.value, StandIn)
     assert profiles.calls == 6
     assert await source.authenticate(hs(aud(), key="wrong-secret-0123456789-0123456789-0123")) is None
     assert profiles.calls == 6  # a token that fails verification never reaches governance
@@ -158,11 +165,11 @@ async def test_with_zion_the_identity_is_always_the_profiles(verifier: JwtVerifi
         identity = await source.authenticate(token)
         assert identity == Identity("ext-z", "usr-z", "z@example.com", source="zion", expires_at=exp + LEEWAY_SECONDS)
     profiles.down = True  # in an outage, a numeric externalId is the text Zion's profile gives it
-    numeric = await source.authenticate(hs(aud(exp=exp, externalId=42)))
-    assert numeric is not None and numeric.external_id == "42"
+    assert (await stand_in(source, hs(aud(exp=exp, externalId=42)))).external_id == "42"
     for odd in (True, 0, "", None):
-        with pytest.raises(GovernanceUnavailable):
+        with pytest.raises(GovernanceUnavailable) as outage:
             await source.authenticate(hs(aud(exp=exp, externalId=odd)))
+        assert not isinstance(outage.value, StandIn)
 
 
 async def test_a_profile_never_outlives_the_verified_token(verifier: JwtVerifier) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from sentinel.backoff import Backoff
 from sentinel.breaker import CircuitBreaker
-from sentinel.errors import GovernanceUnavailable
+from sentinel.errors import AuthenticationError, GovernanceUnavailable
 from sentinel.governance.jwt import LEEWAY_SECONDS
 from sentinel.governance.zion import ZionClient, ZionIdentitySource
 from tests.support.fake_zion import FakeZion
@@ -121,3 +121,44 @@ async def test_a_zion_validated_jwt_expires_with_its_exp(fake: FakeZion) -> None
         await zion.aclose()
     assert identity is not None and identity.expires_at == exp + LEEWAY_SECONDS
     assert opaque is not None and opaque.expires_at is None
+
+
+async def test_a_stand_in_asks_zion_again_on_each_use_at_most_once_per_cooldown_while_it_is_down(
+    fake: FakeZion,
+) -> None:
+    """A locally verified JWT served from its claims while Zion is down is not cached as fresh (so a
+    user Zion refuses once it is back is refused at the next use): each use asks Zion again, which
+    the open breaker answers at once — Zion sees one probe per cooldown, however many requests."""
+    from sentinel.governance.auth import Authenticator
+    from sentinel.governance.jwt import JwtVerifier, LocalJwtIdentitySource
+    from sentinel.store import MemoryStore
+    from tests.support.clock import FakeClock
+
+    secret = "stand-in-breaker-secret-0123456789-0123456789"
+    clock = FakeClock(time.time())  # the token's `exp` is verified against the real time
+    token = jwt.encode({"sub": "auth0|eve", "externalId": "ext-eve", "email": "eve@example.com",
+                        "exp": int(clock.now) + 3600}, secret, algorithm="HS256")
+    fake.add_user(token, "ext-eve", "eve@example.com")
+    zion = ZionClient(fake.url, fake.api_key, timeout=1.0, connect_timeout=0.5, backoff=FAST,
+                      breaker=CircuitBreaker(threshold=3, cooldown=5.0, clock=clock))
+    source = LocalJwtIdentitySource(JwtVerifier(secret, None, None, None), profile_source=ZionIdentitySource(zion))
+    auth = Authenticator(MemoryStore(clock=clock), api_keys=None, jwt=source, ttl=300, grace=900, clock=clock)
+    try:
+        fake.set_down(True)
+        assert (await auth.authenticate(token)).source == "jwt"  # the claims' stand-in
+        assert fake.received == 3 and zion.breaker.state == "open"  # three attempts opened the breaker
+        for _ in range(20):
+            clock.advance(0.2)  # 4 s: within the cooldown
+            assert (await auth.authenticate(token)).external_id == "ext-eve"
+        assert fake.received == 3 and zion.breaker.rejected == 20  # each use asked; none reached Zion
+        clock.advance(1)  # the cooldown is over: one probe, still down
+        assert (await auth.authenticate(token)).external_id == "ext-eve"
+        assert fake.received == 4
+        fake.set_down(False)
+        fake.refuse_user(token, 403)  # back, and the user deactivated meanwhile
+        clock.advance(5)  # the next probe: refused at once, 10 s into the stand-in's old 300 s TTL
+        with pytest.raises(AuthenticationError):
+            await auth.authenticate(token)
+        assert fake.received == 5
+    finally:
+        await zion.aclose()

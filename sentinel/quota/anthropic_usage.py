@@ -4,6 +4,8 @@ Estimate (before the provider says): the `system` prompt (a string or text block
 text, tool uses (name and JSON input) and tool results, 3 tokens of overhead per message, the tool
 definitions as compact JSON, and each image by Anthropic's pixel rule (`sentinel.quota.images`).
 Counted with the tokenizer Sentinel has for the model (Claude models: `cl100k_base`, an approximation).
+Every other block (a server tool's use and result, MCP's, redacted thinking, a type added later) has
+every string in it counted (`_walk`): a block type Sentinel does not know is never a free channel.
 
 Usage: Anthropic's `input_tokens` excludes the prompt-cache writes and reads; Sentinel's input tokens
 include them (as OpenAI's `prompt_tokens` do), with the two figures kept on their own as well.
@@ -21,6 +23,7 @@ import orjson
 
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
+from sentinel.native.openai_checks import MAX_JSON_DEPTH
 from sentinel.providers.errors import stream_failure
 from sentinel.quota.images import MAX_IMAGE_TOKENS, base64_image_tokens
 from sentinel.quota.tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
@@ -67,40 +70,101 @@ def _texts(value: Any) -> list[str]:
     return []
 
 
-def _content(content: Any, texts: list[str]) -> int:
-    """Append the content's texts; return its image tokens."""
+def _content(content: Any, texts: list[str], depth: int = 0) -> int:
+    """Append the content's texts; return the tokens counted without the tokenizer (images, and the
+    scalars of `_walk`). `depth`: how deep `content` lies (nothing below MAX_JSON_DEPTH is read)."""
     if isinstance(content, str):
         texts.append(content)
         return 0
-    images = 0
+    if depth >= MAX_JSON_DEPTH:
+        return 0
+    tokens = 0
     for block in content if isinstance(content, list) else ():
         if not isinstance(block, dict):
             continue
         kind = block.get("type")
-        if kind == "text" and isinstance(block.get("text"), str):
-            texts.append(block["text"])
+        if kind == "text":
+            if isinstance(text := block.get("text"), str):  # its `citations` are not billed (`_UNBILLED`)
+                texts.append(text)
         elif kind == "image":
             source = block.get("source")
             data = source.get("data") if isinstance(source, dict) else None
-            images += base64_image_tokens(data) if isinstance(data, str) else MAX_IMAGE_TOKENS
+            tokens += base64_image_tokens(data) if isinstance(data, str) else MAX_IMAGE_TOKENS
         elif kind == "tool_use":
             name = block.get("name")
             texts.append((name if isinstance(name, str) else "") + json.dumps(block.get("input"), default=str))
         elif kind == "tool_result":
-            images += _content(block.get("content"), texts)
+            tokens += _content(block.get("content"), texts, depth + 2)
         elif kind in ("document", "search_result"):
             # A plain-text document's data, a content document's blocks, a search result's blocks;
-            # titles and context too. (A PDF's pages are not estimated: the answer's usage counts them.)
+            # titles and context too, and a search result's source. (A PDF's pages are not estimated:
+            # the answer's usage counts them.)
             source = block.get("source")
             if isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
                 texts.append(source["data"])
             elif isinstance(source, dict) and source.get("type") == "content":
-                images += _content(source.get("content"), texts)
-            images += _content(block.get("content"), texts) if kind == "search_result" else 0
-            texts.extend(v for key in ("title", "context") if isinstance(v := block.get(key), str))
-        elif kind == "thinking" and isinstance(block.get("thinking"), str):
-            texts.append(block["thinking"])
-    return images
+                tokens += _content(source.get("content"), texts, depth + 3)
+            tokens += _content(block.get("content"), texts, depth + 2) if kind == "search_result" else 0
+            texts.extend(_strings(block, "title", "context", "source"))
+        elif kind == "thinking":
+            # The thinking, not its `signature`: the provider checks that the signature is its own
+            # (a made-up one is refused) and it stands for the thinking counted here.
+            if isinstance(thinking := block.get("thinking"), str):
+                texts.append(thinking)
+        else:
+            tokens += _walk(block, texts, depth + 1)
+    return tokens
+
+
+def _strings(block: dict[str, Any], *keys: str) -> list[str]:
+    return [value for key in keys if isinstance(value := block.get(key), str)]
+
+
+# What `_walk` leaves out, at the block's own top level only (deeper, a key of that name may be
+# anything, a tool input's property called `id` say, and is counted): the labels of the structure
+# (its `type`, a tool use's `id`, a result's `tool_use_id`) while short, as real ones are (a long one
+# is counted), and what Anthropic does not bill as input (`cache_control`; `citations`, whose
+# `cited_text` "does not count towards input tokens" when sent back).
+_LABELS = frozenset({"type", "id", "tool_use_id"})
+_LABEL_CHARS = 64
+_UNBILLED = frozenset({"cache_control", "citations"})
+
+
+def _walk(block: dict[str, Any], texts: list[str], depth: int) -> int:
+    """Count a block with no rule of its own (`server_tool_use`, `web_search_tool_result`,
+    `web_fetch_tool_result`, `code_execution_tool_result`, `mcp_tool_result`, `redacted_thinking`, a
+    type added later): every string in it, keys too, appended as one text, but its own `_LABELS` and
+    `_UNBILLED`; a number, `true`, `false` or `null` one token each (returned, with the images').
+    An image or a document inside (a result's content) is counted by its own rule (`_content`),
+    except under an `input`: a tool use's input is JSON the model reads as text, whatever its shape
+    (as the `tool_use` rule counts it), so a made-up image there is not capped at an image's
+    tokens. Opaque strings (a `redacted_thinking`'s `data`, a search result's `encrypted_content`)
+    are counted as text: the provider bills what they decrypt to, of about their size. Iterative,
+    nothing below MAX_JSON_DEPTH (a request body has no more levels; an upstream event may)."""
+    parts: list[str] = []
+    tokens = 0
+    stack: list[tuple[Any, int, bool]] = []  # (node, its depth, whether media rules apply there)
+    for key, value in block.items():
+        if key in _UNBILLED or (key in _LABELS and isinstance(value, str) and len(value) <= _LABEL_CHARS):
+            continue
+        stack += [(key, depth, False), (value, depth + 1, key != "input")]
+    stack.reverse()
+    while stack:
+        node, depth, media = stack.pop()
+        if isinstance(node, str):
+            parts.append(node)
+        elif media and isinstance(node, dict) and node.get("type") in ("image", "document"):
+            tokens += _content([node], texts, depth)
+        elif isinstance(node, list) and depth < MAX_JSON_DEPTH:
+            stack.extend((item, depth + 1, media) for item in reversed(node))
+        elif isinstance(node, dict) and depth < MAX_JSON_DEPTH:
+            for key, value in reversed(node.items()):
+                stack += [(value, depth + 1, media and key != "input"), (key, depth, False)]
+        elif not isinstance(node, dict | list):
+            tokens += 1
+    if parts:
+        texts.append("\n".join(parts))
+    return tokens
 
 
 def usage_of(raw: Any) -> Usage | None:

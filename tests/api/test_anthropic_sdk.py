@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from tests.api.conftest import Gateway
+from tests.support.payloads import resent_blocks
 
 HAIKU = "claude-3-5-haiku-20241022"
 IMAGE = base64.b64encode(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10" + bytes(32)).decode()
@@ -150,6 +151,34 @@ def test_upstream_errors_keep_anthropic_types(gateway: Gateway) -> None:
     with pytest.raises(anthropic.InternalServerError) as caught:
         claude.messages.create(model=HAIKU, max_tokens=5, messages=user("#mock:status=500"))
     assert caught.value.status_code == 502
+
+
+RESENT = " ".join(f"word{i}" for i in range(8000))  # ~23,000 tokens
+
+
+@pytest.mark.parametrize("kind", list(resent_blocks("")))
+def test_text_sent_back_in_any_block_counts_against_the_input_limit(
+    gateway_factory: Callable[..., Gateway], kind: str
+) -> None:
+    """A client sending back a previous server-tool turn (code output, a fetched page, an MCP
+    result, redacted thinking, a block type Sentinel does not know) put ~23,000 tokens of its own
+    text where the estimate did not look: admitted at ~14 tokens under a 5,000-token input limit
+    (and charged that if the stream was cut) where the same text as a message is refused as
+    never admissible. Refused alike now; the same block with a short text is served."""
+    gw = gateway_factory(default_plan="requests=100/1m,input_tokens=5000/1m")
+    claude = gw.anthropic()
+
+    def resending(block: dict) -> list[dict]:
+        return [{"role": "user", "content": "run it"}, {"role": "assistant", "content": [block]},
+                {"role": "user", "content": "go on"}]
+
+    with pytest.raises(anthropic.RateLimitError, match="can never be admitted"):
+        claude.messages.create(model=HAIKU, max_tokens=5, messages=user(RESENT))
+    with pytest.raises(anthropic.RateLimitError, match="can never be admitted") as caught:
+        claude.messages.create(model=HAIKU, max_tokens=5, messages=resending(resent_blocks(RESENT)[kind]))
+    assert orjson.loads(caught.value.response.content)["error"]["type"] == "rate_limit_error"
+    served = claude.messages.create(model=HAIKU, max_tokens=5, messages=resending(resent_blocks("a short one")[kind]))
+    assert served.content and served.usage.input_tokens > 0
 
 
 FILE_ID = "file_011CNha8iCJcU1wXNR6q4V8w"

@@ -21,6 +21,7 @@ from sentinel.quota.estimate import estimate_input, max_output
 from sentinel.quota.images import MAX_IMAGE_TOKENS, base64_image_tokens, image_size, image_tokens
 from sentinel.quota.tokens import TokenCounter
 from sentinel.quota.usage import usage_from_body
+from tests.support.payloads import SERVER_ID, resent_blocks
 
 
 def png(width: int, height: int) -> bytes:
@@ -95,6 +96,60 @@ def test_documents_search_results_and_thinking_are_counted() -> None:
     thinking = {"role": "assistant", "content": [{"type": "thinking", "thinking": words, "signature": "s"}]}
     body = {**base, "messages": [*base["messages"], thinking]}
     assert estimate_messages(counter, "claude-x", body) >= plain + counter.count_text(words, "claude-x")
+
+
+WORDS = " ".join(f"word{i}" for i in range(500))
+
+
+@pytest.mark.parametrize("kind", list(resent_blocks("")))
+def test_blocks_without_a_rule_of_their_own_have_their_text_counted(kind: str) -> None:
+    """A block type the estimate had no rule for was skipped: a previous turn's server-tool result
+    sent back (code output, a fetched page, MCP's), redacted thinking, a type added later carried
+    any amount of text at a few tokens (~20,000 admitted at 14 under a 5,000-token plan). Every
+    string of such a block is counted now, its structural labels aside."""
+    counter = TokenCounter()
+    base = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hello"}]}
+    plain = estimate_messages(counter, "claude-x", base)
+    turn = {"role": "assistant", "content": [resent_blocks(WORDS)[kind]]}
+    body = {**base, "messages": [*base["messages"], turn, {"role": "user", "content": "go on"}]}
+    estimate = estimate_messages(counter, "claude-x", body)
+    floor = plain + 3 + counter.count_text("go on", "claude-x") + counter.count_text(WORDS, "claude-x")
+    assert floor <= estimate <= floor + 60, (kind, estimate - floor)
+
+
+def test_what_the_walk_leaves_out_and_images_inside() -> None:
+    """A block's own short labels (`type`, `id`, `tool_use_id`), `cache_control` and `citations`
+    (Anthropic bills no `cited_text` sent back) are not text (deeper, they are); an image in a
+    result keeps the pixel rule (its base64 is not text), not one in a tool's input; a block nested
+    past MAX_JSON_DEPTH is not read, without recursing that deep."""
+    counter = TokenCounter()
+    base = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hello"}]}
+    plain = estimate_messages(counter, "claude-x", base)
+
+    def with_block(block: dict) -> int:
+        return estimate_messages(counter, "claude-x", {**base, "messages": [
+            {"role": "user", "content": [block, {"type": "text", "text": "hello"}]}]})
+
+    labels = {"type": "future_block", "id": SERVER_ID, "tool_use_id": SERVER_ID,
+              "cache_control": {"type": "ephemeral", "ttl": "1h"},
+              "citations": [{"type": "char_location", "cited_text": WORDS}]}
+    assert with_block(labels) == plain
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": base64.b64encode(png(200, 150) + bytes(30_000)).decode()}}
+    with_image = with_block({"type": "mcp_tool_result", "tool_use_id": "m", "content": [image]})
+    assert plain + 40 <= with_image <= plain + 40 + 2  # the key "content"
+    # Below the block's top level nothing is a label or unbilled, and a tool's input is text
+    # whatever its shape: short ids, types and citations, or a made-up image, carried text free.
+    labelled = [{"id": f"{i:060}", "type": f"{i:060}", "citations": f"{i:060}"} for i in range(300)]
+    fake_image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": WORDS}}
+    for payload in (labelled, fake_image):
+        use = {"type": "mcp_tool_use", "id": "mcptoolu_01", "name": "f", "server_name": "s", "input": {"x": payload}}
+        floor = plain + counter.count_text(orjson.dumps(payload).decode(), "claude-x") // 2
+        assert with_block(use) > floor, payload
+    deep: dict = {"note": WORDS}
+    for _ in range(100):
+        deep = {"inner": [deep]}
+    assert plain < with_block({"type": "future_block", **deep}) < plain + 200
 
 
 def test_usage_of_answers() -> None:

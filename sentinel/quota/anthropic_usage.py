@@ -9,6 +9,9 @@ every string in it counted (`_walk`): a block type Sentinel does not know is nev
 
 Usage: Anthropic's `input_tokens` excludes the prompt-cache writes and reads; Sentinel's input tokens
 include them (as OpenAI's `prompt_tokens` do), with the two figures kept on their own as well.
+A server tool's result (a fetched page, a search, code output) is part of the answer but is input: the
+model reads it in the step that follows, and only the final usage counts it. An answer or stream
+without that usage is charged it as read (`blocks_read`), counted as the estimate counts the same block.
 `AnthropicStreamInspector` watches a relayed stream without delaying it, holds back the final
 `message_stop` event until the usage record is stored and replaces the message of an `error` event
 (`providers.errors.stream_failure`).
@@ -167,6 +170,25 @@ def _walk(block: dict[str, Any], texts: list[str], depth: int) -> int:
     return tokens
 
 
+# The blocks of an answer the model writes (their text, streamed as deltas, is output); any other is
+# one the provider added for the model to read (a server tool's result): input, see `blocks_read`.
+_WRITTEN = frozenset({"text", "thinking", "redacted_thinking", "tool_use", "server_tool_use", "mcp_tool_use"})
+_CALLS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
+
+
+def _written(block: Any) -> bool:
+    return isinstance(block, dict) and isinstance(kind := block.get("type"), str) and kind in _WRITTEN
+
+
+def blocks_read(blocks: list[Any]) -> tuple[str, int]:
+    """What the model read of an answer's blocks: the server tools' results (every block but those it
+    writes, `_WRITTEN`), counted as the estimate counts them in a request: (text to count, tokens
+    counted already)."""
+    texts: list[str] = []
+    tokens = _content([b for b in blocks if isinstance(b, dict) and not _written(b)], texts)
+    return "\n".join(texts), tokens
+
+
 def usage_of(raw: Any) -> Usage | None:
     """Sentinel's usage from an Anthropic `usage` object (None unless it has input and output figures,
     and input figures that sum to at most MAX_TOKENS)."""
@@ -189,14 +211,25 @@ def message_usage(body: Any) -> Usage | None:
 
 def message_text(body: Any) -> str:
     """The generated text (and tool inputs) of a Messages API answer, for counting when usage is missing."""
-    blocks = body.get("content") if isinstance(body, dict) else None
     parts: list[str] = []
-    for block in blocks if isinstance(blocks, list) else ():
-        if isinstance(block, dict) and isinstance(block.get("text"), str):
+    for block in _blocks(body):
+        if not _written(block):
+            continue  # a server tool's result: read, not written (`message_read`)
+        if isinstance(block.get("text"), str):
             parts.append(block["text"])
-        elif isinstance(block, dict) and block.get("type") == "tool_use":
+        elif block.get("type") in _CALLS:
             parts.append(str(block.get("name", "")) + json.dumps(block.get("input"), default=str))
     return "".join(parts)
+
+
+def message_read(body: Any) -> tuple[str, int]:
+    """What the model read of a (non-streamed) Messages API answer, for when usage is missing (`blocks_read`)."""
+    return blocks_read(_blocks(body))
+
+
+def _blocks(body: Any) -> list[Any]:
+    blocks = body.get("content") if isinstance(body, dict) else None
+    return blocks if isinstance(blocks, list) else []
 
 
 def _rendered(error_event: dict[str, Any], message: str) -> bytes:
@@ -221,12 +254,19 @@ class AnthropicStreamInspector:
         self._output: int | None = None
         self._final = False  # a message_delta gave the final output count
         self._text: list[str] = []
+        self._read: list[Any] = []  # the server tools' results, whole (`read_input`)
         self.parse_errors = 0
         self.done = b""
 
     @property
     def text(self) -> str:
         return "".join(self._text)
+
+    @property
+    def read_input(self) -> tuple[str, int]:
+        """What the model read that message_start's input leaves out: the server tools' results
+        streamed (`blocks_read`), charged when the final usage never came."""
+        return blocks_read(self._read)
 
     @property
     def usage(self) -> Usage | None:
@@ -289,8 +329,12 @@ class AnthropicStreamInspector:
                     if isinstance(delta.get(key), str):
                         self._text.append(delta[key])
         elif kind == "content_block_start":
+            # A block the model writes starts empty (its text follows in deltas); a server tool's
+            # result arrives whole, here.
             block = obj.get("content_block")
-            if isinstance(block, dict) and isinstance(block.get("name"), str):
+            if isinstance(block, dict) and not _written(block):
+                self._read.append(block)
+            elif isinstance(block, dict) and isinstance(block.get("name"), str):
                 self._text.append(block["name"])
 
     def _take(self, usage: Any) -> None:

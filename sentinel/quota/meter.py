@@ -23,6 +23,7 @@ from typing import Any, NoReturn, Protocol
 
 from sentinel.domain.catalogue import Prices
 from sentinel.domain.identity import Identity
+from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.plans import Plan, PlanSource
 from sentinel.domain.policies import QuotaFailureMode
 from sentinel.domain.usage import Usage, UsageRecord, UsageSource
@@ -86,6 +87,7 @@ class Meter(Protocol):
     async def settle(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None = None, reported_input: Usage | None = None,
+        read_input: tuple[str, int] = ("", 0),
     ) -> None: ...
 
     async def release(self, admission: Admission) -> None: ...
@@ -206,12 +208,15 @@ class QuotaMeter:
     async def settle(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None = None, reported_input: Usage | None = None,
+        read_input: tuple[str, int] = ("", 0),
     ) -> None:
         """Reconcile the reservation to the real usage and store one usage record (once per admission).
 
         Without `usage` the record is estimated: the input from `reported_input` (the input and cache
         figures a provider reported before a stream broke off, e.g. Anthropic's message_start) or
-        else the admission's estimate, the output counted in `output_text`, or `output_estimate`
+        else the admission's estimate, plus `read_input` (text to count, tokens counted already:
+        what the provider gave the model to read after that, e.g. Anthropic's server-tool results),
+        the output counted in `output_text`, or `output_estimate`
         when the caller could not keep the text. A long text is counted in a worker thread
         (`count_off_loop`). The count, the reconciliation and the record are one task, shielded
         (`_carry_out`): a caller cancelled at any of its waits (the server stopping past its
@@ -220,7 +225,7 @@ class QuotaMeter:
             return
         await self._carry_out(self._record(
             admission, usage=usage, output_text=output_text, status=status, provider=provider,
-            output_estimate=output_estimate, reported_input=reported_input,
+            output_estimate=output_estimate, reported_input=reported_input, read_input=read_input,
         ))
 
     def _begin(self, admission: Admission) -> bool:
@@ -283,7 +288,7 @@ class QuotaMeter:
 
     async def _record(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
-        output_estimate: int | None, reported_input: Usage | None,
+        output_estimate: int | None, reported_input: Usage | None, read_input: tuple[str, int],
     ) -> None:
         model = admission.model
         label = self.metrics.model_label(model)
@@ -301,6 +306,11 @@ class QuotaMeter:
             if reported_input is not None:
                 input_tokens = reported_input.input_tokens
                 cache_write, cache_read = reported_input.cache_write_tokens, reported_input.cache_read_tokens
+            read_text, read_tokens = read_input
+            if read_text:
+                count = functools.partial(self.counter.count_text, read_text, model or "")
+                read_tokens += await count_off_loop(count, len(read_text))
+            input_tokens = min(MAX_TOKENS, input_tokens + read_tokens)
             if output_estimate is not None:
                 output_tokens = output_estimate
             elif admission.hidden_output:  # billed reasoning, never streamed: charged as reserved

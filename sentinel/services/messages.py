@@ -32,7 +32,7 @@ from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, 
 from sentinel.providers.anthropic import AnthropicUpstream
 from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import forwardable_headers, relayable_headers
-from sentinel.quota.anthropic_usage import AnthropicStreamInspector, message_text, message_usage
+from sentinel.quota.anthropic_usage import AnthropicStreamInspector, message_read, message_text, message_usage
 from sentinel.quota.estimate import estimate_input
 from sentinel.quota.meter import Admission, Meter, count_off_loop
 from sentinel.quota.tokens import TokenCounter
@@ -201,9 +201,10 @@ class MessagesService:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
             parsed = None
+        usage = message_usage(parsed)
         await self.meter.settle(
-            admission, usage=message_usage(parsed), output_text=message_text(parsed), status=upstream.status,
-            provider=upstream.provider,
+            admission, usage=usage, output_text=message_text(parsed), status=upstream.status,
+            provider=upstream.provider, read_input=("", 0) if usage is not None else message_read(parsed),
         )
         report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
@@ -213,8 +214,10 @@ class MessagesService:
         meter = self.meter
 
         async def settle(status: int) -> None:
-            await meter.settle(admission, usage=inspector.usage, output_text=inspector.text, status=status,
-                               provider=upstream.provider, reported_input=inspector.reported_input)
+            usage = inspector.usage  # else the server tools' results streamed are charged as read too
+            await meter.settle(admission, usage=usage, output_text=inspector.text, status=status,
+                               provider=upstream.provider, reported_input=inspector.reported_input,
+                               read_input=("", 0) if usage is not None else inspector.read_input)
             report(ex, admission, None)
 
         return relay_events(upstream, inspector, "messages", self.metrics, settle)

@@ -15,6 +15,7 @@ from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.api.test_quotas import set_plan, wait_for
 from tests.support.metrics import metric
+from tests.support.payloads import SERVER_ID, resent_blocks
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream
 
@@ -262,6 +263,57 @@ def test_a_broken_claude_stream_is_charged_the_input_it_reported(
     for row in rows:
         assert (row["input_tokens"], row["cache_write_tokens"], row["cache_read_tokens"]) == (50_500, 300, 200), row
         assert row["usage_source"] == "estimated" and row["output_tokens"] > 0, row  # "a reply", counted
+
+
+def test_a_broken_stream_is_charged_the_server_tool_results_it_carried(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """With server tools Anthropic runs several steps in one request, each reading the results
+    before it as input; message_start reports the first step's input, the final message_delta all
+    of it. A stream cut between the two (the client leaves, the upstream ends) was charged
+    message_start's 50 input tokens though the client had been streamed a ~23,000-token fetched
+    page: the results streamed are charged as input now. A stream that ends with its usage is
+    charged that usage alone; a non-streamed answer without usage counts its results as a stream
+    does."""
+    from sentinel.quota.tokens import TokenCounter
+
+    page_text = " ".join(f"word{i}" for i in range(8000))
+    page_tokens = TokenCounter().count_text(page_text, HAIKU)
+    fetch = {"type": "server_tool_use", "id": SERVER_ID, "name": "web_fetch", "input": {}}
+    page = resent_blocks(page_text)["web_fetch_tool_result"]
+    message_start, text_start, text_delta, text_stop, *_ = claude_events({"input_tokens": 50, "output_tokens": 1}, 0)
+    cut = [message_start, text_start, text_delta, text_stop,
+           {"type": "content_block_start", "index": 1, "content_block": fetch},
+           {"type": "content_block_delta", "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": '{"url": "https://example.com/page"}'}},
+           {"type": "content_block_stop", "index": 1},
+           {"type": "content_block_start", "index": 2, "content_block": page},
+           {"type": "content_block_stop", "index": 2}]
+    finished = [*cut, {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                       "usage": {"input_tokens": 30_000, "output_tokens": 40}}, {"type": "message_stop"}]
+    answer = {**claude_message({"input_tokens": 50}), "content": [{"type": "text", "text": "a reply"}, fetch, page]}
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(anthropic_api_url=srv.url, providers_file=tiers_file(tmp_path, "anthropic"))
+        with gw.client() as http:
+            upstream.sse(*cut)
+            broken = http.post("/v1/messages", json={**ASK_CLAUDE, "stream": True})
+            upstream.sse(*finished)
+            whole = http.post("/v1/messages", json={**ASK_CLAUDE, "stream": True})
+            upstream.json(answer)  # its usage has no output figure: malformed, estimated
+            unmetered = http.post("/v1/messages", json=ASK_CLAUDE)
+    answers = [broken, whole, unmetered]
+    assert [r.status_code for r in answers] == [200] * 3, [r.text for r in answers]
+    assert "message_stop" not in broken.text and page_text in broken.text
+    rows = {row["request_id"]: row for row in ledger_rows(gw.settings.database_url)}
+    broken_row, whole_row, unmetered_row = (rows[r.headers["x-request-id"]] for r in answers)
+    assert broken_row["usage_source"] == unmetered_row["usage_source"] == "estimated", rows
+    assert 50 + page_tokens <= broken_row["input_tokens"] <= 50 + page_tokens + 60, broken_row
+    assert 0 < broken_row["output_tokens"] < 60, broken_row  # the text and the call, not the page
+    assert (whole_row["input_tokens"], whole_row["output_tokens"], whole_row["usage_source"]) == (
+        30_000, 40, "measured"
+    )
+    assert page_tokens < unmetered_row["input_tokens"] <= page_tokens + 80, unmetered_row  # its estimate + page
 
 
 def test_a_broken_stream_that_asked_for_thinking_is_charged_the_output_it_reserved(

@@ -14,6 +14,7 @@ from sentinel.domain.usage import Usage
 from sentinel.quota.anthropic_usage import (
     AnthropicStreamInspector,
     estimate_messages,
+    message_read,
     message_text,
     message_usage,
 )
@@ -184,6 +185,51 @@ def test_stream_inspector_relays_and_holds_back_message_stop() -> None:
     cut = AnthropicStreamInspector()
     cut.feed(b"".join(events[:3]))
     assert cut.usage is None and cut.done == b"" and cut.text == "Hello"  # billed by estimate
+
+
+def test_server_tool_results_streamed_are_read_input() -> None:
+    """A server tool's result arrives whole in content_block_start and the model reads it in the
+    next step; message_start reports the first step's input only. The inspector kept only tool
+    names: a stream cut after a 45k-token page was charged message_start's 50. The results are
+    `read_input` now (the estimate's rule), the model's own blocks output as before."""
+    page = resent_blocks(WORDS)["web_fetch_tool_result"]
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": base64.b64encode(png(200, 150)).decode()}}
+    events = [
+        sse("message_start", {"message": {"usage": {"input_tokens": 50, "output_tokens": 1}}}),
+        sse("content_block_start", {"index": 0, "content_block": {"type": "server_tool_use", "id": SERVER_ID,
+                                                                   "name": "web_fetch", "input": {}}}),
+        sse("content_block_delta", {"index": 0, "delta": {"type": "input_json_delta",
+                                                          "partial_json": '{"url": "https://example.com/page"}'}}),
+        sse("content_block_stop", {"index": 0}),
+        sse("content_block_start", {"index": 1, "content_block": page}),
+        sse("content_block_stop", {"index": 1}),
+        sse("content_block_start", {"index": 2, "content_block": {
+            "type": "mcp_tool_result", "tool_use_id": "m", "content": [image]}}),
+    ]
+    inspector = AnthropicStreamInspector()
+    inspector.feed(b"".join(events))
+    text, tokens = inspector.read_input
+    assert WORDS in text and "Page" in text and tokens == 40
+    assert inspector.text == 'web_fetch{"url": "https://example.com/page"}'  # output: the model's call
+    assert inspector.usage is None and inspector.reported_input == Usage(50, 0)
+    deep = "{" + '"a": {' * 900 + '"b": "x"' + "}" * 900 + "}"  # orjson reads it; no recursion that deep
+    hostile = AnthropicStreamInspector()
+    hostile.feed(b'data: {"type": "content_block_start", "index": 0, "content_block": ' + deep.encode() + b"}\n\n")
+    assert hostile.read_input[0].count("a") < 70 and "b" not in hostile.read_input[0]
+    odd = [{"type": ["text"], "text": "x"}, {"type": {"a": 1}}, {"name": "n"}, {"type": None, "data": "d"}]
+    for block in odd:  # an unhashable type once raised on the way in (the relay's exception)
+        hostile.feed(sse("content_block_start", {"index": 1, "content_block": block}))
+    assert hostile.read_input[0].endswith("d") and message_read({"content": odd})[0].endswith("d")
+    answer = {"content": [{"type": "text", "text": "Fetching."}, events_block(events[1]), page],
+              "usage": {"input_tokens": 50}}  # malformed usage: no output figure
+    assert message_usage(answer) is None
+    assert WORDS in message_read(answer)[0] and message_read(answer)[1] == 0 and WORDS not in message_text(answer)
+    assert message_text(answer) == 'Fetching.web_fetch{}'
+
+
+def events_block(event: bytes) -> dict:
+    return orjson.loads(event.split(b"data: ", 1)[1])["content_block"]
 
 
 def test_an_error_event_too_deep_to_write_back_is_replaced_by_a_generic_one() -> None:

@@ -482,3 +482,28 @@ async def test_a_settlement_that_fails_under_its_waiting_caller_is_raised_to_it_
         await s.meter.settle(admission, usage=Usage(7, 3), output_text="", status=200, provider="openai")
     await s.meter.drain(10)
     assert "failed after its request was cancelled" not in caplog.text
+
+
+async def test_settle_without_usage_adds_what_the_provider_gave_the_model_to_read() -> None:
+    """An Anthropic stream with server tools reports only its first step's input in message_start;
+    the results it streamed (a fetched page) are read by the steps after it. Cut before the final
+    usage, the record was charged message_start's figure alone: `read_input` is added to it (the
+    text counted, in a worker thread when long, plus the tokens counted already), and to the
+    estimate when nothing was reported; a measured usage ignores it."""
+    s = Setup(spec="requests=10/1m,input_tokens=10000000/1m,output_tokens=500/1m")
+    page = "fetched page words " * 5000  # 95,000 characters: counted off the loop
+    page_tokens = s.counter.count_text(page, MODEL)
+    reported = Usage(50, 0, 0, 20)
+    cut, unreported, measured = await s.admit(), await s.admit(), await s.admit()
+    await s.meter.settle(cut, usage=None, output_text="", status=200, provider="anthropic",
+                         reported_input=reported, read_input=(page, 7))
+    await s.meter.settle(unreported, usage=None, output_text="", status=499, provider="anthropic",
+                         read_input=(page, 0))
+    await s.meter.settle(measured, usage=Usage(60, 3), output_text="", status=200, provider="anthropic",
+                         reported_input=reported, read_input=(page, 7))
+    records = {r.request_id: r for r in s.outbox.records}
+    assert records[cut.request_id].input_tokens == 50 + page_tokens + 7 > 50
+    assert records[cut.request_id].cache_read_tokens == 20
+    assert records[unreported.request_id].input_tokens == unreported.estimate_input + page_tokens
+    assert records[measured.request_id].input_tokens == 60
+    assert (await s.used())["input_tokens"] == 50 + page_tokens + 7 + unreported.estimate_input + page_tokens + 60

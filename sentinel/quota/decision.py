@@ -6,8 +6,10 @@ a counter with a token limit. A limit with `ExternalUsage` (Zion mode) is enforc
 with every new reading (`snapshot`), because the next reading includes what was reported since.
 
 The rule for every limit: a request is admitted only when `used + amount <= limit` (and when
-`amount` is 0, only while `used < limit`: an exhausted limit admits nothing). A request whose own
-amount exceeds a limit is denied outright (`Decision.oversized`): no window reset can help it.
+`amount` is 0, only while `used < limit`: an exhausted limit admits nothing). A limit of 0 bans its
+metric instead: a request needing none of it is admitted, whatever is counted there. A request whose
+own amount exceeds a limit (any amount, for a limit of 0) is denied outright (`Decision.oversized`,
+shown in preference to any other limit that refused it): no window reset can help it.
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ class Decision:
     def from_states(cls, states: tuple[LimitState, ...], denied: int | None, now: float) -> Decision:
         """Build a decision; `denied` is the index of the limit that refused, None when admitted."""
         if denied is not None:
-            shown = states[denied]
+            # A limit the request can never fit refused it too: show that one, without a Retry-After
+            # (another limit's reset would only lead to this refusal).
+            shown = next((s for s in states if s.requested > s.limit.limit), states[denied])
             oversized = shown.requested > shown.limit.limit
             retry = None if oversized else max(0.0, shown.reset_at - now)
             return cls(
@@ -75,7 +79,10 @@ class Decision:
             )
         if not states:
             return cls(True, None, None, None, None, None)
-        shown = min(states, key=lambda s: (s.fraction_left, s.reset_at))
+        # A limit of 0 (a metric the plan bans) is no budget to report: "0 remaining" on every answer.
+        shown = min(
+            [s for s in states if s.limit.limit > 0] or states, key=lambda s: (s.fraction_left, s.reset_at)
+        )
         return cls(True, None, shown.limit.limit, shown.remaining, shown.reset_at, None, states)
 
     @property

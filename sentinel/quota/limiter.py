@@ -41,10 +41,11 @@ local denied = 0
 for i = 1, n do
   local a = (i - 1) * 4
   local amount = tonumber(ARGV[a + 1])
-  local room = tonumber(ARGV[a + 2]) - tonumber(ARGV[a + 3])
+  local limit = tonumber(ARGV[a + 2])
+  local room = limit - tonumber(ARGV[a + 3])
   local current = tonumber(redis.call('GET', KEYS[i]) or '0')
   used[i] = current
-  if denied == 0 and current + math.max(amount, 1) > room then
+  if denied == 0 and (amount > 0 or limit > 0) and current + math.max(amount, 1) > room then
     denied = i
   end
 end
@@ -70,7 +71,8 @@ def _reserve_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[int]
         amount, cap, offset = int(args[4 * i]), int(args[4 * i + 1]), int(args[4 * i + 2])
         current = int(ops.get(key) or 0)
         used.append(current)
-        if denied == 0 and current + max(amount, 1) > cap - offset:
+        # A limit of 0 bans its metric: it refuses any amount of it, never a request needing none.
+        if denied == 0 and (amount > 0 or cap > 0) and current + max(amount, 1) > cap - offset:
             denied = i + 1
     if denied == 0:
         for i, key in enumerate(keys):

@@ -54,6 +54,25 @@ def test_token_limits_have_their_own_counters(gateway_factory: Callable[..., Gat
     assert statuses[0] == 200 and statuses[-1] == 429
 
 
+def test_a_limit_of_0_bans_its_metric_only(gateway_factory: Callable[..., Gateway], backend_url: str | None) -> None:
+    """An embeddings-only plan (`output_tokens=0/1d`) refused embeddings and the model list with a
+    429 and a Retry-After of hours that never helped; a chat request is refused as never admittable."""
+    gw = gateway_factory(redis_url=backend_url)
+    set_plan(gw.settings.database_url, "alice", "embeddings-only", "requests=100/1m,output_tokens=0/1d")
+    embedding = {"model": "text-embedding-3-small", "input": "quota please"}
+    with gw.client() as http:
+        for body in (embedding, {**embedding, "input": "quota " * 20_000}):  # the large one is peeked first
+            r = http.post("/v1/embeddings", json=body)
+            assert r.status_code == 200, r.text
+            assert r.headers["x-ratelimit-limit"] == "100"
+        assert http.get("/v1/models").status_code == 200
+        denied = http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 16})
+    assert denied.status_code == 429 and "retry-after" not in denied.headers
+    error = denied.json()["error"]
+    assert error["type"] == "rate_limit_error" and error["code"] == "quota_exceeded"
+    assert "alone needs 16 output tokens" in error["message"] and "never be admitted" in error["message"]
+
+
 def test_plan_change_applies_once_the_cached_plan_expires(gateway: Gateway) -> None:
     # The TTL itself is unit-tested with a clock (tests/governance/test_plan_source.py).
     set_plan(gateway.settings.database_url, "alice", "one", "requests=1/1d")

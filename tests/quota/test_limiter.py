@@ -291,3 +291,47 @@ async def test_a_refund_never_lands_on_a_zion_counter_made_again_after_it_expire
     # A refund within the counter's life still lands (the usual case).
     await limiter.commit(second, input_tokens=0, output_tokens=100)
     assert await counts(store, second) == [100]
+
+
+async def test_a_limit_of_0_bans_its_metric_and_nothing_else(store: Store) -> None:
+    """`output_tokens=0/1d` (an embeddings-only plan) refused an embeddings request (no output) with
+    a 429 and a Retry-After that never helped: `current + max(amount, 1) > 0` held for every amount."""
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
+    plan = parse_plan_spec("requests=100/1m,output_tokens=0/1d")
+    results = [await reserve(limiter, plan, i=20) for _ in range(3)]
+    assert all(r.allowed for r in results)
+    assert await counts(store, results[0]) == [3, 0]
+    # The headers show the limit that is a budget, not the banned metric's "0 remaining".
+    assert results[-1].decision.headers()["X-RateLimit-Limit"] == "100"
+    assert results[-1].decision.remaining == 97
+    assert (await limiter.peek("u1", plan)).allowed
+    # Usage counted there anyway (a pass-through answer that showed output) bans nothing more.
+    await limiter.commit(results[0], input_tokens=20, output_tokens=7)
+    assert (await reserve(limiter, plan, i=20)).allowed
+    # Any amount of the banned metric is refused as never admittable: no Retry-After.
+    r = await reserve(limiter, plan, o=16)
+    assert not r.allowed and r.decision.oversized and r.decision.retry_after is None
+    assert r.decision.limited_by == Limit("output_tokens", 86400, 0)
+    assert "alone needs 16 output tokens" in r.decision.message and "never be admitted" in r.decision.message
+    assert "Retry-After" not in r.decision.headers() and r.decision.to_error().retry_after is None
+    assert await counts(store, r) == [4, 7]
+
+
+async def test_a_never_admittable_request_is_told_so_even_when_another_limit_refused_first(store: Store) -> None:
+    """A Retry-After from an exhausted request limit would only lead to the oversized refusal."""
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
+    plan = parse_plan_spec("requests=1/1m,output_tokens=0/1d")
+    assert (await reserve(limiter, plan)).allowed
+    assert not (await reserve(limiter, plan)).decision.oversized  # exhausted: retry in a minute
+    r = await reserve(limiter, plan, o=5)
+    assert not r.allowed and r.decision.oversized and r.decision.retry_after is None
+    assert r.decision.limited_by == Limit("output_tokens", 86400, 0)
+
+
+async def test_a_zion_limit_of_0_with_usage_admits_requests_needing_none(store: Store) -> None:
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
+    ext = ExternalUsage(used=50, snapshot="s1", resets_at=T0 + 86400)
+    plan = Plan("zion", (Limit("output_tokens", 1260, 0, ext), Limit("requests", 60, 100)))
+    assert (await reserve(limiter, plan, i=10)).allowed
+    refused = await reserve(limiter, plan, o=5)
+    assert not refused.allowed and refused.decision.oversized and refused.decision.retry_after is None

@@ -20,30 +20,62 @@ from sentinel.store.base import (
 )
 from sentinel.store.memory_streams import MemoryStreams
 
+_WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+
 
 class _Ops:
-    """The synchronous primitives, shared by the async API and by scripts."""
+    """The synchronous primitives, shared by the async API and by scripts.
+
+    Strings live in `data`, hashes in `hashes` (a key is in at most one of them, as a Redis key has
+    one type); `expiry` holds the deadline of either kind.
+    """
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self.data: dict[str, bytes] = {}
+        self.hashes: dict[str, dict[str, bytes]] = {}
         self.expiry: dict[str, float] = {}
 
     def now(self) -> float:
         return self._clock()
 
-    def _alive(self, key: str) -> bool:
+    def _expired(self, key: str) -> bool:
+        """Whether `key` has expired (then it is dropped now)."""
         deadline = self.expiry.get(key)
         if deadline is not None and deadline <= self._clock():
-            self.data.pop(key, None)
-            self.expiry.pop(key, None)
+            self.delete(key)
+            return True
+        return False
+
+    def _alive(self, key: str) -> bool:
+        return not self._expired(key) and (key in self.data or key in self.hashes)
+
+    def _string(self, key: str) -> bool:
+        """Whether `key` holds a live string; a live hash there is an error, as in Redis."""
+        if self._expired(key):
             return False
-        return key in self.data
+        if key in self.data:
+            return True
+        if key in self.hashes:
+            raise TypeError(_WRONGTYPE)
+        return False
+
+    def _hash(self, key: str) -> dict[str, bytes] | None:
+        """The live hash at `key`, None when missing; a live string there is an error, as in Redis."""
+        if self._expired(key):
+            return None
+        if key in self.data:
+            raise TypeError(_WRONGTYPE)
+        return self.hashes.get(key)
+
+    def exists(self, key: str) -> bool:
+        return self._alive(key)
 
     def get(self, key: str) -> bytes | None:
-        return self.data[key] if self._alive(key) else None
+        return self.data[key] if self._string(key) else None
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self.hashes.pop(key, None)  # SET replaces a value of any type
         self.data[key] = value
         if ttl is None:
             self.expiry.pop(key, None)
@@ -51,7 +83,7 @@ class _Ops:
             self.expiry[key] = self._clock() + ttl
 
     def incrby(self, key: str, amount: int) -> int:
-        current = int(self.data[key]) if self._alive(key) else 0
+        current = int(self.data[key]) if self._string(key) else 0
         current += amount
         self.data[key] = str(current).encode()
         return current
@@ -70,13 +102,35 @@ class _Ops:
 
     def delete(self, key: str) -> None:
         self.data.pop(key, None)
+        self.hashes.pop(key, None)
         self.expiry.pop(key, None)
+
+    def hgetall(self, key: str) -> dict[str, bytes]:
+        return dict(self._hash(key) or {})
+
+    def hset(self, key: str, field: str, value: bytes) -> None:
+        found = self._hash(key)
+        if found is None:
+            found = self.hashes[key] = {}
+            self.expiry.pop(key, None)  # a new key has no TTL
+        found[field] = value
+
+    def hdel(self, key: str, *fields: str) -> int:
+        found = self._hash(key)
+        if found is None:
+            return 0
+        removed = sum(found.pop(name, None) is not None for name in fields)
+        if not found:
+            self.delete(key)  # a hash disappears with its last field
+        return removed
+
+    def keys(self) -> list[str]:
+        return [*self.data, *self.hashes]
 
     def sweep(self) -> None:
         now = self._clock()
         for key in [k for k, d in self.expiry.items() if d <= now]:
-            self.data.pop(key, None)
-            self.expiry.pop(key, None)
+            self.delete(key)
 
 
 class MemoryStore:
@@ -100,7 +154,7 @@ class MemoryStore:
         return self._ops.get(key)
 
     async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
-        if nx and self._ops.get(key) is not None:
+        if nx and self._ops.exists(key):
             return False
         self._ops.set(key, value, ttl)
         self._maybe_sweep()
@@ -109,13 +163,13 @@ class MemoryStore:
     async def delete(self, *keys: str) -> int:
         count = 0
         for key in keys:
-            if self._ops.get(key) is not None or self._streams.delete(key):
+            if self._ops.exists(key) or self._streams.delete(key):
                 count += 1
             self._ops.delete(key)
         return count
 
     async def expire(self, key: str, ttl: float) -> bool:
-        if self._ops.get(key) is None:
+        if not self._ops.exists(key):
             return False
         self._ops.expire(key, ttl)
         return True
@@ -124,7 +178,7 @@ class MemoryStore:
         return seconds_left(self._ops.pttl(key))
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
-        is_new = self._ops.get(key) is None
+        is_new = not self._ops.exists(key)
         value = self._ops.incrby(key, amount)
         if ttl is not None and is_new:
             self._ops.expire(key, ttl)
@@ -183,7 +237,7 @@ class MemoryStore:
 
     async def scan(self, pattern: str, limit: int = 100) -> list[str]:
         self._ops.sweep()
-        keys = [*self._ops.data, *self._streams.keys()]
+        keys = [*self._ops.keys(), *self._streams.keys()]
         return [k for k in keys if fnmatch.fnmatchcase(k, pattern)][:limit]
 
     async def ping(self) -> Ping:

@@ -88,6 +88,76 @@ async def test_script_arguments_reach_the_script_as_strings(store: Store) -> Non
     assert (joined.decode() if isinstance(joined, bytes) else joined) == "7|2.5|raw"
 
 
+# Hash commands as scripts see them: `set` (HSET one field), `del` (HDEL fields), `all` (HGETALL,
+# flat). The memory twin answers in Redis's shapes; `fields()` reads either as a dict.
+HASH = Script(
+    name="test_hash",
+    lua="""
+local op = ARGV[1]
+if op == 'set' then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+  return 1
+elseif op == 'del' then
+  return redis.call('HDEL', KEYS[1], unpack(ARGV, 2))
+end
+return redis.call('HGETALL', KEYS[1])
+""",
+    local=lambda ops, keys, args: (
+        (ops.hset(keys[0], args[1], args[2].encode()) or 1) if args[0] == "set"
+        else ops.hdel(keys[0], *args[1:]) if args[0] == "del"
+        else [item for field, value in ops.hgetall(keys[0]).items() for item in (field, value)]
+    ),
+)
+
+
+async def fields(store: Store, key: str) -> dict[str, bytes]:
+    flat = await store.run(HASH, [key], ["all"])
+    return {(f.decode() if isinstance(f, bytes) else f): v for f, v in zip(flat[::2], flat[1::2], strict=True)}
+
+
+async def test_script_hashes(store: Store) -> None:
+    assert await fields(store, "h") == {}
+    assert await store.run(HASH, ["h"], ["del", "a"]) == 0  # a missing hash has no field to remove
+    assert await store.run(HASH, ["h"], ["set", "a", "1"]) == 1
+    assert await store.run(HASH, ["h"], ["set", "b", "2"]) == 1
+    assert await store.run(HASH, ["h"], ["set", "a", "3"]) == 1  # replaces the field
+    assert await fields(store, "h") == {"a": b"3", "b": b"2"}
+    assert await store.ttl("h") == -1.0  # a new hash has no TTL; EXPIRE gives it one, HSET keeps it
+    assert await store.expire("h", 30) is True
+    await store.run(HASH, ["h"], ["set", "c", "4"])
+    ttl = await store.ttl("h")
+    assert ttl is not None and 0 < ttl <= 30
+    assert "h" in await store.scan("h")
+    assert await store.run(HASH, ["h"], ["del", "a", "b", "missing"]) == 2
+    assert await fields(store, "h") == {"c": b"4"}
+    assert await store.run(HASH, ["h"], ["del", "c"]) == 1
+    assert await store.ttl("h") is None  # gone with its last field
+    assert await store.delete("h") == 0
+    # DEL counts a hash; SET replaces one (and its TTL); a hash expires as a whole.
+    await store.run(HASH, ["g"], ["set", "a", "1"])
+    assert await store.delete("g") == 1 and await fields(store, "g") == {}
+    await store.run(HASH, ["g"], ["set", "a", "1"])
+    await store.expire("g", 30)
+    await store.set("g", b"plain")
+    assert await store.get("g") == b"plain" and await store.ttl("g") == -1.0
+    await store.run(HASH, ["e"], ["set", "a", "1"])
+    assert await store.expire("e", 0.1) is True
+    await asyncio.sleep(0.25)
+    assert await fields(store, "e") == {} and await store.ttl("e") is None
+
+
+async def test_memory_hashes_expire_with_the_store_clock() -> None:
+    now = [1000.0]
+    s = MemoryStore(clock=lambda: now[0])
+    await s.run(HASH, ["h"], ["set", "a", "1"])
+    await s.expire("h", 60)
+    now[0] += 59.9
+    assert await fields(s, "h") == {"a": b"1"}
+    now[0] += 0.2
+    assert await fields(s, "h") == {}
+    assert await s.scan("*") == []
+
+
 async def test_scan(store: Store) -> None:
     # 20 keys without a hash tag land on every node of a cluster.
     for i in range(20):

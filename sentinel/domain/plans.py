@@ -6,13 +6,14 @@ A `Plan` is a named set of `Limit`s, each one metric (`requests`, `input_tokens`
 `MAX_WINDOW_SECONDS` (366 days).
 
 A limit may carry `ExternalUsage` (Zion mode): usage an outside system had already counted when
-it was read; the limit is then enforced as `external.used + admitted since that reading + request`.
+it was read; the limit is then enforced as `external.used + still running at that reading +
+admitted since that reading + request`.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, cast, get_args
 
 from sentinel.domain.identity import Identity
@@ -142,6 +143,8 @@ class Plan:
 
     name: str
     limits: tuple[Limit, ...] = ()
+    external: bool = field(init=False, repr=False, compare=False)
+    """Whether any limit carries `ExternalUsage` (worked out once, for the limiter)."""
 
     def __post_init__(self) -> None:
         seen: set[tuple[str, int, str | None]] = set()
@@ -150,6 +153,7 @@ class Plan:
             if ident in seen:
                 raise ValueError(f"plan {self.name!r} has two {limit.metric} limits over the same window")
             seen.add(ident)
+        object.__setattr__(self, "external", any(limit.external is not None for limit in self.limits))
 
     def spec(self) -> str:
         """The plan's limits in the operator's spelling, e.g. `requests=100/1m,output_tokens=5000/1d`."""

@@ -467,7 +467,8 @@ def plan_from_limits(limits: ZionLimits, *, max_window_seconds: int | None = Non
 
     The window is Zion's period (capped by `max_window_seconds`: it is how long the local count of
     one reading is kept); `external` carries Zion's `used`, the period end, and a snapshot id that
-    changes whenever the reading does (so the local count restarts once Zion includes it).
+    changes whenever the reading does (so the local count restarts once Zion includes it, from what
+    is still running: see `sentinel.quota.limiter`).
     """
     out = []
     for n, user_limit in enumerate(limits.limits):

@@ -2,8 +2,9 @@
 
 Every limit (see `sentinel.domain.plans`) is counted separately, so a request limit never shares
 a counter with a token limit. A limit with `ExternalUsage` (Zion mode) is enforced as
-`external.used + admitted_locally_since_that_reading + request <= limit`; the local count restarts
-with every new reading (`snapshot`), because the next reading includes what was reported since.
+`external.used + still_running_at_that_reading + admitted_locally_since + request <= limit`; the
+local count restarts with every new reading (`snapshot`), because the next reading includes what
+was reported since — from what is still running then (see `sentinel.quota.limiter`).
 
 The rule for every limit: a request is admitted only when `used + amount <= limit` (and when
 `amount` is 0, only while `used < limit`: an exhausted limit admits nothing). A limit of 0 bans its

@@ -17,15 +17,30 @@ replicas agree on window indexes and tests can move time.
 
 Limits with `ExternalUsage` (Zion mode) count locally per reading instead of per window: their key
 ends in `x<snapshot>`, the script adds `external.used`, and the key lives `window_seconds` +
-margin after its last increment. Such a key can expire while a reservation on it is still running
-(a long stream) and be made again, under the same name, by the next reservation: a refund then
-would take back that one's amount, so a reservation older than `window_seconds` gives nothing back
-on an external key (its amount stays counted, against the user, until the next reading).
+margin after its last increment. A reading's `used` holds only usage delivered to the source, so
+requests still running when it was taken are in neither figure: each running reservation on an
+external limit therefore also has an entry in `{base}:inflight` (a hash per subject, metric and
+window, in the same slot: field = the reservation's random token, value = `amount:deadline_ms`,
+the deadline `window_seconds` after the reservation). The first script call of a reading (its key
+missing) starts its count at the sum of the live entries, pruning expired ones; a settlement
+removes its entry in the same call as its adjustment. So a request running across a new reading
+counts its *reserved* amount in that reading until the next one (its real usage may be less:
+against the user). An entry a crashed process left stops counting at its deadline — and so does a
+request still running after `window_seconds`, in readings taken after that. Usage settled but not
+yet delivered when a reading is taken is in no figure until the next reading. Plans without
+external limits run the plain scripts, which touch no hash.
+
+An external key can expire while a reservation on it is still running (a long stream) and be made
+again, under the same name, by the next reservation: a refund then would take back that one's
+amount, so a reservation older than `window_seconds` gives nothing back on an external key (its
+amount stays counted, against the user, until the next reading).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,6 +98,125 @@ def _reserve_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[int]
     return [denied, *used]
 
 
+# A plan with external (Zion) limits: KEYS are the counters, then the in-flight hashes of the
+# external ones; ARGV[1] is now (ms), ARGV[2] the reservation's token, then 6 per counter: amount,
+# limit, offset, TTL in ms, the index of its hash among those KEYS (0: not external) and the
+# deadline (ms) of its entry there. The check is `_RESERVE_LUA`'s; a missing external counter (a new
+# reading) starts at what is still running (live entries of its hash, expired ones pruned).
+_RESERVE_EXTERNAL_LUA = """
+local now = tonumber(ARGV[1])
+local n = (#ARGV - 2) / 6
+local function in_flight(key)
+  local total = 0
+  local entries = redis.call('HGETALL', key)
+  for j = 1, #entries, 2 do
+    local amount, deadline = string.match(entries[j + 1], '^(%d+):(%d+)$')
+    if amount and tonumber(deadline) > now then
+      total = total + tonumber(amount)
+    else
+      redis.call('HDEL', key, entries[j])
+    end
+  end
+  return total
+end
+local used = {}
+local running = {}
+local denied = 0
+for i = 1, n do
+  local a = 2 + (i - 1) * 6
+  local amount = tonumber(ARGV[a + 1])
+  local limit = tonumber(ARGV[a + 2])
+  local room = limit - tonumber(ARGV[a + 3])
+  local h = tonumber(ARGV[a + 5])
+  local current = redis.call('GET', KEYS[i])
+  if current then
+    current = tonumber(current)
+  elseif h > 0 then
+    if running[h] == nil then
+      running[h] = in_flight(KEYS[n + h])
+    end
+    current = running[h]
+    if current > 0 then
+      redis.call('SET', KEYS[i], current, 'PX', ARGV[a + 4])
+    end
+  else
+    current = 0
+  end
+  used[i] = current
+  if denied == 0 and (amount > 0 or limit > 0) and current + math.max(amount, 1) > room then
+    denied = i
+  end
+end
+if denied == 0 then
+  for i = 1, n do
+    local a = 2 + (i - 1) * 6
+    local amount = tonumber(ARGV[a + 1])
+    if amount > 0 then
+      used[i] = redis.call('INCRBY', KEYS[i], amount)
+      redis.call('PEXPIRE', KEYS[i], ARGV[a + 4])
+      local h = tonumber(ARGV[a + 5])
+      if h > 0 then
+        redis.call('HSET', KEYS[n + h], ARGV[2], ARGV[a + 1] .. ':' .. ARGV[a + 6])
+        redis.call('PEXPIRE', KEYS[n + h], ARGV[a + 4])
+      end
+    end
+  end
+end
+table.insert(used, 1, denied)
+return used
+"""
+
+_ENTRY = re.compile(r"([0-9]+):([0-9]+)")
+
+
+def _in_flight(ops: LocalOps, key: str, now: int) -> int:
+    total = 0
+    for token, value in ops.hgetall(key).items():
+        entry = _ENTRY.fullmatch(value.decode())
+        if entry and int(entry[2]) > now:
+            total += int(entry[1])
+        else:
+            ops.hdel(key, token)
+    return total
+
+
+def _reserve_external_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[int]:
+    now, token = int(args[0]), args[1]
+    n = (len(args) - 2) // 6
+    used: list[int] = []
+    running: dict[int, int] = {}
+    denied = 0
+    for i in range(n):
+        a = 2 + 6 * i
+        amount, cap, offset, h = int(args[a]), int(args[a + 1]), int(args[a + 2]), int(args[a + 4])
+        raw = ops.get(keys[i])
+        if raw is not None:
+            current = int(raw)
+        elif h > 0:
+            if h not in running:
+                running[h] = _in_flight(ops, keys[n + h - 1], now)
+            current = running[h]
+            if current > 0:
+                ops.set(keys[i], str(current).encode(), int(args[a + 3]) / 1000)
+        else:
+            current = 0
+        used.append(current)
+        if denied == 0 and (amount > 0 or cap > 0) and current + max(amount, 1) > cap - offset:
+            denied = i + 1
+    if denied == 0:
+        for i in range(n):
+            a = 2 + 6 * i
+            amount, ttl = int(args[a]), int(args[a + 3]) / 1000
+            if amount > 0:
+                used[i] = ops.incrby(keys[i], amount)
+                ops.expire(keys[i], ttl)
+                h = int(args[a + 4])
+                if h > 0:
+                    ops.hset(keys[n + h - 1], token, f"{args[a]}:{args[a + 5]}".encode())
+                    ops.expire(keys[n + h - 1], ttl)
+    return [denied, *used]
+
+
 # A delta per key (ARGV[2i-1]) and how to apply it (ARGV[2i]): "" adjusts a window that still exists
 # (an expired window no longer limits anything: a refund there is moot); a TTL in ms adds to the
 # window, creating it if needed (usage above a reservation, settled after its window ended, lands
@@ -117,8 +251,43 @@ def _adjust_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     return 1
 
 
+# The settlement of a reservation on external limits: `_ADJUST_LUA` on the first (#ARGV - 1) / 2
+# KEYS (their pairs from ARGV[2]), then the reservation's entry (token ARGV[1]) removed from the
+# in-flight hashes that are the remaining KEYS.
+_ADJUST_EXTERNAL_LUA = """
+local m = (#ARGV - 1) / 2
+for i = 1, m do
+  local delta = tonumber(ARGV[2 * i])
+  local ttl = ARGV[2 * i + 1]
+  if delta ~= 0 and (ttl ~= '' or redis.call('EXISTS', KEYS[i]) == 1) then
+    local value = redis.call('INCRBY', KEYS[i], delta)
+    if value < 0 then
+      redis.call('INCRBY', KEYS[i], -value)
+    end
+    if ttl ~= '' and redis.call('PTTL', KEYS[i]) < 0 then
+      redis.call('PEXPIRE', KEYS[i], ttl)
+    end
+  end
+end
+for i = m + 1, #KEYS do
+  redis.call('HDEL', KEYS[i], ARGV[1])
+end
+return 1
+"""
+
+
+def _adjust_external_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    m = (len(args) - 1) // 2
+    _adjust_local(ops, keys[:m], args[1:])
+    for key in keys[m:]:
+        ops.hdel(key, args[0])
+    return 1
+
+
 RESERVE = Script("sentinel_quota_reserve", _RESERVE_LUA, _reserve_local)
 ADJUST = Script("sentinel_quota_adjust", _ADJUST_LUA, _adjust_local)
+RESERVE_EXTERNAL = Script("sentinel_quota_reserve_external", _RESERVE_EXTERNAL_LUA, _reserve_external_local)
+ADJUST_EXTERNAL = Script("sentinel_quota_adjust_external", _ADJUST_EXTERNAL_LUA, _adjust_external_local)
 
 
 def hash_tag(subject: str) -> str:
@@ -146,6 +315,9 @@ class Reservation:
     settled: bool = False
     owner: QuotaLimiter | None = field(default=None, repr=False)  # the limiter that made it
     reserved_at: float = 0.0  # the limiter's clock when it was made
+    # On external limits: the in-flight hashes holding this reservation's entry, under `token`.
+    in_flight: tuple[str, ...] = ()
+    token: str = field(default="", repr=False)
 
     @property
     def allowed(self) -> bool:
@@ -207,7 +379,11 @@ class QuotaLimiter:
         keys = tuple(key for key, _, _ in slots)
         denied = 0
         used: list[int] = []
-        if plan.limits:
+        in_flight: tuple[str, ...] = ()
+        token = ""
+        if plan.external:
+            denied, used, in_flight, token = await self._reserve_external(subject, plan, amounts, slots, now)
+        elif plan.limits:
             args: list[int] = []
             for limit, amount, (_, _, ttl_ms) in zip(plan.limits, amounts, slots, strict=True):
                 args += [amount, limit.limit, limit.offset, ttl_ms]
@@ -229,7 +405,32 @@ class QuotaLimiter:
             settled=not decision.allowed,
             owner=self,
             reserved_at=now,
+            in_flight=in_flight if decision.allowed else (),
+            token=token,
         )
+
+    async def _reserve_external(
+        self, subject: str, plan: Plan, amounts: tuple[int, ...], slots: list[tuple[str, float, int]], now: float
+    ) -> tuple[int, list[int], tuple[str, ...], str]:
+        """`reserve`'s script call for a plan with external limits: (denied, used, the in-flight
+        hashes an admitted reservation has its entry in, its token)."""
+        now_ms = math.floor(now * 1000)
+        token = os.urandom(8).hex()
+        hashes: dict[str, int] = {}  # in-flight hash -> its index among the script's extra KEYS (from 1)
+        held: list[str] = []  # those this reservation puts an entry in (when admitted)
+        args: list[int | str] = [now_ms, token]
+        for limit, amount, (_, _, ttl_ms) in zip(plan.limits, amounts, slots, strict=True):
+            index, deadline = 0, 0
+            if limit.external is not None:
+                hash_key = f"{self._base(subject, limit)}:inflight"
+                index = hashes.setdefault(hash_key, len(hashes) + 1)
+                deadline = now_ms + limit.window_seconds * 1000
+                if amount > 0 and hash_key not in held:
+                    held.append(hash_key)
+            args += [amount, limit.limit, limit.offset, ttl_ms, index, deadline]
+        keys = [key for key, _, _ in slots] + list(hashes)
+        denied, *used = (int(v) for v in await self.store.run(RESERVE_EXTERNAL, keys, args))
+        return denied, used, tuple(held), token
 
     async def peek(self, subject: str, plan: Plan) -> Decision:
         """Every limit's state, counting nothing; `allowed` says whether a request would fit now."""
@@ -286,7 +487,10 @@ class QuotaLimiter:
             else:
                 keys.append(key)
                 args += [delta, ""]
-        if keys:
+        if reservation.in_flight:
+            # The same call takes the reservation's entry out of the in-flight hashes (no longer running).
+            await self.store.run(ADJUST_EXTERNAL, [*keys, *reservation.in_flight], [reservation.token, *args])
+        elif keys:
             await self.store.run(ADJUST, keys, args)
         # Only after success: a settle that failed (StoreUnavailable) may be retried.
         reservation.settled = True

@@ -197,6 +197,8 @@ async def test_external_usage_is_added(store: Store) -> None:
     assert results[0].decision.remaining == 1 and results[1].decision.remaining == 0
     assert results[2].decision.reset_at == T0 + 86400
     assert results[0].keys[0].endswith(":requests:300:xs1")
+    for done in results[:2]:  # settled (and reported): a new reading includes them
+        await limiter.commit(done, input_tokens=1, output_tokens=0)
     # A new reading already includes what was reported; counting restarts from it.
     assert not (await reserve(limiter, plan(10, "s2"))).allowed
     fresh = plan(5, "s3")

@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from sentinel.domain.plans import Limit, Plan
+from sentinel.domain.plans import ExternalUsage, Limit, Plan
 from sentinel.errors import StoreUnavailable
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.routing.health import ProviderHealth
@@ -130,6 +130,29 @@ async def test_quota_reserve_and_adjust_run_on_a_cluster(redis_cluster_url: str)
     assert second.allowed and not third.allowed
     assert third.decision.limited_by == Limit("requests", 60, 2)
     await store.close()
+
+
+async def test_zion_limits_count_what_runs_across_readings_on_a_cluster(redis_cluster_url: str) -> None:
+    """The in-flight record lives in the user's slot: a new reading starts at what still runs."""
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    limiter = QuotaLimiter(store, clock=lambda: 1_700_000_000.0)
+
+    def reading(used: int, snapshot: str) -> Plan:
+        zion = Limit("output_tokens", 1260, 1000, ExternalUsage(used, snapshot))
+        return Plan("zion", (zion, Limit("requests", 60, 100)))
+
+    try:
+        running = [await limiter.reserve("}odd", reading(0, "s1"), input_tokens=0, output_tokens=300)
+                   for _ in range(3)]
+        assert all(r.allowed for r in running)
+        assert not (await limiter.reserve("}odd", reading(10, "s2"), input_tokens=0, output_tokens=100)).allowed
+        for r in running:
+            await limiter.commit(r, input_tokens=0, output_tokens=100)
+        third = reading(310, "s3")
+        assert (await limiter.reserve("}odd", third, input_tokens=0, output_tokens=690)).allowed
+        assert not (await limiter.reserve("}odd", third, input_tokens=0, output_tokens=1)).allowed
+    finally:
+        await store.close()
 
 
 async def test_provider_health_reads_every_pair_in_one_script_on_a_cluster(redis_cluster_url: str) -> None:

@@ -12,13 +12,17 @@ from __future__ import annotations
 import pytest
 from redis.crc import key_slot
 
-from sentinel.domain.plans import Limit, Plan
+from sentinel.domain.plans import ExternalUsage, Limit, Plan
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.store import MemoryStore
 from sentinel.store.cluster import RedisClusterStore
 
 PLAN = Plan(
     "multi", (Limit("requests", 60, 3), Limit("requests", 86_400, 100), Limit("input_tokens", 3600, 10_000))
+)
+# A Zion plan next to the default plan's throttle: counters and the in-flight record in one call.
+ZION_PLAN = Plan(
+    "zion", (Limit("output_tokens", 1260, 10_000, ExternalUsage(0, "s1")), Limit("requests", 60, 100))
 )
 ODD_IDS = ["}odd", "}", "{", "{}", "a}b", "{a}", "x{y}z", "}{", "plain-user"]
 NOW = 1_700_000_000.0
@@ -29,6 +33,9 @@ async def test_the_keys_of_one_user_share_a_slot(external_id: str) -> None:
     limiter = QuotaLimiter(MemoryStore(), clock=lambda: NOW)
     reservation = await limiter.reserve(external_id, PLAN, input_tokens=10, output_tokens=0)
     assert len({key_slot(key.encode()) for key in reservation.keys}) == 1, reservation.keys
+    zion = await limiter.reserve(external_id, ZION_PLAN, input_tokens=0, output_tokens=10)
+    keys = zion.keys + zion.in_flight
+    assert len(keys) == 3 and len({key_slot(key.encode()) for key in keys}) == 1, keys
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,9 @@ cookies and CSRF): `GET /admin` (overview, `?period=1h|24h|30d`), `/admin/users[
 `/admin/plans/{name}`, `/admin/audit`, `/admin/export.csv`, `/admin/assets/{name}`, the sign-in form, and the POST targets of the pages' forms. A page without
 a session redirects to the sign-in form; a form post without its CSRF token is refused with 403.
 A successful change redirects back (303); a refused one shows the form again with each message
-next to its field (400).
+next to its field (400). Creating a key is the exception: its answer shows the key, once; the form
+carries a one-time nonce, so sending it again creates nothing and answers 409 (see
+`sentinel.api.console_once`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sentinel.api.admin_api import address_of, user_param
 from sentinel.api.admin_auth import AdminGate
 from sentinel.api.bodies import is_read, read_within, refuse_control_characters
 from sentinel.api.console_html import layout, message_page, signin_page
+from sentinel.api.console_once import KeyFormNonces
 from sentinel.api.docs import HTML_HEADERS
 from sentinel.api.docs_assets import DocsAssets
 from sentinel.api.responses import NOSNIFF, RawResponse
@@ -33,6 +36,7 @@ from sentinel.errors import InvalidRequest, NotFound
 from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import LimitInput, field_errors
 from sentinel.services.admin_usage import PERIODS, parse_moment
+from sentinel.store import Store
 
 MAX_FORM_BYTES = 64 * 1024
 ASSETS = {
@@ -56,9 +60,10 @@ TEXTAREAS = frozenset({"entries"})  # the form fields whose value may span lines
 class ConsoleRoutes:
     """The console's pages and form targets (see the module docstring)."""
 
-    def __init__(self, service: AdminService, gate: AdminGate, *, body_timeout: float = 30.0) -> None:
+    def __init__(self, service: AdminService, gate: AdminGate, store: Store, *, body_timeout: float = 30.0) -> None:
         self.service = service
         self.gate = gate
+        self.nonces = KeyFormNonces(store, gate.session_seconds)
         self.body_timeout = body_timeout
         self.assets = DocsAssets(ASSETS)
         self.css = self.assets.integrity("console.css")
@@ -187,7 +192,7 @@ class ConsoleRoutes:
         except NotFound:
             detail = None
         plans = [plan for plan, _ in await self.service.plans()]
-        body = pages.user_page(external_id, detail, plans, self.gate.csrf_for(session), **extra)
+        body = pages.user_page(external_id, detail, plans, self.gate.csrf_for(session), self.nonces.new(), **extra)
         return self._page(f"User {external_id}", body, session, "/admin/users", status)
 
     async def user(self, request: Request) -> RawResponse:
@@ -215,12 +220,21 @@ class ConsoleRoutes:
             return checked
         session, form, actor = checked
         external_id = user_param(request)
+        nonce = self._one(form, "nonce")
+        if not self.nonces.well_formed(nonce):
+            return _html(400, message_page(self.css, "Refused", "This form is missing its one-time token; reload the "
+                                                                "page and try again."))
+        earlier = await self.nonces.claim(nonce)
+        if earlier is not None:  # a reload, a double click, back and send again: nothing more is created
+            return await self._user_page(session, external_id, status=409, earlier=earlier)
         try:
             created = await self.service.create_key(
                 external_id, self._one(form, "name") or None, self._one(form, "email") or None, actor
             )
-        except InvalidRequest as exc:
+        except InvalidRequest as exc:  # refused before anything was written: the form may be sent again
+            await self.nonces.release(nonce)
             return await self._user_page(session, external_id, status=400, errors=field_errors(exc) or {"name": exc.message})
+        await self.nonces.record(nonce, created[0])
         return await self._user_page(session, external_id, new_key=created)
 
     async def revoke_key(self, request: Request) -> RawResponse:

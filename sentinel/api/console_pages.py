@@ -22,6 +22,7 @@ from sentinel.api.console_html import (
     usd,
     when,
 )
+from sentinel.api.console_once import EarlierPost
 from sentinel.api.paths import is_canonical
 from sentinel.domain.plans import METRICS, Plan, format_window
 from sentinel.domain.tiers import TIERS
@@ -180,8 +181,24 @@ def _keys(keys: Sequence[ApiKeyInfo], csrf: str | None) -> str:
     return table(("Prefix", "Name", "Created", "Last used", ""), rows, empty="No keys.", cls="keys")
 
 
-def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan], csrf: str | None,
-              new_key: tuple[ApiKeyInfo, str] | None = None, errors: Mapping[str, str] | None = None) -> str:
+def _earlier(external_id: str, earlier: EarlierPost) -> str:
+    """The notice answering a key-creation form sent again: what it created, never the key."""
+    if earlier.key_id is None:
+        said = ("An earlier post of it is still being answered, or failed; no key is shown again. The keys below "
+                "are those the user has.")
+    else:
+        user = "" if earlier.external_id in (None, external_id) else f" for {user_link(earlier.external_id or '')}"
+        said = (f"It created key <code>{e(earlier.prefix)}…</code> ({e(earlier.key_id)}){user}, which is not shown "
+                "again: if you did not copy it, revoke it and create another.")
+    return (f'<section class="new-key key-sent" role="status"><h2>This form was already sent</h2><p>{said}</p>'
+            "</section>")
+
+
+def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan], csrf: str | None, nonce: str,
+              new_key: tuple[ApiKeyInfo, str] | None = None, errors: Mapping[str, str] | None = None,
+              earlier: EarlierPost | None = None) -> str:
+    """A user's page. `nonce`: the create-key form's one-time token; `new_key`: the key just created
+    (shown this once); `earlier`: what a create-key form sent again had created."""
     errors = errors or {}
     summary = detail.summary if detail else None
     plan_name = summary.plan_name if summary else None
@@ -198,6 +215,8 @@ def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan]
             f'only once.</p><div class="copy"><input id="new-key" readonly value="{e(key)}" aria-label="New API key">'
             '<button type="button" data-copy="#new-key">Copy</button></div></section>'
         )
+    if earlier is not None:
+        parts.append(_earlier(external_id, earlier))
     options = [("", "(default plan)"), *((p.name, p.name) for p in plans)]
     parts.append(
         f'<section><h2>Plan</h2><p>Enforced now: <strong class="plan-name">{e(enforced or "–")}</strong> '
@@ -210,6 +229,7 @@ def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan]
     parts.append(
         f'<section><h2>Keys</h2>{_keys(detail.keys if detail else [], csrf)}'
         f'<form method="post" action="{e(user_href(external_id, "keys"))}" class="inline create-key">{csrf_field(csrf)}'
+        f'<input type="hidden" name="nonce" value="{e(nonce)}">'
         f'<label>Name <input name="name" maxlength="200"></label>{error_for(errors, "name")}'
         f'<label>Email <input name="email" type="email" maxlength="320" value="{e(summary.email if summary else "")}">'
         f'</label>{error_for(errors, "email")}<button type="submit">Create key</button></form></section>'

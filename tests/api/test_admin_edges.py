@@ -81,7 +81,7 @@ def test_head_on_a_plan_reads_it_and_never_saves_one(gw: Gateway) -> None:
 def test_console_fields_other_than_the_tier_textarea_refuse_line_breaks(console: Console, field: str) -> None:
     values = {"name": "laptop", "email": ""}
     values[field] = "line1\r\nBcc: z@w" if field == "email" else "line1\r\nline2"
-    page = console.post("/admin/users/carol/keys", values)
+    page = console.create_key("/admin/users/carol", values)
     assert page.status_code == 400
     with httpx.Client(base_url=console.gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api:
         assert api.get("/admin/api/keys", params={"user": "carol"}).json()["keys"] == []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
@@ -34,6 +36,22 @@ class Console:
         items = list(data.items()) if isinstance(data, dict) else list(data)
         body = urlencode([*items, ("csrf", self.csrf)])
         return self.http.post(path, content=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+
+    def key_form(self, user_page: str) -> tuple[str, str]:
+        """The create-key form's action and one-time nonce, as the user's page renders them."""
+        return key_form(self.get(user_page).text)
+
+    def create_key(self, user_page: str, data: dict[str, str]) -> httpx.Response:
+        """Send the create-key form of a freshly loaded user's page, as a browser does."""
+        action, nonce = self.key_form(user_page)
+        return self.post(action, {**data, "nonce": nonce})
+
+
+def key_form(page: str) -> tuple[str, str]:
+    found = re.search(r'<form method="post" action="([^"]+)" class="inline create-key">.*?name="nonce" '
+                      r'value="([0-9a-f]{32})"', page)
+    assert found is not None, page
+    return html.unescape(found.group(1)), found.group(2)
 
 
 @pytest.fixture
@@ -96,7 +114,7 @@ def test_tier_form_errors_name_their_line(console: Console) -> None:
 
 
 def test_a_key_is_shown_once_then_only_its_prefix(console: Console) -> None:
-    page = console.post("/admin/users/erin/keys", {"name": "laptop", "email": ""})
+    page = console.create_key("/admin/users/erin", {"name": "laptop", "email": ""})
     assert page.status_code == 200
     key = re.search(r'id="new-key" readonly value="(sk-sentinel-[^"]+)"', page.text)
     assert key is not None
@@ -115,8 +133,94 @@ def test_a_key_is_shown_once_then_only_its_prefix(console: Console) -> None:
     assert "key.revoke" in audit and "key.create" in audit and key.group(1) not in audit
 
 
+def _keys_of(gw: Gateway, external_id: str) -> list[dict[str, object]]:
+    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api:
+        keys: list[dict[str, object]] = api.get("/admin/api/keys", params={"user": external_id}).json()["keys"]
+        return keys
+
+
+def _key_creations(gw: Gateway, external_id: str) -> int:
+    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api:
+        entries = api.get("/admin/api/audit", params={"limit": 500}).json()["entries"]
+    return sum(1 for x in entries if x["action"] == "key.create" and x["details"].get("user") == external_id)
+
+
+def _shown_key(page: str) -> str | None:
+    found = re.search(r'id="new-key" readonly value="(sk-sentinel-[^"]+)"', page)
+    return None if found is None else found.group(1)
+
+
+def test_a_key_form_sent_again_creates_no_second_key(console: Console) -> None:
+    """Reloading the answer that showed a new key sent the form again, which created a second key."""
+    action, nonce = console.key_form("/admin/users/frank")
+    form = {"name": "laptop", "email": "", "nonce": nonce}
+    first = console.post(action, form)
+    key = _shown_key(first.text)
+    assert first.status_code == 200 and key is not None
+    again = console.post(action, form)  # a reload of the answer, a double click, back and send again
+    assert again.status_code == 409, again.text
+    assert key not in again.text and _shown_key(again.text) is None
+    assert "This form was already sent" in again.text
+    stored = _keys_of(console.gw, "frank")
+    assert len(stored) == 1 and _key_creations(console.gw, "frank") == 1
+    assert f"<code>{stored[0]['prefix']}\u2026</code> ({stored[0]['id']})" in again.text
+    # The page answering the repeat has a form of its own: sending that one creates another key.
+    assert console.post(*_with_nonce(key_form(again.text), {"name": "second"})).status_code == 200
+    assert len(_keys_of(console.gw, "frank")) == 2 and _key_creations(console.gw, "frank") == 2
+
+
+def _with_nonce(form: tuple[str, str], data: dict[str, str]) -> tuple[str, dict[str, str]]:
+    return form[0], {**data, "nonce": form[1]}
+
+
+def test_a_key_form_without_its_nonce_is_refused(console: Console) -> None:
+    action, nonce = console.key_form("/admin/users/gina")
+    for sent in ({"name": "laptop"}, {"name": "laptop", "nonce": ""}, {"name": "laptop", "nonce": nonce.upper()},
+                 {"name": "laptop", "nonce": nonce[:-1]}, {"name": "laptop", "nonce": nonce + "0"}):
+        refused = console.post(action, sent)
+        assert refused.status_code == 400, (sent, refused.text)
+        assert "one-time token" in refused.text and _shown_key(refused.text) is None
+    assert _keys_of(console.gw, "gina") == [] and _key_creations(console.gw, "gina") == 0
+    assert console.post(action, {"name": "laptop", "nonce": nonce}).status_code == 200  # still unused
+
+
+def test_two_key_forms_create_two_keys_and_a_refused_form_can_be_corrected(console: Console) -> None:
+    one, two = console.key_form("/admin/users/hank"), console.key_form("/admin/users/hank")
+    assert one[1] != two[1]
+    refused = console.post(*_with_nonce(one, {"name": "laptop", "email": "not an address"}))
+    assert refused.status_code == 400 and field_error(refused.text, "email") == "an email address"
+    first = console.post(*_with_nonce(one, {"name": "laptop", "email": "hank@example.com"}))  # corrected, same form
+    second = console.post(*_with_nonce(two, {"name": "phone"}))
+    assert first.status_code == second.status_code == 200
+    assert _shown_key(first.text) != _shown_key(second.text)
+    assert len(_keys_of(console.gw, "hank")) == 2 and _key_creations(console.gw, "hank") == 2
+
+
+def test_a_key_form_sent_again_to_another_replica_creates_nothing(
+    gateway_factory: Callable[..., Gateway], redis_url: str, tmp_path: Path
+) -> None:
+    """The form's nonce is claimed in the shared store: replicas behind one address agree."""
+    shared = {"admin_key": ADMIN_KEY, "redis_url": redis_url,
+              "database_url": f"sqlite+aiosqlite:///{tmp_path}/replicas.db"}
+    one, two = gateway_factory(**shared), gateway_factory(**shared)
+    console = Console(one)
+    try:
+        action, nonce = console.key_form("/admin/users/ivan")
+        form = urlencode({"name": "laptop", "nonce": nonce, "csrf": console.csrf})
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        first = console.http.post(action, content=form, headers=headers)
+        assert first.status_code == 200 and _shown_key(first.text) is not None
+        cookies = {"sentinel_admin": console.http.cookies["sentinel_admin"]}
+        with httpx.Client(base_url=two.url, cookies=cookies, timeout=30) as other:
+            again = other.post(action, content=form, headers=headers)
+        assert again.status_code == 409 and _shown_key(again.text) is None, again.text
+        assert len(_keys_of(one, "ivan")) == 1 and _key_creations(two, "ivan") == 1
+    finally:
+        console.http.close()
+
+
 def test_names_are_escaped(console: Console) -> None:
-    created = console.post("/admin/users/%3Cscript%3Ex/keys", {"name": "<img src=x onerror=alert(1)>"})
+    created = console.create_key("/admin/users/%3Cscript%3Ex", {"name": "<img src=x onerror=alert(1)>"})
     assert created.status_code == 200
     for page in (created.text, console.get("/admin/users/%3Cscript%3Ex").text, console.get("/admin/users").text,
                  console.get("/admin/audit").text):

@@ -17,7 +17,7 @@ import pytest
 
 from sentinel.db.models import TierModelRow, UsageMinuteRow
 from tests.api.conftest import Gateway
-from tests.api.test_console import ADMIN_KEY, Console, field_error
+from tests.api.test_console import ADMIN_KEY, Console, field_error, key_form
 from tests.support.accounts import database
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -136,7 +136,7 @@ def test_unicode_controls_and_format_characters_are_refused(api: httpx.Client, c
         api.post("/admin/api/users/bob/keys", json={"email": f"bob{char}@example.com"}),
         api.put(f"/admin/api/users/bo{quote(char)}b/plan", json={"plan": None}),
         api.get("/admin/api/users", params={"q": f"b{char}"}),
-        console.post("/admin/users/bob/keys", {"name": f"lap{char}top"}),
+        console.create_key("/admin/users/bob", {"name": f"lap{char}top"}),
         console.get("/admin/users", params={"q": f"b{char}"}),
     ]
     assert [a.status_code for a in answers] == [400] * len(answers), [(a.status_code, a.text[:100]) for a in answers]
@@ -212,7 +212,8 @@ def test_a_user_whose_id_no_path_can_hold_is_managed_by_query(
     assert console.post(html.unescape(plan_action.group(1)), {"plan": ""}).status_code == 303
     keys_action = re.search(r'action="([^"]+)" class="inline create-key"', page.text)
     assert keys_action is not None
-    new_key = console.post(html.unescape(keys_action.group(1)), {"name": "second"})
+    _, nonce = key_form(page.text)
+    new_key = console.post(html.unescape(keys_action.group(1)), {"name": "second", "nonce": nonce})
     assert new_key.status_code == 200 and 'id="new-key"' in new_key.text
     assert api.get("/admin/api/user", params={"id": external_id}).json()["user"]["plan"] is None
     assert len(api.get("/admin/api/keys", params={"user": external_id}).json()["keys"]) == 2

@@ -1,7 +1,8 @@
-"""The operator console in chromium: sign in, create a plan, put a user on it, issue a key, use it
-through /v1/chat/completions, watch the requests on the user's page and in the overview chart,
-revoke the key and see the next request refused; a wrong key and a form without its CSRF token are
-refused. Every page is photographed (paths printed), the overview at laptop and phone widths."""
+"""The operator console in chromium: sign in, create a plan, put a user on it, issue a key (reloading
+the answer sends the form again and creates no second key), use it through /v1/chat/completions,
+watch the requests on the user's page and in the overview chart, revoke the key and see the next
+request refused; a wrong key and a form without its CSRF token are refused. Every page is
+photographed (paths printed), the overview at laptop and phone widths."""
 
 from __future__ import annotations
 
@@ -119,6 +120,16 @@ async def test_operator_journey(console_gateway: Gateway, page: Page, screenshot
     await page.click("[data-copy='#new-key']")
     await page.wait_for_function("document.querySelector(\"[data-copy='#new-key']\").textContent === 'Copied'")
     await screenshot(page, "user-new-key")
+
+    # Reloading the answer sends the form again (a browser's "resend"): no second key, no key shown.
+    page.console_errors.clear()  # type: ignore[attr-defined]
+    resent = await page.reload()
+    assert resent is not None and resent.status == 409 and resent.request.method == "POST"
+    assert await page.locator("#new-key").count() == 0 and key not in await page.content()
+    assert "This form was already sent" in await page.inner_text("section.key-sent")
+    assert await page.locator("table.keys tbody tr").count() == 1
+    await screenshot(page, "user-key-form-sent-again")
+    page.console_errors.clear()  # type: ignore[attr-defined]  # the 409 answer was logged
 
     # Requests with the key show up on the user's page (ledger and live quota counters)...
     assert [await chat(gw.url, key) for _ in range(REQUESTS)] == [200] * REQUESTS

@@ -228,7 +228,7 @@ def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan]
     )
     parts.append(
         f'<section><h2>Keys</h2>{_keys(detail.keys if detail else [], csrf)}'
-        f'<form method="post" action="{e(user_href(external_id, "keys"))}" class="inline create-key">{csrf_field(csrf)}'
+        f'<form method="post" action="{e(user_href(external_id, "keys"))}" class="inline create-key" data-once>{csrf_field(csrf)}'
         f'<input type="hidden" name="nonce" value="{e(nonce)}">'
         f'<label>Name <input name="name" maxlength="200"></label>{error_for(errors, "name")}'
         f'<label>Email <input name="email" type="email" maxlength="320" value="{e(summary.email if summary else "")}">'

@@ -7,6 +7,7 @@ photographed (paths printed), the overview at laptop and phone widths."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from tests.api.conftest import Gateway
 from tests.support.browser import BROWSER_TEST, Screenshot
 
 if TYPE_CHECKING:
-    from playwright.async_api import Page
+    from playwright.async_api import Page, Route
 
 pytestmark = BROWSER_TEST
 
@@ -189,3 +190,34 @@ async def test_operator_journey(console_gateway: Gateway, page: Page, screenshot
 
     assert page.outside_requests == []  # type: ignore[attr-defined]  # no CDN, nothing off the machine
     assert page.console_errors == []  # type: ignore[attr-defined]  # no CSP violation, no script error
+
+
+async def test_the_key_form_is_sent_once_from_its_page(console_gateway: Gateway, page: Page) -> None:
+    """The page's script sends the key form once: a double click sent it twice, the browser showed
+    the second answer ("already sent") and the key, in the first answer, was lost. The first post is
+    held (a slow answer) while the form is submitted again."""
+    gw = console_gateway
+    await sign_in(page, gw.url)
+    await page.goto(gw.url + "/admin/users/double-dora")
+    released = asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        await released.wait()
+        with contextlib.suppress(Exception):  # a post the browser dropped for a later one
+            await route.continue_()
+
+    await page.route("**/admin/users/double-dora/keys", hold)
+    # A listener on the window runs after the page's own (on the document): it sees their verdict.
+    prevented = await page.evaluate("""() => {
+        const seen = [];
+        window.addEventListener("submit", (event) => seen.push(event.defaultPrevented));
+        const form = document.querySelector("form.create-key");
+        form.requestSubmit();
+        form.requestSubmit();
+        return seen;
+    }""")
+    assert prevented == [False, True]
+    async with page.expect_navigation():
+        released.set()
+    assert (await page.input_value("#new-key")).startswith("sk-sentinel-")
+    assert await page.locator("table.keys tbody tr").count() == 1

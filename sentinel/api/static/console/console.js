@@ -1,7 +1,8 @@
 // Sentinel operator console: the little the pages need beyond plain HTML forms.
 // - [data-copy]: copy the named input's value (the new key) to the clipboard;
 // - [data-confirm]: ask before submitting (revoke, delete);
-// - [data-add-limit]: add an empty limit row to a plan form.
+// - [data-add-limit]: add an empty limit row to a plan form;
+// - [data-once]: a form sent at most once from the page (the create-key form).
 // Everything works without this script too (forms post as they are).
 "use strict";
 
@@ -36,5 +37,15 @@ document.addEventListener("click", (event) => {
 document.addEventListener("submit", (event) => {
   const button = event.submitter || event.target.querySelector("[data-confirm]");
   const question = button && button.dataset ? button.dataset.confirm : null;
-  if (question && !window.confirm(question)) event.preventDefault();
+  if (question && !window.confirm(question)) {
+    event.preventDefault();
+    return;
+  }
+  // [data-once]: sent once from this page (a double click sent the key form twice: the browser
+  // showed the second answer, "already sent", and the key, in the first, was lost).
+  const form = event.target;
+  if (form.hasAttribute("data-once")) {
+    if (form.dataset.sent) event.preventDefault();
+    form.dataset.sent = "1";
+  }
 });

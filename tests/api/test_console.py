@@ -48,7 +48,7 @@ class Console:
 
 
 def key_form(page: str) -> tuple[str, str]:
-    found = re.search(r'<form method="post" action="([^"]+)" class="inline create-key">.*?name="nonce" '
+    found = re.search(r'<form method="post" action="([^"]+)" class="inline create-key" data-once>.*?name="nonce" '
                       r'value="([0-9a-f]{32})"', page)
     assert found is not None, page
     return html.unescape(found.group(1)), found.group(2)

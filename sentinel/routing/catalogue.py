@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from sentinel.domain.catalogue import CatalogueModel, ModelTarget
 from sentinel.domain.tiers import TierModelEntry
-from sentinel.errors import NotFound
+from sentinel.errors import InvalidRequest, NotFound
 
 
 class CatalogueError(ValueError):
@@ -68,16 +68,44 @@ class ModelCatalogue:
     def _target(model: CatalogueModel, kinds: Mapping[str, str]) -> ModelTarget:
         return ModelTarget(model.name, model.provider, kinds[model.provider], model.upstream, model.prices)
 
-    def resolve(self, name: Any) -> tuple[ModelTarget, ...]:
-        """The targets of a model or alias name, in order; NotFound (404 `model_not_found`) otherwise."""
+    def resolve(self, name: Any, param: str = "model") -> tuple[ModelTarget, ...]:
+        """The targets of a model or alias name, in order; NotFound (404 `model_not_found`, naming the
+        request's `param`) otherwise."""
         targets = self._targets.get(name) if isinstance(name, str) else None
         if targets is None:
             shown = name if isinstance(name, str) else repr(name)
             raise NotFound(
                 f"The model '{shown[:200]}' does not exist in this gateway's catalogue (GET /v1/models lists it)",
-                code="model_not_found", details={"param": "model"},
+                code="model_not_found", details={"param": param},
             )
         return targets
+
+    def with_tools(
+        self, targets: tuple[ModelTarget, ...], tools: Sequence[tuple[str, Any]]
+    ) -> tuple[ModelTarget, ...]:
+        """The `targets` of a request's model that can also run the models its tools name (`tools`:
+        (parameter, value) pairs, `sentinel.services.objects.tool_models`): those whose provider serves
+        every one of them (`on_provider`), in order. A tool's model is held to the catalogue as the
+        request's own is — resolved here (404 `model_not_found` naming its parameter), and sent under
+        the name its target's provider knows it by —; one that is not a string is 400, and so is one no
+        target's provider serves (`model_not_supported`): one provider answers a request."""
+        for param, name in tools:
+            if not isinstance(name, str):
+                raise InvalidRequest(f"`{param}` must be a model name (a string)", details={"param": param})
+            self.resolve(name, param)
+            served = tuple(t for t in targets if self.on_provider(name, t.provider) is not None)
+            if not served:
+                raise InvalidRequest(
+                    f"The model '{name[:200]}' (`{param}`) is not served by the provider of the request's model "
+                    f"'{targets[0].name}': a tool runs on the provider that serves the request",
+                    code="model_not_supported", details={"param": param},
+                )
+            targets = served
+        return targets
+
+    def on_provider(self, name: str, provider: str) -> ModelTarget | None:
+        """The target a known model or alias `name` has on `provider` (its first there), or None."""
+        return next((t for t in self._targets.get(name, ()) if t.provider == provider), None)
 
     def listing(self) -> list[ListedModel]:
         """Every model, then every alias, in configuration order."""

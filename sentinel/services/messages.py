@@ -41,8 +41,8 @@ from sentinel.routing.model_routes import ModelRoutes
 from sentinel.services.answers import refuse, report
 from sentinel.services.event_streams import relay_events
 from sentinel.services.exchange import Exchange, Reply, StreamReply
-from sentinel.services.objects import anthropic_object_reference
-from sentinel.services.relay import target_headers
+from sentinel.services.objects import anthropic_object_reference, tool_models
+from sentinel.services.relay import target_headers, upstream_payload
 from sentinel.services.translated_chat import TranslatedChat
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -90,7 +90,7 @@ class MessagesService:
     ) -> Reply | StreamReply:
         """Check, resolve, admit, serve on the first target that answers, settle."""
         _check(payload)
-        targets = self.catalogue.resolve(payload["model"])
+        targets = self._targets(payload)
         parsed: dict[str, ModelChatRequest] = {}
         if targets[0].kind != "anthropic":
             parsed["req"] = self._parse(payload, targets[0])  # a 400 here reserves nothing
@@ -126,7 +126,7 @@ class MessagesService:
     ) -> Reply:
         """Input tokens of a Messages body: the provider's count, or Sentinel's estimate off Anthropic."""
         _check(payload, count_only=True)
-        target = self.catalogue.resolve(payload["model"])[0]
+        target = self._targets(payload)[0]
         admission = await self.meter.admit_call(identity, endpoint="messages/count_tokens", request_id=ex.usage_id)
         ex.headers.extend(admission.headers.items())
         admission.model = target.name
@@ -153,6 +153,12 @@ class MessagesService:
         await self.meter.settle(admission, usage=None, output_text="", status=200, provider=target.provider)
         return Reply(200, raw, relayable_headers(upstream.headers))
 
+    def _targets(self, payload: dict[str, Any]) -> tuple[ModelTarget, ...]:
+        """The catalogue's targets for the body's `model` that also serve its tools' models (404, 400)."""
+        targets = self.catalogue.resolve(payload["model"])
+        tools = tool_models(payload)
+        return self.catalogue.with_tools(targets, tools) if tools else targets
+
     def _parse(self, payload: dict[str, Any], target: ModelTarget) -> ModelChatRequest:
         try:
             return parse_anthropic_messages(payload, target=target.kind)
@@ -164,8 +170,7 @@ class MessagesService:
     ) -> UpstreamResponse:
         # What Sentinel read, never the client's bytes (a duplicated key read first-wins upstream
         # would differ from what was checked and reserved; see `OpenAIRelay._serve`).
-        body = orjson.dumps(payload if target.upstream_model == payload["model"] else
-                            {**payload, "model": target.upstream_model})
+        body = orjson.dumps(upstream_payload(self.catalogue, payload, target))
         started = time.perf_counter()
         attributes = {PROVIDER: target.provider, SYSTEM: target.provider, REQUEST_MODEL: target.name}
         try:

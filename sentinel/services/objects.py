@@ -167,21 +167,37 @@ GRADERS = {
 def run_models(segments: Sequence[str], body: Any) -> list[tuple[str, Any]]:
     """(parameter, value) of every model a call's JSON body has the provider run besides a metered
     call's own `model` — `segments` are its `/v1` path's: an eval run's `data_source.model` (given, or
-    needed: a source of SAMPLED_SOURCES samples one) and the `model` of every model grader (GRADERS: a
-    typed object whose type is one of MODEL_GRADERS, or that gives a `model`). The value is as given
-    (None when missing)."""
+    needed: a source of SAMPLED_SOURCES samples one), the `model` of every model grader (GRADERS: a
+    typed object whose type is one of MODEL_GRADERS, or that gives a `model`), and the model of every
+    tool either samples with (`tool_models` of its `sampling_params`). The value is as given (None
+    when missing)."""
     if not isinstance(body, dict) or not segments:
         return []
     found: list[tuple[str, Any]] = []
     source = body.get("data_source") if segments[0] == "evals" else None
-    if isinstance(source, dict) and ("model" in source or _typed(source, SAMPLED_SOURCES)):
-        found.append(("data_source.model", source.get("model")))
+    if isinstance(source, dict):
+        if "model" in source or _typed(source, SAMPLED_SOURCES):
+            found.append(("data_source.model", source.get("model")))
+        found += tool_models(source.get("sampling_params"), "data_source.sampling_params.")
     for prefix, (field, param) in GRADERS.items():
         graders = body.get(field) if tuple(segments[:len(prefix)]) == prefix else None
         for grader in _objects(graders) if isinstance(graders, dict | list) else ():
             if _typed(grader, MODEL_GRADERS) or ("model" in grader and "type" in grader):
                 found.append((param, grader.get("model")))
+            found += tool_models(grader.get("sampling_params"), f"{field}.sampling_params.")
     return found
+
+
+def tool_models(body: Any, at: str = "") -> list[tuple[str, Any]]:
+    """(parameter, value) of the `model` of every tool in `body`'s `tools` that gives one — a model the
+    provider runs besides the body's own (the Responses API's `image_generation` tool) —, the
+    parameter prefixed with `at` (where `body` is: `body.` in a batch's line). The value is as given:
+    any JSON, to be refused unless it is a model name the surface allows."""
+    tools = body.get("tools") if isinstance(body, dict) else None
+    if not isinstance(tools, list):
+        return []
+    return [(f"{at}tools.{i}.model", tool["model"]) for i, tool in enumerate(tools)
+            if isinstance(tool, dict) and "model" in tool]
 
 
 def _objects(body: Any) -> Iterator[dict[str, Any]]:
@@ -360,9 +376,10 @@ def batch_references(content: bytes, *, offered: Callable[[str], bool], limit: i
     """The distinct object ids a batch's JSONL input names, every line read as the provider will run
     it (its `body` is a request of its own). InvalidBatchInput when a line is not a JSON object Sentinel
     reads as any reader would (a key given twice, which readers resolve differently, is refused: the
-    file goes upstream as it came), names in its `body.model` a model that is not `offered` (the
-    provider runs the name the line gives), or asks for account-wide data (`reads_account_data`), or
-    the file is larger than the caps above; TooManyReferences past `limit` distinct ids in all."""
+    file goes upstream as it came), names in its `body.model`, or in a tool's `model` (`tool_models`),
+    a model that is not `offered` (the provider runs the name the line gives), or asks for account-wide
+    data (`reads_account_data`), or the file is larger than the caps above; TooManyReferences past
+    `limit` distinct ids in all."""
     breaks = content.count(b"\n") + content.count(b"\r") - content.count(b"\r\n")  # as `splitlines` reads them
     if breaks + (not content.endswith((b"\n", b"\r"))) > MAX_BATCH_LINES:
         raise InvalidBatchInput(f"A batch input may hold at most {MAX_BATCH_LINES:,} lines")
@@ -383,13 +400,15 @@ def batch_references(content: bytes, *, offered: Callable[[str], bool], limit: i
         if not isinstance(request, dict):
             raise InvalidBatchInput(f"Line {number} of the batch input is not a JSON object")
         body = request.get("body")
-        model = body.get("model") if isinstance(body, dict) else None
-        if not isinstance(model, str) or not offered(model):
-            shown = f"the model '{model[:200]}'" if isinstance(model, str) else "no model (`body.model`)"
-            raise InvalidBatchInput(
-                f"Line {number} of the batch input names {shown}: a batch runs only a model of this gateway's "
-                "catalogue (GET /v1/models) that its OpenAI provider serves under that name (not an alias)"
-            )
+        given = body.get("model") if isinstance(body, dict) else None
+        for param, model in [("body.model", given), *tool_models(body, "body.")]:
+            if not isinstance(model, str) or not offered(model):
+                shown = f"the model '{model[:200]}'" if isinstance(model, str) else "no model"
+                raise InvalidBatchInput(
+                    f"Line {number} of the batch input names {shown} in `{param}`: a batch runs only a model of "
+                    "this gateway's catalogue (GET /v1/models) that its OpenAI provider serves under that name "
+                    "(not an alias)"
+                )
         if reads_account_data(request):
             raise InvalidBatchInput(f"Line {number} of the batch input asks for data across the account")
         found.update(dict.fromkeys(referenced_ids(request)))

@@ -48,6 +48,7 @@ from sentinel.services.objects import (
     reads_account_data,
     referenced_ids,
     run_models,
+    tool_models,
     upload_files,
 )
 from sentinel.services.translated_chat import TranslatedChat
@@ -94,6 +95,9 @@ class OpenAIRelay:
         except NativeValidationError as exc:
             raise InvalidRequest(exc.message, details={"param": exc.param}) from None
         targets = self._targets(endpoint, payload["model"])
+        tools = tool_models(payload)
+        if tools:
+            targets = self.catalogue.with_tools(targets, tools)
         await self.ownership.require(_references(payload), identity.external_id)
         stream = payload.get("stream") is True
         strip_usage = False
@@ -164,9 +168,7 @@ class OpenAIRelay:
             return await self.translated.serve(ex, self._translated(request, target), target, admission, "openai")
         # What Sentinel read, never the client's bytes: a duplicated key (`max_tokens`, an id) that a
         # provider read first-wins would otherwise differ from what was checked and reserved.
-        payload = request.payload
-        body = orjson.dumps(payload if target.upstream_model == payload["model"] else
-                            {**payload, "model": target.upstream_model})
+        body = orjson.dumps(upstream_payload(self.catalogue, request.payload, target))
         upstream = await self._forward(
             ex, self.upstreams[target.provider], "POST", request.segments, body, request.headers, request.query,
             admission, stream=request.stream,
@@ -414,6 +416,23 @@ class Relayed:
     extends: Sequence[str] = ()  # the conversation a response is added to (its context grows)
     speaker: Identity | None = None  # who owns the audio answers of a chat answer (stored or not)
     translated: ModelChatRequest | None = None
+
+
+def upstream_payload(catalogue: ModelCatalogue, payload: dict[str, Any], target: ModelTarget) -> dict[str, Any]:
+    """`payload` as `target` is sent it: its `model`, and each tool's (`tool_models`, checked by
+    `ModelCatalogue.with_tools`), under the name `target`'s provider knows it by (the catalogue's
+    `upstream_name`). The payload itself is never changed: a failover sends it again elsewhere."""
+    sent = payload if target.upstream_model == payload["model"] else {**payload, "model": target.upstream_model}
+    tools = payload.get("tools")
+    if not isinstance(tools, list) or not any(isinstance(tool, dict) and "model" in tool for tool in tools):
+        return sent
+    renamed = []
+    for tool in tools:
+        model = tool.get("model") if isinstance(tool, dict) else None
+        named = catalogue.on_provider(model, target.provider) if isinstance(model, str) else None
+        renamed.append(tool if named is None or named.upstream_model == model else
+                       {**tool, "model": named.upstream_model})
+    return {**sent, "tools": renamed}
 
 
 def target_headers(target: ModelTarget) -> list[tuple[str, str]]:

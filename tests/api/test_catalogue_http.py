@@ -16,9 +16,10 @@ import openai
 import pytest
 import yaml
 
+from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import ledger_totals, wait_for
-from tests.support.attack import ledger_rows
+from tests.support.attack import ledger_rows, spying
 from tests.support.metrics import metric
 from tests.support.servers import free_port
 
@@ -202,3 +203,62 @@ def test_bad_catalogue_refuses_to_start(tmp_path: Path) -> None:
 def test_anthropic_sdk_unknown_model_is_not_found(gateway: Gateway) -> None:
     with pytest.raises(anthropic.NotFoundError):
         gateway.anthropic().messages.create(model="gpt-9", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+
+
+def test_a_tools_model_is_held_to_the_catalogue_as_the_requests_own(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path,
+) -> None:
+    """A tool that runs a model of its own (the Responses API's `image_generation`) ran whatever model
+    the caller named: `gpt-image-1`, outside the catalogue, went upstream unchanged (one request of
+    the plan, the images billed to the company). A tool's `model` is held to the catalogue as the
+    request's own is, on every metered surface, before anything is reserved or sent: unknown, 404
+    `model_not_found`; another provider's, 400 `model_not_supported`; not a string, 400 — each naming
+    the tool's parameter. A catalogue model of the request's provider is sent under its upstream name."""
+    with spying(create_mock_app()) as (_, spy):
+        doc = {"models": [{"name": "gpt-4o-mini", "provider": "openai"},
+                          {"name": "house-image", "provider": "openai", "upstream_name": "gpt-image-1"},
+                          {"name": HAIKU, "provider": "anthropic"}]}
+        path = tmp_path / "tools.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        gw = gateway_factory(providers_file=path, openai_api_url=spy.url + "/v1", anthropic_api_url=spy.url,
+                             usage_flush_interval_seconds=0.1)
+
+        def draw(model: object) -> dict[str, object]:
+            return {"model": "gpt-4o-mini", "input": "draw",
+                    "tools": [{"type": "image_generation", "model": model, "quality": "high"}]}
+
+        function = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+        chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
+                "tools": [function, {**function, "model": "gpt-image-1"}]}
+        message = {"model": HAIKU, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+                   "tools": [{"name": "f", "input_schema": {"type": "object"}, "model": "gpt-image-1"}]}
+        with gw.client() as http:
+            refused = {
+                "outside": http.post("/v1/responses", json=draw("gpt-image-1")),
+                "other-provider": http.post("/v1/responses", json=draw(HAIKU)),
+                "not-a-string": http.post("/v1/responses", json=draw(["gpt-image-1"])),
+                "null": http.post("/v1/responses", json=draw(None)),
+                "chat": http.post("/v1/chat/completions", json=chat),
+                "messages": http.post("/v1/messages", json=message),
+                "count_tokens": http.post("/v1/messages/count_tokens", json=message),
+            }
+            assert spy.seen == [], spy.paths()
+            served = http.post("/v1/responses", json=draw("house-image"))
+        sent = httpx.get(f"{spy.url}/__mock/last_request", params={"path": "/v1/responses"}, timeout=5).json()
+    expected = {"outside": (404, "model_not_found", "tools.0.model"),
+                "other-provider": (400, "model_not_supported", "tools.0.model"),
+                "not-a-string": (400, "invalid_request", "tools.0.model"),
+                "null": (400, "invalid_request", "tools.0.model"),
+                "chat": (404, "model_not_found", "tools.1.model")}
+    for name, (status, code, param) in expected.items():
+        error = refused[name].json()["error"]
+        assert (refused[name].status_code, error["code"], error["details"]["param"]) == (status, code, param), (
+            name, refused[name].text)
+    for name in ("messages", "count_tokens"):  # Anthropic's shape
+        assert refused[name].status_code == 404, refused[name].text
+        assert refused[name].json()["error"]["type"] == "not_found_error"
+    assert served.status_code == 200, served.text
+    assert sent["body"]["tools"] == [{"type": "image_generation", "model": "gpt-image-1", "quality": "high"}]
+    assert sent["body"]["model"] == "gpt-4o-mini"
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) >= 1)
+    assert len(ledger_rows(gw.settings.database_url, "alice")) == 1  # the refusals reserved and recorded nothing

@@ -396,6 +396,13 @@ def sampled(model: str | None, kind: str = "completions") -> dict[str, Any]:
     return {"data_source": source if model is None else {**source, "model": model}}
 
 
+def drawn(model: object) -> dict[str, Any]:
+    """A run sampling a catalogue model whose image generation tool runs `model`."""
+    run = sampled("gpt-4o-mini", "responses")
+    return {"data_source": {**run["data_source"], "sampling_params": {
+        "tools": [{"type": "image_generation", "model": model}]}}}
+
+
 def graded(model: str) -> dict[str, Any]:
     return {"name": "e", "data_source_config": {"type": "custom", "item_schema": {"type": "object"}},
             "testing_criteria": [
@@ -418,9 +425,12 @@ RUNS = "/v1/evals/eval_1/runs"
     (RUNS, sampled("o1-pro", "responses"), sampled("gpt-4o-mini", "responses"), "data_source.model"),
     (RUNS, sampled(None), sampled("gpt-4o-mini"), "data_source.model"),
     (RUNS, sampled("claude-3-5-haiku-20241022"), sampled("gpt-4o-mini"), "data_source.model"),
+    (RUNS, drawn("gpt-image-1"), drawn("gpt-4o-mini"), "data_source.sampling_params.tools.0.model"),
+    (RUNS, drawn(["gpt-image-1"]), drawn("gpt-4o-mini"), "data_source.sampling_params.tools.0.model"),
     ("/v1/evals", graded("o1-pro"), graded("gpt-4o-mini"), "testing_criteria.model"),
     ("/v1/evals", scored("gpt-4.5-preview"), scored("gpt-4o-mini"), "testing_criteria.model"),
-], ids=["run", "responses-run", "run-without-model", "other-provider", "label-grader", "score-grader"])
+], ids=["run", "responses-run", "run-without-model", "other-provider", "tool", "tool-not-a-string", "label-grader",
+        "score-grader"])
 def test_an_eval_runs_only_a_model_the_gateway_offers(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str, path: str, body: dict[str, Any],
     fine: dict[str, Any], param: str,

@@ -293,6 +293,30 @@ def test_a_batch_input_runs_only_a_model_the_gateway_offers(
     assert accepted.status_code == 200, accepted.text
 
 
+def test_a_batch_lines_tool_runs_only_a_model_the_gateway_offers(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """Only a line's `body.model` was checked: a `/v1/responses` line whose image generation tool
+    names `gpt-image-1` was accepted, and the batch had the company's account run a model the
+    operator never offered. A tool's `model` is held as the line's own is (400, nothing sent)."""
+    gw = start(gateway_factory, spy, redis_url)
+
+    def line(model: object) -> bytes:
+        return orjson.dumps({"custom_id": "1", "method": "POST", "url": "/v1/responses", "body": {
+            "model": "gpt-4o-mini", "input": "draw", "tools": [{"type": "image_generation", "model": model}]}})
+
+    with gw.client(key_for(gw, "bob")) as bob:
+        refused = [bob.post("/v1/files", data={"purpose": "batch"}, files={"file": ("b.jsonl", line(model))})
+                   for model in ("gpt-image-1", 7)]
+        assert spy.seen == []
+        accepted = bob.post("/v1/files", data={"purpose": "batch"}, files={"file": ("b.jsonl", line("gpt-4o-mini"))})
+    assert [r.status_code for r in refused] == [400, 400], [r.text for r in refused]
+    messages = [openai_error(r.json())["message"] for r in refused]
+    assert "names the model 'gpt-image-1' in `body.tools.0.model`" in messages[0], messages
+    assert "names no model in `body.tools.0.model`" in messages[1], messages
+    assert accepted.status_code == 200, accepted.text
+
+
 @pytest.mark.parametrize("model", ["house", "gpt-4o", "elsewhere", "fast", "claude-3-5-haiku-20241022"])
 def test_a_batch_input_runs_a_catalogue_model_by_the_name_its_provider_knows(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str, tmp_path: Path, model: str

@@ -47,6 +47,27 @@ def test_resolve_models_and_aliases() -> None:
         assert caught.value.code == "model_not_found" and caught.value.status == 404
 
 
+def test_a_tools_model_is_resolved_on_the_provider_of_the_requests_model() -> None:
+    """A tool that runs a model (`tools[].model`) runs it on the provider the request is sent to: the
+    request's targets are those whose provider serves every tool's model (as a model, or an alias)."""
+    cat = catalogue({"smart": ["claude", "llama"], "quick": ["llama"]})
+    smart = cat.resolve("smart")
+    assert cat.with_tools(smart, []) == smart
+    assert [t.name for t in cat.with_tools(smart, [("tools.0.model", "quick")])] == ["llama"]
+    assert cat.on_provider("claude", "anthropic") == cat.resolve("claude")[0]
+    assert cat.on_provider("claude", "groq") is None and cat.on_provider("nothing", "groq") is None
+    with pytest.raises(NotFound) as unknown:
+        cat.with_tools(smart, [("tools.0.model", "gpt-image-1")])
+    assert (unknown.value.code, unknown.value.details) == ("model_not_found", {"param": "tools.0.model"})
+    with pytest.raises(InvalidRequest) as elsewhere:
+        cat.with_tools(smart, [("tools.0.model", "llama"), ("tools.3.model", "gpt-4o-mini")])
+    assert (elsewhere.value.code, elsewhere.value.details) == ("model_not_supported", {"param": "tools.3.model"})
+    for bad in (None, 3, ["llama"]):
+        with pytest.raises(InvalidRequest) as caught:
+            cat.with_tools(smart, [("tools.0.model", bad)])
+        assert caught.value.status == 400 and caught.value.details == {"param": "tools.0.model"}
+
+
 @pytest.mark.parametrize("models, aliases, problem", [
     ([*MODELS, MODELS[0]], {}, "listed twice"),
     ([CatalogueModel(name="x", provider="nowhere")], {}, "not configured"),

@@ -19,6 +19,7 @@ from sentinel.services.objects import (
     multipart_references,
     referenced_ids,
     run_models,
+    tool_models,
     upload_files,
 )
 
@@ -192,6 +193,19 @@ def test_the_models_an_eval_runs() -> None:
               "data_source_config": {"type": "custom", "item_schema": {"properties": {"model": {"type": "string"}}}}}
     assert sorted(run_models(["evals"], graded)) == [("testing_criteria.model", "a"), ("testing_criteria.model", "b")]
     assert run_models(["fine_tuning", "jobs"], graded) == []  # an eval's fields, elsewhere: nothing run
+    drawn = {"data_source": {"type": "responses", "model": "gpt-4o-mini", "sampling_params": {"tools": [
+        {"type": "function", "name": "f"}, {"type": "image_generation", "model": "gpt-image-1"}, {"model": 5}]}}}
+    assert run_models(runs, drawn) == [("data_source.model", "gpt-4o-mini"),
+                                       ("data_source.sampling_params.tools.1.model", "gpt-image-1"),
+                                       ("data_source.sampling_params.tools.2.model", 5)]
+
+
+def test_the_models_a_bodys_tools_run() -> None:
+    """A tool's own `model` (the Responses API's image generation) is a model the provider runs."""
+    assert tool_models({"tools": [{"type": "function"}, {"type": "image_generation", "model": "m"}]}) == [
+        ("tools.1.model", "m")]
+    assert tool_models({"tools": [{"model": None}, "x"]}, "body.") == [("body.tools.0.model", None)]
+    assert tool_models({"tools": {"model": "m"}}) == tool_models([{"tools": []}]) == tool_models(None) == []
 
 
 def test_the_models_a_grader_runs_on_its_own_or_in_a_fine_tuning_job() -> None:
@@ -293,7 +307,10 @@ def test_a_batch_line_is_read_as_strictly_as_the_json_module_reads_it(line: byte
     LINE.replace(b'"model": "gpt-4o-mini", ', b""),
     LINE.replace(b'"gpt-4o-mini"', b'["gpt-4o-mini"]'),
     b'{"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": "gpt-4o-mini"}',
-], ids=["another model", "no model", "a list", "no body"])
+    LINE.replace(b'"model": "gpt-4o-mini"', b'"model": "gpt-4o-mini", "tools": [{"type": "image_generation", '
+                 b'"model": "gpt-image-1"}]'),
+    LINE.replace(b'"model": "gpt-4o-mini"', b'"model": "gpt-4o-mini", "tools": [{"model": 1}]'),
+], ids=["another model", "no model", "a list", "no body", "a tool's model", "a tool's model not a string"])
 def test_a_batch_line_runs_only_a_model_offered_for_batches(line: bytes) -> None:
     """Every line was checked for the ids it names, never for the model it runs: a user's batch ran
     any model of the company's account (o1-pro), the operator's catalogue bypassed."""

@@ -482,20 +482,31 @@ class InvalidBatchInput(ValueError):
     """A batch input file Sentinel cannot check line by line."""
 
 
+_RFC2231_BOUNDARY = re.compile(r";\s*boundary\*", re.IGNORECASE)
+
+
 def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
     """(name, value, whether it is a file) of every part of a `multipart/form-data` body, read strictly, since the
     provider's reader may be lenient where this one is not: MalformedUpload unless the Content-Type
     names its boundary once, the body starts with it and ends with the closing one, each delimiter
-    line and header line ends in CRLF, and each part has one Content-Disposition naming it once."""
+    line and header line ends in CRLF, and each part has one Content-Disposition naming it once; an
+    RFC 2231 boundary (`boundary*`) is refused."""
     if content_type.count(";") > MAX_PARAMETERS:
         raise MalformedUpload(f"A multipart Content-Type may have at most {MAX_PARAMETERS} parameters")
+    if _RFC2231_BOUNDARY.search(content_type):
+        # `boundary*=utf-8''%E2%82%AC`, `boundary*0=...`: readers differ on RFC 2231 (as on a part's
+        # `name*=`), and a decoded one need not be bytes a delimiter line can hold (it made a 500).
+        raise MalformedUpload("A multipart boundary must be given as `boundary=`, not RFC 2231-encoded (`boundary*`)")
     header = Message()
     header["content-type"] = content_type
     params = [key.lower() for key, _ in header.get_params() or []]
     boundary = header.get_boundary()
     if not boundary or len(params) != len(set(params)):
         raise MalformedUpload("A multipart body needs exactly one boundary in its Content-Type")
-    delimiter = b"--" + boundary.encode("latin-1")
+    try:
+        delimiter = b"--" + boundary.encode("latin-1")
+    except UnicodeEncodeError:  # not from an HTTP header's bytes, which are Latin-1 text here
+        raise MalformedUpload("A multipart boundary must be Latin-1 text, as a header's bytes are") from None
     framed = b"\r\n" + body
     if framed.count(b"\r\n" + delimiter) > MAX_PARTS + 1:  # the parts and the closing delimiter
         raise MalformedUpload(f"A multipart body may hold at most {MAX_PARTS} parts")

@@ -232,3 +232,27 @@ def test_a_json_field_of_an_upload_is_read_as_any_reader_would_or_refused(
     assert as_file.status_code == 404 and openai_error(as_file.json())["code"] == "object_not_found", as_file.text
     assert own.status_code == 200, own.text
     assert [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/files")]
+
+
+@pytest.mark.parametrize(("content_type", "boundary"), [
+    ("multipart/form-data; boundary*=utf-8''%E2%82%AC", "€".encode()),
+    ("multipart/form-data; boundary*0*=utf-8''%E2; boundary*1*=%82%AC", "€".encode()),
+    ("multipart/form-data; boundary*0=b; boundary*1=c", b"bc"),
+    ("multipart/form-data; BOUNDARY*=iso-8859-1''bc", b"bc"),
+], ids=["encoded", "encoded-continued", "continued", "latin-1"])
+def test_an_rfc_2231_boundary_is_refused(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str, content_type: str, boundary: bytes,
+) -> None:
+    """An upload whose boundary was RFC 2231-encoded (`boundary*=utf-8''%E2%82%AC`) was a 500
+    `internal_error`, a traceback logged: the decoded `€` cannot be a delimiter line's Latin-1
+    bytes. Readers differ on RFC 2231 (as on a part's `name*=`; one that reads only `boundary=`
+    finds none): such a boundary is 400, in the OpenAI error shape, and nothing is sent."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough="/v1/files")
+    body = b'--bc\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nassistants\r\n--bc--\r\n'
+    with gw.client() as alice:
+        refused = alice.post("/v1/files", content=body.replace(b"bc", boundary), headers={
+            "Content-Type": content_type})
+    assert refused.status_code == 400, refused.text
+    error = openai_error(refused.json())
+    assert error["type"] == "invalid_request_error" and "boundary" in error["message"], error
+    assert spy.seen == []

@@ -317,3 +317,14 @@ def test_a_batch_line_runs_only_a_model_offered_for_batches(line: bytes) -> None
     assert batch_references(LINE % b"x", offered=OFFERED) == []
     with pytest.raises(InvalidBatchInput, match="Line 2 .* a batch runs only a model of this gateway's catalogue"):
         batch_references(LINE % b"x" + b"\n" + line.replace(b"%s", b"x"), offered=OFFERED)
+
+
+@pytest.mark.parametrize("content_type", [
+    "multipart/form-data; boundary*=utf-8''%E2%82%AC", "multipart/form-data; boundary*0=X; boundary*1=yZ",
+    "multipart/form-data; boundary=\u0100",
+])
+def test_a_boundary_is_given_plainly_in_latin_1(content_type: str) -> None:
+    """An RFC 2231 boundary (readers differ on it; decoded, `€` is no delimiter line's bytes: a 500)
+    and one that is no header's Latin-1 text are malformed."""
+    with pytest.raises(MalformedUpload, match="boundary"):
+        Upload.read(part('form-data; name="a"', b"x") + b"--XyZ--\r\n", content_type)

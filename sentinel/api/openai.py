@@ -20,6 +20,7 @@ from sentinel.api.replies import render
 from sentinel.errors import MethodNotAllowed, NotFound
 from sentinel.observability.logging import clipped
 from sentinel.services.models import ModelList
+from sentinel.services.objects import COLLECTIONS, GRADERS
 from sentinel.services.relay import OpenAIRelay
 
 METERED = {
@@ -29,7 +30,31 @@ METERED = {
     "/v1/responses": "responses",
 }
 TYPED_PATHS = {*METERED, "/v1/models", "/v1/messages", "/v1/messages/count_tokens"}
+# What Sentinel matches a `/v1` path against, by its first segments: the endpoints it serves (the typed
+# ones, and the stored responses and models below them), the collections whose objects it keeps owners
+# of, and the paths whose bodies it reads for the models they run (`GRADERS`). Spelled in another case
+# (`/v1/Files/{id}`, `/v1/Chat/Completions`), a path would miss these checks and be pass-through.
+SPELLED: frozenset[tuple[str, ...]] = frozenset(
+    {tuple(path[4:].split("/")) for path in TYPED_PATHS}
+    | {tuple(collection.split("/")) for collection in COLLECTIONS}
+    | set(GRADERS)
+)
 ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def _misspelled(path: str) -> str | None:
+    """How `path` begins when spelled as Sentinel serves or checks it (SPELLED), if it begins so only
+    once case-folded (`/v1/FILES/{id}` is `files`); None otherwise. Only paths no route matched pay for
+    the fold."""
+    folded = path.casefold()
+    if folded == path:
+        return None
+    segments, wanted = path[4:].split("/"), folded[4:].split("/")
+    for size in (2, 1):
+        head = tuple(wanted[:size])
+        if len(head) == size and head in SPELLED and tuple(segments[:size]) != head:
+            return "/".join(head)
+    return None
 
 
 class PassthroughPolicy:
@@ -105,6 +130,13 @@ class OpenAIRoutes:
             raise NotFound(
                 f"Endpoint {request.method} {path} is not supported by this gateway (use {path[:-1]})",
                 code="endpoint_not_supported",
+            )
+        spelled = _misspelled(path)
+        if spelled is not None:
+            # As a trailing slash: never pass-through, never sent on to a provider that may fold case.
+            raise NotFound(
+                f"Endpoint {request.method} {clipped(path)} is not supported by this gateway (paths are "
+                f"case-sensitive: /v1/{spelled})", code="endpoint_not_supported",
             )
         pattern = self.passthrough_policy.match(path)
         if pattern is None:

@@ -5,6 +5,7 @@ A spy in front of the mock upstream records every request that reaches the provi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import set_plan
+from tests.support.accounts import create_key
 from tests.support.attack import SpyUpstream, ledger_rows, openai_error, recorded_ids, spying, wait_for
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -188,3 +190,48 @@ def test_a_metered_path_with_a_trailing_slash_is_never_pass_through(
                 assert f"use {path}" in error["message"], (method, path, r.text)
     assert spy.seen == []
     assert recorded_ids(gw.settings.database_url) == set()
+
+
+def test_a_served_or_owned_path_in_another_case_is_never_pass_through(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """Paths were matched case-sensitively: with `/v1/*` allowed, Bob read and deleted Alice's file
+    as `/v1/FILES/{id}` and `/v1/Files/{id}` (no collection, so no ownership check), and
+    `POST /v1/Chat/Completions` ran `o1-pro` as pass-through (one request, no catalogue, no
+    reservation); a provider or a gateway that folds case serves them. A `/v1` path that names an
+    endpoint Sentinel serves, a collection it keeps owners of or a call whose models it checks only
+    once case-folded is 404 `endpoint_not_supported`, whatever is allowed, before anything is sent; a
+    path Sentinel has no rule for is pass-through in any case, and an object id keeps its case."""
+    gw = start(gateway_factory, spy, passthrough="/v1/*", usage_flush_interval_seconds=0.1)
+    bob_key = asyncio.run(create_key(gw.settings.database_url, "bob"))[1]
+    with gw.client() as alice:
+        upload = alice.post("/v1/files", files={"file": ("a.txt", b"alice's")}, data={"purpose": "user_data"})
+        assert upload.status_code == 200, upload.text
+    file_id = upload.json()["id"]
+    chat = {"model": "o1-pro", "messages": [{"role": "user", "content": "hi"}]}
+    spy.clear()
+    with gw.client(bob_key) as bob:
+        refused = [
+            bob.get(f"/v1/FILES/{file_id}"), bob.get(f"/v1/Files/{file_id}/content"), bob.delete(f"/v1/Files/{file_id}"),
+            bob.post("/v1/Chat/Completions", json=chat), bob.post("/v1/chat/Completions", json=chat),
+            bob.post("/v1/RESPONSES", json={"model": "o1-pro", "input": "hi"}), bob.get("/v1/Responses/resp_1"),
+            bob.post("/v1/Embeddings", json={"model": "x", "input": "x"}), bob.get("/v1/Models"),
+            bob.post("/v1/Messages", json={"model": "x"}), bob.post("/v1/messages/Count_Tokens", json={"model": "x"}),
+            bob.post("/v1/Fine_Tuning/Alpha/graders/run", json={"grader": {"type": "score_model", "model": "o1-pro"}}),
+            bob.post("/v1/fine_tuning/Jobs", json={"model": "x"}), bob.post("/v1/Batches", json={}),
+            bob.get("/v1/Vector_Stores/vs_1"), bob.post("/v1/Evals/eval_1/runs", json={}),
+            bob.get(f"/v1/%EF%AC%81les/{file_id}"),  # the ligature 'ﬁ' folds to 'fi'
+        ]
+        for r in refused:  # `/v1/messages/...` answers in Anthropic's shape (no code)
+            assert r.status_code == 404, (r.request.method, r.request.url, r.text)
+            assert r.json()["error"].get("code", "endpoint_not_supported") == "endpoint_not_supported", r.text
+        assert spy.seen == []
+        assert "case-sensitive: /v1/files" in openai_error(refused[0].json())["message"]
+        other = bob.post("/v1/Moderations", json=MODERATION)  # no rule of Sentinel's: forwarded as spelled
+        not_his = bob.get(f"/v1/files/{file_id.upper()}")  # an id keeps its case: checked, no one's
+    assert other.status_code == 404, other.text  # the mock serves only /v1/moderations
+    assert not_his.status_code == 404 and openai_error(not_his.json())["code"] == "object_not_found"
+    assert spy.paths() == ["/v1/Moderations"]
+    with gw.client() as alice:
+        assert alice.get(f"/v1/files/{file_id}").status_code == 200  # still there, still hers
+    assert recorded_ids(gw.settings.database_url, external_id="bob") == {other.headers["x-request-id"]}

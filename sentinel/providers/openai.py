@@ -1,8 +1,9 @@
 """OpenAI's wire format: the native chat provider and the raw OpenAI-compatible relay.
 
-Any OpenAI-compatible base URL works (OpenAI itself, xAI, Groq, vLLM, Ollama, the mock). The
-client's credentials and hop-by-hop headers never leave Sentinel; the provider key is injected
-here and nowhere else, and it is never logged.
+Any OpenAI-compatible base URL works (OpenAI itself, xAI, Groq, vLLM, Ollama, the mock). Of the
+client's headers only an allowlist goes upstream (`forwardable_headers`), and of the provider's only
+an allowlist comes back (`relayable_headers`); the provider key is injected here and nowhere else,
+and it is never logged.
 """
 
 from __future__ import annotations
@@ -57,24 +58,29 @@ class OpenAIChatProvider(ChatProvider):
         return recorded_usage(parse_openai_usage(raw), openai_cache_tokens(raw))
 
 
-# Request headers never forwarded: credentials, hop-by-hop, and those the client library sets for
-# its own connection (aiohttp recomputes length/host; encoding is pinned so usage can be read).
-DROP_REQUEST_HEADERS = frozenset(
+# The only client request headers relayed to a provider (an allowlist, as for answers below): what the
+# official OpenAI and Anthropic SDKs send and a provider reads — the body's type and encoding (a body
+# Sentinel read as JSON goes as `application/json`, and a compressed one is refused), `accept`,
+# `user-agent`, the SDKs' `x-stainless-*` (language, version, retry count, timeout), the API version
+# and beta switches (`openai-beta`, `anthropic-version`, `anthropic-beta`) — and the range and
+# conditional headers of a file's content download. Everything else stays: the client's credentials
+# (the provider key replaces them), cookies, the account it names (`openai-organization`,
+# `openai-project`), hop-by-hop headers and those aiohttp sets itself (length, host; the encoding is
+# pinned so that usage can be read), method overrides, the client's address, its trace context (with
+# tracing on, Sentinel's own `traceparent` goes), an idempotency key (the provider would keep it per
+# account: shared by every user; neither SDK sends one), and whatever a gateway in front of the
+# provider reads — its credentials, cache and routing switches (Cloudflare AI Gateway's `cf-aig-*`,
+# Helicone's `helicone-*`, Portkey's `x-portkey-*`, LiteLLM's `x-litellm-*`).
+RELAYED_REQUEST_HEADERS = frozenset(
     {
-        "authorization", "proxy-authorization", "x-api-key", "api-key", "cookie",
-        "openai-organization", "openai-project",
-        "connection", "keep-alive", "proxy-authenticate", "proxy-connection", "te", "trailer", "trailers",
-        "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding", "expect",
-        # A provider honouring one would turn an allowed POST into another method (e.g. a list).
-        "x-http-method-override", "x-http-method", "x-method-override",
-        # The client's address (what a proxy in front of Sentinel adds) and Sentinel's own credentials.
-        "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-real-ip",
-        "x-docs-key", "x-csrf-token",
-        # The client's trace context: with tracing on, Sentinel's own traceparent goes instead (and no
-        # caller's tracestate/baggage rides on Sentinel's trace); off, none goes.
-        "traceparent", "tracestate", "baggage",
+        "content-type", "content-encoding", "accept", "user-agent",
+        "openai-beta", "anthropic-version", "anthropic-beta",
+        "range", "if-range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since",
     }
 )
+# ... and these families: the SDKs' own, and the fault knobs of Sentinel's mock upstream
+# (`sentinel.mock.faults`: the demo, the tests), which no provider or gateway reads.
+RELAYED_REQUEST_PREFIXES = ("x-stainless-", "x-mock-")
 # The only response headers relayed from a provider (an allowlist: a provider or a gateway in front
 # of one — LiteLLM, Azure, Cloudflare — adds headers naming the company's account, its limits and
 # spend, its deployment and region; none of them is the user's). What a client or the official SDKs
@@ -94,13 +100,15 @@ RELAYED_RESPONSE_HEADERS = frozenset(
 
 
 def forwardable_headers(raw: list[tuple[bytes, bytes]], *, as_json: bool = False) -> dict[str, str]:
-    """The client's request headers that may go upstream (see DROP_REQUEST_HEADERS); with `as_json`
-    (a body Sentinel read as JSON and re-encoded) its Content-Type is `application/json` and it has no
-    Content-Encoding, whatever the client named: the provider reads the body as Sentinel did."""
+    """The client's request headers that may go upstream (RELAYED_REQUEST_HEADERS and _PREFIXES: the
+    one rule for every provider call made with a client's headers, relayed or pass-through, to OpenAI
+    or Anthropic); with `as_json` (a body Sentinel read as JSON and re-encoded) its Content-Type is
+    `application/json` and it has no Content-Encoding, whatever the client named: the provider reads
+    the body as Sentinel did."""
     out: dict[str, str] = {}
     for name, value in raw:
         key = name.decode("latin-1").lower()
-        if key not in DROP_REQUEST_HEADERS:
+        if key in RELAYED_REQUEST_HEADERS or key.startswith(RELAYED_REQUEST_PREFIXES):
             out[key] = value.decode("latin-1")
     if as_json:
         out["content-type"] = "application/json"

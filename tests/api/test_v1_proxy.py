@@ -120,7 +120,47 @@ def test_client_credentials_never_reach_upstream(gateway: Gateway) -> None:
     assert "cookie" not in seen and "openai-organization" not in seen
     # The user's address (a proxy's headers) and Sentinel's own credentials stay here too.
     assert "203.0.113.7" not in str(seen) and "docs-secret" not in str(seen) and "csrf-secret" not in str(seen), seen
-    assert seen["x-custom"] == "kept"
+    assert "x-custom" not in seen  # only an allowlist goes: see the next test
+
+
+# What AI gateways in front of a provider read (Cloudflare AI Gateway, Helicone, Portkey, LiteLLM):
+# their credentials, cache and routing switches. With OPENAI_API_URL on such a gateway, a user's
+# request must not pick the company gateway's account, cache or route — nor name an account, an
+# idempotency key shared by every user, or anything else no SDK sends.
+GATEWAY_HEADERS = {
+    "cf-aig-authorization": "Bearer cf-secret", "cf-aig-cache-ttl": "3600", "cf-aig-skip-cache": "true",
+    "helicone-auth": "Bearer helicone-secret", "helicone-cache-enabled": "true", "helicone-target-url": "https://x",
+    "x-portkey-api-key": "pk-secret", "x-portkey-virtual-key": "vk-other", "x-portkey-config": "pc-other",
+    "x-litellm-tags": "other-team", "openai-project": "proj_other", "idempotency-key": "k1",
+    "azure-extension": "y", "x-app": "cli",
+}
+
+
+def test_only_what_the_sdks_send_reaches_the_provider(gateway_factory: Callable[..., Gateway]) -> None:
+    """Client request headers went upstream unless on a blocklist: an AI gateway's credentials and
+    cache/routing headers (`cf-aig-authorization`, `helicone-auth`, `x-portkey-*`, ...) reached it.
+    Only an allowlist goes now — on the relayed, pass-through and Anthropic calls alike — and what
+    the official SDKs send still does (`user-agent`, `accept`, `x-stainless-*`, `openai-beta`,
+    `anthropic-version`, `anthropic-beta`)."""
+    gw = gateway_factory(passthrough="/v1/moderations")
+    client = gw.openai(default_headers=GATEWAY_HEADERS)
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    chat = {k.lower(): v for k, v in last_upstream_request(gw)["headers"].items()}
+    client.moderations.create(input="fine?", extra_headers={"OpenAI-Beta": "assistants=v2"})
+    passed = {k.lower(): v for k, v in last_upstream_request(gw)["headers"].items()}
+    claude = gw.anthropic(default_headers={**GATEWAY_HEADERS, "anthropic-beta": "beta-one"})
+    claude.messages.create(model="claude-3-5-haiku-20241022", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    message = {k.lower(): v for k, v in last_upstream_request(gw)["headers"].items()}
+    for seen in (chat, passed, message):
+        assert not set(GATEWAY_HEADERS) & set(seen), sorted(seen)
+        assert not {"Bearer cf-secret", "Bearer helicone-secret", "pk-secret", "vk-other", "proj_other"} & set(
+            seen.values()), seen
+        assert {"user-agent", "accept", "x-stainless-lang", "x-stainless-package-version", "x-stainless-retry-count",
+                "content-type"} <= set(seen), sorted(seen)
+    assert chat["user-agent"].startswith("OpenAI/Python") and passed["openai-beta"] == "assistants=v2"
+    assert message["anthropic-version"] == claude.default_headers["anthropic-version"]  # the SDK's own
+    assert message["anthropic-beta"] == "beta-one"
+    assert message["user-agent"].startswith("Anthropic/Python")
 
 
 def test_cookies_an_upstream_sets_are_never_sent_again(gateway_factory: Callable[..., Gateway]) -> None:

@@ -20,7 +20,7 @@ from sentinel.api.replies import render
 from sentinel.errors import MethodNotAllowed, NotFound
 from sentinel.observability.logging import clipped
 from sentinel.services.models import ModelList
-from sentinel.services.objects import COLLECTIONS, GRADERS
+from sentinel.services.objects import COLLECTIONS, GRADERS, OBJECT_WORDS, classify
 from sentinel.services.relay import OpenAIRelay
 
 METERED = {
@@ -43,9 +43,10 @@ ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
 def _misspelled(path: str) -> str | None:
-    """How `path` begins when spelled as Sentinel serves or checks it (SPELLED), if it begins so only
-    once case-folded (`/v1/FILES/{id}` is `files`); None otherwise. Only paths no route matched pay for
-    the fold."""
+    """How `path` begins when spelled as Sentinel serves or checks it, if it is so only once case-folded
+    (`/v1/FILES/{id}` is `files`, `/v1/files/{id}/Content` is `files/{id}/content`): it begins as one
+    of SPELLED, or has one of OBJECT_WORDS below an object of a collection; None otherwise. Only paths
+    no route matched pay for the fold."""
     folded = path.casefold()
     if folded == path:
         return None
@@ -54,6 +55,10 @@ def _misspelled(path: str) -> str | None:
         head = tuple(wanted[:size])
         if len(head) == size and head in SPELLED and tuple(segments[:size]) != head:
             return "/".join(head)
+    if classify(segments).collection is not None:
+        for at, word in enumerate(wanted):
+            if word in OBJECT_WORDS and segments[at] != word:
+                return "/".join([*segments[:at], word])
     return None
 
 

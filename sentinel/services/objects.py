@@ -54,6 +54,11 @@ REFERENCE_KEYS = frozenset({
 # parts (`part_ids` when it is completed). Their answer's `id` becomes the caller's, kept as long as
 # the collection's objects are.
 PART_COLLECTIONS = frozenset({("uploads", "parts")})
+# Words below an object that tell Sentinel what a call on it is (`sentinel.services.relay`): a file's
+# `content` is its bytes (no object in it becomes the caller's), a `cancel` asks for no work, a run's
+# `steps` count no usage of their own, a conversation's `items` grow its context, an upload's `parts`
+# are objects. Spelled in another case (`/v1/files/{id}/Content`), a call would be read as another.
+OBJECT_WORDS = frozenset({"content", "cancel", "steps", "items", "parts"})
 # An audio answer of chat (its `id` is named again in a later request's `messages[].audio`): the
 # provider keeps it until its `expires_at`; when that is not known, this long.
 AUDIO_TTL = 2 * DAY

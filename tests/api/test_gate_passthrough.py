@@ -199,9 +199,10 @@ def test_a_served_or_owned_path_in_another_case_is_never_pass_through(
     as `/v1/FILES/{id}` and `/v1/Files/{id}` (no collection, so no ownership check), and
     `POST /v1/Chat/Completions` ran `o1-pro` as pass-through (one request, no catalogue, no
     reservation); a provider or a gateway that folds case serves them. A `/v1` path that names an
-    endpoint Sentinel serves, a collection it keeps owners of or a call whose models it checks only
-    once case-folded is 404 `endpoint_not_supported`, whatever is allowed, before anything is sent; a
-    path Sentinel has no rule for is pass-through in any case, and an object id keeps its case."""
+    endpoint Sentinel serves, a collection it keeps owners of, a call whose models it checks, or a
+    word below an object that Sentinel reads (`content`, ...) only once case-folded is 404
+    `endpoint_not_supported`, whatever is allowed, before anything is sent; a path Sentinel has no
+    rule for is pass-through in any case, and an object id keeps its case."""
     gw = start(gateway_factory, spy, passthrough="/v1/*", usage_flush_interval_seconds=0.1)
     bob_key = asyncio.run(create_key(gw.settings.database_url, "bob"))[1]
     with gw.client() as alice:
@@ -234,4 +235,9 @@ def test_a_served_or_owned_path_in_another_case_is_never_pass_through(
     assert spy.paths() == ["/v1/Moderations"]
     with gw.client() as alice:
         assert alice.get(f"/v1/files/{file_id}").status_code == 200  # still there, still hers
+        # A word below an object tells Sentinel what a call is (a file's `content` is bytes, owning nothing).
+        words = [alice.get(f"/v1/files/{file_id}/Content"), alice.post(f"/v1/files/{file_id}/CANCEL", json={})]
+    assert [(r.status_code, openai_error(r.json())["code"]) for r in words] == [(404, "endpoint_not_supported")] * 2
+    assert f"case-sensitive: /v1/files/{file_id}/content" in openai_error(words[0].json())["message"]
+    assert spy.paths()[-1] == f"/v1/files/{file_id}"
     assert recorded_ids(gw.settings.database_url, external_id="bob") == {other.headers["x-request-id"]}

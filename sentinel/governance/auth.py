@@ -173,7 +173,7 @@ class Authenticator:
         # A stand-in is kept for the outage only (stale from the start, as a confirmed identity past
         # its TTL): every later use asks the source again — at once when the breaker is open — and
         # is served it only while the source still cannot answer.
-        await self.cache.put(key, found, ttl=None if confirmed else 0.0, not_after=found.expires_at)
+        await self.cache.put(key, found, stale=not confirmed, not_after=found.expires_at)
         return self._admit(found)
 
     def _expired(self, identity: Identity) -> bool:

@@ -159,12 +159,20 @@ class GovernanceCache(Generic[T]):
             self._decoded[raw] = hit
         return hit
 
-    async def put(self, key: str, value: T | None, *, ttl: float | None = None, not_after: float | None = None) -> None:
+    async def put(
+        self, key: str, value: T | None, *, ttl: float | None = None, not_after: float | None = None,
+        stale: bool = False,
+    ) -> None:
         """Remember `value` (None: "there is no such thing") fresh for `ttl` (default: the cache's),
-        kept `grace` longer for outages, and never past `not_after`. A store outage is logged only."""
+        kept `grace` longer for outages, and never past `not_after`; with `stale`, never fresh (for
+        any process, whatever its clock: fresh until the epoch) and kept for `grace` — for outages
+        only. A store outage is logged only."""
         now = self.clock()
-        fresh_until = now + (self.ttl if ttl is None else ttl)
-        keep_until = fresh_until + (self.grace if value is not None else 0.0)
+        if stale:
+            fresh_until, keep_until = 0.0, now + self.grace
+        else:
+            fresh_until = now + (self.ttl if ttl is None else ttl)
+            keep_until = fresh_until + (self.grace if value is not None else 0.0)
         if not_after is not None:
             fresh_until, keep_until = min(fresh_until, not_after), min(keep_until, not_after)
         self._local.pop(key, None)

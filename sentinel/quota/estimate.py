@@ -108,9 +108,11 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any],
     return total
 
 
-# An item's own bookkeeping fields (not text the model reads); only at the item's top level: deeper,
-# a key of that name is the client's (a tool schema's property called `id`, say) and is counted.
+# An item's own bookkeeping fields (not text the model reads) while short, as real ones are (a long
+# one is counted: an id the client makes up is the client's text); only at the item's top level:
+# deeper, a key of that name is the client's (a tool schema's property called `id`, say), counted.
 _ITEM_FIELDS = frozenset({"id", "call_id", "type", "status"})
+_LABEL_CHARS = 64
 # Parts whose data fields are an image, a file or audio (a data URL or base64), not text: skipped
 # only inside such a part, so naming a key `image_url` elsewhere hides nothing.
 _MEDIA_FIELDS = {
@@ -132,7 +134,8 @@ def _item_texts(item: Any) -> list[str]:
         return out
     kind = item.get("type")
     skipped = _MEDIA_FIELDS.get(kind, _NO_FIELDS) if isinstance(kind, str) else _NO_FIELDS
-    stack: list[Any] = [value for key, value in item.items() if key not in _ITEM_FIELDS and key not in skipped]
+    stack: list[Any] = [value for key, value in item.items() if key not in skipped and not (
+        key in _ITEM_FIELDS and isinstance(value, str) and len(value) <= _LABEL_CHARS)]
     while stack:
         node = stack.pop()
         if isinstance(node, str):

@@ -363,9 +363,14 @@ class QuotaLimiter:
         return f"{base}:{index}", reset_at, math.ceil((reset_at - now + self.ttl_margin) * 1000)
 
     async def reserve(
-        self, subject: str, plan: Plan, *, requests: int = 1, input_tokens: int, output_tokens: int
+        self, subject: str, plan: Plan, *, requests: int = 1, input_tokens: int, output_tokens: int,
+        tokens_later: bool = False,
     ) -> Reservation:
         """Check every limit of `plan` and, only if all fit, count the request against all of them.
+
+        `tokens_later`: a call that reserves no tokens but may be charged some once answered (a
+        pass-through call: a batch, a run, an image): it needs every token metric, so a token
+        limit of 0 (a banned metric) refuses it outright, the store untouched.
 
         Raises StoreUnavailable when the store cannot be reached (the caller applies the failure
         mode); a denial is not an exception: see `reservation.decision` / `decision.to_error()`.
@@ -381,7 +386,13 @@ class QuotaLimiter:
         used: list[int] = []
         in_flight: tuple[str, ...] = ()
         token = ""
-        if plan.external:
+        banned = next((i for i, limit in enumerate(plan.limits) if limit.limit == 0 and limit.metric != "requests"),
+                      None) if tokens_later else None
+        if banned is not None:
+            # Refused as needing a token of the banned metric (`Decision.oversized`: no Retry-After).
+            amounts = tuple(1 if i == banned else amount for i, amount in enumerate(amounts))
+            denied, used = banned + 1, [0] * len(plan.limits)
+        elif plan.external:
             denied, used, in_flight, token = await self._reserve_external(subject, plan, amounts, slots, now)
         elif plan.limits:
             args: list[int] = []

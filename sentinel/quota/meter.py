@@ -82,7 +82,9 @@ class Meter(Protocol):
         size: int = 0, carried_input: int = 0,
     ) -> Admission: ...
 
-    async def admit_call(self, identity: Identity, *, endpoint: str, request_id: str) -> Admission: ...
+    async def admit_call(
+        self, identity: Identity, *, endpoint: str, request_id: str, tokens_later: bool = False,
+    ) -> Admission: ...
 
     async def settle(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
@@ -153,12 +155,16 @@ class QuotaMeter:
         self._count(admission)
         return admission
 
-    async def admit_call(self, identity: Identity, *, endpoint: str, request_id: str) -> Admission:
+    async def admit_call(
+        self, identity: Identity, *, endpoint: str, request_id: str, tokens_later: bool = False,
+    ) -> Admission:
         """Reserve one request and no tokens (a call whose tokens are not estimated: the model list,
-        pass-through endpoints); it is refused while any limit of the plan is exhausted."""
+        pass-through endpoints); it is refused while any limit of the plan is exhausted, and, with
+        `tokens_later` (a call charged the tokens its answer shows: pass-through), by a token limit
+        of 0."""
         plan = await self.plans.plan_for(identity)
         admission = Admission(identity=identity, endpoint=endpoint, model=None, request_id=request_id)
-        await self._reserve(admission, plan)
+        await self._reserve(admission, plan, tokens_later=tokens_later)
         self._count(admission)
         return admission
 
@@ -180,12 +186,12 @@ class QuotaMeter:
         self.metrics.quota_decisions.labels("limited", name).inc()
         raise decision.to_error()
 
-    async def _reserve(self, admission: Admission, plan: Plan) -> None:
+    async def _reserve(self, admission: Admission, plan: Plan, *, tokens_later: bool = False) -> None:
         subject = admission.identity.external_id
         tokens = {"input_tokens": admission.estimate_input, "output_tokens": admission.max_output}
         limiter = self.limiter
         try:
-            reservation = await limiter.reserve(subject, plan, **tokens)
+            reservation = await limiter.reserve(subject, plan, **tokens, tokens_later=tokens_later)
         except StoreUnavailable:
             self.metrics.quota_store_failures.labels(self.failure_mode.value).inc()
             if self.failure_mode is QuotaFailureMode.closed:
@@ -196,7 +202,7 @@ class QuotaMeter:
                 log.warning("quota store unavailable; admitting without a quota check (QUOTA_FAILURE_MODE=open)")
                 return
             limiter = self.local_limiter
-            reservation = await limiter.reserve(subject, plan, **tokens)
+            reservation = await limiter.reserve(subject, plan, **tokens, tokens_later=tokens_later)
         decision = reservation.decision
         if not decision.allowed:
             self._refuse(decision)

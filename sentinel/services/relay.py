@@ -214,7 +214,8 @@ class OpenAIRelay:
         elif creates_batch:
             await self.ownership.require_batch_input("", identity.external_id)  # a batch names its input
         with ex.spans.span("sentinel.quota.admit"):
-            admission = await self.meter.admit_call(identity, endpoint=endpoint, request_id=ex.usage_id)
+            admission = await self.meter.admit_call(identity, endpoint=endpoint, request_id=ex.usage_id,
+                                                    tokens_later=True)
         ex.headers.extend(admission.headers.items())
         try:
             upstream = await self._forward(ex, self.upstream, method, segments, body, headers, query, admission,

@@ -56,8 +56,10 @@ def test_token_limits_have_their_own_counters(gateway_factory: Callable[..., Gat
 
 def test_a_limit_of_0_bans_its_metric_only(gateway_factory: Callable[..., Gateway], backend_url: str | None) -> None:
     """An embeddings-only plan (`output_tokens=0/1d`) refused embeddings and the model list with a
-    429 and a Retry-After of hours that never helped; a chat request is refused as never admittable."""
-    gw = gateway_factory(redis_url=backend_url)
+    429 and a Retry-After of hours that never helped; a chat request is refused as never admittable,
+    and so is a pass-through call (charged the tokens its answer shows: once admitted, a ban that
+    let it through would never stop it)."""
+    gw = gateway_factory(redis_url=backend_url, passthrough="/v1/moderations")
     set_plan(gw.settings.database_url, "alice", "embeddings-only", "requests=100/1m,output_tokens=0/1d")
     embedding = {"model": "text-embedding-3-small", "input": "quota please"}
     with gw.client() as http:
@@ -67,6 +69,9 @@ def test_a_limit_of_0_bans_its_metric_only(gateway_factory: Callable[..., Gatewa
             assert r.headers["x-ratelimit-limit"] == "100"
         assert http.get("/v1/models").status_code == 200
         denied = http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 16})
+        passed = http.post("/v1/moderations", json={"input": "hello"})
+    assert passed.status_code == 429 and "retry-after" not in passed.headers, passed.text
+    assert "never be admitted" in passed.json()["error"]["message"]
     assert denied.status_code == 429 and "retry-after" not in denied.headers
     error = denied.json()["error"]
     assert error["type"] == "rate_limit_error" and error["code"] == "quota_exceeded"

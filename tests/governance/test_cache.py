@@ -52,6 +52,19 @@ async def test_fresh_then_stale_then_gone() -> None:
     assert (s.lookups("hit"), s.lookups("stale"), s.lookups("miss")) == (1, 1, 1)
 
 
+async def test_a_stale_entry_is_never_fresh_even_to_a_clock_behind() -> None:
+    """An entry put `stale` (a JWT served from its claims in an outage) is kept for the grace, never
+    fresh: with `ttl=0` a replica whose clock is behind the writer's read it as fresh."""
+    s = Setup()
+    await s.cache.put("k", {"n": 1}, stale=True)
+    s.clock.advance(-5)  # another replica, its clock 5 s behind
+    assert await s.cache.get("k") == Cached({"n": 1}, fresh=False)
+    s.clock.advance(5 + 19.5)  # kept for the grace
+    assert await s.cache.get("k") == Cached({"n": 1}, fresh=False)
+    s.clock.advance(1)
+    assert await s.cache.get("k") is None
+
+
 async def test_a_remembered_absence_has_no_grace() -> None:
     s = Setup()
     await s.cache.put("k", None, ttl=5)

@@ -91,6 +91,8 @@ TEXT = "x" * 5_000
     {"type": "mcp_list_tools", "server_label": "s", "tools": [
         {"name": "t", "input_schema": {"properties": {"image_url": {"description": TEXT}}}}]},
     {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": TEXT}]},
+    # An item's id is a label while short; a long one is the client's text (the model reads it).
+    {"type": "function_call_output", "call_id": "c" + TEXT, "output": "ok"},
     # A role on a non-message item does not make it a message (whose count reads no `output`).
     {"type": "function_call_output", "role": "user", "call_id": "c", "output": TEXT},
 ])

@@ -136,6 +136,14 @@ class OpenAIRoutes:
                 f"Endpoint {request.method} {path} is not supported by this gateway (use {path[:-1]})",
                 code="endpoint_not_supported",
             )
+        if not path.isascii():
+            # Every path of the API is ASCII; a decoded non-ASCII letter (`/v1/f%C4%B1les`: 'ı', which
+            # `casefold` keeps but other case-insensitive matchers fold to 'i'; fullwidth letters,
+            # which NFKC makes ASCII) could be read upstream as a path Sentinel checks.
+            raise NotFound(
+                f"Endpoint {request.method} {clipped(path)} is not supported by this gateway (paths are ASCII)",
+                code="endpoint_not_supported",
+            )
         spelled = _misspelled(path)
         if spelled is not None:
             # As a trailing slash: never pass-through, never sent on to a provider that may fold case.

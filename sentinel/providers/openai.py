@@ -62,8 +62,9 @@ class OpenAIChatProvider(ChatProvider):
 # official OpenAI and Anthropic SDKs send and a provider reads — the body's type and encoding (a body
 # Sentinel read as JSON goes as `application/json`, and a compressed one is refused), `accept`,
 # `user-agent`, the SDKs' `x-stainless-*` (language, version, retry count, timeout), the API version
-# and beta switches (`openai-beta`, `anthropic-version`, `anthropic-beta`) — and the range and
-# conditional headers of a file's content download. Everything else stays: the client's credentials
+# and beta switches (`openai-beta`, `anthropic-version`, `anthropic-beta`) — and, on a download of a
+# file's content only, its range and conditional headers (`DOWNLOAD_HEADERS`: on an object's JSON, a
+# range would cut the usage Sentinel charges it by out of the answer). Everything else stays: the client's credentials
 # (the provider key replaces them), cookies, the account it names (`openai-organization`,
 # `openai-project`), hop-by-hop headers and those aiohttp sets itself (length, host; the encoding is
 # pinned so that usage can be read), method overrides, the client's address, its trace context (with
@@ -75,8 +76,10 @@ RELAYED_REQUEST_HEADERS = frozenset(
     {
         "content-type", "content-encoding", "accept", "user-agent",
         "openai-beta", "anthropic-version", "anthropic-beta",
-        "range", "if-range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since",
     }
+)
+DOWNLOAD_HEADERS = frozenset(
+    {"range", "if-range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
 )
 # ... and these families: the SDKs' own, and the fault knobs of Sentinel's mock upstream
 # (`sentinel.mock.faults`: the demo, the tests), which no provider or gateway reads.
@@ -99,16 +102,19 @@ RELAYED_RESPONSE_HEADERS = frozenset(
 )
 
 
-def forwardable_headers(raw: list[tuple[bytes, bytes]], *, as_json: bool = False) -> dict[str, str]:
-    """The client's request headers that may go upstream (RELAYED_REQUEST_HEADERS and _PREFIXES: the
-    one rule for every provider call made with a client's headers, relayed or pass-through, to OpenAI
-    or Anthropic); with `as_json` (a body Sentinel read as JSON and re-encoded) its Content-Type is
-    `application/json` and it has no Content-Encoding, whatever the client named: the provider reads
-    the body as Sentinel did."""
+def forwardable_headers(
+    raw: list[tuple[bytes, bytes]], *, as_json: bool = False, download: bool = False,
+) -> dict[str, str]:
+    """The client's request headers that may go upstream (RELAYED_REQUEST_HEADERS and _PREFIXES, and
+    with `download` — a file's content — DOWNLOAD_HEADERS: the one rule for every provider call made
+    with a client's headers, relayed or pass-through, to OpenAI or Anthropic); with `as_json` (a body
+    Sentinel read as JSON and re-encoded) its Content-Type is `application/json` and it has no
+    Content-Encoding, whatever the client named: the provider reads the body as Sentinel did."""
     out: dict[str, str] = {}
     for name, value in raw:
         key = name.decode("latin-1").lower()
-        if key in RELAYED_REQUEST_HEADERS or key.startswith(RELAYED_REQUEST_PREFIXES):
+        if (key in RELAYED_REQUEST_HEADERS or key.startswith(RELAYED_REQUEST_PREFIXES)
+                or (download and key in DOWNLOAD_HEADERS)):
             out[key] = value.decode("latin-1")
     if as_json:
         out["content-type"] = "application/json"

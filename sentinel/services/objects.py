@@ -197,12 +197,18 @@ def tool_models(body: Any, at: str = "") -> list[tuple[str, Any]]:
     """(parameter, value) of the `model` of every tool in `body`'s `tools` that gives one — a model the
     provider runs besides the body's own (the Responses API's `image_generation` tool) —, the
     parameter prefixed with `at` (where `body` is: `body.` in a batch's line). The value is as given:
-    any JSON, to be refused unless it is a model name the surface allows."""
+    any JSON, to be refused unless it is a model name the surface allows. An `image_generation` tool
+    that names none gives None (refused: the provider would run its default image model, one the
+    catalogue may not offer)."""
     tools = body.get("tools") if isinstance(body, dict) else None
     if not isinstance(tools, list):
         return []
-    return [(f"{at}tools.{i}.model", tool["model"]) for i, tool in enumerate(tools)
-            if isinstance(tool, dict) and "model" in tool]
+    return [(f"{at}tools.{i}.model", tool.get("model")) for i, tool in enumerate(tools)
+            if isinstance(tool, dict) and ("model" in tool or tool.get("type") in _MODEL_TOOLS)]
+
+
+# Tools that run a model of their own, the provider's default when the tool names none.
+_MODEL_TOOLS = frozenset({"image_generation"})
 
 
 def _objects(body: Any) -> Iterator[dict[str, Any]]:

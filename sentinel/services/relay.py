@@ -214,8 +214,12 @@ class OpenAIRelay:
         elif creates_batch:
             await self.ownership.require_batch_input("", identity.external_id)  # a batch names its input
         with ex.spans.span("sentinel.quota.admit"):
-            admission = await self.meter.admit_call(identity, endpoint=endpoint, request_id=ex.usage_id,
-                                                    tokens_later=True)
+            # Charged the tokens its answer shows (a batch, a run, an image), unless it can show none:
+            # a delete or a cancel — a user banned from a token metric can still remove their objects.
+            admission = await self.meter.admit_call(
+                identity, endpoint=endpoint, request_id=ex.usage_id,
+                tokens_later=method != "DELETE" and segments[-1] != "cancel",
+            )
         ex.headers.extend(admission.headers.items())
         try:
             upstream = await self._forward(ex, self.upstream, method, segments, body, headers, query, admission,
@@ -367,7 +371,10 @@ class OpenAIRelay:
         try:
             with ex.spans.span(name, attributes, client=True) as span, stalled_if(stream):
                 upstream = await to.forward(
-                    method, segments, headers=forwardable_headers(headers, as_json=as_json and body is not None),
+                    method, segments, headers=forwardable_headers(
+                        headers, as_json=as_json and body is not None,
+                        download=method == "GET" and segments[-1] == "content",
+                    ),
                     body=body, query=query,
                 )
                 span.set_attribute("http.response.status_code", upstream.status)

@@ -238,6 +238,9 @@ def test_a_tools_model_is_held_to_the_catalogue_as_the_requests_own(
                 "other-provider": http.post("/v1/responses", json=draw(HAIKU)),
                 "not-a-string": http.post("/v1/responses", json=draw(["gpt-image-1"])),
                 "null": http.post("/v1/responses", json=draw(None)),
+                # Named by none, the provider's default image model runs: it must be named.
+                "absent": http.post("/v1/responses", json={
+                    "model": "gpt-4o-mini", "input": "draw", "tools": [{"type": "image_generation"}]}),
                 "chat": http.post("/v1/chat/completions", json=chat),
                 "messages": http.post("/v1/messages", json=message),
                 "count_tokens": http.post("/v1/messages/count_tokens", json=message),
@@ -249,6 +252,7 @@ def test_a_tools_model_is_held_to_the_catalogue_as_the_requests_own(
                 "other-provider": (400, "model_not_supported", "tools.0.model"),
                 "not-a-string": (400, "invalid_request", "tools.0.model"),
                 "null": (400, "invalid_request", "tools.0.model"),
+                "absent": (400, "invalid_request", "tools.0.model"),
                 "chat": (404, "model_not_found", "tools.1.model")}
     for name, (status, code, param) in expected.items():
         error = refused[name].json()["error"]

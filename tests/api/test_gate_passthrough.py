@@ -222,6 +222,9 @@ def test_a_served_or_owned_path_in_another_case_is_never_pass_through(
             bob.post("/v1/fine_tuning/Jobs", json={"model": "x"}), bob.post("/v1/Batches", json={}),
             bob.get("/v1/Vector_Stores/vs_1"), bob.post("/v1/Evals/eval_1/runs", json={}),
             bob.get(f"/v1/%EF%AC%81les/{file_id}"),  # the ligature 'ﬁ' folds to 'fi'
+            # Letters other matchers fold to ASCII ('ı', 'İ', fullwidth 'ｆ'): every path is ASCII.
+            bob.get(f"/v1/f%C4%B1les/{file_id}"), bob.get(f"/v1/f%C4%B0les/{file_id}"),
+            bob.delete(f"/v1/%EF%BD%86iles/{file_id}"), bob.post("/v1/%EF%BD%8Doderations", json=MODERATION),
         ]
         for r in refused:  # `/v1/messages/...` answers in Anthropic's shape (no code)
             assert r.status_code == 404, (r.request.method, r.request.url, r.text)

@@ -59,10 +59,16 @@ def test_a_limit_of_0_bans_its_metric_only(gateway_factory: Callable[..., Gatewa
     429 and a Retry-After of hours that never helped; a chat request is refused as never admittable,
     and so is a pass-through call (charged the tokens its answer shows: once admitted, a ban that
     let it through would never stop it)."""
-    gw = gateway_factory(redis_url=backend_url, passthrough="/v1/moderations")
+    gw = gateway_factory(redis_url=backend_url, passthrough="/v1/moderations,/v1/files,/v1/files/*")
+    with gw.client() as http:  # a file of hers from before the plan
+        upload = http.post("/v1/files", files={"file": ("a.txt", b"hers")}, data={"purpose": "user_data"})
+    assert upload.status_code == 200, upload.text
     set_plan(gw.settings.database_url, "alice", "embeddings-only", "requests=100/1m,output_tokens=0/1d")
+    gw.drop_stored("sentinel:limits:alice")
     embedding = {"model": "text-embedding-3-small", "input": "quota please"}
     with gw.client() as http:
+        # A delete can be charged no tokens: a user banned from one can still remove her objects.
+        assert http.delete(f"/v1/files/{upload.json()['id']}").status_code == 200
         for body in (embedding, {**embedding, "input": "quota " * 20_000}):  # the large one is peeked first
             r = http.post("/v1/embeddings", json=body)
             assert r.status_code == 200, r.text

@@ -163,6 +163,25 @@ def test_only_what_the_sdks_send_reaches_the_provider(gateway_factory: Callable[
     assert message["user-agent"].startswith("Anthropic/Python")
 
 
+def test_range_and_conditional_headers_go_with_a_file_download_only(gateway_factory: Callable[..., Gateway]) -> None:
+    """`Range` and `If-*` were relayed on every call: on an object's JSON (a batch, a stored response,
+    charged the usage its answer shows) a range would cut that usage out of the answer. They go with a
+    file's content download only."""
+    gw = gateway_factory(passthrough="/v1/moderations,/v1/files,/v1/files/*")
+    download = {"Range": "bytes=0-1", "If-None-Match": '"v1"'}
+    with gw.client() as http:
+        upload = http.post("/v1/files", files={"file": ("a.txt", b"hello")}, data={"purpose": "user_data"})
+        assert upload.status_code == 200, upload.text
+        http.post("/v1/moderations", json={"input": "fine?"}, headers=download)
+        other = {k.lower() for k in last_upstream_request(gw)["headers"]}
+        http.get(f"/v1/files/{upload.json()['id']}", headers=download)
+        read = {k.lower() for k in last_upstream_request(gw)["headers"]}
+        http.get(f"/v1/files/{upload.json()['id']}/content", headers=download)
+        content = {k.lower() for k in last_upstream_request(gw)["headers"]}
+    assert not {"range", "if-none-match"} & (other | read), sorted(other | read)
+    assert {"range", "if-none-match"} <= content, sorted(content)
+
+
 def test_cookies_an_upstream_sets_are_never_sent_again(gateway_factory: Callable[..., Gateway]) -> None:
     """One upstream session serves every user: a cookie a provider set answering one user's request
     (a load balancer's, a session's) must not travel with the next user's requests (aiohttp's

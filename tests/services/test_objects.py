@@ -205,6 +205,8 @@ def test_the_models_a_bodys_tools_run() -> None:
     assert tool_models({"tools": [{"type": "function"}, {"type": "image_generation", "model": "m"}]}) == [
         ("tools.1.model", "m")]
     assert tool_models({"tools": [{"model": None}, "x"]}, "body.") == [("body.tools.0.model", None)]
+    # An image tool that names no model would run the provider's default: reported, to be refused.
+    assert tool_models({"tools": [{"type": "image_generation"}]}, "body.") == [("body.tools.0.model", None)]
     assert tool_models({"tools": {"model": "m"}}) == tool_models([{"tools": []}]) == tool_models(None) == []
 
 

@@ -92,6 +92,11 @@ class Decision:
         if self.allowed or self.limited_by is None:
             return "allowed"
         limit, state = self.limited_by, next(s for s in self.states if s.limit == self.limited_by)
+        if self.oversized and limit.limit == 0:  # a banned metric (the amount may be a stand-in: pass-through)
+            return (
+                f"This plan allows no {limit.metric.replace('_', ' ')} ({limit.describe()}) and this request "
+                "may use some; it can never be admitted as is."
+            )
         if self.oversized:
             return (
                 f"This request alone needs {state.requested} {limit.metric.replace('_', ' ')}, "

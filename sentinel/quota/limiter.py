@@ -221,19 +221,22 @@ def _reserve_external_local(ops: LocalOps, keys: list[str], args: list[str]) -> 
 # (an expired window no longer limits anything: a refund there is moot); a TTL in ms adds to the
 # window, creating it if needed (usage above a reservation, settled after its window ended, lands
 # in the window current at the settlement). A counter never goes below 0.
-_ADJUST_LUA = """
-for i = 1, #KEYS do
-  local delta = tonumber(ARGV[2 * i - 1])
-  local ttl = ARGV[2 * i]
-  if delta ~= 0 and (ttl ~= '' or redis.call('EXISTS', KEYS[i]) == 1) then
-    local value = redis.call('INCRBY', KEYS[i], delta)
+_ADJUST_ONE_LUA = """
+local function adjust(key, delta, ttl)
+  if delta ~= 0 and (ttl ~= '' or redis.call('EXISTS', key) == 1) then
+    local value = redis.call('INCRBY', key, delta)
     if value < 0 then
-      redis.call('INCRBY', KEYS[i], -value)
+      redis.call('INCRBY', key, -value)
     end
-    if ttl ~= '' and redis.call('PTTL', KEYS[i]) < 0 then
-      redis.call('PEXPIRE', KEYS[i], ttl)
+    if ttl ~= '' and redis.call('PTTL', key) < 0 then
+      redis.call('PEXPIRE', key, ttl)
     end
   end
+end
+"""
+_ADJUST_LUA = _ADJUST_ONE_LUA + """
+for i = 1, #KEYS do
+  adjust(KEYS[i], tonumber(ARGV[2 * i - 1]), ARGV[2 * i])
 end
 return 1
 """
@@ -254,20 +257,10 @@ def _adjust_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 # The settlement of a reservation on external limits: `_ADJUST_LUA` on the first (#ARGV - 1) / 2
 # KEYS (their pairs from ARGV[2]), then the reservation's entry (token ARGV[1]) removed from the
 # in-flight hashes that are the remaining KEYS.
-_ADJUST_EXTERNAL_LUA = """
+_ADJUST_EXTERNAL_LUA = _ADJUST_ONE_LUA + """
 local m = (#ARGV - 1) / 2
 for i = 1, m do
-  local delta = tonumber(ARGV[2 * i])
-  local ttl = ARGV[2 * i + 1]
-  if delta ~= 0 and (ttl ~= '' or redis.call('EXISTS', KEYS[i]) == 1) then
-    local value = redis.call('INCRBY', KEYS[i], delta)
-    if value < 0 then
-      redis.call('INCRBY', KEYS[i], -value)
-    end
-    if ttl ~= '' and redis.call('PTTL', KEYS[i]) < 0 then
-      redis.call('PEXPIRE', KEYS[i], ttl)
-    end
-  end
+  adjust(KEYS[i], tonumber(ARGV[2 * i]), ARGV[2 * i + 1])
 end
 for i = m + 1, #KEYS do
   redis.call('HDEL', KEYS[i], ARGV[1])

@@ -214,8 +214,10 @@ class OpenAIRelay:
         elif creates_batch:
             await self.ownership.require_batch_input("", identity.external_id)  # a batch names its input
         with ex.spans.span("sentinel.quota.admit"):
-            # Charged the tokens its answer shows (a batch, a run, an image), unless it can show none:
-            # a delete or a cancel — a user banned from a token metric can still remove their objects.
+            # It may start work charged the tokens its answer shows (a batch, a run, an image): a
+            # token limit of 0 refuses it — but a delete or a cancel, which starts none (a user banned
+            # from a token metric can still remove and stop what is theirs; a cancelled object's answer
+            # is still charged the usage it shows, as any read of it).
             admission = await self.meter.admit_call(
                 identity, endpoint=endpoint, request_id=ex.usage_id,
                 tokens_later=method != "DELETE" and segments[-1] != "cancel",

@@ -81,7 +81,7 @@ def test_a_limit_of_0_bans_its_metric_only(gateway_factory: Callable[..., Gatewa
     assert denied.status_code == 429 and "retry-after" not in denied.headers
     error = denied.json()["error"]
     assert error["type"] == "rate_limit_error" and error["code"] == "quota_exceeded"
-    assert "alone needs 16 output tokens" in error["message"] and "never be admitted" in error["message"]
+    assert "allows no output tokens" in error["message"] and "never be admitted" in error["message"]
 
 
 def test_plan_change_applies_once_the_cached_plan_expires(gateway: Gateway) -> None:

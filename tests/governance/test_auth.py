@@ -11,6 +11,7 @@ from sentinel.governance.auth import Authenticator, parse_bearer
 from sentinel.governance.jwt import LEEWAY_SECONDS, unverified_expiry
 from sentinel.store import MemoryStore
 from tests.support.clock import FakeClock
+from tests.support.fake_zion import ZionProfiles
 from tests.support.stores import FlakyStore
 
 
@@ -299,23 +300,6 @@ async def test_a_stale_identity_is_refreshed_once_however_many_requests_carry_it
 # --- a locally verified JWT served from its claims while Zion is down (a stand-in) -----------------
 
 
-class Profiles:
-    """Zion's `/users/me` as a profile source: its answer, or an outage, set by the test."""
-
-    name = "zion"
-
-    def __init__(self) -> None:
-        self.answer: Identity | None = None
-        self.down = False
-        self.calls = 0
-
-    async def authenticate(self, token: str) -> Identity | None:
-        self.calls += 1
-        if self.down:
-            raise GovernanceUnavailable("zion is down")
-        return self.answer
-
-
 JWT_SECRET = "stand-in-test-secret-0123456789-0123456789"
 
 
@@ -323,10 +307,10 @@ def claims_token(exp: float, **claims: object) -> str:
     return pyjwt.encode({"sub": "auth0|dora", "exp": int(exp), **claims}, JWT_SECRET, algorithm="HS256")
 
 
-def make_zion_jwt(clock: FakeClock) -> tuple[Authenticator, Profiles]:
+def make_zion_jwt(clock: FakeClock) -> tuple[Authenticator, ZionProfiles]:
     from sentinel.governance.jwt import JwtVerifier, LocalJwtIdentitySource
 
-    profiles = Profiles()
+    profiles = ZionProfiles()
     source = LocalJwtIdentitySource(JwtVerifier(JWT_SECRET, None, None, None), profile_source=profiles)
     auth = Authenticator(MemoryStore(clock=clock), api_keys=None, jwt=source, ttl=300, grace=900, clock=clock,
                          require_email=True)

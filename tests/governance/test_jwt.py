@@ -25,6 +25,7 @@ from sentinel.domain.identity import Identity
 from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.identity import StandIn
 from sentinel.governance.jwt import LEEWAY_SECONDS, JwtVerifier, LocalJwtIdentitySource, unverified_expiry
+from tests.support.fake_zion import ZionProfiles
 from tests.support.servers import free_port, serving
 
 SECRET = "test-secret-" + "0123456789" * 6  # 71 bytes: long enough for HS512 without a warning
@@ -101,23 +102,6 @@ async def test_identity_from_claims(verifier: JwtVerifier) -> None:
     assert await source.authenticate(hs(aud(), key="wrong-secret-0123456789-0123456789-0123")) is None
 
 
-class Profiles:
-    """A profile source (Zion's `/users/me`) whose answer and outage tests set."""
-
-    name = "zion"
-
-    def __init__(self, answer: Identity | None) -> None:
-        self.answer = answer
-        self.down = False
-        self.calls = 0
-
-    async def authenticate(self, token: str) -> Identity | None:
-        self.calls += 1
-        if self.down:
-            raise GovernanceUnavailable("zion is down")
-        return self.answer
-
-
 async def stand_in(source: LocalJwtIdentitySource, token: str) -> Identity:
     """The identity a token's claims stand in with while governance is down (raised, never returned)."""
     with pytest.raises(StandIn) as outage:
@@ -132,7 +116,7 @@ async def test_governance_is_asked_about_every_token_and_its_claims_serve_only_i
     its `exp` whenever it carried an email (Zion was asked only for tokens without one). Zion is
     asked for every token; its refusal is a refusal; its outage serves a token from its claims only
     when they name the profile's id and the email (anything else fails as an outage)."""
-    profiles = Profiles(Identity("ext-z", "usr-z", "z@example.com", source="zion"))
+    profiles = ZionProfiles(Identity("ext-z", "usr-z", "z@example.com", source="zion"))
     source = LocalJwtIdentitySource(verifier, profile_source=profiles)
     answered = await source.authenticate(hs(aud(externalId="ext-z")))
     assert answered is not None and (answered.external_id, answered.email, answered.source) == (
@@ -159,7 +143,7 @@ async def test_with_zion_the_identity_is_always_the_profiles(verifier: JwtVerifi
     (404: the default plan instead of the user's), and the same person's objects, sessions and ledger
     rows split across two ids. Whatever the token carries, Zion's answer is the identity."""
     exp = int(time.time()) + 120
-    profiles = Profiles(Identity("ext-z", "usr-z", "z@example.com", source="zion", expires_at=exp + 3600))
+    profiles = ZionProfiles(Identity("ext-z", "usr-z", "z@example.com", source="zion", expires_at=exp + 3600))
     source = LocalJwtIdentitySource(verifier, profile_source=profiles)
     for token in (hs(aud(exp=exp)), hs(aud(exp=exp, email=None)), hs(aud(exp=exp, externalId="claimed"))):
         identity = await source.authenticate(token)

@@ -314,7 +314,7 @@ async def test_a_limit_of_0_bans_its_metric_and_nothing_else(store: Store) -> No
     r = await reserve(limiter, plan, o=16)
     assert not r.allowed and r.decision.oversized and r.decision.retry_after is None
     assert r.decision.limited_by == Limit("output_tokens", 86400, 0)
-    assert "alone needs 16 output tokens" in r.decision.message and "never be admitted" in r.decision.message
+    assert "allows no output tokens" in r.decision.message and "never be admitted" in r.decision.message
     assert "Retry-After" not in r.decision.headers() and r.decision.to_error().retry_after is None
     assert await counts(store, r) == [4, 7]
 

@@ -22,6 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sentinel.domain.identity import Identity
+from sentinel.errors import GovernanceUnavailable
+
 ME = "/api/v1/users/me"
 LIMITS = "/api/v1/limits/external/{externalId}"
 INCREMENT = "/api/v1/usage/external/increment"
@@ -373,3 +376,22 @@ class FakeZion:
             results.append(result)
         failed = sum(1 for r in results if not r["success"])
         return _ok({"processed": len(results) - failed, "failed": failed, "results": results})
+
+
+class ZionProfiles:
+    """Zion's `/users/me` as an in-process profile source (`LocalJwtIdentitySource`'s): its answer,
+    or an outage (`down`), set by the test; `calls` counts the lookups."""
+
+    name = "zion"
+
+    def __init__(self, answer: Identity | None = None) -> None:
+        self.answer = answer
+        self.down = False
+        self.calls = 0
+
+    async def authenticate(self, token: str) -> Identity | None:
+        self.calls += 1
+        if self.down:
+            raise GovernanceUnavailable("zion is down")
+        return self.answer
+

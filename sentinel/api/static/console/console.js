@@ -49,3 +49,9 @@ document.addEventListener("submit", (event) => {
     form.dataset.sent = "1";
   }
 });
+
+// A page shown again from the browser's history (back/forward cache) or left after a post that was
+// stopped: its data-once forms may be sent again (the server still refuses a repeated nonce).
+window.addEventListener("pageshow", () => {
+  document.querySelectorAll("form[data-once]").forEach((form) => { delete form.dataset.sent; });
+});

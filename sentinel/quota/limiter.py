@@ -49,18 +49,30 @@ from sentinel.domain.plans import Limit, Plan
 from sentinel.quota.decision import Decision, LimitState
 from sentinel.store.base import LocalOps, Script, Store
 
-_RESERVE_LUA = """
+# Whether `amount` more of a limit refuses a request: it would pass the limit (`limit` - `offset`:
+# what an outside system counted), and while `amount` is 0, the limit is exhausted — but a limit of
+# 0 bans its metric, refusing any amount of it and never a request needing none. Shared by the
+# reservation scripts; `_refuses` is its Python twin.
+_REFUSES_LUA = """
+local function refuses(current, amount, limit, offset)
+  return (amount > 0 or limit > 0) and current + math.max(amount, 1) > limit - offset
+end
+"""
+
+
+def _refuses(current: int, amount: int, limit: int, offset: int) -> bool:
+    return (amount > 0 or limit > 0) and current + max(amount, 1) > limit - offset
+
+
+_RESERVE_LUA = _REFUSES_LUA + """
 local n = #KEYS
 local used = {}
 local denied = 0
 for i = 1, n do
   local a = (i - 1) * 4
-  local amount = tonumber(ARGV[a + 1])
-  local limit = tonumber(ARGV[a + 2])
-  local room = limit - tonumber(ARGV[a + 3])
   local current = tonumber(redis.call('GET', KEYS[i]) or '0')
   used[i] = current
-  if denied == 0 and (amount > 0 or limit > 0) and current + math.max(amount, 1) > room then
+  if denied == 0 and refuses(current, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])) then
     denied = i
   end
 end
@@ -86,8 +98,7 @@ def _reserve_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[int]
         amount, cap, offset = int(args[4 * i]), int(args[4 * i + 1]), int(args[4 * i + 2])
         current = int(ops.get(key) or 0)
         used.append(current)
-        # A limit of 0 bans its metric: it refuses any amount of it, never a request needing none.
-        if denied == 0 and (amount > 0 or cap > 0) and current + max(amount, 1) > cap - offset:
+        if denied == 0 and _refuses(current, amount, cap, offset):
             denied = i + 1
     if denied == 0:
         for i, key in enumerate(keys):
@@ -103,7 +114,7 @@ def _reserve_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[int]
 # limit, offset, TTL in ms, the index of its hash among those KEYS (0: not external) and the
 # deadline (ms) of its entry there. The check is `_RESERVE_LUA`'s; a missing external counter (a new
 # reading) starts at what is still running (live entries of its hash, expired ones pruned).
-_RESERVE_EXTERNAL_LUA = """
+_RESERVE_EXTERNAL_LUA = _REFUSES_LUA + """
 local now = tonumber(ARGV[1])
 local n = (#ARGV - 2) / 6
 local function in_flight(key)
@@ -124,9 +135,6 @@ local running = {}
 local denied = 0
 for i = 1, n do
   local a = 2 + (i - 1) * 6
-  local amount = tonumber(ARGV[a + 1])
-  local limit = tonumber(ARGV[a + 2])
-  local room = limit - tonumber(ARGV[a + 3])
   local h = tonumber(ARGV[a + 5])
   local current = redis.call('GET', KEYS[i])
   if current then
@@ -143,7 +151,7 @@ for i = 1, n do
     current = 0
   end
   used[i] = current
-  if denied == 0 and (amount > 0 or limit > 0) and current + math.max(amount, 1) > room then
+  if denied == 0 and refuses(current, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])) then
     denied = i
   end
 end
@@ -201,7 +209,7 @@ def _reserve_external_local(ops: LocalOps, keys: list[str], args: list[str]) -> 
         else:
             current = 0
         used.append(current)
-        if denied == 0 and (amount > 0 or cap > 0) and current + max(amount, 1) > cap - offset:
+        if denied == 0 and _refuses(current, amount, cap, offset):
             denied = i + 1
     if denied == 0:
         for i in range(n):

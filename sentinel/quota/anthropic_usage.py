@@ -50,7 +50,7 @@ def estimate_messages(
     texts: list[str] = []
     images = 0
     system = payload.get("system")
-    texts.extend(_texts(system))
+    texts.extend(content_texts(system))
     messages = payload.get("messages")
     overhead = REPLY_PRIMING
     for message in messages if isinstance(messages, list) else ():
@@ -65,7 +65,8 @@ def estimate_messages(
     return overhead + count + images
 
 
-def _texts(value: Any) -> list[str]:
+def content_texts(value: Any) -> list[str]:
+    """A string, or the `text` of each part of a list of content parts (both APIs' shape)."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, list):

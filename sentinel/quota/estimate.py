@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from sentinel.native.openai_checks import output_multiplier
-from sentinel.quota.anthropic_usage import estimate_messages
+from sentinel.quota.anthropic_usage import content_texts, estimate_messages
 from sentinel.quota.tokens import TokenCounter
 
 # No request reserves more output tokens than this (no model produces that many in one call): the
@@ -39,7 +39,7 @@ def estimate_input(
         total += _as_json(counter, model, user, payload.get("functions"), payload.get("response_format"))
         prediction = payload.get("prediction")
         if isinstance(prediction, dict):
-            total += sum(counter.count_text(text, model, user=user) for text in _texts(prediction.get("content")))
+            total += sum(counter.count_text(text, model, user=user) for text in content_texts(prediction.get("content")))
         return total
     if endpoint == "completions":
         total = counter.count_prompt(_prompt(payload.get("prompt")), model, user=user)
@@ -52,15 +52,6 @@ def estimate_input(
     if endpoint in ("messages", "messages/count_tokens"):
         return estimate_messages(counter, model, payload, user=user)
     return 0
-
-
-def _texts(content: Any) -> list[str]:
-    """A string, or the `text` of each part of a list of content parts."""
-    if isinstance(content, str):
-        return [content]
-    if isinstance(content, list):
-        return [part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)]
-    return []
 
 
 def _prompt(value: Any) -> str | list[Any] | None:
@@ -162,7 +153,7 @@ def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:
         modalities = payload.get("modalities")
         speaks = isinstance(modalities, list) and "audio" in modalities
         prediction = payload.get("prediction")
-        predicts = isinstance(prediction, dict) and any(_texts(prediction.get("content")))
+        predicts = isinstance(prediction, dict) and any(content_texts(prediction.get("content")))
         return speaks or predicts or payload.get("reasoning_effort") not in (None, "none")
     if endpoint == "responses":
         return isinstance(payload.get("reasoning"), dict)

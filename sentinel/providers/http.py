@@ -24,6 +24,7 @@ import aiohttp
 from yarl import URL
 
 from sentinel.errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout
+from sentinel.observability.logging import request_id_var
 from sentinel.providers.errors import broken_off
 
 # A pooled connection the peer closed while it sat idle fails like this before any answer began.
@@ -183,7 +184,13 @@ async def send(
     params: list[tuple[str, str]] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> UpstreamResponse:
-    """Send a request and return as soon as the upstream's status and headers are in."""
+    """Send a request and return as soon as the upstream's status and headers are in. It carries the
+    request's id (`X-Request-Id`, see `sentinel.api.middleware`) as `X-Client-Request-Id`, the header
+    OpenAI keeps in its logs (a provider that does not know it ignores it): a provider's support can
+    find the call by the id the client and Sentinel's access log know."""
+    rid = request_id_var.get()
+    if rid is not None:
+        headers = {**headers, "x-client-request-id": rid}
     with translate_errors(provider):
         for attempt in (1, 2):
             _REUSED.set(False)

@@ -163,6 +163,26 @@ def test_only_what_the_sdks_send_reaches_the_provider(gateway_factory: Callable[
     assert message["user-agent"].startswith("Anthropic/Python")
 
 
+def test_the_request_id_goes_upstream_as_x_client_request_id(gateway_factory: Callable[..., Gateway]) -> None:
+    """A provider's logs name Sentinel's request id (`X-Client-Request-Id`, which OpenAI keeps), on
+    relayed, pass-through, Anthropic and native calls: the client's sane `X-Request-Id`, else the id
+    Sentinel made and answered with. Before, no id went and a client's `X-Request-Id` was dropped."""
+    gw = gateway_factory(passthrough="/v1/moderations")
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    claude = {"model": "claude-3-5-haiku-20241022", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    calls = [("/v1/chat/completions", chat), ("/v1/moderations", {"input": "fine?"}), ("/v1/messages", claude),
+             ("/native/v1/chat/completions", {"tier": "simple", "messages": [{"role": "user", "content": "hi"}]})]
+    with gw.client() as http:
+        for path, body in calls:
+            r = http.post(path, json=body, headers={"X-Request-Id": "client-id.42"})
+            assert r.status_code == 200, (path, r.text)
+            seen = {k.lower(): v for k, v in last_upstream_request(gw)["headers"].items()}
+            assert seen["x-client-request-id"] == "client-id.42", (path, seen)
+            r = http.post(path, json=body)
+            seen = {k.lower(): v for k, v in last_upstream_request(gw)["headers"].items()}
+            assert seen["x-client-request-id"] == r.headers["x-request-id"] != "client-id.42", (path, seen)
+
+
 def test_range_and_conditional_headers_go_with_a_file_download_only(gateway_factory: Callable[..., Gateway]) -> None:
     """`Range` and `If-*` were relayed on every call: on an object's JSON (a batch, a stored response,
     charged the usage its answer shows) a range would cut that usage out of the answer. They go with a

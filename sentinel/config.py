@@ -2,7 +2,9 @@
 
 Every environment variable Sentinel reads is a field here; nothing else in the package reads the
 environment. A `.env` file in the working directory is read too. Field names are Pythonic; the
-environment names are the aliases (kept from the original system where it had one).
+environment names are the aliases (kept from the original system where it had one), and only they:
+a field's own name is a keyword for code (`Settings(debug=True)`), never read from the environment
+or `.env` (`DEBUG=1`, `FORWARDED_ALLOW_IPS=*` are other programs' variables).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class GovernanceKind(StrEnum):
 
 
 def env(name: str, default: Any, **constraints: Any) -> Any:
-    """A setting read from the environment variable `name` (or given by its field name)."""
+    """A setting read from the environment variable `name` (code may give it by its field name)."""
     return Field(default, validation_alias=name, **constraints)
 
 
@@ -66,16 +68,23 @@ def reveal(value: SecretStr | str | None) -> str | None:
 
 
 class Settings(BaseSettings):
-    """Sentinel's whole configuration. Build with `Settings()` (environment) or keyword overrides."""
+    """Sentinel's whole configuration. Build with `Settings()` (environment) or keyword overrides
+    (by field name or environment name)."""
 
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
-        populate_by_name=True,
+        # No `populate_by_name`: pydantic-settings then read every field's own name from the
+        # environment and `.env` too, so a container's `DEBUG=1` opened /debug/* and uvicorn's
+        # `FORWARDED_ALLOW_IPS=*` made every client's X-Forwarded-For believed. Field names given
+        # as keywords are turned into the environment names in `__init__`.
         case_sensitive=False,
         allow_inf_nan=False,  # `inf` seconds turned the slow-client limits off and broke aiohttp's timeouts
     )
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**{_ALIASES.get(key, key): value for key, value in values.items()})
 
     # --- server -------------------------------------------------------------------------------
     host: str = env("SENTINEL_HOST", "0.0.0.0")
@@ -335,6 +344,8 @@ class Settings(BaseSettings):
         return [p.strip() for p in self.passthrough.split(",") if p.strip()]
 
 
+# A field's name -> its environment name (what keyword overrides by field name are passed on as).
+_ALIASES = {name: str(field.validation_alias) for name, field in Settings.model_fields.items()}
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
 

@@ -176,3 +176,51 @@ def test_a_bad_url_is_never_quoted_back(monkeypatch: pytest.MonkeyPatch, name: s
     with pytest.raises(ConfigError, match=name) as refused:
         load_settings(_env_file=None)
     assert secret not in str(refused.value)
+
+
+# Field names that are common variables of other programs (uvicorn's FORWARDED_ALLOW_IPS, a
+# container's DEBUG, HOST...), each with a value that would change the setting, and its default.
+NOT_OURS = {
+    "DEBUG": ("true", "debug", False),
+    "FORWARDED_ALLOW_IPS": ("*", "forwarded_allow_ips", None),
+    "ADMIN_KEY": ("an-admin-key-from-elsewhere", "admin_key", None),
+    "HOST": ("10.9.9.9", "host", "0.0.0.0"),
+    "CORS_ORIGINS": ("*", "cors_origins", ""),
+    "MAX_IN_FLIGHT": ("7", "max_in_flight", 1024),
+    "AUTH_FAILURES_PER_MINUTE": ("100000", "auth_failures_per_minute", 30),
+    "PASSTHROUGH": ("/v1/moderations", "passthrough", ""),
+}
+
+
+def test_only_the_environment_names_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`populate_by_name` made pydantic-settings read every field's own name from the environment and
+    `.env` as well: a container's `DEBUG=1` opened /debug/*, uvicorn's `FORWARDED_ALLOW_IPS=*` made
+    every client's X-Forwarded-For believed. Only the documented names are read now."""
+    for name, (value, field, _) in NOT_OURS.items():
+        monkeypatch.setenv(name, value)
+        monkeypatch.delenv(str(Settings.model_fields[field].validation_alias), raising=False)
+    for alias in ("SENTINEL_MAX_IN_FLIGHT_PER_USER", "SENTINEL_SEND_TIMEOUT_SECONDS", "SENTINEL_MAX_HEADERS"):
+        monkeypatch.delenv(alias, raising=False)
+    (tmp_path / ".env").write_text("MAX_IN_FLIGHT_PER_USER=5\nsend_timeout_seconds=1\nSENTINEL_MAX_HEADERS=50\n")
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert {field: getattr(s, field) for _, field, _ in NOT_OURS.values()} == {
+        field: default for _, field, default in NOT_OURS.values()
+    }
+    assert (s.max_in_flight_per_user, s.send_timeout_seconds) == (128, 60.0)
+    assert s.max_headers == 50  # the `.env` file is read, by the documented names
+    # The documented names still set them, from the environment and from `.env`.
+    monkeypatch.setenv("SENTINEL_DEBUG", "true")
+    monkeypatch.setenv("SENTINEL_MAX_IN_FLIGHT", "7")
+    (tmp_path / ".env").write_text("SENTINEL_MAX_IN_FLIGHT_PER_USER=5\n")
+    s = load_settings()
+    assert (s.debug, s.max_in_flight, s.max_in_flight_per_user) == (True, 7, 5)
+
+
+def test_code_gives_settings_by_field_name_or_environment_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SENTINEL_DEBUG", raising=False)
+    s = Settings(_env_file=None, debug=True, max_in_flight=3, forwarded_allow_ips="10.0.0.5")  # type: ignore[call-arg]
+    assert (s.debug, s.max_in_flight, s.forwarded_allow_ips) == (True, 3, "10.0.0.5")
+    s = load_settings(_env_file=None, host="127.0.0.1", port=9, USAGE_STREAM_REPLICAS="1")  # as `serve --host` does
+    assert (s.host, s.port, s.usage_stream_replicas) == ("127.0.0.1", 9, 1)
+

@@ -9,6 +9,7 @@ or `.env` (`DEBUG=1`, `FORWARDED_ALLOW_IPS=*` are other programs' variables).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from enum import StrEnum
@@ -110,8 +111,9 @@ class Settings(BaseSettings):
     max_header_bytes: int = env("SENTINEL_MAX_HEADER_BYTES", 16 * 1024, ge=1024)
     max_headers: int = env("SENTINEL_MAX_HEADERS", 100, ge=8)
     auth_failures_per_minute: int = env("SENTINEL_AUTH_FAILURES_PER_MINUTE", 30, ge=1)
-    # Proxies (comma list of addresses, or *) whose X-Forwarded-For/-Proto are believed: the client's
-    # address (throttles, logs) and scheme (Secure cookies) then come from them. Unset: the socket's.
+    # Proxies (comma list of addresses or networks) whose X-Forwarded-For/-Proto are believed: the
+    # client's address (throttles, logs) and scheme (Secure cookies) then come from them. Unset: the
+    # socket's. `*` is refused (see `_forwarded_allow_ips`).
     forwarded_allow_ips: str | None = env("SENTINEL_FORWARDED_ALLOW_IPS", None)
 
     # --- storage ------------------------------------------------------------------------------
@@ -196,6 +198,27 @@ class Settings(BaseSettings):
     def _default_plan(cls, value: str) -> str:
         parse_plan_spec(value)
         return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _forwarded_allow_ips(cls, value: str | None) -> str | None:
+        entries = [entry.strip() for entry in (value or "").split(",") if entry.strip()]
+        if not entries:
+            return None
+        if "*" in entries:
+            # uvicorn would believe every hop and take the leftmost X-Forwarded-For entry, which the
+            # client writes: every per-client throttle bypassed, any address in the audit log.
+            raise ValueError("'*' would believe any client's X-Forwarded-For (throttles bypassed, audit "
+                             "addresses forged): list the proxies' addresses or networks, e.g. "
+                             "10.0.0.5,10.1.0.0/16")
+        for entry in entries:
+            try:  # as uvicorn reads them: a network when there is a `/`, else one address
+                ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry)
+            except ValueError:
+                # uvicorn would compare it as text with the peer's address: never trusted, no error.
+                raise ValueError(f"bad entry {entry!r}: expected an IP address (10.0.0.5) or a network "
+                                 "(10.1.0.0/16, no host bits set)") from None
+        return ",".join(entries)
 
     @field_validator("passthrough")
     @classmethod

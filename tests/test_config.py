@@ -224,3 +224,30 @@ def test_code_gives_settings_by_field_name_or_environment_name(monkeypatch: pyte
     s = load_settings(_env_file=None, host="127.0.0.1", port=9, USAGE_STREAM_REPLICAS="1")  # as `serve --host` does
     assert (s.host, s.port, s.usage_stream_replicas) == ("127.0.0.1", 9, 1)
 
+
+@pytest.mark.parametrize("value", ["*", "10.0.0.5,*", " * "])
+def test_trusting_every_proxy_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """With `*` uvicorn believes every hop and takes the leftmost X-Forwarded-For entry, which the
+    client writes: rotating it escaped every per-client throttle and forged audit-log addresses."""
+    monkeypatch.setenv("SENTINEL_FORWARDED_ALLOW_IPS", value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(_env_file=None)
+    assert "SENTINEL_FORWARDED_ALLOW_IPS: '*' would believe any client's X-Forwarded-For" in str(refused.value)
+    assert "list the proxies' addresses or networks" in str(refused.value)
+
+
+@pytest.mark.parametrize("value", ["proxy.internal", "10.0.0.1/8", "10.0.0.300"])
+def test_a_proxy_entry_uvicorn_would_never_match_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """uvicorn keeps an entry it cannot read as an address or network as text, compared with the
+    peer's address: that proxy was silently never believed."""
+    monkeypatch.setenv("SENTINEL_FORWARDED_ALLOW_IPS", f"10.0.0.5,{value}")
+    with pytest.raises(ConfigError, match=f"SENTINEL_FORWARDED_ALLOW_IPS: bad entry '{value}'"):
+        load_settings(_env_file=None)
+
+
+def test_proxies_are_addresses_and_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SENTINEL_FORWARDED_ALLOW_IPS", " 10.0.0.5, 10.1.0.0/16 ,::1,fd00::/8")
+    assert load_settings(_env_file=None).forwarded_allow_ips == "10.0.0.5,10.1.0.0/16,::1,fd00::/8"
+    monkeypatch.setenv("SENTINEL_FORWARDED_ALLOW_IPS", " ")
+    assert load_settings(_env_file=None).forwarded_allow_ips is None  # blank: the socket's address
+

@@ -196,7 +196,10 @@ class Settings(BaseSettings):
     @field_validator("default_plan")
     @classmethod
     def _default_plan(cls, value: str) -> str:
-        parse_plan_spec(value)
+        if not parse_plan_spec(value).limits:
+            # Every user without a plan of their own would be unlimited, and nothing would say so.
+            raise ValueError("names no limit: every user without a plan would be unlimited; give "
+                             "limits like requests=100/60s (or leave it unset for that default)")
         return value
 
     @field_validator("forwarded_allow_ips")

@@ -251,3 +251,17 @@ def test_proxies_are_addresses_and_networks(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("SENTINEL_FORWARDED_ALLOW_IPS", " ")
     assert load_settings(_env_file=None).forwarded_allow_ips is None  # blank: the socket's address
 
+
+@pytest.mark.parametrize("value", ["", " ", ",", " , ,"])
+def test_a_default_plan_without_limits_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """A blank DEFAULT_PLAN was a plan with no limits: every user without a plan was unlimited."""
+    monkeypatch.setenv("DEFAULT_PLAN", value)
+    with pytest.raises(ConfigError, match="DEFAULT_PLAN: names no limit: every user without a plan would be unlimited"):
+        load_settings(_env_file=None)
+
+
+def test_the_default_plan_when_unset_and_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEFAULT_PLAN", raising=False)
+    assert load_settings(_env_file=None).default_plan == "requests=100/60s"
+    monkeypatch.setenv("DEFAULT_PLAN", "requests=5/1m,")
+    assert load_settings(_env_file=None).default_plan == "requests=5/1m,"

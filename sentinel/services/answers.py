@@ -118,8 +118,9 @@ class AnswerRelay:
         )
         if owner is not None:
             await claim_created(self.ownership, created_ids(parsed, creating=creating, ttl=ttl), owner)
-            if endpoint == "responses" and isinstance(answer_id, str):
-                await remember_context(self.ownership, admission, [answer_id, *extends])
+        if endpoint == "responses":  # stored or not (`store: false`), the turn joined its conversation
+            stored = answer_id if isinstance(answer_id, str) else None
+            await remember_context(self.ownership, admission, stored, extends)
         if speaker is not None and (audio := audio_answers(parsed, time.time())):
             await claim_created(self.ownership, audio, speaker)
         report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
@@ -197,8 +198,8 @@ class AnswerRelay:
             object_id = answer_id if creating else None
             if owner is not None and object_id is not None:
                 await claim_created(ownership, [(object_id, ttl)], owner)
-                if endpoint == "responses":
-                    await remember_context(ownership, admission, [object_id, *extends])
+            if endpoint == "responses":  # stored or not, the turn joined its conversation
+                await remember_context(ownership, admission, object_id, extends)
             if speaker is not None:  # read from the head: an audio answer's id comes before its data
                 await claim_created(ownership, [(i, AUDIO_TTL) for i in leading_audio_ids(head)], speaker)
             report(ex, admission, None)
@@ -219,12 +220,14 @@ class AnswerRelay:
             await meter.settle(
                 admission, usage=inspector.usage, output_text=inspector.text, status=status, provider=upstream.provider
             )
+            stored = None
             if owner is not None and inspector.object_id is not None:
+                stored = inspector.object_id
                 collection = "responses" if endpoint == "responses" else "chat/completions"
-                await claim_created(ownership, [(inspector.object_id, ObjectPath(collection).ttl)], owner)
-                await self._charged(inspector.object_id, ObjectPath(collection).ttl)  # a later fetch: nothing
-                if endpoint == "responses":  # also when the client left early: what was charged
-                    await remember_context(ownership, admission, [inspector.object_id, *extends])
+                await claim_created(ownership, [(stored, ObjectPath(collection).ttl)], owner)
+                await self._charged(stored, ObjectPath(collection).ttl)  # a later fetch: nothing
+            if endpoint == "responses":  # also when the client left early (what was charged), stored or not
+                await remember_context(ownership, admission, stored, extends)
             if speaker is not None and inspector.audio:
                 now = time.time()
                 await claim_created(ownership, [(i, audio_ttl(at, now)) for i, at in inspector.audio.items()], speaker)
@@ -244,19 +247,25 @@ async def claim_created(ownership: Ownership, created: Iterable[tuple[str, float
         log.warning("the store is unavailable: an object this answer created stays unowned (unreachable)")
 
 
-async def remember_context(ownership: Ownership, admission: Admission, object_ids: Iterable[str]) -> None:
-    """Record the tokens a stored response's exchange held (its input, the context it continued
-    included, and its output, as charged) under the response's id and the conversation it joined:
-    a later request continuing either is charged them as input, even when its own stream is cut off
-    before the provider's count. Like `claim_created`, a store outage costs nothing but this."""
+async def remember_context(
+    ownership: Ownership, admission: Admission, response_id: str | None, conversations: Iterable[str]
+) -> None:
+    """Record the tokens a Responses exchange held (its input, the context it continued included,
+    and its output, as charged) under the response's id when it is stored (`response_id`; None for
+    `store: false`: nothing can continue it) and under the conversation it joined, stored or not
+    (the provider adds a `store: false` turn to its conversation too): a later request continuing
+    either is charged them as input, even when its own stream is cut off before the provider's
+    count. Like `claim_created`, a store outage costs nothing but this."""
     if admission.recorded is None:
         return
     tokens = admission.recorded.input_tokens + admission.recorded.output_tokens
+    kept = [(response_id, ObjectPath("responses").ttl)] if response_id is not None else []
+    kept += [(conversation, ObjectPath("responses").ttl) for conversation in conversations]
     try:
-        for object_id in object_ids:
-            await ownership.remember_context(object_id, tokens, ObjectPath("responses").ttl)
+        for object_id, ttl in kept:
+            await ownership.remember_context(object_id, tokens, ttl)
     except StoreUnavailable:
-        log.warning("the store is unavailable: a stored response's context size was not kept")
+        log.warning("the store is unavailable: a response's context size was not kept")
 
 
 async def refuse(

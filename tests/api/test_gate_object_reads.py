@@ -242,6 +242,49 @@ def test_items_given_to_a_conversation_count_as_its_context(
     assert created >= len(orjson.dumps(items)) // 4 and grown >= 2 * created
 
 
+def _response(response_id: str, input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    return {"id": response_id, "object": "response", "status": "completed", "model": "gpt-4o-mini", "output": [],
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                      "total_tokens": input_tokens + output_tokens}}
+
+
+def test_turns_not_stored_count_as_their_conversations_context(gateway_factory: Callable[..., Gateway]) -> None:
+    """The provider adds a `store: false` turn's input and output to its conversation, but only
+    stored turns were counted: three 24k-token turns left the conversation at 1 token, and a turn in
+    it cut after its first delta was charged its 5 new tokens where the provider billed 72k. Counted
+    read whole or streamed; the unstored responses themselves stay unknown (nothing can continue them)."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", passthrough="/v1/conversations")
+        upstream.json({"id": "conv_1", "object": "conversation"})
+        for n in (1, 2):
+            upstream.json(_response(f"resp_{n}", 24_000 * n - 100, 100))
+        upstream.sse({"type": "response.created", "response": {"id": "resp_3", "object": "response"}},
+                     {"type": "response.completed", "response": _response("resp_3", 71_900, 100)}, "[DONE]")
+        upstream.sse({"type": "response.created", "response": {"id": "resp_4", "object": "response",
+                                                                "status": "in_progress"}},
+                     {"type": "response.output_text.delta", "delta": "hel"})  # cut: no usage, no [DONE]
+        with gw.client() as alice:
+            assert alice.post("/v1/conversations", json={}).status_code == 200
+            for n in (1, 2):
+                turn = alice.post("/v1/responses", json={"model": "gpt-4o-mini", "input": f"turn {n}",
+                                                         "conversation": "conv_1", "store": False})
+                assert turn.status_code == 200, turn.text
+            assert gw.read_stored("sentinel:context:conv_1") == b"48000"
+            with alice.stream("POST", "/v1/responses", json={"model": "gpt-4o-mini", "input": "turn 3", "stream": True,
+                                                             "conversation": "conv_1", "store": False}) as answer:
+                assert answer.status_code == 200 and b"response.completed" in answer.read()
+            with alice.stream("POST", "/v1/responses", json={"model": "gpt-4o-mini", "input": "hi",
+                                                             "conversation": "conv_1", "stream": True}) as answer:
+                answer.read()
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 5)
+    cut = ledger_rows(gw.settings.database_url, "alice")[-1]
+    assert cut["usage_source"] == "estimated" and cut["input_tokens"] >= 72_000, cut
+    for n in (1, 2, 3):
+        assert gw.read_stored(f"sentinel:context:resp_{n}") is None
+        assert gw.read_stored(f"sentinel:owner:resp_{n}") is None
+
+
 def test_a_batch_polled_until_done_is_charged_its_usage_once(
     gateway_factory: Callable[..., Gateway], redis_url: str
 ) -> None:

@@ -255,12 +255,14 @@ async def remember_context(
     `store: false`: nothing can continue it) and under the conversation it joined, stored or not
     (the provider adds a `store: false` turn to its conversation too): a later request continuing
     either is charged them as input, even when its own stream is cut off before the provider's
-    count. Like `claim_created`, a store outage costs nothing but this."""
+    count. Each count is kept as long as its object's owner (`COLLECTIONS`): a conversation's until
+    it is deleted through Sentinel, as the provider keeps its items. Like `claim_created`, a store
+    outage costs nothing but this."""
     if admission.recorded is None:
         return
     tokens = admission.recorded.input_tokens + admission.recorded.output_tokens
     kept = [(response_id, ObjectPath("responses").ttl)] if response_id is not None else []
-    kept += [(conversation, ObjectPath("responses").ttl) for conversation in conversations]
+    kept += [(conversation, ObjectPath("conversations").ttl) for conversation in conversations]
     try:
         for object_id, ttl in kept:
             await ownership.remember_context(object_id, tokens, ttl)

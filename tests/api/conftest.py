@@ -16,6 +16,7 @@ from sentinel.app import create_app
 from sentinel.config import Settings
 from sentinel.mock.app import create_mock_app
 from sentinel.protocol import connection_limits, uvicorn_protocol_options
+from sentinel.store.base import seconds_left
 from sentinel.wiring import Runtime
 from tests.support.accounts import create_key
 from tests.support.servers import ServerThread, serving
@@ -66,6 +67,17 @@ class Gateway:
                 client.close()
         # The in-memory store never awaits and has no loop affinity: drive it from this thread.
         return asyncio.run(self.runtime.store.get(key))
+
+    def stored_ttl(self, key: str) -> float | None:
+        """The seconds `key` has left in the gateway's store: None when it is missing, -1.0 when it
+        never expires (as `Store.ttl`)."""
+        if self.settings.redis_url:
+            client = redis.Redis.from_url(self.settings.redis_url)
+            try:
+                return seconds_left(int(client.pttl(key)))
+            finally:
+                client.close()
+        return asyncio.run(self.runtime.store.ttl(key))
 
     def drop_stored(self, key: str) -> None:
         """Remove `key` from the gateway's store, as if its TTL ran out there."""

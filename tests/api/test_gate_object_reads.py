@@ -285,6 +285,35 @@ def test_turns_not_stored_count_as_their_conversations_context(gateway_factory: 
         assert gw.read_stored(f"sentinel:owner:resp_{n}") is None
 
 
+def test_a_conversations_count_is_kept_as_long_as_the_conversation(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """A conversation is kept until deleted (its owner too), but its count was kept as a stored
+    response's, 31 days: a conversation idle that long was then continued at a count of 0."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url, passthrough="/v1/conversations")
+        upstream.json({"id": "conv_1", "object": "conversation"})
+        upstream.json(_response("resp_1", 900, 100))
+        upstream.sse({"type": "response.created", "response": {"id": "resp_2", "object": "response"}},
+                     {"type": "response.completed", "response": _response("resp_2", 1900, 100)})
+        upstream.json(_response("resp_3", 2900, 100))
+        with gw.client() as alice:
+            assert alice.post("/v1/conversations", json={}).status_code == 200
+            assert gw.stored_ttl("sentinel:owner:conv_1") == -1.0  # kept until deleted
+            turn = {"model": "gpt-4o-mini", "input": "hi", "conversation": "conv_1"}
+            assert alice.post("/v1/responses", json=turn).status_code == 200
+            assert gw.stored_ttl("sentinel:context:conv_1") == -1.0
+            with alice.stream("POST", "/v1/responses", json={**turn, "stream": True}) as answer:
+                answer.read()
+            assert gw.stored_ttl("sentinel:context:conv_1") == -1.0
+            assert alice.post("/v1/responses", json={**turn, "store": False}).status_code == 200
+    assert gw.read_stored("sentinel:context:conv_1") == b"3000"
+    assert gw.stored_ttl("sentinel:context:conv_1") == -1.0
+    for stored in ("resp_1", "resp_2"):  # a stored response's, as its owner's: 31 days
+        assert 30 * 86400 < (gw.stored_ttl(f"sentinel:context:{stored}") or 0) <= 31 * 86400
+
+
 def test_a_batch_polled_until_done_is_charged_its_usage_once(
     gateway_factory: Callable[..., Gateway], redis_url: str
 ) -> None:

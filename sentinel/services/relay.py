@@ -238,7 +238,7 @@ class OpenAIRelay:
             raise
         if batch_upload and creating and where.collection == "files" and isinstance(reply, Reply):
             await self._vouch_batch_input(reply, identity)
-        if where.collection == "conversations" and method == "POST" and body and isinstance(reply, Reply):
+        if where.collection == "conversations" and method == "POST" and body:
             await self._conversation_grew(where, last, reply, len(body))
         if method == "DELETE" and where.object_id is not None and segments[-1] == where.object_id and reply.status < 300:
             await self.ownership.forget(where.object_id)
@@ -328,16 +328,21 @@ class OpenAIRelay:
                     details={"param": param},
                 )
 
-    async def _conversation_grew(self, where: ObjectPath, last: str, reply: Reply, size: int) -> None:
+    async def _conversation_grew(self, where: ObjectPath, last: str, reply: Reply | StreamReply, size: int) -> None:
         """Items given to a conversation (at its creation, or added) are context every later response
         in it makes the provider read: counted as a token per `BYTES_PER_TOKEN` bytes of the call's
-        JSON, since this call charges none of them."""
+        JSON, since this call charges none of them — also when the answer is relayed as it arrives
+        (over `MAX_BUFFERED`: the items added, listed back). A conversation's creation is counted from
+        an answer read whole (its id is read from it; the answer, the conversation alone, is small)."""
         if reply.status >= 300 or not (where.is_collection or last == "items"):
             return
         tokens = -(-size // BYTES_PER_TOKEN)
         try:
             if where.object_id is not None:
                 await self.ownership.grow_context(where.object_id, tokens)
+                return
+            if not isinstance(reply, Reply):
+                log.warning("a conversation created with an answer too large to read: its items were not counted")
                 return
             created = orjson.loads(reply.body)
             if isinstance(created, dict) and isinstance(created.get("id"), str):

@@ -242,6 +242,25 @@ def test_items_given_to_a_conversation_count_as_its_context(
     assert created >= len(orjson.dumps(items)) // 4 and grown >= 2 * created
 
 
+def test_items_count_as_context_when_their_answer_is_relayed_as_it_arrives(
+    gateway_factory: Callable[..., Gateway]
+) -> None:
+    """An answer over 1 MiB (the items added, listed back) is relayed as it arrives: the items of
+    such a call were never counted."""
+    upstream = ScriptedUpstream()
+    items = {"items": [{"type": "message", "role": "user", "content": "lighthouse " * 100_000}]}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", passthrough="/v1/conversations,/v1/conversations/*")
+        upstream.json({"id": "conv_1", "object": "conversation"})
+        upstream.json({"object": "list", "data": [{"type": "message", "role": "user", "id": "msg_1",
+                                                   "content": [{"type": "input_text", "text": "x" * (1 << 21)}]}]})
+        with gw.client() as alice:
+            assert alice.post("/v1/conversations", json={}).status_code == 200
+            added = alice.post("/v1/conversations/conv_1/items", json=items)
+            assert added.status_code == 200 and len(added.content) > 1 << 21
+    assert int(gw.read_stored("sentinel:context:conv_1") or 0) >= len(orjson.dumps(items)) // 4
+
+
 def _response(response_id: str, input_tokens: int, output_tokens: int) -> dict[str, Any]:
     return {"id": response_id, "object": "response", "status": "completed", "model": "gpt-4o-mini", "output": [],
             "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens,

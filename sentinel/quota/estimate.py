@@ -13,6 +13,7 @@ from typing import Any
 from sentinel.native.openai_checks import output_multiplier
 from sentinel.quota.anthropic_usage import content_texts, estimate_messages
 from sentinel.quota.tokens import TokenCounter
+from sentinel.quota.usage import ITEM_FIELDS, LABEL_CHARS, MEDIA_FIELDS, NO_FIELDS
 
 # No request reserves more output tokens than this (no model produces that many in one call): the
 # quota arithmetic — Lua numbers in Redis, the 429's details, JSON — stays exact and in range
@@ -99,23 +100,6 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any],
     return total
 
 
-# An item's own bookkeeping fields (not text the model reads) while short, as real ones are (a long
-# one is counted: an id the client makes up is the client's text); only at the item's top level:
-# deeper, a key of that name is the client's (a tool schema's property called `id`, say), counted.
-_ITEM_FIELDS = frozenset({"id", "call_id", "type", "status"})
-_LABEL_CHARS = 64
-# Parts whose data fields are an image, a file or audio (a data URL or base64), not text: skipped
-# only inside such a part, so naming a key `image_url` elsewhere hides nothing.
-_MEDIA_FIELDS = {
-    "input_image": frozenset({"image_url", "file_data"}),
-    "computer_screenshot": frozenset({"image_url", "file_data"}),
-    "input_file": frozenset({"file_data", "file_url"}),
-    "input_audio": frozenset({"data", "input_audio"}),
-    "reasoning": frozenset({"encrypted_content"}),  # the provider's own ciphertext, not the client's text
-}
-_NO_FIELDS: frozenset[str] = frozenset()
-
-
 def _item_texts(item: Any) -> list[str]:
     """The strings of a Responses input item that reach the model as text: every string, however
     it starts, but the item's own bookkeeping fields and the data of image, file and audio parts
@@ -124,16 +108,16 @@ def _item_texts(item: Any) -> list[str]:
     if not isinstance(item, dict):
         return out
     kind = item.get("type")
-    skipped = _MEDIA_FIELDS.get(kind, _NO_FIELDS) if isinstance(kind, str) else _NO_FIELDS
+    skipped = MEDIA_FIELDS.get(kind, NO_FIELDS) if isinstance(kind, str) else NO_FIELDS
     stack: list[Any] = [value for key, value in item.items() if key not in skipped and not (
-        key in _ITEM_FIELDS and isinstance(value, str) and len(value) <= _LABEL_CHARS)]
+        key in ITEM_FIELDS and isinstance(value, str) and len(value) <= LABEL_CHARS)]
     while stack:
         node = stack.pop()
         if isinstance(node, str):
             out.append(node)
         elif isinstance(node, dict):
             kind = node.get("type")
-            skip = _MEDIA_FIELDS.get(kind, _NO_FIELDS) if isinstance(kind, str) else _NO_FIELDS
+            skip = MEDIA_FIELDS.get(kind, NO_FIELDS) if isinstance(kind, str) else NO_FIELDS
             stack.extend(value for key, value in node.items() if key not in skip)
         elif isinstance(node, list):
             stack.extend(node)

@@ -2,6 +2,9 @@
 by `sentinel.quota.anthropic_usage`).
 
 Provider `usage` wins (cached prompt tokens, `cached_tokens`, are recorded as cache reads); when it is missing the caller counts the output text this module gathers.
+A Responses answer's hosted-tool items (an MCP server's tool list and call outputs, search results,
+code logs) are input: the model reads them in the steps that follow, and only the final usage counts
+them. An answer or stream without that usage is charged them as read (`items_read`).
 `StreamInspector` watches an SSE byte stream without delaying it: it splits events, pulls usage and
 text from `data:` lines, (when Sentinel injected `stream_options.include_usage` on the client's
 behalf) drops the usage-only chunk the client did not ask for, and replaces the message of a
@@ -21,6 +24,7 @@ from sentinel.domain.usage import Usage
 from sentinel.errors import UpstreamError
 from sentinel.native.openai import PLAIN_DELTA, delta_extras, field_text
 from sentinel.providers.errors import stream_failure
+from sentinel.quota.tokens import estimate_tokens
 
 
 def usage_from_body(endpoint: str, body: Any) -> Usage | None:
@@ -86,6 +90,96 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+# The output items of a Responses answer whose text the model writes and the stream carries as deltas
+# (output: `StreamInspector` counts them, `text_from_body` when not streamed). Every other item is a
+# hosted tool's (a tool list, a call and its output, search results, code and its logs, a type added
+# later): what the provider gave the model to read, input (`items_read`).
+_WRITTEN_ITEMS = frozenset({"message", "reasoning", "function_call", "custom_tool_call", "shell_call"})
+# What a hosted tool's item leaves out of what the model read: what the model wrote there, output (a
+# call's `arguments`, streamed as deltas — an approval request's are not — and counted by
+# `text_from_body`; the interpreter's `code`, streamed as deltas), and a generated image's base64
+# (images are not estimated, as `MEDIA_FIELDS` says).
+_NOT_READ = {
+    "mcp_call": frozenset({"arguments"}),
+    "mcp_approval_request": frozenset({"arguments"}),
+    "code_interpreter_call": frozenset({"code"}),
+    "image_generation_call": frozenset({"result"}),
+}
+# A Responses item's own bookkeeping fields (not text the model reads) while short, as real ones are
+# (a long one is counted: an id the client makes up is the client's text); only at the item's top
+# level: deeper, a key of that name is the client's (a tool schema's property called `id`, say), counted.
+# The estimate's rule for input items (`sentinel.quota.estimate`) and `item_read`'s.
+ITEM_FIELDS = frozenset({"id", "call_id", "type", "status"})
+LABEL_CHARS = 64
+# Parts whose data fields are an image, a file or audio (a data URL or base64), not text: skipped
+# only inside such a part, so naming a key `image_url` elsewhere hides nothing.
+MEDIA_FIELDS = {
+    "input_image": frozenset({"image_url", "file_data"}),
+    "computer_screenshot": frozenset({"image_url", "file_data"}),
+    "input_file": frozenset({"file_data", "file_url"}),
+    "input_audio": frozenset({"data", "input_audio"}),
+    "reasoning": frozenset({"encrypted_content"}),  # the provider's own ciphertext, not the client's text
+}
+NO_FIELDS: frozenset[str] = frozenset()
+
+
+def _written_item(item: dict[str, Any]) -> bool:
+    return isinstance(kind := item.get("type"), str) and kind in _WRITTEN_ITEMS
+
+
+def items_read(items: Any) -> tuple[str, int]:
+    """What the model read of a Responses answer's output items: each hosted tool's item (every one
+    but those it writes, `_WRITTEN_ITEMS`) as (text to count, tokens counted already), see `item_read`."""
+    texts: list[str] = []
+    tokens = 0
+    for item in _list(items):
+        if isinstance(item, dict) and not _written_item(item):
+            text, counted = item_read(item)
+            texts.append(text)
+            tokens += counted
+    return "\n".join(texts), tokens
+
+
+def item_read(item: dict[str, Any]) -> tuple[str, int]:
+    """A hosted tool's item as the model reads it: every string in it, keys too (a tool list's input
+    schemas are JSON whose property names are text), appended as one text, and a number, `true`,
+    `false` or `null` one token each (returned); but its own short bookkeeping fields (`ITEM_FIELDS`),
+    what `_NOT_READ` leaves out and the data of image, file and audio parts (`MEDIA_FIELDS`).
+    Iterative, at any depth an upstream event has (orjson read it)."""
+    kind = item.get("type")
+    skipped = _NOT_READ.get(kind, NO_FIELDS) if isinstance(kind, str) else NO_FIELDS
+    parts: list[str] = []
+    tokens = 0
+    stack: list[Any] = []
+    for key, value in item.items():
+        if key in skipped or (key in ITEM_FIELDS and isinstance(value, str) and len(value) <= LABEL_CHARS):
+            continue
+        stack += [value, key]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            parts.append(node)
+        elif isinstance(node, dict):
+            kind = node.get("type")
+            skip = MEDIA_FIELDS.get(kind, NO_FIELDS) if isinstance(kind, str) else NO_FIELDS
+            for key, value in node.items():
+                if key not in skip:
+                    stack += [value, key]
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+        else:
+            tokens += 1
+    return "\n".join(parts), tokens
+
+
+def output_read(endpoint: str, body: Any) -> tuple[str, int]:
+    """What the model read of a (non-streamed) answer, for when its usage is missing: a Responses
+    answer's hosted-tool items (`items_read`); nothing on the other endpoints."""
+    if endpoint != "responses" or not isinstance(body, dict):
+        return "", 0
+    return items_read(body.get("output"))
+
+
 def _call_text(call: Any) -> str:
     """A tool call's name and arguments, as text to count."""
     fn = call.get("function") if isinstance(call, dict) else None
@@ -93,6 +187,9 @@ def _call_text(call: Any) -> str:
 
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # as the native API's SSE parser (`sentinel.native.sse`)
+# The hosted-tool text a stream inspector keeps to count when the stream is settled; past it an item's
+# text is counted as it arrives, a token per 4 bytes (`estimate_tokens`), and not kept.
+READ_KEPT_CHARS = 1024 * 1024
 # A Responses stream ends with one of these (no `[DONE]`): held back like `[DONE]`.
 RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
@@ -142,7 +239,8 @@ class StreamInspector:
     `response.completed` / `.incomplete` / `.failed` event, which carries the usage — is never
     returned: it is kept in `done` for the caller to send after the usage record is stored (and the
     response's owner recorded). In stripping mode the usage-only chunk Sentinel asked for on the
-    client's behalf is dropped too.
+    client's behalf is dropped too. A Responses stream's hosted-tool items are kept as read
+    (`read_input`), each once: from its `response.output_item.done`.
     """
 
     DONE = b"data: [DONE]\n\n"
@@ -156,6 +254,9 @@ class StreamInspector:
         self._terminal = False
         self.usage: Usage | None = None
         self._text: list[str] = []
+        self._read: list[str] = []  # the hosted-tool items' text, up to READ_KEPT_CHARS (`read_input`)
+        self._read_chars = 0
+        self._read_tokens = 0  # counted already: their scalars, and their text past READ_KEPT_CHARS
         self.parse_errors = 0
         self.saw_done = False
         self.object_id: str | None = None  # the answer's own id (a stored response or chat completion)
@@ -165,6 +266,12 @@ class StreamInspector:
     @property
     def text(self) -> str:
         return "".join(self._text)
+
+    @property
+    def read_input(self) -> tuple[str, int]:
+        """What the model read that the admission estimate leaves out: a Responses stream's hosted-tool
+        items (`items_read`), charged when the final usage never came."""
+        return "\n".join(self._read), self._read_tokens
 
     @property
     def done(self) -> bytes:
@@ -301,7 +408,19 @@ class StreamInspector:
             self._text.append(delta)
         elif isinstance(delta, dict):
             self._text.append(str(delta.get("text") or delta.get("content") or ""))
+        if obj.get("type") == "response.output_item.done":  # (`.added` came before, without results)
+            item = obj.get("item")
+            if isinstance(item, dict) and not _written_item(item):
+                self._keep_read(*item_read(item))
         return True
+
+    def _keep_read(self, text: str, tokens: int) -> None:
+        if self._read_chars + len(text) <= READ_KEPT_CHARS:
+            self._read.append(text)
+            self._read_chars += len(text)
+        else:
+            tokens += estimate_tokens(text)
+        self._read_tokens += tokens
 
 
 class TailInspector:

@@ -28,7 +28,7 @@ from sentinel.providers.errors import upstream_error
 from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
 from sentinel.quota.meter import Admission, Meter
-from sentinel.quota.usage import StreamInspector, TailInspector, text_from_body, usage_from_body
+from sentinel.quota.usage import StreamInspector, TailInspector, output_read, text_from_body, usage_from_body
 from sentinel.services.event_streams import relay_events
 from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
 from sentinel.services.objects import (
@@ -109,12 +109,14 @@ class AnswerRelay:
             listed = await self._listed_usage(endpoint, parsed, ttl)
             if listed is not None:
                 usage, pays = listed, True
+        unmetered = pays and usage is None  # then what the model read (hosted tools' results) counts too
         await self.meter.settle(
             admission,
             usage=usage if pays else Usage(0, 0),
             output_text="" if parsed is None or not pays else text_from_body(endpoint, parsed),
             status=upstream.status,
             provider=upstream.provider,
+            read_input=output_read(endpoint, parsed) if unmetered else ("", 0),
         )
         if owner is not None:
             await claim_created(self.ownership, created_ids(parsed, creating=creating, ttl=ttl), owner)
@@ -217,8 +219,10 @@ class AnswerRelay:
         meter, ownership = self.meter, self.ownership
 
         async def settle(status: int) -> None:
+            usage = inspector.usage  # else the hosted tools' results streamed are charged as read too
             await meter.settle(
-                admission, usage=inspector.usage, output_text=inspector.text, status=status, provider=upstream.provider
+                admission, usage=usage, output_text=inspector.text, status=status, provider=upstream.provider,
+                read_input=("", 0) if usage is not None else inspector.read_input,
             )
             stored = None
             if owner is not None and inspector.object_id is not None:

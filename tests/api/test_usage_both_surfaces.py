@@ -473,3 +473,79 @@ def test_a_cut_responses_stream_is_charged_a_function_output_however_it_starts(
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
     (row,) = ledger_rows(gw.settings.database_url)
     assert row["usage_source"] == "estimated" and row["input_tokens"] > 2000, row
+
+
+# --- a Responses stream's hosted-tool items -----------------------------------------------------------
+MCP_TOOL = {"type": "mcp", "server_label": "x", "server_url": "https://mcp.example/mcp", "require_approval": "never"}
+
+
+def test_a_cut_responses_stream_is_charged_the_hosted_tool_items_it_carried(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """An MCP server's tool list and a call's output are input the model reads in the steps that
+    follow; only `response.completed` counts them. A client that left at the first text delta after
+    an ~80k-token tool list and call output was charged 38 input tokens (the estimate) and 1 output
+    (the inspector read only `delta` strings): the items streamed are charged as input now, each
+    once. A stream read to its end is charged the provider's usage alone; a non-streamed answer
+    without usage counts its items as a stream does."""
+    from sentinel.quota.tokens import TokenCounter
+
+    manual = " ".join(f"tool{i}" for i in range(12000))
+    page = " ".join(f"page{i}" for i in range(12000))
+    items_tokens = TokenCounter().count_text(manual, MINI) + TokenCounter().count_text(page, MINI)
+    listed = {"type": "mcp_list_tools", "id": "mcpl_1", "server_label": "x", "tools": [
+        {"name": "lookup", "description": manual, "input_schema": {"type": "object", "properties": {}}}]}
+    called = {"type": "mcp_call", "id": "mcp_1", "server_label": "x", "name": "lookup", "status": "completed",
+              "arguments": '{"query": "valve"}', "output": page, "error": None}
+    message = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+               "content": [{"type": "output_text", "text": "The valve opens.", "annotations": []}]}
+    started = {"id": "resp_1", "object": "response", "status": "in_progress", "model": MINI, "output": [],
+               "usage": None}
+    events = [
+        {"type": "response.created", "response": started},
+        {"type": "response.output_item.added", "output_index": 0, "item": {**listed, "tools": []}},
+        {"type": "response.output_item.done", "output_index": 0, "item": listed},
+        {"type": "response.output_item.added", "output_index": 1,
+         "item": {**called, "arguments": "", "output": None, "status": "in_progress"}},
+        {"type": "response.mcp_call_arguments.delta", "output_index": 1, "item_id": "mcp_1",
+         "delta": called["arguments"]},
+        {"type": "response.output_item.done", "output_index": 1, "item": called},
+        {"type": "response.output_item.added", "output_index": 2, "item": {**message, "content": []}},
+        {"type": "response.output_text.delta", "output_index": 2, "item_id": "msg_1", "content_index": 0,
+         "delta": "The"},
+    ]
+    answer = {**started, "status": "completed", "output": [listed, called, message],
+              "usage": {"input_tokens": 170_000, "output_tokens": 40, "total_tokens": 170_040}}
+    ask = {"model": MINI, "input": "look it up", "tools": [MCP_TOOL]}
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"),
+                             usage_flush_interval_seconds=0.1)
+        with gw.client() as http:
+            upstream.sse(*events, hold=True)  # the upstream goes on; the client leaves at the first text
+            with http.stream("POST", "/v1/responses", json={**ask, "stream": True}) as left:
+                seen = ""
+                for line in left.iter_lines():
+                    seen += line
+                    if "response.output_text.delta" in line:
+                        break
+            assert upstream.left.wait(10)
+            upstream.sse(*events, {"type": "response.completed", "response": answer})
+            whole = http.post("/v1/responses", json={**ask, "stream": True})
+            upstream.json({**answer, "usage": None})
+            unmetered = http.post("/v1/responses", json=ask)
+    assert [left.status_code, whole.status_code, unmetered.status_code] == [200] * 3, [whole.text, unmetered.text]
+    assert page in seen and "response.completed" in whole.text
+    ids = [r.headers["x-request-id"] for r in (left, whole, unmetered)]
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 3)
+    rows = {row["request_id"]: row for row in ledger_rows(gw.settings.database_url)}
+    left_row, whole_row, unmetered_row = (rows[i] for i in ids)
+    assert (left_row["status"], left_row["usage_source"]) == (499, "estimated"), left_row
+    assert items_tokens <= left_row["input_tokens"] <= items_tokens + 150, (left_row, items_tokens)
+    assert 0 < left_row["output_tokens"] < 20, left_row  # the call's arguments and "The", not the items
+    assert (whole_row["input_tokens"], whole_row["output_tokens"], whole_row["usage_source"]) == (
+        170_000, 40, "measured"
+    )
+    assert unmetered_row["usage_source"] == "estimated", unmetered_row
+    assert items_tokens <= unmetered_row["input_tokens"] <= items_tokens + 150, (unmetered_row, items_tokens)
+    assert 0 < unmetered_row["output_tokens"] < 20, unmetered_row

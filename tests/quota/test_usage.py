@@ -8,7 +8,14 @@ import orjson
 import pytest
 
 from sentinel.domain.usage import Usage
-from sentinel.quota.usage import StreamInspector, text_from_body, top_level_value, usage_from_body
+from sentinel.quota.usage import (
+    READ_KEPT_CHARS,
+    StreamInspector,
+    output_read,
+    text_from_body,
+    top_level_value,
+    usage_from_body,
+)
 
 DONE = b"data: [DONE]\n\n"
 
@@ -263,3 +270,74 @@ def test_an_error_event_too_deep_to_write_back_is_replaced_by_a_generic_one(
     sent += inspector.done  # `response.failed` is held back, to be sent last
     assert orjson.loads(sent.removeprefix(b"data: ")) == expected
     assert b"org-123" not in sent
+
+
+# --- a Responses answer's hosted-tool items ----------------------------------------------------------
+TOOL_LIST = {"type": "mcp_list_tools", "id": "mcpl_1", "server_label": "x", "tools": [
+    {"name": "lookup", "description": "Looks things up in the manual", "annotations": None,
+     "input_schema": {"type": "object", "properties": {"a_property_name_the_model_reads": {"type": "string"}}}}]}
+MCP_CALL = {"type": "mcp_call", "id": "mcp_1", "server_label": "x", "name": "lookup",
+            "arguments": '{"query": "chapter nine"}', "output": "Chapter nine says the valve opens", "error": None}
+CODE = {"type": "code_interpreter_call", "id": "ci_1", "container_id": "cntr_1", "status": "completed",
+        "code": "print(6 * 7)", "outputs": [{"type": "logs", "logs": "42 and the log lines"}]}
+IMAGE = {"type": "image_generation_call", "id": "ig_1", "status": "completed", "result": "iVBORw0KGgo" * 100,
+         "revised_prompt": "a lighthouse at dusk"}
+SCREENSHOT = {"type": "computer_call_output", "id": "cuo_1", "call_id": "call_9",
+              "output": {"type": "computer_screenshot", "image_url": "data:image/png;base64,iVBORw0KGgo"}}
+MESSAGE = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+           "content": [{"type": "output_text", "text": "The valve opens", "annotations": []}]}
+FUNCTION = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f", "arguments": '{"x": 1}'}
+
+
+def item_events(item: dict[str, Any], *deltas: tuple[str, str]) -> list[bytes]:
+    """An output item as a stream carries it: added (without its results), its deltas, done (whole)."""
+    empty = {key: value for key, value in item.items() if key in ("type", "id", "server_label", "name")}
+    return [event({"type": "response.output_item.added", "output_index": 0, "item": empty}),
+            *(event({"type": kind, "item_id": item["id"], "delta": text}) for kind, text in deltas),
+            event({"type": "response.output_item.done", "output_index": 0, "item": item})]
+
+
+def test_hosted_tool_items_streamed_are_read_input() -> None:
+    """A hosted tool's item (an MCP server's tool list, a call's output, code logs) is input the model
+    reads in the steps that follow, and only `response.completed` counts it; the inspector read only
+    `delta` strings, so a stream cut before that usage was charged the estimate and the text (an
+    80k-token tool list and call output free). The items are `read_input` now, each once (from its
+    `.done`), but for what the model wrote (a call's arguments, code: output, streamed as deltas) and
+    images; the model's own items (a message, a function call) stay output alone."""
+    inspector = StreamInspector("responses")
+    feed_all(inspector, [
+        *item_events(TOOL_LIST),
+        *item_events(MCP_CALL, ("response.mcp_call_arguments.delta", MCP_CALL["arguments"])),
+        *item_events(CODE, ("response.code_interpreter_call_code.delta", CODE["code"])),
+        *item_events(IMAGE), *item_events(SCREENSHOT),
+        *item_events(MESSAGE, ("response.output_text.delta", "The valve opens")),
+        *item_events(FUNCTION, ("response.function_call_arguments.delta", FUNCTION["arguments"])),
+    ])
+    text, tokens = inspector.read_input
+    for read in ("Looks things up in the manual", "a_property_name_the_model_reads", "input_schema",
+                 "Chapter nine says the valve opens", "42 and the log lines", "a lighthouse at dusk", "computer_screenshot"):
+        assert read in text, read
+    for unread in ("chapter nine", "print(6 * 7)", "iVBORw0KGgo", "The valve opens", '{"x": 1}', "mcpl_1", "call_9"):
+        assert unread not in text, unread
+    assert tokens == 2  # `annotations` and `error`: null
+    assert inspector.text == '{"query": "chapter nine"}print(6 * 7)The valve opens{"x": 1}'  # output, as before
+    assert inspector.usage is None
+    plain = StreamInspector("responses")  # no hosted tools: nothing read
+    feed_all(plain, item_events(MESSAGE, ("response.output_text.delta", "Hi")))
+    assert plain.read_input == ("", 0)
+    body = {"output": [TOOL_LIST, MCP_CALL, CODE, MESSAGE, FUNCTION], "usage": None}  # not streamed
+    assert output_read("responses", body)[0].count("Chapter nine") == 1 and "The valve opens" not in output_read(
+        "responses", body)[0]
+    assert output_read("chat", body) == ("", 0)
+
+
+def test_hosted_tool_text_kept_is_bounded() -> None:
+    """The read text is kept to count at settlement up to READ_KEPT_CHARS; an item past it is counted
+    as it arrives (a token per 4 bytes) and not kept: a stream of many large items holds no more."""
+    inspector = StreamInspector("responses")
+    output = "w" * (READ_KEPT_CHARS // 2)
+    items = [{**MCP_CALL, "id": f"mcp_{i}", "output": output, "error": None} for i in range(5)]
+    feed_all(inspector, [e for item in items for e in item_events(item)])
+    text, tokens = inspector.read_input
+    assert len(text) <= READ_KEPT_CHARS and text.count(output) == 1
+    assert tokens >= 4 * len(output) // 4 and tokens < 5 * len(output) // 4  # the four past the bound

@@ -4,7 +4,8 @@ scripted one.
 `GatedUpstream` is an OpenAI-like chat endpoint whose answers wait until the test opens the gate:
 a request is provably in flight (`arrived` counts it) for as long as the test needs, without a
 latency guessed in milliseconds. `ScriptedUpstream` answers with what the test queued: what a
-provider breaking its own rules might send, which the mock upstream never does. Serve them with
+provider breaking its own rules might send, which the mock upstream never does, or a stream held
+open until the gateway leaves it (a client that left mid-stream). Serve them with
 `tests.support.servers.serving`.
 """
 
@@ -70,22 +71,25 @@ class ScriptedUpstream:
     empty queue is a 500). Bodies are written by the standard library's encoder: integers of any size."""
 
     def __init__(self) -> None:
-        self._answers: deque[tuple[bytes, bytes, list[tuple[bytes, bytes]]]] = deque()  # (type, body, headers)
+        # (type, body, headers, whether the body is left open until the other side leaves)
+        self._answers: deque[tuple[bytes, bytes, list[tuple[bytes, bytes]], bool]] = deque()
         self.received: list[bytes] = []  # the request bodies, as they arrived
         self.received_headers: list[dict[str, str]] = []  # and their headers (lower-case names)
+        self.left = threading.Event()  # the other side left a stream held open
 
     def json(self, body: Any, headers: dict[str, str | bytes] | None = None) -> None:
         """Queue a JSON answer (with extra response `headers`, e.g. a `Set-Cookie`; a str value is
         sent UTF-8 encoded, bytes as they are)."""
-        self._answers.append((b"application/json", json.dumps(body).encode(), _raw_headers(headers)))
+        self._answers.append((b"application/json", json.dumps(body).encode(), _raw_headers(headers), False))
 
-    def sse(self, *events: Any, headers: dict[str, str | bytes] | None = None) -> None:
-        """Queue an event stream: one `data:` line per event (a str as it is, e.g. "[DONE]", else JSON)."""
+    def sse(self, *events: Any, headers: dict[str, str | bytes] | None = None, hold: bool = False) -> None:
+        """Queue an event stream: one `data:` line per event (a str as it is, e.g. "[DONE]", else JSON).
+        With `hold` the stream is not ended: it stays open until the gateway closes it (`left`)."""
         data = b"".join(
             b"data: " + (event if isinstance(event, str) else json.dumps(event)).encode() + b"\n\n"
             for event in events
         )
-        self._answers.append((b"text/event-stream", data, _raw_headers(headers)))
+        self._answers.append((b"text/event-stream", data, _raw_headers(headers), hold))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -98,10 +102,17 @@ class ScriptedUpstream:
                 break
         self.received.append(received)
         self.received_headers.append({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]})
-        status, (content_type, body, extra) = (200, self._answers.popleft()) if self._answers else (500, (b"", b"", []))
-        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]
+        status, (content_type, body, extra, hold) = (
+            (200, self._answers.popleft()) if self._answers else (500, (b"", b"", [], False))
+        )
+        length = [] if hold else [(b"content-length", str(len(body)).encode())]
+        headers = [(b"content-type", content_type), *length, *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": body, "more_body": hold})
+        if hold:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.left.set()
 
 
 def _raw_headers(headers: dict[str, str | bytes] | None) -> list[tuple[bytes, bytes]]:

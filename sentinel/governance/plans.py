@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
@@ -49,16 +49,27 @@ class PlanRepository:
                 )
                 await session.commit()
 
-    async def delete_plan(self, name: str) -> bool:
-        """Delete a plan and its limits; users on it fall back to the default. False if unknown."""
+    async def delete_plan(self, name: str) -> list[str] | None:
+        """Delete a plan and its limits and put its users on the default plan, in one transaction;
+        the external ids of those users (whose cached plans are stale), or None for an unknown plan.
+
+        `users.plan_name` has no foreign key (see `sentinel.db.models`), so the users are cleared
+        here: a name left behind would give them any plan created later under that name. The plan's
+        row goes first: on PostgreSQL that waits for an assignment to it in flight (which holds the
+        row in KEY SHARE, see `set_user_plan`), so the users' update below sees it; on SQLite the
+        transaction holds the database's write lock from its first statement.
+        """
         with database_errors("plan store unavailable"):
             async with self._sessions() as session:
-                found = await session.get(PlanRow, name)
-                if found is None:
-                    return False
-                await session.delete(found)
+                deleted = await session.scalar(delete(PlanRow).where(PlanRow.name == name).returning(PlanRow.name))
+                if deleted is None:
+                    return None
+                moved = await session.scalars(
+                    update(User).where(User.plan_name == name).values(plan_name=None).returning(User.external_id)
+                )
+                users = list(moved.all())
                 await session.commit()
-                return True
+                return users
 
     async def get_plan(self, name: str) -> Plan | None:
         """The plan called `name`, or None."""
@@ -72,18 +83,31 @@ class PlanRepository:
     async def set_user_plan(self, external_id: str, plan_name: str | None) -> None:
         """Put a user (created if missing) on `plan_name`; None returns them to the default plan.
 
-        Raises NotFound when the plan does not exist.
+        Raises NotFound when the plan does not exist, also when a concurrent `delete_plan` removed it
+        between the check and the write: the name is written only while the plan exists (on
+        PostgreSQL its row is held in KEY SHARE until commit, so a delete waits and then clears the
+        user; on SQLite the conditional write runs under the database's write lock), never left
+        dangling for a plan later created under that name to apply.
         """
         with database_errors("plan store unavailable"):
             async with self._sessions() as session:
-                if plan_name is not None and await session.get(PlanRow, plan_name) is None:
-                    raise NotFound(f"plan {plan_name!r} does not exist", code="plan_not_found")
+                if plan_name is not None:
+                    held = await session.scalar(
+                        select(PlanRow.name).where(PlanRow.name == plan_name).with_for_update(read=True, key_share=True)
+                    )
+                    if held is None:
+                        raise NotFound(f"plan {plan_name!r} does not exist", code="plan_not_found")
                 user_id = await ensure_user(session, external_id)
-                await session.execute(update(User).where(User.id == user_id).values(plan_name=plan_name))
+                assign = update(User).where(User.id == user_id).values(plan_name=plan_name)
+                if plan_name is not None:
+                    assign = assign.where(exists().where(PlanRow.name == plan_name))
+                if await session.scalar(assign.returning(User.id)) is None:
+                    await session.rollback()  # nor a user created for it
+                    raise NotFound(f"plan {plan_name!r} does not exist", code="plan_not_found")
                 await session.commit()
 
     async def plan_for_user(self, external_id: str) -> Plan | None:
-        """The user's plan, or None when the user is unknown, has none, or it was deleted."""
+        """The user's plan, or None when the user is unknown or has none (the default plan)."""
         with database_errors("plan store unavailable"):
             async with self._sessions() as session:
                 plan_name = await session.scalar(

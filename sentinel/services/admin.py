@@ -8,9 +8,9 @@ counters, provider health, sessions, the outbox depth) and the audit log.
 Every change is written to the audit log after it succeeded, with its actor (`admin` from the
 console or admin API, `cli` from the command line). Changes that caches would hide apply at once
 where this process can reach the cache: revoking a key drops its cached identity and changing a
-user's plan (or a plan's limits) drops the cached plans, in the shared store; other replicas' own
-one-second copies expire by themselves. Tier edits reach other replicas within
-TIER_CONFIG_TTL_SECONDS.
+user's plan (or a plan's limits, or deleting a plan: its users get the default plan) drops the
+cached plans, in the shared store; other replicas' own one-second copies expire by themselves. Tier
+edits reach other replicas within TIER_CONFIG_TTL_SECONDS.
 """
 
 from __future__ import annotations
@@ -235,10 +235,12 @@ class AdminService:
         return saved
 
     async def delete_plan(self, name: str, actor: Actor) -> None:
-        """Delete a plan; its users fall back to the default plan. NotFound when unknown."""
-        users = await self.users.on_plan(name)
+        """Delete a plan; its users are put on the default plan (in the same transaction) and their
+        cached plans dropped. NotFound when unknown. The audit entry's `users` is how many moved."""
         existing = await self.plan(name)
-        await self.plan_repo.delete_plan(name)
+        users = await self.plan_repo.delete_plan(name)
+        if users is None:  # deleted meanwhile, by another operator
+            raise NotFound(f"No plan {name!r}", code="plan_not_found")
         await self._forget_plans(users)
         await self._audit(actor, "plan.delete", name, {"from": existing.spec(), "users": len(users)})
 

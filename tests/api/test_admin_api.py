@@ -4,6 +4,8 @@ session cookie and its CSRF token, the sign-in throttle, the OpenAPI document, a
 from __future__ import annotations
 
 import re
+import time
+import uuid
 from collections.abc import Callable
 
 import httpx
@@ -325,8 +327,6 @@ def test_operator_input_a_column_cannot_hold_is_a_400_that_changes_nothing(any_d
 def test_the_usage_csv_quotes_a_cell_holding_a_line_break(gateway_factory: Callable[..., Gateway]) -> None:
     """A bare CR in a cell (an external id any identity source may vouch for) was not quoted: a
     spreadsheet reading CR as a row's end saw a cell starting with '=' on a row of its own."""
-    import time
-
     import jwt
 
     secret = "a-test-secret-that-is-long-enough-for-hs256"
@@ -360,3 +360,57 @@ def test_every_admin_api_error_is_not_stored(gw: Gateway) -> None:
         assert answer.headers["cache-control"] == "no-store", answer.request.url
         assert answer.headers["x-content-type-options"] == "nosniff"
     assert user_error.status_code == 401 and "cache-control" not in user_error.headers
+
+
+def test_a_deleted_plans_users_get_the_default_plan_not_a_later_plan_of_its_name(any_db_gw: Gateway) -> None:
+    """Deleting a plan left its users on its name: shown as assigned to it, and put on any plan later
+    created under that name — here one of 999,999 requests a minute (the default allows 100)."""
+    gw, suffix = any_db_gw, uuid.uuid4().hex[:8]
+    plan, user = f"gold-{suffix}", f"alice-{suffix}"  # the PostgreSQL database is the session's
+    with admin(gw) as http:
+        limits = {"create": True, "limits": [{"metric": "requests", "limit": 1000, "window": "1m"}]}
+        assert http.put(f"/admin/api/plans/{plan}", json=limits).status_code == 200
+        assert http.put(f"/admin/api/users/{user}/plan", json={"plan": plan}).status_code == 200
+        key = http.post(f"/admin/api/users/{user}/keys", json={"name": "laptop"}).json()["key"]
+        with gw.client(key) as alice:
+            assert alice.post("/v1/chat/completions", json=CHAT).headers["x-ratelimit-limit"] == "1000"
+            assert http.delete(f"/admin/api/plans/{plan}").json() == {"deleted": plan}
+            assert alice.post("/v1/chat/completions", json=CHAT).headers["x-ratelimit-limit"] == "100"
+            view = http.get(f"/admin/api/users/{user}").json()
+            assert (view["user"]["plan"], view["plan_origin"]) == (None, "default")
+            limits["limits"][0]["limit"] = 999_999
+            assert http.put(f"/admin/api/plans/{plan}", json=limits).status_code == 200
+            assert alice.post("/v1/chat/completions", json=CHAT).headers["x-ratelimit-limit"] == "100"
+        listed = {p["name"]: p["users"] for p in http.get("/admin/api/plans").json()["plans"]}
+        assert listed[plan] == 0
+        assert http.get(f"/admin/api/users/{user}").json()["plan_origin"] == "default"
+        deleted = http.get("/admin/api/audit", params={"target": plan}).json()["entries"][1]
+        assert (deleted["action"], deleted["details"]) == ("plan.delete", {"from": "requests=1000/1m", "users": 1})
+
+
+@pytest.mark.postgres
+def test_a_plan_deleted_on_one_replica_is_off_the_others_at_once(
+    gateway_factory: Callable[..., Gateway], pg_url: str, redis_url: str
+) -> None:
+    """Two replicas share PostgreSQL and Redis: a delete through one drops the plan its users had
+    cached in Redis, so the other enforces the default plan within its one-second local copy."""
+    one = gateway_factory(admin_key=ADMIN_KEY, database_url=pg_url, redis_url=redis_url)
+    other = gateway_factory(admin_key=ADMIN_KEY, database_url=pg_url, redis_url=redis_url)
+    suffix = uuid.uuid4().hex[:8]
+    plan, user = f"gold-{suffix}", f"alice-{suffix}"
+    with admin(one) as http:
+        limits = {"create": True, "limits": [{"metric": "requests", "limit": 1000, "window": "1m"}]}
+        assert http.put(f"/admin/api/plans/{plan}", json=limits).status_code == 200
+        assert http.put(f"/admin/api/users/{user}/plan", json={"plan": plan}).status_code == 200
+        key = http.post(f"/admin/api/users/{user}/keys", json={"name": "laptop"}).json()["key"]
+        with other.client(key) as alice:
+
+            def limit() -> str:
+                return str(alice.post("/v1/chat/completions", json=CHAT).headers["x-ratelimit-limit"])
+
+            assert limit() == "1000"  # cached by the other replica
+            assert http.delete(f"/admin/api/plans/{plan}").status_code == 200
+            limits["limits"][0]["limit"] = 999_999
+            assert http.put(f"/admin/api/plans/{plan}", json=limits).status_code == 200
+            time.sleep(1.1)  # the other replica's local copy (one second) ran out
+            assert limit() == "100"

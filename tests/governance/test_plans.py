@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.util import await_only
 
 from sentinel.domain.plans import (
     MAX_WINDOW_SECONDS,
@@ -175,8 +177,8 @@ async def test_set_user_plan_to_unknown_plan_is_not_found(
 async def test_deleted_plan_no_longer_applies(plans: PlanRepository) -> None:
     await plans.set_plan("pro", [Limit("requests", 60, 100)])
     await plans.set_user_plan("u", "pro")
-    assert await plans.delete_plan("pro") is True
-    assert await plans.delete_plan("pro") is False
+    assert await plans.delete_plan("pro") == ["u"]
+    assert await plans.delete_plan("pro") is None
     assert await plans.get_plan("pro") is None
     assert await plans.plan_for_user("u") is None
 
@@ -187,3 +189,61 @@ async def test_concurrent_set_plan_leaves_one_complete_version(plans: PlanReposi
     plan = await plans.get_plan("busy")
     assert plan is not None
     assert sorted(plan.limits, key=str) in [sorted(v, key=str) for v in versions]
+
+
+async def _plan_names(db_engine: AsyncEngine) -> dict[str, str | None]:
+    async with db_engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT external_id, plan_name FROM users"))).all()
+    return {external_id: plan_name for external_id, plan_name in rows}
+
+
+async def test_deleting_a_plan_returns_its_users_to_the_default_plan(
+    plans: PlanRepository, db_engine: AsyncEngine
+) -> None:
+    """Its users kept the deleted plan's name: a plan created later under that name applied to them."""
+    await plans.set_plan("gold", [Limit("requests", 60, 1000)])
+    await plans.set_plan("silver", [Limit("requests", 60, 10)])
+    for user, plan in (("alice", "gold"), ("bob", "gold"), ("carol", "silver"), ("dave", None)):
+        await plans.set_user_plan(user, plan)
+    assert sorted(await plans.delete_plan("gold") or []) == ["alice", "bob"]  # who moved to the default
+    assert await _plan_names(db_engine) == {"alice": None, "bob": None, "carol": "silver", "dave": None}
+    await plans.set_plan("gold", [Limit("requests", 60, 999_999)])  # the same name again, later
+    assert await plans.plan_for_user("alice") is None
+    assert await plans.plan_for_user("carol") == Plan("silver", (Limit("requests", 60, 10),))
+    assert await plans.delete_plan("silver") == ["carol"]
+    assert await plans.delete_plan("silver") is None
+
+
+async def test_an_assignment_racing_a_delete_never_names_the_deleted_plan(
+    plans: PlanRepository, db_engine: AsyncEngine
+) -> None:
+    """`set_user_plan` found the plan, then wrote its name: a delete committed in between (its users'
+    names already cleared) left the user on a plan that no longer existed — and on any plan made
+    later under that name. Here the delete runs while the assignment is about to write the name."""
+    await plans.set_plan("gold", [Limit("requests", 60, 1000)])
+    await plans.set_plan("silver", [Limit("requests", 60, 10)])
+    await plans.set_user_plan("alice", "silver")
+    deleting: list[asyncio.Task[list[str] | None]] = []
+
+    def delete_first(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if deleting or not statement.startswith("UPDATE users SET plan_name"):
+            return
+        deleting.append(asyncio.get_running_loop().create_task(plans.delete_plan("gold")))
+        await_only(asyncio.sleep(0.5))  # the delete commits, or waits for this assignment (PostgreSQL's lock)
+
+    event.listen(db_engine.sync_engine, "before_cursor_execute", delete_first)
+    try:
+        try:
+            await plans.set_user_plan("alice", "gold")
+            assigned = True
+        except NotFound:
+            assigned = False
+    finally:
+        event.remove(db_engine.sync_engine, "before_cursor_execute", delete_first)
+    moved = await deleting[0]
+    # Either the delete came first and the assignment is refused, or it waited and cleared her too.
+    assert (moved, (await _plan_names(db_engine))["alice"]) == ((["alice"], None) if assigned else ([], "silver"))
+    # SQLite: the delete commits while the assignment waits; PostgreSQL: the delete waits for it.
+    assert assigned is (db_engine.dialect.name == "postgresql")
+    await plans.set_plan("gold", [Limit("requests", 60, 999_999)])
+    assert await plans.plan_for_user("alice") == (None if assigned else Plan("silver", (Limit("requests", 60, 10),)))

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.domain.identity import Identity
-from sentinel.domain.plans import Limit, parse_plan_spec
+from sentinel.domain.plans import Limit, Plan, parse_plan_spec
 from sentinel.domain.tiers import TierModelEntry
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import AuthenticationError, InvalidRequest, NotFound
@@ -122,6 +122,46 @@ async def test_a_plan_change_reaches_the_enforced_plan_at_once(setup: Setup) -> 
     assert (await setup.plans.plan_for(alice)).name == "default"
     entries = [e for e in await setup.admin.audit() if e.action == "user.plan"]
     assert [e.details for e in entries] == [{"from": "team", "to": None}, {"from": None, "to": "team"}]
+
+
+async def test_deleting_a_plan_moves_its_users_to_the_default_plan_for_good(setup: Setup) -> None:
+    """The users of a deleted plan kept its name: enforced the default while no plan had it, shown as
+    still assigned to it, and put on any plan created later under the name (a quota nobody chose)."""
+    admin, alice = setup.admin, Identity("alice", "u1")
+    await admin.save_plan("gold", [Limit("requests", 60, 1000)], ADMIN, create=True)
+    await admin.save_plan("silver", [Limit("requests", 60, 10)], ADMIN, create=True)
+    for user, plan in (("alice", "gold"), ("bob", "gold"), ("carol", "silver")):
+        await admin.set_user_plan(user, plan, ADMIN)
+    assert (await setup.plans.plan_for(alice)).name == "gold"  # cached for 300 s
+    await admin.delete_plan("gold", ADMIN)
+    assert await setup.plans.plan_for(alice) == setup.admin.default_plan  # the cached copy was dropped
+    view = await admin.user("alice")
+    assert view.summary is not None and view.summary.plan_name is None and view.plan_origin == "default"
+    deleted = (await admin.audit())[0]
+    assert (deleted.action, deleted.details) == ("plan.delete", {"from": "requests=1000/1m", "users": 2})
+    await admin.save_plan("gold", [Limit("requests", 60, 999_999)], ADMIN, create=True)
+    assert await setup.plans.plan_for(alice) == setup.admin.default_plan
+    assert [(plan.name, users) for plan, users in await admin.plans()] == [("gold", 0), ("silver", 1)]
+    with pytest.raises(NotFound):
+        await admin.delete_plan("gold-plated", ADMIN)
+
+
+async def test_a_plan_deleted_meanwhile_is_not_found_nor_audited_twice(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin = setup.admin
+    await admin.save_plan("gold", [Limit("requests", 60, 1000)], ADMIN, create=True)
+    read = admin.plan_repo.get_plan
+
+    async def read_then_lose_a_race(name: str) -> Plan | None:
+        found = await read(name)
+        await admin.plan_repo.delete_plan(name)  # another operator's delete, just after this read
+        return found
+
+    monkeypatch.setattr(admin.plan_repo, "get_plan", read_then_lose_a_race)
+    with pytest.raises(NotFound):
+        await admin.delete_plan("gold", ADMIN)
+    assert [e.action for e in await admin.audit()] == ["plan.create"]
 
 
 # --- keys ----------------------------------------------------------------------------------------

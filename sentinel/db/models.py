@@ -5,7 +5,9 @@ models mirror it (a test compares the two) and are what the repositories query w
 
     users ──< api_keys                 a user has many keys; only a key's SHA-256 is stored
     plans ──< plan_limits              (metric, window_seconds) -> limit, per plan
-    users.plan_name                    names a plan; FK-less so deleting a plan never blocks
+    users.plan_name                    names a plan, or NULL: the default plan; no foreign key (SQLite
+                                       adds one only by copying `users`, see migration 0006), so
+                                       deleting a plan clears its users' names itself
     usage_ledger                       one row per request, request_id unique (exactly-once)
     usage_outbox                       durable queue of usage rows waiting for a remote ledger
     usage_minutes / usage_hours        per-minute and per-hour rollups of the ledger (+ latency histograms)

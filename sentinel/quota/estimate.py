@@ -12,6 +12,7 @@ from typing import Any
 
 from sentinel.native.openai_checks import output_multiplier
 from sentinel.quota.anthropic_usage import content_texts, estimate_messages
+from sentinel.quota.media import MEDIA_KINDS, part_tokens
 from sentinel.quota.tokens import TokenCounter
 from sentinel.quota.usage import ITEM_FIELDS, LABEL_CHARS, MEDIA_FIELDS, NO_FIELDS
 
@@ -73,8 +74,9 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any],
     total = counter.count_text(instructions, model, user=user) if isinstance(instructions, str) else 0
     # Tool definitions and the output format's schema (`text.format`) reach the model as text.
     total += _as_json(counter, model, user, payload.get("tools"), payload.get("text"))
-    # A reusable prompt's variables (strings or input_text parts) are filled into its text; the
-    # prompt's own text (`prompt.id`) lives at the provider and is not estimated.
+    # A reusable prompt's variables (strings or input_text parts) are filled into its text, and its
+    # input_image and input_file variables into its content; the prompt's own text (`prompt.id`)
+    # lives at the provider and is not estimated.
     prompt = payload.get("prompt")
     variables = prompt.get("variables") if isinstance(prompt, dict) else None
     if isinstance(variables, dict):
@@ -82,6 +84,8 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any],
         values += [value["text"] for value in variables.values()
                    if isinstance(value, dict) and value.get("type") == "input_text" and isinstance(value.get("text"), str)]
         total += sum(counter.count_text(text, model, user=user) for text in values)
+        total += sum(part_tokens(value) for value in variables.values()
+                     if isinstance(value, dict) and value.get("type") in ("input_image", "input_file"))
     items = payload.get("input")
     if isinstance(items, str):
         return total + counter.count_text(items, model, user=user) + 3
@@ -94,21 +98,28 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any],
             "role" in item and item.get("type", "message") == "message")]
         total += counter.count_chat(messages, model, user=user)
         # Function calls and their outputs, reasoning summaries, ...: their text (never a screenshot's
-        # data URL, a file's base64 or a reasoning item's encrypted content, which are not text).
-        texts = [text for item in others for text in _item_texts(item)]
+        # data URL, a file's base64 or a reasoning item's encrypted content, which are not text) and
+        # their images and files.
+        texts: list[str] = []
+        for item in others:
+            item_texts, media = _item_input(item)
+            texts += item_texts
+            total += media
         total += counter.count_text("\n".join(texts), model, user=user) if texts else 0
     return total
 
 
-def _item_texts(item: Any) -> list[str]:
-    """The strings of a Responses input item that reach the model as text: every string, however
-    it starts, but the item's own bookkeeping fields and the data of image, file and audio parts
-    (a bounded walk: the body's depth is checked before any estimate)."""
+def _item_input(item: Any) -> tuple[list[str], int]:
+    """What a Responses input item puts before the model: the strings that reach it as text (every
+    string, however it starts, but the item's own bookkeeping fields and the data of image, file
+    and audio parts) and the tokens of its images and files (`media.part_tokens`: a screenshot, a
+    function output's image), in one bounded walk (the body's depth is checked before any estimate)."""
     out: list[str] = []
     if not isinstance(item, dict):
-        return out
+        return out, 0
     kind = item.get("type")
     skipped = MEDIA_FIELDS.get(kind, NO_FIELDS) if isinstance(kind, str) else NO_FIELDS
+    media = part_tokens(item) if isinstance(kind, str) and kind in MEDIA_KINDS else 0
     stack: list[Any] = [value for key, value in item.items() if key not in skipped and not (
         key in ITEM_FIELDS and isinstance(value, str) and len(value) <= LABEL_CHARS)]
     while stack:
@@ -118,10 +129,12 @@ def _item_texts(item: Any) -> list[str]:
         elif isinstance(node, dict):
             kind = node.get("type")
             skip = MEDIA_FIELDS.get(kind, NO_FIELDS) if isinstance(kind, str) else NO_FIELDS
+            if isinstance(kind, str) and kind in MEDIA_KINDS:
+                media += part_tokens(node)
             stack.extend(value for key, value in node.items() if key not in skip)
         elif isinstance(node, list):
             stack.extend(node)
-    return out
+    return out, media
 
 
 def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:

@@ -1,8 +1,16 @@
-"""Image sizes read from the first bytes of PNG, GIF, WebP and JPEG files, and Anthropic's image token rule.
+"""Image sizes read from the first bytes of PNG, GIF, WebP and JPEG files, and the image token rules
+of Anthropic and OpenAI: one home for what an image costs before the provider says.
 
 Anthropic bills an image as about `width * height / 750` tokens after scaling it down so that its long
-edge is at most 1568 px (so no image costs more than about 1600 tokens). Only the header is read; an
-image whose size cannot be read (a URL source, an unknown format) is estimated at the maximum.
+edge is at most 1568 px (so no image costs more than about 1600 tokens).
+
+OpenAI's tile rule, with gpt-4o's figures (gpt-4.1's and 4.5's too), bills `detail: "low"` as 85
+tokens; any other detail (`high`, `auto`, none) scales the image to fit within 2048 x 2048, then
+down so that its shortest side is at most 768, and bills 85 + 170 per 512-px tile: at most 8 tiles
+(768 x 2048), 1445 tokens.
+
+Only the header is read; an image whose size cannot be read (a URL, a file id, an unknown format) is
+estimated at the rule's maximum (for OpenAI, its detail's).
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ import base64
 import binascii
 import math
 import struct
+from fractions import Fraction
+from typing import Any
 
 MAX_EDGE = 1568
 MAX_IMAGE_TOKENS = 1600
@@ -28,13 +38,70 @@ def image_tokens(width: int, height: int) -> int:
 
 def base64_image_tokens(data: str) -> int:
     """The estimate for a base64-encoded image (the maximum when its size cannot be read)."""
-    head = data[: HEADER_BYTES * 4 // 3 // 4 * 4]
-    try:
-        raw = base64.b64decode(head, validate=False)
-    except (binascii.Error, ValueError):
-        return MAX_IMAGE_TOKENS
-    size = image_size(raw)
+    size = image_size(base64_head(data))
     return MAX_IMAGE_TOKENS if size is None else image_tokens(*size)
+
+
+# OpenAI's tile rule (see the module docstring).
+OPENAI_BASE_TOKENS = 85  # an image's own cost, and all a low-detail image costs
+OPENAI_TILE_TOKENS = 170
+OPENAI_TILE = 512
+OPENAI_FIT = 2048
+OPENAI_SHORT_SIDE = 768
+OPENAI_MAX_TILES = 8  # 768 x 2048: 2 x 4 tiles
+OPENAI_MAX_IMAGE_TOKENS = OPENAI_BASE_TOKENS + OPENAI_TILE_TOKENS * OPENAI_MAX_TILES  # 1445
+
+
+def openai_image_tokens(width: int, height: int, detail: Any = None) -> int:
+    """OpenAI's estimate for an image of `width` x `height` pixels sent with `detail`: any detail but
+    "low" is the tile rule (`auto` lets the provider choose, and the tile rule is the dearer)."""
+    if detail == "low":
+        return OPENAI_BASE_TOKENS
+    if width <= 0 or height <= 0:
+        return OPENAI_MAX_IMAGE_TOKENS
+    # Exact fractions: a float scale can land a side a hair above a tile boundary (one tile more).
+    w, h = Fraction(width), Fraction(height)
+    fit = min(Fraction(1), Fraction(OPENAI_FIT) / max(w, h))
+    w, h = w * fit, h * fit
+    short = min(Fraction(1), Fraction(OPENAI_SHORT_SIDE) / min(w, h))
+    w, h = w * short, h * short
+    tiles = math.ceil(w / OPENAI_TILE) * math.ceil(h / OPENAI_TILE)
+    return OPENAI_BASE_TOKENS + OPENAI_TILE_TOKENS * tiles  # at most OPENAI_MAX_TILES
+
+
+def openai_url_image_tokens(url: Any, detail: Any = None) -> int:
+    """OpenAI's estimate for an image given as `url`: a `data:` URL's header is read; any other
+    reference (an http(s) URL, a missing one) is estimated at its detail's maximum. A low-detail
+    image is 85 tokens whatever it holds, so its data is not read."""
+    if detail == "low":
+        return OPENAI_BASE_TOKENS
+    start = data_url_start(url) if isinstance(url, str) else None
+    size = None if start is None else image_size(base64_head(url, start))
+    return OPENAI_MAX_IMAGE_TOKENS if size is None else openai_image_tokens(*size, detail)
+
+
+DATA_URL_HEAD_CHARS = 256  # `data:<media type>[;parameters];base64,`: a media type is short
+
+
+def data_url_start(url: str) -> int | None:
+    """Where the base64 data of a `data:...;base64,<data>` URL starts, or None for any other string
+    (read from its first characters only: the URL may be megabytes long)."""
+    if not url.startswith("data:"):
+        return None
+    comma = url.find(",", 0, DATA_URL_HEAD_CHARS)
+    if comma < 0 or not url[:comma].lower().endswith(";base64"):
+        return None
+    return comma + 1
+
+
+def base64_head(data: str, start: int = 0) -> bytes:
+    """The first HEADER_BYTES (or fewer) of the base64 data at `data[start:]`, decoded; b"" when they
+    do not decode (only the header is sliced out: the data may be megabytes long)."""
+    head = data[start : start + min(HEADER_BYTES * 4 // 3, len(data) - start) // 4 * 4]  # whole 4-char groups
+    try:
+        return base64.b64decode(head, validate=False)
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def image_size(raw: bytes) -> tuple[int, int] | None:

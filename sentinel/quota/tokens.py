@@ -45,6 +45,8 @@ from typing import Any
 
 import tiktoken
 
+from sentinel.quota.media import MEDIA_KINDS, part_tokens
+
 CL100K = "cl100k_base"
 O200K = "o200k_base"
 BYTE_ESTIMATE = "utf8_bytes_div_4"
@@ -347,9 +349,10 @@ class TokenCounter:
     ) -> int:
         """Prompt tokens of a chat request, with OpenAI's per-message overhead.
 
-        Per message: 3 + role + content (a string, or the `text` of each content part; images and
-        audio are not estimated) + refusal + name (+1) + each tool call's function name and
-        arguments (a custom tool call's name and input) + tool_call_id. Plus 3 for the reply priming, plus `tools` as compact JSON (an approximation:
+        Per message: 3 + role + content (a string, or the `text` of each content part, and each
+        image and PDF by `sentinel.quota.media`; audio is not estimated) + refusal + name (+1) + each
+        tool call's function name and arguments (a custom tool call's name and input) +
+        tool_call_id. Plus 3 for the reply priming, plus `tools` as compact JSON (an approximation:
         OpenAI renders tools in its own format).
         """
         used, count = self._counting(model, user)
@@ -365,7 +368,7 @@ class TokenCounter:
                 if len(roles) < MAX_REMEMBERED_ROLES and len(role) <= MAX_REMEMBERED_ROLE_CHARS:
                     roles[role] = role_tokens
             total += TOKENS_PER_MESSAGE + role_tokens
-            total += sum(count(text) for text in _content_texts(message.get("content")))
+            total += _content_tokens(message.get("content"), count)
             refusal = message.get("refusal")  # an assistant's earlier refusal, sent back as prompt
             if isinstance(refusal, str):
                 total += count(refusal)
@@ -405,17 +408,24 @@ def _arguments(value: Any) -> str:
     return ""
 
 
-def _content_texts(content: Any) -> Iterator[str]:
+def _content_tokens(content: Any, count: Callable[[str], int]) -> int:
+    """Tokens of a message's content: a string, or each part's `text` and `refusal` (an assistant's
+    refusal part is prompt text too) plus an image's or a file's own estimate (`media.part_tokens`),
+    in the one walk over the parts the text needs (a part that is neither costs a type check)."""
     if isinstance(content, str):
-        yield content
-    elif isinstance(content, list):
-        for part in content:
-            if isinstance(part, str):
-                yield part
-            elif isinstance(part, Mapping):
-                for key in ("text", "refusal"):  # an assistant's refusal part is prompt text too
-                    if isinstance(part.get(key), str):
-                        yield part[key]
+        return count(content)
+    total = 0
+    for part in content if isinstance(content, list) else ():
+        if isinstance(part, str):
+            total += count(part)
+        elif isinstance(part, Mapping):
+            for key in ("text", "refusal"):
+                if isinstance(value := part.get(key), str):
+                    total += count(value)
+            kind = part.get("type")
+            if isinstance(kind, str) and kind in MEDIA_KINDS:
+                total += part_tokens(part)
+    return total
 
 
 class StreamTextAccumulator:

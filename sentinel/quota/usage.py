@@ -98,7 +98,7 @@ _WRITTEN_ITEMS = frozenset({"message", "reasoning", "function_call", "custom_too
 # What a hosted tool's item leaves out of what the model read: what the model wrote there, output (a
 # call's `arguments`, streamed as deltas — an approval request's are not — and counted by
 # `text_from_body`; the interpreter's `code`, streamed as deltas), and a generated image's base64
-# (images are not estimated, as `MEDIA_FIELDS` says).
+# (image data, not text).
 _NOT_READ = {
     "mcp_call": frozenset({"arguments"}),
     "mcp_approval_request": frozenset({"arguments"}),
@@ -112,7 +112,8 @@ _NOT_READ = {
 ITEM_FIELDS = frozenset({"id", "call_id", "type", "status"})
 LABEL_CHARS = 64
 # Parts whose data fields are an image, a file or audio (a data URL or base64), not text: skipped
-# only inside such a part, so naming a key `image_url` elsewhere hides nothing.
+# only inside such a part, so naming a key `image_url` elsewhere hides nothing (in a request, an
+# image's or a PDF's cost is its own estimate, `sentinel.quota.media`).
 MEDIA_FIELDS = {
     "input_image": frozenset({"image_url", "file_data"}),
     "computer_screenshot": frozenset({"image_url", "file_data"}),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import struct
-import zlib
 
 import orjson
 import pytest
@@ -22,18 +21,8 @@ from sentinel.quota.estimate import estimate_input, max_output
 from sentinel.quota.images import MAX_IMAGE_TOKENS, base64_image_tokens, image_size, image_tokens
 from sentinel.quota.tokens import TokenCounter
 from sentinel.quota.usage import usage_from_body
+from tests.support.media import jpeg, png
 from tests.support.payloads import SERVER_ID, resent_blocks
-
-
-def png(width: int, height: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-
-
-def jpeg(width: int, height: int) -> bytes:
-    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00" + bytes(9)
-    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + bytes(3)
-    return b"\xff\xd8" + app0 + sof + b"\xff\xd9"
 
 
 @pytest.mark.parametrize("raw, size", [

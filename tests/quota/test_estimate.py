@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from sentinel.quota.estimate import estimate_input, max_output
+from sentinel.quota.images import OPENAI_MAX_IMAGE_TOKENS
 from tests.support.payloads import WEATHER_TOOL
 
 
@@ -72,8 +73,9 @@ def test_responses_count_instructions_input_and_tool_items() -> None:
     reasoning = {"type": "reasoning", "encrypted_content": "B" * 50_000, "summary": [{"type": "summary_text", "text": "why"}]}
     total, asked = estimate("responses", {"input": [screenshot, reasoning]})
     # The screenshot and the encrypted content are not text; a part's kind (its nested `type`) is
-    # counted like any string below the item (a token or two).
-    assert total == len("\n".join(["computer_screenshot", "summary_text", "why"]))
+    # counted like any string below the item (a token or two). The screenshot, whose size cannot be
+    # read (its data is no image format), is estimated at an image's maximum.
+    assert total == len("\n".join(["computer_screenshot", "summary_text", "why"])) + OPENAI_MAX_IMAGE_TOKENS
 
 
 TEXT = "x" * 5_000
@@ -102,11 +104,13 @@ def test_every_string_of_an_input_item_that_is_text_is_counted(item: dict[str, A
 
 
 def test_only_media_parts_data_is_skipped() -> None:
+    """A media part's data is not text; the image is estimated by its own rule (unreadable here: the
+    maximum), a file that is no PDF not at all."""
     image = "data:image/png;base64," + "A" * 50_000
     output = [{"type": "input_image", "image_url": image}, {"type": "input_file", "file_data": image},
               {"type": "input_text", "text": "caption"}]
     total, _ = estimate("responses", {"input": [{"type": "function_call_output", "call_id": "c", "output": output}]})
-    assert total == len("\n".join(["input_image", "input_file", "input_text", "caption"]))
+    assert total == len("\n".join(["input_image", "input_file", "input_text", "caption"])) + OPENAI_MAX_IMAGE_TOKENS
 
 
 def test_definitions_that_reach_the_model_as_text_are_counted() -> None:
@@ -195,11 +199,13 @@ def test_a_prediction_is_output_the_stream_does_not_show() -> None:
 
 
 def test_a_reusable_prompts_variables_are_counted() -> None:
-    """`prompt.variables` are filled into the prompt (strings and input_text parts); they were never
-    read. The prompt's own text lives at the provider (`prompt.id`): not estimated."""
+    """`prompt.variables` are filled into the prompt (strings, input_text and input_image parts);
+    they were never read. The prompt's own text lives at the provider (`prompt.id`): not estimated.
+    An image by URL cannot be read: its detail's maximum."""
     variables = {"city": "Paris", "notes": {"type": "input_text", "text": "long notes"},
                  "photo": {"type": "input_image", "image_url": "https://x/y.png"}, "n": 3}
     total, asked = estimate("responses", {"prompt": {"id": "pmpt_1", "variables": variables}})
-    assert (total, sorted(asked)) == (len("Paris") + len("long notes"), [("text", "Paris"), ("text", "long notes")])
+    assert sorted(asked) == [("text", "Paris"), ("text", "long notes")]
+    assert total == len("Paris") + len("long notes") + OPENAI_MAX_IMAGE_TOKENS
     assert estimate("responses", {"prompt": {"id": "pmpt_1", "variables": ["x"]}}) == (0, [])
     assert estimate("responses", {"prompt": "pmpt_1"}) == (0, [])

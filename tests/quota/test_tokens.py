@@ -12,6 +12,7 @@ import tiktoken
 
 from sentinel.quota import tokens
 from sentinel.quota.estimate import estimate_input
+from sentinel.quota.images import OPENAI_MAX_IMAGE_TOKENS
 from sentinel.quota.tokens import (
     BYTE_ESTIMATE,
     CL100K,
@@ -193,7 +194,7 @@ def test_chat_overhead_formula() -> None:
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
     ]
     expected = 3
-    expected += 3 + t("user") + t("hi there") + t("bob") + 1
+    expected += 3 + t("user") + t("hi there") + t("bob") + 1 + OPENAI_MAX_IMAGE_TOKENS  # an image with no URL
     expected += 3 + t("assistant") + t("get_weather") + t('{"city":"Paris"}')
     expected += 3 + t("tool") + t("c1") + t("sunny")
     assert counter.count_chat(messages, "gpt-4") == expected

@@ -1,0 +1,122 @@
+"""Images and files (PDFs) in OpenAI-format content parts, as the admission estimate reads them.
+
+The text of a request is not all it is billed for: an image or a PDF page costs the same whether or
+not the answer's usage comes back, and a stream cut before its usage is charged the estimate. So every
+OpenAI-format estimate (chat, Responses, the native API) adds, per part:
+
+- an image (a chat `image_url` part, its `image_url` an object `{"url", "detail"}` or the URL itself;
+  a Responses `input_image`, by `image_url` or `file_id`, with its `detail`; a `computer_screenshot`):
+  OpenAI's tile rule (`sentinel.quota.images`) on the size read from a `data:` URL's header; an image
+  whose size cannot be read (an http(s) URL, a `file_id`, an unknown format) at its detail's maximum
+  (high or auto: 1445, low: 85);
+- a PDF sent as data (a chat `file` part's `file.file_data`, a Responses `input_file`'s `file_data`;
+  a `data:application/pdf;base64,` URL or bare base64): OpenAI puts "both the extracted text and an
+  image of each page" into the model's context, so each page is estimated at PDF_PAGE_TOKENS, the
+  image of a portrait US-letter page under the tile rule (2 x 2 tiles at any resolution); the page's
+  text is not counted (it lies in the PDF's compressed content streams), so this is a floor under
+  that reading of the docs. Pages are the page objects (`/Type /Page`, not `/Pages`) in the file and
+  in its compressed object streams (inflated up to a bound, see `pdf_pages`); a PDF in which none is
+  found counts as one page.
+
+Not estimated: a file by `file_id` or `file_url` (its bytes are elsewhere), a file that is not a PDF,
+and audio (`input_audio`): Sentinel has no per-second figure it can justify for audio input on these
+endpoints, and a compressed format's byte length does not give its duration. The answer's usage
+counts them; a stream cut before its usage is charged the estimate without them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+from sentinel.quota.images import base64_head, data_url_start, openai_image_tokens, openai_url_image_tokens
+
+# Content parts with an estimate of their own (`part_tokens`); a part of another type costs nothing here.
+MEDIA_KINDS = frozenset({"image_url", "input_image", "computer_screenshot", "file", "input_file"})
+
+PDF_PAGE_TOKENS = openai_image_tokens(612, 792)  # a letter page (points): 2 x 2 tiles, 765 tokens
+PDF_MAGIC_WITHIN = 1024  # a PDF's `%PDF-` may follow some bytes of junk (PDF 32000-1, annex H)
+
+# PDF names end at whitespace or a delimiter: `/Type /Page` and `/Type/Page>>`, never `/Type /Pages`.
+_NAME_END = rb"(?![^\x00\t\n\x0c\r ()<>\[\]{}/%])"
+_PAGE = re.compile(rb"/Type\s*/Page" + _NAME_END)
+_OBJECT_STREAM = re.compile(rb"/Type\s*/ObjStm" + _NAME_END)
+_STREAM = re.compile(rb"stream\r?\n")
+DICT_BYTES = 4096  # from an object stream's `/Type` to its `stream` keyword: its dictionary
+# What a PDF's object streams may inflate to, in all: a page dictionary is ~100 to 300 bytes
+# (4 MiB is over 10,000 pages of them), and no more than 32 times the file (object streams compress
+# text about 4 to 10 times): a small body cannot buy a long inflation (bodies under 64 KiB are
+# counted on the event loop).
+PDF_MAX_INFLATED = 4 * 1024 * 1024
+PDF_INFLATE_RATIO = 32
+
+
+def part_tokens(part: Mapping[str, Any]) -> int:
+    """The estimate for one OpenAI-format content part that is an image or a file (a type in
+    MEDIA_KINDS; see the module docstring), 0 for any other part."""
+    kind = part.get("type")
+    if kind == "image_url":
+        image = part.get("image_url")
+        if isinstance(image, Mapping):
+            return openai_url_image_tokens(image.get("url"), image.get("detail"))
+        return openai_url_image_tokens(image, part.get("detail"))
+    if kind in ("input_image", "computer_screenshot"):
+        return openai_url_image_tokens(part.get("image_url"), part.get("detail"))
+    if kind == "file":
+        file = part.get("file")
+        return file_tokens(file.get("file_data")) if isinstance(file, Mapping) else 0
+    if kind == "input_file":
+        return file_tokens(part.get("file_data"))
+    return 0
+
+
+def file_tokens(file_data: Any) -> int:
+    """The estimate for a file sent as base64 `file_data` (a data URL or bare base64): a PDF's pages
+    times PDF_PAGE_TOKENS; 0 for any other file (not estimated). Only a PDF is decoded whole."""
+    if not isinstance(file_data, str):
+        return 0
+    start = data_url_start(file_data)
+    if start is None:
+        if file_data.startswith("data:"):  # a data URL that is not base64: no file a provider reads
+            return 0
+        start = 0
+    if b"%PDF-" not in base64_head(file_data, start)[:PDF_MAGIC_WITHIN]:
+        return 0
+    try:  # extra padding is ignored, so data sent without its padding is read too
+        raw = base64.b64decode(file_data[start:] + "==", validate=False)
+    except (binascii.Error, ValueError):
+        return PDF_PAGE_TOKENS
+    return pdf_pages(raw) * PDF_PAGE_TOKENS
+
+
+def pdf_pages(raw: bytes) -> int:
+    """The pages of a PDF, at least 1: its page objects, written out or inside its Flate-compressed
+    object streams (PDF 1.5's, where most current writers put them). Inflation stops at a budget
+    (PDF_MAX_INFLATED, PDF_INFLATE_RATIO times the file) and each byte is searched about once: an
+    object stream is read to its `endstream` and a dictionary (DICT_BYTES) searched for its
+    `stream`, and the next `/Type /ObjStm` is looked for after them (a crafted file repeating the
+    marker would otherwise make every search cover the same bytes)."""
+    pages = len(_PAGE.findall(raw))
+    budget = min(PDF_MAX_INFLATED, PDF_INFLATE_RATIO * len(raw))
+    view = memoryview(raw)
+    at = 0
+    while budget > 0 and (match := _OBJECT_STREAM.search(raw, at)) is not None:
+        stream = _STREAM.search(raw, match.end(), match.end() + DICT_BYTES)
+        if stream is None:
+            at = match.end() + DICT_BYTES
+            continue
+        end = raw.find(b"endstream", stream.end())
+        if end < 0:
+            break  # none after this stream, so none after any later one
+        at = end
+        try:
+            inflated = zlib.decompressobj().decompress(view[stream.end() : end], budget)
+        except zlib.error:
+            continue
+        budget -= len(inflated)
+        pages += len(_PAGE.findall(inflated))
+    return max(1, pages)

@@ -1,0 +1,175 @@
+"""Images and PDFs in OpenAI-format requests: OpenAI's image rule, each kind of part, PDF pages, and
+every OpenAI-format estimate adding them (once, none did: a stream cut before its usage was charged
+the text of a request with a hundred images)."""
+
+from __future__ import annotations
+
+import base64
+import time
+import zlib
+from typing import Any
+
+import pytest
+
+from sentinel.quota.estimate import estimate_input
+from sentinel.quota.images import (
+    OPENAI_MAX_IMAGE_TOKENS,
+    openai_image_tokens,
+    openai_url_image_tokens,
+)
+from sentinel.quota.media import PDF_PAGE_TOKENS, file_tokens, part_tokens, pdf_pages
+from sentinel.quota.tokens import TokenCounter
+from tests.support.media import data_url, jpeg, pdf, png, whole_png
+
+MODEL = "gpt-4o"
+COUNTER = TokenCounter()
+
+
+@pytest.mark.parametrize(("width", "height", "detail", "tokens"), [
+    (1024, 1024, "high", 765),  # OpenAI's example: 768 x 768, 2 x 2 tiles
+    (2048, 4096, "high", 1105),  # OpenAI's example: 1024 x 2048, then 768 x 1536: 2 x 3 tiles
+    (4096, 8192, None, 1105),  # fitted within 2048 x 2048 first: as above
+    (1024, 1024, "auto", 765),
+    (1024, 1024, "low", 85),
+    (8000, 8000, "low", 85),
+    (512, 512, "high", 255),  # one tile, not scaled up
+    (100, 100, None, 255),
+    (513, 512, "high", 425),  # one pixel past a tile: two tiles
+    (768, 2048, "high", 1445),  # the most tiles there are: 2 x 4
+    (10_000, 10, "high", 765),  # 2048 x 2: 4 x 1 tiles
+    (0, 600, "high", OPENAI_MAX_IMAGE_TOKENS),
+])
+def test_openai_image_rule(width: int, height: int, detail: str | None, tokens: int) -> None:
+    assert openai_image_tokens(width, height, detail) == tokens
+
+
+def test_no_image_costs_more_than_the_rules_maximum() -> None:
+    sizes = [(w, h) for w in (1, 511, 512, 767, 768, 769, 1536, 2048, 2049, 5000, 65_535) for h in (1, 700, 768, 3000)]
+    assert max(openai_image_tokens(w, h) for w, h in sizes) == OPENAI_MAX_IMAGE_TOKENS == 1445
+
+
+@pytest.mark.parametrize(("url", "detail", "tokens"), [
+    (data_url(png(1024, 1024)), "high", 765),
+    (data_url(whole_png(2048, 4096)), None, 1105),  # a whole file: only its header is read
+    (data_url(jpeg(1024, 768), "image/jpeg"), "auto", 765),
+    ("DATA:image/png;BASE64," + base64.b64encode(png(512, 512)).decode(), None, OPENAI_MAX_IMAGE_TOKENS),  # not `data:`
+    ("https://example.com/cat.png", "high", OPENAI_MAX_IMAGE_TOKENS),  # a URL cannot be read: the maximum
+    ("https://example.com/cat.png", "low", 85),
+    ("data:image/png;base64,AAAAAAAA", None, OPENAI_MAX_IMAGE_TOKENS),  # no format Sentinel reads
+    ("data:image/png;base64,%%%%", None, OPENAI_MAX_IMAGE_TOKENS),
+    ("data:image/png," + "x" * 400, None, OPENAI_MAX_IMAGE_TOKENS),  # not base64
+    (None, None, OPENAI_MAX_IMAGE_TOKENS),
+    (17, "low", 85),
+])
+def test_an_image_url_is_read_from_its_header_or_estimated_at_its_maximum(url: Any, detail: Any, tokens: int) -> None:
+    assert openai_url_image_tokens(url, detail) == tokens
+
+
+IMAGE = data_url(png(1024, 1024))  # 765 tokens at high detail
+
+
+@pytest.mark.parametrize(("part", "tokens"), [
+    ({"type": "image_url", "image_url": {"url": IMAGE}}, 765),
+    ({"type": "image_url", "image_url": {"url": IMAGE, "detail": "low"}}, 85),
+    ({"type": "image_url", "image_url": IMAGE}, 765),  # the URL as a plain string
+    ({"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "high"}}, 1445),
+    ({"type": "image_url"}, 1445),
+    ({"type": "input_image", "image_url": IMAGE, "detail": "auto"}, 765),
+    ({"type": "input_image", "file_id": "file-abc", "detail": "high"}, 1445),  # its bytes are elsewhere
+    ({"type": "input_image", "file_id": "file-abc", "detail": "low"}, 85),
+    ({"type": "computer_screenshot", "image_url": IMAGE}, 765),
+    ({"type": "file", "file": {"file_data": data_url(pdf(3), "application/pdf"), "filename": "a.pdf"}}, 3 * 765),
+    ({"type": "input_file", "file_data": data_url(pdf(2), "application/pdf"), "filename": "a.pdf"}, 2 * 765),
+    ({"type": "input_file", "file_data": base64.b64encode(pdf(4)).decode()}, 4 * 765),  # bare base64
+    ({"type": "input_file", "file_id": "file-abc"}, 0),  # not estimated
+    ({"type": "input_file", "file_url": "https://x/y.pdf"}, 0),
+    ({"type": "input_file", "file_data": data_url(b"just some notes", "text/plain")}, 0),  # not a PDF
+    ({"type": "input_audio", "input_audio": {"data": base64.b64encode(bytes(48_000)).decode(), "format": "wav"}}, 0),
+    ({"type": "text", "text": "hi"}, 0),
+])
+def test_each_kind_of_media_part(part: dict[str, Any], tokens: int) -> None:
+    assert part_tokens(part) == tokens
+
+
+def test_pdf_pages_are_its_page_objects_written_out_or_compressed() -> None:
+    assert PDF_PAGE_TOKENS == 765  # a portrait letter page's image: 2 x 2 tiles
+    assert [pdf_pages(pdf(n)) for n in (1, 5, 40)] == [1, 5, 40]  # `/Type /Pages` is not a page
+    assert [pdf_pages(pdf(n, compressed=True)) for n in (1, 5, 40)] == [1, 5, 40]
+    assert pdf_pages(b"%PDF-1.4\n1 0 obj<</Type/Page>>endobj 2 0 obj<</Type/Page/Parent 3 0 R>>endobj") == 2
+    assert pdf_pages(b"%PDF-1.4\n<</Type /PageLabel>> <</Type /Pages /Count 9>>") == 1  # none found: one page
+    corrupt = pdf(3, compressed=True).replace(b"stream\n", b"stream\nXX")  # no zlib stream there
+    assert pdf_pages(corrupt) == 1
+
+
+def test_pdf_page_counting_stays_bounded() -> None:
+    """A crafted file cannot buy a long count: inflation stops at its budget, and a file that repeats
+    the object-stream marker is searched about once (not once per marker)."""
+    page = b"<</Type/Page>>"
+    bomb = zlib.compress(page * 2_000_000, 9)  # 28 MB of page objects in ~27 KB
+    raw = b"%PDF-1.5\n1 0 obj<</Type/ObjStm/Filter/FlateDecode>>stream\n" + bomb + b"\nendstream endobj"
+    markers = b"%PDF-1.5 " + b"/Type /ObjStm " * 500_000 + b"stream\n" + zlib.compress(b"x") + b"endstream"
+    streams = b"%PDF-1.5 " + b"/Type /ObjStm stream\n" * 400_000 + b"endstream"  # each would search to the end
+    started = time.perf_counter()
+    assert pdf_pages(raw) == 32 * len(raw) // len(page)  # inflated up to 32 times the file, no further
+    assert pdf_pages(markers) == pdf_pages(streams) == 1
+    assert time.perf_counter() - started < 1
+
+
+def test_a_file_that_does_not_decode_is_one_page_if_it_starts_as_a_pdf() -> None:
+    good = base64.b64encode(pdf(2) + b"x").decode()  # ends in "=="
+    assert file_tokens(good.rstrip("=")) == 2 * 765  # its padding missing: still read
+    assert file_tokens(good[:-8]) == 2 * 765  # its last bytes missing: still read
+    assert file_tokens(good[:200] + "é" + good[200:]) == 0  # its start does not decode: no PDF
+    big = base64.b64encode(pdf(1500)).decode()
+    assert len(big) > 100_000 and file_tokens(big[:-100] + "é" + big[-100:]) == 765  # past the header: one page
+    assert file_tokens("data:application/pdf,%PDF-1.7") == 0  # a data URL that is not base64
+    assert file_tokens(None) == 0
+
+
+# --- every OpenAI-format estimate adds them ----------------------------------------------------
+class MediaOnly(TokenCounter):
+    """A counter for which every text is 0 tokens: an estimate is its overheads plus its media."""
+
+    def _counting(self, model: str, user: str | None = None) -> tuple[str, Any]:
+        return "none", lambda text: 0
+
+
+def media_of(endpoint: str, body: dict[str, Any]) -> int:
+    return estimate_input(MediaOnly(), endpoint, MODEL, body)
+
+
+def test_chat_and_native_estimates_add_images_and_pdfs() -> None:
+    parts = [{"type": "text", "text": "what is in these?"}, *[{"type": "image_url", "image_url": {"url": IMAGE}}] * 10,
+             {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}},
+             {"type": "file", "file": {"file_data": data_url(pdf(2), "application/pdf")}}]
+    for endpoint in ("chat", "native"):
+        body = {"messages": [{"role": "system", "content": "look"}, {"role": "user", "content": parts}]}
+        assert media_of(endpoint, body) == 3 + 2 * 3 + 10 * 765 + 85 + 2 * 765, endpoint
+
+
+def test_responses_estimates_add_images_wherever_they_are() -> None:
+    message = {"role": "user", "content": [
+        {"type": "input_text", "text": "what is in these?"}, {"type": "input_image", "image_url": IMAGE, "detail": "auto"},
+        {"type": "input_image", "file_id": "file-abc", "detail": "high"}]}
+    screenshot = {"type": "computer_call_output", "call_id": "c1",
+                  "output": {"type": "computer_screenshot", "image_url": IMAGE}}
+    output = {"type": "function_call_output", "call_id": "c2",
+              "output": [{"type": "input_image", "image_url": IMAGE, "detail": "low"},
+                         {"type": "input_file", "file_data": data_url(pdf(3, compressed=True), "application/pdf")}]}
+    variables = {"photo": {"type": "input_image", "image_url": IMAGE}, "note": {"type": "input_file", "file_id": "f"}}
+    body = {"input": [message, screenshot, output], "prompt": {"id": "pmpt_1", "variables": variables}}
+    assert media_of("responses", body) == 3 + 3 + (765 + 1445) + 765 + (85 + 3 * 765) + 765
+
+
+def test_a_text_only_request_walks_no_media(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The media rules are reached only through a part whose `type` names a media kind."""
+    from sentinel.quota import media, tokens
+
+    calls: list[Any] = []
+    monkeypatch.setattr(tokens, "part_tokens", lambda part: calls.append(part) or media.part_tokens(part))
+    text = [{"type": "text", "text": "hi"}, "plain", {"type": {}}, {"type": "input_audio", "input_audio": {}}]
+    estimate_input(COUNTER, "chat", MODEL, {"messages": [{"role": "user", "content": text}]})
+    assert calls == []
+    estimate_input(COUNTER, "chat", MODEL, {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": IMAGE}}]}]})
+    assert len(calls) == 1

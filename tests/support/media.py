@@ -1,0 +1,63 @@
+"""Images and PDFs built in code for the estimate's tests: real file structure, no fixtures on disk."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+from functools import cache
+
+
+def png(width: int, height: int) -> bytes:
+    """A PNG's signature and IHDR chunk (all a size reader sees)."""
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+
+
+def jpeg(width: int, height: int) -> bytes:
+    """A JPEG's start, a JFIF APP0 segment and a baseline SOF0 frame header (its size), then its end."""
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00" + bytes(9)
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + bytes(3)
+    return b"\xff\xd8" + app0 + sof + b"\xff\xd9"
+
+
+@cache
+def whole_png(width: int, height: int) -> bytes:
+    """A complete, decodable PNG: `width` x `height` black RGB pixels (IHDR, IDAT, IEND)."""
+    rows = (b"\x00" + bytes(3 * width)) * height  # filter byte 0, then the row
+    return png(width, height) + _chunk(b"IDAT", zlib.compress(rows, 9)) + _chunk(b"IEND", b"")
+
+
+def data_url(raw: bytes, media_type: str = "image/png") -> str:
+    return f"data:{media_type};base64," + base64.b64encode(raw).decode()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def pdf(pages: int, *, compressed: bool = False) -> bytes:
+    """A PDF of `pages` empty letter pages. `compressed`: the page objects live in a Flate-compressed
+    object stream (PDF 1.5), as most current writers put them. (Its cross-reference is a plain table
+    of the objects written out, where a reader of a compressed one wants a cross-reference stream:
+    the estimate reads neither.)"""
+    kids = " ".join(f"{3 + i} 0 R" for i in range(pages))
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>"
+    objects = [(1, b"<< /Type /Catalog /Pages 2 0 R >>"),
+               (2, f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode())]
+    if compressed:
+        index = " ".join(f"{3 + i} {i * (len(page) + 1)}" for i in range(pages)).encode() + b"\n"
+        data = zlib.compress(index + b"".join(page + b"\n" for _ in range(pages)))
+        objects.append((3 + pages, b"<< /Type /ObjStm /N %d /First %d /Filter /FlateDecode /Length %d >>\nstream\n"
+                        % (pages, len(index), len(data)) + data + b"\nendstream"))
+    else:
+        objects += [(3 + i, page) for i in range(pages)]
+    out = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"
+    offsets = []
+    for number, obj in objects:
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + obj + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return out

@@ -1,0 +1,91 @@
+"""Images in OpenAI-format requests are part of the admission estimate, on every surface: once they
+were not, so a client could send many images in a stream, read its first chunk and leave, and be
+charged the text alone (the provider billed every image); and a request whose images alone exceed an
+input limit was admitted (so was a burst of them, before the first settled)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sentinel.mock.app import create_mock_app
+from tests.api.conftest import Gateway
+from tests.api.test_native import tiers_file
+from tests.api.test_quotas import set_plan
+from tests.support.accounts import create_key
+from tests.support.attack import SpyUpstream, ledger_rows, openai_error, recorded_ids, spying, wait_for
+from tests.support.media import data_url, whole_png
+
+MINI = "gpt-4o-mini"
+NATIVE = "/native/v1/chat/completions"
+IMAGES = 20
+IMAGE = data_url(whole_png(1024, 1024))  # 765 tokens each by OpenAI's rule: 2 x 2 tiles
+IMAGE_TOKENS = IMAGES * 765  # 15,300
+SLOW = "describe them #mock:chunk_delay_ms=200"  # a stream the client can leave early
+
+
+def body(path: str, text: str) -> dict[str, Any]:
+    """A streamed request to `path` with IMAGES images of 1024 x 1024 and `text`."""
+    if path == "/v1/responses":
+        parts = [{"type": "input_text", "text": text},
+                 *[{"type": "input_image", "image_url": IMAGE, "detail": "auto"}] * IMAGES]
+        return {"model": MINI, "stream": True, "input": [{"role": "user", "content": parts}]}
+    chat_parts = [{"type": "text", "text": text}, *[{"type": "image_url", "image_url": {"url": IMAGE}}] * IMAGES]
+    messages = [{"role": "user", "content": chat_parts}]
+    if path == NATIVE:
+        return {"stream": True, "max_tokens": 50, "messages": messages}
+    return {"model": MINI, "stream": True, "max_tokens": 50, "messages": messages}
+
+
+PATHS = ["/v1/chat/completions", "/v1/responses", NATIVE]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_stream_its_client_leaves_is_charged_its_images(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, path: str
+) -> None:
+    gw = gateway_factory(usage_flush_interval_seconds=0.1, providers_file=tiers_file(tmp_path, "openai"))
+    with gw.client() as http, http.stream("POST", path, json=body(path, SLOW)) as r:
+        assert r.status_code == 200, r.read()
+        first = next(r.iter_lines())  # the first event, then the client leaves
+        assert first.startswith(("data:", "event:")), first
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
+    (row,) = ledger_rows(gw.settings.database_url)
+    assert row["usage_source"] == "estimated", row  # cut before the provider's usage: the estimate
+    assert IMAGE_TOKENS <= row["input_tokens"] < IMAGE_TOKENS + 100, row
+
+
+@pytest.fixture
+def spy() -> Iterator[SpyUpstream]:
+    with spying(create_mock_app()) as (_, recorder):
+        yield recorder
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_images_alone_over_the_input_limit_are_refused(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, tmp_path: Path, path: str
+) -> None:
+    """A request whose images alone exceed the plan's input limit is refused before it is sent, and
+    takes nothing: the same user's text-only request is then admitted with the whole limit."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
+    key = asyncio.run(create_key(gw.settings.database_url, "viewer"))[1]
+    set_plan(gw.settings.database_url, "viewer", "plan-viewer", "requests=100/1h,input_tokens=10000/1h")
+    with gw.client(key) as http:
+        r = http.post(path, json={**body(path, "hi"), "stream": False})
+        assert r.status_code == 429, r.text
+        details = openai_error(r.json())["details"]
+        assert (details["metric"], details["limit"], details["used"]) == ("input_tokens", 10_000, 0), details
+        assert details["requested"] >= IMAGE_TOKENS, details
+        assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()
+        text_only = body(path, "hi")
+        text_only.pop("messages", None), text_only.pop("input", None)
+        if path == "/v1/responses":
+            text_only["input"] = "hi"
+        else:
+            text_only["messages"] = [{"role": "user", "content": "hi"}]
+        r = http.post(path, json={**text_only, "stream": False})
+    assert r.status_code == 200, r.text

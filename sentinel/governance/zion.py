@@ -397,45 +397,46 @@ def _item(record: UsageRecord) -> dict[str, Any]:
     return item
 
 
-def _pop(queue: list[dict[str, Any]] | None) -> dict[str, Any] | None:
-    return queue.pop(0) if queue else None
-
-
 def _match(records: list[UsageRecord], data: dict[str, Any]) -> list[ItemResult]:
-    """Pair Zion's results with the records sent: by position when counts agree, else the n-th
-    result for an email with the n-th record for it. A record without a result counts as failed."""
-    raw = data.get("results") or []
-    results = [r for r in raw if isinstance(r, dict)] if isinstance(raw, list) else []
-    if not results and not data.get("failed") and data.get("processed") == len(records):
+    """Pair Zion's results with the records sent, by position: one result per increment.
+
+    An answer that does not name one result per increment (none, fewer, more, or not all objects)
+    says nothing of which record became what. It counts as all applied only when Zion's counts
+    say so (`processed` is every record, `failed` 0 or missing, and no result it gives is a
+    failure); otherwise it is a wrong shape, an outage: the same batch goes again under the same
+    key (a Zion that honours the key answers as before) — never split into applied and failed
+    records by guess. Marking a record without a result failed sent it again under a new key
+    (applied twice: truncated results, one per email); pairing by email when there were more
+    results than records could mark a failed record applied (lost).
+    """
+    raw = data.get("results")
+    results = raw if isinstance(raw, list) else []
+    if len(results) == len(records) and all(isinstance(r, dict) for r in results):
+        return [
+            ItemResult(record.request_id, "applied")
+            if result.get("success") is True
+            else ItemResult(record.request_id, "failed", str(result.get("error") or "rejected by Zion"))
+            for record, result in zip(records, results, strict=True)
+        ]
+    processed, failed = data.get("processed"), data.get("failed")
+    if (
+        _count(processed) == len(records)
+        and (failed is None or _count(failed) == 0)
+        and not any(isinstance(r, dict) and r.get("success") is not True for r in results)
+    ):
+        if results:
+            log.warning("Zion sent %d results for %d increments; its counts say all were applied",
+                        len(results), len(records))
         return [ItemResult(r.request_id, "applied") for r in records]
-    if not results:
-        # Counts without results (`{"processed": 499, "failed": 1}`) name no record: marking them all
-        # failed re-sent the 499 applied ones under a new key, every retry. A wrong shape: an outage,
-        # the same batch sent again under the same key.
-        raise GovernanceUnavailable("Zion's batch answer names no result per increment")
-    if len(results) == len(records):
-        matched: list[dict[str, Any] | None] = list(results)
-    else:  # ambiguous (Zion echoes only the email): assume it kept the order within an email
-        log.warning(
-            "Zion sent %d results for %d increments; matching them by email and order",
-            len(results),
-            len(records),
-        )
-        queues: dict[str, list[dict[str, Any]]] = {}
-        for found in results:
-            queues.setdefault(str(found.get("email")), []).append(found)
-        matched = [_pop(queues.get(str(r.email))) for r in records]
-    out = []
-    for record, result in zip(records, matched, strict=True):
-        if result is None:
-            out.append(ItemResult(record.request_id, "failed", "no result from Zion"))
-        elif result.get("success") is True:
-            out.append(ItemResult(record.request_id, "applied"))
-        else:
-            out.append(
-                ItemResult(record.request_id, "failed", str(result.get("error") or "rejected by Zion"))
-            )
-    return out
+    raise GovernanceUnavailable(
+        f"Zion's batch answer names {len(results)} results for {len(records)} increments "
+        f"(processed {clipped(repr(processed))}, failed {clipped(repr(failed))})"
+    )
+
+
+def _count(value: Any) -> int | None:
+    """A count from Zion's answer (a whole number, not a boolean), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class ZionIdentitySource:

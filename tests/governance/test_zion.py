@@ -342,10 +342,22 @@ async def test_an_unknown_reset_period_is_logged_clipped(caplog: pytest.LogCaptu
     assert line.startswith("unknown Zion resetPeriod 'WEEKLYWEEKLY") and len(line) < 400, line[:500]
 
 
-@pytest.mark.parametrize("data", [{"results": 5}, {"processed": 0, "failed": 1}, {"results": []}])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"results": 5},
+        {"processed": 0, "failed": 1},
+        {"results": []},
+        {"processed": True, "results": []},  # not a count
+        # more results than increments, one of them a failure: which record it names is a guess
+        {"processed": 1, "failed": 0, "results": [{"success": True}, {"success": False}]},
+        {"processed": 1, "failed": 1, "results": [{"success": True}, {"success": True}]},
+    ],
+)
 async def test_a_batch_answer_naming_no_result_per_record_is_an_outage(data: dict[str, object]) -> None:
-    """Counts without results name no record: marking them all failed sent the applied ones again
-    under a new key (counted twice by Zion, every retry). The same batch goes again under its key."""
+    """Counts without one result per increment name no record: marking them all failed sent the
+    applied ones again under a new key (counted twice by Zion, every retry). The same batch goes
+    again under its key."""
     record = UsageRecord(
         request_id="r1", external_id="e1", email="u@example.com", model="m", provider="p", endpoint="chat",
         input_tokens=1, output_tokens=1, usage_source="measured", status=200,

@@ -213,3 +213,53 @@ async def test_a_dead_deliverers_batch_is_sent_again_under_its_key(rig: Rig) -> 
     assert len(set(first)) == 1 and sorted(first[0][1]) == ["req-0", "req-1"], rig.sink.attempts
     assert [rig.counted(n) for n in range(3)] == [1, 1, 1]
     assert rig.zion.calls[BATCH] >= 3
+
+
+# --- a Zion answer that does not name one result per increment -----------------------------------
+async def test_an_answer_with_fewer_results_counting_all_applied_settles_each_record_once(rig: Rig) -> None:
+    """`{"processed": 3, "failed": 0, "results": [<one>]}` (truncated, or one per email): the
+    records without a result were marked failed and sent again under a new key — applied twice."""
+    outbox = rig.outbox()
+    deliverer = rig.deliverer(outbox)
+    for n in (0, 1, 2):
+        await outbox.put(record(n))
+    rig.zion.reshape_batch_results(lambda results: results[:1])
+    await rig.deliver_all(deliverer, outbox)
+    assert len({key for key, _ in rig.sink.attempts}) == 1, rig.sink.attempts
+    assert [rig.counted(n) for n in range(3)] == [1, 1, 1]
+
+
+async def test_an_answer_with_fewer_results_and_a_failure_is_sent_again_under_its_key(rig: Rig) -> None:
+    """Which record failed is not said: the batch goes again, whole, under its key (Zion replays
+    its answer), never split by guess; nothing is counted twice, nothing settled."""
+    outbox = rig.outbox()
+    deliverer = rig.deliverer(outbox)
+    rig.zion.reject_model("bad-model")
+    await outbox.put(record(0))
+    await outbox.put(replace(record(1), model="bad-model"))
+    await outbox.put(record(2))
+    rig.zion.reshape_batch_results(lambda results: results[:1])
+    for _ in range(4):
+        assert await deliverer.deliver_once() == 0
+    assert len(set(rig.sink.attempts)) == 1, rig.sink.attempts  # the same key and records each time
+    assert sorted(rig.sink.attempts[0][1]) == ["req-0", "req-1", "req-2"]
+    assert [rig.counted(n) for n in range(3)] == [1, 0, 1]
+    assert await outbox.depth() == 3
+
+
+async def test_an_answer_with_more_results_than_records_never_settles_a_failed_one(rig: Rig) -> None:
+    """An extra result (a per-email summary before the per-increment ones) was paired by email: the
+    record Zion refused was marked applied and deleted from the outbox — lost."""
+    outbox = rig.outbox()
+    deliverer = rig.deliverer(outbox)
+    rig.zion.reject_model("bad-model")
+    await outbox.put(record(0))
+    await outbox.put(replace(record(1), model="bad-model"))
+    rig.zion.reshape_batch_results(
+        lambda results: [{"email": results[-1]["email"], "success": True}, *results]
+    )
+    for _ in range(4):
+        assert await deliverer.deliver_once() == 0
+    assert len(set(rig.sink.attempts)) == 1, rig.sink.attempts
+    assert [rig.counted(n) for n in range(2)] == [1, 0]
+    assert await outbox.depth() == 2  # req-1 (refused by Zion) is still there

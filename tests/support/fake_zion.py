@@ -2,7 +2,7 @@
 
 Serve it on a real socket with `tests.support.servers.serving(fake)` (the object is an ASGI app)
 and drive it from the test thread with plain methods: `add_user`, `refuse_user`, `set_down`, `fail_next`,
-`set_honour_idempotency`, `reject_model`, `lose_batch_answers`; read `calls` (per route, requests that got past the
+`set_honour_idempotency`, `reject_model`, `lose_batch_answers`, `reshape_batch_results`; read `calls` (per route, requests that got past the
 failure controls), `attempts` (per route, every request, failed ones too), `received` (all
 requests), `applied`, `totals` (per email), `seen`. A lock guards
 the state because the server runs in another thread.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -131,6 +132,7 @@ class FakeZion:
         self.lost_answers = 0  # batch calls handled (applied or replayed) whose answer was dropped
         self._idempotent: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._rejected_models: set[str] = set()
+        self._reshape_results: Callable[[list[dict[str, Any]]], list[Any]] | None = None
         self._app = Starlette(
             routes=[
                 Route(ME, self._me),
@@ -204,6 +206,13 @@ class FakeZion:
     def reject_model(self, model: str) -> None:
         """Batch items for `model` fail (`success:false`) while the others are applied."""
         self._rejected_models.add(model)
+
+    def reshape_batch_results(self, reshape: Callable[[list[dict[str, Any]]], list[Any]] | None) -> None:
+        """Batch answers carry `reshape(results)` instead of one result per increment (None: as
+        usual); `processed` and `failed` still count what was applied. The answer remembered for an
+        Idempotency-Key is the reshaped one, as a Zion that answers so would replay it."""
+        with self._lock:
+            self._reshape_results = reshape
 
     def user(self, email: str) -> FakeUser | None:
         return next((u for u in self._users if u.email == email), None)
@@ -375,7 +384,8 @@ class FakeZion:
                         result[metric] = {"newValue": user.used[metric], "limit": user.limit[metric]}
             results.append(result)
         failed = sum(1 for r in results if not r["success"])
-        return _ok({"processed": len(results) - failed, "failed": failed, "results": results})
+        shown = results if self._reshape_results is None else self._reshape_results(results)
+        return _ok({"processed": len(results) - failed, "failed": failed, "results": shown})
 
 
 class ZionProfiles:

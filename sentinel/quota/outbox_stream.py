@@ -8,8 +8,10 @@ remembers every entry's batch, across crashes and replicas:
   holds records the sink refused) and take it over whole, under the same consumer name, so it is
   re-sent with the same records and the same key; the takeover checks the entries are still that
   batch's and still idle, atomically, so of two replicas racing for it only one gets it. Or read up
-  to `limit` new entries under a fresh key. After a takeover the next claim reads new entries
-  first: records a sink keeps refusing never starve the new ones.
+  to `limit` new entries under a fresh key — and check the key holds just those: a read that ran
+  twice (a store client retrying it after a lost reply) left others under it, which go to a fresh
+  key of their own, so a key never stands for two sets of records. After a takeover the next claim
+  reads new entries first: records a sink keeps refusing never starve the new ones.
 - settle: acknowledge and delete the accepted entries, hand refused ones to a fresh consumer (a new
   batch, picked up once its lease runs out) and forget the old consumer — one atomic step, so a
   crash never leaves a part of a batch under its old key.
@@ -17,6 +19,7 @@ remembers every entry's batch, across crashes and replicas:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Sequence
 
 import orjson
@@ -24,6 +27,8 @@ import orjson
 from sentinel.domain.usage import UsageRecord
 from sentinel.quota.batch import Batch, Claimed, decode_record, is_batch_key, new_batch_key
 from sentinel.store import Store, StreamEntry
+
+log = logging.getLogger("sentinel.outbox")
 
 # A batch is never larger than the deliverer's batch size; this only bounds one takeover call.
 TAKEOVER_CAP = 10_000
@@ -70,9 +75,30 @@ class RedisStreamOutbox:
         key = new_batch_key()
         entries = await self.store.stream_read(self.KEY, self.GROUP, key, limit)
         if not entries:
-            await self.store.stream_settle(self.KEY, self.GROUP, key)  # forget the consumer the read made
+            # Forget the consumer the read made. Should it hold entries all the same (a read whose
+            # reply was lost), they stay under `key`, never sent: taken over whole after a lease.
+            await self.store.stream_settle(self.KEY, self.GROUP, key)
             return None
+        await self._keep_only(key, entries)
         return await self._batch(key, entries)
+
+    async def _keep_only(self, key: str, entries: Sequence[StreamEntry]) -> None:
+        """Make `key` hold exactly `entries`, so one key never stands for two sets of records.
+
+        A read that ran twice under `key` (a client retrying it after its reply was lost) left
+        more pending under it than this reply names. Sent under `key` now, those others would go
+        under the same key after a lease, and a sink that honours keys would answer for these
+        entries and never apply them. They go to a fresh key of their own instead (taken over
+        after a lease). Should this step fail, nothing was sent: `key` is taken over whole later.
+        """
+        read = {entry.id for entry in entries}
+        held = await self.store.stream_idle(
+            self.KEY, self.GROUP, min_idle_ms=0, count=TAKEOVER_CAP, consumer=key
+        )
+        others = [pending.id for pending in held if pending.id not in read]
+        if others:
+            log.warning("a stream read ran twice; %d entries moved to a batch of their own", len(others))
+            await self.store.stream_settle(self.KEY, self.GROUP, key, retry=others, retry_to=new_batch_key())
 
     async def _take_over(self, limit: int) -> Batch | None:
         idle = await self.store.stream_idle(self.KEY, self.GROUP, min_idle_ms=self.lease_ms, count=limit)

@@ -11,6 +11,9 @@ What differs from a single server:
   different slots with a ValueError before sending anything;
 - `stream_add(..., replicas=n)` sends XADD and WAIT together on one connection to the stream's
   primary, bypassing redis-py's cluster retries (which could send the WAIT elsewhere);
+- the stream commands that must not run twice (XADD, XREADGROUP) go to their slot's primary
+  without redis-py's retry (`_command_once`): run again after a reply lost to a timeout, XADD stored
+  a record twice and XREADGROUP read the next entries under the same batch key;
 - `scan()` walks every primary; `ping()` asks every primary, each under its own breaker: it fails
   only when none answers, and otherwise names the primaries that did not (`Ping.unreachable`: the
   store is degraded, not down, as the other primaries' users are served);
@@ -23,7 +26,9 @@ What differs from a single server:
 
 Timeouts and the breaker itself are `RedisStore`'s; so is the error translation (`guard()`).
 redis-py's own retry is cut to one immediate retry after a topology reload, so a call never takes
-much more than two timeouts.
+much more than two timeouts; XADD and XREADGROUP get none (above). The scripts keep it: a stream
+script (reclaim, settle) run twice leaves the stream as one run does; a quota script run twice
+counts twice (README, What next).
 """
 
 from __future__ import annotations
@@ -166,6 +171,18 @@ class RedisClusterStore(RedisStore):
                 f"script {script.name!r}: keys in {len(slots)} hash slots ({', '.join(keys)}); on a "
                 "Redis Cluster every key of one script must share a hash tag, e.g. prefix:{tag}:rest"
             )
+
+    async def _command_once(self, key: str, *command: Any) -> Any:
+        """Straight to the primary of `key`'s slot, without redis-py's retry (naming the target
+        node turns it off; a MOVED or ASK reply, which means the command did not run, is still
+        followed). That retry, after a read timeout or a dropped connection, ran the command again
+        when the first run had happened and only its reply was lost (`RedisStore._command_once`)."""
+        cluster = self.cluster
+        await cluster.initialize()  # a no-op unless a reload of the slot map is due
+        node = cluster.get_node_from_key(key)
+        if node is None:
+            raise SlotNotCoveredError(f"no primary serves the slot of {key!r}")
+        return await cluster.execute_command(*command, target_nodes=node)
 
     async def _add_and_wait(
         self, key: str, fields: Mapping[str, bytes], replicas: int, timeout_ms: int

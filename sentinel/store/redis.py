@@ -268,6 +268,15 @@ class RedisStore:
             return await self._pipeline.execute(*command)
         return await self._client.execute_command(*command)
 
+    async def _command_once(self, key: str, *command: Any) -> Any:
+        """A command on `key` that must not run twice: sent once, never again by the client, so a
+        reply lost after it ran is an error (outcome unknown) for the caller to handle. XADD run
+        twice stores one record twice; XREADGROUP run twice reads the next entries under the same
+        consumer, so one batch key would stand for two sets of records. On one server that is
+        `_command` (neither redis-py's connections here nor the auto-pipeline retry); the cluster
+        store overrides it (redis-py's cluster client retries)."""
+        return await self._command(*command)
+
     # --- streams ---------------------------------------------------------------------------------
     async def stream_add(
         self, key: str, fields: Mapping[str, bytes], *, replicas: int = 0, replica_timeout_ms: int = 100,
@@ -279,7 +288,7 @@ class RedisStore:
             raise ValueError("replica_timeout_ms must be below the store timeout (the WAIT runs inside it)")
         async with self.guard(key):
             if not replicas:
-                return _text(await self._command("XADD", key, "*", *flat_fields(fields)))
+                return _text(await self._command_once(key, "XADD", key, "*", *flat_fields(fields)))
             added, confirmed = await self._add_and_wait(key, fields, replicas, replica_timeout_ms)
             if isinstance(added, BaseException):
                 raise added
@@ -326,8 +335,12 @@ class RedisStore:
                 if "BUSYGROUP" not in str(exc):
                     raise
             self._groups.add((key, group))
-        fresh: Any = await self._client.xreadgroup(group, consumer, {key: ">"}, count=count)
-        return [entry for _, got in fresh or [] for entry in _entries(got)]
+        fresh: Any = await self._command_once(
+            key, "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", key, ">"
+        )
+        # RESP3's map raw (the auto-pipeline), or redis-py's `[[stream, entries]]` (the cluster client).
+        streams = fresh.items() if isinstance(fresh, dict) else fresh or []
+        return [entry for _, got in streams for entry in _entries(got)]
 
     async def stream_idle(
         self, key: str, group: str, *, min_idle_ms: int, count: int, consumer: str | None = None

@@ -10,7 +10,7 @@ record exactly once (each record has its own user, so a double count cannot hide
 Only the public surface shared with earlier versions is used (UsageDeliverer, DurableOutbox,
 SqlOutbox, RedisStreamOutbox, deliver_once), so these tests state the required behaviour, not
 this implementation's shape. Outboxes: SQLite and PostgreSQL tables alone, and each with a stream
-in front (a real Redis; the memory store's twin).
+in front (a real Redis; the memory store's twin; for some tests a real Redis Cluster).
 """
 
 from __future__ import annotations
@@ -33,8 +33,12 @@ from sentinel.quota.outbox import DurableOutbox, RedisStreamOutbox, SqlOutbox
 from sentinel.store import MemoryStore, Store
 from tests.support.clock import FakeClock
 from tests.support.fake_zion import BATCH, FakeZion
+from tests.support.lost_replies import LostClusterReply, read_twice_once
 from tests.support.outbox_worlds import age_redis_stream
+from tests.support.redis_cluster import redis_cluster, redis_cluster_url
 from tests.support.servers import serving
+
+__all__ = ["redis_cluster", "redis_cluster_url"]
 
 LEASE = 30.0
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -130,6 +134,10 @@ async def rig(
         from sentinel.store.redis import RedisStore
 
         store = RedisStore(request.getfixturevalue("redis_url"), timeout=5.0)
+    elif request.param == "cluster-stream":  # asked for by name (indirect parametrization) only
+        from sentinel.store.cluster import RedisClusterStore
+
+        store = RedisClusterStore(request.getfixturevalue("redis_cluster_url"), timeout=5.0)
     elif request.param == "memory-stream":
         clock = FakeClock()
         store = MemoryStore(clock=clock)
@@ -263,3 +271,52 @@ async def test_an_answer_with_more_results_than_records_never_settles_a_failed_o
     assert len(set(rig.sink.attempts)) == 1, rig.sink.attempts
     assert [rig.counted(n) for n in range(2)] == [1, 0]
     assert await outbox.depth() == 2  # req-1 (refused by Zion) is still there
+
+
+# --- a stream read whose reply was lost ----------------------------------------------------------
+STREAM_RIGS = [
+    "memory-stream",
+    pytest.param("redis-stream", marks=pytest.mark.redis),
+    pytest.param("cluster-stream", marks=pytest.mark.redis),
+]
+
+
+def one_set_of_records_per_key(sink: RecordingSink) -> bool:
+    sets: dict[str, set[tuple[str, ...]]] = {}
+    for key, ids in sink.attempts:
+        sets.setdefault(key, set()).add(tuple(sorted(ids)))
+    return all(len(found) == 1 for found in sets.values())
+
+
+@pytest.mark.parametrize("rig", STREAM_RIGS, indirect=True)
+async def test_a_stream_read_that_ran_twice_still_counts_every_record_once(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first run's records stayed under the batch key the second run's were sent with; taken
+    over after a lease and sent under that key, Zion replayed its answer: never counted."""
+    read_twice_once(rig.store, monkeypatch)
+    outbox = rig.outbox()
+    deliverer = UsageDeliverer(outbox, rig.sink, Metrics(), batch_size=3, backoff=NO_WAIT)
+    for n in range(6):
+        await outbox.put(record(n))
+    await rig.deliver_all(deliverer, outbox)
+    assert [rig.counted(n) for n in range(6)] == [1] * 6
+    assert one_set_of_records_per_key(rig.sink), rig.sink.attempts
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("rig", ["cluster-stream"], indirect=True)
+async def test_a_lost_stream_read_reply_on_a_cluster_still_counts_every_record_once(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real thing: redis-py's cluster client retried XREADGROUP after a read timeout (the first
+    run had happened), under the same batch key."""
+    lost = LostClusterReply(monkeypatch, "XREADGROUP")
+    outbox = rig.outbox()
+    deliverer = UsageDeliverer(outbox, rig.sink, Metrics(), batch_size=3, backoff=NO_WAIT)
+    for n in range(6):
+        await outbox.put(record(n))
+    await rig.deliver_all(deliverer, outbox)
+    assert not lost.armed
+    assert [rig.counted(n) for n in range(6)] == [1] * 6
+    assert one_set_of_records_per_key(rig.sink), rig.sink.attempts

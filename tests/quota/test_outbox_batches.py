@@ -15,8 +15,9 @@ import redis.asyncio as aioredis
 
 from sentinel.quota.batch import Batch, is_batch_key
 from sentinel.quota.outbox import RedisStreamOutbox
+from tests.support.lost_replies import read_twice_once
 from tests.support.outbox import usage_record
-from tests.support.outbox_worlds import LEASE, World, age_redis_stream, world, world_kind
+from tests.support.outbox_worlds import LEASE, STREAM_KINDS, World, age_redis_stream, world, world_kind
 from tests.support.redis_cluster import redis_cluster, redis_cluster_url
 
 __all__ = ["redis_cluster", "redis_cluster_url", "world", "world_kind"]
@@ -155,6 +156,44 @@ async def test_renew_keeps_a_slow_holders_lease_and_tells_it_when_settled(world:
     assert taken is not None and taken.key == batch.key
     await taker.settle(taken, (), retry_in=0)
     assert await slow.renew(batch) is False  # settled by the taker: the slow holder lets it go
+
+
+@pytest.mark.parametrize("world_kind", STREAM_KINDS, indirect=True)
+async def test_a_read_that_ran_twice_leaves_one_set_of_records_per_key(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first run's entries stayed pending under the batch key of the second run's: sent under
+    that key after a lease, a sink honouring keys replayed its answer and never applied them."""
+    await put(world, "r1", "r2", "r3", "r4", "r5")
+    read_twice_once(world.store, monkeypatch)
+    outbox = world.outbox()
+    batch = await outbox.claim(2)
+    assert batch is not None and ids(batch) == ["r3", "r4"]
+    await outbox.settle(batch, (), retry_in=0)  # the sink applied r3, r4 under batch.key
+    fresh = await outbox.claim(10)
+    assert fresh is not None and ids(fresh) == ["r5"]  # r1, r2 are held (a lease) under their own key
+    await outbox.settle(fresh, (), retry_in=0)
+    await world.age(LEASE)
+    taken = await outbox.claim(10)
+    assert taken is not None and ids(taken) == ["r1", "r2"]
+    assert taken.key not in (batch.key, fresh.key) and is_batch_key(taken.key)
+    await outbox.settle(taken, (), retry_in=0)
+    assert await outbox.depth() == 0
+
+
+@pytest.mark.parametrize("world_kind", STREAM_KINDS, indirect=True)
+async def test_an_empty_read_that_ran_twice_leaves_the_first_runs_entries_under_its_unsent_key(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await put(world, "r1", "r2")
+    read_twice_once(world.store, monkeypatch)
+    outbox = world.outbox()
+    assert await outbox.claim(2) is None  # the retry found nothing new; r1, r2 wait under that key
+    await world.age(LEASE)
+    taken = await outbox.claim(10)
+    assert taken is not None and ids(taken) == ["r1", "r2"]  # never sent before: whole, once
+    await outbox.settle(taken, (), retry_in=0)
+    assert await outbox.depth() == 0
 
 
 @pytest.mark.redis

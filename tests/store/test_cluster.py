@@ -18,6 +18,7 @@ from sentinel.store import MemoryStore, create_store
 from sentinel.store.cluster import ClusterAddress, RedisClusterStore, parse_cluster_url
 from sentinel.store.redis import RedisStore
 from tests.contract.test_store import CAS
+from tests.support.lost_replies import LostClusterReply
 from tests.support.redis_cluster import LocalRedisCluster
 from tests.support.servers import free_port
 
@@ -205,6 +206,38 @@ async def test_an_unconfirmed_entry_fails_and_is_withdrawn(
     assert all(isinstance(r, StoreUnavailable) and "not confirmed by 1 replica" in r.message for r in results)
     assert await store.stream_len(S) == 16  # the unconfirmed ones were withdrawn
     assert store.breaker.failures == 0
+    await store.close()
+
+
+# --- stream commands that must not run twice -----------------------------------------------------
+async def test_a_stream_read_whose_reply_is_lost_is_not_run_again(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's cluster client retried XREADGROUP after a read timeout: the first run's entries
+    stayed pending under the consumer (a batch key) and the retry read the next ones under it too."""
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    for n in range(4):
+        await store.stream_add(S, {"r": str(n).encode()})
+    lost = LostClusterReply(monkeypatch, "XREADGROUP")
+    with pytest.raises(StoreUnavailable):
+        await store.stream_read(S, "g", "batch-1", 2)
+    assert lost.sent == 1
+    held = await store.stream_idle(S, "g", min_idle_ms=0, count=10, consumer="batch-1")
+    assert len(held) == 2  # the one run's entries, nothing more
+    assert [e.fields["r"] for e in await store.stream_read(S, "g", "batch-2", 10)] == [b"2", b"3"]
+    await store.close()
+
+
+async def test_a_stream_append_whose_reply_is_lost_is_not_run_again(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retried XADD stored one usage record twice (counted twice by Zion)."""
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    lost = LostClusterReply(monkeypatch, "XADD")
+    with pytest.raises(StoreUnavailable):
+        await store.stream_add(S, {"r": b"once"})
+    assert lost.sent == 1 and await store.stream_len(S) == 1
+    assert await store.stream_add(S, {"r": b"next"})  # the store goes on serving
     await store.close()
 
 

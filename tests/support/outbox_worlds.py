@@ -8,7 +8,8 @@ exactly what time would do to them.
 
 Import the fixtures into a test module with the cluster fixtures they may need:
 `from tests.support.outbox_worlds import world, world_kind` and
-`from tests.support.redis_cluster import redis_cluster, redis_cluster_url`.
+`from tests.support.redis_cluster import redis_cluster, redis_cluster_url`. A test for the stream
+worlds only: `@pytest.mark.parametrize("world_kind", STREAM_KINDS, indirect=True)`.
 """
 
 from __future__ import annotations
@@ -30,13 +31,12 @@ from tests.db.support import SENTINEL_TABLES
 from tests.support.clock import FakeClock
 
 LEASE = 30.0
-KINDS = [
-    "sql-sqlite",
-    pytest.param("sql-postgres", marks=pytest.mark.postgres),
+STREAM_KINDS = [
     "stream-memory",
     pytest.param("stream-redis", marks=pytest.mark.redis),
     pytest.param("stream-cluster", marks=pytest.mark.redis),
 ]
+KINDS = ["sql-sqlite", pytest.param("sql-postgres", marks=pytest.mark.postgres), *STREAM_KINDS]
 
 
 class World:

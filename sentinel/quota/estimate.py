@@ -12,9 +12,9 @@ from typing import Any
 
 from sentinel.native.openai_checks import output_multiplier
 from sentinel.quota.anthropic_usage import content_texts, estimate_messages
-from sentinel.quota.media import MEDIA_KINDS, part_tokens
+from sentinel.quota.items import item_text
+from sentinel.quota.media import part_tokens
 from sentinel.quota.tokens import TokenCounter
-from sentinel.quota.usage import ITEM_FIELDS, LABEL_CHARS, MEDIA_FIELDS, NO_FIELDS
 
 # No request reserves more output tokens than this (no model produces that many in one call): the
 # quota arithmetic — Lua numbers in Redis, the 429's details, JSON — stays exact and in range
@@ -110,31 +110,9 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any],
 
 
 def _item_input(item: Any) -> tuple[list[str], int]:
-    """What a Responses input item puts before the model: the strings that reach it as text (every
-    string, however it starts, but the item's own bookkeeping fields and the data of image, file
-    and audio parts) and the tokens of its images and files (`media.part_tokens`: a screenshot, a
-    function output's image), in one bounded walk (the body's depth is checked before any estimate)."""
-    out: list[str] = []
-    if not isinstance(item, dict):
-        return out, 0
-    kind = item.get("type")
-    skipped = MEDIA_FIELDS.get(kind, NO_FIELDS) if isinstance(kind, str) else NO_FIELDS
-    media = part_tokens(item) if isinstance(kind, str) and kind in MEDIA_KINDS else 0
-    stack: list[Any] = [value for key, value in item.items() if key not in skipped and not (
-        key in ITEM_FIELDS and isinstance(value, str) and len(value) <= LABEL_CHARS)]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, str):
-            out.append(node)
-        elif isinstance(node, dict):
-            kind = node.get("type")
-            skip = MEDIA_FIELDS.get(kind, NO_FIELDS) if isinstance(kind, str) else NO_FIELDS
-            if isinstance(kind, str) and kind in MEDIA_KINDS:
-                media += part_tokens(node)
-            stack.extend(value for key, value in node.items() if key not in skip)
-        elif isinstance(node, list):
-            stack.extend(node)
-    return out, media
+    """What a Responses input item puts before the model (`items.item_text`): its text, keys
+    included, and the tokens counted already (its scalars, images and files)."""
+    return item_text(item) if isinstance(item, dict) else ([], 0)
 
 
 def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:

@@ -24,6 +24,7 @@ from sentinel.domain.usage import Usage
 from sentinel.errors import UpstreamError
 from sentinel.native.openai import PLAIN_DELTA, delta_extras, field_text
 from sentinel.providers.errors import stream_failure
+from sentinel.quota.items import NO_FIELDS, item_text
 from sentinel.quota.tokens import estimate_tokens
 
 
@@ -105,23 +106,6 @@ _NOT_READ = {
     "code_interpreter_call": frozenset({"code"}),
     "image_generation_call": frozenset({"result"}),
 }
-# A Responses item's own bookkeeping fields (not text the model reads) while short, as real ones are
-# (a long one is counted: an id the client makes up is the client's text); only at the item's top
-# level: deeper, a key of that name is the client's (a tool schema's property called `id`, say), counted.
-# The estimate's rule for input items (`sentinel.quota.estimate`) and `item_read`'s.
-ITEM_FIELDS = frozenset({"id", "call_id", "type", "status"})
-LABEL_CHARS = 64
-# Parts whose data fields are an image, a file or audio (a data URL or base64), not text: skipped
-# only inside such a part, so naming a key `image_url` elsewhere hides nothing (in a request, an
-# image's or a PDF's cost is its own estimate, `sentinel.quota.media`).
-MEDIA_FIELDS = {
-    "input_image": frozenset({"image_url", "file_data"}),
-    "computer_screenshot": frozenset({"image_url", "file_data"}),
-    "input_file": frozenset({"file_data", "file_url"}),
-    "input_audio": frozenset({"data", "input_audio"}),
-    "reasoning": frozenset({"encrypted_content"}),  # the provider's own ciphertext, not the client's text
-}
-NO_FIELDS: frozenset[str] = frozenset()
 
 
 def _written_item(item: dict[str, Any]) -> bool:
@@ -142,34 +126,10 @@ def items_read(items: Any) -> tuple[str, int]:
 
 
 def item_read(item: dict[str, Any]) -> tuple[str, int]:
-    """A hosted tool's item as the model reads it: every string in it, keys too (a tool list's input
-    schemas are JSON whose property names are text), appended as one text, and a number, `true`,
-    `false` or `null` one token each (returned); but its own short bookkeeping fields (`ITEM_FIELDS`),
-    what `_NOT_READ` leaves out and the data of image, file and audio parts (`MEDIA_FIELDS`).
-    Iterative, at any depth an upstream event has (orjson read it)."""
+    """A hosted tool's item as the model reads it (`items.item_text`), but what `_NOT_READ` leaves
+    out: (its text, the tokens counted already)."""
     kind = item.get("type")
-    skipped = _NOT_READ.get(kind, NO_FIELDS) if isinstance(kind, str) else NO_FIELDS
-    parts: list[str] = []
-    tokens = 0
-    stack: list[Any] = []
-    for key, value in item.items():
-        if key in skipped or (key in ITEM_FIELDS and isinstance(value, str) and len(value) <= LABEL_CHARS):
-            continue
-        stack += [value, key]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, str):
-            parts.append(node)
-        elif isinstance(node, dict):
-            kind = node.get("type")
-            skip = MEDIA_FIELDS.get(kind, NO_FIELDS) if isinstance(kind, str) else NO_FIELDS
-            for key, value in node.items():
-                if key not in skip:
-                    stack += [value, key]
-        elif isinstance(node, list):
-            stack.extend(reversed(node))
-        else:
-            tokens += 1
+    parts, tokens = item_text(item, _NOT_READ.get(kind, NO_FIELDS) if isinstance(kind, str) else NO_FIELDS)
     return "\n".join(parts), tokens
 
 

@@ -67,7 +67,9 @@ def test_responses_count_instructions_input_and_tool_items() -> None:
     )
     items = [USER, {"type": "function_call_output", "output": "sunny"}, {"type": "function_call", "arguments": "{}"}]
     total, asked = estimate("responses", {"input": items})
-    assert (total, asked) == (10 + len("sunny\n{}"), [("chat", ([USER], None)), ("text", "sunny\n{}")])
+    # Every string of an item counts, keys too (its short bookkeeping fields aside: `type`, ids).
+    read = "output\nsunny\narguments\n{}"
+    assert (total, asked) == (10 + len(read), [("chat", ([USER], None)), ("text", read)])
     screenshot = {"type": "computer_call_output", "call_id": "c1", "output": {
         "type": "computer_screenshot", "image_url": "data:image/png;base64," + "A" * 50_000}}
     reasoning = {"type": "reasoning", "encrypted_content": "B" * 50_000, "summary": [{"type": "summary_text", "text": "why"}]}
@@ -75,7 +77,8 @@ def test_responses_count_instructions_input_and_tool_items() -> None:
     # The screenshot and the encrypted content are not text; a part's kind (its nested `type`) is
     # counted like any string below the item (a token or two). The screenshot, whose size cannot be
     # read (its data is no image format), is estimated at an image's maximum.
-    assert total == len("\n".join(["computer_screenshot", "summary_text", "why"])) + OPENAI_MAX_IMAGE_TOKENS
+    read = ["output", "type", "computer_screenshot", "summary", "type", "summary_text", "text", "why"]
+    assert total == len("\n".join(read)) + OPENAI_MAX_IMAGE_TOKENS
 
 
 TEXT = "x" * 5_000
@@ -97,6 +100,10 @@ TEXT = "x" * 5_000
     {"type": "function_call_output", "call_id": "c" + TEXT, "output": "ok"},
     # A role on a non-message item does not make it a message (whose count reads no `output`).
     {"type": "function_call_output", "role": "user", "call_id": "c", "output": TEXT},
+    # Keys are text too: a tool list's schema property named with a long string (keys were left out).
+    {"type": "mcp_list_tools", "server_label": "s", "tools": [
+        {"name": "t", "input_schema": {"properties": {TEXT: {"type": "string"}}}}]},
+    {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": "ok", TEXT: 1}]},
 ])
 def test_every_string_of_an_input_item_that_is_text_is_counted(item: dict[str, Any]) -> None:
     total, _ = estimate("responses", {"input": [item]})
@@ -110,7 +117,8 @@ def test_only_media_parts_data_is_skipped() -> None:
     output = [{"type": "input_image", "image_url": image}, {"type": "input_file", "file_data": image},
               {"type": "input_text", "text": "caption"}]
     total, _ = estimate("responses", {"input": [{"type": "function_call_output", "call_id": "c", "output": output}]})
-    assert total == len("\n".join(["input_image", "input_file", "input_text", "caption"])) + OPENAI_MAX_IMAGE_TOKENS
+    read = ["output", "type", "input_image", "type", "input_file", "type", "input_text", "text", "caption"]
+    assert total == len("\n".join(read)) + OPENAI_MAX_IMAGE_TOKENS
 
 
 def test_definitions_that_reach_the_model_as_text_are_counted() -> None:

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from sentinel.domain.usage import Usage
+from sentinel.quota.images import OPENAI_MAX_IMAGE_TOKENS
 from sentinel.quota.usage import (
     READ_KEPT_CHARS,
     StreamInspector,
@@ -319,7 +320,7 @@ def test_hosted_tool_items_streamed_are_read_input() -> None:
         assert read in text, read
     for unread in ("chapter nine", "print(6 * 7)", "iVBORw0KGgo", "The valve opens", '{"x": 1}', "mcpl_1", "call_9"):
         assert unread not in text, unread
-    assert tokens == 2  # `annotations` and `error`: null
+    assert tokens == 2 + OPENAI_MAX_IMAGE_TOKENS  # `annotations` and `error`: null; the screenshot (unreadable)
     assert inspector.text == '{"query": "chapter nine"}print(6 * 7)The valve opens{"x": 1}'  # output, as before
     assert inspector.usage is None
     plain = StreamInspector("responses")  # no hosted tools: nothing read

@@ -84,7 +84,7 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any],
         values += [value["text"] for value in variables.values()
                    if isinstance(value, dict) and value.get("type") == "input_text" and isinstance(value.get("text"), str)]
         total += sum(counter.count_text(text, model, user=user) for text in values)
-        total += sum(part_tokens(value) for value in variables.values()
+        total += sum(part_tokens(value, model) for value in variables.values()
                      if isinstance(value, dict) and value.get("type") in ("input_image", "input_file"))
     items = payload.get("input")
     if isinstance(items, str):
@@ -102,17 +102,17 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any],
         # their images and files.
         texts: list[str] = []
         for item in others:
-            item_texts, media = _item_input(item)
+            item_texts, media = _item_input(item, model)
             texts += item_texts
             total += media
         total += counter.count_text("\n".join(texts), model, user=user) if texts else 0
     return total
 
 
-def _item_input(item: Any) -> tuple[list[str], int]:
-    """What a Responses input item puts before the model (`items.item_text`): its text, keys
+def _item_input(item: Any, model: str) -> tuple[list[str], int]:
+    """What a Responses input item puts before `model` (`items.item_text`): its text, keys
     included, and the tokens counted already (its scalars, images and files)."""
-    return item_text(item) if isinstance(item, dict) else ([], 0)
+    return item_text(item, model=model) if isinstance(item, dict) else ([], 0)
 
 
 def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:

@@ -7,7 +7,8 @@ edge is at most 1568 px (so no image costs more than about 1600 tokens).
 OpenAI's tile rule, with gpt-4o's figures (gpt-4.1's and 4.5's too), bills `detail: "low"` as 85
 tokens; any other detail (`high`, `auto`, none) scales the image to fit within 2048 x 2048, then
 down so that its shortest side is at most 768, and bills 85 + 170 per 512-px tile: at most 8 tiles
-(768 x 2048), 1445 tokens.
+(768 x 2048), 1445 tokens. Other OpenAI models bill images by other figures or by 32-px patches
+(`OpenAIImageRule`, per model: gpt-4o-mini's images cost over 30 times gpt-4o's tokens).
 
 Only the header is read; an image whose size cannot be read (a URL, a file id, an unknown format) is
 estimated at the rule's maximum (for OpenAI, its detail's).
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 import struct
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -42,7 +45,7 @@ def base64_image_tokens(data: str) -> int:
     return MAX_IMAGE_TOKENS if size is None else image_tokens(*size)
 
 
-# OpenAI's tile rule (see the module docstring).
+# OpenAI's tile rule (see the module docstring), with gpt-4o's figures: the default rule.
 OPENAI_BASE_TOKENS = 85  # an image's own cost, and all a low-detail image costs
 OPENAI_TILE_TOKENS = 170
 OPENAI_TILE = 512
@@ -50,34 +53,91 @@ OPENAI_FIT = 2048
 OPENAI_SHORT_SIDE = 768
 OPENAI_MAX_TILES = 8  # 768 x 2048: 2 x 4 tiles
 OPENAI_MAX_IMAGE_TOKENS = OPENAI_BASE_TOKENS + OPENAI_TILE_TOKENS * OPENAI_MAX_TILES  # 1445
+# The patch rule: 32-px patches, at most this many (the image scaled down to fit), times a multiplier.
+OPENAI_PATCH = 32
+OPENAI_MAX_PATCHES = 1536
 
 
-def openai_image_tokens(width: int, height: int, detail: Any = None) -> int:
-    """OpenAI's estimate for an image of `width` x `height` pixels sent with `detail`: any detail but
-    "low" is the tile rule (`auto` lets the provider choose, and the tile rule is the dearer)."""
-    if detail == "low":
-        return OPENAI_BASE_TOKENS
-    if width <= 0 or height <= 0:
-        return OPENAI_MAX_IMAGE_TOKENS
-    # Exact fractions: a float scale can land a side a hair above a tile boundary (one tile more).
-    w, h = Fraction(width), Fraction(height)
-    fit = min(Fraction(1), Fraction(OPENAI_FIT) / max(w, h))
-    w, h = w * fit, h * fit
-    short = min(Fraction(1), Fraction(OPENAI_SHORT_SIDE) / min(w, h))
-    w, h = w * short, h * short
-    tiles = math.ceil(w / OPENAI_TILE) * math.ceil(h / OPENAI_TILE)
-    return OPENAI_BASE_TOKENS + OPENAI_TILE_TOKENS * tiles  # at most OPENAI_MAX_TILES
+@dataclass(frozen=True)
+class OpenAIImageRule:
+    """How an OpenAI model bills an image: the tile rule with its figures (`base`, `tile`: gpt-4o's
+    85 and 170; gpt-4o-mini's 2833 and 5667, its images priced as gpt-4o's at a twentieth of the
+    token price) or, with a `multiplier`, the patch rule (gpt-4.1-mini and -nano, gpt-5-mini and
+    -nano, o4-mini): 32-px patches up to 1536, times the multiplier, whatever the detail."""
+
+    base: int = OPENAI_BASE_TOKENS
+    tile: int = OPENAI_TILE_TOKENS
+    multiplier: float = 0.0
+
+    def tokens(self, width: int, height: int, detail: Any = None) -> int:
+        """An image of `width` x `height` pixels sent with `detail`: under the tile rule any detail
+        but "low" is the tiles' (`auto` lets the provider choose, and the tiles are the dearer)."""
+        if detail == "low" and not self.multiplier:
+            return self.base
+        if width <= 0 or height <= 0:
+            return self.most(detail)
+        if self.multiplier:
+            patches = math.ceil(width / OPENAI_PATCH) * math.ceil(height / OPENAI_PATCH)
+            return math.ceil(min(patches, OPENAI_MAX_PATCHES) * self.multiplier)
+        # Exact fractions: a float scale can land a side a hair above a tile boundary (one tile more).
+        w, h = Fraction(width), Fraction(height)
+        fit = min(Fraction(1), Fraction(OPENAI_FIT) / max(w, h))
+        w, h = w * fit, h * fit
+        short = min(Fraction(1), Fraction(OPENAI_SHORT_SIDE) / min(w, h))
+        w, h = w * short, h * short
+        tiles = math.ceil(w / OPENAI_TILE) * math.ceil(h / OPENAI_TILE)
+        return self.base + self.tile * tiles  # at most OPENAI_MAX_TILES
+
+    def most(self, detail: Any = None) -> int:
+        """The most an image sent with `detail` can cost (what one whose size is unknown is estimated at)."""
+        if self.multiplier:
+            return math.ceil(OPENAI_MAX_PATCHES * self.multiplier)
+        return self.base if detail == "low" else self.base + self.tile * OPENAI_MAX_TILES
 
 
-def openai_url_image_tokens(url: Any, detail: Any = None) -> int:
-    """OpenAI's estimate for an image given as `url`: a `data:` URL's header is read; any other
-    reference (an http(s) URL, a missing one) is estimated at its detail's maximum. A low-detail
-    image is 85 tokens whatever it holds, so its data is not read."""
-    if detail == "low":
-        return OPENAI_BASE_TOKENS
+TILES = OpenAIImageRule()
+# OpenAI's published figures per model family (its vision guide), the first prefix that matches
+# winning: more specific names first. Any other model (gpt-4o, gpt-4.1, gpt-4.5, a model of another
+# provider behind an OpenAI-compatible URL) gets gpt-4o's tile rule.
+_RULES = (
+    ("gpt-4o-mini", OpenAIImageRule(2833, 5667)),
+    ("gpt-4.1-mini", OpenAIImageRule(multiplier=1.62)),
+    ("gpt-4.1-nano", OpenAIImageRule(multiplier=2.46)),
+    ("gpt-5-mini", OpenAIImageRule(multiplier=1.62)),
+    ("gpt-5-nano", OpenAIImageRule(multiplier=2.46)),
+    ("o4-mini", OpenAIImageRule(multiplier=1.72)),
+    ("gpt-5", OpenAIImageRule(70, 140)),
+    ("o1", OpenAIImageRule(75, 150)),
+    ("o3", OpenAIImageRule(75, 150)),
+    ("computer-use-preview", OpenAIImageRule(65, 129)),
+)
+
+
+@functools.lru_cache(maxsize=256)
+def openai_image_rule(model: str | None) -> OpenAIImageRule:
+    """The image rule of `model` (a name as the catalogue or the client gives it, a vendor prefix
+    such as `openai/` ignored); gpt-4o's tiles when it is unknown or None."""
+    if not model:
+        return TILES
+    name = model.rsplit("/", 1)[-1].lower()
+    return next((rule for prefix, rule in _RULES if name.startswith(prefix)), TILES)
+
+
+def openai_image_tokens(width: int, height: int, detail: Any = None, model: str | None = None) -> int:
+    """OpenAI's estimate for an image of `width` x `height` pixels sent with `detail` to `model`."""
+    return openai_image_rule(model).tokens(width, height, detail)
+
+
+def openai_url_image_tokens(url: Any, detail: Any = None, model: str | None = None) -> int:
+    """OpenAI's estimate for an image given as `url` to `model`: a `data:` URL's header is read;
+    any other reference (an http(s) URL, a missing one) is estimated at the most its detail can
+    cost. A tile-rule image sent with low detail costs the same whatever it holds: not read."""
+    rule = openai_image_rule(model)
+    if detail == "low" and not rule.multiplier:
+        return rule.base
     start = data_url_start(url) if isinstance(url, str) else None
     size = None if start is None else image_size(base64_head(url, start))
-    return OPENAI_MAX_IMAGE_TOKENS if size is None else openai_image_tokens(*size, detail)
+    return rule.most(detail) if size is None else rule.tokens(*size, detail)
 
 
 DATA_URL_HEAD_CHARS = 256  # `data:<media type>[;parameters];base64,`: a media type is short

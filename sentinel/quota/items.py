@@ -33,14 +33,17 @@ MEDIA_FIELDS = {
 NO_FIELDS: frozenset[str] = frozenset()
 
 
-def item_text(item: dict[str, Any], skipped: frozenset[str] = NO_FIELDS) -> tuple[list[str], int]:
+def item_text(
+    item: dict[str, Any], skipped: frozenset[str] = NO_FIELDS, *, model: str | None = None
+) -> tuple[list[str], int]:
     """An item as the model reads it (see the module docstring): its strings, keys included, to
     count as text, and the tokens counted already (its scalars, one each, and its images' and
-    files' estimates). `skipped`: top-level fields left out besides the bookkeeping ones. Iterative:
+    files' estimates, by `model`'s image rule). `skipped`: top-level fields left out besides the
+    bookkeeping ones. Iterative:
     a request body's depth is checked before any estimate; an upstream event's is orjson's bound."""
     kind = item.get("type")
     own = MEDIA_FIELDS.get(kind, NO_FIELDS) if isinstance(kind, str) else NO_FIELDS
-    tokens = part_tokens(item) if isinstance(kind, str) and kind in MEDIA_KINDS else 0
+    tokens = part_tokens(item, model) if isinstance(kind, str) and kind in MEDIA_KINDS else 0
     parts: list[str] = []
     stack: list[Any] = []
     for key, value in reversed(item.items()):  # (reversed: the stack gives them back in order)
@@ -57,7 +60,7 @@ def item_text(item: dict[str, Any], skipped: frozenset[str] = NO_FIELDS) -> tupl
             if isinstance(kind, str):
                 skip = MEDIA_FIELDS.get(kind, NO_FIELDS)
                 if kind in MEDIA_KINDS:
-                    tokens += part_tokens(node)
+                    tokens += part_tokens(node, model)
             for key, value in reversed(node.items()):
                 if key not in skip:
                     stack += [value, key]

@@ -11,8 +11,9 @@ OpenAI-format estimate (chat, Responses, the native API) adds, per part:
   (high or auto: 1445, low: 85);
 - a PDF sent as data (a chat `file` part's `file.file_data`, a Responses `input_file`'s `file_data`;
   a `data:application/pdf;base64,` URL or bare base64): OpenAI puts "both the extracted text and an
-  image of each page" into the model's context, so each page is estimated at PDF_PAGE_TOKENS, the
-  image of a portrait US-letter page under the tile rule (2 x 2 tiles at any resolution); the page's
+  image of each page" into the model's context, so each page is estimated as the image of a
+  portrait US-letter page under the model's rule (gpt-4o: 2 x 2 tiles at any resolution,
+  PDF_PAGE_TOKENS); the page's
   text is not counted (it lies in the PDF's compressed content streams), so this is a floor under
   that reading of the docs. Pages are the page objects (`/Type /Page`, not `/Pages`) in the file and
   in its compressed object streams (inflated up to a bound, see `pdf_pages`); a PDF in which none is
@@ -38,7 +39,8 @@ from sentinel.quota.images import base64_head, data_url_start, openai_image_toke
 # Content parts with an estimate of their own (`part_tokens`); a part of another type costs nothing here.
 MEDIA_KINDS = frozenset({"image_url", "input_image", "computer_screenshot", "file", "input_file"})
 
-PDF_PAGE_TOKENS = openai_image_tokens(612, 792)  # a letter page (points): 2 x 2 tiles, 765 tokens
+PDF_PAGE_TOKENS = openai_image_tokens(612, 792)  # a letter page (points): 2 x 2 tiles, 765 tokens (gpt-4o)
+PDF_PAGE = (612, 792)  # a portrait US-letter page, in points: how each page is estimated (its model's rule)
 PDF_MAGIC_WITHIN = 1024  # a PDF's `%PDF-` may follow some bytes of junk (PDF 32000-1, annex H)
 
 # PDF names end at whitespace or a delimiter: `/Type /Page` and `/Type/Page>>`, never `/Type /Pages`.
@@ -55,28 +57,30 @@ PDF_MAX_INFLATED = 4 * 1024 * 1024
 PDF_INFLATE_RATIO = 32
 
 
-def part_tokens(part: Mapping[str, Any]) -> int:
+def part_tokens(part: Mapping[str, Any], model: str | None = None) -> int:
     """The estimate for one OpenAI-format content part that is an image or a file (a type in
-    MEDIA_KINDS; see the module docstring), 0 for any other part."""
+    MEDIA_KINDS; see the module docstring) sent to `model` (its image rule, `images.openai_image_rule`),
+    0 for any other part."""
     kind = part.get("type")
     if kind == "image_url":
         image = part.get("image_url")
         if isinstance(image, Mapping):
-            return openai_url_image_tokens(image.get("url"), image.get("detail"))
-        return openai_url_image_tokens(image, part.get("detail"))
+            return openai_url_image_tokens(image.get("url"), image.get("detail"), model)
+        return openai_url_image_tokens(image, part.get("detail"), model)
     if kind in ("input_image", "computer_screenshot"):
-        return openai_url_image_tokens(part.get("image_url"), part.get("detail"))
+        return openai_url_image_tokens(part.get("image_url"), part.get("detail"), model)
     if kind == "file":
         file = part.get("file")
-        return file_tokens(file.get("file_data")) if isinstance(file, Mapping) else 0
+        return file_tokens(file.get("file_data"), model) if isinstance(file, Mapping) else 0
     if kind == "input_file":
-        return file_tokens(part.get("file_data"))
+        return file_tokens(part.get("file_data"), model)
     return 0
 
 
-def file_tokens(file_data: Any) -> int:
-    """The estimate for a file sent as base64 `file_data` (a data URL or bare base64): a PDF's pages
-    times PDF_PAGE_TOKENS; 0 for any other file (not estimated). Only a PDF is decoded whole."""
+def file_tokens(file_data: Any, model: str | None = None) -> int:
+    """The estimate for a file sent as base64 `file_data` (a data URL or bare base64) to `model`: a
+    PDF's pages times a page's image under the model's rule (PDF_PAGE: PDF_PAGE_TOKENS for gpt-4o);
+    0 for any other file (not estimated). Only a PDF is decoded whole."""
     if not isinstance(file_data, str):
         return 0
     start = data_url_start(file_data)
@@ -89,8 +93,8 @@ def file_tokens(file_data: Any) -> int:
     try:  # extra padding is ignored, so data sent without its padding is read too
         raw = base64.b64decode(file_data[start:] + "==", validate=False)
     except (binascii.Error, ValueError):
-        return PDF_PAGE_TOKENS
-    return pdf_pages(raw) * PDF_PAGE_TOKENS
+        raw = b""
+    return pdf_pages(raw) * openai_image_tokens(*PDF_PAGE, model=model)
 
 
 def pdf_pages(raw: bytes) -> int:

@@ -368,7 +368,7 @@ class TokenCounter:
                 if len(roles) < MAX_REMEMBERED_ROLES and len(role) <= MAX_REMEMBERED_ROLE_CHARS:
                     roles[role] = role_tokens
             total += TOKENS_PER_MESSAGE + role_tokens
-            total += _content_tokens(message.get("content"), count)
+            total += _content_tokens(message.get("content"), count, model)
             refusal = message.get("refusal")  # an assistant's earlier refusal, sent back as prompt
             if isinstance(refusal, str):
                 total += count(refusal)
@@ -408,7 +408,7 @@ def _arguments(value: Any) -> str:
     return ""
 
 
-def _content_tokens(content: Any, count: Callable[[str], int]) -> int:
+def _content_tokens(content: Any, count: Callable[[str], int], model: str) -> int:
     """Tokens of a message's content: a string, or each part's `text` and `refusal` (an assistant's
     refusal part is prompt text too) plus an image's or a file's own estimate (`media.part_tokens`),
     in the one walk over the parts the text needs (a part that is neither costs a type check)."""
@@ -424,7 +424,7 @@ def _content_tokens(content: Any, count: Callable[[str], int]) -> int:
                     total += count(value)
             kind = part.get("type")
             if isinstance(kind, str) and kind in MEDIA_KINDS:
-                total += part_tokens(part)
+                total += part_tokens(part, model)
     return total
 
 

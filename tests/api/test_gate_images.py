@@ -23,8 +23,8 @@ from tests.support.media import data_url, whole_png
 MINI = "gpt-4o-mini"
 NATIVE = "/native/v1/chat/completions"
 IMAGES = 20
-IMAGE = data_url(whole_png(1024, 1024))  # 765 tokens each by OpenAI's rule: 2 x 2 tiles
-IMAGE_TOKENS = IMAGES * 765  # 15,300
+IMAGE = data_url(whole_png(1024, 1024))  # 2 x 2 tiles by OpenAI's rule: 765 tokens for gpt-4o,
+IMAGE_TOKENS = IMAGES * (2833 + 4 * 5667)  # 25,501 for gpt-4o-mini (its images cost ~33 times the tokens)
 SLOW = "describe them #mock:chunk_delay_ms=200"  # a stream the client can leave early
 
 

@@ -184,10 +184,38 @@ def test_a_text_only_request_walks_no_media(monkeypatch: pytest.MonkeyPatch) -> 
     from sentinel.quota import media, tokens
 
     calls: list[Any] = []
-    monkeypatch.setattr(tokens, "part_tokens", lambda part: calls.append(part) or media.part_tokens(part))
+    monkeypatch.setattr(tokens, "part_tokens", lambda part, model: calls.append(part) or media.part_tokens(part, model))
     text = [{"type": "text", "text": "hi"}, "plain", {"type": {}}, {"type": "input_audio", "input_audio": {}}]
     estimate_input(COUNTER, "chat", MODEL, {"messages": [{"role": "user", "content": text}]})
     assert calls == []
     estimate_input(COUNTER, "chat", MODEL, {"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": IMAGE}}]}]})
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize(("model", "width", "height", "detail", "tokens"), [
+    # gpt-4o-mini bills images at ~33 times gpt-4o's tokens (2833 + 5667 a tile): the estimate once
+    # used gpt-4o's figures for every model, so its images were reserved and cut streams charged 1/33.
+    ("gpt-4o-mini", 1024, 1024, None, 2833 + 4 * 5667),
+    ("gpt-4o-mini-2024-07-18", 1024, 1024, "low", 2833),
+    ("openai/gpt-4o-mini", 100, 100, "high", 2833 + 5667),
+    ("gpt-4o", 1024, 1024, None, 85 + 4 * 170),
+    ("gpt-5", 1024, 1024, None, 70 + 4 * 140),
+    ("o3", 1024, 1024, None, 75 + 4 * 150),
+    # The patch rule: 32-px patches up to 1536, times the model's multiplier, whatever the detail.
+    ("gpt-4.1-mini", 1024, 1024, "low", 1659),  # 32 x 32 patches x 1.62
+    ("gpt-4.1-nano", 100, 50, None, 20),  # 4 x 2 patches x 2.46 = 19.68
+    ("o4-mini", 4000, 4000, None, 2642),  # capped at 1536 patches x 1.72
+    ("gpt-5-mini", 0, 0, None, 2489),  # unknown size: the most, 1536 x 1.62
+])
+def test_each_models_image_rule(model: str, width: int, height: int, detail: str | None, tokens: int) -> None:
+    assert openai_image_tokens(width, height, detail, model) == tokens
+
+
+def test_an_image_of_unknown_size_costs_the_most_its_models_rule_allows() -> None:
+    assert openai_url_image_tokens("https://example.com/cat.png", None, "gpt-4o-mini") == 2833 + 8 * 5667
+    assert openai_url_image_tokens("https://example.com/cat.png", "low", "gpt-4o-mini") == 2833
+    assert openai_url_image_tokens("https://example.com/cat.png", "low", "gpt-4.1-mini") == 2489  # no low detail
+    assert part_tokens({"type": "image_url", "image_url": {"url": data_url(png(1024, 1024))}}, "gpt-4o-mini") == 25501
+    # A PDF page is the image of a letter page under the model's rule: 2 x 2 tiles.
+    assert file_tokens(data_url(pdf(3), "application/pdf"), "gpt-4o-mini") == 3 * 25501

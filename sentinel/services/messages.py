@@ -97,7 +97,7 @@ class MessagesService:
         ex.operation, ex.request_model = OPERATIONS["chat"], targets[0].name
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(
-                identity, endpoint="messages", model=targets[0].name, payload=payload, request_id=ex.usage_id,
+                identity, endpoint="messages", model=targets[0].upstream_model, payload=payload, request_id=ex.usage_id,
                 size=len(body),
             )
         ex.headers.extend(admission.headers.items())

@@ -116,7 +116,8 @@ class OpenAIRelay:
         ex.operation, ex.request_model = OPERATIONS.get(endpoint, endpoint), targets[0].name
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(
-                identity, endpoint=endpoint, model=targets[0].name, payload=payload, request_id=ex.usage_id,
+                # The model the provider is sent (an alias's first): its tokenizer and its image rule.
+                identity, endpoint=endpoint, model=targets[0].upstream_model, payload=payload, request_id=ex.usage_id,
                 size=len(body), carried_input=await self.ownership.context_of(carried) if carried else 0,
             )
         ex.headers.extend(admission.headers.items())

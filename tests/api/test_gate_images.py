@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
@@ -89,3 +90,22 @@ def test_images_alone_over_the_input_limit_are_refused(
             text_only["messages"] = [{"role": "user", "content": "hi"}]
         r = http.post(path, json={**text_only, "stream": False})
     assert r.status_code == 200, r.text
+
+
+def test_images_are_estimated_by_the_model_the_provider_is_sent(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """A catalogue name of the company's own for gpt-4o-mini was estimated by gpt-4o's image rule
+    (the name matched none), a thirty-third of what the provider bills: the rule is the upstream model's."""
+    catalogue = tmp_path / "catalogue.yaml"
+    catalogue.write_text(yaml.safe_dump({"models": [
+        {"name": "house-vision", "provider": "openai", "upstream_name": MINI}]}))
+    gw = gateway_factory(usage_flush_interval_seconds=0.1, providers_file=catalogue)
+    request = {**body("/v1/chat/completions", SLOW), "model": "house-vision"}
+    with gw.client() as http, http.stream("POST", "/v1/chat/completions", json=request) as r:
+        assert r.status_code == 200, r.read()
+        next(r.iter_lines())  # the first event, then the client leaves
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
+    (row,) = ledger_rows(gw.settings.database_url)
+    assert row["usage_source"] == "estimated" and row["model"] == "house-vision", row
+    assert IMAGE_TOKENS <= row["input_tokens"] < IMAGE_TOKENS + 100, row

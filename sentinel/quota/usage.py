@@ -95,7 +95,10 @@ def _list(value: Any) -> list[Any]:
 # (output: `StreamInspector` counts them, `text_from_body` when not streamed). Every other item is a
 # hosted tool's (a tool list, a call and its output, search results, code and its logs, a type added
 # later): what the provider gave the model to read, input (`items_read`).
-_WRITTEN_ITEMS = frozenset({"message", "reasoning", "function_call", "custom_tool_call", "shell_call"})
+_WRITTEN_ITEMS = frozenset({
+    "message", "reasoning", "function_call", "custom_tool_call", "shell_call", "local_shell_call",
+    "apply_patch_call", "computer_call",  # (a patch's diff streams as deltas; a computer action is short)
+})
 # What a hosted tool's item leaves out of what the model read: what the model wrote there, output (a
 # call's `arguments`, streamed as deltas — an approval request's are not — and counted by
 # `text_from_body`; the interpreter's `code`, streamed as deltas), and a generated image's base64

@@ -298,6 +298,23 @@ def item_events(item: dict[str, Any], *deltas: tuple[str, str]) -> list[bytes]:
             event({"type": "response.output_item.done", "output_index": 0, "item": item})]
 
 
+def test_the_models_own_calls_are_not_read_input() -> None:
+    """A patch's diff streams as deltas (output) and a computer or local-shell action is the model's:
+    they were charged again, whole, as read input when the stream was cut (a 30 KB diff twice)."""
+    diff = "+ a line of the patch\n" * 1500
+    patch = {"type": "apply_patch_call", "id": "apc_1", "call_id": "call_p", "status": "completed",
+             "operation": {"type": "update_file", "path": "a.py", "diff": diff}}
+    computer = {"type": "computer_call", "id": "cu_1", "call_id": "call_c", "status": "completed",
+                "action": {"type": "type", "text": "a long thing the model typed " * 200}}
+    shell = {"type": "local_shell_call", "id": "ls_1", "call_id": "call_s", "status": "completed",
+             "action": {"type": "exec", "command": ["echo", "the model's command " * 200]}}
+    inspector = StreamInspector("responses")
+    feed_all(inspector, [*item_events(patch, ("response.apply_patch_call_operation_diff.delta", diff)),
+                         *item_events(computer), *item_events(shell)])
+    assert inspector.read_input == ("", 0)
+    assert diff in inspector.text  # output, once
+
+
 def test_hosted_tool_items_streamed_are_read_input() -> None:
     """A hosted tool's item (an MCP server's tool list, a call's output, code logs) is input the model
     reads in the steps that follow, and only `response.completed` counts it; the inspector read only

@@ -54,7 +54,7 @@ from sentinel.store.base import (
     seconds_left,
 )
 from sentinel.store.redis_streams import entries as _entries
-from sentinel.store.redis_streams import is_nogroup
+from sentinel.store.redis_streams import is_nogroup, read_reply
 from sentinel.store.redis_streams import text as _text
 
 __all__ = ["CircuitBreaker", "RedisStore"]
@@ -338,9 +338,7 @@ class RedisStore:
         fresh: Any = await self._command_once(
             key, "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", key, ">"
         )
-        # RESP3's map raw (the auto-pipeline), or redis-py's `[[stream, entries]]` (the cluster client).
-        streams = fresh.items() if isinstance(fresh, dict) else fresh or []
-        return [entry for _, got in streams for entry in _entries(got)]
+        return read_reply(fresh)
 
     async def stream_idle(
         self, key: str, group: str, *, min_idle_ms: int, count: int, consumer: str | None = None

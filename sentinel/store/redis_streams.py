@@ -86,6 +86,19 @@ def entries(raw: Sequence[Any]) -> list[StreamEntry]:
     return sorted(out, key=lambda entry: parse_stream_id(entry.id))
 
 
+def read_reply(reply: Any) -> list[StreamEntry]:
+    """The entries of an XREADGROUP reply, in any shape it comes: RESP2's `[[stream, entries]]`
+    (redis-py's cluster client with legacy responses), RESP3's map `{stream: entries}` (raw, from the
+    auto-pipeline) or redis-py's parsed RESP3 `{stream: [entries]}` (other versions or settings)."""
+    streams = reply.items() if isinstance(reply, dict) else reply or []
+    out: list[StreamEntry] = []
+    for _, got in streams:
+        if got and isinstance(got[0], list | tuple) and got[0] and isinstance(got[0][0], list | tuple):
+            got = [entry for batch in got for entry in batch]  # the parsed form's one list of entries
+        out += entries(got)
+    return out
+
+
 def is_nogroup(exc: BaseException) -> bool:
     """The group (or the whole stream) does not exist: Redis lost it, or nobody created it yet."""
     return "NOGROUP" in str(exc)

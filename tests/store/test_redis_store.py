@@ -174,3 +174,19 @@ async def test_settle_forgets_a_consumer_only_once_it_holds_nothing(redis_url: s
     finally:
         raw.close()
         await store.close()
+
+
+def test_an_xreadgroup_reply_is_read_in_every_shape_redis_py_gives() -> None:
+    """redis-py's parsed RESP3 reply (`{stream: [entries]}`: other redis-py versions, or
+    `?protocol=3` on a cluster) raised inside `stream_read` and stopped the deliverer's claims."""
+    from sentinel.store.redis_streams import read_reply
+
+    raw = [[b"1-0", [b"r", b"one"]], [b"2-0", [b"r", b"two"]]]
+    parsed = [(b"1-0", {b"r": b"one"}), (b"2-0", {b"r": b"two"})]
+    shapes = [[[b"usage", raw]], {b"usage": raw}, {b"usage": [parsed]}, [[b"usage", parsed]]]
+    for reply in shapes:
+        got = read_reply(reply)
+        assert [(e.id, e.fields) for e in got] == [("1-0", {"r": b"one"}), ("2-0", {"r": b"two"})], reply
+    assert read_reply(None) == read_reply([]) == read_reply({}) == []
+    one = read_reply({b"usage": [[(b"3-0", {b"r": b"x"})]]})  # one entry, parsed form
+    assert [e.id for e in one] == ["3-0"]

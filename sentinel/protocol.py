@@ -18,18 +18,53 @@ its slot is freed, a stream is settled as 499). A body the app reads is bounded 
 (`sentinel.api.bodies.read_within`); idle keep-alive by uvicorn's `timeout_keep_alive`. The limits
 travel on the uvicorn `Config` object (module-level class, picklable config: `--workers`
 processes get them too).
+
+Pipelined requests (HTTP/1.1: several requests sent without waiting for the answers) are answered
+one at a time, in order; uvicorn queues the ones behind the request being answered. It resumed
+reading after every answer however long that queue was, and the parser turns a whole read into
+requests (~12,000 tiny ones per 256 KiB): one connection without any key grew the queue, and the
+process, by about 100 times what it sent. Here reading stays paused while any request is queued
+(it resumes once the queue is empty: a queued request's body is only ever incomplete for the last
+one, which then runs), and at most `MAX_PIPELINED` requests are queued. The request past them (in
+the same read) is not queued, nor is anything after it parsed into requests: the queued requests
+are answered, the last answer carries `Connection: close`, and the connection closes after it;
+meanwhile whatever else arrives is read and dropped (closing a socket with unread bytes resets the
+connection, which can lose the answers already sent). The requests not answered are left for the
+client to send again on a new connection — what RFC 9112 §9.3.2 asks of a pipelining client whose
+connection closes — rather than answered 503, which a client may surface as an error.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from sentinel.config import Settings
+
+# Requests queued on one connection behind the one being answered. Clients that pipeline send a few
+# (browsers never do; HTTP/1.1 client libraries that can, a handful); each queued request holds its
+# parsed headers and its task-to-be, so the queue is what a connection without any key could grow.
+MAX_PIPELINED = 16
+
+
+class _QueueFlow(FlowControl):
+    """uvicorn's flow control that does not resume reading while `held()` (requests are queued): an
+    answer completed, or the running request asking for its body (already complete when requests are
+    queued behind it), resumed it."""
+
+    def __init__(self, transport: asyncio.Transport, held: Callable[[], bool]) -> None:
+        super().__init__(transport)
+        self._held = held
+
+    def resume_reading(self) -> None:
+        if not self._held():
+            super().resume_reading()
 
 
 @dataclass(frozen=True)
@@ -56,6 +91,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _in_headers = False  # a request's line and headers have begun and are not complete yet
     _messages = 0  # requests begun on this connection
     _unparsed = 0  # bytes of whole reads that arrived while one request's headers stayed incomplete
+    _overflowed = False  # more than MAX_PIPELINED requests were queued: nothing more is parsed
 
     @property
     def _limits(self) -> ConnectionLimits:
@@ -64,7 +100,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = _QueueFlow(transport, self._reading_held)  # before any request holds the flow
         self._arm()
+
+    def _reading_held(self) -> bool:
+        return bool(self.pipeline) and not self._overflowed  # after an overflow reads are dropped
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -91,7 +131,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.abort()  # close() would wait for the buffer the client never drains
 
+    # After an overflow the parser still walks the rest of the read it was given (a callback cannot
+    # stop it without uvicorn answering 400 out of turn): every callback is then a no-op.
+
     def on_message_begin(self) -> None:
+        if self._overflowed:
+            return
         super().on_message_begin()
         self._header_bytes = self._header_count = self._unparsed = 0
         self._in_headers = True
@@ -99,25 +144,49 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm()
 
     def on_url(self, url: bytes) -> None:
+        if self._overflowed:
+            return
         self._header_bytes += len(url)
         self._check()
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._overflowed:
+            return
         self._header_bytes += len(name) + len(value) + 4
         self._header_count += 1
         self._check()
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        if self._overflowed:
+            return
         self._in_headers = False
-        self._body_pending = True
         self._disarm()
+        if len(self.pipeline) >= MAX_PIPELINED and not self._refused:
+            self._overflow()
+            return
+        self._body_pending = True
         if self._refused:
             return
         super().on_headers_complete()
 
+    def _overflow(self) -> None:
+        """One request more than `MAX_PIPELINED` are queued: it is dropped, with everything after it;
+        the last queued request is the connection's last (see the module docstring)."""
+        self._overflowed = True
+        self.flow.resume_reading()  # to drop what else comes (`data_received`) until the close
+        last, _ = self.pipeline[0]  # uvicorn queues with appendleft
+        last.keep_alive = False  # its answer says `Connection: close` and closes the transport
+
+    def on_body(self, body: bytes) -> None:
+        if self._overflowed:
+            return
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._overflowed:
+            return
         self._body_pending = False
         self._stop_drain()
         super().on_message_complete()
@@ -127,6 +196,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._body_pending and self.cycle is not None and self.cycle.response_complete and not self.pipeline
         )
         super().on_response_complete()
+        if not self.pipeline and not self.transport.is_closing():
+            self.flow.resume_reading()  # uvicorn's, before it took the next queued request, was held
         if answered_before_its_body and not self.transport.is_closing():
             self._stop_drain()
             self._drain_timer = self.loop.call_later(self._limits.body_timeout, self._drain_too_slow)
@@ -142,7 +213,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._overflowed:
             return
         was_in_headers, messages = self._in_headers, self._messages
         super().data_received(data)
@@ -153,6 +224,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._unparsed += len(data)
             if self._unparsed > self._limits.max_header_bytes:
                 self._headers_too_large()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._overflowed:
+            # Bytes after the overflow that do not parse were never going to be answered, and a 400
+            # now would be written before the queued requests' answers (the last closes the connection).
+            return
+        super().send_400_response(msg)
 
     def _check(self) -> None:
         limits = self._limits

@@ -19,6 +19,7 @@ import pytest
 
 from sentinel.mock.app import create_mock_app
 from sentinel.native.openai_checks import MAX_JSON_CONTAINERS
+from sentinel.protocol import MAX_PIPELINED
 from sentinel.quota.meter import OFF_LOOP_SIZE
 from sentinel.quota.tokens import TokenCounter
 from tests.api.conftest import Gateway
@@ -61,6 +62,88 @@ def test_a_pipelined_request_that_trickles_is_cut_off_too(gateway_factory: Calla
     answer = raw_exchange(gw, first + b"GET /health/live HTTP/1.1\r\nHost: x\r\n", wait=8.0)  # never finished
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
     assert b"HTTP/1.1 408" in answer and not answer.endswith(b"<still open>"), answer[-300:]
+
+
+def read_answers(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
+    """The next `count` answers on `sock` (each with a Content-Length), as (head, body) pairs."""
+    answers, buffer = [], b""
+    while len(answers) < count:
+        while b"\r\n\r\n" not in buffer:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {len(answers)} answers"
+            buffer += chunk
+        head, _, buffer = buffer.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        while len(buffer) < length:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed in answer {len(answers) + 1}"
+            buffer += chunk
+        answers.append((head, buffer[:length]))
+        buffer = buffer[length:]
+    assert not buffer, buffer[:200]
+    return answers
+
+
+def test_a_flood_of_pipelined_requests_is_not_queued_without_end(gateway_factory: Callable[..., Gateway]) -> None:
+    """uvicorn queued every pipelined request it parsed and read on after each answer: one
+    connection without any key, sending tiny requests back to back, grew the process by ~100 times
+    what it sent. At most MAX_PIPELINED wait behind the one being answered; those are answered, in
+    order, the last with `Connection: close`, and the connection closes: nothing after is read."""
+    gw = gateway_factory()
+    answer = raw_exchange(gw, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n" * 5000, wait=5.0)
+    assert not answer.endswith(b"<still open>"), answer[-300:]
+    heads = [part.partition(b"\r\n\r\n")[0] for part in answer.split(b"HTTP/1.1 ")[1:]]
+    # The first read holds far more than the queue: the one answered first, then the queue's.
+    assert len(heads) == 1 + MAX_PIPELINED, len(heads)
+    assert all(head.startswith(b"404") for head in heads), heads[:3]
+    assert [b"connection: close" in head.lower() for head in heads] == [False] * MAX_PIPELINED + [True]
+    fine = raw_exchange(gw, b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert fine.startswith(b"HTTP/1.1 200"), fine[:200]
+
+
+def test_a_few_pipelined_requests_are_answered_in_order(gateway_factory: Callable[..., Gateway]) -> None:
+    """Pipelining within the limit is served as before: in order, the connection kept; reading,
+    paused while requests are queued, resumes once they are taken — the last queued request's body,
+    still on its way while it waited, arrives then and it is answered."""
+    gw = gateway_factory()
+    port = int(gw.url.rsplit(":", 1)[1])
+    body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+    post = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + gw.key.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n" b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n" + post + body[:10])
+        first = read_answers(sock, 3)
+        assert [head[:12] for head, _ in first] == [b"HTTP/1.1 200", b"HTTP/1.1 404", b"HTTP/1.1 200"], first
+        sock.sendall(body[10:])
+        [(head, answer)] = read_answers(sock, 1)
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower(), head
+        assert orjson.loads(answer)["object"] == "chat.completion"
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")  # the connection still serves
+        [(head, _)] = read_answers(sock, 1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+
+
+def test_reading_waits_while_pipelined_requests_are_queued(gateway_factory: Callable[..., Gateway]) -> None:
+    """uvicorn read on after every answer, queued requests or not: what a client pipelined after its
+    first answer came went into the same queue. Reading now waits for the queue to empty, so a
+    client pipelining in several writes meets the limit only within one of them."""
+    gw = gateway_factory()
+    port = int(gw.url.rsplit(":", 1)[1])
+    body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"slow"}]}'
+    slow = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + gw.key.encode()
+            + b"\r\nContent-Type: application/json\r\nX-Mock-Latency-Ms: 100\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
+    queued = MAX_PIPELINED // 2
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(slow * (1 + queued))
+        answers = read_answers(sock, 1)  # the others are still queued (each takes its 100 ms) ...
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n" * MAX_PIPELINED)  # ... more than fit
+        answers += read_answers(sock, queued + MAX_PIPELINED)
+    assert [head[:12] for head, _ in answers] == [b"HTTP/1.1 200"] * len(answers)
+    assert [b"chat.completion" in answer for _, answer in answers] == [True] * (1 + queued) + [False] * MAX_PIPELINED
+    assert not any(b"connection: close" in head.lower() for head, _ in answers)
 
 
 def test_a_client_that_stops_reading_its_answer_is_cut_off(gateway_factory: Callable[..., Gateway]) -> None:

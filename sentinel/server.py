@@ -11,6 +11,10 @@ multiprocessing pipe (`WorkerApp`), never on a command line or in a log, and nev
 environment or a `.env` file. The workers' metrics meet in one directory (`PROMETHEUS_MULTIPROC_DIR`,
 see `observability/metrics.py`): the operator's, emptied at start, or a temporary one this process
 creates before the workers start and removes when they have stopped.
+
+Every connection is a file descriptor: at start the soft limit on open files (often 1,024, when a
+connection without any key holds one until the header deadline) is raised to the hard limit, which
+the workers inherit (`raise_open_files_limit`).
 """
 
 from __future__ import annotations
@@ -83,6 +87,43 @@ async def _demo_keys(settings: Settings, *, mint: bool) -> str | None:
         return key
     finally:
         await engine.dispose()
+
+
+# Tried in turn when the hard limit on open files is "unlimited", which no kernel takes as a soft
+# limit: Linux's default ceiling (fs.nr_open), then macOS's (OPEN_MAX).
+_UNLIMITED_OPEN_FILES = (1_048_576, 10_240)
+
+
+def raise_open_files_limit(
+    getrlimit: Callable[[int], tuple[int, int]] | None = None,
+    setrlimit: Callable[[int, tuple[int, int]], None] | None = None,
+) -> int | None:
+    """Raise this process's soft limit on open files (so on connections) to its hard limit and
+    return the soft limit now in force (-1: unlimited); None where there is no such limit (Windows).
+    A limit that cannot be raised is kept, with a warning: the server still starts."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    get, set_ = getrlimit or resource.getrlimit, setrlimit or resource.setrlimit
+    unlimited = resource.RLIM_INFINITY
+    soft, hard = get(resource.RLIMIT_NOFILE)
+    targets = [] if soft == unlimited else [
+        target for target in (_UNLIMITED_OPEN_FILES if hard == unlimited else (hard,)) if target > soft
+    ]
+    if not targets:
+        log.info("open files limit: %s (each connection takes one)", "unlimited" if soft == unlimited else soft)
+        return soft
+    for target in targets:
+        try:
+            set_(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            continue
+        log.info("open files limit raised from %d to %d (each connection takes one)", soft, target)
+        return target
+    log.warning("could not raise the open files limit from %d (hard limit: %s): about that many connections "
+                "at once at most", soft, "unlimited" if hard == unlimited else hard)
+    return soft
 
 
 def workers_refused(settings: Settings, workers: int) -> str | None:
@@ -213,6 +254,7 @@ def serve(settings: Settings, workers: int = 1) -> int:
         print(f"sentinel: {refused}", file=sys.stderr, flush=True)
         return 2
     configure_logging(settings.log_level)
+    raise_open_files_limit()  # before the workers start: they inherit it
     stop_mock = None
     demo_key = None
     mocked, demo = settings.use_embedded_mock, demo_mode(settings)  # before the mock's URL is set

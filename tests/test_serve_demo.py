@@ -146,3 +146,33 @@ def test_the_start_up_line_says_when_every_interface_listens() -> None:
     local = listening_line(Settings(_env_file=None, host="127.0.0.1", port=8080))  # type: ignore[call-arg]
     assert local == "Sentinel listening on http://127.0.0.1:8080"
     assert listening_line(Settings(_env_file=None, host="::1", port=9))  == "Sentinel listening on http://[::1]:9"  # type: ignore[call-arg]
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="reads the limit from /proc (Linux)")
+def test_serve_raises_its_open_files_limit(tmp_path: Path) -> None:
+    """Each connection is a file descriptor: started with a soft limit of 256, the server runs with
+    its hard limit (1,100 idle connections without any key took every one of the usual 1,024)."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = 256 if hard == resource.RLIM_INFINITY else min(256, hard)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_", "REDIS_", "DATABASE_"))}
+    env["SENTINEL_PORT"] = str(port)
+    start = ("import resource, runpy, sys; "
+             f"resource.setrlimit(resource.RLIMIT_NOFILE, ({low}, {hard})); "
+             "sys.argv = ['sentinel', 'serve', '--host', '127.0.0.1']; runpy.run_module('sentinel', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", start], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: live(port), timeout=30), "sentinel serve never answered /health/live"
+        line = next(line for line in Path(f"/proc/{proc.pid}/limits").read_text().splitlines()
+                    if line.startswith("Max open files"))
+        soft = line.split()[3]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+    assert soft == str(hard) if hard != resource.RLIM_INFINITY else int(soft) > 256, line

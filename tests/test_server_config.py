@@ -1,15 +1,19 @@
-"""How `sentinel serve` configures uvicorn: connection limits, and X-Forwarded-* only from named proxies."""
+"""How `sentinel serve` configures uvicorn: connection limits, and X-Forwarded-* only from named proxies;
+and the process's limit on open files."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from sentinel.app import create_app
 from sentinel.config import Settings
 from sentinel.protocol import GuardedHttpToolsProtocol
-from sentinel.server import _config
+from sentinel.server import _config, raise_open_files_limit
 from tests.support.servers import serving
 
 
@@ -62,3 +66,61 @@ def test_a_shutdown_deadline_under_a_second_is_not_zero() -> None:
     """`int(0.5)` gave uvicorn no time at all: every request in flight was cut at SIGTERM."""
     config = _config(app, Settings(_env_file=None, shutdown_timeout_seconds=0.5), 1)  # type: ignore[call-arg]
     assert config.timeout_graceful_shutdown == 1
+
+
+resource = pytest.importorskip("resource")  # not on Windows, where there is no such limit
+
+
+class Limits:
+    """A stand-in for getrlimit/setrlimit: (soft, hard) open files, and the kernel's refusals."""
+
+    def __init__(self, soft: int, hard: int, refused: tuple[int, ...] = ()) -> None:
+        self.soft, self.hard, self.refused = soft, hard, refused
+        self.asked: list[int] = []
+
+    def get(self, which: int) -> tuple[int, int]:
+        assert which == resource.RLIMIT_NOFILE
+        return self.soft, self.hard
+
+    def set(self, which: int, limits: tuple[int, int]) -> None:
+        assert which == resource.RLIMIT_NOFILE and limits[1] == self.hard
+        self.asked.append(limits[0])
+        if limits[0] in self.refused:
+            raise ValueError("not allowed")
+        self.soft = limits[0]
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:
+    """With the usual soft limit of 1,024, 1,100 idle connections without any key took every file
+    descriptor: every other request failed until the header deadline closed them."""
+    limits = Limits(1024, 524288)
+    assert raise_open_files_limit(limits.get, limits.set) == 524288
+    assert (limits.soft, limits.asked) == (524288, [524288])
+    assert raise_open_files_limit(limits.get, limits.set) == 524288 and limits.asked == [524288]  # already
+
+
+def test_an_unlimited_hard_limit_gets_the_highest_soft_limit_the_kernel_takes() -> None:
+    limits = Limits(256, resource.RLIM_INFINITY, refused=(1_048_576,))  # macOS: at most OPEN_MAX
+    assert raise_open_files_limit(limits.get, limits.set) == 10_240
+    assert limits.asked == [1_048_576, 10_240]
+    unlimited = Limits(resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+    assert raise_open_files_limit(unlimited.get, unlimited.set) == resource.RLIM_INFINITY and not unlimited.asked
+
+
+def test_a_limit_that_cannot_be_raised_is_kept_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    limits = Limits(1024, 4096, refused=(4096,))
+    assert raise_open_files_limit(limits.get, limits.set) == 1024
+    assert "could not raise the open files limit from 1024" in caplog.text
+
+
+def test_the_real_limit_is_raised() -> None:
+    """In a process started with a soft limit below its hard one, the real call raises it."""
+    code = (
+        "import resource; from sentinel.server import raise_open_files_limit; "
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard)); "
+        "raise_open_files_limit(); print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard) "
+        "if hard != resource.RLIM_INFINITY else resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 256)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "True", out

@@ -43,9 +43,12 @@ async def read_within(
                 if budget is not None:
                     budget.take(context(request.scope), len(chunk))
                 chunks.append(chunk)
+        return b"".join(chunks)
     except TimeoutError:
         raise RequestTimeout(f"The request body did not arrive within {seconds:g} seconds") from None
-    return b"".join(chunks)
+    finally:
+        # A refusal's traceback holds this frame for as long as the error lives: not the bytes read.
+        chunks.clear()
 
 
 def is_read(request: Request) -> bool:

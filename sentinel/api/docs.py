@@ -142,9 +142,7 @@ class DocsRoutes:
             message = QUERY_KEY_MESSAGE if self._key_in_query(request) else (
                 "Send the docs key in the X-Docs-Key header, or sign in at /native/docs/signin"
             )
-            err = AuthenticationError(message, code="invalid_docs_key")
-            err.headers.pop("WWW-Authenticate", None)
-            raise err
+            raise _docs_key_required(message)
         headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store"), NOSNIFF]
         return RawResponse(200, self.document, headers)
 
@@ -172,6 +170,14 @@ class DocsRoutes:
         if found is None:
             raise NotFound("No such docs asset", code="not_found")
         return found
+
+
+def _docs_key_required(message: str) -> AuthenticationError:
+    """401 without `WWW-Authenticate` (made here: an error kept in the raising frame's local would
+    hold that frame in its own traceback, a reference cycle)."""
+    err = AuthenticationError(message, code="invalid_docs_key")
+    err.headers.pop("WWW-Authenticate", None)
+    return err
 
 
 def _address(request: Request) -> str | None:

@@ -121,20 +121,27 @@ class RequestMiddleware:
                 await self._in_slot(self.requests, scope, receive, send_wrapper)
         except Exception as exc:  # the one last-resort handler
             err = _as_sentinel_error(exc, scope)
-            if err.status >= 500 and not isinstance(exc, SentinelError | HTTPException):
-                log.error("unhandled error", exc_info=exc, extra={"path": clipped(path)})
-            else:
-                level = logging.WARNING if err.status >= 500 else logging.INFO
-                if isinstance(err, Overloaded):  # counted, not a warning: see the module docstring
-                    self.metrics.rejected_overload.inc()
-                    level = logging.DEBUG
-                log.log(
-                    level,
-                    "request failed",
-                    extra={"status": err.status, "code": err.code, "error": clipped(err.message), "path": clipped(path)},
-                )
-            if not started_response:
-                await render_error(path, err, rid)(scope, receive, send_wrapper)
+            try:
+                if err.status >= 500 and not isinstance(exc, SentinelError | HTTPException):
+                    log.error("unhandled error", exc_info=exc, extra={"path": clipped(path)})
+                else:
+                    level = logging.WARNING if err.status >= 500 else logging.INFO
+                    if isinstance(err, Overloaded):  # counted, not a warning: see the module docstring
+                        self.metrics.rejected_overload.inc()
+                        level = logging.DEBUG
+                    log.log(
+                        level,
+                        "request failed",
+                        extra={"status": err.status, "code": err.code, "error": clipped(err.message), "path": clipped(path)},
+                    )
+                if not started_response:
+                    await render_error(path, err, rid)(scope, receive, send_wrapper)
+            finally:
+                # `err` is often `exc` itself, whose traceback holds this frame: kept in a local, a
+                # reference cycle that kept every frame the error came through (a refused body's
+                # chunks, the handler's body and payload) until a full collection, which a served
+                # process runs rarely (`SentinelApp.startup`). `exc` Python unbinds itself.
+                del err
         finally:
             if ctx.slot is not None and self.slots is not None:
                 self.slots.release(ctx.slot)

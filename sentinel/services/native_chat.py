@@ -114,13 +114,18 @@ class NativeChat:
             if choice.bound:
                 raise
             refused = exc
-        candidate = await self.router.alternative(choice)
-        while candidate is not None:
-            try:
-                return candidate, self._translate(req, candidate)
-            except InvalidRequest:
-                candidate = await self.router.alternative(candidate)
-        raise refused
+        try:
+            candidate = await self.router.alternative(choice)
+            while candidate is not None:
+                try:
+                    return candidate, self._translate(req, candidate)
+                except InvalidRequest:
+                    candidate = await self.router.alternative(candidate)
+            raise refused
+        finally:
+            # Its traceback holds this frame: kept in a local, a reference cycle that kept every frame
+            # it came through (the request, the handler's body) until a full collection.
+            del refused
 
     def _translate(self, req: ChatRequest, choice: RouteChoice) -> dict[str, Any]:
         provider = self.providers[choice.provider]

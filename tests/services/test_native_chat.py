@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import types
 from typing import Any
 
 import pytest
@@ -10,7 +12,8 @@ import pytest
 from sentinel.api.responses import StreamingRelay
 from sentinel.domain.identity import Identity
 from sentinel.domain.tiers import TierModelEntry
-from sentinel.native import parse_chat_request
+from sentinel.errors import InvalidRequest
+from sentinel.native import NativeValidationError, parse_chat_request
 from sentinel.native.stream import OpenAIStreamNormalizer
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.chat import ProviderStream
@@ -122,3 +125,35 @@ async def test_a_first_turn_whose_failure_cannot_be_settled_still_removes_its_se
     with pytest.raises(OSError):
         await chat.chat(Exchange(usage_id="r1"), ALICE, req)
     assert await sessions.get("c1", "alice") is None
+
+
+class Untranslatable:
+    """A provider that cannot carry any request."""
+
+    def body(self, req: Any, model: str, *, stream: bool) -> dict[str, Any]:
+        raise NativeValidationError("cannot be carried", param="messages")
+
+
+class NoAlternative:
+    async def alternative(self, choice: RouteChoice) -> RouteChoice | None:
+        return None
+
+
+async def test_a_request_no_candidate_can_carry_is_freed_with_its_refusal() -> None:
+    """The refusal of the first candidate was kept in a local and raised again from the frame it had
+    come through: a reference cycle (the frame holds the error, the error's traceback the frame)
+    that kept the request, and every frame the error went on through (the handler's body), until
+    a full collection — rare in a served process (`SentinelApp.startup`)."""
+    chat = NativeChat(NoAlternative(), {"openai": Untranslatable()}, None, None)  # type: ignore[arg-type, dict-item]
+    choice = RouteChoice("simple", TierModelEntry(provider="openai", model="gpt-4o-mini", relative_cost=1))
+    req = parse_chat_request({"tier": "simple", "messages": [{"role": "user", "content": "hi"}]})
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.raises(InvalidRequest, match="cannot be carried") as refused:
+            await chat._translatable(req, choice)
+        del refused
+        alive = [o for o in gc.get_objects() if isinstance(o, types.FrameType) and o.f_code.co_name == "_translatable"]
+    finally:
+        gc.enable()
+    assert alive == []

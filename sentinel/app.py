@@ -62,7 +62,7 @@ class SentinelApp:
             self.access_log.start()
         throttle = FailedAuthThrottle(s.auth_failures_per_minute)
         slots = UserSlots(s.max_in_flight_per_user)
-        bodies = BodyBudget(s.max_body_bytes_in_flight)
+        bodies = BodyBudget(s.max_body_bytes_in_flight, s.body_bytes_per_user)
         deps = Deps(
             settings=s, store=runtime.store, metrics=self.metrics, authenticator=runtime.authenticator,
             throttle=throttle, slots=slots, bodies=bodies,

@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = env("SENTINEL_MAX_BODY_BYTES", 10 * 1024 * 1024, ge=1024)
     # Bytes of request bodies all of this process's requests may hold at once (503 beyond).
     max_body_bytes_in_flight: int = env("SENTINEL_MAX_BODY_BYTES_IN_FLIGHT", 1024 * 1024 * 1024, ge=1024)
+    # One caller's share of those (429 beyond); unset: an eighth of them, at least SENTINEL_MAX_BODY_BYTES.
+    max_body_bytes_in_flight_per_user: int | None = env("SENTINEL_MAX_BODY_BYTES_IN_FLIGHT_PER_USER", None, ge=1024)
     max_in_flight: int = env("SENTINEL_MAX_IN_FLIGHT", 1024, ge=1)
     # One caller's share of those slots (per process): one key cannot hold a process's every slot.
     max_in_flight_per_user: int = env("SENTINEL_MAX_IN_FLIGHT_PER_USER", 128, ge=1)
@@ -320,6 +322,12 @@ class Settings(BaseSettings):
     def _bodies_fit_in_flight(self) -> Settings:
         if self.max_body_bytes_in_flight < self.max_body_bytes:
             raise ValueError("SENTINEL_MAX_BODY_BYTES_IN_FLIGHT must be at least SENTINEL_MAX_BODY_BYTES")
+        share = self.max_body_bytes_in_flight_per_user
+        if share is not None and not self.max_body_bytes <= share <= self.max_body_bytes_in_flight:
+            raise ValueError(
+                "SENTINEL_MAX_BODY_BYTES_IN_FLIGHT_PER_USER must be at least SENTINEL_MAX_BODY_BYTES and at most "
+                "SENTINEL_MAX_BODY_BYTES_IN_FLIGHT"
+            )
         return self
 
     @model_validator(mode="after")
@@ -350,6 +358,15 @@ class Settings(BaseSettings):
             reveal(self.openai_api_key) or self.openai_api_url or reveal(self.anthropic_api_key)
             or self.anthropic_api_url
         )
+
+    @property
+    def body_bytes_per_user(self) -> int:
+        """One caller's share of the request-body bytes in flight: `SENTINEL_MAX_BODY_BYTES_IN_FLIGHT_PER_USER`,
+        else an eighth of `SENTINEL_MAX_BODY_BYTES_IN_FLIGHT` (as 128 of 1024 slots) but never less than one
+        body of `SENTINEL_MAX_BODY_BYTES`."""
+        if self.max_body_bytes_in_flight_per_user is not None:
+            return self.max_body_bytes_in_flight_per_user
+        return max(self.max_body_bytes_in_flight // 8, self.max_body_bytes)
 
     @property
     def effective_openai_url(self) -> str:

@@ -265,3 +265,18 @@ def test_the_default_plan_when_unset_and_when_set(monkeypatch: pytest.MonkeyPatc
     assert load_settings(_env_file=None).default_plan == "requests=100/60s"
     monkeypatch.setenv("DEFAULT_PLAN", "requests=5/1m,")
     assert load_settings(_env_file=None).default_plan == "requests=5/1m,"
+
+
+def test_one_callers_share_of_the_body_bytes_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An eighth of SENTINEL_MAX_BODY_BYTES_IN_FLIGHT unless set, never less than one body of
+    SENTINEL_MAX_BODY_BYTES (a share below it would refuse such a body for ever), never more than the total."""
+    for name in ("SENTINEL_MAX_BODY_BYTES", "SENTINEL_MAX_BODY_BYTES_IN_FLIGHT", "SENTINEL_MAX_BODY_BYTES_IN_FLIGHT_PER_USER"):
+        monkeypatch.delenv(name, raising=False)
+    assert load_settings(_env_file=None).body_bytes_per_user == 128 * 1024 * 1024
+    assert load_settings(_env_file=None, max_body_bytes_in_flight=40 * 1024 * 1024).body_bytes_per_user == 10 * 1024 * 1024
+    monkeypatch.setenv("SENTINEL_MAX_BODY_BYTES_IN_FLIGHT_PER_USER", str(64 * 1024 * 1024))
+    assert load_settings(_env_file=None).body_bytes_per_user == 64 * 1024 * 1024
+    for share in (1024 * 1024, 2 * 1024 * 1024 * 1024):
+        monkeypatch.setenv("SENTINEL_MAX_BODY_BYTES_IN_FLIGHT_PER_USER", str(share))
+        with pytest.raises(ConfigError, match="SENTINEL_MAX_BODY_BYTES_IN_FLIGHT_PER_USER must be at least"):
+            load_settings(_env_file=None)

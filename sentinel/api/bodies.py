@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
-from sentinel.api.body_budget import BodyBudget
+from sentinel.api.body_budget import BodyBudget, caller_of
 from sentinel.api.context import context
 from sentinel.domain.text import has_control
 from sentinel.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
@@ -28,12 +28,14 @@ async def read_within(
     Content-Length before any of it is read, else as soon as it is past the limit), and a body not
     all in within `seconds` is 408 — every body reader goes through here, so no route waits
     for ever for a body a client trickles or never sends (an in-flight slot held by each). With a
-    `budget`, every chunk is counted in it as it arrives (503 when the process holds too much)."""
+    `budget`, every chunk is counted in it as it arrives (503 when the process holds too much, 429
+    when the caller holds its share: `BodyBudget`)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(too_large)
     chunks: list[bytes] = []
     size = 0
+    caller = caller_of(request.scope) if budget is not None else None
     try:
         async with asyncio.timeout(seconds):
             async for chunk in request.stream():
@@ -41,7 +43,7 @@ async def read_within(
                 if size > limit:
                     raise PayloadTooLarge(too_large)
                 if budget is not None:
-                    budget.take(context(request.scope), len(chunk))
+                    budget.take(context(request.scope), len(chunk), caller)
                 chunks.append(chunk)
         return b"".join(chunks)
     except TimeoutError:

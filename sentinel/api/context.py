@@ -30,7 +30,8 @@ class RequestContext(Exchange):
     status: int = 0
     client_address: str | None = field(default=None, repr=False)
     slot: str | None = None  # whose in-flight slot this request holds (`UserSlots`), given back at its end
-    body_bytes: int = 0  # of its body read so far, counted in the process's `BodyBudget` until its end
+    body_bytes: int = 0  # of its body read so far, counted in the process's `BodyBudget` until its answer begins
+    body_caller: str | None = None  # whose share of the `BodyBudget` they are counted in
 
     @classmethod
     def start(cls, request_id: str, started: float, *, client_supplied_id: bool) -> RequestContext:

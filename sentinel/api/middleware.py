@@ -97,6 +97,9 @@ class RequestMiddleware:
             nonlocal started_response
             if message["type"] == "http.response.start":
                 started_response = True
+                if ctx.body_bytes and self.bodies is not None:
+                    # The handler that held the body has returned its answer (a stream lasts long after).
+                    self.bodies.give_back(ctx)
                 ctx.status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode()))
@@ -134,6 +137,7 @@ class RequestMiddleware:
                         "request failed",
                         extra={"status": err.status, "code": err.code, "error": clipped(err.message), "path": clipped(path)},
                     )
+                _drop_tracebacks(exc)  # logged: the frames it came through (a body) are not needed to answer
                 if not started_response:
                     await render_error(path, err, rid)(scope, receive, send_wrapper)
             finally:
@@ -235,6 +239,20 @@ def _request_id(scope: Scope) -> tuple[str, bool]:
                 return candidate, True
             break
     return new_request_id(), False
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    """Let go of the frames `exc` and the exceptions it was raised from came through: they hold what
+    those frames held (a request's body, its payload) while the error is answered."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        item.__traceback__ = None
+        stack += (item.__cause__, item.__context__)
 
 
 def _as_sentinel_error(exc: Exception, scope: Scope) -> SentinelError:

@@ -24,6 +24,7 @@ from sentinel.quota.meter import OFF_LOOP_SIZE
 from sentinel.quota.tokens import TokenCounter
 from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
+from tests.support.accounts import create_key
 from tests.support.attack import openai_error, spying
 from tests.support.metrics import metric
 from tests.support.waiting import wait_for
@@ -349,15 +350,17 @@ def test_bodies_held_in_memory_are_bounded_per_process(gateway_factory: Callable
     """Only the number of requests in flight was bounded: bodies just under the size limit, their
     last byte held back until the body deadline, made the process hold 1024 x 10 MiB. The bytes of
     bodies being read and served count against SENTINEL_MAX_BODY_BYTES_IN_FLIGHT (503 beyond), and
-    are given back when their request ends."""
+    are given back when their request ends. (The second body is another caller's: one caller's
+    share of the budget is `test_body_memory`'s.)"""
     gw = gateway_factory(max_body_bytes=800_000, max_body_bytes_in_flight=1_000_000, body_timeout_seconds=30)
     port = int(gw.url.rsplit(":", 1)[1])
     chat = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
     padded = chat[:-1] + b" " * (500_000 - len(chat)) + b"}"  # 500 KB of valid JSON
+    _, other = asyncio.run(create_key(gw.settings.database_url, "bob"))
 
     def second() -> int:
         return httpx.post(gw.url + "/v1/chat/completions", content=padded, timeout=30,
-                          headers={"Authorization": f"Bearer {gw.key}", "Content-Type": "application/json"}).status_code
+                          headers={"Authorization": f"Bearer {other}", "Content-Type": "application/json"}).status_code
 
     held = socket.create_connection(("127.0.0.1", port), timeout=5)
     try:

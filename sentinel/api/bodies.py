@@ -20,6 +20,17 @@ from sentinel.native.openai_checks import (
     json_depth_exceeds,
 )
 
+# A sign-in form is one short field a browser sends with its headers: it gets this long, not the
+# body deadline. Slots held by forms that never arrive are freed sooner, and each such form counts
+# as a failed sign-in (`FailedAuthThrottle.attempt`), so a client holding its sign-in slots that way
+# reaches the failed-authentication limit within a minute (with 30 s deadlines it never did).
+SIGN_IN_FORM_SECONDS = 5.0
+
+
+def sign_in_deadline(body_timeout: float) -> float:
+    """The seconds a sign-in form's body has: SIGN_IN_FORM_SECONDS, or the body deadline if shorter."""
+    return min(body_timeout, SIGN_IN_FORM_SECONDS)
+
 
 async def read_within(
     request: Request, *, limit: int, seconds: float, too_large: str, budget: BodyBudget | None = None

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from sentinel.api import console_pages as pages
 from sentinel.api.admin_api import address_of, user_param
 from sentinel.api.admin_auth import AdminGate
-from sentinel.api.bodies import is_read, read_within, refuse_control_characters
+from sentinel.api.bodies import is_read, read_within, refuse_control_characters, sign_in_deadline
 from sentinel.api.console_html import layout, message_page, signin_page
 from sentinel.api.console_once import KeyFormNonces
 from sentinel.api.docs import HTML_HEADERS
@@ -99,11 +99,12 @@ class ConsoleRoutes:
         html = layout(title, body, csrf=self.gate.csrf_for(session), active=active, css=self.css, js=self.js)
         return _html(status, html)
 
-    async def _form(self, request: Request) -> Form:
+    async def _form(self, request: Request, seconds: float | None = None) -> Form:
+        """The posted form, all of it within `seconds` (default: the body deadline)."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
             raise InvalidRequest("Console forms are posted as application/x-www-form-urlencoded")
-        body = await read_within(request, limit=MAX_FORM_BYTES, seconds=self.body_timeout,
+        body = await read_within(request, limit=MAX_FORM_BYTES, seconds=seconds or self.body_timeout,
                                  too_large=f"Console forms are limited to {MAX_FORM_BYTES} bytes")
         try:
             form = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=400)
@@ -135,7 +136,7 @@ class ConsoleRoutes:
         if is_read(request):
             return _html(200, signin_page(self.css))
         async def typed_key() -> str:
-            return self._one(await self._form(request), "key")
+            return self._one(await self._form(request, sign_in_deadline(self.body_timeout)), "key")
 
         if not await self.gate.throttle.attempt(address_of(request), typed_key, self.gate.key_matches):
             return _html(401, signin_page(self.css, "Wrong admin key."))

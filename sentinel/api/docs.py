@@ -31,7 +31,7 @@ import orjson
 from starlette.requests import Request
 from starlette.routing import Route
 
-from sentinel.api.bodies import is_read, read_within
+from sentinel.api.bodies import is_read, read_within, sign_in_deadline
 from sentinel.api.docs_assets import DocsAssets
 from sentinel.api.docs_auth import MAX_FORM_BYTES, DocsGate, form_key
 from sentinel.api.openapi import build_openapi
@@ -155,8 +155,9 @@ class DocsRoutes:
         if content_type != "application/x-www-form-urlencoded":
             raise InvalidRequest("Sign in with a form post (application/x-www-form-urlencoded, field 'key')")
         async def typed_key() -> str | None:
-            return form_key(await read_within(request, limit=MAX_FORM_BYTES, seconds=self.body_timeout,
-                                              too_large=f"The sign-in form is limited to {MAX_FORM_BYTES} bytes"))
+            body = await read_within(request, limit=MAX_FORM_BYTES, seconds=sign_in_deadline(self.body_timeout),
+                                     too_large=f"The sign-in form is limited to {MAX_FORM_BYTES} bytes")
+            return form_key(body)
 
         # A failed sign-in counts like a failed authentication (see `FailedAuthThrottle.attempt`).
         if not await self.throttle.attempt(_address(request), typed_key, self.gate.key_matches):

@@ -221,6 +221,52 @@ def test_a_sign_in_form_that_never_arrives_is_cut_off(gateway_factory: Callable[
         assert answer.startswith(b"HTTP/1.1 408"), (path, answer[:200])
 
 
+@pytest.fixture
+def long_sign_in_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sign-in forms get the body deadline (20 s in these tests), not SIGN_IN_FORM_SECONDS: forms held
+    open stay held for as long as a busy machine needs to open them all."""
+    monkeypatch.setattr("sentinel.api.bodies.SIGN_IN_FORM_SECONDS", 1e9)
+
+
+def test_a_sign_in_form_gets_a_short_deadline_and_each_one_missed_is_a_failure(
+    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sign-in form had the body deadline (30 s): 4 connections an address announcing a form and
+    sending none, opened again every 30 s, were 8 failed sign-ins a minute (under the limit of 30),
+    and 8 addresses kept all 32 sign-in slots, and the console's and the docs' sign-in, for ever. A
+    form (one short field) gets SIGN_IN_FORM_SECONDS (5 s; here shortened) whatever the body
+    deadline, and each one missed counts: such an address fails 48 times a minute, and is refused."""
+    from sentinel.api.bodies import SIGN_IN_FORM_SECONDS
+
+    assert SIGN_IN_FORM_SECONDS == 5.0
+    monkeypatch.setattr("sentinel.api.bodies.SIGN_IN_FORM_SECONDS", 0.2, raising=False)
+    gw = gateway_factory(admin_key="admin-key-for-tests-0123", docs_api_key="docs-key-for-tests-0123",
+                         auth_failures_per_minute=2, body_timeout_seconds=5)
+    port = int(gw.url.rsplit(":", 1)[1])
+    for path in (b"/admin/signin", b"/native/docs/signin"):
+        with _held_sign_in(port, path, 2, length=100) as sock:
+            answer = _answer_of(sock)
+        assert answer.startswith(b"HTTP/1.1 408") and b"within 0.2 seconds" in answer, (path, answer)
+    with httpx.Client(base_url=gw.url, timeout=10) as http:  # another address still signs in
+        assert http.post("/native/docs/signin", data={"key": "docs-key-for-tests-0123"}).status_code == 303
+    for path in (b"/admin/signin", b"/native/docs/signin"):  # the two missed forms were the address's 2
+        with _held_sign_in(port, path, 2, body=b"key=docs-key-for-tests-0123", length=27) as sock:
+            answer = _answer_of(sock)
+        assert answer.startswith(b"HTTP/1.1 429") and b"auth_rate_limited" in answer, (path, answer)
+
+
+def _answer_of(sock: socket.socket) -> bytes:
+    """One whole answer read from `sock` (its headers and its Content-Length of body)."""
+    received = b""
+    while b"\r\n\r\n" not in received and (chunk := sock.recv(65536)):
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    while len(body) < length and (chunk := sock.recv(65536)):
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def _held_sign_in(port: int, path: bytes, host: int, body: bytes = b"key=", length: int = 4096) -> socket.socket:
     """A connection from 127.0.0.`host` (a client address of its own) posting a sign-in form of
     `length` bytes of which only `body` is sent: the form is being read until the rest comes."""
@@ -237,6 +283,7 @@ def _get_from(port: int, path: bytes, host: int) -> int:
         return _status_of(sock)
 
 
+@pytest.mark.usefixtures("long_sign_in_forms")
 def test_sign_in_forms_that_never_arrive_cannot_take_the_api_slots(
     gateway_factory: Callable[..., Gateway], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -270,6 +317,7 @@ def test_sign_in_forms_that_never_arrive_cannot_take_the_api_slots(
     assert (metric(gw.url, "sentinel_overload_rejections_total") or 0) >= 6
 
 
+@pytest.mark.usefixtures("long_sign_in_forms")
 def test_one_address_holds_only_a_few_sign_in_slots(gateway_factory: Callable[..., Gateway]) -> None:
     """One client holding the 32 sign-in slots with forms it never finishes made every other
     sign-in a 503 until the body deadline. A client (an address; an IPv6 /64) has at most
@@ -312,6 +360,7 @@ def test_a_sign_in_form_that_never_arrives_counts_as_a_failed_sign_in(
 
 
 @pytest.mark.parametrize("path", ["/admin/signin", "/native/docs/signin"])
+@pytest.mark.usefixtures("long_sign_in_forms")
 def test_concurrent_sign_ins_cannot_all_pass_the_failed_login_limit(
     gateway_factory: Callable[..., Gateway], path: str,
 ) -> None:

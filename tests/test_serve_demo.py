@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -80,12 +81,7 @@ def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
                              headers={"Authorization": "Bearer mock-upstream-key"}, timeout=5)
         assert guessed.status_code == 401, guessed.text
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            proc.kill()
-            pytest.fail("sentinel serve did not stop on SIGTERM")
+        stop(proc)
         reader.join(10)
     assert "MOCK upstream" in "".join(errors)
 
@@ -170,9 +166,15 @@ def test_serve_raises_its_open_files_limit(tmp_path: Path) -> None:
                     if line.startswith("Max open files"))
         soft = line.split()[3]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            proc.kill()
+        stop(proc)
     assert soft == str(hard) if hard != resource.RLIM_INFINITY else int(soft) > 256, line
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """Stop a `sentinel serve` the way an operator does (SIGTERM); failing the test if it does not stop."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+        proc.kill()
+        pytest.fail("sentinel serve did not stop on SIGTERM")

@@ -7,6 +7,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -362,16 +363,24 @@ def test_every_admin_api_error_is_not_stored(gw: Gateway) -> None:
     assert user_error.status_code == 401 and "cache-control" not in user_error.headers
 
 
+def on_a_new_plan(http: httpx.Client) -> tuple[str, str, str, dict[str, Any]]:
+    """A new plan of 1,000 requests a minute and a new user on it with a key: (plan, user, key, the
+    plan's limits as sent). Names are new each time: the PostgreSQL database is the session's."""
+    suffix = uuid.uuid4().hex[:8]
+    plan, user = f"gold-{suffix}", f"alice-{suffix}"
+    limits: dict[str, Any] = {"create": True, "limits": [{"metric": "requests", "limit": 1000, "window": "1m"}]}
+    assert http.put(f"/admin/api/plans/{plan}", json=limits).status_code == 200
+    assert http.put(f"/admin/api/users/{user}/plan", json={"plan": plan}).status_code == 200
+    key = http.post(f"/admin/api/users/{user}/keys", json={"name": "laptop"}).json()["key"]
+    return plan, user, key, limits
+
+
 def test_a_deleted_plans_users_get_the_default_plan_not_a_later_plan_of_its_name(any_db_gw: Gateway) -> None:
     """Deleting a plan left its users on its name: shown as assigned to it, and put on any plan later
     created under that name — here one of 999,999 requests a minute (the default allows 100)."""
-    gw, suffix = any_db_gw, uuid.uuid4().hex[:8]
-    plan, user = f"gold-{suffix}", f"alice-{suffix}"  # the PostgreSQL database is the session's
+    gw = any_db_gw
     with admin(gw) as http:
-        limits = {"create": True, "limits": [{"metric": "requests", "limit": 1000, "window": "1m"}]}
-        assert http.put(f"/admin/api/plans/{plan}", json=limits).status_code == 200
-        assert http.put(f"/admin/api/users/{user}/plan", json={"plan": plan}).status_code == 200
-        key = http.post(f"/admin/api/users/{user}/keys", json={"name": "laptop"}).json()["key"]
+        plan, user, key, limits = on_a_new_plan(http)
         with gw.client(key) as alice:
             assert alice.post("/v1/chat/completions", json=CHAT).headers["x-ratelimit-limit"] == "1000"
             assert http.delete(f"/admin/api/plans/{plan}").json() == {"deleted": plan}
@@ -396,13 +405,8 @@ def test_a_plan_deleted_on_one_replica_is_off_the_others_at_once(
     cached in Redis, so the other enforces the default plan within its one-second local copy."""
     one = gateway_factory(admin_key=ADMIN_KEY, database_url=pg_url, redis_url=redis_url)
     other = gateway_factory(admin_key=ADMIN_KEY, database_url=pg_url, redis_url=redis_url)
-    suffix = uuid.uuid4().hex[:8]
-    plan, user = f"gold-{suffix}", f"alice-{suffix}"
     with admin(one) as http:
-        limits = {"create": True, "limits": [{"metric": "requests", "limit": 1000, "window": "1m"}]}
-        assert http.put(f"/admin/api/plans/{plan}", json=limits).status_code == 200
-        assert http.put(f"/admin/api/users/{user}/plan", json={"plan": plan}).status_code == 200
-        key = http.post(f"/admin/api/users/{user}/keys", json={"name": "laptop"}).json()["key"]
+        plan, user, key, limits = on_a_new_plan(http)
         with other.client(key) as alice:
 
             def limit() -> str:
@@ -412,5 +416,6 @@ def test_a_plan_deleted_on_one_replica_is_off_the_others_at_once(
             assert http.delete(f"/admin/api/plans/{plan}").status_code == 200
             limits["limits"][0]["limit"] = 999_999
             assert http.put(f"/admin/api/plans/{plan}", json=limits).status_code == 200
-            time.sleep(1.1)  # the other replica's local copy (one second) ran out
+            later = time.time() + 1.1  # the other replica's local copy (one second) ran out
+            other.runtime.relay.meter.plans.cache.clock = lambda: later  # type: ignore[attr-defined]
             assert limit() == "100"

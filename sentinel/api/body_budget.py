@@ -45,7 +45,11 @@ class BodyBudget:
 
     def take(self, ctx: RequestContext, size: int, caller: str | None) -> None:
         """Count `size` more bytes of `ctx`'s body, read for `caller` (`caller_of`): RateLimited (429)
-        when they would take the caller past its share, Overloaded (503) when the total past `limit`."""
+        when they would take the caller past its share, Overloaded (503) when the total past `limit`.
+        Nothing counts for nothing: a body's stream ends with an empty chunk, which for a caller that
+        held nothing else left a 0-byte entry no answer gave back (one per caller, for ever)."""
+        if size == 0:
+            return
         mine = self._held_by.get(caller, 0) if caller is not None else 0
         if caller is not None and mine + size > self.per_caller:
             raise RateLimited(

@@ -269,3 +269,16 @@ async def test_a_refused_docs_document_leaves_no_frame(make_app: Any) -> None:
     await gw.app(scope_for("/native/docs/openapi.json", None, length=None, method="GET"), answer.receive, answer.send)
     assert answer.status == 401
     assert request_frames() == []
+
+
+async def test_an_empty_body_leaves_no_caller_entry(make_app: Any) -> None:
+    """A body's stream ends with an empty chunk: counted for a caller that held nothing else, it
+    left a 0-byte entry in the per-caller table that no answer gave back (the answer gives back only
+    a request that holds bytes) — one entry per caller for ever."""
+    gw = await make_app()
+    for user in ("alice", "bob"):
+        answer = await post(gw.app, "/v1/chat/completions", gw.keys[user], [CHAT])
+        assert answer.status == 200, answer.body
+        empty = await post(gw.app, "/v1/chat/completions", gw.keys[user], [b""])
+        assert empty.status == 400, empty.body
+    assert gw.budget.held == 0 and gw.budget._held_by == {}

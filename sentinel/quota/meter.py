@@ -55,8 +55,11 @@ class Admission:
 
     identity: Identity
     endpoint: str
-    model: str | None
+    model: str | None  # as the client named it (the catalogue's name): what the record says
     request_id: str
+    # The model the provider is sent (an alias's upstream name): what estimates and counts use, its
+    # tokenizer and its image rule (`sentinel.quota.images`); `model` when they are the same.
+    counted_as: str | None = None
     estimate_input: int = 0
     max_output: int = 0
     # The request asked for reasoning the provider bills but does not show (Anthropic `thinking`,
@@ -79,7 +82,7 @@ class Meter(Protocol):
 
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
-        size: int = 0, carried_input: int = 0,
+        size: int = 0, carried_input: int = 0, counted_as: str | None = None,
     ) -> Admission: ...
 
     async def admit_call(
@@ -133,23 +136,25 @@ class QuotaMeter:
 
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
-        size: int = 0, carried_input: int = 0,
+        size: int = 0, carried_input: int = 0, counted_as: str | None = None,
     ) -> Admission:
         """Reserve the request, its estimated input and its maximum output against every limit of the
         caller's plan; RateLimited (429) when one does not fit. `size` (the body's bytes) decides
         whether counting runs off the event loop, after a cheap check that the plan has room at all.
         `carried_input`: tokens of earlier context the provider reads along (a stored response the
-        request continues), part of the estimated input."""
+        request continues), part of the estimated input. `counted_as`: the model the provider is
+        sent, when not `model` (see `Admission.counted_as`)."""
         body = payload or {}
         plan = await self.plans.plan_for(identity)
+        counted_as = counted_as or model
         admission = Admission(
-            identity=identity, endpoint=endpoint, model=model, request_id=request_id,
+            identity=identity, endpoint=endpoint, model=model, counted_as=counted_as, request_id=request_id,
             max_output=max_output(endpoint, body, self.default_max_output),
             hidden_output=hides_output(endpoint, body),
         )
         if size >= OFF_LOOP_SIZE:  # a large body: refuse an exhausted user before paying for the count
             await self._peek(identity, plan)
-        count = functools.partial(estimate_input, self.counter, endpoint, model, body, user=identity.external_id)
+        count = functools.partial(estimate_input, self.counter, endpoint, counted_as, body, user=identity.external_id)
         admission.estimate_input = await count_off_loop(count, size) + carried_input
         await self._reserve(admission, plan)
         self._count(admission)
@@ -296,8 +301,8 @@ class QuotaMeter:
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None, reported_input: Usage | None, read_input: tuple[str, int],
     ) -> None:
-        model = admission.model
-        label = self.metrics.model_label(model)
+        label = self.metrics.model_label(admission.model)
+        model = admission.counted_as or admission.model  # (what the texts are counted as)
         source: UsageSource
         cache_write = cache_read = 0
         if usage is not None:
@@ -329,7 +334,7 @@ class QuotaMeter:
             request_id=admission.request_id,
             external_id=admission.identity.external_id,
             email=admission.identity.email,
-            model=model,
+            model=admission.model,
             provider=provider,
             endpoint=admission.endpoint,
             input_tokens=input_tokens,

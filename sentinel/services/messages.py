@@ -97,8 +97,8 @@ class MessagesService:
         ex.operation, ex.request_model = OPERATIONS["chat"], targets[0].name
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(
-                identity, endpoint="messages", model=targets[0].upstream_model, payload=payload, request_id=ex.usage_id,
-                size=len(body),
+                identity, endpoint="messages", model=targets[0].name, payload=payload, request_id=ex.usage_id,
+                size=len(body), counted_as=targets[0].upstream_model,
             )
         ex.headers.extend(admission.headers.items())
         served: list[ModelTarget] = []
@@ -106,6 +106,7 @@ class MessagesService:
         def on_attempt(target: ModelTarget) -> None:
             served[:] = [target]
             admission.model, admission.prices, ex.provider = target.name, target.prices, target.provider
+            admission.counted_as = target.upstream_model
 
         async def send(target: ModelTarget) -> Reply | StreamReply:
             if target.kind == "anthropic":

@@ -116,9 +116,9 @@ class OpenAIRelay:
         ex.operation, ex.request_model = OPERATIONS.get(endpoint, endpoint), targets[0].name
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(
-                # The model the provider is sent (an alias's first): its tokenizer and its image rule.
-                identity, endpoint=endpoint, model=targets[0].upstream_model, payload=payload, request_id=ex.usage_id,
+                identity, endpoint=endpoint, model=targets[0].name, payload=payload, request_id=ex.usage_id,
                 size=len(body), carried_input=await self.ownership.context_of(carried) if carried else 0,
+                counted_as=targets[0].upstream_model,  # (its tokenizer and image rule: `Admission.counted_as`)
             )
         ex.headers.extend(admission.headers.items())
         served: list[ModelTarget] = []
@@ -126,6 +126,7 @@ class OpenAIRelay:
         def on_attempt(target: ModelTarget) -> None:
             served[:] = [target]
             admission.model, admission.prices, ex.provider = target.name, target.prices, target.provider
+            admission.counted_as = target.upstream_model
 
         try:
             reply = await self.routes.call(

@@ -507,3 +507,19 @@ async def test_settle_without_usage_adds_what_the_provider_gave_the_model_to_rea
     assert records[unreported.request_id].input_tokens == unreported.estimate_input + page_tokens
     assert records[measured.request_id].input_tokens == 60
     assert (await s.used())["input_tokens"] == 50 + page_tokens + 7 + unreported.estimate_input + page_tokens + 60
+
+
+async def test_a_request_is_counted_as_the_model_the_provider_is_sent_and_recorded_as_named() -> None:
+    """A catalogue name of the company's own for gpt-4o-mini: the estimate follows gpt-4o-mini's
+    rules (an image of unknown size: 2833 + 8 x 5667), the record keeps the name the client used."""
+    s = Setup(spec="requests=5/1m,input_tokens=100000/1m,output_tokens=500/1m")
+    image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}
+    body = {"model": "house-vision", "messages": [image], "max_tokens": 5}
+    as_named = await s.meter.admit(ALICE, endpoint="chat", model="house-vision", payload=body, request_id="r1")
+    await s.meter.release(as_named)
+    sent = await s.meter.admit(ALICE, endpoint="chat", model="house-vision", payload=body, request_id="r2",
+                               counted_as="gpt-4o-mini")
+    assert sent.estimate_input - as_named.estimate_input == (2833 + 8 * 5667) - (85 + 8 * 170)
+    await s.meter.settle(sent, usage=None, output_text="fine", status=200, provider="openai")
+    (record,) = s.outbox.records
+    assert record.model == "house-vision" and record.input_tokens == sent.estimate_input

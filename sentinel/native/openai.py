@@ -164,6 +164,8 @@ def parse_openai_response(body: Any, *, provider: str, tier: Tier) -> ProviderRe
         choices=[_choice(position, raw, provider) for position, raw in enumerate(choices)],
         usage=parse_openai_usage(body.get("usage")),
         cache=openai_cache_tokens(body.get("usage")),
+        # Counted as a stream's deltas are (`delta_extras`): a refusal, the provider's reasoning, ...
+        extras="".join(delta_extras(raw["message"]) for raw in choices),
     )
 
 
@@ -180,13 +182,15 @@ def _choice(position: int, raw: Any, provider: str) -> Choice:
     message = raw["message"]
     if message.get("role", "assistant") != "assistant":
         raise TranslationError(f"Upstream choice {position} is not from the assistant", provider=provider)
-    content = message.get("content")
+    content, refusal = message.get("content"), message.get("refusal")
     calls = [_tool_call(call, provider) for call in message.get("tool_calls") or ()]
     index = raw.get("index", position)
     return Choice(
         index=index if isinstance(index, int) and index >= 0 else position,
         message=AssistantMessage(
-            content=content if isinstance(content, str) else None, tool_calls=calls or None
+            content=content if isinstance(content, str) else None,
+            refusal=refusal if isinstance(refusal, str) else None,
+            tool_calls=calls or None,
         ),
         finish_reason=map_finish_reason(raw.get("finish_reason")),
     )
@@ -214,7 +218,8 @@ def _tool_call(raw: Any, provider: str) -> ToolCall:
 # Output a chat delta carries besides `content` and `tool_calls`, relayed to the client and billed:
 # the legacy `function_call`, a `refusal`, reasoning some OpenAI-compatible providers stream
 # (`reasoning_content`: DeepSeek, vLLM; `reasoning`: Groq, OpenRouter), an audio answer's transcript.
-# One rule for every surface: the relay (`sentinel.quota.usage`) and the stream normaliser count alike.
+# A whole answer's message carries the same fields. One rule for every surface: the relay
+# (`sentinel.quota.usage`), the stream normaliser and `parse_openai_response` count alike.
 _DELTA_TEXT = ("refusal", "reasoning_content")
 PLAIN_DELTA = frozenset({"role", "content", "tool_calls"})  # most deltas: nothing more to look at
 

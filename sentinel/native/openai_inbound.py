@@ -188,7 +188,8 @@ def render_openai_completion(reply: ProviderReply, usage: Usage, cache: CacheTok
     """A unified reply as an OpenAI `chat.completion` body (tool-call arguments as JSON strings)."""
     choices = []
     for choice in reply.choices:
-        message: dict[str, Any] = {"role": "assistant", "content": choice.message.content, "refusal": None}
+        message: dict[str, Any] = {"role": "assistant", "content": choice.message.content,
+                                   "refusal": choice.message.refusal}
         if choice.message.tool_calls:
             message["tool_calls"] = [
                 {"id": call.id, "type": "function",

@@ -38,10 +38,12 @@ class Usage(StrictModel):
 
 
 class AssistantMessage(StrictModel):
-    """The assistant's answer: text, tool calls, or both."""
+    """The assistant's answer: text, tool calls, or both; `refusal` is the text of a refusal the
+    provider sent as one (OpenAI's `message.refusal`, the content then null)."""
 
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
 
 
@@ -92,7 +94,10 @@ class CacheTokens:
 
 @dataclass(frozen=True, slots=True)
 class ProviderReply:
-    """A provider's completion in unified form; `usage` is None when the provider did not report it."""
+    """A provider's completion in unified form; `usage` is None when the provider did not report it.
+    `extras` is the output the provider sent beside the content and the tool calls, as its stream's
+    deltas would carry it (`sentinel.native.openai.delta_extras`: a refusal, also shown as
+    `message.refusal`, reasoning, ...): counted, not otherwise shown."""
 
     id: str
     created: int
@@ -102,15 +107,18 @@ class ProviderReply:
     choices: list[Choice]
     usage: Usage | None
     cache: CacheTokens = CacheTokens()
+    extras: str = ""
 
     def text(self) -> str:
-        """All generated text, tool calls' names and arguments included (for estimating completion
-        tokens when usage is missing: an answer of tool calls only is output too)."""
+        """All generated text, tool calls' names and arguments and the `extras` included (for
+        estimating completion tokens when usage is missing: an answer of tool calls only, a refusal or
+        the provider's reasoning is output too)."""
         parts: list[str] = []
         for choice in self.choices:
             parts.append(choice.message.content or "")
             for call in choice.message.tool_calls or ():
                 parts.append(call.function.name + field_text(call.function.arguments))
+        parts.append(self.extras)
         return "".join(parts)
 
     def to_response(self, usage: Usage | None = None) -> ChatResponse:

@@ -380,6 +380,43 @@ def test_streamed_reasoning_without_usage_is_charged_on_every_surface(
         assert row["status"] == 200 and row["usage_source"] == "estimated" and row["output_tokens"] >= 200, row
 
 
+def test_a_refusal_and_reasoning_in_an_answer_without_usage_are_charged_on_every_surface(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """An OpenAI-compatible provider answering (not streaming) with a `refusal` and its
+    `reasoning_content`, content null and no usage: the relay counted them, the native and translated
+    (`/v1/messages`) answers counted only the content (none of its ~380 tokens), and the native
+    client never saw the refusal. Every surface now counts the same text; the refusal is shown where
+    the answer's format has a field for it (the Messages API has none: counted, as its stream)."""
+    refusal, reasoning = "I can't help with that. " * 30, "think " * 200
+    answer = completion({})
+    del answer["usage"]
+    answer["choices"][0]["message"] = {"role": "assistant", "content": None, "refusal": refusal,
+                                       "reasoning_content": reasoning}
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
+        ask = [{"role": "user", "content": "help me with something bad"}]
+        with gw.client() as http:
+            upstream.json(answer)
+            relayed = http.post("/v1/chat/completions", json={"model": MINI, "messages": ask})
+            upstream.json(answer)
+            native = http.post("/native/v1/chat/completions", json={"messages": ask, "max_tokens": 1000})
+            upstream.json(answer)
+            translated = http.post("/v1/messages", json={"model": MINI, "messages": ask, "max_tokens": 1000})
+    answers = [relayed, native, translated]
+    assert [r.status_code for r in answers] == [200] * 3, [r.text for r in answers]
+    assert native.json()["choices"][0]["message"] == {"role": "assistant", "refusal": refusal}
+    assert translated.json()["content"] == [{"type": "text", "text": ""}]
+    rows = {row["request_id"]: row for row in ledger_rows(gw.settings.database_url)}
+    recorded = [rows[r.headers["x-request-id"]] for r in answers]
+    assert all(r["status"] == 200 and r["usage_source"] == "estimated" for r in recorded), recorded
+    assert recorded[0]["output_tokens"] > 350, [r["output_tokens"] for r in recorded]
+    assert [r["output_tokens"] for r in recorded] == [recorded[0]["output_tokens"]] * 3, recorded
+    assert native.json()["usage"]["completion_tokens"] == recorded[0]["output_tokens"]
+    assert translated.json()["usage"]["output_tokens"] == recorded[0]["output_tokens"]
+
+
 # --- cached tokens beyond the prompt ----------------------------------------------------------------
 def test_cached_tokens_beyond_the_prompt_are_capped_on_every_surface(
     gateway_factory: Callable[..., Gateway], tmp_path: Path

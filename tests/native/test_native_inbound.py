@@ -161,6 +161,23 @@ def test_unified_answer_in_both_formats() -> None:
     assert completion["usage"]["prompt_tokens_details"] == {"cached_tokens": 20}
 
 
+def test_an_openai_refusal_reaches_an_openai_client_and_is_counted_for_an_anthropic_one() -> None:
+    """A refusal (content null) is OpenAI's `message.refusal`; an Anthropic client is answered as its
+    stream is (`AnthropicStreamEncoder` relays no refusal): the refusal is counted, not shown."""
+    reply = parse_openai_response({
+        "id": "chatcmpl-r", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": None, "refusal": "I can't help with that."}}],
+    }, provider="openai", tier="simple")
+    assert reply.text() == "I can't help with that."
+    completion = render_openai_completion(reply, Usage.of(5, 7), reply.cache)
+    assert completion["choices"][0]["message"] == {"role": "assistant", "content": None,
+                                                   "refusal": "I can't help with that."}
+    message = render_anthropic_message(reply, Usage.of(5, 7), reply.cache)
+    assert (message["content"], message["stop_reason"]) == ([{"type": "text", "text": ""}], "end_turn")
+    assert message["usage"]["output_tokens"] == 7
+
+
 def _events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
     return [(e.event, orjson.loads(e.data)) for e in SSEParser().feed(raw)]
 

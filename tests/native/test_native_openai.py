@@ -223,6 +223,35 @@ def test_missing_usage_is_left_to_the_caller() -> None:
 
 
 @pytest.mark.parametrize(
+    "extra",
+    [
+        {"reasoning_content": "Let me think."},
+        {"reasoning": "Let me think."},
+        {"reasoning_content": "Let me think.", "reasoning": "Let me think."},  # the same text twice: once
+        {"refusal": "Let me think."},
+        {"function_call": {"name": "Let me", "arguments": " think."}},
+        {"audio": {"id": "a1", "transcript": "Let me think."}},
+    ],
+)
+def test_output_beside_the_content_is_counted_as_a_stream_counts_it(extra: dict[str, Any]) -> None:
+    """Only `content` and tool calls were counted: a provider answering without usage had a refusal or
+    its reasoning left out of the estimate, though the relay and the stream normaliser count them."""
+    body = completion(content="ok", usage=False)
+    body["choices"][0]["message"].update(extra)
+    assert parse_openai_response(body, provider="openai", tier="simple").text() == "ok" + "Let me think."
+
+
+def test_a_refusal_is_shown_and_reasoning_only_counted() -> None:
+    """The refusal was dropped: a native client got an answer of nothing (content null)."""
+    body = completion(content=None, usage=False)
+    body["choices"][0]["message"].update(refusal="I can't help with that.", reasoning_content=" Harmful.")
+    reply = parse_openai_response(body, provider="openai", tier="simple")
+    assert reply.text() == "I can't help with that. Harmful."
+    message = reply.to_response(Usage.of(3, 9)).to_dict()["choices"][0]["message"]
+    assert message == {"role": "assistant", "refusal": "I can't help with that."}
+
+
+@pytest.mark.parametrize(
     ("upstream", "unified"),
     [
         ("stop", "stop"),

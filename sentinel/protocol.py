@@ -32,6 +32,14 @@ meanwhile whatever else arrives is read and dropped (closing a socket with unrea
 connection, which can lose the answers already sent). The requests not answered are left for the
 client to send again on a new connection — what RFC 9112 §9.3.2 asks of a pipelining client whose
 connection closes — rather than answered 503, which a client may surface as an error.
+
+A client that leaves is seen by the request being answered even with requests queued behind it:
+uvicorn told only the request parsed last (a queued one then), so the one being answered ran on — a
+stream to its end, recorded as answered — and then wrote on the closed transport (under uvloop an
+error). The request being answered and the queued ones are all told. While reading is held the
+close itself is not read: it is seen when a write to the client fails (a stream's next events) or
+when the send timeout closes the connection — a request not streamed is answered, and recorded, as
+if its client were still there.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from sentinel.config import Settings
 
@@ -92,6 +100,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _messages = 0  # requests begun on this connection
     _unparsed = 0  # bytes of whole reads that arrived while one request's headers stayed incomplete
     _overflowed = False  # more than MAX_PIPELINED requests were queued: nothing more is parsed
+    _running: RequestResponseCycle | None = None  # the request whose app was started last (uvicorn's
+    # `cycle` is the one parsed last: a queued one while any are queued)
 
     @property
     def _limits(self) -> ConnectionLimits:
@@ -106,10 +116,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _reading_held(self) -> bool:
         return bool(self.pipeline) and not self._overflowed  # after an overflow reads are dropped
 
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._stop_send_timer()
         self._stop_drain()
+        # uvicorn tells only `self.cycle`, the request parsed last: while requests are queued that is
+        # a queued one, and the request being answered never learnt its client had gone (a stream ran
+        # to its end, then wrote on the closed transport). Tell it, and the queued ones, too.
+        for cycle in (self._running, *(queued for queued, _ in self.pipeline)):
+            if cycle is not None and cycle is not self.cycle:
+                if not cycle.response_complete:
+                    cycle.disconnected = True
+                cycle.message_event.set()
+        self.pipeline.clear()  # never to run: the transport is gone
         super().connection_lost(exc)
 
     def pause_writing(self) -> None:

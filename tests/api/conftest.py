@@ -111,7 +111,8 @@ def gateway_factory(tmp_path: Path, mock_upstream: str) -> Iterator[Callable[...
     """Start Sentinel with settings overrides; every gateway is stopped at the end of the test."""
     started: list[ServerThread] = []
 
-    def start(**overrides: Any) -> Gateway:
+    def start(*, loop: str = "asyncio", **overrides: Any) -> Gateway:
+        """A gateway with these `Settings` overrides, on this uvicorn event `loop` ("uvloop" as served)."""
         values: dict[str, Any] = {
             "openai_api_url": mock_upstream + "/v1",
             "openai_api_key": UPSTREAM_KEY,
@@ -125,7 +126,7 @@ def gateway_factory(tmp_path: Path, mock_upstream: str) -> Iterator[Callable[...
         settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
         key_id, key = asyncio.run(create_key(settings.database_url, "alice"))
         server = ServerThread(
-            create_app(settings), limits=connection_limits(settings), **uvicorn_protocol_options(settings)
+            create_app(settings), limits=connection_limits(settings), loop=loop, **uvicorn_protocol_options(settings)
         ).start()
         started.append(server)
         return Gateway(url=server.url, key=key, key_id=key_id, settings=settings, server=server)

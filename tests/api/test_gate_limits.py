@@ -25,7 +25,7 @@ from sentinel.quota.tokens import TokenCounter
 from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.support.accounts import create_key
-from tests.support.attack import openai_error, spying
+from tests.support.attack import ledger_rows, openai_error, spying
 from tests.support.metrics import metric
 from tests.support.waiting import wait_for
 
@@ -145,6 +145,66 @@ def test_reading_waits_while_pipelined_requests_are_queued(gateway_factory: Call
     assert [head[:12] for head, _ in answers] == [b"HTTP/1.1 200"] * len(answers)
     assert [b"chat.completion" in answer for _, answer in answers] == [True] * (1 + queued) + [False] * MAX_PIPELINED
     assert not any(b"connection: close" in head.lower() for head, _ in answers)
+
+
+def _chat(gw: Gateway, text: str, *, stream: bool = False, latency_ms: int = 0) -> bytes:
+    """A raw POST /v1/chat/completions for `gw`'s key (`latency_ms` before the mock's first byte)."""
+    body = orjson.dumps({"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": text}]})
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + gw.key.encode()
+            + b"\r\nContent-Type: application/json\r\nX-Mock-Latency-Ms: " + str(latency_ms).encode()
+            + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+LIVE = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def _statuses_recorded(gw: Gateway) -> list[int]:
+    return [row["status"] for row in ledger_rows(gw.settings.database_url)]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_stream_whose_client_leaves_with_a_request_queued_is_a_499(
+    gateway_factory: Callable[..., Gateway], caplog: pytest.LogCaptureFixture, loop: str
+) -> None:
+    """uvicorn tells only the request parsed last that its client left — with a request queued,
+    that one and not the stream being answered, which cannot see the close itself while reading is
+    held: it ran to its end (recorded as answered), then wrote on the closed transport (uvloop: an
+    unhandled error). Now the stream being answered is told: settled as 499, quietly."""
+    gw = gateway_factory(usage_flush_interval_seconds=0.1, loop=loop)
+    port = int(gw.url.rsplit(":", 1)[1])
+    words = " ".join(f"w{i}" for i in range(30))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(_chat(gw, words + " #mock:chunk_delay_ms=200", stream=True) + LIVE)
+        received = b""
+        while b"data:" not in received:
+            chunk = sock.recv(65536)
+            assert chunk, received
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200"), received[:300]
+    assert wait_for(lambda: len(_statuses_recorded(gw)) == 1, timeout=15)
+    assert _statuses_recorded(gw) == [499]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_stream_not_read_with_a_request_queued_is_cut_off_and_a_499(
+    gateway_factory: Callable[..., Gateway], caplog: pytest.LogCaptureFixture, loop: str
+) -> None:
+    """The send timeout's abort, with a request queued behind the stream the client does not read:
+    the stream is told its client is gone (it wrote on into the closed transport), and is a 499."""
+    gw = gateway_factory(send_timeout_seconds=0.5, usage_flush_interval_seconds=0.1, loop=loop)
+    port = int(gw.url.rsplit(":", 1)[1])
+    words = " ".join(f"word{i}" for i in range(20_000))  # an answer far larger than the socket buffers
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(_chat(gw, words, stream=True) + LIVE)  # ... and never read the answers
+        assert wait_for(lambda: len(_statuses_recorded(gw)) == 1, timeout=20)
+    finally:
+        sock.close()
+    assert _statuses_recorded(gw) == [499]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_a_client_that_stops_reading_its_answer_is_cut_off(gateway_factory: Callable[..., Gateway]) -> None:

@@ -25,19 +25,19 @@ class ServerThread:
     def __init__(
         self, app: Any, *, port: int | None = None, graceful: int = 5, limits: Any = None, **options: Any
     ) -> None:
-        """`options` are more uvicorn.Config arguments, `limits` Sentinel's ConnectionLimits."""
+        """`options` are more uvicorn.Config arguments (`loop` "asyncio" unless given), `limits`
+        Sentinel's ConnectionLimits."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
             port=self.port,
-            loop="asyncio",
             lifespan="on",
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=graceful,
-            **{"http": "httptools", **options},
+            **{"http": "httptools", "loop": "asyncio", **options},
         )
         if limits is not None:
             config.sentinel_limits = limits  # type: ignore[attr-defined]

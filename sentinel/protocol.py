@@ -33,6 +33,17 @@ connection, which can lose the answers already sent). The requests not answered 
 client to send again on a new connection — what RFC 9112 §9.3.2 asks of a pipelining client whose
 connection closes — rather than answered 503, which a client may surface as an error.
 
+A request the connection refuses (431, or uvicorn's 400 for bytes that do not parse) is answered in
+its turn. Written at once, behind requests still being answered or queued, the refusal was the
+first answer the client read — taken for the answer to its first request (a chat, billed), while the
+other answers were lost and their requests ran on. Now nothing after the refused request is parsed
+(what else arrives is read and dropped), the answers before it are written, then the refusal, and
+the connection closes. The refusal is written rather than the connection just closed after those
+answers: it is the answer to that request, in order, so the client learns why instead of sending it
+again to be refused again. (A 400 in the body of a request already queued takes it off the queue;
+one in the body of the request being answered is written at once, as before: it is its turn. The
+408 for late headers already waited for the answer before it.)
+
 A client that leaves is seen by the request being answered even with requests queued behind it:
 uvicorn told only the request parsed last (a queued one then), so the one being answered ran on — a
 stream to its end, recorded as answered — and then wrote on the closed transport (under uvloop an
@@ -47,6 +58,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import uvicorn
@@ -102,6 +114,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _overflowed = False  # more than MAX_PIPELINED requests were queued: nothing more is parsed
     _running: RequestResponseCycle | None = None  # the request whose app was started last (uvicorn's
     # `cycle` is the one parsed last: a queued one while any are queued)
+    _refusal: Callable[[], None] | None = None  # a refusal to write once the answers before it are out
 
     @property
     def _limits(self) -> ConnectionLimits:
@@ -114,7 +127,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm()
 
     def _reading_held(self) -> bool:
-        return bool(self.pipeline) and not self._overflowed  # after an overflow reads are dropped
+        # After an overflow or a refusal nothing more is parsed: what arrives is read and dropped.
+        return bool(self.pipeline) and not (self._overflowed or self._refused)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         self._running = cycle
@@ -124,6 +138,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._stop_send_timer()
         self._stop_drain()
+        self._refusal = None
         # uvicorn tells only `self.cycle`, the request parsed last: while requests are queued that is
         # a queued one, and the request being answered never learnt its client had gone (a stream ran
         # to its end, then wrote on the closed transport). Tell it, and the queued ones, too.
@@ -154,11 +169,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.abort()  # close() would wait for the buffer the client never drains
 
-    # After an overflow the parser still walks the rest of the read it was given (a callback cannot
-    # stop it without uvicorn answering 400 out of turn): every callback is then a no-op.
+    # After an overflow or a refusal the parser still walks the rest of the read it was given (a
+    # callback cannot stop it without uvicorn answering 400 out of turn): every callback is then a no-op.
 
     def on_message_begin(self) -> None:
-        if self._overflowed:
+        if self._overflowed or self._refused:
             return
         super().on_message_begin()
         self._header_bytes = self._header_count = self._unparsed = 0
@@ -167,14 +182,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm()
 
     def on_url(self, url: bytes) -> None:
-        if self._overflowed:
+        if self._overflowed or self._refused:
             return
         self._header_bytes += len(url)
         self._check()
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._overflowed:
+        if self._overflowed or self._refused:
             return
         self._header_bytes += len(name) + len(value) + 4
         self._header_count += 1
@@ -182,16 +197,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        if self._overflowed:
+        if self._overflowed or self._refused:
             return
         self._in_headers = False
         self._disarm()
-        if len(self.pipeline) >= MAX_PIPELINED and not self._refused:
+        if len(self.pipeline) >= MAX_PIPELINED:
             self._overflow()
             return
         self._body_pending = True
-        if self._refused:
-            return
         super().on_headers_complete()
 
     def _overflow(self) -> None:
@@ -203,18 +216,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         last.keep_alive = False  # its answer says `Connection: close` and closes the transport
 
     def on_body(self, body: bytes) -> None:
-        if self._overflowed:
+        if self._overflowed or self._refused:
             return
         super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if self._overflowed:
+        if self._overflowed or self._refused:
             return
         self._body_pending = False
         self._stop_drain()
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        if self._refusal is not None:
+            was_last = not self.pipeline  # the answer just completed is the last one before the refusal
+            super().on_response_complete()
+            if was_last and not self.transport.is_closing():
+                refusal, self._refusal = self._refusal, None
+                refusal()
+            return
         answered_before_its_body = (
             self._body_pending and self.cycle is not None and self.cycle.response_complete and not self.pipeline
         )
@@ -249,11 +269,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._headers_too_large()
 
     def send_400_response(self, msg: str) -> None:
-        if self._overflowed:
+        if self._overflowed or self._refused:
             # Bytes after the overflow that do not parse were never going to be answered, and a 400
-            # now would be written before the queued requests' answers (the last closes the connection).
+            # now would be written before the queued requests' answers (the last closes the connection);
+            # after a refusal the connection is closing (or will once the answers before it are out).
             return
-        super().send_400_response(msg)
+        self._refuse_with(partial(super().send_400_response, msg))
 
     def _check(self) -> None:
         limits = self._limits
@@ -284,8 +305,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(b"408 Request Timeout", b"request headers not received in time\n")
 
     def _refuse(self, status: bytes, message: bytes) -> None:
+        self._refuse_with(partial(self._write_refusal, status, message))
+
+    def _refuse_with(self, refusal: Callable[[], None]) -> None:
+        """Refuse the request being parsed: `refusal` writes its answer and closes the connection. With
+        the answer to an earlier request still to come (one is being answered, or queued), it waits
+        for that answer: written now, the client would read it as that answer (see the module docstring)."""
+        pending = self._answers_pending()
         self._refused = True
+        self._body_pending = False
         self._disarm()
+        if self.transport.is_closing():
+            return
+        if pending:
+            self._refusal = refusal
+            self.flow.resume_reading()  # to drop what else comes (`data_received`) until the close
+        else:
+            refusal()
+
+    def _answers_pending(self) -> bool:
+        """Whether an answer to a request before the one being refused is still to be written (and
+        the refused one, if it was queued already — a 400 in its body —, taken off the queue)."""
+        if self._body_pending and self.cycle is not None:  # the refused request has its cycle
+            if not (self.pipeline and self.pipeline[0][0] is self.cycle):
+                return False  # its own turn: it is the one being answered (or was answered already)
+            self.pipeline.popleft()  # queued: it never runs (uvicorn queues with appendleft)
+            self.cycle = self.pipeline[0][0] if self.pipeline else self._running  # type: ignore[assignment]
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _write_refusal(self, status: bytes, message: bytes) -> None:
         if not self.transport.is_closing():
             self.transport.write(
                 b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"

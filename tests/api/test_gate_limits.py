@@ -156,6 +156,48 @@ def _chat(gw: Gateway, text: str, *, stream: bool = False, latency_ms: int = 0) 
 
 
 LIVE = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+REFUSED_BEHIND = {  # a request the connection refuses, and the status it is refused with
+    "too many headers": (b"GET /health/live HTTP/1.1\r\nHost: x\r\n"
+                         + b"".join(b"X-H%d: v\r\n" % i for i in range(40)) + b"\r\n", b"431"),
+    "bytes that do not parse": (b"\x00\x01 not http\r\n\r\n", b"400"),
+    "a body that does not parse": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", b"400"),
+}
+
+
+@pytest.mark.parametrize("refused", list(REFUSED_BEHIND))
+def test_a_refusal_pipelined_behind_other_requests_is_answered_in_its_turn(
+    gateway_factory: Callable[..., Gateway], refused: str
+) -> None:
+    """A request refused by the connection (431, or 400 for what does not parse) behind requests
+    still being answered was refused at once: the client read the refusal as the answer to its first
+    request (a billed chat), and the other answers were lost while their requests ran on. The
+    refusal now comes after the answers before it, in order; then the connection closes."""
+    gw = gateway_factory(max_headers=20)
+    port = int(gw.url.rsplit(":", 1)[1])
+    tail, status = REFUSED_BEHIND[refused]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(_chat(gw, "hi", latency_ms=300) + LIVE + tail)  # the chat runs, the GET waits
+        answers = read_answers(sock, 3)
+        assert sock.recv(65536) == b""  # then closed
+    assert [head[:12] for head, _ in answers] == [b"HTTP/1.1 200", b"HTTP/1.1 200", b"HTTP/1.1 " + status], answers
+    assert orjson.loads(answers[0][1])["object"] == "chat.completion"
+    assert [b"connection: close" in head.lower() for head, _ in answers] == [False, False, True]
+
+
+def test_a_refusal_with_nothing_before_it_is_answered_at_once(gateway_factory: Callable[..., Gateway]) -> None:
+    """With the answers before it all written, a refused request is answered and the connection
+    closed, as before (the request the client is waiting on is that one)."""
+    gw = gateway_factory(max_headers=20)
+    port = int(gw.url.rsplit(":", 1)[1])
+    tail, _ = REFUSED_BEHIND["too many headers"]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(LIVE)
+        [(head, _)] = read_answers(sock, 1)
+        sock.sendall(tail)
+        [(refusal, _)] = read_answers(sock, 1)
+        assert sock.recv(65536) == b""
+    assert head.startswith(b"HTTP/1.1 200") and refusal.startswith(b"HTTP/1.1 431"), (head, refusal)
 
 
 def _statuses_recorded(gw: Gateway) -> list[int]:

@@ -2,7 +2,9 @@
 
 Estimate (before the provider says): the `system` prompt (a string or text blocks), each message's
 text, tool uses (name and JSON input) and tool results, 3 tokens of overhead per message, the tool
-definitions as compact JSON, and each image by Anthropic's pixel rule (`sentinel.quota.images`).
+definitions as compact JSON, and each image by Anthropic's pixel rule (`sentinel.quota.images`) — or,
+when the request may be served by a model of another wire format (translated), by the dearest of
+that model's rule and Anthropic's (`images.image_rule_for`).
 Counted with the tokenizer Sentinel has for the model (Claude models: `cl100k_base`, an approximation).
 Every other block (a server tool's use and result, MCP's, redacted thinking, a type added later) has
 every string in it counted (`_walk`): a block type Sentinel does not know is never a free channel.
@@ -28,7 +30,7 @@ from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
 from sentinel.native.openai_checks import MAX_JSON_DEPTH
 from sentinel.providers.errors import stream_failure
-from sentinel.quota.images import MAX_IMAGE_TOKENS, base64_image_tokens
+from sentinel.quota.images import ANTHROPIC, ImageRule, base64_image_tokens
 from sentinel.quota.tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
 from sentinel.quota.usage import EventSplitter
 
@@ -43,12 +45,14 @@ def _count(value: Any) -> int | None:
 
 
 def estimate_messages(
-    counter: TokenCounter, model: str, payload: dict[str, Any], *, user: str | None = None
+    counter: TokenCounter, model: str, payload: dict[str, Any], *, user: str | None = None,
+    images: ImageRule = ANTHROPIC,
 ) -> int:
     """Input tokens of a Messages API body (see the module docstring); wrong types count as absent
-    (`user`: whose body it is, see `InputCounts`)."""
+    (`user`: whose body it is, see `InputCounts`; `images`: the image rule of the models that may
+    serve it)."""
     texts: list[str] = []
-    images = 0
+    media = 0
     system = payload.get("system")
     texts.extend(content_texts(system))
     messages = payload.get("messages")
@@ -57,12 +61,12 @@ def estimate_messages(
         if not isinstance(message, dict):
             continue
         overhead += TOKENS_PER_MESSAGE
-        images += _content(message.get("content"), texts)
+        media += _content(message.get("content"), texts, rule=images)
     tools = payload.get("tools")
     if isinstance(tools, list) and tools:
         texts.append(json.dumps(tools, separators=(",", ":"), ensure_ascii=False))
     count = sum(counter.count_text(text, model, user=user) for text in texts if text)
-    return overhead + count + images
+    return overhead + count + media
 
 
 def content_texts(value: Any) -> list[str]:
@@ -74,9 +78,10 @@ def content_texts(value: Any) -> list[str]:
     return []
 
 
-def _content(content: Any, texts: list[str], depth: int = 0) -> int:
-    """Append the content's texts; return the tokens counted without the tokenizer (images, and the
-    scalars of `_walk`). `depth`: how deep `content` lies (nothing below MAX_JSON_DEPTH is read)."""
+def _content(content: Any, texts: list[str], depth: int = 0, *, rule: ImageRule = ANTHROPIC) -> int:
+    """Append the content's texts; return the tokens counted without the tokenizer (images, by
+    `rule`, and the scalars of `_walk`). `depth`: how deep `content` lies (nothing below
+    MAX_JSON_DEPTH is read)."""
     if isinstance(content, str):
         texts.append(content)
         return 0
@@ -93,12 +98,12 @@ def _content(content: Any, texts: list[str], depth: int = 0) -> int:
         elif kind == "image":
             source = block.get("source")
             data = source.get("data") if isinstance(source, dict) else None
-            tokens += base64_image_tokens(data) if isinstance(data, str) else MAX_IMAGE_TOKENS
+            tokens += base64_image_tokens(data, rule) if isinstance(data, str) else rule.most()
         elif kind == "tool_use":
             name = block.get("name")
             texts.append((name if isinstance(name, str) else "") + json.dumps(block.get("input"), default=str))
         elif kind == "tool_result":
-            tokens += _content(block.get("content"), texts, depth + 2)
+            tokens += _content(block.get("content"), texts, depth + 2, rule=rule)
         elif kind in ("document", "search_result"):
             # A plain-text document's data, a content document's blocks, a search result's blocks;
             # titles and context too, and a search result's source. (A PDF's pages are not estimated:
@@ -107,8 +112,8 @@ def _content(content: Any, texts: list[str], depth: int = 0) -> int:
             if isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
                 texts.append(source["data"])
             elif isinstance(source, dict) and source.get("type") == "content":
-                tokens += _content(source.get("content"), texts, depth + 3)
-            tokens += _content(block.get("content"), texts, depth + 2) if kind == "search_result" else 0
+                tokens += _content(source.get("content"), texts, depth + 3, rule=rule)
+            tokens += _content(block.get("content"), texts, depth + 2, rule=rule) if kind == "search_result" else 0
             texts.extend(_strings(block, "title", "context", "source"))
         elif kind == "thinking":
             # The thinking, not its `signature`: the provider checks that the signature is its own
@@ -116,7 +121,7 @@ def _content(content: Any, texts: list[str], depth: int = 0) -> int:
             if isinstance(thinking := block.get("thinking"), str):
                 texts.append(thinking)
         else:
-            tokens += _walk(block, texts, depth + 1)
+            tokens += _walk(block, texts, depth + 1, rule)
     return tokens
 
 
@@ -134,7 +139,7 @@ _LABEL_CHARS = 64
 _UNBILLED = frozenset({"cache_control", "citations"})
 
 
-def _walk(block: dict[str, Any], texts: list[str], depth: int) -> int:
+def _walk(block: dict[str, Any], texts: list[str], depth: int, rule: ImageRule) -> int:
     """Count a block with no rule of its own (`server_tool_use`, `web_search_tool_result`,
     `web_fetch_tool_result`, `code_execution_tool_result`, `mcp_tool_result`, `redacted_thinking`, a
     type added later): every string in it, keys too, appended as one text, but its own `_LABELS` and
@@ -158,7 +163,7 @@ def _walk(block: dict[str, Any], texts: list[str], depth: int) -> int:
         if isinstance(node, str):
             parts.append(node)
         elif media and isinstance(node, dict) and node.get("type") in ("image", "document"):
-            tokens += _content([node], texts, depth)
+            tokens += _content([node], texts, depth, rule=rule)
         elif isinstance(node, list) and depth < MAX_JSON_DEPTH:
             stack.extend((item, depth + 1, media) for item in reversed(node))
         elif isinstance(node, dict) and depth < MAX_JSON_DEPTH:

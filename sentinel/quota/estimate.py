@@ -12,6 +12,7 @@ from typing import Any
 
 from sentinel.native.openai_checks import output_multiplier
 from sentinel.quota.anthropic_usage import content_texts, estimate_messages
+from sentinel.quota.images import ANTHROPIC, ImageRule, openai_image_rule
 from sentinel.quota.items import item_text
 from sentinel.quota.media import part_tokens
 from sentinel.quota.tokens import TokenCounter
@@ -23,10 +24,17 @@ MAX_RESERVED_OUTPUT = 2**40
 
 
 def estimate_input(
-    counter: TokenCounter, endpoint: str, model: str, payload: dict[str, Any], *, user: str | None = None
+    counter: TokenCounter, endpoint: str, model: str, payload: dict[str, Any], *, user: str | None = None,
+    images: ImageRule | None = None,
 ) -> int:
     """Input tokens the request will most likely be billed for (before the provider says); `user`
-    (the caller's external id) lets the counter remember their long texts (`InputCounts`)."""
+    (the caller's external id) lets the counter remember their long texts (`InputCounts`). `model`
+    counts the text (its tokenizer); `images` prices the images and PDF pages (the rule of every
+    model that may serve the request, `images.image_rule_for`), by default `model`'s rule on an
+    OpenAI-format endpoint and Anthropic's on `/v1/messages`."""
+    if endpoint in ("messages", "messages/count_tokens"):
+        return estimate_messages(counter, model, payload, user=user, images=ANTHROPIC if images is None else images)
+    rule = openai_image_rule(model) if images is None else images
     if endpoint in ("chat", "native"):
         messages = payload.get("messages")
         tools = payload.get("tools")
@@ -34,7 +42,7 @@ def estimate_input(
             [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else [],
             model,
             tools if isinstance(tools, list) else None,
-            user=user,
+            user=user, images=rule,
         )
         # The legacy `functions` and a `response_format`'s schema reach the model as text too, and a
         # predicted output (`prediction.content`) is read as input.
@@ -50,9 +58,7 @@ def estimate_input(
     if endpoint == "embeddings":
         return counter.count_prompt(_prompt(payload.get("input")), model, user=user)
     if endpoint == "responses":
-        return _responses_input(counter, model, payload, user)
-    if endpoint in ("messages", "messages/count_tokens"):
-        return estimate_messages(counter, model, payload, user=user)
+        return _responses_input(counter, model, payload, user, rule)
     return 0
 
 
@@ -69,7 +75,9 @@ def _as_json(counter: TokenCounter, model: str, user: str | None, *values: Any) 
     )
 
 
-def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any], user: str | None) -> int:
+def _responses_input(
+    counter: TokenCounter, model: str, payload: dict[str, Any], user: str | None, images: ImageRule
+) -> int:
     instructions = payload.get("instructions")
     total = counter.count_text(instructions, model, user=user) if isinstance(instructions, str) else 0
     # Tool definitions and the output format's schema (`text.format`) reach the model as text.
@@ -84,7 +92,7 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any],
         values += [value["text"] for value in variables.values()
                    if isinstance(value, dict) and value.get("type") == "input_text" and isinstance(value.get("text"), str)]
         total += sum(counter.count_text(text, model, user=user) for text in values)
-        total += sum(part_tokens(value, model) for value in variables.values()
+        total += sum(part_tokens(value, images) for value in variables.values()
                      if isinstance(value, dict) and value.get("type") in ("input_image", "input_file"))
     items = payload.get("input")
     if isinstance(items, str):
@@ -96,23 +104,23 @@ def _responses_input(counter: TokenCounter, model: str, payload: dict[str, Any],
                     and item.get("type", "message") == "message"]
         others = [item for item in items if isinstance(item, dict) and not (
             "role" in item and item.get("type", "message") == "message")]
-        total += counter.count_chat(messages, model, user=user)
+        total += counter.count_chat(messages, model, user=user, images=images)
         # Function calls and their outputs, reasoning summaries, ...: their text (never a screenshot's
         # data URL, a file's base64 or a reasoning item's encrypted content, which are not text) and
         # their images and files.
         texts: list[str] = []
         for item in others:
-            item_texts, media = _item_input(item, model)
+            item_texts, media = _item_input(item, images)
             texts += item_texts
             total += media
         total += counter.count_text("\n".join(texts), model, user=user) if texts else 0
     return total
 
 
-def _item_input(item: Any, model: str) -> tuple[list[str], int]:
-    """What a Responses input item puts before `model` (`items.item_text`): its text, keys
-    included, and the tokens counted already (its scalars, images and files)."""
-    return item_text(item, model=model) if isinstance(item, dict) else ([], 0)
+def _item_input(item: Any, images: ImageRule) -> tuple[list[str], int]:
+    """What a Responses input item puts before the model (`items.item_text`): its text, keys
+    included, and the tokens counted already (its scalars, images and files, under `images`)."""
+    return item_text(item, images=images) if isinstance(item, dict) else ([], 0)
 
 
 def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:

@@ -12,6 +12,12 @@ down so that its shortest side is at most 768, and bills 85 + 170 per 512-px til
 
 Only the header is read; an image whose size cannot be read (a URL, a file id, an unknown format) is
 estimated at the rule's maximum (for OpenAI, its detail's).
+
+A request is estimated by the rule of every model that may serve it (`image_rule_for`: an alias's
+targets, a tier's candidates), each by its wire format (`ANTHROPIC` for an Anthropic-format target,
+whatever the `detail`: a translation drops it; `openai_image_rule` for an OpenAI-format one): each
+image at the dearest of their figures (`DearestRule`), so whichever serves it is not billed more
+than was reserved, and a stream cut before its usage is not charged less.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ import binascii
 import functools
 import math
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol
 
 MAX_EDGE = 1568
 MAX_IMAGE_TOKENS = 1600
@@ -39,10 +46,46 @@ def image_tokens(width: int, height: int) -> int:
     return min(MAX_IMAGE_TOKENS, max(1, math.ceil(width * scale * height * scale / PIXELS_PER_TOKEN)))
 
 
-def base64_image_tokens(data: str) -> int:
-    """The estimate for a base64-encoded image (the maximum when its size cannot be read)."""
+class ImageRule(Protocol):
+    """What a model (or any of several) bills an image sent with `detail` (OpenAI's; None when the
+    request gives none)."""
+
+    def tokens(self, width: int, height: int, detail: Any = None) -> int:
+        """An image of `width` x `height` pixels (a side of 0 or less: of unknown size, `most`)."""
+        ...
+
+    def most(self, detail: Any = None) -> int:
+        """The most an image can cost: what one whose size cannot be read is estimated at."""
+        ...
+
+    def flat(self, detail: Any = None) -> int | None:
+        """What every image sent with `detail` costs whatever its size (its header then goes unread), or None."""
+        ...
+
+
+@dataclass(frozen=True)
+class AnthropicImageRule:
+    """Anthropic's pixel rule (`image_tokens`): it has no `detail`, and a request translated to it
+    loses its own, so a low-detail image costs what any other does."""
+
+    def tokens(self, width: int, height: int, detail: Any = None) -> int:
+        return image_tokens(width, height)
+
+    def most(self, detail: Any = None) -> int:
+        return MAX_IMAGE_TOKENS
+
+    def flat(self, detail: Any = None) -> int | None:
+        return None
+
+
+ANTHROPIC = AnthropicImageRule()
+
+
+def base64_image_tokens(data: str, rule: ImageRule = ANTHROPIC) -> int:
+    """The estimate for a base64-encoded image sent with no detail (by default Anthropic's; the
+    rule's maximum when its size cannot be read)."""
     size = image_size(base64_head(data))
-    return MAX_IMAGE_TOKENS if size is None else image_tokens(*size)
+    return rule.most() if size is None else rule.tokens(*size)
 
 
 # OpenAI's tile rule (see the module docstring), with gpt-4o's figures: the default rule.
@@ -94,6 +137,10 @@ class OpenAIImageRule:
             return math.ceil(OPENAI_MAX_PATCHES * self.multiplier)
         return self.base if detail == "low" else self.base + self.tile * OPENAI_MAX_TILES
 
+    def flat(self, detail: Any = None) -> int | None:
+        """Under the tile rule a low-detail image costs its base alone, whatever it holds."""
+        return self.base if detail == "low" and not self.multiplier else None
+
 
 TILES = OpenAIImageRule()
 # OpenAI's published figures per model family (its vision guide), the first prefix that matches
@@ -128,16 +175,51 @@ def openai_image_tokens(width: int, height: int, detail: Any = None, model: str 
     return openai_image_rule(model).tokens(width, height, detail)
 
 
-def openai_url_image_tokens(url: Any, detail: Any = None, model: str | None = None) -> int:
-    """OpenAI's estimate for an image given as `url` to `model`: a `data:` URL's header is read;
-    any other reference (an http(s) URL, a missing one) is estimated at the most its detail can
-    cost. A tile-rule image sent with low detail costs the same whatever it holds: not read."""
-    rule = openai_image_rule(model)
-    if detail == "low" and not rule.multiplier:
-        return rule.base
+def url_image_tokens(url: Any, detail: Any = None, rule: ImageRule = TILES) -> int:
+    """The estimate under `rule` for an image given as `url` (an OpenAI-format part's): a `data:`
+    URL's header is read; any other reference (an http(s) URL, a missing one) is estimated at the
+    most its detail can cost. An image whose cost its size does not change (`ImageRule.flat`: a
+    tile-rule image sent with low detail) is not read."""
+    flat = rule.flat(detail)
+    if flat is not None:
+        return flat
     start = data_url_start(url) if isinstance(url, str) else None
     size = None if start is None else image_size(base64_head(url, start))
     return rule.most(detail) if size is None else rule.tokens(*size, detail)
+
+
+@dataclass(frozen=True)
+class DearestRule:
+    """Several models' rules at once (the models that may serve a request): each image at the most
+    any of them bills it."""
+
+    rules: tuple[ImageRule, ...]
+
+    def tokens(self, width: int, height: int, detail: Any = None) -> int:
+        return max(rule.tokens(width, height, detail) for rule in self.rules)
+
+    def most(self, detail: Any = None) -> int:
+        return max(rule.most(detail) for rule in self.rules)
+
+    def flat(self, detail: Any = None) -> int | None:
+        figures = [rule.flat(detail) for rule in self.rules]
+        return None if None in figures else max(f for f in figures if f is not None)
+
+
+def image_rule_for(targets: Iterable[tuple[str, str]]) -> ImageRule:
+    """The image rule of a request that any of `targets` may serve, each a (wire format, model the
+    provider is sent): Anthropic's for an "anthropic" one, the model's `openai_image_rule` for any
+    other; several at once by `DearestRule` (made once per set of rules)."""
+    rules = frozenset(ANTHROPIC if kind == "anthropic" else openai_image_rule(model) for kind, model in targets)
+    if len(rules) == 1:
+        return next(iter(rules))
+    return _dearest(rules) if rules else TILES
+
+
+@functools.lru_cache(maxsize=256)
+def _dearest(rules: frozenset[ImageRule]) -> DearestRule:
+    # Sorted: the same set of rules always compares in the same order (`repr` of frozen dataclasses).
+    return DearestRule(tuple(sorted(rules, key=repr)))
 
 
 DATA_URL_HEAD_CHARS = 256  # `data:<media type>[;parameters];base64,`: a media type is short

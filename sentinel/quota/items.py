@@ -7,13 +7,14 @@ tool list's input schemas, a function output's JSON: a property name can be as l
 and each number, `true`, `false` or `null` one token. Left out: the item's own bookkeeping fields
 while short (`ITEM_FIELDS`), the fields its caller names (what the model wrote of an output item),
 and the data of image, file and audio parts (`MEDIA_FIELDS`), which cost their own estimate instead
-(`sentinel.quota.media`: an image by OpenAI's tile rule, a PDF by its pages).
+(`sentinel.quota.media`: an image by the request's image rule, a PDF by its pages).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from sentinel.quota.images import TILES, ImageRule
 from sentinel.quota.media import MEDIA_KINDS, part_tokens
 
 # An item's own bookkeeping fields (not text the model reads) while short, as real ones are (a long
@@ -34,16 +35,16 @@ NO_FIELDS: frozenset[str] = frozenset()
 
 
 def item_text(
-    item: dict[str, Any], skipped: frozenset[str] = NO_FIELDS, *, model: str | None = None
+    item: dict[str, Any], skipped: frozenset[str] = NO_FIELDS, *, images: ImageRule = TILES
 ) -> tuple[list[str], int]:
     """An item as the model reads it (see the module docstring): its strings, keys included, to
     count as text, and the tokens counted already (its scalars, one each, and its images' and
-    files' estimates, by `model`'s image rule). `skipped`: top-level fields left out besides the
+    files' estimates, by the image rule `images`). `skipped`: top-level fields left out besides the
     bookkeeping ones. Iterative:
     a request body's depth is checked before any estimate; an upstream event's is orjson's bound."""
     kind = item.get("type")
     own = MEDIA_FIELDS.get(kind, NO_FIELDS) if isinstance(kind, str) else NO_FIELDS
-    tokens = part_tokens(item, model) if isinstance(kind, str) and kind in MEDIA_KINDS else 0
+    tokens = part_tokens(item, images) if isinstance(kind, str) and kind in MEDIA_KINDS else 0
     parts: list[str] = []
     stack: list[Any] = []
     for key, value in reversed(item.items()):  # (reversed: the stack gives them back in order)
@@ -60,7 +61,7 @@ def item_text(
             if isinstance(kind, str):
                 skip = MEDIA_FIELDS.get(kind, NO_FIELDS)
                 if kind in MEDIA_KINDS:
-                    tokens += part_tokens(node, model)
+                    tokens += part_tokens(node, images)
             for key, value in reversed(node.items()):
                 if key not in skip:
                     stack += [value, key]

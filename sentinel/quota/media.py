@@ -6,13 +6,14 @@ OpenAI-format estimate (chat, Responses, the native API) adds, per part:
 
 - an image (a chat `image_url` part, its `image_url` an object `{"url", "detail"}` or the URL itself;
   a Responses `input_image`, by `image_url` or `file_id`, with its `detail`; a `computer_screenshot`):
-  OpenAI's tile rule (`sentinel.quota.images`) on the size read from a `data:` URL's header; an image
-  whose size cannot be read (an http(s) URL, a `file_id`, an unknown format) at its detail's maximum
-  (high or auto: 1445, low: 85);
+  the image rule of the models that may serve the request (`sentinel.quota.images.ImageRule`; by
+  default OpenAI's tile rule with gpt-4o's figures) on the size read from a `data:` URL's header; an
+  image whose size cannot be read (an http(s) URL, a `file_id`, an unknown format) at its detail's
+  maximum (gpt-4o's: high or auto 1445, low 85);
 - a PDF sent as data (a chat `file` part's `file.file_data`, a Responses `input_file`'s `file_data`;
   a `data:application/pdf;base64,` URL or bare base64): OpenAI puts "both the extracted text and an
   image of each page" into the model's context, so each page is estimated as the image of a
-  portrait US-letter page under the model's rule (gpt-4o: 2 x 2 tiles at any resolution,
+  portrait US-letter page under the same rule (gpt-4o: 2 x 2 tiles at any resolution,
   PDF_PAGE_TOKENS); the page's
   text is not counted (it lies in the PDF's compressed content streams), so this is a floor under
   that reading of the docs. Pages are the page objects (`/Type /Page`, not `/Pages`) in the file and
@@ -34,13 +35,20 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from sentinel.quota.images import base64_head, data_url_start, openai_image_tokens, openai_url_image_tokens
+from sentinel.quota.images import (
+    TILES,
+    ImageRule,
+    base64_head,
+    data_url_start,
+    openai_image_tokens,
+    url_image_tokens,
+)
 
 # Content parts with an estimate of their own (`part_tokens`); a part of another type costs nothing here.
 MEDIA_KINDS = frozenset({"image_url", "input_image", "computer_screenshot", "file", "input_file"})
 
 PDF_PAGE_TOKENS = openai_image_tokens(612, 792)  # a letter page (points): 2 x 2 tiles, 765 tokens (gpt-4o)
-PDF_PAGE = (612, 792)  # a portrait US-letter page, in points: how each page is estimated (its model's rule)
+PDF_PAGE = (612, 792)  # a portrait US-letter page, in points: how each page is estimated (the request's rule)
 PDF_MAGIC_WITHIN = 1024  # a PDF's `%PDF-` may follow some bytes of junk (PDF 32000-1, annex H)
 
 # PDF names end at whitespace or a delimiter: `/Type /Page` and `/Type/Page>>`, never `/Type /Pages`.
@@ -57,30 +65,30 @@ PDF_MAX_INFLATED = 4 * 1024 * 1024
 PDF_INFLATE_RATIO = 32
 
 
-def part_tokens(part: Mapping[str, Any], model: str | None = None) -> int:
+def part_tokens(part: Mapping[str, Any], rule: ImageRule = TILES) -> int:
     """The estimate for one OpenAI-format content part that is an image or a file (a type in
-    MEDIA_KINDS; see the module docstring) sent to `model` (its image rule, `images.openai_image_rule`),
-    0 for any other part."""
+    MEDIA_KINDS; see the module docstring) under `rule` (the image rule of the models that may serve
+    the request, `images.image_rule_for`), 0 for any other part."""
     kind = part.get("type")
     if kind == "image_url":
         image = part.get("image_url")
         if isinstance(image, Mapping):
-            return openai_url_image_tokens(image.get("url"), image.get("detail"), model)
-        return openai_url_image_tokens(image, part.get("detail"), model)
+            return url_image_tokens(image.get("url"), image.get("detail"), rule)
+        return url_image_tokens(image, part.get("detail"), rule)
     if kind in ("input_image", "computer_screenshot"):
-        return openai_url_image_tokens(part.get("image_url"), part.get("detail"), model)
+        return url_image_tokens(part.get("image_url"), part.get("detail"), rule)
     if kind == "file":
         file = part.get("file")
-        return file_tokens(file.get("file_data"), model) if isinstance(file, Mapping) else 0
+        return file_tokens(file.get("file_data"), rule) if isinstance(file, Mapping) else 0
     if kind == "input_file":
-        return file_tokens(part.get("file_data"), model)
+        return file_tokens(part.get("file_data"), rule)
     return 0
 
 
-def file_tokens(file_data: Any, model: str | None = None) -> int:
-    """The estimate for a file sent as base64 `file_data` (a data URL or bare base64) to `model`: a
-    PDF's pages times a page's image under the model's rule (PDF_PAGE: PDF_PAGE_TOKENS for gpt-4o);
-    0 for any other file (not estimated). Only a PDF is decoded whole."""
+def file_tokens(file_data: Any, rule: ImageRule = TILES) -> int:
+    """The estimate for a file sent as base64 `file_data` (a data URL or bare base64) under `rule`: a
+    PDF's pages times a page's image (PDF_PAGE: PDF_PAGE_TOKENS under gpt-4o's rule); 0 for any other
+    file (not estimated). Only a PDF is decoded whole."""
     if not isinstance(file_data, str):
         return 0
     start = data_url_start(file_data)
@@ -94,7 +102,7 @@ def file_tokens(file_data: Any, model: str | None = None) -> int:
         raw = base64.b64decode(file_data[start:] + "==", validate=False)
     except (binascii.Error, ValueError):
         raw = b""
-    return pdf_pages(raw) * openai_image_tokens(*PDF_PAGE, model=model)
+    return pdf_pages(raw) * rule.tokens(*PDF_PAGE)
 
 
 def pdf_pages(raw: bytes) -> int:

@@ -32,6 +32,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.providers.errors import UnreadableAnswer
 from sentinel.quota.decision import Decision
 from sentinel.quota.estimate import estimate_input, hides_output, max_output
+from sentinel.quota.images import ImageRule
 from sentinel.quota.limiter import QuotaLimiter, Reservation
 from sentinel.quota.outbox import DurableOutbox
 from sentinel.quota.tokens import TokenCounter
@@ -57,8 +58,9 @@ class Admission:
     endpoint: str
     model: str | None  # as the client named it (the catalogue's name): what the record says
     request_id: str
-    # The model the provider is sent (an alias's upstream name): what estimates and counts use, its
-    # tokenizer and its image rule (`sentinel.quota.images`); `model` when they are the same.
+    # The model the provider is sent (an alias's upstream name): what estimates and counts use (its
+    # tokenizer; its image rule unless `admit` was given the rule of every model that may serve the
+    # request, `sentinel.quota.images.image_rule_for`); `model` when they are the same.
     counted_as: str | None = None
     estimate_input: int = 0
     max_output: int = 0
@@ -82,7 +84,7 @@ class Meter(Protocol):
 
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
-        size: int = 0, carried_input: int = 0, counted_as: str | None = None,
+        size: int = 0, carried_input: int = 0, counted_as: str | None = None, images: ImageRule | None = None,
     ) -> Admission: ...
 
     async def admit_call(
@@ -136,14 +138,16 @@ class QuotaMeter:
 
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
-        size: int = 0, carried_input: int = 0, counted_as: str | None = None,
+        size: int = 0, carried_input: int = 0, counted_as: str | None = None, images: ImageRule | None = None,
     ) -> Admission:
         """Reserve the request, its estimated input and its maximum output against every limit of the
         caller's plan; RateLimited (429) when one does not fit. `size` (the body's bytes) decides
         whether counting runs off the event loop, after a cheap check that the plan has room at all.
         `carried_input`: tokens of earlier context the provider reads along (a stored response the
         request continues), part of the estimated input. `counted_as`: the model the provider is
-        sent, when not `model` (see `Admission.counted_as`)."""
+        sent, when not `model` (see `Admission.counted_as`). `images`: the image rule of every model
+        that may serve the request (`images.image_rule_for`: an alias's targets, a tier's
+        candidates), else `counted_as`'s (Anthropic's on `/v1/messages`)."""
         body = payload or {}
         plan = await self.plans.plan_for(identity)
         counted_as = counted_as or model
@@ -154,7 +158,9 @@ class QuotaMeter:
         )
         if size >= OFF_LOOP_SIZE:  # a large body: refuse an exhausted user before paying for the count
             await self._peek(identity, plan)
-        count = functools.partial(estimate_input, self.counter, endpoint, counted_as, body, user=identity.external_id)
+        count = functools.partial(
+            estimate_input, self.counter, endpoint, counted_as, body, user=identity.external_id, images=images
+        )
         admission.estimate_input = await count_off_loop(count, size) + carried_input
         await self._reserve(admission, plan)
         self._count(admission)

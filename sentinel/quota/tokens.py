@@ -45,6 +45,7 @@ from typing import Any
 
 import tiktoken
 
+from sentinel.quota.images import ImageRule, openai_image_rule
 from sentinel.quota.media import MEDIA_KINDS, part_tokens
 
 CL100K = "cl100k_base"
@@ -345,17 +346,19 @@ class TokenCounter:
 
     def count_chat(
         self, messages: Sequence[Mapping[str, Any]], model: str, tools: Sequence[Any] | None = None, *,
-        user: str | None = None,
+        user: str | None = None, images: ImageRule | None = None,
     ) -> int:
         """Prompt tokens of a chat request, with OpenAI's per-message overhead.
 
         Per message: 3 + role + content (a string, or the `text` of each content part, and each
-        image and PDF by `sentinel.quota.media`; audio is not estimated) + refusal + name (+1) + each
+        image and PDF by `sentinel.quota.media`, under the image rule `images` — by default `model`'s
+        —; audio is not estimated) + refusal + name (+1) + each
         tool call's function name and arguments (a custom tool call's name and input) +
         tool_call_id. Plus 3 for the reply priming, plus `tools` as compact JSON (an approximation:
         OpenAI renders tools in its own format).
         """
         used, count = self._counting(model, user)
+        rule = openai_image_rule(model) if images is None else images
         roles = self._roles.get(used)
         if roles is None:
             roles = self._roles.setdefault(used, {})
@@ -368,7 +371,7 @@ class TokenCounter:
                 if len(roles) < MAX_REMEMBERED_ROLES and len(role) <= MAX_REMEMBERED_ROLE_CHARS:
                     roles[role] = role_tokens
             total += TOKENS_PER_MESSAGE + role_tokens
-            total += _content_tokens(message.get("content"), count, model)
+            total += _content_tokens(message.get("content"), count, rule)
             refusal = message.get("refusal")  # an assistant's earlier refusal, sent back as prompt
             if isinstance(refusal, str):
                 total += count(refusal)
@@ -408,7 +411,7 @@ def _arguments(value: Any) -> str:
     return ""
 
 
-def _content_tokens(content: Any, count: Callable[[str], int], model: str) -> int:
+def _content_tokens(content: Any, count: Callable[[str], int], images: ImageRule) -> int:
     """Tokens of a message's content: a string, or each part's `text` and `refusal` (an assistant's
     refusal part is prompt text too) plus an image's or a file's own estimate (`media.part_tokens`),
     in the one walk over the parts the text needs (a part that is neither costs a type check)."""
@@ -424,7 +427,7 @@ def _content_tokens(content: Any, count: Callable[[str], int], model: str) -> in
                     total += count(value)
             kind = part.get("type")
             if isinstance(kind, str) and kind in MEDIA_KINDS:
-                total += part_tokens(part, model)
+                total += part_tokens(part, images)
     return total
 
 

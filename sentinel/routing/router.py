@@ -306,6 +306,15 @@ class TierRouter:
         if decision.event:
             self.metrics.sessions.labels(decision.event).inc()
 
+    async def may_serve(self, decision: RouteChoice) -> list[TierModelEntry]:
+        """The models that may answer `decision`'s request: its own and, when a retry may move it
+        (`alternative`), the other candidates of its tier. (A first turn that follows a concurrent
+        one's session, `claim`, is served by that session's model: ask again then.)"""
+        if decision.bound and self.failover is SessionFailover.keep:
+            return [decision.entry]
+        table = await self.tiers.table()
+        return [decision.entry, *(e for e in table.get(decision.tier, []) if e.provider in self.providers)]
+
     async def alternative(self, decision: RouteChoice) -> RouteChoice | None:
         """Another healthy candidate of the tier for a retry before the first byte, or None."""
         # Keep binds a session only to a model that has served the conversation (`bound`).

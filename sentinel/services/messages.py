@@ -3,8 +3,9 @@
 Same rules as the OpenAI relay: the metered fields are type-checked, a body naming a file or container
 of the provider account is refused (400: Sentinel serves neither, so none is the caller's) and the model
 resolved in the catalogue (404 `model_not_found`) before anything is reserved; the request is admitted with
-Anthropic's counting rules (`sentinel.quota.anthropic_usage`), served, and settled into exactly one
-usage record, with a stream's `message_stop` sent only after that record is stored. A model on an
+Anthropic's counting rules (`sentinel.quota.anthropic_usage`; its images by the dearest rule among the
+models that may serve it: a translated request's model bills them by its own), served, and settled into
+exactly one usage record, with a stream's `message_stop` sent only after that record is stored. A model on an
 Anthropic-format provider is relayed as it is (its name replaced only when the catalogue gives it
 another upstream name); a model on another wire format is translated (`TranslatedChat`).
 `count_tokens` reserves one request: it is relayed to an Anthropic provider, or answered with
@@ -34,6 +35,7 @@ from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import forwardable_headers, relayable_headers
 from sentinel.quota.anthropic_usage import AnthropicStreamInspector, message_read, message_text, message_usage
 from sentinel.quota.estimate import estimate_input
+from sentinel.quota.images import image_rule_for
 from sentinel.quota.meter import Admission, Meter, count_off_loop
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.catalogue import ModelCatalogue
@@ -99,6 +101,7 @@ class MessagesService:
             admission = await self.meter.admit(
                 identity, endpoint="messages", model=targets[0].name, payload=payload, request_id=ex.usage_id,
                 size=len(body), counted_as=targets[0].upstream_model,
+                images=image_rule_for((t.kind, t.upstream_model) for t in targets),  # any target may serve it
             )
         ex.headers.extend(admission.headers.items())
         served: list[ModelTarget] = []
@@ -135,7 +138,7 @@ class MessagesService:
         if target.kind != "anthropic":
             count = functools.partial(
                 estimate_input, self.counter, "messages/count_tokens", target.upstream_model, payload,
-                user=identity.external_id,
+                user=identity.external_id, images=image_rule_for([(target.kind, target.upstream_model)]),
             )  # a large body off the event loop (tiktoken releases the GIL), as admission counts it
             try:
                 tokens = await count_off_loop(count, len(body))

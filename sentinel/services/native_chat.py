@@ -28,6 +28,8 @@ from sentinel.native.stream import DONE, render_chunk, render_error_event
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.providers.chat import ChatProvider, Completion, ProviderStream, recorded_usage
 from sentinel.providers.http import UpstreamResponse
+from sentinel.quota.estimate import estimate_input
+from sentinel.quota.images import image_rule_for
 from sentinel.quota.meter import Admission, Meter, count_off_loop
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.failover import Failover
@@ -62,11 +64,12 @@ class NativeChat:
         """Serve one validated request (`size`: its body's bytes; a large one is counted off the loop)."""
         choice, wire = await self._translatable(req, await self.router.decide(identity, req))
         ex.operation, ex.request_model = OPERATIONS["native"], choice.model
+        payload, priced = _estimate_payload(req), await self._serving(choice)
         # Admission before the session write: a request the quota refuses changes no session.
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(
-                identity, endpoint="native", model=choice.model, payload=_estimate_payload(req), request_id=ex.usage_id,
-                size=size,
+                identity, endpoint="native", model=choice.model, payload=payload, request_id=ex.usage_id,
+                size=size, images=image_rule_for(priced),  # (its images: the dearest rule of any that may serve it)
             )
         ex.headers.extend(admission.headers.items())
 
@@ -83,6 +86,7 @@ class NativeChat:
             await self.router.claim(identity, choice)  # a first turn's session, before the upstream call
             if (choice.provider, choice.model) != chosen:
                 wire = self._translate(req, choice)  # a concurrent first turn won: follow its model
+                await self._reprice(identity, admission, payload, priced, choice, size)
             if req.stream:
                 streamed = await self.failover.call(
                     choice, wire, translate=lambda c: self._translate(req, c),
@@ -126,6 +130,28 @@ class NativeChat:
             # Its traceback holds this frame: kept in a local, a reference cycle that kept every frame
             # it came through (the request, the handler's body) until a full collection.
             del refused
+
+    async def _serving(self, choice: RouteChoice) -> frozenset[tuple[str, str]]:
+        """The (wire format, model) of each model that may answer `choice`'s request
+        (`TierRouter.may_serve`: a retry may go to another of its tier): its images are estimated by
+        the dearest of their rules (`images.image_rule_for`)."""
+        return frozenset((_kind(self.providers.get(entry.provider)), entry.model)
+                         for entry in await self.router.may_serve(choice))
+
+    async def _reprice(
+        self, identity: Identity, admission: Admission, payload: dict[str, Any], priced: frozenset[tuple[str, str]],
+        choice: RouteChoice, size: int,
+    ) -> None:
+        """A first turn that follows a concurrent one's session (`TierRouter.claim`) is served by that
+        session's model, which the admission may not have priced: if one that may now serve it is
+        new, the input is estimated again with its image rule too, and the admission keeps the
+        larger figure (what a stream cut before its usage is charged; the reservation stays)."""
+        serving = await self._serving(choice)
+        if serving <= priced:
+            return
+        count = functools.partial(estimate_input, self.counter, "native", choice.model, payload,
+                                  user=identity.external_id, images=image_rule_for(priced | serving))
+        admission.estimate_input = max(admission.estimate_input, await count_off_loop(count, size))
 
     def _translate(self, req: ChatRequest, choice: RouteChoice) -> dict[str, Any]:
         provider = self.providers[choice.provider]
@@ -205,6 +231,11 @@ async def _upstream(ex: Exchange, choice: RouteChoice, call: Awaitable[T]) -> T:
     attributes = {PROVIDER: choice.provider, SYSTEM: choice.provider, REQUEST_MODEL: choice.model}
     with ex.spans.span(f"chat {choice.model}", attributes, client=True):
         return await call
+
+
+def _kind(provider: ChatProvider | None) -> str:
+    """A provider's wire format ("openai" for one no longer configured: its model serves nothing)."""
+    return provider.kind if provider is not None else "openai"
 
 
 def _choice_headers(choice: RouteChoice) -> list[tuple[str, str]]:

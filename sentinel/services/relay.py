@@ -31,6 +31,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import OpenAICompatUpstream, forwardable_headers
+from sentinel.quota.images import image_rule_for
 from sentinel.quota.meter import Admission, Meter
 from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes
@@ -118,7 +119,8 @@ class OpenAIRelay:
             admission = await self.meter.admit(
                 identity, endpoint=endpoint, model=targets[0].name, payload=payload, request_id=ex.usage_id,
                 size=len(body), carried_input=await self.ownership.context_of(carried) if carried else 0,
-                counted_as=targets[0].upstream_model,  # (its tokenizer and image rule: `Admission.counted_as`)
+                counted_as=targets[0].upstream_model,  # (its tokenizer: `Admission.counted_as`)
+                images=image_rule_for((t.kind, t.upstream_model) for t in targets),  # any may serve it
             )
         ex.headers.extend(admission.headers.items())
         served: list[ModelTarget] = []

@@ -109,3 +109,77 @@ def test_images_are_estimated_by_the_model_the_provider_is_sent(
     (row,) = ledger_rows(gw.settings.database_url)
     assert row["usage_source"] == "estimated" and row["model"] == "house-vision", row
     assert IMAGE_TOKENS <= row["input_tokens"] < IMAGE_TOKENS + 100, row
+
+
+# --- the rule of every model that may serve the request --------------------------------------------
+HAIKU = "claude-3-5-haiku-20241022"
+LOW = {"type": "image_url", "image_url": {"url": IMAGE, "detail": "low"}}
+CLAUDE_IMAGE_TOKENS = IMAGES * 1399  # Anthropic's rule, whatever the detail: ceil(1024 * 1024 / 750)
+LOW_TOKENS = IMAGES * 2833  # gpt-4o-mini's low detail
+
+
+def leave_after_the_first_event(gw: Gateway, path: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Stream `request`, leave at its first event; alice's one ledger row."""
+    with gw.client() as http, http.stream("POST", path, json=request) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["x-sentinel-model"] == MINI  # where it was served
+        first = next(r.iter_lines())
+        assert first.startswith(("data:", "event:")), first
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)
+    (row,) = ledger_rows(gw.settings.database_url, "alice")
+    assert row["usage_source"] == "estimated", row  # cut before the provider's usage: the estimate
+    return row
+
+
+def test_messages_translated_to_an_openai_model_are_estimated_by_its_image_rule(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """`/v1/messages` served by gpt-4o-mini (translated: each image an `image_url` with no detail,
+    25,501 tokens for 1024 x 1024) was estimated by Anthropic's rule (1,399): a stream cut at its
+    first event was charged ~1/18 of what the provider billed."""
+    gw = gateway_factory(usage_flush_interval_seconds=0.1)
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": IMAGE.split(",", 1)[1]}}
+    request = {"model": MINI, "stream": True, "max_tokens": 50,
+               "messages": [{"role": "user", "content": [{"type": "text", "text": SLOW}, *[image] * IMAGES]}]}
+    row = leave_after_the_first_event(gw, "/v1/messages", request)
+    assert IMAGE_TOKENS <= row["input_tokens"] < IMAGE_TOKENS + 100, row
+
+
+def test_an_alias_is_estimated_by_the_dearest_rule_of_its_targets(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """An alias [Claude, gpt-4o-mini] with Claude in backoff is served by gpt-4o-mini, and was
+    estimated by its first target's rule: 20 low-detail images at 85 each (1,715 in all) where
+    gpt-4o-mini bills 2,833 each."""
+    providers = tmp_path / "aliases.yaml"
+    providers.write_text(yaml.safe_dump({"aliases": {"smart": [HAIKU, MINI]}}))
+    gw = gateway_factory(usage_flush_interval_seconds=0.1, providers_file=providers)
+    other = asyncio.run(create_key(gw.settings.database_url, "viewer"))[1]
+    with gw.client(other) as http:  # Claude fails: in backoff, the alias serves gpt-4o-mini first
+        r = http.post("/v1/chat/completions", json={
+            "model": HAIKU, "max_tokens": 10, "messages": [{"role": "user", "content": "x #mock:status=503"}]})
+        assert r.status_code == 502 and r.json()["error"]["code"] == "provider_error", r.text
+    request = {"model": "smart", "stream": True, "max_tokens": 50,
+               "messages": [{"role": "user", "content": [{"type": "text", "text": SLOW}, *[LOW] * IMAGES]}]}
+    row = leave_after_the_first_event(gw, "/v1/chat/completions", request)
+    assert LOW_TOKENS <= row["input_tokens"] < LOW_TOKENS + 100, row
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", NATIVE])
+def test_low_detail_images_to_claude_are_estimated_by_anthropics_rule(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, tmp_path: Path, path: str
+) -> None:
+    """Claude bills an image by its pixels whatever the `detail` (a translation drops it): 20
+    low-detail images of 1024 x 1024 were estimated at 85 each and admitted under a 10,000-token
+    input limit, where Claude bills ~28,000."""
+    gw = gateway_factory(anthropic_api_url=spy.url, providers_file=tiers_file(tmp_path, "anthropic"))
+    key = asyncio.run(create_key(gw.settings.database_url, "viewer"))[1]
+    set_plan(gw.settings.database_url, "viewer", "plan-viewer", "requests=100/1h,input_tokens=10000/1h")
+    request = {"max_tokens": 50, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, *[LOW] * IMAGES]}]}
+    with gw.client(key) as http:
+        r = http.post(path, json=request if path == NATIVE else {**request, "model": HAIKU})
+    assert r.status_code == 429, r.text
+    details = openai_error(r.json())["details"]
+    assert details["metric"] == "input_tokens", details
+    assert CLAUDE_IMAGE_TOKENS <= details["requested"] < CLAUDE_IMAGE_TOKENS + 100, details
+    assert spy.seen == []

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sentinel.quota.estimate import estimate_input, max_output
-from sentinel.quota.images import OPENAI_MAX_IMAGE_TOKENS
+from sentinel.quota.images import OPENAI_MAX_IMAGE_TOKENS, ImageRule
 from tests.support.payloads import WEATHER_TOOL
 
 
@@ -31,7 +31,7 @@ class RecordingCounter:
 
     def count_chat(
         self, messages: Sequence[Mapping[str, Any]], model: str, tools: Sequence[Any] | None = None, *,
-        user: str | None = None,
+        user: str | None = None, images: ImageRule | None = None,
     ) -> int:
         self.asked.append(("chat", (list(messages), tools)))
         self.users.add(user)

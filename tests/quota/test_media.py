@@ -15,8 +15,9 @@ from sentinel.quota import media
 from sentinel.quota.estimate import estimate_input
 from sentinel.quota.images import (
     OPENAI_MAX_IMAGE_TOKENS,
+    openai_image_rule,
     openai_image_tokens,
-    openai_url_image_tokens,
+    url_image_tokens,
 )
 from sentinel.quota.media import PDF_PAGE_TOKENS, file_tokens, part_tokens, pdf_pages
 from sentinel.quota.tokens import TokenCounter
@@ -63,7 +64,7 @@ def test_no_image_costs_more_than_the_rules_maximum() -> None:
     (17, "low", 85),
 ])
 def test_an_image_url_is_read_from_its_header_or_estimated_at_its_maximum(url: Any, detail: Any, tokens: int) -> None:
-    assert openai_url_image_tokens(url, detail) == tokens
+    assert url_image_tokens(url, detail) == tokens
 
 
 IMAGE = data_url(png(1024, 1024))  # 765 tokens at high detail
@@ -184,7 +185,7 @@ def test_a_text_only_request_walks_no_media(monkeypatch: pytest.MonkeyPatch) -> 
     from sentinel.quota import media, tokens
 
     calls: list[Any] = []
-    monkeypatch.setattr(tokens, "part_tokens", lambda part, model: calls.append(part) or media.part_tokens(part, model))
+    monkeypatch.setattr(tokens, "part_tokens", lambda part, rule: calls.append(part) or media.part_tokens(part, rule))
     text = [{"type": "text", "text": "hi"}, "plain", {"type": {}}, {"type": "input_audio", "input_audio": {}}]
     estimate_input(COUNTER, "chat", MODEL, {"messages": [{"role": "user", "content": text}]})
     assert calls == []
@@ -213,9 +214,10 @@ def test_each_models_image_rule(model: str, width: int, height: int, detail: str
 
 
 def test_an_image_of_unknown_size_costs_the_most_its_models_rule_allows() -> None:
-    assert openai_url_image_tokens("https://example.com/cat.png", None, "gpt-4o-mini") == 2833 + 8 * 5667
-    assert openai_url_image_tokens("https://example.com/cat.png", "low", "gpt-4o-mini") == 2833
-    assert openai_url_image_tokens("https://example.com/cat.png", "low", "gpt-4.1-mini") == 2489  # no low detail
-    assert part_tokens({"type": "image_url", "image_url": {"url": data_url(png(1024, 1024))}}, "gpt-4o-mini") == 25501
+    mini = openai_image_rule("gpt-4o-mini")
+    assert url_image_tokens("https://example.com/cat.png", None, mini) == 2833 + 8 * 5667
+    assert url_image_tokens("https://example.com/cat.png", "low", mini) == 2833
+    assert url_image_tokens("https://example.com/cat.png", "low", openai_image_rule("gpt-4.1-mini")) == 2489  # no low
+    assert part_tokens({"type": "image_url", "image_url": {"url": data_url(png(1024, 1024))}}, mini) == 25501
     # A PDF page is the image of a letter page under the model's rule: 2 x 2 tiles.
-    assert file_tokens(data_url(pdf(3), "application/pdf"), "gpt-4o-mini") == 3 * 25501
+    assert file_tokens(data_url(pdf(3), "application/pdf"), mini) == 3 * 25501

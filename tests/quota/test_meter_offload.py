@@ -36,9 +36,11 @@ class ThreadRecordingCounter(TokenCounter):
         self.text_threads: list[threading.Thread] = []
         self.gate: threading.Event | None = None
 
-    def count_chat(self, messages: Any, model: str, tools: Any = None, *, user: str | None = None) -> int:
+    def count_chat(
+        self, messages: Any, model: str, tools: Any = None, *, user: str | None = None, images: Any = None
+    ) -> int:
         self.threads.append(threading.current_thread())
-        return super().count_chat(messages, model, tools, user=user)
+        return super().count_chat(messages, model, tools, user=user, images=images)
 
     def count_text(self, text: str, model: str, *, user: str | None = None) -> int:
         self.text_threads.append(threading.current_thread())

@@ -322,3 +322,22 @@ async def test_a_first_turn_cancelled_during_its_session_write_removes_it(store:
     assert await router.sessions.get("conv-1", "alice") is not None
     await router.abandon(decision)
     assert await router.sessions.get("conv-1", "alice") is None
+
+
+async def test_the_models_that_may_serve_a_request(store: Store) -> None:
+    """What the native API prices a request's images by (`may_serve`): a request that may be retried
+    is served by any candidate of its tier; one bound to its session's model, with `keep`, by that
+    model alone."""
+    for failover in SessionFailover:
+        router = make_router(store, table(simple=[OA_MINI, AN_HAIKU], complex=[OA_4O]), failover=failover)
+        conv = f"conv-{failover.value}"
+        assert await serving(router, request("simple", None)) == {OA_MINI, AN_HAIKU}
+        assert await serving(router, request("simple", conv)) == {OA_MINI, AN_HAIKU}  # a first turn
+        _, *first = await turn(router, request("simple", conv))
+        later = await serving(router, request("simple", conv))
+        assert later == ({tuple(first)} if failover is SessionFailover.keep else {OA_MINI, AN_HAIKU}), failover
+        assert await serving(router, request("complex", conv)) == {OA_4O}  # an upgrade: the tier it upgrades to
+
+
+async def serving(router: TierRouter, req: ChatRequest) -> set[tuple[str, str]]:
+    return {(e.provider, e.model) for e in await router.may_serve(await router.decide(ALICE, req))}

@@ -18,16 +18,19 @@ from sentinel.native.stream import OpenAIStreamNormalizer
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.chat import ProviderStream
 from sentinel.providers.http import UpstreamResponse
+from sentinel.quota.estimate import estimate_input
 from sentinel.quota.meter import Admission
+from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.health import ProviderHealth
 from sentinel.routing.router import RouteChoice, TierRouter
 from sentinel.routing.selection import WeightedSelector
-from sentinel.routing.sessions import SessionStore
+from sentinel.routing.sessions import Session, SessionStore
 from sentinel.routing.tiers import StaticTiers
 from sentinel.services.exchange import Exchange
 from sentinel.services.native_chat import NativeChat
 from sentinel.store import MemoryStore
 from tests.support.clock import FakeClock
+from tests.support.media import data_url, png
 from tests.support.waiting import until
 
 ALICE = Identity("alice", "u1")
@@ -93,6 +96,8 @@ async def test_a_client_leaving_during_the_session_write_closes_the_upstream() -
 class Failing:
     """Both candidates' provider: translates anything, and its call fails (a bug, not an answer)."""
 
+    kind = "openai"
+
     def body(self, req: Any, model: str, *, stream: bool) -> dict[str, Any]:
         return {}
 
@@ -157,3 +162,55 @@ async def test_a_request_no_candidate_can_carry_is_freed_with_its_refusal() -> N
     finally:
         gc.enable()
     assert alive == []
+
+
+class Estimating:
+    """Admits with the estimate the meter would make (its image rule as given); while it counts, a
+    concurrent first turn creates the conversation's session (`concurrent`)."""
+
+    def __init__(self, concurrent: Any) -> None:
+        self.concurrent = concurrent
+        self.failed: list[Admission] = []
+
+    async def admit(self, identity: Identity, **kw: Any) -> Admission:
+        await self.concurrent()
+        rule = {"images": kw["images"]} if "images" in kw else {}
+        estimate = estimate_input(TokenCounter(), kw["endpoint"], kw["model"], kw["payload"], **rule)
+        return Admission(identity, "native", kw["model"], kw["request_id"], estimate_input=estimate)
+
+    async def fail(self, admission: Admission, error: BaseException) -> None:
+        self.failed.append(admission)
+
+
+class FailingAs(Failing):
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+async def test_a_first_turn_that_follows_another_models_session_is_estimated_by_its_rule_too() -> None:
+    """A first turn admitted for Claude (its images by Anthropic's rule, ~1,400 for 1024 x 1024 at
+    any detail) that follows a concurrent first turn's session on gpt-4o-mini is served by gpt-4o-mini
+    (2,833 an image at low detail): its estimate, what a stream cut before its usage is charged, was
+    Claude's."""
+    clock = FakeClock()
+    store, metrics = MemoryStore(), Metrics()
+    tiers = StaticTiers({"simple": [TierModelEntry(provider="anthropic", model="claude-3-5-haiku-20241022", relative_cost=1)],
+                         "moderate": [], "complex": [TierModelEntry(provider="openai", model="gpt-4o-mini", relative_cost=1)]})
+    sessions = SessionStore(store, ttl=1000, clock=clock)
+    router = TierRouter(tiers=tiers, providers=["openai", "anthropic"], health=ProviderHealth(store, metrics, clock=clock),
+                        sessions=sessions, selector=WeightedSelector(), metrics=metrics, clock=clock)
+
+    async def concurrent() -> None:  # a first turn at a higher tier, its session created first
+        await sessions.create(Session("c1", "alice", "complex", "openai", "gpt-4o-mini", clock(), clock()))
+
+    meter = Estimating(concurrent)
+    providers = {"anthropic": FailingAs("anthropic"), "openai": FailingAs("openai")}
+    chat = NativeChat(router, providers, meter, TokenCounter())  # type: ignore[arg-type]
+    image = {"type": "image_url", "image_url": {"url": data_url(png(1024, 1024)), "detail": "low"}}
+    req = parse_chat_request({"tier": "simple", "conversation_id": "c1",
+                              "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, *[image] * 20]}]})
+    with pytest.raises(RuntimeError):
+        await chat.chat(Exchange(usage_id="r1"), ALICE, req)
+    (admission,) = meter.failed
+    assert admission.model == "gpt-4o-mini"  # served by the session it followed
+    assert 20 * 2833 <= admission.estimate_input < 20 * 2833 + 100, admission.estimate_input

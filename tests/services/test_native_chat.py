@@ -214,3 +214,33 @@ async def test_a_first_turn_that_follows_another_models_session_is_estimated_by_
     (admission,) = meter.failed
     assert admission.model == "gpt-4o-mini"  # served by the session it followed
     assert 20 * 2833 <= admission.estimate_input < 20 * 2833 + 100, admission.estimate_input
+
+
+async def test_a_request_is_estimated_by_the_dearest_rule_of_the_candidates_a_retry_may_go_to() -> None:
+    """Chosen Claude (gpt-4o-mini in backoff), a failure is retried on gpt-4o-mini once its backoff
+    ends: the images were estimated by Claude's rule alone (85 for a low-detail image, read as an
+    OpenAI model's), where gpt-4o-mini bills 2,833."""
+    clock = FakeClock()
+    store, metrics = MemoryStore(), Metrics()
+    tiers = StaticTiers({"simple": [TierModelEntry(provider="anthropic", model="claude-3-5-haiku-20241022", relative_cost=1),
+                                    TierModelEntry(provider="openai", model="gpt-4o-mini", relative_cost=1)],
+                         "moderate": [], "complex": []})
+    health = ProviderHealth(store, metrics, clock=clock)
+    await health.record_failure("openai", "gpt-4o-mini")  # so Claude is chosen
+    router = TierRouter(tiers=tiers, providers=["openai", "anthropic"], health=health,
+                        sessions=SessionStore(store, ttl=1000, clock=clock), selector=WeightedSelector(),
+                        metrics=metrics, clock=clock)
+
+    async def nothing() -> None:
+        pass
+
+    meter = Estimating(nothing)
+    providers = {"anthropic": FailingAs("anthropic"), "openai": FailingAs("openai")}
+    chat = NativeChat(router, providers, meter, TokenCounter())  # type: ignore[arg-type]
+    image = {"type": "image_url", "image_url": {"url": data_url(png(1024, 1024)), "detail": "low"}}
+    req = parse_chat_request({"tier": "simple", "messages": [{"role": "user", "content": [*[image] * 20]}]})
+    with pytest.raises(RuntimeError):
+        await chat.chat(Exchange(usage_id="r1"), ALICE, req)
+    (admission,) = meter.failed
+    assert admission.model == "claude-3-5-haiku-20241022"
+    assert 20 * 2833 <= admission.estimate_input < 20 * 2833 + 100, admission.estimate_input

@@ -224,7 +224,12 @@ def _objects(body: Any) -> Iterator[dict[str, Any]]:
 
 
 class MalformedUpload(ValueError):
-    """A multipart body Sentinel cannot read part by part as the provider would."""
+    """A multipart body Sentinel cannot read part by part as the provider would; `param`: the part
+    it is about, when it is about one."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 # An upload is read in Python, on the event loop: its size in parts and headers is capped so that
@@ -286,10 +291,13 @@ class Upload:
 
     @property
     def streams(self) -> bool:
-        """Whether the upload asks for its answer as a stream (`stream=true`: a transcription)."""
-        return any(value.strip().lower() in (b"true", b"1") for value in self.values("stream"))
+        """Whether the upload asks for its answer as a stream (`stream=true`: a transcription): any
+        `stream` value but a false one. Readers take more than `true` and `1` as true (`on`, `yes`,
+        `t` and `y` in pydantic, `T` and `True` in Go): only what none reads as true is left alone."""
+        return any(value.strip().lower() not in _FALSE for value in self.values("stream"))
 
 
+_FALSE = frozenset({b"", b"false", b"0", b"no", b"off", b"f", b"n"})
 _COMPONENT = re.compile(r"[\[\].]+")
 _INDEX = re.compile(r"\[\d*\]$")  # `image[]`, `image[0]`: one of the files given on `image`
 
@@ -500,8 +508,9 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
     """(name, value, whether it is a file) of every part of a `multipart/form-data` body, read strictly, since the
     provider's reader may be lenient where this one is not: MalformedUpload unless the Content-Type
     names its boundary once, the body starts with it and ends with the closing one, each delimiter
-    line and header line ends in CRLF, and each part has one Content-Disposition naming it once; an
-    RFC 2231 boundary (`boundary*`) is refused."""
+    line and header line ends in CRLF (none folded), and each part has one Content-Disposition naming
+    it once and is its bytes as they are (`_check_coding`: not encoded, a field's text UTF-8); an RFC
+    2231 boundary (`boundary*`), and a charset but utf-8 or us-ascii in the Content-Type, are refused."""
     if content_type.count(";") > MAX_PARAMETERS:
         raise MalformedUpload(f"A multipart Content-Type may have at most {MAX_PARAMETERS} parameters")
     if _RFC2231_BOUNDARY.search(content_type):
@@ -514,6 +523,8 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
     boundary = header.get_boundary()
     if not boundary or len(params) != len(set(params)):
         raise MalformedUpload("A multipart body needs exactly one boundary in its Content-Type")
+    if not _plain_charset(content_type):
+        raise MalformedUpload("A multipart body's Content-Type may name no charset but utf-8 or us-ascii")
     try:
         delimiter = b"--" + boundary.encode("latin-1")
     except UnicodeEncodeError:  # not from an HTTP header's bytes, which are Latin-1 text here
@@ -540,7 +551,8 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
         fields = Message()
         for line in head.split(b"\r\n"):
             key, colon, text = line.decode("latin-1").partition(":")
-            if not colon or "\r" in line.decode("latin-1") or "\n" in line.decode("latin-1"):
+            if not colon or b"\r" in line or b"\n" in line or line[:1] in (b" ", b"\t"):
+                # (a line that begins with a space or a tab continues the one before, in readers that fold)
                 raise MalformedUpload("A multipart part header must be one 'Name: value' line")
             fields[key.strip()] = text.strip()
         dispositions = fields.get_all("content-disposition") or []
@@ -549,8 +561,63 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
         if not isinstance(name, str) or not name or len(given) != len(set(given)):
             # a tuple: RFC 2231 (`name*=`), which readers differ on; a parameter twice: first or last wins
             raise MalformedUpload("Every multipart part needs one Content-Disposition naming it once")
-        found.append((name, value, fields.get_param("filename", header="content-disposition") is not None))
+        is_file = fields.get_param("filename", header="content-disposition") is not None
+        _check_coding(fields, name, is_file)
+        found.append((name, value, is_file))
     return found
+
+
+# A part's value is its bytes as they came: readers decode a part's transfer encoding (base64,
+# quoted-printable: aiohttp's `request.post()`; Go's reader decodes quoted-printable), and read a
+# field's text in the charset its Content-Type names (aiohttp: UTF-16, UTF-7, ...) or the form's
+# `_charset_` field names, so the value they give the provider is not the one Sentinel checked (a
+# batch line that names another model and another user's file once `=22` is `"`, a `stream` that is
+# `true` once decoded). Neither is sent by a real client: httpx (the OpenAI SDK's) writes a field's
+# Content-Disposition alone, and a file's Content-Type without a charset; nor do curl, browsers or
+# Go's writer. A file's charset is left alone: a file's bytes are given to the provider as they are.
+_IDENTITY_TRANSFER = frozenset({"7bit", "8bit", "binary"})
+_PLAIN_CHARSETS = frozenset({"utf-8", "us-ascii"})
+_CODING_HEADERS = ("content-type", "content-transfer-encoding", "content-encoding")
+
+
+def _check_coding(fields: Message, name: str, is_file: bool) -> None:
+    """MalformedUpload unless the part `name` (its header `fields`) is its bytes as they are: no
+    Content-Transfer-Encoding but 7bit, 8bit or binary, no Content-Encoding, one Content-Type at
+    most, and — unless it is a file — no charset but utf-8 or us-ascii; nor may a part be the form's
+    `_charset_` (RFC 7578 4.6: the charset of the fields that name none)."""
+    shown = name[:100]
+    if name.lower() == "_charset_":
+        raise MalformedUpload("A multipart part named '_charset_' (a charset for the other fields) is not taken",
+                              param=shown)
+    for header in _CODING_HEADERS:
+        if len(fields.get_all(header) or []) > 1:
+            raise MalformedUpload(f"The multipart part '{shown}' gives its {header} twice", param=shown)
+    transfer = fields.get("content-transfer-encoding")
+    if transfer is not None and transfer.strip().lower() not in _IDENTITY_TRANSFER:
+        raise MalformedUpload(
+            f"The multipart part '{shown}' is encoded (Content-Transfer-Encoding: {transfer[:40]}): its bytes are "
+            "read as they are, so only 7bit, 8bit or binary is taken", param=shown,
+        )
+    if fields.get("content-encoding") is not None:
+        raise MalformedUpload(f"The multipart part '{shown}' must not be compressed (Content-Encoding)", param=shown)
+    if not is_file and not _plain_charset(fields.get("content-type")):
+        raise MalformedUpload(
+            f"The multipart part '{shown}' names a charset other than utf-8 or us-ascii: a field's text is read "
+            "as UTF-8", param=shown,
+        )
+
+
+def _plain_charset(content_type: str | None) -> bool:
+    """Whether `content_type` names no charset, or utf-8 or us-ascii plainly — read as the simplest
+    reader reads parameters (split at every `;`: aiohttp finds `charset=utf-7` in a quoted value),
+    a parameter whose name holds `charset` in any way (`charset*=`, RFC 2231) counted as one."""
+    for piece in (content_type or "").split(";")[1:]:
+        key, _, value = piece.partition("=")
+        if "charset" in key.lower() and (
+            key.strip().lower() != "charset" or value.strip(" \t\"'").lower() not in _PLAIN_CHARSETS
+        ):
+            return False
+    return True
 
 
 def continued(payload: dict[str, Any]) -> tuple[list[str], list[str]]:

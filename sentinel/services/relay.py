@@ -275,7 +275,8 @@ class OpenAIRelay:
                 if lines is not None:
                     ids += batch_references(lines, offered=self._batch_model)
             except (MalformedUpload, TooManyReferences, InvalidBatchInput) as exc:
-                raise InvalidRequest(str(exc)) from None
+                param = exc.param if isinstance(exc, MalformedUpload) else None
+                raise InvalidRequest(str(exc), details={"param": param} if param else None) from None
             if upload.streams:
                 raise _no_passthrough_stream()
             await self.ownership.require(ids, identity.external_id)

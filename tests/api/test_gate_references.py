@@ -256,3 +256,53 @@ def test_an_rfc_2231_boundary_is_refused(
     error = openai_error(refused.json())
     assert error["type"] == "invalid_request_error" and "boundary" in error["message"], error
     assert spy.seen == []
+
+
+LINE = (b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini", '
+        b'"messages": [{"role": "user", "content": "hi"}], "x": "=22, =22model=22: =22o1-pro=22, =22messages=22: '
+        b'[{=22role=22: =22user=22, =22content=22: [{=22type=22: =22file=22, =22file=22: {=22file_id=22: '
+        b'=22%s=22}}]}], =22y=22: =22"}}\n')
+
+
+def test_an_upload_part_a_reader_decodes_into_other_bytes_is_refused(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """A part was checked as its raw bytes and went upstream as it came, but form readers decode a
+    part's transfer encoding and a field's charset (aiohttp's `request.post()`): Bob's batch input,
+    quoted-printable, read as a catalogue model's line here and ran o1-pro on Alice's file there
+    (`=22` is `"`); a transcription's `stream`, base64 (`dHJ1ZQ==`) or UTF-16, or spelled `yes`, was not
+    seen as asking for a stream, and the stream went unmetered. Each is now 400 naming the part, and
+    nothing is sent; what the SDK sends is still taken."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", passthrough="/v1/files,/v1/files/*,/v1/audio/*")
+    victim = gw.openai().files.create(file=("v.txt", b"alice's"), purpose="user_data").id
+    form = {"Content-Type": "multipart/form-data; boundary=B"}
+    batch = (b'--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--B\r\nContent-Disposition: '
+             b'form-data; name="file"; filename="in.jsonl"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+             + LINE % victim.encode() + b"\r\n--B--\r\n")
+
+    def transcription(stream: bytes, *headers: bytes) -> bytes:
+        return (b'--B\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-4o-transcribe\r\n--B\r\n'
+                b'Content-Disposition: form-data; name="stream"\r\n' + b"".join(h + b"\r\n" for h in headers)
+                + b"\r\n" + stream + b'\r\n--B\r\nContent-Disposition: form-data; name="file"; filename="a.wav"'
+                b"\r\n\r\nRIFF....\r\n--B--\r\n")
+
+    with gw.client(key_for(gw, "bob")) as bob:
+        spy.clear()
+        refused = [
+            (bob.post("/v1/files", content=batch, headers=form), "file"),
+            (bob.post("/v1/audio/transcriptions", content=transcription(
+                b"dHJ1ZQ==", b"Content-Transfer-Encoding: base64"), headers=form), "stream"),
+            (bob.post("/v1/audio/transcriptions", content=transcription(
+                "true".encode("utf-16"), b"Content-Type: text/plain; charset=utf-16"), headers=form), "stream"),
+        ]
+        yes = bob.post("/v1/audio/transcriptions", content=transcription(b"yes"), headers=form)
+        assert spy.seen == []
+        sdk = openai.OpenAI(base_url=gw.url + "/v1", api_key=key_for(gw, "bob"), max_retries=0)
+        checked = sdk.files.create(file=("in.jsonl", LINE.replace(b"=22", b"") % b"x"), purpose="batch")
+    for r, param in refused:
+        assert r.status_code == 400, r.text
+        error = openai_error(r.json())
+        assert error["type"] == "invalid_request_error" and error["details"] == {"param": param}, error
+        assert f"'{param}'" in error["message"], error
+    assert yes.status_code == 400 and openai_error(yes.json())["code"] == "stream_not_supported", yes.text
+    assert checked.id and [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/files")]

@@ -330,3 +330,80 @@ def test_a_boundary_is_given_plainly_in_latin_1(content_type: str) -> None:
     and one that is no header's Latin-1 text are malformed."""
     with pytest.raises(MalformedUpload, match="boundary"):
         Upload.read(part('form-data; name="a"', b"x") + b"--XyZ--\r\n", content_type)
+
+
+QP_LINE = (b'{"custom_id": "1", "body": {"model": "gpt-4o-mini", "messages": [], "x": "=22, =22model=22: =22o1-pro=22, '
+           b'=22y=22: =22"}}')
+
+
+@pytest.mark.parametrize("body, content_type, param", [
+    # decoded by aiohttp's `request.post()` (quoted-printable by Go's reader too): `=22` is `"`, a
+    # line naming o1-pro (and anyone's file) once decoded
+    (part('form-data; name="purpose"', b"batch") + part('form-data; name="file"; filename="in.jsonl"', QP_LINE,
+                                                         "Content-Transfer-Encoding: quoted-printable"),
+     TYPE, "file"),
+    (part('form-data; name="stream"', b"dHJ1ZQ==", "Content-Transfer-Encoding: BASE64"), TYPE, "stream"),
+    (part('form-data; name="stream"', b"x", "Content-Transfer-Encoding: x-uuencode"), TYPE, "stream"),
+    (part('form-data; name="file"; filename="a"', b"\x1f\x8b", "Content-Encoding: gzip"), TYPE, "file"),
+    # a field's text read in its charset: "true" in UTF-16, `+ACI-` is `"` in UTF-7
+    (part('form-data; name="stream"', "true".encode("utf-16"), "Content-Type: text/plain; charset=utf-16"),
+     TYPE, "stream"),
+    (part('form-data; name="file_id"', b"file-1", "Content-Type: text/plain; Charset=UTF-7"), TYPE, "file_id"),
+    (part('form-data; name="file_id"', b"file-1", "Content-Type: text/plain; charset*=utf-8''utf-16"),
+     TYPE, "file_id"),
+    (part('form-data; name="file_id"', b"file-1", 'Content-Type: text/plain; a="b; charset=utf-7"'),
+     TYPE, "file_id"),  # (a reader splitting at every `;` finds it)
+    (part('form-data; name="file_id"', b"file-1", "Content-Type: application/json; charset=latin-1"),
+     TYPE, "file_id"),
+    (part('form-data; name="stream"', b"true", "Content-Type: text/plain",
+          "Content-Type: text/plain; charset=utf-16"), TYPE, "stream"),  # a reader taking the last
+    (part('form-data; name="stream"', b"x", "Content-Transfer-Encoding: 8bit", "Content-Transfer-Encoding: base64"),
+     TYPE, "stream"),
+    (part('form-data; name="_charset_"', b"utf-7") + part('form-data; name="file_id"', b"file-1"), TYPE, "_charset_"),
+    (part('form-data; name="file_id"', b"file-1"), TYPE + "; charset=utf-16", None),
+], ids=["quoted-printable", "base64", "other transfer", "content coding", "utf-16", "utf-7", "rfc 2231",
+        "quoted", "latin-1", "two types", "two transfers", "_charset_", "form charset"])
+def test_a_part_a_reader_would_decode_into_other_bytes_is_malformed(
+    body: bytes, content_type: str, param: str | None
+) -> None:
+    """Such a part was checked as its raw bytes and went upstream as it came: a reader decoding it
+    gave the provider a value never checked (a batch line running o1-pro on another user's file, a
+    `stream` that was not seen as true)."""
+    with pytest.raises(MalformedUpload) as refused:
+        Upload.read(body + b"--XyZ--\r\n", content_type)
+    assert refused.value.param == param
+
+
+def test_a_folded_part_header_is_malformed() -> None:
+    """A line beginning with a space continues the one before in readers that fold header lines:
+    `charset=utf-16` there was the Content-Type's, seen here as a header of its own."""
+    folded = part('form-data; name="stream"', b"true", "Content-Type: text/plain;", " x-charset: utf-16")
+    with pytest.raises(MalformedUpload, match="one 'Name: value' line"):
+        Upload.read(folded + b"--XyZ--\r\n", TYPE)
+
+
+@pytest.mark.parametrize("client", ["httpx", "httpx2"])
+def test_what_the_sdks_http_client_sends_is_read(client: str) -> None:
+    """The OpenAI SDK sends uploads with httpx (httpx2 in its newer releases): a field's
+    Content-Disposition alone, a file's Content-Type guessed from its name, no charset, no encoding."""
+    http = pytest.importorskip(client)
+    request = http.Request("POST", "http://x/v1/files", data={"purpose": "batch", "stream": "false"},
+                           files={"file": ("in.jsonl", LINE % b"hi"), "notes": ("a.txt", b"x", "text/plain; charset=latin-1")})
+    upload = Upload.read(request.read(), request.headers["content-type"])
+    assert upload.batch_input() == LINE % b"hi" and not upload.streams
+    plain = (part('form-data; name="stream"', b"0", "Content-Type: text/plain; charset=US-ASCII",
+                  "Content-Transfer-Encoding: 8bit")
+             + part('form-data; name="file_id"', b"file-1", 'Content-Type: text/plain; charset="utf-8"',
+                    "Content-Transfer-Encoding: binary")
+             + part('form-data; name="file"; filename="a.txt"', b"x", "Content-Type: text/plain; charset=windows-1252",
+                    "Content-Transfer-Encoding: 7bit"))
+    assert Upload.read(plain + b"--XyZ--\r\n", TYPE + "; charset=utf-8").references() == ["file-1"]
+
+
+@pytest.mark.parametrize("value, streams", [
+    (b"true", True), (b" True\r\n", True), (b"1", True), (b"yes", True), (b"on", True), (b"T", True), (b"y", True),
+    (b"false", False), (b"0", False), (b"", False), (b"no", False), (b"off", False), (b"F", False),
+])
+def test_a_stream_asked_for_in_any_spelling_a_reader_takes_is_seen(value: bytes, streams: bool) -> None:
+    """Only `true` and `1` were seen: a pydantic reader (`yes`, `on`, `t`, `y`) or Go's (`T`) streamed."""
+    assert Upload.read(part('form-data; name="stream"', value) + b"--XyZ--", TYPE).streams is streams

@@ -134,6 +134,11 @@ class UpstreamResponse:
         media = self.content_type.partition(";")[0].strip().lower()
         return media != "application/json" and not media.endswith("+json")
 
+    @property
+    def event_stream(self) -> bool:
+        """Whether the answer is an event stream (`text/event-stream`)."""
+        return self.content_type.partition(";")[0].strip().lower() == "text/event-stream"
+
     async def read(self) -> bytes:
         with translate_errors(self.provider):
             return await self.raw.read()

@@ -24,7 +24,7 @@ from sentinel.domain.usage import Usage
 from sentinel.errors import StoreUnavailable, UpstreamError
 from sentinel.governance.ownership import Ownership
 from sentinel.observability.metrics import Metrics
-from sentinel.providers.errors import upstream_error
+from sentinel.providers.errors import UnreadableAnswer, upstream_error
 from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
 from sentinel.quota.meter import Admission, Meter
@@ -158,6 +158,24 @@ class AnswerRelay:
             return await self.ownership.charge_once(object_id, ttl)
         except StoreUnavailable:
             return True
+
+    async def unoffered_stream(self, upstream: UpstreamResponse, admission: Admission) -> NoReturn:
+        """A call that asked for work (pass-through) answered with an event stream all the same — a
+        provider streaming unasked, or asked in a way Sentinel did not read — is never relayed: its
+        usage would go unread (a complete answer's is read from its JSON). The provider served and
+        billed it: it is read to its end (each event as it comes, nothing kept but what the events
+        say, `StreamInspector`) and recorded with the last `usage` an event showed, as an answer
+        Sentinel could not read (`UnreadableAnswer`: 502 `provider_bad_response`, see `Meter.fail`)."""
+        inspector = StreamInspector(admission.endpoint, provider=upstream.provider)
+        with upstream.reading_served():
+            async for chunk in upstream.iter_chunks():
+                inspector.feed(chunk)
+        inspector.flush()
+        upstream.release()
+        raise UnreadableAnswer(
+            f"Provider {upstream.provider} answered with an event stream, which this call does not offer "
+            "(leave out `stream`)", usage=inspector.usage, provider=upstream.provider,
+        )
 
     async def refused(self, upstream: UpstreamResponse, admission: Admission) -> NoReturn:
         """An upstream error answer: see `refuse`."""

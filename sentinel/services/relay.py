@@ -194,7 +194,9 @@ class OpenAIRelay:
         """Forward a call that reserves one request. Paths into a collection of per-account objects
         are checked for ownership (a collection's list is not offered: GET or HEAD); so are ids named
         in the body. An object's path with a trailing slash is its path (`/v1/files/{id}/` is
-        `/v1/files/{id}`: a DELETE of it forgets its owner), and goes upstream without it."""
+        `/v1/files/{id}`: a DELETE of it forgets its owner), and goes upstream without it. A call
+        that asked for work and is answered with an event stream all the same is not relayed
+        (`AnswerRelay.unoffered_stream`): pass-through streams are not offered."""
         where = classify(list(segments))
         if segments[-1] == "" and where.object_id:
             segments = segments[:-1]
@@ -234,6 +236,8 @@ class OpenAIRelay:
             last = segments[-1]
             owner = identity if where.collection is not None and last != "content" else None
             charging = Charging(work=method == "POST" and last != "cancel", at=last, counted="steps" not in segments)
+            if charging.work and 200 <= upstream.status < 300 and upstream.event_stream:
+                await self.answers.unoffered_stream(upstream, admission)  # raises: never relayed
             reply = await self.answers.complete(
                 upstream, endpoint, admission, owner=owner, ttl=where.ttl, creating=creating, ex=ex, charging=charging,
             )

@@ -436,6 +436,40 @@ def test_pass_through_calls_are_not_streamed(gateway_factory: Callable[..., Gate
     assert spy.seen == []
 
 
+def test_a_pass_through_answer_streamed_all_the_same_is_never_relayed_for_nothing(
+    gateway_factory: Callable[..., Gateway]
+) -> None:
+    """A pass-through answer arriving as an event stream — asked for in a way Sentinel did not read,
+    or streamed unasked — was read as one complete answer: not JSON, so no usage; relayed, and
+    recorded 200 with 0 tokens. It is now read to its end for the usage its events show, recorded
+    with it, and not relayed (502 `provider_bad_response`): pass-through streams are not offered."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", passthrough="/v1/audio/*,/v1/images/*")
+        upstream.sse({"type": "transcript.text.delta", "delta": "a secret transcript"},
+                     {"type": "transcript.text.done", "text": "a secret transcript",
+                      "usage": {"type": "tokens", "input_tokens": 900, "output_tokens": 50, "total_tokens": 950}})
+        upstream.sse({"type": "image_generation.partial_image", "b64_json": "AAAA", "partial_image_index": 0},
+                     {"type": "image_generation.completed", "b64_json": "AAAA",
+                      "usage": {"input_tokens": 30, "output_tokens": 4000, "total_tokens": 4030}})
+        upstream.json({"object": "list", "data": [{"b64_json": "AAAA"}],
+                       "usage": {"input_tokens": 30, "output_tokens": 4000, "total_tokens": 4030}})
+        with gw.client() as alice:
+            spoken = alice.post("/v1/audio/transcriptions", data={"model": "gpt-4o-transcribe"},
+                                files={"file": ("a.wav", b"RIFF....")})
+            drawn = alice.post("/v1/images/generations", json={"model": "gpt-image-1", "prompt": "a cat"})
+            plain = alice.post("/v1/images/generations", json={"model": "gpt-image-1", "prompt": "a cat"})
+    for streamed in (spoken, drawn):
+        assert streamed.status_code == 502, streamed.text
+        assert openai_error(streamed.json())["code"] == "provider_bad_response"
+        assert "secret" not in streamed.text and "AAAA" not in streamed.text
+    assert plain.status_code == 200, plain.text
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 3)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["status"], r["input_tokens"], r["output_tokens"]) for r in rows] == [
+        (502, 900, 50), (502, 30, 4000), (200, 30, 4000)]
+
+
 def test_a_list_of_runs_charges_each_runs_usage_once(gateway_factory: Callable[..., Gateway], redis_url: str) -> None:
     """`GET /v1/threads/{t}/runs` shows each run's usage: reading runs only that way charged nothing."""
     upstream = ScriptedUpstream()

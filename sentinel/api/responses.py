@@ -34,7 +34,8 @@ class RawResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = self.headers
-        headers.append((b"content-length", str(len(self.body)).encode()))
+        if self.status != 304:  # a 304's length would be the content's it stands for (RFC 9110 8.6)
+            headers.append((b"content-length", str(len(self.body)).encode()))
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
 

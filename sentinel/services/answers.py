@@ -83,7 +83,10 @@ class AnswerRelay:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
         relayed as it arrives after the part already read; its `usage` is charged as `charging`
         says (see `Charging`). The audio answers of a chat answer become `speaker`'s (stored or not:
-        a later request names them in `messages[].audio`)."""
+        a later request names them in `messages[].audio`). A 304 (a conditional download's "not
+        modified") is relayed without a body and settled as one request."""
+        if upstream.status == 304:
+            return await self._not_modified(upstream, admission, ex)
         if upstream.status >= 300:
             return await self.refused(upstream, admission)
         started = time.perf_counter()
@@ -158,6 +161,18 @@ class AnswerRelay:
             return await self.ownership.charge_once(object_id, ttl)
         except StoreUnavailable:
             return True
+
+    async def _not_modified(self, upstream: UpstreamResponse, admission: Admission, ex: Exchange | None) -> Reply:
+        """Relay a 304 (the file's content the client holds is still current: `If-None-Match`,
+        `If-Modified-Since`, relayed on a download) with its caching headers (`etag`,
+        `last-modified`, `cache-control`) and no body, recorded as one request and no tokens: the
+        provider answered it, as a 2xx without usage."""
+        with upstream.reading_served():
+            await upstream.read()  # (a 304 has no body: this only frees the connection)
+        upstream.release()
+        await self.meter.settle(admission, usage=Usage(0, 0), output_text="", status=304, provider=upstream.provider)
+        report(ex, admission, None)
+        return Reply(304, b"", relayable_headers(upstream.headers))
 
     async def unoffered_stream(self, upstream: UpstreamResponse, admission: Admission) -> NoReturn:
         """A call that asked for work (pass-through) answered with an event stream all the same — a

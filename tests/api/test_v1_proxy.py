@@ -13,8 +13,10 @@ import pytest
 
 from tests.api.conftest import Gateway
 from tests.support.accounts import create_key
+from tests.support.attack import ledger_rows
 from tests.support.servers import serving
 from tests.support.upstream import UPSTREAM_KEY, ScriptedUpstream
+from tests.support.waiting import wait_for
 
 
 def last_upstream_request(gw: Gateway) -> dict:
@@ -200,6 +202,33 @@ def test_range_and_conditional_headers_go_with_a_file_download_only(gateway_fact
         content = {k.lower() for k in last_upstream_request(gw)["headers"]}
     assert not {"range", "if-none-match"} & (other | read), sorted(other | read)
     assert {"range", "if-none-match"} <= content, sorted(content)
+
+
+def test_a_download_not_modified_is_relayed_as_a_304_and_recorded(gateway_factory: Callable[..., Gateway]) -> None:
+    """A conditional download (`If-None-Match`, relayed on purpose) that the provider answered 304 was
+    taken for an error: a 502 `provider_error`, logged as a provider failure, its reservation given
+    back and no ledger row. It is relayed as a 304 with its caching headers and no body, and recorded
+    as one request."""
+    upstream = ScriptedUpstream()
+    cached = {"ETag": '"v1"', "Last-Modified": "Wed, 02 Dec 2026 10:00:00 GMT", "Cache-Control": "private, max-age=60"}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", passthrough="/v1/files,/v1/files/*")
+        upstream.json({"id": "file-1", "object": "file", "purpose": "user_data"})
+        upstream.empty(304, {**cached, "X-Ratelimit-Remaining-Requests": "29999"})
+        with gw.client() as http:
+            made = http.post("/v1/files", files={"file": ("a.txt", b"hello")}, data={"purpose": "user_data"})
+            assert made.status_code == 200, made.text
+            fresh = http.get("/v1/files/file-1/content", headers={"If-None-Match": '"v1"'})
+    assert fresh.status_code == 304, fresh.text
+    assert fresh.content == b"" and "content-length" not in fresh.headers
+    assert {k: fresh.headers[k] for k in ("etag", "last-modified", "cache-control")} == {
+        k.lower(): v for k, v in cached.items()}
+    assert "x-ratelimit-remaining-requests" not in fresh.headers and fresh.headers["x-ratelimit-limit"]
+    assert upstream.received_headers[1]["if-none-match"] == '"v1"'
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["endpoint"], r["status"], r["input_tokens"], r["output_tokens"]) for r in rows] == [
+        ("/v1/files", 200, 0, 0), ("/v1/files/*", 304, 0, 0)]
 
 
 def test_cookies_an_upstream_sets_are_never_sent_again(gateway_factory: Callable[..., Gateway]) -> None:

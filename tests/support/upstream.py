@@ -71,8 +71,8 @@ class ScriptedUpstream:
     empty queue is a 500). Bodies are written by the standard library's encoder: integers of any size."""
 
     def __init__(self) -> None:
-        # (type, body, headers, whether the body is left open until the other side leaves)
-        self._answers: deque[tuple[bytes, bytes, list[tuple[bytes, bytes]], bool]] = deque()
+        # (type, body, headers, whether the body is left open until the other side leaves, status)
+        self._answers: deque[tuple[bytes, bytes, list[tuple[bytes, bytes]], bool, int]] = deque()
         self.received: list[bytes] = []  # the request bodies, as they arrived
         self.received_headers: list[dict[str, str]] = []  # and their headers (lower-case names)
         self.left = threading.Event()  # the other side left a stream held open
@@ -80,7 +80,11 @@ class ScriptedUpstream:
     def json(self, body: Any, headers: dict[str, str | bytes] | None = None) -> None:
         """Queue a JSON answer (with extra response `headers`, e.g. a `Set-Cookie`; a str value is
         sent UTF-8 encoded, bytes as they are)."""
-        self._answers.append((b"application/json", json.dumps(body).encode(), _raw_headers(headers), False))
+        self._answers.append((b"application/json", json.dumps(body).encode(), _raw_headers(headers), False, 200))
+
+    def empty(self, status: int, headers: dict[str, str | bytes] | None = None) -> None:
+        """Queue an answer without a body (a 304), with `status` and `headers`."""
+        self._answers.append((b"", b"", _raw_headers(headers), False, status))
 
     def sse(self, *events: Any, headers: dict[str, str | bytes] | None = None, hold: bool = False) -> None:
         """Queue an event stream: one `data:` line per event (a str as it is, e.g. "[DONE]", else JSON).
@@ -89,7 +93,7 @@ class ScriptedUpstream:
             b"data: " + (event if isinstance(event, str) else json.dumps(event)).encode() + b"\n\n"
             for event in events
         )
-        self._answers.append((b"text/event-stream", data, _raw_headers(headers), hold))
+        self._answers.append((b"text/event-stream", data, _raw_headers(headers), hold, 200))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -102,11 +106,9 @@ class ScriptedUpstream:
                 break
         self.received.append(received)
         self.received_headers.append({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]})
-        status, (content_type, body, extra, hold) = (
-            (200, self._answers.popleft()) if self._answers else (500, (b"", b"", [], False))
-        )
-        length = [] if hold else [(b"content-length", str(len(body)).encode())]
-        headers = [(b"content-type", content_type), *length, *extra]
+        content_type, body, extra, hold, status = self._answers.popleft() if self._answers else (b"", b"", [], False, 500)
+        length = [] if hold or status == 304 else [(b"content-length", str(len(body)).encode())]
+        headers = [*([(b"content-type", content_type)] if content_type else []), *length, *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": hold})
         if hold:

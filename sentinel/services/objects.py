@@ -54,6 +54,18 @@ REFERENCE_KEYS = frozenset({
 # parts (`part_ids` when it is completed). Their answer's `id` becomes the caller's, kept as long as
 # the collection's objects are.
 PART_COLLECTIONS = frozenset({("uploads", "parts")})
+# Calls on a collection itself that name no object of it: a POST whose one word after the collection
+# is one of these, by collection, is no call on an object of that id (`POST /v1/responses/compact`
+# compacts a conversation, `/v1/responses/input_tokens` counts a request's input, `POST
+# /v1/threads/runs` creates a thread and runs it). Its JSON body is checked as any pass-through
+# body's (the ids it names must be the caller's); the objects its answer makes (its `id`, and
+# ACTION_CREATED) become the caller's. Any other method on such a path names an object (none's).
+COLLECTION_ACTIONS: dict[str, frozenset[str]] = {
+    "responses": frozenset({"compact", "input_tokens"}),
+    "threads": frozenset({"runs"}),
+}
+# Fields of an action's answer naming another object it created, with that object's collection.
+ACTION_CREATED: dict[tuple[str, str], tuple[str, str]] = {("threads", "runs"): ("thread_id", "threads")}
 # Words below an object that tell Sentinel what a call on it is (`sentinel.services.relay`): a file's
 # `content` is its bytes (no object in it becomes the caller's), a `cancel` asks for no work, a run's
 # `steps` count no usage of their own, a conversation's `items` grow its context, an upload's `parts`
@@ -72,10 +84,18 @@ class ObjectPath:
 
     collection: str | None = None  # e.g. "files"; None: not a per-account object path
     object_id: str | None = None  # the object named by the path, None for the collection itself
+    action: str | None = None  # a call on the collection that names no object (COLLECTION_ACTIONS)
 
     @property
     def is_collection(self) -> bool:
-        return self.collection is not None and self.object_id is None
+        return self.collection is not None and self.object_id is None and self.action is None
+
+    def created_along(self, answer: Any) -> list[tuple[str, float | None]]:
+        """Ids besides its own that an action's answer made the caller's (ACTION_CREATED), each with
+        how long its owner is kept: the thread `POST /v1/threads/runs` created."""
+        key, collection = ACTION_CREATED.get((self.collection or "", self.action or ""), ("", ""))
+        created = answer.get(key) if key and isinstance(answer, dict) else None
+        return [(created, COLLECTIONS[collection])] if isinstance(created, str) and created else []
 
     @property
     def ttl(self) -> float | None:
@@ -83,21 +103,25 @@ class ObjectPath:
 
     def creates(self, method: str, segments: Sequence[str]) -> bool:
         """Whether a call with `method` on `segments` (this path's) creates an object that becomes the
-        caller's: a POST to a collection, or to one of an object's PART_COLLECTIONS."""
+        caller's: a POST to a collection or one of its COLLECTION_ACTIONS, or to one of an object's
+        PART_COLLECTIONS."""
         if method != "POST" or self.collection is None:
             return False
-        if self.is_collection:
+        if self.object_id is None:
             return True
         depth = self.collection.count("/") + 1
         return len(segments) == depth + 2 and (self.collection, segments[-1]) in PART_COLLECTIONS
 
 
-def classify(segments: list[str]) -> ObjectPath:
-    """`segments` are the path's segments after `/v1` (decoded); e.g. ["files", "file-1", "content"]."""
+def classify(segments: Sequence[str], method: str = "") -> ObjectPath:
+    """`segments` are the path's segments after `/v1` (decoded); e.g. ["files", "file-1", "content"].
+    With `method` POST, a path of one of COLLECTION_ACTIONS (["responses", "compact"]) is that action."""
     for size in (2, 1):
         if len(segments) >= size and "/".join(segments[:size]) in COLLECTIONS:
             collection = "/".join(segments[:size])
             rest = segments[size:]
+            if method == "POST" and len(rest) == 1 and rest[0] in COLLECTION_ACTIONS.get(collection, frozenset()):
+                return ObjectPath(collection, action=rest[0])
             return ObjectPath(collection, rest[0] if rest else None)
     return ObjectPath()
 

@@ -35,9 +35,10 @@ from sentinel.quota.images import image_rule_for
 from sentinel.quota.meter import Admission, Meter
 from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes
-from sentinel.services.answers import AnswerRelay, Charging
+from sentinel.services.answers import AnswerRelay, Charging, claim_created
 from sentinel.services.exchange import Exchange, Reply, StreamReply
 from sentinel.services.objects import (
+    ACTION_CREATED,
     InvalidBatchInput,
     MalformedUpload,
     ObjectPath,
@@ -194,10 +195,11 @@ class OpenAIRelay:
         """Forward a call that reserves one request. Paths into a collection of per-account objects
         are checked for ownership (a collection's list is not offered: GET or HEAD); so are ids named
         in the body. An object's path with a trailing slash is its path (`/v1/files/{id}/` is
-        `/v1/files/{id}`: a DELETE of it forgets its owner), and goes upstream without it. A call
+        `/v1/files/{id}`: a DELETE of it forgets its owner), and goes upstream without it. A POST of
+        one of a collection's COLLECTION_ACTIONS (`/v1/responses/compact`) names no object. A call
         that asked for work and is answered with an event stream all the same is not relayed
         (`AnswerRelay.unoffered_stream`): pass-through streams are not offered."""
-        where = classify(list(segments))
+        where = classify(segments, method)
         if segments[-1] == "" and where.object_id:
             segments = segments[:-1]
         if where.is_collection and method in ("GET", "HEAD"):
@@ -246,6 +248,8 @@ class OpenAIRelay:
             raise
         if batch_upload and creating and where.collection == "files" and isinstance(reply, Reply):
             await self._vouch_batch_input(reply, identity)
+        if (where.collection or "", where.action or "") in ACTION_CREATED and isinstance(reply, Reply):
+            await self._claim_along(where, reply, identity)
         if where.collection == "conversations" and method == "POST" and body:
             await self._conversation_grew(where, last, reply, len(body))
         if method == "DELETE" and where.object_id is not None and segments[-1] == where.object_id and reply.status < 300:
@@ -358,6 +362,15 @@ class OpenAIRelay:
                 await self.ownership.remember_context(created["id"], tokens, where.ttl)
         except (orjson.JSONDecodeError, StoreUnavailable):
             log.warning("a conversation's items were not counted as its context")
+
+    async def _claim_along(self, where: ObjectPath, reply: Reply, identity: Identity) -> None:
+        """Make the objects an action's answer created besides itself (`ObjectPath.created_along`: the
+        thread of `POST /v1/threads/runs`) the caller's."""
+        try:
+            created = where.created_along(orjson.loads(reply.body)) if reply.status < 300 else []
+        except orjson.JSONDecodeError:
+            return
+        await claim_created(self.ownership, created, identity)
 
     async def _vouch_batch_input(self, reply: Reply, identity: Identity) -> None:
         """Mark the file an upload of a checked batch input created as such (its owner's only)."""

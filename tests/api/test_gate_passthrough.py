@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Callable, Iterator
 
 import httpx
+import orjson
 import pytest
 
 from sentinel.mock.app import create_mock_app
@@ -16,6 +17,8 @@ from tests.api.conftest import Gateway
 from tests.api.test_quotas import set_plan
 from tests.support.accounts import create_key
 from tests.support.attack import SpyUpstream, ledger_rows, openai_error, recorded_ids, spying, wait_for
+from tests.support.servers import serving
+from tests.support.upstream import ScriptedUpstream
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 # Provider endpoints that hold per-account state or cost money, none of which is offered by default.
@@ -244,3 +247,48 @@ def test_a_served_or_owned_path_in_another_case_is_never_pass_through(
     assert f"case-sensitive: /v1/files/{file_id}/content" in openai_error(words[0].json())["message"]
     assert spy.paths()[-1] == f"/v1/files/{file_id}"
     assert recorded_ids(gw.settings.database_url, external_id="bob") == {other.headers["x-request-id"]}
+
+
+def test_a_collections_own_calls_are_pass_through_and_their_ids_checked(
+    gateway_factory: Callable[..., Gateway]
+) -> None:
+    """`POST /v1/responses/compact` (a pass-through call the README offers), `/v1/responses/input_tokens`
+    and `/v1/threads/runs` were read as calls on an object of that id (`compact`): no one's, 404
+    `object_not_found`. They are pass-through calls: their body's ids must be the caller's, compact
+    is charged its answer's usage, and what they create (the compaction, the run's new thread) is
+    the caller's; any other method on such a path still names an object (no one's)."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", passthrough="/v1/responses/*,/v1/threads/*")
+        for owned in ("resp_alice", "asst_alice"):
+            asyncio.run(gw.runtime.relay.ownership.claim(owned, "alice", None))
+        bob_key = asyncio.run(create_key(gw.settings.database_url, "bob"))[1]
+        compacted = {"id": "cmp_1", "object": "response.compaction", "created_at": 1, "output": [],
+                     "usage": {"input_tokens": 120, "output_tokens": 30, "total_tokens": 150}}
+        for answer in (compacted, {"object": "response.input_tokens", "input_tokens": 42},
+                       {"id": "run_1", "object": "thread.run", "thread_id": "thread_new", "status": "queued"},
+                       compacted, {"id": "thread_new", "object": "thread"}):
+            upstream.json(answer)
+        with gw.client() as alice, gw.client(bob_key) as bob:
+            continued = {"model": "gpt-5", "input": "hi", "previous_response_id": "resp_alice"}
+            theirs = [bob.post("/v1/responses/compact", json=continued),
+                      bob.post("/v1/responses/input_tokens", json=continued),
+                      bob.post("/v1/threads/runs", json={"assistant_id": "asst_alice"})]
+            assert upstream.received == []
+            served = [alice.post("/v1/responses/compact", json=continued),
+                      alice.post("/v1/responses/input_tokens", json=continued),
+                      alice.post("/v1/threads/runs", json={"assistant_id": "asst_alice", "thread": {"messages": []}}),
+                      alice.get("/v1/responses/cmp_1"), alice.get("/v1/threads/thread_new")]
+            others = [bob.get("/v1/responses/cmp_1"), bob.get("/v1/threads/thread_new"),
+                      alice.get("/v1/responses/compact"), alice.delete("/v1/threads/runs")]
+    for r in theirs + others:
+        assert r.status_code == 404 and openai_error(r.json())["code"] == "object_not_found", r.text
+    assert [r.status_code for r in served] == [200] * 5, [r.text for r in served]
+    assert served[1].json()["input_tokens"] == 42
+    assert len(upstream.received) == 5
+    assert orjson.loads(upstream.received[0])["previous_response_id"] == "resp_alice"
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 5)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["endpoint"], r["input_tokens"], r["output_tokens"]) for r in rows] == [
+        ("/v1/responses/*", 120, 30), ("/v1/responses/*", 0, 0), ("/v1/threads/*", 0, 0),
+        ("/v1/responses/{response_id}", 0, 0), ("/v1/threads/*", 0, 0)]  # the compaction was charged once

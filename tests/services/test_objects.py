@@ -407,3 +407,29 @@ def test_what_the_sdks_http_client_sends_is_read(client: str) -> None:
 def test_a_stream_asked_for_in_any_spelling_a_reader_takes_is_seen(value: bytes, streams: bool) -> None:
     """Only `true` and `1` were seen: a pydantic reader (`yes`, `on`, `t`, `y`) or Go's (`T`) streamed."""
     assert Upload.read(part('form-data; name="stream"', value) + b"--XyZ--", TYPE).streams is streams
+
+
+@pytest.mark.parametrize("method, path, where", [
+    ("POST", "responses/compact", ("responses", None, "compact")),
+    ("POST", "responses/input_tokens", ("responses", None, "input_tokens")),
+    ("POST", "threads/runs", ("threads", None, "runs")),
+    ("GET", "responses/compact", ("responses", "compact", None)),  # any other method: an object (no one's)
+    ("DELETE", "threads/runs", ("threads", "runs", None)),
+    ("POST", "responses/compact/x", ("responses", "compact", None)),
+    ("POST", "responses/Compact", ("responses", "Compact", None)),
+    ("POST", "files/compact", ("files", "compact", None)),
+    ("POST", "responses/resp_1/cancel", ("responses", "resp_1", None)),
+])
+def test_a_collections_own_calls_name_no_object(method: str, path: str, where: tuple[str, str | None, str | None]) -> None:
+    """`/v1/responses/compact` was read as the response `compact`: no user's, a 404 every time."""
+    found = classify(path.split("/"), method)
+    assert (found.collection, found.object_id, found.action) == where
+    assert found.creates(method, path.split("/")) is (where[2] is not None)
+    assert not found.is_collection
+
+
+def test_the_thread_a_run_was_created_with_is_its_callers() -> None:
+    runs = classify(["threads", "runs"], "POST")
+    assert runs.created_along({"id": "run_1", "thread_id": "thread_1"}) == [("thread_1", None)]
+    assert runs.created_along({"id": "run_1"}) == runs.created_along(None) == []
+    assert classify(["responses", "compact"], "POST").created_along({"thread_id": "thread_1"}) == []

@@ -25,6 +25,7 @@ from sentinel.errors import InvalidRequest, UpstreamError
 from sentinel.native import ChatRequest, NativeValidationError, StreamError, TranslationError
 from sentinel.native.responses import Usage as WireUsage
 from sentinel.native.stream import DONE, render_chunk, render_error_event
+from sentinel.native.types import ImagePart
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.providers.chat import ChatProvider, Completion, ProviderStream, recorded_usage
 from sentinel.providers.http import UpstreamResponse
@@ -64,7 +65,11 @@ class NativeChat:
         """Serve one validated request (`size`: its body's bytes; a large one is counted off the loop)."""
         choice, wire = await self._translatable(req, await self.router.decide(identity, req))
         ex.operation, ex.request_model = OPERATIONS["native"], choice.model
-        payload, priced = _estimate_payload(req), await self._serving(choice)
+        # Images are priced by the dearest rule of any model that may serve the request; a request
+        # without images (most) needs no candidates: the tier table is not read for it.
+        images = _has_images(req)
+        payload = _estimate_payload(req)
+        priced = await self._serving(choice) if images else frozenset()
         # Admission before the session write: a request the quota refuses changes no session.
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(
@@ -86,7 +91,8 @@ class NativeChat:
             await self.router.claim(identity, choice)  # a first turn's session, before the upstream call
             if (choice.provider, choice.model) != chosen:
                 wire = self._translate(req, choice)  # a concurrent first turn won: follow its model
-                await self._reprice(identity, admission, payload, priced, choice, size)
+                if images:
+                    await self._reprice(identity, admission, payload, priced, choice, size)
             if req.stream:
                 streamed = await self.failover.call(
                     choice, wire, translate=lambda c: self._translate(req, c),
@@ -231,6 +237,12 @@ async def _upstream(ex: Exchange, choice: RouteChoice, call: Awaitable[T]) -> T:
     attributes = {PROVIDER: choice.provider, SYSTEM: choice.provider, REQUEST_MODEL: choice.model}
     with ex.spans.span(f"chat {choice.model}", attributes, client=True):
         return await call
+
+
+def _has_images(req: ChatRequest) -> bool:
+    """Whether any message of `req` carries an image part (what the image rules price)."""
+    return any(isinstance(part, ImagePart) for message in req.messages
+               if isinstance(message.content, list) for part in message.content)
 
 
 def _kind(provider: ChatProvider | None) -> str:

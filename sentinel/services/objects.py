@@ -547,7 +547,7 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
     boundary = header.get_boundary()
     if not boundary or len(params) != len(set(params)):
         raise MalformedUpload("A multipart body needs exactly one boundary in its Content-Type")
-    if not _plain_charset(content_type):
+    if not _plain_charset(content_type, _PLAIN_CHARSETS):
         raise MalformedUpload("A multipart body's Content-Type may name no charset but utf-8 or us-ascii")
     try:
         delimiter = b"--" + boundary.encode("latin-1")
@@ -586,7 +586,7 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
             # a tuple: RFC 2231 (`name*=`), which readers differ on; a parameter twice: first or last wins
             raise MalformedUpload("Every multipart part needs one Content-Disposition naming it once")
         is_file = fields.get_param("filename", header="content-disposition") is not None
-        _check_coding(fields, name, is_file)
+        _check_coding(fields, name, is_file, value)
         found.append((name, value, is_file))
     return found
 
@@ -596,19 +596,23 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
 # field's text in the charset its Content-Type names (aiohttp: UTF-16, UTF-7, ...) or the form's
 # `_charset_` field names, so the value they give the provider is not the one Sentinel checked (a
 # batch line that names another model and another user's file once `=22` is `"`, a `stream` that is
-# `true` once decoded). Neither is sent by a real client: httpx (the OpenAI SDK's) writes a field's
-# Content-Disposition alone, and a file's Content-Type without a charset; nor do curl, browsers or
-# Go's writer. A file's charset is left alone: a file's bytes are given to the provider as they are.
+# `true` once decoded). httpx (the OpenAI SDK's) writes a field's Content-Disposition alone, and a
+# file's Content-Type without a charset; so do curl, browsers and Go's writer. Apache HttpClient
+# labels every text field `text/plain; charset=ISO-8859-1` (and `Content-Transfer-Encoding: 8bit`):
+# a field of ASCII bytes reads the same in a charset that extends ASCII, so that is taken too. A
+# file's charset is left alone: a file's bytes are given to the provider as they are.
 _IDENTITY_TRANSFER = frozenset({"7bit", "8bit", "binary"})
 _PLAIN_CHARSETS = frozenset({"utf-8", "us-ascii"})
+_ASCII_SUPERSETS = _PLAIN_CHARSETS | {"iso-8859-1", "iso_8859-1", "latin1", "latin-1", "windows-1252", "cp1252"}
 _CODING_HEADERS = ("content-type", "content-transfer-encoding", "content-encoding")
 
 
-def _check_coding(fields: Message, name: str, is_file: bool) -> None:
-    """MalformedUpload unless the part `name` (its header `fields`) is its bytes as they are: no
-    Content-Transfer-Encoding but 7bit, 8bit or binary, no Content-Encoding, one Content-Type at
-    most, and — unless it is a file — no charset but utf-8 or us-ascii; nor may a part be the form's
-    `_charset_` (RFC 7578 4.6: the charset of the fields that name none)."""
+def _check_coding(fields: Message, name: str, is_file: bool, value: bytes) -> None:
+    """MalformedUpload unless the part `name` (its header `fields`, its bytes `value`) is its bytes as
+    they are: no Content-Transfer-Encoding but 7bit, 8bit or binary, no Content-Encoding, one
+    Content-Type at most, and — unless it is a file — no charset but utf-8 or us-ascii (or one that
+    extends ASCII, for a value of ASCII bytes); nor may a part be the form's `_charset_` (RFC 7578
+    4.6: the charset of the fields that name none)."""
     shown = name[:100]
     if name.lower() == "_charset_":
         raise MalformedUpload("A multipart part named '_charset_' (a charset for the other fields) is not taken",
@@ -624,21 +628,22 @@ def _check_coding(fields: Message, name: str, is_file: bool) -> None:
         )
     if fields.get("content-encoding") is not None:
         raise MalformedUpload(f"The multipart part '{shown}' must not be compressed (Content-Encoding)", param=shown)
-    if not is_file and not _plain_charset(fields.get("content-type")):
+    if not is_file and not _plain_charset(
+            fields.get("content-type"), _ASCII_SUPERSETS if value.isascii() else _PLAIN_CHARSETS):
         raise MalformedUpload(
             f"The multipart part '{shown}' names a charset other than utf-8 or us-ascii: a field's text is read "
             "as UTF-8", param=shown,
         )
 
 
-def _plain_charset(content_type: str | None) -> bool:
-    """Whether `content_type` names no charset, or utf-8 or us-ascii plainly — read as the simplest
+def _plain_charset(content_type: str | None, plain: frozenset[str]) -> bool:
+    """Whether `content_type` names no charset, or one of `plain` plainly — read as the simplest
     reader reads parameters (split at every `;`: aiohttp finds `charset=utf-7` in a quoted value),
     a parameter whose name holds `charset` in any way (`charset*=`, RFC 2231) counted as one."""
     for piece in (content_type or "").split(";")[1:]:
         key, _, value = piece.partition("=")
         if "charset" in key.lower() and (
-            key.strip().lower() != "charset" or value.strip(" \t\"'").lower() not in _PLAIN_CHARSETS
+            key.strip().lower() != "charset" or value.strip(" \t\"'").lower() not in plain
         ):
             return False
     return True

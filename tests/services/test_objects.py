@@ -248,6 +248,17 @@ def test_a_form_with_its_usual_headers_is_read() -> None:
     assert Upload.read(upload, TYPE + "; charset=utf-8").values("purpose") == [b"batch"]
 
 
+def test_an_ascii_field_labelled_with_a_charset_that_extends_ascii_is_read() -> None:
+    """Apache HttpClient labels every text field `text/plain; charset=ISO-8859-1` with
+    `Content-Transfer-Encoding: 8bit`: ASCII bytes read the same in it, so such a form is taken (the
+    charset check refused every upload from it)."""
+    apache = ("Content-Type: text/plain; charset=ISO-8859-1", "Content-Transfer-Encoding: 8bit")
+    upload = part('form-data; name="model"', b"whisper-1", *apache) + part('form-data; name="stream"', b"false", *apache)
+    upload += b"--XyZ--"
+    read = Upload.read(upload, TYPE)
+    assert read.values("model") == [b"whisper-1"] and not read.streams
+
+
 LINE = (b'{"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", '
         b'"body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Answer: %s"}]}}')
 OFFERED = {"gpt-4o-mini"}.__contains__
@@ -353,8 +364,8 @@ QP_LINE = (b'{"custom_id": "1", "body": {"model": "gpt-4o-mini", "messages": [],
      TYPE, "file_id"),
     (part('form-data; name="file_id"', b"file-1", 'Content-Type: text/plain; a="b; charset=utf-7"'),
      TYPE, "file_id"),  # (a reader splitting at every `;` finds it)
-    (part('form-data; name="file_id"', b"file-1", "Content-Type: application/json; charset=latin-1"),
-     TYPE, "file_id"),
+    (part('form-data; name="file_id"', "file-\u00e9".encode("latin-1"), "Content-Type: application/json; charset=latin-1"),
+     TYPE, "file_id"),  # (not ASCII: read otherwise than as UTF-8)
     (part('form-data; name="stream"', b"true", "Content-Type: text/plain",
           "Content-Type: text/plain; charset=utf-16"), TYPE, "stream"),  # a reader taking the last
     (part('form-data; name="stream"', b"x", "Content-Transfer-Encoding: 8bit", "Content-Transfer-Encoding: base64"),

@@ -182,10 +182,18 @@ class AnswerRelay:
         say, `StreamInspector`) and recorded with the last `usage` an event showed, as an answer
         Sentinel could not read (`UnreadableAnswer`: 502 `provider_bad_response`, see `Meter.fail`)."""
         inspector = StreamInspector(admission.endpoint, provider=upstream.provider)
-        with upstream.reading_served():
-            async for chunk in upstream.iter_chunks():
-                inspector.feed(chunk)
-        inspector.flush()
+        try:
+            with upstream.reading_served():
+                async for chunk in upstream.iter_chunks():
+                    inspector.feed(chunk)
+            inspector.flush()
+        except UnreadableAnswer:
+            raise  # (broken off: recorded with what was read, as below)
+        except UpstreamError:  # an event over MAX_EVENT_BYTES: served and billed all the same
+            raise UnreadableAnswer(
+                f"Provider {upstream.provider} answered with an event stream Sentinel could not read",
+                usage=inspector.usage, provider=upstream.provider,
+            ) from None
         upstream.release()
         raise UnreadableAnswer(
             f"Provider {upstream.provider} answered with an event stream, which this call does not offer "

@@ -656,3 +656,25 @@ def test_an_eval_whose_type_is_not_a_string_is_no_such_type(
         assert spy.seen == []
     else:  # forwarded (the mock has no evals)
         assert [s.path for s in spy.seen] == [path]
+
+
+def test_a_pass_through_event_stream_with_an_event_too_large_to_read_is_still_recorded(
+    gateway_factory: Callable[..., Gateway]
+) -> None:
+    """An event over the 16 MiB an event may hold made the inspector raise a plain upstream error:
+    the meter took it for a call the provider never served and gave the reservation back — no
+    record of a call the provider billed. It is recorded with the usage the events showed."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", passthrough="/v1/audio/*")
+        upstream.sse({"type": "transcript.text.done", "text": "heard",
+                      "usage": {"type": "tokens", "input_tokens": 700, "output_tokens": 20, "total_tokens": 720}},
+                     {"type": "transcript.text.delta", "delta": "x" * (17 * 1024 * 1024)})
+        with gw.client() as alice:
+            spoken = alice.post("/v1/audio/transcriptions", data={"model": "gpt-4o-transcribe"},
+                                files={"file": ("a.wav", b"RIFF....")})
+    assert spoken.status_code == 502, spoken.text
+    assert openai_error(spoken.json())["code"] == "provider_bad_response"
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)
+    (row,) = ledger_rows(gw.settings.database_url, "alice")
+    assert (row["status"], row["input_tokens"], row["output_tokens"]) == (502, 700, 20)

@@ -79,7 +79,7 @@ class NativeChat:
         ex.headers.extend(admission.headers.items())
 
         def on_attempt(attempt: RouteChoice) -> None:
-            admission.model = attempt.model
+            admission.model = admission.counted_as = attempt.model  # (what serves it counts its text)
             admission.prices = attempt.entry.prices
             ex.provider = attempt.provider
 

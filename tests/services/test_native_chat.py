@@ -213,6 +213,7 @@ async def test_a_first_turn_that_follows_another_models_session_is_estimated_by_
         await chat.chat(Exchange(usage_id="r1"), ALICE, req)
     (admission,) = meter.failed
     assert admission.model == "gpt-4o-mini"  # served by the session it followed
+    assert admission.counted_as == "gpt-4o-mini"  # its text counted as what serves it (was Claude's)
     assert 20 * 2833 <= admission.estimate_input < 20 * 2833 + 100, admission.estimate_input
 
 

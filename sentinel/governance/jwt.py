@@ -47,15 +47,16 @@ MAX_JWKS_BYTES = 1024 * 1024  # a key set is a few KiB: a larger document is ref
 
 
 # The latest `exp` taken as it is (9999-12-31T23:59:59Z): a later one means the same, "far away",
-# and an integer of hundreds of digits must not overflow a float.
+# an earlier one than its negative the same, "long ago"; and an integer of hundreds of digits (either
+# sign: an unverified token is anyone's) must not overflow a float.
 MAX_EXP = 253_402_300_799
 
 
 def expiry_of(exp: object) -> float | None:
-    """`exp + LEEWAY_SECONDS` for an `exp` claim, at most MAX_EXP; None unless it is a number."""
+    """`exp + LEEWAY_SECONDS` for an `exp` claim, within ±MAX_EXP; None unless it is a number."""
     if isinstance(exp, bool) or not isinstance(exp, int | float) or exp != exp:  # exp != exp: NaN
         return None
-    return float(min(exp, MAX_EXP)) + LEEWAY_SECONDS
+    return float(max(min(exp, MAX_EXP), -MAX_EXP)) + LEEWAY_SECONDS
 
 
 def unverified_expiry(token: str) -> float | None:

@@ -48,6 +48,7 @@ def test_local_jwt_verification(gateway_factory: Callable[..., Gateway]) -> None
         token(exp=int(time.time()) - 600),
         # unsigned, with an `exp` of 401 digits (no float holds it) or a NaN: a 401, never a 500
         jwt.encode({"sub": "x", "aud": "sentinel", "exp": 10**400}, "wrong-key-" * 4, algorithm="HS256"),
+        jwt.encode({"sub": "x", "aud": "sentinel", "exp": -(10**400)}, "wrong-key-" * 4, algorithm="HS256"),
         jwt.encode({"sub": "x", "aud": "sentinel", "exp": float("nan")}, "wrong-key-" * 4, algorithm="HS256"),
         # an `alg` that is a list or an object (PyJWT does not check its type): a 401, never a 500
         forged({"alg": ["HS256"], "typ": "JWT"}),

@@ -181,6 +181,9 @@ def test_unverified_expiry_reads_exp_plus_the_leeway_and_nothing_else() -> None:
     far = 253_402_300_799 + LEEWAY_SECONDS  # 9999-12-31: a later exp means the same
     assert unverified_expiry(hs(claims(exp=10**400))) == far  # no float holds it: capped, not an error
     assert unverified_expiry(hs(claims(exp=1e300))) == far
+    long_ago = -253_402_300_799 + LEEWAY_SECONDS
+    assert unverified_expiry(hs(claims(exp=-(10**400)))) == long_ago  # nor this one, of anyone's making
+    assert unverified_expiry(hs(claims(exp=-1e300))) == long_ago
     assert unverified_expiry(hs(claims(exp=float("nan")))) is None
 
 

@@ -224,7 +224,9 @@ class JwtVerifier:
                 continue
             try:
                 keys.append((entry.get("alg"), jwt.PyJWK(entry)))
-            except jwt.PyJWTError:
+            # Not only PyJWTError: PyJWK raises NotImplementedError for `"alg": "none"` and TypeError
+            # for an `alg` that is not a string; one key must not make the whole set a 500.
+            except (jwt.PyJWTError, NotImplementedError, TypeError, ValueError):
                 log.warning("skipping an unusable JWKS key (kid %r)", entry.get("kid"))
         return keys
 

@@ -359,6 +359,22 @@ async def test_jwks_key_misuse_is_rejected(jwks: tuple[Jwks, str], session: aioh
     assert await JwtVerifier(SECRET, None, None, None).verify(rs(key_a, "a")) is None
 
 
+async def test_a_jwks_key_pyjwt_cannot_build_is_skipped_not_an_error(
+    jwks: tuple[Jwks, str], session: aiohttp.ClientSession
+) -> None:
+    """PyJWT raises NotImplementedError for a JWK whose `alg` is "none" and TypeError for one whose
+    `alg` is a list, not the PyJWTError the key loop skipped: every JWKS-signed token was a 500, and
+    with no failure recorded each one downloaded the key set again. Such a key is skipped."""
+    server, url = jwks
+    key_a, jwk_a = rsa_key("a")
+    server.keys = [{**jwk_a, "kid": "n", "alg": "none"}, {**jwk_a, "kid": "l", "alg": ["RS256"]}, jwk_a]
+    verifier = JwtVerifier(None, url, None, None, session)
+    assert await verifier.verify(rs(key_a, "a")) is not None
+    assert await verifier.verify(rs(key_a, "n")) is None
+    assert await verifier.verify(rs(key_a, "a")) is not None
+    assert server.downloads == 1
+
+
 async def test_unreachable_jwks_is_governance_unavailable(session: aiohttp.ClientSession) -> None:
     key_a, _ = rsa_key("a")
     verifier = JwtVerifier(None, f"http://127.0.0.1:{free_port()}/jwks.json", None, None, session)

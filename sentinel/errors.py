@@ -47,6 +47,10 @@ class SentinelError(Exception):
         details: dict[str, Any] | None = None,
         error_type: str | None = None,
     ) -> None:
+        if not message.isascii():
+            # A message quoting a client's text may hold a lone surrogate (`"\\ud800"` read by Python's
+            # json): not text any answer or log line can hold (orjson refused it, a 500). Shown escaped.
+            message = message.encode("utf-8", "backslashreplace").decode()
         super().__init__(message)
         self.message = message
         if code is not None:

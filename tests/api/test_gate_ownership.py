@@ -293,6 +293,23 @@ def test_a_batch_input_runs_only_a_model_the_gateway_offers(
     assert accepted.status_code == 200, accepted.text
 
 
+def test_a_batch_line_naming_a_lone_surrogate_model_is_refused_not_a_500(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """A batch line is read as Python's json reads it, which takes a lone surrogate: a line naming the
+    model `"\\ud800"` was refused with a message quoting it, which no JSON answer can hold (orjson
+    refused to write it) — a 500 without an error body or `X-Request-Id`, a traceback logged. It is
+    the 400 any other model gets, the name shown escaped, and nothing reaches the provider."""
+    gw = start(gateway_factory, spy, redis_url)
+    line = BATCH_LINE.replace(b"gpt-4o-mini", b"\\ud800") % b"1"
+    with gw.client(key_for(gw, "bob")) as bob:
+        refused = bob.post("/v1/files", data={"purpose": "batch"}, files={"file": ("b.jsonl", line)})
+    assert refused.status_code == 400, refused.text
+    assert "names the model '\\ud800' in `body.model`" in openai_error(refused.json())["message"], refused.text
+    assert refused.headers["x-request-id"]
+    assert spy.seen == []
+
+
 def test_a_batch_lines_tool_runs_only_a_model_the_gateway_offers(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
 ) -> None:

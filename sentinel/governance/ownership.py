@@ -32,6 +32,21 @@ _CONTEXT = "sentinel:context:"
 _CHARGED = "sentinel:charged:"
 _MAX_ID = 200
 
+
+def _keyable(object_id: str) -> bool:
+    """Whether `object_id` can name an object: 1 to _MAX_ID characters of text. A lone surrogate (a
+    batch line is read as Python's json reads it) names nothing a provider made, and no store key can
+    hold it (a Redis command with it failed: a 500)."""
+    if not 0 < len(object_id) <= _MAX_ID:
+        return False
+    if object_id.isascii():
+        return True
+    try:
+        object_id.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
 # Record ARGV[1] as the owner unless another owner is recorded; the owner's own claim refreshes the
 # expiry (ARGV[2] ms; "" = none). 1 when the caller owns the object afterwards, else 0.
 _CLAIM_LUA = """
@@ -68,7 +83,7 @@ class Ownership:
     async def claim(self, object_id: str, owner: str, ttl: float | None) -> bool:
         """Record `owner` as the owner of `object_id` (a new object, or one the owner's object names),
         in one atomic step; False (and nothing changed) when another user owns it already."""
-        if not 0 < len(object_id) <= _MAX_ID:
+        if not _keyable(object_id):
             return False
         expiry = "" if ttl is None else str(max(1, round(ttl * 1000)))
         if int(await self.store.run(CLAIM, [_PREFIX + object_id], [owner, expiry])):
@@ -78,7 +93,7 @@ class Ownership:
 
     async def owner_of(self, object_id: str) -> str | None:
         """The owner's external id, or None when the object is unknown to Sentinel."""
-        if not object_id or len(object_id) > _MAX_ID:
+        if not _keyable(object_id):
             return None
         raw = await self.store.get(_PREFIX + object_id)
         return None if raw is None else raw.decode()
@@ -92,7 +107,7 @@ class Ownership:
 
     async def forget(self, object_id: str) -> None:
         """Drop the record of a deleted object."""
-        if 0 < len(object_id) <= _MAX_ID:
+        if _keyable(object_id):
             for prefix in (_PREFIX, _BATCH_INPUT, _CONTEXT, _CHARGED):  # one by one: keys in different slots of a Cluster
                 await self.store.delete(prefix + object_id)
 
@@ -100,35 +115,35 @@ class Ownership:
         """The tokens the objects hold as context (0 for one Sentinel does not know)."""
         total = 0
         for object_id in object_ids:
-            raw = await self.store.get(_CONTEXT + object_id) if 0 < len(object_id) <= _MAX_ID else None
+            raw = await self.store.get(_CONTEXT + object_id) if _keyable(object_id) else None
             total += int(raw) if raw is not None and raw.isdigit() else 0
         return total
 
     async def remember_context(self, object_id: str, tokens: int, ttl: float | None) -> None:
         """Record that `object_id` holds `tokens` of context, for as long as its owner is kept."""
-        if 0 < len(object_id) <= _MAX_ID:
+        if _keyable(object_id):
             await self.store.set(_CONTEXT + object_id, str(max(0, tokens)).encode(), ttl)
 
     async def charge_once(self, object_id: str, ttl: float | None) -> bool:
         """True the first time `object_id`'s usage is charged (and marks it so, for `ttl` seconds —
         as long as its owner is kept — or until it is deleted); False after that."""
-        if not 0 < len(object_id) <= _MAX_ID:
+        if not _keyable(object_id):
             return False
         return await self.store.set(_CHARGED + object_id, b"1", ttl, nx=True)
 
     async def grow_context(self, object_id: str, tokens: int) -> None:
         """Add `tokens` to what `object_id` holds as context (items added to a conversation)."""
-        if 0 < len(object_id) <= _MAX_ID and tokens > 0:
+        if _keyable(object_id) and tokens > 0:
             await self.store.incr(_CONTEXT + object_id, tokens)
 
     async def vouch_batch_input(self, file_id: str, owner: str) -> None:
         """Record that `owner` uploaded `file_id` as a batch input whose lines Sentinel checked."""
-        if 0 < len(file_id) <= _MAX_ID:
+        if _keyable(file_id):
             await self.store.set(_BATCH_INPUT + file_id, owner.encode())
 
     async def require_batch_input(self, file_id: str, owner: str) -> None:
         """InvalidRequest (400) unless `file_id` is `owner`'s batch input checked at upload."""
-        raw = await self.store.get(_BATCH_INPUT + file_id) if 0 < len(file_id) <= _MAX_ID else None
+        raw = await self.store.get(_BATCH_INPUT + file_id) if _keyable(file_id) else None
         if raw is None or raw.decode() != owner:
             raise InvalidRequest(
                 "A batch's input file must be uploaded through POST /v1/files with purpose=batch (Sentinel reads "

@@ -3,6 +3,7 @@ check says what failed, never the driver's message, which may name hosts and por
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ class OpsRoutes:
         self.clock = clock
         self.started = time.monotonic()
         self._store_logged: float | None = None  # when the store's failure was last logged; None: it answers
+        self._running: asyncio.Task[dict[str, dict[str, Any]]] | None = None  # the checks under way, if any
 
     def routes(self) -> list[Route]:
         return [
@@ -48,6 +50,24 @@ class OpsRoutes:
         ]
 
     async def _checks(self) -> dict[str, dict[str, Any]]:
+        """The store's and the database's checks. The probes are public and exempt from the in-flight
+        cap: each ran its own PING and `SELECT 1`, so a flood of them held the database pool's
+        connections (and users' key lookups waited for one). Probes that arrive while a check runs
+        share its answer; one that arrives after it ends starts a new one (nothing is cached). A
+        probe that leaves does not cancel the check the others wait for."""
+        task = self._running
+        if task is None:
+            task = self._running = asyncio.create_task(self._run_checks())
+            task.add_done_callback(self._checks_done)
+        return await asyncio.shield(task)
+
+    def _checks_done(self, task: asyncio.Task[dict[str, dict[str, Any]]]) -> None:
+        if self._running is task:
+            self._running = None
+        if not task.cancelled():
+            task.exception()  # retrieved: every prober may have left before it ended
+
+    async def _run_checks(self) -> dict[str, dict[str, Any]]:
         checks: dict[str, dict[str, Any]] = {}
         try:
             ping = await self.store.ping()

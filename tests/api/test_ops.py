@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.applications import Starlette
 
@@ -19,6 +21,7 @@ from tests.api.conftest import Gateway
 from tests.support.clock import FakeClock
 from tests.support.metrics import sample_sum
 from tests.support.servers import free_port
+from tests.support.waiting import until
 
 
 def test_health_endpoints(gateway: Gateway) -> None:
@@ -188,3 +191,51 @@ async def test_a_store_down_is_logged_once_a_minute_not_once_a_probe(
     assert statuses == [503] * 100 and back == [200] * 3
     assert logged() == ["health check: the store is unavailable"] * 2 + [
         "health check: the store answers again", "health check: the store is unavailable"]
+
+
+class _GatedStore(MemoryStore):
+    """A store whose ping waits until the test opens the gate, counting pings and pingers waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.pings = 0
+
+    async def ping(self) -> Ping:
+        self.pings += 1
+        await self.gate.wait()
+        return Ping(0.001, ())
+
+
+async def test_probes_arriving_together_share_one_check(tmp_path: Path) -> None:
+    """The probes are public and not under the in-flight cap: each ran a PING and a `SELECT 1` of
+    its own, so a flood of unauthenticated `/health` held the database pool (users' key lookups
+    waited for a connection). Probes arriving while a check runs share it — one that leaves does not
+    cancel it for the others — and a later probe checks again (nothing is cached)."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/ops.db")
+    selects = 0
+
+    def count(*_: object) -> None:
+        nonlocal selects
+        selects += 1
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    store = _GatedStore()
+    app = Starlette(routes=OpsRoutes(store, engine, Metrics()).routes())
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ops") as http:
+            probes = [asyncio.create_task(http.get(path)) for path in ["/health", "/health/ready"] * 10]
+            await until(lambda: store.pings == 1)
+            for _ in range(100):  # every probe reaches the check before the gate opens
+                await asyncio.sleep(0)
+            probes[0].cancel()  # this prober leaves
+            await until(lambda: probes[0].done())
+            store.gate.set()
+            answers = await asyncio.gather(*probes[1:])
+            assert (store.pings, selects) == (1, 1)
+            later = await http.get("/health")
+    finally:
+        await engine.dispose()
+    assert [a.status_code for a in answers] == [200] * 19
+    assert all(a.json()["checks"]["database"]["status"] == "healthy" for a in answers)
+    assert later.status_code == 200 and (store.pings, selects) == (2, 2)

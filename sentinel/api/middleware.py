@@ -39,7 +39,7 @@ from sentinel.observability.outcomes import RequestOutcomes
 
 log = logging.getLogger("sentinel.request")
 
-_SAFE_ID = re.compile(rf"^[A-Za-z0-9._:\-]{{1,{MAX_CLIENT_REQUEST_ID}}}$")
+_SAFE_ID = re.compile(rf"[A-Za-z0-9._:\-]{{1,{MAX_CLIENT_REQUEST_ID}}}")  # fullmatch: `$` also matches before a final newline
 _UNLIMITED_PREFIXES = ("/health", "/metrics")
 # The sign-in forms read a body from a caller nobody has authenticated yet: they get their own few
 # slots, so slow forms cannot fill the ones API traffic needs (`max_in_flight`), and one client (an
@@ -235,7 +235,7 @@ def _request_id(scope: Scope) -> tuple[str, bool]:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             candidate = value.decode("latin-1")
-            if _SAFE_ID.match(candidate):
+            if _SAFE_ID.fullmatch(candidate):
                 return candidate, True
             break
     return new_request_id(), False

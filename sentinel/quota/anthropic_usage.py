@@ -100,8 +100,7 @@ def _content(content: Any, texts: list[str], depth: int = 0, *, rule: ImageRule 
             data = source.get("data") if isinstance(source, dict) else None
             tokens += base64_image_tokens(data, rule) if isinstance(data, str) else rule.most()
         elif kind == "tool_use":
-            name = block.get("name")
-            texts.append((name if isinstance(name, str) else "") + json.dumps(block.get("input"), default=str))
+            texts.append(_call_text(block))
         elif kind == "tool_result":
             tokens += _content(block.get("content"), texts, depth + 2, rule=rule)
         elif kind in ("document", "search_result"):
@@ -123,6 +122,46 @@ def _content(content: Any, texts: list[str], depth: int = 0, *, rule: ImageRule 
         else:
             tokens += _walk(block, texts, depth + 1, rule)
     return tokens
+
+
+def _call_text(block: dict[str, Any]) -> str:
+    """A tool use's name and its `input` as JSON text, the text the model wrote (or reads)."""
+    name = block.get("name")
+    return (name if isinstance(name, str) else "") + json_text(block.get("input"))
+
+
+def json_text(value: Any) -> str:
+    """`value` as `json.dumps` writes it, at any depth. An answer's tool input may be nested as deep
+    as orjson reads (1,024 levels), past the interpreter's recursion limit (~1,000 frames, fewer
+    inside a request): `json.dumps` then raises RecursionError, which turned a served answer into
+    a 500 with its reservation given back and no record. Such a value is written without recursion."""
+    try:
+        return json.dumps(value, default=str)
+    except RecursionError:
+        return _json_text_flat(value)
+
+
+def _json_text_flat(value: Any) -> str:
+    """`json.dumps(value)`'s text, written with a stack of its own instead of recursion."""
+    out: list[str] = []
+    stack: list[tuple[bool, Any]] = [(False, value)]  # (already text, node)
+    while stack:
+        text, node = stack.pop()
+        if text:
+            out.append(node)
+        elif isinstance(node, dict):
+            stack.append((True, "}"))
+            for i, (key, item) in reversed(list(enumerate(node.items()))):
+                stack += [(False, item), (True, json.dumps(str(key)) + ": ")] + ([(True, ", ")] if i else [])
+            stack.append((True, "{"))
+        elif isinstance(node, list):
+            stack.append((True, "]"))
+            for i, item in reversed(list(enumerate(node))):
+                stack += [(False, item)] + ([(True, ", ")] if i else [])
+            stack.append((True, "["))
+        else:
+            out.append(json.dumps(node, default=str))
+    return "".join(out)
 
 
 def _strings(block: dict[str, Any], *keys: str) -> list[str]:
@@ -224,7 +263,7 @@ def message_text(body: Any) -> str:
         if isinstance(block.get("text"), str):
             parts.append(block["text"])
         elif block.get("type") in _CALLS:
-            parts.append(str(block.get("name", "")) + json.dumps(block.get("input"), default=str))
+            parts.append(_call_text(block))
     return "".join(parts)
 
 

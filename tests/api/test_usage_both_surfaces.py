@@ -586,3 +586,37 @@ def test_a_cut_responses_stream_is_charged_the_hosted_tool_items_it_carried(
     assert unmetered_row["usage_source"] == "estimated", unmetered_row
     assert items_tokens <= unmetered_row["input_tokens"] <= items_tokens + 150, (unmetered_row, items_tokens)
     assert 0 < unmetered_row["output_tokens"] < 20, unmetered_row
+
+
+# --- a tool input nested deeper than the interpreter recurses -------------------------------------
+def test_a_claude_answer_with_a_tool_input_nested_1000_deep_is_relayed_and_recorded(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """orjson reads 1,024 levels of nesting; the answer's tool inputs were written back as text with
+    `json.dumps` (to count them), which recurses and raised RecursionError past ~1,000 levels: a
+    served answer (a model told to nest its tool input) became a 500, its reservation given back and
+    no record stored — free, and repeatable. Now it is relayed and recorded: its usage, or its text
+    counted when it has none."""
+    depth = 1000
+    tool_use = '{"type":"tool_use","id":"toolu_1","name":"nest","input":{"a":' + "[" * depth + "]" * depth + "}}"
+
+    def answer(usage: str) -> bytes:
+        return ('{"id":"msg_1","type":"message","role":"assistant","model":"' + HAIKU + '","stop_reason":"tool_use",'
+                '"stop_sequence":null,"content":[' + tool_use + '],"usage":' + usage + "}").encode()
+
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(anthropic_api_url=srv.url, providers_file=tiers_file(tmp_path, "anthropic"))
+        with gw.client() as http:
+            upstream.json_bytes(answer('{"input_tokens":10,"output_tokens":2000}'))
+            measured = http.post("/v1/messages", json=ASK_CLAUDE)
+            upstream.json_bytes(answer("null"))
+            unmetered = http.post("/v1/messages", json=ASK_CLAUDE)
+    assert [measured.status_code, unmetered.status_code] == [200, 200], [measured.text[:300], unmetered.text[:300]]
+    assert measured.content.count(b"[") > depth
+    rows = {row["request_id"]: row for row in ledger_rows(gw.settings.database_url)}
+    measured_row, unmetered_row = (rows[r.headers["x-request-id"]] for r in (measured, unmetered))
+    assert (measured_row["input_tokens"], measured_row["output_tokens"], measured_row["usage_source"]) == (
+        10, 2000, "measured"
+    )
+    assert unmetered_row["usage_source"] == "estimated" and unmetered_row["output_tokens"] >= depth, unmetered_row

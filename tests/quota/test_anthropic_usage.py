@@ -4,6 +4,7 @@ answers and streams (cache writes and reads included in input, and kept on their
 from __future__ import annotations
 
 import base64
+import json
 import struct
 
 import orjson
@@ -13,6 +14,7 @@ from sentinel.domain.usage import Usage
 from sentinel.quota.anthropic_usage import (
     AnthropicStreamInspector,
     estimate_messages,
+    json_text,
     message_read,
     message_text,
     message_usage,
@@ -151,6 +153,19 @@ def test_usage_of_answers() -> None:
     assert message_usage({"usage": {"output_tokens": 3}}) is None and message_usage([1]) is None
     openai = {"usage": {"prompt_tokens": 50, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 32}}}
     assert usage_from_body("chat", openai) == Usage(50, 2, 0, 32)
+
+
+@pytest.mark.parametrize("value", [
+    None, "é\"", 1.5, [], {}, [[[]], {}], {"a": [1, {"b": None, "c": True}], "d": "x"},
+])
+def test_json_text_is_json_dumps_at_any_depth(value: object) -> None:
+    """What the interpreter can recurse through is `json.dumps`'s text; deeper (an answer's tool input,
+    up to the 1,024 levels orjson reads), the same text is written without recursion."""
+    assert json_text(value) == json.dumps(value)
+    deep: object = value
+    for _ in range(3000):
+        deep = {"k": [deep]}
+    assert json_text(deep) == '{"k": [' * 3000 + json.dumps(value) + "]}" * 3000
 
 
 def sse(kind: str, data: dict) -> bytes:

@@ -82,6 +82,11 @@ class ScriptedUpstream:
         sent UTF-8 encoded, bytes as they are)."""
         self._answers.append((b"application/json", json.dumps(body).encode(), _raw_headers(headers), False, 200))
 
+    def json_bytes(self, body: bytes) -> None:
+        """Queue a JSON answer written by the test (e.g. nested deeper than the standard library's
+        encoder writes)."""
+        self._answers.append((b"application/json", body, [], False, 200))
+
     def empty(self, status: int, headers: dict[str, str | bytes] | None = None) -> None:
         """Queue an answer without a body (a 304), with `status` and `headers`."""
         self._answers.append((b"", b"", _raw_headers(headers), False, status))

@@ -101,7 +101,9 @@ def _content(content: Any, texts: list[str], depth: int = 0, *, rule: ImageRule 
             tokens += base64_image_tokens(data, rule) if isinstance(data, str) else rule.most()
         elif kind == "tool_use":
             texts.append(_call_text(block))
+            texts.extend(_long_labels(block))
         elif kind == "tool_result":
+            texts.extend(_long_labels(block))
             tokens += _content(block.get("content"), texts, depth + 2, rule=rule)
         elif kind in ("document", "search_result"):
             # A plain-text document's data, a content document's blocks, a search result's blocks;
@@ -122,6 +124,14 @@ def _content(content: Any, texts: list[str], depth: int = 0, *, rule: ImageRule 
         else:
             tokens += _walk(block, texts, depth + 1, rule)
     return tokens
+
+
+def _long_labels(block: dict[str, Any]) -> list[str]:
+    """A tool use's `id` and a tool result's `tool_use_id` when longer than a real one (`_LABELS`):
+    text the provider reads (a translation sends them as the call's and the result's ids), as the
+    walk counts a long label of any other block — they carried text of any length free."""
+    return [value for key in ("id", "tool_use_id")
+            if isinstance(value := block.get(key), str) and len(value) > _LABEL_CHARS]
 
 
 def _call_text(block: dict[str, Any]) -> str:

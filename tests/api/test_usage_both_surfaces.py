@@ -620,3 +620,39 @@ def test_a_claude_answer_with_a_tool_input_nested_1000_deep_is_relayed_and_recor
         10, 2000, "measured"
     )
     assert unmetered_row["usage_source"] == "estimated" and unmetered_row["output_tokens"] >= depth, unmetered_row
+
+
+def test_a_cut_translated_stream_is_charged_the_tool_ids_it_sent(gateway_factory: Callable[..., Gateway]) -> None:
+    """A `/v1/messages` request for a model of another wire format is estimated by Anthropic's rules,
+    and a stream cut before the provider's count is charged that estimate. A tool use's `id` and a
+    tool result's `tool_use_id` were left out whatever their length, while the translation sends
+    them as the call's and the tool message's ids, which the provider reads (the chat surface counts
+    a tool message's `tool_call_id`): ~40,000 characters of ids went with a cut stream charged as a
+    short question. A long one is text now, as a long label of any other block is."""
+    from sentinel.quota.tokens import TokenCounter
+
+    long_id = "toolu_" + "".join(f"{i:05}x" for i in range(5000))
+
+    def ask(call_id: str) -> dict[str, Any]:
+        return {"model": MINI, "max_tokens": 30, "stream": True, "messages": [
+            {"role": "user", "content": "what is the weather"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": call_id, "name": "weather", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id, "content": "sunny"}]},
+        ]}
+
+    cut = [chunk([{"index": 0, "delta": {"role": "assistant", "content": "It is"}}])]  # then the upstream ends
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+        with gw.client() as http:
+            upstream.sse(*cut)
+            short = http.post("/v1/messages", json=ask("toolu_01"))
+            upstream.sse(*cut)
+            long = http.post("/v1/messages", json=ask(long_id))
+    assert [short.status_code, long.status_code] == [200, 200], [short.text, long.text]
+    assert "message_stop" not in long.text and long_id in upstream.received[1].decode()
+    rows = {row["request_id"]: row for row in ledger_rows(gw.settings.database_url)}
+    short_row, long_row = (rows[r.headers["x-request-id"]] for r in (short, long))
+    assert short_row["usage_source"] == long_row["usage_source"] == "estimated"
+    id_tokens = TokenCounter().count_text(long_id, MINI)
+    assert long_row["input_tokens"] - short_row["input_tokens"] >= 2 * id_tokens - 10, (short_row, long_row, id_tokens)

@@ -353,8 +353,8 @@ class TokenCounter:
         Per message: 3 + role + content (a string, or the `text` of each content part, and each
         image and PDF by `sentinel.quota.media`, under the image rule `images` — by default `model`'s
         —; audio is not estimated) + refusal + name (+1) + each
-        tool call's function name and arguments (a custom tool call's name and input) +
-        tool_call_id. Plus 3 for the reply priming, plus `tools` as compact JSON (an approximation:
+        tool call's function name and arguments (a custom tool call's name and input) and its `id`
+        when longer than MAX_PLAIN_ID_CHARS + tool_call_id. Plus 3 for the reply priming, plus `tools` as compact JSON (an approximation:
         OpenAI renders tools in its own format).
         """
         used, count = self._counting(model, user)
@@ -382,6 +382,9 @@ class TokenCounter:
             for call in calls if isinstance(calls, list) else ():
                 if not isinstance(call, Mapping):
                     continue
+                call_id = call.get("id")  # text when longer than a real id: a translation sends it on
+                if isinstance(call_id, str) and len(call_id) > MAX_PLAIN_ID_CHARS:
+                    total += count(call_id)
                 function = call.get("function")
                 if isinstance(function, Mapping):
                     total += count(_str(function.get("name"))) + count(_arguments(function.get("arguments")))
@@ -395,6 +398,11 @@ class TokenCounter:
         if tools:
             total += count(json.dumps(list(tools), separators=(",", ":"), ensure_ascii=False))
         return total
+
+
+# A tool call's id longer than this is counted as text (real ids are ~24-40 characters): a translation
+# to Anthropic sends it as the `tool_use.id`, and an id of 40 KB was otherwise carried free.
+MAX_PLAIN_ID_CHARS = 64
 
 
 def _str(value: Any) -> str:

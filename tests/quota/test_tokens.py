@@ -169,6 +169,22 @@ def test_tool_call_arguments_given_as_an_object_are_counted() -> None:
     assert counted > 2000 and abs(counted - counter.count_chat(as_text, "gpt-4o")) < 10, counted
 
 
+def test_a_tool_calls_id_longer_than_a_real_one_is_counted() -> None:
+    """An assistant's `tool_calls[].id` went uncounted whatever its length (the tool message's
+    `tool_call_id` is counted): 40 KB of id, sent on by a translation as the `tool_use.id`, was free
+    in the estimate a cut stream is charged. A real id's length adds nothing."""
+    counter = TokenCounter()
+
+    def messages(call_id: str) -> list[dict[str, object]]:
+        return [{"role": "assistant", "content": None, "tool_calls": [
+            {"id": call_id, "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]
+
+    plain = counter.count_chat(messages("call_" + "a" * 24), "gpt-4o")
+    assert counter.count_chat(messages("call_" + "b" * 24), "gpt-4o") == plain
+    long_id = "lorem ipsum dolor sit amet " * 1500
+    assert counter.count_chat(messages(long_id), "gpt-4o") >= plain + counter.count_text(long_id, "gpt-4o") > plain + 5000
+
+
 def test_chat_overhead_formula() -> None:
     counter = TokenCounter()
     t = lambda s: counter.count_text(s, "gpt-4")  # noqa: E731

@@ -306,3 +306,35 @@ def test_an_upload_part_a_reader_decodes_into_other_bytes_is_refused(
         assert f"'{param}'" in error["message"], error
     assert yes.status_code == 400 and openai_error(yes.json())["code"] == "stream_not_supported", yes.text
     assert checked.id and [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/files")]
+
+
+def test_a_batch_input_naming_an_id_with_a_lone_surrogate_is_refused_on_every_store(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """The stdlib JSON reader that checks a batch line orjson refuses takes `"\\ud800"` (and its raw
+    bytes): an id holding one reached the ownership check — on Redis a key that cannot be sent
+    (UnicodeEncodeError), in memory a 404 whose message cannot be written as JSON — and a model named
+    so a 400 that could not be written either: each upload was a 500. Such a line is now refused
+    (400), on either store, and nothing is sent (a lone surrogate in a prompt's text stays allowed)."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough="/v1/files")
+    form = {"Content-Type": "multipart/form-data; boundary=B"}
+
+    def upload(line: bytes) -> bytes:
+        return (b'--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--B\r\nContent-Disposition: '
+                b'form-data; name="file"; filename="in.jsonl"\r\n\r\n' + line + b"\r\n--B--\r\n")
+
+    line = (b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "%s", '
+            b'"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "%s"}}]}]}}\n')
+    lines = [
+        line % (b"gpt-4o-mini", b"file-\\ud800"),  # an escaped lone surrogate in a file id
+        line % (b"gpt-4o-mini", "file-\ud800".encode("utf-8", "surrogatepass")),  # its bytes (not UTF-8)
+        line % (b"\\udfff", b"x"),  # in the model named
+    ]
+    with gw.client() as alice:
+        spy.clear()
+        answers = [alice.post("/v1/files", content=upload(line), headers=form) for line in lines]
+    for r in answers:
+        assert r.status_code == 400, r.text
+        error = openai_error(r.json())
+        assert error["type"] == "invalid_request_error" and "not text" in error["message"], error
+    assert spy.seen == []

@@ -315,6 +315,17 @@ def test_a_batch_line_is_read_as_strictly_as_the_json_module_reads_it(line: byte
             batch_references(line, offered=OFFERED)
 
 
+def test_a_batch_line_naming_an_id_or_model_that_is_not_text_is_refused() -> None:
+    """A lone surrogate (`"\\ud800"`, or its bytes) in an id or a model can name no object and no
+    model, and no store key or JSON answer can hold it: refused (a prompt's text may hold one)."""
+    with_file = LINE.replace(b'"content": "Answer: %s"', b'"content": [{"type": "file", "file": {"file_id": "%s"}}]')
+    for line in (with_file % b"file-\\ud800", with_file % "file-\ud800".encode("utf-8", "surrogatepass"),
+                 LINE.replace(b'"gpt-4o-mini"', b'"\\udfff"') % b"x"):
+        with pytest.raises(InvalidBatchInput, match="not text"):
+            batch_references(line, offered=OFFERED)
+    assert batch_references(LINE % b"\\ud800", offered=OFFERED) == []
+
+
 @pytest.mark.parametrize("line", [
     LINE.replace(b"gpt-4o-mini", b"o1-pro"),
     LINE.replace(b'"model": "gpt-4o-mini", ', b""),

@@ -28,6 +28,7 @@ from redis.exceptions import (
     ClusterDownError,
     CrossSlotTransactionError,
     InvalidPipelineStack,
+    MaxConnectionsError,
     NoScriptError,
     ReadOnlyError,
     RedisClusterException,
@@ -181,6 +182,11 @@ class RedisStore:
             raise StoreUnavailable(f"Redis command failed: {exc}") from None
         except _CLUSTER_MISUSE as exc:
             raise StoreUnavailable(f"Redis command failed: {exc}") from None
+        except MaxConnectionsError:
+            # Every connection of the pool is busy (more commands at once than `max_connections`):
+            # this process's load, not an outage of a Redis that is answering them. Counted against
+            # the breaker, a burst of requests opened it and refused everyone for its cooldown.
+            raise StoreUnavailable("Redis is busy: every connection of the pool is in use") from None
         except (RedisError, RedisClusterException, OSError, TimeoutError, RedisTimeoutError) as exc:
             # RedisClusterException: no node reachable, or slots not covered.
             breaker.failure()

@@ -109,6 +109,20 @@ async def test_command_errors_do_not_trip_the_breaker(redis_url: str) -> None:
     await store.close()
 
 
+async def test_a_pool_with_every_connection_busy_does_not_open_the_breaker(redis_url: str) -> None:
+    """More commands at once than the pool has connections (SENTINEL_MAX_IN_FLIGHT is 1,024, the pool
+    512): redis-py refuses the extra ones (MaxConnectionsError, a ConnectionError), which counted as
+    an outage — three opened the breaker, and a healthy Redis refused every user for its cooldown
+    (503 `quota_unavailable` in closed mode). The extra commands fail alone; the breaker stays shut."""
+    store = RedisStore(redis_url, timeout=2.0, max_connections=2)
+    answers = await asyncio.gather(*(store.get(f"k{i}") for i in range(20)), return_exceptions=True)
+    refused = [a for a in answers if isinstance(a, BaseException)]
+    assert refused and all(isinstance(a, StoreUnavailable) and "busy" in str(a) for a in refused), refused
+    assert not store.breaker.is_open and store.breaker.failures == 0
+    assert await store.get("k0") is None
+    await store.close()
+
+
 async def test_stream_calls_on_a_dead_redis_are_unavailable_and_open_the_breaker() -> None:
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
     calls = [

@@ -37,6 +37,12 @@ class LimitState:
         return max(0, self.limit.limit - self.used)
 
     @property
+    def refuses(self) -> bool:
+        """Whether this limit refuses the request, by the reservation script's rule (`used` being
+        the count before the request, as in a denied decision's states)."""
+        return (self.requested > 0 or self.limit.limit > 0) and self.used + max(self.requested, 1) > self.limit.limit
+
+    @property
     def fraction_left(self) -> float:
         return self.remaining / self.limit.limit if self.limit.limit else 0.0
 
@@ -64,8 +70,12 @@ class Decision:
         """Build a decision; `denied` is the index of the limit that refused, None when admitted."""
         if denied is not None:
             # A limit the request can never fit refused it too: show that one, without a Retry-After
-            # (another limit's reset would only lead to this refusal).
-            shown = next((s for s in states if s.requested > s.limit.limit), states[denied])
+            # (another limit's reset would only lead to this refusal). Else, of the limits that refuse
+            # it (the script names the first), the one that resets last: before then another still
+            # would (`requests=5/1m,requests=50/1d` exhausted for the day said "retry in 40 s").
+            refusing = [s for s in states if s.refuses] or [states[denied]]
+            shown = next((s for s in states if s.requested > s.limit.limit),
+                         max(refusing, key=lambda s: s.reset_at))
             oversized = shown.requested > shown.limit.limit
             retry = None if oversized else max(0.0, shown.reset_at - now)
             return cls(

@@ -172,3 +172,20 @@ def test_a_long_client_request_id_is_recorded_on_postgresql(
     assert new_id in ids and len(ids) == 2
     (kept_key,) = ids - {new_id}
     assert kept_key.startswith(kept_id + "~") and len(kept_key) == 128
+
+
+def test_retry_after_waits_for_every_limit_that_refuses(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """Two limits exhausted at once, the per-minute one first in the plan: the 429 named that one and
+    said to retry within the minute, where the daily one refused again (an SDK honouring Retry-After
+    retried in vain until the day ended). It names the limit that resets last, with its reset."""
+    gw = gateway_factory(redis_url=backend_url)
+    set_plan(gw.settings.database_url, "alice", "both", "requests=2/1m,requests=2/1d")
+    with gw.client() as http:
+        answers = [http.get("/v1/models") for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    denied = answers[2]
+    error = denied.json()["error"]
+    assert error["details"]["window_seconds"] == 86400 and "2 requests per 1d" in error["message"], error
+    assert int(denied.headers["x-ratelimit-reset"]) % 86400 == 0  # the day's end, not the minute's

@@ -137,6 +137,21 @@ async def test_window_rollover_and_retry_after(store: Store) -> None:
     assert await counts(store, fresh) == [1, 50]
 
 
+async def test_a_denial_shows_the_refusing_limit_that_resets_last(store: Store) -> None:
+    """Both limits refuse; the script names the first (the minute's): the decision shows the day's,
+    whose reset is when the request can be admitted again."""
+    clock = FakeClock(T0 + 15)
+    limiter = QuotaLimiter(store, clock=clock)
+    plan = parse_plan_spec("requests=1/60s,requests=1/1d,input_tokens=100/1h")
+    assert (await reserve(limiter, plan)).allowed
+    denied = (await reserve(limiter, plan)).decision
+    day_end = (T0 // 86400 + 1) * 86400
+    assert not denied.allowed and denied.limited_by == plan.limits[1]
+    assert denied.reset_at == day_end and denied.retry_after == pytest.approx(day_end - T0 - 15)
+    clock.now = T0 + 60  # the minute's limit admits again; the day's still refuses, as said
+    assert (await reserve(limiter, plan)).decision.limited_by == plan.limits[1]
+
+
 async def test_keys_expire_after_their_window(store: Store) -> None:
     limiter = QuotaLimiter(store, clock=FakeClock(T0 + 15), ttl_margin=60)
     r = await reserve(limiter, parse_plan_spec("requests=5/60s"))

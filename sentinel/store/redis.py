@@ -16,6 +16,7 @@ through redis-py's cluster client, which routes each to its slot's primary.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -178,7 +179,10 @@ class RedisStore:
             breaker.failure()
             raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from None
         except ResponseError as exc:
-            # A command error is a bug or bad data, not an outage: do not trip the breaker.
+            # A command error is a bug or bad data, not an outage: do not trip the breaker. Redis
+            # answered, so it counts as the dependency answering (a probe that met one left the
+            # breaker half-open, every other caller refused for another cooldown).
+            breaker.success()
             raise StoreUnavailable(f"Redis command failed: {exc}") from None
         except _CLUSTER_MISUSE as exc:
             raise StoreUnavailable(f"Redis command failed: {exc}") from None
@@ -215,7 +219,8 @@ class RedisStore:
         return cast(bytes | None, value)
 
     async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
-        px = int(ttl * 1000) if ttl is not None else None
+        # Whole milliseconds, at least one: `PX 0` is an error (a TTL under 1 ms, a JWT's last instant)
+        px = max(1, math.ceil(ttl * 1000)) if ttl is not None else None
         async with self.guard(key):
             result = await self._client.set(key, value, px=px, nx=nx)
         return bool(result)

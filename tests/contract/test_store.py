@@ -42,6 +42,13 @@ async def test_ttl_expiry_and_expire(store: Store) -> None:
     assert await store.get("forever") is None
 
 
+async def test_a_ttl_under_a_millisecond_is_taken(store: Store) -> None:
+    """Redis refused `PX 0` (a TTL under 1 ms, as a cache entry at a JWT's last instant gets), where
+    the memory store took it: on Redis the entry lives at least a millisecond."""
+    assert await store.set("brief", b"x", ttl=0.0004) is True
+    assert await store.set("brief-nx", b"x", ttl=0.0004, nx=True) is True
+
+
 async def test_incr_is_atomic_and_sets_ttl_once(store: Store) -> None:
     results = await asyncio.gather(*(store.incr("c", 2, ttl=10) for _ in range(50)))
     assert sorted(results) == list(range(2, 101, 2))

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from sentinel.breaker import CircuitBreaker
 from sentinel.errors import StoreUnavailable
 from sentinel.store import create_store
 from sentinel.store.redis import RedisStore
 from tests.conftest import REDIS_BIN
 from tests.contract.test_store import CAS
+from tests.support.clock import FakeClock
 from tests.support.process import RedisServerProcess
 from tests.support.servers import free_port
 
@@ -106,6 +108,23 @@ async def test_command_errors_do_not_trip_the_breaker(redis_url: str) -> None:
                 await call()
     assert not store.breaker.is_open and store.breaker.failures == 0
     assert await store.get(S) == b"a string, not a stream"
+    await store.close()
+
+
+async def test_a_probe_met_by_a_command_error_closes_the_breaker(redis_url: str) -> None:
+    """Redis answering a half-open breaker's probe with an error (bad data, not an outage) left the
+    breaker half-open: every other caller was refused for one more cooldown. It answered: closed."""
+    clock = FakeClock()
+    store = RedisStore(redis_url, timeout=2.0, breaker=CircuitBreaker(threshold=1, cooldown=2.0, clock=clock))
+    await store.set(S, b"a string, not a stream")
+    store.breaker.failure()  # an outage seen a moment ago
+    with pytest.raises(StoreUnavailable, match="circuit open"):
+        await store.get("k")
+    clock.advance(2.0)
+    with pytest.raises(StoreUnavailable, match="command failed"):
+        await store.stream_add(S, {"r": b"x"})  # the probe
+    assert await store.get("k") is None  # not refused: the breaker closed
+    assert not store.breaker.is_open
     await store.close()
 
 

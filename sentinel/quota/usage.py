@@ -70,6 +70,8 @@ def text_from_body(endpoint: str, body: Any) -> str:
                 parts.extend(field_text(c.get("text")) for c in content if isinstance(c, dict))
             if isinstance(item.get("arguments"), str):
                 parts.append(item["arguments"])
+            if item.get("type") == "custom_tool_call" and isinstance(item.get("input"), str):
+                parts.append(item["input"])  # what the model wrote for a custom tool (streamed as deltas)
         return "".join(parts)
     for choice in _list(body.get("choices")):
         if not isinstance(choice, dict):
@@ -145,9 +147,13 @@ def output_read(endpoint: str, body: Any) -> tuple[str, int]:
 
 
 def _call_text(call: Any) -> str:
-    """A tool call's name and arguments, as text to count."""
-    fn = call.get("function") if isinstance(call, dict) else None
-    return field_text(fn.get("name")) + field_text(fn.get("arguments")) if isinstance(fn, dict) else ""
+    """A tool call's name and arguments (a custom tool's call: its name and free-text `input`, which
+    the model writes as it writes arguments), as text to count."""
+    if not isinstance(call, dict):
+        return ""
+    fn, custom = call.get("function"), call.get("custom")
+    text = field_text(fn.get("name")) + field_text(fn.get("arguments")) if isinstance(fn, dict) else ""
+    return text + field_text(custom.get("name")) + field_text(custom.get("input")) if isinstance(custom, dict) else text
 
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # as the native API's SSE parser (`sentinel.native.sse`)

@@ -656,3 +656,50 @@ def test_a_cut_translated_stream_is_charged_the_tool_ids_it_sent(gateway_factory
     assert short_row["usage_source"] == long_row["usage_source"] == "estimated"
     id_tokens = TokenCounter().count_text(long_id, MINI)
     assert long_row["input_tokens"] - short_row["input_tokens"] >= 2 * id_tokens - 10, (short_row, long_row, id_tokens)
+
+
+def test_a_custom_tool_call_is_charged_as_output_without_usage(gateway_factory: Callable[..., Gateway]) -> None:
+    """A custom tool's call (`type: "custom"`, free-text `input`: a patch, a script) is output the
+    model writes, as a function call's arguments are. Counted only as `function` calls were, a client
+    that left a chat stream once the call had arrived (before the usage chunk) was charged no output
+    for ~8,000 tokens of it, and so was an answer (chat or Responses) that came without usage."""
+    from sentinel.quota.tokens import TokenCounter
+
+    patch = " ".join(f"line{i}" for i in range(3000))
+    patch_tokens = TokenCounter().count_text(patch, MINI)
+    custom = {"name": "apply_patch", "input": patch}
+    streamed = [chunk([{"index": 0, "delta": {"role": "assistant", "content": None, "tool_calls": [
+                    {"index": 0, "id": "call_1", "type": "custom", "custom": custom}]}}]),
+                chunk([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])]
+    answer = completion({})
+    del answer["usage"]
+    answer["choices"][0].update(finish_reason="tool_calls", message={
+        "role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "custom", "custom": custom}]})
+    response = {"id": "resp_1", "object": "response", "status": "completed", "model": MINI, "usage": None,
+                "output": [{"type": "custom_tool_call", "id": "ctc_1", "call_id": "call_1", "status": "completed",
+                            **custom}]}
+    tools = [{"type": "custom", "custom": {"name": "apply_patch"}}]
+    ask = {"model": MINI, "messages": [{"role": "user", "content": "patch it"}], "tools": tools}
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1)
+        with gw.client() as http:
+            upstream.sse(*streamed, hold=True)  # the usage chunk would come next: the client leaves first
+            with http.stream("POST", "/v1/chat/completions", json={**ask, "stream": True}) as left:
+                for line in left.iter_lines():
+                    if '"finish_reason":"tool_calls"' in line.replace(" ", ""):
+                        break
+            assert upstream.left.wait(10)
+            upstream.json(answer)
+            whole = http.post("/v1/chat/completions", json=ask)
+            upstream.json(response)
+            responded = http.post("/v1/responses", json={"model": MINI, "input": "patch it", "store": False,
+                                                         "tools": [{"type": "custom", "name": "apply_patch"}]})
+    answers = [left, whole, responded]
+    assert [r.status_code for r in answers] == [200] * 3, [r.text for r in answers]
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 3)
+    rows = {row["request_id"]: row for row in ledger_rows(gw.settings.database_url)}
+    recorded = [rows[r.headers["x-request-id"]] for r in answers]
+    assert [(r["status"], r["usage_source"]) for r in recorded] == [
+        (499, "estimated"), (200, "estimated"), (200, "estimated")], recorded
+    assert all(patch_tokens <= r["output_tokens"] <= patch_tokens + 5 for r in recorded), (recorded, patch_tokens)

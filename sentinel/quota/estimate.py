@@ -128,7 +128,12 @@ def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:
     text (Anthropic's `thinking` — summarised or omitted since Claude 4 —, OpenAI's
     `reasoning_effort` on chat and `reasoning` on Responses; spoken output, `modalities` with
     `audio`, billed as audio tokens; a chat `prediction`, whose rejected tokens are billed as
-    output but never streamed): text counted from what was streamed would leave it free."""
+    output but never streamed; legacy completions' `best_of` above `n`, whose candidates the provider
+    generates and bills but does not return): text counted from what was streamed would leave it free."""
+    if endpoint == "completions":
+        n, best_of = payload.get("n"), payload.get("best_of")
+        shown = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+        return isinstance(best_of, int) and not isinstance(best_of, bool) and best_of > shown
     if endpoint == "messages":
         thinking = payload.get("thinking")
         return isinstance(thinking, dict) and thinking.get("type") != "disabled"

@@ -98,6 +98,24 @@ def test_n_and_best_of_multiply_the_output_reservation(
         assert choices is None or len(r.json()["choices"]) == choices
 
 
+def test_best_of_candidates_are_charged_when_the_answer_has_no_usage(gateway: Gateway) -> None:
+    """`best_of` has the provider generate (and bill) that many completions and return the best `n`:
+    without the provider's usage, counting the text shown charged `best_of: 20` of 100 tokens each 3
+    output tokens (one "Echo: hi"). The candidates never shown are charged as reserved, as hidden
+    reasoning is; the text shown is what is counted when nothing is hidden."""
+    with gateway.client() as http:
+        hidden = http.post("/v1/completions", json={**COMPLETION, "best_of": 20, "max_tokens": 100},
+                           headers={"X-Mock-No-Usage": "1"})
+        shown = http.post("/v1/completions", json={**COMPLETION, "n": 2, "best_of": 2, "max_tokens": 100},
+                          headers={"X-Mock-No-Usage": "1"})
+    assert [hidden.status_code, shown.status_code] == [200, 200], [hidden.text, shown.text]
+    assert wait_for(lambda: len(ledger_rows(gateway.settings.database_url)) == 2)
+    rows = {row["request_id"]: row for row in ledger_rows(gateway.settings.database_url)}
+    assert (rows[hidden.headers["x-request-id"]]["usage_source"],
+            rows[hidden.headers["x-request-id"]]["output_tokens"]) == ("estimated", 20 * 100)
+    assert 0 < rows[shown.headers["x-request-id"]]["output_tokens"] < 20
+
+
 
 def test_definitions_count_against_the_input_limit(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
     """Tool definitions and schemas are prompt text: a request whose tools alone exceed the plan's

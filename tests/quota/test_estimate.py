@@ -174,6 +174,9 @@ def test_requests_for_reasoning_the_provider_does_not_show_are_known() -> None:
     assert not hides_output("chat", {"reasoning_effort": "none"})
     assert hides_output("responses", {"reasoning": {"effort": "low"}})
     assert not hides_output("responses", {"input": "hi"}) and not hides_output("embeddings", {"reasoning": {}})
+    assert hides_output("completions", {"best_of": 3}) and hides_output("completions", {"n": 2, "best_of": 3})
+    assert not hides_output("completions", {"n": 3, "best_of": 3}) and not hides_output("completions", {"n": 5})
+    assert not hides_output("completions", {"best_of": True}) and not hides_output("completions", {"best_of": 1})
 
 
 def test_spoken_output_is_output_the_text_does_not_show() -> None:

@@ -67,7 +67,9 @@ def text_from_body(endpoint: str, body: Any) -> str:
             if isinstance(content, str):
                 parts.append(content)
             elif isinstance(content, list):
-                parts.extend(field_text(c.get("text")) for c in content if isinstance(c, dict))
+                # An output_text part's text, a refusal part's refusal (streamed as deltas either way).
+                parts.extend(field_text(c.get("text")) + field_text(c.get("refusal")) for c in content
+                             if isinstance(c, dict))
             if isinstance(item.get("arguments"), str):
                 parts.append(item["arguments"])
             if item.get("type") == "custom_tool_call" and isinstance(item.get("input"), str):

@@ -703,3 +703,23 @@ def test_a_custom_tool_call_is_charged_as_output_without_usage(gateway_factory: 
     assert [(r["status"], r["usage_source"]) for r in recorded] == [
         (499, "estimated"), (200, "estimated"), (200, "estimated")], recorded
     assert all(patch_tokens <= r["output_tokens"] <= patch_tokens + 5 for r in recorded), (recorded, patch_tokens)
+
+
+def test_a_responses_refusal_without_usage_is_charged(gateway_factory: Callable[..., Gateway]) -> None:
+    """A Responses answer's refusal is a message part of its own (`{"type": "refusal", "refusal": …}`),
+    streamed as `response.refusal.delta` (counted) but, in a whole answer without usage, read only
+    for a `text`: its ~180 tokens were charged as no output at all."""
+    refusal = "I can't help with that. " * 30
+    answer = {"id": "resp_1", "object": "response", "status": "completed", "model": MINI, "usage": None,
+              "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                          "content": [{"type": "refusal", "refusal": refusal}]}]}
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1)
+        with gw.client() as http:
+            upstream.json(answer)
+            r = http.post("/v1/responses", json={"model": MINI, "input": "something bad", "store": False})
+    assert r.status_code == 200, r.text
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
+    row = ledger_rows(gw.settings.database_url)[0]
+    assert row["usage_source"] == "estimated" and row["output_tokens"] > 150, row

@@ -182,8 +182,10 @@ def _choice(position: int, raw: Any, provider: str) -> Choice:
     message = raw["message"]
     if message.get("role", "assistant") != "assistant":
         raise TranslationError(f"Upstream choice {position} is not from the assistant", provider=provider)
-    content, refusal = message.get("content"), message.get("refusal")
-    calls = [_tool_call(call, provider) for call in message.get("tool_calls") or ()]
+    content, refusal, tool_calls = message.get("content"), message.get("refusal"), message.get("tool_calls")
+    if tool_calls is not None and not isinstance(tool_calls, list):  # a number iterated raised a TypeError: a 500
+        raise TranslationError(f"Upstream choice {position} has malformed tool_calls", provider=provider)
+    calls = [_tool_call(call, provider) for call in tool_calls or ()]
     index = raw.get("index", position)
     return Choice(
         index=index if isinstance(index, int) and index >= 0 else position,

@@ -324,6 +324,29 @@ def test_tool_arguments_too_deep_to_write_back_are_recorded(
         assert [(row["status"], row["output_tokens"]) for row in rows] == [(502, 7)], rows
 
 
+@pytest.mark.parametrize("tool_calls", [5, True, {"id": "call_1"}, "call"])
+def test_tool_calls_that_are_not_a_list_are_an_unreadable_answer_recorded(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, tool_calls: Any
+) -> None:
+    """An OpenAI-format answer whose `message.tool_calls` is a number (or `true`) raised a TypeError
+    while it was read: a 500 to the client, the reservation given back and no record of a call the
+    provider served and billed. It is an answer Sentinel cannot read: 502 in the surface's shape, its
+    usage recorded."""
+    answer = {**OPENAI_ANSWER, "usage": {"prompt_tokens": 5, "completion_tokens": 7}, "choices": [
+        {"index": 0, "finish_reason": "tool_calls",
+         "message": {"role": "assistant", "content": None, "tool_calls": tool_calls}}]}
+    gw, answers = translated_and_native(gateway_factory, tmp_path, lambda upstream: upstream.json(answer),
+                                        stream=False)
+    translated, native = answers
+    assert translated.status_code == native.status_code == 502, [r.text for r in answers]
+    assert translated.json()["type"] == "error" and translated.json()["error"]["type"] == "api_error"
+    assert native.json()["error"]["code"] == "provider_bad_response"
+    for r in answers:
+        rows = recorded(gw, r.headers["x-request-id"])
+        assert [(row["status"], row["usage_source"], row["output_tokens"]) for row in rows] == [
+            (502, "measured", 7)], rows
+
+
 def test_client_tool_arguments_too_deep_to_send_on_are_a_400(gateway: Gateway) -> None:
     """An assistant message's tool-call arguments nested just under orjson's limit alone, but over it
     inside the translated request: the request body could not be written (a 500)."""

@@ -38,13 +38,26 @@ _REUSED: ContextVar[bool] = ContextVar("sentinel_upstream_reused", default=False
 
 class _PoolConnector(aiohttp.TCPConnector):
     """A TCPConnector that notes, for the requesting task, when a pooled connection is reused
-    (aiohttp's trace hooks would tell too, but cost a few coroutine calls on every request)."""
+    (aiohttp's trace hooks would tell too, but cost a few coroutine calls on every request), and
+    never reuses one that received bytes while it sat idle in the pool.
+
+    aiohttp parses what arrives on an idle connection and queues it: a whole answer that arrived
+    there (an answer to no request — a peer or a proxy between sending one more, or the rest of a
+    previous one) was handed to the next request sent on it, another user's, as its own answer.
+    Such a connection is closed instead (`should_close`: something is queued or unread on it), as
+    Go's client drops an "unsolicited response received on idle HTTP channel", and the next pooled
+    connection, or a new one, is taken."""
 
     async def _get(self, key: Any, traces: list[Any]) -> Any:
-        connection = await super()._get(key, traces)
-        if connection is not None:
-            _REUSED.set(True)
-        return connection
+        while True:
+            connection = await super()._get(key, traces)
+            if connection is None:
+                return None
+            protocol = connection.protocol
+            if protocol is None or not protocol.should_close:
+                _REUSED.set(True)
+                return connection
+            connection.close()
 
 
 def create_session(

@@ -139,10 +139,7 @@ class ChatProvider:
         if upstream.status >= 300:
             if refused is not None:
                 await refused(upstream)
-            try:
-                raw = await upstream.read()
-            finally:
-                upstream.release()
+            raw = await upstream.read_error()
             raise upstream_error(
                 self.name, upstream.status, raw, upstream.headers, relay_client_errors=relay_client_errors
             )

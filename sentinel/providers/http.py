@@ -30,6 +30,7 @@ from sentinel.providers.errors import broken_off
 # A pooled connection the peer closed while it sat idle fails like this before any answer began.
 _STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 _STALE_WITHIN = 1.0  # seconds: a pooled connection the peer had closed fails at once, not later
+MAX_ERROR_BYTES = 64 * 1024  # an error answer's body read for its message (`UpstreamResponse.read_error`)
 
 
 # Set when the connection a request goes out on came from the pool (the request's own task only).
@@ -155,6 +156,21 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         with translate_errors(self.provider):
             return await self.raw.read()
+
+    async def read_error(self) -> bytes:
+        """The body of an error answer (status >= 300: what its message is read from), the connection
+        released. At most MAX_ERROR_BYTES: a longer one, as a body that breaks off, reads as none (b"")
+        — the rest is never read (an upstream, or a proxy between, answering an error with a body
+        without end held the request and grew the process's memory until its read timeout, or until
+        it ran out)."""
+        try:
+            with translate_errors(self.provider):
+                raw = await read_capped(self.raw, MAX_ERROR_BYTES)
+        except UpstreamError:
+            raw = None
+        finally:
+            self.release()  # (aiohttp drops a connection whose body was not read to its end)
+        return raw or b""
 
     async def read_served(self) -> bytes:
         """The whole body of a 2xx answer, the connection released (see `reading_served`)."""

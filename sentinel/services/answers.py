@@ -329,12 +329,7 @@ async def refuse(
     False on the native API). Every surface's error answers go through here: the OpenAI relay
     (`AnswerRelay`), the Messages API (`MessagesService`), translated chat (`TranslatedChat`) and
     the native API (`NativeChat`)."""
-    try:
-        raw = await upstream.read()
-    except UpstreamError:
-        raw = b""
-    finally:
-        upstream.release()
+    raw = await upstream.read_error()
     if 400 <= upstream.status < 500 and upstream.status not in (401, 403, 429):
         await meter.settle(admission, usage=Usage(0, 0), output_text="", status=upstream.status,
                            provider=upstream.provider)

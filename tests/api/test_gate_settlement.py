@@ -5,6 +5,7 @@ a stream whose relay is cancelled (the server stopping past its deadline)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -360,3 +361,53 @@ def test_client_tool_arguments_too_deep_to_send_on_are_a_400(gateway: Gateway) -
                                                     "messages": messages})
     assert r.status_code == 400, r.text
     assert "nested too deep" in r.json()["error"]["message"]
+
+
+class EndlessError:
+    """Answers every request with `status` and a body that does not end: 64 KiB pieces, 64 of them (4
+    MiB), then held open until the gateway leaves (`left`)."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.left = threading.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await lifespan(receive, send)
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": self.status,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"error": {"message": "', "more_body": True})
+        for _ in range(64):
+            await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.left.set()
+
+
+@pytest.mark.parametrize("status", [400, 500])
+@pytest.mark.parametrize(("path", "body", "shape"), [
+    ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": ASK}, "openai"),
+    ("/v1/messages", {"model": "claude-3-5-haiku-20241022", "max_tokens": 50, "messages": ASK}, "anthropic"),
+    ("/native/v1/chat/completions", {"messages": ASK, "max_tokens": 50}, "openai"),
+])
+def test_an_error_answer_without_end_is_not_read_to_its_end(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, status: int, path: str, body: dict[str, Any], shape: str,
+) -> None:
+    """An error answer's body was read whole for its message: one without end (a hostile or broken
+    upstream, or a proxy between) held the request until the upstream read timeout, growing the
+    process's memory all the while. Only its first 64 KiB are read: the connection is dropped and the
+    client answered at once, in its surface's shape."""
+    upstream = EndlessError(status)
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url,
+                             providers_file=tiers_file(tmp_path, "openai"), upstream_timeout_seconds=120)
+        with gw.client() as http:  # (30 s: within the upstream read timeout)
+            r = http.post(path, json=body)
+        assert upstream.left.wait(30)
+    assert r.status_code == (400 if status == 400 else 502), r.text
+    error = r.json()["error"]
+    assert ("type" in r.json()) == (shape == "anthropic") and "x" * 100 not in error["message"]
+    rows = recorded(gw, r.headers["x-request-id"])
+    assert [(row["status"], row["output_tokens"]) for row in rows] == ([(400, 0)] if status == 400 else []), rows

@@ -25,7 +25,7 @@ from yarl import URL
 
 from sentinel.errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout
 from sentinel.observability.logging import request_id_var
-from sentinel.providers.errors import broken_off
+from sentinel.providers.errors import broken_off, upstream_error
 
 # A pooled connection the peer closed while it sat idle fails like this before any answer began.
 _STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -221,7 +221,9 @@ async def send(
     """Send a request and return as soon as the upstream's status and headers are in. It carries the
     request's id (`X-Request-Id`, see `sentinel.api.middleware`) as `X-Client-Request-Id`, the header
     OpenAI keeps in its logs (a provider that does not know it ignores it): a provider's support can
-    find the call by the id the client and Sentinel's access log know."""
+    find the call by the id the client and Sentinel's access log know. An answer that is not final
+    (101 Switching Protocols: Sentinel never asks for an upgrade) is a provider failure, as a 3xx is
+    (`upstream_error`: 502 `provider_error`)."""
     rid = request_id_var.get()
     if rid is not None:
         headers = {**headers, "x-client-request-id": rid}
@@ -237,6 +239,9 @@ async def send(
             except _STALE_CONNECTION:
                 if attempt == 2 or not _REUSED.get() or clock() - started >= _STALE_WITHIN:
                     raise
+    if raw.status < 200:  # 101, the one interim status aiohttp returns: a protocol switch never asked for
+        raw.close()  # (relayed, its status line switched the client's connection: no answer, no error)
+        raise upstream_error(provider, raw.status, b"", [])
     return UpstreamResponse(
         provider=provider,
         status=raw.status,

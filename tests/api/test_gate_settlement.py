@@ -21,7 +21,7 @@ from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.support.attack import ledger_rows, wait_for
 from tests.support.servers import serving
-from tests.support.upstream import ScriptedUpstream, lifespan
+from tests.support.upstream import RawUpstream, ScriptedUpstream, lifespan
 
 RESPONSE = {"model": "gpt-4o-mini", "input": "hi"}
 
@@ -411,3 +411,27 @@ def test_an_error_answer_without_end_is_not_read_to_its_end(
     assert ("type" in r.json()) == (shape == "anthropic") and "x" * 100 not in error["message"]
     rows = recorded(gw, r.headers["x-request-id"])
     assert [(row["status"], row["output_tokens"]) for row in rows] == ([(400, 0)] if status == 400 else []), rows
+
+
+@pytest.mark.parametrize(("path", "body", "shape"), [
+    ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": ASK}, "openai"),
+    ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": ASK, "stream": True}, "openai"),
+    ("/v1/messages", {"model": "claude-3-5-haiku-20241022", "max_tokens": 50, "messages": ASK}, "anthropic"),
+])
+def test_a_protocol_switch_from_the_provider_is_a_provider_error_never_relayed(
+    gateway_factory: Callable[..., Gateway], path: str, body: dict[str, Any], shape: str,
+) -> None:
+    """A provider (or a proxy between) answering 101 Switching Protocols: its status went to the
+    client as the answer's own — the client's connection switched protocols (httpx: a protocol
+    error, no answer at all) and the call was recorded as served. It is a provider failure, as a
+    3xx is: 502 `provider_error` in the surface's shape, nothing recorded (nothing was served)."""
+    upstream = RawUpstream(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+                           b'{"id": "c1", "usage": {"prompt_tokens": 5, "completion_tokens": 2}}')
+    gw = gateway_factory(openai_api_url=upstream.url + "/v1", anthropic_api_url=upstream.url)
+    with gw.client() as http:
+        r = http.post(path, json=body)
+    assert r.status_code == 502, r.text
+    assert ("type" in r.json()) == (shape == "anthropic")
+    assert r.json()["error"]["type"] == ("api_error" if shape == "anthropic" else "upstream_error")
+    assert upstream.requests == 1
+    assert recorded(gw, r.headers["x-request-id"]) == []

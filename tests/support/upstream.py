@@ -6,7 +6,8 @@ a request is provably in flight (`arrived` counts it) for as long as the test ne
 latency guessed in milliseconds. `ScriptedUpstream` answers with what the test queued: what a
 provider breaking its own rules might send, which the mock upstream never does, or a stream held
 open until the gateway leaves it (a client that left mid-stream). Serve them with
-`tests.support.servers.serving`.
+`tests.support.servers.serving`. `RawUpstream` writes an answer's bytes as they are (what no ASGI
+server writes, a 101), on its own socket.
 """
 
 from __future__ import annotations
@@ -120,6 +121,43 @@ class ScriptedUpstream:
             while (await receive())["type"] != "http.disconnect":
                 pass
             self.left.set()
+
+
+class RawUpstream:
+    """Answers every request with `answer`, bytes written as they are on the socket (an HTTP answer no
+    ASGI server writes: a 101, a malformed one), then closes. Served on its own loop in a thread;
+    `url` once constructed."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.requests = 0
+        self._ready = threading.Event()
+        self._port = 0
+        threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True).start()
+        self._ready.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    async def _serve(self) -> None:
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        await asyncio.Event().wait()  # (a daemon thread: it ends with the test process)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            self.requests += 1
+            writer.write(self.answer)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
 
 
 def _raw_headers(headers: dict[str, str | bytes] | None) -> list[tuple[bytes, bytes]]:

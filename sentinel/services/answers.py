@@ -113,6 +113,10 @@ class AnswerRelay:
             if listed is not None:
                 usage, pays = listed, True
         unmetered = pays and usage is None  # then what the model read (hosted tools' results) counts too
+        # A served generation whose answer cannot be read (not JSON: HTML, a body compressed despite
+        # `identity`, cut JSON) is relayed as it is, and charged the output it reserved, as the native
+        # API charges one (its text, if any, cannot be counted: it was charged none).
+        unreadable = unmetered and parsed is None and 200 <= upstream.status < 300 and endpoint in _GENERATIONS
         await self.meter.settle(
             admission,
             usage=usage if pays else Usage(0, 0),
@@ -120,6 +124,7 @@ class AnswerRelay:
             status=upstream.status,
             provider=upstream.provider,
             read_input=output_read(endpoint, parsed) if unmetered else ("", 0),
+            output_estimate=admission.max_output if unreadable else None,
         )
         if owner is not None:
             await claim_created(self.ownership, created_ids(parsed, creating=creating, ttl=ttl), owner)
@@ -336,6 +341,9 @@ async def refuse(
     raise upstream_error(
         upstream.provider, upstream.status, raw, upstream.headers, relay_client_errors=relay_client_errors
     )
+
+
+_GENERATIONS = ("chat", "completions", "responses")  # endpoints whose 2xx answer is a JSON generation
 
 
 def _json(raw: bytes, upstream: UpstreamResponse) -> Any:

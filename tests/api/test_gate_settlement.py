@@ -435,3 +435,31 @@ def test_a_protocol_switch_from_the_provider_is_a_provider_error_never_relayed(
     assert r.json()["error"]["type"] == ("api_error" if shape == "anthropic" else "upstream_error")
     assert upstream.requests == 1
     assert recorded(gw, r.headers["x-request-id"]) == []
+
+
+@pytest.mark.parametrize(("content_type", "body"), [
+    (b"application/json", b'{"id": "chatcmpl-1", "choices": [{"message": {"content": "a long answer'),  # cut JSON
+    (b"text/html", b"<html><body>a long answer</body></html>"),
+])
+@pytest.mark.parametrize(("path", "request_body", "reserved"), [
+    ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": ASK, "max_tokens": 300}, 300),
+    ("/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "weather in Paris?", "max_tokens": 200}, 200),
+])
+def test_a_served_answer_that_cannot_be_read_is_charged_the_output_it_reserved(
+    gateway_factory: Callable[..., Gateway], content_type: bytes, body: bytes, path: str,
+    request_body: dict[str, Any], reserved: int,
+) -> None:
+    """A 200 whose body is not readable JSON (a provider compressing despite `identity`, an HTML
+    page from a proxy, an answer cut short) was relayed as it is and charged its input only — 0
+    output for whatever it carried. It is charged the output it reserved, as the native API and a
+    translation charge one."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+        with gw.client() as http:
+            upstream.typed(content_type, body)
+            r = http.post(path, json=request_body)
+    assert r.status_code == 200 and r.content == body
+    rows = recorded(gw, r.headers["x-request-id"])
+    assert [(row["status"], row["usage_source"], row["output_tokens"]) for row in rows] == [
+        (200, "estimated", reserved)], rows

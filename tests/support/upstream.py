@@ -88,6 +88,10 @@ class ScriptedUpstream:
         encoder writes)."""
         self._answers.append((b"application/json", body, [], False, 200))
 
+    def typed(self, content_type: bytes, body: bytes) -> None:
+        """Queue a 200 answer of `content_type` with `body` as it is (an HTML page, say)."""
+        self._answers.append((content_type, body, [], False, 200))
+
     def empty(self, status: int, headers: dict[str, str | bytes] | None = None) -> None:
         """Queue an answer without a body (a 304), with `status` and `headers`."""
         self._answers.append((b"", b"", _raw_headers(headers), False, status))

@@ -72,8 +72,7 @@ def text_from_body(endpoint: str, body: Any) -> str:
                              if isinstance(c, dict))
             if isinstance(item.get("arguments"), str):
                 parts.append(item["arguments"])
-            if item.get("type") == "custom_tool_call" and isinstance(item.get("input"), str):
-                parts.append(item["input"])  # what the model wrote for a custom tool (streamed as deltas)
+            parts.append(_tool_input(item))
         return "".join(parts)
     for choice in _list(body.get("choices")):
         if not isinstance(choice, dict):
@@ -89,6 +88,28 @@ def text_from_body(endpoint: str, body: Any) -> str:
         parts.append(delta_extras(message))  # a message holds the same kinds of output as a delta
         parts.extend(_call_text(call) for call in _list(message.get("tool_calls")))
     return "".join(parts)
+
+
+def _tool_input(item: dict[str, Any]) -> str:
+    """What the model wrote in a Responses answer's call of a custom or coding tool, all streamed as
+    deltas: a custom tool's `input`, a patch's `operation.diff`, a shell call's `action.commands`
+    (a local shell's `action.command`). In a whole answer they were read neither as output nor as
+    input (the model's own items are not what it read): without usage, a long patch was free."""
+    kind = item.get("type")
+    if kind == "custom_tool_call":
+        return _str(item.get("input"))
+    if kind == "apply_patch_call":
+        operation = item.get("operation")
+        return _str(operation.get("diff")) if isinstance(operation, dict) else ""
+    action = item.get("action")
+    if kind in ("shell_call", "local_shell_call") and isinstance(action, dict):
+        lines = action.get("commands" if kind == "shell_call" else "command")
+        return "\n".join(line for line in _list(lines) if isinstance(line, str))
+    return ""
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _list(value: Any) -> list[Any]:

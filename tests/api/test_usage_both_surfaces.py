@@ -723,3 +723,37 @@ def test_a_responses_refusal_without_usage_is_charged(gateway_factory: Callable[
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
     row = ledger_rows(gw.settings.database_url)[0]
     assert row["usage_source"] == "estimated" and row["output_tokens"] > 150, row
+
+
+def test_a_responses_answer_without_usage_is_charged_the_patches_and_commands_the_model_wrote(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """The model's own calls of OpenAI's coding tools are output: an `apply_patch_call`'s diff (its
+    `operation.diff`), a `shell_call`'s `action.commands`, a `local_shell_call`'s `action.command`,
+    streamed as deltas (counted) but, in a whole answer without usage, read neither as output (only
+    `content`, `arguments` and a custom call's `input` were) nor as input (the model's own items are
+    left out of what it read): a ~3,000-token patch was charged no output at all."""
+    from sentinel.quota.tokens import TokenCounter
+
+    diff = "\n".join(f"+line{i}" for i in range(1500))
+    commands = [f"echo step{i}" for i in range(300)]
+    answer = {"id": "resp_1", "object": "response", "status": "completed", "model": MINI, "usage": None,
+              "output": [
+                  {"type": "apply_patch_call", "id": "apc_1", "call_id": "call_1", "status": "completed",
+                   "operation": {"type": "update_file", "path": "lib/x.py", "diff": diff}},
+                  {"type": "shell_call", "id": "sh_1", "call_id": "call_2", "status": "completed",
+                   "action": {"commands": commands, "timeout_ms": 1000}},
+                  {"type": "local_shell_call", "id": "lsh_1", "call_id": "call_3", "status": "completed",
+                   "action": {"type": "exec", "command": commands, "env": {}}},
+              ]}
+    written = TokenCounter().count_text(diff + "".join(commands) * 2, MINI)
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1)
+        with gw.client() as http:
+            upstream.json(answer)
+            r = http.post("/v1/responses", json={"model": MINI, "input": "fix it", "store": False})
+    assert r.status_code == 200, r.text
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
+    row = ledger_rows(gw.settings.database_url)[0]
+    assert row["usage_source"] == "estimated" and written * 0.8 <= row["output_tokens"] <= written * 1.2, (row, written)

@@ -34,5 +34,33 @@ def field_text(value: Any) -> str:
         return ""
     try:
         return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:  # nested deeper than orjson writes
-        return ""
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels; it reads 1,024)
+        return _compact_json(value)
+
+
+def _compact_json(value: Any) -> str:
+    """`orjson.dumps(value)`'s text at any depth, written with a stack of its own. An answer's
+    arguments nested past orjson's writing depth were counted as no text at all: an answer without
+    usage carried them free."""
+    out: list[str] = []
+    stack: list[tuple[bool, Any]] = [(False, value)]  # (already text, node)
+    while stack:
+        text, node = stack.pop()
+        if text:
+            out.append(node)
+        elif isinstance(node, dict):
+            stack.append((True, "}"))
+            for i, (key, item) in reversed(list(enumerate(node.items()))):
+                stack += [(False, item), (True, orjson.dumps(str(key)).decode() + ":")] + ([(True, ",")] if i else [])
+            stack.append((True, "{"))
+        elif isinstance(node, list):
+            stack.append((True, "]"))
+            for i, item in reversed(list(enumerate(node))):
+                stack += [(False, item)] + ([(True, ",")] if i else [])
+            stack.append((True, "["))
+        else:
+            try:
+                out.append(orjson.dumps(node).decode())
+            except orjson.JSONEncodeError:  # not a JSON value (nothing an answer read as JSON holds)
+                out.append(str(node))
+    return "".join(out)

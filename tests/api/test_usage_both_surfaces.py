@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import select
 
 from tests.api.conftest import Gateway
@@ -232,6 +233,34 @@ def test_tool_call_arguments_sent_as_an_object_are_counted_as_json_text(
     assert sorted(r["request_id"] for r in rows) == sorted(r.headers["x-request-id"] for r in answers)
     assert all(r["status"] == 200 and r["usage_source"] == "estimated" and r["output_tokens"] > 0 for r in rows), rows
 
+
+
+def test_tool_call_arguments_sent_as_an_object_deeper_than_orjson_writes_are_counted(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """orjson reads 1,024 levels but writes 254: arguments sent as an object nested deeper (a model told
+    to nest them, on a server that sends the object) were counted as no text at all, and an answer
+    without usage charged none of the ~3,000 tokens of text inside them. They are compact JSON text
+    at any depth."""
+    from sentinel.quota.tokens import TokenCounter
+
+    words = " ".join(f"word{i}" for i in range(1500))
+    depth = 300
+    arguments = '{"a":' + "[" * depth + orjson.dumps(words).decode() + "]" * depth + "}"
+    call = '{"id":"call_1","type":"function","function":{"name":"nest","arguments":' + arguments + "}}"
+    answer = ('{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"' + MINI + '","choices":[{"index":0,'
+              '"message":{"role":"assistant","content":null,"tool_calls":[' + call + ']},"finish_reason":"tool_calls"}]}')
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1)
+        with gw.client() as http:
+            upstream.json_bytes(answer.encode())
+            r = http.post("/v1/chat/completions", json=ASK_OPENAI)
+    assert r.status_code == 200, r.text
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
+    row = ledger_rows(gw.settings.database_url)[0]
+    assert row["usage_source"] == "estimated", row
+    assert row["output_tokens"] >= TokenCounter().count_text(words, MINI) + depth, row
 
 # --- a stream that breaks off keeps the input the provider reported ---------------------------------
 def test_a_broken_claude_stream_is_charged_the_input_it_reported(

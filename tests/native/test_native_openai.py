@@ -13,7 +13,7 @@ from openai.types.chat.chat_completion_message_function_tool_call import Functio
 from openai.types.completion_usage import CompletionUsage
 
 from sentinel.native import ChatRequest, TranslationError, Usage
-from sentinel.native.openai import build_openai_request, parse_openai_response
+from sentinel.native.openai import build_openai_request, field_text, parse_openai_response
 from sentinel.native.validation import parse_chat_request
 from tests.support.payloads import WEATHER_TOOL
 
@@ -328,3 +328,16 @@ def test_malformed_responses_raise(mutate: Any, text: str) -> None:
 def test_non_object_body_raises() -> None:
     with pytest.raises(TranslationError):
         parse_openai_response(["not", "a", "dict"], provider="openai", tier="simple")
+
+
+@pytest.mark.parametrize("value", [
+    "é\"", 1.5, [], {}, [[[]], {}], {"a": [1, {"b": None, "c": True}], "d": "x"},
+])
+def test_field_text_is_compact_json_at_any_depth(value: object) -> None:
+    """orjson writes 254 levels of the 1,024 it reads: a field nested deeper (an answer's arguments
+    sent as an object) was counted as no text; it is orjson's compact text written without recursion."""
+    assert field_text(value) == (value if isinstance(value, str) else orjson.dumps(value).decode())
+    deep: object = value
+    for _ in range(600):
+        deep = {"k": [deep]}
+    assert field_text(deep) == '{"k":[' * 600 + orjson.dumps(value).decode() + "]}" * 600

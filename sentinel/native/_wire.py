@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -35,13 +36,14 @@ def field_text(value: Any) -> str:
     try:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels; it reads 1,024)
-        return _compact_json(value)
+        return flat_json(value, leaf=_orjson_leaf, comma=",", colon=":")
 
 
-def _compact_json(value: Any) -> str:
-    """`orjson.dumps(value)`'s text at any depth, written with a stack of its own. An answer's
-    arguments nested past orjson's writing depth were counted as no text at all: an answer without
-    usage carried them free."""
+def flat_json(value: Any, *, leaf: Callable[[Any], str], comma: str, colon: str) -> str:
+    """`value` as JSON text at any depth, written with a stack of its own instead of recursion:
+    `leaf(x)` for each string, number, boolean and null (and each key, as a string), `comma` between
+    items, `colon` after a key. An answer may nest as deep as orjson reads (1,024 levels), past what
+    orjson writes (254) and what the interpreter recurses (~1,000 frames, fewer inside a request)."""
     out: list[str] = []
     stack: list[tuple[bool, Any]] = [(False, value)]  # (already text, node)
     while stack:
@@ -51,16 +53,20 @@ def _compact_json(value: Any) -> str:
         elif isinstance(node, dict):
             stack.append((True, "}"))
             for i, (key, item) in reversed(list(enumerate(node.items()))):
-                stack += [(False, item), (True, orjson.dumps(str(key)).decode() + ":")] + ([(True, ",")] if i else [])
+                stack += [(False, item), (True, leaf(str(key)) + colon)] + ([(True, comma)] if i else [])
             stack.append((True, "{"))
         elif isinstance(node, list):
             stack.append((True, "]"))
             for i, item in reversed(list(enumerate(node))):
-                stack += [(False, item)] + ([(True, ",")] if i else [])
+                stack += [(False, item)] + ([(True, comma)] if i else [])
             stack.append((True, "["))
         else:
-            try:
-                out.append(orjson.dumps(node).decode())
-            except orjson.JSONEncodeError:  # not a JSON value (nothing an answer read as JSON holds)
-                out.append(str(node))
+            out.append(leaf(node))
     return "".join(out)
+
+
+def _orjson_leaf(node: Any) -> str:
+    try:
+        return orjson.dumps(node).decode()
+    except orjson.JSONEncodeError:  # not a JSON value (nothing an answer read as JSON holds)
+        return str(node)

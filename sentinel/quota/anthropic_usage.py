@@ -28,10 +28,11 @@ import orjson
 
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
+from sentinel.native._wire import flat_json
 from sentinel.native.openai_checks import MAX_JSON_DEPTH
 from sentinel.providers.errors import stream_failure
 from sentinel.quota.images import ANTHROPIC, ImageRule, base64_image_tokens
-from sentinel.quota.tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
+from sentinel.quota.tokens import MAX_PLAIN_ID_CHARS, REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
 from sentinel.quota.usage import EventSplitter
 
 _INPUT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -131,7 +132,7 @@ def _long_labels(block: dict[str, Any]) -> list[str]:
     text the provider reads (a translation sends them as the call's and the result's ids), as the
     walk counts a long label of any other block — they carried text of any length free."""
     return [value for key in ("id", "tool_use_id")
-            if isinstance(value := block.get(key), str) and len(value) > _LABEL_CHARS]
+            if isinstance(value := block.get(key), str) and len(value) > MAX_PLAIN_ID_CHARS]
 
 
 def _call_text(block: dict[str, Any]) -> str:
@@ -148,30 +149,11 @@ def json_text(value: Any) -> str:
     try:
         return json.dumps(value, default=str)
     except RecursionError:
-        return _json_text_flat(value)
+        return flat_json(value, leaf=_json_leaf, comma=", ", colon=": ")
 
 
-def _json_text_flat(value: Any) -> str:
-    """`json.dumps(value)`'s text, written with a stack of its own instead of recursion."""
-    out: list[str] = []
-    stack: list[tuple[bool, Any]] = [(False, value)]  # (already text, node)
-    while stack:
-        text, node = stack.pop()
-        if text:
-            out.append(node)
-        elif isinstance(node, dict):
-            stack.append((True, "}"))
-            for i, (key, item) in reversed(list(enumerate(node.items()))):
-                stack += [(False, item), (True, json.dumps(str(key)) + ": ")] + ([(True, ", ")] if i else [])
-            stack.append((True, "{"))
-        elif isinstance(node, list):
-            stack.append((True, "]"))
-            for i, item in reversed(list(enumerate(node))):
-                stack += [(False, item)] + ([(True, ", ")] if i else [])
-            stack.append((True, "["))
-        else:
-            out.append(json.dumps(node, default=str))
-    return "".join(out)
+def _json_leaf(node: Any) -> str:
+    return json.dumps(node, default=str)
 
 
 def _strings(block: dict[str, Any], *keys: str) -> list[str]:
@@ -184,7 +166,6 @@ def _strings(block: dict[str, Any], *keys: str) -> list[str]:
 # is counted), and what Anthropic does not bill as input (`cache_control`; `citations`, whose
 # `cited_text` "does not count towards input tokens" when sent back).
 _LABELS = frozenset({"type", "id", "tool_use_id"})
-_LABEL_CHARS = 64
 _UNBILLED = frozenset({"cache_control", "citations"})
 
 
@@ -203,7 +184,7 @@ def _walk(block: dict[str, Any], texts: list[str], depth: int, rule: ImageRule) 
     tokens = 0
     stack: list[tuple[Any, int, bool]] = []  # (node, its depth, whether media rules apply there)
     for key, value in block.items():
-        if key in _UNBILLED or (key in _LABELS and isinstance(value, str) and len(value) <= _LABEL_CHARS):
+        if key in _UNBILLED or (key in _LABELS and isinstance(value, str) and len(value) <= MAX_PLAIN_ID_CHARS):
             continue
         stack += [(key, depth, False), (value, depth + 1, key != "input")]
     stack.reverse()

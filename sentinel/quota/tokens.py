@@ -400,8 +400,8 @@ class TokenCounter:
         return total
 
 
-# A tool call's id longer than this is counted as text (real ids are ~24-40 characters): a translation
-# to Anthropic sends it as the `tool_use.id`, and an id of 40 KB was otherwise carried free.
+# A label (a tool call's id, an Anthropic block's `type`/`id`/`tool_use_id`) longer than this is counted
+# as text (real ids are ~24-40 characters): a translation sends ids on, and an id of 40 KB was free.
 MAX_PLAIN_ID_CHARS = 64
 
 

@@ -6,6 +6,7 @@ import asyncio
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -221,13 +222,19 @@ async def test_probes_arriving_together_share_one_check(tmp_path: Path) -> None:
 
     event.listen(engine.sync_engine, "before_cursor_execute", count)
     store = _GatedStore()
-    app = Starlette(routes=OpsRoutes(store, engine, Metrics()).routes())
+    entered = 0
+
+    class CountingOps(OpsRoutes):
+        async def _checks(self) -> dict[str, dict[str, Any]]:
+            nonlocal entered
+            entered += 1
+            return await super()._checks()
+
+    app = Starlette(routes=CountingOps(store, engine, Metrics()).routes())
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ops") as http:
             probes = [asyncio.create_task(http.get(path)) for path in ["/health", "/health/ready"] * 10]
-            await until(lambda: store.pings == 1)
-            for _ in range(100):  # every probe reaches the check before the gate opens
-                await asyncio.sleep(0)
+            await until(lambda: entered == len(probes))  # every probe waits for a check before the gate opens
             probes[0].cancel()  # this prober leaves
             await until(lambda: probes[0].done())
             store.gate.set()

@@ -29,11 +29,11 @@ def _refuse(reason: str) -> InvalidRequest:
 
 def check_raw_path(raw: bytes) -> None:
     """Raise InvalidRequest (400 `invalid_path`) unless `raw` is a canonical path (see the module doc)."""
-    if _PLAIN.match(raw):
+    if _PLAIN.fullmatch(raw):  # fullmatch: `$` also matches before a final newline
         return
     if not raw.startswith(b"/"):
         raise _refuse("it must start with '/'")
-    if not _PRINTABLE.match(raw):
+    if not _PRINTABLE.fullmatch(raw):
         raise _refuse("control characters, spaces and non-ASCII bytes must not appear")
     if b"\\" in raw:
         raise _refuse("'\\' is not allowed")

@@ -181,3 +181,15 @@ def test_nothing_outside_the_v1_base_ever_reaches_the_provider(spy_gw: Gateway, 
         assert seen.raw_path.startswith(b"/v1/"), seen
         assert not {b".", b"..", b""} & set(segments[1:]), seen
         assert b"%2e" not in seen.raw_path.lower() and b"%2f" not in seen.raw_path.lower(), seen
+
+
+@pytest.mark.parametrize("raw", [b"/v1/models\n", b"/v1/chat/completions\n", b"/v1/files/a%20b\n"])
+def test_a_path_ending_in_a_newline_is_not_canonical(raw: bytes) -> None:
+    """The path checks ended in `$`, which also matches before a final newline: such a path passed
+    as canonical (HTTP/1.1's parsers refuse the byte today; the check must not lean on that)."""
+    from sentinel.api.paths import check_raw_path
+    from sentinel.errors import InvalidRequest
+
+    check_raw_path(raw[:-1])
+    with pytest.raises(InvalidRequest, match="control characters"):
+        check_raw_path(raw)

@@ -13,6 +13,11 @@ def as_object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def as_list(value: Any) -> list[Any]:
+    """`value` if it is a JSON array, else an empty one."""
+    return value if isinstance(value, list) else []
+
+
 # The most tokens a provider is believed to report for one call (`sentinel.domain.numbers.MAX_TOKENS`;
 # native imports nothing of ours): sums of larger ones could overflow a ledger's or a counter's
 # 64-bit integers, so a larger count reads as malformed, like a negative one.

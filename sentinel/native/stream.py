@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from sentinel.native._wire import as_count, as_object
+from sentinel.native._wire import as_count, as_list, as_object
 from sentinel.native.anthropic import anthropic_cache_tokens, anthropic_prompt_tokens, map_stop_reason
 from sentinel.native.errors import StreamError, TranslationError
 from sentinel.native.openai import (
@@ -274,7 +274,7 @@ class OpenAIStreamNormalizer(StreamNormalizer):
                 self._prompt_tokens, self._completion_tokens = usage.prompt_tokens, usage.completion_tokens
                 self.cache = openai_cache_tokens(obj["usage"])
         out: list[dict[str, Any]] = []
-        for choice in obj.get("choices") or ():
+        for choice in as_list(obj.get("choices")):  # a number here raised a TypeError
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
                 out.extend(self._choice(choice))
         return out
@@ -288,7 +288,7 @@ class OpenAIStreamNormalizer(StreamNormalizer):
         if not raw.keys() <= PLAIN_DELTA:
             self._extras.append(delta_extras(raw))  # counted as the relay counts it, not relayed
         calls = []
-        for position, item in enumerate(raw.get("tool_calls") or ()):
+        for position, item in enumerate(as_list(raw.get("tool_calls"))):
             tc = as_object(item)
             index, function = self._index(tc.get("index")), as_object(tc.get("function"))
             key = position if index is None else index

@@ -260,6 +260,19 @@ def test_openai_missing_ids_are_invented_once() -> None:
     assert result.tool_calls[0].function.arguments == {}
 
 
+@pytest.mark.parametrize("bad", [{"choices": 5}, {"choices": True}, {"choices": [{"index": 0, "delta": {"tool_calls": 7}}]}])
+def test_openai_chunks_with_choices_or_tool_calls_not_a_list_are_read_as_empty(bad: dict[str, Any]) -> None:
+    """A chunk whose `choices` (or a delta's `tool_calls`) is a number raised a TypeError: the native
+    and translated stream ended with `internal_error` and a traceback logged at ERROR. Such a chunk
+    carries nothing readable: it is skipped, and the rest of the stream is read as usual."""
+    bad_chunk = b"data: " + orjson.dumps({"id": "chatcmpl-up", "object": "chat.completion.chunk",
+                                          "created": 1732000000, "model": "gpt-4o", **bad}) + b"\n\n"
+    at = OA_TEXT.index(b"data: ")
+    chunks, result = run(OpenAIStreamNormalizer(provider="openai"), OA_TEXT[:at] + bad_chunk + OA_TEXT[at:])
+    assert result.error is None
+    assert content(chunks) == "Hello ✓" and result.usage == Usage.of(9, 4)
+
+
 def test_openai_truncated_stream_is_detected() -> None:
     raw = OA_TEXT[: OA_TEXT.index(b"data: [DONE]")]  # finish and usage arrived, [DONE] did not
     chunks, result = run(OpenAIStreamNormalizer(provider="openai"), raw)

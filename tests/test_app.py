@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
 import httpx
+import orjson
 import pytest
 from sqlalchemy import select
 
@@ -154,3 +156,31 @@ def test_a_stream_the_server_cancels_is_recorded_before_shutdown_closes_the_ledg
             assert not server.thread.is_alive()
     assert before_closing == [{request_id}]
     assert [(row["request_id"], row["status"]) for row in ledger_rows(s.database_url)] == [(request_id, 499)]
+
+
+def test_the_access_line_of_a_stream_the_server_cancels_is_written(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The access log's last batch is written when shutdown begins; a request the server cancelled
+    past its deadline unwinds (its settlement, then the middleware's access line) only after that,
+    so its line was queued on a log nobody flushed again: the one request cut by the stop had no
+    access line. A line recorded after the stop is now written at once."""
+    logging.getLogger("sentinel.access").setLevel(logging.INFO)  # as `sentinel serve` configures it
+    try:
+        with serving(OpenStream()) as upstream:
+            s = settings(tmp_path).model_copy(update={"openai_api_url": upstream.url + "/v1", "access_log": True})
+            _, key = asyncio.run(create_key(s.database_url, "alice"))
+            server = ServerThread(create_app(s), graceful=0, limits=connection_limits(s), **uvicorn_protocol_options(s))
+            server.start()
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+            with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client, \
+                    client.stream("POST", "/v1/chat/completions", json=body) as r:
+                reading = r.iter_raw()  # kept: a dropped iterator closes the connection (the client leaving)
+                assert b"half" in next(reading)
+                request_id = r.headers["x-request-id"]
+                server.stop()  # the stream is still open: cancelled at once (graceful=0)
+                assert not server.thread.is_alive()
+    finally:
+        logging.getLogger("sentinel.access").setLevel(logging.NOTSET)
+    lines = [orjson.loads(line) for line in capfd.readouterr().err.splitlines() if '"logger":"sentinel.access"' in line]
+    assert [(line["request_id"], line["route"]) for line in lines] == [(request_id, "/v1/chat/completions")]

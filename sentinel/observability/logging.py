@@ -76,6 +76,8 @@ class AccessLog:
     rest of the line) and written to `stream` in batches: at most `interval` seconds after the
     request, when `max_pending` lines wait, and at shutdown. A crash can lose the last `interval`
     seconds of access lines (never a usage record: those are stored before the response ends).
+    After `stop` each line is written at once: a request the server cancelled past its shutdown
+    deadline ends after the last batch was written.
     """
 
     def __init__(self, stream: IO[bytes], *, interval: float = 0.2, max_pending: int = 256) -> None:
@@ -86,6 +88,7 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def record(self, request_id: str, fields: dict[str, Any]) -> None:
         """Queue one line: `fields` (method, path, route, status, latency, ...) after the usual keys."""
@@ -98,7 +101,7 @@ class AccessLog:
             "msg": "request", "request_id": request_id, **fields,
         }
         self._lines.append(orjson.dumps(data, default=str))
-        if len(self._lines) >= self.max_pending:
+        if self._stopped or len(self._lines) >= self.max_pending:
             self.flush()
 
     def flush(self) -> None:
@@ -114,6 +117,7 @@ class AccessLog:
 
     def start(self) -> None:
         """Flush every `interval` seconds in the running loop."""
+        self._stopped = False
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
 
@@ -123,7 +127,8 @@ class AccessLog:
             self.flush()
 
     async def stop(self) -> None:
-        """Stop the periodic flush and write what is left."""
+        """Stop the periodic flush and write what is left; lines recorded later are written at once."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -33,7 +33,8 @@ from sentinel.api.responses import endpoint_not_found
 from sentinel.api.throttle import FailedAuthThrottle
 from sentinel.api.tracing import TracingMiddleware
 from sentinel.api.user_slots import UserSlots
-from sentinel.config import Settings, reveal
+from sentinel.config import ConfigError, Settings, reveal
+from sentinel.db.engine import SchemaTooNew
 from sentinel.observability.logging import AccessLog, access_log_wanted
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OtelTracing, Tracing
@@ -130,7 +131,9 @@ class SentinelApp:
                 try:
                     await self.startup()
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
-                    log.error("startup failed", exc_info=True)
+                    # What an operator must fix (the configuration, a database a newer Sentinel
+                    # migrated) is said in one line by the server; a traceback only for the rest.
+                    log.error("startup failed", exc_info=not isinstance(exc, ConfigError | SchemaTooNew))
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})

@@ -68,14 +68,18 @@ def _actor() -> Any:
 
 async def _with_admin(settings: Settings, fn: Callable[[Any], Awaitable[int | None]]) -> int | None:
     """Run `fn(admin_service)` on the configured database (and store, whose caches it updates)."""
-    from sentinel.db.engine import create_engine, migrate, session_factory
+    from sentinel.db.engine import SchemaTooNew, create_engine, migrate, session_factory
     from sentinel.store import create_store
     from sentinel.wiring import build_cli_admin
 
     engine = create_engine(settings.database_url)
     store = create_store(settings.redis_url, timeout=settings.redis_timeout_seconds)
     try:
-        await migrate(engine)
+        try:
+            await migrate(engine)
+        except SchemaTooNew as exc:
+            print(f"sentinel: {exc}", file=sys.stderr)
+            return 1
         return await fn(build_cli_admin(settings, session_factory(engine), store))
     finally:
         await store.close()

@@ -276,16 +276,13 @@ def serve(settings: Settings, workers: int = 1) -> int:
             "OPENAI_API_URL (or ANTHROPIC_*) for real providers.",
             mock_url,
         )
-    if demo:
-        demo_key = asyncio.run(_demo_keys(settings, mint=True))
-    else:
-        if mocked:
-            log.warning("no demo key: a store, ledger, providers file or governance is configured "
-                        "(create keys with `sentinel keys create`)")
-        try:
-            asyncio.run(_demo_keys(settings, mint=False))
-        except Exception as exc:  # noqa: BLE001 - the server's own start reports an unreachable database
-            log.warning("could not check for demo keys left from a demo start: %s", type(exc).__name__)
+    if mocked and not demo:
+        log.warning("no demo key: a store, ledger, providers file or governance is configured "
+                    "(create keys with `sentinel keys create`)")
+    try:
+        demo_key = asyncio.run(_demo_keys(settings, mint=demo))
+    except Exception as exc:  # noqa: BLE001 - the server's own start reports the database's problem, in one line
+        log.warning("could not check for demo keys left from a demo start: %s", type(exc).__name__)
     if not settings.docs_api_key:
         log.warning("DOCS_API_KEY is not set: /native/docs is open to anyone")
     print(listening_line(settings), flush=True)

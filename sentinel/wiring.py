@@ -266,6 +266,9 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
     """Open the shared clients and build every service (call inside the running event loop).
 
     `tracing` replaces the one OTEL_EXPORTER_OTLP_ENDPOINT selects (tests pass an in-memory one)."""
+    file = read_providers_file(s)  # before any pool is opened: a bad file stops start-up with nothing to close
+    catalog = build_catalog(s, file)
+    catalogue = build_model_catalogue(catalog, file)
     tracing = tracing or build_tracing(s.otel_endpoint, s.otel_service_name)
     store = create_store(s.redis_url, timeout=s.redis_timeout_seconds)
     engine = create_engine(s.database_url)
@@ -276,9 +279,6 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
         keepalive=s.upstream_keepalive_seconds, trace_configs=tracing.trace_configs(),
     )
     local_ttl = LOCAL_CACHE_SECONDS if s.redis_url else 0.0
-    file = read_providers_file(s)
-    catalog = build_catalog(s, file)
-    catalogue = build_model_catalogue(catalog, file)
     metrics.known_models.update(known_models(catalog, catalogue))
     # On a SQLite file, usage records are inserted through a private connection (one hop a batch).
     sqlite_writer = SqliteWriter.for_url(s.database_url)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.support.accounts import record_and_roll_up
+from tests.support.servers import free_port
 
 
 def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -148,3 +149,37 @@ def test_control_characters_in_a_key_s_user_name_or_email_are_refused(tmp_path: 
         assert result.returncode == 2, (args, result.returncode, result.stdout, result.stderr)
         assert "control characters" in result.stderr, result.stderr
     assert "ali" not in run(["keys", "list"], env).stdout
+
+
+def test_a_database_a_newer_sentinel_migrated_is_one_clear_line(tmp_path: Path) -> None:
+    """An older Sentinel started on a database a newer one migrated (a rollback after an upgrade):
+    Alembic's "Can't locate revision" came out as a traceback — raw out of `serve` on the embedded
+    default (the demo key is made before the server starts), and out of every other command. Now
+    each stops with one line naming the revision and what to do, and a non-zero status."""
+    import sqlite3
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/newer.db"
+    env = {"DATABASE_URL": url, "SENTINEL_PORT": str(free_port()), "SENTINEL_HOST": "127.0.0.1"}
+    assert run(["keys", "list"], env).returncode == 0  # migrated to this Sentinel's head
+    with sqlite3.connect(tmp_path / "newer.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '0999_from_the_future'")
+    plain = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_", "REDIS_"))}
+    for args in (["keys", "list"], ["serve"]):
+        result = subprocess.run([sys.executable, "-m", "sentinel", *args], env={**plain, **env}, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode != 0, (args, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        assert "0999_from_the_future" in result.stderr and "newer" in result.stderr, (args, result.stderr)
+
+
+def test_a_malformed_providers_file_stops_serve_in_one_line(tmp_path: Path) -> None:
+    """The start-up's error log carried the whole traceback of a configuration mistake, and the
+    upstream client pool opened before the file was read was left unclosed (asyncio's "Unclosed
+    client session"): the file is now read before any pool opens, and the error is one line."""
+    (tmp_path / "providers.yaml").write_text("{bad")
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/p.db", "SENTINEL_PORT": str(free_port()),
+           "SENTINEL_HOST": "127.0.0.1", "SENTINEL_CONFIG": str(tmp_path / "providers.yaml")}
+    result = run(["serve"], env)
+    assert result.returncode != 0
+    assert "SENTINEL_CONFIG" in result.stderr
+    assert "Traceback" not in result.stderr and "Unclosed" not in result.stderr, result.stderr

@@ -18,6 +18,8 @@ from typing import Any, BinaryIO
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
@@ -39,6 +41,7 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 
 __all__ = [
     "MIGRATIONS_DIR",
+    "SchemaTooNew",
     "alembic_config",
     "create_engine",
     "database_errors",
@@ -164,8 +167,22 @@ async def _migrate(engine: AsyncEngine) -> None:
             await conn.commit()
 
 
+class SchemaTooNew(RuntimeError):
+    """The database is at a schema revision these migrations do not know: a newer Sentinel migrated it."""
+
+
 def _upgrade_head(connection: Connection) -> None:
-    command.upgrade(alembic_config(connection), "head")
+    config = alembic_config(connection)
+    script = ScriptDirectory.from_config(config)
+    known = {revision.revision for revision in script.walk_revisions()}
+    unknown = sorted(set(MigrationContext.configure(connection).get_current_heads()) - known)
+    if unknown:  # Alembic's own "Can't locate revision" is a traceback that says nothing of why
+        raise SchemaTooNew(
+            f"the database (DATABASE_URL) is at schema revision {', '.join(unknown)}, newer than this Sentinel "
+            f"knows (its newest: {', '.join(script.get_heads())}): a newer Sentinel migrated it; run that "
+            "version (or a later one), or restore the database from before the upgrade"
+        )
+    command.upgrade(config, "head")
 
 
 @contextlib.asynccontextmanager

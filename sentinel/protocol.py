@@ -31,7 +31,8 @@ are answered, the last answer carries `Connection: close`, and the connection cl
 meanwhile whatever else arrives is read and dropped (closing a socket with unread bytes resets the
 connection, which can lose the answers already sent). The requests not answered are left for the
 client to send again on a new connection — what RFC 9112 §9.3.2 asks of a pipelining client whose
-connection closes — rather than answered 503, which a client may surface as an error.
+connection closes — rather than answered 503, which a client may surface as an error. So are the
+requests queued when the server begins to stop (`shutdown`): the answer being written is the last.
 
 A request the connection refuses (431, or uvicorn's 400 for bytes that do not parse) is answered in
 its turn. Written at once, behind requests still being answered or queued, the refusal was the
@@ -149,6 +150,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 cycle.message_event.set()
         self.pipeline.clear()  # never to run: the transport is gone
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """The server is stopping: the answer being written is the connection's last. uvicorn marks
+        `self.cycle`, the request parsed last — with requests queued, a queued one, so the request
+        being answered kept the connection and every queued request ran after the stop began. They
+        are dropped unstarted, with whatever else arrives, as after an overflow (`_overflow`)."""
+        if self.pipeline and self._running is not None:
+            self.pipeline.clear()
+            self._overflowed = True  # nothing more is parsed: what arrives is read and dropped
+            self.flow.resume_reading()
+            self.cycle = self._running
+        super().shutdown()
 
     def pause_writing(self) -> None:
         super().pause_writing()

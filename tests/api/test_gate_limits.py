@@ -765,3 +765,29 @@ def test_a_client_that_leaves_mid_body_is_a_quiet_499(
     with gw.client() as client:  # the gateway is fine afterwards
         assert client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [
             {"role": "user", "content": "still here?"}]}).status_code == 200
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_requests_pipelined_behind_one_in_flight_at_shutdown_are_left_for_a_new_connection(
+    gateway_factory: Callable[..., Gateway], loop: str
+) -> None:
+    """On SIGTERM uvicorn marks the connection's last request to close it — with requests pipelined,
+    a queued one, so the request being answered kept the connection and every request queued behind
+    it was started after the stop began: each one admitted and sent upstream, the last ones cut at
+    the shutdown deadline (a 500, or a reset, and a 499 the caller is charged). Now the answer being
+    written is the connection's last (the client sends the queued requests again elsewhere, as after
+    any close, RFC 9112 §9.3.2): nothing queued starts once the stop began."""
+    gw = gateway_factory(loop=loop)
+    port = int(gw.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(_chat(gw, "first", latency_ms=3000) + _chat(gw, "second") + _chat(gw, "third"))
+        assert wait_for(lambda: (metric(gw.url, "sentinel_requests_in_flight") or 0) >= 1, timeout=10)
+        gw.server.server.should_exit = True  # SIGTERM, with the first request waiting for its answer
+        [(head, answer)] = read_answers(sock, 1)
+        rest = b""
+        while chunk := sock.recv(65536):
+            rest += chunk
+    assert head.startswith(b"HTTP/1.1 200") and orjson.loads(answer)["object"] == "chat.completion", head
+    assert b"connection: close" in head.lower(), head
+    assert rest == b"", rest[:300]  # closed after the answer: the queued requests never ran
+    assert _statuses_recorded(gw) == [200]

@@ -247,12 +247,33 @@ def listening_line(settings: Settings) -> str:
 def serve(settings: Settings, workers: int = 1) -> int:
     """Run the gateway until SIGTERM/SIGINT; in-flight requests drain before pools close.
 
-    Returns the process exit status: 2 when `workers` cannot share the configured store.
+    Returns the process exit status: 2 when `workers` cannot share the configured store, or when
+    another `serve` on the in-memory store already serves the same SQLite file (each would keep its
+    own quotas, sessions and ownership, as `workers_refused` says of workers).
     """
     refused = workers_refused(settings, workers)
     if refused:
         print(f"sentinel: {refused}", file=sys.stderr, flush=True)
         return 2
+    from sentinel.db.engine import hold_server_lock
+
+    try:
+        lock = None if settings.redis_url else hold_server_lock(settings.database_url)
+    except BlockingIOError:
+        print(
+            "sentinel: another `sentinel serve` without REDIS_URL already serves this SQLite database "
+            "(DATABASE_URL): each would keep its own quotas, sessions and caches (set REDIS_URL, or "
+            "stop the other one)", file=sys.stderr, flush=True,
+        )
+        return 2
+    try:
+        return _serve(settings, workers)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _serve(settings: Settings, workers: int) -> int:
     configure_logging(settings.log_level)
     raise_open_files_limit()  # before the workers start: they inherit it
     stop_mock = None

@@ -3,6 +3,7 @@ and the process's limit on open files."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,36 @@ def test_the_real_limit_is_raised() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "True", out
+
+
+def test_a_second_serve_on_the_in_memory_store_and_the_same_sqlite_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--workers 2` without REDIS_URL is refused (each worker would keep its own quotas), but two
+    `sentinel serve` on the same SQLite file (another port) both served: a user had each process's
+    plan in full, and its sessions and object ownership in one process only. The second is now
+    refused the same way, while the first holds the file; with REDIS_URL both may serve."""
+    import uvicorn
+
+    from sentinel.db.engine import hold_server_lock
+    from sentinel.server import serve
+
+    started: list[bool] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **kw: started.append(True))
+    url = f"sqlite+aiosqlite:///{tmp_path}/one.db"
+    s = Settings(  # type: ignore[call-arg]
+        _env_file=None, database_url=url, redis_url=None, openai_api_url="http://127.0.0.1:9/v1", openai_api_key="k",
+        host="127.0.0.1", port=9,
+    )
+    first = hold_server_lock(url)  # what the first `serve` holds while it runs (another process's, there)
+    assert first is not None
+    try:
+        assert serve(s) == 2
+        assert "REDIS_URL" in capsys.readouterr().err and not started
+        shared = s.model_copy(update={"redis_url": "redis://127.0.0.1:9/0"})
+        monkeypatch.setattr("sentinel.server._demo_keys", lambda *a, **kw: asyncio.sleep(0))
+        serve(shared)  # a shared store: not refused (the stub stands for the server)
+        assert started == [True]
+    finally:
+        first.close()
+    assert serve(s) in (0, 1) and started == [True, True]  # the first one gone: this one serves

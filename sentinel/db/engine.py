@@ -45,6 +45,7 @@ __all__ = [
     "alembic_config",
     "create_engine",
     "database_errors",
+    "hold_server_lock",
     "migrate",
     "session_factory",
 ]
@@ -204,6 +205,23 @@ def _lock_file(path: Path) -> BinaryIO:
     handle = open(path, "a+b")  # closed by _file_lock
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def hold_server_lock(url: str) -> BinaryIO | None:
+    """Take `<db>.serve-lock` beside the SQLite file of `url`, without waiting: the open handle holds
+    it (closing it, or the process ending however it ends, releases it); None for another database
+    or where there is no flock. BlockingIOError when another process holds it."""
+    path = sqlite_file(url)
+    if path is None or fcntl is None:
+        return None
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    handle = open(path.with_name(path.name + ".serve-lock"), "a+b")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BaseException:
         handle.close()
         raise

@@ -34,7 +34,7 @@ from sentinel.api.throttle import FailedAuthThrottle
 from sentinel.api.tracing import TracingMiddleware
 from sentinel.api.user_slots import UserSlots
 from sentinel.config import ConfigError, Settings, reveal
-from sentinel.db.engine import SchemaTooNew
+from sentinel.db.engine import DatabaseUnreachable, SchemaTooNew
 from sentinel.observability.logging import AccessLog, access_log_wanted
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OtelTracing, Tracing
@@ -131,9 +131,10 @@ class SentinelApp:
                 try:
                     await self.startup()
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
-                    # What an operator must fix (the configuration, a database a newer Sentinel
-                    # migrated) is said in one line by the server; a traceback only for the rest.
-                    log.error("startup failed", exc_info=not isinstance(exc, ConfigError | SchemaTooNew))
+                    # What an operator must fix (the configuration, a database unreachable or one a
+                    # newer Sentinel migrated) is said in one line by the server; a traceback only for the rest.
+                    known = isinstance(exc, ConfigError | DatabaseUnreachable | SchemaTooNew)
+                    log.error("startup failed", exc_info=not known)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})

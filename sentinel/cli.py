@@ -68,7 +68,7 @@ def _actor() -> Any:
 
 async def _with_admin(settings: Settings, fn: Callable[[Any], Awaitable[int | None]]) -> int | None:
     """Run `fn(admin_service)` on the configured database (and store, whose caches it updates)."""
-    from sentinel.db.engine import SchemaTooNew, create_engine, migrate, session_factory
+    from sentinel.db.engine import DatabaseUnreachable, SchemaTooNew, create_engine, migrate, session_factory
     from sentinel.store import create_store
     from sentinel.wiring import build_cli_admin
 
@@ -77,7 +77,7 @@ async def _with_admin(settings: Settings, fn: Callable[[Any], Awaitable[int | No
     try:
         try:
             await migrate(engine)
-        except SchemaTooNew as exc:
+        except (SchemaTooNew, DatabaseUnreachable) as exc:
             print(f"sentinel: {exc}", file=sys.stderr)
             return 1
         return await fn(build_cli_admin(settings, session_factory(engine), store))

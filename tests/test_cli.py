@@ -183,3 +183,17 @@ def test_a_malformed_providers_file_stops_serve_in_one_line(tmp_path: Path) -> N
     assert result.returncode != 0
     assert "SENTINEL_CONFIG" in result.stderr
     assert "Traceback" not in result.stderr and "Unclosed" not in result.stderr, result.stderr
+
+
+def test_an_unreachable_database_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A database that cannot be reached at start-up came out as a driver's traceback (every CLI
+    command) or as `[Errno 111] Connect call failed ...` under a traceback (`serve`), never saying
+    it was the database. Now one line names DATABASE_URL (never its password), status non-zero."""
+    url = f"postgresql+asyncpg://sentinel:s3cret-pw@127.0.0.1:{free_port()}/sentinel"
+    env = {"DATABASE_URL": url, "SENTINEL_PORT": str(free_port()), "SENTINEL_HOST": "127.0.0.1"}
+    for args in (["keys", "list"], ["serve"]):
+        result = run(args, env)
+        assert result.returncode != 0, (args, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        assert "cannot reach the database (DATABASE_URL)" in result.stderr, (args, result.stderr)
+        assert "s3cret-pw" not in result.stderr, (args, result.stderr)

@@ -41,6 +41,7 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 
 __all__ = [
     "MIGRATIONS_DIR",
+    "DatabaseUnreachable",
     "SchemaTooNew",
     "alembic_config",
     "create_engine",
@@ -157,7 +158,20 @@ async def migrate(engine_or_url: AsyncEngine | str) -> None:
         await engine.dispose()
 
 
+class DatabaseUnreachable(RuntimeError):
+    """The database could not be reached (or opened) to migrate it at start-up."""
+
+
 async def _migrate(engine: AsyncEngine) -> None:
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except (DBAPIError, DisconnectionError, PoolTimeout, OSError, TimeoutError) as exc:
+        # The driver's own error, never the URL (it may carry a password) nor a traceback.
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        raise DatabaseUnreachable(
+            f"cannot reach the database (DATABASE_URL): {type(cause).__name__}: {cause}"
+        ) from None
     path = _sqlite_file(engine.url) if engine.dialect.name == "sqlite" else None
     async with _file_lock(path):
         async with engine.connect() as conn:

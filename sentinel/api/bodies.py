@@ -14,10 +14,10 @@ from sentinel.api.context import context
 from sentinel.domain.text import has_control
 from sentinel.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
 from sentinel.native.openai_checks import (
-    MAX_JSON_DEPTH,
+    TOO_DEEP,
     TOO_MANY_CONTAINERS,
+    json_body_too_deep,
     json_containers_exceed,
-    json_depth_exceeds,
 )
 
 # A sign-in form is one short field a browser sends with its headers: it gets this long, not the
@@ -83,10 +83,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise InvalidRequest(f"Invalid JSON body: {exc}", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
-    # Nesting needs an opening bracket per level: a body with no more brackets (in strings or not)
-    # than the limit cannot exceed it, and needs no walk (most chat bodies: two per message).
-    if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and json_depth_exceeds(payload, MAX_JSON_DEPTH):
-        raise InvalidRequest(f"JSON body is nested deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
+    if json_body_too_deep(body, payload):
+        raise InvalidRequest(TOO_DEEP, code="invalid_json")
     return payload
 
 

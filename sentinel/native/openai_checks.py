@@ -152,6 +152,17 @@ def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
+# What a body nested deeper than MAX_JSON_DEPTH is told, on every surface that parses request JSON.
+TOO_DEEP = f"JSON body is nested deeper than {MAX_JSON_DEPTH} levels"
+
+
+def json_body_too_deep(body: bytes, parsed: Any) -> bool:
+    """Whether `parsed`, read from the JSON text `body`, nests deeper than MAX_JSON_DEPTH. Nesting needs
+    an opening bracket per level: a body with no more brackets (in strings or not) than the limit
+    cannot exceed it, and needs no walk (most bodies)."""
+    return body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and json_depth_exceeds(parsed, MAX_JSON_DEPTH)
+
+
 # What a body past MAX_JSON_CONTAINERS is told, on every surface that parses request JSON.
 TOO_MANY_CONTAINERS = f"JSON body holds more than {MAX_JSON_CONTAINERS:,} objects and arrays"
 # Every byte but those that tell a JSON text's structure apart from its strings' content.

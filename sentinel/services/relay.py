@@ -25,7 +25,13 @@ from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable, Upstream
 from sentinel.governance.ownership import Ownership
 from sentinel.native.errors import NativeValidationError
 from sentinel.native.model_request import ModelChatRequest
-from sentinel.native.openai_checks import TOO_MANY_CONTAINERS, check_metered_fields, json_containers_exceed
+from sentinel.native.openai_checks import (
+    TOO_DEEP,
+    TOO_MANY_CONTAINERS,
+    check_metered_fields,
+    json_body_too_deep,
+    json_containers_exceed,
+)
 from sentinel.native.openai_inbound import parse_openai_chat
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
@@ -300,6 +306,8 @@ class OpenAIRelay:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:  # compressed, or JSON orjson refuses: ids in it would go unchecked
             raise InvalidRequest("The request body must be JSON (uncompressed, valid UTF-8)") from None
+        if json_body_too_deep(body, parsed):  # as every request body; orjson would not write it back past 254
+            raise InvalidRequest(TOO_DEEP, code="invalid_json")
         if isinstance(parsed, dict) and parsed.get("stream") not in (None, False):
             raise _no_passthrough_stream()
         if reads_account_data(parsed):

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from sentinel.mock.app import create_mock_app
+from sentinel.native.openai_checks import MAX_JSON_DEPTH
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import set_plan
 from tests.support.accounts import create_key
@@ -292,3 +293,29 @@ def test_a_collections_own_calls_are_pass_through_and_their_ids_checked(
     assert [(r["endpoint"], r["input_tokens"], r["output_tokens"]) for r in rows] == [
         ("/v1/responses/*", 120, 30), ("/v1/responses/*", 0, 0), ("/v1/threads/*", 0, 0),
         ("/v1/responses/{response_id}", 0, 0), ("/v1/threads/*", 0, 0)]  # the compaction was charged once
+
+
+def test_a_body_nested_too_deep_is_a_400_on_pass_through_too(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """A pass-through JSON body is re-encoded from what was checked; orjson reads 1,024 levels but writes
+    254, so one nested 254 levels deep or more was a 500 (`internal_error`). Every request body is
+    refused past MAX_JSON_DEPTH (400 `invalid_json`), pass-through ones too: nothing reserved, sent or
+    recorded."""
+    gw = start(gateway_factory, spy, passthrough="/v1/moderations,/v1/vector_stores/*")
+    with gw.client() as http:
+        refused = []
+        for depth in (MAX_JSON_DEPTH + 1, 254, 300, 1000):
+            body = b'{"input":"x","a":' + b"[" * depth + b"]" * depth + b"}"
+            for path in ("/v1/moderations", "/v1/vector_stores"):
+                refused.append(http.post(path, content=body, headers={"Content-Type": "application/json"}))
+        deepest_taken = b'{"input":"x","a":' + b"[" * (MAX_JSON_DEPTH - 1) + b"]" * (MAX_JSON_DEPTH - 1) + b"}"
+        taken = http.post("/v1/moderations", content=deepest_taken, headers={"Content-Type": "application/json"})
+    for r in refused:
+        assert r.status_code == 400, (r.request.url, r.text)
+        error = openai_error(r.json())
+        assert error["code"] == "invalid_json" and "nested deeper" in error["message"], error
+        assert "x-ratelimit-limit" not in r.headers
+    assert taken.status_code == 200, taken.text
+    assert spy.paths() == ["/v1/moderations"]
+    assert recorded_ids(gw.settings.database_url) == {taken.headers["x-request-id"]}

@@ -299,32 +299,14 @@ def test_a_batch_line_naming_a_lone_surrogate_model_is_refused_not_a_500(
     """A batch line is read as Python's json reads it, which takes a lone surrogate: a line naming the
     model `"\\ud800"` was refused with a message quoting it, which no JSON answer can hold (orjson
     refused to write it) — a 500 without an error body or `X-Request-Id`, a traceback logged. It is
-    the 400 any other model gets, the name shown escaped, and nothing reaches the provider."""
+    a 400 saying the name is not text, and nothing reaches the provider."""
     gw = start(gateway_factory, spy, redis_url)
     line = BATCH_LINE.replace(b"gpt-4o-mini", b"\\ud800") % b"1"
     with gw.client(key_for(gw, "bob")) as bob:
         refused = bob.post("/v1/files", data={"purpose": "batch"}, files={"file": ("b.jsonl", line)})
     assert refused.status_code == 400, refused.text
-    assert "names the model '\\ud800' in `body.model`" in openai_error(refused.json())["message"], refused.text
+    assert "names a model name that is not text in `body.model`" in openai_error(refused.json())["message"]
     assert refused.headers["x-request-id"]
-    assert spy.seen == []
-
-
-@pytest.mark.parametrize("reference", [
-    b'"file_id": "file-\\ud800"', b'"previous_response_id": "resp_\\udfff"', b'"audio": {"id": "audio_\\ud800"}',
-], ids=["file", "response", "audio"])
-def test_a_batch_line_naming_a_lone_surrogate_id_is_a_404_not_a_500(
-    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str, reference: bytes
-) -> None:
-    """An id a batch line names (read as Python's json reads it) may hold a lone surrogate, which no
-    Redis key can: looking its owner up failed the command, a 500 and a traceback. It names no
-    object anyone owns: the 404 of any unknown id, and nothing reaches the provider."""
-    gw = start(gateway_factory, spy, redis_url)
-    line = BATCH_LINE.replace(b'"messages"', reference + b', "messages"') % b"1"
-    with gw.client(key_for(gw, "bob")) as bob:
-        refused = bob.post("/v1/files", data={"purpose": "batch"}, files={"file": ("b.jsonl", line)})
-    assert refused.status_code == 404, refused.text
-    assert openai_error(refused.json())["code"] == "object_not_found", refused.text
     assert spy.seen == []
 
 

@@ -51,8 +51,15 @@ async def test_a_forgotten_object_can_be_claimed_again(store: Store) -> None:
     assert await owners.owner_of("file-2") == "bob"
 
 
-@pytest.mark.parametrize("object_id", ["", "x" * 201])
+@pytest.mark.parametrize("object_id", ["", "x" * 201, "file-\ud800"], ids=["empty", "long", "lone-surrogate"])
 async def test_ids_out_of_bounds_are_never_recorded(store: Store, object_id: str) -> None:
+    """An empty or long id, and one holding a lone surrogate (Python's json reads one; no Redis key
+    can hold it: the command failed, a 500), names nothing: never recorded, never looked up."""
     owners = Ownership(store)
     assert await owners.claim(object_id, "alice", None) is False
     assert await owners.owner_of(object_id) is None
+    assert await owners.charge_once(object_id, None) is False
+    await owners.remember_context(object_id, 5, None)
+    await owners.grow_context(object_id, 5)
+    await owners.forget(object_id)
+    assert await owners.context_of([object_id]) == 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sentinel.domain.text import has_control
+
 # What the ledger stores of a caller: the `external_id` (VARCHAR(255)) and `email` (VARCHAR(320))
 # columns; PostgreSQL takes no NUL character in text.
 MAX_EXTERNAL_ID = 255
@@ -39,6 +41,13 @@ class Identity:
             return f"its email is longer than {MAX_EMAIL} characters"
         if "\x00" in self.external_id or (self.email is not None and "\x00" in self.email):
             return "its user id or email contains a NUL character"
+        # What the operator surfaces refuse in every id and email they are given (ESC, a bidi
+        # override, a zero-width space: see `sentinel.domain.text`): a user named so would read as
+        # another on the console, rewrite an operator's terminal, and could be put on no plan.
+        if has_control(self.external_id):
+            return "its user id contains a control or invisible formatting character"
+        if self.email is not None and has_control(self.email):
+            return "its email contains a control or invisible formatting character"
         return None
 
     def unstorable(self) -> str | None:

@@ -326,19 +326,35 @@ def test_operator_input_a_column_cannot_hold_is_a_400_that_changes_nothing(any_d
 
 
 def test_the_usage_csv_quotes_a_cell_holding_a_line_break(gateway_factory: Callable[..., Gateway]) -> None:
-    """A bare CR in a cell (an external id any identity source may vouch for) was not quoted: a
-    spreadsheet reading CR as a row's end saw a cell starting with '=' on a row of its own."""
+    """A bare CR in a cell (an external id an identity source vouched for) was not quoted: a
+    spreadsheet reading CR as a row's end saw a cell starting with '=' on a row of its own. Such an
+    identity is refused now (403 `identity_unrecordable`); a row an earlier version recorded is
+    still exported quoted."""
+    import sqlite3
+
     import jwt
+
+    from tests.support.attack import sqlite_file
 
     secret = "a-test-secret-that-is-long-enough-for-hs256"
     gw = gateway_factory(admin_key=ADMIN_KEY, jwt_secret=secret, usage_flush_interval_seconds=0.1)
-    token = jwt.encode({"sub": "u", "externalId": "alice\r=1+1", "exp": int(time.time()) + 600}, secret,
-                       algorithm="HS256")
-    r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {token}"},
-                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
-    assert r.status_code == 200, r.text
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+    def post(external_id: str) -> httpx.Response:
+        token = jwt.encode({"sub": "u", "externalId": external_id, "exp": int(time.time()) + 600}, secret,
+                           algorithm="HS256")
+        return httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {token}"}, json=chat,
+                          timeout=30)
+
+    refused = post("alice\r=1+1")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "identity_unrecordable", refused.text
+    assert post("alice").status_code == 200
     with admin(gw) as http:
         assert wait_for(lambda: "alice" in http.get("/admin/api/usage.csv").text)
+        conn = sqlite3.connect(sqlite_file(gw.settings.database_url), timeout=10)
+        with conn:
+            conn.execute("UPDATE usage_ledger SET external_id = ? WHERE external_id = 'alice'", ("alice\r=1+1",))
+        conn.close()
         csv_text = http.get("/admin/api/usage.csv").text
     assert '"alice\r=1+1",' in csv_text, csv_text  # quoted whole: the CR stays inside its cell
 

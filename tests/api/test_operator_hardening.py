@@ -222,3 +222,42 @@ def test_a_user_whose_id_no_path_can_hold_is_managed_by_query(
     key_id = created.json()["id"]
     revoked = console.post(f"/admin/keys/{key_id}/revoke", {})
     assert revoked.status_code == 303 and console.get(revoked.headers["location"]).status_code == 200
+
+
+JWT_SECRET = "a-test-secret-that-is-long-enough-for-hs256"
+
+
+@pytest.mark.parametrize("claims", [
+    {"externalId": "\u202eecila"},  # shown as "alice" on the console (a right-to-left override)
+    {"externalId": "alice\u200b"},  # a zero-width space: looks exactly like "alice"
+    {"externalId": "mallory\x1b]0;owned\x07\x1b[2K"},  # ESC sequences for `sentinel usage export` on a terminal
+    {"sub": "\x1b[31mred", "externalId": None},
+    {"email": "m\u202e@example.com"},
+])
+def test_a_token_naming_its_user_with_control_characters_is_refused(
+    gateway_factory: Callable[..., Gateway], claims: dict[str, object]
+) -> None:
+    """The operator surfaces refuse control and format characters in every user id and email they
+    are given, but a JWT's claims were taken as they came: its user was served and recorded under an
+    id that reads as another user's on the console (or rewrites the operator's terminal through
+    `sentinel usage export`), and that no operator could put on a plan (400: no control characters)."""
+    import jwt
+
+    from tests.support.attack import ledger_rows
+    from tests.support.waiting import wait_for
+
+    gw = gateway_factory(admin_key=ADMIN_KEY, jwt_secret=JWT_SECRET, jwt_audience="sentinel",
+                         usage_flush_interval_seconds=0.1)
+    base: dict[str, object] = {"sub": "user-9", "externalId": "jwt-user", "email": "j@example.com",
+                               "aud": "sentinel", "exp": int(time.time()) + 600}
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    bad = jwt.encode({k: v for k, v in {**base, **claims}.items() if v is not None}, JWT_SECRET, algorithm="HS256")
+    refused = httpx.post(gw.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {bad}"},
+                         timeout=30)
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["code"] == "identity_unrecordable"
+    good = jwt.encode(base, JWT_SECRET, algorithm="HS256")
+    assert httpx.post(gw.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {good}"},
+                      timeout=30).status_code == 200
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
+    assert [row["external_id"] for row in ledger_rows(gw.settings.database_url)] == ["jwt-user"]

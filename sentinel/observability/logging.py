@@ -40,7 +40,29 @@ class JsonFormatter(logging.Formatter):
                 data[key] = value
         if record.exc_info and record.levelno >= logging.ERROR:
             data["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(data, default=str).decode()
+        return visible(orjson.dumps(data, default=str)).decode()
+
+
+def visible(line: bytes) -> bytes:
+    """A JSON line (orjson's: C0 controls escaped already) with every other character that is not
+    printable written as a JSON escape: DEL, the C1 controls (CSI U+009B and OSC U+009D start escape
+    sequences in VTE terminals and GNU screen), bidi overrides and other format characters, line
+    separators. A client's path or a provider's message then reaches an operator's terminal or log
+    viewer as text, never as a command or reordered; the line decodes to the same values."""
+    if line.isascii() and b"\x7f" not in line:  # the common case, in C
+        return line
+    text = line.decode()
+    if text.isprintable():
+        return line
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text).encode()
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # JSON spells a character beyond the BMP as a surrogate pair
+    return f"\\u{0xD800 | code >> 10:04x}\\u{0xDC00 | code & 0x3FF:04x}"
 
 
 MAX_LOGGED_CHARS = 256
@@ -100,7 +122,7 @@ class AccessLog:
             "ts": f"{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "info", "logger": "sentinel.access",
             "msg": "request", "request_id": request_id, **fields,
         }
-        self._lines.append(orjson.dumps(data, default=str))
+        self._lines.append(visible(orjson.dumps(data, default=str)))
         if self._stopped or len(self._lines) >= self.max_pending:
             self.flush()
 

@@ -76,3 +76,29 @@ def test_a_long_path_is_clipped_in_every_log_line_and_the_answer(
     assert all(len(line) < 1_000 for line in access), [len(line) for line in access]
     for rec in failed:
         assert len(rec.path) <= 257 and len(rec.error) <= 257, (len(rec.path), len(rec.error))  # type: ignore[attr-defined]
+
+
+def test_a_path_holding_terminal_controls_is_logged_as_json_escapes(
+    gateway_factory: Callable[..., Gateway], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The path's percent-escapes decode to C1 controls (`%C2%9B` is CSI, `%C2%9D` OSC), which JSON
+    need not escape: an unauthenticated request wrote them raw to the operator's terminal, where
+    VTE (GNOME Terminal, Xfce Terminal) and GNU screen act on them — erase the lines above, set the
+    window title. A bidi override or a line separator likewise reorders or splits the line shown."""
+    logging.getLogger("sentinel.access").setLevel(logging.INFO)
+    try:
+        gw = gateway_factory(access_log=True)
+    finally:
+        logging.getLogger("sentinel.access").setLevel(logging.NOTSET)
+    path = "/v1/%C2%9B1A%C2%9B2K%C2%9D0;owned%C2%9C%E2%80%AEtxt%E2%80%A8x"
+    with gw.client() as http:
+        r = http.get(path)
+    gw.server.stop()
+    assert r.status_code == 404, r.text
+    err = capfd.readouterr().err
+    access = [line for line in err.splitlines() if '"logger":"sentinel.access"' in line]
+    assert access
+    for line in access:
+        assert line.isascii() and line.isprintable(), ascii(line)
+    assert any(orjson.loads(line).get("path") == "/v1/\x9b1A\x9b2K\x9d0;owned\x9c\u202etxt\u2028x"
+               for line in access), access

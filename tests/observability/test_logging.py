@@ -111,3 +111,17 @@ def test_configure_logging_sends_json_lines_to_stderr(capsys: pytest.CaptureFixt
     assert len(err) == 1, err
     line = orjson.loads(err[0])
     assert (line["level"], line["logger"], line["msg"], line["n"]) == ("info", "test.configured", "hello", 1)
+
+
+def test_characters_a_terminal_acts_on_or_hides_are_written_as_escapes(capture: Capture) -> None:
+    """JSON escapes C0 controls but not DEL, the C1 controls (CSI U+009B, OSC U+009D: escape
+    sequences to VTE and GNU screen), bidi overrides or line separators: a client's path or a
+    provider's error message logged with them reached the operator's terminal as they were."""
+    text = "\x9b2J\x9d0;owned\x9c \u202eevil \u2028 \x7f \U000e0041 caf\u00e9 \u6f22 \U0001f600"
+    capture.logger.info("request failed", extra={"path": text, "error": text})
+    raw = capture.buffer.getvalue()
+    assert "\x9b" not in raw and "\x9d" not in raw and "\u202e" not in raw and "\u2028" not in raw
+    assert "\x7f" not in raw and "\U000e0041" not in raw
+    assert "caf\u00e9 \u6f22 \U0001f600" in raw  # printable text stays as it is
+    [line] = capture.lines()
+    assert line["path"] == text and line["error"] == text

@@ -8,7 +8,9 @@ own `exp` has passed is refused with 401 before any source is asked, so an outag
 Invalid tokens are remembered for `negative_ttl` seconds. Revoking a key therefore takes effect
 within `ttl` seconds. An identity served while its source is down from the token's own claims (a
 `StandIn`) is cached for the outage only, never fresh: the next use asks the source again, so a
-user it refuses once it answers is refused then, not a TTL later.
+user it refuses once it answers is refused then, not a TTL later. A token the source refused (a
+`Refused`: a deactivated user's verified JWT) is remembered under `sentinel:refused:<sha256(token)>`
+until it expires, so no later outage serves it from its claims once the 30 s refusal is over.
 
 With `require_email` (GOVERNANCE=zion, where usage is reported to Zion by email) an identity
 without an email is refused with 403 `usage_unreportable`: it would be served unmetered.
@@ -22,15 +24,19 @@ from collections.abc import Callable, Collection
 from contextlib import AbstractAsyncContextManager, nullcontext
 
 from sentinel.domain.identity import Identity
-from sentinel.errors import AuthenticationError, GovernanceUnavailable, PermissionDenied
+from sentinel.errors import AuthenticationError, GovernanceUnavailable, PermissionDenied, StoreUnavailable
 from sentinel.governance.cache import GovernanceCache
-from sentinel.governance.identity import IdentitySource, StandIn
+from sentinel.governance.identity import IdentitySource, Refused, StandIn
 from sentinel.governance.jwt import unverified_expiry
 from sentinel.governance.keys import KEY_PREFIX, hash_key
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
 
 log = logging.getLogger("sentinel.auth")
+
+# `<prefix><sha256(token)>`: a token its source refused although it names its identity itself (Zion
+# refused a locally verified JWT), kept until the token expires: no stand-in is served for it.
+REFUSED_PREFIX = "sentinel:refused:"
 
 UNREPORTABLE = (
     "Usage of this account cannot be reported: it has no email address, and Zion records usage by "
@@ -157,12 +163,18 @@ class Authenticator:
             confirmed = True
             try:
                 found = await source.authenticate(token)
+            except Refused as refusal:
+                await self.cache.put(key, None, ttl=self.negative_ttl)
+                await self._remember_refusal(key, refusal.expires_at)
+                raise AuthenticationError() from None
             except GovernanceUnavailable as exc:
                 if stale is not None:
                     log.warning("identity source unavailable; serving a cached identity", extra={"source": source.name})
                     return self._admit(stale)
                 if not isinstance(exc, StandIn):
                     raise
+                if await self._refused_before(key, exc):
+                    raise AuthenticationError() from None
                 log.warning("identity source unavailable; serving a token from its claims", extra={"source": source.name})
                 found, confirmed = exc.identity, False
             if found is None or self._expired(found):
@@ -175,6 +187,24 @@ class Authenticator:
         # is served it only while the source still cannot answer.
         await self.cache.put(key, found, stale=not confirmed, not_after=found.expires_at)
         return self._admit(found)
+
+    async def _remember_refusal(self, key: str, expires_at: float) -> None:
+        """Remember, until the token expires, that its source refused it: no stand-in for it then."""
+        seconds = expires_at - self.clock()
+        if seconds <= 0:
+            return
+        try:
+            await self.cache.store.set(REFUSED_PREFIX + key, b"1", seconds)
+        except StoreUnavailable:
+            log.warning("could not remember a refused token: store unavailable")
+
+    async def _refused_before(self, key: str, outage: GovernanceUnavailable) -> bool:
+        """Whether the source refused this token before (then no stand-in is served for it); the
+        outage itself (503) when that cannot be read: a stand-in is never served unchecked."""
+        try:
+            return await self.cache.store.get(REFUSED_PREFIX + key) is not None
+        except StoreUnavailable:
+            raise outage from None
 
     def _expired(self, identity: Identity) -> bool:
         return identity.expires_at is not None and identity.expires_at <= self.clock()

@@ -13,7 +13,8 @@ class IdentitySource(Protocol):
 
     Returns None when the token is not valid for this source (-> 401); raises
     `GovernanceUnavailable` when the source cannot be asked (-> 503 unless cached), or `StandIn`
-    when it cannot be asked but the token names its identity itself.
+    when it cannot be asked but the token names its identity itself, or `Refused` when the source
+    that vouches for identities refused a token that names its identity itself (-> 401).
     """
 
     name: str
@@ -32,3 +33,14 @@ class StandIn(GovernanceUnavailable):
     def __init__(self, message: str, identity: Identity, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.identity = identity
+
+
+class Refused(Exception):  # noqa: N818 - a verdict, like StandIn, not an error of Sentinel's
+    """The source that vouches for identities refused a token that names its identity itself (Zion
+    refused a locally verified JWT: a deactivated or deleted user). No identity (401), and no
+    `StandIn` may be served for this token during a later outage, until `expires_at` (unix seconds,
+    the token's own expiry): the source's verdict is known, an outage does not undo it."""
+
+    def __init__(self, expires_at: float) -> None:
+        super().__init__("the identity source refused the token")
+        self.expires_at = expires_at

@@ -27,7 +27,7 @@ import orjson
 
 from sentinel.domain.identity import Identity, external_id_of
 from sentinel.errors import GovernanceUnavailable
-from sentinel.governance.identity import IdentitySource, StandIn
+from sentinel.governance.identity import IdentitySource, Refused, StandIn
 from sentinel.providers.http import read_capped
 
 log = logging.getLogger("sentinel.jwt")
@@ -241,7 +241,8 @@ class LocalJwtIdentitySource:
     With a `profile_source` (Zion's `/users/me`) every verified token is checked with it too, and the
     identity is always the profile's when it answers (`externalId`, else Zion's id; the earlier of the
     two expiries): that is the id Zion's limits are read by, and the one a user's objects, sessions and
-    ledger rows are keyed by whether or not the token carries an email. A refusal is None (401). Only
+    ledger rows are keyed by whether or not the token carries an email. A refusal is `Refused` (401,
+    and no stand-in for that token until it expires: see below). Only
     while the source is unreachable (GovernanceUnavailable) may a token be served from its claims, and
     only when they name the profile's id explicitly (`externalId` or `external_id`, a number taken as
     its text, as Zion's is) and carry the email usage is reported by: that identity is raised as a
@@ -275,8 +276,8 @@ class LocalJwtIdentitySource:
                 "identity source unavailable; the token's claims name its identity", stand_in,
                 retry_after=exc.retry_after,
             ) from exc
-        if profile is None:
-            return None
+        if profile is None:  # the source's verdict on a token that names its identity: no stand-in later
+            raise Refused(expires_at)
         return replace(profile, expires_at=min(expires_at, profile.expires_at or expires_at))
 
     def _outage_identity(self, claims: dict[str, Any], expires_at: float) -> Identity | None:

@@ -201,6 +201,37 @@ def test_a_user_zion_refuses_is_401_not_a_stale_identity(
     assert "auth_rate_limited" in codes, codes
 
 
+def test_a_token_zion_refused_is_never_served_from_its_claims_during_a_later_outage(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    """A fired employee: Zion deactivates the user, refuses their (locally verified, still unexpired)
+    JWT, and the client gets 401. The refusal was remembered for 30 s only; once it was gone, a Zion
+    outage let the same token in again from its claims (a stand-in), for as long as the outage
+    lasted. A token Zion refused gets no stand-in before it expires; Zion's answer still decides
+    once it is back."""
+    secret = "shared-jwt-signing-secret-0123456789"
+    token = jwt.encode({"sub": "auth0|pat", "externalId": "pat-ext", "email": "pat@example.com",
+                        "exp": int(time.time()) + 600}, secret, algorithm="HS256")
+    other = jwt.encode({"sub": "auth0|quin", "externalId": "quin-ext", "email": "quin@example.com",
+                        "exp": int(time.time()) + 600}, secret, algorithm="HS256")
+    zion.add_user(token, "pat-ext", "pat@example.com")
+    zion.add_user(other, "quin-ext", "quin@example.com")
+    gw = zion_gateway(gateway_factory, zion, jwt_secret=secret, auth_failures_per_minute=1000)
+    assert post(gw, token).status_code == 200
+    assert post(gw, other).status_code == 200  # her plan is cached now
+    zion.refuse_user(token, 403)  # deactivated
+    profile = "sentinel:profile:" + hashlib.sha256(token.encode()).hexdigest()
+    gw.drop_stored(profile)  # the cached identity's TTL over: Zion is asked and refuses
+    assert post(gw, token).status_code == 401
+    zion.set_down(True)
+    gw.drop_stored(profile)  # the remembered refusal's 30 s over, and Zion is down now
+    refused = post(gw, token)
+    assert refused.status_code == 401, refused.text  # not served from its claims
+    # A token that was never refused is served from its claims during the outage, as before.
+    gw.drop_stored("sentinel:profile:" + hashlib.sha256(other.encode()).hexdigest())
+    assert post(gw, other).status_code == 200
+
+
 def test_users_whose_usage_cannot_be_reported_are_refused(
     gateway_factory: Callable[..., Gateway], zion: FakeZion
 ) -> None:

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from sentinel.domain.identity import Identity
 from sentinel.errors import GovernanceUnavailable
-from sentinel.governance.identity import StandIn
+from sentinel.governance.identity import Refused, StandIn
 from sentinel.governance.jwt import LEEWAY_SECONDS, JwtVerifier, LocalJwtIdentitySource, unverified_expiry
 from tests.support.fake_zion import ZionProfiles
 from tests.support.servers import free_port, serving
@@ -122,8 +122,10 @@ async def test_governance_is_asked_about_every_token_and_its_claims_serve_only_i
     assert answered is not None and (answered.external_id, answered.email, answered.source) == (
         "ext-z", "z@example.com", "zion")
     assert profiles.calls == 1
-    profiles.answer = None  # deactivated since the token was issued
-    assert await source.authenticate(hs(aud(externalId="ext-z"))) is None
+    profiles.answer = None  # deactivated since the token was issued: refused, until the token expires
+    with pytest.raises(Refused) as refused:
+        await source.authenticate(hs(aud(externalId="ext-z")))
+    assert refused.value.expires_at > time.time()
     profiles.down = True
     in_outage = await stand_in(source, hs(aud(externalId="ext-z")))
     assert (in_outage.external_id, in_outage.email) == ("ext-z", "u@example.com")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -195,7 +196,8 @@ class ZionClient:
     async def batch_increment(self, items: Sequence[UsageRecord], idempotency_key: str) -> BatchResult:
         """Report records, one increment each, in calls of at most 1000 carrying `Idempotency-Key`.
 
-        Results are matched to records per item, never by email. Chunks after the first use
+        Results are matched to records per item (by email only where their order contradicts the
+        increments' and the emails are unambiguous: `_paired`). Chunks after the first use
         `<key>:<n>`, so retrying the same records with the same key repeats the same calls. Raises
         GovernanceUnavailable when a call fails: retry the whole batch with the same key.
         Whether a repeat is really applied once depends on Zion honouring the key.
@@ -398,7 +400,8 @@ def _item(record: UsageRecord) -> dict[str, Any]:
 
 
 def _match(records: list[UsageRecord], data: dict[str, Any]) -> list[ItemResult]:
-    """Pair Zion's results with the records sent, by position: one result per increment.
+    """Pair Zion's results with the records sent, by position: one result per increment (by email
+    when the results name other emails than their positions' and the emails say which is which).
 
     An answer that does not name one result per increment (none, fewer, more, or not all objects)
     says nothing of which record became what. It counts as all applied only when Zion's counts
@@ -412,12 +415,14 @@ def _match(records: list[UsageRecord], data: dict[str, Any]) -> list[ItemResult]
     raw = data.get("results")
     results = raw if isinstance(raw, list) else []
     if len(results) == len(records) and all(isinstance(r, dict) for r in results):
-        return [
-            ItemResult(record.request_id, "applied")
-            if result.get("success") is True
-            else ItemResult(record.request_id, "failed", str(result.get("error") or "rejected by Zion"))
-            for record, result in zip(records, results, strict=True)
-        ]
+        paired = _paired(records, results)
+        if paired is not None:
+            return [
+                ItemResult(record.request_id, "applied")
+                if result.get("success") is True
+                else ItemResult(record.request_id, "failed", str(result.get("error") or "rejected by Zion"))
+                for record, result in paired
+            ]
     processed, failed = data.get("processed"), data.get("failed")
     if (
         _count(processed) == len(records)
@@ -432,6 +437,37 @@ def _match(records: list[UsageRecord], data: dict[str, Any]) -> list[ItemResult]
         f"Zion's batch answer names {len(results)} results for {len(records)} increments "
         f"(processed {clipped(repr(processed))}, failed {clipped(repr(failed))})"
     )
+
+
+def _paired(records: list[UsageRecord], results: list[dict[str, Any]]) -> list[tuple[UsageRecord, dict[str, Any]]] | None:
+    """Each record with its result: by position, unless the results name the records' emails in
+    another order (Zion answered in another order: emails of its own spelling say nothing of order).
+    Then by email, where that says which record each result is: every email's results all succeeded
+    or all failed. None when it cannot say (the answer is then judged by its counts alone)."""
+
+    def email(result: dict[str, Any]) -> str | None:
+        named = result.get("email")
+        return named.casefold() if isinstance(named, str) else None
+
+    def matches(record: UsageRecord, result: dict[str, Any]) -> bool:
+        named = email(result)
+        return named is None or named == (record.email or "").casefold()
+
+    in_order = list(zip(records, results, strict=True))
+    if all(matches(record, result) for record, result in in_order) or Counter(map(email, results)) != Counter(
+        (record.email or "").casefold() for record in records
+    ):
+        return in_order
+    by_email: dict[str | None, list[dict[str, Any]]] = {}
+    for result in results:
+        by_email.setdefault(email(result), []).append(result)
+    paired = []
+    for record in records:
+        group = by_email.get((record.email or "").casefold())
+        if not group or len({r.get("success") is True for r in group}) > 1:
+            return None
+        paired.append((record, group.pop()))
+    return paired
 
 
 def _count(value: Any) -> int | None:

@@ -180,6 +180,27 @@ async def test_failures_are_matched_per_item_not_by_email(client: ZionClient, fa
     ]
 
 
+async def test_results_in_another_order_are_paired_by_the_email_they_name(client: ZionClient, fake: FakeZion) -> None:
+    """Results were paired with increments by position only, though each names its email: a Zion
+    answering in another order (failures first, or grouped by user) had the refused record marked
+    applied (never counted, gone from the outbox) and the applied one marked failed (sent again under
+    a new key: counted twice). Results that contradict their position are paired by email where that
+    is unambiguous; where it is not, the answer is a wrong shape and the batch goes again."""
+    fake.reject_model("bad-model")
+    fake.reshape_batch_results(lambda results: list(reversed(results)))
+    bob, refused = record(1, "bob@example.com"), record(2, model="bad-model")
+    result = await client.batch_increment([bob, refused], "key-order")
+    assert result.applied == ["req-1"]
+    assert [(r.request_id, r.error) for r in result.failed] == [("req-2", "model rejected")]
+    # Two records of one email, one applied and one refused, in another order: no way to tell which.
+    with pytest.raises(GovernanceUnavailable):
+        await client.batch_increment([record(3, model="bad-model"), record(4), bob], "key-ambiguous")
+    # Emails of Zion's own spelling (not the ones sent, in any order) say nothing of order: by position.
+    fake.reshape_batch_results(lambda results: [{**r, "email": "canonical@example.com"} for r in results])
+    result = await client.batch_increment([record(5), record(6, model="bad-model")], "key-spelling")
+    assert result.applied == ["req-5"] and [r.request_id for r in result.failed] == ["req-6"]
+
+
 async def test_records_without_email_are_skipped(client: ZionClient, fake: FakeZion) -> None:
     result = await client.batch_increment([record(1, email=None)], "key-1")
     assert [(r.request_id, r.status) for r in result.items] == [("req-1", "skipped")]

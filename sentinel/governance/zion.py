@@ -6,7 +6,8 @@ every aiohttp/asyncio failure becomes `GovernanceUnavailable` here, once. The se
 `x-api-key` and is never logged; Zion's error bodies are never passed on to clients.
 
 A circuit breaker (`sentinel.breaker`) counts outages only (connection errors, timeouts, 5xx; any
-answer below 500 counts as Zion being up). Once it opens, calls fail at once with
+answer below 500 counts as Zion being up); usage delivery has one of its own (`usage_breaker`), so a
+failing usage endpoint never stops identities and limits from being read. Once it opens, calls fail at once with
 `GovernanceUnavailable` (no call, no retry, no wait) until one probe per cooldown succeeds, so
 while Zion is down requests are served from the caches at cache speed for the grace period.
 
@@ -21,7 +22,7 @@ import asyncio
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
@@ -133,6 +134,7 @@ class ZionClient:
         connect_timeout: float = 1.0,
         backoff: Backoff | None = None,
         breaker: CircuitBreaker | None = None,
+        usage_breaker: CircuitBreaker | None = None,
     ) -> None:
         self._base = base_url.rstrip("/") + "/api/v1"
         self._api_key = api_key
@@ -140,9 +142,14 @@ class ZionClient:
         self._owned = session is None
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
         self._backoff = backoff or Backoff(base=0.1, cap=2.0, attempts=3)
+        # Identity, limits and tier config share one breaker; usage delivery has its own: the usage
+        # endpoint failing (or one batch Zion answers 500 to, sent again under its key for as long)
+        # must not make every user Sentinel has not cached a 503 (the deliverer backs off anyway).
         self.breaker = breaker or CircuitBreaker(BREAKER_THRESHOLD, BREAKER_COOLDOWN_SECONDS)
-        if self.breaker.on_change is None:
-            self.breaker.on_change = self._breaker_changed
+        self.usage_breaker = usage_breaker or CircuitBreaker(BREAKER_THRESHOLD, BREAKER_COOLDOWN_SECONDS)
+        for name, watched in (("zion", self.breaker), ("zion_usage", self.usage_breaker)):
+            if watched.on_change is None:
+                watched.on_change = self._watcher(name, watched)
 
     def __repr__(self) -> str:  # never show the key
         return f"ZionClient({self._base!r})"
@@ -189,7 +196,7 @@ class ZionClient:
             raise ValueError("Zion usage is keyed by email; the record has none")
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         data = await self._call(
-            "POST", "/usage/external/increment", service=True, body=_item(record), headers=headers
+            "POST", "/usage/external/increment", service=True, body=_item(record), headers=headers, usage=True
         )
         return cast(dict[str, Any], data)
 
@@ -214,6 +221,7 @@ class ZionClient:
                 service=True,
                 body=body,
                 headers={"Idempotency-Key": key},
+                usage=True,
             )
             results += _match(chunk, cast(dict[str, Any], data))
         outcome = iter(results)  # one per sendable record, in order
@@ -232,8 +240,11 @@ class ZionClient:
         body: Any = None,
         headers: dict[str, str] | None = None,
         none_on: Collection[int] = (),
+        usage: bool = False,
     ) -> Any:
-        """One API call with retries; Zion's `data` (None when the status is one of `none_on`)."""
+        """One API call with retries; Zion's `data` (None when the status is one of `none_on`).
+        `usage`: a usage delivery, behind `usage_breaker` (every other call is behind `breaker`)."""
+        breaker = self.usage_breaker if usage else self.breaker
         sent = {**(headers or {}), "Accept-Encoding": "identity"}
         if service:
             sent["x-api-key"] = self._api_key
@@ -245,10 +256,10 @@ class ZionClient:
         route = path.split("/external/")[0] if path.startswith("/limits/") else path  # no user ids in logs
         for attempt in range(1, self._backoff.attempts + 1):
             last = attempt == self._backoff.attempts
-            if not self.breaker.allow():
+            if not breaker.allow():
                 raise GovernanceUnavailable(
                     f"Zion is unavailable (circuit open) on {method} {route}",
-                    retry_after=max(1.0, self.breaker.retry_after()),
+                    retry_after=max(1.0, breaker.retry_after()),
                 )
             try:
                 # Not redirected (the service key would go wherever Zion pointed), not compressed
@@ -258,15 +269,15 @@ class ZionClient:
                 ) as resp:
                     status, raw, wait = resp.status, await _read_capped(resp), resp.headers.get("Retry-After", "")
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-                self.breaker.failure()
+                breaker.failure()
                 problem = f"Zion unreachable on {method} {route}: {type(exc).__name__}"
                 if last:
                     raise GovernanceUnavailable(problem) from exc
             else:
                 if status < 500 and status != 429:
-                    self.breaker.success()  # a whole answer, even a refusal: Zion is up
+                    breaker.success()  # a whole answer, even a refusal: Zion is up
                 else:  # down, or asking to be called less (429): calls stop while the circuit is open
-                    self.breaker.failure()
+                    breaker.failure()
                 if status in none_on:
                     return None
                 if 200 <= status < 300:
@@ -275,20 +286,25 @@ class ZionClient:
                 if status < 500 or last:
                     retry_after = parse_retry_after(wait)
                     raise ZionStatusError(problem, zion_status=status, retry_after=retry_after)
-            if self.breaker.state == "open":  # this failure opened it: do not keep trying
-                raise GovernanceUnavailable(f"{problem}; circuit open", retry_after=self.breaker.retry_after())
+            if breaker.state == "open":  # this failure opened it: do not keep trying
+                raise GovernanceUnavailable(f"{problem}; circuit open", retry_after=breaker.retry_after())
             log.warning("%s; retrying (attempt %d of %d)", problem, attempt + 1, self._backoff.attempts)
             await asyncio.sleep(self._backoff.delay(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _breaker_changed(self, old: State, new: State) -> None:
-        if new == "open":
-            log.warning(
-                "Zion circuit open: Zion calls fail at once for %.0f s; cached identities and limits are served",
-                self.breaker.cooldown, extra={"breaker": "zion", "from_state": old},
-            )
-        elif new == "closed":
-            log.warning("Zion circuit closed: Zion answers again", extra={"breaker": "zion", "from_state": old})
+    @staticmethod
+    def _watcher(name: str, breaker: CircuitBreaker) -> Callable[[State, State], None]:
+        """What logs the state changes of `breaker`, called `name` ("zion", or "zion_usage" for usage)."""
+        calls = ("usage deliveries to Zion fail at once for %.0f s; usage waits in the outbox" if name == "zion_usage"
+                 else "Zion calls fail at once for %.0f s; cached identities and limits are served")
+
+        def changed(old: State, new: State) -> None:
+            if new == "open":
+                log.warning("Zion circuit open: " + calls, breaker.cooldown, extra={"breaker": name, "from_state": old})
+            elif new == "closed":
+                log.warning("Zion circuit closed: Zion answers again", extra={"breaker": name, "from_state": old})
+
+        return changed
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:

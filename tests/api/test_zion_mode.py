@@ -295,6 +295,27 @@ def test_once_zion_is_known_down_requests_do_not_wait_for_it(
     assert "Zion circuit open" in caplog.text
 
 
+def test_a_failing_usage_endpoint_does_not_stop_zion_from_validating_users(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    """Identity, limits and usage delivery shared one circuit breaker: while Zion's batch-increment
+    endpoint failed (its own outage, or a batch it answers 500 to, retried under its key for as
+    long), each delivery attempt opened the breaker for 5 s, and every user not cached meanwhile got
+    503 though `/users/me` and the limits answered. Delivery has a breaker of its own."""
+    zion.add_user("jwt-rae", "rae-ext", "rae@example.com")
+    zion.add_user("jwt-sid", "sid-ext", "sid@example.com")
+    zion.fail_batches(500)
+    gw = zion_gateway(gateway_factory, zion)
+    assert post(gw, "jwt-rae").status_code == 200  # her record waits; its deliveries fail
+    assert wait_for(lambda: zion.attempts[BATCH] >= 3)  # three outage answers in a row
+    assert wait_for(lambda: (metric(gw.url, "sentinel_usage_deliveries_total", result="failure") or 0) >= 1)
+    answer = post(gw, "jwt-sid")  # nothing cached for him: Zion is asked, and answers
+    assert answer.status_code == 200, answer.text
+    zion.fail_batches(None)
+    rae = zion.user("rae@example.com")
+    assert rae is not None and wait_for(lambda: rae.used["aiRequests"] == 1, timeout=40)
+
+
 # --- undecodable cache entries are misses, never 500s (a real Redis) --------------------------------
 
 

@@ -81,7 +81,7 @@ class Rig:
         self.memory_clock: FakeClock | None = None
         self.client = ZionClient(
             zion.url, zion.api_key, timeout=2.0, backoff=Backoff(base=0.001, cap=0.002, attempts=3),
-            breaker=CircuitBreaker(threshold=1000),
+            breaker=CircuitBreaker(threshold=1000), usage_breaker=CircuitBreaker(threshold=1000),
         )
         self.sink = RecordingSink(ZionSink(self.client))
 

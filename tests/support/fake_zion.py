@@ -2,7 +2,7 @@
 
 Serve it on a real socket with `tests.support.servers.serving(fake)` (the object is an ASGI app)
 and drive it from the test thread with plain methods: `add_user`, `refuse_user`, `set_down`, `fail_next`,
-`set_honour_idempotency`, `reject_model`, `lose_batch_answers`, `reshape_batch_results`; read `calls` (per route, requests that got past the
+`set_honour_idempotency`, `fail_batches`, `reject_model`, `lose_batch_answers`, `reshape_batch_results`; read `calls` (per route, requests that got past the
 failure controls), `attempts` (per route, every request, failed ones too), `received` (all
 requests), `applied`, `totals` (per email), `seen`. A lock guards
 the state because the server runs in another thread.
@@ -129,6 +129,7 @@ class FakeZion:
         self._fail_next: list[int] = []
         self._honour_idempotency = True
         self._lose_batch_answers = 0
+        self._batch_status: int | None = None
         self.lost_answers = 0  # batch calls handled (applied or replayed) whose answer was dropped
         self._idempotent: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._rejected_models: set[str] = set()
@@ -203,6 +204,12 @@ class FakeZion:
         with self._lock:
             self._lose_batch_answers = count
 
+    def fail_batches(self, status: int | None) -> None:
+        """Every batch-increment call answers `status` (None: as usual) before anything is applied,
+        while the other routes answer: Zion's usage endpoint broken, the rest of it up."""
+        with self._lock:
+            self._batch_status = status
+
     def reject_model(self, model: str) -> None:
         """Batch items for `model` fail (`success:false`) while the others are applied."""
         self._rejected_models.add(model)
@@ -225,6 +232,8 @@ class FakeZion:
             self.received += 1
             self.attempts[_route(scope.get("path", ""))] += 1
             failing = self._fail_next.pop(0) if self._fail_next else None
+            if failing is None and scope.get("path") == BATCH:
+                failing = self._batch_status
         if self._down == "hang":
             while self._down == "hang":  # noqa: ASYNC110 - the flag is set from the test thread
                 await asyncio.sleep(0.02)

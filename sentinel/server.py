@@ -303,7 +303,8 @@ def _serve(settings: Settings, workers: int) -> int:
     try:
         demo_key = asyncio.run(_demo_keys(settings, mint=demo))
     except Exception as exc:  # noqa: BLE001 - the server's own start reports the database's problem, in one line
-        log.warning("could not check for demo keys left from a demo start: %s", type(exc).__name__)
+        doing = "make a demo key" if demo else "check for demo keys left from a demo start"
+        log.warning("could not %s: %s", doing, type(exc).__name__)
     if not settings.docs_api_key:
         log.warning("DOCS_API_KEY is not set: /native/docs is open to anyone")
     print(listening_line(settings), flush=True)

@@ -213,12 +213,13 @@ async def _file_lock(db_path: Path | None) -> AsyncIterator[None]:
         handle.close()  # closing the file releases the lock
 
 
-def _lock_file(path: Path) -> BinaryIO:
-    """Open `path` and block until this process holds an exclusive flock on it."""
+def _lock_file(path: Path, *, wait: bool = True) -> BinaryIO:
+    """Open `path` and take an exclusive flock on it: wait until this process holds it, or (`wait`
+    False) raise BlockingIOError at once when another process does."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+b")  # closed by _file_lock
+    handle = open(path, "a+b")  # closed by the caller (_file_lock, or the server when it stops)
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BaseException:
         handle.close()
         raise
@@ -233,13 +234,7 @@ def hold_server_lock(url: str) -> BinaryIO | None:
     if path is None or fcntl is None:
         return None
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    handle = open(path.with_name(path.name + ".serve-lock"), "a+b")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BaseException:
-        handle.close()
-        raise
-    return handle
+    return _lock_file(path.with_name(path.name + ".serve-lock"), wait=False)
 
 
 _OUTAGES = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout, OSError, TimeoutError)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sentinel.domain.text import has_control
+from sentinel.domain.text import has_control, is_text
 
 # What the ledger stores of a caller: the `external_id` (VARCHAR(255)) and `email` (VARCHAR(320))
 # columns; PostgreSQL takes no NUL character in text.
@@ -55,7 +55,7 @@ class Identity:
         that is not valid Unicode (a JSON claim may hold a lone surrogate). Checked once, where an
         identity comes from its source; a stored one was storable."""
         texts = (self.external_id, self.user_id, self.email, self.source, self.key_id, self.plan)
-        if not all(_encodable(text) for text in texts if isinstance(text, str)):
+        if not all(is_text(text) for text in texts if isinstance(text, str)):
             return "a claim is not valid Unicode text (a lone surrogate): it cannot be stored"
         return self.unrecordable()
 
@@ -98,12 +98,3 @@ def external_id_of(value: object) -> str | None:
 
 def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _encodable(text: str) -> bool:
-    """Whether `text` can be written as UTF-8 (a JSON claim may hold a lone surrogate, which cannot)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

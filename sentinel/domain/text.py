@@ -29,3 +29,15 @@ def has_control(text: str, *, lines: bool = False) -> bool:
         if unicodedata.category(char) in REFUSED_CATEGORIES:
             return True
     return False
+
+
+def is_text(value: str) -> bool:
+    """Whether `value` is Unicode text any store, log line or JSON answer can hold: no lone surrogate
+    (Python's json reads `"\\ud800"`; a JSON claim or a batch line may hold one)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

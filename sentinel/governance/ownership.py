@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from sentinel.domain.text import is_text
 from sentinel.errors import InvalidRequest, NotFound
 from sentinel.store import Store
 from sentinel.store.base import LocalOps, Script
@@ -37,15 +38,7 @@ def _keyable(object_id: str) -> bool:
     """Whether `object_id` can name an object: 1 to _MAX_ID characters of text. A lone surrogate (a
     batch line is read as Python's json reads it) names nothing a provider made, and no store key can
     hold it (a Redis command with it failed: a 500)."""
-    if not 0 < len(object_id) <= _MAX_ID:
-        return False
-    if object_id.isascii():
-        return True
-    try:
-        object_id.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
+    return 0 < len(object_id) <= _MAX_ID and is_text(object_id)
 
 # Record ARGV[1] as the owner unless another owner is recorded; the owner's own claim refreshes the
 # expiry (ARGV[2] ms; "" = none). 1 when the caller owns the object afterwards, else 0.

@@ -13,6 +13,11 @@ def as_object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def as_str(value: Any) -> str:
+    """`value` if it is a JSON string, else an empty one."""
+    return value if isinstance(value, str) else ""
+
+
 def as_list(value: Any) -> list[Any]:
     """`value` if it is a JSON array, else an empty one."""
     return value if isinstance(value, list) else []

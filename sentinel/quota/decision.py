@@ -23,6 +23,12 @@ from sentinel.domain.plans import Limit
 from sentinel.errors import RateLimited
 
 
+def refuses(current: int, amount: int, limit: int, offset: int) -> bool:
+    """Whether a limit at `current` (plus `offset`, what an external source counted) refuses `amount`
+    more: the rule of the limiter's Lua scripts (`sentinel.quota.limiter`), of which this is the twin."""
+    return (amount > 0 or limit > 0) and current + max(amount, 1) > limit - offset
+
+
 @dataclass(frozen=True)
 class LimitState:
     """One limit as seen by one decision: its usage (after the request when admitted)."""
@@ -40,7 +46,7 @@ class LimitState:
     def refuses(self) -> bool:
         """Whether this limit refuses the request, by the reservation script's rule (`used` being
         the count before the request, as in a denied decision's states)."""
-        return (self.requested > 0 or self.limit.limit > 0) and self.used + max(self.requested, 1) > self.limit.limit
+        return refuses(self.used, self.requested, self.limit.limit, 0)
 
     @property
     def fraction_left(self) -> float:

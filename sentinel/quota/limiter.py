@@ -46,22 +46,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sentinel.domain.plans import Limit, Plan
-from sentinel.quota.decision import Decision, LimitState
+from sentinel.quota.decision import Decision, LimitState, refuses
 from sentinel.store.base import LocalOps, Script, Store
 
 # Whether `amount` more of a limit refuses a request: it would pass the limit (`limit` - `offset`:
 # what an outside system counted), and while `amount` is 0, the limit is exhausted — but a limit of
 # 0 bans its metric, refusing any amount of it and never a request needing none. Shared by the
-# reservation scripts; `_refuses` is its Python twin.
+# reservation scripts; `decision.refuses` is its Python twin.
 _REFUSES_LUA = """
 local function refuses(current, amount, limit, offset)
   return (amount > 0 or limit > 0) and current + math.max(amount, 1) > limit - offset
 end
 """
-
-
-def _refuses(current: int, amount: int, limit: int, offset: int) -> bool:
-    return (amount > 0 or limit > 0) and current + max(amount, 1) > limit - offset
 
 
 _RESERVE_LUA = _REFUSES_LUA + """
@@ -98,7 +94,7 @@ def _reserve_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[int]
         amount, cap, offset = int(args[4 * i]), int(args[4 * i + 1]), int(args[4 * i + 2])
         current = int(ops.get(key) or 0)
         used.append(current)
-        if denied == 0 and _refuses(current, amount, cap, offset):
+        if denied == 0 and refuses(current, amount, cap, offset):
             denied = i + 1
     if denied == 0:
         for i, key in enumerate(keys):
@@ -209,7 +205,7 @@ def _reserve_external_local(ops: LocalOps, keys: list[str], args: list[str]) -> 
         else:
             current = 0
         used.append(current)
-        if denied == 0 and _refuses(current, amount, cap, offset):
+        if denied == 0 and refuses(current, amount, cap, offset):
             denied = i + 1
     if denied == 0:
         for i in range(n):

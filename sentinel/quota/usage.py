@@ -22,6 +22,7 @@ import orjson
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
 from sentinel.errors import UpstreamError
+from sentinel.native._wire import as_list, as_str
 from sentinel.native.openai import PLAIN_DELTA, delta_extras, field_text
 from sentinel.providers.errors import stream_failure
 from sentinel.quota.items import NO_FIELDS, item_text
@@ -60,7 +61,7 @@ def text_from_body(endpoint: str, body: Any) -> str:
         return ""
     parts: list[str] = []
     if endpoint == "responses":
-        for item in _list(body.get("output")):
+        for item in as_list(body.get("output")):
             if not isinstance(item, dict):
                 continue
             content = item.get("content")
@@ -74,7 +75,7 @@ def text_from_body(endpoint: str, body: Any) -> str:
                 parts.append(item["arguments"])
             parts.append(_tool_input(item))
         return "".join(parts)
-    for choice in _list(body.get("choices")):
+    for choice in as_list(body.get("choices")):
         if not isinstance(choice, dict):
             continue
         if endpoint == "completions":
@@ -86,7 +87,7 @@ def text_from_body(endpoint: str, body: Any) -> str:
         if isinstance(message.get("content"), str):
             parts.append(message["content"])
         parts.append(delta_extras(message))  # a message holds the same kinds of output as a delta
-        parts.extend(_call_text(call) for call in _list(message.get("tool_calls")))
+        parts.extend(_call_text(call) for call in as_list(message.get("tool_calls")))
     return "".join(parts)
 
 
@@ -97,23 +98,15 @@ def _tool_input(item: dict[str, Any]) -> str:
     input (the model's own items are not what it read): without usage, a long patch was free."""
     kind = item.get("type")
     if kind == "custom_tool_call":
-        return _str(item.get("input"))
+        return as_str(item.get("input"))
     if kind == "apply_patch_call":
         operation = item.get("operation")
-        return _str(operation.get("diff")) if isinstance(operation, dict) else ""
+        return as_str(operation.get("diff")) if isinstance(operation, dict) else ""
     action = item.get("action")
     if kind in ("shell_call", "local_shell_call") and isinstance(action, dict):
         lines = action.get("commands" if kind == "shell_call" else "command")
-        return "\n".join(line for line in _list(lines) if isinstance(line, str))
+        return "\n".join(line for line in as_list(lines) if isinstance(line, str))
     return ""
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 # The output items of a Responses answer whose text the model writes and the stream carries as deltas
@@ -145,7 +138,7 @@ def items_read(items: Any) -> tuple[str, int]:
     but those it writes, `_WRITTEN_ITEMS`) as (text to count, tokens counted already), see `item_read`."""
     texts: list[str] = []
     tokens = 0
-    for item in _list(items):
+    for item in as_list(items):
         if isinstance(item, dict) and not _written_item(item):
             text, counted = item_read(item)
             texts.append(text)
@@ -378,7 +371,7 @@ class StreamInspector:
                     self.audio[audio["id"]] = audio.get("expires_at") or self.audio.get(audio["id"])
                 if not delta.keys() <= PLAIN_DELTA:
                     self._text.append(delta_extras(delta))
-                self._text.extend(_call_text(call) for call in _list(delta.get("tool_calls")))
+                self._text.extend(_call_text(call) for call in as_list(delta.get("tool_calls")))
         # The usage-only chunk has an empty choices list.
         return not (self.strip and usage is not None and choices == [])
 

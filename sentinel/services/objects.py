@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from sentinel.domain.text import is_text
 from sentinel.native.openai_checks import json_containers_exceed
 
 DAY = 86400.0
@@ -447,7 +448,7 @@ def batch_references(content: bytes, *, offered: Callable[[str], bool], limit: i
         for param, model in [("body.model", given), *tool_models(body, "body.")]:
             if not isinstance(model, str) or not offered(model):
                 shown = "no model" if not isinstance(model, str) else (
-                    f"the model '{model[:200]}'" if _is_text(model) else "a model name that is not text")
+                    f"the model '{model[:200]}'" if is_text(model) else "a model name that is not text")
                 raise InvalidBatchInput(
                     f"Line {number} of the batch input names {shown} in `{param}`: a batch runs only a model of "
                     "this gateway's catalogue (GET /v1/models) that its OpenAI provider serves under that name "
@@ -456,24 +457,13 @@ def batch_references(content: bytes, *, offered: Callable[[str], bool], limit: i
         if reads_account_data(request):
             raise InvalidBatchInput(f"Line {number} of the batch input asks for data across the account")
         ids = referenced_ids(request)
-        if not all(_is_text(object_id) for object_id in ids):
+        if not all(is_text(object_id) for object_id in ids):
             raise InvalidBatchInput(f"Line {number} of the batch input names an object id that is not text "
                                     "(a lone surrogate): no object has it")
         found.update(dict.fromkeys(ids))
         if len(found) > limit:
             raise TooManyReferences(f"A batch input may name at most {limit} objects")
     return list(found)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _is_text(value: str) -> bool:
-    """Whether `value` is Unicode text: the stdlib reader of `_strict_json` takes a lone surrogate
-    (`"\\ud800"`, or its bytes), which no store key, log line or JSON answer can hold — an id or a
-    model named with one reached the ownership check (a key Redis cannot be sent) or an error's
-    message (a 404 or 400 that cannot be written): a 500."""
-    return value.isascii() or not _SURROGATE.search(value)
 
 
 def _containers(data: bytes, cap: int) -> int:

@@ -734,6 +734,21 @@ def test_a_custom_tool_call_is_charged_as_output_without_usage(gateway_factory: 
     assert all(patch_tokens <= r["output_tokens"] <= patch_tokens + 5 for r in recorded), (recorded, patch_tokens)
 
 
+def _recorded_responses_answer(
+    gateway_factory: Callable[..., Gateway], answer: dict[str, Any], prompt: str
+) -> dict[str, Any]:
+    """`answer` from the upstream to one `/v1/responses` request (`store: false`): its ledger row."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1)
+        with gw.client() as http:
+            upstream.json(answer)
+            r = http.post("/v1/responses", json={"model": MINI, "input": prompt, "store": False})
+    assert r.status_code == 200, r.text
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
+    return ledger_rows(gw.settings.database_url)[0]
+
+
 def test_a_responses_refusal_without_usage_is_charged(gateway_factory: Callable[..., Gateway]) -> None:
     """A Responses answer's refusal is a message part of its own (`{"type": "refusal", "refusal": …}`),
     streamed as `response.refusal.delta` (counted) but, in a whole answer without usage, read only
@@ -742,15 +757,7 @@ def test_a_responses_refusal_without_usage_is_charged(gateway_factory: Callable[
     answer = {"id": "resp_1", "object": "response", "status": "completed", "model": MINI, "usage": None,
               "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
                           "content": [{"type": "refusal", "refusal": refusal}]}]}
-    upstream = ScriptedUpstream()
-    with serving(upstream) as srv:
-        gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1)
-        with gw.client() as http:
-            upstream.json(answer)
-            r = http.post("/v1/responses", json={"model": MINI, "input": "something bad", "store": False})
-    assert r.status_code == 200, r.text
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
-    row = ledger_rows(gw.settings.database_url)[0]
+    row = _recorded_responses_answer(gateway_factory, answer, "something bad")
     assert row["usage_source"] == "estimated" and row["output_tokens"] > 150, row
 
 
@@ -776,13 +783,5 @@ def test_a_responses_answer_without_usage_is_charged_the_patches_and_commands_th
                    "action": {"type": "exec", "command": commands, "env": {}}},
               ]}
     written = TokenCounter().count_text(diff + "".join(commands) * 2, MINI)
-    upstream = ScriptedUpstream()
-    with serving(upstream) as srv:
-        gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1)
-        with gw.client() as http:
-            upstream.json(answer)
-            r = http.post("/v1/responses", json={"model": MINI, "input": "fix it", "store": False})
-    assert r.status_code == 200, r.text
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
-    row = ledger_rows(gw.settings.database_url)[0]
+    row = _recorded_responses_answer(gateway_factory, answer, "fix it")
     assert row["usage_source"] == "estimated" and written * 0.8 <= row["output_tokens"] <= written * 1.2, (row, written)

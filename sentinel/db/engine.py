@@ -166,7 +166,7 @@ async def _migrate(engine: AsyncEngine) -> None:
     try:
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-    except (DBAPIError, DisconnectionError, PoolTimeout, OSError, TimeoutError) as exc:
+    except (DBAPIError, *_OUTAGES) as exc:
         # The driver's own error, never the URL (it may carry a password) nor a traceback.
         cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
         raise DatabaseUnreachable(

@@ -163,10 +163,9 @@ class Authenticator:
             confirmed = True
             try:
                 found = await source.authenticate(token)
-            except Refused as refusal:
-                await self.cache.put(key, None, ttl=self.negative_ttl)
+            except Refused as refusal:  # refused as any unknown token is (below), and remembered longer
                 await self._remember_refusal(key, refusal.expires_at)
-                raise AuthenticationError() from None
+                found = None
             except GovernanceUnavailable as exc:
                 if stale is not None:
                     log.warning("identity source unavailable; serving a cached identity", extra={"source": source.name})

@@ -3,7 +3,6 @@ check says what failed, never the driver's message, which may name hosts and por
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from starlette.routing import Route
 from sentinel import __version__
 from sentinel.api.responses import NOSNIFF, RawResponse, operator_json
 from sentinel.errors import StoreUnavailable
+from sentinel.flight import SingleFlight
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
 
@@ -39,7 +39,7 @@ class OpsRoutes:
         self.clock = clock
         self.started = time.monotonic()
         self._store_logged: float | None = None  # when the store's failure was last logged; None: it answers
-        self._running: asyncio.Task[dict[str, dict[str, Any]]] | None = None  # the checks under way, if any
+        self._running: SingleFlight[None, dict[str, dict[str, Any]]] = SingleFlight()  # the checks under way
 
     def routes(self) -> list[Route]:
         return [
@@ -55,17 +55,7 @@ class OpsRoutes:
         connections (and users' key lookups waited for one). Probes that arrive while a check runs
         share its answer; one that arrives after it ends starts a new one (nothing is cached). A
         probe that leaves does not cancel the check the others wait for."""
-        task = self._running
-        if task is None:
-            task = self._running = asyncio.create_task(self._run_checks())
-            task.add_done_callback(self._checks_done)
-        return await asyncio.shield(task)
-
-    def _checks_done(self, task: asyncio.Task[dict[str, dict[str, Any]]]) -> None:
-        if self._running is task:
-            self._running = None
-        if not task.cancelled():
-            task.exception()  # retrieved: every prober may have left before it ended
+        return await self._running.run(None, self._run_checks)
 
     async def _run_checks(self) -> dict[str, dict[str, Any]]:
         checks: dict[str, dict[str, Any]] = {}

@@ -18,6 +18,7 @@ without an email is refused with 403 `usage_unreportable`: it would be served un
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Collection
@@ -25,6 +26,7 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 
 from sentinel.domain.identity import Identity
 from sentinel.errors import AuthenticationError, GovernanceUnavailable, PermissionDenied, StoreUnavailable
+from sentinel.flight import SingleFlight
 from sentinel.governance.cache import GovernanceCache
 from sentinel.governance.identity import IdentitySource, Refused, StandIn
 from sentinel.governance.jwt import unverified_expiry
@@ -100,7 +102,8 @@ class Authenticator:
         self.jwt = jwt
         self.negative_ttl = min(negative_ttl, ttl)
         self.clock = clock
-        self._refreshing: set[str] = set()  # keys of stale identities being refreshed from their source
+        # Lookups under way, by token key: concurrent requests with one token share one source lookup.
+        self._flights: SingleFlight[str, Identity] = SingleFlight()
         self.cache: GovernanceCache[Identity] = GovernanceCache(
             store,
             name="identity",
@@ -143,42 +146,35 @@ class Authenticator:
             expiry = unverified_expiry(token)
             if expiry is not None and expiry <= self.clock():
                 raise AuthenticationError("The token has expired", code="token_expired")
-        if stale is not None:
-            if key in self._refreshing:  # being refreshed already: served as it is meanwhile
-                return self._admit(stale)
-            self._refreshing.add(key)
-        try:
-            return await self._look_up(token, key, source, stale, lookup)
-        finally:
-            if stale is not None:
-                self._refreshing.discard(key)
-
-    async def _look_up(
-        self, token: str, key: str, source: IdentitySource, stale: Identity | None,
-        lookup: Callable[[], AbstractAsyncContextManager[None]] | None,
-    ) -> Identity:
-        # A stale identity (known good, being refreshed: one lookup per token at a time) does not
-        # queue behind unknown tokens for a lookup turn.
+        work = functools.partial(self._look_up, token, key, source, stale)
+        if key in self._flights:  # this token's lookup is under way: no lookup (nor lookup turn) of our own
+            return self._admit(stale) if stale is not None else await self._flights.run(key, work)
+        # A stale identity (known good, being refreshed) does not queue behind unknown tokens for a
+        # lookup turn. A caller cancelled meanwhile gives its turn back; its lookup goes on for the others.
         async with lookup() if lookup is not None and stale is None else nullcontext():
-            confirmed = True
-            try:
-                found = await source.authenticate(token)
-            except Refused as refusal:  # refused as any unknown token is (below), and remembered longer
-                await self._remember_refusal(key, refusal.expires_at)
-                found = None
-            except GovernanceUnavailable as exc:
-                if stale is not None:
-                    log.warning("identity source unavailable; serving a cached identity", extra={"source": source.name})
-                    return self._admit(stale)
-                if not isinstance(exc, StandIn):
-                    raise
-                if await self._refused_before(key, exc):
-                    raise AuthenticationError() from None
-                log.warning("identity source unavailable; serving a token from its claims", extra={"source": source.name})
-                found, confirmed = exc.identity, False
-            if found is None or self._expired(found):
-                await self.cache.put(key, None, ttl=self.negative_ttl)
-                raise AuthenticationError()
+            return await self._flights.run(key, work)
+
+    async def _look_up(self, token: str, key: str, source: IdentitySource, stale: Identity | None) -> Identity:
+        """Ask `source` about `token`, and remember its answer: run once per token at a time (`_flights`)."""
+        confirmed = True
+        try:
+            found = await source.authenticate(token)
+        except Refused as refusal:  # refused as any unknown token is (below), and remembered longer
+            await self._remember_refusal(key, refusal.expires_at)
+            found = None
+        except GovernanceUnavailable as exc:
+            if stale is not None:
+                log.warning("identity source unavailable; serving a cached identity", extra={"source": source.name})
+                return self._admit(stale)
+            if not isinstance(exc, StandIn):
+                raise
+            if await self._refused_before(key, exc):
+                raise AuthenticationError() from None
+            log.warning("identity source unavailable; serving a token from its claims", extra={"source": source.name})
+            found, confirmed = exc.identity, False
+        if found is None or self._expired(found):
+            await self.cache.put(key, None, ttl=self.negative_ttl)
+            raise AuthenticationError()
         if (problem := found.unstorable()) is not None:  # refused, and not cached: it cannot be stored
             raise PermissionDenied(f"This identity's usage cannot be recorded: {problem}", code="identity_unrecordable")
         # A stand-in is kept for the outage only (stale from the start, as a confirmed identity past

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 import jwt as pyjwt
 import pytest
 
 from sentinel.domain.identity import Identity
-from sentinel.errors import AuthenticationError, GovernanceUnavailable, PermissionDenied
+from sentinel.errors import AuthenticationError, GovernanceUnavailable, PermissionDenied, SentinelError
 from sentinel.governance.auth import Authenticator, parse_bearer
 from sentinel.governance.jwt import LEEWAY_SECONDS, unverified_expiry
+from sentinel.observability.metrics import Metrics
 from sentinel.store import MemoryStore
 from tests.support.clock import FakeClock
 from tests.support.fake_zion import ZionProfiles
+from tests.support.metrics import counted
 from tests.support.stores import FlakyStore
+from tests.support.waiting import until
 
 
 class Source:
@@ -252,7 +259,6 @@ async def test_a_stale_identity_is_refreshed_without_waiting_for_a_lookup_turn(c
     429 instead of its identity once they had failed."""
     import asyncio
     import contextlib
-    from collections.abc import AsyncIterator
 
     auth, source, _ = make(clock)
     await auth.authenticate("sk-sentinel-good")
@@ -363,3 +369,126 @@ async def test_zions_answer_after_an_outage_replaces_the_stand_in_and_is_cached_
     clock.advance(200)  # past it, Zion down: Zion's identity (stale), not the claims', in the grace
     assert (await auth.authenticate(token)).email == "dora@zion.example"
     assert profiles.calls == 3
+
+
+# --- one source lookup per token at a time (single flight) -------------------------------------------
+
+
+class HeldSource(Source):
+    """`Source` whose lookups, counted as they begin, wait for `release`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def authenticate(self, token: str) -> Identity | None:
+        self.calls += 1
+        await self.release.wait()
+        if self.down:
+            raise GovernanceUnavailable("down")
+        return self.valid.get(token)
+
+
+class Turns:
+    """A `lookup` context that counts the turns entered and given back (the throttle's, in `Deps`)."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+        self.left = 0
+
+    @contextlib.asynccontextmanager
+    async def __call__(self) -> AsyncIterator[None]:
+        self.entered += 1
+        try:
+            yield
+        finally:
+            self.left += 1
+
+
+def make_held(clock: FakeClock, **kw: object) -> tuple[Authenticator, HeldSource, Metrics]:
+    source, metrics = HeldSource(), Metrics()
+    auth = Authenticator(MemoryStore(clock=clock), api_keys=source, ttl=10, grace=20, clock=clock, metrics=metrics,
+                         **kw)  # type: ignore[arg-type]
+    return auth, source, metrics
+
+
+def misses(metrics: Metrics) -> float:
+    """Identity cache misses: a caller counted here goes on to its lookup, or joins one, in the same loop turn."""
+    return counted(metrics, "sentinel_cache_lookups_total", cache="identity", result="miss")
+
+
+async def test_concurrent_requests_with_one_uncached_token_share_one_source_lookup(clock: FakeClock) -> None:
+    """At every cache expiry (or on a cold cache) N concurrent requests with one token each asked
+    the source — N Zion calls, N database queries, N of the client's lookup turns. They share one."""
+    auth, source, metrics = make_held(clock)
+    turns = Turns()
+    pending = [asyncio.create_task(auth.authenticate("sk-sentinel-good", lookup=turns)) for _ in range(20)]
+    await until(lambda: misses(metrics) == 20 and source.calls == 1)
+    source.release.set()
+    identities = await asyncio.gather(*pending)
+    assert {i.external_id for i in identities} == {"alice"}
+    assert source.calls == 1
+    assert (turns.entered, turns.left) == (1, 1)  # the followers asked nothing: they took no turn
+    assert (await auth.authenticate("sk-sentinel-good")).external_id == "alice"  # cached, as before
+    assert source.calls == 1
+
+
+async def test_a_cancelled_first_caller_leaves_its_lookup_to_the_others(clock: FakeClock) -> None:
+    """The first caller runs the lookup as a task of its own: its cancellation (shutdown, a timeout)
+    gives its lookup turn back but neither stops the lookup nor fails the requests waiting on it."""
+    auth, source, metrics = make_held(clock)
+    turns = Turns()
+    first = asyncio.create_task(auth.authenticate("sk-sentinel-good", lookup=turns))
+    await until(lambda: source.calls == 1)
+    others = [asyncio.create_task(auth.authenticate("sk-sentinel-good")) for _ in range(3)]
+    await until(lambda: misses(metrics) == 4)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert (turns.entered, turns.left) == (1, 1)
+    source.release.set()
+    assert [i.external_id for i in await asyncio.gather(*others)] == ["alice"] * 3
+    assert source.calls == 1
+    assert (await auth.authenticate("sk-sentinel-good")).external_id == "alice"  # its answer was cached
+    assert source.calls == 1
+
+
+@pytest.mark.parametrize(
+    ("token", "down", "error", "status"),
+    [
+        ("sk-sentinel-unknown", False, AuthenticationError, 401),
+        ("sk-sentinel-nomail", False, PermissionDenied, 403),
+        ("sk-sentinel-good", True, GovernanceUnavailable, 503),
+    ],
+)
+async def test_a_shared_lookups_error_reaches_every_caller(
+    clock: FakeClock, token: str, down: bool, error: type[Exception], status: int
+) -> None:
+    auth, source, metrics = make_held(clock, require_email=True)
+    source.valid["sk-sentinel-good"] = Identity("alice", "u1", "alice@example.com")
+    source.valid["sk-sentinel-nomail"] = Identity("bob", "u2", None)
+    source.down = down
+    pending = [asyncio.create_task(auth.authenticate(token)) for _ in range(5)]
+    await until(lambda: misses(metrics) == 5)
+    source.release.set()
+    outcomes = await asyncio.gather(*pending, return_exceptions=True)
+    assert [type(o) for o in outcomes] == [error] * 5, outcomes
+    assert {o.status for o in outcomes if isinstance(o, SentinelError)} == {status}
+    assert source.calls == 1
+
+
+async def test_once_a_shared_lookup_ended_the_next_miss_asks_the_source_again(clock: FakeClock) -> None:
+    """The lookup is shared while it runs only: its outcome is kept no longer than the cache keeps
+    it — an outage (not cached) is asked about again at the next request, an identity past its TTL
+    is refreshed from the source."""
+    auth, source, _ = make_held(clock)
+    source.release.set()
+    source.down = True
+    with pytest.raises(GovernanceUnavailable):
+        await auth.authenticate("sk-sentinel-good")
+    source.down = False
+    assert (await auth.authenticate("sk-sentinel-good")).external_id == "alice"
+    assert source.calls == 2
+    clock.advance(11)  # past the TTL
+    assert (await auth.authenticate("sk-sentinel-good")).external_id == "alice"
+    assert source.calls == 3

@@ -6,7 +6,8 @@ for every request until that minute ends, without a lookup. Lookups that go to t
 (`lookup`) are counted while they run: a client has at most `limit` minus its failures of this
 minute in flight at once, and further ones wait their turn (or are refused once the failures reach
 the limit), so a burst of concurrent made-up tokens cannot all pass the check before the first of
-them has failed. Tokens found in the identity cache never wait. A key typed into a sign-in form is
+them has failed. Tokens found in the identity cache never wait, nor do requests that join their
+token's lookup under way (`Authenticator`: they ask no source). A key typed into a sign-in form is
 one such guess (`attempt`), judged in a turn once its form is read; a form that never arrives (its
 body deadline passed, or the client left) is a failed one too.
 

@@ -12,6 +12,10 @@ user it refuses once it answers is refused then, not a TTL later. A token the so
 `Refused`: a deactivated user's verified JWT) is remembered under `sentinel:refused:<sha256(token)>`
 until it expires, so no later outage serves it from its claims once the 30 s refusal is over.
 
+Concurrent requests with one token share one source lookup (`SingleFlight`, per process): the
+first runs it, the others await its outcome (the same identity or error) and take no lookup turn;
+while a stale identity is being refreshed, the others are served it at once.
+
 With `require_email` (GOVERNANCE=zion, where usage is reported to Zion by email) an identity
 without an email is refused with 403 `usage_unreportable`: it would be served unmetered.
 """
@@ -126,7 +130,8 @@ class Authenticator:
         """Identity for `token`; AuthenticationError (401), PermissionDenied (403, an identity whose
         usage cannot be reported) or GovernanceUnavailable (503). `lookup()`, when given, is entered
         around the identity source's lookup (not for a cached identity) until its outcome is known:
-        the failed-authentication throttle counts the lookups a client has in flight with it."""
+        the failed-authentication throttle counts the lookups a client has in flight with it. A caller
+        that joins this token's lookup under way asks no source and does not enter it."""
         key = hash_key(token)
         if key in self.withheld:
             raise AuthenticationError("An operator key is not a user credential: use an API key or a JWT")

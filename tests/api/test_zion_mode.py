@@ -388,6 +388,31 @@ def test_concurrent_made_up_tokens_reach_zion_no_more_often_than_the_throttle_al
     assert codes == [401] * 3 + [429] * 17, codes
 
 
+def test_concurrent_requests_with_one_new_token_make_one_zion_call(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    """Each request with a token not in the identity cache called /users/me: at every cache expiry
+    a user's N concurrent requests made N Zion calls. Requests that arrive while the token's lookup
+    runs wait for its answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    zion.add_user("jwt-erin", "erin-ext", "erin@example.com")
+    gw = zion_gateway(gateway_factory, zion)
+
+    def misses() -> float:
+        return metric(gw.url, "sentinel_cache_lookups_total", cache="identity", result="miss") or 0
+
+    zion.set_down(True, "hang")
+    with ThreadPoolExecutor(6) as pool:
+        answers = [pool.submit(post, gw, "jwt-erin") for _ in range(6)]
+        # A miss is counted in the loop turn its request starts or joins the token's lookup.
+        assert wait_for(lambda: misses() == 6 and zion.attempts[ME] >= 1)
+        zion.set_down(False)
+        codes = [a.result().status_code for a in answers]
+    assert codes == [200] * 6, codes
+    assert zion.attempts[ME] == 1, zion.attempts[ME]
+
+
 def test_a_zion_answering_429_is_not_called_for_every_made_up_token(
     gateway_factory: Callable[..., Gateway], zion: FakeZion
 ) -> None:

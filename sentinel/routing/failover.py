@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sentinel.errors import RateLimited, SentinelError, UpstreamError, UpstreamTimeout, sent_unanswered
+from sentinel.errors import InvalidRequest, RateLimited, SentinelError, UpstreamError, UpstreamTimeout, sent_unanswered
 from sentinel.providers.chat import ChatProvider
 from sentinel.providers.errors import BrokenOffAnswer, UnreadableAnswer
 from sentinel.routing.router import RouteChoice, TierRouter
@@ -84,8 +84,22 @@ class Failover:
                 await self.router.report(choice, ok=False)
                 if not may_retry(exc):
                     raise
-                alternative = None if choice.tried else await self.router.alternative(choice)
-                if alternative is None:
+                carried = None if choice.tried else await self.carrier(choice, translate)
+                if carried is None:
                     raise
-                wire = translate(alternative)
-                choice = alternative
+                choice, wire = carried
+
+    async def carrier(
+        self, choice: RouteChoice, translate: Callable[[RouteChoice], dict[str, Any]]
+    ) -> tuple[RouteChoice, dict[str, Any]] | None:
+        """The tier's next candidate other than `choice` (`TierRouter.alternative`) whose wire format
+        can carry the request, and the request translated for it; None when there is none. A
+        candidate whose translation refuses the request (InvalidRequest) is passed over: it says
+        nothing of the request's validity, which the first choice accepted (or a later one will)."""
+        candidate = await self.router.alternative(choice)
+        while candidate is not None:
+            try:
+                return candidate, translate(candidate)
+            except InvalidRequest:
+                candidate = await self.router.alternative(candidate)
+        return None

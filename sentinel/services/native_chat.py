@@ -125,13 +125,10 @@ class NativeChat:
                 raise
             refused = exc
         try:
-            candidate = await self.router.alternative(choice)
-            while candidate is not None:
-                try:
-                    return candidate, self._translate(req, candidate)
-                except InvalidRequest:
-                    candidate = await self.router.alternative(candidate)
-            raise refused
+            carried = await self.failover.carrier(choice, lambda c: self._translate(req, c))
+            if carried is None:
+                raise refused
+            return carried
         finally:
             # Its traceback holds this frame: kept in a local, a reference cycle that kept every frame
             # it came through (the request, the handler's body) until a full collection.

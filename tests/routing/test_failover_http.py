@@ -98,6 +98,26 @@ def test_when_both_candidates_fail_the_error_reaches_the_client(
         assert metric(gw.url, "sentinel_provider_health", provider=name, model="m") == 0
 
 
+def test_a_retry_skips_a_candidate_that_cannot_carry_the_request(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A conversation opened by the assistant (which Anthropic refuses) drawn onto an OpenAI-format
+    model that fails: the tier's other candidate, Claude, cannot carry it. The provider's failure is
+    the answer, not a 400 blaming the client's valid request (once the retry's translation error)."""
+    tiers = {"simple": [entry(DEAD), entry(AN_HAIKU)]}
+    gw = start(gateway_factory, tmp_path, backend_url, tiers, {"dead": dead_url()})
+    selector = gw.runtime.native.router.selector
+    draw = selector.choose
+    monkeypatch.setattr(selector, "choose", lambda healthy: next(
+        (e for e in healthy if (e.provider, e.model) == DEAD), None) or draw(healthy))  # DEAD whenever healthy
+    opened_by_the_assistant = [{"role": "assistant", "content": "How can I help?"}, {"role": "user", "content": "hi"}]
+    with gw.client() as http:
+        r = chat(http, messages=opened_by_the_assistant)
+    assert r.status_code == 502, r.text
+    assert r.json()["error"]["code"] == "upstream_unreachable" and r.json()["error"]["provider"] == "dead"
+
+
 def test_no_retry_after_the_first_byte(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
 ) -> None:

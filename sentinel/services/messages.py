@@ -92,10 +92,13 @@ class MessagesService:
     ) -> Reply | StreamReply:
         """Check, resolve, admit, serve on the first target that answers, settle."""
         _check(payload)
-        targets = self._targets(payload)
         parsed: dict[str, ModelChatRequest] = {}
-        if targets[0].kind != "anthropic":
-            parsed["req"] = self._parse(payload, targets[0])  # a 400 here reserves nothing
+
+        def parse(target: ModelTarget) -> ModelChatRequest:
+            return parsed.get("req") or parsed.setdefault("req", self._parse(payload, target))
+
+        # A 400 here reserves nothing; an alias's target that cannot carry the request is passed over.
+        targets = self.translated.carriers(self._targets(payload), "anthropic", parse)
         ex.operation, ex.request_model = OPERATIONS["chat"], targets[0].name
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(
@@ -114,8 +117,7 @@ class MessagesService:
         async def send(target: ModelTarget) -> Reply | StreamReply:
             if target.kind == "anthropic":
                 return await self._relay(ex, target, payload, headers, admission)
-            req = parsed.get("req") or parsed.setdefault("req", self._parse(payload, target))
-            return await self.translated.serve(ex, req, target, admission, "anthropic")
+            return await self.translated.serve(ex, parse(target), target, admission, "anthropic")
 
         try:
             reply = await self.routes.call(targets, send, on_attempt)

@@ -119,8 +119,8 @@ class OpenAIRelay:
         request = Relayed(endpoint, segments, payload, headers, query, stream, strip_usage,
                           identity if _stores_objects(endpoint, payload) else None, extends=extends,
                           speaker=identity if endpoint == "chat" else None)
-        if targets[0].kind != "openai":
-            request.translated = self._translated(request, targets[0])  # a 400 here reserves nothing
+        # A 400 here reserves nothing; an alias's target that cannot carry the request is passed over.
+        targets = self.translated.carriers(targets, "openai", lambda target: self._translated(request, target))
         ex.operation, ex.request_model = OPERATIONS.get(endpoint, endpoint), targets[0].name
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(

@@ -13,7 +13,7 @@ refused is settled (one request, its status, no tokens) before its error is rais
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal, NoReturn
 
 import orjson
@@ -75,6 +75,25 @@ class TranslatedChat:
         except (NativeValidationError, TranslationError) as exc:
             param = exc.param if isinstance(exc, NativeValidationError) else None
             raise InvalidRequest(exc.message, details={"param": param} if param else None) from None
+
+    def carriers(
+        self, targets: Sequence[ModelTarget], client: ClientFormat, parse: Callable[[ModelTarget], ModelChatRequest],
+    ) -> tuple[ModelTarget, ...]:
+        """The `targets` that can carry the request, checked before anything is reserved: those of the
+        `client`'s own wire format (relayed as sent), and the others when the request, read by
+        `parse`, translates to theirs. A target whose translation refuses it is passed over (an
+        alias's other target serves it); InvalidRequest (400 naming the field) when none can."""
+        foreign = next((t for t in targets if t.kind != client), None)
+        if foreign is None:
+            return tuple(targets)
+        try:
+            self.translate(parse(foreign), foreign)  # every other target of the other format alike
+        except InvalidRequest:
+            own = tuple(t for t in targets if t.kind == client)
+            if not own:
+                raise
+            return own
+        return tuple(targets)
 
     async def serve(
         self, ex: Exchange, req: ModelChatRequest, target: ModelTarget, admission: Admission, client: ClientFormat

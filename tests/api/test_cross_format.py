@@ -5,11 +5,14 @@ plain, streamed and with tool calls, round trip — plus what cannot be translat
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 
 import anthropic
 import httpx
 import openai
 import pytest
+import yaml
 
 from tests.api.conftest import Gateway
 
@@ -232,3 +235,43 @@ def test_the_callers_trace_headers_are_not_relayed(gateway: Gateway) -> None:
         recorded = httpx.get(f"{base}/__mock/last_request", params={"path": path}, timeout=5).json()
         relayed = {k.lower() for k in recorded["headers"]}
         assert not relayed & {"traceparent", "baggage", "tracestate"}, (path, relayed)
+
+
+# --- what a translation refuses, before anything is reserved; aliases over both formats ----------
+def test_a_translation_refusal_comes_before_the_quota(gateway_factory: Callable[..., Gateway]) -> None:
+    """A request Claude's translation refuses (a temperature above 1, a conversation opened by the
+    assistant) is a 400 before admission, as every other translation check: it was checked only once
+    admitted, so a caller out of quota got 429 for it, and one within quota had a request reserved."""
+    gw = gateway_factory(default_plan="requests=1/1m")
+    ask = [{"role": "user", "content": "x"}]
+    with gw.client() as http:
+        assert http.post("/v1/chat/completions", json={"model": HAIKU, "messages": ask}).status_code == 200
+        for extra, param in [({"temperature": 1.5}, "temperature"),
+                             ({"messages": [{"role": "assistant", "content": "Hi!"}, *ask]}, "messages.0.role")]:
+            r = http.post("/v1/chat/completions", json={"model": HAIKU, "messages": ask, **extra})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["details"]["param"] == param
+
+
+def test_an_alias_is_served_by_a_target_that_can_carry_the_request(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """An alias over both wire formats: a target whose translation refuses the request is passed
+    over, before admission. With Claude in backoff, `top_k` (which only Claude takes) was a 400
+    from gpt-4o-mini's translation, though Claude serves it; and gpt-4o-mini's 503 reached an
+    OpenAI client as Claude's refusal of `temperature: 1.5`, not as the provider failure it was."""
+    providers = tmp_path / "aliases.yaml"
+    providers.write_text(yaml.safe_dump({"aliases": {"smart": [HAIKU, MINI], "quick": [MINI, HAIKU]}}))
+    gw = gateway_factory(providers_file=providers)
+    with gw.client() as http:
+        down = http.post("/v1/messages", json={"model": HAIKU, "max_tokens": 5,
+                                               "messages": [{"role": "user", "content": "#mock:status=503"}]})
+        assert down.status_code == 502, down.text  # Claude now in backoff
+        r = http.post("/v1/messages", json={"model": "smart", "max_tokens": 5, "top_k": 5,
+                                            "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 200, r.text
+        assert r.headers["x-sentinel-model"] == HAIKU and r.json()["content"][0]["text"] == "Echo: x"
+        failed = http.post("/v1/chat/completions", json={"model": "quick", "temperature": 1.5, "messages": [
+            {"role": "user", "content": "x #mock:status=503"}]})
+        assert failed.status_code == 502, failed.text
+        assert failed.json()["error"]["code"] == "provider_error" and failed.json()["error"]["provider"] == "openai"

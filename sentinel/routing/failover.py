@@ -18,7 +18,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sentinel.errors import InvalidRequest, RateLimited, SentinelError, UpstreamError, UpstreamTimeout, sent_unanswered
+from sentinel.errors import (
+    InvalidRequest,
+    RateLimited,
+    SentinelError,
+    UpstreamError,
+    UpstreamTimeout,
+    sent_unanswered,
+)
 from sentinel.providers.chat import ChatProvider
 from sentinel.providers.errors import BrokenOffAnswer, UnreadableAnswer
 from sentinel.routing.router import RouteChoice, TierRouter

@@ -4,8 +4,9 @@ The path a route matches must be the path that is metered and the path an upstre
 anything an HTTP stack might normalise differently is refused with 400 instead of interpreted:
 dot segments (`.`/`..`, literal or percent-encoded, any case), encoded `/`, `\\`, `?`, `#` and `%`,
 a literal backslash, empty segments (`//`; one trailing slash is allowed), control characters and
-bytes outside printable ASCII, and malformed percent-escapes. What remains decodes to exactly one
-path with one meaning; percent-encoded ordinary characters (`%63hat`) decode to the same route.
+bytes outside printable ASCII, and malformed percent-escapes or ones that do not spell UTF-8 (read
+as U+FFFD, many spellings would name one thing). What remains decodes to exactly one path with one
+meaning; percent-encoded ordinary characters (`%63hat`) decode to the same route.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ def check_raw_path(raw: bytes) -> None:
             raise _refuse("dot segments are not allowed")
         if _FORBIDDEN_DECODED.search(decoded):
             raise _refuse("encoded '/', '\\', '?', '#', '%' or control characters are not allowed")
+        if not decoded.isascii():
+            try:
+                decoded.decode("utf-8")
+            except UnicodeDecodeError:  # read as U+FFFD: `%FF` and `%FE` would be one name
+                raise _refuse("percent-escapes must spell UTF-8") from None
 
 
 def is_canonical(raw: bytes) -> bool:

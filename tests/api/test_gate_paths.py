@@ -193,3 +193,14 @@ def test_a_path_ending_in_a_newline_is_not_canonical(raw: bytes) -> None:
     check_raw_path(raw[:-1])
     with pytest.raises(InvalidRequest, match="control characters"):
         check_raw_path(raw)
+
+
+@pytest.mark.parametrize("raw", [b"/v1/files/%FF", b"/v1/files/file-%C0%AF", b"/v1/files/%ED%A0%80", b"/native/v1/%E9"])
+def test_escapes_that_do_not_spell_utf8_are_not_canonical(raw: bytes) -> None:
+    """Such an escape decodes to U+FFFD, so `%FF` and `%FE` named the same file, user or plan."""
+    from sentinel.api.paths import check_raw_path
+    from sentinel.errors import InvalidRequest
+
+    check_raw_path(b"/v1/files/%C3%A9")  # é, spelled in UTF-8
+    with pytest.raises(InvalidRequest, match="UTF-8"):
+        check_raw_path(raw)

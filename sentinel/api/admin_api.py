@@ -26,7 +26,7 @@ from sentinel.api.admin_json import (
     user_json,
     user_summary_json,
 )
-from sentinel.api.bodies import is_read, parse_json_object, refuse_control_characters
+from sentinel.api.bodies import is_read, parse_json_object, refuse_control_characters, refuse_unreadable_query
 from sentinel.api.deps import Deps
 from sentinel.api.responses import NO_STORE, NOSNIFF, RawResponse, operator_json
 from sentinel.domain.numbers import MAX_INT64, parse_whole
@@ -120,7 +120,7 @@ class AdminApiRoutes:
 
     def _access(self, request: Request) -> AdminAccess:
         access = self.gate.authorize(request.method, request.headers, address_of(request))
-        refuse_control_characters(list(request.query_params.multi_items()), "the query")
+        refuse_unreadable_query(request)
         return access
 
     def _actor(self, request: Request) -> Actor:

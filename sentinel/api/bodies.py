@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.requests import Request
@@ -104,6 +105,18 @@ def refuse_control_characters(values: Any, where: str = "input", *, lines: bool 
             stack.extend(node.values())
         elif isinstance(node, list | tuple):
             stack.extend(node)
+
+
+def refuse_unreadable_query(request: Request) -> None:
+    """InvalidRequest (400) unless an operator route's query reads as one text: its percent-escapes
+    spell UTF-8 and it holds no control character (see `refuse_control_characters`). Starlette reads
+    an escape that is not UTF-8 as U+FFFD, so `?id=%FF` and `?id=%FE` named one made-up user."""
+    raw: bytes = request.scope.get("query_string") or b""
+    try:
+        parse_qsl(raw.decode("ascii"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidRequest("The query must be ASCII, with percent-escapes that spell UTF-8") from None
+    refuse_control_characters(list(request.query_params.multi_items()), "the query")
 
 
 def query_items(request: Request) -> list[tuple[str, str]] | None:

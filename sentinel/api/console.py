@@ -24,7 +24,13 @@ from starlette.routing import Route
 from sentinel.api import console_pages as pages
 from sentinel.api.admin_api import address_of, user_param
 from sentinel.api.admin_auth import AdminGate
-from sentinel.api.bodies import is_read, read_within, refuse_control_characters, sign_in_deadline
+from sentinel.api.bodies import (
+    is_read,
+    read_within,
+    refuse_control_characters,
+    refuse_unreadable_query,
+    sign_in_deadline,
+)
 from sentinel.api.console_html import layout, message_page, signin_page
 from sentinel.api.console_once import KeyFormNonces
 from sentinel.api.docs import HTML_HEADERS
@@ -107,7 +113,8 @@ class ConsoleRoutes:
         body = await read_within(request, limit=MAX_FORM_BYTES, seconds=seconds or self.body_timeout,
                                  too_large=f"Console forms are limited to {MAX_FORM_BYTES} bytes")
         try:
-            form = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=400)
+            # strict: an escape that is not UTF-8 (`%FF`) would be read as U+FFFD, not refused
+            form = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=400, errors="strict")
         except (UnicodeDecodeError, ValueError):
             raise InvalidRequest("Unreadable form") from None
         # Only the tier form's textarea (`entries`) holds lines, which are split: a line break in any
@@ -121,6 +128,7 @@ class ConsoleRoutes:
         session = self.gate.session_of(request.headers)
         if session is None:
             return _html(401, message_page(self.css, "Signed out", "Your session ended: sign in again."))
+        refuse_unreadable_query(request)  # `?id=` names the user a form changes
         form = await self._form(request)
         if not self.gate.csrf_matches(session, self._one(form, "csrf") or None):
             return _html(403, message_page(self.css, "Refused", "This form is missing its CSRF token; reload the "
@@ -154,7 +162,7 @@ class ConsoleRoutes:
         session = self.gate.session_of(request.headers)
         if session is None:
             return _see_other("/admin/signin")
-        refuse_control_characters(list(request.query_params.multi_items()), "the query")
+        refuse_unreadable_query(request)
         result: RawResponse = await render(session)
         return result
 

@@ -261,3 +261,50 @@ def test_a_token_naming_its_user_with_control_characters_is_refused(
                       timeout=30).status_code == 200
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
     assert [row["external_id"] for row in ledger_rows(gw.settings.database_url)] == ["jwt-user"]
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_console_form_for_a_user_named_with_a_nul_is_refused(
+    gateway_factory: Callable[..., Gateway], request: pytest.FixtureRequest, database: str
+) -> None:
+    """The console's pages and the admin API refuse a control character in the query, but its forms
+    for `?id=` did not: the refused change re-rendered the user's page, looking the NUL id up in the
+    database — a 500 on PostgreSQL. Now 400 before anything is read or written."""
+    url = request.getfixturevalue("pg_url") if database == "postgres" else None
+    gw = gateway_factory(admin_key=ADMIN_KEY, **({"database_url": url} if url else {}))
+    console = Console(gw)
+    api = httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    try:
+        audit = api.get("/admin/api/audit").json()  # the PostgreSQL database is the test session's
+        _, nonce = console.key_form("/admin/user?id=a%2Fb")
+        answers = [console.post("/admin/user/plan?id=a%00b", {"plan": ""}),
+                   console.post("/admin/user/keys?id=a%00b", {"name": "x", "nonce": nonce})]
+        for answer in answers:
+            assert answer.status_code == 400, answer.text[:200]
+            assert answer.json()["error"]["message"] == "Control characters (NUL, CR, LF, ...) are not accepted in the query"
+        assert api.get("/admin/api/audit").json() == audit
+    finally:
+        console.http.close()
+        api.close()
+
+
+def test_ids_and_names_whose_escapes_are_not_utf8_are_refused(api: httpx.Client, console: Console) -> None:
+    """`%FF`, `%FE` and `%C0%AF` were each read as U+FFFD: a plan and a key went to a user named
+    "\ufffd" (one user for every such spelling), and a console form named a key "\ufffd". Each is
+    400 now, in a path (`invalid_path`), a query or a form, and nothing is created."""
+    _, nonce = console.key_form("/admin/users/bob")
+    answers = [
+        api.post("/admin/api/users/%FF/keys", json={}),
+        api.put("/admin/api/users/%C0%AF/plan", json={"plan": None}),
+        api.post("/admin/api/user/keys?id=%FE", json={}),
+        api.put("/admin/api/user/plan?id=%ED%A0%80", json={"plan": None}),
+        console.post("/admin/user/plan?id=%FF", {"plan": ""}),
+        console.http.post("/admin/users/bob/keys", headers={"Content-Type": "application/x-www-form-urlencoded"},
+                          content=f"name=%FF&nonce={nonce}&csrf={console.csrf}"),
+    ]
+    assert [a.status_code for a in answers] == [400] * len(answers), [a.text[:120] for a in answers]
+    assert [a.json()["error"]["code"] for a in answers[:2]] == ["invalid_path"] * 2
+    assert "UTF-8" in answers[2].json()["error"]["message"]
+    assert [user["external_id"] for user in api.get("/admin/api/users").json()["users"]] == ["alice"]
+    assert api.get("/admin/api/keys", params={"user": "bob"}).json()["keys"] == []
+    assert api.get("/admin/api/audit").json()["entries"] == []

@@ -13,6 +13,8 @@
   field (console forms) or the `X-CSRF-Token` header (scripts in the page). Another site can
   neither read the page's token nor compute it; a missing or wrong token is 403.
 * Failed sign-ins and failed admin keys count in the app's `FailedAuthThrottle` (429 beyond it).
+  A sign-in form a browser posted from another site is refused (403) and not counted
+  (`sentinel.api.docs_auth.from_another_site`).
 
 Keys, tokens and CSRF values are compared with `hmac.compare_digest` on digests, so nothing leaks
 through timing.

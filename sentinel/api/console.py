@@ -35,6 +35,7 @@ from sentinel.api.console_html import layout, message_page, signin_page
 from sentinel.api.console_once import KeyFormNonces
 from sentinel.api.docs import HTML_HEADERS
 from sentinel.api.docs_assets import DocsAssets
+from sentinel.api.docs_auth import from_another_site
 from sentinel.api.responses import NOSNIFF, RawResponse
 from sentinel.domain.numbers import parse_whole
 from sentinel.domain.plans import format_window
@@ -143,6 +144,8 @@ class ConsoleRoutes:
     async def signin(self, request: Request) -> RawResponse:
         if is_read(request):
             return _html(200, signin_page(self.css))
+        if from_another_site(request.headers):  # not counted: see `from_another_site`
+            return _html(403, signin_page(self.css, "Sign in with this console's own form."))
         async def typed_key() -> str:
             return self._one(await self._form(request, sign_in_deadline(self.body_timeout)), "key")
 

@@ -9,7 +9,8 @@ path                        method  answer
 ``/native/docs/openapi.json``  GET  the OpenAPI document; without access 401 (JSON error)
 ``/native/docs/signin``     GET     the sign-in form
 ``/native/docs/signin``     POST    form field ``key``: right -> 303 to the page + cookie;
-                                    wrong -> 401 with the form again
+                                    wrong -> 401 with the form again; posted by a page of
+                                    another site -> 403 (not counted as a failed sign-in)
 ``/native/docs/assets/{n}`` GET     an allow-listed static file (public, cacheable)
 ==========================  ======  ==========================================================
 
@@ -33,7 +34,7 @@ from starlette.routing import Route
 
 from sentinel.api.bodies import is_read, read_within, sign_in_deadline
 from sentinel.api.docs_assets import DocsAssets
-from sentinel.api.docs_auth import MAX_FORM_BYTES, DocsGate, form_key
+from sentinel.api.docs_auth import MAX_FORM_BYTES, DocsGate, form_key, from_another_site
 from sentinel.api.openapi import build_openapi
 from sentinel.api.responses import NOSNIFF, RawResponse
 from sentinel.api.throttle import FailedAuthThrottle
@@ -151,6 +152,8 @@ class DocsRoutes:
             return RawResponse(303, b"", [(b"location", b"/native/docs")])
         if is_read(request):
             return self._signin_page(200)
+        if from_another_site(request.headers):
+            return self._signin_page(403, "Sign in with this site's own form.")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
             raise InvalidRequest("Sign in with a form post (application/x-www-form-urlencoded, field 'key')")

@@ -10,7 +10,8 @@ are compared as HMAC-SHA256 digests with `hmac.compare_digest`, so neither conte
 leaks through timing. The cookie never holds the key: its value is ``v1.<expiry>.<mac>`` where
 ``mac = HMAC-SHA256(key, "sentinel-docs-session|v1|<expiry>")``; changing the key revokes every
 cookie. The cookie is ``HttpOnly``, ``SameSite=Strict``, scoped to ``/native/docs`` and ``Secure``
-when the request came over https.
+when the request came over https. A sign-in form a browser posted from another site is refused
+(`from_another_site`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from urllib.parse import parse_qs
 
 from sentinel.domain.numbers import parse_whole
@@ -104,6 +105,14 @@ def cookie_value(header: str, name: str) -> str | None:
         if sep and key == name:
             return value.strip()
     return None
+
+
+def from_another_site(headers: Mapping[str, str]) -> bool:
+    """Whether the browser says (`Sec-Fetch-Site`) that a page of another origin made the request. A
+    sign-in form posted from elsewhere is refused, uncounted: any page an operator opened could post
+    wrong keys from their browser until their address was throttled (429 for every credential from
+    it, the admin key and users' keys too). Clients that are not browsers send no such header."""
+    return headers.get("sec-fetch-site", "same-origin").strip().lower() not in ("same-origin", "none")
 
 
 def form_key(body: bytes) -> str | None:

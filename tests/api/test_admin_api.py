@@ -117,6 +117,25 @@ def test_failed_sign_ins_are_rate_limited(gw: Gateway) -> None:
         assert client.get("/admin/api/users", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 429
 
 
+def test_a_sign_in_posted_by_another_site_is_refused_and_not_counted(gateway_factory: Callable[..., Gateway]) -> None:
+    """Any page an operator opened could post the sign-in forms (a plain form post needs no CORS
+    preflight) with wrong keys from their browser: five, and their address was throttled — 429 for
+    the admin key too (and for users' keys from that address). The browser says where a post came
+    from (`Sec-Fetch-Site`): from another site it is 403 and counts as nothing."""
+    gw = gateway_factory(admin_key=ADMIN_KEY, docs_api_key="docs-key-for-tests-0123", auth_failures_per_minute=5)
+    docs = "/native/docs/signin"
+    with httpx.Client(base_url=gw.url) as browser:
+        for site in ("cross-site", "same-site", "Cross-Site"):
+            for path in ("/admin/signin", docs):
+                for _ in range(5):
+                    refused = browser.post(path, data={"key": "not-the-key"}, headers={"Sec-Fetch-Site": site})
+                    assert refused.status_code == 403 and "own form" in refused.text, (path, refused.status_code)
+                    assert "set-cookie" not in refused.headers
+        assert browser.get("/admin/api/users", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 200
+        signed = browser.post("/admin/signin", data={"key": ADMIN_KEY}, headers={"Sec-Fetch-Site": "same-origin"})
+        assert signed.status_code == 303 and signed.headers["set-cookie"].startswith("sentinel_admin=v1.")
+
+
 def test_sessions_expire_and_die_with_the_key() -> None:
     clock = FakeClock()
     gate = AdminGate(ADMIN_KEY, throttle=FailedAuthThrottle(10, clock=clock), clock=clock, session_seconds=60)

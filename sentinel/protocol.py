@@ -45,6 +45,15 @@ again to be refused again. (A 400 in the body of a request already queued takes 
 one in the body of the request being answered is written at once, as before: it is its turn. The
 408 for late headers already waited for the answer before it.)
 
+A request that asks for a protocol upgrade (`Connection: Upgrade` and an `Upgrade` header — `h2c`,
+`websocket` — or CONNECT) ends, for the parser, at its headers: what follows is the other protocol's.
+uvicorn, upgrading nothing (Sentinel serves no WebSocket), answered it without its body, dropped the
+rest of that read and parsed the next reads as HTTP again: a body sent in a read of its own was
+served as a request — what a proxy in front forwarded as one request's body reached Sentinel as
+another request (smuggled). One with a body (a Transfer-Encoding, or a Content-Length other than 0)
+is now refused with 400, in its turn; one without is served as plain HTTP, as the connection's last
+answer (`Connection: close`): nothing after its headers is parsed, as after an overflow.
+
 A client that leaves is seen by the request being answered even with requests queued behind it:
 uvicorn told only the request parsed last (a queued one then), so the one being answered ran on — a
 stream to its end, recorded as answered — and then wrote on the closed transport (under uvloop an
@@ -112,7 +121,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _in_headers = False  # a request's line and headers have begun and are not complete yet
     _messages = 0  # requests begun on this connection
     _unparsed = 0  # bytes of whole reads that arrived while one request's headers stayed incomplete
-    _overflowed = False  # more than MAX_PIPELINED requests were queued: nothing more is parsed
+    _parsing_done = False  # nothing more is parsed: more than MAX_PIPELINED requests were queued, the last
+    # one asked for a protocol upgrade, or the server is stopping
     _running: RequestResponseCycle | None = None  # the request whose app was started last (uvicorn's
     # `cycle` is the one parsed last: a queued one while any are queued)
     _refusal: Callable[[], None] | None = None  # a refusal to write once the answers before it are out
@@ -129,7 +139,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _reading_held(self) -> bool:
         # After an overflow or a refusal nothing more is parsed: what arrives is read and dropped.
-        return bool(self.pipeline) and not (self._overflowed or self._refused)
+        return bool(self.pipeline) and not (self._parsing_done or self._refused)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         self._running = cycle
@@ -158,7 +168,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         are dropped unstarted, with whatever else arrives, as after an overflow (`_overflow`)."""
         if self.pipeline and self._running is not None:
             self.pipeline.clear()
-            self._overflowed = True  # nothing more is parsed: what arrives is read and dropped
+            self._parsing_done = True  # nothing more is parsed: what arrives is read and dropped
             self.flow.resume_reading()
             self.cycle = self._running
         super().shutdown()
@@ -186,7 +196,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # callback cannot stop it without uvicorn answering 400 out of turn): every callback is then a no-op.
 
     def on_message_begin(self) -> None:
-        if self._overflowed or self._refused:
+        if self._parsing_done or self._refused:
             return
         super().on_message_begin()
         self._header_bytes = self._header_count = self._unparsed = 0
@@ -195,14 +205,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm()
 
     def on_url(self, url: bytes) -> None:
-        if self._overflowed or self._refused:
+        if self._parsing_done or self._refused:
             return
         self._header_bytes += len(url)
         self._check()
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._overflowed or self._refused:
+        if self._parsing_done or self._refused:
             return
         self._header_bytes += len(name) + len(value) + 4
         self._header_count += 1
@@ -210,10 +220,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        if self._overflowed or self._refused:
+        if self._parsing_done or self._refused:
             return
         self._in_headers = False
         self._disarm()
+        if self._upgrade_ignored() and _declares_body(self.headers):
+            # The parser ends an upgrade request at its headers: its body would be parsed as requests.
+            self._refuse(b"400 Bad Request", b"a request with a body cannot ask for a protocol upgrade\n")
+            return
         if len(self.pipeline) >= MAX_PIPELINED:
             self._overflow()
             return
@@ -223,22 +237,36 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _overflow(self) -> None:
         """One request more than `MAX_PIPELINED` are queued: it is dropped, with everything after it;
         the last queued request is the connection's last (see the module docstring)."""
-        self._overflowed = True
+        self._parsing_done = True
         self.flow.resume_reading()  # to drop what else comes (`data_received`) until the close
         last, _ = self.pipeline[0]  # uvicorn queues with appendleft
         last.keep_alive = False  # its answer says `Connection: close` and closes the transport
 
     def on_body(self, body: bytes) -> None:
-        if self._overflowed or self._refused:
+        if self._parsing_done or self._refused:
             return
         super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if self._overflowed or self._refused:
+        if self._parsing_done or self._refused:
             return
         self._body_pending = False
         self._stop_drain()
         super().on_message_complete()
+        if self._upgrade_ignored() and self.cycle is not None:
+            # What follows is, for the parser, the other protocol's: this request is the connection's last.
+            self._parsing_done = True
+            self.flow.resume_reading()  # to drop what else comes (`data_received`) until the close
+            self.cycle.keep_alive = False
+
+    def _upgrade_ignored(self) -> bool:
+        """Whether the request being parsed asks for a protocol upgrade (`Connection: Upgrade` and an
+        `Upgrade` header, or CONNECT) that is not made: Sentinel serves no WebSocket (`ws: none`)."""
+        return self.parser.should_upgrade() and not self._should_upgrade()
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """(uvicorn's warns at every upgrade request it does not make, and suggests installing a
+        WebSocket library: Sentinel makes none by design, and has served or refused the request.)"""
 
     def on_response_complete(self) -> None:
         if self._refusal is not None:
@@ -269,7 +297,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self._refused or self._overflowed:
+        if self._refused or self._parsing_done:
             return
         was_in_headers, messages = self._in_headers, self._messages
         super().data_received(data)
@@ -282,7 +310,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._headers_too_large()
 
     def send_400_response(self, msg: str) -> None:
-        if self._overflowed or self._refused:
+        if self._parsing_done or self._refused:
             # Bytes after the overflow that do not parse were never going to be answered, and a 400
             # now would be written before the queued requests' answers (the last closes the connection);
             # after a refusal the connection is closing (or will once the answers before it are out).
@@ -355,6 +383,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
+def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether request `headers` (names lower-cased) announce a body: any Transfer-Encoding, or a
+    Content-Length other than 0 (the parser has refused one that is not digits, or not one value)."""
+    return any(
+        name == b"transfer-encoding" or (name == b"content-length" and value.strip().lstrip(b"0") != b"")
+        for name, value in headers
+    )
+
+
 def _cancel(timer: asyncio.TimerHandle | None) -> None:
     """Cancel `timer` if there is one."""
     if timer is not None:
@@ -374,7 +411,7 @@ def uvicorn_protocol_options(settings: Settings) -> dict[str, Any]:
     `with_connection_limits`, which puts the header limits on the Config)."""
     return {
         "http": GuardedHttpToolsProtocol,
-        "ws": "none",  # no route speaks WebSocket: an upgrade request is served as plain HTTP
+        "ws": "none",  # no route speaks WebSocket: an upgrade request is plain HTTP (see the module docstring)
         "timeout_keep_alive": settings.keepalive_timeout_seconds,
         "h11_max_incomplete_event_size": settings.max_header_bytes,
     }

@@ -616,6 +616,72 @@ def test_a_websocket_upgrade_is_plain_http_not_a_500(gateway: Gateway, caplog: p
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
+def _rest_of(sock: socket.socket) -> bytes:
+    """What else arrives on `sock` until the server closes it (a reset is a close; a wait is "<still open>")."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except TimeoutError:
+        received += b"<still open>"
+    except OSError:
+        pass
+    return received
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_the_body_of_an_upgrade_request_is_never_parsed_as_a_request(
+    gateway_factory: Callable[..., Gateway], framing: str
+) -> None:
+    """The HTTP parser ends a request that asks for a protocol upgrade (`Connection: Upgrade`,
+    `Upgrade: h2c`) at its headers: its body was taken for the other protocol's bytes. Sentinel,
+    which upgrades nothing, answered the request without its body, kept the connection, and parsed
+    the body when it came in a later read as a request of its own — a request a proxy in front
+    forwarded as one body reached Sentinel as another request (smuggled; another user's request
+    appended to it by the proxy could become the body of the attacker's). Such a request is
+    refused (400), and the connection closed: nothing after its headers is parsed."""
+    gw = gateway_factory()
+    port = int(gw.url.rsplit(":", 1)[1])
+    smuggled = (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + gw.key.encode()
+                + b"\r\nConnection: close\r\n\r\n")
+    framed = (b"Content-Length: " + str(len(smuggled)).encode() if framing == "content-length"
+              else b"Transfer-Encoding: chunked")
+    body = smuggled if framing == "content-length" else b"%x\r\n" % len(smuggled) + smuggled + b"\r\n0\r\n\r\n"
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + gw.key.encode()
+            + b"\r\nContent-Type: application/json\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n" + framed + b"\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head)
+        [(answer, _)] = read_answers(sock, 1)
+        try:
+            sock.sendall(body)  # the body, in a read of its own
+        except OSError:
+            pass
+        rest = _rest_of(sock)
+    assert b"HTTP/1.1" not in rest, rest[:300]  # the body was never answered as a request
+    assert answer.startswith(b"HTTP/1.1 400") and b"connection: close" in answer.lower(), answer
+    assert rest == b"", rest[:300]
+
+
+def test_an_upgrade_request_without_a_body_is_served_and_ends_the_connection(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a body, an upgrade request is served as plain HTTP, as the connection's last answer
+    (`Connection: close`): what follows its headers is not parsed (a request pipelined behind it
+    was silently dropped, the connection kept: the client waited for an answer that never came)."""
+    port = int(gateway.url.rsplit(":", 1)[1])
+    upgrade = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    with caplog.at_level(logging.WARNING), socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(upgrade + b"Authorization: Bearer " + gateway.key.encode() + b"\r\n\r\n"
+                     + b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        [(answer, listed)] = read_answers(sock, 1)
+        rest = _rest_of(sock)
+    assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower(), answer
+    assert orjson.loads(listed)["object"] == "list"
+    assert rest == b"", rest[:300]
+    # Sentinel upgrades nothing by design: no warning telling the operator to install a WebSocket library.
+    assert "WebSocket" not in caplog.text and "upgrade" not in caplog.text.lower(), caplog.text
+
+
 def test_a_body_that_trickles_is_refused(gateway_factory: Callable[..., Gateway]) -> None:
     gw = gateway_factory(body_timeout_seconds=0.5)
     head = (

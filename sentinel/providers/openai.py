@@ -109,13 +109,17 @@ def forwardable_headers(
     with `download` — a file's content — DOWNLOAD_HEADERS: the one rule for every provider call made
     with a client's headers, relayed or pass-through, to OpenAI or Anthropic); with `as_json` (a body
     Sentinel read as JSON and re-encoded) its Content-Type is `application/json` and it has no
-    Content-Encoding, whatever the client named: the provider reads the body as Sentinel did."""
+    Content-Encoding, whatever the client named: the provider reads the body as Sentinel did.
+    A header sent on several lines goes as one, its values joined (`a, b`, as HTTP reads them: each
+    line used to replace the one before); a value that is not ASCII does not go (sent on as UTF-8,
+    the provider received other bytes than the client's, as a provider's are not relayed either)."""
     out: dict[str, str] = {}
     for name, value in raw:
         key = name.decode("latin-1").lower()
         if (key in RELAYED_REQUEST_HEADERS or key.startswith(RELAYED_REQUEST_PREFIXES)
-                or (download and key in DOWNLOAD_HEADERS)):
-            out[key] = value.decode("latin-1")
+                or (download and key in DOWNLOAD_HEADERS)) and value.isascii():
+            text = value.decode("ascii")
+            out[key] = f"{out[key]}, {text}" if key in out else text
     if as_json:
         out["content-type"] = "application/json"
         out.pop("content-encoding", None)

@@ -258,6 +258,24 @@ def test_an_rfc_2231_boundary_is_refused(
     assert spy.seen == []
 
 
+def test_an_upload_whose_boundary_is_not_ascii_is_refused(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    """A boundary with non-ASCII bytes (`boundary=bé`, sent as UTF-8) was read as Latin-1 to split
+    the parts Sentinel checked, but its Content-Type went upstream re-encoded as UTF-8 (`bÃ©`): the
+    provider split the body at other delimiter lines than the ones Sentinel checked — parts Sentinel
+    never read (a batch line naming any model or object) could be hidden inside one it did. A
+    non-ASCII header value is not forwarded, so the upload has no type Sentinel reads: 400, nothing sent."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", passthrough="/v1/files")
+    boundary = "bé".encode()
+    body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nassistants\r\n--'
+            + boundary + b"--\r\n")
+    with gw.client() as alice:
+        refused = alice.post("/v1/files", content=body, headers={
+            "Content-Type": b"multipart/form-data; boundary=" + boundary})
+    assert spy.seen == [], spy.seen  # the provider never reads a body split otherwise than Sentinel's check
+    assert refused.status_code == 400, refused.text
+    assert openai_error(refused.json())["type"] == "invalid_request_error"
+
+
 LINE = (b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini", '
         b'"messages": [{"role": "user", "content": "hi"}], "x": "=22, =22model=22: =22o1-pro=22, =22messages=22: '
         b'[{=22role=22: =22user=22, =22content=22: [{=22type=22: =22file=22, =22file=22: {=22file_id=22: '

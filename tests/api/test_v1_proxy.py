@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 import openai
+import orjson
 import pytest
 
 from tests.api.conftest import Gateway
@@ -163,6 +165,45 @@ def test_only_what_the_sdks_send_reaches_the_provider(gateway_factory: Callable[
     assert message["anthropic-version"] == claude.default_headers["anthropic-version"]  # the SDK's own
     assert message["anthropic-beta"] == "beta-one"
     assert message["user-agent"].startswith("Anthropic/Python")
+
+
+def _forwarded_by_raw_request(gw: Gateway, path: str, body: dict[str, Any], extra: bytes) -> dict[str, str]:
+    """The headers the provider received for a POST of `body` sent with the raw header lines `extra`
+    (over a socket: the bytes as written, repeats and all)."""
+    data = orjson.dumps(body)
+    port = int(gw.url.rsplit(":", 1)[1])
+    request = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + gw.key.encode()
+               + b"\r\nContent-Type: application/json\r\nConnection: close\r\n" + extra
+               + b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    return {k.lower(): v for k, v in last_upstream_request(gw)["headers"].items()}
+
+
+def test_a_header_sent_on_several_lines_reaches_the_provider_whole(gateway: Gateway) -> None:
+    """Only the last line of a repeated header went upstream: `anthropic-beta` sent as two lines (one
+    beta each, as `curl -H ... -H ...` does) lost all but the last beta. The lines go joined, as HTTP
+    reads them (`a, b`)."""
+    claude = {"model": "claude-3-5-haiku-20241022", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    seen = _forwarded_by_raw_request(gateway, "/v1/messages", claude,
+                                     b"anthropic-beta: beta-one\r\nanthropic-beta: beta-two\r\n")
+    assert seen["anthropic-beta"] == "beta-one, beta-two", seen
+
+
+def test_a_header_value_that_is_not_ascii_never_reaches_the_provider_altered(gateway: Gateway) -> None:
+    """A client header value with non-ASCII bytes was read as Latin-1 and sent on as UTF-8: the
+    provider received other bytes than the client sent (`café` in UTF-8 became `cafÃ©`). Such a
+    value is not forwarded (as a provider's non-ASCII response headers are not relayed); the SDKs'
+    headers are ASCII."""
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    seen = _forwarded_by_raw_request(gateway, "/v1/chat/completions", chat,
+                                     b"User-Agent: caf\xc3\xa9\r\nX-Stainless-Lang: python\r\n")
+    assert "user-agent" not in seen, seen
+    assert seen["x-stainless-lang"] == "python", seen
 
 
 def test_the_request_id_goes_upstream_as_x_client_request_id(gateway_factory: Callable[..., Gateway]) -> None:

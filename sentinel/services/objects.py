@@ -532,15 +532,38 @@ class InvalidBatchInput(ValueError):
 
 
 _RFC2231_BOUNDARY = re.compile(r";\s*boundary\*", re.IGNORECASE)
+# A boundary every reader reads alike: named once (a `;` then `boundary` then `=` or `*`, wherever it
+# stands — aiohttp splits the Content-Type at every `;`, quotes or not), RFC 2046's characters,
+# unquoted (no space) or in quotes without an escape, then `;` or the end. Readers differ on
+# anything else — an escape (`"b\"c"`: aiohttp reads `b\"c`), quotes in a token (`""b`), a `;` quoted
+# (`"b;c"`: aiohttp reads `b`), a boundary inside another parameter's quotes (`x="; boundary=c"`:
+# aiohttp reads `c`), a character after the value (`b\x85`, Unicode whitespace) — and a reader that
+# reads a boundary other than Sentinel's reads other parts: it skips what comes before its first
+# delimiter, so an upload could hide a part (another user's `file_id`, a batch line) in a field
+# Sentinel never reads.
+_BOUNDARY_NAMED = re.compile(r";[ \t]*boundary[ \t]*[=*]", re.IGNORECASE)
+_BCHARS = r"0-9A-Za-z'()+_,\-./:=?"
+_PLAIN_BOUNDARY = re.compile(
+    rf';[ \t]*boundary=(?:"([{_BCHARS} ]*[{_BCHARS}])"|([{_BCHARS}]+))(?=;|\Z)', re.IGNORECASE
+)
+
+
+def _plain_boundary(content_type: str) -> str | None:
+    """The boundary `content_type` names plainly (see _PLAIN_BOUNDARY), or None."""
+    if len(_BOUNDARY_NAMED.findall(content_type)) != 1:
+        return None
+    given = _PLAIN_BOUNDARY.search(content_type)
+    return None if given is None else given.group(1) or given.group(2)
 
 
 def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
     """(name, value, whether it is a file) of every part of a `multipart/form-data` body, read strictly, since the
     provider's reader may be lenient where this one is not: MalformedUpload unless the Content-Type
-    names its boundary once, the body starts with it and ends with the closing one, each delimiter
-    line and header line ends in CRLF (none folded), and each part has one Content-Disposition naming
-    it once and is its bytes as they are (`_check_coding`: not encoded, a field's text UTF-8); an RFC
-    2231 boundary (`boundary*`), and a charset but utf-8 or us-ascii in the Content-Type, are refused."""
+    names its boundary once and plainly (`_plain_boundary`), the body starts with it and ends with the
+    closing one, each delimiter line and header line ends in CRLF (none folded), and each part has one
+    Content-Disposition naming it once and is its bytes as they are (`_check_coding`: not encoded, a
+    field's text UTF-8); an RFC 2231 boundary (`boundary*`), and a charset but utf-8 or us-ascii in the
+    Content-Type, are refused."""
     if content_type.count(";") > MAX_PARAMETERS:
         raise MalformedUpload(f"A multipart Content-Type may have at most {MAX_PARAMETERS} parameters")
     if _RFC2231_BOUNDARY.search(content_type):
@@ -551,14 +574,14 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
     header["content-type"] = content_type
     params = [key.lower() for key, _ in header.get_params() or []]
     boundary = header.get_boundary()
-    if not boundary or len(params) != len(set(params)):
-        raise MalformedUpload("A multipart body needs exactly one boundary in its Content-Type")
+    if not boundary or len(params) != len(set(params)) or boundary != _plain_boundary(content_type):
+        raise MalformedUpload(
+            "A multipart body needs exactly one boundary in its Content-Type, given plainly: `boundary=` and RFC "
+            "2046's characters (letters, digits, '()+_,-./:=?, a space inside quotes), no escape"
+        )
     if not _plain_charset(content_type, _PLAIN_CHARSETS):
         raise MalformedUpload("A multipart body's Content-Type may name no charset but utf-8 or us-ascii")
-    try:
-        delimiter = b"--" + boundary.encode("latin-1")
-    except UnicodeEncodeError:  # not from an HTTP header's bytes, which are Latin-1 text here
-        raise MalformedUpload("A multipart boundary must be Latin-1 text, as a header's bytes are") from None
+    delimiter = b"--" + boundary.encode("ascii")
     framed = b"\r\n" + body
     if framed.count(b"\r\n" + delimiter) > MAX_PARTS + 1:  # the parts and the closing delimiter
         raise MalformedUpload(f"A multipart body may hold at most {MAX_PARTS} parts")

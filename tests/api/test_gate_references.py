@@ -326,6 +326,66 @@ def test_an_upload_part_a_reader_decodes_into_other_bytes_is_refused(
     assert checked.id and [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/files")]
 
 
+def aiohttp_reads(content_type: str, body: bytes) -> dict[str, bytes]:
+    """The fields of an upload as aiohttp's `request.post()` reads them (a provider's lenient reader)."""
+    from unittest import mock
+
+    from aiohttp.streams import StreamReader
+    from aiohttp.test_utils import make_mocked_request
+
+    async def read() -> dict[str, bytes]:
+        stream = StreamReader(mock.Mock(_reading_paused=False), 2**16, loop=asyncio.get_running_loop())
+        stream.feed_data(body)
+        stream.feed_eof()
+        request = make_mocked_request("POST", "/v1/files", headers={"Content-Type": content_type}, payload=stream)
+        form = await request.post()
+        return {k: v.file.read() if hasattr(v, "file") else v.encode() for k, v in form.items()}
+
+    return asyncio.run(read())
+
+
+@pytest.mark.parametrize(("content_type", "ours", "theirs"), [
+    ('multipart/form-data; boundary=""B', b'""B', b"B"),
+    ('multipart/form-data; boundary="B;S"', b"B;S", b"B"),
+    ('multipart/form-data; x="; boundary=B"; boundary=S', b"S", b"B"),
+    ('multipart/form-data; boundary="S\\"B"', b'S"B', b'S\\"B'),
+], ids=["quotes-in-a-token", "quoted-semicolon", "inside-another-parameter", "escape"])
+def test_an_upload_whose_boundary_readers_read_otherwise_is_refused(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, content_type: str, ours: bytes, theirs: bytes,
+) -> None:
+    """Sentinel read an upload with the boundary Python's email package reads in its Content-Type;
+    aiohttp's `request.post()` reads another one there (`""B` as `B`) and skips all that comes before
+    its first delimiter. Bob's upload read here as a checked batch input (a catalogue model, no id)
+    and a note, read there as a batch input running o1-pro on Alice's file — vouched as checked, so
+    `POST /v1/batches` would run it. A boundary not given plainly is now 400 and nothing is sent;
+    one that readers read alike (quoted or not) is still taken."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", passthrough="/v1/files")
+    victim = gw.openai().files.create(file=("v.txt", b"alice's"), purpose="user_data").id
+    checked = LINE.replace(b"=22", b"") % b"x"
+    evil = (b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "o1-pro", '
+            b'"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "%s"}}]}]}}\n')
+
+    def fields(boundary: bytes, *parts: tuple[bytes, bytes]) -> bytes:
+        return b"".join(b"--" + boundary + b"\r\nContent-Disposition: form-data; " + head + b"\r\n\r\n" + value + b"\r\n"
+                        for head, value in parts) + b"--" + boundary + b"--"
+
+    hidden = fields(theirs, (b'name="purpose"', b"batch"), (b'name="file"; filename="in.jsonl"', evil % victim.encode()))
+    body = fields(ours, (b'name="purpose"', b"batch"), (b'name="file"; filename="in.jsonl"', checked),
+                  (b'name="note"', b"see below\r\n" + hidden)) + b"\r\n"
+    assert aiohttp_reads(content_type, body) == {"purpose": b"batch", "file": evil % victim.encode()}
+    with gw.client(key_for(gw, "bob")) as bob:
+        spy.clear()
+        refused = bob.post("/v1/files", content=body, headers={"Content-Type": content_type})
+        assert spy.seen == []
+        plain = bob.post("/v1/files", content=fields(b"B", (b'name="purpose"', b"batch"), (
+            b'name="file"; filename="in.jsonl"', checked)) + b"\r\n", headers={"Content-Type": 'multipart/form-data; boundary="B"'})
+    assert refused.status_code == 400, refused.text
+    error = openai_error(refused.json())
+    assert error["type"] == "invalid_request_error" and "boundary" in error["message"], error
+    assert plain.status_code == 200, plain.text
+    assert [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/files")]
+
+
 def test_a_batch_input_naming_an_id_with_a_lone_surrogate_is_refused_on_every_store(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
 ) -> None:

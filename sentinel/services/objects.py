@@ -548,6 +548,18 @@ _PLAIN_BOUNDARY = re.compile(
 )
 
 
+# A part's Content-Disposition every reader reads alike: `form-data`, then parameters each a token and a
+# token or a quoted string with no escape but `\\` (a filename's backslash, as httpx, requests and Go
+# write it), and a name with no backslash. Readers differ on the rest: aiohttp and werkzeug read
+# `name="fi\le_id"` as `file_id` (Python's email package: `fi\le_id`), werkzeug `name="file_id"x` and
+# `name=file_id x` too, and an escaped quote ends a value in one and not in another — a part no
+# check read as an id field would name another user's object upstream.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PLAIN_DISPOSITION = re.compile(
+    rf'form-data(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|"(?:[^"\\]|\\\\)*"))*[ \t]*;?', re.IGNORECASE
+)
+
+
 def _plain_boundary(content_type: str) -> str | None:
     """The boundary `content_type` names plainly (see _PLAIN_BOUNDARY), or None."""
     if len(_BOUNDARY_NAMED.findall(content_type)) != 1:
@@ -614,6 +626,11 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
         if not isinstance(name, str) or not name or len(given) != len(set(given)):
             # a tuple: RFC 2231 (`name*=`), which readers differ on; a parameter twice: first or last wins
             raise MalformedUpload("Every multipart part needs one Content-Disposition naming it once")
+        if not _PLAIN_DISPOSITION.fullmatch(dispositions[0]) or "\\" in name:
+            raise MalformedUpload(
+                "A multipart part's Content-Disposition must be given plainly: form-data, then parameters whose "
+                "values are tokens or quoted with no escape but a filename's `\\\\` (its name has no backslash)"
+            )
         is_file = fields.get_param("filename", header="content-disposition") is not None
         _check_coding(fields, name, is_file, value)
         found.append((name, value, is_file))

@@ -386,6 +386,48 @@ def test_an_upload_whose_boundary_readers_read_otherwise_is_refused(
     assert [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/files")]
 
 
+def lenient_names(disposition: str) -> list[str | None]:
+    """The part's name as aiohttp's and werkzeug's readers read a Content-Disposition."""
+    import warnings
+
+    from aiohttp.multipart import parse_content_disposition
+    from werkzeug.http import parse_options_header
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # aiohttp warns of a header it reads leniently
+        return [parse_content_disposition(disposition)[1].get("name"), parse_options_header(disposition)[1].get("name")]
+
+
+@pytest.mark.parametrize("disposition", [
+    b'form-data; name="fi\\le_id"', b'form-data; name="\\file_id"', b'form-data; name="file_id"x',
+    b'form-data; name=file_id"', b'form-data; name=file_id\\', b'form-data; name=file_id x',
+], ids=["escape", "leading-escape", "after-quotes", "quote-in-a-token", "backslash-in-a-token", "space-in-a-token"])
+def test_an_upload_part_whose_name_readers_read_otherwise_is_refused(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, disposition: bytes,
+) -> None:
+    """Sentinel read a part's name as Python's email package reads its Content-Disposition; aiohttp
+    and werkzeug read `name="fi\\le_id"` as `file_id` (and werkzeug `name="file_id"x` too): Bob's
+    part, no id field here, named Alice's file there, which a container of his would copy for him
+    to read. A Content-Disposition not given plainly (a parameter's value a token, or quoted with
+    no escape but `\\\\`) is now 400 and nothing is sent; what the SDKs send is still taken."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", passthrough="/v1/files,/v1/containers/*")
+    victim = gw.openai().files.create(file=("v.txt", b"alice's"), purpose="user_data").id
+    asyncio.run(gw.runtime.relay.ownership.claim("cntr_bob", "bob", None))
+    form = {"Content-Type": "multipart/form-data; boundary=B"}
+    body = b"--B\r\nContent-Disposition: " + disposition + b"\r\n\r\n" + victim.encode() + b"\r\n--B--\r\n"
+    assert "file_id" in lenient_names(disposition.decode())
+    with gw.client(key_for(gw, "bob")) as bob:
+        spy.clear()
+        refused = bob.post("/v1/containers/cntr_bob/files", content=body, headers=form)
+        assert spy.seen == []
+        sdk = bob.post("/v1/containers/cntr_bob/files", files={"file": ("a \\ b.txt", b"bob's")})
+    assert refused.status_code == 400, refused.text
+    error = openai_error(refused.json())
+    assert error["type"] == "invalid_request_error" and "Content-Disposition" in error["message"], error
+    assert sdk.status_code == 404, sdk.text  # forwarded (the mock has no containers)
+    assert [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/containers/cntr_bob/files")]
+
+
 def test_a_batch_input_naming_an_id_with_a_lone_surrogate_is_refused_on_every_store(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
 ) -> None:

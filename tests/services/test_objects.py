@@ -479,3 +479,25 @@ def test_the_thread_a_run_was_created_with_is_its_callers() -> None:
     assert runs.created_along({"id": "run_1", "thread_id": "thread_1"}) == [("thread_1", None)]
     assert runs.created_along({"id": "run_1"}) == runs.created_along(None) == []
     assert classify(["responses", "compact"], "POST").created_along({"thread_id": "thread_1"}) == []
+
+
+@pytest.mark.parametrize("disposition", [
+    'form-data; name="fi\\le_id"', 'form-data; name="\\\\file_id"', 'form-data; name="file_id"x', 'form-data; name=file_id"',
+    'form-data; name=file_id\\', 'form-data; name=file_id x', 'form-data; name = file_id', 'attachment; name="file_id"',
+    'form-data; name="a"; filename="x\\"y"', 'form-data; x="\\"; name=file_id; y="; name="a"',
+])
+def test_a_part_is_named_plainly(disposition: str) -> None:
+    """A name aiohttp or werkzeug reads otherwise than Python's email package (`fi\\le_id` is their
+    `file_id`), or a value an escaped quote may end, is malformed: the part could be an id field there."""
+    with pytest.raises(MalformedUpload, match="Content-Disposition"):
+        Upload.read(part(disposition, b"file-alice") + b"--XyZ--\r\n", TYPE)
+
+
+@pytest.mark.parametrize(("disposition", "name", "is_file"), [
+    ('form-data; name="file"; filename="a \\\\ b.txt"', "file", True),  # httpx, requests, Go: a backslash doubled
+    ("form-data;name=purpose", "purpose", False), ('FORM-DATA; NAME="file_ids[]"; filename="a;b.txt";', "file_ids[]", True),
+    ('form-data; name="file"; filename="\xc3\xa9.txt"', "file", True),  # a browser's UTF-8 filename, as Latin-1 text
+])
+def test_a_part_named_plainly_is_read(disposition: str, name: str, is_file: bool) -> None:
+    upload = Upload.read(part(disposition, b"x") + b"--XyZ--\r\n", TYPE)
+    assert upload.parts == ((name, b"x", is_file),)

@@ -303,15 +303,17 @@ class Upload:
 
     def batch_input(self) -> bytes | None:
         """The file's content when the upload is a batch's input (`purpose` is `batch`), else None.
-        MalformedUpload when its `purpose` or `file` is not given exactly once."""
+        MalformedUpload when its `purpose` or `file` is not given exactly once — `file[]` or `file[0]`
+        counted as a `file` (a reader that takes `image[]` as one of the files on `image`, as the
+        provider does, takes them so: the one it stores need not be the one whose lines were read)."""
         purposes = self.values("purpose")
         if len(purposes) > 1:
             raise MalformedUpload("An upload names its purpose once")
         if not purposes or purposes[0].strip() != b"batch":
             return None
-        files = self.values("file")
+        files = [value for name, value, _ in self.parts if _INDEX.sub("", name) == "file"]
         if len(files) != 1:
-            raise MalformedUpload("A batch input upload holds exactly one file")
+            raise MalformedUpload("A batch input upload holds exactly one file (`file[]` is a file too)")
         return files[0]
 
     @property

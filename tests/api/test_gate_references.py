@@ -428,6 +428,25 @@ def test_an_upload_part_whose_name_readers_read_otherwise_is_refused(
     assert [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/containers/cntr_bob/files")]
 
 
+def test_a_batch_input_given_as_file_and_file_brackets_is_refused(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    """Bob's batch input read as its `file` part — a catalogue model, no id — and vouched as checked,
+    while a `file[]` part beside it, a file on the field the call takes files on, went unread: a
+    provider that takes `file[]` as one of the files on `file` (as it takes the SDK's `image[]`)
+    may store that one, running o1-pro on Alice's file. Such an upload is 400 and nothing is sent."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", passthrough="/v1/files")
+    victim = gw.openai().files.create(file=("v.txt", b"alice's"), purpose="user_data").id
+    evil = (b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "o1-pro", '
+            b'"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "%s"}}]}]}}\n')
+    files = [("file", ("in.jsonl", LINE.replace(b"=22", b"") % b"x")), ("file[]", ("in.jsonl", evil % victim.encode()))]
+    with gw.client(key_for(gw, "bob")) as bob:
+        spy.clear()
+        refused = bob.post("/v1/files", data={"purpose": "batch"}, files=files)
+        alone = bob.post("/v1/files", data={"purpose": "batch"}, files=files[:1])
+    assert refused.status_code == 400 and "exactly one file" in openai_error(refused.json())["message"], refused.text
+    assert alone.status_code == 200, alone.text
+    assert [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/files")]
+
+
 def test_a_batch_input_naming_an_id_with_a_lone_surrogate_is_refused_on_every_store(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
 ) -> None:

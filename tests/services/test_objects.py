@@ -501,3 +501,18 @@ def test_a_part_is_named_plainly(disposition: str) -> None:
 def test_a_part_named_plainly_is_read(disposition: str, name: str, is_file: bool) -> None:
     upload = Upload.read(part(disposition, b"x") + b"--XyZ--\r\n", TYPE)
     assert upload.parts == ((name, b"x", is_file),)
+
+
+@pytest.mark.parametrize("name", ["file[]", "file[0]"])
+def test_a_batch_input_is_one_file_however_it_is_named(name: str) -> None:
+    """A `file[]` beside the `file` of a batch input went unread (a file on a field the call takes
+    files on), while a reader that takes `image[]` as one of the files on `image` may store it as
+    the batch input: the upload is malformed, as one with two `file` parts is."""
+    checked = b'{"custom_id": "1", "body": {"model": "gpt-4o-mini", "messages": []}}\n'
+    upload = Upload.read(part('form-data; name="purpose"', b"batch") + part(
+        'form-data; name="file"; filename="a.jsonl"', checked) + b"--XyZ--\r\n", TYPE)
+    assert upload.batch_input() == checked
+    with pytest.raises(MalformedUpload, match="exactly one file"):
+        Upload.read(part('form-data; name="purpose"', b"batch") + part('form-data; name="file"; filename="a.jsonl"', checked)
+                    + part(f'form-data; name="{name}"; filename="b.jsonl"', b'{"file_id": "file-alice"}\n')
+                    + b"--XyZ--\r\n", TYPE).batch_input()

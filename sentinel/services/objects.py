@@ -574,10 +574,10 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
     """(name, value, whether it is a file) of every part of a `multipart/form-data` body, read strictly, since the
     provider's reader may be lenient where this one is not: MalformedUpload unless the Content-Type
     names its boundary once and plainly (`_plain_boundary`), the body starts with it and ends with the
-    closing one, each delimiter line and header line ends in CRLF (none folded), and each part has one
-    Content-Disposition naming it once and is its bytes as they are (`_check_coding`: not encoded, a
-    field's text UTF-8); an RFC 2231 boundary (`boundary*`), and a charset but utf-8 or us-ascii in the
-    Content-Type, are refused."""
+    closing one, a delimiter follows nothing but a CRLF, each delimiter line and header line ends in
+    CRLF (none folded), and each part has one Content-Disposition naming it once, given plainly, and
+    is its bytes as they are (`_check_coding`: not encoded, a field's text UTF-8); an RFC 2231
+    boundary (`boundary*`), and a charset but utf-8 or us-ascii in the Content-Type, are refused."""
     if content_type.count(";") > MAX_PARAMETERS:
         raise MalformedUpload(f"A multipart Content-Type may have at most {MAX_PARAMETERS} parameters")
     if _RFC2231_BOUNDARY.search(content_type):
@@ -597,6 +597,10 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
         raise MalformedUpload("A multipart body's Content-Type may name no charset but utf-8 or us-ascii")
     delimiter = b"--" + boundary.encode("ascii")
     framed = b"\r\n" + body
+    if framed.count(b"\n" + delimiter) != framed.count(b"\r\n" + delimiter) or b"\r" + delimiter in framed:
+        # A delimiter line follows a CRLF here and in aiohttp, any line break in werkzeug: a part
+        # hidden after a bare LF or CR would be a field there (another user's `file_id`) and data here.
+        raise MalformedUpload("A multipart body may hold its delimiter only after a CRLF (not a bare LF or CR)")
     if framed.count(b"\r\n" + delimiter) > MAX_PARTS + 1:  # the parts and the closing delimiter
         raise MalformedUpload(f"A multipart body may hold at most {MAX_PARTS} parts")
     parts = framed.split(b"\r\n" + delimiter)

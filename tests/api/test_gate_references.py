@@ -428,6 +428,40 @@ def test_an_upload_part_whose_name_readers_read_otherwise_is_refused(
     assert [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/containers/cntr_bob/files")]
 
 
+def werkzeug_reads(content_type: str, body: bytes) -> dict[str, bytes]:
+    """The fields of an upload as werkzeug (Flask's reader) reads them."""
+    from io import BytesIO
+
+    from werkzeug.formparser import parse_form_data
+
+    _, form, files = parse_form_data({"wsgi.input": BytesIO(body), "CONTENT_TYPE": content_type,
+                                      "CONTENT_LENGTH": str(len(body)), "REQUEST_METHOD": "POST"})
+    return {**{k: v.encode() for k, v in form.items()}, **{k: f.read() for k, f in files.items()}}
+
+
+@pytest.mark.parametrize("line_break", [b"\n", b"\r"], ids=["lf", "cr"])
+def test_an_upload_delimiter_after_a_bare_line_break_is_refused(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, line_break: bytes,
+) -> None:
+    """A delimiter line is one after a CRLF to Sentinel (and aiohttp), after any line break to
+    werkzeug: Bob's note, one field here, was a note and a `file_id` naming Alice's file there,
+    which his container would copy for him to read. A body holding its delimiter after a bare LF
+    or CR is now 400 and nothing is sent."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", passthrough="/v1/files,/v1/containers/*")
+    victim = gw.openai().files.create(file=("v.txt", b"alice's"), purpose="user_data").id
+    asyncio.run(gw.runtime.relay.ownership.claim("cntr_bob", "bob", None))
+    form = "multipart/form-data; boundary=B"
+    hidden = line_break.join([b"", b"--B", b'Content-Disposition: form-data; name="file_id"', b"", victim.encode()])
+    body = b'--B\r\nContent-Disposition: form-data; name="note"\r\n\r\nsee below' + hidden + b"\r\n--B--\r\n"
+    assert werkzeug_reads(form, body) == {"note": b"see below", "file_id": victim.encode()}
+    with gw.client(key_for(gw, "bob")) as bob:
+        spy.clear()
+        refused = bob.post("/v1/containers/cntr_bob/files", content=body, headers={"Content-Type": form})
+    assert refused.status_code == 400, refused.text
+    assert "delimiter" in openai_error(refused.json())["message"], refused.text
+    assert spy.seen == []
+
+
 def test_a_batch_input_given_as_file_and_file_brackets_is_refused(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
     """Bob's batch input read as its `file` part — a catalogue model, no id — and vouched as checked,
     while a `file[]` part beside it, a file on the field the call takes files on, went unread: a

@@ -516,3 +516,13 @@ def test_a_batch_input_is_one_file_however_it_is_named(name: str) -> None:
         Upload.read(part('form-data; name="purpose"', b"batch") + part('form-data; name="file"; filename="a.jsonl"', checked)
                     + part(f'form-data; name="{name}"; filename="b.jsonl"', b'{"file_id": "file-alice"}\n')
                     + b"--XyZ--\r\n", TYPE).batch_input()
+
+
+@pytest.mark.parametrize("line_break", [b"\n", b"\r"])
+def test_a_delimiter_follows_only_a_crlf(line_break: bytes) -> None:
+    """werkzeug reads a delimiter after any line break: a part hidden after a bare LF or CR, data
+    here, would be a field there."""
+    hidden = line_break + b'--XyZ' + line_break + b'Content-Disposition: form-data; name="file_id"' + line_break * 2
+    with pytest.raises(MalformedUpload, match="only after a CRLF"):
+        Upload.read(part('form-data; name="note"', b"x" + hidden + b"file-alice") + b"--XyZ--\r\n", TYPE)
+    assert Upload.read(part('form-data; name="note"', b"x\n-XyZ\r--Xy") + b"--XyZ--\r\n", TYPE).values("note")

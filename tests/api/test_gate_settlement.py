@@ -55,6 +55,29 @@ def test_a_store_failure_while_claiming_the_answers_object_does_not_lose_the_cal
             assert http.get(f"/v1/responses/{response_id}").status_code == 404
 
 
+def test_a_store_failure_while_forgetting_a_deleted_object_answers_the_delete(
+    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider deleted the object, then the store failed while its owner record was dropped:
+    the client got a 503 for a delete that had happened (and no record of the call). The delete's
+    answer is relayed; the record left names the deleted object's maker only."""
+
+    async def unavailable(self: Ownership, object_id: str) -> None:
+        raise StoreUnavailable("store down")
+
+    gw = gateway_factory(usage_flush_interval_seconds=0.1, passthrough="/v1/files,/v1/files/*")
+    with gw.client() as http:
+        upload = http.post("/v1/files", files={"file": ("a.txt", b"mine")}, data={"purpose": "user_data"})
+        assert upload.status_code == 200, upload.text
+        monkeypatch.setattr(Ownership, "forget", unavailable)
+        r = http.delete(f"/v1/files/{upload.json()['id']}")
+        assert r.status_code == 200, r.text
+        assert r.json()["deleted"] is True
+        rid = r.headers["x-request-id"]
+        assert wait_for(lambda: len(recorded(gw, rid)) == 1), ledger_rows(gw.settings.database_url)
+        assert recorded(gw, rid)[0]["status"] == 200
+
+
 def test_an_answer_whose_text_is_not_a_string_is_served_and_recorded(gateway_factory: Callable[..., Gateway]) -> None:
     """`text: null` (or a number) in a Responses answer without usage raised a TypeError while the
     output was counted: a 500, no record, and the reservation never given back nor committed."""

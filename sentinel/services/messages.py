@@ -213,9 +213,13 @@ class MessagesService:
         except orjson.JSONDecodeError:
             parsed = None
         usage = message_usage(parsed)
+        # A served answer that cannot be read (not JSON: an HTML page from a proxy, a body compressed
+        # despite `identity`, cut JSON) is relayed as it is and charged the output it reserved, as
+        # on the OpenAI surfaces (`AnswerRelay.complete`): counting its text charged it none.
         await self.meter.settle(
             admission, usage=usage, output_text=message_text(parsed), status=upstream.status,
             provider=upstream.provider, read_input=("", 0) if usage is not None else message_read(parsed),
+            output_estimate=admission.max_output if parsed is None else None,
         )
         report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))

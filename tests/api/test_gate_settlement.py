@@ -467,6 +467,7 @@ def test_a_protocol_switch_from_the_provider_is_a_provider_error_never_relayed(
 @pytest.mark.parametrize(("path", "request_body", "reserved"), [
     ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": ASK, "max_tokens": 300}, 300),
     ("/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "weather in Paris?", "max_tokens": 200}, 200),
+    ("/v1/messages", {"model": "claude-3-5-haiku-20241022", "messages": ASK, "max_tokens": 250}, 250),
 ])
 def test_a_served_answer_that_cannot_be_read_is_charged_the_output_it_reserved(
     gateway_factory: Callable[..., Gateway], content_type: bytes, body: bytes, path: str,
@@ -475,10 +476,10 @@ def test_a_served_answer_that_cannot_be_read_is_charged_the_output_it_reserved(
     """A 200 whose body is not readable JSON (a provider compressing despite `identity`, an HTML
     page from a proxy, an answer cut short) was relayed as it is and charged its input only — 0
     output for whatever it carried. It is charged the output it reserved, as the native API and a
-    translation charge one."""
+    translation charge one. So is one relayed on `/v1/messages` (it was charged 0 output there)."""
     upstream = ScriptedUpstream()
     with serving(upstream) as srv:
-        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url)
         with gw.client() as http:
             upstream.typed(content_type, body)
             r = http.post(path, json=request_body)

@@ -150,9 +150,11 @@ def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:
 
 def max_output(endpoint: str, payload: dict[str, Any], default: int) -> int:
     """The most output tokens the request can produce: its own cap (or `default`) times the number
-    of completions it asks for (`n`, `best_of`), at most MAX_RESERVED_OUTPUT. Of a chat request's two
-    caps the first one set wins (`max_completion_tokens`, then `max_tokens`; null is not set), as in
-    OpenAI's API and in the translation to other providers (`sentinel.native.openai_inbound`)."""
+    of completions it asks for (`n`, `best_of`), at most MAX_RESERVED_OUTPUT. A chat request giving
+    both caps (`max_completion_tokens` and `max_tokens`; null is not set) reserves the larger: OpenAI
+    refuses the pair, and the translation sends `max_completion_tokens` (`sentinel.native.openai_inbound`),
+    but an OpenAI-compatible server that reads `max_tokens` alone generated up to it on a reservation
+    of the other (`max_completion_tokens: 1, max_tokens: 100000` reserved 1)."""
     if endpoint == "embeddings":
         return 0
     keys = {
@@ -162,10 +164,7 @@ def max_output(endpoint: str, payload: dict[str, Any], default: int) -> int:
         "responses": ("max_output_tokens",),
         "messages": ("max_tokens",),
     }.get(endpoint, ())
-    cap = 16 if endpoint == "completions" else default
-    for key in keys:
-        value = payload.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            cap = value
-            break
+    caps = [value for key in keys
+            if isinstance(value := payload.get(key), int) and not isinstance(value, bool) and value > 0]
+    cap = max(caps) if caps else 16 if endpoint == "completions" else default
     return min(cap * output_multiplier(endpoint, payload), MAX_RESERVED_OUTPUT)

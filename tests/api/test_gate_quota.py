@@ -56,6 +56,8 @@ def new_user(gw: Gateway, user: str, spec: str) -> str:
 MULTIPLIED = [
     ("chat/completions", {"n": 20, "max_tokens": 50}, 1000),
     ("chat/completions", {"n": 20, "max_completion_tokens": 50}, 1000),
+    # Both caps reserve the larger: `max_tokens` is what some OpenAI-compatible servers read.
+    ("chat/completions", {"max_completion_tokens": 10, "max_tokens": 150}, 150),
     ("chat/completions", {"n": 3, "max_tokens": 50, "stream": True}, 150),
     ("completions", {"best_of": 20, "max_tokens": 50}, 1000),
     ("completions", {"n": 2, "best_of": 3, "max_tokens": 50}, 150),

@@ -144,7 +144,9 @@ def test_unknown_endpoints_estimate_nothing() -> None:
 @pytest.mark.parametrize(
     ("endpoint", "payload", "expected"),
     [
-        ("chat", {"max_completion_tokens": 40, "max_tokens": 90}, 40),
+        # Both caps: the larger (a server reading `max_tokens` alone generates up to it).
+        ("chat", {"max_completion_tokens": 40, "max_tokens": 90}, 90),
+        ("chat", {"max_completion_tokens": 90, "max_tokens": 40}, 90),
         ("chat", {"max_completion_tokens": None, "max_tokens": 9}, 9),  # null is not set
         ("chat", {"max_tokens": 90}, 90),
         ("chat", {}, 300),

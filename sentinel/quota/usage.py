@@ -238,7 +238,8 @@ class StreamInspector:
         self._events = EventSplitter()
         self._final = b""  # the held-back terminal event of a Responses stream
         self._terminal = False
-        self.usage: Usage | None = None
+        self._usage: Usage | None = None
+        self._usage_whole = False  # `_usage` came without choices: the provider's count of the whole answer
         self._text: list[str] = []
         self._read: list[str] = []  # the hosted-tool items' text, up to READ_KEPT_CHARS (`read_input`)
         self._read_chars = 0
@@ -252,6 +253,16 @@ class StreamInspector:
     @property
     def text(self) -> str:
         return "".join(self._text)
+
+    @property
+    def usage(self) -> Usage | None:
+        """The provider's count: the last `usage` shown, when it came in an event without choices (the
+        usage-only chunk, a Responses event's response) or the stream reached its end. A `usage` riding
+        on a content chunk of a stream cut before its end counts no more than that chunk's choice:
+        vLLM's `continuous_usage_stats` (a client's stream option) gives each chunk its own choice's
+        tokens so far, and `n: 64` left before the final sum was charged one choice. Then the text
+        streamed is counted instead (every choice's)."""
+        return self._usage if self._usage_whole or self.saw_done else None
 
     @property
     def read_input(self) -> tuple[str, int]:
@@ -351,9 +362,9 @@ class StreamInspector:
         if self.object_id is None and isinstance(obj.get("id"), str) and obj["id"]:
             self.object_id = obj["id"]  # a chat completion's chunks carry its id (stored with `store: true`)
         usage = usage_from_body(self.endpoint, obj)
-        if usage is not None:
-            self.usage = usage
         choices = obj.get("choices")
+        if usage is not None:
+            self._usage, self._usage_whole = usage, not (isinstance(choices, list) and choices)
         if isinstance(choices, list):
             for choice in choices:
                 if not isinstance(choice, dict):
@@ -384,11 +395,11 @@ class StreamInspector:
         if isinstance(response, dict):
             usage = usage_from_body("responses", response)
             if usage is not None:
-                self.usage = usage
+                self._usage, self._usage_whole = usage, True
         elif isinstance(obj.get("usage"), dict):
             usage = usage_from_body("responses", obj)
             if usage is not None:
-                self.usage = usage
+                self._usage, self._usage_whole = usage, True
         delta = obj.get("delta")
         if isinstance(delta, str):
             self._text.append(delta)

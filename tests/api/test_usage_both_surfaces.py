@@ -734,6 +734,40 @@ def test_a_custom_tool_call_is_charged_as_output_without_usage(gateway_factory: 
     assert all(patch_tokens <= r["output_tokens"] <= patch_tokens + 5 for r in recorded), (recorded, patch_tokens)
 
 
+def test_a_usage_riding_on_a_content_chunk_of_a_cut_stream_is_not_the_whole_count(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """vLLM's `continuous_usage_stats` (a stream option the client sends on) puts a `usage` on every
+    content chunk: its own choice's tokens so far, the sum of every choice coming only in the final
+    usage-only chunk. A client asking `n: 2` that left before that chunk was charged one choice's
+    count as the provider's (measured): its other choices were free. A stream cut before its end is
+    charged the text streamed, every choice's, unless a usage-only chunk came."""
+    from sentinel.quota.tokens import TokenCounter
+
+    texts = [" ".join(f"alpha{i}" for i in range(400)), " ".join(f"beta{i}" for i in range(400))]
+    streamed = [chunk([{"index": i, "delta": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                      usage={"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12})
+                for i, text in enumerate(texts)]
+    ask = {"model": MINI, "messages": [{"role": "user", "content": "two please"}], "n": 2, "stream": True,
+           "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1)
+        with gw.client() as http:
+            upstream.sse(*streamed, hold=True)  # the summed usage chunk would come next: the client leaves first
+            with http.stream("POST", "/v1/chat/completions", json=ask) as left:
+                for line in left.iter_lines():
+                    if "beta399" in line:
+                        break
+            assert upstream.left.wait(10)
+    assert left.status_code == 200
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
+    row = ledger_rows(gw.settings.database_url)[0]
+    shown = TokenCounter().count_text("".join(texts), MINI)
+    assert (row["status"], row["usage_source"]) == (499, "estimated"), row
+    assert row["output_tokens"] == shown, (row, shown)
+
+
 def _recorded_responses_answer(
     gateway_factory: Callable[..., Gateway], answer: dict[str, Any], prompt: str
 ) -> dict[str, Any]:

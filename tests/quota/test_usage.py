@@ -88,6 +88,25 @@ def test_stripping_keeps_content_chunks_that_carry_usage() -> None:
     assert feed_all(inspector, [both]) == both
 
 
+def test_a_usage_on_a_content_chunk_counts_only_once_the_stream_ended() -> None:
+    """A `usage` riding on a content chunk (vLLM's `continuous_usage_stats`: that choice's tokens so far)
+    is the answer's count once `[DONE]` came (the last one shown is the final sum), not in a stream cut
+    before its end: its text is counted then. A usage-only chunk is the whole count either way."""
+    def riding(index: int, completion: int) -> bytes:
+        return event({"choices": [{"index": index, "delta": {"content": "x"}}],
+                      "usage": {"prompt_tokens": 9, "completion_tokens": completion}})
+
+    cut = StreamInspector("chat")
+    feed_all(cut, [riding(0, 1) + riding(1, 1)])
+    assert cut.usage is None and cut.text == "xx"
+    whole = StreamInspector("chat")
+    feed_all(whole, [riding(0, 1) + riding(1, 1) + DONE])
+    assert whole.usage == Usage(9, 1)
+    summed = StreamInspector("chat")
+    feed_all(summed, [riding(0, 1) + riding(1, 1) + USAGE_CHUNK])
+    assert summed.usage == Usage(9, 4)
+
+
 def test_unparseable_lines_are_counted_and_relayed() -> None:
     bad = b"data: {not json\n\n"
     inspector = StreamInspector("chat")

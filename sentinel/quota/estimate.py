@@ -126,8 +126,10 @@ def _item_input(item: Any, images: ImageRule) -> tuple[list[str], int]:
 def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:
     """Whether the request asks for output the provider bills but does not return as countable
     text (Anthropic's `thinking` — summarised or omitted since Claude 4 —, OpenAI's
-    `reasoning_effort` on chat and `reasoning` on Responses; spoken output, `modalities` with
-    `audio`, billed as audio tokens; a chat `prediction`, whose rejected tokens are billed as
+    `reasoning_effort` on chat and `reasoning` on Responses; the reasoning an OpenAI-compatible server
+    streams, turned off by the client — vLLM's and OpenRouter's `include_reasoning: false`,
+    OpenRouter's `reasoning.exclude` —, generated and billed all the same; spoken output, `modalities`
+    with `audio`, billed as audio tokens; a chat `prediction`, whose rejected tokens are billed as
     output but never streamed; legacy completions' `best_of` above `n`, whose candidates the provider
     generates and bills but does not return): text counted from what was streamed would leave it free."""
     if endpoint == "completions":
@@ -142,7 +144,10 @@ def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:
         speaks = isinstance(modalities, list) and "audio" in modalities
         prediction = payload.get("prediction")
         predicts = isinstance(prediction, dict) and any(content_texts(prediction.get("content")))
-        return speaks or predicts or payload.get("reasoning_effort") not in (None, "none")
+        reasoning = payload.get("reasoning")
+        unshown = payload.get("include_reasoning") is False or (
+            isinstance(reasoning, dict) and reasoning.get("exclude") is True)
+        return speaks or predicts or unshown or payload.get("reasoning_effort") not in (None, "none")
     if endpoint == "responses":
         return isinstance(payload.get("reasoning"), dict)
     return False

@@ -118,6 +118,24 @@ def test_best_of_candidates_are_charged_when_the_answer_has_no_usage(gateway: Ga
     assert 0 < rows[shown.headers["x-request-id"]]["output_tokens"] < 20
 
 
+def test_reasoning_the_client_turned_off_is_charged_when_the_answer_has_no_usage(gateway: Gateway) -> None:
+    """vLLM and OpenRouter stream a reasoning model's reasoning unless the client turns it off
+    (`include_reasoning: false`, OpenRouter's `reasoning.exclude`); it is generated and billed all the
+    same. Without the provider's usage, counting the text shown charged none of it: such a request is
+    charged the output it reserved, as one asking OpenAI for hidden reasoning is."""
+    asks = [{"include_reasoning": False}, {"reasoning": {"effort": "high", "exclude": True}}, {}]
+    with gateway.client() as http:
+        answers = [http.post("/v1/chat/completions", json={**CHAT, **ask, "max_tokens": 300},
+                             headers={"X-Mock-No-Usage": "1"}) for ask in asks]
+    assert [r.status_code for r in answers] == [200] * 3, [r.text for r in answers]
+    assert wait_for(lambda: len(ledger_rows(gateway.settings.database_url)) == 3)
+    rows = {row["request_id"]: row for row in ledger_rows(gateway.settings.database_url)}
+    charged = [(rows[r.headers["x-request-id"]]["usage_source"], rows[r.headers["x-request-id"]]["output_tokens"])
+               for r in answers]
+    assert charged[:2] == [("estimated", 300)] * 2, charged
+    assert charged[2][0] == "estimated" and 0 < charged[2][1] < 20, charged
+
+
 
 def test_definitions_count_against_the_input_limit(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
     """Tool definitions and schemas are prompt text: a request whose tools alone exceed the plan's

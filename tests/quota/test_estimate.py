@@ -174,6 +174,10 @@ def test_requests_for_reasoning_the_provider_does_not_show_are_known() -> None:
     assert hides_output("chat", {"reasoning_effort": "high"})
     assert not hides_output("chat", {"reasoning_effort": None})
     assert not hides_output("chat", {"reasoning_effort": "none"})
+    # The reasoning an OpenAI-compatible server streams, turned off (vLLM, OpenRouter): billed, unshown.
+    assert hides_output("chat", {"include_reasoning": False})
+    assert hides_output("chat", {"reasoning": {"effort": "high", "exclude": True}})
+    assert not hides_output("chat", {"include_reasoning": True}) and not hides_output("chat", {"reasoning": {}})
     assert hides_output("responses", {"reasoning": {"effort": "low"}})
     assert not hides_output("responses", {"input": "hi"}) and not hides_output("embeddings", {"reasoning": {}})
     assert hides_output("completions", {"best_of": 3}) and hides_output("completions", {"n": 2, "best_of": 3})

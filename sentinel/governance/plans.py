@@ -5,6 +5,8 @@ The plan and limit types and their spelling (`requests=100/1m`) are `sentinel.do
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import cast
 
 from sqlalchemy import delete, exists, select, update
@@ -17,37 +19,84 @@ from sentinel.domain.plans import Limit, Metric, Plan
 from sentinel.errors import NotFound
 
 
+class PlanExists(Exception):  # noqa: N818 - a verdict on a `create`, not a failure
+    """`set_plan(..., create=True)` found the plan there already."""
+
+
+@dataclass(frozen=True)
+class PlanChange:
+    """What `set_plan` did: the plan before (None: it created it) and after."""
+
+    before: Plan | None
+    after: Plan
+
+
+def _read_order(limit: Limit) -> tuple[str, int]:
+    """The order a plan's limits are read in (`_load`, `_limits_of`)."""
+    return limit.metric, limit.window_seconds
+
+
+def _check_unique(limits: Sequence[Limit]) -> None:
+    keys = [(limit.metric, limit.window_seconds) for limit in limits]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a plan may have only one limit per metric and window")
+
+
+async def _limits_of(session: AsyncSession, name: str) -> list[Limit]:
+    rows = await session.execute(
+        select(PlanLimitRow.metric, PlanLimitRow.window_seconds, PlanLimitRow.limit)
+        .where(PlanLimitRow.plan_name == name)
+        .order_by(PlanLimitRow.metric, PlanLimitRow.window_seconds)
+    )
+    return [Limit(cast(Metric, metric), window_seconds, limit) for metric, window_seconds, limit in rows.all()]
+
+
 class PlanRepository:
     """The operator side of plans: define them, list them, put users on them."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def set_plan(self, name: str, limits: list[Limit]) -> None:
-        """Create plan `name` or replace all of its limits with `limits`."""
+    async def set_plan(
+        self, name: str, limits: Sequence[Limit], *, merge: bool = False, create: bool = False
+    ) -> PlanChange:
+        """Create plan `name` or replace all of its limits with `limits` (`merge`: only those of the
+        same metric and window); with `create`, PlanExists (nothing written) when it exists.
+
+        The plan is read and written in one transaction holding its row (on SQLite the database's
+        write lock): concurrent changes of one plan apply one after the other, each to what the
+        one before wrote, so a merge never drops a limit another operator added meanwhile, and of
+        concurrent creations one creates the plan and the others are refused."""
         if not name:
             raise ValueError("plan name must not be empty")
-        keys = [(limit.metric, limit.window_seconds) for limit in limits]
-        if len(set(keys)) != len(keys):
-            raise ValueError("a plan may have only one limit per metric and window")
+        _check_unique(limits)
         now = utcnow()
         with database_errors("plan store unavailable"):
             async with self._sessions() as session:
-                await session.execute(
-                    insert_ignoring(session, PlanRow, ["name"]).values(
-                        name=name, created_at=now, updated_at=now
-                    )
+                created = await session.scalar(
+                    insert_ignoring(session, PlanRow, ["name"])
+                    .values(name=name, created_at=now, updated_at=now)
+                    .returning(PlanRow.name)
                 )
-                # The row lock taken here serialises concurrent replacements of the same plan.
+                if create and created is None:
+                    await session.rollback()
+                    raise PlanExists(name)
+                # The row lock taken here serialises concurrent changes of the same plan.
                 await session.execute(update(PlanRow).where(PlanRow.name == name).values(updated_at=now))
+                before = None if created is not None else Plan(name, tuple(await _limits_of(session, name)))
+                merged = list(limits)
+                if merge and before is not None:
+                    new = {(lim.metric, lim.window_seconds) for lim in limits}
+                    merged = [lim for lim in before.limits if (lim.metric, lim.window_seconds) not in new] + merged
                 await session.execute(delete(PlanLimitRow).where(PlanLimitRow.plan_name == name))
                 session.add_all(
                     PlanLimitRow(
                         plan_name=name, metric=lim.metric, window_seconds=lim.window_seconds, limit=lim.limit
                     )
-                    for lim in limits
+                    for lim in merged
                 )
                 await session.commit()
+        return PlanChange(before, Plan(name, tuple(sorted(merged, key=_read_order))))
 
     async def delete_plan(self, name: str) -> list[str] | None:
         """Delete a plan and its limits and put its users on the default plan, in one transaction;

@@ -35,7 +35,7 @@ from sentinel.governance.auth import Authenticator
 from sentinel.governance.keys import ApiKeyInfo, KeyService
 from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.plan_source import CachedPlans
-from sentinel.governance.plans import PlanRepository
+from sentinel.governance.plans import PlanExists, PlanRepository
 from sentinel.governance.request_stats import RequestStats
 from sentinel.governance.tier_store import DbTiers, TierRepository
 from sentinel.governance.usage_stats import LedgerEntry, Ranked, UsageStats
@@ -216,23 +216,17 @@ class AdminService:
         name = check_plan_name(name)
         if too_large := [lim for lim in limits if not 0 <= lim.limit <= MAX_LIMIT]:
             raise refuse({"limits": f"{too_large[0].metric}: a whole number from 0 to {MAX_LIMIT:,}"})
-        existing = await self.plan_repo.get_plan(name)
-        if create and existing is not None:
-            raise refuse({"name": f"a plan called {name!r} exists already"})
-        merged = list(limits)
-        if merge and existing is not None:
-            new = {(lim.metric, lim.window_seconds) for lim in limits}
-            merged = [lim for lim in existing.limits if (lim.metric, lim.window_seconds) not in new] + merged
         try:
-            await self.plan_repo.set_plan(name, merged)
+            change = await self.plan_repo.set_plan(name, limits, merge=merge, create=create)
+        except PlanExists:
+            raise refuse({"name": f"a plan called {name!r} exists already"}) from None
         except ValueError as exc:
             raise refuse({"limits": str(exc)}) from None
-        saved = await self.plan(name)
         await self._forget_plans(await self.users.on_plan(name))
-        action = "plan.update" if existing is not None else "plan.create"
-        before = existing.spec() if existing is not None else None
-        await self._audit(actor, action, name, {"from": before, "to": saved.spec()})
-        return saved
+        action = "plan.update" if change.before is not None else "plan.create"
+        before = change.before.spec() if change.before is not None else None
+        await self._audit(actor, action, name, {"from": before, "to": change.after.spec()})
+        return change.after
 
     async def delete_plan(self, name: str, actor: Actor) -> None:
         """Delete a plan; its users are put on the default plan (in the same transaction) and their

@@ -3,6 +3,7 @@ errors, the audit log, caches dropped on change, live quota counters, the CSV ex
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from dataclasses import dataclass
@@ -162,6 +163,33 @@ async def test_a_plan_deleted_meanwhile_is_not_found_nor_audited_twice(
     with pytest.raises(NotFound):
         await admin.delete_plan("gold", ADMIN)
     assert [e.action for e in await admin.audit()] == ["plan.create"]
+
+
+async def test_concurrent_merges_into_one_plan_keep_every_operators_limit(setup: Setup) -> None:
+    """Each `plans set --add` read the plan, then replaced its limits with what it read plus its own:
+    operators adding limits at once lost all but the last one's (and the audit log showed each
+    addition to a plan without the others)."""
+    await setup.admin.save_plan("pro", [Limit("requests", 60, 10)], ADMIN)
+    added = [Limit("output_tokens", 3600 * n, 100 * n) for n in range(1, 7)]
+    await asyncio.gather(*(setup.admin.save_plan("pro", [limit], ADMIN, merge=True) for limit in added))
+    assert set((await setup.admin.plan("pro")).limits) == {Limit("requests", 60, 10), *added}
+    befores = [e.details["from"] for e in await setup.admin.audit() if e.action == "plan.update" and e.details]
+    assert sorted(len(before.split(",")) for before in befores) == [1, 2, 3, 4, 5, 6]  # each saw the ones before it
+
+
+async def test_of_operators_creating_one_plan_at_once_one_creates_it_the_others_are_refused(setup: Setup) -> None:
+    """`create` (the console's and the admin API's "new plan") checked for the plan, then wrote it:
+    two at once both created it, the second silently replacing the first's limits."""
+    versions = [[Limit("requests", 60, n)] for n in range(1, 5)]
+    outcomes = await asyncio.gather(
+        *(setup.admin.save_plan("gold", v, ADMIN, create=True) for v in versions), return_exceptions=True
+    )
+    created = [o for o in outcomes if isinstance(o, Plan)]
+    refused = [o for o in outcomes if isinstance(o, InvalidRequest)]
+    assert len(created) == 1 and len(refused) == 3, outcomes
+    assert all("exists" in field_errors(r)["name"] for r in refused)
+    assert await setup.admin.plan("gold") == created[0]
+    assert [e.action for e in await setup.admin.audit()] == ["plan.create"]
 
 
 # --- keys ----------------------------------------------------------------------------------------

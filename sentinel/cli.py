@@ -72,7 +72,11 @@ async def _with_admin(settings: Settings, fn: Callable[[Any], Awaitable[int | No
     from sentinel.store import create_store
     from sentinel.wiring import build_cli_admin
 
-    engine = create_engine(settings.database_url)
+    try:
+        engine = create_engine(settings.database_url)
+    except DatabaseUnreachable as exc:
+        print(f"sentinel: {exc}", file=sys.stderr)
+        return 1
     store = create_store(settings.redis_url, timeout=settings.redis_timeout_seconds)
     try:
         try:

@@ -255,10 +255,13 @@ def serve(settings: Settings, workers: int = 1) -> int:
     if refused:
         print(f"sentinel: {refused}", file=sys.stderr, flush=True)
         return 2
-    from sentinel.db.engine import hold_server_lock
+    from sentinel.db.engine import DatabaseUnreachable, hold_server_lock
 
     try:
         lock = None if settings.redis_url else hold_server_lock(settings.database_url)
+    except DatabaseUnreachable as exc:
+        print(f"sentinel: {exc}", file=sys.stderr, flush=True)
+        return 1
     except BlockingIOError:
         print(
             "sentinel: another `sentinel serve` without REDIS_URL already serves this SQLite database "

@@ -197,3 +197,19 @@ def test_an_unreachable_database_is_one_line_naming_it(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr, (args, result.stderr)
         assert "cannot reach the database (DATABASE_URL)" in result.stderr, (args, result.stderr)
         assert "s3cret-pw" not in result.stderr, (args, result.stderr)
+
+
+def test_a_sqlite_file_that_cannot_be_created_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A SQLite DATABASE_URL whose file cannot be created (its directory is a file, or not writable)
+    was a FileNotFoundError/NotADirectoryError traceback from every CLI command and from `serve`."""
+    (tmp_path / "not-a-dir").write_text("")
+    env = {
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/not-a-dir/sentinel.db",
+        "SENTINEL_PORT": str(free_port()), "SENTINEL_HOST": "127.0.0.1",
+    }
+    for args in (["keys", "list"], ["keys", "create", "bob"], ["serve"]):
+        result = run(args, env)
+        assert result.returncode != 0, (args, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "cannot open the database (DATABASE_URL)" in lines[0], (args, result.stderr)

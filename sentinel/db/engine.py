@@ -118,11 +118,26 @@ def _create_private(path: Path) -> None:
     """Create the database file (and its directory) readable by this user only, if missing: it holds
     key digests, emails, usage and the audit log. SQLite gives its `-wal` and `-shm` files the
     database file's permissions. An existing file keeps the permissions its operator gave it."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with _unopenable(path):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # an empty file is an empty database
+        except FileExistsError:
+            pass
+
+
+@contextlib.contextmanager
+def _unopenable(path: Path) -> Iterator[None]:
+    """DatabaseUnreachable for an OSError (other than a lock held elsewhere) creating or opening the
+    SQLite file `path` or a file beside it: its directory is a file, missing or not writable."""
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # an empty file is an empty database
-    except FileExistsError:
-        pass
+        yield
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        raise DatabaseUnreachable(
+            f"cannot open the database (DATABASE_URL): {type(exc).__name__}: {exc.strerror or exc} ({path})"
+        ) from None
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -159,7 +174,7 @@ async def migrate(engine_or_url: AsyncEngine | str) -> None:
 
 
 class DatabaseUnreachable(RuntimeError):
-    """The database could not be reached (or opened) to migrate it at start-up."""
+    """The database could not be reached (or its SQLite file created or opened) at start-up."""
 
 
 async def _migrate(engine: AsyncEngine) -> None:
@@ -216,8 +231,9 @@ async def _file_lock(db_path: Path | None) -> AsyncIterator[None]:
 def _lock_file(path: Path, *, wait: bool = True) -> BinaryIO:
     """Open `path` and take an exclusive flock on it: wait until this process holds it, or (`wait`
     False) raise BlockingIOError at once when another process does."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+b")  # closed by the caller (_file_lock, or the server when it stops)
+    with _unopenable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+b")  # closed by the caller (_file_lock, or the server when it stops)
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BaseException:
@@ -233,7 +249,8 @@ def hold_server_lock(url: str) -> BinaryIO | None:
     path = sqlite_file(url)
     if path is None or fcntl is None:
         return None
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with _unopenable(path):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     return _lock_file(path.with_name(path.name + ".serve-lock"), wait=False)
 
 

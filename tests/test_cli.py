@@ -213,3 +213,21 @@ def test_a_sqlite_file_that_cannot_be_created_is_one_line_naming_it(tmp_path: Pa
         assert "Traceback" not in result.stderr, (args, result.stderr)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and "cannot open the database (DATABASE_URL)" in lines[0], (args, result.stderr)
+
+
+def test_a_plan_holds_at_most_50_limits_from_the_cli_too(tmp_path: Path) -> None:
+    """The console and the admin API refuse a 51st limit; `plans set` stored any number (one `--limit`
+    or `--window` each, or `--add` onto a plan already full), and the console could then not save
+    the plan again."""
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    windows = [arg for n in range(1, 52) for arg in ("--window", f"{n}s")]
+    too_many = run(["plans", "set", "many", "--requests", "5", *windows], env)
+    full = run(["plans", "set", "full", *(f"--limit=requests=5/{n}m" for n in range(1, 51))], env)
+    assert full.returncode == 0, full.stderr
+    one_more = run(["plans", "set", "full", "--add", "--limit", "requests=5/1d"], env)
+    for result in (too_many, one_more):
+        assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "at most 50 limits" in lines[0], result.stderr
+    listed = run(["plans", "list"], env).stdout
+    assert "many" not in listed and "requests=5/1d" not in listed and listed.count("requests=5/") == 50

@@ -30,6 +30,8 @@ MAX_WINDOW_SECONDS = 366 * 86400
 # The largest limit an operator may set (a million billion: "unlimited" in practice); sums stay far
 # inside the 64-bit integers of the store, the caches and the database.
 MAX_LIMIT = 10**15
+# The most limits one plan may hold (every one is a counter each request checks), on every surface.
+MAX_PLAN_LIMITS = 50
 _SNAPSHOT = re.compile(r"[\w.\-]{1,64}")
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sentinel.db.engine import database_errors
 from sentinel.db.models import PlanLimitRow, PlanRow, User, utcnow
 from sentinel.db.queries import ensure_user, insert_ignoring
-from sentinel.domain.plans import Limit, Metric, Plan
+from sentinel.domain.plans import MAX_PLAN_LIMITS, Limit, Metric, Plan
 from sentinel.errors import NotFound
 
 
@@ -36,7 +36,10 @@ def _read_order(limit: Limit) -> tuple[str, int]:
     return limit.metric, limit.window_seconds
 
 
-def _check_unique(limits: Sequence[Limit]) -> None:
+def _check_limits(limits: Sequence[Limit]) -> None:
+    """ValueError unless `limits` may be a plan's: at most MAX_PLAN_LIMITS, one per metric and window."""
+    if len(limits) > MAX_PLAN_LIMITS:
+        raise ValueError(f"a plan may have at most {MAX_PLAN_LIMITS} limits")
     keys = [(limit.metric, limit.window_seconds) for limit in limits]
     if len(set(keys)) != len(keys):
         raise ValueError("a plan may have only one limit per metric and window")
@@ -61,7 +64,9 @@ class PlanRepository:
         self, name: str, limits: Sequence[Limit], *, merge: bool = False, create: bool = False
     ) -> PlanChange:
         """Create plan `name` or replace all of its limits with `limits` (`merge`: only those of the
-        same metric and window); with `create`, PlanExists (nothing written) when it exists.
+        same metric and window); with `create`, PlanExists (nothing written) when it exists;
+        ValueError (nothing written) when the plan would hold more than MAX_PLAN_LIMITS limits or
+        two of one metric and window.
 
         The plan is read and written in one transaction holding its row (on SQLite the database's
         write lock): concurrent changes of one plan apply one after the other, each to what the
@@ -69,7 +74,7 @@ class PlanRepository:
         concurrent creations one creates the plan and the others are refused."""
         if not name:
             raise ValueError("plan name must not be empty")
-        _check_unique(limits)
+        _check_limits(limits)
         now = utcnow()
         with database_errors("plan store unavailable"):
             async with self._sessions() as session:
@@ -88,6 +93,7 @@ class PlanRepository:
                 if merge and before is not None:
                     new = {(lim.metric, lim.window_seconds) for lim in limits}
                     merged = [lim for lim in before.limits if (lim.metric, lim.window_seconds) not in new] + merged
+                    _check_limits(merged)  # nothing written: the session rolls back
                 await session.execute(delete(PlanLimitRow).where(PlanLimitRow.plan_name == name))
                 session.add_all(
                     PlanLimitRow(

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from sentinel.domain.numbers import parse_whole
 from sentinel.domain.plans import (
     MAX_LIMIT,
+    MAX_PLAN_LIMITS,
     MAX_WINDOW_SECONDS,
     METRICS,
     Limit,
@@ -43,7 +44,7 @@ class LimitInput:
     window: str | int
 
 
-MAX_ITEMS = 50  # limits in a plan, candidates in a tier: on every surface (API, console, CLI)
+MAX_ITEMS = MAX_PLAN_LIMITS  # limits in a plan, candidates in a tier: on every surface (API, console, CLI)
 
 
 def refuse(fields: Mapping[str, str], message: str = "Some fields are not valid") -> InvalidRequest:

@@ -68,6 +68,17 @@ def reveal(value: SecretStr | str | None) -> str | None:
     return value or None
 
 
+def _check_ports(url: str) -> None:
+    """ValueError when a host of `url` (`scheme://[userinfo@]host[:port][,host[:port]...]/...`) names
+    a port outside 1-65535: the driver's OverflowError or ValueError was a traceback. Never echoes
+    the URL (it may carry a password)."""
+    location = url.partition("://")[2].rpartition("@")[2].partition("/")[0].partition("?")[0]
+    for host in location.split(","):
+        port = host.rpartition(":")[2] if not host.endswith("]") else ""
+        if port.isdigit() and not 0 < int(port) <= 65535:
+            raise ValueError(f"port {int(port)} is not a TCP port (1-65535)")
+
+
 class Settings(BaseSettings):
     """Sentinel's whole configuration. Build with `Settings()` (environment) or keyword overrides
     (by field name or environment name)."""
@@ -251,6 +262,7 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(REDIS_URL_SCHEMES):
             raise ValueError(f"must start with one of {', '.join(REDIS_URL_SCHEMES)}")
+        _check_ports(value)
         return value
 
     @field_validator("database_url")
@@ -261,6 +273,8 @@ class Settings(BaseSettings):
             return "postgresql+asyncpg://" + value.split("://", 1)[1]
         if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("must be sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+        if value.startswith("postgresql+asyncpg://"):
+            _check_ports(value)
         return value
 
     @field_validator("*")

@@ -231,3 +231,20 @@ def test_a_plan_holds_at_most_50_limits_from_the_cli_too(tmp_path: Path) -> None
         assert len(lines) == 1 and "at most 50 limits" in lines[0], result.stderr
     listed = run(["plans", "list"], env).stdout
     assert "many" not in listed and "requests=5/1d" not in listed and listed.count("requests=5/") == 50
+
+
+def test_a_port_no_socket_can_have_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    """REDIS_URL or DATABASE_URL with a port past 65535 was the driver's ValueError/OverflowError
+    under a traceback (from `keys revoke` and every command reaching the database)."""
+    sqlite = f"sqlite+aiosqlite:///{tmp_path}/cli.db"
+    assert run(["keys", "create", "bob"], {"DATABASE_URL": sqlite}).returncode == 0
+    key_id = run(["keys", "list"], {"DATABASE_URL": sqlite}).stdout.splitlines()[-1].split()[0]
+    for env, setting in (
+        ({"DATABASE_URL": sqlite, "REDIS_URL": "redis://:s3cret-pw@127.0.0.1:99999/0"}, "REDIS_URL"),
+        ({"DATABASE_URL": "postgresql+asyncpg://u:s3cret-pw@127.0.0.1:99999/db"}, "DATABASE_URL"),
+    ):
+        result = run(["keys", "revoke", key_id], env)
+        assert result.returncode == 2, (setting, result.returncode, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and setting in lines[0] and "99999" in lines[0], result.stderr
+        assert "s3cret-pw" not in result.stderr

@@ -9,9 +9,10 @@ stored freshness), sparing a store round trip per request under load; and decode
 memoised by their stored bytes. An entry that cannot be decoded (another version's format,
 corruption) is a miss: logged, counted, and overwritten by the next answer, never an error.
 
-A remembered "no such thing" (a refused token, a revoked key's tombstone) is never replaced by a
-value: only a lookup that began before the refusal can bring one (a key read as active just before
-its revocation), and it must not bring the key back. The refusal expires or is `forget`-ten.
+A remembered "no such thing" (a refused token, a revoked key's tombstone, a changed plan's `hold`) is
+never replaced by a value: only a lookup that began before the refusal can bring one (a key read as
+active just before its revocation, a plan read just before an operator changed it), and it must not
+bring it back. The refusal expires or is `forget`-ten.
 """
 
 from __future__ import annotations
@@ -192,3 +193,11 @@ class GovernanceCache(Generic[T]):
         """Drop the entry for `key` (the next lookup asks the source); raises StoreUnavailable."""
         self._local.pop(key, None)
         await self.store.delete(self.prefix + key)
+
+    async def hold(self, key: str, seconds: float) -> None:
+        """Drop the entry for `key` and keep values out of it for `seconds` (lookups meanwhile ask
+        the source each time): a lookup that read the source before a change and answers after it
+        cannot cache what it read (see the module docstring). Raises StoreUnavailable."""
+        self._local.pop(key, None)
+        entry = {"v": None, "fresh_until": self.clock() + seconds}
+        await self.store.set(self.prefix + key, orjson.dumps(entry), seconds)

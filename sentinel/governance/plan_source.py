@@ -24,6 +24,10 @@ from sentinel.store import Store
 
 log = logging.getLogger("sentinel.plans")
 
+# After a plan change, how long a user's plan is read from its source on every request rather than
+# cached: longer than a lookup that began before the change can take (its answer is not cached).
+CHANGE_HOLD_SECONDS = 30.0
+
 
 class BuiltinPlanSource:
     """Plans from Sentinel's own database."""
@@ -120,5 +124,7 @@ class CachedPlans:
         return plan
 
     async def forget(self, external_id: str) -> None:
-        """Drop the cached plan of `external_id` (the next request reads the source)."""
-        await self.cache.forget(external_id)
+        """Drop the cached plan of `external_id` once it changed: the next requests read the source,
+        uncached for CHANGE_HOLD_SECONDS (or the TTL if shorter), so a lookup that read the plan before
+        the change cannot cache it after. Raises StoreUnavailable."""
+        await self.cache.hold(external_id, min(CHANGE_HOLD_SECONDS, self.cache.ttl))

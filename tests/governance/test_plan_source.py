@@ -3,6 +3,8 @@ grace with an injected clock (no sleeping)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -80,6 +82,52 @@ async def test_users_are_cached_separately() -> None:
     source.plan = LARGE
     assert await plans.plan_for(Identity("bob", "u2")) == LARGE
     assert await plans.plan_for(ALICE) == SMALL
+
+
+class GatedPlans(FakePlans):
+    """A FakePlans whose next answer waits until `release` is set, holding the plan it read first."""
+
+    def __init__(self, plan: Plan) -> None:
+        super().__init__(plan)
+        self.reading = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def plan_for(self, identity: Identity) -> Plan:
+        read = await super().plan_for(identity)
+        self.reading.set()
+        await self.release.wait()
+        return read
+
+
+async def test_a_lookup_that_read_the_plan_before_a_change_does_not_cache_it_after() -> None:
+    """A request whose plan lookup had read the old plan when an operator changed it (and dropped
+    the cached plan) cached the old plan after the change: enforced for CACHE_TTL_SECONDS more (a
+    user moved to a smaller plan kept the larger one)."""
+    source, clock = GatedPlans(LARGE), FakeClock()
+    plans = cached(source, clock)
+    in_flight = asyncio.ensure_future(plans.plan_for(ALICE))
+    await source.reading.wait()  # read LARGE, not answered yet
+    source.plan = SMALL  # the operator's change...
+    await plans.forget(ALICE.external_id)  # ...and its cache drop
+    source.release.set()
+    assert await in_flight == LARGE  # the request that began before the change runs on what it read
+    assert await plans.plan_for(ALICE) == SMALL
+    clock.advance(5)
+    assert await plans.plan_for(ALICE) == SMALL
+
+
+async def test_after_a_change_the_plan_is_cached_again() -> None:
+    """(The change holds values off for a while, not for good.)"""
+    source, clock = FakePlans(SMALL), FakeClock()
+    plans = cached(source, clock, ttl=300)
+    await plans.plan_for(ALICE)
+    source.plan = LARGE
+    await plans.forget(ALICE.external_id)
+    assert await plans.plan_for(ALICE) == LARGE
+    clock.advance(60)  # past the hold: cached again, the source asked once more only
+    calls = source.calls
+    assert [await plans.plan_for(ALICE) for _ in range(3)] == [LARGE] * 3
+    assert source.calls <= calls + 1
 
 
 def test_plan_json_round_trip_keeps_external_usage() -> None:

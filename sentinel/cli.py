@@ -182,13 +182,18 @@ def cmd_plans_list(args: argparse.Namespace) -> int:
 def cmd_users_set_plan(args: argparse.Namespace) -> int:
     from sentinel.errors import InvalidRequest, NotFound
 
+    if args.default == (args.plan is not None):
+        print("sentinel: name a plan, or --default for the default plan (not both)", file=sys.stderr)
+        return 2
+
     async def go(admin: Any) -> int:
         try:
             await admin.set_user_plan(args.external_id, args.plan, _actor())
         except (NotFound, InvalidRequest) as exc:
             print(f"sentinel: {exc.message}", file=sys.stderr)
             return 2 if isinstance(exc, InvalidRequest) else 1  # a value refused, as every command refuses one
-        print(f"user {args.external_id} is on plan {args.plan} (applies within CACHE_TTL_SECONDS)")
+        plan = "the default plan" if args.plan is None else f"plan {args.plan}"
+        print(f"user {args.external_id} is on {plan} (applies within CACHE_TTL_SECONDS)")
         return 0
 
     return _run(_with_admin(_settings(), go))
@@ -320,9 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_plans_list)
 
     users = sub.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
-    p = users.add_parser("set-plan", help="put a user on a plan")
+    p = users.add_parser("set-plan", help="put a user on a plan (or back on the default plan)")
     p.add_argument("external_id")
-    p.add_argument("plan")
+    p.add_argument("plan", nargs="?", default=None)
+    p.add_argument("--default", action="store_true", help="put the user back on the default plan")
     p.set_defaults(fn=cmd_users_set_plan)
 
     usage = sub.add_parser("usage", help="usage from the ledger").add_subparsers(dest="usage_command", required=True)

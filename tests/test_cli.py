@@ -248,3 +248,21 @@ def test_a_port_no_socket_can_have_is_one_line_naming_the_setting(tmp_path: Path
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and setting in lines[0] and "99999" in lines[0], result.stderr
         assert "s3cret-pw" not in result.stderr
+
+
+def test_a_user_can_be_put_back_on_the_default_plan(tmp_path: Path) -> None:
+    """`users set-plan` could only name a plan: a user once put on one could never be given back to the
+    default plan from the command line (`""` was "plan '' does not exist")."""
+    import sqlite3
+
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    assert run(["plans", "set", "pro", "--limit", "requests=5/1m"], env).returncode == 0
+    assert run(["users", "set-plan", "erin", "pro"], env).returncode == 0
+    back = run(["users", "set-plan", "erin", "--default"], env)
+    assert back.returncode == 0, back.stderr
+    assert "default plan" in back.stdout
+    with sqlite3.connect(tmp_path / "cli.db") as db:
+        assert db.execute("SELECT plan_name FROM users WHERE external_id = 'erin'").fetchall() == [(None,)]
+    for args in (["users", "set-plan", "erin"], ["users", "set-plan", "erin", "pro", "--default"]):
+        refused = run(args, env)
+        assert refused.returncode == 2 and "--default" in refused.stderr and "Traceback" not in refused.stderr

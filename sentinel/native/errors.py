@@ -35,8 +35,11 @@ class TranslationError(NativeError):
 
 
 class StreamError(TranslationError):
-    """A stream cannot be continued or finished cleanly; `code` is what the client's error event carries."""
+    """A stream cannot be continued or finished cleanly; `code` is what the client's error event carries.
+    `kind` is what it is counted as: `code`, or `upstream_error` when `code` is the provider's own
+    (`providers_code`: any string a provider sends, never a metric label)."""
 
-    def __init__(self, message: str, *, code: str, provider: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str, provider: str | None = None, providers_code: bool = False) -> None:
         super().__init__(message, provider=provider)
         self.code = code
+        self.kind = "upstream_error" if providers_code else code

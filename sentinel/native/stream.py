@@ -252,7 +252,8 @@ class StreamNormalizer:
         if len(message) > MAX_LOGGED_CHARS:  # cut as `observability.logging.clipped` cuts (native imports none of ours)
             message = message[:MAX_LOGGED_CHARS] + "…"
         log.info("provider stream failed", extra={"provider": self.provider, "code": code, "error": message})
-        return StreamError(f"Provider {self.provider} failed during the stream", code=code, provider=self.provider)
+        return StreamError(f"Provider {self.provider} failed during the stream", code=code, provider=self.provider,
+                           providers_code=True)
 
 
 class OpenAIStreamNormalizer(StreamNormalizer):

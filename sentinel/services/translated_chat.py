@@ -162,7 +162,8 @@ class TranslatedChat:
                 )
                 ending.status = 502
                 code = error.code if isinstance(error, StreamError) else "connection_closed"
-                metrics.upstream_errors.labels(target.provider, "stream_" + code[:40]).inc()
+                kind = error.kind if isinstance(error, StreamError) else code  # (never the provider's code)
+                metrics.upstream_errors.labels(target.provider, "stream_" + kind).inc()
                 ending.last = (
                     render_error_event(error.message, "stream_error", code) if encoder is None
                     else anthropic_error_event(error.message)

@@ -19,6 +19,7 @@ from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.api.test_quotas import set_plan
 from tests.support.attack import ledger_rows, openai_error, wait_for
+from tests.support.metrics import sample_sum
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream, lifespan
 
@@ -405,3 +406,33 @@ def test_made_up_model_names_do_not_grow_the_metrics(gateway_factory: Callable[.
 
 def series(text: str) -> set[str]:
     return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_a_providers_stream_error_codes_do_not_grow_the_metrics(gateway_factory: Callable[..., Gateway]) -> None:
+    """The code of a provider's error event inside a translated stream was counted as the label
+    `kind="stream_<code>"`: any string a provider (or what answers in its place) sends made a
+    series of its own, forever. It is counted as `stream_upstream_error`; the client's error
+    event still carries the provider's code."""
+    upstream = ScriptedUpstream()
+    openai_first = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"}}]}
+    claude_first = {"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
+        "content": [], "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url)
+        with gw.client() as http:
+            to_claude, to_openai = [], []
+            for i in range(5):
+                upstream.sse(claude_first, {"type": "error", "error": {"type": f"made-up-code-{i}", "message": "m"}})
+                to_claude.append(http.post("/v1/chat/completions", json={
+                    "model": "claude-3-5-haiku-20241022", "messages": user(), "stream": True}))
+                upstream.sse(openai_first, {"error": {"message": "m", "type": "server_error", "code": f"made-up-code-{i}"}})
+                to_openai.append(http.post("/v1/messages", json={
+                    "model": MODEL, "max_tokens": 20, "messages": user(), "stream": True}))
+            text = metrics_text(gw)
+    assert all(a.status_code == 200 for a in to_claude + to_openai), [a.text for a in to_claude + to_openai]
+    assert "made-up-code-3" in to_claude[3].text  # the client is told the provider's code
+    assert "made-up-code" not in text
+    for provider in ("anthropic", "openai"):
+        assert sample_sum(text, "sentinel_upstream_errors_total", provider=provider, kind="stream_upstream_error") == 5

@@ -135,7 +135,10 @@ class RequestMiddleware:
                     log.log(
                         level,
                         "request failed",
-                        extra={"status": err.status, "code": err.code, "error": clipped(err.message), "path": clipped(path)},
+                        extra={
+                            "status": err.status, "code": clipped(err.code), "error": clipped(err.message),
+                            "path": clipped(path),
+                        },
                     )
                 _drop_tracebacks(exc)  # logged: the frames it came through (a body) are not needed to answer
                 if not started_response:

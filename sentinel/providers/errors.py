@@ -80,7 +80,8 @@ def upstream_error(
             upstream_status=status, code="provider_auth_error", provider=provider,
         )
     if status == 429:
-        log.info("provider rate limited", extra={"provider": provider, "upstream_status": status, "error": message})
+        log.info("provider rate limited",
+                 extra={"provider": provider, "upstream_status": status, "error": clipped(message)})
         return RateLimited(
             f"Provider {provider} is rate limiting the gateway; retry later", code="provider_rate_limited",
             retry_after=parse_retry_after(retry_after), provider=provider,
@@ -96,7 +97,7 @@ def upstream_error(
                                   code="context_length_exceeded", provider=provider)
         return InvalidRequest(f"Provider {provider} rejected the request: {message}",
                               code="provider_rejected_request", provider=provider)
-    log.info("provider failed", extra={"provider": provider, "upstream_status": status, "error": message})
+    log.info("provider failed", extra={"provider": provider, "upstream_status": status, "error": clipped(message)})
     return UpstreamStatusError(
         f"Provider {provider} failed with HTTP {status}", upstream_status=status, code="provider_error",
         provider=provider,

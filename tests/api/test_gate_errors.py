@@ -436,3 +436,30 @@ def test_a_providers_stream_error_codes_do_not_grow_the_metrics(gateway_factory:
     assert "made-up-code" not in text
     for provider in ("anthropic", "openai"):
         assert sample_sum(text, "sentinel_upstream_errors_total", provider=provider, kind="stream_upstream_error") == 5
+
+
+def test_what_a_provider_sends_is_cut_in_every_log_line(
+    gateway_factory: Callable[..., Gateway], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A provider's error answer is logged: the code of a refusal relayed to the client (`request
+    failed`) was logged whole, and the message of a 429 or a 5xx (`provider rate limited`, `provider
+    failed`) at 500 characters, so a provider (or what answers in its place) set the size of each
+    log line. Both are cut to 256 characters like everything else logged that Sentinel did not write."""
+    caplog.set_level(logging.INFO)
+    upstream = ScriptedUpstream()
+    huge = "x" * 30_000  # (an error body is read up to 64 KiB)
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url)
+        claude = {"model": MODEL, "max_tokens": 20, "messages": user()}  # translated to the OpenAI upstream
+        with gw.client() as http:
+            answers = []
+            for status in (400, 429, 500):
+                upstream.json({"error": {"message": "m " + huge, "type": "invalid_request_error", "code": "c" + huge}},
+                              status=status)
+                answers.append(http.post("/v1/messages", json=claude).status_code)
+    assert answers == [400, 429, 502]
+    logged = [r for r in caplog.records if r.name in ("sentinel.request", "sentinel.upstream")]
+    assert {r.getMessage() for r in logged} >= {"request failed", "provider rate limited", "provider failed"}
+    fields = [str(getattr(r, key)) for r in logged for key in ("code", "error") if hasattr(r, key)]
+    assert any(f.startswith("c" + "x" * 200) for f in fields) and any(f.startswith("m ") for f in fields)
+    assert all(len(f) <= 257 for f in fields), sorted(len(f) for f in fields)

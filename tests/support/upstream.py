@@ -78,10 +78,10 @@ class ScriptedUpstream:
         self.received_headers: list[dict[str, str]] = []  # and their headers (lower-case names)
         self.left = threading.Event()  # the other side left a stream held open
 
-    def json(self, body: Any, headers: dict[str, str | bytes] | None = None) -> None:
+    def json(self, body: Any, headers: dict[str, str | bytes] | None = None, status: int = 200) -> None:
         """Queue a JSON answer (with extra response `headers`, e.g. a `Set-Cookie`; a str value is
-        sent UTF-8 encoded, bytes as they are)."""
-        self._answers.append((b"application/json", json.dumps(body).encode(), _raw_headers(headers), False, 200))
+        sent UTF-8 encoded, bytes as they are), of `status` (an error body with a 4xx)."""
+        self._answers.append((b"application/json", json.dumps(body).encode(), _raw_headers(headers), False, status))
 
     def json_bytes(self, body: bytes) -> None:
         """Queue a JSON answer written by the test (e.g. nested deeper than the standard library's

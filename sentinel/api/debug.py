@@ -23,6 +23,7 @@ from starlette.routing import Route
 from sentinel.api.deps import Deps
 from sentinel.api.responses import RawResponse, operator_json
 from sentinel.errors import NotFound, StoreUnavailable
+from sentinel.observability.logging import clipped
 from sentinel.routing.router import TierRouter
 
 DISABLED_MESSAGE = "Debug endpoints are disabled. Set SENTINEL_DEBUG=true to enable."
@@ -56,7 +57,7 @@ class DebugRoutes:
         sessions = self.router.sessions
         found = await sessions.get(conversation_id, identity.external_id)  # the caller's own only
         if found is None:
-            raise NotFound(f"No session for conversation '{conversation_id}'", code="session_not_found")
+            raise NotFound(f"No session for conversation '{clipped(conversation_id)}'", code="session_not_found")
         try:
             ttl = await sessions.store.ttl(sessions.key(identity.external_id, conversation_id))
         except StoreUnavailable:

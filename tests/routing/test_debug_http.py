@@ -73,3 +73,13 @@ def test_debug_endpoints_when_on(
         r = bob.get("/debug/sessions/conv-debug")  # bob has no conversation by alice's id
         assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found"
         assert "alice" not in r.text and model not in r.text
+
+
+def test_a_long_conversation_id_is_clipped_in_the_answer(gateway_factory: Callable[..., Gateway]) -> None:
+    """The 404 quoted the whole conversation id of the path: like every path quoted in an error
+    answer, it is cut to 256 characters."""
+    gw = gateway_factory(debug=True)
+    with gw.client() as http:
+        r = http.get("/debug/sessions/" + "c" * 6000)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found"
+    assert "c" * 256 + "…" in r.json()["error"]["message"] and len(r.text) < 600, len(r.text)

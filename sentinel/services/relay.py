@@ -404,7 +404,10 @@ class OpenAIRelay:
         A body Sentinel read as JSON goes as `application/json`, whatever type the client named."""
         ex.provider = to.name
         started = time.perf_counter()
-        name = f"{OPERATIONS.get(admission.endpoint, admission.endpoint)} {admission.model or '/'.join(segments)}"
+        # `chat gpt-4o-mini`, or a pass-through call's allowed pattern (`/v1/files/*`): never the client's
+        # path, whose object ids would make every span name its own and a long URL every span's size.
+        operation = OPERATIONS.get(admission.endpoint, admission.endpoint)
+        name = f"{operation} {admission.model}" if admission.model else operation
         attributes = {PROVIDER: to.name, SYSTEM: to.name}
         if admission.model:
             attributes[REQUEST_MODEL] = admission.model

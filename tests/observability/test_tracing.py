@@ -301,3 +301,25 @@ def test_the_callers_trace_headers_are_not_relayed_to_the_provider(traced: Trace
     assert relayed["traceparent"] != sent["traceparent"]  # Sentinel's upstream span, child of the caller's
     assert relayed["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
 
+
+
+def test_a_pass_through_upstream_span_is_named_after_its_allowed_pattern(tmp_path: Path, mock_upstream: str) -> None:
+    """A pass-through call's CLIENT span was named after the client's path (`/v1/vector_stores/*
+    vector_stores/<id>/…`): an object id in every span name (a series of its own in trace
+    backends) and a long URL whole, past the 256 characters `url.path` keeps. It is named after
+    the allowed pattern the call matched."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=request_sampler())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = _settings(tmp_path, mock_upstream, passthrough="/v1/widgets/*")
+    _, key = asyncio.run(create_key(settings.database_url, "alice"))
+    server = ServerThread(create_app(settings, tracing=OtelTracing(provider)),
+                          **uvicorn_protocol_options(settings)).start()
+    try:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+            for widget in ("w-1", "w-2", "w" * 6000):
+                assert http.get(f"/v1/widgets/{widget}/parts").status_code < 500
+    finally:
+        server.stop()
+    clients = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert [s.name for s in clients] == ["/v1/widgets/*"] * 3

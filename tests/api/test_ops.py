@@ -246,3 +246,46 @@ async def test_probes_arriving_together_share_one_check(tmp_path: Path) -> None:
     assert [a.status_code for a in answers] == [200] * 19
     assert all(a.json()["checks"]["database"]["status"] == "healthy" for a in answers)
     assert later.status_code == 200 and (store.pings, selects) == (2, 2)
+
+
+async def test_scrapes_arriving_together_share_one_render_made_off_the_event_loop(tmp_path: Path) -> None:
+    """`/metrics` is public and not under the in-flight cap, and each scrape rendered the registry on
+    the event loop (~20 ms of CPU with a realistic registry; more with `--workers`, which reads every
+    worker's files): a flood of unauthenticated scrapes starved every request of the process. The
+    render now runs in a thread, and scrapes arriving while one runs share it."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    renders = 0
+
+    class GatedMetrics(Metrics):
+        def render(self) -> bytes:
+            nonlocal renders
+            renders += 1
+            started.set()
+            release.wait(timeout=2)  # on the event loop (the old way) nothing could release it: 2 s each
+            return super().render()
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/ops.db")
+    entered = 0
+
+    class CountingOps(OpsRoutes):
+        async def render_metrics(self, request: Any) -> Any:
+            nonlocal entered
+            entered += 1
+            return await super().render_metrics(request)
+
+    app = Starlette(routes=CountingOps(MemoryStore(), engine, GatedMetrics()).routes())
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ops") as http:
+            scrapes = [asyncio.create_task(http.get("/metrics")) for _ in range(5)]
+            await until(lambda: entered == len(scrapes))
+            await asyncio.to_thread(started.wait, 5)
+            release.set()
+            answers = await asyncio.gather(*scrapes)
+            later = await http.get("/metrics")
+    finally:
+        await engine.dispose()
+    assert [a.status_code for a in answers] == [200] * 5 and later.status_code == 200
+    assert all(b"sentinel_" in a.content for a in answers)
+    assert renders == 2  # one for the five together, one for the later scrape (nothing is cached)

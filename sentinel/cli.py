@@ -127,7 +127,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from sentinel.errors import NotFound
+    from sentinel.errors import NotFound, RevocationIncomplete
 
     async def go(admin: Any) -> int:
         try:
@@ -135,6 +135,9 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         except NotFound:
             print(f"sentinel: no such key: {args.key_id}", file=sys.stderr)
             return 1
+        except RevocationIncomplete as exc:  # revoked in the database; the shared cache not told
+            print(f"sentinel: {exc.message}", file=sys.stderr)
+            return 3
         print(f"revoked {args.key_id} (cached validations expire within JWT_CACHE_TTL_SECONDS)")
         return 0
 

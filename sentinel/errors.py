@@ -13,6 +13,7 @@
     ├── ServiceUnavailable               503 service_unavailable     (+ Retry-After)   retryable
     │   ├── Overloaded                   503 too many requests in flight
     │   ├── StoreUnavailable             503 Redis unreachable or slow
+    │   │   └── RevocationIncomplete     503 a key revoked in the database whose cached identity the store did not drop
     │   └── GovernanceUnavailable        503 identity/limits source unreachable, nothing cached
     ├── UpstreamError                    502 upstream_error          (provider set when known)
     │   ├── UpstreamStatusError          the upstream answered with an error status (4xx relayed as is)
@@ -161,6 +162,18 @@ class Overloaded(ServiceUnavailable):
 
 class StoreUnavailable(ServiceUnavailable):
     code = "store_unavailable"
+
+
+class RevocationIncomplete(StoreUnavailable):
+    """A key was revoked in the database, but its tombstone could not be written to the store: a
+    cached identity may serve it until it expires. Revoking the key again re-sends the tombstone."""
+
+    code = "revocation_incomplete"
+
+    def __init__(self, message: str, *, key_id: str, external_id: str, **kw: Any) -> None:
+        super().__init__(message, details={"key_id": key_id, "user": external_id, "revoked": True}, **kw)
+        self.key_id = key_id
+        self.external_id = external_id
 
 
 class GovernanceUnavailable(ServiceUnavailable):

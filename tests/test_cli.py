@@ -266,3 +266,34 @@ def test_a_user_can_be_put_back_on_the_default_plan(tmp_path: Path) -> None:
     for args in (["users", "set-plan", "erin"], ["users", "set-plan", "erin", "pro", "--default"]):
         refused = run(args, env)
         assert refused.returncode == 2 and "--default" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_revocation_redis_did_not_hear_about_exits_3_and_revoking_again_completes_it(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """With Redis unreachable the tombstone was not written (logged only) and `keys revoke` said
+    "revoked", exit 0, while the identity cached in Redis kept the key working for up to the TTL."""
+    import redis
+
+    from sentinel.governance.keys import hash_key
+
+    sqlite = f"sqlite+aiosqlite:///{tmp_path}/cli.db"
+    created = run(["keys", "create", "bob"], {"DATABASE_URL": sqlite})
+    key_id, key = created.stdout.split()[2], created.stdout.strip().splitlines()[-1]
+    closed = {"DATABASE_URL": sqlite, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    for _ in range(2):  # and again while Redis is still away: not "no such key", the same line
+        result = run(["keys", "revoke", key_id], closed)
+        assert result.returncode == 3, (result.returncode, result.stdout, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "revoked in the database" in lines[0] and "again" in lines[0], result.stderr
+        assert "revoked" not in result.stdout
+    listed = run(["keys", "list"], {"DATABASE_URL": sqlite}).stdout.splitlines()
+    assert [line.split()[-1] for line in listed if line.startswith(key_id)] == ["revoked"]  # in the database
+    retried = run(["keys", "revoke", key_id], {"DATABASE_URL": sqlite, "REDIS_URL": redis_url})
+    assert retried.returncode == 0, retried.stderr
+    client = redis.Redis.from_url(redis_url)
+    try:
+        tombstone = client.get(f"sentinel:profile:{hash_key(key)}")
+    finally:
+        client.close()
+    assert tombstone is not None and tombstone.startswith(b'{"v":null')

@@ -96,7 +96,9 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 def _errors(*codes: str) -> dict[str, Any]:
     text = {"400": "Invalid input (`details.fields`)", "401": "No admin key or session", "403": "CSRF token missing",
-            "404": "Not found", "429": "Too many failed sign-ins from this address"}
+            "404": "Not found", "429": "Too many failed sign-ins from this address",
+            "503": "Unavailable (`revocation_incomplete`: the key is revoked in the database but the store could "
+                   "not drop its cached validation; revoke it again once the store answers)"}
     return {code: _json(_ref("Error"), text[code]) for code in ("401", "429", *codes)}
 
 
@@ -178,9 +180,9 @@ def build_admin_openapi() -> dict[str, Any]:
             body=_obj([], name=_NULL_STR, email=_NULL_STR), errors=change, status="201")},
         "/admin/api/keys": {"get": _op("Keys (prefixes only)", array("keys", "Key"),
                                        params=[_query("user", {"type": "string"})])},
-        "/admin/api/keys/{key_id}/revoke": {"post": _op("Revoke a key (its cached validation is dropped)",
-                                                        _json(_ref("Key")), params=[_path("key_id")],
-                                                        errors=("403", "404"))},
+        "/admin/api/keys/{key_id}/revoke": {"post": _op(
+            "Revoke a key (its cached validation is dropped; a revoked key again: the drop is sent again)",
+            _json(_ref("Key")), params=[_path("key_id")], errors=("403", "404", "503"))},
         "/admin/api/plans": {"get": _op("Plans with their users' count", array("plans", "Plan"))},
         "/admin/api/plans/{name}": {
             "get": _op("A plan", _json(_ref("Plan")), params=[_path("name")], errors=("404",)),

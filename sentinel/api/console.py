@@ -6,9 +6,10 @@ cookies and CSRF): `GET /admin` (overview, `?period=1h|24h|30d`), `/admin/users[
 `/admin/plans/{name}`, `/admin/audit`, `/admin/export.csv`, `/admin/assets/{name}`, the sign-in form, and the POST targets of the pages' forms. A page without
 a session redirects to the sign-in form; a form post without its CSRF token is refused with 403.
 A successful change redirects back (303); a refused one shows the form again with each message
-next to its field (400). Creating a key is the exception: its answer shows the key, once; the form
-carries a one-time nonce, so sending it again creates nothing and answers 409 (see
-`sentinel.api.console_once`).
+next to its field (400); a revocation whose cached identity the store could not drop answers 503
+with the user's page saying so and offering to send it again. Creating a key is the exception: its
+answer shows the key, once; the form carries a one-time nonce, so sending it again creates nothing
+and answers 409 (see `sentinel.api.console_once`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from sentinel.api.docs_auth import from_another_site
 from sentinel.api.responses import NOSNIFF, RawResponse
 from sentinel.domain.numbers import parse_whole
 from sentinel.domain.plans import format_window
-from sentinel.errors import InvalidRequest, NotFound
+from sentinel.errors import InvalidRequest, NotFound, RevocationIncomplete
 from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import LimitInput, field_errors
 from sentinel.services.admin_usage import PERIODS, parse_moment
@@ -253,7 +254,11 @@ class ConsoleRoutes:
         checked = await self._post(request)
         if isinstance(checked, RawResponse):
             return checked
-        info = await self.service.revoke_key(request.path_params["key_id"], checked[2])
+        key_id = request.path_params["key_id"]
+        try:
+            info = await self.service.revoke_key(key_id, checked[2])
+        except RevocationIncomplete as exc:  # revoked, but said so: the page offers to send it again
+            return await self._user_page(checked[0], exc.external_id, status=503, incomplete=(key_id, exc.message))
         return _see_other(pages.user_href(info.external_id))
 
     async def _plans_page(self, session: str, status: int = 200, **extra: Any) -> RawResponse:

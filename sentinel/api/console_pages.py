@@ -196,9 +196,10 @@ def _earlier(external_id: str, earlier: EarlierPost) -> str:
 
 def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan], csrf: str | None, nonce: str,
               new_key: tuple[ApiKeyInfo, str] | None = None, errors: Mapping[str, str] | None = None,
-              earlier: EarlierPost | None = None) -> str:
+              earlier: EarlierPost | None = None, incomplete: tuple[str, str] | None = None) -> str:
     """A user's page. `nonce`: the create-key form's one-time token; `new_key`: the key just created
-    (shown this once); `earlier`: what a create-key form sent again had created."""
+    (shown this once); `earlier`: what a create-key form sent again had created; `incomplete`: (key id,
+    message) of a revocation whose cached identity the store did not drop, with a button to send it again."""
     errors = errors or {}
     summary = detail.summary if detail else None
     plan_name = summary.plan_name if summary else None
@@ -217,6 +218,13 @@ def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan]
         )
     if earlier is not None:
         parts.append(_earlier(external_id, earlier))
+    if incomplete is not None:
+        key_id, message = incomplete
+        parts.append(
+            f'<section class="new-key revoke-incomplete" role="alert"><h2>Revocation not complete</h2>'
+            f'<p class="error">{e(message)}</p><form method="post" action="/admin/keys/{e(key_id)}/revoke" '
+            f'class="revoke">{csrf_field(csrf)}<button type="submit" class="danger">Revoke again</button></form></section>'
+        )
     options = [("", "(default plan)"), *((p.name, p.name) for p in plans)]
     parts.append(
         f'<section><h2>Plan</h2><p>Enforced now: <strong class="plan-name">{e(enforced or "–")}</strong> '

@@ -220,8 +220,9 @@ class Authenticator:
         """Remember the token whose SHA-256 is `token_hash` as refused, for as long as any cached
         identity of it could live (`ttl` + `grace`): unlike `forget`, a lookup that read the key as
         active just before its revocation cannot cache it again afterwards (a value never replaces
-        a refusal). A store outage is logged (the identity then expires within the cache's TTL)."""
-        await self.cache.put(token_hash, None, ttl=self.cache.ttl + self.cache.grace)
+        a refusal). Raises StoreUnavailable when the store cannot take it: a cached identity then
+        lives on until its TTL, so the caller must say so (and may call again once the store answers)."""
+        await self.cache.hold(token_hash, self.cache.ttl + self.cache.grace)
 
     async def forget(self, token_hash: str) -> None:
         """Drop the cached identity of the token whose SHA-256 is `token_hash` (a revoked key then

@@ -195,9 +195,10 @@ class GovernanceCache(Generic[T]):
         await self.store.delete(self.prefix + key)
 
     async def hold(self, key: str, seconds: float) -> None:
-        """Drop the entry for `key` and keep values out of it for `seconds` (lookups meanwhile ask
-        the source each time): a lookup that read the source before a change and answers after it
-        cannot cache what it read (see the module docstring). Raises StoreUnavailable."""
+        """Drop the entry for `key` and keep values out of it for `seconds` (a refusal: plans' lookups
+        meanwhile ask the source each time, identities' are refused): a lookup that read the source
+        before a change and answers after it cannot cache what it read (see the module docstring).
+        Raises StoreUnavailable."""
         self._local.pop(key, None)
         entry = {"v": None, "fresh_until": self.clock() + seconds}
         await self.store.set(self.prefix + key, orjson.dumps(entry), seconds)

@@ -57,6 +57,14 @@ class ApiKeyInfo:
     last_used_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A revoked key's hash and whether this revocation revoked it (False: it was revoked before)."""
+
+    token_hash: str
+    new: bool
+
+
 _INFO_COLUMNS = (
     ApiKey.id,
     User.external_id,
@@ -194,11 +202,12 @@ class KeyService:
 
     async def revoke(self, key_id: str) -> bool:
         """Revoke a key for good; False when it is unknown or was already revoked."""
-        return await self.revoke_with_hash(key_id) is not None
+        revocation = await self.revoke_with_hash(key_id)
+        return revocation is not None and revocation.new
 
-    async def revoke_with_hash(self, key_id: str) -> str | None:
-        """Revoke a key for good; the revoked key's hash (what caches are keyed by), None when it is
-        unknown or was already revoked."""
+    async def revoke_with_hash(self, key_id: str) -> Revocation | None:
+        """Revoke a key for good (a revoked key stays revoked): its hash (what caches are keyed by)
+        and whether this call revoked it; None when there is no such key."""
         with database_errors("API key store unavailable"):
             async with self._sessions() as session:
                 result = await session.execute(
@@ -208,5 +217,10 @@ class KeyService:
                     .returning(ApiKey.key_hash)
                 )
                 found = result.scalar_one_or_none()
+                earlier = None
+                if found is None:
+                    earlier = await session.scalar(select(ApiKey.key_hash).where(ApiKey.id == key_id))
                 await session.commit()
-        return found
+        if found is not None:
+            return Revocation(found, new=True)
+        return None if earlier is None else Revocation(earlier, new=False)

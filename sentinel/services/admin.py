@@ -7,7 +7,8 @@ counters, provider health, sessions, the outbox depth) and the audit log.
 
 Every change is written to the audit log after it succeeded, with its actor (`admin` from the
 console or admin API, `cli` from the command line). Changes that caches would hide apply at once
-where this process can reach the cache: revoking a key drops its cached identity and changing a
+where this process can reach the cache: revoking a key drops its cached identity (when the store
+cannot be reached the revocation says so, RevocationIncomplete, and may be repeated) and changing a
 user's plan (or a plan's limits, or deleting a plan: its users get the default plan) drops the
 cached plans, in the shared store; other replicas' own one-second copies expire by themselves. Tier
 edits reach other replicas within TIER_CONFIG_TTL_SECONDS.
@@ -29,7 +30,7 @@ from sentinel.domain.identity import Identity
 from sentinel.domain.plans import MAX_LIMIT, Limit, Plan
 from sentinel.domain.text import has_control
 from sentinel.domain.tiers import TIERS, TierModelEntry, TierTable
-from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable
+from sentinel.errors import InvalidRequest, NotFound, RevocationIncomplete, StoreUnavailable
 from sentinel.governance.audit import AuditEntry, AuditLog
 from sentinel.governance.auth import Authenticator
 from sentinel.governance.keys import ApiKeyInfo, KeyService
@@ -261,14 +262,29 @@ class AdminService:
         return info, token
 
     async def revoke_key(self, key_id: str, actor: Actor) -> ApiKeyInfo:
-        """Revoke a key and drop its cached identity; NotFound when unknown or already revoked."""
+        """Revoke a key and replace its cached identity with a tombstone; NotFound when unknown.
+        Revoking a revoked key again sends the tombstone again (no new audit entry): the retry after
+        RevocationIncomplete, raised when the store cannot take it — the key is revoked in the
+        database (and audited) but its cached identity may serve it until its TTL."""
         info = await self.keys.get_key(key_id)
-        token_hash = await self.keys.revoke_with_hash(key_id)
-        if info is None or token_hash is None:
-            raise NotFound(f"No active key {key_id!r}", code="key_not_found")
+        revocation = await self.keys.revoke_with_hash(key_id)
+        if info is None or revocation is None:
+            raise NotFound(f"No key {key_id!r}", code="key_not_found")
+        unsent = None
         if self.identities is not None:
-            await self.identities.revoke(token_hash)  # a tombstone no lookup in flight can overwrite
-        await self._audit(actor, "key.revoke", key_id, {"user": info.external_id, "prefix": info.prefix})
+            try:  # a tombstone no lookup in flight can overwrite
+                await self.identities.revoke(revocation.token_hash)
+            except StoreUnavailable:
+                unsent = self.identities.cache.ttl
+        if revocation.new:
+            await self._audit(actor, "key.revoke", key_id, {"user": info.external_id, "prefix": info.prefix})
+        if unsent is not None:
+            raise RevocationIncomplete(
+                f"Key {key_id} is revoked in the database, but the shared cache could not be told (store "
+                f"unavailable): it may keep working for up to {unsent:g} s (JWT_CACHE_TTL_SECONDS). Revoke it "
+                "again once the store answers.",
+                key_id=key_id, external_id=info.external_id,
+            )
         return info
 
     # --- tiers --------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from openapi_spec_validator import validate
 
 from sentinel.api.admin_auth import AdminGate
 from sentinel.api.throttle import FailedAuthThrottle
+from sentinel.errors import StoreUnavailable
 from tests.api.conftest import Gateway
 from tests.support.clock import FakeClock
 from tests.support.waiting import wait_for
@@ -207,7 +208,9 @@ def test_an_operator_flow_through_the_api(gw: Gateway) -> None:
             assert {p["provider"] for p in overview["providers"]} >= {"openai"}
             assert client.post(f"/admin/api/keys/{key_id}/revoke").json()["active"] is False
             assert user.post("/v1/chat/completions", json=CHAT).status_code == 401  # at once, despite the cache
-        assert client.post(f"/admin/api/keys/{key_id}/revoke").status_code == 404
+        again = client.post(f"/admin/api/keys/{key_id}/revoke")  # revoked already: its tombstone is sent again
+        assert again.status_code == 200 and again.json()["active"] is False and again.json()["revoked_at"]
+        assert client.post("/admin/api/keys/key_doesnotexist/revoke").status_code == 404
         audit = [(e["action"], e["target"]) for e in client.get("/admin/api/audit").json()["entries"]]
         assert audit == [("key.revoke", key_id), ("key.create", key_id), ("user.plan", "dave"), ("plan.create", "team")]
         series = client.get("/admin/api/usage", params={"since": "2h", "step": "15m"}).json()
@@ -454,3 +457,32 @@ def test_a_plan_deleted_on_one_replica_is_off_the_others_at_once(
             later = time.time() + 1.1  # the other replica's local copy (one second) ran out
             other.runtime.relay.meter.plans.cache.clock = lambda: later  # type: ignore[attr-defined]
             assert limit() == "100"
+
+
+def test_a_revocation_the_store_did_not_hear_about_is_a_503_and_revoking_again_completes_it(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store could not take the revoked key's tombstone (logged only) and the answer was 200, while
+    the identity it had cached kept the key working for up to JWT_CACHE_TTL_SECONDS."""
+    with admin(gw) as client, gw.client() as user:
+        assert user.post("/v1/chat/completions", json=CHAT).status_code == 200  # its identity is cached now
+
+        async def unavailable(key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
+            raise StoreUnavailable("store unavailable (set)")
+
+        monkeypatch.setattr(gw.runtime.store, "set", unavailable)  # as a lost Redis refuses writes
+        refused = client.post(f"/admin/api/keys/{gw.key_id}/revoke")
+        monkeypatch.undo()
+        assert refused.status_code == 503 and refused.headers["cache-control"] == "no-store", refused.text
+        error = refused.json()["error"]
+        assert error["type"] == "service_unavailable" and error["code"] == "revocation_incomplete"
+        assert "revoked in the database" in error["message"] and "JWT_CACHE_TTL_SECONDS" in error["message"]
+        assert error["details"] == {"key_id": gw.key_id, "user": "alice", "revoked": True}
+        listed = client.get("/admin/api/keys", params={"user": "alice"}).json()["keys"]
+        assert [k["active"] for k in listed] == [False]
+        assert user.post("/v1/chat/completions", json=CHAT).status_code == 200  # the cached identity, as warned
+        retried = client.post(f"/admin/api/keys/{gw.key_id}/revoke")
+        assert retried.status_code == 200 and retried.json()["active"] is False, retried.text
+        assert user.post("/v1/chat/completions", json=CHAT).status_code == 401
+        audit = [(e["action"], e["target"]) for e in client.get("/admin/api/audit").json()["entries"]]
+        assert audit == [("key.revoke", gw.key_id)]

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from sentinel.errors import StoreUnavailable
 from tests.api.conftest import Gateway
 from tests.support.waiting import wait_for
 
@@ -131,6 +132,34 @@ def test_a_key_is_shown_once_then_only_its_prefix(console: Console) -> None:
         assert user.post("/v1/chat/completions", json=chat).status_code == 401
     audit = console.get("/admin/audit").text
     assert "key.revoke" in audit and "key.create" in audit and key.group(1) not in audit
+
+
+def test_a_revocation_the_store_did_not_hear_about_says_so_and_offers_to_send_it_again(
+    console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store could not take the revoked key's tombstone and the console redirected as for a done
+    revocation, while the identity cached before kept the key working for up to JWT_CACHE_TTL_SECONDS."""
+    gw = console.gw
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    with gw.client() as user:
+        assert user.post("/v1/chat/completions", json=chat).status_code == 200  # its identity is cached now
+
+        async def unavailable(key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
+            raise StoreUnavailable("store unavailable (set)")
+
+        monkeypatch.setattr(gw.runtime.store, "set", unavailable)  # as a lost Redis refuses writes
+        page = console.post(f"/admin/keys/{gw.key_id}/revoke", {})
+        monkeypatch.undo()
+        assert page.status_code == 503, page.text
+        assert "Revocation not complete" in page.text and "revoked in the database" in page.text
+        assert "JWT_CACHE_TTL_SECONDS" in page.text and "<h1>User alice</h1>" in page.text
+        again = re.search(rf'<form method="post" action="(/admin/keys/{gw.key_id}/revoke)"', page.text)
+        assert again is not None and "Revoke again" in page.text
+        assert user.post("/v1/chat/completions", json=chat).status_code == 200  # the cached identity, as warned
+        retried = console.post(again.group(1), {})
+        assert retried.status_code == 303 and retried.headers["location"] == "/admin/users/alice"
+        assert user.post("/v1/chat/completions", json=chat).status_code == 401
+    assert console.get("/admin/audit").text.count("key.revoke") == 1
 
 
 def _keys_of(gw: Gateway, external_id: str) -> list[dict[str, object]]:

@@ -16,7 +16,13 @@ from sentinel.domain.identity import Identity
 from sentinel.domain.plans import Limit, Plan, parse_plan_spec
 from sentinel.domain.tiers import TierModelEntry
 from sentinel.domain.usage import UsageRecord
-from sentinel.errors import AuthenticationError, InvalidRequest, NotFound
+from sentinel.errors import (
+    AuthenticationError,
+    InvalidRequest,
+    NotFound,
+    RevocationIncomplete,
+    StoreUnavailable,
+)
 from sentinel.governance.auth import Authenticator
 from sentinel.governance.keys import KeyService
 from sentinel.governance.plan_source import BuiltinPlanSource, CachedPlans
@@ -28,9 +34,9 @@ from sentinel.quota.limiter import QuotaLimiter
 from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import LimitInput, field_errors
 from sentinel.services.admin_live import LiveState
-from sentinel.store import MemoryStore
 from tests.support.accounts import record_and_roll_up
 from tests.support.clock import FakeClock
+from tests.support.stores import FlakyStore
 
 NOW = datetime(2030, 3, 1, 12, 30, 15, tzinfo=UTC)
 ADMIN = Actor("admin", "10.0.0.9")
@@ -45,11 +51,12 @@ class Setup:
     limiter: QuotaLimiter
     tiers: DbTiers
     sessions: async_sessionmaker[AsyncSession]
+    store: FlakyStore
 
 
 @pytest.fixture
 def setup(sessions: async_sessionmaker[AsyncSession]) -> Setup:
-    store = MemoryStore()
+    store = FlakyStore()
     clock = FakeClock(NOW.timestamp())
     keys = KeyService(sessions)
     default = parse_plan_spec("requests=100/60s", "default")
@@ -60,7 +67,7 @@ def setup(sessions: async_sessionmaker[AsyncSession]) -> Setup:
     live = LiveState(plans=plans, limiter=limiter, tiers=tiers, providers={"openai"})
     admin = AdminService(sessions, keys=keys, default_plan=default, catalog_tiers=CATALOG, live=live,
                          identities=identities, plan_cache=plans, db_tiers=tiers, clock=lambda: NOW)
-    return Setup(admin, identities, plans, limiter, tiers, sessions)
+    return Setup(admin, identities, plans, limiter, tiers, sessions, store)
 
 
 def _fields(exc: pytest.ExceptionInfo[InvalidRequest]) -> dict[str, str]:
@@ -201,14 +208,41 @@ async def test_a_revoked_key_fails_at_its_next_use(setup: Setup) -> None:
     assert revoked.external_id == "bob"
     with pytest.raises(AuthenticationError):
         await setup.identities.authenticate(key)
+    again = await setup.admin.revoke_key(info.id, ADMIN)  # revoked already: the tombstone is sent again
+    assert again.id == info.id and again.revoked_at is not None
     with pytest.raises(NotFound):
-        await setup.admin.revoke_key(info.id, ADMIN)
-    audit = await setup.admin.audit()
+        await setup.admin.revoke_key("key_doesnotexist", ADMIN)
+    audit = await setup.admin.audit()  # one revocation, however often it is sent
     assert [(e.action, e.target) for e in audit] == [("key.revoke", info.id), ("key.create", info.id)]
     assert key not in str([e.details for e in audit])  # the key itself is never logged
     with pytest.raises(InvalidRequest) as refused:
         await setup.admin.create_key(" ", "x" * 201, "not-an-email", ADMIN)
     assert set(_fields(refused)) == {"external_id", "name", "email"}
+
+
+async def test_a_revocation_the_store_did_not_hear_about_is_not_reported_done_and_a_retry_completes_it(
+    setup: Setup,
+) -> None:
+    """The store refused the tombstone (logged only) and the revocation was reported done, while the
+    identity cached before the outage served the key again once the store was back, for up to the TTL."""
+    info, key = await setup.admin.create_key("bob", "laptop", None, ADMIN)
+    assert (await setup.identities.authenticate(key)).external_id == "bob"  # cached for 300 s from here
+    setup.store.fail("set", "run")
+    with pytest.raises(RevocationIncomplete) as incomplete:
+        await setup.admin.revoke_key(info.id, ADMIN)
+    assert isinstance(incomplete.value, StoreUnavailable) and incomplete.value.status == 503
+    assert incomplete.value.code == "revocation_incomplete"
+    assert "revoked in the database" in incomplete.value.message and "300 s" in incomplete.value.message
+    assert incomplete.value.details == {"key_id": info.id, "user": "bob", "revoked": True}
+    assert (await setup.admin.keys.get_key(info.id)).revoked_at is not None  # type: ignore[union-attr]
+    setup.store.recover()
+    assert (await setup.identities.authenticate(key)).external_id == "bob"  # what the message warns of
+    retried = await setup.admin.revoke_key(info.id, ADMIN)
+    assert retried.id == info.id
+    with pytest.raises(AuthenticationError):
+        await setup.identities.authenticate(key)
+    audit = await setup.admin.audit()  # revoked once, in the database: one entry, written at the first try
+    assert [(e.action, e.target) for e in audit] == [("key.revoke", info.id), ("key.create", info.id)]
 
 
 # --- a user's page -------------------------------------------------------------------------------

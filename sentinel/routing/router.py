@@ -178,8 +178,9 @@ class TierRouter:
         in_backoff = state is not None and state.until > self.clock()
         gone = session.provider not in self.providers
         if (gone or in_backoff) and (gone or self.failover is SessionFailover.migrate):
-            new, _ = await self._select(session.tier, exclude=[(session.provider, session.model)])
-            return RouteChoice(session.tier, new, session.conversation_id, session, "update", "migrated")
+            new, unhealthy = await self._select(session.tier, exclude=[(session.provider, session.model)])
+            return RouteChoice(session.tier, new, session.conversation_id, session, "update", "migrated",
+                               was_unhealthy=unhealthy)
         decision = RouteChoice(session.tier, entry, session.conversation_id, session, "touch", "hit")
         decision.was_unhealthy = state is not None
         return decision
@@ -322,11 +323,12 @@ class TierRouter:
             return None
         tried = [*decision.tried, (decision.provider, decision.model)]
         try:
-            entry, _ = await self._select(decision.tier, exclude=tried)
+            entry, unhealthy = await self._select(decision.tier, exclude=tried)
         except ServiceUnavailable:
             return None
+        # Its past failures are cleared once it answers (`report`), as a first choice's are.
         retry = RouteChoice(decision.tier, entry, decision.conversation_id, decision.session, decision.pending_write,
-                         decision.event, tried=tried, created=decision.created)
+                         decision.event, was_unhealthy=unhealthy, tried=tried, created=decision.created)
         if decision.sticky:
             # A first turn's session (`claim`) is moved to the retry's model if no other turn was
             # answered with it meanwhile (`commit`), and still counted as created; an upgrade is

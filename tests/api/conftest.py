@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,17 @@ class Gateway:
             finally:
                 client.close()
         return asyncio.run(self.runtime.store.ttl(key))
+
+    def write_stored(self, key: str, value: bytes, ttl: float) -> None:
+        """Put `value` under `key` in the gateway's store for `ttl` seconds (state another process left)."""
+        if self.settings.redis_url:
+            client = redis.Redis.from_url(self.settings.redis_url)
+            try:
+                client.set(key, value, px=math.ceil(ttl * 1000))
+            finally:
+                client.close()
+        else:
+            asyncio.run(self.runtime.store.set(key, value, ttl))
 
     def drop_stored(self, key: str) -> None:
         """Remove `key` from the gateway's store, as if its TTL ran out there."""

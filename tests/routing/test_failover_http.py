@@ -7,6 +7,7 @@ failures come from a provider pointed at a closed port, or at a mock upstream th
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from sentinel.mock.app import create_mock_app
+from sentinel.routing.health import ProviderHealth
 from tests.api.conftest import Gateway
 from tests.routing.helpers import (
     AN_HAIKU,
@@ -96,6 +98,27 @@ def test_when_both_candidates_fail_the_error_reaches_the_client(
     for name in ("dead1", "dead2"):
         assert metric(gw.url, "sentinel_model_selections_total", provider=name) == 1
         assert metric(gw.url, "sentinel_provider_health", provider=name, model="m") == 0
+
+
+def test_a_retry_that_answers_clears_its_models_past_failures(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The retry's model had failed four times in a row (another process saw it) and its backoff ran
+    out: once it answers a retry it is healthy again, as when it answers as a first choice. Its
+    record was kept, so its next failure took it out for 300 s instead of 30 s."""
+    tiers = {"simple": [entry(DEAD), entry(OA_MINI)]}
+    gw = start(gateway_factory, tmp_path, backend_url, tiers, {"dead": dead_url()})
+    selector = gw.runtime.native.router.selector
+    draw = selector.choose
+    monkeypatch.setattr(selector, "choose", lambda healthy: next(
+        (e for e in healthy if (e.provider, e.model) == DEAD), None) or draw(healthy))  # DEAD whenever healthy
+    lapsed = {"failures": 4, "until_ts": time.time() - 1, "backoff": 240.0}
+    gw.write_stored(ProviderHealth.key(*OA_MINI), json.dumps(lapsed).encode(), 3600)
+    with gw.client() as http:
+        assert served(chat(http, "hi"))[1:] == OA_MINI
+    assert gw.read_stored(ProviderHealth.key(*OA_MINI)) is None
+    assert gw.read_stored(ProviderHealth.key(*DEAD)) is not None  # the first choice failed: in backoff
 
 
 def test_a_retry_skips_a_candidate_that_cannot_carry_the_request(

@@ -117,6 +117,43 @@ async def test_migrate_moves_a_session_off_a_model_in_backoff(store: Store) -> N
     assert sessions_count(router, "migrated") == 1
 
 
+async def lapsed(router: TierRouter, pair: tuple[str, str], failures: int) -> None:
+    """`pair` failed `failures` times in a row and its last backoff has run out (available again)."""
+    backoff = 0.0
+    for _ in range(failures):
+        backoff = await router.health.record_failure(*pair) or 0.0
+    assert isinstance(router.clock, FakeClock)
+    router.clock.advance(backoff)
+    assert (await router.health.available([pair]))[pair]
+
+
+@pytest.mark.parametrize("how", ["migrated", "retried"])
+async def test_a_model_that_answers_a_moved_request_has_its_failures_cleared(store: Store, how: str) -> None:
+    """A model whose backoff ran out and that then answers, as a migrated session's model or as a
+    retry's, is healthy again: its next failure is the first of a run (30 s). Its failures were kept
+    (only a first choice's answer cleared them), so one later failure took it out for 240 s."""
+    router = make_router(store, table(simple=[OA_MINI, OA_4O]), failover=SessionFailover.migrate)
+    first = await router.decide(ALICE, request())
+    other = next(pair for pair in (OA_MINI, OA_4O) if pair != (first.provider, first.model))
+    await lapsed(router, other, failures=3)
+    if how == "migrated":
+        await router.claim(ALICE, first)
+        await router.commit(ALICE, first)
+        await router.report(first, ok=True)
+        await router.health.record_failure(first.provider, first.model)
+        moved = await router.decide(ALICE, request())
+        assert moved.event == "migrated"
+    else:
+        await router.report(first, ok=False)
+        retry = await router.alternative(first)
+        assert retry is not None
+        moved = retry
+    assert (moved.provider, moved.model) == other
+    await router.report(moved, ok=True)
+    assert (await router.health.states([other]))[other] is None
+    assert await router.health.record_failure(*other) == 30
+
+
 async def test_store_down_means_no_stickiness() -> None:
     store = FlakyStore()
     store.fail("get")

@@ -1,7 +1,11 @@
 """Provider+model health, shared by every replica through the store.
 
 A failure (5xx, timeout, connection error, provider 429) puts the provider+model in backoff for
-`min(30 * 2^(n-1), 300)` seconds after the n-th consecutive failure; a success clears it. Client
+`min(30 * 2^(n-1), 300)` seconds after the n-th consecutive failure; a success clears it. A failure
+while the pair is in backoff (a request already under way when it began, a conversation kept on its
+model, a `/v1` call, which go to it all the same) leaves the backoff as it is: the n-th failure is
+the first after the (n-1)-th backoff ran out, so one burst of failing requests — one user's, at
+will — is one failure (30 s), not a run of them (300 s). Client
 errors (4xx other than 429) are never a provider failure. State lives under
 `sentinel:health:{providers}:<provider>:<model>`, so all replicas agree (the `{providers}` hash tag
 puts every pair in one Redis Cluster slot, so one MGET script reads them all); the store being down
@@ -38,7 +42,11 @@ MGET = Script(name="health_mget", lua=_MGET_LUA, local=_mget_local)
 _FAIL_LUA = """
 local raw = redis.call('GET', KEYS[1])
 local n = 0
-if raw then n = cjson.decode(raw)['failures'] end
+if raw then
+  local state = cjson.decode(raw)
+  if tonumber(ARGV[1]) < tonumber(state['until_ts']) then return tostring(state['backoff']) end
+  n = state['failures']
+end
 n = n + 1
 local backoff = math.min(tonumber(ARGV[2]) * math.pow(2, math.min(n - 1, 30)), tonumber(ARGV[3]))
 local untl = tonumber(ARGV[1]) + backoff
@@ -49,7 +57,10 @@ return tostring(backoff)
 
 def _fail_local(ops: LocalOps, keys: list[str], args: list[str]) -> str:
     raw = ops.get(keys[0])
-    n = (orjson.loads(raw)["failures"] if raw else 0) + 1
+    state = orjson.loads(raw) if raw else None
+    if state is not None and float(args[0]) < state["until_ts"]:  # in backoff: left as it is
+        return repr(float(state["backoff"]))
+    n = (state["failures"] if state is not None else 0) + 1
     backoff = min(float(args[1]) * 2.0 ** min(n - 1, 30), float(args[2]))  # 2.0 ** 1024 overflows
     state = {"failures": n, "until_ts": float(args[0]) + backoff, "backoff": backoff}
     ops.set(keys[0], orjson.dumps(state), backoff + 3600)
@@ -107,7 +118,8 @@ class ProviderHealth:
         return {pair: state is None or state.until <= now for pair, state in (await self.states(pairs)).items()}
 
     async def record_failure(self, provider: str, model: str) -> float | None:
-        """Start or double the backoff; returns its length (None when the store is down)."""
+        """Start or double the backoff (leave one that still runs as it is); returns its length
+        (None when the store is down)."""
         try:
             backoff = float(
                 await self.store.run(

@@ -121,6 +121,26 @@ def test_a_retry_that_answers_clears_its_models_past_failures(
     assert gw.read_stored(ProviderHealth.key(*DEAD)) is not None  # the first choice failed: in backoff
 
 
+def test_one_users_burst_of_failing_calls_is_one_failure(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    """`/v1` calls go to a model in backoff all the same: five in a row that the provider answers 429
+    (one user's volume against the company's rate limit) each doubled its backoff, and the native
+    tier it serves answered 503 for the next 240 s, to everyone. It is one failure: 30 s."""
+    gw = start(gateway_factory, tmp_path, backend_url, {"simple": [entry(OA_MINI)]})
+    with gw.client() as http:
+        for i in range(5):
+            r = http.post("/v1/chat/completions", json={
+                "model": OA_MINI[1], "messages": [{"role": "user", "content": f"burst {i} #mock:status=429"}],
+            })
+            assert r.status_code == 429 and r.json()["error"]["code"] == "provider_rate_limited", r.text
+        refused = chat(http, "anyone?")
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "tier_unavailable", refused.text
+    assert 0 < int(refused.headers["retry-after"]) <= 30
+    state = gw.read_stored(ProviderHealth.key(*OA_MINI))
+    assert state is not None and json.loads(state)["failures"] == 1
+
+
 def test_a_retry_skips_a_candidate_that_cannot_carry_the_request(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None,
     monkeypatch: pytest.MonkeyPatch,
@@ -191,7 +211,7 @@ def test_keep_returns_the_provider_error(
             assert r.status_code == 502, r.text
             assert r.json()["error"]["provider"] == "flaky"
         health = {(c["provider"], c["model"]): c for c in http.get("/debug/health").json()["candidates"]}
-        assert health[("flaky", "gpt-4o")]["failures"] == 2
+        assert health[("flaky", "gpt-4o")]["failures"] == 1  # the second, in its backoff, left it as it was
         assert metric(gw.url, "sentinel_provider_health", provider="flaky", model="gpt-4o") == 0
         session = stored(gw, "conv-keep")
         assert session is not None and (session["provider"], session["model"]) == ("flaky", "gpt-4o")

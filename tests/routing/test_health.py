@@ -43,9 +43,34 @@ async def test_backoff_doubles_from_30_to_a_300_cap(store: Store) -> None:
 async def test_a_long_outage_stays_at_the_cap(store: Store) -> None:
     """The in-memory twin of the Lua script computed 30 * 2 ** (n - 1) as a float: at the 1,025th
     failure in a row it overflowed, and every later failure of that model was a 500."""
-    health = ProviderHealth(store, Metrics(), clock=FakeClock())
-    backoffs = {await health.record_failure(*PAIR) for _ in range(1100)}
+    clock = FakeClock()
+    health = ProviderHealth(store, Metrics(), clock=clock)
+    backoffs = set()
+    for _ in range(1100):
+        backoff = await health.record_failure(*PAIR)
+        assert backoff is not None
+        backoffs.add(backoff)
+        clock.advance(backoff)  # ran out: the next failure is the next of the run
     assert backoffs == {30, 60, 120, 240, 300}
+
+
+async def test_failures_while_in_backoff_leave_it_as_it_is(store: Store) -> None:
+    """Requests still go to a model in backoff (those under way when it began, a conversation kept on
+    it, `/v1` calls): their failures are the same outage. Each doubled the backoff, so one user's
+    burst of five failing requests (a provider 429 their own volume caused) took the model out of
+    every tier for 300 s; it is one failure. Once the backoff ran out, the next failure doubles it."""
+    clock = FakeClock()
+    health = ProviderHealth(store, Metrics(), clock=clock)
+    assert [await health.record_failure(*PAIR) for _ in range(5)] == [30, 30, 30, 30, 30]
+    clock.advance(29)
+    assert await health.record_failure(*PAIR) == 30
+    state = (await health.states([PAIR]))[PAIR]
+    assert state is not None and (state.failures, state.remaining(clock())) == (1, 1)
+    clock.advance(1)
+    assert await health.record_failure(*PAIR) == 60
+    assert [await health.record_failure(*PAIR) for _ in range(3)] == [60, 60, 60]
+    state = (await health.states([PAIR]))[PAIR]
+    assert state is not None and (state.failures, state.remaining(clock())) == (2, 60)
 
 
 async def test_success_resets_the_backoff(store: Store) -> None:
@@ -75,8 +100,10 @@ async def test_store_down_means_assume_healthy() -> None:
 async def test_states_report_remaining_time(store: Store, failures: int) -> None:
     clock = FakeClock()
     health = ProviderHealth(store, clock=clock)
-    for _ in range(failures):
-        await health.record_failure(*PAIR)
+    for n in range(failures):
+        backoff = await health.record_failure(*PAIR)
+        if n < failures - 1:
+            clock.advance(backoff or 0)  # ran out: the next failure doubles it
     clock.advance(10)
     state = (await health.states([PAIR, OTHER]))
     assert state[OTHER] is None

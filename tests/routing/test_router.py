@@ -119,11 +119,9 @@ async def test_migrate_moves_a_session_off_a_model_in_backoff(store: Store) -> N
 
 async def lapsed(router: TierRouter, pair: tuple[str, str], failures: int) -> None:
     """`pair` failed `failures` times in a row and its last backoff has run out (available again)."""
-    backoff = 0.0
-    for _ in range(failures):
-        backoff = await router.health.record_failure(*pair) or 0.0
     assert isinstance(router.clock, FakeClock)
-    router.clock.advance(backoff)
+    for _ in range(failures):
+        router.clock.advance(await router.health.record_failure(*pair) or 0.0)
     assert (await router.health.available([pair]))[pair]
 
 

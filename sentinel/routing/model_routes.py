@@ -34,12 +34,16 @@ class ModelRoutes:
         self._failed: set[tuple[str, str]] = set()  # pairs this process put in backoff
 
     async def order(self, targets: Sequence[ModelTarget]) -> tuple[list[ModelTarget], set[tuple[str, str]]]:
-        """The targets to try (healthy ones first) and the pairs currently in backoff."""
+        """The targets to try (healthy ones first) and the pairs with failures on record (in backoff,
+        or out of it with their count kept: an answer clears them, as the tier router's does)."""
         if len(targets) < 2:
             return list(targets), set()
-        available = await self.health.available([_pair(t) for t in targets])
+        states = await self.health.states([_pair(t) for t in targets])
+        now = self.health.clock()
+        available = {pair: state is None or state.until <= now for pair, state in states.items()}
         healthy = [t for t in targets if available[_pair(t)]]
-        return healthy + [t for t in targets if not available[_pair(t)]], {p for p, ok in available.items() if not ok}
+        recorded = {pair for pair, state in states.items() if state is not None}
+        return healthy + [t for t in targets if not available[_pair(t)]], recorded
 
     async def call(
         self,
@@ -49,7 +53,7 @@ class ModelRoutes:
     ) -> T:
         """`send` to each target in turn until one answers; raise the last provider failure, or at once
         any other error (a client error is the same on every target)."""
-        ordered, unhealthy = await self.order(targets)
+        ordered, recorded = await self.order(targets)
         for position, target in enumerate(ordered):
             if on_attempt is not None:
                 on_attempt(target)
@@ -62,7 +66,7 @@ class ModelRoutes:
                 if position == len(ordered) - 1 or not may_retry(exc):
                     raise
                 continue
-            await self._report_success(target, _pair(target) in unhealthy)
+            await self._report_success(target, _pair(target) in recorded)
             return result
         raise ValueError("no targets to call")
 
@@ -71,9 +75,9 @@ class ModelRoutes:
         if len(self._failed) < _MAX_REMEMBERED:
             self._failed.add(_pair(target))
 
-    async def _report_success(self, target: ModelTarget, was_unhealthy: bool) -> None:
+    async def _report_success(self, target: ModelTarget, recorded: bool) -> None:
         pair = _pair(target)
-        if was_unhealthy or pair in self._failed:
+        if recorded or pair in self._failed:
             self._failed.discard(pair)
             await self.health.record_success(*pair)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,10 +14,12 @@ from pathlib import Path
 import anthropic
 import httpx
 import openai
+import orjson
 import pytest
 import yaml
 
 from sentinel.mock.app import create_mock_app
+from sentinel.routing.health import ProviderHealth
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import ledger_totals, wait_for
 from tests.support.attack import ledger_rows, spying
@@ -97,6 +100,21 @@ def test_alias_fails_over_to_its_next_model(gateway_factory: Callable[..., Gatew
     assert caught.value.status_code == 502
     message = gw.anthropic().messages.create(model="smart", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
     assert message.content[0].text == "Echo: hi"  # type: ignore[union-attr]
+
+
+def test_an_alias_target_that_answers_has_its_past_failures_cleared(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """Claude had failed four times in a row (seen by another process, or the native API's routing)
+    and its backoff ran out: once it answers the alias it is healthy again. Only a target still in
+    backoff was cleared, so the kept count made its next failure take it out for 300 s, not 30 s."""
+    gw = catalogue_gateway(gateway_factory, tmp_path)
+    key = ProviderHealth.key("anthropic", HAIKU)
+    gw.write_stored(key, orjson.dumps({"failures": 4, "until_ts": time.time() - 1, "backoff": 240.0}), 3600)
+    answer = gw.openai().chat.completions.create(model="smart", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == "Echo: hi"  # dead-model failed: Claude answered
+    assert gw.read_stored(key) is None
+    assert gw.read_stored(ProviderHealth.key("dead", "gpt-4o")) is not None
 
 
 class _HangUp(socketserver.BaseRequestHandler):

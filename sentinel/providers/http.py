@@ -9,6 +9,10 @@ began — a provider closing an idle connection has not processed what arrived o
 once more on a fresh connection. A reused connection that failed only after a while (the provider
 had the request all that time: it may be working on it) and a failure on a new connection are
 never retried here.
+
+The pool holds at most `limit` connections. A request that waited for one of them past the connect
+timeout is 503 `overloaded` (this process's load), not a connect timeout: that is a provider
+failure, which put the provider's models in backoff for everyone while the provider was fine.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from sentinel.errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout
+from sentinel.errors import Overloaded, UpstreamConnectionError, UpstreamError, UpstreamTimeout
 from sentinel.observability.logging import request_id_var
 from sentinel.providers.errors import broken_off, upstream_error
 
@@ -35,6 +39,8 @@ MAX_ERROR_BYTES = 64 * 1024  # an error answer's body read for its message (`Ups
 
 # Set when the connection a request goes out on came from the pool (the request's own task only).
 _REUSED: ContextVar[bool] = ContextVar("sentinel_upstream_reused", default=False)
+# Set while the request's task waits for a connection of the pool (every one of `limit` busy).
+_POOL_WAIT: ContextVar[bool] = ContextVar("sentinel_upstream_pool_wait", default=False)
 
 
 class _PoolConnector(aiohttp.TCPConnector):
@@ -59,6 +65,11 @@ class _PoolConnector(aiohttp.TCPConnector):
                 _REUSED.set(True)
                 return connection
             connection.close()
+
+    async def _wait_for_available_connection(self, key: Any, traces: list[Any]) -> None:
+        _POOL_WAIT.set(True)  # left set when the connect timeout ends the wait (`send`)
+        await super()._wait_for_available_connection(key, traces)
+        _POOL_WAIT.set(False)
 
 
 def create_session(
@@ -230,12 +241,20 @@ async def send(
     with translate_errors(provider):
         for attempt in (1, 2):
             _REUSED.set(False)
+            _POOL_WAIT.set(False)
             started = clock()
             try:
                 raw = await session.request(
                     method, url, headers=headers, data=body, params=params, allow_redirects=False
                 )
                 break
+            except aiohttp.ConnectionTimeoutError:
+                if _POOL_WAIT.get():  # never sent, nor the provider's doing: no backoff, no retry elsewhere
+                    raise Overloaded(
+                        f"Every connection to upstream {provider} is busy on this server; retry shortly",
+                        retry_after=1, provider=provider,
+                    ) from None
+                raise
             except _STALE_CONNECTION:
                 if attempt == 2 or not _REUSED.get() or clock() - started >= _STALE_WITHIN:
                     raise

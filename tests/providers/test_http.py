@@ -6,14 +6,16 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from sentinel.errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout
+from sentinel.errors import Overloaded, UpstreamConnectionError, UpstreamError, UpstreamTimeout
 from sentinel.providers.http import create_session, send, translate_errors
+from sentinel.routing.failover import is_provider_failure
 from tests.providers.conftest import Mock
 from tests.support.servers import free_port
 from tests.support.upstream import UPSTREAM_KEY
 
 AUTH = {"authorization": f"Bearer {UPSTREAM_KEY}", "content-type": "application/json"}
 CHAT = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+STREAM = CHAT[:-1] + b', "stream": true}'
 
 
 @pytest.mark.parametrize(
@@ -74,6 +76,25 @@ async def test_a_body_cut_mid_way_is_a_connection_error(mock: Mock) -> None:
         with pytest.raises(UpstreamConnectionError):
             await answer.read()
         answer.close()
+
+
+async def test_a_wait_for_a_busy_pool_is_overload_not_a_provider_failure(mock: Mock) -> None:
+    """Every connection of the pool busy (this process's load): a request that waited past the connect
+    timeout for one was a connect timeout, a provider failure — the provider's models went into
+    backoff for everyone, and the request to another provider, while the provider was fine."""
+    async with create_session(read_timeout=5, connect_timeout=0.2, limit=1) as http:
+        held = await send(http, "mock", "POST", mock.url + "/v1/chat/completions", body=STREAM,
+                          headers={**AUTH, "x-mock-chunk-delay-ms": "2000"})  # its connection busy a while
+        try:
+            with pytest.raises(Overloaded) as caught:
+                await send(http, "mock", "POST", mock.url + "/v1/chat/completions", body=CHAT, headers=AUTH)
+        finally:
+            held.close()
+        answer = await send(http, "mock", "POST", mock.url + "/v1/chat/completions", body=CHAT, headers=AUTH)
+        answer.close()  # a free connection again: sent as ever
+    assert (caught.value.status, caught.value.code, caught.value.provider) == (503, "overloaded", "mock")
+    assert not is_provider_failure(caught.value)
+    assert answer.status == 200
 
 
 async def test_answers_keep_status_headers_and_unread_body(mock: Mock) -> None:

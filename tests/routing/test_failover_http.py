@@ -6,9 +6,11 @@ failures come from a provider pointed at a closed port, or at a mock upstream th
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import httpx
 import pytest
 
 from sentinel.mock.app import create_mock_app
+from sentinel.providers.http import create_session
 from sentinel.routing.health import ProviderHealth
 from tests.api.conftest import Gateway
 from tests.routing.helpers import (
@@ -32,6 +35,7 @@ from tests.routing.helpers import (
 )
 from tests.support.metrics import metric
 from tests.support.servers import ServerThread, free_port
+from tests.support.waiting import wait_for
 
 DEAD = ("dead", "gpt-4o-mini")
 
@@ -139,6 +143,31 @@ def test_one_users_burst_of_failing_calls_is_one_failure(
     assert 0 < int(refused.headers["retry-after"]) <= 30
     state = gw.read_stored(ProviderHealth.key(*OA_MINI))
     assert state is not None and json.loads(state)["failures"] == 1
+
+
+def test_a_busy_connection_pool_puts_no_model_in_backoff(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every upstream connection of the process busy (here the pool's one, held by a slow call): a
+    request that waited for one past the connect timeout was a provider failure — both models of the
+    tier went into backoff for everyone (503 `tier_unavailable` for 30 s) while their provider was
+    fine. It is this server's load: 503 `overloaded`, and no model's health changes."""
+    import sentinel.wiring
+
+    monkeypatch.setattr(sentinel.wiring, "create_session", functools.partial(create_session, limit=1))
+    gw = start(gateway_factory, tmp_path, None, {"simple": [entry(OA_MINI), entry(AN_HAIKU)]},
+               upstream_connect_timeout_seconds=0.3)
+    log = gw.settings.anthropic_api_url + "/__mock/requests"  # the mock upstream's request log
+    before = len(httpx.get(log).json()["data"])
+    with gw.client() as http, gw.client() as other, ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(chat, other, "slow #mock:latency_ms=4000")
+        assert wait_for(lambda: len(httpx.get(log).json()["data"]) > before)  # it holds the one connection
+        busy = chat(http, "and me?")
+        assert served(slow.result())
+    assert busy.status_code == 503 and busy.json()["error"]["code"] == "overloaded", busy.text
+    assert busy.headers["retry-after"] == "1"
+    for pair in (OA_MINI, AN_HAIKU):
+        assert gw.read_stored(ProviderHealth.key(*pair)) is None
 
 
 def test_a_retry_skips_a_candidate_that_cannot_carry_the_request(

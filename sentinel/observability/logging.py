@@ -11,7 +11,9 @@ import contextlib
 import logging
 import sys
 import time
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import IO, Any
 
 import orjson
@@ -72,6 +74,65 @@ def clipped(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
     """`text` cut to `limit` characters (marked with "…"): what a client sends (a path, an error
     message quoting it) never makes a log line larger than this, whatever its length."""
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+REPEAT_INTERVAL = 60.0
+
+
+@dataclass
+class _Seen:
+    written: float  # when the message was last written
+    suppressed: int = 0  # how many times it came since, unwritten
+
+
+class Repeated:
+    """`logger`'s recurring messages — an outage's, met by every request — written the first time,
+    then at most once per `interval` seconds: the occurrences in between are counted, and the next
+    line written says how many it stands for (`suppressed`). At 2,000 requests/s an outage is one
+    line a minute per message, not thousands a second, when operators need readable logs.
+
+    A message is its template (`msg`, before `%` formatting): the arguments and `extra` may differ
+    between occurrences (the first one's are written); so `msg` must be a constant, never a string
+    with values formatted in, or each value would be a message of its own (and kept forever).
+    """
+
+    def __init__(
+        self, logger: logging.Logger, *, interval: float = REPEAT_INTERVAL, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._seen: dict[str, _Seen] = {}
+
+    def warning(self, msg: str, *args: object, extra: Mapping[str, object] | None = None) -> bool:
+        """`log` at WARNING."""
+        return self._log(logging.WARNING, msg, args, extra)
+
+    def log(self, level: int, msg: str, *args: object, extra: Mapping[str, object] | None = None) -> bool:
+        """Write `msg % args` unless `msg` was written less than `interval` seconds ago (then count
+        it); whether it was written."""
+        return self._log(level, msg, args, extra)
+
+    def _log(self, level: int, msg: str, args: tuple[object, ...], extra: Mapping[str, object] | None) -> bool:
+        if not self.logger.isEnabledFor(level):
+            return False
+        now = self.clock()
+        seen = self._seen.get(msg)
+        if seen is not None and now - seen.written < self.interval:
+            seen.suppressed += 1
+            return False
+        fields = dict(extra or {})
+        if seen is not None and seen.suppressed:
+            fields["suppressed"] = seen.suppressed
+        self._seen[msg] = _Seen(now)
+        self.logger.log(level, msg, *args, extra=fields, stacklevel=3)  # the line of our caller's call
+        return True
+
+    def forget(self, msg: str) -> int | None:
+        """End `msg`'s repetition (what it reported is over): its next occurrence is written at once.
+        How many occurrences went unwritten since it last was; None when it had not been written."""
+        seen = self._seen.pop(msg, None)
+        return None if seen is None else seen.suppressed
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from sentinel.observability.logging import JsonFormatter, configure_logging, request_id_var
+from sentinel.observability.logging import JsonFormatter, Repeated, configure_logging, request_id_var
+from tests.support.clock import FakeClock
 
 
 class Capture:
@@ -125,3 +126,57 @@ def test_characters_a_terminal_acts_on_or_hides_are_written_as_escapes(capture: 
     assert "caf\u00e9 \u6f22 \U0001f600" in raw  # printable text stays as it is
     [line] = capture.lines()
     assert line["path"] == text and line["error"] == text
+
+
+def test_a_repeated_message_is_written_once_an_interval_with_the_count_it_stands_for(capture: Capture) -> None:
+    """An outage's warning, met by every request, was one line per request: thousands a second."""
+    clock = FakeClock()
+    repeated = Repeated(capture.logger, interval=60, clock=clock)
+    written = [repeated.warning("store down; %s", f"call {i}", extra={"n": i}) for i in range(100)]
+    assert written == [True] + [False] * 99
+    clock.advance(59.9)
+    assert not repeated.warning("store down; %s", "call 100")
+    clock.advance(0.1)
+    assert repeated.warning("store down; %s", "call 101", extra={"n": 101})
+    repeated.warning("store down; %s", "call 102")
+    clock.advance(60)
+    repeated.warning("store down; %s", "call 103")
+    lines = capture.lines()
+    assert [(line["msg"], line["level"]) for line in lines] == [
+        ("store down; call 0", "warning"), ("store down; call 101", "warning"), ("store down; call 103", "warning")]
+    assert [line.get("suppressed") for line in lines] == [None, 100, 1]
+    assert [line.get("n") for line in lines] == [0, 101, None]  # each written line's own fields
+
+
+def test_messages_are_told_apart_by_their_template_not_their_arguments(capture: Capture) -> None:
+    repeated = Repeated(capture.logger, clock=FakeClock())
+    for name in ("identity", "plan", "identity"):
+        repeated.warning("could not cache a %s entry", name)
+        repeated.warning("another outage")
+    repeated.log(logging.ERROR, "an error, repeated")
+    repeated.log(logging.ERROR, "an error, repeated")
+    assert [(line["msg"], line["level"]) for line in capture.lines()] == [
+        ("could not cache a identity entry", "warning"), ("another outage", "warning"),
+        ("an error, repeated", "error")]
+
+
+def test_a_forgotten_message_is_written_again_at_once_and_says_what_went_unwritten(capture: Capture) -> None:
+    clock = FakeClock()
+    repeated = Repeated(capture.logger, clock=clock)
+    assert repeated.forget("down") is None  # never written: nothing to end
+    repeated.warning("down")
+    repeated.warning("down")
+    repeated.warning("down")
+    assert repeated.forget("down") == 2  # the outage is over
+    assert repeated.forget("down") is None
+    assert repeated.warning("down")  # a new outage: said at once
+    assert [line["msg"] for line in capture.lines()] == ["down", "down"]
+    assert "suppressed" not in capture.lines()[1]
+
+
+def test_a_message_below_the_level_is_neither_written_nor_counted(capture: Capture) -> None:
+    capture.logger.setLevel(logging.ERROR)
+    repeated = Repeated(capture.logger, clock=FakeClock())
+    assert not repeated.warning("quiet")
+    assert repeated.forget("quiet") is None
+    assert capture.lines() == []

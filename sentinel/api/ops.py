@@ -19,13 +19,12 @@ from sentinel import __version__
 from sentinel.api.responses import NOSNIFF, RawResponse, operator_json
 from sentinel.errors import StoreUnavailable
 from sentinel.flight import SingleFlight
+from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
 
 log = logging.getLogger("sentinel.health")
-# While the store is down, its failure is logged when a check first finds it (and it comes back),
-# and again at most this often: the probes are public, and as frequent as any client makes them.
-STORE_LOG_INTERVAL = 60.0
+STORE_DOWN = "health check: the store is unavailable"
 
 
 class OpsRoutes:
@@ -39,7 +38,9 @@ class OpsRoutes:
         self.metrics = metrics
         self.clock = clock
         self.started = time.monotonic()
-        self._store_logged: float | None = None  # when the store's failure was last logged; None: it answers
+        # While the store is down, its failure is logged when a check first finds it (and it comes
+        # back), and again at most once a minute: the probes are public, as frequent as any client makes them.
+        self._repeated = Repeated(log, clock=clock)
         self._running: SingleFlight[None, dict[str, dict[str, Any]]] = SingleFlight()  # the checks under way
         self._rendering: SingleFlight[None, bytes] = SingleFlight()  # the metrics render under way
 
@@ -71,14 +72,10 @@ class OpsRoutes:
             if ping.unreachable:  # a Redis Cluster with primaries down: their users wait for the failover
                 # How many, not which: these endpoints are public, node addresses are not.
                 checks["store"]["unreachable_nodes"] = len(ping.unreachable)
-            if self._store_logged is not None:
-                self._store_logged = None
-                log.info("health check: the store answers again")
+            if (suppressed := self._repeated.forget(STORE_DOWN)) is not None:
+                log.info("health check: the store answers again", extra={"suppressed": suppressed} if suppressed else None)
         except StoreUnavailable as exc:  # its message may quote the server (`MOVED 1234 10.0.0.5:6379`): logged only
-            now = self.clock()
-            if self._store_logged is None or now - self._store_logged >= STORE_LOG_INTERVAL:
-                self._store_logged = now
-                log.warning("health check: the store is unavailable", extra={"error": exc.message})
+            self._repeated.warning(STORE_DOWN, extra={"error": exc.message})
             checks["store"] = {"status": "unhealthy", "backend": self.store.backend, "error": "unreachable"}
         started = time.perf_counter()
         try:

@@ -35,6 +35,7 @@ from sentinel.governance.cache import GovernanceCache
 from sentinel.governance.identity import IdentitySource, Refused, StandIn
 from sentinel.governance.jwt import unverified_expiry
 from sentinel.governance.keys import KEY_PREFIX, hash_key
+from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
 
@@ -106,6 +107,7 @@ class Authenticator:
         self.jwt = jwt
         self.negative_ttl = min(negative_ttl, ttl)
         self.clock = clock
+        self._repeated = Repeated(log, clock=clock)  # outage lines: once a minute, not once a request
         # Lookups under way, by token key: concurrent requests with one token share one source lookup.
         self._flights: SingleFlight[str, Identity] = SingleFlight()
         self.cache: GovernanceCache[Identity] = GovernanceCache(
@@ -169,13 +171,13 @@ class Authenticator:
             found = None
         except GovernanceUnavailable as exc:
             if stale is not None:
-                log.warning("identity source unavailable; serving a cached identity", extra={"source": source.name})
+                self._repeated.warning("identity source unavailable; serving a cached identity", extra={"source": source.name})
                 return self._admit(stale)
             if not isinstance(exc, StandIn):
                 raise
             if await self._refused_before(key, exc):
                 raise AuthenticationError() from None
-            log.warning("identity source unavailable; serving a token from its claims", extra={"source": source.name})
+            self._repeated.warning("identity source unavailable; serving a token from its claims", extra={"source": source.name})
             found, confirmed = exc.identity, False
         if found is None or self._expired(found):
             await self.cache.put(key, None, ttl=self.negative_ttl)
@@ -196,7 +198,7 @@ class Authenticator:
         try:
             await self.cache.store.set(REFUSED_PREFIX + key, b"1", seconds)
         except StoreUnavailable:
-            log.warning("could not remember a refused token: store unavailable")
+            self._repeated.warning("could not remember a refused token: store unavailable")
 
     async def _refused_before(self, key: str, outage: GovernanceUnavailable) -> bool:
         """Whether the source refused this token before (then no stand-in is served for it); the

@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from sentinel.errors import StoreUnavailable
+from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
 from sentinel.store.base import LocalOps, Script
@@ -119,6 +120,7 @@ class GovernanceCache(Generic[T]):
         self.ttl = ttl
         self.grace = grace
         self.clock = clock
+        self._repeated = Repeated(log, clock=clock)  # outage lines: once a minute, not once a request
         self.local_ttl = local_ttl
         self.metrics = metrics
         self._local: dict[str, tuple[Cached[T], float]] = {}
@@ -187,7 +189,7 @@ class GovernanceCache(Generic[T]):
                 keep_ms = max(1, round((keep_until - now) * 1000))
                 await self.store.run(PUT_VALUE, [self.prefix + key], [orjson.dumps(entry).decode(), keep_ms])
         except StoreUnavailable:
-            log.warning("could not cache a %s entry: store unavailable", self.name)
+            self._repeated.warning("could not cache a %s entry: store unavailable", self.name)
 
     async def forget(self, key: str) -> None:
         """Drop the entry for `key` (the next lookup asks the source); raises StoreUnavailable."""

@@ -23,6 +23,7 @@ from sentinel.db.models import ApiKey, User, utcnow
 from sentinel.db.queries import ensure_user
 from sentinel.domain.identity import Identity
 from sentinel.errors import InvalidRequest
+from sentinel.observability.logging import Repeated
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class KeyService:
     ) -> None:
         self._sessions = sessions
         self._clock = clock
+        self._repeated = Repeated(log)  # a database outage's line: once a minute, not once a request
         self.require_email = require_email
 
     async def ensure_user(self, external_id: str, email: str | None = None) -> str:
@@ -179,7 +181,7 @@ class KeyService:
             )
             await session.commit()
         except SQLAlchemyError as exc:  # a busy database must not turn a valid key into a 503
-            log.warning("could not record last use of API key %s: %s", key_id, type(exc).__name__)
+            self._repeated.warning("could not record last use of API key %s: %s", key_id, type(exc).__name__)
 
     async def list_keys(self, external_id: str | None = None) -> list[ApiKeyInfo]:
         """Every key (revoked ones too), oldest first; only `external_id`'s when given."""

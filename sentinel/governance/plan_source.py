@@ -19,6 +19,7 @@ from sentinel.domain.plans import ExternalUsage, Limit, Plan, PlanSource
 from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.cache import GovernanceCache
 from sentinel.governance.plans import PlanRepository
+from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
 
@@ -108,6 +109,7 @@ class CachedPlans:
             local_ttl=local_ttl,
             metrics=metrics,
         )
+        self._repeated = Repeated(log, clock=clock)  # outage lines: once a minute, not once a request
 
     async def plan_for(self, identity: Identity) -> Plan:
         cached = await self.cache.get(identity.external_id)
@@ -117,7 +119,7 @@ class CachedPlans:
             plan = await self.source.plan_for(identity)
         except GovernanceUnavailable:
             if cached is not None and cached.value is not None:
-                log.warning("plan source unavailable; enforcing the cached plan", extra={"user": identity.external_id})
+                self._repeated.warning("plan source unavailable; enforcing the cached plan", extra={"user": identity.external_id})
                 return cached.value
             raise
         await self.cache.put(identity.external_id, plan)

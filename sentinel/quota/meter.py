@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from sentinel.domain.plans import Plan, PlanSource
 from sentinel.domain.policies import QuotaFailureMode
 from sentinel.domain.usage import Usage, UsageRecord, UsageSource
 from sentinel.errors import ServiceUnavailable, StoreUnavailable, sent_unanswered
+from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.errors import UnreadableAnswer
 from sentinel.quota.decision import Decision
@@ -123,6 +125,7 @@ class QuotaMeter:
         outbox: DurableOutbox,
         metrics: Metrics,
         default_max_output: int,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.plans = plans
         self.limiter = limiter
@@ -132,6 +135,7 @@ class QuotaMeter:
         self.outbox = outbox
         self.metrics = metrics
         self.default_max_output = default_max_output
+        self._repeated = Repeated(log, clock=clock)  # outage lines: once a minute, not once a request
         self._settling: set[asyncio.Task[None]] = set()  # settlements and releases under way
         self._open = 0  # admissions neither settled nor released yet (a settlement still to come)
         self._changed: asyncio.Event | None = None  # set on every change `drain` waits for, while it waits
@@ -210,7 +214,7 @@ class QuotaMeter:
                     "Quota service unavailable: cannot check your limits right now", code="quota_unavailable"
                 ) from None
             if self.failure_mode is QuotaFailureMode.open:
-                log.warning("quota store unavailable; admitting without a quota check (QUOTA_FAILURE_MODE=open)")
+                self._repeated.warning("quota store unavailable; admitting without a quota check (QUOTA_FAILURE_MODE=open)")
                 return
             limiter = self.local_limiter
             reservation = await limiter.reserve(subject, plan, **tokens, tokens_later=tokens_later)
@@ -367,7 +371,7 @@ class QuotaMeter:
                     admission.reservation, input_tokens=input_tokens, output_tokens=output_tokens
                 )
             except StoreUnavailable:
-                log.warning("could not reconcile a quota reservation (store unavailable)")
+                self._repeated.warning("could not reconcile a quota reservation (store unavailable)")
             finally:
                 await stored
         admission.recorded = Usage(input_tokens, output_tokens)
@@ -414,9 +418,8 @@ class QuotaMeter:
         if admission.reservation is not None and admission.limiter is not None:
             await self._carry_out(self._release(admission.limiter, admission.reservation))
 
-    @staticmethod
-    async def _release(limiter: QuotaLimiter, reservation: Reservation) -> None:
+    async def _release(self, limiter: QuotaLimiter, reservation: Reservation) -> None:
         try:
             await limiter.release(reservation)
         except StoreUnavailable:
-            log.warning("could not release a quota reservation (store unavailable)")
+            self._repeated.warning("could not release a quota reservation (store unavailable)")

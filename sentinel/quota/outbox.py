@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection
 
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable, StoreUnavailable
+from sentinel.observability.logging import Repeated
 from sentinel.quota.batch import Batch, Claimed, OutboxBackend, new_batch_key
 from sentinel.quota.group_commit import GroupCommit
 from sentinel.quota.outbox_sql import SqlOutbox
@@ -137,6 +138,7 @@ class DurableOutbox:
         self.redis = redis
         self.ledger = ledger
         self.memory = MemoryOutbox()
+        self._repeated = Repeated(log)  # an outage's line: once a minute, not once a record
         self._turn = 0
 
     @property
@@ -164,7 +166,7 @@ class DurableOutbox:
                 await part.put(record)
                 return True
             except (StoreUnavailable, GovernanceUnavailable) as exc:
-                log.warning("usage outbox %s unavailable: %s", part.backend, exc.message)
+                self._repeated.warning("usage outbox %s unavailable: %s", part.backend, exc.message)
             except Exception:  # noqa: BLE001 - not an outage (a bug, a closed writer): the next backend all the same
                 log.exception("usage outbox %s failed to store a record", part.backend,
                               extra={"record_id": record.request_id})

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.api.conftest import Gateway
+from tests.conftest import REDIS_BIN, unavailable
 from tests.db.support import create_database, drop_database
 from tests.support.accounts import ledger_request_ids, set_user_plan, usage_totals
+from tests.support.process import RedisServerProcess
 from tests.support.waiting import wait_for
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "quota please"}]}
@@ -189,3 +194,26 @@ def test_retry_after_waits_for_every_limit_that_refuses(
     error = denied.json()["error"]
     assert error["details"]["window_seconds"] == 86400 and "2 requests per 1d" in error["message"], error
     assert int(denied.headers["x-ratelimit-reset"]) % 86400 == 0  # the day's end, not the minute's
+
+
+def test_a_redis_outage_is_one_warning_line_not_one_per_request(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Redis gone and QUOTA_FAILURE_MODE=open every request was served, and every request
+    logged the same warnings again ("quota store unavailable; admitting without a quota check",
+    "could not cache a ... entry", ...): thousands of identical lines a second at full load, when
+    operators need readable logs. Each is written once (then once a minute, with the count)."""
+    if REDIS_BIN is None:
+        unavailable("redis-server binary not found")
+    assert REDIS_BIN is not None
+    with RedisServerProcess(tmp_path, REDIS_BIN) as redis_server:
+        gw = gateway_factory(redis_url=redis_server.url, quota_failure_mode="open")
+        with gw.client() as http:
+            assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
+            redis_server.kill9()
+            with caplog.at_level(logging.WARNING):
+                answers = [http.post("/v1/chat/completions", json=CHAT).status_code for _ in range(20)]
+    assert answers == [200] * 20
+    warnings = Counter(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("sentinel"))
+    assert warnings["quota store unavailable; admitting without a quota check (QUOTA_FAILURE_MODE=open)"] == 1
+    assert warnings and set(warnings.values()) == {1}, warnings

@@ -88,7 +88,7 @@ class Setup:
         self.meter = QuotaMeter(
             plans=self.plans, limiter=self.limiter, local_limiter=self.local, failure_mode=mode,
             counter=self.counter, outbox=self.outbox, metrics=self.metrics,  # type: ignore[arg-type]
-            default_max_output=300,
+            default_max_output=300, clock=self.clock,
         )
         self._ids = 0
 
@@ -265,6 +265,33 @@ async def test_store_down_and_failure_mode_open_admits_unchecked_but_still_recor
     await s.meter.settle(admissions[0], usage=Usage(3, 4), output_text="", status=200, provider="openai")
     assert [r.input_tokens for r in s.outbox.records] == [3]
     assert counted(s.metrics, "sentinel_quota_store_failures_total", mode="open") == 4
+
+
+async def test_a_store_outage_is_one_warning_a_minute_not_one_a_request(caplog: pytest.LogCaptureFixture) -> None:
+    """Each admission, reconciliation and release during an outage logged a warning: at 2,000
+    requests/s, thousands of identical lines a second. Now each is written once, then once a
+    minute with the count of those it stands for."""
+    s = Setup(QuotaFailureMode.open, spec="requests=1000/1m,input_tokens=10000000/1m,output_tokens=10000000/1m")
+    admitted = [await s.admit() for _ in range(40)]  # reserved while the store answers
+    s.store.fail("run")
+    with caplog.at_level("WARNING", logger="sentinel.meter"):
+        unchecked = [await s.admit() for _ in range(50)]
+        for admission in admitted[:20]:
+            await s.meter.settle(admission, usage=Usage(3, 4), output_text="", status=200, provider="openai")
+        for admission in admitted[20:]:
+            await s.meter.release(admission)
+        s.clock.advance(60)
+        await s.admit()
+        await s.meter.release(unchecked[0])  # nothing reserved: nothing to give back, nothing logged
+    lines = [(r.getMessage(), getattr(r, "suppressed", None)) for r in caplog.records if r.name == "sentinel.meter"]
+    assert lines == [
+        ("quota store unavailable; admitting without a quota check (QUOTA_FAILURE_MODE=open)", None),
+        ("could not reconcile a quota reservation (store unavailable)", None),
+        ("could not release a quota reservation (store unavailable)", None),
+        ("quota store unavailable; admitting without a quota check (QUOTA_FAILURE_MODE=open)", 49),
+    ]
+    assert len(s.outbox.records) == 20  # every settlement's record, written all the same
+    assert counted(s.metrics, "sentinel_quota_store_failures_total", mode="open") == 51
 
 
 async def test_store_down_and_failure_mode_local_enforces_the_plan_in_process() -> None:

@@ -35,13 +35,7 @@ def raw_exchange(gw: Gateway, data: bytes, *, wait: float = 5.0) -> bytes:
     port = int(gw.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
         sock.sendall(data)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except TimeoutError:
-            received += b"<still open>"
-    return received
+        return _rest_of(sock)
 
 
 def test_headers_that_trickle_are_cut_off(gateway_factory: Callable[..., Gateway]) -> None:

@@ -104,6 +104,14 @@ def test_when_both_candidates_fail_the_error_reaches_the_client(
         assert metric(gw.url, "sentinel_provider_health", provider=name, model="m") == 0
 
 
+def choose_dead_first(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the native router draw DEAD whenever it is healthy (else as it would)."""
+    selector = gw.runtime.native.router.selector
+    draw = selector.choose
+    monkeypatch.setattr(selector, "choose", lambda healthy: next(
+        (e for e in healthy if (e.provider, e.model) == DEAD), None) or draw(healthy))
+
+
 def test_a_retry_that_answers_clears_its_models_past_failures(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None,
     monkeypatch: pytest.MonkeyPatch,
@@ -113,10 +121,7 @@ def test_a_retry_that_answers_clears_its_models_past_failures(
     record was kept, so its next failure took it out for 300 s instead of 30 s."""
     tiers = {"simple": [entry(DEAD), entry(OA_MINI)]}
     gw = start(gateway_factory, tmp_path, backend_url, tiers, {"dead": dead_url()})
-    selector = gw.runtime.native.router.selector
-    draw = selector.choose
-    monkeypatch.setattr(selector, "choose", lambda healthy: next(
-        (e for e in healthy if (e.provider, e.model) == DEAD), None) or draw(healthy))  # DEAD whenever healthy
+    choose_dead_first(gw, monkeypatch)
     lapsed = {"failures": 4, "until_ts": time.time() - 1, "backoff": 240.0}
     gw.write_stored(ProviderHealth.key(*OA_MINI), json.dumps(lapsed).encode(), 3600)
     with gw.client() as http:
@@ -179,10 +184,7 @@ def test_a_retry_skips_a_candidate_that_cannot_carry_the_request(
     the answer, not a 400 blaming the client's valid request (once the retry's translation error)."""
     tiers = {"simple": [entry(DEAD), entry(AN_HAIKU)]}
     gw = start(gateway_factory, tmp_path, backend_url, tiers, {"dead": dead_url()})
-    selector = gw.runtime.native.router.selector
-    draw = selector.choose
-    monkeypatch.setattr(selector, "choose", lambda healthy: next(
-        (e for e in healthy if (e.provider, e.model) == DEAD), None) or draw(healthy))  # DEAD whenever healthy
+    choose_dead_first(gw, monkeypatch)
     opened_by_the_assistant = [{"role": "assistant", "content": "How can I help?"}, {"role": "user", "content": "hi"}]
     with gw.client() as http:
         r = chat(http, messages=opened_by_the_assistant)

@@ -76,4 +76,4 @@ class AnthropicUpstream:
         if self.api_key:
             out["x-api-key"] = self.api_key
         url = URL(self.base_url + "/v1" + "".join("/" + quote(s, safe="") for s in segments), encoded=True)
-        return await send(self.session, self.name, "POST", url, headers=out, body=body)
+        return await send(self.session, self.name, "POST", url, headers=out, body=body, secret=self.api_key)

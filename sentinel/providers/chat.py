@@ -134,7 +134,8 @@ class ChatProvider:
         payload = orjson.dumps(body)
         started = time.perf_counter()
         with stalled_if(body.get("stream") is True):
-            upstream = await send(self.session, self.name, "POST", self.url(), headers=self.headers(), body=payload)
+            upstream = await send(self.session, self.name, "POST", self.url(), headers=self.headers(), body=payload,
+                                  secret=self.spec.api_key)
         elapsed = time.perf_counter() - started
         if upstream.status >= 300:
             if refused is not None:

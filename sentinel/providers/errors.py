@@ -14,6 +14,11 @@ The provider's own message of a 429 or a 5xx is logged at info (`sentinel.upstre
 only; the request's error line (the middleware's) says what the client got. An error event inside a
 provider's stream is a provider failure too: `stream_failure` gives the message a relayed stream's
 error event carries instead of the provider's.
+
+An error answer's body reaches this module with the provider key Sentinel sent replaced by `***`
+(`redact`, in `UpstreamResponse.read_error`): a provider quotes a refused key's ends, and a proxy
+or an OpenAI-compatible server may echo a whole header; the key then reached the client (a relayed
+4xx, "rejected the request: ...") and the logs. 2xx answers are never scanned.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ log = logging.getLogger("sentinel.upstream")
 
 _CONTEXT_HINTS = ("context_length_exceeded", "context length", "prompt is too long", "maximum context", "too many tokens")
 _MAX_MESSAGE = 500
+MIN_REDACTED = 8  # a configured key shorter than this is not looked for (it would blank ordinary words)
 
 
 class UnreadableAnswer(UpstreamError):
@@ -55,6 +61,14 @@ class BrokenOffAnswer(UnreadableAnswer):
 def broken_off(provider: str) -> BrokenOffAnswer:
     """The error for a 2xx answer cut off while it was read (see `BrokenOffAnswer`)."""
     return BrokenOffAnswer(f"Provider {provider} broke off its answer", usage=None, provider=provider)
+
+
+def redact(raw: bytes, secret: str | None) -> bytes:
+    """`raw` (an error answer's body) with every occurrence of `secret` (the provider key the request
+    was sent with) replaced by `***`; keys shorter than MIN_REDACTED characters are left alone."""
+    if not secret or len(secret) < MIN_REDACTED:
+        return raw
+    return raw.replace(secret.encode(), b"***")
 
 
 def stream_failure(provider: str, error: object) -> str:

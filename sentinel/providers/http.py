@@ -29,7 +29,7 @@ from yarl import URL
 
 from sentinel.errors import Overloaded, UpstreamConnectionError, UpstreamError, UpstreamTimeout
 from sentinel.observability.logging import request_id_var
-from sentinel.providers.errors import broken_off, upstream_error
+from sentinel.providers.errors import broken_off, redact, upstream_error
 
 # A pooled connection the peer closed while it sat idle fails like this before any answer began.
 _STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -151,6 +151,7 @@ class UpstreamResponse:
     headers: list[tuple[str, str]]
     raw: aiohttp.ClientResponse
     content_type: str = field(default="")
+    secret: str | None = field(default=None, repr=False)  # the provider key sent: kept out of `read_error`
 
     @property
     def streams(self) -> bool:
@@ -173,7 +174,8 @@ class UpstreamResponse:
         released. At most MAX_ERROR_BYTES: a longer one, as a body that breaks off, reads as none (b"")
         — the rest is never read (an upstream, or a proxy between, answering an error with a body
         without end held the request and grew the process's memory until its read timeout, or until
-        it ran out)."""
+        it ran out). The provider key the request was sent with is replaced by `***` in it (`redact`):
+        every error text Sentinel relays, answers or logs is read from here."""
         try:
             with translate_errors(self.provider):
                 raw = await read_capped(self.raw, MAX_ERROR_BYTES)
@@ -181,7 +183,7 @@ class UpstreamResponse:
             raw = None
         finally:
             self.release()  # (aiohttp drops a connection whose body was not read to its end)
-        return raw or b""
+        return redact(raw or b"", self.secret)
 
     async def read_served(self) -> bytes:
         """The whole body of a 2xx answer, the connection released (see `reading_served`)."""
@@ -227,6 +229,7 @@ async def send(
     headers: dict[str, str],
     body: bytes | None = None,
     params: list[tuple[str, str]] | None = None,
+    secret: str | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> UpstreamResponse:
     """Send a request and return as soon as the upstream's status and headers are in. It carries the
@@ -234,7 +237,8 @@ async def send(
     OpenAI keeps in its logs (a provider that does not know it ignores it): a provider's support can
     find the call by the id the client and Sentinel's access log know. An answer that is not final
     (101 Switching Protocols: Sentinel never asks for an upgrade) is a provider failure, as a 3xx is
-    (`upstream_error`: 502 `provider_error`)."""
+    (`upstream_error`: 502 `provider_error`). `secret`: the provider key in `headers`, never read back
+    from an error answer (`UpstreamResponse.read_error`)."""
     rid = request_id_var.get()
     if rid is not None:
         headers = {**headers, "x-client-request-id": rid}
@@ -267,4 +271,5 @@ async def send(
         headers=[(k, v) for k, v in raw.headers.items() if k.isascii() and v.isascii()],  # else not relayable
         raw=raw,
         content_type=raw.headers.get("Content-Type", ""),
+        secret=secret,
     )

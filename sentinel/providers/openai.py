@@ -176,4 +176,5 @@ class OpenAICompatUpstream:
         if body is None or method in ("GET", "HEAD"):
             body = None
         url = upstream_url(self.base_url, segments)
-        return await send(self.session, self.name, method, url, headers=out, body=body, params=query)
+        return await send(self.session, self.name, method, url, headers=out, body=body, params=query,
+                          secret=self.api_key)

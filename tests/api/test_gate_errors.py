@@ -297,6 +297,68 @@ def test_provider_failures_do_not_leak_the_account(
             assert error["provider"] == "openai"
 
 
+class EchoingUpstream:
+    """Answers every call with `status` and an error body quoting the credential it was sent (the
+    whole `Authorization` or `x-api-key` header, as proxies and OpenAI-compatible servers have
+    been seen to), in the message, the code and the type."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await lifespan(receive, send)
+        while (await receive()).get("more_body"):
+            pass
+        sent = {k.decode(): v.decode() for k, v in scope["headers"]}
+        credential = sent.get("x-api-key") or sent.get("authorization", "")
+        body = orjson.dumps({"type": "error", "error": {
+            "message": f"Incorrect API key provided: {credential}. Headers: {sent}",
+            "type": f"invalid_request_error {credential}", "code": f"invalid_api_key:{credential}"}})
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize("status", [400, 422, 500])
+def test_a_provider_echoing_sentinels_key_never_passes_it_on(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    """A provider (or a proxy in its place) quoting the key Sentinel sent in an error answer: the key
+    reached the client (a relayed 4xx, "rejected the request: ...") and the logs. It is replaced by
+    `***` on every surface; the rest of the provider's message is still relayed."""
+    caplog.set_level(logging.INFO)
+    keys = ("sk-upstream-openai-Hq7Wd2Zr8Kp3", "sk-ant-upstream-Zq81Xv7MwRt3")
+    with serving(EchoingUpstream(status)) as upstream:
+        gw = gateway_factory(openai_api_url=upstream.url + "/v1", openai_api_key=keys[0],
+                             anthropic_api_url=upstream.url, anthropic_api_key=keys[1],
+                             providers_file=tiers_file(tmp_path, "openai"))
+        claude = {"model": "claude-3-5-haiku-20241022", "max_tokens": 20, "messages": user()}
+        with gw.client() as http:
+            answers = {
+                "native": http.post(NATIVE, json={"messages": user()}),
+                "chat": http.post("/v1/chat/completions", json={"model": MODEL, "messages": user()}),
+                "chat stream": http.post("/v1/chat/completions",
+                                         json={"model": MODEL, "messages": user(), "stream": True}),
+                "responses": http.post("/v1/responses", json={"model": MODEL, "input": "hi"}),
+                "messages": http.post("/v1/messages", json=claude),
+                "translated to OpenAI": http.post("/v1/messages", json={**claude, "model": MODEL}),
+                "translated to Anthropic": http.post("/v1/chat/completions", json=claude),
+            }
+    for surface, r in answers.items():
+        assert r.status_code == (status if status < 500 and surface != "native" else 400 if status < 500 else 502), (
+            surface, r.text)
+        for key in keys:
+            assert key not in r.text, (surface, r.text)
+            assert all(key not in v for v in r.headers.values()), (surface, r.headers)
+        if status < 500:  # the provider's message is still relayed, the key in it replaced
+            assert "Incorrect API key provided: Bearer ***" in r.text or "provided: ***" in r.text, (surface, r.text)
+    logged = [f"{r.getMessage()} {r.__dict__}" for r in caplog.records]
+    assert any("***" in line for line in logged), logged
+    for key in keys:
+        assert not [line for line in logged if key in line]
+
+
 # --- metric labels -------------------------------------------------------------------------------
 def test_a_mid_stream_provider_error_does_not_leak_the_account(
     gateway_factory: Callable[..., Gateway], tmp_path: Path

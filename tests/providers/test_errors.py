@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from sentinel.providers.errors import upstream_error
+from sentinel.providers.errors import redact, upstream_error
 
 
 def body(message: str, code: str = "") -> bytes:
@@ -52,3 +52,16 @@ def test_a_providers_retry_after_is_read_only_when_sane(value: str, expected: st
     err = upstream_error("openai", 429, body("slow down"), [("Retry-After", value)])
     assert (err.status, err.code) == (429, "provider_rate_limited")
     assert err.headers.get("Retry-After") == expected
+
+
+def test_redact_replaces_every_whole_occurrence_of_the_key() -> None:
+    key = "sk-proj-Hq7Wd2Zr8Kp3"
+    raw = f'{{"error": {{"message": "key {key} (Bearer {key}) refused", "code": "{key}"}}}}'.encode()
+    assert redact(raw, key) == b'{"error": {"message": "key *** (Bearer ***) refused", "code": "***"}}'
+    assert redact(b"sk-abc***xyz", key) == b"sk-abc***xyz"  # a provider's own partial quote stays
+
+
+@pytest.mark.parametrize("key", [None, "", "abc", "short12"])
+def test_redact_leaves_alone_no_key_and_keys_too_short_to_mean_anything(key: str | None) -> None:
+    raw = b'{"error": {"message": "abc short12 is wrong"}}'
+    assert redact(raw, key) == raw

@@ -193,8 +193,10 @@ class NativeChat:
         router, meter = self.router, self.meter
 
         async def produce(ending: Ending) -> AsyncIterator[bytes]:
-            try:
-                await router.commit(identity, choice)  # the answer began: the session is this model's
+            try:  # the answer began: the session is this model's. Shielded: a client that left during
+                # the write cancels the stream, never the write (a first turn's session was left on a
+                # model that failed before the retry that answered, or not written at all)
+                await asyncio.shield(router.commit(identity, choice))
             except BaseException:  # cancelled (the client left during the write): `events` never runs
                 stream.upstream.close()  # its `finally` would have; else the connection waits for GC
                 raise

@@ -42,10 +42,12 @@ class HeldRouter:
     def __init__(self) -> None:
         self.gate = asyncio.Event()
         self.writing = False
+        self.written = False
 
     async def commit(self, identity: Identity, choice: RouteChoice) -> None:
         self.writing = True
         await self.gate.wait()
+        self.written = True
 
     async def report(self, choice: RouteChoice, *, ok: bool) -> None:
         pass
@@ -91,6 +93,33 @@ async def test_a_client_leaving_during_the_session_write_closes_the_upstream() -
     await asyncio.wait_for(served, 5)
     assert connection.closed
     assert meter.statuses == [499]
+    router.gate.set()  # (the write, shielded, ends with the test)
+    await until(lambda: router.written)
+
+
+async def test_a_client_leaving_during_the_session_write_does_not_cut_the_write_short() -> None:
+    """The stream's session write ran in the stream's task: a client that left while it was written
+    cancelled it half-way (a first turn's session left on a model that failed before the retry that
+    answered, or never written). The write goes on to its end; the stream still ends, its upstream
+    closed, settled as left (499)."""
+    router, connection, meter = HeldRouter(), Connection(), Settled()
+    chat = NativeChat(router, {}, meter, None)  # type: ignore[arg-type]
+    choice = RouteChoice("simple", TierModelEntry(provider="openai", model="gpt-4o-mini", relative_cost=1))
+    upstream = UpstreamResponse("openai", 200, [], connection)  # type: ignore[arg-type]
+    stream = ProviderStream(upstream, OpenAIStreamNormalizer(provider="openai"))
+    reply = chat._stream(Exchange(usage_id="r1"), ALICE, stream, choice, Admission(ALICE, "native", "gpt-4o-mini", "r1"))
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    served = asyncio.ensure_future(StreamingRelay(200, [], reply.chunks, reply.on_close)({}, inbox.get, send))
+    await until(lambda: router.writing)
+    inbox.put_nowait({"type": "http.disconnect"})  # the client leaves while the session is written
+    await asyncio.wait_for(served, 5)
+    assert (connection.closed, meter.statuses, router.written) == (True, [499], False)
+    router.gate.set()  # the store answers
+    await until(lambda: router.written)
 
 
 class Failing:

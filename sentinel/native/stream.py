@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,10 +80,15 @@ class _PendingCall:
 
 
 class StreamNormalizer:
-    """What both normalisers share: chunk metadata, the role rule, text and tool-call accumulation."""
+    """What both normalisers share: chunk metadata, the role rule, text and tool-call accumulation.
+    `scrub` cleans what a provider's in-stream error says before it is logged or its code sent on
+    (the provider's key taken out: `providers.errors.redact`)."""
 
-    def __init__(self, *, provider: str, created: int | None = None) -> None:
+    def __init__(
+        self, *, provider: str, created: int | None = None, scrub: Callable[[str], str] | None = None
+    ) -> None:
         self.provider = provider
+        self._scrub = scrub if scrub is not None else str
         self.id = "chatcmpl-" + os.urandom(16).hex()
         self.model = ""
         self.created = int(time.time()) if created is None else created
@@ -247,8 +253,8 @@ class StreamNormalizer:
         message is logged for operators (`sentinel.upstream`, info), never sent to the client.
         """
         error = as_object(error)
-        code = str(error.get("code") or error.get("type") or "upstream_error")[:100]
-        message = str(error.get("message") or "")
+        code = self._scrub(str(error.get("code") or error.get("type") or "upstream_error"))[:100]
+        message = self._scrub(str(error.get("message") or ""))
         if len(message) > MAX_LOGGED_CHARS:  # cut as `observability.logging.clipped` cuts (native imports none of ours)
             message = message[:MAX_LOGGED_CHARS] + "…"
         log.info("provider stream failed", extra={"provider": self.provider, "code": code, "error": message})
@@ -319,8 +325,10 @@ class AnthropicStreamNormalizer(StreamNormalizer):
     and a figure it leaves out keeps its message_start value (as the official SDKs read it).
     """
 
-    def __init__(self, *, provider: str, created: int | None = None) -> None:
-        super().__init__(provider=provider, created=created)
+    def __init__(
+        self, *, provider: str, created: int | None = None, scrub: Callable[[str], str] | None = None
+    ) -> None:
+        super().__init__(provider=provider, created=created, scrub=scrub)
         self._input: dict[str, int] = {}
 
     def _take_input(self, usage: dict[str, Any]) -> None:

@@ -51,7 +51,7 @@ class AnthropicProvider(ChatProvider):
         return parse_anthropic_response(body, provider=self.name, tier=tier)  # type: ignore[arg-type]
 
     def normalizer(self) -> StreamNormalizer:
-        return AnthropicStreamNormalizer(provider=self.name)
+        return AnthropicStreamNormalizer(provider=self.name, scrub=self.scrub)
 
     def usage_of(self, answer: Any) -> Usage | None:
         raw = answer.get("usage") if isinstance(answer, dict) else None

@@ -26,7 +26,7 @@ from sentinel.native.responses import Usage as WireUsage
 from sentinel.native.sse import SSEParser
 from sentinel.native.stream import StreamNormalizer, StreamResult
 from sentinel.providers.catalog import ProviderSpec
-from sentinel.providers.errors import UnreadableAnswer, upstream_error
+from sentinel.providers.errors import UnreadableAnswer, redact, upstream_error
 from sentinel.providers.http import UpstreamResponse, send, stalled_if
 
 
@@ -123,6 +123,10 @@ class ChatProvider:
 
     def normalizer(self) -> StreamNormalizer:
         raise NotImplementedError
+
+    def scrub(self, text: str) -> str:
+        """`text` (what the provider's in-stream error says) without this provider's key (`redact`)."""
+        return redact(text, self.spec.api_key)
 
     def usage_of(self, answer: Any) -> Usage | None:
         """The usage of an answer read leniently (its `usage` object alone), or None."""

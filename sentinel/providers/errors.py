@@ -18,12 +18,14 @@ error event carries instead of the provider's.
 An error answer's body reaches this module with the provider key Sentinel sent replaced by `***`
 (`redact`, in `UpstreamResponse.read_error`): a provider quotes a refused key's ends, and a proxy
 or an OpenAI-compatible server may echo a whole header; the key then reached the client (a relayed
-4xx, "rejected the request: ...") and the logs. 2xx answers are never scanned.
+4xx, "rejected the request: ...") and the logs. So is an error event of a stream (its relayed
+fields, its logged message). 2xx answers are never scanned otherwise.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 import orjson
 
@@ -37,6 +39,8 @@ log = logging.getLogger("sentinel.upstream")
 _CONTEXT_HINTS = ("context_length_exceeded", "context length", "prompt is too long", "maximum context", "too many tokens")
 _MAX_MESSAGE = 500
 MIN_REDACTED = 8  # a configured key shorter than this is not looked for (it would blank ordinary words)
+
+Text = TypeVar("Text", str, bytes)
 
 
 class UnreadableAnswer(UpstreamError):
@@ -63,17 +67,21 @@ def broken_off(provider: str) -> BrokenOffAnswer:
     return BrokenOffAnswer(f"Provider {provider} broke off its answer", usage=None, provider=provider)
 
 
-def redact(raw: bytes, secret: str | None) -> bytes:
-    """`raw` (an error answer's body) with every occurrence of `secret` (the provider key the request
-    was sent with) replaced by `***`; keys shorter than MIN_REDACTED characters are left alone."""
+def redact(text: Text, secret: str | None) -> Text:
+    """`text` (an error answer's body, an error event or its fields) with every occurrence of `secret`
+    (the provider key the request was sent with) replaced by `***`; keys shorter than MIN_REDACTED
+    characters are left alone."""
     if not secret or len(secret) < MIN_REDACTED:
-        return raw
-    return raw.replace(secret.encode(), b"***")
+        return text
+    if isinstance(text, str):
+        return text.replace(secret, "***")
+    return text.replace(secret.encode(), b"***")
 
 
-def stream_failure(provider: str, error: object) -> str:
-    """The message that replaces the provider's in an error event of a relayed stream; logs the provider's."""
-    log.info("provider stream failed", extra={"provider": provider, "error": clipped(str(error))})
+def stream_failure(provider: str, error: object, secret: str | None = None) -> str:
+    """The message that replaces the provider's in an error event of a relayed stream; logs the
+    provider's (`secret`, the provider key the stream was asked with, replaced: see `redact`)."""
+    log.info("provider stream failed", extra={"provider": provider, "error": clipped(redact(str(error), secret))})
     return f"Provider {provider} failed during the stream"
 
 

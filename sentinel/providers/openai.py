@@ -51,7 +51,7 @@ class OpenAIChatProvider(ChatProvider):
         return parse_openai_response(body, provider=self.name, tier=tier)  # type: ignore[arg-type]
 
     def normalizer(self) -> StreamNormalizer:
-        return OpenAIStreamNormalizer(provider=self.name)
+        return OpenAIStreamNormalizer(provider=self.name, scrub=self.scrub)
 
     def usage_of(self, answer: Any) -> Usage | None:
         raw = answer.get("usage") if isinstance(answer, dict) else None

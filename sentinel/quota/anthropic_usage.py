@@ -30,7 +30,7 @@ from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
 from sentinel.native._wire import flat_json
 from sentinel.native.openai_checks import MAX_JSON_DEPTH
-from sentinel.providers.errors import stream_failure
+from sentinel.providers.errors import redact, stream_failure
 from sentinel.quota.images import ANTHROPIC, ImageRule, base64_image_tokens
 from sentinel.quota.tokens import MAX_PLAIN_ID_CHARS, REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
 from sentinel.quota.usage import EventSplitter
@@ -283,8 +283,9 @@ class AnthropicStreamInspector:
     `message_stop` event is kept in `done` (sent after the usage record is stored); nothing after it
     is relayed."""
 
-    def __init__(self, provider: str = "anthropic") -> None:
+    def __init__(self, provider: str = "anthropic", secret: str | None = None) -> None:
         self.provider = provider
+        self.secret = secret  # the provider key the stream was asked with: never relayed nor logged
         self._events = EventSplitter()
         self._input: dict[str, int] = {}
         self._output: int | None = None
@@ -344,8 +345,8 @@ class AnthropicStreamInspector:
                     self._absorb(obj)
                     error = obj.get("error")
                     if obj.get("type") == "error" and isinstance(error, dict) and "message" in error:
-                        error["message"] = stream_failure(self.provider, error["message"])
-                        event = event.replace(line, b"data: " + _rendered(obj, error["message"]))
+                        error["message"] = stream_failure(self.provider, error["message"], self.secret)
+                        event = event.replace(line, b"data: " + redact(_rendered(obj, error["message"]), self.secret))
         return event + b"\n\n"
 
     def _absorb(self, obj: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from sentinel.domain.usage import Usage
 from sentinel.errors import UpstreamError
 from sentinel.native._wire import as_list, as_str
 from sentinel.native.openai import PLAIN_DELTA, delta_extras, field_text
-from sentinel.providers.errors import stream_failure
+from sentinel.providers.errors import redact, stream_failure
 from sentinel.quota.items import NO_FIELDS, item_text
 from sentinel.quota.tokens import estimate_tokens
 
@@ -231,9 +231,12 @@ class StreamInspector:
 
     DONE = b"data: [DONE]\n\n"
 
-    def __init__(self, endpoint: str, *, strip_usage_chunk: bool = False, provider: str = "openai") -> None:
+    def __init__(
+        self, endpoint: str, *, strip_usage_chunk: bool = False, provider: str = "openai", secret: str | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.provider = provider
+        self.secret = secret  # the provider key the stream was asked with: never relayed nor logged
         self.strip = strip_usage_chunk
         self._events = EventSplitter()
         self._final = b""  # the held-back terminal event of a Responses stream
@@ -320,7 +323,7 @@ class StreamInspector:
             if not self._absorb(obj):
                 keep = False
             elif (message := self._redact(obj)) is not None:
-                event = event.replace(line, b"data: " + self._rendered(obj, message))
+                event = event.replace(line, b"data: " + redact(self._rendered(obj, message), self.secret))
         return event if keep else b""
 
     def _redact(self, obj: dict[str, Any]) -> str | None:
@@ -333,7 +336,7 @@ class StreamInspector:
             holder = obj if kind == "error" else response.get("error") if isinstance(response, dict) else None
         if not isinstance(holder, dict) or "message" not in holder:
             return None
-        holder["message"] = message = stream_failure(self.provider, holder["message"])
+        holder["message"] = message = stream_failure(self.provider, holder["message"], self.secret)
         return message
 
     def _rendered(self, obj: dict[str, Any], message: str) -> bytes:

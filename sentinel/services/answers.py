@@ -186,7 +186,7 @@ class AnswerRelay:
         billed it: it is read to its end (each event as it comes, nothing kept but what the events
         say, `StreamInspector`) and recorded with the last `usage` an event showed, as an answer
         Sentinel could not read (`UnreadableAnswer`: 502 `provider_bad_response`, see `Meter.fail`)."""
-        inspector = StreamInspector(admission.endpoint, provider=upstream.provider)
+        inspector = StreamInspector(admission.endpoint, provider=upstream.provider, secret=upstream.secret)
         try:
             with upstream.reading_served():
                 async for chunk in upstream.iter_chunks():
@@ -261,7 +261,8 @@ class AnswerRelay:
         owner: Identity | None, *, ex: Exchange | None = None, extends: Sequence[str] = (),
         speaker: Identity | None = None,
     ) -> StreamReply:
-        inspector = StreamInspector(endpoint, strip_usage_chunk=strip_usage, provider=upstream.provider)
+        inspector = StreamInspector(endpoint, strip_usage_chunk=strip_usage, provider=upstream.provider,
+                                    secret=upstream.secret)
         meter, ownership = self.meter, self.ownership
 
         async def settle(status: int) -> None:

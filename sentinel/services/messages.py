@@ -225,7 +225,7 @@ class MessagesService:
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
     def _relay_sse(self, ex: Exchange, upstream: UpstreamResponse, admission: Admission) -> StreamReply:
-        inspector = AnthropicStreamInspector(upstream.provider)
+        inspector = AnthropicStreamInspector(upstream.provider, upstream.secret)
         meter = self.meter
 
         async def settle(status: int) -> None:

@@ -359,6 +359,56 @@ def test_a_provider_echoing_sentinels_key_never_passes_it_on(
         assert not [line for line in logged if key in line]
 
 
+def test_a_stream_error_event_echoing_sentinels_key_never_passes_it_on(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error event inside a provider's stream quoting the key Sentinel sent: its code and type
+    are relayed (or carried by a translated stream's `stream_error`) and its message logged; the key
+    went with them. It is replaced by `***` in each."""
+    caplog.set_level(logging.INFO)
+    openai_key, claude_key = "sk-upstream-openai-Hq7Wd2Zr8Kp3", "sk-ant-upstream-Zq81Xv7MwRt3"
+
+    def openai_error_event(key: str) -> dict[str, Any]:
+        return {"error": {"message": f"key {key} refused", "type": f"server_error {key}", "code": f"bad_key:{key}"}}
+
+    def claude_error_event(key: str) -> dict[str, Any]:
+        return {"type": "error", "error": {"type": f"overloaded_error {key}", "message": f"key {key} refused"}}
+
+    openai_first = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"}}]}
+    claude_first = {"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
+        "content": [], "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}
+    claude = {"model": "claude-3-5-haiku-20241022", "max_tokens": 20, "messages": user(), "stream": True}
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", openai_api_key=openai_key,
+                             anthropic_api_url=srv.url, anthropic_api_key=claude_key,
+                             providers_file=tiers_file(tmp_path, "openai"))
+        with gw.client() as http:
+            upstream.sse(openai_first, openai_error_event(openai_key))
+            native = http.post(NATIVE, json={"messages": user(), "stream": True})
+            upstream.sse(openai_first, openai_error_event(openai_key))
+            to_openai = http.post("/v1/messages", json={**claude, "model": MODEL})
+            upstream.sse(claude_first, claude_error_event(claude_key))
+            to_claude = http.post("/v1/chat/completions", json={**claude, "max_tokens": 20})
+            upstream.sse(openai_first, openai_error_event(openai_key))
+            chat = http.post("/v1/chat/completions", json={"model": MODEL, "messages": user(), "stream": True})
+            upstream.sse(claude_first, claude_error_event(claude_key))
+            messages = http.post("/v1/messages", json=claude)
+    answers = {"native": native, "translated to OpenAI": to_openai, "translated to Anthropic": to_claude,
+               "chat": chat, "messages": messages}
+    for surface, r in answers.items():
+        assert r.status_code == 200, (surface, r.text)
+        assert "failed during the stream" in r.text, (surface, r.text)
+        assert openai_key not in r.text and claude_key not in r.text, (surface, r.text)
+    assert "bad_key:***" in native.text and "bad_key:***" in chat.text
+    assert "overloaded_error ***" in messages.text
+    logged = [f"{r.getMessage()} {r.__dict__}" for r in caplog.records]
+    assert sum("key *** refused" in line for line in logged) == 5, logged
+    assert not [line for line in logged if openai_key in line or claude_key in line]
+
+
 # --- metric labels -------------------------------------------------------------------------------
 def test_a_mid_stream_provider_error_does_not_leak_the_account(
     gateway_factory: Callable[..., Gateway], tmp_path: Path

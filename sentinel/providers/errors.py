@@ -12,8 +12,8 @@ Both surfaces use the same mapping (documented in the README's error table):
   company's account, never something the client can act on.
 The provider's own message of a 429 or a 5xx is logged at info (`sentinel.upstream`), for operators
 only; the request's error line (the middleware's) says what the client got. An error event inside a
-provider's stream is a provider failure too: `stream_failure` gives the message a relayed stream's
-error event carries instead of the provider's.
+provider's stream is a provider failure too: `stream_error` gives the error object a relayed stream's
+error event carries instead of the provider's (its labels kept, its message replaced).
 
 An error answer's body reaches this module with the provider key Sentinel sent replaced by `***`
 (`redact`, in `UpstreamResponse.read_error`): a provider quotes a refused key's ends, and a proxy
@@ -25,7 +25,7 @@ fields, its logged message). 2xx answers are never scanned otherwise.
 from __future__ import annotations
 
 import logging
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -83,6 +83,28 @@ def stream_failure(provider: str, error: object, secret: str | None = None) -> s
     provider's (`secret`, the provider key the stream was asked with, replaced: see `redact`)."""
     log.info("provider stream failed", extra={"provider": provider, "error": clipped(redact(str(error), secret))})
     return f"Provider {provider} failed during the stream"
+
+
+# What the error event of a relayed stream keeps of the provider's error object: its labels (scalars,
+# clipped). The rest — the message, and any other field (OpenRouter's `metadata.raw` quotes the
+# provider's own answer) — is the provider's text, which names the company's account: logged, never relayed.
+_STREAM_ERROR_LABELS = ("type", "code", "param")
+_MAX_LABEL = 100
+
+
+def stream_error(provider: str, error: object, default_type: str | None, secret: str | None = None) -> dict[str, Any]:
+    """The error object a relayed stream's error event carries instead of the provider's `error`
+    (an object, or what a provider breaking the format sends: a string, a list): its labels
+    (`_STREAM_ERROR_LABELS`, the provider key `secret` replaced: `redact`), `type` defaulting to
+    `default_type` (None: none added), and a generic message (`stream_failure`, which logs the provider's)."""
+    fields: dict[str, Any] = error if isinstance(error, dict) else {}
+    kept = {key: redact(value, secret)[:_MAX_LABEL] if isinstance(value, str) else value
+            for key in _STREAM_ERROR_LABELS
+            if key in fields and isinstance(value := fields[key], str | int | float | bool | None)}
+    if default_type is not None:
+        kept.setdefault("type", default_type)
+    said = fields["message"] if "message" in fields else error
+    return {**kept, "message": stream_failure(provider, said, secret)}
 
 
 def upstream_error(

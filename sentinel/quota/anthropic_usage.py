@@ -15,8 +15,8 @@ A server tool's result (a fetched page, a search, code output) is part of the an
 model reads it in the step that follows, and only the final usage counts it. An answer or stream
 without that usage is charged it as read (`blocks_read`), counted as the estimate counts the same block.
 `AnthropicStreamInspector` watches a relayed stream without delaying it, holds back the final
-`message_stop` event until the usage record is stored and replaces the message of an `error` event
-(`providers.errors.stream_failure`).
+`message_stop` event until the usage record is stored and replaces the error of an `error` event
+(`providers.errors.stream_error`).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
 from sentinel.native._wire import flat_json
 from sentinel.native.openai_checks import MAX_JSON_DEPTH
-from sentinel.providers.errors import redact, stream_failure
+from sentinel.providers.errors import redact, stream_error
 from sentinel.quota.images import ANTHROPIC, ImageRule, base64_image_tokens
 from sentinel.quota.tokens import MAX_PLAIN_ID_CHARS, REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
-from sentinel.quota.usage import EventSplitter
+from sentinel.quota.usage import EventSplitter, event_data, with_data
 
 _INPUT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
@@ -331,22 +331,23 @@ class AnthropicStreamInspector:
     def _event(self, event: bytes) -> bytes:
         if self.done:
             return b""
-        for line in event.split(b"\n"):
-            if line.startswith(b"data:"):
-                try:
-                    obj = orjson.loads(line[5:].strip())
-                except orjson.JSONDecodeError:
-                    self.parse_errors += 1
-                    continue
-                if isinstance(obj, dict) and obj.get("type") == "message_stop":
-                    self.done = event + b"\n\n"
-                    return b""
-                if isinstance(obj, dict):
-                    self._absorb(obj)
-                    error = obj.get("error")
-                    if obj.get("type") == "error" and isinstance(error, dict) and "message" in error:
-                        error["message"] = stream_failure(self.provider, error["message"], self.secret)
-                        event = event.replace(line, b"data: " + redact(_rendered(obj, error["message"]), self.secret))
+        payload = event_data(event)
+        if payload is None:
+            return event + b"\n\n"  # a comment
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self.parse_errors += 1
+            return event + b"\n\n"
+        if not isinstance(obj, dict):
+            return event + b"\n\n"
+        if obj.get("type") == "message_stop":
+            self.done = event + b"\n\n"
+            return b""
+        self._absorb(obj)
+        if obj.get("type") == "error":  # whatever its `error` holds (a string carried the message whole)
+            obj["error"] = error = stream_error(self.provider, obj.get("error"), "api_error", self.secret)
+            event = with_data(event, redact(_rendered(obj, str(error["message"])), self.secret))
         return event + b"\n\n"
 
     def _absorb(self, obj: dict[str, Any]) -> None:

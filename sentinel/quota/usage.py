@@ -6,9 +6,9 @@ A Responses answer's hosted-tool items (an MCP server's tool list and call outpu
 code logs) are input: the model reads them in the steps that follow, and only the final usage counts
 them. An answer or stream without that usage is charged them as read (`items_read`).
 `StreamInspector` watches an SSE byte stream without delaying it: it splits events, pulls usage and
-text from `data:` lines, (when Sentinel injected `stream_options.include_usage` on the client's
-behalf) drops the usage-only chunk the client did not ask for, and replaces the message of a
-provider's error event (`providers.errors.stream_failure`).
+text from their data (`event_data`: as the SDKs read it), (when Sentinel injected `stream_options.include_usage` on the client's
+behalf) drops the usage-only chunk the client did not ask for, and replaces the error of a
+provider's error event (`providers.errors.stream_error`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from sentinel.domain.usage import Usage
 from sentinel.errors import UpstreamError
 from sentinel.native._wire import as_list, as_str
 from sentinel.native.openai import PLAIN_DELTA, delta_extras, field_text
-from sentinel.providers.errors import redact, stream_failure
+from sentinel.providers.errors import redact, stream_error
 from sentinel.quota.items import NO_FIELDS, item_text
 from sentinel.quota.tokens import estimate_tokens
 
@@ -217,6 +217,29 @@ class EventSplitter:
         return tail
 
 
+def event_data(event: bytes) -> bytes | None:
+    """The data of one event (`EventSplitter`'s) as an SSE reader — the SDKs — reads it: the values of
+    its `data` lines, one leading space dropped, joined by line feeds; None when it has none (a
+    comment, a ping). Read line by line, a JSON value split over two `data` lines was read as none:
+    its usage went unread, and an error's message reached the client unreplaced."""
+    values = [line[5:].removeprefix(b" ") if line != b"data" else b"" for line in event.split(b"\n")
+              if line.startswith(b"data:") or line == b"data"]
+    return b"\n".join(values) if values else None
+
+
+def with_data(event: bytes, data: bytes) -> bytes:
+    """`event` with its data replaced by `data` (one line: JSON as orjson writes it): one `data:` line
+    where its first was, its other fields (`event:`, `id:`) kept."""
+    lines: list[bytes] = []
+    for line in event.split(b"\n"):
+        if not (line.startswith(b"data:") or line == b"data"):
+            lines.append(line)
+        elif data:
+            lines.append(b"data: " + data)
+            data = b""
+    return b"\n".join(lines)
+
+
 class StreamInspector:
     """Incrementally parse an OpenAI-style SSE stream for usage and text.
 
@@ -305,44 +328,54 @@ class StreamInspector:
 
     def _inspect(self, event: bytes) -> bytes:
         """Record what the event says; the event to relay (b"" for the usage-only chunk to strip)."""
-        keep = True
-        for line in event.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                self.saw_done = True
-                continue
-            try:
-                obj = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                self.parse_errors += 1
-                continue
-            if not isinstance(obj, dict):
-                continue
-            if not self._absorb(obj):
-                keep = False
-            elif (message := self._redact(obj)) is not None:
-                event = event.replace(line, b"data: " + redact(self._rendered(obj, message), self.secret))
-        return event if keep else b""
+        payload = event_data(event)
+        if payload is None:
+            return event  # a comment, a ping
+        if payload.strip() == b"[DONE]":
+            self.saw_done = True
+            return event
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self.parse_errors += 1
+            return event
+        if not isinstance(obj, dict):
+            return event
+        if not self._absorb(obj):
+            return b""
+        if (message := self._redact(obj)) is not None:
+            event = with_data(event, redact(self._rendered(obj, message), self.secret))
+        return event
 
     def _redact(self, obj: dict[str, Any]) -> str | None:
-        """Replace the provider's message in an error event (chat's `error`, the Responses API's `error`
-        event and `response.failed`); the message put in its place, or None when `obj` was not one."""
-        holder: Any = obj.get("error")
-        if self.endpoint == "responses":
-            kind = obj.get("type")
-            response = obj.get("response")
-            holder = obj if kind == "error" else response.get("error") if isinstance(response, dict) else None
-        if not isinstance(holder, dict) or "message" not in holder:
-            return None
-        holder["message"] = message = stream_failure(self.provider, holder["message"], self.secret)
-        return message
+        """Replace the provider's error in an error event (chat's `error`, the Responses API's `error`
+        event and a response's `error`) by `stream_error`'s; the message put in its place, or None
+        when `obj` was not one. Any `error` an SDK raises on (one that is not empty) is one, whatever
+        its shape: a string error carried the provider's message whole."""
+        if self.endpoint != "responses":
+            if not obj.get("error"):
+                return None
+            obj["error"] = stream_error(self.provider, obj["error"], "upstream_error", self.secret)
+            return str(obj["error"]["message"])
+        response = obj.get("response")
+        if obj.get("type") == "error":  # the event is the error: rebuilt of its labels
+            sequence = obj.get("sequence_number")
+            kept = stream_error(self.provider, obj, None, self.secret)
+            obj.clear()
+            obj.update({**kept, "type": "error"})
+            if isinstance(sequence, int):
+                obj["sequence_number"] = sequence
+            return str(kept["message"])
+        if isinstance(response, dict) and response.get("error"):
+            response["error"] = stream_error(self.provider, response["error"], None, self.secret)
+            return str(response["error"]["message"])
+        return None
 
     def _rendered(self, obj: dict[str, Any], message: str) -> bytes:
         """A redacted error event as JSON. orjson reads deeper nesting than it writes (255 levels): an
         event it cannot write back becomes a generic error of the same kind, with the provider's other
-        fields left out, instead of an exception that cut the client's connection mid-stream."""
+        fields left out, instead of an exception that cut the client's connection mid-stream. (A
+        Responses `error` event is rebuilt of its labels alone: it is always written back.)"""
         try:
             return orjson.dumps(obj)
         except orjson.JSONEncodeError:
@@ -351,8 +384,6 @@ class StreamInspector:
     def _generic_error(self, kind: Any, message: str) -> dict[str, Any]:
         if self.endpoint != "responses":
             return {"error": {"message": message, "type": "upstream_error"}}
-        if kind == "error":
-            return {"type": "error", "code": "upstream_error", "message": message, "param": None}
         error = {"code": "server_error", "message": message}
         return {"type": kind if isinstance(kind, str) else "response.failed",
                 "response": {"object": "response", "status": "failed", "error": error}}

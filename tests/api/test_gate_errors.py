@@ -9,7 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
+import openai
 import orjson
 import pytest
 
@@ -457,6 +459,50 @@ def test_a_mid_stream_provider_error_does_not_leak_the_account(
     assert responses.text.count('"code":"rate_limit_exceeded"') == 2
     rows = ledger_rows(gw.settings.database_url)  # each broken stream still recorded
     assert sorted(r["request_id"] for r in rows) == sorted(r.headers["x-request-id"] for r in answers.values())
+
+
+def test_a_relayed_stream_error_of_any_shape_does_not_leak_the_account(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """Only an error object's `message` was replaced in a relayed stream: a provider (or a proxy in its
+    place) answering with a string error, with its text in another field (OpenRouter's
+    `metadata.raw`), or with an error event written over two `data` lines (which the SDKs join) had
+    the official SDKs raise the provider's message, naming the company's organisation."""
+    upstream = ScriptedUpstream()
+    first = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"}}]}
+    claude_first = {"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
+        "content": [], "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}
+    openai_errors = [{"error": ACCOUNT_DETAILS}, {"error": {"code": 429, "message": "x", "metadata": {"raw": ACCOUNT_DETAILS}}}]
+    split = ('data: {"error":\ndata: {"message": "' + ACCOUNT_DETAILS + '", "type": "server_error"}}\n\n').encode()
+    claude_split = ('event: error\ndata: {"type": "error",\ndata: "error": {"type": "overloaded_error", "message": "'
+                    + ACCOUNT_DETAILS + '"}}\n\n').encode()
+    raised: list[str] = []
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url)
+        client = gw.openai()
+        claude = anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0)
+        answers = [*[(upstream.sse, (first, error)) for error in openai_errors],
+                   (upstream.typed, (b"text/event-stream", b"data: " + orjson.dumps(first) + b"\n\n" + split))]
+        for queue, args in answers:
+            queue(*args)  # type: ignore[operator]
+            with pytest.raises(openai.APIError) as exc:
+                list(client.chat.completions.create(model=MODEL, messages=user(), stream=True))  # type: ignore[arg-type]
+            raised.append(str(exc.value.message) + json.dumps(exc.value.body))
+        for error in ({"type": "error", "error": ACCOUNT_DETAILS}, None):
+            body = orjson.dumps(claude_first)
+            events = b"data: " + body + b"\n\n" + (
+                claude_split if error is None else b"event: error\ndata: " + orjson.dumps(error) + b"\n\n")
+            upstream.typed(b"text/event-stream", events)
+            with pytest.raises(anthropic.APIStatusError) as claude_exc:
+                with claude.messages.stream(model="claude-3-5-haiku-20241022", max_tokens=20, messages=user()) as stream:  # type: ignore[arg-type]
+                    list(stream.text_stream)
+            raised.append(str(claude_exc.value.message) + json.dumps(claude_exc.value.body))
+    assert len(raised) == 5
+    for text in raised:
+        assert SECRET_ORG not in text and "failed during the stream" in text, text
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 5)  # each recorded once
 
 
 def test_a_providers_long_stream_error_message_is_clipped_in_the_log(

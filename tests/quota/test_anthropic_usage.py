@@ -240,9 +240,27 @@ def test_an_error_event_too_deep_to_write_back_is_replaced_by_a_generic_one() ->
     """orjson reads 1,024 levels but writes 255: re-writing the redacted event raised a JSONEncodeError
     that cut the client's connection mid-stream and left the request recorded as a success."""
     deep = "[" * 300 + "]" * 300
-    raw = b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "org-123", "x": '
-    relayed = AnthropicStreamInspector().feed(raw + deep.encode() + b"}}\n\n")
+    raw = b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "org-123"}, "x": '
+    relayed = AnthropicStreamInspector().feed(raw + deep.encode() + b"}\n\n")
     assert relayed.startswith(b"event: error\ndata: ") and b"org-123" not in relayed
     assert orjson.loads(relayed.split(b"data: ", 1)[1]) == {
         "type": "error", "error": {"type": "api_error", "message": "Provider anthropic failed during the stream"}
     }
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'event: error\ndata: {"type": "error", "error": "Overloaded: org-123 over its quota"}',
+        b'event: error\ndata: {"type": "error",\ndata: "error": {"type": "overloaded_error", "message": "org-123 over its quota"}}',
+    ],
+)
+def test_an_error_event_of_any_shape_carries_no_provider_text(raw: bytes) -> None:
+    """An `error` that was a string, or an error event whose JSON spans two `data` lines (read line by
+    line, it was read as none), reached the client with the provider's message: it is Anthropic's
+    error shape with the generic message now, its type kept when it had one."""
+    relayed = AnthropicStreamInspector().feed(raw + b"\n\n")
+    assert b"org-123" not in relayed and relayed.startswith(b"event: error\ndata: ")
+    error = orjson.loads(relayed.split(b"data: ", 1)[1])["error"]
+    assert error["message"] == "Provider anthropic failed during the stream"
+    assert error["type"] == ("overloaded_error" if b"overloaded_error" in raw else "api_error")

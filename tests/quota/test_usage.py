@@ -270,12 +270,9 @@ DEEP = "[" * 300 + "]" * 300  # orjson reads 1,024 levels but writes only 255
 @pytest.mark.parametrize(
     ("endpoint", "raw", "expected"),
     [
-        ("chat", '{"error": {"message": "org-123 over quota", "param": DEEP}}',
+        ("chat", '{"error": {"message": "org-123 over quota", "param": "p"}, "x": DEEP}',
          {"error": {"message": "Provider openai failed during the stream", "type": "upstream_error"}}),
-        ("responses", '{"type": "error", "message": "org-123 over quota", "param": DEEP}',
-         {"type": "error", "code": "upstream_error", "message": "Provider openai failed during the stream",
-          "param": None}),
-        ("responses", '{"type": "response.failed", "response": {"error": {"message": "org-123", "x": DEEP}}}',
+        ("responses", '{"type": "response.failed", "response": {"error": {"message": "org-123"}, "x": DEEP}}',
          {"type": "response.failed", "response": {"object": "response", "status": "failed", "error": {
              "code": "server_error", "message": "Provider openai failed during the stream"}}}),
     ],
@@ -290,6 +287,53 @@ def test_an_error_event_too_deep_to_write_back_is_replaced_by_a_generic_one(
     sent += inspector.done  # `response.failed` is held back, to be sent last
     assert orjson.loads(sent.removeprefix(b"data: ")) == expected
     assert b"org-123" not in sent
+
+
+SECRET = "org-123 over its quota of 30000"
+GENERIC = "Provider openai failed during the stream"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "raw", "expected"),
+    [
+        # A string error (TGI, proxies): relayed whole, as the SDK raises it.
+        ("chat", b'data: {"error": "org-123 over its quota of 30000"}',
+         {"error": {"type": "upstream_error", "message": GENERIC}}),
+        # OpenRouter's `metadata.raw` quotes the provider's own error answer.
+        ("chat", b'data: {"error": {"code": 502, "message": "x", "metadata": {"raw": "org-123 over its quota of 30000"}}}',
+         {"error": {"code": 502, "type": "upstream_error", "message": GENERIC}}),
+        # One JSON value over two `data` lines: the SDK joins them (and raised the provider's message).
+        ("chat", b'data: {"error":\ndata: {"message": "org-123 over its quota of 30000", "type": "server_error"}}',
+         {"error": {"type": "server_error", "message": GENERIC}}),
+        ("responses", b'data: {"type": "error", "code": "rate_limit_exceeded", "message": "x", "param": null, '
+                      b'"sequence_number": 4, "detail": "org-123 over its quota of 30000"}',
+         {"type": "error", "code": "rate_limit_exceeded", "param": None, "message": GENERIC, "sequence_number": 4}),
+        ("responses", b'data: {"type": "response.failed", "response": {"id": "r", "error": "org-123 over its quota of 30000"}}',
+         {"type": "response.failed", "response": {"id": "r", "error": {"message": GENERIC}}}),
+    ],
+)
+def test_a_relayed_error_event_of_any_shape_carries_no_provider_text(
+    endpoint: str, raw: bytes, expected: dict[str, Any]
+) -> None:
+    """Only an error object's `message` was replaced: an error that was a string, the provider's text
+    in another field of it, or an error event whose JSON spans two `data` lines (read line by line,
+    it was read as none) reached the client with the provider's message, naming the company's
+    account. The error keeps its labels (type, code, param) and gets the generic message."""
+    inspector = StreamInspector(endpoint)
+    sent = inspector.feed(raw + b"\n\n") + inspector.flush() + inspector.done
+    assert b"org-123" not in sent
+    assert sent.count(b"data: ") == 1 and sent.endswith(b"\n\n")
+    assert orjson.loads(sent.removeprefix(b"data: ")) == expected
+
+
+def test_a_usage_chunk_over_two_data_lines_is_read() -> None:
+    """An event's data is its `data` lines joined (as the SDKs read it): a usage chunk written over two
+    lines went unread, and the stream was charged its streamed text instead of the provider's count."""
+    inspector = StreamInspector("chat", strip_usage_chunk=True)
+    split = b'data: {"id": "c1", "choices": [],\ndata:  "usage": {"prompt_tokens": 500, "completion_tokens": 300}}\n\n'
+    sent = inspector.feed(delta("Hi") + split + DONE)
+    assert inspector.usage == Usage(500, 300)
+    assert b"usage" not in sent  # the usage-only chunk Sentinel asked for is still stripped
 
 
 # --- a Responses answer's hosted-tool items ----------------------------------------------------------

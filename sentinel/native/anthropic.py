@@ -35,6 +35,7 @@ _DATA_URL = re.compile(r"^data:(image/[a-zA-Z0-9.+-]+);base64,(.+)$", re.DOTALL)
 _STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",
     "max_tokens": "length",
+    "model_context_window_exceeded": "length",  # the output was cut by the context window: not whole
     "stop_sequence": "stop",
     "tool_use": "tool_calls",
     "refusal": "content_filter",

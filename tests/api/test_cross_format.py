@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from tests.api.conftest import Gateway
+from tests.support.servers import serving
+from tests.support.upstream import ScriptedUpstream
 
 HAIKU = "claude-3-5-haiku-20241022"
 MINI = "gpt-4o-mini"
@@ -275,3 +277,34 @@ def test_an_alias_is_served_by_a_target_that_can_carry_the_request(
             {"role": "user", "content": "x #mock:status=503"}]})
         assert failed.status_code == 502, failed.text
         assert failed.json()["error"]["code"] == "provider_error" and failed.json()["error"]["provider"] == "openai"
+
+
+def test_an_answer_cut_by_the_context_window_is_length_for_an_openai_client(
+    gateway_factory: Callable[..., Gateway]
+) -> None:
+    """Claude's `model_context_window_exceeded` (the output cut by the context window) was read as an
+    unknown stop reason, `stop`: an OpenAI client was told a cut answer was whole. It is `length`,
+    streamed or not, as `max_tokens` is."""
+    scripted = ScriptedUpstream()
+    usage = {"input_tokens": 5, "output_tokens": 2}
+    whole = {"id": "msg_1", "type": "message", "role": "assistant", "model": HAIKU, "stop_sequence": None,
+             "content": [{"type": "text", "text": "cut"}], "stop_reason": "model_context_window_exceeded",
+             "usage": usage}
+    events = [
+        {"type": "message_start", "message": {**whole, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "cut"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "model_context_window_exceeded", "stop_sequence": None},
+         "usage": {"output_tokens": 2}},
+        {"type": "message_stop"},
+    ]
+    with serving(scripted) as srv:
+        client = gateway_factory(anthropic_api_url=srv.url).openai()
+        scripted.json(whole)
+        answer = client.chat.completions.create(model=HAIKU, messages=[{"role": "user", "content": "hi"}])
+        scripted.sse(*events)
+        chunks = list(client.chat.completions.create(model=HAIKU, messages=[{"role": "user", "content": "hi"}],
+                                                     stream=True))
+    assert answer.choices[0].finish_reason == "length"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]

@@ -6,9 +6,9 @@ A Responses answer's hosted-tool items (an MCP server's tool list and call outpu
 code logs) are input: the model reads them in the steps that follow, and only the final usage counts
 them. An answer or stream without that usage is charged them as read (`items_read`).
 `StreamInspector` watches an SSE byte stream without delaying it: it splits events, pulls usage and
-text from their data (`event_data`: as the SDKs read it), (when Sentinel injected `stream_options.include_usage` on the client's
-behalf) drops the usage-only chunk the client did not ask for, and replaces the error of a
-provider's error event (`providers.errors.stream_error`).
+text from their data (`event_data`: as the SDKs read it), (when Sentinel injected
+`stream_options.include_usage` on the client's behalf) drops the usage-only chunk the client did
+not ask for, and replaces the error of a provider's error event (`providers.errors.stream_error`).
 """
 
 from __future__ import annotations
@@ -222,8 +222,7 @@ def event_data(event: bytes) -> bytes | None:
     its `data` lines, one leading space dropped, joined by line feeds; None when it has none (a
     comment, a ping). Read line by line, a JSON value split over two `data` lines was read as none:
     its usage went unread, and an error's message reached the client unreplaced."""
-    values = [line[5:].removeprefix(b" ") if line != b"data" else b"" for line in event.split(b"\n")
-              if line.startswith(b"data:") or line == b"data"]
+    values = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if _is_data(line)]
     return b"\n".join(values) if values else None
 
 
@@ -232,12 +231,16 @@ def with_data(event: bytes, data: bytes) -> bytes:
     where its first was, its other fields (`event:`, `id:`) kept."""
     lines: list[bytes] = []
     for line in event.split(b"\n"):
-        if not (line.startswith(b"data:") or line == b"data"):
+        if not _is_data(line):
             lines.append(line)
         elif data:
             lines.append(b"data: " + data)
             data = b""
     return b"\n".join(lines)
+
+
+def _is_data(line: bytes) -> bool:
+    return line.startswith(b"data:") or line == b"data"  # (a field without a colon has an empty value)
 
 
 class StreamInspector:

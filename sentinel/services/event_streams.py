@@ -2,7 +2,10 @@
 
 The inspector (`quota.usage.StreamInspector` for OpenAI, `quota.anthropic_usage.AnthropicStreamInspector`
 for Anthropic) passes events on, reads the usage, and holds back the final event (`[DONE]`,
-`message_stop`) so that it reaches the client only after the usage record is durable.
+`message_stop`) so that it reaches the client only after the usage record is durable. A stream
+Sentinel stops — the provider's connection broke or timed out, an event over the size cap, an event
+no check foresaw — ends with an error event in the surface's shape instead (`failure_event`); one
+the provider itself ended without its final event simply ends, as it would have without Sentinel.
 """
 
 from __future__ import annotations
@@ -11,7 +14,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
+import orjson
+
 from sentinel.errors import UpstreamError
+from sentinel.native.anthropic_stream import render_error_event as anthropic_error_event
+from sentinel.native.stream import render_error_event
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
@@ -50,12 +57,14 @@ def relay_events(
     """The upstream's stream relayed through `inspector`, its usage settled by `settle(status)`.
 
     A stream that ends without its final event is counted as truncated; an upstream failing
-    mid-stream ends the stream (its headers are gone) and is settled as 502, usage so far included.
+    mid-stream ends the stream (its headers are gone) with an error event (`failure_event`) and is
+    settled as 502, usage so far included.
     """
     started = time.perf_counter()
 
     async def produce(ending: Ending) -> AsyncIterator[bytes]:
         ending.status = upstream.status
+        failure = b""
         try:
             async for chunk in upstream.iter_chunks():
                 out = inspector.feed(chunk)
@@ -71,13 +80,16 @@ def relay_events(
         except UpstreamError as exc:
             metrics.upstream_errors.labels(upstream.provider, exc.code).inc()
             ending.status = 502
+            code = "parse_error" if exc.code == "stream_event_too_large" else "connection_closed"
+            failure = failure_event(endpoint, exc.message, code)
         except Exception as exc:  # unexpected (an event the inspector could not handle): ended as above
-            failure = unexpected_stream_failure(exc, upstream.provider)
-            metrics.upstream_errors.labels(upstream.provider, "stream_" + failure.code).inc()
+            unexpected = unexpected_stream_failure(exc, upstream.provider)
+            metrics.upstream_errors.labels(upstream.provider, "stream_" + unexpected.code).inc()
             ending.status = 502
+            failure = failure_event(endpoint, unexpected.message, unexpected.code)
         finally:
             upstream.close()
-        ending.last = inspector.done
+        ending.last = inspector.done or failure
 
     async def observe() -> None:
         metrics.upstream_duration.labels(upstream.provider, endpoint).observe(time.perf_counter() - started)
@@ -87,3 +99,16 @@ def relay_events(
     stream = MeteredStream(produce, settle, observe)
     headers = relayable_headers(upstream.headers) + SSE_HEADERS
     return StreamReply(upstream.status, headers, stream.chunks(), stream.on_close)
+
+
+def failure_event(endpoint: str, message: str, code: str) -> bytes:
+    """The event that ends a relayed stream Sentinel stopped, in the surface's shape (the status line
+    is gone): Anthropic's `error` event on `/v1/messages`, the Responses API's `error` event, chat's
+    and completions' `{"error": …}` chunk — what each SDK raises (or, for Responses, yields) as an
+    error. Without it the stream ended as a whole one would: the SDKs took a cut answer as complete."""
+    if endpoint == "messages":
+        return anthropic_error_event(message)
+    if endpoint == "responses":
+        error = {"type": "error", "code": code, "message": message, "param": None}
+        return b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
+    return render_error_event(message, "stream_error", code)

@@ -10,7 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
+import openai
+import orjson
 import pytest
 
 from sentinel.errors import StoreUnavailable
@@ -302,7 +305,7 @@ def test_an_unexpected_failure_mid_stream_ends_the_stream_as_a_502(
                 upstream.sse(*events)
                 answers.append(http.post(path, json=body))
     assert [r.status_code for r in answers] == [200] * 3, [r.text for r in answers]
-    assert "[DONE]" not in answers[0].text
+    assert "[DONE]" not in answers[0].text and '"code":"internal_error"' in answers[0].text
     assert "event: error" in answers[1].text and "message_stop" not in answers[1].text
     assert '"code":"internal_error"' in answers[2].text and "[DONE]" not in answers[2].text
     for r in answers:
@@ -487,3 +490,42 @@ def test_a_served_answer_that_cannot_be_read_is_charged_the_output_it_reserved(
     rows = recorded(gw, r.headers["x-request-id"])
     assert [(row["status"], row["usage_source"], row["output_tokens"]) for row in rows] == [
         (200, "estimated", reserved)], rows
+
+
+def _cut_mid_stream(first: dict[str, Any]) -> RawUpstream:
+    """An upstream whose event stream breaks after its first event (fewer bytes than it announced)."""
+    event = b"data: " + orjson.dumps(first) + b"\n\n"
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 100000\r\n\r\n"
+    return RawUpstream(head + event)
+
+
+def test_a_relayed_stream_whose_provider_broke_off_ends_with_an_error_the_sdks_raise(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """A relayed stream Sentinel stopped (the provider's connection broke mid-stream; an event over
+    the size cap, a read timeout alike) ended as a whole stream ends: the official SDKs took the cut
+    answer as complete, raising nothing. It ends with an error event in the surface's shape now —
+    chat's error chunk, the Responses API's `error` event, Anthropic's `error` event — recorded 502."""
+    chat_first = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+                  "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]}
+    claude_first = {"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
+        "content": [], "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}
+    cut_openai, cut_claude = _cut_mid_stream(chat_first), _cut_mid_stream(claude_first)
+    gw = gateway_factory(openai_api_url=cut_openai.url + "/v1", anthropic_api_url=cut_claude.url)
+    with pytest.raises(openai.APIError) as chat:
+        list(gw.openai().chat.completions.create(model="gpt-4o-mini", messages=ASK, stream=True))  # type: ignore[arg-type]
+    claude = anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as messages:  # noqa: PT012 - the error comes while reading
+        with claude.messages.stream(model="claude-3-5-haiku-20241022", max_tokens=20, messages=ASK) as stream:  # type: ignore[arg-type]
+            list(stream.text_stream)
+    with gw.client() as http:
+        responses = http.post("/v1/responses", json={**RESPONSE, "stream": True})
+    broke = "Upstream {} connection failed: ClientPayloadError"
+    assert chat.value.body == {"message": broke.format("openai"), "type": "stream_error", "code": "connection_closed"}
+    assert messages.value.body == {"type": "error", "error": {"type": "api_error", "message": broke.format("anthropic")}}
+    assert responses.text.endswith("event: error\ndata: " + orjson.dumps(
+        {"type": "error", "code": "connection_closed", "message": broke.format("openai"), "param": None}).decode() + "\n\n")
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 3)
+    rows = ledger_rows(gw.settings.database_url)
+    assert [row["status"] for row in rows] == [502] * 3, rows

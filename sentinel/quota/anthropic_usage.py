@@ -293,6 +293,7 @@ class AnthropicStreamInspector:
         self._text: list[str] = []
         self._read: list[Any] = []  # the server tools' results, whole (`read_input`)
         self.parse_errors = 0
+        self.failed = False  # the provider's `error` event came
         self.done = b""
 
     @property
@@ -347,6 +348,7 @@ class AnthropicStreamInspector:
         self._absorb(obj)
         if obj.get("type") == "error":  # whatever its `error` holds (a string carried the message whole)
             obj["error"] = error = stream_error(self.provider, obj.get("error"), "api_error", self.secret)
+            self.failed = True
             event = with_data(event, redact(_rendered(obj, str(error["message"])), self.secret))
         return event + b"\n\n"
 

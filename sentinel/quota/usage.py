@@ -274,6 +274,7 @@ class StreamInspector:
         self._read_chars = 0
         self._read_tokens = 0  # counted already: their scalars, and their text past READ_KEPT_CHARS
         self.parse_errors = 0
+        self.failed = False  # the provider's error event came (chat's `error`, the Responses API's `error`)
         self.saw_done = False
         self.object_id: str | None = None  # the answer's own id (a stored response or chat completion)
         self.audio: dict[str, Any] = {}  # a chat answer's audio answers: id -> `expires_at` (None until given)
@@ -359,6 +360,7 @@ class StreamInspector:
             if not obj.get("error"):
                 return None
             obj["error"] = stream_error(self.provider, obj["error"], "upstream_error", self.secret)
+            self.failed = True
             return str(obj["error"]["message"])
         response = obj.get("response")
         if obj.get("type") == "error":  # the event is the error: rebuilt of its labels
@@ -368,8 +370,9 @@ class StreamInspector:
             obj.update({**kept, "type": "error"})
             if isinstance(sequence, int):
                 obj["sequence_number"] = sequence
+            self.failed = True
             return str(kept["message"])
-        if isinstance(response, dict) and response.get("error"):
+        if isinstance(response, dict) and response.get("error"):  # a failed response: an answer (not `failed`)
             response["error"] = stream_error(self.provider, response["error"], None, self.secret)
             return str(response["error"]["message"])
         return None

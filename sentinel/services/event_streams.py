@@ -35,6 +35,7 @@ class EventInspector(Protocol):
     """What the relay needs of a stream inspector."""
 
     parse_errors: int
+    failed: bool  # the provider's own error event came: the stream failed, whatever its status line said
 
     @property
     def done(self) -> bytes:
@@ -58,7 +59,7 @@ def relay_events(
 
     A stream that ends without its final event is counted as truncated; an upstream failing
     mid-stream ends the stream (its headers are gone) with an error event (`failure_event`) and is
-    settled as 502, usage so far included.
+    settled as 502, usage so far included; so is one that carried the provider's own error event.
     """
     started = time.perf_counter()
 
@@ -75,6 +76,8 @@ def relay_events(
             tail = inspector.flush()
             if tail:
                 yield tail
+            if inspector.failed:  # recorded as a provider failure, as the translated and native streams are
+                ending.status = 502
             if not inspector.done:
                 metrics.upstream_errors.labels(upstream.provider, "stream_truncated").inc()
         except UpstreamError as exc:

@@ -417,7 +417,8 @@ def test_a_mid_stream_provider_error_does_not_leak_the_account(
 ) -> None:
     """An error event inside a provider's stream is a provider failure too: relayed, native and
     translated streams carry the provider's code and a generic message (once they carried the
-    provider's message, naming the company's organisation and its limits)."""
+    provider's message, naming the company's organisation and its limits), and are recorded as a
+    provider failure (502) on every surface."""
     upstream = ScriptedUpstream()
     openai_error_event = {"error": {"message": ACCOUNT_DETAILS, "type": "server_error", "code": "rate_limit_exceeded"}}
     claude_error_event = {"type": "error", "error": {"type": "overloaded_error", "message": ACCOUNT_DETAILS}}
@@ -459,6 +460,8 @@ def test_a_mid_stream_provider_error_does_not_leak_the_account(
     assert responses.text.count('"code":"rate_limit_exceeded"') == 2
     rows = ledger_rows(gw.settings.database_url)  # each broken stream still recorded
     assert sorted(r["request_id"] for r in rows) == sorted(r.headers["x-request-id"] for r in answers.values())
+    # ... as the provider failure it is: a relayed stream's was recorded as a success (200)
+    assert [r["status"] for r in rows] == [502] * len(answers), rows
 
 
 def test_a_relayed_stream_error_of_any_shape_does_not_leak_the_account(

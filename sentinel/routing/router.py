@@ -75,6 +75,11 @@ class RouteChoice:
         return self.session is not None
 
     @property
+    def writes_session(self) -> bool:
+        """Whether `TierRouter.commit` has a session write to make for this decision."""
+        return self.pending_write is not None and self.conversation_id is not None
+
+    @property
     def bound(self) -> bool:
         """The conversation has been served by this model: a session's model, not one chosen for its
         first turn or for the turn that upgraded it."""
@@ -244,7 +249,7 @@ class TierRouter:
 
     async def commit(self, identity: Identity, decision: RouteChoice) -> None:
         """Apply the decision's session write, once its model answered the request. Never raises."""
-        if decision.pending_write is None or decision.conversation_id is None:
+        if decision.pending_write is None or decision.conversation_id is None:  # (`writes_session`, narrowed)
             return
         now = self.clock()
         try:

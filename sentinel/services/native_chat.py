@@ -195,8 +195,10 @@ class NativeChat:
         async def produce(ending: Ending) -> AsyncIterator[bytes]:
             try:  # the answer began: the session is this model's. Shielded: a client that left during
                 # the write cancels the stream, never the write (a first turn's session was left on a
-                # model that failed before the retry that answered, or not written at all)
-                await asyncio.shield(router.commit(identity, choice))
+                # model that failed before the retry that answered, or not written at all); a shield is
+                # a task of its own, so only when there is a write
+                if choice.writes_session:
+                    await asyncio.shield(router.commit(identity, choice))
             except BaseException:  # cancelled (the client left during the write): `events` never runs
                 stream.upstream.close()  # its `finally` would have; else the connection waits for GC
                 raise

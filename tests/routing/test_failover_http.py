@@ -201,7 +201,9 @@ def test_no_retry_after_the_first_byte(
     assert r.status_code == 200
     assert "[DONE]" not in events
     assert events[-1]["error"]["type"] == "stream_error"
-    assert len({e["id"] for e in events[:-1]}) == 1  # one upstream stream, not a second one spliced in
+    # One upstream stream, not a second one spliced in (none of its chunks may have been read: the
+    # connection's failure can reach Sentinel with the chunks before it, which aiohttp then drops).
+    assert len({e["id"] for e in events[:-1]}) <= 1
     assert metric(gw.url, "sentinel_model_selections_total", tier="simple") == 1
     provider, model = r.headers["x-sentinel-provider"], r.headers["x-sentinel-model"]
     # The provider answered before failing: only failures before the first byte count toward backoff.

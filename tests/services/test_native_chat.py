@@ -76,7 +76,8 @@ async def test_a_client_leaving_during_the_session_write_closes_the_upstream() -
     ran (the connection was freed only by the garbage collector)."""
     router, connection, meter = HeldRouter(), Connection(), Settled()
     chat = NativeChat(router, {}, meter, None)  # type: ignore[arg-type]
-    choice = RouteChoice("simple", TierModelEntry(provider="openai", model="gpt-4o-mini", relative_cost=1))
+    choice = RouteChoice("simple", TierModelEntry(provider="openai", model="gpt-4o-mini", relative_cost=1),
+                         conversation_id="conv-1", pending_write="create")  # a first turn: its session is written
     upstream = UpstreamResponse("openai", 200, [], connection)  # type: ignore[arg-type]
     stream = ProviderStream(upstream, OpenAIStreamNormalizer(provider="openai"))
     admission = Admission(ALICE, "native", "gpt-4o-mini", "r1")
@@ -104,7 +105,8 @@ async def test_a_client_leaving_during_the_session_write_does_not_cut_the_write_
     closed, settled as left (499)."""
     router, connection, meter = HeldRouter(), Connection(), Settled()
     chat = NativeChat(router, {}, meter, None)  # type: ignore[arg-type]
-    choice = RouteChoice("simple", TierModelEntry(provider="openai", model="gpt-4o-mini", relative_cost=1))
+    choice = RouteChoice("simple", TierModelEntry(provider="openai", model="gpt-4o-mini", relative_cost=1),
+                         conversation_id="conv-1", pending_write="create")  # a first turn: its session is written
     upstream = UpstreamResponse("openai", 200, [], connection)  # type: ignore[arg-type]
     stream = ProviderStream(upstream, OpenAIStreamNormalizer(provider="openai"))
     reply = chat._stream(Exchange(usage_id="r1"), ALICE, stream, choice, Admission(ALICE, "native", "gpt-4o-mini", "r1"))

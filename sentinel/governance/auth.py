@@ -171,13 +171,15 @@ class Authenticator:
             found = None
         except GovernanceUnavailable as exc:
             if stale is not None:
-                self._repeated.warning("identity source unavailable; serving a cached identity", extra={"source": source.name})
+                self._repeated.warning("identity source unavailable; serving a cached identity",
+                                       extra={"source": source.name}, key=source.name)
                 return self._admit(stale)
             if not isinstance(exc, StandIn):
                 raise
             if await self._refused_before(key, exc):
                 raise AuthenticationError() from None
-            self._repeated.warning("identity source unavailable; serving a token from its claims", extra={"source": source.name})
+            self._repeated.warning("identity source unavailable; serving a token from its claims",
+                                   extra={"source": source.name}, key=source.name)
             found, confirmed = exc.identity, False
         if found is None or self._expired(found):
             await self.cache.put(key, None, ttl=self.negative_ttl)

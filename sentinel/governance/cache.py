@@ -189,7 +189,7 @@ class GovernanceCache(Generic[T]):
                 keep_ms = max(1, round((keep_until - now) * 1000))
                 await self.store.run(PUT_VALUE, [self.prefix + key], [orjson.dumps(entry).decode(), keep_ms])
         except StoreUnavailable:
-            self._repeated.warning("could not cache a %s entry: store unavailable", self.name)
+            self._repeated.warning("could not cache a %s entry: store unavailable", self.name, key=self.name)
 
     async def forget(self, key: str) -> None:
         """Drop the entry for `key` (the next lookup asks the source); raises StoreUnavailable."""

@@ -91,9 +91,11 @@ class Repeated:
     line written says how many it stands for (`suppressed`). At 2,000 requests/s an outage is one
     line a minute per message, not thousands a second, when operators need readable logs.
 
-    A message is its template (`msg`, before `%` formatting): the arguments and `extra` may differ
-    between occurrences (the first one's are written); so `msg` must be a constant, never a string
-    with values formatted in, or each value would be a message of its own (and kept forever).
+    A message is its template (`msg`, before `%` formatting) and its `key` (what fails, when one
+    template speaks of several: a backend, a source, so that a second one's outage is not hidden in
+    the first one's count): the arguments and `extra` may differ between occurrences (those of the
+    occurrence written are written); so `msg` and `key` must come from a small fixed set, never a
+    string with values formatted in, or each value would be a message of its own (and kept forever).
     """
 
     def __init__(
@@ -102,36 +104,42 @@ class Repeated:
         self.logger = logger
         self.interval = interval
         self.clock = clock
-        self._seen: dict[str, _Seen] = {}
+        self._seen: dict[tuple[str, str], _Seen] = {}
 
-    def warning(self, msg: str, *args: object, extra: Mapping[str, object] | None = None) -> bool:
+    def warning(
+        self, msg: str, *args: object, extra: Mapping[str, object] | None = None, key: str = ""
+    ) -> bool:
         """`log` at WARNING."""
-        return self._log(logging.WARNING, msg, args, extra)
+        return self._log(logging.WARNING, msg, args, extra, key)
 
-    def log(self, level: int, msg: str, *args: object, extra: Mapping[str, object] | None = None) -> bool:
-        """Write `msg % args` unless `msg` was written less than `interval` seconds ago (then count
-        it); whether it was written."""
-        return self._log(level, msg, args, extra)
+    def log(
+        self, level: int, msg: str, *args: object, extra: Mapping[str, object] | None = None, key: str = ""
+    ) -> bool:
+        """Write `msg % args` unless (`msg`, `key`) was written less than `interval` seconds ago (then
+        count it); whether it was written."""
+        return self._log(level, msg, args, extra, key)
 
-    def _log(self, level: int, msg: str, args: tuple[object, ...], extra: Mapping[str, object] | None) -> bool:
+    def _log(
+        self, level: int, msg: str, args: tuple[object, ...], extra: Mapping[str, object] | None, key: str
+    ) -> bool:
         if not self.logger.isEnabledFor(level):
             return False
         now = self.clock()
-        seen = self._seen.get(msg)
+        seen = self._seen.get((msg, key))
         if seen is not None and now - seen.written < self.interval:
             seen.suppressed += 1
             return False
         fields = dict(extra or {})
         if seen is not None and seen.suppressed:
             fields["suppressed"] = seen.suppressed
-        self._seen[msg] = _Seen(now)
+        self._seen[(msg, key)] = _Seen(now)
         self.logger.log(level, msg, *args, extra=fields, stacklevel=3)  # the line of our caller's call
         return True
 
-    def forget(self, msg: str) -> int | None:
-        """End `msg`'s repetition (what it reported is over): its next occurrence is written at once.
-        How many occurrences went unwritten since it last was; None when it had not been written."""
-        seen = self._seen.pop(msg, None)
+    def forget(self, msg: str, key: str = "") -> int | None:
+        """End (`msg`, `key`)'s repetition (what it reported is over): its next occurrence is written
+        at once. How many occurrences went unwritten since it last was; None when it had not been written."""
+        seen = self._seen.pop((msg, key), None)
         return None if seen is None else seen.suppressed
 
 

@@ -166,7 +166,7 @@ class DurableOutbox:
                 await part.put(record)
                 return True
             except (StoreUnavailable, GovernanceUnavailable) as exc:
-                self._repeated.warning("usage outbox %s unavailable: %s", part.backend, exc.message)
+                self._repeated.warning("usage outbox %s unavailable: %s", part.backend, exc.message, key=part.backend)
             except Exception:  # noqa: BLE001 - not an outage (a bug, a closed writer): the next backend all the same
                 log.exception("usage outbox %s failed to store a record", part.backend,
                               extra={"record_id": record.request_id})

@@ -148,6 +148,22 @@ def test_a_repeated_message_is_written_once_an_interval_with_the_count_it_stands
     assert [line.get("n") for line in lines] == [0, 101, None]  # each written line's own fields
 
 
+def test_one_template_for_several_backends_is_told_apart_by_its_key(capture: Capture) -> None:
+    """`usage outbox %s unavailable` was one message for every backend: SQL failing after Redis was
+    never written (its lines counted in Redis's)."""
+    clock = FakeClock()
+    repeated = Repeated(capture.logger, clock=clock)
+    for backend in ("redis", "sql", "redis", "sql"):
+        repeated.warning("usage outbox %s unavailable", backend, key=backend)
+    clock.advance(60)
+    repeated.warning("usage outbox %s unavailable", "sql", key="sql")
+    lines = capture.lines()
+    assert [line["msg"] for line in lines] == [
+        "usage outbox redis unavailable", "usage outbox sql unavailable", "usage outbox sql unavailable"]
+    assert [line.get("suppressed") for line in lines] == [None, None, 1]
+    assert repeated.forget("usage outbox %s unavailable", "redis") == 1
+
+
 def test_messages_are_told_apart_by_their_template_not_their_arguments(capture: Capture) -> None:
     repeated = Repeated(capture.logger, clock=FakeClock())
     for name in ("identity", "plan", "identity"):

@@ -9,6 +9,7 @@ and tried again with the next flush. `RequestStats.series` reads them in time bu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,7 @@ class RequestStatsWriter:
         self.outcomes = outcomes
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def flush(self) -> None:
         """Write what was counted since the last flush (given back to the counter on an outage)."""
@@ -86,25 +88,34 @@ class RequestStatsWriter:
         except GovernanceUnavailable as exc:
             self.outcomes.give_back(taken)
             log.warning("could not write request statistics; kept for the next flush", extra={"error": exc.message})
+        except Exception:
+            self.outcomes.give_back(taken)
+            raise
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.flush()
+        """Flush every `interval` seconds until `stop` (which lets a flush under way end: cancelled, the
+        counts it had taken were lost); a flush that fails unexpectedly is logged and tried again."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval)
+            if self._stopping.is_set():
+                return
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("could not write request statistics; kept for the next flush")
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping.clear()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="sentinel-request-stats")
 
     async def stop(self) -> None:
-        """Stop the loop and write what is left."""
+        """Stop the loop (a flush under way ends first) and write what is left."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            self._stopping.set()
+            await task
         await self.flush()
 
 

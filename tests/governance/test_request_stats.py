@@ -3,14 +3,18 @@ kept for the next flush while the database is down."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import create_engine, session_factory
 from sentinel.governance.request_stats import RequestStats, RequestStatsWriter
 from sentinel.observability.outcomes import MAX_PENDING_MINUTES, Outcomes, RequestOutcomes
 from tests.support.clock import FakeClock
+from tests.support.waiting import until
 
 T0 = datetime(2030, 3, 1, 12, 0, tzinfo=UTC).timestamp()
 MINUTE0 = int(T0) // 60
@@ -58,3 +62,35 @@ async def test_counts_survive_a_database_outage() -> None:
     finally:
         await engine.dispose()
     assert outcomes.take() == {MINUTE0: Outcomes(1, 0, 0, 1)}
+
+
+async def test_counts_being_written_when_the_server_stops_are_written(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`stop()` cancelled the loop: a flush under way at that moment had taken the counts from the
+    counter, and its cancelled write lost them (the final flush found nothing). The loop now ends
+    after its flush; the counts reach the table."""
+    import sentinel.governance.request_stats as module
+
+    gate, entered = asyncio.Event(), []
+    write = module.upsert_adding
+
+    async def gated(*args: Any, **kwargs: Any) -> None:
+        entered.append(True)
+        await gate.wait()
+        await write(*args, **kwargs)
+
+    monkeypatch.setattr(module, "upsert_adding", gated)
+    outcomes = RequestOutcomes(FakeClock(T0))
+    for status in (200, 200, 500):
+        outcomes.record(status)
+    writer = RequestStatsWriter(sessions, outcomes, interval=0)
+    writer.start()
+    await until(lambda: bool(entered))
+    stopping = asyncio.create_task(writer.stop())
+    for _ in range(10):
+        await asyncio.sleep(0)  # loop turns: stop() has begun
+    gate.set()
+    await stopping
+    buckets = await RequestStats(sessions).series(MINUTE0, MINUTE0 + 10, 5)
+    assert [(b.requests, b.server_errors) for b in buckets] == [(3, 1)]

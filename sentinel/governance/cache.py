@@ -33,22 +33,31 @@ from sentinel.store.base import LocalOps, Script
 
 log = logging.getLogger("sentinel.cache")
 
-# Set KEYS[1] to ARGV[1] for ARGV[2] ms unless it holds a refusal (an entry whose value is null).
+# Set KEYS[1] to ARGV[1] for ARGV[2] ms unless it holds a refusal (an entry whose value is null) —
+# but a change's hold (`held_at`) when the lookup began after it: ARGV[3], that lookup's start less
+# HOLD_MARGIN ("" for none), later than `held_at`.
 _REFUSED = b'{"v":null'
 _PUT_VALUE_LUA = """
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, 9) == '{"v":null' then
-  return 0
+  if ARGV[3] == '' then return 0 end
+  local held = cjson.decode(current)['held_at']
+  if type(held) ~= 'number' or tonumber(ARGV[3]) <= held then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
+# How much later than a change's hold a lookup must have begun to cache what it read: the clocks of
+# the process that made the change and of the one that looked up may differ by this much.
+HOLD_MARGIN = 2.0
 
 
 def _put_value_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     current = ops.get(keys[0])
     if current is not None and current.startswith(_REFUSED):
-        return 0
+        held = orjson.loads(current).get("held_at") if args[2] else None
+        if not isinstance(held, int | float) or float(args[2]) <= held:
+            return 0
     ops.set(keys[0], args[0].encode(), int(args[1]) / 1000)
     return 1
 
@@ -164,12 +173,13 @@ class GovernanceCache(Generic[T]):
 
     async def put(
         self, key: str, value: T | None, *, ttl: float | None = None, not_after: float | None = None,
-        stale: bool = False,
+        stale: bool = False, began: float | None = None,
     ) -> None:
         """Remember `value` (None: "there is no such thing") fresh for `ttl` (default: the cache's),
         kept `grace` longer for outages, and never past `not_after`; with `stale`, never fresh (for
         any process, whatever its clock: fresh until the epoch) and kept for `grace` — for outages
-        only. A store outage is logged only."""
+        only. `began`: when the lookup that found `value` began (`clock`), which may then replace a
+        change's `hold` it began HOLD_MARGIN after. A store outage is logged only."""
         now = self.clock()
         if stale:
             fresh_until, keep_until = 0.0, now + self.grace
@@ -187,7 +197,8 @@ class GovernanceCache(Generic[T]):
                 await self.store.set(self.prefix + key, orjson.dumps(entry), keep_until - now)
             else:  # never over a refusal (see the module docstring)
                 keep_ms = max(1, round((keep_until - now) * 1000))
-                await self.store.run(PUT_VALUE, [self.prefix + key], [orjson.dumps(entry).decode(), keep_ms])
+                after = "" if began is None else repr(began - HOLD_MARGIN)
+                await self.store.run(PUT_VALUE, [self.prefix + key], [orjson.dumps(entry).decode(), keep_ms, after])
         except StoreUnavailable:
             self._repeated.warning("could not cache a %s entry: store unavailable", self.name, key=self.name)
 
@@ -196,11 +207,16 @@ class GovernanceCache(Generic[T]):
         self._local.pop(key, None)
         await self.store.delete(self.prefix + key)
 
-    async def hold(self, key: str, seconds: float) -> None:
-        """Drop the entry for `key` and keep values out of it for `seconds` (a refusal: plans' lookups
-        meanwhile ask the source each time, identities' are refused): a lookup that read the source
-        before a change and answers after it cannot cache what it read (see the module docstring).
+    async def hold(self, key: str, seconds: float, *, reopens: bool = False) -> None:
+        """Drop the entry for `key` and keep values out of it for `seconds` (a refusal): a lookup that
+        read the source before a change and answers after it cannot cache what it read (see the
+        module docstring). With `reopens` (a plan changed: lookups meanwhile ask the source), a
+        value found by a lookup that began HOLD_MARGIN after the hold may replace it (`put`'s
+        `began`); without (a revoked key's tombstone, identities' lookups refused), none may.
         Raises StoreUnavailable."""
         self._local.pop(key, None)
-        entry = {"v": None, "fresh_until": self.clock() + seconds}
+        now = self.clock()
+        entry: dict[str, Any] = {"v": None, "fresh_until": now + seconds}
+        if reopens:
+            entry["held_at"] = now
         await self.store.set(self.prefix + key, orjson.dumps(entry), seconds)

@@ -25,8 +25,8 @@ from sentinel.store import Store
 
 log = logging.getLogger("sentinel.plans")
 
-# After a plan change, how long a user's plan is read from its source on every request rather than
-# cached: longer than a lookup that began before the change can take (its answer is not cached).
+# After a plan change, how long the hold that keeps out lookups begun before it lasts: longer than
+# such a lookup can take (one begun after it caches its answer over the hold).
 CHANGE_HOLD_SECONDS = 30.0
 
 
@@ -115,6 +115,7 @@ class CachedPlans:
         cached = await self.cache.get(identity.external_id)
         if cached is not None and cached.value is not None and cached.fresh:
             return cached.value
+        began = self.cache.clock()
         try:
             plan = await self.source.plan_for(identity)
         except GovernanceUnavailable:
@@ -122,11 +123,12 @@ class CachedPlans:
                 self._repeated.warning("plan source unavailable; enforcing the cached plan", extra={"user": identity.external_id})
                 return cached.value
             raise
-        await self.cache.put(identity.external_id, plan)
+        await self.cache.put(identity.external_id, plan, began=began)
         return plan
 
     async def forget(self, external_id: str) -> None:
-        """Drop the cached plan of `external_id` once it changed: the next requests read the source,
-        uncached for CHANGE_HOLD_SECONDS (or the TTL if shorter), so a lookup that read the plan before
-        the change cannot cache it after. Raises StoreUnavailable."""
-        await self.cache.hold(external_id, min(CHANGE_HOLD_SECONDS, self.cache.ttl))
+        """Drop the cached plan of `external_id` once it changed, so that a lookup that read the plan
+        before the change cannot cache it after: only one that began `HOLD_MARGIN` (2 s) after it may
+        (lookups meanwhile read the source). The hold lasts CHANGE_HOLD_SECONDS (or the TTL if
+        shorter). Raises StoreUnavailable."""
+        await self.cache.hold(external_id, min(CHANGE_HOLD_SECONDS, self.cache.ttl), reopens=True)

@@ -39,7 +39,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +179,14 @@ def load_encoding(name: str, search_dirs: Iterable[Path] = DEFAULT_SEARCH_DIRS) 
     raise EncodingUnavailable(f"no verified local file for encoding {name!r}")
 
 
+@lru_cache(maxsize=8)
+def shared_encoding(name: str, search_dirs: tuple[Path, ...] = DEFAULT_SEARCH_DIRS) -> tiktoken.Encoding:
+    """`load_encoding`, once per process for each (name, directories): an encoding is immutable and
+    safe to share, and building one takes ~0.5 s of CPU (every app in the process — a test suite's
+    many — built its own). A failure is not remembered: it is tried again next time."""
+    return load_encoding(name, search_dirs)
+
+
 def estimate_tokens(text: str) -> int:
     """The estimate used when no encoding loads: one token per 4 UTF-8 bytes, rounded up."""
     return math.ceil(len(text.encode("utf-8")) / 4)
@@ -270,7 +278,7 @@ class TokenCounter:
         search_dirs: Sequence[Path] = DEFAULT_SEARCH_DIRS,
         inputs: InputCounts | None = None,
     ) -> None:
-        self._loader: EncodingLoader = loader or (lambda name: load_encoding(name, search_dirs))
+        self._loader: EncodingLoader = loader or (lambda name: shared_encoding(name, tuple(search_dirs)))
         self._on_fallback = on_fallback
         self._encodings: dict[str, tiktoken.Encoding | None] = {}
         self._load_lock = threading.Lock()  # taken only while loading, never while counting

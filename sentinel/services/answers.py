@@ -184,7 +184,7 @@ class AnswerRelay:
         provider streaming unasked, or asked in a way Sentinel did not read — is never relayed: its
         usage would go unread (a complete answer's is read from its JSON). The provider served and
         billed it: it is read to its end (each event as it comes, nothing kept but what the events
-        say, `StreamInspector`) and recorded with the last `usage` an event showed, as an answer
+        say, `StreamInspector`) and recorded with the usage its events showed (`StreamInspector.usage`), as an answer
         Sentinel could not read (`UnreadableAnswer`: 502 `provider_bad_response`, see `Meter.fail`)."""
         inspector = StreamInspector(admission.endpoint, provider=upstream.provider, secret=upstream.secret)
         try:

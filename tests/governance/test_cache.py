@@ -14,6 +14,7 @@ import pytest
 
 from sentinel.governance.cache import Cached, GovernanceCache
 from sentinel.observability.metrics import Metrics
+from sentinel.store import Store
 from tests.support.clock import FakeClock
 from tests.support.metrics import counted
 from tests.support.stores import FlakyStore
@@ -149,3 +150,28 @@ async def test_a_store_outage_is_a_miss_and_a_put_is_only_logged() -> None:
     assert s.lookups("store_error") == 1
     s.store.recover()
     assert await s.cache.get("k") is None  # nothing was written during the outage
+
+
+async def test_a_hold_lets_in_only_a_value_looked_up_after_it(store: Store) -> None:
+    """On both backends (the Lua script and its local twin): a change's hold (`reopens`) refuses the
+    value of a lookup that began before it, or within the clocks' margin, and takes one begun later;
+    a revocation's tombstone (no `reopens`) takes none."""
+    clock = FakeClock(1_000_000.0)
+    cache: GovernanceCache[dict[str, int]] = GovernanceCache(
+        store, name="plan", prefix="t:hold:", encode=lambda v: v, decode=decode, ttl=300, grace=0, clock=clock)
+    await cache.put("u", {"n": 1})
+    began_before = clock()
+    clock.advance(1)
+    await cache.hold("u", 30, reopens=True)
+    await cache.put("u", {"n": 1}, began=began_before)
+    assert await cache.get("u") == Cached(None, True)
+    clock.advance(1)
+    await cache.put("u", {"n": 2}, began=clock())  # within the margin of the hold
+    assert await cache.get("u") == Cached(None, True)
+    clock.advance(2)
+    await cache.put("u", {"n": 3}, began=clock())
+    assert await cache.get("u") == Cached({"n": 3}, True)
+    await cache.hold("u", 30)  # a tombstone
+    clock.advance(10)
+    await cache.put("u", {"n": 4}, began=clock())
+    assert await cache.get("u") == Cached(None, True)

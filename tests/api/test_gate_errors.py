@@ -243,28 +243,38 @@ ACCOUNT_DETAILS = (f"Rate limit reached for gpt-4o-mini in organization {SECRET_
                    "Limit 30000, Used 29950, Requested 120.")
 
 
-class AccountDetailsUpstream:
-    """Answers every call with `status` and an error body (OpenAI's or Anthropic's shape) naming the
-    company's organisation, its limit and its usage, as OpenAI's rate-limit answers do."""
+class ErrorUpstream:
+    """Answers every call with `status` and the JSON error `answer(scope)` gives, with its extra headers."""
 
     def __init__(self, status: int) -> None:
         self.status = status
+
+    def answer(self, scope: Any) -> tuple[dict[str, Any], list[tuple[bytes, bytes]]]:
+        raise NotImplementedError
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             return await lifespan(receive, send)
         while (await receive()).get("more_body"):
             pass
+        error, extra = self.answer(scope)
+        body = orjson.dumps(error)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class AccountDetailsUpstream(ErrorUpstream):
+    """An error body (OpenAI's or Anthropic's shape) naming the company's organisation, its limit and
+    its usage, as OpenAI's rate-limit answers do."""
+
+    def answer(self, scope: Any) -> tuple[dict[str, Any], list[tuple[bytes, bytes]]]:
         if scope["path"].startswith("/v1/messages"):
             error: dict[str, Any] = {"type": "error", "error": {"type": "rate_limit_error"}}
         else:
             error = {"error": {"type": "tokens", "param": None, "code": "rate_limit_exceeded"}}
         error["error"]["message"] = ACCOUNT_DETAILS
-        body = orjson.dumps(error)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"retry-after", b"7"), (b"openai-organization", SECRET_ORG.encode())]
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        return error, [(b"retry-after", b"7"), (b"openai-organization", SECRET_ORG.encode())]
 
 
 @pytest.mark.parametrize("status", [429, 500])
@@ -299,27 +309,17 @@ def test_provider_failures_do_not_leak_the_account(
             assert error["provider"] == "openai"
 
 
-class EchoingUpstream:
-    """Answers every call with `status` and an error body quoting the credential it was sent (the
-    whole `Authorization` or `x-api-key` header, as proxies and OpenAI-compatible servers have
-    been seen to), in the message, the code and the type."""
+class EchoingUpstream(ErrorUpstream):
+    """An error body quoting the credential the call was sent (the whole `Authorization` or
+    `x-api-key` header, as proxies and OpenAI-compatible servers have been seen to), in the message,
+    the code and the type."""
 
-    def __init__(self, status: int) -> None:
-        self.status = status
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            return await lifespan(receive, send)
-        while (await receive()).get("more_body"):
-            pass
+    def answer(self, scope: Any) -> tuple[dict[str, Any], list[tuple[bytes, bytes]]]:
         sent = {k.decode(): v.decode() for k, v in scope["headers"]}
         credential = sent.get("x-api-key") or sent.get("authorization", "")
-        body = orjson.dumps({"type": "error", "error": {
+        return {"type": "error", "error": {
             "message": f"Incorrect API key provided: {credential}. Headers: {sent}",
-            "type": f"invalid_request_error {credential}", "code": f"invalid_api_key:{credential}"}})
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+            "type": f"invalid_request_error {credential}", "code": f"invalid_api_key:{credential}"}}, []
 
 
 @pytest.mark.parametrize("status", [400, 422, 500])

@@ -3,7 +3,8 @@
 Order: route (read-only) -> translate -> quota -> a first turn's session created (concurrent first
 turns follow the first one's session: its model, or an upgrade at a higher tier) -> upstream (retried once before the first byte when allowed)
 -> unified response or stream -> usage, and the session is written to the model that answered (a
-stream: once it began). A request refused before the upstream call creates or changes no session;
+stream: once its first chunk came; one that failed before any is a turn no model answered). A
+request refused before the upstream call creates or changes no session;
 one no model answered — the provider's 5xx or 429 after any retry, an error, cancelled — upgrades
 or moves none, and a first turn's removes the session it created (unless it changed meanwhile; also
 when settling the failure raises or is cancelled): a
@@ -192,19 +193,35 @@ class NativeChat:
         ex.upstream_status = stream.upstream.status
         router, meter = self.router, self.meter
 
+        unsettled = True  # the session is neither written (answered) nor given back yet
+
+        async def bind() -> None:
+            """The answer began (its first chunk, or an empty answer's end): the session is this
+            model's. Shielded: a client that left during the write cancels the stream, never the write
+            (a first turn's session was left on a model that failed before the retry that answered, or
+            not written at all); a shield is a task of its own, so only when there is a write."""
+            nonlocal unsettled
+            unsettled = False
+            if choice.writes_session:
+                await asyncio.shield(router.commit(identity, choice))
+
+        async def give_back() -> None:
+            """No chunk came (the first event an error, the connection broken, the stream cut or never
+            read): no model answered, as on the unstreamed path — an upgrade or a migration is not
+            written, and a first turn's claimed session is removed (`TierRouter.abandon`)."""
+            nonlocal unsettled
+            if unsettled:
+                unsettled = False
+                await asyncio.shield(router.abandon(choice))
+
         async def produce(ending: Ending) -> AsyncIterator[bytes]:
-            try:  # the answer began: the session is this model's. Shielded: a client that left during
-                # the write cancels the stream, never the write (a first turn's session was left on a
-                # model that failed before the retry that answered, or not written at all); a shield is
-                # a task of its own, so only when there is a write
-                if choice.writes_session:
-                    await asyncio.shield(router.commit(identity, choice))
-            except BaseException:  # cancelled (the client left during the write): `events` never runs
-                stream.upstream.close()  # its `finally` would have; else the connection waits for GC
-                raise
             try:
                 async for chunk in stream.events():
+                    if unsettled:
+                        await bind()
                     yield render_chunk(chunk)
+                if unsettled:
+                    await bind()  # an empty answer, ended as the provider meant: it answered
                 if stream.usage is not None:
                     yield render_chunk(stream.normalizer.usage_chunk(stream.usage))
             except Exception as exc:  # an unexpected one too: the client gets an error event, not a cut
@@ -216,7 +233,12 @@ class NativeChat:
                 # Not a health failure: the provider answered; one broken stream must not take a
                 # single-model tier down for 30 s (only failures before the first byte count).
                 ending.last = render_error_event(error.message, "stream_error", code)
+                await give_back()  # (before the final bytes: the client sees the session as it is)
                 return
+            except BaseException:  # cancelled (the client left) during the write or before any chunk
+                stream.upstream.close()  # `events`' `finally` would not run: else it waits for GC
+                await give_back()
+                raise
             ending.last = DONE
             await router.report(choice, ok=True)  # outside the stream's failures: the answer is whole
 
@@ -229,7 +251,7 @@ class NativeChat:
                 ex.recorded(admission.recorded.input_tokens, admission.recorded.output_tokens,
                             stream.normalizer.model or choice.model)
 
-        metered = MeteredStream(produce, settle)
+        metered = MeteredStream(produce, settle, give_back)  # (never read: given back too)
         return StreamReply(200, [*SSE_RESPONSE_HEADERS, *_choice_headers(choice)], metered.chunks(), metered.on_close)
 
 

@@ -34,6 +34,7 @@ from tests.support.accounts import create_key
 from tests.support.metrics import metric
 from tests.support.process import RedisServerProcess
 from tests.support.servers import free_port, serving
+from tests.support.upstream import ScriptedUpstream
 
 
 def test_fifty_turns_of_one_conversation_hit_one_model(
@@ -199,6 +200,62 @@ def test_a_request_no_model_answers_creates_or_changes_no_session(
         assert limited.status_code == 429, limited.text
         assert stored(gw, "conv-500") is None and stored(gw, "conv-429") is None
     assert metric(gw.url, "sentinel_sessions_total", event="created") == 2  # conv-stream, conv-up
+
+
+SMALL, BIG = ("scripted", "small-model"), ("scripted", "big-model")
+OVERLOADED = {"error": {"message": "Overloaded", "type": "overloaded_error"}}  # an OpenAI-style error chunk
+
+
+def test_a_stream_that_failed_before_its_first_chunk_binds_no_session(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    """A stream's session was written as soon as the provider answered 200, before its first event
+    was read: a stream whose first event was an error (or that ended before any) bound a new
+    conversation to the model that produced nothing, and moved an upgraded one to it. Now it is
+    written with the first chunk; a stream that failed before any is a turn no model answered."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = start(gateway_factory, tmp_path, backend_url, {"simple": [entry(SMALL)], "complex": [entry(BIG)]},
+                   {"scripted": f"{srv.url}/v1"})
+        with gw.client() as http:
+            upstream.sse(OVERLOADED)  # the first event an error
+            failed = chat(http, "hi", conv="conv-new", stream=True)
+            assert failed.status_code == 200 and '"stream_error"' in failed.text, failed.text
+            upstream.sse()  # the stream ended before any event
+            cut = chat(http, "hi", conv="conv-cut", stream=True)
+            assert cut.status_code == 200 and "connection_closed" in cut.text, cut.text
+            assert stored(gw, "conv-new") is None and stored(gw, "conv-cut") is None
+
+
+def test_a_stream_that_failed_before_its_first_chunk_upgrades_no_session(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    """The upgrade's half of the test above: the session keeps its model until a stream began."""
+    small, big = SMALL, BIG
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = start(gateway_factory, tmp_path, backend_url, {"simple": [entry(small)], "complex": [entry(big)]},
+                   {"scripted": f"{srv.url}/v1"})
+        with gw.client() as http:
+            upstream.json({"id": "c1", "object": "chat.completion", "created": 1, "model": small[1],
+                           "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"},
+                                        "finish_reason": "stop"}]})
+            assert served(chat(http, "start", conv="conv-up")) == ("simple", *small)
+            upstream.sse(OVERLOADED)
+            upgrade = chat(http, "harder", conv="conv-up", tier="complex", stream=True)
+            assert upgrade.headers["x-sentinel-model"] == big[1] and '"stream_error"' in upgrade.text
+            session = stored(gw, "conv-up")
+            assert session is not None and (session["tier"], session["provider"], session["model"]) == ("simple", *small)
+
+            # A stream that began (one chunk, then an error) has been served by its model: bound.
+            upstream.sse({"id": "c2", "object": "chat.completion.chunk", "created": 1, "model": big[1],
+                          "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"},
+                                       "finish_reason": None}]}, OVERLOADED)
+            began = chat(http, "harder", conv="conv-up", tier="complex", stream=True)
+            assert '"Hel"' in began.text and '"stream_error"' in began.text, began.text
+            session = stored(gw, "conv-up")
+            assert session is not None and (session["tier"], session["provider"], session["model"]) == ("complex", *big)
+    assert metric(gw.url, "sentinel_sessions_total", event="upgraded") == 1
 
 
 def test_a_refused_first_turn_that_followed_a_concurrent_one_leaves_its_session(

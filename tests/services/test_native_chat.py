@@ -49,14 +49,24 @@ class HeldRouter:
         await self.gate.wait()
         self.written = True
 
+    async def abandon(self, choice: RouteChoice) -> None:
+        pass
+
     async def report(self, choice: RouteChoice, *, ok: bool) -> None:
         pass
 
 
 class Connection:
-    """The upstream's aiohttp response: only whether it was closed matters here."""
+    """The upstream's aiohttp response: its body one chunk, then held open; whether it was closed."""
 
     closed = False
+
+    def __init__(self) -> None:
+        self.content = self
+
+    async def iter_any(self) -> Any:
+        yield b'data: {"id": "c1", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}\n\n'
+        await asyncio.Event().wait()  # (the session is written before this chunk is relayed)
 
     def close(self) -> None:
         self.closed = True
@@ -95,6 +105,50 @@ async def test_a_client_leaving_during_the_session_write_does_not_cut_the_write_
     assert (connection.closed, meter.statuses, router.written) == (True, [499], False)
     router.gate.set()  # the store answers
     await until(lambda: router.written)
+
+
+class Silent(Connection):
+    """An upstream that answered 200 and then sends nothing (held open)."""
+
+    reading = False
+
+    async def iter_any(self) -> Any:
+        self.reading = True
+        await asyncio.Event().wait()
+        yield b""
+
+
+class Recording(HeldRouter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate.set()  # (a store that answers at once)
+        self.abandoned: list[RouteChoice] = []
+
+    async def abandon(self, choice: RouteChoice) -> None:
+        self.abandoned.append(choice)
+
+
+async def test_a_client_leaving_before_the_first_chunk_gives_the_first_turns_session_back() -> None:
+    """The session was written before the stream's first event was read: a first turn whose client
+    left before any chunk came stayed bound to a model that had served nothing. It is given back
+    (`TierRouter.abandon`, as for a first turn no model answered), and never written."""
+    router, connection, meter = Recording(), Silent(), Settled()
+    chat = NativeChat(router, {}, meter, None)  # type: ignore[arg-type]
+    choice = RouteChoice("simple", TierModelEntry(provider="openai", model="gpt-4o-mini", relative_cost=1),
+                         conversation_id="conv-1", pending_write="touch")  # a first turn's claimed session
+    upstream = UpstreamResponse("openai", 200, [], connection)  # type: ignore[arg-type]
+    stream = ProviderStream(upstream, OpenAIStreamNormalizer(provider="openai"))
+    reply = chat._stream(Exchange(usage_id="r1"), ALICE, stream, choice, Admission(ALICE, "native", "gpt-4o-mini", "r1"))
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    served = asyncio.ensure_future(StreamingRelay(200, [], reply.chunks, reply.on_close)({}, inbox.get, send))
+    await until(lambda: connection.reading)
+    inbox.put_nowait({"type": "http.disconnect"})
+    await asyncio.wait_for(served, 5)
+    assert (router.abandoned, router.writing, connection.closed, meter.statuses) == ([choice], False, True, [499])
 
 
 class Failing:

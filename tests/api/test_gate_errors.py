@@ -47,6 +47,15 @@ def user(text: str = "hi") -> list[dict[str, Any]]:
     return [{"role": "user", "content": text}]
 
 
+# The first event of a provider's stream, in each wire format, and a streamed Claude request.
+OPENAI_FIRST = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"}}]}
+CLAUDE_FIRST = {"type": "message_start", "message": {
+    "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
+    "content": [], "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}
+CLAUDE_STREAM = {"model": "claude-3-5-haiku-20241022", "max_tokens": 20, "messages": user(), "stream": True}
+
+
 def tool_call(arguments: Any) -> list[dict[str, Any]]:
     return [*user(), {"role": "assistant", "content": None, "tool_calls": [
         {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": arguments}}]},
@@ -376,28 +385,22 @@ def test_a_stream_error_event_echoing_sentinels_key_never_passes_it_on(
     def claude_error_event(key: str) -> dict[str, Any]:
         return {"type": "error", "error": {"type": f"overloaded_error {key}", "message": f"key {key} refused"}}
 
-    openai_first = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
-                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"}}]}
-    claude_first = {"type": "message_start", "message": {
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
-        "content": [], "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}
-    claude = {"model": "claude-3-5-haiku-20241022", "max_tokens": 20, "messages": user(), "stream": True}
     upstream = ScriptedUpstream()
     with serving(upstream) as srv:
         gw = gateway_factory(openai_api_url=srv.url + "/v1", openai_api_key=openai_key,
                              anthropic_api_url=srv.url, anthropic_api_key=claude_key,
                              providers_file=tiers_file(tmp_path, "openai"))
         with gw.client() as http:
-            upstream.sse(openai_first, openai_error_event(openai_key))
+            upstream.sse(OPENAI_FIRST, openai_error_event(openai_key))
             native = http.post(NATIVE, json={"messages": user(), "stream": True})
-            upstream.sse(openai_first, openai_error_event(openai_key))
-            to_openai = http.post("/v1/messages", json={**claude, "model": MODEL})
-            upstream.sse(claude_first, claude_error_event(claude_key))
-            to_claude = http.post("/v1/chat/completions", json={**claude, "max_tokens": 20})
-            upstream.sse(openai_first, openai_error_event(openai_key))
+            upstream.sse(OPENAI_FIRST, openai_error_event(openai_key))
+            to_openai = http.post("/v1/messages", json={**CLAUDE_STREAM, "model": MODEL})
+            upstream.sse(CLAUDE_FIRST, claude_error_event(claude_key))
+            to_claude = http.post("/v1/chat/completions", json={**CLAUDE_STREAM, "max_tokens": 20})
+            upstream.sse(OPENAI_FIRST, openai_error_event(openai_key))
             chat = http.post("/v1/chat/completions", json={"model": MODEL, "messages": user(), "stream": True})
-            upstream.sse(claude_first, claude_error_event(claude_key))
-            messages = http.post("/v1/messages", json=claude)
+            upstream.sse(CLAUDE_FIRST, claude_error_event(claude_key))
+            messages = http.post("/v1/messages", json=CLAUDE_STREAM)
     answers = {"native": native, "translated to OpenAI": to_openai, "translated to Anthropic": to_claude,
                "chat": chat, "messages": messages}
     for surface, r in answers.items():
@@ -422,26 +425,20 @@ def test_a_mid_stream_provider_error_does_not_leak_the_account(
     upstream = ScriptedUpstream()
     openai_error_event = {"error": {"message": ACCOUNT_DETAILS, "type": "server_error", "code": "rate_limit_exceeded"}}
     claude_error_event = {"type": "error", "error": {"type": "overloaded_error", "message": ACCOUNT_DETAILS}}
-    openai_first = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
-                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"}}]}
-    claude_first = {"type": "message_start", "message": {
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
-        "content": [], "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}
-    claude = {"model": "claude-3-5-haiku-20241022", "max_tokens": 20, "messages": user(), "stream": True}
     with serving(upstream) as srv:
         gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url,
                              providers_file=tiers_file(tmp_path, "openai"))
         with gw.client() as http:
-            upstream.sse(openai_first, openai_error_event)
+            upstream.sse(OPENAI_FIRST, openai_error_event)
             native = http.post(NATIVE, json={"messages": user(), "stream": True})
-            upstream.sse(openai_first, openai_error_event)
-            to_claude = http.post("/v1/messages", json={**claude, "model": MODEL})
-            upstream.sse(claude_first, claude_error_event)
-            to_openai = http.post("/v1/chat/completions", json={**claude, "max_tokens": 20})
-            upstream.sse(openai_first, openai_error_event)
+            upstream.sse(OPENAI_FIRST, openai_error_event)
+            to_claude = http.post("/v1/messages", json={**CLAUDE_STREAM, "model": MODEL})
+            upstream.sse(CLAUDE_FIRST, claude_error_event)
+            to_openai = http.post("/v1/chat/completions", json={**CLAUDE_STREAM, "max_tokens": 20})
+            upstream.sse(OPENAI_FIRST, openai_error_event)
             chat = http.post("/v1/chat/completions", json={"model": MODEL, "messages": user(), "stream": True})
-            upstream.sse(claude_first, claude_error_event)
-            messages = http.post("/v1/messages", json=claude)
+            upstream.sse(CLAUDE_FIRST, claude_error_event)
+            messages = http.post("/v1/messages", json=CLAUDE_STREAM)
             upstream.sse({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}},
                          {"type": "error", "code": "rate_limit_exceeded", "message": ACCOUNT_DETAILS, "param": None},
                          {"type": "response.failed", "response": {
@@ -474,9 +471,6 @@ def test_a_relayed_stream_error_of_any_shape_does_not_leak_the_account(
     upstream = ScriptedUpstream()
     first = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
              "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"}}]}
-    claude_first = {"type": "message_start", "message": {
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
-        "content": [], "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}
     openai_errors = [{"error": ACCOUNT_DETAILS}, {"error": {"code": 429, "message": "x", "metadata": {"raw": ACCOUNT_DETAILS}}}]
     split = ('data: {"error":\ndata: {"message": "' + ACCOUNT_DETAILS + '", "type": "server_error"}}\n\n').encode()
     claude_split = ('event: error\ndata: {"type": "error",\ndata: "error": {"type": "overloaded_error", "message": "'
@@ -494,7 +488,7 @@ def test_a_relayed_stream_error_of_any_shape_does_not_leak_the_account(
                 list(client.chat.completions.create(model=MODEL, messages=user(), stream=True))  # type: ignore[arg-type]
             raised.append(str(exc.value.message) + json.dumps(exc.value.body))
         for error in ({"type": "error", "error": ACCOUNT_DETAILS}, None):
-            body = orjson.dumps(claude_first)
+            body = orjson.dumps(CLAUDE_FIRST)
             events = b"data: " + body + b"\n\n" + (
                 claude_split if error is None else b"event: error\ndata: " + orjson.dumps(error) + b"\n\n")
             upstream.typed(b"text/event-stream", events)
@@ -518,14 +512,12 @@ def test_a_providers_long_stream_error_message_is_clipped_in_the_log(
     upstream = ScriptedUpstream()
     huge = "quota of org-company " + "x" * 100_000
     openai_error_event = {"error": {"message": huge, "type": "server_error", "code": "server_error"}}
-    openai_first = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
-                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"}}]}
     with serving(upstream) as srv:
         gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
         with gw.client() as http:
-            upstream.sse(openai_first, openai_error_event)
+            upstream.sse(OPENAI_FIRST, openai_error_event)
             native = http.post(NATIVE, json={"messages": user(), "stream": True})
-            upstream.sse(openai_first, openai_error_event)
+            upstream.sse(OPENAI_FIRST, openai_error_event)
             chat = http.post("/v1/chat/completions", json={"model": MODEL, "messages": user(), "stream": True})
     assert native.status_code == chat.status_code == 200, (native.text, chat.text)
     logged = [getattr(r, "error", None) for r in caplog.records if r.getMessage() == "provider stream failed"]
@@ -575,20 +567,15 @@ def test_a_providers_stream_error_codes_do_not_grow_the_metrics(gateway_factory:
     series of its own, forever. It is counted as `stream_upstream_error`; the client's error
     event still carries the provider's code."""
     upstream = ScriptedUpstream()
-    openai_first = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
-                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"}}]}
-    claude_first = {"type": "message_start", "message": {
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
-        "content": [], "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}
     with serving(upstream) as srv:
         gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url)
         with gw.client() as http:
             to_claude, to_openai = [], []
             for i in range(5):
-                upstream.sse(claude_first, {"type": "error", "error": {"type": f"made-up-code-{i}", "message": "m"}})
+                upstream.sse(CLAUDE_FIRST, {"type": "error", "error": {"type": f"made-up-code-{i}", "message": "m"}})
                 to_claude.append(http.post("/v1/chat/completions", json={
                     "model": "claude-3-5-haiku-20241022", "messages": user(), "stream": True}))
-                upstream.sse(openai_first, {"error": {"message": "m", "type": "server_error", "code": f"made-up-code-{i}"}})
+                upstream.sse(OPENAI_FIRST, {"error": {"message": "m", "type": "server_error", "code": f"made-up-code-{i}"}})
                 to_openai.append(http.post("/v1/messages", json={
                     "model": MODEL, "max_tokens": 20, "messages": user(), "stream": True}))
             text = metrics_text(gw)

@@ -80,16 +80,14 @@ class Settled:
         self.statuses.append(kw["status"])
 
 
-async def test_a_client_leaving_during_the_session_write_does_not_cut_the_write_short() -> None:
-    """The stream's session write ran in the stream's task: a client that left while it was written
-    cancelled it half-way (a first turn's session left on a model that failed before the retry that
-    answered, or never written). The write goes on to its end; the stream still ends, settled as left
-    (499), its upstream closed — the write came before the body's `try`, so the `finally` that closes
-    it never ran (the connection was freed only by the garbage collector)."""
-    router, connection, meter = HeldRouter(), Connection(), Settled()
-    chat = NativeChat(router, {}, meter, None)  # type: ignore[arg-type]
+def serve_stream(
+    router: Any, connection: Connection, meter: Settled, pending_write: str
+) -> tuple[RouteChoice, asyncio.Future[None], asyncio.Queue[dict[str, Any]]]:
+    """A native stream of `connection`'s events served to a client: the route chosen (a conversation's,
+    with `pending_write`), the serving task and the client's inbox (put `http.disconnect` to leave)."""
+    chat = NativeChat(router, {}, meter, None)
     choice = RouteChoice("simple", TierModelEntry(provider="openai", model="gpt-4o-mini", relative_cost=1),
-                         conversation_id="conv-1", pending_write="create")  # a first turn: its session is written
+                         conversation_id="conv-1", pending_write=pending_write)
     upstream = UpstreamResponse("openai", 200, [], connection)  # type: ignore[arg-type]
     stream = ProviderStream(upstream, OpenAIStreamNormalizer(provider="openai"))
     reply = chat._stream(Exchange(usage_id="r1"), ALICE, stream, choice, Admission(ALICE, "native", "gpt-4o-mini", "r1"))
@@ -99,6 +97,17 @@ async def test_a_client_leaving_during_the_session_write_does_not_cut_the_write_
         pass
 
     served = asyncio.ensure_future(StreamingRelay(200, [], reply.chunks, reply.on_close)({}, inbox.get, send))
+    return choice, served, inbox
+
+
+async def test_a_client_leaving_during_the_session_write_does_not_cut_the_write_short() -> None:
+    """The stream's session write ran in the stream's task: a client that left while it was written
+    cancelled it half-way (a first turn's session left on a model that failed before the retry that
+    answered, or never written). The write goes on to its end; the stream still ends, settled as left
+    (499), its upstream closed — the write came before the body's `try`, so the `finally` that closes
+    it never ran (the connection was freed only by the garbage collector)."""
+    router, connection, meter = HeldRouter(), Connection(), Settled()
+    _, served, inbox = serve_stream(router, connection, meter, "create")  # a first turn: its session is written
     await until(lambda: router.writing)
     inbox.put_nowait({"type": "http.disconnect"})  # the client leaves while the session is written
     await asyncio.wait_for(served, 5)
@@ -133,18 +142,7 @@ async def test_a_client_leaving_before_the_first_chunk_gives_the_first_turns_ses
     left before any chunk came stayed bound to a model that had served nothing. It is given back
     (`TierRouter.abandon`, as for a first turn no model answered), and never written."""
     router, connection, meter = Recording(), Silent(), Settled()
-    chat = NativeChat(router, {}, meter, None)  # type: ignore[arg-type]
-    choice = RouteChoice("simple", TierModelEntry(provider="openai", model="gpt-4o-mini", relative_cost=1),
-                         conversation_id="conv-1", pending_write="touch")  # a first turn's claimed session
-    upstream = UpstreamResponse("openai", 200, [], connection)  # type: ignore[arg-type]
-    stream = ProviderStream(upstream, OpenAIStreamNormalizer(provider="openai"))
-    reply = chat._stream(Exchange(usage_id="r1"), ALICE, stream, choice, Admission(ALICE, "native", "gpt-4o-mini", "r1"))
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def send(message: dict[str, Any]) -> None:
-        pass
-
-    served = asyncio.ensure_future(StreamingRelay(200, [], reply.chunks, reply.on_close)({}, inbox.get, send))
+    choice, served, inbox = serve_stream(router, connection, meter, "touch")  # a first turn's claimed session
     await until(lambda: connection.reading)
     inbox.put_nowait({"type": "http.disconnect"})
     await asyncio.wait_for(served, 5)

@@ -14,7 +14,6 @@ the two routes are: another method on them is 405, as on every served path (the 
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from starlette.requests import Request
@@ -62,7 +61,7 @@ class DebugRoutes:
             ttl = await sessions.store.ttl(sessions.key(identity.external_id, conversation_id))
         except StoreUnavailable:
             ttl = None
-        return operator_json({**asdict(found), "ttl_remaining_seconds": ttl})
+        return operator_json({**found.view(), "ttl_remaining_seconds": ttl})
 
     async def health(self, request: Request) -> RawResponse:
         await self._guard(request)

@@ -6,7 +6,8 @@ request is admitted, before its upstream call (`SET NX`: of concurrent first tur
 processes, the first decides; the others follow its session as later turns do — bound to its model,
 or upgrading it when they asked for a higher tier), and removed by `abandon()` if no model answered
 the turn — only if it is still exactly the session it created (recorded before the write, so a turn
-cancelled during it removes it too), never one it followed.
+cancelled during it removes it too), never one it followed. Each creation carries a claim token of
+its own (`Session.claim`), so one whose reply was lost still knows whether the session is its own.
 Every other write (an upgrade, a migration, a retry's move, a hit's refresh) is `commit()`ed with
 the choice that answered, once it answered, so a request that fails validation or that the quota
 refuses creates or changes no session, and one no model answers upgrades or moves none.
@@ -206,7 +207,10 @@ class TierRouter:
         concurrent first turn created it first, this one follows that session: at the same or a
         lower tier it is served by that one's model (`entry`, `tier`: the caller translates again)
         and bound to it as any later turn (a hit); at a higher tier it upgrades that session, with
-        the model it chose for its tier, written once answered (`commit`). Never raises."""
+        the model it chose for its tier, written once answered (`commit`). A write whose reply was
+        lost is told apart by the session's claim token (`SessionStore.create`); one whose outcome
+        stays unknown (the store down) is settled once the turn ends: `commit` moves or creates it,
+        `abandon` removes it, each only if still exactly as written. Never raises."""
         if decision.pending_write != "create" or decision.conversation_id is None:
             return
         now = self.clock()
@@ -214,11 +218,12 @@ class TierRouter:
             decision.conversation_id, identity.external_id, decision.tier, decision.provider, decision.model, now, now,
         )
         # Recorded before the write: a first turn cancelled during it still removes (`abandon`) the
-        # session if it was written — only ever these bytes, never a session another request made.
+        # session if it was written — only ever these bytes (its claim token theirs alone), never a
+        # session another request made.
         decision.created = replace(session)  # a copy: `touch` updates the decision's own
         try:
-            won = await self.sessions.create(session)
-        except StoreUnavailable:  # `commit` tries again once answered
+            won = await self.sessions.create(session)  # a lost reply settled by the claim token
+        except StoreUnavailable:  # written or not, unknown: `commit` settles it once answered
             self.metrics.sessions.labels("store_error").inc()
             log.warning("could not create the session (store unavailable)")
             return
@@ -258,7 +263,15 @@ class TierRouter:
                     decision.conversation_id, identity.external_id, decision.tier,
                     decision.provider, decision.model, now, now,
                 )
-                won = await self.sessions.create(session)
+                moved = False
+                if decision.created is not None:
+                    # Its claim failed with the store, written or not (`claim`): if written and
+                    # still exactly as created, it moves to the model that answered (the same one
+                    # but for a retry); created here otherwise, with the claim's token, so that a
+                    # session of its claim another turn was answered with is found its own, and left.
+                    session.claim = decision.created.claim
+                    moved = await self.sessions.replace_if(decision.created, session)
+                won = session if moved else await self.sessions.create(session)
                 decision.session = won
                 if won is not session:
                     return  # a concurrent first turn was answered first: the session is its own
@@ -270,7 +283,7 @@ class TierRouter:
                         # Gone (the first turn it followed was answered by no model and removed
                         # it; or it expired) or changed meanwhile: this model answered, so the
                         # session is created anew unless another request's is there.
-                        anew = replace(read, last_seen_at=now)
+                        anew = read.anew(last_seen_at=now)  # (not the claim of the one it followed)
                         decision.session = await self.sessions.create(anew)
                         if decision.session is anew:
                             event = "created"
@@ -293,7 +306,7 @@ class TierRouter:
                     # Changed (or served) by a concurrent request: left as it is. Gone (the first
                     # turn this one followed was answered by no model and removed it; or it
                     # expired): this model answered, so it is created anew.
-                    anew = replace(new, last_seen_at=now)
+                    anew = new.anew(last_seen_at=now)
                     if await self.sessions.create(anew) is not anew:
                         log.info("session changed by a concurrent request; left as it is",
                                  extra={"event": decision.event, "model": f"{decision.provider}/{decision.model}"})

@@ -2,7 +2,9 @@
 
 Key `sentinel:session:u<owner>:<conversation_id>` (`<owner>`: 32 hex digits of the SHA-256 of the
 user's external id), JSON value
-`{conversation_id, external_id, tier, provider, model, created_at, last_seen_at, migrations}`,
+`{conversation_id, external_id, tier, provider, model, created_at, last_seen_at, migrations, claim}`
+(`claim`: 32 random hex digits of the request that created it; absent from sessions stored before
+it, which load as sessions with none and are never taken for a request's own),
 TTL SESSION_TTL_SECONDS, refreshed by every request a model answered (a stream: once it began; a
 request refused or never answered leaves the session as it was). Conversation ids are the user's
 own: two users naming the same id have two conversations, and neither can see, change, hold or learn
@@ -13,6 +15,11 @@ concurrent ones the first answered wins and the other leaves it; a hit refreshes
 A first turn creates its session before its upstream call; one no model answered deletes it, and
 one its retry answered moves it to the retry's model, only if it is still exactly as created
 (`DELETE_IF`, `REPLACE_IF`): once another turn was answered with it, it stays on that model.
+A creation whose reply was lost (the store failed after the write may have run; or redis-py's
+cluster client sent the SET again and the second found the first's value) is settled by reading the
+session back: one holding this creation's `claim` is its own (`create` returns it as written), any
+other is another request's. The claim is compared only within the user's own key, and never comes
+from a client.
 
 A stored value that cannot be decoded (another version's format, corruption) is treated as no
 session: logged, counted (`sentinel_cache_lookups_total{cache="session",result="undecodable"}`)
@@ -23,14 +30,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import orjson
 
-from sentinel.errors import PermissionDenied
+from sentinel.errors import PermissionDenied, StoreUnavailable
 from sentinel.observability.metrics import Metrics
 from sentinel.store import LocalOps, Script, Store
 
@@ -150,6 +158,11 @@ def _replace_if_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 REPLACE_IF = Script(name="session_replace_if", lua=_REPLACE_IF_LUA, local=_replace_if_local)
 
 
+def new_claim() -> str:
+    """A creation's own token (`Session.claim`): 128 random bits, never the client's."""
+    return secrets.token_hex(16)
+
+
 @dataclass
 class Session:
     conversation_id: str
@@ -160,9 +173,27 @@ class Session:
     created_at: float
     last_seen_at: float
     migrations: int = 0
+    # The token of the creation that wrote it (`SessionStore.create`): a new one for every new
+    # session; kept by its changes (`replace` copies it); None for one stored before tokens. Not
+    # part of a session's equality (what it is), only of which creation wrote it.
+    claim: str | None = field(default_factory=new_claim, compare=False)
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        data = asdict(self)
+        if self.claim is None:
+            del data["claim"]  # as stored before tokens: such a session is written back unchanged
+        return orjson.dumps(data)
+
+    def view(self) -> dict[str, Any]:
+        """The session as the debug and admin views show it (its claim token is no one's business)."""
+        data = asdict(self)
+        del data["claim"]
+        return data
+
+    def anew(self, **changes: Any) -> Session:
+        """A copy with `changes`, to be created as a new session: a claim of its own, so that a
+        creation of it is never taken for the one that wrote this (`SessionStore.create`)."""
+        return replace(self, **changes, claim=new_claim())
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Session:
@@ -179,14 +210,22 @@ class Session:
         migrations = data.get("migrations", 0)
         if isinstance(migrations, bool) or not isinstance(migrations, int):
             raise ValueError("a session's migrations must be an integer")
+        claim = data.get("claim")  # absent from sessions stored before tokens: None, never one of ours
         return cls(
             data["conversation_id"], data["external_id"], data["tier"], data["provider"], data["model"],
             float(data["created_at"]), float(data["last_seen_at"]), migrations,
+            claim if isinstance(claim, str) and claim else None,
         )
 
 
 def _number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float)
+
+
+def _ours(stored: Session, session: Session) -> bool:
+    """Whether `stored` (read under `session`'s key: the same user's) is the one `session`'s
+    creation wrote: the same user and claim token (a session from before tokens is no one's)."""
+    return session.claim is not None and stored.claim == session.claim and stored.external_id == session.external_id
 
 
 def _owned(session: Session, external_id: str) -> Session:
@@ -245,17 +284,34 @@ class SessionStore:
             return None
 
     async def create(self, session: Session) -> Session:
-        """Store a new session unless one appeared meanwhile; returns the session that won.
+        """Store a new session unless one appeared meanwhile; returns the session that won:
+        `session` itself when this creation wrote it.
+
+        A write whose reply was lost (StoreUnavailable) is settled by reading the session back: one
+        holding `session.claim` is this creation's (returned as `session`, also if another request
+        refreshed or changed it since), another is the one that won; none (or the read failing
+        too) leaves the outcome unknown: the StoreUnavailable is raised. So is a SET NX that found
+        the key taken (redis-py's cluster client sends a command again after a lost reply: the
+        second run finds the first's value) compared by its claim. A session stored before claims
+        (`claim` None) is never this creation's.
 
         An undecodable value in the way is deleted and creation tried once more, still with NX, so
         of two concurrent first turns over it one wins (short of a delete landing between the
         other's delete and write)."""
         key = self.key(session.external_id, session.conversation_id)
         for _ in range(2):
-            if await self.store.set(key, session.to_bytes(), self.ttl, nx=True):
-                return session
-            existing = await self._read(session.external_id, session.conversation_id)
+            try:
+                if await self.store.set(key, session.to_bytes(), self.ttl, nx=True):
+                    return session
+            except StoreUnavailable:
+                existing = await self._read(session.external_id, session.conversation_id)  # (raises if down)
+                if existing is None:
+                    raise  # not written, or not yet (a command still on its way): unknown
+            else:
+                existing = await self._read(session.external_id, session.conversation_id)
             if existing is not None:
+                if _ours(existing, session):
+                    return session
                 return _owned(existing, session.external_id)
             await self.store.delete(key)
         return session

@@ -169,7 +169,7 @@ class LiveState:
             ttl = await self.sessions.store.ttl(self.sessions.key(external_id, conversation_id))
         except StoreUnavailable:
             ttl = None
-        return {**asdict(found), "ttl_remaining_seconds": ttl}
+        return {**found.view(), "ttl_remaining_seconds": ttl}
 
     async def outbox_depth(self) -> int | None:
         """Usage records waiting for delivery; None when it cannot be read here."""

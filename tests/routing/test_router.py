@@ -21,6 +21,7 @@ from sentinel.routing.tiers import StaticTiers
 from sentinel.store import Store
 from tests.routing.helpers import AN_HAIKU, AN_SONNET, OA_4O, OA_MINI
 from tests.support.clock import FakeClock
+from tests.support.lost_replies import LostReply
 from tests.support.stores import FlakyStore
 
 ALICE = Identity(external_id="alice", user_id="u1")
@@ -357,6 +358,105 @@ async def test_a_first_turn_cancelled_during_its_session_write_removes_it(store:
     assert await router.sessions.get("conv-1", "alice") is not None
     await router.abandon(decision)
     assert await router.sessions.get("conv-1", "alice") is None
+
+
+LOST = "sentinel:session:"  # the next session write's reply is lost (`LostReply`)
+
+
+async def test_a_first_turn_whose_claims_reply_was_lost_is_its_sessions_creator(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim's SET ran and its reply was lost: the turn took the session it had written for
+    another's, so its retry's answer did not move it (the conversation stayed on the model that had
+    failed it) and no session was counted created. Its claim token read back, it is its own: a
+    retry's answer moves it, a turn no model answered removes it."""
+    router = make_router(store, table(simple=[OA_MINI, AN_HAIKU]))
+    lost = LostReply(store, monkeypatch, "SET", LOST)
+    first = await router.decide(ALICE, request())
+    await router.claim(ALICE, first)
+    assert lost.lost == 1
+    assert (first.pending_write, first.event, first.bound) == ("touch", "created", False)
+    await router.report(first, ok=False)
+    retry = await router.alternative(first)
+    assert retry is not None and retry.model != first.model
+    await router.commit(ALICE, retry)
+    stored = await router.sessions.get("conv-1", "alice")
+    assert stored is not None and (stored.provider, stored.model) == (retry.provider, retry.model)
+    assert [sessions_count(router, e) for e in ("created", "store_error")] == [1, 0]
+
+    lost = LostReply(store, monkeypatch, "SET", LOST)
+    unanswered = await router.decide(ALICE, request(conv="conv-2"))
+    await router.claim(ALICE, unanswered)
+    assert lost.lost == 1
+    await router.abandon(unanswered)  # no model answered it
+    assert await router.sessions.get("conv-2", "alice") is None
+
+
+async def test_a_first_turn_whose_claims_reply_was_lost_follows_anothers_session(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A concurrent first turn created the session (the same model, at the same instant: the very
+    same fields) and this turn's claim found it, its reply lost: it follows that session as a hit,
+    and removes nothing when no model answers it."""
+    router = make_router(store, table(simple=[OA_MINI]))
+    first = await router.decide(ALICE, request())
+    second = await router.decide(ALICE, request())
+    await router.claim(ALICE, first)
+    lost = LostReply(store, monkeypatch, "SET", LOST)
+    await router.claim(ALICE, second)
+    assert lost.lost == 1
+    assert (second.event, second.pending_write, second.created, second.bound) == ("hit", "touch", None, True)
+    await router.abandon(second)
+    stored = await router.sessions.get("conv-1", "alice")
+    assert first.created is not None and stored is not None and stored.claim == first.created.claim
+
+
+async def test_a_first_turn_whose_claims_outcome_stayed_unknown_settles_it_once_answered(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim's SET ran, its reply was lost and the session could not be read back either: once a
+    retry answered, the session it may have written moves to that model (still exactly as created),
+    counted created; without the claim's write, it is created then."""
+    for conv, written in (("conv-1", True), ("conv-2", False)):
+        store = FlakyStore()
+        router = make_router(store, table(simple=[OA_MINI, AN_HAIKU]))
+        first = await router.decide(ALICE, request(conv=conv))
+        if written:
+            LostReply(store, monkeypatch, "SET", LOST)
+            store.fail("get")
+        else:
+            store.fail("set")
+        await router.claim(ALICE, first)
+        store.recover()
+        assert (first.pending_write, first.created is not None) == ("create", True)
+        assert (await router.sessions.get(conv, "alice") is not None) is written
+        await router.report(first, ok=False)
+        retry = await router.alternative(first)
+        assert retry is not None and retry.model != first.model
+        await router.commit(ALICE, retry)
+        stored = await router.sessions.get(conv, "alice")
+        assert stored is not None and (stored.provider, stored.model) == (retry.provider, retry.model)
+        assert sessions_count(router, "created") == 1
+
+
+async def test_a_follower_answered_after_the_retry_moved_the_session_does_not_take_it_for_its_own(
+    store: Store,
+) -> None:
+    """A follower whose refresh finds the session moved (the first turn's retry answered first)
+    creates it anew only if it is gone: the moved session keeps the first turn's claim token, and
+    the follower's new one has a token of its own, so it is not taken for the follower's creation."""
+    router = make_router(store, table(simple=[OA_MINI, AN_HAIKU]))
+    first = await router.decide(ALICE, request())
+    await router.claim(ALICE, first)
+    follower = await router.decide(ALICE, request())
+    assert follower.event == "hit"
+    retry = await router.alternative(first)
+    assert retry is not None
+    await router.commit(ALICE, retry)  # the session moves to the retry's model
+    await router.commit(ALICE, follower)  # answered by the first model: the session stays moved
+    stored = await router.sessions.get("conv-1", "alice")
+    assert stored is not None and (stored.provider, stored.model) == (retry.provider, retry.model)
+    assert [sessions_count(router, e) for e in ("created", "hit")] == [1, 1]
 
 
 async def test_the_models_that_may_serve_a_request(store: Store) -> None:

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import orjson
+import pytest
+
+from sentinel.errors import PermissionDenied, StoreUnavailable
 from sentinel.routing.sessions import Session, SessionStore
 from sentinel.store import MemoryStore, Store
 from tests.support.clock import FakeClock
+from tests.support.lost_replies import LostReply
+from tests.support.stores import FlakyStore
 
 
 def make_session(conv: str = "conv-1", owner: str = "alice", model: str = "gpt-4o-mini") -> Session:
@@ -147,3 +153,79 @@ async def test_replace_if_moves_only_the_session_as_created(store: Store) -> Non
     await store.delete(key)
     assert not await sessions.replace_if(untouched, replace(untouched, model="o3"))  # gone: not brought back
     assert await sessions.get("conv-2", "alice") is None
+
+
+async def test_a_creation_whose_reply_was_lost_is_settled_by_its_claim(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SET NX ran and its reply was lost: `create` raised StoreUnavailable, and the first turn then
+    took the session it had written for another's (its retry's answer did not move it). Read back,
+    the session's claim token tells: its own is returned as written, another's as the winner — also
+    one with the very same fields (the same model at the same instant)."""
+    sessions = SessionStore(store, ttl=1000)
+    lost = LostReply(store, monkeypatch, "SET", "sentinel:session:")
+    created = make_session()
+    assert await sessions.create(created) is created
+    assert lost.lost == 1
+    raw = await store.get(SessionStore.key("alice", "conv-1"))
+    assert raw is not None and orjson.loads(raw)["claim"] == created.claim and len(created.claim or "") == 32
+
+    lost = LostReply(store, monkeypatch, "SET", "sentinel:session:")
+    twin = make_session()  # another first turn's: equal fields, a claim of its own
+    assert twin == created and twin.claim != created.claim
+    won = await sessions.create(twin)
+    assert lost.lost == 1
+    assert won is not twin and won.claim == created.claim
+    assert await sessions.delete_if(created) and not await sessions.delete_if(twin)
+
+
+async def test_a_creation_whose_outcome_stays_unknown_raises() -> None:
+    """Not written (the write failed before it ran, or is not there yet), or not readable back: the
+    outcome is unknown, StoreUnavailable (the router settles it once answered)."""
+    store = FlakyStore()
+    sessions = SessionStore(store, ttl=1000)
+    store.fail("set")
+    with pytest.raises(StoreUnavailable):
+        await sessions.create(make_session())
+    assert store.calls["get"] == 1  # read back: nothing there
+    store.fail("set", "get")
+    with pytest.raises(StoreUnavailable):
+        await sessions.create(make_session())
+
+
+async def test_sessions_stored_before_claims_load_and_are_no_creations_own(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session stored by a version without claim tokens loads (claim None), is written back in its
+    own format, is kept up by the scripts, and is never taken for a creation's own."""
+    clock = FakeClock(0.0)
+    sessions = SessionStore(store, ttl=1000, clock=clock)
+    key = SessionStore.key("alice", "conv-1")
+    old = {"conversation_id": "conv-1", "external_id": "alice", "tier": "simple", "provider": "openai",
+           "model": "gpt-4o-mini", "created_at": 0.0, "last_seen_at": 0.0, "migrations": 0}
+    await store.set(key, orjson.dumps(old), 1000)
+    found = await sessions.get("conv-1", "alice")
+    assert found is not None and found.claim is None and found == make_session()
+    assert found.to_bytes() == orjson.dumps(old)
+    assert "claim" not in found.view()
+    clock.advance(5)
+    assert await sessions.touch(found)
+    LostReply(store, monkeypatch, "SET", "sentinel:session:")
+    mine = replace(make_session(model="gpt-4o"), claim=None)  # a creation without a claim: not "its own" either
+    won = await sessions.create(mine)
+    assert won is not mine and won.model == "gpt-4o-mini" and won.claim is None
+    assert await sessions.replace(found, replace(found, tier="complex", model="gpt-4o"))
+    stored = await store.get(key)
+    assert stored is not None and "claim" not in orjson.loads(stored)
+
+
+async def test_a_claim_never_makes_another_users_session_ones_own(store: Store) -> None:
+    """Claims are compared only under the user's own key, and with its owner: a value naming another
+    user (only a hash collision or a hand-written value puts one there) with the same claim is still
+    refused, never taken for the creation's own."""
+    sessions = SessionStore(store, ttl=1000)
+    alices = make_session()
+    bobs = replace(make_session(owner="bob"), claim=alices.claim)
+    await store.set(SessionStore.key("alice", "conv-1"), bobs.to_bytes(), 1000)
+    with pytest.raises(PermissionDenied):
+        await sessions.create(alices)

@@ -31,6 +31,7 @@ from tests.routing.helpers import (
     stored,
 )
 from tests.support.accounts import create_key
+from tests.support.lost_replies import LostReply
 from tests.support.metrics import metric
 from tests.support.process import RedisServerProcess
 from tests.support.servers import free_port, serving
@@ -357,6 +358,35 @@ def test_a_first_turns_retry_leaves_a_session_a_concurrent_turn_was_answered_wit
         assert metric(gw.url, "sentinel_sessions_total", event="migrated") is None
         with gw.client() as http:
             assert served(chat(http, "turn C", conv="conv-raced")) == ("simple", *x)
+
+
+def test_a_first_turn_whose_session_claims_reply_was_lost_follows_its_retry(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first turn's session write (SET NX) ran and its reply was lost (a read timeout): the turn
+    took the session it had written for another's, so when its model failed and the retry answered,
+    the session stayed on the model that had failed (under `keep`, for good: its errors became the
+    conversation's answers). The claim read back is the turn's own: the retry's answer moves it."""
+    dead = ("dead", "gpt-4o-mini")
+    gw = start(gateway_factory, tmp_path, backend_url, {"simple": [entry(dead), entry(OA_MINI)]},
+               {"dead": f"http://127.0.0.1:{free_port()}/v1"}, debug=True)
+    selector = gw.runtime.native.router.selector
+    draw = selector.choose
+    monkeypatch.setattr(selector, "choose", lambda healthy: next(
+        (e for e in healthy if (e.provider, e.model) == dead), None) or draw(healthy))  # dead whenever healthy
+    lost = LostReply(gw.runtime.store, monkeypatch, "SET", "sentinel:session:")
+    with gw.client() as http:
+        assert served(chat(http, "first", conv="conv-lost")) == ("simple", *OA_MINI)  # dead failed: retried
+        assert lost.lost == 1
+        session = stored(gw, "conv-lost")
+        assert session is not None and (session["provider"], session["model"]) == OA_MINI
+        assert served(chat(http, "second", conv="conv-lost")) == ("simple", *OA_MINI)
+        view = http.get("/debug/sessions/conv-lost")
+    assert metric(gw.url, "sentinel_sessions_total", event="created") == 1
+    assert metric(gw.url, "sentinel_sessions_total", event="store_error") is None
+    assert view.status_code == 200 and view.json()["model"] == OA_MINI[1]
+    assert "claim" not in view.json()  # the token stays inside
 
 
 def test_two_instances_share_sessions_and_backoff(

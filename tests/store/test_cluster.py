@@ -14,6 +14,7 @@ from sentinel.domain.plans import ExternalUsage, Limit, Plan
 from sentinel.errors import StoreUnavailable
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.routing.health import ProviderHealth
+from sentinel.routing.sessions import Session, SessionStore
 from sentinel.store import MemoryStore, create_store
 from sentinel.store.cluster import ClusterAddress, RedisClusterStore, parse_cluster_url
 from sentinel.store.redis import RedisStore
@@ -260,3 +261,18 @@ def test_the_fixture_cluster_has_three_primaries_with_a_replica_each(
             roles.append(c.execute_command("ROLE")[0])
             assert c.execute_command("CLUSTER INFO")["cluster_state"] == "ok"
     assert sorted(roles) == [b"master"] * 3 + [b"slave"] * 3
+
+
+async def test_a_session_creation_whose_reply_is_lost_and_sent_again_is_its_own(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's cluster client sends SET again after a lost reply: the second run (NX) found the
+    first's value, and the first turn took the session it had written for another's."""
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    sessions = SessionStore(store, ttl=60)
+    created = Session("conv-1", "alice", "simple", "openai", "gpt-4o-mini", 1.0, 1.0)
+    lost = LostClusterReply(monkeypatch, "SET")
+    assert await sessions.create(created) is created
+    assert lost.sent == 2  # run, its reply lost, run again (NX: not written)
+    assert await sessions.delete_if(created)  # the session as created: this turn's to give back
+    await store.close()

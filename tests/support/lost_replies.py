@@ -7,6 +7,11 @@
   command is read off the socket and dropped with the connection, raising redis-py's TimeoutError
   as a read timeout does (after the command ran). `sent` counts the command's runs since (a
   client retry shows as 2).
+- `LostReply(store, monkeypatch, "SET", key_prefix)`: the store's next SET on a key beginning with
+  `key_prefix` runs, and its reply is lost: on a `RedisStore` the reply is read and dropped, raising
+  redis-py's TimeoutError as a read timeout does (the store maps it to StoreUnavailable, and counts
+  it against its breaker, as any); on the memory store the write is done and StoreUnavailable raised.
+  `lost` counts the replies lost (at most one).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import pytest
 from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sentinel.store import StreamEntry
+from sentinel.errors import StoreUnavailable
+from sentinel.store import MemoryStore, Store, StreamEntry
+from sentinel.store.redis import RedisStore
 
 
 def read_twice_once(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,3 +60,45 @@ class LostClusterReply:
             return reply
 
         monkeypatch.setattr(ClusterNode, "parse_response", parse_response)
+
+
+class LostReply:
+    """See the module docstring."""
+
+    def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch, command: str, key_prefix: str) -> None:
+        if command != "SET":
+            raise ValueError("only SET replies are lost here")
+        self.key_prefix = key_prefix
+        self.armed = True
+        self.lost = 0
+        if isinstance(store, RedisStore):
+            client = store.client
+            real_command = client.execute_command
+
+            async def execute_command(*args: Any, **options: Any) -> Any:
+                reply = await real_command(*args, **options)  # it ran on the server
+                if self._losing(str(args[0]), args[1]):
+                    raise RedisTimeoutError("Timeout reading from socket (the reply was dropped)")
+                return reply
+
+            monkeypatch.setattr(client, "execute_command", execute_command)
+        elif isinstance(store, MemoryStore):
+            real_set = store.set
+
+            async def set_(key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
+                done = await real_set(key, value, ttl, nx=nx)
+                if self._losing("SET", key):
+                    raise StoreUnavailable("Redis is unavailable: TimeoutError")  # as RedisStore maps it
+                return done
+
+            monkeypatch.setattr(store, "set", set_)
+        else:
+            raise TypeError(f"no lost replies for {type(store).__name__}")
+
+    def _losing(self, command: str, key: Any) -> bool:
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        if self.armed and command.upper() == "SET" and name.startswith(self.key_prefix):
+            self.armed = False
+            self.lost += 1
+            return True
+        return False

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
@@ -269,10 +269,17 @@ class SqlLedgerSink:
         """Record the batch (already-recorded request ids are skipped). When the database refuses it
         for a reason that is no outage (a value it cannot store), each record is tried on its own and
         the ones it still refuses are handed back as refused: one bad record must not keep the
-        others out of the ledger (the outbox keeps the refused ones, counted and logged)."""
+        others out of the ledger (the outbox keeps the refused ones, counted and logged). Every
+        record of a batch refused is handed back too, never a failure: a failure keeps the batch
+        under its key and the deliverer on it, and two bad records refused together come back
+        together (the deliverer pauses after such a batch instead). A statement the database
+        cannot run at all (a schema not migrated: `ProgrammingError`) is no record's fault: an
+        outage, retried whole."""
         try:
             await self.ledger.record_batch(records)
             return []
+        except ProgrammingError as exc:
+            raise GovernanceUnavailable(f"the ledger cannot store usage: {type(exc).__name__}") from None
         except (SQLAlchemyError, ValueError, OverflowError) as exc:  # SqliteWriter raises outages as such
             if len(records) == 1:
                 log.error("the ledger refused a usage record", extra={"request_id": records[0].request_id,
@@ -281,6 +288,4 @@ class SqlLedgerSink:
         refused: list[str] = []
         for record in records:
             refused += await self.deliver([record], idempotency_key)
-        if len(refused) == len(records):  # not a record's fault (a schema not migrated, ...): back off
-            raise GovernanceUnavailable(f"the ledger refused every record of a batch of {len(records)}")
         return refused

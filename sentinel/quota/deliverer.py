@@ -4,7 +4,8 @@ One batch at a time. A batch claimed from the outbox is kept in memory and sent 
 records under the same key (its `Idempotency-Key`) — with exponential backoff (0.5 s doubling to
 a third of the lease, with jitter) until the sink answers; no new records are claimed meanwhile (other replicas
 may deliver them). Then the batch is settled: accepted records leave the outbox, records the sink
-refused one by one go back to be batched again later under a new key. A crash at any point leaves
+refused one by one go back to be batched again later under a new key (after a batch refused whole,
+the next claim waits a backoff: `_pause`). A crash at any point leaves
 the batch in the outbox under its key, and whoever takes it over after the lease sends it under
 that key again, so a sink that honours the key (Zion should; the built-in ledger is exactly-once
 by request id regardless) counts every record once.
@@ -62,6 +63,7 @@ class UsageDeliverer:
         self.backoff = backoff or delivery_backoff(30.0)
         self.clock = clock
         self.failures = 0
+        self._refusals = 0  # batches in a row whose every record the sink refused (`_pause`)
         self.held: Batch | None = None
         self._refused: frozenset[str] | None = None  # the sink's answer, once it gave one
         self._not_before = 0.0
@@ -74,6 +76,8 @@ class UsageDeliverer:
         if self.outbox.orphans:  # every cycle: also while a batch waits for its retry (a long outage)
             await self.outbox.rescue_orphans()
         if self.held is None:
+            if self.clock() < self._not_before:  # pausing after a batch the sink refused whole
+                return 0
             self.held = await self.outbox.claim(self.batch_size)
             if self.held is None:
                 return 0
@@ -107,7 +111,24 @@ class UsageDeliverer:
         self.metrics.deliveries.labels("success").inc()
         self.metrics.delivered_records.inc(delivered)
         self._release()
+        if delivered:
+            self._refusals = 0
+        else:
+            self._pause(batch)
         return delivered
+
+    def _pause(self, batch: Batch) -> None:
+        """The sink refused every record of `batch`, one by one: its records wait for a new batch
+        (settled), and the next claim waits as a retry after a failure would (growing while every
+        batch is refused). Not a failure: that would keep this deliverer on the batch, under its
+        key, for ever — two records the sink refuses, come back together, stopped every delivery
+        of a replica. Paused, a sink that refuses everything (a database that takes no row) is
+        asked at the backoff's pace, not once an interval."""
+        self._refusals += 1
+        delay = self.backoff.delay(self._refusals)
+        self._not_before = self.clock() + delay
+        log.warning("the usage sink refused every record of a batch; pausing before the next",
+                    extra={"batch": batch.key, "count": len(batch.items), "retry_in_s": round(delay, 2)})
 
     async def _renew(self, batch: Batch) -> None:
         """Extend the batch's lease before a retry, so no other deliverer takes it over meanwhile.

@@ -5,6 +5,8 @@ backoff policy and the clock are injected. (Batch identity end to end: test_deli
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,10 +19,11 @@ from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
 from sentinel.observability.metrics import Metrics
 from sentinel.quota.batch import is_batch_key
 from sentinel.quota.deliverer import UsageDeliverer
-from sentinel.quota.outbox import DurableOutbox, SqlOutbox
+from sentinel.quota.outbox import DurableOutbox, RedisStreamOutbox, SqlOutbox
 from tests.support.clock import FakeClock
 from tests.support.metrics import counted
 from tests.support.outbox import OutboxPart, usage_record
+from tests.support.outbox_worlds import age_redis_stream
 from tests.support.waiting import until
 
 
@@ -295,14 +298,56 @@ async def test_a_record_the_ledger_cannot_store_loses_none_written_with_it(
     await assert_the_good_recorded_the_bad_kept(sessions, outbox)
 
 
-async def test_a_batch_whose_every_record_is_refused_is_a_failure_not_refusals(
+async def test_a_batch_whose_every_record_is_refused_hands_each_back(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    """Every record refused one by one is not the records' fault (a schema not migrated, ...): it is a
-    failure the deliverer backs off from, not N refusals retried every lease with N error lines."""
+    """Every record refused one by one was a failure: the batch stayed under its key with this
+    deliverer on it for ever (`test_records_the_ledger_refuses_never_hold_up_the_records_after_them`).
+    They are refused, each (the deliverer pauses after such a batch: tested below)."""
     sink = SqlLedgerSink(SqlLedger(sessions))
+    bad = [usage_record("bad1", tokens=2**63), usage_record("bad2", tokens=2**63)]
+    assert await sink.deliver(bad, "key") == ["bad1", "bad2"]
+
+
+async def test_a_statement_the_database_cannot_run_is_a_failure_not_refusals() -> None:
+    """A schema not migrated (PostgreSQL: `ProgrammingError`, an undefined table or column) is no
+    record's fault: the batch is retried whole under its key, with backoff, never refused record by
+    record (each then waited for a new key, with an error line each)."""
+    from sqlalchemy.exc import ProgrammingError
+
+    class Unmigrated(SqlLedger):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def record_batch(self, records: list[UsageRecord]) -> int:
+            self.calls += 1
+            raise ProgrammingError("INSERT INTO usage_ledger ...", {}, Exception("column does not exist"))
+
+    ledger = Unmigrated()
     with pytest.raises(GovernanceUnavailable):
-        await sink.deliver([usage_record("bad1", tokens=2**63), usage_record("bad2", tokens=2**63)], "key")
+        await SqlLedgerSink(ledger).deliver([usage_record("r1"), usage_record("r2")], "key")
+    assert ledger.calls == 1
+
+
+async def test_after_a_batch_refused_whole_the_next_claim_waits_a_backoff() -> None:
+    """A sink that refuses every record (a database that takes no row) is asked at the backoff's
+    pace, growing while it refuses everything, not once an interval; a batch it takes ends the pause."""
+    s = Setup()
+    s.sink.refuse = {"r1", "r2", "r3"}
+    await s.put("r1")
+    assert await s.deliverer.deliver_once() == 0 and len(s.sink.keys) == 1
+    assert s.part.retried == [("r1", 30.0)]  # settled: waiting for a new batch, not held
+    await s.put("r2")
+    assert await s.deliverer.deliver_once() == 0 and len(s.sink.keys) == 1  # paused: nothing claimed
+    s.clock.advance(1)
+    assert await s.deliverer.deliver_once() == 0 and len(s.sink.keys) == 2  # r1 and r2, refused
+    s.clock.advance(1)
+    assert await s.deliverer.deliver_once() == 0 and len(s.sink.keys) == 2  # the second pause is longer
+    s.clock.advance(1)
+    await s.put("r4")
+    assert await s.deliverer.deliver_once() == 1 and s.sink.delivered == ["r4"]
+    await s.put("r5")
+    assert await s.deliverer.deliver_once() == 1 and len(s.sink.keys) == 4  # no pause after a batch it took
 
 
 async def test_orphans_are_stored_while_a_batch_waits_for_its_retry() -> None:
@@ -413,3 +458,51 @@ async def test_a_record_no_outbox_takes_stays_in_memory_without_stopping_the_del
     with caplog.at_level("ERROR", logger="sentinel.outbox"):
         assert await deliverer.deliver_once() == 1  # r1 delivered all the same
     assert [r.request_id for r in outbox.orphans] == ["odd"] and sink.delivered == ["r1"]
+
+
+@pytest.fixture(params=["table", pytest.param("redis-stream", marks=pytest.mark.redis)])
+async def poison_outbox(
+    request: pytest.FixtureRequest, sessions: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[tuple[DurableOutbox, Callable[[float], Awaitable[None]]]]:
+    """A durable outbox (the table alone, or a real Redis stream in front of it) and how to let
+    `seconds` pass for what waits in it (rows' retry times, stream entries' idle times)."""
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    table = SqlOutbox(sessions, lease_seconds=30, clock=lambda: now[0])
+    if request.param == "table":
+
+        async def age(seconds: float) -> None:
+            now[0] += timedelta(seconds=seconds)
+
+        yield DurableOutbox(table), age
+        return
+    from sentinel.store.redis import RedisStore
+
+    store = RedisStore(request.getfixturevalue("redis_url"), timeout=5.0)
+    yield DurableOutbox(table, RedisStreamOutbox(store, lease_seconds=30)), lambda s: age_redis_stream(store, s)
+    await store.close()
+
+
+async def test_records_the_ledger_refuses_never_hold_up_the_records_after_them(
+    sessions: async_sessionmaker[AsyncSession],
+    poison_outbox: tuple[DurableOutbox, Callable[[float], Awaitable[None]]],
+) -> None:
+    """Two records the ledger cannot store, refused together, came back together in a batch of their
+    own; every record of it refused made it a failure, retried under its key for ever, and this
+    deliverer never claimed another batch: on one replica, no usage reached the ledger again. They
+    are refused (kept in the outbox), and the next records are delivered."""
+    outbox, age = poison_outbox
+    ledger = SqlLedger(sessions)
+    clock = FakeClock()
+    deliverer = UsageDeliverer(outbox, SqlLedgerSink(ledger), Metrics(), backoff=CountingBackoff(base=1, cap=30),
+                               clock=clock)
+    for record in (usage_record("bad1", tokens=2**63), usage_record("bad2", tokens=2**63), usage_record("ok1")):
+        await outbox.put(record)
+    assert await deliverer.deliver_once() == 1  # ok1; the two bad ones go back, under a new key
+    await age(31)
+    assert await deliverer.deliver_once() == 0  # the two bad ones alone: refused again
+    await outbox.put(usage_record("ok2"))
+    clock.advance(3600)
+    assert await deliverer.deliver_once() == 1  # ok2: the deliverer is not stuck on them
+    (totals,) = await ledger.totals("alice")
+    assert totals["requests"] == 2
+    assert await outbox.depth() == 2  # the bad ones, kept

@@ -178,13 +178,23 @@ class UsageDeliverer:
             self._task = asyncio.ensure_future(self._run())
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
-        """Stop the loop, then deliver what is left (bounded); the rest stays in the outbox."""
+        """Stop the loop, then deliver what is left; the rest stays in the outbox. `drain_timeout`
+        bounds both: a cycle still waiting on the sink then is cut short (its batch stays in the
+        outbox under its key), so the records only memory holds are stored before the process is
+        killed, and whatever closes after the deliverer gets its turn."""
         self._stopping.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
         if self._task is not None:
-            await self._task
-            self._task = None
+            task, self._task = self._task, None
+            await asyncio.wait({task}, timeout=drain_timeout)
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+                log.warning("a usage delivery was still under way at shutdown; cut short, its batch stays "
+                            "in the outbox", extra={"batch": self.held.key if self.held else None})
         try:
-            await asyncio.wait_for(self.drain(), drain_timeout)
+            await asyncio.wait_for(self.drain(), max(deadline - loop.time(), 0.0))
         except TimeoutError:
             log.warning("usage outbox not fully drained at shutdown; the rest is delivered after restart")
         except Exception:  # noqa: BLE001 - whatever the drain met, what memory holds is kept below

@@ -230,6 +230,23 @@ async def test_stop_gives_up_draining_after_its_timeout() -> None:
     assert await s.outbox.depth() == 1  # left for the next start
 
 
+async def test_stop_cuts_a_delivery_still_under_way_at_its_timeout_and_keeps_what_memory_holds() -> None:
+    """SIGTERM while the loop waited on the sink (a database or Zion that does not answer): `stop`
+    awaited that cycle with no bound, so shutdown overran its timeout, the records only memory held
+    were never stored (the process is killed first) and nothing closed after the deliverer ran. The
+    cycle is cut at the timeout: its batch stays in the outbox under its key."""
+    s = Setup(interval=0.001)
+    s.sink.hang = True
+    await s.put("r1")
+    s.deliverer.start()
+    await until(lambda: s.deliverer.held is not None)  # the loop is stuck in the sink's call
+    s.part.down = True
+    await s.put("r2")  # kept in memory meanwhile
+    s.part.down = False
+    await asyncio.wait_for(s.deliverer.stop(drain_timeout=0.05), 2)
+    assert sorted(s.part.items) == ["r1", "r2"] and s.outbox.orphans == []  # r1 undelivered, r2 stored
+
+
 async def test_the_real_outbox_reaches_the_real_ledger_exactly_once(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:

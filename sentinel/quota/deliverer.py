@@ -113,7 +113,7 @@ class UsageDeliverer:
         self._release()
         if delivered:
             self._refusals = 0
-        else:
+        elif len(batch.items) > 1:  # (one record refused alone says nothing of the next: no pause)
             self._pause(batch)
         return delivered
 

@@ -348,16 +348,17 @@ async def test_a_statement_the_database_cannot_run_is_a_failure_not_refusals() -
 
 async def test_after_a_batch_refused_whole_the_next_claim_waits_a_backoff() -> None:
     """A sink that refuses every record (a database that takes no row) is asked at the backoff's
-    pace, growing while it refuses everything, not once an interval; a batch it takes ends the pause."""
+    pace, growing while it refuses whole batches, not once an interval; a batch it takes ends the
+    pause, and so does one record refused alone (that says nothing of the next)."""
     s = Setup()
     s.sink.refuse = {"r1", "r2", "r3"}
-    await s.put("r1")
+    await s.put("r1", "r2")
     assert await s.deliverer.deliver_once() == 0 and len(s.sink.keys) == 1
-    assert s.part.retried == [("r1", 30.0)]  # settled: waiting for a new batch, not held
-    await s.put("r2")
+    assert s.part.retried == [("r1", 30.0), ("r2", 30.0)]  # settled: waiting for a new batch, not held
+    await s.put("r3")
     assert await s.deliverer.deliver_once() == 0 and len(s.sink.keys) == 1  # paused: nothing claimed
     s.clock.advance(1)
-    assert await s.deliverer.deliver_once() == 0 and len(s.sink.keys) == 2  # r1 and r2, refused
+    assert await s.deliverer.deliver_once() == 0 and len(s.sink.keys) == 2  # r1, r2, r3: refused
     s.clock.advance(1)
     assert await s.deliverer.deliver_once() == 0 and len(s.sink.keys) == 2  # the second pause is longer
     s.clock.advance(1)
@@ -365,6 +366,12 @@ async def test_after_a_batch_refused_whole_the_next_claim_waits_a_backoff() -> N
     assert await s.deliverer.deliver_once() == 1 and s.sink.delivered == ["r4"]
     await s.put("r5")
     assert await s.deliverer.deliver_once() == 1 and len(s.sink.keys) == 4  # no pause after a batch it took
+    s2 = Setup()
+    s2.sink.refuse = {"r1"}
+    await s2.put("r1")
+    assert await s2.deliverer.deliver_once() == 0
+    await s2.put("r2")
+    assert await s2.deliverer.deliver_once() == 1  # r1 (refused again) and r2: no pause after r1 alone
 
 
 async def test_orphans_are_stored_while_a_batch_waits_for_its_retry() -> None:

@@ -187,12 +187,17 @@ class UpstreamError(SentinelError):
 
 
 class UpstreamStatusError(UpstreamError):
-    """The upstream answered with an error status; `upstream_status` keeps it."""
+    """The upstream answered with an error status; `upstream_status` keeps it. `retry_after`: the
+    seconds the provider's `Retry-After` asked for (a 5xx's: the provider's health reads it, the
+    client is not told)."""
 
-    def __init__(self, message: str, *, upstream_status: int, body: Any = None, **kw: Any) -> None:
+    def __init__(
+        self, message: str, *, upstream_status: int, body: Any = None, retry_after: float | None = None, **kw: Any
+    ) -> None:
         super().__init__(message, **kw)
         self.upstream_status = upstream_status
         self.body = body
+        self.retry_after = retry_after
 
 
 class UpstreamConnectionError(UpstreamError):

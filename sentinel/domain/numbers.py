@@ -10,6 +10,8 @@ price) goes through `parse_decimal`, as strict (`float()` takes `٣`, `1_0`, `in
 from __future__ import annotations
 
 import re
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 
 __all__ = ["MAX_INT64", "MAX_RETRY_AFTER", "MAX_TOKENS", "parse_decimal", "parse_retry_after", "parse_whole"]
 
@@ -42,9 +44,22 @@ def parse_decimal(text: str) -> float | None:
     return float(text)
 
 
-def parse_retry_after(text: str | None) -> float | None:
+def parse_retry_after(text: str | None, now: float | None = None) -> float | None:
     """Seconds from a peer's `Retry-After` given as a number (`30`, `1.5`; ASCII digits and at most
-    one dot), at most MAX_RETRY_AFTER; None for anything else (an HTTP date, junk, `²`, `1e400`)."""
-    if not text or len(text) > 16 or not text.isascii() or not text.replace(".", "", 1).isdigit():
+    one dot), at most MAX_RETRY_AFTER; None for anything else (junk, `²`, `1e400`). With `now` (Unix
+    seconds) an HTTP date (`Wed, 21 Oct 2026 07:28:00 GMT`) is read too: the seconds from `now` until
+    then (0 for a date past, at most MAX_RETRY_AFTER); without it a date is None."""
+    if not text or not text.isascii():
         return None
-    return min(float(text), MAX_RETRY_AFTER)
+    if len(text) <= 16 and text.replace(".", "", 1).isdigit():
+        return min(float(text), MAX_RETRY_AFTER)
+    if now is None or len(text) > 40:
+        return None
+    try:
+        when = parsedate_to_datetime(text)
+        if when.tzinfo is None:  # `-0000` or none: UTC, as HTTP dates are
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)

@@ -3,13 +3,15 @@
 Both surfaces use the same mapping (documented in the README's error table):
 - 401/403: Sentinel's own provider credentials were refused -> 502 `provider_auth_error`, with a
   generic message (a provider's message can quote the tail of the key);
-- 429 -> 429 `provider_rate_limited`, with the provider's Retry-After when it sent one and a generic
-  message: the provider's names the company's account (organisation id) and its limits and usage;
+- 429 -> 429 `provider_rate_limited`, with the provider's Retry-After (seconds, or an HTTP date
+  turned into seconds) when it sent one and a generic message: the provider's names the company's
+  account (organisation id) and its limits and usage;
 - other 4xx: the request was refused. The native API answers 400 (`context_length_exceeded` or
   `provider_rejected_request`); the OpenAI-compatible `/v1` surface relays the provider's status,
   type, code and message (`relay_client_errors=True`) so the official SDKs raise their own errors;
 - 5xx -> 502 `provider_error`, with a generic message: a provider's failure is about its own or the
-  company's account, never something the client can act on.
+  company's account, never something the client can act on. Its Retry-After is kept
+  (`UpstreamStatusError.retry_after`) for the provider's health (see `sentinel.routing.health`).
 The provider's own message of a 429 or a 5xx is logged at info (`sentinel.upstream`), for operators
 only; the request's error line (the middleware's) says what the client got. An error event inside a
 provider's stream is a provider failure too: `stream_error` gives the error object a relayed stream's
@@ -25,6 +27,7 @@ fields, its logged message). 2xx answers are never scanned otherwise.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, TypeVar
 
 import orjson
@@ -117,7 +120,8 @@ def upstream_error(
 ) -> SentinelError:
     """The Sentinel error for an upstream error answer (`status` >= 400)."""
     message, code, err_type = _error_fields(raw)
-    retry_after = next((v for k, v in headers if k.lower() == "retry-after"), None)
+    asked = next((v for k, v in headers if k.lower() == "retry-after"), None)
+    retry_after = parse_retry_after(asked, now=time.time()) if asked is not None else None
     if status in (401, 403):
         return UpstreamStatusError(
             f"Provider {provider} rejected Sentinel's credentials (HTTP {status}); check the provider configuration",
@@ -128,7 +132,7 @@ def upstream_error(
                  extra={"provider": provider, "upstream_status": status, "error": clipped(message)})
         return RateLimited(
             f"Provider {provider} is rate limiting the gateway; retry later", code="provider_rate_limited",
-            retry_after=parse_retry_after(retry_after), provider=provider,
+            retry_after=retry_after, provider=provider,
         )
     if 400 <= status < 500:
         if relay_client_errors:
@@ -144,7 +148,7 @@ def upstream_error(
     log.info("provider failed", extra={"provider": provider, "upstream_status": status, "error": clipped(message)})
     return UpstreamStatusError(
         f"Provider {provider} failed with HTTP {status}", upstream_status=status, code="provider_error",
-        provider=provider,
+        provider=provider, retry_after=retry_after,
     )
 
 

@@ -23,6 +23,7 @@ from sentinel.errors import (
     RateLimited,
     SentinelError,
     UpstreamError,
+    UpstreamStatusError,
     UpstreamTimeout,
     sent_unanswered,
 )
@@ -42,6 +43,14 @@ def is_provider_failure(exc: SentinelError) -> bool:
     if isinstance(exc, UpstreamTimeout) and exc.sent and not exc.stalled:  # a client can make a call that long
         return False
     return isinstance(exc, UpstreamError) and exc.code != "provider_auth_error"
+
+
+def asked_wait(exc: SentinelError) -> float | None:
+    """The seconds a provider failure's answer asked to wait (its `Retry-After`: a 429's or a 5xx's),
+    which the provider's backoff lasts (see `ProviderHealth.record_failure`); None when it asked none."""
+    if isinstance(exc, RateLimited | UpstreamStatusError):
+        return exc.retry_after
+    return None
 
 
 def may_retry(exc: SentinelError) -> bool:
@@ -88,7 +97,7 @@ class Failover:
             except SentinelError as exc:
                 if not is_provider_failure(exc):
                     raise
-                await self.router.report(choice, ok=False)
+                await self.router.report(choice, ok=False, retry_after=asked_wait(exc))
                 if not may_retry(exc):
                     raise
                 carried = None if choice.tried else await self.carrier(choice, translate)

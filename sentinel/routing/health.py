@@ -1,9 +1,16 @@
 """Provider+model health, shared by every replica through the store.
 
 A failure (5xx, timeout, connection error, provider 429) puts the provider+model in backoff for
-`min(30 * 2^(n-1), 300)` seconds after the n-th consecutive failure; a success clears it. A failure
+`min(30 * 2^(n-1), 300)` seconds after the n-th consecutive failure; a success clears it. A provider
+answer (a 429 or a 5xx) with a `Retry-After` (seconds, or an HTTP date) asks for its own wait, which
+replaces the doubling: the backoff lasts that long, at least 30 s (shorter, the next request decided
+for everyone a second later — there is no limited half-open trial) and at most 300 s (as the
+doubling's cap; the next failure then reads a new one). A `Retry-After` that is neither (junk, a
+sign, a number over 16 characters, a date that does not parse) is ignored: the doubling applies. A failure
 while the pair is in backoff (a request already under way when it began, a conversation kept on its
-model, a `/v1` call, which go to it all the same) leaves the backoff as it is: the n-th failure is
+model, a `/v1` call, which go to it all the same) leaves the backoff as it is — except that one whose
+`Retry-After` ends later lengthens it to end then (to at most 300 s from now, with no 30 s floor:
+never longer than that answer asked): the n-th failure is
 the first after the (n-1)-th backoff ran out, so one burst of failing requests — one user's, at
 will — is one failure (30 s), not a run of them (300 s). Client
 errors (4xx other than 429) are never a provider failure. State lives under
@@ -39,30 +46,53 @@ def _mget_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[bytes |
 
 MGET = Script(name="health_mget", lua=_MGET_LUA, local=_mget_local)
 
+# ARGV: now, INITIAL_BACKOFF, MAX_BACKOFF, the wait the provider asked for (at most MAX_BACKOFF; "" for none).
 _FAIL_LUA = """
+local now = tonumber(ARGV[1])
+local asked = tonumber(ARGV[4])
 local raw = redis.call('GET', KEYS[1])
 local n = 0
 if raw then
   local state = cjson.decode(raw)
-  if tonumber(ARGV[1]) < tonumber(state['until_ts']) then return tostring(state['backoff']) end
+  local untl = tonumber(state['until_ts'])
+  if now < untl then
+    if asked and now + asked > untl then
+      state['until_ts'] = now + asked
+      state['backoff'] = asked
+      redis.call('SET', KEYS[1], cjson.encode(state), 'PX', math.ceil((asked + 3600) * 1000))
+    end
+    return tostring(state['backoff'])
+  end
   n = state['failures']
 end
 n = n + 1
-local backoff = math.min(tonumber(ARGV[2]) * math.pow(2, math.min(n - 1, 30)), tonumber(ARGV[3]))
-local untl = tonumber(ARGV[1]) + backoff
-redis.call('SET', KEYS[1], cjson.encode({failures = n, until_ts = untl, backoff = backoff}), 'PX', math.ceil((backoff + 3600) * 1000))
+local backoff
+if asked then
+  backoff = math.max(asked, tonumber(ARGV[2]))
+else
+  backoff = math.min(tonumber(ARGV[2]) * math.pow(2, math.min(n - 1, 30)), tonumber(ARGV[3]))
+end
+redis.call('SET', KEYS[1], cjson.encode({failures = n, until_ts = now + backoff, backoff = backoff}), 'PX', math.ceil((backoff + 3600) * 1000))
 return tostring(backoff)
 """
 
 
 def _fail_local(ops: LocalOps, keys: list[str], args: list[str]) -> str:
+    now = float(args[0])
+    asked = float(args[3]) if args[3] else None
     raw = ops.get(keys[0])
     state = orjson.loads(raw) if raw else None
-    if state is not None and float(args[0]) < state["until_ts"]:  # in backoff: left as it is
+    if state is not None and now < state["until_ts"]:  # in backoff: lengthened only to what was asked
+        if asked is not None and now + asked > state["until_ts"]:
+            state = {**state, "until_ts": now + asked, "backoff": asked}
+            ops.set(keys[0], orjson.dumps(state), asked + 3600)
         return repr(float(state["backoff"]))
     n = (state["failures"] if state is not None else 0) + 1
-    backoff = min(float(args[1]) * 2.0 ** min(n - 1, 30), float(args[2]))  # 2.0 ** 1024 overflows
-    state = {"failures": n, "until_ts": float(args[0]) + backoff, "backoff": backoff}
+    if asked is not None:
+        backoff = max(asked, float(args[1]))
+    else:
+        backoff = min(float(args[1]) * 2.0 ** min(n - 1, 30), float(args[2]))  # 2.0 ** 1024 overflows
+    state = {"failures": n, "until_ts": now + backoff, "backoff": backoff}
     ops.set(keys[0], orjson.dumps(state), backoff + 3600)
     return repr(backoff)
 
@@ -117,13 +147,17 @@ class ProviderHealth:
         now = self.clock()
         return {pair: state is None or state.until <= now for pair, state in (await self.states(pairs)).items()}
 
-    async def record_failure(self, provider: str, model: str) -> float | None:
+    async def record_failure(self, provider: str, model: str, retry_after: float | None = None) -> float | None:
         """Start or double the backoff (leave one that still runs as it is); returns its length
-        (None when the store is down)."""
+        (None when the store is down). `retry_after`: the seconds the provider's answer asked to wait
+        (its `Retry-After`), which replace the doubling: a backoff of that long, at least
+        INITIAL_BACKOFF and at most MAX_BACKOFF; a running backoff is lengthened to end then (at
+        most MAX_BACKOFF from now), never shortened."""
+        asked = "" if retry_after is None or not retry_after >= 0 else repr(min(float(retry_after), MAX_BACKOFF))
         try:
             backoff = float(
                 await self.store.run(
-                    RECORD_FAILURE, [self.key(provider, model)], [self.clock(), INITIAL_BACKOFF, MAX_BACKOFF]
+                    RECORD_FAILURE, [self.key(provider, model)], [self.clock(), INITIAL_BACKOFF, MAX_BACKOFF, asked]
                 )
             )
         except StoreUnavailable:

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from sentinel.domain.catalogue import ModelTarget
 from sentinel.errors import SentinelError
-from sentinel.routing.failover import is_provider_failure, may_retry
+from sentinel.routing.failover import asked_wait, is_provider_failure, may_retry
 from sentinel.routing.health import ProviderHealth
 
 T = TypeVar("T")
@@ -62,7 +62,7 @@ class ModelRoutes:
             except SentinelError as exc:
                 if not is_provider_failure(exc):
                     raise
-                await self._report_failure(target)
+                await self._report_failure(target, asked_wait(exc))
                 if position == len(ordered) - 1 or not may_retry(exc):
                     raise
                 continue
@@ -70,8 +70,8 @@ class ModelRoutes:
             return result
         raise ValueError("no targets to call")
 
-    async def _report_failure(self, target: ModelTarget) -> None:
-        await self.health.record_failure(target.provider, target.upstream_model)
+    async def _report_failure(self, target: ModelTarget, retry_after: float | None) -> None:
+        await self.health.record_failure(target.provider, target.upstream_model, retry_after)
         if len(self._failed) < _MAX_REMEMBERED:
             self._failed.add(_pair(target))
 

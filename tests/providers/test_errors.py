@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import email.utils
+import time
+
 import orjson
 import pytest
 
+from sentinel.errors import RateLimited, UpstreamStatusError
 from sentinel.providers.errors import redact, upstream_error
 
 
@@ -44,14 +48,30 @@ def test_status_mapping(status: int, raw: bytes, headers: list[tuple[str, str]],
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("7", "7"), ("1.5", "2"), ("²", None), ("9" * 400, None), ("1e400", None), ("-3", None),
-     ("Wed, 21 Oct 2026 07:28:00 GMT", None), ("999999", "86400")],
+     ("Wed, 21 Oct 2015 07:28:00 GMT", "1"), ("Mon, 31 Feb 2099 07:28:00 GMT", None), ("Wed, 21 Oct 99999 07:28:00 GMT", None),
+     ("Wed, 21 Oct 2099 07:28:00 GMT", "86400"), ("999999", "86400")],
 )
 def test_a_providers_retry_after_is_read_only_when_sane(value: str, expected: str | None) -> None:
-    """A provider's Retry-After is relayed when it is a number of seconds (at most a day); junk, a
-    digit-like character or a number too long for a float never turns the 429 into a 500."""
+    """A provider's Retry-After is relayed when it is a number of seconds or an HTTP date (the
+    seconds until then; a date past asks for none), at most a day; junk, a digit-like character, a
+    number too long for a float or a date that is none never turns the 429 into a 500."""
     err = upstream_error("openai", 429, body("slow down"), [("Retry-After", value)])
     assert (err.status, err.code) == (429, "provider_rate_limited")
     assert err.headers.get("Retry-After") == expected
+
+
+@pytest.mark.parametrize("status", [429, 500, 503, 529])
+def test_a_retry_after_given_as_an_http_date_is_the_seconds_until_then(status: int) -> None:
+    """An HTTP date was ignored (the backoff a provider asked for with one was 30 s, and a 429's
+    client was told nothing). A 5xx's is kept for the provider's health only: the client's 502
+    says nothing of when to come back (the tier may be served by another model at once)."""
+    when = email.utils.formatdate(time.time() + 120, usegmt=True)
+    err = upstream_error("openai", status, body("busy"), [("retry-after", when)])
+    assert isinstance(err, RateLimited | UpstreamStatusError) and err.retry_after is not None
+    assert 100 < err.retry_after <= 120  # the date is to the second
+    assert ("Retry-After" in err.headers) == (status == 429)
+    without = upstream_error("openai", status, body("busy"), [])
+    assert isinstance(without, RateLimited | UpstreamStatusError) and without.retry_after is None
 
 
 def test_redact_replaces_every_whole_occurrence_of_the_key() -> None:

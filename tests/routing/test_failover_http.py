@@ -16,6 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from sentinel.mock.app import create_mock_app
 from sentinel.providers.http import create_session
@@ -34,7 +38,7 @@ from tests.routing.helpers import (
     stored,
 )
 from tests.support.metrics import metric
-from tests.support.servers import ServerThread, free_port
+from tests.support.servers import ServerThread, free_port, serving
 from tests.support.waiting import wait_for
 
 DEAD = ("dead", "gpt-4o-mini")
@@ -148,6 +152,55 @@ def test_one_users_burst_of_failing_calls_is_one_failure(
     assert 0 < int(refused.headers["retry-after"]) <= 30
     state = gw.read_stored(ProviderHealth.key(*OA_MINI))
     assert state is not None and json.loads(state)["failures"] == 1
+
+
+@pytest.mark.parametrize(("status", "asked", "backoff"), [(429, 120, 120), (503, 200, 200), (503, 5, 30),
+                                                      (429, 86400, 300)])
+def test_a_providers_retry_after_is_how_long_its_model_stays_out(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None,
+    status: int, asked: int, backoff: int,
+) -> None:
+    """A provider that answers 429 or 503 with `Retry-After: 120` was tried again by everyone after
+    30 s; one that asked for 5 s was left out for 30 s, as now (no shorter: the next request decides
+    for all), and one that asked for a day for 300 s (the next failure reads a new one)."""
+    gw = start(gateway_factory, tmp_path, backend_url, {"simple": [entry(OA_MINI)]})
+    directive = f"#mock:status={status} #mock:retry_after={asked}"
+    with gw.client() as http:
+        r = http.post("/v1/chat/completions", json={
+            "model": OA_MINI[1], "messages": [{"role": "user", "content": f"busy? {directive}"}],
+        })
+        assert r.status_code == (429 if status == 429 else 502), r.text
+        native = chat(http, f"and natively? {directive}")  # in backoff: refused before any call
+        assert native.status_code == 503 and native.json()["error"]["code"] == "tier_unavailable", native.text
+        assert backoff - 10 < int(native.headers["retry-after"]) <= backoff
+    state = gw.read_stored(ProviderHealth.key(*OA_MINI))
+    assert state is not None and (json.loads(state)["failures"], json.loads(state)["backoff"]) == (1, backoff)
+
+
+def answering(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Starlette:
+    """An upstream that answers every request with `status`, `body` and `headers`."""
+
+    async def answer(request: Request) -> JSONResponse:
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    return Starlette(routes=[Route("/v1/chat/completions", answer, methods=["POST"])])
+
+
+def test_a_native_retry_records_the_wait_its_first_choice_asked_for(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tier's first choice answers 503 asking for 200 s: it is out that long (it was 30 s), and
+    the request is answered by the tier's other model."""
+    busy = answering(503, {"error": {"message": "overloaded", "type": "server_error"}}, {"Retry-After": "200"})
+    with serving(busy) as upstream:
+        gw = start(gateway_factory, tmp_path, backend_url, {"simple": [entry(DEAD), entry(OA_MINI)]},
+                   {"dead": upstream.url + "/v1"})
+        choose_dead_first(gw, monkeypatch)
+        with gw.client() as http:
+            assert served(chat(http, "hi"))[1:] == OA_MINI
+    state = gw.read_stored(ProviderHealth.key(*DEAD))
+    assert state is not None and json.loads(state)["backoff"] == 200
 
 
 def test_a_busy_connection_pool_puts_no_model_in_backoff(

@@ -133,3 +133,48 @@ def test_which_provider_failures_count_toward_backoff_and_which_may_go_elsewhere
     assert (is_provider_failure(refused), may_retry(refused)) == (True, True)
     dropped = UpstreamConnectionError("dropped", provider="p", sent=True)
     assert (is_provider_failure(dropped), may_retry(dropped)) == (True, False)
+
+
+async def test_a_providers_retry_after_is_the_backoff_between_30_and_300_s(store: Store) -> None:
+    """A provider that answers 429 or 503 with a `Retry-After` says how long it wants: the backoff was
+    30 s whatever it asked (120 s: the model was tried again, and failed, three more times; 5 s: the
+    model stayed out 25 s longer than asked). It lasts what was asked, at least 30 s (the next request
+    decides for everyone) and at most 300 s; its failure is counted as any other."""
+    clock = FakeClock()
+    health = ProviderHealth(store, Metrics(), clock=clock)
+    for asked, expected in [(120.0, 120.0), (5.0, 30.0), (0.0, 30.0), (1000.0, 300.0), (45.5, 45.5)]:
+        assert await health.record_failure(*PAIR, retry_after=asked) == expected
+        state = (await health.states([PAIR]))[PAIR]
+        assert state is not None and (state.backoff, state.remaining(clock())) == (expected, expected)
+        clock.advance(expected)
+        assert await available(health, PAIR)
+    state = (await health.states([PAIR]))[PAIR]
+    assert state is not None and state.failures == 5
+    assert await health.record_failure(*PAIR) == 300  # none asked: the 6th failure in a row doubles
+    await health.record_success(*PAIR)
+    for junk in (float("nan"), -1.0):  # never from `parse_retry_after`; ignored all the same
+        assert await health.record_failure(*PAIR, retry_after=junk) == 30
+        clock.advance(30)
+        await health.record_success(*PAIR)
+
+
+async def test_a_retry_after_during_a_backoff_lengthens_it_only_to_what_it_asks(store: Store) -> None:
+    """A failure while the backoff runs leaves it as it is (one burst is one failure), unless its
+    answer asks for a later end: the backoff then ends there — no later (no 30 s floor added from
+    now), and never earlier than it did."""
+    clock = FakeClock()
+    health = ProviderHealth(store, Metrics(), clock=clock)
+    assert await health.record_failure(*PAIR) == 30
+    clock.advance(10)  # 20 s left
+    assert await health.record_failure(*PAIR, retry_after=5) == 30  # ends sooner than the backoff: as it is
+    assert await health.record_failure(*PAIR) == 30
+    state = (await health.states([PAIR]))[PAIR]
+    assert state is not None and state.remaining(clock()) == 20
+    assert await health.record_failure(*PAIR, retry_after=25) == 25  # ends 5 s later than it did
+    state = (await health.states([PAIR]))[PAIR]
+    assert state is not None and (state.failures, state.remaining(clock())) == (1, 25)
+    assert await health.record_failure(*PAIR, retry_after=1000) == 300  # at most 300 s from now
+    state = (await health.states([PAIR]))[PAIR]
+    assert state is not None and (state.failures, state.remaining(clock())) == (1, 300)
+    clock.advance(300)
+    assert await health.record_failure(*PAIR) == 60  # ran out: the next failure is the second

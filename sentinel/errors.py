@@ -189,7 +189,10 @@ class UpstreamError(SentinelError):
 class UpstreamStatusError(UpstreamError):
     """The upstream answered with an error status; `upstream_status` keeps it. `retry_after`: the
     seconds the provider's `Retry-After` asked for (a 5xx's: the provider's health reads it, the
-    client is not told)."""
+    client is not told). `key_refused`: a 401/403 that refused the provider key itself (revoked,
+    invalid), not only the request."""
+
+    key_refused = False
 
     def __init__(
         self, message: str, *, upstream_status: int, body: Any = None, retry_after: float | None = None, **kw: Any

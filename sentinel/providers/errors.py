@@ -2,7 +2,9 @@
 
 Both surfaces use the same mapping (documented in the README's error table):
 - 401/403: Sentinel's own provider credentials were refused -> 502 `provider_auth_error`, with a
-  generic message (a provider's message can quote the tail of the key);
+  generic message (a provider's message can quote the tail of the key). One that refuses the key
+  itself (`UpstreamStatusError.key_refused`, see `_key_refused`: a revoked or invalid key) is a
+  provider failure (backoff, a retry elsewhere); one that refuses only what was asked is not;
 - 429 -> 429 `provider_rate_limited`, with the provider's Retry-After (seconds, or an HTTP date
   turned into seconds) when it sent one and a generic message: the provider's names the company's
   account (organisation id) and its limits and usage;
@@ -123,10 +125,12 @@ def upstream_error(
     asked = next((v for k, v in headers if k.lower() == "retry-after"), None)
     retry_after = parse_retry_after(asked, now=time.time()) if asked is not None else None
     if status in (401, 403):
-        return UpstreamStatusError(
+        refused = UpstreamStatusError(
             f"Provider {provider} rejected Sentinel's credentials (HTTP {status}); check the provider configuration",
             upstream_status=status, code="provider_auth_error", provider=provider,
         )
+        refused.key_refused = _key_refused(status, message, code, err_type)
+        return refused
     if status == 429:
         log.info("provider rate limited",
                  extra={"provider": provider, "upstream_status": status, "error": clipped(message)})
@@ -150,6 +154,20 @@ def upstream_error(
         f"Provider {provider} failed with HTTP {status}", upstream_status=status, code="provider_error",
         provider=provider, retry_after=retry_after,
     )
+
+
+_SCOPE_HINTS = ("scope", "permission")  # OpenAI's restricted keys: "insufficient permissions ... Missing scopes"
+
+
+def _key_refused(status: int, message: str, code: str, err_type: str) -> bool:
+    """Whether a 401/403 says the provider key itself is refused (revoked, invalid), not this request:
+    an error typed `authentication_error` (Anthropic) or coded `invalid_api_key` (OpenAI); else any
+    401 but one about the key's scopes (a restricted key may call some endpoints and not others: a
+    client picks the endpoint). A 403 says no to what was asked (Anthropic's `permission_error`: a
+    model or feature the key may not use; a region; a content policy) — a client can cause one."""
+    if err_type == "authentication_error" or code == "invalid_api_key":
+        return True
+    return status == 401 and not any(hint in message.lower() for hint in _SCOPE_HINTS)
 
 
 def _error_fields(raw: bytes) -> tuple[str, str, str]:

@@ -1,12 +1,14 @@
 """Retry once before the first byte: which failures count against a provider, and the retry loop.
 
 A request whose chosen candidate fails with a provider failure (5xx, connect timeout, connection
-error, provider 429) is recorded against that candidate's health and, when the router allows it (see
-`TierRouter.alternative`), sent once more to another healthy candidate of the tier — unless the
-provider may have served it: a read timeout or a connection dropped after it was made (the
-request was sent) is not retried, so that the attempt is recorded (504 or 502, its estimated input
-and all the output it reserved) rather than billed twice and recorded once. A
-client's own error (4xx), a refusal of Sentinel's credentials, a 2xx answer Sentinel cannot read
+error, provider 429, a 401 refusing Sentinel's provider key itself: see
+`UpstreamStatusError.key_refused`) is recorded against that candidate's health and, when the
+router allows it (see `TierRouter.alternative`), sent once more to another healthy candidate of the
+tier — unless the provider may have served it: a read timeout or a connection dropped after it was
+made (the request was sent) is not retried, so that the attempt is recorded (504 or 502, its
+estimated input and all the output it reserved) rather than billed twice and recorded once. A
+client's own error (4xx), a 401/403 that refuses only what was asked (a model, feature or endpoint
+the key may not use: a client can cause one), a 2xx answer Sentinel cannot read
 (`UnreadableAnswer`: a client can cause one at will) and a read timeout after the request was sent
 (the caller's request was long: a huge `max_tokens` makes a call outlast any timeout) never count
 against a provider's health — else one user's slow request took a model out of service for everyone.
@@ -42,7 +44,9 @@ def is_provider_failure(exc: SentinelError) -> bool:
         return isinstance(exc, BrokenOffAnswer)
     if isinstance(exc, UpstreamTimeout) and exc.sent and not exc.stalled:  # a client can make a call that long
         return False
-    return isinstance(exc, UpstreamError) and exc.code != "provider_auth_error"
+    if isinstance(exc, UpstreamStatusError) and exc.code == "provider_auth_error":
+        return exc.key_refused  # the provider key revoked or invalid, not a refusal of this request
+    return isinstance(exc, UpstreamError)
 
 
 def asked_wait(exc: SentinelError) -> float | None:

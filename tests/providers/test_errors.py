@@ -85,3 +85,38 @@ def test_redact_replaces_every_whole_occurrence_of_the_key() -> None:
 def test_redact_leaves_alone_no_key_and_keys_too_short_to_mean_anything(key: str | None) -> None:
     raw = b'{"error": {"message": "abc short12 is wrong"}}'
     assert redact(raw, key) == raw
+
+
+OPENAI_BAD_KEY = {"error": {"message": "Incorrect API key provided: sk-pro*****1234.", "type": "invalid_request_error",
+                            "param": None, "code": "invalid_api_key"}}
+OPENAI_SCOPES = {"error": {"message": "You have insufficient permissions for this operation. Missing scopes: "
+                                      "api.responses.write.", "type": "invalid_request_error", "code": None}}
+ANTHROPIC_BAD_KEY = {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}
+ANTHROPIC_NOT_ALLOWED = {"type": "error", "error": {
+    "type": "permission_error", "message": "Your API key does not have permission to use the specified resource."}}
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "refused"),
+    [
+        (401, orjson.dumps(OPENAI_BAD_KEY), True),
+        (401, orjson.dumps(ANTHROPIC_BAD_KEY), True),
+        (401, b"Unauthorized", True),  # an OpenAI-compatible server's bare 401
+        (401, orjson.dumps(OPENAI_SCOPES), False),  # a restricted key, an endpoint it may not call
+        (403, orjson.dumps(ANTHROPIC_NOT_ALLOWED), False),  # a model or feature this key may not use
+        (403, b"<html>Forbidden</html>", False),
+        (403, orjson.dumps({"error": {"type": "authentication_error", "message": "key revoked"}}), True),
+        (403, orjson.dumps({"error": {"code": "invalid_api_key", "message": "no such key"}}), True),
+    ],
+)
+def test_a_refusal_of_the_provider_key_itself_is_told_from_one_of_the_request(
+    status: int, raw: bytes, refused: bool
+) -> None:
+    """A 401 refuses the key (revoked, invalid): the provider fails every request until it is fixed.
+    A 403 refuses what was asked (a client can ask for what the key may not do), unless its error
+    says the key is bad; so does a 401 about a restricted key's scopes. Either way the client gets
+    the same generic 502, never the provider's text."""
+    err = upstream_error("anthropic", status, raw, [])
+    assert isinstance(err, UpstreamStatusError)
+    assert (err.status, err.code, err.key_refused) == (502, "provider_auth_error", refused)
+    assert not any(text in err.message for text in ("sk-", "Incorrect", "x-api-key", "permission", "scopes"))

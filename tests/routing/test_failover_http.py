@@ -203,6 +203,67 @@ def test_a_native_retry_records_the_wait_its_first_choice_asked_for(
     assert state is not None and json.loads(state)["backoff"] == 200
 
 
+REVOKED = {"error": {"message": "Incorrect API key provided: sk-test. You can find your API key at ...",
+                     "type": "invalid_request_error", "code": "invalid_api_key"}}
+NOT_ALLOWED = {"error": {"message": "Your API key sk-test does not have permission to use the specified resource.",
+                         "type": "permission_error"}}
+
+
+def test_a_revoked_provider_key_puts_its_model_in_backoff_and_the_tier_answers(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A provider that refuses Sentinel's key (revoked, mistyped) fails every request until an
+    operator fixes it: its 401 neither counted nor was retried, so that provider's share of the tier's
+    requests failed with 502 for as long. It is a provider failure: the request is answered by the
+    tier's other model, and the provider's model is out (no request waits on it meanwhile)."""
+    with serving(answering(401, REVOKED)) as upstream:
+        gw = start(gateway_factory, tmp_path, backend_url, {"simple": [entry(DEAD), entry(OA_MINI)]},
+                   {"dead": upstream.url + "/v1"})
+        choose_dead_first(gw, monkeypatch)
+        with gw.client() as http:
+            for i in range(3):
+                assert served(chat(http, f"hi {i}"))[1:] == OA_MINI
+    assert metric(gw.url, "sentinel_model_selections_total", provider="dead") == 1  # then in backoff
+    state = gw.read_stored(ProviderHealth.key(*DEAD))
+    assert state is not None and json.loads(state)["failures"] == 1
+
+
+def test_when_every_candidates_key_is_refused_the_last_refusal_is_the_answer(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    with serving(answering(401, REVOKED)) as one, serving(answering(401, REVOKED)) as two:
+        gw = start(gateway_factory, tmp_path, backend_url, {"simple": [entry(("dead1", "m")), entry(("dead2", "m"))]},
+                   {"dead1": one.url + "/v1", "dead2": two.url + "/v1"})
+        with gw.client() as http:
+            r = chat(http, "anyone?")
+    assert r.status_code == 502, r.text
+    error = r.json()["error"]
+    assert error["code"] == "provider_auth_error" and error["provider"] in {"dead1", "dead2"}
+    assert "sk-test" not in r.text and "Incorrect" not in r.text  # the provider's text is never shown
+    for name in ("dead1", "dead2"):  # both tried, both in backoff
+        assert metric(gw.url, "sentinel_model_selections_total", provider=name) == 1
+        assert gw.read_stored(ProviderHealth.key(name, "m")) is not None
+
+
+def test_a_403_refusing_what_was_asked_is_no_provider_failure(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 403 `permission_error` refuses what this request asked for (a model or feature the key may
+    not use): a client can cause one at will, so it neither counts nor is sent elsewhere."""
+    with serving(answering(403, NOT_ALLOWED)) as upstream:
+        gw = start(gateway_factory, tmp_path, backend_url, {"simple": [entry(DEAD), entry(OA_MINI)]},
+                   {"dead": upstream.url + "/v1"})
+        choose_dead_first(gw, monkeypatch)
+        with gw.client() as http:
+            r = chat(http, "hi")
+    assert r.status_code == 502 and r.json()["error"]["code"] == "provider_auth_error", r.text
+    assert "sk-test" not in r.text and "permission" not in r.text
+    assert gw.read_stored(ProviderHealth.key(*DEAD)) is None
+    assert metric(gw.url, "sentinel_model_selections_total", provider="openai") is None
+
+
 def test_a_busy_connection_pool_puts_no_model_in_backoff(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,11 +12,18 @@ never retried here.
 
 The pool holds at most `limit` connections. A request that waited for one of them past the connect
 timeout is 503 `overloaded` (this process's load), not a connect timeout: that is a provider
-failure, which put the provider's models in backoff for everyone while the provider was fine.
+failure, which put the provider's models in backoff for everyone while the provider was fine. The
+wait for a pooled connection and the connect that may follow have a connect timeout each: aiohttp's
+one `connect` timeout covered both, so a request that waited for most of it and then, a connection
+free, connected to the provider in less than the timeout still timed out connecting — a provider
+failure, caused by this process's load. The pool wait has its own timeout (`_PoolConnector`), the
+TCP (and TLS) connect aiohttp's `sock_connect`, and aiohttp's `connect` (both, with the DNS lookup)
+is their sum.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -53,7 +60,15 @@ class _PoolConnector(aiohttp.TCPConnector):
     previous one) was handed to the next request sent on it, another user's, as its own answer.
     Such a connection is closed instead (`should_close`: something is queued or unread on it), as
     Go's client drops an "unsolicited response received on idle HTTP channel", and the next pooled
-    connection, or a new one, is taken."""
+    connection, or a new one, is taken.
+
+    A wait for a connection (every one of `limit` busy) ends after `pool_timeout` seconds (None: no
+    limit of its own) with the TimeoutError aiohttp turns into its connect timeout (`send` tells it
+    from the provider's by `_POOL_WAIT`)."""
+
+    def __init__(self, *, pool_timeout: float | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._pool_timeout = pool_timeout
 
     async def _get(self, key: Any, traces: list[Any]) -> Any:
         while True:
@@ -67,8 +82,9 @@ class _PoolConnector(aiohttp.TCPConnector):
             connection.close()
 
     async def _wait_for_available_connection(self, key: Any, traces: list[Any]) -> None:
-        _POOL_WAIT.set(True)  # left set when the connect timeout ends the wait (`send`)
-        await super()._wait_for_available_connection(key, traces)
+        _POOL_WAIT.set(True)  # left set when a timeout ends the wait (`send`)
+        async with asyncio.timeout(self._pool_timeout):
+            await super()._wait_for_available_connection(key, traces)
         _POOL_WAIT.set(False)
 
 
@@ -78,9 +94,15 @@ def create_session(
 ) -> aiohttp.ClientSession:
     """The app-wide upstream session: keep-alive pool, no total timeout (streams may be long),
     a connect timeout and an idle-read timeout (the longest wait for the next upstream byte).
+    `connect_timeout` bounds the wait for a pooled connection and the TCP (and TLS) connect each;
+    both, with the DNS lookup, take at most twice as long (see the module docstring).
     `trace_configs` are aiohttp hooks (tracing adds `traceparent` with one; none by default)."""
-    connector = _PoolConnector(limit=limit, limit_per_host=limit, keepalive_timeout=keepalive, ttl_dns_cache=300)
-    timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
+    connector = _PoolConnector(
+        pool_timeout=connect_timeout, limit=limit, limit_per_host=limit, keepalive_timeout=keepalive, ttl_dns_cache=300
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=2 * connect_timeout, sock_connect=connect_timeout, sock_read=read_timeout
+    )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,

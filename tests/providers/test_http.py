@@ -3,6 +3,10 @@ unit by unit and over real sockets (refused, timed out, cut mid-body)."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import aiohappyeyeballs
 import aiohttp
 import pytest
 
@@ -12,6 +16,7 @@ from sentinel.routing.failover import is_provider_failure
 from tests.providers.conftest import Mock
 from tests.support.servers import free_port
 from tests.support.upstream import UPSTREAM_KEY
+from tests.support.waiting import eventually
 
 AUTH = {"authorization": f"Bearer {UPSTREAM_KEY}", "content-type": "application/json"}
 CHAT = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
@@ -95,6 +100,55 @@ async def test_a_wait_for_a_busy_pool_is_overload_not_a_provider_failure(mock: M
     assert (caught.value.status, caught.value.code, caught.value.provider) == (503, "overloaded", "mock")
     assert not is_provider_failure(caught.value)
     assert answer.status == 200
+
+
+@pytest.mark.parametrize("connect_seconds", [0.8, 2.5])
+async def test_a_connect_after_a_long_wait_for_the_pool_has_its_whole_timeout(
+    mock: Mock, monkeypatch: pytest.MonkeyPatch, connect_seconds: float
+) -> None:
+    """aiohttp's connect timeout covered the wait for a pooled connection and the connect after it: a
+    request that waited 1 s of its 1.5 s for a connection (this process's load) then had 0.5 s to
+    connect, and a provider that takes 0.8 s (a slow TLS handshake, a far region) was a connect
+    timeout — a provider failure, its model put in backoff for everyone. The wait and the connect
+    have a connect timeout each: it connects; a provider that takes longer than the timeout to
+    connect is still a connect timeout, a provider failure. (The slow connect is simulated: every
+    new connection once `slow` is set takes `connect_seconds` more to open.)"""
+    slow = asyncio.Event()
+    opened = aiohappyeyeballs.start_connection
+
+    async def start_connection(*args: Any, **kwargs: Any) -> Any:
+        if slow.is_set():
+            await asyncio.sleep(connect_seconds)
+        return await opened(*args, **kwargs)
+
+    monkeypatch.setattr(aiohappyeyeballs, "start_connection", start_connection)
+    log = mock.app.state.mock.log
+    log.clear()
+    async with create_session(read_timeout=5, connect_timeout=1.5, limit=1) as http:
+
+        async def hold() -> None:  # the pool's one connection, busy for 1 s, then dropped mid-stream
+            held = await send(http, "mock", "POST", mock.url + "/v1/chat/completions", body=STREAM,
+                              headers={**AUTH, "x-mock-latency-ms": "1000", "x-mock-chunk-delay-ms": "2000"})
+            held.close()
+
+        async def arrived() -> bool:
+            return len(log) > 0
+
+        holding = asyncio.create_task(hold())
+        assert await eventually(arrived)  # it holds the connection
+        slow.set()
+        try:
+            answer = await send(http, "mock", "POST", mock.url + "/v1/chat/completions", body=CHAT, headers=AUTH)
+        except UpstreamTimeout as exc:
+            failed: UpstreamTimeout | None = exc
+        else:
+            failed = None
+            answer.close()
+        await holding
+    if connect_seconds < 1.5:
+        assert failed is None and answer.status == 200
+    else:
+        assert failed is not None and not failed.sent and is_provider_failure(failed)
 
 
 async def test_answers_keep_status_headers_and_unread_body(mock: Mock) -> None:

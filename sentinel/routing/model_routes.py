@@ -6,7 +6,7 @@ a read timeout after the request was sent is not: the caller's request was long,
 `is_provider_failure`).
 An alias with several targets tries its healthy targets first (in the alias's order) and moves to
 the next target when one fails with a provider failure before the first byte (5xx, connect timeout,
-refused connection, provider 429; not a read timeout nor a connection dropped after the request was
+refused connection, provider 429, a refusal of the provider key itself; not a read timeout nor a connection dropped after the request was
 sent: the provider may have served it) — the same rule as the native API's failover. A single target
 costs no health lookup: only a failure is written, and a later success clears it when this process
 saw it.

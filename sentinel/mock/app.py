@@ -92,13 +92,13 @@ class Endpoint:
                 reply = wire.error_reply(fault, rid)
         except WireError as exc:
             reply = wire.error_reply(exc, rid)
-        await self._send(send, reply, call, rid)
+        await self._send(send, receive, reply, call, rid)
 
-    async def _send(self, send: Send, reply: Reply, call: Call, rid: str) -> None:
+    async def _send(self, send: Send, receive: Receive, reply: Reply, call: Call, rid: str) -> None:
         delay = self.state.latency_ms + call.faults.latency_ms
         if delay > 0:
             await asyncio.sleep(delay / 1000.0)
-        await reply.send(send, call.faults, {"x-request-id": rid, "request-id": rid})
+        await reply.send(send, call.faults, {"x-request-id": rid, "request-id": rid}, receive)
 
 
 def _not_found(state: MockState) -> Endpoint:

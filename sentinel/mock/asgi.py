@@ -2,7 +2,8 @@
 
 Replies are sent straight through ASGI `send` (no Starlette Response objects, no middleware) so
 per-request work stays minimal. A deliberate connection cut (the `disconnect_after` knob) is an
-ASGI app returning before its last body message: uvicorn then closes the socket mid-body.
+ASGI app returning before its last body message: uvicorn then closes the socket mid-body; so is a
+stream that pinged until its client left (`pings_after`).
 `CutLogFilter` hides the error line uvicorn logs for such a cut, and only for a cut the mock made.
 """
 
@@ -124,7 +125,7 @@ class JSONReply:
         self.status = status
         self.headers = headers or {}
 
-    async def send(self, send: Send, faults: Faults, extra: dict[str, str]) -> None:
+    async def send(self, send: Send, faults: Faults, extra: dict[str, str], receive: Receive | None = None) -> None:
         data = orjson.dumps(self.body)
         healthy = self.status == 200
         if healthy and faults.malformed:
@@ -146,6 +147,9 @@ def sse(data: Any, event: str | None = None) -> bytes:
 
 
 DONE = b"data: [DONE]\n\n"
+COMMENT_PING = b": ping\n\n"  # an SSE comment: what an OpenAI-format server may send to keep a stream open
+ANTHROPIC_PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+MIN_PING_INTERVAL = 0.02  # seconds: `pings_after` without `chunk_delay_ms` pings this often
 
 
 def malformed(event: bytes) -> bytes:
@@ -156,10 +160,12 @@ def malformed(event: bytes) -> bytes:
 
 
 class SSEReply:
-    """A ready list of SSE events; obeys `malformed`, `disconnect_after` and `chunk_delay_ms`.
+    """A ready list of SSE events; obeys `malformed`, `disconnect_after`, `pings_after` and `chunk_delay_ms`.
 
     ``delta_index`` is the position of the first content delta: the malformed copy goes there.
-    `disconnect_after=N` sends at most N events and always stops before the terminal event.
+    `disconnect_after=N` sends at most N events and always stops before the terminal event;
+    `pings_after=N` too, then sends only pings (Anthropic's `ping` event on a stream of named
+    events, an SSE comment on others) until the client leaves — a stream without end.
     """
 
     __slots__ = ("events", "delta_index")
@@ -168,7 +174,7 @@ class SSEReply:
         self.events = events
         self.delta_index = min(delta_index, len(events) - 1)
 
-    async def send(self, send: Send, faults: Faults, extra: dict[str, str]) -> None:
+    async def send(self, send: Send, faults: Faults, extra: dict[str, str], receive: Receive | None = None) -> None:
         events = self.events
         if faults.malformed:
             events = list(events)
@@ -176,6 +182,8 @@ class SSEReply:
         limit = len(events)
         if faults.disconnect_after is not None:
             limit = min(faults.disconnect_after, len(events) - 1)
+        if faults.pings_after is not None:
+            limit = min(faults.pings_after, limit, len(events) - 1)
         headers = _headers(b"text/event-stream; charset=utf-8", {"cache-control": "no-cache", **extra})
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         delay = faults.chunk_delay_ms / 1000.0
@@ -183,10 +191,29 @@ class SSEReply:
             if delay and index:
                 await asyncio.sleep(delay)
             await send({"type": "http.response.body", "body": events[index], "more_body": True})
+        if faults.pings_after is not None and receive is not None:
+            ping = ANTHROPIC_PING if events[0].startswith(b"event:") else COMMENT_PING
+            await _ping_until_gone(send, receive, ping, max(delay, MIN_PING_INTERVAL))
         if limit < len(events):
             _DELIBERATE_CUT.set(True)
             return
         await send({"type": "http.response.body", "body": b""})
+
+
+async def _ping_until_gone(send: Send, receive: Receive, ping: bytes, interval: float) -> None:
+    """Send `ping` every `interval` seconds until the client disconnects (the request's body was read)."""
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        while not gone.done():
+            await send({"type": "http.response.body", "body": ping, "more_body": True})
+            await asyncio.wait({gone}, timeout=interval)
+    finally:
+        gone.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 Reply = JSONReply | SSEReply

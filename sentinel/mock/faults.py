@@ -18,6 +18,11 @@ chunk_delay_ms     X-Mock-Chunk-Delay-Ms   #mock:chunk_delay_ms=N   wait N ms be
 disconnect_after   X-Mock-Disconnect-After #mock:disconnect_after=N stream: cut after N events (never
                                                                     sending [DONE]/message_stop);
                                                                     non-stream: cut mid-body
+pings_after        X-Mock-Pings-After      #mock:pings_after=N      stream: after N events (never the
+                                                                    terminal one) only keep-alive
+                                                                    pings, one per chunk_delay_ms (at
+                                                                    least 20 ms), until the client
+                                                                    leaves; non-stream: no effect
 malformed          X-Mock-Malformed-Chunk  #mock:malformed          stream: one extra non-JSON event;
                                                                     non-stream: truncated JSON body
 no_usage           X-Mock-No-Usage         #mock:no_usage           omit usage everywhere
@@ -35,7 +40,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-_INT_KNOBS = ("status", "disconnect_after", "retry_after")
+_INT_KNOBS = ("status", "disconnect_after", "retry_after", "pings_after")
 _FLOAT_KNOBS = ("latency_ms", "chunk_delay_ms")
 _BOOL_KNOBS = ("malformed", "no_usage", "parallel_tools")
 _HEADER_NAMES = {
@@ -44,6 +49,7 @@ _HEADER_NAMES = {
     "x-mock-latency-ms": "latency_ms",
     "x-mock-chunk-delay-ms": "chunk_delay_ms",
     "x-mock-disconnect-after": "disconnect_after",
+    "x-mock-pings-after": "pings_after",
     "x-mock-malformed-chunk": "malformed",
     "x-mock-malformed": "malformed",
     "x-mock-no-usage": "no_usage",
@@ -88,6 +94,7 @@ class Faults:
     latency_ms: float = 0.0
     chunk_delay_ms: float = 0.0
     disconnect_after: int | None = None
+    pings_after: int | None = None
     malformed: bool = False
     no_usage: bool = False
     parallel_tools: bool = False

@@ -263,3 +263,24 @@ def test_server_wide_latency() -> None:
         started = time.perf_counter()
         assert client.get("/v1/models", headers={"X-Mock-Latency-Ms": "100"}).status_code == 401
         assert time.perf_counter() - started >= 0.3  # server-wide and per-request delays add up
+
+
+@pytest.mark.parametrize(("path", "body", "ping"), [
+    ("/v1/chat/completions", {**CHAT, "stream": True}, b": ping\n\n"),
+    ("/v1/messages", {"model": "m", "max_tokens": 50, "stream": True, "messages": USER},
+     b'event: ping\ndata: {"type": "ping"}\n\n'),
+])
+def test_pings_after_sends_only_pings_after_its_events(
+    http: httpx.Client, path: str, body: dict[str, object], ping: bytes
+) -> None:
+    """A stream without end: its first N events, then keep-alive pings until the client leaves."""
+    auth = OPENAI_AUTH if path.endswith("completions") else ANTHROPIC_AUTH
+    received = b""
+    with http.stream("POST", path, json=body, headers={**auth, "X-Mock-Pings-After": "2"}) as r:
+        for chunk in r.iter_raw():
+            received += chunk
+            if received.count(ping) >= 3:
+                break
+    head, _, tail = received.partition(ping)
+    assert head.count(b"data: ") == 2  # the two events, then only pings
+    assert tail.replace(ping, b"") == b""

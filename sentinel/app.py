@@ -11,6 +11,8 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import time
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -46,10 +48,14 @@ log = logging.getLogger("sentinel.app")
 class SentinelApp:
     """The ASGI entry point. Requests are served by the routes built at startup."""
 
-    def __init__(self, settings: Settings, *, tracing: Tracing | None = None, owns_process: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, *, tracing: Tracing | None = None, owns_process: bool = False,
+        stream_clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.tracing = tracing
         self.owns_process = owns_process
+        self.stream_clock = stream_clock
         self.metrics = Metrics()
         self.runtime: Runtime | None = None
         self.access_log: AccessLog | None = None
@@ -57,7 +63,7 @@ class SentinelApp:
 
     async def startup(self) -> None:
         s = self.settings
-        runtime = await build_runtime(s, self.metrics, self.tracing)
+        runtime = await build_runtime(s, self.metrics, self.tracing, stream_clock=self.stream_clock)
         if s.access_log and access_log_wanted():
             self.access_log = AccessLog(sys.stderr.buffer)
             self.access_log.start()
@@ -144,8 +150,12 @@ class SentinelApp:
                 return
 
 
-def create_app(settings: Settings, *, tracing: Tracing | None = None, owns_process: bool = False) -> SentinelApp:
+def create_app(
+    settings: Settings, *, tracing: Tracing | None = None, owns_process: bool = False,
+    stream_clock: Callable[[], float] = time.monotonic,
+) -> SentinelApp:
     """Build (but do not start) a Sentinel app for `settings` (`tracing`: instead of the one the
     settings choose, e.g. an in-memory exporter in tests; `owns_process`: the app is all this
-    process serves, so start-up may tune the garbage collector for it)."""
-    return SentinelApp(settings, tracing=tracing, owns_process=owns_process)
+    process serves, so start-up may tune the garbage collector for it; `stream_clock`: the monotonic
+    clock a stream's time limit is read on, a test's own to move)."""
+    return SentinelApp(settings, tracing=tracing, owns_process=owns_process, stream_clock=stream_clock)

@@ -18,7 +18,8 @@
     ├── UpstreamError                    502 upstream_error          (provider set when known)
     │   ├── UpstreamStatusError          the upstream answered with an error status (4xx relayed as is)
     │   ├── UpstreamConnectionError      502 refused / DNS (not sent) or reset, dropped (sent)
-    │   └── UpstreamTimeout              504
+    │   ├── UpstreamTimeout              504
+    │   └── StreamTimeLimit              a stream cut at SENTINEL_STREAM_MAX_SECONDS (mid-stream only)
     └── InternalError                    500 server_error (the last resort; never carries a traceback)
 
 Foreign exceptions (aiohttp, redis, SQLAlchemy) are translated into this tree once, at the boundary
@@ -229,6 +230,14 @@ class UpstreamTimeout(UpstreamError):
     def __init__(self, message: str, *, sent: bool = True, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.sent = sent
+
+
+class StreamTimeLimit(UpstreamError):
+    """A streamed answer that ran past `SENTINEL_STREAM_MAX_SECONDS` (`UpstreamResponse.iter_chunks`):
+    Sentinel ends it, as it ends a stream whose connection broke. Raised mid-stream only (the answer
+    began: its status line is gone), so the client gets an error event, never this status."""
+
+    code = "stream_time_limit"
 
 
 def sent_unanswered(exc: BaseException) -> TypeGuard[UpstreamError]:

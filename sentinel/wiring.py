@@ -16,6 +16,7 @@ and the services, and returns them with the closers shutdown runs in order. Only
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -54,7 +55,7 @@ from sentinel.observability.tracing import NOOP_TRACING, Tracing, build_tracing
 from sentinel.providers.anthropic import AnthropicUpstream
 from sentinel.providers.catalog import DEFAULT_MODELS, WELL_KNOWN_MODELS, Catalog, ProviderSpec
 from sentinel.providers.chat import ChatProvider, make_provider
-from sentinel.providers.http import create_session
+from sentinel.providers.http import StreamLimit, create_session
 from sentinel.providers.openai import OpenAICompatUpstream
 from sentinel.quota.deliverer import UsageDeliverer, delivery_backoff
 from sentinel.quota.limiter import QuotaLimiter
@@ -262,10 +263,13 @@ def operator_key_digests(s: Settings) -> list[str]:
     return [hash_key(key) for key in (reveal(s.admin_key), reveal(s.docs_api_key)) if key]
 
 
-async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None = None) -> Runtime:
+async def build_runtime(
+    s: Settings, metrics: Metrics, tracing: Tracing | None = None, *, stream_clock: Callable[[], float] = time.monotonic,
+) -> Runtime:
     """Open the shared clients and build every service (call inside the running event loop).
 
-    `tracing` replaces the one OTEL_EXPORTER_OTLP_ENDPOINT selects (tests pass an in-memory one)."""
+    `tracing` replaces the one OTEL_EXPORTER_OTLP_ENDPOINT selects (tests pass an in-memory one);
+    `stream_clock` is what a stream's time limit is read on (tests pass one they move)."""
     file = read_providers_file(s)  # before any pool is opened: a bad file stops start-up with nothing to close
     catalog = build_catalog(s, file)
     catalogue = build_model_catalogue(catalog, file)
@@ -343,7 +347,9 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
         for name, spec in catalog.providers.items() if spec.kind == "anthropic"
     }
     routes = ModelRoutes(health)
-    translated = TranslatedChat(chat_providers, meter, counter, metrics, default_max_tokens=s.default_max_output_tokens)
+    stream_limit = StreamLimit(s.stream_max_seconds, stream_clock)
+    translated = TranslatedChat(chat_providers, meter, counter, metrics, default_max_tokens=s.default_max_output_tokens,
+                                stream_limit=stream_limit)
     live = LiveState(
         plans=plans, limiter=limiter, health=router.health, tiers=governance.tiers, providers=set(chat_providers),
         sessions=router.sessions, outbox=outbox,
@@ -366,13 +372,15 @@ async def build_runtime(s: Settings, metrics: Metrics, tracing: Tracing | None =
         engine=engine,
         authenticator=authenticator,
         relay=OpenAIRelay(
-            relays, openai, meter, Ownership(store), metrics, catalogue=catalogue, routes=routes, translated=translated
+            relays, openai, meter, Ownership(store), metrics, catalogue=catalogue, routes=routes, translated=translated,
+            stream_limit=stream_limit,
         ),
         messages=MessagesService(
-            anthropic_relays, meter, metrics, counter, catalogue=catalogue, routes=routes, translated=translated
+            anthropic_relays, meter, metrics, counter, catalogue=catalogue, routes=routes, translated=translated,
+            stream_limit=stream_limit,
         ),
         models=ModelList(catalogue, meter),
-        native=NativeChat(router, chat_providers, meter, counter),
+        native=NativeChat(router, chat_providers, meter, counter, stream_limit=stream_limit),
         router=router,
         # Settlements under way first (requests cancelled past the shutdown deadline finish theirs):
         # their records go to the outbox and the ledger the next closers flush and close.

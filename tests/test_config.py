@@ -18,6 +18,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.database_url.startswith("sqlite+aiosqlite:///")
     assert s.max_body_bytes == 10 * 1024 * 1024
     assert s.jwt_cache_ttl_seconds == 300
+    assert s.stream_max_seconds == 900
     assert s.use_embedded_mock
     assert s.effective_openai_url == "https://api.openai.com/v1"
 
@@ -46,6 +47,8 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
         ("SENTINEL_LOG_LEVEL", "chatty"),
         ("DATABASE_URL", "mysql://x"),
         ("QUOTA_FAILURE_MODE", "sometimes"),
+        ("SENTINEL_STREAM_MAX_SECONDS", "0"),
+        ("SENTINEL_STREAM_MAX_SECONDS", "-5"),
     ],
 )
 def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -144,6 +147,8 @@ def test_a_jwks_without_an_audience_is_refused(monkeypatch: pytest.MonkeyPatch) 
         ("REDIS_TIMEOUT_SECONDS", "1e400"),  # a hung Redis never failed over
         ("SENTINEL_SHUTDOWN_TIMEOUT_SECONDS", "inf"),  # a traceback at start
         ("USAGE_LEASE_SECONDS", "1e300"),  # a timedelta overflow at start
+        ("SENTINEL_STREAM_MAX_SECONDS", "inf"),  # streams without end again
+        ("SENTINEL_STREAM_MAX_SECONDS", "2e9"),  # past MAX_SECONDS (a loop timer that far off)
     ],
 )
 def test_durations_must_be_finite_and_bounded(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:

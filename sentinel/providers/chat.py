@@ -27,7 +27,7 @@ from sentinel.native.sse import SSEParser
 from sentinel.native.stream import StreamNormalizer, StreamResult
 from sentinel.providers.catalog import ProviderSpec
 from sentinel.providers.errors import UnreadableAnswer, redact, upstream_error
-from sentinel.providers.http import UpstreamResponse, send, stalled_if
+from sentinel.providers.http import StreamLimit, UpstreamResponse, send, stalled_if
 
 
 def recorded_usage(usage: WireUsage | None, cache: CacheTokens) -> Usage | None:
@@ -57,14 +57,15 @@ class ProviderStream:
     upstream_seconds: float = 0.0
     result: StreamResult | None = None
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Unified chunks as they arrive; raises StreamError (or UpstreamError) when the stream breaks.
+    async def events(self, limit: StreamLimit | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Unified chunks as they arrive; raises StreamError (or UpstreamError) when the stream breaks,
+        `StreamTimeLimit` when it runs past `limit` (`UpstreamResponse.iter_chunks`).
 
         After the iterator ends normally, `result` says how the stream ended.
         """
         parser = SSEParser()
         try:
-            async for raw in self.upstream.iter_chunks():
+            async for raw in self.upstream.iter_chunks(limit):
                 for event in parser.feed(raw):
                     for chunk in self.normalizer.feed(event):
                         yield chunk

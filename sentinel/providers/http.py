@@ -10,6 +10,11 @@ once more on a fresh connection. A reused connection that failed only after a wh
 had the request all that time: it may be working on it) and a failure on a new connection are
 never retried here.
 
+A streamed answer is relayed for at most `StreamLimit.seconds` (`SENTINEL_STREAM_MAX_SECONDS`):
+the read timeout bounds only the wait for the next byte, so a provider that sent a ping or a
+comment now and then held the stream, its in-flight slot and its reservation for as long as the
+client stayed. Past the limit the stream ends with `StreamTimeLimit` (`UpstreamResponse.iter_chunks`).
+
 The pool holds at most `limit` connections. A request that waited for one of them past the connect
 timeout is 503 `overloaded` (this process's load), not a connect timeout: that is a provider
 failure, which put the provider's models in backoff for everyone while the provider was fine. The
@@ -24,6 +29,7 @@ is their sum.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,9 +40,17 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from sentinel.errors import Overloaded, UpstreamConnectionError, UpstreamError, UpstreamTimeout
+from sentinel.errors import (
+    Overloaded,
+    StreamTimeLimit,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from sentinel.observability.logging import request_id_var
 from sentinel.providers.errors import broken_off, redact, upstream_error
+
+log = logging.getLogger("sentinel.upstream")
 
 # A pooled connection the peer closed while it sat idle fails like this before any answer began.
 _STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -164,6 +178,17 @@ def stalled_if(stream: bool) -> Iterator[None]:
         raise
 
 
+@dataclass(frozen=True, slots=True)
+class StreamLimit:
+    """How long a streamed answer may be relayed (`SENTINEL_STREAM_MAX_SECONDS`), from the moment its
+    body is first read; `clock` (monotonic seconds) is what each chunk's arrival is checked on."""
+
+    seconds: float = 900.0
+    clock: Callable[[], float] = time.monotonic
+
+
+STREAM_LIMIT = StreamLimit()  # `SENTINEL_STREAM_MAX_SECONDS`' default
+
 @dataclass
 class UpstreamResponse:
     """An upstream answer whose body has not been read yet (so it can be streamed)."""
@@ -174,6 +199,7 @@ class UpstreamResponse:
     raw: aiohttp.ClientResponse
     content_type: str = field(default="")
     secret: str | None = field(default=None, repr=False)  # the provider key sent: kept out of `read_error`
+    _deadline: asyncio.TimerHandle | None = field(default=None, repr=False, compare=False)
 
     @property
     def streams(self) -> bool:
@@ -228,17 +254,53 @@ class UpstreamResponse:
             self.close()
             raise
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        """Yield body bytes as they arrive (no re-chunking, no buffering)."""
+    async def iter_chunks(self, limit: StreamLimit | None = None) -> AsyncIterator[bytes]:
+        """Yield body bytes as they arrive (no re-chunking, no buffering).
+
+        With `limit` (a stream), the body ends with `StreamTimeLimit` once it has been read for
+        `limit.seconds`: checked on `limit.clock` as each chunk arrives (pings and comments are
+        chunks too), and by a timer on the event loop that ends a wait for the next bytes at the
+        limit (the wait is otherwise bounded only by the read timeout). `close` stops the timer."""
+        content = self.raw.content
         with translate_errors(self.provider):
-            async for chunk in self.raw.content.iter_any():
-                yield chunk
+            if limit is None:
+                async for chunk in content.iter_any():
+                    yield chunk
+                return
+            deadline = limit.clock() + limit.seconds
+            self._disarm()
+            self._deadline = asyncio.get_running_loop().call_later(
+                limit.seconds, lambda: content.set_exception(self._cut(limit))
+            )
+            try:
+                async for chunk in content.iter_any():
+                    if limit.clock() >= deadline:
+                        raise self._cut(limit)
+                    yield chunk
+            finally:
+                self._disarm()
+
+    def _cut(self, limit: StreamLimit) -> StreamTimeLimit:
+        """The error a stream past its time limit ends with (logged once, here)."""
+        self._disarm()
+        log.warning("stream cut at its time limit", extra={"provider": self.provider, "limit_seconds": limit.seconds})
+        return StreamTimeLimit(
+            f"Upstream {self.provider} stream cut: it ran past the {limit.seconds:g} s a streamed answer may last",
+            provider=self.provider,
+        )
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def close(self) -> None:
         """Release (or, mid-body, drop) the upstream connection."""
+        self._disarm()
         self.raw.close()
 
     def release(self) -> None:
+        self._disarm()
         self.raw.release()
 
 

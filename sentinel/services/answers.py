@@ -25,7 +25,7 @@ from sentinel.errors import StoreUnavailable, UpstreamError
 from sentinel.governance.ownership import Ownership
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.errors import UnreadableAnswer, upstream_error
-from sentinel.providers.http import UpstreamResponse
+from sentinel.providers.http import STREAM_LIMIT, StreamLimit, UpstreamResponse
 from sentinel.providers.openai import relayable_headers
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.usage import StreamInspector, TailInspector, output_read, text_from_body, usage_from_body
@@ -70,10 +70,14 @@ WORK = Charging()  # a metered call: its answer's usage is its own
 class AnswerRelay:
     """Relays upstream answers and settles them (see the module docstring)."""
 
-    def __init__(self, meter: Meter, ownership: Ownership, metrics: Metrics) -> None:
+    def __init__(
+        self, meter: Meter, ownership: Ownership, metrics: Metrics,
+        stream_limit: StreamLimit = STREAM_LIMIT,
+    ) -> None:
         self.meter = meter
         self.ownership = ownership
         self.metrics = metrics
+        self.stream_limit = stream_limit
 
     async def complete(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, *, owner: Identity | None,
@@ -184,17 +188,18 @@ class AnswerRelay:
         provider streaming unasked, or asked in a way Sentinel did not read — is never relayed: its
         usage would go unread (a complete answer's is read from its JSON). The provider served and
         billed it: it is read to its end (each event as it comes, nothing kept but what the events
-        say, `StreamInspector`) and recorded with the usage its events showed (`StreamInspector.usage`), as an answer
-        Sentinel could not read (`UnreadableAnswer`: 502 `provider_bad_response`, see `Meter.fail`)."""
+        say, `StreamInspector`; for at most `SENTINEL_STREAM_MAX_SECONDS`) and recorded with the usage
+        its events showed (`StreamInspector.usage`), as an answer Sentinel could not read
+        (`UnreadableAnswer`: 502 `provider_bad_response`, see `Meter.fail`)."""
         inspector = StreamInspector(admission.endpoint, provider=upstream.provider, secret=upstream.secret)
         try:
             with upstream.reading_served():
-                async for chunk in upstream.iter_chunks():
+                async for chunk in upstream.iter_chunks(self.stream_limit):
                     inspector.feed(chunk)
             inspector.flush()
         except UnreadableAnswer:
             raise  # (broken off: recorded with what was read, as below)
-        except UpstreamError:  # an event over MAX_EVENT_BYTES: served and billed all the same
+        except UpstreamError:  # an event over MAX_EVENT_BYTES, a stream past its time limit: served and billed
             raise UnreadableAnswer(
                 f"Provider {upstream.provider} answered with an event stream Sentinel could not read",
                 usage=inspector.usage, provider=upstream.provider,
@@ -284,7 +289,7 @@ class AnswerRelay:
                 await claim_created(ownership, [(i, audio_ttl(at, now)) for i, at in inspector.audio.items()], speaker)
             report(ex, admission, inspector.model)
 
-        return relay_events(upstream, inspector, endpoint, self.metrics, settle)
+        return relay_events(upstream, inspector, endpoint, self.metrics, settle, self.stream_limit)
 
 
 async def claim_created(ownership: Ownership, created: Iterable[tuple[str, float | None]], owner: Identity) -> None:

@@ -4,8 +4,9 @@ The inspector (`quota.usage.StreamInspector` for OpenAI, `quota.anthropic_usage.
 for Anthropic) passes events on, reads the usage, and holds back the final event (`[DONE]`,
 `message_stop`) so that it reaches the client only after the usage record is durable. A stream
 Sentinel stops — the provider's connection broke or timed out, an event over the size cap, an event
-no check foresaw — ends with an error event in the surface's shape instead (`failure_event`); one
-the provider itself ended without its final event simply ends, as it would have without Sentinel.
+no check foresaw, a stream past `SENTINEL_STREAM_MAX_SECONDS` — ends with an error event in the
+surface's shape instead (`failure_event`); one the provider itself ended without its final event
+simply ends, as it would have without Sentinel.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from sentinel.errors import UpstreamError
 from sentinel.native.anthropic_stream import render_error_event as anthropic_error_event
 from sentinel.native.stream import render_error_event
 from sentinel.observability.metrics import Metrics
-from sentinel.providers.http import UpstreamResponse
+from sentinel.providers.http import StreamLimit, UpstreamResponse
 from sentinel.providers.openai import relayable_headers
 from sentinel.services.exchange import (
     SSE_HEADERS,
     Ending,
     MeteredStream,
     StreamReply,
+    cut_code,
     unexpected_stream_failure,
 )
 
@@ -54,12 +56,14 @@ def relay_events(
     endpoint: str,
     metrics: Metrics,
     settle: Callable[[int], Awaitable[None]],
+    limit: StreamLimit,
 ) -> StreamReply:
     """The upstream's stream relayed through `inspector`, its usage settled by `settle(status)`.
 
     A stream that ends without its final event is counted as truncated; an upstream failing
     mid-stream ends the stream (its headers are gone) with an error event (`failure_event`) and is
-    settled as 502, usage so far included; so is one that carried the provider's own error event.
+    settled as 502, usage so far included; so is one that carried the provider's own error event,
+    and one that ran past `limit` (`StreamTimeLimit`).
     """
     started = time.perf_counter()
 
@@ -67,7 +71,7 @@ def relay_events(
         ending.status = upstream.status
         failure = b""
         try:
-            async for chunk in upstream.iter_chunks():
+            async for chunk in upstream.iter_chunks(limit):
                 out = inspector.feed(chunk)
                 if out:
                     yield out
@@ -83,8 +87,7 @@ def relay_events(
         except UpstreamError as exc:
             metrics.upstream_errors.labels(upstream.provider, exc.code).inc()
             ending.status = 502
-            code = "parse_error" if exc.code == "stream_event_too_large" else "connection_closed"
-            failure = failure_event(endpoint, exc.message, code)
+            failure = failure_event(endpoint, exc.message, cut_code(exc))
         except Exception as exc:  # unexpected (an event the inspector could not handle): ended as above
             unexpected = unexpected_stream_failure(exc, upstream.provider)
             metrics.upstream_errors.labels(upstream.provider, "stream_" + unexpected.code).inc()

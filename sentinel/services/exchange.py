@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from sentinel.errors import StreamTimeLimit, UpstreamError
 from sentinel.native import StreamError
 from sentinel.observability.tracing import NOOP_TRACING, Tracing
 
@@ -126,3 +127,13 @@ def unexpected_stream_failure(exc: Exception, provider: str) -> StreamError:
     log.error("stream failed unexpectedly", exc_info=exc, extra={"provider": provider})
     return StreamError(f"Sentinel could not read the stream of provider {provider}", code="internal_error",
                        provider=provider)
+
+
+def cut_code(exc: UpstreamError) -> str:
+    """The `code` of the error event that ends a stream an upstream failure cut (what the client
+    reads; the metric label of a translated or native cut, after `stream_`): `stream_time_limit` for
+    one past `SENTINEL_STREAM_MAX_SECONDS`, `parse_error` for an event over the size cap,
+    `connection_closed` for the rest (a broken connection, a read timeout)."""
+    if isinstance(exc, StreamTimeLimit):
+        return exc.code
+    return "parse_error" if exc.code == "stream_event_too_large" else "connection_closed"

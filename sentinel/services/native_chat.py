@@ -29,7 +29,7 @@ from sentinel.native.stream import DONE, render_chunk, render_error_event
 from sentinel.native.types import ImagePart
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.providers.chat import ChatProvider, Completion, ProviderStream, recorded_usage
-from sentinel.providers.http import UpstreamResponse
+from sentinel.providers.http import STREAM_LIMIT, StreamLimit, UpstreamResponse
 from sentinel.quota.estimate import estimate_input
 from sentinel.quota.images import image_rule_for
 from sentinel.quota.meter import Admission, Meter, count_off_loop
@@ -44,6 +44,7 @@ from sentinel.services.exchange import (
     MeteredStream,
     Reply,
     StreamReply,
+    cut_code,
     unexpected_stream_failure,
 )
 
@@ -54,12 +55,14 @@ class NativeChat:
     """Serves native chat requests over the tier router, the meter and the chat providers."""
 
     def __init__(
-        self, router: TierRouter, providers: dict[str, ChatProvider], meter: Meter, counter: TokenCounter
+        self, router: TierRouter, providers: dict[str, ChatProvider], meter: Meter, counter: TokenCounter,
+        *, stream_limit: StreamLimit = STREAM_LIMIT,
     ) -> None:
         self.router = router
         self.providers = providers
         self.meter = meter
         self.counter = counter
+        self.stream_limit = stream_limit
         self.failover = Failover(router, providers)
 
     async def chat(self, ex: Exchange, identity: Identity, req: ChatRequest, *, size: int = 0) -> Reply | StreamReply:
@@ -216,7 +219,7 @@ class NativeChat:
 
         async def produce(ending: Ending) -> AsyncIterator[bytes]:
             try:
-                async for chunk in stream.events():
+                async for chunk in stream.events(self.stream_limit):
                     if unsettled:
                         await bind()
                     yield render_chunk(chunk)
@@ -229,7 +232,7 @@ class NativeChat:
                     unexpected_stream_failure(exc, choice.provider)
                 )
                 ending.status = 502
-                code = error.code if isinstance(error, StreamError) else "connection_closed"
+                code = error.code if isinstance(error, StreamError) else cut_code(error)
                 # Not a health failure: the provider answered; one broken stream must not take a
                 # single-model tier down for 30 s (only failures before the first byte count).
                 ending.last = render_error_event(error.message, "stream_error", code)

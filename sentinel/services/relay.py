@@ -35,7 +35,7 @@ from sentinel.native.openai_checks import (
 from sentinel.native.openai_inbound import parse_openai_chat
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
-from sentinel.providers.http import UpstreamResponse, stalled_if
+from sentinel.providers.http import STREAM_LIMIT, StreamLimit, UpstreamResponse, stalled_if
 from sentinel.providers.openai import OpenAICompatUpstream, forwardable_headers
 from sentinel.quota.images import image_rule_for
 from sentinel.quota.meter import Admission, Meter
@@ -79,7 +79,7 @@ class OpenAIRelay:
     def __init__(
         self, upstreams: dict[str, OpenAICompatUpstream], default: OpenAICompatUpstream, meter: Meter,
         ownership: Ownership, metrics: Metrics, *, catalogue: ModelCatalogue, routes: ModelRoutes,
-        translated: TranslatedChat,
+        translated: TranslatedChat, stream_limit: StreamLimit = STREAM_LIMIT,
     ) -> None:
         self.upstreams = upstreams
         self.upstream = default
@@ -89,7 +89,7 @@ class OpenAIRelay:
         self.catalogue = catalogue
         self.routes = routes
         self.translated = translated
-        self.answers = AnswerRelay(meter, ownership, metrics)
+        self.answers = AnswerRelay(meter, ownership, metrics, stream_limit)
 
     # --- metered endpoints (chat, completions, embeddings, responses) -------------------------------
     async def metered(

@@ -33,7 +33,7 @@ from sentinel.native.stream import DONE, render_chunk, render_error_event
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.providers.chat import ChatProvider, ProviderStream, recorded_usage
-from sentinel.providers.http import UpstreamResponse
+from sentinel.providers.http import STREAM_LIMIT, StreamLimit, UpstreamResponse
 from sentinel.quota.meter import Admission, Meter, count_off_loop
 from sentinel.quota.tokens import TokenCounter
 from sentinel.services.answers import refuse, report
@@ -44,6 +44,7 @@ from sentinel.services.exchange import (
     MeteredStream,
     Reply,
     StreamReply,
+    cut_code,
     unexpected_stream_failure,
 )
 
@@ -56,13 +57,14 @@ class TranslatedChat:
 
     def __init__(
         self, providers: dict[str, ChatProvider], meter: Meter, counter: TokenCounter, metrics: Metrics,
-        *, default_max_tokens: int,
+        *, default_max_tokens: int, stream_limit: StreamLimit = STREAM_LIMIT,
     ) -> None:
         self.providers = providers
         self.meter = meter
         self.counter = counter
         self.metrics = metrics
         self.default_max_tokens = default_max_tokens
+        self.stream_limit = stream_limit
 
     def translate(self, req: ModelChatRequest, target: ModelTarget) -> dict[str, Any]:
         """The provider's request body; InvalidRequest (400 naming the field) when it cannot be built."""
@@ -152,7 +154,7 @@ class TranslatedChat:
 
         async def produce(ending: Ending) -> AsyncIterator[bytes]:
             try:
-                async for chunk in stream.events():
+                async for chunk in stream.events(self.stream_limit):
                     out = render_chunk(chunk) if encoder is None else encoder.feed(chunk)
                     if out:
                         yield out
@@ -161,9 +163,9 @@ class TranslatedChat:
                     unexpected_stream_failure(exc, target.provider)
                 )
                 ending.status = 502
-                code = error.code if isinstance(error, StreamError) else "connection_closed"
+                code = error.code if isinstance(error, StreamError) else cut_code(error)
                 kind = error.kind if isinstance(error, StreamError) else code  # (never the provider's code)
-                metrics.upstream_errors.labels(target.provider, "stream_" + kind).inc()
+                metrics.upstream_errors.labels(target.provider, "stream_" + kind.removeprefix("stream_")).inc()
                 ending.last = (
                     render_error_event(error.message, "stream_error", code) if encoder is None
                     else anthropic_error_event(error.message)

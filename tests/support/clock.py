@@ -14,3 +14,16 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class TickingClock(FakeClock):
+    """A FakeClock that moves `step` seconds each time it is read: time passes only as the code
+    under test works (each reading one step), never with the wall clock."""
+
+    def __init__(self, step: float, now: float = 1_700_000_000.0) -> None:
+        super().__init__(now)
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now

@@ -106,10 +106,10 @@ def create_session(
     *, read_timeout: float, connect_timeout: float, keepalive: float = 15.0, limit: int = 1000,
     trace_configs: Sequence[aiohttp.TraceConfig] = (),
 ) -> aiohttp.ClientSession:
-    """The app-wide upstream session: keep-alive pool, no total timeout (streams may be long),
-    a connect timeout and an idle-read timeout (the longest wait for the next upstream byte).
-    `connect_timeout` bounds the wait for a pooled connection and the TCP (and TLS) connect each;
-    both, with the DNS lookup, take at most twice as long (see the module docstring).
+    """The app-wide upstream session: keep-alive pool, no total timeout (a stream's is `StreamLimit`,
+    applied where it is read), a connect timeout and an idle-read timeout (the longest wait for the
+    next upstream byte). `connect_timeout` bounds the wait for a pooled connection and the TCP (and
+    TLS) connect each; both, with the DNS lookup, take at most twice as long (see the module docstring).
     `trace_configs` are aiohttp hooks (tracing adds `traceparent` with one; none by default)."""
     connector = _PoolConnector(
         pool_timeout=connect_timeout, limit=limit, limit_per_host=limit, keepalive_timeout=keepalive, ttl_dns_cache=300
@@ -188,6 +188,7 @@ class StreamLimit:
 
 
 STREAM_LIMIT = StreamLimit()  # `SENTINEL_STREAM_MAX_SECONDS`' default
+
 
 @dataclass
 class UpstreamResponse:

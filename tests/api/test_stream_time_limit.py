@@ -139,15 +139,20 @@ def test_a_messages_stream_past_its_time_limit_ends_with_an_error_the_anthropic_
 def test_a_stream_whose_upstream_goes_quiet_is_cut_at_the_limit_not_at_the_read_timeout(
     gateway_factory: Callable[..., Gateway],
 ) -> None:
-    """No byte comes after one event and a ping (the next ping is due in 10 minutes): no chunk's
-    arrival checks the clock, so a timer on the event loop ends the wait at the limit (0.2 s of
-    real time here; the read timeout, 5 minutes, would have kept the stream)."""
-    gw = gateway_factory(stream_max_seconds=0.2, upstream_timeout_seconds=300, usage_flush_interval_seconds=0.1)
-    quiet = "one two #mock:pings_after=1 #mock:chunk_delay_ms=600000"
-    client = gw.openai(timeout=60)
-    with pytest.raises(openai.APIError) as cut:  # noqa: PT012
-        for _ in client.chat.completions.create(model=MINI, messages=ask(quiet), stream=True):
-            pass
+    """No byte comes after the first event: no chunk's arrival checks the clock, so a timer on the
+    event loop ends the wait at the limit (0.2 s of real time here; the read timeout, 5 minutes,
+    would have kept the stream), and the upstream connection is closed."""
+    first = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MINI,
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]}
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", stream_max_seconds=0.2, upstream_timeout_seconds=300,
+                             usage_flush_interval_seconds=0.1)
+        upstream.sse(first, hold=True)
+        with pytest.raises(openai.APIError) as cut:  # noqa: PT012
+            for _ in gw.openai(timeout=60).chat.completions.create(model=MINI, messages=ask("hi"), stream=True):
+                pass
+        assert upstream.left.wait(timeout=10)  # the upstream's connection was closed
     assert cut.value.body == {"message": "Upstream openai stream cut: it ran past the 0.2 s a streamed answer may "
                                          "last", "type": "stream_error", "code": "stream_time_limit"}
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
@@ -198,6 +203,7 @@ def test_a_pass_through_answer_streamed_unasked_is_read_no_longer_than_the_limit
                       "usage": {"input_tokens": 30, "output_tokens": 400, "total_tokens": 430}}, hold=True)
         with gw.client() as alice:
             drawn = alice.post("/v1/images/generations", json={"model": "gpt-image-1", "prompt": "a cat"})
+        assert upstream.left.wait(timeout=10)  # the upstream's connection was closed
     assert drawn.status_code == 502, drawn.text
     assert drawn.json()["error"]["code"] == "provider_bad_response"
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)

@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     # Replicas that must confirm a usage record in the Redis stream (WAIT) before it counts as stored.
     usage_stream_replicas: int = env("USAGE_STREAM_REPLICAS", 0, ge=0)
     usage_stream_replica_timeout_ms: int = env("USAGE_STREAM_REPLICA_TIMEOUT_MS", 100, ge=1)
+    # Usage records this process may hold in memory when no durable outbox takes them (0.5-1 KB each);
+    # at the limit new metered requests get 503 `usage_unrecordable` until an outbox stores them.
+    max_unstored_records: int = env("SENTINEL_MAX_UNSTORED_RECORDS", 100_000, ge=1)
 
     # --- native API, tiers, sessions --------------------------------------------------------------
     session_ttl_seconds: int = env("SESSION_TTL_SECONDS", 86400, ge=1)

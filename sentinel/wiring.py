@@ -317,6 +317,7 @@ async def build_runtime(
     outbox = DurableOutbox(
         SqlOutbox(sessions, lease_seconds=s.usage_lease_seconds, idle_recheck=IDLE_RECHECK_SECONDS),
         stream_outbox, ledger=ledger_outbox,
+        max_unstored=s.max_unstored_records, on_unstored=metrics.unstored_records.set,
     )
     deliverer = UsageDeliverer(outbox, governance.sink, metrics, interval=s.usage_flush_interval_seconds,
                                backoff=delivery_backoff(s.usage_lease_seconds))
@@ -324,6 +325,7 @@ async def build_runtime(
     meter = QuotaMeter(
         plans=plans, limiter=limiter, local_limiter=LocalLimiter(), failure_mode=s.quota_failure_mode,
         counter=counter, outbox=outbox, metrics=metrics, default_max_output=s.default_max_output_tokens,
+        unrecordable=lambda: outbox.full,
     )
     chat_providers: dict[str, ChatProvider] = {
         name: make_provider(spec, http, default_max_tokens=s.default_max_output_tokens)

@@ -19,6 +19,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.max_body_bytes == 10 * 1024 * 1024
     assert s.jwt_cache_ttl_seconds == 300
     assert s.stream_max_seconds == 900
+    assert s.max_unstored_records == 100_000
     assert s.use_embedded_mock
     assert s.effective_openai_url == "https://api.openai.com/v1"
 
@@ -49,6 +50,8 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
         ("QUOTA_FAILURE_MODE", "sometimes"),
         ("SENTINEL_STREAM_MAX_SECONDS", "0"),
         ("SENTINEL_STREAM_MAX_SECONDS", "-5"),
+        ("SENTINEL_MAX_UNSTORED_RECORDS", "0"),
+        ("SENTINEL_MAX_UNSTORED_RECORDS", "many"),
     ],
 )
 def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:

@@ -103,6 +103,12 @@ class Metrics:
             "sentinel_usage_outbox_depth", "Usage records not yet delivered", registry=r,
             multiprocess_mode="livemostrecent",
         )
+        # Each process holds its own: summed over the live workers.
+        self.unstored_records = Gauge(
+            "sentinel_usage_unstored_records",
+            "Usage records only this process's memory holds (no durable outbox took them)", registry=r,
+            multiprocess_mode="livesum",
+        )
         self.deliveries = Counter(
             "sentinel_usage_deliveries_total", "Usage delivery attempts by result", ["result"], registry=r,
         )

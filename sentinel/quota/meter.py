@@ -2,6 +2,8 @@
 
 `admit()` runs before a metered request is forwarded: it loads the caller's plan, estimates the
 request and reserves it against every limit in one atomic store operation (or raises RateLimited).
+While the usage records only this process's memory holds (no durable outbox took them) are at their
+limit (`DurableOutbox.full`) it refuses first, 503 `usage_unrecordable`: nothing is reserved.
 `settle()` runs exactly once after the request was served (success, upstream error after tokens
 were spent, client disconnect): it reconciles the reservation to the real usage and writes one
 usage record to the durable outbox before returning. `release()` runs when nothing was served.
@@ -40,6 +42,10 @@ from sentinel.quota.outbox import DurableOutbox
 from sentinel.quota.tokens import TokenCounter
 
 log = logging.getLogger("sentinel.meter")
+
+# Retry-After of a request refused because its usage could not be recorded (`QuotaMeter._recordable`):
+# the deliverer moves what memory holds to a durable outbox on every cycle once one is back.
+UNRECORDABLE_RETRY_AFTER = 5.0
 
 # Bodies of at least this many bytes, and texts of at least this many characters, are counted off
 # the event loop: tiktoken takes ~0.5 ms per 1,000 characters, and releases the GIL.
@@ -126,6 +132,7 @@ class QuotaMeter:
         metrics: Metrics,
         default_max_output: int,
         clock: Callable[[], float] = time.monotonic,
+        unrecordable: Callable[[], bool] | None = None,
     ) -> None:
         self.plans = plans
         self.limiter = limiter
@@ -135,6 +142,8 @@ class QuotaMeter:
         self.outbox = outbox
         self.metrics = metrics
         self.default_max_output = default_max_output
+        # True while a new request's usage record could not be kept (`DurableOutbox.full`).
+        self.unrecordable = unrecordable
         self._repeated = Repeated(log, clock=clock)  # outage lines: once a minute, not once a request
         self._settling: set[asyncio.Task[None]] = set()  # settlements and releases under way
         self._open = 0  # admissions neither settled nor released yet (a settlement still to come)
@@ -151,7 +160,9 @@ class QuotaMeter:
         request continues), part of the estimated input. `counted_as`: the model the provider is
         sent, when not `model` (see `Admission.counted_as`). `images`: the image rule of every model
         that may serve the request (`images.image_rule_for`: an alias's targets, a tier's
-        candidates), else `counted_as`'s (Anthropic's on `/v1/messages`)."""
+        candidates), else `counted_as`'s (Anthropic's on `/v1/messages`). ServiceUnavailable (503
+        `usage_unrecordable`) first, reserving nothing, while its usage could not be recorded."""
+        self._recordable()
         body = payload or {}
         plan = await self.plans.plan_for(identity)
         counted_as = counted_as or model
@@ -176,12 +187,28 @@ class QuotaMeter:
         """Reserve one request and no tokens (a call whose tokens are not estimated: the model list,
         pass-through endpoints); it is refused while any limit of the plan is exhausted, and, with
         `tokens_later` (a call charged the tokens its answer shows: pass-through), by a token limit
-        of 0."""
+        of 0; and, as `admit`, while its usage could not be recorded."""
+        self._recordable()
         plan = await self.plans.plan_for(identity)
         admission = Admission(identity=identity, endpoint=endpoint, model=None, request_id=request_id)
         await self._reserve(admission, plan, tokens_later=tokens_later)
         self._count(admission)
         return admission
+
+    def _recordable(self) -> None:
+        """Refuse a new request (503 `usage_unrecordable`) while the records only memory holds are at
+        their limit: served, its usage could be kept nowhere. Memory still takes the records of the
+        requests admitted before (a few beyond the limit): none is ever dropped."""
+        if self.unrecordable is None or not self.unrecordable():
+            return
+        self._repeated.log(
+            logging.ERROR, "usage records held in memory reached SENTINEL_MAX_UNSTORED_RECORDS (no durable "
+            "outbox reachable); refusing metered requests until an outbox stores them",
+        )
+        raise ServiceUnavailable(
+            "Usage cannot be recorded right now; the request was not served. Retry later.",
+            code="usage_unrecordable", retry_after=UNRECORDABLE_RETRY_AFTER,
+        )
 
     def _count(self, admission: Admission) -> None:
         """Count `admission` open until it is settled or released (see `drain`)."""

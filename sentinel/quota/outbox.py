@@ -10,7 +10,11 @@ first claimed, and every retry or takeover re-sends exactly its records under th
 
 `DurableOutbox` writes to the stream when there is one, to the database when the stream is
 unavailable, and keeps a record in memory only when both fail (logged; moved to a durable backend
-as soon as one is back). It claims one batch at a time, from one backend, taking turns.
+as soon as one is back). It claims one batch at a time, from one backend, taking turns. What memory
+holds is bounded by `max_unstored` (`SENTINEL_MAX_UNSTORED_RECORDS`): while that many are held the
+outbox is `full`, and the meter refuses new metered requests before admission (503
+`usage_unrecordable`) instead of serving requests whose usage it could not keep; what is held is
+never dropped.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ class MemoryOutbox:
     def records(self) -> list[UsageRecord]:
         held = [c.record for batch in self._held.values() for c in batch.items]
         return [record for _, record in self._waiting] + held
+
+    @property
+    def count(self) -> int:
+        """How many records this process holds (waiting, and in batches being delivered), without
+        listing them: asked before every metered request's admission."""
+        return len(self._waiting) + sum(len(batch.items) for batch in self._held.values())
 
     def due(self, *, everything: bool = False) -> list[UsageRecord]:
         """The waiting records that may be stored or batched now (`everything`: those waiting for a
@@ -132,14 +142,20 @@ class DurableOutbox:
     """
 
     def __init__(
-        self, sql: SqlOutbox, redis: RedisStreamOutbox | None = None, *, ledger: LedgerOutbox | None = None
+        self, sql: SqlOutbox, redis: RedisStreamOutbox | None = None, *, ledger: LedgerOutbox | None = None,
+        max_unstored: int | None = None, on_unstored: Callable[[int], None] | None = None,
     ) -> None:
         self.sql = sql
         self.redis = redis
         self.ledger = ledger
         self.memory = MemoryOutbox()
+        # Records only memory may hold before the outbox is `full` (None: no bound); `on_unstored`
+        # is told their count whenever it changes (the gauge `sentinel_usage_unstored_records`).
+        self.max_unstored = max_unstored
+        self.on_unstored = on_unstored
         self._repeated = Repeated(log)  # an outage's line: once a minute, not once a record
         self._turn = 0
+        self._was_full = False
 
     @property
     def parts(self) -> list[OutboxBackend]:
@@ -151,10 +167,37 @@ class DurableOutbox:
         """Records only this process's memory holds."""
         return self.memory.records
 
+    @property
+    def unstored(self) -> int:
+        """How many records only this process's memory holds (`orphans`, not listed)."""
+        return self.memory.count
+
+    @property
+    def full(self) -> bool:
+        """Whether memory holds `max_unstored` records or more: a new request's record might find no
+        room but memory, and memory has none left (see `QuotaMeter.admit`)."""
+        return self.max_unstored is not None and self.memory.count >= self.max_unstored
+
+    def _counted(self) -> None:
+        """Report the count of records memory holds (it may have changed), and say when the outbox
+        has room again after it was full."""
+        if self.on_unstored is not None:
+            self.on_unstored(self.memory.count)
+        if self.full:
+            self._was_full = True
+        elif self._was_full:
+            self._was_full = False
+            self._repeated.log(logging.INFO, "usage records held in memory are below SENTINEL_MAX_UNSTORED_RECORDS "
+                               "again; metered requests are admitted", extra={"held": self.memory.count},
+                               key="room")
+
     async def put(self, record: UsageRecord) -> None:
+        """Store `record` durably, else keep it in memory — always, also beyond `max_unstored` (the
+        request was admitted before the limit was reached: its record is never dropped)."""
         if await self._store_durably(record):
             return
         await self.memory.put(record)
+        self._counted()
         log.error("usage record kept in memory until an outbox is reachable", extra={"record_id": record.request_id})
 
     async def _store_durably(self, record: UsageRecord) -> bool:
@@ -189,6 +232,8 @@ class DurableOutbox:
                 stored.append(record)
         finally:
             self.memory.discard(stored)
+            if stored:
+                self._counted()
 
     async def claim(self, limit: int) -> Batch | None:
         """One batch from one backend (each backend's turn comes in rotation), or None."""
@@ -218,6 +263,8 @@ class DurableOutbox:
     async def settle(self, batch: Batch, refused: Collection[str] = (), retry_in: float = 30.0) -> None:
         """Remove the accepted records of `batch`; refused ones are batched again later, under a new key."""
         await self._owner(batch).settle(batch, refused, retry_in)
+        if batch.backend == self.memory.backend:
+            self._counted()
 
     async def depth(self) -> int:
         total = await self.memory.depth()

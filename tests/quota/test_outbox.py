@@ -5,6 +5,7 @@ leases, settling), and `DurableOutbox`'s fallback from one part to the next and 
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -223,6 +224,42 @@ async def test_records_stored_nowhere_are_kept_and_rescued(caplog: pytest.LogCap
     sql.down = False
     await outbox.rescue_orphans()
     assert outbox.orphans == [] and list(sql.items) == ["r1", "r2"]
+
+
+async def test_memory_is_full_at_its_limit_yet_keeps_every_record_and_reports_the_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`full` (the meter then refuses new requests) once memory holds `max_unstored` records; a
+    record of a request admitted before still goes to memory, past the limit: none is dropped. The
+    count (waiting records and batches being delivered from memory) is reported on every change."""
+    caplog.set_level(logging.INFO, "sentinel.outbox")
+    redis, sql = OutboxPart("redis"), OutboxPart("sql")
+    counts: list[int] = []
+    outbox = DurableOutbox(sql, redis, max_unstored=2, on_unstored=counts.append)  # type: ignore[arg-type]
+    redis.down = sql.down = True
+    await outbox.put(record("r1"))
+    assert not outbox.full
+    await outbox.put(record("r2"))
+    assert outbox.full
+    await outbox.put(record("r3"))  # admitted before the limit was reached: kept all the same
+    assert [r.request_id for r in outbox.orphans] == ["r1", "r2", "r3"] and outbox.unstored == 3
+    batch = await outbox.claim(2)  # delivered from memory (the sink is up): still held meanwhile
+    assert batch is not None and batch.backend == "memory" and outbox.unstored == 3 and outbox.full
+    await outbox.settle(batch, {"r2"}, retry_in=0.0)  # r1 delivered, r2 refused: waits again
+    assert outbox.unstored == 2 and outbox.full
+    sql.down = False
+    await outbox.rescue_orphans()
+    assert outbox.unstored == 0 and not outbox.full and sorted(sql.items) == ["r2", "r3"]
+    assert counts == [1, 2, 3, 2, 0]
+    assert "below SENTINEL_MAX_UNSTORED_RECORDS again" in caplog.text
+
+
+async def test_without_a_limit_memory_is_never_full() -> None:
+    outbox, redis, sql = durable()
+    redis.down = sql.down = True
+    for i in range(3):
+        await outbox.put(record(f"r{i}"))
+    assert outbox.unstored == 3 and not outbox.full
 
 
 async def test_claims_take_one_batch_from_one_part_in_turn() -> None:

@@ -43,6 +43,7 @@ from sentinel.errors import GovernanceUnavailable
 log = logging.getLogger("sentinel.rollups")
 
 MEASURES = ("requests", "errors", "input_tokens", "output_tokens", "cost_usd")
+STOP_TIMEOUT = 5.0  # at shutdown, how long the roll-up under way and the catching up may take
 
 
 def latency_bucket(ms: int) -> int:
@@ -273,11 +274,28 @@ class RollupWorker:
             self._stopping.clear()
             self._task = asyncio.ensure_future(self._run())
 
-    async def stop(self) -> None:
-        """Stop the loop after rolling up what is waiting."""
+    async def stop(self, drain_timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the loop, then roll up what is waiting. `drain_timeout` bounds both: a roll-up still waiting
+        on the database then is cut short (its transaction is not committed: its rows are rolled up
+        after the next start), so whatever closes after the worker gets its turn before the process
+        is killed. The rollups lag the ledger meanwhile; nothing is lost."""
         self._stopping.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
         if self._task is not None:
-            await self._task
-            self._task = None
+            task, self._task = self._task, None
+            await asyncio.wait({task}, timeout=drain_timeout)
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+                log.warning("a roll-up was still under way at shutdown; cut short, its rows are rolled up "
+                            "after the next start")
+                return
+        try:
+            await asyncio.wait_for(self._catch_up(), max(deadline - loop.time(), 0.0))
+        except TimeoutError:
+            log.warning("rollups not caught up at shutdown; the rest is rolled up after the next start")
+
+    async def _catch_up(self) -> None:
         while await self.run_once() >= self.batch:
             pass

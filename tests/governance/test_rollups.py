@@ -285,3 +285,50 @@ async def test_after_an_unexpected_failure_the_worker_backs_off() -> None:
     assert roll_up.calls == 1  # waiting its backoff (an interval of 0 would have called again by now)
     await worker.stop()  # stopping does not wait the backoff out
     assert roll_up.calls == 2 and worker.failures == 0
+
+
+class StuckRollUp:
+    """A roll-up whose calls from `stuck_from` on wait on a database that never answers; the ones
+    before find a full batch (a backlog)."""
+
+    def __init__(self, stuck_from: int, batch: int) -> None:
+        self.stuck_from = stuck_from
+        self.batch = batch
+        self.calls = 0
+        self.cancelled = 0
+
+    async def __call__(self, limit: int) -> int:
+        self.calls += 1
+        if self.calls < self.stuck_from:
+            await asyncio.sleep(0)
+            return self.batch
+        try:
+            await asyncio.Event().wait()  # the database's answer, never coming
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        raise AssertionError("unreachable")
+
+
+async def test_stop_cuts_a_roll_up_still_under_way_at_its_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    """SIGTERM while the loop waited on the database (a lock, a database that does not answer):
+    `stop` awaited that roll-up with no bound, so shutdown overran its timeout and nothing that
+    closes after the worker (the HTTP client, the SQLite writer, the engine, the store) ran before
+    the process was killed. The roll-up is cut at the timeout; its rows wait for the next start."""
+    roll_up = StuckRollUp(stuck_from=1, batch=10)
+    worker = RollupWorker(roll_up, interval=0, batch=10)
+    worker.start()
+    await until(lambda: roll_up.calls == 1)  # the loop is stuck in the database's call
+    await asyncio.wait_for(worker.stop(drain_timeout=0.05), 5)
+    assert roll_up.cancelled == 1 and roll_up.calls == 1  # cut short, and no catching up started after
+    assert "a roll-up was still under way at shutdown" in caplog.text
+
+
+async def test_stop_bounds_the_catching_up_after_the_loop(caplog: pytest.LogCaptureFixture) -> None:
+    """After the loop stops, what is waiting is rolled up — within the same timeout: a backlog whose
+    last roll-up hangs is cut short too."""
+    roll_up = StuckRollUp(stuck_from=3, batch=10)
+    worker = RollupWorker(roll_up, interval=3600, batch=10)  # not started: stop only catches up
+    await asyncio.wait_for(worker.stop(drain_timeout=0.05), 5)
+    assert roll_up.calls == 3 and roll_up.cancelled == 1  # two full batches, then the stuck one, cut
+    assert "rollups not caught up at shutdown" in caplog.text

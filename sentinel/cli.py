@@ -84,7 +84,12 @@ async def _with_admin(settings: Settings, fn: Callable[[Any], Awaitable[int | No
         except (SchemaTooNew, DatabaseUnreachable) as exc:
             print(f"sentinel: {exc}", file=sys.stderr)
             return 1
-        return await fn(build_cli_admin(settings, session_factory(engine), store))
+        try:
+            admin = build_cli_admin(settings, session_factory(engine), store)
+        except ConfigError as exc:  # the providers file (SENTINEL_CONFIG): one line, as `serve` says it
+            print(f"sentinel: {exc}", file=sys.stderr)
+            return 2
+        return await fn(admin)
     finally:
         await store.close()
         await engine.dispose()

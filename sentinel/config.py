@@ -242,6 +242,13 @@ class Settings(BaseSettings):
                                  "(10.1.0.0/16, no host bits set)") from None
         return ",".join(entries)
 
+    @field_validator("providers_file", mode="before")
+    @classmethod
+    def _providers_file(cls, value: Any) -> Any:
+        # Empty is unset, as for every other setting (`SENTINEL_CONFIG=` in a compose file or `.env`):
+        # it was read as the path `.`, and every start and command stopped on "cannot read .".
+        return None if value == "" else value
+
     @field_validator("passthrough")
     @classmethod
     def _passthrough(cls, value: str) -> str:

@@ -122,6 +122,40 @@ def test_cli_changes_go_through_the_admin_service(tmp_path: Path) -> None:
     assert exported.stdout.splitlines() == ["external_id,model,requests,input_tokens,output_tokens,cost_usd"]
 
 
+def test_tiers_show_on_the_embedded_default_is_the_mock_providers_table(tmp_path: Path) -> None:
+    """With no provider configured `sentinel serve` runs the built-in mock as OpenAI and Anthropic, and
+    serves their default tiers: `tiers show` (the table in effect) printed `(none)` for every tier."""
+    env = {  # as `serve` would read it, `SENTINEL_CONFIG=` (empty: unset) included
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db", "SENTINEL_CONFIG": "",
+        "OPENAI_API_KEY": "", "OPENAI_API_URL": "", "ANTHROPIC_API_KEY": "", "ANTHROPIC_API_URL": "",
+    }
+    shown = run(["tiers", "show"], env)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == [
+        "simple: openai/gpt-4o-mini (cost 1), anthropic/claude-3-5-haiku-20241022 (cost 2)",
+        "moderate: openai/gpt-4o (cost 5), anthropic/claude-sonnet-4-20250514 (cost 6)",
+        "complex: openai/gpt-4o (cost 5), anthropic/claude-sonnet-4-20250514 (cost 6)",
+    ]
+    assert run(["tiers", "set", "simple", "openai/gpt-4o:2"], env).returncode == 0
+    assert run(["tiers", "show"], env).stdout.splitlines()[:2] == [
+        "simple: openai/gpt-4o (cost 2)",
+        "moderate: openai/gpt-4o (cost 5), anthropic/claude-sonnet-4-20250514 (cost 6)",
+    ]
+
+
+def test_an_unreadable_providers_file_is_one_line_and_status_2_for_every_command(tmp_path: Path) -> None:
+    """A providers file missing or refused came out of `keys`, `plans`, `users`, `usage` and `tiers` as
+    a ConfigError traceback (`serve` said it in one line)."""
+    (tmp_path / "bad.yaml").write_text("bogus: 1\n", encoding="utf-8")
+    for config in (str(tmp_path / "missing.yaml"), str(tmp_path / "bad.yaml")):
+        env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db", "SENTINEL_CONFIG": config}
+        for args in (["keys", "list"], ["plans", "list"], ["tiers", "show"]):
+            result = run(args, env)
+            assert result.returncode == 2, (args, result.returncode, result.stderr)
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1 and "SENTINEL_CONFIG" in lines[0] and "Traceback" not in result.stderr
+
+
 def test_values_no_store_can_hold_are_one_line_and_status_2(tmp_path: Path) -> None:
     """A limit past 10^15 (once an OverflowError traceback, or stored where the console then refused
     to save the plan again) and an argument that is not UTF-8 (once a UnicodeEncodeError traceback)."""

@@ -38,6 +38,13 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.debug is True and not s.use_embedded_mock
 
 
+def test_an_empty_providers_file_setting_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`SENTINEL_CONFIG=` (a compose file's or `.env`'s empty line) was the path `.`: every start and
+    command stopped on "cannot read .", and it was no demo start."""
+    monkeypatch.setenv("SENTINEL_CONFIG", "")
+    assert load_settings().providers_file is None
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

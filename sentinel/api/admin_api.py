@@ -203,8 +203,10 @@ class AdminApiRoutes:
         actor = self._actor(request)
         body = await self._body(request)
         name, email = body.get("name"), body.get("email")
-        if not isinstance(name, str | None) or not isinstance(email, str | None):
-            raise refuse({"name": "text or null", "email": "text or null"})
+        wrong = {field: "text or null" for field, value in (("name", name), ("email", email))
+                 if not isinstance(value, str | None)}
+        if wrong:  # only the fields at fault (`details.fields` named both, however right one was)
+            raise refuse(wrong)
         info, key = await self.service.create_key(user_param(request), name, email, actor)
         return _json({**key_json(info), "key": key}, 201)
 

@@ -277,6 +277,20 @@ def test_bad_numbers_in_queries_are_validation_failures(gw: Gateway) -> None:
         assert client.get("/admin/api/usage.csv", params={"since": "400d"}).status_code == 200  # not a plan window
 
 
+def test_a_key_field_that_is_not_text_is_the_only_field_named(gw: Gateway) -> None:
+    with admin(gw) as client:
+        for body, fields in (
+            ({"name": 5}, {"name": "text or null"}),
+            ({"name": "laptop", "email": ["a@x"]}, {"email": "text or null"}),
+            ({"name": True, "email": 1}, {"name": "text or null", "email": "text or null"}),
+        ):
+            refused = client.post("/admin/api/users/frank/keys", json=body)
+            assert refused.status_code == 400, body
+            error = refused.json()["error"]
+            assert error["code"] == "validation_failed" and error["details"]["fields"] == fields, body
+        assert client.get("/admin/api/keys", params={"user": "frank"}).json() == {"keys": []}  # nothing made
+
+
 def test_plan_limits_and_windows_are_bounded(gw: Gateway) -> None:
     def put(limit: object, window: object) -> httpx.Response:
         return client.put("/admin/api/plans/team", json={"create": True, "limits": [

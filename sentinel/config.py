@@ -386,6 +386,15 @@ class Settings(BaseSettings):
             or self.anthropic_api_url
         )
 
+    def served_by_mock(self, url: str, key: str | None = None) -> Settings:
+        """These settings with the built-in mock upstream at `url` as both providers (and `key` as
+        both provider keys), as `sentinel serve` runs them when no upstream is configured
+        (`use_embedded_mock`); the CLI reads the tiers in effect from them."""
+        update: dict[str, Any] = {"openai_api_url": url + "/v1", "anthropic_api_url": url}
+        if key is not None:
+            update |= {"openai_api_key": key, "anthropic_api_key": key}
+        return self.model_copy(update=update)
+
     @property
     def body_bytes_per_user(self) -> int:
         """One caller's share of the request-body bytes in flight: `SENTINEL_MAX_BODY_BYTES_IN_FLIGHT_PER_USER`,

@@ -287,14 +287,7 @@ def _serve(settings: Settings, workers: int) -> int:
 
         mock_key = "mock-" + secrets.token_urlsafe(24)  # the only key it takes: Sentinel's, not a local caller's
         mock_url, stop_mock = start_mock_in_thread(api_key=mock_key, embedded=True)
-        settings = settings.model_copy(
-            update={
-                "openai_api_url": mock_url + "/v1",
-                "anthropic_api_url": mock_url,
-                "openai_api_key": mock_key,
-                "anthropic_api_key": mock_key,
-            }
-        )
+        settings = settings.served_by_mock(mock_url, mock_key)
         log.warning(
             "NO UPSTREAM CONFIGURED: serving the built-in MOCK upstream (%s). Set OPENAI_API_KEY / "
             "OPENAI_API_URL (or ANTHROPIC_*) for real providers.",

@@ -255,11 +255,9 @@ def build_cli_admin(s: Settings, sessions: async_sessionmaker[AsyncSession], sto
         ttl=s.cache_ttl_seconds, grace=s.governance_grace_seconds,
     )
     identities = Authenticator(store, api_keys=None, ttl=s.jwt_cache_ttl_seconds, grace=s.governance_grace_seconds)
-    served = s
-    if s.use_embedded_mock:
-        # `sentinel serve` on these settings runs the built-in mock as both providers (`sentinel.server`):
-        # their default tiers are the table in effect (`tiers show` printed none). Only the tiers are read.
-        served = s.model_copy(update={"openai_api_url": "http://mock/v1", "anthropic_api_url": "http://mock"})
+    # `sentinel serve` on settings with no upstream runs the built-in mock as both providers: their
+    # default tiers are the table in effect (`tiers show` printed none). Only the tiers are read.
+    served = s.served_by_mock("http://mock") if s.use_embedded_mock else s
     return build_admin(
         s, sessions, catalog_tiers=build_catalog(served).tiers, identities=identities, plan_cache=plan_cache
     )

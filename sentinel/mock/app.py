@@ -25,7 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sentinel.mock import anthropic_wire, openai_extra, openai_objects, openai_responses, openai_wire
-from sentinel.mock.asgi import Call, JSONReply, Reply
+from sentinel.mock.asgi import Call, JSONReply, Reply, drop
 from sentinel.mock.faults import WireError
 from sentinel.mock.openai_objects import ObjectStore
 from sentinel.mock.prompt_cache import PromptCache
@@ -95,9 +95,12 @@ class Endpoint:
         await self._send(send, receive, reply, call, rid)
 
     async def _send(self, send: Send, receive: Receive, reply: Reply, call: Call, rid: str) -> None:
-        delay = self.state.latency_ms + call.faults.latency_ms
+        dropped = call.faults.drop_after_ms
+        delay = self.state.latency_ms + call.faults.latency_ms + (dropped or 0.0)
         if delay > 0:
             await asyncio.sleep(delay / 1000.0)
+        if dropped is not None:
+            return await drop(send)
         await reply.send(send, call.faults, {"x-request-id": rid, "request-id": rid}, receive)
 
 

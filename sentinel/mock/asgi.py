@@ -3,7 +3,10 @@
 Replies are sent straight through ASGI `send` (no Starlette Response objects, no middleware) so
 per-request work stays minimal. A deliberate connection cut (the `disconnect_after` knob) is an
 ASGI app returning before its last body message: uvicorn then closes the socket mid-body; so is a
-stream that pinged until its client left (`pings_after`).
+stream that pinged until its client left (`pings_after`). A connection closed before any answer
+(`drop_after_ms`, see `drop`) is an interim 103 Early Hints and then the same return: an ASGI app
+that returns before it began its answer gets a 500 written by uvicorn instead, and clients discard
+an interim answer (they see a connection closed before its answer).
 `CutLogFilter` hides the error line uvicorn logs for such a cut, and only for a cut the mock made.
 """
 
@@ -214,6 +217,12 @@ async def _ping_until_gone(send: Send, receive: Receive, ping: bytes, interval: 
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def drop(send: Send) -> None:
+    """Close the connection without an answer (see the module docstring): the app returns next."""
+    await send({"type": "http.response.start", "status": 103, "headers": []})
+    _DELIBERATE_CUT.set(True)
 
 
 Reply = JSONReply | SSEReply

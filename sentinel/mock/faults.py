@@ -23,6 +23,12 @@ pings_after        X-Mock-Pings-After      #mock:pings_after=N      stream: afte
                                                                     pings, one per chunk_delay_ms (at
                                                                     least 20 ms), until the client
                                                                     leaves; non-stream: no effect
+drop_after_ms      X-Mock-Drop-After-Ms    #mock:drop_after_ms=N    N ms after the request (and any
+                                                                    latency_ms), close the connection
+                                                                    without an answer (stream or not;
+                                                                    whatever else was asked): a
+                                                                    provider that crashed, or a proxy
+                                                                    that cut a request it held
 malformed          X-Mock-Malformed-Chunk  #mock:malformed          stream: one extra non-JSON event;
                                                                     non-stream: truncated JSON body
 no_usage           X-Mock-No-Usage         #mock:no_usage           omit usage everywhere
@@ -41,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _INT_KNOBS = ("status", "disconnect_after", "retry_after", "pings_after")
-_FLOAT_KNOBS = ("latency_ms", "chunk_delay_ms")
+_FLOAT_KNOBS = ("latency_ms", "chunk_delay_ms", "drop_after_ms")
 _BOOL_KNOBS = ("malformed", "no_usage", "parallel_tools")
 _HEADER_NAMES = {
     "x-mock-status": "status",
@@ -50,6 +56,7 @@ _HEADER_NAMES = {
     "x-mock-chunk-delay-ms": "chunk_delay_ms",
     "x-mock-disconnect-after": "disconnect_after",
     "x-mock-pings-after": "pings_after",
+    "x-mock-drop-after-ms": "drop_after_ms",
     "x-mock-malformed-chunk": "malformed",
     "x-mock-malformed": "malformed",
     "x-mock-no-usage": "no_usage",
@@ -95,6 +102,7 @@ class Faults:
     chunk_delay_ms: float = 0.0
     disconnect_after: int | None = None
     pings_after: int | None = None
+    drop_after_ms: float | None = None
     malformed: bool = False
     no_usage: bool = False
     parallel_tools: bool = False

@@ -146,6 +146,20 @@ def test_disconnect_non_stream(oai: openai.OpenAI) -> None:
         oai.chat.completions.create(model="m", messages=USER, extra_query={"mock_disconnect_after": "0"})
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_drop_after_ms_closes_the_connection_before_any_answer(http: httpx.Client, stream: bool) -> None:
+    """A provider that crashed, or a proxy that cut a request it held: the connection closes before
+    an answer began (an error status asked for too is never sent)."""
+    with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+        http.post("/v1/chat/completions", json={**CHAT, "stream": stream},
+                  headers={**OPENAI_AUTH, "X-Mock-Drop-After-Ms": "0", "X-Mock-Status": "500"})
+    claude = [{"role": "user", "content": "hi #mock:drop_after_ms=10"}]
+    with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+        http.post("/v1/messages", json={"model": "m", "max_tokens": 5, "stream": stream, "messages": claude},
+                  headers=ANTHROPIC_AUTH)
+    assert http.post("/v1/chat/completions", json=CHAT, headers=OPENAI_AUTH).status_code == 200  # the next is served
+
+
 def test_malformed_chunk(http: httpx.Client, oai: openai.OpenAI) -> None:
     r = http.post(
         "/v1/chat/completions",

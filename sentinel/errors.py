@@ -207,13 +207,16 @@ class UpstreamStatusError(UpstreamError):
 class UpstreamConnectionError(UpstreamError):
     """The connection failed before an answer began. `sent`: the request may have reached the
     provider (the connection was made and dropped afterwards, not a failure to connect), so the
-    provider may have spent on it."""
+    provider may have spent on it. `elapsed`: of a sent one, the seconds from the start of sending
+    to the drop (None: not measured), which tells a provider that fails at once from a cut a long
+    request may have caused (see `sentinel.routing.failover`)."""
 
     code = "upstream_unreachable"
 
-    def __init__(self, message: str, *, sent: bool = True, **kw: Any) -> None:
+    def __init__(self, message: str, *, sent: bool = True, elapsed: float | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.sent = sent
+        self.elapsed = elapsed
 
 
 class UpstreamTimeout(UpstreamError):

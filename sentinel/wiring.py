@@ -270,11 +270,14 @@ def operator_key_digests(s: Settings) -> list[str]:
 
 async def build_runtime(
     s: Settings, metrics: Metrics, tracing: Tracing | None = None, *, stream_clock: Callable[[], float] = time.monotonic,
+    upstream_clock: Callable[[], float] = time.monotonic,
 ) -> Runtime:
     """Open the shared clients and build every service (call inside the running event loop).
 
     `tracing` replaces the one OTEL_EXPORTER_OTLP_ENDPOINT selects (tests pass an in-memory one);
-    `stream_clock` is what a stream's time limit is read on (tests pass one they move)."""
+    `stream_clock` is what a stream's time limit is read on, `upstream_clock` what an upstream request's
+    sending is timed on (how soon a dropped connection dropped: `sentinel.routing.failover`); tests pass
+    ones they move."""
     file = read_providers_file(s)  # before any pool is opened: a bad file stops start-up with nothing to close
     catalog = build_catalog(s, file)
     catalogue = build_model_catalogue(catalog, file)
@@ -333,7 +336,7 @@ async def build_runtime(
         unrecordable=lambda: outbox.full,
     )
     chat_providers: dict[str, ChatProvider] = {
-        name: make_provider(spec, http, default_max_tokens=s.default_max_output_tokens)
+        name: make_provider(spec, http, default_max_tokens=s.default_max_output_tokens, clock=upstream_clock)
         for name, spec in catalog.providers.items()
     }
     health = ProviderHealth(store, metrics)
@@ -343,14 +346,14 @@ async def build_runtime(
         metrics=metrics,
         failover=s.session_failover, auto_key=s.session_auto_key,
     )
-    openai = OpenAICompatUpstream("openai", s.effective_openai_url, reveal(s.openai_api_key), http)
+    openai = OpenAICompatUpstream("openai", s.effective_openai_url, reveal(s.openai_api_key), http, upstream_clock)
     relays = {
-        name: OpenAICompatUpstream(name, spec.base_url, spec.api_key, http)
+        name: OpenAICompatUpstream(name, spec.base_url, spec.api_key, http, upstream_clock)
         for name, spec in catalog.providers.items() if spec.kind == "openai"
     }
     relays["openai"] = openai
     anthropic_relays = {
-        name: AnthropicUpstream(name, spec.base_url, spec.api_key, http)
+        name: AnthropicUpstream(name, spec.base_url, spec.api_key, http, upstream_clock)
         for name, spec in catalog.providers.items() if spec.kind == "anthropic"
     }
     routes = ModelRoutes(health)

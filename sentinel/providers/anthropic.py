@@ -7,7 +7,8 @@ and `anthropic-beta` are forwarded; a request without `anthropic-version` gets A
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -66,6 +67,7 @@ class AnthropicUpstream:
     base_url: str
     api_key: str | None
     session: aiohttp.ClientSession
+    clock: Callable[[], float] = time.monotonic  # what `send` reads (how soon a connection dropped)
 
     async def forward(self, segments: Sequence[str], *, headers: dict[str, str], body: bytes) -> UpstreamResponse:
         """POST `body` to `/v1/<segments>` (each segment percent-encoded whole, never normalised) with the
@@ -76,4 +78,5 @@ class AnthropicUpstream:
         if self.api_key:
             out["x-api-key"] = self.api_key
         url = URL(self.base_url + "/v1" + "".join("/" + quote(s, safe="") for s in segments), encoded=True)
-        return await send(self.session, self.name, "POST", url, headers=out, body=body, secret=self.api_key)
+        return await send(self.session, self.name, "POST", url, headers=out, body=body, secret=self.api_key,
+                          clock=self.clock)

@@ -104,11 +104,15 @@ class ChatProvider:
 
     kind = ""
 
-    def __init__(self, spec: ProviderSpec, session: aiohttp.ClientSession, *, default_max_tokens: int = 4096) -> None:
+    def __init__(
+        self, spec: ProviderSpec, session: aiohttp.ClientSession, *, default_max_tokens: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.spec = spec
         self.name = spec.name
         self.session = session
         self.default_max_tokens = default_max_tokens
+        self.clock = clock  # what `send` reads (how soon a connection dropped: `UpstreamConnectionError.elapsed`)
 
     def headers(self) -> dict[str, str]:
         raise NotImplementedError
@@ -140,7 +144,7 @@ class ChatProvider:
         started = time.perf_counter()
         with stalled_if(body.get("stream") is True):
             upstream = await send(self.session, self.name, "POST", self.url(), headers=self.headers(), body=payload,
-                                  secret=self.spec.api_key)
+                                  secret=self.spec.api_key, clock=self.clock)
         elapsed = time.perf_counter() - started
         if upstream.status >= 300:
             if refused is not None:
@@ -185,10 +189,13 @@ class ChatProvider:
         return ProviderStream(upstream, self.normalizer(), elapsed)
 
 
-def make_provider(spec: ProviderSpec, session: aiohttp.ClientSession, *, default_max_tokens: int) -> ChatProvider:
-    """The chat provider for `spec`'s wire format."""
+def make_provider(
+    spec: ProviderSpec, session: aiohttp.ClientSession, *, default_max_tokens: int,
+    clock: Callable[[], float] = time.monotonic,
+) -> ChatProvider:
+    """The chat provider for `spec`'s wire format; `clock`: what its requests' timing is read on."""
     from sentinel.providers.anthropic import AnthropicProvider
     from sentinel.providers.openai import OpenAIChatProvider
 
     cls: type[ChatProvider] = AnthropicProvider if spec.kind == "anthropic" else OpenAIChatProvider
-    return cls(spec, session, default_max_tokens=default_max_tokens)
+    return cls(spec, session, default_max_tokens=default_max_tokens, clock=clock)

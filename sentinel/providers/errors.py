@@ -63,13 +63,20 @@ class UnreadableAnswer(UpstreamError):
 
 class BrokenOffAnswer(UnreadableAnswer):
     """A 2xx answer whose connection broke while its body was read: served and billed, unread. Unlike
-    an answer a client can make unreadable, this is the provider's fault: it counts toward backoff
-    (still never sent again elsewhere: it was billed)."""
+    an answer a client can make unreadable, this is the provider's fault — when it broke soon after
+    the request was sent (`elapsed`: the seconds from the start of sending to the break, None when
+    not measured): then it counts toward backoff (see `sentinel.routing.failover`; still never sent
+    again elsewhere: it was billed)."""
+
+    def __init__(self, message: str, *, elapsed: float | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.elapsed = elapsed
 
 
-def broken_off(provider: str) -> BrokenOffAnswer:
-    """The error for a 2xx answer cut off while it was read (see `BrokenOffAnswer`)."""
-    return BrokenOffAnswer(f"Provider {provider} broke off its answer", usage=None, provider=provider)
+def broken_off(provider: str, elapsed: float | None = None) -> BrokenOffAnswer:
+    """The error for a 2xx answer cut off while it was read, `elapsed` seconds after the request
+    began to be sent (see `BrokenOffAnswer`)."""
+    return BrokenOffAnswer(f"Provider {provider} broke off its answer", usage=None, provider=provider, elapsed=elapsed)
 
 
 def redact(text: Text, secret: str | None) -> Text:

@@ -200,6 +200,8 @@ class UpstreamResponse:
     raw: aiohttp.ClientResponse
     content_type: str = field(default="")
     secret: str | None = field(default=None, repr=False)  # the provider key sent: kept out of `read_error`
+    sent_at: float | None = field(default=None, repr=False)  # `clock`'s reading when the request began to be sent
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
     _deadline: asyncio.TimerHandle | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -245,12 +247,14 @@ class UpstreamResponse:
     def reading_served(self) -> Iterator[None]:
         """Reading a 2xx answer's body: on a failure the connection is dropped. The provider served
         and billed the call: a connection that breaks while it is read is `BrokenOffAnswer` —
-        recorded, never given back nor sent again elsewhere; a read timeout stays one (sent)."""
+        recorded, never given back nor sent again elsewhere, with the seconds since the request began
+        to be sent (`elapsed`: whether it counts toward backoff); a read timeout stays one (sent)."""
         try:
             yield
         except UpstreamConnectionError:
             self.close()
-            raise broken_off(self.provider) from None
+            elapsed = None if self.sent_at is None else self.clock() - self.sent_at
+            raise broken_off(self.provider, elapsed) from None
         except UpstreamError:
             self.close()
             raise
@@ -323,30 +327,38 @@ async def send(
     find the call by the id the client and Sentinel's access log know. An answer that is not final
     (101 Switching Protocols: Sentinel never asks for an upgrade) is a provider failure, as a 3xx is
     (`upstream_error`: 502 `provider_error`). `secret`: the provider key in `headers`, never read back
-    from an error answer (`UpstreamResponse.read_error`)."""
+    from an error answer (`UpstreamResponse.read_error`). `clock` (monotonic seconds): a connection
+    dropped after the request was sent carries the seconds since its sending began
+    (`UpstreamConnectionError.elapsed`), as does an answer that breaks off while it is read
+    (`UpstreamResponse.reading_served`): whether it counts against the provider's health."""
     rid = request_id_var.get()
     if rid is not None:
         headers = {**headers, "x-client-request-id": rid}
-    with translate_errors(provider):
-        for attempt in (1, 2):
-            _REUSED.set(False)
-            _POOL_WAIT.set(False)
-            started = clock()
-            try:
-                raw = await session.request(
-                    method, url, headers=headers, data=body, params=params, allow_redirects=False
-                )
-                break
-            except aiohttp.ConnectionTimeoutError:
-                if _POOL_WAIT.get():  # never sent, nor the provider's doing: no backoff, no retry elsewhere
-                    raise Overloaded(
-                        f"Every connection to upstream {provider} is busy on this server; retry shortly",
-                        retry_after=1, provider=provider,
-                    ) from None
-                raise
-            except _STALE_CONNECTION:
-                if attempt == 2 or not _REUSED.get() or clock() - started >= _STALE_WITHIN:
+    try:
+        with translate_errors(provider):
+            for attempt in (1, 2):
+                _REUSED.set(False)
+                _POOL_WAIT.set(False)
+                started = clock()
+                try:
+                    raw = await session.request(
+                        method, url, headers=headers, data=body, params=params, allow_redirects=False
+                    )
+                    break
+                except aiohttp.ConnectionTimeoutError:
+                    if _POOL_WAIT.get():  # never sent, nor the provider's doing: no backoff, no retry elsewhere
+                        raise Overloaded(
+                            f"Every connection to upstream {provider} is busy on this server; retry shortly",
+                            retry_after=1, provider=provider,
+                        ) from None
                     raise
+                except _STALE_CONNECTION:
+                    if attempt == 2 or not _REUSED.get() or clock() - started >= _STALE_WITHIN:
+                        raise
+    except UpstreamConnectionError as exc:
+        if exc.sent:  # how soon it dropped tells a failing provider from a cut of a long request
+            exc.elapsed = clock() - started
+        raise
     if raw.status < 200:  # 101, the one interim status aiohttp returns: a protocol switch never asked for
         raw.close()  # (relayed, its status line switched the client's connection: no answer, no error)
         raise upstream_error(provider, raw.status, b"", [])
@@ -357,4 +369,6 @@ async def send(
         raw=raw,
         content_type=raw.headers.get("Content-Type", ""),
         secret=secret,
+        sent_at=started,
+        clock=clock,
     )

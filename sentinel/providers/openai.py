@@ -9,7 +9,8 @@ and it is never logged.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -157,6 +158,7 @@ class OpenAICompatUpstream:
     base_url: str
     api_key: str | None
     session: aiohttp.ClientSession
+    clock: Callable[[], float] = time.monotonic  # what `send` reads (how soon a connection dropped)
 
     async def forward(
         self,
@@ -177,4 +179,4 @@ class OpenAICompatUpstream:
             body = None
         url = upstream_url(self.base_url, segments)
         return await send(self.session, self.name, method, url, headers=out, body=body, params=query,
-                          secret=self.api_key)
+                          secret=self.api_key, clock=self.clock)

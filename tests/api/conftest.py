@@ -123,9 +123,13 @@ def gateway_factory(tmp_path: Path, mock_upstream: str) -> Iterator[Callable[...
     """Start Sentinel with settings overrides; every gateway is stopped at the end of the test."""
     started: list[ServerThread] = []
 
-    def start(*, loop: str = "asyncio", stream_clock: Callable[[], float] | None = None, **overrides: Any) -> Gateway:
+    def start(
+        *, loop: str = "asyncio", stream_clock: Callable[[], float] | None = None,
+        upstream_clock: Callable[[], float] | None = None, **overrides: Any,
+    ) -> Gateway:
         """A gateway with these `Settings` overrides, on this uvicorn event `loop` ("uvloop" as served);
-        `stream_clock`: the clock its streams' time limit is read on (`create_app`)."""
+        `stream_clock`: the clock its streams' time limit is read on, `upstream_clock` the one its
+        upstream requests' sending is timed on (`create_app`)."""
         values: dict[str, Any] = {
             "openai_api_url": mock_upstream + "/v1",
             "openai_api_key": UPSTREAM_KEY,
@@ -138,7 +142,9 @@ def gateway_factory(tmp_path: Path, mock_upstream: str) -> Iterator[Callable[...
         values.update(overrides)
         settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
         key_id, key = asyncio.run(create_key(settings.database_url, "alice"))
-        app = create_app(settings) if stream_clock is None else create_app(settings, stream_clock=stream_clock)
+        clocks = {name: clock for name, clock in (("stream_clock", stream_clock), ("upstream_clock", upstream_clock))
+                  if clock is not None}
+        app = create_app(settings, **clocks)
         server = ServerThread(
             app, limits=connection_limits(settings), loop=loop, **uvicorn_protocol_options(settings)
         ).start()

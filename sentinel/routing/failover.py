@@ -12,6 +12,22 @@ the key may not use: a client can cause one), a 2xx answer Sentinel cannot read
 (`UnreadableAnswer`: a client can cause one at will) and a read timeout after the request was sent
 (the caller's request was long: a huge `max_tokens` makes a call outlast any timeout) never count
 against a provider's health — else one user's slow request took a model out of service for everyone.
+
+A connection dropped after the request was sent — before an answer (`UpstreamConnectionError` with
+`sent`) or while a 2xx answer was read (`BrokenOffAnswer`) — counts only when it came within
+QUICK_DROP_SECONDS of the moment the request began to be sent (its `elapsed`; the wait for a
+connection and the connect included). A provider that crashed, restarted or shed the call drops it
+at once. A load balancer or proxy in front of a provider that cuts a request it held too long cuts it
+tens of seconds in (AWS's load balancers idle out at 60 s by default, Google Cloud's backend timeout
+is 30 s, nginx's `proxy_read_timeout` 60 s, Cloudflare's 100 s; one cutting within a few seconds would
+cut ordinary answers too) — and a caller can make any call last that long (a huge prompt or
+`max_tokens`): counted, one user's long request put the model in backoff for everyone, and again
+every backoff period. A later drop (or one not measured: `elapsed` None) is recorded as before (502,
+its estimated input and all the output it reserved; never sent elsewhere) and says nothing of the
+provider's health. A provider that is really down still shows it: its next calls are refused or time
+out connecting, answer 5xx, or drop at once. One that accepts calls and then hangs until a proxy cuts
+them does not — unless SENTINEL_UPSTREAM_TIMEOUT_SECONDS is below the proxy's cut: a streamed request
+whose answer never began in time then counts (`UpstreamTimeout.stalled`).
 """
 
 from __future__ import annotations
@@ -24,6 +40,7 @@ from sentinel.errors import (
     InvalidRequest,
     RateLimited,
     SentinelError,
+    UpstreamConnectionError,
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeout,
@@ -35,15 +52,25 @@ from sentinel.routing.router import RouteChoice, TierRouter
 
 T = TypeVar("T")
 
+QUICK_DROP_SECONDS = 5.0  # a connection dropped this soon after sending began counts (module docstring)
+
+
+def dropped_quickly(elapsed: float | None) -> bool:
+    """Whether a connection dropped `elapsed` seconds after its request began to be sent was dropped
+    too soon for the request's length to have caused it (see the module docstring)."""
+    return elapsed is not None and elapsed < QUICK_DROP_SECONDS
+
 
 def is_provider_failure(exc: SentinelError) -> bool:
     """Errors that say the provider is unhealthy (not that the request was bad, nor that it was long)."""
     if isinstance(exc, RateLimited):
         return exc.code == "provider_rate_limited"
-    if isinstance(exc, UnreadableAnswer):  # a client can make an answer unreadable; not cut it off
-        return isinstance(exc, BrokenOffAnswer)
+    if isinstance(exc, UnreadableAnswer):  # a client can make an answer unreadable; not cut it off at once
+        return isinstance(exc, BrokenOffAnswer) and dropped_quickly(exc.elapsed)
     if isinstance(exc, UpstreamTimeout) and exc.sent and not exc.stalled:  # a client can make a call that long
         return False
+    if isinstance(exc, UpstreamConnectionError) and exc.sent:  # ... and a proxy may cut a long one
+        return dropped_quickly(exc.elapsed)
     if isinstance(exc, UpstreamStatusError) and exc.code == "provider_auth_error":
         return exc.key_refused  # the provider key revoked or invalid, not a refusal of this request
     return isinstance(exc, UpstreamError)

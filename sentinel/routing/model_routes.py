@@ -2,8 +2,8 @@
 
 A model name has one target and is never retried elsewhere: its provider's failure reaches the
 client (and is recorded against the provider+model's health, which the native API's routing reads;
-a read timeout after the request was sent is not: the caller's request was long, see
-`is_provider_failure`).
+a read timeout after the request was sent is not, nor a connection dropped after it was sent unless
+at once: the caller's request was long, see `is_provider_failure`).
 An alias with several targets tries its healthy targets first (in the alias's order) and moves to
 the next target when one fails with a provider failure before the first byte (5xx, connect timeout,
 refused connection, provider 429, a refusal of the provider key itself; not a read timeout nor a connection dropped after the request was

@@ -116,23 +116,25 @@ def test_which_provider_failures_count_toward_backoff_and_which_may_go_elsewhere
     neither is sent again elsewhere; nor is a read timeout, nor a connection dropped after the request
     was sent (it may have been served); a refused connection is. A read timeout after the request was
     sent says the request was long (a client can make it so), not that the provider is down; a
-    connect timeout does."""
+    connect timeout does. A connection dropped after the request was sent, before or during its
+    answer, counts only when it dropped at once: a proxy cuts a long request later (or unmeasured)."""
     from sentinel.errors import UpstreamConnectionError, UpstreamTimeout
     from sentinel.providers.errors import UnreadableAnswer, broken_off
-    from sentinel.routing.failover import is_provider_failure, may_retry
+    from sentinel.routing.failover import QUICK_DROP_SECONDS, is_provider_failure, may_retry
 
     unreadable = UnreadableAnswer("bad tool call", usage=None, provider="p")
-    cut = broken_off("p")
     assert (is_provider_failure(unreadable), may_retry(unreadable)) == (False, False)
-    assert (is_provider_failure(cut), may_retry(cut)) == (True, False)
+    for elapsed, counts in [(0.2, True), (QUICK_DROP_SECONDS, False), (60.0, False), (None, False)]:
+        cut = broken_off("p", elapsed)
+        assert (is_provider_failure(cut), may_retry(cut)) == (counts, False), elapsed
+        dropped = UpstreamConnectionError("dropped", provider="p", sent=True, elapsed=elapsed)
+        assert (is_provider_failure(dropped), may_retry(dropped)) == (counts, False), elapsed
     read_timeout = UpstreamTimeout("slow", provider="p")
     assert (is_provider_failure(read_timeout), may_retry(read_timeout)) == (False, False)
     connect_timeout = UpstreamTimeout("unreachable", provider="p", sent=False)
     assert (is_provider_failure(connect_timeout), may_retry(connect_timeout)) == (True, True)
     refused = UpstreamConnectionError("refused", provider="p", sent=False)
     assert (is_provider_failure(refused), may_retry(refused)) == (True, True)
-    dropped = UpstreamConnectionError("dropped", provider="p", sent=True)
-    assert (is_provider_failure(dropped), may_retry(dropped)) == (True, False)
 
 
 async def test_a_providers_retry_after_is_the_backoff_between_30_and_300_s(store: Store) -> None:

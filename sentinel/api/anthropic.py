@@ -12,7 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from sentinel.api.bodies import parse_json_object
+from sentinel.api.bodies import parse_json_body
 from sentinel.api.context import context
 from sentinel.api.deps import Deps
 from sentinel.api.replies import render
@@ -36,7 +36,7 @@ class AnthropicRoutes:
         identity = await self.deps.authenticate(request)
         body = await self.deps.read_body(request)
         reply = await self.service.messages(
-            context(request.scope), identity, payload=parse_json_object(body), body=body,
+            context(request.scope), identity, payload=await parse_json_body(body), body=body,
             headers=request.scope["headers"],
         )
         return render(reply)
@@ -45,7 +45,7 @@ class AnthropicRoutes:
         identity = await self.deps.authenticate(request)
         body = await self.deps.read_body(request)
         reply = await self.service.count_tokens(
-            context(request.scope), identity, payload=parse_json_object(body), body=body,
+            context(request.scope), identity, payload=await parse_json_body(body), body=body,
             headers=request.scope["headers"],
         )
         return render(reply)

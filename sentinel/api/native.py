@@ -12,7 +12,8 @@ from sentinel.api.context import context
 from sentinel.api.deps import Deps
 from sentinel.api.replies import render
 from sentinel.errors import InvalidRequest
-from sentinel.native import NativeValidationError, parse_chat_request
+from sentinel.native import ChatRequest, NativeValidationError, parse_chat_request
+from sentinel.offload import large, off_loop
 from sentinel.services.native_chat import NativeChat
 
 
@@ -29,9 +30,18 @@ class NativeRoutes:
     async def chat(self, request: Request) -> Any:
         identity = await self.deps.authenticate(request)
         body = await self.deps.read_body(request)
-        payload = parse_json_object(body)
-        try:
-            req = parse_chat_request(payload)
-        except NativeValidationError as exc:
-            raise InvalidRequest(exc.message, details={"param": exc.param} if exc.param else None) from None
-        return render(await self.service.chat(context(request.scope), identity, req, size=len(body)))
+        heavy = large(body)
+        if heavy:  # parsed and validated in a worker thread (`sentinel.offload`)
+            req = await off_loop(lambda: _chat_request(parse_json_object(body)), True)
+        else:  # a request with tools too: a schema not seen before costs ~0.5 ms and up to check
+            payload = parse_json_object(body)
+            req = await off_loop(lambda: _chat_request(payload), bool(payload.get("tools")))
+        return render(await self.service.chat(context(request.scope), identity, req, size=len(body), heavy=heavy))
+
+
+def _chat_request(payload: dict[str, Any]) -> ChatRequest:
+    """The request validated (its tools' schemas checked), or InvalidRequest (400) naming the field."""
+    try:
+        return parse_chat_request(payload)
+    except NativeValidationError as exc:
+        raise InvalidRequest(exc.message, details={"param": exc.param} if exc.param else None) from None

@@ -13,7 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from sentinel.api.bodies import parse_json_object, query_items
+from sentinel.api.bodies import parse_json_body, query_items
 from sentinel.api.context import context
 from sentinel.api.deps import Deps
 from sentinel.api.replies import render
@@ -106,7 +106,7 @@ class OpenAIRoutes:
         body = await self.deps.read_body(request)
         reply = await self.relay.metered(
             context(request.scope), identity, endpoint=METERED[path], segments=path[4:].split("/"),
-            payload=parse_json_object(body), body=body, headers=request.scope["headers"], query=query_items(request),
+            payload=await parse_json_body(body), body=body, headers=request.scope["headers"], query=query_items(request),
         )
         return render(reply)
 

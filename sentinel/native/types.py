@@ -158,6 +158,11 @@ def _empty_object_schema() -> dict[str, Any]:
 
 _valid_schemas: OrderedDict[bytes, None] = OrderedDict()
 _valid_schemas_lock = threading.Lock()
+# Checks run in worker threads (a large request's, one with tools: `sentinel.offload`), and
+# `warnings.catch_warnings` swaps the process's warning filters: two at once could restore each
+# other's, leaving a FutureWarning of a `pattern` unsilenced (an error where warnings are errors)
+# or silenced for good. One check at a time (the GIL runs one at a time anyway).
+_checking_lock = threading.Lock()
 
 
 def _schema_problem(schema: dict[str, Any]) -> str | None:
@@ -186,7 +191,7 @@ def _check_schema(schema: dict[str, Any]) -> str | None:
     if schema.get("type") != "object":
         return 'parameters must have "type": "object"'
     try:
-        with warnings.catch_warnings():  # a `pattern` like "[[" warns (FutureWarning) as it compiles
+        with _checking_lock, warnings.catch_warnings():  # a `pattern` like "[[" warns (FutureWarning) as it compiles
             warnings.simplefilter("ignore")
             Draft202012Validator.check_schema(schema)
     except SchemaError as exc:

@@ -112,12 +112,12 @@ class Failover:
         choice: RouteChoice,
         wire: dict[str, Any],
         *,
-        translate: Callable[[RouteChoice], dict[str, Any]],
+        translate: Callable[[RouteChoice], Awaitable[dict[str, Any]]],
         send: Callable[[ChatProvider, dict[str, Any], RouteChoice], Awaitable[T]],
         on_attempt: Callable[[RouteChoice], None] | None = None,
     ) -> Attempt[T]:
         """`send` the translated `wire` body; on a retryable failure, translate for the alternative
-        and send again. Raises the last failure. The session is the caller's to commit, to the
+        and send again (`translate` is awaited: a large request's runs in a worker thread). Raises the last failure. The session is the caller's to commit, to the
         choice that answered (`Attempt.choice`): none is written for a request no model answered."""
         while True:
             provider = self.providers[choice.provider]
@@ -137,7 +137,7 @@ class Failover:
                 choice, wire = carried
 
     async def carrier(
-        self, choice: RouteChoice, translate: Callable[[RouteChoice], dict[str, Any]]
+        self, choice: RouteChoice, translate: Callable[[RouteChoice], Awaitable[dict[str, Any]]]
     ) -> tuple[RouteChoice, dict[str, Any]] | None:
         """The tier's next candidate other than `choice` (`TierRouter.alternative`) whose wire format
         can carry the request, and the request translated for it; None when there is none. A
@@ -146,7 +146,7 @@ class Failover:
         candidate = await self.router.alternative(choice)
         while candidate is not None:
             try:
-                return candidate, translate(candidate)
+                return candidate, await translate(candidate)
             except InvalidRequest:
                 candidate = await self.router.alternative(candidate)
         return None

@@ -30,6 +30,7 @@ from sentinel.native.errors import NativeValidationError
 from sentinel.native.model_request import ModelChatRequest
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
+from sentinel.offload import large, off_loop
 from sentinel.providers.anthropic import AnthropicUpstream
 from sentinel.providers.http import STREAM_LIMIT, StreamLimit, UpstreamResponse, stalled_if
 from sentinel.providers.openai import forwardable_headers, relayable_headers
@@ -92,15 +93,21 @@ class MessagesService:
     async def messages(
         self, ex: Exchange, identity: Identity, *, payload: dict[str, Any], body: bytes, headers: RawHeaders
     ) -> Reply | StreamReply:
-        """Check, resolve, admit, serve on the first target that answers, settle."""
-        _check(payload)
+        """Check, resolve, admit, serve on the first target that answers, settle. The walks of a large
+        body run in a worker thread (`sentinel.offload`)."""
+        heavy = large(body)
+        targets = await off_loop(functools.partial(self._checked, payload), heavy)
         parsed: dict[str, ModelChatRequest] = {}
 
         def parse(target: ModelTarget) -> ModelChatRequest:
             return parsed.get("req") or parsed.setdefault("req", self._parse(payload, target))
 
         # A 400 here reserves nothing; an alias's target that cannot carry the request is passed over.
-        targets = self.translated.carriers(self._targets(payload), "anthropic", parse)
+        # Reading it for another wire format checks its tools' schemas (~0.5 ms and up for one not
+        # seen before): in a worker thread when it has tools too.
+        foreign = any(target.kind != "anthropic" for target in targets)
+        targets = await off_loop(functools.partial(self.translated.carriers, targets, "anthropic", parse),
+                                 foreign and (heavy or bool(payload.get("tools"))))
         ex.operation, ex.request_model = OPERATIONS["chat"], targets[0].name
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(
@@ -118,8 +125,8 @@ class MessagesService:
 
         async def send(target: ModelTarget) -> Reply | StreamReply:
             if target.kind == "anthropic":
-                return await self._relay(ex, target, payload, headers, admission)
-            return await self.translated.serve(ex, parse(target), target, admission, "anthropic")
+                return await self._relay(ex, target, payload, headers, admission, heavy=heavy)
+            return await self.translated.serve(ex, parse(target), target, admission, "anthropic", heavy=heavy)
 
         try:
             reply = await self.routes.call(targets, send, on_attempt)
@@ -133,8 +140,8 @@ class MessagesService:
         self, ex: Exchange, identity: Identity, *, payload: dict[str, Any], body: bytes, headers: RawHeaders
     ) -> Reply:
         """Input tokens of a Messages body: the provider's count, or Sentinel's estimate off Anthropic."""
-        _check(payload, count_only=True)
-        target = self._targets(payload)[0]
+        heavy = large(body)
+        target = (await off_loop(functools.partial(self._checked, payload, count_only=True), heavy))[0]
         admission = await self.meter.admit_call(identity, endpoint="messages/count_tokens", request_id=ex.usage_id)
         ex.headers.extend(admission.headers.items())
         admission.model = target.name
@@ -153,13 +160,18 @@ class MessagesService:
             return Reply(200, orjson.dumps({"input_tokens": tokens}), [*JSON, ("x-sentinel-estimate", "true")])
         ex.provider = target.provider
         try:
-            upstream = await self._forward(ex, target, ["messages", "count_tokens"], payload, headers)
+            upstream = await self._forward(ex, target, ["messages", "count_tokens"], payload, headers, heavy=heavy)
             raw = await self._read(upstream, admission)
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)  # a no-op when `refuse` settled a provider refusal
             raise
         await self.meter.settle(admission, usage=None, output_text="", status=200, provider=target.provider)
         return Reply(200, raw, relayable_headers(upstream.headers))
+
+    def _checked(self, payload: dict[str, Any], *, count_only: bool = False) -> tuple[ModelTarget, ...]:
+        """The body checked (`_check`), then its targets (`_targets`)."""
+        _check(payload, count_only=count_only)
+        return self._targets(payload)
 
     def _targets(self, payload: dict[str, Any]) -> tuple[ModelTarget, ...]:
         """The catalogue's targets for the body's `model` that also serve its tools' models (404, 400)."""
@@ -175,10 +187,12 @@ class MessagesService:
 
     async def _forward(
         self, ex: Exchange, target: ModelTarget, segments: list[str], payload: dict[str, Any], headers: RawHeaders,
+        *, heavy: bool,
     ) -> UpstreamResponse:
         # What Sentinel read, never the client's bytes (a duplicated key read first-wins upstream
-        # would differ from what was checked and reserved; see `OpenAIRelay._serve`).
-        body = orjson.dumps(upstream_payload(self.catalogue, payload, target))
+        # would differ from what was checked and reserved; see `OpenAIRelay._serve`). A large body's
+        # in a worker thread (`sentinel.offload`).
+        body = await off_loop(lambda: orjson.dumps(upstream_payload(self.catalogue, payload, target)), heavy)
         started = time.perf_counter()
         attributes = {PROVIDER: target.provider, SYSTEM: target.provider, REQUEST_MODEL: target.name}
         try:
@@ -205,8 +219,9 @@ class MessagesService:
 
     async def _relay(
         self, ex: Exchange, target: ModelTarget, payload: dict[str, Any], headers: RawHeaders, admission: Admission,
+        *, heavy: bool,
     ) -> Reply | StreamReply:
-        upstream = await self._forward(ex, target, ["messages"], payload, headers)
+        upstream = await self._forward(ex, target, ["messages"], payload, headers, heavy=heavy)
         if payload.get("stream") is True and 200 <= upstream.status < 300 and upstream.streams:
             return self._relay_sse(ex, upstream, admission)
         raw = await self._read(upstream, admission)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import orjson
@@ -28,6 +28,7 @@ from sentinel.native.responses import Usage as WireUsage
 from sentinel.native.stream import DONE, render_chunk, render_error_event
 from sentinel.native.types import ImagePart
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
+from sentinel.offload import off_loop
 from sentinel.providers.chat import ChatProvider, Completion, ProviderStream, recorded_usage
 from sentinel.providers.http import STREAM_LIMIT, StreamLimit, UpstreamResponse
 from sentinel.quota.estimate import estimate_input
@@ -65,14 +66,18 @@ class NativeChat:
         self.stream_limit = stream_limit
         self.failover = Failover(router, providers)
 
-    async def chat(self, ex: Exchange, identity: Identity, req: ChatRequest, *, size: int = 0) -> Reply | StreamReply:
-        """Serve one validated request (`size`: its body's bytes; a large one is counted off the loop)."""
-        choice, wire = await self._translatable(req, await self.router.decide(identity, req))
+    async def chat(
+        self, ex: Exchange, identity: Identity, req: ChatRequest, *, size: int = 0, heavy: bool = False,
+    ) -> Reply | StreamReply:
+        """Serve one validated request (`size`: its body's bytes, a large one is counted off the loop;
+        `heavy`: its body is large, `sentinel.offload`, and its translations and the reading of it for
+        its estimate run in a worker thread too)."""
+        translate = self._translator(req, heavy)
+        choice, wire = await self._translatable(req, await self.router.decide(identity, req), translate)
         ex.operation, ex.request_model = OPERATIONS["native"], choice.model
         # Images are priced by the dearest rule of any model that may serve the request; a request
         # without images (most) needs no candidates: the tier table is not read for it.
-        images = _has_images(req)
-        payload = _estimate_payload(req)
+        images, payload = await off_loop(lambda: (_has_images(req), _estimate_payload(req)), heavy)
         priced = await self._serving(choice) if images else frozenset()
         # Admission before the session write: a request the quota refuses changes no session.
         with ex.spans.span("sentinel.quota.admit"):
@@ -94,17 +99,17 @@ class NativeChat:
             chosen = (choice.provider, choice.model)
             await self.router.claim(identity, choice)  # a first turn's session, before the upstream call
             if (choice.provider, choice.model) != chosen:
-                wire = self._translate(req, choice)  # a concurrent first turn won: follow its model
+                wire = await translate(choice)  # a concurrent first turn won: follow its model
                 if images:
                     await self._reprice(identity, admission, payload, priced, choice, size)
             if req.stream:
                 streamed = await self.failover.call(
-                    choice, wire, translate=lambda c: self._translate(req, c),
+                    choice, wire, translate=translate,
                     send=lambda p, body, c: _upstream(ex, c, p.open_stream_body(body, refused=refused)), on_attempt=on_attempt,
                 )
                 return self._stream(ex, identity, streamed.result, streamed.choice, admission)
             completed = await self.failover.call(
-                choice, wire, translate=lambda c: self._translate(req, c),
+                choice, wire, translate=translate,
                 send=lambda p, body, c: _upstream(ex, c, p.complete_body(body, c.tier, refused=refused)), on_attempt=on_attempt,
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
@@ -117,19 +122,21 @@ class NativeChat:
         await self.router.commit(identity, completed.choice)  # answered: the session is this model's
         return reply
 
-    async def _translatable(self, req: ChatRequest, choice: RouteChoice) -> tuple[RouteChoice, dict[str, Any]]:
+    async def _translatable(
+        self, req: ChatRequest, choice: RouteChoice, translate: Callable[[RouteChoice], Awaitable[dict[str, Any]]],
+    ) -> tuple[RouteChoice, dict[str, Any]]:
         """The choice and the request translated for it. A model the conversation is not bound to yet
         (no session, a new one, an upgrade) whose translation cannot carry the request gives way to
         the tier's next candidate, so whether a valid request is accepted does not depend on the
         draw; a conversation's own model is kept, and its refusal is the answer."""
         try:
-            return choice, self._translate(req, choice)
+            return choice, await translate(choice)
         except InvalidRequest as exc:
             if choice.bound:
                 raise
             refused = exc
         try:
-            carried = await self.failover.carrier(choice, lambda c: self._translate(req, c))
+            carried = await self.failover.carrier(choice, translate)
             if carried is None:
                 raise refused
             return carried
@@ -159,6 +166,10 @@ class NativeChat:
         count = functools.partial(estimate_input, self.counter, "native", choice.model, payload,
                                   user=identity.external_id, images=image_rule_for(priced | serving))
         admission.estimate_input = max(admission.estimate_input, await count_off_loop(count, size))
+
+    def _translator(self, req: ChatRequest, heavy: bool) -> Callable[[RouteChoice], Awaitable[dict[str, Any]]]:
+        """`req` translated for a choice's provider (`_translate`): in a worker thread when `heavy`."""
+        return lambda to: off_loop(functools.partial(self._translate, req, to), heavy)
 
     def _translate(self, req: ChatRequest, choice: RouteChoice) -> dict[str, Any]:
         provider = self.providers[choice.provider]

@@ -11,6 +11,7 @@ else's — in the path or the body — is a 404.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from sentinel.native.openai_checks import (
 from sentinel.native.openai_inbound import parse_openai_chat
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
+from sentinel.offload import large, off_loop
 from sentinel.providers.http import STREAM_LIMIT, StreamLimit, UpstreamResponse, stalled_if
 from sentinel.providers.openai import OpenAICompatUpstream, forwardable_headers
 from sentinel.quota.images import image_rule_for
@@ -97,16 +99,11 @@ class OpenAIRelay:
         body: bytes, headers: RawHeaders, query: Query | None,
     ) -> Reply | StreamReply:
         """Check, resolve the model, admit, forward the request (`body`, parsed as `payload`), relay the
-        answer and settle. Nothing is reserved for a request refused before it is sent."""
-        try:
-            check_metered_fields(endpoint, payload)
-        except NativeValidationError as exc:
-            raise InvalidRequest(exc.message, details={"param": exc.param}) from None
-        targets = self._targets(endpoint, payload["model"])
-        tools = tool_models(payload)
-        if tools:
-            targets = self.catalogue.with_tools(targets, tools)
-        await self.ownership.require(_references(payload), identity.external_id)
+        answer and settle. Nothing is reserved for a request refused before it is sent. The walks of a
+        large body run in a worker thread (`sentinel.offload`)."""
+        heavy = large(body)
+        targets, references = await off_loop(functools.partial(self._checked, endpoint, payload), heavy)
+        await self.ownership.require(references, identity.external_id)
         stream = payload.get("stream") is True
         strip_usage = False
         if stream and endpoint in ("chat", "completions"):
@@ -118,9 +115,13 @@ class OpenAIRelay:
         carried, extends = continued(payload) if endpoint == "responses" else ([], [])
         request = Relayed(endpoint, segments, payload, headers, query, stream, strip_usage,
                           identity if _stores_objects(endpoint, payload) else None, extends=extends,
-                          speaker=identity if endpoint == "chat" else None)
+                          speaker=identity if endpoint == "chat" else None, heavy=heavy)
         # A 400 here reserves nothing; an alias's target that cannot carry the request is passed over.
-        targets = self.translated.carriers(targets, "openai", lambda target: self._translated(request, target))
+        # Reading it for another wire format checks its tools' schemas (~0.5 ms and up for one not
+        # seen before): in a worker thread when it has tools too.
+        carriers = functools.partial(self.translated.carriers, targets, "openai",
+                                     functools.partial(self._translated, request))
+        targets = await off_loop(carriers, _foreign(targets, "openai") and (heavy or bool(payload.get("tools"))))
         ex.operation, ex.request_model = OPERATIONS.get(endpoint, endpoint), targets[0].name
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(
@@ -146,6 +147,19 @@ class OpenAIRelay:
             raise
         ex.headers.extend(target_headers(served[0]))
         return reply
+
+    def _checked(self, endpoint: str, payload: dict[str, Any]) -> tuple[tuple[ModelTarget, ...], list[str]]:
+        """A metered request's fields checked (400), its model's targets — those that also run the
+        models its tools name (404, 400) — and the object ids its body names (400 past the most)."""
+        try:
+            check_metered_fields(endpoint, payload)
+        except NativeValidationError as exc:
+            raise InvalidRequest(exc.message, details={"param": exc.param}) from None
+        targets = self._targets(endpoint, payload["model"])
+        tools = tool_models(payload)
+        if tools:
+            targets = self.catalogue.with_tools(targets, tools)
+        return targets, _references(payload)
 
     def _targets(self, endpoint: str, model: str) -> tuple[ModelTarget, ...]:
         """The catalogue's targets for `model` (404 when unknown); only chat can be translated."""
@@ -176,10 +190,12 @@ class OpenAIRelay:
         self, ex: Exchange, request: Relayed, target: ModelTarget, admission: Admission
     ) -> Reply | StreamReply:
         if target.kind != "openai":
-            return await self.translated.serve(ex, self._translated(request, target), target, admission, "openai")
+            return await self.translated.serve(ex, self._translated(request, target), target, admission, "openai",
+                                               heavy=request.heavy)
         # What Sentinel read, never the client's bytes: a duplicated key (`max_tokens`, an id) that a
         # provider read first-wins would otherwise differ from what was checked and reserved.
-        body = orjson.dumps(upstream_payload(self.catalogue, request.payload, target))
+        body = await off_loop(lambda: orjson.dumps(upstream_payload(self.catalogue, request.payload, target)),
+                              request.heavy)
         upstream = await self._forward(
             ex, self.upstreams[target.provider], "POST", request.segments, body, request.headers, request.query,
             admission, stream=request.stream,
@@ -282,27 +298,48 @@ class OpenAIRelay:
         itself has the provider run (`run_models` of `segments`, the call's path: an eval's, a
         grader's) must be one it allows too."""
         media = content_type.partition(";")[0].strip().lower()  # the boundary keeps its case
+        heavy = large(body)  # read and walked in a worker thread (`sentinel.offload`)
         if media == "multipart/form-data":
             if uploads is None:  # read as JSON only: an upload's fields would escape the checks below
                 raise _unsupported_type("This call takes a JSON body (Content-Type: application/json), not an upload")
-            try:
-                upload = Upload.read(body, content_type)
-                ids = upload.references(files=uploads)
-                lines = upload.batch_input()
-                if lines is not None:
-                    ids += batch_references(lines, offered=self._batch_model)
-            except (MalformedUpload, TooManyReferences, InvalidBatchInput) as exc:
-                param = exc.param if isinstance(exc, MalformedUpload) else None
-                raise InvalidRequest(str(exc), details={"param": param} if param else None) from None
+            upload, ids, batch_input = await off_loop(
+                functools.partial(self._read_upload, body, content_type, uploads), heavy
+            )
             if upload.streams:
                 raise _no_passthrough_stream()
             await self.ownership.require(ids, identity.external_id)
-            return None, lines is not None
+            return None, batch_input
         if media and media != "application/json" and not media.endswith("+json"):
             raise _unsupported_type(
                 "The request body must be JSON (Content-Type: application/json), or a multipart/form-data upload "
                 "where the call takes a file"
             )
+        parsed, ids = await off_loop(functools.partial(self._read_json, body, segments), heavy)
+        await self.ownership.require(ids, identity.external_id)
+        if creates_batch:
+            given = parsed.get("input_file_id") if isinstance(parsed, dict) else None
+            await self.ownership.require_batch_input(given if isinstance(given, str) else "", identity.external_id)
+        return await off_loop(functools.partial(orjson.dumps, parsed), heavy), False
+
+    def _read_upload(
+        self, body: bytes, content_type: str, uploads: frozenset[str]
+    ) -> tuple[Upload, list[str], bool]:
+        """A pass-through upload read part by part: (the upload, the ids it names — a batch input's
+        lines' too —, whether it is a batch's input). InvalidRequest (400) when it cannot be read
+        as the provider would, names too many objects, or is a batch input `_batch_model` refuses."""
+        try:
+            upload = Upload.read(body, content_type)
+            ids = upload.references(files=uploads)
+            lines = upload.batch_input()
+            if lines is not None:
+                ids += batch_references(lines, offered=self._batch_model)
+        except (MalformedUpload, TooManyReferences, InvalidBatchInput) as exc:
+            param = exc.param if isinstance(exc, MalformedUpload) else None
+            raise InvalidRequest(str(exc), details={"param": param} if param else None) from None
+        return upload, ids, lines is not None
+
+    def _read_json(self, body: bytes, segments: Sequence[str]) -> tuple[Any, list[str]]:
+        """A pass-through JSON body parsed and checked (400s: see `_check_body`): (it, the ids it names)."""
         if json_containers_exceed(body):  # before the parse and the walks for ids, as `parse_json_object`
             raise InvalidRequest(TOO_MANY_CONTAINERS, code="invalid_json")
         try:
@@ -320,11 +357,7 @@ class OpenAIRelay:
                 code="unsupported_data_source",
             )
         self._check_run_models(segments, parsed)
-        await self.ownership.require(_references(parsed), identity.external_id)
-        if creates_batch:
-            given = parsed.get("input_file_id") if isinstance(parsed, dict) else None
-            await self.ownership.require_batch_input(given if isinstance(given, str) else "", identity.external_id)
-        return orjson.dumps(parsed), False
+        return parsed, _references(parsed)
 
     def _batch_model(self, name: str) -> bool:
         """Whether a batch's input may run the model `name`. The file goes upstream as it came, to the
@@ -467,6 +500,7 @@ class Relayed:
     extends: Sequence[str] = ()  # the conversation a response is added to (its context grows)
     speaker: Identity | None = None  # who owns the audio answers of a chat answer (stored or not)
     translated: ModelChatRequest | None = None
+    heavy: bool = False  # its body was large (`sentinel.offload`): translated and encoded in a worker thread
 
 
 def upstream_payload(catalogue: ModelCatalogue, payload: dict[str, Any], target: ModelTarget) -> dict[str, Any]:
@@ -497,6 +531,12 @@ def _stores_objects(endpoint: str, payload: dict[str, Any]) -> bool:
     if endpoint == "responses":
         return payload.get("store") is not False
     return endpoint == "chat" and payload.get("store") is True
+
+
+def _foreign(targets: Sequence[ModelTarget], client: str) -> bool:
+    """Whether any of `targets` is of another wire format than the `client`'s (the request is read
+    into the unified types to be translated: `TranslatedChat.carriers`)."""
+    return any(target.kind != client for target in targets)
 
 
 def _references(body: Any) -> list[str]:

@@ -32,6 +32,7 @@ from sentinel.native.responses import Usage as WireUsage
 from sentinel.native.stream import DONE, render_chunk, render_error_event
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import PROVIDER, REQUEST_MODEL, SYSTEM
+from sentinel.offload import off_loop
 from sentinel.providers.chat import ChatProvider, ProviderStream, recorded_usage
 from sentinel.providers.http import STREAM_LIMIT, StreamLimit, UpstreamResponse
 from sentinel.quota.meter import Admission, Meter, count_off_loop
@@ -98,12 +99,14 @@ class TranslatedChat:
         return tuple(targets)
 
     async def serve(
-        self, ex: Exchange, req: ModelChatRequest, target: ModelTarget, admission: Admission, client: ClientFormat
+        self, ex: Exchange, req: ModelChatRequest, target: ModelTarget, admission: Admission, client: ClientFormat,
+        *, heavy: bool = False,
     ) -> Reply | StreamReply:
         """Send `req` to `target`'s provider and answer in the `client` wire format. Raises (before any
         answer) the provider's error, after settling a request the provider refused (`refuse`); the
-        caller gives the admission back (a no-op once settled)."""
-        body = self.translate(req, target)
+        caller gives the admission back (a no-op once settled). `heavy`: the request's body was large
+        (`sentinel.offload`): it is translated in a worker thread."""
+        body = await off_loop(functools.partial(self.translate, req, target), heavy)
         provider = self.providers[target.provider]
         meter = self.meter
 

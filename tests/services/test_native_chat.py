@@ -212,7 +212,7 @@ async def test_a_request_no_candidate_can_carry_is_freed_with_its_refusal() -> N
     gc.disable()
     try:
         with pytest.raises(InvalidRequest, match="cannot be carried") as refused:
-            await chat._translatable(req, choice)
+            await chat._translatable(req, choice, chat._translator(req, False))
         del refused
         alive = [o for o in gc.get_objects() if isinstance(o, types.FrameType) and o.f_code.co_name == "_translatable"]
     finally:

@@ -16,8 +16,9 @@ MAX_N = 128  # OpenAI's range for `n`
 MAX_BEST_OF = 20  # and for `best_of` (legacy completions)
 MAX_JSON_DEPTH = 64
 # Objects and arrays in one request body. Parsing and every walk before admission (ids, metered
-# fields, depth) cost ~1.5 µs per container on the event loop: 100,000 keep a body at the limit under
-# ~0.2 s, while a conversation of thousands of turns with tool calls holds a few tens of thousands.
+# fields, depth) cost ~1.5 µs per container (in a worker thread for a large body: `sentinel.offload`):
+# 100,000 keep a body at the limit under ~0.2 s, while a conversation of thousands of turns with tool
+# calls holds a few tens of thousands.
 MAX_JSON_CONTAINERS = 100_000
 MAX_MODEL_CHARS = 200  # the ledger's model column
 

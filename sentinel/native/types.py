@@ -36,8 +36,8 @@ TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 _TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Objects and arrays in one request's `tools`, all together. Their schemas are checked against the
-# JSON Schema meta-schema on the event loop, before any quota is taken, at ~0.17 ms per object or
-# array: 2,000 (~0.35 s, once per distinct schema: see SCHEMAS_REMEMBERED) hold 128 tools (the most a
+# JSON Schema meta-schema before any quota is taken (in a worker thread: `sentinel.offload`), at
+# ~0.17 ms per object or array: 2,000 (~0.35 s, once per distinct schema: see SCHEMAS_REMEMBERED) hold 128 tools (the most a
 # request may have) of 14 each, the tool and its `function` included; a function-calling example
 # holds 6 to 17, an agent's 20 tools a few hundred.
 MAX_TOOL_NODES = 2_000

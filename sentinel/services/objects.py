@@ -257,8 +257,8 @@ class MalformedUpload(ValueError):
         self.param = param
 
 
-# An upload is read in Python, on the event loop: its size in parts and headers is capped so that
-# reading one stays cheap. A form has a handful of fields; the stdlib's reader of a header's
+# An upload is read in Python (in a worker thread from 16 KiB: `sentinel.offload`): its size in parts
+# and headers is capped so that reading one stays cheap. A form has a handful of fields; the stdlib's reader of a header's
 # parameters takes time quadratic in their number (a part of 500,000 of them took 37 s).
 MAX_PARTS = 100
 MAX_PART_HEADERS = 16 * 1024  # bytes of header lines, all parts together
@@ -408,8 +408,8 @@ def multipart_references(
     return Upload.read(body, content_type).references(limit, files=files)
 
 
-# A batch's input is read in Python, on the event loop, line by line: capped so that reading any file
-# costs no more than reading a real one of the largest body. The provider runs at most 50,000
+# A batch's input is read in Python, line by line (in a worker thread from 16 KiB: `sentinel.offload`):
+# capped so that reading any file costs no more than reading a real one of the largest body. The provider runs at most 50,000
 # requests a file; no real request holds 10,000 JSON objects and arrays.
 MAX_BATCH_LINES = 50_000
 MAX_LINE_CONTAINERS = 10_000  # JSON objects and arrays in one line

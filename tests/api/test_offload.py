@@ -28,6 +28,7 @@ from sentinel.mock.app import create_mock_app
 from sentinel.offload import OFF_LOOP_BYTES, OFF_LOOP_CONTAINERS, large
 from sentinel.quota.meter import QuotaMeter
 from sentinel.services.native_chat import NativeChat
+from sentinel.services.objects import referenced_ids
 from sentinel.services.translated_chat import TranslatedChat
 from tests.api.conftest import Gateway
 from tests.api.test_body_memory import Exchange, make_app, padded, scope_for
@@ -228,7 +229,7 @@ def test_other_requests_are_served_while_a_large_body_is_walked(
     """The ids of a large body are read while the test holds the walk: meanwhile the same process
     answers another request (on the loop, the walk would hold every other request until it ends)."""
     entered, release = threading.Event(), threading.Event()
-    original = relay.referenced_ids
+    original = referenced_ids
 
     def held(body: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(body, dict) and body.get("user") == "held":
@@ -261,7 +262,7 @@ async def test_a_request_cancelled_while_its_body_is_walked_holds_nothing(
     its body's bytes are given back, nothing was reserved; the walk's result is dropped when it ends."""
     gw = await make_app(max_in_flight_per_user=1)
     entered, release, ended = threading.Event(), threading.Event(), threading.Event()
-    original = relay.referenced_ids
+    original = referenced_ids
 
     def held(body: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(body, dict) and body.get("user") == "held":

@@ -11,8 +11,10 @@ checking a chat body of a few kilobytes (~10-30 µs).
 
 `large(body)` is the rule: OFF_LOOP_BYTES bytes or more, or more than OFF_LOOP_CONTAINERS opening
 brackets (`{`, `[`, strings' included: a dense body of small objects costs ~1 µs a container). A
-step that checks tool schemas hops whenever the request has tools too (a schema not seen before
-costs ~0.5 ms and up: see `sentinel.native.types`).
+step that checks tool schemas hops too when one of them is not remembered as checked already (a
+schema not seen before costs ~0.5 ms and up; a remembered one microseconds: see
+`sentinel.native.types.schemas_remembered`), so a conversation's later turns, sending the same
+tools again, stay on the loop.
 
 The work is bounded per caller by the in-flight slots (`sentinel.api.user_slots`): a request
 holds one slot and runs its walks one after another, so a caller has at most its share of walks

@@ -13,6 +13,7 @@ from sentinel.api.deps import Deps
 from sentinel.api.replies import render
 from sentinel.errors import InvalidRequest
 from sentinel.native import ChatRequest, NativeValidationError, parse_chat_request
+from sentinel.native.types import schemas_remembered
 from sentinel.offload import large, off_loop
 from sentinel.services.native_chat import NativeChat
 
@@ -33,9 +34,9 @@ class NativeRoutes:
         heavy = large(body)
         if heavy:  # parsed and validated in a worker thread (`sentinel.offload`)
             req = await off_loop(lambda: _chat_request(parse_json_object(body)), True)
-        else:  # a request with tools too: a schema not seen before costs ~0.5 ms and up to check
+        else:  # and one with a tool schema not checked before: ~0.5 ms and up to check
             payload = parse_json_object(body)
-            req = await off_loop(lambda: _chat_request(payload), bool(payload.get("tools")))
+            req = await off_loop(lambda: _chat_request(payload), not schemas_remembered(payload.get("tools")))
         return render(await self.service.chat(context(request.scope), identity, req, size=len(body), heavy=heavy))
 
 

@@ -41,6 +41,7 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # request may have) of 14 each, the tool and its `function` included; a function-calling example
 # holds 6 to 17, an agent's 20 tools a few hundred.
 MAX_TOOL_NODES = 2_000
+MAX_TOOLS = 128  # tools in one request
 # Characters of regular expressions (`pattern` values, `patternProperties` keys) in one request's
 # `tools`: the check compiles each, at ~1 µs per character (one pattern of 1 MB: ~0.9 s). 10,000
 # is ~10 ms; a tool's patterns (a date, an email, an id) are tens of characters.
@@ -165,14 +166,42 @@ _valid_schemas_lock = threading.Lock()
 _checking_lock = threading.Lock()
 
 
+def _schema_key(schema: dict[str, Any]) -> bytes | None:
+    """The key a valid schema is remembered by; None for one that is not JSON (built in Python, not
+    parsed: checked, never remembered)."""
+    try:
+        return hashlib.sha256(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)).digest()
+    except orjson.JSONEncodeError:
+        return None
+
+
+def schemas_remembered(tools: Any) -> bool:
+    """Whether reading a request's `tools` (OpenAI's shape, `function.parameters`, or Anthropic's,
+    `input_schema`; None or empty: none) checks no parameters schema that is not remembered as valid
+    already — so it costs microseconds, not a check's ~0.5 ms and up, and may stay on the event loop
+    (`sentinel.offload`). False for anything else, a shape not recognised included: then the read
+    may check schemas (in a worker thread)."""
+    if tools is None or tools == []:
+        return True
+    if not isinstance(tools, list) or len(tools) > MAX_TOOLS:
+        return False
+    for tool in tools:
+        if not isinstance(tool, dict):
+            return False
+        function = tool.get("function")
+        schema = function.get("parameters") if isinstance(function, dict) else tool.get("input_schema")
+        if schema is None:
+            schema = _empty_object_schema()  # the default a tool without one gets
+        if not isinstance(schema, dict) or _schema_key(schema) not in _valid_schemas:
+            return False
+    return True
+
+
 def _schema_problem(schema: dict[str, Any]) -> str | None:
     """Why `schema` is not a JSON Schema (2020-12) for tool parameters, or None. A schema that
     passed is remembered (SCHEMAS_REMEMBERED, least recently used go first); one that failed is
     not, its message can be as long as the schema."""
-    try:
-        key: bytes | None = hashlib.sha256(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)).digest()
-    except orjson.JSONEncodeError:  # not JSON (built in Python, not parsed): checked, not remembered
-        key = None
+    key = _schema_key(schema)
     if key is not None:
         with _valid_schemas_lock:
             if key in _valid_schemas:
@@ -425,7 +454,7 @@ class ChatRequest(ChatParams):
     stop: Stop | None = None
     stream: bool = False
     conversation_id: str | None = Field(default=None, min_length=1, max_length=256)
-    tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: ToolChoice | None = None
 
     @field_validator("conversation_id")

@@ -28,6 +28,7 @@ from sentinel.native.anthropic_checks import check_messages_fields
 from sentinel.native.anthropic_inbound import parse_anthropic_messages
 from sentinel.native.errors import NativeValidationError
 from sentinel.native.model_request import ModelChatRequest
+from sentinel.native.types import schemas_remembered
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.offload import large, off_loop
@@ -107,7 +108,7 @@ class MessagesService:
         # seen before): in a worker thread when it has tools too.
         foreign = any(target.kind != "anthropic" for target in targets)
         targets = await off_loop(functools.partial(self.translated.carriers, targets, "anthropic", parse),
-                                 foreign and (heavy or bool(payload.get("tools"))))
+                                 foreign and (heavy or not schemas_remembered(payload.get("tools"))))
         ex.operation, ex.request_model = OPERATIONS["chat"], targets[0].name
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(

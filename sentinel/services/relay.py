@@ -34,6 +34,7 @@ from sentinel.native.openai_checks import (
     json_containers_exceed,
 )
 from sentinel.native.openai_inbound import parse_openai_chat
+from sentinel.native.types import schemas_remembered
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.offload import large, off_loop
@@ -121,7 +122,7 @@ class OpenAIRelay:
         # seen before): in a worker thread when it has tools too.
         carriers = functools.partial(self.translated.carriers, targets, "openai",
                                      functools.partial(self._translated, request))
-        targets = await off_loop(carriers, _foreign(targets, "openai") and (heavy or bool(payload.get("tools"))))
+        targets = await off_loop(carriers, _foreign(targets, "openai") and (heavy or not schemas_remembered(payload.get("tools"))))
         ex.operation, ex.request_model = OPERATIONS.get(endpoint, endpoint), targets[0].name
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(

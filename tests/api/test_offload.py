@@ -144,15 +144,24 @@ def test_a_translated_chat_and_its_tools_schemas_are_checked_in_a_thread(
     gateway: Gateway, walks: Walks
 ) -> None:
     """Reading a request for another wire format checks its tools' schemas (~0.5 ms and up each time
-    for a schema not seen before): in a thread whenever the request has tools, whatever its size; a
-    small request without tools is translated on the loop."""
+    for a schema not seen before): in a thread whenever the request has a tool schema not remembered,
+    whatever its size; a small request without tools, or with tools checked before, is translated on
+    the loop."""
     with gateway.client() as http:
         served = same(both_sides(http, "/v1/chat/completions", {"model": CLAUDE, "messages": USER}, walks), 200)
         bad = http.post("/v1/chat/completions", json={"model": CLAUDE, "messages": USER, "tools": bad_tools()})
         big_bad = http.post("/v1/chat/completions", content=padded(BIG, orjson.dumps(
             {"model": CLAUDE, "messages": USER, "tools": bad_tools()})), headers={"content-type": "application/json"})
         walks.clear()
-        with_tools = http.post("/v1/chat/completions", json={"model": CLAUDE, "messages": USER, "tools": tools()})
+        fresh = tools()
+        with_tools = http.post("/v1/chat/completions", json={"model": CLAUDE, "messages": USER, "tools": fresh})
+        first = list(walks)
+        walks.clear()  # the same tools again (a conversation's next turn): remembered, read on the loop
+        again = http.post("/v1/chat/completions", json={"model": CLAUDE, "messages": USER, "tools": fresh})
+    assert again.status_code == 200, again.text
+    assert ("translate", True) in walks and ("translate", False) not in walks, walks
+    assert not [name for name, _ in walks if name == "_check_schema"], walks
+    walks[:] = first
     assert served["choices"][0]["message"]["content"]
     assert bad.status_code == big_bad.status_code == 400, (bad.text, big_bad.text)
     assert "has invalid schema" in bad.json()["error"]["message"]

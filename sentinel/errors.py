@@ -15,6 +15,7 @@
     │   ├── StoreUnavailable             503 Redis unreachable or slow
     │   │   └── RevocationIncomplete     503 a key revoked in the database whose cached identity the store did not drop
     │   └── GovernanceUnavailable        503 identity/limits source unreachable, nothing cached
+    │       └── UsageBatchRefused        a usage sink refused a batch whole for its content (deliver it apart)
     ├── UpstreamError                    502 upstream_error          (provider set when known)
     │   ├── UpstreamStatusError          the upstream answered with an error status (4xx relayed as is)
     │   ├── UpstreamConnectionError      502 refused / DNS (not sent) or reset, dropped (sent)
@@ -179,6 +180,13 @@ class RevocationIncomplete(StoreUnavailable):
 
 class GovernanceUnavailable(ServiceUnavailable):
     code = "governance_unavailable"
+
+
+class UsageBatchRefused(GovernanceUnavailable):
+    """A usage sink refused a whole batch for what it holds (Zion's 400, 413 or 422: one value it
+    rejects is enough), not for an outage or Sentinel's credentials. The deliverer then delivers the
+    batch's records one by one (`sentinel.quota.deliverer`); anything else that meets it treats it as
+    the outage it derives from (the batch retried whole)."""
 
 
 class UpstreamError(SentinelError):

@@ -22,9 +22,9 @@ from sentinel.domain.identity import Identity
 from sentinel.domain.plans import Plan
 from sentinel.domain.tiers import TIERS, TierModelEntry, TierTable
 from sentinel.domain.usage import UsageRecord
-from sentinel.errors import GovernanceUnavailable, ServiceUnavailable, StoreUnavailable
+from sentinel.errors import GovernanceUnavailable, ServiceUnavailable, StoreUnavailable, UsageBatchRefused
 from sentinel.governance.cache import count_lookup, read_entry
-from sentinel.governance.zion import ZionClient, ZionPlanSource
+from sentinel.governance.zion import MAX_BATCH, ZionClient, ZionPlanSource, ZionStatusError
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
 
@@ -59,6 +59,13 @@ class ZionPlans:
         return Plan(f"{plan.name}+{self.default.name}", plan.limits + self.default.limits)
 
 
+# Zion's answers to a whole batch that are about what the batch holds (a value Zion rejects, a body
+# too large): the deliverer then delivers its records one by one (`UsageBatchRefused`). 401 and 403
+# are about Sentinel's service key (an outage the operator must fix); 408 and 429 are outages.
+CONTENT_REFUSALS = (400, 413, 422)
+CREDENTIAL_REFUSALS = (401, 403)
+
+
 class ZionSink:
     """UsageSink: Zion's batch-increment endpoint with an Idempotency-Key (at-least-once unless honoured)."""
 
@@ -70,8 +77,24 @@ class ZionSink:
     async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
         """Deliver; returns the request ids Zion refused (retried later under a new key), those
         without an email among them: never sent, they stay in the outbox (a record left from a
-        `GOVERNANCE=builtin` run), not settled as if Zion had counted them."""
-        result = await self.client.batch_increment(records, idempotency_key)
+        `GOVERNANCE=builtin` run), not settled as if Zion had counted them.
+
+        A batch Zion refuses whole for its content (CONTENT_REFUSALS: one record's value can do it)
+        raises `UsageBatchRefused`, so the deliverer sends its records one by one instead of this
+        batch for ever — unless it went in several calls (over MAX_BATCH records): the calls before
+        the refused one were applied under their keys, so it stays an outage. A 401 or 403 (Zion
+        refusing Sentinel's service key) is an outage, logged at error: the operator must fix it."""
+        try:
+            result = await self.client.batch_increment(records, idempotency_key)
+        except ZionStatusError as exc:
+            if exc.zion_status in CREDENTIAL_REFUSALS:
+                log.error("Zion refused Sentinel's service key (%d) on usage delivery: check ZION_API_KEY; "
+                          "usage waits in the outbox", exc.zion_status, extra={"batch": idempotency_key})
+            elif exc.zion_status in CONTENT_REFUSALS and sum(1 for r in records if r.email) <= MAX_BATCH:
+                raise UsageBatchRefused(
+                    f"Zion refused the usage batch whole ({exc.zion_status})", retry_after=exc.retry_after
+                ) from None
+            raise
         skipped = [item.request_id for item in result.items if item.status == "skipped"]
         for request_id in skipped:
             log.warning("usage record without an email cannot be reported to Zion", extra={"record_id": request_id})

@@ -5,10 +5,19 @@ keeps the batch's membership (a column, a stream consumer name) and the `Idempot
 receives, so every retry and every takeover after a crash sends exactly the same records under
 exactly the same key. Records the sink refused one by one leave their batch and are batched again,
 later, under a new key (the old key was applied for the others).
+
+A batch the sink refused whole for its content (`UsageBatchRefused`: one record's value can do it)
+is moved, before any of it is sent apart, under its split key (`split_key`: `<key>.split`) and its
+records are then delivered one by one, each under its part key (`part_key`: `<split key>:<32 hex
+digits of the SHA-256 of its request id>`). Both are derived, so every retry and every takeover
+after a crash sends each record under the same part key; and since the split key is stored in the
+outbox, a takeover never sends the batch whole again under its first key — a Zion that now
+accepted it whole would count twice the records already applied under their part keys.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Collection
@@ -32,6 +41,26 @@ def new_batch_key() -> str:
 def is_batch_key(name: str) -> bool:
     """True for keys made by `new_batch_key` (anything else was never sent as a key)."""
     return name.startswith(KEY_PREFIX)
+
+
+SPLIT_SUFFIX = ".split"
+
+
+def split_key(key: str) -> str:
+    """The key `key`'s batch is held under once the sink refused it whole (its records delivered apart)."""
+    return key if is_split_key(key) else key + SPLIT_SUFFIX
+
+
+def is_split_key(key: str) -> bool:
+    """True for a batch whose records are delivered one by one, each under its `part_key`."""
+    return key.endswith(SPLIT_SUFFIX)
+
+
+def part_key(key: str, request_id: str) -> str:
+    """The key a record of a split batch is delivered under: derived from the batch's key and the
+    record's request id (hashed: an id may hold a client's text, and keys stay short), so the same
+    record of the same batch goes under the same key after any retry or takeover."""
+    return f"{key}:{hashlib.sha256(request_id.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
 
 
 def decode_record(raw: Any, where: str) -> UsageRecord | None:
@@ -94,6 +123,12 @@ class OutboxBackend(Protocol):
     async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
         """The sink answered: remove the accepted records; the `refused` request ids leave the batch
         and wait (at least `retry_in` seconds) to be batched again under a new key."""
+
+    async def split_up(self, batch: Batch) -> Batch:
+        """Move `batch`'s records, still held under its key, under `split_key(batch.key)` (lease renewed),
+        in one step; the batch under that key. Should the outbox not hold them under the key any
+        more (another holder moved or settled them), nothing moves and the batch is returned all the
+        same: its records go under their part keys, as any other holder's would."""
 
     async def depth(self) -> int:
         """Records waiting or held (not yet settled)."""

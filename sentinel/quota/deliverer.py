@@ -9,6 +9,15 @@ the next claim waits a backoff: `_pause`). A crash at any point leaves
 the batch in the outbox under its key, and whoever takes it over after the lease sends it under
 that key again, so a sink that honours the key (Zion should; the built-in ledger is exactly-once
 by request id regardless) counts every record once.
+
+A batch the sink refuses whole for its content (`UsageBatchRefused`: Zion's 400, 413 or 422, which
+one bad value — a model name, an id — is enough for) is delivered apart: first moved under its
+split key in the outbox, then each record sent on its own under its part key (`batch.part_key`, a
+few at a time, the lease renewed as they go); records the sink still refuses alone are handed back
+as refused, the others settled once every part has answered. A part that fails keeps the batch, as
+any failure does: the retry sends the parts not yet answered, under the same part keys, and a
+takeover after a crash finds the batch under its split key and sends every part under the same key
+again (replayed by a sink that honours keys), never the batch whole.
 """
 
 from __future__ import annotations
@@ -19,9 +28,10 @@ import time
 from collections.abc import Callable
 
 from sentinel.backoff import Backoff
-from sentinel.errors import GovernanceUnavailable, SentinelError, StoreUnavailable
+from sentinel.domain.usage import UsageRecord
+from sentinel.errors import GovernanceUnavailable, SentinelError, StoreUnavailable, UsageBatchRefused
 from sentinel.observability.metrics import Metrics
-from sentinel.quota.batch import Batch
+from sentinel.quota.batch import Batch, is_split_key, part_key
 from sentinel.quota.outbox import DurableOutbox
 from sentinel.quota.sink import UsageSink
 
@@ -29,6 +39,7 @@ log = logging.getLogger("sentinel.deliverer")
 
 
 KEEP_TIMEOUT = 5.0  # at shutdown, how long storing what only memory holds may take
+PARTS_AT_ONCE = 8  # records of a batch delivered apart that are sent at the same time
 
 
 def delivery_backoff(lease_seconds: float) -> Backoff:
@@ -66,6 +77,8 @@ class UsageDeliverer:
         self._refusals = 0  # batches in a row whose every record the sink refused (`_pause`)
         self.held: Batch | None = None
         self._refused: frozenset[str] | None = None  # the sink's answer, once it gave one
+        # Of a batch delivered apart, the records the sink answered: request id -> refused.
+        self._parts: dict[str, bool] = {}
         self._not_before = 0.0
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -88,7 +101,7 @@ class UsageDeliverer:
             if self.failures:
                 await self._renew(batch)
             try:
-                refused = await self.sink.deliver(batch.records, batch.key)
+                batch, refused = await self._send(batch)
             except (GovernanceUnavailable, StoreUnavailable) as exc:
                 self.metrics.deliveries.labels("failure").inc()
                 self._later(exc.message, "usage delivery failed; retrying the same batch")
@@ -116,6 +129,63 @@ class UsageDeliverer:
         elif len(batch.items) > 1:  # (one record refused alone says nothing of the next: no pause)
             self._pause(batch)
         return delivered
+
+    async def _send(self, batch: Batch) -> tuple[Batch, list[str]]:
+        """Deliver `batch` (the held one): the batch as now held, and the request ids the sink refused. Whole under its key,
+        unless it is under its split key or the sink refuses it whole for its content: then it is
+        (moved under its split key first, so no takeover sends it whole again, and) delivered apart."""
+        if not is_split_key(batch.key):
+            try:
+                return batch, await self.sink.deliver(batch.records, batch.key)
+            except UsageBatchRefused as exc:
+                if len(batch.items) == 1:  # refused alone: not applied, batched again later
+                    log.warning("the usage sink refused a record", extra={
+                        "batch": batch.key, "record_id": batch.items[0].record.request_id, "error": exc.message})
+                    return batch, [batch.items[0].record.request_id]
+                log.warning("the usage sink refused a batch whole; delivering its records one by one",
+                            extra={"batch": batch.key, "count": len(batch.items), "error": exc.message})
+            # Before any part is sent: a failure here leaves the batch under its key, sent whole again.
+            batch = self.held = await self.outbox.split_up(batch)
+        return batch, await self._send_apart(batch)
+
+    async def _send_apart(self, batch: Batch) -> list[str]:
+        """Deliver the records of `batch` (under its split key) one by one, each under its part key,
+        PARTS_AT_ONCE at a time; the ones answered before (a retry) are not sent again. Raises the
+        first failure once the parts sent with it have answered (the batch is then retried); else
+        returns the request ids the sink refused."""
+        records: dict[str, UsageRecord] = {}  # one per request id (one id is one request)
+        for item in batch.items:
+            records.setdefault(item.record.request_id, item.record)
+        waiting = [record for rid, record in records.items() if rid not in self._parts]
+        renew_at = self.clock() + self.backoff.cap
+        for start in range(0, len(waiting), PARTS_AT_ONCE):
+            if start and self.clock() >= renew_at:  # keep the batch this deliverer's while its parts go
+                await self._renew(batch)
+                renew_at = self.clock() + self.backoff.cap
+            sent = waiting[start : start + PARTS_AT_ONCE]
+            answers = await asyncio.gather(*(self._send_part(batch.key, r) for r in sent), return_exceptions=True)
+            failure: BaseException | None = None
+            for record, answer in zip(sent, answers, strict=True):
+                if isinstance(answer, BaseException):
+                    failure = failure or answer
+                else:
+                    self._parts[record.request_id] = answer
+            if failure is not None:
+                raise failure
+        refused = [c.record.request_id for c in batch.items if self._parts.get(c.record.request_id)]
+        log.info("usage batch delivered apart", extra={"batch": batch.key, "count": len(batch.items),
+                                                         "refused": len(refused)})
+        return refused
+
+    async def _send_part(self, key: str, record: UsageRecord) -> bool:
+        """Deliver one record of a batch delivered apart under its part key: whether the sink refused it."""
+        try:
+            refused = await self.sink.deliver([record], part_key(key, record.request_id))
+        except UsageBatchRefused as exc:
+            log.warning("the usage sink refused a record", extra={
+                "batch": key, "record_id": record.request_id, "error": exc.message})
+            return True
+        return record.request_id in refused
 
     def _pause(self, batch: Batch) -> None:
         """The sink refused every record of `batch`, one by one: its records wait for a new batch
@@ -154,6 +224,7 @@ class UsageDeliverer:
 
     def _release(self) -> None:
         self.held, self._refused, self.failures, self._not_before = None, None, 0, 0.0
+        self._parts = {}
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

@@ -26,7 +26,7 @@ from collections.abc import Callable, Collection
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable, StoreUnavailable
 from sentinel.observability.logging import Repeated
-from sentinel.quota.batch import Batch, Claimed, OutboxBackend, new_batch_key
+from sentinel.quota.batch import Batch, Claimed, OutboxBackend, new_batch_key, split_key
 from sentinel.quota.group_commit import GroupCommit
 from sentinel.quota.outbox_sql import SqlOutbox
 from sentinel.quota.outbox_stream import RedisStreamOutbox
@@ -89,6 +89,12 @@ class MemoryOutbox:
     async def renew(self, batch: Batch) -> bool:
         return batch.key in self._held
 
+    async def split_up(self, batch: Batch) -> Batch:
+        apart = Batch(batch.backend, split_key(batch.key), batch.items)
+        if self._held.pop(batch.key, None) is not None:
+            self._held[apart.key] = apart
+        return apart
+
     async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
         self._held.pop(batch.key, None)
         _, declined = batch.split(refused)
@@ -126,6 +132,9 @@ class LedgerOutbox:
 
     async def renew(self, batch: Batch) -> bool:
         return False
+
+    async def split_up(self, batch: Batch) -> Batch:
+        raise ValueError("the ledger outbox holds no batches")
 
     async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
         raise ValueError("the ledger outbox holds no batches")
@@ -259,6 +268,10 @@ class DurableOutbox:
     async def renew(self, batch: Batch) -> bool:
         """Extend `batch`'s lease; False when another holder has settled it meanwhile."""
         return await self._owner(batch).renew(batch)
+
+    async def split_up(self, batch: Batch) -> Batch:
+        """Hold `batch` under its split key from now on (see `OutboxBackend.split_up`)."""
+        return await self._owner(batch).split_up(batch)
 
     async def settle(self, batch: Batch, refused: Collection[str] = (), retry_in: float = 30.0) -> None:
         """Remove the accepted records of `batch`; refused ones are batched again later, under a new key."""

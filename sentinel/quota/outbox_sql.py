@@ -29,7 +29,7 @@ from sentinel.db.models import UsageOutboxRow, utcnow
 from sentinel.db.queries import insert_ignoring, picked_once
 from sentinel.domain.usage import UsageRecord
 from sentinel.quiet import QuietWindow
-from sentinel.quota.batch import Batch, Claimed, decode_record, new_batch_key
+from sentinel.quota.batch import Batch, Claimed, decode_record, new_batch_key, split_key
 from sentinel.quota.group_commit import GroupCommit
 
 Row = UsageOutboxRow
@@ -147,6 +147,18 @@ class SqlOutbox:
                 renewed = len(result.all())
                 await session.commit()
         return renewed > 0
+
+    async def split_up(self, batch: Batch) -> Batch:
+        apart = Batch(batch.backend, split_key(batch.key), batch.items)
+        with database_errors("usage outbox unavailable"):
+            async with self._sessions() as session:
+                await session.execute(
+                    update(Row)
+                    .where(Row.id.in_([int(c.ref) for c in batch.items]), Row.batch_key == batch.key)
+                    .values(batch_key=apart.key, next_attempt_at=self.clock() + self.lease)
+                )
+                await session.commit()
+        return apart
 
     async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
         accepted, declined = batch.split(refused)

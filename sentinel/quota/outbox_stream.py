@@ -25,7 +25,7 @@ from collections.abc import Collection, Sequence
 import orjson
 
 from sentinel.domain.usage import UsageRecord
-from sentinel.quota.batch import Batch, Claimed, decode_record, is_batch_key, new_batch_key
+from sentinel.quota.batch import Batch, Claimed, decode_record, is_batch_key, new_batch_key, split_key
 from sentinel.store import Store, StreamEntry
 
 log = logging.getLogger("sentinel.outbox")
@@ -139,6 +139,16 @@ class RedisStreamOutbox:
     async def renew(self, batch: Batch) -> bool:
         ids = [c.ref for c in batch.items]
         return bool(await self.store.stream_reclaim(self.KEY, self.GROUP, batch.key, ids, min_idle_ms=0))
+
+    async def split_up(self, batch: Batch) -> Batch:
+        """As `OutboxBackend.split_up`: the entries go to the consumer named by the split key and the
+        batch's consumer is forgotten, in one atomic step (`stream_settle`)."""
+        apart = Batch(batch.backend, split_key(batch.key), batch.items)
+        if apart.key != batch.key:
+            await self.store.stream_settle(
+                self.KEY, self.GROUP, batch.key, retry=[c.ref for c in batch.items], retry_to=apart.key
+            )
+        return apart
 
     async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
         """As `OutboxBackend.settle`; refused records wait one lease (not `retry_in`) before their

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sentinel.backoff import Backoff
 from sentinel.breaker import CircuitBreaker
 from sentinel.domain.usage import UsageRecord
+from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.zion import ZionClient
 from sentinel.governance.zion_sources import ZionSink
 from sentinel.observability.metrics import Metrics
@@ -221,6 +222,117 @@ async def test_a_dead_deliverers_batch_is_sent_again_under_its_key(rig: Rig) -> 
     assert len(set(first)) == 1 and sorted(first[0][1]) == ["req-0", "req-1"], rig.sink.attempts
     assert [rig.counted(n) for n in range(3)] == [1, 1, 1]
     assert rig.zion.calls[BATCH] >= 3
+
+
+# --- a batch Zion refuses whole for one record's value -------------------------------------------
+def keys_by_record(sink: RecordingSink) -> dict[str, set[str]]:
+    """The keys each record was sent under on its own (a batch delivered apart)."""
+    keys: dict[str, set[str]] = {}
+    for key, ids in sink.attempts:
+        if len(ids) == 1:
+            keys.setdefault(ids[0], set()).add(key)
+    return keys
+
+
+async def test_a_batch_refused_whole_for_one_record_delivers_the_others_and_keeps_that_one(rig: Rig) -> None:
+    """Zion answered 400 to the whole batch for one value it rejects (an attacker's model name, an
+    id): the deliverer stayed on that batch for ever and nothing else of the replica reached Zion."""
+    outbox = rig.outbox()
+    deliverer = rig.deliverer(outbox)
+    rig.zion.refuse_batches_with("evil-model", 400)
+    await outbox.put(record(0))
+    await outbox.put(replace(record(1), model="evil-model"))
+    await outbox.put(record(2))
+    assert await deliverer.deliver_once() == 2
+    assert [rig.counted(n) for n in range(3)] == [1, 0, 1]
+    assert await outbox.depth() == 1  # the refused record is kept, retried later
+    whole, *parts = rig.sink.attempts
+    assert sorted(whole[1]) == ["req-0", "req-1", "req-2"]
+    assert sorted(ids for _, ids in parts) == [("req-0",), ("req-1",), ("req-2",)]
+    assert all(key.startswith(whole[0] + ".split:") for key, _ in parts), rig.sink.attempts
+    assert len({key for key, _ in parts}) == 3
+    # It never blocks what comes after it; once Zion accepts the value, it is counted once.
+    for n in (3, 4):
+        await outbox.put(record(n))
+    for _ in range(3):
+        await deliverer.deliver_once()
+        await rig.age(LEASE)
+    assert [rig.counted(n) for n in range(5)] == [1, 0, 1, 1, 1]
+    rig.zion.refuse_batches_with("evil-model", None)
+    await rig.deliver_all(deliverer, outbox)
+    assert [rig.counted(n) for n in range(5)] == [1, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("status", [413, 422])
+async def test_other_refusals_of_a_batch_for_its_content_are_delivered_apart(rig: Rig, status: int) -> None:
+    outbox = rig.outbox()
+    deliverer = rig.deliverer(outbox)
+    rig.zion.refuse_batches_with("evil-model", status)
+    await outbox.put(record(0))
+    await outbox.put(replace(record(1), model="evil-model"))
+    assert await deliverer.deliver_once() == 1
+    assert [rig.counted(n) for n in range(2)] == [1, 0]
+
+
+@pytest.mark.parametrize("status", [401, 403, 408, 429])
+async def test_a_batch_refused_for_sentinels_key_or_an_outage_is_kept_whole(rig: Rig, status: int) -> None:
+    """401/403 are about Sentinel's service key (the operator must fix it), 408/429 are outages:
+    never a reason to send the records apart, under other keys."""
+    outbox = rig.outbox()
+    deliverer = rig.deliverer(outbox)
+    for n in (0, 1):
+        await outbox.put(record(n))
+    rig.zion.fail_batches(status)
+    for _ in range(3):
+        assert await deliverer.deliver_once() == 0
+    assert len(set(rig.sink.attempts)) == 1 and len(rig.sink.attempts) == 3, rig.sink.attempts
+    rig.zion.fail_batches(None)
+    await rig.deliver_all(deliverer, outbox)
+    assert len(set(rig.sink.attempts)) == 1, rig.sink.attempts  # still whole, under its key
+    assert [rig.counted(n) for n in range(2)] == [1, 1]
+
+
+class LosingSink(RecordingSink):
+    """RecordingSink whose answer for one record sent on its own is lost once, after Zion applied it."""
+
+    def __init__(self, inner: ZionSink, lose: str) -> None:
+        super().__init__(inner)
+        self.lose: str | None = lose
+
+    async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
+        refused = await super().deliver(records, idempotency_key)
+        if [r.request_id for r in records] == [self.lose]:
+            self.lose = None
+            raise GovernanceUnavailable("the answer was lost")
+        return refused
+
+
+async def test_a_crash_while_a_batch_is_delivered_apart_resends_each_record_under_its_part_key(rig: Rig) -> None:
+    """The deliverer dies after some records went apart (one answer lost); Zion meanwhile accepts
+    the value it refused. The successor finds the batch under its split key and sends each record
+    under the same part key (replayed by Zion), never the batch whole under its first key again —
+    which Zion, accepting it now, would apply: the records already applied counted twice."""
+    rig.sink = LosingSink(rig.sink.inner, lose="req-2")
+    first_outbox = rig.outbox(lease=0)
+    dying = rig.deliverer(first_outbox)
+    rig.zion.refuse_batches_with("evil-model", 400)
+    await first_outbox.put(record(0))
+    await first_outbox.put(replace(record(1), model="evil-model"))
+    await first_outbox.put(record(2))
+    await first_outbox.put(record(3))
+    assert await dying.deliver_once() == 0  # req-2's answer lost: the batch is not settled
+    assert [rig.counted(n) for n in range(4)] == [1, 0, 1, 1]
+    del dying
+    rig.zion.refuse_batches_with("evil-model", None)
+    successor_outbox = rig.outbox(lease=0)
+    await rig.deliver_all(rig.deliverer(successor_outbox), successor_outbox)
+    assert [rig.counted(n) for n in range(4)] == [1, 1, 1, 1]
+    (whole_key, _), *_ = rig.sink.attempts
+    assert sum(1 for key, _ in rig.sink.attempts if key == whole_key) == 1, rig.sink.attempts
+    keys = keys_by_record(rig.sink)
+    assert sorted(keys) == ["req-0", "req-1", "req-2", "req-3"]
+    assert all(len(found) == 1 for found in keys.values()), keys  # each record: one key, ever
+    assert len([ids for _, ids in rig.sink.attempts if ids == ("req-0",)]) == 2  # sent again, replayed
 
 
 # --- a Zion answer that does not name one result per increment -----------------------------------

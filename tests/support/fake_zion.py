@@ -2,7 +2,7 @@
 
 Serve it on a real socket with `tests.support.servers.serving(fake)` (the object is an ASGI app)
 and drive it from the test thread with plain methods: `add_user`, `refuse_user`, `set_down`, `fail_next`,
-`set_honour_idempotency`, `fail_batches`, `reject_model`, `lose_batch_answers`, `reshape_batch_results`; read `calls` (per route, requests that got past the
+`set_honour_idempotency`, `fail_batches`, `reject_model`, `refuse_batches_with`, `lose_batch_answers`, `reshape_batch_results`; read `calls` (per route, requests that got past the
 failure controls), `attempts` (per route, every request, failed ones too), `received` (all
 requests), `applied`, `totals` (per email), `seen`. A lock guards
 the state because the server runs in another thread.
@@ -133,6 +133,7 @@ class FakeZion:
         self.lost_answers = 0  # batch calls handled (applied or replayed) whose answer was dropped
         self._idempotent: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._rejected_models: set[str] = set()
+        self._refusing_models: dict[str, int] = {}  # model -> the status a batch holding it gets whole
         self._reshape_results: Callable[[list[dict[str, Any]]], list[Any]] | None = None
         self._app = Starlette(
             routes=[
@@ -213,6 +214,17 @@ class FakeZion:
     def reject_model(self, model: str) -> None:
         """Batch items for `model` fail (`success:false`) while the others are applied."""
         self._rejected_models.add(model)
+
+    def refuse_batches_with(self, model: str, status: int | None = 400) -> None:
+        """A batch-increment call with an item for `model` is refused whole with `status` (None: no
+        longer), nothing of it applied: what Zion's validation does with a value it rejects. Like a
+        validation error at many key-honouring APIs, the refusal is not remembered for the
+        Idempotency-Key: the same call sent again once the value is accepted is applied."""
+        with self._lock:
+            if status is None:
+                self._refusing_models.pop(model, None)
+            else:
+                self._refusing_models[model] = status
 
     def reshape_batch_results(self, reshape: Callable[[list[dict[str, Any]]], list[Any]] | None) -> None:
         """Batch answers carry `reshape(results)` instead of one result per increment (None: as
@@ -341,6 +353,11 @@ class FakeZion:
             if key and self._honour_idempotency and (route, key) in self._idempotent:
                 status, content = self._idempotent[(route, key)]
                 return Response(content, status, media_type="application/json")
+            items = body.get("increments") if route == BATCH and isinstance(body, dict) else None
+            for item in items if isinstance(items, list) else ():
+                refusal = self._refusing_models.get(item.get("model")) if isinstance(item, dict) else None
+                if refusal is not None:
+                    return _error(refusal, "VALIDATION_ERROR", "invalid model")
             response: Response = apply(body)
             if key and response.status_code < 500:
                 self._idempotent[(route, key)] = (response.status_code, bytes(response.body))

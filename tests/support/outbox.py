@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable, StoreUnavailable
-from sentinel.quota.batch import Batch, Claimed, new_batch_key
+from sentinel.quota.batch import Batch, Claimed, new_batch_key, split_key
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -71,6 +71,13 @@ class OutboxPart:
     async def renew(self, batch: Batch) -> bool:
         self._check(self.down)
         return batch.key in self.held
+
+    async def split_up(self, batch: Batch) -> Batch:
+        self._check(self.down)
+        apart = Batch(self.backend, split_key(batch.key), batch.items)
+        if self.held.pop(batch.key, None) is not None:
+            self.held[apart.key] = apart
+        return apart
 
     async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
         self._check(self.down or self.settle_down)

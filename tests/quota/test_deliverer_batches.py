@@ -275,9 +275,11 @@ async def test_other_refusals_of_a_batch_for_its_content_are_delivered_apart(rig
 
 
 @pytest.mark.parametrize("status", [401, 403, 408, 429])
-async def test_a_batch_refused_for_sentinels_key_or_an_outage_is_kept_whole(rig: Rig, status: int) -> None:
-    """401/403 are about Sentinel's service key (the operator must fix it), 408/429 are outages:
-    never a reason to send the records apart, under other keys."""
+async def test_a_batch_refused_for_sentinels_key_or_an_outage_is_kept_whole(
+    rig: Rig, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """401/403 are about Sentinel's service key (the operator must fix it, told at error), 408/429
+    are outages: never a reason to send the records apart, under other keys."""
     outbox = rig.outbox()
     deliverer = rig.deliverer(outbox)
     for n in (0, 1):
@@ -286,6 +288,9 @@ async def test_a_batch_refused_for_sentinels_key_or_an_outage_is_kept_whole(rig:
     for _ in range(3):
         assert await deliverer.deliver_once() == 0
     assert len(set(rig.sink.attempts)) == 1 and len(rig.sink.attempts) == 3, rig.sink.attempts
+    key_errors = [r for r in caplog.records if "check ZION_API_KEY" in r.getMessage()]
+    assert len(key_errors) == (3 if status in (401, 403) else 0)
+    assert all(r.levelname == "ERROR" for r in key_errors)
     rig.zion.fail_batches(None)
     await rig.deliver_all(deliverer, outbox)
     assert len(set(rig.sink.attempts)) == 1, rig.sink.attempts  # still whole, under its key
@@ -305,6 +310,24 @@ class LosingSink(RecordingSink):
             self.lose = None
             raise GovernanceUnavailable("the answer was lost")
         return refused
+
+
+async def test_a_part_that_fails_is_retried_under_its_part_key_the_answered_ones_not_sent_again(rig: Rig) -> None:
+    rig.sink = LosingSink(rig.sink.inner, lose="req-2")
+    outbox = rig.outbox()
+    deliverer = rig.deliverer(outbox)
+    rig.zion.refuse_batches_with("evil-model", 400)
+    await outbox.put(record(0))
+    await outbox.put(replace(record(1), model="evil-model"))
+    await outbox.put(record(2))
+    assert await deliverer.deliver_once() == 0  # req-2's answer lost: the batch is not settled
+    rig.zion.set_honour_idempotency(False)  # a replay would now be counted: none may happen
+    assert await deliverer.deliver_once() == 2
+    assert [rig.counted(n) for n in range(3)] == [1, 0, 2]  # req-2 sent again: the one resend
+    parts = [(key, ids) for key, ids in rig.sink.attempts if len(ids) == 1]
+    assert sorted(ids for _, ids in parts) == [("req-0",), ("req-1",), ("req-2",), ("req-2",)], parts
+    assert all(len(found) == 1 for found in keys_by_record(rig.sink).values())
+    assert await outbox.depth() == 1
 
 
 async def test_a_crash_while_a_batch_is_delivered_apart_resends_each_record_under_its_part_key(rig: Rig) -> None:

@@ -3,7 +3,8 @@
 Replies are sent straight through ASGI `send` (no Starlette Response objects, no middleware) so
 per-request work stays minimal. A deliberate connection cut (the `disconnect_after` knob) is an
 ASGI app returning before its last body message: uvicorn then closes the socket mid-body; so is a
-stream that pinged until its client left (`pings_after`). A connection closed before any answer
+stream that pinged until its client left (`pings_after`), and a body sent a byte at a time whose
+client left before its end (`trickle_ms`). A connection closed before any answer
 (`drop_after_ms`, see `drop`) is an interim 103 Early Hints and then the same return: an ASGI app
 that returns before it began its answer gets a 500 written by uvicorn instead, and clients discard
 an interim answer (they see a connection closed before its answer).
@@ -119,7 +120,8 @@ def _headers(content_type: bytes, extra: dict[str, str]) -> Headers:
 
 
 class JSONReply:
-    """A JSON answer; for status 200 it obeys the `malformed` and `disconnect_after` knobs."""
+    """A JSON answer; for status 200 it obeys the `malformed` and `disconnect_after` knobs, for any
+    status `trickle_ms` (the body one byte at a time, until it is sent or the client leaves)."""
 
     __slots__ = ("body", "status", "headers")
 
@@ -140,6 +142,11 @@ class JSONReply:
             await send({"type": "http.response.body", "body": data[: len(data) // 2], "more_body": True})
             _DELIBERATE_CUT.set(True)
             return
+        if faults.trickle_ms is not None and receive is not None:
+            if not await _trickle(send, receive, data, faults.trickle_ms / 1000.0):
+                _DELIBERATE_CUT.set(True)  # the client left before the end
+                return
+            data = b""
         await send({"type": "http.response.body", "body": data})
 
 
@@ -210,6 +217,20 @@ async def _ping_until_gone(send: Send, receive: Receive, ping: bytes, interval: 
         while not gone.done():
             await send({"type": "http.response.body", "body": ping, "more_body": True})
             await asyncio.wait({gone}, timeout=interval)
+    finally:
+        gone.cancel()
+
+
+async def _trickle(send: Send, receive: Receive, data: bytes, interval: float) -> bool:
+    """Send `data` one byte every `interval` seconds; False when the client left before the end."""
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        for index in range(len(data)):
+            if gone.done():
+                return False
+            await send({"type": "http.response.body", "body": data[index:index + 1], "more_body": True})
+            await asyncio.wait({gone}, timeout=interval)
+        return not gone.done()
     finally:
         gone.cancel()
 

@@ -29,6 +29,11 @@ drop_after_ms      X-Mock-Drop-After-Ms    #mock:drop_after_ms=N    N ms after t
                                                                     whatever else was asked): a
                                                                     provider that crashed, or a proxy
                                                                     that cut a request it held
+trickle_ms         X-Mock-Trickle-Ms       #mock:trickle_ms=N       non-stream: the body (an error's
+                                                                    too) one byte every N ms, until
+                                                                    it is sent or the client leaves
+                                                                    (a body that takes for ever to
+                                                                    come); stream: no effect
 malformed          X-Mock-Malformed-Chunk  #mock:malformed          stream: one extra non-JSON event;
                                                                     non-stream: truncated JSON body
 no_usage           X-Mock-No-Usage         #mock:no_usage           omit usage everywhere
@@ -47,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _INT_KNOBS = ("status", "disconnect_after", "retry_after", "pings_after")
-_FLOAT_KNOBS = ("latency_ms", "chunk_delay_ms", "drop_after_ms")
+_FLOAT_KNOBS = ("latency_ms", "chunk_delay_ms", "drop_after_ms", "trickle_ms")
 _BOOL_KNOBS = ("malformed", "no_usage", "parallel_tools")
 _HEADER_NAMES = {
     "x-mock-status": "status",
@@ -57,6 +62,7 @@ _HEADER_NAMES = {
     "x-mock-disconnect-after": "disconnect_after",
     "x-mock-pings-after": "pings_after",
     "x-mock-drop-after-ms": "drop_after_ms",
+    "x-mock-trickle-ms": "trickle_ms",
     "x-mock-malformed-chunk": "malformed",
     "x-mock-malformed": "malformed",
     "x-mock-no-usage": "no_usage",
@@ -103,6 +109,7 @@ class Faults:
     disconnect_after: int | None = None
     pings_after: int | None = None
     drop_after_ms: float | None = None
+    trickle_ms: float | None = None
     malformed: bool = False
     no_usage: bool = False
     parallel_tools: bool = False

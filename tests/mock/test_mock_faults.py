@@ -298,3 +298,22 @@ def test_pings_after_sends_only_pings_after_its_events(
     head, _, tail = received.partition(ping)
     assert head.count(b"data: ") == 2  # the two events, then only pings
     assert tail.replace(ping, b"") == b""
+
+
+@pytest.mark.parametrize("status", [None, "429"])
+def test_trickle_sends_the_body_one_byte_at_a_time(http: httpx.Client, status: str | None) -> None:
+    """A body that takes for ever to come: the headers at once, then one byte per read (an error's too)."""
+    headers = {**OPENAI_AUTH, "X-Mock-Trickle-Ms": "2", **({"X-Mock-Status": status} if status else {})}
+    with http.stream("POST", "/v1/chat/completions", json=CHAT, headers=headers) as r:
+        assert r.status_code == int(status or 200)
+        chunks = list(r.iter_raw())
+    assert len(chunks) > 1  # (bytes sent apart may still be read together)
+    body = json.loads(b"".join(chunks))
+    assert body["error"]["code"] == "rate_limit_exceeded" if status else body["object"] == "chat.completion"
+
+
+def test_trickle_stops_when_its_client_leaves(http: httpx.Client) -> None:
+    with http.stream("POST", "/v1/chat/completions", json=CHAT, headers={**OPENAI_AUTH, "X-Mock-Trickle-Ms": "20"}) as r:
+        first = next(r.iter_raw())
+    assert len(first) == 1
+    assert http.get("/v1/models", headers=OPENAI_AUTH).status_code == 200  # the mock serves on

@@ -160,7 +160,8 @@ def create_app(
     """Build (but do not start) a Sentinel app for `settings` (`tracing`: instead of the one the
     settings choose, e.g. an in-memory exporter in tests; `owns_process`: the app is all this
     process serves, so start-up may tune the garbage collector for it; `stream_clock`: the monotonic
-    clock a stream's time limit is read on, a test's own to move; `upstream_clock`: the one an upstream
-    request's sending is timed on — how soon a dropped connection dropped)."""
+    clock the time limit of an answer's body, streamed or not, is read on, a test's own to move;
+    `upstream_clock`: the one an upstream request's sending is timed on — how soon a dropped
+    connection dropped)."""
     return SentinelApp(settings, tracing=tracing, owns_process=owns_process, stream_clock=stream_clock,
                        upstream_clock=upstream_clock)

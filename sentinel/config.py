@@ -141,8 +141,9 @@ class Settings(BaseSettings):
     anthropic_api_key: SecretStr | None = env("ANTHROPIC_API_KEY", None)
     upstream_timeout_seconds: float = env("SENTINEL_UPSTREAM_TIMEOUT_SECONDS", 300.0, gt=0)
     upstream_connect_timeout_seconds: float = env("SENTINEL_UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10.0, gt=0)
-    # The longest a streamed answer is relayed (the read timeout bounds only the gap between bytes):
-    # past it the stream ends with an error event, recorded as a cut stream.
+    # The longest an answer's body is read, streamed or not (the read timeout bounds only the gap
+    # between bytes): past it a stream ends with an error event, recorded as a cut stream; a body
+    # read before anything was answered is 504 `answer_time_limit`.
     stream_max_seconds: float = env("SENTINEL_STREAM_MAX_SECONDS", 900.0, gt=0)
     # Idle upstream connections are dropped sooner than providers drop them (so a reused one is alive).
     upstream_keepalive_seconds: float = env("SENTINEL_UPSTREAM_KEEPALIVE_SECONDS", 15.0, gt=0)

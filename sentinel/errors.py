@@ -20,7 +20,8 @@
     │   ├── UpstreamStatusError          the upstream answered with an error status (4xx relayed as is)
     │   ├── UpstreamConnectionError      502 refused / DNS (not sent) or reset, dropped (sent)
     │   ├── UpstreamTimeout              504
-    │   └── StreamTimeLimit              a stream cut at SENTINEL_STREAM_MAX_SECONDS (mid-stream only)
+    │   │   └── AnswerTimeLimit          504 an answer's body read past SENTINEL_STREAM_MAX_SECONDS, nothing relayed yet
+    │   └── StreamTimeLimit              a body relayed past SENTINEL_STREAM_MAX_SECONDS (mid-answer only)
     └── InternalError                    500 server_error (the last resort; never carries a traceback)
 
 Foreign exceptions (aiohttp, redis, SQLAlchemy) are translated into this tree once, at the boundary
@@ -243,10 +244,22 @@ class UpstreamTimeout(UpstreamError):
         self.sent = sent
 
 
+class AnswerTimeLimit(UpstreamTimeout):
+    """An answer whose body was still being read, before anything of it was relayed, after
+    `SENTINEL_STREAM_MAX_SECONDS` (`UpstreamResponse.iter_chunks`): the read timeout bounds only the
+    gap between bytes, so a provider (or anything between) sending a byte now and then held the
+    request, its slot and its reservation for ever. A read timeout after the request was sent, as
+    far as charging and health go: the provider may have served it (charged as reserved, never sent
+    again elsewhere), and a client can make a long answer (never a provider failure)."""
+
+    code = "answer_time_limit"
+
+
 class StreamTimeLimit(UpstreamError):
-    """A streamed answer that ran past `SENTINEL_STREAM_MAX_SECONDS` (`UpstreamResponse.iter_chunks`):
-    Sentinel ends it, as it ends a stream whose connection broke. Raised mid-stream only (the answer
-    began: its status line is gone), so the client gets an error event, never this status."""
+    """A body relayed as it arrives (a stream, a large answer or download passed through) that ran
+    past `SENTINEL_STREAM_MAX_SECONDS` (`UpstreamResponse.iter_chunks`): Sentinel ends it, as it ends
+    a stream whose connection broke. Raised mid-answer only (the answer began: its status line is
+    gone), so the client gets an error event (or the end of the body), never this status."""
 
     code = "stream_time_limit"
 

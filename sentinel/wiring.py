@@ -55,7 +55,7 @@ from sentinel.observability.tracing import NOOP_TRACING, Tracing, build_tracing
 from sentinel.providers.anthropic import AnthropicUpstream
 from sentinel.providers.catalog import DEFAULT_MODELS, WELL_KNOWN_MODELS, Catalog, ProviderSpec
 from sentinel.providers.chat import ChatProvider, make_provider
-from sentinel.providers.http import StreamLimit, create_session
+from sentinel.providers.http import BodyLimit, create_session
 from sentinel.providers.openai import OpenAICompatUpstream
 from sentinel.quota.deliverer import UsageDeliverer, delivery_backoff
 from sentinel.quota.limiter import QuotaLimiter
@@ -275,9 +275,9 @@ async def build_runtime(
     """Open the shared clients and build every service (call inside the running event loop).
 
     `tracing` replaces the one OTEL_EXPORTER_OTLP_ENDPOINT selects (tests pass an in-memory one);
-    `stream_clock` is what a stream's time limit is read on, `upstream_clock` what an upstream request's
-    sending is timed on (how soon a dropped connection dropped: `sentinel.routing.failover`); tests pass
-    ones they move."""
+    `stream_clock` is what the time limit of an answer's body (`SENTINEL_STREAM_MAX_SECONDS`) is read on,
+    `upstream_clock` what an upstream request's sending is timed on (how soon a dropped connection
+    dropped: `sentinel.routing.failover`); tests pass ones they move."""
     file = read_providers_file(s)  # before any pool is opened: a bad file stops start-up with nothing to close
     catalog = build_catalog(s, file)
     catalogue = build_model_catalogue(catalog, file)
@@ -335,8 +335,10 @@ async def build_runtime(
         counter=counter, outbox=outbox, metrics=metrics, default_max_output=s.default_max_output_tokens,
         unrecordable=lambda: outbox.full,
     )
+    body_limit = BodyLimit(s.stream_max_seconds, stream_clock)  # every answer's body, streamed or not
     chat_providers: dict[str, ChatProvider] = {
-        name: make_provider(spec, http, default_max_tokens=s.default_max_output_tokens, clock=upstream_clock)
+        name: make_provider(spec, http, default_max_tokens=s.default_max_output_tokens, clock=upstream_clock,
+                            body_limit=body_limit)
         for name, spec in catalog.providers.items()
     }
     health = ProviderHealth(store, metrics)
@@ -346,20 +348,19 @@ async def build_runtime(
         metrics=metrics,
         failover=s.session_failover, auto_key=s.session_auto_key,
     )
-    openai = OpenAICompatUpstream("openai", s.effective_openai_url, reveal(s.openai_api_key), http, upstream_clock)
+    openai = OpenAICompatUpstream("openai", s.effective_openai_url, reveal(s.openai_api_key), http, upstream_clock,
+                                  body_limit)
     relays = {
-        name: OpenAICompatUpstream(name, spec.base_url, spec.api_key, http, upstream_clock)
+        name: OpenAICompatUpstream(name, spec.base_url, spec.api_key, http, upstream_clock, body_limit)
         for name, spec in catalog.providers.items() if spec.kind == "openai"
     }
     relays["openai"] = openai
     anthropic_relays = {
-        name: AnthropicUpstream(name, spec.base_url, spec.api_key, http, upstream_clock)
+        name: AnthropicUpstream(name, spec.base_url, spec.api_key, http, upstream_clock, body_limit)
         for name, spec in catalog.providers.items() if spec.kind == "anthropic"
     }
     routes = ModelRoutes(health)
-    stream_limit = StreamLimit(s.stream_max_seconds, stream_clock)
-    translated = TranslatedChat(chat_providers, meter, counter, metrics, default_max_tokens=s.default_max_output_tokens,
-                                stream_limit=stream_limit)
+    translated = TranslatedChat(chat_providers, meter, counter, metrics, default_max_tokens=s.default_max_output_tokens)
     live = LiveState(
         plans=plans, limiter=limiter, health=router.health, tiers=governance.tiers, providers=set(chat_providers),
         sessions=router.sessions, outbox=outbox,
@@ -382,15 +383,13 @@ async def build_runtime(
         engine=engine,
         authenticator=authenticator,
         relay=OpenAIRelay(
-            relays, openai, meter, Ownership(store), metrics, catalogue=catalogue, routes=routes, translated=translated,
-            stream_limit=stream_limit,
+            relays, openai, meter, Ownership(store), metrics, catalogue=catalogue, routes=routes, translated=translated
         ),
         messages=MessagesService(
-            anthropic_relays, meter, metrics, counter, catalogue=catalogue, routes=routes, translated=translated,
-            stream_limit=stream_limit,
+            anthropic_relays, meter, metrics, counter, catalogue=catalogue, routes=routes, translated=translated
         ),
         models=ModelList(catalogue, meter),
-        native=NativeChat(router, chat_providers, meter, counter, stream_limit=stream_limit),
+        native=NativeChat(router, chat_providers, meter, counter),
         router=router,
         # Settlements under way first (requests cancelled past the shutdown deadline finish theirs):
         # their records go to the outbox and the ledger the next closers flush and close.

@@ -26,7 +26,7 @@ from sentinel.native.anthropic import (
 )
 from sentinel.native.stream import AnthropicStreamNormalizer, StreamNormalizer
 from sentinel.providers.chat import ChatProvider, recorded_usage
-from sentinel.providers.http import UpstreamResponse, send
+from sentinel.providers.http import BODY_LIMIT, BodyLimit, UpstreamResponse, send
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -68,6 +68,7 @@ class AnthropicUpstream:
     api_key: str | None
     session: aiohttp.ClientSession
     clock: Callable[[], float] = time.monotonic  # what `send` reads (how soon a connection dropped)
+    body_limit: BodyLimit = BODY_LIMIT  # how long an answer's body may be read (`SENTINEL_STREAM_MAX_SECONDS`)
 
     async def forward(self, segments: Sequence[str], *, headers: dict[str, str], body: bytes) -> UpstreamResponse:
         """POST `body` to `/v1/<segments>` (each segment percent-encoded whole, never normalised) with the
@@ -79,4 +80,4 @@ class AnthropicUpstream:
             out["x-api-key"] = self.api_key
         url = URL(self.base_url + "/v1" + "".join("/" + quote(s, safe="") for s in segments), encoded=True)
         return await send(self.session, self.name, "POST", url, headers=out, body=body, secret=self.api_key,
-                          clock=self.clock)
+                          clock=self.clock, limit=self.body_limit)

@@ -27,7 +27,7 @@ from sentinel.native.sse import SSEParser
 from sentinel.native.stream import StreamNormalizer, StreamResult
 from sentinel.providers.catalog import ProviderSpec
 from sentinel.providers.errors import UnreadableAnswer, redact, upstream_error
-from sentinel.providers.http import StreamLimit, UpstreamResponse, send, stalled_if
+from sentinel.providers.http import BODY_LIMIT, BodyLimit, UpstreamResponse, send, stalled_if
 
 
 def recorded_usage(usage: WireUsage | None, cache: CacheTokens) -> Usage | None:
@@ -57,15 +57,15 @@ class ProviderStream:
     upstream_seconds: float = 0.0
     result: StreamResult | None = None
 
-    async def events(self, limit: StreamLimit | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Unified chunks as they arrive; raises StreamError (or UpstreamError) when the stream breaks,
-        `StreamTimeLimit` when it runs past `limit` (`UpstreamResponse.iter_chunks`).
+        `StreamTimeLimit` when it runs past its time limit (`UpstreamResponse.iter_chunks`).
 
         After the iterator ends normally, `result` says how the stream ended.
         """
         parser = SSEParser()
         try:
-            async for raw in self.upstream.iter_chunks(limit):
+            async for raw in self.upstream.iter_chunks(relayed=True):
                 for event in parser.feed(raw):
                     for chunk in self.normalizer.feed(event):
                         yield chunk
@@ -106,13 +106,14 @@ class ChatProvider:
 
     def __init__(
         self, spec: ProviderSpec, session: aiohttp.ClientSession, *, default_max_tokens: int = 4096,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, body_limit: BodyLimit = BODY_LIMIT,
     ) -> None:
         self.spec = spec
         self.name = spec.name
         self.session = session
         self.default_max_tokens = default_max_tokens
         self.clock = clock  # what `send` reads (how soon a connection dropped: `UpstreamConnectionError.elapsed`)
+        self.body_limit = body_limit  # how long an answer's body may be read (`UpstreamResponse.iter_chunks`)
 
     def headers(self) -> dict[str, str]:
         raise NotImplementedError
@@ -144,7 +145,7 @@ class ChatProvider:
         started = time.perf_counter()
         with stalled_if(body.get("stream") is True):
             upstream = await send(self.session, self.name, "POST", self.url(), headers=self.headers(), body=payload,
-                                  secret=self.spec.api_key, clock=self.clock)
+                                  secret=self.spec.api_key, clock=self.clock, limit=self.body_limit)
         elapsed = time.perf_counter() - started
         if upstream.status >= 300:
             if refused is not None:
@@ -191,11 +192,12 @@ class ChatProvider:
 
 def make_provider(
     spec: ProviderSpec, session: aiohttp.ClientSession, *, default_max_tokens: int,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] = time.monotonic, body_limit: BodyLimit = BODY_LIMIT,
 ) -> ChatProvider:
-    """The chat provider for `spec`'s wire format; `clock`: what its requests' timing is read on."""
+    """The chat provider for `spec`'s wire format; `clock`: what its requests' timing is read on;
+    `body_limit`: how long an answer's body may be read (`SENTINEL_STREAM_MAX_SECONDS`)."""
     from sentinel.providers.anthropic import AnthropicProvider
     from sentinel.providers.openai import OpenAIChatProvider
 
     cls: type[ChatProvider] = AnthropicProvider if spec.kind == "anthropic" else OpenAIChatProvider
-    return cls(spec, session, default_max_tokens=default_max_tokens, clock=clock)
+    return cls(spec, session, default_max_tokens=default_max_tokens, clock=clock, body_limit=body_limit)

@@ -10,10 +10,13 @@ once more on a fresh connection. A reused connection that failed only after a wh
 had the request all that time: it may be working on it) and a failure on a new connection are
 never retried here.
 
-A streamed answer is relayed for at most `StreamLimit.seconds` (`SENTINEL_STREAM_MAX_SECONDS`):
-the read timeout bounds only the wait for the next byte, so a provider that sent a ping or a
-comment now and then held the stream, its in-flight slot and its reservation for as long as the
-client stayed. Past the limit the stream ends with `StreamTimeLimit` (`UpstreamResponse.iter_chunks`).
+An answer's body is read for at most `BodyLimit.seconds` (`SENTINEL_STREAM_MAX_SECONDS`), whatever
+reads it (a stream, a body read whole, a large answer or a download relayed as it arrives, an error
+answer read for its message): the read timeout bounds only the wait for the next byte, so a
+provider (or anything between) that sent a ping, a comment or a byte now and then held the request,
+its in-flight slot and its reservation for as long as it liked. Past the limit a body relayed as it
+arrives ends with `StreamTimeLimit`, one read before anything was answered with `AnswerTimeLimit`
+(a 504) — `UpstreamResponse.iter_chunks`, the one place a body is read.
 
 The pool holds at most `limit` connections. A request that waited for one of them past the connect
 timeout is 503 `overloaded` (this process's load), not a connect timeout: that is a provider
@@ -31,8 +34,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from contextlib import aclosing, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +44,7 @@ import aiohttp
 from yarl import URL
 
 from sentinel.errors import (
+    AnswerTimeLimit,
     Overloaded,
     StreamTimeLimit,
     UpstreamConnectionError,
@@ -106,7 +110,7 @@ def create_session(
     *, read_timeout: float, connect_timeout: float, keepalive: float = 15.0, limit: int = 1000,
     trace_configs: Sequence[aiohttp.TraceConfig] = (),
 ) -> aiohttp.ClientSession:
-    """The app-wide upstream session: keep-alive pool, no total timeout (a stream's is `StreamLimit`,
+    """The app-wide upstream session: keep-alive pool, no total timeout (a body's is `BodyLimit`,
     applied where it is read), a connect timeout and an idle-read timeout (the longest wait for the
     next upstream byte). `connect_timeout` bounds the wait for a pooled connection and the TCP (and
     TLS) connect each; both, with the DNS lookup, take at most twice as long (see the module docstring).
@@ -179,15 +183,15 @@ def stalled_if(stream: bool) -> Iterator[None]:
 
 
 @dataclass(frozen=True, slots=True)
-class StreamLimit:
-    """How long a streamed answer may be relayed (`SENTINEL_STREAM_MAX_SECONDS`), from the moment its
-    body is first read; `clock` (monotonic seconds) is what each chunk's arrival is checked on."""
+class BodyLimit:
+    """How long an answer's body may be read (`SENTINEL_STREAM_MAX_SECONDS`), from the moment it is
+    first read; `clock` (monotonic seconds) is what each chunk's arrival is checked on."""
 
     seconds: float = 900.0
     clock: Callable[[], float] = time.monotonic
 
 
-STREAM_LIMIT = StreamLimit()  # `SENTINEL_STREAM_MAX_SECONDS`' default
+BODY_LIMIT = BodyLimit()  # `SENTINEL_STREAM_MAX_SECONDS`' default
 
 
 @dataclass
@@ -202,7 +206,10 @@ class UpstreamResponse:
     secret: str | None = field(default=None, repr=False)  # the provider key sent: kept out of `read_error`
     sent_at: float | None = field(default=None, repr=False)  # `clock`'s reading when the request began to be sent
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    limit: BodyLimit = field(default=BODY_LIMIT, repr=False)  # how long its body may be read (`iter_chunks`)
     _deadline: asyncio.TimerHandle | None = field(default=None, repr=False, compare=False)
+    # When the body's time is up, on `limit.clock` and on the event loop's clock (set by its first read).
+    _ends: tuple[float, float] | None = field(default=None, repr=False, compare=False)
 
     @property
     def streams(self) -> bool:
@@ -217,19 +224,29 @@ class UpstreamResponse:
         return self.content_type.partition(";")[0].strip().lower() == "text/event-stream"
 
     async def read(self) -> bytes:
-        with translate_errors(self.provider):
-            return await self.raw.read()
+        """The whole body (read before anything of it is answered: past `limit`, `AnswerTimeLimit`)."""
+        return b"".join([chunk async for chunk in self.iter_chunks()])
 
     async def read_error(self) -> bytes:
         """The body of an error answer (status >= 300: what its message is read from), the connection
         released. At most MAX_ERROR_BYTES: a longer one, as a body that breaks off, reads as none (b"")
         — the rest is never read (an upstream, or a proxy between, answering an error with a body
         without end held the request and grew the process's memory until its read timeout, or until
-        it ran out). The provider key the request was sent with is replaced by `***` in it (`redact`):
-        every error text Sentinel relays, answers or logs is read from here."""
+        it ran out); so does one still coming after `limit`. The provider key the request was sent
+        with is replaced by `***` in it (`redact`): every error text Sentinel relays, answers or logs
+        is read from here."""
+        chunks: list[bytes] = []
+        size = 0
+        raw: bytes | None = None
         try:
-            with translate_errors(self.provider):
-                raw = await read_capped(self.raw, MAX_ERROR_BYTES)
+            async with aclosing(self.iter_chunks()) as body:  # (for at most `limit`: a body sent a byte at a time)
+                async for chunk in body:
+                    size += len(chunk)
+                    if size > MAX_ERROR_BYTES:
+                        break
+                    chunks.append(chunk)
+                else:
+                    raw = b"".join(chunks)
         except UpstreamError:
             raw = None
         finally:
@@ -259,38 +276,51 @@ class UpstreamResponse:
             self.close()
             raise
 
-    async def iter_chunks(self, limit: StreamLimit | None = None) -> AsyncIterator[bytes]:
-        """Yield body bytes as they arrive (no re-chunking, no buffering).
+    async def iter_chunks(self, *, relayed: bool = False) -> AsyncGenerator[bytes, None]:
+        """Yield body bytes as they arrive (no re-chunking, no buffering), for at most `limit.seconds`
+        from the body's first read (whichever read it was: one body may be read in parts, a large
+        answer's head, then the rest relayed).
 
-        With `limit` (a stream), the body ends with `StreamTimeLimit` once it has been read for
-        `limit.seconds`: checked on `limit.clock` as each chunk arrives (pings and comments are
-        chunks too), and by a timer on the event loop that ends a wait for the next bytes at the
-        limit (the wait is otherwise bounded only by the read timeout). `close` stops the timer."""
+        Checked on `limit.clock` as each chunk arrives (pings, comments, single bytes are chunks too),
+        and by a timer on the event loop that ends a wait for the next bytes at the limit (the wait
+        is otherwise bounded only by the read timeout). Past it the body ends with `StreamTimeLimit`
+        when it is `relayed` as it arrives (a stream, a large answer passed through: the answer began,
+        it is ended as a cut stream), else with `AnswerTimeLimit` (504, read before anything was
+        answered; charged as a read timeout after the request was sent). `close` stops the timer."""
         content = self.raw.content
+        limit = self.limit
+        loop = asyncio.get_running_loop()
+        if self._ends is None:
+            self._ends = (limit.clock() + limit.seconds, loop.time() + limit.seconds)
+        ends, timer_at = self._ends
         with translate_errors(self.provider):
-            if limit is None:
-                async for chunk in content.iter_any():
-                    yield chunk
-                return
-            deadline = limit.clock() + limit.seconds
             self._disarm()
-            self._deadline = asyncio.get_running_loop().call_later(
-                limit.seconds, lambda: content.set_exception(self._cut(limit))
-            )
+            timer = self._deadline = loop.call_at(timer_at, lambda: content.set_exception(self._cut(relayed)))
             try:
                 async for chunk in content.iter_any():
-                    if limit.clock() >= deadline:
-                        raise self._cut(limit)
+                    if limit.clock() >= ends:
+                        raise self._cut(relayed)
                     yield chunk
             finally:
-                self._disarm()
+                # Only this read's timer: a read of the body given up unfinished (a large answer's
+                # head) may end after the next one armed its own.
+                timer.cancel()
+                if self._deadline is timer:
+                    self._deadline = None
 
-    def _cut(self, limit: StreamLimit) -> StreamTimeLimit:
-        """The error a stream past its time limit ends with (logged once, here)."""
-        self._disarm()
-        log.warning("stream cut at its time limit", extra={"provider": self.provider, "limit_seconds": limit.seconds})
-        return StreamTimeLimit(
-            f"Upstream {self.provider} stream cut: it ran past the {limit.seconds:g} s a streamed answer may last",
+    def _cut(self, relayed: bool) -> AnswerTimeLimit | StreamTimeLimit:
+        """The error a body read past its time limit ends with (logged once, here)."""
+        seconds = self.limit.seconds
+        extra = {"provider": self.provider, "limit_seconds": seconds}
+        if relayed:
+            log.warning("stream cut at its time limit", extra=extra)
+            return StreamTimeLimit(
+                f"Upstream {self.provider} stream cut: it ran past the {seconds:g} s a streamed answer may last",
+                provider=self.provider,
+            )
+        log.warning("answer cut at its time limit", extra=extra)
+        return AnswerTimeLimit(
+            f"Upstream {self.provider} timed out: its answer took longer than the {seconds:g} s an answer may take",
             provider=self.provider,
         )
 
@@ -320,6 +350,7 @@ async def send(
     params: list[tuple[str, str]] | None = None,
     secret: str | None = None,
     clock: Callable[[], float] = time.monotonic,
+    limit: BodyLimit = BODY_LIMIT,
 ) -> UpstreamResponse:
     """Send a request and return as soon as the upstream's status and headers are in. It carries the
     request's id (`X-Request-Id`, see `sentinel.api.middleware`) as `X-Client-Request-Id`, the header
@@ -330,7 +361,8 @@ async def send(
     from an error answer (`UpstreamResponse.read_error`). `clock` (monotonic seconds): a connection
     dropped after the request was sent carries the seconds since its sending began
     (`UpstreamConnectionError.elapsed`), as does an answer that breaks off while it is read
-    (`UpstreamResponse.reading_served`): whether it counts against the provider's health."""
+    (`UpstreamResponse.reading_served`): whether it counts against the provider's health. `limit`:
+    how long the answer's body may be read (`UpstreamResponse.iter_chunks`)."""
     rid = request_id_var.get()
     if rid is not None:
         headers = {**headers, "x-client-request-id": rid}
@@ -371,4 +403,5 @@ async def send(
         secret=secret,
         sent_at=started,
         clock=clock,
+        limit=limit,
     )

@@ -28,7 +28,7 @@ from sentinel.native.openai import (
 )
 from sentinel.native.stream import OpenAIStreamNormalizer, StreamNormalizer
 from sentinel.providers.chat import ChatProvider, recorded_usage
-from sentinel.providers.http import UpstreamResponse, send
+from sentinel.providers.http import BODY_LIMIT, BodyLimit, UpstreamResponse, send
 
 
 class OpenAIChatProvider(ChatProvider):
@@ -159,6 +159,7 @@ class OpenAICompatUpstream:
     api_key: str | None
     session: aiohttp.ClientSession
     clock: Callable[[], float] = time.monotonic  # what `send` reads (how soon a connection dropped)
+    body_limit: BodyLimit = BODY_LIMIT  # how long an answer's body may be read (`SENTINEL_STREAM_MAX_SECONDS`)
 
     async def forward(
         self,
@@ -179,4 +180,4 @@ class OpenAICompatUpstream:
             body = None
         url = upstream_url(self.base_url, segments)
         return await send(self.session, self.name, method, url, headers=out, body=body, params=query,
-                          secret=self.api_key, clock=self.clock)
+                          secret=self.api_key, clock=self.clock, limit=self.body_limit)

@@ -25,7 +25,7 @@ from sentinel.errors import StoreUnavailable, UpstreamError
 from sentinel.governance.ownership import Ownership
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.errors import UnreadableAnswer, upstream_error
-from sentinel.providers.http import STREAM_LIMIT, StreamLimit, UpstreamResponse
+from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.usage import StreamInspector, TailInspector, output_read, text_from_body, usage_from_body
@@ -70,14 +70,10 @@ WORK = Charging()  # a metered call: its answer's usage is its own
 class AnswerRelay:
     """Relays upstream answers and settles them (see the module docstring)."""
 
-    def __init__(
-        self, meter: Meter, ownership: Ownership, metrics: Metrics,
-        stream_limit: StreamLimit = STREAM_LIMIT,
-    ) -> None:
+    def __init__(self, meter: Meter, ownership: Ownership, metrics: Metrics) -> None:
         self.meter = meter
         self.ownership = ownership
         self.metrics = metrics
-        self.stream_limit = stream_limit
 
     async def complete(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, *, owner: Identity | None,
@@ -194,7 +190,7 @@ class AnswerRelay:
         inspector = StreamInspector(admission.endpoint, provider=upstream.provider, secret=upstream.secret)
         try:
             with upstream.reading_served():
-                async for chunk in upstream.iter_chunks(self.stream_limit):
+                async for chunk in upstream.iter_chunks():
                     inspector.feed(chunk)
             inspector.flush()
         except UnreadableAnswer:
@@ -229,7 +225,7 @@ class AnswerRelay:
             ending.status = upstream.status
             held = head
             try:
-                async for chunk in upstream.iter_chunks():
+                async for chunk in upstream.iter_chunks(relayed=True):
                     yield held
                     held = chunk
                     tail.feed(chunk)
@@ -289,7 +285,7 @@ class AnswerRelay:
                 await claim_created(ownership, [(i, audio_ttl(at, now)) for i, at in inspector.audio.items()], speaker)
             report(ex, admission, inspector.model)
 
-        return relay_events(upstream, inspector, endpoint, self.metrics, settle, self.stream_limit)
+        return relay_events(upstream, inspector, endpoint, self.metrics, settle)
 
 
 async def claim_created(ownership: Ownership, created: Iterable[tuple[str, float | None]], owner: Identity) -> None:

@@ -21,7 +21,7 @@ from sentinel.errors import UpstreamError
 from sentinel.native.anthropic_stream import render_error_event as anthropic_error_event
 from sentinel.native.stream import render_error_event
 from sentinel.observability.metrics import Metrics
-from sentinel.providers.http import StreamLimit, UpstreamResponse
+from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
 from sentinel.services.exchange import (
     SSE_HEADERS,
@@ -56,14 +56,13 @@ def relay_events(
     endpoint: str,
     metrics: Metrics,
     settle: Callable[[int], Awaitable[None]],
-    limit: StreamLimit,
 ) -> StreamReply:
     """The upstream's stream relayed through `inspector`, its usage settled by `settle(status)`.
 
     A stream that ends without its final event is counted as truncated; an upstream failing
     mid-stream ends the stream (its headers are gone) with an error event (`failure_event`) and is
     settled as 502, usage so far included; so is one that carried the provider's own error event,
-    and one that ran past `limit` (`StreamTimeLimit`).
+    and one that ran past its time limit (`StreamTimeLimit`).
     """
     started = time.perf_counter()
 
@@ -71,7 +70,7 @@ def relay_events(
         ending.status = upstream.status
         failure = b""
         try:
-            async for chunk in upstream.iter_chunks(limit):
+            async for chunk in upstream.iter_chunks(relayed=True):
                 out = inspector.feed(chunk)
                 if out:
                     yield out

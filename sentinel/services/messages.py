@@ -33,7 +33,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.offload import large, off_loop
 from sentinel.providers.anthropic import AnthropicUpstream
-from sentinel.providers.http import STREAM_LIMIT, StreamLimit, UpstreamResponse, stalled_if
+from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import forwardable_headers, relayable_headers
 from sentinel.quota.anthropic_usage import AnthropicStreamInspector, message_read, message_text, message_usage
 from sentinel.quota.estimate import estimate_input
@@ -80,9 +80,7 @@ class MessagesService:
     def __init__(
         self, upstreams: dict[str, AnthropicUpstream], meter: Meter, metrics: Metrics, counter: TokenCounter, *,
         catalogue: ModelCatalogue, routes: ModelRoutes, translated: TranslatedChat,
-        stream_limit: StreamLimit = STREAM_LIMIT,
     ) -> None:
-        self.stream_limit = stream_limit
         self.upstreams = upstreams
         self.meter = meter
         self.metrics = metrics
@@ -253,4 +251,4 @@ class MessagesService:
                                read_input=("", 0) if usage is not None else inspector.read_input)
             report(ex, admission, None)
 
-        return relay_events(upstream, inspector, "messages", self.metrics, settle, self.stream_limit)
+        return relay_events(upstream, inspector, "messages", self.metrics, settle)

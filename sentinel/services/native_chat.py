@@ -30,7 +30,7 @@ from sentinel.native.types import ImagePart
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.offload import off_loop
 from sentinel.providers.chat import ChatProvider, Completion, ProviderStream, recorded_usage
-from sentinel.providers.http import STREAM_LIMIT, StreamLimit, UpstreamResponse
+from sentinel.providers.http import UpstreamResponse
 from sentinel.quota.estimate import estimate_input
 from sentinel.quota.images import image_rule_for
 from sentinel.quota.meter import Admission, Meter, count_off_loop
@@ -56,14 +56,12 @@ class NativeChat:
     """Serves native chat requests over the tier router, the meter and the chat providers."""
 
     def __init__(
-        self, router: TierRouter, providers: dict[str, ChatProvider], meter: Meter, counter: TokenCounter,
-        *, stream_limit: StreamLimit = STREAM_LIMIT,
+        self, router: TierRouter, providers: dict[str, ChatProvider], meter: Meter, counter: TokenCounter
     ) -> None:
         self.router = router
         self.providers = providers
         self.meter = meter
         self.counter = counter
-        self.stream_limit = stream_limit
         self.failover = Failover(router, providers)
 
     async def chat(
@@ -230,7 +228,7 @@ class NativeChat:
 
         async def produce(ending: Ending) -> AsyncIterator[bytes]:
             try:
-                async for chunk in stream.events(self.stream_limit):
+                async for chunk in stream.events():
                     if unsettled:
                         await bind()
                     yield render_chunk(chunk)

@@ -38,7 +38,7 @@ from sentinel.native.types import schemas_remembered
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.offload import large, off_loop
-from sentinel.providers.http import STREAM_LIMIT, StreamLimit, UpstreamResponse, stalled_if
+from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import OpenAICompatUpstream, forwardable_headers
 from sentinel.quota.images import image_rule_for
 from sentinel.quota.meter import Admission, Meter
@@ -82,7 +82,7 @@ class OpenAIRelay:
     def __init__(
         self, upstreams: dict[str, OpenAICompatUpstream], default: OpenAICompatUpstream, meter: Meter,
         ownership: Ownership, metrics: Metrics, *, catalogue: ModelCatalogue, routes: ModelRoutes,
-        translated: TranslatedChat, stream_limit: StreamLimit = STREAM_LIMIT,
+        translated: TranslatedChat,
     ) -> None:
         self.upstreams = upstreams
         self.upstream = default
@@ -92,7 +92,7 @@ class OpenAIRelay:
         self.catalogue = catalogue
         self.routes = routes
         self.translated = translated
-        self.answers = AnswerRelay(meter, ownership, metrics, stream_limit)
+        self.answers = AnswerRelay(meter, ownership, metrics)
 
     # --- metered endpoints (chat, completions, embeddings, responses) -------------------------------
     async def metered(

@@ -34,7 +34,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.offload import off_loop
 from sentinel.providers.chat import ChatProvider, ProviderStream, recorded_usage
-from sentinel.providers.http import STREAM_LIMIT, StreamLimit, UpstreamResponse
+from sentinel.providers.http import UpstreamResponse
 from sentinel.quota.meter import Admission, Meter, count_off_loop
 from sentinel.quota.tokens import TokenCounter
 from sentinel.services.answers import refuse, report
@@ -58,14 +58,13 @@ class TranslatedChat:
 
     def __init__(
         self, providers: dict[str, ChatProvider], meter: Meter, counter: TokenCounter, metrics: Metrics,
-        *, default_max_tokens: int, stream_limit: StreamLimit = STREAM_LIMIT,
+        *, default_max_tokens: int,
     ) -> None:
         self.providers = providers
         self.meter = meter
         self.counter = counter
         self.metrics = metrics
         self.default_max_tokens = default_max_tokens
-        self.stream_limit = stream_limit
 
     def translate(self, req: ModelChatRequest, target: ModelTarget) -> dict[str, Any]:
         """The provider's request body; InvalidRequest (400 naming the field) when it cannot be built."""
@@ -157,7 +156,7 @@ class TranslatedChat:
 
         async def produce(ending: Ending) -> AsyncIterator[bytes]:
             try:
-                async for chunk in stream.events(self.stream_limit):
+                async for chunk in stream.events():
                     out = render_chunk(chunk) if encoder is None else encoder.feed(chunk)
                     if out:
                         yield out

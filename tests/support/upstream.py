@@ -5,7 +5,8 @@ scripted one.
 a request is provably in flight (`arrived` counts it) for as long as the test needs, without a
 latency guessed in milliseconds. `ScriptedUpstream` answers with what the test queued: what a
 provider breaking its own rules might send, which the mock upstream never does, or a stream held
-open until the gateway leaves it (a client that left mid-stream). Serve them with
+open until the gateway leaves it (a client that left mid-stream), or a body that keeps trickling in
+until then. Serve them with
 `tests.support.servers.serving`. `RawUpstream` writes an answer's bytes as they are (what no ASGI
 server writes, a 101), on its own socket.
 """
@@ -72,8 +73,9 @@ class ScriptedUpstream:
     empty queue is a 500). Bodies are written by the standard library's encoder: integers of any size."""
 
     def __init__(self) -> None:
-        # (type, body, headers, whether the body is left open until the other side leaves, status)
-        self._answers: deque[tuple[bytes, bytes, list[tuple[bytes, bytes]], bool, int]] = deque()
+        # (type, body, headers, whether the body is left open until the other side leaves, status,
+        # the seconds between the bytes sent after `body` while it is left open: 0 for none)
+        self._answers: deque[tuple[bytes, bytes, list[tuple[bytes, bytes]], bool, int, float]] = deque()
         self.received: list[bytes] = []  # the request bodies, as they arrived
         self.received_headers: list[dict[str, str]] = []  # and their headers (lower-case names)
         self.left = threading.Event()  # the other side left a stream held open
@@ -81,20 +83,22 @@ class ScriptedUpstream:
     def json(self, body: Any, headers: dict[str, str | bytes] | None = None, status: int = 200) -> None:
         """Queue a JSON answer (with extra response `headers`, e.g. a `Set-Cookie`; a str value is
         sent UTF-8 encoded, bytes as they are), of `status` (an error body with a 4xx)."""
-        self._answers.append((b"application/json", json.dumps(body).encode(), _raw_headers(headers), False, status))
+        self._answers.append((b"application/json", json.dumps(body).encode(), _raw_headers(headers), False, status, 0))
 
     def json_bytes(self, body: bytes) -> None:
         """Queue a JSON answer written by the test (e.g. nested deeper than the standard library's
         encoder writes)."""
-        self._answers.append((b"application/json", body, [], False, 200))
+        self._answers.append((b"application/json", body, [], False, 200, 0))
 
-    def typed(self, content_type: bytes, body: bytes) -> None:
-        """Queue a 200 answer of `content_type` with `body` as it is (an HTML page, say)."""
-        self._answers.append((content_type, body, [], False, 200))
+    def typed(self, content_type: bytes, body: bytes, *, trickle: float = 0) -> None:
+        """Queue a 200 answer of `content_type` with `body` as it is (an HTML page, say). With
+        `trickle` (seconds) the body does not end: one more byte comes every `trickle` seconds until
+        the gateway leaves (`left`)."""
+        self._answers.append((content_type, body, [], trickle > 0, 200, trickle))
 
     def empty(self, status: int, headers: dict[str, str | bytes] | None = None) -> None:
         """Queue an answer without a body (a 304), with `status` and `headers`."""
-        self._answers.append((b"", b"", _raw_headers(headers), False, status))
+        self._answers.append((b"", b"", _raw_headers(headers), False, status, 0))
 
     def sse(self, *events: Any, headers: dict[str, str | bytes] | None = None, hold: bool = False) -> None:
         """Queue an event stream: one `data:` line per event (a str as it is, e.g. "[DONE]", else JSON).
@@ -103,7 +107,7 @@ class ScriptedUpstream:
             b"data: " + (event if isinstance(event, str) else json.dumps(event)).encode() + b"\n\n"
             for event in events
         )
-        self._answers.append((b"text/event-stream", data, _raw_headers(headers), hold, 200))
+        self._answers.append((b"text/event-stream", data, _raw_headers(headers), hold, 200, 0))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -116,14 +120,19 @@ class ScriptedUpstream:
                 break
         self.received.append(received)
         self.received_headers.append({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]})
-        content_type, body, extra, hold, status = self._answers.popleft() if self._answers else (b"", b"", [], False, 500)
+        content_type, body, extra, hold, status, trickle = (
+            self._answers.popleft() if self._answers else (b"", b"", [], False, 500, 0)
+        )
         length = [] if hold or status == 304 else [(b"content-length", str(len(body)).encode())]
         headers = [*([(b"content-type", content_type)] if content_type else []), *length, *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": hold})
         if hold:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            gone = asyncio.ensure_future(_disconnected(receive))
+            while not gone.done():
+                if trickle:
+                    await send({"type": "http.response.body", "body": b"x", "more_body": True})
+                await asyncio.wait({gone}, timeout=trickle or None)
             self.left.set()
 
 
@@ -162,6 +171,11 @@ class RawUpstream:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         writer.close()
+
+
+async def _disconnected(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _raw_headers(headers: dict[str, str | bytes] | None) -> list[tuple[bytes, bytes]]:

@@ -224,7 +224,12 @@ class UpstreamResponse:
         return self.content_type.partition(";")[0].strip().lower() == "text/event-stream"
 
     async def read(self) -> bytes:
-        """The whole body (read before anything of it is answered: past `limit`, `AnswerTimeLimit`)."""
+        """The whole body (read before anything of it is answered: past `limit`, `AnswerTimeLimit`).
+        A body that came whole with its headers (an ordinary answer: nothing left to wait for) is
+        taken as it is, without the limit's timer."""
+        if self.raw.content.is_eof() and self._ends is None:
+            with translate_errors(self.provider):
+                return await self.raw.read()
         return b"".join([chunk async for chunk in self.iter_chunks()])
 
     async def read_error(self) -> bytes:

@@ -286,7 +286,15 @@ class UsageDeliverer:
         durable outbox, and a batch claimed from memory still undelivered — or say loudly what is lost."""
         held, self.held = self.held, None
         if held is not None and held.backend == "memory":  # undelivered: waiting in memory again
-            await self.outbox.memory.settle(held, [c.record.request_id for c in held.items], retry_in=0.0)
+            # ... but not what the sink took already: the records of a batch delivered apart whose
+            # parts it accepted (applied under their part keys), or all it accepted of an answered
+            # batch. Sent again after the restart, under a new batch key, they would count twice.
+            if self._refused is not None:
+                taken = {c.record.request_id for c in held.items} - self._refused
+            else:
+                taken = {rid for rid, refused in self._parts.items() if not refused}
+            back = [c.record.request_id for c in held.items if c.record.request_id not in taken]
+            await self.outbox.memory.settle(held, back, retry_in=0.0)
         await self.outbox.rescue_orphans(everything=True)
 
     async def drain(self) -> None:

@@ -408,6 +408,32 @@ async def test_stop_stores_what_only_memory_holds_or_logs_it_as_lost(caplog: pyt
     assert any(getattr(r, "request_ids", None) == ["r3"] for r in caplog.records)
 
 
+async def test_stop_keeps_in_memory_only_the_parts_of_a_batch_delivered_apart_the_sink_did_not_take() -> None:
+    """A batch claimed from memory that the sink refused whole is delivered apart; at shutdown, with
+    one part delivered (applied under its part key) and another still failing, only the undelivered
+    record goes back to be stored: putting the delivered one back too sent it again after the
+    restart under a new batch key, which the sink counted a second time."""
+    from sentinel.errors import UsageBatchRefused
+
+    class SplitSink(Sink):
+        async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
+            if len(records) > 1:
+                raise UsageBatchRefused("refused whole (400)")
+            if records[0].request_id == "r2":
+                raise GovernanceUnavailable("the part of r2 fails")
+            return await super().deliver(records, idempotency_key)
+
+    s = Setup()
+    s.deliverer.sink = SplitSink()
+    s.part.down = True
+    await s.put("r1", "r2")  # in memory only
+    assert await s.deliverer.deliver_once() == 0  # refused whole, delivered apart: r1 taken, r2 failed
+    assert s.deliverer.sink.delivered == ["r1"]  # type: ignore[attr-defined]
+    s.part.down = False
+    await s.deliverer.stop(drain_timeout=1)
+    assert sorted(s.part.items) == ["r2"] and s.outbox.orphans == []  # r1 was delivered: not kept again
+
+
 def test_a_held_batch_is_retried_well_inside_its_lease() -> None:
     """Retries waited up to 30 s, the lease's own length: another replica took the batch over while
     its holder still sent it."""

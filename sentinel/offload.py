@@ -5,7 +5,7 @@ models, an upload's parts, a batch's input lines) and reading it into the unifie
 schemas checked against the JSON Schema meta-schema) is Python work: while it runs on the event
 loop every other request and stream of the process waits. A body at its caps costs from ~0.15 s
 (100,000 JSON containers) to ~0.75 s (a batch input); such a walk runs in a worker thread
-(`asyncio.to_thread`), where the interpreter hands the GIL back every 5 ms so the loop keeps
+(the walks' own pool, below), where the interpreter hands the GIL back every 5 ms so the loop keeps
 serving. A small body stays on the loop: the thread hop costs ~50-60 µs, more than parsing and
 checking a chat body of a few kilobytes (~10-30 µs).
 
@@ -15,6 +15,14 @@ step that checks tool schemas hops too when one of them is not remembered as che
 schema not seen before costs ~0.5 ms and up; a remembered one microseconds: see
 `sentinel.native.types.schemas_remembered`), so a conversation's later turns, sending the same
 tools again, stay on the loop.
+
+The walks run in a pool of their own, WALK_THREADS threads, never in the event loop's default
+executor: that one also runs the DNS lookups of upstream connections (aiohttp's resolver), Redis
+reconnects, `/metrics` renders and the token counts of large bodies. Queued there behind one caller's
+walks (its in-flight slots' worth, 128, at up to ~0.75 s each, six threads), a DNS lookup waited past
+the connect timeout, a failure counted against the provider's health for everyone. Two threads also
+bound the share of the interpreter the walks take from the loop (one thread runs Python at a time):
+more would not walk faster, and would slow every other request more.
 
 The work is bounded per caller by the in-flight slots (`sentinel.api.user_slots`): a request
 holds one slot and runs its walks one after another, so a caller has at most its share of walks
@@ -27,7 +35,10 @@ not begun yet is not run.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -37,6 +48,8 @@ T = TypeVar("T")
 # thread hop ~50-60 µs. 16 KiB of the densest values a body can hold (`1,1,...`) is < 1 ms.
 OFF_LOOP_BYTES = 16 * 1024
 OFF_LOOP_CONTAINERS = 256
+WALK_THREADS = 2  # the walks' own pool (see the module docstring)
+_walks = ThreadPoolExecutor(max_workers=WALK_THREADS, thread_name_prefix="sentinel-walk")
 
 
 def large(body: bytes) -> bool:
@@ -48,4 +61,8 @@ def large(body: bytes) -> bool:
 async def off_loop(work: Callable[[], T], heavy: bool) -> T:
     """`work()`: in a worker thread when `heavy`, else here on the event loop (no hop). Its result or
     its exception either way; cancelled, the caller leaves at once (see the module docstring)."""
-    return await asyncio.to_thread(work) if heavy else work()
+    if not heavy:
+        return work()
+    # As `asyncio.to_thread`, in the walks' own pool: the caller's context (its request id) goes along.
+    run = functools.partial(contextvars.copy_context().run, work)
+    return await asyncio.get_running_loop().run_in_executor(_walks, run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -303,3 +304,22 @@ async def test_a_request_cancelled_while_its_body_is_walked_holds_nothing(
     assert exchange.status == 200, exchange.body  # its one slot was given back
     meter = gw.app.runtime.native.meter
     assert isinstance(meter, QuotaMeter) and meter._open == 0  # no admission left open
+
+
+async def test_walks_held_in_their_threads_leave_the_loops_default_executor_free() -> None:
+    """The walks run in a pool of their own: the event loop's default executor — where aiohttp looks
+    up a provider's address, redis-py reconnects and `/metrics` renders — stays free however many
+    large bodies are walked. Run there, one caller's walks (up to its 128 in-flight slots) queued a
+    DNS lookup past the connect timeout: a provider failure, counted for everyone."""
+    from sentinel.offload import off_loop
+
+    release = threading.Event()
+    default_workers = min(32, (os.cpu_count() or 1) + 4)  # `ThreadPoolExecutor`'s default size
+    held = [asyncio.ensure_future(off_loop(lambda: release.wait(30), True)) for _ in range(default_workers + 2)]
+    try:
+        await asyncio.sleep(0)  # the walks are submitted
+        looked_up = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, lambda: "found"), 10)
+        assert looked_up == "found" and not any(task.done() for task in held)
+    finally:
+        release.set()
+    assert all(await asyncio.gather(*held))

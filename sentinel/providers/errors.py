@@ -126,8 +126,12 @@ def upstream_error(
     headers: list[tuple[str, str]],
     *,
     relay_client_errors: bool = False,
+    client_switched: bool = False,
 ) -> SentinelError:
-    """The Sentinel error for an upstream error answer (`status` >= 400)."""
+    """The Sentinel error for an upstream error answer (`status` >= 400). `client_switched`: the
+    request carried a client's beta switch (`UpstreamResponse.client_switched`): a 401/403 then
+    refused that request, never the key itself (`key_refused`: a client could otherwise take a model
+    out of service for everyone at will)."""
     message, code, err_type = _error_fields(raw)
     asked = next((v for k, v in headers if k.lower() == "retry-after"), None)
     retry_after = parse_retry_after(asked, now=time.time()) if asked is not None else None
@@ -136,7 +140,7 @@ def upstream_error(
             f"Provider {provider} rejected Sentinel's credentials (HTTP {status}); check the provider configuration",
             upstream_status=status, code="provider_auth_error", provider=provider,
         )
-        refused.key_refused = _key_refused(status, message, code, err_type)
+        refused.key_refused = not client_switched and _key_refused(status, message, code, err_type)
         return refused
     if status == 429:
         log.info("provider rate limited",

@@ -223,6 +223,15 @@ class UpstreamResponse:
         """Whether the answer is an event stream (`text/event-stream`)."""
         return self.content_type.partition(";")[0].strip().lower() == "text/event-stream"
 
+    @property
+    def client_switched(self) -> bool:
+        """Whether the request went with a client's switch that changes how the provider reads it — a
+        beta (`anthropic-beta`, `openai-beta`, relayed from the client: `forwardable_headers`). One can
+        make a provider refuse Sentinel's key for that request alone (Anthropic's OAuth beta expects
+        another credential), so such a refusal says nothing of the key (`upstream_error`)."""
+        sent = self.raw.request_info.headers
+        return "anthropic-beta" in sent or "openai-beta" in sent
+
     async def read(self) -> bytes:
         """The whole body (read before anything of it is answered: past `limit`, `AnswerTimeLimit`).
         A body that came whole with its headers (an ordinary answer: nothing left to wait for) is

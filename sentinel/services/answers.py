@@ -341,7 +341,8 @@ async def refuse(
         await meter.settle(admission, usage=Usage(0, 0), output_text="", status=upstream.status,
                            provider=upstream.provider)
     raise upstream_error(
-        upstream.provider, upstream.status, raw, upstream.headers, relay_client_errors=relay_client_errors
+        upstream.provider, upstream.status, raw, upstream.headers, relay_client_errors=relay_client_errors,
+        client_switched=upstream.client_switched,
     )
 
 

@@ -397,3 +397,25 @@ def test_migrate_moves_the_session_to_a_healthy_model_of_its_tier(
         assert (session["tier"], session["provider"], session["model"], session["migrations"]) == ("complex", *pair, 1)
     assert metric(gw.url, "sentinel_sessions_total", event="migrated") == 2
     assert metric(gw.url, "sentinel_provider_health", provider="flaky", model="gpt-4o") == 0
+
+
+@pytest.mark.parametrize("switch", ["openai-beta", "anthropic-beta"])
+def test_a_key_refusal_of_a_request_with_a_clients_beta_switch_is_no_provider_failure(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, switch: str
+) -> None:
+    """A client's `openai-beta` / `anthropic-beta` goes to the provider and can change how it reads
+    the request (Anthropic's OAuth beta expects another credential than Sentinel's key): a 401 after
+    one refused that request, not the key. Counted, any user could take the model out of service for
+    everyone at will; the same refusal without a client's switch counts."""
+    with serving(answering(401, REVOKED)) as upstream:
+        gw = start(gateway_factory, tmp_path, backend_url, {"simple": [entry(OA_MINI)]},
+                   openai_api_url=upstream.url + "/v1")
+        body = {"model": OA_MINI[1], "messages": [{"role": "user", "content": "hi"}]}
+        with gw.client() as http:
+            switched = http.post("/v1/chat/completions", json=body, headers={switch: "some-beta-2025-01-01"})
+            assert switched.status_code == 502 and switched.json()["error"]["code"] == "provider_auth_error"
+            assert gw.read_stored(ProviderHealth.key(*OA_MINI)) is None
+            plain = http.post("/v1/chat/completions", json=body)
+    assert plain.status_code == 502 and plain.json()["error"]["code"] == "provider_auth_error", plain.text
+    state = gw.read_stored(ProviderHealth.key(*OA_MINI))
+    assert state is not None and json.loads(state)["failures"] == 1

@@ -14,6 +14,7 @@ sequences, ...) is a `NativeValidationError` naming the field.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -62,7 +63,8 @@ def parse_anthropic_messages(payload: dict[str, Any], *, target: str) -> ModelCh
             raise _refuse(key, f"this value cannot be translated to {target}")
     if "max_tokens" not in out:
         raise _refuse("max_tokens", "Field required")
-    out["messages"] = _system(payload.get("system")) + _messages(payload.get("messages"), target)
+    origins: list[dict[str, str]] = []  # per unified message: its paths as the client wrote them
+    out["messages"] = _system(payload.get("system"), origins) + _messages(payload.get("messages"), target, origins)
     stops = payload.get("stop_sequences")
     if stops:
         if not isinstance(stops, list) or len(stops) > MAX_STOP_SEQUENCES:
@@ -76,7 +78,48 @@ def parse_anthropic_messages(payload: dict[str, Any], *, target: str) -> ModelCh
     try:
         return ModelChatRequest.model_validate(out)
     except ValidationError as exc:
-        raise to_native_error(exc) from None
+        raise _as_written(to_native_error(exc), origins) from None
+
+
+def _as_written(error: NativeValidationError, origins: list[dict[str, str]]) -> NativeValidationError:
+    """`error` naming the field as the client wrote it: the unified request is not the client's
+    (`system` is the first message, a turn's tool results are messages of their own, its tool_use
+    blocks tool calls, a tool's `input_schema` its `function.parameters`), so
+    `messages.2.tool_calls.0.id` is `messages.1.content.3.id`."""
+    param = error.param or ""
+    match = _UNIFIED.match(param)
+    if match is not None and int(match["index"]) < len(origins):
+        paths, rest = origins[int(match["index"])], (match["rest"] or "").lstrip(".")
+    else:
+        tool = _TOOL.match(param)
+        paths, rest = _FIELDS, param
+        if tool is not None:
+            field = _TOOL_FIELDS.get(tool["field"] or "", tool["field"])
+            paths, rest = {"": ".".join(filter(None, (f"tools.{tool['index']}", field)))}, ""
+    segments = rest.split(".") if rest else []
+    for cut in range(len(segments), -1, -1):  # the longest known prefix of the unified path
+        known = paths.get(".".join(segments[:cut]))
+        if known is not None:
+            written = ".".join([known, *segments[cut:]])
+            break
+    else:
+        return error
+    if written == param:
+        return error
+    message = error.message
+    if message.startswith(f"Unknown field '{param}'"):
+        message = f"Unknown field '{written}'" + message.removeprefix(f"Unknown field '{param}'")
+    elif message.startswith(param):
+        message = written + message.removeprefix(param)
+    return NativeValidationError(message, written)
+
+
+_UNIFIED = re.compile(r"^messages\.(?P<index>\d+)(?P<rest>\..*)?$")
+_TOOL = re.compile(r"^tools\.(?P<index>\d+)\.function(?:\.(?P<field>.*))?$")
+# The unified fields named otherwise in a Messages body (a tool's index is the client's own).
+_FIELDS = {"stop": "stop_sequences", "user": "metadata.user_id", "tool_choice.function.name": "tool_choice.name",
+           "tool_choice.function": "tool_choice"}
+_TOOL_FIELDS = {"parameters": "input_schema"}  # under `tools.N.function.`, else the same name under `tools.N.`
 
 
 def _metadata(metadata: Any, out: dict[str, Any]) -> None:
@@ -88,10 +131,11 @@ def _metadata(metadata: Any, out: dict[str, Any]) -> None:
         out["user"] = metadata["user_id"]
 
 
-def _system(system: Any) -> list[dict[str, Any]]:
+def _system(system: Any, origins: list[dict[str, str]]) -> list[dict[str, Any]]:
     if system is None or system == "":
         return []
     if isinstance(system, str):
+        origins.append({"": "system", "content": "system"})
         return [{"role": "system", "content": system}]
     if not isinstance(system, list):
         raise _refuse("system", "must be a string or a list of text blocks")
@@ -101,7 +145,10 @@ def _system(system: Any) -> list[dict[str, Any]]:
             raise _refuse(f"system.{j}.type", "only text blocks are allowed")
         _known_keys(f"system.{j}", block)
         parts.append({"type": "text", "text": block.get("text")})
-    return [{"role": "system", "content": parts}] if parts else []
+    if not parts:
+        return []
+    origins.append({"": "system", "content": "system", **{f"content.{j}": f"system.{j}" for j in range(len(parts))}})
+    return [{"role": "system", "content": parts}]
 
 
 def _known_keys(at: str, block: dict[str, Any]) -> None:
@@ -110,7 +157,7 @@ def _known_keys(at: str, block: dict[str, Any]) -> None:
         raise _refuse(f"{at}.{sorted(extra)[0]}", "unknown field")
 
 
-def _messages(raw: Any, target: str) -> list[dict[str, Any]]:
+def _messages(raw: Any, target: str, origins: list[dict[str, str]]) -> list[dict[str, Any]]:
     if not isinstance(raw, list) or not raw:
         raise _refuse("messages", "must be a non-empty array of message objects")
     out: list[dict[str, Any]] = []
@@ -120,8 +167,8 @@ def _messages(raw: Any, target: str) -> list[dict[str, Any]]:
         extra = set(message) - {"role", "content"}
         if extra:
             raise _refuse(f"messages.{i}.{sorted(extra)[0]}", "unknown field")
-        turn = _user(i, message.get("content"), target) if message["role"] == "user" else _assistant(
-            i, message.get("content"), target
+        turn = _user(i, message.get("content"), target, origins) if message["role"] == "user" else _assistant(
+            i, message.get("content"), target, origins
         )
         out.extend(turn)
     if raw[-1].get("role") == "assistant":
@@ -140,22 +187,30 @@ def _blocks(at: str, content: Any, allowed: tuple[str, ...], target: str) -> lis
     return content
 
 
-def _user(i: int, content: Any, target: str) -> list[dict[str, Any]]:
+def _user(i: int, content: Any, target: str, origins: list[dict[str, str]]) -> list[dict[str, Any]]:
     if isinstance(content, str):
+        origins.append({"": f"messages.{i}", "content": f"messages.{i}.content"})
         return [{"role": "user", "content": content}]
     at = f"messages.{i}.content"
     results: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
+    result_paths: list[dict[str, str]] = []
+    part_paths: dict[str, str] = {"": f"messages.{i}", "content": at}
     for j, block in enumerate(_blocks(at, content, ("text", "image", "tool_result"), target)):
         if block["type"] == "text":
+            part_paths[f"content.{len(parts)}"] = f"{at}.{j}"
             parts.append({"type": "text", "text": block.get("text")})
         elif block["type"] == "image":
+            part_paths[f"content.{len(parts)}"] = f"{at}.{j}"
+            part_paths[f"content.{len(parts)}.image_url.url"] = f"{at}.{j}.source"
             parts.append({"type": "image_url", "image_url": {"url": _image_url(f"{at}.{j}.source", block.get("source"))}})
         else:
+            result_paths.append({"": f"{at}.{j}", "content": f"{at}.{j}.content", "tool_call_id": f"{at}.{j}.tool_use_id"})
             results.append({"role": "tool", "tool_call_id": block.get("tool_use_id"),
                             "content": _result_text(f"{at}.{j}", block, target)})
     if not results and not parts:
         raise _refuse(at, "must not be empty")
+    origins.extend(result_paths + ([part_paths] if parts else []))
     return results + ([{"role": "user", "content": parts}] if parts else [])
 
 
@@ -183,15 +238,21 @@ def _result_text(at: str, block: dict[str, Any], target: str) -> Any:
     return text
 
 
-def _assistant(i: int, content: Any, target: str) -> list[dict[str, Any]]:
+def _assistant(i: int, content: Any, target: str, origins: list[dict[str, str]]) -> list[dict[str, Any]]:
+    at = f"messages.{i}.content"
+    paths = {"": f"messages.{i}", "content": at}
+    origins.append(paths)
     if isinstance(content, str):
         return [{"role": "assistant", "content": content}]
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
-    for block in _blocks(f"messages.{i}.content", content, ("text", "tool_use"), target):
+    for j, block in enumerate(_blocks(at, content, ("text", "tool_use"), target)):
         if block["type"] == "text":
             texts.append(block["text"] if isinstance(block.get("text"), str) else "")
         else:
+            call = f"tool_calls.{len(calls)}"
+            paths.update({call: f"{at}.{j}", f"{call}.id": f"{at}.{j}.id", f"{call}.function": f"{at}.{j}",
+                          f"{call}.function.name": f"{at}.{j}.name", f"{call}.function.arguments": f"{at}.{j}.input"})
             calls.append({"id": block.get("id"), "type": "function",
                           "function": {"name": block.get("name"), "arguments": block.get("input")}})
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}

@@ -308,3 +308,33 @@ def test_an_answer_cut_by_the_context_window_is_length_for_an_openai_client(
                                                      stream=True))
     assert answer.choices[0].finish_reason == "length"
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+
+
+def test_an_anthropic_clients_refusal_names_the_field_it_wrote(gateway: Gateway) -> None:
+    """A Messages body is read into other messages (`system` the first, a turn's tool results
+    messages of their own, tool_use blocks tool calls, a tool's `input_schema` its `parameters`):
+    the 400 named the field in those, so a client was pointed at `messages.2.tool_calls.0.function.arguments`
+    for its `messages.1.content.1.input`, and at `messages.0` for its `system`."""
+    history = [{"role": "user", "content": "hi"},
+               {"role": "assistant", "content": [{"type": "text", "text": "a"},
+                                                 {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": []}]},
+               {"role": "user", "content": [{"type": "text", "text": "and"},
+                                            {"type": "tool_result", "tool_use_id": "toolu_9", "content": "r"}]}]
+    cases = [
+        ({"system": [{"type": "text", "text": 7}]}, "system.0.text"),
+        ({"system": "be brief", "messages": history}, "messages.1.content.1.input"),
+        ({"system": "be brief", "messages": [history[0], {**history[1], "content": history[1]["content"][:1]}, history[2]]},
+         "messages.2.content.1.tool_use_id"),
+        ({"tools": [{"name": "lookup", "input_schema": {"type": "object"}}], "tool_choice": {"type": "tool", "name": "other"}},
+         "tool_choice.name"),
+        ({"tools": [{"name": "lookup", "input_schema": {"type": "object"}}, {"name": "bad name", "input_schema": {"type": "object"}}]},
+         "tools.1.name"),
+        ({"stop_sequences": ["ok", ""]}, "stop_sequences.1"),
+    ]
+    with gateway.client() as http:
+        for extra, param in cases:
+            r = http.post("/v1/messages", json={"model": MINI, "max_tokens": 5,
+                                                "messages": [{"role": "user", "content": "x"}], **extra})
+            assert r.status_code == 400, r.text
+            error = r.json()["error"]
+            assert error["type"] == "invalid_request_error" and error["message"].startswith(param + ":"), (param, error)

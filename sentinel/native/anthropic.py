@@ -12,6 +12,7 @@ values above 1 are clamped to 1 (both APIs' default is 1, so scaling would shift
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from typing import Any
@@ -31,6 +32,8 @@ from sentinel.native.responses import (
 from sentinel.native.types import ChatParams, ImagePart, Message, Tier, ToolCall, ToolChoiceFunction
 
 ANTHROPIC_MAX_TEMPERATURE = 1.0
+_CALL_ID = re.compile(r"[a-zA-Z0-9_-]+")  # (whole: `fullmatch`, never `$`, which passes a final newline)
+_NOT_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 _DATA_URL = re.compile(r"^data:(image/[a-zA-Z0-9.+-]+);base64,(.+)$", re.DOTALL)
 _STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -138,7 +141,7 @@ def _turns(messages: list[Message]) -> list[dict[str, Any]]:
 
 def _blocks(msg: Message, index: int) -> list[dict[str, Any]]:
     if msg.role == "tool":
-        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": msg.tool_call_id}
+        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": anthropic_call_id(msg.tool_call_id or "")}
         if text := msg.text():
             result["content"] = text
         return [result]
@@ -154,9 +157,22 @@ def _blocks(msg: Message, index: int) -> list[dict[str, Any]]:
                 blocks.append({"type": "text", "text": part.text})
     for call in msg.tool_calls or ():
         blocks.append(
-            {"type": "tool_use", "id": call.id, "name": call.function.name, "input": call.function.arguments}
+            {"type": "tool_use", "id": anthropic_call_id(call.id), "name": call.function.name,
+             "input": call.function.arguments}
         )
     return blocks
+
+
+def anthropic_call_id(call_id: str) -> str:
+    """A tool call's id as Anthropic takes it (`^[a-zA-Z0-9_-]+$`): as it is when it fits, else its
+    other characters replaced and a digest of the whole id added (distinct ids stay distinct). Other
+    providers' ids need not fit (Kimi's `functions.lookup:0`): a conversation that moved to Claude
+    (an alias's or a tier's other model) was refused for the ids in its history. A call and its
+    result are in the same request, so both are renamed alike and nothing has to be remembered."""
+    if _CALL_ID.fullmatch(call_id):
+        return call_id
+    digest = hashlib.sha256(call_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{_NOT_ID_CHARS.sub('_', call_id)}_{digest}"
 
 
 def _image_block(url: str, param: str) -> dict[str, Any]:

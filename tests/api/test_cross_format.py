@@ -5,6 +5,7 @@ plain, streamed and with tool calls, round trip — plus what cannot be translat
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -338,3 +339,22 @@ def test_an_anthropic_clients_refusal_names_the_field_it_wrote(gateway: Gateway)
             assert r.status_code == 400, r.text
             error = r.json()["error"]
             assert error["type"] == "invalid_request_error" and error["message"].startswith(param + ":"), (param, error)
+
+
+def test_tool_call_ids_claude_forbids_are_renamed_for_it(gateway: Gateway) -> None:
+    """Anthropic takes tool_use ids of `[a-zA-Z0-9_-]` only; other providers' ids need not be (Kimi's
+    `functions.lookup:0`), and a conversation that moves to Claude (an alias's other target, a
+    tier's failover) carries them in its history: they went as they were, and Claude refused the
+    request. They go renamed, each call and its result alike, distinct ids still distinct; an id
+    that fits goes as it is."""
+    ids = ["functions.lookup:0", "functions.lookup:1", "call_plain-1", "tail\n"]
+    calls = [{"id": i, "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}} for i in ids]
+    history = [{"role": "user", "content": "look it up"}, {"role": "assistant", "content": None, "tool_calls": calls},
+               *({"role": "tool", "tool_call_id": i, "content": f"found {n}"} for n, i in enumerate(ids))]
+    answer = gateway.openai().chat.completions.create(model=HAIKU, messages=history, tools=OA_TOOLS)
+    assert answer.choices[0].message.content == "Result: found 0 | found 1 | found 2 | found 3"
+    sent = upstream(gateway, "/v1/messages")["body"]["messages"]
+    uses = [b["id"] for b in sent[1]["content"]]
+    results = [b["tool_use_id"] for b in sent[2]["content"]]
+    assert uses == results and len(set(uses)) == 4 and uses[2] == "call_plain-1"
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]+", i) for i in uses), uses

@@ -184,6 +184,10 @@ def _blocks(at: str, content: Any, allowed: tuple[str, ...], target: str) -> lis
         if kind not in allowed:
             raise _refuse(f"{at}.{j}.type", f"{kind!r} blocks cannot be translated to {target} here")
         _known_keys(f"{at}.{j}", block)
+        if kind == "text" and not isinstance(block.get("text"), str):  # was read as "" in a result or an answer
+            raise _refuse(f"{at}.{j}.text", "must be a string")
+        if kind == "tool_result" and not isinstance(block.get("is_error", False), bool | None):
+            raise _refuse(f"{at}.{j}.is_error", "must be a boolean")
     return content
 
 
@@ -231,8 +235,7 @@ def _result_text(at: str, block: dict[str, Any], target: str) -> Any:
     elif isinstance(content, str):
         text = content
     else:
-        texts = [b.get("text") for b in _blocks(f"{at}.content", content, ("text",), target)]
-        text = "".join(t if isinstance(t, str) else "" for t in texts)
+        text = "".join(b["text"] for b in _blocks(f"{at}.content", content, ("text",), target))
     if block.get("is_error") is True and isinstance(text, str):
         text = "Error: " + text
     return text
@@ -248,7 +251,7 @@ def _assistant(i: int, content: Any, target: str, origins: list[dict[str, str]])
     calls: list[dict[str, Any]] = []
     for j, block in enumerate(_blocks(at, content, ("text", "tool_use"), target)):
         if block["type"] == "text":
-            texts.append(block["text"] if isinstance(block.get("text"), str) else "")
+            texts.append(block["text"])
         else:
             call = f"tool_calls.{len(calls)}"
             paths.update({call: f"{at}.{j}", f"{call}.id": f"{at}.{j}.id", f"{call}.function": f"{at}.{j}",

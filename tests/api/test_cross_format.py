@@ -358,3 +358,27 @@ def test_tool_call_ids_claude_forbids_are_renamed_for_it(gateway: Gateway) -> No
     results = [b["tool_use_id"] for b in sent[2]["content"]]
     assert uses == results and len(set(uses)) == 4 and uses[2] == "call_plain-1"
     assert all(re.fullmatch(r"[a-zA-Z0-9_-]+", i) for i in uses), uses
+
+
+def test_a_text_block_that_is_not_text_is_refused_not_emptied(gateway: Gateway) -> None:
+    """An earlier answer's text block, or a tool result's, whose `text` is not a string (a number,
+    null) was sent to the OpenAI model as empty text, silently; it is a 400 naming it, as Anthropic's
+    own API answers it."""
+    use = {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "x"}}
+    cases = [
+        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": [{"type": "text", "text": 5}, use]},
+          {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "r"}]}],
+         "messages.1.content.0.text"),
+        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": [use]},
+          {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                        "content": [{"type": "text", "text": None}]}]}],
+         "messages.2.content.0.content.0.text"),
+        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": [use]},
+          {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "r", "is_error": "yes"}]}],
+         "messages.2.content.0.is_error"),
+    ]
+    with gateway.client() as http:
+        for messages, param in cases:
+            r = http.post("/v1/messages", json={"model": MINI, "max_tokens": 5, "tools": AN_TOOLS, "messages": messages})
+            assert r.status_code == 400, (param, r.text)
+            assert r.json()["error"]["message"].startswith(param + ":"), r.json()

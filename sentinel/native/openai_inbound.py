@@ -130,7 +130,7 @@ def _message(i: int, raw: Any, target: str) -> dict[str, Any]:
         elif key == "content":
             msg["content"] = _content(f"{at}.content", value, target)
         elif key == "tool_calls":
-            if value:
+            if value is not None and value != []:  # (`false`, `{}`, `0` were read as none)
                 msg["tool_calls"] = _tool_calls(f"{at}.tool_calls", value)
         elif key in ("refusal", "audio", "function_call", "annotations"):
             if value not in (None, []):

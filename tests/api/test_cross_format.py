@@ -382,3 +382,19 @@ def test_a_text_block_that_is_not_text_is_refused_not_emptied(gateway: Gateway) 
             r = http.post("/v1/messages", json={"model": MINI, "max_tokens": 5, "tools": AN_TOOLS, "messages": messages})
             assert r.status_code == 400, (param, r.text)
             assert r.json()["error"]["message"].startswith(param + ":"), r.json()
+
+
+def test_tool_calls_of_the_wrong_type_are_refused_for_claude(gateway: Gateway) -> None:
+    """`tool_calls: false` (or `{}`, `0`, `""`) on a message was read as no tool calls and the request
+    served; it is a 400 naming it, as OpenAI answers it. An empty list is still no tool calls."""
+    with gateway.client() as http:
+        for value in (False, {}, 0, ""):
+            r = http.post("/v1/chat/completions", json={"model": HAIKU, "messages": [
+                {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes", "tool_calls": value},
+                {"role": "user", "content": "again"}]})
+            assert r.status_code == 400, (value, r.text)
+            assert r.json()["error"]["details"]["param"] == "messages.1.tool_calls", r.json()
+        empty = http.post("/v1/chat/completions", json={"model": HAIKU, "messages": [
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes", "tool_calls": []},
+            {"role": "user", "content": "again"}]})
+        assert empty.status_code == 200, empty.text

@@ -223,9 +223,12 @@ def _image_url(at: str, source: Any) -> str:
         media, data = source.get("media_type"), source.get("data")
         if isinstance(media, str) and media.startswith("image/") and isinstance(data, str) and data:
             return f"data:{media};base64,{data}"
-    if isinstance(source, dict) and source.get("type") == "url" and isinstance(source.get("url"), str):
-        return str(source["url"])
-    raise _refuse(at, "must be a base64 image (media_type image/..., data) or a url source")
+    url = source.get("url") if isinstance(source, dict) and source.get("type") == "url" else None
+    if isinstance(url, str) and url[:8].lower().startswith(("https://", "http://")):
+        # Anthropic fetches http(s) alone; an OpenAI-compatible server may read other schemes too
+        # (vLLM: `file://` under its allowed media path, and a data URL is not a url source).
+        return url
+    raise _refuse(at, "must be a base64 image (media_type image/..., data) or a url source with an http(s) URL")
 
 
 def _result_text(at: str, block: dict[str, Any], target: str) -> Any:

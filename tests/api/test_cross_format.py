@@ -398,3 +398,18 @@ def test_tool_calls_of_the_wrong_type_are_refused_for_claude(gateway: Gateway) -
             {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes", "tool_calls": []},
             {"role": "user", "content": "again"}]})
         assert empty.status_code == 200, empty.text
+
+
+def test_an_image_url_source_must_be_http_for_an_openai_model(gateway: Gateway) -> None:
+    """An image `url` source is fetched by Anthropic over http(s) alone; translated, any string went
+    to the OpenAI-format server as the image's URL — `file:///etc/passwd` to a server that reads local
+    files (vLLM's allowed media path), a data URL of any type. It is a 400 naming the source."""
+    with gateway.client() as http:
+        for url in ("file:///etc/passwd", "data:text/plain;base64,aGk=", "ftp://host/x.png", "/local.png"):
+            r = http.post("/v1/messages", json={"model": MINI, "max_tokens": 5, "messages": [{"role": "user", "content": [
+                {"type": "image", "source": {"type": "url", "url": url}}, {"type": "text", "text": "see"}]}]})
+            assert r.status_code == 400, (url, r.text)
+            assert r.json()["error"]["message"].startswith("messages.0.content.0.source:"), r.json()
+        ok = http.post("/v1/messages", json={"model": MINI, "max_tokens": 5, "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "url", "url": "HTTPS://example.com/a.png"}}, {"type": "text", "text": "see"}]}]})
+        assert ok.status_code == 200, ok.text

@@ -229,7 +229,13 @@ def tool_models(body: Any, at: str = "") -> list[tuple[str, Any]]:
     if not isinstance(tools, list):
         return []
     return [(f"{at}tools.{i}.model", tool.get("model")) for i, tool in enumerate(tools)
-            if isinstance(tool, dict) and ("model" in tool or tool.get("type") in _MODEL_TOOLS)]
+            if isinstance(tool, dict) and ("model" in tool or _named(tool.get("type")) in _MODEL_TOOLS)]
+
+
+def _named(value: Any) -> str | None:
+    """`value` if it is a string: a `type` that is a list or an object (unhashable) raised a TypeError
+    looked up in a set, a 500 for any body with tools on every metered endpoint."""
+    return value if isinstance(value, str) else None
 
 
 # Tools that run a model of their own, the provider's default when the tool names none.

@@ -413,3 +413,22 @@ def test_an_image_url_source_must_be_http_for_an_openai_model(gateway: Gateway) 
         ok = http.post("/v1/messages", json={"model": MINI, "max_tokens": 5, "messages": [{"role": "user", "content": [
             {"type": "image", "source": {"type": "url", "url": "HTTPS://example.com/a.png"}}, {"type": "text", "text": "see"}]}]})
         assert ok.status_code == 200, ok.text
+
+
+def test_a_tool_type_that_is_not_a_string_is_a_400_not_a_500(gateway: Gateway) -> None:
+    """A tool whose `type` is a list or an object was looked up among the tools that run a model of
+    their own (a set: unhashable, a TypeError): a 500 on every metered endpoint with tools, on both
+    surfaces, whatever the model's wire format."""
+    with gateway.client() as http:
+        for value in ([], {"a": 1}, [1]):
+            for model in (HAIKU, MINI):
+                chat = http.post("/v1/chat/completions", json={
+                    "model": model, "messages": [{"role": "user", "content": "hi"}],
+                    "tools": [{"type": value, "function": {"name": "f", "parameters": {"type": "object"}}}]})
+                assert chat.status_code == 400 or (model == MINI and chat.status_code < 500), (model, value, chat.text)
+                messages = http.post("/v1/messages", json={
+                    "model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+                    "tools": [{"type": value, "name": "f", "input_schema": {"type": "object"}}]})
+                assert messages.status_code < 500, (model, value, messages.text)
+            responses = http.post("/v1/responses", json={"model": MINI, "input": "hi", "tools": [{"type": value}]})
+            assert responses.status_code < 500, (value, responses.text)

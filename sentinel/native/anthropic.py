@@ -3,7 +3,9 @@
 Request: system messages become the top-level `system`; assistant tool calls become `tool_use` blocks
 and tool messages `tool_result` blocks in a user turn; consecutive turns of one role are merged so that
 user and assistant strictly alternate, as Anthropic requires. Within a merged user turn, tool results
-come first (Anthropic wants them before any text that follows a tool call).
+come first (Anthropic wants them before any text that follows a tool call). A tool-call id with
+characters Anthropic refuses (another provider's) is renamed, alike in the call and its result
+(`anthropic_call_id`); a message's `name` has no place in Anthropic's format and is left out.
 
 Temperature: OpenAI's range is 0..2, Anthropic's 0..1. The client names a tier, not a provider, so a
 request that is valid for the Native API must not fail because the router happened to pick Anthropic:

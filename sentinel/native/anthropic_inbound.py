@@ -3,13 +3,14 @@
 Used when an Anthropic client's model lives on a provider of another wire format. The request
 becomes a `ModelChatRequest`: `system` (a string or text blocks) becomes the first message; a user
 turn's `tool_result` blocks become tool messages ahead of the rest of the turn (`is_error` results
-are prefixed "Error: "); `image` blocks become image parts (base64 as a data URL); `tool_use` blocks
+are prefixed "Error: "); `image` blocks become image parts (base64 as a data URL, a url source only
+over http(s), what Anthropic fetches); `tool_use` blocks
 become tool calls; `stop_sequences` is `stop`, `metadata.user_id` the end user, `tool_choice`
 `any`/`tool` are `required`/a named function and `disable_parallel_tool_use` turns parallel calls off.
 `cache_control` marks are dropped (the other provider caches prompts by itself), so are citations of
 earlier answers. Anything else that cannot be carried over (`top_k`, thinking, documents, server tools,
 images inside tool results, a final assistant message used as a prefill, more than 4 stop
-sequences, ...) is a `NativeValidationError` naming the field.
+sequences, ...) is a `NativeValidationError` naming the field as the client wrote it (`_as_written`).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Two bugs of the original are fixed here: the upstream body always names the `model`, and assistant
 tool-call arguments go upstream as JSON *strings* (OpenAI rejects objects). Tool-call ids are the
 provider's own, kept unchanged in both directions: the client echoes them back in its next request and
-they are forwarded as they are, so no id mapping has to outlive a request. An id is invented only when
-the provider gave none.
+they are forwarded as they are (to Anthropic, one with characters it refuses is renamed within the
+request: `anthropic.anthropic_call_id`), so no id mapping has to outlive a request. An id is invented
+only when the provider gave none.
 """
 
 from __future__ import annotations

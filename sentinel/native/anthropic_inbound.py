@@ -299,6 +299,15 @@ def _tool_choice(choice: Any, out: dict[str, Any]) -> None:
         out["parallel_tool_calls"] = False
 
 
+def stop_reason(reason: FinishReason | None, called: bool) -> str:
+    """Anthropic's `stop_reason` for a unified finish reason: an answer that `called` tools ended
+    for them (`tool_use`, what an Anthropic client's tool loop waits for), though OpenAI says `stop`
+    when `tool_choice` named the function."""
+    if called and reason in (None, "stop"):
+        return "tool_use"
+    return STOP_REASONS[reason or "stop"]
+
+
 def anthropic_usage(usage: Usage, cache: CacheTokens) -> dict[str, int]:
     """Anthropic's `usage` object: `input_tokens` excludes the cache writes and reads."""
     return {
@@ -323,7 +332,7 @@ def render_anthropic_message(reply: ProviderReply, usage: Usage, cache: CacheTok
         "role": "assistant",
         "model": reply.model,
         "content": content,
-        "stop_reason": STOP_REASONS[choice.finish_reason],
+        "stop_reason": stop_reason(choice.finish_reason, bool(choice.message.tool_calls)),
         "stop_sequence": None,
         "usage": anthropic_usage(usage, cache),
     }

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from sentinel.native._wire import as_object
-from sentinel.native.anthropic_inbound import STOP_REASONS, anthropic_usage
+from sentinel.native.anthropic_inbound import anthropic_usage, stop_reason
 from sentinel.native.responses import CacheTokens, FinishReason, Usage
 
 
@@ -60,7 +60,7 @@ class AnthropicStreamEncoder:
         """(the events that close the message, the final `message_stop`)."""
         closing = [self._start({})] if not self.started else []
         closing.extend(self._close())
-        delta = {"stop_reason": STOP_REASONS[reason or "stop"], "stop_sequence": None}
+        delta = {"stop_reason": stop_reason(reason, bool(self._blocks)), "stop_sequence": None}
         closing.append(render_event("message_delta", {"type": "message_delta", "delta": delta,
                                                       "usage": anthropic_usage(usage, cache)}))
         return b"".join(closing), render_event("message_stop", {"type": "message_stop"})

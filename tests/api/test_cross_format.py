@@ -432,3 +432,33 @@ def test_a_tool_type_that_is_not_a_string_is_a_400_not_a_500(gateway: Gateway) -
                 assert messages.status_code < 500, (model, value, messages.text)
             responses = http.post("/v1/responses", json={"model": MINI, "input": "hi", "tools": [{"type": value}]})
             assert responses.status_code < 500, (value, responses.text)
+
+
+def test_a_forced_tool_call_is_tool_use_for_an_anthropic_client(gateway_factory: Callable[..., Gateway]) -> None:
+    """OpenAI ends an answer whose `tool_choice` named the function with `finish_reason: "stop"`,
+    tool calls and all; an Anthropic client was told `end_turn`, and its tool loop (which runs the
+    tools on `tool_use`) stopped with the calls unrun. An answer with tool calls that stopped is
+    `tool_use`, streamed or not; one cut by its cap is still `max_tokens`."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "clock", "arguments": "{}"}}
+    whole = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": MINI,
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                          "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MINI}
+    events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [{**call, "index": 0}]}}]},
+              {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+              {**head, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}, "[DONE]"]
+    scripted = ScriptedUpstream()
+    ask = {"model": MINI, "max_tokens": 20, "tools": AN_TOOLS, "tool_choice": {"type": "tool", "name": "clock"},
+           "messages": [{"role": "user", "content": "what time is it"}]}
+    with serving(scripted) as srv:
+        claude = gateway_factory(openai_api_url=srv.url + "/v1").anthropic()
+        scripted.json(whole)
+        answer = claude.messages.create(**ask)
+        scripted.sse(*events)
+        with claude.messages.stream(**ask) as stream:
+            final = stream.get_final_message()
+        scripted.json({**whole, "choices": [{**whole["choices"][0], "finish_reason": "length"}]})
+        cut = claude.messages.create(**ask)
+    assert answer.stop_reason == "tool_use" and [b.type for b in answer.content] == ["tool_use"]
+    assert final.stop_reason == "tool_use" and [b.type for b in final.content] == ["tool_use"]
+    assert cut.stop_reason == "max_tokens"

@@ -3,13 +3,14 @@
 Two bugs of the original are fixed here: the upstream body always names the `model`, and assistant
 tool-call arguments go upstream as JSON *strings* (OpenAI rejects objects). Tool-call ids are the
 provider's own, kept unchanged in both directions: the client echoes them back in its next request and
-they are forwarded as they are (to Anthropic, one with characters it refuses is renamed within the
-request: `anthropic.anthropic_call_id`), so no id mapping has to outlive a request. An id is invented
+they are forwarded as they are (one that the provider would refuse is renamed within the request:
+`openai_call_id`, `anthropic.anthropic_call_id`), so no id mapping has to outlive a request. An id is invented
 only when the provider gave none.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -121,6 +122,21 @@ def build_openai_model_request(req: ModelChatRequest, model: str) -> dict[str, A
     return body
 
 
+# The longest tool-call id OpenAI takes ("string too long. Expected a string with maximum length 40").
+MAX_CALL_ID_CHARS = 40
+
+
+def openai_call_id(call_id: str) -> str:
+    """A tool call's id as OpenAI takes it (at most MAX_CALL_ID_CHARS characters): as it is when it
+    fits, else `call_` and a digest of the whole id (distinct ids stay distinct). Other providers'
+    ids need not fit, and a conversation that moved to an OpenAI model (an alias's or a tier's other
+    model, an Anthropic client's own ids) was refused for the ids in its history. A call and its
+    result are in the same request, so both are renamed alike and nothing has to be remembered."""
+    if len(call_id) <= MAX_CALL_ID_CHARS:
+        return call_id
+    return "call_" + hashlib.sha256(call_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 def _message(msg: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"role": msg.role}
     if isinstance(msg.content, list):
@@ -130,11 +146,11 @@ def _message(msg: Message) -> dict[str, Any]:
     if msg.name is not None:
         out["name"] = msg.name
     if msg.tool_call_id is not None:
-        out["tool_call_id"] = msg.tool_call_id
+        out["tool_call_id"] = openai_call_id(msg.tool_call_id)
     if msg.tool_calls:
         out["tool_calls"] = [
             {
-                "id": call.id,
+                "id": openai_call_id(call.id),
                 "type": "function",
                 "function": {
                     "name": call.function.name,

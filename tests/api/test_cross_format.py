@@ -462,3 +462,20 @@ def test_a_forced_tool_call_is_tool_use_for_an_anthropic_client(gateway_factory:
     assert answer.stop_reason == "tool_use" and [b.type for b in answer.content] == ["tool_use"]
     assert final.stop_reason == "tool_use" and [b.type for b in final.content] == ["tool_use"]
     assert cut.stop_reason == "max_tokens"
+
+
+def test_tool_call_ids_longer_than_openai_takes_are_renamed_for_it(gateway: Gateway) -> None:
+    """OpenAI takes tool-call ids of at most 40 characters; an Anthropic client's history (its own
+    ids, another provider's) may hold longer ones, and they went as they were: OpenAI refused the
+    request. They go renamed, each call and its result alike, distinct ids still distinct; an id
+    that fits goes as it is."""
+    ids = ["toolu_" + "a" * 60, "toolu_" + "a" * 59 + "b", "toolu_01A09q90qw90lq917835lq9"]
+    uses = [{"type": "tool_use", "id": i, "name": "lookup", "input": {"q": "x"}} for i in ids]
+    results = [{"type": "tool_result", "tool_use_id": i, "content": f"r{n}"} for n, i in enumerate(ids)]
+    answer = gateway.anthropic().messages.create(model=MINI, max_tokens=50, tools=AN_TOOLS, messages=[  # type: ignore[arg-type]
+        {"role": "user", "content": "look"}, {"role": "assistant", "content": uses}, {"role": "user", "content": results}])
+    assert answer.content[0].text == "Result: r0 | r1 | r2"  # type: ignore[union-attr]
+    sent = upstream(gateway, "/v1/chat/completions")["body"]["messages"]
+    calls = [c["id"] for c in sent[1]["tool_calls"]]
+    assert calls == [m["tool_call_id"] for m in sent[2:5]] and len(set(calls)) == 3
+    assert all(len(i) <= 40 for i in calls) and calls[2] == ids[2], calls

@@ -16,9 +16,10 @@ schema not seen before costs ~0.5 ms and up; a remembered one microseconds: see
 `sentinel.native.types.schemas_remembered`), so a conversation's later turns, sending the same
 tools again, stay on the loop.
 
-The walks run in a pool of their own, WALK_THREADS threads, never in the event loop's default
+The walks run in a pool of their own, WALK_THREADS threads, and the token counts of large bodies
+and texts (`count_off_loop`) in another, COUNT_THREADS threads — never in the event loop's default
 executor: that one also runs the DNS lookups of upstream connections (aiohttp's resolver), Redis
-reconnects, `/metrics` renders and the token counts of large bodies. Queued there behind one caller's
+reconnects and `/metrics` renders. Queued there behind one caller's
 walks (its in-flight slots' worth, 128, at up to ~0.75 s each, six threads), a DNS lookup waited past
 the connect timeout, a failure counted against the provider's health for everyone. Two threads also
 bound the share of the interpreter the walks take from the loop (one thread runs Python at a time):
@@ -50,6 +51,11 @@ OFF_LOOP_BYTES = 16 * 1024
 OFF_LOOP_CONTAINERS = 256
 WALK_THREADS = 2  # the walks' own pool (see the module docstring)
 _walks = ThreadPoolExecutor(max_workers=WALK_THREADS, thread_name_prefix="sentinel-walk")
+# Token counts (tiktoken) of a body or a text of at least this many bytes or characters run in a
+# pool of their own: ~0.5 ms per 1,000 characters, and tiktoken releases the GIL while it counts.
+OFF_LOOP_SIZE = 64 * 1024
+COUNT_THREADS = 2
+_counts = ThreadPoolExecutor(max_workers=COUNT_THREADS, thread_name_prefix="sentinel-count")
 
 
 def large(body: bytes) -> bool:
@@ -63,6 +69,16 @@ async def off_loop(work: Callable[[], T], heavy: bool) -> T:
     its exception either way; cancelled, the caller leaves at once (see the module docstring)."""
     if not heavy:
         return work()
-    # As `asyncio.to_thread`, in the walks' own pool: the caller's context (its request id) goes along.
+    return await _in(_walks, work)
+
+
+async def count_off_loop(count: Callable[[], int], size: int) -> int:
+    """`count()`, in the counts' own pool when `size` (a body's bytes, a text's characters) is
+    OFF_LOOP_SIZE or more: the rule of every token count a request's body or answer pays for."""
+    return await _in(_counts, count) if size >= OFF_LOOP_SIZE else count()
+
+
+async def _in(pool: ThreadPoolExecutor, work: Callable[[], T]) -> T:
+    """As `asyncio.to_thread`, in `pool`: the caller's context (its request id) goes along."""
     run = functools.partial(contextvars.copy_context().run, work)
-    return await asyncio.get_running_loop().run_in_executor(_walks, run)
+    return await asyncio.get_running_loop().run_in_executor(pool, run)

@@ -39,6 +39,7 @@ from sentinel.db.models import (
 from sentinel.db.queries import upsert_adding
 from sentinel.domain.usage import latency_ms
 from sentinel.errors import GovernanceUnavailable
+from sentinel.stopping import stop_within
 
 log = logging.getLogger("sentinel.rollups")
 
@@ -284,10 +285,7 @@ class RollupWorker:
         deadline = loop.time() + drain_timeout
         if self._task is not None:
             task, self._task = self._task, None
-            await asyncio.wait({task}, timeout=drain_timeout)
-            if not task.done():
-                task.cancel()
-                await asyncio.wait({task})
+            if not await stop_within(task, drain_timeout):
                 log.warning("a roll-up was still under way at shutdown; cut short, its rows are rolled up "
                             "after the next start")
                 return

@@ -34,6 +34,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.quota.batch import Batch, is_split_key, part_key
 from sentinel.quota.outbox import DurableOutbox
 from sentinel.quota.sink import UsageSink
+from sentinel.stopping import stop_within
 
 log = logging.getLogger("sentinel.deliverer")
 
@@ -258,10 +259,7 @@ class UsageDeliverer:
         deadline = loop.time() + drain_timeout
         if self._task is not None:
             task, self._task = self._task, None
-            await asyncio.wait({task}, timeout=drain_timeout)
-            if not task.done():
-                task.cancel()
-                await asyncio.wait({task})
+            if not await stop_within(task, drain_timeout):
                 log.warning("a usage delivery was still under way at shutdown; cut short, its batch stays "
                             "in the outbox", extra={"batch": self.held.key if self.held else None})
         try:

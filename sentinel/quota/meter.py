@@ -33,6 +33,7 @@ from sentinel.domain.usage import Usage, UsageRecord, UsageSource
 from sentinel.errors import ServiceUnavailable, StoreUnavailable, sent_unanswered
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
+from sentinel.offload import OFF_LOOP_SIZE, count_off_loop
 from sentinel.providers.errors import UnreadableAnswer
 from sentinel.quota.decision import Decision
 from sentinel.quota.estimate import estimate_input, hides_output, max_output
@@ -46,17 +47,6 @@ log = logging.getLogger("sentinel.meter")
 # Retry-After of a request refused because its usage could not be recorded (`QuotaMeter._recordable`):
 # the deliverer moves what memory holds to a durable outbox on every cycle once one is back.
 UNRECORDABLE_RETRY_AFTER = 5.0
-
-# Bodies of at least this many bytes, and texts of at least this many characters, are counted off
-# the event loop: tiktoken takes ~0.5 ms per 1,000 characters, and releases the GIL.
-OFF_LOOP_SIZE = 64 * 1024
-
-
-async def count_off_loop(count: Callable[[], int], size: int) -> int:
-    """`count()`, in a worker thread when `size` (a body's bytes, a text's characters) is
-    OFF_LOOP_SIZE or more: the rule of every token count a request's body or answer pays for."""
-    return await asyncio.to_thread(count) if size >= OFF_LOOP_SIZE else count()
-
 
 @dataclass
 class Admission:

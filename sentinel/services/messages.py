@@ -31,14 +31,14 @@ from sentinel.native.model_request import ModelChatRequest
 from sentinel.native.types import schemas_remembered
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
-from sentinel.offload import large, off_loop
+from sentinel.offload import count_off_loop, large, off_loop
 from sentinel.providers.anthropic import AnthropicUpstream
 from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import forwardable_headers, relayable_headers
 from sentinel.quota.anthropic_usage import AnthropicStreamInspector, message_read, message_text, message_usage
 from sentinel.quota.estimate import estimate_input
 from sentinel.quota.images import image_rule_for
-from sentinel.quota.meter import Admission, Meter, count_off_loop
+from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes

@@ -28,12 +28,12 @@ from sentinel.native.responses import Usage as WireUsage
 from sentinel.native.stream import DONE, render_chunk, render_error_event
 from sentinel.native.types import ImagePart
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
-from sentinel.offload import off_loop
+from sentinel.offload import count_off_loop, off_loop
 from sentinel.providers.chat import ChatProvider, Completion, ProviderStream, recorded_usage
 from sentinel.providers.http import UpstreamResponse
 from sentinel.quota.estimate import estimate_input
 from sentinel.quota.images import image_rule_for
-from sentinel.quota.meter import Admission, Meter, count_off_loop
+from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.failover import Failover
 from sentinel.routing.router import RouteChoice, TierRouter

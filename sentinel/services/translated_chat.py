@@ -32,10 +32,10 @@ from sentinel.native.responses import Usage as WireUsage
 from sentinel.native.stream import DONE, render_chunk, render_error_event
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import PROVIDER, REQUEST_MODEL, SYSTEM
-from sentinel.offload import off_loop
+from sentinel.offload import count_off_loop, off_loop
 from sentinel.providers.chat import ChatProvider, ProviderStream, recorded_usage
 from sentinel.providers.http import UpstreamResponse
-from sentinel.quota.meter import Admission, Meter, count_off_loop
+from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.services.answers import refuse, report
 from sentinel.services.exchange import (

@@ -19,8 +19,8 @@ import pytest
 
 from sentinel.mock.app import create_mock_app
 from sentinel.native.openai_checks import MAX_JSON_CONTAINERS
+from sentinel.offload import OFF_LOOP_SIZE
 from sentinel.protocol import MAX_PIPELINED
-from sentinel.quota.meter import OFF_LOOP_SIZE
 from sentinel.quota.tokens import TokenCounter
 from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file

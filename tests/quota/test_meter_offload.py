@@ -15,9 +15,10 @@ from sentinel.domain.plans import Plan, parse_plan_spec
 from sentinel.domain.policies import QuotaFailureMode
 from sentinel.errors import RateLimited
 from sentinel.observability.metrics import Metrics
+from sentinel.offload import OFF_LOOP_SIZE
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.quota.local_limiter import LocalLimiter
-from sentinel.quota.meter import OFF_LOOP_SIZE, QuotaMeter
+from sentinel.quota.meter import QuotaMeter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.store import MemoryStore
 from tests.quota.test_meter import RecordingOutbox

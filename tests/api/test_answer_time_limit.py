@@ -28,22 +28,17 @@ from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.support.accounts import set_user_plan
 from tests.support.attack import ledger_rows, wait_for
-from tests.support.clock import FakeClock, TickingClock
+from tests.support.clock import FakeClock
 from tests.support.metrics import metric
 from tests.support.servers import serving
+from tests.support.time_limits import LIMIT, limited_gateway
 from tests.support.upstream import ScriptedUpstream
 
 pytestmark = pytest.mark.timeout(60)  # on a gateway without the limit, the trickling download never ends
 
 HAIKU, MINI = "claude-3-5-haiku-20241022", "gpt-4o-mini"
 TRICKLING = "one two three #mock:trickle_ms=10"  # the answer's body comes one byte every 10 ms
-LIMIT = 10.0  # seconds of the gateway's TickingClock (one per reading): a cut after about ten bytes
 CUT = "Upstream {} timed out: its answer took longer than the 10 s an answer may take"
-
-
-def limited_gateway(gateway_factory: Callable[..., Gateway], **overrides: Any) -> Gateway:
-    return gateway_factory(stream_clock=TickingClock(1.0), stream_max_seconds=LIMIT,
-                           usage_flush_interval_seconds=0.1, **overrides)
 
 
 def ask(text: str = TRICKLING) -> list[Any]:

@@ -24,22 +24,16 @@ from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.support.accounts import set_user_plan
 from tests.support.attack import ledger_rows, wait_for
-from tests.support.clock import TickingClock
 from tests.support.metrics import metric
 from tests.support.servers import serving
+from tests.support.time_limits import limited_gateway
 from tests.support.upstream import ScriptedUpstream
 
 pytestmark = pytest.mark.timeout(60)  # on a gateway without the limit, the pinging streams never end
 
 HAIKU, MINI = "claude-3-5-haiku-20241022", "gpt-4o-mini"
 PINGING = "one two three four five six seven eight #mock:pings_after=5"  # a few events, then only pings
-LIMIT = 10.0  # seconds of the gateway's TickingClock (one per reading): a cut after about ten chunks
 CUT = "Upstream {} stream cut: it ran past the 10 s a streamed answer may last"
-
-
-def limited_gateway(gateway_factory: Callable[..., Gateway], **overrides: Any) -> Gateway:
-    return gateway_factory(stream_clock=TickingClock(1.0), stream_max_seconds=LIMIT,
-                           usage_flush_interval_seconds=0.1, **overrides)
 
 
 def ask(text: str = PINGING) -> list[Any]:

@@ -73,14 +73,14 @@ async def _with_admin(settings: Settings, fn: Callable[[Any], Awaitable[int | No
     from sentinel.wiring import build_cli_admin
 
     try:
-        engine = create_engine(settings.database_url)
+        engine = create_engine(settings.database_url, timeout=settings.database_timeout_seconds)
     except DatabaseUnreachable as exc:
         print(f"sentinel: {exc}", file=sys.stderr)
         return 1
     store = create_store(settings.redis_url, timeout=settings.redis_timeout_seconds)
     try:
         try:
-            await migrate(engine)
+            await migrate(engine, timeout=settings.database_timeout_seconds)
         except (SchemaTooNew, DatabaseUnreachable) as exc:
             print(f"sentinel: {exc}", file=sys.stderr)
             return 1

@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     redis_url: str | None = env("REDIS_URL", None)
     redis_timeout_seconds: float = env("REDIS_TIMEOUT_SECONDS", 0.25, gt=0)
     database_url: str = env("DATABASE_URL", "sqlite+aiosqlite:///./data/sentinel.db")
+    # The longest wait for the database: a connect, a pooled connection, a statement's answer (then 503).
+    database_timeout_seconds: float = env("DATABASE_TIMEOUT_SECONDS", 5.0, gt=0)
 
     # --- upstream providers ---------------------------------------------------------------------
     openai_api_url: str | None = env("OPENAI_API_URL", None)

@@ -70,9 +70,9 @@ async def _demo_keys(settings: Settings, *, mint: bool) -> str | None:
     from sentinel.db.engine import create_engine, migrate, session_factory
     from sentinel.governance.keys import KeyService
 
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, timeout=settings.database_timeout_seconds)
     try:
-        await migrate(engine)
+        await migrate(engine, timeout=settings.database_timeout_seconds)
         keys = KeyService(session_factory(engine))
         revoked = 0
         for old in await keys.list_keys(DEMO_USER):

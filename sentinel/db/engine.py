@@ -38,6 +38,10 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Arbitrary but fixed: every Sentinel process migrating one PostgreSQL database takes this lock.
 MIGRATION_LOCK_KEY = 0x53454E54494E454C  # "SENTINEL"
 SQLITE_BUSY_TIMEOUT_MS = 5000
+# DATABASE_TIMEOUT_SECONDS: the longest wait for a PostgreSQL connection (its connect, or a pooled
+# one), and for any statement's answer. A database that accepts connections but never answers must
+# not hold a request (its in-flight slot, its reservation) for minutes: the caller gets a 503.
+DEFAULT_TIMEOUT_SECONDS = 5.0
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -67,12 +71,20 @@ def _sqlite_file(url: URL) -> Path | None:
 
 
 def create_engine(
-    url: str | URL, *, pool_size: int = 10, max_overflow: int = 10, echo: bool = False
+    url: str | URL, *, pool_size: int = 10, max_overflow: int = 10, echo: bool = False,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS, bound_statements: bool = True,
 ) -> AsyncEngine:
-    """An AsyncEngine for `sqlite+aiosqlite://` or `postgresql+asyncpg://` URLs, tuned per backend."""
+    """An AsyncEngine for `sqlite+aiosqlite://` or `postgresql+asyncpg://` URLs, tuned per backend.
+
+    `timeout` bounds every wait on PostgreSQL: the connect (TCP and start-up), a pooled connection
+    (`pool_timeout`: past it SQLAlchemy's TimeoutError, an outage for `database_errors`), the
+    pre-ping of a pooled connection and each statement (asyncpg's `command_timeout`, which cancels
+    the statement on the server; not with `bound_statements` False: migrations, which may rewrite
+    large tables, or wait for another process's). On SQLite a write
+    waits for a lock held elsewhere `SQLITE_BUSY_TIMEOUT_MS`, then fails ("database is locked")."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, echo=echo)
+        return _sqlite_engine(parsed, echo=echo, timeout=timeout)
     return create_async_engine(
         parsed,
         echo=echo,
@@ -80,16 +92,16 @@ def create_engine(
         max_overflow=max_overflow,
         pool_pre_ping=True,
         pool_recycle=1800,
-        pool_timeout=10,
+        pool_timeout=timeout,
         connect_args={
-            "timeout": 10,
-            "command_timeout": 30,
+            "timeout": timeout,
+            "command_timeout": timeout if bound_statements else None,
             "server_settings": {"application_name": "sentinel"},
         },
     )
 
 
-def _sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
+def _sqlite_engine(url: URL, *, echo: bool, timeout: float) -> AsyncEngine:
     path = _sqlite_file(url)
     kwargs: dict[str, Any] = {}
     if path is None:
@@ -97,6 +109,7 @@ def _sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
         kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
     else:
         _create_private(path)
+        kwargs = {"pool_timeout": timeout}  # all pooled connections busy: 503, not a 30 s wait
     engine = create_async_engine(url, echo=echo, **kwargs)
     wal = path is not None
 
@@ -158,15 +171,18 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
-async def migrate(engine_or_url: AsyncEngine | str) -> None:
+async def migrate(engine_or_url: AsyncEngine | str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
     """Bring the database to the newest schema (`alembic upgrade head`); a no-op when it already is.
 
     Safe to call at every start-up and from several processes at once.
     """
-    if isinstance(engine_or_url, AsyncEngine):
-        await _migrate(engine_or_url)
+    if isinstance(engine_or_url, AsyncEngine) and engine_or_url.dialect.name == "sqlite":
+        await _migrate(engine_or_url)  # an in-memory database lives in this engine only
         return
-    engine = create_engine(engine_or_url, pool_size=1, max_overflow=0)
+    # Its own connection, whose statements are not bounded by DATABASE_TIMEOUT_SECONDS: a migration
+    # may rewrite a large table, and a second migrator waits for the first one's lock.
+    url = engine_or_url.url if isinstance(engine_or_url, AsyncEngine) else engine_or_url
+    engine = create_engine(url, pool_size=1, max_overflow=0, timeout=timeout, bound_statements=False)
     try:
         await _migrate(engine)
     finally:

@@ -1,0 +1,94 @@
+"""A TCP proxy in front of a database that can stop forwarding: a database that accepts connections
+(and keeps those it has) but never answers, as one does when its host hangs or a network drops
+packets."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["HungProxy", "hung_proxy"]
+
+
+class HungProxy:
+    """Forwards 127.0.0.1:`port` to `target` until `hang()`: then every byte either way is held
+    (connections stay open, new ones are accepted) until `resume()` or `close()`."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hang(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    def _keep(self, *socks: socket.socket) -> None:
+        with self._lock:
+            self._sockets.extend(socks)
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            self._keep(client, upstream)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                while not self._flowing.wait(0.05):
+                    if self._closed.is_set():
+                        return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self._flowing.set()
+        self._listener.close()
+        with self._lock:
+            for s in self._sockets:
+                s.close()
+
+
+@contextmanager
+def hung_proxy(url: str) -> Iterator[tuple[HungProxy, str]]:
+    """A proxy in front of the PostgreSQL of asyncpg URL `url`, and `url` pointed at it."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    proxy = HungProxy((parsed.host or "127.0.0.1", parsed.port or 5432))
+    try:
+        yield proxy, parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    finally:
+        proxy.close()

@@ -80,7 +80,7 @@ async def _with_admin(settings: Settings, fn: Callable[[Any], Awaitable[int | No
     store = create_store(settings.redis_url, timeout=settings.redis_timeout_seconds)
     try:
         try:
-            await migrate(engine, timeout=settings.database_timeout_seconds)
+            await migrate(engine, connect_timeout=settings.database_timeout_seconds)
         except (SchemaTooNew, DatabaseUnreachable) as exc:
             print(f"sentinel: {exc}", file=sys.stderr)
             return 1

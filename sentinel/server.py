@@ -72,7 +72,7 @@ async def _demo_keys(settings: Settings, *, mint: bool) -> str | None:
 
     engine = create_engine(settings.database_url, timeout=settings.database_timeout_seconds)
     try:
-        await migrate(engine, timeout=settings.database_timeout_seconds)
+        await migrate(engine, connect_timeout=settings.database_timeout_seconds)
         keys = KeyService(session_factory(engine))
         revoked = 0
         for old in await keys.list_keys(DEMO_USER):

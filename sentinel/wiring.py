@@ -284,7 +284,7 @@ async def build_runtime(
     tracing = tracing or build_tracing(s.otel_endpoint, s.otel_service_name)
     store = create_store(s.redis_url, timeout=s.redis_timeout_seconds)
     engine = create_engine(s.database_url, timeout=s.database_timeout_seconds)
-    await migrate(engine, timeout=s.database_timeout_seconds)
+    await migrate(engine, connect_timeout=s.database_timeout_seconds)
     sessions = session_factory(engine)
     http = create_session(
         read_timeout=s.upstream_timeout_seconds, connect_timeout=s.upstream_connect_timeout_seconds,

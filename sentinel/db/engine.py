@@ -171,7 +171,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
-async def migrate(engine_or_url: AsyncEngine | str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+async def migrate(engine_or_url: AsyncEngine | str, *, connect_timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
     """Bring the database to the newest schema (`alembic upgrade head`); a no-op when it already is.
 
     Safe to call at every start-up and from several processes at once.
@@ -182,7 +182,7 @@ async def migrate(engine_or_url: AsyncEngine | str, *, timeout: float = DEFAULT_
     # Its own connection, whose statements are not bounded by DATABASE_TIMEOUT_SECONDS: a migration
     # may rewrite a large table, and a second migrator waits for the first one's lock.
     url = engine_or_url.url if isinstance(engine_or_url, AsyncEngine) else engine_or_url
-    engine = create_engine(url, pool_size=1, max_overflow=0, timeout=timeout, bound_statements=False)
+    engine = create_engine(url, pool_size=1, max_overflow=0, timeout=connect_timeout, bound_statements=False)
     try:
         await _migrate(engine)
     finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,9 +40,11 @@ from sentinel.db.models import (
 from sentinel.db.queries import upsert_adding
 from sentinel.domain.usage import latency_ms
 from sentinel.errors import GovernanceUnavailable
+from sentinel.observability.logging import Repeated
 from sentinel.stopping import stop_within
 
 log = logging.getLogger("sentinel.rollups")
+DELAYED = "rollups delayed: %s"
 
 MEASURES = ("requests", "errors", "input_tokens", "output_tokens", "cost_usd")
 STOP_TIMEOUT = 5.0  # at shutdown, how long the roll-up under way and the catching up may take
@@ -231,20 +234,22 @@ async def apply_rollups(session: AsyncSession, records: Sequence[Figures]) -> No
 class RollupWorker:
     """Rolls new ledger rows up every `interval` seconds (sooner while a backlog remains) until stopped.
 
-    A database outage is retried after `interval`; any other failure (a bug, a row the roll-up cannot
+    A database outage is retried after `interval`, and logged when first met and then at most once a
+    minute (`Repeated`: at one attempt a second it was a warning a second); any other failure (a bug, a row the roll-up cannot
     take) is logged with its traceback and retried after `backoff` (doubling from `interval` to a
     minute): before, it ended the loop for good and the console's roll-ups stayed stale until restart.
     """
 
     def __init__(
         self, roll_up: Callable[[int], Awaitable[int]], *, interval: float = 1.0, batch: int = 2000,
-        backoff: Backoff | None = None,
+        backoff: Backoff | None = None, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.roll_up = roll_up
         self.interval = interval
         self.batch = batch
         self.backoff = backoff or Backoff(base=interval, cap=60.0)
         self.failures = 0  # unexpected failures in a row
+        self._repeated = Repeated(log, clock=clock)
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -253,13 +258,15 @@ class RollupWorker:
         try:
             taken = await self.roll_up(self.batch)
         except GovernanceUnavailable as exc:
-            log.warning("rollups delayed: %s", exc.message)
+            self._repeated.warning(DELAYED, exc.message)
             return 0
         except Exception:  # noqa: BLE001 - the loop must outlive anything; logged, backed off
             self.failures += 1
             log.exception("rollups failed; retrying", extra={"failures": self.failures})
             return 0
         self.failures = 0
+        if (suppressed := self._repeated.forget(DELAYED)) is not None:
+            log.info("rollups resumed", extra={"suppressed": suppressed} if suppressed else None)
         return taken
 
     async def _run(self) -> None:

@@ -4,6 +4,7 @@ queries over them: series buckets with latency histograms, top users/models, rec
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -12,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.backoff import Backoff
+from sentinel.db.engine import create_engine, migrate, session_factory
 from sentinel.db.models import (
     LATENCY_BOUNDS_MS,
     UsageDailyModelRow,
@@ -27,6 +29,7 @@ from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.rollups import TABLES, Rollup, RollupWorker, latency_bucket, percentile
 from sentinel.governance.usage_stats import UsageStats
 from tests.support.accounts import record_and_roll_up
+from tests.support.clock import FakeClock
 from tests.support.waiting import until
 
 T0 = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
@@ -332,3 +335,37 @@ async def test_stop_bounds_the_catching_up_after_the_loop(caplog: pytest.LogCapt
     await asyncio.wait_for(worker.stop(drain_timeout=0.05), 5)
     assert roll_up.calls == 3 and roll_up.cancelled == 1  # two full batches, then the stuck one, cut
     assert "rollups not caught up at shutdown" in caplog.text
+
+
+async def test_a_database_down_is_logged_once_a_minute_not_once_a_roll_up(
+    caplog: pytest.LogCaptureFixture, pg_url: str
+) -> None:
+    """The worker tries again every second while the database is down: each attempt wrote a
+    warning, 3,600 lines an hour per process. Now the first, then one a minute (counting the
+    others), and one line when the roll-ups run again."""
+    from sqlalchemy.engine import make_url
+
+    from tests.support.servers import free_port
+
+    caplog.set_level(logging.INFO, "sentinel.rollups")
+    down = create_engine(make_url(pg_url).set(port=free_port()), timeout=0.5)  # nothing listens there
+    clock = FakeClock()
+    worker = RollupWorker(SqlLedger(session_factory(down)).roll_up, clock=clock)
+    try:
+        for _ in range(5):
+            assert await worker.run_once() == 0
+        clock.advance(61)
+        assert await worker.run_once() == 0
+    finally:
+        await down.dispose()
+    delayed = [r for r in caplog.records if r.message.startswith("rollups delayed")]
+    assert len(delayed) == 2
+    assert getattr(delayed[1], "suppressed", None) == 4
+    up = create_engine(pg_url)
+    try:
+        await migrate(up)
+        worker.roll_up = SqlLedger(session_factory(up)).roll_up  # the database is back
+        await worker.run_once()
+    finally:
+        await up.dispose()
+    assert [r.message for r in caplog.records].count("rollups resumed") == 1

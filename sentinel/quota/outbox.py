@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Collection
 
 from sentinel.domain.usage import UsageRecord
-from sentinel.errors import GovernanceUnavailable, StoreUnavailable
+from sentinel.errors import GovernanceUnavailable, StoreUnavailable, UsageBatchRefused
 from sentinel.observability.logging import Repeated
 from sentinel.quota.batch import Batch, Claimed, OutboxBackend, new_batch_key, split_key
 from sentinel.quota.group_commit import GroupCommit
@@ -121,8 +121,8 @@ class LedgerOutbox:
 
     async def _write(self, records: list[UsageRecord]) -> None:
         refused = await self.sink.deliver(records, new_batch_key())
-        if refused:  # the built-in ledger refuses nothing; a sink that does belongs behind an outbox
-            raise GovernanceUnavailable(f"the usage sink refused {len(refused)} records")
+        if refused:  # a value the database cannot store: no outage, the outbox table may take it
+            raise UsageBatchRefused(f"the usage sink refused {len(refused)} records")
 
     async def put(self, record: UsageRecord) -> None:
         await self._group.submit(record)
@@ -212,13 +212,21 @@ class DurableOutbox:
     async def _store_durably(self, record: UsageRecord) -> bool:
         """Whether a durable backend took `record`. Any failure of one moves on to the next (and at the
         end to memory): an outage, or anything else (a writer closed under the write at shutdown
-        raised RuntimeError, and the record was lost without a word), then logged with its traceback."""
+        raised RuntimeError, and the record was lost without a word), then logged with its traceback.
+        The ledger and the outbox table are in one database: when the ledger finds it unreachable,
+        the table is not tried (on a hung database that was a second wait of up to
+        DATABASE_TIMEOUT_SECONDS twice, per record, before memory)."""
+        database_down = False
         for part in self.parts:
+            if database_down and part is self.sql:
+                continue
             try:
                 await part.put(record)
                 return True
             except (StoreUnavailable, GovernanceUnavailable) as exc:
                 self._repeated.warning("usage outbox %s unavailable: %s", part.backend, exc.message, key=part.backend)
+                if part is self.ledger and not isinstance(exc, UsageBatchRefused):
+                    database_down = True
             except Exception:  # noqa: BLE001 - not an outage (a bug, a closed writer): the next backend all the same
                 log.exception("usage outbox %s failed to store a record", part.backend,
                               extra={"record_id": record.request_id})

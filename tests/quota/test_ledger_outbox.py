@@ -106,3 +106,51 @@ async def test_a_record_no_backend_takes_for_any_reason_is_kept_in_memory(caplog
     await durable.put(usage_record("kept"))
     assert [r.request_id for r in durable.orphans] == ["kept"]
     assert "usage record kept in memory" in caplog.text
+
+
+async def test_a_database_the_ledger_cannot_reach_is_not_tried_again_for_the_outbox_table(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On one process without Redis a record goes to the ledger, else the outbox table — in the same
+    database. When the ledger could not reach it, the table was tried all the same: on a hung
+    database a second full wait (the pooled connection's check, then a connect) before memory, for
+    every answer. Now the record goes to memory at once (and reaches the ledger when it is back)."""
+    from sqlalchemy.engine import make_url
+
+    from sentinel.db.engine import create_engine, session_factory
+    from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
+    from tests.support.servers import free_port
+
+    down = create_engine(make_url(pg_url).set(port=free_port()), timeout=0.5)  # nothing listens there
+    sessions = session_factory(down)
+    durable = DurableOutbox(SqlOutbox(sessions), ledger=LedgerOutbox(SqlLedgerSink(SqlLedger(sessions))))
+    try:
+        await durable.put(usage_record("kept"))
+    finally:
+        await down.dispose()
+    assert [r.request_id for r in durable.orphans] == ["kept"]
+    tried = {getattr(r, "args", ())[0] for r in caplog.records if r.msg == "usage outbox %s unavailable: %s"}
+    assert tried == {"ledger"}
+
+
+class _RefusingSink:
+    name = "refusing"
+
+    async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
+        return [r.request_id for r in records]  # a value the ledger cannot store
+
+
+async def test_a_record_the_ledger_refuses_still_goes_to_the_outbox_table(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A refusal is no outage: the database answers, and the outbox table keeps the record."""
+    from sentinel.db.engine import create_engine, migrate, session_factory
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/x.db")
+    await migrate(engine)
+    durable = DurableOutbox(SqlOutbox(session_factory(engine)), ledger=LedgerOutbox(_RefusingSink()))
+    try:
+        await durable.put(usage_record("refused"))
+        batch = await durable.sql.claim(10)
+        assert batch is not None and [c.record.request_id for c in batch.items] == ["refused"]
+        assert durable.orphans == []
+    finally:
+        await engine.dispose()

@@ -69,6 +69,7 @@ def _actor() -> Any:
 async def _with_admin(settings: Settings, fn: Callable[[Any], Awaitable[int | None]]) -> int | None:
     """Run `fn(admin_service)` on the configured database (and store, whose caches it updates)."""
     from sentinel.db.engine import DatabaseUnreachable, SchemaTooNew, create_engine, migrate, session_factory
+    from sentinel.errors import GovernanceUnavailable
     from sentinel.store import create_store
     from sentinel.wiring import build_cli_admin
 
@@ -89,10 +90,25 @@ async def _with_admin(settings: Settings, fn: Callable[[Any], Awaitable[int | No
         except ConfigError as exc:  # the providers file (SENTINEL_CONFIG): one line, as `serve` says it
             print(f"sentinel: {exc}", file=sys.stderr)
             return 2
-        return await fn(admin)
+        try:
+            return await fn(admin)
+        except GovernanceUnavailable as exc:  # the database locked (SQLite: `serve` writing) or down
+            print(f"sentinel: {exc.message}{_driver_said(exc)}; try again", file=sys.stderr)
+            return 1
     finally:
         await store.close()
         await engine.dispose()
+
+
+def _driver_said(exc: BaseException) -> str:
+    """` (the driver's first line)` of the database failure behind `exc` (`database is locked`), if any."""
+    from sqlalchemy.exc import DBAPIError
+
+    cause = exc.__cause__
+    if isinstance(cause, DBAPIError) and cause.orig is not None:
+        cause = cause.orig
+    said = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+    return f" ({said})" if said else ""
 
 
 def _refused(exc: Any) -> str:

@@ -293,7 +293,7 @@ async def build_runtime(
     local_ttl = LOCAL_CACHE_SECONDS if s.redis_url else 0.0
     metrics.known_models.update(known_models(catalog, catalogue))
     # On a SQLite file, usage records are inserted through a private connection (one hop a batch).
-    sqlite_writer = SqliteWriter.for_url(s.database_url)
+    sqlite_writer = SqliteWriter.for_url(s.database_url, busy_timeout=s.database_timeout_seconds)
     ledger = SqlLedger(sessions, sqlite_writer, idle_recheck=IDLE_RECHECK_SECONDS)
     governance = build_governance(
         s, store=store, sessions=sessions, http=http, catalog_tiers=catalog.tiers, metrics=metrics, ledger=ledger

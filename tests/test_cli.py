@@ -331,3 +331,25 @@ def test_a_revocation_redis_did_not_hear_about_exits_3_and_revoking_again_comple
     finally:
         client.close()
     assert tombstone is not None and tombstone.startswith(b'{"v":null')
+
+
+def test_a_database_locked_elsewhere_is_one_clear_line_within_its_timeout(tmp_path: Path) -> None:
+    """Another process holding SQLite's write lock (`serve` committing, a backup): a command waited
+    the fixed 5 s busy timeout, then printed a traceback ending in `GovernanceUnavailable: API key
+    store unavailable: OperationalError`. Now it waits DATABASE_TIMEOUT_SECONDS and says so in one
+    line, with SQLite's own words."""
+    import sqlite3
+
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db", "DATABASE_TIMEOUT_SECONDS": "0.2"}
+    assert run(["keys", "create", "alice"], env).returncode == 0
+    holder = sqlite3.connect(tmp_path / "cli.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, held
+        locked = run(["keys", "create", "bob"], env, timeout=20)
+    finally:
+        holder.close()
+    assert locked.returncode == 1
+    lines = [line for line in locked.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in locked.stderr, locked.stderr
+    assert "database is locked" in lines[0] and "API key store unavailable" in lines[0]
+    assert run(["keys", "create", "bob"], env).returncode == 0  # released: it works again

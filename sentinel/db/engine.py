@@ -37,9 +37,8 @@ except ImportError:  # pragma: no cover
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Arbitrary but fixed: every Sentinel process migrating one PostgreSQL database takes this lock.
 MIGRATION_LOCK_KEY = 0x53454E54494E454C  # "SENTINEL"
-SQLITE_BUSY_TIMEOUT_MS = 5000
 # DATABASE_TIMEOUT_SECONDS: the longest wait for a PostgreSQL connection (its connect, or a pooled
-# one), and for any statement's answer. A database that accepts connections but never answers must
+# one), and for any statement's answer; on SQLite for a lock another connection holds (busy timeout). A database that accepts connections but never answers must
 # not hold a request (its in-flight slot, its reservation) for minutes: the caller gets a 503.
 DEFAULT_TIMEOUT_SECONDS = 5.0
 
@@ -80,8 +79,9 @@ def create_engine(
     (`pool_timeout`: past it SQLAlchemy's TimeoutError, an outage for `database_errors`), the
     pre-ping of a pooled connection and each statement (asyncpg's `command_timeout`, which cancels
     the statement on the server; not with `bound_statements` False: migrations, which may rewrite
-    large tables, or wait for another process's). On SQLite a write
-    waits for a lock held elsewhere `SQLITE_BUSY_TIMEOUT_MS`, then fails ("database is locked")."""
+    large tables, or wait for another process's). On SQLite a write waits `timeout` for a lock held
+    elsewhere (the busy timeout: the command line writing, say), then fails ("database is locked"),
+    and so does a wait for a pooled connection."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, echo=echo, timeout=timeout)
@@ -116,7 +116,7 @@ def _sqlite_engine(url: URL, *, echo: bool, timeout: float) -> AsyncEngine:
     @event.listens_for(engine.sync_engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms(timeout)}")
         if wal:
             # Readers never block the writer; persistent in the file once set.
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -125,6 +125,11 @@ def _sqlite_engine(url: URL, *, echo: bool, timeout: float) -> AsyncEngine:
         cursor.close()
 
     return engine
+
+
+def busy_timeout_ms(timeout: float) -> int:
+    """SQLite's busy timeout for DATABASE_TIMEOUT_SECONDS `timeout` (at least 1 ms: 0 never waits)."""
+    return max(1, round(timeout * 1000))
 
 
 def _create_private(path: Path) -> None:

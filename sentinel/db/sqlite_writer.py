@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sentinel.db.engine import SQLITE_BUSY_TIMEOUT_MS, sqlite_file
+from sentinel.db.engine import DEFAULT_TIMEOUT_SECONDS, busy_timeout_ms, sqlite_file
 from sentinel.errors import GovernanceUnavailable
 
 log = logging.getLogger("sentinel.db")
@@ -44,8 +44,11 @@ CHECKPOINT_EVERY = 256  # commits on the loop between two checkpoints in the thr
 class SqliteWriter:
     """Runs write statements on private connections to the SQLite database file at `path`."""
 
-    def __init__(self, path: Path, *, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+    def __init__(
+        self, path: Path, *, checkpoint_every: int = CHECKPOINT_EVERY, busy_timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> None:
         self.path = path
+        self.busy_timeout = busy_timeout  # the thread's wait for a lock held elsewhere (DATABASE_TIMEOUT_SECONDS)
         self.checkpoint_every = checkpoint_every
         self.inline_commits = 0  # batches committed on the event loop
         self.thread_commits = 0  # batches committed in the writer's thread
@@ -57,14 +60,16 @@ class SqliteWriter:
         self._checkpoint: asyncio.Future[None] | None = None
 
     @classmethod
-    def for_url(cls, url: str) -> SqliteWriter | None:
+    def for_url(cls, url: str, *, busy_timeout: float = DEFAULT_TIMEOUT_SECONDS) -> SqliteWriter | None:
         """A writer for a file-backed SQLite URL; None for another database or an in-memory SQLite."""
         path = sqlite_file(url)
-        return None if path is None else cls(path)
+        return None if path is None else cls(path, busy_timeout=busy_timeout)
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
-            connection = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            connection = sqlite3.connect(
+                self.path, timeout=busy_timeout_ms(self.busy_timeout) / 1000, isolation_level=None
+            )
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             self._connection = connection

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,12 +28,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from sentinel.breaker import CircuitBreaker, State
 from sentinel.errors import GovernanceUnavailable, ServiceUnavailable
 
 try:  # POSIX only; elsewhere concurrent SQLite migrations are not serialised.
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("sentinel.db")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Arbitrary but fixed: every Sentinel process migrating one PostgreSQL database takes this lock.
@@ -44,6 +48,7 @@ DEFAULT_TIMEOUT_SECONDS = 5.0
 
 __all__ = [
     "MIGRATIONS_DIR",
+    "DatabaseCircuitOpen",
     "DatabaseUnreachable",
     "SchemaTooNew",
     "alembic_config",
@@ -71,7 +76,7 @@ def _sqlite_file(url: URL) -> Path | None:
 
 def create_engine(
     url: str | URL, *, pool_size: int = 10, max_overflow: int = 10, echo: bool = False,
-    timeout: float = DEFAULT_TIMEOUT_SECONDS, bound_statements: bool = True,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS, bound_statements: bool = True, breaker: CircuitBreaker | None = None,
 ) -> AsyncEngine:
     """An AsyncEngine for `sqlite+aiosqlite://` or `postgresql+asyncpg://` URLs, tuned per backend.
 
@@ -81,11 +86,12 @@ def create_engine(
     the statement on the server; not with `bound_statements` False: migrations, which may rewrite
     large tables, or wait for another process's). On SQLite a write waits `timeout` for a lock held
     elsewhere (the busy timeout: the command line writing, say), then fails ("database is locked"),
-    and so does a wait for a pooled connection."""
+    and so does a wait for a pooled connection. PostgreSQL's new connections go through `breaker`
+    (one per engine unless given; see `_guard_connects`)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, echo=echo, timeout=timeout)
-    return create_async_engine(
+    engine = create_async_engine(
         parsed,
         echo=echo,
         pool_size=pool_size,
@@ -99,6 +105,40 @@ def create_engine(
             "server_settings": {"application_name": "sentinel"},
         },
     )
+    _guard_connects(engine, breaker or CircuitBreaker(on_change=_breaker_changed))
+    return engine
+
+
+class DatabaseCircuitOpen(ConnectionError):
+    """New connections to the database failed `threshold` times in a row: none is tried until the
+    breaker's cooldown has passed (an outage for `database_errors`: 503, at once)."""
+
+
+def _guard_connects(engine: AsyncEngine, breaker: CircuitBreaker) -> None:
+    """Every new PostgreSQL connection goes through `breaker`: a database that is down or hung costs
+    a connect timeout per caller only until it opens (3 failures in a row), then callers fail at
+    once, and one connect per cooldown (2 s) probes it. A pooled connection found hung is dropped by
+    its pre-ping (one timeout), and its replacement meets the breaker."""
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        if not breaker.allow():
+            raise DatabaseCircuitOpen(f"the database failed to connect; next try in {breaker.retry_after():.1f} s")
+        try:
+            connection = dialect.connect(*cargs, **cparams)
+        except Exception:
+            breaker.failure()
+            raise
+        breaker.success()
+        return connection
+
+
+def _breaker_changed(old: State, new: State) -> None:
+    if old == "closed":
+        log.warning("the database cannot be reached; new connections are refused at once, one tried "
+                    "every 2 s until it answers")
+    elif new == "closed":
+        log.info("the database answers again")
 
 
 def _sqlite_engine(url: URL, *, echo: bool, timeout: float) -> AsyncEngine:

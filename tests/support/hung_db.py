@@ -24,6 +24,7 @@ class HungProxy:
         self._flowing.set()
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
+        self.accepted = 0  # connections accepted so far
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -43,6 +44,7 @@ class HungProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            self.accepted += 1
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
                 upstream.settimeout(None)

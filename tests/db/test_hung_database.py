@@ -1,0 +1,50 @@
+"""A PostgreSQL that accepts connections and never answers, or one that is down: each wait is
+bounded by the engine's timeout (DATABASE_TIMEOUT_SECONDS), and after three failed connects in a row
+the engine's breaker refuses new connections at once (503 for the caller), trying one per cooldown."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from sentinel.breaker import CircuitBreaker
+from sentinel.db.engine import DatabaseCircuitOpen, create_engine, database_errors
+from sentinel.errors import GovernanceUnavailable
+from tests.support.clock import FakeClock
+from tests.support.hung_db import hung_proxy
+
+
+async def _select_one(engine) -> int:  # type: ignore[no-untyped-def]
+    with database_errors():
+        async with engine.connect() as conn:
+            return int((await conn.execute(text("SELECT 1"))).scalar_one())
+
+
+async def test_a_hung_database_opens_the_breaker_and_callers_then_fail_at_once(pg_url: str) -> None:
+    """Before, every caller waited the connect timeout (10 s) for as long as the database hung: a
+    key lookup, a usage record, a probe, each its own wait. Now three connects do; then the proxy sees no
+    new connection (the breaker refuses them) until the cooldown has passed."""
+    clock = FakeClock()
+    with hung_proxy(pg_url) as (proxy, url):
+        breaker = CircuitBreaker(3, 2.0, clock=clock)
+        engine = create_engine(url, timeout=0.3, breaker=breaker)
+        try:
+            assert await _select_one(engine) == 1
+            proxy.hang()
+            # The pooled connection's pre-ping times out (it is dropped), then three connects do.
+            for _ in range(4):
+                with pytest.raises(GovernanceUnavailable):
+                    await _select_one(engine)
+            assert breaker.state == "open"
+            tried = proxy.accepted
+            for _ in range(5):
+                with pytest.raises(GovernanceUnavailable) as refused:
+                    await _select_one(engine)
+                assert isinstance(refused.value.__cause__, DatabaseCircuitOpen)
+            assert proxy.accepted == tried  # not one more connection attempt
+            proxy.resume()
+            clock.advance(2.5)  # the cooldown: one connect probes, it answers, the breaker closes
+            assert await _select_one(engine) == 1
+            assert breaker.state == "closed"
+        finally:
+            await engine.dispose()

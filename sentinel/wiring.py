@@ -32,7 +32,7 @@ from sentinel.config import (
     load_providers_file,
     reveal,
 )
-from sentinel.db.engine import create_engine, migrate, session_factory
+from sentinel.db.engine import close_engine, create_engine, migrate, session_factory
 from sentinel.db.sqlite_writer import SqliteWriter
 from sentinel.domain.plans import PlanSource, parse_plan_spec
 from sentinel.domain.tiers import TIERS, TierModelEntry, TierSource, TierTable
@@ -395,7 +395,8 @@ async def build_runtime(
         # their records go to the outbox and the ledger the next closers flush and close.
         closers=[lambda: meter.drain(s.shutdown_timeout_seconds),
                  lambda: deliverer.stop(s.shutdown_timeout_seconds), *([rollups.stop] if rollups else []),
-                 http.close, stats_writer.stop, *([sqlite_writer.close] if sqlite_writer else []), engine.dispose,
+                 http.close, stats_writer.stop, *([sqlite_writer.close] if sqlite_writer else []),
+                 lambda: close_engine(engine, s.database_timeout_seconds),
                  store.close, lambda: asyncio.to_thread(tracing.shutdown)],
         admin=admin,
         tracing=tracing,

@@ -4,11 +4,13 @@ the engine's breaker refuses new connections at once (503 for the caller), tryin
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import text
 
 from sentinel.breaker import CircuitBreaker
-from sentinel.db.engine import DatabaseCircuitOpen, create_engine, database_errors
+from sentinel.db.engine import DatabaseCircuitOpen, close_engine, create_engine, database_errors
 from sentinel.errors import GovernanceUnavailable
 from tests.support.clock import FakeClock
 from tests.support.hung_db import hung_proxy
@@ -48,3 +50,21 @@ async def test_a_hung_database_opens_the_breaker_and_callers_then_fail_at_once(p
             assert breaker.state == "closed"
         finally:
             await engine.dispose()
+
+
+async def test_closing_the_engine_of_a_hung_database_takes_one_timeout_not_one_per_connection(pg_url: str) -> None:
+    """Shutdown closed the pool with `dispose()`: each pooled connection waited for the server's
+    goodbye up to the statement timeout, one after the other (20 connections × 5 s on a hung
+    database, past any grace period). `close_engine` bounds the whole: here five connections of a
+    2 s timeout are let go within one timeout, where `dispose()` took about 10 s (the 8 s wait
+    below is the bound, not a timing)."""
+    with hung_proxy(pg_url) as (proxy, url):
+        engine = create_engine(url, timeout=2.0)
+        connections = [await engine.connect() for _ in range(5)]
+        for conn in connections:
+            await conn.execute(text("SELECT 1"))
+        for conn in connections:
+            await conn.close()  # back to the pool
+        proxy.hang()
+        await asyncio.wait_for(close_engine(engine, 2.0), 8)
+        assert engine.pool.checkedin() == 0

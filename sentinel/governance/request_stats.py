@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +23,11 @@ from sentinel.db.engine import database_errors
 from sentinel.db.models import RequestHourRow, RequestMinuteRow
 from sentinel.db.queries import upsert_adding
 from sentinel.errors import GovernanceUnavailable
+from sentinel.observability.logging import Repeated
 from sentinel.observability.outcomes import Outcomes, RequestOutcomes
 
 log = logging.getLogger("sentinel.request_stats")
+KEPT = "could not write request statistics; kept for the next flush"
 COLUMNS = ("requests", "client_errors", "rate_limited", "server_errors")
 
 
@@ -64,10 +68,12 @@ class RequestStatsWriter:
     """Flushes a `RequestOutcomes` counter to the database every `interval` seconds until stopped."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], outcomes: RequestOutcomes, *,
-                 interval: float = 5.0) -> None:
+                 interval: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._sessions = sessions
         self.outcomes = outcomes
         self.interval = interval
+        # A database outage is logged when first met, then once a minute (it was once a flush).
+        self._repeated = Repeated(log, clock=clock)
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -87,10 +93,13 @@ class RequestStatsWriter:
                     await session.commit()
         except GovernanceUnavailable as exc:
             self.outcomes.give_back(taken)
-            log.warning("could not write request statistics; kept for the next flush", extra={"error": exc.message})
+            self._repeated.warning(KEPT, extra={"error": exc.message})
+            return
         except Exception:
             self.outcomes.give_back(taken)
             raise
+        if (suppressed := self._repeated.forget(KEPT)) is not None:
+            log.info("request statistics written again", extra={"suppressed": suppressed} if suppressed else None)
 
     async def _run(self) -> None:
         """Flush every `interval` seconds until `stop` (which lets a flush under way end: cancelled, the

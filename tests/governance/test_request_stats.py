@@ -4,6 +4,7 @@ kept for the next flush while the database is down."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,6 +63,32 @@ async def test_counts_survive_a_database_outage() -> None:
     finally:
         await engine.dispose()
     assert outcomes.take() == {MINUTE0: Outcomes(1, 0, 0, 1)}
+
+
+async def test_a_database_down_is_logged_once_a_minute_not_once_a_flush(
+    caplog: pytest.LogCaptureFixture, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """A flush every 5 s while the database is down wrote a warning each time (720 lines an hour per
+    process). Now the first, then one a minute counting the others, and one line when it writes again."""
+    caplog.set_level(logging.INFO, "sentinel.request_stats")
+    engine = create_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")  # nothing listens there
+    clock = FakeClock()
+    outcomes = RequestOutcomes(FakeClock(T0))
+    writer = RequestStatsWriter(session_factory(engine), outcomes, clock=clock)
+    try:
+        for _ in range(4):
+            outcomes.record(200)
+            await writer.flush()
+        clock.advance(61)
+        await writer.flush()
+    finally:
+        await engine.dispose()
+    kept = [r for r in caplog.records if r.message.startswith("could not write request statistics")]
+    assert len(kept) == 2 and getattr(kept[1], "suppressed", None) == 3
+    writer._sessions = sessions  # the database is back
+    await writer.flush()
+    assert [r.message for r in caplog.records].count("request statistics written again") == 1
+    assert outcomes.take() == {}  # every count written
 
 
 async def test_counts_being_written_when_the_server_stops_are_written(

@@ -39,6 +39,11 @@ class SingleFlight(Generic[K, V]):
             task.add_done_callback(lambda ended: self._ended(key, ended))
         return await asyncio.shield(task)
 
+    def forget(self, key: K) -> None:
+        """Let the next caller for `key` start work of its own: the run under way (if any) goes on for
+        the callers that joined it, none joins it any more (what it reads may be out of date)."""
+        self._running.pop(key, None)
+
     def _ended(self, key: K, task: asyncio.Task[V]) -> None:
         if self._running.get(key) is task:
             del self._running[key]

@@ -17,6 +17,7 @@ from typing import Any
 from sentinel.domain.identity import Identity
 from sentinel.domain.plans import ExternalUsage, Limit, Plan, PlanSource
 from sentinel.errors import GovernanceUnavailable
+from sentinel.flight import SingleFlight
 from sentinel.governance.cache import GovernanceCache
 from sentinel.governance.plans import PlanRepository
 from sentinel.observability.logging import Repeated
@@ -110,19 +111,26 @@ class CachedPlans:
             metrics=metrics,
         )
         self._repeated = Repeated(log, clock=clock)  # outage lines: once a minute, not once a request
+        self._flights: SingleFlight[str, Plan] = SingleFlight()
 
     async def plan_for(self, identity: Identity) -> Plan:
         cached = await self.cache.get(identity.external_id)
         if cached is not None and cached.value is not None and cached.fresh:
             return cached.value
-        began = self.cache.clock()
         try:
-            plan = await self.source.plan_for(identity)
+            return await self._flights.run(identity.external_id, lambda: self._look_up(identity))
         except GovernanceUnavailable:
             if cached is not None and cached.value is not None:
                 self._repeated.warning("plan source unavailable; enforcing the cached plan", extra={"user": identity.external_id})
                 return cached.value
             raise
+
+    async def _look_up(self, identity: Identity) -> Plan:
+        """Ask the source for `identity`'s plan and cache it: once per user at a time (`_flights`), so
+        the requests of a busy user whose cached plan ran out make one read of the source, not one
+        each (a burst of 64 was 64 database queries at once)."""
+        began = self.cache.clock()
+        plan = await self.source.plan_for(identity)
         await self.cache.put(identity.external_id, plan, began=began)
         return plan
 
@@ -131,4 +139,5 @@ class CachedPlans:
         before the change cannot cache it after: only one that began `HOLD_MARGIN` (2 s) after it may
         (lookups meanwhile read the source). The hold lasts CHANGE_HOLD_SECONDS (or the TTL if
         shorter). Raises StoreUnavailable."""
+        self._flights.forget(external_id)  # a lookup under way may have read the old plan: none joins it
         await self.cache.hold(external_id, min(CHANGE_HOLD_SECONDS, self.cache.ttl), reopens=True)

@@ -156,3 +156,32 @@ async def test_builtin_source_answers_the_users_plan_or_the_default(
     source = BuiltinPlanSource(repo, default)
     assert (await source.plan_for(ALICE)).spec() == "requests=500/1m"
     assert await source.plan_for(Identity("nobody", "u9")) == default
+
+
+async def test_concurrent_lookups_of_one_users_plan_share_one_read_of_the_source() -> None:
+    """A busy user's requests whose cached plan ran out read the source once, not once each (a burst
+    of 64 was 64 database queries at once); another user's lookup is its own."""
+    source, clock = GatedPlans(LARGE), FakeClock()
+    plans = cached(source, clock)
+    burst = [asyncio.ensure_future(plans.plan_for(ALICE)) for _ in range(8)]
+    other = asyncio.ensure_future(plans.plan_for(Identity("bob", "u2")))
+    await source.reading.wait()
+    source.release.set()
+    assert await asyncio.gather(*burst, other) == [LARGE] * 9
+    assert source.calls == 2
+
+
+async def test_a_lookup_begun_after_a_change_does_not_join_one_begun_before_it() -> None:
+    """Joined to a lookup that read the plan before an operator changed it, a request arriving after
+    the change would run on the old plan: after `forget`, the next lookup reads the source again."""
+    source, clock = GatedPlans(LARGE), FakeClock()
+    plans = cached(source, clock)
+    before = asyncio.ensure_future(plans.plan_for(ALICE))
+    await source.reading.wait()  # read LARGE, not answered yet
+    source.plan = SMALL
+    await plans.forget(ALICE.external_id)
+    after = asyncio.ensure_future(plans.plan_for(ALICE))
+    await asyncio.sleep(0)
+    source.release.set()
+    assert (await before, await after) == (LARGE, SMALL)
+    assert source.calls == 2

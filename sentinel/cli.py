@@ -74,7 +74,11 @@ async def _with_admin(settings: Settings, fn: Callable[[Any], Awaitable[int | No
     from sentinel.wiring import build_cli_admin
 
     try:
-        engine = create_engine(settings.database_url, timeout=settings.database_timeout_seconds)
+        # Its connect is bounded, its statements are not: an operator's command (`usage export` over
+        # a large ledger, a bulk revocation) may take longer than a request may wait (Ctrl-C stops it).
+        engine = create_engine(
+            settings.database_url, timeout=settings.database_timeout_seconds, bound_statements=False
+        )
     except DatabaseUnreachable as exc:
         print(f"sentinel: {exc}", file=sys.stderr)
         return 1

@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.support.accounts import record_and_roll_up
 from tests.support.servers import free_port
@@ -353,3 +356,30 @@ def test_a_database_locked_elsewhere_is_one_clear_line_within_its_timeout(tmp_pa
     assert len(lines) == 1 and "Traceback" not in locked.stderr, locked.stderr
     assert "database is locked" in lines[0] and "API key store unavailable" in lines[0]
     assert run(["keys", "create", "bob"], env).returncode == 0  # released: it works again
+
+
+def test_a_command_s_statement_may_take_longer_than_a_request_may_wait(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sentinel usage export` reads the whole ledger (grouped by user and model): on a large
+    PostgreSQL ledger that takes longer than DATABASE_TIMEOUT_SECONDS (5 s), the bound of a request's
+    statements, and the command failed with `usage ledger unavailable: TimeoutError` every time.
+    The command line's statements are not bounded (its connect is). A statement that takes longer
+    than the timeout stands in for the large ledger here."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    from sentinel import cli
+    from sentinel.config import Settings
+
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    monkeypatch.setenv("DATABASE_TIMEOUT_SECONDS", "0.2")
+    settings = Settings()
+
+    async def slow(admin: Any) -> int:
+        async with admin.ledger._sessions() as session:
+            await session.execute(text("SELECT pg_sleep(0.5)"))
+        return 0
+
+    assert asyncio.run(cli._with_admin(settings, slow)) == 0

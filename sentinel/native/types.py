@@ -86,6 +86,15 @@ class ImageUrl(StrictModel):
     url: str = Field(min_length=1)
     detail: Literal["auto", "low", "high"] | None = None
 
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str) -> str:
+        # Another scheme went to an OpenAI-format server as it was (`file://`: vLLM reads it from disk
+        # under its allowed media path); Anthropic's builder refused it, an OpenAI model's did not.
+        if url[:8].lower().startswith(("https://", "http://", "data:")):
+            return url
+        raise PydanticCustomError("image_url", "must be an http(s) URL or a data:image/<type>;base64 URL")
+
 
 class ImagePart(StrictModel):
     """An image content part (user messages only)."""

@@ -252,3 +252,17 @@ def test_an_answer_of_tool_calls_only_costs_output_tokens_without_provider_usage
     choice = r.json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls" and not choice["message"].get("content")
     assert r.json()["usage"]["completion_tokens"] > 0, r.json()["usage"]
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://host/x.png", "/local.png", "gopher://10.0.0.1/x"])
+def test_an_image_url_is_http_s_or_a_data_url(native_gw: Gateway, url: str) -> None:
+    """An image URL of another scheme went to an OpenAI-format server as it was (`file://`, which
+    vLLM reads from disk under its allowed media path), though the Native API takes http(s) and data
+    URLs alone (what both providers' APIs take), as a translated Messages request now refuses it."""
+    image = {"type": "image_url", "image_url": {"url": url}}
+    with native_gw.client() as http:
+        r = http.post(URL, json={"max_tokens": 20, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "what is it?"}, image]}]})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and "messages.0.content.1.image_url.url" in error["message"], error

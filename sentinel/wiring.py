@@ -237,13 +237,15 @@ def build_admin(
     identities: Authenticator | None = None,
     plan_cache: CachedPlans | None = None,
     db_tiers: DbTiers | None = None,
+    report_sessions: async_sessionmaker[AsyncSession] | None = None,
 ) -> AdminService:
-    """The operator service (console, admin API, CLI) on the database and what of the runtime is given."""
+    """The operator service (console, admin API, CLI) on the database and what of the runtime is given
+    (`report_sessions`: the usage reports' own, whose statements may run long; else `sessions`)."""
     zion = s.governance is GovernanceKind.zion
     return AdminService(
         sessions, keys=KeyService(sessions, require_email=zion), default_plan=parse_plan_spec(s.default_plan, "default"),
         catalog_tiers=catalog_tiers, live=live, identities=identities, plan_cache=plan_cache, db_tiers=db_tiers,
-        builtin=not zion,
+        builtin=not zion, report_sessions=report_sessions,
     )
 
 
@@ -284,6 +286,14 @@ async def build_runtime(
     tracing = tracing or build_tracing(s.otel_endpoint, s.otel_service_name)
     store = create_store(s.redis_url, timeout=s.redis_timeout_seconds)
     engine = create_engine(s.database_url, timeout=s.database_timeout_seconds)
+    # The operators' usage reports (exports, totals, top lists) read the whole ledger: their
+    # statements are not bounded by DATABASE_TIMEOUT_SECONDS, as the command line's are not. On
+    # PostgreSQL they get a small engine of their own (connects and pool waits still bounded).
+    report_engine = (
+        create_engine(s.database_url, pool_size=2, max_overflow=2, timeout=s.database_timeout_seconds,
+                      bound_statements=False)
+        if engine.dialect.name == "postgresql" else None
+    )
     await migrate(engine, connect_timeout=s.database_timeout_seconds)
     sessions = session_factory(engine)
     http = create_session(
@@ -368,6 +378,7 @@ async def build_runtime(
     admin = build_admin(
         s, sessions, catalog_tiers=catalog.tiers, live=live, identities=authenticator, plan_cache=plans,
         db_tiers=governance.tiers if isinstance(governance.tiers, DbTiers) else None,
+        report_sessions=session_factory(report_engine) if report_engine is not None else None,
     )
     outcomes = RequestOutcomes()
     stats_writer = RequestStatsWriter(sessions, outcomes)
@@ -397,6 +408,7 @@ async def build_runtime(
                  lambda: deliverer.stop(s.shutdown_timeout_seconds), *([rollups.stop] if rollups else []),
                  http.close, stats_writer.stop, *([sqlite_writer.close] if sqlite_writer else []),
                  lambda: close_engine(engine, s.database_timeout_seconds),
+                 *([lambda: close_engine(report_engine, s.database_timeout_seconds)] if report_engine else []),
                  store.close, lambda: asyncio.to_thread(tracing.shutdown)],
         admin=admin,
         tracing=tracing,

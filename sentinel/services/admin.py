@@ -120,13 +120,17 @@ class AdminService:
         db_tiers: DbTiers | None = None,
         builtin: bool = True,
         clock: Callable[[], datetime] = utcnow,
+        report_sessions: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self.keys = keys
         self.plan_repo = PlanRepository(sessions)
         self.tier_repo = TierRepository(sessions)
         self.users = UserDirectory(sessions)
         self.ledger = SqlLedger(sessions)
-        self.reports = UsageReports(self.ledger, UsageStats(sessions), RequestStats(sessions), clock)
+        # The usage reports read the whole ledger: on their own sessions when given, whose statements
+        # may outlast DATABASE_TIMEOUT_SECONDS (an export of a large ledger; see `wiring.build_runtime`).
+        reading = report_sessions or sessions
+        self.reports = UsageReports(SqlLedger(reading), UsageStats(reading), RequestStats(reading), clock)
         self.audit_log = AuditLog(sessions, clock)
         self.default_plan = default_plan
         self.catalog_tiers = catalog_tiers

@@ -71,3 +71,36 @@ def test_a_hung_database_is_a_bounded_503_and_frees_the_slot(
 
         proxy.resume()  # back: the record memory held reaches the ledger
         assert wait_for(lambda: len(asyncio.run(ledger_request_ids(pg_url))) == 2, timeout=30)
+
+
+async def test_the_operators_usage_reports_may_run_longer_than_a_request_may_wait(pg_url: str) -> None:
+    """DATABASE_TIMEOUT_SECONDS bounds every statement a request waits on; an export or a top list of
+    a large ledger (`/admin/export.csv`, `/admin/api/usage.csv`, the console) reads it whole, and was
+    cut at that bound too (503 where it had been a slow answer). The reports have their own sessions,
+    whose statements are not bounded; the requests' stay bounded."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from sentinel.app import create_app
+    from sentinel.config import Settings
+
+    await _empty(pg_url)
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, database_url=pg_url, access_log=False, redis_url=None,
+        openai_api_url="http://127.0.0.1:9/v1", openai_api_key="k", database_timeout_seconds=0.2,
+    )
+    app = create_app(settings)
+    await app.startup()
+    try:
+        assert app.runtime is not None and app.runtime.admin is not None
+        admin = app.runtime.admin
+        async with admin.reports.ledger._sessions() as session:
+            await session.execute(text("SELECT pg_sleep(0.5)"))  # a long report: answered
+        try:
+            async with admin.ledger._sessions() as session:
+                await session.execute(text("SELECT pg_sleep(0.5)"))
+        except (SQLAlchemyError, TimeoutError):
+            pass  # what a request waits on is bounded
+        else:
+            raise AssertionError("a request's statement outlasted DATABASE_TIMEOUT_SECONDS")
+    finally:
+        await app.shutdown()

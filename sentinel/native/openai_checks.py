@@ -69,6 +69,21 @@ def _check_messages(messages: Any) -> None:
             for j, part in enumerate(content):
                 if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                     raise _fail(f"messages.{i}.content.{j}", "must be a content part object with a string 'type'")
+                if part["type"] == "image_url":
+                    image = part.get("image_url")
+                    url = image.get("url") if isinstance(image, dict) else image
+                    _check_image_url(url, f"messages.{i}.content.{j}.image_url.url")
+
+
+# An image a request names by URL is fetched by the provider: `http(s)` and `data:` URLs only, as
+# OpenAI and Anthropic take them; a `file://` (or `gopher://`, ...) URL went to a self-hosted
+# OpenAI-compatible server as it was, which may read local files or reach its own network.
+_IMAGE_URL_SCHEMES = ("http://", "https://", "data:")
+
+
+def _check_image_url(url: Any, param: str) -> None:
+    if isinstance(url, str) and not url[:8].lower().startswith(_IMAGE_URL_SCHEMES):
+        raise _fail(param, "must be an http(s) URL or a data URL")
 
 
 def _check_common(payload: dict[str, Any]) -> None:
@@ -110,6 +125,10 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
             for i, item in enumerate(items):
                 if not isinstance(item, dict):
                     raise _fail(f"input.{i}", "must be an input item object")
+                parts = item.get("content")
+                for j, part in enumerate(parts if isinstance(parts, list) else ()):
+                    if isinstance(part, dict) and part.get("type") == "input_image":
+                        _check_image_url(part.get("image_url"), f"input.{i}.content.{j}.image_url")
         _optional(payload, "instructions", lambda v: isinstance(v, str), "must be a string")
         _optional(payload, "max_output_tokens", _positive_int(), "must be an integer >= 1")
         _optional(payload, "previous_response_id", lambda v: isinstance(v, str), "must be a string")

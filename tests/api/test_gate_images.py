@@ -183,3 +183,27 @@ def test_low_detail_images_to_claude_are_estimated_by_anthropics_rule(
     assert details["metric"] == "input_tokens", details
     assert CLAUDE_IMAGE_TOKENS <= details["requested"] < CLAUDE_IMAGE_TOKENS + 100, details
     assert spy.seen == []
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "gopher://10.0.0.1/x", "/local.png"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+def test_a_relayed_image_url_is_http_s_or_a_data_url(gateway: Gateway, path: str, url: str) -> None:
+    """An image URL of another scheme went to an OpenAI-format server as the client wrote it, which a
+    self-hosted one may read from its disk (vLLM's `file://` under its allowed media path) or fetch
+    from its own network. Relayed as on every other surface: http(s) and data URLs only (400 naming
+    the URL; nothing sent upstream); an http(s) one still goes."""
+    def ask(image: str) -> dict[str, Any]:
+        if path == "/v1/responses":
+            return {"model": MINI, "input": [{"role": "user", "content": [
+                {"type": "input_text", "text": "what is it?"}, {"type": "input_image", "image_url": image}]}]}
+        return {"model": MINI, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is it?"}, {"type": "image_url", "image_url": {"url": image}}]}]}
+
+    with gateway.client() as http:
+        refused = http.post(path, json=ask(url))
+        served = http.post(path, json=ask("https://example.com/cat.png"))
+    assert refused.status_code == 400, refused.text
+    where = "input.0.content.1.image_url" if path == "/v1/responses" else "messages.0.content.1.image_url.url"
+    error = openai_error(refused.json())
+    assert error["type"] == "invalid_request_error" and where in error["message"], error
+    assert served.status_code == 200, served.text

@@ -252,17 +252,20 @@ class DatabaseUnreachable(RuntimeError):
 
 
 async def _migrate(engine: AsyncEngine) -> None:
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except (DBAPIError, *_OUTAGES) as exc:
-        # The driver's own error, never the URL (it may carry a password) nor a traceback.
-        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-        raise DatabaseUnreachable(
-            f"cannot reach the database (DATABASE_URL): {type(cause).__name__}: {cause}"
-        ) from None
     path = _sqlite_file(engine.url) if engine.dialect.name == "sqlite" else None
+    # On SQLite the migrators' lock comes first, the reachability check inside it: a first connect
+    # switches a new file to WAL, which another migrator's transaction under way refused at once
+    # ("database is locked", no busy wait) — six concurrent migrations of a new file failed now and then.
     async with _file_lock(path):
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except (DBAPIError, *_OUTAGES) as exc:
+            # The driver's own error, never the URL (it may carry a password) nor a traceback.
+            cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+            raise DatabaseUnreachable(
+                f"cannot reach the database (DATABASE_URL): {type(cause).__name__}: {cause}"
+            ) from None
         async with engine.connect() as conn:
             if conn.dialect.name == "postgresql":
                 # Held until commit: a second migrator waits here, then finds the schema at head.

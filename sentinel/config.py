@@ -50,6 +50,7 @@ def env(name: str, default: Any, **constraints: Any) -> Any:
 
 MAX_SECONDS = 1_000_000_000  # ~31 years: the longest duration a setting takes (`1e300` overflowed timedelta)
 MIN_JWT_SECRET_BYTES = 32
+MAX_POOL_CONNECTIONS = 1000  # DATABASE_POOL_SIZE, DATABASE_MAX_OVERFLOW: far past any PostgreSQL's max_connections
 # Settings holding a URL: never quoted back in an error (credentials may sit in any part of one).
 URL_FIELDS = frozenset(
     {"redis_url", "database_url", "openai_api_url", "anthropic_api_url", "zion_api_url", "jwt_jwks_url", "otel_endpoint"}
@@ -135,6 +136,10 @@ class Settings(BaseSettings):
     database_url: str = env("DATABASE_URL", "sqlite+aiosqlite:///./data/sentinel.db")
     # The longest wait for the database: a connect, a pooled connection, a statement's answer (then 503).
     database_timeout_seconds: float = env("DATABASE_TIMEOUT_SECONDS", 5.0, gt=0)
+    # Each process's pool of PostgreSQL connections for requests: this many kept, `overflow` more
+    # opened under load (and closed once returned). Not used on SQLite (its own pool: 5, 10 more).
+    database_pool_size: int = env("DATABASE_POOL_SIZE", 10, ge=1, le=MAX_POOL_CONNECTIONS)
+    database_max_overflow: int = env("DATABASE_MAX_OVERFLOW", 10, ge=0, le=MAX_POOL_CONNECTIONS)
 
     # --- upstream providers ---------------------------------------------------------------------
     openai_api_url: str | None = env("OPENAI_API_URL", None)

@@ -285,7 +285,10 @@ async def build_runtime(
     catalogue = build_model_catalogue(catalog, file)
     tracing = tracing or build_tracing(s.otel_endpoint, s.otel_service_name)
     store = create_store(s.redis_url, timeout=s.redis_timeout_seconds)
-    engine = create_engine(s.database_url, timeout=s.database_timeout_seconds)
+    engine = create_engine(  # the pool's size applies to PostgreSQL; SQLite keeps its own pool
+        s.database_url, pool_size=s.database_pool_size, max_overflow=s.database_max_overflow,
+        timeout=s.database_timeout_seconds,
+    )
     # The operators' usage reports (exports, totals, top lists) read the whole ledger: their
     # statements are not bounded by DATABASE_TIMEOUT_SECONDS, as the command line's are not. On
     # PostgreSQL they get a small engine of their own (connects and pool waits still bounded).

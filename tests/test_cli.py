@@ -38,11 +38,14 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert missing.returncode == 1
 
 
-def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
-    result = run(["serve"], {"SENTINEL_PORT": "not-a-port", "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db"})
+@pytest.mark.parametrize(
+    ("name", "value"), [("SENTINEL_PORT", "not-a-port"), ("DATABASE_POOL_SIZE", "0"), ("DATABASE_MAX_OVERFLOW", "-1")]
+)
+def test_bad_config_is_one_clear_line(tmp_path: Path, name: str, value: str) -> None:
+    result = run(["serve"], {name: value, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db"})
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "SENTINEL_PORT" in lines[0]
+    assert len(lines) == 1 and name in lines[0]
     assert "Traceback" not in result.stderr
 
 

@@ -20,6 +20,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.jwt_cache_ttl_seconds == 300
     assert s.stream_max_seconds == 900
     assert s.max_unstored_records == 100_000
+    assert s.database_pool_size == 10 and s.database_max_overflow == 10
     assert s.use_embedded_mock
     assert s.effective_openai_url == "https://api.openai.com/v1"
 
@@ -59,6 +60,15 @@ def test_an_empty_providers_file_setting_is_unset(monkeypatch: pytest.MonkeyPatc
         ("SENTINEL_STREAM_MAX_SECONDS", "-5"),
         ("SENTINEL_MAX_UNSTORED_RECORDS", "0"),
         ("SENTINEL_MAX_UNSTORED_RECORDS", "many"),
+        ("DATABASE_POOL_SIZE", "0"),
+        ("DATABASE_POOL_SIZE", "-3"),
+        ("DATABASE_POOL_SIZE", "1001"),
+        ("DATABASE_POOL_SIZE", "ten"),
+        ("DATABASE_POOL_SIZE", "2.5"),
+        ("DATABASE_POOL_SIZE", ""),
+        ("DATABASE_MAX_OVERFLOW", "-1"),
+        ("DATABASE_MAX_OVERFLOW", "1001"),
+        ("DATABASE_MAX_OVERFLOW", "lots"),
     ],
 )
 def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -295,3 +305,24 @@ def test_one_callers_share_of_the_body_bytes_in_flight(monkeypatch: pytest.Monke
         monkeypatch.setenv("SENTINEL_MAX_BODY_BYTES_IN_FLIGHT_PER_USER", str(share))
         with pytest.raises(ConfigError, match="SENTINEL_MAX_BODY_BYTES_IN_FLIGHT_PER_USER must be at least"):
             load_settings(_env_file=None)
+
+
+def test_the_database_pool_is_sized_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "40")
+    monkeypatch.setenv("DATABASE_MAX_OVERFLOW", "0")
+    s = load_settings(_env_file=None)
+    assert s.database_pool_size == 40 and s.database_max_overflow == 0
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "1000")
+    monkeypatch.setenv("DATABASE_MAX_OVERFLOW", "1000")
+    s = load_settings(_env_file=None)
+    assert s.database_pool_size == 1000 and s.database_max_overflow == 1000
+    assert Settings(_env_file=None, database_pool_size=1).database_pool_size == 1  # type: ignore[call-arg]
+
+
+def test_a_bad_pool_size_is_one_line_quoting_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "0")
+    with pytest.raises(ConfigError) as info:
+        load_settings(_env_file=None)
+    assert str(info.value) == (
+        "invalid configuration: DATABASE_POOL_SIZE: Input should be greater than or equal to 1 (got '0')"
+    )

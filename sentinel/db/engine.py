@@ -332,13 +332,27 @@ def hold_server_lock(url: str) -> BinaryIO | None:
 
 
 _OUTAGES = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout, OSError, TimeoutError)
+# PostgreSQL refusing or ending a session, not a statement: a connection exception (class 08), too
+# many connections (53300: max_connections, or a role's or database's CONNECTION LIMIT) and the rest
+# of insufficient resources (class 53), a server shutting down or starting (57P01-57P03). asyncpg's
+# errors reach SQLAlchemy as a plain DBAPIError, so a server at max_connections was a 500 per request.
+_REFUSED_STATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def _refused(exc: DBAPIError) -> str | None:
+    """The SQLSTATE of `exc` when it says the server refused or ended the session, else None."""
+    state = getattr(exc.orig, "sqlstate", None)
+    if isinstance(state, str) and (state[:2] in ("08", "53") or state in _REFUSED_STATES):
+        return state
+    return None
 
 
 @contextlib.contextmanager
 def database_errors(
     message: str = "database unavailable", error: type[ServiceUnavailable] = GovernanceUnavailable
 ) -> Iterator[None]:
-    """Translate a database outage (connect failure, lost connection, pool timeout) into `error`.
+    """Translate a database outage (connect failure, lost connection, pool timeout, PostgreSQL out of
+    connections or shutting down) into `error`.
 
     Other SQLAlchemy errors (constraint violations, bad SQL) are bugs and propagate unchanged.
     """
@@ -347,6 +361,9 @@ def database_errors(
     except _OUTAGES as exc:
         raise error(f"{message}: {type(exc).__name__}") from exc
     except DBAPIError as exc:
-        if not exc.connection_invalidated:
+        if exc.connection_invalidated:
+            raise error(f"{message}: connection lost") from exc
+        state = _refused(exc)
+        if state is None:
             raise
-        raise error(f"{message}: connection lost") from exc
+        raise error(f"{message}: the database refused the connection (SQLSTATE {state})") from exc

@@ -1,28 +1,34 @@
 """DATABASE_POOL_SIZE and DATABASE_MAX_OVERFLOW size each process's pool of PostgreSQL connections
 for requests (it was fixed at 10, and 10 more under load: many hosts x workers could pass the
-server's `max_connections`). SQLite keeps its own pool (the settings are not used there)."""
+server's `max_connections`). SQLite keeps its own pool (the settings are not used there). A
+PostgreSQL that refuses a new connection (too many) is an outage: 503, never a 500."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sentinel.app import SentinelApp, create_app
 from sentinel.config import Settings
 from tests.api.conftest import Gateway
+from tests.conftest import PG_ADMIN_DSN
 from tests.db.support import create_database, drop_database
-from tests.support.accounts import ledger_request_ids
+from tests.support.accounts import create_key, ledger_request_ids
 from tests.support.waiting import wait_for
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+MESSAGE = {"model": "claude-3-5-haiku-latest", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture
@@ -96,3 +102,48 @@ async def test_on_sqlite_the_settings_are_not_used(tmp_path: Path) -> None:
         assert app.runtime is not None
         assert app.runtime.engine.pool.size() == 5  # type: ignore[attr-defined]
 
+
+async def _admin(*statements: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    try:
+        for sql in statements:
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def limited_role_url(pg_url: str) -> Iterator[tuple[str, str]]:
+    """(URL, role): a database of its own, owned by and reached as a role of its own (not a
+    superuser: a role's CONNECTION LIMIT binds it as `max_connections` binds everyone)."""
+    role = f"sentinel_pool_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(f'CREATE ROLE "{role}" LOGIN', f'CREATE DATABASE "{role}" OWNER "{role}"'))
+    url = make_url(PG_ADMIN_DSN).set(drivername="postgresql+asyncpg", username=role, password=None, database=role)
+    yield url.render_as_string(hide_password=False), role
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{role}" WITH (FORCE)', f'DROP ROLE IF EXISTS "{role}"'))
+
+
+def test_a_database_out_of_connections_is_a_503_not_a_500(
+    limited_role_url: tuple[str, str], gateway_factory: Callable[..., Gateway]  # the database outlives the gateway
+) -> None:
+    """Pools sized past the server's `max_connections` (hosts x workers x pool): PostgreSQL refuses
+    the next connection ("too many clients", SQLSTATE 53300), which asyncpg raises as an error
+    SQLAlchemy does not take for an outage. Every request needing a new connection was a 500
+    `internal_error`; it is the database's 503 (529 on /v1/messages), as for a database that is down."""
+    url, role = limited_role_url
+    gw = gateway_factory(database_url=url, database_pool_size=1, database_max_overflow=0)
+    _, uncached = asyncio.run(create_key(url, "bob"))
+    # No new connection for the role from now on; the ones it has are ended (the gateway's pooled one
+    # is found dead by its pre-ping, and replacing it is refused).
+    asyncio.run(_admin(
+        f'ALTER ROLE "{role}" CONNECTION LIMIT 0',
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'",
+    ))
+    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {uncached}"}, timeout=20) as client:
+        refused = client.post("/v1/chat/completions", json=CHAT)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "governance_unavailable"
+        assert "53300" in refused.json()["error"]["message"]
+        refused = client.post("/v1/messages", json=MESSAGE, headers={"x-api-key": uncached})
+        assert refused.status_code == 529, refused.text
+        assert refused.json()["error"]["type"] == "overloaded_error"

@@ -34,15 +34,21 @@ class Deps:
     async def authenticate(self, request: Request) -> Identity:
         """The caller's identity from `Authorization: Bearer` or `x-api-key` (the client's credential is
         never forwarded upstream): AuthenticationError (401), or 429 for an address that failed too
-        often this minute (checked before any lookup)."""
+        often this minute (checked before any lookup) — unless the credential's identity is cached:
+        one client's failures must not lock out the users sharing its address (a NAT, a proxy)."""
         client = request.scope.get("client")
         address = client[0] if client else None
         ctx = context(request.scope)
         with ctx.spans.span("sentinel.auth"):
-            self.throttle.check(address)
             try:
-                token = parse_credential(request.headers.get("authorization"), request.headers.get("x-api-key"))
-                identity = await self.authenticator.authenticate(token, lookup=lambda: self.throttle.lookup(address))
+                try:
+                    token = parse_credential(request.headers.get("authorization"), request.headers.get("x-api-key"))
+                except AuthenticationError:
+                    self.throttle.check(address)
+                    raise
+                identity = await self.authenticator.authenticate(
+                    token, lookup=lambda: self.throttle.lookup(address), unknown=lambda: self.throttle.check(address)
+                )
             except AuthenticationError:  # counted before the lookup's turn is given back (no await between)
                 self.throttle.failed(address)
                 raise

@@ -2,7 +2,9 @@
 
 A flood of made-up bearer tokens would otherwise cost one database or governance lookup each. A
 client with `limit` failed authentications in the current minute gets 429 `auth_rate_limited`
-for every request until that minute ends, without a lookup. Lookups that go to the identity source
+for every request until that minute ends, without a lookup — but for a credential whose identity is
+cached (`Deps.authenticate`): it needs no lookup, and the users sharing the client's address (a NAT,
+an unnamed proxy) must not be locked out by one of them. Lookups that go to the identity source
 (`lookup`) are counted while they run: a client has at most `limit` minus its failures of this
 minute in flight at once, and further ones wait their turn (or are refused once the failures reach
 the limit), so a burst of concurrent made-up tokens cannot all pass the check before the first of

@@ -127,25 +127,31 @@ class Authenticator:
         return self.api_keys if token.startswith(KEY_PREFIX) else self.jwt
 
     async def authenticate(
-        self, token: str, *, lookup: Callable[[], AbstractAsyncContextManager[None]] | None = None
+        self, token: str, *, lookup: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+        unknown: Callable[[], None] | None = None,
     ) -> Identity:
         """Identity for `token`; AuthenticationError (401), PermissionDenied (403, an identity whose
         usage cannot be reported) or GovernanceUnavailable (503). `lookup()`, when given, is entered
         around the identity source's lookup (not for a cached identity) until its outcome is known:
         the failed-authentication throttle counts the lookups a client has in flight with it. A caller
-        that joins this token's lookup under way asks no source and does not enter it."""
+        that joins this token's lookup under way asks no source and does not enter it. `unknown()`,
+        when given, is called (and may raise: the throttle's 429) before anything else is done for a
+        token whose identity is not cached (fresh, or stale and not expired): a token already known
+        good is served without it, so a client throttled for failures still uses the keys it holds
+        — and so do the other users behind its address (one NAT, an unnamed proxy)."""
         key = hash_key(token)
+        cached = None if key in self.withheld else await self.cache.get(key)
+        stale: Identity | None = None
+        if cached is not None and cached.value is not None and not self._expired(cached.value):
+            if cached.fresh:
+                return self._admit(cached.value)
+            stale = cached.value
+        elif unknown is not None:
+            unknown()
         if key in self.withheld:
             raise AuthenticationError("An operator key is not a user credential: use an API key or a JWT")
-        cached = await self.cache.get(key)
-        stale: Identity | None = None
-        if cached is not None:
-            if cached.value is None:
-                raise AuthenticationError()
-            if not self._expired(cached.value):
-                if cached.fresh:
-                    return self._admit(cached.value)
-                stale = cached.value
+        if cached is not None and cached.value is None:
+            raise AuthenticationError()
         source = self._source_for(token)
         if source is None:
             raise AuthenticationError()

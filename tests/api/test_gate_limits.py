@@ -688,29 +688,80 @@ def test_a_body_that_trickles_is_refused(gateway_factory: Callable[..., Gateway]
 
 
 def test_failed_authentications_are_throttled_per_address_before_any_lookup(
-    gateway_factory: Callable[..., Gateway],
+    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    _throttle_minute_fixed(monkeypatch)
     gw = gateway_factory(auth_failures_per_minute=5)
+    looked_up = _source_lookups(gw)
     with gw.client() as http:
         statuses = [http.get("/v1/models", headers={"Authorization": f"Bearer sk-sentinel-made-up-{i}"}).status_code
                     for i in range(8)]
-        misses_before = _identity_misses(http)
+        lookups_before = len(looked_up)
         refused = http.get("/v1/models", headers={"Authorization": "Bearer sk-sentinel-another-made-up"})
-        misses_after = _identity_misses(http)
-        # The throttle holds for every token from this address until the minute ends, a good one too.
+        lookups_after = len(looked_up)
+        # The throttle holds until the minute ends for every token from this address that is not
+        # known good already: a valid key not seen before too (it would need a lookup).
         good = http.get("/v1/models")
     assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "auth_rate_limited"
     assert int(refused.headers["retry-after"]) >= 1
-    assert misses_after == misses_before  # no lookup was made for the throttled request
-    assert good.status_code == 429
+    assert lookups_after == lookups_before == 5  # no lookup was made for a throttled request
+    assert good.status_code == 429 and len(looked_up) == 5
 
 
-def _identity_misses(http: httpx.Client) -> float:
-    for line in http.get("/metrics").text.splitlines():
-        if line.startswith("sentinel_cache_lookups_total") and 'cache="identity"' in line and 'result="miss"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+def test_one_clients_failures_do_not_lock_out_the_keys_in_use_behind_its_address(
+    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Users behind one address (an office NAT; every user, behind a proxy not named in
+    SENTINEL_FORWARDED_ALLOW_IPS) share one count of failures: one of them sending made-up (or old,
+    revoked) keys made every request from that address 429 for the rest of each minute, valid keys
+    in use included — 30 bad requests a minute kept them all out. A key whose identity is cached
+    (known good) costs no lookup and is served; tokens that would need one are still refused."""
+    _throttle_minute_fixed(monkeypatch)
+    gw = gateway_factory(auth_failures_per_minute=3)
+    looked_up = _source_lookups(gw)
+    with gw.client() as colleague:
+        assert colleague.get("/v1/models").status_code == 200  # in use: its identity is cached
+        for i in range(3):
+            made_up = colleague.get("/v1/models", headers={"Authorization": f"Bearer sk-sentinel-made-up-{i}"})
+            assert made_up.status_code == 401
+        assert colleague.get("/v1/models", headers={"x-api-key": "sk-sentinel-made-up-9"}).status_code == 429
+        assert len(looked_up) == 4
+        served = colleague.get("/v1/models")
+        chat = gw.openai().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "still in"}], max_tokens=5)
+        # Nothing else gets a lookup meanwhile: neither another made-up key nor a missing one.
+        again = colleague.get("/v1/models", headers={"Authorization": "Bearer sk-sentinel-made-up-10"})
+        missing = colleague.get("/v1/models", headers={"Authorization": ""})
+    assert served.status_code == 200, served.text
+    assert chat.choices[0].message.content
+    assert again.status_code == 429 and again.json()["error"]["code"] == "auth_rate_limited"
+    assert missing.status_code == 429
+    assert len(looked_up) == 4
+
+
+def _throttle_minute_fixed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateways started next count failed authentications in one minute that never ends."""
+    import functools
+
+    from sentinel.api.throttle import FailedAuthThrottle
+
+    monkeypatch.setattr("sentinel.app.FailedAuthThrottle", functools.partial(FailedAuthThrottle, clock=lambda: 1000.0))
+
+
+def _source_lookups(gw: Gateway) -> list[str]:
+    """The tokens the gateway asks its API-key source about from now on (a list that grows)."""
+    source = gw.runtime.authenticator.api_keys
+    assert source is not None
+    asked: list[str] = []
+    authenticate = source.authenticate
+
+    async def counted(token: str) -> Any:
+        asked.append(token)
+        return await authenticate(token)
+
+    source.authenticate = counted  # type: ignore[method-assign]
+    return asked
 
 
 def test_liveness_keeps_answering_while_a_9mb_request_is_served(gateway: Gateway) -> None:

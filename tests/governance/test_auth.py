@@ -239,6 +239,35 @@ async def test_an_operator_key_is_refused_before_any_source_sees_it(clock: FakeC
     assert (await auth.authenticate("sk-sentinel-good")).external_id == "alice"
 
 
+async def test_only_a_token_not_known_good_meets_the_unknown_hook(clock: FakeClock) -> None:
+    """`unknown` (the throttle's check) runs before anything is done for a token whose identity is
+    not cached — uncached, remembered as invalid, an operator key — and may refuse it before any
+    source is asked; a cached identity, fresh or stale, is served without it."""
+    from sentinel.errors import RateLimited
+    from sentinel.governance.keys import hash_key
+
+    auth, source, _ = make(clock, withheld=[hash_key("operator-admin-key-0123456789")])
+    met: list[str] = []
+
+    def refuse(token: str) -> None:
+        met.append(token)
+        raise RateLimited("throttled", code="auth_rate_limited")
+
+    assert (await auth.authenticate("sk-sentinel-good")).external_id == "alice"
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate("sk-sentinel-bad")  # remembered as invalid
+    calls = source.calls
+    assert (await auth.authenticate("sk-sentinel-good", unknown=lambda: refuse("good"))).external_id == "alice"
+    clock.advance(15)  # past the TTL, within the grace: refreshed, not refused
+    assert (await auth.authenticate("sk-sentinel-good", unknown=lambda: refuse("stale"))).external_id == "alice"
+    assert source.calls == calls + 1
+    for token in ("sk-sentinel-bad", "sk-sentinel-never-seen", "operator-admin-key-0123456789"):
+        with pytest.raises(RateLimited):
+            await auth.authenticate(token, unknown=lambda t=token: refuse(t))  # type: ignore[misc]
+    assert met == ["sk-sentinel-bad", "sk-sentinel-never-seen", "operator-admin-key-0123456789"]
+    assert source.calls == calls + 1
+
+
 async def test_an_identity_that_cannot_be_stored_is_refused_not_a_500(clock: FakeClock) -> None:
     """A JWT's claims may hold a lone surrogate (JSON allows the escape): caching such an identity
     raised inside the encoder — a 500 — and on Redis it would have failed the other commands of its

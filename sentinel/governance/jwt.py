@@ -5,8 +5,9 @@ The token's `alg` picks the key family and never the other way round: HS* only w
 asymmetric algorithms only with JWKS keys (symmetric JWKS keys are ignored), `none` never. So a
 public key can never be used as an HMAC secret. The JWKS is cached, refreshed once older than
 `max_age` (however small), and refetched when a token names an unknown `kid`, at most once per
-`refetch_interval` after a fetch. After a failed fetch none is tried for up to 5 s. While refetches
-fail the cached set is still used, but never once it was fetched more than `max_stale` ago: a key the
+`refetch_interval` after a fetch. After a failed fetch none is tried for up to 5 s. While a refresh
+is under way a token whose key is cached is verified with it, not held up; while refetches fail the
+cached set is still used, but never once it was fetched more than `max_stale` ago: a key the
 identity provider removed must not stay valid for as long as its JWKS URL is unreachable. Past that,
 every JWKS-signed token is GovernanceUnavailable (503), as with no set at all.
 """
@@ -159,7 +160,11 @@ class JwtVerifier:
         now = self._clock()
         key = self._find(alg, kid)
         stale = self._keys is None or now - self._fetched_at > self._max_age
-        if key is None or stale:
+        # A token whose key is cached does not wait for a refresh under way (a slow or unreachable
+        # JWKS URL held every new token up to `fetch_timeout`, again at each retry): it is verified
+        # with the cached key meanwhile, as when that refresh fails, while within `max_stale`.
+        meanwhile = self._lock.locked() and now - self._fetched_at <= self._max_stale
+        if key is None or (stale and not meanwhile):
             await self._refresh()  # which fetches only when allowed
             key = self._find(alg, kid)
         if self._keys is None:

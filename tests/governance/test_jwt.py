@@ -309,6 +309,44 @@ async def test_a_stale_key_set_is_honoured_for_max_stale_then_it_is_an_outage(
     assert await verifier.verify(rs(key_a, "a")) is None  # back: the key is gone from the new set
 
 
+async def test_a_token_whose_key_is_cached_does_not_wait_for_a_slow_refresh(
+    jwks: tuple[Jwks, str], session: aiohttp.ClientSession
+) -> None:
+    """Once the set was due for a refresh, every token waited for the fetch under way: a JWKS URL
+    that is slow or unreachable (a timeout each time, tried again every 5 s) held every new token up
+    to `fetch_timeout`, most of the time. A token whose key is cached is verified with it meanwhile;
+    one naming an unknown kid still waits for the new set (it may hold a rotated key)."""
+    import asyncio
+
+    server, url = jwks
+    key_a, jwk_a = rsa_key("a")
+    key_b, jwk_b = rsa_key("b")
+    server.keys = [jwk_a]
+    clock = Clock()
+    verifier = JwtVerifier(None, url, None, None, session, clock=clock)
+    assert await verifier.verify(rs(key_a, "a")) is not None
+    server.keys = [jwk_a, jwk_b]
+    clock.now += 3601  # due for a refresh
+    release = asyncio.Event()
+    download = verifier._download
+
+    async def slow() -> Any:
+        await release.wait()
+        return await download()
+
+    verifier._download = slow  # type: ignore[method-assign]
+    refreshing = asyncio.create_task(verifier.verify(rs(key_a, "a")))
+    rotated = asyncio.create_task(verifier.verify(rs(key_b, "b")))
+    known = asyncio.create_task(verifier.verify(rs(key_a, "a")))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert known.done() and known.result() is not None  # verified with the cached key meanwhile
+    assert not refreshing.done() and not rotated.done()  # the unknown kid waits for the new set
+    release.set()
+    assert await refreshing is not None and await rotated is not None
+    assert verifier.fetches == 2
+
+
 async def test_a_max_age_and_max_stale_below_the_refetch_interval_are_kept(
     jwks: tuple[Jwks, str], session: aiohttp.ClientSession
 ) -> None:

@@ -109,3 +109,29 @@ def test_an_identity_whose_usage_cannot_be_recorded_is_refused_before_anything_i
     assert post(token()).status_code == 200
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
     assert [row["external_id"] for row in ledger_rows(gw.settings.database_url)] == ["jwt-user"]
+
+
+def test_a_tokens_claims_cannot_choose_its_plan_and_its_id_is_the_key_users(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """A token's `plan` (or limits) claim is never read: its user's plan is the database's, found by
+    the token's id — which is the id space API keys are issued in (`alice` here is the gateway's key
+    user), so the key and the token are one user, one plan, one count."""
+    import asyncio
+
+    from tests.support.accounts import set_user_plan
+
+    gw = gateway_factory(jwt_secret=SECRET, jwt_audience="sentinel", default_plan="requests=100/60s")
+    asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=2/60s", plan="tight"))
+    asyncio.run(set_user_plan(gw.settings.database_url, "bob", "requests=1000/60s", plan="generous"))
+    claims: dict[str, object] = {"externalId": "alice", "plan": "generous", "limits": {"requests": 1000}}
+
+    def post(bearer: str) -> httpx.Response:
+        return httpx.post(gw.url + "/v1/chat/completions", json=CHAT,
+                          headers={"Authorization": f"Bearer {bearer}"}, timeout=30)
+
+    assert post(gw.key).status_code == 200
+    first = post(token(**claims))
+    assert first.status_code == 200 and first.headers["x-ratelimit-limit"] == "2", first.headers
+    refused = post(token(**claims, jti="another"))
+    assert refused.status_code == 429, refused.text

@@ -397,6 +397,14 @@ async def test_jwks_key_misuse_is_rejected(jwks: tuple[Jwks, str], session: aioh
     assert await JwtVerifier(None, url, None, None, session).verify(hmac_signed(claims(), pem, "a")) is None
     # A secret-only verifier has no key for RS256 tokens.
     assert await JwtVerifier(SECRET, None, None, None).verify(rs(key_a, "a")) is None
+    # A key the token carries or points at (`jwk`, `jku`, `x5u`) is never used nor fetched, and a
+    # `kid` is only ever compared with the set's.
+    downloads = server.downloads
+    own = json.loads(RSAAlgorithm.to_jwk(key_other.public_key()))
+    carried = {"kid": "a", "jwk": own, "jku": url + "?attacker", "x5u": url + "?attacker"}
+    assert await verifier.verify(jwt.encode(claims(), key_other, algorithm="RS256", headers=carried)) is None
+    assert await verifier.verify(rs(key_a, "../../a")) is None
+    assert server.downloads == downloads  # never the `jku` (nor a refetch: the set is under a minute old)
 
 
 async def test_a_jwks_key_pyjwt_cannot_build_is_skipped_not_an_error(

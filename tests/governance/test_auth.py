@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 
 import jwt as pyjwt
@@ -263,7 +264,7 @@ async def test_only_a_token_not_known_good_meets_the_unknown_hook(clock: FakeClo
     assert source.calls == calls + 1
     for token in ("sk-sentinel-bad", "sk-sentinel-never-seen", "operator-admin-key-0123456789"):
         with pytest.raises(RateLimited):
-            await auth.authenticate(token, unknown=lambda t=token: refuse(t))  # type: ignore[misc]
+            await auth.authenticate(token, unknown=functools.partial(refuse, token))
     assert met == ["sk-sentinel-bad", "sk-sentinel-never-seen", "operator-admin-key-0123456789"]
     assert source.calls == calls + 1
 

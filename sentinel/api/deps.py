@@ -49,8 +49,12 @@ class Deps:
                 identity = await self.authenticator.authenticate(
                     token, lookup=lambda: self.throttle.lookup(address), unknown=lambda: self.throttle.check(address)
                 )
-            except AuthenticationError:  # counted before the lookup's turn is given back (no await between)
-                self.throttle.failed(address)
+            except AuthenticationError as exc:  # counted before the lookup's turn is given back (no await between)
+                # Not a request with no credential at all: it costs no lookup, and any page a browser
+                # opens can make it send one (an <img>), so counting it let any site lock its
+                # visitors' address out — the admin key and every user key behind the same NAT too.
+                if exc.code != "missing_api_key":
+                    self.throttle.failed(address)
                 raise
         ctx.external_id = identity.external_id
         if ctx.slot is None:  # given back by RequestMiddleware once the answer is sent

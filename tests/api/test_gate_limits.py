@@ -764,6 +764,35 @@ def _source_lookups(gw: Gateway) -> list[str]:
     return asked
 
 
+def test_requests_without_a_credential_are_not_failed_authentications(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """Any page a browser opens can make it send requests without a credential (an <img> of
+    `/v1/models`, a form posted to `/native/v1/chat/completions`): counted as failures, they locked the
+    visitor's address out — its users' keys and the admin key — for as long as the page stayed open."""
+    gw = gateway_factory(auth_failures_per_minute=5, admin_key="admin-key-for-tests-0123")
+    with httpx.Client(base_url=gw.url, timeout=30) as anonymous:
+        answers = [anonymous.get("/v1/models", headers={"Sec-Fetch-Site": "cross-site"}) for _ in range(4)]
+        answers += [anonymous.post("/native/v1/chat/completions", content=b"x=1",
+                                   headers={"Content-Type": "application/x-www-form-urlencoded"}) for _ in range(4)]
+        assert {a.status_code for a in answers} == {401}
+        assert {a.json()["error"]["code"] for a in answers} == {"missing_api_key"}
+        assert anonymous.get("/v1/models", headers={"Authorization": f"Bearer {gw.key}"}).status_code == 200
+        admin = anonymous.get("/admin/api/plans", headers={"Authorization": "Bearer admin-key-for-tests-0123"})
+        assert admin.status_code == 200
+        # A wrong credential still counts (it needs a header no page can set without the API's leave).
+        wrong = [anonymous.get("/v1/models", headers={"Authorization": f"Bearer sk-sentinel-made-up-{i}"}).status_code
+                 for i in range(6)]
+    assert wrong == [401] * 5 + [429]
+
+
+def _identity_misses(http: httpx.Client) -> float:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("sentinel_cache_lookups_total") and 'cache="identity"' in line and 'result="miss"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_liveness_keeps_answering_while_a_9mb_request_is_served(gateway: Gateway) -> None:
     big = {"model": "gpt-4o-mini", "max_tokens": 5,
            "messages": [{"role": "user", "content": "lorem ipsum dolor sit amet " * 330_000}]}  # ~9 MB

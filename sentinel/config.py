@@ -380,6 +380,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _docs_key_is_not_the_admin_key(self) -> Settings:
+        admin = reveal(self.admin_key)
+        if admin and admin == reveal(self.docs_api_key):
+            # The docs key is handed to the API's users (they read the docs with it): the same value
+            # would let every one of them sign in to the console and use the admin API.
+            raise ValueError("DOCS_API_KEY must differ from SENTINEL_ADMIN_KEY (the docs key is given to the API's "
+                             "users; the same value would make each of them an operator)")
+        return self
+
+    @model_validator(mode="after")
     def _governance_complete(self) -> Settings:
         if self.governance is GovernanceKind.zion and not (self.zion_api_url and reveal(self.zion_api_key)):
             raise ValueError("GOVERNANCE=zion needs ZION_API_URL and ZION_API_KEY")

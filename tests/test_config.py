@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.config import ConfigError, Settings, load_providers_file, load_settings
+from sentinel.config import ConfigError, Settings, load_providers_file, load_settings, reveal
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,6 +118,19 @@ def test_a_weak_or_confusable_admin_key_is_refused_without_being_shown(monkeypat
     with pytest.raises(ConfigError) as refused:
         load_settings()
     assert "SENTINEL_ADMIN_KEY" in str(refused.value) and value not in str(refused.value)
+
+
+def test_the_docs_key_cannot_be_the_admin_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The docs key is handed to the API's users: the same value as the admin key made each of them
+    an operator (console sign-in, admin API)."""
+    monkeypatch.setenv("SENTINEL_ADMIN_KEY", "one-long-enough-operator-key")
+    monkeypatch.setenv("DOCS_API_KEY", "one-long-enough-operator-key")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "DOCS_API_KEY must differ from SENTINEL_ADMIN_KEY" in str(refused.value)
+    assert "one-long-enough-operator-key" not in str(refused.value)
+    monkeypatch.setenv("DOCS_API_KEY", "another-key-for-the-docs")
+    assert reveal(load_settings().docs_api_key) == "another-key-for-the-docs"
 
 
 @pytest.mark.parametrize("name", ["SENTINEL_ADMIN_KEY", "DOCS_API_KEY"])

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from sentinel.api.docs_auth import MAX_EXPIRY, cookie_value
+from sentinel.api.docs_auth import MAX_EXPIRY, cookie_values
 from sentinel.api.throttle import FailedAuthThrottle
 from sentinel.domain.numbers import parse_whole
 from sentinel.errors import AuthenticationError, PermissionDenied
@@ -101,9 +101,8 @@ class AdminGate:
         return f"{COOKIE}=; Max-Age=0; Path={COOKIE_PATH}; HttpOnly; SameSite=Strict{'; Secure' if secure else ''}"
 
     def session_of(self, headers: Mapping[str, str]) -> str | None:
-        """The valid session token in the request's cookie, or None."""
-        token = cookie_value(headers.get("cookie", ""), COOKIE)
-        return token if token is not None and self.session_valid(token) else None
+        """The first valid session token among the request's cookies of that name, or None."""
+        return next((t for t in cookie_values(headers.get("cookie", ""), COOKIE) if self.session_valid(t)), None)
 
     def authorize(self, method: str, headers: Mapping[str, str], address: str | None) -> AdminAccess:
         """The admin access of a request (lower-cased `headers`): AuthenticationError (401) without a

@@ -89,8 +89,7 @@ class DocsGate:
         given = headers.get("x-docs-key")
         if given is not None and self.key_matches(given):
             return True
-        token = cookie_value(headers.get("cookie", ""), COOKIE)
-        return token is not None and self.token_valid(token)
+        return any(self.token_valid(token) for token in cookie_values(headers.get("cookie", ""), COOKIE))
 
     def set_cookie(self, secure: bool) -> str:
         """The ``Set-Cookie`` value after a successful sign-in."""
@@ -98,13 +97,22 @@ class DocsGate:
         return f"{COOKIE}={self.mint()}{attributes}{'; Secure' if secure else ''}"
 
 
-def cookie_value(header: str, name: str) -> str | None:
-    """The first value of cookie `name` in a ``Cookie`` header (``a=1; b=2``), None when absent."""
+MAX_COOKIES = 8  # values of one cookie name looked at: a browser sends one per path and domain that set it
+
+
+def cookie_values(header: str, name: str) -> list[str]:
+    """The values of cookie `name` in a ``Cookie`` header (``a=1; b=2``), in order, at most MAX_COOKIES.
+    All of them, not the first: a page of a sibling subdomain can set one of the same name for the
+    parent domain (and a longer path), which browsers send first — read alone, it signed the operator
+    out for good."""
+    found = []
     for part in header.split(";"):
         key, sep, value = part.strip().partition("=")
         if sep and key == name:
-            return value.strip()
-    return None
+            found.append(value.strip())
+            if len(found) == MAX_COOKIES:
+                break
+    return found
 
 
 def from_another_site(headers: Mapping[str, str]) -> bool:

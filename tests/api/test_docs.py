@@ -177,3 +177,13 @@ def test_a_malformed_cookie_is_refused_not_an_error(keyed: Gateway, expires: byt
         for path in ("/native/docs", "/native/docs/openapi.json"):
             assert http.get(path, headers={b"Cookie": cookie}).status_code == 401, path
     assert not DocsGate(KEY).token_valid(cookie.decode("latin-1").partition("=")[2])
+
+
+def test_a_cookie_of_the_same_name_sent_first_does_not_hide_the_sign_in(keyed: Gateway) -> None:
+    """A sibling subdomain can set `sentinel_docs` for the parent domain, sent before the docs' own."""
+    with httpx.Client(base_url=keyed.url) as http:
+        token = signed_in(http).headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    planted = f"{COOKIE}=v1.99999999999.{'0' * 64}"
+    with httpx.Client(base_url=keyed.url) as http:
+        assert http.get("/native/docs/openapi.json", headers={"Cookie": f"{planted}; {COOKIE}={token}"}).status_code == 200
+        assert http.get("/native/docs/openapi.json", headers={"Cookie": planted}).status_code == 401

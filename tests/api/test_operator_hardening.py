@@ -308,3 +308,22 @@ def test_ids_and_names_whose_escapes_are_not_utf8_are_refused(api: httpx.Client,
     assert [user["external_id"] for user in api.get("/admin/api/users").json()["users"]] == ["alice"]
     assert api.get("/admin/api/keys", params={"user": "bob"}).json()["keys"] == []
     assert api.get("/admin/api/audit").json()["entries"] == []
+
+
+def test_a_cookie_of_the_same_name_set_by_a_sibling_site_does_not_sign_the_operator_out(
+    gw: Gateway, console: Console,
+) -> None:
+    """A page of another subdomain of the same site can set `sentinel_admin` for the parent domain
+    and a longer path; browsers send it before the console's own. Only the first was read, so the
+    operator was signed out for good (signing in again set a cookie still sent second)."""
+    token = console.http.cookies["sentinel_admin"]
+    planted = "sentinel_admin=v1.99999999999.0000000000000000." + "0" * 64
+    with httpx.Client(base_url=gw.url, timeout=30) as browser:
+        cookie = {"Cookie": f"{planted}; sentinel_admin={token}"}
+        page = browser.get("/admin/users", headers=cookie)
+        assert page.status_code == 200 and "<title>Users" in page.text
+        changed = browser.put("/admin/api/users/zoe/plan", json={"plan": None},
+                              headers={**cookie, "X-CSRF-Token": console.csrf})
+        assert changed.status_code == 200
+        # Only the operator's own cookie signs in: the planted one alone does not.
+        assert browser.get("/admin/users", headers={"Cookie": planted}).status_code == 303

@@ -87,7 +87,7 @@ class SentinelApp:
         )
         admin_key = reveal(s.admin_key)
         if admin_key and runtime.admin is not None:  # without the key, every /admin* path stays 404
-            gate = AdminGate(admin_key, throttle=throttle)
+            gate = AdminGate(admin_key, throttle=throttle, store=runtime.store)
             routes += AdminApiRoutes(deps, runtime.admin, gate, build_admin_openapi()).routes()
             routes += ConsoleRoutes(runtime.admin, gate, runtime.store, body_timeout=s.body_timeout_seconds).routes()
         app: ASGIApp = Dispatcher(routes, not_found=endpoint_not_found)

@@ -118,13 +118,13 @@ class AdminApiRoutes:
             Route(f"{p}/audit", self.audit, methods=["GET"]),
         ]
 
-    def _access(self, request: Request) -> AdminAccess:
-        access = self.gate.authorize(request.method, request.headers, address_of(request))
+    async def _access(self, request: Request) -> AdminAccess:
+        access = await self.gate.authorize(request.method, request.headers, address_of(request))
         refuse_unreadable_query(request)
         return access
 
-    def _actor(self, request: Request) -> Actor:
-        self._access(request)
+    async def _actor(self, request: Request) -> Actor:
+        await self._access(request)
         return Actor("admin", address_of(request))
 
     async def _body(self, request: Request) -> dict[str, Any]:
@@ -133,16 +133,16 @@ class AdminApiRoutes:
         return body
 
     async def openapi(self, request: Request) -> RawResponse:
-        self._access(request)
+        await self._access(request)
         return RawResponse(200, self.document, [(b"content-type", b"application/json"), NO_STORE, NOSNIFF])
 
     async def overview(self, request: Request) -> RawResponse:
-        self._access(request)
+        await self._access(request)
         view = await self.service.overview(request.query_params.get("period", "24h"))
         return _json(overview_json(view))
 
     async def usage_series(self, request: Request) -> RawResponse:
-        self._access(request)
+        await self._access(request)
         now = self.service.clock()
         step = request.query_params.get("step", "1h")
         if step not in STEPS:
@@ -153,7 +153,7 @@ class AdminApiRoutes:
         return _json(series.to_json())
 
     async def usage_totals(self, request: Request) -> RawResponse:
-        self._access(request)
+        await self._access(request)
         user = request.query_params.get("user")
         if not user:
             raise refuse({"user": "the user's external id"})
@@ -162,7 +162,7 @@ class AdminApiRoutes:
         return _json({"user": user, "models": rows})
 
     async def usage_csv(self, request: Request) -> RawResponse:
-        self._access(request)
+        await self._access(request)
         now = self.service.clock()
         text = await self.service.usage_csv(moment_param(request, "since", now), moment_param(request, "until", now))
         headers = [
@@ -173,7 +173,7 @@ class AdminApiRoutes:
         return RawResponse(200, text.encode(), headers)
 
     async def users(self, request: Request) -> RawResponse:
-        self._access(request)
+        await self._access(request)
         found = await self.service.find_users(
             request.query_params.get("q"), limit=int_param(request, "limit", 50, 1, 500),
             offset=int_param(request, "offset", 0, 0, 10_000_000),
@@ -181,11 +181,11 @@ class AdminApiRoutes:
         return _json({"users": [user_summary_json(u) for u in found]})
 
     async def user(self, request: Request) -> RawResponse:
-        self._access(request)
+        await self._access(request)
         return _json(user_json(await self.service.user(user_param(request))))
 
     async def set_user_plan(self, request: Request) -> RawResponse:
-        actor = self._actor(request)
+        actor = await self._actor(request)
         body = await self._body(request)
         plan = body.get("plan")
         if plan is not None and not isinstance(plan, str):
@@ -195,12 +195,12 @@ class AdminApiRoutes:
         return _json({"external_id": external_id, "plan": plan or None})
 
     async def quota(self, request: Request) -> RawResponse:
-        self._access(request)
+        await self._access(request)
         detail = await self.service.user(user_param(request))
         return _json(None if detail.quota is None else detail.quota.to_json())
 
     async def create_key(self, request: Request) -> RawResponse:
-        actor = self._actor(request)
+        actor = await self._actor(request)
         body = await self._body(request)
         name, email = body.get("name"), body.get("email")
         wrong = {field: "text or null" for field, value in (("name", name), ("email", email))
@@ -211,25 +211,25 @@ class AdminApiRoutes:
         return _json({**key_json(info), "key": key}, 201)
 
     async def keys(self, request: Request) -> RawResponse:
-        self._access(request)
+        await self._access(request)
         found = await self.service.keys.list_keys(request.query_params.get("user") or None)
         return _json({"keys": [key_json(k) for k in found]})
 
     async def revoke_key(self, request: Request) -> RawResponse:
-        actor = self._actor(request)
+        actor = await self._actor(request)
         info = await self.service.revoke_key(request.path_params["key_id"], actor)
         return _json({**key_json(info), "active": False})
 
     async def plans(self, request: Request) -> RawResponse:
-        self._access(request)
+        await self._access(request)
         return _json({"plans": [plan_json(plan, users) for plan, users in await self.service.plans()]})
 
     async def plan(self, request: Request) -> RawResponse:
         name = request.path_params["name"]
         if is_read(request):
-            self._access(request)
+            await self._access(request)
             return _json(plan_json(await self.service.plan(name)))
-        actor = self._actor(request)
+        actor = await self._actor(request)
         if request.method == "DELETE":
             await self.service.delete_plan(name, actor)
             return _json({"deleted": name})
@@ -241,11 +241,11 @@ class AdminApiRoutes:
         return _json(plan_json(saved))
 
     async def tiers(self, request: Request) -> RawResponse:
-        self._access(request)
+        await self._access(request)
         return _json(tiers_json(await self.service.tiers()))
 
     async def tier(self, request: Request) -> RawResponse:
-        actor = self._actor(request)
+        actor = await self._actor(request)
         tier = request.path_params["tier"]
         if request.method == "DELETE":
             await self.service.reset_tier(tier, actor)
@@ -257,21 +257,21 @@ class AdminApiRoutes:
         return _json(tiers_json(await self.service.tiers()))
 
     async def providers(self, request: Request) -> RawResponse:
-        self._access(request)
+        await self._access(request)
         views, error = await self.service.require_live().provider_health()
         return _json({"providers": [provider_json(v) for v in views], "error": error})
 
     async def session(self, request: Request) -> RawResponse:
-        self._access(request)
+        await self._access(request)
         conversation_id = request.path_params["conversation_id"]
         return _json(await self.service.require_live().session(user_param(request), conversation_id))
 
     async def outbox(self, request: Request) -> RawResponse:
-        self._access(request)
+        await self._access(request)
         return _json({"depth": await self.service.require_live().outbox_depth()})
 
     async def audit(self, request: Request) -> RawResponse:
-        self._access(request)
+        await self._access(request)
         before = int_param(request, "before", -1, 0, MAX_INT64)  # an entry id; -1: absent
         entries = await self.service.audit(
             int_param(request, "limit", 50, 1, 500), None if before < 0 else before,

@@ -7,7 +7,11 @@
   `sentinel_admin` cookie: `v1.<expiry>.<nonce>.<mac>`, `mac = HMAC-SHA256(key,
   "sentinel-admin-session|v1|<expiry>|<nonce>")` — never the key. `HttpOnly`, `SameSite=Strict`,
   `Path=/admin`, `Max-Age` = 8 hours, `Secure` when the request came over https. Changing the key
-  ends every session.
+  ends every session; signing out ends that one: its nonce is kept in the store
+  (`sentinel:console:signed-out:<nonce>`) until the token would have expired, and a token whose
+  nonce is there is no session — a copy of the cookie dies with the sign-out. A store that cannot
+  be read does not refuse sessions (the console stays usable through a store outage, when its
+  "revoke again" matters most), so a signed-out copy works again only while the store is down.
 * **CSRF** (synchronizer token, stateless): every state-changing request made with the cookie must
   carry `csrf = HMAC-SHA256(key, "sentinel-admin-csrf|" + <session token>)`, as the `csrf` form
   field (console forms) or the `X-CSRF-Token` header (scripts in the page). Another site can
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -32,7 +37,10 @@ from dataclasses import dataclass
 from sentinel.api.docs_auth import MAX_EXPIRY, cookie_values
 from sentinel.api.throttle import FailedAuthThrottle
 from sentinel.domain.numbers import parse_whole
-from sentinel.errors import AuthenticationError, PermissionDenied
+from sentinel.errors import AuthenticationError, PermissionDenied, StoreUnavailable
+from sentinel.store import Store
+
+log = logging.getLogger("sentinel.console")
 
 COOKIE = "sentinel_admin"
 COOKIE_PATH = "/admin"
@@ -41,6 +49,7 @@ CSRF_HEADER = "x-csrf-token"
 _SESSION = b"sentinel-admin-session|v1|"
 _CSRF = b"sentinel-admin-csrf|"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SIGNED_OUT = "sentinel:console:signed-out:"
 
 
 @dataclass(frozen=True)
@@ -58,13 +67,14 @@ def _digest(value: str) -> bytes:
 class AdminGate:
     """Checks admin credentials and mints sessions; `clock` is unix seconds (injected in tests)."""
 
-    def __init__(self, key: str, *, throttle: FailedAuthThrottle, clock: Callable[[], float] = time.time,
-                 session_seconds: int = SESSION_SECONDS) -> None:
+    def __init__(self, key: str, *, throttle: FailedAuthThrottle, store: Store | None = None,
+                 clock: Callable[[], float] = time.time, session_seconds: int = SESSION_SECONDS) -> None:
         if not key:
             raise ValueError("the admin key must be non-empty")
         self._key = key.encode("utf-8", "surrogatepass")
         self._key_digest = _digest(key)
         self.throttle = throttle
+        self.store = store  # where signed-out sessions are kept (None: signing out only clears the cookie)
         self.clock = clock
         self.session_seconds = session_seconds
 
@@ -100,11 +110,31 @@ class AdminGate:
     def clear_cookie(secure: bool) -> str:
         return f"{COOKIE}=; Max-Age=0; Path={COOKIE_PATH}; HttpOnly; SameSite=Strict{'; Secure' if secure else ''}"
 
-    def session_of(self, headers: Mapping[str, str]) -> str | None:
-        """The first valid session token among the request's cookies of that name, or None."""
-        return next((t for t in cookie_values(headers.get("cookie", ""), COOKIE) if self.session_valid(t)), None)
+    async def session_of(self, headers: Mapping[str, str]) -> str | None:
+        """The first valid session token among the request's cookies of that name that was not
+        signed out, or None."""
+        for token in cookie_values(headers.get("cookie", ""), COOKIE):
+            if self.session_valid(token) and not await self._signed_out(token):
+                return token
+        return None
 
-    def authorize(self, method: str, headers: Mapping[str, str], address: str | None) -> AdminAccess:
+    async def _signed_out(self, token: str) -> bool:
+        if self.store is None:
+            return False
+        try:
+            return await self.store.get(SIGNED_OUT + token.split(".")[2]) is not None
+        except StoreUnavailable:  # see the module docstring: the session stands
+            log.debug("could not read signed-out console sessions: store unavailable")
+            return False
+
+    async def sign_out(self, session: str) -> None:
+        """End `session` (a valid token) for good, until it would have expired. StoreUnavailable when
+        the store cannot keep that: the session's copies stay valid."""
+        _, expires, nonce, _ = session.split(".")
+        if self.store is not None:
+            await self.store.set(SIGNED_OUT + nonce, b"1", max(1.0, int(expires) - self.clock() + 1))
+
+    async def authorize(self, method: str, headers: Mapping[str, str], address: str | None) -> AdminAccess:
         """The admin access of a request (lower-cased `headers`): AuthenticationError (401) without a
         valid key or session, PermissionDenied (403) for a cookie request that changes state without
         its CSRF header, RateLimited (429) for an address that failed too often."""
@@ -116,7 +146,7 @@ class AdminGate:
                 return AdminAccess(None, None)
             self.throttle.failed(address)
             raise _unauthenticated("The admin API takes the admin key (SENTINEL_ADMIN_KEY), not a user's key")
-        session = self.session_of(headers)
+        session = await self.session_of(headers)
         if session is None:
             raise _unauthenticated("Sign in at /admin/signin, or send Authorization: Bearer <admin key>")
         csrf = self.csrf_for(session)

@@ -40,7 +40,7 @@ from sentinel.api.docs_auth import from_another_site
 from sentinel.api.responses import NOSNIFF, RawResponse
 from sentinel.domain.numbers import parse_whole
 from sentinel.domain.plans import format_window
-from sentinel.errors import InvalidRequest, NotFound, RevocationIncomplete
+from sentinel.errors import InvalidRequest, NotFound, RevocationIncomplete, StoreUnavailable
 from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import LimitInput, field_errors
 from sentinel.services.admin_usage import PERIODS, parse_moment
@@ -127,7 +127,7 @@ class ConsoleRoutes:
 
     async def _post(self, request: Request) -> tuple[str, Form, Actor] | RawResponse:
         """(session, form, actor) of an authorised form post, or the answer refusing it."""
-        session = self.gate.session_of(request.headers)
+        session = await self.gate.session_of(request.headers)
         if session is None:
             return _html(401, message_page(self.css, "Signed out", "Your session ended: sign in again."))
         refuse_unreadable_query(request)  # `?id=` names the user a form changes
@@ -159,11 +159,19 @@ class ConsoleRoutes:
         checked = await self._post(request)
         if isinstance(checked, RawResponse):
             return checked
-        return _see_other("/admin/signin", [(b"set-cookie", self.gate.clear_cookie(request.url.scheme == "https").encode())])
+        cleared = [(b"set-cookie", self.gate.clear_cookie(request.url.scheme == "https").encode())]
+        try:
+            await self.gate.sign_out(checked[0])  # a copy of the cookie ends with it
+        except StoreUnavailable:
+            page = message_page(self.css, "Signed out here only", "The cookie is cleared, but the session could not be "
+                                "ended (store unavailable): a copy of it works until it expires. Sign in and out "
+                                "again once the store answers, or rotate SENTINEL_ADMIN_KEY.")
+            return _html(503, page, cleared)
+        return _see_other("/admin/signin", cleared)
 
     # --- pages -------------------------------------------------------------------------------------
     async def _guarded(self, request: Request, render: Callable[[str], Any]) -> RawResponse:
-        session = self.gate.session_of(request.headers)
+        session = await self.gate.session_of(request.headers)
         if session is None:
             return _see_other("/admin/signin")
         refuse_unreadable_query(request)

@@ -16,6 +16,7 @@ from openapi_spec_validator import validate
 from sentinel.api.admin_auth import AdminGate
 from sentinel.api.throttle import FailedAuthThrottle
 from sentinel.errors import StoreUnavailable
+from sentinel.store.memory import MemoryStore
 from tests.api.conftest import Gateway
 from tests.support.clock import FakeClock
 from tests.support.waiting import wait_for
@@ -108,6 +109,50 @@ def test_session_cookie_attributes_and_csrf_on_changes(gw: Gateway) -> None:
         client.close()
 
 
+def test_signing_out_ends_the_session_not_just_the_cookie(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None,
+) -> None:
+    """Signing out only cleared the cookie: a copy of it (a proxy's log, a shared machine's cookie
+    jar) stayed a working console session for up to 8 hours. Now the session itself ends, on every
+    process sharing the store; other sessions go on."""
+    gw = gateway_factory(admin_key=ADMIN_KEY, redis_url=backend_url)
+    client, csrf = signed_in(gw)
+    other, _ = signed_in(gw)
+    try:
+        copied = {"Cookie": f"sentinel_admin={client.cookies['sentinel_admin']}"}
+        with httpx.Client(base_url=gw.url, timeout=30) as thief:
+            assert thief.get("/admin/users", headers=copied).status_code == 200
+            signout = client.post("/admin/signout", data={"csrf": csrf})
+            assert signout.status_code == 303 and "Max-Age=0" in signout.headers["set-cookie"]
+            page = thief.get("/admin/users", headers=copied)
+            assert page.status_code == 303 and page.headers["location"] == "/admin/signin"
+            api = thief.put("/admin/api/users/zoe/plan", json={"plan": None}, headers={**copied, "X-CSRF-Token": csrf})
+            assert api.status_code == 401 and api.json()["error"]["code"] == "admin_auth_required"
+            form = thief.post("/admin/users/zoe/plan", data={"plan": "", "csrf": csrf}, headers=copied)
+            assert form.status_code == 401
+        assert other.get("/admin/users").status_code == 200  # another sign-in is another session
+    finally:
+        client.close()
+        other.close()
+    with admin(gw) as api_client:  # nothing was changed by the refused requests
+        assert api_client.get("/admin/api/user", params={"id": "zoe"}).status_code == 404
+
+
+def test_a_sign_out_the_store_cannot_keep_says_so(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, csrf = signed_in(gw)
+    try:
+        async def unavailable(key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
+            raise StoreUnavailable("store unavailable (set)")
+
+        monkeypatch.setattr(gw.runtime.store, "set", unavailable)
+        answer = client.post("/admin/signout", data={"csrf": csrf})
+        monkeypatch.undo()
+        assert answer.status_code == 503 and "could not be ended" in answer.text
+        assert "Max-Age=0" in answer.headers["set-cookie"]  # this browser is signed out all the same
+    finally:
+        client.close()
+
+
 def test_failed_sign_ins_are_rate_limited(gw: Gateway) -> None:
     with httpx.Client(base_url=gw.url) as client:
         for _ in range(5):
@@ -149,6 +194,28 @@ def test_sessions_expire_and_die_with_the_key() -> None:
     assert gate.csrf_for(token) != other.csrf_for(token)
     clock.advance(61)
     assert not gate.session_valid(token)
+
+
+async def test_a_signed_out_session_is_kept_until_it_would_have_expired() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    gate = AdminGate(ADMIN_KEY, throttle=FailedAuthThrottle(10, clock=clock), store=store, clock=clock,
+                     session_seconds=60)
+    token, other = gate.mint(), gate.mint()
+    cookie = {"cookie": f"sentinel_admin={token}"}
+    assert await gate.session_of(cookie) == token
+    await gate.sign_out(token)
+    assert await gate.session_of(cookie) is None
+    assert await gate.session_of({"cookie": f"sentinel_admin={other}"}) == other
+    ttl = await store.ttl("sentinel:console:signed-out:" + token.split(".")[2])
+    assert ttl is not None and 0 < ttl <= 61  # no longer than the token lives
+
+    async def unreadable(key: str) -> bytes | None:
+        raise StoreUnavailable("store unavailable (get)")
+
+    store.get = unreadable  # type: ignore[method-assign]
+    # A store that cannot say does not refuse sessions: the console stays usable through an outage.
+    assert await gate.session_of({"cookie": f"sentinel_admin={other}"}) == other
 
 
 def test_the_openapi_document_is_valid_and_covers_every_route(gw: Gateway) -> None:

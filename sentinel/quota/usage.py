@@ -182,27 +182,37 @@ RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "re
 
 class EventSplitter:
     """Splits a relayed SSE byte stream into its events: the bytes between blank lines, line ends
-    normalised to LF, the separator dropped. Linear in the stream (a chunk without a blank line is
-    set aside, not searched again) and bounded: an event past `max_event_bytes` is an upstream
-    failure (UpstreamError `stream_event_too_large`), never a buffer without end."""
+    (`\\n`, `\\r\\n` or a lone `\\r`, as the standard and the SDKs read them) normalised to LF, the
+    separator dropped. Linear in the stream (a chunk without a blank line is set aside, not searched
+    again) and bounded: an event past `max_event_bytes` is an upstream failure (UpstreamError
+    `stream_event_too_large`), never a buffer without end. (Read by `\\n` alone, a stream framed by
+    `\\r` was one event without end: held back from the client and its usage and text unread —
+    charged no output — while the SDKs read it whole.)"""
 
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.max_event_bytes = max_event_bytes
         self._pending: list[bytes] = []
         self._size = 0
         self._last = b""  # the last two bytes set aside: a blank line may straddle two chunks
+        self._skip_lf = False  # the bytes split last ended in `\r`: a leading `\n` is the rest of its `\r\n`
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The events `chunk` completes (possibly none)."""
+        if self._skip_lf and chunk:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
         window = self._last + chunk
-        if b"\n\n" not in window and b"\n\r\n" not in window:  # covers \r\n\r\n, \r\n\n, \n\n
+        # Two line ends in a row (the first not the `\r` of a `\r\n`): `\n\n`, `\n\r`, `\r\r`.
+        if b"\n\n" not in window and b"\n\r" not in window and b"\r\r" not in window:
             self._pending.append(chunk)
             self._size += len(chunk)
             self._last = window[-2:]
             events: list[bytes] = []
         else:
             data = b"".join(self._pending) + chunk if self._pending else chunk
-            events = data.replace(b"\r\n", b"\n").split(b"\n\n")
+            self._skip_lf = data[-1:] == b"\r"
+            events = _lf(data).split(b"\n\n")
             tail = events.pop()  # the unfinished one
             self._pending, self._size, self._last = ([tail], len(tail), tail[-2:]) if tail else ([], 0, b"")
         if self._size > self.max_event_bytes:
@@ -212,9 +222,14 @@ class EventSplitter:
 
     def flush(self) -> bytes:
         """What is left at the end of the stream (an event without its blank line)."""
-        tail = b"".join(self._pending)
-        self._pending, self._size, self._last = [], 0, b""
+        tail = _lf(b"".join(self._pending))
+        self._pending, self._size, self._last, self._skip_lf = [], 0, b"", False
         return tail
+
+
+def _lf(data: bytes) -> bytes:
+    """`data` with its line ends (`\\r\\n`, a lone `\\r`) as `\\n`."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n") if b"\r" in data else data
 
 
 def event_data(event: bytes) -> bytes | None:

@@ -529,3 +529,46 @@ def test_a_relayed_stream_whose_provider_broke_off_ends_with_an_error_the_sdks_r
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 3)
     rows = ledger_rows(gw.settings.database_url)
     assert [row["status"] for row in rows] == [502] * 3, rows
+
+
+def test_a_relayed_stream_framed_by_carriage_returns_is_relayed_as_it_comes_and_charged_its_usage(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """SSE lines may end in a lone `\\r` (the SDKs read such a stream whole): the relay split events
+    at `\\n` alone, so the stream was one event without end — held back until the upstream closed,
+    its usage and text unread, the call charged no output (the translated and native streams read
+    it). Both relayed surfaces read it now, through the official SDKs."""
+    chat = [chunk({"role": "assistant", "content": "Hello"}), chunk({}, "stop"),
+            {**chunk({}), "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 300}}, "[DONE]"]
+    claude = [
+        {"type": "message_start", "message": {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022", "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 6, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+         "usage": {"output_tokens": 250}},
+        {"type": "message_stop"},
+    ]
+
+    def framed(events: list[Any]) -> bytes:  # (Anthropic's events are named: `event: message_start`)
+        return b"".join((b"event: " + e["type"].encode() + b"\r" if isinstance(e, dict) and "type" in e else b"")
+                        + b"data: " + (e.encode() if isinstance(e, str) else orjson.dumps(e)) + b"\r\r"
+                        for e in events)
+
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url)
+        upstream.typed(b"text/event-stream", framed(chat))
+        chunks = list(gw.openai().chat.completions.create(model="gpt-4o-mini", messages=ASK, stream=True))  # type: ignore[arg-type]
+        upstream.typed(b"text/event-stream", framed(claude))
+        with gw.anthropic().messages.stream(model="claude-3-5-haiku-20241022", max_tokens=500,
+                                            messages=ASK) as stream:  # type: ignore[arg-type]
+            text = "".join(stream.text_stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello" == text
+    assert all(c.usage is None for c in chunks)  # the usage chunk Sentinel asked for is stripped
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 2)
+    rows = ledger_rows(gw.settings.database_url)
+    assert [(row["status"], row["usage_source"], row["input_tokens"], row["output_tokens"]) for row in rows] == [
+        (200, "measured", 7, 300), (200, "measured", 6, 250)], rows

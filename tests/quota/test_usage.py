@@ -76,6 +76,29 @@ def test_crlf_framing_is_understood() -> None:
     assert inspector.usage == Usage(9, 4) and inspector.saw_done
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
+@pytest.mark.parametrize("line_end", [b"\r", b"\r\n", b"\n"], ids=["cr", "crlf", "lf"])
+def test_every_line_end_the_standard_allows_frames_events(line_end: bytes, size: int) -> None:
+    """A lone `\\r` ends a line as `\\n` and `\\r\\n` do (the SDKs read it so): a stream framed by it was
+    one event without end, held back from the client and its usage unread. A `\\r\\n` split between
+    two chunks is one line end, not two (no blank line made of it)."""
+    framed = STREAM.replace(b"\n", line_end)
+    inspector = StreamInspector("chat")
+    outputs = [inspector.feed(framed[i : i + size]) for i in range(0, len(framed), size)]
+    assert b"".join(outputs) + inspector.flush() == delta("Hello") + delta(", world") + USAGE_CHUNK
+    assert inspector.usage == Usage(9, 4) and inspector.done == DONE and inspector.text == "Hello, world"
+
+
+def test_a_line_end_split_from_its_line_feed_makes_no_blank_line() -> None:
+    from sentinel.quota.usage import EventSplitter
+
+    splitter = EventSplitter()
+    assert splitter.feed(b"data: a\r\r") == [b"data: a"]  # the second `\r` may be a `\r\n`'s
+    assert splitter.feed(b"\ndata: b\r") == [] and splitter.feed(b"\ndata: c\r\n") == []
+    assert splitter.feed(b"\r\n") == [b"data: b\ndata: c"]  # one event of two data lines
+    assert splitter.feed(b"data: d\r") == [] and splitter.flush() == b"data: d\n"
+
+
 def test_the_usage_chunk_sentinel_asked_for_is_stripped() -> None:
     inspector = StreamInspector("chat", strip_usage_chunk=True)
     assert feed_all(inspector, [STREAM]) == delta("Hello") + delta(", world")

@@ -179,13 +179,14 @@ class ChatProvider:
         """Send an already translated streaming body; returns once the upstream answered 2xx (an error
         answer as `complete_body`)."""
         upstream, elapsed = await self._post(body, relay_client_errors, refused)
-        if not upstream.streams:  # it ignored `stream` and answered JSON: served, and billed as such
+        if not upstream.streams:  # it ignored `stream` (JSON) or compressed it: served, and billed as such
             raw = await upstream.read_served()
             try:
                 answer: Any = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 answer = None
-            raise UnreadableAnswer(f"Provider {self.name} answered a streamed request without a stream",
+            how = "with a compressed body" if upstream.encoded else "without a stream"
+            raise UnreadableAnswer(f"Provider {self.name} answered a streamed request {how}",
                                    usage=self.usage_of(answer), provider=self.name)
         return ProviderStream(upstream, self.normalizer(), elapsed)
 

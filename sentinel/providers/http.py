@@ -213,10 +213,20 @@ class UpstreamResponse:
 
     @property
     def streams(self) -> bool:
-        """Whether a 2xx answer to a streamed request is the stream it asked for: anything but a JSON
-        answer (a server that ignores `stream` answers JSON, to be read and charged as one)."""
+        """Whether a 2xx answer to a streamed request is the stream it asked for, one Sentinel reads as
+        it comes: anything but a JSON answer (a server that ignores `stream` answers JSON, to be read
+        and charged as one) or a compressed body (`encoded`: read as an answer that cannot be read
+        is, charged the output it reserved — relayed as a stream, its events and usage went unread
+        and the call was charged no output while the client's SDK inflated and read it whole)."""
         media = self.content_type.partition(";")[0].strip().lower()
-        return media != "application/json" and not media.endswith("+json")
+        return media != "application/json" and not media.endswith("+json") and not self.encoded
+
+    @property
+    def encoded(self) -> bool:
+        """Whether the body is compressed: a `Content-Encoding` other than `identity`, though Sentinel
+        asks every provider for `identity` (the bytes are relayed as they are, never inflated)."""
+        return any(name.lower() == "content-encoding" and value.strip().lower() not in ("", "identity")
+                   for name, value in self.headers)
 
     @property
     def event_stream(self) -> bool:

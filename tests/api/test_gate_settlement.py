@@ -5,6 +5,7 @@ a stream whose relay is cancelled (the server stopping past its deadline)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -572,3 +573,39 @@ def test_a_relayed_stream_framed_by_carriage_returns_is_relayed_as_it_comes_and_
     rows = ledger_rows(gw.settings.database_url)
     assert [(row["status"], row["usage_source"], row["input_tokens"], row["output_tokens"]) for row in rows] == [
         (200, "measured", 7, 300), (200, "measured", 6, 250)], rows
+
+
+def test_a_compressed_stream_is_charged_the_output_it_reserved_on_every_surface(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path,
+) -> None:
+    """A provider (or a proxy) compressing a stream despite the `identity` Sentinel asks for: the relay
+    passed the bytes on as a stream, their events unread (Sentinel never inflates), so the call was
+    charged no output while the official SDK inflated the answer and read it whole, usage included.
+    It is read as an answer that cannot be read is: relayed as it came, charged the output it
+    reserved; a translated or native stream, which cannot pass it on, is 502 `provider_bad_response`."""
+    chat = [chunk({"role": "assistant", "content": "Hello"}), chunk({}, "stop"),
+            {**chunk({}), "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}, "[DONE]"]
+    body = gzip.compress(b"".join(b"data: " + (e.encode() if isinstance(e, str) else orjson.dumps(e)) + b"\n\n"
+                                  for e in chat))
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url,
+                             providers_file=tiers_file(tmp_path, "openai"))
+        upstream.typed(b"text/event-stream", body, headers={"content-encoding": "gzip"})
+        relayed = list(gw.openai().chat.completions.create(model="gpt-4o-mini", messages=ASK, stream=True,  # type: ignore[arg-type]
+                                                             max_tokens=40))
+        answers = []
+        with gw.client() as http:
+            claude = {"model": "claude-3-5-haiku-20241022", "max_tokens": 30, "messages": ASK, "stream": True}
+            for path, request in (TRANSLATED, NATIVE, ("/v1/messages", claude)):
+                upstream.typed(b"text/event-stream", body, headers={"content-encoding": "gzip"})
+                answers.append(http.post(path, json=request))
+    assert "".join(c.choices[0].delta.content or "" for c in relayed if c.choices) == "Hello"  # as it came
+    assert [r.status_code for r in answers] == [502, 502, 200], [r.text for r in answers]
+    assert answers[0].json()["error"]["type"] == "api_error"
+    assert answers[1].json()["error"]["code"] == "provider_bad_response"
+    assert answers[2].content == gzip.decompress(body)  # relayed as it came (httpx inflated it)
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 4)
+    rows = ledger_rows(gw.settings.database_url)
+    assert [(row["status"], row["usage_source"], row["output_tokens"]) for row in rows] == [
+        (200, "estimated", 40), (502, "estimated", 50), (502, "estimated", 50), (200, "estimated", 30)], rows

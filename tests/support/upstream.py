@@ -90,11 +90,13 @@ class ScriptedUpstream:
         encoder writes)."""
         self._answers.append((b"application/json", body, [], False, 200, 0))
 
-    def typed(self, content_type: bytes, body: bytes, *, trickle: float = 0) -> None:
-        """Queue a 200 answer of `content_type` with `body` as it is (an HTML page, say). With
-        `trickle` (seconds) the body does not end: one more byte comes every `trickle` seconds until
-        the gateway leaves (`left`)."""
-        self._answers.append((content_type, body, [], trickle > 0, 200, trickle))
+    def typed(
+        self, content_type: bytes, body: bytes, *, trickle: float = 0, headers: dict[str, str | bytes] | None = None
+    ) -> None:
+        """Queue a 200 answer of `content_type` with `body` as it is (an HTML page, say), with extra
+        `headers` (a `Content-Encoding`, say). With `trickle` (seconds) the body does not end: one
+        more byte comes every `trickle` seconds until the gateway leaves (`left`)."""
+        self._answers.append((content_type, body, _raw_headers(headers), trickle > 0, 200, trickle))
 
     def empty(self, status: int, headers: dict[str, str | bytes] | None = None) -> None:
         """Queue an answer without a body (a 304), with `status` and `headers`."""

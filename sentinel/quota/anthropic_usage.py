@@ -32,8 +32,14 @@ from sentinel.native._wire import flat_json
 from sentinel.native.openai_checks import MAX_JSON_DEPTH
 from sentinel.providers.errors import redact, stream_error
 from sentinel.quota.images import ANTHROPIC, ImageRule, base64_image_tokens
-from sentinel.quota.tokens import MAX_PLAIN_ID_CHARS, REPLY_PRIMING, TOKENS_PER_MESSAGE, TokenCounter
-from sentinel.quota.usage import EventSplitter, event_data, with_data
+from sentinel.quota.tokens import (
+    MAX_PLAIN_ID_CHARS,
+    REPLY_PRIMING,
+    TOKENS_PER_MESSAGE,
+    TokenCounter,
+    estimate_tokens,
+)
+from sentinel.quota.usage import READ_KEPT_CHARS, EventSplitter, event_data, with_data
 
 _INPUT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
@@ -291,7 +297,9 @@ class AnthropicStreamInspector:
         self._output: int | None = None
         self._final = False  # a message_delta gave the final output count
         self._text: list[str] = []
-        self._read: list[Any] = []  # the server tools' results, whole (`read_input`)
+        self._read: list[str] = []  # the server tools' results' text, up to READ_KEPT_CHARS (`read_input`)
+        self._read_chars = 0
+        self._read_tokens = 0  # counted already: their images and scalars, and their text past READ_KEPT_CHARS
         self.parse_errors = 0
         self.failed = False  # the provider's `error` event came
         self.done = b""
@@ -303,8 +311,12 @@ class AnthropicStreamInspector:
     @property
     def read_input(self) -> tuple[str, int]:
         """What the model read that message_start's input leaves out: the server tools' results
-        streamed (`blocks_read`), charged when the final usage never came."""
-        return blocks_read(self._read)
+        streamed (`blocks_read`, each as it arrives), charged when the final usage never came. Up to
+        READ_KEPT_CHARS of their text is kept to count at settlement; a result past it is counted as
+        it arrives, a token per 4 bytes, and not kept (as `quota.usage.StreamInspector` keeps a
+        Responses stream's hosted-tool items): kept whole, every fetched page and document (its
+        base64 data too) of a long stream was held until its end."""
+        return "\n".join(self._read), self._read_tokens
 
     @property
     def usage(self) -> Usage | None:
@@ -373,9 +385,19 @@ class AnthropicStreamInspector:
             # result arrives whole, here.
             block = obj.get("content_block")
             if isinstance(block, dict) and not _written(block):
-                self._read.append(block)
+                self._keep_read(*blocks_read([block]))
             elif isinstance(block, dict) and isinstance(block.get("name"), str):
                 self._text.append(block["name"])
+
+    def _keep_read(self, text: str, tokens: int) -> None:
+        if not text:
+            pass
+        elif self._read_chars + len(text) <= READ_KEPT_CHARS:
+            self._read.append(text)
+            self._read_chars += len(text)
+        else:
+            tokens += estimate_tokens(text)
+        self._read_tokens += tokens
 
     def _take(self, usage: Any) -> None:
         if not isinstance(usage, dict):

@@ -264,3 +264,23 @@ def test_an_error_event_of_any_shape_carries_no_provider_text(raw: bytes) -> Non
     error = orjson.loads(relayed.split(b"data: ", 1)[1])["error"]
     assert error["message"] == "Provider anthropic failed during the stream"
     assert error["type"] == ("overloaded_error" if b"overloaded_error" in raw else "api_error")
+
+
+def test_server_tool_results_kept_to_count_are_bounded() -> None:
+    """A stream's server-tool results were kept whole (the parsed blocks, a document's base64 data
+    too) until the stream ended: up to READ_KEPT_CHARS of their text is kept now, as the Responses
+    stream's hosted-tool items are; a result past it is counted as it arrives and not kept."""
+    from sentinel.quota.usage import READ_KEPT_CHARS
+
+    page = "w" * (READ_KEPT_CHARS // 2)
+    blocks = [{"type": "web_fetch_tool_result", "tool_use_id": f"srvtoolu_{i}",
+               "content": {"type": "web_fetch_result", "url": "https://example.com",
+                           "content": {"type": "document", "source": {"type": "text", "media_type": "text/plain",
+                                                                      "data": page}}}} for i in range(5)]
+    inspector = AnthropicStreamInspector()
+    inspector.feed(b"".join(sse("content_block_start", {"index": i, "content_block": b}) for i, b in enumerate(blocks)))
+    text, tokens = inspector.read_input
+    assert len(text) <= READ_KEPT_CHARS and text.count(page) == 1
+    assert 4 * len(page) // 4 <= tokens < 5 * len(page) // 4  # the four past the bound, a token per 4 bytes
+    whole, counted = message_read({"content": blocks})  # what the same blocks answered whole are charged
+    assert whole.count(page) == 5 and counted == 0

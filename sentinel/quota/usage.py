@@ -438,8 +438,9 @@ class StreamInspector:
                 if not delta.keys() <= PLAIN_DELTA:
                     self._text.append(delta_extras(delta))
                 self._text.extend(_call_text(call) for call in as_list(delta.get("tool_calls")))
-        # The usage-only chunk has an empty choices list.
-        return not (self.strip and usage is not None and choices == [])
+        # The usage-only chunk has an empty choices list; stripped whatever its figures (malformed ones
+        # are not usage, but the chunk is still the one the client did not ask for).
+        return not (self.strip and isinstance(obj.get("usage"), dict) and choices == [])
 
     def _absorb_responses(self, obj: dict[str, Any]) -> bool:
         if obj.get("type") in RESPONSES_TERMINAL:

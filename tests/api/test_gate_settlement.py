@@ -609,3 +609,21 @@ def test_a_compressed_stream_is_charged_the_output_it_reserved_on_every_surface(
     rows = ledger_rows(gw.settings.database_url)
     assert [(row["status"], row["usage_source"], row["output_tokens"]) for row in rows] == [
         (200, "estimated", 40), (502, "estimated", 50), (502, "estimated", 50), (200, "estimated", 30)], rows
+
+
+def test_a_usage_chunk_the_client_did_not_ask_for_is_not_relayed_whatever_its_figures(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """Sentinel asks for the usage chunk on the client's behalf and strips it: one whose figures were
+    not a usage (negative here) reached the client, a chunk without choices it never asked for."""
+    events = [chunk({"role": "assistant", "content": "Hello"}), chunk({}, "stop"),
+              {**chunk({}), "choices": [], "usage": {"prompt_tokens": -7, "completion_tokens": -300}}, "[DONE]"]
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+        upstream.sse(*events)
+        chunks = list(gw.openai().chat.completions.create(model="gpt-4o-mini", messages=ASK, stream=True))  # type: ignore[arg-type]
+    assert [c.choices[0].delta.content for c in chunks] == ["Hello", None] and all(c.usage is None for c in chunks)
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
+    rows = ledger_rows(gw.settings.database_url)
+    assert [(row["status"], row["usage_source"], row["output_tokens"]) for row in rows] == [(200, "estimated", 1)], rows

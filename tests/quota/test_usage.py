@@ -105,6 +105,20 @@ def test_the_usage_chunk_sentinel_asked_for_is_stripped() -> None:
     assert inspector.usage == Usage(9, 4)  # still metered
 
 
+@pytest.mark.parametrize("usage", [{"prompt_tokens": -5, "completion_tokens": -3}, {"prompt_tokens": 5.5},
+                                   {"prompt_tokens": "5", "completion_tokens": "3"}, {}])
+def test_the_usage_chunk_sentinel_asked_for_is_stripped_whatever_its_figures(usage: dict[str, Any]) -> None:
+    """A usage chunk whose figures are not a usage (negative, not integers, missing) was relayed to a
+    client that never asked for it (a chunk without choices: `chunk.choices[0]` raises); the answer
+    is charged its text, as one without usage."""
+    odd = event({"id": "c1", "choices": [], "usage": usage})
+    inspector = StreamInspector("chat", strip_usage_chunk=True)
+    assert feed_all(inspector, [delta("Hello") + odd + DONE]) == delta("Hello")
+    assert inspector.usage is None and inspector.text == "Hello" and inspector.done == DONE
+    kept = StreamInspector("chat")  # asked for: relayed as the provider sent it
+    assert feed_all(kept, [delta("Hello") + odd + DONE]) == delta("Hello") + odd
+
+
 def test_stripping_keeps_content_chunks_that_carry_usage() -> None:
     both = event({"choices": [{"index": 0, "delta": {"content": "x"}}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
     inspector = StreamInspector("chat", strip_usage_chunk=True)

@@ -511,3 +511,29 @@ def test_a_batch_input_naming_an_id_with_a_lone_surrogate_is_refused_on_every_st
         error = openai_error(r.json())
         assert error["type"] == "invalid_request_error" and "not text" in error["message"], error
     assert spy.seen == []
+
+
+# --- a response named for a prompt cache comparison -------------------------------------------------
+def test_a_response_named_for_a_prompt_cache_comparison_is_its_owners_only(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """`prompt_cache_options.comparison_response_id` names a stored response whose prompt the provider
+    compares with the request's (how much of its prefix the cache reused): Bob could have named Alice's
+    and read, a token at a time, what her prompt began with. Naming another user's response there is
+    the 404 an unknown one gets, on either store, and nothing is sent; Alice names her own."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url)
+    alice = gw.openai()
+    rid = alice.responses.create(model="gpt-4o-mini", input="alice's private prompt").id
+    bob = openai.OpenAI(api_key=key_for(gw, "bob"), base_url=gw.url + "/v1", max_retries=0)
+    spy.clear()
+    refused = []
+    for ref in (rid, "resp_000"):
+        with pytest.raises(openai.NotFoundError) as caught:
+            bob.responses.create(model="gpt-4o-mini", input="alice's", prompt_cache_options={"comparison_response_id": ref})
+        refused.append(caught.value)
+    assert spy.seen == []
+    stolen, missing = refused
+    assert stolen.code == missing.code == "object_not_found"
+    assert stolen.response.text.replace(rid, "<id>") == missing.response.text.replace("resp_000", "<id>")
+    mine = alice.responses.create(model="gpt-4o-mini", input="again", prompt_cache_options={"comparison_response_id": rid})
+    assert mine.id != rid

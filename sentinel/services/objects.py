@@ -41,17 +41,19 @@ COLLECTIONS: dict[str, float | None] = {
     "threads": None,
     "containers": None,
     "evals": None,
+    "skills": None,  # named by a container's or a shell tool's `skills[].skill_id`
 }
 # Body fields whose values name objects (a string, a list of strings, or {"id": ...}); besides
 # these, any object {"type": "file_id", "id": ...} names a file (an eval run's JSONL source), and
 # any `audio` object with an `id` names an earlier audio answer (a chat message's `audio.id`). A
 # Responses request's `prompt_cache_options.comparison_response_id` names a stored response too
-# (the provider compares its prompt with the request's: how much of it matched tells its text).
+# (the provider compares its prompt with the request's: how much of it matched tells its text), and
+# a `skill_reference`'s `skill_id` a skill (its files are mounted in the caller's container).
 REFERENCE_KEYS = frozenset({
     "previous_response_id", "response_id", "comparison_response_id", "conversation", "conversation_id", "file_id",
     "file_ids", "input_file_id", "output_file_id", "error_file_id", "training_file", "validation_file",
     "vector_store_id", "vector_store_ids", "assistant_id", "thread_id", "batch_id", "upload_id", "container",
-    "container_id", "eval_id", "part_ids",
+    "container_id", "eval_id", "part_ids", "skill_id",
 })
 # POSTs below an object that create an object of their own, named in later bodies: an upload's
 # parts (`part_ids` when it is completed). Their answer's `id` becomes the caller's, kept as long as

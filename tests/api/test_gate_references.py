@@ -17,7 +17,7 @@ import redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
@@ -537,3 +537,60 @@ def test_a_response_named_for_a_prompt_cache_comparison_is_its_owners_only(
     assert stolen.response.text.replace(rid, "<id>") == missing.response.text.replace("resp_000", "<id>")
     mine = alice.responses.create(model="gpt-4o-mini", input="again", prompt_cache_options={"comparison_response_id": rid})
     assert mine.id != rid
+
+
+# --- skills ---------------------------------------------------------------------------------------
+def skills_upstream() -> Starlette:
+    """The mock upstream, and a Skills API: `POST /v1/skills` makes `skill_1`, `skill_2`, ...; a skill
+    is read and deleted at `/v1/skills/{id}` (any id: the provider account holds skills Sentinel did not see made)."""
+    numbers = itertools.count(1)
+
+    async def create(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"id": f"skill_{next(numbers)}", "object": "skill", "name": "payroll", "created_at": 1})
+
+    async def one(request: Request) -> JSONResponse:
+        return JSONResponse({"id": request.path_params["sid"], "object": "skill", "name": "payroll", "created_at": 1})
+
+    return Starlette(routes=[Route("/v1/skills", create, methods=["POST"]),
+                             Route("/v1/skills/{sid}", one, methods=["GET", "DELETE"]),
+                             Mount("/", app=create_mock_app())])
+
+
+def with_skill(skill_id: str) -> dict[str, Any]:
+    """A Responses request whose shell tool's container mounts the skill `skill_id`."""
+    return {"model": "gpt-4o-mini", "input": "run the payroll skill", "tools": [{"type": "shell", "environment": {
+        "type": "container_auto", "skills": [{"type": "skill_reference", "skill_id": skill_id, "version": "latest"}]}}]}
+
+
+def test_a_skill_is_mounted_only_by_its_owner(gateway_factory: Callable[..., Gateway], backend_url: str | None) -> None:
+    """A `skill_reference` (a shell tool's container, a container made through `/v1/containers`)
+    names a skill of the provider account by id, its files mounted in the caller's container: Bob
+    could mount Alice's skill, made through an allowed `/v1/skills`, or one never made through
+    Sentinel, and read its files — on the metered Responses endpoint, which nothing needs allowing
+    for. Skills are a collection of owned objects: naming one not the caller's is the 404 an unknown
+    one gets, nothing is sent, listing them is not offered; Alice mounts hers."""
+    with spying(skills_upstream()) as (_, upstream):
+        gw = gateway_factory(openai_api_url=upstream.url + "/v1", redis_url=backend_url,
+                             passthrough="/v1/skills/*,/v1/containers")
+        with gw.client() as alice, gw.client(key_for(gw, "bob")) as bob:
+            made = alice.post("/v1/skills", files={"files": ("SKILL.md", b"# payroll\nsalaries.csv")})
+            assert made.status_code == 200, made.text
+            skill = made.json()["id"]
+            upstream.clear()
+            refused = [
+                (bob.post("/v1/responses", json=with_skill(ref)), ref) for ref in (skill, "skill_operator", "skill_000")
+            ] + [
+                (bob.post("/v1/containers", json={"name": "c", "skills": [{"type": "skill_reference", "skill_id": ref}]}),
+                 ref) for ref in (skill, "skill_000")
+            ] + [(bob.get(f"/v1/skills/{ref}"), ref) for ref in (skill, "skill_000")]
+            listed = bob.get("/v1/skills")
+            assert upstream.seen == []
+            for (answer, ref), (missing, ghost) in itertools.product(refused, refused[-1:]):
+                assert answer.status_code == 404, answer.text
+                assert openai_error(answer.json())["code"] == "object_not_found"
+                assert answer.text.replace(ref, "<id>") == missing.text.replace(ghost, "<id>")
+            assert listed.status_code == 404 and openai_error(listed.json())["code"] == "endpoint_not_supported"
+            assert alice.post("/v1/responses", json=with_skill(skill)).status_code == 200
+            assert alice.get(f"/v1/skills/{skill}").json()["id"] == skill
+            assert [s.path for s in upstream.seen] == ["/v1/responses", f"/v1/skills/{skill}"]

@@ -42,10 +42,14 @@ COLLECTIONS: dict[str, float | None] = {
     "containers": None,
     "evals": None,
     "skills": None,  # named by a container's or a shell tool's `skills[].skill_id`
+    "audio/voices": None,  # custom voices, named by any `voice` object's `id` (a chat's `audio.voice`, speech)
+    "audio/voice_consents": None,  # a speaker's recorded consent, named by a voice's `consent`
 }
 # Body fields whose values name objects (a string, a list of strings, or {"id": ...}); besides
-# these, any object {"type": "file_id", "id": ...} names a file (an eval run's JSONL source), and
-# any `audio` object with an `id` names an earlier audio answer (a chat message's `audio.id`). A
+# these, any object {"type": "file_id", "id": ...} names a file (an eval run's JSONL source), any
+# `audio` object with an `id` names an earlier audio answer (a chat message's `audio.id`), and any
+# `voice` object with an `id` a custom voice (`{"voice": {"id": "voice_..."}}`; a voice named by a
+# string is one of the provider's own, `alloy`). A
 # Responses request's `prompt_cache_options.comparison_response_id` names a stored response too
 # (the provider compares its prompt with the request's: how much of it matched tells its text), and
 # a `skill_reference`'s `skill_id` a skill (its files are mounted in the caller's container).
@@ -55,6 +59,17 @@ REFERENCE_KEYS = frozenset({
     "vector_store_id", "vector_store_ids", "assistant_id", "thread_id", "batch_id", "upload_id", "container",
     "container_id", "eval_id", "part_ids", "skill_id",
 })
+# Fields that name an object on one call only, by the `/v1` path of the call that takes them: a
+# voice's `consent` (its speaker's consent recording) — a word too common to read as an id in every
+# body (a request's `metadata` may have a `consent` key).
+PATH_REFERENCES: dict[tuple[str, ...], frozenset[str]] = {("audio", "voices"): frozenset({"consent"})}
+
+
+def reference_keys(segments: Sequence[str]) -> frozenset[str]:
+    """The fields whose values name objects in the body of a call on `segments` (a `/v1` path's):
+    REFERENCE_KEYS, and the path's own PATH_REFERENCES."""
+    extra = PATH_REFERENCES.get(tuple(segments))
+    return REFERENCE_KEYS if extra is None else REFERENCE_KEYS | extra
 # POSTs below an object that create an object of their own, named in later bodies: an upload's
 # parts (`part_ids` when it is completed). Their answer's `id` becomes the caller's, kept as long as
 # the collection's objects are.
@@ -139,18 +154,19 @@ class TooManyReferences(ValueError):
     """A body names more than MAX_REFERENCES objects."""
 
 
-def referenced_ids(body: Any, limit: int = MAX_REFERENCES) -> list[str]:
-    """Object ids a JSON body names under REFERENCE_KEYS, anywhere in it. TooManyReferences when it
-    names more than `limit`: every id named must be checked, so none may be left unread."""
+def referenced_ids(body: Any, limit: int = MAX_REFERENCES, *, keys: frozenset[str] = REFERENCE_KEYS) -> list[str]:
+    """Object ids a JSON body names under `keys` (REFERENCE_KEYS, or a path's `reference_keys`),
+    anywhere in it. TooManyReferences when it names more than `limit`: every id named must be
+    checked, so none may be left unread."""
     found: list[str] = []
     for node in _objects(body):
         if node.get("type") == "file_id" and isinstance(node.get("id"), str) and node["id"]:
             found.append(node["id"])
-        audio = node.get("audio")
-        if isinstance(audio, dict) and isinstance(audio.get("id"), str) and audio["id"]:
-            found.append(audio["id"])
+        for named in (node.get("audio"), node.get("voice")):
+            if isinstance(named, dict) and isinstance(named.get("id"), str) and named["id"]:
+                found.append(named["id"])
         for key, value in node.items():
-            if key in REFERENCE_KEYS:
+            if key in keys:
                 found.extend(_ids(value))
         if len(found) > limit:
             raise TooManyReferences(f"A request may name at most {limit} objects")
@@ -290,11 +306,13 @@ class Upload:
     def values(self, name: str) -> list[bytes]:
         return [value for part, value, _ in self.parts if part == name]
 
-    def references(self, limit: int = MAX_REFERENCES, *, files: frozenset[str] = frozenset()) -> list[str]:
+    def references(
+        self, limit: int = MAX_REFERENCES, *, files: frozenset[str] = frozenset(), keys: frozenset[str] = REFERENCE_KEYS,
+    ) -> list[str]:
         """Object ids the upload names: the value of every part whose name has a component — split
-        at brackets and dots — that is one of REFERENCE_KEYS (`file_id`, `file_ids[]`,
-        `tool_resources[code_interpreter][file_ids][]`, `tool_resources.file_search.vector_store_ids`),
-        file part or not; and the ids (`referenced_ids`) in every other value that starts as JSON
+        at brackets and dots — that is one of `keys` (REFERENCE_KEYS, or the call's `reference_keys`:
+        `file_id`, `file_ids[]`, `tool_resources[code_interpreter][file_ids][]`,
+        `tool_resources.file_search.vector_store_ids`, a voice's `consent`), file part or not; and the ids (`referenced_ids`) in every other value that starts as JSON
         (`{` or `[`: `tool_resources={...}`), unless it is a file (its part has a `filename`) given
         on one of `files`, the fields the call takes files on (`upload_files`: a file's bytes are
         its own) — a file part on any other field is read as a field. MalformedUpload when such a
@@ -303,10 +321,10 @@ class Upload:
         found: list[str] = []
         for name, value, is_file in self.parts:
             components = _COMPONENT.split(name)
-            if any(c in REFERENCE_KEYS for c in components):
+            if any(c in keys for c in components):
                 found.extend(_ids(value.decode("utf-8", "replace").strip()))
             elif _starts_as_json(value) and not (is_file and _INDEX.sub("", name) in files):
-                found.extend(referenced_ids(_json_field(value, text=name in TEXT_FIELDS and not is_file), limit))
+                found.extend(referenced_ids(_json_field(value, text=name in TEXT_FIELDS and not is_file), limit, keys=keys))
             if len(found) > limit:
                 raise TooManyReferences(f"A request may name at most {limit} objects")
         return found

@@ -48,6 +48,7 @@ from sentinel.services.answers import AnswerRelay, Charging, claim_created
 from sentinel.services.exchange import Exchange, Reply, StreamReply
 from sentinel.services.objects import (
     ACTION_CREATED,
+    REFERENCE_KEYS,
     InvalidBatchInput,
     MalformedUpload,
     ObjectPath,
@@ -57,6 +58,7 @@ from sentinel.services.objects import (
     classify,
     continued,
     reads_account_data,
+    reference_keys,
     referenced_ids,
     run_models,
     tool_models,
@@ -304,7 +306,7 @@ class OpenAIRelay:
             if uploads is None:  # read as JSON only: an upload's fields would escape the checks below
                 raise _unsupported_type("This call takes a JSON body (Content-Type: application/json), not an upload")
             upload, ids, batch_input = await off_loop(
-                functools.partial(self._read_upload, body, content_type, uploads), heavy
+                functools.partial(self._read_upload, body, content_type, uploads, reference_keys(segments)), heavy
             )
             if upload.streams:
                 raise _no_passthrough_stream()
@@ -323,14 +325,15 @@ class OpenAIRelay:
         return await off_loop(functools.partial(orjson.dumps, parsed), heavy), False
 
     def _read_upload(
-        self, body: bytes, content_type: str, uploads: frozenset[str]
+        self, body: bytes, content_type: str, uploads: frozenset[str], keys: frozenset[str]
     ) -> tuple[Upload, list[str], bool]:
-        """A pass-through upload read part by part: (the upload, the ids it names — a batch input's
-        lines' too —, whether it is a batch's input). InvalidRequest (400) when it cannot be read
-        as the provider would, names too many objects, or is a batch input `_batch_model` refuses."""
+        """A pass-through upload read part by part: (the upload, the ids it names under `keys` — a
+        batch input's lines' too —, whether it is a batch's input). InvalidRequest (400) when it
+        cannot be read as the provider would, names too many objects, or is a batch input
+        `_batch_model` refuses."""
         try:
             upload = Upload.read(body, content_type)
-            ids = upload.references(files=uploads)
+            ids = upload.references(files=uploads, keys=keys)
             lines = upload.batch_input()
             if lines is not None:
                 ids += batch_references(lines, offered=self._batch_model)
@@ -358,7 +361,7 @@ class OpenAIRelay:
                 code="unsupported_data_source",
             )
         self._check_run_models(segments, parsed)
-        return parsed, _references(parsed)
+        return parsed, _references(parsed, reference_keys(segments))
 
     def _batch_model(self, name: str) -> bool:
         """Whether a batch's input may run the model `name`. The file goes upstream as it came, to the
@@ -540,8 +543,8 @@ def _foreign(targets: Sequence[ModelTarget], client: str) -> bool:
     return any(target.kind != client for target in targets)
 
 
-def _references(body: Any) -> list[str]:
+def _references(body: Any, keys: frozenset[str] = REFERENCE_KEYS) -> list[str]:
     try:
-        return referenced_ids(body)
+        return referenced_ids(body, keys=keys)
     except TooManyReferences as exc:
         raise InvalidRequest(str(exc)) from None

@@ -594,3 +594,92 @@ def test_a_skill_is_mounted_only_by_its_owner(gateway_factory: Callable[..., Gat
             assert alice.post("/v1/responses", json=with_skill(skill)).status_code == 200
             assert alice.get(f"/v1/skills/{skill}").json()["id"] == skill
             assert [s.path for s in upstream.seen] == ["/v1/responses", f"/v1/skills/{skill}"]
+
+
+# --- custom voices and their consents ---------------------------------------------------------------
+def voices_upstream() -> Starlette:
+    """The mock upstream, and custom voices: `POST /v1/audio/voice_consents` records a consent
+    (`cons_1`, ...), `POST /v1/audio/voices` makes a voice of one (`voice_2`, ...), each read, listed
+    and deleted as the provider does; `POST /v1/audio/speech` speaks."""
+    numbers = itertools.count(1)
+
+    async def made(request: Request) -> JSONResponse:
+        await request.body()
+        kind = request.url.path.rsplit("/", 1)[-1]
+        prefix = {"voice_consents": "cons", "voices": "voice"}[kind]
+        return JSONResponse({"id": f"{prefix}_{next(numbers)}", "object": f"audio.{kind[:-1]}", "name": "Alice",
+                             "created_at": 1})
+
+    async def listed(_: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": "cons_1", "name": "Alice's own voice"}]})
+
+    async def one(request: Request) -> JSONResponse:
+        return JSONResponse({"id": request.path_params["oid"], "object": "audio.voice_consent", "name": "Alice"})
+
+    async def speech(request: Request) -> Response:
+        await request.body()
+        return Response(b"RIFF....WAVE", media_type="audio/wav")
+
+    return Starlette(routes=[
+        Route("/v1/audio/voice_consents", made, methods=["POST"]), Route("/v1/audio/voice_consents", listed),
+        Route("/v1/audio/voices", made, methods=["POST"]),
+        Route("/v1/audio/voice_consents/{oid}", one, methods=["GET", "DELETE"]),
+        Route("/v1/audio/voices/{oid}", one, methods=["DELETE"]),
+        Route("/v1/audio/speech", speech, methods=["POST"]), Mount("/", app=create_mock_app()),
+    ])
+
+
+def speaking_in(voice: str) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "read my payslip aloud"}],
+            "modalities": ["text", "audio"], "audio": {"voice": {"id": voice}, "format": "wav"}}
+
+
+def test_a_custom_voice_and_its_consent_are_their_makers_only(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """A custom voice speaks as a real person, made from their recorded consent. With `/v1/audio/*`
+    allowed (speech, transcriptions), Bob could list every user's consents, make a voice of Alice's,
+    delete hers, and speak in her voice — on the metered chat endpoint too (`audio.voice.id`), where
+    any custom voice of the provider account, one never made through Sentinel included, was his to
+    use. Voices and consents are owned objects: naming one not the caller's (a `voice` object's `id`,
+    a voice's `consent`) is the 404 an unknown one gets, nothing is sent, listing them is not
+    offered; a `consent` key anywhere else (a chat's `metadata`) names nothing. Alice uses hers."""
+    with spying(voices_upstream()) as (_, upstream):
+        gw = gateway_factory(openai_api_url=upstream.url + "/v1", redis_url=backend_url, passthrough="/v1/audio/*")
+        with gw.client() as alice, gw.client(key_for(gw, "bob")) as bob:
+            consent = alice.post("/v1/audio/voice_consents", data={"name": "Alice", "language": "en"},
+                                 files={"recording": ("consent.wav", b"RIFF....WAVE")}).json()["id"]
+            made = alice.post("/v1/audio/voices", data={"name": "Alice", "consent": consent},
+                              files={"audio_sample": ("sample.wav", b"RIFF....WAVE")})
+            assert made.status_code == 200, made.text
+            voice = made.json()["id"]
+            upstream.clear()
+            sample = {"audio_sample": ("sample.wav", b"RIFF....WAVE")}
+            pairs = [
+                [bob.post("/v1/chat/completions", json=speaking_in(ref)) for ref in (voice, "voice_000")],
+                [bob.post("/v1/chat/completions", json=speaking_in(ref)) for ref in ("voice_operator", "voice_000")],
+                [bob.post("/v1/audio/speech", json={"model": "gpt-4o-mini-tts", "input": "hi", "voice": {"id": ref}})
+                 for ref in (voice, "voice_000")],
+                [bob.post("/v1/audio/voices", data={"name": "Alice", "consent": ref}, files=sample)
+                 for ref in (consent, "cons_000")],
+                [bob.post("/v1/audio/voices", json={"name": "Alice", "consent": ref}) for ref in (consent, "cons_000")],
+                [bob.delete(f"/v1/audio/voices/{ref}") for ref in (voice, "voice_000")],
+                [bob.get(f"/v1/audio/voice_consents/{ref}") for ref in (consent, "cons_000")],
+            ]
+            listed = [bob.get("/v1/audio/voice_consents"), bob.get("/v1/audio/voices")]
+            assert upstream.seen == []
+            for stolen, missing in pairs:
+                assert stolen.status_code == missing.status_code == 404, stolen.text
+                assert openai_error(stolen.json())["code"] == "object_not_found"
+                assert stolen.text.replace(voice, "<id>").replace(consent, "<id>").replace("voice_operator", "<id>") \
+                    == missing.text.replace("voice_000", "<id>").replace("cons_000", "<id>")
+            for answer in listed:
+                assert answer.status_code == 404 and openai_error(answer.json())["code"] == "endpoint_not_supported"
+            plain = bob.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "metadata": {"consent": "granted"},
+                                                          "messages": [{"role": "user", "content": "hi"}]})
+            assert plain.status_code == 200, plain.text
+            assert alice.post("/v1/chat/completions", json=speaking_in(voice)).status_code == 200
+            spoken = alice.post("/v1/audio/speech", json={"model": "gpt-4o-mini-tts", "input": "hi", "voice": {"id": voice}})
+            assert spoken.status_code == 200 and spoken.content == b"RIFF....WAVE"
+            assert alice.delete(f"/v1/audio/voices/{voice}").status_code == 200
+            assert alice.post("/v1/chat/completions", json=speaking_in(voice)).status_code == 404  # forgotten

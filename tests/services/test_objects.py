@@ -8,6 +8,7 @@ import pytest
 from sentinel.services.objects import (
     AUDIO_TTL,
     DAY,
+    REFERENCE_KEYS,
     InvalidBatchInput,
     MalformedUpload,
     TooManyReferences,
@@ -17,6 +18,7 @@ from sentinel.services.objects import (
     classify,
     leading_audio_ids,
     multipart_references,
+    reference_keys,
     referenced_ids,
     run_models,
     tool_models,
@@ -155,7 +157,20 @@ def test_audio_answers_and_upload_parts_are_references() -> None:
         {"role": "user", "content": "hi"}, {"role": "assistant", "audio": {"id": "audio_1"}}],
         "part_ids": ["part_1", "part_2"]}
     assert sorted(referenced_ids(body)) == ["audio_1", "part_1", "part_2"]
-    assert referenced_ids({"audio": {"voice": {"id": "voice_1"}}, "metadata": {"audio": "audio_x"}}) == []
+    assert referenced_ids({"audio": {"voice": "alloy"}, "metadata": {"audio": "audio_x"}}) == []
+
+
+def test_custom_voices_and_a_voices_consent_are_references() -> None:
+    """A custom voice is named by a `voice` object's `id` (a built-in one by a string); a consent by a
+    voice's `consent` — on the call that makes a voice only: elsewhere `consent` is a word (metadata)."""
+    chat = {"audio": {"voice": {"id": "voice_1"}, "format": "wav"}, "metadata": {"consent": "granted"}}
+    assert referenced_ids(chat) == ["voice_1"]
+    assert referenced_ids({"voice": {"id": "voice_2"}, "input": "hi"}) == ["voice_2"]
+    assert reference_keys(["chat", "completions"]) == REFERENCE_KEYS
+    made = {"name": "Alice", "consent": "cons_1"}
+    assert referenced_ids(made) == [] and referenced_ids(made, keys=reference_keys(["audio", "voices"])) == ["cons_1"]
+    upload = Upload((("name", b"Alice", False), ("consent", b"cons_1", False), ("audio_sample", b"RIFF", True)))
+    assert upload.references(keys=reference_keys(["audio", "voices"])) == ["cons_1"]
 
 
 def test_the_audio_answers_of_a_chat_answer_are_its_callers() -> None:

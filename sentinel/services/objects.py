@@ -94,8 +94,9 @@ OBJECT_WORDS = frozenset({"content", "cancel", "steps", "items", "parts"})
 # An audio answer of chat (its `id` is named again in a later request's `messages[].audio`): the
 # provider keeps it until its `expires_at`; when that is not known, this long.
 AUDIO_TTL = 2 * DAY
-# Fields of an answer that name objects created along with it (a batch's output file, an upload's file).
-CREATED_KEYS = ("output_file_id", "error_file_id")
+# Fields of an answer that name files created along with it: a batch's output and error files, a
+# fine-tuning job's result files (a list); besides these, an upload's `file`.
+CREATED_KEYS = ("output_file_id", "error_file_id", "result_files")
 
 
 @dataclass(frozen=True)
@@ -773,16 +774,17 @@ def anthropic_object_reference(payload: dict[str, Any]) -> str | None:
 def created_ids(answer: Any, *, creating: bool, ttl: float | None) -> list[tuple[str, float | None]]:
     """Ids an answer makes the caller the owner of, each with how long: the object itself when the
     call created it (`ttl`, its collection's), and files created along with it (a batch's output and
-    error files, an upload's file), for as long as files are kept — not the answer's collection's
-    (an upload's two days would take the file from its owner while the provider still keeps it)."""
+    error files, a fine-tuning job's result files, an upload's file), for as long as files are kept —
+    not the answer's collection's (an upload's two days would take the file from its owner while the
+    provider still keeps it)."""
     if not isinstance(answer, dict):
         return []
     out: list[tuple[str, float | None]] = []
     if creating and isinstance(answer.get("id"), str):
         out.append((answer["id"], ttl))
     for key in CREATED_KEYS:
-        if isinstance(answer.get(key), str):
-            out.append((answer[key], COLLECTIONS["files"]))
+        value = answer.get(key)
+        out += [(file_id, COLLECTIONS["files"]) for file_id in _ids(value) if not isinstance(value, dict)]
     file = answer.get("file")
     if isinstance(file, dict) and isinstance(file.get("id"), str):
         out.append((file["id"], COLLECTIONS["files"]))

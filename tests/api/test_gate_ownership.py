@@ -469,6 +469,54 @@ def test_a_file_made_by_an_upload_is_owned_as_long_as_files_are(
     assert owners.pttl("sentinel:owner:file-from-upload_1") == -1  # kept until deleted through Sentinel
 
 
+def test_a_fine_tuning_jobs_result_files_are_its_owners(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """A fine-tuning job makes result files (its metrics, `result_files`), as a batch makes its output
+    file: they were no one's, so Alice got 404 downloading her own job's results. Once a read of her
+    job shows them they are hers, kept as files are; Bob's reads are still 404."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from tests.support.servers import serving
+
+    async def create(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"id": "ftjob-1", "object": "fine_tuning.job", "status": "queued", "result_files": []})
+
+    async def job(_: Request) -> JSONResponse:
+        return JSONResponse({"id": "ftjob-1", "object": "fine_tuning.job", "status": "succeeded",
+                             "fine_tuned_model": "ft:gpt-4o-mini:acme::1", "result_files": ["file-results-1"]})
+
+    async def content(_: Request) -> Response:
+        return Response(b"step,train_loss\n1,0.5\n", media_type="application/octet-stream")
+
+    async def upload(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"id": "file-train-1", "object": "file", "purpose": "fine-tune", "filename": "t.jsonl",
+                             "bytes": 2, "created_at": 1, "status": "processed"})
+
+    upstream = Starlette(routes=[Route("/v1/files", upload, methods=["POST"]),
+                                 Route("/v1/fine_tuning/jobs", create, methods=["POST"]),
+                                 Route("/v1/fine_tuning/jobs/{jid}", job),
+                                 Route("/v1/files/{fid}/content", content)])
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url,
+                             passthrough="/v1/fine_tuning/*,/v1/files/*")
+        training = gw.openai().files.create(file=("train.jsonl", b"{}"), purpose="fine-tune").id
+        with gw.client() as alice, gw.client(key_for(gw, "bob")) as bob:
+            made = alice.post("/v1/fine_tuning/jobs", json={"model": "gpt-4o-mini", "training_file": training})
+            assert made.status_code == 200, made.text
+            assert alice.get("/v1/files/file-results-1/content").status_code == 404  # not shown yet: no one's
+            assert alice.get("/v1/fine_tuning/jobs/ftjob-1").json()["result_files"] == ["file-results-1"]
+            results = alice.get("/v1/files/file-results-1/content")
+            assert results.status_code == 200 and b"train_loss" in results.content, results.text
+            assert bob.get("/v1/files/file-results-1/content").status_code == 404
+    assert redis.Redis.from_url(redis_url).pttl("sentinel:owner:file-results-1") == -1
+
+
 def test_a_files_content_is_never_read_for_ids_even_with_a_trailing_slash(
     gateway_factory: Callable[..., Gateway], redis_url: str
 ) -> None:

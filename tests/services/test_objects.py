@@ -16,6 +16,7 @@ from sentinel.services.objects import (
     audio_answers,
     batch_references,
     classify,
+    created_ids,
     leading_audio_ids,
     multipart_references,
     reference_keys,
@@ -541,3 +542,14 @@ def test_a_delimiter_follows_only_a_crlf(line_break: bytes) -> None:
     with pytest.raises(MalformedUpload, match="only after a CRLF"):
         Upload.read(part('form-data; name="note"', b"x" + hidden + b"file-alice") + b"--XyZ--\r\n", TYPE)
     assert Upload.read(part('form-data; name="note"', b"x\n-XyZ\r--Xy") + b"--XyZ--\r\n", TYPE).values("note")
+
+
+def test_files_an_answer_made_along_are_its_callers_as_files_are() -> None:
+    """A batch's output and error files, a fine-tuning job's result files, an upload's file — kept as
+    files are, whatever the answer's own collection keeps; the object itself only when it was made."""
+    job = {"id": "ftjob-1", "result_files": ["file-r1", "file-r2", 3], "output_file_id": None}
+    assert created_ids(job, creating=False, ttl=None) == [("file-r1", None), ("file-r2", None)]
+    batch = {"id": "batch_1", "output_file_id": "file-o", "error_file_id": "file-e"}
+    assert created_ids(batch, creating=True, ttl=5.0) == [("batch_1", 5.0), ("file-o", None), ("file-e", None)]
+    upload = {"id": "upload_1", "file": {"id": "file-u"}, "output_file_id": {"id": "file-x"}}
+    assert created_ids(upload, creating=False, ttl=2 * DAY) == [("file-u", None)]

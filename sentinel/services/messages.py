@@ -45,7 +45,7 @@ from sentinel.routing.model_routes import ModelRoutes
 from sentinel.services.answers import refuse, report
 from sentinel.services.event_streams import relay_events
 from sentinel.services.exchange import Exchange, Reply, StreamReply
-from sentinel.services.objects import anthropic_object_reference, tool_models
+from sentinel.services.objects import HELD_MESSAGES, anthropic_object_reference, tool_models
 from sentinel.services.relay import target_headers, upstream_payload
 from sentinel.services.translated_chat import TranslatedChat
 
@@ -59,13 +59,19 @@ def _invalid(exc: NativeValidationError) -> InvalidRequest:
 
 def _check(payload: dict[str, Any], *, count_only: bool = False) -> None:
     """The metered fields' types, and no object of the provider account named (InvalidRequest, 400):
-    Sentinel serves neither Anthropic's Files API nor its containers, so such an object is never the
-    caller's (SECURITY.md: objects created outside Sentinel are unreachable through it)."""
+    Sentinel serves neither Anthropic's Files API nor its containers, nor records whose message a
+    server-held thread continues, so such an object is never the caller's (SECURITY.md: objects
+    created outside Sentinel are unreachable through it)."""
     try:
         check_messages_fields(payload, count_only=count_only)
     except NativeValidationError as exc:
         raise _invalid(exc) from None
     at = anthropic_object_reference(payload)
+    if at in HELD_MESSAGES:
+        raise InvalidRequest(
+            f"{at}: messages the provider holds (a server-held thread, a previous message) cannot be named "
+            "through this gateway; send the conversation's messages", details={"param": at},
+        )
     if at is not None:
         raise InvalidRequest(
             f"{at}: files (Anthropic's Files API) and containers of the provider account cannot be used "

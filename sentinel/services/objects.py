@@ -8,7 +8,9 @@ Every user of Sentinel shares the company's provider account. A call that create
 Anthropic's Messages API can name objects of the provider account too — files of its Files API (a
 `file` source of a document or image, a `container_upload` block) and code-execution containers (a
 top-level `container`). Sentinel does not serve those APIs, so no such object can be the caller's:
-`anthropic_object_reference` finds them so that the request is refused.
+`anthropic_object_reference` finds them so that the request is refused — and the earlier messages
+the provider keeps (a server-held `thread`, a `diagnostics.previous_message_id`), whose owner
+Sentinel does not record either.
 """
 
 from __future__ import annotations
@@ -747,14 +749,27 @@ def _ids(value: Any) -> list[str]:
     return []
 
 
+# Where a Messages API body names an earlier message the provider holds: a server-held conversation
+# (`thread`: `{"type": "continue", "previous_message_id": ...}` resumes one, and `{"type": "create"}`
+# makes one no request through Sentinel could continue), and the message whose prompt a
+# `diagnostics.previous_message_id` compares with the request's (what of its prefix the cache reused).
+HELD_MESSAGES = ("thread", "diagnostics.previous_message_id")
+
+
 def anthropic_object_reference(payload: dict[str, Any]) -> str | None:
     """Where a Messages API body names an object of the provider account, as a parameter path (e.g.
     `messages.0.content.1.source`), or None. Named are: a top-level `container` (an id, or skills),
-    and any content block of `system` or a message — nested ones too (tool results, a document's
-    content) — that carries a `file_id` or is a `file` source. Tool inputs are the client's own
-    data and are not read."""
+    a message the provider holds (HELD_MESSAGES: any `thread`, a `diagnostics.previous_message_id`
+    but null), and any content block of `system` or a message — nested ones too (tool results, a
+    document's content) — that carries a `file_id` or is a `file` source. Tool inputs are the
+    client's own data and are not read."""
     if payload.get("container") is not None:
         return "container"
+    if payload.get("thread") is not None:
+        return "thread"
+    diagnostics = payload.get("diagnostics")
+    if isinstance(diagnostics, dict) and diagnostics.get("previous_message_id") is not None:
+        return "diagnostics.previous_message_id"
     messages = payload.get("messages")
     stack: list[tuple[str, Any]] = [("system", payload.get("system"))]
     if isinstance(messages, list):

@@ -219,6 +219,41 @@ def test_files_and_containers_of_the_provider_account_are_refused(gateway_factor
         assert spy.paths() == ["/v1/messages"]
 
 
+def test_messages_the_provider_holds_are_never_named(gateway_factory: Callable[..., Gateway]) -> None:
+    """A server-held thread (`thread: {"type": "continue", "previous_message_id": ...}`) resumes the
+    conversation of an earlier message the provider keeps, and `diagnostics.previous_message_id`
+    compares an earlier message's prompt with the request's: Bob could name Alice's message and
+    read her conversation, or learn what her prompt began with. Sentinel records no owner of a
+    message, so naming one is 400 in Anthropic's shape, relayed or translated, before anything is
+    reserved or sent (a thread made, `{"type": "create"}`, could never be continued: 400 too); a
+    `diagnostics` asking for no comparison (`previous_message_id: null`) goes through."""
+    import asyncio
+
+    from sentinel.mock.app import create_mock_app
+    from tests.support.accounts import create_key
+    from tests.support.attack import recorded_ids, spying
+
+    with spying(create_mock_app()) as (_, spy):
+        gw = gateway_factory(anthropic_api_url=spy.url, openai_api_url=spy.url + "/v1")
+        alices = gw.anthropic().messages.create(model=HAIKU, max_tokens=5, messages=user("my secret plan")).id
+        bob = gw.anthropic(api_key=asyncio.run(create_key(gw.settings.database_url, "bob"))[1])
+        spy.clear()
+        for model in (HAIKU, "gpt-4o-mini"):
+            for extra, param in (({"thread": {"type": "continue", "previous_message_id": alices}}, "thread"),
+                                 ({"thread": {"type": "create"}}, "thread"),
+                                 ({"diagnostics": {"previous_message_id": alices}}, "diagnostics.previous_message_id")):
+                for send, more in ((bob.messages.create, {"max_tokens": 5}), (bob.messages.count_tokens, {})):
+                    with pytest.raises(anthropic.BadRequestError, match=param) as caught:
+                        send(model=model, messages=user("go on"), extra_body=extra, **more)
+                    error = orjson.loads(caught.value.response.content)
+                    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error", error
+        assert spy.seen == []
+        assert recorded_ids(gw.settings.database_url, external_id="bob") == set()
+        bob.messages.create(model=HAIKU, max_tokens=5, messages=user("hi"), extra_body={"diagnostics": {
+            "previous_message_id": None}})
+        assert spy.paths() == ["/v1/messages"]
+
+
 async def test_async_client(gateway: Gateway) -> None:
     claude = gateway.async_anthropic()
     message = await claude.messages.create(model=HAIKU, max_tokens=20, messages=user("async hello"))

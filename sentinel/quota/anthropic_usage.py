@@ -2,7 +2,8 @@
 
 Estimate (before the provider says): the `system` prompt (a string or text blocks), each message's
 text, tool uses (name and JSON input) and tool results, 3 tokens of overhead per message, the tool
-definitions as compact JSON, and each image by Anthropic's pixel rule (`sentinel.quota.images`) — or,
+definitions as compact JSON, and each image (and each page of a base64 PDF document, as an image of a
+letter page: `sentinel.quota.media`) by Anthropic's pixel rule (`sentinel.quota.images`) — or,
 when the request may be served by a model of another wire format (translated), by the dearest of
 that model's rule and Anthropic's (`images.image_rule_for`).
 Counted with the tokenizer Sentinel has for the model (Claude models: `cl100k_base`, an approximation).
@@ -32,6 +33,7 @@ from sentinel.native._wire import flat_json
 from sentinel.native.openai_checks import MAX_JSON_DEPTH
 from sentinel.providers.errors import redact, stream_error
 from sentinel.quota.images import ANTHROPIC, ImageRule, base64_image_tokens
+from sentinel.quota.media import file_tokens
 from sentinel.quota.tokens import (
     MAX_PLAIN_ID_CHARS,
     REPLY_PRIMING,
@@ -85,10 +87,12 @@ def content_texts(value: Any) -> list[str]:
     return []
 
 
-def _content(content: Any, texts: list[str], depth: int = 0, *, rule: ImageRule = ANTHROPIC) -> int:
-    """Append the content's texts; return the tokens counted without the tokenizer (images, by
-    `rule`, and the scalars of `_walk`). `depth`: how deep `content` lies (nothing below
-    MAX_JSON_DEPTH is read)."""
+def _content(
+    content: Any, texts: list[str], depth: int = 0, *, rule: ImageRule = ANTHROPIC, pdfs: bool = True,
+) -> int:
+    """Append the content's texts; return the tokens counted without the tokenizer (images and, with
+    `pdfs`, the pages of a PDF sent as base64 data, by `rule`; the scalars of `_walk`). `depth`: how
+    deep `content` lies (nothing below MAX_JSON_DEPTH is read)."""
     if isinstance(content, str):
         texts.append(content)
         return 0
@@ -111,17 +115,21 @@ def _content(content: Any, texts: list[str], depth: int = 0, *, rule: ImageRule 
             texts.extend(_long_labels(block))
         elif kind == "tool_result":
             texts.extend(_long_labels(block))
-            tokens += _content(block.get("content"), texts, depth + 2, rule=rule)
+            tokens += _content(block.get("content"), texts, depth + 2, rule=rule, pdfs=pdfs)
         elif kind in ("document", "search_result"):
             # A plain-text document's data, a content document's blocks, a search result's blocks;
-            # titles and context too, and a search result's source. (A PDF's pages are not estimated:
-            # the answer's usage counts them.)
+            # titles and context too, and a search result's source. A PDF sent as base64 data is an
+            # image of each page (`media.file_tokens`: Anthropic puts each page's image and text
+            # before the model; a 100-page PDF was admitted at a few tokens). A PDF by URL or file id
+            # is not estimated: its bytes are elsewhere.
             source = block.get("source")
             if isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
                 texts.append(source["data"])
             elif isinstance(source, dict) and source.get("type") == "content":
-                tokens += _content(source.get("content"), texts, depth + 3, rule=rule)
-            tokens += _content(block.get("content"), texts, depth + 2, rule=rule) if kind == "search_result" else 0
+                tokens += _content(source.get("content"), texts, depth + 3, rule=rule, pdfs=pdfs)
+            elif pdfs and isinstance(source, dict) and source.get("type") == "base64":
+                tokens += file_tokens(source.get("data"), rule)
+            tokens += _content(block.get("content"), texts, depth + 2, rule=rule, pdfs=pdfs) if kind == "search_result" else 0
             texts.extend(_strings(block, "title", "context", "source"))
         elif kind == "thinking":
             # The thinking, not its `signature`: the provider checks that the signature is its own
@@ -129,7 +137,7 @@ def _content(content: Any, texts: list[str], depth: int = 0, *, rule: ImageRule 
             if isinstance(thinking := block.get("thinking"), str):
                 texts.append(thinking)
         else:
-            tokens += _walk(block, texts, depth + 1, rule)
+            tokens += _walk(block, texts, depth + 1, rule, pdfs)
     return tokens
 
 
@@ -175,7 +183,7 @@ _LABELS = frozenset({"type", "id", "tool_use_id"})
 _UNBILLED = frozenset({"cache_control", "citations"})
 
 
-def _walk(block: dict[str, Any], texts: list[str], depth: int, rule: ImageRule) -> int:
+def _walk(block: dict[str, Any], texts: list[str], depth: int, rule: ImageRule, pdfs: bool = True) -> int:
     """Count a block with no rule of its own (`server_tool_use`, `web_search_tool_result`,
     `web_fetch_tool_result`, `code_execution_tool_result`, `mcp_tool_result`, `redacted_thinking`, a
     type added later): every string in it, keys too, appended as one text, but its own `_LABELS` and
@@ -199,7 +207,7 @@ def _walk(block: dict[str, Any], texts: list[str], depth: int, rule: ImageRule) 
         if isinstance(node, str):
             parts.append(node)
         elif media and isinstance(node, dict) and node.get("type") in ("image", "document"):
-            tokens += _content([node], texts, depth, rule=rule)
+            tokens += _content([node], texts, depth, rule=rule, pdfs=pdfs)
         elif isinstance(node, list) and depth < MAX_JSON_DEPTH:
             stack.extend((item, depth + 1, media) for item in reversed(node))
         elif isinstance(node, dict) and depth < MAX_JSON_DEPTH:
@@ -227,7 +235,8 @@ def blocks_read(blocks: list[Any]) -> tuple[str, int]:
     writes, `_WRITTEN`), counted as the estimate counts them in a request: (text to count, tokens
     counted already)."""
     texts: list[str] = []
-    tokens = _content([b for b in blocks if isinstance(b, dict) and not _written(b)], texts)
+    # (A PDF among them is not estimated: this runs on the event loop, at settlement.)
+    tokens = _content([b for b in blocks if isinstance(b, dict) and not _written(b)], texts, pdfs=False)
     return "\n".join(texts), tokens
 
 

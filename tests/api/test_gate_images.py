@@ -6,6 +6,7 @@ input limit was admitted (so was a burst of them, before the first settled)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -207,3 +208,28 @@ def test_a_relayed_image_url_is_http_s_or_a_data_url(gateway: Gateway, path: str
     error = openai_error(refused.json())
     assert error["type"] == "invalid_request_error" and where in error["message"], error
     assert served.status_code == 200, served.text
+
+
+def test_a_pdf_document_on_messages_counts_against_the_input_limit(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """A PDF sent as a base64 `document` block on `/v1/messages` was estimated at nothing (Anthropic
+    puts an image and the text of each page before the model): a 20-page PDF was admitted under a
+    10,000-token input limit at a few tokens, and so was a burst of them before the first settled.
+    Each page is estimated as the image of a letter page (647 tokens under Anthropic's rule)."""
+    gw = gateway_factory(anthropic_api_url=spy.url)
+    key = asyncio.run(create_key(gw.settings.database_url, "reader"))[1]
+    set_plan(gw.settings.database_url, "reader", "plan-reader", "requests=100/1h,input_tokens=10000/1h")
+    pdf = b"%PDF-1.4\n" + b"".join(b"%d 0 obj<</Type /Page>>endobj\n" % i for i in range(20))
+    document = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                               "data": base64.b64encode(pdf).decode()}}
+    request = {"model": HAIKU, "max_tokens": 50,
+               "messages": [{"role": "user", "content": [document, {"type": "text", "text": "summarise it"}]}]}
+    with gw.client(key) as http:
+        r = http.post("/v1/messages", json=request)
+    assert r.status_code == 429, r.text
+    error = r.json()["error"]
+    assert error["type"] == "rate_limit_error" and "can never be admitted" in error["message"], error
+    requested = int(error["message"].split(" needs ", 1)[1].split()[0])
+    assert 20 * 647 <= requested < 20 * 647 + 100, error
+    assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()

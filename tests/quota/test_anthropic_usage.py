@@ -90,6 +90,32 @@ def test_documents_search_results_and_thinking_are_counted() -> None:
     assert estimate_messages(counter, "claude-x", body) >= plain + counter.count_text(words, "claude-x")
 
 
+def test_a_pdf_sent_as_data_is_estimated_by_its_pages() -> None:
+    """A base64 PDF `document` (on its own or inside a server tool's result sent back) is the image
+    of each page under the request's rule (a letter page: 647 tokens under Anthropic's); one by URL
+    or file id, and any other base64 file, is not estimated. An answer's PDF read by a server tool is
+    not counted at settlement (on the event loop): the provider's usage counts it."""
+    counter = TokenCounter()
+    pdf = base64.b64encode(b"%PDF-1.4\n" + b"<</Type /Page>>" * 3).decode()
+    base = {"model": "claude-x", "max_tokens": 5}
+
+    def estimate(*blocks: dict[str, object]) -> int:
+        body = {**base, "messages": [{"role": "user", "content": [*blocks, {"type": "text", "text": "hi"}]}]}
+        return estimate_messages(counter, "claude-x", body)
+
+    plain = estimate()
+    document = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": pdf}}
+    assert estimate(document) == plain + 3 * 647
+    fetched = {"type": "web_fetch_tool_result", "tool_use_id": SERVER_ID,
+               "content": {"type": "web_fetch_result", "url": "u", "content": document}}
+    assert estimate(fetched) >= plain + 3 * 647
+    for source in ({"type": "url", "url": "https://example.com/a.pdf"}, {"type": "file", "file_id": "file_1"},
+                   {"type": "base64", "media_type": "application/pdf", "data": base64.b64encode(b"text").decode()}):
+        assert estimate({"type": "document", "source": source}) < plain + 647, source
+    text, tokens = message_read({"content": [fetched]})
+    assert tokens < 647 and pdf not in text
+
+
 WORDS = " ".join(f"word{i}" for i in range(500))
 
 

@@ -341,7 +341,10 @@ class QuotaMeter:
                 )
         else:
             input_tokens = admission.estimate_input
-            if reported_input is not None:
+            # A reported input of 0 is no count of a prompt (an Anthropic-compatible server that fills
+            # message_start's figures only in its final event): the estimate stands, else leaving
+            # the stream after message_start made any prompt free.
+            if reported_input is not None and reported_input.input_tokens > 0:
                 input_tokens = reported_input.input_tokens
                 cache_write, cache_read = reported_input.cache_write_tokens, reported_input.cache_read_tokens
             read_text, read_tokens = read_input

@@ -294,6 +294,35 @@ def test_a_broken_claude_stream_is_charged_the_input_it_reported(
         assert row["usage_source"] == "estimated" and row["output_tokens"] > 0, row  # "a reply", counted
 
 
+def test_a_broken_claude_stream_whose_start_reported_no_input_is_charged_the_estimate(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """An Anthropic-compatible server that gives its counts only in the final message_delta sends
+    message_start with `input_tokens: 0`: a client that left (or a stream that broke off) after it was
+    charged no input at all, whatever its prompt. A reported 0 is no count of a prompt: the estimate
+    stands, on every surface."""
+    upstream = ScriptedUpstream()
+    broken = claude_events({"input_tokens": 0, "output_tokens": 0}, 0)[:3]
+    prompt = " ".join(f"word{i}" for i in range(2000))
+    ask = [{"role": "user", "content": prompt}]
+    with serving(upstream) as srv:
+        gw = gateway_factory(anthropic_api_url=srv.url, providers_file=tiers_file(tmp_path, "anthropic"))
+        with gw.client() as http:
+            upstream.sse(*broken)
+            relayed = http.post("/v1/messages", json={**ASK_CLAUDE, "messages": ask, "stream": True})
+            upstream.sse(*broken)
+            native = http.post("/native/v1/chat/completions", json={"messages": ask, "max_tokens": 30, "stream": True})
+            upstream.sse(*broken)
+            translated = http.post("/v1/chat/completions", json={**ASK_OPENAI, "messages": ask, "model": HAIKU,
+                                                                 "stream": True})
+    answers = [relayed, native, translated]
+    assert [r.status_code for r in answers] == [200] * 3, [r.text for r in answers]
+    rows = ledger_rows(gw.settings.database_url)
+    assert sorted(r["request_id"] for r in rows) == sorted(r.headers["x-request-id"] for r in answers)
+    for row in rows:
+        assert row["usage_source"] == "estimated" and row["input_tokens"] >= 2000, row
+
+
 def test_a_broken_stream_is_charged_the_server_tool_results_it_carried(
     gateway_factory: Callable[..., Gateway], tmp_path: Path
 ) -> None:

@@ -158,6 +158,9 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     # Migrations at start-up are routine: their step-by-step lines would bury the start-up banner.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    # aiosqlite (the SQLite driver) writes two debug lines per database call, each with the statement
+    # and its parameters: an API key's hash and prefix at every lookup, users' ids and emails.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
 
 
 class AccessLog:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import orjson
 import pytest
 
+from sentinel.governance.keys import hash_key
 from sentinel.observability.logging import JsonFormatter, Repeated, configure_logging, request_id_var
 from tests.support.clock import FakeClock
 
@@ -112,6 +114,31 @@ def test_configure_logging_sends_json_lines_to_stderr(capsys: pytest.CaptureFixt
     assert len(err) == 1, err
     line = orjson.loads(err[0])
     assert (line["level"], line["logger"], line["msg"], line["n"]) == ("info", "test.configured", "hello", 1)
+
+
+def test_debug_logs_of_a_served_request_carry_no_sql_parameters(
+    gateway_factory: Callable[..., Any], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """At SENTINEL_LOG_LEVEL=debug the SQLite driver (aiosqlite) wrote every statement with its
+    parameters, two lines per call: the hash and prefix of the caller's API key at its lookup, users'
+    ids. Its debug lines are not written; everything else's are."""
+    names = ("", "uvicorn.access", "alembic", "aiosqlite")
+    root = logging.getLogger()
+    saved_handlers, saved_levels = root.handlers[:], [logging.getLogger(n).level for n in names]
+    try:
+        configure_logging("DEBUG")
+        gateway = gateway_factory()  # SQLite, the default database
+        with gateway.client() as client:
+            assert client.get("/v1/models").status_code == 200  # the key is looked up in the database
+        logging.getLogger("test.debug").debug("written")
+        err = capfd.readouterr().err
+    finally:
+        root.handlers[:] = saved_handlers
+        for name, level in zip(names, saved_levels, strict=True):
+            logging.getLogger(name).setLevel(level)
+    assert '"logger":"test.debug"' in err
+    assert hash_key(gateway.key) not in err and gateway.key[:16] not in err
+    assert '"logger":"aiosqlite"' not in err
 
 
 def test_characters_a_terminal_acts_on_or_hides_are_written_as_escapes(capture: Capture) -> None:

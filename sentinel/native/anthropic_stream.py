@@ -4,9 +4,14 @@ provider's model.
 The sequence is Anthropic's: `message_start` (sent with the first chunk), then per block
 `content_block_start` / `content_block_delta` (`text_delta`, or `input_json_delta` for a tool
 call's argument fragments) / `content_block_stop`, then `message_delta` (stop reason and usage) and
-`message_stop`. Each tool call is its own `tool_use` block, in the order the calls began; a block is
-closed when the next one starts. The closing events are returned by `finish()` so the caller can
-send them after the usage record is stored. A broken stream ends with an `error` event instead.
+`message_stop`. Each tool call is its own `tool_use` block, in the order the calls began. Blocks
+never overlap and a block gets no delta after its `content_block_stop`, whatever order the upstream's
+fragments come in: text streams as it comes until the first tool call, which streams as it comes
+until the end; what begins after it (another call, more text) is held and sent whole, as a block
+each, when the stream finishes (OpenAI-compatible servers may interleave the fragments of parallel
+calls, and a block closed early would have lost its later arguments). The closing events are
+returned by `finish()` so the caller can send them after the usage record is stored. A broken
+stream ends with an `error` event instead.
 """
 
 from __future__ import annotations
@@ -40,9 +45,11 @@ class AnthropicStreamEncoder:
     def __init__(self, *, input_tokens: int) -> None:
         self.input_tokens = input_tokens
         self.started = False
+        self.called = False  # a tool call began
         self._next_block = 0
-        self._open: tuple[str, Any] | None = None  # ("text", None) or ("tool", unified index)
-        self._blocks: dict[Any, int] = {}  # unified tool-call index -> block index
+        self._open: tuple[str, Any] | None = None  # ("text", None) or ("tool", unified index): streaming
+        self._held: list[tuple[dict[str, Any], list[str]]] = []  # blocks begun after the first call
+        self._held_calls: dict[Any, list[str]] = {}  # unified tool-call index -> its held fragments
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
         """The events for one unified chunk (possibly none)."""
@@ -60,7 +67,14 @@ class AnthropicStreamEncoder:
         """(the events that close the message, the final `message_stop`)."""
         closing = [self._start({})] if not self.started else []
         closing.extend(self._close())
-        delta = {"stop_reason": stop_reason(reason, bool(self._blocks)), "stop_sequence": None}
+        for block, pieces in self._held:  # each whole: start, one delta, stop
+            kind = "text_delta" if block["type"] == "text" else "input_json_delta"
+            closing.extend(self._begin(("held", None), block))
+            if "".join(pieces):
+                closing.append(self._delta(kind, "".join(pieces)))
+            closing.extend(self._close())
+        self._held, self._held_calls = [], {}
+        delta = {"stop_reason": stop_reason(reason, self.called), "stop_sequence": None}
         closing.append(render_event("message_delta", {"type": "message_delta", "delta": delta,
                                                       "usage": anthropic_usage(usage, cache)}))
         return b"".join(closing), render_event("message_stop", {"type": "message_stop"})
@@ -91,29 +105,43 @@ class AnthropicStreamEncoder:
         self._open = key
         index = self._next_block
         self._next_block += 1
-        if key[0] == "tool":
-            self._blocks[key[1]] = index
         out.append(render_event("content_block_start", {"type": "content_block_start", "index": index,
                                                         "content_block": block}))
         return out
 
+    def _delta(self, kind: str, piece: str) -> bytes:
+        """A delta of the open block (`text_delta` or `input_json_delta`)."""
+        delta = {"type": kind, "text" if kind == "text_delta" else "partial_json": piece}
+        return render_event("content_block_delta", {"type": "content_block_delta",
+                                                    "index": self._next_block - 1, "delta": delta})
+
     def _text(self, text: str) -> list[bytes]:
+        if self.called:  # after a call began: held, one block per run of text
+            if not self._held or self._held[-1][0]["type"] != "text":
+                self._held.append(({"type": "text", "text": ""}, []))
+            self._held[-1][1].append(text)
+            return []
         out = [] if self._open == ("text", None) else self._begin(("text", None), {"type": "text", "text": ""})
-        delta = {"type": "text_delta", "text": text}
-        out.append(render_event("content_block_delta", {"type": "content_block_delta",
-                                                        "index": self._next_block - 1, "delta": delta}))
+        out.append(self._delta("text_delta", text))
         return out
 
     def _tool(self, call: dict[str, Any]) -> list[bytes]:
         key = call.get("index", 0)
+        fragment = as_object(call.get("function")).get("arguments")
+        fragment = fragment if isinstance(fragment, str) else ""
+        if self._open == ("tool", key):  # the first call: streamed
+            return [self._delta("input_json_delta", fragment)] if fragment else []
+        if key in self._held_calls:
+            self._held_calls[key].append(fragment)
+            return []
         function = as_object(call.get("function"))
-        out: list[bytes] = []
-        if key not in self._blocks:
-            block: dict[str, Any] = {"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": {}}
-            out.extend(self._begin(("tool", key), block))
-        fragment = function.get("arguments")
-        if isinstance(fragment, str) and fragment:
-            delta = {"type": "input_json_delta", "partial_json": fragment}
-            out.append(render_event("content_block_delta", {"type": "content_block_delta",
-                                                            "index": self._blocks[key], "delta": delta}))
+        block: dict[str, Any] = {"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": {}}
+        if self.called:  # a later call: held until the end
+            self._held_calls[key] = [fragment]
+            self._held.append((block, self._held_calls[key]))
+            return []
+        self.called = True
+        out = self._begin(("tool", key), block)
+        if fragment:
+            out.append(self._delta("input_json_delta", fragment))
         return out

@@ -479,3 +479,66 @@ def test_tool_call_ids_longer_than_openai_takes_are_renamed_for_it(gateway: Gate
     calls = [c["id"] for c in sent[1]["tool_calls"]]
     assert calls == [m["tool_call_id"] for m in sent[2:5]] and len(set(calls)) == 3
     assert all(len(i) <= 40 for i in calls) and calls[2] == ids[2], calls
+
+
+def anthropic_grammar(raw: str) -> list[dict]:
+    """The events of an Anthropic stream, checked against its grammar: `message_start` first, blocks
+    indexed 0, 1, ... that never overlap, each delta and stop for the open block, then
+    `message_delta` and `message_stop` last."""
+    events = [json.loads(line[len("data: "):]) for line in raw.splitlines() if line.startswith("data: ")]
+    assert events[0]["type"] == "message_start" and [e["type"] for e in events[-2:]] == ["message_delta", "message_stop"]
+    open_block, started = None, 0
+    for event in events[1:-2]:
+        kind = event["type"]
+        if kind == "content_block_start":
+            assert open_block is None and event["index"] == started, event
+            open_block, started = event["index"], started + 1
+        elif kind in ("content_block_delta", "content_block_stop"):
+            assert event["index"] == open_block, (event, open_block)
+            open_block = None if kind == "content_block_stop" else open_block
+        else:
+            assert kind == "ping", event
+    assert open_block is None
+    return events
+
+
+def test_interleaved_parallel_tool_calls_stream_as_well_formed_blocks(gateway_factory: Callable[..., Gateway]) -> None:
+    """An OpenAI-compatible server may interleave the argument fragments of parallel tool calls (the
+    first call's arguments after the second call began), and send text after them. Each call was
+    its own block, but a block was closed when the next began: the first call's later arguments
+    came as deltas of a block already stopped (the SDK's `content_block_stop` showed its input empty,
+    and clients that take a tool call at its stop ran it without arguments). The first call streams
+    as it comes; what begins after it is held and sent whole, a block each, at the end."""
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MINI}
+
+    def chunk(**delta: object) -> dict:
+        return {**head, "choices": [{"index": 0, "delta": delta}]}
+
+    events = [chunk(role="assistant", content="Let me check. "),
+              chunk(tool_calls=[{"index": 0, "id": "call_a", "type": "function",
+                                 "function": {"name": "lookup", "arguments": '{"q":'}}]),
+              chunk(tool_calls=[{"index": 1, "id": "call_b", "type": "function", "function": {"name": "clock", "arguments": "{"}}]),
+              chunk(tool_calls=[{"index": 0, "function": {"arguments": ' "tides"}'}}]),
+              chunk(content="Both asked."),
+              chunk(tool_calls=[{"index": 1, "function": {"arguments": "}"}}]),
+              {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+              {**head, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 12}}, "[DONE]"]
+    scripted = ScriptedUpstream()
+    ask = {"model": MINI, "max_tokens": 50, "tools": AN_TOOLS, "messages": [{"role": "user", "content": "tides and time"}]}
+    with serving(scripted) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+        scripted.sse(*events)
+        with gw.client() as http:
+            raw = http.post("/v1/messages", json={**ask, "stream": True}).text
+        scripted.sse(*events)
+        with gw.anthropic().messages.stream(**ask) as stream:
+            stopped = [e.content_block for e in stream if e.type == "content_block_stop"]  # type: ignore[union-attr]
+            final = stream.get_final_message()
+    streamed = anthropic_grammar(raw)
+    starts = [e["content_block"] for e in streamed if e["type"] == "content_block_start"]
+    assert [(b["type"], b.get("id")) for b in starts] == [("text", None), ("tool_use", "call_a"), ("tool_use", "call_b"),
+                                                          ("text", None)]
+    expected = [("text", "Let me check. "), ("tool_use", {"q": "tides"}), ("tool_use", {}), ("text", "Both asked.")]
+    for blocks in (stopped, final.content):
+        assert [(b.type, b.text if b.type == "text" else b.input) for b in blocks] == expected  # type: ignore[union-attr]
+    assert final.stop_reason == "tool_use" and final.usage.output_tokens == 12

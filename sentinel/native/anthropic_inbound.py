@@ -295,7 +295,10 @@ def _tool_choice(choice: Any, out: dict[str, Any]) -> None:
         out["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[kind]
     else:
         raise _refuse("tool_choice.type", "must be auto, any, tool or none")
-    if choice.get("disable_parallel_tool_use") is True:
+    disable = choice.get("disable_parallel_tool_use")
+    if not isinstance(disable, bool | None):  # "true" was read as false: parallel calls left on
+        raise _refuse("tool_choice.disable_parallel_tool_use", "must be a boolean")
+    if disable:
         out["parallel_tool_calls"] = False
 
 

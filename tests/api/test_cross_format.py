@@ -190,6 +190,8 @@ def test_anthropic_fields_that_cannot_reach_gpt_are_400(gateway: Gateway) -> Non
         ({"messages": [{"role": "user", "content": [
             {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "doc"}}]}]},
          "messages.0.content.0.type"),
+        ({"tools": AN_TOOLS, "tool_choice": {"type": "auto", "disable_parallel_tool_use": "true"}},
+         "tool_choice.disable_parallel_tool_use"),  # was read as false: parallel calls left on
     ]
     for extra, param in cases:
         kwargs = {"model": MINI, "max_tokens": 5, "messages": ask, **extra}

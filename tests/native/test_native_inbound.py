@@ -131,6 +131,7 @@ def test_anthropic_request_to_openai_body(openai_wire: Check) -> None:
     ({"metadata": {"user_id": "u", "other": 1}}, "metadata"),
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "weird": 1}]}]}, "messages.0.content.0.weird"),
     ({"max_tokens": None}, "max_tokens"),
+    ({"tool_choice": {"type": "auto", "disable_parallel_tool_use": "true"}}, "tool_choice.disable_parallel_tool_use"),
 ])
 def test_anthropic_fields_that_cannot_be_translated(extra: dict[str, Any], param: str) -> None:
     assert refused(parse_anthropic_messages, an(**extra)) == param

@@ -53,8 +53,11 @@ def anthropic_error(err: SentinelError, request_id: str | None) -> tuple[int, di
     if status == 503 or (isinstance(err, UpstreamStatusError) and err.upstream_status == OVERLOADED):
         status = OVERLOADED
     kind = ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    if err.provider is not None and err.type in _ANTHROPIC_NAMES:
-        kind = err.type  # an Anthropic provider's own error type, relayed
+    if err.provider is not None and err.type in _ANTHROPIC_NAMES and not (
+        err.type == "invalid_request_error" and status in ANTHROPIC_TYPES
+    ):  # an Anthropic provider's own error type, relayed; OpenAI's `invalid_request_error` (its
+        # 404s and 413s too) is the type Anthropic gives the status
+        kind = err.type
     body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": err.message}}
     if request_id:
         body["request_id"] = request_id

@@ -210,6 +210,12 @@ def test_gpt_errors_reach_anthropic_clients_in_their_shape(gateway: Gateway) -> 
         claude.messages.create(model=MINI, max_tokens=5, messages=[{"role": "user", "content": "#mock:status=400"}])
     with pytest.raises(anthropic.InternalServerError):
         claude.messages.create(model=MINI, max_tokens=5, messages=[{"role": "user", "content": "#mock:status=503"}])
+    # OpenAI's type for its 404s and 413s is `invalid_request_error`: relayed, it named the wrong error
+    for status, error, kind in ((404, anthropic.NotFoundError, "not_found_error"),
+                                (413, anthropic.APIStatusError, "request_too_large")):
+        with pytest.raises(error) as caught:
+            claude.messages.create(model=MINI, max_tokens=5, messages=[{"role": "user", "content": f"#mock:status={status}"}])
+        assert caught.value.status_code == status and caught.value.body["error"]["type"] == kind  # type: ignore[index]
 
 
 def test_broken_stream_ends_with_an_error_event(gateway: Gateway) -> None:

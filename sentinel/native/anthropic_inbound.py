@@ -305,9 +305,13 @@ def _tool_choice(choice: Any, out: dict[str, Any]) -> None:
 def stop_reason(reason: FinishReason | None, called: bool) -> str:
     """Anthropic's `stop_reason` for a unified finish reason: an answer that `called` tools ended
     for them (`tool_use`, what an Anthropic client's tool loop waits for), though OpenAI says `stop`
-    when `tool_choice` named the function."""
+    when `tool_choice` named the function; one that called none ended its turn, though a server may
+    say `tool_calls` (vLLM's for a `required` choice whose call it could not read): the client's
+    tool loop found nothing to run and sent back an empty turn of results."""
     if called and reason in (None, "stop"):
         return "tool_use"
+    if not called and reason == "tool_calls":
+        return "end_turn"
     return STOP_REASONS[reason or "stop"]
 
 

@@ -472,6 +472,31 @@ def test_a_forced_tool_call_is_tool_use_for_an_anthropic_client(gateway_factory:
     assert cut.stop_reason == "max_tokens"
 
 
+def test_tool_calls_said_but_none_made_is_end_turn_for_an_anthropic_client(gateway_factory: Callable[..., Gateway]) -> None:
+    """A server may end an answer with `finish_reason: "tool_calls"` and no tool call in it (vLLM,
+    for a `required` choice whose call it could not read): an Anthropic client was told `tool_use`,
+    and its tool loop found nothing to run. It ended its turn (`end_turn`), streamed or not."""
+    whole = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": MINI,
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": "I cannot call it."},
+                          "finish_reason": "tool_calls"}], "usage": {"prompt_tokens": 5, "completion_tokens": 4}}
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MINI}
+    events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "I cannot call it."}}]},
+              {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+              {**head, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 4}}, "[DONE]"]
+    scripted = ScriptedUpstream()
+    ask = {"model": MINI, "max_tokens": 20, "tools": AN_TOOLS, "tool_choice": {"type": "any"},
+           "messages": [{"role": "user", "content": "what time is it"}]}
+    with serving(scripted) as srv:
+        claude = gateway_factory(openai_api_url=srv.url + "/v1").anthropic()
+        scripted.json(whole)
+        answer = claude.messages.create(**ask)
+        scripted.sse(*events)
+        with claude.messages.stream(**ask) as stream:
+            final = stream.get_final_message()
+    for message in (answer, final):
+        assert message.stop_reason == "end_turn" and [b.type for b in message.content] == ["text"]
+
+
 def test_tool_call_ids_longer_than_openai_takes_are_renamed_for_it(gateway: Gateway) -> None:
     """OpenAI takes tool-call ids of at most 40 characters; an Anthropic client's history (its own
     ids, another provider's) may hold longer ones, and they went as they were: OpenAI refused the

@@ -17,7 +17,7 @@ from sentinel.api.bodies import parse_json_body, query_items
 from sentinel.api.context import context
 from sentinel.api.deps import Deps
 from sentinel.api.replies import render
-from sentinel.errors import MethodNotAllowed, NotFound
+from sentinel.errors import InvalidRequest, MethodNotAllowed, NotFound
 from sentinel.observability.logging import clipped
 from sentinel.services.models import ModelList
 from sentinel.services.objects import COLLECTIONS, GRADERS, OBJECT_WORDS, classify
@@ -103,10 +103,18 @@ class OpenAIRoutes:
     async def metered(self, request: Request) -> Any:
         path: str = request.scope["path"]  # not request.url: building a URL parses the Host header
         identity = await self.deps.authenticate(request)
+        if query_items(request) is not None:
+            # The metered endpoints take no query parameter, and Sentinel reads none: one sent on would be
+            # read upstream unchecked (a LiteLLM proxy runs `?model=` over the body's model, the one checked
+            # against the catalogue and reserved for; Azure reads `?api-version=`).
+            raise InvalidRequest(
+                f"POST {path} takes no query parameters (they go in the JSON body): the provider would read "
+                "what Sentinel does not check", code="unsupported_query",
+            )
         body = await self.deps.read_body(request)
         reply = await self.relay.metered(
             context(request.scope), identity, endpoint=METERED[path], segments=path[4:].split("/"),
-            payload=await parse_json_body(body), body=body, headers=request.scope["headers"], query=query_items(request),
+            payload=await parse_json_body(body), body=body, headers=request.scope["headers"],
         )
         return render(reply)
 

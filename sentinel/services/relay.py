@@ -99,11 +99,11 @@ class OpenAIRelay:
     # --- metered endpoints (chat, completions, embeddings, responses) -------------------------------
     async def metered(
         self, ex: Exchange, identity: Identity, *, endpoint: str, segments: Sequence[str], payload: dict[str, Any],
-        body: bytes, headers: RawHeaders, query: Query | None,
+        body: bytes, headers: RawHeaders,
     ) -> Reply | StreamReply:
-        """Check, resolve the model, admit, forward the request (`body`, parsed as `payload`), relay the
-        answer and settle. Nothing is reserved for a request refused before it is sent. The walks of a
-        large body run in a worker thread (`sentinel.offload`)."""
+        """Check, resolve the model, admit, forward the request (`body`, parsed as `payload`; never a
+        query: the caller refuses one), relay the answer and settle. Nothing is reserved for a request
+        refused before it is sent. The walks of a large body run in a worker thread (`sentinel.offload`)."""
         heavy = large(body)
         targets, references = await off_loop(functools.partial(self._checked, endpoint, payload), heavy)
         await self.ownership.require(references, identity.external_id)
@@ -116,7 +116,7 @@ class OpenAIRelay:
                 payload["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
                 strip_usage = True
         carried, extends = continued(payload) if endpoint == "responses" else ([], [])
-        request = Relayed(endpoint, segments, payload, headers, query, stream, strip_usage,
+        request = Relayed(endpoint, segments, payload, headers, stream, strip_usage,
                           identity if _stores_objects(endpoint, payload) else None, extends=extends,
                           speaker=identity if endpoint == "chat" else None, heavy=heavy)
         # A 400 here reserves nothing; an alias's target that cannot carry the request is passed over.
@@ -200,7 +200,7 @@ class OpenAIRelay:
         body = await off_loop(lambda: orjson.dumps(upstream_payload(self.catalogue, request.payload, target)),
                               request.heavy)
         upstream = await self._forward(
-            ex, self.upstreams[target.provider], "POST", request.segments, body, request.headers, request.query,
+            ex, self.upstreams[target.provider], "POST", request.segments, body, request.headers, None,
             admission, stream=request.stream,
         )
         if request.stream and 200 <= upstream.status < 300 and upstream.streams:
@@ -497,7 +497,6 @@ class Relayed:
     segments: Sequence[str]
     payload: dict[str, Any]  # what is sent (re-encoded: never the client's bytes)
     headers: RawHeaders
-    query: Query | None
     stream: bool
     strip_usage: bool
     owner: Identity | None

@@ -15,7 +15,7 @@ import pytest
 
 from tests.api.conftest import Gateway
 from tests.support.accounts import create_key
-from tests.support.attack import ledger_rows
+from tests.support.attack import ledger_rows, recorded_ids
 from tests.support.servers import serving
 from tests.support.upstream import UPSTREAM_KEY, ScriptedUpstream
 from tests.support.waiting import wait_for
@@ -404,6 +404,34 @@ def test_allowed_passthrough_keeps_method_path_query_and_status(gateway_factory:
         assert (seen["method"], seen["path"], seen["query"]) == ("POST", "/v1/moderations", {"purpose": "check", "limit": "2"})
         bad = http.post("/v1/moderations", content=b"not json", headers={"content-type": "text/plain"})
     assert bad.status_code == 400  # the upstream's own 4xx is relayed
+
+
+def test_a_metered_call_with_a_query_is_refused_before_anything_is_sent(gateway: Gateway) -> None:
+    """The metered endpoints take no query parameter and Sentinel reads none: sent on, one was read
+    upstream unchecked — a LiteLLM proxy runs `?model=` over the body's model, the one checked against
+    the catalogue and reserved for. Refused (400 `unsupported_query`): nothing sent, nothing recorded.
+    (The stored-response routes and pass-through keep theirs: `include`, `after`, …)"""
+    client = gateway.openai()
+    before = last_upstream_request(gateway)
+    chat = [{"role": "user", "content": "hi"}]
+    over: Any = {"extra_query": {"model": "gpt-4o"}}
+    calls: list[Callable[[], object]] = [
+        lambda: client.chat.completions.create(model="gpt-4o-mini", messages=chat, **over),
+        lambda: client.chat.completions.create(model="gpt-4o-mini", messages=chat, stream=True, **over),
+        lambda: client.chat.completions.create(model="claude-3-5-haiku-20241022", messages=chat, **over),  # translated
+        lambda: client.completions.create(model="gpt-3.5-turbo-instruct", prompt="x", **over),
+        lambda: client.embeddings.create(model="text-embedding-3-small", input="x", **over),
+        lambda: client.responses.create(model="gpt-4o-mini", input="x", **over),
+        lambda: client.chat.completions.create(model="gpt-4o-mini", messages=chat, extra_query={"api-version": "1"}),
+    ]
+    for call in calls:
+        with pytest.raises(openai.BadRequestError) as refused:
+            call()
+        assert refused.value.code == "unsupported_query", refused.value.body
+    assert last_upstream_request(gateway) == before
+    assert recorded_ids(gateway.settings.database_url) == set()
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=chat).choices  # and without one, served
+    assert last_upstream_request(gateway)["query"] == {}
 
 
 def test_server_timing_header(gateway: Gateway) -> None:

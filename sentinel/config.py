@@ -346,6 +346,11 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 
+    @field_validator("openai_api_url", "anthropic_api_url")
+    @classmethod
+    def _provider_url(cls, value: str | None) -> str | None:
+        return None if value is None else provider_base_url(value)
+
     @model_validator(mode="after")
     def _replica_wait_fits(self) -> Settings:
         if self.usage_stream_replicas and self.usage_stream_replica_timeout_ms >= self.redis_timeout_seconds * 1000:
@@ -475,6 +480,17 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError("invalid configuration: " + "; ".join(parts)) from None
 
 
+def provider_base_url(value: str) -> str:
+    """A provider's base URL as given, checked: http(s), and no query or fragment — request paths are
+    appended to it, so with a `?api-version=…` every call went to the base URL itself, the path read
+    as part of the query (put such a parameter in a gateway in front, not in the URL)."""
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    if "?" in value or "#" in value:
+        raise ValueError("must not carry a query or a fragment: request paths are appended to it")
+    return value
+
+
 # --- the providers file (SENTINEL_CONFIG) ---------------------------------------------------------
 class ProviderEntry(BaseModel):
     """One named upstream: `kind` is its wire format (openai-compatible or anthropic)."""
@@ -487,6 +503,11 @@ class ProviderEntry(BaseModel):
     api_key: SecretStr | None = None
     cheap_model: str | None = None
     mid_model: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return provider_base_url(value)
 
 
 AliasName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]

@@ -216,6 +216,31 @@ def test_a_bad_url_is_never_quoted_back(monkeypatch: pytest.MonkeyPatch, name: s
     assert secret not in str(refused.value)
 
 
+@pytest.mark.parametrize(("name", "value"), [
+    ("OPENAI_API_URL", "https://res.openai.azure.com/openai/v1?api-version=preview"),
+    ("ANTHROPIC_API_URL", "https://gateway.example/anthropic#s3cret"),
+])
+def test_a_provider_url_with_a_query_or_fragment_is_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    """Request paths are appended to a provider's base URL: with `?api-version=…` every call went to the
+    base URL itself, `/chat/completions` read as part of the query value."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"{name}: .*query or a fragment") as refused:
+        load_settings(_env_file=None)
+    assert value.split("/")[-1] not in str(refused.value)
+    monkeypatch.setenv(name, value.partition("?")[0].partition("#")[0] + "/")
+    assert getattr(load_settings(_env_file=None), name.lower()) == value.partition("?")[0].partition("#")[0]
+
+
+def test_a_providers_file_base_url_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "providers.yaml"
+    for bad in ("https://api.groq.com/openai/v1?x=1", "https://api.groq.com/openai/v1#x", "api.groq.com/openai/v1"):
+        path.write_text(f"providers:\n  - {{name: groq, kind: openai, base_url: '{bad}'}}\n")
+        with pytest.raises(ConfigError, match="SENTINEL_CONFIG"):
+            load_providers_file(path)
+    path.write_text("providers:\n  - {name: groq, kind: openai, base_url: 'https://api.groq.com/openai/v1'}\n")
+    assert load_providers_file(path).providers[0].base_url == "https://api.groq.com/openai/v1"
+
+
 # Field names that are common variables of other programs (uvicorn's FORWARDED_ALLOW_IPS, a
 # container's DEBUG, HOST...), each with a value that would change the setting, and its default.
 NOT_OURS = {

@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sentinel.domain.catalogue import MODEL_NAME_PATTERN, CatalogueModel
+from sentinel.domain.catalogue import MODEL_NAME_PATTERN, CatalogueModel, UpstreamModelName
 from sentinel.domain.plans import parse_plan_spec
 from sentinel.domain.policies import QuotaFailureMode, SessionFailover
 from sentinel.domain.tiers import Tier, TierModelEntry
@@ -501,8 +501,8 @@ class ProviderEntry(BaseModel):
     kind: Literal["openai", "anthropic"]
     base_url: str
     api_key: SecretStr | None = None
-    cheap_model: str | None = None
-    mid_model: str | None = None
+    cheap_model: UpstreamModelName | None = None
+    mid_model: UpstreamModelName | None = None
 
     @field_validator("base_url")
     @classmethod

@@ -93,7 +93,11 @@ def test_providers_file_catalogue(tmp_path: Path) -> None:
     assert file.models is not None and file.models[1].upstream == "claude-3-5-haiku-20241022"
     assert file.alias_table() == {"fast": ["gpt-4o-mini"], "smart": ["house", "gpt-4o-mini"]}
     for bad in ("models: [{name: 'bad name', provider: openai}]\n", "aliases: {a: []}\n",
-                "models: [{name: m, provider: openai, price: 1}]\n"):
+                "models: [{name: m, provider: openai, price: 1}]\n",
+                # A provider's model name outside printable ASCII: `X-Sentinel-Model` cannot carry it.
+                'models: [{name: m, provider: openai, upstream_name: "gpt\\u2011x"}]\n',
+                'tiers: {simple: [{provider: openai, model: "gpt-4o\\nX-Injected: 1"}]}\n',
+                'providers: [{name: p, kind: openai, base_url: "http://x", cheap_model: "m\\u2713"}]\n'):
         path.write_text(bad)
         with pytest.raises(ConfigError, match="SENTINEL_CONFIG"):
             load_providers_file(path)

@@ -13,10 +13,23 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["MAX_PRICE", "MODEL_NAME_PATTERN", "CatalogueModel", "ModelTarget", "Price", "Prices", "stored_price"]
+__all__ = [
+    "MAX_PRICE", "MODEL_NAME_PATTERN", "UPSTREAM_MODEL_PATTERN", "CatalogueModel", "ModelTarget", "Price", "Prices",
+    "UpstreamModelName", "stored_price",
+]
 
 # What a client may send as `model` and what the ledger's model column holds (at most 200 characters).
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$"
+
+# A model name as a provider knows it (a tier table's `model`, a catalogue model's `upstream_name`, a
+# file provider's `cheap_model`/`mid_model`): printable ASCII, spaces only inside, at most 200
+# characters — looser than MODEL_NAME_PATTERN (a local server may serve `/models/llama-3` or
+# `Llama 3 8B Instruct`). It is sent back in `X-Sentinel-Model`: a character outside it (a control
+# character, a line break, a `‑` pasted from a web page) made every answer of that model a 500 after
+# the provider had served it, or a dropped connection. The one home of that rule: every source of
+# the tier table and of the catalogue is this type.
+UPSTREAM_MODEL_PATTERN = r"^[!-~](?:[ -~]{0,198}[!-~])?$"
+UpstreamModelName = Annotated[str, Field(pattern=UPSTREAM_MODEL_PATTERN)]
 
 # The most a price may be, USD per million tokens: far above any real model's, and low enough that
 # a cost (at most MAX_TOKENS tokens per call) and the sums of many stay finite. Above it, a cost was
@@ -74,7 +87,7 @@ class CatalogueModel(BaseModel):
 
     name: str = Field(pattern=MODEL_NAME_PATTERN)
     provider: str = Field(min_length=1, max_length=40)
-    upstream_name: str | None = Field(default=None, min_length=1, max_length=200)
+    upstream_name: UpstreamModelName | None = None
     input_price_per_million: Price = 0.0
     output_price_per_million: Price = 0.0
     cache_write_price_per_million: Price | None = None

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -38,11 +39,14 @@ from typing import Any
 
 import orjson
 
+from sentinel.domain.catalogue import UPSTREAM_MODEL_PATTERN
 from sentinel.errors import PermissionDenied, StoreUnavailable
 from sentinel.observability.metrics import Metrics
 from sentinel.store import LocalOps, Script, Store
 
 log = logging.getLogger("sentinel.sessions")
+
+_UPSTREAM_MODEL = re.compile(UPSTREAM_MODEL_PATTERN)  # (`fullmatch`: `$` passes a final newline)
 
 _TOUCH_LUA = """
 local raw = redis.call('GET', KEYS[1])
@@ -204,6 +208,8 @@ class Session:
         for name in ("conversation_id", "external_id", "tier", "provider", "model"):
             if not isinstance(data.get(name), str) or not data[name]:
                 raise ValueError(f"a session needs a string {name}")
+        if not _UPSTREAM_MODEL.fullmatch(data["model"]):  # (one a tier table held before that rule)
+            raise ValueError("a session's model must be a model name a tier may hold")
         for name in ("created_at", "last_seen_at"):
             if not _number(data.get(name)):
                 raise ValueError(f"a session needs a numeric {name}")

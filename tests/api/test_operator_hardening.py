@@ -68,6 +68,61 @@ def test_a_price_stored_before_the_bound_is_read_at_the_bound(gw: Gateway, api: 
         assert user.post("/native/v1/chat/completions", json=chat).status_code == 200
 
 
+CHAT = {"tier": "simple", "messages": [{"role": "user", "content": "Hi"}]}
+
+
+@pytest.mark.parametrize("model", [
+    "gpt\u20114o-mini",  # NON-BREAKING HYPHEN, pasted from a web page
+    "gpt-4o-mini\u2713", "gpt-4o\u00a0mini", "gpt-4o-mini\u00e9", " gpt-4o-mini",
+])
+def test_a_tier_model_name_an_answer_header_cannot_carry_is_refused(
+    gw: Gateway, api: httpx.Client, console: Console, model: str
+) -> None:
+    """A tier's model name is sent back in `X-Sentinel-Model`: any was accepted, and one outside
+    Latin-1 made every native answer of that model a 500 once the provider had served (and billed) it (a line break, which the providers file or Zion could hold: a dropped connection).
+    Refused now, here as in every tier source (control characters were refused before)."""
+    before = api.get("/admin/api/tiers").json()
+    refused = api.put("/admin/api/tiers/simple", json={"entries": [f"openai/{model}:1"]})
+    assert refused.status_code == 400, refused.text
+    assert "entries.0" in refused.json()["error"]["details"]["fields"]
+    page = console.post("/admin/tiers/simple", {"entries": f"openai/{model}:1"})
+    assert page.status_code == 400 and field_error(page.text, "entries.0"), page.text[-600:]
+    assert api.get("/admin/api/tiers").json() == before
+    with gw.client() as user:
+        assert user.post("/native/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_a_tier_model_name_of_printable_ascii_is_served_as_written(gw: Gateway, api: httpx.Client) -> None:
+    """Looser than a catalogue name: a local server may serve `/models/x` or a name with spaces."""
+    for model in ("Llama 3 8B Instruct", "/models/llama-3"):
+        assert api.put("/admin/api/tiers/simple", json={"entries": [f"openai/{model}:1"]}).status_code == 200
+        with gw.client() as user:
+            r = user.post("/native/v1/chat/completions", json=CHAT)
+        assert r.status_code == 200 and r.headers["x-sentinel-model"] == model, r.text
+
+
+async def _store_tier_rows(database_url: str, *models: str) -> None:
+    async with database(database_url) as sessions, sessions() as session:
+        session.add_all(TierModelRow(tier="simple", position=i, provider="openai", model=model, relative_cost=1,
+                                     input_price_per_million=0.15, output_price_per_million=0.6)
+                        for i, model in enumerate(models))
+        await session.commit()
+
+
+def test_a_tier_row_stored_before_the_model_name_rule_is_left_out(gw: Gateway, api: httpx.Client) -> None:
+    """Such a row made every answer of its model a 500; refusing it as the table is read would make
+    every native call one. It is left out: the tier's other rows (or, without any, the catalog's
+    table) serve, and the console still shows the table."""
+    asyncio.run(_store_tier_rows(gw.settings.database_url, "gpt-4o-mini\u2713", "gpt-4o"))
+    tiers = api.get("/admin/api/tiers")
+    assert tiers.status_code == 200, tiers.text
+    assert [e["model"] for e in tiers.json()["overrides"]["simple"]] == ["gpt-4o"]
+    with gw.client() as user:
+        for _ in range(5):
+            r = user.post("/native/v1/chat/completions", json=CHAT)
+            assert r.status_code == 200 and r.headers["x-sentinel-model"] == "gpt-4o", r.text
+
+
 async def _record_minute(database_url: str, cost: float) -> None:
     async with database(database_url) as sessions, sessions() as session:
         session.add(UsageMinuteRow(minute=int(time.time()) // 60, requests=1, cost_usd=cost))

@@ -55,6 +55,7 @@ def test_prices_are_optional_and_an_absent_tier_has_no_models() -> None:
         (config(relativeCost=True), "relativeCost must be an integer from 0 to 255"),
         (config(model=None), "tiers.simple[0] lacks model"),
         (config(provider=7), "tiers.simple[0].provider"),
+        (config(model="gpt-4o\r\nX-Injected: 1"), "tiers.simple[0].model"),  # (`X-Sentinel-Model`)
         (config(inputPricePerMillion=-1), "tiers.simple[0].input_price_per_million"),
         ({"tiers": {"simple": "gpt-4o"}}, "tiers.simple is not a list"),
         ({"tiers": {"simple": ["gpt-4o"]}}, "tiers.simple[0] is not an object"),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis
 from starlette.responses import JSONResponse
@@ -413,6 +415,25 @@ def test_two_instances_share_sessions_and_backoff(
     assert metric(b.url, "sentinel_model_selections_total", provider="dead") is None
     dead_row = next(c for c in health if c["provider"] == "dead")
     assert (dead_row["available"], dead_row["failures"], dead_row["backoff_seconds"]) == (False, 1, 30)
+
+
+def test_a_session_naming_a_model_no_tier_may_hold_starts_afresh(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    """A session an earlier version stored for a tier model named outside printable ASCII (which
+    the tier table no longer accepts): its conversation was served by that model and every answer
+    was a 500 (`X-Sentinel-Model` cannot carry it). It is no session now: the turn starts afresh."""
+    gw = start(gateway_factory, tmp_path, backend_url)
+    now = time.time()
+    old = {"conversation_id": "conv-old", "external_id": "alice", "tier": "simple", "provider": "openai",
+           "model": "gpt-4o-mini\u2713", "created_at": now, "last_seen_at": now, "migrations": 0}
+    gw.write_stored(SessionStore.key("alice", "conv-old"), orjson.dumps(old), 1000)
+    with gw.client() as http:
+        first = served(chat(http, "hello again", conv="conv-old"))
+        assert first[2] != old["model"]
+        assert served(chat(http, "and again", conv="conv-old")) == first
+    session = stored(gw, "conv-old")
+    assert session is not None and (session["tier"], session["provider"], session["model"]) == first
 
 
 def test_activity_refreshes_the_session_ttl(

@@ -210,7 +210,9 @@ class TierRouter:
         the model it chose for its tier, written once answered (`commit`). A write whose reply was
         lost is told apart by the session's claim token (`SessionStore.create`); one whose outcome
         stays unknown (the store down) is settled once the turn ends: `commit` moves or creates it,
-        `abandon` removes it, each only if still exactly as written. Never raises."""
+        `abandon` removes it, each only if still exactly as written. A session whose provider is not
+        configured here (another process's) is migrated, as `_sticky` does. Raises only what reading
+        the tier table and choosing a model raise (ServiceUnavailable), never the store's errors."""
         if decision.pending_write != "create" or decision.conversation_id is None:
             return
         now = self.clock()
@@ -234,6 +236,16 @@ class TierRouter:
         decision.created = None  # a concurrent first turn created it first: not this one's to remove
         if TIER_ORDER[decision.tier] > TIER_ORDER.get(won.tier, -1):
             decision.pending_write, decision.event = "update", "upgraded"
+            return
+        if won.provider not in self.providers:
+            # Created by a process configured otherwise (a rolling deploy that drops a provider):
+            # this one cannot call its model (that was a KeyError, a 500). As a later turn's session
+            # on a provider gone (`_sticky`), it moves to a model of its tier once answered.
+            if won.tier != decision.tier:
+                decision.entry, decision.was_unhealthy = await self._select(
+                    won.tier, exclude=[(won.provider, won.model)])
+                decision.tier = won.tier
+            decision.pending_write, decision.event = "update", "migrated"
             return
         if (won.tier, won.provider, won.model) != (decision.tier, decision.provider, decision.model):
             decision.entry = await self._entry_for(won.tier, won.provider, won.model)

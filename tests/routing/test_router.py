@@ -193,6 +193,28 @@ async def test_a_conversation_served_by_another_candidate_keeps_that_candidates_
     assert (later.provider, later.entry.prices) == (other.provider, other.prices)
 
 
+@pytest.mark.parametrize(("tier", "serving"), [("moderate", OA_4O), ("complex", AN_SONNET)])
+async def test_a_first_turn_following_a_session_on_a_provider_not_configured_here_migrates_it(
+    store: Store, tier: str, serving: tuple[str, str]
+) -> None:
+    """A concurrent first turn in a process configured otherwise (a rolling deploy dropping a
+    provider) created the session on a provider this process does not have: the follower was handed
+    its model, which no provider here serves (a KeyError, a 500). It is served by a model of the
+    session's tier (at the same tier its own choice), and moves the session there once answered, as
+    a later turn on a provider gone does."""
+    router = make_router(store, table(simple=[OA_MINI], moderate=[OA_4O], complex=[AN_SONNET]))
+    decision = await router.decide(ALICE, request("moderate", "raced"))
+    now = router.clock()
+    await router.sessions.create(Session("raced", "alice", tier, "gone", "old-model", now, now))
+    await router.claim(ALICE, decision)
+    assert (decision.tier, decision.provider, decision.model, decision.event) == (tier, *serving, "migrated")
+    assert decision.created is None  # not this one's to remove
+    await router.commit(ALICE, decision)
+    stored = await router.sessions.get("raced", "alice")
+    assert stored is not None and (stored.tier, stored.provider, stored.model) == (tier, *serving)
+    assert stored.migrations == 1
+
+
 async def test_of_two_requests_that_change_a_session_the_first_answered_wins(store: Store) -> None:
     """Sessions are written once answered: a request that upgrades the session it read and generates
     for a minute, and one that meanwhile migrates the same session off a model in backoff, each

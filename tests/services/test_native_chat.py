@@ -301,3 +301,28 @@ async def test_a_request_is_estimated_by_the_dearest_rule_of_the_candidates_a_re
     (admission,) = meter.failed
     assert admission.model == "claude-3-5-haiku-20241022"
     assert 20 * 2833 <= admission.estimate_input < 20 * 2833 + 100, admission.estimate_input
+
+
+async def test_a_first_turn_following_a_session_on_a_provider_not_configured_here_calls_one_that_is() -> None:
+    """The session a concurrent first turn created in another process (configured with a provider
+    this one lacks): the follower looked its provider up here — a KeyError, a 500."""
+    clock = FakeClock()
+    store, metrics = MemoryStore(), Metrics()
+    tiers = StaticTiers({"simple": [TierModelEntry(provider="openai", model="gpt-4o-mini", relative_cost=1)],
+                         "moderate": [], "complex": []})
+    sessions = SessionStore(store, ttl=1000, clock=clock)
+    router = TierRouter(tiers=tiers, providers=["openai"], health=ProviderHealth(store, metrics, clock=clock),
+                        sessions=sessions, selector=WeightedSelector(), metrics=metrics, clock=clock)
+
+    async def concurrent() -> None:
+        await sessions.create(Session("c1", "alice", "simple", "gone", "old-model", clock(), clock()))
+
+    meter = Estimating(concurrent)
+    chat = NativeChat(router, {"openai": FailingAs("openai")}, meter, TokenCounter())  # type: ignore[arg-type]
+    req = parse_chat_request({"tier": "simple", "conversation_id": "c1", "messages": [{"role": "user", "content": "hi"}]})
+    with pytest.raises(RuntimeError, match="the call failed"):  # the configured provider was called
+        await chat.chat(Exchange(usage_id="r1"), ALICE, req)
+    (admission,) = meter.failed
+    assert admission.model == "gpt-4o-mini"
+    stored = await sessions.get("c1", "alice")
+    assert stored is not None and stored.provider == "gone"  # not answered: left as it was

@@ -36,7 +36,9 @@ from sentinel.native.types import ChatParams, ImagePart, Message, Tier, ToolCall
 ANTHROPIC_MAX_TEMPERATURE = 1.0
 _CALL_ID = re.compile(r"[a-zA-Z0-9_-]+")  # (whole: `fullmatch`, never `$`, which passes a final newline)
 _NOT_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
-_DATA_URL = re.compile(r"^data:(image/[a-zA-Z0-9.+-]+);base64,(.+)$", re.DOTALL)
+# A URL's scheme is case-insensitive (RFC 3986), as the unified request's check reads it
+# (`ImageUrl`): `HTTPS://…` and `Data:image/png;base64,…` were refused here as not http(s).
+_DATA_URL = re.compile(r"^(?i:data):(image/[a-zA-Z0-9.+-]+);base64,(.+)$", re.DOTALL)
 _STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",
     "max_tokens": "length",
@@ -181,8 +183,9 @@ def _image_block(url: str, param: str) -> dict[str, Any]:
     if match := _DATA_URL.match(url):
         source = {"type": "base64", "media_type": match.group(1), "data": match.group(2)}
         return {"type": "image", "source": source}
-    if url.startswith(("https://", "http://")):
-        return {"type": "image", "source": {"type": "url", "url": url}}
+    if url[:8].lower().startswith(("https://", "http://")):
+        scheme, rest = url.split(":", 1)
+        return {"type": "image", "source": {"type": "url", "url": f"{scheme.lower()}:{rest}"}}
     raise NativeValidationError(
         f"{param}: image URL must be http(s) or a data:image/<type>;base64 URL", param
     )

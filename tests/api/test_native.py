@@ -266,3 +266,15 @@ def test_an_image_url_is_http_s_or_a_data_url(native_gw: Gateway, url: str) -> N
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error" and "messages.0.content.1.image_url.url" in error["message"], error
+
+
+@pytest.mark.parametrize("url", ["HTTPS://example.com/cat.png", "Http://example.com/cat.png",
+                                 "DATA:image/png;base64,iVBORw0KGgo="])
+def test_an_image_urls_scheme_is_read_in_any_case(native_gw: Gateway, url: str) -> None:
+    """The request's check reads a scheme in any case (RFC 3986), the Anthropic translation did
+    not: a conversation on Claude was refused with a 400 saying the URL must be http(s)."""
+    image = {"type": "image_url", "image_url": {"url": url}}
+    with native_gw.client() as http:
+        r = http.post(URL, json={"max_tokens": 20, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "what is it?"}, image]}]})
+    assert r.status_code == 200, r.text

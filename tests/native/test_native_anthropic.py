@@ -273,6 +273,19 @@ def test_images_become_image_blocks(anthropic_wire: Check) -> None:
     ]
 
 
+def test_an_image_urls_scheme_in_another_case_is_sent_in_lower_case(anthropic_wire: Check) -> None:
+    req = request({"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "Data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "image_url", "image_url": {"url": "HTTPS://example.com/Cat.JPG"}},
+    ]})
+    body = build_anthropic_request(req, "m", stream=False)
+    anthropic_wire(body)
+    assert body["messages"][0]["content"] == [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/Cat.JPG"}},
+    ]
+
+
 def test_unsupported_image_url_is_a_validation_error() -> None:
     with pytest.raises(NativeValidationError) as info:  # (refused by the request model itself now)
         req = request({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]})

@@ -77,7 +77,7 @@ from sentinel.services.models import ModelList
 from sentinel.services.native_chat import NativeChat
 from sentinel.services.relay import OpenAIRelay
 from sentinel.services.translated_chat import TranslatedChat
-from sentinel.store import Store, create_store
+from sentinel.store import Store, check_eviction, create_store
 
 # With Redis, identities and plans are also kept per process for at most this long (never past
 # the stored entry's freshness), sparing two Redis round trips per request under load.
@@ -285,6 +285,7 @@ async def build_runtime(
     catalogue = build_model_catalogue(catalog, file)
     tracing = tracing or build_tracing(s.otel_endpoint, s.otel_service_name)
     store = create_store(s.redis_url, timeout=s.redis_timeout_seconds)
+    await check_eviction(store)
     engine = create_engine(  # the pool's size applies to PostgreSQL; SQLite keeps its own pool
         s.database_url, pool_size=s.database_pool_size, max_overflow=s.database_max_overflow,
         timeout=s.database_timeout_seconds,

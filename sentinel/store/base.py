@@ -126,6 +126,19 @@ def check_replica_wait(replicas: int, replica_timeout_ms: int) -> None:
         raise ValueError("replica_timeout_ms must be positive when waiting for replicas")
 
 
+def evicting_policy(info: Mapping[str, Any]) -> str | None:
+    """The `maxmemory-policy` of a Redis whose `INFO memory` is `info`, when that Redis drops keys
+    before their TTL ends to make room (it has a `maxmemory` and a policy other than `noeviction`);
+    None otherwise. `volatile-*` policies evict keys *with* a TTL: every quota counter, revoked key's
+    tombstone and console sign-out is one."""
+    policy = info.get("maxmemory_policy")
+    if isinstance(policy, bytes):
+        policy = policy.decode()
+    if not policy or policy == "noeviction" or not int(info.get("maxmemory", 0) or 0):
+        return None
+    return str(policy)
+
+
 @runtime_checkable
 class Store(Protocol):
     """Async key-value store with TTLs, atomic counters, atomic scripts and streams."""
@@ -219,6 +232,11 @@ class Store(Protocol):
     async def ping(self) -> Ping:
         """Round-trip latency in seconds (and the nodes that did not answer, when some did);
         raises StoreUnavailable when the store cannot be reached at all."""
+
+    async def eviction(self) -> str | None:
+        """How this store may drop keys before their TTL ends: Redis's `maxmemory-policy` when it
+        is not `noeviction` and a `maxmemory` is set (on a Cluster, the first such primary's), None
+        when it never does. Raises StoreUnavailable when it cannot be asked."""
 
     async def close(self) -> None:
         """Release connections."""

@@ -51,7 +51,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sentinel.breaker import CircuitBreaker
 from sentinel.errors import StoreUnavailable
-from sentinel.store.base import Ping, Script
+from sentinel.store.base import Ping, Script, evicting_policy
 from sentinel.store.redis import RedisClient, RedisStore, flat_fields
 
 SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -239,6 +239,19 @@ class RedisClusterStore(RedisStore):
         if len(unreachable) == len(primaries):
             raise StoreUnavailable("Redis is unavailable: no primary of the cluster answered")
         return Ping(time.perf_counter() - start, unreachable)
+
+    async def eviction(self) -> str | None:
+        """The policy of the first primary that may evict keys (each primary has its own settings);
+        StoreUnavailable unless every primary answered."""
+        async with self.guard():
+            primaries = self.cluster.get_primaries()
+        for node in primaries:
+            async with self.guard(breaker=self._node_breaker(node.name)):
+                info: Any = await self.cluster.info("memory", target_nodes=node)
+            policy = evicting_policy(info)
+            if policy is not None:
+                return policy
+        return None
 
     async def _ping_node(self, node: ClusterNode) -> bool:
         try:

@@ -243,5 +243,8 @@ class MemoryStore:
     async def ping(self) -> Ping:
         return Ping(0.0)
 
+    async def eviction(self) -> str | None:
+        return None  # keys go only when their TTL ends (or are deleted)
+
     async def close(self) -> None:
         return None

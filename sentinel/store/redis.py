@@ -53,6 +53,7 @@ from sentinel.store.base import (
     check_settle,
     check_stream_fields,
     check_stream_ids,
+    evicting_policy,
     seconds_left,
 )
 from sentinel.store.redis_streams import entries as _entries
@@ -417,6 +418,11 @@ class RedisStore:
         async with self.guard():
             await self._client.ping()
         return Ping(time.perf_counter() - start)
+
+    async def eviction(self) -> str | None:
+        async with self.guard():
+            info: Any = await self._client.info("memory")
+        return evicting_policy(info)
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from tests.api.conftest import Gateway
 from tests.conftest import REDIS_BIN, unavailable
@@ -217,3 +218,32 @@ def test_a_redis_outage_is_one_warning_line_not_one_per_request(
     warnings = Counter(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("sentinel"))
     assert warnings["quota store unavailable; admitting without a quota check (QUOTA_FAILURE_MODE=open)"] == 1
     assert warnings and set(warnings.values()) == {1}, warnings
+
+
+def test_a_redis_that_may_evict_quota_counters_is_warned_of_at_start(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full Redis under `maxmemory-policy volatile-lru` (the default of several managed Redis, and
+    once recommended here) evicts keys with a TTL: every quota counter, revoked key's tombstone and
+    console sign-out. A user whose counters were evicted starts again from 0, beyond their plan, and
+    nothing said so. Start-up now says so, naming the policy; with `noeviction` it says nothing."""
+    if REDIS_BIN is None:
+        unavailable("redis-server binary not found")
+    assert REDIS_BIN is not None
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and "maxmemory-policy" in r.getMessage()]
+
+    with RedisServerProcess(tmp_path, REDIS_BIN) as redis_server:
+        with caplog.at_level(logging.WARNING):
+            gateway_factory(redis_url=redis_server.url)
+        assert warnings() == []
+        with redis.Redis(port=redis_server.port) as admin:
+            admin.config_set("maxmemory", "100mb")
+            admin.config_set("maxmemory-policy", "volatile-lru")
+        with caplog.at_level(logging.WARNING):
+            gw = gateway_factory(redis_url=redis_server.url)
+        assert len(warnings()) == 1 and "maxmemory-policy volatile-lru" in warnings()[0], warnings()
+        with gw.client() as http:
+            assert http.post("/v1/chat/completions", json=CHAT).status_code == 200  # a warning, not a refusal

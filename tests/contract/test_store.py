@@ -180,6 +180,17 @@ async def test_ping(store: Store) -> None:
     assert ping.latency >= 0 and ping.unreachable == ()
 
 
+async def test_a_store_without_a_memory_limit_never_evicts(store: Store) -> None:
+    assert await store.eviction() is None
+
+
+async def test_eviction_of_a_dead_redis_is_unavailable() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
+    with pytest.raises(StoreUnavailable):
+        await store.eviction()
+    await store.close()
+
+
 async def test_memory_ttl_with_injected_clock() -> None:
     now = [1000.0]
     s = MemoryStore(clock=lambda: now[0])

@@ -276,3 +276,23 @@ async def test_a_session_creation_whose_reply_is_lost_and_sent_again_is_its_own(
     assert lost.sent == 2  # run, its reply lost, run again (NX: not written)
     assert await sessions.delete_if(created)  # the session as created: this turn's to give back
     await store.close()
+
+
+async def test_a_cluster_with_a_primary_that_may_evict_keys_says_so(
+    redis_cluster: LocalRedisCluster, redis_cluster_url: str
+) -> None:
+    """Each primary has its own memory settings: one that may evict is enough to lose the counters
+    of the users whose keys it serves."""
+    store = RedisClusterStore(redis_cluster_url, timeout=5.0)
+    assert await store.eviction() is None
+    primary = redis_cluster.primary_of("sentinel:quota:{alice}:requests:60:1")
+    with primary.client() as admin:
+        admin.config_set("maxmemory", "100mb")
+        admin.config_set("maxmemory-policy", "volatile-ttl")
+        try:
+            assert await store.eviction() == "volatile-ttl"
+        finally:
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", "0")
+    assert await store.eviction() is None
+    await store.close()

@@ -223,3 +223,23 @@ def test_an_xreadgroup_reply_is_read_in_every_shape_redis_py_gives() -> None:
     assert read_reply(None) == read_reply([]) == read_reply({}) == []
     one = read_reply({b"usage": [[(b"3-0", {b"r": b"x"})]]})  # one entry, parsed form
     assert [e.id for e in one] == ["3-0"]
+
+
+async def test_a_redis_that_may_evict_keys_says_so(tmp_path: Path) -> None:
+    """Under a `maxmemory` with any policy but `noeviction`, a full Redis drops keys before their TTL
+    ends (`volatile-*`: exactly those with one, every quota counter among them): the store names the
+    policy, so start-up can warn (`check_eviction`)."""
+    assert REDIS_BIN is not None
+    with RedisServerProcess(tmp_path, REDIS_BIN) as proc:
+        store = RedisStore(proc.url, timeout=2.0)
+        with redis.Redis(port=proc.port) as admin:
+            assert await store.eviction() is None  # no maxmemory: nothing is evicted
+            admin.config_set("maxmemory-policy", "volatile-lru")
+            assert await store.eviction() is None  # a policy without a maxmemory never applies
+            admin.config_set("maxmemory", "100mb")
+            assert await store.eviction() == "volatile-lru"
+            admin.config_set("maxmemory-policy", "allkeys-lfu")
+            assert await store.eviction() == "allkeys-lfu"
+            admin.config_set("maxmemory-policy", "noeviction")
+            assert await store.eviction() is None  # a full Redis refuses writes instead
+        await store.close()

@@ -12,6 +12,7 @@ An owner, once recorded, is never replaced: a claim of another user's object cha
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterable
 
 from sentinel.domain.text import is_text
@@ -119,10 +120,18 @@ class Ownership:
 
     async def charge_once(self, object_id: str, ttl: float | None) -> bool:
         """True the first time `object_id`'s usage is charged (and marks it so, for `ttl` seconds —
-        as long as its owner is kept — or until it is deleted); False after that."""
+        as long as its owner is kept — or until it is deleted); False after that.
+
+        The mark is a random token of this call's: a SET NX that found the key taken is read back,
+        and finding its own token there is still the first charge — redis-py's cluster client sends
+        a command again after its reply was lost (a read timeout), and the second run finds the
+        first's mark (read as "charged already", a batch's whole usage went uncharged)."""
         if not _keyable(object_id):
             return False
-        return await self.store.set(_CHARGED + object_id, b"1", ttl, nx=True)
+        key, mark = _CHARGED + object_id, secrets.token_hex(16).encode()
+        if await self.store.set(key, mark, ttl, nx=True):
+            return True
+        return await self.store.get(key) == mark
 
     async def grow_context(self, object_id: str, tokens: int) -> None:
         """Add `tokens` to what `object_id` holds as context (items added to a conversation)."""

@@ -12,6 +12,7 @@ import pytest
 
 from sentinel.domain.plans import ExternalUsage, Limit, Plan
 from sentinel.errors import StoreUnavailable
+from sentinel.governance.ownership import Ownership
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.routing.health import ProviderHealth
 from sentinel.routing.sessions import Session, SessionStore
@@ -295,4 +296,19 @@ async def test_a_cluster_with_a_primary_that_may_evict_keys_says_so(
             admin.config_set("maxmemory-policy", "noeviction")
             admin.config_set("maxmemory", "0")
     assert await store.eviction() is None
+    await store.close()
+
+
+async def test_a_first_charge_whose_reply_is_lost_and_sent_again_is_still_the_first(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An object's usage is charged by the first call that marks it (SET NX). redis-py's cluster
+    client sends SET again after a lost reply: the second run found the first's mark, the call read
+    it as "charged already", and the usage (a whole batch's) was charged by no one."""
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    owners = Ownership(store)
+    lost = LostClusterReply(monkeypatch, "SET")
+    assert await owners.charge_once("batch_lost_reply", None) is True
+    assert lost.sent == 2  # run, its reply lost, run again (NX: not written)
+    assert await owners.charge_once("batch_lost_reply", None) is False  # the next read: charged already
     await store.close()

@@ -50,6 +50,7 @@ def env(name: str, default: Any, **constraints: Any) -> Any:
 
 MAX_SECONDS = 1_000_000_000  # ~31 years: the longest duration a setting takes (`1e300` overflowed timedelta)
 MIN_JWT_SECRET_BYTES = 32
+MIN_END_USER_SECRET_BYTES = 32
 MAX_POOL_CONNECTIONS = 1000  # DATABASE_POOL_SIZE, DATABASE_MAX_OVERFLOW: far past any PostgreSQL's max_connections
 # Settings holding a URL: never quoted back in an error (credentials may sit in any part of one).
 URL_FIELDS = frozenset(
@@ -58,7 +59,8 @@ URL_FIELDS = frozenset(
 
 # Settings whose values are never shown (not in errors, not in logs, not in repr).
 SECRET_FIELDS = frozenset(
-    {"openai_api_key", "anthropic_api_key", "zion_api_key", "jwt_secret", "docs_api_key", "admin_key"}
+    {"openai_api_key", "anthropic_api_key", "zion_api_key", "jwt_secret", "docs_api_key", "admin_key",
+     "end_user_secret"}
 )
 
 
@@ -177,6 +179,9 @@ class Settings(BaseSettings):
     docs_api_key: SecretStr | None = env("DOCS_API_KEY", None)
     # The operator console and admin API (`/admin*`): without it every `/admin*` path is 404.
     admin_key: SecretStr | None = env("SENTINEL_ADMIN_KEY", None)
+    # The key of the pseudonym each provider is told a caller by (`sentinel.domain.end_user`): the same
+    # on every replica, and kept (a new one gives every user a new pseudonym). Unset: keyless SHA-256.
+    end_user_secret: SecretStr | None = env("SENTINEL_END_USER_SECRET", None)
 
     # --- observability --------------------------------------------------------------------------
     # OTLP/HTTP collector base URL (traces go to <url>/v1/traces); unset: no tracing at all.
@@ -313,6 +318,16 @@ class Settings(BaseSettings):
         if len(value.get_secret_value().encode()) < MIN_JWT_SECRET_BYTES:
             # One stolen token and an offline guess of a short HMAC key mint tokens for every user.
             raise ValueError(f"must be at least {MIN_JWT_SECRET_BYTES} bytes (HS256 wants a 256-bit key)")
+        return value
+
+    @field_validator("end_user_secret")
+    @classmethod
+    def _end_user_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value().encode()) < MIN_END_USER_SECRET_BYTES:
+            # A short key can be found by trying keys against one known user's pseudonym.
+            raise ValueError(f"must be at least {MIN_END_USER_SECRET_BYTES} bytes")
         return value
 
     @field_validator("admin_key", "docs_api_key")

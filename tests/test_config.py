@@ -204,6 +204,20 @@ def test_a_short_jwt_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings(_env_file=None).jwt_secret is not None
 
 
+def test_a_short_end_user_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key of the pseudonyms providers are told (`sentinel.domain.end_user`): a short one could be
+    found by trying keys against one known user's pseudonym. Never quoted back; empty is unset."""
+    monkeypatch.setenv("SENTINEL_END_USER_SECRET", "y" * 31)
+    with pytest.raises(ConfigError, match="SENTINEL_END_USER_SECRET: must be at least 32 bytes") as refused:
+        load_settings(_env_file=None)
+    assert "y" * 31 not in str(refused.value)
+    monkeypatch.setenv("SENTINEL_END_USER_SECRET", "")
+    assert load_settings(_env_file=None).end_user_secret is None
+    monkeypatch.setenv("SENTINEL_END_USER_SECRET", "y" * 32)
+    settings = load_settings(_env_file=None)
+    assert settings.end_user_secret is not None and "y" * 32 not in repr(settings)
+
+
 @pytest.mark.parametrize(
     ("name", "value", "secret"),
     [

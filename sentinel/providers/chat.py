@@ -21,6 +21,7 @@ import orjson
 
 from sentinel.domain.usage import Usage
 from sentinel.native import ChatRequest, ProviderReply, TranslationError
+from sentinel.native.end_user import openai_end_user_field, with_end_user
 from sentinel.native.responses import CacheTokens
 from sentinel.native.responses import Usage as WireUsage
 from sentinel.native.sse import SSEParser
@@ -114,6 +115,11 @@ class ChatProvider:
         self.default_max_tokens = default_max_tokens
         self.clock = clock  # what `send` reads (how soon a connection dropped: `UpstreamConnectionError.elapsed`)
         self.body_limit = body_limit  # how long an answer's body may be read (`UpstreamResponse.iter_chunks`)
+        self.end_user_field = openai_end_user_field(spec.base_url)  # (for the OpenAI wire format)
+
+    def with_end_user(self, body: dict[str, Any], end_user: str) -> dict[str, Any]:
+        """A translated `body` telling this provider the caller's pseudonym (`sentinel.native.end_user`)."""
+        return with_end_user(body, self.kind, end_user, self.end_user_field)
 
     def headers(self) -> dict[str, str]:
         raise NotImplementedError

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -20,6 +20,7 @@ from yarl import URL
 
 from sentinel.domain.usage import Usage
 from sentinel.native import ChatRequest, ProviderReply
+from sentinel.native.end_user import openai_end_user_field
 from sentinel.native.openai import (
     build_openai_request,
     openai_cache_tokens,
@@ -160,6 +161,11 @@ class OpenAICompatUpstream:
     session: aiohttp.ClientSession
     clock: Callable[[], float] = time.monotonic  # what `send` reads (how soon a connection dropped)
     body_limit: BodyLimit = BODY_LIMIT  # how long an answer's body may be read (`SENTINEL_STREAM_MAX_SECONDS`)
+    # The field it is told the end user in (`sentinel.native.end_user`), read from `base_url` once.
+    end_user_field: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.end_user_field = openai_end_user_field(self.base_url)
 
     async def forward(
         self,

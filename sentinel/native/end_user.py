@@ -1,0 +1,72 @@
+"""The end user a provider is told of: one rule for every body Sentinel sends for a caller's request.
+
+A provider's abuse monitoring keys on an end-user id in the request body: OpenAI's `safety_identifier`
+(and its older `user`), Anthropic's `metadata.user_id`. Sentinel knows the authenticated caller, so that
+id is Sentinel's pseudonym for the caller (`sentinel.domain.end_user`), never what the client wrote:
+a client naming another user there would frame them in the provider's records. Every body that goes
+upstream for a metered request — relayed as the client wrote it, translated, or built from a native
+request — passes through `with_end_user` (one place for the rule):
+
+- OpenAI's wire format: the provider's field (`openai_end_user_field`: `safety_identifier` on
+  OpenAI's own API, `user` on any other OpenAI-compatible server — several refuse an unknown
+  `safety_identifier` with a 400, and all take `user`) is set; the other one, when the client sent
+  it, is replaced too, so that neither can carry another id. An endpoint without `safety_identifier`
+  (legacy completions, embeddings) is given `user`.
+- Anthropic's: `metadata.user_id` is set (any other `metadata` key is left as the client wrote it).
+
+A pass-through JSON body (an image generation, ...) has an end-user field the client wrote replaced
+(`with_named_end_user`), none added: most of those calls take none, and a strict server refuses one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+SAFETY_IDENTIFIER = "safety_identifier"
+USER = "user"
+OPENAI_END_USER_FIELDS = (SAFETY_IDENTIFIER, USER)
+# OpenAI's own API: the host whose servers read `safety_identifier` (the field that replaced `user`).
+OPENAI_HOSTS = frozenset({"api.openai.com"})
+# Endpoints of OpenAI's wire format whose request has a `safety_identifier` (the others have `user`).
+SAFETY_IDENTIFIER_ENDPOINTS = frozenset({"chat", "responses"})
+
+
+def openai_end_user_field(base_url: str) -> str:
+    """The field an OpenAI-format provider at `base_url` is told the end user in: `safety_identifier`
+    on OpenAI's own API, `user` elsewhere (what every OpenAI-compatible server takes)."""
+    return SAFETY_IDENTIFIER if urlsplit(base_url).hostname in OPENAI_HOSTS else USER
+
+
+def with_openai_end_user(body: dict[str, Any], end_user: str, field: str, *, endpoint: str = "chat") -> dict[str, Any]:
+    """`body` (never changed: a failover sends it again) with `field` naming `end_user` — `user` for an
+    endpoint without `safety_identifier` — and the other end-user field, when present, naming it too."""
+    if endpoint not in SAFETY_IDENTIFIER_ENDPOINTS:
+        field = USER
+    out = {**body, field: end_user}
+    for key in OPENAI_END_USER_FIELDS:
+        if key in out:
+            out[key] = end_user
+    return out
+
+
+def with_anthropic_end_user(body: dict[str, Any], end_user: str) -> dict[str, Any]:
+    """`body` (never changed) with `metadata.user_id` naming `end_user`."""
+    metadata = body.get("metadata")
+    return {**body, "metadata": {**(metadata if isinstance(metadata, dict) else {}), "user_id": end_user}}
+
+
+def with_end_user(body: dict[str, Any], kind: str, end_user: str, field: str, *, endpoint: str = "chat") -> dict[str, Any]:
+    """`body` for a provider of wire format `kind` (`openai`, whose end-user `field` it is; or
+    `anthropic`) telling it `end_user` (see the module docstring)."""
+    if kind == "anthropic":
+        return with_anthropic_end_user(body, end_user)
+    return with_openai_end_user(body, end_user, field, endpoint=endpoint)
+
+
+def with_named_end_user(body: Any, end_user: str) -> Any:
+    """A pass-through JSON `body` with each end-user field the client named at its top level naming
+    `end_user` instead; anything else as it is (never changed)."""
+    if not isinstance(body, dict) or not any(key in body for key in OPENAI_END_USER_FIELDS):
+        return body
+    return {**body, **{key: end_user for key in OPENAI_END_USER_FIELDS if key in body}}

@@ -1,0 +1,60 @@
+"""The end-user rule of every body sent upstream (`sentinel.native.end_user`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sentinel.native.end_user import (
+    openai_end_user_field,
+    with_anthropic_end_user,
+    with_end_user,
+    with_named_end_user,
+    with_openai_end_user,
+)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "field"),
+    [
+        ("https://api.openai.com/v1", "safety_identifier"),
+        ("https://API.OpenAI.com/v1", "safety_identifier"),
+        ("https://api.groq.com/openai/v1", "user"),
+        ("http://localhost:8000/v1", "user"),
+        ("https://api.openai.com.example.net/v1", "user"),
+        ("https://proxy.example/api.openai.com/v1", "user"),
+    ],
+)
+def test_openai_itself_is_told_in_safety_identifier_any_other_server_in_user(base_url: str, field: str) -> None:
+    assert openai_end_user_field(base_url) == field
+
+
+def test_the_field_is_set_and_a_client_end_user_in_the_other_replaced() -> None:
+    client = {"model": "m", "user": "bob", "safety_identifier": "bob"}
+    assert with_openai_end_user(client, "p", "safety_identifier") == {"model": "m", "user": "p", "safety_identifier": "p"}
+    assert with_openai_end_user({"model": "m"}, "p", "safety_identifier") == {"model": "m", "safety_identifier": "p"}
+    assert with_openai_end_user({"model": "m"}, "p", "user") == {"model": "m", "user": "p"}
+    assert with_openai_end_user({"model": "m", "safety_identifier": None}, "p", "user") == {
+        "model": "m", "user": "p", "safety_identifier": "p"}
+    assert client == {"model": "m", "user": "bob", "safety_identifier": "bob"}  # never changed: a failover resends it
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "embeddings"])
+def test_an_endpoint_without_safety_identifier_is_told_in_user(endpoint: str) -> None:
+    assert with_openai_end_user({"model": "m"}, "p", "safety_identifier", endpoint=endpoint) == {"model": "m", "user": "p"}
+
+
+def test_anthropic_is_told_in_metadata_user_id() -> None:
+    client = {"model": "m", "metadata": {"user_id": "bob", "other": 1}}
+    assert with_anthropic_end_user(client, "p") == {"model": "m", "metadata": {"user_id": "p", "other": 1}}
+    assert client["metadata"] == {"user_id": "bob", "other": 1}
+    assert with_anthropic_end_user({"model": "m"}, "p") == {"model": "m", "metadata": {"user_id": "p"}}
+    assert with_anthropic_end_user({"metadata": None}, "p") == {"metadata": {"user_id": "p"}}
+    assert with_end_user({}, "anthropic", "p", "user") == {"metadata": {"user_id": "p"}}
+    assert with_end_user({}, "openai", "p", "user") == {"user": "p"}
+
+
+def test_a_pass_through_body_has_only_the_end_user_it_named_replaced() -> None:
+    client = {"prompt": "a cat", "user": "bob"}
+    assert with_named_end_user(client, "p") == {"prompt": "a cat", "user": "p"} and client["user"] == "bob"
+    assert with_named_end_user({"prompt": "a cat"}, "p") == {"prompt": "a cat"}
+    assert with_named_end_user([{"user": "bob"}], "p") == [{"user": "bob"}]  # only an object's top level

@@ -303,6 +303,9 @@ def _serve(settings: Settings, workers: int) -> int:
         log.warning("could not %s: %s", doing, type(exc).__name__)
     if not settings.docs_api_key:
         log.warning("DOCS_API_KEY is not set: /native/docs is open to anyone")
+    if not mocked and not settings.end_user_secret:
+        log.warning("SENTINEL_END_USER_SECRET is not set: providers are told each user as an unkeyed SHA-256 of "
+                    "their id, which anyone who guesses an id can check (see README: What providers are told)")
     print(listening_line(settings), flush=True)
     base = local_url(settings)
     if demo_key:

@@ -34,6 +34,7 @@ from sentinel.config import (
 )
 from sentinel.db.engine import close_engine, create_engine, migrate, session_factory
 from sentinel.db.sqlite_writer import SqliteWriter
+from sentinel.domain.end_user import EndUsers
 from sentinel.domain.plans import PlanSource, parse_plan_spec
 from sentinel.domain.tiers import TIERS, TierModelEntry, TierSource, TierTable
 from sentinel.governance.auth import Authenticator
@@ -375,6 +376,8 @@ async def build_runtime(
     }
     routes = ModelRoutes(health)
     translated = TranslatedChat(chat_providers, meter, counter, metrics, default_max_tokens=s.default_max_output_tokens)
+    secret = reveal(s.end_user_secret)
+    end_users = EndUsers(secret.encode() if secret else None)  # what providers are told a caller is
     live = LiveState(
         plans=plans, limiter=limiter, health=router.health, tiers=governance.tiers, providers=set(chat_providers),
         sessions=router.sessions, outbox=outbox,
@@ -398,13 +401,15 @@ async def build_runtime(
         engine=engine,
         authenticator=authenticator,
         relay=OpenAIRelay(
-            relays, openai, meter, Ownership(store), metrics, catalogue=catalogue, routes=routes, translated=translated
+            relays, openai, meter, Ownership(store), metrics, catalogue=catalogue, routes=routes, translated=translated,
+            end_users=end_users,
         ),
         messages=MessagesService(
-            anthropic_relays, meter, metrics, counter, catalogue=catalogue, routes=routes, translated=translated
+            anthropic_relays, meter, metrics, counter, catalogue=catalogue, routes=routes, translated=translated,
+            end_users=end_users,
         ),
         models=ModelList(catalogue, meter),
-        native=NativeChat(router, chat_providers, meter, counter),
+        native=NativeChat(router, chat_providers, meter, counter, end_users),
         router=router,
         # Settlements under way first (requests cancelled past the shutdown deadline finish theirs):
         # their records go to the outbox and the ledger the next closers flush and close.

@@ -86,13 +86,11 @@ def build_anthropic_request(
 
 def build_anthropic_model_request(req: ModelChatRequest, model: str, *, default_max_tokens: int) -> dict[str, Any]:
     """The upstream body for a `/v1` request translated to Anthropic: the unified fields (a temperature
-    above 1 is refused, not lowered), the end-user id as `metadata.user_id`, and
-    `parallel_tool_calls: false` as `disable_parallel_tool_use`."""
+    above 1 is refused, not lowered) and `parallel_tool_calls: false` as `disable_parallel_tool_use`
+    (the end user is added by `sentinel.native.end_user`)."""
     body = build_anthropic_request(
         req, model, stream=req.stream, default_max_tokens=default_max_tokens, clamp_temperature=False
     )
-    if req.user is not None:
-        body["metadata"] = {"user_id": req.user}
     if req.parallel_tool_calls is False and req.tools:
         body["tool_choice"] = {**body.get("tool_choice", {"type": "auto"}), "disable_parallel_tool_use": True}
     return body

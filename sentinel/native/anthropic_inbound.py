@@ -5,7 +5,8 @@ becomes a `ModelChatRequest`: `system` (a string or text blocks) becomes the fir
 turn's `tool_result` blocks become tool messages ahead of the rest of the turn (`is_error` results
 are prefixed "Error: "); `image` blocks become image parts (base64 as a data URL, a url source only
 over http(s), what Anthropic fetches); `tool_use` blocks
-become tool calls; `stop_sequences` is `stop`, `metadata.user_id` the end user, `tool_choice`
+become tool calls; `stop_sequences` is `stop`, `metadata.user_id` is dropped (the provider is told
+Sentinel's pseudonym of the caller: `sentinel.native.end_user`), `tool_choice`
 `any`/`tool` are `required`/a named function and `disable_parallel_tool_use` turns parallel calls off.
 `cache_control` marks are dropped (the other provider caches prompts by itself), so are citations of
 earlier answers. Anything else that cannot be carried over (`top_k`, thinking, documents, server tools,
@@ -75,7 +76,7 @@ def parse_anthropic_messages(payload: dict[str, Any], *, target: str) -> ModelCh
         out["tools"] = _tools(payload["tools"], target)
     if payload.get("tool_choice") is not None:
         _tool_choice(payload["tool_choice"], out)
-    _metadata(payload.get("metadata"), out)
+    _metadata(payload.get("metadata"))
     try:
         return ModelChatRequest.model_validate(out)
     except ValidationError as exc:
@@ -118,18 +119,18 @@ def _as_written(error: NativeValidationError, origins: list[dict[str, str]]) -> 
 _UNIFIED = re.compile(r"^messages\.(?P<index>\d+)(?P<rest>\..*)?$")
 _TOOL = re.compile(r"^tools\.(?P<index>\d+)\.function(?:\.(?P<field>.*))?$")
 # The unified fields named otherwise in a Messages body (a tool's index is the client's own).
-_FIELDS = {"stop": "stop_sequences", "user": "metadata.user_id", "tool_choice.function.name": "tool_choice.name",
+_FIELDS = {"stop": "stop_sequences", "tool_choice.function.name": "tool_choice.name",
            "tool_choice.function": "tool_choice"}
 _TOOL_FIELDS = {"parameters": "input_schema"}  # under `tools.N.function.`, else the same name under `tools.N.`
 
 
-def _metadata(metadata: Any, out: dict[str, Any]) -> None:
+def _metadata(metadata: Any) -> None:
+    """`metadata` checked: only `user_id` is known. Its value is not carried (the end user the provider
+    is told is Sentinel's pseudonym of the caller)."""
     if metadata is None:
         return
     if not isinstance(metadata, dict) or set(metadata) - {"user_id"}:
         raise _refuse("metadata", "only metadata.user_id is known")
-    if metadata.get("user_id") is not None:
-        out["user"] = metadata["user_id"]
 
 
 def _system(system: Any, origins: list[dict[str, str]]) -> list[dict[str, Any]]:

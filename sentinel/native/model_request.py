@@ -4,8 +4,9 @@ A client of `/v1/chat/completions` or `/v1/messages` names a catalogue model; wh
 a provider of the other wire format, its body is read into a `ModelChatRequest`
 (`sentinel.native.openai_inbound`, `sentinel.native.anthropic_inbound`) and sent with the same
 translators the Native API uses. It holds the unified fields plus what either wire format can carry
-to the other: the end-user id, whether parallel tool calls are allowed, and whether an OpenAI client
-asked for a usage chunk. Tool descriptions are optional here (both wire formats allow that).
+to the other: whether parallel tool calls are allowed, and whether an OpenAI client asked for a usage
+chunk. The client's end-user id is not carried: the provider is told Sentinel's pseudonym of the caller
+(`sentinel.native.end_user`). Tool descriptions are optional here (both wire formats allow that).
 """
 
 from __future__ import annotations
@@ -28,5 +29,4 @@ class ModelChatRequest(ChatParams):
     tools: list[ToolSpec] | None = Field(default=None, max_length=128)
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    user: str | None = Field(default=None, max_length=256)
     include_usage: bool = False

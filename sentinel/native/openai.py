@@ -113,12 +113,10 @@ def build_openai_request(req: ChatParams, model: str, *, stream: bool) -> dict[s
 
 def build_openai_model_request(req: ModelChatRequest, model: str) -> dict[str, Any]:
     """The upstream body for a `/v1` request translated to OpenAI: the unified fields plus
-    `parallel_tool_calls` and `user`."""
+    `parallel_tool_calls` (the end user is added by `sentinel.native.end_user`)."""
     body = build_openai_request(req, model, stream=req.stream)
     if req.parallel_tool_calls is not None and req.tools:
         body["parallel_tool_calls"] = req.parallel_tool_calls
-    if req.user is not None:
-        body["user"] = req.user
     return body
 
 

@@ -23,7 +23,10 @@ from sentinel.native.responses import CacheTokens, ProviderReply, Usage
 from sentinel.native.validation import to_native_error
 
 # Copied as they are (validated by ModelChatRequest).
-_KEPT = ("model", "temperature", "top_p", "stop", "stream", "tool_choice", "parallel_tool_calls", "user")
+_KEPT = ("model", "temperature", "top_p", "stop", "stream", "tool_choice", "parallel_tool_calls")
+# The end user the client names: never sent on (the provider is told Sentinel's pseudonym of the
+# caller: `sentinel.native.end_user`), whatever it holds.
+_END_USER = ("user", "safety_identifier")
 
 
 def _none(value: Any) -> bool:
@@ -72,9 +75,7 @@ def parse_openai_chat(payload: dict[str, Any], *, target: str) -> ModelChatReque
     for key, value in payload.items():
         if key in _KEPT or key in ("messages", "max_tokens", "max_completion_tokens", "tools", "stream_options"):
             continue
-        if key == "safety_identifier":
-            if value is not None:
-                out.setdefault("user", value)
+        if key in _END_USER:
             continue
         check = _NO_OPS.get(key)
         if check is None:

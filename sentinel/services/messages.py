@@ -7,7 +7,8 @@ Anthropic's counting rules (`sentinel.quota.anthropic_usage`; its images by the 
 models that may serve it: a translated request's model bills them by its own), served, and settled into
 exactly one usage record, with a stream's `message_stop` sent only after that record is stored. A model on an
 Anthropic-format provider is relayed as it is (its name replaced only when the catalogue gives it
-another upstream name); a model on another wire format is translated (`TranslatedChat`).
+another upstream name, and its `metadata.user_id` the caller's pseudonym: `sentinel.native.end_user`);
+a model on another wire format is translated (`TranslatedChat`).
 `count_tokens` reserves one request: it is relayed to an Anthropic provider, or answered with
 Sentinel's own estimate for a model elsewhere. Upstream error answers, on either endpoint, are settled
 by `sentinel.services.answers.refuse`.
@@ -22,10 +23,12 @@ from typing import Any
 import orjson
 
 from sentinel.domain.catalogue import ModelTarget
+from sentinel.domain.end_user import EndUsers
 from sentinel.domain.identity import Identity
 from sentinel.errors import InvalidRequest, UpstreamError
 from sentinel.native.anthropic_checks import check_messages_fields
 from sentinel.native.anthropic_inbound import parse_anthropic_messages
+from sentinel.native.end_user import with_anthropic_end_user
 from sentinel.native.errors import NativeValidationError
 from sentinel.native.model_request import ModelChatRequest
 from sentinel.native.types import schemas_remembered
@@ -85,9 +88,10 @@ class MessagesService:
 
     def __init__(
         self, upstreams: dict[str, AnthropicUpstream], meter: Meter, metrics: Metrics, counter: TokenCounter, *,
-        catalogue: ModelCatalogue, routes: ModelRoutes, translated: TranslatedChat,
+        catalogue: ModelCatalogue, routes: ModelRoutes, translated: TranslatedChat, end_users: EndUsers | None = None,
     ) -> None:
         self.upstreams = upstreams
+        self.end_users = end_users or EndUsers(None)
         self.meter = meter
         self.metrics = metrics
         self.counter = counter
@@ -122,6 +126,7 @@ class MessagesService:
             )
         ex.headers.extend(admission.headers.items())
         served: list[ModelTarget] = []
+        end_user = self.end_users.of(identity.external_id)
 
         def on_attempt(target: ModelTarget) -> None:
             served[:] = [target]
@@ -130,8 +135,9 @@ class MessagesService:
 
         async def send(target: ModelTarget) -> Reply | StreamReply:
             if target.kind == "anthropic":
-                return await self._relay(ex, target, payload, headers, admission, heavy=heavy)
-            return await self.translated.serve(ex, parse(target), target, admission, "anthropic", heavy=heavy)
+                return await self._relay(ex, target, payload, headers, admission, heavy=heavy, end_user=end_user)
+            return await self.translated.serve(ex, parse(target), target, admission, "anthropic", end_user=end_user,
+                                               heavy=heavy)
 
         try:
             reply = await self.routes.call(targets, send, on_attempt)
@@ -192,12 +198,17 @@ class MessagesService:
 
     async def _forward(
         self, ex: Exchange, target: ModelTarget, segments: list[str], payload: dict[str, Any], headers: RawHeaders,
-        *, heavy: bool,
+        *, heavy: bool, end_user: str | None = None,
     ) -> UpstreamResponse:
         # What Sentinel read, never the client's bytes (a duplicated key read first-wins upstream
-        # would differ from what was checked and reserved; see `OpenAIRelay._serve`). A large body's
-        # in a worker thread (`sentinel.offload`).
-        body = await off_loop(lambda: orjson.dumps(upstream_payload(self.catalogue, payload, target)), heavy)
+        # would differ from what was checked and reserved; see `OpenAIRelay._serve`), telling the
+        # provider the caller's pseudonym as the end user (`end_user`; count_tokens has no
+        # `metadata`). A large body's in a worker thread (`sentinel.offload`).
+        def encoded() -> bytes:
+            sent = upstream_payload(self.catalogue, payload, target)
+            return orjson.dumps(sent if end_user is None else with_anthropic_end_user(sent, end_user))
+
+        body = await off_loop(encoded, heavy)
         started = time.perf_counter()
         attributes = {PROVIDER: target.provider, SYSTEM: target.provider, REQUEST_MODEL: target.name}
         try:
@@ -224,9 +235,9 @@ class MessagesService:
 
     async def _relay(
         self, ex: Exchange, target: ModelTarget, payload: dict[str, Any], headers: RawHeaders, admission: Admission,
-        *, heavy: bool,
+        *, heavy: bool, end_user: str,
     ) -> Reply | StreamReply:
-        upstream = await self._forward(ex, target, ["messages"], payload, headers, heavy=heavy)
+        upstream = await self._forward(ex, target, ["messages"], payload, headers, heavy=heavy, end_user=end_user)
         if payload.get("stream") is True and 200 <= upstream.status < 300 and upstream.streams:
             return self._relay_sse(ex, upstream, admission)
         raw = await self._read(upstream, admission)

@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TypeVar
 
 import orjson
 
+from sentinel.domain.end_user import EndUsers
 from sentinel.domain.identity import Identity
 from sentinel.errors import InvalidRequest, UpstreamError
 from sentinel.native import ChatRequest, NativeValidationError, StreamError, TranslationError
@@ -53,12 +54,15 @@ T = TypeVar("T")
 
 
 class NativeChat:
-    """Serves native chat requests over the tier router, the meter and the chat providers."""
+    """Serves native chat requests over the tier router, the meter and the chat providers; each
+    provider is told the caller's pseudonym (`end_users`) as the end user (`sentinel.native.end_user`)."""
 
     def __init__(
-        self, router: TierRouter, providers: dict[str, ChatProvider], meter: Meter, counter: TokenCounter
+        self, router: TierRouter, providers: dict[str, ChatProvider], meter: Meter, counter: TokenCounter,
+        end_users: EndUsers | None = None,
     ) -> None:
         self.router = router
+        self.end_users = end_users or EndUsers(None)
         self.providers = providers
         self.meter = meter
         self.counter = counter
@@ -70,7 +74,7 @@ class NativeChat:
         """Serve one validated request (`size`: its body's bytes, a large one is counted off the loop;
         `heavy`: its body is large, `sentinel.offload`, and its translations and the reading of it for
         its estimate run in a worker thread too)."""
-        translate = self._translator(req, heavy)
+        translate = self._translator(req, heavy, self.end_users.of(identity.external_id))
         choice, wire = await self._translatable(req, await self.router.decide(identity, req), translate)
         ex.operation, ex.request_model = OPERATIONS["native"], choice.model
         # Images are priced by the dearest rule of any model that may serve the request; a request
@@ -165,16 +169,20 @@ class NativeChat:
                                   user=identity.external_id, images=image_rule_for(priced | serving))
         admission.estimate_input = max(admission.estimate_input, await count_off_loop(count, size))
 
-    def _translator(self, req: ChatRequest, heavy: bool) -> Callable[[RouteChoice], Awaitable[dict[str, Any]]]:
+    def _translator(
+        self, req: ChatRequest, heavy: bool, end_user: str
+    ) -> Callable[[RouteChoice], Awaitable[dict[str, Any]]]:
         """`req` translated for a choice's provider (`_translate`): in a worker thread when `heavy`."""
-        return lambda to: off_loop(functools.partial(self._translate, req, to), heavy)
+        return lambda to: off_loop(functools.partial(self._translate, req, to, end_user), heavy)
 
-    def _translate(self, req: ChatRequest, choice: RouteChoice) -> dict[str, Any]:
+    def _translate(self, req: ChatRequest, choice: RouteChoice, end_user: str) -> dict[str, Any]:
+        """The provider's body for `req`, telling it `end_user` (the caller's pseudonym) as the end user."""
         provider = self.providers[choice.provider]
         try:
-            return provider.body(req, choice.model, stream=req.stream)
+            body = provider.body(req, choice.model, stream=req.stream)
         except (NativeValidationError, TranslationError) as exc:
             raise InvalidRequest(exc.message, provider=choice.provider) from None
+        return provider.with_end_user(body, end_user)
 
     async def _complete(self, ex: Exchange, done: Completion, choice: RouteChoice, admission: Admission) -> Reply:
         ex.upstream_seconds += done.upstream_seconds

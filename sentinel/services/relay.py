@@ -21,9 +21,11 @@ from typing import Any
 import orjson
 
 from sentinel.domain.catalogue import ModelTarget
+from sentinel.domain.end_user import EndUsers
 from sentinel.domain.identity import Identity
 from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable, UpstreamError
 from sentinel.governance.ownership import Ownership
+from sentinel.native.end_user import with_named_end_user, with_openai_end_user
 from sentinel.native.errors import NativeValidationError
 from sentinel.native.model_request import ModelChatRequest
 from sentinel.native.openai_checks import (
@@ -78,13 +80,14 @@ class OpenAIRelay:
     `upstreams` are the OpenAI-format providers by name; `default` serves the calls that name no model
     (stored responses, allowed pass-through). Metered calls go where their catalogue model lives:
     relayed as they are to an OpenAI-format provider, translated (`TranslatedChat`) for a chat model
-    of another wire format.
+    of another wire format; either way the provider is told the caller's pseudonym (`end_users`) as
+    the end user, never the client's (`sentinel.native.end_user`).
     """
 
     def __init__(
         self, upstreams: dict[str, OpenAICompatUpstream], default: OpenAICompatUpstream, meter: Meter,
         ownership: Ownership, metrics: Metrics, *, catalogue: ModelCatalogue, routes: ModelRoutes,
-        translated: TranslatedChat,
+        translated: TranslatedChat, end_users: EndUsers | None = None,
     ) -> None:
         self.upstreams = upstreams
         self.upstream = default
@@ -94,6 +97,7 @@ class OpenAIRelay:
         self.catalogue = catalogue
         self.routes = routes
         self.translated = translated
+        self.end_users = end_users or EndUsers(None)
         self.answers = AnswerRelay(meter, ownership, metrics)
 
     # --- metered endpoints (chat, completions, embeddings, responses) -------------------------------
@@ -118,7 +122,8 @@ class OpenAIRelay:
         carried, extends = continued(payload) if endpoint == "responses" else ([], [])
         request = Relayed(endpoint, segments, payload, headers, stream, strip_usage,
                           identity if _stores_objects(endpoint, payload) else None, extends=extends,
-                          speaker=identity if endpoint == "chat" else None, heavy=heavy)
+                          speaker=identity if endpoint == "chat" else None, heavy=heavy,
+                          end_user=self.end_users.of(identity.external_id))
         # A 400 here reserves nothing; an alias's target that cannot carry the request is passed over.
         # Reading it for another wire format checks its tools' schemas (~0.5 ms and up for one not
         # seen before): in a worker thread when it has tools too.
@@ -194,13 +199,17 @@ class OpenAIRelay:
     ) -> Reply | StreamReply:
         if target.kind != "openai":
             return await self.translated.serve(ex, self._translated(request, target), target, admission, "openai",
-                                               heavy=request.heavy)
+                                               end_user=request.end_user, heavy=request.heavy)
         # What Sentinel read, never the client's bytes: a duplicated key (`max_tokens`, an id) that a
-        # provider read first-wins would otherwise differ from what was checked and reserved.
-        body = await off_loop(lambda: orjson.dumps(upstream_payload(self.catalogue, request.payload, target)),
-                              request.heavy)
+        # provider read first-wins would otherwise differ from what was checked and reserved. The end
+        # user is the caller's pseudonym, whatever the client named (`sentinel.native.end_user`).
+        to = self.upstreams[target.provider]
+        body = await off_loop(lambda: orjson.dumps(with_openai_end_user(
+            upstream_payload(self.catalogue, request.payload, target), request.end_user, to.end_user_field,
+            endpoint=request.endpoint,
+        )), request.heavy)
         upstream = await self._forward(
-            ex, self.upstreams[target.provider], "POST", request.segments, body, request.headers, None,
+            ex, to, "POST", request.segments, body, request.headers, None,
             admission, stream=request.stream,
         )
         if request.stream and 200 <= upstream.status < 300 and upstream.streams:
@@ -290,7 +299,9 @@ class OpenAIRelay:
     ) -> tuple[bytes | None, bool]:
         """Refuse a body naming another user's object. Returns (a JSON body as it goes upstream,
         re-encoded from what was checked — None for an upload, sent as it came; whether the body is
-        the upload of a batch's input, whose every line was checked as a request of its own).
+        the upload of a batch's input, whose every line was checked as a request of its own). A JSON
+        body's end-user field (`user`, `safety_identifier`) names the caller's pseudonym, whatever the
+        client wrote (an upload's fields and a batch input's lines go as they came).
 
         The ids are read the way the provider will read the body: JSON (no Content-Type, or a JSON
         one) or a `multipart/form-data` upload, whose named parts are read. Any other type (a form,
@@ -322,6 +333,8 @@ class OpenAIRelay:
         if creates_batch:
             given = parsed.get("input_file_id") if isinstance(parsed, dict) else None
             await self.ownership.require_batch_input(given if isinstance(given, str) else "", identity.external_id)
+        # An end user the client named (an image generation's `user`) is the caller's pseudonym.
+        parsed = with_named_end_user(parsed, self.end_users.of(identity.external_id))
         return await off_loop(functools.partial(orjson.dumps, parsed), heavy), False
 
     def _read_upload(
@@ -504,6 +517,7 @@ class Relayed:
     speaker: Identity | None = None  # who owns the audio answers of a chat answer (stored or not)
     translated: ModelChatRequest | None = None
     heavy: bool = False  # its body was large (`sentinel.offload`): translated and encoded in a worker thread
+    end_user: str = ""  # what the provider is told the end user is: the caller's pseudonym (`EndUsers`)
 
 
 def upstream_payload(catalogue: ModelCatalogue, payload: dict[str, Any], target: ModelTarget) -> dict[str, Any]:

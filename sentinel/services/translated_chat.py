@@ -3,7 +3,8 @@
 The client's request arrives as a `ModelChatRequest` (read by the native layer's inbound translator
 for its wire format); it is sent with the same provider translators the Native API uses, and the
 provider's unified answer — a completion, or a stream of unified chunks — is written back in the
-client's own wire format. Metering is the caller's admission: this module settles it (exactly once,
+client's own wire format. The provider is told the caller's pseudonym as the end user
+(`sentinel.native.end_user`), never the end user the client named. Metering is the caller's admission: this module settles it (exactly once,
 from the provider's usage, or estimated when the provider reported none or the stream broke off) and
 sends a stream's last bytes (`[DONE]`, `message_stop`) only after the usage record is stored. An
 upstream error answer goes through `sentinel.services.answers.refuse`: a request the provider
@@ -66,17 +67,20 @@ class TranslatedChat:
         self.metrics = metrics
         self.default_max_tokens = default_max_tokens
 
-    def translate(self, req: ModelChatRequest, target: ModelTarget) -> dict[str, Any]:
-        """The provider's request body; InvalidRequest (400 naming the field) when it cannot be built."""
+    def translate(self, req: ModelChatRequest, target: ModelTarget, end_user: str | None = None) -> dict[str, Any]:
+        """The provider's request body, telling it `end_user` (the caller's pseudonym) when given;
+        InvalidRequest (400 naming the field) when it cannot be built."""
         try:
             if target.kind == "anthropic":
-                return build_anthropic_model_request(
+                body = build_anthropic_model_request(
                     req, target.upstream_model, default_max_tokens=self.default_max_tokens
                 )
-            return build_openai_model_request(req, target.upstream_model)
+            else:
+                body = build_openai_model_request(req, target.upstream_model)
         except (NativeValidationError, TranslationError) as exc:
             param = exc.param if isinstance(exc, NativeValidationError) else None
             raise InvalidRequest(exc.message, details={"param": param} if param else None) from None
+        return body if end_user is None else self.providers[target.provider].with_end_user(body, end_user)
 
     def carriers(
         self, targets: Sequence[ModelTarget], client: ClientFormat, parse: Callable[[ModelTarget], ModelChatRequest],
@@ -99,13 +103,14 @@ class TranslatedChat:
 
     async def serve(
         self, ex: Exchange, req: ModelChatRequest, target: ModelTarget, admission: Admission, client: ClientFormat,
-        *, heavy: bool = False,
+        *, end_user: str, heavy: bool = False,
     ) -> Reply | StreamReply:
-        """Send `req` to `target`'s provider and answer in the `client` wire format. Raises (before any
+        """Send `req` to `target`'s provider, telling it `end_user` (the caller's pseudonym), and answer
+        in the `client` wire format. Raises (before any
         answer) the provider's error, after settling a request the provider refused (`refuse`); the
         caller gives the admission back (a no-op once settled). `heavy`: the request's body was large
         (`sentinel.offload`): it is translated in a worker thread."""
-        body = await off_loop(functools.partial(self.translate, req, target), heavy)
+        body = await off_loop(functools.partial(self.translate, req, target, end_user), heavy)
         provider = self.providers[target.provider]
         meter = self.meter
 

@@ -49,15 +49,16 @@ def test_plain_message_with_system_prompts(gateway: Gateway) -> None:
 
 
 def test_same_format_is_relayed_as_sent(gateway: Gateway) -> None:
-    """The body goes upstream as the client wrote it (key order, fields Sentinel does not know), with the
-    provider key instead of the client's, and the client's anthropic-version and anthropic-beta."""
+    """The body goes upstream as the client wrote it (key order, fields Sentinel does not know) but for
+    the end user (`metadata.user_id`: Sentinel's pseudonym of the caller), with the provider key instead
+    of the client's, and the client's anthropic-version and anthropic-beta."""
     body = b'{"messages":[{"role":"user","content":"as is"}],"model":"' + HAIKU.encode() + b'","max_tokens":9,"x_unknown":{"kept":true}}'
     headers = {"x-api-key": gateway.key, "anthropic-version": "2023-06-01", "anthropic-beta": "beta-one,beta-two",
                "content-type": "application/json"}
     r = httpx.post(gateway.url + "/v1/messages", content=body, headers=headers)
     assert r.status_code == 200, r.text
     seen = upstream_requests(gateway)[-1]
-    assert list(seen["body"]) == ["messages", "model", "max_tokens", "x_unknown"]
+    assert list(seen["body"]) == ["messages", "model", "max_tokens", "x_unknown", "metadata"]
     assert seen["body"]["x_unknown"] == {"kept": True}
     sent = {k.lower(): v for k, v in seen["headers"].items()}
     assert sent["x-api-key"] == "sk-ant-upstream-secret" and gateway.key not in str(sent)

@@ -55,7 +55,8 @@ def test_openai_request_to_anthropic_body(anthropic_wire: Check) -> None:
     ), target="anthropic")
     assert req.include_usage and req.max_tokens == 99 and req.messages[0].role == "system"
     body = anthropic_wire(build_anthropic_model_request(req, "claude-x", default_max_tokens=10))
-    assert body["system"] == "rules" and body["stop_sequences"] == ["END"] and body["metadata"] == {"user_id": "u1"}
+    assert body["system"] == "rules" and body["stop_sequences"] == ["END"]
+    assert "metadata" not in body  # the client's end user is not carried (`sentinel.native.end_user` adds Sentinel's)
     assert body["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
     assert body["tools"] == [{"name": "lookup", "input_schema": SCHEMA}]  # no description: none invented
     assert body["messages"][1]["content"][0] == {"type": "tool_use", "id": "call_1", "name": "lookup", "input": {"q": "x"}}
@@ -113,7 +114,8 @@ def test_anthropic_request_to_openai_body(openai_wire: Check) -> None:
     assert body["messages"][1]["content"][0] == {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     assert orjson.loads(body["messages"][2]["tool_calls"][1]["function"]["arguments"]) == {"q": "b"}
     assert body["tool_choice"] == {"type": "function", "function": {"name": "lookup"}}
-    assert (body["parallel_tool_calls"], body["user"], body["stop"], body["max_tokens"]) == (False, "u9", ["x", "y"], 50)
+    assert (body["parallel_tool_calls"], body["stop"], body["max_tokens"]) == (False, ["x", "y"], 50)
+    assert "user" not in body and "safety_identifier" not in body  # not the client's end user
     assert body["stream_options"] == {"include_usage": True}
 
 

@@ -157,6 +157,9 @@ class Failing:
     def body(self, req: Any, model: str, *, stream: bool) -> dict[str, Any]:
         return {}
 
+    def with_end_user(self, body: dict[str, Any], end_user: str) -> dict[str, Any]:
+        return body
+
     async def complete_body(self, body: dict[str, Any], tier: str, **kw: Any) -> Any:
         raise RuntimeError("the call failed")
 
@@ -212,7 +215,7 @@ async def test_a_request_no_candidate_can_carry_is_freed_with_its_refusal() -> N
     gc.disable()
     try:
         with pytest.raises(InvalidRequest, match="cannot be carried") as refused:
-            await chat._translatable(req, choice, chat._translator(req, False))
+            await chat._translatable(req, choice, chat._translator(req, False, "pseudonym"))
         del refused
         alive = [o for o in gc.get_objects() if isinstance(o, types.FrameType) and o.f_code.co_name == "_translatable"]
     finally:

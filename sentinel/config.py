@@ -52,6 +52,9 @@ MAX_SECONDS = 1_000_000_000  # ~31 years: the longest duration a setting takes (
 MIN_JWT_SECRET_BYTES = 32
 MIN_END_USER_SECRET_BYTES = 32
 MAX_POOL_CONNECTIONS = 1000  # DATABASE_POOL_SIZE, DATABASE_MAX_OVERFLOW: far past any PostgreSQL's max_connections
+# The HMAC keys among the settings: their least length in bytes, and why (`Settings._hmac_key`).
+_HMAC_KEYS = {"jwt_secret": (MIN_JWT_SECRET_BYTES, " (HS256 wants a 256-bit key)"),
+              "end_user_secret": (MIN_END_USER_SECRET_BYTES, "")}
 # Settings holding a URL: never quoted back in an error (credentials may sit in any part of one).
 URL_FIELDS = frozenset(
     {"redis_url", "database_url", "openai_api_url", "anthropic_api_url", "zion_api_url", "jwt_jwks_url", "otel_endpoint"}
@@ -310,24 +313,17 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at most {MAX_SECONDS} seconds")
         return value
 
-    @field_validator("jwt_secret")
+    @field_validator("jwt_secret", "end_user_secret")
     @classmethod
-    def _jwt_secret(cls, value: SecretStr | None) -> SecretStr | None:
+    def _hmac_key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """An HMAC key: empty is unset, short is refused — an offline guess of a short key, checked
+        against one stolen token (JWT_SECRET: then tokens for every user are minted) or one known
+        user's pseudonym (SENTINEL_END_USER_SECRET: then every user's pseudonym is computed)."""
         if value is None or not value.get_secret_value():
             return None
-        if len(value.get_secret_value().encode()) < MIN_JWT_SECRET_BYTES:
-            # One stolen token and an offline guess of a short HMAC key mint tokens for every user.
-            raise ValueError(f"must be at least {MIN_JWT_SECRET_BYTES} bytes (HS256 wants a 256-bit key)")
-        return value
-
-    @field_validator("end_user_secret")
-    @classmethod
-    def _end_user_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or not value.get_secret_value():
-            return None
-        if len(value.get_secret_value().encode()) < MIN_END_USER_SECRET_BYTES:
-            # A short key can be found by trying keys against one known user's pseudonym.
-            raise ValueError(f"must be at least {MIN_END_USER_SECRET_BYTES} bytes")
+        least, why = _HMAC_KEYS[info.field_name or ""]
+        if len(value.get_secret_value().encode()) < least:
+            raise ValueError(f"must be at least {least} bytes{why}")
         return value
 
     @field_validator("admin_key", "docs_api_key")

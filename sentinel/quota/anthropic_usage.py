@@ -39,9 +39,8 @@ from sentinel.quota.tokens import (
     REPLY_PRIMING,
     TOKENS_PER_MESSAGE,
     TokenCounter,
-    estimate_tokens,
 )
-from sentinel.quota.usage import READ_KEPT_CHARS, EventSplitter, event_data, with_data
+from sentinel.quota.usage import EventSplitter, ReadKept, event_data, with_data
 
 _INPUT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
@@ -306,9 +305,7 @@ class AnthropicStreamInspector:
         self._output: int | None = None
         self._final = False  # a message_delta gave the final output count
         self._text: list[str] = []
-        self._read: list[str] = []  # the server tools' results' text, up to READ_KEPT_CHARS (`read_input`)
-        self._read_chars = 0
-        self._read_tokens = 0  # counted already: their images and scalars, and their text past READ_KEPT_CHARS
+        self._read = ReadKept()  # the server tools' results (`read_input`)
         self.parse_errors = 0
         self.failed = False  # the provider's `error` event came
         self.done = b""
@@ -320,12 +317,9 @@ class AnthropicStreamInspector:
     @property
     def read_input(self) -> tuple[str, int]:
         """What the model read that message_start's input leaves out: the server tools' results
-        streamed (`blocks_read`, each as it arrives), charged when the final usage never came. Up to
-        READ_KEPT_CHARS of their text is kept to count at settlement; a result past it is counted as
-        it arrives, a token per 4 bytes, and not kept (as `quota.usage.StreamInspector` keeps a
-        Responses stream's hosted-tool items): kept whole, every fetched page and document (its
-        base64 data too) of a long stream was held until its end."""
-        return "\n".join(self._read), self._read_tokens
+        streamed (`blocks_read`, each as it arrives), charged when the final usage never came; kept as
+        a Responses stream's hosted-tool items are (`ReadKept`)."""
+        return self._read.read_input
 
     @property
     def usage(self) -> Usage | None:
@@ -394,19 +388,10 @@ class AnthropicStreamInspector:
             # result arrives whole, here.
             block = obj.get("content_block")
             if isinstance(block, dict) and not _written(block):
-                self._keep_read(*blocks_read([block]))
+                self._read.add(*blocks_read([block]))
             elif isinstance(block, dict) and isinstance(block.get("name"), str):
                 self._text.append(block["name"])
 
-    def _keep_read(self, text: str, tokens: int) -> None:
-        if not text:
-            pass
-        elif self._read_chars + len(text) <= READ_KEPT_CHARS:
-            self._read.append(text)
-            self._read_chars += len(text)
-        else:
-            tokens += estimate_tokens(text)
-        self._read_tokens += tokens
 
     def _take(self, usage: Any) -> None:
         if not isinstance(usage, dict):

@@ -176,6 +176,36 @@ MAX_EVENT_BYTES = 16 * 1024 * 1024  # as the native API's SSE parser (`sentinel.
 # The hosted-tool text a stream inspector keeps to count when the stream is settled; past it an item's
 # text is counted as it arrives, a token per 4 bytes (`estimate_tokens`), and not kept.
 READ_KEPT_CHARS = 1024 * 1024
+
+
+class ReadKept:
+    """What a stream's model read (hosted or server tools' results), as a stream inspector's
+    `read_input`: up to READ_KEPT_CHARS of the text kept to count at settlement; past it a result's
+    text is counted as it arrives, a token per 4 bytes, and not kept — kept whole, every fetched page
+    and document (its base64 data too) of a long stream was held until its end."""
+
+    def __init__(self) -> None:
+        self._texts: list[str] = []
+        self._chars = 0
+        self._tokens = 0  # counted already: images and scalars, and the text past READ_KEPT_CHARS
+
+    def add(self, text: str, tokens: int) -> None:
+        """One result read: its `text` to count and the `tokens` counted already (`items_read`, `blocks_read`)."""
+        if not text:
+            pass
+        elif self._chars + len(text) <= READ_KEPT_CHARS:
+            self._texts.append(text)
+            self._chars += len(text)
+        else:
+            tokens += estimate_tokens(text)
+        self._tokens += tokens
+
+    @property
+    def read_input(self) -> tuple[str, int]:
+        """(the text kept to count, the tokens counted already)."""
+        return "\n".join(self._texts), self._tokens
+
+
 # A Responses stream ends with one of these (no `[DONE]`): held back like `[DONE]`.
 RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
@@ -285,9 +315,7 @@ class StreamInspector:
         self._usage: Usage | None = None
         self._usage_whole = False  # `_usage` came without choices: the provider's count of the whole answer
         self._text: list[str] = []
-        self._read: list[str] = []  # the hosted-tool items' text, up to READ_KEPT_CHARS (`read_input`)
-        self._read_chars = 0
-        self._read_tokens = 0  # counted already: their scalars, and their text past READ_KEPT_CHARS
+        self._read = ReadKept()  # the hosted-tool items (`read_input`)
         self.parse_errors = 0
         self.failed = False  # the provider's error event came (chat's `error`, the Responses API's `error`)
         self.saw_done = False
@@ -312,8 +340,8 @@ class StreamInspector:
     @property
     def read_input(self) -> tuple[str, int]:
         """What the model read that the admission estimate leaves out: a Responses stream's hosted-tool
-        items (`items_read`), charged when the final usage never came."""
-        return "\n".join(self._read), self._read_tokens
+        items (`items_read`), charged when the final usage never came (`ReadKept`)."""
+        return self._read.read_input
 
     @property
     def done(self) -> bytes:
@@ -464,16 +492,8 @@ class StreamInspector:
         if obj.get("type") == "response.output_item.done":  # (`.added` came before, without results)
             item = obj.get("item")
             if isinstance(item, dict) and not _written_item(item):
-                self._keep_read(*item_read(item))
+                self._read.add(*item_read(item))
         return True
-
-    def _keep_read(self, text: str, tokens: int) -> None:
-        if self._read_chars + len(text) <= READ_KEPT_CHARS:
-            self._read.append(text)
-            self._read_chars += len(text)
-        else:
-            tokens += estimate_tokens(text)
-        self._read_tokens += tokens
 
 
 class TailInspector:

@@ -18,6 +18,10 @@ as refused, the others settled once every part has answered. A part that fails k
 any failure does: the retry sends the parts not yet answered, under the same part keys, and a
 takeover after a crash finds the batch under its split key and sends every part under the same key
 again (replayed by a sink that honours keys), never the batch whole.
+
+A batch claimed from memory (its records found no durable outbox) is moved to the outbox table under
+its key at its next failure, and at shutdown (`DurableOutbox.keep`): from there it is taken over
+whole under its key, so neither a crash loses it nor a restart sends it under a new key.
 """
 
 from __future__ import annotations
@@ -106,10 +110,12 @@ class UsageDeliverer:
             except (GovernanceUnavailable, StoreUnavailable) as exc:
                 self.metrics.deliveries.labels("failure").inc()
                 self._later(exc.message, "usage delivery failed; retrying the same batch")
+                await self._keep_held()
                 return 0
             except Exception as exc:  # noqa: BLE001 - no outage (odd JSON from a sink, a bug): back off all the same
                 self.metrics.deliveries.labels("failure").inc()
                 self._later(type(exc).__name__, "usage delivery failed unexpectedly; retrying the same batch")
+                await self._keep_held()
                 return 0
             self._refused = frozenset(refused) & {c.record.request_id for c in batch.items}
             if self._refused:
@@ -187,6 +193,24 @@ class UsageDeliverer:
                 "batch": key, "record_id": record.request_id, "error": exc.message})
             return True
         return record.request_id in refused
+
+    def _untaken(self, batch: Batch) -> set[str]:
+        """The request ids of `batch` the sink may still have to take: all but the parts it accepted
+        of a batch delivered apart (applied under their part keys)."""
+        taken = {rid for rid, refused in self._parts.items() if not refused}
+        return {c.record.request_id for c in batch.items} - taken
+
+    async def _keep_held(self) -> None:
+        """After a failed attempt at a batch claimed from memory (no durable outbox could take its
+        records when they were written), store it under its key in the outbox table if it can be
+        now, and let go of it: it is taken over from there, whole and under its key, when its retry
+        is due. Held in memory until the sink answered, it was lost with the process (`kill -9`)
+        however long the table had been back."""
+        batch = self.held
+        if batch is None or batch.backend != self.outbox.memory.backend or self._refused is not None:
+            return
+        if await self.outbox.keep(batch, self._untaken(batch), retry_in=max(self._not_before - self.clock(), 0.0)):
+            self._release()
 
     def _pause(self, batch: Batch) -> None:
         """The sink refused every record of `batch`, one by one: its records wait for a new batch
@@ -283,17 +307,29 @@ class UsageDeliverer:
         """At shutdown, store durably what only this process's memory holds — records that found no
         durable outbox, and a batch claimed from memory still undelivered — or say loudly what is lost."""
         held, self.held = self.held, None
-        if held is not None and held.backend == "memory":  # undelivered: waiting in memory again
-            # ... but not what the sink took already: the records of a batch delivered apart whose
-            # parts it accepted (applied under their part keys), or all it accepted of an answered
-            # batch. Sent again after the restart, under a new batch key, they would count twice.
+        if held is not None and held.backend == self.outbox.memory.backend:  # undelivered
+            # Not what the sink took already: the records of a batch delivered apart whose parts it
+            # accepted (applied under their part keys), or all it accepted of an answered batch.
+            # Sent again after the restart, under a new batch key, they would count twice.
             if self._refused is not None:
-                taken = {c.record.request_id for c in held.items} - self._refused
-            else:
-                taken = {rid for rid, refused in self._parts.items() if not refused}
-            back = [c.record.request_id for c in held.items if c.record.request_id not in taken]
-            await self.outbox.memory.settle(held, back, retry_in=0.0)
+                await self.outbox.memory.settle(held, self._refused, retry_in=0.0)  # the refused wait again
+            # Else stored under its key if the table takes it: sent after the restart under the same
+            # key, a sink that had applied it (its answer lost) replays its answer. If not, its
+            # records wait in memory again, stored below (under a new key) if an outbox takes them.
+            elif not await self._kept(held, untaken := self._untaken(held)):
+                await self.outbox.memory.settle(held, untaken, retry_in=0.0)
         await self.outbox.rescue_orphans(everything=True)
+
+    async def _kept(self, batch: Batch, records: set[str]) -> bool:
+        """At shutdown, `DurableOutbox.keep` within half of KEEP_TIMEOUT: a table that does not answer
+        (a hung database) leaves the other half to store the batch's records elsewhere (the stream,
+        under a new key) rather than lose them."""
+        try:
+            return await asyncio.wait_for(self.outbox.keep(batch, records, retry_in=0.0), KEEP_TIMEOUT / 2)
+        except TimeoutError:
+            log.warning("the outbox table did not store a usage batch held in memory in time; storing its "
+                        "records elsewhere", extra={"batch": batch.key})
+            return False
 
     async def drain(self) -> None:
         """Deliver batches until nothing deliverable is left or a delivery fails (a batch waiting

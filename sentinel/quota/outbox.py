@@ -95,6 +95,10 @@ class MemoryOutbox:
             self._held[apart.key] = apart
         return apart
 
+    def forget(self, batch: Batch) -> None:
+        """Let go of a batch being delivered from here (stored elsewhere now, under its key)."""
+        self._held.pop(batch.key, None)
+
     async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
         self._held.pop(batch.key, None)
         _, declined = batch.split(refused)
@@ -251,6 +255,31 @@ class DurableOutbox:
             self.memory.discard(stored)
             if stored:
                 self._counted()
+
+    async def keep(self, batch: Batch, records: Collection[str], retry_in: float) -> bool:
+        """Move a batch being delivered from memory, of it the records of `records` (request ids: those
+        the sink may still have to take), to the outbox table under its key, taken over whole (and
+        sent again under that key) once `retry_in` seconds have passed; whether it was moved. A batch
+        under its key survives the process: sent again under a new key (the only way memory's
+        records could be stored otherwise), a sink that had applied it with its answer lost (Zion)
+        counted it twice. Only the table can hold a batch under its key (a stream's batch is the
+        consumer that read it); when it is unreachable the batch stays in memory."""
+        if batch.backend != self.memory.backend:
+            return False
+        kept = Batch(self.sql.backend, batch.key, tuple(c for c in batch.items if c.record.request_id in records))
+        try:
+            await self.sql.adopt(kept, retry_in)
+        except (StoreUnavailable, GovernanceUnavailable) as exc:
+            self._repeated.warning("usage outbox %s unavailable: %s", self.sql.backend, exc.message, key=self.sql.backend)
+            return False
+        except Exception:  # noqa: BLE001 - not an outage (a bug): the batch stays in memory, logged
+            log.exception("a usage batch held in memory could not be stored", extra={"batch": batch.key})
+            return False
+        self.memory.forget(batch)
+        self._counted()
+        log.info("a usage batch held in memory was stored under its key", extra={"batch": batch.key,
+                                                                                "count": len(kept.items)})
+        return True
 
     async def claim(self, limit: int) -> Batch | None:
         """One batch from one backend (each backend's turn comes in rotation), or None."""

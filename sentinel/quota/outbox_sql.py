@@ -67,6 +67,25 @@ class SqlOutbox:
                 await session.execute(insert_ignoring(session, UsageOutboxRow, ["request_id"]), rows)
                 await session.commit()
 
+    async def adopt(self, batch: Batch, retry_in: float) -> None:
+        """Store the records of `batch` (a batch another backend held: this process's memory) as one
+        batch under its key, whose lease runs out `retry_in` seconds from now: it is then taken over
+        whole and sent again under the same key, here or by another process. A request id already
+        stored here keeps its row. GovernanceUnavailable when the table cannot be written (nothing was)."""
+        self.quiet.touched()
+        lease_end = self.clock() + timedelta(seconds=max(retry_in, 0.0))
+        rows = [
+            {"request_id": c.record.request_id, "payload": orjson.dumps(c.record.to_json()).decode(),
+             "batch_key": batch.key, "next_attempt_at": lease_end, "attempts": 1}
+            for c in batch.items
+        ]
+        if not rows:
+            return
+        with database_errors("usage outbox unavailable"):
+            async with self._sessions() as session:
+                await session.execute(insert_ignoring(session, UsageOutboxRow, ["request_id"]), rows)
+                await session.commit()
+
     async def claim(self, limit: int) -> Batch | None:
         if limit <= 0 or self.quiet.active:
             return None

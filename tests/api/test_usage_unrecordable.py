@@ -17,6 +17,7 @@ import pytest
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.ledger import SqlLedgerSink
+from sentinel.quota.batch import Batch
 from sentinel.quota.outbox import SqlOutbox
 from sentinel.routing.sessions import SessionStore
 from tests.api.conftest import Gateway
@@ -37,12 +38,17 @@ class Outage:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.down = False
-        put, deliver = SqlOutbox.put, SqlLedgerSink.deliver
+        put, adopt, deliver = SqlOutbox.put, SqlOutbox.adopt, SqlLedgerSink.deliver
 
         async def outbox_put(outbox: SqlOutbox, record: UsageRecord) -> None:
             if self.down:
                 raise GovernanceUnavailable("usage outbox unavailable: database unreachable")
             await put(outbox, record)
+
+        async def outbox_adopt(outbox: SqlOutbox, batch: Batch, retry_in: float) -> None:
+            if self.down:
+                raise GovernanceUnavailable("usage outbox unavailable: database unreachable")
+            await adopt(outbox, batch, retry_in)
 
         async def ledger_deliver(sink: SqlLedgerSink, records: list[UsageRecord], key: str) -> list[str]:
             if self.down:
@@ -50,6 +56,7 @@ class Outage:
             return await deliver(sink, records, key)
 
         monkeypatch.setattr(SqlOutbox, "put", outbox_put)
+        monkeypatch.setattr(SqlOutbox, "adopt", outbox_adopt)
         monkeypatch.setattr(SqlLedgerSink, "deliver", ledger_deliver)
 
 

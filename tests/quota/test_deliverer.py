@@ -17,7 +17,7 @@ from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
 from sentinel.observability.metrics import Metrics
-from sentinel.quota.batch import is_batch_key
+from sentinel.quota.batch import Batch, is_batch_key
 from sentinel.quota.deliverer import UsageDeliverer
 from sentinel.quota.outbox import DurableOutbox, RedisStreamOutbox, SqlOutbox
 from tests.support.clock import FakeClock
@@ -432,6 +432,72 @@ async def test_stop_keeps_in_memory_only_the_parts_of_a_batch_delivered_apart_th
     s.part.down = False
     await s.deliverer.stop(drain_timeout=1)
     assert sorted(s.part.items) == ["r2"] and s.outbox.orphans == []  # r1 was delivered: not kept again
+
+
+async def test_a_batch_held_in_memory_goes_to_the_table_under_its_key_at_its_next_failure() -> None:
+    """A batch claimed from memory (no outbox took its records) stayed there until the sink answered,
+    however long the table had been back: a crash meanwhile lost it. At a failure it is stored under
+    its key, due when its retry would have been, and taken over from there under the same key."""
+    s = Setup()
+    s.part.down = True
+    await s.put("r1", "r2")
+    s.sink.down = True
+    assert await s.deliverer.deliver_once() == 0  # claimed from memory, failed, the table down: held
+    held = s.deliverer.held
+    assert held is not None and held.backend == "memory" and s.part.adopted == []
+    s.part.down = False
+    s.clock.advance(1)  # its retry is due
+    assert await s.deliverer.deliver_once() == 0  # failed again: stored, due 2 s later (the backoff)
+    assert s.part.adopted == [(held.key, 2.0)] and s.outbox.orphans == [] and s.deliverer.held is None
+    assert sorted(s.part.items) == ["r1", "r2"]
+    s.sink.down = False
+    assert await s.deliverer.deliver_once() == 2
+    assert s.sink.keys == [held.key] * 3 and s.part.items == {}
+
+
+async def test_stop_stores_a_batch_held_in_memory_under_its_key() -> None:
+    """At shutdown, a batch claimed from memory whose delivery is cut short is stored under its key:
+    sent after the restart under a new one, a sink that had applied it counted it twice."""
+    s = Setup()
+    s.part.down = True
+    await s.put("r1", "r2")
+    s.sink.down = True
+    await s.deliverer.deliver_once()
+    held = s.deliverer.held
+    assert held is not None and held.backend == "memory"
+    s.part.down = s.sink.down = False
+    s.sink.hang = True  # the drain's attempt never answers: cut short
+    await asyncio.wait_for(s.deliverer.stop(drain_timeout=0.05), 2)
+    assert s.part.adopted == [(held.key, 0.0)] and sorted(s.part.items) == ["r1", "r2"]
+    assert s.outbox.orphans == []
+
+
+async def test_stop_stores_a_memory_batch_elsewhere_when_the_table_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Storing the batch under its key waits on the table: one that never answers (a hung database)
+    took the whole time left to keep what memory holds, and the records were lost though the stream
+    could take them. It gets half; the records then go to the stream (under a new key)."""
+    from sentinel.quota import deliverer as module
+
+    class HungTable(OutboxPart):
+        async def adopt(self, batch: Batch, retry_in: float) -> None:
+            self._check(self.down)
+            await asyncio.Event().wait()  # up, and never answering
+
+    monkeypatch.setattr(module, "KEEP_TIMEOUT", 0.2)  # (the real one is 5 s)
+    stream, table = OutboxPart("redis"), HungTable("sql")
+    outbox = DurableOutbox(table, stream)  # type: ignore[arg-type]
+    sink = Sink()
+    deliverer = UsageDeliverer(outbox, sink, Metrics(), backoff=CountingBackoff(base=1, cap=30), clock=FakeClock())
+    stream.down = table.down = sink.down = True
+    await outbox.put(usage_record("r1"))
+    await deliverer.deliver_once()  # claimed from memory, failed; nothing durable takes it
+    assert deliverer.held is not None and deliverer.held.backend == "memory"
+    stream.down = table.down = False
+    sink.down, sink.hang = False, True
+    await asyncio.wait_for(deliverer.stop(drain_timeout=0.05), 5)
+    assert list(stream.items) == ["r1"] and outbox.orphans == []
 
 
 def test_a_held_batch_is_retried_well_inside_its_lease() -> None:

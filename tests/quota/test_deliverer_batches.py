@@ -224,6 +224,72 @@ async def test_a_dead_deliverers_batch_is_sent_again_under_its_key(rig: Rig) -> 
     assert rig.zion.calls[BATCH] >= 3
 
 
+def outboxes_unreachable(outbox: DurableOutbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every durable part of `outbox` refuses writes, as when neither Redis nor the database answers
+    (claims find them empty): records go to memory (`monkeypatch.undo()` brings them back)."""
+
+    async def unreachable(*_: object) -> None:
+        raise GovernanceUnavailable("database unavailable")
+
+    monkeypatch.setattr(outbox.sql, "put", unreachable)
+    monkeypatch.setattr(outbox.sql, "adopt", unreachable, raising=False)
+    if outbox.redis is not None:
+        monkeypatch.setattr(outbox.redis, "put", unreachable)
+
+
+async def test_a_batch_held_in_memory_survives_a_kill9_once_the_table_is_back(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records written while no outbox answered are delivered from memory. Their batch failed; the
+    outboxes came back, Zion did not: the batch stayed in memory until Zion answered, and a `kill -9`
+    meanwhile lost it, however long the table had been back. It is stored under its key at its next
+    failure, and the successor sends it under that key."""
+    outbox = rig.outbox()
+    deliverer = rig.deliverer(outbox)
+    outboxes_unreachable(outbox, monkeypatch)
+    for n in (0, 1):
+        await outbox.put(record(n))
+    assert len(outbox.orphans) == 2
+    rig.zion.fail_next(3)  # one delivery (the client tries 3 times)
+    assert await deliverer.deliver_once() == 0  # claimed from memory (nothing else takes it): failed
+    assert deliverer.held is not None and deliverer.held.backend == "memory"
+    monkeypatch.undo()  # the outboxes are back; Zion is not
+    rig.zion.fail_next(3)
+    assert await deliverer.deliver_once() == 0
+    assert outbox.orphans == []  # stored durably, under its key
+    del deliverer, outbox  # kill -9: what memory held is gone
+    successor = rig.outbox()
+    await rig.deliver_all(rig.deliverer(successor), successor)
+    assert [rig.counted(n) for n in (0, 1)] == [1, 1], rig.sink.attempts
+    first = rig.sink.attempts_with("req-0")
+    assert len(first) == 3 and len(set(first)) == 1 and sorted(first[0][1]) == ["req-0", "req-1"], first
+
+
+async def test_a_batch_held_in_memory_is_stored_under_its_key_at_shutdown(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Zion applied a batch delivered from memory and its answer was lost; the shutdown came before
+    a retry answered. The batch was stored again without its key, and sent after the restart under
+    a new one: Zion counted it twice. It is stored under its key: the restart's send is a replay."""
+    outbox = rig.outbox()
+    deliverer = rig.deliverer(outbox)
+    outboxes_unreachable(outbox, monkeypatch)
+    for n in (0, 1):
+        await outbox.put(record(n))
+    rig.zion.lose_batch_answers(3)  # applied, then every answer of one delivery lost
+    assert await deliverer.deliver_once() == 0
+    assert [rig.counted(n) for n in (0, 1)] == [1, 1]
+    monkeypatch.undo()
+    rig.zion.fail_batches(503)  # Zion is down when the process stops
+    await deliverer.stop(drain_timeout=5)
+    assert outbox.orphans == []
+    rig.zion.fail_batches(None)
+    successor = rig.outbox()
+    await rig.deliver_all(rig.deliverer(successor), successor)
+    assert [rig.counted(n) for n in (0, 1)] == [1, 1], rig.sink.attempts
+    assert len({key for key, _ in rig.sink.attempts_with("req-0")}) == 1, rig.sink.attempts
+
+
 # --- a batch Zion refuses whole for one record's value -------------------------------------------
 def keys_by_record(sink: RecordingSink) -> dict[str, set[str]]:
     """The keys each record was sent under on its own (a batch delivered apart)."""

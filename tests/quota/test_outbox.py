@@ -17,7 +17,7 @@ from sentinel.db.engine import create_engine, session_factory
 from sentinel.db.models import UsageOutboxRow
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
-from sentinel.quota.batch import Batch, is_batch_key
+from sentinel.quota.batch import Batch, Claimed, is_batch_key
 from sentinel.quota.outbox import DurableOutbox, SqlOutbox
 from tests.support.outbox import OutboxPart, usage_record
 
@@ -99,6 +99,26 @@ async def test_a_claim_takes_a_lease_until_it_runs_out(sessions: async_sessionma
     async with sessions() as session:
         attempts = (await session.execute(select(UsageOutboxRow.attempts).order_by(UsageOutboxRow.id))).scalars()
         assert list(attempts) == [2, 2, 2]
+
+
+async def test_an_adopted_batch_is_taken_over_whole_under_its_key_once_its_retry_is_due(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """A batch another backend held (memory) is stored under its key, due `retry_in` from now: it is
+    then claimed whole under that key, never batched afresh; a request id already here keeps its row."""
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    outbox = SqlOutbox(sessions, lease_seconds=30, clock=lambda: now[0])
+    await outbox.put(record("r0", tokens=7))  # already here, waiting
+    held = Batch("memory", "sentinel-usage-" + "a" * 32, tuple(
+        Claimed("memory", rid, record(rid)) for rid in ("r0", "r1", "r2")
+    ))
+    await outbox.adopt(held, retry_in=5)
+    fresh = await outbox.claim(10)
+    assert ids(fresh) == ["r0"] and fresh is not None and fresh.records[0].input_tokens == 7
+    assert await outbox.claim(10) is None  # the adopted batch waits for its retry
+    now[0] += timedelta(seconds=5)
+    taken = await outbox.claim(1)  # whole, though the claim asks for fewer
+    assert taken is not None and (taken.key, ids(taken)) == (held.key, ["r1", "r2"])
 
 
 async def test_concurrent_claimers_never_share_a_row(sessions: async_sessionmaker[AsyncSession]) -> None:

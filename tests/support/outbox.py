@@ -42,6 +42,7 @@ class OutboxPart:
         self.expired: list[Batch] = []
         self.acked: list[str] = []
         self.retried: list[tuple[str, float]] = []
+        self.adopted: list[tuple[str, float]] = []
 
     def _check(self, down: bool) -> None:
         if down:
@@ -87,6 +88,16 @@ class OutboxPart:
             self.items.pop(c.ref, None)
         self.retried += [(c.ref, retry_in) for c in declined]
         self.held.pop(batch.key, None)
+
+    async def adopt(self, batch: Batch, retry_in: float) -> None:
+        """As `SqlOutbox.adopt`: the batch's records kept under its key, taken over at the next claim
+        (its `retry_in` is noted in `adopted`)."""
+        self._check(self.down)
+        items = tuple(Claimed(self.backend, c.record.request_id, c.record) for c in batch.items)
+        for c in items:
+            self.items.setdefault(c.ref, c.record)
+        self.adopted.append((batch.key, retry_in))
+        self.expired.append(Batch(self.backend, batch.key, items))
 
     async def depth(self) -> int:
         self._check(self.down)

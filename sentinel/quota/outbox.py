@@ -10,7 +10,8 @@ first claimed, and every retry or takeover re-sends exactly its records under th
 
 `DurableOutbox` writes to the stream when there is one, to the database when the stream is
 unavailable, and keeps a record in memory only when both fail (logged; moved to a durable backend
-as soon as one is back). It claims one batch at a time, from one backend, taking turns. What memory
+as soon as one is back; a batch already being delivered from memory, to the table under its key:
+`keep`). It claims one batch at a time, from one backend, taking turns. What memory
 holds is bounded by `max_unstored` (`SENTINEL_MAX_UNSTORED_RECORDS`): while that many are held the
 outbox is `full`, and the meter refuses new metered requests before admission (503
 `usage_unrecordable`) instead of serving requests whose usage it could not keep; what is held is

@@ -19,13 +19,17 @@ not at all) shows in that user's totals. Runs with the Redis stream outbox and w
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable
+from contextlib import closing
+from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
+from sentinel.quota.batch import is_batch_key
 from sentinel.quota.outbox import RedisStreamOutbox
 from tests.e2e.conftest import Processes
 from tests.e2e.helpers import (
@@ -38,7 +42,7 @@ from tests.e2e.helpers import (
     sentinel_env,
     sql_outbox_depth,
 )
-from tests.support.fake_zion import FakeZion
+from tests.support.fake_zion import BATCH, FakeZion
 from tests.support.servers import serving
 
 USERS = 16
@@ -139,6 +143,53 @@ async def _true(value: bool) -> bool:
 
 async def _all_counted(zion: FakeZion, load: Load, users: Iterable[int]) -> bool:
     return all(zion_totals(zion, n)["requests"] >= load.served(n)["requests"] for n in users)
+
+
+async def test_a_batch_delivered_from_memory_outlives_a_kill9_once_the_outbox_table_is_back(
+    processes: Processes, upstream: str, sqlite_url: str
+) -> None:
+    """No outbox takes a record (no Redis; the SQLite file write-locked by another process), so its
+    batch is delivered from memory, and Zion's usage endpoint fails. The lock ends, Zion still fails:
+    the batch is stored in the outbox table under its key, and after a `kill -9` and a restart it is
+    delivered from there, counted once. (It stayed in memory until Zion answered: the kill lost it.)"""
+    db = Path(sqlite_url.split("///", 1)[1])
+    zion = FakeZion()
+    zion.add_user("tok-0", "ext-0", "user-0@example.com")
+    with serving(zion) as server:
+        zion.url = server.url
+        env = sentinel_env(
+            upstream, sqlite_url, GOVERNANCE="zion", ZION_API_URL=zion.url, ZION_API_KEY=zion.api_key,
+            USAGE_LEASE_SECONDS="1", DATABASE_TIMEOUT_SECONDS="0.5",
+        )  # fmt: skip
+        gw = processes.sentinel(env)
+        async with client(gw.url, "tok-0") as http:
+            warm = await chat(http, chat_body("warm the identity and limits caches"))
+            assert warm.status == 200, warm
+            assert await eventually(lambda: _true(zion_totals(zion, 0)["requests"] == 1), within=30), processes.logs()
+            zion.fail_batches(503)
+            tried = zion.attempts[BATCH]
+            lock = sqlite3.connect(db, isolation_level=None)
+            try:
+                lock.execute("BEGIN IMMEDIATE")
+                held = await chat(http, chat_body("a record no outbox takes"))
+                assert held.status == 200 and held.complete, held
+                # The deliverer sent it from memory (and Zion failed it) while the table was locked.
+                assert await eventually(lambda: _true(zion.attempts[BATCH] > tried), within=30), processes.logs()
+            finally:
+                lock.close()
+        assert await eventually(lambda: _true(_kept_under_a_key(db)), within=30), processes.logs()
+        gw.kill9()
+        zion.fail_batches(None)
+        gw.restart()
+        assert await eventually(lambda: outbox_empty(sqlite_url, None), within=30), processes.logs()
+    assert zion_totals(zion, 0) == client_totals([warm, held]), processes.logs()
+
+
+def _kept_under_a_key(db: Path) -> bool:
+    """Whether the outbox table holds a record as a batch (a key of its own), as a takeover finds it."""
+    with closing(sqlite3.connect(db)) as connection:
+        keys = connection.execute("SELECT batch_key FROM usage_outbox").fetchall()
+    return len(keys) == 1 and keys[0][0] is not None and is_batch_key(keys[0][0])
 
 
 def test_the_fake_drops_answers_it_applied() -> None:

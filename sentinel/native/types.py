@@ -46,6 +46,15 @@ MAX_TOOLS = 128  # tools in one request
 # `tools`: the check compiles each, at ~1 µs per character (one pattern of 1 MB: ~0.9 s). 10,000
 # is ~10 ms; a tool's patterns (a date, an email, an id) are tens of characters.
 MAX_TOOL_PATTERN_CHARS = 10_000
+# Strings, numbers and nulls in the arrays of one request's `tools` (an `enum`, a `required` list):
+# none is an object or an array counted above, and the check reads some of them one by one (a
+# `required` name ~10 µs: 100,000 of them, ~1 MB, took ~1 s). 10,000 is at most ~0.1 s; a tool's
+# enums and required names are tens, an enum of every country 250.
+MAX_TOOL_LIST_ITEMS = 10_000
+# The items of a `type` list: JSON Schema's types, each at most once. The meta-schema checks that a
+# list's items are unique by comparing every pair when they do not sort (numbers and strings mixed):
+# 4,000 numbers (~20 KB) took ~10 s, holding the lock every schema check takes.
+MAX_TYPE_LIST = 7
 # Schemas that passed the check, remembered by the digest of their canonical JSON: a client sends
 # the same tools on every turn of a conversation, and pays for the check once.
 SCHEMAS_REMEMBERED = 4096
@@ -242,19 +251,22 @@ def _check_schema(schema: dict[str, Any]) -> str | None:
 
 
 def _too_costly(tools: Any) -> str | None:
-    """Why checking the schemas of `tools` would cost too much (MAX_TOOL_NODES, MAX_TOOL_PATTERN_CHARS),
-    or None; an iterative walk that stops at the first limit passed."""
+    """Why checking the schemas of `tools` would cost too much (MAX_TOOL_NODES, MAX_TOOL_PATTERN_CHARS,
+    MAX_TOOL_LIST_ITEMS, MAX_TYPE_LIST), or None; an iterative walk that stops at the first limit passed."""
     stack = [tools]
-    nodes = chars = 0
+    nodes = chars = items = 0
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
             stack.extend(node.values())
-            pattern, keyed = node.get("pattern"), node.get("patternProperties")
+            pattern, keyed, kind = node.get("pattern"), node.get("patternProperties"), node.get("type")
             chars += len(pattern) if isinstance(pattern, str) else 0
             chars += sum(map(len, keyed)) if isinstance(keyed, dict) else 0
+            if isinstance(kind, list) and len(kind) > MAX_TYPE_LIST:
+                return f"a `type` list holds more than JSON Schema's {MAX_TYPE_LIST} types"
         elif isinstance(node, list):
             stack.extend(node)
+            items += sum(1 for item in node if not isinstance(item, dict | list | bool))
         elif not isinstance(node, bool):  # `true`/`false` are schemas too, each checked like an object
             continue
         nodes += 1
@@ -262,6 +274,8 @@ def _too_costly(tools: Any) -> str | None:
             return f"the tools hold more than {MAX_TOOL_NODES:,} JSON objects, arrays and booleans in all"
         if chars > MAX_TOOL_PATTERN_CHARS:
             return f"the tools' patterns hold more than {MAX_TOOL_PATTERN_CHARS:,} characters in all"
+        if items > MAX_TOOL_LIST_ITEMS:
+            return f"the tools' arrays hold more than {MAX_TOOL_LIST_ITEMS:,} strings, numbers and nulls in all"
     return None
 
 

@@ -12,7 +12,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from sentinel.native.responses import ErrorBody
-from sentinel.native.types import MAX_TOOL_NODES
+from sentinel.native.types import MAX_TOOL_LIST_ITEMS, MAX_TOOL_NODES, MAX_TYPE_LIST
 from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.api.test_quotas import set_plan
@@ -69,19 +69,28 @@ def test_a_tool_pattern_the_regex_engine_refuses_is_a_400_that_costs_nothing(
         first.headers["x-request-id"], last.headers["x-request-id"]}
 
 
-@pytest.mark.parametrize("entry", [{}, True], ids=["objects", "booleans"])
+@pytest.mark.parametrize(("huge", "too_large"), [
+    ({"type": "object", "allOf": [{}] * 5000}, f"more than {MAX_TOOL_NODES:,} JSON objects, arrays and booleans"),
+    ({"type": "object", "allOf": [True] * 5000}, f"more than {MAX_TOOL_NODES:,} JSON objects, arrays and booleans"),
+    ({"type": "object", "required": [f"k{i}" for i in range(MAX_TOOL_LIST_ITEMS + 1)]},
+     f"more than {MAX_TOOL_LIST_ITEMS:,} strings, numbers and nulls"),
+    ({"type": "object", "properties": {"a": {"type": [*range(4000), "string"]}}},
+     f"a `type` list holds more than JSON Schema's {MAX_TYPE_LIST} types"),
+], ids=["objects", "booleans", "strings", "type-list"])
 def test_tools_too_large_to_check_are_a_400_before_any_schema_is_checked(
-    gateway_factory: Callable[..., Gateway], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: Any
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, huge: dict[str, Any],
+    too_large: str,
 ) -> None:
     """5,000 `allOf` entries (~20 KB) cost ~0.85 s of the event loop in the meta-schema check, before
     any quota was taken: refused on every surface without it. `true` is a schema too, checked like
-    `{}`: booleans went uncounted (2,000,000 of them in 10 MB: minutes of the event loop)."""
+    `{}`: booleans went uncounted (2,000,000 of them in 10 MB: minutes of the event loop). So were
+    strings and numbers in arrays (a `required` name costs ~10 µs: 100,000 in ~1 MB, ~1 s), and a
+    `type` list of 4,000 numbers and a string (~20 KB) took ~10 s: its items' uniqueness is checked
+    pair by pair."""
     checked: list[Any] = []
     monkeypatch.setattr(Draft202012Validator, "check_schema", lambda schema, *a, **k: checked.append(schema))
     gw = gateway_factory(providers_file=tiers_file(tmp_path, "openai"))
-    huge = {"type": "object", "allOf": [entry] * 5000}
     tools = [{"type": "function", "function": {"name": "f", "description": "a tool", "parameters": huge}}]
-    too_large = f"more than {MAX_TOOL_NODES:,} JSON objects, arrays and booleans"
     with gw.client() as http:
         native = http.post(NATIVE, json={"messages": user(), "tools": tools})
         to_claude = http.post("/v1/chat/completions", json={"model": HAIKU, "messages": user(), "tools": tools})

@@ -570,3 +570,24 @@ def test_a_delete_with_a_trailing_slash_forgets_the_owner(
     assert owners.exists(f"sentinel:owner:{fid}") == 0
     assert after.status_code == 404
     assert [(s.method, s.path) for s in spy.seen] == [("GET", f"/v1/files/{fid}"), ("DELETE", f"/v1/files/{fid}")]
+
+
+def test_a_body_naming_its_own_file_a_thousand_times_looks_it_up_once(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """A body may name 1,000 objects: each was looked up on its own, one Redis command and round trip
+    after another, the same id 1,000 times too. Each distinct id is looked up once, all together."""
+    gw = start(gateway_factory, spy, redis_url)
+    fid = gw.openai().files.create(file=("a.txt", b"mine"), purpose="user_data").id
+    part = {"type": "file", "file": {"file_id": fid}}
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [part] * 1000}]}
+    stats = redis.Redis.from_url(redis_url)
+    try:
+        before = stats.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
+        with gw.client() as http:
+            answer = http.post("/v1/chat/completions", json=body)
+        gets = stats.info("commandstats").get("cmdstat_get", {}).get("calls", 0) - before
+    finally:
+        stats.close()
+    assert answer.status_code == 200, answer.text
+    assert gets < 20, gets  # (the owner's lookup, and the request's own: its key, its plan, ...)

@@ -3,9 +3,11 @@ replaced, so an answer that names another user's object cannot hand that object 
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from sentinel.errors import NotFound
+from sentinel.errors import NotFound, StoreUnavailable
 from sentinel.governance.ownership import Ownership
 from sentinel.store import Store
 
@@ -63,3 +65,52 @@ async def test_ids_out_of_bounds_are_never_recorded(store: Store, object_id: str
     await owners.grow_context(object_id, 5)
     await owners.forget(object_id)
     assert await owners.context_of([object_id]) == 0
+
+
+async def test_the_ids_a_body_names_are_looked_up_at_once_each_once(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body may name 1,000 ids (the same one 1,000 times, too): looked up one after another, each
+    was a store round trip of its own. Each distinct id is looked up once, and all together (on
+    Redis they share a round trip)."""
+    owners = Ownership(store)
+    for i in range(5):
+        await owners.claim(f"file-{i}", "alice", None)
+    looked_up: list[str] = []
+    running = peak = 0
+    get = store.get
+
+    async def counting(key: str) -> bytes | None:
+        nonlocal running, peak
+        looked_up.append(key)
+        running += 1
+        peak = max(peak, running)
+        try:
+            await asyncio.sleep(0)  # (a yield: the lookups issued in the same turn run together)
+            return await get(key)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(store, "get", counting)
+    await owners.require([f"file-{i % 5}" for i in range(1000)], "alice")
+    assert sorted(looked_up) == [f"sentinel:owner:file-{i}" for i in range(5)]
+    assert peak == 5
+    looked_up.clear()
+    with pytest.raises(NotFound, match="file-9"):
+        await owners.require(["file-0", "file-9", "file-1", "file-9"], "alice")
+    assert len(looked_up) == 3
+
+
+async def test_a_store_failure_in_a_lookup_is_the_store_error(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    owners = Ownership(store)
+    await owners.claim("file-1", "alice", None)
+    get = store.get
+
+    async def failing(key: str) -> bytes | None:
+        if key.endswith("file-2"):
+            raise StoreUnavailable("store down")
+        return await get(key)
+
+    monkeypatch.setattr(store, "get", failing)
+    with pytest.raises(StoreUnavailable):
+        await owners.require(["file-1", "file-2"], "alice")

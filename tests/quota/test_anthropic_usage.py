@@ -20,7 +20,13 @@ from sentinel.quota.anthropic_usage import (
     message_usage,
 )
 from sentinel.quota.estimate import estimate_input, max_output
-from sentinel.quota.images import MAX_IMAGE_TOKENS, base64_image_tokens, image_size, image_tokens
+from sentinel.quota.images import (
+    JPEG_MAX_MARKERS,
+    MAX_IMAGE_TOKENS,
+    base64_image_tokens,
+    image_size,
+    image_tokens,
+)
 from sentinel.quota.tokens import TokenCounter
 from sentinel.quota.usage import usage_from_body
 from tests.support.media import jpeg, png
@@ -36,6 +42,24 @@ from tests.support.payloads import SERVER_ID, resent_blocks
 ])
 def test_image_sizes(raw: bytes, size: tuple[int, int] | None) -> None:
     assert image_size(raw) == size
+
+
+def jpeg_after(markers: bytes, width: int = 1024, height: int = 768) -> bytes:
+    """A JPEG whose frame header (its size) follows `markers`."""
+    whole = jpeg(width, height)
+    return whole[:2] + markers + whole[2:]
+
+
+def test_a_jpeg_size_is_read_from_its_first_markers_only() -> None:
+    """The markers before a JPEG's size are read one by one: 64 KiB of fill bytes or length-less
+    markers (~87 KB of base64) cost ~7 ms an image, ~1 s of a 10 MiB body's estimate. A real file's
+    size follows a handful of segments; past JPEG_MAX_MARKERS the size is unknown (the rule's most)."""
+    app = b"\xff\xe1" + struct.pack(">H", 18) + bytes(16)
+    assert image_size(jpeg_after(app * 20 + b"\xff" * 10 + b"\xff\xd0" * 10)) == (1024, 768)
+    assert image_size(jpeg_after(b"\xff" * (JPEG_MAX_MARKERS - 2))) == (1024, 768)  # (and APP0: the last one read)
+    for flood in (b"\xff" * JPEG_MAX_MARKERS, b"\xff\xd0" * JPEG_MAX_MARKERS, b"\xff" * 65_536):
+        assert image_size(jpeg_after(flood)) is None
+        assert base64_image_tokens(base64.b64encode(jpeg_after(flood)).decode()) == MAX_IMAGE_TOKENS
 
 
 def test_image_token_rule() -> None:

@@ -17,7 +17,8 @@ schema not seen before costs ~0.5 ms and up; a remembered one microseconds: see
 tools again, stay on the loop.
 
 The walks run in a pool of their own, WALK_THREADS threads, and the token counts of large bodies
-and texts (`count_off_loop`) in another, COUNT_THREADS threads — never in the event loop's default
+and texts, and of smaller ones that encode more than ON_LOOP_CHARS characters (`count_off_loop`),
+in another, COUNT_THREADS threads — never in the event loop's default
 executor: that one also runs the DNS lookups of upstream connections (aiohttp's resolver), Redis
 reconnects and `/metrics` renders. Queued there behind one caller's
 walks (its in-flight slots' worth, 128, at up to ~0.75 s each, six threads), a DNS lookup waited past
@@ -56,6 +57,17 @@ _walks = ThreadPoolExecutor(max_workers=WALK_THREADS, thread_name_prefix="sentin
 OFF_LOOP_SIZE = 64 * 1024
 COUNT_THREADS = 2
 _counts = ThreadPoolExecutor(max_workers=COUNT_THREADS, thread_name_prefix="sentinel-count")
+# ... and a smaller count stays on the loop while the characters it encodes (texts not remembered:
+# `sentinel.quota.tokens.InputCounts`) are no more than this: past them it goes on in that pool.
+# tiktoken takes ~0.1 µs a character of prose and up to ~0.5 µs of a hostile text (a run of spaces,
+# of one letter, CJK): 64 K characters under OFF_LOOP_SIZE held the loop ~30 ms, 4,096 hold it ~2 ms
+# at most, while a conversation's remembered turns and its new message stay on the loop.
+ON_LOOP_CHARS = 4096
+_on_loop: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("sentinel_on_loop_chars", default=None)
+
+
+class _OffLoop(Exception):  # noqa: N818 (a signal, not an error: never leaves `count_off_loop`)
+    """A count on the event loop went past ON_LOOP_CHARS: it goes on in a worker thread."""
 
 
 def large(body: bytes) -> bool:
@@ -74,8 +86,30 @@ async def off_loop(work: Callable[[], T], heavy: bool) -> T:
 
 async def count_off_loop(count: Callable[[], int], size: int) -> int:
     """`count()`, in the counts' own pool when `size` (a body's bytes, a text's characters) is
-    OFF_LOOP_SIZE or more: the rule of every token count a request's body or answer pays for."""
-    return await _in(_counts, count) if size >= OFF_LOOP_SIZE else count()
+    OFF_LOOP_SIZE or more, or once it has encoded more than ON_LOOP_CHARS characters on the loop
+    (`spend`): the rule of every token count a request's body or answer pays for. Begun on the
+    loop and moved, it is counted again from the start (what it remembered meanwhile is not encoded
+    twice)."""
+    if size >= OFF_LOOP_SIZE:
+        return await _in(_counts, count)
+    budget = _on_loop.set([ON_LOOP_CHARS])
+    try:
+        return count()
+    except _OffLoop:
+        pass
+    finally:
+        _on_loop.reset(budget)
+    return await _in(_counts, count)
+
+
+def spend(chars: int) -> None:
+    """Called by a count before it encodes `chars` characters: on the event loop past ON_LOOP_CHARS
+    (in all, in one `count_off_loop`), the count stops there, to go on in a worker thread."""
+    left = _on_loop.get()
+    if left is not None:
+        left[0] -= chars
+        if left[0] < 0:
+            raise _OffLoop
 
 
 async def _in(pool: ThreadPoolExecutor, work: Callable[[], T]) -> T:

@@ -45,6 +45,7 @@ from typing import Any
 
 import tiktoken
 
+from sentinel.offload import spend
 from sentinel.quota.images import ImageRule, openai_image_rule
 from sentinel.quota.media import MEDIA_KINDS, part_tokens
 
@@ -328,7 +329,13 @@ class TokenCounter:
         if encoding is None:
             return used, estimate_tokens
         encode = encoding.encode_ordinary
-        count: Callable[[str], int] = lambda text: len(encode(text)) if text else 0  # noqa: E731
+
+        def count(text: str) -> int:
+            if not text:
+                return 0
+            spend(len(text))  # (on the event loop, a long count goes on in a worker thread)
+            return len(encode(text))
+
         return used, count if user is None else self.inputs.wrap(user, used, count)
 
     def count_text(self, text: str, model: str, *, user: str | None = None) -> int:

@@ -26,7 +26,15 @@ import sentinel.native.types as native_types
 import sentinel.services.messages as messages
 import sentinel.services.relay as relay
 from sentinel.mock.app import create_mock_app
-from sentinel.offload import OFF_LOOP_BYTES, OFF_LOOP_CONTAINERS, OFF_LOOP_SIZE, count_off_loop, large
+from sentinel.offload import (
+    OFF_LOOP_BYTES,
+    OFF_LOOP_CONTAINERS,
+    OFF_LOOP_SIZE,
+    ON_LOOP_CHARS,
+    count_off_loop,
+    large,
+    spend,
+)
 from sentinel.quota.meter import QuotaMeter
 from sentinel.services.native_chat import NativeChat
 from sentinel.services.objects import referenced_ids
@@ -333,3 +341,53 @@ async def test_large_token_counts_run_in_their_own_pool_and_small_ones_on_the_lo
 
     assert (await count_off_loop(where, OFF_LOOP_SIZE)).startswith("sentinel-count")
     assert await count_off_loop(where, OFF_LOOP_SIZE - 1) == threading.current_thread().name
+
+
+async def test_a_small_count_that_encodes_much_goes_on_in_the_counts_pool() -> None:
+    """A body under OFF_LOOP_SIZE was counted on the event loop whatever it held: 64 K characters of
+    spaces or of one letter (tiktoken's slowest, ~0.5 µs each) held it ~30 ms a request. Past
+    ON_LOOP_CHARS encoded on the loop, the count starts again in the counts' pool."""
+    ran: list[str] = []
+
+    def count(chars: int) -> Callable[[], int]:
+        def counting() -> int:
+            ran.append(threading.current_thread().name)
+            spend(chars)
+            return chars
+
+        return counting
+
+    here = threading.current_thread().name
+    assert await count_off_loop(count(ON_LOOP_CHARS), OFF_LOOP_SIZE - 1) == ON_LOOP_CHARS
+    assert ran == [here]
+    ran.clear()
+    assert await count_off_loop(count(ON_LOOP_CHARS + 1), OFF_LOOP_SIZE - 1) == ON_LOOP_CHARS + 1
+    assert ran[0] == here and ran[1].startswith("sentinel-count") and len(ran) == 2
+    spend(10**9)  # outside a count on the loop: no limit
+
+
+def test_a_body_under_the_size_with_much_text_is_counted_in_a_thread(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60,000 spaces in a chat body of ~60 KB: encoded in the counts' pool, not on the event loop;
+    a short message still on the loop (its count costs less than the hop)."""
+    import tiktoken
+
+    encoded: list[tuple[int, str]] = []
+    encode = tiktoken.Encoding.encode_ordinary
+
+    def recording(self: tiktoken.Encoding, text: str) -> list[int]:
+        encoded.append((len(text), threading.current_thread().name))
+        return encode(self, text)
+
+    monkeypatch.setattr(tiktoken.Encoding, "encode_ordinary", recording)
+    spaces = "x" + " " * 60_000 + uuid.uuid4().hex
+    with gateway.client() as http:
+        long = http.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [
+            {"role": "user", "content": spaces}]})
+        long_encodes = [where for size, where in encoded if size > ON_LOOP_CHARS]
+        encoded.clear()
+        short = http.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": USER})
+    assert long.status_code == short.status_code == 200, (long.text, short.text)
+    assert long_encodes and all(where.startswith("sentinel-count") for where in long_encodes), long_encodes
+    assert encoded and not any(where.startswith("sentinel-count") for _, where in encoded), encoded

@@ -35,6 +35,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
+from sentinel.offload import spend
 from sentinel.quota.images import (
     TILES,
     ImageRule,
@@ -63,6 +64,11 @@ DICT_BYTES = 4096  # from an object stream's `/Type` to its `stream` keyword: it
 # counted on the event loop).
 PDF_MAX_INFLATED = 4 * 1024 * 1024
 PDF_INFLATE_RATIO = 32
+# Inflating and searching this many bytes costs about what encoding one character does: a count on
+# the event loop (`sentinel.offload.count_off_loop`) goes on in a worker thread before it inflates
+# an object stream that may hold more than its characters' worth (a 47 KB file inflated to its
+# 1.5 MB budget took ~17 ms).
+INFLATED_PER_CHAR = 32
 
 
 def part_tokens(part: Mapping[str, Any], rule: ImageRule = TILES) -> int:
@@ -108,7 +114,8 @@ def file_tokens(file_data: Any, rule: ImageRule = TILES) -> int:
 def pdf_pages(raw: bytes) -> int:
     """The pages of a PDF, at least 1: its page objects, written out or inside its Flate-compressed
     object streams (PDF 1.5's, where most current writers put them). Inflation stops at a budget
-    (PDF_MAX_INFLATED, PDF_INFLATE_RATIO times the file) and each byte is searched about once: an
+    (PDF_MAX_INFLATED, PDF_INFLATE_RATIO times the file; on the event loop, a count goes on in a worker
+    thread first: `INFLATED_PER_CHAR`) and each byte is searched about once: an
     object stream is read to its `endstream` and a dictionary (DICT_BYTES) searched for its
     `stream`, and the next `/Type /ObjStm` is looked for after them (a crafted file repeating the
     marker would otherwise make every search cover the same bytes)."""
@@ -125,6 +132,7 @@ def pdf_pages(raw: bytes) -> int:
         if end < 0:
             break  # none after this stream, so none after any later one
         at = end
+        spend(budget // INFLATED_PER_CHAR)
         try:
             inflated = zlib.decompressobj().decompress(view[stream.end() : end], budget)
         except zlib.error:

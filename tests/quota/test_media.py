@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import base64
 import re
+import threading
 import zlib
 from typing import Any
 
 import pytest
 
+from sentinel.offload import ON_LOOP_CHARS, count_off_loop
 from sentinel.quota import media
 from sentinel.quota.estimate import estimate_input
 from sentinel.quota.images import (
@@ -118,6 +120,35 @@ def test_pdf_page_counting_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
         scanned.bytes = 0
         assert pdf_pages(crafted) == 1
         assert scanned.bytes <= 2 * len(crafted), (scanned.bytes, len(crafted))  # not once per marker
+
+
+async def test_a_pdf_inflated_by_a_count_on_the_event_loop_is_inflated_in_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A body under 64 KiB is counted on the event loop: a 47 KB file whose object stream inflates to
+    its budget (32 times the file, 1.5 MB of page objects) held it ~17 ms. The count goes on in the
+    counts' pool before it inflates; a PDF written out (no object stream) is read where it is."""
+    inflated: list[str] = []
+    decompressobj = zlib.decompressobj
+
+    def recording() -> Any:
+        inflated.append(threading.current_thread().name)
+        return decompressobj()
+
+    monkeypatch.setattr(media.zlib, "decompressobj", recording)
+    raw = pdf(600, compressed=True)
+    assert len(raw) * media.PDF_INFLATE_RATIO // media.INFLATED_PER_CHAR > ON_LOOP_CHARS
+    compressed = data_url(raw, "application/pdf")
+    assert await count_off_loop(lambda: file_tokens(compressed), len(compressed)) == 600 * PDF_PAGE_TOKENS
+    assert inflated and all(name.startswith("sentinel-count") for name in inflated), inflated
+    small = data_url(pdf(3, compressed=True), "application/pdf")  # (its budget is small: read on the loop)
+    plain = data_url(pdf(600), "application/pdf")
+    here = threading.current_thread().name
+    inflated.clear()
+    for file in (small, plain):
+        assert await count_off_loop(lambda file=file: file_tokens(file), len(file)) in (3 * PDF_PAGE_TOKENS,
+                                                                                        600 * PDF_PAGE_TOKENS)
+    assert inflated == [here]
 
 
 class _ScanCounter:

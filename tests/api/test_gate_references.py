@@ -683,3 +683,20 @@ def test_a_custom_voice_and_its_consent_are_their_makers_only(
             assert spoken.status_code == 200 and spoken.content == b"RIFF....WAVE"
             assert alice.delete(f"/v1/audio/voices/{voice}").status_code == 200
             assert alice.post("/v1/chat/completions", json=speaking_in(voice)).status_code == 404  # forgotten
+
+
+def test_an_upload_part_with_more_header_lines_than_a_form_has_is_refused(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream,
+) -> None:
+    """Each header line of a part is read into an email `Message`: 4,000 short ones (16 KB, just under
+    the size read in a worker thread) took ~5 ms of the event loop. More than a form part has is a
+    400 in the OpenAI error shape, and nothing is sent."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", passthrough="/v1/files")
+    head = b'Content-Disposition: form-data; name="purpose"\r\n' + b"a: b\r\n" * 2_500  # (15 KB: under 16 KiB of headers)
+    body = b"--bc\r\n" + head + b"\r\nassistants\r\n--bc--\r\n"
+    with gw.client() as alice:
+        refused = alice.post("/v1/files", content=body, headers={"Content-Type": "multipart/form-data; boundary=bc"})
+    assert refused.status_code == 400, refused.text
+    error = openai_error(refused.json())
+    assert error["type"] == "invalid_request_error" and "header lines" in error["message"], error
+    assert spy.seen == []

@@ -97,7 +97,11 @@ class DocsGate:
         return f"{COOKIE}={self.mint()}{attributes}{'; Secure' if secure else ''}"
 
 
-MAX_COOKIES = 8  # values of one cookie name looked at: a browser sends one per path and domain that set it
+# Values of one cookie name looked at. A browser sends one per (domain, path) that set it and matches
+# the request: a sibling subdomain can plant one per parent domain for each prefix of the path
+# (`/admin/api/users/zoe/plan`, `/admin/api/users/zoe/`, ... `/admin`: nine), all sent before ours.
+# Far more than any path here has times the parent domains of a host; a forged value costs one HMAC.
+MAX_COOKIES = 64
 
 
 def cookie_values(header: str, name: str) -> list[str]:

@@ -382,3 +382,29 @@ def test_a_cookie_of_the_same_name_set_by_a_sibling_site_does_not_sign_the_opera
         assert changed.status_code == 200
         # Only the operator's own cookie signs in: the planted one alone does not.
         assert browser.get("/admin/users", headers={"Cookie": planted}).status_code == 303
+
+
+def test_cookies_planted_for_every_prefix_of_a_deep_path_do_not_sign_the_operator_out(
+    gw: Gateway, console: Console,
+) -> None:
+    """A sibling subdomain can plant one `sentinel_admin` per parent domain for each path that is a
+    prefix of the request's (`/admin/api/users/zoe/plan`, `/admin/api/users/zoe/`, ... `/admin`), all
+    sent before the console's own: nine for one admin API path under a single parent domain, twice
+    that under two (`a.b.example.com`). Only the first 8 values were read: the operator's cookie,
+    sent last, was never reached there."""
+    token = console.http.cookies["sentinel_admin"]
+
+    def planted(path: str, domains: int) -> str:
+        prefixes = []
+        for at in range(len(path), len("/admin") - 1, -1):  # the longest path first, as browsers send them
+            if path[:at].endswith("/") or at == len(path) or path[at] == "/":
+                prefixes.append(path[:at])
+        fake = [f"sentinel_admin=v1.99999999999.{i:016x}.{'0' * 64}" for i in range(len(prefixes) * domains)]
+        return "; ".join([*fake, f"sentinel_admin={token}"])
+
+    with httpx.Client(base_url=gw.url, timeout=30) as browser:
+        changed = browser.put("/admin/api/users/zoe/plan", json={"plan": None},
+                              headers={"Cookie": planted("/admin/api/users/zoe/plan", 1), "X-CSRF-Token": console.csrf})
+        assert changed.status_code == 200, changed.text
+        page = browser.get("/admin/users/zoe", headers={"Cookie": planted("/admin/users/zoe", 2)})
+        assert page.status_code == 200, page.headers.get("location")

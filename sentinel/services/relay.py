@@ -40,6 +40,7 @@ from sentinel.native.types import schemas_remembered
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.offload import large, off_loop
+from sentinel.providers.errors import UnreadableAnswer
 from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import OpenAICompatUpstream, forwardable_headers
 from sentinel.quota.images import image_rule_for
@@ -212,6 +213,13 @@ class OpenAIRelay:
             ex, to, "POST", request.segments, body, request.headers, None,
             admission, stream=request.stream,
         )
+        if request.stream and request.strip_usage and 200 <= upstream.status < 300 and upstream.encoded:
+            # Compressed despite `identity`: relayed as it came (never inflated), its usage chunk —
+            # asked for on the client's behalf — could not be taken out, and the client would get a
+            # chunk without choices it never asked for. Served and billed: as translated streams, a 502.
+            await upstream.read_served()
+            raise UnreadableAnswer(f"Provider {upstream.provider} answered a streamed request with a compressed body",
+                                   usage=None, provider=upstream.provider)
         if request.stream and 200 <= upstream.status < 300 and upstream.streams:
             return self.answers.sse(upstream, request.endpoint, admission, request.strip_usage, request.owner, ex=ex,
                                     extends=request.extends, speaker=request.speaker)

@@ -582,7 +582,9 @@ def test_a_compressed_stream_is_charged_the_output_it_reserved_on_every_surface(
     passed the bytes on as a stream, their events unread (Sentinel never inflates), so the call was
     charged no output while the official SDK inflated the answer and read it whole, usage included.
     It is read as an answer that cannot be read is: relayed as it came, charged the output it
-    reserved; a translated or native stream, which cannot pass it on, is 502 `provider_bad_response`."""
+    reserved, when the client asked for its usage chunk; a stream whose usage chunk Sentinel asked
+    for (it cannot take it out of compressed bytes: the client got a chunk without choices it never
+    asked for), a translated or native stream, which cannot pass it on, is 502 `provider_bad_response`."""
     chat = [chunk({"role": "assistant", "content": "Hello"}), chunk({}, "stop"),
             {**chunk({}), "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}, "[DONE]"]
     body = gzip.compress(b"".join(b"data: " + (e.encode() if isinstance(e, str) else orjson.dumps(e)) + b"\n\n"
@@ -593,22 +595,28 @@ def test_a_compressed_stream_is_charged_the_output_it_reserved_on_every_surface(
                              providers_file=tiers_file(tmp_path, "openai"))
         upstream.typed(b"text/event-stream", body, headers={"content-encoding": "gzip"})
         relayed = list(gw.openai().chat.completions.create(model="gpt-4o-mini", messages=ASK, stream=True,  # type: ignore[arg-type]
-                                                             max_tokens=40))
+                                                             max_tokens=40, stream_options={"include_usage": True}))
         answers = []
         with gw.client() as http:
+            upstream.typed(b"text/event-stream", body, headers={"content-encoding": "gzip"})
+            unasked = http.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": ASK, "stream": True,
+                                                               "max_tokens": 20})
             claude = {"model": "claude-3-5-haiku-20241022", "max_tokens": 30, "messages": ASK, "stream": True}
             for path, request in (TRANSLATED, NATIVE, ("/v1/messages", claude)):
                 upstream.typed(b"text/event-stream", body, headers={"content-encoding": "gzip"})
                 answers.append(http.post(path, json=request))
     assert "".join(c.choices[0].delta.content or "" for c in relayed if c.choices) == "Hello"  # as it came
+    assert relayed[-1].usage is not None and relayed[-1].usage.completion_tokens == 3  # the chunk it asked for
+    assert unasked.status_code == 502 and unasked.json()["error"]["code"] == "provider_bad_response", unasked.text
     assert [r.status_code for r in answers] == [502, 502, 200], [r.text for r in answers]
     assert answers[0].json()["error"]["type"] == "api_error"
     assert answers[1].json()["error"]["code"] == "provider_bad_response"
     assert answers[2].content == gzip.decompress(body)  # relayed as it came (httpx inflated it)
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 4)
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 5)
     rows = ledger_rows(gw.settings.database_url)
     assert [(row["status"], row["usage_source"], row["output_tokens"]) for row in rows] == [
-        (200, "estimated", 40), (502, "estimated", 50), (502, "estimated", 50), (200, "estimated", 30)], rows
+        (200, "estimated", 40), (502, "estimated", 20), (502, "estimated", 50), (502, "estimated", 50),
+        (200, "estimated", 30)], rows
 
 
 def test_a_usage_chunk_the_client_did_not_ask_for_is_not_relayed_whatever_its_figures(

@@ -151,14 +151,30 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     return _run(_with_admin(_settings(), go))
 
 
+def _quoted(text: str, limit: int = 80) -> str:
+    """`text` as an error line may show it: quoted, control characters escaped, at most `limit` characters."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from sentinel.errors import NotFound, RevocationIncomplete
+    from sentinel.governance.keys import KEY_PREFIX
+
+    if args.key_id.strip().startswith(KEY_PREFIX):
+        # The key itself, pasted for its id: never echoed (an error line ends up in scrollback, CI
+        # logs and tickets); it was "no such key: sk-sentinel-..." on stderr.
+        print(
+            f"sentinel: that is an API key, not a key id (key_...): `sentinel keys list` shows each key's id "
+            f"beside its first characters ({KEY_PREFIX}...); the key is not repeated here",
+            file=sys.stderr,
+        )
+        return 2
 
     async def go(admin: Any) -> int:
         try:
             await admin.revoke_key(args.key_id, _actor())
         except NotFound:
-            print(f"sentinel: no such key: {args.key_id}", file=sys.stderr)
+            print(f"sentinel: no such key: {_quoted(args.key_id)}", file=sys.stderr)
             return 1
         except RevocationIncomplete as exc:  # revoked in the database; the shared cache not told
             print(f"sentinel: {exc.message}", file=sys.stderr)

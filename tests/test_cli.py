@@ -386,3 +386,22 @@ def test_a_command_s_statement_may_take_longer_than_a_request_may_wait(
         return 0
 
     assert asyncio.run(cli._with_admin(settings, slow)) == 0
+
+
+def test_revoking_by_the_key_itself_never_shows_the_key(tmp_path: Path) -> None:
+    """`keys revoke` takes a key id; given the key itself (a mistake an operator with a leaked key
+    makes), it printed `no such key: sk-sentinel-...`, the secret, on stderr. Any other unknown id
+    was echoed raw: a terminal escape sequence in it reached the operator's terminal."""
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    key = run(["keys", "create", "bob"], env).stdout.strip().splitlines()[-1]
+    pasted = run(["keys", "revoke", key], env)
+    assert pasted.returncode == 2, (pasted.returncode, pasted.stderr)
+    lines = [line for line in pasted.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "not a key id" in lines[0] and "keys list" in lines[0], pasted.stderr
+    assert key not in pasted.stderr and key[len("sk-sentinel-"):][:8] not in pasted.stderr
+    assert "active" in run(["keys", "list"], env).stdout  # nothing revoked
+    hostile = run(["keys", "revoke", "key_\x1b]2;pwned\x07" + "x" * 5000], env)
+    assert hostile.returncode == 1, hostile.stderr
+    lines = [line for line in hostile.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no such key" in lines[0] and len(lines[0]) < 200, hostile.stderr
+    assert "\x1b" not in hostile.stderr and "\x07" not in hostile.stderr

@@ -60,6 +60,10 @@ URL_FIELDS = frozenset(
     {"redis_url", "database_url", "openai_api_url", "anthropic_api_url", "zion_api_url", "jwt_jwks_url", "otel_endpoint"}
 )
 
+# Settings naming a file, which may hold any bytes the environment had (a SQLite DATABASE_URL too).
+_FILE_SETTINGS = frozenset({"providers_file"})
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, as Python decodes the environment
+
 # Settings whose values are never shown (not in errors, not in logs, not in repr).
 SECRET_FIELDS = frozenset(
     {"openai_api_key", "anthropic_api_key", "zion_api_key", "jwt_secret", "docs_api_key", "admin_key",
@@ -306,6 +310,19 @@ class Settings(BaseSettings):
             _check_ports(value)
         return value
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _text_is_utf8(cls, value: Any, info: ValidationInfo) -> Any:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if info.field_name in _FILE_SETTINGS or not isinstance(text, str):
+            return value  # a file's name may be any bytes (the OS takes them back as they came)
+        if (info.field_name == "database_url" and text.startswith("sqlite")) or not _NOT_UTF8.search(text):
+            return value
+        # Bytes the environment held that are not UTF-8 (Python keeps them as lone surrogates):
+        # accepted, they were a traceback later — SENTINEL_ADMIN_KEY's at start-up, another's
+        # wherever it was first encoded.
+        raise ValueError("is not valid UTF-8 text")
+
     @field_validator("*")
     @classmethod
     def _seconds_bounded(cls, value: Any, info: ValidationInfo) -> Any:
@@ -479,6 +496,9 @@ def load_settings(**overrides: Any) -> Settings:
     """Build Settings from the environment, turning validation errors into one clear line."""
     try:
         return Settings(**overrides)
+    except UnicodeDecodeError as exc:  # only `.env` is read as text here; its contents are never shown
+        raise ConfigError(f"invalid configuration: .env (in the working directory) is not UTF-8 text (byte "
+                          f"{exc.start + 1} of the file)") from None
     except ValidationError as exc:
         names = {str(f.validation_alias).lower(): name for name, f in Settings.model_fields.items()}
         parts = []
@@ -559,6 +579,9 @@ def load_providers_file(path: Path) -> ProvidersFile:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"invalid configuration: SENTINEL_CONFIG: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # was a traceback out of `serve` and every command
+        raise ConfigError(f"invalid configuration: SENTINEL_CONFIG ({path}): not UTF-8 text (byte "
+                          f"{exc.start + 1} of the file)") from None
     missing = [name for name in _ENV_REF.findall(text) if name not in os.environ]
     if missing:
         raise ConfigError(f"invalid configuration: SENTINEL_CONFIG: {', '.join(missing)} not set in the environment")

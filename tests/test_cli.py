@@ -405,3 +405,21 @@ def test_revoking_by_the_key_itself_never_shows_the_key(tmp_path: Path) -> None:
     lines = [line for line in hostile.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "no such key" in lines[0] and len(lines[0]) < 200, hostile.stderr
     assert "\x1b" not in hostile.stderr and "\x07" not in hostile.stderr
+
+
+def test_settings_that_are_not_utf8_are_one_line_and_status_2(tmp_path: Path) -> None:
+    """A `.env` or providers file that is not UTF-8 was a UnicodeDecodeError traceback (status 1) out of
+    every command; an environment value that is not (SENTINEL_ADMIN_KEY) was accepted, then a
+    traceback at start-up."""
+    (tmp_path / "providers.yaml").write_bytes(b"providers: [] # \xff\n")
+    (tmp_path / "with-dotenv").mkdir()
+    (tmp_path / "with-dotenv" / ".env").write_bytes(b"SENTINEL_PORT=8\xff\n")
+    base = {**os.environ, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    for extra, cwd in (({"SENTINEL_CONFIG": str(tmp_path / "providers.yaml")}, tmp_path),
+                       ({}, tmp_path / "with-dotenv"),
+                       ({"SENTINEL_ADMIN_KEY": "an-admin-key-\udcff-0123456789"}, tmp_path)):
+        result = subprocess.run([sys.executable, "-m", "sentinel", "keys", "list"], env={**base, **extra}, cwd=cwd,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, (extra, cwd, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "UTF-8" in lines[0] and "Traceback" not in result.stderr, result.stderr

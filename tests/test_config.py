@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -382,3 +383,88 @@ def test_a_bad_pool_size_is_one_line_quoting_it(monkeypatch: pytest.MonkeyPatch)
     assert str(info.value) == (
         "invalid configuration: DATABASE_POOL_SIZE: Input should be greater than or equal to 1 (got '0')"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("SENTINEL_ADMIN_KEY", "an-admin-key-\udcff-here", False),  # a traceback at start-up (its digest)
+        ("OPENAI_API_KEY", "sk-upstream-\udce9", False),
+        ("REDIS_URL", "redis://:p\udcffw@cache:6379/0", False),
+        ("DATABASE_URL", "postgresql://u:p\udcffw@db/sentinel", False),
+        ("SENTINEL_HOST", "127.0.0.\udcb1", True),
+        ("OTEL_SERVICE_NAME", "gate\udcff", True),
+    ],
+)
+def test_a_value_that_is_not_utf8_is_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str, shown: bool) -> None:
+    """The environment's bytes that are not UTF-8 (kept by Python as lone surrogates) were accepted and
+    failed wherever the value was first encoded: SENTINEL_ADMIN_KEY's as a traceback at start-up."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(_env_file=None)
+    message = str(refused.value)
+    assert f"{name}: is not valid UTF-8 text" in message and "\n" not in message
+    if not shown:
+        assert "(got" not in message and "p\\udcffw" not in message
+
+
+def test_a_file_named_by_a_setting_may_have_any_bytes_in_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "sqlite+aiosqlite:///./data/s\udcff.db")
+    monkeypatch.setenv("SENTINEL_CONFIG", "/etc/sentinel/providers-\udcff.yaml")
+    s = load_settings(_env_file=None)
+    assert s.database_url.endswith("s\udcff.db") and str(s.providers_file).endswith("-\udcff.yaml")
+
+
+def test_a_dotenv_or_providers_file_that_is_not_utf8_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each was a UnicodeDecodeError traceback out of `serve` and every command."""
+    (tmp_path / ".env").write_bytes(b"SENTINEL_ADMIN_KEY=k\xe9y-in-latin-1-0123456789\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert ".env" in str(refused.value) and "UTF-8" in str(refused.value) and "latin" not in str(refused.value)
+    (tmp_path / "providers.yaml").write_bytes(b"providers: []\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"SENTINEL_CONFIG \(.*providers.yaml\): not UTF-8 text \(byte 20 "):
+        load_providers_file(tmp_path / "providers.yaml")
+
+
+def _readme_configuration_rows() -> list[tuple[list[str], str]]:
+    """(the variables, the default cell) of each row of README's Configuration tables."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n### ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            cells = [cell.strip() for cell in line.split("|")[1:-1]]
+            rows.append((re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[0]), cells[1]))
+    return rows
+
+
+# Read from the process environment by the code that uses them, not through Settings (README says so).
+PROCESS_ENVIRONMENT_ONLY = {"OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "PROMETHEUS_MULTIPROC_DIR"}
+
+
+def test_the_readme_documents_every_setting_and_only_settings() -> None:
+    documented = {name for names, _ in _readme_configuration_rows() for name in names}
+    read = {str(field.validation_alias) for field in Settings.model_fields.values()}
+    assert read - documented == set(), "settings missing from README's Configuration tables"
+    assert documented - read == PROCESS_ENVIRONMENT_ONLY, "README documents variables config.py does not read"
+
+
+def test_the_readme_s_defaults_are_the_settings_defaults() -> None:
+    """A default written as one literal (`8080`, `true`, `0.25`) is the field's; one written in words
+    (`unset (...)`) is a setting without a value."""
+    fields = {str(field.validation_alias): field for field in Settings.model_fields.values()}
+    for names, cell in _readme_configuration_rows():
+        for name in set(names) & set(fields):
+            default = fields[name].default
+            literal = re.fullmatch(r"`([^`]*)`", cell)
+            if literal is None:
+                assert cell.startswith("unset") and default in (None, ""), (name, cell, default)
+                continue
+            if isinstance(default, bool):
+                expected = str(default).lower()
+            elif isinstance(default, float):
+                expected = format(default, "g")
+            else:
+                expected = str(getattr(default, "value", default))
+            assert literal.group(1) == expected, (name, cell, default)

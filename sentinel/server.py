@@ -29,6 +29,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -169,6 +170,28 @@ def _exit_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def bind_sockets(host: str, port: int) -> list[socket.socket]:
+    """The sockets `serve` listens on, bound (not yet listening) as asyncio's `create_server` binds
+    them when uvicorn is given a host and port: one per address `host` resolves to, SO_REUSEADDR,
+    IPv6 ones IPv6-only. Raises OSError (`socket.gaierror` for a name that does not resolve)."""
+    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.set_inheritable(True)  # handed to the workers
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 def _config(app: Callable[..., Any], settings: Settings, workers: int) -> uvicorn.Config:
     return with_connection_limits(uvicorn.Config(
         app,
@@ -189,17 +212,12 @@ def _config(app: Callable[..., Any], settings: Settings, workers: int) -> uvicor
     ), settings)
 
 
-def _run_workers(config: uvicorn.Config) -> int:
-    """Bind once, supervise `config.workers` processes until SIGTERM/SIGINT; 0 after a clean stop."""
+def _run_workers(config: uvicorn.Config, sockets: list[socket.socket]) -> int:
+    """Supervise `config.workers` processes on `sockets` until SIGTERM/SIGINT; 0 after a clean stop."""
     from uvicorn.supervisors import Multiprocess
 
-    try:
-        sock = config.bind_socket()
-    except SystemExit:  # uvicorn logged the bind error and exits with STARTUP_FAILURE
-        return 1
-    supervisor = Multiprocess(config, sockets=[sock])
+    supervisor = Multiprocess(config, sockets=sockets)
     supervisor.run()
-    sock.close()
     failed = [p.pid for p in supervisor.processes if p.process.exitcode == STARTUP_FAILURE]
     if failed:
         log.error("a worker failed to start; stopped all workers", extra={"worker_pids": failed})
@@ -249,7 +267,8 @@ def serve(settings: Settings, workers: int = 1) -> int:
 
     Returns the process exit status: 2 when `workers` cannot share the configured store, or when
     another `serve` on the in-memory store already serves the same SQLite file (each would keep its
-    own quotas, sessions and ownership, as `workers_refused` says of workers).
+    own quotas, sessions and ownership, as `workers_refused` says of workers); 1 when the address
+    cannot be listened on (checked before anything starts: a port in use, a host not this one's).
     """
     refused = workers_refused(settings, workers)
     if refused:
@@ -270,13 +289,28 @@ def serve(settings: Settings, workers: int = 1) -> int:
         )
         return 2
     try:
-        return _serve(settings, workers)
+        try:
+            # Bound before anything starts: a port in use was found only once the mock, the demo key
+            # (printed, with the URL it was not served on) and the app had started, and said so in
+            # uvicorn's own words.
+            sockets = bind_sockets(settings.host, settings.port)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            host = settings.host if settings.host.isprintable() else repr(settings.host)
+            print(f"sentinel: cannot listen on {host}:{settings.port} (--host/--port, SENTINEL_HOST/"
+                  f"SENTINEL_PORT): {reason[:1].lower()}{reason[1:]}", file=sys.stderr, flush=True)
+            return 1
+        try:
+            return _serve(settings, workers, sockets)
+        finally:
+            for sock in sockets:
+                sock.close()
     finally:
         if lock is not None:
             lock.close()
 
 
-def _serve(settings: Settings, workers: int) -> int:
+def _serve(settings: Settings, workers: int, sockets: list[socket.socket]) -> int:
     configure_logging(settings.log_level)
     raise_open_files_limit()  # before the workers start: they inherit it
     stop_mock = None
@@ -322,11 +356,11 @@ def _serve(settings: Settings, workers: int) -> int:
         with _metrics_dir(workers):
             if workers > 1:
                 log.info("starting worker processes", extra={"workers": workers})
-                return _run_workers(_config(WorkerApp(settings, os.getpid()), settings, workers))
+                return _run_workers(_config(WorkerApp(settings, os.getpid()), settings, workers), sockets)
             from sentinel.app import create_app  # not imported by a `--workers` parent: it serves nothing
 
             server = uvicorn.Server(_config(create_app(settings, owns_process=True), settings, 1))
-            server.run()
+            server.run(sockets=sockets)
             return 0 if server.started else 1
     finally:
         if stop_mock is not None:

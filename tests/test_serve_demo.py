@@ -178,3 +178,28 @@ def stop(proc: subprocess.Popen[Any]) -> None:
     except subprocess.TimeoutExpired:  # pragma: no cover
         proc.kill()
         pytest.fail("sentinel serve did not stop on SIGTERM")
+
+
+def test_a_port_in_use_stops_serve_before_anything_starts(tmp_path: Path) -> None:
+    """`serve` on a port another process holds printed the listening line, a fresh demo key and its
+    curl line, started the mock and the app, then failed in uvicorn's words (`ERROR: [Errno 98] ...`,
+    status 3). The address is now bound first: one line naming the settings, status 1, nothing else."""
+    import socket
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_", "REDIS_", "DATABASE_"))}
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        for workers in ("1", "2"):
+            extra = {} if workers == "1" else {"REDIS_URL": "redis://127.0.0.1:9/0"}  # never reached
+            done = subprocess.run(
+                [sys.executable, "-m", "sentinel", "serve", "--host", "127.0.0.1", "--port", str(port),
+                 "--workers", workers],
+                cwd=tmp_path, env={**env, **extra}, capture_output=True, text=True, timeout=60,
+            )
+            assert done.returncode == 1, (workers, done.returncode, done.stderr)
+            assert done.stdout == "", done.stdout  # no listening line, no demo key
+            assert done.stderr.strip() == (f"sentinel: cannot listen on 127.0.0.1:{port} (--host/--port, "
+                                           "SENTINEL_HOST/SENTINEL_PORT): address already in use"), done.stderr
+    assert not (tmp_path / "data" / "sentinel.db").exists()  # not migrated, no demo key minted

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from sentinel.config import ConfigError, Settings, load_settings
 from sentinel.domain.tiers import TIERS
@@ -28,6 +29,11 @@ def _run(coro: Awaitable[int | None]) -> int:
     return asyncio.run(coro) or 0  # type: ignore[arg-type]
 
 
+def _quoted(text: str, limit: int = 80) -> str:
+    """`text` as an error line may show it: quoted, control characters escaped, at most `limit` characters."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
 # --- serve -------------------------------------------------------------------------------------
 def parse_workers(value: str) -> int:
     """`--workers`: a count of processes, or `auto` for one per CPU."""
@@ -42,6 +48,32 @@ def parse_workers(value: str) -> int:
     return workers
 
 
+def parse_port(value: str) -> int:
+    """`--port`: a TCP port, 1-65535."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {_quoted(value)}") from None
+    if not 0 < port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {port}")
+    return port
+
+
+MAX_MOCK_LATENCY_MS = 3_600_000.0
+
+
+def parse_latency_ms(value: str) -> float:
+    """`mock-upstream --latency-ms`: 0 to an hour, in milliseconds (negative was a traceback; `nan`,
+    `inf` and `1e308` were taken, and every response then failed or never came)."""
+    try:
+        latency = float(value)
+    except ValueError:
+        latency = math.nan
+    if not 0 <= latency <= MAX_MOCK_LATENCY_MS:  # also false for nan
+        raise argparse.ArgumentTypeError(f"expected milliseconds from 0 to {MAX_MOCK_LATENCY_MS:.0f}, got {_quoted(value)}")
+    return latency
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from sentinel.server import serve
 
@@ -53,9 +85,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_mock(args: argparse.Namespace) -> int:
     from sentinel.mock.server import run_mock
+    from sentinel.server import bind_sockets, cannot_listen
 
+    try:
+        sockets = bind_sockets(args.host, args.port)
+    except OSError as exc:  # as `serve` says it (was uvicorn's line after "mock upstream on ...", status 3)
+        print(f"sentinel: {cannot_listen(args.host, args.port, exc)}", file=sys.stderr)
+        return 1
     print(f"mock upstream on http://{args.host}:{args.port} (OpenAI: /v1, Anthropic: /v1/messages)", flush=True)
-    run_mock(args.host, args.port, args.latency_ms, api_key=args.api_key)
+    try:
+        run_mock(args.host, args.port, args.latency_ms, api_key=args.api_key, sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
     return 0
 
 
@@ -149,11 +191,6 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             print(f"{k.id:<18} {k.external_id:<24} {k.prefix:<22} {(k.name or ''):<20} {created:<20} {status}")
 
     return _run(_with_admin(_settings(), go))
-
-
-def _quoted(text: str, limit: int = 80) -> str:
-    """`text` as an error line may show it: quoted, control characters escaped, at most `limit` characters."""
-    return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
@@ -320,13 +357,22 @@ def cmd_tiers_reset(args: argparse.Namespace) -> int:
     return _run(_with_admin(_settings(), go))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, saying a mistyped command line in one line, as every other refusal is said (its usage
+    block came first, several lines); `--help` still shows the usage. Subcommands' parsers are
+    made of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sentinel", description="Sentinel AI gateway")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="sentinel", description="Sentinel AI gateway")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the gateway")
     p.add_argument("--host", default=None, help="bind address (default SENTINEL_HOST or 0.0.0.0)")
-    p.add_argument("--port", type=int, default=None, help="port (default SENTINEL_PORT or 8080)")
+    p.add_argument("--port", type=parse_port, default=None, help="port (default SENTINEL_PORT or 8080)")
     p.add_argument(
         "--workers", type=parse_workers, default=None,
         help="processes serving the port, a number or auto (one per CPU); more than 1 needs REDIS_URL (default 1)",
@@ -335,14 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mock-upstream", help="run the mock OpenAI/Anthropic upstream")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9090)
-    p.add_argument("--latency-ms", type=float, default=0.0, help="delay before every response")
+    p.add_argument("--port", type=parse_port, default=9090)
+    p.add_argument("--latency-ms", type=parse_latency_ms, default=0.0, help="delay before every response (0 to 3600000)")
     p.add_argument(
         "--api-key", default=None, help="the only upstream key accepted (401 otherwise; default: any key)"
     )
     p.set_defaults(fn=cmd_mock)
 
-    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     p = keys.add_parser("create", help="create a key (and the user if missing); prints the key last")
     p.add_argument("external_id")
     p.add_argument("--name", default=None)
@@ -355,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key_id")
     p.set_defaults(fn=cmd_keys_revoke)
 
-    plans = sub.add_parser("plans", help="manage quota plans").add_subparsers(dest="plans_command", required=True)
+    plans = sub.add_parser("plans", help="manage quota plans").add_subparsers(dest="plans_command", required=True, metavar="COMMAND")
     p = plans.add_parser("set", help="create or replace a plan")
     p.add_argument("name")
     p.add_argument("--requests", type=int, default=None, help="requests per window")
@@ -368,14 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = plans.add_parser("list", help="list plans")
     p.set_defaults(fn=cmd_plans_list)
 
-    users = sub.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
+    users = sub.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True, metavar="COMMAND")
     p = users.add_parser("set-plan", help="put a user on a plan (or back on the default plan)")
     p.add_argument("external_id")
     p.add_argument("plan", nargs="?", default=None)
     p.add_argument("--default", action="store_true", help="put the user back on the default plan")
     p.set_defaults(fn=cmd_users_set_plan)
 
-    usage = sub.add_parser("usage", help="usage from the ledger").add_subparsers(dest="usage_command", required=True)
+    usage = sub.add_parser("usage", help="usage from the ledger").add_subparsers(dest="usage_command", required=True, metavar="COMMAND")
     p = usage.add_parser("show", help="a user's usage by model")
     p.add_argument("external_id")
     p.add_argument("--since", default=None, help="a window back from now (1h, 7d) or an ISO date")
@@ -384,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", default=None, help="a window back from now (1h, 7d) or an ISO date")
     p.add_argument("--until", default=None, help="a window back from now or an ISO date (default: now)")
     p.set_defaults(fn=cmd_usage_export)
-    tiers = sub.add_parser("tiers", help="the built-in tier table").add_subparsers(dest="tiers_command", required=True)
+    tiers = sub.add_parser("tiers", help="the built-in tier table").add_subparsers(dest="tiers_command", required=True, metavar="COMMAND")
     p = tiers.add_parser("set", help="replace a tier's candidates")
     p.add_argument("tier", choices=TIERS)
     p.add_argument("entries", nargs="+", help="provider/model:cost[:input_price:output_price] (prices per million)")

@@ -192,6 +192,14 @@ def bind_sockets(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
+def cannot_listen(host: str, port: int, exc: OSError, settings: str | None = None) -> str:
+    """The line saying why `bind_sockets(host, port)` failed (`settings`: the variables naming them)."""
+    reason = exc.strerror or type(exc).__name__
+    shown = host if host.isprintable() else repr(host)
+    named = "--host/--port" + (f", {settings}" if settings else "")
+    return f"cannot listen on {shown}:{port} ({named}): {reason[:1].lower()}{reason[1:]}"
+
+
 def _config(app: Callable[..., Any], settings: Settings, workers: int) -> uvicorn.Config:
     return with_connection_limits(uvicorn.Config(
         app,
@@ -295,10 +303,8 @@ def serve(settings: Settings, workers: int = 1) -> int:
             # uvicorn's own words.
             sockets = bind_sockets(settings.host, settings.port)
         except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            host = settings.host if settings.host.isprintable() else repr(settings.host)
-            print(f"sentinel: cannot listen on {host}:{settings.port} (--host/--port, SENTINEL_HOST/"
-                  f"SENTINEL_PORT): {reason[:1].lower()}{reason[1:]}", file=sys.stderr, flush=True)
+            print(f"sentinel: {cannot_listen(settings.host, settings.port, exc, 'SENTINEL_HOST/SENTINEL_PORT')}",
+                  file=sys.stderr, flush=True)
             return 1
         try:
             return _serve(settings, workers, sockets)

@@ -423,3 +423,41 @@ def test_settings_that_are_not_utf8_are_one_line_and_status_2(tmp_path: Path) ->
         assert result.returncode == 2, (extra, cwd, result.stderr)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and "UTF-8" in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["plans", "set", "pro", "--requests", "1.5", "--window", "1h"],
+        ["plans", "set", "pro", "--requests", "5", "--window", "-1m"],  # argparse takes -1m for an option
+        ["keys"],
+        ["no-such-command"],
+        ["serve", "--port", "0"],
+        ["serve", "--workers", "0"],
+        ["mock-upstream", "--latency-ms", "-5"],  # was a ValueError traceback
+        ["mock-upstream", "--latency-ms", "nan"],  # was taken: every answer failed
+        ["mock-upstream", "--latency-ms", "1e308"],
+        ["mock-upstream", "--port", "70000"],  # was taken (uvicorn wrapped it)
+    ],
+)
+def test_a_mistyped_command_line_is_one_line_and_status_2(tmp_path: Path, args: list[str]) -> None:
+    """argparse's refusals came after its usage block (several lines); some values it took were a
+    traceback or a mock that never answered."""
+    result = run(args, {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}, timeout=20)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("sentinel") and "--help" in lines[0], result.stderr
+    assert "usage:" not in result.stderr and "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_the_mock_upstream_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    """It printed "mock upstream on http://..." and then uvicorn's error, status 3."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run(["mock-upstream", "--port", str(port)], {}, timeout=20)
+    assert result.returncode == 1 and result.stdout == "", (result.returncode, result.stdout, result.stderr)
+    assert result.stderr == f"sentinel: cannot listen on 127.0.0.1:{port} (--host/--port): address already in use\n"

@@ -46,10 +46,12 @@ async def serve_mock(
 
 
 def run_mock(
-    host: str, port: int, latency_ms: float = 0.0, *, log_level: str = "info", api_key: str | None = None
+    host: str, port: int, latency_ms: float = 0.0, *, log_level: str = "info", api_key: str | None = None,
+    sockets: list[socket.socket] | None = None,
 ) -> None:
-    """Serve the mock until Ctrl-C, uvicorn owning a uvloop event loop (the CLI entry)."""
-    uvicorn.Server(_config(host, port, latency_ms, log_level, api_key)).run()
+    """Serve the mock until Ctrl-C, uvicorn owning a uvloop event loop (the CLI entry); on `sockets`,
+    bound to host:port, when given."""
+    uvicorn.Server(_config(host, port, latency_ms, log_level, api_key)).run(sockets=sockets)
 
 
 def start_mock_in_thread(

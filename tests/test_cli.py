@@ -461,3 +461,15 @@ def test_the_mock_upstream_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
         result = run(["mock-upstream", "--port", str(port)], {}, timeout=20)
     assert result.returncode == 1 and result.stdout == "", (result.returncode, result.stdout, result.stderr)
     assert result.stderr == f"sentinel: cannot listen on 127.0.0.1:{port} (--host/--port): address already in use\n"
+
+
+def test_a_tier_candidate_with_control_characters_is_refused(tmp_path: Path) -> None:
+    """`tiers set` stored a terminal escape in a provider's name (a model's is printable ASCII): `tiers
+    show` wrote it raw to the operator's terminal."""
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    result = run(["tiers", "set", "simple", "open\x1b]2;pwned\x07ai/gpt-4o:1"], env)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "control characters" in lines[0] and "\x1b" not in result.stderr, result.stderr
+    shown = run(["tiers", "show"], env)
+    assert shown.returncode == 0 and "pwned" not in shown.stdout

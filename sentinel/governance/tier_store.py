@@ -19,6 +19,7 @@ from sentinel.db.engine import database_errors
 from sentinel.db.models import TierModelRow
 from sentinel.domain.catalogue import stored_price
 from sentinel.domain.numbers import parse_decimal, parse_whole
+from sentinel.domain.text import has_control
 from sentinel.domain.tiers import TIERS, TierModelEntry, TierTable
 from sentinel.errors import GovernanceUnavailable
 
@@ -33,6 +34,8 @@ def parse_entry(text: str) -> TierModelEntry:
     provider, sep, model = head.partition("/")
     if not sep or not provider or not model or len(numbers) not in (1, 3):
         raise ValueError(f"invalid tier entry {text!r}: expected provider/model:cost[:input_price:output_price]")
+    if has_control(provider):  # stored, `tiers show` and the console's table showed it raw
+        raise ValueError(f"invalid tier entry {text!r}: no control characters in the provider")
     cost = parse_whole(numbers[0])
     if cost is None:
         raise ValueError("relative_cost: a whole number in the digits 0-9")

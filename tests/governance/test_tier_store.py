@@ -83,7 +83,8 @@ async def test_database_down_before_any_read_serves_the_catalog() -> None:
 def test_parse_entry() -> None:
     assert parse_entry("anthropic/claude-sonnet-4-20250514:4:3:15") == SONNET
     assert parse_entry("openai/gpt-4o-mini:1") == MINI
-    for junk in ("gpt-4o", "openai/gpt-4o", "openai/:1", "/m:1", "openai/m:1:2", "openai/m:x"):
+    for junk in ("gpt-4o", "openai/gpt-4o", "openai/:1", "/m:1", "openai/m:1:2", "openai/m:x", "openai/m\x1b[2J:1",
+                 "open\nai/m:1"):
         with pytest.raises(ValueError):
             parse_entry(junk)
 

@@ -252,6 +252,22 @@ def cmd_plans_set(args: argparse.Namespace) -> int:
     return _run(_with_admin(_settings(), go))
 
 
+def cmd_plans_delete(args: argparse.Namespace) -> int:
+    from sentinel.errors import NotFound
+
+    async def go(admin: Any) -> int:
+        try:
+            users = await admin.delete_plan(args.name, _actor())
+        except NotFound:
+            print(f"sentinel: no such plan: {_quoted(args.name)}", file=sys.stderr)
+            return 1
+        moved = f"its {users} user(s) are back on the default plan" if users else "no user was on it"
+        print(f"deleted plan {args.name}: {moved} (applies within CACHE_TTL_SECONDS)")
+        return 0
+
+    return _run(_with_admin(_settings(), go))
+
+
 def cmd_plans_list(args: argparse.Namespace) -> int:
     async def go(admin: Any) -> None:
         for plan, _users in await admin.plans():
@@ -270,9 +286,12 @@ def cmd_users_set_plan(args: argparse.Namespace) -> int:
     async def go(admin: Any) -> int:
         try:
             await admin.set_user_plan(args.external_id, args.plan, _actor())
-        except (NotFound, InvalidRequest) as exc:
+        except NotFound as exc:
             print(f"sentinel: {exc.message}", file=sys.stderr)
-            return 2 if isinstance(exc, InvalidRequest) else 1  # a value refused, as every command refuses one
+            return 1
+        except InvalidRequest as exc:  # a value refused, said as every command says one
+            print(f"sentinel: {_refused(exc)}", file=sys.stderr)
+            return 2
         plan = "the default plan" if args.plan is None else f"plan {args.plan}"
         print(f"user {args.external_id} is on {plan} (applies within CACHE_TTL_SECONDS)")
         return 0
@@ -413,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_plans_set)
     p = plans.add_parser("list", help="list plans")
     p.set_defaults(fn=cmd_plans_list)
+    p = plans.add_parser("delete", help="delete a plan; its users go back on the default plan")
+    p.add_argument("name")
+    p.set_defaults(fn=cmd_plans_delete)
 
     users = sub.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True, metavar="COMMAND")
     p = users.add_parser("set-plan", help="put a user on a plan (or back on the default plan)")

@@ -473,3 +473,24 @@ def test_a_tier_candidate_with_control_characters_is_refused(tmp_path: Path) -> 
     assert len(lines) == 1 and "control characters" in lines[0] and "\x1b" not in result.stderr, result.stderr
     shown = run(["tiers", "show"], env)
     assert shown.returncode == 0 and "pwned" not in shown.stdout
+
+
+def test_a_plan_can_be_deleted_and_its_users_go_back_on_the_default_plan(tmp_path: Path) -> None:
+    """The console and the admin API delete plans; the command line could not (`plans delete` was an
+    unknown command). Its users are on the default plan for good, as there."""
+    import sqlite3
+
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    assert run(["plans", "set", "pro", "--limit", "requests=5/1m"], env).returncode == 0
+    assert run(["users", "set-plan", "erin", "pro"], env).returncode == 0
+    deleted = run(["plans", "delete", "pro"], env)
+    assert deleted.returncode == 0, deleted.stderr
+    assert "1 user(s) are back on the default plan" in deleted.stdout
+    assert "pro" not in run(["plans", "list"], env).stdout
+    assert run(["plans", "set", "pro", "--limit", "requests=9/1m"], env).returncode == 0  # a new plan, same name
+    with sqlite3.connect(tmp_path / "cli.db") as db:
+        assert db.execute("SELECT plan_name FROM users WHERE external_id = 'erin'").fetchall() == [(None,)]
+        audit = db.execute("SELECT action, actor FROM audit_log WHERE target = 'pro'").fetchall()
+    assert ("plan.delete", "cli") in audit
+    again = run(["plans", "delete", "nosuch\x1b[2J"], env)
+    assert again.returncode == 1 and again.stderr == "sentinel: no such plan: 'nosuch\\x1b[2J'\n", again.stderr

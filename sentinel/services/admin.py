@@ -233,15 +233,16 @@ class AdminService:
         await self._audit(actor, action, name, {"from": before, "to": change.after.spec()})
         return change.after
 
-    async def delete_plan(self, name: str, actor: Actor) -> None:
+    async def delete_plan(self, name: str, actor: Actor) -> int:
         """Delete a plan; its users are put on the default plan (in the same transaction) and their
-        cached plans dropped. NotFound when unknown. The audit entry's `users` is how many moved."""
+        cached plans dropped. NotFound when unknown. Returns how many moved (the audit entry's `users`)."""
         existing = await self.plan(name)
         users = await self.plan_repo.delete_plan(name)
         if users is None:  # deleted meanwhile, by another operator
             raise NotFound(f"No plan {name!r}", code="plan_not_found")
         await self._forget_plans(users)
         await self._audit(actor, "plan.delete", name, {"from": existing.spec(), "users": len(users)})
+        return len(users)
 
     # --- keys ---------------------------------------------------------------------------------------
     async def create_key(self, external_id: str, name: str | None, email: str | None, actor: Actor

@@ -334,6 +334,11 @@ def cmd_usage_export(args: argparse.Namespace) -> int:
     except ValueError:
         print("sentinel: --since/--until take a window (1h, 7d) or an ISO date", file=sys.stderr)
         return 2
+    if since is not None and since >= (until or now):  # an empty range: it exported just the header, status 0
+        print(f"sentinel: --since ({since:%Y-%m-%d %H:%M:%S} UTC) must be before --until "
+              f"({(until or now):%Y-%m-%d %H:%M:%S} UTC); a window counts back from now (--since 2h --until 1h)",
+              file=sys.stderr)
+        return 2
 
     async def go(admin: Any) -> None:
         sys.stdout.write(await admin.usage_csv(since, until))

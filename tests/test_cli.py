@@ -494,3 +494,16 @@ def test_a_plan_can_be_deleted_and_its_users_go_back_on_the_default_plan(tmp_pat
     assert ("plan.delete", "cli") in audit
     again = run(["plans", "delete", "nosuch\x1b[2J"], env)
     assert again.returncode == 1 and again.stderr == "sentinel: no such plan: 'nosuch\\x1b[2J'\n", again.stderr
+
+
+def test_an_export_range_that_holds_nothing_is_refused(tmp_path: Path) -> None:
+    """`usage export --since 1h --until 2h` (both count back from now: the range ends before it
+    starts) wrote just the CSV header, status 0: a scheduled export silently exported nothing."""
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    for args in (["--since", "1h", "--until", "2h"], ["--since", "2026-02-01", "--until", "2026-01-01"]):
+        result = run(["usage", "export", *args], env)
+        assert result.returncode == 2 and result.stdout == "", (args, result.returncode, result.stdout)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "must be before --until" in lines[0], result.stderr
+    fine = run(["usage", "export", "--since", "2h", "--until", "1h"], env)
+    assert fine.returncode == 0 and fine.stdout.startswith("external_id,model,"), fine.stderr

@@ -131,8 +131,9 @@ def workers_refused(settings: Settings, workers: int) -> str | None:
     """Why `workers` processes cannot serve with `settings` (one line), or None when they can."""
     if workers > 1 and not settings.redis_url:
         return (
-            f"--workers {workers} needs REDIS_URL: with the in-memory store every worker would keep "
-            "its own quotas, sessions and caches (set REDIS_URL, or run one worker)"
+            f"{workers} workers (--workers or SENTINEL_WORKERS; auto is one per CPU) need REDIS_URL: with the "
+            "in-memory store every worker would keep its own quotas, sessions and caches (set REDIS_URL, or run "
+            "one worker)"
         )
     return None
 

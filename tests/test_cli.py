@@ -507,3 +507,17 @@ def test_an_export_range_that_holds_nothing_is_refused(tmp_path: Path) -> None:
         assert len(lines) == 1 and "must be before --until" in lines[0], result.stderr
     fine = run(["usage", "export", "--since", "2h", "--until", "1h"], env)
     assert fine.returncode == 0 and fine.stdout.startswith("external_id,model,"), fine.stderr
+
+
+def test_workers_set_in_the_environment_are_named_when_refused(tmp_path: Path) -> None:
+    """`SENTINEL_WORKERS=2` without REDIS_URL was refused as "--workers 2 needs REDIS_URL": an option
+    the operator never typed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "sentinel", "serve", "--host", "127.0.0.1", "--port", str(free_port())],
+        env={**env, "SENTINEL_WORKERS": "2", "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/s.db"},
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and result.stdout == "", (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "SENTINEL_WORKERS" in lines[0] and "REDIS_URL" in lines[0], result.stderr

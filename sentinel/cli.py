@@ -346,6 +346,16 @@ def cmd_usage_export(args: argparse.Namespace) -> int:
     return _run(_with_admin(_settings(), go))
 
 
+def _candidates(entries: list[Any], providers: set[str]) -> str:
+    """A tier's candidates, as the console shows them: one whose provider is not configured is never
+    chosen (a typo in `tiers set` left a tier without a candidate, and nothing said so)."""
+    return ", ".join(
+        f"{e.provider}/{e.model} (cost {e.relative_cost})"
+        + ("" if not providers or e.provider in providers else " (provider not configured)")
+        for e in entries
+    )
+
+
 def cmd_tiers_set(args: argparse.Namespace) -> int:
     from sentinel.errors import InvalidRequest
 
@@ -355,8 +365,8 @@ def cmd_tiers_set(args: argparse.Namespace) -> int:
         except InvalidRequest as exc:
             print(f"sentinel: {_refused(exc)}", file=sys.stderr)
             return 2
-        entries = (await admin.tiers()).overrides.get(args.tier, [])
-        shown = ", ".join(f"{e.provider}/{e.model} (cost {e.relative_cost})" for e in entries)
+        view = await admin.tiers()
+        shown = _candidates(view.overrides.get(args.tier, []), view.providers)
         print(f"tier {args.tier}: {shown} (applies within TIER_CONFIG_TTL_SECONDS)")
         return 0
 
@@ -365,10 +375,9 @@ def cmd_tiers_set(args: argparse.Namespace) -> int:
 
 def cmd_tiers_show(args: argparse.Namespace) -> int:
     async def go(admin: Any) -> None:
-        table = (await admin.tiers()).effective
+        view = await admin.tiers()
         for tier in TIERS:
-            shown = ", ".join(f"{e.provider}/{e.model} (cost {e.relative_cost})" for e in table.get(tier, []))
-            print(f"{tier}: {shown or '(none)'}")
+            print(f"{tier}: {_candidates(view.effective.get(tier, []), view.providers) or '(none)'}")
 
     return _run(_with_admin(_settings(), go))
 

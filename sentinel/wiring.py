@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -239,6 +239,7 @@ def build_admin(
     plan_cache: CachedPlans | None = None,
     db_tiers: DbTiers | None = None,
     report_sessions: async_sessionmaker[AsyncSession] | None = None,
+    providers: Collection[str] = (),
 ) -> AdminService:
     """The operator service (console, admin API, CLI) on the database and what of the runtime is given
     (`report_sessions`: the usage reports' own, whose statements may run long; else `sessions`)."""
@@ -246,7 +247,7 @@ def build_admin(
     return AdminService(
         sessions, keys=KeyService(sessions, require_email=zion), default_plan=parse_plan_spec(s.default_plan, "default"),
         catalog_tiers=catalog_tiers, live=live, identities=identities, plan_cache=plan_cache, db_tiers=db_tiers,
-        builtin=not zion, report_sessions=report_sessions,
+        builtin=not zion, report_sessions=report_sessions, providers=providers,
     )
 
 
@@ -261,8 +262,10 @@ def build_cli_admin(s: Settings, sessions: async_sessionmaker[AsyncSession], sto
     # `sentinel serve` on settings with no upstream runs the built-in mock as both providers: their
     # default tiers are the table in effect (`tiers show` printed none). Only the tiers are read.
     served = s.served_by_mock("http://mock") if s.use_embedded_mock else s
+    catalog = build_catalog(served)
     return build_admin(
-        s, sessions, catalog_tiers=build_catalog(served).tiers, identities=identities, plan_cache=plan_cache
+        s, sessions, catalog_tiers=catalog.tiers, identities=identities, plan_cache=plan_cache,
+        providers=catalog.providers,
     )
 
 

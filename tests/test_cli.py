@@ -521,3 +521,19 @@ def test_workers_set_in_the_environment_are_named_when_refused(tmp_path: Path) -
     assert result.returncode == 2 and result.stdout == "", (result.returncode, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "SENTINEL_WORKERS" in lines[0] and "REDIS_URL" in lines[0], result.stderr
+
+
+def test_a_tier_candidate_on_a_provider_not_configured_is_said(tmp_path: Path) -> None:
+    """A typo in a provider's name (`opneai/...`) was stored and shown like any candidate; the router
+    never chooses it, so the tier could be left with none and nothing said so (the console says it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_", "SENTINEL_CONFIG"))}
+    env["DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path}/cli.db"
+    env["OPENAI_API_KEY"] = "sk-upstream-test"  # openai configured, anthropic not
+    saved = subprocess.run([sys.executable, "-m", "sentinel", "tiers", "set", "simple", "opneai/gpt-4o-mini:1",
+                            "openai/gpt-4o-mini:2"], env=env, capture_output=True, text=True, timeout=60)
+    assert saved.returncode == 0, saved.stderr
+    assert "opneai/gpt-4o-mini (cost 1) (provider not configured), openai/gpt-4o-mini (cost 2) (applies" in saved.stdout
+    shown = subprocess.run([sys.executable, "-m", "sentinel", "tiers", "show"], env=env, capture_output=True,
+                           text=True, timeout=60).stdout
+    assert "simple: opneai/gpt-4o-mini (cost 1) (provider not configured), openai/gpt-4o-mini (cost 2)\n" in shown
+    assert "provider not configured" not in shown.split("simple:", 1)[1].split("\n", 1)[1]

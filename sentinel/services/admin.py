@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -121,6 +121,7 @@ class AdminService:
         builtin: bool = True,
         clock: Callable[[], datetime] = utcnow,
         report_sessions: async_sessionmaker[AsyncSession] | None = None,
+        providers: Collection[str] = (),
     ) -> None:
         self.keys = keys
         self.plan_repo = PlanRepository(sessions)
@@ -138,6 +139,8 @@ class AdminService:
         self.identities = identities
         self.plan_cache = plan_cache
         self.db_tiers = db_tiers
+        # The configured providers' names, where no running gateway (`live`) says them (the CLI).
+        self.configured_providers = set(providers)
         self.builtin = builtin
         self.clock = clock
 
@@ -300,7 +303,7 @@ class AdminService:
             effective = await self.live.tiers.table()
         else:
             effective = {t: overrides.get(t) or list(self.catalog_tiers.get(t, [])) for t in TIERS}
-        providers = self.live.providers if self.live is not None else set()
+        providers = self.live.providers if self.live is not None else self.configured_providers
         return TiersView(effective, overrides, self.catalog_tiers, self.builtin, providers)
 
     async def set_tier(self, tier: str, entries: Sequence[str] | Sequence[TierModelEntry], actor: Actor) -> None:

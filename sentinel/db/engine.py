@@ -234,17 +234,38 @@ async def migrate(engine_or_url: AsyncEngine | str, *, connect_timeout: float = 
 
     Safe to call at every start-up and from several processes at once.
     """
-    if isinstance(engine_or_url, AsyncEngine) and engine_or_url.dialect.name == "sqlite":
+    if isinstance(engine_or_url, AsyncEngine) and engine_or_url.dialect.name == "sqlite" and (
+        _sqlite_file(engine_or_url.url) is None
+    ):
         await _migrate(engine_or_url)  # an in-memory database lives in this engine only
         return
     # Its own connection, whose statements are not bounded by DATABASE_TIMEOUT_SECONDS: a migration
     # may rewrite a large table, and a second migrator waits for the first one's lock.
     url = engine_or_url.url if isinstance(engine_or_url, AsyncEngine) else engine_or_url
     engine = create_engine(url, pool_size=1, max_overflow=0, timeout=connect_timeout, bound_statements=False)
+    if engine.dialect.name == "sqlite":
+        _ddl_in_the_transaction(engine)
     try:
         await _migrate(engine)
     finally:
         await engine.dispose()
+
+
+def _ddl_in_the_transaction(engine: AsyncEngine) -> None:
+    """Make a SQLite migration one transaction, as it is on PostgreSQL (SQLAlchemy's recipe for
+    pysqlite). The driver began a transaction only before INSERT/UPDATE/DELETE, so each CREATE, ALTER
+    and DROP was committed on its own: a migration cut short (SIGTERM during the first start, a
+    crash) left tables without their revision, and every later start and command failed on "table
+    users already exists" until the file was deleted. Now the driver begins nothing and SQLAlchemy's
+    BEGIN covers the whole migration: cut short, SQLite rolls all of it back."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _driver_begins_nothing(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")  # the writer's lock first: a migration writes
 
 
 class DatabaseUnreachable(RuntimeError):

@@ -151,3 +151,30 @@ def test_migrations_ship_inside_the_package() -> None:
     assert MIGRATIONS_DIR.parts[-3:] == ("sentinel", "db", "migrations")
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert list((MIGRATIONS_DIR / "versions").glob("0001_*.py"))
+
+
+class _Cut(Exception):
+    """The process ending in the middle of a migration (SIGTERM during a first start, a crash)."""
+
+
+async def test_a_migration_cut_short_leaves_nothing_behind(empty_db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On SQLite each CREATE TABLE of a migration was committed on its own (the driver began a
+    transaction only before INSERT/UPDATE/DELETE): cut short after its first revision, a migration
+    left its tables without the revision, and every later start and command failed on "table users
+    already exists". The whole migration is now one transaction there too, as on PostgreSQL."""
+    import sentinel.db.engine as engine_module
+
+    upgrade = engine_module.command.upgrade
+
+    def cut_after_the_first_revision(config: Any, revision: str) -> None:
+        upgrade(config, "0001")
+        raise _Cut
+
+    monkeypatch.setattr(engine_module.command, "upgrade", cut_after_the_first_revision)
+    with pytest.raises(_Cut):
+        await migrate(empty_db_url)
+    assert (await _snapshot(empty_db_url))["tables"] == []  # rolled back, all of it
+    monkeypatch.setattr(engine_module.command, "upgrade", upgrade)
+    await migrate(empty_db_url)  # the next start
+    snap = await _snapshot(empty_db_url)
+    assert set(snap["tables"]) == EXPECTED_TABLES and snap["versions"] == [_head()]

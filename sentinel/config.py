@@ -217,6 +217,13 @@ class Settings(BaseSettings):
     session_failover: SessionFailover = env("SESSION_FAILOVER", SessionFailover.keep)
     session_auto_key: bool = env("SESSION_AUTO_KEY", False)
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        # Empty is unset (`SENTINEL_HOST=` in a compose file, `--host ""`): it listened on every
+        # interface while the start-up lines printed `http://:8080` and a curl line that failed.
+        return value.strip() or "0.0.0.0"
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:

@@ -468,3 +468,16 @@ def test_the_readme_s_defaults_are_the_settings_defaults() -> None:
             else:
                 expected = str(getattr(default, "value", default))
             assert literal.group(1) == expected, (name, cell, default)
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_host_is_the_default(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """`SENTINEL_HOST=` listened on every interface, but `serve` printed `http://:8080` and a curl
+    line to it that failed."""
+    from sentinel.server import listening_line
+
+    monkeypatch.setenv("SENTINEL_HOST", value)
+    s = load_settings(_env_file=None)
+    assert s.host == "0.0.0.0"
+    assert "http://127.0.0.1:8080" in listening_line(s)
+    assert load_settings(_env_file=None, host=" 127.0.0.1 ").host == "127.0.0.1"

@@ -172,17 +172,21 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def bind_sockets(host: str, port: int) -> list[socket.socket]:
-    """The sockets `serve` listens on, bound (not yet listening) as asyncio's `create_server` binds
-    them when uvicorn is given a host and port: one per address `host` resolves to, SO_REUSEADDR,
-    IPv6 ones IPv6-only. Raises OSError (`socket.gaierror` for a name that does not resolve)."""
-    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    """The sockets `serve` listens on, bound (not yet listening): one per address `host` resolves to
+    (as asyncio's `create_server` binds them), SO_REUSEADDR; an IPv6 one is IPv6-only only beside an
+    IPv4 one (`::` alone keeps the system's default: on Linux, IPv4 clients too, as uvicorn's
+    `--workers` socket had). Raises OSError (`socket.gaierror` for a name that does not resolve)."""
+    found = list(dict.fromkeys(
+        socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    ))
+    both = len({family for family, *_ in found}) > 1
     sockets: list[socket.socket] = []
     try:
-        for family, kind, proto, _, address in dict.fromkeys(found):
+        for family, kind, proto, _, address in found:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
+            if family == socket.AF_INET6 and both:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
             sock.set_inheritable(True)  # handed to the workers

@@ -265,7 +265,9 @@ def _ddl_in_the_transaction(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")  # the writer's lock first: a migration writes
+        # Deferred: a database already at head is only read (a command while `serve` writes waits for
+        # no lock); the first statement that writes takes the writer's lock, waiting the busy timeout.
+        connection.exec_driver_sql("BEGIN")
 
 
 class DatabaseUnreachable(RuntimeError):

@@ -438,6 +438,7 @@ def test_settings_that_are_not_utf8_are_one_line_and_status_2(tmp_path: Path) ->
         ["mock-upstream", "--latency-ms", "nan"],  # was taken: every answer failed
         ["mock-upstream", "--latency-ms", "1e308"],
         ["mock-upstream", "--port", "70000"],  # was taken (uvicorn wrapped it)
+        ["keys", "revoke", "key_0123456789ab", "sk-sentinel-PastedSecret0123"],  # quoted back by argparse
     ],
 )
 def test_a_mistyped_command_line_is_one_line_and_status_2(tmp_path: Path, args: list[str]) -> None:
@@ -448,6 +449,7 @@ def test_a_mistyped_command_line_is_one_line_and_status_2(tmp_path: Path, args: 
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("sentinel") and "--help" in lines[0], result.stderr
     assert "usage:" not in result.stderr and "Traceback" not in result.stderr and result.stdout == ""
+    assert "PastedSecret" not in result.stderr
 
 
 def test_the_mock_upstream_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:

@@ -99,6 +99,8 @@ class Ownership:
         body may name up to `MAX_REFERENCES` ids (the same one, too), and one lookup after another
         cost as many store round trips (on Redis, issued together, they share one: auto-pipelining)."""
         distinct = list(dict.fromkeys(object_ids))
+        if not distinct:  # (most requests name none: no gather, no future)
+            return
         owners = await asyncio.gather(*(self.owner_of(object_id) for object_id in distinct), return_exceptions=True)
         failed = [found for found in owners if isinstance(found, BaseException)]
         if failed:

@@ -41,6 +41,7 @@ log = logging.getLogger("sentinel.db")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Arbitrary but fixed: every Sentinel process migrating one PostgreSQL database takes this lock.
 MIGRATION_LOCK_KEY = 0x53454E54494E454C  # "SENTINEL"
+_UPGRADING = "sentinel_upgrading"  # execution option: a SQLite migration's transaction that writes
 # DATABASE_TIMEOUT_SECONDS: the longest wait for a PostgreSQL connection (its connect, or a pooled
 # one), and for any statement's answer; on SQLite for a lock another connection holds (busy timeout). A database that accepts connections but never answers must
 # not hold a request (its in-flight slot, its reservation) for minutes: the caller gets a 503.
@@ -265,9 +266,12 @@ def _ddl_in_the_transaction(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(connection: Connection) -> None:
-        # Deferred: a database already at head is only read (a command while `serve` writes waits for
-        # no lock); the first statement that writes takes the writer's lock, waiting the busy timeout.
-        connection.exec_driver_sql("BEGIN")
+        # Deferred to read whether the database is at head (a command while `serve` writes waits for
+        # no lock); immediate to upgrade it: the writer's lock first, waiting the busy timeout. A
+        # deferred transaction that read first could not take it once another process had written
+        # since (WAL: "database is locked" at once, no busy wait): an upgrade failed while `serve` wrote.
+        writes = connection.get_execution_options().get(_UPGRADING, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
 class DatabaseUnreachable(RuntimeError):
@@ -293,12 +297,23 @@ async def _migrate(engine: AsyncEngine) -> None:
             if conn.dialect.name == "postgresql":
                 # Held until commit: a second migrator waits here, then finds the schema at head.
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            elif path is not None:  # a SQLite file (`_ddl_in_the_transaction`): read first, upgrade in its own
+                if await conn.run_sync(_at_head):
+                    return
+                await conn.rollback()
+                await conn.execution_options(**{_UPGRADING: True})
             await conn.run_sync(_upgrade_head)
             await conn.commit()
 
 
 class SchemaTooNew(RuntimeError):
     """The database is at a schema revision these migrations do not know: a newer Sentinel migrated it."""
+
+
+def _at_head(connection: Connection) -> bool:
+    """Whether the database is at the newest revision these migrations know (nothing to upgrade)."""
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    return set(MigrationContext.configure(connection).get_current_heads()) == set(heads)
 
 
 def _upgrade_head(connection: Connection) -> None:

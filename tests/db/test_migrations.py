@@ -178,3 +178,48 @@ async def test_a_migration_cut_short_leaves_nothing_behind(empty_db_url: str, mo
     await migrate(empty_db_url)  # the next start
     snap = await _snapshot(empty_db_url)
     assert set(snap["tables"]) == EXPECTED_TABLES and snap["versions"] == [_head()]
+
+
+async def test_a_sqlite_upgrade_while_another_process_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deferred transaction read the revision, then could not take the writer's lock for the
+    upgrade once another process (`serve`, writing usage) had committed since: on WAL that is
+    "database is locked" at once, with no busy wait — an upgrade failed while the server wrote.
+    The upgrade's transaction now takes the writer's lock first: the other process waits instead."""
+    import sqlite3
+
+    import sentinel.db.engine as engine_module
+
+    path = tmp_path / "sentinel.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0005"))
+            await conn.commit()
+    finally:
+        await engine.dispose()
+    upgrade, wrote = engine_module.command.upgrade, []
+
+    def another_process_writes(config: Any, revision: str) -> None:
+        other = sqlite3.connect(path, timeout=0)  # (it would wait its busy timeout: here, it says so)
+        try:
+            other.execute("INSERT INTO plans (name) VALUES ('meanwhile')")
+            other.commit()
+            wrote.append(True)
+        except sqlite3.OperationalError:  # the migration holds the writer's lock
+            wrote.append(False)
+        finally:
+            other.close()
+        upgrade(config, revision)
+
+    monkeypatch.setattr(engine_module.command, "upgrade", another_process_writes)
+    await migrate(url)
+    assert wrote == [False]
+    snap = await _snapshot(url)
+    assert snap["versions"] == [_head()]
+
+    def upgrade_at_head(config: Any, revision: str) -> None:
+        raise AssertionError("a database at head is only read")
+
+    monkeypatch.setattr(engine_module.command, "upgrade", upgrade_at_head)
+    await migrate(url)

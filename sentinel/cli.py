@@ -112,7 +112,7 @@ def _actor() -> Any:
 async def _with_admin(settings: Settings, fn: Callable[[Any], Awaitable[int | None]]) -> int | None:
     """Run `fn(admin_service)` on the configured database (and store, whose caches it updates)."""
     from sentinel.db.engine import DatabaseUnreachable, SchemaTooNew, create_engine, migrate, session_factory
-    from sentinel.errors import GovernanceUnavailable
+    from sentinel.errors import Conflict, GovernanceUnavailable
     from sentinel.store import create_store
     from sentinel.wiring import build_cli_admin
 
@@ -139,6 +139,9 @@ async def _with_admin(settings: Settings, fn: Callable[[Any], Awaitable[int | No
             return 2
         try:
             return await fn(admin)
+        except Conflict as exc:  # a change this configuration refuses (plans under GOVERNANCE=zion)
+            print(f"sentinel: {exc.message}", file=sys.stderr)
+            return 2
         except GovernanceUnavailable as exc:  # the database locked (SQLite: `serve` writing) or down
             print(f"sentinel: {exc.message}{_driver_said(exc)}; try again", file=sys.stderr)
             return 1
@@ -271,6 +274,9 @@ def cmd_plans_delete(args: argparse.Namespace) -> int:
 
 def cmd_plans_list(args: argparse.Namespace) -> int:
     async def go(admin: Any) -> None:
+        if not admin.builtin:  # listed, but said first: they are not the plans in force
+            print("sentinel: GOVERNANCE=zion: these plans are Sentinel's own and not in effect (Zion's limits "
+                  "apply)", file=sys.stderr)
         for plan, _users in await admin.plans():
             print(f"{plan.name}: {', '.join(str(lim) for lim in plan.limits) or 'no limits'}")
 

@@ -9,6 +9,7 @@
     │   ├── PermissionDenied             403 permission_error
     │   ├── NotFound                     404 not_found_error
     │   ├── MethodNotAllowed             405 invalid_request_error
+    │   ├── Conflict                     409 invalid_request_error   (the change conflicts with how Sentinel is set up)
     │   └── RateLimited                  429 rate_limit_error        (+ Retry-After, X-RateLimit-*)
     ├── ServiceUnavailable               503 service_unavailable     (+ Retry-After)   retryable
     │   ├── Overloaded                   503 too many requests in flight
@@ -137,6 +138,13 @@ class NotFound(ClientError):
 class MethodNotAllowed(ClientError):
     status = 405
     code = "method_not_allowed"
+
+
+class Conflict(ClientError):
+    """A change the configuration does not allow (e.g. editing plans while Zion governs them)."""
+
+    status = 409
+    code = "conflict"
 
 
 class RateLimited(ClientError):

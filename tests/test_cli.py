@@ -539,3 +539,30 @@ def test_a_tier_candidate_on_a_provider_not_configured_is_said(tmp_path: Path) -
                            text=True, timeout=60).stdout
     assert "simple: opneai/gpt-4o-mini (cost 1) (provider not configured), openai/gpt-4o-mini (cost 2)\n" in shown
     assert "provider not configured" not in shown.split("simple:", 1)[1].split("\n", 1)[1]
+
+
+def test_under_zion_governance_plans_and_plan_assignments_are_refused_in_one_line(tmp_path: Path) -> None:
+    """With GOVERNANCE=zion the plans come from Zion: `plans set`, `plans delete` and `users set-plan`
+    saved plans into Sentinel's database that were never enforced (exit 0, "applies within ...").
+    Each is refused in one line, exit 2, and nothing is written; `plans list` says they are not in effect."""
+    import sqlite3
+
+    db = tmp_path / "cli.db"
+    builtin = {"DATABASE_URL": f"sqlite+aiosqlite:///{db}"}
+    assert run(["plans", "set", "pro", "--limit", "requests=5/1m"], builtin).returncode == 0  # from before Zion
+    zion = {**builtin, "GOVERNANCE": "zion", "ZION_API_URL": "http://127.0.0.1:9", "ZION_API_KEY": "zion-service-key"}
+    for args in (["plans", "set", "pro", "--limit", "requests=1/1m"], ["plans", "set", "team", "--limit", "requests=1/1m"],
+                 ["plans", "delete", "pro"], ["users", "set-plan", "frank", "pro"], ["users", "set-plan", "frank", "--default"]):
+        refused = run(args, zion)
+        lines = [line for line in refused.stderr.splitlines() if line.strip()]
+        assert refused.returncode == 2, (args, refused.stdout, refused.stderr)
+        assert len(lines) == 1 and "GOVERNANCE=zion" in lines[0] and "Zion" in lines[0], args
+        assert refused.stdout == "", args
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT name FROM plans").fetchall() == [("pro",)]
+        assert conn.execute("SELECT count(*) FROM users").fetchall() == [(0,)]
+        assert conn.execute("SELECT count(*) FROM audit_log WHERE actor = 'cli'").fetchall() == [(1,)]
+    listed = run(["plans", "list"], zion)
+    assert listed.returncode == 0 and "pro: requests=5/1m" in listed.stdout
+    assert "not in effect" in listed.stderr
+    assert "not in effect" not in run(["plans", "list"], builtin).stderr

@@ -186,6 +186,7 @@ class AdminApiRoutes:
 
     async def set_user_plan(self, request: Request) -> RawResponse:
         actor = await self._actor(request)
+        self.service.plans_editable()  # 409 under GOVERNANCE=zion, before the body is read
         body = await self._body(request)
         plan = body.get("plan")
         if plan is not None and not isinstance(plan, str):
@@ -230,6 +231,7 @@ class AdminApiRoutes:
             await self._access(request)
             return _json(plan_json(await self.service.plan(name)))
         actor = await self._actor(request)
+        self.service.plans_editable()  # 409 under GOVERNANCE=zion, before the body is read
         if request.method == "DELETE":
             await self.service.delete_plan(name, actor)
             return _json({"deleted": name})

@@ -40,7 +40,7 @@ from sentinel.api.docs_auth import from_another_site
 from sentinel.api.responses import NOSNIFF, RawResponse
 from sentinel.domain.numbers import parse_whole
 from sentinel.domain.plans import format_window
-from sentinel.errors import InvalidRequest, NotFound, RevocationIncomplete, StoreUnavailable
+from sentinel.errors import Conflict, InvalidRequest, NotFound, RevocationIncomplete, StoreUnavailable
 from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import LimitInput, field_errors
 from sentinel.services.admin_usage import PERIODS, parse_moment
@@ -212,7 +212,7 @@ class ConsoleRoutes:
             detail = await self.service.user(external_id)
         except NotFound:
             detail = None
-        plans = [plan for plan, _ in await self.service.plans()]
+        plans = [plan for plan, _ in await self.service.plans()] if self.service.builtin else None
         body = pages.user_page(external_id, detail, plans, self.gate.csrf_for(session), self.nonces.new(), **extra)
         return self._page(f"User {external_id}", body, session, "/admin/users", status)
 
@@ -230,6 +230,8 @@ class ConsoleRoutes:
         external_id = user_param(request)
         try:
             await self.service.set_user_plan(external_id, self._one(form, "plan") or None, actor)
+        except Conflict:  # GOVERNANCE=zion: the page says where the plan comes from, with no form
+            return await self._user_page(session, external_id, status=409)
         except (NotFound, InvalidRequest) as exc:
             errors = field_errors(exc) if isinstance(exc, InvalidRequest) else {"plan": exc.message}
             return await self._user_page(session, external_id, status=400, errors=errors or {"plan": exc.message})
@@ -270,7 +272,8 @@ class ConsoleRoutes:
         return _see_other(pages.user_href(info.external_id))
 
     async def _plans_page(self, session: str, status: int = 200, **extra: Any) -> RawResponse:
-        body = pages.plans_page(await self.service.plans(), await self.service.tiers(), self.gate.csrf_for(session), **extra)
+        body = pages.plans_page(await self.service.plans(), await self.service.tiers(), self.gate.csrf_for(session),
+                                editable=self.service.builtin, **extra)
         return self._page("Plans & tiers", body, session, "/admin/plans", status)
 
     @staticmethod
@@ -293,6 +296,8 @@ class ConsoleRoutes:
         name, limits = self._one(form, "name"), self._limits(form)
         try:
             await self.service.save_plan_input(name, limits, actor, create=True)
+        except Conflict:  # GOVERNANCE=zion: the page says so, with no form
+            return await self._plans_page(session, 409)
         except InvalidRequest as exc:
             errors = field_errors(exc) or {"name": exc.message}
             return await self._plans_page(session, 400, new_plan=(name, limits, errors))
@@ -303,6 +308,8 @@ class ConsoleRoutes:
         if is_read(request):
             async def render(session: str) -> RawResponse:
                 plan = await self.service.plan(name)
+                if not self.service.builtin:
+                    return self._page(f"Plan {name}", pages.plan_not_in_effect(plan), session, "/admin/plans")
                 rows = [LimitInput(lim.metric, str(lim.limit), format_window(lim.window_seconds)) for lim in plan.limits]
                 body = pages.plan_form(name, rows, self.gate.csrf_for(session), create=False)
                 return self._page(f"Plan {name}", body, session, "/admin/plans")
@@ -314,8 +321,10 @@ class ConsoleRoutes:
         session, form, actor = checked
         limits = self._limits(form)
         try:
-            await self.service.plan(name)
+            plan = await self.service.plan(name)
             await self.service.save_plan_input(name, limits, actor)
+        except Conflict:  # GOVERNANCE=zion: the plan shown, not in effect, with no form
+            return self._page(f"Plan {name}", pages.plan_not_in_effect(plan), session, "/admin/plans", 409)
         except InvalidRequest as exc:
             body = pages.plan_form(name, limits, self.gate.csrf_for(session), create=False,
                                    errors=field_errors(exc) or {"limits": exc.message})
@@ -326,7 +335,10 @@ class ConsoleRoutes:
         checked = await self._post(request)
         if isinstance(checked, RawResponse):
             return checked
-        await self.service.delete_plan(request.path_params["name"], checked[2])
+        try:
+            await self.service.delete_plan(request.path_params["name"], checked[2])
+        except Conflict:  # GOVERNANCE=zion: the page says so, with no form
+            return await self._plans_page(checked[0], 409)
         return _see_other("/admin/plans")
 
     async def set_tier(self, request: Request) -> RawResponse:

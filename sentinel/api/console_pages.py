@@ -29,9 +29,11 @@ from sentinel.domain.tiers import TIERS
 from sentinel.governance.audit import AuditEntry
 from sentinel.governance.keys import ApiKeyInfo
 from sentinel.governance.users import UserSummary
-from sentinel.services.admin import Overview, TiersView, UserDetail
+from sentinel.services.admin import PLANS_MANAGED_BY_GOVERNANCE, Overview, TiersView, UserDetail
 from sentinel.services.admin_forms import LimitInput
 from sentinel.services.admin_usage import PERIODS
+
+GOVERNED_PLANS = f'<p class="notice plans-governed" role="status">{e(PLANS_MANAGED_BY_GOVERNANCE)}.</p>'
 
 TIME_FORMATS = {"1h": "%H:%M", "24h": "%H:%M", "30d": "%m-%d %H:%M"}
 
@@ -194,12 +196,13 @@ def _earlier(external_id: str, earlier: EarlierPost) -> str:
             "</section>")
 
 
-def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan], csrf: str | None, nonce: str,
+def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan] | None, csrf: str | None, nonce: str,
               new_key: tuple[ApiKeyInfo, str] | None = None, errors: Mapping[str, str] | None = None,
               earlier: EarlierPost | None = None, incomplete: tuple[str, str] | None = None) -> str:
     """A user's page. `nonce`: the create-key form's one-time token; `new_key`: the key just created
     (shown this once); `earlier`: what a create-key form sent again had created; `incomplete`: (key id,
-    message) of a revocation whose cached identity the store did not drop, with a button to send it again."""
+    message) of a revocation whose cached identity the store did not drop, with a button to send it again.
+    `plans` None: plans are not Sentinel's to assign (GOVERNANCE=zion), the page says so instead of the form."""
     errors = errors or {}
     summary = detail.summary if detail else None
     plan_name = summary.plan_name if summary else None
@@ -225,13 +228,19 @@ def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan]
             f'<p class="error">{e(message)}</p><form method="post" action="/admin/keys/{e(key_id)}/revoke" '
             f'class="revoke">{csrf_field(csrf)}<button type="submit" class="danger">Revoke again</button></form></section>'
         )
-    options = [("", "(default plan)"), *((p.name, p.name) for p in plans)]
+    if plans is None:
+        choice = GOVERNED_PLANS
+    else:
+        options = [("", "(default plan)"), *((p.name, p.name) for p in plans)]
+        choice = (
+            f'<form method="post" action="{e(user_href(external_id, "plan"))}" class="inline">{csrf_field(csrf)}'
+            f'{select("plan", options, plan_name or "", label="Plan")}{error_for(errors, "plan")}'
+            '<button type="submit">Change plan</button></form>'
+        )
+    changes = "" if plans is None else " Changes apply at once."
     parts.append(
         f'<section><h2>Plan</h2><p>Enforced now: <strong class="plan-name">{e(enforced or "–")}</strong> '
-        f"({e(origin)}). Changes apply at once.</p>"
-        f'<form method="post" action="{e(user_href(external_id, "plan"))}" class="inline">{csrf_field(csrf)}'
-        f'{select("plan", options, plan_name or "", label="Plan")}{error_for(errors, "plan")}'
-        '<button type="submit">Change plan</button></form>'
+        f"({e(origin)}).{changes}</p>{choice}"
         f"{_quota(detail) if detail else ''}</section>"
     )
     parts.append(
@@ -292,9 +301,17 @@ def plan_form(name: str, limits: Sequence[LimitInput], csrf: str | None, *, crea
     )
 
 
+def plan_not_in_effect(plan: Plan) -> str:
+    """A plan's page under GOVERNANCE=zion: its limits, read only, said not to be in effect."""
+    limits = e(", ".join(lim.describe() for lim in plan.limits) or "no limits")
+    return f"{GOVERNED_PLANS}<p>Limits saved in Sentinel (not in effect): {limits}</p>"
+
+
 def plans_page(plans: Sequence[tuple[Plan, int]], tiers: TiersView, csrf: str | None,
                new_plan: tuple[str, list[LimitInput], Mapping[str, str]] | None = None,
-               tier_errors: tuple[str, str | None, Mapping[str, str]] | None = None) -> str:
+               tier_errors: tuple[str, str | None, Mapping[str, str]] | None = None, *, editable: bool = True) -> str:
+    """The plans and tiers. Not `editable` (GOVERNANCE=zion): the plans Sentinel holds are listed as not
+    in effect, with no form to create, edit or delete one."""
     rows = []
     for plan, users in plans:
         path = f"/admin/plans/{quote(plan.name, safe='')}"
@@ -302,10 +319,14 @@ def plans_page(plans: Sequence[tuple[Plan, int]], tiers: TiersView, csrf: str | 
             f'<a href="{path}">{e(plan.name)}</a>', e(", ".join(lim.describe() for lim in plan.limits) or "no limits"),
             num(users),
             f'<form method="post" action="{path}/delete" class="inline">{csrf_field(csrf)}<button type="submit" '
-            f'class="danger" data-confirm="Delete plan {e(plan.name)}? Its users get the default plan.">Delete</button></form>',
+            f'class="danger" data-confirm="Delete plan {e(plan.name)}? Its users get the default plan.">Delete</button></form>'
+            if editable else "",
         ])
-    name, limits, errors = new_plan or ("", [], {})
     listed = table(("Plan", "Limits", "Users", ""), rows, empty="No plans yet: users get DEFAULT_PLAN.", cls="plans")
+    if not editable:
+        return (f"<section>{GOVERNED_PLANS}{listed if rows else ''}</section>"
+                f"<section><h2>Tiers</h2>{tiers_section(tiers, csrf, tier_errors)}</section>")
+    name, limits, errors = new_plan or ("", [], {})
     return (
         f"<section>{listed}</section>"
         f'<section><h2>New plan</h2>{plan_form(name, limits, csrf, create=True, errors=errors)}</section>'

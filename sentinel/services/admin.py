@@ -30,7 +30,7 @@ from sentinel.domain.identity import Identity
 from sentinel.domain.plans import MAX_LIMIT, Limit, Plan
 from sentinel.domain.text import has_control
 from sentinel.domain.tiers import TIERS, TierModelEntry, TierTable
-from sentinel.errors import InvalidRequest, NotFound, RevocationIncomplete, StoreUnavailable
+from sentinel.errors import Conflict, InvalidRequest, NotFound, RevocationIncomplete, StoreUnavailable
 from sentinel.governance.audit import AuditEntry, AuditLog
 from sentinel.governance.auth import Authenticator
 from sentinel.governance.keys import ApiKeyInfo, KeyService
@@ -54,6 +54,11 @@ from sentinel.services.admin_live import LiveState, ProviderView, QuotaView
 from sentinel.services.admin_usage import PERIODS, Series, UsageReports
 
 log = logging.getLogger("sentinel.admin")
+
+PLANS_MANAGED_BY_GOVERNANCE = (
+    "With GOVERNANCE=zion, quota plans and plan assignments come from Zion: Sentinel's own plans are not "
+    "enforced, so they cannot be edited here (change the user's limits in Zion)"
+)
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,7 @@ class AdminService:
 
     async def set_user_plan(self, external_id: str, plan: str | None, actor: Actor) -> None:
         """Put a user (created if missing) on `plan` (None: the default plan); NotFound for an unknown plan."""
+        self.plans_editable()
         if not external_id.strip() or len(external_id) > 255 or has_control(external_id):
             raise refuse({"external_id": "1-255 characters, no control characters"})
         before = await self.users.get(external_id)
@@ -189,6 +195,14 @@ class AdminService:
         await self._audit(actor, "user.plan", external_id, {"from": before.plan_name if before else None, "to": plan})
 
     # --- plans --------------------------------------------------------------------------------------
+    def plans_editable(self) -> None:
+        """Refuse (409 `plans_managed_by_governance`) any change to the built-in plans or to who is on
+        which while another governance (Zion) supplies the plans: saved, they would never be enforced,
+        and an operator would believe a user limited whom Zion's plan governs. The console, the admin
+        API and the CLI all change plans through this service, so this is the one place that says so."""
+        if not self.builtin:
+            raise Conflict(PLANS_MANAGED_BY_GOVERNANCE, code="plans_managed_by_governance")
+
     async def plans(self) -> list[tuple[Plan, int]]:
         """Every plan with how many users are on it."""
         counts = await self.users.per_plan()
@@ -203,6 +217,7 @@ class AdminService:
     async def save_plan_input(self, name: str, limits: Sequence[LimitInput], actor: Actor, *,
                               create: bool = False) -> Plan:
         """`save_plan` from operator input (every field checked, errors per field)."""
+        self.plans_editable()
         errors: dict[str, str] = {}
         checked: list[Limit] = []
         try:
@@ -221,6 +236,7 @@ class AdminService:
                         merge: bool = False) -> Plan:
         """Create plan `name` or replace its limits (`merge`: only those of the same metric and window);
         with `create`, an existing plan is a field error."""
+        self.plans_editable()
         name = check_plan_name(name)
         if too_large := [lim for lim in limits if not 0 <= lim.limit <= MAX_LIMIT]:
             raise refuse({"limits": f"{too_large[0].metric}: a whole number from 0 to {MAX_LIMIT:,}"})
@@ -239,6 +255,7 @@ class AdminService:
     async def delete_plan(self, name: str, actor: Actor) -> int:
         """Delete a plan; its users are put on the default plan (in the same transaction) and their
         cached plans dropped. NotFound when unknown. Returns how many moved (the audit entry's `users`)."""
+        self.plans_editable()
         existing = await self.plan(name)
         users = await self.plan_repo.delete_plan(name)
         if users is None:  # deleted meanwhile, by another operator

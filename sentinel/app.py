@@ -39,6 +39,7 @@ from sentinel.config import ConfigError, Settings, reveal
 from sentinel.db.engine import DatabaseUnreachable, SchemaTooNew
 from sentinel.observability.logging import AccessLog, access_log_wanted
 from sentinel.observability.metrics import Metrics
+from sentinel.observability.redaction import Redactor
 from sentinel.observability.tracing import OtelTracing, Tracing
 from sentinel.wiring import Runtime, build_runtime
 
@@ -91,12 +92,13 @@ class SentinelApp:
             routes += AdminApiRoutes(deps, runtime.admin, gate, build_admin_openapi()).routes()
             routes += ConsoleRoutes(runtime.admin, gate, runtime.store, body_timeout=s.body_timeout_seconds).routes()
         app: ASGIApp = Dispatcher(routes, not_found=endpoint_not_found)
+        redact = Redactor(runtime.secrets)  # keys a client puts in a path are never logged
         if isinstance(runtime.tracing, OtelTracing):
-            app = TracingMiddleware(app, runtime.tracing)
+            app = TracingMiddleware(app, runtime.tracing, redact)
         app = RequestMiddleware(
             app,
             metrics=self.metrics, max_in_flight=s.max_in_flight, access_log=self.access_log,
-            outcomes=runtime.outcomes, slots=slots, bodies=bodies,
+            outcomes=runtime.outcomes, slots=slots, bodies=bodies, redact=redact,
         )
         if s.cors_origin_list:
             app = CorsMiddleware(app, origins=s.cors_origin_list)

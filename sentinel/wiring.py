@@ -24,6 +24,7 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from sentinel.config import (
+    SECRET_FIELDS,
     ConfigError,
     GovernanceKind,
     ProviderEntry,
@@ -227,6 +228,15 @@ class Runtime:
     admin: AdminService | None = None
     tracing: Tracing = NOOP_TRACING
     outcomes: RequestOutcomes | None = None
+    secrets: tuple[str, ...] = ()  # every configured secret (`configured_secrets`): never logged
+
+
+def configured_secrets(s: Settings, catalog: Catalog) -> tuple[str, ...]:
+    """Every secret the configuration holds: the settings' (SECRET_FIELDS: provider, admin, docs and
+    Zion keys, the JWT and end-user secrets) and each provider's key from the providers file."""
+    found = [reveal(getattr(s, name)) for name in sorted(SECRET_FIELDS)]
+    found += [spec.api_key for spec in catalog.providers.values()]
+    return tuple(value for value in found if value)
 
 
 def build_admin(
@@ -425,4 +435,5 @@ async def build_runtime(
         admin=admin,
         tracing=tracing,
         outcomes=outcomes,
+        secrets=configured_secrets(s, catalog),
     )

@@ -10,6 +10,8 @@ It wraps the router. For every HTTP request it:
   logging each error once with the request id;
 - adds `Server-Timing: upstream;dur=..., total;dur=...` and records latency, overhead and status
   metrics, and writes one JSON access-log line when the response is finished.
+What the client sent that a log line holds (the path, an error message quoting it) is logged without
+API keys or configured secrets in it (`observability.redaction.Redactor`), cut to 256 characters.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from sentinel.api.throttle import client_key
 from sentinel.api.user_slots import UserSlots
 from sentinel.domain.usage import new_request_id
 from sentinel.errors import ClientClosedRequest, InternalError, Overloaded, RateLimited, SentinelError
-from sentinel.observability.logging import AccessLog, clipped, request_id_var
+from sentinel.observability.logging import AccessLog, request_id_var
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.outcomes import RequestOutcomes
+from sentinel.observability.redaction import SENTINEL_KEYS_ONLY, Redactor
 
 log = logging.getLogger("sentinel.request")
 
@@ -69,8 +72,11 @@ class RequestMiddleware:
     def __init__(
         self, app: ASGIApp, *, metrics: Metrics, max_in_flight: int, access_log: AccessLog | None = None,
         outcomes: RequestOutcomes | None = None, slots: UserSlots | None = None, bodies: BodyBudget | None = None,
+        redact: Redactor = SENTINEL_KEYS_ONLY,
     ) -> None:
         self.app = app
+        # What the client sent (the path, an error message quoting it) is logged without keys in it.
+        self.redact = redact
         self.slots = slots
         self.bodies = bodies
         self.outcomes = outcomes
@@ -126,7 +132,7 @@ class RequestMiddleware:
             err = _as_sentinel_error(exc, scope)
             try:
                 if err.status >= 500 and not isinstance(exc, SentinelError | HTTPException):
-                    log.error("unhandled error", exc_info=exc, extra={"path": clipped(path)})
+                    log.error("unhandled error", exc_info=exc, extra={"path": self.redact.clipped(path)})
                 else:
                     level = logging.WARNING if err.status >= 500 else logging.INFO
                     if isinstance(err, Overloaded):  # counted, not a warning: see the module docstring
@@ -136,8 +142,8 @@ class RequestMiddleware:
                         level,
                         "request failed",
                         extra={
-                            "status": err.status, "code": clipped(err.code), "error": clipped(err.message),
-                            "path": clipped(path),
+                            "status": err.status, "code": self.redact.clipped(err.code),
+                            "error": self.redact.clipped(err.message), "path": self.redact.clipped(path),
                         },
                     )
                 _drop_tracebacks(exc)  # logged: the frames it came through (a body) are not needed to answer
@@ -219,7 +225,7 @@ class RequestMiddleware:
         if self.access_log is not None:
             extra: dict[str, Any] = {
                 "method": scope["method"],
-                "path": clipped(scope["path"]),
+                "path": self.redact.clipped(scope["path"]),
                 "route": ctx.route,
                 "status": ctx.status,
                 "latency_ms": round(elapsed * 1000, 3),

@@ -18,15 +18,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sentinel.api.context import context
 from sentinel.errors import SentinelError
 from sentinel.observability import tracing as t
-from sentinel.observability.logging import clipped
+from sentinel.observability.redaction import SENTINEL_KEYS_ONLY, Redactor
 
 
 class TracingMiddleware:
     """See the module docstring."""
 
-    def __init__(self, app: ASGIApp, tracing: t.OtelTracing) -> None:
+    def __init__(self, app: ASGIApp, tracing: t.OtelTracing, redact: Redactor = SENTINEL_KEYS_ONLY) -> None:
         self.app = app
         self.tracing = tracing
+        self.redact = redact  # `url.path` without keys in it, as the access log writes the path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,7 +38,7 @@ class TracingMiddleware:
         method: str = scope["method"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         span, token = self.tracing.start_request(
-            method, headers, {"http.request.method": method, "url.path": clipped(scope["path"])}
+            method, headers, {"http.request.method": method, "url.path": self.redact.clipped(scope["path"])}
         )
         started = time.perf_counter()
         state: dict[str, Any] = {"status": 0, "sse": False, "first": None}

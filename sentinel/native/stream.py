@@ -82,7 +82,7 @@ class _PendingCall:
 class StreamNormalizer:
     """What both normalisers share: chunk metadata, the role rule, text and tool-call accumulation.
     `scrub` cleans what a provider's in-stream error says before it is logged or its code sent on
-    (the provider's key taken out: `providers.errors.redact`)."""
+    (the provider's key taken out: `observability.redaction.redact`)."""
 
     def __init__(
         self, *, provider: str, created: int | None = None, scrub: Callable[[str], str] | None = None

@@ -26,8 +26,9 @@ from sentinel.native.responses import CacheTokens
 from sentinel.native.responses import Usage as WireUsage
 from sentinel.native.sse import SSEParser
 from sentinel.native.stream import StreamNormalizer, StreamResult
+from sentinel.observability.redaction import redact
 from sentinel.providers.catalog import ProviderSpec
-from sentinel.providers.errors import UnreadableAnswer, redact, upstream_error
+from sentinel.providers.errors import UnreadableAnswer, upstream_error
 from sentinel.providers.http import BODY_LIMIT, BodyLimit, UpstreamResponse, send, stalled_if
 
 

@@ -20,7 +20,7 @@ provider's stream is a provider failure too: `stream_error` gives the error obje
 error event carries instead of the provider's (its labels kept, its message replaced).
 
 An error answer's body reaches this module with the provider key Sentinel sent replaced by `***`
-(`redact`, in `UpstreamResponse.read_error`): a provider quotes a refused key's ends, and a proxy
+(`observability.redaction.redact`, in `UpstreamResponse.read_error`): a provider quotes a refused key's ends, and a proxy
 or an OpenAI-compatible server may echo a whole header; the key then reached the client (a relayed
 4xx, "rejected the request: ...") and the logs. So is an error event of a stream (its relayed
 fields, its logged message). 2xx answers are never scanned otherwise.
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -38,14 +38,12 @@ from sentinel.domain.numbers import parse_retry_after
 from sentinel.domain.usage import Usage
 from sentinel.errors import InvalidRequest, RateLimited, SentinelError, UpstreamError, UpstreamStatusError
 from sentinel.observability.logging import clipped
+from sentinel.observability.redaction import redact
 
 log = logging.getLogger("sentinel.upstream")
 
 _CONTEXT_HINTS = ("context_length_exceeded", "context length", "prompt is too long", "maximum context", "too many tokens")
 _MAX_MESSAGE = 500
-MIN_REDACTED = 8  # a configured key shorter than this is not looked for (it would blank ordinary words)
-
-Text = TypeVar("Text", str, bytes)
 
 
 class UnreadableAnswer(UpstreamError):
@@ -77,17 +75,6 @@ def broken_off(provider: str, elapsed: float | None = None) -> BrokenOffAnswer:
     """The error for a 2xx answer cut off while it was read, `elapsed` seconds after the request
     began to be sent (see `BrokenOffAnswer`)."""
     return BrokenOffAnswer(f"Provider {provider} broke off its answer", usage=None, provider=provider, elapsed=elapsed)
-
-
-def redact(text: Text, secret: str | None) -> Text:
-    """`text` (an error answer's body, an error event or its fields) with every occurrence of `secret`
-    (the provider key the request was sent with) replaced by `***`; keys shorter than MIN_REDACTED
-    characters are left alone."""
-    if not secret or len(secret) < MIN_REDACTED:
-        return text
-    if isinstance(text, str):
-        return text.replace(secret, "***")
-    return text.replace(secret.encode(), b"***")
 
 
 def stream_failure(provider: str, error: object, secret: str | None = None) -> str:

@@ -52,7 +52,8 @@ from sentinel.errors import (
     UpstreamTimeout,
 )
 from sentinel.observability.logging import request_id_var
-from sentinel.providers.errors import broken_off, redact, upstream_error
+from sentinel.observability.redaction import redact
+from sentinel.providers.errors import broken_off, upstream_error
 
 log = logging.getLogger("sentinel.upstream")
 

@@ -31,7 +31,8 @@ from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
 from sentinel.native._wire import flat_json
 from sentinel.native.openai_checks import MAX_JSON_DEPTH
-from sentinel.providers.errors import redact, stream_error
+from sentinel.observability.redaction import redact
+from sentinel.providers.errors import stream_error
 from sentinel.quota.images import ANTHROPIC, ImageRule, base64_image_tokens
 from sentinel.quota.media import file_tokens
 from sentinel.quota.tokens import (

@@ -24,7 +24,8 @@ from sentinel.domain.usage import Usage
 from sentinel.errors import UpstreamError
 from sentinel.native._wire import as_list, as_str
 from sentinel.native.openai import PLAIN_DELTA, delta_extras, field_text
-from sentinel.providers.errors import redact, stream_error
+from sentinel.observability.redaction import redact
+from sentinel.providers.errors import stream_error
 from sentinel.quota.items import NO_FIELDS, item_text
 from sentinel.quota.tokens import estimate_tokens
 

@@ -175,6 +175,19 @@ def test_a_long_path_is_clipped_in_the_request_span(traced: Traced) -> None:
     assert (found()[0].attributes or {})["url.path"] == path[:256] + "…"
 
 
+def test_a_key_in_the_path_is_not_in_the_request_span(traced: Traced) -> None:
+    """`url.path` is what the access log writes: a key a client put in the path, or the provider key
+    Sentinel holds, is taken out (`***`) before the span is exported."""
+    assert httpx.get(f"{traced.url}/v1/files/{traced.key}/{UPSTREAM_KEY}").status_code in (401, 404)
+
+    def found() -> list[ReadableSpan]:
+        return [s for s in traced.exporter.get_finished_spans() if s.kind is SpanKind.SERVER
+                and str((s.attributes or {}).get("url.path", "")).startswith("/v1/files/sk-")]
+
+    assert wait_for(lambda: bool(found()))
+    assert (found()[0].attributes or {})["url.path"] == "/v1/files/sk-sentinel-***/***"
+
+
 def test_refused_credentials_end_in_the_auth_span(traced: Traced) -> None:
     answer = httpx.post(traced.url + "/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer sk-sentinel-nope"})
     assert answer.status_code == 401

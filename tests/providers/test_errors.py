@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from sentinel.errors import RateLimited, UpstreamStatusError
-from sentinel.providers.errors import redact, upstream_error
+from sentinel.observability.redaction import redact
+from sentinel.providers.errors import upstream_error
 
 
 def body(message: str, code: str = "") -> bytes:

@@ -1,0 +1,65 @@
+"""Secrets taken out of text before it is logged, traced or relayed: the one home of redaction.
+
+`redact(text, secret)` replaces one known secret (the provider key a request was sent with) in an
+error answer or event, str or bytes. `Redactor` is for what a client sends that Sentinel logs (a
+request path, an error message quoting it): it replaces every Sentinel API key (`sk-sentinel-` and
+its body, whatever key it is) and every configured secret (provider keys, the admin, docs and Zion
+keys, ...) with `***`. A client that puts its key in a URL, or an operator who pastes a key where a
+key id goes (`POST /admin/api/keys/sk-sentinel-.../revoke`), leaves no key in the logs.
+
+It runs on every access-log line, so the common case costs a few substring checks (C speed, no
+regex): the pattern is applied only when `sk-sentinel-` is in the text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TypeVar
+
+from sentinel.observability.logging import MAX_LOGGED_CHARS, clipped
+
+MIN_REDACTED = 8  # a configured key shorter than this is not looked for (it would blank ordinary words)
+REDACTED = "***"
+# `sentinel.governance.keys.KEY_PREFIX` and its body (`secrets.token_urlsafe`: A-Z a-z 0-9 _ -); that
+# module is above this one, so the shape is said here too (tests/observability/test_redaction.py
+# keeps the two the same).
+SENTINEL_KEY_PREFIX = "sk-sentinel-"
+_SENTINEL_KEY = re.compile(r"sk-sentinel-[A-Za-z0-9_\-]*")
+
+Text = TypeVar("Text", str, bytes)
+
+
+def redact(text: Text, secret: str | None) -> Text:
+    """`text` (an error answer's body, an error event or its fields) with every occurrence of `secret`
+    (the provider key the request was sent with) replaced by `***`; keys shorter than MIN_REDACTED
+    characters are left alone."""
+    if not secret or len(secret) < MIN_REDACTED:
+        return text
+    if isinstance(text, str):
+        return text.replace(secret, REDACTED)
+    return text.replace(secret.encode(), REDACTED.encode())
+
+
+class Redactor:
+    """Takes Sentinel API keys and the configured `secrets` out of text (see the module docstring)."""
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        # Longest first: a secret holding another is replaced whole.
+        self.secrets = tuple(sorted({s for s in secrets if s and len(s) >= MIN_REDACTED}, key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        if SENTINEL_KEY_PREFIX in text:
+            text = _SENTINEL_KEY.sub(SENTINEL_KEY_PREFIX + REDACTED, text)
+        return text
+
+    def clipped(self, text: str, limit: int = MAX_LOGGED_CHARS) -> str:
+        """`text` redacted, then cut to `limit` characters (`clipped`): a key across the cut is
+        still found whole."""
+        return clipped(self(text), limit)
+
+
+SENTINEL_KEYS_ONLY = Redactor()  # where no configured secret is known: Sentinel API keys still go

@@ -1,0 +1,81 @@
+"""Keys in what a client sends (a path, an error message quoting it) never reach the logs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+import httpx
+import orjson
+import pytest
+
+from sentinel.governance.keys import KEY_PREFIX, generate_key
+from sentinel.observability.logging import MAX_LOGGED_CHARS, configure_logging
+from sentinel.observability.redaction import MIN_REDACTED, SENTINEL_KEY_PREFIX, Redactor, redact
+from tests.api.conftest import UPSTREAM_KEY, Gateway
+
+ADMIN_KEY = "admin-key-for-tests-0123"
+DOCS_KEY = "docs-key-for-the-tests-4567"
+
+
+def test_every_sentinel_key_and_configured_secret_is_taken_out() -> None:
+    assert SENTINEL_KEY_PREFIX == KEY_PREFIX  # the shape said twice (layers) is the same shape
+    key = generate_key()
+    redactor = Redactor([ADMIN_KEY, None, "", "short"])
+    assert redactor(f"/admin/api/keys/{key}/revoke") == "/admin/api/keys/sk-sentinel-***/revoke"
+    assert redactor(f"/x/{ADMIN_KEY}/y?{key}{key}") == "/x/***/y?sk-sentinel-***"
+    assert redactor("/v1/chat/completions") == "/v1/chat/completions"
+    assert redactor("a short word") == "a short word"  # secrets under MIN_REDACTED characters are not looked for
+    assert len("short") < MIN_REDACTED
+    # A key across the 256-character cut is redacted before the cut: none of its body is left.
+    clipped = redactor.clipped("/" + "a" * (MAX_LOGGED_CHARS - 20) + key)
+    assert key[len(KEY_PREFIX):][:4] not in clipped.rsplit("sk-sentinel-", 1)[-1] and clipped.endswith("***")
+    assert redact(b"said sk-upstream-0123456789", "sk-upstream-0123456789") == b"said ***"
+
+
+@contextlib.contextmanager
+def json_logs() -> Iterator[None]:
+    """Logging as `sentinel serve` configures it (JSON lines on stderr, INFO), restored afterwards."""
+    names = ("", "uvicorn.access", "alembic", "aiosqlite", "sentinel.access", "httpx")
+    root = logging.getLogger()
+    saved_handlers, saved_levels = root.handlers[:], [logging.getLogger(n).level for n in names]
+    configure_logging("INFO")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the test's own client logs the URLs it asks for
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved_handlers
+        for name, level in zip(names, saved_levels, strict=True):
+            logging.getLogger(name).setLevel(level)
+
+
+def test_a_key_in_a_request_path_is_in_no_log_line(
+    gateway_factory: Callable[..., Gateway], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """An operator pasting a key where its id goes, a client putting a key in a URL: the access line,
+    the error line (its path and its message, which quotes the path or the id) held the key."""
+    with json_logs():
+        gw = gateway_factory(access_log=True, admin_key=ADMIN_KEY, docs_api_key=DOCS_KEY)
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        with httpx.Client(base_url=gw.url, timeout=30) as http:
+            answers = [
+                http.post(f"/admin/api/keys/{gw.key}/revoke", headers=admin),  # 404 "No key 'sk-sentinel-...'"
+                http.get(f"/v1/{gw.key}", headers={"Authorization": f"Bearer {gw.key}"}),  # 404 quoting the path
+                http.get(f"/admin/api/users/{ADMIN_KEY}", headers=admin),
+                http.get(f"/nowhere/{DOCS_KEY}/{UPSTREAM_KEY}"),
+            ]
+        gw.server.stop()  # the lifespan shutdown writes the last batch of access lines
+        err = capfd.readouterr().err
+    assert [a.status_code for a in answers] == [404, 404, 404, 404], [a.text for a in answers]
+    for secret in (gw.key, gw.key[len(KEY_PREFIX):], ADMIN_KEY, DOCS_KEY, UPSTREAM_KEY):
+        assert secret not in err, secret
+    lines = [orjson.loads(line) for line in err.splitlines() if line.startswith("{")]
+    ids = {a.headers["x-request-id"] for a in answers}
+    access = [line for line in lines if line["logger"] == "sentinel.access" and line["request_id"] in ids]
+    failed = [line for line in lines if line["msg"] == "request failed" and line["request_id"] in ids]
+    assert sorted(line["path"] for line in access) == [
+        "/admin/api/keys/sk-sentinel-***/revoke", "/admin/api/users/***", "/nowhere/***/***", "/v1/sk-sentinel-***",
+    ]
+    assert len(failed) == 4 and all("***" in line["path"] for line in failed)
+    assert any("sk-sentinel-***" in line["error"] for line in failed)

@@ -562,6 +562,9 @@ def test_under_zion_governance_plans_and_plan_assignments_are_refused_in_one_lin
         assert conn.execute("SELECT name FROM plans").fetchall() == [("pro",)]
         assert conn.execute("SELECT count(*) FROM users").fetchall() == [(0,)]
         assert conn.execute("SELECT count(*) FROM audit_log WHERE actor = 'cli'").fetchall() == [(1,)]
+    for args in (["tiers", "reset"], ["tiers", "set", "simple", "openai/gpt-4o:1"]):  # the table is Zion's too
+        refused = run(args, zion)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr and "GOVERNANCE=zion" in refused.stderr, args
     listed = run(["plans", "list"], zion)
     assert listed.returncode == 0 and "pro: requests=5/1m" in listed.stdout
     assert "not in effect" in listed.stderr

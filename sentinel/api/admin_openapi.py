@@ -96,7 +96,9 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 def _errors(*codes: str) -> dict[str, Any]:
     text = {"400": "Invalid input (`details.fields`)", "401": "No admin key or session", "403": "CSRF token missing",
-            "404": "Not found", "429": "Too many failed sign-ins from this address",
+            "404": "Not found", "409": "`plans_managed_by_governance`: with GOVERNANCE=zion the plans are Zion's "
+                                       "(Sentinel's would never be enforced); nothing is changed",
+            "429": "Too many failed sign-ins from this address",
             "503": "Unavailable (`revocation_incomplete`: the key is revoked in the database but the store could "
                    "not drop its cached validation; revoke it again once the store answers)"}
     return {code: _json(_ref("Error"), text[code]) for code in ("401", "429", *codes)}
@@ -172,7 +174,7 @@ def build_admin_openapi() -> dict[str, Any]:
         "/admin/api/users/{external_id}/plan": {"put": _op(
             "Put a user on a plan (null: the default plan)",
             _json(_obj(["external_id", "plan"], external_id={"type": "string"}, plan=_NULL_STR)),
-            params=[_path("external_id")], body=_obj(["plan"], plan=_NULL_STR), errors=(*change, "404"))},
+            params=[_path("external_id")], body=_obj(["plan"], plan=_NULL_STR), errors=(*change, "404", "409"))},
         "/admin/api/users/{external_id}/quota": {"get": _op("The user's live quota counters", _json(_ref("Quota")),
                                                             params=[_path("external_id")], errors=("404",))},
         "/admin/api/users/{external_id}/keys": {"post": _op(
@@ -189,10 +191,10 @@ def build_admin_openapi() -> dict[str, Any]:
             "put": _op("Create (with `create: true`, refused when it exists) or replace a plan's limits",
                        _json(_ref("Plan")), params=[_path("name")],
                        body=_obj(["limits"], limits={"type": "array", "items": _ref("LimitInput")},
-                                 create={"type": "boolean"}), errors=change),
+                                 create={"type": "boolean"}), errors=(*change, "409")),
             "delete": _op("Delete a plan (its users get the default plan)",
                           _json(_obj(["deleted"], deleted={"type": "string"})), params=[_path("name")],
-                          errors=("403", "404")),
+                          errors=("403", "404", "409")),
         },
         "/admin/api/tiers": {"get": _op("The tier table in effect, the database's overrides and the fallback",
                                         _json(_ref("Tiers")))},

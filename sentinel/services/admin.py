@@ -12,6 +12,10 @@ cannot be reached the revocation says so, RevocationIncomplete, and may be repea
 user's plan (or a plan's limits, or deleting a plan: its users get the default plan) drops the
 cached plans, in the shared store; other replicas' own one-second copies expire by themselves. Tier
 edits reach other replicas within TIER_CONFIG_TTL_SECONDS.
+
+With another governance (GOVERNANCE=zion: `builtin` False) the plans and the tier table are that
+source's: changing Sentinel's own plans or plan assignments is refused (`plans_editable`, 409
+`plans_managed_by_governance`), and so is editing the tier table (`tiers_not_editable`).
 """
 
 from __future__ import annotations

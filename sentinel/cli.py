@@ -199,16 +199,13 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from sentinel.errors import NotFound, RevocationIncomplete
-    from sentinel.governance.keys import KEY_PREFIX
+    from sentinel.governance.keys import PASTED_KEY, is_api_key
 
-    if args.key_id.strip().startswith(KEY_PREFIX):
+    if is_api_key(args.key_id):
         # The key itself, pasted for its id: never echoed (an error line ends up in scrollback, CI
-        # logs and tickets); it was "no such key: sk-sentinel-..." on stderr.
-        print(
-            f"sentinel: that is an API key, not a key id (key_...): `sentinel keys list` shows each key's id "
-            f"beside its first characters ({KEY_PREFIX}...); the key is not repeated here",
-            file=sys.stderr,
-        )
+        # logs and tickets); it was "no such key: sk-sentinel-..." on stderr. The admin API and the
+        # console refuse it alike (AdminService.revoke_key).
+        print(f"sentinel: {PASTED_KEY} (`sentinel keys list`)", file=sys.stderr)
         return 2
 
     async def go(admin: Any) -> int:

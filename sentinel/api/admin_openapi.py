@@ -184,7 +184,7 @@ def build_admin_openapi() -> dict[str, Any]:
                                        params=[_query("user", {"type": "string"})])},
         "/admin/api/keys/{key_id}/revoke": {"post": _op(
             "Revoke a key (its cached validation is dropped; a revoked key again: the drop is sent again)",
-            _json(_ref("Key")), params=[_path("key_id")], errors=("403", "404", "503"))},
+            _json(_ref("Key")), params=[_path("key_id")], errors=("400", "403", "404", "503"))},
         "/admin/api/plans": {"get": _op("Plans with their users' count", array("plans", "Plan"))},
         "/admin/api/plans/{name}": {
             "get": _op("A plan", _json(_ref("Plan")), params=[_path("name")], errors=("404",)),

@@ -33,11 +33,23 @@ KEY_RANDOM_CHARS = 40
 DISPLAY_PREFIX_CHARS = len(KEY_PREFIX) + 8
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 _MAX_TOKEN_CHARS = 256
+# Said where a key id (`key_...`) was expected and the key itself was given; the key is never repeated
+# (an error ends up in scrollback, CI logs, tickets and an admin client's logs).
+PASTED_KEY = (
+    f"that is an API key, not a key id (key_...): the key list shows each key's id beside its first "
+    f"characters ({KEY_PREFIX}...); the key is not repeated here"
+)
 
 
 def generate_key() -> str:
     """A new plaintext key: `sk-sentinel-` followed by 40 URL-safe random characters (240 bits)."""
     return KEY_PREFIX + secrets.token_urlsafe(KEY_RANDOM_CHARS * 3 // 4)
+
+
+def is_api_key(value: str) -> bool:
+    """Whether `value`, given where a key id goes, is an API key itself (pasted for its id): the CLI,
+    the admin API and the console refuse it without quoting it back (`PASTED_KEY`)."""
+    return value.strip().startswith(KEY_PREFIX)
 
 
 def hash_key(token: str) -> str:

@@ -37,7 +37,7 @@ from sentinel.domain.tiers import TIERS, TierModelEntry, TierTable
 from sentinel.errors import Conflict, InvalidRequest, NotFound, RevocationIncomplete, StoreUnavailable
 from sentinel.governance.audit import AuditEntry, AuditLog
 from sentinel.governance.auth import Authenticator
-from sentinel.governance.keys import ApiKeyInfo, KeyService
+from sentinel.governance.keys import PASTED_KEY, ApiKeyInfo, KeyService, is_api_key
 from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.plan_source import CachedPlans
 from sentinel.governance.plans import PlanExists, PlanRepository
@@ -294,7 +294,10 @@ class AdminService:
         """Revoke a key and replace its cached identity with a tombstone; NotFound when unknown.
         Revoking a revoked key again sends the tombstone again (no new audit entry): the retry after
         RevocationIncomplete, raised when the store cannot take it — the key is revoked in the
-        database (and audited) but its cached identity may serve it until its TTL."""
+        database (and audited) but its cached identity may serve it until its TTL. The key itself
+        given for its id is refused (400) without quoting it: a 404 said `No key 'sk-sentinel-...'`."""
+        if is_api_key(key_id):
+            raise refuse({"key_id": PASTED_KEY}, "An API key was given where its key id goes")
         info = await self.keys.get_key(key_id)
         revocation = await self.keys.revoke_with_hash(key_id)
         if info is None or revocation is None:

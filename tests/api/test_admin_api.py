@@ -567,3 +567,28 @@ def test_a_revocation_the_store_did_not_hear_about_is_a_503_and_revoking_again_c
         assert user.post("/v1/chat/completions", json=CHAT).status_code == 401
         audit = [(e["action"], e["target"]) for e in client.get("/admin/api/audit").json()["entries"]]
         assert audit == [("key.revoke", gw.key_id)]
+
+
+def test_a_key_given_for_its_id_is_refused_without_quoting_it(gw: Gateway) -> None:
+    """An operator who pastes the API key itself where its id goes got a 404 `No key 'sk-sentinel-...'`:
+    the secret, in the answer (and an admin client's logs). It is a 400 in the admin API's error shape
+    that does not repeat it, the console's form alike; nothing is revoked and the key still works."""
+    with admin(gw) as client:
+        created = client.post("/admin/api/users/pasted/keys", json={"name": "laptop"})
+        key = created.json()["key"]
+        for path in (f"/admin/api/keys/{key}/revoke", f"/admin/api/keys/%20{key}/revoke"):
+            refused = client.post(path)
+            assert refused.status_code == 400, (refused.status_code, refused.text)
+            error = refused.json()["error"]
+            assert error["code"] == "validation_failed" and "not a key id" in error["details"]["fields"]["key_id"]
+            assert key[len("sk-sentinel-"):] not in refused.text
+        assert [k["active"] for k in client.get("/admin/api/keys", params={"user": "pasted"}).json()["keys"]] == [True]
+        assert client.get("/admin/api/audit").json()["entries"][0]["action"] == "key.create"
+    console, token = signed_in(gw)
+    try:
+        refused = console.post(f"/admin/keys/{key}/revoke", data={"csrf": token})
+        assert refused.status_code == 400 and key[len("sk-sentinel-"):] not in refused.text
+    finally:
+        console.close()
+    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as user:
+        assert user.post("/v1/chat/completions", json=CHAT).status_code == 200

@@ -16,19 +16,25 @@ will — is one failure (30 s), not a run of them (300 s). Client
 errors (4xx other than 429) are never a provider failure. State lives under
 `sentinel:health:{providers}:<provider>:<model>`, so all replicas agree (the `{providers}` hash tag
 puts every pair in one Redis Cluster slot, so one MGET script reads them all); the store being down
-means "assume healthy" (never refuse traffic because the health table is unreachable).
+means "assume healthy" (never refuse traffic because the health table is unreachable). So does an
+entry that cannot be read (not the JSON object the scripts write — set by hand, or by an older
+version): the pair counts as healthy, and its next failure overwrites it as a first failure; it
+made every request of its tier a 500 (`_state` and the scripts' `read`, which must agree).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from sentinel.errors import StoreUnavailable
+from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.store import LocalOps, Script, Store
 
@@ -47,14 +53,25 @@ def _mget_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[bytes |
 MGET = Script(name="health_mget", lua=_MGET_LUA, local=_mget_local)
 
 # ARGV: now, INITIAL_BACKOFF, MAX_BACKOFF, the wait the provider asked for (at most MAX_BACKOFF; "" for none).
+# `read`: the stored state, or nil for none or one that cannot be read (`_state` is its twin).
 _FAIL_LUA = """
+local function finite(v)
+  return type(v) == 'number' and v == v and v > -math.huge and v < math.huge
+end
+local function read(raw)
+  if not raw then return nil end
+  local ok, state = pcall(cjson.decode, raw)
+  if not ok or type(state) ~= 'table' then return nil end
+  local n, untl, backoff = state['failures'], state['until_ts'], state['backoff']
+  if not (finite(n) and finite(untl) and finite(backoff)) or n < 0 or n ~= math.floor(n) then return nil end
+  return {failures = n, until_ts = untl, backoff = backoff}
+end
 local now = tonumber(ARGV[1])
 local asked = tonumber(ARGV[4])
-local raw = redis.call('GET', KEYS[1])
+local state = read(redis.call('GET', KEYS[1]))
 local n = 0
-if raw then
-  local state = cjson.decode(raw)
-  local untl = tonumber(state['until_ts'])
+if state then
+  local untl = state['until_ts']
   if now < untl then
     if asked and now + asked > untl then
       state['until_ts'] = now + asked
@@ -77,11 +94,32 @@ return tostring(backoff)
 """
 
 
+def _state(raw: bytes | None) -> dict[str, Any] | None:
+    """A stored entry as the scripts write it (`failures`, `until_ts`, `backoff`), or None for none
+    or one that cannot be read (not JSON, not an object, a field missing, not a finite number, a
+    failure count not a whole number >= 0): healthy. The Lua script's `read` is its twin."""
+    if raw is None:
+        return None
+    try:
+        data = orjson.loads(raw)
+        if not isinstance(data, dict):
+            return None
+        fields = [data.get(name) for name in ("failures", "until_ts", "backoff")]
+        numbers = [float(v) for v in fields if isinstance(v, int | float) and not isinstance(v, bool)]
+    except (orjson.JSONDecodeError, OverflowError):
+        return None
+    if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
+        return None
+    failures, until_ts, backoff = numbers
+    if failures < 0 or not failures.is_integer():
+        return None
+    return {"failures": int(failures), "until_ts": until_ts, "backoff": backoff}
+
+
 def _fail_local(ops: LocalOps, keys: list[str], args: list[str]) -> str:
     now = float(args[0])
     asked = float(args[3]) if args[3] else None
-    raw = ops.get(keys[0])
-    state = orjson.loads(raw) if raw else None
+    state = _state(ops.get(keys[0]))
     if state is not None and now < state["until_ts"]:  # in backoff: lengthened only to what was asked
         if asked is not None and now + asked > state["until_ts"]:
             state = {**state, "until_ts": now + asked, "backoff": asked}
@@ -119,6 +157,7 @@ class ProviderHealth:
         self.store = store
         self.metrics = metrics
         self.clock = clock
+        self._unreadable = Repeated(log)
 
     @staticmethod
     def key(provider: str, model: str) -> str:
@@ -134,13 +173,15 @@ class ProviderHealth:
             return {pair: None for pair in pairs}
         out: dict[tuple[str, str], HealthState | None] = {}
         for (provider, model), raw in zip(pairs, raws, strict=True):
-            if raw is None:
+            data = _state(raw)
+            if data is None:  # none, or one that cannot be read: healthy (see the module docstring)
+                if raw is not None:
+                    self._unreadable.warning("ignoring an unreadable provider health entry; it counts as healthy",
+                                             extra={"provider": provider, "model": model},
+                                             key=self.key(provider, model))
                 out[(provider, model)] = None
                 continue
-            data = orjson.loads(raw)
-            out[(provider, model)] = HealthState(
-                provider, model, int(data["failures"]), float(data["backoff"]), float(data["until_ts"])
-            )
+            out[(provider, model)] = HealthState(provider, model, data["failures"], data["backoff"], data["until_ts"])
         return out
 
     async def available(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]:

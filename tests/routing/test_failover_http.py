@@ -419,3 +419,23 @@ def test_a_key_refusal_of_a_request_with_a_clients_beta_switch_is_no_provider_fa
     assert plain.status_code == 502 and plain.json()["error"]["code"] == "provider_auth_error", plain.text
     state = gw.read_stored(ProviderHealth.key(*OA_MINI))
     assert state is not None and json.loads(state)["failures"] == 1
+
+
+def test_an_unreadable_health_entry_is_a_healthy_model_not_a_500(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A health entry that is not the JSON the health scripts write (set by hand, or by an older
+    version) made every request of its tier a 500. It counts as healthy (as with the store down),
+    and a failure over it is recorded as a first failure."""
+    tiers = {"simple": [entry(DEAD), entry(OA_MINI)]}
+    gw = start(gateway_factory, tmp_path, backend_url, tiers, {"dead": dead_url()})
+    choose_dead_first(gw, monkeypatch)
+    for pair in (DEAD, OA_MINI):
+        gw.write_stored(ProviderHealth.key(*pair), b"not json {", 3600)
+    with gw.client() as http:
+        assert served(chat(http, "hi"))[1:] == OA_MINI  # DEAD drawn first (healthy), failed, retried
+    state = gw.read_stored(ProviderHealth.key(*DEAD))
+    assert state is not None and json.loads(state)["failures"] == 1 and json.loads(state)["backoff"] == 30
+    with gw.client() as http:  # DEAD in backoff now; OA_MINI's entry still unreadable, still healthy
+        assert served(chat(http, "again"))[1:] == OA_MINI

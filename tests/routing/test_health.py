@@ -180,3 +180,47 @@ async def test_a_retry_after_during_a_backoff_lengthens_it_only_to_what_it_asks(
     assert state is not None and (state.failures, state.remaining(clock())) == (1, 300)
     clock.advance(300)
     assert await health.record_failure(*PAIR) == 60  # ran out: the next failure is the second
+
+
+UNREADABLE = [
+    b"not json", b"", b"{", b"null", b"[]", b"42", b'"until_ts"', b"{}",
+    b'{"failures": 2, "until_ts": 1000}',  # a field missing
+    b'{"failures": "2", "until_ts": 1000, "backoff": 60}',  # not a number
+    b'{"failures": 2, "until_ts": null, "backoff": 60}',
+    b'{"failures": true, "until_ts": 1000, "backoff": 60}',
+    b'{"failures": -1, "until_ts": 1000, "backoff": 60}',
+    b'{"failures": 1.5, "until_ts": 1000, "backoff": 60}',
+    b'{"failures": 2, "until_ts": 1e999, "backoff": 60}',  # infinite
+    b'{"failures": 2, "until_ts": {"a": 1}, "backoff": 60}',
+]
+
+
+@pytest.mark.parametrize("raw", UNREADABLE, ids=range(len(UNREADABLE)))
+async def test_an_unreadable_entry_counts_as_healthy_and_its_next_failure_is_a_first(store: Store, raw: bytes) -> None:
+    """A health entry that is not the JSON object the scripts write (set by hand, or by an older
+    version) made reading it, and recording a failure over it, raise: every request of its tier was
+    a 500. It counts as healthy, as when the store is down, and the next failure replaces it."""
+    clock = FakeClock(1000.0)
+    health = ProviderHealth(store, Metrics(), clock=clock)
+    await store.set(ProviderHealth.key(*PAIR), raw, 3600)
+    assert (await health.states([PAIR, OTHER])) == {PAIR: None, OTHER: None}
+    assert await available(health, PAIR)
+    assert await health.record_failure(*PAIR) == 30  # a first failure
+    state = (await health.states([PAIR]))[PAIR]
+    assert state is not None and (state.failures, state.backoff, state.until) == (1, 30, 1030)
+    await store.set(ProviderHealth.key(*PAIR), raw, 3600)
+    assert await health.record_failure(*PAIR, retry_after=120) == 120  # with a Retry-After too
+    state = (await health.states([PAIR]))[PAIR]
+    assert state is not None and (state.failures, state.backoff, state.until) == (1, 120, 1120)
+
+
+async def test_a_whole_number_written_as_a_float_is_still_read(store: Store) -> None:
+    """What the Lua script's cjson writes (`1e+20`, `2.0`) is a readable entry, not junk."""
+    clock = FakeClock(1000.0)
+    health = ProviderHealth(store, Metrics(), clock=clock)
+    await store.set(ProviderHealth.key(*PAIR), b'{"failures": 2.0, "until_ts": 1060.5, "backoff": 6e1}', 3600)
+    state = (await health.states([PAIR]))[PAIR]
+    assert state is not None and (state.failures, state.backoff, state.until) == (2, 60, 1060.5)
+    assert await health.record_failure(*PAIR) == 60  # in backoff: left as it is
+    clock.advance(61)
+    assert await health.record_failure(*PAIR) == 120  # the third in a row

@@ -67,6 +67,9 @@ def start(
     tiers: dict[str, list[dict[str, Any]]] = THREE, providers: dict[str, str] | None = None, **settings: Any,
 ) -> Gateway:
     config = write_config(tmp_path / f"sentinel-{next(_configs)}.yaml", tiers, providers)
+    # These tests are about routing, not Redis's speed: a wait past the default 0.25 s (a loaded CI
+    # machine stalling the gateway's thread) was a 503 quota_unavailable in the middle of a conversation.
+    settings.setdefault("redis_timeout_seconds", 2.0)
     return factory(providers_file=config, redis_url=redis_url, default_plan="requests=100000/60s", **settings)
 
 

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import math
 import os
-import re
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
@@ -401,10 +400,6 @@ def cmd_tiers_reset(args: argparse.Namespace) -> int:
     return _run(_with_admin(_settings(), go))
 
 
-_PASTED_KEY = re.compile(r"sk-sentinel-[^\s',]+")
-KEY_SHOWN = "sk-sentinel-..."
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, saying a mistyped command line in one line, as every other refusal is said (its usage
     block came first, several lines); `--help` still shows the usage. Subcommands' parsers are
@@ -412,7 +407,9 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         # argparse quotes what it did not expect: a key pasted as one more argument is not repeated.
-        message = _PASTED_KEY.sub(KEY_SHOWN, message)
+        from sentinel.observability.redaction import SENTINEL_KEYS_ONLY
+
+        message = SENTINEL_KEYS_ONLY(message)
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 

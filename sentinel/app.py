@@ -39,7 +39,6 @@ from sentinel.config import ConfigError, Settings, reveal
 from sentinel.db.engine import DatabaseUnreachable, SchemaTooNew
 from sentinel.observability.logging import AccessLog, access_log_wanted
 from sentinel.observability.metrics import Metrics
-from sentinel.observability.redaction import Redactor
 from sentinel.observability.tracing import OtelTracing, Tracing
 from sentinel.wiring import Runtime, build_runtime
 
@@ -92,7 +91,7 @@ class SentinelApp:
             routes += AdminApiRoutes(deps, runtime.admin, gate, build_admin_openapi()).routes()
             routes += ConsoleRoutes(runtime.admin, gate, runtime.store, body_timeout=s.body_timeout_seconds).routes()
         app: ASGIApp = Dispatcher(routes, not_found=endpoint_not_found)
-        redact = Redactor(runtime.secrets)  # keys a client puts in a path are never logged
+        redact = runtime.redact  # keys a client puts in a path are never logged
         if isinstance(runtime.tracing, OtelTracing):
             app = TracingMiddleware(app, runtime.tracing, redact)
         app = RequestMiddleware(

@@ -53,7 +53,8 @@ from sentinel.governance.zion import ZionClient, ZionIdentitySource
 from sentinel.governance.zion_sources import ZionPlans, ZionSink, ZionTiers
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.outcomes import RequestOutcomes
-from sentinel.observability.tracing import NOOP_TRACING, Tracing, build_tracing
+from sentinel.observability.redaction import SENTINEL_KEYS_ONLY, Redactor
+from sentinel.observability.tracing import NOOP_TRACING, OtelTracing, Tracing, build_tracing
 from sentinel.providers.anthropic import AnthropicUpstream
 from sentinel.providers.catalog import DEFAULT_MODELS, WELL_KNOWN_MODELS, Catalog, ProviderSpec
 from sentinel.providers.chat import ChatProvider, make_provider
@@ -228,7 +229,9 @@ class Runtime:
     admin: AdminService | None = None
     tracing: Tracing = NOOP_TRACING
     outcomes: RequestOutcomes | None = None
-    secrets: tuple[str, ...] = ()  # every configured secret (`configured_secrets`): never logged
+    # Takes every configured secret (`configured_secrets`) and Sentinel API keys out of what is
+    # logged or traced: the access log's paths, the request span's, a failed span's message.
+    redact: Redactor = SENTINEL_KEYS_ONLY
 
 
 def configured_secrets(s: Settings, catalog: Catalog) -> tuple[str, ...]:
@@ -408,6 +411,9 @@ async def build_runtime(
     stats_writer.start()
     if rollups is not None:
         rollups.start()
+    redact = Redactor(configured_secrets(s, catalog))
+    if isinstance(tracing, OtelTracing):
+        tracing.redact = redact
     return Runtime(
         settings=s,
         store=store,
@@ -435,5 +441,5 @@ async def build_runtime(
         admin=admin,
         tracing=tracing,
         outcomes=outcomes,
-        secrets=configured_secrets(s, catalog),
+        redact=redact,
     )

@@ -25,8 +25,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import traceback
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
+
+from sentinel.observability.redaction import SENTINEL_KEYS_ONLY, Redactor
 
 if TYPE_CHECKING:
     import aiohttp
@@ -115,11 +118,14 @@ class OtelTracing(Tracing):
 
     enabled = True
 
-    def __init__(self, provider: TracerProvider) -> None:
+    def __init__(self, provider: TracerProvider, redact: Redactor = SENTINEL_KEYS_ONLY) -> None:
         from opentelemetry import context, trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self.provider = provider
+        # What a failure's message and traceback say leaves without secrets, as log lines do
+        # (`build_runtime` hands over the one built from the configured secrets).
+        self.redact = redact
         self.tracer = provider.get_tracer("sentinel")
         self._trace = trace
         self._context = context
@@ -146,8 +152,15 @@ class OtelTracing(Tracing):
         from opentelemetry.trace import Status, StatusCode
 
         span.set_attribute(ERROR_TYPE, error_type(exc))
-        span.set_status(Status(StatusCode.ERROR, str(getattr(exc, "message", "")) or type(exc).__name__))
-        span.record_exception(exc)
+        described = str(getattr(exc, "message", "")) or type(exc).__name__
+        span.set_status(Status(StatusCode.ERROR, self.redact.clipped(described)))
+        # `record_exception`'s event, its message and traceback redacted (an exception quoting a
+        # key, a path or a statement must not carry it to the collector).
+        span.add_event("exception", {
+            "exception.type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "exception.message": self.redact.clipped(str(exc)),
+            "exception.stacktrace": self.redact("".join(traceback.format_exception(exc))),
+        })
 
     def start_request(self, name: str, headers: Mapping[str, str], attributes: Mapping[str, Any]) -> tuple[OtelSpan, object]:
         """Open a request (SERVER) span, child of the client's `traceparent` if any, and make it

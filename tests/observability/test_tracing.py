@@ -41,8 +41,9 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say he
 class Traced:
     """A running Sentinel whose spans land in `exporter`."""
 
-    def __init__(self, url: str, key: str, exporter: InMemorySpanExporter, server: ServerThread) -> None:
-        self.url, self.key, self.exporter, self.server = url, key, exporter, server
+    def __init__(self, url: str, key: str, exporter: InMemorySpanExporter, server: ServerThread,
+                 tracing: OtelTracing) -> None:
+        self.url, self.key, self.exporter, self.server, self.tracing = url, key, exporter, server, tracing
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30)
@@ -78,10 +79,10 @@ def traced(tmp_path: Path, mock_upstream: str) -> Iterator[Traced]:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     settings = _settings(tmp_path, mock_upstream)
     _, key = asyncio.run(create_key(settings.database_url, "alice"))
-    server = ServerThread(create_app(settings, tracing=OtelTracing(provider)),
-                          **uvicorn_protocol_options(settings)).start()
+    tracing = OtelTracing(provider)
+    server = ServerThread(create_app(settings, tracing=tracing), **uvicorn_protocol_options(settings)).start()
     try:
-        yield Traced(server.url, key, exporter, server)
+        yield Traced(server.url, key, exporter, server, tracing)
     finally:
         server.stop()
 
@@ -186,6 +187,27 @@ def test_a_key_in_the_path_is_not_in_the_request_span(traced: Traced) -> None:
 
     assert wait_for(lambda: bool(found()))
     assert (found()[0].attributes or {})["url.path"] == "/v1/files/sk-sentinel-***/***"
+
+
+def test_a_failed_spans_message_and_traceback_carry_no_secret(traced: Traced) -> None:
+    """A span that fails records its exception's message and traceback (a 5xx's request span, an
+    upstream call's): they went to the collector as the exception said them, a provider key or a
+    client's key quoted in it included. The started gateway's tracer hides what the logs hide."""
+    client_key = "sk-sentinel-" + "k" * 43
+
+    def fail() -> None:
+        raise RuntimeError(f"upstream refused {UPSTREAM_KEY} for {client_key}")
+
+    with pytest.raises(RuntimeError), traced.tracing.span("sentinel.test.failure"):
+        fail()
+    [span] = [s for s in traced.exporter.get_finished_spans() if s.name == "sentinel.test.failure"]
+    assert span.status.status_code is StatusCode.ERROR
+    [event] = span.events
+    exported = [span.status.description or "", *(str(v) for v in (event.attributes or {}).values())]
+    assert event.name == "exception" and "RuntimeError" in exported[1]
+    assert "upstream refused *** for sk-sentinel-***" in exported[2]  # the message, its secrets out
+    assert "raise RuntimeError" in exported[3]  # the traceback, kept
+    assert not any(UPSTREAM_KEY in text or client_key in text for text in exported)
 
 
 def test_refused_credentials_end_in_the_auth_span(traced: Traced) -> None:

@@ -292,7 +292,7 @@ class FunctionSpec(StrictModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, name: str) -> str:
-        if not _TOOL_NAME.match(name):
+        if not _TOOL_NAME.fullmatch(name):  # (`match`: `$` passed a final newline, `"lookup\n"`)
             raise PydanticCustomError(
                 "tool_definition",
                 f"Invalid tool definition: Invalid tool name '{name}': must match {TOOL_NAME_PATTERN}",

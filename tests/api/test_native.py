@@ -11,7 +11,9 @@ import httpx
 import pytest
 import yaml
 
+from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
+from tests.support.attack import recorded_ids, spying
 from tests.support.payloads import WEATHER_TOOL
 
 URL = "/native/v1/chat/completions"
@@ -149,6 +151,23 @@ def test_validation_errors_name_the_field(gateway: Gateway) -> None:
     assert "model" in model.json()["error"]["message"]
     assert "messages.1.role" in role.json()["error"]["message"]
     assert "tier" in tier.json()["error"]["message"]
+
+
+def test_a_tool_name_with_a_final_newline_is_refused_before_anything_is_sent(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """Tool names must match `^[a-zA-Z0-9_-]{1,64}$`, checked with `re.match`: its `$` matches before a
+    final newline, so `"get_weather\n"` passed, went upstream, and came back a provider's 400 charged
+    as a call the provider refused (on the native API and every translated `/v1` request)."""
+    with spying(create_mock_app()) as (_, spy):
+        gw = gateway_factory(openai_api_url=spy.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
+        tool = {**WEATHER_TOOL, "function": {**WEATHER_TOOL["function"], "name": "get_weather\n"}}
+        with gw.client() as http:
+            r = http.post(URL, json={"messages": [{"role": "user", "content": "x"}], "tools": [tool]})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert (error["code"], error["details"]["param"]) == ("invalid_request", "tools.0.function.name"), error
+        assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()
 
 
 def test_native_requires_auth(gateway: Gateway) -> None:

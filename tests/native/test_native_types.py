@@ -328,6 +328,7 @@ def test_tool_parameters_default_to_an_empty_object() -> None:
         ([tool(name="a b")], "tools.0.function.name", "Invalid tool definition: Invalid tool name 'a b'"),
         ([tool(name="x" * 65)], "tools.0.function.name", "Invalid tool name"),
         ([tool(name="")], "tools.0.function.name", "Invalid tool name"),
+        ([tool(name="get_weather\n")], "tools.0.function.name", "Invalid tool name"),  # (`$` passes a final newline)
         ([tool(description="  ")], "tools.0.function", "Tool 'get_weather' has empty description"),
         ([tool(parameters={"type": "array"})], "tools.0.function", "Tool 'get_weather' has invalid schema"),
         ([tool(parameters={"properties": {}})], "tools.0.function", "has invalid schema"),

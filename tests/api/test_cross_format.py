@@ -340,6 +340,7 @@ def test_an_anthropic_clients_refusal_names_the_field_it_wrote(gateway: Gateway)
          "tool_choice.name"),
         ({"tools": [{"name": "lookup", "input_schema": {"type": "object"}}, {"name": "bad name", "input_schema": {"type": "object"}}]},
          "tools.1.name"),
+        ({"tools": [{"name": "lookup\n", "input_schema": {"type": "object"}}]}, "tools.0.name"),  # (`$` passed it)
         ({"stop_sequences": ["ok", ""]}, "stop_sequences.1"),
     ]
     with gateway.client() as http:

@@ -34,6 +34,8 @@ _CONTEXT = "sentinel:context:"
 # a later read of it (a batch or a run polled until done, a stored response fetched) charges nothing.
 _CHARGED = "sentinel:charged:"
 _MAX_ID = 200
+# Ids `require` looks up together: each lookup under way holds one of the store's connections.
+LOOKUPS_AT_ONCE = 16
 
 
 def _keyable(object_id: str) -> bool:
@@ -95,22 +97,24 @@ class Ownership:
 
     async def require(self, object_ids: Iterable[str], owner: str) -> None:
         """NotFound (404) unless every id belongs to `owner` — the same answer whether the object is
-        someone else's or does not exist at all. Each distinct id is looked up once, all at once: a
-        body may name up to `MAX_REFERENCES` ids (the same one, too), and one lookup after another
-        cost as many store round trips (on Redis, issued together, they share one: auto-pipelining)."""
+        someone else's or does not exist at all. Each distinct id is looked up once, LOOKUPS_AT_ONCE
+        at a time: a body may name up to `MAX_REFERENCES` ids (the same one, too), and one lookup
+        after another cost as many store round trips — but each lookup under way holds a connection
+        of the store's pool (a GET is not auto-pipelined), so all 1,000 at once took the whole pool
+        (512 on Redis): that request was a 503 and every other request's store command failed meanwhile."""
         distinct = list(dict.fromkeys(object_ids))
-        if not distinct:  # (most requests name none: no gather, no future)
-            return
-        owners = await asyncio.gather(*(self.owner_of(object_id) for object_id in distinct), return_exceptions=True)
-        failed = [found for found in owners if isinstance(found, BaseException)]
-        if failed:
-            # The store's error (StoreUnavailable), once every lookup ended; not kept in a local of
-            # this frame, which its traceback holds (a cycle that kept the request's frames alive).
-            owners.clear()
-            raise failed.pop(0)
-        for object_id, found in zip(distinct, owners, strict=True):
-            if found != owner:
-                raise NotFound(f"No such object: '{object_id[:_MAX_ID]}'", code="object_not_found")
+        for start in range(0, len(distinct), LOOKUPS_AT_ONCE):  # (most requests name none: no gather)
+            some = distinct[start : start + LOOKUPS_AT_ONCE]
+            owners = await asyncio.gather(*(self.owner_of(object_id) for object_id in some), return_exceptions=True)
+            failed = [found for found in owners if isinstance(found, BaseException)]
+            if failed:
+                # The store's error (StoreUnavailable), once every lookup ended; not kept in a local of
+                # this frame, which its traceback holds (a cycle that kept the request's frames alive).
+                owners.clear()
+                raise failed.pop(0)
+            for object_id, found in zip(some, owners, strict=True):
+                if found != owner:
+                    raise NotFound(f"No such object: '{object_id[:_MAX_ID]}'", code="object_not_found")
 
     async def forget(self, object_id: str) -> None:
         """Drop the record of a deleted object."""

@@ -591,3 +591,20 @@ def test_a_body_naming_its_own_file_a_thousand_times_looks_it_up_once(
         stats.close()
     assert answer.status_code == 200, answer.text
     assert gets < 20, gets  # (the owner's lookup, and the request's own: its key, its plan, ...)
+
+
+def test_a_body_naming_many_distinct_ids_is_answered_not_a_busy_store(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """Looked up all at once, each id took a Redis connection of its own (a GET is not auto-pipelined):
+    600 distinct ids named in one body exhausted the process's pool of 512 — that request was a 503
+    `Redis is busy` instead of its 404, and every other request's store command failed meanwhile.
+    The lookups go a few at a time: the answer is the one a missing object gets."""
+    gw = start(gateway_factory, spy, redis_url)
+    parts = [{"type": "file", "file": {"file_id": f"file-nobody{i:04d}"}} for i in range(600)]
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": parts}]}
+    with gw.client() as http:
+        answer = http.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["error"]["code"] == "object_not_found"
+    assert spy.seen == []

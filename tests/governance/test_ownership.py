@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from sentinel.errors import NotFound, StoreUnavailable
-from sentinel.governance.ownership import Ownership
+from sentinel.governance.ownership import LOOKUPS_AT_ONCE, Ownership
 from sentinel.store import Store
 
 DAY = 86400.0
@@ -114,3 +114,28 @@ async def test_a_store_failure_in_a_lookup_is_the_store_error(store: Store, monk
     monkeypatch.setattr(store, "get", failing)
     with pytest.raises(StoreUnavailable):
         await owners.require(["file-1", "file-2"], "alice")
+
+
+async def test_lookups_under_way_at_once_are_bounded(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each lookup under way holds one of the store's connections: 1,000 distinct ids at once took a
+    Redis pool's 512 (a 503 for that request, and for everyone else's store commands meanwhile)."""
+    owners = Ownership(store)
+    ids = [f"file-{i}" for i in range(100)]
+    for object_id in ids:
+        await owners.claim(object_id, "alice", None)
+    running = peak = 0
+    get = store.get
+
+    async def counting(key: str) -> bytes | None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await asyncio.sleep(0)
+            return await get(key)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(store, "get", counting)
+    await owners.require(ids, "alice")
+    assert 1 < peak <= LOOKUPS_AT_ONCE

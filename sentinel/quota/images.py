@@ -225,10 +225,17 @@ def _dearest(rules: frozenset[ImageRule]) -> DearestRule:
 DATA_URL_HEAD_CHARS = 256  # `data:<media type>[;parameters];base64,`: a media type is short
 
 
+def is_data_url(url: str) -> bool:
+    """Whether `url` is a `data:` URL: its scheme in any case (`Data:`, `DATA:`), as URL schemes are
+    read — and as the request checks and translations read it (a PDF as `Data:application/pdf;...`
+    was estimated at nothing)."""
+    return url[:5].lower() == "data:"
+
+
 def data_url_start(url: str) -> int | None:
     """Where the base64 data of a `data:...;base64,<data>` URL starts, or None for any other string
     (read from its first characters only: the URL may be megabytes long)."""
-    if not url.startswith("data:"):
+    if not is_data_url(url):
         return None
     comma = url.find(",", 0, DATA_URL_HEAD_CHARS)
     if comma < 0 or not url[:comma].lower().endswith(";base64"):

@@ -41,6 +41,7 @@ from sentinel.quota.images import (
     ImageRule,
     base64_head,
     data_url_start,
+    is_data_url,
     openai_image_tokens,
     url_image_tokens,
 )
@@ -99,7 +100,7 @@ def file_tokens(file_data: Any, rule: ImageRule = TILES) -> int:
         return 0
     start = data_url_start(file_data)
     if start is None:
-        if file_data.startswith("data:"):  # a data URL that is not base64: no file a provider reads
+        if is_data_url(file_data):  # a data URL that is not base64: no file a provider reads
             return 0
         start = 0
     if b"%PDF-" not in base64_head(file_data, start)[:PDF_MAGIC_WITHIN]:

@@ -56,7 +56,8 @@ def test_no_image_costs_more_than_the_rules_maximum() -> None:
     (data_url(png(1024, 1024)), "high", 765),
     (data_url(whole_png(2048, 4096)), None, 1105),  # a whole file: only its header is read
     (data_url(jpeg(1024, 768), "image/jpeg"), "auto", 765),
-    ("DATA:image/png;BASE64," + base64.b64encode(png(512, 512)).decode(), None, OPENAI_MAX_IMAGE_TOKENS),  # not `data:`
+    ("DATA:image/png;BASE64," + base64.b64encode(png(512, 512)).decode(), None, 255),  # a scheme's case is no matter
+    ("data:image/png;base64:" + base64.b64encode(png(512, 512)).decode(), None, OPENAI_MAX_IMAGE_TOKENS),  # no comma
     ("https://example.com/cat.png", "high", OPENAI_MAX_IMAGE_TOKENS),  # a URL cannot be read: the maximum
     ("https://example.com/cat.png", "low", 85),
     ("data:image/png;base64,AAAAAAAA", None, OPENAI_MAX_IMAGE_TOKENS),  # no format Sentinel reads
@@ -173,6 +174,10 @@ def test_a_file_that_does_not_decode_is_one_page_if_it_starts_as_a_pdf() -> None
     big = base64.b64encode(pdf(1500)).decode()
     assert len(big) > 100_000 and file_tokens(big[:-100] + "é" + big[-100:]) == 765  # past the header: one page
     assert file_tokens("data:application/pdf,%PDF-1.7") == 0  # a data URL that is not base64
+    assert file_tokens("DATA:application/pdf,%PDF-1.7") == 0
+    # The scheme in any case is a data URL (requests are checked and translated so): its PDF counts.
+    for scheme in ("Data", "DATA"):
+        assert file_tokens(scheme + data_url(pdf(2), "application/pdf")[4:]) == 2 * 765, scheme
     assert file_tokens(None) == 0
 
 

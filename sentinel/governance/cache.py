@@ -18,6 +18,7 @@ bring it back. The refusal expires or is `forget`-ten.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,13 +36,26 @@ log = logging.getLogger("sentinel.cache")
 
 # Set KEYS[1] to ARGV[1] for ARGV[2] ms unless it holds a refusal (an entry whose value is null) —
 # but a change's hold (`held_at`) when the lookup began after it: ARGV[3], that lookup's start less
-# HOLD_MARGIN ("" for none), later than `held_at`.
-_REFUSED = b'{"v":null'
+# HOLD_MARGIN ("" for none), later than `held_at`. `read`: the stored entry, or nil for none or one
+# that cannot be read (decoded under pcall): that is a miss to readers, and this value replaces it
+# (it made every put fail: a 500 on the in-process store, nothing cached again on Redis until it
+# expired). `_entry` is its twin, and the readers' (`GovernanceCache._decode`).
 _PUT_VALUE_LUA = """
-local current = redis.call('GET', KEYS[1])
-if current and string.sub(current, 1, 9) == '{"v":null' then
+local function finite(v)
+  return type(v) == 'number' and v == v and v > -math.huge and v < math.huge
+end
+local function read(raw)
+  if not raw then return nil end
+  local ok, entry = pcall(cjson.decode, raw)
+  if not ok or type(entry) ~= 'table' or entry['v'] == nil or not finite(entry['fresh_until']) then return nil end
+  local held = entry['held_at']
+  if type(held) == 'number' and not finite(held) then return nil end
+  return entry
+end
+local current = read(redis.call('GET', KEYS[1]))
+if current and current['v'] == cjson.null then
   if ARGV[3] == '' then return 0 end
-  local held = cjson.decode(current)['held_at']
+  local held = current['held_at']
   if type(held) ~= 'number' or tonumber(ARGV[3]) <= held then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -52,12 +66,33 @@ return 1
 HOLD_MARGIN = 2.0
 
 
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _entry(raw: bytes) -> dict[str, Any]:
+    """A stored entry as `put` and `hold` write it: a JSON object with `v` (null for a refusal) and a
+    finite number `fresh_until`, and a hold's `held_at`; ValueError for anything else (another
+    version's format, corruption, set by hand), which readers count as a miss and `put` replaces.
+    The Lua script's `read` is its twin: both must call the same entries unreadable."""
+    data = orjson.loads(raw)  # orjson.JSONDecodeError is a ValueError
+    if not isinstance(data, dict) or "v" not in data or not _finite(data.get("fresh_until")):
+        raise ValueError("not a cache entry: an object with `v` and a number `fresh_until`")
+    return data
+
+
 def _put_value_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
-    current = ops.get(keys[0])
-    if current is not None and current.startswith(_REFUSED):
-        held = orjson.loads(current).get("held_at") if args[2] else None
-        if not isinstance(held, int | float) or float(args[2]) <= held:
+    raw = ops.get(keys[0])
+    try:
+        current = None if raw is None else _entry(raw)
+    except ValueError:
+        current = None  # unreadable: replaced, as a miss
+    if current is not None and current["v"] is None:
+        if not args[2]:
             return 0
+        held = current.get("held_at")
+        if not isinstance(held, int | float) or isinstance(held, bool) or float(args[2]) <= held:
+            return 0  # a hold with a time (finite: orjson reads none other) lets in a later lookup's value
     ops.set(keys[0], args[0].encode(), int(args[1]) / 1000)
     return 1
 
@@ -161,9 +196,7 @@ class GovernanceCache(Generic[T]):
     def _decode(self, raw: bytes) -> tuple[T | None, float]:
         hit = self._decoded.get(raw)
         if hit is None:
-            data = orjson.loads(raw)
-            if not isinstance(data, dict):
-                raise ValueError("cache entry is not an object")
+            data = _entry(raw)
             encoded = data["v"]
             hit = (None if encoded is None else self.decode(encoded), float(data["fresh_until"]))
             if len(self._decoded) >= _MAX_LOCAL:

@@ -51,3 +51,20 @@ def test_cache_keyed_by_hash_never_the_token(gateway_factory: Callable[..., Gate
         value = client.get(key) if kind == b"string" else str(client.xrange(key)).encode() if kind == b"stream" else b""
         assert gw.key.encode() not in (value or b"")
     client.close()
+
+
+def test_an_unreadable_cached_identity_is_a_miss_and_replaced(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None,
+) -> None:
+    """An identity entry that cannot be read, although it begins as a refusal does, is a miss: the
+    key is looked up, served, and its identity cached over the entry. It was a 500 for every request
+    with that key on the in-process store; on Redis the key was served but never cached again."""
+    gw = gateway_factory(redis_url=backend_url)
+    gw.write_stored(identity_entry(gw.key), b'{"v":null,"fresh_until":', 600)
+    with gw.client() as http:
+        first = http.get("/v1/models")
+        assert first.status_code == 200, first.text
+        assert http.get("/v1/models").status_code == 200
+    stored = orjson.loads(gw.read_stored(identity_entry(gw.key)) or b"null")
+    assert stored["v"]["external_id"] == "alice"
+    assert (metric(gw.url, "sentinel_cache_lookups_total", cache="identity", result="undecodable") or 0) == 1

@@ -321,8 +321,9 @@ def test_a_failing_usage_endpoint_does_not_stop_zion_from_validating_users(
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"\x00\xff\xfe not json at all", b'{"id": "usr_1", "email": "x@example.com", "externalId": null}', b"[]"],
-    ids=["bytes", "original-format", "wrong-shape"],
+    [b"\x00\xff\xfe not json at all", b'{"id": "usr_1", "email": "x@example.com", "externalId": null}', b"[]",
+     b'{"v":null,"fresh_until":'],
+    ids=["bytes", "original-format", "wrong-shape", "cut-refusal"],
 )
 def test_undecodable_cache_entries_are_misses(
     gateway_factory: Callable[..., Gateway], zion: FakeZion, redis_url: str, garbage: bytes

@@ -175,3 +175,51 @@ async def test_a_hold_lets_in_only_a_value_looked_up_after_it(store: Store) -> N
     clock.advance(10)
     await cache.put("u", {"n": 4}, began=clock())
     assert await cache.get("u") == Cached(None, True)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"v":null,garbage',  # a refusal's start, cut short
+        b'{"v":null}trailing',
+        b'{"v":null}',  # no fresh_until
+        b'{"v":null,"fresh_until":"soon"}',
+        b'{"v":null,"fresh_until":nan}',  # Lua's cjson reads it; orjson does not
+        b'{"v":null,"fresh_until":1e400}',
+        b'{"v":null,"fresh_until":1,"held_at":1e400}',
+        b'[null]',
+        b"\xff\xfe",
+    ],
+)
+async def test_an_unreadable_entry_is_replaced_by_a_put_on_both_backends(store: Store, raw: bytes) -> None:
+    """The put script and its local twin read the stored entry as the readers do: one they cannot
+    read is a miss, never a refusal nor an error, and the next value replaces it. It made every put
+    fail (a 500 on the in-process store; on Redis nothing was cached again until it expired)."""
+    clock = FakeClock(1_000_000.0)
+    cache: GovernanceCache[dict[str, int]] = GovernanceCache(
+        store, name="thing", prefix="t:junk:", encode=dict, decode=decode, ttl=300, grace=0, clock=clock)
+    await store.set("t:junk:k", raw, 60)
+    assert await cache.get("k") is None
+    await cache.put("k", {"n": 1})
+    assert await cache.get("k") == Cached({"n": 1}, True)
+    await store.set("t:junk:k", raw, 60)
+    await cache.put("k", {"n": 2}, began=clock())  # a plan lookup's put, after a change
+    assert await cache.get("k") == Cached({"n": 2}, True)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"v":null,"fresh_until":2000000}',  # a refusal
+        b'{"v":null,"fresh_until":2000000,"held_at":"x"}',  # a hold whose time cannot be read: still one
+        b'{"v":null,"fresh_until":2000000,"held_at":true}',
+    ],
+)
+async def test_a_readable_refusal_still_keeps_values_out_on_both_backends(store: Store, raw: bytes) -> None:
+    clock = FakeClock(1_000_000.0)
+    cache: GovernanceCache[dict[str, int]] = GovernanceCache(
+        store, name="thing", prefix="t:junk:", encode=dict, decode=decode, ttl=300, grace=0, clock=clock)
+    await store.set("t:junk:k", raw, 60)
+    await cache.put("k", {"n": 1})
+    await cache.put("k", {"n": 1}, began=clock() + 100)
+    assert await cache.get("k") == Cached(None, True)

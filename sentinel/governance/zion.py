@@ -362,7 +362,11 @@ def _time(value: Any) -> datetime | None:
 
 def _parse_limits(data: dict[str, Any]) -> ZionLimits:
     limits = []
-    entries = data.get("limits") or []
+    entries = data.get("limits")
+    if entries is None:  # none (null, or no such key): the user has no limits in Zion
+        entries = []
+    # Any other non-list (`false`, `0`, `""`, `{}`) is unreadable, not "no limits": read as none, it
+    # lifted every Zion limit of the user.
     if not isinstance(entries, list):
         raise GovernanceUnavailable("Zion sent unreadable limits")
     for entry in entries:

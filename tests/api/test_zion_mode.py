@@ -424,3 +424,19 @@ def test_a_zion_answering_429_is_not_called_for_every_made_up_token(
     codes = [post(gw, f"made-up-{i}").status_code for i in range(10)]
     assert codes == [503] * 10, codes
     assert zion.attempts[ME] <= 3, zion.attempts[ME]  # the circuit's threshold; the rest fail at once
+
+
+@pytest.mark.parametrize("limits", [False, 0, "", {}])
+def test_limits_of_a_wrong_type_are_an_outage_not_no_limits(
+    gateway_factory: Callable[..., Gateway], limits: object,
+) -> None:
+    """Zion's `limits` must be a list (null: none). A falsy value of another type was read as "no
+    limits": the user's requests were served with none of Zion's limits (200, every time)."""
+    from tests.governance.test_zion import ShapedZion
+
+    with serving(ShapedZion(limits=limits, batch={"processed": 1, "failed": 0}).app) as shaped:
+        gw = gateway_factory(governance="zion", zion_api_url=shaped.url, zion_api_key="k" * 20,
+                             zion_apply_default_plan=False)
+        r = post(gw, "any-token")
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["type"] == "service_unavailable"

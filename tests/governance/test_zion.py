@@ -324,8 +324,11 @@ class ShapedZion:
             Route("/api/v1/usage/external/batch-increment", batch_, methods=["POST"])])
 
 
-async def test_limits_of_the_wrong_shape_are_an_outage() -> None:
-    with serving(ShapedZion(limits=5).app) as server:
+@pytest.mark.parametrize("limits", [5, False, 0, "", {}, "none"])
+async def test_limits_of_the_wrong_shape_are_an_outage(limits: object) -> None:
+    """Only a list is a user's limits (null: none). A falsy value of another type (`false`, `0`,
+    `""`, `{}`) was read as "no limits": every Zion limit of the user lifted."""
+    with serving(ShapedZion(limits=limits).app) as server:
         client = ZionClient(server.url, "k" * 20, timeout=2.0, backoff=Backoff(base=0.01, cap=0.02, attempts=1))
         try:
             with pytest.raises(GovernanceUnavailable):

@@ -378,10 +378,11 @@ def _parse_limits(data: dict[str, Any]) -> ZionLimits:
             if meter is not None and not isinstance(meter, dict):  # `"aiRequests": 100`: not a limit to drop
                 raise GovernanceUnavailable(f"Zion sent an unreadable {wire}")
             if isinstance(meter, dict):
-                limit, remaining = meter.get("limit"), meter.get("remaining")
+                limit, used, remaining = meter.get("limit"), meter.get("used"), meter.get("remaining")
                 metrics[wire] = MetricReading(
                     None if limit is None else _int(limit, f"{wire}.limit"),
-                    _int(meter.get("used") or 0, f"{wire}.used"),
+                    # null or absent: nothing used; `false` or `""` is unreadable (was read as 0 used)
+                    0 if used is None else _int(used, f"{wire}.used"),
                     None if remaining is None else _int(remaining, f"{wire}.remaining"),
                 )
         period = entry.get("resetPeriod")

@@ -426,12 +426,13 @@ def test_a_zion_answering_429_is_not_called_for_every_made_up_token(
     assert zion.attempts[ME] <= 3, zion.attempts[ME]  # the circuit's threshold; the rest fail at once
 
 
-@pytest.mark.parametrize("limits", [False, 0, "", {}])
+@pytest.mark.parametrize("limits", [False, 0, "", {}, [{"aiRequests": {"limit": 1, "used": False}}]])
 def test_limits_of_a_wrong_type_are_an_outage_not_no_limits(
     gateway_factory: Callable[..., Gateway], limits: object,
 ) -> None:
-    """Zion's `limits` must be a list (null: none). A falsy value of another type was read as "no
-    limits": the user's requests were served with none of Zion's limits (200, every time)."""
+    """Zion's `limits` must be a list (null: none), a `used` figure a number (null: none). A falsy
+    value of another type was read as "no limits" (the user's requests were served with none of
+    Zion's limits) or as nothing used."""
     from tests.governance.test_zion import ShapedZion
 
     with serving(ShapedZion(limits=limits, batch={"processed": 1, "failed": 0}).app) as shaped:

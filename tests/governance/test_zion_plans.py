@@ -188,3 +188,17 @@ def test_limits_past_the_largest_are_clamped_from_zion_and_refused_in_config() -
     assert limit.limit == 10**15
     with pytest.raises(ValueError, match="larger than"):
         parse_plan_spec("requests=100/1m,output_tokens=100000000000000000000/30d")
+
+
+@pytest.mark.parametrize("used", [False, "", [], {}])
+def test_a_used_figure_of_a_wrong_type_is_an_outage_not_nothing_used(used: object) -> None:
+    """`used` null or absent is nothing used; a falsy value of another type was read as 0 too, so a
+    user at their limit got it all back."""
+    from sentinel.errors import GovernanceUnavailable
+    from sentinel.governance.zion import _parse_limits
+
+    meter = {"limit": 10, "used": None}
+    assert _parse_limits({"userId": "usr_1", "limits": [{"aiRequests": meter}]}).limits[0].metrics[
+        "aiRequests"].used == 0
+    with pytest.raises(GovernanceUnavailable):
+        _parse_limits({"userId": "usr_1", "limits": [{"aiRequests": {"limit": 10, "used": used}}]})

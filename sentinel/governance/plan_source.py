@@ -10,6 +10,7 @@ a restart) and serves a stale plan for `grace` seconds more while the source is 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -66,20 +67,35 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
     }
 
 
-def plan_from_json(data: dict[str, Any]) -> Plan:
-    """The inverse of `plan_to_json`; raises ValueError/KeyError/TypeError on anything else."""
+def plan_from_json(data: Any) -> Plan:
+    """The inverse of `plan_to_json`; ValueError (or KeyError, TypeError) on anything else — a list
+    where a limit belongs, a `used` that is not a whole number, a `resets_at` that is not a number:
+    a cached entry of that shape is a miss, not a 500 at every request of its user."""
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("limits"), list):
+        raise ValueError("a plan must be an object with a string name and a list of limits")
     limits = []
     for item in data["limits"]:
+        if not isinstance(item, dict):
+            raise ValueError("a plan's limit must be an object")
         ext = item.get("external")
-        limits.append(
-            Limit(
-                item["metric"],
-                item["window_seconds"],
-                item["limit"],
-                None if ext is None else ExternalUsage(ext["used"], ext["snapshot"], ext.get("resets_at")),
-            )
-        )
+        limits.append(Limit(item["metric"], item["window_seconds"], item["limit"],
+                            None if ext is None else _external_from_json(ext)))
     return Plan(data["name"], tuple(limits))
+
+
+def _external_from_json(ext: Any) -> ExternalUsage:
+    if not isinstance(ext, dict):
+        raise ValueError("a limit's external usage must be an object")
+    used, snapshot, resets_at = ext.get("used"), ext.get("snapshot"), ext.get("resets_at")
+    if isinstance(used, bool) or not isinstance(used, int) or used < 0:
+        raise ValueError("an external usage's `used` must be a whole number, at least 0")
+    if not isinstance(snapshot, str):
+        raise ValueError("an external usage's snapshot must be a string")
+    if resets_at is not None and (
+        isinstance(resets_at, bool) or not isinstance(resets_at, int | float) or not math.isfinite(resets_at)
+    ):
+        raise ValueError("an external usage's `resets_at` must be a number")
+    return ExternalUsage(used, snapshot, None if resets_at is None else float(resets_at))
 
 
 class CachedPlans:

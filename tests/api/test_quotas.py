@@ -247,3 +247,30 @@ def test_a_redis_that_may_evict_quota_counters_is_warned_of_at_start(
         assert len(warnings()) == 1 and "maxmemory-policy volatile-lru" in warnings()[0], warnings()
         with gw.client() as http:
             assert http.post("/v1/chat/completions", json=CHAT).status_code == 200  # a warning, not a refusal
+
+
+_LIMIT = {"metric": "requests", "window_seconds": 60, "limit": 3, "external": None}
+_EXTERNAL = {"used": 0, "snapshot": "snap-1", "resets_at": None}
+
+
+@pytest.mark.parametrize("limits", [
+    [[1]], ["x"], {"requests": 3}, "requests=3/1m",
+    [{**_LIMIT, "external": {**_EXTERNAL, "used": "5"}}],
+    [{**_LIMIT, "external": {**_EXTERNAL, "used": 1.5}}],
+    [{**_LIMIT, "external": {**_EXTERNAL, "resets_at": "soon"}}],
+], ids=["list", "text", "object", "spec", "used-text", "used-fraction", "resets-text"])
+def test_an_unreadable_cached_plan_is_a_miss_never_a_500(
+    gateway_factory: Callable[..., Gateway], limits: object,
+) -> None:
+    """A cached plan entry of the wrong shape (another version's, corruption) is a miss: the user's
+    plan is read again and enforced. A limit that was not an object, or an external `used` or
+    `resets_at` of the wrong type, was a 500 for every request of that user until it expired."""
+    import orjson
+
+    gw = gateway_factory()
+    set_plan(gw.settings.database_url, "alice", "tiny", "requests=2/1d")
+    gw.write_stored("sentinel:limits:alice",
+                    orjson.dumps({"v": {"name": "p", "limits": limits}, "fresh_until": time.time() + 600}), 600)
+    with gw.client() as http:
+        answers = [http.post("/v1/chat/completions", json=CHAT) for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 429], answers[-1].text

@@ -15,7 +15,12 @@ request — passes through `with_end_user` (one place for the rule):
 - Anthropic's: `metadata.user_id` is set (any other `metadata` key is left as the client wrote it).
 
 A pass-through JSON body (an image generation, ...) has an end-user field the client wrote replaced
-(`with_named_end_user`), none added: most of those calls take none, and a strict server refuses one.
+(`with_named_end_user`), none added: most of those calls take none, and a strict server refuses one;
+so has an upload's form field of that name (`names_end_user`: an image edit's `user`).
+
+A batch's input file is requests the provider runs later, one a line (`with_batch_end_user`): a
+line whose `url` is a metered endpoint's is told the end user as that endpoint is, any other's
+body has the end-user field the client wrote replaced, as a pass-through body.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ OPENAI_END_USER_FIELDS = (SAFETY_IDENTIFIER, USER)
 OPENAI_HOSTS = frozenset({"api.openai.com"})
 # Endpoints of OpenAI's wire format whose request has a `safety_identifier` (the others have `user`).
 SAFETY_IDENTIFIER_ENDPOINTS = frozenset({"chat", "responses"})
+# A batch line's `url` that is a metered endpoint's, with that endpoint.
+BATCH_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/responses": "responses", "/v1/completions": "completions",
+                   "/v1/embeddings": "embeddings"}
 
 
 def openai_end_user_field(base_url: str) -> str:
@@ -64,9 +72,29 @@ def with_end_user(body: dict[str, Any], kind: str, end_user: str, field: str, *,
     return with_openai_end_user(body, end_user, field, endpoint=endpoint)
 
 
+def names_end_user(name: str) -> bool:
+    """Whether a pass-through body's top-level field `name` (a JSON key, a form field) is an end-user
+    field: one `with_named_end_user` replaces."""
+    return name in OPENAI_END_USER_FIELDS
+
+
 def with_named_end_user(body: Any, end_user: str) -> Any:
     """A pass-through JSON `body` with each end-user field the client named at its top level naming
     `end_user` instead; anything else as it is (never changed)."""
     if not isinstance(body, dict) or not any(key in body for key in OPENAI_END_USER_FIELDS):
         return body
     return {**body, **{key: end_user for key in OPENAI_END_USER_FIELDS if key in body}}
+
+
+def with_batch_end_user(request: dict[str, Any], end_user: str, field: str) -> dict[str, Any]:
+    """A batch input's line, `request` (never changed), for the OpenAI-format provider whose end-user
+    `field` it is, telling it `end_user`: its `body` as a metered request's when its `url` is a
+    metered endpoint's (`BATCH_ENDPOINTS`: `with_openai_end_user`), else as a pass-through body's
+    (`with_named_end_user`)."""
+    body, url = request.get("body"), request.get("url")
+    if not isinstance(body, dict):
+        return request
+    endpoint = BATCH_ENDPOINTS.get(url) if isinstance(url, str) else None
+    if endpoint is None:
+        return {**request, "body": with_named_end_user(body, end_user)}
+    return {**request, "body": with_openai_end_user(body, end_user, field, endpoint=endpoint)}

@@ -16,6 +16,7 @@ Sentinel does not record either.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -301,14 +302,43 @@ MAX_PARAMETERS = 16  # `;` in the Content-Type, and in the header lines of one p
 @dataclass(frozen=True)
 class Upload:
     """A `multipart/form-data` body, read part by part, strictly (see `_parts`): (name, value, whether
-    the part is a file — its Content-Disposition names a `filename`) triples."""
+    the part is a file — its Content-Disposition names a `filename`) triples; `spans`, where each
+    value lies in the body (start, end), and `delimiter`, its parts' (`--` and the boundary), to
+    write values of Sentinel's in their place (`with_values`)."""
 
     parts: tuple[tuple[str, bytes, bool], ...]
+    spans: tuple[tuple[int, int], ...] = ()
+    delimiter: bytes = b""
 
     @classmethod
     def read(cls, body: bytes, content_type: str) -> Upload:
         """MalformedUpload when the body cannot be read as the provider would read it."""
-        return cls(tuple(_parts(body, content_type)))
+        parts, spans, delimiter = _parts(body, content_type)
+        return cls(tuple(parts), tuple(spans), delimiter)
+
+    def named(self, wanted: Callable[[str], bool]) -> list[int]:
+        """The parts (their indexes) whose name — an index aside, `user[]` is `user` — is `wanted`."""
+        return [i for i, (name, _, _) in enumerate(self.parts) if wanted(_INDEX.sub("", name))]
+
+    def with_values(self, body: bytes, content_type: str, values: dict[int, bytes]) -> bytes:
+        """`body`, which this upload was read from, with the value of each part `values` names (by its
+        index) replaced: its headers, every other part and the boundary as they came. MalformedUpload
+        when a value holds the delimiter (it would end its part early: the provider would read other
+        parts); the body written is read again, and must give these very parts."""
+        if not values:
+            return body
+        if any(self.delimiter in value for value in values.values()):
+            raise MalformedUpload("A value Sentinel writes into the upload would hold its boundary: choose another one")
+        pieces, at = [], 0
+        for index in sorted(values):
+            start, end = self.spans[index]
+            pieces += [body[at:start], values[index]]
+            at = end
+        written = b"".join([*pieces, body[at:]])
+        expected = tuple((name, values.get(i, value), is_file) for i, (name, value, is_file) in enumerate(self.parts))
+        if Upload.read(written, content_type).parts != expected:  # cannot happen: a value cannot reach a delimiter
+            raise MalformedUpload("The upload could not be written back part by part")
+        return written
 
     def values(self, name: str) -> list[bytes]:
         return [value for part, value, _ in self.parts if part == name]
@@ -337,16 +367,23 @@ class Upload:
         return found
 
     def batch_input(self) -> bytes | None:
-        """The file's content when the upload is a batch's input (`purpose` is `batch`), else None.
-        MalformedUpload when its `purpose` or `file` is not given exactly once — `file[]` or `file[0]`
-        counted as a `file` (a reader that takes `image[]` as one of the files on `image`, as the
-        provider does, takes them so: the one it stores need not be the one whose lines were read)."""
+        """The file's content when the upload is a batch's input (`purpose` is `batch`), else None
+        (`batch_file`)."""
+        index = self.batch_file()
+        return None if index is None else self.parts[index][1]
+
+    def batch_file(self) -> int | None:
+        """The part holding the file (its index in `parts`) when the upload is a batch's input
+        (`purpose` is `batch`), else None. MalformedUpload when its `purpose` or `file` is not given
+        exactly once — `file[]` or `file[0]` counted as a `file` (a reader that takes `image[]` as one
+        of the files on `image`, as the provider does, takes them so: the one it stores need not be
+        the one whose lines were read)."""
         purposes = self.values("purpose")
         if len(purposes) > 1:
             raise MalformedUpload("An upload names its purpose once")
         if not purposes or purposes[0].strip() != b"batch":
             return None
-        files = [value for name, value, _ in self.parts if _INDEX.sub("", name) == "file"]
+        files = self.named("file".__eq__)
         if len(files) != 1:
             raise MalformedUpload("A batch input upload holds exactly one file (`file[]` is a file too)")
         return files[0]
@@ -454,19 +491,42 @@ MAX_BATCH_CONTAINERS = 500_000
 
 
 def batch_references(content: bytes, *, offered: Callable[[str], bool], limit: int = MAX_REFERENCES) -> list[str]:
-    """The distinct object ids a batch's JSONL input names, every line read as the provider will run
-    it (its `body` is a request of its own). InvalidBatchInput when a line is not a JSON object Sentinel
-    reads as any reader would (a key given twice, which readers resolve differently, is refused: the
-    file goes upstream as it came), names in its `body.model`, or in a tool's `model` (`tool_models`),
-    a model that is not `offered` (the provider runs the name the line gives), or asks for account-wide
-    data (`reads_account_data`), or the file is larger than the caps above; TooManyReferences past
-    `limit` distinct ids in all."""
+    """The distinct object ids a batch's JSONL input names (`read_batch_input`)."""
+    return read_batch_input(content, offered=offered, limit=limit).ids
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    """A batch's input as Sentinel read it: the distinct object ids its lines name, and its content as
+    it goes upstream."""
+
+    ids: list[str]
+    content: bytes
+
+
+def read_batch_input(
+    content: bytes, *, offered: Callable[[str], bool], limit: int = MAX_REFERENCES,
+    rewrite: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> BatchInput:
+    """A batch's JSONL input, every line read as the provider will run it (its `body` is a request of
+    its own). InvalidBatchInput when a line is not a JSON object Sentinel reads as any reader would (a
+    key given twice, which readers resolve differently, is refused), names in its `body.model`, or in
+    a tool's `model` (`tool_models`), a model that is not `offered` (the provider runs the name the
+    line gives), or asks for account-wide data (`reads_account_data`), or the file is larger than the
+    caps above; TooManyReferences past `limit` distinct ids in all.
+
+    With `rewrite`, the content that goes upstream is each line's request as `rewrite` makes it
+    (`sentinel.native.end_user.with_batch_end_user`: the end user the provider is told), written
+    back from what was read — never the client's bytes, so the provider reads what was checked —,
+    one a line (blank lines left out), ending in a line break if the input did; InvalidBatchInput
+    for a line that cannot be written back as JSON (`_written`). Without, the content as it came."""
     breaks = content.count(b"\n") + content.count(b"\r") - content.count(b"\r\n")  # as `splitlines` reads them
     if breaks + (not content.endswith((b"\n", b"\r"))) > MAX_BATCH_LINES:
         raise InvalidBatchInput(f"A batch input may hold at most {MAX_BATCH_LINES:,} lines")
     if _containers(content, MAX_BATCH_CONTAINERS) > MAX_BATCH_CONTAINERS:
         raise InvalidBatchInput(f"A batch input may hold at most {MAX_BATCH_CONTAINERS:,} JSON objects and arrays")
     found: dict[str, None] = {}
+    written: list[bytes] = []
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
@@ -500,7 +560,25 @@ def batch_references(content: bytes, *, offered: Callable[[str], bool], limit: i
         found.update(dict.fromkeys(ids))
         if len(found) > limit:
             raise TooManyReferences(f"A batch input may name at most {limit} objects")
-    return list(found)
+        if rewrite is not None:
+            written.append(_written(rewrite(request), number))
+    if rewrite is None:
+        return BatchInput(list(found), content)
+    return BatchInput(list(found), b"\n".join(written) + (b"\n" if written and content.endswith((b"\n", b"\r")) else b""))
+
+
+def _written(request: dict[str, Any], number: int) -> bytes:
+    """A batch line's request written as JSON: by orjson, or — for what orjson does not write (a lone
+    surrogate, an integer past 64 bits, past 254 levels deep: what only `_strict_json` reads) — by
+    the `json` module, non-ASCII escaped; InvalidBatchInput when neither can."""
+    try:
+        return orjson.dumps(request)
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        return json.dumps(request, allow_nan=False, separators=(",", ":")).encode("ascii")
+    except (ValueError, RecursionError) as exc:
+        raise InvalidBatchInput(f"Line {number} of the batch input cannot be written back as JSON: {exc}") from None
 
 
 def _containers(data: bytes, cap: int) -> int:
@@ -561,7 +639,16 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_STRICT = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or an exponent, refused past a double's range (`1e400`): orjson
+    refuses it, and would write the infinity `json` reads as `null` (a batch line is written back)."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return number
+
+
+_STRICT = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_float=_finite)
 
 
 class InvalidBatchInput(ValueError):
@@ -605,8 +692,9 @@ def _plain_boundary(content_type: str) -> str | None:
     return None if given is None else given.group(1) or given.group(2)
 
 
-def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
-    """(name, value, whether it is a file) of every part of a `multipart/form-data` body, read strictly, since the
+def _parts(body: bytes, content_type: str) -> tuple[list[tuple[str, bytes, bool]], list[tuple[int, int]], bytes]:
+    """(name, value, whether it is a file) of every part of a `multipart/form-data` body, where each
+    value lies in the body (start, end), and its delimiter (`--` and the boundary), read strictly, since the
     provider's reader may be lenient where this one is not: MalformedUpload unless the Content-Type
     names its boundary once and plainly (`_plain_boundary`), the body starts with it and ends with the
     closing one, a delimiter follows nothing but a CRLF, each delimiter line and header line ends in
@@ -642,8 +730,11 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
     if parts[0] or len(parts) < 2 or not parts[-1].startswith(b"--"):
         raise MalformedUpload("A multipart body must start with its boundary and end with the closing one")
     found: list[tuple[str, bytes, bool]] = []
+    spans: list[tuple[int, int]] = []
     headers = 0
+    end = -2  # where the part read last ends in `body` (`framed` starts with two bytes more)
     for part in parts[1:-1]:
+        end += len(b"\r\n" + delimiter) + len(part)
         padding, crlf, rest = part.partition(b"\r\n")
         head, blank, value = rest.partition(b"\r\n\r\n")
         if not crlf or padding.strip(b" \t") or not blank:
@@ -676,7 +767,8 @@ def _parts(body: bytes, content_type: str) -> list[tuple[str, bytes, bool]]:
         is_file = fields.get_param("filename", header="content-disposition") is not None
         _check_coding(fields, name, is_file, value)
         found.append((name, value, is_file))
-    return found
+        spans.append((end - len(value), end))  # the value ends its part
+    return found, spans, delimiter
 
 
 # A part's value is its bytes as they came: readers decode a part's transfer encoding (base64,

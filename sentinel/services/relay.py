@@ -25,7 +25,12 @@ from sentinel.domain.end_user import EndUsers
 from sentinel.domain.identity import Identity
 from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable, UpstreamError
 from sentinel.governance.ownership import Ownership
-from sentinel.native.end_user import with_named_end_user, with_openai_end_user
+from sentinel.native.end_user import (
+    names_end_user,
+    with_batch_end_user,
+    with_named_end_user,
+    with_openai_end_user,
+)
 from sentinel.native.errors import NativeValidationError
 from sentinel.native.model_request import ModelChatRequest
 from sentinel.native.openai_checks import (
@@ -57,9 +62,9 @@ from sentinel.services.objects import (
     ObjectPath,
     TooManyReferences,
     Upload,
-    batch_references,
     classify,
     continued,
+    read_batch_input,
     reads_account_data,
     reference_keys,
     referenced_ids,
@@ -255,12 +260,10 @@ class OpenAIRelay:
             forwarded = forwardable_headers(headers)
             if forwarded.get("content-encoding", "identity").strip().lower() != "identity":
                 raise InvalidRequest("A pass-through body must not be compressed (Content-Encoding): its ids must be read")
-            checked, batch_upload = await self._check_body(
+            body, as_json, batch_upload = await self._check_body(
                 identity, body, forwarded.get("content-type", "").strip(),
                 creates_batch=creates_batch, uploads=upload_files(method, segments), segments=segments,
             )
-            if checked is not None:  # JSON: sent as Sentinel read it (see `_serve`)
-                as_json, body = True, checked
         elif creates_batch:
             await self.ownership.require_batch_input("", identity.external_id)  # a batch names its input
         with ex.spans.span("sentinel.quota.admit"):
@@ -304,12 +307,15 @@ class OpenAIRelay:
     async def _check_body(
         self, identity: Identity, body: bytes, content_type: str, *, creates_batch: bool,
         uploads: frozenset[str] | None, segments: Sequence[str],
-    ) -> tuple[bytes | None, bool]:
-        """Refuse a body naming another user's object. Returns (a JSON body as it goes upstream,
-        re-encoded from what was checked — None for an upload, sent as it came; whether the body is
-        the upload of a batch's input, whose every line was checked as a request of its own). A JSON
-        body's end-user field (`user`, `safety_identifier`) names the caller's pseudonym, whatever the
-        client wrote (an upload's fields and a batch input's lines go as they came).
+    ) -> tuple[bytes, bool, bool]:
+        """Refuse a body naming another user's object. Returns (the body as it goes upstream, whether
+        it is JSON — re-encoded from what was checked —, whether it is the upload of a batch's input,
+        whose every line was checked as a request of its own). The end user the client named — a JSON
+        body's `user` or `safety_identifier`, an upload's field of that name — is the caller's
+        pseudonym instead, and every line of a batch's input tells the provider the caller's pseudonym
+        as the metered endpoint it runs would (`sentinel.native.end_user`): an upload goes with those
+        values written in its parts' place, the rest of it as it came (a batch input's lines written
+        back from what was read: `read_batch_input`).
 
         The ids are read the way the provider will read the body: JSON (no Content-Type, or a JSON
         one) or a `multipart/form-data` upload, whose named parts are read. Any other type (a form,
@@ -324,13 +330,14 @@ class OpenAIRelay:
         if media == "multipart/form-data":
             if uploads is None:  # read as JSON only: an upload's fields would escape the checks below
                 raise _unsupported_type("This call takes a JSON body (Content-Type: application/json), not an upload")
-            upload, ids, batch_input = await off_loop(
-                functools.partial(self._read_upload, body, content_type, uploads, reference_keys(segments)), heavy
-            )
+            upload, upload_body, ids, batch_input = await off_loop(functools.partial(
+                self._read_upload, body, content_type, uploads, reference_keys(segments),
+                self.end_users.of(identity.external_id),
+            ), heavy)
             if upload.streams:
                 raise _no_passthrough_stream()
             await self.ownership.require(ids, identity.external_id)
-            return None, batch_input
+            return upload_body, False, batch_input
         if media and media != "application/json" and not media.endswith("+json"):
             raise _unsupported_type(
                 "The request body must be JSON (Content-Type: application/json), or a multipart/form-data upload "
@@ -343,25 +350,33 @@ class OpenAIRelay:
             await self.ownership.require_batch_input(given if isinstance(given, str) else "", identity.external_id)
         # An end user the client named (an image generation's `user`) is the caller's pseudonym.
         parsed = with_named_end_user(parsed, self.end_users.of(identity.external_id))
-        return await off_loop(functools.partial(orjson.dumps, parsed), heavy), False
+        return await off_loop(functools.partial(orjson.dumps, parsed), heavy), True, False
 
     def _read_upload(
-        self, body: bytes, content_type: str, uploads: frozenset[str], keys: frozenset[str]
-    ) -> tuple[Upload, list[str], bool]:
-        """A pass-through upload read part by part: (the upload, the ids it names under `keys` — a
-        batch input's lines' too —, whether it is a batch's input). InvalidRequest (400) when it
-        cannot be read as the provider would, names too many objects, or is a batch input
-        `_batch_model` refuses."""
+        self, body: bytes, content_type: str, uploads: frozenset[str], keys: frozenset[str], end_user: str,
+    ) -> tuple[Upload, bytes, list[str], bool]:
+        """A pass-through upload read part by part: (the upload, the body as it goes upstream — naming
+        `end_user` as the end user: see `_check_body` —, the ids it names under `keys` — a batch
+        input's lines' too —, whether it is a batch's input). InvalidRequest (400) when it cannot be
+        read as the provider would, names too many objects, or is a batch input `_batch_model` refuses
+        or whose lines cannot be written back."""
         try:
             upload = Upload.read(body, content_type)
             ids = upload.references(files=uploads, keys=keys)
-            lines = upload.batch_input()
-            if lines is not None:
-                ids += batch_references(lines, offered=self._batch_model)
+            values = dict.fromkeys(upload.named(names_end_user), end_user.encode())
+            batch_file = upload.batch_file()
+            if batch_file is not None:
+                read = read_batch_input(
+                    upload.parts[batch_file][1], offered=self._batch_model,
+                    rewrite=functools.partial(with_batch_end_user, end_user=end_user, field=self.upstream.end_user_field),
+                )
+                ids += read.ids
+                values[batch_file] = read.content
+            sent = upload.with_values(body, content_type, values)
         except (MalformedUpload, TooManyReferences, InvalidBatchInput) as exc:
             param = exc.param if isinstance(exc, MalformedUpload) else None
             raise InvalidRequest(str(exc), details={"param": param} if param else None) from None
-        return upload, ids, lines is not None
+        return upload, sent, ids, batch_file is not None
 
     def _read_json(self, body: bytes, segments: Sequence[str]) -> tuple[Any, list[str]]:
         """A pass-through JSON body parsed and checked (400s: see `_check_body`): (it, the ids it names)."""
@@ -385,8 +400,8 @@ class OpenAIRelay:
         return parsed, _references(parsed, reference_keys(segments))
 
     def _batch_model(self, name: str) -> bool:
-        """Whether a batch's input may run the model `name`. The file goes upstream as it came, to the
-        default upstream, so the provider runs the name the line gives: only a catalogue model that
+        """Whether a batch's input may run the model `name`. The file goes to the default upstream, its
+        lines' models unchanged, so the provider runs the name the line gives: only a catalogue model that
         upstream serves under that very name (not an alias, not a model renamed upstream)."""
         try:
             targets = self.catalogue.resolve(name)

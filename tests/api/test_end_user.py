@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import openai
+import orjson
 import pytest
 
 from tests.api.conftest import Gateway
@@ -131,3 +134,95 @@ def test_a_pass_through_body_naming_an_end_user_names_the_caller(gateway_factory
         assert sent(gw, "/v1/images/generations") == {"prompt": "a cat", "user": pseudonym("alice")}
         client.post("/v1/moderations", json={"input": "hi"})
         assert sent(gw, "/v1/moderations") == {"input": "hi"}  # none added where the client named none
+
+
+def stored(gw: Gateway, file_id: str) -> bytes:
+    """The content of a file as the provider stored it (read from the mock, not through Sentinel)."""
+    content: str = provider(gw, f"/v1/files/{file_id}/content")["content"]
+    return content.encode()
+
+
+def provider(gw: Gateway, path: str) -> Any:
+    """What the provider (the mock) answers a GET of `path` with, asked directly."""
+    return httpx.get(f"{gw.settings.anthropic_api_url}{path}", headers={"Authorization": "Bearer k"}, timeout=5).json()
+
+
+def batch_line(custom_id: str, url: str, body: dict[str, Any]) -> bytes:
+    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body})
+
+
+def test_a_batch_inputs_lines_name_the_caller(gateway_factory: Callable[..., Gateway]) -> None:
+    """A batch input's lines are requests the provider runs in the caller's name later: they went
+    upstream as the client wrote them, so a line's `user` or `safety_identifier` named anyone in the
+    provider's abuse records. Each line now tells the provider the caller's pseudonym as the metered
+    endpoint it runs would be told, whatever the client wrote (a line naming no one too)."""
+    gw = gateway_factory(end_user_secret=SECRET, passthrough="/v1/files,/v1/files/*")
+    chat = {"model": MINI, "messages": [{"role": "user", "content": "hi \u00e9"}]}
+    content = b"\r\n".join([
+        batch_line("named", "/v1/chat/completions", {**chat, "user": VICTIM, "safety_identifier": VICTIM}),
+        batch_line("no one", "/v1/chat/completions", chat),
+        b"",  # a blank line is skipped, as the provider skips it
+        batch_line("response", "/v1/responses", {"model": MINI, "input": "hi", "safety_identifier": VICTIM}),
+        batch_line("embedding", "/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi", "user": VICTIM}),
+        # a lone surrogate in a prompt: read by the `json` module, written back as it reads it
+        batch_line("odd", "/v1/chat/completions", chat).replace(b"hi \xc3\xa9", b"hi \\ud800"),
+    ]) + b"\r\n"
+    uploaded = gw.openai().files.create(file=("in.jsonl", content), purpose="batch")
+    assert VICTIM.encode() not in stored(gw, uploaded.id)
+    lines = [json.loads(line) for line in stored(gw, uploaded.id).splitlines()]
+    alice = pseudonym("alice")
+    assert [line["custom_id"] for line in lines] == ["named", "no one", "response", "embedding", "odd"]
+    assert [line["body"] for line in lines] == [
+        {**chat, "user": alice, "safety_identifier": alice},
+        {**chat, "user": alice},  # (the mock is no OpenAI host: `user`)
+        {"model": MINI, "input": "hi", "safety_identifier": alice, "user": alice},
+        {"model": "text-embedding-3-small", "input": "hi", "user": alice},
+        {**chat, "messages": [{"role": "user", "content": "hi \ud800"}], "user": alice},
+    ]
+    assert uploaded.bytes == len(stored(gw, uploaded.id))  # the file the provider keeps is the one written
+
+
+def test_a_batch_line_with_a_number_no_json_writer_writes_is_refused(gateway_factory: Callable[..., Gateway]) -> None:
+    """A line is written back from what was read: `1e400`, which Python's `json` reads as an infinity
+    (orjson refuses it), would be written as `null`. Refused, in OpenAI's error shape, and nothing is
+    stored."""
+    gw = gateway_factory(end_user_secret=SECRET, passthrough="/v1/files,/v1/files/*")
+    line = batch_line("1", "/v1/chat/completions", {"model": MINI, "messages": [], "temperature": 1})
+    files = len(provider(gw, "/v1/files")["data"])
+    with gw.client() as client:
+        refused = client.post("/v1/files", data={"purpose": "batch"},
+                              files={"file": ("in.jsonl", line.replace(b'"temperature":1', b'"temperature":1e400'))})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["type"] == "invalid_request_error"
+    assert "Line 1 of the batch input is not JSON Sentinel can read" in refused.json()["error"]["message"]
+    assert len(provider(gw, "/v1/files")["data"]) == files
+
+
+def test_an_uploads_end_user_field_names_the_caller(gateway_factory: Callable[..., Gateway]) -> None:
+    """An upload's form fields went upstream as they came: an image edit's `user` named anyone. The
+    field the client named is the caller's pseudonym instead (none added); the image, the prompt and
+    every other part are the bytes the client sent."""
+    gw = gateway_factory(end_user_secret=SECRET, passthrough="/v1/images/*")
+    image = b"PNG-like bytes, as they are\r\n\r\n--not a boundary\r\n" * 64  # (the mock records text)
+    with pytest.raises(openai.NotFoundError):  # the mock serves no image edits: what reached it is read
+        gw.openai().images.edit(image=("cat.png", image, "image/png"), prompt="a hat", user=VICTIM)
+    recorded = httpx.get(f"{gw.settings.anthropic_api_url}/__mock/last_request",
+                         params={"path": "/v1/images/edits"}, timeout=5).json()
+    parts = multipart_fields(recorded)
+    assert parts["user"] == pseudonym("alice").encode()
+    assert parts["prompt"] == b"a hat" and parts["image"] == image
+    assert VICTIM.encode() not in recorded["body"].encode("utf-8", "surrogateescape")
+
+
+def multipart_fields(recorded: dict[str, Any]) -> dict[str, bytes]:
+    """A recorded multipart request's parts by name (as a form reader reads them)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    content_type = dict(recorded["headers"])["content-type"] if isinstance(recorded["headers"], list) else \
+        recorded["headers"]["content-type"]
+    raw = recorded["body"].encode("utf-8", "surrogateescape")
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
+    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+            for part in message.iter_parts()}
+

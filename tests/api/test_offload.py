@@ -75,7 +75,7 @@ def walks(monkeypatch: pytest.MonkeyPatch) -> Walks:
         monkeypatch.setattr(owner, name, recording)
 
     for owner, name in [
-        (bodies, "json_containers_exceed"), (relay, "json_containers_exceed"), (relay, "referenced_ids"), (relay, "batch_references"),
+        (bodies, "json_containers_exceed"), (relay, "json_containers_exceed"), (relay, "referenced_ids"), (relay, "read_batch_input"),
         (messages, "anthropic_object_reference"), (native_types, "_check_schema"),
         (TranslatedChat, "translate"), (NativeChat, "_translate"),
     ]:
@@ -233,7 +233,7 @@ def test_pass_through_bodies_and_batch_inputs_answer_alike_on_both_sides_of_the_
             for content in (batch, batch + b"\n" + b" " * BIG):  # a blank line is skipped: the same input
                 walks.clear()
                 refused.append(http.post("/v1/files", data={"purpose": "batch"}, files={"file": ("b.jsonl", content)}))
-                assert [loop for name, loop in walks if name == "batch_references"] == [len(refused) == 1], walks
+                assert [loop for name, loop in walks if name == "read_batch_input"] == [len(refused) == 1], walks
             assert spy.seen == []
     assert foreign["error"]["code"]
     assert streamed["error"]["code"] == "stream_not_supported"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from sentinel.native.end_user import (
+    names_end_user,
     openai_end_user_field,
     with_anthropic_end_user,
+    with_batch_end_user,
     with_end_user,
     with_named_end_user,
     with_openai_end_user,
@@ -58,3 +60,25 @@ def test_a_pass_through_body_has_only_the_end_user_it_named_replaced() -> None:
     assert with_named_end_user(client, "p") == {"prompt": "a cat", "user": "p"} and client["user"] == "bob"
     assert with_named_end_user({"prompt": "a cat"}, "p") == {"prompt": "a cat"}
     assert with_named_end_user([{"user": "bob"}], "p") == [{"user": "bob"}]  # only an object's top level
+
+
+def test_a_batch_line_is_told_as_the_endpoint_it_runs() -> None:
+    """A line of a metered endpoint (`url`) is told the end user as that endpoint; any other line's body
+    has only the end user the client named replaced; the rest of the line is left as it is."""
+    line = {"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m", "user": "bob"}}
+    assert with_batch_end_user(line, "p", "safety_identifier") == {
+        **line, "body": {"model": "m", "user": "p", "safety_identifier": "p"}}
+    assert line["body"] == {"model": "m", "user": "bob"}  # never changed
+    embeddings = {**line, "url": "/v1/embeddings", "body": {"model": "m"}}
+    assert with_batch_end_user(embeddings, "p", "safety_identifier")["body"] == {"model": "m", "user": "p"}
+    for url in ("/v1/moderations", "/v1/chat/completions?x=1", ["/v1/chat/completions"], None):
+        other = {**line, "url": url}
+        assert with_batch_end_user(other, "p", "user")["body"] == {"model": "m", "user": "p"}
+        assert with_batch_end_user({**other, "body": {"model": "m"}}, "p", "user")["body"] == {"model": "m"}
+    assert with_batch_end_user({"url": "/v1/responses", "body": "x"}, "p", "user") == {"url": "/v1/responses", "body": "x"}
+
+
+@pytest.mark.parametrize(("name", "named"), [("user", True), ("safety_identifier", True), ("users", False),
+                                             ("metadata", False), ("User", False)])
+def test_a_pass_through_field_names_an_end_user_by_its_name(name: str, named: bool) -> None:
+    assert names_end_user(name) is named

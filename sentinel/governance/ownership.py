@@ -24,9 +24,13 @@ from sentinel.store.base import LocalOps, Script
 log = logging.getLogger("sentinel.ownership")
 
 _PREFIX = "sentinel:owner:"
-# A file whose every line Sentinel checked as a batch's input (value: its owner): only such a file
-# may be a batch's `input_file_id` (each line is a request the provider runs in the owner's name).
-_BATCH_INPUT = "sentinel:batch-input:"
+# A file whose every line Sentinel checked as a batch's input, and wrote back naming its owner's
+# pseudonym as the end user (value: its owner): only such a file may be a batch's `input_file_id`
+# (each line is a request the provider runs in the owner's name). Files vouched for under the
+# earlier key (`_UNWRITTEN_BATCH_INPUT`) went upstream with the end user the client wrote: no
+# longer a batch's input, their record is only dropped with them.
+_BATCH_INPUT = "sentinel:batch-lines:"
+_UNWRITTEN_BATCH_INPUT = "sentinel:batch-input:"
 # The tokens a stored response (or a conversation, as of its last response) holds: a request that
 # continues it (`previous_response_id`, `conversation`) makes the provider read all of them again.
 _CONTEXT = "sentinel:context:"
@@ -119,7 +123,8 @@ class Ownership:
     async def forget(self, object_id: str) -> None:
         """Drop the record of a deleted object."""
         if _keyable(object_id):
-            for prefix in (_PREFIX, _BATCH_INPUT, _CONTEXT, _CHARGED):  # one by one: keys in different slots of a Cluster
+            # one by one: keys in different slots of a Cluster
+            for prefix in (_PREFIX, _BATCH_INPUT, _UNWRITTEN_BATCH_INPUT, _CONTEXT, _CHARGED):
                 await self.store.delete(prefix + object_id)
 
     async def context_of(self, object_ids: Iterable[str]) -> int:
@@ -156,7 +161,8 @@ class Ownership:
             await self.store.incr(_CONTEXT + object_id, tokens)
 
     async def vouch_batch_input(self, file_id: str, owner: str) -> None:
-        """Record that `owner` uploaded `file_id` as a batch input whose lines Sentinel checked."""
+        """Record that `owner` uploaded `file_id` as a batch input whose lines Sentinel checked (and
+        wrote back: `sentinel.services.objects.read_batch_input`)."""
         if _keyable(file_id):
             await self.store.set(_BATCH_INPUT + file_id, owner.encode())
 

@@ -233,6 +233,8 @@ class JwtVerifier:
             # for an `alg` that is not a string; one key must not make the whole set a 500.
             except (jwt.PyJWTError, NotImplementedError, TypeError, ValueError):
                 log.warning("skipping an unusable JWKS key (kid %r)", entry.get("kid"))
+        if not keys:  # a set that verifies nothing is a broken answer, not a rotation: the cached keys stay
+            raise GovernanceUnavailable("JWKS document has no usable signing key")
         return keys
 
 

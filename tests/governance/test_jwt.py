@@ -304,7 +304,7 @@ async def test_a_stale_key_set_is_honoured_for_max_stale_then_it_is_an_outage(
     with pytest.raises(GovernanceUnavailable):
         await verifier.verify(rs(key_a, "a"))
     assert server.downloads == downloads + 1  # it did try once more
-    server.down = False
+    server.down, server.keys = False, [rsa_key("b")[1]]
     clock.now += 6  # the next refetch allowed after a failure
     assert await verifier.verify(rs(key_a, "a")) is None  # back: the key is gone from the new set
 
@@ -421,6 +421,29 @@ async def test_a_jwks_key_pyjwt_cannot_build_is_skipped_not_an_error(
     assert await verifier.verify(rs(key_a, "n")) is None
     assert await verifier.verify(rs(key_a, "a")) is not None
     assert server.downloads == 1
+
+
+async def test_a_key_set_with_no_usable_key_keeps_the_cached_one(
+    jwks: tuple[Jwks, str], session: aiohttp.ClientSession
+) -> None:
+    """A JWKS answering 200 with no key Sentinel can use (`{"keys": []}`, `[{}]`, only HMAC or
+    encryption keys) replaced the cached set: every JWKS token was refused until the next allowed
+    refetch. It is a failed fetch: the cached keys serve (up to max_stale) and it is tried again."""
+    server, url = jwks
+    key_a, jwk_a = rsa_key("a")
+    server.keys = [jwk_a]
+    clock = Clock()
+    verifier = JwtVerifier(None, url, None, None, session, clock=clock)
+    assert await verifier.verify(rs(key_a, "a")) is not None
+    for broken in ([], [{}], [{"kty": "oct", "k": "c2VjcmV0"}], [{**jwk_a, "use": "enc"}]):
+        server.keys = broken
+        clock.now += 3601  # past max_age: refetched
+        downloads = server.downloads
+        assert await verifier.verify(rs(key_a, "a")) is not None, broken
+        assert server.downloads == downloads + 1
+    fresh = JwtVerifier(None, url, None, None, session, clock=clock)  # nothing cached: an outage, not a 401
+    with pytest.raises(GovernanceUnavailable):
+        await fresh.verify(rs(key_a, "a"))
 
 
 async def test_unreachable_jwks_is_governance_unavailable(session: aiohttp.ClientSession) -> None:

@@ -144,6 +144,17 @@ class OpenAIRoutes:
                 f"Endpoint {request.method} {path} is not supported by this gateway (use {path[:-1]})",
                 code="endpoint_not_supported",
             )
+        if path.startswith("/v1/models/"):
+            # A model Sentinel serves from its catalogue (GET); any other method would reach the provider
+            # account's model (`DELETE /v1/models/{id}` deletes a fine-tuned model: one every user may be served).
+            raise MethodNotAllowed(f"Method {request.method} not allowed on {clipped(path)}", headers={"Allow": "GET"})
+        if path.startswith("/v1/messages/"):
+            # Anthropic's surface, which Sentinel serves itself (`/v1/messages`, `/count_tokens`): what else is
+            # below it (Message Batches) is never pass-through, which would send it to the OpenAI upstream
+            # with the OpenAI key, its objects no one's (listed to every user).
+            raise NotFound(
+                f"Endpoint {request.method} {clipped(path)} is not supported by this gateway", code="endpoint_not_supported"
+            )
         if not path.isascii():
             # Every path of the API is ASCII; a decoded non-ASCII letter (`/v1/f%C4%B1les`: 'ı', which
             # `casefold` keeps but other case-insensitive matchers fold to 'i'; fullwidth letters,

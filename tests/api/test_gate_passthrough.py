@@ -319,3 +319,41 @@ def test_a_body_nested_too_deep_is_a_400_on_pass_through_too(
     assert taken.status_code == 200, taken.text
     assert spy.paths() == ["/v1/moderations"]
     assert recorded_ids(gw.settings.database_url) == {taken.headers["x-request-id"]}
+
+
+def test_a_model_is_only_read_whatever_is_allowed(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    """`GET /v1/models/{id}` is the catalogue's; any other method on it matched an allowed `/v1/*` or
+    `/v1/models/*` and reached the provider account: `DELETE /v1/models/ft:...` deleted a fine-tuned
+    model, any user's, one the catalogue serves to everyone too. It is 405 (`Allow: GET`)."""
+    for allowed in ("/v1/*", "/v1/models/*"):
+        gw = start(gateway_factory, spy, passthrough=allowed)
+        with gw.client() as http:
+            refused = [http.request(method, f"/v1/models/{model}") for method in ("DELETE", "POST", "PATCH", "PUT")
+                       for model in ("ft:gpt-4o-mini:acme:payroll:abc123", "gpt-4o-mini")]
+            read = http.get("/v1/models/gpt-4o-mini")
+        for r in refused:
+            assert r.status_code == 405 and r.headers["allow"] == "GET", r.text
+            assert openai_error(r.json())["code"] == "method_not_allowed"
+        assert read.status_code == 200 and read.json()["id"] == "gpt-4o-mini", read.text
+        assert spy.seen == []
+        assert len(recorded_ids(gw.settings.database_url)) == 1  # the read: the refusals are none
+
+
+def test_anthropics_paths_are_never_pass_through(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    """Below `/v1/messages` Sentinel serves Anthropic's endpoints itself; an allowed `/v1/*` (or
+    `/v1/messages/*`) sent the rest — Message Batches — to the OpenAI upstream with the OpenAI key,
+    every user's batches listed to any (`GET /v1/messages/batches`) and none owned. They are 404 in
+    Anthropic's error shape, whatever is allowed, and nothing is sent or recorded."""
+    for allowed in ("/v1/*", "/v1/messages/*"):
+        gw = start(gateway_factory, spy, passthrough=allowed)
+        with gw.client() as http:
+            answers = [
+                http.get("/v1/messages/batches"), http.post("/v1/messages/batches", json={"requests": []}),
+                http.get("/v1/messages/batches/msgbatch_1/results"), http.delete("/v1/messages/batches/msgbatch_1"),
+                http.post("/v1/messages/batches/msgbatch_1/cancel"),
+            ]
+        for r in answers:
+            assert r.status_code == 404, r.text
+            assert r.json()["type"] == "error" and r.json()["error"]["type"] == "not_found_error", r.text
+        assert spy.seen == []
+        assert recorded_ids(gw.settings.database_url) == set()

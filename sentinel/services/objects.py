@@ -47,6 +47,8 @@ COLLECTIONS: dict[str, float | None] = {
     "skills": None,  # named by a container's or a shell tool's `skills[].skill_id`
     "audio/voices": None,  # custom voices, named by any `voice` object's `id` (a chat's `audio.voice`, speech)
     "audio/voice_consents": None,  # a speaker's recorded consent, named by a voice's `consent`
+    "videos": None,  # a video job and its content (edited, extended or remixed: named by a `video`'s `id`)
+    "videos/characters": None,  # a character made from an uploaded video
 }
 # Body fields whose values name objects (a string, a list of strings, or {"id": ...}); besides
 # these, any object {"type": "file_id", "id": ...} names a file (an eval run's JSONL source), any
@@ -65,7 +67,12 @@ REFERENCE_KEYS = frozenset({
 # Fields that name an object on one call only, by the `/v1` path of the call that takes them: a
 # voice's `consent` (its speaker's consent recording) — a word too common to read as an id in every
 # body (a request's `metadata` may have a `consent` key).
-PATH_REFERENCES: dict[tuple[str, ...], frozenset[str]] = {("audio", "voices"): frozenset({"consent"})}
+# A video edited or extended is named by `video` (`{"id": ...}`; a file given there is a file part).
+PATH_REFERENCES: dict[tuple[str, ...], frozenset[str]] = {
+    ("audio", "voices"): frozenset({"consent"}),
+    ("videos", "edits"): frozenset({"video"}),
+    ("videos", "extensions"): frozenset({"video"}),
+}
 
 
 def reference_keys(segments: Sequence[str]) -> frozenset[str]:
@@ -73,10 +80,10 @@ def reference_keys(segments: Sequence[str]) -> frozenset[str]:
     REFERENCE_KEYS, and the path's own PATH_REFERENCES."""
     extra = PATH_REFERENCES.get(tuple(segments))
     return REFERENCE_KEYS if extra is None else REFERENCE_KEYS | extra
-# POSTs below an object that create an object of their own, named in later bodies: an upload's
-# parts (`part_ids` when it is completed). Their answer's `id` becomes the caller's, kept as long as
-# the collection's objects are.
-PART_COLLECTIONS = frozenset({("uploads", "parts")})
+# POSTs below an object that create an object of their own, named in later bodies or paths: an
+# upload's parts (`part_ids` when it is completed), a video's remix (a video of its own). Their
+# answer's `id` becomes the caller's, kept as long as the collection's objects are.
+PART_COLLECTIONS = frozenset({("uploads", "parts"), ("videos", "remix")})
 # Calls on a collection itself that name no object of it: a POST whose one word after the collection
 # is one of these, by collection, is no call on an object of that id (`POST /v1/responses/compact`
 # compacts a conversation, `/v1/responses/input_tokens` counts a request's input, `POST
@@ -86,14 +93,15 @@ PART_COLLECTIONS = frozenset({("uploads", "parts")})
 COLLECTION_ACTIONS: dict[str, frozenset[str]] = {
     "responses": frozenset({"compact", "input_tokens"}),
     "threads": frozenset({"runs"}),
+    "videos": frozenset({"edits", "extensions"}),  # a new video made of one (`video`: its file, or its id)
 }
 # Fields of an action's answer naming another object it created, with that object's collection.
 ACTION_CREATED: dict[tuple[str, str], tuple[str, str]] = {("threads", "runs"): ("thread_id", "threads")}
 # Words below an object that tell Sentinel what a call on it is (`sentinel.services.relay`): a file's
 # `content` is its bytes (no object in it becomes the caller's), a `cancel` asks for no work, a run's
 # `steps` count no usage of their own, a conversation's `items` grow its context, an upload's `parts`
-# are objects. Spelled in another case (`/v1/files/{id}/Content`), a call would be read as another.
-OBJECT_WORDS = frozenset({"content", "cancel", "steps", "items", "parts"})
+# and a video's `remix` are objects. Spelled in another case (`/v1/files/{id}/Content`), a call would be read as another.
+OBJECT_WORDS = frozenset({"content", "cancel", "steps", "items", "parts", "remix"})
 # An audio answer of chat (its `id` is named again in a later request's `messages[].audio`): the
 # provider keeps it until its `expires_at`; when that is not known, this long.
 AUDIO_TTL = 2 * DAY
@@ -120,6 +128,13 @@ class ObjectPath:
         key, collection = ACTION_CREATED.get((self.collection or "", self.action or ""), ("", ""))
         created = answer.get(key) if key and isinstance(answer, dict) else None
         return [(created, COLLECTIONS[collection])] if isinstance(created, str) and created else []
+
+    def is_object(self, segments: Sequence[str]) -> bool:
+        """Whether `segments` (this path's, without a trailing slash) are an object's own path, nothing
+        below it: a DELETE there deletes the object (`/v1/vector_stores/{id}/files/{id}` only takes a
+        file out of a store, whatever the file's id)."""
+        return (self.object_id is not None and self.collection is not None
+                and len(segments) == self.collection.count("/") + 2)
 
     @property
     def ttl(self) -> float | None:
@@ -346,21 +361,24 @@ class Upload:
     def references(
         self, limit: int = MAX_REFERENCES, *, files: frozenset[str] = frozenset(), keys: frozenset[str] = REFERENCE_KEYS,
     ) -> list[str]:
-        """Object ids the upload names: the value of every part whose name has a component — split
-        at brackets and dots — that is one of `keys` (REFERENCE_KEYS, or the call's `reference_keys`:
-        `file_id`, `file_ids[]`, `tool_resources[code_interpreter][file_ids][]`,
-        `tool_resources.file_search.vector_store_ids`, a voice's `consent`), file part or not; and the ids (`referenced_ids`) in every other value that starts as JSON
-        (`{` or `[`: `tool_resources={...}`), unless it is a file (its part has a `filename`) given
-        on one of `files`, the fields the call takes files on (`upload_files`: a file's bytes are
-        its own) — a file part on any other field is read as a field. MalformedUpload when such a
+        """Object ids the upload names, but in a file (its part has a `filename`) given on one of
+        `files`, the fields the call takes files on (`upload_files`: a file's bytes are its own, a
+        video to edit given on `video` too) — a file part on any other field is read as a field: the
+        value of every part whose name has a component — split at brackets and dots — that is one of
+        `keys` (REFERENCE_KEYS, or the call's `reference_keys`: `file_id`, `file_ids[]`,
+        `tool_resources[code_interpreter][file_ids][]`, `tool_resources.file_search.vector_store_ids`,
+        a voice's `consent`, a video's `video[id]`); and the ids (`referenced_ids`) in every other
+        value that starts as JSON (`{` or `[`: `tool_resources={...}`). MalformedUpload when such a
         value holds more JSON objects and arrays than a body may, or is not JSON Sentinel reads as
         any reader would (`_json_field`)."""
         found: list[str] = []
         for name, value, is_file in self.parts:
+            if is_file and _INDEX.sub("", name) in files:
+                continue  # a file's bytes are its own (a video to edit, on `video`: a key where an id is given)
             components = _COMPONENT.split(name)
             if any(c in keys for c in components):
                 found.extend(_ids(value.decode("utf-8", "replace").strip()))
-            elif _starts_as_json(value) and not (is_file and _INDEX.sub("", name) in files):
+            elif _starts_as_json(value):
                 found.extend(referenced_ids(_json_field(value, text=name in TEXT_FIELDS and not is_file), limit, keys=keys))
             if len(found) > limit:
                 raise TooManyReferences(f"A request may name at most {limit} objects")
@@ -837,13 +855,24 @@ def continued(payload: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 
 def _ids(value: Any) -> list[str]:
+    """The ids a reference field's value names: a string, an object's `id`, and those of a list —
+    nested lists and objects in it too (`[["file-1"]]`, `[{"id": "vs_1"}]`: no provider takes
+    them, but a lenient reader would read the id, and none may go unchecked), walked without
+    recursion (a batch line may nest deeper than Python recurses)."""
     if isinstance(value, str):
         return [value] if value else []
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, str) and v]
-    if isinstance(value, dict) and isinstance(value.get("id"), str):
-        return [value["id"]]
-    return []
+    if isinstance(value, dict):
+        return [value["id"]] if isinstance(value.get("id"), str) else []
+    found: list[str] = []
+    stack = [value] if isinstance(value, list) else []
+    while stack:
+        items = stack.pop()
+        for item in items:
+            if isinstance(item, list):
+                stack.append(item)
+            elif isinstance(item, str | dict):
+                found += [named for named in _ids(item) if named]
+    return found
 
 
 # Where a Messages API body names an earlier message the provider holds: a server-held conversation

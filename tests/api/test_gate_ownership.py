@@ -22,6 +22,8 @@ from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.support.accounts import create_key
 from tests.support.attack import SpyUpstream, bearer, openai_error, raw_request, recorded_ids, spying
+from tests.support.servers import serving
+from tests.support.upstream import ScriptedUpstream
 
 DAY_MS = 86_400_000
 PASSTHROUGH = "/v1/files/*,/v1/batches"
@@ -608,3 +610,48 @@ def test_a_body_naming_many_distinct_ids_is_answered_not_a_busy_store(
     assert answer.status_code == 404, answer.text
     assert answer.json()["error"]["code"] == "object_not_found"
     assert spy.seen == []
+
+
+def test_ids_nested_in_a_reference_field_are_checked(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """A reference field's list was read for its strings only: Alice's file id one list deeper
+    (`[[id]]`) or as an object's `id` in it (`[{"id": id}]`) went upstream unchecked, to a provider
+    that may read it leniently. Every id in a reference field's value is checked, at any depth."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough="/v1/files,/v1/vector_stores")
+    fid = gw.openai().files.create(file=("salary.txt", b"alice's salary"), purpose="user_data").id
+    ghost = ghost_like(fid)
+    with gw.client(key_for(gw, "bob")) as bob:
+        spy.clear()
+        pairs = [
+            [bob.post("/v1/vector_stores", json={"name": "v", "file_ids": [[ref]]}) for ref in (fid, ghost)],
+            [bob.post("/v1/vector_stores", json={"name": "v", "file_ids": ["", [[{"id": ref}]]]}) for ref in (fid, ghost)],
+            [bob.post("/v1/chat/completions", json=chat_with({"type": "file", "file": {"file_id": [[ref]]}}))
+             for ref in (fid, ghost)],
+        ]
+    for attempt, missing in pairs:
+        same_as_missing(attempt, missing, fid, ghost)
+    assert spy.seen == []
+
+
+def test_a_delete_below_an_object_keeps_its_owner(gateway_factory: Callable[..., Gateway], redis_url: str) -> None:
+    """A DELETE forgot the object of its path whenever its last segment was that object's id: taking
+    a file out of a store (`DELETE /v1/vector_stores/{vs}/files/{id}`) whose id the provider gave as
+    the store's dropped the store's owner — unreachable to its maker from then on. Only a DELETE of
+    the object's own path forgets it."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/vector_stores/*")
+        with gw.client() as alice:
+            upstream.json({"id": "vs_1", "object": "vector_store"})
+            assert alice.post("/v1/vector_stores", json={"name": "v"}).status_code == 200
+            upstream.json({"id": "vs_1", "object": "vector_store.file.deleted", "deleted": True})
+            assert alice.delete("/v1/vector_stores/vs_1/files/vs_1").status_code == 200
+            upstream.json({"id": "vs_1", "object": "vector_store"})
+            kept = alice.get("/v1/vector_stores/vs_1")
+            upstream.json({"id": "vs_1", "object": "vector_store.deleted", "deleted": True})
+            gone = alice.delete("/v1/vector_stores/vs_1")
+            after = alice.get("/v1/vector_stores/vs_1")
+    assert kept.status_code == 200, kept.text
+    assert gone.status_code == 200 and after.status_code == 404, (gone.text, after.text)
+    assert redis.Redis.from_url(redis_url).exists("sentinel:owner:vs_1") == 0

@@ -700,3 +700,93 @@ def test_an_upload_part_with_more_header_lines_than_a_form_has_is_refused(
     error = openai_error(refused.json())
     assert error["type"] == "invalid_request_error" and "header lines" in error["message"], error
     assert spy.seen == []
+
+
+# --- videos ------------------------------------------------------------------------------------------
+def videos_upstream() -> Starlette:
+    """The mock upstream, and the Videos API as the provider serves it: `POST /v1/videos` (and an edit,
+    an extension, a remix) makes a video (`video_1`, ...), `POST /v1/videos/characters` a character
+    (`char_2`, ...); each is read, downloaded, deleted; `GET /v1/videos` lists every video of the
+    account."""
+    numbers = itertools.count(1)
+    made: list[str] = []
+
+    async def video(request: Request) -> JSONResponse:
+        await request.body()
+        made.append(f"video_{next(numbers)}")
+        return JSONResponse({"id": made[-1], "object": "video", "status": "queued", "prompt": "a payslip"})
+
+    async def character(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"id": f"char_{next(numbers)}", "name": "Alice"})
+
+    async def listed(_: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": v, "prompt": "a payslip"} for v in made]})
+
+    async def one(request: Request) -> JSONResponse:
+        return JSONResponse({"id": request.path_params["oid"], "object": "video", "prompt": "a payslip"})
+
+    async def content(_: Request) -> Response:
+        return Response(b"\x00\x00\x00\x18ftypmp42", media_type="video/mp4")
+
+    return Starlette(routes=[
+        Route("/v1/videos", video, methods=["POST"]), Route("/v1/videos", listed),
+        Route("/v1/videos/edits", video, methods=["POST"]), Route("/v1/videos/extensions", video, methods=["POST"]),
+        Route("/v1/videos/characters", character, methods=["POST"]), Route("/v1/videos/characters/{oid}", one),
+        Route("/v1/videos/{oid}", one, methods=["GET", "DELETE"]), Route("/v1/videos/{oid}/content", content),
+        Route("/v1/videos/{oid}/remix", video, methods=["POST"]), Mount("/", app=create_mock_app()),
+    ])
+
+
+def test_a_video_is_its_makers_only(gateway_factory: Callable[..., Gateway], backend_url: str | None) -> None:
+    """Videos were no collection of owned objects: with `/v1/videos/*` allowed (the Videos API's
+    uploads were even read as such), Bob listed every user's videos, read, downloaded, deleted and
+    remixed Alice's, and edited or extended them by id. Now a video (and a character) is its maker's:
+    naming one not the caller's — in the path, or as the `video` of an edit or an extension, JSON or
+    a form's `video[id]` — is the 404 an unknown one gets, nothing is sent, listing is not offered.
+    Alice's remix, edit and extension are hers; a video file given on `video` is a file, not an id."""
+    with spying(videos_upstream()) as (_, upstream):
+        gw = gateway_factory(openai_api_url=upstream.url + "/v1", redis_url=backend_url, passthrough="/v1/videos/*")
+        with gw.client() as alice, gw.client(key_for(gw, "bob")) as bob:
+            made = alice.post("/v1/videos", data={"prompt": "my payslip", "model": "sora-2"},
+                              files={"input_reference": ("ref.png", b"\x89PNG....")})
+            assert made.status_code == 200, made.text
+            video = made.json()["id"]
+            character = alice.post("/v1/videos/characters", data={"name": "Alice"},
+                                   files={"video": ("me.mp4", b"\x00\x00\x00\x18ftypmp42")}).json()["id"]
+            upstream.clear()
+            pairs = [
+                [bob.get(f"/v1/videos/{ref}") for ref in (video, "video_000")],
+                [bob.get(f"/v1/videos/{ref}/content") for ref in (video, "video_000")],
+                [bob.delete(f"/v1/videos/{ref}") for ref in (video, "video_000")],
+                [bob.post(f"/v1/videos/{ref}/remix", json={"prompt": "at night"}) for ref in (video, "video_000")],
+                [bob.post("/v1/videos/edits", json={"prompt": "x", "video": {"id": ref}}) for ref in (video, "video_000")],
+                [bob.post("/v1/videos/extensions", json={"prompt": "x", "seconds": "4", "video": {"id": ref}})
+                 for ref in (video, "video_000")],
+                [bob.post("/v1/videos/edits", data={"prompt": "x", "video[id]": ref}, files={"f": ("f", b"")})
+                 for ref in (video, "video_000")],
+                [bob.get(f"/v1/videos/characters/{ref}") for ref in (character, "char_000")],
+            ]
+            listed = [bob.get("/v1/videos"), bob.head("/v1/videos"), bob.get("/v1/videos/characters")]
+            assert upstream.seen == []
+            for stolen, missing in pairs:
+                assert stolen.status_code == missing.status_code == 404, stolen.text
+                assert openai_error(stolen.json())["code"] == "object_not_found"
+                assert stolen.text.replace(video, "<id>").replace(character, "<id>") \
+                    == missing.text.replace("video_000", "<id>").replace("char_000", "<id>")
+            assert [answer.status_code for answer in listed] == [404, 404, 404]
+            assert openai_error(listed[0].json())["code"] == "endpoint_not_supported"
+            remix = alice.post(f"/v1/videos/{video}/remix", json={"prompt": "at night"}).json()["id"]
+            edit = alice.post("/v1/videos/edits", json={"prompt": "x", "video": {"id": video}}).json()["id"]
+            extension = alice.post("/v1/videos/extensions", data={"prompt": "x", "seconds": "4", "video[id]": video},
+                                   files={"f": ("f", b"")}).json()["id"]
+            uploaded = alice.post("/v1/videos/edits", data={"prompt": "x"},
+                                  files={"video": ("clip.mp4", b"video_000 is no id here")})
+            assert uploaded.status_code == 200, uploaded.text
+            for own in (video, remix, edit, extension, uploaded.json()["id"]):
+                assert alice.get(f"/v1/videos/{own}").json()["id"] == own
+                assert bob.get(f"/v1/videos/{own}").status_code == 404
+            assert alice.get(f"/v1/videos/{video}/content").content.endswith(b"ftypmp42")
+            assert alice.get(f"/v1/videos/characters/{character}").status_code == 200
+            assert alice.delete(f"/v1/videos/{video}").status_code == 200
+            assert alice.get(f"/v1/videos/{video}").status_code == 404  # forgotten

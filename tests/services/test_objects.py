@@ -179,6 +179,29 @@ def test_custom_voices_and_a_voices_consent_are_references() -> None:
     assert upload.references(keys=reference_keys(["audio", "voices"])) == ["cons_1"]
 
 
+def test_a_video_edited_or_extended_is_a_reference_a_video_file_is_not() -> None:
+    """`video` names a video to edit or extend (`{"id": ...}`, a form's `video[id]`) on those calls
+    only; a file given on `video` is the video's bytes, never read as an id."""
+    for path in (["videos", "edits"], ["videos", "extensions"]):
+        keys = reference_keys(path)
+        assert referenced_ids({"prompt": "x", "video": {"id": "video_1"}}, keys=keys) == ["video_1"]
+        upload = Upload((("prompt", b"x", False), ("video[id]", b"video_2", False)))
+        assert upload.references(files=upload_files("POST", path) or frozenset(), keys=keys) == ["video_2"]
+        clip = Upload((("prompt", b"x", False), ("video", b"video_3", True)))
+        assert clip.references(files=upload_files("POST", path) or frozenset(), keys=keys) == []
+    assert referenced_ids({"video": {"id": "video_1"}}) == []  # elsewhere a `video` names nothing
+
+
+def test_every_id_in_a_reference_field_is_read_at_any_depth() -> None:
+    """Only a list's strings were read: `[["file-1"]]` and `[{"id": "vs_1"}]` went unchecked."""
+    assert sorted(referenced_ids({"file_ids": [["file-1"], [{"id": "file-2"}, 3, None, ""]]})) == ["file-1", "file-2"]
+    assert referenced_ids({"vector_store_ids": [{"id": "vs_1"}]}) == ["vs_1"]
+    deep: list[object] = ["file-3"]
+    for _ in range(100_000):
+        deep = [deep]
+    assert referenced_ids({"file_ids": deep}) == ["file-3"]  # walked, not recursed: no RecursionError
+
+
 def test_the_audio_answers_of_a_chat_answer_are_its_callers() -> None:
     now = 1_800_000_000.0
     answer = {"choices": [{"message": {"audio": {"id": "audio_1", "expires_at": now + 3600}}},
@@ -197,6 +220,8 @@ def test_the_audio_answers_of_a_chat_answer_are_its_callers() -> None:
     ("POST", "files", True), ("POST", "uploads/upload_1/parts", True), ("POST", "fine_tuning/jobs", True),
     ("GET", "files", False), ("POST", "uploads/upload_1/complete", False), ("POST", "uploads/upload_1", False),
     ("POST", "threads/thread_1/parts", False), ("POST", "moderations", False),
+    ("POST", "videos", True), ("POST", "videos/video_1/remix", True), ("POST", "videos/characters", True),
+    ("POST", "videos/video_1", False), ("POST", "videos/video_1/remix/x", False),
 ])
 def test_what_a_call_creates_becomes_its_callers(method: str, path: str, creates: bool) -> None:
     segments = path.split("/")
@@ -498,6 +523,10 @@ def test_a_stream_asked_for_in_any_spelling_a_reader_takes_is_seen(value: bytes,
     ("POST", "responses/Compact", ("responses", "Compact", None)),
     ("POST", "files/compact", ("files", "compact", None)),
     ("POST", "responses/resp_1/cancel", ("responses", "resp_1", None)),
+    ("POST", "videos/edits", ("videos", None, "edits")),
+    ("POST", "videos/extensions", ("videos", None, "extensions")),
+    ("GET", "videos/edits", ("videos", "edits", None)),
+    ("GET", "videos/characters/char_1", ("videos/characters", "char_1", None)),
 ])
 def test_a_collections_own_calls_name_no_object(method: str, path: str, where: tuple[str, str | None, str | None]) -> None:
     """`/v1/responses/compact` was read as the response `compact`: no user's, a 404 every time."""

@@ -297,7 +297,7 @@ class OpenAIRelay:
             await self._claim_along(where, reply, identity)
         if where.collection == "conversations" and method == "POST" and body:
             await self._conversation_grew(where, last, reply, len(body))
-        if method == "DELETE" and where.is_object(segments) and reply.status < 300:
+        if method == "DELETE" and where.object_id is not None and where.is_object(segments) and reply.status < 300:
             try:
                 await self.ownership.forget(where.object_id)
             except StoreUnavailable:  # the provider deleted it: its record names its maker, nothing more

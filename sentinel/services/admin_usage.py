@@ -11,8 +11,6 @@ day (whole hours) and from the per-day rollups for 30 days (whole UTC days). Tot
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -236,18 +234,30 @@ class UsageReports:
 
     async def csv(self, since: datetime | None, until: datetime | None) -> str:
         """Usage per user and model for requests finished in [since, until), as CSV text."""
-        out = io.StringIO()
-        # "\r\n" (RFC 4180): a field holding a CR or LF is quoted, so no cell can start a row of its own
-        writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow(CSV_COLUMNS)
+        # "\r\n" (RFC 4180) ends each row; a cell holding a CR or LF is quoted, so no cell can start a
+        # row of its own.
+        lines = [",".join(CSV_COLUMNS)]
         for row in await self.ledger.totals_by_user(since, until):
-            writer.writerow([
-                _csv_safe(row["external_id"]), _csv_safe(row["model"] or ""), row["requests"],
-                row["input_tokens"], row["output_tokens"], f"{row['cost_usd']:.8f}".rstrip("0").rstrip("."),
-            ])
-        return out.getvalue()
+            cost = f"{row['cost_usd']:.8f}".rstrip("0").rstrip(".")
+            cells = [_csv_text(row["external_id"]), _csv_text(row["model"] or ""), str(row["requests"]),
+                     str(row["input_tokens"]), str(row["output_tokens"]), cost]
+            lines.append(",".join(cells))
+        return "\r\n".join(lines) + "\r\n"
 
 
-def _csv_safe(text: str) -> str:
-    """Neutralise spreadsheet formulas (a cell starting with = + - @ is prefixed with ')."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+# The characters that make a cell quoted: the comma, the quote and line breaks (RFC 4180), and the
+# other separators a spreadsheet may split a row on: `;` (Excel does in the locales whose decimal
+# mark is a comma), tab and `|`. Unquoted, an external id `alice;=HYPERLINK(...)` (which an identity
+# source may vouch for) was two cells there, the second a formula; quoted, and first on its row, it
+# is one cell whatever the separator (a quote opening a field keeps every separator in it).
+_QUOTED = frozenset(',"\r\n;\t|')
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_text(text: str) -> str:
+    """A text cell a spreadsheet reads as text: one starting with = + - @, tab or CR is prefixed with
+    ' (no formula), then quoted when it holds a separator or a line break (see `_QUOTED`)."""
+    safe = "'" + text if text.startswith(_FORMULA) else text
+    if _QUOTED.isdisjoint(safe):
+        return safe
+    return '"' + safe.replace('"', '""') + '"'

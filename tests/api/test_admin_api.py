@@ -462,6 +462,38 @@ def test_the_usage_csv_quotes_a_cell_holding_a_line_break(gateway_factory: Calla
     assert '"alice\r=1+1",' in csv_text, csv_text  # quoted whole: the CR stays inside its cell
 
 
+def test_an_external_id_holding_another_separator_stays_one_cell_of_text(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """An external id an identity source vouched for, `alice;=1+1`, was exported unquoted: Excel where
+    the decimal mark is a comma splits a .csv on `;`, and read a second cell `=1+1`, a formula. It is
+    quoted now; read with `;`, `,`, tab or `|` as the separator, no cell starts a formula."""
+    import csv
+    import io
+
+    import jwt
+
+    secret = "a-test-secret-that-is-long-enough-for-hs256"
+    gw = gateway_factory(admin_key=ADMIN_KEY, jwt_secret=secret, usage_flush_interval_seconds=0.1)
+    ids = ["alice;=1+1", "bob;@SUM(1)", "carol|+1", "dave;-1"]
+    for external_id in ids:
+        token = jwt.encode({"sub": "u", "externalId": external_id, "exp": int(time.time()) + 600}, secret,
+                           algorithm="HS256")
+        answer = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {token}"}, json=CHAT,
+                            timeout=30)
+        assert answer.status_code == 200, answer.text
+    with admin(gw) as http:
+        assert wait_for(lambda: all(i.split(";")[0] in http.get("/admin/api/usage.csv").text for i in ids))
+        text = http.get("/admin/api/usage.csv").text
+    for separator in (",", ";", "\t", "|"):
+        cells = [cell for row in csv.reader(io.StringIO(text), delimiter=separator) for cell in row]
+        formulas = [cell for cell in cells if cell[:1] in ("=", "+", "-", "@")]
+        assert formulas == [], (separator, formulas)
+    exported = {row["external_id"]: row for row in csv.DictReader(io.StringIO(text))}
+    assert set(exported) == set(ids)  # each id read back whole, its cell quoted, not prefixed
+    assert all(row["model"] == "gpt-4o-mini" and row["requests"] == "1" for row in exported.values())
+
+
 def test_every_admin_api_error_is_not_stored(gw: Gateway) -> None:
     """Only the admin API's successes carried `Cache-Control: no-store`: its refusals (a missing key,
     a bad input, an unknown user or route, a wrong method) could be kept by a cache along the way."""

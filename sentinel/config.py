@@ -358,6 +358,11 @@ class Settings(BaseSettings):
             # Credentials are stripped where clients send them (a bearer token, a header value): a key
             # with a space or line break around it could never match, nor be known as reserved on /v1.
             raise ValueError("must not start or end with whitespace (a stray space or newline?)")
+        if not all(" " <= ch <= "~" for ch in secret):
+            # Scripts send it in a header (`Authorization`, `X-Docs-Key`), whose bytes are read as
+            # Latin-1: a key holding `é` matched in the sign-in form only, and every script's try
+            # counted as a failed authentication, until its address was refused (429).
+            raise ValueError("must be printable ASCII (it is sent in an HTTP header: other characters never match there)")
         return value
 
     @field_validator("admin_key")

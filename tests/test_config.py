@@ -153,6 +153,23 @@ def test_a_key_with_surrounding_whitespace_is_refused_without_being_shown(
     assert value.strip() not in str(refused.value)
 
 
+@pytest.mark.parametrize("name", ["SENTINEL_ADMIN_KEY", "DOCS_API_KEY"])
+@pytest.mark.parametrize("value", ["clé-d-administration-très-longue", "a-long-enough\x7fsecret-key", "a-long-enough\tsecret-key"])
+def test_a_key_a_header_cannot_carry_is_refused_without_being_shown(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str,
+) -> None:
+    """A header's bytes are read as Latin-1: a key holding `é` (or a control character) signed in
+    through the form but never matched as `Authorization: Bearer` or `X-Docs-Key`, and each script's
+    try counted as a failed authentication of its address."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert name in str(refused.value) and "printable ASCII" in str(refused.value)
+    assert value not in str(refused.value)
+    monkeypatch.setenv(name, "a long enough key with spaces ~!")  # printable ASCII, spaces inside
+    assert reveal(getattr(load_settings(), name.removeprefix("SENTINEL_").lower())) == "a long enough key with spaces ~!"
+
+
 def test_the_jwks_staleness_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     """How long a JWKS is used before a refresh, and at most while refetches fail (then 503)."""
     s = load_settings()

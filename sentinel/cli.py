@@ -329,7 +329,7 @@ def cmd_usage_show(args: argparse.Namespace) -> int:
 def cmd_usage_export(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from sentinel.services.admin_usage import parse_moment
+    from sentinel.services.admin_usage import is_empty_window, parse_moment
 
     now = datetime.now(UTC)
     try:
@@ -337,7 +337,7 @@ def cmd_usage_export(args: argparse.Namespace) -> int:
     except ValueError:
         print("sentinel: --since/--until take a window (1h, 7d) or an ISO date", file=sys.stderr)
         return 2
-    if since is not None and since >= (until or now):  # an empty range: it exported just the header, status 0
+    if is_empty_window(since, until, now):  # it exported just the header, status 0
         print(f"sentinel: --since ({since:%Y-%m-%d %H:%M:%S} UTC) must be before --until "
               f"({(until or now):%Y-%m-%d %H:%M:%S} UTC); a window counts back from now (--since 2h --until 1h)",
               file=sys.stderr)

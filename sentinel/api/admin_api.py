@@ -32,7 +32,7 @@ from sentinel.api.responses import NO_STORE, NOSNIFF, RawResponse, operator_json
 from sentinel.domain.numbers import MAX_INT64, parse_whole
 from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import MAX_ITEMS, limit_inputs, refuse
-from sentinel.services.admin_usage import STEPS, parse_moment
+from sentinel.services.admin_usage import EMPTY_WINDOW, STEPS, is_empty_window, parse_moment
 
 PREFIX = "/admin/api"
 
@@ -53,6 +53,15 @@ def moment_param(request: Request, name: str, now: datetime) -> datetime | None:
         return parse_moment(request.query_params.get(name), now)
     except ValueError:
         raise refuse({name: "a window back from now (1h, 7d) or an ISO date/time"}) from None
+
+
+def window_params(request: Request, now: datetime) -> tuple[datetime | None, datetime | None]:
+    """The `since` and `until` query parameters; 400 (field `since`) for a window holding no moment
+    (`since` not before `until`, or now without it)."""
+    since, until = moment_param(request, "since", now), moment_param(request, "until", now)
+    if is_empty_window(since, until, now):
+        raise refuse({"since": EMPTY_WINDOW})
+    return since, until
 
 
 def user_param(request: Request) -> str:
@@ -149,6 +158,8 @@ class AdminApiRoutes:
             raise refuse({"step": f"one of {', '.join(STEPS)}"})
         since = moment_param(request, "since", now) or now - timedelta(days=1)
         until = moment_param(request, "until", now) or now
+        if is_empty_window(since, until, now):
+            raise refuse({"since": EMPTY_WINDOW})
         series = await self.service.reports.series(since, until, STEPS[step])
         return _json(series.to_json())
 
@@ -158,13 +169,13 @@ class AdminApiRoutes:
         if not user:
             raise refuse({"user": "the user's external id"})
         now = self.service.clock()
-        rows = await self.service.usage_totals(user, moment_param(request, "since", now), moment_param(request, "until", now))
+        rows = await self.service.usage_totals(user, *window_params(request, now))
         return _json({"user": user, "models": rows})
 
     async def usage_csv(self, request: Request) -> RawResponse:
         await self._access(request)
         now = self.service.clock()
-        text = await self.service.usage_csv(moment_param(request, "since", now), moment_param(request, "until", now))
+        text = await self.service.usage_csv(*window_params(request, now))
         headers = [
             (b"content-type", b"text/csv; charset=utf-8"),
             (b"content-disposition", b'attachment; filename="sentinel-usage.csv"'),

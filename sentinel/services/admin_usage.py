@@ -18,11 +18,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sentinel.domain.plans import parse_duration
-from sentinel.errors import InvalidRequest
 from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.request_stats import AnswerBucket, RequestStats
 from sentinel.governance.rollups import percentile
 from sentinel.governance.usage_stats import Bucket, Ranked, UsageStats
+from sentinel.services.admin_forms import refuse
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,15 @@ def parse_moment(text: str | None, now: datetime) -> datetime | None:
     return min(max(moment, EARLIEST), LATEST)
 
 
+EMPTY_WINDOW = "before until (now when absent): a window counts back from now (since=2h&until=1h)"
+
+
+def is_empty_window(since: datetime | None, until: datetime | None, now: datetime) -> bool:
+    """Whether [since, until) holds no moment (`until` None: now), as `since=1h&until=2h` does: an
+    export of it was its header alone, a series of it a complaint about its buckets."""
+    return since is not None and since >= (until or now)
+
+
 def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
@@ -184,8 +193,7 @@ class UsageReports:
         end = math.ceil(until.timestamp() / 60 / step) * step
         count = (end - first) // step
         if count <= 0 or count > MAX_BUCKETS:
-            raise InvalidRequest(f"a series has 1 to {MAX_BUCKETS} buckets; use a longer step or a shorter range",
-                                 details={"param": "step"})
+            raise refuse({"step": f"a series has 1 to {MAX_BUCKETS} buckets; use a longer step or a shorter range"})
         found = {b.index: b for b in await self.stats.series(first, end, step)}
         answered = {a.index: a for a in await self.answers.series(first, end, step)}
         points = [

@@ -56,6 +56,37 @@ def test_dates_at_the_ends_of_the_calendar_never_give_a_500(api: httpx.Client, c
             assert answer.json()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("window", [{"since": "1h", "until": "2h"}, {"since": "2026-01-02", "until": "2026-01-01"},
+                                    {"since": "2026-01-01", "until": "2026-01-01"}, {"since": "8999-12-31"},
+                                    {"until": "2d"}])
+def test_a_window_holding_no_moment_is_refused_where_since_is_named(
+    api: httpx.Client, console: Console, window: dict[str, str],
+) -> None:
+    """`since` not before `until` (now without it): the export answered its header alone, 200, and
+    the series a complaint about its buckets in another error shape (`details.param`), where the
+    CLI refuses it. Each is a 400 naming `since` now (the console's export says so on its page)."""
+    params = dict(window)
+    paths = ["/admin/api/usage", "/admin/api/usage.csv", "/admin/api/usage/totals"]
+    if "since" not in window:  # the series counts a day back from now: until=2d leaves nothing
+        paths = ["/admin/api/usage"]
+    for path in paths:
+        answer = api.get(path, params={**params, "user": "alice", "step": "1h"})
+        assert answer.status_code == 400, (path, answer.text)
+        error = answer.json()["error"]
+        assert error["code"] == "validation_failed" and "since" in error["details"]["fields"], (path, error)
+    if "since" in window:
+        page = console.get("/admin/export.csv", params=params)
+        assert page.status_code == 400 and "From: before Until" in page.text, page.text
+    assert api.get("/admin/api/usage.csv", params={"since": "2h", "until": "1h"}).status_code == 200
+
+
+def test_a_series_of_too_many_buckets_names_its_step(api: httpx.Client) -> None:
+    answer = api.get("/admin/api/usage", params={"step": "1m", "since": "30d"})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["code"] == "validation_failed" and "2000 buckets" in error["details"]["fields"]["step"], error
+
+
 def test_a_compact_iso_date_is_a_date_not_a_number_of_seconds(api: httpx.Client) -> None:
     """`since=20240101` (ISO 8601's basic format) covered the last 20,240,101 seconds (~234 days)."""
     answer = api.get("/admin/api/usage", params={"step": "1d", "since": "20240101", "until": "20240105"})

@@ -8,8 +8,10 @@ route table's 404/405 included) and for the response headers it adds:
   `not_found_error` 404, `request_too_large` 413, `rate_limit_error` 429, `api_error` 500/502,
   `timeout_error` 504, `overloaded_error` 529 — Sentinel's own 503s are sent as 529, as Anthropic
   does), so the official SDKs raise their own typed exceptions; every answer carries `request-id`;
-- everything else keeps Sentinel's shape `{"error": {"message", "type", "code", ...}}`; the admin
-  API's (`/admin/api` and below) carries `Cache-Control: no-store`, as its every answer does.
+- everything else keeps Sentinel's shape `{"error": {"message", "type", "code", ...}}`; under
+  `/admin` (the admin API and the console) it carries `Cache-Control: no-store`, as their every
+  answer does (a 404 is cacheable by default: a shared cache could keep the console's "No plan
+  'gold'" after the plan is created).
 The surface is read from the decoded path, tolerant of extra `/`, `\\` and `.` segments, so an
 encoded or malformed variant of `/v1/messages` (refused with 400 by the canonical-path check) is still
 answered in Anthropic's shape.
@@ -37,8 +39,8 @@ OVERLOADED = 529
 # `/v1/messages` and below, also when spelled with extra `/`, `\\` or `.` segments or followed by any
 # character that cannot continue the name (the canonical-path check refuses those with 400).
 _ANTHROPIC_PATH = re.compile(r"^[/\\.]*v1[/\\.]+messages(?![A-Za-z0-9_-])")
-# `/admin/api` and below (`sentinel.api.admin_api.PREFIX`), spelled as loosely.
-_ADMIN_API_PATH = re.compile(r"^[/\\.]*admin[/\\.]+api(?![A-Za-z0-9_-])")
+# `/admin` and below (the admin API and the console), spelled as loosely.
+_ADMIN_PATH = re.compile(r"^[/\\.]*admin(?![A-Za-z0-9_-])")
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -67,8 +69,8 @@ def anthropic_error(err: SentinelError, request_id: str | None) -> tuple[int, di
 def render_error(path: str, err: SentinelError, request_id: str | None = None) -> RawResponse:
     """The error response for a request to `path`, in its surface's shape."""
     if not is_anthropic(path):
-        admin_api = "admin" in path and _ADMIN_API_PATH.match(path) is not None
-        return error_response(err, _NO_STORE if admin_api else None)
+        admin = "admin" in path and _ADMIN_PATH.match(path) is not None
+        return error_response(err, _NO_STORE if admin else None)
     status, body = anthropic_error(err, request_id)
     headers = encode_headers(err.headers)
     headers.append((b"content-type", b"application/json"))

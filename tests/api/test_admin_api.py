@@ -514,6 +514,33 @@ def test_every_admin_api_error_is_not_stored(gw: Gateway) -> None:
     assert user_error.status_code == 401 and "cache-control" not in user_error.headers
 
 
+def test_every_console_error_is_not_stored(gw: Gateway) -> None:
+    """The console's pages are `no-store`, its refusals in Sentinel's shape were not: a 404 is
+    cacheable by default, so a cache along the way could keep "No plan 'gold'" (or a key's) for a
+    signed-in operator after the plan was created."""
+    console, csrf = signed_in(gw)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    try:
+        answers = [
+            console.get("/admin/plans/gold"),  # no such plan: 404
+            console.post("/admin/keys/key_nope/revoke", content=f"csrf={csrf}", headers=form),  # 404
+            console.post("/admin/plans", content=f"csrf={csrf}", headers={"Content-Type": "text/plain"}),  # 400
+            console.get("/admin/users?q=%FF"),  # not UTF-8: 400
+            console.get("/admin/nope"),  # no such page: 404
+            console.get("/admin/assets/nope.js"),  # 404
+            console.get("/admin//users"),  # not canonical: 400
+            console.put("/admin/plans"),  # 405
+        ]
+    finally:
+        console.close()
+    assert [a.status_code for a in answers] == [404, 404, 400, 400, 404, 404, 400, 405], [a.text for a in answers]
+    for answer in answers:
+        assert answer.headers["cache-control"] == "no-store", answer.request.url
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    with gw.client() as user:  # a user's surface is not the console's
+        assert "cache-control" not in user.get("/v1/nope").headers
+
+
 def on_a_new_plan(http: httpx.Client) -> tuple[str, str, str, dict[str, Any]]:
     """A new plan of 1,000 requests a minute and a new user on it with a key: (plan, user, key, the
     plan's limits as sent). Names are new each time: the PostgreSQL database is the session's."""

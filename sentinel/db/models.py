@@ -3,7 +3,8 @@
 The schema itself is owned by the Alembic migrations in `sentinel/db/migrations/versions/`; these
 models mirror it (a test compares the two) and are what the repositories query with.
 
-    users ──< api_keys                 a user has many keys; only a key's SHA-256 is stored
+    users ──< api_keys                 a user has many keys; only a key's SHA-256 is stored; a key may
+                                       expire (`expires_at`, NULL: never)
     plans ──< plan_limits              (metric, window_seconds) -> limit, per plan
     users.plan_name                    names a plan, or NULL: the default plan; no foreign key (SQLite
                                        adds one only by copying `users`, see migration 0006), so
@@ -138,6 +139,8 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = _created_at()
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When the key stops working (migration 0007); NULL: never, until it is revoked.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class PlanRow(Base):

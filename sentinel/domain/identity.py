@@ -19,8 +19,8 @@ class Identity:
 
     `external_id` is the stable user id quotas, sessions and usage are keyed by; `email` is what
     Zion's usage endpoints are keyed by; `source` says which identity source vouched for it.
-    `expires_at` (unix seconds) is when the credential itself stops being valid (a JWT's `exp`),
-    None for credentials without an expiry (API keys): no cache may serve it past that moment.
+    `expires_at` (unix seconds) is when the credential itself stops being valid (a JWT's `exp`, an
+    API key's expiry), None for credentials without one: no cache may serve it past that moment.
     """
 
     external_id: str

@@ -5,6 +5,8 @@ is never stored. A validated identity is fresh for `ttl` seconds and kept `grace
 for identity-source outages (see `GovernanceCache`); an identity whose credential expires (a
 JWT's `exp` plus the leeway) is never served past that moment, grace period included: a JWT whose
 own `exp` has passed is refused with 401 before any source is asked, so an outage cannot revive it.
+An API key issued with an expiry is the same: its identity is cached until that moment at most, and
+then the key service refuses it (401 `token_expired`, not cached: each use says so).
 Invalid tokens are remembered for `negative_ttl` seconds. Revoking a key therefore takes effect
 within `ttl` seconds. An identity served while its source is down from the token's own claims (a
 `StandIn`) is cached for the outage only, never fresh: the next use asks the source again, so a

@@ -14,7 +14,9 @@ class IdentitySource(Protocol):
     Returns None when the token is not valid for this source (-> 401); raises
     `GovernanceUnavailable` when the source cannot be asked (-> 503 unless cached), or `StandIn`
     when it cannot be asked but the token names its identity itself, or `Refused` when the source
-    that vouches for identities refused a token that names its identity itself (-> 401).
+    that vouches for identities refused a token that names its identity itself (-> 401). It may
+    raise `AuthenticationError` itself to refuse a token with a reason of its own (an expired API
+    key: `token_expired`); such a refusal is not cached, so every use of the token says it.
     """
 
     name: str

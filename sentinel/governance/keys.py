@@ -3,6 +3,10 @@
 Only the SHA-256 of a key is stored (plus a short display prefix); a presented token is looked up
 by its hash, so the plaintext exists only in the caller's hands and in the one `create_key` answer.
 A 240-bit random key makes a fast unsalted hash safe here: there is nothing to brute-force.
+
+A key may be issued with an expiry (`expires_at`, at most MAX_KEY_LIFETIME ahead): from that moment,
+read on the service's clock, it is refused with 401 `token_expired`; the identity it authenticates
+carries the moment (`Identity.expires_at`), so no cache serves it past it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from sentinel.db.engine import database_errors
 from sentinel.db.models import ApiKey, User, utcnow
 from sentinel.db.queries import ensure_user
 from sentinel.domain.identity import Identity
-from sentinel.errors import InvalidRequest
+from sentinel.errors import AuthenticationError, InvalidRequest
 from sentinel.observability.logging import Repeated
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,8 @@ KEY_RANDOM_CHARS = 40
 # The fixed "sk-sentinel-" is itself 12 characters, so show 8 random ones after it to tell keys apart.
 DISPLAY_PREFIX_CHARS = len(KEY_PREFIX) + 8
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+# The longest lifetime a key may be given (an expiry further ahead is refused as a mistake: `30000d`).
+MAX_KEY_LIFETIME = timedelta(days=3660)
 _MAX_TOKEN_CHARS = 256
 # Said where a key id (`key_...`) was expected and the key itself was given; the key is never repeated
 # (an error ends up in scrollback, CI logs, tickets and an admin client's logs).
@@ -68,6 +74,13 @@ class ApiKeyInfo:
     created_at: datetime
     revoked_at: datetime | None
     last_used_at: datetime | None
+    expires_at: datetime | None = None  # None: never (until revoked)
+
+    def status(self, now: datetime) -> str:
+        """`revoked`, `expired` (at `now`) or `active`."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expires_at is not None and self.expires_at <= now else "active"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +99,7 @@ _INFO_COLUMNS = (
     ApiKey.created_at,
     ApiKey.revoked_at,
     ApiKey.last_used_at,
+    ApiKey.expires_at,
 )
 
 
@@ -119,9 +133,12 @@ class KeyService:
                 return user_id
 
     async def create_key(
-        self, external_id: str, name: str | None = None, email: str | None = None
+        self, external_id: str, name: str | None = None, email: str | None = None,
+        expires_at: datetime | None = None,
     ) -> tuple[ApiKeyInfo, str]:
         """Issue a key for `external_id` (created if missing); returns (info, plaintext shown once).
+        `expires_at`: when it stops working (None: never; the operator surfaces check it first,
+        `sentinel.services.admin_forms.key_expiry`).
 
         InvalidRequest (nothing written) when `require_email` and the user has no email."""
         token = generate_key()
@@ -131,6 +148,7 @@ class KeyService:
             prefix=token[:DISPLAY_PREFIX_CHARS],
             key_hash=hash_key(token),
             created_at=self._clock(),
+            expires_at=expires_at,
         )
         with database_errors("API key store unavailable"):
             async with self._sessions() as session:
@@ -146,11 +164,13 @@ class KeyService:
                         )
                 session.add(row)
                 await session.commit()
-        info = ApiKeyInfo(row.id, external_id, name, row.prefix, row.created_at, None, None)
+        info = ApiKeyInfo(row.id, external_id, name, row.prefix, row.created_at, None, None, expires_at)
         return info, token
 
     async def authenticate(self, token: str) -> Identity | None:
-        """The identity owning `token`, or None when the key is unknown, malformed or revoked."""
+        """The identity owning `token`, or None when the key is unknown, malformed or revoked;
+        AuthenticationError `token_expired` when it has expired (its use is then not recorded). The
+        identity of a key with an expiry carries it (`expires_at`): no cache serves it later."""
         if not token.startswith(KEY_PREFIX) or len(token) > _MAX_TOKEN_CHARS:
             return None
         query = (
@@ -158,6 +178,7 @@ class KeyService:
                 ApiKey.id,
                 ApiKey.revoked_at,
                 ApiKey.last_used_at,
+                ApiKey.expires_at,
                 User.id,
                 User.external_id,
                 User.email,
@@ -171,14 +192,17 @@ class KeyService:
                 found = (await session.execute(query)).one_or_none()
                 if found is None:
                     return None
-                key_id, revoked_at, last_used_at, user_id, external_id, email, plan = found
+                key_id, revoked_at, last_used_at, expires_at, user_id, external_id, email, plan = found
                 if revoked_at is not None:
                     return None
                 now = self._clock()
+                if expires_at is not None and expires_at <= now:
+                    raise AuthenticationError("This API key has expired", code="token_expired")
                 if last_used_at is None or now - last_used_at >= LAST_USED_RESOLUTION:
                     await self._touch(session, key_id, now)
         return Identity(
-            external_id=external_id, user_id=user_id, email=email, source=self.name, key_id=key_id, plan=plan
+            external_id=external_id, user_id=user_id, email=email, source=self.name, key_id=key_id, plan=plan,
+            expires_at=None if expires_at is None else expires_at.timestamp(),
         )
 
     async def _touch(self, session: AsyncSession, key_id: str, now: datetime) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sentinel.db.engine import create_engine, session_factory
 from sentinel.domain.identity import Identity
 from sentinel.domain.plans import Limit
-from sentinel.errors import GovernanceUnavailable, InvalidRequest
+from sentinel.errors import AuthenticationError, GovernanceUnavailable, InvalidRequest
 from sentinel.governance.identity import IdentitySource
 from sentinel.governance.keys import KeyService, generate_key, hash_key
 from sentinel.governance.plans import PlanRepository
@@ -209,3 +209,70 @@ def test_the_cli_refuses_a_key_without_email_under_zion(tmp_path: Path) -> None:
     created = run("carol", "--email", "carol@example.com")
     assert created.returncode == 0, created.stderr
     assert created.stdout.strip().splitlines()[-1].startswith("sk-sentinel-")
+
+
+async def test_a_key_with_an_expiry_works_until_then_and_is_refused_as_expired_from_then(
+    keys: KeyService, clock: FakeClock, db_engine: AsyncEngine
+) -> None:
+    """Keys never expired: a key lived until revoked. One issued with `expires_at` authenticates
+    before that moment (its identity carrying it, for the caches) and from it is refused with
+    `token_expired`, its use not recorded; the column holds the moment on both backends."""
+    ends = clock.now + timedelta(hours=1)
+    info, key = await keys.create_key("user-1", expires_at=ends)
+    forever, other = await keys.create_key("user-1")
+    assert info.expires_at == ends and forever.expires_at is None
+    identity = await keys.authenticate(key)
+    assert identity is not None and identity.expires_at == ends.timestamp()
+    assert Identity.from_json(identity.to_json()) == identity  # as the identity cache stores it
+    clock.now = ends - timedelta(microseconds=1)
+    assert await keys.authenticate(key) is not None
+    clock.now = ends
+    with pytest.raises(AuthenticationError) as caught:
+        await keys.authenticate(key)
+    assert caught.value.code == "token_expired" and caught.value.status == 401
+    clock.now = ends + timedelta(days=400)
+    with pytest.raises(AuthenticationError):
+        await keys.authenticate(key)
+    still = await keys.authenticate(other)
+    assert still is not None and still.expires_at is None  # a key without expiry never expires
+    listed = {k.id: k for k in await keys.list_keys("user-1")}
+    # Its last use is the one before it expired: a refused use is not recorded.
+    assert listed[info.id].expires_at == ends and listed[info.id].last_used_at == ends - timedelta(microseconds=1)
+    assert listed[info.id].status(clock.now) == "expired" and listed[forever.id].status(clock.now) == "active"
+    assert listed[info.id].status(ends - timedelta(seconds=1)) == "active"
+    assert await keys.get_key(info.id) == listed[info.id]
+    async with db_engine.connect() as conn:
+        stored = (await conn.execute(text("SELECT expires_at FROM api_keys WHERE id = :id"), {"id": info.id})).scalar()
+    assert stored is not None
+
+
+async def test_a_revoked_key_with_an_expiry_is_revoked_not_expired(keys: KeyService, clock: FakeClock) -> None:
+    info, key = await keys.create_key("user-1", expires_at=clock.now + timedelta(minutes=5))
+    assert await keys.revoke(info.id)
+    clock.now += timedelta(minutes=10)
+    assert await keys.authenticate(key) is None  # an unknown key's answer: revoked is for good
+    assert (await keys.list_keys("user-1"))[0].status(clock.now) == "revoked"
+
+
+async def test_the_identity_cache_does_not_serve_a_key_past_its_expiry(
+    keys: KeyService, clock: FakeClock
+) -> None:
+    """The identity cached at a key's use was fresh for the TTL (300 s) whatever the key's expiry:
+    a key expiring a minute later kept working four more minutes, and during an outage of the
+    database for the grace period too. The cached identity now ends at the key's expiry."""
+    from sentinel.governance.auth import Authenticator
+    from sentinel.store import MemoryStore
+
+    def seconds() -> float:
+        return clock.now.timestamp()
+
+    auth = Authenticator(MemoryStore(clock=seconds), api_keys=keys, ttl=300, grace=900, clock=seconds)
+    _, key = await keys.create_key("user-1", expires_at=clock.now + timedelta(seconds=60))
+    assert (await auth.authenticate(key)).external_id == "user-1"
+    clock.now += timedelta(seconds=59)
+    assert (await auth.authenticate(key)).external_id == "user-1"  # from the cache
+    clock.now += timedelta(seconds=1)
+    for _ in range(2):  # each use says why (the refusal is not cached as an unknown key's)
+        with pytest.raises(AuthenticationError) as caught:
+            await auth.authenticate(key)
+        assert caught.value.code == "token_expired"

@@ -173,11 +173,13 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
     async def go(admin: Any) -> int:
         try:
-            info, key = await admin.create_key(args.external_id, args.name, args.email, _actor())
+            info, key = await admin.create_key(args.external_id, args.name, args.email, _actor(),
+                                               expires_in=args.expires_in, expires_at=args.expires_at)
         except InvalidRequest as exc:
             print(f"sentinel: {_refused(exc)}", file=sys.stderr)
             return 2
-        print(f"created key {info.id} ({info.prefix}...) for {info.external_id}; it is shown only once:")
+        expiry = "" if info.expires_at is None else f", expiring {info.expires_at:%Y-%m-%d %H:%M:%S} UTC"
+        print(f"created key {info.id} ({info.prefix}...) for {info.external_id}{expiry}; it is shown only once:")
         print(key)
         return 0
 
@@ -187,11 +189,13 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 def cmd_keys_list(args: argparse.Namespace) -> int:
     async def go(admin: Any) -> None:
         rows = await admin.keys.list_keys(args.user)
-        print(f"{'KEY ID':<18} {'USER':<24} {'PREFIX':<22} {'NAME':<20} {'CREATED':<20} STATUS")
+        now = admin.clock()
+        print(f"{'KEY ID':<18} {'USER':<24} {'PREFIX':<22} {'NAME':<20} {'CREATED':<20} {'EXPIRES':<20} STATUS")
         for k in rows:
-            status = "revoked" if k.revoked_at else "active"
             created = k.created_at.strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{k.id:<18} {k.external_id:<24} {k.prefix:<22} {(k.name or ''):<20} {created:<20} {status}")
+            expires = "never" if k.expires_at is None else k.expires_at.strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{k.id:<18} {k.external_id:<24} {k.prefix:<22} {(k.name or ''):<20} {created:<20} {expires:<20} "
+                  f"{k.status(now)}")
 
     return _run(_with_admin(_settings(), go))
 
@@ -440,6 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("external_id")
     p.add_argument("--name", default=None)
     p.add_argument("--email", default=None)
+    lifetime = p.add_mutually_exclusive_group()
+    lifetime.add_argument("--expires-in", default=None, metavar="DURATION",
+                          help="the key stops working this long from now: 3600 (seconds), 90m, 12h, 30d, 2w "
+                               "(default: never; at most 3660d)")
+    lifetime.add_argument("--expires-at", default=None, metavar="WHEN",
+                          help="the key stops working at this ISO-8601 date/time (UTC unless it says otherwise): "
+                               "2030-01-31, 2030-01-31T18:00:00+01:00")
     p.set_defaults(fn=cmd_keys_create)
     p = keys.add_parser("list", help="list keys")
     p.add_argument("--user", default=None, help="only this user's keys (external id)")

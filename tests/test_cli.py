@@ -569,3 +569,45 @@ def test_under_zion_governance_plans_and_plan_assignments_are_refused_in_one_lin
     assert listed.returncode == 0 and "pro: requests=5/1m" in listed.stdout
     assert "not in effect" in listed.stderr
     assert "not in effect" not in run(["plans", "list"], builtin).stderr
+
+
+def test_keys_create_with_a_lifetime_and_keys_list_shows_expiries(tmp_path: Path) -> None:
+    """`keys create` had no way to give a key a lifetime, and `keys list` no expiry to show."""
+    import sqlite3
+    from datetime import UTC, datetime, timedelta
+
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    before = datetime.now(UTC).replace(microsecond=0)
+    created = run(["keys", "create", "bob", "--name", "trial", "--expires-in", "30d"], env)
+    after = datetime.now(UTC)
+    assert created.returncode == 0, created.stderr
+    said = created.stdout.splitlines()[0]
+    key_id = said.split()[2]
+    stamp = said.split("expiring ")[1][:19]
+    ends = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    assert before + timedelta(days=30) <= ends <= after + timedelta(days=30), said
+    year = before.year + 2
+    dated = run(["keys", "create", "bob", "--expires-at", f"{year}-01-31T18:00:00+01:00"], env)
+    assert dated.returncode == 0 and f"expiring {year}-01-31 17:00:00 UTC" in dated.stdout, dated.stdout
+    assert run(["keys", "create", "carol"], env).returncode == 0
+    for args, field in ((["--expires-in", "soon"], "expires_in"), (["--expires-in", "0"], "expires_in"),
+                        (["--expires-in", "99999d"], "expires_in"), (["--expires-in", "9" * 5000], "expires_in"),
+                        (["--expires-at", "2001-01-01"], "expires_at"), (["--expires-at", "next week"], "expires_at"),
+                        (["--expires-at", f"{year + 20}-01-01"], "expires_at")):
+        refused = run(["keys", "create", "dave", *args], env)
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode == 2 and len(lines) == 1 and field + ":" in lines[0], (args, refused.stderr)
+    both = run(["keys", "create", "dave", "--expires-in", "1d", "--expires-at", f"{year}-01-01"], env)
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+    listed = run(["keys", "list"], env).stdout.splitlines()
+    assert "EXPIRES" in listed[0] and not any("dave" in line for line in listed)  # nothing issued to dave
+    rows = {line.split()[0]: line for line in listed[1:]}
+    assert rows[key_id].split()[-3:] == [ends.strftime("%Y-%m-%d"), ends.strftime("%H:%M:%S"), "active"]
+    assert next(line for line in listed if "carol" in line).split()[-2:] == ["never", "active"]
+    # Time passes (here: the expiry is moved back, as the clock cannot be): the list says "expired".
+    conn = sqlite3.connect(tmp_path / "cli.db")
+    with conn:
+        conn.execute("UPDATE api_keys SET expires_at = '2001-01-01 00:00:00.000000' WHERE id = ?", (key_id,))
+    conn.close()
+    later = {line.split()[0]: line for line in run(["keys", "list", "--user", "bob"], env).stdout.splitlines()[1:]}
+    assert later[key_id].split()[-1] == "expired" and len(later) == 2

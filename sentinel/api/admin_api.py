@@ -193,7 +193,7 @@ class AdminApiRoutes:
 
     async def user(self, request: Request) -> RawResponse:
         await self._access(request)
-        return _json(user_json(await self.service.user(user_param(request))))
+        return _json(user_json(await self.service.user(user_param(request)), self.service.clock()))
 
     async def set_user_plan(self, request: Request) -> RawResponse:
         actor = await self._actor(request)
@@ -215,22 +215,29 @@ class AdminApiRoutes:
         actor = await self._actor(request)
         body = await self._body(request)
         name, email = body.get("name"), body.get("email")
+        expires_in, expires_at = body.get("expires_in_seconds"), body.get("expires_at")
         wrong = {field: "text or null" for field, value in (("name", name), ("email", email))
                  if not isinstance(value, str | None)}
+        if expires_in is not None and (isinstance(expires_in, bool) or not isinstance(expires_in, int)):
+            wrong["expires_in_seconds"] = "a whole number of seconds, or null"  # not "30d": that is the CLI's
+        if not isinstance(expires_at, str | None):
+            wrong["expires_at"] = "an ISO-8601 date/time (text), or null"
         if wrong:  # only the fields at fault (`details.fields` named both, however right one was)
             raise refuse(wrong)
-        info, key = await self.service.create_key(user_param(request), name, email, actor)
-        return _json({**key_json(info), "key": key}, 201)
+        info, key = await self.service.create_key(user_param(request), name, email, actor, expires_in=expires_in,
+                                                  expires_at=expires_at, in_field="expires_in_seconds")
+        return _json({**key_json(info, self.service.clock()), "key": key}, 201)
 
     async def keys(self, request: Request) -> RawResponse:
         await self._access(request)
         found = await self.service.keys.list_keys(request.query_params.get("user") or None)
-        return _json({"keys": [key_json(k) for k in found]})
+        now = self.service.clock()
+        return _json({"keys": [key_json(k, now) for k in found]})
 
     async def revoke_key(self, request: Request) -> RawResponse:
         actor = await self._actor(request)
         info = await self.service.revoke_key(request.path_params["key_id"], actor)
-        return _json({**key_json(info), "active": False})
+        return _json({**key_json(info, self.service.clock()), "active": False, "status": "revoked"})
 
     async def plans(self, request: Request) -> RawResponse:
         await self._access(request)

@@ -20,11 +20,14 @@ def iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-def key_json(info: ApiKeyInfo) -> dict[str, Any]:
+def key_json(info: ApiKeyInfo, now: datetime) -> dict[str, Any]:
+    """A key as the admin API shows it: `active` is False once it is revoked or expired (at `now`),
+    `status` says which."""
     return {
         "id": info.id, "user": info.external_id, "name": info.name, "prefix": info.prefix,
         "created_at": iso(info.created_at), "last_used_at": iso(info.last_used_at),
-        "revoked_at": iso(info.revoked_at), "active": info.revoked_at is None,
+        "revoked_at": iso(info.revoked_at), "expires_at": iso(info.expires_at), "active": info.status(now) == "active",
+        "status": info.status(now),
     }
 
 
@@ -55,13 +58,13 @@ def entry_json(entry: LedgerEntry) -> dict[str, Any]:
     }
 
 
-def user_json(detail: UserDetail) -> dict[str, Any]:
+def user_json(detail: UserDetail, now: datetime) -> dict[str, Any]:
     return {
         "external_id": detail.external_id,
         "user": None if detail.summary is None else user_summary_json(detail.summary),
         "plan_origin": detail.plan_origin,
         "quota": None if detail.quota is None else detail.quota.to_json(),
-        "keys": [key_json(k) for k in detail.keys],
+        "keys": [key_json(k, now) for k in detail.keys],
         "recent_requests": [entry_json(e) for e in detail.recent],
         "usage_30d": ranked_json(detail.usage_30d),
         "models_24h": detail.models_24h,

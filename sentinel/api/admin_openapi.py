@@ -7,6 +7,7 @@ from typing import Any
 from sentinel import __version__
 from sentinel.domain.plans import METRICS
 from sentinel.domain.tiers import TIERS
+from sentinel.governance.keys import MAX_KEY_LIFETIME
 from sentinel.services.admin_usage import PERIODS, STEPS
 
 
@@ -23,6 +24,7 @@ _TIME = {"type": "string", "format": "date-time"}
 _NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
 _INT = {"type": "integer"}
 _NUM = {"type": "number"}
+MAX_KEY_LIFETIME_SECONDS = int(MAX_KEY_LIFETIME.total_seconds())
 _MOMENT = {"type": "string", "description": "a window back from now (`1h`, `7d`) or an ISO 8601 date/time"}
 
 SCHEMAS: dict[str, Any] = {
@@ -39,7 +41,10 @@ SCHEMAS: dict[str, Any] = {
                  limits={"type": "array", "items": _ref("Limit")}, users=_INT),
     "Key": _obj(["id", "user", "prefix", "created_at", "active"], id={"type": "string"}, user={"type": "string"},
                 name=_NULL_STR, prefix={"type": "string"}, created_at=_TIME, last_used_at=_NULL_TIME,
-                revoked_at=_NULL_TIME, active={"type": "boolean"}),
+                revoked_at=_NULL_TIME,
+                expires_at={**_NULL_TIME, "description": "when the key stops working; null: never (until revoked)"},
+                active={"type": "boolean", "description": "neither revoked nor expired"},
+                status={"enum": ["active", "expired", "revoked"]}),
     "NewKey": {"allOf": [_ref("Key"), _obj(["key"], key={"type": "string", "description": "shown this once"})]},
     "UserSummary": _obj(["external_id", "plan", "active_keys"], external_id={"type": "string"}, email=_NULL_STR,
                         plan=_NULL_STR, created_at=_TIME, active_keys=_INT, last_used_at=_NULL_TIME),
@@ -179,7 +184,12 @@ def build_admin_openapi() -> dict[str, Any]:
                                                             params=[_path("external_id")], errors=("404",))},
         "/admin/api/users/{external_id}/keys": {"post": _op(
             "Issue a key (shown once)", _json(_ref("NewKey"), "Created"), params=[_path("external_id")],
-            body=_obj([], name=_NULL_STR, email=_NULL_STR), errors=change, status="201")},
+            body=_obj([], name=_NULL_STR, email=_NULL_STR,
+                      expires_in_seconds={"type": ["integer", "null"], "minimum": 1, "maximum": MAX_KEY_LIFETIME_SECONDS,
+                                          "description": "the key's lifetime (null: it never expires)"},
+                      expires_at={**_NULL_TIME, "description": "when the key stops working (ISO 8601, UTC unless "
+                                  "it says otherwise; not with `expires_in_seconds`)"}),
+            errors=change, status="201")},
         "/admin/api/keys": {"get": _op("Keys (prefixes only)", array("keys", "Key"),
                                        params=[_query("user", {"type": "string"})])},
         "/admin/api/keys/{key_id}/revoke": {"post": _op(

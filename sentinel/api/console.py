@@ -213,7 +213,8 @@ class ConsoleRoutes:
         except NotFound:
             detail = None
         plans = [plan for plan, _ in await self.service.plans()] if self.service.builtin else None
-        body = pages.user_page(external_id, detail, plans, self.gate.csrf_for(session), self.nonces.new(), **extra)
+        body = pages.user_page(external_id, detail, plans, self.gate.csrf_for(session), self.nonces.new(),
+                               now=self.service.clock(), **extra)
         return self._page(f"User {external_id}", body, session, "/admin/users", status)
 
     async def user(self, request: Request) -> RawResponse:
@@ -252,7 +253,8 @@ class ConsoleRoutes:
             return await self._user_page(session, external_id, status=409, earlier=earlier)
         try:
             created = await self.service.create_key(
-                external_id, self._one(form, "name") or None, self._one(form, "email") or None, actor
+                external_id, self._one(form, "name") or None, self._one(form, "email") or None, actor,
+                expires_in=self._one(form, "expires_in") or None,
             )
         except InvalidRequest as exc:  # refused before anything was written: the form may be sent again
             await self.nonces.release(nonce)

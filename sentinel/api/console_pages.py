@@ -6,6 +6,7 @@ Each function takes the service's view objects and returns escaped HTML for `con
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from sentinel.api.console_charts import SeriesData, bar_chart, line_chart
@@ -171,16 +172,20 @@ def _quota(detail: UserDetail) -> str:
     return table(("Metric", "Window", "Used / limit", "", "Resets"), rows, cls="quota")
 
 
-def _keys(keys: Sequence[ApiKeyInfo], csrf: str | None) -> str:
+def _keys(keys: Sequence[ApiKeyInfo], csrf: str | None, now: datetime) -> str:
     rows = []
     for k in keys:
-        if k.revoked_at is None:
+        if k.revoked_at is None:  # an expired key too (for the record: the audit log says who ended it)
             action = (f'<form method="post" action="/admin/keys/{e(k.id)}/revoke" class="revoke">{csrf_field(csrf)}'
                       f'<button type="submit" class="danger" data-confirm="Revoke {e(k.prefix)}…?">Revoke</button></form>')
         else:
             action = f"revoked {when(k.revoked_at)}"
-        rows.append([f"<code>{e(k.prefix)}…</code>", e(k.name or ""), when(k.created_at), when(k.last_used_at), action])
-    return table(("Prefix", "Name", "Created", "Last used", ""), rows, empty="No keys.", cls="keys")
+        expires = "never" if k.expires_at is None else when(k.expires_at)
+        if k.status(now) == "expired":
+            expires = f'<span class="key-expired">expired {expires}</span>'
+        rows.append([f"<code>{e(k.prefix)}…</code>", e(k.name or ""), when(k.created_at), when(k.last_used_at),
+                     expires, action])
+    return table(("Prefix", "Name", "Created", "Last used", "Expires", ""), rows, empty="No keys.", cls="keys")
 
 
 def _earlier(external_id: str, earlier: EarlierPost) -> str:
@@ -198,12 +203,15 @@ def _earlier(external_id: str, earlier: EarlierPost) -> str:
 
 def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan] | None, csrf: str | None, nonce: str,
               new_key: tuple[ApiKeyInfo, str] | None = None, errors: Mapping[str, str] | None = None,
-              earlier: EarlierPost | None = None, incomplete: tuple[str, str] | None = None) -> str:
+              earlier: EarlierPost | None = None, incomplete: tuple[str, str] | None = None,
+              now: datetime | None = None) -> str:
     """A user's page. `nonce`: the create-key form's one-time token; `new_key`: the key just created
     (shown this once); `earlier`: what a create-key form sent again had created; `incomplete`: (key id,
     message) of a revocation whose cached identity the store did not drop, with a button to send it again.
-    `plans` None: plans are not Sentinel's to assign (GOVERNANCE=zion), the page says so instead of the form."""
+    `plans` None: plans are not Sentinel's to assign (GOVERNANCE=zion), the page says so instead of the form.
+    `now`: what a key's expiry is compared with (the service's clock; default: the system's)."""
     errors = errors or {}
+    now = now or datetime.now(UTC)
     summary = detail.summary if detail else None
     plan_name = summary.plan_name if summary else None
     enforced = detail.quota.plan.name if detail and detail.quota and detail.quota.plan else None
@@ -214,9 +222,10 @@ def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan]
                      "creates it.</p>")
     if new_key is not None:
         info, key = new_key
+        expiry = "" if info.expires_at is None else f" It expires {when(info.expires_at)}."
         parts.append(
             f'<section class="new-key" role="status"><h2>New key {e(info.prefix)}…</h2><p>Copy it now: it is shown '
-            f'only once.</p><div class="copy"><input id="new-key" readonly value="{e(key)}" aria-label="New API key">'
+            f'only once.{expiry}</p><div class="copy"><input id="new-key" readonly value="{e(key)}" aria-label="New API key">'
             '<button type="button" data-copy="#new-key">Copy</button></div></section>'
         )
     if earlier is not None:
@@ -244,12 +253,15 @@ def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan]
         f"{_quota(detail) if detail else ''}</section>"
     )
     parts.append(
-        f'<section><h2>Keys</h2>{_keys(detail.keys if detail else [], csrf)}'
+        f'<section><h2>Keys</h2>{_keys(detail.keys if detail else [], csrf, now)}'
         f'<form method="post" action="{e(user_href(external_id, "keys"))}" class="inline create-key" data-once>{csrf_field(csrf)}'
         f'<input type="hidden" name="nonce" value="{e(nonce)}">'
         f'<label>Name <input name="name" maxlength="200"></label>{error_for(errors, "name")}'
         f'<label>Email <input name="email" type="email" maxlength="320" value="{e(summary.email if summary else "")}">'
-        f'</label>{error_for(errors, "email")}<button type="submit">Create key</button></form></section>'
+        f'</label>{error_for(errors, "email")}'
+        '<label>Expires in <input name="expires_in" maxlength="20" size="6" placeholder="never" '
+        'title="blank: never; 3600 (seconds), 90m, 12h, 30d, 2w"></label>'
+        f'{error_for(errors, "expires_in")}<button type="submit">Create key</button></form></section>'
     )
     if detail is not None:
         month = detail.usage_30d

@@ -6,6 +6,7 @@ known only from the ledger (e.g. JWT users) have usage but no row here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,12 +15,12 @@ from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
-from sentinel.db.models import ApiKey, User
+from sentinel.db.models import ApiKey, User, utcnow
 
 
 @dataclass(frozen=True)
 class UserSummary:
-    """A user row with its active key count and the last use of any of its keys."""
+    """A user row with its active key count (neither revoked nor expired) and their last use."""
 
     external_id: str
     email: str | None
@@ -36,8 +37,9 @@ def _escape_like(text: str) -> str:
 class UserDirectory:
     """Read access to `users` (and their keys' counts) for the console."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Callable[[], datetime] = utcnow) -> None:
         self._sessions = sessions
+        self._clock = clock  # what a key's expiry is compared with
 
     def _summaries(self) -> Select[Any]:
         keys = (
@@ -46,7 +48,7 @@ class UserDirectory:
                 func.count().label("active"),
                 func.max(ApiKey.last_used_at).label("last_used"),
             )
-            .where(ApiKey.revoked_at.is_(None))
+            .where(ApiKey.revoked_at.is_(None), or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > self._clock()))
             .group_by(ApiKey.user_id)
             .subquery()
         )

@@ -52,6 +52,7 @@ from sentinel.services.admin_forms import (
     check_tier,
     check_tier_entries,
     field_errors,
+    key_expiry,
     refuse,
 )
 from sentinel.services.admin_live import LiveState, ProviderView, QuotaView
@@ -135,7 +136,7 @@ class AdminService:
         self.keys = keys
         self.plan_repo = PlanRepository(sessions)
         self.tier_repo = TierRepository(sessions)
-        self.users = UserDirectory(sessions)
+        self.users = UserDirectory(sessions, clock)
         self.ledger = SqlLedger(sessions)
         # The usage reports read the whole ledger: on their own sessions when given, whose statements
         # may outlast DATABASE_TIMEOUT_SECONDS (an export of a large ledger; see `wiring.build_runtime`).
@@ -269,10 +270,18 @@ class AdminService:
         return len(users)
 
     # --- keys ---------------------------------------------------------------------------------------
-    async def create_key(self, external_id: str, name: str | None, email: str | None, actor: Actor
-                         ) -> tuple[ApiKeyInfo, str]:
-        """Issue a key (the user is created if missing): (info, the key, shown this once)."""
+    async def create_key(self, external_id: str, name: str | None, email: str | None, actor: Actor, *,
+                         expires_in: str | int | None = None, expires_at: str | datetime | None = None,
+                         in_field: str = "expires_in") -> tuple[ApiKeyInfo, str]:
+        """Issue a key (the user is created if missing): (info, the key, shown this once). It expires
+        `expires_in` (seconds, or `30d`) or at `expires_at` (ISO 8601) from now on this service's
+        clock, or never (`key_expiry`; `in_field`: how the surface names the lifetime's field)."""
         errors = {}
+        expiry = None
+        try:
+            expiry = key_expiry(self.clock(), expires_in, expires_at, in_field=in_field)
+        except InvalidRequest as exc:  # reported with the other fields' errors, all at once
+            errors.update(field_errors(exc))
         if not external_id.strip() or len(external_id) > 255:
             errors["external_id"] = "1-255 characters"
         if name is not None and len(name) > 200:
@@ -286,8 +295,11 @@ class AdminService:
                 errors[named] = "no control characters (NUL, CR, LF, ...)"
         if errors:
             raise refuse(errors)
-        info, token = await self.keys.create_key(external_id, name or None, email=email or None)
-        await self._audit(actor, "key.create", info.id, {"user": external_id, "name": name, "prefix": info.prefix})
+        info, token = await self.keys.create_key(external_id, name or None, email=email or None, expires_at=expiry)
+        details = {"user": external_id, "name": name, "prefix": info.prefix}
+        if expiry is not None:
+            details["expires_at"] = expiry.isoformat()
+        await self._audit(actor, "key.create", info.id, details)
         return info, token
 
     async def revoke_key(self, key_id: str, actor: Actor) -> ApiKeyInfo:

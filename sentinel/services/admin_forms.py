@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,10 +25,12 @@ from sentinel.domain.plans import (
     Limit,
     check_window,
     format_window,
+    parse_duration,
     parse_window,
 )
 from sentinel.domain.tiers import TIERS, TierModelEntry
 from sentinel.errors import InvalidRequest
+from sentinel.governance.keys import MAX_KEY_LIFETIME
 from sentinel.governance.tier_store import parse_entry
 
 PLAN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
@@ -115,6 +118,58 @@ def limit_inputs(raw: Any) -> list[LimitInput]:
             raise refuse({f"limits.{i}": "metric is text; limit and window are text or whole numbers"})
         out.append(LimitInput(str(values[0]), values[1], values[2]))
     return out
+
+
+EXPIRES_IN_HINT = f"a lifetime such as 3600, 90m, 12h, 30d or 2w (seconds without a unit), at most {MAX_KEY_LIFETIME.days}d"
+EXPIRES_AT_HINT = "an ISO-8601 date/time in the future, such as 2030-01-31T18:00:00Z (UTC unless it says otherwise)"
+
+
+def key_expiry(now: datetime, expires_in: str | int | None = None, expires_at: str | datetime | None = None, *,
+               in_field: str = "expires_in", at_field: str = "expires_at") -> datetime | None:
+    """When a key issued `now` expires, from operator input: `expires_in` (a lifetime: whole seconds,
+    or text `parse_duration` reads: `30d`) or `expires_at` (an ISO-8601 date/time, UTC unless it says
+    otherwise), not both; None (never) for neither or blank text. The moment must be after `now` and
+    at most MAX_KEY_LIFETIME later; InvalidRequest naming `in_field` / `at_field` otherwise."""
+    if isinstance(expires_in, str) and not expires_in.strip():
+        expires_in = None
+    if isinstance(expires_at, str) and not expires_at.strip():
+        expires_at = None
+    if expires_in is not None and expires_at is not None:
+        raise refuse({at_field: f"give {at_field} or {in_field}, not both"})
+    limit = int(MAX_KEY_LIFETIME.total_seconds())
+    if expires_in is not None:
+        seconds: int | None
+        if isinstance(expires_in, bool):
+            seconds = None
+        elif isinstance(expires_in, int):
+            seconds = expires_in
+        else:
+            try:
+                seconds = parse_duration(expires_in)
+            except ValueError:  # junk, or more digits than int() reads
+                seconds = None
+        if seconds is None or not 0 < seconds <= limit:
+            raise refuse({in_field: EXPIRES_IN_HINT})
+        return now + timedelta(seconds=seconds)
+    if expires_at is None:
+        return None
+    moment = expires_at
+    if isinstance(moment, str):
+        try:
+            moment = datetime.fromisoformat(moment.strip())
+        except ValueError:
+            raise refuse({at_field: EXPIRES_AT_HINT}) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is in year 10000 in UTC; 0001-01-01+01:00 in year 0
+        raise refuse({at_field: f"at most {MAX_KEY_LIFETIME.days} days ahead"}) from None
+    if moment <= now:
+        raise refuse({at_field: "a moment in the future: this one has passed"})
+    if moment - now > MAX_KEY_LIFETIME:
+        raise refuse({at_field: f"at most {MAX_KEY_LIFETIME.days} days ahead"})
+    return moment
 
 
 def check_tier(tier: str) -> str:

@@ -349,3 +349,30 @@ async def test_tier_edits_apply_in_this_process_at_once(setup: Setup) -> None:
     with pytest.raises(InvalidRequest):
         await admin.set_tier("huge", ["openai/gpt-4o:1"], ADMIN)
     assert [e.action for e in await admin.audit()] == ["tier.reset", "tier.set"]
+
+
+def test_key_expiry_reads_a_lifetime_or_a_moment_within_bounds() -> None:
+    from sentinel.governance.keys import MAX_KEY_LIFETIME
+    from sentinel.services.admin_forms import key_expiry
+
+    now = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    assert key_expiry(now) is None and key_expiry(now, " ", "") is None  # blank form fields: never
+    assert key_expiry(now, "30d") == now + timedelta(days=30)
+    assert key_expiry(now, 90) == key_expiry(now, "90") == key_expiry(now, "90s") == now + timedelta(seconds=90)
+    assert key_expiry(now, f"{MAX_KEY_LIFETIME.days}d") == now + MAX_KEY_LIFETIME
+    assert key_expiry(now, None, "2030-01-02T13:00:00+01:00") == datetime(2030, 1, 2, 12, 0, tzinfo=UTC)
+    assert key_expiry(now, None, "2030-01-02") == datetime(2030, 1, 2, tzinfo=UTC)  # naive: UTC
+    refusals = [
+        ((f"{MAX_KEY_LIFETIME.days + 1}d", None), "expires_in"), ((0, None), "expires_in"),
+        ((True, None), "expires_in"), (("-1", None), "expires_in"), (("1y", None), "expires_in"),
+        ((None, "2030-01-01T12:00:00Z"), "expires_at"),  # now is not the future
+        ((None, "0001-01-01T00:00:00+01:00"), "expires_at"), ((None, "9999-12-31T23:00:00-05:00"), "expires_at"),
+        (("1d", "2030-02-01"), "expires_at"),
+    ]
+    for (lifetime, moment), field in refusals:
+        with pytest.raises(InvalidRequest) as caught:
+            key_expiry(now, lifetime, moment)
+        assert list(field_errors(caught.value)) == [field], (lifetime, moment)
+    with pytest.raises(InvalidRequest) as caught:
+        key_expiry(now, 0, in_field="expires_in_seconds")
+    assert list(field_errors(caught.value)) == ["expires_in_seconds"]

@@ -32,6 +32,7 @@ from sentinel.domain.catalogue import MODEL_NAME_PATTERN, CatalogueModel, Upstre
 from sentinel.domain.plans import parse_plan_spec
 from sentinel.domain.policies import QuotaFailureMode, SessionFailover
 from sentinel.domain.tiers import Tier, TierModelEntry
+from sentinel.native.end_user import EndUserField
 from sentinel.store import REDIS_URL_SCHEMES
 
 __all__ = ["ConfigError", "GovernanceKind", "ProviderEntry", "ProvidersFile", "Settings", "load_settings",
@@ -546,11 +547,21 @@ class ProviderEntry(BaseModel):
     api_key: SecretStr | None = None
     cheap_model: UpstreamModelName | None = None
     mid_model: UpstreamModelName | None = None
+    # The field an OpenAI-format provider is told the end user in (`sentinel.native.end_user`); unset:
+    # `safety_identifier` on OpenAI's own API, elsewhere none added (one the client sent is replaced).
+    end_user_field: EndUserField | None = None
 
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
         return provider_base_url(value)
+
+    @model_validator(mode="after")
+    def _end_user_field(self) -> ProviderEntry:
+        if self.end_user_field is not None and self.kind != "openai":
+            raise ValueError("end_user_field is for kind: openai only (an Anthropic-format provider is told "
+                             "the end user in metadata.user_id)")
+        return self
 
 
 AliasName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]

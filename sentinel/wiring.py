@@ -133,7 +133,7 @@ def build_catalog(settings: Settings, file: ProvidersFile | None = None) -> Cata
 
 
 def _spec(entry: ProviderEntry) -> ProviderSpec:
-    return ProviderSpec(entry.name, entry.kind, entry.base_url.rstrip("/"), reveal(entry.api_key))
+    return ProviderSpec(entry.name, entry.kind, entry.base_url.rstrip("/"), reveal(entry.api_key), entry.end_user_field)
 
 
 def build_model_catalogue(catalog: Catalog, file: ProvidersFile | None) -> ModelCatalogue:
@@ -382,7 +382,8 @@ async def build_runtime(
     openai = OpenAICompatUpstream("openai", s.effective_openai_url, reveal(s.openai_api_key), http, upstream_clock,
                                   body_limit)
     relays = {
-        name: OpenAICompatUpstream(name, spec.base_url, spec.api_key, http, upstream_clock, body_limit)
+        name: OpenAICompatUpstream(name, spec.base_url, spec.api_key, http, upstream_clock, body_limit,
+                                   spec.end_user_field)
         for name, spec in catalog.providers.items() if spec.kind == "openai"
     }
     relays["openai"] = openai

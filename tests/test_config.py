@@ -277,6 +277,28 @@ def test_a_providers_file_base_url_is_checked(tmp_path: Path) -> None:
     assert load_providers_file(path).providers[0].base_url == "https://api.groq.com/openai/v1"
 
 
+def test_a_providers_file_end_user_field_is_checked(tmp_path: Path) -> None:
+    """`end_user_field` (which field an OpenAI-format provider is told the end user in) is one of
+    `user`, `safety_identifier`, `none`, on an OpenAI-format provider only; anything else stops
+    start-up in one line naming the entry and what it may be, never quoting the file's values."""
+    path = tmp_path / "providers.yaml"
+    entry = "providers:\n  - {name: mistral, kind: %s, base_url: 'https://api.mistral.ai/v1', api_key: sk-in-file%s}\n"
+    for rule in ("user", "safety_identifier", "none"):
+        path.write_text(entry % ("openai", f", end_user_field: {rule}"))
+        assert load_providers_file(path).providers[0].end_user_field == rule
+    path.write_text(entry % ("openai", ""))
+    assert load_providers_file(path).providers[0].end_user_field is None
+    for kind, extra, says in (("openai", ", end_user_field: User", "providers.0.end_user_field"),
+                              ("openai", ", end_user_field: metadata", "'safety_identifier'"),
+                              ("openai", ", end_user_field: ''", "'none'"),
+                              ("anthropic", ", end_user_field: user", "kind: openai only")):
+        path.write_text(entry % (kind, extra))
+        with pytest.raises(ConfigError, match="SENTINEL_CONFIG") as refused:
+            load_providers_file(path)
+        message = str(refused.value)
+        assert says in message and "sk-in-file" not in message and "\n" not in message, message
+
+
 # Field names that are common variables of other programs (uvicorn's FORWARDED_ALLOW_IPS, a
 # container's DEBUG, HOST...), each with a value that would change the setting, and its default.
 NOT_OURS = {

@@ -40,7 +40,9 @@ def test_any_id_has_one_and_each_is_computed_once() -> None:
 def test_an_upstream_on_openais_own_api_is_told_in_safety_identifier() -> None:
     own = OpenAICompatUpstream("openai", "https://api.openai.com/v1", None, None)  # type: ignore[arg-type]
     other = OpenAICompatUpstream("groq", "https://api.groq.com/openai/v1", None, None)  # type: ignore[arg-type]
-    assert (own.end_user_field, other.end_user_field) == ("safety_identifier", "user")
+    chosen = OpenAICompatUpstream("groq", "https://api.groq.com/openai/v1", None, None,  # type: ignore[arg-type]
+                                  configured_end_user_field="user")
+    assert (own.end_user_field, other.end_user_field, chosen.end_user_field) == ("safety_identifier", "named", "user")
 
 
 def test_a_translated_or_native_body_for_openais_own_api_is_told_in_safety_identifier() -> None:
@@ -50,6 +52,9 @@ def test_a_translated_or_native_body_for_openais_own_api_is_told_in_safety_ident
                           default_max_tokens=10)
     claude = make_provider(ProviderSpec("anthropic", "anthropic", "https://api.anthropic.com", None), None,  # type: ignore[arg-type]
                            default_max_tokens=10)
+    chosen = make_provider(ProviderSpec("vllm", "openai", "http://vllm:8000/v1", None, "user"), None,  # type: ignore[arg-type]
+                           default_max_tokens=10)
     assert own.with_end_user({"user": "bob"}, "p") == {"user": "p", "safety_identifier": "p"}
-    assert other.with_end_user({}, "p") == {"user": "p"}
+    assert other.with_end_user({}, "p") == {}  # none added off OpenAI's own API, unless chosen
+    assert chosen.with_end_user({}, "p") == {"user": "p"}
     assert claude.with_end_user({}, "p") == {"metadata": {"user_id": "p"}}

@@ -1,18 +1,24 @@
 """The end user a provider is told of: one rule for every body Sentinel sends for a caller's request.
 
 A provider's abuse monitoring keys on an end-user id in the request body: OpenAI's `safety_identifier`
-(and its older `user`), Anthropic's `metadata.user_id`. Sentinel knows the authenticated caller, so that
-id is Sentinel's pseudonym for the caller (`sentinel.domain.end_user`), never what the client wrote:
-a client naming another user there would frame them in the provider's records. Every body that goes
-upstream for a metered request — relayed as the client wrote it, translated, or built from a native
-request — passes through `with_end_user` (one place for the rule):
+(and its older `user`), Anthropic's `metadata.user_id`. Sentinel knows the authenticated caller, so
+the only id a provider is ever told is Sentinel's pseudonym for the caller (`sentinel.domain.end_user`),
+never what the client wrote: a client naming another user there would frame them in the provider's
+records. Every body that goes upstream for a metered request — relayed as the client wrote it,
+translated, or built from a native request — passes through `with_end_user` (one place for the rule).
 
-- OpenAI's wire format: the provider's field (`openai_end_user_field`: `safety_identifier` on
-  OpenAI's own API, `user` on any other OpenAI-compatible server — several refuse an unknown
-  `safety_identifier` with a 400, and all take `user`) is set; the other one, when the client sent
-  it, is replaced too, so that neither can carry another id. An endpoint without `safety_identifier`
-  (legacy completions, embeddings) is given `user`.
-- Anthropic's: `metadata.user_id` is set (any other `metadata` key is left as the client wrote it).
+OpenAI's wire format: what a provider is told depends on its rule (`openai_end_user_field`: the
+providers file's `end_user_field`, else one read from its base URL):
+
+- `safety_identifier` (OpenAI's own API, `api.openai.com`) or `user` (opted in): that field is set,
+  and the other one, when the client sent it, is replaced too, so that neither can carry another id.
+  An endpoint without `safety_identifier` (legacy completions, embeddings) is given `user`.
+- `named` (any other OpenAI-compatible server): no field is added — strict servers refuse a name
+  outside their schema (Mistral's 422 `extra_forbidden`, Gemini's 400 `Unknown name`, a proxy's
+  `Unsupported parameter: user`) — and an end-user field the client sent is replaced, never passed on.
+- `none` (opted in): the client's end-user fields are taken out, none added.
+
+Anthropic's: `metadata.user_id` is set (any other `metadata` key is left as the client wrote it).
 
 A pass-through JSON body (an image generation, ...) has an end-user field the client wrote replaced
 (`with_named_end_user`), none added: most of those calls take none, and a strict server refuses one;
@@ -25,12 +31,16 @@ body has the end-user field the client wrote replaced, as a pass-through body.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-SAFETY_IDENTIFIER = "safety_identifier"
-USER = "user"
+SAFETY_IDENTIFIER: Final = "safety_identifier"
+USER: Final = "user"
+NAMED: Final = "named"  # no field added; one the client named replaced (the default off OpenAI's API)
+NONE: Final = "none"  # the client's end-user fields taken out, none added
 OPENAI_END_USER_FIELDS = (SAFETY_IDENTIFIER, USER)
+# What the providers file's `end_user_field` of an OpenAI-format provider may say.
+EndUserField = Literal["safety_identifier", "user", "none"]
 # OpenAI's own API: the host whose servers read `safety_identifier` (the field that replaced `user`).
 OPENAI_HOSTS = frozenset({"api.openai.com"})
 # Endpoints of OpenAI's wire format whose request has a `safety_identifier` (the others have `user`).
@@ -40,18 +50,23 @@ BATCH_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/responses": "responses",
                    "/v1/embeddings": "embeddings"}
 
 
-def openai_end_user_field(base_url: str) -> str:
-    """The field an OpenAI-format provider at `base_url` is told the end user in: `safety_identifier`
-    on OpenAI's own API, `user` elsewhere (what every OpenAI-compatible server takes)."""
-    return SAFETY_IDENTIFIER if urlsplit(base_url).hostname in OPENAI_HOSTS else USER
+def openai_end_user_field(base_url: str, configured: str | None = None) -> str:
+    """The rule of an OpenAI-format provider at `base_url` (see the module docstring): the one the
+    operator `configured`, else `safety_identifier` on OpenAI's own API and `named` elsewhere."""
+    if configured is not None:
+        return configured
+    return SAFETY_IDENTIFIER if urlsplit(base_url).hostname in OPENAI_HOSTS else NAMED
 
 
 def with_openai_end_user(body: dict[str, Any], end_user: str, field: str, *, endpoint: str = "chat") -> dict[str, Any]:
-    """`body` (never changed: a failover sends it again) with `field` naming `end_user` — `user` for an
-    endpoint without `safety_identifier` — and the other end-user field, when present, naming it too."""
-    if endpoint not in SAFETY_IDENTIFIER_ENDPOINTS:
-        field = USER
-    out = {**body, field: end_user}
+    """`body` (never changed: a failover sends it again) for a provider of rule `field`: `end_user` in
+    that field — `user` for an endpoint without `safety_identifier` — and in each end-user field the
+    client sent; for `named`, only in those; for `none`, with those taken out."""
+    if field == NONE:
+        return {key: value for key, value in body.items() if key not in OPENAI_END_USER_FIELDS}
+    out = dict(body)
+    if field != NAMED:
+        out[field if endpoint in SAFETY_IDENTIFIER_ENDPOINTS else USER] = end_user
     for key in OPENAI_END_USER_FIELDS:
         if key in out:
             out[key] = end_user
@@ -65,7 +80,7 @@ def with_anthropic_end_user(body: dict[str, Any], end_user: str) -> dict[str, An
 
 
 def with_end_user(body: dict[str, Any], kind: str, end_user: str, field: str, *, endpoint: str = "chat") -> dict[str, Any]:
-    """`body` for a provider of wire format `kind` (`openai`, whose end-user `field` it is; or
+    """`body` for a provider of wire format `kind` (`openai`, whose end-user rule `field` is; or
     `anthropic`) telling it `end_user` (see the module docstring)."""
     if kind == "anthropic":
         return with_anthropic_end_user(body, end_user)

@@ -24,8 +24,8 @@ from sentinel.native.validation import to_native_error
 
 # Copied as they are (validated by ModelChatRequest).
 _KEPT = ("model", "temperature", "top_p", "stop", "stream", "tool_choice", "parallel_tool_calls")
-# The end user the client names: never sent on (the provider is told Sentinel's pseudonym of the
-# caller: `sentinel.native.end_user`), whatever it holds.
+# The end user the client names: never sent on (the end user a provider is told of is Sentinel's
+# pseudonym of the caller: `sentinel.native.end_user`), whatever it holds.
 _END_USER = ("user", "safety_identifier")
 
 

@@ -71,12 +71,15 @@ DEFAULT_MODELS: dict[str, tuple[TierModelEntry, TierModelEntry]] = {
 
 @dataclass(frozen=True)
 class ProviderSpec:
-    """A configured upstream. `kind` is its wire format: `openai` or `anthropic`."""
+    """A configured upstream. `kind` is its wire format: `openai` or `anthropic`; `end_user_field`
+    the field an OpenAI-format one is told the end user in, when the operator chose it
+    (`sentinel.native.end_user`)."""
 
     name: str
     kind: str
     base_url: str
     api_key: str | None
+    end_user_field: str | None = None
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,8 @@ class ChatProvider:
         self.default_max_tokens = default_max_tokens
         self.clock = clock  # what `send` reads (how soon a connection dropped: `UpstreamConnectionError.elapsed`)
         self.body_limit = body_limit  # how long an answer's body may be read (`UpstreamResponse.iter_chunks`)
-        self.end_user_field = openai_end_user_field(spec.base_url)  # (for the OpenAI wire format)
+        # (for the OpenAI wire format: `sentinel.native.end_user`)
+        self.end_user_field = openai_end_user_field(spec.base_url, spec.end_user_field)
 
     def with_end_user(self, body: dict[str, Any], end_user: str) -> dict[str, Any]:
         """A translated `body` telling this provider the caller's pseudonym (`sentinel.native.end_user`)."""

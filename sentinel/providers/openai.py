@@ -161,11 +161,12 @@ class OpenAICompatUpstream:
     session: aiohttp.ClientSession
     clock: Callable[[], float] = time.monotonic  # what `send` reads (how soon a connection dropped)
     body_limit: BodyLimit = BODY_LIMIT  # how long an answer's body may be read (`SENTINEL_STREAM_MAX_SECONDS`)
-    # The field it is told the end user in (`sentinel.native.end_user`), read from `base_url` once.
+    configured_end_user_field: str | None = None  # the providers file's `end_user_field`, if any
+    # The rule it is told the end user by (`sentinel.native.end_user`), decided once.
     end_user_field: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.end_user_field = openai_end_user_field(self.base_url)
+        self.end_user_field = openai_end_user_field(self.base_url, self.configured_end_user_field)
 
     async def forward(
         self,

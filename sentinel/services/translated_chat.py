@@ -3,8 +3,8 @@
 The client's request arrives as a `ModelChatRequest` (read by the native layer's inbound translator
 for its wire format); it is sent with the same provider translators the Native API uses, and the
 provider's unified answer — a completion, or a stream of unified chunks — is written back in the
-client's own wire format. The provider is told the caller's pseudonym as the end user
-(`sentinel.native.end_user`), never the end user the client named. Metering is the caller's admission: this module settles it (exactly once,
+client's own wire format. The end user a provider is told of (if its rule tells it one:
+`sentinel.native.end_user`) is the caller's pseudonym, never the end user the client named. Metering is the caller's admission: this module settles it (exactly once,
 from the provider's usage, or estimated when the provider reported none or the stream broke off) and
 sends a stream's last bytes (`[DONE]`, `message_stop`) only after the usage record is stored. An
 upstream error answer goes through `sentinel.services.answers.refuse`: a request the provider

@@ -2,8 +2,11 @@
 
 A client naming someone else in OpenAI's `user`/`safety_identifier` or Anthropic's `metadata.user_id`
 framed them in the provider's abuse records; a client naming no one gave the provider no per-user
-signal. Each test reads what reached the mock upstream (`/__mock/last_request`), through the official
-SDKs, and computes the expected pseudonym independently of Sentinel's code."""
+signal. An OpenAI-compatible server other than OpenAI's own API is told only over a field the client
+sent, unless the providers file's `end_user_field` says otherwise: a strict server (Mistral, Gemini's
+OpenAI endpoint) refuses a field outside its schema, and every request to it failed, charged. Each
+test reads what reached the mock upstream (`/__mock/last_request`), through the official SDKs, and
+computes the expected pseudonym independently of Sentinel's code."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,14 +23,16 @@ import openai
 import orjson
 import pytest
 import redis
+import yaml
 
-from tests.api.conftest import Gateway
+from tests.api.conftest import UPSTREAM_KEY, Gateway
 from tests.support.accounts import create_key
 
 SECRET = "end-user-secret-for-tests-0123456789abcdef"
 HAIKU = "claude-3-5-haiku-20241022"
 MINI = "gpt-4o-mini"
 VICTIM = "bob@example.com"  # the user a client tries to frame
+END_USER_FIELDS = {"user", "safety_identifier"}
 
 
 def pseudonym(external_id: str, secret: str | None = SECRET) -> str:
@@ -56,13 +62,13 @@ def test_a_relayed_chat_names_the_caller_not_the_user_the_client_named(gw: Gatew
     assert answer.choices[0].message.content == "Echo: hi"  # the answer is the same
     body = sent(gw, "/v1/chat/completions")
     alice = pseudonym("alice")
-    # The mock is no OpenAI host: `user` (what every OpenAI-compatible server takes); the client's
-    # `safety_identifier` is replaced too, never dropped into another id.
+    # Each end-user field the client sent names the caller instead, never another id.
     assert (body["user"], body["safety_identifier"]) == (alice, alice)
     assert "alice" not in alice and len(alice) == 32
-    # Streamed, and naming no one: the provider still learns the caller.
+    # Streamed, and naming no one: the mock is no OpenAI host, so none is added (a strict server
+    # refuses a field outside its schema).
     list(client.chat.completions.create(model=MINI, messages=[{"role": "user", "content": "hi"}], stream=True))
-    assert sent(gw, "/v1/chat/completions")["user"] == alice
+    assert not END_USER_FIELDS & sent(gw, "/v1/chat/completions").keys()
 
 
 def test_two_users_have_two_pseudonyms_and_one_user_keeps_hers(gw: Gateway) -> None:
@@ -108,7 +114,8 @@ def test_translated_chat_names_the_caller_both_ways(gw: Gateway) -> None:
     gw.anthropic().messages.create(model=MINI, max_tokens=20, metadata={"user_id": VICTIM},
                                    messages=[{"role": "user", "content": "hi"}])
     body = sent(gw, "/v1/chat/completions")
-    assert body["user"] == alice and "safety_identifier" not in body  # (the mock is no OpenAI host)
+    # The client's `metadata.user_id` is not carried; the mock is no OpenAI host: none is added.
+    assert not END_USER_FIELDS & body.keys() and "metadata" not in body and VICTIM not in str(body)
 
 
 def test_the_native_api_names_the_caller(gw: Gateway) -> None:
@@ -119,8 +126,8 @@ def test_the_native_api_names_the_caller(gw: Gateway) -> None:
             assert answer.status_code == 200
             if answer.headers["x-sentinel-provider"] == "anthropic":
                 assert sent(gw, "/v1/messages")["metadata"] == {"user_id": pseudonym("alice")}
-            else:
-                assert sent(gw, "/v1/chat/completions")["user"] == pseudonym("alice")
+            else:  # the mock is no OpenAI host: none added
+                assert not END_USER_FIELDS & sent(gw, "/v1/chat/completions").keys()
 
 
 def test_without_a_secret_the_pseudonym_is_a_keyless_digest(gateway: Gateway) -> None:
@@ -156,7 +163,8 @@ def test_a_batch_inputs_lines_name_the_caller(gateway_factory: Callable[..., Gat
     """A batch input's lines are requests the provider runs in the caller's name later: they went
     upstream as the client wrote them, so a line's `user` or `safety_identifier` named anyone in the
     provider's abuse records. Each line now tells the provider the caller's pseudonym as the metered
-    endpoint it runs would be told, whatever the client wrote (a line naming no one too)."""
+    endpoint it runs would be told, whatever the client wrote (on OpenAI's own API, a line naming no
+    one too)."""
     gw = gateway_factory(end_user_secret=SECRET, passthrough="/v1/files,/v1/files/*")
     chat = {"model": MINI, "messages": [{"role": "user", "content": "hi \u00e9"}]}
     content = b"\r\n".join([
@@ -175,10 +183,10 @@ def test_a_batch_inputs_lines_name_the_caller(gateway_factory: Callable[..., Gat
     assert [line["custom_id"] for line in lines] == ["named", "no one", "response", "embedding", "odd"]
     assert [line["body"] for line in lines] == [
         {**chat, "user": alice, "safety_identifier": alice},
-        {**chat, "user": alice},  # (the mock is no OpenAI host: `user`)
-        {"model": MINI, "input": "hi", "safety_identifier": alice, "user": alice},
+        chat,  # (the mock is no OpenAI host: none added where the client named none)
+        {"model": MINI, "input": "hi", "safety_identifier": alice},
         {"model": "text-embedding-3-small", "input": "hi", "user": alice},
-        {**chat, "messages": [{"role": "user", "content": "hi \ud800"}], "user": alice},
+        {**chat, "messages": [{"role": "user", "content": "hi \ud800"}]},
     ]
     assert uploaded.bytes == len(stored(gw, uploaded.id))  # the file the provider keeps is the one written
 
@@ -249,3 +257,116 @@ def test_a_batch_input_uploaded_before_its_lines_were_rewritten_runs_no_batch(
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "unchecked_batch_input", refused.text
     assert sent_on.status_code == 404 and sent(gw, "/v1/batches")["input_file_id"] == new  # (the mock serves no batches)
     assert store.get(f"sentinel:batch-input:{old}") is None
+
+
+# --- which field an OpenAI-format provider is told in (the providers file's `end_user_field`) ----------
+# Four providers on the mock, one per rule, each with a model of its own; the native API's tiers
+# draw one each (simple: the default, moderate: `user`, complex: `none`).
+RULES = {"strict": None, "chosen-user": "user", "own-api": "safety_identifier", "stripped": "none"}
+
+
+def model_of(provider: str) -> str:
+    return f"{provider}-small"
+
+
+@pytest.fixture
+def ruled(gateway_factory: Callable[..., Gateway], mock_upstream: str, tmp_path: Path) -> Gateway:
+    providers = []
+    for name, rule in RULES.items():
+        entry = {"name": name, "kind": "openai", "base_url": mock_upstream + "/v1", "api_key": UPSTREAM_KEY,
+                 "cheap_model": model_of(name)}
+        if rule is not None:
+            entry["end_user_field"] = rule
+        providers.append(entry)
+    tier = {"simple": "strict", "moderate": "chosen-user", "complex": "stripped"}
+    path = tmp_path / "providers.yaml"
+    path.write_text(yaml.safe_dump({"providers": providers, "tiers": {
+        t: [{"provider": p, "model": model_of(p), "relative_cost": 1}] for t, p in tier.items()
+    }}))
+    return gateway_factory(end_user_secret=SECRET, providers_file=path)
+
+
+def chat(gw: Gateway, provider: str, **fields: Any) -> dict[str, Any]:
+    """What the mock was sent for a chat completion on `provider`'s model, the client adding `fields`."""
+    answer = gw.openai().chat.completions.create(
+        model=model_of(provider), messages=[{"role": "user", "content": "hi"}], **fields)
+    assert answer.choices[0].message.content == "Echo: hi"
+    return sent(gw, "/v1/chat/completions")
+
+
+def native(gw: Gateway, tier: str, provider: str) -> dict[str, Any]:
+    """What the mock was sent for a native request drawing `tier` (served by `provider`)."""
+    with gw.client() as client:
+        answer = client.post("/native/v1/chat/completions",
+                             json={"tier": tier, "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status_code == 200 and answer.headers["x-sentinel-provider"] == provider
+    return sent(gw, "/v1/chat/completions")
+
+
+def told(body: dict[str, Any]) -> dict[str, Any]:
+    """The end-user fields of a body sent upstream."""
+    return {key: body[key] for key in END_USER_FIELDS & body.keys()}
+
+
+def test_an_openai_compatible_server_is_told_only_in_a_field_the_client_sent(ruled: Gateway) -> None:
+    """The default off OpenAI's own API: nothing added (a strict server refused every request with
+    one), and what the client named is the caller's pseudonym, never passed on."""
+    alice, client = pseudonym("alice"), ruled.openai()
+    assert told(chat(ruled, "strict", user=VICTIM)) == {"user": alice}
+    assert told(chat(ruled, "strict", safety_identifier=VICTIM)) == {"safety_identifier": alice}
+    assert told(chat(ruled, "strict")) == {}
+    list(client.chat.completions.create(model=model_of("strict"), messages=[{"role": "user", "content": "hi"}],
+                                        stream=True))
+    assert told(sent(ruled, "/v1/chat/completions")) == {}
+    assert client.responses.create(model=model_of("strict"), input="hi").output_text == "Echo: hi"
+    assert told(sent(ruled, "/v1/responses")) == {}
+    client.embeddings.create(model=model_of("strict"), input="hi")
+    assert told(sent(ruled, "/v1/embeddings")) == {}
+    client.embeddings.create(model=model_of("strict"), input="hi", user=VICTIM)
+    assert told(sent(ruled, "/v1/embeddings")) == {"user": alice}
+    # Translated from Anthropic's format, whose `metadata.user_id` is not carried; and the native API.
+    ruled.anthropic().messages.create(model=model_of("strict"), max_tokens=20, metadata={"user_id": VICTIM},
+                                      messages=[{"role": "user", "content": "hi"}])
+    assert told(sent(ruled, "/v1/chat/completions")) == {}
+    assert told(native(ruled, "simple", "strict")) == {}
+
+
+def test_an_operator_can_have_a_server_told_in_user(ruled: Gateway) -> None:
+    alice, client = pseudonym("alice"), ruled.openai()
+    assert told(chat(ruled, "chosen-user")) == {"user": alice}
+    assert told(chat(ruled, "chosen-user", user=VICTIM, safety_identifier=VICTIM)) == {
+        "user": alice, "safety_identifier": alice}
+    client.responses.create(model=model_of("chosen-user"), input="hi")
+    assert told(sent(ruled, "/v1/responses")) == {"user": alice}
+    client.embeddings.create(model=model_of("chosen-user"), input="hi")
+    assert told(sent(ruled, "/v1/embeddings")) == {"user": alice}
+    ruled.anthropic().messages.create(model=model_of("chosen-user"), max_tokens=20,
+                                      messages=[{"role": "user", "content": "hi"}])
+    assert told(sent(ruled, "/v1/chat/completions")) == {"user": alice}
+    assert told(native(ruled, "moderate", "chosen-user")) == {"user": alice}
+
+
+def test_safety_identifier_tells_a_server_as_openais_own_api_is(ruled: Gateway) -> None:
+    """`safety_identifier` on chat and Responses (`user` where a call has none), as OpenAI's own
+    API is told (an OpenAI reached through another URL: a proxy, an Azure deployment)."""
+    alice, client = pseudonym("alice"), ruled.openai()
+    assert told(chat(ruled, "own-api")) == {"safety_identifier": alice}
+    assert told(chat(ruled, "own-api", user=VICTIM)) == {"safety_identifier": alice, "user": alice}
+    client.responses.create(model=model_of("own-api"), input="hi")
+    assert told(sent(ruled, "/v1/responses")) == {"safety_identifier": alice}
+    client.embeddings.create(model=model_of("own-api"), input="hi")
+    assert told(sent(ruled, "/v1/embeddings")) == {"user": alice}
+
+
+def test_none_takes_out_the_end_user_the_client_named(ruled: Gateway) -> None:
+    client = ruled.openai()
+    body = chat(ruled, "stripped", user=VICTIM, safety_identifier=VICTIM)
+    assert told(body) == {} and VICTIM not in str(body)
+    list(client.chat.completions.create(model=model_of("stripped"), messages=[{"role": "user", "content": "hi"}],
+                                        user=VICTIM, stream=True))
+    assert told(sent(ruled, "/v1/chat/completions")) == {}
+    client.responses.create(model=model_of("stripped"), input="hi", safety_identifier=VICTIM)
+    assert told(sent(ruled, "/v1/responses")) == {}
+    client.embeddings.create(model=model_of("stripped"), input="hi", user=VICTIM)
+    assert told(sent(ruled, "/v1/embeddings")) == {}
+    assert told(native(ruled, "complex", "stripped")) == {}

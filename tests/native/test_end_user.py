@@ -20,14 +20,22 @@ from sentinel.native.end_user import (
     [
         ("https://api.openai.com/v1", "safety_identifier"),
         ("https://API.OpenAI.com/v1", "safety_identifier"),
-        ("https://api.groq.com/openai/v1", "user"),
-        ("http://localhost:8000/v1", "user"),
-        ("https://api.openai.com.example.net/v1", "user"),
-        ("https://proxy.example/api.openai.com/v1", "user"),
+        ("https://api.groq.com/openai/v1", "named"),
+        ("http://localhost:8000/v1", "named"),
+        ("https://api.openai.com.example.net/v1", "named"),
+        ("https://proxy.example/api.openai.com/v1", "named"),
     ],
 )
-def test_openai_itself_is_told_in_safety_identifier_any_other_server_in_user(base_url: str, field: str) -> None:
+def test_openai_itself_is_told_in_safety_identifier_any_other_server_only_what_the_client_named(
+    base_url: str, field: str,
+) -> None:
     assert openai_end_user_field(base_url) == field
+
+
+@pytest.mark.parametrize("configured", ["user", "safety_identifier", "none"])
+def test_the_operators_choice_wins_over_the_base_url(configured: str) -> None:
+    assert openai_end_user_field("https://api.mistral.ai/v1", configured) == configured
+    assert openai_end_user_field("https://api.openai.com/v1", configured) == configured
 
 
 def test_the_field_is_set_and_a_client_end_user_in_the_other_replaced() -> None:
@@ -38,6 +46,23 @@ def test_the_field_is_set_and_a_client_end_user_in_the_other_replaced() -> None:
     assert with_openai_end_user({"model": "m", "safety_identifier": None}, "p", "user") == {
         "model": "m", "user": "p", "safety_identifier": "p"}
     assert client == {"model": "m", "user": "bob", "safety_identifier": "bob"}  # never changed: a failover resends it
+
+
+def test_off_openais_api_only_a_field_the_client_sent_is_there_and_it_names_the_caller() -> None:
+    client = {"model": "m", "user": "bob"}
+    assert with_openai_end_user(client, "p", "named") == {"model": "m", "user": "p"}
+    assert with_openai_end_user({"model": "m", "safety_identifier": "bob"}, "p", "named") == {
+        "model": "m", "safety_identifier": "p"}
+    for endpoint in ("chat", "responses", "completions", "embeddings"):
+        assert with_openai_end_user({"model": "m"}, "p", "named", endpoint=endpoint) == {"model": "m"}
+    assert client == {"model": "m", "user": "bob"}
+
+
+def test_none_takes_the_clients_end_user_fields_out() -> None:
+    client = {"model": "m", "user": "bob", "safety_identifier": "bob"}
+    assert with_openai_end_user(client, "p", "none") == {"model": "m"}
+    assert with_openai_end_user({"model": "m"}, "p", "none", endpoint="embeddings") == {"model": "m"}
+    assert client == {"model": "m", "user": "bob", "safety_identifier": "bob"}
 
 
 @pytest.mark.parametrize("endpoint", ["completions", "embeddings"])
@@ -53,6 +78,7 @@ def test_anthropic_is_told_in_metadata_user_id() -> None:
     assert with_anthropic_end_user({"metadata": None}, "p") == {"metadata": {"user_id": "p"}}
     assert with_end_user({}, "anthropic", "p", "user") == {"metadata": {"user_id": "p"}}
     assert with_end_user({}, "openai", "p", "user") == {"user": "p"}
+    assert with_end_user({}, "openai", "p", "named") == {}
 
 
 def test_a_pass_through_body_has_only_the_end_user_it_named_replaced() -> None:

@@ -26,7 +26,13 @@ from sentinel.api.admin_json import (
     user_json,
     user_summary_json,
 )
-from sentinel.api.bodies import is_read, parse_json_object, refuse_control_characters, refuse_unreadable_query
+from sentinel.api.bodies import (
+    is_read,
+    parse_json_object,
+    path_or_query,
+    refuse_control_characters,
+    refuse_unreadable_query,
+)
 from sentinel.api.deps import Deps
 from sentinel.api.responses import NO_STORE, NOSNIFF, RawResponse, operator_json
 from sentinel.domain.numbers import MAX_INT64, parse_whole
@@ -76,6 +82,16 @@ def user_param(request: Request) -> str:
     return found
 
 
+def conversation_param(request: Request) -> str:
+    """The conversation a session route is about: its `{conversation_id}` path segment, or (`.../session`,
+    for ids no path segment can hold — a native `conversation_id` may be any text: `a/b`, `50%`) its
+    `conversation_id` query parameter; 400 (field `conversation_id`) without one."""
+    found = path_or_query(request, "conversation_id")
+    if not found:
+        raise refuse({"conversation_id": "the conversation's id"})
+    return found
+
+
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     """A whole-number query parameter from `low` to `high`, `default` when absent or empty."""
     text = request.query_params.get(name)
@@ -117,12 +133,15 @@ class AdminApiRoutes:
             Route(f"{p}/tiers/{{tier}}", self.tier, methods=["PUT", "DELETE"]),
             Route(f"{p}/providers", self.providers, methods=["GET"]),
             Route(f"{p}/users/{{external_id}}/sessions/{{conversation_id}}", self.session, methods=["GET"]),
+            # The same, the conversation named by `?conversation_id=` (any text a client chose).
+            Route(f"{p}/users/{{external_id}}/session", self.session, methods=["GET"]),
             # The same, the user named by `?id=`: for ids the canonical-path check refuses as a segment.
             Route(f"{p}/user", self.user, methods=["GET"]),
             Route(f"{p}/user/plan", self.set_user_plan, methods=["PUT"]),
             Route(f"{p}/user/quota", self.quota, methods=["GET"]),
             Route(f"{p}/user/keys", self.create_key, methods=["POST"]),
             Route(f"{p}/user/sessions/{{conversation_id}}", self.session, methods=["GET"]),
+            Route(f"{p}/user/session", self.session, methods=["GET"]),
             Route(f"{p}/outbox", self.outbox, methods=["GET"]),
             Route(f"{p}/audit", self.audit, methods=["GET"]),
         ]
@@ -283,8 +302,8 @@ class AdminApiRoutes:
 
     async def session(self, request: Request) -> RawResponse:
         await self._access(request)
-        conversation_id = request.path_params["conversation_id"]
-        return _json(await self.service.require_live().session(user_param(request), conversation_id))
+        user = user_param(request)
+        return _json(await self.service.require_live().session(user, conversation_param(request)))
 
     async def outbox(self, request: Request) -> RawResponse:
         await self._access(request)

@@ -223,6 +223,11 @@ def build_admin_openapi() -> dict[str, Any]:
         "/admin/api/users/{external_id}/sessions/{conversation_id}": {"get": _op(
             "A user's conversation's session", _json({"type": "object"}),
             params=[_path("external_id"), _path("conversation_id")], errors=("404",))},
+        "/admin/api/users/{external_id}/session": {"get": _op(
+            "A user's conversation's session, the conversation named by `conversation_id` (an id no path "
+            "segment can hold: `a/b`, `50%`)", _json({"type": "object"}),
+            params=[_path("external_id"), {**_query("conversation_id", {"type": "string"}), "required": True}],
+            errors=("400", "404"))},
         "/admin/api/outbox": {"get": _op("Usage records waiting for delivery",
                                          _json(_obj(["depth"], depth={"type": ["integer", "null"]})))},
         "/admin/api/audit": {"get": _op("The audit log, newest first", array("entries", "AuditEntry"),

@@ -127,6 +127,14 @@ def refuse_unreadable_query(request: Request) -> None:
     refuse_control_characters(list(request.query_params.multi_items()), "the query")
 
 
+def path_or_query(request: Request, name: str) -> str:
+    """A route's `{name}` path segment, or (a route without it, for values no path segment can hold:
+    `a/b`, `50%`, `..`, which the canonical-path check refuses) its `?name=` query parameter,
+    exactly as given; "" when neither is there."""
+    found: str | None = request.path_params.get(name)
+    return found if found is not None else request.query_params.get(name, "")
+
+
 def query_items(request: Request) -> list[tuple[str, str]] | None:
     """The query string's items, or None when there is none."""
     if not request.scope.get("query_string"):

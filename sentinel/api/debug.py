@@ -1,14 +1,15 @@
 """`/debug/*`: operator views of routing state, only when SENTINEL_DEBUG is on.
 
 - `GET /debug/sessions/{conversation_id}`: the caller's own session (conversation ids are per user; 404 when
-  there is none), with the seconds its TTL has left;
+  there is none), with the seconds its TTL has left; `GET /debug/session?conversation_id=` the same,
+  for an id no path segment can hold (`a/b`, `50%`: a native `conversation_id` may be any text);
 - `GET /debug/health`: the backoff table for every tier candidate.
 
 Both need a bearer API key like `/v1` (the original left them unauthenticated). With debug off every
 `/debug/...` path answers 404 `debug_disabled` to every method, before any authentication, as the
 original did: no debug route is registered then but the catch-all (a registered `GET /debug/health`
 made `POST /debug/health` a 405, telling the route apart from an unknown path). With debug on only
-the two routes are: another method on them is 405, as on every served path (the catch-all made it a
+the routes above are: another method on them is 405, as on every served path (the catch-all made it a
 404 on `/debug/sessions/{id}`, and not on `/debug/health`), any other path 404 `endpoint_not_found`.
 """
 
@@ -19,9 +20,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
+from sentinel.api.bodies import path_or_query
 from sentinel.api.deps import Deps
 from sentinel.api.responses import RawResponse, operator_json
-from sentinel.errors import NotFound, StoreUnavailable
+from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable
 from sentinel.observability.logging import clipped
 from sentinel.routing.router import TierRouter
 
@@ -42,6 +44,7 @@ class DebugRoutes:
             return [rest]
         return [
             Route("/debug/sessions/{conversation_id}", self.session, methods=["GET"]),
+            Route("/debug/session", self.session, methods=["GET"]),
             Route("/debug/health", self.health, methods=["GET"]),
         ]
 
@@ -52,7 +55,9 @@ class DebugRoutes:
     async def session(self, request: Request) -> RawResponse:
         await self._guard(request)
         identity = await self.deps.authenticate(request)
-        conversation_id: str = request.path_params["conversation_id"]
+        conversation_id = path_or_query(request, "conversation_id")
+        if not conversation_id:
+            raise InvalidRequest("Name the conversation: ?conversation_id=", details={"param": "conversation_id"})
         sessions = self.router.sessions
         found = await sessions.get(conversation_id, identity.external_id)  # the caller's own only
         if found is None:

@@ -296,6 +296,26 @@ def test_an_operator_flow_through_the_api(gw: Gateway) -> None:
         assert client.get("/admin/api/users/dave/sessions/conv-ops").status_code == 404
 
 
+def test_a_session_whose_id_no_path_segment_holds_is_found_by_query(gw: Gateway) -> None:
+    """A native `conversation_id` may be any text (`team/a?b#c%d`): no `sessions/{id}` segment could
+    name it (`/` splits it, the encoded forms are refused), so users could make sessions operators
+    could not look at. `.../session?conversation_id=` names it, for a user in the path or by `?id=`."""
+    odd = "team/a?b#c%d .."
+    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {gw.key}"}, timeout=30) as alice:
+        started = alice.post("/native/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], "conversation_id": odd})
+        assert started.status_code == 200, started.text
+    with admin(gw) as client:
+        for path, params in (("/admin/api/users/alice/session", {"conversation_id": odd}),
+                             ("/admin/api/user/session", {"id": "alice", "conversation_id": odd})):
+            found = client.get(path, params=params)
+            assert found.status_code == 200, (path, found.text)
+            assert (found.json()["external_id"], found.json()["conversation_id"]) == ("alice", odd)
+        assert client.get("/admin/api/users/dave/session", params={"conversation_id": odd}).status_code == 404
+        missing = client.get("/admin/api/users/alice/session")
+        assert missing.status_code == 400 and "conversation_id" in missing.text
+
+
 MALFORMED_SESSIONS = [
     b"sentinel_admin=v1.\xb2.aa.bb",  # one raw byte 0xB2: '\u00b2' (latin-1), a "digit" int() refuses
     "sentinel_admin=v1.\u0663\u0663.aa.bb".encode(),  # Arabic-Indic digits: int() takes them, the gate must not

@@ -61,6 +61,12 @@ def test_debug_endpoints_when_on(
         assert (session["tier"], session["provider"], session["model"]) == (tier, provider, model)
         assert 0 < session["ttl_remaining_seconds"] <= 1000
 
+        odd = "team/a?b#c%d"  # no path segment holds it: named in the query
+        served(chat(http, "hello", conv=odd))
+        r = http.get("/debug/session", params={"conversation_id": odd})
+        assert r.status_code == 200 and r.json()["conversation_id"] == odd, r.text
+        assert http.get("/debug/session").status_code == 400
+
         missing = http.get("/debug/sessions/conv-nobody")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "session_not_found"
         unknown = http.get("/debug/nothing-here")
@@ -72,6 +78,7 @@ def test_debug_endpoints_when_on(
     with gw.client(bob_key) as bob:
         r = bob.get("/debug/sessions/conv-debug")  # bob has no conversation by alice's id
         assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found"
+        assert bob.get("/debug/session", params={"conversation_id": odd}).status_code == 404
         assert "alice" not in r.text and model not in r.text
 
 

@@ -45,6 +45,7 @@ from sentinel.governance.request_stats import RequestStats
 from sentinel.governance.tier_store import DbTiers, TierRepository
 from sentinel.governance.usage_stats import LedgerEntry, Ranked, UsageStats
 from sentinel.governance.users import UserDirectory, UserSummary
+from sentinel.observability.logging import clipped
 from sentinel.services.admin_forms import (
     LimitInput,
     check_limits,
@@ -177,7 +178,7 @@ class AdminService:
         summary = await self.users.get(external_id)
         recent = await self.reports.stats.recent_requests(external_id)
         if summary is None and not recent:
-            raise NotFound(f"No user {external_id!r}", code="user_not_found")
+            raise NotFound(f"No user {clipped(external_id)!r}", code="user_not_found")
         keys = await self.keys.list_keys(external_id)
         now = self.clock()
         usage = await self.reports.stats.user_totals(external_id, int(now.timestamp()) // 86400 - 29)
@@ -216,7 +217,7 @@ class AdminService:
     async def plan(self, name: str) -> Plan:
         found = await self.plan_repo.get_plan(name)
         if found is None:
-            raise NotFound(f"No plan {name!r}", code="plan_not_found")
+            raise NotFound(f"No plan {clipped(name)!r}", code="plan_not_found")
         return found
 
     async def save_plan_input(self, name: str, limits: Sequence[LimitInput], actor: Actor, *,
@@ -264,7 +265,7 @@ class AdminService:
         existing = await self.plan(name)
         users = await self.plan_repo.delete_plan(name)
         if users is None:  # deleted meanwhile, by another operator
-            raise NotFound(f"No plan {name!r}", code="plan_not_found")
+            raise NotFound(f"No plan {clipped(name)!r}", code="plan_not_found")
         await self._forget_plans(users)
         await self._audit(actor, "plan.delete", name, {"from": existing.spec(), "users": len(users)})
         return len(users)
@@ -313,7 +314,7 @@ class AdminService:
         info = await self.keys.get_key(key_id)
         revocation = await self.keys.revoke_with_hash(key_id)
         if info is None or revocation is None:
-            raise NotFound(f"No key {key_id!r}", code="key_not_found")
+            raise NotFound(f"No key {clipped(key_id)!r}", code="key_not_found")
         unsent = None
         if self.identities is not None:
             try:  # a tombstone no lookup in flight can overwrite

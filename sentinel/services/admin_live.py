@@ -17,6 +17,7 @@ from sentinel.domain.identity import Identity
 from sentinel.domain.plans import Plan, PlanSource
 from sentinel.domain.tiers import TierSource
 from sentinel.errors import GovernanceUnavailable, NotFound, ServiceUnavailable, StoreUnavailable
+from sentinel.observability.logging import clipped
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.routing.health import ProviderHealth
 from sentinel.routing.sessions import SessionStore
@@ -163,7 +164,7 @@ class LiveState:
             raise NotFound("Sessions are not available here", code="session_not_found")
         found = await self.sessions.get(conversation_id, external_id)
         if found is None:
-            raise NotFound(f"No session for conversation {conversation_id!r} of {external_id!r}",
+            raise NotFound(f"No session for conversation {clipped(conversation_id)!r} of {clipped(external_id)!r}",
                            code="session_not_found")
         try:
             ttl = await self.sessions.store.ttl(self.sessions.key(external_id, conversation_id))

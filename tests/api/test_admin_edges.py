@@ -137,3 +137,18 @@ def test_a_405_quotes_the_path_clipped(gateway: Gateway) -> None:
     assert answer.status_code == 405
     message = answer.json()["error"]["message"]
     assert len(message) < 400 and re.search(r"A{200}", message)
+
+
+def test_a_404_quotes_the_name_it_looked_for_clipped(api: httpx.Client) -> None:
+    """"No user '…'", "No plan '…'", "No key '…'" and "No session …" quoted the whole name from the
+    path or query (bounded only by the header limit: a 5,000-character id came back whole). Like
+    every other quoted path, it is cut to 256 characters."""
+    long = "a" * 5000
+    for path, params in (("/admin/api/users/" + long, None), ("/admin/api/plans/" + long, None),
+                         ("/admin/api/keys/key_" + long + "/revoke", None),
+                         ("/admin/api/users/alice/session", {"conversation_id": long}),
+                         ("/admin/api/user/session", {"id": long, "conversation_id": long})):
+        answer = api.request("POST" if path.endswith("/revoke") else "GET", path, params=params)
+        assert answer.status_code == 404, (path[:40], answer.text[:200])
+        message = answer.json()["error"]["message"]
+        assert "a" * 250 in message and "a" * 257 not in message and "…" in message, (path[:40], len(message))

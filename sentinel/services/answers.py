@@ -277,7 +277,12 @@ class AnswerRelay:
                 stored = inspector.object_id
                 collection = "responses" if endpoint == "responses" else "chat/completions"
                 await claim_created(ownership, [(stored, ObjectPath(collection).ttl)], owner)
-                await self._charged(stored, ObjectPath(collection).ttl)  # a later fetch: nothing
+                # Charged its usage here: a later fetch charges nothing. A stream cut before the
+                # provider's count was charged only what it streamed, and a provider may finish and
+                # store the answer all the same: the first read showing its usage charges that (what
+                # was streamed then counts twice — a usage charged twice beats one never charged).
+                if usage is not None:
+                    await self._charged(stored, ObjectPath(collection).ttl)
             if endpoint == "responses":  # also when the client left early (what was charged), stored or not
                 await remember_context(ownership, admission, stored, extends)
             if speaker is not None and inspector.audio:

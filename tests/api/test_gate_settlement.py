@@ -635,3 +635,58 @@ def test_a_usage_chunk_the_client_did_not_ask_for_is_not_relayed_whatever_its_fi
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
     rows = ledger_rows(gw.settings.database_url)
     assert [(row["status"], row["usage_source"], row["output_tokens"]) for row in rows] == [(200, "estimated", 1)], rows
+
+
+@pytest.mark.parametrize(("path", "created", "stored_path", "answer"), [
+    ("/v1/responses",
+     {"type": "response.created", "response": {"id": "resp_cut", "object": "response", "status": "in_progress",
+                                                "model": "gpt-4o-mini", "output": [], "usage": None}},
+     "/v1/responses/resp_cut",
+     {"id": "resp_cut", "object": "response", "status": "completed", "model": "gpt-4o-mini",
+      "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "done"}]}],
+      "usage": {"input_tokens": 700, "output_tokens": 9000, "total_tokens": 9700}}),
+    ("/v1/chat/completions",
+     {"id": "chatcmpl-cut", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+      "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+     "/v1/chat/completions/chatcmpl-cut",
+     {"id": "chatcmpl-cut", "object": "chat.completion", "model": "gpt-4o-mini",
+      "choices": [{"index": 0, "message": {"role": "assistant", "content": "done"}, "finish_reason": "stop"}],
+      "usage": {"prompt_tokens": 700, "completion_tokens": 9000, "total_tokens": 9700}}),
+])
+def test_a_stored_answer_whose_stream_was_cut_is_charged_by_the_read_that_shows_its_usage(
+    gateway_factory: Callable[..., Gateway], path: str, created: dict[str, Any], stored_path: str,
+    answer: dict[str, Any],
+) -> None:
+    """A stored answer (a response, a chat completion with `store: true`) whose stream the client
+    left at once was charged what it streamed — and marked charged, so the first read of it charged
+    nothing. A provider that goes on generating a stored answer after its stream is cut then served
+    the whole answer, fetched by its id, for the price of an empty stream. Its usage is charged by
+    the first read that shows it."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1,
+                             passthrough="/v1/chat/completions/*")
+        upstream.sse(created, hold=True)
+        body = {"model": "gpt-4o-mini", "stream": True, "store": True}
+        body |= {"input": "hi"} if path == "/v1/responses" else {"messages": [{"role": "user", "content": "hi"}]}
+        with gw.client() as http:
+            with http.stream("POST", path, json=body) as r:
+                assert r.status_code == 200
+                cut_id = r.headers["x-request-id"]
+                for line in r.iter_lines():
+                    if line.startswith("data:"):
+                        break  # the client leaves after the first event
+            assert wait_for(lambda: len(recorded(gw, cut_id)) == 1)
+            assert recorded(gw, cut_id)[0]["status"] == 499
+            upstream.json(answer)
+            read = http.get(stored_path)
+            assert read.status_code == 200, read.text
+            assert wait_for(lambda: len(recorded(gw, read.headers["x-request-id"])) == 1)
+            rows = recorded(gw, read.headers["x-request-id"])
+            assert [(row["input_tokens"], row["output_tokens"]) for row in rows] == [(700, 9000)], rows
+            upstream.json(answer)  # a second read charges nothing more
+            again = http.get(stored_path)
+            assert again.status_code == 200, again.text
+            assert wait_for(lambda: len(recorded(gw, again.headers["x-request-id"])) == 1)
+            assert [(row["input_tokens"], row["output_tokens"])
+                    for row in recorded(gw, again.headers["x-request-id"])] == [(0, 0)]

@@ -45,6 +45,16 @@ again to be refused again. (A 400 in the body of a request already queued takes 
 one in the body of the request being answered is written at once, as before: it is its turn. The
 408 for late headers already waited for the answer before it.)
 
+A chunked body may end with a trailer section (fields after the last chunk). uvicorn appended its
+fields to the request's headers — the very list the app reads, so with the request in one read a key
+(`Authorization`, `x-api-key`) or an `X-Forwarded-For` sent after the body, where a proxy in front
+that checks, strips or writes those headers does not look, was read as a header (the last
+X-Forwarded-For names the client: any address, every request). Trailer fields are dropped, and held
+to the header limits with the headers (431): one that never ends was buffered by the parser, a copy
+of the whole at every read, until the body deadline and, once answered, the drain's. Past the limit
+once the answer is written, the connection is just closed (a 431 then would be read as the next
+answer).
+
 A request that asks for a protocol upgrade (`Connection: Upgrade` and an `Upgrade` header — `h2c`,
 `websocket` — or CONNECT) ends, for the parser, at its headers: what follows is the other protocol's.
 uvicorn, upgrading nothing (Sentinel serves no WebSocket), answered it without its body, dropped the
@@ -119,8 +129,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _header_count = 0
     _refused = False
     _in_headers = False  # a request's line and headers have begun and are not complete yet
+    _in_trailers = False  # the last chunk's size line is in, its trailer section is not (see `on_chunk_header`)
     _messages = 0  # requests begun on this connection
     _unparsed = 0  # bytes of whole reads that arrived while one request's headers stayed incomplete
+    _trailer_unparsed = 0  # ... while its trailer section stayed incomplete
     _parsing_done = False  # nothing more is parsed: more than MAX_PIPELINED requests were queued, the last
     # one asked for a protocol upgrade, or the server is stopping
     _running: RequestResponseCycle | None = None  # the request whose app was started last (uvicorn's
@@ -199,7 +211,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._parsing_done or self._refused:
             return
         super().on_message_begin()
-        self._header_bytes = self._header_count = self._unparsed = 0
+        self._header_bytes = self._header_count = self._unparsed = self._trailer_unparsed = 0
+        self._in_trailers = False
         self._in_headers = True
         self._messages += 1
         self._arm()
@@ -216,8 +229,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._header_bytes += len(name) + len(value) + 4
         self._header_count += 1
+        if not self._in_headers:
+            # A field of a chunked body's trailer section: counted with the headers, and dropped. uvicorn
+            # appended it to the request's headers (the very list the app reads), so a credential or an
+            # X-Forwarded-For a proxy in front never checked — it was in the body — was read as a header.
+            self._check_trailers()
+            return
         self._check()
         super().on_header(name, value)
+
+    # httptools calls these around every chunk of a chunked body: the last chunk (size 0) is the one
+    # with no data between them, and its trailer section comes before its `on_chunk_complete`.
+    def on_chunk_header(self) -> None:
+        self._in_trailers = True  # until data of this chunk arrives: a chunk with data is not the last
+
+    def on_chunk_complete(self) -> None:
+        self._in_trailers = False
 
     def on_headers_complete(self) -> None:
         if self._parsing_done or self._refused:
@@ -243,6 +270,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         last.keep_alive = False  # its answer says `Connection: close` and closes the transport
 
     def on_body(self, body: bytes) -> None:
+        self._in_trailers = False
         if self._parsing_done or self._refused:
             return
         super().on_body(body)
@@ -299,15 +327,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused or self._parsing_done:
             return
-        was_in_headers, messages = self._in_headers, self._messages
+        was_in_headers, was_in_trailers, messages = self._in_headers, self._in_trailers, self._messages
         super().data_received(data)
-        if was_in_headers and self._in_headers and messages == self._messages:
-            # All of `data` belonged to headers still incomplete: a name or value that does not end
-            # is buffered by the parser and never reaches `on_header`, so count it here (at most one
-            # read more than the limit is held: the one that began the request is not counted).
-            self._unparsed += len(data)
-            if self._unparsed > self._limits.max_header_bytes:
-                self._headers_too_large()
+        if messages != self._messages:
+            return
+        if (was_in_headers and self._in_headers) or (was_in_trailers and self._in_trailers):
+            # All of `data` belonged to headers (or a trailer section) still incomplete: a name or
+            # value that does not end is buffered by the parser (growing by a copy of itself at every
+            # read) and never reaches `on_header`, so count it here (at most one read more than the
+            # limit is held: the one that began the request, or its trailer section, is not counted).
+            if self._in_headers:
+                self._unparsed += len(data)
+                if self._unparsed > self._limits.max_header_bytes:
+                    self._headers_too_large()
+            else:
+                self._trailer_unparsed += len(data)
+                self._check_trailers()
 
     def send_400_response(self, msg: str) -> None:
         if self._parsing_done or self._refused:
@@ -320,6 +355,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _check(self) -> None:
         limits = self._limits
         if self._header_bytes > limits.max_header_bytes or self._header_count > limits.max_headers:
+            self._headers_too_large()
+
+    def _check_trailers(self) -> None:
+        """A trailer section is held to the header limits (with the headers): past them, 431 when
+        nothing of the answer was written yet, else the connection is closed (a refusal written now
+        would be read as part of that answer, or as the next request's)."""
+        limits = self._limits
+        if (max(self._header_bytes, self._trailer_unparsed) <= limits.max_header_bytes
+                and self._header_count <= limits.max_headers):
+            return
+        if self.cycle is not None and self.cycle.response_started:
+            self._refused = True
+            self._body_pending = False
+            self._stop_drain()
+            self.transport.close()
+        else:
             self._headers_too_large()
 
     def _headers_too_large(self) -> None:

@@ -1,0 +1,130 @@
+"""The HTTP transport, attacked on a raw socket: what a chunked body's trailer section carries and how
+long it may be."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from tests.api.conftest import Gateway
+from tests.support.attack import ledger_rows, openai_error
+
+CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+
+
+def _port(gw: Gateway) -> int:
+    return int(gw.url.rsplit(":", 1)[1])
+
+
+def _rest_of(sock: socket.socket) -> bytes:
+    """What arrives on `sock` until the server closes it (a reset is a close; a wait is "<still open>")."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except TimeoutError:
+        received += b"<still open>"
+    except OSError:
+        pass
+    return received
+
+
+def exchange(gw: Gateway, data: bytes, *, wait: float = 10.0) -> bytes:
+    """Send `data` on a fresh connection and read until the server closes it (or `wait` passes)."""
+    with socket.create_connection(("127.0.0.1", _port(gw)), timeout=wait) as sock:
+        sock.sendall(data)
+        return _rest_of(sock)
+
+
+def statuses(answer: bytes) -> list[int]:
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
+
+
+def body_of(answer: bytes) -> object:
+    return orjson.loads(answer.partition(b"\r\n\r\n")[2])
+
+
+def chunked_chat(headers: bytes, trailer: bytes, *, close: bool = True) -> bytes:
+    """A chat request whose body is one chunk, then the last chunk with `trailer` (field lines)."""
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n" + (b"Connection: close\r\n" if close else b"") + headers + b"\r\n"
+            + f"{len(CHAT):x}".encode() + b"\r\n" + CHAT + b"\r\n0\r\n" + trailer + b"\r\n")
+
+
+# --- trailer sections ---------------------------------------------------------------------------
+@pytest.mark.parametrize("field", ["Authorization: Bearer {key}", "x-api-key: {key}"])
+def test_a_credential_in_a_trailer_section_is_not_a_header(gateway: Gateway, field: str) -> None:
+    """uvicorn appended a trailer's fields to the request's headers (the list the app reads): a key
+    sent after the body — where a proxy in front that checks or strips credentials does not look —
+    authenticated the request. Trailer fields are dropped: the request has no credential."""
+    trailer = field.format(key=gateway.key).encode() + b"\r\n"
+    answer = exchange(gateway, chunked_chat(b"", trailer))
+    assert statuses(answer) == [401], answer[:300]
+    assert openai_error(body_of(answer))["code"] == "missing_api_key"
+    assert ledger_rows(gateway.settings.database_url) == []
+
+
+def test_a_forwarded_address_in_a_trailer_section_is_not_the_clients(
+    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Behind a trusted proxy, an X-Forwarded-For in the trailer section came last, so it named the
+    client: every request a new address, and the failed-authentication throttle (per address) never
+    refused anyone. Only the header the proxy wrote counts."""
+    import functools
+
+    from sentinel.api.throttle import FailedAuthThrottle
+
+    monkeypatch.setattr("sentinel.app.FailedAuthThrottle", functools.partial(FailedAuthThrottle, clock=lambda: 1000.0))
+    gw = gateway_factory(auth_failures_per_minute=3, forwarded_allow_ips="127.0.0.1")
+    seen = []
+    for i in range(5):
+        answer = exchange(gw, chunked_chat(
+            b"X-Forwarded-For: 203.0.113.7\r\nAuthorization: Bearer sk-sentinel-made-up-" + str(i).encode() + b"\r\n",
+            b"X-Forwarded-For: 198.51.100." + str(i).encode() + b"\r\n",
+        ))
+        seen += statuses(answer)
+    assert seen == [401, 401, 401, 429, 429]
+
+
+def test_a_small_trailer_section_is_still_served(gateway: Gateway) -> None:
+    answer = exchange(gateway, chunked_chat(b"Authorization: Bearer " + gateway.key.encode() + b"\r\n",
+                                            b"X-Checksum: abc\r\n"))
+    assert statuses(answer) == [200], answer[:300]
+    assert body_of(answer)["object"] == "chat.completion"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("authenticated", [True, False], ids=["body-awaited", "answered-first"])
+def test_a_trailer_line_that_never_ends_is_cut_off(gateway_factory: Callable[..., Gateway], authenticated: bool) -> None:
+    """A trailer field that never ends is buffered by the parser, a copy of the whole at every read
+    (memory, and the event loop's time, growing with what one connection without any key sends): it
+    was kept until the body deadline — and, once answered, the drain's as long again. It is held to
+    the header limit: 431, or, when the answer was already written, the connection is closed."""
+    gw = gateway_factory(body_timeout_seconds=120, max_header_bytes=4096)
+    auth = b"Authorization: Bearer " + gw.key.encode() + b"\r\n" if authenticated else b""
+    # The last chunk, then a field that never ends; a connection kept alive (one that closes after its
+    # answer was closed after the 401 before, too).
+    head = chunked_chat(auth, b"", close=False)[: -len(b"\r\n")] + b"X-Trailer: "
+    with socket.create_connection(("127.0.0.1", _port(gw)), timeout=10) as sock:
+        sock.sendall(head)
+        try:
+            for _ in range(64):  # 4 MiB: far more than one read
+                sock.sendall(b"a" * 65536)
+        except OSError:
+            pass  # the server closed the connection: it stopped taking the line
+        answer = _rest_of(sock)
+    assert not answer.endswith(b"<still open>"), answer[-300:]
+    if authenticated and answer:
+        assert statuses(answer) == [431], answer[:300]
+    assert ledger_rows(gw.settings.database_url) == []
+
+
+def test_too_many_trailer_fields_are_refused(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(max_headers=16)
+    trailer = b"".join(b"X-T-" + str(i).encode() + b": 1\r\n" for i in range(40))
+    answer = exchange(gw, chunked_chat(b"Authorization: Bearer " + gw.key.encode() + b"\r\n", trailer))
+    assert statuses(answer) == [431], answer[:300]
+    assert ledger_rows(gw.settings.database_url) == []

@@ -55,6 +55,12 @@ of the whole at every read, until the body deadline and, once answered, the drai
 once the answer is written, the connection is just closed (a 431 then would be read as the next
 answer).
 
+A body is framed by its Content-Length or by `Transfer-Encoding: chunked` alone, in HTTP/1.1: the
+parser took other codings before a final `chunked` (`gzip, chunked`: the body was served as if it
+had none) and `chunked` from an HTTP/1.0 client (a proxy in front that speaks HTTP/1.0 reads that
+body up to the close): both sides of such a proxy would frame different bodies. Both are refused
+with 400 in their turn, nothing after them parsed (RFC 9112 §6.1).
+
 A request that asks for a protocol upgrade (`Connection: Upgrade` and an `Upgrade` header — `h2c`,
 `websocket` — or CONNECT) ends, for the parser, at its headers: what follows is the other protocol's.
 uvicorn, upgrading nothing (Sentinel serves no WebSocket), answered it without its body, dropped the
@@ -255,6 +261,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # The parser ends an upgrade request at its headers: its body would be parsed as requests.
             self._refuse(b"400 Bad Request", b"a request with a body cannot ask for a protocol upgrade\n")
             return
+        framing = _framing_refused(self.headers, self.parser.get_http_version())
+        if framing is not None:
+            self._refuse(*framing)
+            return
         if len(self.pipeline) >= MAX_PIPELINED:
             self._overflow()
             return
@@ -441,6 +451,25 @@ def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
         name == b"transfer-encoding" or (name == b"content-length" and value.strip().lstrip(b"0") != b"")
         for name, value in headers
     )
+
+
+def _framing_refused(headers: list[tuple[bytes, bytes]], version: str) -> tuple[bytes, bytes] | None:
+    """The refusal (status, message) of a body framed otherwise than by Content-Length or `chunked`
+    alone, or None. The parser took `Transfer-Encoding: gzip, chunked` (any codings before a final
+    `chunked`) and served the body as if it had none of them, and took `chunked` from an HTTP/1.0
+    client, which an HTTP/1.0 proxy in front does not know (it reads the body up to the close): each
+    side of such a proxy would frame a different body. Both are 400, and the connection closes (RFC 9112
+    §6.1 suggests 501 for a coding not understood: a client's bad request is not a server error here)."""
+    codings = [
+        coding.strip().lower() for name, value in headers if name == b"transfer-encoding" for coding in value.split(b",")
+    ]
+    if not codings:
+        return None
+    if version == "1.0":
+        return b"400 Bad Request", b"an HTTP/1.0 request cannot have a Transfer-Encoding\n"
+    if codings != [b"chunked"]:
+        return b"400 Bad Request", b"the only transfer coding accepted is chunked, alone\n"
+    return None
 
 
 def _cancel(timer: asyncio.TimerHandle | None) -> None:

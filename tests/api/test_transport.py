@@ -1,5 +1,5 @@
-"""The HTTP transport, attacked on a raw socket: what a chunked body's trailer section carries and how
-long it may be."""
+"""The HTTP transport, attacked on a raw socket: what a chunked body's trailer section carries, how
+long it may be, and transfer codings other than `chunked` alone."""
 
 from __future__ import annotations
 
@@ -128,3 +128,20 @@ def test_too_many_trailer_fields_are_refused(gateway_factory: Callable[..., Gate
     answer = exchange(gw, chunked_chat(b"Authorization: Bearer " + gw.key.encode() + b"\r\n", trailer))
     assert statuses(answer) == [431], answer[:300]
     assert ledger_rows(gw.settings.database_url) == []
+
+
+# --- transfer codings ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("version", "coding"), [
+    (b"HTTP/1.1", b"gzip, chunked"), (b"HTTP/1.1", b"deflate, chunked"), (b"HTTP/1.0", b"chunked"),
+])
+def test_a_body_framed_otherwise_than_by_chunked_alone_is_refused(gateway: Gateway, version: bytes, coding: bytes) -> None:
+    """`Transfer-Encoding: gzip, chunked` was served as if the body had no gzip coding, and `chunked`
+    from an HTTP/1.0 client (which an HTTP/1.0 proxy in front frames up to the close) was taken: a
+    proxy and Sentinel would frame different bodies. 400, the connection closed, nothing after it read."""
+    body = f"{len(CHAT):x}".encode() + b"\r\n" + CHAT + b"\r\n0\r\n\r\n"
+    request = (b"POST /v1/chat/completions " + version + b"\r\nHost: x\r\nAuthorization: Bearer " + gateway.key.encode()
+               + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: " + coding + b"\r\n\r\n" + body)
+    answer = exchange(gateway, request + b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert statuses(answer) == [400], answer[:300]
+    assert b"connection: close" in answer.lower() and not answer.endswith(b"<still open>"), answer
+    assert ledger_rows(gateway.settings.database_url) == []

@@ -1,6 +1,9 @@
 """The request middleware (pure ASGI): request id, backpressure, errors, timing, logs, metrics.
 
 It wraps the router. For every HTTP request it:
+- refuses with 400 `duplicate_header` a request sending a credential header (`Authorization`,
+  `x-api-key`, `X-Docs-Key`, `X-CSRF-Token`) or `Host` on more than one line: Sentinel read the
+  first line, a proxy in front may read the last, so which credential a request carried was a guess;
 - takes `X-Request-Id` from the client (if sane) or makes one, and returns it on the response;
 - refuses new work with 503 + Retry-After when `max_in_flight` requests are already running (a
   503 `overloaded` is counted in `sentinel_overload_rejections_total` and logged at debug only: it
@@ -34,7 +37,14 @@ from sentinel.api.surfaces import render_error, surface_headers
 from sentinel.api.throttle import client_key
 from sentinel.api.user_slots import UserSlots
 from sentinel.domain.usage import new_request_id
-from sentinel.errors import ClientClosedRequest, InternalError, Overloaded, RateLimited, SentinelError
+from sentinel.errors import (
+    ClientClosedRequest,
+    InternalError,
+    InvalidRequest,
+    Overloaded,
+    RateLimited,
+    SentinelError,
+)
 from sentinel.observability.logging import AccessLog, request_id_var
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.outcomes import RequestOutcomes
@@ -44,6 +54,8 @@ log = logging.getLogger("sentinel.request")
 
 _SAFE_ID = re.compile(rf"[A-Za-z0-9._:\-]{{1,{MAX_CLIENT_REQUEST_ID}}}")  # fullmatch: `$` also matches before a final newline
 _UNLIMITED_PREFIXES = ("/health", "/metrics")
+# Request headers a request carries on one line at most (see the module docstring).
+_ONE_LINE_HEADERS = frozenset({b"host", b"authorization", b"x-api-key", b"x-docs-key", b"x-csrf-token"})
 # The sign-in forms read a body from a caller nobody has authenticated yet: they get their own few
 # slots, so slow forms cannot fill the ones API traffic needs (`max_in_flight`), and one client (an
 # address, as the failed-authentication throttle counts it) holds at most a few of those.
@@ -122,6 +134,7 @@ class RequestMiddleware:
 
         try:
             check_raw_path(scope.get("raw_path") or path.encode())
+            _check_one_line_headers(scope)
             if path.startswith(_UNLIMITED_PREFIXES):
                 await self.app(scope, receive, send_wrapper)
             elif path in SIGN_IN_PATHS:
@@ -248,6 +261,18 @@ def _request_id(scope: Scope) -> tuple[str, bool]:
                 return candidate, True
             break
     return new_request_id(), False
+
+
+def _check_one_line_headers(scope: Scope) -> None:
+    """InvalidRequest (400 `duplicate_header`) when a header of _ONE_LINE_HEADERS comes on two lines."""
+    seen: set[bytes] = set()
+    for name, _ in scope["headers"]:
+        if name in _ONE_LINE_HEADERS:
+            if name in seen:
+                raise InvalidRequest(
+                    f"The request has more than one {name.decode()} header: send exactly one", code="duplicate_header"
+                )
+            seen.add(name)
 
 
 def _drop_tracebacks(exc: BaseException) -> None:

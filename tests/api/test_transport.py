@@ -1,5 +1,5 @@
 """The HTTP transport, attacked on a raw socket: what a chunked body's trailer section carries, how
-long it may be, and transfer codings other than `chunked` alone."""
+long it may be, transfer codings other than `chunked` alone, and credentials or hosts sent twice."""
 
 from __future__ import annotations
 
@@ -144,4 +144,32 @@ def test_a_body_framed_otherwise_than_by_chunked_alone_is_refused(gateway: Gatew
     answer = exchange(gateway, request + b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
     assert statuses(answer) == [400], answer[:300]
     assert b"connection: close" in answer.lower() and not answer.endswith(b"<still open>"), answer
+    assert ledger_rows(gateway.settings.database_url) == []
+
+
+# --- headers sent twice ---------------------------------------------------------------------------
+@pytest.mark.parametrize("twice", ["Authorization", "x-api-key", "Host"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_a_credential_or_host_sent_twice_is_refused(gateway: Gateway, twice: str, path: str) -> None:
+    """Two Authorization lines (or x-api-key, or Host): Sentinel read the first, a proxy in front may
+    read the last — the key a request was billed to was a guess. 400 `duplicate_header`, in the
+    surface's shape, before any credential is looked at."""
+    other = "sk-sentinel-someone-else"
+    lines = {
+        "Authorization": f"Authorization: Bearer {gateway.key}\r\nAuthorization: Bearer {other}\r\n",
+        "x-api-key": f"x-api-key: {gateway.key}\r\nx-api-key: {other}\r\n",
+        "Host": f"Host: evil.example\r\nAuthorization: Bearer {gateway.key}\r\n",
+    }[twice]
+    body = (b'{"model":"claude-3-5-haiku-20241022","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
+            if path == "/v1/messages" else CHAT)
+    request = (f"POST {path} HTTP/1.1\r\nHost: x\r\n{lines}Content-Type: application/json\r\n"
+               f"anthropic-version: 2023-06-01\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    answer = exchange(gateway, request)
+    assert statuses(answer) == [400], answer[:300]
+    error = body_of(answer)
+    if path == "/v1/messages":
+        assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error", error  # type: ignore[index]
+        assert "more than one" in error["error"]["message"]  # type: ignore[index]
+    else:
+        assert openai_error(error)["code"] == "duplicate_header"
     assert ledger_rows(gateway.settings.database_url) == []

@@ -536,6 +536,12 @@ def provider_base_url(value: str) -> str:
 
 
 # --- the providers file (SENTINEL_CONFIG) ---------------------------------------------------------
+# The providers built from the environment (OPENAI_API_URL/KEY, ANTHROPIC_API_URL/KEY), by name: their
+# wire format. A providers-file entry of the same name replaces one (`sentinel.wiring.build_catalog`).
+BUILT_IN_PROVIDERS: dict[str, Literal["openai", "anthropic"]] = {"openai": "openai", "anthropic": "anthropic"}
+BUILT_IN_TITLES = {"openai": "OpenAI", "anthropic": "Anthropic"}
+
+
 class ProviderEntry(BaseModel):
     """One named upstream: `kind` is its wire format (openai-compatible or anthropic)."""
 
@@ -577,6 +583,23 @@ class ProvidersFile(BaseModel):
     tiers: dict[Tier, list[TierModelEntry]] | None = None
     models: list[CatalogueModel] | None = None
     aliases: dict[AliasName, AliasName | list[AliasName]] | None = None
+
+    @field_validator("providers")
+    @classmethod
+    def _one_upstream_a_name(cls, value: list[ProviderEntry]) -> list[ProviderEntry]:
+        # A name is one upstream on every surface (`sentinel.wiring.build_catalog`): an entry named
+        # like a built-in provider replaces it, so it keeps its wire format (the `/v1` calls that
+        # name no model go to `openai`), and a name listed twice would be whichever came last.
+        seen: set[str] = set()
+        for entry in value:
+            if entry.name in seen:
+                raise ValueError(f"provider {entry.name!r} is listed twice")
+            seen.add(entry.name)
+            kind = BUILT_IN_PROVIDERS.get(entry.name)
+            if kind is not None and entry.kind != kind:
+                raise ValueError(f"{entry.name!r} is the built-in {BUILT_IN_TITLES[kind]} provider's name: its kind "
+                                 f"must be {kind} (the entry replaces the built-in one on every surface)")
+        return value
 
     @field_validator("aliases")
     @classmethod

@@ -96,21 +96,20 @@ def read_providers_file(settings: Settings) -> ProvidersFile | None:
 
 
 def build_catalog(settings: Settings, file: ProvidersFile | None = None) -> Catalog:
-    """The providers and the (default or configured) tier table."""
+    """The providers and the (default or configured) tier table: the one place a provider name gets
+    its upstream. The built-in `openai` and `anthropic` come from the environment when its key or URL
+    is set; a providers-file entry of the same name replaces the built-in one (URL, key, options) for
+    every surface — `/v1` relayed and its calls that name no model, translated chat, `/v1/messages`,
+    the native API — which all take their providers from here (`build_runtime`)."""
     if file is None:
         file = read_providers_file(settings)
     providers: dict[str, ProviderSpec] = {}
     defaults: dict[str, tuple[TierModelEntry, TierModelEntry]] = {}
-    if reveal(settings.openai_api_key) or settings.openai_api_url:
-        providers["openai"] = ProviderSpec(
-            "openai", "openai", settings.effective_openai_url, reveal(settings.openai_api_key)
-        )
-        defaults["openai"] = DEFAULT_MODELS["openai"]
-    if reveal(settings.anthropic_api_key) or settings.anthropic_api_url:
-        providers["anthropic"] = ProviderSpec(
-            "anthropic", "anthropic", settings.effective_anthropic_url, reveal(settings.anthropic_api_key)
-        )
-        defaults["anthropic"] = DEFAULT_MODELS["anthropic"]
+    for name, configured_by in (("openai", reveal(settings.openai_api_key) or settings.openai_api_url),
+                                ("anthropic", reveal(settings.anthropic_api_key) or settings.anthropic_api_url)):
+        if configured_by:
+            providers[name] = built_in_spec(settings, name)
+            defaults[name] = DEFAULT_MODELS[name]
     configured = None
     if file is not None:
         for entry in file.providers:
@@ -119,6 +118,8 @@ def build_catalog(settings: Settings, file: ProvidersFile | None = None) -> Cata
                 cheap = TierModelEntry(provider=entry.name, model=entry.cheap_model, relative_cost=1)
                 mid = TierModelEntry(provider=entry.name, model=entry.mid_model or entry.cheap_model, relative_cost=5)
                 defaults[entry.name] = (cheap, mid)
+            elif entry.name in DEFAULT_MODELS:  # a built-in's replacement: the built-in's models
+                defaults[entry.name] = DEFAULT_MODELS[entry.name]
         configured = file.tiers
     tiers: TierTable
     if configured is not None:
@@ -130,6 +131,21 @@ def build_catalog(settings: Settings, file: ProvidersFile | None = None) -> Cata
             "complex": [mid for _, mid in defaults.values()],
         }
     return Catalog(providers=providers, tiers=tiers)
+
+
+def built_in_spec(settings: Settings, name: str) -> ProviderSpec:
+    """The built-in provider `name` (`openai` or `anthropic`) as the environment gives it: its URL
+    (the public API's when unset) and key."""
+    if name == "openai":
+        return ProviderSpec("openai", "openai", settings.effective_openai_url, reveal(settings.openai_api_key))
+    return ProviderSpec("anthropic", "anthropic", settings.effective_anthropic_url, reveal(settings.anthropic_api_key))
+
+
+def relay_default(settings: Settings, catalog: Catalog) -> ProviderSpec:
+    """Where the `/v1` calls that name no model go (stored objects, pass-through): the catalog's
+    `openai` — the providers file's entry of that name, else OPENAI_API_URL/KEY's — or, when no
+    `openai` is configured, OpenAI's public API without a key (as the environment leaves it)."""
+    return catalog.providers.get("openai") or built_in_spec(settings, "openai")
 
 
 def _spec(entry: ProviderEntry) -> ProviderSpec:
@@ -379,14 +395,16 @@ async def build_runtime(
         metrics=metrics,
         failover=s.session_failover, auto_key=s.session_auto_key,
     )
-    openai = OpenAICompatUpstream("openai", s.effective_openai_url, reveal(s.openai_api_key), http, upstream_clock,
-                                  body_limit)
     relays = {
         name: OpenAICompatUpstream(name, spec.base_url, spec.api_key, http, upstream_clock, body_limit,
                                    spec.end_user_field)
         for name, spec in catalog.providers.items() if spec.kind == "openai"
     }
-    relays["openai"] = openai
+    # The same `openai` as every other surface's (the catalog's), the one object: a batch's models
+    # are checked against the upstream it is sent to (`OpenAIRelay._batch_model`).
+    default = relay_default(s, catalog)
+    openai = relays.get(default.name) or OpenAICompatUpstream(
+        default.name, default.base_url, default.api_key, http, upstream_clock, body_limit, default.end_user_field)
     anthropic_relays = {
         name: AnthropicUpstream(name, spec.base_url, spec.api_key, http, upstream_clock, body_limit)
         for name, spec in catalog.providers.items() if spec.kind == "anthropic"

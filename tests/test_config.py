@@ -520,3 +520,49 @@ def test_an_empty_host_is_the_default(monkeypatch: pytest.MonkeyPatch, value: st
     assert s.host == "0.0.0.0"
     assert "http://127.0.0.1:8080" in listening_line(s)
     assert load_settings(_env_file=None, host=" 127.0.0.1 ").host == "127.0.0.1"
+
+
+def test_a_providers_file_name_is_one_upstream(tmp_path: Path) -> None:
+    """An entry named like a built-in provider replaces it on every surface, so it keeps the built-in's
+    wire format (an Anthropic-format `openai` left the `/v1` calls that name no model to the
+    environment's upstream of that name); a name listed twice was the last entry, silently. Both stop
+    start-up in one line naming SENTINEL_CONFIG, never quoting the file's values."""
+    path = tmp_path / "providers.yaml"
+    entry = "  - {name: %s, kind: %s, base_url: 'https://api.example.com/v1', api_key: sk-in-file}\n"
+    cases = {
+        "'openai' is the built-in OpenAI provider's name: its kind must be openai": entry % ("openai", "anthropic"),
+        "'anthropic' is the built-in Anthropic provider's name: its kind must be anthropic":
+            entry % ("anthropic", "openai"),
+        "provider 'groq' is listed twice": entry % ("groq", "openai") * 2,
+    }
+    for says, providers in cases.items():
+        path.write_text("providers:\n" + providers)
+        with pytest.raises(ConfigError, match="SENTINEL_CONFIG") as refused:
+            load_providers_file(path)
+        message = str(refused.value)
+        assert says in message and "sk-in-file" not in message and "\n" not in message, message
+    path.write_text("providers:\n" + entry % ("openai", "openai") + entry % ("anthropic", "anthropic")
+                    + entry % ("groq", "openai"))
+    assert [p.name for p in load_providers_file(path).providers] == ["openai", "anthropic", "groq"]
+
+
+def test_a_providers_file_built_in_name_replaces_the_environments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catalog is the one place a name gets its upstream: the file's `openai` (URL, key,
+    `end_user_field`) over OPENAI_API_URL/KEY's, and it is also where the `/v1` calls that name no
+    model go. Without a `cheap_model` it serves the built-in's default models, environment or not."""
+    from sentinel.providers.catalog import DEFAULT_MODELS
+    from sentinel.wiring import build_catalog, relay_default
+
+    for name in ("OPENAI_API_URL", "OPENAI_API_KEY", "ANTHROPIC_API_URL", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "providers.yaml"
+    path.write_text("providers:\n  - {name: openai, kind: openai, base_url: 'https://proxy.example.com/v1', "
+                    "api_key: sk-in-file, end_user_field: user}\n")
+    for env in ({"openai_api_url": "https://env.example.com/v1", "openai_api_key": "sk-env"}, {}):
+        settings = Settings(_env_file=None, providers_file=path, **env)  # type: ignore[call-arg]
+        catalog = build_catalog(settings)
+        spec = catalog.providers["openai"]
+        assert (spec.base_url, spec.api_key, spec.end_user_field) == ("https://proxy.example.com/v1", "sk-in-file", "user")
+        assert relay_default(settings, catalog) is spec
+        cheap, mid = DEFAULT_MODELS["openai"]
+        assert catalog.tiers["simple"] == [cheap] and catalog.tiers["complex"] == [mid]

@@ -1,7 +1,8 @@
 """Which upstream providers exist, their well-known models, and the tier table (built by `sentinel.wiring`).
 
 Built-in providers: `openai` (OPENAI_API_URL/KEY, any OpenAI-compatible base URL) and `anthropic`
-(ANTHROPIC_API_URL/KEY); more named providers come from the SENTINEL_CONFIG YAML file. When no
+(ANTHROPIC_API_URL/KEY); more named providers come from the SENTINEL_CONFIG YAML file, where an
+entry of a built-in's name replaces it on every surface (one name, one upstream). When no
 tier table is configured, every configured provider contributes its cheap model to `simple` and
 its mid model to `moderate` and `complex` (see DEFAULT_MODELS). When the file lists no `models:`,
 the model catalogue of the `/v1` surfaces is each built-in provider's WELL_KNOWN_MODELS.

@@ -27,15 +27,8 @@ from tests.api.test_native import tiers_file
 from tests.support.accounts import create_key
 from tests.support.attack import ledger_rows, openai_error, spying
 from tests.support.metrics import metric
+from tests.support.raw_http import raw_exchange, rest_of
 from tests.support.waiting import wait_for
-
-
-def raw_exchange(gw: Gateway, data: bytes, *, wait: float = 5.0) -> bytes:
-    """Send `data` on a fresh connection and read until the server closes it (or `wait` passes)."""
-    port = int(gw.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
-        sock.sendall(data)
-        return _rest_of(sock)
 
 
 def test_headers_that_trickle_are_cut_off(gateway_factory: Callable[..., Gateway]) -> None:
@@ -610,19 +603,6 @@ def test_a_websocket_upgrade_is_plain_http_not_a_500(gateway: Gateway, caplog: p
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
-def _rest_of(sock: socket.socket) -> bytes:
-    """What else arrives on `sock` until the server closes it (a reset is a close; a wait is "<still open>")."""
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except TimeoutError:
-        received += b"<still open>"
-    except OSError:
-        pass
-    return received
-
-
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_the_body_of_an_upgrade_request_is_never_parsed_as_a_request(
     gateway_factory: Callable[..., Gateway], framing: str
@@ -650,7 +630,7 @@ def test_the_body_of_an_upgrade_request_is_never_parsed_as_a_request(
             sock.sendall(body)  # the body, in a read of its own
         except OSError:
             pass
-        rest = _rest_of(sock)
+        rest = rest_of(sock)
     assert b"HTTP/1.1" not in rest, rest[:300]  # the body was never answered as a request
     assert answer.startswith(b"HTTP/1.1 400") and b"connection: close" in answer.lower(), answer
     assert rest == b"", rest[:300]
@@ -668,7 +648,7 @@ def test_an_upgrade_request_without_a_body_is_served_and_ends_the_connection(
         sock.sendall(upgrade + b"Authorization: Bearer " + gateway.key.encode() + b"\r\n\r\n"
                      + b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
         [(answer, listed)] = read_answers(sock, 1)
-        rest = _rest_of(sock)
+        rest = rest_of(sock)
     assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower(), answer
     assert orjson.loads(listed)["object"] == "list"
     assert rest == b"", rest[:300]

@@ -12,32 +12,14 @@ import pytest
 
 from tests.api.conftest import Gateway
 from tests.support.attack import ledger_rows, openai_error
+from tests.support.raw_http import port_of, raw_exchange, rest_of
 
 CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
 
 
-def _port(gw: Gateway) -> int:
-    return int(gw.url.rsplit(":", 1)[1])
-
-
-def _rest_of(sock: socket.socket) -> bytes:
-    """What arrives on `sock` until the server closes it (a reset is a close; a wait is "<still open>")."""
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except TimeoutError:
-        received += b"<still open>"
-    except OSError:
-        pass
-    return received
-
-
 def exchange(gw: Gateway, data: bytes, *, wait: float = 10.0) -> bytes:
     """Send `data` on a fresh connection and read until the server closes it (or `wait` passes)."""
-    with socket.create_connection(("127.0.0.1", _port(gw)), timeout=wait) as sock:
-        sock.sendall(data)
-        return _rest_of(sock)
+    return raw_exchange(gw, data, wait=wait)
 
 
 def statuses(answer: bytes) -> list[int]:
@@ -108,14 +90,14 @@ def test_a_trailer_line_that_never_ends_is_cut_off(gateway_factory: Callable[...
     # The last chunk, then a field that never ends; a connection kept alive (one that closes after its
     # answer was closed after the 401 before, too).
     head = chunked_chat(auth, b"", close=False)[: -len(b"\r\n")] + b"X-Trailer: "
-    with socket.create_connection(("127.0.0.1", _port(gw)), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", port_of(gw)), timeout=10) as sock:
         sock.sendall(head)
         try:
             for _ in range(64):  # 4 MiB: far more than one read
                 sock.sendall(b"a" * 65536)
         except OSError:
             pass  # the server closed the connection: it stopped taking the line
-        answer = _rest_of(sock)
+        answer = rest_of(sock)
     assert not answer.endswith(b"<still open>"), answer[-300:]
     if authenticated and answer:
         assert statuses(answer) == [431], answer[:300]

@@ -30,7 +30,7 @@ from sentinel.errors import StoreUnavailable
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
-from sentinel.store.base import LocalOps, Script
+from sentinel.store.base import LUA_FINITE, LocalOps, Script
 
 log = logging.getLogger("sentinel.cache")
 
@@ -40,11 +40,7 @@ log = logging.getLogger("sentinel.cache")
 # that cannot be read (decoded under pcall): that is a miss to readers, and this value replaces it
 # (it made every put fail: a 500 on the in-process store, nothing cached again on Redis until it
 # expired). `_entry` is its twin, and the readers' (`GovernanceCache._decode`).
-_PUT_VALUE_LUA = """
-local function finite(v)
-  return type(v) == 'number' and v == v and v > -math.huge and v < math.huge
-end
-local function read(raw)
+_PUT_VALUE_LUA = LUA_FINITE + """local function read(raw)
   if not raw then return nil end
   local ok, entry = pcall(cjson.decode, raw)
   if not ok or type(entry) ~= 'table' or entry['v'] == nil or not finite(entry['fresh_until']) then return nil end

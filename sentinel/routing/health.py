@@ -37,6 +37,7 @@ from sentinel.errors import StoreUnavailable
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.store import LocalOps, Script, Store
+from sentinel.store.base import LUA_FINITE
 
 log = logging.getLogger("sentinel.health")
 
@@ -54,11 +55,7 @@ MGET = Script(name="health_mget", lua=_MGET_LUA, local=_mget_local)
 
 # ARGV: now, INITIAL_BACKOFF, MAX_BACKOFF, the wait the provider asked for (at most MAX_BACKOFF; "" for none).
 # `read`: the stored state, or nil for none or one that cannot be read (`_state` is its twin).
-_FAIL_LUA = """
-local function finite(v)
-  return type(v) == 'number' and v == v and v > -math.huge and v < math.huge
-end
-local function read(raw)
+_FAIL_LUA = LUA_FINITE + """local function read(raw)
   if not raw then return nil end
   local ok, state = pcall(cjson.decode, raw)
   if not ok or type(state) ~= 'table' then return nil end

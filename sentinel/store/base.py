@@ -56,6 +56,15 @@ def seconds_left(pttl_ms: int) -> float | None:
     return pttl_ms / 1000
 
 
+# Lua for scripts that read back JSON they wrote (`cjson.decode` under `pcall`): whether a decoded
+# value is a finite number (not NaN, not ±inf — cjson reads `1e999` as inf). Put before a script's body.
+LUA_FINITE = """
+local function finite(v)
+  return type(v) == 'number' and v == v and v > -math.huge and v < math.huge
+end
+"""
+
+
 @dataclass(frozen=True)
 class Script:
     """An atomic multi-key operation, in Lua for Redis and in Python for the memory backend.

@@ -150,7 +150,7 @@ class SqlOutbox:
         if unreadable := [i for i, record in decoded if record is None]:
             with database_errors("usage outbox unavailable"):
                 async with self._sessions() as session:
-                    await session.execute(delete(Row).where(Row.id.in_(unreadable)))
+                    await session.execute(delete(Row).where(Row.id.in_(unreadable), Row.batch_key == key))
                     await session.commit()
         return Batch("sql", key, items) if items else None
 
@@ -184,7 +184,13 @@ class SqlOutbox:
         with database_errors("usage outbox unavailable"):
             async with self._sessions() as session:
                 if accepted:
-                    await session.execute(delete(Row).where(Row.id.in_([int(c.ref) for c in accepted])))
+                    # Only rows still in this batch: a holder settling late (another took the batch
+                    # over and settled it) must not delete a newer record that got a deleted row's
+                    # id — SQLite hands the highest deleted id out again, and this table is nearly
+                    # always empty.
+                    await session.execute(
+                        delete(Row).where(Row.id.in_([int(c.ref) for c in accepted]), Row.batch_key == batch.key)
+                    )
                 if declined:
                     await session.execute(
                         update(Row)

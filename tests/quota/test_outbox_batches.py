@@ -141,6 +141,28 @@ async def test_a_stale_holder_settling_after_a_takeover_changes_nothing(world: W
     assert await taker.depth() == 0
 
 
+async def test_a_stale_holder_settling_after_a_takeover_never_removes_a_newer_record(world: World) -> None:
+    """SQLite gives a new row the id of the highest row deleted (no AUTOINCREMENT), and the outbox
+    table is nearly always empty, so ids come round again at once. A holder that settled late —
+    after its lease ran out, another deliverer took the batch over and settled it — deleted its
+    accepted records by row id alone: the new record that had got one of those ids was deleted
+    with them, never delivered."""
+    await put(world, "r1")
+    stale = world.outbox()
+    batch = await stale.claim(10)
+    assert batch is not None
+    await world.age(LEASE)
+    taker = world.outbox()
+    taken = await taker.claim(10)
+    assert taken is not None and taken.key == batch.key
+    await taker.settle(taken, (), retry_in=0)
+    await put(world, "r2")  # (on SQLite: r1's row id)
+    await stale.settle(batch, (), retry_in=0)  # the same answer, late
+    assert await world.outbox().depth() == 1
+    fresh = await world.outbox().claim(10)
+    assert fresh is not None and ids(fresh) == ["r2"]
+
+
 async def test_renew_keeps_a_slow_holders_lease_and_tells_it_when_settled(world: World) -> None:
     await put(world, "r1")
     slow = world.outbox()

@@ -3,17 +3,32 @@
 A failure (5xx, timeout, connection error, provider 429) puts the provider+model in backoff for
 `min(30 * 2^(n-1), 300)` seconds after the n-th consecutive failure; a success clears it. A provider
 answer (a 429 or a 5xx) with a `Retry-After` (seconds, or an HTTP date) asks for its own wait, which
-replaces the doubling: the backoff lasts that long, at least 30 s (shorter, the next request decided
-for everyone a second later — there is no limited half-open trial) and at most 300 s (as the
-doubling's cap; the next failure then reads a new one). A `Retry-After` that is neither (junk, a
-sign, a number over 16 characters, a date that does not parse) is ignored: the doubling applies. A failure
-while the pair is in backoff (a request already under way when it began, a conversation kept on its
+replaces the doubling: the backoff lasts that long, at least 30 s (a trial, below, could otherwise
+come a second later) and at most 300 s (as the doubling's cap; the next failure then reads a new
+one). A `Retry-After` that is neither (junk, a sign, a number over 16 characters, a date that does
+not parse) is ignored: the doubling applies. A failure while the pair is in backoff (a request already under way when it began, a conversation kept on its
 model, a `/v1` call, which go to it all the same) leaves the backoff as it is — except that one whose
 `Retry-After` ends later lengthens it to end then (to at most 300 s from now, with no 30 s floor:
 never longer than that answer asked): the n-th failure is
 the first after the (n-1)-th backoff ran out, so one burst of failing requests — one user's, at
 will — is one failure (30 s), not a run of them (300 s). Client
-errors (4xx other than 429) are never a provider failure. State lives under
+errors (4xx other than 429) are never a provider failure.
+
+When the backoff runs out the pair is half-open (`HealthState.recovering`): one request at a time is
+its trial, claimed atomically in the store (`claim_trial`, the CLAIM_TRIAL script: one claim across
+every replica), while the others keep to the other healthy candidates. The trial's success clears
+the entry (`record_success`); its failure starts the next, doubled, backoff (and drops the claim).
+A request that ends with neither verdict (refused before it was sent — its quota, say —, sent to
+another model, a client's 4xx, a stream cut after its first byte) releases its claim by its token
+(`release_trial`): the next request is a trial at once. One that never reports (its process died,
+its request hung, a stream still running) holds the claim TRIAL_SECONDS (30 s) at most: then the
+next request is a trial. The claim is taken only where a
+choice is made — the native API's tier selection (`TierRouter._select`, its retries too) and a `/v1`
+alias's first target (`ModelRoutes.order`); a conversation kept on its model claims it when it is
+free, but goes to its model either way. A request with no other candidate (a single-model tier, every
+other candidate in backoff, a conversation bound to the model, a `/v1` call naming one model) is
+never refused because of a trial under way: it goes to the pair as before, and its own answer counts
+as any other (a success clears the entry, a failure starts the next backoff). State lives under
 `sentinel:health:{providers}:<provider>:<model>`, so all replicas agree (the `{providers}` hash tag
 puts every pair in one Redis Cluster slot, so one MGET script reads them all); the store being down
 means "assume healthy" (never refuse traffic because the health table is unreachable). So does an
@@ -27,6 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +59,7 @@ log = logging.getLogger("sentinel.health")
 
 INITIAL_BACKOFF = 30.0
 MAX_BACKOFF = 300.0
+TRIAL_SECONDS = 30.0  # how long a trial claim keeps other trials away when its request never reports
 
 _MGET_LUA = "return redis.call('MGET', unpack(KEYS))"
 
@@ -53,16 +70,37 @@ def _mget_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[bytes |
 
 MGET = Script(name="health_mget", lua=_MGET_LUA, local=_mget_local)
 
-# ARGV: now, INITIAL_BACKOFF, MAX_BACKOFF, the wait the provider asked for (at most MAX_BACKOFF; "" for none).
-# `read`: the stored state, or nil for none or one that cannot be read (`_state` is its twin).
-_FAIL_LUA = LUA_FINITE + """local function read(raw)
+# `read`: the stored state, or nil for none or one that cannot be read; a `trial_until` that is not
+# a number, or a `trial_id` not a string, is left out; an infinite `trial_until` (JSON's 1e999, which
+# orjson refuses) makes the entry unreadable (`_state` is its twin).
+_READ_LUA = LUA_FINITE + """local function read(raw)
   if not raw then return nil end
   local ok, state = pcall(cjson.decode, raw)
   if not ok or type(state) ~= 'table' then return nil end
   local n, untl, backoff = state['failures'], state['until_ts'], state['backoff']
   if not (finite(n) and finite(untl) and finite(backoff)) or n < 0 or n ~= math.floor(n) then return nil end
-  return {failures = n, until_ts = untl, backoff = backoff}
+  local trial, id = state['trial_until'], state['trial_id']
+  if type(trial) == 'number' and not finite(trial) then return nil end  -- 1e999: orjson refuses it all
+  if not finite(trial) then trial = nil end
+  if type(id) ~= 'string' then id = nil end
+  return {failures = n, until_ts = untl, backoff = backoff, trial_until = trial, trial_id = id}
 end
+-- `state` without its trial claim, with `extra` fields, written with the entry's TTL kept.
+local function rewrite(key, state, extra)
+  local entry = {failures = state['failures'], until_ts = state['until_ts'], backoff = state['backoff']}
+  for name, value in pairs(extra) do entry[name] = value end
+  local ttl = redis.call('PTTL', key)
+  if ttl == -1 then
+    redis.call('SET', key, cjson.encode(entry))
+  else
+    redis.call('SET', key, cjson.encode(entry), 'PX', math.max(ttl, 1))
+  end
+end
+"""
+
+# ARGV: now, INITIAL_BACKOFF, MAX_BACKOFF, the wait the provider asked for (at most MAX_BACKOFF; "" for none).
+# A new backoff drops any trial claim (`trial_until`): the trial's verdict is in, or another's was.
+_FAIL_LUA = _READ_LUA + """
 local now = tonumber(ARGV[1])
 local asked = tonumber(ARGV[4])
 local state = read(redis.call('GET', KEYS[1]))
@@ -71,9 +109,9 @@ if state then
   local untl = state['until_ts']
   if now < untl then
     if asked and now + asked > untl then
-      state['until_ts'] = now + asked
-      state['backoff'] = asked
-      redis.call('SET', KEYS[1], cjson.encode(state), 'PX', math.ceil((asked + 3600) * 1000))
+      local lengthened = {failures = state['failures'], until_ts = now + asked, backoff = asked}
+      redis.call('SET', KEYS[1], cjson.encode(lengthened), 'PX', math.ceil((asked + 3600) * 1000))
+      return tostring(asked)
     end
     return tostring(state['backoff'])
   end
@@ -92,9 +130,11 @@ return tostring(backoff)
 
 
 def _state(raw: bytes | None) -> dict[str, Any] | None:
-    """A stored entry as the scripts write it (`failures`, `until_ts`, `backoff`), or None for none
-    or one that cannot be read (not JSON, not an object, a field missing, not a finite number, a
-    failure count not a whole number >= 0): healthy. The Lua script's `read` is its twin."""
+    """A stored entry as the scripts write it (`failures`, `until_ts`, `backoff`, and `trial_until`
+    and `trial_id` once a trial is claimed), or None for none or one that cannot be read (not JSON, not an object,
+    a field missing, not a finite number, a failure count not a whole number >= 0): healthy. A
+    `trial_until` that is not a finite number, or a `trial_id` not a string, is left out. The Lua
+    scripts' `read` is its twin."""
     if raw is None:
         return None
     try:
@@ -110,7 +150,13 @@ def _state(raw: bytes | None) -> dict[str, Any] | None:
     failures, until_ts, backoff = numbers
     if failures < 0 or not failures.is_integer():
         return None
-    return {"failures": int(failures), "until_ts": until_ts, "backoff": backoff}
+    state: dict[str, Any] = {"failures": int(failures), "until_ts": until_ts, "backoff": backoff}
+    trial = data.get("trial_until")
+    if isinstance(trial, int | float) and not isinstance(trial, bool) and math.isfinite(trial):
+        state["trial_until"] = float(trial)  # else left out: no trial claimed
+    if isinstance(trial_id := data.get("trial_id"), str):
+        state["trial_id"] = trial_id
+    return state
 
 
 def _fail_local(ops: LocalOps, keys: list[str], args: list[str]) -> str:
@@ -119,8 +165,9 @@ def _fail_local(ops: LocalOps, keys: list[str], args: list[str]) -> str:
     state = _state(ops.get(keys[0]))
     if state is not None and now < state["until_ts"]:  # in backoff: lengthened only to what was asked
         if asked is not None and now + asked > state["until_ts"]:
-            state = {**state, "until_ts": now + asked, "backoff": asked}
-            ops.set(keys[0], orjson.dumps(state), asked + 3600)
+            lengthened = {"failures": state["failures"], "until_ts": now + asked, "backoff": asked}
+            ops.set(keys[0], orjson.dumps(lengthened), asked + 3600)
+            return repr(asked)
         return repr(float(state["backoff"]))
     n = (state["failures"] if state is not None else 0) + 1
     if asked is not None:
@@ -134,6 +181,61 @@ def _fail_local(ops: LocalOps, keys: list[str], args: list[str]) -> str:
 
 RECORD_FAILURE = Script(name="health_fail", lua=_FAIL_LUA, local=_fail_local)
 
+# ARGV: now, TRIAL_SECONDS, the claim's token. 1: this caller's request is the pair's trial (claimed
+# until now + TRIAL_SECONDS, under its token), or the pair is healthy (no entry, or one that cannot
+# be read: left as it is); 0: in backoff, or another request's trial still runs. The TTL is kept.
+_TRIAL_LUA = _READ_LUA + """
+local now = tonumber(ARGV[1])
+local state = read(redis.call('GET', KEYS[1]))
+if not state then return 1 end
+if now < state['until_ts'] then return 0 end
+if state['trial_until'] and now < state['trial_until'] then return 0 end
+rewrite(KEYS[1], state, {trial_until = now + tonumber(ARGV[2]), trial_id = ARGV[3]})
+return 1
+"""
+
+
+def _rewrite(ops: LocalOps, key: str, state: dict[str, Any], **extra: Any) -> None:
+    """`state` without its trial claim, with `extra` fields, written with the entry's TTL kept (the
+    Lua scripts' `rewrite`)."""
+    entry = {"failures": state["failures"], "until_ts": state["until_ts"], "backoff": state["backoff"], **extra}
+    ttl = ops.pttl(key)
+    ops.set(key, orjson.dumps(entry), None if ttl == -1 else max(ttl, 1) / 1000)
+
+
+def _trial_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    now = float(args[0])
+    state = _state(ops.get(keys[0]))
+    if state is None:
+        return 1
+    if now < state["until_ts"] or now < state.get("trial_until", -math.inf):
+        return 0
+    _rewrite(ops, keys[0], state, trial_until=now + float(args[1]), trial_id=args[2])
+    return 1
+
+
+CLAIM_TRIAL = Script(name="health_trial", lua=_TRIAL_LUA, local=_trial_local)
+
+# ARGV: the claim's token. Drops the pair's trial claim if it is still that one (1), else leaves the
+# entry as it is (0): a success deleted it, a failure replaced it, or the claim lapsed and is another's.
+_RELEASE_LUA = _READ_LUA + """
+local state = read(redis.call('GET', KEYS[1]))
+if not state or state['trial_id'] ~= ARGV[1] then return 0 end
+rewrite(KEYS[1], state, {})
+return 1
+"""
+
+
+def _release_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    state = _state(ops.get(keys[0]))
+    if state is None or state.get("trial_id") != args[0]:
+        return 0
+    _rewrite(ops, keys[0], state)
+    return 1
+
+
+RELEASE_TRIAL = Script(name="health_trial_release", lua=_RELEASE_LUA, local=_release_local)
+
 
 @dataclass(frozen=True)
 class HealthState:
@@ -142,9 +244,22 @@ class HealthState:
     failures: int
     backoff: float
     until: float
+    trial_until: float | None = None  # a trial claimed until then (`ProviderHealth.claim_trial`)
+    trial_id: str | None = None  # that claim's token
 
     def remaining(self, now: float) -> float:
         return max(0.0, self.until - now)
+
+    def in_backoff(self, now: float) -> bool:
+        return now < self.until
+
+    def recovering(self, now: float) -> bool:
+        """The backoff ran out, no success since: half-open, a trial may go to the pair."""
+        return not self.in_backoff(now)
+
+    def trial_running(self, now: float) -> bool:
+        """Another request's trial is under way (claimed, not reported, not expired)."""
+        return self.trial_until is not None and now < self.trial_until
 
 
 class ProviderHealth:
@@ -178,12 +293,41 @@ class ProviderHealth:
                                              key=self.key(provider, model))
                 out[(provider, model)] = None
                 continue
-            out[(provider, model)] = HealthState(provider, model, data["failures"], data["backoff"], data["until_ts"])
+            out[(provider, model)] = HealthState(
+                provider, model, data["failures"], data["backoff"], data["until_ts"], data.get("trial_until"),
+                data.get("trial_id"))
         return out
 
     async def available(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]:
         now = self.clock()
         return {pair: state is None or state.until <= now for pair, state in (await self.states(pairs)).items()}
+
+    async def claim_trial(self, provider: str, model: str, token: str | None = None) -> bool:
+        """Claim the trial of a pair whose backoff ran out (half-open): True when this request is
+        it — or the pair is healthy now (a success cleared it meanwhile), or the store is down
+        (assume healthy); False while the pair is in backoff or another request's trial, claimed
+        less than TRIAL_SECONDS ago, has not reported (`record_success` / `record_failure` end it,
+        as does `release_trial` with the claim's `token`). One claim at a time across every
+        replica: the script reads and writes atomically."""
+        token = token or uuid.uuid4().hex
+        try:
+            won = await self.store.run(
+                CLAIM_TRIAL, [self.key(provider, model)], [self.clock(), TRIAL_SECONDS, token])
+        except StoreUnavailable:
+            return True
+        if won:
+            log.info("provider trial", extra={"provider": provider, "model": model})
+        return bool(won)
+
+    async def release_trial(self, provider: str, model: str, token: str) -> None:
+        """End a trial claimed with `token` that had no verdict (its request was refused before it
+        was sent, sent elsewhere, or ended with neither a success nor a provider failure), so that
+        the next request is a trial at once. Leaves the entry as it is when the claim is no longer
+        that one. Never raises."""
+        try:
+            await self.store.run(RELEASE_TRIAL, [self.key(provider, model)], [token])
+        except StoreUnavailable:
+            log.debug("could not release a provider trial (store unavailable)")
 
     async def record_failure(self, provider: str, model: str, retry_after: float | None = None) -> float | None:
         """Start or double the backoff (leave one that still runs as it is); returns its length

@@ -168,6 +168,20 @@ async def test_provider_health_reads_every_pair_in_one_script_on_a_cluster(redis
     await store.close()
 
 
+async def test_a_provider_trial_is_claimed_once_on_a_cluster(redis_cluster_url: str) -> None:
+    """The half-open trial's claim (one script on the pair's `{providers}` key) runs on a cluster."""
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    now = [1_700_000_000.0]
+    health = ProviderHealth(store, clock=lambda: now[0])
+    pair = ("openai", "gpt-4o-mini")
+    assert await health.record_failure(*pair) == 30
+    now[0] += 30
+    assert [await health.claim_trial(*pair) for _ in range(3)] == [True, False, False]
+    state = (await health.states([pair, ("anthropic", "claude-3-5-haiku")]))[pair]
+    assert state is not None and state.trial_running(now[0])
+    await store.close()
+
+
 # --- replica confirmation ------------------------------------------------------------------------
 async def test_a_confirmed_entry_is_on_the_replica(
     redis_cluster: LocalRedisCluster, redis_cluster_url: str

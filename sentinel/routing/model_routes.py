@@ -4,8 +4,11 @@ A model name has one target and is never retried elsewhere: its provider's failu
 client (and is recorded against the provider+model's health, which the native API's routing reads;
 a read timeout after the request was sent is not, nor a connection dropped after it was sent unless
 at once: the caller's request was long, see `is_provider_failure`).
-An alias with several targets tries its healthy targets first (in the alias's order) and moves to
-the next target when one fails with a provider failure before the first byte (5xx, connect timeout,
+An alias with several targets tries its healthy targets first (in the alias's order; one whose
+backoff ran out counts as healthy when it would be tried first and this request claims its trial —
+`ProviderHealth.claim_trial` — or when another target comes before it: one tried only if that one
+fails claims no trial; while another request's trial of it runs it comes after the healthy ones,
+before those in backoff) and moves to the next target when one fails with a provider failure before the first byte (5xx, connect timeout,
 refused connection, provider 429, a refusal of the provider key itself; not a read timeout nor a connection dropped after the request was
 sent: the provider may have served it) — the same rule as the native API's failover. A single target
 costs no health lookup: only a failure is written, and a later success clears it when this process
@@ -14,6 +17,8 @@ saw it.
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -33,17 +38,33 @@ class ModelRoutes:
         self.health = health
         self._failed: set[tuple[str, str]] = set()  # pairs this process put in backoff
 
-    async def order(self, targets: Sequence[ModelTarget]) -> tuple[list[ModelTarget], set[tuple[str, str]]]:
+    async def order(
+        self, targets: Sequence[ModelTarget], trials: list[tuple[str, str, str]] | None = None
+    ) -> tuple[list[ModelTarget], set[tuple[str, str]]]:
         """The targets to try (healthy ones first) and the pairs with failures on record (in backoff,
-        or out of it with their count kept: an answer clears them, as the tier router's does)."""
+        or out of it with their count kept: an answer clears them, as the tier router's does). A
+        half-open trial claimed for the first target is added to `trials` (provider, model, token)."""
         if len(targets) < 2:
             return list(targets), set()
         states = await self.health.states([_pair(t) for t in targets])
         now = self.health.clock()
-        available = {pair: state is None or state.until <= now for pair, state in states.items()}
-        healthy = [t for t in targets if available[_pair(t)]]
+        first: list[ModelTarget] = []  # in the alias's order
+        waiting: list[ModelTarget] = []  # recovering, another request's trial under way
+        out: list[ModelTarget] = []  # in backoff
+        for target in targets:
+            state = states[_pair(target)]
+            if state is None:
+                first.append(target)
+            elif state.in_backoff(now):
+                out.append(target)
+            elif first:  # reached only if one before it fails: no trial claimed for it
+                first.append(target)
+            elif not state.trial_running(now) and await self._claim(target, trials):
+                first.append(target)  # this request is its trial
+            else:
+                waiting.append(target)
         recorded = {pair for pair, state in states.items() if state is not None}
-        return healthy + [t for t in targets if not available[_pair(t)]], recorded
+        return first + waiting + out, recorded
 
     async def call(
         self,
@@ -53,22 +74,35 @@ class ModelRoutes:
     ) -> T:
         """`send` to each target in turn until one answers; raise the last provider failure, or at once
         any other error (a client error is the same on every target)."""
-        ordered, recorded = await self.order(targets)
-        for position, target in enumerate(ordered):
-            if on_attempt is not None:
-                on_attempt(target)
-            try:
-                result = await send(target)
-            except SentinelError as exc:
-                if not is_provider_failure(exc):
-                    raise
-                await self._report_failure(target, asked_wait(exc))
-                if position == len(ordered) - 1 or not may_retry(exc):
-                    raise
-                continue
-            await self._report_success(target, _pair(target) in recorded)
-            return result
-        raise ValueError("no targets to call")
+        trials: list[tuple[str, str, str]] = []
+        try:
+            ordered, recorded = await self.order(targets, trials)
+            for position, target in enumerate(ordered):
+                if on_attempt is not None:
+                    on_attempt(target)
+                try:
+                    result = await send(target)
+                except SentinelError as exc:
+                    if not is_provider_failure(exc):
+                        raise
+                    await self._report_failure(target, asked_wait(exc))
+                    if position == len(ordered) - 1 or not may_retry(exc):
+                        raise
+                    continue
+                await self._report_success(target, _pair(target) in recorded)
+                return result
+            raise ValueError("no targets to call")
+        finally:  # a trial that had no verdict (a client error, cancelled) lets the next one go
+            for provider, model, token in trials:
+                await asyncio.shield(self.health.release_trial(provider, model, token))
+
+    async def _claim(self, target: ModelTarget, trials: list[tuple[str, str, str]] | None) -> bool:
+        token = uuid.uuid4().hex
+        if not await self.health.claim_trial(*_pair(target), token):
+            return False
+        if trials is not None:
+            trials.append((*_pair(target), token))
+        return True
 
     async def _report_failure(self, target: ModelTarget, retry_after: float | None) -> None:
         await self.health.record_failure(target.provider, target.upstream_model, retry_after)

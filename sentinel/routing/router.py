@@ -17,6 +17,10 @@ Policies (documented in the README):
   session (preferring its provider), a lower one never downgrades it;
 - SESSION_FAILOVER=keep (default): a session whose model is in backoff keeps it and the provider's
   error reaches the client; `migrate` moves the session to a healthy model of its tier;
+- a candidate whose backoff ran out (half-open, see `sentinel.routing.health`) is given one request
+  at a time as its trial (claimed in the store, across replicas), while the others keep to the
+  tier's healthy candidates; with none, they go to it all the same; a session on it stays on it
+  (under `migrate` too: it is out of backoff) and is its trial when none is under way;
 - requests without an established session (none, or its first turn, or the turn that upgrades it) are
   retried once, before the first byte, on another healthy candidate, and the session follows the
   retry (`SessionStore.replace_if` from the session the first turn created, if still exactly as
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -62,6 +67,9 @@ class RouteChoice:
     was_unhealthy: bool = False
     tried: list[tuple[str, str]] = field(default_factory=list)
     created: Session | None = None  # the session this first turn created (`claim`), as written
+    # The half-open trials this request claimed (provider, model, token), shared by its retries:
+    # `TierRouter.release` ends those still held once the request ends.
+    trials: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def provider(self) -> str:
@@ -123,23 +131,73 @@ class TierRouter:
         return entries
 
     async def _select(
-        self, tier: str, *, prefer: str | None = None, exclude: Sequence[tuple[str, str]] = ()
+        self, tier: str, trials: list[tuple[str, str, str]], *, prefer: str | None = None,
+        exclude: Sequence[tuple[str, str]] = (),
     ) -> tuple[TierModelEntry, bool]:
         entries = [e for e in await self._candidates(tier) if (e.provider, e.model) not in exclude]
         if not entries:
             raise ServiceUnavailable(f"No other model is available for tier '{tier}'", code="no_alternative")
         states = await self.health.states([(e.provider, e.model) for e in entries])
         now = self.clock()
-        healthy = [e for e in entries if (s := states[(e.provider, e.model)]) is None or s.until <= now]
-        if not healthy:
-            wait = min(s.remaining(now) for s in states.values() if s is not None)
-            raise ServiceUnavailable(
-                f"All models for tier '{tier}' are currently unavailable", code="tier_unavailable", retry_after=wait
-            )
-        chosen = next((e for e in healthy if e.provider == prefer), None) if prefer else None
-        chosen = chosen or self.selector.choose(healthy)
+        healthy: list[TierModelEntry] = []
+        recovering: list[TierModelEntry] = []
+        free: list[TierModelEntry] = []  # recovering, no other request's trial under way
+        for e in entries:
+            state = states[(e.provider, e.model)]
+            if state is None:
+                healthy.append(e)
+            elif state.recovering(now):
+                recovering.append(e)
+                if not state.trial_running(now):
+                    free.append(e)
+        # Half-open: a candidate whose backoff ran out gets this request as its trial if no other
+        # request's trial runs (`ProviderHealth.claim_trial`); else the request keeps to the healthy
+        # ones — or, when there are none, goes to a recovering one all the same (never refused
+        # because a trial is under way).
+        chosen = await self._trial(free, prefer, trials)
+        if chosen is None:
+            pool = healthy or recovering
+            if not pool:
+                wait = min(s.remaining(now) for s in states.values() if s is not None)
+                raise ServiceUnavailable(
+                    f"All models for tier '{tier}' are currently unavailable", code="tier_unavailable",
+                    retry_after=wait,
+                )
+            chosen = next((e for e in pool if e.provider == prefer), None) if prefer else None
+            chosen = chosen or self.selector.choose(pool)
         self.metrics.model_selections.labels(tier, chosen.provider, chosen.model).inc()
         return chosen, states[(chosen.provider, chosen.model)] is not None
+
+    async def _trial(
+        self, free: Sequence[TierModelEntry], prefer: str | None, trials: list[tuple[str, str, str]]
+    ) -> TierModelEntry | None:
+        """The first of `free` (recovering candidates with no trial under way; the preferred
+        provider's first, then by weight) whose trial this request claims (added to `trials`);
+        None when none."""
+        pool = list(free)
+        while pool:
+            entry = next((e for e in pool if e.provider == prefer), None) if prefer else None
+            entry = entry or self.selector.choose(pool)
+            if await self._claim_trial(entry.provider, entry.model, trials):
+                return entry
+            pool.remove(entry)  # another request's trial claimed it first
+        return None
+
+    async def _claim_trial(self, provider: str, model: str, trials: list[tuple[str, str, str]]) -> bool:
+        token = uuid.uuid4().hex
+        if not await self.health.claim_trial(provider, model, token):
+            return False
+        trials.append((provider, model, token))
+        return True
+
+    async def release(self, decision: RouteChoice) -> None:
+        """The request ended: end the trials it claimed that are still held (one whose request was
+        refused before it was sent, sent elsewhere, or that ended with neither a success nor a
+        provider failure; one that reported is no longer held, and is left). Never raises."""
+        trials = list(decision.trials)
+        decision.trials.clear()  # (the list its retries share)
+        for provider, model, token in trials:
+            await self.health.release_trial(provider, model, token)
 
     def conversation_id(self, identity: Identity, req: ChatRequest) -> str | None:
         if req.conversation_id is not None:
@@ -166,14 +224,16 @@ class TierRouter:
                 self.metrics.sessions.labels("store_error").inc()
                 log.warning("session store unavailable: serving without stickiness")
                 conv = None
+        trials: list[tuple[str, str, str]] = []
         if session is None:
-            entry, unhealthy = await self._select(tier)
-            decision = RouteChoice(tier, entry, conv, None, "create" if conv else None, "created" if conv else None)
+            entry, unhealthy = await self._select(tier, trials)
+            decision = RouteChoice(tier, entry, conv, None, "create" if conv else None, "created" if conv else None,
+                                   trials=trials)
             decision.was_unhealthy = unhealthy
             return decision
         if TIER_ORDER[tier] > TIER_ORDER.get(session.tier, -1):  # a tier no longer known: the lowest
-            entry, unhealthy = await self._select(tier, prefer=session.provider)
-            decision = RouteChoice(tier, entry, conv, session, "update", "upgraded")
+            entry, unhealthy = await self._select(tier, trials, prefer=session.provider)
+            decision = RouteChoice(tier, entry, conv, session, "update", "upgraded", trials=trials)
             decision.was_unhealthy = unhealthy
             return decision
         return await self._sticky(session)
@@ -181,13 +241,19 @@ class TierRouter:
     async def _sticky(self, session: Session) -> RouteChoice:
         entry = await self._entry_for(session.tier, session.provider, session.model)
         state = (await self.health.states([(session.provider, session.model)]))[(session.provider, session.model)]
-        in_backoff = state is not None and state.until > self.clock()
+        now = self.clock()
+        in_backoff = state is not None and state.in_backoff(now)
         gone = session.provider not in self.providers
+        trials: list[tuple[str, str, str]] = []
         if (gone or in_backoff) and (gone or self.failover is SessionFailover.migrate):
-            new, unhealthy = await self._select(session.tier, exclude=[(session.provider, session.model)])
+            new, unhealthy = await self._select(session.tier, trials, exclude=[(session.provider, session.model)])
             return RouteChoice(session.tier, new, session.conversation_id, session, "update", "migrated",
-                               was_unhealthy=unhealthy)
-        decision = RouteChoice(session.tier, entry, session.conversation_id, session, "touch", "hit")
+                               was_unhealthy=unhealthy, trials=trials)
+        if state is not None and state.recovering(now) and not state.trial_running(now):
+            # Its backoff ran out: the conversation goes to its model either way (as before), and is
+            # its trial when no other request's is under way, so that others keep away meanwhile.
+            await self._claim_trial(session.provider, session.model, trials)
+        decision = RouteChoice(session.tier, entry, session.conversation_id, session, "touch", "hit", trials=trials)
         decision.was_unhealthy = state is not None
         return decision
 
@@ -243,7 +309,7 @@ class TierRouter:
             # on a provider gone (`_sticky`), it moves to a model of its tier once answered.
             if won.tier != decision.tier:
                 decision.entry, decision.was_unhealthy = await self._select(
-                    won.tier, exclude=[(won.provider, won.model)])
+                    won.tier, decision.trials, exclude=[(won.provider, won.model)])
                 decision.tier = won.tier
             decision.pending_write, decision.event = "update", "migrated"
             return
@@ -353,12 +419,13 @@ class TierRouter:
             return None
         tried = [*decision.tried, (decision.provider, decision.model)]
         try:
-            entry, unhealthy = await self._select(decision.tier, exclude=tried)
+            entry, unhealthy = await self._select(decision.tier, decision.trials, exclude=tried)
         except ServiceUnavailable:
             return None
         # Its past failures are cleared once it answers (`report`), as a first choice's are.
         retry = RouteChoice(decision.tier, entry, decision.conversation_id, decision.session, decision.pending_write,
-                         decision.event, was_unhealthy=unhealthy, tried=tried, created=decision.created)
+                         decision.event, was_unhealthy=unhealthy, tried=tried, created=decision.created,
+                         trials=decision.trials)
         if decision.sticky:
             # A first turn's session (`claim`) is moved to the retry's model if no other turn was
             # answered with it meanwhile (`commit`), and still counted as created; an upgrade is

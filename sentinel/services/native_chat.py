@@ -74,8 +74,21 @@ class NativeChat:
         """Serve one validated request (`size`: its body's bytes, a large one is counted off the loop;
         `heavy`: its body is large, `sentinel.offload`, and its translations and the reading of it for
         its estimate run in a worker thread too)."""
+        decided = await self.router.decide(identity, req)
+        streaming = False
+        try:
+            reply = await self._chat(ex, identity, req, decided, size=size, heavy=heavy)
+            streaming = isinstance(reply, StreamReply)  # its trials are released once it ends
+            return reply
+        finally:
+            if not streaming:  # a half-open trial the request claimed and did not settle (`release`)
+                await asyncio.shield(self.router.release(decided))
+
+    async def _chat(
+        self, ex: Exchange, identity: Identity, req: ChatRequest, decided: RouteChoice, *, size: int, heavy: bool,
+    ) -> Reply | StreamReply:
         translate = self._translator(req, heavy, self.end_users.of(identity.external_id))
-        choice, wire = await self._translatable(req, await self.router.decide(identity, req), translate)
+        choice, wire = await self._translatable(req, decided, translate)
         ex.operation, ex.request_model = OPERATIONS["native"], choice.model
         # Images are priced by the dearest rule of any model that may serve the request; a request
         # without images (most) needs no candidates: the tier table is not read for it.
@@ -226,13 +239,15 @@ class NativeChat:
                 await asyncio.shield(router.commit(identity, choice))
 
         async def give_back() -> None:
-            """No chunk came (the first event an error, the connection broken, the stream cut or never
-            read): no model answered, as on the unstreamed path — an upgrade or a migration is not
-            written, and a first turn's claimed session is removed (`TierRouter.abandon`)."""
+            """The stream closed. If no chunk came (the first event an error, the connection broken,
+            the stream cut or never read): no model answered, as on the unstreamed path — an upgrade
+            or a migration is not written, and a first turn's claimed session is removed
+            (`TierRouter.abandon`). A half-open trial it claimed and did not settle is released."""
             nonlocal unsettled
             if unsettled:
                 unsettled = False
                 await asyncio.shield(router.abandon(choice))
+            await asyncio.shield(router.release(choice))
 
         async def produce(ending: Ending) -> AsyncIterator[bytes]:
             try:

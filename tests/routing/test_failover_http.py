@@ -122,11 +122,13 @@ def test_a_retry_that_answers_clears_its_models_past_failures(
 ) -> None:
     """The retry's model had failed four times in a row (another process saw it) and its backoff ran
     out: once it answers a retry it is healthy again, as when it answers as a first choice. Its
-    record was kept, so its next failure took it out for 300 s instead of 30 s."""
+    record was kept, so its next failure took it out for 300 s instead of 30 s. (Another process's
+    trial of it is under way: else this request would be its trial, not a retry.)"""
     tiers = {"simple": [entry(DEAD), entry(OA_MINI)]}
     gw = start(gateway_factory, tmp_path, backend_url, tiers, {"dead": dead_url()})
     choose_dead_first(gw, monkeypatch)
-    lapsed = {"failures": 4, "until_ts": time.time() - 1, "backoff": 240.0}
+    lapsed = {"failures": 4, "until_ts": time.time() - 1, "backoff": 240.0, "trial_until": time.time() + 3600,
+              "trial_id": "another-process"}
     gw.write_stored(ProviderHealth.key(*OA_MINI), json.dumps(lapsed).encode(), 3600)
     with gw.client() as http:
         assert served(chat(http, "hi"))[1:] == OA_MINI

@@ -200,7 +200,8 @@ def _choice(position: int, raw: Any, provider: str) -> Choice:
     content, refusal, tool_calls = message.get("content"), message.get("refusal"), message.get("tool_calls")
     if tool_calls is not None and not isinstance(tool_calls, list):  # a number iterated raised a TypeError: a 500
         raise TranslationError(f"Upstream choice {position} has malformed tool_calls", provider=provider)
-    calls = [_tool_call(call, provider) for call in tool_calls or ()]
+    finish_reason = map_finish_reason(raw.get("finish_reason"))
+    calls = [_tool_call(call, provider, cut=finish_reason == "length") for call in tool_calls or ()]
     index = raw.get("index", position)
     return Choice(
         index=index if isinstance(index, int) and index >= 0 else position,
@@ -209,11 +210,15 @@ def _choice(position: int, raw: Any, provider: str) -> Choice:
             refusal=refusal if isinstance(refusal, str) else None,
             tool_calls=calls or None,
         ),
-        finish_reason=map_finish_reason(raw.get("finish_reason")),
+        finish_reason=finish_reason,
     )
 
 
-def _tool_call(raw: Any, provider: str) -> ToolCall:
+def _tool_call(raw: Any, provider: str, *, cut: bool = False) -> ToolCall:
+    """A tool call of an answer, its arguments an object. `cut`: the answer ended at its output cap
+    (`length`), so a call it was writing may have arguments that are not whole: such a call is kept
+    with no arguments (`cut_arguments`), as Anthropic answers `max_tokens` with the tool use it was
+    writing, instead of the whole answer becoming an error — served, billed, and retried by the SDKs."""
     function = raw.get("function") if isinstance(raw, dict) else None
     if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
         raise TranslationError("Upstream tool call has no function name", provider=provider)
@@ -226,10 +231,23 @@ def _tool_call(raw: Any, provider: str) -> ToolCall:
             "id": call_id if isinstance(call_id, str) and call_id else new_call_id(),
             "function": {
                 "name": name,
-                "arguments": parse_arguments(function.get("arguments"), tool=name, provider=provider),
+                "arguments": cut_arguments(function.get("arguments"), tool=name, provider=provider, cut=cut),
             },
         }
     )
+
+
+def cut_arguments(raw: Any, *, tool: str, provider: str, cut: bool, written: bool = True) -> dict[str, Any]:
+    """`parse_arguments`, but for a call the answer's output cap cut short (`cut`: finish reason
+    `length`, Anthropic's `max_tokens`), whose arguments are likely not whole JSON: those are no
+    arguments (`{}`), the answer's finish reason telling the client the call was cut, instead of a
+    TranslationError (a 502 for an answer the provider served and billed)."""
+    try:
+        return parse_arguments(raw, tool=tool, provider=provider, written=written)
+    except TranslationError:
+        if not cut:
+            raise
+        return {}
 
 
 # Output a chat delta carries besides `content` and `tool_calls`, relayed to the client and billed:

@@ -28,11 +28,11 @@ from sentinel.native.anthropic import anthropic_cache_tokens, anthropic_prompt_t
 from sentinel.native.errors import StreamError, TranslationError
 from sentinel.native.openai import (
     PLAIN_DELTA,
+    cut_arguments,
     delta_extras,
     map_finish_reason,
     new_call_id,
     openai_cache_tokens,
-    parse_arguments,
     parse_openai_usage,
 )
 from sentinel.native.responses import CacheTokens, FinishReason, Usage
@@ -152,8 +152,10 @@ class StreamNormalizer:
         return {**self._chunk({}), "choices": [], "usage": usage.to_dict()}
 
     def _finalize(self, call: _PendingCall) -> ToolCall:
-        # Its fragments were relayed as text: the object is not written again.
-        arguments = parse_arguments("".join(call.fragments), tool=call.name, provider=self.provider, written=False)
+        # Its fragments were relayed as text: the object is not written again. A stream its output
+        # cap ended (`length`) may have cut the call it was writing: no arguments, not an error.
+        arguments = cut_arguments("".join(call.fragments), tool=call.name, provider=self.provider,
+                                  cut=self._finish == "length", written=False)
         return ToolCall.model_validate(
             {"id": call.id, "function": {"name": call.name, "arguments": arguments}}
         )

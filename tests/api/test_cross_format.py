@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.api.conftest import Gateway
+from tests.api.test_usage_both_surfaces import ledger_rows
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream
 
@@ -580,3 +581,73 @@ def test_interleaved_parallel_tool_calls_stream_as_well_formed_blocks(gateway_fa
     for blocks in (stopped, final.content):
         assert [(b.type, b.text if b.type == "text" else b.input) for b in blocks] == expected  # type: ignore[union-attr]
     assert final.stop_reason == "tool_use" and final.usage.output_tokens == 12
+
+
+def test_a_tool_call_cut_by_max_tokens_is_max_tokens_not_an_error(gateway_factory: Callable[..., Gateway]) -> None:
+    """An OpenAI-format model whose output cap (`length`) cut the tool call it was writing sends its
+    arguments as JSON that is not whole. Translated for an Anthropic client, the whole answer became
+    a 502 (`Malformed tool call arguments`) though the provider served and billed it — and the
+    Anthropic SDK retries a 502, so one request was sent, and charged, three times; a stream ended
+    with an error event. It is Anthropic's answer to the same cut: `stop_reason: max_tokens` with
+    the tool use it was writing (its input empty: what was cut is not an object), recorded once as served."""
+    cut = '{"q": "tid'
+    whole = {"id": "chatcmpl-cut", "object": "chat.completion", "created": 1, "model": MINI,
+             "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": None,
+                          "tool_calls": [{"id": "call_a", "type": "function",
+                                          "function": {"name": "lookup", "arguments": cut}}]}}],
+             "usage": {"prompt_tokens": 40, "completion_tokens": 12}}
+    head = {"id": "chatcmpl-cut", "object": "chat.completion.chunk", "created": 1, "model": MINI}
+    events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [
+                  {"index": 0, "id": "call_a", "type": "function", "function": {"name": "lookup", "arguments": cut}}]}}]},
+              {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
+              {**head, "choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 12}}, "[DONE]"]
+    ask = {"model": MINI, "max_tokens": 12, "tools": AN_TOOLS, "messages": [{"role": "user", "content": "tides"}]}
+    scripted = ScriptedUpstream()
+    with serving(scripted) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+        claude = anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=2)  # the SDK's default retries
+        scripted.json(whole)
+        answer = claude.messages.create(**ask)
+        assert len(scripted.received) == 1  # answered, not retried
+        scripted.sse(*events)
+        with gw.client() as http:
+            raw = http.post("/v1/messages", json={**ask, "stream": True}).text
+        scripted.sse(*events)
+        with claude.messages.stream(**ask) as stream:
+            final = stream.get_final_message()
+    assert answer.stop_reason == "max_tokens" == final.stop_reason
+    for message in (answer, final):
+        assert [(b.type, b.id, b.name) for b in message.content] == [("tool_use", "call_a", "lookup")]  # type: ignore[union-attr]
+    assert answer.content[0].input == {}  # type: ignore[union-attr]
+    streamed = anthropic_grammar(raw)
+    assert streamed[-2]["delta"]["stop_reason"] == "max_tokens" and streamed[-2]["usage"]["output_tokens"] == 12
+    rows = ledger_rows(gw.settings.database_url)
+    assert [(r["status"], r["usage_source"], r["input_tokens"], r["output_tokens"]) for r in rows] == [
+        (200, "measured", 40, 12)] * 3
+
+
+def test_a_tool_use_cut_by_max_tokens_is_length_for_an_openai_client(gateway_factory: Callable[..., Gateway]) -> None:
+    """The same on the way back: Claude's stream cut by `max_tokens` inside a tool use streams input
+    JSON that is not whole; an OpenAI client streaming it got an error chunk at the end (and a 502
+    record) for an answer Anthropic served and billed. Its last chunk says `length`."""
+    usage = {"input_tokens": 30, "output_tokens": 1}
+    message = {"id": "msg_cut", "type": "message", "role": "assistant", "model": HAIKU, "content": [],
+               "stop_reason": None, "stop_sequence": None, "usage": usage}
+    events = [
+        {"type": "message_start", "message": message},
+        {"type": "content_block_start", "index": 0,
+         "content_block": {"type": "tool_use", "id": "toolu_a", "name": "lookup", "input": {}}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": '{"q": "ti'}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "max_tokens", "stop_sequence": None}, "usage": {"output_tokens": 9}},
+        {"type": "message_stop"},
+    ]
+    scripted = ScriptedUpstream()
+    with serving(scripted) as srv:
+        gw = gateway_factory(anthropic_api_url=srv.url)
+        scripted.sse(*events)
+        chunks = list(gw.openai().chat.completions.create(
+            model=HAIKU, max_tokens=9, tools=OA_TOOLS, messages=[{"role": "user", "content": "tides"}], stream=True))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or ()]
+    assert calls[0].id == "toolu_a" and "".join(call.function.arguments or "" for call in calls) == '{"q": "ti'

@@ -325,6 +325,16 @@ def test_malformed_responses_raise(mutate: Any, text: str) -> None:
     assert info.value.provider == "openai"
 
 
+
+@pytest.mark.parametrize("arguments", ['{"a": "cu', "[1, 2", "{not json"])
+def test_a_call_cut_by_the_output_cap_has_no_arguments(arguments: str) -> None:
+    """Arguments that are not a whole object are an error (above) unless the answer ended at its
+    output cap (`length`): the call it was writing was cut, and the answer stands (finish `length`)."""
+    body = completion(content=None, calls=[("c1", "f", arguments)], finish="length")
+    choice = parse_openai_response(body, provider="openai", tier="simple").choices[0]
+    assert choice.finish_reason == "length"
+    assert [(c.id, c.function.name, c.function.arguments) for c in choice.message.tool_calls or ()] == [("c1", "f", {})]
+
 def test_non_object_body_raises() -> None:
     with pytest.raises(TranslationError):
         parse_openai_response(["not", "a", "dict"], provider="openai", tier="simple")

@@ -6,6 +6,8 @@ definitions as compact JSON, and each image (and each page of a base64 PDF docum
 letter page: `sentinel.quota.media`) by Anthropic's pixel rule (`sentinel.quota.images`) — or,
 when the request may be served by a model of another wire format (translated), by the dearest of
 that model's rule and Anthropic's (`images.image_rule_for`).
+A structured output's format (`output_config.format`, the beta's `output_format`) is counted as
+compact JSON, as the tools are.
 Counted with the tokenizer Sentinel has for the model (Claude models: `cl100k_base`, an approximation).
 Every other block (a server tool's use and result, MCP's, redacted thinking, a type added later) has
 every string in it counted (`_walk`): a block type Sentinel does not know is never a free channel.
@@ -74,8 +76,18 @@ def estimate_messages(
     tools = payload.get("tools")
     if isinstance(tools, list) and tools:
         texts.append(json.dumps(tools, separators=(",", ":"), ensure_ascii=False))
+    texts.extend(json.dumps(schema, separators=(",", ":"), ensure_ascii=False) for schema in _output_formats(payload))
     count = sum(counter.count_text(text, model, user=user) for text in texts if text)
     return overhead + count + media
+
+
+def _output_formats(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The structured-output formats a body asks for (`output_config.format`, and the beta's
+    `output_format`): their JSON schema reaches the model as text, as a tool's `input_schema` does
+    and as `response_format` does on chat (its descriptions were text the admission never counted)."""
+    config = payload.get("output_config")
+    formats = [payload.get("output_format"), config.get("format") if isinstance(config, dict) else None]
+    return [value for value in formats if isinstance(value, dict) and value]
 
 
 def content_texts(value: Any) -> list[str]:

@@ -182,6 +182,32 @@ def test_text_sent_back_in_any_block_counts_against_the_input_limit(
     assert served.content and served.usage.input_tokens > 0
 
 
+
+@pytest.mark.parametrize("where", ["output_config", "output_format"])
+def test_a_structured_output_schema_counts_against_the_input_limit(
+    gateway_factory: Callable[..., Gateway], where: str
+) -> None:
+    """A structured output's JSON schema (`output_config.format`, the beta's `output_format`) reaches
+    the model as text, as a tool's `input_schema` does (and chat's `response_format`, which the
+    estimate counts): ~23,000 tokens of descriptions in it were admitted at a few tokens under a
+    5,000-token input limit. Refused alike now, relayed or counted for another model; a short
+    schema is served."""
+    gw = gateway_factory(default_plan="requests=100/1m,input_tokens=5000/1m")
+    claude = gw.anthropic()
+
+    def asking(description: str) -> dict:
+        schema = {"type": "json_schema", "schema": {"type": "object", "description": description,
+                                                    "properties": {"a": {"type": "string"}}}}
+        return {"output_config": {"format": schema}} if where == "output_config" else {"output_format": schema}
+
+    with pytest.raises(anthropic.RateLimitError, match="can never be admitted"):
+        claude.messages.create(model=HAIKU, max_tokens=5, messages=user("fill it"), extra_body=asking(RESENT))
+    served = claude.messages.create(model=HAIKU, max_tokens=5, messages=user("fill it"), extra_body=asking("a short one"))
+    assert served.content and served.usage.input_tokens > 0
+    # Sentinel's own count for a model off Anthropic counts it too
+    counted = claude.messages.count_tokens(model="gpt-4o-mini", messages=user("fill it"), extra_body=asking(RESENT))
+    assert counted.input_tokens > 20_000
+
 FILE_ID = "file_011CNha8iCJcU1wXNR6q4V8w"
 FILE_REFERENCES = [  # (a block naming a file of the provider account, where the refusal points)
     ({"type": "document", "source": {"type": "file", "file_id": FILE_ID}}, "messages.0.content.1.source"),

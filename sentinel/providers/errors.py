@@ -57,6 +57,11 @@ class UnreadableAnswer(UpstreamError):
     def __init__(self, message: str, *, usage: Usage | None, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.usage = usage
+        if type(self) is UnreadableAnswer:
+            # The official SDKs retry a 502 (twice by default) unless told not to: each retry was
+            # served, billed and charged again, for an answer as unreadable (`x-should-retry`, which
+            # both SDKs read first). An answer broken off (`BrokenOffAnswer`) was not served: retried.
+            self.headers.setdefault("x-should-retry", "false")
 
 
 class BrokenOffAnswer(UnreadableAnswer):

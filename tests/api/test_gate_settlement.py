@@ -373,6 +373,8 @@ def test_tool_calls_that_are_not_a_list_are_an_unreadable_answer_recorded(
         rows = recorded(gw, r.headers["x-request-id"])
         assert [(row["status"], row["usage_source"], row["output_tokens"]) for row in rows] == [
             (502, "measured", 7)], rows
+        # Served and billed: the SDKs are told not to retry it (each retry was charged again).
+        assert r.headers.get("x-should-retry") == "false", r.headers
 
 
 def test_client_tool_arguments_too_deep_to_send_on_are_a_400(gateway: Gateway) -> None:

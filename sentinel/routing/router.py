@@ -19,7 +19,8 @@ Policies (documented in the README):
   error reaches the client; `migrate` moves the session to a healthy model of its tier;
 - a candidate whose backoff ran out (half-open, see `sentinel.routing.health`) is given one request
   at a time as its trial (claimed in the store, across replicas), while the others keep to the
-  tier's healthy candidates; with none, they go to it all the same; a session on it stays on it
+  tier's healthy candidates (an upgrade whose provider has a healthy one takes no other provider's
+  trial); with none, they go to it all the same; a session on it stays on it
   (under `migrate` too: it is out of backoff) and is its trial when none is under way;
 - requests without an established session (none, or its first turn, or the turn that upgrades it) are
   retried once, before the first byte, on another healthy candidate, and the session follows the
@@ -153,7 +154,10 @@ class TierRouter:
         # Half-open: a candidate whose backoff ran out gets this request as its trial if no other
         # request's trial runs (`ProviderHealth.claim_trial`); else the request keeps to the healthy
         # ones — or, when there are none, goes to a recovering one all the same (never refused
-        # because a trial is under way).
+        # because a trial is under way). A request preferring a provider (an upgrade) that has a
+        # healthy model of it takes no other provider's trial: it keeps to its provider.
+        if prefer and any(e.provider == prefer for e in healthy):
+            free = [e for e in free if e.provider == prefer]
         chosen = await self._trial(free, prefer, trials)
         if chosen is None:
             pool = healthy or recovering

@@ -289,6 +289,19 @@ async def test_an_upgrade_preferring_a_provider_takes_its_trial_first(store: Sto
     assert not await router.health.claim_trial(*OA_4O)
 
 
+async def test_an_upgrade_keeps_to_its_providers_healthy_model_over_another_providers_trial(store: Store) -> None:
+    """An upgrade prefers the session's provider: a recovering model of another provider does not
+    take it as its trial (it moved the conversation off its provider, its prompt cache lost)."""
+    router, clock = make_router(store, {"simple": [OA_MINI], "complex": [AN_HAIKU, OA_4O]})
+    await lapse(router.health, clock, AN_HAIKU)
+    first = await decide(router, "conv-1")
+    await router.commit(ALICE, first)
+    upgrade = await router.decide(ALICE, parse_chat_request(
+        {"tier": "complex", "conversation_id": "conv-1", "messages": [{"role": "user", "content": "hi"}]}))
+    assert pair(upgrade) == OA_4O and upgrade.trials == []
+    assert await router.health.claim_trial(*AN_HAIKU)  # its trial left for a request with no preference
+
+
 @pytest.mark.parametrize("failover", list(SessionFailover))
 async def test_a_conversation_on_a_recovering_model_stays_and_is_its_trial(
     store: Store, failover: SessionFailover

@@ -81,7 +81,9 @@ class NativeChat:
             streaming = isinstance(reply, StreamReply)  # its trials are released once it ends
             return reply
         finally:
-            if not streaming:  # a half-open trial the request claimed and did not settle (`release`)
+            # A half-open trial the request claimed and did not settle (`release`). A shield is a
+            # task of its own: only when there is a trial (most requests claim none).
+            if not streaming and decided.trials:
                 await asyncio.shield(self.router.release(decided))
 
     async def _chat(
@@ -247,7 +249,8 @@ class NativeChat:
             if unsettled:
                 unsettled = False
                 await asyncio.shield(router.abandon(choice))
-            await asyncio.shield(router.release(choice))
+            if choice.trials:  # (a shield is a task of its own: only when there is a trial)
+                await asyncio.shield(router.release(choice))
 
         async def produce(ending: Ending) -> AsyncIterator[bytes]:
             try:

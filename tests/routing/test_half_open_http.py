@@ -149,3 +149,38 @@ def test_a_trial_that_ends_with_a_clients_error_lets_the_next_request_be_a_trial
     assert refused.status_code == 400 and refused.json()["error"]["provider"] == RECOVERING[0], refused.text
     assert trial == RECOVERING and held.hits == 2
     assert gw.read_stored(ProviderHealth.key(*RECOVERING)) is None
+
+
+def test_a_request_that_claimed_no_trial_releases_nothing(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The healthy path pays nothing for half-open health: a request (streamed or not) that claimed
+    no trial makes no release (each one a shielded task of its own at the request's end); one that
+    claimed a trial and ended with no verdict releases it."""
+    held = Held()
+    held.release()  # nothing held here
+    with serving(held.app) as upstream:
+        gw = recovering_gateway(gateway_factory, tmp_path, backend_url, upstream.url,
+                                {"simple": [entry(RECOVERING), entry(AN_HAIKU)], "moderate": [entry(AN_HAIKU)]},
+                                monkeypatch)
+        router = gw.runtime.native.router
+        released: list[list[tuple[str, str, str]]] = []
+        release = router.release
+
+        async def counted(decision: Any) -> None:
+            released.append(list(decision.trials))
+            await release(decision)
+
+        monkeypatch.setattr(router, "release", counted)
+        with gw.client() as http:
+            assert chat(http, "a bad one #refuse").status_code == 400  # the trial, no verdict
+            assert [[(p, m) for p, m, _ in trials] for trials in released] == [[RECOVERING]]
+            released.clear()
+            assert served(chat(http, "the trial"))[1:] == RECOVERING  # restored
+            released.clear()  # (it claimed the trial: its release finds it reported)
+            with http.stream("POST", "/native/v1/chat/completions", json={
+                    "tier": "moderate", "messages": [{"role": "user", "content": "hi"}], "stream": True}) as streamed:
+                assert streamed.status_code == 200 and b"[DONE]" in streamed.read()
+            assert served(chat(http, "healthy"))[1:] in {RECOVERING, AN_HAIKU}
+    assert released == []

@@ -783,6 +783,12 @@ def _parts(body: bytes, content_type: str) -> tuple[list[tuple[str, bytes, bool]
                 "values are tokens or quoted with no escape but a filename's `\\\\` (its name has no backslash)"
             )
         is_file = fields.get_param("filename", header="content-disposition") is not None
+        sized = fields.get_all("content-length") or []
+        if sized and (len(sized) > 1 or sized[0] != str(len(value))):
+            # A reader that trusts a part's own length (aiohttp's) reads other bytes than the ones
+            # between its delimiters, which Sentinel read: another field, another user's id. (A part
+            # Sentinel writes a value of another length into then fails the reading back: 400.)
+            raise MalformedUpload("A multipart part's Content-Length, when given, must be its value's length")
         _check_coding(fields, name, is_file, value)
         found.append((name, value, is_file))
         spans.append((end - len(value), end))  # the value ends its part

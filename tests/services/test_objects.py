@@ -631,3 +631,22 @@ def test_an_uploads_values_are_written_in_their_parts_place() -> None:
     assert upload.with_values(body, TYPE, {}) is body
     with pytest.raises(MalformedUpload, match="boundary"):
         upload.with_values(body, TYPE, {2: b"p\r\n--XyZ--\r\n"})
+
+
+def test_a_part_whose_own_content_length_is_not_its_length_is_malformed() -> None:
+    """aiohttp's reader trusts a part's Content-Length: `Content-Length: 3` on a part whose value is
+    `bob\\r\\n--XyZ\\r\\n...` reads other bytes than the ones between the delimiters Sentinel read (a
+    field it never saw). A part may give its length only as its value's; a value Sentinel writes of
+    another length (the end user's pseudonym) then fails the reading back, a 400."""
+    value = b"bob"
+    sized = part('form-data; name="user"', value, "Content-Length: 3") + b"--XyZ--\r\n"
+    upload = Upload.read(sized, TYPE)
+    assert upload.parts[0][1] == b"bob"
+    for wrong in ("Content-Length: 2", "Content-Length: 30", "Content-Length: x", "Content-Length: +3"):
+        with pytest.raises(MalformedUpload, match="Content-Length"):
+            Upload.read(part('form-data; name="user"', value, wrong) + b"--XyZ--\r\n", TYPE)
+    with pytest.raises(MalformedUpload, match="Content-Length"):
+        Upload.read(part('form-data; name="user"', value, "Content-Length: 3", "Content-Length: 3") + b"--XyZ--\r\n",
+                    TYPE)
+    with pytest.raises(MalformedUpload):
+        upload.with_values(sized, TYPE, {0: b"pseudonym-0123"})

@@ -188,11 +188,14 @@ class ChatProvider:
         answer as `complete_body`)."""
         upstream, elapsed = await self._post(body, relay_client_errors, refused)
         if not upstream.streams:  # it ignored `stream` (JSON) or compressed it: served, and billed as such
-            raw = await upstream.read_served()
-            try:
-                answer: Any = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                answer = None
+            answer: Any = None
+            if upstream.encoded:  # (never inflated: unreadable, and kept whole it grew without bound)
+                await upstream.drain_served()
+            else:
+                try:
+                    answer = orjson.loads(await upstream.read_served())
+                except orjson.JSONDecodeError:
+                    answer = None
             how = "with a compressed body" if upstream.encoded else "without a stream"
             raise UnreadableAnswer(f"Provider {self.name} answered a streamed request {how}",
                                    usage=self.usage_of(answer), provider=self.name)

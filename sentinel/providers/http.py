@@ -285,6 +285,15 @@ class UpstreamResponse:
         self.release()
         return raw
 
+    async def drain_served(self) -> None:
+        """Read a 2xx answer's body to its end keeping none of it (one that cannot be read, charged
+        without it: a stream compressed despite `identity`), the connection released (see
+        `reading_served`). Read whole instead, a body without end grew memory until its time limit."""
+        with self.reading_served():
+            async for _ in self.iter_chunks():
+                pass
+        self.release()
+
     @contextmanager
     def reading_served(self) -> Iterator[None]:
         """Reading a 2xx answer's body: on a failure the connection is dropped. The provider served

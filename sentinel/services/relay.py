@@ -222,7 +222,7 @@ class OpenAIRelay:
             # Compressed despite `identity`: relayed as it came (never inflated), its usage chunk —
             # asked for on the client's behalf — could not be taken out, and the client would get a
             # chunk without choices it never asked for. Served and billed: as translated streams, a 502.
-            await upstream.read_served()
+            await upstream.drain_served()
             raise UnreadableAnswer(f"Provider {upstream.provider} answered a streamed request with a compressed body",
                                    usage=None, provider=upstream.provider)
         if request.stream and 200 <= upstream.status < 300 and upstream.streams:

@@ -331,7 +331,10 @@ class StreamInspector:
     @property
     def usage(self) -> Usage | None:
         """The provider's count: the last `usage` shown, when it came in an event without choices (the
-        usage-only chunk, a Responses event's response) or the stream reached its end. A `usage` riding
+        usage-only chunk, a Responses event's response) and no output came after it, or the stream
+        reached its end (a count shown before output that followed — an early usage-only chunk, a
+        `response.created` with a usage — was taken as the whole answer's: a stream cut after it
+        was charged that count, whatever it streamed since). A `usage` riding
         on a content chunk of a stream cut before its end counts no more than that chunk's choice:
         vLLM's `continuous_usage_stats` (a client's stream option) gives each chunk its own choice's
         tokens so far, and `n: 64` left before the final sum was charged one choice. Then the text
@@ -449,6 +452,8 @@ class StreamInspector:
         choices = obj.get("choices")
         if usage is not None:
             self._usage, self._usage_whole = usage, not (isinstance(choices, list) and choices)
+        elif isinstance(choices, list) and choices:
+            self._usage_whole = False  # output after the count: it was not the whole answer's
         if isinstance(choices, list):
             for choice in choices:
                 if not isinstance(choice, dict):
@@ -467,9 +472,12 @@ class StreamInspector:
                 if not delta.keys() <= PLAIN_DELTA:
                     self._text.append(delta_extras(delta))
                 self._text.extend(_call_text(call) for call in as_list(delta.get("tool_calls")))
-        # The usage-only chunk has an empty choices list; stripped whatever its figures (malformed ones
-        # are not usage, but the chunk is still the one the client did not ask for).
-        return not (self.strip and isinstance(obj.get("usage"), dict) and choices == [])
+        # The usage-only chunk has an empty choices list (null or none, from some servers); stripped
+        # whatever its figures (malformed ones are not usage, but the chunk is still the one the
+        # client did not ask for: without choices, code reading `chunk.choices[0]` fails on it).
+        # (Never an error chunk: the client is told of the error.)
+        return not (self.strip and isinstance(obj.get("usage"), dict) and (choices is None or choices == [])
+                    and not obj.get("error"))
 
     def _absorb_responses(self, obj: dict[str, Any]) -> bool:
         if obj.get("type") in RESPONSES_TERMINAL:
@@ -486,6 +494,8 @@ class StreamInspector:
             if usage is not None:
                 self._usage, self._usage_whole = usage, True
         delta = obj.get("delta")
+        if isinstance(delta, str | dict):
+            self._usage_whole = False  # output after a count (an early event's): not the whole answer's
         if isinstance(delta, str):
             self._text.append(delta)
         elif isinstance(delta, dict):

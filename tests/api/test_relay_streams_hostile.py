@@ -15,7 +15,7 @@ from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.support.attack import ledger_rows, wait_for
 from tests.support.servers import serving
-from tests.support.upstream import lifespan
+from tests.support.upstream import ScriptedUpstream, lifespan
 
 ASK = [{"role": "user", "content": "weather in Paris?"}]
 MiB = 1024 * 1024
@@ -69,3 +69,79 @@ def test_a_compressed_stream_is_read_to_its_end_without_being_kept(
     rows = ledger_rows(gw.settings.database_url)
     assert [(row["status"], row["usage_source"], row["output_tokens"]) for row in rows] == [
         (502, "estimated", 20), (502, "estimated", 30)], rows
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def framed(*events: Any) -> bytes:
+    """An event stream: a str as it is ("[DONE]"), a dict as JSON (named by its `type`, as the
+    Responses API names its events)."""
+    out = b""
+    for e in events:
+        named = isinstance(e, dict) and isinstance(e.get("type"), str)
+        out += (b"event: " + e["type"].encode() + b"\n" if named else b"")
+        out += b"data: " + (e.encode() if isinstance(e, str) else orjson.dumps(e)) + b"\n\n"
+    return out
+
+
+RESPONSE = {"id": "resp_1", "object": "response", "status": "in_progress", "model": "gpt-4o-mini", "output": []}
+WORDS = "Hello " * 300
+
+
+def test_a_count_shown_before_the_output_that_followed_is_not_charged_as_the_whole_answer(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """A usage shown before output (a usage-only chunk early in a chat stream, a `response.created`
+    carrying a usage) was taken as the whole answer's count: a stream cut after it (the provider's
+    connection closing before `[DONE]`, the client leaving) was charged that count — 1 token here —
+    for the 300 words streamed since. Output after a count makes it a partial one: the stream is
+    charged what it streamed, as a stream cut before its count is."""
+    early = {"prompt_tokens": 1, "completion_tokens": 1}
+    chat = framed({**chunk({}), "choices": [], "usage": early}, chunk({"role": "assistant", "content": WORDS}))
+    responses = framed(
+        {"type": "response.created", "sequence_number": 0,
+         "response": {**RESPONSE, "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}}},
+        {"type": "response.output_text.delta", "sequence_number": 1, "item_id": "msg_1", "output_index": 0,
+         "content_index": 0, "delta": WORDS, "logprobs": []},
+    )
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+        client = gw.openai()
+        upstream.typed(b"text/event-stream", chat)
+        chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=ASK, stream=True))  # type: ignore[arg-type]
+        upstream.typed(b"text/event-stream", responses)
+        events = list(client.responses.create(model="gpt-4o-mini", input="hi", stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == WORDS
+    assert [e.type for e in events] == ["response.created", "response.output_text.delta"]
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 2)
+    rows = ledger_rows(gw.settings.database_url)
+    assert [(row["usage_source"]) for row in rows] == ["estimated", "estimated"], rows
+    assert all(row["output_tokens"] >= WORDS.count("Hello") for row in rows), rows
+
+
+def test_a_usage_chunk_without_choices_is_not_relayed_to_a_client_that_did_not_ask_for_it(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """Sentinel asks for the usage chunk on the client's behalf and strips it: one from a server that
+    sends it without `choices` (or with `choices: null`) rather than `[]` reached the client, which
+    never asked for it — code reading `chunk.choices[0]` fails on it. It is stripped, and charged."""
+    usage = {"prompt_tokens": 7, "completion_tokens": 30}
+    bare = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+        answers = []
+        for last in ({**bare, "usage": usage}, {**bare, "choices": None, "usage": usage}):
+            upstream.typed(b"text/event-stream", framed(chunk({"role": "assistant", "content": "Hello"}),
+                                                        chunk({}, "stop"), last, "[DONE]"))
+            stream = gw.openai().chat.completions.create(model="gpt-4o-mini", messages=ASK, stream=True)  # type: ignore[arg-type]
+            answers.append([c.choices[0].delta.content for c in stream])
+    assert answers == [["Hello", None]] * 2
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 2)
+    rows = ledger_rows(gw.settings.database_url)
+    assert [(row["usage_source"], row["input_tokens"], row["output_tokens"]) for row in rows] == [
+        ("measured", 7, 30)] * 2, rows

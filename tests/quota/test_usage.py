@@ -119,6 +119,24 @@ def test_the_usage_chunk_sentinel_asked_for_is_stripped_whatever_its_figures(usa
     assert feed_all(kept, [delta("Hello") + odd + DONE]) == delta("Hello") + odd
 
 
+def test_stripping_keeps_an_error_chunk_that_carries_usage() -> None:
+    """An error chunk is the client's to see (its SDK raises on it), whatever else it carries."""
+    failed = event({"error": {"message": "overloaded", "type": "server_error"},
+                    "usage": {"prompt_tokens": 9, "completion_tokens": 4}})
+    inspector = StreamInspector("chat", strip_usage_chunk=True)
+    sent = feed_all(inspector, [delta("Hello") + failed])
+    assert sent.startswith(delta("Hello")) and b'"error"' in sent and inspector.failed
+
+
+def test_a_count_before_output_that_followed_is_whole_only_once_the_stream_ended() -> None:
+    early = event({"id": "c1", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+    cut = StreamInspector("chat")
+    feed_all(cut, [early + delta("Hello")])
+    ended = StreamInspector("chat")
+    feed_all(ended, [early + delta("Hello") + DONE])
+    assert (cut.usage, cut.text) == (None, "Hello") and ended.usage == Usage(1, 1)
+
+
 def test_stripping_keeps_content_chunks_that_carry_usage() -> None:
     both = event({"choices": [{"index": 0, "delta": {"content": "x"}}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
     inspector = StreamInspector("chat", strip_usage_chunk=True)

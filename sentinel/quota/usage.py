@@ -272,6 +272,27 @@ def event_data(event: bytes) -> bytes | None:
     return b"\n".join(values) if values else None
 
 
+LENIENT_MAX_BYTES = 64 * 1024  # an event orjson refuses is read as the SDKs read it up to this size
+
+
+def read_as_sdks(payload: bytes) -> Any:
+    """An event's data that orjson refuses, read as the SDKs read it (Python's `json`): a lone
+    surrogate escape (`\\ud83d`: a character cut between two chunks), `NaN` or `Infinity` (what
+    Python's own encoder writes for a float such as a logprob), invalid UTF-8 replaced (the SDKs
+    refuse that; a client reading the bytes does not). Returned as orjson reads JSON: a lone
+    surrogate as `?`, a constant as null. None when it still cannot be read, or is over
+    LENIENT_MAX_BYTES (the slow reader is not run on large events). Left unread, such an event's
+    text reached the client and was never counted (a stream cut before its usage: free), and a
+    usage chunk so written went unread and, asked for on the client's behalf, unstripped."""
+    if len(payload) > LENIENT_MAX_BYTES:
+        return None
+    try:
+        value = json.loads(payload.decode("utf-8", "replace"), parse_constant=lambda _: None)
+        return orjson.loads(json.dumps(value, ensure_ascii=False).encode("utf-8", "replace"))
+    except (ValueError, RecursionError):
+        return None
+
+
 def with_data(event: bytes, data: bytes) -> bytes:
     """`event` with its data replaced by `data` (one line: JSON as orjson writes it): one `data:` line
     where its first was, its other fields (`event:`, `id:`) kept."""
@@ -389,7 +410,9 @@ class StreamInspector:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
             self.parse_errors += 1
-            return event
+            obj = read_as_sdks(payload)
+            if obj is None:
+                return event
         if not isinstance(obj, dict):
             return event
         if not self._absorb(obj):

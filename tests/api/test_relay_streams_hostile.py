@@ -145,3 +145,33 @@ def test_a_usage_chunk_without_choices_is_not_relayed_to_a_client_that_did_not_a
     rows = ledger_rows(gw.settings.database_url)
     assert [(row["usage_source"], row["input_tokens"], row["output_tokens"]) for row in rows] == [
         ("measured", 7, 30)] * 2, rows
+
+
+def test_events_orjson_refuses_but_the_sdks_read_are_counted(gateway_factory: Callable[..., Gateway]) -> None:
+    """Events written as Python's encoder writes them — a lone surrogate escape (a character cut
+    between chunks), `-Infinity` for a logprob, `NaN` — are read by the SDKs but were refused by the
+    relay's reader: their text reached the client uncounted (a stream cut before its usage was
+    free), and a usage chunk so written went unread and reached a client that never asked for it.
+    They are read as the SDKs read them."""
+    cut = framed(chunk({"role": "assistant", "content": ""})).decode() + "".join(
+        'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
+        '"choices":[{"index":0,"delta":{"content":"Hello \\ud83d "},"finish_reason":null}]}\n\n' for _ in range(100))
+    logprob = ('data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
+               '"choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":null,"logprobs":{"content":'
+               '[{"token":"Hello","logprob":-Infinity,"bytes":null,"top_logprobs":[]}]}}]}\n\n')
+    usage = ('data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
+             '"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":300,"cost":NaN}}\n\n')
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+        client = gw.openai()
+        upstream.typed(b"text/event-stream", cut.encode())
+        first = list(client.chat.completions.create(model="gpt-4o-mini", messages=ASK, stream=True))  # type: ignore[arg-type]
+        upstream.typed(b"text/event-stream", (logprob + usage + "data: [DONE]\n\n").encode())
+        second = list(client.chat.completions.create(model="gpt-4o-mini", messages=ASK, stream=True, logprobs=True))  # type: ignore[arg-type]
+    assert "".join(c.choices[0].delta.content or "" for c in first).count("Hello") == 100
+    assert [c.choices[0].delta.content for c in second] == ["Hello"]  # the usage chunk it did not ask for: stripped
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 2)
+    rows = ledger_rows(gw.settings.database_url)
+    assert rows[0]["usage_source"] == "estimated" and rows[0]["output_tokens"] >= 100, rows
+    assert (rows[1]["usage_source"], rows[1]["input_tokens"], rows[1]["output_tokens"]) == ("measured", 7, 300)

@@ -10,9 +10,11 @@ import pytest
 from sentinel.domain.usage import Usage
 from sentinel.quota.images import OPENAI_MAX_IMAGE_TOKENS
 from sentinel.quota.usage import (
+    LENIENT_MAX_BYTES,
     READ_KEPT_CHARS,
     StreamInspector,
     output_read,
+    read_as_sdks,
     text_from_body,
     top_level_value,
     usage_from_body,
@@ -477,3 +479,12 @@ def test_hosted_tool_text_kept_is_bounded() -> None:
     text, tokens = inspector.read_input
     assert len(text) <= READ_KEPT_CHARS and text.count(output) == 1
     assert tokens >= 4 * len(output) // 4 and tokens < 5 * len(output) // 4  # the four past the bound
+
+
+def test_data_orjson_refuses_is_read_as_the_sdks_read_it_up_to_a_size() -> None:
+    assert read_as_sdks(b'{"a":"x\\ud83d y","b":NaN,"c":-Infinity,"d":"\xff"}') == {
+        "a": "x? y", "b": None, "c": None, "d": "\ufffd"}
+    assert read_as_sdks(b'{"a":"x\\ud83d\\ude00"}') == {"a": "x\U0001f600"}  # a whole pair is a character
+    assert read_as_sdks(b"[" * 5000) is None and read_as_sdks(b"{oops}") is None
+    big = b'{"a":"' + b"x" * LENIENT_MAX_BYTES + b'\\ud83d"}'
+    assert read_as_sdks(big) is None  # (the slow reader is not run on large events)

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from sentinel.domain.text import is_text
 from sentinel.errors import InvalidRequest, NotFound
+from sentinel.observability.logging import Repeated
 from sentinel.store import Store
 from sentinel.store.base import LocalOps, Script
 
@@ -80,6 +81,10 @@ class Ownership:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        # What a store outage costs its callers (an object left unowned, a context size not kept),
+        # met by every answer that creates or continues an object: written when first met, then once
+        # a minute with the count (each line names no object), not once a request.
+        self.outage = Repeated(log)
 
     async def claim(self, object_id: str, owner: str, ttl: float | None) -> bool:
         """Record `owner` as the owner of `object_id` (a new object, or one the owner's object names),

@@ -269,7 +269,8 @@ class ProviderHealth:
         self.store = store
         self.metrics = metrics
         self.clock = clock
-        self._unreadable = Repeated(log)
+        # Written when first met, then once a minute with the count: an unreadable entry, a store outage.
+        self._repeated = Repeated(log)
 
     @staticmethod
     def key(provider: str, model: str) -> str:
@@ -288,7 +289,7 @@ class ProviderHealth:
             data = _state(raw)
             if data is None:  # none, or one that cannot be read: healthy (see the module docstring)
                 if raw is not None:
-                    self._unreadable.warning("ignoring an unreadable provider health entry; it counts as healthy",
+                    self._repeated.warning("ignoring an unreadable provider health entry; it counts as healthy",
                                              extra={"provider": provider, "model": model},
                                              key=self.key(provider, model))
                 out[(provider, model)] = None
@@ -343,7 +344,7 @@ class ProviderHealth:
                 )
             )
         except StoreUnavailable:
-            log.warning("could not record a provider failure (store unavailable)")
+            self._repeated.warning("could not record a provider failure (store unavailable)")
             return None
         if self.metrics is not None:
             self.metrics.provider_health.labels(provider, model).set(0)

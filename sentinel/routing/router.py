@@ -47,6 +47,7 @@ from sentinel.domain.policies import SessionFailover
 from sentinel.domain.tiers import TIER_ORDER, TierModelEntry, TierSource
 from sentinel.errors import InvalidRequest, ServiceUnavailable, StoreUnavailable
 from sentinel.native import ChatRequest
+from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.routing.health import ProviderHealth
 from sentinel.routing.selection import WeightedSelector
@@ -121,6 +122,9 @@ class TierRouter:
         self.failover = failover
         self.auto_key = auto_key
         self.clock = clock
+        # A store outage is met by every turn of every conversation: its lines are written when first
+        # met, then once a minute with the count (`Repeated`), not once a request.
+        self._outage = Repeated(log)
 
     async def _candidates(self, tier: str) -> list[TierModelEntry]:
         table = await self.tiers.table()
@@ -226,7 +230,7 @@ class TierRouter:
                 session = await self.sessions.get(conv, identity.external_id)
             except StoreUnavailable:
                 self.metrics.sessions.labels("store_error").inc()
-                log.warning("session store unavailable: serving without stickiness")
+                self._outage.warning("session store unavailable: serving without stickiness")
                 conv = None
         trials: list[tuple[str, str, str]] = []
         if session is None:
@@ -297,7 +301,7 @@ class TierRouter:
             won = await self.sessions.create(session)  # a lost reply settled by the claim token
         except StoreUnavailable:  # written or not, unknown: `commit` settles it once answered
             self.metrics.sessions.labels("store_error").inc()
-            log.warning("could not create the session (store unavailable)")
+            self._outage.warning("could not create the session (store unavailable)")
             return
         decision.session = won
         if won is session:
@@ -332,7 +336,7 @@ class TierRouter:
             await self.sessions.delete_if(decision.created)
         except StoreUnavailable:
             self.metrics.sessions.labels("store_error").inc()
-            log.warning("could not remove an unanswered first turn's session (store unavailable)")
+            self._outage.warning("could not remove an unanswered first turn's session (store unavailable)")
 
     async def commit(self, identity: Identity, decision: RouteChoice) -> None:
         """Apply the decision's session write, once its model answered the request. Never raises."""
@@ -402,7 +406,7 @@ class TierRouter:
                                                         "to": f"{new.provider}/{new.model}"})
         except StoreUnavailable:
             self.metrics.sessions.labels("store_error").inc()
-            log.warning("could not save the session (store unavailable)")
+            self._outage.warning("could not save the session (store unavailable)")
             return
         if decision.event:
             self.metrics.sessions.labels(decision.event).inc()

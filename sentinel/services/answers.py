@@ -301,7 +301,7 @@ async def claim_created(ownership: Ownership, created: Iterable[tuple[str, float
         for object_id, ttl in created:
             await ownership.claim(object_id, owner.external_id, ttl)
     except StoreUnavailable:
-        log.warning("the store is unavailable: an object this answer created stays unowned (unreachable)")
+        ownership.outage.warning("the store is unavailable: an object this answer created stays unowned (unreachable)")
 
 
 async def remember_context(
@@ -324,7 +324,7 @@ async def remember_context(
         for object_id, ttl in kept:
             await ownership.remember_context(object_id, tokens, ttl)
     except StoreUnavailable:
-        log.warning("the store is unavailable: a response's context size was not kept")
+        ownership.outage.warning("the store is unavailable: a response's context size was not kept")
 
 
 async def refuse(

@@ -301,7 +301,7 @@ class OpenAIRelay:
             try:
                 await self.ownership.forget(where.object_id)
             except StoreUnavailable:  # the provider deleted it: its record names its maker, nothing more
-                log.warning("the store is unavailable: a deleted object's owner record was kept")
+                self.ownership.outage.warning("the store is unavailable: a deleted object's owner record was kept")
         return reply
 
     async def _check_body(
@@ -445,7 +445,7 @@ class OpenAIRelay:
             if isinstance(created, dict) and isinstance(created.get("id"), str):
                 await self.ownership.remember_context(created["id"], tokens, where.ttl)
         except (orjson.JSONDecodeError, StoreUnavailable):
-            log.warning("a conversation's items were not counted as its context")
+            self.ownership.outage.warning("a conversation's items were not counted as its context")
 
     async def _claim_along(self, where: ObjectPath, reply: Reply, identity: Identity) -> None:
         """Make the objects an action's answer created besides itself (`ObjectPath.created_along`: the
@@ -466,7 +466,7 @@ class OpenAIRelay:
             try:
                 await self.ownership.vouch_batch_input(created["id"], identity.external_id)
             except StoreUnavailable:  # the file stays usable for everything but a batch
-                log.warning("the store is unavailable: a checked batch input was not marked as such")
+                self.ownership.outage.warning("the store is unavailable: a checked batch input was not marked as such")
 
     # --- plumbing ----------------------------------------------------------------------------------
     async def _forward(

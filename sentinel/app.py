@@ -78,7 +78,9 @@ class SentinelApp:
             throttle=throttle, slots=slots, bodies=bodies,
         )
         routes = (
-            OpsRoutes(runtime.store, runtime.engine, self.metrics).routes()
+            OpsRoutes(
+                runtime.store, runtime.engine, self.metrics, metrics_token=reveal(s.metrics_token), throttle=throttle,
+            ).routes()
             + AnthropicRoutes(deps, runtime.messages).routes()
             + OpenAIRoutes(deps, runtime.relay, runtime.models, PassthroughPolicy(s.passthrough_patterns)).routes()
             + NativeRoutes(deps, runtime.native).routes()

@@ -68,7 +68,7 @@ _NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, as Pytho
 # Settings whose values are never shown (not in errors, not in logs, not in repr).
 SECRET_FIELDS = frozenset(
     {"openai_api_key", "anthropic_api_key", "zion_api_key", "jwt_secret", "docs_api_key", "admin_key",
-     "end_user_secret"}
+     "end_user_secret", "metrics_token"}
 )
 
 
@@ -195,6 +195,8 @@ class Settings(BaseSettings):
     # OTLP/HTTP collector base URL (traces go to <url>/v1/traces); unset: no tracing at all.
     otel_endpoint: str | None = env("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     otel_service_name: str = env("OTEL_SERVICE_NAME", "sentinel")
+    # The bearer token `/metrics` asks for (Prometheus `authorization: credentials:`); unset: public.
+    metrics_token: SecretStr | None = env("METRICS_TOKEN", None)
 
     # --- quotas and usage -----------------------------------------------------------------------
     default_plan: str = env("DEFAULT_PLAN", "requests=100/60s")
@@ -351,7 +353,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least {least} bytes{why}")
         return value
 
-    @field_validator("admin_key", "docs_api_key")
+    @field_validator("admin_key", "docs_api_key", "metrics_token")
     @classmethod
     def _no_surrounding_space(cls, value: SecretStr | None) -> SecretStr | None:
         secret = value.get_secret_value() if value is not None else ""
@@ -376,6 +378,15 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 16 characters")
         if secret.startswith("sk-sentinel-"):
             raise ValueError("must not look like a user API key (sk-sentinel-...): the admin credential is separate")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (it is the only thing between anyone and /metrics)")
         return value
 
     @field_validator("openai_api_url", "anthropic_api_url", "zion_api_url", "jwt_jwks_url", "otel_endpoint")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.config import ConfigError, Settings, load_providers_file, load_settings, reveal
+from sentinel.config import SECRET_FIELDS, ConfigError, Settings, load_providers_file, load_settings, reveal
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,6 +123,25 @@ def test_a_weak_or_confusable_admin_key_is_refused_without_being_shown(monkeypat
     with pytest.raises(ConfigError) as refused:
         load_settings()
     assert "SENTINEL_ADMIN_KEY" in str(refused.value) and value not in str(refused.value)
+
+
+@pytest.mark.parametrize("value", ["too-short", " a-long-enough-metrics-token", "a-long-enough-metrics-t\u00f6ken"])
+def test_a_weak_or_unsendable_metrics_token_is_refused_without_being_shown(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("METRICS_TOKEN", value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "METRICS_TOKEN" in str(refused.value) and value.strip() not in str(refused.value)
+
+
+def test_a_metrics_token_is_a_secret_and_an_empty_one_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METRICS_TOKEN", "")
+    assert load_settings().metrics_token is None
+    monkeypatch.setenv("METRICS_TOKEN", "a-long-enough-metrics-token")
+    on = load_settings()
+    assert reveal(on.metrics_token) == "a-long-enough-metrics-token" and "a-long-enough-metrics-token" not in repr(on)
+    assert "metrics_token" in SECRET_FIELDS  # redacted from log lines and spans like every configured secret
 
 
 def test_the_docs_key_cannot_be_the_admin_key(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,9 +1,17 @@
 """Operator endpoints: health probes and Prometheus metrics (public by design, no secrets: a failing
-check says what failed, never the driver's message, which may name hosts and ports; that is logged)."""
+check says what failed, never the driver's message, which may name hosts and ports; that is logged).
+
+With `METRICS_TOKEN` set, `/metrics` asks for it (`Authorization: Bearer <token>`, compared as
+digests in constant time; 401 otherwise, a wrong one counted by the failed-authentication throttle
+like a wrong key): its counts are the provider account's spend and traffic by model, and live
+enough to tell when someone uses a rarely used model and with how many tokens. The health probes
+stay public (an orchestrator's probes carry no credential)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +25,8 @@ from starlette.routing import Route
 
 from sentinel import __version__
 from sentinel.api.responses import NOSNIFF, RawResponse, operator_json
-from sentinel.errors import StoreUnavailable
+from sentinel.api.throttle import FailedAuthThrottle
+from sentinel.errors import AuthenticationError, StoreUnavailable
 from sentinel.flight import SingleFlight
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
@@ -32,8 +41,11 @@ class OpsRoutes:
 
     def __init__(
         self, store: Store, engine: AsyncEngine, metrics: Metrics, *, clock: Callable[[], float] = time.monotonic,
+        metrics_token: str | None = None, throttle: FailedAuthThrottle | None = None,
     ) -> None:
         self.store = store
+        self._token_digest = _digest(metrics_token) if metrics_token else None
+        self.throttle = throttle
         self.engine = engine
         self.metrics = metrics
         self.clock = clock
@@ -115,11 +127,37 @@ class OpsRoutes:
         """The exposition, rendered in a thread (~20 ms of CPU with a realistic registry, more with
         `--workers`: on the event loop, a flood of these public scrapes starved every request); scrapes
         arriving while a render runs share it, one arriving after it ends renders again."""
+        self._check_token(request)
         body = await self._rendering.run(None, self._render)
         return RawResponse(200, body, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"), NOSNIFF])
 
     async def _render(self) -> bytes:
         return await asyncio.to_thread(self.metrics.render)
+
+    def _check_token(self, request: Request) -> None:
+        """Nothing without METRICS_TOKEN; else AuthenticationError (401) unless the request carries it
+        (a wrong one is counted as a failed authentication of its address: 429 past the limit)."""
+        if self._token_digest is None:
+            return
+        scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+        given = given.strip()
+        if scheme.lower() != "bearer" or not given:
+            raise AuthenticationError(
+                "Send the metrics token (METRICS_TOKEN) as Authorization: Bearer <token>", code="missing_metrics_token"
+            )
+        client = request.scope.get("client")
+        address = client[0] if client else None
+        if self.throttle is not None:
+            self.throttle.check(address)
+        if not hmac.compare_digest(_digest(given), self._token_digest):
+            if self.throttle is not None:
+                self.throttle.failed(address)
+            raise AuthenticationError("Wrong metrics token", code="invalid_metrics_token")
+
+
+def _digest(token: str) -> bytes:
+    """What tokens are compared as: equal digests, whatever the lengths (`compare_digest`)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 def _overall(checks: dict[str, dict[str, Any]]) -> str:

@@ -13,9 +13,12 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
 
 from sentinel.api.ops import OpsRoutes
-from sentinel.errors import StoreUnavailable
+from sentinel.api.throttle import FailedAuthThrottle
+from sentinel.errors import SentinelError, StoreUnavailable
 from sentinel.observability.metrics import Metrics
 from sentinel.store import MemoryStore, Ping
 from tests.api.conftest import Gateway
@@ -289,3 +292,64 @@ async def test_scrapes_arriving_together_share_one_render_made_off_the_event_loo
     assert [a.status_code for a in answers] == [200] * 5 and later.status_code == 200
     assert all(b"sentinel_" in a.content for a in answers)
     assert renders == 2  # one for the five together, one for the later scrape (nothing is cached)
+
+
+METRICS_TOKEN = "a-long-enough-metrics-token"
+
+
+def test_with_a_metrics_token_metrics_ask_for_it_and_the_probes_stay_public(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """`/metrics` answered anyone: the provider account's spend and traffic by model (the catalogue's
+    names, which /v1/models gives key holders only), live enough to tell when a rarely used model is
+    called and with how many tokens. With METRICS_TOKEN set it asks for the token; the orchestrator's
+    probes carry none and stay public."""
+    gw = gateway_factory(metrics_token=METRICS_TOKEN)
+    with gw.client() as http:
+        assert http.post("/v1/chat/completions", json={
+            "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "m"}]}).status_code == 200
+    with httpx.Client(base_url=gw.url) as anyone:
+        missing = anyone.get("/metrics")
+        wrong = anyone.get("/metrics", headers={"Authorization": "Bearer not-the-metrics-token"})
+        user_key = anyone.get("/metrics", headers={"Authorization": f"Bearer {gw.key}"})
+        scraped = anyone.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        probes = [anyone.get(path).status_code for path in ("/health", "/health/live", "/health/ready")]
+    for refused in (missing, wrong, user_key):
+        assert refused.status_code == 401, refused.text
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert "sentinel_" not in refused.text and "gpt-4o-mini" not in refused.text
+    assert missing.json()["error"]["code"] == "missing_metrics_token"
+    assert wrong.json()["error"]["code"] == user_key.json()["error"]["code"] == "invalid_metrics_token"
+    assert scraped.status_code == 200
+    assert sample_sum(scraped.text, "sentinel_tokens_total", model="gpt-4o-mini") > 0
+    assert probes == [200, 200, 200]
+
+
+async def test_wrong_metrics_tokens_are_throttled_like_wrong_keys(tmp_path: Path) -> None:
+    """A wrong token counts as a failed authentication of its address: past the limit, 429 — the
+    right token too, from that address, for the rest of the minute (as for a key)."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/ops.db")
+    throttle = FailedAuthThrottle(3, clock=lambda: 1000.0)
+    ops = OpsRoutes(MemoryStore(), engine, Metrics(), metrics_token=METRICS_TOKEN, throttle=throttle)
+
+    async def refused(request: Request, exc: Exception) -> PlainTextResponse:
+        assert isinstance(exc, SentinelError)
+        return PlainTextResponse(exc.code, exc.status)
+
+    app = Starlette(routes=ops.routes(), exception_handlers={SentinelError: refused})
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ops") as http:
+            right = (await http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})).status_code
+            guesses = [(await http.get("/metrics", headers={"Authorization": f"Bearer guess-{i}"})).text
+                       for i in range(4)]
+            after = await http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    finally:
+        await engine.dispose()
+    assert right == 200
+    assert guesses == ["invalid_metrics_token"] * 3 + ["auth_rate_limited"], guesses
+    assert after.status_code == 429
+
+
+def test_without_a_metrics_token_metrics_stay_public(gateway: Gateway) -> None:
+    with httpx.Client(base_url=gateway.url) as anyone:
+        assert anyone.get("/metrics").status_code == 200

@@ -53,7 +53,9 @@ from sentinel.observability.redaction import SENTINEL_KEYS_ONLY, Redactor
 log = logging.getLogger("sentinel.request")
 
 _SAFE_ID = re.compile(rf"[A-Za-z0-9._:\-]{{1,{MAX_CLIENT_REQUEST_ID}}}")  # fullmatch: `$` also matches before a final newline
-_UNLIMITED_PREFIXES = ("/health", "/metrics")
+# The probes and the scrape, never refused by the in-flight cap: these paths exactly (by prefix,
+# `/healthz` or `/metrics-anything` — any unauthenticated 404 — passed the cap too).
+_UNLIMITED_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
 # Request headers a request carries on one line at most (see the module docstring).
 _ONE_LINE_HEADERS = frozenset({b"host", b"authorization", b"x-api-key", b"x-docs-key", b"x-csrf-token"})
 # The sign-in forms read a body from a caller nobody has authenticated yet: they get their own few
@@ -135,7 +137,7 @@ class RequestMiddleware:
         try:
             check_raw_path(scope.get("raw_path") or path.encode())
             _check_one_line_headers(scope)
-            if path.startswith(_UNLIMITED_PREFIXES):
+            if path in _UNLIMITED_PATHS:
                 await self.app(scope, receive, send_wrapper)
             elif path in SIGN_IN_PATHS:
                 await self._sign_in(scope, receive, send_wrapper)

@@ -109,12 +109,15 @@ def test_backpressure_rejects_at_once(gateway_factory: Callable[..., Gateway]) -
             with gw.client() as http:
                 r = http.post("/v1/chat/completions", json=CHAT)
                 health = http.get("/health/live")
+                lookalikes = [http.get(path) for path in ("/healthz", "/health/live/x", "/metrics-x")]
         finally:
             upstream.open()
             t.join()
     assert_error_shape(r, 503)
     assert r.headers["retry-after"] == "1"
     assert health.status_code == 200  # probes are never refused
+    # ... those paths exactly: a path that merely begins like one is any request (it passed the cap)
+    assert [answer.status_code for answer in lookalikes] == [503, 503, 503], [a.text for a in lookalikes]
     assert results == [200]
     assert upstream.arrived == 1  # the refused request never reached the upstream
 

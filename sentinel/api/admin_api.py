@@ -35,6 +35,7 @@ from sentinel.api.bodies import (
 )
 from sentinel.api.deps import Deps
 from sentinel.api.responses import NO_STORE, NOSNIFF, RawResponse, operator_json
+from sentinel.api.throttle import address_of
 from sentinel.domain.numbers import MAX_INT64, parse_whole
 from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import MAX_ITEMS, limit_inputs, refuse
@@ -46,11 +47,6 @@ PREFIX = "/admin/api"
 def _json(data: Any, status: int = 200) -> RawResponse:
     """Every admin API answer: operator data, never cached (`no-store`), never sniffed."""
     return operator_json(data, status, no_store=True)
-
-
-def address_of(request: Request) -> str | None:
-    client = request.scope.get("client")
-    return client[0] if client else None
 
 
 def moment_param(request: Request, name: str, now: datetime) -> datetime | None:

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from sentinel.api import console_pages as pages
-from sentinel.api.admin_api import address_of, user_param
+from sentinel.api.admin_api import user_param
 from sentinel.api.admin_auth import AdminGate
 from sentinel.api.bodies import (
     is_read,
@@ -38,6 +38,7 @@ from sentinel.api.docs import HTML_HEADERS
 from sentinel.api.docs_assets import DocsAssets
 from sentinel.api.docs_auth import from_another_site
 from sentinel.api.responses import NOSNIFF, RawResponse
+from sentinel.api.throttle import address_of
 from sentinel.domain.numbers import parse_whole
 from sentinel.domain.plans import format_window
 from sentinel.errors import Conflict, InvalidRequest, NotFound, RevocationIncomplete, StoreUnavailable

@@ -37,7 +37,7 @@ from sentinel.api.docs_assets import DocsAssets
 from sentinel.api.docs_auth import MAX_FORM_BYTES, DocsGate, form_key, from_another_site
 from sentinel.api.openapi import build_openapi
 from sentinel.api.responses import NOSNIFF, RawResponse
-from sentinel.api.throttle import FailedAuthThrottle
+from sentinel.api.throttle import FailedAuthThrottle, address_of
 from sentinel.errors import AuthenticationError, InvalidRequest, NotFound
 
 CSP = (
@@ -126,7 +126,7 @@ class DocsRoutes:
         headers = dict(request.headers)
         if "x-docs-key" not in headers or self.gate.open:
             return self.gate.allows(headers)
-        address = _address(request)
+        address = address_of(request)
         self.throttle.check(address)
         if self.gate.allows(headers):
             return True
@@ -163,7 +163,7 @@ class DocsRoutes:
             return form_key(body)
 
         # A failed sign-in counts like a failed authentication (see `FailedAuthThrottle.attempt`).
-        if not await self.throttle.attempt(_address(request), typed_key, self.gate.key_matches):
+        if not await self.throttle.attempt(address_of(request), typed_key, self.gate.key_matches):
             return self._signin_page(401, "Wrong docs key.")
         cookie = self.gate.set_cookie(secure=request.url.scheme == "https")
         headers = [(b"location", b"/native/docs"), (b"set-cookie", cookie.encode()), (b"cache-control", b"no-store")]
@@ -184,7 +184,3 @@ def _docs_key_required(message: str) -> AuthenticationError:
     return err
 
 
-def _address(request: Request) -> str | None:
-    """The client's address, as the failed-authentication throttle counts it."""
-    client = request.scope.get("client")
-    return client[0] if client else None

@@ -32,11 +32,18 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, Request
 
 from sentinel.errors import Overloaded, RateLimited
 
 MAX_CLIENTS = 100_000
+
+
+def address_of(request: Request) -> str | None:
+    """The client's address, as the failed-authentication throttle counts it (the peer's, or the one
+    a trusted proxy forwarded: `SENTINEL_FORWARDED_ALLOW_IPS`)."""
+    client = request.scope.get("client")
+    return client[0] if client else None
 
 
 @functools.lru_cache(maxsize=4096)

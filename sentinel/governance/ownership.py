@@ -75,6 +75,36 @@ def _claim_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 
 CLAIM = Script("sentinel_owner_claim", _CLAIM_LUA, _claim_local)
 
+# A conversation's count after a turn in it: the turn's tokens (ARGV[1]: its input, the conversation
+# as it was read included, and its output) plus what the count grew by since the turn was admitted
+# at ARGV[2] (items added, other turns ended meanwhile: the provider's conversation holds them too);
+# kept for ARGV[3] ms ("" = no expiry). Digits only, as every count (`Ownership.context_of`).
+_TURN_LUA = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '') or 0
+local grown = current - tonumber(ARGV[2])
+if grown < 0 then
+  grown = 0
+end
+local value = string.format('%.0f', tonumber(ARGV[1]) + grown)
+if ARGV[3] == '' then
+  redis.call('SET', KEYS[1], value)
+else
+  redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
+end
+return 1
+"""
+
+
+def _turn_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    raw = ops.get(keys[0])
+    current = int(raw) if raw is not None and raw.isdigit() else 0
+    value = int(args[0]) + max(0, current - int(args[1]))
+    ops.set(keys[0], str(value).encode(), None if args[2] == "" else int(args[2]) / 1000)
+    return 1
+
+
+TURN = Script("sentinel_context_turn", _TURN_LUA, _turn_local)
+
 
 class Ownership:
     """Owner records over the store."""
@@ -134,16 +164,30 @@ class Ownership:
 
     async def context_of(self, object_ids: Iterable[str]) -> int:
         """The tokens the objects hold as context (0 for one Sentinel does not know)."""
-        total = 0
+        return sum((await self.contexts(object_ids)).values())
+
+    async def contexts(self, object_ids: Iterable[str]) -> dict[str, int]:
+        """The tokens each of the objects holds as context (0 for one Sentinel does not know)."""
+        counts: dict[str, int] = {}
         for object_id in object_ids:
             raw = await self.store.get(_CONTEXT + object_id) if _keyable(object_id) else None
-            total += int(raw) if raw is not None and raw.isdigit() else 0
-        return total
+            counts[object_id] = int(raw) if raw is not None and raw.isdigit() else 0
+        return counts
 
     async def remember_context(self, object_id: str, tokens: int, ttl: float | None) -> None:
         """Record that `object_id` holds `tokens` of context, for as long as its owner is kept."""
         if _keyable(object_id):
             await self.store.set(_CONTEXT + object_id, str(max(0, tokens)).encode(), ttl)
+
+    async def remember_turn(self, conversation: str, tokens: int, held: int, ttl: float | None) -> None:
+        """Record that `conversation` holds `tokens` after a turn in it that was admitted when it held
+        `held` (`tokens` include those, as the turn's input): what it grew by since (items added
+        while the turn ran, another turn that ended first) is kept on top, in one atomic step — set
+        to the turn's own count, a conversation forgot what was added to it meanwhile, though the
+        provider's conversation holds it and every later turn reads it."""
+        if _keyable(conversation):
+            expiry = "" if ttl is None else str(max(1, round(ttl * 1000)))
+            await self.store.run(TURN, [_CONTEXT + conversation], [str(max(0, tokens)), str(max(0, held)), expiry])
 
     async def charge_once(self, object_id: str, ttl: float | None) -> bool:
         """True the first time `object_id`'s usage is charged (and marks it so, for `ttl` seconds —

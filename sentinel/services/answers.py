@@ -78,7 +78,7 @@ class AnswerRelay:
     async def complete(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, *, owner: Identity | None,
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
-        extends: Sequence[str] = (), speaker: Identity | None = None,
+        extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None,
     ) -> Reply | StreamReply:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
         relayed as it arrives after the part already read; its `usage` is charged as `charging`
@@ -213,7 +213,7 @@ class AnswerRelay:
     def _large(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, head: bytes, owner: Identity | None,
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
-        extends: Sequence[str] = (), speaker: Identity | None = None,
+        extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None,
     ) -> StreamReply:
         """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
         from; the last chunk waits for the usage record."""
@@ -259,7 +259,7 @@ class AnswerRelay:
 
     def sse(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, strip_usage: bool,
-        owner: Identity | None, *, ex: Exchange | None = None, extends: Sequence[str] = (),
+        owner: Identity | None, *, ex: Exchange | None = None, extends: Sequence[tuple[str, int]] = (),
         speaker: Identity | None = None,
     ) -> StreamReply:
         inspector = StreamInspector(endpoint, strip_usage_chunk=strip_usage, provider=upstream.provider,
@@ -305,24 +305,25 @@ async def claim_created(ownership: Ownership, created: Iterable[tuple[str, float
 
 
 async def remember_context(
-    ownership: Ownership, admission: Admission, response_id: str | None, conversations: Iterable[str]
+    ownership: Ownership, admission: Admission, response_id: str | None, conversations: Iterable[tuple[str, int]]
 ) -> None:
     """Record the tokens a Responses exchange held (its input, the context it continued included,
     and its output, as charged) under the response's id when it is stored (`response_id`; None for
     `store: false`: nothing can continue it) and under the conversation it joined, stored or not
-    (the provider adds a `store: false` turn to its conversation too): a later request continuing
-    either is charged them as input, even when its own stream is cut off before the provider's
-    count. Each count is kept as long as its object's owner (`COLLECTIONS`): a conversation's until
-    it is deleted through Sentinel, as the provider keeps its items. Like `claim_created`, a store
-    outage costs nothing but this."""
+    (the provider adds a `store: false` turn to its conversation too) — each conversation given with
+    the count it held when the exchange was admitted: what it grew by meanwhile is kept on top
+    (`Ownership.remember_turn`). A later request continuing either is charged them as input, even
+    when its own stream is cut off before the provider's count. Each count is kept as long as its
+    object's owner (`COLLECTIONS`): a conversation's until it is deleted through Sentinel, as the
+    provider keeps its items. Like `claim_created`, a store outage costs nothing but this."""
     if admission.recorded is None:
         return
     tokens = admission.recorded.input_tokens + admission.recorded.output_tokens
-    kept = [(response_id, ObjectPath("responses").ttl)] if response_id is not None else []
-    kept += [(conversation, ObjectPath("conversations").ttl) for conversation in conversations]
     try:
-        for object_id, ttl in kept:
-            await ownership.remember_context(object_id, tokens, ttl)
+        if response_id is not None:
+            await ownership.remember_context(response_id, tokens, ObjectPath("responses").ttl)
+        for conversation, held in conversations:
+            await ownership.remember_turn(conversation, tokens, held, ObjectPath("conversations").ttl)
     except StoreUnavailable:
         ownership.outage.warning("the store is unavailable: a response's context size was not kept")
 

@@ -126,8 +126,10 @@ class OpenAIRelay:
                 payload["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
                 strip_usage = True
         carried, extends = continued(payload) if endpoint == "responses" else ([], [])
+        held = await self.ownership.contexts(carried) if carried else {}
         request = Relayed(endpoint, segments, payload, headers, stream, strip_usage,
-                          identity if _stores_objects(endpoint, payload) else None, extends=extends,
+                          identity if _stores_objects(endpoint, payload) else None,
+                          extends=[(conversation, held.get(conversation, 0)) for conversation in extends],
                           speaker=identity if endpoint == "chat" else None, heavy=heavy,
                           end_user=self.end_users.of(identity.external_id))
         # A 400 here reserves nothing; an alias's target that cannot carry the request is passed over.
@@ -140,7 +142,7 @@ class OpenAIRelay:
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(
                 identity, endpoint=endpoint, model=targets[0].name, payload=payload, request_id=ex.usage_id,
-                size=len(body), carried_input=await self.ownership.context_of(carried) if carried else 0,
+                size=len(body), carried_input=sum(held.values()),
                 counted_as=targets[0].upstream_model,  # (its tokenizer: `Admission.counted_as`)
                 images=image_rule_for((t.kind, t.upstream_model) for t in targets),  # any may serve it
             )
@@ -536,7 +538,9 @@ class Relayed:
     stream: bool
     strip_usage: bool
     owner: Identity | None
-    extends: Sequence[str] = ()  # the conversation a response is added to (its context grows)
+    # The conversation a response is added to (its context grows), with the count it held when the
+    # request was admitted (`remember_context`).
+    extends: Sequence[tuple[str, int]] = ()
     speaker: Identity | None = None  # who owns the audio answers of a chat answer (stored or not)
     translated: ModelChatRequest | None = None
     heavy: bool = False  # its body was large (`sentinel.offload`): translated and encoded in a worker thread

@@ -139,3 +139,23 @@ async def test_lookups_under_way_at_once_are_bounded(store: Store, monkeypatch: 
     monkeypatch.setattr(store, "get", counting)
     await owners.require(ids, "alice")
     assert 1 < peak <= LOOKUPS_AT_ONCE
+
+
+async def test_a_turn_keeps_what_its_conversation_grew_by_meanwhile(store: Store) -> None:
+    """A turn's count replaces the count it was admitted at (its input read it), never what was added
+    since; a count that only shrank (a truncated turn) is the turn's own; a missing one is the turn's."""
+    owners = Ownership(store)
+    await owners.remember_turn("conv_1", 700, 0, None)
+    assert await owners.contexts(["conv_1"]) == {"conv_1": 700}
+    await owners.grow_context("conv_1", 300)  # items added while the next turn, admitted at 700, ran
+    await owners.remember_turn("conv_1", 900, 700, None)
+    assert await owners.context_of(["conv_1"]) == 1200
+    await owners.remember_turn("conv_1", 400, 1200, 31 * DAY)  # truncated by the provider
+    assert await owners.context_of(["conv_1"]) == 400
+    ttl = await store.ttl("sentinel:context:conv_1")
+    assert ttl is not None and 30 * DAY < ttl <= 31 * DAY
+    await owners.forget("conv_1")
+    await owners.remember_turn("conv_1", 50, 10_000, None)
+    assert await owners.context_of(["conv_1"]) == 50
+    await owners.remember_turn("conv_1", 10**12 * 3, 0, None)  # far past what a float prints plainly in Lua
+    assert await owners.context_of(["conv_1"]) == 10**12 * 3 + 50

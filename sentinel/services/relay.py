@@ -49,6 +49,7 @@ from sentinel.providers.errors import UnreadableAnswer
 from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import OpenAICompatUpstream, forwardable_headers
 from sentinel.quota.images import image_rule_for
+from sentinel.quota.items import item_text
 from sentinel.quota.meter import Admission, Meter
 from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes
@@ -298,7 +299,7 @@ class OpenAIRelay:
         if (where.collection or "", where.action or "") in ACTION_CREATED and isinstance(reply, Reply):
             await self._claim_along(where, reply, identity)
         if where.collection == "conversations" and method == "POST" and body:
-            await self._conversation_grew(where, last, reply, len(body))
+            await self._conversation_grew(where, last, reply, body)
         if method == "DELETE" and where.object_id is not None and where.is_object(segments) and reply.status < 300:
             try:
                 await self.ownership.forget(where.object_id)
@@ -427,15 +428,17 @@ class OpenAIRelay:
                     details={"param": param},
                 )
 
-    async def _conversation_grew(self, where: ObjectPath, last: str, reply: Reply | StreamReply, size: int) -> None:
+    async def _conversation_grew(self, where: ObjectPath, last: str, reply: Reply | StreamReply, body: bytes) -> None:
         """Items given to a conversation (at its creation, or added) are context every later response
         in it makes the provider read: counted as a token per `BYTES_PER_TOKEN` bytes of the call's
-        JSON, since this call charges none of them — also when the answer is relayed as it arrives
-        (over `MAX_BUFFERED`: the items added, listed back). A conversation's creation is counted from
-        an answer read whole (its id is read from it; the answer, the conversation alone, is small)."""
+        JSON (`body`, as sent), since this call charges none of them, plus the estimate of the images
+        and files among them (`conversation_media`: a short image URL is 1,445 tokens, not 20) — also
+        when the answer is relayed as it arrives (over `MAX_BUFFERED`: the items added, listed back).
+        A conversation's creation is counted from an answer read whole (its id is read from it; the
+        answer, the conversation alone, is small)."""
         if reply.status >= 300 or not (where.is_collection or last == "items"):
             return
-        tokens = -(-size // BYTES_PER_TOKEN)
+        tokens = -(-len(body) // BYTES_PER_TOKEN) + await off_loop(functools.partial(conversation_media, body), large(body))
         try:
             if where.object_id is not None:
                 await self.ownership.grow_context(where.object_id, tokens)
@@ -545,6 +548,17 @@ class Relayed:
     translated: ModelChatRequest | None = None
     heavy: bool = False  # its body was large (`sentinel.offload`): translated and encoded in a worker thread
     end_user: str = ""  # what the provider is told the end user is: the caller's pseudonym (`EndUsers`)
+
+
+def conversation_media(body: bytes) -> int:
+    """The estimate of the images and files (`sentinel.quota.media`, by gpt-4o's image rule: the model
+    of a later turn is not known) that a conversation's items hold, in a call's JSON `body`: each
+    image's and PDF's tokens are what its part's bytes never tell (an image by its URL or file id)."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 0
+    return item_text(parsed)[1] if isinstance(parsed, dict) else 0
 
 
 def upstream_payload(catalogue: ModelCatalogue, payload: dict[str, Any], target: ModelTarget) -> dict[str, Any]:

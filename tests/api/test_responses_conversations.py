@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-
 from tests.api.conftest import Gateway
 from tests.support.attack import ledger_rows
 from tests.support.servers import serving
@@ -107,3 +106,24 @@ def test_a_conversation_a_turn_shrank_keeps_the_turns_count(
             assert _count(gw) == 4_500
 
 
+
+
+def test_images_given_to_a_conversation_count_as_images(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """Items were counted a token per 4 bytes: 40 images by URL (~3 KB, 1,445 tokens each to gpt-4o:
+    57,800) were 800 tokens of context, and a turn in the conversation cut before its usage was
+    charged those — where the same images in a response's own input reserve and charge 57,800."""
+    upstream = ScriptedUpstream()
+    image = {"type": "input_image", "image_url": "https://example.com/cat.png", "detail": "high"}
+    items = {"items": [{"type": "message", "role": "user", "content": [image] * 20}]}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url,
+                             passthrough="/v1/conversations,/v1/conversations/*")
+        upstream.json({"id": "conv_1", "object": "conversation"})
+        upstream.json({"object": "list", "data": []})
+        with gw.client() as alice:
+            assert alice.post("/v1/conversations", json=items).status_code == 200
+            assert _count(gw) >= 20 * 1445
+            assert alice.post("/v1/conversations/conv_1/items", json=items).status_code == 200
+            assert _count(gw) >= 40 * 1445

@@ -353,20 +353,11 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least {least} bytes{why}")
         return value
 
-    @field_validator("admin_key", "docs_api_key", "metrics_token")
+    @field_validator("admin_key", "docs_api_key", "metrics_token", "openai_api_key", "anthropic_api_key",
+                     "zion_api_key")
     @classmethod
     def _no_surrounding_space(cls, value: SecretStr | None) -> SecretStr | None:
-        secret = value.get_secret_value() if value is not None else ""
-        if secret != secret.strip():
-            # Credentials are stripped where clients send them (a bearer token, a header value): a key
-            # with a space or line break around it could never match, nor be known as reserved on /v1.
-            raise ValueError("must not start or end with whitespace (a stray space or newline?)")
-        if not all(" " <= ch <= "~" for ch in secret):
-            # Scripts send it in a header (`Authorization`, `X-Docs-Key`), whose bytes are read as
-            # Latin-1: a key holding `é` matched in the sign-in form only, and every script's try
-            # counted as a failed authentication, until its address was refused (429).
-            raise ValueError("must be printable ASCII (it is sent in an HTTP header: other characters never match there)")
-        return value
+        return header_secret(value)
 
     @field_validator("admin_key")
     @classmethod
@@ -535,6 +526,23 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError("invalid configuration: " + "; ".join(parts)) from None
 
 
+def header_secret(value: SecretStr | None) -> SecretStr | None:
+    """A key sent in an HTTP header, checked (never shown): no whitespace around it, printable ASCII.
+
+    Clients' credentials are stripped where they are read (a bearer token, a header value): the admin
+    or docs key with a space or line break around it could never match, nor be known as reserved on
+    /v1. Header bytes are read as Latin-1: one holding `é` matched in the sign-in form only, and every
+    script's try counted as a failed authentication, until its address was refused (429). A provider's
+    or Zion's key is sent upstream in a header: one with a line break (a secret file's trailing
+    newline) started the server, then every upstream call was a 500 (the HTTP client refuses it)."""
+    secret = value.get_secret_value() if value is not None else ""
+    if secret != secret.strip():
+        raise ValueError("must not start or end with whitespace (a stray space or newline?)")
+    if not all(" " <= ch <= "~" for ch in secret):
+        raise ValueError("must be printable ASCII (it is sent in an HTTP header: other characters never match there)")
+    return value
+
+
 def provider_base_url(value: str) -> str:
     """A provider's base URL as given, checked: http(s), and no query or fragment — request paths are
     appended to it, so with a `?api-version=…` every call went to the base URL itself, the path read
@@ -572,6 +580,11 @@ class ProviderEntry(BaseModel):
     @classmethod
     def _base_url(cls, value: str) -> str:
         return provider_base_url(value)
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return header_secret(value)
 
     @model_validator(mode="after")
     def _end_user_field(self) -> ProviderEntry:

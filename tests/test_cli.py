@@ -290,6 +290,19 @@ def test_a_port_no_socket_can_have_is_one_line_naming_the_setting(tmp_path: Path
         assert "s3cret-pw" not in result.stderr
 
 
+def test_a_provider_key_with_a_trailing_newline_stops_serve_in_one_line(tmp_path: Path) -> None:
+    """A key read from a secret file (`OPENAI_API_KEY=$(cat key)` keeps no newline, a mounted file or
+    `echo key > .env`-style values do) started the server: every upstream call was then a 500."""
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/p.db", "SENTINEL_PORT": str(free_port()),
+           "SENTINEL_HOST": "127.0.0.1", "OPENAI_API_URL": "http://127.0.0.1:9/v1",
+           "OPENAI_API_KEY": "sk-upstream-secret-0123\n"}
+    result = run(["serve"], env, timeout=30)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "OPENAI_API_KEY" in lines[0] and "whitespace" in lines[0], result.stderr
+    assert "sk-upstream-secret" not in result.stderr + result.stdout
+
+
 def test_a_user_can_be_put_back_on_the_default_plan(tmp_path: Path) -> None:
     """`users set-plan` could only name a plan: a user once put on one could never be given back to the
     default plan from the command line (`""` was "plan '' does not exist")."""

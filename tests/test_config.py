@@ -189,6 +189,40 @@ def test_a_key_a_header_cannot_carry_is_refused_without_being_shown(
     assert reveal(getattr(load_settings(), name.removeprefix("SENTINEL_").lower())) == "a long enough key with spaces ~!"
 
 
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "ZION_API_KEY"])
+@pytest.mark.parametrize(("value", "says"), [("sk-upstream-key-0123\n", "whitespace"), (" sk-upstream-key-0123", "whitespace"),
+                                             ("sk-upstream\r\nX-Injected: 1", "printable ASCII"),
+                                             ("sk-upstream-clé-0123", "printable ASCII")])
+def test_an_upstream_key_a_header_cannot_carry_is_refused_without_being_shown(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str,
+) -> None:
+    """A provider's (or Zion's) key is sent in a header: one with a secret file's trailing newline
+    started the server, then every upstream call was a 500 (aiohttp refuses the header)."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(_env_file=None)
+    message = str(refused.value)
+    assert name in message and says in message and "sk-upstream" not in message, message
+    monkeypatch.setenv(name, "sk-upstream-key-0123")
+    assert reveal(getattr(load_settings(_env_file=None), name.lower())) == "sk-upstream-key-0123"
+
+
+def test_a_providers_file_api_key_a_header_cannot_carry_is_refused_without_being_shown(tmp_path: Path,
+                                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the environment's keys: a `${VAR}` whose value ends in a newline included."""
+    path = tmp_path / "providers.yaml"
+    path.write_text("providers:\n  - {name: groq, kind: openai, base_url: 'https://api.groq.com/openai/v1', "
+                    "api_key: '${GROQ_KEY}'}\n")
+    for value in ("sk-in-file-0123\n", "sk-in-file-\u00e9"):
+        monkeypatch.setenv("GROQ_KEY", value)
+        with pytest.raises(ConfigError, match="SENTINEL_CONFIG") as refused:
+            load_providers_file(path)
+        message = str(refused.value)
+        assert "providers.0.api_key" in message and "sk-in-file" not in message and "\n" not in message, message
+    monkeypatch.setenv("GROQ_KEY", "sk-in-file-0123")
+    assert reveal(load_providers_file(path).providers[0].api_key) == "sk-in-file-0123"
+
+
 def test_the_jwks_staleness_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     """How long a JWKS is used before a refresh, and at most while refetches fail (then 503)."""
     s = load_settings()

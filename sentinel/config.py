@@ -85,9 +85,62 @@ def _check_ports(url: str) -> None:
     the URL (it may carry a password)."""
     location = url.partition("://")[2].rpartition("@")[2].partition("/")[0].partition("?")[0]
     for host in location.split(","):
-        port = host.rpartition(":")[2] if not host.endswith("]") else ""
-        if port.isdigit() and not 0 < int(port) <= 65535:
+        port = host.rpartition(":")[2] if ":" in host and not host.endswith("]") else ""
+        if port and not (port.isascii() and port.isdigit()):
+            # The driver's `int()` was a traceback; the text is not shown (it may be a password: `u:pw/db`).
+            raise ValueError("names a port that is not a number")
+        if port and not 0 < int(port) <= 65535:
             raise ValueError(f"port {int(port)} is not a TCP port (1-65535)")
+
+
+# What a PostgreSQL DATABASE_URL's query may hold: asyncpg's `connect()` arguments that take text
+# (each is passed to it as such), and the values it takes where it takes only some.
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_POSTGRES_QUERY: dict[str, tuple[str, ...] | None] = {
+    "ssl": _SSL_MODES, "sslmode": _SSL_MODES,
+    "target_session_attrs": ("any", "primary", "standby", "prefer-standby", "read-write", "read-only"),
+    "host": None, "user": None, "password": None, "database": None, "passfile": None,
+    "prepared_statement_cache_size": None,
+}
+
+
+def _postgres_query(url: str) -> str:
+    """`url` (postgresql+asyncpg://) with its query checked, `sslmode` (libpq's name) spelt `ssl` (asyncpg's).
+    ValueError naming what is wrong, never a value (a query may hold the password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ValueError("is not a valid URL: expected postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB (several "
+                         "hosts: postgresql+asyncpg://USER:PASSWORD@/DB?host=HOST1:PORT&host=HOST2:PORT)") from None
+    for name, given in parsed.query.items():
+        if name not in _POSTGRES_QUERY:
+            shown = f" {name!r}" if re.fullmatch(r"[A-Za-z_]{1,40}", name) else ""
+            raise ValueError(f"query parameter{shown} is not one the PostgreSQL driver (asyncpg) takes: "
+                             f"{', '.join(_POSTGRES_QUERY)}")
+        if name == "host":  # repeated: several hosts, each HOST:PORT (as SQLAlchemy reads them)
+            hosts = [given] if isinstance(given, str) else list(given)
+            _check_ports("postgresql://" + ",".join(hosts))
+            if len(hosts) > 1 and not all(host.rpartition(":")[2].isdigit() for host in hosts):
+                raise ValueError("several hosts each need a port: ?host=HOST1:PORT&host=HOST2:PORT")
+            continue
+        if not isinstance(given, str):
+            raise ValueError(f"query parameter {name!r} is given more than once")
+        allowed = _POSTGRES_QUERY[name]
+        if allowed is not None and given not in allowed:
+            raise ValueError(f"query parameter {name!r} must be one of {', '.join(allowed)}")
+        if name == "prepared_statement_cache_size" and not (given.isascii() and given.isdigit()):
+            raise ValueError("query parameter 'prepared_statement_cache_size' must be a whole number")
+    if "sslmode" in parsed.query:
+        if "ssl" in parsed.query:
+            raise ValueError("query parameters 'ssl' and 'sslmode' are the same setting: give one")
+        mode = parsed.query["sslmode"]
+        assert isinstance(mode, str)
+        url = parsed.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode}).render_as_string(
+            hide_password=False)
+    return url
 
 
 class Settings(BaseSettings):
@@ -306,6 +359,13 @@ class Settings(BaseSettings):
         if not value.startswith(REDIS_URL_SCHEMES):
             raise ValueError(f"must start with one of {', '.join(REDIS_URL_SCHEMES)}")
         _check_ports(value)
+        if not value.startswith(("redis+cluster://", "rediss+cluster://")):
+            from redis.asyncio.connection import parse_url
+
+            try:  # a query value the client cannot read (`?socket_timeout=abc`) was a traceback out of every command
+                parse_url(value)
+            except ValueError as exc:  # its message names the parameter, never a value
+                raise ValueError(str(exc).rstrip(".")) from None
         return value
 
     @field_validator("database_url")
@@ -313,11 +373,15 @@ class Settings(BaseSettings):
     def _database_url(cls, value: str) -> str:
         if value.startswith("postgresql://") or value.startswith("postgres://"):
             # The async engine needs an async driver; accept the common spelling.
-            return "postgresql+asyncpg://" + value.split("://", 1)[1]
+            value = "postgresql+asyncpg://" + value.split("://", 1)[1]
         if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("must be sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
         if value.startswith("postgresql+asyncpg://"):
+            # Checked here, for `postgresql://` too (it skipped the port check): a port past 65535, one
+            # that is not a number, or a query parameter asyncpg does not take (`?sslmode=require`, as
+            # libpq spells it) was a traceback out of every command, and `serve` failed at start.
             _check_ports(value)
+            value = _postgres_query(value)
         return value
 
     @field_validator("*", mode="before")

@@ -303,6 +303,46 @@ def test_a_provider_key_with_a_trailing_newline_stops_serve_in_one_line(tmp_path
     assert "sk-upstream-secret" not in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize(
+    ("setting", "url", "says"),
+    [
+        ("DATABASE_URL", "postgresql://u:s3cret-pw@127.0.0.1:99999/db", "99999"),  # the `postgresql://` spelling skipped the check
+        ("DATABASE_URL", "postgres://u:s3cret-pw@127.0.0.1:5432x/db", "not a number"),
+        ("DATABASE_URL", "postgresql://u:s3cret-pw@127.0.0.1/db?sslmode=requir", "'sslmode' must be one of"),
+        ("DATABASE_URL", "postgresql://u:s3cret-pw@127.0.0.1/db?application_name=x", "'application_name' is not one"),
+        ("DATABASE_URL", "postgresql://u:s3cret-pw@127.0.0.1/db?ssl=require&ssl=disable", "more than once"),
+        ("DATABASE_URL", "postgresql://u:s3cret-pw@/db?host=10.0.0.1:5432&host=10.0.0.2", "each need a port"),
+        ("DATABASE_URL", "postgresql://u:s3cret-pw@10.0.0.1:5432,10.0.0.2:5432/db", "several hosts"),
+        ("REDIS_URL", "redis://:s3cret-pw@127.0.0.1:63a9/0", "not a number"),
+        ("REDIS_URL", "redis://:s3cret-pw@127.0.0.1:6379/0?socket_timeout=soon", "'socket_timeout'"),
+    ],
+)
+def test_a_store_url_its_driver_cannot_take_is_one_line_naming_the_setting(
+    tmp_path: Path, setting: str, url: str, says: str,
+) -> None:
+    """Each was a traceback out of every command (the driver's `int()`, asyncpg's "unexpected keyword
+    argument 'sslmode'", redis-py's "Invalid value"), and `serve` failed at start after a traceback."""
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db", setting: url}
+    result = run(["keys", "list"], env)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and setting in lines[0] and says in lines[0], result.stderr
+    assert "s3cret-pw" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_postgres_url_with_libpq_s_sslmode_is_taken(pg_url: str) -> None:
+    """`?sslmode=` (libpq's and most providers' spelling; asyncpg calls it `ssl`) was a TypeError
+    traceback out of every command and a failed start."""
+    plain = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    for query in ("?sslmode=disable", "?sslmode=prefer&target_session_attrs=any"):
+        result = run(["keys", "list"], {"DATABASE_URL": plain + query})
+        assert result.returncode == 0, (query, result.stderr)
+        assert result.stdout.startswith("KEY ID") and result.stderr == "", (query, result.stderr)
+    refused = run(["keys", "list"], {"DATABASE_URL": plain + "?sslmode=require"})  # the test server has no TLS
+    assert refused.returncode == 1 and "cannot reach the database (DATABASE_URL)" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_a_user_can_be_put_back_on_the_default_plan(tmp_path: Path) -> None:
     """`users set-plan` could only name a plan: a user once put on one could never be given back to the
     default plan from the command line (`""` was "plan '' does not exist")."""

@@ -223,6 +223,18 @@ def test_a_providers_file_api_key_a_header_cannot_carry_is_refused_without_being
     assert reveal(load_providers_file(path).providers[0].api_key) == "sk-in-file-0123"
 
 
+def test_a_postgres_url_s_sslmode_is_given_to_the_driver_as_ssl(monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncpg takes libpq's `sslmode` as `ssl`; the password (quoted characters included) is kept."""
+    monkeypatch.setenv("DATABASE_URL", "postgres://app:p%40ss%2Fw0rd@db.internal:5433/sentinel?sslmode=verify-full")
+    url = load_settings(_env_file=None).database_url
+    assert url == "postgresql+asyncpg://app:p%40ss%2Fw0rd@db.internal:5433/sentinel?ssl=verify-full"
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app@db.internal/sentinel?ssl=require")
+    assert load_settings(_env_file=None).database_url == "postgresql+asyncpg://app@db.internal/sentinel?ssl=require"
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:pw@db.internal/sentinel?ssl=require&sslmode=disable")
+    with pytest.raises(ConfigError, match="DATABASE_URL: query parameters 'ssl' and 'sslmode'"):
+        load_settings(_env_file=None)
+
+
 def test_the_jwks_staleness_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     """How long a JWKS is used before a refresh, and at most while refetches fail (then 503)."""
     s = load_settings()

@@ -721,17 +721,57 @@ def load_providers_file(path: Path) -> ProvidersFile:
         raise ConfigError(f"invalid configuration: SENTINEL_CONFIG: {', '.join(missing)} not set in the environment")
     text = _ENV_REF.sub(lambda m: os.environ[m.group(1)], text)
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_loader()) or {}  # noqa: S506 - a SafeLoader (`_loader`)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise ConfigError(f"invalid configuration: SENTINEL_CONFIG ({path}): {problem}{where}") from None
+    except RecursionError:  # the YAML reader recurses per level: `[[[[...` was a traceback out of every command
+        raise ConfigError(f"invalid configuration: SENTINEL_CONFIG ({path}): nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration: SENTINEL_CONFIG ({path}): expected a mapping of providers:, "
+                          "tiers:, models:, aliases: (the file holds a single value or a list)") from None
     try:
         return ProvidersFile.model_validate(data)
     except ValidationError as exc:
         # Values are never quoted back: a provider entry holds its API key.
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_input=False)
-        )
-        raise ConfigError(f"invalid configuration: SENTINEL_CONFIG ({path}): {details}") from None
+        errors = exc.errors(include_input=False)
+        details = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors[:_ERRORS_SHOWN])
+        more = f"; and {len(errors) - _ERRORS_SHOWN} more" if len(errors) > _ERRORS_SHOWN else ""
+        raise ConfigError(f"invalid configuration: SENTINEL_CONFIG ({path}): {details}{more}") from None
+
+
+_ERRORS_SHOWN = 10  # of a providers file's mistakes, in its one line (a file of 10,000 bad entries was a 1 MB line)
+
+
+def _loader() -> type:
+    """PyYAML's SafeLoader refusing a key given twice in one mapping: it kept the last one silently
+    (a second `tiers:` or `providers:` block dropped the first). Keys a merge (`<<: *base`) brings may
+    be overridden, as YAML says."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    repeated = key in seen
+                except TypeError:  # unhashable: the SafeLoader says so
+                    continue
+                if repeated:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"the key {_quoted_key(key)} is given twice in one mapping", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
+def _quoted_key(key: Any) -> str:
+    text = repr(key)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -278,7 +278,8 @@ def listening_line(settings: Settings) -> str:
 def serve(settings: Settings, workers: int = 1) -> int:
     """Run the gateway until SIGTERM/SIGINT; in-flight requests drain before pools close.
 
-    Returns the process exit status: 2 when `workers` cannot share the configured store, or when
+    Returns the process exit status: 2 when the providers file is refused (SENTINEL_CONFIG), when
+    `workers` cannot share the configured store, or when
     another `serve` on the in-memory store already serves the same SQLite file (each would keep its
     own quotas, sessions and ownership, as `workers_refused` says of workers); 1 when the address
     cannot be listened on (checked before anything starts: a port in use, a host not this one's).
@@ -286,6 +287,14 @@ def serve(settings: Settings, workers: int = 1) -> int:
     refused = workers_refused(settings, workers)
     if refused:
         print(f"sentinel: {refused}", file=sys.stderr, flush=True)
+        return 2
+    from sentinel.config import ConfigError
+    from sentinel.wiring import check_providers
+
+    try:  # before anything starts: a bad file was found by each worker's start (status 3, after uvicorn's lines)
+        check_providers(settings)
+    except ConfigError as exc:
+        print(f"sentinel: {exc}", file=sys.stderr, flush=True)
         return 2
     from sentinel.db.engine import DatabaseUnreachable, hold_server_lock
 

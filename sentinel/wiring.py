@@ -95,6 +95,14 @@ def read_providers_file(settings: Settings) -> ProvidersFile | None:
     return None if settings.providers_file is None else load_providers_file(settings.providers_file)
 
 
+def check_providers(settings: Settings) -> None:
+    """ConfigError when the providers file (SENTINEL_CONFIG) cannot be read or its catalogue is
+    inconsistent: what `build_runtime` would refuse, found before anything starts (`sentinel serve`)."""
+    served = settings.served_by_mock("http://mock") if settings.use_embedded_mock else settings
+    file = read_providers_file(served)
+    build_model_catalogue(build_catalog(served, file), file)
+
+
 def build_catalog(settings: Settings, file: ProvidersFile | None = None) -> Catalog:
     """The providers and the (default or configured) tier table: the one place a provider name gets
     its upstream. The built-in `openai` and `anthropic` come from the environment when its key or URL

@@ -343,6 +343,30 @@ def test_a_postgres_url_with_libpq_s_sslmode_is_taken(pg_url: str) -> None:
     assert "Traceback" not in refused.stderr
 
 
+def test_a_providers_file_nested_too_deeply_is_one_line_for_serve_and_commands(tmp_path: Path) -> None:
+    """The YAML reader recurses once per level: `[[[[...` was a RecursionError traceback."""
+    (tmp_path / "providers.yaml").write_text("tiers: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/p.db", "SENTINEL_PORT": str(free_port()),
+           "SENTINEL_HOST": "127.0.0.1", "SENTINEL_CONFIG": str(tmp_path / "providers.yaml")}
+    for args in (["serve"], ["tiers", "show"]):
+        result = run(args, env)
+        assert result.returncode == 2, (args, result.returncode, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "SENTINEL_CONFIG" in lines[0] and "nested too deeply" in lines[0], result.stderr
+
+
+def test_a_providers_file_serve_refuses_is_one_line_and_status_2_before_anything_starts(tmp_path: Path) -> None:
+    """It was found by the app's start, inside uvicorn: status 3, after the listening line, the
+    warnings and uvicorn's own lines."""
+    (tmp_path / "providers.yaml").write_text("models:\n  - {name: fast, provider: nosuch}\n")
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/p.db", "SENTINEL_PORT": str(free_port()),
+           "SENTINEL_HOST": "127.0.0.1", "SENTINEL_CONFIG": str(tmp_path / "providers.yaml")}
+    result = run(["serve"], env)
+    assert result.returncode == 2 and result.stdout == "", (result.returncode, result.stdout, result.stderr)
+    assert result.stderr == ("sentinel: invalid configuration: SENTINEL_CONFIG: model 'fast' names provider 'nosuch', "
+                             "which is not configured\n")
+
+
 def test_a_user_can_be_put_back_on_the_default_plan(tmp_path: Path) -> None:
     """`users set-plan` could only name a plan: a user once put on one could never be given back to the
     default plan from the command line (`""` was "plan '' does not exist")."""

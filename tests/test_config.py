@@ -235,6 +235,52 @@ def test_a_postgres_url_s_sslmode_is_given_to_the_driver_as_ssl(monkeypatch: pyt
         load_settings(_env_file=None)
 
 
+def test_a_providers_file_key_given_twice_is_refused(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys: a second `tiers:` block dropped the first, a provider
+    entry's second `base_url` won, and nothing said so. Keys a merge brings may still be overridden."""
+    path = tmp_path / "providers.yaml"
+    for text, key, line in (
+        ("tiers:\n  simple: [{provider: openai, model: gpt-4o-mini}]\ntiers:\n  simple: []\n", "'tiers'", 3),
+        ("providers:\n  - {name: groq, kind: openai, base_url: 'https://a.example/v1', base_url: 'https://b.example/v1'}\n",
+         "'base_url'", 2),
+    ):
+        path.write_text(text)
+        with pytest.raises(ConfigError) as refused:
+            load_providers_file(path)
+        message = str(refused.value)
+        assert f"the key {key} is given twice" in message and f"line {line}" in message, message
+        assert "example" not in message
+    path.write_text("x-base: &base {kind: openai, base_url: 'https://a.example/v1'}\n")
+    with pytest.raises(ConfigError, match="x-base: Extra inputs"):  # read (no key twice), then refused as unknown
+        load_providers_file(path)
+    path.write_text("providers:\n  - &groq {name: groq, kind: openai, base_url: 'https://a.example/v1'}\n"
+                    "  - {<<: *groq, name: groq2}\n")
+    assert [entry.name for entry in load_providers_file(path).providers] == ["groq", "groq2"]
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("providers: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested too deeply"),  # was a RecursionError traceback
+    ("just a string\n", "expected a mapping"),
+    ("- providers\n", "expected a mapping"),
+])
+def test_a_providers_file_of_the_wrong_shape_is_one_line(tmp_path: Path, text: str, says: str) -> None:
+    path = tmp_path / "providers.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        load_providers_file(path)
+    assert says in str(refused.value) and "SENTINEL_CONFIG" in str(refused.value)
+
+
+def test_a_providers_file_s_mistakes_are_said_in_a_line_of_bounded_length(tmp_path: Path) -> None:
+    """Every mistake was listed: 10,000 bad entries made a line of a megabyte."""
+    path = tmp_path / "providers.yaml"
+    path.write_text("providers:\n" + "  - {name: 'Bad Name', kind: openai, base_url: 'https://a.example/v1'}\n" * 10_000)
+    with pytest.raises(ConfigError) as refused:
+        load_providers_file(path)
+    message = str(refused.value)
+    assert message.count(".name: ") == 10 and message.endswith("; and 9990 more") and len(message) < 2000, message
+
+
 def test_the_jwks_staleness_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     """How long a JWKS is used before a refresh, and at most while refetches fail (then 503)."""
     s = load_settings()

@@ -721,7 +721,7 @@ def load_providers_file(path: Path) -> ProvidersFile:
         raise ConfigError(f"invalid configuration: SENTINEL_CONFIG: {', '.join(missing)} not set in the environment")
     text = _ENV_REF.sub(lambda m: os.environ[m.group(1)], text)
     try:
-        data = yaml.load(text, Loader=_loader()) or {}  # noqa: S506 - a SafeLoader (`_loader`)
+        data = yaml.load(text, Loader=_loader()) or {}  # a SafeLoader (`_loader`)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

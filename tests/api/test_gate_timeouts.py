@@ -140,9 +140,10 @@ def test_a_stream_that_never_begins_takes_the_model_out_of_service(
 
 
 # --- a 2xx answer Sentinel cannot read -------------------------------------------------------------------
-TRUNCATED_CALL = {  # what OpenAI answers when max_tokens cuts a forced tool call short
+BROKEN_CALL = {  # a tool call whose arguments are not whole JSON, the answer not cut by its output cap
+    # (one cut so, `finish_reason: length`, is kept with no arguments: tests/api/test_cross_format.py)
     "id": "chatcmpl-x", "object": "chat.completion", "created": 1732000000, "model": MINI,
-    "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": None, "tool_calls": [
+    "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": None, "tool_calls": [
         {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"ci'}}]}}],
     "usage": {"prompt_tokens": 50_000, "completion_tokens": 3, "total_tokens": 50_003},
 }
@@ -151,8 +152,8 @@ TRUNCATED_CALL = {  # what OpenAI answers when max_tokens cuts a forced tool cal
 def test_an_answer_that_cannot_be_read_is_recorded_and_does_not_take_the_model_down(
     gateway_factory: Callable[..., Gateway], tmp_path: Path,
 ) -> None:
-    """A forced tool call cut off by `max_tokens` has broken JSON arguments: the native API (and an
-    OpenAI model on /v1/messages) answers 502. It was given back (free, without limit, billed 50,000
+    """A tool call with broken JSON arguments (a provider's bug; one cut off by `max_tokens` is kept
+    with none): the native API (and an OpenAI model on /v1/messages) answers 502. It was given back (free, without limit, billed 50,000
     input tokens a time) and counted as a provider failure: one user took the tier down for everyone.
     Now it is recorded with the answer's own usage and the model stays up."""
     from tests.support.accounts import create_key
@@ -167,19 +168,19 @@ def test_an_answer_that_cannot_be_read_is_recorded_and_does_not_take_the_model_d
         asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=3/1d"))
         bob = asyncio.run(create_key(gw.settings.database_url, "bob"))[1]
         with gw.client() as http:
-            upstream.json(TRUNCATED_CALL)
+            upstream.json(BROKEN_CALL)
             native = http.post("/native/v1/chat/completions", json={
                 "messages": [{"role": "user", "content": "weather?"}], "tools": [tool], "tool_choice": "required",
                 "max_tokens": 3})
-            upstream.json(TRUNCATED_CALL)
+            upstream.json(BROKEN_CALL)
             messages = http.post("/v1/messages", json={
                 "model": MINI, "max_tokens": 3, "messages": [{"role": "user", "content": "weather?"}],
                 "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}], "tool_choice": {"type": "any"}})
-            upstream.json(TRUNCATED_CALL)
+            upstream.json(BROKEN_CALL)
             third = http.post("/native/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
             refused = http.post("/native/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
         with gw.client(bob) as http:
-            upstream.json({**TRUNCATED_CALL, "choices": [{"index": 0, "finish_reason": "stop",
+            upstream.json({**BROKEN_CALL, "choices": [{"index": 0, "finish_reason": "stop",
                                                           "message": {"role": "assistant", "content": "sunny"}}]})
             other = http.post("/native/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
     assert [native.status_code, messages.status_code, third.status_code] == [502, 502, 502], (native.text, messages.text)

@@ -13,15 +13,25 @@ from typing import Any, NoReturn
 
 from sentinel.config import ConfigError, Settings, load_settings
 from sentinel.domain.tiers import TIERS
+from sentinel.observability.logging import clipped
 
 log = logging.getLogger("sentinel.cli")
+
+
+def _say(message: str) -> None:
+    """One error line on stderr, `sentinel: ` and `message` cut to MAX_SAID characters: a message
+    quoting what was given (a 100 KB `--limit`, `--since` or tier entry) is not repeated whole."""
+    print(f"sentinel: {clipped(message, MAX_SAID)}", file=sys.stderr)
+
+
+MAX_SAID = 400
 
 
 def _settings(**overrides: Any) -> Settings:
     try:
         return load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except ConfigError as exc:
-        print(f"sentinel: {exc}", file=sys.stderr)
+        _say(f"{exc}")
         raise SystemExit(2) from None
 
 
@@ -90,7 +100,7 @@ def cmd_mock(args: argparse.Namespace) -> int:
     try:
         sockets = bind_sockets(args.host, args.port)
     except OSError as exc:  # as `serve` says it (was uvicorn's line after "mock upstream on ...", status 3)
-        print(f"sentinel: {cannot_listen(args.host, args.port, exc)}", file=sys.stderr)
+        _say(f"{cannot_listen(args.host, args.port, exc)}")
         return 1
     print(f"mock upstream on http://{args.host}:{args.port} (OpenAI: /v1, Anthropic: /v1/messages)", flush=True)
     try:
@@ -122,27 +132,27 @@ async def _with_admin(settings: Settings, fn: Callable[[Any], Awaitable[int | No
             settings.database_url, timeout=settings.database_timeout_seconds, bound_statements=False
         )
     except DatabaseUnreachable as exc:
-        print(f"sentinel: {exc}", file=sys.stderr)
+        _say(f"{exc}")
         return 1
     store = create_store(settings.redis_url, timeout=settings.redis_timeout_seconds)
     try:
         try:
             await migrate(engine, connect_timeout=settings.database_timeout_seconds)
         except (SchemaTooNew, DatabaseUnreachable) as exc:
-            print(f"sentinel: {exc}", file=sys.stderr)
+            _say(f"{exc}")
             return 1
         try:
             admin = build_cli_admin(settings, session_factory(engine), store)
         except ConfigError as exc:  # the providers file (SENTINEL_CONFIG): one line, as `serve` says it
-            print(f"sentinel: {exc}", file=sys.stderr)
+            _say(f"{exc}")
             return 2
         try:
             return await fn(admin)
         except Conflict as exc:  # a change this configuration refuses (plans under GOVERNANCE=zion)
-            print(f"sentinel: {exc.message}", file=sys.stderr)
+            _say(f"{exc.message}")
             return 2
         except GovernanceUnavailable as exc:  # the database locked (SQLite: `serve` writing) or down
-            print(f"sentinel: {exc.message}{_driver_said(exc)}; try again", file=sys.stderr)
+            _say(f"{exc.message}{_driver_said(exc)}; try again")
             return 1
     finally:
         await store.close()
@@ -176,7 +186,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             info, key = await admin.create_key(args.external_id, args.name, args.email, _actor(),
                                                expires_in=args.expires_in, expires_at=args.expires_at)
         except InvalidRequest as exc:
-            print(f"sentinel: {_refused(exc)}", file=sys.stderr)
+            _say(f"{_refused(exc)}")
             return 2
         expiry = "" if info.expires_at is None else f", expiring {info.expires_at:%Y-%m-%d %H:%M:%S} UTC"
         print(f"created key {info.id} ({info.prefix}...) for {info.external_id}{expiry}; it is shown only once:")
@@ -208,17 +218,17 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         # The key itself, pasted for its id: never echoed (an error line ends up in scrollback, CI
         # logs and tickets); it was "no such key: sk-sentinel-..." on stderr. The admin API and the
         # console refuse it alike (AdminService.revoke_key).
-        print(f"sentinel: {PASTED_KEY} (`sentinel keys list`)", file=sys.stderr)
+        _say(f"{PASTED_KEY} (`sentinel keys list`)")
         return 2
 
     async def go(admin: Any) -> int:
         try:
             await admin.revoke_key(args.key_id, _actor())
         except NotFound:
-            print(f"sentinel: no such key: {_quoted(args.key_id)}", file=sys.stderr)
+            _say(f"no such key: {_quoted(args.key_id)}")
             return 1
         except RevocationIncomplete as exc:  # revoked in the database; the shared cache not told
-            print(f"sentinel: {exc.message}", file=sys.stderr)
+            _say(f"{exc.message}")
             return 3
         print(f"revoked {args.key_id} (cached validations expire within JWT_CACHE_TTL_SECONDS)")
         return 0
@@ -240,14 +250,14 @@ def cmd_plans_set(args: argparse.Namespace) -> int:
             seconds = parse_window(window)
             limits += [Limit(m, seconds, v) for m, v in given.items()]  # type: ignore[arg-type]
     except ValueError as exc:
-        print(f"sentinel: {exc}", file=sys.stderr)
+        _say(f"{exc}")
         return 2
 
     async def go(admin: Any) -> int:
         try:
             plan = await admin.save_plan(args.name, limits, _actor(), merge=args.add)
         except InvalidRequest as exc:
-            print(f"sentinel: {_refused(exc)}", file=sys.stderr)
+            _say(f"{_refused(exc)}")
             return 2
         shown = ", ".join(str(lim) for lim in plan.limits)
         print(f"plan {args.name}: {shown or 'no limits'} (applies within CACHE_TTL_SECONDS)")
@@ -263,7 +273,7 @@ def cmd_plans_delete(args: argparse.Namespace) -> int:
         try:
             users = await admin.delete_plan(args.name, _actor())
         except NotFound:
-            print(f"sentinel: no such plan: {_quoted(args.name)}", file=sys.stderr)
+            _say(f"no such plan: {_quoted(args.name)}")
             return 1
         moved = f"its {users} user(s) are back on the default plan" if users else "no user was on it"
         print(f"deleted plan {args.name}: {moved} (applies within CACHE_TTL_SECONDS)")
@@ -275,8 +285,7 @@ def cmd_plans_delete(args: argparse.Namespace) -> int:
 def cmd_plans_list(args: argparse.Namespace) -> int:
     async def go(admin: Any) -> None:
         if not admin.builtin:  # listed, but said first: they are not the plans in force
-            print("sentinel: GOVERNANCE=zion: these plans are Sentinel's own and not in effect (Zion's limits "
-                  "apply)", file=sys.stderr)
+            _say("GOVERNANCE=zion: these plans are Sentinel's own and not in effect (Zion's limits apply)")
         for plan, _users in await admin.plans():
             print(f"{plan.name}: {', '.join(str(lim) for lim in plan.limits) or 'no limits'}")
 
@@ -287,17 +296,17 @@ def cmd_users_set_plan(args: argparse.Namespace) -> int:
     from sentinel.errors import InvalidRequest, NotFound
 
     if args.default == (args.plan is not None):
-        print("sentinel: name a plan, or --default for the default plan (not both)", file=sys.stderr)
+        _say("name a plan, or --default for the default plan (not both)")
         return 2
 
     async def go(admin: Any) -> int:
         try:
             await admin.set_user_plan(args.external_id, args.plan, _actor())
         except NotFound as exc:
-            print(f"sentinel: {exc.message}", file=sys.stderr)
+            _say(f"{exc.message}")
             return 1
         except InvalidRequest as exc:  # a value refused, said as every command says one
-            print(f"sentinel: {_refused(exc)}", file=sys.stderr)
+            _say(f"{_refused(exc)}")
             return 2
         plan = "the default plan" if args.plan is None else f"plan {args.plan}"
         print(f"user {args.external_id} is on {plan} (applies within CACHE_TTL_SECONDS)")
@@ -314,7 +323,7 @@ def cmd_usage_show(args: argparse.Namespace) -> int:
     try:
         since = parse_moment(args.since, datetime.now(UTC))
     except ValueError:
-        print(f"sentinel: --since takes a window (1h, 7d) or an ISO date, got {args.since!r}", file=sys.stderr)
+        _say(f"--since takes a window (1h, 7d) or an ISO date, got {_quoted(args.since)}")
         return 2
 
     async def go(admin: Any) -> None:
@@ -339,12 +348,11 @@ def cmd_usage_export(args: argparse.Namespace) -> int:
     try:
         since, until = parse_moment(args.since, now), parse_moment(args.until, now)
     except ValueError:
-        print("sentinel: --since/--until take a window (1h, 7d) or an ISO date", file=sys.stderr)
+        _say("--since/--until take a window (1h, 7d) or an ISO date")
         return 2
     if is_empty_window(since, until, now):  # it exported just the header, status 0
-        print(f"sentinel: --since ({since:%Y-%m-%d %H:%M:%S} UTC) must be before --until "
-              f"({(until or now):%Y-%m-%d %H:%M:%S} UTC); a window counts back from now (--since 2h --until 1h)",
-              file=sys.stderr)
+        _say(f"--since ({since:%Y-%m-%d %H:%M:%S} UTC) must be before --until "
+             f"({(until or now):%Y-%m-%d %H:%M:%S} UTC); a window counts back from now (--since 2h --until 1h)")
         return 2
 
     async def go(admin: Any) -> None:
@@ -370,7 +378,7 @@ def cmd_tiers_set(args: argparse.Namespace) -> int:
         try:
             await admin.set_tier(args.tier, list(args.entries), _actor())
         except InvalidRequest as exc:
-            print(f"sentinel: {_refused(exc)}", file=sys.stderr)
+            _say(f"{_refused(exc)}")
             return 2
         view = await admin.tiers()
         shown = _candidates(view.overrides.get(args.tier, []), view.providers)
@@ -396,7 +404,7 @@ def cmd_tiers_reset(args: argparse.Namespace) -> int:
         try:
             await admin.reset_tier(args.tier, _actor())
         except InvalidRequest as exc:  # GOVERNANCE=zion: the table is Zion's (was a traceback)
-            print(f"sentinel: {_refused(exc)}", file=sys.stderr)
+            _say(f"{_refused(exc)}")
             return 2
         print(f"tier table reset for {args.tier or 'all tiers'} (the providers file or defaults apply)")
         return 0
@@ -508,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name, value in vars(args).items():
         if isinstance(value, str) and any("\udc80" <= char <= "\udcff" for char in value):
-            print(f"sentinel: --{name.replace('_', '-')} is not valid UTF-8", file=sys.stderr)
+            _say(f"--{name.replace('_', '-')} is not valid UTF-8")
             return 2  # the shell passed bytes no database column or identity can hold
     result: int = args.fn(args)
     return result

@@ -688,3 +688,15 @@ def test_keys_create_with_a_lifetime_and_keys_list_shows_expiries(tmp_path: Path
     conn.close()
     later = {line.split()[0]: line for line in run(["keys", "list", "--user", "bob"], env).stdout.splitlines()[1:]}
     assert later[key_id].split()[-1] == "expired" and len(later) == 2
+
+
+def test_a_long_value_given_is_not_repeated_whole(tmp_path: Path) -> None:
+    """A 100 KB `--since`, `--limit` or tier entry came back whole in its one error line."""
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    long = "x" * 100_000
+    for args in (["usage", "show", "alice", "--since", long], ["plans", "set", "gold", "--limit", long],
+                 ["tiers", "set", "simple", long]):
+        result = run(args, env)
+        assert result.returncode == 2, (args[:2], result.returncode, result.stderr[:300])
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("sentinel: ") and len(lines[0]) <= 420, (args[:2], len(lines[0]))

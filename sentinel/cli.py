@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
-from sentinel.config import ConfigError, Settings, load_settings
+from sentinel.config import MAX_WORKERS, ConfigError, Settings, load_settings
 from sentinel.domain.tiers import TIERS
 from sentinel.observability.logging import clipped
 
@@ -52,9 +52,9 @@ def parse_workers(value: str) -> int:
     try:
         workers = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or auto, got {value!r}") from None
-    if workers < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {workers}")
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {_quoted(value)}") from None
+    if not 1 <= workers <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_WORKERS}, got {workers}")
     return workers
 
 

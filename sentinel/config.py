@@ -49,6 +49,8 @@ def env(name: str, default: Any, **constraints: Any) -> Any:
     return Field(default, validation_alias=name, **constraints)
 
 
+# The most worker processes `serve` starts (a mistyped 100000 would fork until the host gave out).
+MAX_WORKERS = 256
 MAX_SECONDS = 1_000_000_000  # ~31 years: the longest duration a setting takes (`1e300` overflowed timedelta)
 MIN_JWT_SECRET_BYTES = 32
 MIN_END_USER_SECRET_BYTES = 32
@@ -178,7 +180,7 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = env("SENTINEL_SHUTDOWN_TIMEOUT_SECONDS", 30.0, gt=0)
     access_log: bool = env("SENTINEL_ACCESS_LOG", True)
     # Processes serving the port (`auto`: one per CPU); more than one needs REDIS_URL.
-    workers: int = env("SENTINEL_WORKERS", 1, ge=1)
+    workers: int = env("SENTINEL_WORKERS", 1, ge=1, le=MAX_WORKERS)
     # Connection limits: a client that trickles its headers or body is cut off.
     header_timeout_seconds: float = env("SENTINEL_HEADER_TIMEOUT_SECONDS", 10.0, gt=0)
     body_timeout_seconds: float = env("SENTINEL_BODY_TIMEOUT_SECONDS", 30.0, gt=0)

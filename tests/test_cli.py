@@ -511,6 +511,7 @@ def test_settings_that_are_not_utf8_are_one_line_and_status_2(tmp_path: Path) ->
         ["no-such-command"],
         ["serve", "--port", "0"],
         ["serve", "--workers", "0"],
+        ["serve", "--workers", "100000"],  # was taken: as many processes forked
         ["mock-upstream", "--latency-ms", "-5"],  # was a ValueError traceback
         ["mock-upstream", "--latency-ms", "nan"],  # was taken: every answer failed
         ["mock-upstream", "--latency-ms", "1e308"],

@@ -313,6 +313,7 @@ def test_a_jwks_without_an_audience_is_refused(monkeypatch: pytest.MonkeyPatch) 
         ("REDIS_TIMEOUT_SECONDS", "1e400"),  # a hung Redis never failed over
         ("SENTINEL_SHUTDOWN_TIMEOUT_SECONDS", "inf"),  # a traceback at start
         ("USAGE_LEASE_SECONDS", "1e300"),  # a timedelta overflow at start
+        ("SENTINEL_WORKERS", "100000"),  # as many processes forked
         ("SENTINEL_STREAM_MAX_SECONDS", "inf"),  # streams without end again
         ("SENTINEL_STREAM_MAX_SECONDS", "2e9"),  # past MAX_SECONDS (a loop timer that far off)
     ],

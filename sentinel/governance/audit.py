@@ -1,7 +1,9 @@
 """The audit log: one row per operator action (plans, plan assignments, keys, tiers).
 
-Written by the admin service right after the action succeeded, in its own transaction; read by the
-console and `GET /admin/api/audit`, newest first. Details are a small JSON object (never a key).
+Written by the admin service in the action's own transaction (`entry` builds the row, which the
+repository adds before it commits): an action is recorded exactly when it takes effect, and one whose
+entry cannot be written is not made. Read by the console and `GET /admin/api/audit`, newest first.
+Details are a small JSON object (never a key).
 """
 
 from __future__ import annotations
@@ -39,15 +41,23 @@ class AuditLog:
         self._sessions = sessions
         self._clock = clock
 
+    def entry(
+        self, actor: str, action: str, target: str, details: dict[str, Any] | None = None,
+        address: str | None = None,
+    ) -> AuditLogRow:
+        """One entry's row (`action` like `key.create`, `target` the object's name or id), to add in
+        the transaction that makes the change."""
+        return AuditLogRow(
+            at=self._clock(), actor=actor[:64], action=action[:64], target=target[:255],
+            details=orjson.dumps(details).decode() if details else None, address=(address or None) and address[:64],
+        )
+
     async def record(
         self, actor: str, action: str, target: str, details: dict[str, Any] | None = None,
         address: str | None = None,
     ) -> None:
-        """Append one entry (`action` like `key.create`, `target` the object's name or id)."""
-        row = AuditLogRow(
-            at=self._clock(), actor=actor[:64], action=action[:64], target=target[:255],
-            details=orjson.dumps(details).decode() if details else None, address=(address or None) and address[:64],
-        )
+        """Append one entry in a transaction of its own (for what has no transaction of its own)."""
+        row = self.entry(actor, action, target, details, address)
         with database_errors("audit log unavailable"):
             async with self._sessions() as session:
                 session.add(row)

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
-from sentinel.db.models import ApiKey, User, utcnow
+from sentinel.db.models import ApiKey, AuditLogRow, User, utcnow
 from sentinel.db.queries import ensure_user
 from sentinel.domain.identity import Identity
 from sentinel.errors import AuthenticationError, InvalidRequest
@@ -134,11 +134,12 @@ class KeyService:
 
     async def create_key(
         self, external_id: str, name: str | None = None, email: str | None = None,
-        expires_at: datetime | None = None,
+        expires_at: datetime | None = None, audit: Callable[[ApiKeyInfo], AuditLogRow] | None = None,
     ) -> tuple[ApiKeyInfo, str]:
         """Issue a key for `external_id` (created if missing); returns (info, plaintext shown once).
         `expires_at`: when it stops working (None: never; the operator surfaces check it first,
-        `sentinel.services.admin_forms.key_expiry`).
+        `sentinel.services.admin_forms.key_expiry`). `audit`: the issue's audit entry, written in
+        its transaction (not written, no key is issued).
 
         InvalidRequest (nothing written) when `require_email` and the user has no email."""
         token = generate_key()
@@ -163,8 +164,10 @@ class KeyService:
                             code="usage_unreportable",
                         )
                 session.add(row)
+                info = ApiKeyInfo(row.id, external_id, name, row.prefix, row.created_at, None, None, expires_at)
+                if audit is not None:
+                    session.add(audit(info))
                 await session.commit()
-        info = ApiKeyInfo(row.id, external_id, name, row.prefix, row.created_at, None, None, expires_at)
         return info, token
 
     async def authenticate(self, token: str) -> Identity | None:
@@ -243,9 +246,13 @@ class KeyService:
         revocation = await self.revoke_with_hash(key_id)
         return revocation is not None and revocation.new
 
-    async def revoke_with_hash(self, key_id: str) -> Revocation | None:
+    async def revoke_with_hash(
+        self, key_id: str, audit: Callable[[], AuditLogRow] | None = None
+    ) -> Revocation | None:
         """Revoke a key for good (a revoked key stays revoked): its hash (what caches are keyed by)
-        and whether this call revoked it; None when there is no such key."""
+        and whether this call revoked it; None when there is no such key. `audit`: the revocation's
+        audit entry, written in its transaction when this call revokes the key (not written, the
+        key is not revoked)."""
         with database_errors("API key store unavailable"):
             async with self._sessions() as session:
                 result = await session.execute(
@@ -258,6 +265,8 @@ class KeyService:
                 earlier = None
                 if found is None:
                     earlier = await session.scalar(select(ApiKey.key_hash).where(ApiKey.id == key_id))
+                elif audit is not None:
+                    session.add(audit())
                 await session.commit()
         if found is not None:
             return Revocation(found, new=True)

@@ -5,7 +5,7 @@ The plan and limit types and their spelling (`requests=100/1m`) are `sentinel.do
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -13,7 +13,7 @@ from sqlalchemy import delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
-from sentinel.db.models import PlanLimitRow, PlanRow, User, utcnow
+from sentinel.db.models import AuditLogRow, PlanLimitRow, PlanRow, User, utcnow
 from sentinel.db.queries import ensure_user, insert_ignoring
 from sentinel.domain.plans import MAX_PLAN_LIMITS, Limit, Metric, Plan
 from sentinel.errors import NotFound
@@ -25,10 +25,12 @@ class PlanExists(Exception):  # noqa: N818 - a verdict on a `create`, not a fail
 
 @dataclass(frozen=True)
 class PlanChange:
-    """What `set_plan` did: the plan before (None: it created it) and after."""
+    """What `set_plan` did: the plan before (None: it created it) and after, and the external ids
+    of the users on it (read in its transaction: their cached plans are stale)."""
 
     before: Plan | None
     after: Plan
+    users: tuple[str, ...] = ()
 
 
 def _read_order(limit: Limit) -> tuple[str, int]:
@@ -61,12 +63,14 @@ class PlanRepository:
         self._sessions = sessions
 
     async def set_plan(
-        self, name: str, limits: Sequence[Limit], *, merge: bool = False, create: bool = False
+        self, name: str, limits: Sequence[Limit], *, merge: bool = False, create: bool = False,
+        audit: Callable[[PlanChange], AuditLogRow] | None = None,
     ) -> PlanChange:
         """Create plan `name` or replace all of its limits with `limits` (`merge`: only those of the
         same metric and window); with `create`, PlanExists (nothing written) when it exists;
         ValueError (nothing written) when the plan would hold more than MAX_PLAN_LIMITS limits or
-        two of one metric and window.
+        two of one metric and window. `audit`: the audit entry of the change, written in its
+        transaction (not written, nothing is).
 
         The plan is read and written in one transaction holding its row (on SQLite the database's
         write lock): concurrent changes of one plan apply one after the other, each to what the
@@ -101,28 +105,44 @@ class PlanRepository:
                     )
                     for lim in merged
                 )
+                users = await session.scalars(select(User.external_id).where(User.plan_name == name))
+                change = PlanChange(before, Plan(name, tuple(sorted(merged, key=_read_order))), tuple(users.all()))
+                if audit is not None:
+                    session.add(audit(change))
                 await session.commit()
-        return PlanChange(before, Plan(name, tuple(sorted(merged, key=_read_order))))
+        return change
 
-    async def delete_plan(self, name: str) -> list[str] | None:
+    async def delete_plan(
+        self, name: str, audit: Callable[[Plan, list[str]], AuditLogRow] | None = None
+    ) -> list[str] | None:
         """Delete a plan and its limits and put its users on the default plan, in one transaction;
         the external ids of those users (whose cached plans are stale), or None for an unknown plan.
+        `audit`: the entry of the deletion (given the plan as deleted and its users), written in
+        that transaction.
 
         `users.plan_name` has no foreign key (see `sentinel.db.models`), so the users are cleared
         here: a name left behind would give them any plan created later under that name. The plan's
-        row goes first: on PostgreSQL that waits for an assignment to it in flight (which holds the
-        row in KEY SHARE, see `set_user_plan`), so the users' update below sees it; on SQLite the
-        transaction holds the database's write lock from its first statement.
+        row is held first (a change of it in flight, `set_plan`, commits before its limits are read
+        here) and deleted before its users are moved: on PostgreSQL that delete waits for an
+        assignment to it in flight (which holds the row in KEY SHARE, see `set_user_plan`), so the
+        users' update below sees it; on SQLite the transaction holds the database's write lock from
+        its first statement.
         """
         with database_errors("plan store unavailable"):
             async with self._sessions() as session:
-                deleted = await session.scalar(delete(PlanRow).where(PlanRow.name == name).returning(PlanRow.name))
-                if deleted is None:
+                held = await session.scalar(
+                    update(PlanRow).where(PlanRow.name == name).values(updated_at=utcnow()).returning(PlanRow.name)
+                )
+                if held is None:
                     return None
+                plan = Plan(name, tuple(await _limits_of(session, name)))
+                await session.execute(delete(PlanRow).where(PlanRow.name == name))
                 moved = await session.scalars(
                     update(User).where(User.plan_name == name).values(plan_name=None).returning(User.external_id)
                 )
                 users = list(moved.all())
+                if audit is not None:
+                    session.add(audit(plan, users))
                 await session.commit()
                 return users
 
@@ -135,8 +155,13 @@ class PlanRepository:
         """Every plan, by name."""
         return await self._load(None)
 
-    async def set_user_plan(self, external_id: str, plan_name: str | None) -> None:
+    async def set_user_plan(
+        self, external_id: str, plan_name: str | None, audit: Callable[[str | None], AuditLogRow] | None = None
+    ) -> None:
         """Put a user (created if missing) on `plan_name`; None returns them to the default plan.
+        `audit`: the entry of the assignment, given the plan the user was on (None: the default),
+        read and written in its transaction, the user's row held (concurrent assignments of one user
+        each see the one before).
 
         Raises NotFound when the plan does not exist, also when a concurrent `delete_plan` removed it
         between the check and the write: the name is written only while the plan exists (on
@@ -153,12 +178,17 @@ class PlanRepository:
                     if held is None:
                         raise NotFound(f"plan {plan_name!r} does not exist", code="plan_not_found")
                 user_id = await ensure_user(session, external_id)
+                # Hold the user's row (on SQLite: take the write lock) before reading its plan.
+                await session.execute(update(User).where(User.id == user_id).values(plan_name=User.plan_name))
+                previous = await session.scalar(select(User.plan_name).where(User.id == user_id))
                 assign = update(User).where(User.id == user_id).values(plan_name=plan_name)
                 if plan_name is not None:
                     assign = assign.where(exists().where(PlanRow.name == plan_name))
                 if await session.scalar(assign.returning(User.id)) is None:
                     await session.rollback()  # nor a user created for it
                     raise NotFound(f"plan {plan_name!r} does not exist", code="plan_not_found")
+                if audit is not None:
+                    session.add(audit(previous))
                 await session.commit()
 
     async def plan_for_user(self, external_id: str) -> Plan | None:

@@ -16,7 +16,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
-from sentinel.db.models import TierModelRow
+from sentinel.db.models import AuditLogRow, TierModelRow
 from sentinel.domain.catalogue import stored_price
 from sentinel.domain.numbers import parse_decimal, parse_whole
 from sentinel.domain.text import has_control
@@ -56,7 +56,10 @@ class TierRepository:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def set_tier(self, tier: str, entries: list[TierModelEntry]) -> None:
+    async def set_tier(
+        self, tier: str, entries: list[TierModelEntry], audit: Callable[[], AuditLogRow] | None = None
+    ) -> None:
+        """Replace `tier`'s rows with `entries`; `audit`: the edit's audit entry, in its transaction."""
         if tier not in TIERS:
             raise ValueError(f"tier must be one of {', '.join(TIERS)}")
         with database_errors("tier store unavailable"):
@@ -70,15 +73,20 @@ class TierRepository:
                     )
                     for i, e in enumerate(entries)
                 )
+                if audit is not None:
+                    session.add(audit())
                 await session.commit()
 
-    async def clear(self, tier: str | None = None) -> None:
+    async def clear(self, tier: str | None = None, audit: Callable[[], AuditLogRow] | None = None) -> None:
+        """Drop `tier`'s rows (None: every tier's); `audit`: the reset's audit entry, in its transaction."""
         with database_errors("tier store unavailable"):
             async with self._sessions() as session:
                 query = delete(TierModelRow)
                 if tier is not None:
                     query = query.where(TierModelRow.tier == tier)
                 await session.execute(query)
+                if audit is not None:
+                    session.add(audit())
                 await session.commit()
 
     async def table(self) -> TierTable:

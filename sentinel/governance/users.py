@@ -85,12 +85,6 @@ class UserDirectory:
             async with self._sessions() as session:
                 return int(await session.scalar(select(func.count()).select_from(User)) or 0)
 
-    async def on_plan(self, plan_name: str) -> list[str]:
-        """External ids of the users on `plan_name`."""
-        with database_errors("user store unavailable"):
-            async with self._sessions() as session:
-                return list((await session.scalars(select(User.external_id).where(User.plan_name == plan_name))).all())
-
     async def per_plan(self) -> dict[str, int]:
         """How many users each plan has (plans without users are absent)."""
         query = select(User.plan_name, func.count()).where(User.plan_name.is_not(None)).group_by(User.plan_name)

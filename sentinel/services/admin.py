@@ -5,8 +5,9 @@ limits and windows, delete, assign), keys (issue, shown once; revoke), the tier 
 (series with time buckets, top users and models, totals, the CSV export), live state (quota
 counters, provider health, sessions, the outbox depth) and the audit log.
 
-Every change is written to the audit log after it succeeded, with its actor (`admin` from the
-console or admin API, `cli` from the command line). Changes that caches would hide apply at once
+Every change is written to the audit log in the change's own transaction, with its actor (`admin`
+from the console or admin API, `cli` from the command line): a change is recorded exactly when it
+takes effect, and one whose entry cannot be written is not made (503, nothing changed). Changes that caches would hide apply at once
 where this process can reach the cache: revoking a key drops its cached identity (when the store
 cannot be reached the revocation says so, RevocationIncomplete, and may be repeated) and changing a
 user's plan (or a plan's limits, or deleting a plan: its users get the default plan) drops the
@@ -29,7 +30,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from sentinel.db.models import utcnow
+from sentinel.db.models import AuditLogRow, utcnow
 from sentinel.domain.identity import Identity
 from sentinel.domain.plans import MAX_LIMIT, Limit, Plan
 from sentinel.domain.text import has_control
@@ -40,7 +41,7 @@ from sentinel.governance.auth import Authenticator
 from sentinel.governance.keys import PASTED_KEY, ApiKeyInfo, KeyService, is_api_key
 from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.plan_source import CachedPlans
-from sentinel.governance.plans import PlanExists, PlanRepository
+from sentinel.governance.plans import PlanChange, PlanExists, PlanRepository
 from sentinel.governance.request_stats import RequestStats
 from sentinel.governance.tier_store import DbTiers, TierRepository
 from sentinel.governance.usage_stats import LedgerEntry, Ranked, UsageStats
@@ -155,8 +156,9 @@ class AdminService:
         self.builtin = builtin
         self.clock = clock
 
-    async def _audit(self, actor: Actor, action: str, target: str, details: dict[str, Any] | None = None) -> None:
-        await self.audit_log.record(actor.name, action, target, details, actor.address)
+    def _entry(self, actor: Actor, action: str, target: str, details: dict[str, Any] | None = None) -> AuditLogRow:
+        """The audit entry of a change, for the repository to write in the change's transaction."""
+        return self.audit_log.entry(actor.name, action, target, details, actor.address)
 
     async def _forget_plans(self, external_ids: Sequence[str]) -> None:
         if self.plan_cache is None:
@@ -195,10 +197,10 @@ class AdminService:
         self.plans_editable()
         if not external_id.strip() or len(external_id) > 255 or has_control(external_id):
             raise refuse({"external_id": "1-255 characters, no control characters"})
-        before = await self.users.get(external_id)
-        await self.plan_repo.set_user_plan(external_id, plan)
+        await self.plan_repo.set_user_plan(
+            external_id, plan, lambda before: self._entry(actor, "user.plan", external_id, {"from": before, "to": plan})
+        )
         await self._forget_plans([external_id])
-        await self._audit(actor, "user.plan", external_id, {"from": before.plan_name if before else None, "to": plan})
 
     # --- plans --------------------------------------------------------------------------------------
     def plans_editable(self) -> None:
@@ -246,28 +248,31 @@ class AdminService:
         name = check_plan_name(name)
         if too_large := [lim for lim in limits if not 0 <= lim.limit <= MAX_LIMIT]:
             raise refuse({"limits": f"{too_large[0].metric}: a whole number from 0 to {MAX_LIMIT:,}"})
+
+        def entry(change: PlanChange) -> AuditLogRow:
+            action = "plan.update" if change.before is not None else "plan.create"
+            before = change.before.spec() if change.before is not None else None
+            return self._entry(actor, action, name, {"from": before, "to": change.after.spec()})
+
         try:
-            change = await self.plan_repo.set_plan(name, limits, merge=merge, create=create)
+            change = await self.plan_repo.set_plan(name, limits, merge=merge, create=create, audit=entry)
         except PlanExists:
             raise refuse({"name": f"a plan called {name!r} exists already"}) from None
         except ValueError as exc:
             raise refuse({"limits": str(exc)}) from None
-        await self._forget_plans(await self.users.on_plan(name))
-        action = "plan.update" if change.before is not None else "plan.create"
-        before = change.before.spec() if change.before is not None else None
-        await self._audit(actor, action, name, {"from": before, "to": change.after.spec()})
+        await self._forget_plans(change.users)
         return change.after
 
     async def delete_plan(self, name: str, actor: Actor) -> int:
         """Delete a plan; its users are put on the default plan (in the same transaction) and their
         cached plans dropped. NotFound when unknown. Returns how many moved (the audit entry's `users`)."""
         self.plans_editable()
-        existing = await self.plan(name)
-        users = await self.plan_repo.delete_plan(name)
-        if users is None:  # deleted meanwhile, by another operator
+        users = await self.plan_repo.delete_plan(
+            name, lambda plan, users: self._entry(actor, "plan.delete", name, {"from": plan.spec(), "users": len(users)})
+        )
+        if users is None:  # unknown, or deleted meanwhile by another operator
             raise NotFound(f"No plan {clipped(name)!r}", code="plan_not_found")
         await self._forget_plans(users)
-        await self._audit(actor, "plan.delete", name, {"from": existing.spec(), "users": len(users)})
         return len(users)
 
     # --- keys ---------------------------------------------------------------------------------------
@@ -296,12 +301,16 @@ class AdminService:
                 errors[named] = "no control characters (NUL, CR, LF, ...)"
         if errors:
             raise refuse(errors)
-        info, token = await self.keys.create_key(external_id, name or None, email=email or None, expires_at=expiry)
-        details = {"user": external_id, "name": name, "prefix": info.prefix}
-        if expiry is not None:
-            details["expires_at"] = expiry.isoformat()
-        await self._audit(actor, "key.create", info.id, details)
-        return info, token
+
+        def entry(info: ApiKeyInfo) -> AuditLogRow:
+            details = {"user": external_id, "name": name, "prefix": info.prefix}
+            if expiry is not None:
+                details["expires_at"] = expiry.isoformat()
+            return self._entry(actor, "key.create", info.id, details)
+
+        return await self.keys.create_key(
+            external_id, name or None, email=email or None, expires_at=expiry, audit=entry
+        )
 
     async def revoke_key(self, key_id: str, actor: Actor) -> ApiKeyInfo:
         """Revoke a key and replace its cached identity with a tombstone; NotFound when unknown.
@@ -312,8 +321,11 @@ class AdminService:
         if is_api_key(key_id):
             raise refuse({"key_id": PASTED_KEY}, "An API key was given where its key id goes")
         info = await self.keys.get_key(key_id)
-        revocation = await self.keys.revoke_with_hash(key_id)
-        if info is None or revocation is None:
+        if info is None:
+            raise NotFound(f"No key {clipped(key_id)!r}", code="key_not_found")
+        details = {"user": info.external_id, "prefix": info.prefix}
+        revocation = await self.keys.revoke_with_hash(key_id, lambda: self._entry(actor, "key.revoke", key_id, details))
+        if revocation is None:
             raise NotFound(f"No key {clipped(key_id)!r}", code="key_not_found")
         unsent = None
         if self.identities is not None:
@@ -321,8 +333,6 @@ class AdminService:
                 await self.identities.revoke(revocation.token_hash)
             except StoreUnavailable:
                 unsent = self.identities.cache.ttl
-        if revocation.new:
-            await self._audit(actor, "key.revoke", key_id, {"user": info.external_id, "prefix": info.prefix})
         if unsent is not None:
             raise RevocationIncomplete(
                 f"Key {key_id} is revoked in the database, but the shared cache could not be told (store "
@@ -352,11 +362,10 @@ class AdminService:
             parsed = check_tier_entries([e for e in entries if isinstance(e, str)])
         if not parsed:
             raise refuse({"entries.0": "at least one candidate (or reset the tier)"})
-        await self.tier_repo.set_tier(tier, parsed)
+        shown = [f"{e.provider}/{e.model}:{e.relative_cost}" for e in parsed]
+        await self.tier_repo.set_tier(tier, parsed, lambda: self._entry(actor, "tier.set", tier, {"to": shown}))
         if self.db_tiers is not None:
             self.db_tiers.invalidate()
-        shown = [f"{e.provider}/{e.model}:{e.relative_cost}" for e in parsed]
-        await self._audit(actor, "tier.set", tier, {"to": shown})
 
     def _tiers_editable(self) -> None:
         if not self.builtin:
@@ -368,10 +377,9 @@ class AdminService:
         self._tiers_editable()
         if tier is not None:
             check_tier(tier)
-        await self.tier_repo.clear(tier)
+        await self.tier_repo.clear(tier, lambda: self._entry(actor, "tier.reset", tier or "*"))
         if self.db_tiers is not None:
             self.db_tiers.invalidate()
-        await self._audit(actor, "tier.reset", tier or "*")
 
     # --- usage, live state, audit -------------------------------------------------------------------
     async def overview(self, period: str) -> Overview:

@@ -23,6 +23,7 @@ from sentinel.errors import (
     RevocationIncomplete,
     StoreUnavailable,
 )
+from sentinel.governance.audit import AuditEntry
 from sentinel.governance.auth import Authenticator
 from sentinel.governance.keys import KeyService
 from sentinel.governance.plan_source import BuiltinPlanSource, CachedPlans
@@ -154,22 +155,15 @@ async def test_deleting_a_plan_moves_its_users_to_the_default_plan_for_good(setu
         await admin.delete_plan("gold-plated", ADMIN)
 
 
-async def test_a_plan_deleted_meanwhile_is_not_found_nor_audited_twice(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_plan_deleted_meanwhile_is_not_found_nor_audited_twice(setup: Setup) -> None:
     admin = setup.admin
     await admin.save_plan("gold", [Limit("requests", 60, 1000)], ADMIN, create=True)
-    read = admin.plan_repo.get_plan
-
-    async def read_then_lose_a_race(name: str) -> Plan | None:
-        found = await read(name)
-        await admin.plan_repo.delete_plan(name)  # another operator's delete, just after this read
-        return found
-
-    monkeypatch.setattr(admin.plan_repo, "get_plan", read_then_lose_a_race)
-    with pytest.raises(NotFound):
-        await admin.delete_plan("gold", ADMIN)
-    assert [e.action for e in await admin.audit()] == ["plan.create"]
+    await admin.set_user_plan("alice", "gold", ADMIN)
+    outcomes = await asyncio.gather(*(admin.delete_plan("gold", ADMIN) for _ in range(4)), return_exceptions=True)
+    assert [o for o in outcomes if not isinstance(o, NotFound)] == [1], outcomes  # one moved alice, 3 found none
+    entries = await admin.audit()
+    assert [e.action for e in entries] == ["plan.delete", "user.plan", "plan.create"]
+    assert entries[0].details == {"from": "requests=1000/1m", "users": 1}
 
 
 async def test_concurrent_merges_into_one_plan_keep_every_operators_limit(setup: Setup) -> None:
@@ -182,6 +176,28 @@ async def test_concurrent_merges_into_one_plan_keep_every_operators_limit(setup:
     assert set((await setup.admin.plan("pro")).limits) == {Limit("requests", 60, 10), *added}
     befores = [e.details["from"] for e in await setup.admin.audit() if e.action == "plan.update" and e.details]
     assert sorted(len(before.split(",")) for before in befores) == [1, 2, 3, 4, 5, 6]  # each saw the ones before it
+
+
+async def test_concurrent_changes_are_audited_each_from_what_the_one_before_left(setup: Setup) -> None:
+    """A plan assignment's `from` was read before its transaction, and every entry was written after
+    its change had committed, in a transaction of its own: operators changing one user's plan (or one
+    plan) at once were each audited as from the same plan, or in another order than the changes."""
+    admin = setup.admin
+    for n in range(1, 7):
+        await admin.save_plan(f"p{n}", [Limit("requests", 60, n)], ADMIN, create=True)
+    await asyncio.gather(*(admin.set_user_plan("alice", f"p{n}", ADMIN) for n in range(1, 7)))
+    await asyncio.gather(*(admin.save_plan("p1", [Limit("requests", 60, 100 + n)], ADMIN) for n in range(6)))
+    entries = list(reversed(await admin.audit()))  # oldest first
+    for action, first in (("user.plan", None), ("plan.update", "requests=1/1m")):
+        chain = [e.details for e in entries if e.action == action]
+        assert len(chain) == 6 and chain[0]["from"] == first, chain
+        assert [d["from"] for d in chain[1:]] == [d["to"] for d in chain[:-1]], chain
+    assert (await admin.user("alice")).summary.plan_name == chain_end(entries, "user.plan")  # type: ignore[union-attr]
+    assert (await admin.plan("p1")).spec() == chain_end(entries, "plan.update")
+
+
+def chain_end(entries: list[AuditEntry], action: str) -> object:
+    return [e.details for e in entries if e.action == action][-1]["to"]
 
 
 async def test_of_operators_creating_one_plan_at_once_one_creates_it_the_others_are_refused(setup: Setup) -> None:

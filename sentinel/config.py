@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sentinel.domain.catalogue import MODEL_NAME_PATTERN, CatalogueModel, UpstreamModelName
-from sentinel.domain.plans import parse_plan_spec
+from sentinel.domain.plans import MAX_PLAN_LIMITS, parse_plan_spec
 from sentinel.domain.policies import QuotaFailureMode, SessionFailover
 from sentinel.domain.tiers import Tier, TierModelEntry
 from sentinel.native.end_user import EndUserField
@@ -300,10 +300,13 @@ class Settings(BaseSettings):
     @field_validator("default_plan")
     @classmethod
     def _default_plan(cls, value: str) -> str:
-        if not parse_plan_spec(value).limits:
+        limits = parse_plan_spec(value).limits
+        if not limits:
             # Every user without a plan of their own would be unlimited, and nothing would say so.
             raise ValueError("names no limit: every user without a plan would be unlimited; give "
                              "limits like requests=100/60s (or leave it unset for that default)")
+        if len(limits) > MAX_PLAN_LIMITS:  # as every plan an operator sets (each limit: a counter per request)
+            raise ValueError(f"a plan may have at most {MAX_PLAN_LIMITS} limits, got {len(limits)}")
         return value
 
     @field_validator("forwarded_allow_ips")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sentinel.config import SECRET_FIELDS, ConfigError, Settings, load_providers_file, load_settings, reveal
+from sentinel.domain.plans import MAX_PLAN_LIMITS
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -491,6 +492,17 @@ def test_a_default_plan_without_limits_is_refused(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("DEFAULT_PLAN", value)
     with pytest.raises(ConfigError, match="DEFAULT_PLAN: names no limit: every user without a plan would be unlimited"):
         load_settings(_env_file=None)
+
+
+def test_a_default_plan_holds_at_most_as_many_limits_as_any_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every plan an operator sets holds at most MAX_PLAN_LIMITS limits (each a counter every request
+    checks); DEFAULT_PLAN, every plan-less user's, took any number."""
+    limits = [f"requests={n}/{n}s" for n in range(1, MAX_PLAN_LIMITS + 2)]
+    monkeypatch.setenv("DEFAULT_PLAN", ",".join(limits))
+    with pytest.raises(ConfigError, match=f"DEFAULT_PLAN: a plan may have at most {MAX_PLAN_LIMITS} limits, got 51"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("DEFAULT_PLAN", ",".join(limits[:MAX_PLAN_LIMITS]))
+    assert load_settings(_env_file=None).default_plan == ",".join(limits[:MAX_PLAN_LIMITS])
 
 
 def test_the_default_plan_when_unset_and_when_set(monkeypatch: pytest.MonkeyPatch) -> None:

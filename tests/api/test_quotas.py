@@ -105,6 +105,33 @@ def test_plan_change_applies_once_the_cached_plan_expires(gateway: Gateway) -> N
         assert r.status_code == 200 and r.headers["x-ratelimit-limit"] == "50"
 
 
+def test_a_plan_change_keeps_the_count_of_each_window_it_keeps(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """Counters are per metric and window, not per plan: a plan made smaller mid-window, or a move to
+    a smaller plan, is enforced on what the user already used (no fresh allowance); a limit over
+    another window counts from the change (README, Quotas)."""
+    gw = gateway_factory(redis_url=backend_url, admin_key="admin-key-for-tests-0123")
+    admin = httpx.Client(base_url=gw.url, headers={"Authorization": "Bearer admin-key-for-tests-0123"}, timeout=30)
+
+    def plan(name: str, limit: int, window: str) -> None:
+        body = {"limits": [{"metric": "requests", "limit": limit, "window": window}]}
+        assert admin.put(f"/admin/api/plans/{name}", json=body).status_code == 200
+
+    with admin, gw.client() as alice:
+        plan("big", 10, "1d")
+        assert admin.put("/admin/api/users/alice/plan", json={"plan": "big"}).status_code == 200
+        assert [alice.post("/v1/chat/completions", json=CHAT).status_code for _ in range(4)] == [200] * 4
+        plan("big", 3, "1d")  # edited below what alice used
+        assert alice.post("/v1/chat/completions", json=CHAT).status_code == 429
+        plan("small", 5, "1d")
+        assert admin.put("/admin/api/users/alice/plan", json={"plan": "small"}).status_code == 200
+        assert [alice.post("/v1/chat/completions", json=CHAT).status_code for _ in range(2)] == [200, 429]
+        plan("small", 5, "2d")  # another window: its own counter, from now
+        answer = alice.post("/v1/chat/completions", json=CHAT)
+        assert answer.status_code == 200 and answer.headers["x-ratelimit-remaining"] == "4"
+
+
 def test_default_plan_applies_to_users_without_one(gateway_factory: Callable[..., Gateway]) -> None:
     gw = gateway_factory(default_plan="requests=2/1d")
     with gw.client() as http:

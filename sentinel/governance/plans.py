@@ -75,23 +75,30 @@ class PlanRepository:
         The plan is read and written in one transaction holding its row (on SQLite the database's
         write lock): concurrent changes of one plan apply one after the other, each to what the
         one before wrote, so a merge never drops a limit another operator added meanwhile, and of
-        concurrent creations one creates the plan and the others are refused."""
+        concurrent creations one creates the plan and the others are refused. A change that found
+        the plan just as a `delete_plan` removed it creates it anew (`before` None)."""
         if not name:
             raise ValueError("plan name must not be empty")
         _check_limits(limits)
         now = utcnow()
         with database_errors("plan store unavailable"):
             async with self._sessions() as session:
-                created = await session.scalar(
-                    insert_ignoring(session, PlanRow, ["name"])
-                    .values(name=name, created_at=now, updated_at=now)
-                    .returning(PlanRow.name)
-                )
-                if create and created is None:
-                    await session.rollback()
-                    raise PlanExists(name)
-                # The row lock taken here serialises concurrent changes of the same plan.
-                await session.execute(update(PlanRow).where(PlanRow.name == name).values(updated_at=now))
+                held = None
+                while held is None:
+                    created = await session.scalar(
+                        insert_ignoring(session, PlanRow, ["name"])
+                        .values(name=name, created_at=now, updated_at=now)
+                        .returning(PlanRow.name)
+                    )
+                    if create and created is None:
+                        await session.rollback()
+                        raise PlanExists(name)
+                    # The row lock taken here serialises concurrent changes of the same plan. No row:
+                    # a delete committed since the insert found it (PostgreSQL; the insert took no
+                    # lock), and its limits would break their foreign key: the plan is made anew.
+                    held = await session.scalar(
+                        update(PlanRow).where(PlanRow.name == name).values(updated_at=now).returning(PlanRow.name)
+                    )
                 before = None if created is not None else Plan(name, tuple(await _limits_of(session, name)))
                 merged = list(limits)
                 if merge and before is not None:

@@ -226,8 +226,8 @@ async def test_an_assignment_racing_a_delete_never_names_the_deleted_plan(
     deleting: list[asyncio.Task[list[str] | None]] = []
 
     def delete_first(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if deleting or not statement.startswith("UPDATE users SET plan_name"):
-            return
+        if deleting or not statement.startswith("UPDATE users SET plan_name") or "EXISTS" not in statement:
+            return  # (not the row's hold before it: the assignment itself)
         deleting.append(asyncio.get_running_loop().create_task(plans.delete_plan("gold")))
         await_only(asyncio.sleep(0.5))  # the delete commits, or waits for this assignment (PostgreSQL's lock)
 
@@ -243,7 +243,41 @@ async def test_an_assignment_racing_a_delete_never_names_the_deleted_plan(
     moved = await deleting[0]
     # Either the delete came first and the assignment is refused, or it waited and cleared her too.
     assert (moved, (await _plan_names(db_engine))["alice"]) == ((["alice"], None) if assigned else ([], "silver"))
-    # SQLite: the delete commits while the assignment waits; PostgreSQL: the delete waits for it.
-    assert assigned is (db_engine.dialect.name == "postgresql")
+    # The assignment holds the plan's row (PostgreSQL) or the write lock (SQLite, taken to read the
+    # user's plan before it): the delete waits for it, then clears her.
+    assert assigned
     await plans.set_plan("gold", [Limit("requests", 60, 999_999)])
     assert await plans.plan_for_user("alice") == (None if assigned else Plan("silver", (Limit("requests", 60, 10),)))
+
+
+async def test_a_plan_deleted_while_a_change_of_it_begins_is_created_anew_by_that_change(
+    plans: PlanRepository, db_engine: AsyncEngine
+) -> None:
+    """`set_plan` found the plan's row (its insert did nothing), then held it: on PostgreSQL a delete
+    committed in between left it holding nothing, and its limits' insert failed on their foreign key
+    (IntegrityError: a 500 for the operator). Here the delete runs just before the change holds the
+    row: the change then creates the plan anew (as one made after the delete), or on SQLite, where
+    the change holds the write lock from its first statement, the delete waits and deletes it."""
+    await plans.set_plan("gold", [Limit("requests", 60, 1000)])
+    await plans.set_user_plan("alice", "gold")
+    deleting: list[asyncio.Task[list[str] | None]] = []
+
+    def delete_first(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if deleting or not statement.startswith("UPDATE plans SET updated_at"):
+            return
+        deleting.append(asyncio.get_running_loop().create_task(plans.delete_plan("gold")))
+        await_only(asyncio.sleep(0.5))  # the delete commits, or waits for this change (SQLite's write lock)
+
+    event.listen(db_engine.sync_engine, "before_cursor_execute", delete_first)
+    try:
+        change = await plans.set_plan("gold", [Limit("requests", 60, 5)])
+    finally:
+        event.remove(db_engine.sync_engine, "before_cursor_execute", delete_first)
+    assert await deleting[0] == ["alice"]
+    assert await _plan_names(db_engine) == {"alice": None}
+    if db_engine.dialect.name == "postgresql":  # the delete first: this change made the plan again
+        assert (change.before, change.users) == (None, ())
+        assert await plans.get_plan("gold") == Plan("gold", (Limit("requests", 60, 5),))
+    else:  # this change first, then the delete
+        assert change.before == Plan("gold", (Limit("requests", 60, 1000),)) and change.users == ("alice",)
+        assert await plans.get_plan("gold") is None

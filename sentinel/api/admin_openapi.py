@@ -8,6 +8,7 @@ from sentinel import __version__
 from sentinel.domain.plans import METRICS
 from sentinel.domain.tiers import TIERS
 from sentinel.governance.keys import MAX_KEY_LIFETIME
+from sentinel.routing.health import PHASES
 from sentinel.services.admin_usage import PERIODS, STEPS
 
 
@@ -79,7 +80,8 @@ SCHEMAS: dict[str, Any] = {
                    input_tokens=_INT, output_tokens=_INT, cost_usd=_NUM),
     "Provider": _obj(["provider", "available"], provider={"type": "string"}, model=_NULL_STR,
                      tiers={"type": "array", "items": {"type": "string"}}, configured={"type": "boolean"},
-                     available={"type": "boolean"}, failures=_INT, backoff_seconds=_NUM, remaining_seconds=_NUM),
+                     available={"type": "boolean"}, failures=_INT, backoff_seconds=_NUM, remaining_seconds=_NUM,
+                     state={"enum": list(PHASES)}),
     "Overview": _obj(["period", "series", "top_users", "top_models", "providers", "outbox_depth"],
                      period={"enum": list(PERIODS)}, series=_ref("Series"),
                      top_users={"type": "array", "items": _ref("Ranked")},

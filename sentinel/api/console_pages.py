@@ -117,6 +117,10 @@ def providers(view: Overview) -> str:
     for p in view.providers:
         if not p.configured:
             state = '<span class="badge warn">not configured</span>'
+        elif p.state == "trial":
+            state = '<span class="badge warn">recovering: trial under way</span>'
+        elif p.state == "half_open":
+            state = '<span class="badge warn">recovering: next request is its trial</span>'
         elif p.available:
             state = '<span class="badge ok">healthy</span>'
         else:

@@ -25,6 +25,7 @@ from sentinel.api.deps import Deps
 from sentinel.api.responses import RawResponse, operator_json
 from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable
 from sentinel.observability.logging import clipped
+from sentinel.routing.health import phase
 from sentinel.routing.router import TierRouter
 
 DISABLED_MESSAGE = "Debug endpoints are disabled. Set SENTINEL_DEBUG=true to enable."
@@ -88,6 +89,7 @@ class DebugRoutes:
                 "tiers": tiers,
                 "configured": provider in self.router.providers,
                 "available": state is None or state.until <= now,
+                "state": phase(state, now),
                 "failures": 0 if state is None else state.failures,
                 "backoff_seconds": 0.0 if state is None else state.backoff,
                 "remaining_seconds": 0.0 if state is None else round(state.remaining(now), 3),

@@ -262,6 +262,20 @@ class HealthState:
         return self.trial_until is not None and now < self.trial_until
 
 
+# What operators are shown of a pair (`phase`): the four states of its breaker.
+PHASES = ("healthy", "backoff", "half_open", "trial")
+
+
+def phase(state: HealthState | None, now: float) -> str:
+    """`healthy` (no failure on record), `backoff` (left out), `half_open` (its backoff ran out: the
+    next request is its trial) or `trial` (a trial request is under way; the others keep away)."""
+    if state is None:
+        return "healthy"
+    if state.in_backoff(now):
+        return "backoff"
+    return "trial" if state.trial_running(now) else "half_open"
+
+
 class ProviderHealth:
     """Backoff bookkeeping for (provider, model) pairs."""
 

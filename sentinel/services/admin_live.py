@@ -19,7 +19,7 @@ from sentinel.domain.tiers import TierSource
 from sentinel.errors import GovernanceUnavailable, NotFound, ServiceUnavailable, StoreUnavailable
 from sentinel.observability.logging import clipped
 from sentinel.quota.limiter import QuotaLimiter
-from sentinel.routing.health import ProviderHealth
+from sentinel.routing.health import ProviderHealth, phase
 from sentinel.routing.sessions import SessionStore
 
 
@@ -88,6 +88,7 @@ class ProviderView:
     failures: int
     backoff_seconds: float
     remaining_seconds: float
+    state: str = "healthy"  # `sentinel.routing.health.phase`: healthy, backoff, half_open or trial
 
 
 class LiveState:
@@ -151,7 +152,7 @@ class LiveState:
             out.append(ProviderView(
                 provider, model, tiers, provider in self.providers, state is None or state.until <= now,
                 0 if state is None else state.failures, 0.0 if state is None else state.backoff,
-                0.0 if state is None else round(state.remaining(now), 1),
+                0.0 if state is None else round(state.remaining(now), 1), phase(state, now),
             ))
         listed = {view.provider for view in out}
         for provider in sorted(self.providers - listed):

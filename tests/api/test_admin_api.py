@@ -273,6 +273,7 @@ def test_an_operator_flow_through_the_api(gw: Gateway) -> None:
             assert wait_for(lambda: answers()["rate_limited"] >= 1, timeout=20)
             assert answers()["answers"] >= 3 and answers()["refused_rate"] > 0
             assert {p["provider"] for p in overview["providers"]} >= {"openai"}
+            assert {p["state"] for p in overview["providers"]} == {"healthy"}  # the breaker's state (routing.health.phase)
             assert client.post(f"/admin/api/keys/{key_id}/revoke").json()["active"] is False
             assert user.post("/v1/chat/completions", json=CHAT).status_code == 401  # at once, despite the cache
         again = client.post(f"/admin/api/keys/{key_id}/revoke")  # revoked already: its tombstone is sent again

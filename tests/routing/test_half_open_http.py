@@ -70,7 +70,7 @@ def recovering_gateway(
 ) -> Gateway:
     """A gateway whose RECOVERING model failed once and whose 30 s backoff has just run out; its
     selector draws RECOVERING whenever it may (else as it would)."""
-    gw = start(factory, tmp_path, backend_url, tiers, {"recovering": upstream_url + "/v1"})
+    gw = start(factory, tmp_path, backend_url, tiers, {"recovering": upstream_url + "/v1"}, debug=True)
     router = gw.runtime.native.router
     clock = FakeClock(time.time())
     monkeypatch.setattr(router, "clock", clock)
@@ -95,9 +95,11 @@ def test_one_trial_reaches_the_recovering_model_and_its_success_restores_it(
         gw = recovering_gateway(gateway_factory, tmp_path, backend_url, upstream.url,
                                 {"simple": [entry(RECOVERING), entry(AN_HAIKU)]}, monkeypatch)
         with gw.client() as http, gw.client() as other, ThreadPoolExecutor(1) as pool:
+            phases = [shown_state(http)]  # what operators are shown of it (`available` said true throughout)
             try:
                 trial = pool.submit(chat, other, "are you back?")
                 assert wait_for(lambda: held.hits == 1)  # the trial is at the recovering model
+                phases.append(shown_state(http))
                 meanwhile = [served(chat(http, f"meanwhile {i}"))[1:] for i in range(5)]
                 hits_meanwhile = held.hits
             finally:
@@ -105,8 +107,18 @@ def test_one_trial_reaches_the_recovering_model_and_its_success_restores_it(
             assert served(trial.result())[1:] == RECOVERING
             assert meanwhile == [AN_HAIKU] * 5 and hits_meanwhile == 1
             assert gw.read_stored(ProviderHealth.key(*RECOVERING)) is None  # its success restored it
+            phases.append(shown_state(http))
             after = [served(chat(http, f"after {i}"))[1:] for i in range(3)]
     assert after == [RECOVERING] * 3 and held.hits == 4
+    assert phases == ["half_open", "trial", "healthy"]
+
+
+def shown_state(http: Any) -> str:
+    """The recovering model's state in `/debug/health`."""
+    candidates = http.get("/debug/health").json()["candidates"]
+    [row] = [c for c in candidates if (c["provider"], c["model"]) == RECOVERING]
+    state: str = row["state"]
+    return state
 
 
 def test_a_single_model_tier_is_not_refused_while_its_trial_runs(

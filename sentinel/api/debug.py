@@ -15,7 +15,7 @@ the routes above are: another method on them is 405, as on every served path (th
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import asdict
 
 from starlette.requests import Request
 from starlette.routing import Route
@@ -25,8 +25,8 @@ from sentinel.api.deps import Deps
 from sentinel.api.responses import RawResponse, operator_json
 from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable
 from sentinel.observability.logging import clipped
-from sentinel.routing.health import phase
 from sentinel.routing.router import TierRouter
+from sentinel.services.admin_live import candidate_views
 
 DISABLED_MESSAGE = "Debug endpoints are disabled. Set SENTINEL_DEBUG=true to enable."
 
@@ -72,29 +72,9 @@ class DebugRoutes:
     async def health(self, request: Request) -> RawResponse:
         await self._guard(request)
         await self.deps.authenticate(request)
-        table = await self.router.tiers.table()
-        tiers_of: dict[tuple[str, str], list[str]] = {}
-        for tier, entries in table.items():
-            for entry in entries:
-                tiers_of.setdefault((entry.provider, entry.model), []).append(tier)
-        health = self.router.health
-        states = await health.states(list(tiers_of))
-        now = health.clock()
-        candidates: list[dict[str, Any]] = []
-        for (provider, model), tiers in tiers_of.items():
-            state = states[(provider, model)]
-            candidates.append({
-                "provider": provider,
-                "model": model,
-                "tiers": tiers,
-                "configured": provider in self.router.providers,
-                "available": state is None or state.until <= now,
-                "state": phase(state, now),
-                "failures": 0 if state is None else state.failures,
-                "backoff_seconds": 0.0 if state is None else state.backoff,
-                "remaining_seconds": 0.0 if state is None else round(state.remaining(now), 3),
-            })
-        return operator_json({"store": self.deps.store.backend, "candidates": candidates})
+        views = await candidate_views(self.router.health, await self.router.tiers.table(), self.router.providers,
+                                      digits=3)
+        return operator_json({"store": self.deps.store.backend, "candidates": [asdict(view) for view in views]})
 
     async def disabled(self, request: Request) -> RawResponse:
         raise NotFound(DISABLED_MESSAGE, code="debug_disabled")

@@ -8,14 +8,14 @@ reported in the answer (`error`), never raised, so a console page still renders.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sentinel.domain.identity import Identity
 from sentinel.domain.plans import Plan, PlanSource
-from sentinel.domain.tiers import TierSource
+from sentinel.domain.tiers import TierSource, TierTable
 from sentinel.errors import GovernanceUnavailable, NotFound, ServiceUnavailable, StoreUnavailable
 from sentinel.observability.logging import clipped
 from sentinel.quota.limiter import QuotaLimiter
@@ -91,6 +91,28 @@ class ProviderView:
     state: str = "healthy"  # `sentinel.routing.health.phase`: healthy, backoff, half_open or trial
 
 
+async def candidate_views(
+    health: ProviderHealth, table: TierTable, providers: Collection[str], *, digits: int
+) -> list[ProviderView]:
+    """Every candidate of the tier `table` (once, with the tiers naming it) and its health now, its
+    remaining backoff rounded to `digits`: what the admin API, the console and `/debug/health` show."""
+    tiers_of: dict[tuple[str, str], list[str]] = {}
+    for tier, entries in table.items():
+        for entry in entries:
+            tiers_of.setdefault((entry.provider, entry.model), []).append(tier)
+    states = await health.states(list(tiers_of))
+    now = health.clock()
+    out = []
+    for (provider, model), tiers in tiers_of.items():
+        state = states[(provider, model)]
+        out.append(ProviderView(
+            provider, model, tiers, provider in providers, state is None or state.until <= now,
+            0 if state is None else state.failures, 0.0 if state is None else state.backoff,
+            0.0 if state is None else round(state.remaining(now), digits), phase(state, now),
+        ))
+    return out
+
+
 class LiveState:
     """The runtime's live parts, as operators see them (see the module docstring)."""
 
@@ -140,20 +162,7 @@ class LiveState:
             table = await self.tiers.table()
         except ServiceUnavailable as exc:
             return [], f"tier table unavailable: {exc.message}"
-        tiers_of: dict[tuple[str, str], list[str]] = {}
-        for tier, entries in table.items():
-            for entry in entries:
-                tiers_of.setdefault((entry.provider, entry.model), []).append(tier)
-        states = await self.health.states(list(tiers_of))
-        now = self.health.clock()
-        out = []
-        for (provider, model), tiers in tiers_of.items():
-            state = states[(provider, model)]
-            out.append(ProviderView(
-                provider, model, tiers, provider in self.providers, state is None or state.until <= now,
-                0 if state is None else state.failures, 0.0 if state is None else state.backoff,
-                0.0 if state is None else round(state.remaining(now), 1), phase(state, now),
-            ))
+        out = await candidate_views(self.health, table, self.providers, digits=1)
         listed = {view.provider for view in out}
         for provider in sorted(self.providers - listed):
             out.append(ProviderView(provider, "", [], True, True, 0, 0.0, 0.0))

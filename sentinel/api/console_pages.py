@@ -42,7 +42,8 @@ TIME_FORMATS = {"1h": "%H:%M", "24h": "%H:%M", "30d": "%m-%d %H:%M"}
 def user_href(external_id: str, action: str = "") -> str:
     """The console's address of a user's page (`action`: of its `plan` or `keys` form):
     `/admin/users/{id}`, or `/admin/user?id={id}` for an id the canonical-path check refuses as a
-    path segment (one holding `/`, `\\`, `?`, `#` or `%`, or `.` and `..`), which no path can name."""
+    path segment (one holding `/`, `\\`, `?`, `#` or `%`, or of only dots and spaces before any `;`:
+    `..`, `..;x`, ` `), which no path can name."""
     segment = quote(external_id, safe="")
     suffix = f"/{action}" if action else ""
     if is_canonical(f"/admin/users/{segment}".encode()):

@@ -8,6 +8,7 @@ under `/v1` is 404 `endpoint_not_supported`: nothing reaches the provider accoun
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -32,25 +33,35 @@ METERED = {
 TYPED_PATHS = {*METERED, "/v1/models", "/v1/messages", "/v1/messages/count_tokens"}
 # What Sentinel matches a `/v1` path against, by its first segments: the endpoints it serves (the typed
 # ones, and the stored responses and models below them), the collections whose objects it keeps owners
-# of, and the paths whose bodies it reads for the models they run (`GRADERS`). Spelled in another case
-# (`/v1/Files/{id}`, `/v1/Chat/Completions`), a path would miss these checks and be pass-through.
+# of, and the paths whose bodies it reads for the models they run (`GRADERS`). Spelled another way a
+# lenient server reads as the same (`/v1/Files/{id}`, `/v1/files;x/{id}`, `/v1/files./{id}`), a path
+# would miss these checks and be pass-through.
 SPELLED: frozenset[tuple[str, ...]] = frozenset(
     {tuple(path[4:].split("/")) for path in TYPED_PATHS}
     | {tuple(collection.split("/")) for collection in COLLECTIONS}
     | set(GRADERS)
 )
 ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+# What a lenient server may read past in a path (ASCII by then): another case, a segment's `;`
+# parameters (Java servlet containers drop them), dots and spaces trailing a segment (Windows).
+_LENIENT = re.compile(r"[A-Z; ]|\.(?:/|$)")
+
+
+def _leniently(segment: str) -> str:
+    """`segment` as a lenient server may read it (see `_LENIENT`)."""
+    return segment.partition(";")[0].rstrip(". ").lstrip(" ").casefold()
 
 
 def _misspelled(path: str) -> str | None:
-    """How `path` begins when spelled as Sentinel serves or checks it, if it is so only once case-folded
-    (`/v1/FILES/{id}` is `files`, `/v1/files/{id}/Content` is `files/{id}/content`): it begins as one
-    of SPELLED, or has one of OBJECT_WORDS below an object of a collection; None otherwise. Only paths
-    no route matched pay for the fold."""
-    folded = path.casefold()
-    if folded == path:
+    """How `path` begins when spelled as Sentinel serves or checks it, if it is so only as a lenient
+    server reads it (`/v1/FILES/{id}` and `/v1/files;x/{id}` are `files`, `/v1/files/{id}/Content`
+    and `/v1/files/{id}/content.` are `files/{id}/content`): it begins as one of SPELLED, or has one
+    of OBJECT_WORDS below an object of a collection; None otherwise. Only paths no route matched and
+    that hold what such a server reads past pay for the reading."""
+    if _LENIENT.search(path) is None:
         return None
-    segments, wanted = path[4:].split("/"), folded[4:].split("/")
+    segments = path[4:].split("/")
+    wanted = [_leniently(segment) for segment in segments]
     for size in (2, 1):
         head = tuple(wanted[:size])
         if len(head) == size and head in SPELLED and tuple(segments[:size]) != head:
@@ -165,10 +176,10 @@ class OpenAIRoutes:
             )
         spelled = _misspelled(path)
         if spelled is not None:
-            # As a trailing slash: never pass-through, never sent on to a provider that may fold case.
+            # As a trailing slash: never pass-through, never sent on to a provider that may read it as that.
             raise NotFound(
                 f"Endpoint {request.method} {clipped(path)} is not supported by this gateway (paths are "
-                f"case-sensitive: /v1/{spelled})", code="endpoint_not_supported",
+                f"taken as spelled, case-sensitive: /v1/{spelled})", code="endpoint_not_supported",
             )
         pattern = self.passthrough_policy.match(path)
         if pattern is None:

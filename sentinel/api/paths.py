@@ -2,7 +2,9 @@
 
 The path a route matches must be the path that is metered and the path an upstream receives, so
 anything an HTTP stack might normalise differently is refused with 400 instead of interpreted:
-dot segments (`.`/`..`, literal or percent-encoded, any case), encoded `/`, `\\`, `?`, `#` and `%`,
+dot segments (`.`/`..`, literal or percent-encoded, any case) and segments a lenient server reads as
+one or as empty — nothing but dots and spaces before any `;` parameters (`..;x` and `.;` are `..` and
+`.` to a Java servlet container, `.. ` and `...` to Windows; `;x` and ` ` are empty) —, encoded `/`, `\\`, `?`, `#` and `%`,
 a literal backslash, empty segments (`//`; one trailing slash is allowed), control characters and
 bytes outside printable ASCII, and malformed percent-escapes or ones that do not spell UTF-8 (read
 as U+FFFD, many spellings would name one thing). What remains decodes to exactly one path with one
@@ -20,8 +22,12 @@ _ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _FORBIDDEN_DECODED = re.compile(rb"[\x00-\x1f\x7f/\\?#%]")
 _HEX = re.compile(rb"%([0-9A-Fa-f]{2})")
 _PRINTABLE = re.compile(rb"^[\x21-\x7e]*$")
-# The common case in one match: segments of unreserved/sub-delim characters, no '%', no dot segment.
-_PLAIN = re.compile(rb"^(?:/(?!\.{1,2}(?:/|$))[A-Za-z0-9\-._~!$&'()*+,;=:@]+)+/?$|^/$")
+# A segment (decoded) that a lenient server reads as a dot segment or an empty one: only dots and
+# spaces before its `;` parameters, if any (see the module doc).
+_VOID = re.compile(rb"[. ]*(?:;.*)?", re.DOTALL)
+# The common case in one match: segments of unreserved/sub-delim characters, no '%', none of only dots
+# (`.`, `..`, `...`) nor only dots before a `;` (`..;x`, `;x`).
+_PLAIN = re.compile(rb"^(?:/(?!\.*(?:[/;]|$))[A-Za-z0-9\-._~!$&'()*+,;=:@]+)+/?$|^/$")
 
 
 def _refuse(reason: str) -> InvalidRequest:
@@ -50,8 +56,9 @@ def check_raw_path(raw: bytes) -> None:
                 continue  # the root path "/"
             raise _refuse("empty path segments ('//') are not allowed")
         decoded = _HEX.sub(lambda m: bytes([int(m.group(1), 16)]), segment) if b"%" in segment else segment
-        if decoded in (b".", b".."):
-            raise _refuse("dot segments are not allowed")
+        if _VOID.fullmatch(decoded):
+            raise _refuse("dot segments ('..', also '..;x', '.. ', '...') and segments of only spaces or "
+                          "';' parameters are not allowed")
         if _FORBIDDEN_DECODED.search(decoded):
             raise _refuse("encoded '/', '\\', '?', '#', '%' or control characters are not allowed")
         if not decoded.isascii():

@@ -250,6 +250,38 @@ def test_a_served_or_owned_path_in_another_case_is_never_pass_through(
     assert recorded_ids(gw.settings.database_url, external_id="bob") == {other.headers["x-request-id"]}
 
 
+def test_a_path_a_lenient_server_reads_as_an_owned_one_is_never_pass_through(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """With `/v1/*` allowed, `/v1/files;x/{id}`, `/v1/files./{id}` and `/v1/files%20/{id}` named no
+    collection, so Bob's calls on Alice's file went upstream unchecked — to a Java server that drops
+    `;` parameters, or a Windows one that trims a segment's trailing dots and spaces, Alice's file. Such
+    a path is read as the case-folded one is: 404 `endpoint_not_supported`, nothing sent."""
+    gw = start(gateway_factory, spy, passthrough="/v1/*")
+    bob_key = asyncio.run(create_key(gw.settings.database_url, "bob"))[1]
+    with gw.client() as alice:
+        upload = alice.post("/v1/files", files={"file": ("a.txt", b"alice's")}, data={"purpose": "user_data"})
+        assert upload.status_code == 200, upload.text
+    file_id = upload.json()["id"]
+    spy.clear()
+    with gw.client(bob_key) as bob:
+        refused = [
+            bob.get(f"/v1/files;x/{file_id}"), bob.delete(f"/v1/files;/{file_id}"), bob.get(f"/v1/files./{file_id}"),
+            bob.get(f"/v1/files%20/{file_id}/content"), bob.get(f"/v1/files.%20./{file_id}"),
+            bob.post("/v1/chat/completions;x", json={"model": "o1-pro", "messages": []}),
+            bob.get("/v1/fine_tuning/jobs./ftjob-1"), bob.post("/v1/vector_stores;v=1/vs_1/search", json={}),
+        ]
+        for r in refused:
+            assert r.status_code == 404, (r.request.method, r.request.url, r.text)
+            assert openai_error(r.json())["code"] == "endpoint_not_supported", r.text
+        assert spy.seen == []
+    with gw.client() as alice:
+        # Below her own file, a word Sentinel reads the call by, padded: not read as another call.
+        padded = [alice.get(f"/v1/files/{file_id}/content."), alice.post(f"/v1/files/{file_id}/cancel;x", json={})]
+    assert [(r.status_code, openai_error(r.json())["code"]) for r in padded] == [(404, "endpoint_not_supported")] * 2
+    assert spy.seen == []
+
+
 def test_a_collections_own_calls_are_pass_through_and_their_ids_checked(
     gateway_factory: Callable[..., Gateway]
 ) -> None:

@@ -204,3 +204,23 @@ def test_escapes_that_do_not_spell_utf8_are_not_canonical(raw: bytes) -> None:
     check_raw_path(b"/v1/files/%C3%A9")  # é, spelled in UTF-8
     with pytest.raises(InvalidRequest, match="UTF-8"):
         check_raw_path(raw)
+
+
+@pytest.mark.parametrize("raw", [
+    b"/v1/files/file-mine/..;/file-theirs", b"/v1/files/file-mine/..;x/file-theirs", b"/v1/files/file-mine/.;/x",
+    b"/v1/files/file-mine/..%3B/file-theirs", b"/v1/files/file-mine/%2e%2e;/file-theirs", b"/v1/;/files/file-theirs",
+    b"/v1/files/;jsessionid=1/file-theirs", b"/v1/files/file-mine/..%20/file-theirs", b"/v1/files/file-mine/.../x",
+    b"/v1/files/file-mine/%20/file-theirs", b"/v1/files/file-mine/%20..%20;x/file-theirs", b"/v1/files/file-mine/..;",
+])
+def test_a_segment_a_lenient_server_reads_as_a_dot_segment_is_not_canonical(raw: bytes) -> None:
+    """`..;` is `..` to a Java servlet container (it drops a segment's `;` parameters), `.. ` and `...`
+    are `..` to Windows, and `;x` or ` ` is an empty segment: `/v1/files/{own}/..;/{theirs}` passed
+    the ownership check on the caller's own file, and a server between Sentinel and the provider that
+    reads it so served another user's file."""
+    from sentinel.api.paths import check_raw_path
+    from sentinel.errors import InvalidRequest
+
+    for fine in (b"/v1/files/a;b", b"/v1/models/gpt-4.1", b"/v1/x/.hidden", b"/v1/x/a.", b"/v1/x/%20a"):
+        check_raw_path(fine)  # ids and names with a `;`, a dot or a space in them stay canonical
+    with pytest.raises(InvalidRequest, match="dot segments"):
+        check_raw_path(raw)

@@ -53,7 +53,7 @@ from sentinel.errors import (
 )
 from sentinel.observability.logging import request_id_var
 from sentinel.observability.redaction import redact
-from sentinel.providers.errors import broken_off, upstream_error
+from sentinel.providers.errors import UnreadableAnswer, broken_off, upstream_error
 
 log = logging.getLogger("sentinel.upstream")
 
@@ -61,6 +61,9 @@ log = logging.getLogger("sentinel.upstream")
 _STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 _STALE_WITHIN = 1.0  # seconds: a pooled connection the peer had closed fails at once, not later
 MAX_ERROR_BYTES = 64 * 1024  # an error answer's body read for its message (`UpstreamResponse.read_error`)
+# A 2xx answer read whole before anything of it is answered (`UpstreamResponse.read`: `/v1/messages`,
+# translated and native answers, which `max_tokens` bounds): past this it is not kept (see `read`).
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 # Set when the connection a request goes out on came from the pool (the request's own task only).
@@ -246,11 +249,33 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         """The whole body (read before anything of it is answered: past `limit`, `AnswerTimeLimit`).
         A body that came whole with its headers (an ordinary answer: nothing left to wait for) is
-        taken as it is, without the limit's timer."""
+        taken as it is, without the limit's timer. A body past MAX_ANSWER_BYTES is
+        `UnreadableAnswer` (502 `provider_bad_response`: served, charged the output it reserved) as
+        soon as it is, the rest unread: kept whole, a provider (or anything between) sending a body
+        without end grew the process's memory until the time limit, or until it was killed."""
         if self.raw.content.is_eof() and self._ends is None:
             with translate_errors(self.provider):
-                return await self.raw.read()
-        return b"".join([chunk async for chunk in self.iter_chunks()])
+                raw = await self.raw.read()
+            if len(raw) > MAX_ANSWER_BYTES:
+                raise self._too_large()
+            return raw
+        chunks: list[bytes] = []
+        size = 0
+        async with aclosing(self.iter_chunks()) as body:
+            async for chunk in body:
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise self._too_large()
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self) -> UnreadableAnswer:
+        log.warning("answer larger than Sentinel reads whole", extra={"provider": self.provider,
+                                                                       "limit_bytes": MAX_ANSWER_BYTES})
+        return UnreadableAnswer(
+            f"Provider {self.provider} sent an answer larger than the {MAX_ANSWER_BYTES} bytes Sentinel reads",
+            usage=None, provider=self.provider,
+        )
 
     async def read_error(self) -> bytes:
         """The body of an error answer (status >= 300: what its message is read from), the connection

@@ -26,6 +26,7 @@ import orjson
 from sentinel.native._wire import as_count, as_list, as_object
 from sentinel.native.anthropic import anthropic_cache_tokens, anthropic_prompt_tokens, map_stop_reason
 from sentinel.native.errors import StreamError, TranslationError
+from sentinel.native.kept import KeptText
 from sentinel.native.openai import (
     PLAIN_DELTA,
     cut_arguments,
@@ -95,8 +96,8 @@ class StreamNormalizer:
         self._started = False  # a chunk was emitted: metadata is frozen and the role was sent
         self._done = False
         self._finish: FinishReason | None = None
-        self._text: list[str] = []
-        self._extras: list[str] = []  # output sent beside the text (reasoning, a refusal): counted only
+        self._text = KeptText()  # the output, to count when the usage never came (bounded)
+        self._extras = KeptText()  # output sent beside the text (reasoning, a refusal): counted only
         self._calls: dict[int | None, _PendingCall] = {}  # keyed by the upstream's own index
         self._prompt_tokens: int | None = None
         self._completion_tokens: int | None = None
@@ -124,7 +125,13 @@ class StreamNormalizer:
         """The output streamed so far, for counting usage: the text, the reasoning and refusals the
         provider streamed beside it (billed like the text) and the tool-call argument fragments."""
         fragments = [f for call in self._calls.values() for f in call.fragments]
-        return "".join(self._text) + "".join(self._extras) + "".join(fragments)
+        return self._text.text + self._extras.text + "".join(fragments)
+
+    @property
+    def counted(self) -> int:
+        """The tokens of the text and reasoning streamed past what `text` keeps, counted as they came
+        (`sentinel.native.kept`). (A call's argument fragments are kept whole: the call is made of them.)"""
+        return self._text.counted + self._extras.counted
 
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
         """The chunks to send for one upstream event; raise `StreamError` on an error or a bad event."""
@@ -144,7 +151,7 @@ class StreamNormalizer:
         reason = self._finish or ("tool_calls" if self._calls else "stop")
         chunks = [] if error else [self._chunk({}, reason)]
         return StreamResult(
-            chunks, self.usage, calls, "".join(self._text), reason if self._done else None, error
+            chunks, self.usage, calls, self._text.text, reason if self._done else None, error
         )
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:

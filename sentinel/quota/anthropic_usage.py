@@ -32,6 +32,7 @@ import orjson
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
 from sentinel.native._wire import flat_json
+from sentinel.native.kept import KeptText
 from sentinel.native.openai_checks import MAX_JSON_DEPTH
 from sentinel.observability.redaction import redact
 from sentinel.providers.errors import stream_error
@@ -317,7 +318,7 @@ class AnthropicStreamInspector:
         self._input: dict[str, int] = {}
         self._output: int | None = None
         self._final = False  # a message_delta gave the final output count
-        self._text: list[str] = []
+        self._text = KeptText()  # the output, to count when the final usage never came (bounded)
         self._read = ReadKept()  # the server tools' results (`read_input`)
         self.parse_errors = 0
         self.failed = False  # the provider's `error` event came
@@ -325,7 +326,13 @@ class AnthropicStreamInspector:
 
     @property
     def text(self) -> str:
-        return "".join(self._text)
+        """The output text kept to count (see `KeptText`; `counted`: the tokens of what came past it)."""
+        return self._text.text
+
+    @property
+    def counted(self) -> int:
+        """The tokens of the output streamed past what `text` keeps, counted as it came (`KeptText`)."""
+        return self._text.counted
 
     @property
     def read_input(self) -> tuple[str, int]:

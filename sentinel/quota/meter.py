@@ -92,7 +92,7 @@ class Meter(Protocol):
     async def settle(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None = None, reported_input: Usage | None = None,
-        read_input: tuple[str, int] = ("", 0),
+        read_input: tuple[str, int] = ("", 0), output_counted: int = 0,
     ) -> None: ...
 
     async def release(self, admission: Admission) -> None: ...
@@ -246,7 +246,7 @@ class QuotaMeter:
     async def settle(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None = None, reported_input: Usage | None = None,
-        read_input: tuple[str, int] = ("", 0),
+        read_input: tuple[str, int] = ("", 0), output_counted: int = 0,
     ) -> None:
         """Reconcile the reservation to the real usage and store one usage record (once per admission).
 
@@ -254,7 +254,8 @@ class QuotaMeter:
         figures a provider reported before a stream broke off, e.g. Anthropic's message_start) or
         else the admission's estimate, plus `read_input` (text to count, tokens counted already:
         what the provider gave the model to read after that, e.g. Anthropic's server-tool results),
-        the output counted in `output_text`, or `output_estimate`
+        the output counted in `output_text` plus `output_counted` (the tokens of the output a stream
+        did not keep, counted as it came: `sentinel.native.kept`), or `output_estimate`
         when the caller could not keep the text. A long text is counted in a worker thread
         (`count_off_loop`). The count, the reconciliation and the record are one task, shielded
         (`_carry_out`): a caller cancelled at any of its waits (the server stopping past its
@@ -264,6 +265,7 @@ class QuotaMeter:
         await self._carry_out(self._record(
             admission, usage=usage, output_text=output_text, status=status, provider=provider,
             output_estimate=output_estimate, reported_input=reported_input, read_input=read_input,
+            output_counted=output_counted,
         ))
 
     def _begin(self, admission: Admission) -> bool:
@@ -327,6 +329,7 @@ class QuotaMeter:
     async def _record(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None, reported_input: Usage | None, read_input: tuple[str, int],
+        output_counted: int = 0,
     ) -> None:
         label = self.metrics.model_label(admission.model)
         model = admission.counted_as or admission.model  # (what the texts are counted as)
@@ -358,7 +361,8 @@ class QuotaMeter:
                 output_tokens = admission.max_output
             else:
                 count = functools.partial(self.counter.count_text, output_text, model or "")
-                output_tokens = await count_off_loop(count, len(output_text)) if output_text else 0
+                counted = await count_off_loop(count, len(output_text)) if output_text else 0
+                output_tokens = min(MAX_TOKENS, counted + output_counted)
             source = "estimated"
         record = UsageRecord(
             request_id=admission.request_id,

@@ -23,6 +23,7 @@ from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
 from sentinel.errors import UpstreamError
 from sentinel.native._wire import as_list, as_str
+from sentinel.native.kept import KeptText
 from sentinel.native.openai import PLAIN_DELTA, delta_extras, field_text
 from sentinel.observability.redaction import redact
 from sentinel.providers.errors import stream_error
@@ -336,7 +337,7 @@ class StreamInspector:
         self._terminal = False
         self._usage: Usage | None = None
         self._usage_whole = False  # `_usage` came without choices: the provider's count of the whole answer
-        self._text: list[str] = []
+        self._text = KeptText()  # the output, to count when the usage never came (bounded)
         self._read = ReadKept()  # the hosted-tool items (`read_input`)
         self.parse_errors = 0
         self.failed = False  # the provider's error event came (chat's `error`, the Responses API's `error`)
@@ -347,7 +348,13 @@ class StreamInspector:
 
     @property
     def text(self) -> str:
-        return "".join(self._text)
+        """The output text kept to count (see `KeptText`; `counted`: the tokens of what came past it)."""
+        return self._text.text
+
+    @property
+    def counted(self) -> int:
+        """The tokens of the output streamed past what `text` keeps, counted as it came (`KeptText`)."""
+        return self._text.counted
 
     @property
     def usage(self) -> Usage | None:
@@ -494,7 +501,8 @@ class StreamInspector:
                     self.audio[audio["id"]] = audio.get("expires_at") or self.audio.get(audio["id"])
                 if not delta.keys() <= PLAIN_DELTA:
                     self._text.append(delta_extras(delta))
-                self._text.extend(_call_text(call) for call in as_list(delta.get("tool_calls")))
+                for call in as_list(delta.get("tool_calls")):
+                    self._text.append(_call_text(call))
         # The usage-only chunk has an empty choices list (null or none, from some servers); stripped
         # whatever its figures (malformed ones are not usage, but the chunk is still the one the
         # client did not ask for: without choices, code reading `chunk.choices[0]` fails on it).

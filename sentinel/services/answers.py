@@ -269,7 +269,8 @@ class AnswerRelay:
         async def settle(status: int) -> None:
             usage = inspector.usage  # else the hosted tools' results streamed are charged as read too
             await meter.settle(
-                admission, usage=usage, output_text=inspector.text, status=status, provider=upstream.provider,
+                admission, usage=usage, output_text=inspector.text, output_counted=inspector.counted, status=status,
+                provider=upstream.provider,
                 read_input=("", 0) if usage is not None else inspector.read_input,
             )
             stored = None

@@ -282,7 +282,8 @@ class NativeChat:
 
         async def settle(status: int) -> None:
             await meter.settle(
-                admission, usage=stream.measured, output_text=stream.normalizer.text, status=status,
+                admission, usage=stream.measured, output_text=stream.normalizer.text,
+                output_counted=stream.normalizer.counted, status=status,
                 provider=choice.provider, reported_input=stream.reported_input,
             )
             if admission.recorded is not None:

@@ -146,11 +146,11 @@ class TranslatedChat:
         )
         return Reply(200, orjson.dumps(rendered), list(JSON))
 
-    async def _estimate(self, admission: Admission, text: str, target: ModelTarget) -> WireUsage:
+    async def _estimate(self, admission: Admission, text: str, target: ModelTarget, counted: int = 0) -> WireUsage:
         """The usage shown for an answer the provider gave none for: the text counted (a long one off
-        the event loop)."""
+        the event loop), plus `counted` (a stream's output past what it kept: `sentinel.native.kept`)."""
         count = functools.partial(self.counter.count_text, text, target.upstream_model)
-        return WireUsage.of(admission.estimate_input, await count_off_loop(count, len(text)) if text else 0)
+        return WireUsage.of(admission.estimate_input, (await count_off_loop(count, len(text)) if text else 0) + counted)
 
     def _stream(
         self, ex: Exchange, stream: ProviderStream, req: ModelChatRequest, target: ModelTarget, admission: Admission,
@@ -178,7 +178,8 @@ class TranslatedChat:
                     else anthropic_error_event(error.message)
                 )
                 return
-            usage = stream.usage or await self._estimate(admission, stream.normalizer.text, target)
+            usage = stream.usage or await self._estimate(admission, stream.normalizer.text, target,
+                                                         stream.normalizer.counted)
             cache = stream.normalizer.cache
             if encoder is None:
                 if req.include_usage:
@@ -191,7 +192,8 @@ class TranslatedChat:
 
         async def settle(status: int) -> None:
             await meter.settle(
-                admission, usage=stream.measured, output_text=stream.normalizer.text, status=status,
+                admission, usage=stream.measured, output_text=stream.normalizer.text,
+                output_counted=stream.normalizer.counted, status=status,
                 provider=target.provider, reported_input=stream.reported_input,
             )
             report(ex, admission, target.upstream_model)

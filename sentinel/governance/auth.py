@@ -6,8 +6,9 @@ for identity-source outages (see `GovernanceCache`); an identity whose credentia
 JWT's `exp` plus the leeway) is never served past that moment, grace period included: a JWT whose
 own `exp` has passed is refused with 401 before any source is asked, so an outage cannot revive it.
 An API key issued with an expiry is the same: its identity is cached until that moment at most, and
-then the key service refuses it (401 `token_expired`, not cached: each use says so).
-Invalid tokens are remembered for `negative_ttl` seconds. Revoking a key therefore takes effect
+then the key service refuses it (401 `token_expired`, an `Expired`); that refusal is remembered as long
+as an identity (`ttl`: an expiry is for good) with its reason, so each use says `token_expired` and
+none asks the database. Invalid tokens are remembered for `negative_ttl` seconds. Revoking a key therefore takes effect
 within `ttl` seconds. An identity served while its source is down from the token's own claims (a
 `StandIn`) is cached for the outage only, never fresh: the next use asks the source again, so a
 user it refuses once it answers is refused then, not a TTL later. A token the source refused (a
@@ -34,7 +35,7 @@ from sentinel.domain.identity import Identity
 from sentinel.errors import AuthenticationError, GovernanceUnavailable, PermissionDenied, StoreUnavailable
 from sentinel.flight import SingleFlight
 from sentinel.governance.cache import GovernanceCache
-from sentinel.governance.identity import IdentitySource, Refused, StandIn
+from sentinel.governance.identity import Expired, IdentitySource, Refused, StandIn
 from sentinel.governance.jwt import unverified_expiry
 from sentinel.governance.keys import KEY_PREFIX, hash_key
 from sentinel.observability.logging import Repeated
@@ -153,7 +154,7 @@ class Authenticator:
         if key in self.withheld:
             raise AuthenticationError("An operator key is not a user credential: use an API key or a JWT")
         if cached is not None and cached.value is None:
-            raise AuthenticationError()
+            raise Expired() if cached.reason == Expired.code else AuthenticationError()
         source = self._source_for(token)
         if source is None:
             raise AuthenticationError()
@@ -177,6 +178,9 @@ class Authenticator:
         except Refused as refusal:  # refused as any unknown token is (below), and remembered longer
             await self._remember_refusal(key, refusal.expires_at)
             found = None
+        except Expired:  # for good: remembered as long as an identity, and said again at each use
+            await self.cache.put(key, None, reason=Expired.code)
+            raise
         except GovernanceUnavailable as exc:
             if stale is not None:
                 self._repeated.warning("identity source unavailable; serving a cached identity",

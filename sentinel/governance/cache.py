@@ -12,7 +12,8 @@ corruption) is a miss: logged, counted, and overwritten by the next answer, neve
 A remembered "no such thing" (a refused token, a revoked key's tombstone, a changed plan's `hold`) is
 never replaced by a value: only a lookup that began before the refusal can bring one (a key read as
 active just before its revocation, a plan read just before an operator changed it), and it must not
-bring it back. The refusal expires or is `forget`-ten.
+bring it back. The refusal expires or is `forget`-ten. A refusal may carry its writer's reason (`put`'s
+`reason`, stored as `why`), handed back with it (`Cached.reason`): an expired key's `token_expired`.
 """
 
 from __future__ import annotations
@@ -102,10 +103,12 @@ _MAX_LOCAL = 10_000
 
 @dataclass(frozen=True, slots=True)
 class Cached(Generic[T]):
-    """A cache hit: the value (None for a remembered "no such thing") and whether it is fresh."""
+    """A cache hit: the value (None for a remembered "no such thing"), whether it is fresh, and a
+    refusal's reason (`put`'s `reason`; None for none, or one that is not a string)."""
 
     value: T | None
     fresh: bool
+    reason: str | None = None
 
 
 def count_lookup(metrics: Metrics | None, cache: str, result: str) -> None:
@@ -164,7 +167,7 @@ class GovernanceCache(Generic[T]):
         self.local_ttl = local_ttl
         self.metrics = metrics
         self._local: dict[str, tuple[Cached[T], float]] = {}
-        self._decoded: dict[bytes, tuple[T | None, float]] = {}
+        self._decoded: dict[bytes, tuple[T | None, float, str | None]] = {}
 
     def _count(self, result: str) -> None:
         count_lookup(self.metrics, self.name, result)
@@ -179,22 +182,23 @@ class GovernanceCache(Generic[T]):
         found = await read_entry(self.store, self.prefix + key, self._decode, self.name, self.metrics)
         if found is None:
             return None
-        value, fresh_until = found
+        value, fresh_until, reason = found
         fresh = now < fresh_until
         self._count("hit" if fresh else "stale")
-        entry = Cached(value, fresh)
+        entry = Cached(value, fresh, reason)
         if fresh and self.local_ttl > 0:
             if len(self._local) >= _MAX_LOCAL:
                 self._local.clear()
             self._local[key] = (entry, min(fresh_until, now + self.local_ttl))
         return entry
 
-    def _decode(self, raw: bytes) -> tuple[T | None, float]:
+    def _decode(self, raw: bytes) -> tuple[T | None, float, str | None]:
         hit = self._decoded.get(raw)
         if hit is None:
             data = _entry(raw)
-            encoded = data["v"]
-            hit = (None if encoded is None else self.decode(encoded), float(data["fresh_until"]))
+            encoded, why = data["v"], data.get("why")
+            reason = why if encoded is None and isinstance(why, str) else None
+            hit = (None if encoded is None else self.decode(encoded), float(data["fresh_until"]), reason)
             if len(self._decoded) >= _MAX_LOCAL:
                 self._decoded.clear()
             self._decoded[raw] = hit
@@ -202,9 +206,10 @@ class GovernanceCache(Generic[T]):
 
     async def put(
         self, key: str, value: T | None, *, ttl: float | None = None, not_after: float | None = None,
-        stale: bool = False, began: float | None = None,
+        stale: bool = False, began: float | None = None, reason: str | None = None,
     ) -> None:
-        """Remember `value` (None: "there is no such thing") fresh for `ttl` (default: the cache's),
+        """Remember `value` (None: "there is no such thing", for `reason` when given: handed back in
+        `Cached.reason`) fresh for `ttl` (default: the cache's),
         kept `grace` longer for outages, and never past `not_after`; with `stale`, never fresh (for
         any process, whatever its clock: fresh until the epoch) and kept for `grace` — for outages
         only. `began`: when the lookup that found `value` began (`clock`), which may then replace a
@@ -221,6 +226,8 @@ class GovernanceCache(Generic[T]):
         if keep_until <= now:
             return
         entry = {"v": None if value is None else self.encode(value), "fresh_until": fresh_until}
+        if value is None and reason is not None:
+            entry["why"] = reason
         try:
             if value is None:
                 await self.store.set(self.prefix + key, orjson.dumps(entry), keep_until - now)

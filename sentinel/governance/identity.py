@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from sentinel.domain.identity import Identity
-from sentinel.errors import GovernanceUnavailable
+from sentinel.errors import AuthenticationError, GovernanceUnavailable
 
 
 class IdentitySource(Protocol):
@@ -14,9 +14,9 @@ class IdentitySource(Protocol):
     Returns None when the token is not valid for this source (-> 401); raises
     `GovernanceUnavailable` when the source cannot be asked (-> 503 unless cached), or `StandIn`
     when it cannot be asked but the token names its identity itself, or `Refused` when the source
-    that vouches for identities refused a token that names its identity itself (-> 401). It may
-    raise `AuthenticationError` itself to refuse a token with a reason of its own (an expired API
-    key: `token_expired`); such a refusal is not cached, so every use of the token says it.
+    that vouches for identities refused a token that names its identity itself (-> 401), or
+    `Expired` for a token it knows that has expired for good (an API key: -> 401 `token_expired`,
+    remembered as long as an identity would be, and said again at each use).
     """
 
     name: str
@@ -46,3 +46,14 @@ class Refused(Exception):  # noqa: N818 - a verdict, like StandIn, not an error 
     def __init__(self, expires_at: float) -> None:
         super().__init__("the identity source refused the token")
         self.expires_at = expires_at
+
+
+class Expired(AuthenticationError):
+    """A credential the source knows, past its expiry for good (an API key's cannot be extended):
+    401 `token_expired`. Its refusal is cached (with its reason) like any refusal, so each later
+    use is refused with `token_expired` again without asking the source."""
+
+    code = "token_expired"
+
+    def __init__(self, message: str = "This API key has expired", **kw: Any) -> None:
+        super().__init__(message, **kw)

@@ -26,7 +26,8 @@ from sentinel.db.engine import database_errors
 from sentinel.db.models import ApiKey, AuditLogRow, User, utcnow
 from sentinel.db.queries import ensure_user
 from sentinel.domain.identity import Identity
-from sentinel.errors import AuthenticationError, InvalidRequest
+from sentinel.errors import InvalidRequest
+from sentinel.governance.identity import Expired
 from sentinel.observability.logging import Repeated
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ class KeyService:
 
     async def authenticate(self, token: str) -> Identity | None:
         """The identity owning `token`, or None when the key is unknown, malformed or revoked;
-        AuthenticationError `token_expired` when it has expired (its use is then not recorded). The
+        `Expired` (401 `token_expired`) when it has expired (its use is then not recorded). The
         identity of a key with an expiry carries it (`expires_at`): no cache serves it later."""
         if not token.startswith(KEY_PREFIX) or len(token) > _MAX_TOKEN_CHARS:
             return None
@@ -200,7 +201,7 @@ class KeyService:
                     return None
                 now = self._clock()
                 if expires_at is not None and expires_at <= now:
-                    raise AuthenticationError("This API key has expired", code="token_expired")
+                    raise Expired()
                 if last_used_at is None or now - last_used_at >= LAST_USED_RESOLUTION:
                     await self._touch(session, key_id, now)
         return Identity(

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import openai
 import pytest
+from sqlalchemy import event
 
 from tests.api.conftest import Gateway
 from tests.api.test_console import Console, field_error
@@ -101,6 +102,33 @@ def test_a_key_works_until_its_expiry_then_every_surface_refuses_it(gw: Gateway)
         assert audit[0]["details"]["expires_at"] == issued["expires_at"]
     with gw.client() as alice:  # a key without an expiry is untouched
         assert alice.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_repeated_uses_of_an_expired_key_do_not_each_read_the_database(gw: Gateway) -> None:
+    """Each use of an expired key looked it up in the database again (its refusal was not cached):
+    a client holding one could make the gateway hit the database on every request. An expiry is for
+    good, so its refusal is cached as an identity is: the first use past it reads the key, the
+    others are refused from the cache — still 401 `token_expired` every time."""
+    clocks = Clocks(gw)
+    user = f"lapsed-{time.time_ns()}"
+    with admin(gw) as http:
+        key = http.post(f"/admin/api/users/{user}/keys", json={"expires_in_seconds": 60}).json()["key"]
+    key_reads: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "api_keys" in statement:
+            key_reads.append(statement)
+
+    engine = gw.runtime.engine.sync_engine
+    clocks.advance(60)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        with gw.client(key) as caller:
+            answers = [caller.get("/v1/models") for _ in range(5)]
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert [(a.status_code, a.json()["error"]["code"]) for a in answers] == [(401, "token_expired")] * 5
+    assert len(key_reads) == 1, key_reads
 
 
 def test_an_expiry_given_as_a_moment(gw: Gateway) -> None:

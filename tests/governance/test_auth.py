@@ -13,6 +13,7 @@ import pytest
 from sentinel.domain.identity import Identity
 from sentinel.errors import AuthenticationError, GovernanceUnavailable, PermissionDenied, SentinelError
 from sentinel.governance.auth import Authenticator, parse_bearer
+from sentinel.governance.identity import Expired
 from sentinel.governance.jwt import LEEWAY_SECONDS, unverified_expiry
 from sentinel.observability.metrics import Metrics
 from sentinel.store import MemoryStore
@@ -67,6 +68,32 @@ async def test_invalid_tokens_are_negatively_cached(clock: FakeClock) -> None:
         with pytest.raises(AuthenticationError):
             await auth.authenticate("sk-sentinel-bad")
     assert source.calls == 1
+
+
+async def test_an_expired_keys_refusal_is_cached_and_still_says_token_expired(clock: FakeClock) -> None:
+    """Each use of an expired key was a database lookup (its refusal was not cached): a cheap load on
+    the database for anyone holding one. An expiry is for good: the refusal is remembered as long as
+    an identity (`ttl`), under every process's cache, and each use still gets `token_expired`."""
+
+    class ExpiringSource(Source):
+        async def authenticate(self, token: str) -> Identity | None:
+            self.calls += 1
+            raise Expired()
+
+    source, store = ExpiringSource(), MemoryStore(clock=clock)
+    auth = Authenticator(store, api_keys=source, ttl=10, grace=20, clock=clock)
+    other = Authenticator(store, api_keys=source, ttl=10, grace=20, clock=clock)  # another process
+    for _ in range(3):
+        for each in (auth, other):
+            with pytest.raises(AuthenticationError) as refused:
+                await each.authenticate("sk-sentinel-expired")
+            assert (refused.value.code, refused.value.status) == ("token_expired", 401)
+            assert "expired" in refused.value.message
+    assert source.calls == 1
+    clock.advance(10)  # bounded like any entry: after the TTL the source is asked once more
+    with pytest.raises(Expired):
+        await auth.authenticate("sk-sentinel-expired")
+    assert source.calls == 2
 
 
 async def test_stale_identity_served_while_source_down(clock: FakeClock) -> None:

@@ -145,6 +145,41 @@ def _postgres_query(url: str) -> str:
     return url
 
 
+# What a standalone REDIS_URL's query may hold: the client's (redis-py) connection options that it
+# reads from text and that leave replies as Sentinel reads them (`decode_responses`, `protocol` and
+# `encoding` would not); the TLS ones on rediss:// only, `socket_keepalive` not on a socket file
+# (unix://). Any other name reached the connection as a keyword it does not take: a traceback at start.
+_REDIS_QUERY = (
+    "db", "socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_read_size",
+    "health_check_interval", "max_connections", "retry_on_timeout", "client_name", "lib_name", "lib_version",
+)
+_REDIS_TLS_QUERY = (
+    "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_ca_data", "ssl_certfile", "ssl_keyfile", "ssl_password",
+    "ssl_check_hostname", "ssl_ciphers", "ssl_min_version", "ssl_include_verify_flags", "ssl_exclude_verify_flags",
+)
+_REDIS_CERT_REQS = ("none", "optional", "required")
+
+
+def _redis_query(url: str) -> None:
+    """ValueError naming the first query parameter of `url` (redis://, rediss://, unix://) the client
+    would not take, never a value (a query may hold the password)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    scheme = url.partition("://")[0].lower()
+    allowed = _REDIS_QUERY + (_REDIS_TLS_QUERY if scheme == "rediss" else ())
+    if scheme == "unix":
+        allowed = tuple(name for name in allowed if name != "socket_keepalive")
+    for name, given in parse_qs(urlsplit(url).query, keep_blank_values=True).items():
+        if name not in allowed:
+            shown = f" {name!r}" if re.fullmatch(r"[A-Za-z_]{1,40}", name) else ""
+            tls = " (TLS options need rediss://)" if name in _REDIS_TLS_QUERY else ""
+            raise ValueError(f"query parameter{shown} is not one the Redis client takes{tls}: {', '.join(allowed)}")
+        if len(given) > 1:
+            raise ValueError(f"query parameter {name!r} is given more than once")
+        if name == "ssl_cert_reqs" and given[0] not in _REDIS_CERT_REQS:
+            raise ValueError(f"query parameter 'ssl_cert_reqs' must be one of {', '.join(_REDIS_CERT_REQS)}")
+
+
 class Settings(BaseSettings):
     """Sentinel's whole configuration. Build with `Settings()` (environment) or keyword overrides
     (by field name or environment name)."""
@@ -371,6 +406,11 @@ class Settings(BaseSettings):
                 parse_url(value)
             except ValueError as exc:  # its message names the parameter, never a value
                 raise ValueError(str(exc).rstrip(".")) from None
+            _redis_query(value)  # a name the client does not take (`?sockettimeout=1`) was a traceback at start
+        else:  # was refused only when the store was built: a failed start, not a configuration error
+            from sentinel.store.cluster import parse_cluster_url
+
+            parse_cluster_url(value)
         return value
 
     @field_validator("database_url")

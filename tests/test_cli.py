@@ -315,6 +315,12 @@ def test_a_provider_key_with_a_trailing_newline_stops_serve_in_one_line(tmp_path
         ("DATABASE_URL", "postgresql://u:s3cret-pw@10.0.0.1:5432,10.0.0.2:5432/db", "several hosts"),
         ("REDIS_URL", "redis://:s3cret-pw@127.0.0.1:63a9/0", "not a number"),
         ("REDIS_URL", "redis://:s3cret-pw@127.0.0.1:6379/0?socket_timeout=soon", "'socket_timeout'"),
+        ("REDIS_URL", "redis://:s3cret-pw@127.0.0.1:6379/0?sockettimeout=1", "'sockettimeout' is not one"),
+        ("REDIS_URL", "redis://:s3cret-pw@127.0.0.1:6379/0?ssl_ca_certs=/ca.pem", "need rediss://"),
+        ("REDIS_URL", "rediss://:s3cret-pw@127.0.0.1:6379/0?ssl_cert_reqs=CERT_NONE", "'ssl_cert_reqs' must be one of"),
+        ("REDIS_URL", "unix://:s3cret-pw@/run/redis.sock?socket_keepalive=true", "'socket_keepalive' is not one"),
+        ("REDIS_URL", "redis://:s3cret-pw@127.0.0.1:6379/0?db=1&db=2", "more than once"),
+        ("REDIS_URL", "redis+cluster://:s3cret-pw@127.0.0.1:7000?socket_timeout=1", "no options"),
     ],
 )
 def test_a_store_url_its_driver_cannot_take_is_one_line_naming_the_setting(
@@ -328,6 +334,18 @@ def test_a_store_url_its_driver_cannot_take_is_one_line_naming_the_setting(
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and setting in lines[0] and says in lines[0], result.stderr
     assert "s3cret-pw" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_redis_url_option_the_client_does_not_take_stops_serve_in_one_line(tmp_path: Path) -> None:
+    """`?sockettimeout=1` (a typo) reached the Redis connection as a keyword it does not take: `serve`
+    printed its listening line, then a TypeError traceback from the start, and exited."""
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/r.db", "SENTINEL_PORT": str(free_port()),
+           "SENTINEL_HOST": "127.0.0.1", "REDIS_URL": "redis://:s3cret-pw@127.0.0.1:6379/0?sockettimeout=1"}
+    result = run(["serve"], env, timeout=30)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "REDIS_URL" in lines[0] and "'sockettimeout'" in lines[0], result.stderr
+    assert "s3cret-pw" not in result.stderr + result.stdout and "Traceback" not in result.stderr
 
 
 def test_a_postgres_url_with_libpq_s_sslmode_is_taken(pg_url: str) -> None:

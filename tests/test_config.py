@@ -349,6 +349,16 @@ def test_a_short_end_user_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.end_user_secret is not None and "y" * 32 not in repr(settings)
 
 
+@pytest.mark.parametrize("url", [
+    "redis://cache:6379/0?socket_timeout=1&socket_connect_timeout=2&client_name=sentinel&db=3&max_connections=64",
+    "rediss://:pw@cache:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem&ssl_check_hostname=true",
+    "unix:///run/redis.sock?db=1&health_check_interval=5",
+])
+def test_a_redis_url_with_options_the_client_takes_is_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("REDIS_URL", url)
+    assert load_settings(_env_file=None).redis_url == url
+
+
 @pytest.mark.parametrize(
     ("name", "value", "secret"),
     [

@@ -342,7 +342,7 @@ def cmd_usage_show(args: argparse.Namespace) -> int:
 def cmd_usage_export(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from sentinel.services.admin_usage import is_empty_window, parse_moment
+    from sentinel.services.admin_usage import empty_window, parse_moment
 
     now = datetime.now(UTC)
     try:
@@ -350,9 +350,14 @@ def cmd_usage_export(args: argparse.Namespace) -> int:
     except ValueError:
         _say("--since/--until take a window (1h, 7d) or an ISO date")
         return 2
-    if is_empty_window(since, until, now):  # it exported just the header, status 0
+    bound = empty_window(since, until, now)  # it exported just the header, status 0
+    if bound == "until":
+        _say("--until must be after 1970-01-01 00:00:00 UTC: nothing is recorded before it")
+        return 2
+    if bound == "since" and since is not None:
         _say(f"--since ({since:%Y-%m-%d %H:%M:%S} UTC) must be before --until "
-             f"({(until or now):%Y-%m-%d %H:%M:%S} UTC); a window counts back from now (--since 2h --until 1h)")
+             f"({(until or now):%Y-%m-%d %H:%M:%S} UTC) and before now; a window counts back from now "
+             "(--since 2h --until 1h)")
         return 2
 
     async def go(admin: Any) -> None:

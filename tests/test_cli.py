@@ -607,6 +607,25 @@ def test_an_export_range_that_holds_nothing_is_refused(tmp_path: Path) -> None:
     assert fine.returncode == 0 and fine.stdout.startswith("external_id,model,"), fine.stderr
 
 
+def test_an_export_that_ends_before_anything_was_recorded_or_starts_after_now_is_refused(tmp_path: Path) -> None:
+    """`usage export --until 0001-01-01` (kept at 1970-01-01, before which nothing is recorded) and a
+    window wholly in the future wrote just the CSV header, status 0."""
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    for args, says in (
+        (["--until", "0001-01-01"], "--until must be after 1970-01-01"),
+        (["--until", "1970-01-01T00:00:00Z"], "--until must be after 1970-01-01"),
+        (["--since", "1969-01-01", "--until", "1969-06-01"], "--until must be after 1970-01-01"),
+        (["--since", "2999-01-01", "--until", "3000-01-01"], "and before now"),
+    ):
+        result = run(["usage", "export", *args], env)
+        assert result.returncode == 2 and result.stdout == "", (args, result.returncode, result.stdout)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and says in lines[0], (args, result.stderr)
+    for args in (["--until", "1970-01-02"], ["--since", "1h", "--until", "2999-01-01"]):  # these may hold usage
+        fine = run(["usage", "export", *args], env)
+        assert fine.returncode == 0 and fine.stdout.startswith("external_id,model,"), (args, fine.stderr)
+
+
 def test_workers_set_in_the_environment_are_named_when_refused(tmp_path: Path) -> None:
     """`SENTINEL_WORKERS=2` without REDIS_URL was refused as "--workers 2 needs REDIS_URL": an option
     the operator never typed."""

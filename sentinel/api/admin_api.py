@@ -39,7 +39,7 @@ from sentinel.api.throttle import address_of
 from sentinel.domain.numbers import MAX_INT64, parse_whole
 from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import MAX_ITEMS, limit_inputs, refuse
-from sentinel.services.admin_usage import EMPTY_WINDOW, STEPS, is_empty_window, parse_moment
+from sentinel.services.admin_usage import EMPTY_WINDOW, STEPS, empty_window, parse_moment
 
 PREFIX = "/admin/api"
 
@@ -58,11 +58,11 @@ def moment_param(request: Request, name: str, now: datetime) -> datetime | None:
 
 
 def window_params(request: Request, now: datetime) -> tuple[datetime | None, datetime | None]:
-    """The `since` and `until` query parameters; 400 (field `since`) for a window holding no moment
-    (`since` not before `until`, or now without it)."""
+    """The `since` and `until` query parameters; 400 naming the bound at fault for a window holding no
+    moment that can have been recorded (`since` not before `until` and now, `until` at 1970 or before)."""
     since, until = moment_param(request, "since", now), moment_param(request, "until", now)
-    if is_empty_window(since, until, now):
-        raise refuse({"since": EMPTY_WINDOW})
+    if (bound := empty_window(since, until, now)) is not None:
+        raise refuse({bound: EMPTY_WINDOW[bound]})
     return since, until
 
 
@@ -173,8 +173,8 @@ class AdminApiRoutes:
             raise refuse({"step": f"one of {', '.join(STEPS)}"})
         since = moment_param(request, "since", now) or now - timedelta(days=1)
         until = moment_param(request, "until", now) or now
-        if is_empty_window(since, until, now):
-            raise refuse({"since": EMPTY_WINDOW})
+        if (bound := empty_window(since, until, now)) is not None:
+            raise refuse({bound: EMPTY_WINDOW[bound]})
         series = await self.service.reports.series(since, until, STEPS[step])
         return _json(series.to_json())
 

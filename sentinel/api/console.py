@@ -44,7 +44,7 @@ from sentinel.domain.plans import format_window
 from sentinel.errors import Conflict, InvalidRequest, NotFound, RevocationIncomplete, StoreUnavailable
 from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import LimitInput, field_errors
-from sentinel.services.admin_usage import PERIODS, is_empty_window, parse_moment
+from sentinel.services.admin_usage import PERIODS, empty_window, parse_moment
 from sentinel.store import Store
 
 MAX_FORM_BYTES = 64 * 1024
@@ -389,9 +389,11 @@ class ConsoleRoutes:
             except ValueError:
                 return _html(400, message_page(self.css, "Export", "From/Until: a window like 7d or a date like "
                                                                    "2026-01-31"))
-            if is_empty_window(since, until, now):
-                return _html(400, message_page(self.css, "Export", "From: before Until (now when empty); a window "
-                                                                   "counts back from now (from 2h until 1h)"))
+            if (bound := empty_window(since, until, now)) is not None:
+                said = ("Until: after 1970-01-01 (nothing is recorded before)" if bound == "until" else
+                        "From: before Until (now when empty) and before now; a window counts back from now "
+                        "(from 2h until 1h)")
+                return _html(400, message_page(self.css, "Export", said))
             text = await self.service.usage_csv(since, until)
             stamp = now.strftime("%Y%m%d-%H%M")
             headers = [(b"content-type", b"text/csv; charset=utf-8"), (b"cache-control", b"no-store"), NOSNIFF,

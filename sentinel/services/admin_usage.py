@@ -136,13 +136,22 @@ def parse_moment(text: str | None, now: datetime) -> datetime | None:
     return min(max(moment, EARLIEST), LATEST)
 
 
-EMPTY_WINDOW = "before until (now when absent): a window counts back from now (since=2h&until=1h)"
+# Why a window holds no moment that can have been recorded, by the bound at fault (`empty_window`).
+EMPTY_WINDOW = {
+    "since": "before until (now when absent) and before now: a window counts back from now (since=2h&until=1h)",
+    "until": "after 1970-01-01T00:00:00Z: nothing is recorded before it",
+}
 
 
-def is_empty_window(since: datetime | None, until: datetime | None, now: datetime) -> bool:
-    """Whether [since, until) holds no moment (`until` None: now), as `since=1h&until=2h` does: an
-    export of it was its header alone, a series of it a complaint about its buckets."""
-    return since is not None and since >= (until or now)
+def empty_window(since: datetime | None, until: datetime | None, now: datetime) -> str | None:
+    """The bound (`since` or `until`) that leaves [since, until) without a moment that can have been
+    recorded — none before EARLIEST, none after `now` (`until` None: now) — or None for a window
+    that holds one. `since=1h&until=2h`, `since=2100-01-01&until=2200-01-01` (`since`) and
+    `until=0001-01-01` (kept at EARLIEST: `until`) were an export of its header alone, status 0."""
+    if until is not None and until <= EARLIEST:
+        return "until"
+    end = now if until is None else min(until, now)
+    return "since" if since is not None and since >= end else None
 
 
 def _ms(value: float | None) -> float | None:

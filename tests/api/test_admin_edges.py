@@ -58,7 +58,7 @@ def test_dates_at_the_ends_of_the_calendar_never_give_a_500(api: httpx.Client, c
 
 @pytest.mark.parametrize("window", [{"since": "1h", "until": "2h"}, {"since": "2026-01-02", "until": "2026-01-01"},
                                     {"since": "2026-01-01", "until": "2026-01-01"}, {"since": "8999-12-31"},
-                                    {"until": "2d"}])
+                                    {"since": "2999-01-01", "until": "3000-01-01"}, {"until": "2d"}])
 def test_a_window_holding_no_moment_is_refused_where_since_is_named(
     api: httpx.Client, console: Console, window: dict[str, str],
 ) -> None:
@@ -78,6 +78,22 @@ def test_a_window_holding_no_moment_is_refused_where_since_is_named(
         page = console.get("/admin/export.csv", params=params)
         assert page.status_code == 400 and "From: before Until" in page.text, page.text
     assert api.get("/admin/api/usage.csv", params={"since": "2h", "until": "1h"}).status_code == 200
+
+
+@pytest.mark.parametrize("until", ["0001-01-01", "1969-12-31T23:59:59Z", "1970-01-01"])
+def test_a_window_ending_before_anything_was_recorded_is_refused_where_until_is_named(
+    api: httpx.Client, console: Console, until: str,
+) -> None:
+    """`until=0001-01-01` was kept at 1970-01-01 (nothing is recorded before it) and the export
+    answered its header alone, 200; the CLI's `--until 0001-01-01` too (status 0)."""
+    for path in ["/admin/api/usage", "/admin/api/usage.csv", "/admin/api/usage/totals"]:
+        answer = api.get(path, params={"until": until, "user": "alice", "step": "1h"})
+        assert answer.status_code == 400, (path, answer.text)
+        error = answer.json()["error"]
+        assert error["code"] == "validation_failed" and "1970" in error["details"]["fields"]["until"], (path, error)
+    page = console.get("/admin/export.csv", params={"until": until})
+    assert page.status_code == 400 and "Until: after 1970-01-01" in page.text, page.text
+    assert api.get("/admin/api/usage.csv", params={"until": "1970-01-02"}).status_code == 200
 
 
 def test_a_series_of_too_many_buckets_names_its_step(api: httpx.Client) -> None:

@@ -9,7 +9,8 @@ public key can never be used as an HMAC secret. The JWKS is cached, refreshed on
 is under way a token whose key is cached is verified with it, not held up; while refetches fail the
 cached set is still used, but never once it was fetched more than `max_stale` ago: a key the
 identity provider removed must not stay valid for as long as its JWKS URL is unreachable. Past that,
-every JWKS-signed token is GovernanceUnavailable (503), as with no set at all.
+every JWKS-signed token is GovernanceUnavailable (503), as with no set at all. Keys that share a
+`kid` (a rotation that kept it) are each tried, in the set's order, up to MAX_KEYS_PER_KID.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import logging
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -45,6 +47,9 @@ KEY_ALGORITHMS = {
 # JWT identity use (an identity is served until `exp + LEEWAY_SECONDS`, never longer).
 LEEWAY_SECONDS = 30
 MAX_JWKS_BYTES = 1024 * 1024  # a key set is a few KiB: a larger document is refused unread
+# Keys of one `kid` a token is tried against (the first in the set's order): a rotation that kept the
+# kid has two or three; a 1 MiB set could hold thousands, each a signature check per token.
+MAX_KEYS_PER_KID = 4
 
 
 # The latest `exp` taken as it is (9999-12-31T23:59:59Z): a later one means the same, "far away",
@@ -128,60 +133,84 @@ class JwtVerifier:
         if alg in HMAC_ALGORITHMS and self._secret is not None:
             key = self._secret
         elif alg in KEY_ALGORITHMS and self._jwks_url is not None:
-            found = await self._jwk(alg, kid if isinstance(kid, str) else None)
-            if found is None:
-                return None
-            key = found.key
+            return await self._verify_with_jwks(token, alg, kid if isinstance(kid, str) else None)
         else:
             return None  # "none", unknown algorithms, and families we hold no key for
-        return self._decode(token, key, alg)
-
-    def _decode(self, token: str, key: Any, alg: str) -> dict[str, Any] | None:
-        options: dict[str, Any] = {"require": ["exp"], "verify_aud": self._audience is not None}
         try:
-            with warnings.catch_warnings():  # short keys are warned about once, at start-up
-                warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
-                claims: dict[str, Any] = jwt.decode(
-                    token,
-                    key,
-                    algorithms=[alg],
-                    audience=self._audience,
-                    issuer=self._issuer,
-                    leeway=LEEWAY_SECONDS,
-                    options=options,  # type: ignore[arg-type]
-                )
+            return self._decode(token, key, alg)
         except (jwt.PyJWTError, ValueError, TypeError):
             return None
+
+    async def _verify_with_jwks(self, token: str, alg: str, kid: str | None) -> dict[str, Any] | None:
+        """Try every key of the token's kid (a rotation that kept the kid, old and new key both in the
+        set, refused the tokens of whichever came second). When none of them signed it, the set is
+        fetched again as for an unknown kid (at most once per `refetch_interval`): the new key of a
+        rotation that replaced the old one under the same kid is not in the cached set."""
+        claims, unsigned = self._decode_any(token, await self._jwks(alg, kid), alg)
+        if unsigned and kid is not None:
+            fetched_at = self._fetched_at
+            await self._refresh()  # which fetches only when allowed
+            if self._fetched_at != fetched_at:
+                claims, _ = self._decode_any(token, self._find(alg, kid), alg)
         return claims
 
-    async def _jwk(self, alg: str, kid: str | None) -> jwt.PyJWK | None:
-        """The JWKS key for this token, fetching the set when missing, old, or the kid is unknown;
-        GovernanceUnavailable without a set fetched within `max_stale`."""
+    def _decode_any(self, token: str, keys: list[jwt.PyJWK], alg: str) -> tuple[dict[str, Any] | None, bool]:
+        """The claims of the first of `keys` that verifies the token, and whether each of them found
+        its signature wrong (none: False)."""
+        unsigned = bool(keys)
+        for found in keys:
+            try:
+                return self._decode(token, found.key, alg), False
+            except jwt.InvalidSignatureError:
+                continue
+            except (jwt.PyJWTError, ValueError, TypeError):
+                unsigned = False
+        return None, unsigned
+
+    def _decode(self, token: str, key: Any, alg: str) -> dict[str, Any]:
+        """The token's verified claims; PyJWTError (or ValueError, TypeError) when it is not valid."""
+        options: dict[str, Any] = {"require": ["exp"], "verify_aud": self._audience is not None}
+        with warnings.catch_warnings():  # short keys are warned about once, at start-up
+            warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=LEEWAY_SECONDS,
+                options=options,  # type: ignore[arg-type]
+            )
+        return claims
+
+    async def _jwks(self, alg: str, kid: str | None) -> list[jwt.PyJWK]:
+        """The JWKS keys this token may be signed with (none: refused), fetching the set when missing,
+        old, or the kid is unknown; GovernanceUnavailable without a set fetched within `max_stale`."""
         now = self._clock()
-        key = self._find(alg, kid)
+        keys = self._find(alg, kid)
         stale = self._keys is None or now - self._fetched_at > self._max_age
         # A token whose key is cached does not wait for a refresh under way (a slow or unreachable
         # JWKS URL held every new token up to `fetch_timeout`, again at each retry): it is verified
         # with the cached key meanwhile, as when that refresh fails, while within `max_stale`.
         meanwhile = self._lock.locked() and now - self._fetched_at <= self._max_stale
-        if key is None or (stale and not meanwhile):
+        if not keys or (stale and not meanwhile):
             await self._refresh()  # which fetches only when allowed
-            key = self._find(alg, kid)
+            keys = self._find(alg, kid)
         if self._keys is None:
             raise GovernanceUnavailable("the JWT key set (JWKS) cannot be fetched")
         if self._clock() - self._fetched_at > self._max_stale:
             raise GovernanceUnavailable("the JWT key set (JWKS) cannot be refetched and the cached one is too old")
-        return key
+        return keys
 
-    def _find(self, alg: str, kid: str | None) -> jwt.PyJWK | None:
+    def _find(self, alg: str, kid: str | None) -> list[jwt.PyJWK]:
         usable = [
             key
             for declared, key in self._keys or []
             if key.key_type == KEY_ALGORITHMS[alg] and declared in (None, alg)
         ]
         if kid is not None:
-            return next((k for k in usable if k.key_id == kid), None)
-        return usable[0] if len(usable) == 1 else None  # no kid: only an unambiguous key will do
+            return [k for k in usable if k.key_id == kid][:MAX_KEYS_PER_KID]
+        return usable if len(usable) == 1 else []  # no kid: only an unambiguous key will do
 
     async def _refresh(self) -> None:
         """Fetch the set when it is due: none yet, or older than `max_age` (whatever
@@ -235,6 +264,10 @@ class JwtVerifier:
                 log.warning("skipping an unusable JWKS key (kid %r)", entry.get("kid"))
         if not keys:  # a set that verifies nothing is a broken answer, not a rotation: the cached keys stay
             raise GovernanceUnavailable("JWKS document has no usable signing key")
+        kids = Counter(key.key_id for _, key in keys if isinstance(key.key_id, str))
+        if crowded := sorted(kid for kid, count in kids.items() if count > MAX_KEYS_PER_KID)[:3]:
+            log.warning("JWKS kid(s) %s have more than %d keys: tokens are tried against the first %d only",
+                        ", ".join(repr(kid[:64]) for kid in crowded), MAX_KEYS_PER_KID, MAX_KEYS_PER_KID)
         return keys
 
 

@@ -24,7 +24,13 @@ from starlette.routing import Route
 from sentinel.domain.identity import Identity
 from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.identity import Refused, StandIn
-from sentinel.governance.jwt import LEEWAY_SECONDS, JwtVerifier, LocalJwtIdentitySource, unverified_expiry
+from sentinel.governance.jwt import (
+    LEEWAY_SECONDS,
+    MAX_KEYS_PER_KID,
+    JwtVerifier,
+    LocalJwtIdentitySource,
+    unverified_expiry,
+)
 from tests.support.fake_zion import ZionProfiles
 from tests.support.servers import free_port, serving
 
@@ -280,6 +286,60 @@ async def test_rs256_via_jwks_and_one_refetch_per_unknown_kid(
     clock.now += 61
     assert await verifier.verify(rs(key_b, "unknown")) is None
     assert server.downloads == 3
+
+
+async def test_every_key_sharing_the_tokens_kid_is_tried(
+    jwks: tuple[Jwks, str], session: aiohttp.ClientSession
+) -> None:
+    """A rotation that kept the kid (old and new key both published under it) locked out the users
+    of whichever key came second: only the first key with the token's kid was tried. Each is tried
+    now; a token none of them signed is still refused, with no refetch within the minute."""
+    server, url = jwks
+    (old, jwk_old), (new, jwk_new), (forger, _) = rsa_key("k"), rsa_key("k"), rsa_key("k")
+    server.keys = [jwk_old, jwk_new]
+    verifier = JwtVerifier(None, url, None, None, session, clock=Clock())
+    for signer in (old, new):
+        found = await verifier.verify(rs(signer, "k"))
+        assert found is not None and found["sub"] == "user-1"
+    assert await verifier.verify(rs(forger, "k")) is None
+    assert await verifier.verify(rs(new, "k", exp=int(time.time()) - 60)) is None  # its key, but expired
+    assert server.downloads == 1
+
+
+async def test_a_rotation_that_replaced_a_key_under_its_kid_is_fetched_like_an_unknown_kid(
+    jwks: tuple[Jwks, str], session: aiohttp.ClientSession
+) -> None:
+    """The cached set knew the kid, so a token of the new key (same kid) never caused a refetch: its
+    users were refused until the set's `max_age` (an hour). A token no key of its kid signed now
+    refetches the set as an unknown kid does: at most once per `refetch_interval`."""
+    server, url = jwks
+    (old, jwk_old), (new, jwk_new), (forger, _) = rsa_key("k"), rsa_key("k"), rsa_key("k")
+    server.keys = [jwk_old]
+    clock = Clock()
+    verifier = JwtVerifier(None, url, None, None, session, clock=clock)
+    assert await verifier.verify(rs(old, "k")) is not None
+    server.keys = [jwk_new]  # the old key withdrawn, the new one published under the same kid
+    assert await verifier.verify(rs(new, "k")) is None  # fetched < 60 s ago: no refetch yet
+    assert server.downloads == 1
+    clock.now += 61
+    assert await verifier.verify(rs(new, "k")) is not None  # one refetch
+    assert await verifier.verify(rs(old, "k")) is None  # withdrawn
+    assert await verifier.verify(rs(forger, "k")) is None
+    assert server.downloads == 2  # at most once per 60 s, forged tokens included
+
+
+async def test_the_keys_tried_for_one_kid_are_bounded(
+    jwks: tuple[Jwks, str], session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 1 MiB set could hold thousands of keys under one kid, each a signature check per token:
+    the first MAX_KEYS_PER_KID are tried, and the set's crowded kid is logged."""
+    server, url = jwks
+    pairs = [rsa_key("k") for _ in range(MAX_KEYS_PER_KID + 1)]
+    server.keys = [jwk for _, jwk in pairs]
+    verifier = JwtVerifier(None, url, None, None, session, clock=Clock())
+    assert await verifier.verify(rs(pairs[MAX_KEYS_PER_KID - 1][0], "k")) is not None
+    assert await verifier.verify(rs(pairs[MAX_KEYS_PER_KID][0], "k")) is None
+    assert "'k' have more than" in caplog.text
 
 
 async def test_a_stale_key_set_is_honoured_for_max_stale_then_it_is_an_outage(

@@ -1,0 +1,158 @@
+"""Text a user controls, shown to the operator in chromium: it reads as text and never runs.
+
+Users put markup into the ledger and the users table through what they control — the id and email
+claims of their JWT, a key issued for an id they picked (`sentinel keys create '<img …>'`), a hostile
+model name and `user` field in a request — and the operator then opens the overview, the users page,
+each user's page (links of both forms: `/admin/users/{id}` and `/admin/user?id=`), and the audit log.
+Each page is checked twice: with its Content-Security-Policy bypassed (the HTML escaping alone must
+keep every payload inert: `window.__xss` stays undefined, no element is injected) and as served
+(the CSP on top: no violation logged, nothing left the machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import jwt
+import pytest
+
+from tests.api.conftest import Gateway
+from tests.browser.test_console_page import reload_until, sign_in
+from tests.support.browser import BROWSER_TEST, is_local
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page
+
+pytestmark = BROWSER_TEST
+
+ADMIN_KEY = "browser-admin-key-0123456789"
+SECRET = "a-browser-test-secret-long-enough-for-hs256"
+# Every payload sets window.__xss if it ever runs: as an element, a handler, a script or a URL.
+JWT_USER = '"><svg onload=window.__xss=1></script><script>window.__xss=2</script>'  # holds '/': ?id= links
+JWT_EMAIL = "x@\"><img src=x onerror=window.__xss=3>.example"
+KEY_USER = "<img src=x onerror=window.__xss=4>"  # no '/': a /admin/users/{id} link
+KEY_NAME = "<iframe src=javascript:window.__xss=5>"
+LINK_USER = "javascript:window.__xss=6"
+HOSTILE_MODEL = "<img src=x onerror=window.__xss=7>"
+END_USER = "</title><script>window.__xss=8</script>"
+USERS = (JWT_USER, KEY_USER, LINK_USER)
+
+INJECTED = """() => {
+  const inMain = [...document.querySelectorAll("main img, main script, main iframe, main object, main embed, main svg")]
+    .filter((element) => !element.closest("figure.chart"));  // the charts are the pages' own SVG
+  const handlers = [...document.querySelectorAll("*")].filter(
+    (element) => [...element.attributes].some((attribute) => attribute.name.startsWith("on")));
+  const urls = [...document.querySelectorAll("[href], [src], [action]")].filter((element) =>
+    /^\\s*javascript:/i.test(element.getAttribute("href") || element.getAttribute("src") || element.getAttribute("action")));
+  return {xss: typeof window.__xss, elements: inMain.length, handlers: handlers.length, urls: urls.length};
+}"""
+INERT = {"xss": "undefined", "elements": 0, "handlers": 0, "urls": 0}
+
+
+@pytest.fixture
+def hostile_gateway(gateway_factory: Callable[..., Gateway]) -> Gateway:
+    """A Sentinel with the console on and locally verified JWTs (a user's claims name their id)."""
+    return gateway_factory(admin_key=ADMIN_KEY, jwt_secret=SECRET, jwt_audience="sentinel")
+
+
+def user_traffic(gw: Gateway) -> None:
+    """What the users send: each a request the gateway serves, plus one naming a hostile model."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    claims = {"sub": "u-1", "externalId": JWT_USER, "email": JWT_EMAIL, "aud": "sentinel",
+              "exp": int(time.time()) + 600}
+    bearers = [jwt.encode(claims, SECRET, algorithm="HS256")]
+    with httpx.Client(base_url=gw.url, timeout=30) as client:
+        for user, name in ((KEY_USER, KEY_NAME), (LINK_USER, None)):  # as `sentinel keys create` would
+            made = client.post("/admin/api/user/keys", params={"id": user}, json={"name": name}, headers=admin)
+            assert made.status_code == 201, made.text
+            bearers.append(made.json()["key"])
+        for bearer in bearers:
+            chat = {"model": "gpt-4o-mini", "user": END_USER, "messages": [{"role": "user", "content": "hi"}]}
+            served = client.post("/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {bearer}"})
+            assert served.status_code == 200, served.text
+        refused = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {bearers[0]}"},
+                              json={"model": HOSTILE_MODEL, "messages": [{"role": "user", "content": "hi"}]})
+        assert refused.status_code == 404  # not in the catalogue: nothing recorded under that name
+
+
+async def visit(page: Page, url: str, *, within: Callable[[], Any] | None = None) -> None:
+    """Open `url` (and reload until `within()` holds, for data the ledger writes a moment later);
+    nothing on it ran or was injected."""
+    await page.goto(url)
+    shown = within is None or await reload_until(page, within)
+    assert await page.evaluate(INJECTED) == INERT, url
+    assert shown, url
+
+
+async def operator_tour(page: Page, url: str) -> None:
+    """Every page showing the users' text, each checked by `visit`."""
+    await sign_in(page, url)
+
+    async def top_users() -> bool:
+        shown = await page.inner_text("table.top-users")
+        return all(user in shown for user in USERS)
+
+    await visit(page, url + "/admin?period=1h", within=top_users)
+    assert HOSTILE_MODEL not in await page.inner_text("table.top-models")
+    links = page.locator("table.top-users a")
+    hrefs = {await links.nth(i).inner_text(): await links.nth(i).get_attribute("href") for i in range(await links.count())}
+    assert hrefs[KEY_USER].startswith("/admin/users/%3Cimg")
+    assert hrefs[JWT_USER].startswith("/admin/user?id=")  # its '/' cannot be a path segment
+    assert hrefs[LINK_USER].startswith("/admin/users/javascript")  # a path of the console, never a URL scheme
+    for user in USERS:
+        await page.goto(url + "/admin?period=1h")
+        async with page.expect_navigation():
+            await page.click(f"table.top-users a >> text={user}", strict=True)
+
+        async def recorded() -> bool:
+            return await page.locator("table.recent tbody tr").count() >= 1
+
+        await visit(page, page.url, within=recorded)
+        assert await page.inner_text("main h1") == f"User {user}"
+        assert await page.title() == f"User {user} · Sentinel console"
+        assert "gpt-4o-mini" in await page.inner_text("table.recent")
+    await visit(page, url + hrefs[KEY_USER])
+    assert KEY_NAME in await page.inner_text("table.keys")
+    await visit(page, url + "/admin/users")
+    shown = await page.inner_text("table.users")
+    assert KEY_USER in shown and LINK_USER in shown
+    await visit(page, url + "/admin/users?q=" + "%3C")  # the search echoes the query into its field
+    assert await page.input_value("input[name=q]") == "<"
+    await visit(page, url + "/admin/audit")
+    assert KEY_USER in await page.inner_text("table.audit") and KEY_NAME in await page.inner_text("table.audit")
+
+
+async def test_user_text_is_shown_as_text_even_without_the_csp(hostile_gateway: Gateway, browser: Browser) -> None:
+    """The escaping alone: the same tour with the page's CSP bypassed, so a payload that reached the
+    page as markup would run and set window.__xss."""
+    await asyncio.to_thread(user_traffic, hostile_gateway)
+    context = await browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+    context.set_default_timeout(15_000)
+    outside: list[str] = []
+
+    async def guard(route: Any) -> None:
+        if is_local(route.request.url):
+            await route.continue_()
+        else:
+            outside.append(route.request.url)
+            await route.abort()
+
+    await context.route("**/*", guard)
+    try:
+        await operator_tour(await context.new_page(), hostile_gateway.url)
+    finally:
+        await context.close()
+    assert outside == []
+
+
+async def test_user_text_is_shown_as_text_under_the_csp(hostile_gateway: Gateway, page: Page) -> None:
+    """As served: the tour passes with the CSP in force and no violation logged (an inline handler
+    the CSP blocked would be one)."""
+    await asyncio.to_thread(user_traffic, hostile_gateway)
+    await operator_tour(page, hostile_gateway.url)
+    assert page.console_errors == []  # type: ignore[attr-defined]
+    assert page.outside_requests == []  # type: ignore[attr-defined]

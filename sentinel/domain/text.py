@@ -7,28 +7,66 @@ otherwise than it is stored, the zero-width space, word joiner, soft hyphen and 
 tag characters), the line and paragraph separators U+2028/U+2029 (Zl, Zp) and lone surrogates (Cs:
 not text any store can hold). Allowed of these: ZERO WIDTH NON-JOINER and ZERO WIDTH JOINER
 (U+200C, U+200D), which names in Persian and Indic scripts and emoji sequences need.
+
+Also refused: what Unicode calls default-ignorable but files as a letter, mark or unassigned code
+point — drawn as nothing, so `alice\\u3164` read as `alice` on the console just as `alice\\u200b` did:
+the combining grapheme joiner U+034F, the Hangul fillers (U+115F, U+1160, U+3164, U+FFA0), the Khmer
+inherent vowels U+17B4/U+17B5, the unassigned U+2065, U+FFF0-U+FFF8 and U+E0000-U+E0FFF. And a
+variation selector (U+FE00-U+FE0F, U+E0100-U+E01EF, the Mongolian U+180B-U+180D, U+180F) that selects
+nothing: first, or after a space, control, mark or another selector, or after a letter or digit of
+the Latin, Greek or Cyrillic scripts or any ASCII character (no variation sequence starts with one
+but the keycaps, `1\\ufe0f\\u20e3`, which are kept), so `alice\\ufe0f` drew `alice`. Selectors that draw
+something stay: an emoji's (`\\u2764\\ufe0f`), an ideograph's variant (a Japanese name's IVS), a
+Mongolian letter's form.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 JOINERS = frozenset({"\u200c", "\u200d"})  # ZWNJ, ZWJ: part of legitimate names
 LINE_BREAKS = frozenset({"\r", "\n"})  # a textarea's line breaks, allowed with `lines`
+_SELECTORS = "\u180b-\u180d\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef"
+# Drawn as nothing (see the module docstring): the default-ignorables outside Cf, and the selectors,
+# which `_selects` judges by the character before them.
+_HIDDEN = re.compile(
+    f"[\u034f\u115f\u1160\u17b4\u17b5\u2065\u3164\uffa0\ufff0-\ufff8\U000e0000-\U000e0fff{_SELECTORS}]"
+)
+_SELECTOR = re.compile(f"[{_SELECTORS}]")
+_KEYCAP_BASES = frozenset("0123456789#*")
 
 
 def has_control(text: str, *, lines: bool = False) -> bool:
     """Whether `text` holds a character the module docstring refuses (with `lines`, CR and LF do
     not count)."""
-    if text.isprintable():  # the common case in one pass in C: no character of categories C* and Z* but ' '
+    # The common case in one pass in C: no character of categories C* and Z* but ' ', and ASCII
+    # (nothing drawn as nothing)
+    if not text.isprintable():
+        for char in text:
+            if char.isprintable() or char in JOINERS or (lines and char in LINE_BREAKS):
+                continue  # printable, or allowed though not (ZWNJ, ZWJ; a textarea's line breaks)
+            if unicodedata.category(char) in REFUSED_CATEGORIES:
+                return True
+    return not text.isascii() and any(
+        _SELECTOR.fullmatch(found.group()) is None or not _selects(text, found.start())
+        for found in _HIDDEN.finditer(text)
+    )
+
+
+def _selects(text: str, at: int) -> bool:
+    """Whether the variation selector at `text[at]` can select a form of the character before it
+    (see the module docstring)."""
+    if at == 0:
         return False
-    for char in text:
-        if char.isprintable() or char in JOINERS or (lines and char in LINE_BREAKS):
-            continue  # printable, or allowed though not (ZWNJ, ZWJ; a textarea's line breaks)
-        if unicodedata.category(char) in REFUSED_CATEGORIES:
-            return True
-    return False
+    before = text[at - 1]
+    if before in _KEYCAP_BASES:  # `1\ufe0f\u20e3`: an emoji keycap
+        return text[at] in "\ufe0e\ufe0f" and text[at + 1:at + 2] == "\u20e3"
+    code, kind = ord(before), unicodedata.category(before)
+    if before.isascii() or kind[0] in "CZM":
+        return False
+    return not (kind[0] in "LN" and (code < 0x0530 or 0x1E00 <= code < 0x2000))  # Latin, Greek, Cyrillic
 
 
 def is_text(value: str) -> bool:

@@ -78,10 +78,20 @@ class SentinelError(Exception):
         return {"error": err}
 
 
-def _retry_after(headers: dict[str, str], seconds: float | None) -> float | None:
-    """Set `Retry-After` (whole seconds, at least 1) unless already set; returns `seconds`."""
+# The longest `Retry-After` an answer leaves the official SDKs to wait through before they retry (twice
+# by default, on a 429 or a 5xx). The anthropic SDK sleeps for whatever it says (a day's quota: hours,
+# twice, its caller's call held all the while); older openai SDKs retry at once past 60 s, refused again.
+SDK_RETRY_WAIT_MAX = 60.0
+
+
+def _retry_after(headers: dict[str, str], seconds: float | None, *, retryable: bool = True) -> float | None:
+    """Set `Retry-After` (whole seconds, at least 1) unless already set; returns `seconds`. When no
+    wait can help (`retryable=False`) or the wait is past SDK_RETRY_WAIT_MAX, also `x-should-retry:
+    false`, which both official SDKs obey before anything else: the caller gets its error at once."""
     if seconds is not None:
         headers.setdefault("Retry-After", str(max(1, int(seconds + 0.999))))
+    if not retryable or (seconds is not None and seconds > SDK_RETRY_WAIT_MAX):
+        headers.setdefault("x-should-retry", "false")
     return seconds
 
 
@@ -148,13 +158,18 @@ class Conflict(ClientError):
 
 
 class RateLimited(ClientError):
+    """`retryable=False`: no wait can help (a request larger than its limit): `x-should-retry: false`
+    (`_retry_after`)."""
+
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, retryable: bool = True, **kw: Any
+    ) -> None:
         super().__init__(message, **kw)
-        self.retry_after = _retry_after(self.headers, retry_after)
+        self.retry_after = _retry_after(self.headers, retry_after, retryable=retryable)
 
 
 class ServiceUnavailable(SentinelError):

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 PREFIXES = ("/v1/", "/native/")
 METHODS = "GET, POST, DELETE, OPTIONS"
 EXPOSED = (
-    "X-Request-Id, request-id, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, "
+    "X-Request-Id, request-id, Retry-After, x-should-retry, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, "
     "X-Sentinel-Tier, X-Sentinel-Provider, X-Sentinel-Model, X-Sentinel-Estimate, "
     "Server-Timing"
 )

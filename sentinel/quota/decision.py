@@ -152,6 +152,7 @@ class Decision:
             self.message,
             code="quota_exceeded",
             retry_after=self.retry_after,
+            retryable=not self.oversized,
             headers=self.headers(),
             details=details,
         )

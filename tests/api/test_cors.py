@@ -33,7 +33,7 @@ def test_preflight_and_actual_requests(gateway_factory: Callable[..., Gateway]) 
         ok = http.post("/v1/messages", json=ASK, headers={"origin": APP, "x-api-key": gw.key})
         assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == APP
         exposed = {h.strip().lower() for h in ok.headers["access-control-expose-headers"].split(",")}
-        assert {"x-request-id", "request-id", "retry-after", "x-ratelimit-remaining", "x-sentinel-provider"} <= exposed
+        assert {"x-request-id", "request-id", "retry-after", "x-should-retry", "x-ratelimit-remaining", "x-sentinel-provider"} <= exposed
         unauthenticated = http.post("/v1/messages", json=ASK, headers={"origin": APP})
         assert unauthenticated.status_code == 401 and unauthenticated.headers["access-control-allow-origin"] == APP
         foreign = http.post("/v1/messages", json=ASK, headers={"origin": "http://evil.example", "x-api-key": gw.key})

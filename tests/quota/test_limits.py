@@ -103,6 +103,18 @@ def test_oversized_request_is_said_so_and_has_no_retry() -> None:
     assert "alone needs 5000 input tokens" in decision.message
 
 
+def test_a_denial_no_wait_of_a_minute_can_serve_tells_the_sdks_not_to_retry() -> None:
+    """The official SDKs retry a 429 twice; the anthropic SDK first sleeps for whatever Retry-After
+    says (hours, for a day's quota). A reset more than a minute away, or none (a request larger
+    than its limit), says `x-should-retry: false`, which both obey; a nearer one leaves them be."""
+    day = state(100, 100, 1000.0 + 7200, window=86400)
+    oversized = LimitState(Limit("input_tokens", 60, 1000), 0, 5000, 1060.0)
+    for states in ((day,), (oversized,)):
+        assert Decision.from_states(states, 0, now=1000.0).to_error().headers["x-should-retry"] == "false"
+    soon = Decision.from_states((state(100, 100, 1030.0),), 0, now=1000.0).to_error()
+    assert soon.headers["Retry-After"] == "30" and "x-should-retry" not in soon.headers
+
+
 def test_empty_plan_decision_has_no_headers() -> None:
     decision = Decision.from_states((), None, now=0.0)
     assert decision.allowed and decision.headers() == {}

@@ -9,6 +9,12 @@ a literal backslash, empty segments (`//`; one trailing slash is allowed), contr
 bytes outside printable ASCII, and malformed percent-escapes or ones that do not spell UTF-8 (read
 as U+FFFD, many spellings would name one thing). What remains decodes to exactly one path with one
 meaning; percent-encoded ordinary characters (`%63hat`) decode to the same route.
+
+One exception: below `/v1/models/` an encoded `/` reads as the `/` it spells (the path is checked as
+if written so: its dot and empty segments are refused alike). A catalogue name may hold one
+(`meta-llama/Llama-3.1-8B-Instruct`), and both official SDKs encode it (`models.retrieve` asks for
+`/v1/models/meta-llama%2FLlama-3.1-8B-Instruct`); the id is only looked up in the catalogue there,
+never sent on (any other method is 405), so no upstream can read the path otherwise.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ _VOID = re.compile(rb"[. ]*(?:;.*)?", re.DOTALL)
 # The common case in one match: segments of unreserved/sub-delim characters, no '%', none of only dots
 # (`.`, `..`, `...`) nor only dots before a `;` (`..;x`, `;x`).
 _PLAIN = re.compile(rb"^(?:/(?!\.*(?:[/;]|$))[A-Za-z0-9\-._~!$&'()*+,;=:@]+)+/?$|^/$")
+_MODEL_ID = b"/v1/models/"
+_ENCODED_SLASH = re.compile(rb"%2[Ff]")
 
 
 def _refuse(reason: str) -> InvalidRequest:
@@ -38,6 +46,8 @@ def check_raw_path(raw: bytes) -> None:
     """Raise InvalidRequest (400 `invalid_path`) unless `raw` is a canonical path (see the module doc)."""
     if _PLAIN.fullmatch(raw):  # fullmatch: `$` also matches before a final newline
         return
+    if raw.startswith(_MODEL_ID):  # a model id's own '/', encoded (see the module doc)
+        raw = _ENCODED_SLASH.sub(b"/", raw)
     if not raw.startswith(b"/"):
         raise _refuse("it must start with '/'")
     if not _PRINTABLE.fullmatch(raw):

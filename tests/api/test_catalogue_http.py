@@ -22,7 +22,7 @@ from sentinel.mock.app import create_mock_app
 from sentinel.routing.health import ProviderHealth
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import ledger_totals, wait_for
-from tests.support.attack import ledger_rows, spying
+from tests.support.attack import bearer, ledger_rows, raw_request, spying
 from tests.support.metrics import metric
 from tests.support.servers import free_port
 
@@ -216,6 +216,27 @@ def test_bad_catalogue_refuses_to_start(tmp_path: Path) -> None:
     file = read_providers_file(settings)
     with pytest.raises(ConfigError, match="not configured"):
         build_model_catalogue(build_catalog(settings, file), file)
+
+
+def test_a_model_named_with_a_slash_is_retrieved_by_both_sdks(gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
+    """A catalogue name may hold '/' (`meta-llama/Llama-3.1-8B-Instruct`, as vLLM and OpenRouter name
+    models), and both SDKs' `models.retrieve` encode it (`/v1/models/meta-llama%2FLlama-3.1-8B-Instruct`):
+    refused as a path that is not canonical, a 400. It is served now; below `/v1/models/` the path
+    is still refused when, read so, it is not canonical, and no other method there reaches anyone."""
+    slashed = "meta-llama/Llama-3.1-8B-Instruct"
+    path = tmp_path / "catalogue.yaml"
+    path.write_text(yaml.safe_dump({"models": [{"name": slashed, "provider": "openai", "upstream_name": "gpt-4o-mini"}]}))
+    gw = gateway_factory(providers_file=path)
+    assert gw.openai().models.retrieve(slashed).id == slashed
+    assert gw.anthropic().models.retrieve(slashed).id == slashed
+    before = mock_requests(gw)
+    for target in ("/v1/models/x%2F..%2F..%2Fchat%2Fcompletions", "/v1/models/meta-llama%2F%2FLlama",
+                   "/v1/models/%2e%2e%2fchat%2fcompletions"):
+        refused = raw_request(gw.url, "GET", target, headers=bearer(gw.key))
+        assert (refused.status, refused.json()["error"]["code"]) == (400, "invalid_path"), target
+    deleted = raw_request(gw.url, "DELETE", "/v1/models/meta-llama%2FLlama-3.1-8B-Instruct", headers=bearer(gw.key))
+    assert (deleted.status, deleted.headers["allow"]) == (405, "GET")
+    assert mock_requests(gw) == before
 
 
 def test_anthropic_sdk_unknown_model_is_not_found(gateway: Gateway) -> None:

@@ -37,7 +37,7 @@ from sentinel.native.openai_checks import MAX_JSON_DEPTH
 from sentinel.observability.redaction import redact
 from sentinel.providers.errors import stream_error
 from sentinel.quota.images import ANTHROPIC, ImageRule, base64_image_tokens
-from sentinel.quota.media import file_tokens
+from sentinel.quota.media import file_tokens, unread_file_tokens
 from sentinel.quota.tokens import (
     MAX_PLAIN_ID_CHARS,
     REPLY_PRIMING,
@@ -133,8 +133,9 @@ def _content(
             # A plain-text document's data, a content document's blocks, a search result's blocks;
             # titles and context too, and a search result's source. A PDF sent as base64 data is an
             # image of each page (`media.file_tokens`: Anthropic puts each page's image and text
-            # before the model; a 100-page PDF was admitted at a few tokens). A PDF by URL or file id
-            # is not estimated: its bytes are elsewhere.
+            # before the model; a 100-page PDF was admitted at a few tokens). A PDF by URL, its bytes
+            # elsewhere, is reserved as the longest PDF a request may hold (`media.unread_file_tokens`;
+            # a file id is refused before: `services.objects.anthropic_object_reference`).
             source = block.get("source")
             if isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
                 texts.append(source["data"])
@@ -142,6 +143,8 @@ def _content(
                 tokens += _content(source.get("content"), texts, depth + 3, rule=rule, pdfs=pdfs)
             elif pdfs and isinstance(source, dict) and source.get("type") == "base64":
                 tokens += file_tokens(source.get("data"), rule)
+            elif pdfs and isinstance(source, dict) and source.get("type") == "url":
+                tokens += unread_file_tokens(rule)
             tokens += _content(block.get("content"), texts, depth + 2, rule=rule, pdfs=pdfs) if kind == "search_result" else 0
             texts.extend(_strings(block, "title", "context", "source"))
         elif kind == "thinking":

@@ -7,6 +7,7 @@ the thing that turns a hostile body into a 500.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -14,7 +15,7 @@ from sentinel.native.openai_checks import output_multiplier
 from sentinel.quota.anthropic_usage import content_texts, estimate_messages
 from sentinel.quota.images import ANTHROPIC, ImageRule, openai_image_rule
 from sentinel.quota.items import item_text
-from sentinel.quota.media import part_tokens
+from sentinel.quota.media import TextCount, part_tokens
 from sentinel.quota.tokens import TokenCounter
 
 # No request reserves more output tokens than this (no model produces that many in one call): the
@@ -78,6 +79,7 @@ def _as_json(counter: TokenCounter, model: str, user: str | None, *values: Any) 
 def _responses_input(
     counter: TokenCounter, model: str, payload: dict[str, Any], user: str | None, images: ImageRule
 ) -> int:
+    count = _text_count(counter, model, user)
     instructions = payload.get("instructions")
     total = counter.count_text(instructions, model, user=user) if isinstance(instructions, str) else 0
     # Tool definitions and the output format's schema (`text.format`) reach the model as text.
@@ -92,7 +94,7 @@ def _responses_input(
         values += [value["text"] for value in variables.values()
                    if isinstance(value, dict) and value.get("type") == "input_text" and isinstance(value.get("text"), str)]
         total += sum(counter.count_text(text, model, user=user) for text in values)
-        total += sum(part_tokens(value, images) for value in variables.values()
+        total += sum(part_tokens(value, images, count) for value in variables.values()
                      if isinstance(value, dict) and value.get("type") in ("input_image", "input_file"))
     items = payload.get("input")
     if isinstance(items, str):
@@ -110,17 +112,27 @@ def _responses_input(
         # their images and files.
         texts: list[str] = []
         for item in others:
-            item_texts, media = _item_input(item, images)
+            item_texts, media = _item_input(item, images, count)
             texts += item_texts
             total += media
         total += counter.count_text("\n".join(texts), model, user=user) if texts else 0
     return total
 
 
-def _item_input(item: Any, images: ImageRule) -> tuple[list[str], int]:
+def _item_input(item: Any, images: ImageRule, count: TextCount) -> tuple[list[str], int]:
     """What a Responses input item puts before the model (`items.item_text`): its text, keys
-    included, and the tokens counted already (its scalars, images and files, under `images`)."""
-    return item_text(item, images=images) if isinstance(item, dict) else ([], 0)
+    included, and the tokens counted already (its scalars, images and files, under `images`; a text
+    file's text by `count`)."""
+    return item_text(item, images=images, count=count) if isinstance(item, dict) else ([], 0)
+
+
+def _text_count(counter: TokenCounter, model: str, user: str | None) -> TextCount:
+    """`counter`'s count of a text for `model` (a text file's, `media.file_tokens`)."""
+    return functools.partial(_count_text, counter, model, user)
+
+
+def _count_text(counter: TokenCounter, model: str, user: str | None, text: str) -> int:
+    return counter.count_text(text, model, user=user)
 
 
 def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:

@@ -20,10 +20,20 @@ OpenAI-format estimate (chat, Responses, the native API) adds, per part:
   in its compressed object streams (inflated up to a bound, see `pdf_pages`); a PDF in which none is
   found counts as one page.
 
-Not estimated: a file by `file_id` or `file_url` (its bytes are elsewhere), a file that is not a PDF,
-and audio (`input_audio`): Sentinel has no per-second figure it can justify for audio input on these
-endpoints, and a compressed format's byte length does not give its duration. The answer's usage
-counts them; a stream cut before its usage is charged the estimate without them.
+- a file sent as data that is not a PDF: an image (by its header) under the image rule; text (its
+  bytes UTF-8) counted as the text the provider extracts, by the request's tokenizer when the caller
+  passes one (`count`), else a token per 4 bytes; any other file (an Office document, compressed:
+  its text may be many times its size) as a file Sentinel cannot read, below, or a token per 4
+  bytes when that is more;
+- a file Sentinel cannot read — by `file_id` or `file_url`, its bytes elsewhere — as a PDF of
+  UNREAD_FILE_PAGES pages (`unread_file_tokens`): the most pages OpenAI and Anthropic read from one
+  request's files. Estimated at nothing, such a file was free in a stream cut before its usage, and
+  a burst of them passed an input limit before the first settled (one 100-page PDF by URL: ~80,000
+  tokens billed, 0 reserved). It is a bound for a PDF's page images, not for a text file's text.
+
+Not estimated: audio (`input_audio`): Sentinel has no per-second figure it can justify for audio
+input on these endpoints, and a compressed format's byte length does not give its duration. The
+answer's usage counts it; a stream cut before its usage is charged the estimate without it.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import base64
 import binascii
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sentinel.offload import spend
@@ -41,6 +51,7 @@ from sentinel.quota.images import (
     ImageRule,
     base64_head,
     data_url_start,
+    image_size,
     is_data_url,
     openai_image_tokens,
     url_image_tokens,
@@ -52,6 +63,11 @@ MEDIA_KINDS = frozenset({"image_url", "input_image", "computer_screenshot", "fil
 PDF_PAGE_TOKENS = openai_image_tokens(612, 792)  # a letter page (points): 2 x 2 tiles, 765 tokens (gpt-4o)
 PDF_PAGE = (612, 792)  # a portrait US-letter page, in points: how each page is estimated (the request's rule)
 PDF_MAGIC_WITHIN = 1024  # a PDF's `%PDF-` may follow some bytes of junk (PDF 32000-1, annex H)
+# A file Sentinel cannot read is reserved as a PDF of this many pages: OpenAI reads at most 100 pages
+# across a request's files, Anthropic 100 pages of a request's PDFs.
+UNREAD_FILE_PAGES = 100
+BYTES_PER_TOKEN = 4  # a file's text Sentinel does not tokenize: a token per 4 bytes
+TextCount = Callable[[str], int]
 
 # PDF names end at whitespace or a delimiter: `/Type /Page` and `/Type/Page>>`, never `/Type /Pages`.
 _NAME_END = rb"(?![^\x00\t\n\x0c\r ()<>\[\]{}/%])"
@@ -72,10 +88,11 @@ PDF_INFLATE_RATIO = 32
 INFLATED_PER_CHAR = 32
 
 
-def part_tokens(part: Mapping[str, Any], rule: ImageRule = TILES) -> int:
+def part_tokens(part: Mapping[str, Any], rule: ImageRule = TILES, count: TextCount | None = None) -> int:
     """The estimate for one OpenAI-format content part that is an image or a file (a type in
     MEDIA_KINDS; see the module docstring) under `rule` (the image rule of the models that may serve
-    the request, `images.image_rule_for`), 0 for any other part."""
+    the request, `images.image_rule_for`), 0 for any other part. `count` counts a text file's text
+    (the request's tokenizer; without it, a token per 4 bytes)."""
     kind = part.get("type")
     if kind == "image_url":
         image = part.get("image_url")
@@ -86,30 +103,59 @@ def part_tokens(part: Mapping[str, Any], rule: ImageRule = TILES) -> int:
         return url_image_tokens(part.get("image_url"), part.get("detail"), rule)
     if kind == "file":
         file = part.get("file")
-        return file_tokens(file.get("file_data"), rule) if isinstance(file, Mapping) else 0
+        return _file_part(file, rule, count) if isinstance(file, Mapping) else 0
     if kind == "input_file":
-        return file_tokens(part.get("file_data"), rule)
+        return _file_part(part, rule, count)
     return 0
 
 
-def file_tokens(file_data: Any, rule: ImageRule = TILES) -> int:
+def _file_part(file: Mapping[str, Any], rule: ImageRule, count: TextCount | None) -> int:
+    """A file part's estimate: its data's (`file_tokens`), or — named by `file_id` or `file_url`, its
+    bytes elsewhere — a file Sentinel cannot read (`unread_file_tokens`), whichever is more."""
+    tokens = file_tokens(file.get("file_data"), rule, count)
+    if any(isinstance(file.get(key), str) and file.get(key) for key in ("file_id", "file_url")):
+        return max(tokens, unread_file_tokens(rule))
+    return tokens
+
+
+def unread_file_tokens(rule: ImageRule = TILES) -> int:
+    """The estimate for a file Sentinel cannot read (by id or URL; data neither a PDF, an image nor
+    text): a PDF of UNREAD_FILE_PAGES pages under `rule` (76,500 tokens under gpt-4o's)."""
+    return UNREAD_FILE_PAGES * rule.tokens(*PDF_PAGE)
+
+
+def file_tokens(file_data: Any, rule: ImageRule = TILES, count: TextCount | None = None) -> int:
     """The estimate for a file sent as base64 `file_data` (a data URL or bare base64) under `rule`: a
-    PDF's pages times a page's image (PDF_PAGE: PDF_PAGE_TOKENS under gpt-4o's rule); 0 for any other
-    file (not estimated). Only a PDF is decoded whole."""
-    if not isinstance(file_data, str):
+    PDF's pages times a page's image (PDF_PAGE: PDF_PAGE_TOKENS under gpt-4o's rule); an image as an
+    image; UTF-8 text by `count` (else a token per 4 bytes); any other file as one Sentinel cannot
+    read (`unread_file_tokens`, or a token per 4 bytes when more). 0 for no data, or a data URL
+    that is not base64 (no file a provider reads)."""
+    if not isinstance(file_data, str) or not file_data:
         return 0
     start = data_url_start(file_data)
     if start is None:
         if is_data_url(file_data):  # a data URL that is not base64: no file a provider reads
             return 0
         start = 0
-    if b"%PDF-" not in base64_head(file_data, start)[:PDF_MAGIC_WITHIN]:
-        return 0
+    head = base64_head(file_data, start)
+    if b"%PDF-" in head[:PDF_MAGIC_WITHIN]:
+        return pdf_pages(_decoded(file_data, start)) * rule.tokens(*PDF_PAGE)
+    if (size := image_size(head)) is not None:
+        return rule.tokens(*size)
+    spend((len(file_data) - start) // BYTES_PER_TOKEN)  # decoding costs about what encoding a quarter of it does
+    raw = _decoded(file_data, start)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return max(unread_file_tokens(rule), -(-len(raw) // BYTES_PER_TOKEN))
+    return count(text) if count is not None else -(-len(raw) // BYTES_PER_TOKEN)
+
+
+def _decoded(file_data: str, start: int) -> bytes:
     try:  # extra padding is ignored, so data sent without its padding is read too
-        raw = base64.b64decode(file_data[start:] + "==", validate=False)
+        return base64.b64decode(file_data[start:] + "==", validate=False)
     except (binascii.Error, ValueError):
-        raw = b""
-    return pdf_pages(raw) * rule.tokens(*PDF_PAGE)
+        return b""
 
 
 def pdf_pages(raw: bytes) -> int:

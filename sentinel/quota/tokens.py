@@ -436,7 +436,8 @@ def _arguments(value: Any) -> str:
 
 def _content_tokens(content: Any, count: Callable[[str], int], images: ImageRule) -> int:
     """Tokens of a message's content: a string, or each part's `text` and `refusal` (an assistant's
-    refusal part is prompt text too) plus an image's or a file's own estimate (`media.part_tokens`),
+    refusal part is prompt text too) plus an image's or a file's own estimate (`media.part_tokens`: a
+    text file's text by `count` too),
     in the one walk over the parts the text needs (a part that is neither costs a type check)."""
     if isinstance(content, str):
         return count(content)
@@ -450,7 +451,7 @@ def _content_tokens(content: Any, count: Callable[[str], int], images: ImageRule
                     total += count(value)
             kind = part.get("type")
             if isinstance(kind, str) and kind in MEDIA_KINDS:
-                total += part_tokens(part, images)
+                total += part_tokens(part, images, count)
     return total
 
 

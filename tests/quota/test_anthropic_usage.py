@@ -117,7 +117,7 @@ def test_documents_search_results_and_thinking_are_counted() -> None:
 def test_a_pdf_sent_as_data_is_estimated_by_its_pages() -> None:
     """A base64 PDF `document` (on its own or inside a server tool's result sent back) is the image
     of each page under the request's rule (a letter page: 647 tokens under Anthropic's); one by URL
-    or file id, and any other base64 file, is not estimated. An answer's PDF read by a server tool is
+    is reserved as 100 pages, one by file id and any other base64 file are not. An answer's PDF read by a server tool is
     not counted at settlement (on the event loop): the provider's usage counts it."""
     counter = TokenCounter()
     pdf = base64.b64encode(b"%PDF-1.4\n" + b"<</Type /Page>>" * 3).decode()
@@ -133,7 +133,11 @@ def test_a_pdf_sent_as_data_is_estimated_by_its_pages() -> None:
     fetched = {"type": "web_fetch_tool_result", "tool_use_id": SERVER_ID,
                "content": {"type": "web_fetch_result", "url": "u", "content": document}}
     assert estimate(fetched) >= plain + 3 * 647
-    for source in ({"type": "url", "url": "https://example.com/a.pdf"}, {"type": "file", "file_id": "file_1"},
+    # A PDF by URL is the longest a request may hold, 100 pages (estimated at nothing, a burst of them
+    # passed an input limit); one by file id is refused before any estimate (no file is the caller's).
+    url = {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}
+    assert estimate(url) == plain + 100 * 647
+    for source in ({"type": "file", "file_id": "file_1"},
                    {"type": "base64", "media_type": "application/pdf", "data": base64.b64encode(b"text").decode()}):
         assert estimate({"type": "document", "source": source}) < plain + 647, source
     text, tokens = message_read({"content": [fetched]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -112,13 +113,15 @@ def test_every_string_of_an_input_item_that_is_text_is_counted(item: dict[str, A
 
 def test_only_media_parts_data_is_skipped() -> None:
     """A media part's data is not text; the image is estimated by its own rule (unreadable here: the
-    maximum), a file that is no PDF not at all."""
+    maximum), a text file by its text (the request's count, not its base64)."""
     image = "data:image/png;base64," + "A" * 50_000
-    output = [{"type": "input_image", "image_url": image}, {"type": "input_file", "file_data": image},
+    notes = "data:text/plain;base64," + base64.b64encode(b"notes " * 1000).decode()
+    output = [{"type": "input_image", "image_url": image}, {"type": "input_file", "file_data": notes},
               {"type": "input_text", "text": "caption"}]
-    total, _ = estimate("responses", {"input": [{"type": "function_call_output", "call_id": "c", "output": output}]})
+    total, asked = estimate("responses", {"input": [{"type": "function_call_output", "call_id": "c", "output": output}]})
     read = ["output", "type", "input_image", "type", "input_file", "type", "input_text", "text", "caption"]
-    assert total == len("\n".join(read)) + OPENAI_MAX_IMAGE_TOKENS
+    assert total == len("\n".join(read)) + OPENAI_MAX_IMAGE_TOKENS + len("notes " * 1000)
+    assert ("text", "notes " * 1000) in asked
 
 
 def test_definitions_that_reach_the_model_as_text_are_counted() -> None:

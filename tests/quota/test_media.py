@@ -86,9 +86,17 @@ IMAGE = data_url(png(1024, 1024))  # 765 tokens at high detail
     ({"type": "file", "file": {"file_data": data_url(pdf(3), "application/pdf"), "filename": "a.pdf"}}, 3 * 765),
     ({"type": "input_file", "file_data": data_url(pdf(2), "application/pdf"), "filename": "a.pdf"}, 2 * 765),
     ({"type": "input_file", "file_data": base64.b64encode(pdf(4)).decode()}, 4 * 765),  # bare base64
-    ({"type": "input_file", "file_id": "file-abc"}, 0),  # not estimated
-    ({"type": "input_file", "file_url": "https://x/y.pdf"}, 0),
-    ({"type": "input_file", "file_data": data_url(b"just some notes", "text/plain")}, 0),  # not a PDF
+    # A file Sentinel cannot read: the longest PDF a request may hold (100 pages). Estimated at
+    # nothing, a 100-page PDF by URL was free in a cut stream, and a burst of them passed a limit.
+    ({"type": "input_file", "file_id": "file-abc"}, 100 * 765),
+    ({"type": "input_file", "file_url": "https://x/y.pdf"}, 100 * 765),
+    ({"type": "file", "file": {"file_id": "file-abc"}}, 100 * 765),
+    ({"type": "input_file", "file_url": ""}, 0),
+    # Text is the text the provider extracts (a token per 4 bytes without the request's tokenizer);
+    # a binary file (an Office document) is a file Sentinel cannot read; an image is an image.
+    ({"type": "input_file", "file_data": data_url(b"just some notes", "text/plain")}, 4),
+    ({"type": "input_file", "file_data": data_url(b"PK\x03\x04\xff\xfe" * 10, "application/zip")}, 100 * 765),
+    ({"type": "input_file", "file_data": data_url(whole_png(1024, 1024), "image/png")}, 765),
     ({"type": "input_audio", "input_audio": {"data": base64.b64encode(bytes(48_000)).decode(), "format": "wav"}}, 0),
     ({"type": "text", "text": "hi"}, 0),
 ])
@@ -213,7 +221,8 @@ def test_responses_estimates_add_images_wherever_they_are() -> None:
                          {"type": "input_file", "file_data": data_url(pdf(3, compressed=True), "application/pdf")}]}
     variables = {"photo": {"type": "input_image", "image_url": IMAGE}, "note": {"type": "input_file", "file_id": "f"}}
     body = {"input": [message, screenshot, output], "prompt": {"id": "pmpt_1", "variables": variables}}
-    assert media_of("responses", body) == 3 + 3 + (765 + 1445) + 765 + (85 + 3 * 765) + 765
+    # (the prompt's file by id: a file Sentinel cannot read, 100 pages)
+    assert media_of("responses", body) == 3 + 3 + (765 + 1445) + 765 + (85 + 3 * 765) + 765 + 100 * 765
 
 
 def test_a_text_only_request_walks_no_media(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,7 +230,7 @@ def test_a_text_only_request_walks_no_media(monkeypatch: pytest.MonkeyPatch) -> 
     from sentinel.quota import media, tokens
 
     calls: list[Any] = []
-    monkeypatch.setattr(tokens, "part_tokens", lambda part, rule: calls.append(part) or media.part_tokens(part, rule))
+    monkeypatch.setattr(tokens, "part_tokens", lambda part, rule, count: calls.append(part) or media.part_tokens(part, rule))
     text = [{"type": "text", "text": "hi"}, "plain", {"type": {}}, {"type": "input_audio", "input_audio": {}}]
     estimate_input(COUNTER, "chat", MODEL, {"messages": [{"role": "user", "content": text}]})
     assert calls == []

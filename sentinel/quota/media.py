@@ -165,12 +165,19 @@ def pdf_pages(raw: bytes) -> int:
     thread first: `INFLATED_PER_CHAR`) and each byte is searched about once: an
     object stream is read to its `endstream` and a dictionary (DICT_BYTES) searched for its
     `stream`, and the next `/Type /ObjStm` is looked for after them (a crafted file repeating the
-    marker would otherwise make every search cover the same bytes)."""
+    marker would otherwise make every search cover the same bytes). A file with an object stream
+    left unread — past the budget, or not Flate data (LZW, ASCIIHex, corrupt) — is at least
+    UNREAD_FILE_PAGES pages: its pages may be there (an object stream inflating to the budget of
+    zeros hid the 100 pages in the next, estimated as one)."""
     pages = len(_PAGE.findall(raw))
     budget = min(PDF_MAX_INFLATED, PDF_INFLATE_RATIO * len(raw))
     view = memoryview(raw)
     at = 0
-    while budget > 0 and (match := _OBJECT_STREAM.search(raw, at)) is not None:
+    unread = False
+    while (match := _OBJECT_STREAM.search(raw, at)) is not None:
+        if budget <= 0:
+            unread = True
+            break
         stream = _STREAM.search(raw, match.end(), match.end() + DICT_BYTES)
         if stream is None:
             at = match.end() + DICT_BYTES
@@ -180,10 +187,13 @@ def pdf_pages(raw: bytes) -> int:
             break  # none after this stream, so none after any later one
         at = end
         spend(budget // INFLATED_PER_CHAR)
+        inflating = zlib.decompressobj()
         try:
-            inflated = zlib.decompressobj().decompress(view[stream.end() : end], budget)
+            inflated = inflating.decompress(view[stream.end() : end], budget)
         except zlib.error:
+            unread = True
             continue
+        unread = unread or bool(inflating.unconsumed_tail)
         budget -= len(inflated)
         pages += len(_PAGE.findall(inflated))
-    return max(1, pages)
+    return max(UNREAD_FILE_PAGES if unread else 1, pages)

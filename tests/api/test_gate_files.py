@@ -7,6 +7,7 @@ requests all passed admission before the first settled."""
 from __future__ import annotations
 
 import base64
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -19,6 +20,7 @@ from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import set_plan
 from tests.support.attack import SpyUpstream, openai_error, recorded_ids, spying
+from tests.support.media import data_url, pdf
 
 LIMITED = "requests=100/1h,input_tokens=10000/1h"
 NOTES = " ".join(f"note{i} about the quarter" for i in range(10_000))  # ~50,000 tokens of text
@@ -79,6 +81,23 @@ def test_a_burst_of_files_by_url_stops_at_the_input_limit(gateway_factory: Calla
         third = http.post("/v1/responses", json=body)
         assert third.status_code == 429, third.text
         assert openai_error(third.json())["details"]["metric"] == "input_tokens"
+
+
+def test_pages_hidden_past_the_inflation_budget_are_not_one_page(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """A PDF whose first object stream inflates to the page count's whole budget (megabytes of zeros
+    in a few KB) had the 300 pages of the next estimated as one: admitted under a 10,000-token limit."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1")
+    set_plan(gw.settings.database_url, "alice", "small", LIMITED)
+    junk = b"1 0 obj<</Type/ObjStm/Filter/FlateDecode>>stream\n" + zlib.compress(bytes(5 << 20), 9) + b"\nendstream endobj\n"
+    crafted = pdf(300, compressed=True).replace(b"%PDF-1.7\n", b"%PDF-1.7\n" + junk, 1)
+    file = {"filename": "report.pdf", "file_data": data_url(crafted, "application/pdf")}
+    with pytest.raises(openai.RateLimitError) as refused:
+        gw.openai().responses.create(**responses_with(file))
+    details = openai_error(refused.value.response.json())["details"]
+    assert (details["metric"], details["requested"] >= 100 * 765) == ("input_tokens", True), details
+    assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()
 
 
 def test_a_pdf_document_by_url_on_messages_is_reserved_as_the_longest_pdf(

@@ -110,8 +110,24 @@ def test_pdf_pages_are_its_page_objects_written_out_or_compressed() -> None:
     assert [pdf_pages(pdf(n, compressed=True)) for n in (1, 5, 40)] == [1, 5, 40]
     assert pdf_pages(b"%PDF-1.4\n1 0 obj<</Type/Page>>endobj 2 0 obj<</Type/Page/Parent 3 0 R>>endobj") == 2
     assert pdf_pages(b"%PDF-1.4\n<</Type /PageLabel>> <</Type /Pages /Count 9>>") == 1  # none found: one page
+    # An object stream that does not inflate (corrupt, or another filter: LZW, ASCIIHex) may hold
+    # the pages: the file is the longest a request may hold.
     corrupt = pdf(3, compressed=True).replace(b"stream\n", b"stream\nXX")  # no zlib stream there
-    assert pdf_pages(corrupt) == 1
+    assert pdf_pages(corrupt) == media.UNREAD_FILE_PAGES
+
+
+def test_pages_past_the_inflation_budget_are_not_one_page() -> None:
+    """An object stream inflating to the whole budget (4 MiB of zeros in ~4 KB) left the next one,
+    holding 300 pages, unread: the file was estimated as one page. Now an object stream left unread
+    makes it the longest a request may hold (100 pages), and pages counted before stay counted."""
+    junk = b"1 0 obj<</Type/ObjStm/Filter/FlateDecode>>stream\n" + zlib.compress(bytes(5 << 20), 9) + b"\nendstream endobj\n"
+    hidden = pdf(300, compressed=True)
+    crafted = hidden.replace(b"%PDF-1.7\n", b"%PDF-1.7\n" + junk, 1)
+    assert len(crafted) < 200_000 and pdf_pages(hidden) == 300
+    assert pdf_pages(crafted) == media.UNREAD_FILE_PAGES
+    assert file_tokens(base64.b64encode(crafted).decode()) == 100 * PDF_PAGE_TOKENS
+    written_out = pdf(150).replace(b"%PDF-1.7\n", b"%PDF-1.7\n" + junk, 1)
+    assert pdf_pages(written_out) == 150
 
 
 def test_pdf_page_counting_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,9 +141,9 @@ def test_pdf_page_counting_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
     assert pdf_pages(raw) == 32 * len(raw) // len(page)  # inflated up to 32 times the file, no further
     scanned = _ScanCounter(media._OBJECT_STREAM)
     monkeypatch.setattr(media, "_OBJECT_STREAM", scanned)
-    for crafted in (markers, streams):
+    for crafted, pages in ((markers, 1), (streams, media.UNREAD_FILE_PAGES)):  # (no Flate data: unread)
         scanned.bytes = 0
-        assert pdf_pages(crafted) == 1
+        assert pdf_pages(crafted) == pages
         assert scanned.bytes <= 2 * len(crafted), (scanned.bytes, len(crafted))  # not once per marker
 
 

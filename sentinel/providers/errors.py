@@ -7,7 +7,11 @@ Both surfaces use the same mapping (documented in the README's error table):
   provider failure (backoff, a retry elsewhere); one that refuses only what was asked is not;
 - 429 -> 429 `provider_rate_limited`, with the provider's Retry-After (seconds, or an HTTP date
   turned into seconds) when it sent one and a generic message: the provider's names the company's
-  account (organisation id) and its limits and usage;
+  account (organisation id) and its limits and usage. A 429 that refuses the request itself as larger
+  than the account's per-minute limit (OpenAI's "Request too large for <model> ... on tokens per min",
+  `_too_large`: its input plus `max_tokens`, which no wait lets through) is 429
+  `provider_request_too_large` without a Retry-After (`x-should-retry: false`): a client can send one
+  at will, so it is no provider failure (see `sentinel.routing.failover`);
 - other 4xx: the request was refused. The native API answers 400 (`context_length_exceeded` or
   `provider_rejected_request`); the OpenAI-compatible `/v1` surface relays the provider's status,
   type, code and message (`relay_client_errors=True`) so the official SDKs raise their own errors;
@@ -137,6 +141,11 @@ def upstream_error(
     if status == 429:
         log.info("provider rate limited",
                  extra={"provider": provider, "upstream_status": status, "error": clipped(message)})
+        if _too_large(message):
+            return RateLimited(
+                f"Provider {provider} refused the request as larger than its per-minute token limit allows; "
+                "shorten the input or lower max_tokens", code=REQUEST_TOO_LARGE, retryable=False, provider=provider,
+            )
         return RateLimited(
             f"Provider {provider} is rate limiting the gateway; retry later", code="provider_rate_limited",
             retry_after=retry_after, provider=provider,
@@ -157,6 +166,17 @@ def upstream_error(
         f"Provider {provider} failed with HTTP {status}", upstream_status=status, code="provider_error",
         provider=provider, retry_after=retry_after,
     )
+
+
+REQUEST_TOO_LARGE = "provider_request_too_large"
+
+
+def _too_large(message: str) -> bool:
+    """Whether a 429's message refuses the request itself, not the traffic: OpenAI's "Request too large
+    for gpt-4o in organization ... on tokens per min (TPM): Limit 30000, Requested 36278. The input or
+    output tokens must be reduced ..." (its "Rate limit reached for ... Please try again in 2s" is the
+    traffic's). It counts the request's input and `max_tokens`: a client makes one with a large cap."""
+    return message.lower().startswith("request too large")
 
 
 _SCOPE_HINTS = ("scope", "permission")  # OpenAI's restricted keys: "insufficient permissions ... Missing scopes"

@@ -12,6 +12,11 @@ the key may not use: a client can cause one), a 2xx answer Sentinel cannot read
 (`UnreadableAnswer`: a client can cause one at will) and a read timeout after the request was sent
 (the caller's request was long: a huge `max_tokens` makes a call outlast any timeout) never count
 against a provider's health — else one user's slow request took a model out of service for everyone.
+Nor does a 429 refusing the request itself as larger than the provider account's per-minute limit
+(`provider_request_too_large`: its input plus `max_tokens`; a client picks the cap): one request took
+the model out for everyone, its retry the tier's other model too (a 503 for every user of a two-model
+tier), again every backoff period, for free (a 429 is given back). It was not served, so it is still
+sent to another candidate when the router allows (`too_large_here`): another model may take it.
 
 A connection dropped after the request was sent — before an answer (`UpstreamConnectionError` with
 `sent`) or while a 2xx answer was read (`BrokenOffAnswer`) — counts only when it came within
@@ -47,7 +52,7 @@ from sentinel.errors import (
     sent_unanswered,
 )
 from sentinel.providers.chat import ChatProvider
-from sentinel.providers.errors import BrokenOffAnswer, UnreadableAnswer
+from sentinel.providers.errors import REQUEST_TOO_LARGE, BrokenOffAnswer, UnreadableAnswer
 from sentinel.routing.router import RouteChoice, TierRouter
 
 T = TypeVar("T")
@@ -74,6 +79,12 @@ def is_provider_failure(exc: SentinelError) -> bool:
     if isinstance(exc, UpstreamStatusError) and exc.code == "provider_auth_error":
         return exc.key_refused  # the provider key revoked or invalid, not a refusal of this request
     return isinstance(exc, UpstreamError)
+
+
+def too_large_here(exc: SentinelError) -> bool:
+    """Whether the provider refused the request as larger than its account's per-minute limit: no
+    failure of the provider's, nothing served — another candidate may take it."""
+    return isinstance(exc, RateLimited) and exc.code == REQUEST_TOO_LARGE
 
 
 def asked_wait(exc: SentinelError) -> float | None:
@@ -126,9 +137,10 @@ class Failover:
             try:
                 return Attempt(await send(provider, wire, choice), choice, provider)
             except SentinelError as exc:
-                if not is_provider_failure(exc):
+                if is_provider_failure(exc):
+                    await self.router.report(choice, ok=False, retry_after=asked_wait(exc))
+                elif not too_large_here(exc):
                     raise
-                await self.router.report(choice, ok=False, retry_after=asked_wait(exc))
                 if not may_retry(exc):
                     raise
                 carried = None if choice.tried else await self.carrier(choice, translate)

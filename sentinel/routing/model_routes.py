@@ -10,7 +10,8 @@ backoff ran out counts as healthy when it would be tried first and this request 
 fails claims no trial; while another request's trial of it runs it comes after the healthy ones,
 before those in backoff) and moves to the next target when one fails with a provider failure before the first byte (5xx, connect timeout,
 refused connection, provider 429, a refusal of the provider key itself; not a read timeout nor a connection dropped after the request was
-sent: the provider may have served it) — the same rule as the native API's failover. A single target
+sent: the provider may have served it) — the same rule as the native API's failover; a 429 refusing the
+request as larger than the provider's per-minute limit moves on too, counting against no health. A single target
 costs no health lookup: only a failure is written, and a later success clears it when this process
 saw it.
 """
@@ -24,7 +25,7 @@ from typing import TypeVar
 
 from sentinel.domain.catalogue import ModelTarget
 from sentinel.errors import SentinelError
-from sentinel.routing.failover import asked_wait, is_provider_failure, may_retry
+from sentinel.routing.failover import asked_wait, is_provider_failure, may_retry, too_large_here
 from sentinel.routing.health import ProviderHealth
 
 T = TypeVar("T")
@@ -83,9 +84,10 @@ class ModelRoutes:
                 try:
                     result = await send(target)
                 except SentinelError as exc:
-                    if not is_provider_failure(exc):
+                    if is_provider_failure(exc):
+                        await self._report_failure(target, asked_wait(exc))
+                    elif not too_large_here(exc):  # (too large for this one's limit: not its failure)
                         raise
-                    await self._report_failure(target, asked_wait(exc))
                     if position == len(ordered) - 1 or not may_retry(exc):
                         raise
                     continue

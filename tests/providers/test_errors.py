@@ -121,3 +121,24 @@ def test_a_refusal_of_the_provider_key_itself_is_told_from_one_of_the_request(
     assert isinstance(err, UpstreamStatusError)
     assert (err.status, err.code, err.key_refused) == (502, "provider_auth_error", refused)
     assert not any(text in err.message for text in ("sk-", "Incorrect", "x-api-key", "permission", "scopes"))
+
+
+def test_a_429_refusing_the_request_as_too_large_for_the_minute_is_told_from_a_rate_limit() -> None:
+    """OpenAI's "Request too large ... on tokens per min" refuses the request itself (its input and
+    `max_tokens`): no wait helps (no Retry-After, `x-should-retry: false`) and it is the request's
+    refusal, not the provider's failure; "Rate limit reached" is the traffic's."""
+    too_large = orjson.dumps({"error": {
+        "message": "Request too large for gpt-4o in organization org-abc on tokens per min (TPM): Limit 30000, "
+                   "Requested 36278. The input or output tokens must be reduced in order to run successfully.",
+        "type": "tokens", "param": None, "code": "rate_limit_exceeded"}})
+    reached = orjson.dumps({"error": {
+        "message": "Rate limit reached for gpt-4o in organization org-abc on tokens per min (TPM): Limit 30000, "
+                   "Used 29937, Requested 385. Please try again in 644ms.",
+        "type": "tokens", "param": None, "code": "rate_limit_exceeded"}})
+    refused = upstream_error("openai", 429, too_large, [("retry-after", "1")])
+    limited = upstream_error("openai", 429, reached, [("retry-after", "1")])
+    assert isinstance(refused, RateLimited) and isinstance(limited, RateLimited)
+    assert (refused.code, refused.retry_after, refused.headers) == (
+        "provider_request_too_large", None, {"x-should-retry": "false"})
+    assert (limited.code, limited.retry_after) == ("provider_rate_limited", 1.0)
+    assert "org-abc" not in refused.message

@@ -441,3 +441,55 @@ def test_an_unreadable_health_entry_is_a_healthy_model_not_a_500(
     assert state is not None and json.loads(state)["failures"] == 1 and json.loads(state)["backoff"] == 30
     with gw.client() as http:  # DEAD in backoff now; OA_MINI's entry still unreadable, still healthy
         assert served(chat(http, "again"))[1:] == OA_MINI
+
+
+TOO_LARGE = {"error": {
+    "message": "Request too large for m in organization org-0123abc on tokens per min (TPM): Limit 30000, "
+               "Requested 50012. The input or output tokens must be reduced in order to run successfully. "
+               "Visit https://platform.openai.com/account/rate-limits to learn more.",
+    "type": "tokens", "param": None, "code": "rate_limit_exceeded"}}
+
+
+def per_minute_limited(limit: int) -> Starlette:
+    """An OpenAI-format upstream whose account takes `limit` tokens a minute: a request asking for more
+    output than that is refused as OpenAI does (429, "Request too large"); any other is answered."""
+
+    async def answer(request: Request) -> JSONResponse:
+        body = await request.json()
+        if body.get("max_tokens", 0) > limit:
+            return JSONResponse(TOO_LARGE, status_code=429)
+        return JSONResponse({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+
+    return Starlette(routes=[Route("/v1/chat/completions", answer, methods=["POST"])])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_too_large_for_the_providers_minute_puts_no_model_in_backoff(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, stream: bool,
+) -> None:
+    """OpenAI refuses a request whose input and `max_tokens` pass the account's tokens-per-minute limit
+    with a 429 ("Request too large"). A user names any `max_tokens`: one such request put the tier's
+    first model in backoff and its retry the other, and every user of the tier got 503 for 30 s —
+    again each time the backoff ran out, for free (a 429 is given back). It is the request's refusal:
+    no model's failure, answered 429 `provider_request_too_large` that no wait helps."""
+    with serving(per_minute_limited(30_000)) as upstream:
+        tiers = {"simple": [entry(("big1", "m")), entry(("big2", "m"))]}
+        gw = start(gateway_factory, tmp_path, backend_url, tiers, {"big1": upstream.url + "/v1", "big2": upstream.url + "/v1"})
+        with gw.client() as http:
+            body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 50_000}
+            if stream:
+                refused, _ = sse(http, body)
+            else:
+                refused = http.post(URL, json=body)
+            ordinary = chat(http, "and another user's question")
+    assert served(ordinary)[1] in {"big1", "big2"}  # (was 503 tier_unavailable: both in backoff)
+    assert refused.status_code == 429, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "provider_request_too_large" and "org-0123abc" not in refused.text, error
+    assert refused.headers["x-should-retry"] == "false" and "retry-after" not in refused.headers
+    for name in ("big1", "big2"):
+        assert gw.read_stored(ProviderHealth.key(name, "m")) is None
+        assert metric(gw.url, "sentinel_model_selections_total", provider=name) is not None  # both were tried

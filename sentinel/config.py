@@ -1,7 +1,9 @@
 """One typed Settings object, validated once at start-up and passed in (never a global).
 
-Every environment variable Sentinel reads is a field here; nothing else in the package reads the
-environment. A `.env` file in the working directory is read too. Field names are Pythonic; the
+Every environment variable Sentinel reads is a field here, but for three read from the process
+environment where they are used (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`: tracing's sampler;
+`PROMETHEUS_MULTIPROC_DIR`: the workers' shared metrics) and the `${VAR}`s a providers file names
+(`tests/test_readme.py` finds every read). A `.env` file in the working directory is read too. Field names are Pythonic; the
 environment names are the aliases (kept from the original system where it had one), and only they:
 a field's own name is a keyword for code (`Settings(debug=True)`), never read from the environment
 or `.env` (`DEBUG=1`, `FORWARDED_ALLOW_IPS=*` are other programs' variables).

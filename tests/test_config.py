@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -598,49 +597,6 @@ def test_a_dotenv_or_providers_file_that_is_not_utf8_is_one_line(monkeypatch: py
     (tmp_path / "providers.yaml").write_bytes(b"providers: []\n# caf\xe9\n")
     with pytest.raises(ConfigError, match=r"SENTINEL_CONFIG \(.*providers.yaml\): not UTF-8 text \(byte 20 "):
         load_providers_file(tmp_path / "providers.yaml")
-
-
-def _readme_configuration_rows() -> list[tuple[list[str], str]]:
-    """(the variables, the default cell) of each row of README's Configuration tables."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Configuration\n", 1)[1].split("\n### ", 1)[0]
-    rows = []
-    for line in section.splitlines():
-        if line.startswith("| `"):
-            cells = [cell.strip() for cell in line.split("|")[1:-1]]
-            rows.append((re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[0]), cells[1]))
-    return rows
-
-
-# Read from the process environment by the code that uses them, not through Settings (README says so).
-PROCESS_ENVIRONMENT_ONLY = {"OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "PROMETHEUS_MULTIPROC_DIR"}
-
-
-def test_the_readme_documents_every_setting_and_only_settings() -> None:
-    documented = {name for names, _ in _readme_configuration_rows() for name in names}
-    read = {str(field.validation_alias) for field in Settings.model_fields.values()}
-    assert read - documented == set(), "settings missing from README's Configuration tables"
-    assert documented - read == PROCESS_ENVIRONMENT_ONLY, "README documents variables config.py does not read"
-
-
-def test_the_readme_s_defaults_are_the_settings_defaults() -> None:
-    """A default written as one literal (`8080`, `true`, `0.25`) is the field's; one written in words
-    (`unset (...)`) is a setting without a value."""
-    fields = {str(field.validation_alias): field for field in Settings.model_fields.values()}
-    for names, cell in _readme_configuration_rows():
-        for name in set(names) & set(fields):
-            default = fields[name].default
-            literal = re.fullmatch(r"`([^`]*)`", cell)
-            if literal is None:
-                assert cell.startswith("unset") and default in (None, ""), (name, cell, default)
-                continue
-            if isinstance(default, bool):
-                expected = str(default).lower()
-            elif isinstance(default, float):
-                expected = format(default, "g")
-            else:
-                expected = str(getattr(default, "value", default))
-            assert literal.group(1) == expected, (name, cell, default)
 
 
 @pytest.mark.parametrize("value", ["", "  "])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -52,8 +51,9 @@ def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
         key = re.search(r"sk-sentinel-[\w-]+", curl)
         assert key is not None
         assert wait_for(lambda: live(port), timeout=30), "sentinel serve never answered /health/live"
-        if shutil.which("curl"):
-            out = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30).stdout
+        readme_says_so(lines)
+        if shutil.which("curl"):  # the line exactly as printed, through a shell as a user pastes it
+            out = subprocess.run(["sh", "-c", curl], capture_output=True, text=True, timeout=30).stdout
         else:  # the same request, made without curl
             body = re.search(r"-d '(.*)'$", curl)
             assert body is not None
@@ -61,6 +61,7 @@ def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
                              headers={"Authorization": f"Bearer {key.group(0)}",
                                       "Content-Type": "application/json"}, timeout=30).text
         assert '"choices"' in out and "Hello!" in out, out
+        readme_examples_work(f"http://127.0.0.1:{port}", key.group(0))
         native = httpx.post(
             f"http://127.0.0.1:{port}/native/v1/chat/completions",
             json={"messages": [{"role": "user", "content": "hi native"}]},
@@ -84,6 +85,45 @@ def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
         stop(proc)
         reader.join(10)
     assert "MOCK upstream" in "".join(errors)
+
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+USING_IT = README.split("\n## Using it\n", 1)[1].split("\n## ", 1)[0]
+README_URL, README_KEY = "http://127.0.0.1:8080", "sk-sentinel-..."  # what README tells users to replace
+
+
+def readme_says_so(printed: list[str]) -> None:
+    """The demo key and curl lines `serve` prints are the ones README's "Two commands" shows."""
+    shown = README.split("\n## Two commands\n", 1)[1].split("```\n", 3)[2].splitlines()
+    for sample in shown[1:]:  # the listening line differs by --host (tests/test_config.py pins it)
+        pattern = re.escape(sample).replace(re.escape(README_KEY), r"sk-sentinel-[\w-]+")
+        pattern = pattern.replace(re.escape(README_URL), r"http://127\.0\.0\.1:\d+").replace(r"\.\.\.", ".*")
+        assert any(re.fullmatch(pattern, line) for line in printed), (sample, printed)
+
+
+def readme_examples_work(url: str, key: str) -> None:
+    """README's "Using it" examples, as written, against `serve` on the embedded default: the OpenAI
+    and Anthropic SDK snippets (run here) and the curl lines (through a shell, `KEY` the demo key);
+    only the URL and key README says to replace are replaced."""
+    import contextlib
+    import io
+
+    snippets = re.findall(r"```python\n(.*?)```", USING_IT, re.S)
+    assert len(snippets) == 2 and "from openai import" in snippets[0] and "import anthropic" in snippets[1]
+    for snippet in snippets:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(snippet.replace(README_URL, url).replace(README_KEY, key), "README.md", "exec"), {})  # noqa: S102
+        assert printed.getvalue() == "Echo: Hi", printed.getvalue()  # the stream, printed whole
+    if not shutil.which("curl"):
+        return
+    commands = [command.replace(README_URL, url) for block in re.findall(r"```bash\n(.*?)```", USING_IT, re.S)
+                for command in block.replace("\\\n", " ").splitlines() if command.startswith("curl ")]
+    assert len(commands) == 3
+    for command in commands:
+        done = subprocess.run(["sh", "-c", command], env={**os.environ, "KEY": key}, capture_output=True,
+                              text=True, timeout=30)
+        assert done.returncode == 0 and "Echo: Hello" in done.stdout and '"error"' not in done.stdout, (command, done)
 
 
 def test_a_demo_key_is_made_only_on_the_embedded_default(tmp_path: Path) -> None:
@@ -126,8 +166,10 @@ def test_a_start_that_is_not_a_demo_revokes_the_demo_keys(tmp_path: Path) -> Non
         async with database(url) as sessions:
             return await KeyService(sessions).authenticate(key)
 
-    demo = asyncio.run(_demo_keys(settings, mint=True))
+    earlier = asyncio.run(_demo_keys(settings, mint=True))
+    demo = asyncio.run(_demo_keys(settings, mint=True))  # README: every start revokes the earlier demo keys
     assert demo is not None and asyncio.run(identity(demo)) is not None
+    assert earlier is not None and asyncio.run(identity(earlier)) is None
     assert asyncio.run(_demo_keys(settings, mint=False)) is None
     assert asyncio.run(identity(demo)) is None
 

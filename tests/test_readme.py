@@ -301,6 +301,53 @@ def test_every_route_is_in_the_readme_s_endpoints_table(routes: list[tuple[str, 
     assert missing == [], "served, missing from README's Endpoints"
 
 
+def documented_admin_api() -> list[Documented]:
+    """README's Admin API table (paths under `/admin/api/`; `GET; PUT, DELETE` gives each path its
+    own methods, `GET, POST` for two paths one each), the `users/{id}` twins it names
+    (`user/plan?id=`) and the paths it names in full (`GET /admin/api/openapi.json`)."""
+    text = section("### Admin API")
+    found = []
+    for line in text.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = line.split("|")[1:3]
+        paths = ["/admin/api/" + path.split("?")[0] for path in re.findall(r"`([^`]+)`", cells[0])]
+        groups = [frozenset(m.strip() for m in group.split(",")) for group in cells[1].split(";")]
+        if len(groups) == 1 and len(paths) > 1 and len(groups[0]) == len(paths):
+            groups = [frozenset({m.strip()}) for m in cells[1].split(",")]
+        if len(groups) == 1:
+            groups *= len(paths)
+        assert len(groups) == len(paths) and all(group <= METHODS for group in groups), line
+        found += [Documented(group, path) for group, path in zip(groups, paths, strict=True)]
+    twins = text.split("has a\ntwin", 1)[1].split("The console", 1)[0]
+    found += [Documented(None, "/admin/api/" + span.split("?")[0]) for span in re.findall(r"`(user[^`]*)`", twins)]
+    found += [Documented(frozenset({m}), path) for m, path in re.findall(r"`([A-Z]+) (/admin/api/[^`? ]+)`", text)]
+    return found
+
+
+def test_the_admin_api_table_is_read() -> None:
+    documented = documented_admin_api()
+    assert Documented(frozenset({"GET", "PUT", "DELETE"}), "/admin/api/plans/{name}") in documented
+    assert Documented(frozenset({"POST"}), "/admin/api/keys/{key_id}/revoke") in documented
+    assert Documented(None, "/admin/api/user/plan") in documented
+
+
+def test_the_admin_api_table_is_the_admin_api(routes: list[tuple[str, frozenset[str]]]) -> None:
+    """Each path and method README's Admin API names is served, and each admin API route is named there."""
+    documented = documented_admin_api()
+    for doc in documented:
+        serving = [methods for template, methods in routes if _covers(doc, template)]
+        assert len(serving) == 1, f"README's Admin API names {doc.path}: served by {len(serving)} routes"
+        assert doc.methods is None or doc.methods <= serving[0], (doc, serving)
+    missing = [
+        f"{method} {template}"
+        for template, methods in routes if template.startswith("/admin/api/")
+        for method in sorted(methods - {"HEAD"})
+        if not any(_covers(doc, template) and (doc.methods is None or method in doc.methods) for doc in documented)
+    ]
+    assert missing == [], "served, missing from README's Admin API"
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 @functools.cache

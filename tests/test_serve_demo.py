@@ -62,6 +62,7 @@ def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
                                       "Content-Type": "application/json"}, timeout=30).text
         assert '"choices"' in out and "Hello!" in out, out
         readme_examples_work(f"http://127.0.0.1:{port}", key.group(0))
+        readme_admin_examples_work(port, env["SENTINEL_ADMIN_KEY"], tmp_path)
         native = httpx.post(
             f"http://127.0.0.1:{port}/native/v1/chat/completions",
             json={"messages": [{"role": "user", "content": "hi native"}]},
@@ -124,6 +125,20 @@ def readme_examples_work(url: str, key: str) -> None:
         done = subprocess.run(["sh", "-c", command], env={**os.environ, "KEY": key}, capture_output=True,
                               text=True, timeout=30)
         assert done.returncode == 0 and "Echo: Hello" in done.stdout and '"error"' not in done.stdout, (command, done)
+
+
+def readme_admin_examples_work(port: int, admin_key: str, where: Path) -> None:
+    """README's Admin API script, as written (`localhost:8080` the served port), each call answered."""
+    if not shutil.which("curl"):
+        return
+    admin = README.split("\n### Admin API\n", 1)[1].split("\n#", 1)[0]
+    script = re.findall(r"```bash\n(.*?)```", admin, re.S)[0].replace("localhost:8080", f"127.0.0.1:{port}")
+    done = subprocess.run(["sh", "-ec", script], env={**os.environ, "SENTINEL_ADMIN_KEY": admin_key}, cwd=where,
+                          capture_output=True, text=True, timeout=60)
+    out = done.stdout
+    assert done.returncode == 0 and '"error"' not in out, (done.returncode, out, done.stderr)
+    assert '"plan":"team"' in out and out.count('"key":"sk-sentinel-') == 2 and '"period":"24h"' in out, out
+    assert (where / "usage.csv").read_text().startswith("external_id,model,requests,"), (where / "usage.csv").read_text()
 
 
 def test_a_demo_key_is_made_only_on_the_embedded_default(tmp_path: Path) -> None:

@@ -84,7 +84,7 @@ async def off_loop(work: Callable[[], T], heavy: bool) -> T:
     return await _in(_walks, work)
 
 
-async def count_off_loop(count: Callable[[], int], size: int) -> int:
+async def count_off_loop(count: Callable[[], T], size: int) -> T:
     """`count()`, in the counts' own pool when `size` (a body's bytes, a text's characters) is
     OFF_LOOP_SIZE or more, or once it has encoded more than ON_LOOP_CHARS characters on the loop
     (`spend`): the rule of every token count a request's body or answer pays for. Begun on the

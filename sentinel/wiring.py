@@ -448,7 +448,7 @@ async def build_runtime(
         authenticator=authenticator,
         relay=OpenAIRelay(
             relays, openai, meter, Ownership(store), metrics, catalogue=catalogue, routes=routes, translated=translated,
-            end_users=end_users,
+            end_users=end_users, counter=counter,
         ),
         messages=MessagesService(
             anthropic_relays, meter, metrics, counter, catalogue=catalogue, routes=routes, translated=translated,

@@ -16,8 +16,9 @@ import logging
 import secrets
 from collections.abc import Iterable
 
+from sentinel.domain.files import FileFacts
 from sentinel.domain.text import is_text
-from sentinel.errors import InvalidRequest, NotFound
+from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable
 from sentinel.observability.logging import Repeated
 from sentinel.store import Store
 from sentinel.store.base import LocalOps, Script
@@ -35,6 +36,10 @@ _UNWRITTEN_BATCH_INPUT = "sentinel:batch-input:"
 # The tokens a stored response (or a conversation, as of its last response) holds: a request that
 # continues it (`previous_response_id`, `conversation`) makes the provider read all of them again.
 _CONTEXT = "sentinel:context:"
+# What Sentinel read of a file uploaded through it (`sentinel.domain.files.FileFacts`): how a request
+# naming the file by id is estimated. Written once (a file's content never changes), only for the
+# file's owner, dropped with the file.
+_FILE_FACTS = "sentinel:file-facts:"
 # An object whose usage was charged (made through Sentinel, or first shown with its usage to a read):
 # a later read of it (a batch or a run polled until done, a stored response fetched) charges nothing.
 _CHARGED = "sentinel:charged:"
@@ -134,32 +139,65 @@ class Ownership:
         raw = await self.store.get(_PREFIX + object_id)
         return None if raw is None else raw.decode()
 
-    async def require(self, object_ids: Iterable[str], owner: str) -> None:
+    async def require(
+        self, object_ids: Iterable[str], owner: str, *, files: Iterable[str] = ()
+    ) -> dict[str, FileFacts]:
         """NotFound (404) unless every id belongs to `owner` — the same answer whether the object is
-        someone else's or does not exist at all. Each distinct id is looked up once, LOOKUPS_AT_ONCE
-        at a time: a body may name up to `MAX_REFERENCES` ids (the same one, too), and one lookup
+        someone else's or does not exist at all. Returns the facts Sentinel read at upload of those
+        of `files` (ids among `object_ids` named as files) that it has (`remember_file`): one whose
+        facts are missing, or could not be read (a store outage), is left out.
+
+        Each distinct id is looked up once (its facts along with it), LOOKUPS_AT_ONCE lookups at a
+        time: a body may name up to `MAX_REFERENCES` ids (the same one, too), and one lookup
         after another cost as many store round trips — but each lookup under way holds a connection
         of the store's pool (a GET is not auto-pipelined), so all 1,000 at once took the whole pool
         (512 on Redis): that request was a 503 and every other request's store command failed meanwhile."""
         distinct = list(dict.fromkeys(object_ids))
-        for start in range(0, len(distinct), LOOKUPS_AT_ONCE):  # (most requests name none: no gather)
-            some = distinct[start : start + LOOKUPS_AT_ONCE]
-            owners = await asyncio.gather(*(self.owner_of(object_id) for object_id in some), return_exceptions=True)
-            failed = [found for found in owners if isinstance(found, BaseException)]
+        wanted = set(files)
+        lookups = [(object_id, False) for object_id in distinct]
+        lookups += [(object_id, True) for object_id in distinct if object_id in wanted]
+        facts: dict[str, FileFacts] = {}
+        for start in range(0, len(lookups), LOOKUPS_AT_ONCE):  # (most requests name none: no gather)
+            some = lookups[start : start + LOOKUPS_AT_ONCE]
+            found = await asyncio.gather(
+                *(self._facts_of(object_id) if of_file else self.owner_of(object_id) for object_id, of_file in some),
+                return_exceptions=True,
+            )
+            failed = [result for result in found if isinstance(result, BaseException)]
             if failed:
                 # The store's error (StoreUnavailable), once every lookup ended; not kept in a local of
                 # this frame, which its traceback holds (a cycle that kept the request's frames alive).
-                owners.clear()
+                found.clear()
                 raise failed.pop(0)
-            for object_id, found in zip(some, owners, strict=True):
-                if found != owner:
+            for (object_id, of_file), result in zip(some, found, strict=True):
+                if of_file:
+                    if isinstance(result, FileFacts):
+                        facts[object_id] = result
+                elif result != owner:
                     raise NotFound(f"No such object: '{object_id[:_MAX_ID]}'", code="object_not_found")
+        return facts
+
+    async def _facts_of(self, file_id: str) -> FileFacts | None:
+        """The facts read at upload of `file_id`, None when there are none — or the store could not
+        give them: the file is then estimated as one Sentinel cannot read (its owner's lookup, made
+        along, fails closed)."""
+        try:
+            return FileFacts.decode(await self.store.get(_FILE_FACTS + file_id)) if _keyable(file_id) else None
+        except StoreUnavailable:
+            return None
+
+    async def remember_file(self, file_id: str, owner: str, facts: FileFacts) -> None:
+        """Record what Sentinel read of the upload `owner` made of `file_id` — only while `owner` owns
+        it (another user's file is never described by anyone else's upload), and only once: a
+        file's content never changes, nor do its facts."""
+        if _keyable(file_id) and await self.owner_of(file_id) == owner:
+            await self.store.set(_FILE_FACTS + file_id, facts.encode(), None, nx=True)
 
     async def forget(self, object_id: str) -> None:
         """Drop the record of a deleted object."""
         if _keyable(object_id):
             # one by one: keys in different slots of a Cluster
-            for prefix in (_PREFIX, _BATCH_INPUT, _UNWRITTEN_BATCH_INPUT, _CONTEXT, _CHARGED):
+            for prefix in (_PREFIX, _BATCH_INPUT, _UNWRITTEN_BATCH_INPUT, _CONTEXT, _CHARGED, _FILE_FACTS):
                 await self.store.delete(prefix + object_id)
 
     async def context_of(self, object_ids: Iterable[str]) -> int:

@@ -15,7 +15,7 @@ from sentinel.native.openai_checks import output_multiplier
 from sentinel.quota.anthropic_usage import content_texts, estimate_messages
 from sentinel.quota.images import ANTHROPIC, ImageRule, openai_image_rule
 from sentinel.quota.items import item_text
-from sentinel.quota.media import TextCount, part_tokens
+from sentinel.quota.media import NO_FILES, Files, TextCount, part_tokens
 from sentinel.quota.tokens import TokenCounter
 
 # No request reserves more output tokens than this (no model produces that many in one call): the
@@ -26,13 +26,14 @@ MAX_RESERVED_OUTPUT = 2**40
 
 def estimate_input(
     counter: TokenCounter, endpoint: str, model: str, payload: dict[str, Any], *, user: str | None = None,
-    images: ImageRule | None = None,
+    images: ImageRule | None = None, files: Files = NO_FILES,
 ) -> int:
     """Input tokens the request will most likely be billed for (before the provider says); `user`
     (the caller's external id) lets the counter remember their long texts (`InputCounts`). `model`
     counts the text (its tokenizer); `images` prices the images and PDF pages (the rule of every
     model that may serve the request, `images.image_rule_for`), by default `model`'s rule on an
-    OpenAI-format endpoint and Anthropic's on `/v1/messages`."""
+    OpenAI-format endpoint and Anthropic's on `/v1/messages`. `files`: what was read at upload of
+    the files the request names by id (`media.upload_facts`; any other is `media.unread_file_tokens`)."""
     if endpoint in ("messages", "messages/count_tokens"):
         return estimate_messages(counter, model, payload, user=user, images=ANTHROPIC if images is None else images)
     rule = openai_image_rule(model) if images is None else images
@@ -43,7 +44,7 @@ def estimate_input(
             [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else [],
             model,
             tools if isinstance(tools, list) else None,
-            user=user, images=rule,
+            user=user, images=rule, files=files,
         )
         # The legacy `functions` and a `response_format`'s schema reach the model as text too, and a
         # predicted output (`prediction.content`) is read as input.
@@ -59,7 +60,7 @@ def estimate_input(
     if endpoint == "embeddings":
         return counter.count_prompt(_prompt(payload.get("input")), model, user=user)
     if endpoint == "responses":
-        return _responses_input(counter, model, payload, user, rule)
+        return _responses_input(counter, model, payload, user, rule, files)
     return 0
 
 
@@ -77,7 +78,7 @@ def _as_json(counter: TokenCounter, model: str, user: str | None, *values: Any) 
 
 
 def _responses_input(
-    counter: TokenCounter, model: str, payload: dict[str, Any], user: str | None, images: ImageRule
+    counter: TokenCounter, model: str, payload: dict[str, Any], user: str | None, images: ImageRule, files: Files,
 ) -> int:
     count = _text_count(counter, model, user)
     instructions = payload.get("instructions")
@@ -94,7 +95,7 @@ def _responses_input(
         values += [value["text"] for value in variables.values()
                    if isinstance(value, dict) and value.get("type") == "input_text" and isinstance(value.get("text"), str)]
         total += sum(counter.count_text(text, model, user=user) for text in values)
-        total += sum(part_tokens(value, images, count) for value in variables.values()
+        total += sum(part_tokens(value, images, count, files) for value in variables.values()
                      if isinstance(value, dict) and value.get("type") in ("input_image", "input_file"))
     items = payload.get("input")
     if isinstance(items, str):
@@ -106,24 +107,24 @@ def _responses_input(
                     and item.get("type", "message") == "message"]
         others = [item for item in items if isinstance(item, dict) and not (
             "role" in item and item.get("type", "message") == "message")]
-        total += counter.count_chat(messages, model, user=user, images=images)
+        total += counter.count_chat(messages, model, user=user, images=images, files=files)
         # Function calls and their outputs, reasoning summaries, ...: their text (never a screenshot's
         # data URL, a file's base64 or a reasoning item's encrypted content, which are not text) and
         # their images and files.
         texts: list[str] = []
         for item in others:
-            item_texts, media = _item_input(item, images, count)
+            item_texts, media = _item_input(item, images, count, files)
             texts += item_texts
             total += media
         total += counter.count_text("\n".join(texts), model, user=user) if texts else 0
     return total
 
 
-def _item_input(item: Any, images: ImageRule, count: TextCount) -> tuple[list[str], int]:
+def _item_input(item: Any, images: ImageRule, count: TextCount, files: Files) -> tuple[list[str], int]:
     """What a Responses input item puts before the model (`items.item_text`): its text, keys
     included, and the tokens counted already (its scalars, images and files, under `images`; a text
-    file's text by `count`)."""
-    return item_text(item, images=images, count=count) if isinstance(item, dict) else ([], 0)
+    file's text by `count`, a file by id by its `files` facts)."""
+    return item_text(item, images=images, count=count, files=files) if isinstance(item, dict) else ([], 0)
 
 
 def _text_count(counter: TokenCounter, model: str, user: str | None) -> TextCount:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from sentinel.quota.images import TILES, ImageRule
-from sentinel.quota.media import MEDIA_KINDS, TextCount, part_tokens
+from sentinel.quota.media import MEDIA_KINDS, NO_FILES, Files, TextCount, part_tokens
 
 # An item's own bookkeeping fields (not text the model reads) while short, as real ones are (a long
 # one is counted: an id the client makes up is the client's text); only at the item's top level:
@@ -36,17 +36,17 @@ NO_FIELDS: frozenset[str] = frozenset()
 
 def item_text(
     item: dict[str, Any], skipped: frozenset[str] = NO_FIELDS, *, images: ImageRule = TILES,
-    count: TextCount | None = None,
+    count: TextCount | None = None, files: Files = NO_FILES,
 ) -> tuple[list[str], int]:
     """An item as the model reads it (see the module docstring): its strings, keys included, to
     count as text, and the tokens counted already (its scalars, one each, and its images' and
     files' estimates, by the image rule `images`; a text file's text by `count`, the request's
-    tokenizer, when given). `skipped`: top-level fields left out besides the
+    tokenizer, when given; a file by id by its `files` facts). `skipped`: top-level fields left out besides the
     bookkeeping ones. Iterative:
     a request body's depth is checked before any estimate; an upstream event's is orjson's bound."""
     kind = item.get("type")
     own = MEDIA_FIELDS.get(kind, NO_FIELDS) if isinstance(kind, str) else NO_FIELDS
-    tokens = part_tokens(item, images, count) if isinstance(kind, str) and kind in MEDIA_KINDS else 0
+    tokens = part_tokens(item, images, count, files) if isinstance(kind, str) and kind in MEDIA_KINDS else 0
     parts: list[str] = []
     stack: list[Any] = []
     for key, value in reversed(item.items()):  # (reversed: the stack gives them back in order)
@@ -63,7 +63,7 @@ def item_text(
             if isinstance(kind, str):
                 skip = MEDIA_FIELDS.get(kind, NO_FIELDS)
                 if kind in MEDIA_KINDS:
-                    tokens += part_tokens(node, images, count)
+                    tokens += part_tokens(node, images, count, files)
             for key, value in reversed(node.items()):
                 if key not in skip:
                     stack += [value, key]

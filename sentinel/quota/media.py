@@ -25,7 +25,14 @@ OpenAI-format estimate (chat, Responses, the native API) adds, per part:
   passes one (`count`), else a token per 4 bytes; any other file (an Office document, compressed:
   its text may be many times its size) as a file Sentinel cannot read, below, or a token per 4
   bytes when that is more;
-- a file Sentinel cannot read — by `file_id` or `file_url`, its bytes elsewhere — as a PDF of
+- a file by `file_id` that was uploaded through Sentinel (`POST /v1/files`) as what its upload held
+  (`upload_facts`, read at upload and kept beside its owner: `sentinel.domain.files.FileFacts`), by
+  the request's rule as its data would be (`facts_tokens`): a PDF's pages, an image's size, a text
+  file's tokens — counted at upload by every tokenizer Sentinel has, the most kept (its model was not
+  known then); an image by `file_id` (`input_image`) by its size too;
+- a file Sentinel cannot read — by `file_url`, by an id without facts (uploaded before Sentinel kept
+  them, through `POST /v1/uploads`, made by the provider: a batch's output; or facts not found in a
+  store outage), its bytes elsewhere — as a PDF of
   UNREAD_FILE_PAGES pages (`unread_file_tokens`): the most pages OpenAI and Anthropic read from one
   request's files. Estimated at nothing, such a file was free in a stream cut before its usage, and
   a burst of them passed an input limit before the first settled (one 100-page PDF by URL: ~80,000
@@ -45,8 +52,10 @@ import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from sentinel.domain.files import FileFacts
 from sentinel.offload import spend
 from sentinel.quota.images import (
+    HEADER_BYTES,
     TILES,
     ImageRule,
     base64_head,
@@ -68,6 +77,8 @@ PDF_MAGIC_WITHIN = 1024  # a PDF's `%PDF-` may follow some bytes of junk (PDF 32
 UNREAD_FILE_PAGES = 100
 BYTES_PER_TOKEN = 4  # a file's text Sentinel does not tokenize: a token per 4 bytes
 TextCount = Callable[[str], int]
+Files = Mapping[str, FileFacts]  # what was read of the files a request names, by id (`upload_facts`)
+NO_FILES: Files = {}
 
 # PDF names end at whitespace or a delimiter: `/Type /Page` and `/Type/Page>>`, never `/Type /Pages`.
 _NAME_END = rb"(?![^\x00\t\n\x0c\r ()<>\[\]{}/%])"
@@ -88,11 +99,14 @@ PDF_INFLATE_RATIO = 32
 INFLATED_PER_CHAR = 32
 
 
-def part_tokens(part: Mapping[str, Any], rule: ImageRule = TILES, count: TextCount | None = None) -> int:
+def part_tokens(
+    part: Mapping[str, Any], rule: ImageRule = TILES, count: TextCount | None = None, files: Files = NO_FILES,
+) -> int:
     """The estimate for one OpenAI-format content part that is an image or a file (a type in
     MEDIA_KINDS; see the module docstring) under `rule` (the image rule of the models that may serve
     the request, `images.image_rule_for`), 0 for any other part. `count` counts a text file's text
-    (the request's tokenizer; without it, a token per 4 bytes)."""
+    (the request's tokenizer; without it, a token per 4 bytes); `files` are the facts of the files
+    the request names by id (those uploaded through Sentinel: `upload_facts`)."""
     kind = part.get("type")
     if kind == "image_url":
         image = part.get("image_url")
@@ -100,22 +114,61 @@ def part_tokens(part: Mapping[str, Any], rule: ImageRule = TILES, count: TextCou
             return url_image_tokens(image.get("url"), image.get("detail"), rule)
         return url_image_tokens(image, part.get("detail"), rule)
     if kind in ("input_image", "computer_screenshot"):
+        facts = _facts(part, files) if part.get("image_url") is None else None
+        if facts is not None and facts.image is not None and rule.flat(part.get("detail")) is None:
+            return rule.tokens(*facts.image, part.get("detail"))
         return url_image_tokens(part.get("image_url"), part.get("detail"), rule)
     if kind == "file":
         file = part.get("file")
-        return _file_part(file, rule, count) if isinstance(file, Mapping) else 0
+        return _file_part(file, rule, count, files) if isinstance(file, Mapping) else 0
     if kind == "input_file":
-        return _file_part(part, rule, count)
+        return _file_part(part, rule, count, files)
     return 0
 
 
-def _file_part(file: Mapping[str, Any], rule: ImageRule, count: TextCount | None) -> int:
+def _facts(part: Mapping[str, Any], files: Files) -> FileFacts | None:
+    """The facts of the file `part` names by `file_id`, when Sentinel has them."""
+    file_id = part.get("file_id")
+    return files.get(file_id) if isinstance(file_id, str) and files else None
+
+
+def _file_part(file: Mapping[str, Any], rule: ImageRule, count: TextCount | None, files: Files) -> int:
     """A file part's estimate: its data's (`file_tokens`), or — named by `file_id` or `file_url`, its
-    bytes elsewhere — a file Sentinel cannot read (`unread_file_tokens`), whichever is more."""
+    bytes elsewhere — what its upload held (`facts_tokens`: a `file_id` Sentinel read at upload, and
+    no `file_url`) or else a file Sentinel cannot read (`unread_file_tokens`), whichever is more."""
     tokens = file_tokens(file.get("file_data"), rule, count)
-    if any(isinstance(file.get(key), str) and file.get(key) for key in ("file_id", "file_url")):
+    if isinstance(file.get("file_url"), str) and file.get("file_url"):
         return max(tokens, unread_file_tokens(rule))
+    if isinstance(file.get("file_id"), str) and file.get("file_id"):
+        facts = _facts(file, files)
+        return max(tokens, unread_file_tokens(rule) if facts is None else facts_tokens(facts, rule))
     return tokens
+
+
+def facts_tokens(facts: FileFacts, rule: ImageRule = TILES) -> int:
+    """The estimate for a file uploaded through Sentinel under `rule`, as its data would be
+    (`file_tokens`): a PDF's pages times a page's image, an image by its size, a text file's tokens."""
+    if facts.pages is not None:
+        return facts.pages * rule.tokens(*PDF_PAGE)
+    if facts.image is not None:
+        return rule.tokens(*facts.image)
+    return facts.text or 0
+
+
+def upload_facts(raw: bytes, count: TextCount) -> FileFacts | None:
+    """What the estimate needs of a file uploaded with the bytes `raw` (read as `file_tokens` reads
+    a file's data): a PDF's pages (`pdf_pages`), an image's size (from its header), UTF-8 text's
+    tokens by `count` (at upload, the most of every tokenizer: `TokenCounter.most_tokens`); None for
+    any other file (an Office document, compressed), estimated as one Sentinel cannot read."""
+    if b"%PDF-" in raw[:PDF_MAGIC_WITHIN]:
+        return FileFacts(pages=pdf_pages(raw))
+    if (size := image_size(raw[:HEADER_BYTES])) is not None:
+        return FileFacts(image=size)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+    return FileFacts(text=count(text))
 
 
 def unread_file_tokens(rule: ImageRule = TILES) -> int:

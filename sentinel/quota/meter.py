@@ -39,6 +39,7 @@ from sentinel.quota.decision import Decision
 from sentinel.quota.estimate import estimate_input, hides_output, max_output
 from sentinel.quota.images import ImageRule
 from sentinel.quota.limiter import QuotaLimiter, Reservation
+from sentinel.quota.media import NO_FILES, Files
 from sentinel.quota.outbox import DurableOutbox
 from sentinel.quota.tokens import TokenCounter
 
@@ -83,6 +84,7 @@ class Meter(Protocol):
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
         size: int = 0, carried_input: int = 0, counted_as: str | None = None, images: ImageRule | None = None,
+        files: Files = NO_FILES,
     ) -> Admission: ...
 
     async def admit_call(
@@ -142,6 +144,7 @@ class QuotaMeter:
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
         size: int = 0, carried_input: int = 0, counted_as: str | None = None, images: ImageRule | None = None,
+        files: Files = NO_FILES,
     ) -> Admission:
         """Reserve the request, its estimated input and its maximum output against every limit of the
         caller's plan; RateLimited (429) when one does not fit. `size` (the body's bytes) decides
@@ -150,7 +153,8 @@ class QuotaMeter:
         request continues), part of the estimated input. `counted_as`: the model the provider is
         sent, when not `model` (see `Admission.counted_as`). `images`: the image rule of every model
         that may serve the request (`images.image_rule_for`: an alias's targets, a tier's
-        candidates), else `counted_as`'s (Anthropic's on `/v1/messages`). ServiceUnavailable (503
+        candidates), else `counted_as`'s (Anthropic's on `/v1/messages`). `files`: what was read at
+        upload of the files the request names by id (`media.upload_facts`). ServiceUnavailable (503
         `usage_unrecordable`) first, reserving nothing, while its usage could not be recorded."""
         self._recordable()
         body = payload or {}
@@ -164,7 +168,8 @@ class QuotaMeter:
         if size >= OFF_LOOP_SIZE:  # a large body: refuse an exhausted user before paying for the count
             await self._peek(identity, plan)
         count = functools.partial(
-            estimate_input, self.counter, endpoint, counted_as, body, user=identity.external_id, images=images
+            estimate_input, self.counter, endpoint, counted_as, body, user=identity.external_id, images=images,
+            files=files,
         )
         admission.estimate_input = await count_off_loop(count, size) + carried_input
         await self._reserve(admission, plan)

@@ -47,7 +47,7 @@ import tiktoken
 
 from sentinel.offload import spend
 from sentinel.quota.images import ImageRule, openai_image_rule
-from sentinel.quota.media import MEDIA_KINDS, part_tokens
+from sentinel.quota.media import MEDIA_KINDS, NO_FILES, Files, part_tokens
 
 CL100K = "cl100k_base"
 O200K = "o200k_base"
@@ -208,6 +208,9 @@ CACHED_MIN_CHARS = 32
 CACHED_MAX_CHARS = 512 * 1024  # a longer text is encoded each time (off the loop: its body is large)
 CACHE_BUDGET_CHARS = 16 * 1024 * 1024  # all remembered texts together; least recently used go first
 ENTRY_CHARS = 128  # what an entry costs the budget beyond its text (key tuple, dict slot, count)
+# `TokenCounter.most_tokens` encodes a text of up to this many characters with each encoding (~1 s
+# for both at most, in a worker thread); a longer one is its bytes, an upper bound for any of them.
+MOST_COUNTED_CHARS = 1024 * 1024
 
 
 class InputCounts:
@@ -342,6 +345,21 @@ class TokenCounter:
         """Tokens in plain text (`user`: whose input it is, see `InputCounts`)."""
         return self._encoder(model, user)(text)
 
+    def most_tokens(self, text: str) -> int:
+        """The most tokens any count of this counter gives `text`, whatever the model (each encoding
+        it loads, and a token per 4 bytes when none does): what a text read before its model is known
+        (a file at upload) may cost. A text of more than MOST_COUNTED_CHARS characters is its UTF-8
+        bytes, not encoded (no token is shorter than a byte)."""
+        if len(text) > MOST_COUNTED_CHARS:
+            return len(text.encode("utf-8"))
+        counts = [estimate_tokens(text)]
+        for name in (O200K, CL100K):
+            encoding = self._get(name)
+            if encoding is not None and text:
+                spend(len(text))  # (on the event loop, a long count goes on in a worker thread)
+                counts.append(len(encoding.encode_ordinary(text)))
+        return max(counts)
+
     def count_prompt(self, prompt: str | Sequence[Any] | None, model: str, *, user: str | None = None) -> int:
         """Tokens in a legacy completions `prompt`: a string, strings, token ids or lists of token ids."""
         if prompt is None:
@@ -361,13 +379,13 @@ class TokenCounter:
 
     def count_chat(
         self, messages: Sequence[Mapping[str, Any]], model: str, tools: Sequence[Any] | None = None, *,
-        user: str | None = None, images: ImageRule | None = None,
+        user: str | None = None, images: ImageRule | None = None, files: Files = NO_FILES,
     ) -> int:
         """Prompt tokens of a chat request, with OpenAI's per-message overhead.
 
         Per message: 3 + role + content (a string, or the `text` of each content part, and each
         image and PDF by `sentinel.quota.media`, under the image rule `images` — by default `model`'s
-        —; audio is not estimated) + refusal + name (+1) + each
+        —, a file by id by its `files` facts; audio is not estimated) + refusal + name (+1) + each
         tool call's function name and arguments (a custom tool call's name and input) and its `id`
         when longer than MAX_PLAIN_ID_CHARS + tool_call_id. Plus 3 for the reply priming, plus `tools` as compact JSON (an approximation:
         OpenAI renders tools in its own format).
@@ -386,7 +404,7 @@ class TokenCounter:
                 if len(roles) < MAX_REMEMBERED_ROLES and len(role) <= MAX_REMEMBERED_ROLE_CHARS:
                     roles[role] = role_tokens
             total += TOKENS_PER_MESSAGE + role_tokens
-            total += _content_tokens(message.get("content"), count, rule)
+            total += _content_tokens(message.get("content"), count, rule, files)
             refusal = message.get("refusal")  # an assistant's earlier refusal, sent back as prompt
             if isinstance(refusal, str):
                 total += count(refusal)
@@ -434,10 +452,10 @@ def _arguments(value: Any) -> str:
     return ""
 
 
-def _content_tokens(content: Any, count: Callable[[str], int], images: ImageRule) -> int:
+def _content_tokens(content: Any, count: Callable[[str], int], images: ImageRule, files: Files = NO_FILES) -> int:
     """Tokens of a message's content: a string, or each part's `text` and `refusal` (an assistant's
     refusal part is prompt text too) plus an image's or a file's own estimate (`media.part_tokens`: a
-    text file's text by `count` too),
+    text file's text by `count` too, a file by id by its `files` facts),
     in the one walk over the parts the text needs (a part that is neither costs a type check)."""
     if isinstance(content, str):
         return count(content)
@@ -451,7 +469,7 @@ def _content_tokens(content: Any, count: Callable[[str], int], images: ImageRule
                     total += count(value)
             kind = part.get("type")
             if isinstance(kind, str) and kind in MEDIA_KINDS:
-                total += part_tokens(part, images, count)
+                total += part_tokens(part, images, count, files)
     return total
 
 

@@ -192,6 +192,13 @@ def referenced_ids(body: Any, limit: int = MAX_REFERENCES, *, keys: frozenset[st
     return found
 
 
+def named_files(body: Any) -> list[str]:
+    """The ids a JSON body names as files (`file_id`: a chat `file` part's `file`, a Responses
+    `input_file` or `input_image`): those whose facts read at upload estimate the request
+    (`sentinel.governance.ownership.Ownership.require`)."""
+    return [node["file_id"] for node in _objects(body) if isinstance(node.get("file_id"), str) and node["file_id"]]
+
+
 # Eval data that the provider selects from the whole account by filter (model, metadata, dates):
 # stored responses and stored chat completions of every user. A run's `source` of these types, or an
 # eval's `data_source_config` of these types (its schema drawn from them), is a list in disguise.
@@ -405,6 +412,13 @@ class Upload:
         if len(files) != 1:
             raise MalformedUpload("A batch input upload holds exactly one file (`file[]` is a file too)")
         return files[0]
+
+    def stored_file(self) -> int | None:
+        """The part holding the file a `POST /v1/files` stores (its index in `parts`): the one part
+        named `file` (`file[]` too), None when there is none or more than one (which the provider
+        would store is not certain)."""
+        files = self.named("file".__eq__)
+        return files[0] if len(files) == 1 else None
 
     @property
     def streams(self) -> bool:

@@ -22,6 +22,7 @@ import orjson
 
 from sentinel.domain.catalogue import ModelTarget
 from sentinel.domain.end_user import EndUsers
+from sentinel.domain.files import FileFacts
 from sentinel.domain.identity import Identity
 from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable, UpstreamError
 from sentinel.governance.ownership import Ownership
@@ -44,13 +45,15 @@ from sentinel.native.openai_inbound import parse_openai_chat
 from sentinel.native.types import schemas_remembered
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
-from sentinel.offload import large, off_loop
+from sentinel.offload import count_off_loop, large, off_loop
 from sentinel.providers.errors import UnreadableAnswer
 from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import OpenAICompatUpstream, forwardable_headers
 from sentinel.quota.images import image_rule_for
 from sentinel.quota.items import item_text
+from sentinel.quota.media import upload_facts
 from sentinel.quota.meter import Admission, Meter
+from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes
 from sentinel.services.answers import AnswerRelay, Charging, claim_created
@@ -65,6 +68,7 @@ from sentinel.services.objects import (
     Upload,
     classify,
     continued,
+    named_files,
     read_batch_input,
     reads_account_data,
     reference_keys,
@@ -94,7 +98,7 @@ class OpenAIRelay:
     def __init__(
         self, upstreams: dict[str, OpenAICompatUpstream], default: OpenAICompatUpstream, meter: Meter,
         ownership: Ownership, metrics: Metrics, *, catalogue: ModelCatalogue, routes: ModelRoutes,
-        translated: TranslatedChat, end_users: EndUsers | None = None,
+        translated: TranslatedChat, end_users: EndUsers | None = None, counter: TokenCounter | None = None,
     ) -> None:
         self.upstreams = upstreams
         self.upstream = default
@@ -105,6 +109,7 @@ class OpenAIRelay:
         self.routes = routes
         self.translated = translated
         self.end_users = end_users or EndUsers(None)
+        self.counter = counter or TokenCounter()  # a text file's tokens, at upload (`_remember_file`)
         self.answers = AnswerRelay(meter, ownership, metrics)
 
     # --- metered endpoints (chat, completions, embeddings, responses) -------------------------------
@@ -116,8 +121,9 @@ class OpenAIRelay:
         query: the caller refuses one), relay the answer and settle. Nothing is reserved for a request
         refused before it is sent. The walks of a large body run in a worker thread (`sentinel.offload`)."""
         heavy = large(body)
-        targets, references = await off_loop(functools.partial(self._checked, endpoint, payload), heavy)
-        await self.ownership.require(references, identity.external_id)
+        targets, references, files = await off_loop(functools.partial(self._checked, endpoint, payload), heavy)
+        # The files it names by id are estimated by what their uploads held (read then, looked up along).
+        facts = await self.ownership.require(references, identity.external_id, files=files)
         stream = payload.get("stream") is True
         strip_usage = False
         if stream and endpoint in ("chat", "completions"):
@@ -146,6 +152,7 @@ class OpenAIRelay:
                 size=len(body), carried_input=sum(held.values()),
                 counted_as=targets[0].upstream_model,  # (its tokenizer: `Admission.counted_as`)
                 images=image_rule_for((t.kind, t.upstream_model) for t in targets),  # any may serve it
+                files=facts,
             )
         ex.headers.extend(admission.headers.items())
         served: list[ModelTarget] = []
@@ -165,9 +172,12 @@ class OpenAIRelay:
         ex.headers.extend(target_headers(served[0]))
         return reply
 
-    def _checked(self, endpoint: str, payload: dict[str, Any]) -> tuple[tuple[ModelTarget, ...], list[str]]:
+    def _checked(
+        self, endpoint: str, payload: dict[str, Any]
+    ) -> tuple[tuple[ModelTarget, ...], list[str], list[str]]:
         """A metered request's fields checked (400), its model's targets — those that also run the
-        models its tools name (404, 400) — and the object ids its body names (400 past the most)."""
+        models its tools name (404, 400) —, the object ids its body names (400 past the most) and
+        those of them it names as files (`named_files`)."""
         try:
             check_metered_fields(endpoint, payload)
         except NativeValidationError as exc:
@@ -176,7 +186,8 @@ class OpenAIRelay:
         tools = tool_models(payload)
         if tools:
             targets = self.catalogue.with_tools(targets, tools)
-        return targets, _references(payload)
+        references = _references(payload)
+        return targets, references, named_files(payload) if references else []
 
     def _targets(self, endpoint: str, model: str) -> tuple[ModelTarget, ...]:
         """The catalogue's targets for `model` (404 when unknown); only chat can be translated."""
@@ -257,13 +268,14 @@ class OpenAIRelay:
         if where.object_id is not None:
             await self.ownership.require([where.object_id], identity.external_id)
         as_json = batch_upload = False
+        stored: bytes | None = None  # a file uploaded through POST /v1/files: its content, as sent
         creating = where.creates(method, segments)
         creates_batch = creating and where.collection == "batches"
         if body:
             forwarded = forwardable_headers(headers)
             if forwarded.get("content-encoding", "identity").strip().lower() != "identity":
                 raise InvalidRequest("A pass-through body must not be compressed (Content-Encoding): its ids must be read")
-            body, as_json, batch_upload = await self._check_body(
+            body, as_json, batch_upload, stored = await self._check_body(
                 identity, body, forwarded.get("content-type", "").strip(),
                 creates_batch=creates_batch, uploads=upload_files(method, segments), segments=segments,
             )
@@ -280,6 +292,10 @@ class OpenAIRelay:
             )
         ex.headers.extend(admission.headers.items())
         try:
+            # Read once admitted, before it is sent: only the facts are kept while the upload is under way.
+            facts = None if stored is None else await count_off_loop(
+                functools.partial(upload_facts, stored, self.counter.most_tokens), len(stored))
+            stored = None
             upstream = await self._forward(ex, self.upstream, method, segments, body, headers, query, admission,
                                            as_json=as_json)
             # An object's answer names what it created; a file's content is the user's own bytes.
@@ -294,8 +310,11 @@ class OpenAIRelay:
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)
             raise
-        if batch_upload and creating and where.collection == "files" and isinstance(reply, Reply):
-            await self._vouch_batch_input(reply, identity)
+        if creating and where.is_collection and where.collection == "files" and isinstance(reply, Reply):
+            if batch_upload:
+                await self._vouch_batch_input(reply, identity)
+            if facts is not None:
+                await self._remember_file(reply, identity, facts)
         if (where.collection or "", where.action or "") in ACTION_CREATED and isinstance(reply, Reply):
             await self._claim_along(where, reply, identity)
         if where.collection == "conversations" and method == "POST" and body:
@@ -310,10 +329,11 @@ class OpenAIRelay:
     async def _check_body(
         self, identity: Identity, body: bytes, content_type: str, *, creates_batch: bool,
         uploads: frozenset[str] | None, segments: Sequence[str],
-    ) -> tuple[bytes, bool, bool]:
+    ) -> tuple[bytes, bool, bool, bytes | None]:
         """Refuse a body naming another user's object. Returns (the body as it goes upstream, whether
         it is JSON — re-encoded from what was checked —, whether it is the upload of a batch's input,
-        whose every line was checked as a request of its own). The end user the client named — a JSON
+        whose every line was checked as a request of its own, and — an upload to `POST /v1/files` —
+        the file's content as it goes upstream: `Upload.stored_file`). The end user the client named — a JSON
         body's `user` or `safety_identifier`, an upload's field of that name — is the caller's
         pseudonym instead, and every line of a batch's input tells the provider the caller's pseudonym
         as the metered endpoint it runs would (`sentinel.native.end_user`): an upload goes with those
@@ -333,14 +353,14 @@ class OpenAIRelay:
         if media == "multipart/form-data":
             if uploads is None:  # read as JSON only: an upload's fields would escape the checks below
                 raise _unsupported_type("This call takes a JSON body (Content-Type: application/json), not an upload")
-            upload, upload_body, ids, batch_input = await off_loop(functools.partial(
+            upload, upload_body, ids, batch_input, stored = await off_loop(functools.partial(
                 self._read_upload, body, content_type, uploads, reference_keys(segments),
-                self.end_users.of(identity.external_id),
+                self.end_users.of(identity.external_id), stores=list(segments) == ["files"],
             ), heavy)
             if upload.streams:
                 raise _no_passthrough_stream()
             await self.ownership.require(ids, identity.external_id)
-            return upload_body, False, batch_input
+            return upload_body, False, batch_input, stored
         if media and media != "application/json" and not media.endswith("+json"):
             raise _unsupported_type(
                 "The request body must be JSON (Content-Type: application/json), or a multipart/form-data upload "
@@ -353,16 +373,18 @@ class OpenAIRelay:
             await self.ownership.require_batch_input(given if isinstance(given, str) else "", identity.external_id)
         # An end user the client named (an image generation's `user`) is the caller's pseudonym.
         parsed = with_named_end_user(parsed, self.end_users.of(identity.external_id))
-        return await off_loop(functools.partial(orjson.dumps, parsed), heavy), True, False
+        return await off_loop(functools.partial(orjson.dumps, parsed), heavy), True, False, None
 
     def _read_upload(
         self, body: bytes, content_type: str, uploads: frozenset[str], keys: frozenset[str], end_user: str,
-    ) -> tuple[Upload, bytes, list[str], bool]:
+        *, stores: bool = False,
+    ) -> tuple[Upload, bytes, list[str], bool, bytes | None]:
         """A pass-through upload read part by part: (the upload, the body as it goes upstream — naming
         `end_user` as the end user: see `_check_body` —, the ids it names under `keys` — a batch
-        input's lines' too —, whether it is a batch's input). InvalidRequest (400) when it cannot be
-        read as the provider would, names too many objects, or is a batch input `_batch_model` refuses
-        or whose lines cannot be written back."""
+        input's lines' too —, whether it is a batch's input, and — `stores`: a `POST /v1/files` —
+        the content of the file it stores as it goes upstream, `Upload.stored_file`). InvalidRequest
+        (400) when it cannot be read as the provider would, names too many objects, or is a batch
+        input `_batch_model` refuses or whose lines cannot be written back."""
         try:
             upload = Upload.read(body, content_type)
             ids = upload.references(files=uploads, keys=keys)
@@ -376,10 +398,12 @@ class OpenAIRelay:
                 ids += read.ids
                 values[batch_file] = read.content
             sent = upload.with_values(body, content_type, values)
+            stored = upload.stored_file() if stores else None
         except (MalformedUpload, TooManyReferences, InvalidBatchInput) as exc:
             param = exc.param if isinstance(exc, MalformedUpload) else None
             raise InvalidRequest(str(exc), details={"param": param} if param else None) from None
-        return upload, sent, ids, batch_file is not None
+        content = None if stored is None else values.get(stored, upload.parts[stored][1])
+        return upload, sent, ids, batch_file is not None, content
 
     def _read_json(self, body: bytes, segments: Sequence[str]) -> tuple[Any, list[str]]:
         """A pass-through JSON body parsed and checked (400s: see `_check_body`): (it, the ids it names)."""
@@ -472,6 +496,22 @@ class OpenAIRelay:
                 await self.ownership.vouch_batch_input(created["id"], identity.external_id)
             except StoreUnavailable:  # the file stays usable for everything but a batch
                 self.ownership.outage.warning("the store is unavailable: a checked batch input was not marked as such")
+
+    async def _remember_file(self, reply: Reply, identity: Identity, facts: FileFacts) -> None:
+        """Keep what the estimate needs of the file an upload created (`facts`, `media.upload_facts`
+        of its content as sent: a PDF's pages, an image's size, a text's tokens) beside its owner: a
+        request naming it by id is estimated by it, not as a file Sentinel cannot read (a 100-page
+        PDF: 2,550,100 tokens under gpt-4o-mini's image rule)."""
+        try:
+            created = orjson.loads(reply.body) if reply.status < 300 else None
+        except orjson.JSONDecodeError:
+            return
+        if not (isinstance(created, dict) and isinstance(created.get("id"), str)):
+            return
+        try:
+            await self.ownership.remember_file(created["id"], identity.external_id, facts)
+        except StoreUnavailable:  # the file is estimated as one Sentinel cannot read
+            self.ownership.outage.warning("the store is unavailable: what an uploaded file holds was not kept")
 
     # --- plumbing ----------------------------------------------------------------------------------
     async def _forward(

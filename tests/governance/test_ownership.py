@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from sentinel.domain.files import FileFacts
 from sentinel.errors import NotFound, StoreUnavailable
 from sentinel.governance.ownership import LOOKUPS_AT_ONCE, Ownership
 from sentinel.store import Store
@@ -139,6 +140,9 @@ async def test_lookups_under_way_at_once_are_bounded(store: Store, monkeypatch: 
     monkeypatch.setattr(store, "get", counting)
     await owners.require(ids, "alice")
     assert 1 < peak <= LOOKUPS_AT_ONCE
+    peak = 0
+    await owners.require(ids, "alice", files=ids)  # facts looked up along: within the same bound
+    assert 1 < peak <= LOOKUPS_AT_ONCE
 
 
 async def test_a_turn_keeps_what_its_conversation_grew_by_meanwhile(store: Store) -> None:
@@ -159,3 +163,50 @@ async def test_a_turn_keeps_what_its_conversation_grew_by_meanwhile(store: Store
     assert await owners.context_of(["conv_1"]) == 50
     await owners.remember_turn("conv_1", 10**12 * 3, 0, None)  # far past what a float prints plainly in Lua
     assert await owners.context_of(["conv_1"]) == 10**12 * 3 + 50
+
+
+async def test_a_files_facts_are_its_owners_kept_once_and_dropped_with_it(store: Store) -> None:
+    """What an upload held is kept only for the file's owner, never replaced (a file's content never
+    changes: nobody's later claim makes it look smaller), read back only along with a successful
+    ownership check of the ids named as files, and dropped with the file."""
+    owners = Ownership(store)
+    await owners.claim("file-a", "alice", None)
+    await owners.remember_file("file-a", "bob", FileFacts(pages=1))  # not bob's file: nothing kept
+    assert await owners.require(["file-a"], "alice", files=["file-a"]) == {}
+    await owners.remember_file("file-a", "alice", FileFacts(pages=300))
+    await owners.remember_file("file-a", "alice", FileFacts(pages=1))  # kept once
+    await owners.claim("resp_1", "alice", None)
+    assert await owners.require(["resp_1", "file-a", "file-a"], "alice", files=["file-a"]) == {
+        "file-a": FileFacts(pages=300)}
+    assert await owners.require(["file-a"], "alice") == {}  # not named as a file: not looked up
+    with pytest.raises(NotFound):
+        await owners.require(["file-a"], "bob", files=["file-a"])
+    await store.set("sentinel:file-facts:file-b", b"{not json")
+    await owners.claim("file-b", "alice", None)
+    assert await owners.require(["file-b"], "alice", files=["file-b"]) == {}  # unreadable: the bound
+    await owners.forget("file-a")
+    assert await store.get("sentinel:file-facts:file-a") is None
+
+
+async def test_facts_of_many_files_are_looked_up_with_their_owners(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file's facts are read along with the owners; facts the store cannot give (an outage
+    that spared the owner lookups) leave their file to the bound, refusing nothing."""
+    owners = Ownership(store)
+    ids = [f"file-{i}" for i in range(LOOKUPS_AT_ONCE * 2 + 3)]
+    for number, file_id in enumerate(ids):
+        await owners.claim(file_id, "alice", None)
+        await owners.remember_file(file_id, "alice", FileFacts(text=number))
+    assert await owners.require(ids, "alice", files=ids) == {
+        file_id: FileFacts(text=number) for number, file_id in enumerate(ids)}
+    get = store.get
+
+    async def failing(key: str) -> bytes | None:
+        if key.startswith("sentinel:file-facts:") and key.endswith("-1"):
+            raise StoreUnavailable("store down")
+        return await get(key)
+
+    monkeypatch.setattr(store, "get", failing)
+    found = await owners.require(ids, "alice", files=ids)
+    assert "file-1" not in found and found["file-2"] == FileFacts(text=2)

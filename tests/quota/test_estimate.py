@@ -32,7 +32,7 @@ class RecordingCounter:
 
     def count_chat(
         self, messages: Sequence[Mapping[str, Any]], model: str, tools: Sequence[Any] | None = None, *,
-        user: str | None = None, images: ImageRule | None = None,
+        user: str | None = None, images: ImageRule | None = None, files: Any = None,
     ) -> int:
         self.asked.append(("chat", (list(messages), tools)))
         self.users.add(user)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from sentinel.domain.files import FileFacts
 from sentinel.offload import ON_LOOP_CHARS, count_off_loop
 from sentinel.quota import media
 from sentinel.quota.estimate import estimate_input
@@ -246,7 +247,7 @@ def test_a_text_only_request_walks_no_media(monkeypatch: pytest.MonkeyPatch) -> 
     from sentinel.quota import media, tokens
 
     calls: list[Any] = []
-    monkeypatch.setattr(tokens, "part_tokens", lambda part, rule, count: calls.append(part) or media.part_tokens(part, rule))
+    monkeypatch.setattr(tokens, "part_tokens", lambda part, rule, count, files: calls.append(part) or media.part_tokens(part, rule))
     text = [{"type": "text", "text": "hi"}, "plain", {"type": {}}, {"type": "input_audio", "input_audio": {}}]
     estimate_input(COUNTER, "chat", MODEL, {"messages": [{"role": "user", "content": text}]})
     assert calls == []
@@ -282,3 +283,45 @@ def test_an_image_of_unknown_size_costs_the_most_its_models_rule_allows() -> Non
     assert part_tokens({"type": "image_url", "image_url": {"url": data_url(png(1024, 1024))}}, mini) == 25501
     # A PDF page is the image of a letter page under the model's rule: 2 x 2 tiles.
     assert file_tokens(data_url(pdf(3), "application/pdf"), mini) == 3 * 25501
+
+
+def test_an_upload_is_read_for_what_a_request_naming_it_costs() -> None:
+    """What a file uploaded through Sentinel holds (`upload_facts`) estimates it by id as its data
+    would be: a PDF's pages and an image's size under the request's rule, a text's tokens (the most
+    of every tokenizer); a file Sentinel cannot read, nothing (the bound)."""
+    mini = openai_image_rule("gpt-4o-mini")
+    facts = media.upload_facts(pdf(3, compressed=True), COUNTER.most_tokens)
+    assert facts == FileFacts(pages=3)
+    assert media.facts_tokens(facts) == 3 * PDF_PAGE_TOKENS
+    assert media.facts_tokens(facts, mini) == file_tokens(data_url(pdf(3), "application/pdf"), mini) == 3 * 25_501
+    assert media.upload_facts(png(512, 512), COUNTER.most_tokens) == FileFacts(image=(512, 512))
+    assert media.upload_facts(jpeg(1024, 1024), COUNTER.most_tokens) == FileFacts(image=(1024, 1024))
+    text = "\ufeffnotes about the quarter " * 100
+    facts = media.upload_facts(text.encode(), COUNTER.most_tokens)
+    assert facts is not None and facts.text == max(
+        COUNTER.count_text(text[1:], "gpt-4o"), COUNTER.count_text(text[1:], "gpt-4"), len(text[1:].encode()) // 4 + 1)
+    assert media.upload_facts(b"PK\x03\x04\xff\xfe compressed", COUNTER.most_tokens) is None
+    for value in (facts, FileFacts(pages=3), FileFacts(image=(5, 7))):
+        assert FileFacts.decode(value.encode()) == value
+    for stored in (None, b"", b"{}", b'{"pages":-1}', b'{"pages":true}', b'{"image":[1]}', b'{"text":1,"pages":1}'):
+        assert FileFacts.decode(stored) is None, stored
+
+
+@pytest.mark.parametrize(("part", "tokens"), [
+    ({"type": "file", "file": {"file_id": "file-pdf"}}, 2 * PDF_PAGE_TOKENS),
+    ({"type": "input_file", "file_id": "file-pdf"}, 2 * PDF_PAGE_TOKENS),
+    ({"type": "input_file", "file_id": "file-text"}, 40),
+    ({"type": "input_file", "file_id": "file-image"}, 255),
+    ({"type": "input_image", "file_id": "file-image", "detail": "high"}, 255),
+    ({"type": "input_image", "file_id": "file-image", "detail": "low"}, 85),
+    ({"type": "input_image", "file_id": "file-pdf"}, OPENAI_MAX_IMAGE_TOKENS),  # no image: its most
+    ({"type": "input_file", "file_id": "file-unread"}, media.unread_file_tokens()),  # uploaded before, or elsewhere
+    ({"type": "input_file", "file_id": "file-pdf", "file_url": "https://example.com/a.pdf"}, media.unread_file_tokens()),
+    ({"type": "input_file", "file_url": "https://example.com/a.pdf"}, media.unread_file_tokens()),
+])
+def test_a_file_by_id_is_estimated_by_its_facts(part: dict[str, Any], tokens: int) -> None:
+    files = {"file-pdf": FileFacts(pages=2), "file-text": FileFacts(text=40), "file-image": FileFacts(image=(512, 512))}
+    assert part_tokens(part, files=files) == tokens
+    assert estimate_input(COUNTER, "responses", MODEL, {"input": [{"type": "message", "role": "user", "content": [
+        part]}]}, files=files) == estimate_input(COUNTER, "responses", MODEL, {"input": [{"type": "message",
+        "role": "user", "content": []}]}) + tokens

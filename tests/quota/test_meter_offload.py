@@ -18,6 +18,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.offload import OFF_LOOP_SIZE
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.quota.local_limiter import LocalLimiter
+from sentinel.quota.media import NO_FILES
 from sentinel.quota.meter import QuotaMeter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.store import MemoryStore
@@ -38,10 +39,11 @@ class ThreadRecordingCounter(TokenCounter):
         self.gate: threading.Event | None = None
 
     def count_chat(
-        self, messages: Any, model: str, tools: Any = None, *, user: str | None = None, images: Any = None
+        self, messages: Any, model: str, tools: Any = None, *, user: str | None = None, images: Any = None,
+        files: Any = NO_FILES,
     ) -> int:
         self.threads.append(threading.current_thread())
-        return super().count_chat(messages, model, tools, user=user, images=images)
+        return super().count_chat(messages, model, tools, user=user, images=images, files=files)
 
     def count_text(self, text: str, model: str, *, user: str | None = None) -> int:
         self.text_threads.append(threading.current_thread())

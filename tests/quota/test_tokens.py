@@ -17,12 +17,14 @@ from sentinel.quota.tokens import (
     BYTE_ESTIMATE,
     CL100K,
     ENTRY_CHARS,
+    MOST_COUNTED_CHARS,
     O200K,
     EncodingUnavailable,
     InputCounts,
     StreamTextAccumulator,
     TokenCounter,
     encoding_for_model,
+    estimate_tokens,
     load_encoding,
 )
 from tests.support.payloads import WEATHER_TOOL
@@ -428,3 +430,19 @@ def test_a_refusal_string_and_a_custom_tool_calls_input_are_counted() -> None:
     assert counter.count_chat(custom, "gpt-4o") == counter.count_chat(function, "gpt-4o") > 300
     odd = [{"role": "assistant", "refusal": 7, "tool_calls": ["x", {"custom": {"name": 1, "input": None}}]}]
     assert counter.count_chat(odd, "gpt-4o") == counter.count_chat([{"role": "assistant"}], "gpt-4o")
+
+
+def test_most_tokens_is_the_most_any_count_gives() -> None:
+    """A file's text read at upload, before its model is known: the most of every encoding (and of a
+    token per 4 bytes, the count when none loads); a very long one its bytes, never encoded."""
+    counter = TokenCounter()
+    for text in ("notes about the quarter " * 50, " " * 5000, "日本語のテキスト" * 100, ""):
+        counts = [counter.count_text(text, model) for model in ("gpt-4o", "gpt-4", "claude-3-5-haiku")]
+        assert counter.most_tokens(text) == max(*counts, estimate_tokens(text)), text[:20]
+    assert TokenCounter(loader=_unavailable).most_tokens("abcdefghi") == 3
+    long = "é" * (MOST_COUNTED_CHARS + 1)
+    assert counter.most_tokens(long) == 2 * len(long) >= counter.count_text(long, "gpt-4")
+
+
+def _unavailable(name: str) -> tiktoken.Encoding:
+    raise EncodingUnavailable(name)

@@ -1,0 +1,124 @@
+"""A file a request names by id is estimated by what its upload through Sentinel held.
+
+A file Sentinel cannot read is reserved as a 100-page PDF under the dearest image rule: 2,550,100
+tokens for gpt-4o-mini. Every file id a user may name is one they uploaded through Sentinel, which
+reads the upload — but it kept nothing of it, so on README's own `pro` plan (2,000,000 input tokens
+an hour) any gpt-4o-mini request naming a file id, a one-page PDF or a line of text, was refused as
+one that can never fit. Now the upload's pages, size or text is kept beside the file's owner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+
+from tests.api.conftest import Gateway
+from tests.api.test_gate_ownership import key_for
+from tests.api.test_quotas import set_plan
+from tests.support.attack import openai_error
+from tests.support.media import pdf, png
+
+PRO = "input_tokens=2000000/1h"  # README's `pro` input limit, alone: the limit its headers show
+INPUT_LIMIT = 2_000_000
+MINI_PAGE = 25_501  # a letter page's image under gpt-4o-mini's rule
+BOUND = 100 * MINI_PAGE  # a file Sentinel cannot read: 2,550,100 tokens, more than the plan's hour
+
+
+def user(gw: Gateway, name: str) -> openai.OpenAI:
+    """The openai SDK for a new user `name` on the `pro`-like plan (nothing used yet: what a request
+    reserves is the limit less what its headers show remaining)."""
+    set_plan(gw.settings.database_url, name, "pro", PRO)
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key_for(gw, name), max_retries=0)
+
+
+def chat_naming(file: dict[str, Any]) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "summarise"}, {"type": "file", "file": file}]}]}
+
+
+def responses_naming(part: dict[str, Any]) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "summarise"}, part]}]}
+
+
+def reserved(raw: Any) -> int:
+    """What an admitted request reserved of the input limit (its estimate), from its headers."""
+    assert raw.headers["x-ratelimit-limit"] == str(INPUT_LIMIT), raw.headers
+    return INPUT_LIMIT - int(raw.headers["x-ratelimit-remaining"])
+
+
+def never_fits(call: Callable[[], Any]) -> int:
+    with pytest.raises(openai.RateLimitError) as refused:
+        call()
+    error = openai_error(refused.value.response.json())
+    assert "can never be admitted" in error["message"] and error["details"]["metric"] == "input_tokens", error
+    return int(error["details"]["requested"])
+
+
+def test_files_uploaded_through_sentinel_are_estimated_by_what_they_hold(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    gw = gateway_factory(redis_url=backend_url, passthrough="/v1/files,/v1/files/*")
+
+    def uploaded(name: str, file: tuple[str, bytes], purpose: str = "user_data") -> tuple[openai.OpenAI, str]:
+        """A new user's SDK and the id of the file they uploaded through Sentinel."""
+        client = user(gw, name)
+        return client, client.files.create(file=file, purpose=purpose).id  # type: ignore[arg-type]
+
+    # chat: one page (and a word of text), not 100: admitted on the `pro` plan
+    client, report = uploaded("carol", ("report.pdf", pdf(1, compressed=True)))
+    raw = client.chat.completions.with_raw_response.create(**chat_naming({"file_id": report}))
+    assert MINI_PAGE < reserved(raw) < MINI_PAGE + 50, raw.headers
+    assert raw.parse().choices[0].message.content
+    assert gw.read_stored(f"sentinel:file-facts:{report}") == b'{"pages":1}'  # kept beside its owner
+    # the same on Responses; a text file is its few tokens, an image its size
+    client, report = uploaded("dave", ("report.pdf", pdf(1)))
+    raw = client.responses.with_raw_response.create(**responses_naming({"type": "input_file", "file_id": report}))
+    assert MINI_PAGE < reserved(raw) < MINI_PAGE + 50, raw.headers
+    client, notes = uploaded("erin", ("notes.txt", b"three short notes"))
+    raw = client.responses.with_raw_response.create(**responses_naming({"type": "input_file", "file_id": notes}))
+    assert 0 < reserved(raw) < 50, raw.headers
+    assert raw.parse().status == "completed"
+    client, chart = uploaded("frank", ("chart.png", png(512, 512)), "vision")
+    raw = client.responses.with_raw_response.create(
+        **responses_naming({"type": "input_image", "file_id": chart, "detail": "high"}))
+    assert reserved(raw) < 10_000, raw.headers  # 512 x 512, not the most an image can cost (48,000+)
+
+    # a file by URL is still the 100-page bound: more than the plan's hour
+    fresh = user(gw, "grace")
+    assert never_fits(lambda: fresh.chat.completions.create(
+        **chat_naming({"file_url": "https://example.com/report.pdf"}))) >= BOUND
+
+
+def test_a_file_id_without_facts_keeps_the_bound_and_deleting_a_file_drops_them(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """A file uploaded before Sentinel kept what uploads hold (or whose facts a store outage hid) is
+    still a file Sentinel cannot read; a file deleted through Sentinel takes its facts along."""
+    gw = gateway_factory(redis_url=backend_url, passthrough="/v1/files,/v1/files/*")
+    client = user(gw, "dave")
+    older = client.files.create(file=("old.pdf", pdf(1)), purpose="user_data").id
+    gw.drop_stored(f"sentinel:file-facts:{older}")  # as an upload made before this version
+    assert never_fits(lambda: client.chat.completions.create(**chat_naming({"file_id": older}))) >= BOUND
+    assert never_fits(lambda: client.responses.create(
+        **responses_naming({"type": "input_file", "file_id": older}))) >= BOUND
+
+    gone = client.files.create(file=("gone.txt", b"a line"), purpose="user_data").id
+    assert 0 < reserved(client.responses.with_raw_response.create(
+        **responses_naming({"type": "input_file", "file_id": gone}))) < 50
+    assert gw.read_stored(f"sentinel:file-facts:{gone}") is not None
+    assert client.files.delete(gone).deleted
+    assert gw.read_stored(f"sentinel:file-facts:{gone}") is None
+
+
+def test_a_file_stays_its_owners(gateway_factory: Callable[..., Gateway], backend_url: str | None) -> None:
+    """Naming another user's file by id is the 404 of a file that does not exist, facts or not:
+    nothing of it is read, nothing reserved."""
+    gw = gateway_factory(redis_url=backend_url, passthrough="/v1/files,/v1/files/*")
+    erin = user(gw, "erin")
+    theirs = erin.files.create(file=("theirs.pdf", pdf(1)), purpose="user_data").id
+    with pytest.raises(openai.NotFoundError):
+        user(gw, "frank").chat.completions.create(**chat_naming({"file_id": theirs}))

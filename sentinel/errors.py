@@ -14,6 +14,7 @@
     ├── ServiceUnavailable               503 service_unavailable     (+ Retry-After)   retryable
     │   ├── Overloaded                   503 too many requests in flight
     │   ├── StoreUnavailable             503 Redis unreachable or slow
+    │   │   ├── StoreRefused             503 the command did not run (refused by Redis, or never sent): safe to send again
     │   │   └── RevocationIncomplete     503 a key revoked in the database whose cached identity the store did not drop
     │   └── GovernanceUnavailable        503 identity/limits source unreachable, nothing cached
     │       └── UsageBatchRefused        a usage sink refused a batch whole for its content (deliver it apart)
@@ -188,6 +189,13 @@ class Overloaded(ServiceUnavailable):
 
 class StoreUnavailable(ServiceUnavailable):
     code = "store_unavailable"
+
+
+class StoreRefused(StoreUnavailable):
+    """The store did not run the command: Redis refused it before it wrote anything (out of memory,
+    a read-only replica, a cluster redirection) or it was never sent (the circuit open, no
+    connection to be had). Sent again, it runs once; a plain `StoreUnavailable` (a timeout, a
+    connection lost after sending) may have run."""
 
 
 class RevocationIncomplete(StoreUnavailable):

@@ -7,6 +7,7 @@ limit (`DurableOutbox.full`) it refuses first, 503 `usage_unrecordable`: nothing
 `settle()` runs exactly once after the request was served (success, upstream error after tokens
 were spent, client disconnect): it reconciles the reservation to the real usage and writes one
 usage record to the durable outbox before returning. `release()` runs when nothing was served.
+A reconciliation or give-back the store refused (it did not run) is sent again later (`Unsettled`).
 Either, once begun, runs to its end even if its caller is cancelled (one task of its own, shielded);
 shutdown waits (`QuotaMeter.drain`) for those under way, and for every admission neither has begun
 for yet (a request the server cancelled reaches its settlement some loop turns later), before it
@@ -30,7 +31,7 @@ from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.plans import Plan, PlanSource
 from sentinel.domain.policies import QuotaFailureMode
 from sentinel.domain.usage import Usage, UsageRecord, UsageSource
-from sentinel.errors import ServiceUnavailable, StoreUnavailable, sent_unanswered
+from sentinel.errors import ServiceUnavailable, StoreRefused, StoreUnavailable, sent_unanswered
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.offload import OFF_LOOP_SIZE, count_off_loop
@@ -42,6 +43,7 @@ from sentinel.quota.limiter import QuotaLimiter, Reservation
 from sentinel.quota.media import NO_FILES, Files
 from sentinel.quota.outbox import DurableOutbox
 from sentinel.quota.tokens import TokenCounter
+from sentinel.quota.unsettled import Unsettled
 
 log = logging.getLogger("sentinel.meter")
 
@@ -140,6 +142,7 @@ class QuotaMeter:
         self._settling: set[asyncio.Task[None]] = set()  # settlements and releases under way
         self._open = 0  # admissions neither settled nor released yet (a settlement still to come)
         self._changed: asyncio.Event | None = None  # set on every change `drain` waits for, while it waits
+        self.unsettled = Unsettled()  # settlements the store refused, sent again once it takes them
 
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
@@ -330,6 +333,8 @@ class QuotaMeter:
                     pass
         finally:
             self._changed = None
+            # The store's calls are bounded by its timeout and breaker: one more try each, then logged.
+            await self.unsettled.close()
 
     async def _record(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
@@ -395,10 +400,14 @@ class QuotaMeter:
             # a shared store they travel to Redis in one round trip (auto-pipelining). Nothing cancels
             # this task (see `settle`), so neither is cut short.
             stored = asyncio.ensure_future(self.outbox.put(record))
+            commit = functools.partial(
+                admission.limiter.commit, admission.reservation, input_tokens=input_tokens, output_tokens=output_tokens
+            )
             try:
-                await admission.limiter.commit(
-                    admission.reservation, input_tokens=input_tokens, output_tokens=output_tokens
-                )
+                await commit()
+            except StoreRefused:
+                self._repeated.warning("the store refused a quota reconciliation; it is sent again once it answers")
+                self.unsettled.add(commit)
             except StoreUnavailable:
                 self._repeated.warning("could not reconcile a quota reservation (store unavailable)")
             finally:
@@ -450,5 +459,8 @@ class QuotaMeter:
     async def _release(self, limiter: QuotaLimiter, reservation: Reservation) -> None:
         try:
             await limiter.release(reservation)
+        except StoreRefused:
+            self._repeated.warning("the store refused a quota release; it is sent again once it answers")
+            self.unsettled.add(functools.partial(limiter.release, reservation))
         except StoreUnavailable:
             self._repeated.warning("could not release a quota reservation (store unavailable)")

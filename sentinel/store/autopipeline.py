@@ -19,8 +19,8 @@ while its command is on the wire cancels only its wait, never another caller's r
 Each caller gets its own reply, or its own error: a command error (a `ResponseError`, such as
 NOSCRIPT) belongs to that command only; a connection failure or timeout fails the commands whose
 replies had not been read (those already read keep their replies), and the connection is dropped
-so no late reply can be mistaken for another command's. A caller cancelled while queued is not
-sent. The commands are plain Redis commands (`"EVALSHA", sha, ...`); replies are the raw RESP
+so no late reply can be mistaken for another command's; no connection to be had fails them all
+with `NotSent` (they were never sent). A caller cancelled while queued is not sent. The commands are plain Redis commands (`"EVALSHA", sha, ...`); replies are the raw RESP
 replies (no redis-py response callbacks), which is what `RedisStore` expects of the commands it
 sends this way (EVALSHA, EVAL, XADD).
 
@@ -36,9 +36,16 @@ from typing import Any
 
 import hiredis
 from redis.asyncio.connection import ConnectionPool
-from redis.exceptions import DataError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, MaxConnectionsError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = tuple[Any, ...]
+
+
+class NotSent(RedisConnectionError):
+    """No connection could be had for the commands (Redis refused it, or did not answer the
+    connect): none of them was sent."""
 
 
 def pack(command: Command) -> bytes:
@@ -113,7 +120,12 @@ class AutoPipeline:
         self.sends += 1
         self.commands += len(commands)
         pool = self._pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        try:
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        except MaxConnectionsError:
+            raise
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise NotSent(str(exc)) from exc
         try:
             await connection.send_packed_command(b"".join(commands), check_health=False)
             replies: list[Any] = []

@@ -135,6 +135,9 @@ class RedisClusterStore(RedisStore):
         assert isinstance(self._client, RedisCluster)
         return self._client
 
+    def refused(self, message: str) -> StoreUnavailable:
+        return StoreUnavailable(message)  # an earlier try of redis-py's retry may have run: see `RedisStore.refused`
+
     def breaker_for(self, key: str | None) -> CircuitBreaker:
         """The breaker of the primary `key`'s slot maps to (created on first use, with the settings
         of the store-wide one); the store-wide breaker without a key or a slot map."""

@@ -5,6 +5,8 @@ Every call has a short socket timeout, and a circuit breaker turns a dead Redis 
 primary: `cluster.py`). Redis exceptions are translated here, once, by `guard()` (for the cluster
 variant too): an outage (connection refused or reset, timeout, a cluster slot without a serving
 primary, a failover in progress) trips the breaker; a command error (a bug or bad data) does not.
+A command that surely did not run (refused by Redis — out of memory, a read-only replica, a
+redirection — or never sent) is `StoreRefused`, which a caller may send again.
 Scripts run with EVALSHA; a node that does not know a script yet gets its body once with EVAL.
 
 On a single server, the hot-path commands (scripts and stream appends without a replica wait) go
@@ -31,6 +33,7 @@ from redis.exceptions import (
     InvalidPipelineStack,
     MaxConnectionsError,
     NoScriptError,
+    OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
     RedisError,
@@ -40,9 +43,9 @@ from redis.exceptions import (
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sentinel.breaker import CircuitBreaker
-from sentinel.errors import StoreUnavailable
+from sentinel.errors import StoreRefused, StoreUnavailable
 from sentinel.store import redis_streams as lua
-from sentinel.store.autopipeline import AutoPipeline
+from sentinel.store.autopipeline import AutoPipeline, NotSent
 from sentinel.store.base import (
     PendingEntry,
     Ping,
@@ -157,6 +160,12 @@ class RedisStore:
     async def load_routing(self) -> None:
         """Hook: learn where keys live (the cluster's slot map); nothing to learn on one server."""
 
+    def refused(self, message: str) -> StoreUnavailable:
+        """The error for a command Redis refused: `StoreRefused` (it did not run). The cluster store
+        overrides it: redis-py's cluster client may have sent the command before (a retry after a
+        timeout), so a refusal of its last try does not say the first did not run."""
+        return StoreRefused(message)
+
     def breaker_for(self, key: str | None) -> CircuitBreaker:
         """Hook: the breaker of the server a command on `key` goes to (None: no one key); one
         server, one breaker."""
@@ -171,14 +180,19 @@ class RedisStore:
         if breaker is None:
             breaker = self.breaker_for(key)
         if breaker.is_open:
-            raise StoreUnavailable("Redis is unavailable (circuit open)", retry_after=breaker.cooldown)
+            raise StoreRefused("Redis is unavailable (circuit open)", retry_after=breaker.cooldown)
         try:
             if self.routing_unknown():
                 await self.load_routing()
             yield
         except _UNAVAILABLE_REPLIES as exc:
             breaker.failure()
-            raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from None
+            raise self.refused(f"Redis is unavailable: {type(exc).__name__}") from None
+        except OutOfMemoryError as exc:
+            # Redis answered (as for any command error) but refused the write: out of memory under
+            # `maxmemory` with `noeviction`, as recommended (README, Deployment).
+            breaker.success()
+            raise self.refused(f"Redis command failed: {exc}") from None
         except ResponseError as exc:
             # A command error is a bug or bad data, not an outage: do not trip the breaker. Redis
             # answered, so it counts as the dependency answering (a probe that met one left the
@@ -191,7 +205,10 @@ class RedisStore:
             # Every connection of the pool is busy (more commands at once than `max_connections`):
             # this process's load, not an outage of a Redis that is answering them. Counted against
             # the breaker, a burst of requests opened it and refused everyone for its cooldown.
-            raise StoreUnavailable("Redis is busy: every connection of the pool is in use") from None
+            raise StoreRefused("Redis is busy: every connection of the pool is in use") from None
+        except NotSent:
+            breaker.failure()
+            raise StoreRefused("Redis is unavailable: no connection") from None
         except (RedisError, RedisClusterException, OSError, TimeoutError, RedisTimeoutError) as exc:
             # RedisClusterException: no node reachable, or slots not covered.
             breaker.failure()

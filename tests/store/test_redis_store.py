@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from sentinel.breaker import CircuitBreaker
-from sentinel.errors import StoreUnavailable
+from sentinel.errors import StoreRefused, StoreUnavailable
 from sentinel.store import create_store
 from sentinel.store.redis import RedisStore
 from tests.conftest import REDIS_BIN
@@ -242,4 +242,34 @@ async def test_a_redis_that_may_evict_keys_says_so(tmp_path: Path) -> None:
             assert await store.eviction() == "allkeys-lfu"
             admin.config_set("maxmemory-policy", "noeviction")
             assert await store.eviction() is None  # a full Redis refuses writes instead
+        await store.close()
+
+
+async def test_a_command_redis_did_not_run_is_told_from_one_it_may_have_run(tmp_path: Path) -> None:
+    """`StoreRefused` (safe to send again: the meter sends refused quota settlements again) only when
+    the command surely did not run: refused by a full Redis, never sent (the breaker open, no
+    connection); a reply lost to a timeout (`CLIENT PAUSE`: the command waits in Redis) may have
+    run, and is not."""
+    assert REDIS_BIN is not None
+    with RedisServerProcess(tmp_path, REDIS_BIN) as proc, redis.Redis(port=proc.port) as admin:
+        store = RedisStore(proc.url, timeout=0.2, breaker=CircuitBreaker(threshold=100))
+        assert await store.run(CAS, ["cas"], ["", "a"]) == 1
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "1")
+        with pytest.raises(StoreRefused, match="maxmemory"):
+            await store.run(CAS, ["cas"], ["a", "b"])
+        admin.config_set("maxmemory", "0")
+        admin.execute_command("CLIENT", "PAUSE", "5000", "WRITE")
+        with pytest.raises(StoreUnavailable) as lost:
+            await store.run(CAS, ["cas"], ["a", "b"])
+        assert not isinstance(lost.value, StoreRefused)
+        admin.execute_command("CLIENT", "UNPAUSE")
+        opened = RedisStore(proc.url, timeout=0.2, breaker=CircuitBreaker(threshold=1))
+        opened.breaker.failure()  # an outage seen a moment ago
+        with pytest.raises(StoreRefused, match="circuit open"):
+            await opened.run(CAS, ["cas"], ["a", "b"])
+        proc.kill9()
+        with pytest.raises(StoreRefused, match="no connection"):
+            await store.run(CAS, ["cas"], ["a", "b"])
+        await opened.close()
         await store.close()

@@ -1,0 +1,97 @@
+"""Redis answering errors instead of results, while requests run through Sentinel.
+
+Each test starts its own redis-server(s) and injects the fault with Redis's own commands: a full
+Redis (`maxmemory` under `noeviction`: every write refused with OOM). The client gets a 503 in its surface's shape; once Redis takes writes again, no
+reservation stays counted beyond the real usage, every served request's usage record reaches the
+ledger, and Sentinel serves again without a restart.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import redis
+
+from tests.api.conftest import Gateway
+from tests.api.test_quotas import ledger_totals, set_plan
+from tests.conftest import REDIS_BIN, unavailable
+from tests.support.process import RedisServerProcess
+from tests.support.servers import serving
+from tests.support.upstream import GatedUpstream
+from tests.support.waiting import wait_for
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "reconcile me"}], "max_tokens": 500}
+USER = "alice"  # the gateway's key (gateway_factory)
+PLAN = "requests=100/1d,output_tokens=100000/1d"
+
+
+def redis_bin() -> str:
+    if REDIS_BIN is None:
+        unavailable("redis-server binary not found")
+    assert REDIS_BIN is not None
+    return REDIS_BIN
+
+
+def counters(server: redis.Redis) -> dict[str, int]:
+    """The user's quota counters by metric (one window per metric in `PLAN`)."""
+    found = {}
+    for key in server.keys(f"sentinel:quota:{{{USER}}}:*"):
+        metric = key.decode().split(":")[3]
+        found[metric] = int(server.get(key) or 0)
+    return found
+
+
+@contextmanager
+def held_requests(gw: Gateway, upstream: GatedUpstream, count: int) -> Iterator[list[httpx.Response]]:
+    """`count` chat requests admitted and held by `upstream` (the gateway's) until the block ends;
+    their answers are there then."""
+    answers: list[httpx.Response] = []
+
+    def one() -> None:
+        with gw.client() as http:
+            answers.append(http.post("/v1/chat/completions", json=CHAT))
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert wait_for(lambda: upstream.arrived == count)
+        yield answers
+    finally:
+        upstream.open()
+        for thread in threads:
+            thread.join()
+
+
+def test_a_reconciliation_a_full_redis_refused_is_made_once_it_takes_writes(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """Redis full (`maxmemory` under `noeviction`, as the README asks) refuses every write with OOM.
+    Requests admitted before are served, and their usage records go to the database outbox; but
+    their reconciliations were refused and never sent again, so each kept its whole reservation
+    (500 output tokens for 2 used) counted until the day's end. Refused writes did not run: they are
+    sent again once Redis takes writes, and the counters hold the real usage."""
+    upstream = GatedUpstream()
+    with RedisServerProcess(tmp_path, redis_bin()) as server, serving(upstream) as upstream_server:
+        gw = gateway_factory(redis_url=server.url, openai_api_url=upstream_server.url + "/v1")
+        set_plan(gw.settings.database_url, USER, "plan", PLAN)
+        admin = redis.Redis(port=server.port)
+        with held_requests(gw, upstream, 2) as answers:
+            assert counters(admin) == {"requests": 2, "output_tokens": 1000}  # reserved
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", "1")
+        assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+        with gw.client() as http:
+            refused = http.post("/v1/chat/completions", json=CHAT)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "quota_unavailable"
+        admin.config_set("maxmemory", "0")
+
+        # 2 requests of 2 output tokens each (the upstream's usage), nothing more.
+        assert wait_for(lambda: counters(admin) == {"requests": 2, "output_tokens": 4}), counters(admin)
+        assert wait_for(lambda: ledger_totals(gw.settings.database_url, USER)["requests"] == 2)
+        assert ledger_totals(gw.settings.database_url, USER)["output_tokens"] == 4
+

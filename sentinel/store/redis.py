@@ -6,7 +6,10 @@ primary: `cluster.py`). Redis exceptions are translated here, once, by `guard()`
 variant too): an outage (connection refused or reset, timeout, a cluster slot without a serving
 primary, a failover in progress) trips the breaker; a command error (a bug or bad data) does not.
 A command that surely did not run (refused by Redis — out of memory, a read-only replica, a
-redirection — or never sent) is `StoreRefused`, which a caller may send again.
+redirection — or never sent) is `StoreRefused`, which a caller may send again. A READONLY answer
+means the server behind the URL was demoted by a failover: the pooled connections are dropped, so
+the next command connects afresh — to the new primary when the address moved with the failover
+(DNS, a virtual IP or a proxy in front of managed Redis).
 Scripts run with EVALSHA; a node that does not know a script yet gets its body once with EVAL.
 
 On a single server, the hot-path commands (scripts and stream appends without a replica wait) go
@@ -26,6 +29,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -113,6 +117,20 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 return 1
 """
 
+class _Pool(ConnectionPool):
+    """redis-py's connection pool, able to make every connection connect afresh (`reconnect`)."""
+
+    async def reconnect(self) -> None:
+        """Close the idle connections now and those in use once released: each connects again
+        before its next command. Under the pool's lock, so no caller takes an idle one meanwhile
+        (closed under a command, it failed that command)."""
+        async with self._lock:
+            for connection in self._available_connections:
+                await connection.disconnect(nowait=True)
+            for connection in self._in_use_connections:
+                connection.mark_for_reconnect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+
+
 class RedisStore:
     """Store backed by a standalone Redis (see `RedisClusterStore` for a cluster)."""
 
@@ -138,7 +156,7 @@ class RedisStore:
         self._groups: set[tuple[str, str]] = set()
 
     def _connect(self, url: str, *, timeout: float, max_connections: int) -> RedisClient:
-        return aioredis.Redis.from_url(
+        pool = _Pool.from_url(
             url,
             socket_timeout=timeout,
             # A burst of new connections (cold start under load) needs more than one command's
@@ -148,6 +166,7 @@ class RedisStore:
             health_check_interval=0,
             retry_on_timeout=False,
         )
+        return aioredis.Redis.from_pool(pool)
 
     @property
     def client(self) -> RedisClient:
@@ -165,6 +184,14 @@ class RedisStore:
         overrides it: redis-py's cluster client may have sent the command before (a retry after a
         timeout), so a refusal of its last try does not say the first did not run."""
         return StoreRefused(message)
+
+    async def demoted(self) -> None:
+        """Hook: the server a command reached answered READONLY (a failover demoted it): drop the
+        pooled connections — the idle ones now, those in use once released (their commands are
+        left to finish) — so the next command connects again. A cluster client follows failovers
+        by its slot map instead."""
+        if isinstance(self._client, aioredis.Redis) and isinstance(self._client.connection_pool, _Pool):
+            await self._client.connection_pool.reconnect()
 
     def breaker_for(self, key: str | None) -> CircuitBreaker:
         """Hook: the breaker of the server a command on `key` goes to (None: no one key); one
@@ -187,6 +214,8 @@ class RedisStore:
             yield
         except _UNAVAILABLE_REPLIES as exc:
             breaker.failure()
+            if isinstance(exc, ReadOnlyError):
+                await self.demoted()
             raise self.refused(f"Redis is unavailable: {type(exc).__name__}") from None
         except OutOfMemoryError as exc:
             # Redis answered (as for any command error) but refused the write: out of memory under

@@ -1,7 +1,10 @@
 """Redis answering errors instead of results, while requests run through Sentinel.
 
 Each test starts its own redis-server(s) and injects the fault with Redis's own commands: a full
-Redis (`maxmemory` under `noeviction`: every write refused with OOM). The client gets a 503 in its surface's shape; once Redis takes writes again, no
+Redis (`maxmemory` under `noeviction`: every write refused with OOM) and a failover behind one
+address (the old primary, now a replica, answers writes READONLY on the connections Sentinel holds,
+while new connections reach the promoted one — what DNS, a virtual IP or a proxy in front of
+managed Redis do). The client gets a 503 in its surface's shape; once Redis takes writes again, no
 reservation stays counted beyond the real usage, every served request's usage record reaches the
 ledger, and Sentinel serves again without a restart.
 """
@@ -19,6 +22,7 @@ import redis
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import ledger_totals, set_plan
 from tests.conftest import REDIS_BIN, unavailable
+from tests.support.hung_db import HungProxy
 from tests.support.process import RedisServerProcess
 from tests.support.servers import serving
 from tests.support.upstream import GatedUpstream
@@ -95,3 +99,42 @@ def test_a_reconciliation_a_full_redis_refused_is_made_once_it_takes_writes(
         assert wait_for(lambda: ledger_totals(gw.settings.database_url, USER)["requests"] == 2)
         assert ledger_totals(gw.settings.database_url, USER)["output_tokens"] == 4
 
+
+def test_a_failover_behind_one_address_is_followed_without_a_restart(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """A primary and its replica behind one address (a proxy here; DNS or a virtual IP in managed
+    Redis). The failover promotes the replica and demotes the old primary, whose connections
+    Sentinel keeps: every write on them was answered READONLY — every metered request a 503, and
+    the reconciliation of a request served across the failover refused — until Sentinel was
+    restarted. A READONLY answer now drops the pooled connections: the next command reaches the new
+    primary, the refused reconciliation is made there, and requests are served again."""
+    upstream = GatedUpstream()
+    with (
+        RedisServerProcess(tmp_path, redis_bin()) as first,
+        RedisServerProcess(tmp_path, redis_bin()) as second,
+        serving(upstream) as upstream_server,
+    ):
+        old, new = redis.Redis(port=first.port), redis.Redis(port=second.port)
+        new.replicaof("127.0.0.1", first.port)
+        assert wait_for(lambda: new.info("replication")["master_link_status"] == "up")
+        proxy = HungProxy(("127.0.0.1", first.port))
+        try:
+            gw = gateway_factory(redis_url=f"redis://127.0.0.1:{proxy.port}/0", openai_api_url=upstream_server.url + "/v1")
+            set_plan(gw.settings.database_url, USER, "plan", PLAN)
+            with held_requests(gw, upstream, 1) as answers:
+                assert old.execute_command("WAIT", 1, 5000) == 1  # the replica holds the reservation
+                assert counters(new) == {"requests": 1, "output_tokens": 500}
+                new.replicaof("NO", "ONE")
+                proxy.target = ("127.0.0.1", second.port)  # new connections reach the new primary
+                old.replicaof("127.0.0.1", second.port)
+            assert [a.status_code for a in answers] == [200]
+
+            assert wait_for(lambda: counters(new) == {"requests": 1, "output_tokens": 2}), counters(new)
+            with gw.client() as http:
+                after = http.post("/v1/chat/completions", json=CHAT)
+            assert after.status_code == 200, after.text
+            assert wait_for(lambda: counters(new) == {"requests": 2, "output_tokens": 4}), counters(new)
+            assert wait_for(lambda: ledger_totals(gw.settings.database_url, USER)["requests"] == 2)
+        finally:
+            proxy.close()

@@ -14,7 +14,8 @@ __all__ = ["HungProxy", "hung_proxy"]
 
 class HungProxy:
     """Forwards 127.0.0.1:`port` to `target` until `hang()`: then every byte either way is held
-    (connections stay open, new ones are accepted) until `resume()` or `close()`."""
+    (connections stay open, new ones are accepted) until `resume()` or `close()`. `target` may be
+    changed: new connections go there, those made keep theirs (a failover behind one address)."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target

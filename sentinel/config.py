@@ -149,10 +149,12 @@ def _postgres_query(url: str) -> str:
 
 # What a standalone REDIS_URL's query may hold: the client's (redis-py) connection options that it
 # reads from text and that leave replies as Sentinel reads them (`decode_responses`, `protocol` and
-# `encoding` would not); the TLS ones on rediss:// only, `socket_keepalive` not on a socket file
-# (unix://). Any other name reached the connection as a keyword it does not take: a traceback at start.
+# `encoding` would not); the credentials (redis-py documents `unix:///path.sock?db=0&password=...`:
+# a socket file has no host to put them before); the TLS ones on rediss:// only, `socket_keepalive`
+# not on a socket file (unix://). Any other name reached the connection as a keyword it does not
+# take: a traceback at start.
 _REDIS_QUERY = (
-    "db", "socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_read_size",
+    "db", "username", "password", "socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_read_size",
     "health_check_interval", "max_connections", "retry_on_timeout", "client_name", "lib_name", "lib_version",
 )
 _REDIS_TLS_QUERY = (

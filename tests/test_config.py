@@ -358,6 +358,29 @@ def test_a_redis_url_with_options_the_client_takes_is_accepted(monkeypatch: pyte
     assert load_settings(_env_file=None).redis_url == url
 
 
+@pytest.mark.parametrize("query", ["username=default&password=s3cret-pw", "password=s3cret-pw&db=0"])
+async def test_a_redis_url_naming_its_credentials_in_the_query_is_accepted_and_connects(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, query: str,
+) -> None:
+    """redis-py documents `unix:///path/redis.sock?db=0&password=...` (a socket file has no host to put
+    the password before) and reads `username` and `password` from any URL's query: such a URL that
+    served was refused at start as naming a query parameter the client does not take."""
+    from sentinel.store.redis import RedisStore
+
+    url = f"{redis_url}?{query}"  # (the test server's default user takes any password: `nopass`)
+    monkeypatch.setenv("REDIS_URL", url)
+    settings = load_settings(_env_file=None)
+    assert settings.redis_url == url
+    store = RedisStore(url)
+    try:
+        assert await store.set("sentinel:test:credentials-in-query", b"1", 5)
+        assert await store.get("sentinel:test:credentials-in-query") == b"1"
+    finally:
+        await store.close()
+    monkeypatch.setenv("REDIS_URL", "unix:///run/redis.sock?db=0&password=s3cret-pw")
+    assert load_settings(_env_file=None).redis_url == "unix:///run/redis.sock?db=0&password=s3cret-pw"
+
+
 @pytest.mark.parametrize(
     ("name", "value", "secret"),
     [

@@ -15,7 +15,7 @@ from sentinel.native.openai_checks import output_multiplier
 from sentinel.quota.anthropic_usage import content_texts, estimate_messages
 from sentinel.quota.images import ANTHROPIC, ImageRule, openai_image_rule
 from sentinel.quota.items import item_text
-from sentinel.quota.media import NO_FILES, Files, TextCount, part_tokens
+from sentinel.quota.media import NO_FILES, Files, RequestFiles, TextCount, part_tokens
 from sentinel.quota.tokens import TokenCounter
 
 # No request reserves more output tokens than this (no model produces that many in one call): the
@@ -37,6 +37,7 @@ def estimate_input(
     if endpoint in ("messages", "messages/count_tokens"):
         return estimate_messages(counter, model, payload, user=user, images=ANTHROPIC if images is None else images)
     rule = openai_image_rule(model) if images is None else images
+    files = RequestFiles(files)  # (the bound of the files it cannot read is reserved once: `media._unread_bound`)
     if endpoint in ("chat", "native"):
         messages = payload.get("messages")
         tools = payload.get("tools")

@@ -34,7 +34,7 @@ OpenAI-format estimate (chat, Responses, the native API) adds, per part:
   them, through `POST /v1/uploads`, made by the provider: a batch's output; or facts not found in a
   store outage), its bytes elsewhere — as a PDF of
   UNREAD_FILE_PAGES pages (`unread_file_tokens`): the most pages OpenAI and Anthropic read from one
-  request's files. Estimated at nothing, such a file was free in a stream cut before its usage, and
+  request's files, so reserved once per request however many such files it names (`RequestFiles`). Estimated at nothing, such a file was free in a stream cut before its usage, and
   a burst of them passed an input limit before the first settled (one 100-page PDF by URL: ~80,000
   tokens billed, 0 reserved). It is a bound for a PDF's page images, not for a text file's text.
 
@@ -79,6 +79,14 @@ BYTES_PER_TOKEN = 4  # a file's text Sentinel does not tokenize: a token per 4 b
 TextCount = Callable[[str], int]
 Files = Mapping[str, FileFacts]  # what was read of the files a request names, by id (`upload_facts`)
 NO_FILES: Files = {}
+
+
+class RequestFiles(dict[str, FileFacts]):
+    """`Files` for one estimate of one request, which also notes whether a file Sentinel cannot read
+    by id or URL was reserved for (`unread`): the bound is the most a request's files may hold
+    together, so it is reserved once per request, not once per such file (`_unread_bound`)."""
+
+    unread = False
 
 # PDF names end at whitespace or a delimiter: `/Type /Page` and `/Type/Page>>`, never `/Type /Pages`.
 _NAME_END = rb"(?![^\x00\t\n\x0c\r ()<>\[\]{}/%])"
@@ -138,11 +146,22 @@ def _file_part(file: Mapping[str, Any], rule: ImageRule, count: TextCount | None
     no `file_url`) or else a file Sentinel cannot read (`unread_file_tokens`), whichever is more."""
     tokens = file_tokens(file.get("file_data"), rule, count)
     if isinstance(file.get("file_url"), str) and file.get("file_url"):
-        return max(tokens, unread_file_tokens(rule))
+        return max(tokens, _unread_bound(rule, files))
     if isinstance(file.get("file_id"), str) and file.get("file_id"):
         facts = _facts(file, files)
-        return max(tokens, unread_file_tokens(rule) if facts is None else facts_tokens(facts, rule))
+        return max(tokens, _unread_bound(rule, files) if facts is None else facts_tokens(facts, rule))
     return tokens
+
+
+def _unread_bound(rule: ImageRule, files: Files) -> int:
+    """`unread_file_tokens`, but once per request when `files` is its `RequestFiles`: 0 for a second
+    file Sentinel cannot read (the provider reads UNREAD_FILE_PAGES pages from all of them together;
+    two such files reserved twice the most it can bill)."""
+    if isinstance(files, RequestFiles):
+        if files.unread:
+            return 0
+        files.unread = True
+    return unread_file_tokens(rule)
 
 
 def facts_tokens(facts: FileFacts, rule: ImageRule = TILES) -> int:

@@ -114,6 +114,28 @@ def test_a_file_id_without_facts_keeps_the_bound_and_deleting_a_file_drops_them(
     assert gw.read_stored(f"sentinel:file-facts:{gone}") is None
 
 
+def test_files_sentinel_cannot_read_are_reserved_as_the_most_a_request_may_hold_once(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """The bound is the most pages a provider reads from one request's files (100: OpenAI's and
+    Anthropic's limit per request), so a request naming several files Sentinel cannot read — uploaded
+    before it kept their facts, by URL — reserves it once: each reserved it again (two files, 200 pages:
+    5,100,200 tokens under gpt-4o-mini's rule, 153,000 under gpt-4o's — a plan admitting the bound
+    refused a request the provider can bill no more than it for)."""
+    gw = gateway_factory(redis_url=backend_url, passthrough="/v1/files,/v1/files/*")
+    client = user(gw, "heidi")
+    older = [client.files.create(file=(f"old-{n}.pdf", pdf(1)), purpose="user_data").id for n in range(2)]
+    for file_id in older:
+        gw.drop_stored(f"sentinel:file-facts:{file_id}")  # as uploads made before this version
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "compare"}, *({"type": "file", "file": {"file_id": f}} for f in older),
+        {"type": "file", "file": {"file_url": "https://example.com/third.pdf"}}]}]}
+    assert BOUND <= never_fits(lambda: client.chat.completions.create(**chat)) < BOUND + 100
+    responses = {"model": "gpt-4o-mini", "input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "compare"}, *({"type": "input_file", "file_id": f} for f in older)]}]}
+    assert BOUND <= never_fits(lambda: client.responses.create(**responses)) < BOUND + 100
+
+
 def test_a_file_stays_its_owners(gateway_factory: Callable[..., Gateway], backend_url: str | None) -> None:
     """Naming another user's file by id is the 404 of a file that does not exist, facts or not:
     nothing of it is read, nothing reserved."""

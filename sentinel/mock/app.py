@@ -149,6 +149,8 @@ def create_mock_app(
         Route("/v1/files", Endpoint(state, state.objects.files_root, OPENAI), methods=["GET", "POST"]),
         Route("/v1/files/{file_id}", Endpoint(state, state.objects.file, OPENAI), methods=["GET", "DELETE"]),
         Route("/v1/files/{file_id}/content", Endpoint(state, state.objects.file_content, OPENAI), methods=["GET"]),
+        Route("/v1/batches", Endpoint(state, state.objects.batches_root, OPENAI), methods=["POST"]),
+        Route("/v1/batches/{batch_id}", Endpoint(state, state.objects.batch, OPENAI), methods=["GET"]),
         Route("/v1/moderations", Endpoint(state, openai_objects.moderations, OPENAI), methods=["POST"]),
         Route("/v1/models", Endpoint(state, openai_extra.list_models, _models_wire), methods=["GET"]),
         Route(

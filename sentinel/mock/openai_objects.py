@@ -1,7 +1,8 @@
 """OpenAI wire format: objects an account stores (files, stored responses) and a stateless extra.
 
 Enough of the Files API (`POST /v1/files` multipart, `GET /v1/files`, `GET/DELETE /v1/files/{id}`,
-`GET /v1/files/{id}/content`), stored responses (`GET/DELETE /v1/responses/{id}`,
+`GET /v1/files/{id}/content`), batches (`POST /v1/batches` over an uploaded file,
+`GET /v1/batches/{id}`: done at its first read, its usage a figure of its input's), stored responses (`GET/DELETE /v1/responses/{id}`,
 `GET /v1/responses/{id}/input_items`) and `POST /v1/moderations` for a gateway's ownership and
 pass-through tests. Like the real account, the mock does not know who asked: every object is
 visible to every caller, which is exactly what the gateway must hide.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import time
 from typing import Any
+
+import orjson
 
 from sentinel.mock.asgi import Call, JSONReply, Reply
 from sentinel.mock.faults import WireError
@@ -27,6 +30,7 @@ class ObjectStore:
         self.limit = limit
         self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
         self.responses: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
 
     # --- stored responses (filled by POST /v1/responses unless store is false) -----------------------
     def keep_response(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
@@ -80,6 +84,43 @@ class ObjectStore:
         if file_id not in self.files:
             raise WireError(404, f"No such File object: {file_id}", code="not_found")
         return JSONReply({"content": self.files[file_id][1].decode("utf-8", "replace")})
+
+
+    # --- batches -------------------------------------------------------------------------------------
+    def batches_root(self, call: Call) -> Reply:
+        """POST /v1/batches: a batch over an uploaded file (404 for an unknown one), `validating`."""
+        body = json_object(call)
+        call.resolve_faults("")
+        file_id = body.get("input_file_id")
+        if not isinstance(file_id, str) or file_id not in self.files:
+            raise WireError(404, f"No such File object: {file_id}", code="not_found", param="input_file_id")
+        batch: dict[str, Any] = {
+            "id": new_id("batch_"), "object": "batch", "endpoint": body.get("endpoint"),
+            "input_file_id": file_id, "completion_window": body.get("completion_window"),
+            "status": "validating", "created_at": int(time.time()), "output_file_id": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0}, "usage": None,
+        }
+        _keep(self.batches, batch["id"], batch, self.limit)
+        return JSONReply(batch)
+
+    def batch(self, call: Call) -> Reply:
+        """GET /v1/batches/{id}: done at its first read. Each line is charged a token per 8 bytes of its
+        `body`'s JSON as input and 5 tokens of output (a figure, not a model's)."""
+        batch_id = call.path_params["batch_id"]
+        call.resolve_faults("")
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            raise WireError(404, f"No such Batch object: {batch_id}", code="not_found")
+        if batch["status"] == "validating":
+            lines = [orjson.loads(line) for line in self.files[batch["input_file_id"]][1].splitlines() if line.strip()]
+            spent = [max(1, len(orjson.dumps(line.get("body"))) // 8) for line in lines]
+            batch["status"] = "completed"
+            batch["request_counts"] = {"total": len(lines), "completed": len(lines), "failed": 0}
+            batch["usage"] = {"input_tokens": sum(spent), "output_tokens": 5 * len(lines),
+                              "total_tokens": sum(spent) + 5 * len(lines),
+                              "input_tokens_details": {"cached_tokens": 0},
+                              "output_tokens_details": {"reasoning_tokens": 0}}
+        return JSONReply(batch)
 
 
 def moderations(call: Call) -> Reply:

@@ -15,6 +15,9 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
+
+import orjson
 
 from sentinel.domain.files import FileFacts
 from sentinel.domain.text import is_text
@@ -26,12 +29,15 @@ from sentinel.store.base import LocalOps, Script
 log = logging.getLogger("sentinel.ownership")
 
 _PREFIX = "sentinel:owner:"
-# A file whose every line Sentinel checked as a batch's input, and wrote back naming its owner's
-# pseudonym as the end user (value: its owner): only such a file may be a batch's `input_file_id`
-# (each line is a request the provider runs in the owner's name). Files vouched for under the
-# earlier key (`_UNWRITTEN_BATCH_INPUT`) went upstream with the end user the client wrote: no
-# longer a batch's input, their record is only dropped with them.
-_BATCH_INPUT = "sentinel:batch-lines:"
+# A file whose every line Sentinel checked as a batch's input, wrote back naming its owner's
+# pseudonym as the end user, and measured (value: JSON of its owner and its `BatchEstimate`): only
+# such a file may be a batch's `input_file_id` (each line is a request the provider runs in the
+# owner's name, reserved against the owner's plan when the batch is made). Files vouched for under
+# the earlier keys went upstream with the end user the client wrote (`_UNWRITTEN_BATCH_INPUT`) or
+# were never measured (`_UNMEASURED_BATCH_INPUT`): no longer a batch's input, their record is only
+# dropped with them.
+_BATCH_INPUT = "sentinel:batch-measured:"
+_UNMEASURED_BATCH_INPUT = "sentinel:batch-lines:"
 _UNWRITTEN_BATCH_INPUT = "sentinel:batch-input:"
 # The tokens a stored response (or a conversation, as of its last response) holds: a request that
 # continues it (`previous_response_id`, `conversation`) makes the provider read all of them again.
@@ -197,7 +203,8 @@ class Ownership:
         """Drop the record of a deleted object."""
         if _keyable(object_id):
             # one by one: keys in different slots of a Cluster
-            for prefix in (_PREFIX, _BATCH_INPUT, _UNWRITTEN_BATCH_INPUT, _CONTEXT, _CHARGED, _FILE_FACTS):
+            for prefix in (_PREFIX, _BATCH_INPUT, _UNMEASURED_BATCH_INPUT, _UNWRITTEN_BATCH_INPUT, _CONTEXT, _CHARGED,
+                           _FILE_FACTS):
                 await self.store.delete(prefix + object_id)
 
     async def context_of(self, object_ids: Iterable[str]) -> int:
@@ -247,18 +254,48 @@ class Ownership:
         if _keyable(object_id) and tokens > 0:
             await self.store.incr(_CONTEXT + object_id, tokens)
 
-    async def vouch_batch_input(self, file_id: str, owner: str) -> None:
+    async def vouch_batch_input(self, file_id: str, owner: str, estimate: BatchEstimate) -> None:
         """Record that `owner` uploaded `file_id` as a batch input whose lines Sentinel checked (and
-        wrote back: `sentinel.services.objects.read_batch_input`)."""
+        wrote back: `sentinel.services.objects.read_batch_input`) and measured (`estimate`)."""
         if _keyable(file_id):
-            await self.store.set(_BATCH_INPUT + file_id, owner.encode())
+            record = {"owner": owner, "requests": estimate.requests, "input_tokens": estimate.input_tokens,
+                      "output_tokens": estimate.output_tokens}
+            await self.store.set(_BATCH_INPUT + file_id, orjson.dumps(record))
 
-    async def require_batch_input(self, file_id: str, owner: str) -> None:
-        """InvalidRequest (400) unless `file_id` is `owner`'s batch input checked at upload."""
+    async def require_batch_input(self, file_id: str, owner: str) -> BatchEstimate:
+        """What `file_id`'s lines reserve; InvalidRequest (400) unless it is `owner`'s batch input
+        checked and measured at upload."""
         raw = await self.store.get(_BATCH_INPUT + file_id) if _keyable(file_id) else None
-        if raw is None or raw.decode() != owner:
+        estimate = _batch_estimate(raw, owner)
+        if estimate is None:
             raise InvalidRequest(
                 "A batch's input file must be uploaded through POST /v1/files with purpose=batch (Sentinel reads "
-                "its lines for the objects they name)", code="unchecked_batch_input",
+                "its lines for the objects they name and the tokens they reserve; a file uploaded through an "
+                "earlier Sentinel must be uploaded again)", code="unchecked_batch_input",
                 details={"param": "input_file_id"},
             )
+        return estimate
+
+
+@dataclass(frozen=True)
+class BatchEstimate:
+    """What a batch input's lines reserve against its owner's plan when a batch runs them: one
+    request a line, their estimated input and their output caps, summed."""
+
+    requests: int
+    input_tokens: int
+    output_tokens: int
+
+
+def _batch_estimate(raw: bytes | None, owner: str) -> BatchEstimate | None:
+    """The estimate a vouch record holds when it is `owner`'s, else None (missing, another user's,
+    unreadable)."""
+    try:
+        record = orjson.loads(raw) if raw is not None else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or record.get("owner") != owner:
+        return None
+    counts = [record.get(name) for name in ("requests", "input_tokens", "output_tokens")]
+    whole = [n for n in counts if isinstance(n, int) and not isinstance(n, bool) and n >= 0]
+    return BatchEstimate(*whole) if len(whole) == len(counts) else None

@@ -187,3 +187,23 @@ def max_output(endpoint: str, payload: dict[str, Any], default: int) -> int:
             if isinstance(value := payload.get(key), int) and not isinstance(value, bool) and value > 0]
     cap = max(caps) if caps else 16 if endpoint == "completions" else default
     return min(cap * output_multiplier(endpoint, payload), MAX_RESERVED_OUTPUT)
+
+
+# The endpoint a batch line's `url` runs, by the metered endpoint whose estimate it gets (a
+# moderation reads its `input` as an embedding does, and writes no tokens).
+BATCH_URLS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
+              "/v1/responses": "responses", "/v1/moderations": "embeddings"}
+_ANY_URL = ("chat", "responses", "completions", "embeddings")
+
+
+def estimate_batch_line(counter: TokenCounter, url: Any, body: dict[str, Any], default: int) -> tuple[int, int]:
+    """(input, output) a batch line reserves: the estimate of its `body` as the metered endpoint its
+    `url` names (`BATCH_URLS`) estimates it, and its output cap or `default` — what the request sent
+    alone would reserve. A `url` Sentinel does not know (the provider refuses it, or may run it as
+    any) reserves the most any of those endpoints would."""
+    model = body.get("model")
+    model = model if isinstance(model, str) else ""
+    endpoint = BATCH_URLS.get(url) if isinstance(url, str) else None
+    endpoints = (endpoint,) if endpoint is not None else _ANY_URL
+    return (max(estimate_input(counter, name, model, body) for name in endpoints),
+            max(max_output(name, body, default) for name in endpoints))

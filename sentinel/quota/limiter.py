@@ -30,6 +30,12 @@ request still running after `window_seconds`, in readings taken after that. Usag
 yet delivered when a reading is taken is in no figure until the next reading. Plans without
 external limits run the plain scripts, which touch no hash.
 
+A reservation can outlive its call: a batch's, made when the batch is, is held in the store by the
+batch (`hold`: `{prefix}:{<subject>}:held:<batch id>`, in the counters' slot, holding what its
+settlement needs) until the first read showing the batch's usage — on any replica — settles it to
+that usage (`settle_held`: one script checks the record is still there, deletes it and adjusts the
+counters, so two readers racing settle it once).
+
 An external key can expire while a reservation on it is still running (a long stream) and be made
 again, under the same name, by the next reservation: a refund then would take back that one's
 amount, so a reservation older than `window_seconds` gives nothing back on an external key (its
@@ -45,7 +51,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sentinel.domain.plans import Limit, Plan
+import orjson
+
+from sentinel.domain.plans import ExternalUsage, Limit, Plan
+from sentinel.domain.text import is_text
 from sentinel.quota.decision import Decision, LimitState, refuses
 from sentinel.store.base import LocalOps, Script, Store
 
@@ -281,7 +290,41 @@ def _adjust_external_local(ops: LocalOps, keys: list[str], args: list[str]) -> i
     return 1
 
 
+# The settlement of a held reservation (`QuotaLimiter.settle_held`), once: KEYS[1] is where it is
+# held, which must still hold ARGV[1] (what the settler read: a second settler finds it gone and
+# changes nothing); it is deleted, `_ADJUST_LUA`'s pairs (from ARGV[4]) applied to the next ARGV[3]
+# KEYS, and the reservation's entry (token ARGV[2]) removed from the in-flight hashes that are the
+# remaining KEYS. 1 when this call settled it, else 0.
+_SETTLE_HELD_LUA = _ADJUST_ONE_LUA + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+local m = tonumber(ARGV[3])
+for i = 1, m do
+  adjust(KEYS[i + 1], tonumber(ARGV[2 + 2 * i]), ARGV[3 + 2 * i])
+end
+for i = m + 2, #KEYS do
+  redis.call('HDEL', KEYS[i], ARGV[2])
+end
+return 1
+"""
+
+
+def _settle_held_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    raw = ops.get(keys[0])
+    if raw is None or raw.decode() != args[0]:
+        return 0
+    ops.delete(keys[0])
+    m = int(args[2])
+    _adjust_local(ops, keys[1 : m + 1], args[3 : 3 + 2 * m])
+    for key in keys[m + 1 :]:
+        ops.hdel(key, args[1])
+    return 1
+
+
 RESERVE = Script("sentinel_quota_reserve", _RESERVE_LUA, _reserve_local)
+SETTLE_HELD = Script("sentinel_quota_settle_held", _SETTLE_HELD_LUA, _settle_held_local)
 ADJUST = Script("sentinel_quota_adjust", _ADJUST_LUA, _adjust_local)
 RESERVE_EXTERNAL = Script("sentinel_quota_reserve_external", _RESERVE_EXTERNAL_LUA, _reserve_external_local)
 ADJUST_EXTERNAL = Script("sentinel_quota_adjust_external", _ADJUST_EXTERNAL_LUA, _adjust_external_local)
@@ -445,25 +488,18 @@ class QuotaLimiter:
         reservation = await self.reserve(subject, plan, requests=0, input_tokens=0, output_tokens=0)
         return reservation.decision
 
-    async def commit(self, reservation: Reservation, *, input_tokens: int, output_tokens: int) -> None:
+    async def commit(
+        self, reservation: Reservation, *, input_tokens: int, output_tokens: int, requests: int | None = None,
+    ) -> None:
         """Replace the reserved token estimates with the actual amounts (up or down, floored at 0).
 
-        The request count stays. Applies to the windows the reservation used, even if time has
+        The request count stays, unless `requests` replaces it (a batch the provider refused ran none
+        of its lines). Applies to the windows the reservation used, even if time has
         moved on since — but usage above the reservation, when that window has ended, is added to
         the window of now (it would limit nothing in the one that ended). One atomic call; no-op for
         a denied or already settled reservation.
         """
-        if min(input_tokens, output_tokens) < 0:
-            raise ValueError("token counts cannot be negative")
-        actual = {"input_tokens": input_tokens, "output_tokens": output_tokens}
-        reserved = {"input_tokens": reservation.input_tokens, "output_tokens": reservation.output_tokens}
-        await self._settle(
-            reservation,
-            [
-                actual[lim.metric] - reserved[lim.metric] if lim.metric in actual else 0
-                for lim in reservation.limits
-            ],
-        )
+        await self._settle(reservation, _deltas(reservation, input_tokens, output_tokens, requests))
 
     async def release(self, reservation: Reservation) -> None:
         """Give back everything a reservation took, the request count included.
@@ -477,6 +513,17 @@ class QuotaLimiter:
             raise ValueError("a reservation must be settled by the limiter that made it")
         if reservation.settled:
             return
+        keys, args = self._adjustments(reservation, deltas)
+        if reservation.in_flight:
+            # The same call takes the reservation's entry out of the in-flight hashes (no longer running).
+            await self.store.run(ADJUST_EXTERNAL, [*keys, *reservation.in_flight], [reservation.token, *args])
+        elif keys:
+            await self.store.run(ADJUST, keys, args)
+        # Only after success: a settle that failed (StoreUnavailable) may be retried.
+        reservation.settled = True
+
+    def _adjustments(self, reservation: Reservation, deltas: list[int]) -> tuple[list[str], list[str | int]]:
+        """The counters `deltas` (one a limit of `reservation`) change, and `ADJUST`'s pairs for them."""
         now = self.clock()
         keys: list[str] = []
         args: list[str | int] = []
@@ -495,10 +542,91 @@ class QuotaLimiter:
             else:
                 keys.append(key)
                 args += [delta, ""]
-        if reservation.in_flight:
-            # The same call takes the reservation's entry out of the in-flight hashes (no longer running).
-            await self.store.run(ADJUST_EXTERNAL, [*keys, *reservation.in_flight], [reservation.token, *args])
-        elif keys:
-            await self.store.run(ADJUST, keys, args)
-        # Only after success: a settle that failed (StoreUnavailable) may be retried.
+        return keys, args
+
+    # --- reservations held by an object (a batch), settled by whichever replica reads its usage ----
+    def _held_key(self, subject: str, name: str) -> str:
+        return f"{self.prefix}:{{{hash_tag(subject)}}}:held:{name}"
+
+    async def hold(self, reservation: Reservation, name: str, ttl: float | None) -> bool:
+        """Keep an admitted reservation counted past its call, stored under `name` (the object it
+        reserved for: a batch's id) for `ttl` seconds (None: until settled), so that any replica can
+        settle it (`settle_held`) when a read first shows the object's usage; the reservation is no
+        longer this call's to settle. False (and nothing stored: it stays as it is, counted until its
+        windows end) for a settled reservation or a name no key can hold."""
+        if reservation.owner is not self:
+            raise ValueError("a reservation must be held by the limiter that made it")
+        if reservation.settled or not 0 < len(name) <= MAX_HELD_NAME or not is_text(name):
+            return False
+        try:
+            held = _dump(reservation)
+        except orjson.JSONEncodeError:  # a subject that is no text (a lone surrogate): no key holds it
+            return False
+        await self.store.set(self._held_key(reservation.subject, name), held, ttl)
         reservation.settled = True
+        return True
+
+    async def settle_held(self, subject: str, name: str, *, input_tokens: int, output_tokens: int) -> bool:
+        """Settle the reservation `subject` holds under `name` (`hold`) to the actual token amounts, as
+        `commit` does (its request count stays: the lines ran), once whichever replicas race to it
+        (one atomic call, `SETTLE_HELD`). False when none is held (never held, settled already, or
+        kept past its `ttl`): the caller charges the usage on its own reservation."""
+        if not 0 < len(name) <= MAX_HELD_NAME or not is_text(name):
+            return False
+        key = self._held_key(subject, name)
+        raw = await self.store.get(key)
+        reservation = None if raw is None else self._load(raw)
+        if raw is None or reservation is None:
+            return False
+        keys, args = self._adjustments(reservation, _deltas(reservation, input_tokens, output_tokens, None))
+        settled = await self.store.run(
+            SETTLE_HELD, [key, *keys, *reservation.in_flight], [raw.decode(), reservation.token, len(keys), *args]
+        )
+        return bool(int(settled))
+
+    def _load(self, raw: bytes) -> Reservation | None:
+        """A held reservation as `_dump` wrote it, this limiter's; None when it cannot be read."""
+        try:
+            held = orjson.loads(raw)
+            limits = tuple(
+                Limit(metric, window, cap, None if used is None else ExternalUsage(used, snapshot, resets_at))
+                for metric, window, cap, used, snapshot, resets_at in held["limits"]
+            )
+            return Reservation(
+                held["subject"], Decision(True, None, None, None, None, None), tuple(held["keys"]), limits,
+                tuple(held["amounts"]), held["requests"], held["input_tokens"], held["output_tokens"], owner=self,
+                reserved_at=held["reserved_at"], in_flight=tuple(held["in_flight"]), token=held["token"],
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+
+
+# A held reservation's name is an object's id: at most this long (an owner record's bound).
+MAX_HELD_NAME = 200
+
+
+def _dump(reservation: Reservation) -> bytes:
+    """What `hold` stores of a reservation: all its settlement needs (`QuotaLimiter._load`)."""
+    limits = [
+        [lim.metric, lim.window_seconds, lim.limit, *(
+            (None, None, None) if lim.external is None else
+            (lim.external.used, lim.external.snapshot, lim.external.resets_at))]
+        for lim in reservation.limits
+    ]
+    return orjson.dumps({
+        "subject": reservation.subject, "keys": reservation.keys, "limits": limits, "amounts": reservation.amounts,
+        "requests": reservation.requests, "input_tokens": reservation.input_tokens,
+        "output_tokens": reservation.output_tokens, "reserved_at": reservation.reserved_at,
+        "in_flight": reservation.in_flight, "token": reservation.token,
+    })
+
+
+def _deltas(reservation: Reservation, input_tokens: int, output_tokens: int, requests: int | None) -> list[int]:
+    """What `reservation`'s counters change by when its amounts become the actual ones (`requests`
+    None: its request count stays)."""
+    if min(input_tokens, output_tokens, 0 if requests is None else requests) < 0:
+        raise ValueError("token counts cannot be negative")
+    actual = {"input_tokens": input_tokens - reservation.input_tokens,
+              "output_tokens": output_tokens - reservation.output_tokens,
+              "requests": 0 if requests is None else requests - reservation.requests}
+    return [actual[limit.metric] for limit in reservation.limits]

@@ -4,7 +4,9 @@
 request and reserves it against every limit in one atomic store operation (or raises RateLimited).
 While the usage records only this process's memory holds (no durable outbox took them) are at their
 limit (`DurableOutbox.full`) it refuses first, 503 `usage_unrecordable`: nothing is reserved.
-`settle()` runs exactly once after the request was served (success, upstream error after tokens
+`admit_batch()` reserves a batch's lines (estimated at upload by `batch_line`) when it is made;
+the batch then holds that reservation (`hold`) until the first read showing its usage settles it
+(`settle(..., settles=<batch id>)`). `settle()` runs exactly once after the request was served (success, upstream error after tokens
 were spent, client disconnect): it reconciles the reservation to the real usage and writes one
 usage record to the durable outbox before returning. `release()` runs when nothing was served.
 A reconciliation or give-back the store refused (it did not run) is sent again later (`Unsettled`).
@@ -37,7 +39,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.offload import OFF_LOOP_SIZE, count_off_loop
 from sentinel.providers.errors import UnreadableAnswer
 from sentinel.quota.decision import Decision
-from sentinel.quota.estimate import estimate_input, hides_output, max_output
+from sentinel.quota.estimate import estimate_batch_line, estimate_input, hides_output, max_output
 from sentinel.quota.images import ImageRule
 from sentinel.quota.limiter import QuotaLimiter, Reservation
 from sentinel.quota.media import NO_FILES, Files
@@ -65,6 +67,7 @@ class Admission:
     counted_as: str | None = None
     estimate_input: int = 0
     max_output: int = 0
+    requests: int = 1  # what it counts against a `requests` limit (a batch: one a line of its input)
     # The request asked for reasoning the provider bills but does not show (Anthropic `thinking`,
     # OpenAI `reasoning_effort` / `reasoning`): without the provider's usage its output is not
     # countable from the text, so it is charged as reserved (`settle`).
@@ -93,15 +96,31 @@ class Meter(Protocol):
         self, identity: Identity, *, endpoint: str, request_id: str, tokens_later: bool = False,
     ) -> Admission: ...
 
+    async def admit_batch(
+        self, identity: Identity, *, endpoint: str, request_id: str, requests: int, input_tokens: int,
+        output_tokens: int,
+    ) -> Admission: ...
+
+    def batch_line(self, url: Any, body: dict[str, Any]) -> tuple[int, int]: ...
+
+    async def hold(self, admission: Admission, name: str, ttl: float | None) -> None: ...
+
     async def settle(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None = None, reported_input: Usage | None = None,
-        read_input: tuple[str, int] = ("", 0), output_counted: int = 0,
+        read_input: tuple[str, int] = ("", 0), output_counted: int = 0, settles: str | None = None,
     ) -> None: ...
 
     async def release(self, admission: Admission) -> None: ...
 
     async def fail(self, admission: Admission, error: BaseException) -> None: ...
+
+
+def _refused(status: int) -> bool:
+    """Whether a call settled with `status` was refused by the provider (a 4xx; 499 is a call the
+    server cancelled, which may have reached it): it ran nothing, and counts one request whatever it
+    reserved (a batch's lines)."""
+    return 400 <= status < 500 and status != 499
 
 
 def _report_unawaited(task: asyncio.Task[None]) -> None:
@@ -193,6 +212,48 @@ class QuotaMeter:
         self._count(admission)
         return admission
 
+    async def admit_batch(
+        self, identity: Identity, *, endpoint: str, request_id: str, requests: int, input_tokens: int,
+        output_tokens: int,
+    ) -> Admission:
+        """Reserve a batch's lines before it is made (`POST /v1/batches`): `requests` (one a line),
+        their estimated input and their output caps, summed at upload (`batch_line`), against every
+        limit of the caller's plan, as one request would reserve them (429 `quota_exceeded` when one
+        does not fit, never retried when the batch alone passes a limit; a token limit of 0 refuses
+        it, as any call charged the tokens its answer shows). Once the provider made the batch, its
+        reservation is the batch's (`hold`)."""
+        self._recordable()
+        plan = await self.plans.plan_for(identity)
+        admission = Admission(identity=identity, endpoint=endpoint, model=None, request_id=request_id,
+                              estimate_input=input_tokens, max_output=output_tokens, requests=max(1, requests))
+        await self._reserve(admission, plan, tokens_later=True)
+        self._count(admission)
+        return admission
+
+    def batch_line(self, url: Any, body: dict[str, Any]) -> tuple[int, int]:
+        """(input, output) tokens a batch line reserves: what its `body` sent alone to the endpoint its
+        `url` names would (`estimate.estimate_batch_line`). Synchronous: a batch input is read in a
+        worker thread."""
+        return estimate_batch_line(self.counter, url, body, self.default_max_output)
+
+    async def hold(self, admission: Admission, name: str, ttl: float | None) -> None:
+        """The provider made the object `name` (a batch) that `admission` reserved for: its reservation
+        stays counted — held under `name`, for `ttl` seconds (None: until settled) — until the first
+        read showing the object's usage settles it to that usage (`settle` with `settles`), on any
+        replica. The admission keeps no estimate (its record charges nothing). A reservation the
+        shared store cannot hold (a local limiter's, the store unreachable) stays counted until its
+        windows end, and that read charges the usage on top."""
+        reservation, limiter = admission.reservation, admission.limiter
+        admission.reservation = None
+        admission.estimate_input = admission.max_output = 0
+        if reservation is None or limiter is not self.limiter:
+            return
+        try:
+            await limiter.hold(reservation, name, ttl)
+        except StoreUnavailable:
+            self._repeated.warning("could not hold a batch's quota reservation (store unavailable); "
+                                   "it counts until its windows end")
+
     def _recordable(self) -> None:
         """Refuse a new request (503 `usage_unrecordable`) while the records only memory holds are at
         their limit: served, its usage could be kept nowhere. Memory still takes the records of the
@@ -231,7 +292,8 @@ class QuotaMeter:
         tokens = {"input_tokens": admission.estimate_input, "output_tokens": admission.max_output}
         limiter = self.limiter
         try:
-            reservation = await limiter.reserve(subject, plan, **tokens, tokens_later=tokens_later)
+            reservation = await limiter.reserve(subject, plan, requests=admission.requests, **tokens,
+                                                tokens_later=tokens_later)
         except StoreUnavailable:
             self.metrics.quota_store_failures.labels(self.failure_mode.value).inc()
             if self.failure_mode is QuotaFailureMode.closed:
@@ -242,7 +304,8 @@ class QuotaMeter:
                 self._repeated.warning("quota store unavailable; admitting without a quota check (QUOTA_FAILURE_MODE=open)")
                 return
             limiter = self.local_limiter
-            reservation = await limiter.reserve(subject, plan, **tokens, tokens_later=tokens_later)
+            reservation = await limiter.reserve(subject, plan, requests=admission.requests, **tokens,
+                                                tokens_later=tokens_later)
         decision = reservation.decision
         if not decision.allowed:
             self._refuse(decision)
@@ -254,7 +317,7 @@ class QuotaMeter:
     async def settle(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None = None, reported_input: Usage | None = None,
-        read_input: tuple[str, int] = ("", 0), output_counted: int = 0,
+        read_input: tuple[str, int] = ("", 0), output_counted: int = 0, settles: str | None = None,
     ) -> None:
         """Reconcile the reservation to the real usage and store one usage record (once per admission).
 
@@ -267,13 +330,17 @@ class QuotaMeter:
         when the caller could not keep the text. A long text is counted in a worker thread
         (`count_off_loop`). The count, the reconciliation and the record are one task, shielded
         (`_carry_out`): a caller cancelled at any of its waits (the server stopping past its
-        shutdown deadline) still leaves its record and its reconciled counters."""
+        shutdown deadline) still leaves its record and its reconciled counters.
+
+        `settles`: the object (a batch) whose usage this is, first shown to this call: the reservation
+        it holds (`hold`) is settled to that usage instead — the usage replaces its estimate, counted
+        once —, and this call's own counts no tokens; with none held, this call's counts the usage."""
         if not self._begin(admission):
             return
         await self._carry_out(self._record(
             admission, usage=usage, output_text=output_text, status=status, provider=provider,
             output_estimate=output_estimate, reported_input=reported_input, read_input=read_input,
-            output_counted=output_counted,
+            output_counted=output_counted, settles=settles,
         ))
 
     def _begin(self, admission: Admission) -> bool:
@@ -339,7 +406,7 @@ class QuotaMeter:
     async def _record(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None, reported_input: Usage | None, read_input: tuple[str, int],
-        output_counted: int = 0,
+        output_counted: int = 0, settles: str | None = None,
     ) -> None:
         label = self.metrics.model_label(admission.model)
         model = admission.counted_as or admission.model  # (what the texts are counted as)
@@ -393,6 +460,9 @@ class QuotaMeter:
             cache_write_tokens=cache_write,
             cache_read_tokens=cache_read,
         )
+        charged = (input_tokens, output_tokens)  # what this call's own reservation is reconciled to
+        if settles is not None and await self._settle_held(admission, settles, *charged):
+            charged = (0, 0)  # (counted by the reservation it settled)
         if admission.reservation is None or admission.limiter is None:  # admitted unchecked (failure mode open)
             await self.outbox.put(record)
         else:
@@ -401,7 +471,8 @@ class QuotaMeter:
             # this task (see `settle`), so neither is cut short.
             stored = asyncio.ensure_future(self.outbox.put(record))
             commit = functools.partial(
-                admission.limiter.commit, admission.reservation, input_tokens=input_tokens, output_tokens=output_tokens
+                admission.limiter.commit, admission.reservation, input_tokens=charged[0],
+                output_tokens=charged[1], requests=1 if _refused(status) else None,
             )
             try:
                 await commit()
@@ -423,6 +494,16 @@ class QuotaMeter:
         m.child(m.usage_requests, label, source).inc()
         if record.cost_usd:
             m.child(m.cost, provider or "none", label).inc(record.cost_usd)
+
+    async def _settle_held(self, admission: Admission, name: str, input_tokens: int, output_tokens: int) -> bool:
+        """Settle the reservation the object `name` holds (`hold`) to its usage; False when it holds
+        none (or the store cannot say: the usage is then charged on the call's own reservation —
+        twice, until the windows end, beats never)."""
+        try:
+            return await self.limiter.settle_held(admission.identity.external_id, name,
+                                                  input_tokens=input_tokens, output_tokens=output_tokens)
+        except StoreUnavailable:
+            return False
 
     async def fail(self, admission: Admission, error: BaseException) -> None:
         """The call ended in `error` before an answer: give the reservation back — unless the request

@@ -57,11 +57,14 @@ class Charging:
     store, for as long as it keeps the object's owner. `work`: the call asked the provider for work
     (a POST that is no `cancel`) — unless its answer is the object at the call's own path (`at`:
     the path's last segment; an update of its metadata); `counted`: False for an answer whose usage
-    is part of another object's (a run's steps)."""
+    is part of another object's (a run's steps). `holds`: the call reserved for the object it makes
+    (a batch's lines: `Meter.admit_batch`), which holds that reservation once made (`Meter.hold`)
+    until the first read showing its usage settles it to that usage (`Meter.settle`'s `settles`)."""
 
     work: bool = True
     at: str | None = None
     counted: bool = True
+    holds: bool = False
 
 
 WORK = Charging()  # a metered call: its answer's usage is its own
@@ -107,7 +110,9 @@ class AnswerRelay:
         parsed = _json(raw, upstream)
         usage = usage_from_body(endpoint, parsed)
         answer_id = parsed.get("id") if owner is not None and isinstance(parsed, dict) else None
-        pays = await self._pays(charging, answer_id, usage is not None, ttl)
+        if charging.holds and 200 <= upstream.status < 300 and isinstance(answer_id, str):
+            await self.meter.hold(admission, answer_id, ttl)
+        pays, settles = await self._pays(charging, answer_id, usage is not None, ttl)
         if owner is not None and not pays and charging.counted:  # a list of objects (a thread's runs)
             listed = await self._listed_usage(endpoint, parsed, ttl)
             if listed is not None:
@@ -125,6 +130,7 @@ class AnswerRelay:
             provider=upstream.provider,
             read_input=output_read(endpoint, parsed) if unmetered else ("", 0),
             output_estimate=admission.max_output if unreadable else None,
+            settles=settles,
         )
         if owner is not None:
             await claim_created(self.ownership, created_ids(parsed, creating=creating, ttl=ttl), owner)
@@ -136,16 +142,20 @@ class AnswerRelay:
         report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
-    async def _pays(self, charging: Charging, answer_id: Any, has_usage: bool, ttl: float | None) -> bool:
-        """Whether this call pays the usage its answer shows (see `Charging`); an answer about an
-        owned object with a usage marks that object's usage charged."""
+    async def _pays(
+        self, charging: Charging, answer_id: Any, has_usage: bool, ttl: float | None
+    ) -> tuple[bool, str | None]:
+        """Whether this call pays the usage its answer shows (see `Charging`), and the object whose
+        usage it is the first to show (its reservation, if it holds one, is settled to it); an answer
+        about an owned object with a usage marks that object's usage charged."""
         if not charging.counted:
-            return False
+            return False, None
         work = charging.work and (charging.at is None or answer_id != charging.at)
         made_here = work and charging.at is None  # a metered call's own object: charged now, usage or estimate
         if isinstance(answer_id, str) and (has_usage or made_here):  # (a batch made shows its usage when done)
-            return await self._charged(answer_id, ttl) or work
-        return work
+            first = await self._charged(answer_id, ttl)
+            return first or work, answer_id if first and has_usage else None
+        return work, None
 
     async def _listed_usage(self, endpoint: str, parsed: Any, ttl: float | None) -> Usage | None:
         """The usage of the objects a list answer shows (`data`) whose usage it is the first to show,
@@ -240,10 +250,11 @@ class AnswerRelay:
             # charged the most output it could hold, as reserved (never a free answer).
             usage = tail.usage(endpoint)
             answer_id = leading_id(head) if owner is not None else None
-            if not await self._pays(charging, answer_id, usage is not None, ttl):
+            pays, settles = await self._pays(charging, answer_id, usage is not None, ttl)
+            if not pays:
                 usage = Usage(0, 0)
             await meter.settle(admission, usage=usage, output_text="", status=status,
-                               provider=upstream.provider, output_estimate=admission.max_output)
+                               provider=upstream.provider, output_estimate=admission.max_output, settles=settles)
             object_id = answer_id if creating else None
             if owner is not None and object_id is not None:
                 await claim_created(ownership, [(object_id, ttl)], owner)

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from sentinel.domain.plans import MAX_LIMIT
 from sentinel.domain.text import is_text
 from sentinel.native.openai_checks import json_containers_exceed
 
@@ -520,6 +521,9 @@ MAX_LINE_CONTAINERS = 10_000  # JSON objects and arrays in one line
 # ... in the whole file: a real file of 50,000 chat lines holds 200,000-300,000 (a line with tools,
 # more, in fewer lines: ~1 per 25 bytes of real JSON, ~420,000 in a 10 MiB body); ~0.75 s at the cap.
 MAX_BATCH_CONTAINERS = 500_000
+# The most tokens a batch's lines are summed to (input and output apart): past any plan's largest
+# limit, so a larger sum is refused alike, and well inside the store's integers.
+MAX_BATCH_TOKENS = MAX_LIMIT + 1
 
 
 def batch_references(content: bytes, *, offered: Callable[[str], bool], limit: int = MAX_REFERENCES) -> list[str]:
@@ -529,16 +533,20 @@ def batch_references(content: bytes, *, offered: Callable[[str], bool], limit: i
 
 @dataclass(frozen=True)
 class BatchInput:
-    """A batch's input as Sentinel read it: the distinct object ids its lines name, and its content as
-    it goes upstream."""
+    """A batch's input as Sentinel read it: the distinct object ids its lines name, its content as it
+    goes upstream, and — when measured — its lines (`requests`) and the tokens they reserve in all."""
 
     ids: list[str]
     content: bytes
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
 
 
 def read_batch_input(
     content: bytes, *, offered: Callable[[str], bool], limit: int = MAX_REFERENCES,
     rewrite: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    measure: Callable[[Any, dict[str, Any]], tuple[int, int]] | None = None,
 ) -> BatchInput:
     """A batch's JSONL input, every line read as the provider will run it (its `body` is a request of
     its own). InvalidBatchInput when a line is not a JSON object Sentinel reads as any reader would (a
@@ -551,7 +559,9 @@ def read_batch_input(
     (`sentinel.native.end_user.with_batch_end_user`: the end user the provider is told), written
     back from what was read — never the client's bytes, so the provider reads what was checked —,
     one a line (blank lines left out), ending in a line break if the input did; InvalidBatchInput
-    for a line that cannot be written back as JSON (`_written`). Without, the content as it came."""
+    for a line that cannot be written back as JSON (`_written`). Without, the content as it came.
+    `measure(url, body)`: the (input, output) tokens a line reserves, summed over the lines (each sum
+    at most MAX_BATCH_TOKENS)."""
     breaks = content.count(b"\n") + content.count(b"\r") - content.count(b"\r\n")  # as `splitlines` reads them
     if breaks + (not content.endswith((b"\n", b"\r"))) > MAX_BATCH_LINES:
         raise InvalidBatchInput(f"A batch input may hold at most {MAX_BATCH_LINES:,} lines")
@@ -559,6 +569,7 @@ def read_batch_input(
         raise InvalidBatchInput(f"A batch input may hold at most {MAX_BATCH_CONTAINERS:,} JSON objects and arrays")
     found: dict[str, None] = {}
     written: list[bytes] = []
+    requests = input_tokens = output_tokens = 0
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
@@ -594,9 +605,14 @@ def read_batch_input(
             raise TooManyReferences(f"A batch input may name at most {limit} objects")
         if rewrite is not None:
             written.append(_written(rewrite(request), number))
-    if rewrite is None:
-        return BatchInput(list(found), content)
-    return BatchInput(list(found), b"\n".join(written) + (b"\n" if written and content.endswith((b"\n", b"\r")) else b""))
+        requests += 1
+        if measure is not None and isinstance(body, dict):
+            line_input, line_output = measure(request.get("url"), body)
+            input_tokens = min(MAX_BATCH_TOKENS, input_tokens + line_input)
+            output_tokens = min(MAX_BATCH_TOKENS, output_tokens + line_output)
+    sent = content if rewrite is None else (
+        b"\n".join(written) + (b"\n" if written and content.endswith((b"\n", b"\r")) else b""))
+    return BatchInput(list(found), sent, requests, input_tokens, output_tokens)
 
 
 def _written(request: dict[str, Any], number: int) -> bytes:

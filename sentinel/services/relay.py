@@ -25,7 +25,7 @@ from sentinel.domain.end_user import EndUsers
 from sentinel.domain.files import FileFacts
 from sentinel.domain.identity import Identity
 from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable, UpstreamError
-from sentinel.governance.ownership import Ownership
+from sentinel.governance.ownership import BatchEstimate, Ownership
 from sentinel.native.end_user import (
     names_end_user,
     with_batch_end_user,
@@ -267,7 +267,8 @@ class OpenAIRelay:
             raise NotFound("Listing is not offered: it would show every user's objects", code="endpoint_not_supported")
         if where.object_id is not None:
             await self.ownership.require([where.object_id], identity.external_id)
-        as_json = batch_upload = False
+        as_json = False
+        batch: BatchEstimate | None = None  # what a batch input uploaded, or the batch made, reserves
         stored: bytes | None = None  # a file uploaded through POST /v1/files: its content, as sent
         creating = where.creates(method, segments)
         creates_batch = creating and where.collection == "batches"
@@ -275,21 +276,27 @@ class OpenAIRelay:
             forwarded = forwardable_headers(headers)
             if forwarded.get("content-encoding", "identity").strip().lower() != "identity":
                 raise InvalidRequest("A pass-through body must not be compressed (Content-Encoding): its ids must be read")
-            body, as_json, batch_upload, stored = await self._check_body(
+            body, as_json, batch, stored = await self._check_body(
                 identity, body, forwarded.get("content-type", "").strip(),
                 creates_batch=creates_batch, uploads=upload_files(method, segments), segments=segments,
             )
         elif creates_batch:
             await self.ownership.require_batch_input("", identity.external_id)  # a batch names its input
         with ex.spans.span("sentinel.quota.admit"):
-            # It may start work charged the tokens its answer shows (a batch, a run, an image): a
-            # token limit of 0 refuses it — but a delete or a cancel, which starts none (a user banned
-            # from a token metric can still remove and stop what is theirs; a cancelled object's answer
-            # is still charged the usage it shows, as any read of it).
-            admission = await self.meter.admit_call(
-                identity, endpoint=endpoint, request_id=ex.usage_id,
-                tokens_later=method != "DELETE" and segments[-1] != "cancel",
-            )
+            if creates_batch and batch is not None:  # its lines, as the requests they are
+                admission = await self.meter.admit_batch(
+                    identity, endpoint=endpoint, request_id=ex.usage_id, requests=batch.requests,
+                    input_tokens=batch.input_tokens, output_tokens=batch.output_tokens,
+                )
+            else:
+                # It may start work charged the tokens its answer shows (a run, an image): a token
+                # limit of 0 refuses it — but a delete or a cancel, which starts none (a user banned
+                # from a token metric can still remove and stop what is theirs; a cancelled object's
+                # answer is still charged the usage it shows, as any read of it).
+                admission = await self.meter.admit_call(
+                    identity, endpoint=endpoint, request_id=ex.usage_id,
+                    tokens_later=method != "DELETE" and segments[-1] != "cancel",
+                )
         ex.headers.extend(admission.headers.items())
         try:
             # Read once admitted, before it is sent: only the facts are kept while the upload is under way.
@@ -301,7 +308,8 @@ class OpenAIRelay:
             # An object's answer names what it created; a file's content is the user's own bytes.
             last = segments[-1]
             owner = identity if where.collection is not None and last != "content" else None
-            charging = Charging(work=method == "POST" and last != "cancel", at=last, counted="steps" not in segments)
+            charging = Charging(work=method == "POST" and last != "cancel", at=last, counted="steps" not in segments,
+                                holds=creates_batch)
             if charging.work and 200 <= upstream.status < 300 and upstream.event_stream:
                 await self.answers.unoffered_stream(upstream, admission)  # raises: never relayed
             reply = await self.answers.complete(
@@ -311,8 +319,8 @@ class OpenAIRelay:
             await self.meter.fail(admission, exc)
             raise
         if creating and where.is_collection and where.collection == "files" and isinstance(reply, Reply):
-            if batch_upload:
-                await self._vouch_batch_input(reply, identity)
+            if batch is not None:
+                await self._vouch_batch_input(reply, identity, batch)
             if facts is not None:
                 await self._remember_file(reply, identity, facts)
         if (where.collection or "", where.action or "") in ACTION_CREATED and isinstance(reply, Reply):
@@ -329,11 +337,12 @@ class OpenAIRelay:
     async def _check_body(
         self, identity: Identity, body: bytes, content_type: str, *, creates_batch: bool,
         uploads: frozenset[str] | None, segments: Sequence[str],
-    ) -> tuple[bytes, bool, bool, bytes | None]:
+    ) -> tuple[bytes, bool, BatchEstimate | None, bytes | None]:
         """Refuse a body naming another user's object. Returns (the body as it goes upstream, whether
-        it is JSON — re-encoded from what was checked —, whether it is the upload of a batch's input,
-        whose every line was checked as a request of its own, and — an upload to `POST /v1/files` —
-        the file's content as it goes upstream: `Upload.stored_file`). The end user the client named — a JSON
+        it is JSON — re-encoded from what was checked —, for the upload of a batch's input — whose
+        every line was checked as a request of its own — what its lines reserve, or for a batch's
+        creation what its input's do, and — an upload to `POST /v1/files` — the file's content as it
+        goes upstream: `Upload.stored_file`). The end user the client named — a JSON
         body's `user` or `safety_identifier`, an upload's field of that name — is the caller's
         pseudonym instead, and every line of a batch's input tells the provider the caller's pseudonym
         as the metered endpoint it runs would (`sentinel.native.end_user`): an upload goes with those
@@ -353,14 +362,14 @@ class OpenAIRelay:
         if media == "multipart/form-data":
             if uploads is None:  # read as JSON only: an upload's fields would escape the checks below
                 raise _unsupported_type("This call takes a JSON body (Content-Type: application/json), not an upload")
-            upload, upload_body, ids, batch_input, stored = await off_loop(functools.partial(
+            upload, upload_body, ids, estimate, stored = await off_loop(functools.partial(
                 self._read_upload, body, content_type, uploads, reference_keys(segments),
                 self.end_users.of(identity.external_id), stores=list(segments) == ["files"],
             ), heavy)
             if upload.streams:
                 raise _no_passthrough_stream()
             await self.ownership.require(ids, identity.external_id)
-            return upload_body, False, batch_input, stored
+            return upload_body, False, estimate, stored
         if media and media != "application/json" and not media.endswith("+json"):
             raise _unsupported_type(
                 "The request body must be JSON (Content-Type: application/json), or a multipart/form-data upload "
@@ -368,20 +377,23 @@ class OpenAIRelay:
             )
         parsed, ids = await off_loop(functools.partial(self._read_json, body, segments), heavy)
         await self.ownership.require(ids, identity.external_id)
+        estimate = None
         if creates_batch:
             given = parsed.get("input_file_id") if isinstance(parsed, dict) else None
-            await self.ownership.require_batch_input(given if isinstance(given, str) else "", identity.external_id)
+            estimate = await self.ownership.require_batch_input(given if isinstance(given, str) else "",
+                                                                identity.external_id)
         # An end user the client named (an image generation's `user`) is the caller's pseudonym.
         parsed = with_named_end_user(parsed, self.end_users.of(identity.external_id))
-        return await off_loop(functools.partial(orjson.dumps, parsed), heavy), True, False, None
+        return await off_loop(functools.partial(orjson.dumps, parsed), heavy), True, estimate, None
 
     def _read_upload(
         self, body: bytes, content_type: str, uploads: frozenset[str], keys: frozenset[str], end_user: str,
         *, stores: bool = False,
-    ) -> tuple[Upload, bytes, list[str], bool, bytes | None]:
+    ) -> tuple[Upload, bytes, list[str], BatchEstimate | None, bytes | None]:
         """A pass-through upload read part by part: (the upload, the body as it goes upstream — naming
         `end_user` as the end user: see `_check_body` —, the ids it names under `keys` — a batch
-        input's lines' too —, whether it is a batch's input, and — `stores`: a `POST /v1/files` —
+        input's lines' too —, for a batch's input what its lines reserve, each estimated as the
+        request it is — `Meter.batch_line` —, and — `stores`: a `POST /v1/files` —
         the content of the file it stores as it goes upstream, `Upload.stored_file`). InvalidRequest
         (400) when it cannot be read as the provider would, names too many objects, or is a batch
         input `_batch_model` refuses or whose lines cannot be written back."""
@@ -390,20 +402,23 @@ class OpenAIRelay:
             ids = upload.references(files=uploads, keys=keys)
             values = dict.fromkeys(upload.named(names_end_user), end_user.encode())
             batch_file = upload.batch_file()
+            estimate = None
             if batch_file is not None:
                 read = read_batch_input(
                     upload.parts[batch_file][1], offered=self._batch_model,
                     rewrite=functools.partial(with_batch_end_user, end_user=end_user, field=self.upstream.end_user_field),
+                    measure=self.meter.batch_line,
                 )
                 ids += read.ids
                 values[batch_file] = read.content
+                estimate = BatchEstimate(read.requests, read.input_tokens, read.output_tokens)
             sent = upload.with_values(body, content_type, values)
             stored = upload.stored_file() if stores else None
         except (MalformedUpload, TooManyReferences, InvalidBatchInput) as exc:
             param = exc.param if isinstance(exc, MalformedUpload) else None
             raise InvalidRequest(str(exc), details={"param": param} if param else None) from None
         content = None if stored is None else values.get(stored, upload.parts[stored][1])
-        return upload, sent, ids, batch_file is not None, content
+        return upload, sent, ids, estimate, content
 
     def _read_json(self, body: bytes, segments: Sequence[str]) -> tuple[Any, list[str]]:
         """A pass-through JSON body parsed and checked (400s: see `_check_body`): (it, the ids it names)."""
@@ -485,15 +500,16 @@ class OpenAIRelay:
             return
         await claim_created(self.ownership, created, identity)
 
-    async def _vouch_batch_input(self, reply: Reply, identity: Identity) -> None:
-        """Mark the file an upload of a checked batch input created as such (its owner's only)."""
+    async def _vouch_batch_input(self, reply: Reply, identity: Identity, estimate: BatchEstimate) -> None:
+        """Mark the file an upload of a checked batch input created as such (its owner's only), with
+        what its lines reserve (`estimate`)."""
         try:
             created = orjson.loads(reply.body) if reply.status < 300 else None
         except orjson.JSONDecodeError:
             return
         if isinstance(created, dict) and isinstance(created.get("id"), str):
             try:
-                await self.ownership.vouch_batch_input(created["id"], identity.external_id)
+                await self.ownership.vouch_batch_input(created["id"], identity.external_id, estimate)
             except StoreUnavailable:  # the file stays usable for everything but a batch
                 self.ownership.outage.warning("the store is unavailable: a checked batch input was not marked as such")
 

@@ -241,22 +241,27 @@ def test_a_batch_input_uploaded_before_its_lines_were_rewritten_runs_no_batch(
 ) -> None:
     """A file an earlier Sentinel vouched for as a batch input went upstream with the end users the
     client wrote: it is no batch's input any more (400, nothing reaches the provider); deleting it
-    drops its record. One uploaded now runs."""
+    drops its record. So is one whose lines an earlier Sentinel did not measure (it would reserve
+    nothing). One uploaded now runs."""
     gw = gateway_factory(end_user_secret=SECRET, redis_url=redis_url, passthrough="/v1/files,/v1/files/*,/v1/batches")
     store = redis.Redis.from_url(redis_url)
     line = batch_line("1", "/v1/chat/completions", {"model": MINI, "messages": [], "user": VICTIM})
     with gw.client() as client:
         old = client.post("/v1/files", data={"purpose": "batch"}, files={"file": ("in.jsonl", line)}).json()["id"]
-        store.delete(f"sentinel:batch-lines:{old}")  # kept as an earlier Sentinel kept it:
-        store.set(f"sentinel:batch-input:{old}", "alice")
+        unmeasured = client.post("/v1/files", data={"purpose": "batch"}, files={"file": ("in.jsonl", line)}).json()["id"]
+        for file_id, earlier in ((old, "sentinel:batch-input:"), (unmeasured, "sentinel:batch-lines:")):
+            store.delete(f"sentinel:batch-measured:{file_id}")  # kept as an earlier Sentinel kept it:
+            store.set(earlier + file_id, "alice")
         new = client.post("/v1/files", data={"purpose": "batch"}, files={"file": ("in.jsonl", line)}).json()["id"]
         batch = {"endpoint": "/v1/chat/completions", "completion_window": "24h"}
-        refused = client.post("/v1/batches", json={**batch, "input_file_id": old})
+        refused = [client.post("/v1/batches", json={**batch, "input_file_id": file_id}) for file_id in (old, unmeasured)]
         sent_on = client.post("/v1/batches", json={**batch, "input_file_id": new})
         assert client.delete(f"/v1/files/{old}").status_code == 200
-    assert refused.status_code == 400 and refused.json()["error"]["code"] == "unchecked_batch_input", refused.text
-    assert sent_on.status_code == 404 and sent(gw, "/v1/batches")["input_file_id"] == new  # (the mock serves no batches)
-    assert store.get(f"sentinel:batch-input:{old}") is None
+        assert client.delete(f"/v1/files/{unmeasured}").status_code == 200
+    for answer in refused:
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "unchecked_batch_input", answer.text
+    assert sent_on.status_code == 200 and sent(gw, "/v1/batches")["input_file_id"] == new
+    assert store.get(f"sentinel:batch-input:{old}") is None and store.get(f"sentinel:batch-lines:{unmeasured}") is None
 
 
 # --- which field an OpenAI-format provider is told in (the providers file's `end_user_field`) ----------

@@ -132,9 +132,9 @@ def test_a_batch_runs_only_input_whose_every_line_was_checked(
         assert unchecked.json()["error"]["code"] == "unchecked_batch_input"
         assert spy.seen == []
         bob.post("/v1/batches", json={**batch, "input_file_id": checked})
-        assert spy.paths() == ["/v1/batches"]  # forwarded (the mock serves no batches)
+        assert spy.paths() == ["/v1/batches"]  # forwarded
         assert bob.delete(f"/v1/files/{checked}").status_code == 200
-    assert redis.Redis.from_url(redis_url).get(f"sentinel:batch-lines:{checked}") is None  # forgotten with the file
+    assert redis.Redis.from_url(redis_url).get(f"sentinel:batch-measured:{checked}") is None  # forgotten with the file
 
 
 def test_a_continued_response_cut_short_is_charged_the_context_it_continued(gateway_factory: Callable[..., Gateway]) -> None:
@@ -362,7 +362,8 @@ def test_a_batch_made_through_sentinel_is_charged_when_a_read_first_shows_its_us
     with serving(upstream) as srv:
         gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url,
                              passthrough="/v1/batches,/v1/batches/*")
-        redis.Redis.from_url(redis_url).set("sentinel:batch-lines:file-in", "alice")
+        redis.Redis.from_url(redis_url).set("sentinel:batch-measured:file-in", orjson.dumps(
+            {"owner": "alice", "requests": 1, "input_tokens": 10, "output_tokens": 10}))
         redis.Redis.from_url(redis_url).set("sentinel:owner:file-in", "alice")
         upstream.json({"id": "batch_2", "object": "batch", "status": "validating", "usage": None})
         upstream.json({"id": "batch_2", "object": "batch", "status": "completed",

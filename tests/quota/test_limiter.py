@@ -352,3 +352,38 @@ async def test_a_zion_limit_of_0_with_usage_admits_requests_needing_none(store: 
     assert (await reserve(limiter, plan, i=10)).allowed
     refused = await reserve(limiter, plan, o=5)
     assert not refused.allowed and refused.decision.oversized and refused.decision.retry_after is None
+
+
+async def test_a_held_reservation_is_settled_once_by_any_replica(store: Store) -> None:
+    """A batch's reservation outlives the call that made it: held in the store, it is settled to the
+    batch's usage by whichever replica first reads it — once, however many race to it — and a
+    provider-refused batch's lines are given back but for one request."""
+    clock = FakeClock(T0)
+    making, reading = QuotaLimiter(store, clock=clock), QuotaLimiter(store, clock=clock)  # two replicas
+    plan = parse_plan_spec("requests=100/1h,input_tokens=10000/1h,output_tokens=10000/1h")
+    batch = await making.reserve("u1", plan, requests=20, input_tokens=3000, output_tokens=2000)
+    assert await making.hold(batch, "batch_1", None)
+    await making.commit(batch, input_tokens=0, output_tokens=0)  # held: no longer this call's to settle
+    assert await counts(store, batch) == [20, 3000, 2000]
+    assert not await reading.settle_held("u2", "batch_1", input_tokens=1, output_tokens=1)  # another user's name
+    settled = [await reading.settle_held("u1", "batch_1", input_tokens=2500, output_tokens=2600) for _ in range(2)]
+    assert settled == [True, False]
+    assert await counts(store, batch) == [20, 2500, 2600]  # the usage replaced the estimate, once
+    refused = await making.reserve("u1", plan, requests=20, input_tokens=3000, output_tokens=2000)
+    await making.commit(refused, input_tokens=0, output_tokens=0, requests=1)
+    assert await counts(store, batch) == [21, 2500, 2600]
+
+
+async def test_a_held_reservation_on_zion_limits_leaves_its_in_flight_entry_when_settled(store: Store) -> None:
+    """On Zion limits a running reservation has an in-flight entry a new reading starts its count at:
+    held, it stays there until the batch is settled, then it is gone."""
+    clock = FakeClock(T0)
+    limiter = QuotaLimiter(store, clock=clock)
+    plan = Plan("zion", (Limit("input_tokens", 3600, 10_000, ExternalUsage(used=0, snapshot="s1")),))
+    batch = await limiter.reserve("u1", plan, requests=5, input_tokens=4000, output_tokens=0)
+    assert await limiter.hold(batch, "batch_1", 3600)
+    later = Plan("zion", (Limit("input_tokens", 3600, 10_000, ExternalUsage(used=0, snapshot="s2")),))
+    assert (await limiter.peek("u1", later)).states[0].used == 4000  # a new reading counts it, running
+    assert await limiter.settle_held("u1", "batch_1", input_tokens=1000, output_tokens=0)
+    newest = Plan("zion", (Limit("input_tokens", 3600, 10_000, ExternalUsage(used=1000, snapshot="s3")),))
+    assert (await limiter.peek("u1", newest)).states[0].used == 1000  # settled: counted by Zion alone

@@ -1,0 +1,123 @@
+"""A batch is held to its maker's plan: its lines are reserved when it is made, as the requests they
+are, and its usage settles that reservation when a read first shows it.
+
+Before, `POST /v1/batches` reserved one request and no tokens, and a batch's usage was charged only
+when a read first showed it: a user on a small plan uploaded a 50,000-line input and made a batch of
+it, the plan's token and request limits never stopped it, and the company paid for all of it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from sentinel.mock.app import create_mock_app
+from tests.api.conftest import Gateway
+from tests.support.attack import SpyUpstream, ledger_rows, spying
+from tests.support.waiting import wait_for
+
+ADMIN_KEY = "admin-key-for-batch-tests"
+PASSTHROUGH = "/v1/files,/v1/files/*,/v1/batches,/v1/batches/*"
+LINES = 20
+CAP = 100  # each line's max_tokens
+
+
+@pytest.fixture
+def spy() -> Iterator[SpyUpstream]:
+    with spying(create_mock_app()) as (_, recorder):
+        yield recorder
+
+
+def _input() -> tuple[bytes, list[dict[str, Any]]]:
+    bodies = [{"model": "gpt-4o-mini", "max_tokens": CAP,
+               "messages": [{"role": "user", "content": f"question {n}: " + "why is the sky blue? " * 20}]}
+              for n in range(LINES)]
+    lines = [orjson.dumps({"custom_id": str(n), "method": "POST", "url": "/v1/chat/completions", "body": body})
+             for n, body in enumerate(bodies)]
+    return b"\n".join(lines) + b"\n", bodies
+
+
+def _gateway(gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None, plan: str) -> Gateway:
+    return gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=PASSTHROUGH,
+                           default_plan=plan, admin_key=ADMIN_KEY)
+
+
+def _used(gw: Gateway) -> dict[str, int]:
+    """What each metric of Alice's plan counts now (the admin API's view of her counters)."""
+    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30) as admin:
+        quota = admin.get("/admin/api/users/alice/quota")
+    assert quota.status_code == 200, quota.text
+    return {limit["metric"]: limit["used"] for limit in quota.json()["limits"]}
+
+
+def _upload(client: openai.OpenAI) -> str:
+    content, _ = _input()
+    return client.files.create(file=("in.jsonl", content), purpose="batch").id
+
+
+def test_a_batch_past_the_plan_is_refused_before_it_is_made(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """20 lines of max_tokens 100 reserve 2,000 output tokens: on a plan of 1,000 a day the batch can
+    never fit (429, not to be retried), nothing reaches the provider, nothing stays counted."""
+    gw = _gateway(gateway_factory, spy, backend_url, "requests=1000/1d,output_tokens=1000/1d")
+    client = gw.openai()
+    file_id = _upload(client)
+    spy.clear()
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    error = caught.value.response.json()["error"]
+    assert error["code"] == "quota_exceeded" and error["details"]["metric"] == "output_tokens", error
+    assert error["details"]["requested"] == LINES * CAP
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert spy.seen == []  # no batch was made upstream
+    assert _used(gw) == {"requests": 1, "output_tokens": 0}  # the upload alone
+
+
+def test_a_batch_reserves_its_lines_and_its_first_read_settles_them(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """Made, a batch counts its lines' estimate (their input as a chat request of each would be
+    estimated, their caps as output, a request each); its first read showing its usage replaces that
+    estimate with the usage — charged once, not on top of the estimate —; later reads change nothing."""
+    gw = _gateway(gateway_factory, spy, backend_url,
+                  "requests=1000/1d,input_tokens=1000000/1d,output_tokens=100000/1d")
+    client = gw.openai()
+    file_id = _upload(client)
+    batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert _used(gw)["output_tokens"] == LINES * CAP  # (before: 0, the batch reserved nothing)
+    estimates = [gw.runtime.relay.meter.batch_line("/v1/chat/completions", body) for body in _input()[1]]
+    estimated_input = sum(estimate[0] for estimate in estimates)
+    assert estimated_input > LINES * 20 and all(estimate[1] == CAP for estimate in estimates)
+    assert _used(gw) == {"requests": 1 + LINES, "input_tokens": estimated_input, "output_tokens": LINES * CAP}
+
+    done = client.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.usage is not None
+    real = (done.usage.input_tokens, done.usage.output_tokens)
+    assert real != (estimated_input, LINES * CAP)
+    settled = {"requests": 2 + LINES, "input_tokens": real[0], "output_tokens": real[1]}
+    assert _used(gw) == settled
+    client.batches.retrieve(batch.id)
+    assert _used(gw) == {**settled, "requests": 3 + LINES}  # a read more: one request, no tokens
+
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0), (0, 0), real, (0, 0)]
+
+
+def test_a_batch_the_provider_refuses_gives_its_reservation_back(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """Refused by the provider (a 400), the batch ran nothing: one request is counted, no token."""
+    gw = _gateway(gateway_factory, spy, backend_url,
+                  "requests=1000/1d,input_tokens=1000000/1d,output_tokens=100000/1d")
+    client = gw.openai()
+    file_id = _upload(client)
+    with pytest.raises(openai.BadRequestError):
+        client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
+                              extra_query={"mock_status": "400"})
+    assert _used(gw) == {"requests": 2, "input_tokens": 0, "output_tokens": 0}

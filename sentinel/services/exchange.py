@@ -86,7 +86,10 @@ class MeteredStream:
     cannot cancel the write halfway — and only then the final bytes are sent. A stream cut before
     its producer finished — the client left, or the server cancelled it (stopping past its shutdown
     deadline) — is settled by `on_close` with 499, as a cancelled request is (`Meter.fail`).
-    `settle` must be idempotent (the meter's is).
+    `settle` runs once: a client that leaves while it runs has `on_close` wait for that one. (It
+    ran again, alongside: the meter's part is idempotent, the rest of a settlement is not — a
+    Responses turn's tokens were added to its conversation's count twice.) `on_end` runs after
+    it, also when it failed.
     """
 
     def __init__(
@@ -100,22 +103,32 @@ class MeteredStream:
         self._on_end = on_end
         self.ending = Ending()
         self._produced = False  # the producer finished: `ending.status` is how the stream ended
+        self._settlement: asyncio.Future[None] | None = None  # begun (a task of its own), once
+
+    def _settled(self, status: int) -> asyncio.Future[None]:
+        """The settlement: begun with `status` by the first call, the one under way after that."""
+        if self._settlement is None:
+            self._settlement = asyncio.ensure_future(self._settle(status))
+        return self._settlement
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body, then (after the usage record is stored) the final bytes."""
         async for chunk in self._produce(self.ending):
             yield chunk
         self._produced = True
-        await asyncio.shield(self._settle(self.ending.status))
+        await asyncio.shield(self._settled(self.ending.status))
         if self.ending.last:
             yield self.ending.last
 
     async def on_close(self, disconnected: bool) -> None:
         """Settle a stream the client left or that was cut before its producer finished (499), or
-        one that ended without its settlement yet; then `on_end`."""
-        await self._settle(self.ending.status if self._produced and not disconnected else 499)
-        if self._on_end is not None:
-            await self._on_end()
+        one that ended without its settlement yet — or wait for the settlement already under way;
+        then `on_end`."""
+        try:
+            await asyncio.shield(self._settled(self.ending.status if self._produced and not disconnected else 499))
+        finally:
+            if self._on_end is not None:
+                await self._on_end()
 
 
 def unexpected_stream_failure(exc: Exception, provider: str) -> StreamError:

@@ -133,19 +133,34 @@ async def test_a_client_that_leaves_is_settled_499_once_and_gets_no_final_bytes(
     assert ended == [True]
 
 
-async def test_leaving_during_the_settlement_cannot_cancel_it() -> None:
+async def test_leaving_during_the_settlement_cannot_cancel_it_nor_run_it_again() -> None:
+    """The settlement is run once: a client leaving while it ran had `on_close` run it again,
+    alongside — harmless for the meter's part, which is idempotent, but not for the rest of a
+    settlement (a Responses turn's tokens were added to its conversation's count twice)."""
     log: list[tuple[str, Any]] = []
     gate = asyncio.Event()
-    settle = Settlements(log, gate)
-    client = Client(log)
-    served = asyncio.ensure_future(serve(MeteredStream(producing(b"a"), settle), client))
+    settle, ended = Settlements(log, gate), []
+
+    async def on_end() -> None:
+        ended.append(settle.recorded[:])
+
+    client, closed = Client(log), []
+    metered = MeteredStream(producing(b"a"), settle, on_end)
+
+    async def on_close(disconnected: bool) -> None:
+        closed.append(disconnected)
+        await metered.on_close(disconnected)
+
+    served = asyncio.ensure_future(
+        StreamingRelay(200, [], metered.chunks(), on_close)({}, client.receive, client.send)
+    )
     await until(lambda: ("settle", 200) in log)  # the settlement started and waits on the gate
     client.leave()
-    await until(lambda: 499 in settle.calls)  # the relay saw the client go and closed the stream
+    await until(lambda: bool(closed))  # the relay saw the client go, closed the stream and called `on_close`
     gate.set()
     await asyncio.wait_for(served, 5)
-    await until(lambda: bool(settle.recorded))  # the shielded write finishes on its own
-    assert settle.recorded == [200]  # written once, with the status the stream ended with
+    assert settle.calls == [200] and settle.recorded == [200]  # once, with the status the stream ended with
+    assert ended == [[200]]  # `on_end` after the settlement it waited for
     assert DONE not in client.bodies()  # the client left before the final bytes
 
 

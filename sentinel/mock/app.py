@@ -28,6 +28,7 @@ from sentinel.mock import anthropic_wire, openai_extra, openai_objects, openai_r
 from sentinel.mock.asgi import Call, JSONReply, Reply, drop
 from sentinel.mock.faults import WireError
 from sentinel.mock.openai_objects import ObjectStore
+from sentinel.mock.openai_runs import RunStore
 from sentinel.mock.prompt_cache import PromptCache
 from sentinel.mock.recorder import RequestLog, control_routes
 
@@ -60,6 +61,7 @@ class MockState:
         self.log = RequestLog(history)
         self.prompt_cache = PromptCache()
         self.objects = ObjectStore()
+        self.runs = RunStore()  # evals and threads, their runs
         self._prefix = os.urandom(4).hex()
         self._ids = itertools.count(1)
 
@@ -102,6 +104,21 @@ class Endpoint:
         if dropped is not None:
             return await drop(send)
         await reply.send(send, call.faults, {"x-request-id": rid, "request-id": rid}, receive)
+
+
+def _run_routes(state: MockState) -> list[Route]:
+    """Evals and the Assistants API: objects whose runs show their usage once done (`openai_runs`)."""
+    runs = state.runs
+    return [
+        Route("/v1/evals", Endpoint(state, runs.evals_root, OPENAI), methods=["POST"]),
+        Route("/v1/evals/{eval_id}/runs", Endpoint(state, runs.eval_runs_root, OPENAI), methods=["GET", "POST"]),
+        Route("/v1/evals/{eval_id}/runs/{run_id}", Endpoint(state, runs.eval_run, OPENAI), methods=["GET"]),
+        Route("/v1/assistants", Endpoint(state, runs.assistants_root, OPENAI), methods=["POST"]),
+        Route("/v1/threads", Endpoint(state, runs.threads_root, OPENAI), methods=["POST"]),
+        Route("/v1/threads/{thread_id}/runs", Endpoint(state, runs.thread_runs, OPENAI), methods=["GET", "POST"]),
+        Route("/v1/threads/{thread_id}/runs/{run_id}", Endpoint(state, runs.thread_run, OPENAI), methods=["GET"]),
+        Route("/v1/threads/{thread_id}/messages", Endpoint(state, runs.thread_messages, OPENAI), methods=["GET"]),
+    ]
 
 
 def _not_found(state: MockState) -> Endpoint:
@@ -164,6 +181,7 @@ def create_mock_app(
             Endpoint(state, anthropic_wire.count_tokens, ANTHROPIC),
             methods=["POST"],
         ),
+        *_run_routes(state),
         *(control_routes(state.log) if inspect else ()),
         Route("/v1/{rest:path}", _not_found(state)),
     ]

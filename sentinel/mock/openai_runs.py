@@ -1,0 +1,177 @@
+"""OpenAI wire format: runs whose usage shows only once they are done, for pass-through metering tests.
+
+Evals and their runs (`POST /v1/evals`, `POST`/`GET /v1/evals/{id}/runs`, `GET
+/v1/evals/{id}/runs/{run}`: a run's tokens in `per_model_usage`, one entry per model it ran — its
+data source's sampling model, each model grader's), and enough of the Assistants API (`POST
+/v1/assistants`, `POST /v1/threads`, `POST`/`GET /v1/threads/{id}/runs`, `GET
+/v1/threads/{id}/runs/{run}`, `GET /v1/threads/{id}/messages`: a run's `usage`, and the message it
+wrote naming it by `run_id`). A run is done at its first read — of it, of a list showing it, of its
+thread's messages —, as one polled after it ran; its figures are fixed, not a model's. Like the real
+account, the mock does not know who asked: every object is visible to every caller.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sentinel.mock.asgi import Call, JSONReply, Reply
+from sentinel.mock.faults import WireError
+from sentinel.mock.openai_objects import MAX_OBJECTS
+from sentinel.mock.openai_wire import json_object
+from sentinel.mock.text import new_id
+
+# What a done eval run reports for its sampling model, and for each model grader's model.
+SAMPLED = {"invocation_count": 2, "prompt_tokens": 120, "completion_tokens": 40, "cached_tokens": 20}
+GRADED = {"invocation_count": 2, "prompt_tokens": 200, "completion_tokens": 10, "cached_tokens": 0}
+# What a done Assistants run reports.
+RUN_USAGE = {"prompt_tokens": 90, "completion_tokens": 30, "total_tokens": 120}
+_MODEL_GRADERS = ("label_model", "score_model")
+
+
+class RunStore:
+    """Evals, threads and their runs and messages, in memory: at most `limit` of each (the oldest
+    forgotten first, as `ObjectStore`'s)."""
+
+    def __init__(self, limit: int = MAX_OBJECTS) -> None:
+        self.limit = limit
+        self.evals: dict[str, dict[str, Any]] = {}
+        self.eval_runs: dict[str, dict[str, Any]] = {}
+        self.threads: dict[str, dict[str, Any]] = {}
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.messages: dict[str, list[dict[str, Any]]] = {}  # by thread, oldest first
+
+    # --- evals ---------------------------------------------------------------------------------------
+    def evals_root(self, call: Call) -> Reply:
+        """POST /v1/evals."""
+        body = json_object(call)
+        call.resolve_faults("")
+        made: dict[str, Any] = {"id": new_id("eval_"), "object": "eval", "name": body.get("name"), "created_at": int(time.time()),
+                "data_source_config": body.get("data_source_config"), "metadata": body.get("metadata"),
+                "testing_criteria": body.get("testing_criteria") or []}
+        self._keep(self.evals, made)
+        return JSONReply(made)
+
+    def eval_runs_root(self, call: Call) -> Reply:
+        """POST /v1/evals/{id}/runs (a run, `queued`); GET: the eval's runs, done."""
+        found = self._eval(call)
+        call.resolve_faults("")
+        if call.method == "GET":
+            runs = [self._done_eval_run(r) for r in self.eval_runs.values() if r["eval_id"] == found["id"]]
+            return JSONReply({"object": "list", "data": runs[::-1], "has_more": False})
+        body = json_object(call)
+        source: dict[str, Any] = body["data_source"] if isinstance(body.get("data_source"), dict) else {}
+        run: dict[str, Any] = {"id": new_id("evalrun_"), "object": "eval.run", "eval_id": found["id"], "name": body.get("name"),
+               "status": "queued", "created_at": int(time.time()), "data_source": source,
+               "model": source.get("model"), "per_model_usage": [], "per_testing_criteria_results": [],
+               "result_counts": {"errored": 0, "failed": 0, "passed": 0, "total": 0}, "metadata": body.get("metadata"),
+               "report_url": "https://platform.example/evals", "error": None}
+        self._keep(self.eval_runs, run)
+        return JSONReply(run)
+
+    def eval_run(self, call: Call) -> Reply:
+        """GET /v1/evals/{id}/runs/{run}: done."""
+        found = self._eval(call)
+        call.resolve_faults("")
+        run = self.eval_runs.get(call.path_params["run_id"])
+        if run is None or run["eval_id"] != found["id"]:
+            raise WireError(404, f"Eval run {call.path_params['run_id']} not found", code="not_found")
+        return JSONReply(self._done_eval_run(run))
+
+    def _eval(self, call: Call) -> dict[str, Any]:
+        found = self.evals.get(call.path_params["eval_id"])
+        if found is None:
+            raise WireError(404, f"Eval {call.path_params['eval_id']} not found", code="not_found")
+        return found
+
+    def _done_eval_run(self, run: dict[str, Any]) -> dict[str, Any]:
+        if run["status"] == "queued":
+            models = [(run["model"], SAMPLED)] if isinstance(run["model"], str) else []
+            criteria = self.evals.get(run["eval_id"], {}).get("testing_criteria", [])
+            models += [(c["model"], GRADED) for c in criteria
+                       if isinstance(c, dict) and c.get("type") in _MODEL_GRADERS and isinstance(c.get("model"), str)]
+            run["status"] = "completed"
+            run["per_model_usage"] = [
+                {"model_name": model, **figures, "total_tokens": figures["prompt_tokens"] + figures["completion_tokens"]}
+                for model, figures in models
+            ]
+            run["result_counts"] = {"errored": 0, "failed": 0, "passed": 2, "total": 2}
+        return run
+
+    # --- assistants ----------------------------------------------------------------------------------
+    def assistants_root(self, call: Call) -> Reply:
+        """POST /v1/assistants."""
+        body = json_object(call)
+        call.resolve_faults("")
+        return JSONReply({"id": new_id("asst_"), "object": "assistant", "created_at": int(time.time()),
+                          "model": body.get("model"), "name": body.get("name"), "instructions": None,
+                          "tools": [], "metadata": {}})
+
+    def threads_root(self, call: Call) -> Reply:
+        """POST /v1/threads (its `messages`, the user's)."""
+        body = json_object(call)
+        call.resolve_faults("")
+        thread: dict[str, Any] = {"id": new_id("thread_"), "object": "thread", "created_at": int(time.time()), "metadata": {}}
+        self._keep(self.threads, thread)
+        given: list[Any] = body["messages"] if isinstance(body.get("messages"), list) else []
+        self.messages[thread["id"]] = [self._message(thread["id"], "user", str(m.get("content")), None)
+                                       for m in given if isinstance(m, dict)]
+        return JSONReply(thread)
+
+    def thread_runs(self, call: Call) -> Reply:
+        """POST /v1/threads/{id}/runs (a run, `queued`); GET: the thread's runs, done."""
+        thread = self._thread(call)
+        call.resolve_faults("")
+        if call.method == "GET":
+            runs = [self._done_run(r) for r in self.runs.values() if r["thread_id"] == thread]
+            return JSONReply({"object": "list", "data": runs[::-1], "has_more": False})
+        body = json_object(call)
+        run: dict[str, Any] = {"id": new_id("run_"), "object": "thread.run", "thread_id": thread, "created_at": int(time.time()),
+               "assistant_id": body.get("assistant_id"), "model": body.get("model") or "gpt-4o-mini",
+               "status": "queued", "usage": None, "instructions": "", "tools": [], "metadata": {}}
+        self._keep(self.runs, run)
+        return JSONReply(run)
+
+    def thread_run(self, call: Call) -> Reply:
+        """GET /v1/threads/{id}/runs/{run}: done."""
+        thread = self._thread(call)
+        call.resolve_faults("")
+        run = self.runs.get(call.path_params["run_id"])
+        if run is None or run["thread_id"] != thread:
+            raise WireError(404, f"No run found with id '{call.path_params['run_id']}'.", code="not_found")
+        return JSONReply(self._done_run(run))
+
+    def thread_messages(self, call: Call) -> Reply:
+        """GET /v1/threads/{id}/messages: newest first — its runs done first, as a client reading
+        them once they ran (each run's answer a message naming it)."""
+        thread = self._thread(call)
+        call.resolve_faults("")
+        for run in [r for r in self.runs.values() if r["thread_id"] == thread]:
+            self._done_run(run)
+        return JSONReply({"object": "list", "data": self.messages[thread][::-1], "has_more": False})
+
+    def _keep(self, objects: dict[str, dict[str, Any]], made: dict[str, Any]) -> None:
+        objects[made["id"]] = made
+        while len(objects) > self.limit:
+            forgotten = objects.pop(next(iter(objects)))
+            if objects is self.threads:
+                self.messages.pop(forgotten["id"], None)
+
+    def _thread(self, call: Call) -> str:
+        thread: str = call.path_params["thread_id"]
+        if thread not in self.threads:
+            raise WireError(404, f"No thread found with id '{thread}'.", code="not_found")
+        return thread
+
+    def _done_run(self, run: dict[str, Any]) -> dict[str, Any]:
+        if run["status"] == "queued":
+            run.update(status="completed", usage=dict(RUN_USAGE), completed_at=int(time.time()))
+            self.messages.setdefault(run["thread_id"], []).append(self._message(run["thread_id"], "assistant", "Done.", run))
+        return run
+
+    @staticmethod
+    def _message(thread: str, role: str, text: str, run: dict[str, Any] | None) -> dict[str, Any]:
+        return {"id": new_id("msg_"), "object": "thread.message", "created_at": int(time.time()), "thread_id": thread,
+                "role": role, "content": [{"type": "text", "text": {"value": text, "annotations": []}}],
+                "run_id": None if run is None else run["id"],
+                "assistant_id": None if run is None else run["assistant_id"], "attachments": [], "metadata": {}}

@@ -249,6 +249,11 @@ class Ownership:
             return True
         return await self.store.get(key) == mark
 
+    async def was_charged(self, object_id: str) -> bool:
+        """Whether `object_id`'s usage was charged (`charge_once`), marking nothing: an id that names
+        nothing counts as charged. StoreUnavailable when the store cannot say."""
+        return not _keyable(object_id) or await self.store.get(_CHARGED + object_id) is not None
+
     async def grow_context(self, object_id: str, tokens: int) -> None:
         """Add `tokens` to what `object_id` holds as context (items added to a conversation)."""
         if _keyable(object_id) and tokens > 0:

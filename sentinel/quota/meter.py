@@ -8,7 +8,8 @@ limit (`DurableOutbox.full`) it refuses first, 503 `usage_unrecordable`: nothing
 the batch then holds that reservation (`hold`) until the first read showing its usage settles it
 (`settle(..., settles=<batch id>)`). `settle()` runs exactly once after the request was served (success, upstream error after tokens
 were spent, client disconnect): it reconciles the reservation to the real usage and writes one
-usage record to the durable outbox before returning. `release()` runs when nothing was served.
+usage record to the durable outbox before returning (and one more for each model whose usage the
+answer reports apart: `ModelUsage`). `release()` runs when nothing was served.
 A reconciliation or give-back the store refused (it did not run) is sent again later (`Unsettled`).
 Either, once begun, runs to its end even if its caller is cancelled (one task of its own, shielded);
 shutdown waits (`QuotaMeter.drain`) for those under way, and for every admission neither has begun
@@ -19,10 +20,11 @@ closes the outbox and the store.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn, Protocol
@@ -32,7 +34,7 @@ from sentinel.domain.identity import Identity
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.plans import Plan, PlanSource
 from sentinel.domain.policies import QuotaFailureMode
-from sentinel.domain.usage import Usage, UsageRecord, UsageSource
+from sentinel.domain.usage import MAX_REQUEST_ID, Usage, UsageRecord, UsageSource, new_request_id
 from sentinel.errors import ServiceUnavailable, StoreRefused, StoreUnavailable, sent_unanswered
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
@@ -52,6 +54,24 @@ log = logging.getLogger("sentinel.meter")
 # Retry-After of a request refused because its usage could not be recorded (`QuotaMeter._recordable`):
 # the deliverer moves what memory holds to a durable outbox on every cycle once one is back.
 UNRECORDABLE_RETRY_AFTER = 5.0
+
+@dataclass(frozen=True, slots=True)
+class ModelUsage:
+    """The usage of one model an answer reports apart from its own `usage` (an eval run's
+    `per_model_usage`: its sampling model's, each model grader's), with that model's prices when
+    the catalogue knows them."""
+
+    model: str
+    usage: Usage
+    prices: Prices | None = None
+
+
+def part_id(request_id: str, n: int) -> str:
+    """The ledger key of a request's `n`th `ModelUsage` record: `<request id>#<n>` (`#` is in no
+    request id), or a fresh id when that would not fit the ledger's key."""
+    key = f"{request_id}#{n}"
+    return key if len(key) <= MAX_REQUEST_ID else new_request_id()
+
 
 @dataclass
 class Admission:
@@ -109,6 +129,7 @@ class Meter(Protocol):
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None = None, reported_input: Usage | None = None,
         read_input: tuple[str, int] = ("", 0), output_counted: int = 0, settles: str | None = None,
+        models: Sequence[ModelUsage] = (),
     ) -> None: ...
 
     async def release(self, admission: Admission) -> None: ...
@@ -318,6 +339,7 @@ class QuotaMeter:
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None = None, reported_input: Usage | None = None,
         read_input: tuple[str, int] = ("", 0), output_counted: int = 0, settles: str | None = None,
+        models: Sequence[ModelUsage] = (),
     ) -> None:
         """Reconcile the reservation to the real usage and store one usage record (once per admission).
 
@@ -334,13 +356,17 @@ class QuotaMeter:
 
         `settles`: the object (a batch) whose usage this is, first shown to this call: the reservation
         it holds (`hold`) is settled to that usage instead — the usage replaces its estimate, counted
-        once —, and this call's own counts no tokens; with none held, this call's counts the usage."""
+        once —, and this call's own counts no tokens; with none held, this call's counts the usage.
+
+        `models`: usage the answer reports per model apart from its own (`ModelUsage`, first shown to
+        this call): each is one more record, keyed `part_id(request id, n)`, of that model — its
+        tokens, its cost —, and their tokens are reconciled against the plan with this call's."""
         if not self._begin(admission):
             return
         await self._carry_out(self._record(
             admission, usage=usage, output_text=output_text, status=status, provider=provider,
             output_estimate=output_estimate, reported_input=reported_input, read_input=read_input,
-            output_counted=output_counted, settles=settles,
+            output_counted=output_counted, settles=settles, models=models,
         ))
 
     def _begin(self, admission: Admission) -> bool:
@@ -406,7 +432,7 @@ class QuotaMeter:
     async def _record(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None, reported_input: Usage | None, read_input: tuple[str, int],
-        output_counted: int = 0, settles: str | None = None,
+        output_counted: int = 0, settles: str | None = None, models: Sequence[ModelUsage] = (),
     ) -> None:
         label = self.metrics.model_label(admission.model)
         model = admission.counted_as or admission.model  # (what the texts are counted as)
@@ -463,13 +489,16 @@ class QuotaMeter:
         charged = (input_tokens, output_tokens)  # what this call's own reservation is reconciled to
         if settles is not None and await self._settle_held(admission, settles, *charged):
             charged = (0, 0)  # (counted by the reservation it settled)
+        parts = [self._part(record, n, part) for n, part in enumerate(models, 1)]
+        charged = (min(MAX_TOKENS, charged[0] + sum(p.input_tokens for p in parts)),
+                   min(MAX_TOKENS, charged[1] + sum(p.output_tokens for p in parts)))
         if admission.reservation is None or admission.limiter is None:  # admitted unchecked (failure mode open)
-            await self.outbox.put(record)
+            await self._store(record, parts)
         else:
             # The record is stored while the reservation is reconciled: the two are independent, and on
             # a shared store they travel to Redis in one round trip (auto-pipelining). Nothing cancels
             # this task (see `settle`), so neither is cut short.
-            stored = asyncio.ensure_future(self.outbox.put(record))
+            stored = asyncio.ensure_future(self._store(record, parts))
             commit = functools.partial(
                 admission.limiter.commit, admission.reservation, input_tokens=charged[0],
                 output_tokens=charged[1], requests=1 if _refused(status) else None,
@@ -484,16 +513,36 @@ class QuotaMeter:
             finally:
                 await stored
         admission.recorded = Usage(input_tokens, output_tokens)
-        m = self.metrics
-        m.child(m.tokens, "input", label).inc(input_tokens)
-        m.child(m.tokens, "output", label).inc(output_tokens)
-        if cache_write:
-            m.child(m.tokens, "cache_write", label).inc(cache_write)
-        if cache_read:
-            m.child(m.tokens, "cache_read", label).inc(cache_read)
-        m.child(m.usage_requests, label, source).inc()
+        for each in (record, *parts):
+            self._counted(each)
+
+    def _part(self, record: UsageRecord, n: int, part: ModelUsage) -> UsageRecord:
+        """The record of `part`, the `n`th model usage `record`'s answer reports apart (see `settle`)."""
+        used = part.usage
+        return dataclasses.replace(
+            record, request_id=part_id(record.request_id, n), model=part.model, input_tokens=used.input_tokens,
+            output_tokens=used.output_tokens, usage_source="measured", cache_write_tokens=used.cache_write_tokens,
+            cache_read_tokens=used.cache_read_tokens, cost_usd=None if part.prices is None else part.prices.cost(
+                used.input_tokens, used.output_tokens, used.cache_write_tokens, used.cache_read_tokens),
+        )
+
+    async def _store(self, record: UsageRecord, parts: Sequence[UsageRecord]) -> None:
+        """Put a request's record, then its parts' (`_part`), in the outbox."""
+        for each in (record, *parts):
+            await self.outbox.put(each)
+
+    def _counted(self, record: UsageRecord) -> None:
+        """Count a stored record in the metrics (tokens, requests by source, cost)."""
+        m, label = self.metrics, self.metrics.model_label(record.model)
+        m.child(m.tokens, "input", label).inc(record.input_tokens)
+        m.child(m.tokens, "output", label).inc(record.output_tokens)
+        if record.cache_write_tokens:
+            m.child(m.tokens, "cache_write", label).inc(record.cache_write_tokens)
+        if record.cache_read_tokens:
+            m.child(m.tokens, "cache_read", label).inc(record.cache_read_tokens)
+        m.child(m.usage_requests, label, record.usage_source).inc()
         if record.cost_usd:
-            m.child(m.cost, provider or "none", label).inc(record.cost_usd)
+            m.child(m.cost, record.provider or "none", label).inc(record.cost_usd)
 
     async def _settle_held(self, admission: Admission, name: str, input_tokens: int, output_tokens: int) -> bool:
         """Settle the reservation the object `name` holds (`hold`) to its usage; False when it holds

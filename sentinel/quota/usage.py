@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from sentinel.domain.numbers import MAX_TOKENS
+from sentinel.domain.text import is_text
 from sentinel.domain.usage import Usage
 from sentinel.errors import UpstreamError
 from sentinel.native._wire import as_list, as_str
@@ -50,6 +51,40 @@ def usage_from_body(endpoint: str, body: Any) -> Usage | None:
         return None
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return Usage(i, o, 0, cached if isinstance(cached, int) and _count(cached) else 0)  # capped at `i` by Usage
+
+
+# The most models one eval run's `per_model_usage` is read for (its sampling model and its graders':
+# a handful); entries past it are ignored as malformed.
+MAX_RUN_MODELS = 32
+_MAX_MODEL_NAME = 200  # the ledger's `model` column
+
+
+def per_model_usage(body: Any) -> tuple[dict[str, Usage], int]:
+    """(the usage of each model an eval run's `per_model_usage` reports — `model_name`,
+    `prompt_tokens` with its `cached_tokens`, `completion_tokens` —, summed by model; how many of
+    its entries were malformed and ignored: not an object, a name that is no text of at most 200
+    characters, a count that is no believable integer). An entry of no tokens is no usage. Pure:
+    the caller says whether the run is done."""
+    entries = body.get("per_model_usage") if isinstance(body, dict) else None
+    if not isinstance(entries, list):
+        return {}, 0 if entries is None else 1
+    usages: dict[str, Usage] = {}
+    malformed = max(0, len(entries) - MAX_RUN_MODELS)
+    for entry in entries[:MAX_RUN_MODELS]:
+        name = entry.get("model_name") if isinstance(entry, dict) else None
+        counts = [entry.get(key, 0) for key in ("prompt_tokens", "completion_tokens", "cached_tokens")] \
+            if isinstance(entry, dict) else []
+        if not isinstance(name, str) or not 0 < len(name) <= _MAX_MODEL_NAME or not is_text(name) \
+                or not counts or not all(_count(c) for c in counts):
+            malformed += 1
+            continue
+        prompt, completion, cached = counts
+        if prompt == completion == 0:
+            continue
+        seen = usages.get(name, Usage(0, 0))
+        usages[name] = Usage(min(MAX_TOKENS, seen.input_tokens + prompt), min(MAX_TOKENS, seen.output_tokens + completion),
+                             0, min(MAX_TOKENS, seen.cache_read_tokens + cached))
+    return usages, malformed
 
 
 def _count(value: Any) -> bool:

@@ -40,6 +40,7 @@ from sentinel.services.objects import (
     leading_audio_ids,
     leading_id,
 )
+from sentinel.services.run_usage import FetchRun, PriceOf, RunCharges
 
 log = logging.getLogger("sentinel.answers")
 
@@ -73,19 +74,25 @@ WORK = Charging()  # a metered call: its answer's usage is its own
 class AnswerRelay:
     """Relays upstream answers and settles them (see the module docstring)."""
 
-    def __init__(self, meter: Meter, ownership: Ownership, metrics: Metrics) -> None:
+    def __init__(
+        self, meter: Meter, ownership: Ownership, metrics: Metrics, prices: PriceOf = lambda model: None,
+    ) -> None:
         self.meter = meter
         self.ownership = ownership
         self.metrics = metrics
+        self.runs = RunCharges(ownership, prices)  # an eval run's usage per model, runs messages name
 
     async def complete(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, *, owner: Identity | None,
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
         extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None,
+        thread_runs: tuple[str, FetchRun] | None = None,
     ) -> Reply | StreamReply:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
         relayed as it arrives after the part already read; its `usage` is charged as `charging`
-        says (see `Charging`). The audio answers of a chat answer become `speaker`'s (stored or not:
+        says (see `Charging`), and so are the eval runs it shows done, per model, and — a read of a
+        thread's messages: `thread_runs`, (the thread, how to fetch one of its runs) — the runs its
+        messages name (`RunCharges`). The audio answers of a chat answer become `speaker`'s (stored or not:
         a later request names them in `messages[].audio`). A 304 (a conditional download's "not
         modified") is relayed without a body and settled as one request."""
         if upstream.status == 304:
@@ -117,6 +124,11 @@ class AnswerRelay:
             listed = await self._listed_usage(endpoint, parsed, ttl)
             if listed is not None:
                 usage, pays = listed, True
+        if owner is not None and not pays and charging.counted and thread_runs is not None:
+            fetched = await self.runs.unread_runs(parsed, *thread_runs, ttl)
+            if fetched is not None:
+                usage, pays = fetched, True
+        models = await self.runs.eval_models(parsed, ttl) if owner is not None and charging.counted else []
         unmetered = pays and usage is None  # then what the model read (hosted tools' results) counts too
         # A served generation whose answer cannot be read (not JSON: HTML, a body compressed despite
         # `identity`, cut JSON) is relayed as it is, and charged the output it reserved, as the native
@@ -131,6 +143,7 @@ class AnswerRelay:
             read_input=output_read(endpoint, parsed) if unmetered else ("", 0),
             output_estimate=admission.max_output if unreadable else None,
             settles=settles,
+            models=models,
         )
         if owner is not None:
             await claim_created(self.ownership, created_ids(parsed, creating=creating, ttl=ttl), owner)

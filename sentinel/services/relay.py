@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from sentinel.domain.catalogue import ModelTarget
+from sentinel.domain.catalogue import ModelTarget, Prices
 from sentinel.domain.end_user import EndUsers
 from sentinel.domain.files import FileFacts
 from sentinel.domain.identity import Identity
@@ -77,6 +77,7 @@ from sentinel.services.objects import (
     tool_models,
     upload_files,
 )
+from sentinel.services.run_usage import FetchRun
 from sentinel.services.translated_chat import TranslatedChat
 
 log = logging.getLogger("sentinel.relay")
@@ -110,7 +111,7 @@ class OpenAIRelay:
         self.translated = translated
         self.end_users = end_users or EndUsers(None)
         self.counter = counter or TokenCounter()  # a text file's tokens, at upload (`_remember_file`)
-        self.answers = AnswerRelay(meter, ownership, metrics)
+        self.answers = AnswerRelay(meter, ownership, metrics, prices=self._prices)
 
     # --- metered endpoints (chat, completions, embeddings, responses) -------------------------------
     async def metered(
@@ -314,6 +315,7 @@ class OpenAIRelay:
                 await self.answers.unoffered_stream(upstream, admission)  # raises: never relayed
             reply = await self.answers.complete(
                 upstream, endpoint, admission, owner=owner, ttl=where.ttl, creating=creating, ex=ex, charging=charging,
+                thread_runs=self._thread_runs(ex, method, segments, where, headers),
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)
@@ -333,6 +335,43 @@ class OpenAIRelay:
             except StoreUnavailable:  # the provider deleted it: its record names its maker, nothing more
                 self.ownership.outage.warning("the store is unavailable: a deleted object's owner record was kept")
         return reply
+
+    def _prices(self, model: str) -> Prices | None:
+        """The catalogue's prices of `model`, the name a provider reports a model it ran by (an eval
+        run's `per_model_usage`): only a catalogue model served under that very name, as eval runs
+        must name (`_batch_model`); None for any other (a dated snapshot's name)."""
+        return self.catalogue.resolve(model)[0].prices if self._batch_model(model) else None
+
+    def _thread_runs(
+        self, ex: Exchange, method: str, segments: Sequence[str], where: ObjectPath, headers: RawHeaders,
+    ) -> tuple[str, FetchRun] | None:
+        """For a read of a thread's messages (`GET /v1/threads/{t}/messages`, or one of them): the
+        thread, and how to fetch one of its runs (`AnswerRelay.complete`'s `thread_runs`)."""
+        if method != "GET" or where.collection != "threads" or where.object_id is None or len(segments) not in (3, 4) \
+                or segments[2] != "messages":
+            return None
+        return where.object_id, functools.partial(self._thread_run, ex, where.object_id, headers)
+
+    async def _thread_run(self, ex: Exchange, thread: str, headers: RawHeaders, run_id: str) -> Any:
+        """`GET /v1/threads/{thread}/runs/{run_id}` upstream with the client's relayed headers (its
+        `OpenAI-Beta`), at Sentinel's cost — no request of the caller's —, for the run's usage: its
+        JSON, None when it could not be read (an error answer, a failure, not JSON)."""
+        started = time.perf_counter()
+        try:
+            upstream = await self.upstream.forward(
+                "GET", ["threads", thread, "runs", run_id], headers=forwardable_headers(headers), body=None,
+            )
+            raw = await upstream.read_served() if upstream.status == 200 else await upstream.read_error()
+            status = upstream.status
+        except UpstreamError as exc:
+            self.metrics.upstream_errors.labels(self.upstream.name, exc.code).inc()
+            return None
+        finally:
+            ex.upstream_seconds += time.perf_counter() - started
+        try:
+            return orjson.loads(raw) if status == 200 else None
+        except orjson.JSONDecodeError:
+            return None
 
     async def _check_body(
         self, identity: Identity, body: bytes, content_type: str, *, creates_batch: bool,

@@ -550,3 +550,16 @@ async def test_a_request_is_counted_as_the_model_the_provider_is_sent_and_record
     await s.meter.settle(sent, usage=None, output_text="fine", status=200, provider="openai")
     (record,) = s.outbox.records
     assert record.model == "house-vision" and record.input_tokens == sent.estimate_input
+
+
+def test_a_model_usage_record_is_keyed_beside_its_request_within_the_ledgers_key() -> None:
+    """An eval run's per-model records are keyed `<request id>#<n>`; a request id already at the
+    ledger's 128 characters (a client's X-Request-Id with Sentinel's nonce) gets fresh keys instead of
+    ones the ledger's VARCHAR(128) refuses."""
+    from sentinel.domain.usage import MAX_REQUEST_ID
+    from sentinel.quota.meter import part_id
+
+    assert part_id("0190abc", 2) == "0190abc#2"
+    long_id = "r" * 115 + "~" + "0" * 12
+    keys = {part_id(long_id, n) for n in (1, 2)}
+    assert len(keys) == 2 and all(len(k) <= MAX_REQUEST_ID and "#" not in k for k in keys)

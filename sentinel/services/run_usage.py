@@ -1,0 +1,119 @@
+"""Usage a read shows about runs apart from its answer's own `usage` (see `AnswerRelay.complete`).
+
+An eval run reports the tokens its sampling model and its model graders used only per model
+(`per_model_usage`), once it is done; an Assistants run shows its `usage` only on the run, while its
+results are read through its thread's messages, which name it (`run_id`). Either is charged once,
+to the first read that shows it done — the charged-once mark of `Ownership.charge_once`, shared by
+replicas, as a batch's or a run's own `usage` is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import astuple
+from typing import Any
+
+from sentinel.domain.catalogue import Prices
+from sentinel.domain.usage import Usage
+from sentinel.errors import StoreUnavailable
+from sentinel.governance.ownership import Ownership
+from sentinel.quota.meter import ModelUsage
+from sentinel.quota.usage import per_model_usage, usage_from_body
+
+log = logging.getLogger("sentinel.answers")
+
+# Statuses after which a run's usage no longer changes (the OpenAI API's terminal ones).
+EVAL_RUN_DONE = frozenset({"completed", "failed", "canceled"})
+THREAD_RUN_DONE = frozenset({"completed", "failed", "cancelled", "incomplete", "expired"})
+# The most runs one read of a thread's messages fetches (a page holds at most 100 messages; runs
+# left over are fetched by a later read, still uncharged).
+MAX_FETCHED_RUNS = 20
+# A run id as the provider writes it (`run_abc123`): it goes into the path of the fetch.
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+FetchRun = Callable[[str], Awaitable[Any]]  # a run of the thread read, by id: its JSON, None if unread
+PriceOf = Callable[[str], Prices | None]  # a model's prices by the name a provider reports, if known
+
+
+class RunCharges:
+    """Charges the runs a read shows done, once each (see the module docstring)."""
+
+    def __init__(self, ownership: Ownership, prices: PriceOf) -> None:
+        self.ownership = ownership
+        self.prices = prices
+
+    async def eval_models(self, answer: Any, ttl: float | None) -> list[ModelUsage]:
+        """The usage per model of the eval runs `answer` shows done (the run itself, or a list's
+        `data`) whose usage no read charged yet: marked charged now. A malformed entry of a run's
+        `per_model_usage` is ignored, with one warning (the run is charged only once)."""
+        parts: list[ModelUsage] = []
+        for run in _shown(answer, "eval.run"):
+            run_id = run.get("id")
+            if run.get("status") not in EVAL_RUN_DONE or not isinstance(run_id, str):
+                continue
+            if not await self._first(run_id, ttl):
+                continue
+            usages, malformed = per_model_usage(run)
+            if malformed:
+                log.warning("an eval run's per_model_usage has entries Sentinel cannot read; they are not charged",
+                            extra={"run_id": run_id[:100], "ignored": malformed})
+            parts += [ModelUsage(model, usage, self.prices(model)) for model, usage in usages.items()]
+        return parts
+
+    async def unread_runs(self, answer: Any, thread: str, fetch: FetchRun, ttl: float | None) -> Usage | None:
+        """The usage, summed, of the Assistants runs that the messages `answer` shows (a list's
+        `data`, or one message) name by `run_id` and that no read charged yet, fetched (`fetch`) and
+        charged when done; None when there is none. A run whose fetch fails, that is not of
+        `thread`, or not done yet, stays uncharged (a later read fetches it again); a store that
+        cannot say which runs were charged fetches none (each read would charge them again)."""
+        named: dict[str, None] = {}
+        for message in _shown(answer, "thread.message"):
+            run_id = message.get("run_id")
+            if isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) and len(named) < MAX_FETCHED_RUNS:
+                named[run_id] = None
+        try:
+            unread = [run_id for run_id in named if not await self.ownership.was_charged(run_id)]
+        except StoreUnavailable:
+            self.ownership.outage.warning("the store is unavailable: runs a thread's messages name were not charged")
+            return None
+        total: Usage | None = None
+        for run_id, run in zip(unread, await asyncio.gather(*map(fetch, unread)), strict=True):
+            if not (isinstance(run, dict) and run.get("id") == run_id and run.get("thread_id") == thread
+                    and run.get("status") in THREAD_RUN_DONE):
+                continue
+            if not await self._first(run_id, ttl):
+                continue
+            shown = usage_from_body("runs", run)
+            if shown is None and _malformed(run.get("usage")):
+                log.warning("a run's usage is malformed; it is not charged", extra={"run_id": run_id})
+            if shown is not None:
+                total = shown if total is None else Usage(*map(sum, zip(astuple(total), astuple(shown), strict=True)))
+        return total
+
+    async def _first(self, object_id: str, ttl: float | None) -> bool:
+        """Whether this is the first charge of `object_id`'s usage; a store that cannot be reached
+        counts it as the first (a usage charged twice beats one never charged)."""
+        try:
+            return await self.ownership.charge_once(object_id, ttl)
+        except StoreUnavailable:
+            return True
+
+
+def _shown(answer: Any, kind: str) -> list[dict[str, Any]]:
+    """The objects of type `kind` (`object`) an answer shows: itself, or the items of its `data`."""
+    if not isinstance(answer, dict):
+        return []
+    if answer.get("object") == kind:
+        return [answer]
+    items = answer.get("data")
+    return [item for item in items if isinstance(item, dict) and item.get("object") == kind] \
+        if isinstance(items, list) else []
+
+
+def _malformed(usage: Any) -> bool:
+    """Whether a run's `usage` that gave no count is malformed (not merely none, nor of no tokens)."""
+    return usage is not None and not (isinstance(usage, dict) and usage.get("prompt_tokens") == 0
+                                      and usage.get("completion_tokens") == 0)

@@ -1,0 +1,199 @@
+"""Runs whose usage a pass-through read shows apart from an answer's own `usage`: an eval run's tokens
+are reported per model (`per_model_usage`), charged per model once a read first shows the run done;
+an Assistants run read only through its thread's messages is fetched and charged once. Both went
+uncharged: an eval run counted one request, a run never read itself nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from sentinel.mock.app import create_mock_app
+from sentinel.mock.openai_runs import GRADED, RUN_USAGE, SAMPLED
+from tests.api.conftest import Gateway
+from tests.support.accounts import create_key
+from tests.support.attack import SpyUpstream, ledger_rows, spying
+from tests.support.servers import serving
+from tests.support.upstream import ScriptedUpstream
+from tests.support.waiting import wait_for
+
+EVALS = "/v1/evals,/v1/evals/*"
+THREADS = "/v1/assistants,/v1/threads,/v1/threads/*"
+
+
+@pytest.fixture
+def spy() -> Iterator[SpyUpstream]:
+    with spying(create_mock_app()) as (_, recorder):
+        yield recorder
+
+
+def _eval_and_run(client: Any) -> tuple[Any, Any]:
+    """An eval graded by gpt-4o, and a run of it sampling gpt-4o-mini over two inline items."""
+    made = client.evals.create(
+        name="e", data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+        testing_criteria=[{"type": "score_model", "name": "s", "model": "gpt-4o",
+                           "input": [{"role": "user", "content": "{{sample.output_text}}"}]}],
+    )
+    run = client.evals.runs.create(made.id, data_source={
+        "type": "completions", "model": "gpt-4o-mini",
+        "source": {"type": "file_content", "content": [{"item": {"q": "a"}}, {"item": {"q": "b"}}]},
+        "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
+    })
+    return made, run
+
+
+def _tokens(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(r["model"], r["input_tokens"], r["output_tokens"], r["cache_read_tokens"]) for r in rows]
+
+
+def test_an_eval_run_is_charged_per_model_once_when_a_read_first_shows_it_done(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=EVALS)
+    client = gw.openai()
+    made, run = _eval_and_run(client)
+    assert run.status == "queued"
+    done = client.evals.runs.retrieve(run.id, eval_id=made.id)
+    assert done.status == "completed" and {u.run_model_name for u in done.per_model_usage} == {"gpt-4o-mini", "gpt-4o"}
+    assert client.evals.runs.retrieve(run.id, eval_id=made.id).status == "completed"
+    assert [r.id for r in client.evals.runs.list(made.id)] == [run.id]
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 7)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    # made the eval, made the run, the first read and its two models, a read, a list: nothing more
+    assert _tokens(rows) == [
+        (None, 0, 0, 0), (None, 0, 0, 0), (None, 0, 0, 0),
+        ("gpt-4o-mini", SAMPLED["prompt_tokens"], SAMPLED["completion_tokens"], SAMPLED["cached_tokens"]),
+        ("gpt-4o", GRADED["prompt_tokens"], GRADED["completion_tokens"], GRADED["cached_tokens"]),
+        (None, 0, 0, 0), (None, 0, 0, 0)]
+    read = rows[2]["request_id"]
+    assert [r["request_id"] for r in rows[3:5]] == [f"{read}#1", f"{read}#2"]
+    assert all(r["endpoint"] == "/v1/evals/*" and r["status"] == 200 for r in rows[2:5])
+    # priced as the catalogue prices each model (gpt-4o-mini: $0.15 / $0.60 per million)
+    assert rows[3]["cost_usd"] == pytest.approx((120 * 0.15 + 40 * 0.60) / 1e6)
+
+
+def test_a_list_of_eval_runs_charges_each_done_run_once(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough=EVALS)
+    client = gw.openai()
+    made, run = _eval_and_run(client)
+    for _ in range(2):
+        assert [r.status for r in client.evals.runs.list(made.id)] == ["completed"]
+    assert client.evals.runs.retrieve(run.id, eval_id=made.id).status == "completed"
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 7)
+    charged = [r for r in ledger_rows(gw.settings.database_url, "alice") if r["model"] is not None]
+    assert _tokens(charged) == [("gpt-4o-mini", 120, 40, 20), ("gpt-4o", 200, 10, 0)]
+
+
+def test_an_eval_run_is_charged_once_across_replicas(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """Two replicas on one Redis: the charged-once mark is shared, so only the first read charges."""
+    first = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough=EVALS)
+    second = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough=EVALS,
+                             database_url=first.settings.database_url)
+    made, run = _eval_and_run(first.openai())
+    for gw in (first, second, first, second):
+        assert gw.openai().evals.runs.retrieve(run.id, eval_id=made.id).status == "completed"
+    assert wait_for(lambda: len(ledger_rows(first.settings.database_url, "alice")) == 8)
+    charged = [r for r in ledger_rows(first.settings.database_url, "alice") if r["model"] is not None]
+    assert _tokens(charged) == [("gpt-4o-mini", 120, 40, 20), ("gpt-4o", 200, 10, 0)]
+
+
+def test_no_one_is_charged_for_another_users_eval_run(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=EVALS)
+    made, run = _eval_and_run(gw.openai())
+    _, bob_key = asyncio.run(create_key(gw.settings.database_url, "bob"))
+    with gw.client(bob_key) as bob:
+        assert bob.get(f"/v1/evals/{made.id}/runs/{run.id}").status_code == 404
+        assert bob.get(f"/v1/evals/{made.id}/runs").status_code == 404
+    assert spy.seen[-1].method == "POST"  # (neither reached the provider)
+    assert gw.openai().evals.runs.retrieve(run.id, eval_id=made.id).status == "completed"
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 5)
+    assert [r["model"] for r in ledger_rows(gw.settings.database_url, "alice")][3:] == ["gpt-4o-mini", "gpt-4o"]
+    assert all(r["input_tokens"] == r["output_tokens"] == 0 for r in ledger_rows(gw.settings.database_url, "bob"))
+
+
+def _thread_with_run(client: Any) -> tuple[Any, Any]:
+    assistant = client.beta.assistants.create(model="gpt-4o-mini", name="helper")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "hello"}])
+    run = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id)
+    return thread, run
+
+
+def test_a_run_read_only_through_its_threads_messages_is_charged_once(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
+    client = gw.openai()
+    thread, run = _thread_with_run(client)
+    spy.clear()
+    first = client.beta.threads.messages.list(thread.id)
+    assert [m.run_id for m in first.data] == [run.id, None]
+    # fetched once by Sentinel for its usage; a later read finds it charged and fetches nothing
+    assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages", f"/v1/threads/{thread.id}/runs/{run.id}"]
+    spy.clear()
+    client.beta.threads.messages.list(thread.id)
+    assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages"]
+    assert client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).usage is not None  # charged already
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 6)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [
+        (0, 0), (0, 0), (0, 0), (RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"]), (0, 0), (0, 0)]
+
+
+def test_a_run_whose_thread_is_another_users_is_never_fetched_nor_charged(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
+    thread, run = _thread_with_run(gw.openai())
+    _, bob_key = asyncio.run(create_key(gw.settings.database_url, "bob"))
+    spy.clear()
+    with pytest.raises(openai.NotFoundError):
+        openai.OpenAI(base_url=gw.url + "/v1", api_key=bob_key, max_retries=0).beta.threads.messages.list(thread.id)
+    assert spy.seen == []
+    gw.openai().beta.threads.messages.list(thread.id)
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
+    assert ledger_rows(gw.settings.database_url, "alice")[-1]["input_tokens"] == RUN_USAGE["prompt_tokens"]
+    assert all(r["input_tokens"] == 0 for r in ledger_rows(gw.settings.database_url, "bob"))
+
+
+def test_malformed_run_usage_is_ignored_never_a_server_error(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """Counts of the wrong type are not charged (the well-formed entries are), and the read is answered."""
+    upstream = ScriptedUpstream()
+    run = {"id": "evalrun_1", "object": "eval.run", "eval_id": "eval_1", "status": "completed", "per_model_usage": [
+        {"model_name": "gpt-4o-mini", "prompt_tokens": "12", "completion_tokens": 3, "cached_tokens": 0},
+        {"model_name": ["gpt-4o"], "prompt_tokens": 12, "completion_tokens": 3, "cached_tokens": 0},
+        {"model_name": "gpt-4o", "prompt_tokens": 12, "completion_tokens": True, "cached_tokens": 0},
+        "gpt-4o",
+        {"model_name": "gpt-4o", "prompt_tokens": 50, "completion_tokens": 7, "cached_tokens": None},
+        {"model_name": "gpt-4o", "prompt_tokens": 30, "completion_tokens": 4, "cached_tokens": 10},
+    ]}
+    odd = {**run, "id": "evalrun_2", "per_model_usage": {"gpt-4o": 5}}
+    messages = {"object": "list", "data": [{"id": "msg_1", "object": "thread.message", "thread_id": "thread_1",
+                                            "run_id": "run_1"}]}
+    thread_run = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "status": "completed",
+                  "usage": {"prompt_tokens": [1], "completion_tokens": 2, "total_tokens": 3}}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url,
+                             passthrough="/v1/evals/*,/v1/threads/*")
+        for key in ("eval_1", "thread_1"):
+            gw.write_stored(f"sentinel:owner:{key}", b"alice", 3600)
+        for answer in (run, odd, messages, thread_run):
+            upstream.json(answer)
+        with gw.client() as alice:
+            assert alice.get("/v1/evals/eval_1/runs/evalrun_1").status_code == 200
+            assert alice.get("/v1/evals/eval_1/runs/evalrun_2").status_code == 200
+            assert alice.get("/v1/threads/thread_1/messages").status_code == 200
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
+    assert _tokens(ledger_rows(gw.settings.database_url, "alice")) == [
+        (None, 0, 0, 0), ("gpt-4o", 30, 4, 10), (None, 0, 0, 0), (None, 0, 0, 0)]

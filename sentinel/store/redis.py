@@ -180,9 +180,10 @@ class RedisStore:
         """Hook: learn where keys live (the cluster's slot map); nothing to learn on one server."""
 
     def refused(self, message: str) -> StoreUnavailable:
-        """The error for a command Redis refused: `StoreRefused` (it did not run). The cluster store
-        overrides it: redis-py's cluster client may have sent the command before (a retry after a
-        timeout), so a refusal of its last try does not say the first did not run."""
+        """The error for a command Redis refused, or that found no free connection: `StoreRefused`
+        (it did not run). The cluster store overrides it: redis-py's cluster client may have sent the
+        command before (a retry after a timeout), so a refusal of its last try — or a full pool
+        meeting it — does not say the first did not run."""
         return StoreRefused(message)
 
     async def demoted(self) -> None:
@@ -234,7 +235,8 @@ class RedisStore:
             # Every connection of the pool is busy (more commands at once than `max_connections`):
             # this process's load, not an outage of a Redis that is answering them. Counted against
             # the breaker, a burst of requests opened it and refused everyone for its cooldown.
-            raise StoreRefused("Redis is busy: every connection of the pool is in use") from None
+            # Not sent — but on a cluster it may be the retry of a try that ran (`refused`).
+            raise self.refused("Redis is busy: every connection of the pool is in use") from None
         except NotSent:
             breaker.failure()
             raise StoreRefused("Redis is unavailable: no connection") from None

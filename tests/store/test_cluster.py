@@ -7,16 +7,20 @@ the shared contract suite runs on it too (tests/contract).
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+from redis.asyncio.cluster import ClusterNode
+from redis.exceptions import MaxConnectionsError
 
 from sentinel.domain.plans import ExternalUsage, Limit, Plan
-from sentinel.errors import StoreUnavailable
+from sentinel.errors import StoreRefused, StoreUnavailable
 from sentinel.governance.ownership import Ownership
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.routing.health import ProviderHealth
 from sentinel.routing.sessions import Session, SessionStore
 from sentinel.store import MemoryStore, create_store
+from sentinel.store.base import Script
 from sentinel.store.cluster import ClusterAddress, RedisClusterStore, parse_cluster_url
 from sentinel.store.redis import RedisStore
 from tests.contract.test_store import CAS
@@ -325,4 +329,35 @@ async def test_a_first_charge_whose_reply_is_lost_and_sent_again_is_still_the_fi
     assert await owners.charge_once("batch_lost_reply", None) is True
     assert lost.sent == 2  # run, its reply lost, run again (NX: not written)
     assert await owners.charge_once("batch_lost_reply", None) is False  # the next read: charged already
+    await store.close()
+
+
+COUNT = Script("test_count_runs", "return redis.call('INCR', KEYS[1])", lambda ops, keys, args: ops.incrby(keys[0], 1))
+
+
+async def test_a_script_whose_retry_finds_the_pool_full_may_have_run(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's cluster client sends a script again after its reply was lost; a retry refused for a
+    full connection pool (MaxConnectionsError) says nothing of the first run, which did run. Told as
+    `StoreRefused` (never ran: the meter sends a refused quota settlement again), a settlement ran
+    twice — a refund given twice."""
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    key = "sentinel:test:{runs}"
+    await store.delete(key)
+    assert await store.run(COUNT, [key], []) == 1  # (the script is known to its node: EVALSHA runs it)
+    lost = LostClusterReply(monkeypatch, "EVALSHA")
+    acquire = ClusterNode.acquire_connection
+
+    def pool_full_on_retry(node: ClusterNode) -> Any:
+        if not lost.armed:  # the first run's reply was lost: every connection is in use for the retry
+            raise MaxConnectionsError("Too many connections")
+        return acquire(node)
+
+    monkeypatch.setattr(ClusterNode, "acquire_connection", pool_full_on_retry)
+    with pytest.raises(StoreUnavailable) as failed:
+        await store.run(COUNT, [key], [])
+    monkeypatch.undo()
+    assert lost.sent == 1 and await store.get(key) == b"2"  # it ran
+    assert not isinstance(failed.value, StoreRefused)
     await store.close()

@@ -426,8 +426,8 @@ class QuotaMeter:
                     pass
         finally:
             self._changed = None
-            # The store's calls are bounded by its timeout and breaker: one more try each, then logged.
-            await self.unsettled.close()
+            # One more try each of the refused settlements, within what is left of the deadline.
+            await self.unsettled.close(deadline - loop.time())
 
     async def _record(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,

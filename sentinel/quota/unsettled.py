@@ -10,12 +10,15 @@ outcome is unknown (a timeout, a connection lost after sending) is not kept: run
 would be given twice (README, What next).
 
 Held in this process's memory (at most `limit`, the oldest dropped and logged beyond); what is
-still held at shutdown is tried once more (`close`), and what is left then is logged.
+still held at shutdown is tried once more (`close`) within what is left of the shutdown deadline
+(the usage records still to be flushed come after it), and what is left then is logged, as is a
+refusal met after it (a settlement still under way past the deadline): nothing outlives shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -39,13 +42,19 @@ class Unsettled:
         self.backoff = backoff
         self._held: deque[Settle] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self._repeated = Repeated(log)
 
     def __len__(self) -> int:
         return len(self._held)
 
     def add(self, settle: Settle) -> None:
-        """Keep `settle` (which the store refused) and send it again once the store takes it."""
+        """Keep `settle` (which the store refused) and send it again once the store takes it; after
+        `close`, only logged (no task outlives shutdown)."""
+        if self._closed:
+            self._repeated.log(logging.ERROR, "a quota settlement the store refused at shutdown is left unsent; "
+                               "its reservation stays counted until its window ends")
+            return
         if len(self._held) >= self.limit:
             self._held.popleft()
             self._repeated.log(logging.ERROR, "too many quota settlements refused by the store; the oldest "
@@ -76,14 +85,20 @@ class Unsettled:
             self._held.popleft()
         return True
 
-    async def close(self) -> None:
-        """Stop the background task and send what is held once more; log what is still left."""
+    async def close(self, within: float) -> None:
+        """Stop the background task and send what is held once more, for at most `within` seconds;
+        log what is still left. Nothing is kept after (`add`)."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if self._held:
-            await self._send()
+            # One by one, each bounded by the store's timeout and breaker — but 100,000 of them
+            # (a Redis back at shutdown) took minutes, the outbox's flush waiting behind them.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(within, 0.0)):
+                    await self._send()
         if self._held:
             log.error("quota settlements the store refused are left unsent at shutdown; their "
                       "reservations stay counted until their windows end", extra={"count": len(self._held)})

@@ -22,6 +22,7 @@ from sentinel.errors import (
     GovernanceUnavailable,
     RateLimited,
     ServiceUnavailable,
+    StoreRefused,
     UpstreamConnectionError,
     UpstreamStatusError,
     UpstreamTimeout,
@@ -442,6 +443,42 @@ async def test_drain_waits_for_the_settlements_under_way_and_no_longer_than_told
     await draining
     assert [r.request_id for r in outbox.records] == [admission.request_id]
     await settling
+
+
+class RefusingStore(GatedStore):
+    """While `refusing`, refuses every script before running it (a full Redis: `StoreRefused`)."""
+
+    refusing = False
+
+    async def run(self, script: Any, keys: Any, args: Any) -> Any:
+        if self.refusing:
+            raise StoreRefused("Redis command failed: OOM command not allowed when used memory > 'maxmemory'")
+        return await super().run(script, keys, args)
+
+
+async def test_refused_settlements_sent_again_at_shutdown_keep_to_its_deadline_and_nothing_outlives_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The reconciliations a full Redis refused are tried once more at shutdown — one by one, each
+    bounded only by the store's timeout: 100,000 of them (Redis back just then, answering each in
+    a millisecond) held shutdown for minutes past its deadline, the usage outbox's flush (the next
+    closer) waiting behind them. And one refused after that (a settlement still under way past the
+    deadline) started a task that outlived shutdown."""
+    s, _, _ = gated_setup()
+    store = RefusingStore(s.clock)
+    s.store, s.limiter = store, QuotaLimiter(store, clock=s.clock)
+    s.meter.limiter = s.limiter
+    first, second = await s.admit(), await s.admit()
+    store.refusing = True
+    await s.meter.settle(first, usage=Usage(7, 3), output_text="", status=200, provider="openai")
+    assert len(s.meter.unsettled) == 1
+    store.refusing, store.gate = False, asyncio.Event()  # Redis back, too slow for what is left
+    await asyncio.wait_for(s.meter.drain(0.05), 5)
+    assert "left unsent at shutdown" in caplog.text and len(s.meter.unsettled) == 0
+    store.gate, store.refusing = None, True
+    await s.meter.settle(second, usage=Usage(7, 3), output_text="", status=200, provider="openai")
+    assert "refused at shutdown is left unsent" in caplog.text
+    assert not [task for task in asyncio.all_tasks() if "Unsettled" in repr(task.get_coro())]
 
 
 async def test_drain_waits_for_an_admission_whose_settlement_has_not_begun() -> None:

@@ -115,7 +115,7 @@ class AnswerRelay:
             time.perf_counter() - started
         )
         parsed = _json(raw, upstream)
-        usage = usage_from_body(endpoint, parsed)
+        usage = final_usage(endpoint, parsed)
         answer_id = parsed.get("id") if owner is not None and isinstance(parsed, dict) else None
         if charging.holds and 200 <= upstream.status < 300 and isinstance(answer_id, str):
             await self.meter.hold(admission, answer_id, ttl)
@@ -176,7 +176,7 @@ class AnswerRelay:
         items = parsed.get("data") if isinstance(parsed, dict) else None
         total: Usage | None = None
         for item in items if isinstance(items, list) else ():
-            shown = usage_from_body(endpoint, item) if isinstance(item, dict) else None
+            shown = final_usage(endpoint, item) if isinstance(item, dict) else None
             if shown is None or not isinstance(item.get("id"), str) or not await self._charged(item["id"], ttl):
                 continue
             total = shown if total is None else Usage(*map(sum, zip(astuple(total), astuple(shown), strict=True)))
@@ -378,6 +378,19 @@ async def refuse(
 
 
 _GENERATIONS = ("chat", "completions", "responses")  # endpoints whose 2xx answer is a JSON generation
+
+# An object's `status` while it is still at work (a batch, a run, a background response): what it
+# does next is billed too — a batch cancelling finishes the lines in flight.
+_AT_WORK = frozenset({"validating", "queued", "in_progress", "requires_action", "finalizing", "cancelling"})
+
+
+def final_usage(endpoint: str, body: Any) -> Usage | None:
+    """The usage an answer shows (`usage_from_body`), when final: none while the object it is says
+    it is still at work. Its usage is charged once, by the first read showing it (`Charging`), and a
+    batch's held reservation settled to it: the part run by then, charged so, left the rest free."""
+    if isinstance(body, dict) and body.get("status") in _AT_WORK:
+        return None
+    return usage_from_body(endpoint, body)
 
 
 def _json(raw: bytes, upstream: UpstreamResponse) -> Any:

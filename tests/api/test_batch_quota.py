@@ -121,3 +121,63 @@ def test_a_batch_the_provider_refuses_gives_its_reservation_back(
         client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
                               extra_query={"mock_status": "400"})
     assert _used(gw) == {"requests": 2, "input_tokens": 0, "output_tokens": 0}
+
+
+class StillRunningFirst:
+    """The mock, except that the first read of a batch shows it still at work (`status`, as given)
+    with the usage of the lines run so far: half of what it shows done."""
+
+    def __init__(self, status: str) -> None:
+        self.app = create_mock_app()
+        self.status = status
+        self.read: set[str] = set()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "GET" or not path.startswith("/v1/batches/") \
+                or path in self.read:
+            await self.app(scope, receive, send)
+            return
+        self.read.add(path)
+        sent: list[Any] = []
+
+        async def keep(message: Any) -> None:
+            sent.append(message)
+
+        await self.app(scope, receive, keep)
+        batch = orjson.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+        batch["status"] = self.status
+        batch["usage"] = {**batch["usage"], "input_tokens": batch["usage"]["input_tokens"] // 2,
+                          "output_tokens": batch["usage"]["output_tokens"] // 2}
+        body = orjson.dumps(batch)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize("status", ["in_progress", "finalizing", "cancelling"])
+def test_a_batch_still_at_work_settles_nothing_until_its_usage_is_final(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None, status: str
+) -> None:
+    """A read of a batch still at work (running, finalizing, or cancelling while its lines in flight
+    finish) that shows the usage of the lines run so far settled the batch's reservation to that
+    part and marked its usage charged: the read that showed it done charged nothing, and the rest of
+    the batch was never counted (here half of it; a batch read just after it started, nearly all)."""
+    with spying(StillRunningFirst(status)) as (_, upstream):
+        gw = _gateway(gateway_factory, upstream, backend_url,
+                      "requests=1000/1d,input_tokens=1000000/1d,output_tokens=100000/1d")
+        client = gw.openai()
+        batch = client.batches.create(input_file_id=_upload(client), endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+        reserved = _used(gw)
+        running = client.batches.retrieve(batch.id)
+        assert running.status == status and running.usage is not None
+        assert _used(gw) == {**reserved, "requests": reserved["requests"] + 1}  # still the estimate
+
+        done = client.batches.retrieve(batch.id)
+        assert done.status == "completed" and done.usage is not None
+        real = (done.usage.input_tokens, done.usage.output_tokens)
+        assert _used(gw) == {"requests": reserved["requests"] + 2, "input_tokens": real[0], "output_tokens": real[1]}
+        assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
+        rows = ledger_rows(gw.settings.database_url, "alice")
+        assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0), (0, 0), (0, 0), real]

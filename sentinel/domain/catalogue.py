@@ -8,6 +8,7 @@ Pure data: the catalogue itself (resolution, validation) is `sentinel.routing.ca
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "MAX_PRICE", "MODEL_NAME_PATTERN", "UPSTREAM_MODEL_PATTERN", "CatalogueModel", "ModelTarget", "Price", "Prices",
-    "UpstreamModelName", "stored_price",
+    "UpstreamModelName", "reasons_by_name", "stored_price",
 ]
 
 # What a client may send as `model` and what the ledger's model column holds (at most 200 characters).
@@ -51,6 +52,26 @@ def stored_price(value: float) -> float:
     return MAX_PRICE if value > MAX_PRICE else 0.0  # nan: 0
 
 
+# The models that reason when a request does not ask them to (their hidden reasoning billed as
+# output), told by the name their provider knows (after the last `/`, as OpenRouter's `openai/o3`):
+# OpenAI's o-series (`o1`, `o3`, `o4-mini`, their snapshots, `-pro` and `-deep-research`), `codex-mini`
+# and the gpt-5 family, except `gpt-5-chat(-latest)`, ChatGPT's non-reasoning model
+# (`gpt-5.1-chat-latest` reasons). `gpt-5.1` is counted in although its default effort is `none`:
+# gpt-5, -mini, -nano, -codex and -pro reason by default, a name cannot tell every later snapshot's
+# default, and a wrong "yes" costs only a cut stream charged as reserved (the client may send
+# `reasoning_effort: "none"`). Anthropic's models think only when asked (`thinking`). A providers-file
+# model's `reasons` overrides this rule.
+_REASONS = re.compile(r"(?:o[134]|codex-mini|gpt-5)(?:[-.].*)?", re.IGNORECASE)
+_DOES_NOT_REASON = re.compile(r"gpt-5-chat(?:-.*)?", re.IGNORECASE)
+
+
+def reasons_by_name(upstream_model: str) -> bool:
+    """Whether the model its provider knows as `upstream_model` reasons without being asked (see
+    `_REASONS`): what a model the providers file gives no `reasons` is taken to do."""
+    name = upstream_model.rsplit("/", 1)[-1]
+    return _REASONS.fullmatch(name) is not None and _DOES_NOT_REASON.fullmatch(name) is None
+
+
 @dataclass(frozen=True, slots=True)
 class Prices:
     """USD per million tokens. Cache writes and reads cost the input price unless priced themselves."""
@@ -80,7 +101,9 @@ class CatalogueModel(BaseModel):
     """One model of the catalogue, as the providers file spells it.
 
     `name` is what clients send; `upstream_name` (default: `name`) what the provider is sent.
-    `created` (Unix time) is only shown in the model list.
+    `created` (Unix time) is only shown in the model list. `reasons`: whether the model reasons
+    without being asked (its hidden reasoning billed as output); unset, told by its upstream name
+    (`reasons_by_name`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -93,11 +116,17 @@ class CatalogueModel(BaseModel):
     cache_write_price_per_million: Price | None = None
     cache_read_price_per_million: Price | None = None
     created: int = Field(0, ge=0)
+    reasons: bool | None = None
 
     @property
     def upstream(self) -> str:
         """The model name the provider is sent."""
         return self.upstream_name or self.name
+
+    @property
+    def reasoning(self) -> bool:
+        """Whether the model reasons without being asked: `reasons`, else by its upstream name."""
+        return reasons_by_name(self.upstream) if self.reasons is None else self.reasons
 
     @property
     def prices(self) -> Prices:
@@ -109,10 +138,12 @@ class CatalogueModel(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class ModelTarget:
-    """Where a catalogue name sends a request: `kind` is the provider's wire format (openai, anthropic)."""
+    """Where a catalogue name sends a request: `kind` is the provider's wire format (openai, anthropic);
+    `reasons` whether the model reasons without being asked (`CatalogueModel.reasoning`)."""
 
     name: str
     provider: str
     kind: str
     upstream_model: str
     prices: Prices
+    reasons: bool = False

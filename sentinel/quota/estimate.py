@@ -137,7 +137,7 @@ def _count_text(counter: TokenCounter, model: str, user: str | None, text: str) 
     return counter.count_text(text, model, user=user)
 
 
-def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:
+def hides_output(endpoint: str, payload: dict[str, Any], *, reasons: bool = False, kind: str = "openai") -> bool:
     """Whether the request asks for output the provider bills but does not return as countable
     text (Anthropic's `thinking` — summarised or omitted since Claude 4 —, OpenAI's
     `reasoning_effort` on chat and `reasoning` on Responses; the reasoning an OpenAI-compatible server
@@ -145,7 +145,12 @@ def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:
     OpenRouter's `reasoning.exclude` —, generated and billed all the same; spoken output, `modalities`
     with `audio`, billed as audio tokens; a chat `prediction`, whose rejected tokens are billed as
     output but never streamed; legacy completions' `best_of` above `n`, whose candidates the provider
-    generates and bills but does not return): text counted from what was streamed would leave it free."""
+    generates and bills but does not return): text counted from what was streamed would leave it free.
+    `reasons`: the model serving it (of wire format `kind`) reasons without being asked
+    (`ModelTarget.reasons`: OpenAI's o-series, gpt-5): then it hides output unless the request turns
+    reasoning off as that API allows (`reasoning_off`)."""
+    if reasons and endpoint != "embeddings" and not reasoning_off(endpoint, payload, kind):
+        return True
     if endpoint == "completions":
         n, best_of = payload.get("n"), payload.get("best_of")
         shown = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
@@ -163,7 +168,24 @@ def hides_output(endpoint: str, payload: dict[str, Any]) -> bool:
             isinstance(reasoning, dict) and reasoning.get("exclude") is True)
         return speaks or predicts or unshown or payload.get("reasoning_effort") not in (None, "none")
     if endpoint == "responses":
-        return isinstance(payload.get("reasoning"), dict)
+        return isinstance(payload.get("reasoning"), dict) and not reasoning_off(endpoint, payload, kind)
+    return False
+
+
+def reasoning_off(endpoint: str, payload: dict[str, Any], kind: str = "openai") -> bool:
+    """Whether the request turns a model's reasoning off, as the API it reaches (`kind`) allows: chat's
+    `reasoning_effort: "none"` and Responses' `reasoning.effort: "none"` (`"minimal"` still reasons),
+    and `thinking.type: "disabled"` relayed to an Anthropic-format provider. Nothing else does: a
+    translation carries neither (`/v1/messages` to an OpenAI model drops `thinking`), and the
+    native API and legacy completions have no such field."""
+    if endpoint == "chat":
+        return payload.get("reasoning_effort") == "none"
+    if endpoint == "responses":
+        reasoning = payload.get("reasoning")
+        return isinstance(reasoning, dict) and reasoning.get("effort") == "none"
+    if endpoint == "messages" and kind == "anthropic":
+        thinking = payload.get("thinking")
+        return isinstance(thinking, dict) and thinking.get("type") == "disabled"
     return False
 
 

@@ -89,8 +89,9 @@ class Admission:
     max_output: int = 0
     requests: int = 1  # what it counts against a `requests` limit (a batch: one a line of its input)
     # The request asked for reasoning the provider bills but does not show (Anthropic `thinking`,
-    # OpenAI `reasoning_effort` / `reasoning`): without the provider's usage its output is not
-    # countable from the text, so it is charged as reserved (`settle`).
+    # OpenAI `reasoning_effort` / `reasoning`), or reaches a model that reasons unasked and did not
+    # turn it off (`estimate.hides_output`: set again for each model tried): without the
+    # provider's usage its output is not countable from the text, so it is charged as reserved (`settle`).
     hidden_output: bool = False
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     headers: dict[str, str] = field(default_factory=dict)

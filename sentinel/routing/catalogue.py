@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sentinel.domain.catalogue import CatalogueModel, ModelTarget
+from sentinel.domain.catalogue import CatalogueModel, ModelTarget, reasons_by_name
 from sentinel.domain.tiers import TierModelEntry
 from sentinel.errors import InvalidRequest, NotFound
 
@@ -54,6 +54,10 @@ class ModelCatalogue:
         self._targets: dict[str, tuple[ModelTarget, ...]] = {
             name: (self._target(model, kinds),) for name, model in self._models.items()
         }
+        self._reasons: dict[tuple[str, str], bool] = {}
+        for model in self._models.values():
+            key = (model.provider, model.upstream)
+            self._reasons[key] = self._reasons.get(key, False) or model.reasoning
         self._aliases: dict[str, tuple[str, ...]] = {}
         for alias, names in aliases.items():
             if alias in self._models:
@@ -66,7 +70,9 @@ class ModelCatalogue:
 
     @staticmethod
     def _target(model: CatalogueModel, kinds: Mapping[str, str]) -> ModelTarget:
-        return ModelTarget(model.name, model.provider, kinds[model.provider], model.upstream, model.prices)
+        return ModelTarget(
+            model.name, model.provider, kinds[model.provider], model.upstream, model.prices, model.reasoning
+        )
 
     def resolve(self, name: Any, param: str = "model") -> tuple[ModelTarget, ...]:
         """The targets of a model or alias name, in order; NotFound (404 `model_not_found`, naming the
@@ -106,6 +112,13 @@ class ModelCatalogue:
     def on_provider(self, name: str, provider: str) -> ModelTarget | None:
         """The target a known model or alias `name` has on `provider` (its first there), or None."""
         return next((t for t in self._targets.get(name, ()) if t.provider == provider), None)
+
+    def reasons(self, provider: str, upstream_model: str) -> bool:
+        """Whether the model `provider` knows as `upstream_model` (a tier's candidate) reasons without
+        being asked: as the catalogue's models of that provider and upstream name say (any of them),
+        else by its name (`reasons_by_name`)."""
+        said = self._reasons.get((provider, upstream_model))
+        return reasons_by_name(upstream_model) if said is None else said
 
     def listing(self) -> list[ListedModel]:
         """Every model, then every alias, in configuration order."""

@@ -39,7 +39,7 @@ from sentinel.providers.anthropic import AnthropicUpstream
 from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import forwardable_headers, relayable_headers
 from sentinel.quota.anthropic_usage import AnthropicStreamInspector, message_read, message_text, message_usage
-from sentinel.quota.estimate import estimate_input
+from sentinel.quota.estimate import estimate_input, hides_output
 from sentinel.quota.images import image_rule_for
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
@@ -132,6 +132,8 @@ class MessagesService:
             served[:] = [target]
             admission.model, admission.prices, ex.provider = target.name, target.prices, target.provider
             admission.counted_as = target.upstream_model
+            # (a model that reasons unasked bills reasoning it never streams)
+            admission.hidden_output = hides_output("messages", payload, reasons=target.reasons, kind=target.kind)
 
         async def send(target: ModelTarget) -> Reply | StreamReply:
             if target.kind == "anthropic":

@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TypeVar
 
 import orjson
 
+from sentinel.domain.catalogue import reasons_by_name
 from sentinel.domain.end_user import EndUsers
 from sentinel.domain.identity import Identity
 from sentinel.errors import InvalidRequest, UpstreamError
@@ -32,7 +33,7 @@ from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, 
 from sentinel.offload import count_off_loop, off_loop
 from sentinel.providers.chat import ChatProvider, Completion, ProviderStream, recorded_usage
 from sentinel.providers.http import UpstreamResponse
-from sentinel.quota.estimate import estimate_input
+from sentinel.quota.estimate import estimate_input, hides_output
 from sentinel.quota.images import image_rule_for
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
@@ -55,13 +56,16 @@ T = TypeVar("T")
 
 class NativeChat:
     """Serves native chat requests over the tier router, the meter and the chat providers; each
-    provider is told the caller's pseudonym (`end_users`) as the end user (`sentinel.native.end_user`)."""
+    provider is told the caller's pseudonym (`end_users`) as the end user (`sentinel.native.end_user`).
+    `reasons(provider, model)`: whether a tier's model reasons without being asked (the catalogue's
+    `ModelCatalogue.reasons`; by default by its name)."""
 
     def __init__(
         self, router: TierRouter, providers: dict[str, ChatProvider], meter: Meter, counter: TokenCounter,
-        end_users: EndUsers | None = None,
+        end_users: EndUsers | None = None, reasons: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.router = router
+        self.reasons = reasons or (lambda _provider, model: reasons_by_name(model))
         self.end_users = end_users or EndUsers(None)
         self.providers = providers
         self.meter = meter
@@ -108,6 +112,10 @@ class NativeChat:
             admission.model = admission.counted_as = attempt.model  # (what serves it counts its text)
             admission.prices = attempt.entry.prices
             ex.provider = attempt.provider
+            # (a model that reasons unasked bills reasoning it never streams; nothing here turns it off)
+            admission.hidden_output = hides_output(
+                "native", payload, reasons=self.reasons(attempt.provider, attempt.model)
+            )
 
         async def refused(upstream: UpstreamResponse) -> NoReturn:
             await refuse(self.meter, upstream, admission, relay_client_errors=False)

@@ -49,6 +49,7 @@ from sentinel.offload import count_off_loop, large, off_loop
 from sentinel.providers.errors import UnreadableAnswer
 from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import OpenAICompatUpstream, forwardable_headers
+from sentinel.quota.estimate import hides_output
 from sentinel.quota.images import image_rule_for
 from sentinel.quota.items import item_text
 from sentinel.quota.media import upload_facts
@@ -162,6 +163,8 @@ class OpenAIRelay:
             served[:] = [target]
             admission.model, admission.prices, ex.provider = target.name, target.prices, target.provider
             admission.counted_as = target.upstream_model
+            # (a model that reasons unasked bills reasoning it never streams)
+            admission.hidden_output = hides_output(endpoint, payload, reasons=target.reasons, kind=target.kind)
 
         try:
             reply = await self.routes.call(

@@ -188,6 +188,29 @@ def test_requests_for_reasoning_the_provider_does_not_show_are_known() -> None:
     assert not hides_output("completions", {"best_of": True}) and not hides_output("completions", {"best_of": 1})
 
 
+def test_a_model_that_reasons_unasked_hides_output_unless_the_request_turns_it_off() -> None:
+    """o1/o3/o4-mini and gpt-5 reason on every request and bill it as output, streaming none of it:
+    a request to one (`reasons`) hides output unless it turns reasoning off where the API it reaches
+    lets it — `"minimal"` still reasons; a translation carries no way to."""
+    from sentinel.quota.estimate import hides_output
+
+    for endpoint in ("chat", "responses", "completions", "messages", "native"):
+        assert hides_output(endpoint, {}, reasons=True), endpoint
+        assert not hides_output(endpoint, {}), endpoint
+    assert not hides_output("embeddings", {"input": "hi"}, reasons=True)
+    assert not hides_output("chat", {"reasoning_effort": "none"}, reasons=True)
+    assert hides_output("chat", {"reasoning_effort": "minimal"}, reasons=True)
+    assert hides_output("chat", {"reasoning_effort": "none", "include_reasoning": False}, reasons=True)
+    assert not hides_output("responses", {"reasoning": {"effort": "none"}}, reasons=True)
+    assert not hides_output("responses", {"reasoning": {"effort": "none"}})
+    assert hides_output("responses", {"reasoning": {"effort": "minimal"}}, reasons=True)
+    assert hides_output("responses", {"reasoning": {}}) and hides_output("responses", {"reasoning": "none"}, reasons=True)
+    # `thinking: disabled` turns off an Anthropic-format model's; translated to OpenAI it is dropped.
+    disabled = {"thinking": {"type": "disabled"}}
+    assert not hides_output("messages", disabled, reasons=True, kind="anthropic")
+    assert hides_output("messages", disabled, reasons=True, kind="openai")
+
+
 def test_spoken_output_is_output_the_text_does_not_show() -> None:
     """An audio answer is billed as audio tokens: its transcript is no count of them."""
     from sentinel.quota.estimate import hides_output

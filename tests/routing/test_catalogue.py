@@ -47,6 +47,40 @@ def test_resolve_models_and_aliases() -> None:
         assert caught.value.code == "model_not_found" and caught.value.status == 404
 
 
+@pytest.mark.parametrize(("name", "reasons"), [
+    *[(name, True) for name in ("o1", "o1-mini", "o1-pro", "o3", "o3-mini", "o3-pro", "o3-deep-research",
+                                "o4-mini", "o4-mini-2025-04-16", "codex-mini-latest", "gpt-5", "gpt-5-mini",
+                                "gpt-5-nano", "gpt-5-pro", "gpt-5-codex", "gpt-5.1", "gpt-5.1-chat-latest",
+                                "gpt-5.2", "GPT-5", "openai/o3", "openai/gpt-5-mini")],
+    *[(name, False) for name in ("gpt-5-chat-latest", "gpt-5-chat", "openai/gpt-5-chat-latest", "gpt-4o",
+                                 "gpt-4o-mini", "gpt-4.1", "gpt-50", "o2", "o3x", "omni-moderation-latest",
+                                 "claude-sonnet-4-20250514", "text-embedding-3-small", "llama-3.3-70b", "gpt-oss-120b")],
+])
+def test_which_models_reason_unasked_by_name(name: str, reasons: bool) -> None:
+    from sentinel.domain.catalogue import reasons_by_name
+
+    assert reasons_by_name(name) is reasons
+
+
+def test_the_providers_files_reasons_overrides_the_name_both_ways() -> None:
+    """A model's `reasons` says whether it reasons without being asked; unset, its upstream name does
+    (`reasons_by_name`), also for a tier's model the catalogue lists."""
+    models = [
+        CatalogueModel(name="thinker", provider="openai", upstream_name="o4-mini"),
+        CatalogueModel(name="quiet", provider="groq", upstream_name="o3", reasons=False),
+        CatalogueModel(name="house", provider="groq", upstream_name="house-ft", reasons=True),
+        CatalogueModel(name="plain", provider="openai", upstream_name="gpt-4o-mini"),
+    ]
+    cat = ModelCatalogue(models, {"both": ["plain", "thinker"]}, KINDS)
+    assert {m.name: cat.resolve(m.name)[0].reasons for m in models} == {
+        "thinker": True, "quiet": False, "house": True, "plain": False}
+    assert [t.reasons for t in cat.resolve("both")] == [False, True]
+    assert cat.reasons("groq", "o3") is False and cat.reasons("groq", "house-ft") is True
+    assert cat.reasons("openai", "o3") is True and cat.reasons("openai", "gpt-4o") is False  # not listed: by name
+    with pytest.raises(ValueError):
+        CatalogueModel.model_validate({"name": "x", "provider": "openai", "reasons": "sometimes"})
+
+
 def test_a_tools_model_is_resolved_on_the_provider_of_the_requests_model() -> None:
     """A tool that runs a model (`tools[].model`) runs it on the provider the request is sent to: the
     request's targets are those whose provider serves every tool's model (as a model, or an alias)."""

@@ -1,0 +1,188 @@
+"""A model that reasons without being asked (OpenAI's o-series, gpt-5) bills reasoning it never
+streams: a client leaving its stream right before the usage chunk is charged the output it reserved,
+as one asking for reasoning is — on the relayed chat, translated `/v1/messages` and native surfaces,
+by the model's name or the providers file's `reasons`, either way."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.api.conftest import Gateway
+from tests.api.test_quotas import set_plan
+from tests.support.attack import ledger_rows, openai_error
+from tests.support.held_upstream import HeldUpstream, Script, Step
+from tests.support.servers import serving
+from tests.support.waiting import wait_for
+
+RESERVED = 600  # each request's output cap
+LIMIT = 1000  # output tokens a day, each user
+
+
+def chunk(model: str, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+    body = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": choices, **extra}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def answer(model: str) -> Script:
+    """A chat stream whose text comes at once and whose end — finish, usage chunk — waits for a gate
+    the test never opens: the client leaves before the provider's count."""
+    usage = {"prompt_tokens": 10, "completion_tokens": 5000, "total_tokens": 5010,
+             "completion_tokens_details": {"reasoning_tokens": 4990}}
+    script = Script(b"text/event-stream", [
+        Step(chunk(model, [{"index": 0, "delta": {"role": "assistant", "content": "Hello there"},
+                            "finish_reason": None}])),
+        Step(chunk(model, [{"index": 0, "delta": {}, "finish_reason": "stop"}])
+             + chunk(model, [], usage=usage) + b"data: [DONE]\n\n"),
+    ])
+    script.head.gate.set()
+    script.steps[0].gate.set()
+    return script
+
+
+@pytest.fixture
+def upstream() -> Iterator[tuple[HeldUpstream, str]]:
+    held = HeldUpstream()
+    with serving(held) as srv:
+        yield held, srv.url
+
+
+def gateway(factory: Callable[..., Gateway], tmp_path: Path, url: str, *, flags: bool = False) -> Gateway:
+    """A catalogue of OpenAI models on `url`; with `flags`, models whose `reasons` the file sets."""
+    flagged = [
+        {"name": "house-thinker", "provider": "openai", "upstream_name": "house-ft-1", "reasons": True},
+        {"name": "quiet-o3", "provider": "openai", "upstream_name": "o3", "reasons": False},
+    ]
+    doc = {
+        "providers": [{"name": "openai", "kind": "openai", "base_url": url + "/v1", "api_key": "sk-upstream"}],
+        "models": [
+            {"name": "o4-mini", "provider": "openai"},  # reasons: by its name
+            {"name": "gpt-5.1", "provider": "openai"},
+            {"name": "gpt-4o-mini", "provider": "openai"},  # does not
+            *(flagged if flags else []),
+        ],
+        "aliases": {"thinker": ["o4-mini"]},
+        "tiers": {"simple": [{"provider": "openai", "model": "o4-mini"}],
+                  "moderate": [{"provider": "openai", "model": "o3" if flags else "gpt-5-chat-latest"}],
+                  "complex": [{"provider": "openai", "model": "gpt-4o-mini"}]},
+    }
+    path = tmp_path / "providers.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return factory(providers_file=path, usage_flush_interval_seconds=0.1)
+
+
+def chat_left(gw: Gateway, model: str, extra: dict[str, Any]) -> None:
+    """The openai SDK streams a chat, reads its first chunk and closes the stream."""
+    client = gw.openai()
+    with client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "think about it"}], stream=True,
+        max_completion_tokens=RESERVED, **extra,
+    ) as stream:
+        first = next(iter(stream))
+        assert first.choices[0].delta.content == "Hello there"
+
+
+def messages_left(gw: Gateway, model: str, extra: dict[str, Any]) -> None:
+    """The anthropic SDK streams a message (translated for an OpenAI model) and leaves at its text."""
+    client = gw.anthropic()
+    with client.messages.stream(
+        model=model, max_tokens=RESERVED, messages=[{"role": "user", "content": "think about it"}], **extra,
+    ) as stream:
+        assert next(iter(stream.text_stream)) == "Hello there"
+
+
+def native_left(gw: Gateway, tier: str, extra: dict[str, Any]) -> None:
+    """A native stream on a tier, left once its text came."""
+    body = {"tier": tier, "messages": [{"role": "user", "content": "think about it"}], "stream": True,
+            "max_tokens": RESERVED, **extra}
+    with gw.client() as http, http.stream("POST", "/native/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        assert any("Hello there" in line for line in r.iter_lines())
+
+
+LEFT = {"chat": chat_left, "messages": messages_left, "native": native_left}
+CASES = [
+    # (surface, model or tier, extra fields, upstream model, whether the reserved output is charged)
+    ("chat", "o4-mini", {}, "o4-mini", True),
+    ("chat", "thinker", {}, "o4-mini", True),  # an alias to it
+    ("chat", "gpt-5.1", {"reasoning_effort": "none"}, "gpt-5.1", False),  # turned off
+    ("chat", "gpt-5.1", {"reasoning_effort": "minimal"}, "gpt-5.1", True),
+    ("chat", "gpt-4o-mini", {}, "gpt-4o-mini", False),
+    ("messages", "o4-mini", {}, "o4-mini", True),  # translated: `thinking` cannot reach it
+    ("messages", "o4-mini", {"thinking": {"type": "disabled"}}, "o4-mini", True),
+    ("messages", "gpt-4o-mini", {}, "gpt-4o-mini", False),
+    ("native", "simple", {}, "o4-mini", True),  # a tier's model, by its name
+    ("native", "moderate", {}, "gpt-5-chat-latest", False),  # (ChatGPT's model, which does not reason)
+    ("native", "complex", {}, "gpt-4o-mini", False),
+]
+# The providers file's `reasons` overrides the name, both ways.
+FLAGGED = [
+    ("chat", "house-thinker", {}, "house-ft-1", True),  # `reasons: true` on a name that does not
+    ("chat", "quiet-o3", {}, "o3", False),  # `reasons: false` on a name that does
+    ("native", "moderate", {}, "o3", False),  # a tier's model, as the catalogue says of it (`quiet-o3`)
+]
+
+
+@pytest.mark.parametrize(("surface", "model", "extra", "upstream_model", "hidden", "flags"),
+                         [(*case, False) for case in CASES] + [(*case, True) for case in FLAGGED])
+def test_a_stream_left_before_its_usage_is_charged_the_reasoning_it_hid(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, upstream: tuple[HeldUpstream, str],
+    surface: str, model: str, extra: dict[str, Any], upstream_model: str, hidden: bool, flags: bool,
+) -> None:
+    """o4-mini reasons on every request and bills it as output (5,000 tokens here), streaming none
+    of it: a client closing its stream right before the usage chunk was charged the two words shown."""
+    held, url = upstream
+    gw = gateway(gateway_factory, tmp_path, url, flags=flags)
+    set_plan(gw.settings.database_url, "alice", "daily", f"output_tokens={LIMIT}/1d")
+    script = held.queue(answer(upstream_model))
+    LEFT[surface](gw, model, extra)
+    assert script.left.wait(10)  # the gateway left the upstream before its usage chunk
+    assert not script.done.is_set()
+    assert json.loads(held.received[0])["model"] == upstream_model
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)
+    row = ledger_rows(gw.settings.database_url, "alice")[0]
+    assert row["usage_source"] == "estimated"
+    if hidden:
+        assert row["output_tokens"] == RESERVED
+    else:
+        assert 0 < row["output_tokens"] < 10
+    # The plan's counter holds what the ledger says: a request for the whole day's output is refused.
+    with gw.client() as http:
+        r = http.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "max_completion_tokens": LIMIT,
+                                                    "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 429, r.text
+    assert openai_error(r.json())["details"]["used"] == row["output_tokens"]
+    assert len(held.received) == 1
+
+
+def test_a_whole_answer_without_usage_from_a_model_that_reasons_is_charged_as_reserved(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, upstream: tuple[HeldUpstream, str],
+) -> None:
+    """A non-streamed answer carries the provider's usage (charged as it says); one from a server that
+    leaves it out is charged as reserved, as a stream cut before its count is."""
+    held, url = upstream
+    gw = gateway(gateway_factory, tmp_path, url)
+    set_plan(gw.settings.database_url, "alice", "daily", f"output_tokens={LIMIT}/1d")
+    message = {"role": "assistant", "content": "Hello there"}
+    for usage in ({"prompt_tokens": 10, "completion_tokens": 412, "total_tokens": 422}, None):
+        body = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "o4-mini",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+        if usage is not None:
+            body["usage"] = usage
+        held.queue(Script(b"application/json", [Step(json.dumps(body).encode())])).open_all()
+    with gw.client() as http:
+        answers = [http.post("/v1/chat/completions", json={
+            "model": "o4-mini", "max_completion_tokens": 300, "messages": [{"role": "user", "content": "x"}]})
+            for _ in range(2)]
+    assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+    rows = {row["request_id"]: row for row in ledger_rows(gw.settings.database_url, "alice")}
+    charged = [(rows[r.headers["x-request-id"]]["usage_source"], rows[r.headers["x-request-id"]]["output_tokens"])
+               for r in answers]
+    assert charged == [("measured", 412), ("estimated", 300)]

@@ -46,6 +46,26 @@ def answer(model: str) -> Script:
     return script
 
 
+def event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + json.dumps({"type": name, **data}).encode() + b"\n\n"
+
+
+def response_answer(model: str) -> Script:
+    """A Responses stream whose text comes at once and whose `response.completed` never does."""
+    response = {"id": "resp_1", "object": "response", "created_at": 1, "model": model, "status": "in_progress",
+                "output": []}
+    usage = {"input_tokens": 10, "output_tokens": 5000, "total_tokens": 5010}
+    script = Script(b"text/event-stream", [
+        Step(event("response.created", {"response": response})
+             + event("response.output_text.delta", {"item_id": "msg_1", "output_index": 0, "content_index": 0,
+                                                    "delta": "Hello there"})),
+        Step(event("response.completed", {"response": {**response, "status": "completed", "usage": usage}})),
+    ])
+    script.head.gate.set()
+    script.steps[0].gate.set()
+    return script
+
+
 @pytest.fixture
 def upstream() -> Iterator[tuple[HeldUpstream, str]]:
     held = HeldUpstream()
@@ -106,7 +126,15 @@ def native_left(gw: Gateway, tier: str, extra: dict[str, Any]) -> None:
         assert any("Hello there" in line for line in r.iter_lines())
 
 
-LEFT = {"chat": chat_left, "messages": messages_left, "native": native_left}
+def responses_left(gw: Gateway, model: str, extra: dict[str, Any]) -> None:
+    """The openai SDK streams a response and closes it at its text."""
+    with gw.openai().responses.create(
+        model=model, input="think about it", stream=True, max_output_tokens=RESERVED, **extra,
+    ) as stream:
+        assert any(getattr(e, "delta", None) == "Hello there" for e in stream)
+
+
+LEFT = {"chat": chat_left, "messages": messages_left, "native": native_left, "responses": responses_left}
 CASES = [
     # (surface, model or tier, extra fields, upstream model, whether the reserved output is charged)
     ("chat", "o4-mini", {}, "o4-mini", True),
@@ -114,6 +142,9 @@ CASES = [
     ("chat", "gpt-5.1", {"reasoning_effort": "none"}, "gpt-5.1", False),  # turned off
     ("chat", "gpt-5.1", {"reasoning_effort": "minimal"}, "gpt-5.1", True),
     ("chat", "gpt-4o-mini", {}, "gpt-4o-mini", False),
+    ("responses", "o4-mini", {}, "o4-mini", True),
+    ("responses", "gpt-5.1", {"reasoning": {"effort": "none"}}, "gpt-5.1", False),
+    ("responses", "gpt-4o-mini", {}, "gpt-4o-mini", False),
     ("messages", "o4-mini", {}, "o4-mini", True),  # translated: `thinking` cannot reach it
     ("messages", "o4-mini", {"thinking": {"type": "disabled"}}, "o4-mini", True),
     ("messages", "gpt-4o-mini", {}, "gpt-4o-mini", False),
@@ -140,7 +171,7 @@ def test_a_stream_left_before_its_usage_is_charged_the_reasoning_it_hid(
     held, url = upstream
     gw = gateway(gateway_factory, tmp_path, url, flags=flags)
     set_plan(gw.settings.database_url, "alice", "daily", f"output_tokens={LIMIT}/1d")
-    script = held.queue(answer(upstream_model))
+    script = held.queue(response_answer(upstream_model) if surface == "responses" else answer(upstream_model))
     LEFT[surface](gw, model, extra)
     assert script.left.wait(10)  # the gateway left the upstream before its usage chunk
     assert not script.done.is_set()

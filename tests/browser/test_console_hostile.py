@@ -22,7 +22,7 @@ import pytest
 
 from tests.api.conftest import Gateway
 from tests.browser.test_console_page import reload_until, sign_in
-from tests.support.browser import BROWSER_TEST, is_local
+from tests.support.browser import BROWSER_TEST, guarded_context
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -130,18 +130,7 @@ async def test_user_text_is_shown_as_text_even_without_the_csp(hostile_gateway: 
     """The escaping alone: the same tour with the page's CSP bypassed, so a payload that reached the
     page as markup would run and set window.__xss."""
     await asyncio.to_thread(user_traffic, hostile_gateway)
-    context = await browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
-    context.set_default_timeout(15_000)
-    outside: list[str] = []
-
-    async def guard(route: Any) -> None:
-        if is_local(route.request.url):
-            await route.continue_()
-        else:
-            outside.append(route.request.url)
-            await route.abort()
-
-    await context.route("**/*", guard)
+    context, outside = await guarded_context(browser, bypass_csp=True)
     try:
         await operator_tour(await context.new_page(), hostile_gateway.url)
     finally:

@@ -43,7 +43,7 @@ import pytest_asyncio
 from tests.conftest import unavailable
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, Page
+    from playwright.async_api import Browser, BrowserContext, Page
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = (
@@ -97,13 +97,11 @@ def is_local(url: str) -> bool:
     return match is None or match.group(1) in LOCAL_HOSTS
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    """A fresh context and page; requests leaving the machine are aborted and recorded."""
-    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+async def guarded_context(browser: Browser, **options: Any) -> tuple[BrowserContext, list[str]]:
+    """A fresh browser context (`options` for `new_context`) in which requests leaving the machine
+    are aborted, and the list they are recorded in."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 900}, **options)
     context.set_default_timeout(15_000)
-    opened = await context.new_page()
-    errors: list[str] = []
     outside: list[str] = []
 
     async def guard(route: Any) -> None:
@@ -114,6 +112,15 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
             await route.abort()
 
     await context.route("**/*", guard)
+    return context, outside
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    """A fresh context and page; requests leaving the machine are aborted and recorded."""
+    context, outside = await guarded_context(browser)
+    opened = await context.new_page()
+    errors: list[str] = []
     opened.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     opened.on("pageerror", lambda exc: errors.append(str(exc)))
     opened.console_errors = errors  # type: ignore[attr-defined]

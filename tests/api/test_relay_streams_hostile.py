@@ -15,30 +15,9 @@ from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.support.attack import ledger_rows, wait_for
 from tests.support.servers import serving
-from tests.support.upstream import ScriptedUpstream, lifespan
+from tests.support.upstream import Flood, MiB, ScriptedUpstream
 
 ASK = [{"role": "user", "content": "weather in Paris?"}]
-MiB = 1024 * 1024
-
-
-class CompressedFlood:
-    """Answers every request with a 200 event stream labelled gzip (Sentinel never inflates: it cannot
-    be read) of `pieces` MiB, sent a MiB at a time."""
-
-    def __init__(self, pieces: int) -> None:
-        self.pieces = pieces
-        self.piece = b"\0" * MiB  # (made once: the upstream's own bytes are not what is measured)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            return await lifespan(receive, send)
-        while (await receive()).get("more_body"):
-            pass
-        headers = [(b"content-type", b"text/event-stream"), (b"content-encoding", b"gzip")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        for _ in range(self.pieces):
-            await send({"type": "http.response.body", "body": self.piece, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
 
 
 def test_a_compressed_stream_is_read_to_its_end_without_being_kept(
@@ -49,7 +28,7 @@ def test_a_compressed_stream_is_read_to_its_end_without_being_kept(
     process until the stream's time limit. It is read to its end keeping nothing: the relayed and
     the translated stream alike, still a 502 charged the output it reserved."""
     pieces = 24
-    with serving(CompressedFlood(pieces)) as srv:
+    with serving(Flood(pieces, [(b"content-type", b"text/event-stream"), (b"content-encoding", b"gzip")], b"\0")) as srv:
         gw = gateway_factory(openai_api_url=srv.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
         peaks = []
         with gw.client() as http:

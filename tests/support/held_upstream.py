@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.support.upstream import lifespan
+from tests.support.upstream import lifespan, read_body
 
 
 @dataclass
@@ -59,13 +59,7 @@ class HeldUpstream:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             return await lifespan(receive, send)
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        self.received.append(body)
+        self.received.append(await read_body(receive))
         script = self.scripts.popleft()
         self.arrived.set()
         gone = asyncio.ensure_future(_disconnected(receive))

@@ -42,6 +42,38 @@ async def lifespan(receive: Any, send: Any) -> None:
             return
 
 
+async def read_body(receive: Any) -> bytes:
+    """The whole body of the request an ASGI test app is answering."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+MiB = 1024 * 1024
+
+
+class Flood:
+    """Answers every request with a 200 of `pieces` MiB of `byte` (no length given), sent a MiB at a
+    time, under `headers`: an upstream sending more than any answer may hold."""
+
+    def __init__(self, pieces: int, headers: list[tuple[bytes, bytes]], byte: bytes = b" ") -> None:
+        self.pieces = pieces
+        self.headers = headers
+        self.piece = byte * MiB  # (made once: the upstream's own bytes are not what is measured)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await lifespan(receive, send)
+        await read_body(receive)
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        for _ in range(self.pieces):
+            await send({"type": "http.response.body", "body": self.piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+
 class GatedUpstream:
     """Answers every request with one chat completion, once `open()` was called (or `timeout` passed)."""
 

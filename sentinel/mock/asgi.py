@@ -130,12 +130,17 @@ class JSONReply:
         self.status = status
         self.headers = headers or {}
 
+    content_type = b"application/json"
+
+    def encoded(self) -> bytes:
+        return orjson.dumps(self.body)
+
     async def send(self, send: Send, faults: Faults, extra: dict[str, str], receive: Receive | None = None) -> None:
-        data = orjson.dumps(self.body)
+        data = self.encoded()
         healthy = self.status == 200
         if healthy and faults.malformed:
             data = data[: len(data) // 2]
-        headers = _headers(b"application/json", {**self.headers, **extra})
+        headers = _headers(self.content_type, {**self.headers, **extra})
         headers.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         if healthy and faults.disconnect_after is not None:
@@ -148,6 +153,16 @@ class JSONReply:
                 return
             data = b""
         await send({"type": "http.response.body", "body": data})
+
+
+class BytesReply(JSONReply):
+    """Bytes as they are (a file's content, `application/octet-stream`), with JSONReply's knobs."""
+
+    __slots__ = ()
+    content_type = b"application/octet-stream"
+
+    def encoded(self) -> bytes:
+        return bytes(self.body)
 
 
 def sse(data: Any, event: str | None = None) -> bytes:

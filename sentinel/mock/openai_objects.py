@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from sentinel.mock.asgi import Call, JSONReply, Reply
+from sentinel.mock.asgi import BytesReply, Call, JSONReply, Reply
 from sentinel.mock.faults import WireError
 from sentinel.mock.openai_wire import json_object
 from sentinel.mock.text import new_id
@@ -83,7 +83,7 @@ class ObjectStore:
         call.resolve_faults("")
         if file_id not in self.files:
             raise WireError(404, f"No such File object: {file_id}", code="not_found")
-        return JSONReply({"content": self.files[file_id][1].decode("utf-8", "replace")})
+        return BytesReply(self.files[file_id][1])  # (as OpenAI gives it: the bytes uploaded)
 
 
     # --- batches -------------------------------------------------------------------------------------

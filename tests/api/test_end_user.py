@@ -146,8 +146,8 @@ def test_a_pass_through_body_naming_an_end_user_names_the_caller(gateway_factory
 
 def stored(gw: Gateway, file_id: str) -> bytes:
     """The content of a file as the provider stored it (read from the mock, not through Sentinel)."""
-    content: str = provider(gw, f"/v1/files/{file_id}/content")["content"]
-    return content.encode()
+    return httpx.get(f"{gw.settings.anthropic_api_url}/v1/files/{file_id}/content",
+                     headers={"Authorization": "Bearer k"}, timeout=5).content
 
 
 def provider(gw: Gateway, path: str) -> Any:

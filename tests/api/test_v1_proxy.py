@@ -358,7 +358,8 @@ def test_only_what_a_client_needs_of_the_providers_headers_is_relayed(gateway_fa
         assert {name: r.headers[name] for name in ANSWER_HEADERS} == ANSWER_HEADERS, (r.request.url, dict(r.headers))
         assert int(r.headers["x-ratelimit-remaining"]) >= 0  # Sentinel's own, for the user's plan
     assert content.response.headers["content-disposition"] == 'attachment; filename="notes.txt"'
-    assert content.response.headers["content-type"].startswith("application/json")
+    assert content.response.headers["content-type"] == "application/octet-stream"  # the file's bytes, as OpenAI gives them
+    assert content.content == b"my notes"
     assert int(content.response.headers["content-length"]) == len(content.content)
 
 

@@ -37,7 +37,7 @@ from sentinel.native.openai_checks import MAX_JSON_DEPTH
 from sentinel.observability.redaction import redact
 from sentinel.providers.errors import stream_error
 from sentinel.quota.images import ANTHROPIC, ImageRule, base64_image_tokens
-from sentinel.quota.media import file_tokens, unread_file_tokens
+from sentinel.quota.media import NO_FILES, Files, RequestFiles, file_tokens, unread_bound
 from sentinel.quota.tokens import (
     MAX_PLAIN_ID_CHARS,
     REPLY_PRIMING,
@@ -65,6 +65,7 @@ def estimate_messages(
     serve it)."""
     texts: list[str] = []
     media = 0
+    files = RequestFiles()  # (PDFs by URL reserve the bound once per request: `media.unread_bound`)
     system = payload.get("system")
     texts.extend(content_texts(system))
     messages = payload.get("messages")
@@ -73,7 +74,7 @@ def estimate_messages(
         if not isinstance(message, dict):
             continue
         overhead += TOKENS_PER_MESSAGE
-        media += _content(message.get("content"), texts, rule=images)
+        media += _content(message.get("content"), texts, rule=images, files=files)
     tools = payload.get("tools")
     if isinstance(tools, list) and tools:
         texts.append(json.dumps(tools, separators=(",", ":"), ensure_ascii=False))
@@ -102,10 +103,12 @@ def content_texts(value: Any) -> list[str]:
 
 def _content(
     content: Any, texts: list[str], depth: int = 0, *, rule: ImageRule = ANTHROPIC, pdfs: bool = True,
+    files: Files = NO_FILES,
 ) -> int:
     """Append the content's texts; return the tokens counted without the tokenizer (images and, with
-    `pdfs`, the pages of a PDF sent as base64 data, by `rule`; the scalars of `_walk`). `depth`: how
-    deep `content` lies (nothing below MAX_JSON_DEPTH is read)."""
+    `pdfs`, the pages of a PDF sent as base64 data, by `rule`, and a PDF by URL as the bound, once
+    per request when `files` is its `RequestFiles`; the scalars of `_walk`). `depth`: how deep
+    `content` lies (nothing below MAX_JSON_DEPTH is read)."""
     if isinstance(content, str):
         texts.append(content)
         return 0
@@ -128,24 +131,26 @@ def _content(
             texts.extend(_long_labels(block))
         elif kind == "tool_result":
             texts.extend(_long_labels(block))
-            tokens += _content(block.get("content"), texts, depth + 2, rule=rule, pdfs=pdfs)
+            tokens += _content(block.get("content"), texts, depth + 2, rule=rule, pdfs=pdfs, files=files)
         elif kind in ("document", "search_result"):
             # A plain-text document's data, a content document's blocks, a search result's blocks;
             # titles and context too, and a search result's source. A PDF sent as base64 data is an
             # image of each page (`media.file_tokens`: Anthropic puts each page's image and text
             # before the model; a 100-page PDF was admitted at a few tokens). A PDF by URL, its bytes
-            # elsewhere, is reserved as the longest PDF a request may hold (`media.unread_file_tokens`;
-            # a file id is refused before: `services.objects.anthropic_object_reference`).
+            # elsewhere, is reserved as the longest PDF a request may hold — the provider's 100 pages
+            # are per request, so once however many it names (`media.unread_bound`; a file id is
+            # refused before: `services.objects.anthropic_object_reference`).
             source = block.get("source")
             if isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
                 texts.append(source["data"])
             elif isinstance(source, dict) and source.get("type") == "content":
-                tokens += _content(source.get("content"), texts, depth + 3, rule=rule, pdfs=pdfs)
+                tokens += _content(source.get("content"), texts, depth + 3, rule=rule, pdfs=pdfs, files=files)
             elif pdfs and isinstance(source, dict) and source.get("type") == "base64":
                 tokens += file_tokens(source.get("data"), rule)
             elif pdfs and isinstance(source, dict) and source.get("type") == "url":
-                tokens += unread_file_tokens(rule)
-            tokens += _content(block.get("content"), texts, depth + 2, rule=rule, pdfs=pdfs) if kind == "search_result" else 0
+                tokens += unread_bound(rule, files)
+            if kind == "search_result":
+                tokens += _content(block.get("content"), texts, depth + 2, rule=rule, pdfs=pdfs, files=files)
             texts.extend(_strings(block, "title", "context", "source"))
         elif kind == "thinking":
             # The thinking, not its `signature`: the provider checks that the signature is its own
@@ -153,7 +158,7 @@ def _content(
             if isinstance(thinking := block.get("thinking"), str):
                 texts.append(thinking)
         else:
-            tokens += _walk(block, texts, depth + 1, rule, pdfs)
+            tokens += _walk(block, texts, depth + 1, rule, pdfs, files)
     return tokens
 
 
@@ -199,7 +204,9 @@ _LABELS = frozenset({"type", "id", "tool_use_id"})
 _UNBILLED = frozenset({"cache_control", "citations"})
 
 
-def _walk(block: dict[str, Any], texts: list[str], depth: int, rule: ImageRule, pdfs: bool = True) -> int:
+def _walk(
+    block: dict[str, Any], texts: list[str], depth: int, rule: ImageRule, pdfs: bool = True, files: Files = NO_FILES,
+) -> int:
     """Count a block with no rule of its own (`server_tool_use`, `web_search_tool_result`,
     `web_fetch_tool_result`, `code_execution_tool_result`, `mcp_tool_result`, `redacted_thinking`, a
     type added later): every string in it, keys too, appended as one text, but its own `_LABELS` and
@@ -223,7 +230,7 @@ def _walk(block: dict[str, Any], texts: list[str], depth: int, rule: ImageRule, 
         if isinstance(node, str):
             parts.append(node)
         elif media and isinstance(node, dict) and node.get("type") in ("image", "document"):
-            tokens += _content([node], texts, depth, rule=rule, pdfs=pdfs)
+            tokens += _content([node], texts, depth, rule=rule, pdfs=pdfs, files=files)
         elif isinstance(node, list) and depth < MAX_JSON_DEPTH:
             stack.extend((item, depth + 1, media) for item in reversed(node))
         elif isinstance(node, dict) and depth < MAX_JSON_DEPTH:

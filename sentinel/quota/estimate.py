@@ -37,7 +37,7 @@ def estimate_input(
     if endpoint in ("messages", "messages/count_tokens"):
         return estimate_messages(counter, model, payload, user=user, images=ANTHROPIC if images is None else images)
     rule = openai_image_rule(model) if images is None else images
-    files = RequestFiles(files)  # (the bound of the files it cannot read is reserved once: `media._unread_bound`)
+    files = RequestFiles(files)  # (the bound of the files it cannot read is reserved once: `media.unread_bound`)
     if endpoint in ("chat", "native"):
         messages = payload.get("messages")
         tools = payload.get("tools")

@@ -84,7 +84,7 @@ NO_FILES: Files = {}
 class RequestFiles(dict[str, FileFacts]):
     """`Files` for one estimate of one request, which also notes whether a file Sentinel cannot read
     by id or URL was reserved for (`unread`): the bound is the most a request's files may hold
-    together, so it is reserved once per request, not once per such file (`_unread_bound`)."""
+    together, so it is reserved once per request, not once per such file (`unread_bound`)."""
 
     unread = False
 
@@ -146,17 +146,18 @@ def _file_part(file: Mapping[str, Any], rule: ImageRule, count: TextCount | None
     no `file_url`) or else a file Sentinel cannot read (`unread_file_tokens`), whichever is more."""
     tokens = file_tokens(file.get("file_data"), rule, count)
     if isinstance(file.get("file_url"), str) and file.get("file_url"):
-        return max(tokens, _unread_bound(rule, files))
+        return max(tokens, unread_bound(rule, files))
     if isinstance(file.get("file_id"), str) and file.get("file_id"):
         facts = _facts(file, files)
-        return max(tokens, _unread_bound(rule, files) if facts is None else facts_tokens(facts, rule))
+        return max(tokens, unread_bound(rule, files) if facts is None else facts_tokens(facts, rule))
     return tokens
 
 
-def _unread_bound(rule: ImageRule, files: Files) -> int:
+def unread_bound(rule: ImageRule, files: Files) -> int:
     """`unread_file_tokens`, but once per request when `files` is its `RequestFiles`: 0 for a second
     file Sentinel cannot read (the provider reads UNREAD_FILE_PAGES pages from all of them together;
-    two such files reserved twice the most it can bill)."""
+    two such files reserved twice the most it can bill). The one rule of every surface: a PDF by
+    URL on `/v1/messages` too (`anthropic_usage.estimate_messages`)."""
     if isinstance(files, RequestFiles):
         if files.unread:
             return 0

@@ -118,3 +118,20 @@ def test_a_pdf_document_by_url_on_messages_is_reserved_as_the_longest_pdf(
     requested = int(error["message"].split(" needs ", 1)[1].split()[0])
     assert requested >= 100 * 647, error
     assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()
+
+
+def test_pdf_documents_by_url_on_messages_reserve_the_bound_once(gateway_factory: Callable[..., Gateway]) -> None:
+    """Anthropic reads at most 100 PDF pages per request, so the bound is reserved once per request
+    however many PDFs by URL it names (as on chat and Responses: `media.RequestFiles`): two reserved
+    200 pages (129,400 tokens under Anthropic's rule), refused on a plan the provider's most fits."""
+    gw = gateway_factory()
+    set_plan(gw.settings.database_url, "alice", "medium", "input_tokens=100000/1h")
+    documents = [{"type": "document", "source": {"type": "url", "url": f"https://example.com/{name}.pdf"}}
+                 for name in ("first", "second", "third")]
+    raw = gw.anthropic(api_key=gw.key).messages.with_raw_response.create(
+        model="claude-3-5-haiku-20241022", max_tokens=50,
+        messages=[{"role": "user", "content": [*documents, {"type": "text", "text": "compare them"}]}],
+    )
+    assert raw.headers["x-ratelimit-limit"] == "100000", raw.headers
+    assert 100 * 647 <= 100_000 - int(raw.headers["x-ratelimit-remaining"]) < 100 * 647 + 100, raw.headers
+    assert raw.parse().content

@@ -137,6 +137,10 @@ def test_a_pdf_sent_as_data_is_estimated_by_its_pages() -> None:
     # passed an input limit); one by file id is refused before any estimate (no file is the caller's).
     url = {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}
     assert estimate(url) == plain + 100 * 647
+    # ... per request (the provider reads 100 pages of a request's PDFs): once however many, at any depth
+    inside = {"type": "web_fetch_tool_result", "tool_use_id": SERVER_ID,
+              "content": {"type": "web_fetch_result", "url": "u", "content": url}}
+    assert estimate(url, url, inside) == estimate(inside) < plain + 2 * 100 * 647
     for source in ({"type": "file", "file_id": "file_1"},
                    {"type": "base64", "media_type": "application/pdf", "data": base64.b64encode(b"text").decode()}):
         assert estimate({"type": "document", "source": source}) < plain + 647, source

@@ -193,7 +193,8 @@ class Ownership:
             return None
 
     async def remember_file(self, file_id: str, owner: str, facts: FileFacts) -> None:
-        """Record what Sentinel read of the upload `owner` made of `file_id` — only while `owner` owns
+        """Record what Sentinel read of `file_id` — its upload by `owner`, or its content read from the
+        provider at `owner`'s first use (`services.file_facts`) — only while `owner` owns
         it (another user's file is never described by anyone else's upload), and only once: a
         file's content never changes, nor do its facts."""
         if _keyable(file_id) and await self.owner_of(file_id) == owner:

@@ -25,16 +25,18 @@ OpenAI-format estimate (chat, Responses, the native API) adds, per part:
   passes one (`count`), else a token per 4 bytes; any other file (an Office document, compressed:
   its text may be many times its size) as a file Sentinel cannot read, below, or a token per 4
   bytes when that is more;
-- a file by `file_id` that was uploaded through Sentinel (`POST /v1/files`) as what its upload held
-  (`upload_facts`, read at upload and kept beside its owner: `sentinel.domain.files.FileFacts`), by
-  the request's rule as its data would be (`facts_tokens`): a PDF's pages, an image's size, a text
-  file's tokens — counted at upload by every tokenizer Sentinel has, the most kept (its model was not
-  known then); an image by `file_id` (`input_image`) by its size too;
-- a file Sentinel cannot read — by `file_url`, by an id without facts (uploaded before Sentinel kept
-  them, through `POST /v1/uploads`, made by the provider: a batch's output; or facts not found in a
-  store outage), its bytes elsewhere — as a PDF of
+- a file by `file_id` as what it holds (`upload_facts`, read at its upload through Sentinel —
+  `POST /v1/files` —, or else from the provider at its first use: `sentinel.services.file_facts`;
+  kept beside its owner: `sentinel.domain.files.FileFacts`), by the request's rule as its data
+  would be (`facts_tokens`): a PDF's pages, an image's size, a text file's tokens — counted by
+  every tokenizer Sentinel has, the most kept (its model was not known then); an image by
+  `file_id` (`input_image`) by its size too;
+- a file Sentinel cannot read — by `file_url`, by an id without facts (its content could not be
+  read from the provider, or facts not found in a store outage) or whose facts say so
+  (`FileFacts.unread`: another kind of file, one larger than Sentinel reads) — as a PDF of
   UNREAD_FILE_PAGES pages (`unread_file_tokens`): the most pages OpenAI and Anthropic read from one
-  request's files, so reserved once per request however many such files it names (`RequestFiles`). Estimated at nothing, such a file was free in a stream cut before its usage, and
+  request's files, so reserved once per request however many such files it names (`RequestFiles`,
+  `unread_bound`). Estimated at nothing, such a file was free in a stream cut before its usage, and
   a burst of them passed an input limit before the first settled (one 100-page PDF by URL: ~80,000
   tokens billed, 0 reserved). It is a bound for a PDF's page images, not for a text file's text.
 
@@ -149,7 +151,7 @@ def _file_part(file: Mapping[str, Any], rule: ImageRule, count: TextCount | None
         return max(tokens, unread_bound(rule, files))
     if isinstance(file.get("file_id"), str) and file.get("file_id"):
         facts = _facts(file, files)
-        return max(tokens, unread_bound(rule, files) if facts is None else facts_tokens(facts, rule))
+        return max(tokens, unread_bound(rule, files) if facts is None or facts.unread else facts_tokens(facts, rule))
     return tokens
 
 
@@ -167,7 +169,10 @@ def unread_bound(rule: ImageRule, files: Files) -> int:
 
 def facts_tokens(facts: FileFacts, rule: ImageRule = TILES) -> int:
     """The estimate for a file uploaded through Sentinel under `rule`, as its data would be
-    (`file_tokens`): a PDF's pages times a page's image, an image by its size, a text file's tokens."""
+    (`file_tokens`): a PDF's pages times a page's image, an image by its size, a text file's tokens;
+    one it read but cannot estimate (`FileFacts.unread`) as one it cannot read (`unread_file_tokens`)."""
+    if facts.unread:
+        return unread_file_tokens(rule)
     if facts.pages is not None:
         return facts.pages * rule.tokens(*PDF_PAGE)
     if facts.image is not None:

@@ -22,7 +22,7 @@ import orjson
 
 from sentinel.domain.catalogue import ModelTarget, Prices
 from sentinel.domain.end_user import EndUsers
-from sentinel.domain.files import FileFacts
+from sentinel.domain.files import UNREAD, FileFacts
 from sentinel.domain.identity import Identity
 from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable, UpstreamError
 from sentinel.governance.ownership import BatchEstimate, Ownership
@@ -59,6 +59,7 @@ from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes
 from sentinel.services.answers import AnswerRelay, Charging, claim_created
 from sentinel.services.exchange import Exchange, Reply, StreamReply
+from sentinel.services.file_facts import FileFactsReader
 from sentinel.services.objects import (
     ACTION_CREATED,
     REFERENCE_KEYS,
@@ -112,6 +113,8 @@ class OpenAIRelay:
         self.translated = translated
         self.end_users = end_users or EndUsers(None)
         self.counter = counter or TokenCounter()  # a text file's tokens, at upload (`_remember_file`)
+        # Files named by id that Sentinel kept nothing of, read from where their uploads went.
+        self.file_facts = FileFactsReader(default, ownership, self.counter)
         self.answers = AnswerRelay(meter, ownership, metrics, prices=self._prices)
 
     # --- metered endpoints (chat, completions, embeddings, responses) -------------------------------
@@ -124,8 +127,11 @@ class OpenAIRelay:
         refused before it is sent. The walks of a large body run in a worker thread (`sentinel.offload`)."""
         heavy = large(body)
         targets, references, files = await off_loop(functools.partial(self._checked, endpoint, payload), heavy)
-        # The files it names by id are estimated by what their uploads held (read then, looked up along).
+        # The files it names by id are estimated by what their uploads held (read then, looked up
+        # along); one Sentinel kept nothing of is read from the provider now, once it is known theirs.
         facts = await self.ownership.require(references, identity.external_id, files=files)
+        if any(file_id not in facts for file_id in files):
+            facts = await self.file_facts.complete(facts, files, set(references), identity.external_id)
         stream = payload.get("stream") is True
         strip_usage = False
         if stream and endpoint in ("chat", "completions"):
@@ -304,8 +310,9 @@ class OpenAIRelay:
         ex.headers.extend(admission.headers.items())
         try:
             # Read once admitted, before it is sent: only the facts are kept while the upload is under way.
+            # (a kind it cannot estimate is kept as such: never read again from the provider)
             facts = None if stored is None else await count_off_loop(
-                functools.partial(upload_facts, stored, self.counter.most_tokens), len(stored))
+                functools.partial(upload_facts, stored, self.counter.most_tokens), len(stored)) or UNREAD
             stored = None
             upstream = await self._forward(ex, self.upstream, method, segments, body, headers, query, admission,
                                            as_json=as_json)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sentinel.domain.files import FileFacts
+from sentinel.domain.files import UNREAD, FileFacts
 from sentinel.offload import ON_LOOP_CHARS, count_off_loop
 from sentinel.quota import media
 from sentinel.quota.estimate import estimate_input
@@ -301,9 +301,11 @@ def test_an_upload_is_read_for_what_a_request_naming_it_costs() -> None:
     assert facts is not None and facts.text == max(
         COUNTER.count_text(text[1:], "gpt-4o"), COUNTER.count_text(text[1:], "gpt-4"), len(text[1:].encode()) // 4 + 1)
     assert media.upload_facts(b"PK\x03\x04\xff\xfe compressed", COUNTER.most_tokens) is None
-    for value in (facts, FileFacts(pages=3), FileFacts(image=(5, 7))):
+    for value in (facts, FileFacts(pages=3), FileFacts(image=(5, 7)), UNREAD):
         assert FileFacts.decode(value.encode()) == value
-    for stored in (None, b"", b"{}", b'{"pages":-1}', b'{"pages":true}', b'{"image":[1]}', b'{"text":1,"pages":1}'):
+    assert media.facts_tokens(UNREAD, mini) == media.unread_file_tokens(mini)  # read, and not estimable
+    for stored in (None, b"", b"{}", b'{"pages":-1}', b'{"pages":true}', b'{"image":[1]}', b'{"text":1,"pages":1}',
+                   b'{"unread":false}', b'{"unread":1}'):
         assert FileFacts.decode(stored) is None, stored
 
 
@@ -316,11 +318,14 @@ def test_an_upload_is_read_for_what_a_request_naming_it_costs() -> None:
     ({"type": "input_image", "file_id": "file-image", "detail": "low"}, 85),
     ({"type": "input_image", "file_id": "file-pdf"}, OPENAI_MAX_IMAGE_TOKENS),  # no image: its most
     ({"type": "input_file", "file_id": "file-unread"}, media.unread_file_tokens()),  # uploaded before, or elsewhere
+    ({"type": "input_file", "file_id": "file-other"}, media.unread_file_tokens()),  # read: another kind of file
+    ({"type": "input_image", "file_id": "file-other"}, OPENAI_MAX_IMAGE_TOKENS),
     ({"type": "input_file", "file_id": "file-pdf", "file_url": "https://example.com/a.pdf"}, media.unread_file_tokens()),
     ({"type": "input_file", "file_url": "https://example.com/a.pdf"}, media.unread_file_tokens()),
 ])
 def test_a_file_by_id_is_estimated_by_its_facts(part: dict[str, Any], tokens: int) -> None:
-    files = {"file-pdf": FileFacts(pages=2), "file-text": FileFacts(text=40), "file-image": FileFacts(image=(512, 512))}
+    files = {"file-pdf": FileFacts(pages=2), "file-text": FileFacts(text=40), "file-image": FileFacts(image=(512, 512)),
+             "file-other": UNREAD}
     assert part_tokens(part, files=files) == tokens
     assert estimate_input(COUNTER, "responses", MODEL, {"input": [{"type": "message", "role": "user", "content": [
         part]}]}, files=files) == estimate_input(COUNTER, "responses", MODEL, {"input": [{"type": "message",

@@ -2,8 +2,8 @@
 
 Enough of the Files API (`POST /v1/files` multipart, `GET /v1/files`, `GET/DELETE /v1/files/{id}`,
 `GET /v1/files/{id}/content`), batches (`POST /v1/batches` over an uploaded file,
-`GET /v1/batches/{id}`: done at its first read, its usage a figure of its input's), stored responses (`GET/DELETE /v1/responses/{id}`,
-`GET /v1/responses/{id}/input_items`) and `POST /v1/moderations` for a gateway's ownership and
+`GET /v1/batches/{id}`: done — or failed validation — at its first read, its usage a figure of its
+input's), stored responses (`GET/DELETE /v1/responses/{id}`, `GET /v1/responses/{id}/input_items`) and `POST /v1/moderations` for a gateway's ownership and
 pass-through tests. Like the real account, the mock does not know who asked: every object is
 visible to every caller, which is exactly what the gateway must hide.
 """
@@ -104,7 +104,8 @@ class ObjectStore:
         return JSONReply(batch)
 
     def batch(self, call: Call) -> Reply:
-        """GET /v1/batches/{id}: done at its first read. Each line is charged a token per 8 bytes of its
+        """GET /v1/batches/{id}: done at its first read — `failed`, without usage, when a line's `url`
+        is not the batch's `endpoint` (its input fails validation). Each line is charged a token per 8 bytes of its
         `body`'s JSON as input and 5 tokens of output (a figure, not a model's)."""
         batch_id = call.path_params["batch_id"]
         call.resolve_faults("")
@@ -113,6 +114,13 @@ class ObjectStore:
             raise WireError(404, f"No such Batch object: {batch_id}", code="not_found")
         if batch["status"] == "validating":
             lines = [orjson.loads(line) for line in self.files[batch["input_file_id"]][1].splitlines() if line.strip()]
+            wrong = [n for n, line in enumerate(lines, 1) if line.get("url") != batch["endpoint"]]
+            if wrong:  # its input fails validation: it ran nothing, and shows no usage
+                batch["status"] = "failed"
+                batch["errors"] = {"object": "list", "data": [
+                    {"code": "invalid_url", "line": n, "message": "The URL provided does not match the batch's "
+                     "endpoint.", "param": "url"} for n in wrong]}
+                return JSONReply(batch)
             spent = [max(1, len(orjson.dumps(line.get("body"))) // 8) for line in lines]
             batch["status"] = "completed"
             batch["request_counts"] = {"total": len(lines), "completed": len(lines), "failed": 0}

@@ -566,10 +566,12 @@ class QuotaLimiter:
         reservation.settled = True
         return True
 
-    async def settle_held(self, subject: str, name: str, *, input_tokens: int, output_tokens: int) -> bool:
+    async def settle_held(
+        self, subject: str, name: str, *, input_tokens: int, output_tokens: int, requests: int | None = None,
+    ) -> bool:
         """Settle the reservation `subject` holds under `name` (`hold`) to the actual token amounts, as
-        `commit` does (its request count stays: the lines ran), once whichever replicas race to it
-        (one atomic call, `SETTLE_HELD`). False when none is held (never held, settled already, or
+        `commit` does (its request count stays — the lines ran — unless `requests` is given), once
+        whichever replicas race to it (one atomic call, `SETTLE_HELD`). False when none is held (never held, settled already, or
         kept past its `ttl`): the caller charges the usage on its own reservation."""
         if not 0 < len(name) <= MAX_HELD_NAME or not is_text(name):
             return False
@@ -578,7 +580,7 @@ class QuotaLimiter:
         reservation = None if raw is None else self._load(raw)
         if raw is None or reservation is None:
             return False
-        keys, args = self._adjustments(reservation, _deltas(reservation, input_tokens, output_tokens, None))
+        keys, args = self._adjustments(reservation, _deltas(reservation, input_tokens, output_tokens, requests))
         settled = await self.store.run(
             SETTLE_HELD, [key, *keys, *reservation.in_flight], [raw.decode(), reservation.token, len(keys), *args]
         )

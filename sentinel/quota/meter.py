@@ -548,10 +548,13 @@ class QuotaMeter:
     async def _settle_held(self, admission: Admission, name: str, input_tokens: int, output_tokens: int) -> bool:
         """Settle the reservation the object `name` holds (`hold`) to its usage; False when it holds
         none (or the store cannot say: the usage is then charged on the call's own reservation —
-        twice, until the windows end, beats never)."""
+        twice, until the windows end, beats never). A usage of no tokens is a batch that ended
+        having run no line (`answers.final_usage`): it counts one request, as one the provider
+        refused (`_refused`), not one a line."""
+        ran_nothing = input_tokens == output_tokens == 0
         try:
-            return await self.limiter.settle_held(admission.identity.external_id, name,
-                                                  input_tokens=input_tokens, output_tokens=output_tokens)
+            return await self.limiter.settle_held(admission.identity.external_id, name, input_tokens=input_tokens,
+                                                  output_tokens=output_tokens, requests=1 if ran_nothing else None)
         except StoreUnavailable:
             return False
 

@@ -177,7 +177,9 @@ class AnswerRelay:
         total: Usage | None = None
         for item in items if isinstance(items, list) else ():
             shown = final_usage(endpoint, item) if isinstance(item, dict) else None
-            if shown is None or not isinstance(item.get("id"), str) or not await self._charged(item["id"], ttl):
+            # (a batch ended having run nothing, `Usage(0, 0)`, is left to the read that settles it)
+            if shown is None or shown == Usage(0, 0) or not isinstance(item.get("id"), str) \
+                    or not await self._charged(item["id"], ttl):
                 continue
             total = shown if total is None else Usage(*map(sum, zip(astuple(total), astuple(shown), strict=True)))
         return total
@@ -384,13 +386,27 @@ _GENERATIONS = ("chat", "completions", "responses")  # endpoints whose 2xx answe
 _AT_WORK = frozenset({"validating", "queued", "in_progress", "requires_action", "finalizing", "cancelling"})
 
 
+# A batch's `status` once it has ended: it runs nothing more.
+_BATCH_ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
 def final_usage(endpoint: str, body: Any) -> Usage | None:
     """The usage an answer shows (`usage_from_body`), when final: none while the object it is says
     it is still at work. Its usage is charged once, by the first read showing it (`Charging`), and a
-    batch's held reservation settled to it: the part run by then, charged so, left the rest free."""
-    if isinstance(body, dict) and body.get("status") in _AT_WORK:
+    batch's held reservation settled to it: the part run by then, charged so, left the rest free.
+    A batch that ended without usage having run no line (`request_counts.completed` 0; a `failed`
+    one — its input refused at validation — may show no counts) shows no tokens: `Usage(0, 0)`,
+    to which its reservation is settled (`Meter.settle`); one whose lines ran without usage shown
+    (a provider that reports none) shows none: its reservation stays counted."""
+    if not isinstance(body, dict) or body.get("status") in _AT_WORK:
         return None
-    return usage_from_body(endpoint, body)
+    usage = usage_from_body(endpoint, body)
+    if usage is None and body.get("object") == "batch" and body.get("status") in _BATCH_ENDED:
+        counts = body.get("request_counts")
+        ran = counts.get("completed") if isinstance(counts, dict) else 0 if body.get("status") == "failed" else None
+        if type(ran) is int and ran == 0:
+            return Usage(0, 0)
+    return usage
 
 
 def _json(raw: bytes, upstream: UpstreamResponse) -> Any:

@@ -181,3 +181,26 @@ def test_a_batch_still_at_work_settles_nothing_until_its_usage_is_final(
         assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
         rows = ledger_rows(gw.settings.database_url, "alice")
         assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0), (0, 0), (0, 0), real]
+
+
+def test_a_batch_that_ended_having_run_nothing_gives_its_tokens_back(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """A batch whose input failed the provider's validation (here: its lines' `url` is not its
+    `endpoint`) ends `failed`, without usage: it ran nothing. Its whole estimate stayed counted until
+    its windows ended, refusing the user for quota never used; now the read that shows it ended
+    settles it to no tokens and one request, once — a second read changes nothing but its own request."""
+    gw = _gateway(gateway_factory, spy, backend_url,
+                  "requests=1000/1d,input_tokens=1000000/1d,output_tokens=100000/1d")
+    client = gw.openai()
+    batch = client.batches.create(input_file_id=_upload(client), endpoint="/v1/responses", completion_window="24h")
+    assert _used(gw)["output_tokens"] == LINES * CAP  # reserved
+
+    failed = client.batches.retrieve(batch.id)
+    assert failed.status == "failed" and failed.usage is None and failed.errors is not None
+    assert _used(gw) == {"requests": 3, "input_tokens": 0, "output_tokens": 0}  # upload, batch, read
+    client.batches.retrieve(batch.id)
+    assert _used(gw) == {"requests": 4, "input_tokens": 0, "output_tokens": 0}
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0)] * 4

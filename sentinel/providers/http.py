@@ -259,13 +259,21 @@ class UpstreamResponse:
             if len(raw) > MAX_ANSWER_BYTES:
                 raise self._too_large()
             return raw
+        whole = await self.read_within(MAX_ANSWER_BYTES)
+        if whole is None:
+            raise self._too_large()
+        return whole
+
+    async def read_within(self, limit: int) -> bytes | None:
+        """The whole body, chunk by chunk (`iter_chunks`: its time limit), or None as soon as it is
+        past `limit` bytes — the rest unread: the caller drops the connection (`close`)."""
         chunks: list[bytes] = []
         size = 0
         async with aclosing(self.iter_chunks()) as body:
             async for chunk in body:
                 size += len(chunk)
-                if size > MAX_ANSWER_BYTES:
-                    raise self._too_large()
+                if size > limit:
+                    return None
                 chunks.append(chunk)
         return b"".join(chunks)
 

@@ -28,7 +28,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from contextlib import aclosing
 
 from sentinel.domain.files import UNREAD, FileFacts
 from sentinel.errors import Overloaded, StoreUnavailable, UpstreamError
@@ -139,16 +138,9 @@ class FileFactsReader:
             length = dict((k.lower(), v) for k, v in answer.headers).get("content-length", "")
             if length.isdigit() and int(length) > self.read_bytes:
                 return None
-            chunks: list[bytes] = []
-            size = 0
-            async with aclosing(answer.iter_chunks()) as body:
-                async for chunk in body:
-                    size += len(chunk)
-                    if size > self.read_bytes:
-                        return None
-                    chunks.append(chunk)
-            complete = True
-            return b"".join(chunks)
+            raw = await answer.read_within(self.read_bytes)
+            complete = raw is not None
+            return raw
         finally:
             if complete:
                 answer.release()

@@ -40,9 +40,8 @@ OpenAI-format estimate (chat, Responses, the native API) adds, per part:
   a burst of them passed an input limit before the first settled (one 100-page PDF by URL: ~80,000
   tokens billed, 0 reserved). It is a bound for a PDF's page images, not for a text file's text.
 
-Not estimated: audio (`input_audio`): Sentinel has no per-second figure it can justify for audio
-input on these endpoints, and a compressed format's byte length does not give its duration. The
-answer's usage counts it; a stream cut before its usage is charged the estimate without it.
+- audio (`input_audio`) by its length: `sentinel.quota.audio` (a WAV's exact, an MP3's bounded by
+  its size).
 """
 
 from __future__ import annotations
@@ -56,6 +55,7 @@ from typing import Any
 
 from sentinel.domain.files import FileFacts
 from sentinel.offload import spend
+from sentinel.quota.audio import audio_part_tokens
 from sentinel.quota.images import (
     HEADER_BYTES,
     TILES,
@@ -69,7 +69,7 @@ from sentinel.quota.images import (
 )
 
 # Content parts with an estimate of their own (`part_tokens`); a part of another type costs nothing here.
-MEDIA_KINDS = frozenset({"image_url", "input_image", "computer_screenshot", "file", "input_file"})
+MEDIA_KINDS = frozenset({"image_url", "input_image", "computer_screenshot", "file", "input_file", "input_audio"})
 
 PDF_PAGE_TOKENS = openai_image_tokens(612, 792)  # a letter page (points): 2 x 2 tiles, 765 tokens (gpt-4o)
 PDF_PAGE = (612, 792)  # a portrait US-letter page, in points: how each page is estimated (the request's rule)
@@ -112,7 +112,7 @@ INFLATED_PER_CHAR = 32
 def part_tokens(
     part: Mapping[str, Any], rule: ImageRule = TILES, count: TextCount | None = None, files: Files = NO_FILES,
 ) -> int:
-    """The estimate for one OpenAI-format content part that is an image or a file (a type in
+    """The estimate for one OpenAI-format content part that is an image, a file or audio (a type in
     MEDIA_KINDS; see the module docstring) under `rule` (the image rule of the models that may serve
     the request, `images.image_rule_for`), 0 for any other part. `count` counts a text file's text
     (the request's tokenizer; without it, a token per 4 bytes); `files` are the facts of the files
@@ -133,6 +133,8 @@ def part_tokens(
         return _file_part(file, rule, count, files) if isinstance(file, Mapping) else 0
     if kind == "input_file":
         return _file_part(part, rule, count, files)
+    if kind == "input_audio":
+        return audio_part_tokens(part)
     return 0
 
 

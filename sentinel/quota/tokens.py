@@ -384,8 +384,8 @@ class TokenCounter:
         """Prompt tokens of a chat request, with OpenAI's per-message overhead.
 
         Per message: 3 + role + content (a string, or the `text` of each content part, and each
-        image and PDF by `sentinel.quota.media`, under the image rule `images` — by default `model`'s
-        —, a file by id by its `files` facts; audio is not estimated) + refusal + name (+1) + each
+        image, PDF and audio clip by `sentinel.quota.media`, under the image rule `images` — by default
+        `model`'s —, a file by id by its `files` facts) + refusal + name (+1) + each
         tool call's function name and arguments (a custom tool call's name and input) and its `id`
         when longer than MAX_PLAIN_ID_CHARS + tool_call_id. Plus 3 for the reply priming, plus `tools` as compact JSON (an approximation:
         OpenAI renders tools in its own format).

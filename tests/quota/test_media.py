@@ -98,7 +98,8 @@ IMAGE = data_url(png(1024, 1024))  # 765 tokens at high detail
     ({"type": "input_file", "file_data": data_url(b"just some notes", "text/plain")}, 4),
     ({"type": "input_file", "file_data": data_url(b"PK\x03\x04\xff\xfe" * 10, "application/zip")}, 100 * 765),
     ({"type": "input_file", "file_data": data_url(whole_png(1024, 1024), "image/png")}, 765),
-    ({"type": "input_audio", "input_audio": {"data": base64.b64encode(bytes(48_000)).decode(), "format": "wav"}}, 0),
+    # Audio by its length (`sentinel.quota.audio`): 48,000 bytes that are no WAV, at 4 kbit/s at most.
+    ({"type": "input_audio", "input_audio": {"data": base64.b64encode(bytes(48_000)).decode(), "format": "wav"}}, 960),
     ({"type": "text", "text": "hi"}, 0),
 ])
 def test_each_kind_of_media_part(part: dict[str, Any], tokens: int) -> None:
@@ -248,7 +249,7 @@ def test_a_text_only_request_walks_no_media(monkeypatch: pytest.MonkeyPatch) -> 
 
     calls: list[Any] = []
     monkeypatch.setattr(tokens, "part_tokens", lambda part, rule, count, files: calls.append(part) or media.part_tokens(part, rule))
-    text = [{"type": "text", "text": "hi"}, "plain", {"type": {}}, {"type": "input_audio", "input_audio": {}}]
+    text = [{"type": "text", "text": "hi"}, "plain", {"type": {}}, {"type": "output_text", "text": "x"}]
     estimate_input(COUNTER, "chat", MODEL, {"messages": [{"role": "user", "content": text}]})
     assert calls == []
     estimate_input(COUNTER, "chat", MODEL, {"messages": [{"role": "user", "content": [

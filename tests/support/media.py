@@ -61,3 +61,18 @@ def pdf(pages: int, *, compressed: bool = False) -> bytes:
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     return out
+
+
+def wav(seconds: float, rate: int = 24_000, channels: int = 1, bits: int = 16, *, tag: int = 1,
+        align: int | None = None, before_data: bytes = b"") -> bytes:
+    """A RIFF WAV of `seconds` of silence: its `fmt ` chunk (format `tag`, `align` as stated, else
+    channels times sample bytes), any chunks `before_data`, then its `data` chunk."""
+    frame = channels * -(-bits // 8)
+    samples = bytes(round(seconds * rate) * frame)
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * frame, frame if align is None else align, bits)
+    body = b"WAVE" + _riff_chunk(b"fmt ", fmt) + before_data + _riff_chunk(b"data", samples)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _riff_chunk(kind: bytes, data: bytes) -> bytes:
+    return kind + struct.pack("<I", len(data)) + data + (b"\x00" if len(data) & 1 else b"")

@@ -388,7 +388,7 @@ async def build_runtime(
     meter = QuotaMeter(
         plans=plans, limiter=limiter, local_limiter=LocalLimiter(), failure_mode=s.quota_failure_mode,
         counter=counter, outbox=outbox, metrics=metrics, default_max_output=s.default_max_output_tokens,
-        unrecordable=lambda: outbox.full,
+        unrecordable=lambda: outbox.full, referenced=s.reference_input_tokens,
     )
     body_limit = BodyLimit(s.stream_max_seconds, stream_clock)  # every answer's body, streamed or not
     chat_providers: dict[str, ChatProvider] = {

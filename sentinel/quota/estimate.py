@@ -22,18 +22,26 @@ from sentinel.quota.tokens import TokenCounter
 # quota arithmetic — Lua numbers in Redis, the 429's details, JSON — stays exact and in range
 # whatever token cap and `n` a client sends.
 MAX_RESERVED_OUTPUT = 2**40
+# What a request reserves for each thing it names that the provider holds and Sentinel cannot read
+# (`SENTINEL_REFERENCE_INPUT_TOKENS`): a Responses `item_reference` input item, a reusable prompt's
+# own text (`prompt.id`), a chat message's earlier audio answer (`audio.id`). One short id can stand
+# for a long stored item: estimated at nothing, it passed any input limit, and a stream cut before
+# its usage was charged nothing for it. The answer's usage is what is charged.
+REFERENCE_TOKENS = 4096
 
 
 def estimate_input(
     counter: TokenCounter, endpoint: str, model: str, payload: dict[str, Any], *, user: str | None = None,
-    images: ImageRule | None = None, files: Files = NO_FILES,
+    images: ImageRule | None = None, files: Files = NO_FILES, referenced: int = REFERENCE_TOKENS,
 ) -> int:
     """Input tokens the request will most likely be billed for (before the provider says); `user`
     (the caller's external id) lets the counter remember their long texts (`InputCounts`). `model`
     counts the text (its tokenizer); `images` prices the images and PDF pages (the rule of every
     model that may serve the request, `images.image_rule_for`), by default `model`'s rule on an
     OpenAI-format endpoint and Anthropic's on `/v1/messages`. `files`: what was read at upload of
-    the files the request names by id (`media.upload_facts`; any other is `media.unread_file_tokens`)."""
+    the files the request names by id (`media.upload_facts`; any other is `media.unread_file_tokens`).
+    `referenced`: the tokens reserved for each stored item, prompt or audio answer it names by id
+    (`references`; REFERENCE_TOKENS)."""
     if endpoint in ("messages", "messages/count_tokens"):
         return estimate_messages(counter, model, payload, user=user, images=ANTHROPIC if images is None else images)
     rule = openai_image_rule(model) if images is None else images
@@ -53,7 +61,7 @@ def estimate_input(
         prediction = payload.get("prediction")
         if isinstance(prediction, dict):
             total += sum(counter.count_text(text, model, user=user) for text in content_texts(prediction.get("content")))
-        return total
+        return total + references(endpoint, payload) * referenced
     if endpoint == "completions":
         total = counter.count_prompt(_prompt(payload.get("prompt")), model, user=user)
         suffix = payload.get("suffix")
@@ -61,8 +69,30 @@ def estimate_input(
     if endpoint == "embeddings":
         return counter.count_prompt(_prompt(payload.get("input")), model, user=user)
     if endpoint == "responses":
-        return _responses_input(counter, model, payload, user, rule, files)
+        return _responses_input(counter, model, payload, user, rule, files) + references(endpoint, payload) * referenced
     return 0
+
+
+def references(endpoint: str, payload: dict[str, Any]) -> int:
+    """How many things the request names that the provider holds and Sentinel cannot read, each
+    reserved REFERENCE_TOKENS (or the configured figure): a Responses request's `item_reference`
+    input items and its reusable prompt (`prompt.id`); a chat message's earlier audio answer
+    (`audio.id`, which the model hears again)."""
+    if endpoint in ("chat", "native"):
+        messages = payload.get("messages")
+        return sum(1 for message in messages if isinstance(message, dict) and _named(message.get("audio"))) \
+            if isinstance(messages, list) else 0
+    if endpoint != "responses":
+        return 0
+    items = payload.get("input")
+    named = sum(1 for item in items if isinstance(item, dict) and item.get("type") == "item_reference") \
+        if isinstance(items, list) else 0
+    return named + (1 if _named(payload.get("prompt")) else 0)
+
+
+def _named(value: Any) -> bool:
+    """Whether `value` is an object naming a stored one by its `id` (a non-empty string)."""
+    return isinstance(value, dict) and isinstance(value.get("id"), str) and bool(value["id"])
 
 
 def _prompt(value: Any) -> str | list[Any] | None:
@@ -88,7 +118,7 @@ def _responses_input(
     total += _as_json(counter, model, user, payload.get("tools"), payload.get("text"))
     # A reusable prompt's variables (strings or input_text parts) are filled into its text, and its
     # input_image and input_file variables into its content; the prompt's own text (`prompt.id`)
-    # lives at the provider and is not estimated.
+    # lives at the provider, reserved as a reference (`references`).
     prompt = payload.get("prompt")
     variables = prompt.get("variables") if isinstance(prompt, dict) else None
     if isinstance(variables, dict):
@@ -218,14 +248,16 @@ BATCH_URLS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", 
 _ANY_URL = ("chat", "responses", "completions", "embeddings")
 
 
-def estimate_batch_line(counter: TokenCounter, url: Any, body: dict[str, Any], default: int) -> tuple[int, int]:
+def estimate_batch_line(
+    counter: TokenCounter, url: Any, body: dict[str, Any], default: int, referenced: int = REFERENCE_TOKENS,
+) -> tuple[int, int]:
     """(input, output) a batch line reserves: the estimate of its `body` as the metered endpoint its
-    `url` names (`BATCH_URLS`) estimates it, and its output cap or `default` — what the request sent
-    alone would reserve. A `url` Sentinel does not know (the provider refuses it, or may run it as
-    any) reserves the most any of those endpoints would."""
+    `url` names (`BATCH_URLS`) estimates it (`referenced` a stored thing it names), and its output
+    cap or `default` — what the request sent alone would reserve. A `url` Sentinel does not know
+    (the provider refuses it, or may run it as any) reserves the most any of those endpoints would."""
     model = body.get("model")
     model = model if isinstance(model, str) else ""
     endpoint = BATCH_URLS.get(url) if isinstance(url, str) else None
     endpoints = (endpoint,) if endpoint is not None else _ANY_URL
-    return (max(estimate_input(counter, name, model, body) for name in endpoints),
+    return (max(estimate_input(counter, name, model, body, referenced=referenced) for name in endpoints),
             max(max_output(name, body, default) for name in endpoints))

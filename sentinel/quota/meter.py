@@ -41,7 +41,13 @@ from sentinel.observability.metrics import Metrics
 from sentinel.offload import OFF_LOOP_SIZE, count_off_loop
 from sentinel.providers.errors import UnreadableAnswer
 from sentinel.quota.decision import Decision
-from sentinel.quota.estimate import estimate_batch_line, estimate_input, hides_output, max_output
+from sentinel.quota.estimate import (
+    REFERENCE_TOKENS,
+    estimate_batch_line,
+    estimate_input,
+    hides_output,
+    max_output,
+)
 from sentinel.quota.images import ImageRule
 from sentinel.quota.limiter import QuotaLimiter, Reservation
 from sentinel.quota.media import NO_FILES, Files
@@ -168,6 +174,7 @@ class QuotaMeter:
         default_max_output: int,
         clock: Callable[[], float] = time.monotonic,
         unrecordable: Callable[[], bool] | None = None,
+        referenced: int = REFERENCE_TOKENS,
     ) -> None:
         self.plans = plans
         self.limiter = limiter
@@ -177,6 +184,8 @@ class QuotaMeter:
         self.outbox = outbox
         self.metrics = metrics
         self.default_max_output = default_max_output
+        # Input reserved for each stored item, prompt or audio answer a request names by id (`estimate.references`).
+        self.referenced = referenced
         # True while a new request's usage record could not be kept (`DurableOutbox.full`).
         self.unrecordable = unrecordable
         self._repeated = Repeated(log, clock=clock)  # outage lines: once a minute, not once a request
@@ -213,7 +222,7 @@ class QuotaMeter:
             await self._peek(identity, plan)
         count = functools.partial(
             estimate_input, self.counter, endpoint, counted_as, body, user=identity.external_id, images=images,
-            files=files,
+            files=files, referenced=self.referenced,
         )
         admission.estimate_input = await count_off_loop(count, size) + carried_input
         await self._reserve(admission, plan)
@@ -256,7 +265,7 @@ class QuotaMeter:
         """(input, output) tokens a batch line reserves: what its `body` sent alone to the endpoint its
         `url` names would (`estimate.estimate_batch_line`). Synchronous: a batch input is read in a
         worker thread."""
-        return estimate_batch_line(self.counter, url, body, self.default_max_output)
+        return estimate_batch_line(self.counter, url, body, self.default_max_output, self.referenced)
 
     async def hold(self, admission: Admission, name: str, ttl: float | None) -> None:
         """The provider made the object `name` (a batch) that `admission` reserved for: its reservation

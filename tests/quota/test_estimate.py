@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sentinel.quota.estimate import estimate_input, max_output
+from sentinel.quota.estimate import REFERENCE_TOKENS, estimate_input, max_output
 from sentinel.quota.images import OPENAI_MAX_IMAGE_TOKENS, ImageRule
 from tests.support.payloads import WEATHER_TOOL
 
@@ -243,12 +243,33 @@ def test_a_prediction_is_output_the_stream_does_not_show() -> None:
 
 def test_a_reusable_prompts_variables_are_counted() -> None:
     """`prompt.variables` are filled into the prompt (strings, input_text and input_image parts);
-    they were never read. The prompt's own text lives at the provider (`prompt.id`): not estimated.
-    An image by URL cannot be read: its detail's maximum."""
+    they were never read. The prompt's own text lives at the provider (`prompt.id`): a reference
+    (REFERENCE_TOKENS). An image by URL cannot be read: its detail's maximum."""
     variables = {"city": "Paris", "notes": {"type": "input_text", "text": "long notes"},
                  "photo": {"type": "input_image", "image_url": "https://x/y.png"}, "n": 3}
     total, asked = estimate("responses", {"prompt": {"id": "pmpt_1", "variables": variables}})
     assert sorted(asked) == [("text", "Paris"), ("text", "long notes")]
-    assert total == len("Paris") + len("long notes") + OPENAI_MAX_IMAGE_TOKENS
-    assert estimate("responses", {"prompt": {"id": "pmpt_1", "variables": ["x"]}}) == (0, [])
-    assert estimate("responses", {"prompt": "pmpt_1"}) == (0, [])
+    assert total == len("Paris") + len("long notes") + OPENAI_MAX_IMAGE_TOKENS + REFERENCE_TOKENS
+    assert estimate("responses", {"prompt": {"id": "pmpt_1", "variables": ["x"]}}) == (REFERENCE_TOKENS, [])
+    assert estimate("responses", {"prompt": "pmpt_1"}) == (0, [])  # no object: nothing named
+
+
+def test_what_a_request_names_that_the_provider_holds_is_reserved_per_reference() -> None:
+    """A Responses `item_reference`, a reusable prompt's own text (`prompt.id`) and a chat message's
+    earlier audio answer (`audio.id`) are text Sentinel cannot read: each was estimated at nothing,
+    so one short id standing for a long stored item passed any input limit. Each reserves the
+    configured figure (`SENTINEL_REFERENCE_INPUT_TOKENS`)."""
+    refs = [{"type": "item_reference", "id": f"msg_{i}"} for i in range(3)]
+    body = {"input": [USER, *refs], "prompt": {"id": "pmpt_1"}}
+    plain = estimate_input(RecordingCounter(), "responses", "gpt-4o", {"input": [USER]})  # type: ignore[arg-type]
+    assert estimate_input(RecordingCounter(), "responses", "gpt-4o", body) == plain + 4 * REFERENCE_TOKENS  # type: ignore[arg-type]
+    assert estimate_input(RecordingCounter(), "responses", "gpt-4o", body, referenced=100) == plain + 400  # type: ignore[arg-type]
+    # Not a reference: an item of another type, a reference without its type, a prompt without an id.
+    for other in ({"input": [USER, {"type": "message", "id": "msg_1", "role": "user", "content": "x"}]},
+                  {"input": [USER, {"id": "msg_1"}]}, {"input": [USER], "prompt": {"id": ""}},
+                  {"input": [USER], "prompt": {"variables": {}}}):
+        assert estimate_input(RecordingCounter(), "responses", "gpt-4o", other) < REFERENCE_TOKENS  # type: ignore[arg-type]
+    heard = {"messages": [USER, {"role": "assistant", "audio": {"id": "audio_1"}}, USER]}
+    for endpoint in ("chat", "native"):
+        assert estimate(endpoint, heard)[0] == 30 + REFERENCE_TOKENS
+        assert estimate(endpoint, {"messages": [USER, {"role": "assistant", "audio": None}]})[0] == 20

@@ -15,7 +15,7 @@ import pytest
 from sentinel.domain.files import UNREAD, FileFacts
 from sentinel.offload import ON_LOOP_CHARS, count_off_loop
 from sentinel.quota import media
-from sentinel.quota.estimate import estimate_input
+from sentinel.quota.estimate import REFERENCE_TOKENS, estimate_input
 from sentinel.quota.images import (
     OPENAI_MAX_IMAGE_TOKENS,
     openai_image_rule,
@@ -239,8 +239,9 @@ def test_responses_estimates_add_images_wherever_they_are() -> None:
                          {"type": "input_file", "file_data": data_url(pdf(3, compressed=True), "application/pdf")}]}
     variables = {"photo": {"type": "input_image", "image_url": IMAGE}, "note": {"type": "input_file", "file_id": "f"}}
     body = {"input": [message, screenshot, output], "prompt": {"id": "pmpt_1", "variables": variables}}
-    # (the prompt's file by id: a file Sentinel cannot read, 100 pages)
-    assert media_of("responses", body) == 3 + 3 + (765 + 1445) + 765 + (85 + 3 * 765) + 765 + 100 * 765
+    # (the prompt's file by id: a file Sentinel cannot read, 100 pages; its own text, by id, a reference)
+    assert media_of("responses", body) == (3 + 3 + (765 + 1445) + 765 + (85 + 3 * 765) + 765 + 100 * 765
+                                           + REFERENCE_TOKENS)
 
 
 def test_a_text_only_request_walks_no_media(monkeypatch: pytest.MonkeyPatch) -> None:

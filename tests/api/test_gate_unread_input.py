@@ -1,0 +1,103 @@
+"""Input the provider bills that a request carries or names without Sentinel reading it as text
+counts against the input limit: an audio clip (`input_audio`, by its length) and what a request
+names that the provider holds — a Responses `item_reference`, a reusable prompt's own text
+(`prompt.id`), a chat message's earlier audio answer (`audio.id`). Each was estimated at nothing, so a
+client under a small input limit had an hour of audio or a long stored item read (a stream it left
+at once charged nothing for it), and a burst of such requests all passed admission."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from sentinel.mock.app import create_mock_app
+from tests.api.conftest import Gateway
+from tests.api.test_quotas import set_plan
+from tests.support.attack import SpyUpstream, openai_error, recorded_ids, spying
+from tests.support.media import wav
+
+LIMITED = "requests=100/1h,input_tokens=1000/1h"
+REFERENCE_TOKENS = 4096  # SENTINEL_REFERENCE_INPUT_TOKENS' default
+
+
+@pytest.fixture
+def spy() -> Iterator[SpyUpstream]:
+    with spying(create_mock_app()) as (_, recorder):
+        yield recorder
+
+
+def heard(clip: bytes, kind: str = "wav") -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [
+        {"type": "text", "text": "what is said here?"},
+        {"type": "input_audio", "input_audio": {"data": base64.b64encode(clip).decode(), "format": kind}}]}]
+
+
+def refused_as_never_fitting(refused: openai.RateLimitError, at_least: int) -> None:
+    error = openai_error(refused.response.json())
+    assert "can never be admitted" in error["message"], error
+    assert error["details"]["metric"] == "input_tokens" and error["details"]["requested"] >= at_least, error
+
+
+def test_an_audio_clip_counts_by_its_length(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    """150 s of 8 kHz audio (1,500 tokens at OpenAI's 10 a second) was admitted under a 1,000-token
+    input limit, estimated at the text's few tokens; a 3 s clip (30) still is."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1")
+    set_plan(gw.settings.database_url, "alice", "small", LIMITED)
+    client = gw.openai()
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="gpt-4o", messages=heard(wav(150, rate=8_000, bits=8)))  # type: ignore[arg-type]
+    refused_as_never_fitting(refused.value, 1_500)
+    # An MP3's length is bounded by its size at MPEG audio's lowest bitrate (8 kbit/s): 120 KB, 1,200 tokens.
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="gpt-4o", messages=heard(bytes(120_000), "mp3"))  # type: ignore[arg-type]
+    refused_as_never_fitting(refused.value, 1_200)
+    with pytest.raises(openai.RateLimitError) as refused:  # the same on the Responses API
+        client.responses.create(model="gpt-4o", input=[{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav(150, rate=8_000, bits=8)).decode(),
+                                                    "format": "wav"}}]}])  # type: ignore[list-item]
+    refused_as_never_fitting(refused.value, 1_500)
+    assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()  # nothing sent, nothing charged
+    answer = client.chat.completions.create(model="gpt-4o", messages=heard(wav(3, rate=8_000, bits=8)))  # type: ignore[arg-type]
+    assert answer.choices[0].message.content
+    assert len(spy.seen) == 1
+
+
+def test_stored_items_and_prompts_named_by_id_are_reserved(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """An `item_reference` or a `prompt.id` stands for text the provider holds: each reserves
+    SENTINEL_REFERENCE_INPUT_TOKENS (4,096 by default), so under a 1,000-token limit a request naming
+    one can never fit — it was admitted at a few tokens."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1")
+    set_plan(gw.settings.database_url, "alice", "small", LIMITED)
+    client = gw.openai()
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.responses.create(model="gpt-4o", input=[
+            {"role": "user", "content": "go on"}, {"type": "item_reference", "id": "msg_0123456789abcdef"}])
+    refused_as_never_fitting(refused.value, REFERENCE_TOKENS)
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.responses.create(model="gpt-4o", input="go on", prompt={"id": "pmpt_0123456789abcdef"})
+    refused_as_never_fitting(refused.value, REFERENCE_TOKENS)
+    # (a chat message's `audio.id` is reserved the same — `tests/quota/test_estimate.py` —, once its
+    # ownership is checked: another user's, or one never made, is 404 before any estimate)
+    assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()
+
+
+def test_the_reservation_per_reference_is_configured(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """With SENTINEL_REFERENCE_INPUT_TOKENS=300, two references (600) fit a 1,000-token limit; four
+    (1,200) do not."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", reference_input_tokens=300)
+    set_plan(gw.settings.database_url, "alice", "small", LIMITED)
+    client = gw.openai()
+    refs: list[Any] = [{"type": "item_reference", "id": f"msg_{i:016d}"} for i in range(4)]
+    answer = client.responses.create(model="gpt-4o", input=[{"role": "user", "content": "go on"}, *refs[:2]])
+    assert answer.status == "completed"
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.responses.create(model="gpt-4o", input=[{"role": "user", "content": "go on"}, *refs])
+    refused_as_never_fitting(refused.value, 1_200)

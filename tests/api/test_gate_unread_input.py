@@ -17,10 +17,11 @@ import pytest
 from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import set_plan
-from tests.support.attack import SpyUpstream, openai_error, recorded_ids, spying
+from tests.support.attack import SpyUpstream, ledger_rows, openai_error, recorded_ids, spying, wait_for
 from tests.support.media import wav
 
 LIMITED = "requests=100/1h,input_tokens=1000/1h"
+SLOW = "what is said here? #mock:chunk_delay_ms=200"  # a stream the client can leave early
 REFERENCE_TOKENS = 4096  # SENTINEL_REFERENCE_INPUT_TOKENS' default
 
 
@@ -101,3 +102,28 @@ def test_the_reservation_per_reference_is_configured(
     with pytest.raises(openai.RateLimitError) as refused:
         client.responses.create(model="gpt-4o", input=[{"role": "user", "content": "go on"}, *refs])
     refused_as_never_fitting(refused.value, 1_200)
+
+
+@pytest.mark.parametrize(("body", "tokens"), [
+    ({"model": "gpt-4o", "stream": True, "max_tokens": 50, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": SLOW},
+        {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav(120, rate=8_000, bits=8)).decode(),
+                                                "format": "wav"}}]}]}, 1_200),
+    ({"model": "gpt-4o", "stream": True, "input": [
+        {"role": "user", "content": SLOW}, {"type": "item_reference", "id": "msg_0123456789abcdef"}]}, REFERENCE_TOKENS),
+], ids=["audio", "item_reference"])
+def test_a_stream_its_client_leaves_is_charged_what_it_carried(
+    gateway_factory: Callable[..., Gateway], body: dict[str, Any], tokens: int
+) -> None:
+    """Read the first event and leave: the record is the estimate, which now holds the audio's
+    length or the reference's figure (it was the text's few tokens while the provider billed all)."""
+    gw = gateway_factory(usage_flush_interval_seconds=0.1)
+    path = "/v1/responses" if "input" in body else "/v1/chat/completions"
+    with gw.client() as http, http.stream("POST", path, json=body) as r:
+        assert r.status_code == 200, r.read()
+        first = next(r.iter_lines())
+        assert first.startswith(("data:", "event:")), first
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 1)
+    (row,) = ledger_rows(gw.settings.database_url)
+    assert row["usage_source"] == "estimated", row
+    assert tokens <= row["input_tokens"] < tokens + 100, row

@@ -7,6 +7,16 @@ nothing. `commit()` later replaces the estimated token amounts with the real one
 windows the reservation used; usage above the reservation settled after a window ended goes to the
 window of now), and `release()` gives everything back for a request that was never forwarded.
 
+A settlement (`commit`, `release`) is safe to send again whatever happened to a send that failed
+(refused, or its outcome unknown: a reply lost to a timeout or a dropped connection, redis-py's
+cluster retry): an admitted reservation writes a marker in its script call,
+`{prefix}:{<subject>}:reserved:<token>` (the token made here: a random prefix per limiter and a
+count), and a settlement's script adjusts the counters only if it deletes that marker; a second run
+finds it gone and changes nothing. The marker lives until then, or `settle_within` (a day) — longer
+when one of the reservation's counters does —, so markers a crashed process left expire; a
+settlement arriving after that changes nothing. Every admitted reservation is settled by a script
+call, even one that changes no counter (its marker goes). A peek writes none.
+
 Windows are fixed and aligned to the Unix epoch, one counter per (metric, window):
 `{prefix}:{<subject>}:{metric}:{window_seconds}:{window_index}`. The braces are a Redis Cluster
 hash tag, so all keys of one script live in one slot; `%`, `{` and `}` in the subject are written
@@ -33,8 +43,8 @@ external limits run the plain scripts, which touch no hash.
 A reservation can outlive its call: a batch's, made when the batch is, is held in the store by the
 batch (`hold`: `{prefix}:{<subject>}:held:<batch id>`, in the counters' slot, holding what its
 settlement needs) until the first read showing the batch's usage — on any replica — settles it to
-that usage (`settle_held`: one script checks the record is still there, deletes it and adjusts the
-counters, so two readers racing settle it once).
+that usage (`settle_held`: one script checks the record is still there, deletes it — and the
+reservation's marker — and adjusts the counters, so two readers racing settle it once).
 
 An external key can expire while a reservation on it is still running (a long stream) and be made
 again, under the same name, by the next reservation: a refund then would take back that one's
@@ -44,6 +54,7 @@ amount stays counted, against the user, until the next reading).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -58,6 +69,12 @@ from sentinel.domain.text import is_text
 from sentinel.quota.decision import Decision, LimitState, refuses
 from sentinel.store.base import LocalOps, Script, Store
 
+# A reservation's marker lives at least this long (seconds; longer when one of its counters does): a
+# settlement arriving after it is gone changes nothing, so it must outlast the longest request
+# (`SENTINEL_STREAM_MAX_SECONDS` and the waits before it) and a settlement sent again while Redis is
+# away. Markers a crashed process left go with it.
+SETTLE_WITHIN = 86_400.0
+
 # Whether `amount` more of a limit refuses a request: it would pass the limit (`limit` - `offset`:
 # what an outside system counted), and while `amount` is 0, the limit is exhausted — but a limit of
 # 0 bans its metric, refusing any amount of it and never a request needing none. Shared by the
@@ -69,8 +86,17 @@ end
 """
 
 
-_RESERVE_LUA = _REFUSES_LUA + """
-local n = #KEYS
+# KEYS are the counters, ARGV 4 per counter: amount, limit, offset, TTL in ms. A reservation that
+# will be settled (not a peek) adds its marker (`_MARK_LUA`): one more KEY and one more ARGV, the
+# marker's shortest TTL.
+_MARK_LUA = """
+local function mark(key, ttl)
+  redis.call('SET', key, '1', 'PX', ttl)
+end
+"""
+
+_RESERVE_LUA = _REFUSES_LUA + _MARK_LUA + """
+local n = math.floor(#ARGV / 4)
 local used = {}
 local denied = 0
 for i = 1, n do
@@ -82,13 +108,18 @@ for i = 1, n do
   end
 end
 if denied == 0 then
+  local ttl = 0
   for i = 1, n do
     local a = (i - 1) * 4
     local amount = tonumber(ARGV[a + 1])
+    ttl = math.max(ttl, tonumber(ARGV[a + 4]))
     if amount > 0 then
       used[i] = redis.call('INCRBY', KEYS[i], amount)
       redis.call('PEXPIRE', KEYS[i], ARGV[a + 4])
     end
+  end
+  if #ARGV > 4 * n then
+    mark(KEYS[n + 1], math.max(ttl, tonumber(ARGV[#ARGV])))
   end
 end
 table.insert(used, 1, denied)
@@ -96,21 +127,30 @@ return used
 """
 
 
+def _mark_local(ops: LocalOps, key: str, ttl_ms: int) -> None:
+    ops.set(key, b"1", ttl_ms / 1000)
+
+
 def _reserve_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[int]:
+    n = len(args) // 4
     used: list[int] = []
     denied = 0
-    for i, key in enumerate(keys):
+    for i, key in enumerate(keys[:n]):
         amount, cap, offset = int(args[4 * i]), int(args[4 * i + 1]), int(args[4 * i + 2])
         current = int(ops.get(key) or 0)
         used.append(current)
         if denied == 0 and refuses(current, amount, cap, offset):
             denied = i + 1
     if denied == 0:
-        for i, key in enumerate(keys):
+        ttl = 0
+        for i, key in enumerate(keys[:n]):
             amount = int(args[4 * i])
+            ttl = max(ttl, int(args[4 * i + 3]))
             if amount > 0:
                 used[i] = ops.incrby(key, amount)
                 ops.expire(key, int(args[4 * i + 3]) / 1000)
+        if len(args) > 4 * n:
+            _mark_local(ops, keys[n], max(ttl, int(args[-1])))
     return [denied, *used]
 
 
@@ -118,10 +158,11 @@ def _reserve_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[int]
 # external ones; ARGV[1] is now (ms), ARGV[2] the reservation's token, then 6 per counter: amount,
 # limit, offset, TTL in ms, the index of its hash among those KEYS (0: not external) and the
 # deadline (ms) of its entry there. The check is `_RESERVE_LUA`'s; a missing external counter (a new
-# reading) starts at what is still running (live entries of its hash, expired ones pruned).
-_RESERVE_EXTERNAL_LUA = _REFUSES_LUA + """
+# reading) starts at what is still running (live entries of its hash, expired ones pruned). A
+# reservation that will be settled adds its marker as `_RESERVE_LUA` does: the last KEY, the last ARGV.
+_RESERVE_EXTERNAL_LUA = _REFUSES_LUA + _MARK_LUA + """
 local now = tonumber(ARGV[1])
-local n = (#ARGV - 2) / 6
+local n = math.floor((#ARGV - 2) / 6)
 local function in_flight(key)
   local total = 0
   local entries = redis.call('HGETALL', key)
@@ -161,9 +202,11 @@ for i = 1, n do
   end
 end
 if denied == 0 then
+  local ttl = 0
   for i = 1, n do
     local a = 2 + (i - 1) * 6
     local amount = tonumber(ARGV[a + 1])
+    ttl = math.max(ttl, tonumber(ARGV[a + 4]))
     if amount > 0 then
       used[i] = redis.call('INCRBY', KEYS[i], amount)
       redis.call('PEXPIRE', KEYS[i], ARGV[a + 4])
@@ -173,6 +216,9 @@ if denied == 0 then
         redis.call('PEXPIRE', KEYS[n + h], ARGV[a + 4])
       end
     end
+  end
+  if #ARGV > 2 + 6 * n then
+    mark(KEYS[#KEYS], math.max(ttl, tonumber(ARGV[#ARGV])))
   end
 end
 table.insert(used, 1, denied)
@@ -217,9 +263,11 @@ def _reserve_external_local(ops: LocalOps, keys: list[str], args: list[str]) -> 
         if denied == 0 and refuses(current, amount, cap, offset):
             denied = i + 1
     if denied == 0:
+        longest = 0
         for i in range(n):
             a = 2 + 6 * i
             amount, ttl = int(args[a]), int(args[a + 3]) / 1000
+            longest = max(longest, int(args[a + 3]))
             if amount > 0:
                 used[i] = ops.incrby(keys[i], amount)
                 ops.expire(keys[i], ttl)
@@ -227,6 +275,8 @@ def _reserve_external_local(ops: LocalOps, keys: list[str], args: list[str]) -> 
                 if h > 0:
                     ops.hset(keys[n + h - 1], token, f"{args[a]}:{args[a + 5]}".encode())
                     ops.expire(keys[n + h - 1], ttl)
+        if len(args) > 2 + 6 * n:
+            _mark_local(ops, keys[-1], max(longest, int(args[-1])))
     return [denied, *used]
 
 
@@ -247,12 +297,32 @@ local function adjust(key, delta, ttl)
   end
 end
 """
+# The settlement of a reservation, once: KEYS[1] is its marker (`_MARK_LUA`), the others counters
+# with their pairs in ARGV. Only a call that deletes the marker adjusts anything (1); a settlement
+# sent again after one that ran (its reply lost) finds it gone and changes nothing (0).
 _ADJUST_LUA = _ADJUST_ONE_LUA + """
-for i = 1, #KEYS do
-  adjust(KEYS[i], tonumber(ARGV[2 * i - 1]), ARGV[2 * i])
+if redis.call('DEL', KEYS[1]) == 0 then
+  return 0
+end
+for i = 2, #KEYS do
+  adjust(KEYS[i], tonumber(ARGV[2 * i - 3]), ARGV[2 * i - 2])
 end
 return 1
 """
+
+
+def _unmark_local(ops: LocalOps, key: str) -> bool:
+    """Delete the marker `key`; whether it was there (Redis's `DEL` answering 1)."""
+    if ops.get(key) is None:
+        return False
+    ops.delete(key)
+    return True
+
+
+def _settle_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    if not _unmark_local(ops, keys[0]):
+        return 0
+    return _adjust_local(ops, keys[1:], args)
 
 
 def _adjust_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
@@ -267,15 +337,18 @@ def _adjust_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     return 1
 
 
-# The settlement of a reservation on external limits: `_ADJUST_LUA` on the first (#ARGV - 1) / 2
-# KEYS (their pairs from ARGV[2]), then the reservation's entry (token ARGV[1]) removed from the
-# in-flight hashes that are the remaining KEYS.
+# The settlement of a reservation on external limits, once (`_ADJUST_LUA`'s marker, KEYS[1]):
+# `_ADJUST_LUA` on the next (#ARGV - 1) / 2 KEYS (their pairs from ARGV[2]), then the reservation's
+# entry (token ARGV[1]) removed from the in-flight hashes that are the remaining KEYS.
 _ADJUST_EXTERNAL_LUA = _ADJUST_ONE_LUA + """
+if redis.call('DEL', KEYS[1]) == 0 then
+  return 0
+end
 local m = (#ARGV - 1) / 2
 for i = 1, m do
-  adjust(KEYS[i], tonumber(ARGV[2 * i]), ARGV[2 * i + 1])
+  adjust(KEYS[i + 1], tonumber(ARGV[2 * i]), ARGV[2 * i + 1])
 end
-for i = m + 1, #KEYS do
+for i = m + 2, #KEYS do
   redis.call('HDEL', KEYS[i], ARGV[1])
 end
 return 1
@@ -283,28 +356,31 @@ return 1
 
 
 def _adjust_external_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    if not _unmark_local(ops, keys[0]):
+        return 0
     m = (len(args) - 1) // 2
-    _adjust_local(ops, keys[:m], args[1:])
-    for key in keys[m:]:
+    _adjust_local(ops, keys[1 : m + 1], args[1:])
+    for key in keys[m + 1 :]:
         ops.hdel(key, args[0])
     return 1
 
 
 # The settlement of a held reservation (`QuotaLimiter.settle_held`), once: KEYS[1] is where it is
 # held, which must still hold ARGV[1] (what the settler read: a second settler finds it gone and
-# changes nothing); it is deleted, `_ADJUST_LUA`'s pairs (from ARGV[4]) applied to the next ARGV[3]
-# KEYS, and the reservation's entry (token ARGV[2]) removed from the in-flight hashes that are the
-# remaining KEYS. 1 when this call settled it, else 0.
+# changes nothing); it is deleted with the reservation's marker (KEYS[2]: this record is what says
+# it is unsettled now), `_ADJUST_LUA`'s pairs (from ARGV[4]) applied to the next ARGV[3] KEYS, and
+# the reservation's entry (token ARGV[2]) removed from the in-flight hashes that are the remaining
+# KEYS. 1 when this call settled it, else 0.
 _SETTLE_HELD_LUA = _ADJUST_ONE_LUA + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
 local m = tonumber(ARGV[3])
 for i = 1, m do
-  adjust(KEYS[i + 1], tonumber(ARGV[2 + 2 * i]), ARGV[3 + 2 * i])
+  adjust(KEYS[i + 2], tonumber(ARGV[2 + 2 * i]), ARGV[3 + 2 * i])
 end
-for i = m + 2, #KEYS do
+for i = m + 3, #KEYS do
   redis.call('HDEL', KEYS[i], ARGV[2])
 end
 return 1
@@ -316,16 +392,17 @@ def _settle_held_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     if raw is None or raw.decode() != args[0]:
         return 0
     ops.delete(keys[0])
+    ops.delete(keys[1])
     m = int(args[2])
-    _adjust_local(ops, keys[1 : m + 1], args[3 : 3 + 2 * m])
-    for key in keys[m + 1 :]:
+    _adjust_local(ops, keys[2 : m + 2], args[3 : 3 + 2 * m])
+    for key in keys[m + 2 :]:
         ops.hdel(key, args[1])
     return 1
 
 
 RESERVE = Script("sentinel_quota_reserve", _RESERVE_LUA, _reserve_local)
 SETTLE_HELD = Script("sentinel_quota_settle_held", _SETTLE_HELD_LUA, _settle_held_local)
-ADJUST = Script("sentinel_quota_adjust", _ADJUST_LUA, _adjust_local)
+ADJUST = Script("sentinel_quota_adjust", _ADJUST_LUA, _settle_local)
 RESERVE_EXTERNAL = Script("sentinel_quota_reserve_external", _RESERVE_EXTERNAL_LUA, _reserve_external_local)
 ADJUST_EXTERNAL = Script("sentinel_quota_adjust_external", _ADJUST_EXTERNAL_LUA, _adjust_external_local)
 
@@ -358,6 +435,9 @@ class Reservation:
     # On external limits: the in-flight hashes holding this reservation's entry, under `token`.
     in_flight: tuple[str, ...] = ()
     token: str = field(default="", repr=False)
+    # The key whose presence says this reservation is still to settle (`{prefix}:{<subject>}:reserved:<token>`;
+    # "" when nothing was counted): its settlement runs only in the call that deletes it.
+    marker: str = field(default="", repr=False)
 
     @property
     def allowed(self) -> bool:
@@ -374,12 +454,17 @@ class QuotaLimiter:
         prefix: str = "sentinel:quota",
         clock: Callable[[], float] = time.time,
         ttl_margin: float = 60.0,
+        settle_within: float = SETTLE_WITHIN,
     ) -> None:
         self.store = store
         self.prefix = prefix
         self.clock = clock
         self.ttl_margin = ttl_margin
+        self._settle_within_ms = math.ceil(settle_within * 1000)  # a marker's shortest life
         self._bases: dict[tuple[str, str, int], str] = {}  # key prefixes, built once per user and limit
+        # Reservation tokens: this limiter's random prefix and a count, unique across processes.
+        self._token_prefix = os.urandom(8).hex()
+        self._tokens = itertools.count()
 
     def _base(self, subject: str, limit: Limit) -> str:
         key = (subject, limit.metric, limit.window_seconds)
@@ -390,6 +475,17 @@ class QuotaLimiter:
                 self._bases.clear()
             self._bases[key] = base
         return base
+
+    def _marker(self, subject: str, token: str) -> str:
+        """The key marking the reservation `token` of `subject` unsettled (in its counters' slot)."""
+        key = (subject, "", 0)  # (no limit's metric is "")
+        base = self._bases.get(key)
+        if base is None:
+            base = f"{self.prefix}:{{{hash_tag(subject)}}}:reserved:"
+            if len(self._bases) >= 50_000:
+                self._bases.clear()
+            self._bases[key] = base
+        return base + token
 
     def _slot(self, subject: str, limit: Limit, now: float) -> tuple[str, float, int]:
         """(key, reset_at, ttl_ms) of the counter `limit` uses at time `now`."""
@@ -417,6 +513,13 @@ class QuotaLimiter:
         """
         if min(requests, input_tokens, output_tokens) < 0:
             raise ValueError("reserved amounts cannot be negative")
+        return await self._reserve(subject, plan, requests, input_tokens, output_tokens, tokens_later, marked=True)
+
+    async def _reserve(
+        self, subject: str, plan: Plan, requests: int, input_tokens: int, output_tokens: int, tokens_later: bool,
+        *, marked: bool,
+    ) -> Reservation:
+        """`reserve`; `marked`: an admitted reservation is to be settled (not a peek), so it is marked."""
         wanted = {"requests": requests, "input_tokens": input_tokens, "output_tokens": output_tokens}
         now = self.clock()
         slots = [self._slot(subject, limit, now) for limit in plan.limits]
@@ -425,7 +528,10 @@ class QuotaLimiter:
         denied = 0
         used: list[int] = []
         in_flight: tuple[str, ...] = ()
-        token = ""
+        token = marker = ""
+        if marked and plan.limits:
+            token = f"{self._token_prefix}{next(self._tokens):x}"
+            marker = self._marker(subject, token)
         banned = next((i for i, limit in enumerate(plan.limits) if limit.limit == 0 and limit.metric != "requests"),
                       None) if tokens_later else None
         if banned is not None:
@@ -433,12 +539,16 @@ class QuotaLimiter:
             amounts = tuple(1 if i == banned else amount for i, amount in enumerate(amounts))
             denied, used = banned + 1, [0] * len(plan.limits)
         elif plan.external:
-            denied, used, in_flight, token = await self._reserve_external(subject, plan, amounts, slots, now)
+            denied, used, in_flight = await self._reserve_external(subject, plan, amounts, slots, now, token, marker)
         elif plan.limits:
             args: list[int] = []
             for limit, amount, (_, _, ttl_ms) in zip(plan.limits, amounts, slots, strict=True):
                 args += [amount, limit.limit, limit.offset, ttl_ms]
-            denied, *used = (int(v) for v in await self.store.run(RESERVE, keys, args))
+            if marker:
+                args.append(self._settle_within_ms)
+                denied, *used = (int(v) for v in await self.store.run(RESERVE, [*keys, marker], args))
+            else:
+                denied, *used = (int(v) for v in await self.store.run(RESERVE, keys, args))
         states = tuple(
             LimitState(limit, count + limit.offset, amount, reset_at)
             for limit, count, amount, (_, reset_at, _) in zip(plan.limits, used, amounts, slots, strict=True)
@@ -458,15 +568,17 @@ class QuotaLimiter:
             reserved_at=now,
             in_flight=in_flight if decision.allowed else (),
             token=token,
+            marker=marker if decision.allowed else "",
         )
 
     async def _reserve_external(
-        self, subject: str, plan: Plan, amounts: tuple[int, ...], slots: list[tuple[str, float, int]], now: float
-    ) -> tuple[int, list[int], tuple[str, ...], str]:
+        self, subject: str, plan: Plan, amounts: tuple[int, ...], slots: list[tuple[str, float, int]], now: float,
+        token: str, marker: str,
+    ) -> tuple[int, list[int], tuple[str, ...]]:
         """`reserve`'s script call for a plan with external limits: (denied, used, the in-flight
-        hashes an admitted reservation has its entry in, its token)."""
+        hashes an admitted reservation has its entry in, under `token`). A peek (no `marker`) has
+        no token and puts no entry anywhere (it reserves nothing)."""
         now_ms = math.floor(now * 1000)
-        token = os.urandom(8).hex()
         hashes: dict[str, int] = {}  # in-flight hash -> its index among the script's extra KEYS (from 1)
         held: list[str] = []  # those this reservation puts an entry in (when admitted)
         args: list[int | str] = [now_ms, token]
@@ -480,12 +592,15 @@ class QuotaLimiter:
                     held.append(hash_key)
             args += [amount, limit.limit, limit.offset, ttl_ms, index, deadline]
         keys = [key for key, _, _ in slots] + list(hashes)
+        if marker:
+            keys.append(marker)
+            args.append(self._settle_within_ms)
         denied, *used = (int(v) for v in await self.store.run(RESERVE_EXTERNAL, keys, args))
-        return denied, used, tuple(held), token
+        return denied, used, tuple(held)
 
     async def peek(self, subject: str, plan: Plan) -> Decision:
         """Every limit's state, counting nothing; `allowed` says whether a request would fit now."""
-        reservation = await self.reserve(subject, plan, requests=0, input_tokens=0, output_tokens=0)
+        reservation = await self._reserve(subject, plan, 0, 0, 0, False, marked=False)
         return reservation.decision
 
     async def commit(
@@ -513,13 +628,16 @@ class QuotaLimiter:
             raise ValueError("a reservation must be settled by the limiter that made it")
         if reservation.settled:
             return
+        # Sent even when nothing changes (exact usage, a plan of request limits alone): it deletes the marker.
         keys, args = self._adjustments(reservation, deltas)
         if reservation.in_flight:
             # The same call takes the reservation's entry out of the in-flight hashes (no longer running).
-            await self.store.run(ADJUST_EXTERNAL, [*keys, *reservation.in_flight], [reservation.token, *args])
-        elif keys:
-            await self.store.run(ADJUST, keys, args)
-        # Only after success: a settle that failed (StoreUnavailable) may be retried.
+            await self.store.run(
+                ADJUST_EXTERNAL, [reservation.marker, *keys, *reservation.in_flight], [reservation.token, *args])
+        elif reservation.marker:
+            await self.store.run(ADJUST, [reservation.marker, *keys], args)
+        # Only after success: a settle that failed (StoreUnavailable), whatever its outcome, may be sent
+        # again — it runs once (the marker).
         reservation.settled = True
 
     def _adjustments(self, reservation: Reservation, deltas: list[int]) -> tuple[list[str], list[str | int]]:
@@ -581,8 +699,10 @@ class QuotaLimiter:
         if raw is None or reservation is None:
             return False
         keys, args = self._adjustments(reservation, _deltas(reservation, input_tokens, output_tokens, requests))
+        marker = self._marker(reservation.subject, reservation.token)  # (held before markers: none, deleting is moot)
         settled = await self.store.run(
-            SETTLE_HELD, [key, *keys, *reservation.in_flight], [raw.decode(), reservation.token, len(keys), *args]
+            SETTLE_HELD, [key, marker, *keys, *reservation.in_flight],
+            [raw.decode(), reservation.token, len(keys), *args],
         )
         return bool(int(settled))
 

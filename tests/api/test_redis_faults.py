@@ -41,11 +41,13 @@ def redis_bin() -> str:
 
 
 def counters(server: redis.Redis) -> dict[str, int]:
-    """The user's quota counters by metric (one window per metric in `PLAN`)."""
+    """The user's quota counters by metric (one window per metric in `PLAN`; not the markers of
+    reservations still to settle)."""
     found = {}
     for key in server.keys(f"sentinel:quota:{{{USER}}}:*"):
         metric = key.decode().split(":")[3]
-        found[metric] = int(server.get(key) or 0)
+        if metric != "reserved":
+            found[metric] = int(server.get(key) or 0)
     return found
 
 

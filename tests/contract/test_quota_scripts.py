@@ -1,10 +1,10 @@
-"""The held-reservation settlement script (`SETTLE_HELD`) gives the same results on every backend:
-its Lua on a standalone Redis and a Redis Cluster (every key in the subject's slot), its Python
-twin on the memory store."""
+"""The quota scripts that settle a reservation give the same results on every backend: their Lua
+on a standalone Redis and a Redis Cluster (every key in the subject's slot), their Python twins on
+the memory store — a settlement applied once however often it is sent (its reservation's marker)."""
 
 from __future__ import annotations
 
-from sentinel.quota.limiter import SETTLE_HELD
+from sentinel.quota.limiter import ADJUST, ADJUST_EXTERNAL, RESERVE, RESERVE_EXTERNAL, SETTLE_HELD
 from sentinel.store import Store
 from sentinel.store.base import Script
 
@@ -13,24 +13,56 @@ UP = "sentinel:quota:{u1}:output_tokens:60:1"  # a counter a settlement adds to 
 DOWN = "sentinel:quota:{u1}:input_tokens:60:1"  # one it refunds, floored at 0
 GONE = "sentinel:quota:{u1}:requests:60:1"  # an expired window: a refund there changes nothing
 IN_FLIGHT = "sentinel:quota:{u1}:input_tokens:x1:inflight"
+MARKER = "sentinel:quota:{u1}:reserved:tok"
 
 
 async def test_a_held_reservation_is_settled_once_and_alike_on_every_backend(store: Store) -> None:
     await store.set(HELD, b"record")
     await store.set(DOWN, b"30", 60)
     await store.run(_HSET, [IN_FLIGHT], ["tok", "30:1", "other", "5:1"])
-    keys = [HELD, UP, DOWN, GONE, IN_FLIGHT]
+    await store.set(MARKER, b"1", 60)
+    keys = [HELD, MARKER, UP, DOWN, GONE, IN_FLIGHT]
     args: list[str | int] = ["record", "tok", 3, 40, 90_000, -50, "", -1, ""]
 
     assert await store.run(SETTLE_HELD, keys, ["another record", *args[1:]]) == 0  # not what was read
     assert await store.get(DOWN) == b"30" and await store.get(UP) is None
     assert await store.run(SETTLE_HELD, keys, args) == 1
-    assert await store.get(HELD) is None
+    assert await store.get(HELD) is None and await store.get(MARKER) is None  # the marker goes with it
     assert await store.get(UP) == b"40" and 0 < (await store.ttl(UP) or 0) <= 90
     assert await store.get(DOWN) == b"0" and await store.get(GONE) is None
     assert await store.run(_HKEYS, [IN_FLIGHT], []) == [b"other"]
     assert await store.run(SETTLE_HELD, keys, args) == 0  # once: a second settler changes nothing
     assert await store.get(UP) == b"40"
+
+
+async def test_a_settlement_sent_twice_changes_the_counters_once(store: Store) -> None:
+    """A reconciliation whose reply was lost is sent again: the second run finds the reservation's
+    marker gone and changes nothing (run twice, its refund was given twice: quota for free)."""
+    reserved = await store.run(RESERVE, [DOWN, UP, MARKER], [100, 1000, 0, 60_000, 0, 1000, 0, 60_000, 90_000])
+    assert [int(v) for v in reserved] == [0, 100, 0]
+    assert await store.get(MARKER) is not None
+    assert 60 < (await store.ttl(MARKER) or 0) <= 90  # the longest of the counters' TTLs and its own
+    settle: list[str | int] = [-70, "", 40, 90_000]
+    assert [await store.run(ADJUST, [MARKER, DOWN, UP], settle) for _ in range(3)] == [1, 0, 0]
+    assert await store.get(DOWN) == b"30" and await store.get(UP) == b"40"
+    assert await store.get(MARKER) is None
+    # A peek (no marker KEY, no marker ARGV) marks nothing; a denied reservation neither.
+    assert [int(v) for v in await store.run(RESERVE, [DOWN], [0, 1000, 0, 60_000])] == [0, 30]
+    assert [int(v) for v in await store.run(RESERVE, [DOWN, MARKER], [971, 1000, 0, 60_000, 90_000])] == [1, 30]
+    assert await store.get(MARKER) is None and await store.get(DOWN) == b"30"
+    assert await store.run(ADJUST, [MARKER, DOWN], [-30, ""]) == 0  # unmarked: nothing to settle
+
+
+async def test_an_external_settlement_sent_twice_changes_the_counters_once(store: Store) -> None:
+    counter = "sentinel:quota:{u1}:input_tokens:86400:x1"
+    args: list[str | int] = [1_000, "tok", 100, 1000, 0, 60_000, 1, 61_000, 90_000]
+    reserved = await store.run(RESERVE_EXTERNAL, [counter, IN_FLIGHT, MARKER], args)
+    assert [int(v) for v in reserved] == [0, 100]
+    assert await store.run(_HKEYS, [IN_FLIGHT], []) == [b"tok"] and await store.get(MARKER) is not None
+    settle = [await store.run(ADJUST_EXTERNAL, [MARKER, counter, IN_FLIGHT], ["tok", -60, ""]) for _ in range(2)]
+    assert settle == [1, 0]
+    assert await store.get(counter) == b"40" and await store.run(_HKEYS, [IN_FLIGHT], []) == []
+    assert await store.get(MARKER) is None
 
 
 _HSET = Script(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from sentinel.domain.plans import ExternalUsage, Limit, Plan, parse_plan_spec
+from sentinel.errors import StoreRefused, StoreUnavailable
 from sentinel.quota.limiter import QuotaLimiter, Reservation
 from sentinel.quota.local_limiter import LocalLimiter
 from sentinel.store import Store
 from tests.support.clock import FakeClock
+from tests.support.lost_replies import LostReply
 
 T0 = 1_800_000_000.0  # a multiple of 60 and 3600
 
@@ -387,3 +389,68 @@ async def test_a_held_reservation_on_zion_limits_leaves_its_in_flight_entry_when
     assert await limiter.settle_held("u1", "batch_1", input_tokens=1000, output_tokens=0)
     newest = Plan("zion", (Limit("input_tokens", 3600, 10_000, ExternalUsage(used=1000, snapshot="s3")),))
     assert (await limiter.peek("u1", newest)).states[0].used == 1000  # settled: counted by Zion alone
+
+
+# --- a settlement whose outcome is unknown is sent again, and counts once -------------------------
+async def test_a_settlement_whose_reply_was_lost_is_sent_again_and_counts_once(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconciliation that ran but whose reply was lost (a read timeout) fails with its outcome
+    unknown; sent again, it ran a second time and gave its refund twice — 450 output tokens free
+    for a request that reserved 500 and used 50. Now the second run finds the reservation's marker
+    gone and changes nothing, so sending it again is safe whatever the failure."""
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
+    plan = parse_plan_spec("requests=10/60s,input_tokens=1000/60s,output_tokens=1000/1h")
+    other = await reserve(limiter, plan, i=100, o=500)  # another request of the same user, still running
+    r = await reserve(limiter, plan, i=100, o=500)
+    lost = LostReply(store, monkeypatch, "EVALSHA", "sentinel:quota:{u1}:")
+    with pytest.raises(StoreUnavailable) as failed:
+        await limiter.commit(r, input_tokens=130, output_tokens=50)
+    assert lost.lost == 1 and not isinstance(failed.value, StoreRefused)  # it ran: the outcome is unknown
+    await limiter.commit(r, input_tokens=130, output_tokens=50)  # sent again
+    assert await counts(store, r) == [2, 230, 550]  # once: 100 + 130, 500 + 50
+    await limiter.release(other)
+    assert await counts(store, r) == [1, 130, 50]
+
+
+async def test_a_give_back_sent_twice_gives_back_once(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
+    plan = parse_plan_spec("requests=10/60s,output_tokens=1000/1h")
+    kept = await reserve(limiter, plan, o=300)
+    r = await reserve(limiter, plan, o=300)
+    LostReply(store, monkeypatch, "EVALSHA", "sentinel:quota:{u1}:")
+    with pytest.raises(StoreUnavailable):
+        await limiter.release(r)
+    await limiter.release(r)
+    assert await counts(store, kept) == [1, 300]  # the other request's reservation is still counted
+
+
+async def test_a_zion_settlement_sent_twice_counts_once(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
+    ext = ExternalUsage(used=0, snapshot="s1", resets_at=T0 + 86400)
+    plan = Plan("zion", (Limit("output_tokens", 86400, 10_000, ext), Limit("requests", 60, 100)))
+    kept = await reserve(limiter, plan, o=400)
+    r = await reserve(limiter, plan, o=400)
+    LostReply(store, monkeypatch, "EVALSHA", "sentinel:quota:{u1}:")
+    with pytest.raises(StoreUnavailable):
+        await limiter.commit(r, input_tokens=0, output_tokens=100)
+    await limiter.commit(r, input_tokens=0, output_tokens=100)
+    assert await counts(store, kept) == [500, 2]
+    later = Plan("zion", (Limit("output_tokens", 86400, 10_000, ExternalUsage(0, "s2", T0 + 86400)),))
+    assert (await limiter.peek("u1", later)).states[0].used == 400  # the settled one's entry is gone, once
+
+
+async def test_markers_go_with_their_settlement_and_a_peek_leaves_none(store: Store) -> None:
+    """A reservation's marker lives until it is settled (even a settlement changing no counter: a
+    plan of request limits alone) or until it expires: memory goes with the reservations in flight."""
+    clock = FakeClock(T0)
+    limiter = QuotaLimiter(store, clock=clock, settle_within=3600)
+    plan = parse_plan_spec("requests=10/60s")
+    await limiter.peek("u1", plan)
+    assert await store.scan("sentinel:quota:{u1}:reserved:*") == []
+    settled, running = await reserve(limiter, plan), await reserve(limiter, plan)
+    assert sorted(await store.scan("sentinel:quota:{u1}:reserved:*")) == sorted([settled.marker, running.marker])
+    assert 3500 < (await store.ttl(running.marker) or 0) <= 3600  # the longer of its own and its counters'
+    await limiter.commit(settled, input_tokens=0, output_tokens=0)  # no counter changes
+    assert await store.scan("sentinel:quota:{u1}:reserved:*") == [running.marker]
+    assert (await reserve(limiter, plan, subject="u}x")).marker.startswith("sentinel:quota:{u%7Dx}:reserved:")

@@ -261,6 +261,25 @@ async def test_a_stream_append_whose_reply_is_lost_is_not_run_again(
     await store.close()
 
 
+async def test_a_quota_settlement_run_twice_by_the_clients_retry_counts_once(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's cluster client sends a script again after a read timeout: a reconciliation whose
+    reply was lost ran twice, its refund given twice (450 output tokens free). Now the second run
+    finds the reservation's marker gone and changes nothing."""
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    limiter = QuotaLimiter(store)
+    plan = Plan("p", (Limit("requests", 3600, 100), Limit("output_tokens", 3600, 10_000)))
+    await limiter.release(await limiter.reserve("u-retry", plan, input_tokens=0, output_tokens=1))  # scripts known
+    kept = await limiter.reserve("u-retry", plan, input_tokens=0, output_tokens=500)
+    r = await limiter.reserve("u-retry", plan, input_tokens=0, output_tokens=500)
+    lost = LostClusterReply(monkeypatch, "EVALSHA")
+    await limiter.commit(r, input_tokens=0, output_tokens=50)  # its retry answered
+    assert lost.sent == 2  # run twice
+    assert [int(await store.get(key) or 0) for key in kept.keys] == [2, 550]  # counted once
+    await store.close()
+
+
 async def test_two_instances_share_data(redis_cluster_url: str) -> None:
     one, two = create_store(redis_cluster_url, timeout=2.0), create_store(redis_cluster_url, timeout=2.0)
     assert one.backend == "redis-cluster"

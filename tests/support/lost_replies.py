@@ -12,10 +12,14 @@
   redis-py's TimeoutError as a read timeout does (the store maps it to StoreUnavailable, and counts
   it against its breaker, as any); on the memory store the write is done and StoreUnavailable raised.
   `lost` counts the replies lost (at most one).
+  `LostReply(store, monkeypatch, "EVALSHA", key_prefix)`: the same for the next script whose first key
+  begins with `key_prefix` (on a `RedisStore`, on the hot path's auto-pipeline: its reply read and
+  dropped; on the memory store, `run` done and StoreUnavailable raised).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -23,7 +27,8 @@ from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sentinel.errors import StoreUnavailable
-from sentinel.store import MemoryStore, Store, StreamEntry
+from sentinel.store import MemoryStore, Script, Store, StreamEntry
+from sentinel.store.base import ScriptArg
 from sentinel.store.redis import RedisStore
 
 
@@ -66,12 +71,15 @@ class LostReply:
     """See the module docstring."""
 
     def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch, command: str, key_prefix: str) -> None:
-        if command != "SET":
-            raise ValueError("only SET replies are lost here")
+        if command not in ("SET", "EVALSHA"):
+            raise ValueError("only SET and EVALSHA replies are lost here")
+        self.command = command
         self.key_prefix = key_prefix
         self.armed = True
         self.lost = 0
-        if isinstance(store, RedisStore):
+        if command == "EVALSHA":
+            self._lose_scripts(store, monkeypatch)
+        elif isinstance(store, RedisStore):
             client = store.client
             real_command = client.execute_command
 
@@ -95,9 +103,33 @@ class LostReply:
         else:
             raise TypeError(f"no lost replies for {type(store).__name__}")
 
+    def _lose_scripts(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        if isinstance(store, RedisStore):
+            real_command = store._command
+
+            async def command(*args: Any) -> Any:
+                reply = await real_command(*args)  # it ran on the server
+                if str(args[0]).upper() in ("EVALSHA", "EVAL") and int(args[2]) and self._losing("EVALSHA", args[3]):
+                    raise RedisTimeoutError("Timeout reading from socket (the reply was dropped)")
+                return reply
+
+            monkeypatch.setattr(store, "_command", command)
+        elif isinstance(store, MemoryStore):
+            real_run = store.run
+
+            async def run(script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+                done = await real_run(script, keys, args)
+                if keys and self._losing("EVALSHA", keys[0]):
+                    raise StoreUnavailable("Redis is unavailable: TimeoutError")  # as RedisStore maps it
+                return done
+
+            monkeypatch.setattr(store, "run", run)
+        else:
+            raise TypeError(f"no lost replies for {type(store).__name__}")
+
     def _losing(self, command: str, key: Any) -> bool:
         name = key.decode() if isinstance(key, bytes) else str(key)
-        if self.armed and command.upper() == "SET" and name.startswith(self.key_prefix):
+        if self.armed and command.upper() == self.command and name.startswith(self.key_prefix):
             self.armed = False
             self.lost += 1
             return True

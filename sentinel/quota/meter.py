@@ -10,7 +10,8 @@ the batch then holds that reservation (`hold`) until the first read showing its 
 were spent, client disconnect): it reconciles the reservation to the real usage and writes one
 usage record to the durable outbox before returning (and one more for each model whose usage the
 answer reports apart: `ModelUsage`). `release()` runs when nothing was served.
-A reconciliation or give-back the store refused (it did not run) is sent again later (`Unsettled`).
+A reconciliation or give-back the store did not take (refused, or its outcome unknown) is sent again
+later (`Unsettled`): it runs once however often it is sent.
 Either, once begun, runs to its end even if its caller is cancelled (one task of its own, shielded);
 shutdown waits (`QuotaMeter.drain`) for those under way, and for every admission neither has begun
 for yet (a request the server cancelled reaches its settlement some loop turns later), before it
@@ -35,7 +36,7 @@ from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.plans import Plan, PlanSource
 from sentinel.domain.policies import QuotaFailureMode
 from sentinel.domain.usage import MAX_REQUEST_ID, Usage, UsageRecord, UsageSource, new_request_id
-from sentinel.errors import ServiceUnavailable, StoreRefused, StoreUnavailable, sent_unanswered
+from sentinel.errors import ServiceUnavailable, StoreUnavailable, sent_unanswered
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.offload import OFF_LOOP_SIZE, count_off_loop
@@ -192,7 +193,7 @@ class QuotaMeter:
         self._settling: set[asyncio.Task[None]] = set()  # settlements and releases under way
         self._open = 0  # admissions neither settled nor released yet (a settlement still to come)
         self._changed: asyncio.Event | None = None  # set on every change `drain` waits for, while it waits
-        self.unsettled = Unsettled()  # settlements the store refused, sent again once it takes them
+        self.unsettled = Unsettled()  # settlements the store did not take, sent again until it does
 
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
@@ -515,11 +516,9 @@ class QuotaMeter:
             )
             try:
                 await commit()
-            except StoreRefused:
-                self._repeated.warning("the store refused a quota reconciliation; it is sent again once it answers")
+            except StoreUnavailable:  # refused, or its outcome unknown: sent again, it runs once
+                self._repeated.warning("the store did not take a quota reconciliation; it is sent again once it answers")
                 self.unsettled.add(commit)
-            except StoreUnavailable:
-                self._repeated.warning("could not reconcile a quota reservation (store unavailable)")
             finally:
                 await stored
         admission.recorded = Usage(input_tokens, output_tokens)
@@ -602,8 +601,6 @@ class QuotaMeter:
     async def _release(self, limiter: QuotaLimiter, reservation: Reservation) -> None:
         try:
             await limiter.release(reservation)
-        except StoreRefused:
-            self._repeated.warning("the store refused a quota release; it is sent again once it answers")
+        except StoreUnavailable:  # refused, or its outcome unknown: sent again, it runs once
+            self._repeated.warning("the store did not take a quota release; it is sent again once it answers")
             self.unsettled.add(functools.partial(limiter.release, reservation))
-        except StoreUnavailable:
-            self._repeated.warning("could not release a quota reservation (store unavailable)")

@@ -1,18 +1,21 @@
-"""Settlements the store refused, sent again once it takes them.
+"""Settlements the store did not take, sent again until it does.
 
-A reservation's reconciliation or give-back that the store refused before running it
+A reservation's reconciliation or give-back that failed — refused by the store before it ran
 (`StoreRefused`: Redis out of memory, a replica after a failover, the circuit open, no connection)
-left the reservation's estimate counted until its window ended: a request that reserved 4,096
+or with its outcome unknown (a timeout, a connection lost after sending, redis-py's cluster retry)
+— left the reservation's estimate counted until its window ended: a request that reserved 4,096
 output tokens and used 10 kept the 4,096 for the rest of the day on a daily limit, and a user near
 the limit was refused for it. Such a settlement is kept here and sent again in the background, with
-backoff, until the store runs it (refused, it did not run: sent again it runs once). One whose
-outcome is unknown (a timeout, a connection lost after sending) is not kept: run twice, a refund
-would be given twice (README, What next).
+backoff, until the store runs it. Sending it again is safe whatever happened to the first send: a
+settlement runs only in the call that deletes its reservation's marker (`QuotaLimiter`), so one
+that ran already changes nothing the second time (a refund is never given twice).
 
+One whose sends keep failing other than by a refusal (`MAX_UNKNOWN` of them: a command error, a
+Redis that keeps timing out) is dropped and logged, so it cannot block those behind it forever.
 Held in this process's memory (at most `limit`, the oldest dropped and logged beyond); what is
 still held at shutdown is tried once more (`close`) within what is left of the shutdown deadline
 (the usage records still to be flushed come after it), and what is left then is logged, as is a
-refusal met after it (a settlement still under way past the deadline): nothing outlives shutdown.
+failure met after it (a settlement still under way past the deadline): nothing outlives shutdown.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from sentinel.backoff import Backoff
 from sentinel.errors import StoreRefused, StoreUnavailable
@@ -33,14 +37,24 @@ Settle = Callable[[], Awaitable[None]]
 
 RETRY = Backoff(base=0.5, cap=5.0)
 
+# Sends of one settlement that may have failed for good (not refused) before it is dropped.
+MAX_UNKNOWN = 30
+
+
+@dataclass(slots=True)
+class _Held:
+    settle: Settle
+    failed: int = 0  # its sends that failed other than refused
+
 
 class Unsettled:
     """Settlements to send again (`add`), one background task sending them while any is held."""
 
-    def __init__(self, *, limit: int = 100_000, backoff: Backoff = RETRY) -> None:
+    def __init__(self, *, limit: int = 100_000, backoff: Backoff = RETRY, max_unknown: int = MAX_UNKNOWN) -> None:
         self.limit = limit
         self.backoff = backoff
-        self._held: deque[Settle] = deque()
+        self.max_unknown = max_unknown
+        self._held: deque[_Held] = deque()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._repeated = Repeated(log)
@@ -49,17 +63,17 @@ class Unsettled:
         return len(self._held)
 
     def add(self, settle: Settle) -> None:
-        """Keep `settle` (which the store refused) and send it again once the store takes it; after
-        `close`, only logged (no task outlives shutdown)."""
+        """Keep `settle` (which the store did not take, or may not have) and send it again until the
+        store takes it; after `close`, only logged (no task outlives shutdown)."""
         if self._closed:
-            self._repeated.log(logging.ERROR, "a quota settlement the store refused at shutdown is left unsent; "
-                               "its reservation stays counted until its window ends")
+            self._repeated.log(logging.ERROR, "a quota settlement the store did not take at shutdown is left "
+                               "unsent; its reservation stays counted until its window ends")
             return
         if len(self._held) >= self.limit:
             self._held.popleft()
-            self._repeated.log(logging.ERROR, "too many quota settlements refused by the store; the oldest "
+            self._repeated.log(logging.ERROR, "too many quota settlements the store did not take; the oldest "
                                "is dropped (its reservation stays counted until its window ends)")
-        self._held.append(settle)
+        self._held.append(_Held(settle))
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
 
@@ -72,16 +86,20 @@ class Unsettled:
                 retry = 0
 
     async def _send(self) -> bool:
-        """Send the held settlements in order until the store refuses one; whether it took them all."""
+        """Send the held settlements in order until the store fails one; whether it took them all."""
         while self._held:
-            settle = self._held[0]
+            held = self._held[0]
             try:
-                await settle()
+                await held.settle()
             except StoreRefused:
                 return False
             except StoreUnavailable:
-                # Sent, its outcome unknown: sent once more it might count twice.
-                self._repeated.warning("a refused quota settlement was lost on its retry (store unavailable)")
+                # Its outcome unknown again (or an error): sent once more, it still runs at most once.
+                held.failed += 1
+                if held.failed < self.max_unknown:
+                    return False
+                self._repeated.log(logging.ERROR, "a quota settlement kept failing and is dropped (its "
+                                   "reservation stays counted until its window ends)")
             self._held.popleft()
         return True
 
@@ -100,6 +118,6 @@ class Unsettled:
                 async with asyncio.timeout(max(within, 0.0)):
                     await self._send()
         if self._held:
-            log.error("quota settlements the store refused are left unsent at shutdown; their "
+            log.error("quota settlements the store did not take are left unsent at shutdown; their "
                       "reservations stay counted until their windows end", extra={"count": len(self._held)})
             self._held.clear()

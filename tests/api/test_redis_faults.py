@@ -17,8 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 
+from sentinel.quota.limiter import ADJUST
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import ledger_totals, set_plan
 from tests.conftest import REDIS_BIN, unavailable
@@ -49,6 +51,11 @@ def counters(server: redis.Redis) -> dict[str, int]:
         if metric != "reserved":
             found[metric] = int(server.get(key) or 0)
     return found
+
+
+def unsettled(server: redis.Redis) -> list[bytes]:
+    """The markers of the user's reservations still to settle."""
+    return list(server.keys(f"sentinel:quota:{{{USER}}}:reserved:*"))
 
 
 @contextmanager
@@ -138,5 +145,37 @@ def test_a_failover_behind_one_address_is_followed_without_a_restart(
             assert after.status_code == 200, after.text
             assert wait_for(lambda: counters(new) == {"requests": 2, "output_tokens": 4}), counters(new)
             assert wait_for(lambda: ledger_totals(gw.settings.database_url, USER)["requests"] == 2)
+        finally:
+            proxy.close()
+
+
+@pytest.mark.parametrize("delivered", [False, True], ids=["not-run", "run"])
+def test_a_reconciliation_whose_connection_was_cut_is_made_once(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, delivered: bool
+) -> None:
+    """The connection carrying a request's reconciliation is cut after Sentinel sent it: Redis ran
+    it (its reply lost) or never got it — Sentinel cannot tell. It was not sent again, so one that
+    never ran left the whole reservation (500 output tokens for 2 used) counted until the day's
+    end. Now it is sent again, and runs once: the counters hold the real usage either way, and the
+    usage record reaches the ledger once."""
+    upstream = GatedUpstream()
+    with RedisServerProcess(tmp_path, redis_bin()) as server, serving(upstream) as upstream_server:
+        proxy = HungProxy(("127.0.0.1", server.port))
+        try:
+            gw = gateway_factory(redis_url=f"redis://127.0.0.1:{proxy.port}/0",
+                                 openai_api_url=upstream_server.url + "/v1")
+            set_plan(gw.settings.database_url, USER, "plan", PLAN)
+            admin = redis.Redis(port=server.port)
+            with held_requests(gw, upstream, 1) as answers:
+                assert counters(admin) == {"requests": 1, "output_tokens": 500}
+                [output] = admin.keys(f"sentinel:quota:{{{USER}}}:output_tokens:*")
+                admin.script_load(ADJUST.lua)  # Redis knows it: the cut command is the script's run, not NOSCRIPT
+                proxy.cut_at(output, delivered=delivered)  # the next command naming it: the settlement
+            assert [a.status_code for a in answers] == [200], [a.text for a in answers]
+            assert wait_for(lambda: proxy.cut == 1)
+            assert wait_for(lambda: counters(admin) == {"requests": 1, "output_tokens": 2}), counters(admin)
+            assert unsettled(admin) == []
+            assert wait_for(lambda: ledger_totals(gw.settings.database_url, USER)["requests"] == 1)
+            assert ledger_totals(gw.settings.database_url, USER)["output_tokens"] == 2
         finally:
             proxy.close()

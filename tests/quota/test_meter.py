@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sentinel.backoff import Backoff
 from sentinel.domain.catalogue import Prices
 from sentinel.domain.identity import Identity
 from sentinel.domain.plans import Plan, parse_plan_spec
@@ -23,6 +24,7 @@ from sentinel.errors import (
     RateLimited,
     ServiceUnavailable,
     StoreRefused,
+    StoreUnavailable,
     UpstreamConnectionError,
     UpstreamStatusError,
     UpstreamTimeout,
@@ -33,7 +35,9 @@ from sentinel.quota.limiter import QuotaLimiter
 from sentinel.quota.local_limiter import LocalLimiter
 from sentinel.quota.meter import Admission, QuotaMeter
 from sentinel.quota.tokens import EncodingUnavailable, TokenCounter
+from sentinel.quota.unsettled import Unsettled
 from tests.support.clock import FakeClock
+from tests.support.lost_replies import LostReply
 from tests.support.metrics import counted
 from tests.support.stores import FlakyStore
 from tests.support.waiting import until
@@ -287,8 +291,8 @@ async def test_a_store_outage_is_one_warning_a_minute_not_one_a_request(caplog: 
     lines = [(r.getMessage(), getattr(r, "suppressed", None)) for r in caplog.records if r.name == "sentinel.meter"]
     assert lines == [
         ("quota store unavailable; admitting without a quota check (QUOTA_FAILURE_MODE=open)", None),
-        ("could not reconcile a quota reservation (store unavailable)", None),
-        ("could not release a quota reservation (store unavailable)", None),
+        ("the store did not take a quota reconciliation; it is sent again once it answers", None),
+        ("the store did not take a quota release; it is sent again once it answers", None),
         ("quota store unavailable; admitting without a quota check (QUOTA_FAILURE_MODE=open)", 49),
     ]
     assert len(s.outbox.records) == 20  # every settlement's record, written all the same
@@ -477,7 +481,7 @@ async def test_refused_settlements_sent_again_at_shutdown_keep_to_its_deadline_a
     assert "left unsent at shutdown" in caplog.text and len(s.meter.unsettled) == 0
     store.gate, store.refusing = None, True
     await s.meter.settle(second, usage=Usage(7, 3), output_text="", status=200, provider="openai")
-    assert "refused at shutdown is left unsent" in caplog.text
+    assert "did not take at shutdown is left unsent" in caplog.text
     assert not [task for task in asyncio.all_tasks() if "Unsettled" in repr(task.get_coro())]
 
 
@@ -600,3 +604,43 @@ def test_a_model_usage_record_is_keyed_beside_its_request_within_the_ledgers_key
     long_id = "r" * 115 + "~" + "0" * 12
     keys = {part_id(long_id, n) for n in (1, 2)}
     assert len(keys) == 2 and all(len(k) <= MAX_REQUEST_ID and "#" not in k for k in keys)
+
+
+async def test_a_settlement_whose_outcome_is_unknown_is_sent_again_and_counts_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reconciliation whose reply was lost (a timeout, a connection lost after sending) was not
+    sent again — run twice, its refund would have been given twice — so the request kept all it
+    reserved counted until the window ended. It is sent again now (it runs once, whatever the
+    first send did), and so is a give-back."""
+    s = Setup()
+    s.meter.unsettled = Unsettled(backoff=Backoff(base=0.0, cap=0.0))
+    served, unserved = await s.admit(), await s.admit()
+    lost = LostReply(s.store, monkeypatch, "EVALSHA", f"sentinel:quota:{{{ALICE.external_id}}}:")  # ran, reply lost
+    await s.meter.settle(served, usage=Usage(7, 3), output_text="", status=200, provider="openai")
+    assert lost.lost == 1
+    s.store.fail("run")  # then the store is away: the give-back waits too
+    await s.meter.release(unserved)
+    assert len(s.meter.unsettled) == 1
+    s.store.recover()
+    await until(lambda: len(s.meter.unsettled) == 0)
+    assert await s.used() == {"requests": 1, "input_tokens": 7, "output_tokens": 3}  # each applied once
+    assert [r.request_id for r in s.outbox.records] == [served.request_id]
+
+
+async def test_a_settlement_that_keeps_failing_is_dropped_in_the_end(caplog: pytest.LogCaptureFixture) -> None:
+    """One the store keeps failing (not refusing: an error every time) cannot hold those behind it forever."""
+    unsettled = Unsettled(backoff=Backoff(base=0.0, cap=0.0), max_unknown=3)
+    sent: list[str] = []
+
+    async def failing() -> None:
+        sent.append("failing")
+        raise StoreUnavailable("Redis command failed: ERR")
+
+    async def fine() -> None:
+        sent.append("fine")
+
+    unsettled.add(failing)
+    unsettled.add(fine)
+    await until(lambda: len(unsettled) == 0)
+    assert sent == ["failing"] * 3 + ["fine"] and "kept failing and is dropped" in caplog.text

@@ -246,10 +246,10 @@ async def test_a_redis_that_may_evict_keys_says_so(tmp_path: Path) -> None:
 
 
 async def test_a_command_redis_did_not_run_is_told_from_one_it_may_have_run(tmp_path: Path) -> None:
-    """`StoreRefused` (safe to send again: the meter sends refused quota settlements again) only when
-    the command surely did not run: refused by a full Redis, never sent (the breaker open, no
-    connection); a reply lost to a timeout (`CLIENT PAUSE`: the command waits in Redis) may have
-    run, and is not."""
+    """`StoreRefused` (safe to send again: the meter waits out refusals of the quota settlements it
+    sends again) only when the command surely did not run: refused by a full Redis, never sent (the
+    breaker open, no connection); a reply lost to a timeout (`CLIENT PAUSE`: the command waits in
+    Redis) may have run, and is not."""
     assert REDIS_BIN is not None
     with RedisServerProcess(tmp_path, REDIS_BIN) as proc, redis.Redis(port=proc.port) as admin:
         store = RedisStore(proc.url, timeout=0.2, breaker=CircuitBreaker(threshold=100))

@@ -1,6 +1,7 @@
 """A TCP proxy in front of a database that can stop forwarding: a database that accepts connections
 (and keeps those it has) but never answers, as one does when its host hangs or a network drops
-packets."""
+packets. It can also cut one connection at a command (`cut_at`): the command delivered or not, its
+reply never comes back — the client's outcome unknown either way."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class HungProxy:
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
         self.accepted = 0  # connections accepted so far
+        self.cut = 0  # connections cut at a command (`cut_at`)
+        self._cut_at: tuple[bytes, bool] | None = None
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -34,6 +37,12 @@ class HungProxy:
 
     def resume(self) -> None:
         self._flowing.set()
+
+    def cut_at(self, needle: bytes, *, delivered: bool) -> None:
+        """Cut the connection whose client next sends bytes holding `needle`: those bytes reach the
+        database (`delivered`: it runs the command, and its reply is dropped) or not; either way
+        the client's connection is closed without an answer."""
+        self._cut_at = (needle, delivered)
 
     def _keep(self, *socks: socket.socket) -> None:
         with self._lock:
@@ -53,10 +62,11 @@ class HungProxy:
                 client.close()
                 continue
             self._keep(client, upstream)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            cutting: list[bool] = []  # this connection's: set once its reply is to be dropped
+            for a, b, out in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, out, cutting), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, out: bool, cutting: list[bool]) -> None:
         try:
             while True:
                 data = src.recv(65536)
@@ -65,6 +75,15 @@ class HungProxy:
                 while not self._flowing.wait(0.05):
                     if self._closed.is_set():
                         return
+                cut = self._cut_at
+                if out and cut is not None and cut[0] in data:
+                    self._cut_at = None
+                    self.cut += 1
+                    if not cut[1]:
+                        return  # not delivered: both sockets shut (finally)
+                    cutting.append(True)
+                elif not out and cutting:
+                    return  # the reply to the command cut at: dropped, both sockets shut
                 dst.sendall(data)
         except OSError:
             pass

@@ -103,8 +103,9 @@ class Authenticator:
         withheld: Collection[str] = (),
     ) -> None:
         self.api_keys = api_keys
-        # Digests (`hash_key`) of Sentinel's operator keys (admin, docs): refused here before any
-        # source is asked, so a mistaken one is never sent to Zion or cached as anyone's identity.
+        # Digests (`hash_key`) of the configuration's secrets (admin, docs and metrics keys, provider
+        # and Zion keys, ...): refused here before any source is asked, so a mistaken one is never
+        # sent to Zion or cached as anyone's identity.
         self.withheld = frozenset(withheld)
         self.require_email = require_email
         self.jwt = jwt

@@ -441,3 +441,30 @@ def test_limits_of_a_wrong_type_are_an_outage_not_no_limits(
         r = post(gw, "any-token")
         assert r.status_code == 503, r.text
         assert r.json()["error"]["type"] == "service_unavailable"
+
+
+def test_no_secret_of_the_configuration_is_sent_to_zion_as_a_users_token(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    """Every secret Sentinel is configured with is refused as a user credential before any identity
+    source is asked — the metrics token, the Zion service key, the provider keys, the JWT and
+    end-user secrets, not only the admin and docs keys: each was sent to Zion's `/users/me` as a
+    bearer token (into Zion's logs), a scrape configured against the wrong URL, a key pasted in the
+    wrong field. Each is a 401 on every surface, counted as a failed authentication."""
+    secrets = {
+        "metrics_token": "metrics-token-0123456789abcdef", "admin_key": "admin-key-0123456789abcdef",
+        "docs_api_key": "docs-key-0123456789abcdef", "jwt_secret": "jwt-secret-0123456789abcdef-0123456789",
+        "end_user_secret": "end-user-secret-0123456789abcdef",
+    }
+    gw = zion_gateway(gateway_factory, zion, **secrets)
+    settings = gw.settings
+    assert settings.openai_api_key is not None and settings.anthropic_api_key is not None
+    tokens = [*secrets.values(), zion.api_key, settings.openai_api_key.get_secret_value(),
+              settings.anthropic_api_key.get_secret_value()]
+    for token in tokens:
+        refused = post(gw, token)
+        assert refused.status_code == 401 and "operator key" in refused.json()["error"]["message"], refused.text
+        anthropic = httpx.post(gw.url + "/v1/messages", headers={"x-api-key": token}, timeout=30, json={
+            "model": "claude-3-5-haiku-20241022", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]})
+        assert anthropic.status_code == 401 and anthropic.json()["error"]["type"] == "authentication_error"
+    assert zion.attempts[ME] == 0, zion.attempts  # none of them reached Zion

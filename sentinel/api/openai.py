@@ -190,10 +190,18 @@ class OpenAIRoutes:
 
     async def _call(self, request: Request, *, endpoint: str) -> Any:
         identity = await self.deps.authenticate(request)
+        query = query_items(request)
+        if query is not None and any(self.deps.redact.finds(text) for item in query for text in item):
+            # The query is sent on to the provider (and kept in its logs, and in any proxy's): a key
+            # put in the URL (`?api_key=`, `?key=`) would leave with it. It is never repeated here.
+            raise InvalidRequest(
+                "The query holds an API key or another secret: a URL is sent on to the provider and kept in "
+                "logs. Send your key only as Authorization: Bearer <key> (or x-api-key)", code="credential_in_query",
+            )
         body = await self.deps.read_body(request) if request.method not in ("GET", "HEAD") else None
         path: str = request.scope["path"]
         reply = await self.relay.call(
             context(request.scope), identity, endpoint=endpoint, method=request.method,
-            segments=path[4:].split("/"), body=body, headers=request.scope["headers"], query=query_items(request),
+            segments=path[4:].split("/"), body=body, headers=request.scope["headers"], query=query,
         )
         return render(reply)

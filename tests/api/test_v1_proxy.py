@@ -407,6 +407,34 @@ def test_allowed_passthrough_keeps_method_path_query_and_status(gateway_factory:
     assert bad.status_code == 400  # the upstream's own 4xx is relayed
 
 
+def test_a_credential_in_a_forwarded_query_is_refused_never_sent_on(gateway_factory: Callable[..., Gateway]) -> None:
+    """Pass-through and the stored-response routes send their query on to the provider: a client that
+    put its Sentinel key in the URL (`?api_key=`, `?key=`, as Gemini's clients do), or a secret of
+    Sentinel's configuration, sent it to the provider's logs. Refused (400 `credential_in_query`, the
+    key not repeated), after authentication: nothing sent, nothing recorded."""
+    import httpx
+
+    admin_key = "admin-key-for-the-query-test-0123"
+    gw = gateway_factory(passthrough="/v1/moderations", admin_key=admin_key)
+    before = last_upstream_request(gw)
+    for target in (f"/v1/moderations?api_key={gw.key}", f"/v1/moderations?limit=2&key={gw.key}",
+                   f"/v1/moderations?{gw.key}=1", f"/v1/moderations?x=Bearer%20{gw.key}",
+                   f"/v1/moderations?k={admin_key}", f"/v1/moderations?k={UPSTREAM_KEY}",
+                   f"/v1/responses/resp_1?after={gw.key}"):
+        with gw.client() as http:
+            refused = http.request("GET" if "responses" in target else "POST", target, json={"input": "a"})
+        assert refused.status_code == 400, (target, refused.text)
+        assert refused.json()["error"]["code"] == "credential_in_query", refused.text
+        assert gw.key not in refused.text and admin_key not in refused.text and UPSTREAM_KEY not in refused.text
+    unauthenticated = httpx.post(gw.url + f"/v1/moderations?api_key={gw.key}", json={"input": "a"}, timeout=30)
+    assert unauthenticated.status_code == 401  # the key in the URL is not a credential
+    assert last_upstream_request(gw) == before
+    assert recorded_ids(gw.settings.database_url) == set()
+    with gw.client() as http:  # a query without one is sent on as before
+        assert http.post("/v1/moderations?purpose=check", json={"input": "a"}).status_code == 200
+    assert last_upstream_request(gw)["query"] == {"purpose": "check"}
+
+
 def test_a_metered_call_with_a_query_is_refused_before_anything_is_sent(gateway: Gateway) -> None:
     """The metered endpoints take no query parameter and Sentinel reads none: sent on, one was read
     upstream unchecked — a LiteLLM proxy runs `?model=` over the body's model, the one checked against

@@ -306,11 +306,17 @@ def build_cli_admin(s: Settings, sessions: async_sessionmaker[AsyncSession], sto
     )
 
 
-def operator_key_digests(s: Settings, catalog: Catalog) -> list[str]:
-    """`hash_key` of every secret of the configuration (`configured_secrets`: the admin, docs and
-    metrics keys, the provider and Zion keys, the JWT and end-user secrets): never a user's
-    credential (see `Authenticator`). Only the admin and docs keys were, and with GOVERNANCE=zion
-    the others were sent to Zion's `/users/me` as a user's bearer token when a client presented one."""
+def operator_key_digests(s: Settings) -> list[str]:
+    """`hash_key` of the keys operators sign in with (admin, docs, metrics): never a user's
+    credential, and refused saying so (see `Authenticator`)."""
+    keys = (reveal(s.admin_key), reveal(s.docs_api_key), reveal(s.metrics_token))
+    return [hash_key(key) for key in keys if key]
+
+
+def secret_digests(s: Settings, catalog: Catalog) -> list[str]:
+    """`hash_key` of every secret of the configuration (`configured_secrets`): never a user's
+    credential, never sent to an identity source. Only the admin and docs keys were withheld, and
+    with GOVERNANCE=zion the others went to Zion's `/users/me` as a user's bearer token."""
     return [hash_key(secret) for secret in configured_secrets(s, catalog)]
 
 
@@ -360,7 +366,8 @@ async def build_runtime(
     authenticator = Authenticator(
         store, api_keys=KeyService(sessions, require_email=zion_mode), jwt=governance.jwt,
         ttl=s.jwt_cache_ttl_seconds, grace=s.governance_grace_seconds, metrics=metrics, local_ttl=local_ttl,
-        require_email=zion_mode, withheld=operator_key_digests(s, catalog),
+        require_email=zion_mode, withheld=secret_digests(s, catalog),
+        operator_keys=operator_key_digests(s),
     )
     counter = TokenCounter(on_fallback=lambda wanted, used: metrics.tokenizer_fallback.labels(wanted, used).inc())
     await asyncio.to_thread(counter.warm)

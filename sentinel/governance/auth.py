@@ -101,12 +101,17 @@ class Authenticator:
         local_ttl: float = 0.0,
         require_email: bool = False,
         withheld: Collection[str] = (),
+        operator_keys: Collection[str] = (),
     ) -> None:
         self.api_keys = api_keys
         # Digests (`hash_key`) of the configuration's secrets (admin, docs and metrics keys, provider
         # and Zion keys, ...): refused here before any source is asked, so a mistaken one is never
         # sent to Zion or cached as anyone's identity.
-        self.withheld = frozenset(withheld)
+        self.withheld = frozenset(withheld) | frozenset(operator_keys)
+        # Of those, the keys an operator holds to sign in with (admin, docs, metrics): refused saying
+        # so (each can be tried on its own route anyway). The others (provider keys, the JWT and
+        # end-user secrets, ...) get the answer any wrong token gets: no oracle for guessing them.
+        self.operator_keys = frozenset(operator_keys)
         self.require_email = require_email
         self.jwt = jwt
         self.negative_ttl = min(negative_ttl, ttl)
@@ -152,8 +157,10 @@ class Authenticator:
             stale = cached.value
         elif unknown is not None:
             unknown()
-        if key in self.withheld:
+        if key in self.operator_keys:
             raise AuthenticationError("An operator key is not a user credential: use an API key or a JWT")
+        if key in self.withheld:
+            raise AuthenticationError()
         if cached is not None and cached.value is None:
             raise Expired() if cached.reason == Expired.code else AuthenticationError()
         source = self._source_for(token)

@@ -447,24 +447,28 @@ def test_no_secret_of_the_configuration_is_sent_to_zion_as_a_users_token(
     gateway_factory: Callable[..., Gateway], zion: FakeZion
 ) -> None:
     """Every secret Sentinel is configured with is refused as a user credential before any identity
-    source is asked — the metrics token, the Zion service key, the provider keys, the JWT and
-    end-user secrets, not only the admin and docs keys: each was sent to Zion's `/users/me` as a
-    bearer token (into Zion's logs), a scrape configured against the wrong URL, a key pasted in the
-    wrong field. Each is a 401 on every surface, counted as a failed authentication."""
-    secrets = {
-        "metrics_token": "metrics-token-0123456789abcdef", "admin_key": "admin-key-0123456789abcdef",
-        "docs_api_key": "docs-key-0123456789abcdef", "jwt_secret": "jwt-secret-0123456789abcdef-0123456789",
-        "end_user_secret": "end-user-secret-0123456789abcdef",
-    }
-    gw = zion_gateway(gateway_factory, zion, **secrets)
+    source is asked — the metrics token, the Zion service key, the provider keys, the end-user
+    secret, not only the admin and docs keys: each was sent to Zion's `/users/me` as a
+    bearer token (into Zion's logs): a scrape configured against the wrong URL, a key pasted in the
+    wrong field. The keys operators sign in with are refused saying so; the others as any wrong token
+    is (a distinct answer would be an oracle for guessing, say, END_USER_SECRET)."""
+    operator = {"metrics_token": "metrics-token-0123456789abcdef", "admin_key": "admin-key-0123456789abcdef",
+                "docs_api_key": "docs-key-0123456789abcdef"}
+    others = {"end_user_secret": "end-user-secret-0123456789abcdef"}  # (with JWT_SECRET, Zion sees only JWTs)
+    gw = zion_gateway(gateway_factory, zion, **operator, **others)
     settings = gw.settings
     assert settings.openai_api_key is not None and settings.anthropic_api_key is not None
-    tokens = [*secrets.values(), zion.api_key, settings.openai_api_key.get_secret_value(),
-              settings.anthropic_api_key.get_secret_value()]
-    for token in tokens:
+    secrets = [*others.values(), zion.api_key, settings.openai_api_key.get_secret_value(),
+               settings.anthropic_api_key.get_secret_value()]
+    for token in [*operator.values(), *secrets]:
         refused = post(gw, token)
-        assert refused.status_code == 401 and "operator key" in refused.json()["error"]["message"], refused.text
+        assert refused.status_code == 401, refused.text
+        message = refused.json()["error"]["message"]
+        if token in secrets:
+            assert refused.json() == post(gw, "made-up-token-0123456789").json()  # the answer any wrong token gets
+        else:
+            assert "operator key" in message, refused.text
         anthropic = httpx.post(gw.url + "/v1/messages", headers={"x-api-key": token}, timeout=30, json={
             "model": "claude-3-5-haiku-20241022", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]})
         assert anthropic.status_code == 401 and anthropic.json()["error"]["type"] == "authentication_error"
-    assert zion.attempts[ME] == 0, zion.attempts  # none of them reached Zion
+    assert zion.attempts[ME] == 1, zion.attempts  # only the made-up token reached Zion (then remembered as invalid)

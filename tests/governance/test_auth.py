@@ -258,11 +258,15 @@ async def test_an_operator_key_is_refused_before_any_source_sees_it(clock: FakeC
     mode, to Zion's /users/me. It is refused here, and never cached as anyone's identity."""
     from sentinel.governance.keys import hash_key
 
-    admin = "operator-admin-key-0123456789"
-    auth, source, _ = make(clock, withheld=[hash_key(admin)])
-    source.valid[admin] = Identity("mallory", "u9")  # whatever a source would have said
+    admin, provider = "operator-admin-key-0123456789", "sk-sentinel-shaped-configured-secret"  # the source would be asked
+    auth, source, _ = make(clock, withheld=[hash_key(provider)], operator_keys=[hash_key(admin)])
+    source.valid[admin] = source.valid[provider] = Identity("mallory", "u9")  # whatever a source would have said
     with pytest.raises(AuthenticationError, match="operator key"):
         await auth.authenticate(admin)
+    # Another secret of the configuration: refused as any wrong token is, with nothing to tell it apart.
+    with pytest.raises(AuthenticationError) as refused:
+        await auth.authenticate(provider)
+    assert (refused.value.code, refused.value.message) == (AuthenticationError().code, AuthenticationError().message)
     assert source.calls == 0
     assert (await auth.authenticate("sk-sentinel-good")).external_id == "alice"
 

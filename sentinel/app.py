@@ -75,7 +75,7 @@ class SentinelApp:
         bodies = BodyBudget(s.max_body_bytes_in_flight, s.body_bytes_per_user)
         deps = Deps(
             settings=s, store=runtime.store, metrics=self.metrics, authenticator=runtime.authenticator,
-            throttle=throttle, slots=slots, bodies=bodies, redact=runtime.redact,
+            throttle=throttle, slots=slots, bodies=bodies,
         )
         routes = (
             OpsRoutes(

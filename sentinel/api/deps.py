@@ -16,7 +16,6 @@ from sentinel.domain.identity import Identity
 from sentinel.errors import AuthenticationError, InvalidRequest
 from sentinel.governance.auth import Authenticator, parse_credential
 from sentinel.observability.metrics import Metrics
-from sentinel.observability.redaction import SENTINEL_KEYS_ONLY, Redactor
 from sentinel.store import Store
 
 
@@ -31,8 +30,6 @@ class Deps:
     throttle: FailedAuthThrottle
     slots: UserSlots
     bodies: BodyBudget
-    # What a credential in a URL looks like: a Sentinel API key, a secret of the configuration.
-    redact: Redactor = SENTINEL_KEYS_ONLY
 
     async def authenticate(self, request: Request) -> Identity:
         """The caller's identity from `Authorization: Bearer` or `x-api-key` (the client's credential is

@@ -19,6 +19,7 @@ from sentinel.api.context import context
 from sentinel.api.deps import Deps
 from sentinel.api.replies import render
 from sentinel.errors import InvalidRequest, MethodNotAllowed, NotFound
+from sentinel.governance.keys import KEY_PREFIX
 from sentinel.observability.logging import clipped
 from sentinel.services.models import ModelList
 from sentinel.services.objects import COLLECTIONS, GRADERS, OBJECT_WORDS, classify
@@ -191,12 +192,14 @@ class OpenAIRoutes:
     async def _call(self, request: Request, *, endpoint: str) -> Any:
         identity = await self.deps.authenticate(request)
         query = query_items(request)
-        if query is not None and any(self.deps.redact.finds(text) for item in query for text in item):
+        if query is not None and any(KEY_PREFIX in text for item in query for text in item):
             # The query is sent on to the provider (and kept in its logs, and in any proxy's): a key
             # put in the URL (`?api_key=`, `?key=`) would leave with it. It is never repeated here.
+            # Only Sentinel's own key shape is looked for: refusing a configured secret by its value
+            # would tell a user who guessed one (END_USER_SECRET, JWT_SECRET) that they had.
             raise InvalidRequest(
-                "The query holds an API key or another secret: a URL is sent on to the provider and kept in "
-                "logs. Send your key only as Authorization: Bearer <key> (or x-api-key)", code="credential_in_query",
+                "The query holds a Sentinel API key: a URL is sent on to the provider and kept in logs. Send "
+                "your key only as Authorization: Bearer <key> (or x-api-key)", code="credential_in_query",
             )
         body = await self.deps.read_body(request) if request.method not in ("GET", "HEAD") else None
         path: str = request.scope["path"]

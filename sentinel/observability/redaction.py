@@ -56,10 +56,6 @@ class Redactor:
             text = _SENTINEL_KEY.sub(SENTINEL_KEY_PREFIX + REDACTED, text)
         return text
 
-    def finds(self, text: str) -> bool:
-        """Whether `text` holds what `__call__` would replace: a Sentinel API key or a configured secret."""
-        return SENTINEL_KEY_PREFIX in text or any(secret in text for secret in self.secrets)
-
     def clipped(self, text: str, limit: int = MAX_LOGGED_CHARS) -> str:
         """`text` redacted, then cut to `limit` characters (`clipped`): a key across the cut is
         still found whole."""

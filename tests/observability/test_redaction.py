@@ -50,14 +50,6 @@ def json_logs() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
-def test_finds_says_whether_there_is_anything_to_take_out() -> None:
-    redactor = Redactor(["provider-secret-0123", "short"])
-    for text in (f"api_key={generate_key()}", "Bearer provider-secret-0123", "x" + SENTINEL_KEY_PREFIX):
-        assert redactor.finds(text) and redactor(text) != text, text
-    for text in ("purpose=check", "short", "provider-secret-012", ""):  # a secret under MIN_REDACTED is not looked for
-        assert not redactor.finds(text) and redactor(text) == text, text
-
-
 def test_a_key_in_a_request_path_is_in_no_log_line(
     gateway_factory: Callable[..., Gateway], capfd: pytest.CaptureFixture[str]
 ) -> None:

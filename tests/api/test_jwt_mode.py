@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import httpx
 import jwt
+import pytest
 
 from sentinel.governance.jwt import LEEWAY_SECONDS
 from tests.api.conftest import Gateway
@@ -135,3 +136,68 @@ def test_a_tokens_claims_cannot_choose_its_plan_and_its_id_is_the_key_users(
     assert first.status_code == 200 and first.headers["x-ratelimit-limit"] == "2", first.headers
     refused = post(token(**claims, jti="another"))
     assert refused.status_code == 429, refused.text
+
+
+def test_validly_signed_tokens_with_claims_out_of_bounds_are_refused_in_each_surfaces_shape(
+    gateway_factory: Callable[..., Gateway], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Signed with the right secret, so only the claims and the header decide: a token not valid yet
+    (`nbf`, `iat` in the future), an `exp` that is not a number (`"…"`, `true`: PyJWT takes a string
+    of digits), an extension the verifier does not know marked critical, a token naming no user, and
+    a token whose `exp` is given twice (the last is read, by the verification and the expiry read
+    before it alike: past, it is `token_expired`). Each is a 401 in OpenAI's shape on `/v1` and
+    Anthropic's on `/v1/messages`, nothing reaches the provider, and no token is in any log line."""
+    import logging
+
+    from tests.support.attack import ledger_rows
+
+    gw = gateway_factory(jwt_secret=SECRET, jwt_audience="sentinel")
+    later = int(time.time()) + 3600
+
+    def signed(claims: dict[str, object], header: dict[str, object] | None = None) -> str:
+        return jwt.encode(claims, SECRET, algorithm="HS256", headers=header)
+
+    def raw(payload: bytes) -> str:  # HS256 over a payload written by hand (a key given twice)
+        import hashlib
+        import hmac
+
+        def part(value: bytes) -> str:
+            return base64.urlsafe_b64encode(value).rstrip(b"=").decode()
+
+        signing_input = part(b'{"alg":"HS256","typ":"JWT"}') + "." + part(payload)
+        mac = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+        return signing_input + "." + part(mac)
+
+    base = {"sub": "user-9", "externalId": "jwt-user", "aud": "sentinel", "exp": later}
+    expired_last = b'{"sub":"u","aud":"sentinel","exp":%d,"exp":%d}' % (later, int(time.time()) - 3600)
+    refused = {
+        "nbf in the future": signed({**base, "nbf": later}),
+        "iat in the future": signed({**base, "iat": later}),
+        "exp a string": signed({**base, "exp": str(later)}),
+        "exp true": signed({**base, "exp": True}),
+        "unknown critical extension": signed(base, {"crit": ["x-sentinel"], "x-sentinel": 1}),
+        "no user named": signed({"aud": "sentinel", "exp": later}),
+        "a user id that is not text": signed({"sub": 42, "externalId": ["a"], "aud": "sentinel", "exp": later}),
+        "exp given twice, the last past": raw(expired_last),
+    }
+    caplog.set_level(logging.DEBUG)
+    message = {"model": "claude-3-5-haiku-20241022", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    for why, bearer in refused.items():
+        openai_style = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=30,
+                                  headers={"Authorization": f"Bearer {bearer}"})
+        assert openai_style.status_code == 401, (why, openai_style.text)
+        assert openai_style.json()["error"]["type"] == "authentication_error", (why, openai_style.text)
+        anthropic_style = httpx.post(gw.url + "/v1/messages", json=message, timeout=30, headers={"x-api-key": bearer})
+        assert anthropic_style.status_code == 401, (why, anthropic_style.text)
+        assert anthropic_style.json()["type"] == "error", (why, anthropic_style.text)
+        assert anthropic_style.json()["error"]["type"] == "authentication_error", (why, anthropic_style.text)
+    last = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=30,
+                      headers={"Authorization": f"Bearer {refused['exp given twice, the last past']}"})
+    assert last.json()["error"]["code"] == "token_expired", last.text
+    assert ledger_rows(gw.settings.database_url) == []  # nothing was served
+    logged = "\n".join(record.getMessage() + repr(record.__dict__) for record in caplog.records)
+    assert "request failed" in logged  # the refusals were logged: what is looked through is there
+    assert not any(bearer in logged or bearer.split(".")[2] in logged for bearer in refused.values())
+    # The same claims in bounds are served: the refusals above are the claims'.
+    assert httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=30,
+                      headers={"Authorization": f"Bearer {signed(base)}"}).status_code == 200

@@ -68,3 +68,37 @@ def test_an_unreadable_cached_identity_is_a_miss_and_replaced(
     stored = orjson.loads(gw.read_stored(identity_entry(gw.key)) or b"null")
     assert stored["v"]["external_id"] == "alice"
     assert (metric(gw.url, "sentinel_cache_lookups_total", cache="identity", result="undecodable") or 0) == 1
+
+
+def test_a_key_revoked_through_one_process_is_refused_by_another_sharing_redis(
+    gateway_factory: Callable[..., Gateway], redis_url: str,
+) -> None:
+    """Two processes on one Redis and one database: a key whose identity the second has cached (in
+    Redis for JWT_CACHE_TTL_SECONDS, 300 s, and in its local copy for a second) and that is revoked
+    through the first's admin API is refused by the second at once — within its local copy's second,
+    never the TTL — and by the first."""
+    import httpx
+
+    from tests.support.waiting import wait_for
+
+    admin_key = "admin-key-for-the-two-process-revocation"
+    first = gateway_factory(redis_url=redis_url, admin_key=admin_key)
+    second = gateway_factory(redis_url=redis_url, database_url=first.settings.database_url)
+    with second.client() as http:
+        assert http.get("/v1/models").status_code == 200
+        assert http.get("/v1/models").status_code == 200  # cached
+    revoked = httpx.post(f"{first.url}/admin/api/keys/{second.key_id}/revoke", timeout=30,
+                         headers={"Authorization": f"Bearer {admin_key}"})
+    assert revoked.status_code == 200, revoked.text
+
+    def refused(gw: Gateway) -> bool:
+        with gw.client(second.key) as http:
+            return http.get("/v1/models").status_code == 401
+
+    assert wait_for(lambda: refused(second), timeout=10)
+    assert refused(first)
+    with second.client() as http:
+        r = http.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", r.text
+    with first.client() as http:  # the first process's own key is untouched
+        assert http.get("/v1/models").status_code == 200

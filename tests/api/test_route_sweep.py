@@ -201,3 +201,25 @@ async def test_a_credential_of_the_right_kind_is_taken(swept: Swept) -> None:
     assert (await call(swept.app, "GET", "/admin/api/users", headers=admin)).status == 200
     assert (await call(swept.app, "GET", "/native/docs/openapi.json", headers={"X-Docs-Key": DOCS_KEY})).status == 200
     assert (await call(swept.app, "GET", "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})).status == 200
+
+
+async def test_a_revoked_key_is_answered_as_a_key_that_never_existed(swept: Swept) -> None:
+    """Nothing tells a revoked key from one never issued (nor a well-formed guess): the same status,
+    headers that matter and body, on each surface. An expired key says `token_expired`, which only
+    its holder can learn."""
+    made_up = "sk-sentinel-" + "A" * 40  # the shape of a real key
+    for path, method, extra, body in (
+        ("/v1/models", "GET", {}, b""),
+        ("/v1/messages", "POST", *body_for("/v1/messages", "POST")),
+        ("/native/v1/chat/completions", "POST", *body_for("/native/v1/chat/completions", "POST")),
+    ):
+        answers = [
+            await call(swept.app, method, path, headers={**extra, "Authorization": f"Bearer {token}"}, body=body)
+            for token in (swept.keys["revoked"], made_up)
+        ]
+        assert answers[0].status == answers[1].status == 401, path
+        bodies = [answer.json() for answer in answers]
+        for parsed in bodies:  # each answer's own id (Anthropic's shape carries it)
+            parsed.pop("request_id", None)
+        assert bodies[0] == bodies[1], (path, bodies)
+        assert answers[0].headers.get("www-authenticate") == answers[1].headers.get("www-authenticate"), path

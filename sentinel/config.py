@@ -554,6 +554,20 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _metrics_token_is_its_own(self) -> Settings:
+        token = reveal(self.metrics_token)
+        if token and token == reveal(self.docs_api_key):
+            # The docs key is handed to the API's users: each of them would read /metrics too (the
+            # provider account's spend, tokens and requests by model).
+            raise ValueError("METRICS_TOKEN must differ from DOCS_API_KEY (the docs key is given to the API's users; "
+                             "the same value would let each of them read /metrics)")
+        if token and token == reveal(self.admin_key):
+            # The metrics token sits in the scraper's configuration: there, it would be the admin key.
+            raise ValueError("METRICS_TOKEN must differ from SENTINEL_ADMIN_KEY (the token sits in the scraper's "
+                             "configuration; the same value would make whoever reads it an operator)")
+        return self
+
+    @model_validator(mode="after")
     def _governance_complete(self) -> Settings:
         if self.governance is GovernanceKind.zion and not (self.zion_api_url and reveal(self.zion_api_key)):
             raise ValueError("GOVERNANCE=zion needs ZION_API_URL and ZION_API_KEY")

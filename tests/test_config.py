@@ -157,6 +157,21 @@ def test_the_docs_key_cannot_be_the_admin_key(monkeypatch: pytest.MonkeyPatch) -
     assert reveal(load_settings().docs_api_key) == "another-key-for-the-docs"
 
 
+@pytest.mark.parametrize("other", ["DOCS_API_KEY", "SENTINEL_ADMIN_KEY"])
+def test_the_metrics_token_is_neither_the_docs_key_nor_the_admin_key(monkeypatch: pytest.MonkeyPatch, other: str) -> None:
+    """The docs key is given to the API's users and the metrics token sits in a scraper's
+    configuration: one value for both let every user read /metrics (the provider account's spend),
+    or whoever reads the scraper's configuration use the admin API."""
+    monkeypatch.setenv("METRICS_TOKEN", "one-long-enough-shared-token")
+    monkeypatch.setenv(other, "one-long-enough-shared-token")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert f"METRICS_TOKEN must differ from {other}" in str(refused.value)
+    assert "one-long-enough-shared-token" not in str(refused.value)
+    monkeypatch.setenv(other, "another-long-enough-key")
+    assert reveal(load_settings().metrics_token) == "one-long-enough-shared-token"
+
+
 @pytest.mark.parametrize("name", ["SENTINEL_ADMIN_KEY", "DOCS_API_KEY"])
 @pytest.mark.parametrize("value", [" a-long-enough-secret-key", "a-long-enough-secret-key\n", "\ta-long-enough-secret-key "])
 def test_a_key_with_surrounding_whitespace_is_refused_without_being_shown(

@@ -142,9 +142,9 @@ class AdminApiRoutes:
             Route(f"{p}/audit", self.audit, methods=["GET"]),
         ]
 
-    async def _access(self, request: Request) -> AdminAccess:
+    async def _access(self, request: Request, *, client_text: tuple[str, ...] = ()) -> AdminAccess:
         access = await self.gate.authorize(request.method, request.headers, address_of(request))
-        refuse_unreadable_query(request)
+        refuse_unreadable_query(request, client_text=client_text)
         return access
 
     async def _actor(self, request: Request) -> Actor:
@@ -297,7 +297,8 @@ class AdminApiRoutes:
         return _json({"providers": [provider_json(v) for v in views], "error": error})
 
     async def session(self, request: Request) -> RawResponse:
-        await self._access(request)
+        # a `conversation_id` is the client's, any text its native request could hold (as in the path)
+        await self._access(request, client_text=("conversation_id",))
         user = user_param(request)
         return _json(await self.service.require_live().session(user, conversation_param(request)))
 

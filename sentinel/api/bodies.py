@@ -4,6 +4,7 @@ objects of bounded size and depth."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -20,6 +21,7 @@ from sentinel.native.openai_checks import (
     json_body_too_deep,
     json_containers_exceed,
 )
+from sentinel.native.types import CONTROL_CHARS
 from sentinel.offload import large, off_loop
 
 # A sign-in form is one short field a browser sends with its headers: it gets this long, not the
@@ -131,16 +133,23 @@ def refuse_control_characters(values: Any, where: str = "input", *, lines: bool 
             stack.extend(node)
 
 
-def refuse_unreadable_query(request: Request) -> None:
+def refuse_unreadable_query(request: Request, *, client_text: Collection[str] = ()) -> None:
     """InvalidRequest (400) unless an operator route's query reads as one text: its percent-escapes
     spell UTF-8 and it holds no control character (see `refuse_control_characters`). Starlette reads
-    an escape that is not UTF-8 as U+FFFD, so `?id=%FF` and `?id=%FE` named one made-up user."""
+    an escape that is not UTF-8 as U+FFFD, so `?id=%FF` and `?id=%FE` named one made-up user.
+    The values of the parameters named in `client_text` are text a client chose, not an operator (a
+    native `conversation_id`): judged as the client's API judged them — any text without C0, DEL or
+    C1 controls (`CONTROL_CHARS`) —, or the object a client made under such a name (U+2028, a BOM, a
+    bidirectional mark) could not be named here."""
     raw: bytes = request.scope.get("query_string") or b""
     try:
         parse_qsl(raw.decode("ascii"), keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
         raise InvalidRequest("The query must be ASCII, with percent-escapes that spell UTF-8") from None
-    refuse_control_characters(list(request.query_params.multi_items()), "the query")
+    items = request.query_params.multi_items()
+    refuse_control_characters([item if item[0] not in client_text else item[0] for item in items], "the query")
+    if any(name in client_text and CONTROL_CHARS.search(value) for name, value in items):
+        raise InvalidRequest("Control characters (NUL, CR, LF, ...) are not accepted in the query")
 
 
 def path_or_query(request: Request, name: str) -> str:

@@ -34,7 +34,8 @@ ToolChoiceMode = Literal["auto", "none", "required"]
 
 TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 _TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# What a `conversation_id` may not hold: the control characters (C0, DEL, C1); any other text it may.
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Objects and arrays in one request's `tools`, all together. Their schemas are checked against the
 # JSON Schema meta-schema before any quota is taken (in a worker thread: `sentinel.offload`), at
 # ~0.17 ms per object or array: 2,000 (~0.35 s, once per distinct schema: see SCHEMAS_REMEMBERED) hold 128 tools (the most a
@@ -483,7 +484,7 @@ class ChatRequest(ChatParams):
     @field_validator("conversation_id")
     @classmethod
     def _check_conversation_id(cls, value: str | None) -> str | None:
-        if value is not None and _CONTROL_CHARS.search(value):
+        if value is not None and CONTROL_CHARS.search(value):
             raise PydanticCustomError(
                 "conversation_id", "conversation_id must not contain control characters"
             )

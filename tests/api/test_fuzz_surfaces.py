@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import orjson
@@ -376,3 +376,30 @@ def test_a_body_that_is_not_utf8_is_refused_saying_what_it_is(
             assert r.status_code == 400, r.text
             message = r.json()["error"]["message"]
             assert says in message and "surrogate" not in message, message
+
+
+@pytest.mark.parametrize("conversation", ["a/\u2028b", "\ufeff", "50% \u202e", "x\u00ad", "\u200b"])
+def test_the_admin_api_reads_a_session_whose_id_holds_a_format_character(
+    gateway_factory: Callable[..., Gateway], conversation: str
+) -> None:
+    """A native `conversation_id` may hold any text but control characters, U+2028 or a BOM too, and
+    makes a session; the admin API's `?conversation_id=` twin (for ids no path segment can hold)
+    refused such an id as an operator's text ("Control characters ... are not accepted in the
+    query": U+2028 and the format characters are refused in names and emails), so the session of
+    `a/\\u2028b` could be read by no admin route. A control character is still refused there."""
+    gw = gateway_factory(admin_key=ADMIN_KEY)
+    with gw.client() as http:
+        made = http.post("/native/v1/chat/completions",
+                         json={"conversation_id": conversation, "messages": [{"role": "user", "content": "hi"}]})
+        assert made.status_code == 200, made.text
+    with admin_client(gw) as api:
+        for path in (f"/admin/api/users/alice/session?conversation_id={quote(conversation, safe='')}",
+                     f"/admin/api/user/session?id=alice&conversation_id={quote(conversation, safe='')}"):
+            read = api.get(path)
+            assert read.status_code == 200, (path, read.text)
+            assert read.json()["conversation_id"] == conversation
+        refused = api.get("/admin/api/users/alice/session?conversation_id=a%00b")
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["message"] == "Control characters (NUL, CR, LF, ...) are not accepted in the query"
+        # the operator's own text is still judged as such: a user named with U+2028 is refused
+        assert api.get("/admin/api/user/session?id=a%E2%80%A8b&conversation_id=x").status_code == 400

@@ -6,7 +6,7 @@ While the usage records only this process's memory holds (no durable outbox took
 limit (`DurableOutbox.full`) it refuses first, 503 `usage_unrecordable`: nothing is reserved.
 `admit_batch()` reserves a batch's lines (estimated at upload by `batch_line`) when it is made;
 the batch then holds that reservation (`hold`) until the first read showing its usage settles it
-(`settle(..., settles=<batch id>)`). `settle()` runs exactly once after the request was served (success, upstream error after tokens
+(`settle(..., settles=[(<batch id>, <its usage>)])`). `settle()` runs exactly once after the request was served (success, upstream error after tokens
 were spent, client disconnect): it reconciles the reservation to the real usage and writes one
 usage record to the durable outbox before returning (and one more for each model whose usage the
 answer reports apart: `ModelUsage`). `release()` runs when nothing was served.
@@ -136,7 +136,7 @@ class Meter(Protocol):
     async def settle(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None = None, reported_input: Usage | None = None,
-        read_input: tuple[str, int] = ("", 0), output_counted: int = 0, settles: str | None = None,
+        read_input: tuple[str, int] = ("", 0), output_counted: int = 0, settles: Sequence[tuple[str, Usage]] = (),
         models: Sequence[ModelUsage] = (),
     ) -> None: ...
 
@@ -349,7 +349,7 @@ class QuotaMeter:
     async def settle(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None = None, reported_input: Usage | None = None,
-        read_input: tuple[str, int] = ("", 0), output_counted: int = 0, settles: str | None = None,
+        read_input: tuple[str, int] = ("", 0), output_counted: int = 0, settles: Sequence[tuple[str, Usage]] = (),
         models: Sequence[ModelUsage] = (),
     ) -> None:
         """Reconcile the reservation to the real usage and store one usage record (once per admission).
@@ -365,9 +365,10 @@ class QuotaMeter:
         (`_carry_out`): a caller cancelled at any of its waits (the server stopping past its
         shutdown deadline) still leaves its record and its reconciled counters.
 
-        `settles`: the object (a batch) whose usage this is, first shown to this call: the reservation
-        it holds (`hold`) is settled to that usage instead — the usage replaces its estimate, counted
-        once —, and this call's own counts no tokens; with none held, this call's counts the usage.
+        `settles`: the objects (batches) whose usage is part of this one — (id, its usage), each first
+        shown to this call: a read of one, or a list showing several —: the reservation each holds
+        (`hold`) is settled to its usage instead — the usage replaces its estimate, counted once —,
+        and this call's own counts none of it; with none held, this call's counts it.
 
         `models`: usage the answer reports per model apart from its own (`ModelUsage`, first shown to
         this call): each is one more record, keyed `part_id(request id, n)`, of that model — its
@@ -443,7 +444,7 @@ class QuotaMeter:
     async def _record(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None, reported_input: Usage | None, read_input: tuple[str, int],
-        output_counted: int = 0, settles: str | None = None, models: Sequence[ModelUsage] = (),
+        output_counted: int = 0, settles: Sequence[tuple[str, Usage]] = (), models: Sequence[ModelUsage] = (),
     ) -> None:
         label = self.metrics.model_label(admission.model)
         model = admission.counted_as or admission.model  # (what the texts are counted as)
@@ -498,8 +499,10 @@ class QuotaMeter:
             cache_read_tokens=cache_read,
         )
         charged = (input_tokens, output_tokens)  # what this call's own reservation is reconciled to
-        if settles is not None and await self._settle_held(admission, settles, *charged):
-            charged = (0, 0)  # (counted by the reservation it settled)
+        for name, shown in settles:
+            if await self._settle_held(admission, name, shown.input_tokens, shown.output_tokens):
+                # (counted by the reservation it settled)
+                charged = (max(0, charged[0] - shown.input_tokens), max(0, charged[1] - shown.output_tokens))
         parts = [self._part(record, n, part) for n, part in enumerate(models, 1)]
         charged = (min(MAX_TOKENS, charged[0] + sum(p.input_tokens for p in parts)),
                    min(MAX_TOKENS, charged[1] + sum(p.output_tokens for p in parts)))

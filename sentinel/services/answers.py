@@ -60,7 +60,8 @@ class Charging:
     the path's last segment; an update of its metadata); `counted`: False for an answer whose usage
     is part of another object's (a run's steps). `holds`: the call reserved for the object it makes
     (a batch's lines: `Meter.admit_batch`), which holds that reservation once made (`Meter.hold`)
-    until the first read showing its usage settles it to that usage (`Meter.settle`'s `settles`)."""
+    until the first read showing its usage — of it, or of a list showing it — settles it to that
+    usage (`Meter.settle`'s `settles`)."""
 
     work: bool = True
     at: str | None = None
@@ -120,10 +121,11 @@ class AnswerRelay:
         if charging.holds and 200 <= upstream.status < 300 and isinstance(answer_id, str):
             await self.meter.hold(admission, answer_id, ttl)
         pays, settles = await self._pays(charging, answer_id, usage is not None, ttl)
+        shown = [(settles, usage)] if settles is not None and usage is not None else []
         if owner is not None and not pays and charging.counted:  # a list of objects (a thread's runs)
             listed = await self._listed_usage(endpoint, parsed, ttl)
             if listed is not None:
-                usage, pays = listed, True
+                (usage, shown), pays = listed, True
         if owner is not None and not pays and charging.counted and thread_runs is not None:
             fetched = await self.runs.unread_runs(parsed, *thread_runs, ttl)
             if fetched is not None:
@@ -142,7 +144,7 @@ class AnswerRelay:
             provider=upstream.provider,
             read_input=output_read(endpoint, parsed) if unmetered else ("", 0),
             output_estimate=admission.max_output if unreadable else None,
-            settles=settles,
+            settles=shown,
             models=models,
         )
         if owner is not None:
@@ -170,19 +172,23 @@ class AnswerRelay:
             return first or work, answer_id if first and has_usage else None
         return work, None
 
-    async def _listed_usage(self, endpoint: str, parsed: Any, ttl: float | None) -> Usage | None:
+    async def _listed_usage(
+        self, endpoint: str, parsed: Any, ttl: float | None
+    ) -> tuple[Usage, list[tuple[str, Usage]]] | None:
         """The usage of the objects a list answer shows (`data`) whose usage it is the first to show,
-        summed; None when there is none: a list read is one more way to read each."""
+        summed, and each of them with its own (a batch's settles the reservation it holds, as a
+        read of it alone would: `Meter.settle`'s `settles`); None when there is none: a list read is
+        one more way to read each."""
         items = parsed.get("data") if isinstance(parsed, dict) else None
         total: Usage | None = None
+        first: list[tuple[str, Usage]] = []
         for item in items if isinstance(items, list) else ():
             shown = final_usage(endpoint, item) if isinstance(item, dict) else None
-            # (a batch ended having run nothing, `Usage(0, 0)`, is left to the read that settles it)
-            if shown is None or shown == Usage(0, 0) or not isinstance(item.get("id"), str) \
-                    or not await self._charged(item["id"], ttl):
+            if shown is None or not isinstance(item.get("id"), str) or not await self._charged(item["id"], ttl):
                 continue
+            first.append((item["id"], shown))
             total = shown if total is None else Usage(*map(sum, zip(astuple(total), astuple(shown), strict=True)))
-        return total
+        return None if total is None else (total, first)
 
     async def _charged(self, object_id: str, ttl: float | None) -> bool:
         """Whether this is the first charge of `object_id`'s usage (see `Charging`); a store that
@@ -269,7 +275,8 @@ class AnswerRelay:
             if not pays:
                 usage = Usage(0, 0)
             await meter.settle(admission, usage=usage, output_text="", status=status,
-                               provider=upstream.provider, output_estimate=admission.max_output, settles=settles)
+                               provider=upstream.provider, output_estimate=admission.max_output,
+                               settles=[(settles, usage)] if settles is not None and usage is not None else [])
             object_id = answer_id if creating else None
             if owner is not None and object_id is not None:
                 await claim_created(ownership, [(object_id, ttl)], owner)

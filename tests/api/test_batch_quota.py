@@ -18,6 +18,8 @@ import pytest
 from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.support.attack import SpyUpstream, ledger_rows, spying
+from tests.support.servers import serving
+from tests.support.upstream import ScriptedUpstream
 from tests.support.waiting import wait_for
 
 ADMIN_KEY = "admin-key-for-batch-tests"
@@ -204,3 +206,38 @@ def test_a_batch_that_ended_having_run_nothing_gives_its_tokens_back(
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
     rows = ledger_rows(gw.settings.database_url, "alice")
     assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0)] * 4
+
+
+def test_a_list_read_showing_a_batchs_usage_first_settles_its_reservation_once(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """Any read showing a batch's final usage first settles the reservation the batch holds, as a
+    read of the batch alone does — here a list (the provider's answer to a list under an object of
+    the caller's). It charged the usage on the list read's own reservation and left the batch's
+    estimate counted on top until its windows ended (the user refused for quota never used), and no
+    later read settled it (its usage was marked charged)."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url, admin_key=ADMIN_KEY,
+                             passthrough=PASSTHROUGH + ",/v1/threads,/v1/threads/*",
+                             default_plan="requests=1000/1d,input_tokens=1000000/1d,output_tokens=100000/1d")
+        client = gw.openai()
+        upstream.json({"id": "file-in", "object": "file", "bytes": 1, "purpose": "batch", "filename": "in.jsonl"})
+        upstream.json({"id": "batch_1", "object": "batch", "status": "validating", "input_file_id": "file-in",
+                       "request_counts": {"total": 0, "completed": 0, "failed": 0}, "usage": None})
+        upstream.json({"id": "thread_1", "object": "thread"})
+        done = {"id": "batch_1", "object": "batch", "status": "completed", "input_file_id": "file-in",
+                "request_counts": {"total": LINES, "completed": LINES, "failed": 0},
+                "usage": {"input_tokens": 700, "output_tokens": 90, "total_tokens": 790}}
+        upstream.json({"object": "list", "data": [done], "has_more": False})
+        upstream.json(done)
+        file_id = _upload(client)
+        client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+        assert _used(gw)["output_tokens"] == LINES * CAP  # reserved
+        with gw.client() as alice:
+            assert alice.post("/v1/threads", json={}).status_code == 200
+            assert alice.get("/v1/threads/thread_1/runs").status_code == 200
+            settled = {"requests": 3 + LINES, "input_tokens": 700, "output_tokens": 90}
+            assert _used(gw) == settled  # (before: the estimate, and the usage on top)
+            assert alice.get("/v1/batches/batch_1").status_code == 200
+        assert _used(gw) == {**settled, "requests": 4 + LINES}  # a read more: one request, no tokens

@@ -644,3 +644,24 @@ async def test_a_settlement_that_keeps_failing_is_dropped_in_the_end(caplog: pyt
     unsettled.add(fine)
     await until(lambda: len(unsettled) == 0)
     assert sent == ["failing"] * 3 + ["fine"] and "kept failing and is dropped" in caplog.text
+
+
+async def test_a_read_showing_several_batches_settles_each_held_reservation_once() -> None:
+    """A list read that shows the usage of several batches first settles the reservation each one
+    holds to its own usage; a usage no reservation holds (an object that holds none) is charged on
+    the read's own; a second settlement of the same batches finds nothing held and charges it all."""
+    s = Setup(spec="requests=100/1m,input_tokens=100000/1m,output_tokens=100000/1m")
+    for name in ("batch_a", "batch_b"):
+        made = await s.meter.admit_batch(ALICE, endpoint="/v1/batches", request_id=name, requests=10,
+                                         input_tokens=5000, output_tokens=2000)
+        await s.meter.hold(made, name, None)
+        await s.meter.settle(made, usage=None, output_text="", status=200, provider="openai")
+    assert await s.used() == {"requests": 20, "input_tokens": 10000, "output_tokens": 4000}
+    read = await s.meter.admit_call(ALICE, endpoint="/v1/threads/*", request_id="list")
+    shown = [("batch_a", Usage(300, 40)), ("batch_b", Usage(0, 0)), ("run_c", Usage(5, 6))]
+    await s.meter.settle(read, usage=Usage(305, 46), output_text="", status=200, provider="openai", settles=shown)
+    # batch_a: its usage; batch_b ran nothing: one request, no tokens; run_c on the read's own
+    assert await s.used() == {"requests": 10 + 1 + 1, "input_tokens": 305, "output_tokens": 46}
+    again = await s.meter.admit_call(ALICE, endpoint="/v1/threads/*", request_id="again")
+    await s.meter.settle(again, usage=Usage(305, 46), output_text="", status=200, provider="openai", settles=shown)
+    assert await s.used() == {"requests": 13, "input_tokens": 610, "output_tokens": 92}

@@ -16,6 +16,7 @@ import logging
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -265,7 +266,7 @@ class Ownership:
         wrote back: `sentinel.services.objects.read_batch_input`) and measured (`estimate`)."""
         if _keyable(file_id):
             record = {"owner": owner, "requests": estimate.requests, "input_tokens": estimate.input_tokens,
-                      "output_tokens": estimate.output_tokens}
+                      "output_tokens": estimate.output_tokens, "continues": estimate.continues}
             await self.store.set(_BATCH_INPUT + file_id, orjson.dumps(record))
 
     async def require_batch_input(self, file_id: str, owner: str) -> BatchEstimate:
@@ -286,11 +287,14 @@ class Ownership:
 @dataclass(frozen=True)
 class BatchEstimate:
     """What a batch input's lines reserve against its owner's plan when a batch runs them: one
-    request a line, their estimated input and their output caps, summed."""
+    request a line, their estimated input and their output caps, summed; and the stored objects
+    (responses, conversations) whose context its lines have the provider read along, each with how
+    many lines read it (`continues`: their context is added when a batch is made, at its size then)."""
 
     requests: int
     input_tokens: int
     output_tokens: int
+    continues: tuple[tuple[str, int], ...] = ()
 
 
 def _batch_estimate(raw: bytes | None, owner: str) -> BatchEstimate | None:
@@ -302,6 +306,14 @@ def _batch_estimate(raw: bytes | None, owner: str) -> BatchEstimate | None:
         return None
     if not isinstance(record, dict) or record.get("owner") != owner:
         return None
-    counts = [record.get(name) for name in ("requests", "input_tokens", "output_tokens")]
-    whole = [n for n in counts if isinstance(n, int) and not isinstance(n, bool) and n >= 0]
-    return BatchEstimate(*whole) if len(whole) == len(counts) else None
+    requests, input_tokens, output_tokens = (record.get(name) for name in ("requests", "input_tokens", "output_tokens"))
+    continues = record.get("continues", [])  # (none in a record written before they were kept)
+    if not (_whole(requests) and _whole(input_tokens) and _whole(output_tokens) and isinstance(continues, list)
+            and all(isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and _whole(pair[1])
+                    for pair in continues)):
+        return None
+    return BatchEstimate(requests, input_tokens, output_tokens, tuple((i, n) for i, n in continues))
+
+
+def _whole(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -15,6 +15,7 @@ Sentinel does not record either.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -28,6 +29,7 @@ import orjson
 from sentinel.domain.plans import MAX_LIMIT
 from sentinel.domain.text import is_text
 from sentinel.native.openai_checks import json_containers_exceed
+from sentinel.quota.estimate import BATCH_URLS
 
 DAY = 86400.0
 # Collections of per-account objects under /v1, with how long ownership is kept: no shorter than
@@ -541,6 +543,9 @@ class BatchInput:
     requests: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    # The stored objects whose context its lines have the provider read along (a Responses line's
+    # `previous_response_id`, `conversation`: `continued`), each with how many lines read it.
+    continues: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def read_batch_input(
@@ -561,7 +566,9 @@ def read_batch_input(
     one a line (blank lines left out), ending in a line break if the input did; InvalidBatchInput
     for a line that cannot be written back as JSON (`_written`). Without, the content as it came.
     `measure(url, body)`: the (input, output) tokens a line reserves, summed over the lines (each sum
-    at most MAX_BATCH_TOKENS)."""
+    at most MAX_BATCH_TOKENS); measured, the objects whose context a line continues are counted
+    too (`BatchInput.continues`: a line whose `url` is Responses', or one Sentinel does not know,
+    which reserves as any endpoint would)."""
     breaks = content.count(b"\n") + content.count(b"\r") - content.count(b"\r\n")  # as `splitlines` reads them
     if breaks + (not content.endswith((b"\n", b"\r"))) > MAX_BATCH_LINES:
         raise InvalidBatchInput(f"A batch input may hold at most {MAX_BATCH_LINES:,} lines")
@@ -570,6 +577,7 @@ def read_batch_input(
     found: dict[str, None] = {}
     written: list[bytes] = []
     requests = input_tokens = output_tokens = 0
+    continues: dict[str, int] = {}
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
@@ -610,9 +618,13 @@ def read_batch_input(
             line_input, line_output = measure(request.get("url"), body)
             input_tokens = min(MAX_BATCH_TOKENS, input_tokens + line_input)
             output_tokens = min(MAX_BATCH_TOKENS, output_tokens + line_output)
+            url = request.get("url")
+            if BATCH_URLS.get(url if isinstance(url, str) else "", "responses") == "responses":
+                for object_id in continued(body)[0]:
+                    continues[object_id] = continues.get(object_id, 0) + 1
     sent = content if rewrite is None else (
         b"\n".join(written) + (b"\n" if written and content.endswith((b"\n", b"\r")) else b""))
-    return BatchInput(list(found), sent, requests, input_tokens, output_tokens)
+    return BatchInput(list(found), sent, requests, input_tokens, output_tokens, continues)
 
 
 def _written(request: dict[str, Any], number: int) -> bytes:

@@ -11,6 +11,7 @@ else's — in the path or the body — is a 404.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -62,6 +63,7 @@ from sentinel.services.exchange import Exchange, Reply, StreamReply
 from sentinel.services.file_facts import FileFactsReader
 from sentinel.services.objects import (
     ACTION_CREATED,
+    MAX_BATCH_TOKENS,
     REFERENCE_KEYS,
     InvalidBatchInput,
     MalformedUpload,
@@ -429,11 +431,22 @@ class OpenAIRelay:
         estimate = None
         if creates_batch:
             given = parsed.get("input_file_id") if isinstance(parsed, dict) else None
-            estimate = await self.ownership.require_batch_input(given if isinstance(given, str) else "",
-                                                                identity.external_id)
+            estimate = await self._read_along(await self.ownership.require_batch_input(
+                given if isinstance(given, str) else "", identity.external_id))
         # An end user the client named (an image generation's `user`) is the caller's pseudonym.
         parsed = with_named_end_user(parsed, self.end_users.of(identity.external_id))
         return await off_loop(functools.partial(orjson.dumps, parsed), heavy), True, estimate, None
+
+    async def _read_along(self, estimate: BatchEstimate) -> BatchEstimate:
+        """`estimate` with the context its lines have the provider read along added to its input: each
+        line continuing a stored response or a conversation (`BatchEstimate.continues`) reads it
+        again, as a metered request continuing it is charged it (`carried_input`), at its size now."""
+        if not estimate.continues:
+            return estimate
+        held = await self.ownership.contexts(object_id for object_id, _ in estimate.continues)
+        read = sum(held.get(object_id, 0) * lines for object_id, lines in estimate.continues)
+        return dataclasses.replace(estimate, input_tokens=min(MAX_BATCH_TOKENS, estimate.input_tokens + read),
+                                   continues=())
 
     def _read_upload(
         self, body: bytes, content_type: str, uploads: frozenset[str], keys: frozenset[str], end_user: str,
@@ -460,7 +473,8 @@ class OpenAIRelay:
                 )
                 ids += read.ids
                 values[batch_file] = read.content
-                estimate = BatchEstimate(read.requests, read.input_tokens, read.output_tokens)
+                estimate = BatchEstimate(read.requests, read.input_tokens, read.output_tokens,
+                                         tuple(read.continues.items()))
             sent = upload.with_values(body, content_type, values)
             stored = upload.stored_file() if stores else None
         except (MalformedUpload, TooManyReferences, InvalidBatchInput) as exc:

@@ -241,3 +241,39 @@ def test_a_list_read_showing_a_batchs_usage_first_settles_its_reservation_once(
             assert _used(gw) == settled  # (before: the estimate, and the usage on top)
             assert alice.get("/v1/batches/batch_1").status_code == 200
         assert _used(gw) == {**settled, "requests": 4 + LINES}  # a read more: one request, no tokens
+
+
+def _continuing(previous: str, lines: int) -> bytes:
+    """A batch input of `lines` Responses requests, each a word continuing the response `previous`."""
+    return b"".join(orjson.dumps({"custom_id": str(n), "method": "POST", "url": "/v1/responses", "body": {
+        "model": "gpt-4o-mini", "input": "go on", "previous_response_id": previous, "max_output_tokens": 16,
+    }}) + b"\n" for n in range(lines))
+
+
+def test_a_batch_whose_lines_continue_a_stored_response_reserves_the_context_each_reads(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """Each line naming a `previous_response_id` (or a `conversation`) has the provider read that
+    context again, and bill it, as a metered request continuing it is charged (its `carried_input`).
+    The lines were estimated by their own text alone: a 6,000-token response continued by 40 lines
+    reserved ~400 input tokens where the provider bills ~240,000 — a plan of 100,000 a day made the
+    batch, its limit never stopping it (50,000 lines: 300 M tokens)."""
+    gw = _gateway(gateway_factory, spy, backend_url,
+                  "requests=1000/1d,input_tokens=100000/1d,output_tokens=100000/1d")
+    client = gw.openai()
+    stored = client.responses.create(model="gpt-4o-mini", input="the sky is blue " * 1500, max_output_tokens=16)
+    context = stored.usage.input_tokens + stored.usage.output_tokens
+    assert context > 5000
+    many = client.files.create(file=("in.jsonl", _continuing(stored.id, 40)), purpose="batch").id
+    few = client.files.create(file=("in.jsonl", _continuing(stored.id, 3)), purpose="batch").id
+    spy.clear()
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.batches.create(input_file_id=many, endpoint="/v1/responses", completion_window="24h")
+    error = caught.value.response.json()["error"]
+    assert error["code"] == "quota_exceeded" and error["details"]["metric"] == "input_tokens", error
+    assert error["details"]["requested"] > 40 * context
+    assert spy.seen == []  # no batch was made upstream
+
+    before = _used(gw)["input_tokens"]
+    client.batches.create(input_file_id=few, endpoint="/v1/responses", completion_window="24h")
+    assert _used(gw)["input_tokens"] - before > 3 * context  # each line's context, and its own words

@@ -618,6 +618,25 @@ def test_a_batch_input_rewritten_is_written_back_from_what_was_read() -> None:
     assert read_batch_input(content, offered=OFFERED).content == content  # without `rewrite`: as it came
 
 
+def test_a_measured_batch_input_counts_the_contexts_its_lines_continue() -> None:
+    """A line the provider runs as Responses (its `url`, or one Sentinel does not know) continuing a
+    stored response or a conversation reads its context again: counted per line; a chat line's
+    `previous_response_id` is read by no endpoint it names (the provider refuses or ignores it)."""
+    def line(url: str, **body: object) -> bytes:
+        return orjson.dumps({"custom_id": "1", "method": "POST", "url": url,
+                             "body": {"model": "gpt-4o-mini", "input": "x", **body}})
+
+    content = b"\n".join([
+        line("/v1/responses", previous_response_id="resp_1"),
+        line("/v1/responses", previous_response_id="resp_1", conversation={"id": "conv_1"}),
+        line("/v1/unknown", conversation="conv_1"),
+        line("/v1/chat/completions", previous_response_id="resp_1"),
+    ])
+    read = read_batch_input(content, offered=OFFERED, measure=lambda url, body: (1, 1))
+    assert read.continues == {"resp_1": 2, "conv_1": 2}
+    assert read_batch_input(content, offered=OFFERED).continues == {}  # (counted only when measured)
+
+
 def test_an_uploads_values_are_written_in_their_parts_place() -> None:
     """`with_values` replaces the values it is given, every other byte as it came; a value holding the
     delimiter (it would end its part early) is refused."""

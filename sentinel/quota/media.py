@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import re
 import zlib
 from collections.abc import Callable, Mapping
@@ -90,10 +91,36 @@ class RequestFiles(dict[str, FileFacts]):
 
     unread = False
 
-# PDF names end at whitespace or a delimiter: `/Type /Page` and `/Type/Page>>`, never `/Type /Pages`.
+# PDF names end at white space or a delimiter: `/Type /Page` and `/Type/Page>>`, never `/Type /Pages`
+# (nor `/Type /Page#73`, the same name escaped).
 _NAME_END = rb"(?![^\x00\t\n\x0c\r ()<>\[\]{}/%])"
-_PAGE = re.compile(rb"/Type\s*/Page" + _NAME_END)
-_OBJECT_STREAM = re.compile(rb"/Type\s*/ObjStm" + _NAME_END)
+# White space and comments between two tokens (a comment is white space to a reader), possessive:
+# a run of `%` is read one way only.
+_GAP = rb"(?:[\x00\t\n\x0c\r ]|%[^\r\n]*+)*+"
+
+
+def _name(word: str) -> bytes:
+    """The pattern of the PDF name `/word` as a reader reads it: each character as itself or as its
+    `#xx` escape, in either case (`/P#61ge` is `/Page`); a reader finds pages by the names it
+    decodes, so a count of the names as written alone missed every page whose name was escaped."""
+    def escaped(char: str) -> str:
+        return "#" + "".join(f"[{d.lower()}{d.upper()}]" if d.isalpha() else d for d in f"{ord(char):02x}")
+
+    return ("/" + "".join(f"(?:{re.escape(char)}|{escaped(char)})" for char in word)).encode()
+
+
+_PAGE = re.compile(_name("Type") + _GAP + _name("Page") + _NAME_END)
+# An object stream: its `/Type /ObjStm`, or its `/First` offset (a direct integer; an outline's
+# `/First` is a reference, `n 0 R`), which a reader needs and reads without its `/Type`.
+_OBJECT_STREAM = re.compile(_name("Type") + _GAP + _name("ObjStm") + _NAME_END + rb"|"
+                            + _name("First") + _GAP + rb"[0-9]+" + _GAP + rb"(?=/|>>)")
+# A page tree node's `/Count` (the pages below it; the root's is the document's): readers take a
+# document's pages from it, so a page dictionary without `/Type` (which readers accept) is counted
+# by it. Only a `/Count` in a dictionary that has `/Kids` is a node's (an outline's is not).
+_COUNT = re.compile(_name("Count") + _GAP + rb"([0-9]{1,9})(?![0-9])")
+_KIDS = re.compile(_name("Kids") + _NAME_END)
+_OPEN = re.compile(rb"<<")
+_CLOSE = re.compile(rb">>")
 _STREAM = re.compile(rb"stream\r?\n")
 DICT_BYTES = 4096  # from an object stream's `/Type` to its `stream` keyword: its dictionary
 # What a PDF's object streams may inflate to, in all: a page dictionary is ~100 to 300 bytes
@@ -240,7 +267,9 @@ def _decoded(file_data: str, start: int) -> bytes:
 
 def pdf_pages(raw: bytes) -> int:
     """The pages of a PDF, at least 1: its page objects, written out or inside its Flate-compressed
-    object streams (PDF 1.5's, where most current writers put them). Inflation stops at a budget
+    object streams (PDF 1.5's, where most current writers put them), or its page tree's `/Count`
+    when that says more (`_page_count`: a page dictionary need not say `/Type /Page` to a reader) —
+    their names read as a reader reads them (`_name`: escaped, a comment between). Inflation stops at a budget
     (PDF_MAX_INFLATED, PDF_INFLATE_RATIO times the file; on the event loop, a count goes on in a worker
     thread first: `INFLATED_PER_CHAR`) and each byte is searched about once: an
     object stream is read to its `endstream` and a dictionary (DICT_BYTES) searched for its
@@ -249,7 +278,7 @@ def pdf_pages(raw: bytes) -> int:
     left unread — past the budget, or not Flate data (LZW, ASCIIHex, corrupt) — is at least
     UNREAD_FILE_PAGES pages: its pages may be there (an object stream inflating to the budget of
     zeros hid the 100 pages in the next, estimated as one)."""
-    pages = len(_PAGE.findall(raw))
+    pages, counted = len(_PAGE.findall(raw)), _page_count(raw)
     budget = min(PDF_MAX_INFLATED, PDF_INFLATE_RATIO * len(raw))
     view = memoryview(raw)
     at = 0
@@ -276,4 +305,27 @@ def pdf_pages(raw: bytes) -> int:
         unread = unread or bool(inflating.unconsumed_tail)
         budget -= len(inflated)
         pages += len(_PAGE.findall(inflated))
-    return max(UNREAD_FILE_PAGES if unread else 1, pages)
+        counted = max(counted, _page_count(inflated))
+    return max(UNREAD_FILE_PAGES if unread else 1, pages, counted)
+
+
+def _page_count(data: bytes) -> int:
+    """The largest page tree `/Count` in `data` (a PDF's bytes, or an object stream's inflated); 0
+    for none."""
+    pages = 0
+    kids = [found.start() for found in _KIDS.finditer(data)]  # (each byte searched once, then bisected)
+    if not kids:
+        return pages
+    opens = [found.start() for found in _OPEN.finditer(data)]
+    closes = [found.start() for found in _CLOSE.finditer(data)]
+    for count in _COUNT.finditer(data):
+        if int(count[1]) <= pages:
+            continue
+        # Its dictionary: from the nearest `<<` before it to the nearest `>>` after it.
+        before, after = bisect.bisect_left(opens, count.start()), bisect.bisect_left(closes, count.end())
+        start = opens[before - 1] if before else 0
+        end = closes[after] if after < len(closes) else len(data)
+        near = bisect.bisect_left(kids, start)
+        if near < len(kids) and kids[near] < end:
+            pages = int(count[1])
+    return pages

@@ -11,6 +11,7 @@ at its owner's first use.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -209,3 +210,25 @@ def test_a_file_stays_its_owners(gateway_factory: Callable[..., Gateway], backen
     with pytest.raises(openai.NotFoundError):
         user(gw, "frank").chat.completions.create(**chat_naming({"file_id": theirs}))
     assert provider_reads(gw, theirs) == []
+
+
+def test_a_pdf_hiding_its_pages_from_the_count_is_estimated_by_them(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """A PDF's pages were counted by the names as written: a 60-page PDF whose page dictionaries say
+    `/Type /P#61ge` (an escape every reader decodes), `/Type %…⏎/Page` (a comment between) or no
+    `/Type` at all (a leaf of its page tree, as readers take it) was kept as one page at upload, and
+    a request naming it — by id, or as data — reserved one page where the provider reads 60 (a
+    1,530,060-token PDF on gpt-4o-mini let through as 25,501)."""
+    gw = gateway_factory(redis_url=backend_url, passthrough="/v1/files,/v1/files/*")
+    page = b"/Type /Page /Parent"
+    for n, hidden in enumerate([pdf(60).replace(page, b"/Type /P#61ge /Parent"),
+                                pdf(60).replace(page, b"/Type %see\n/Page /Parent"),
+                                pdf(60).replace(page, b"/Parent")]):
+        client = user(gw, f"mallory{n}")
+        file_id = client.files.create(file=("report.pdf", hidden), purpose="user_data").id
+        raw = client.chat.completions.with_raw_response.create(**chat_naming({"file_id": file_id}))
+        assert reserved(raw) > 60 * MINI_PAGE, raw.headers
+        data = "data:application/pdf;base64," + base64.b64encode(hidden).decode()
+        raw = client.chat.completions.with_raw_response.create(**chat_naming({"file_data": data, "filename": "r.pdf"}))
+        assert reserved(raw) > 60 * MINI_PAGE, raw.headers

@@ -126,10 +126,33 @@ def test_pages_past_the_inflation_budget_are_not_one_page() -> None:
     hidden = pdf(300, compressed=True)
     crafted = hidden.replace(b"%PDF-1.7\n", b"%PDF-1.7\n" + junk, 1)
     assert len(crafted) < 200_000 and pdf_pages(hidden) == 300
+    assert pdf_pages(crafted) == 300  # (its page tree's `/Count` says so)
+    crafted = crafted.replace(b"/Count 300", b"/Count 1")
     assert pdf_pages(crafted) == media.UNREAD_FILE_PAGES
     assert file_tokens(base64.b64encode(crafted).decode()) == 100 * PDF_PAGE_TOKENS
     written_out = pdf(150).replace(b"%PDF-1.7\n", b"%PDF-1.7\n" + junk, 1)
     assert pdf_pages(written_out) == 150
+
+
+def test_pages_are_found_by_the_names_a_reader_reads() -> None:
+    """A reader decodes a name's `#xx` escapes (`/P#61ge` is `/Page`), skips a comment between two
+    tokens, takes a page dictionary without `/Type` (a leaf of the page tree) and an object stream
+    without `/Type /ObjStm` (its `/First` and `/N` are what it reads), and counts the pages its page
+    tree's `/Count` says: each of these PDFs of 300 pages was estimated as one (by pypdf: 300)."""
+    page = b"/Type /Page /Parent"
+    hiding = {
+        "escaped": pdf(300).replace(page, b"/Type /P#61ge /Parent"),
+        "escaped key": pdf(300).replace(page, b"/T#79pe/Pag#65 /Parent"),
+        "commented": pdf(300).replace(page, b"/Type % not a page?\r/Page /Parent"),
+        "untyped": pdf(300).replace(page, b"/Parent"),
+        "escaped stream": pdf(300, compressed=True).replace(b"/Type /ObjStm", b"/Type /Obj#53tm"),
+        "untyped stream": pdf(300, compressed=True).replace(b"/Type /ObjStm", b"").replace(b"/Count 300", b"/Count 1"),
+    }
+    assert {name: pdf_pages(raw) for name, raw in hiding.items()} == dict.fromkeys(hiding, 300)
+    # Not a page, nor a page tree's count: `/Pages`, escaped too; an outline's `/Count` (no `/Kids`)
+    outline = b"<< /Type /Outlines /First 9 0 R /Last 9 0 R /Count 40 >>"
+    assert pdf_pages(b"%PDF-1.4\n1 0 obj<</Type/Page#73/Kids[]>>endobj 2 0 obj<</Type /Pag#65s>>endobj") == 1
+    assert pdf_pages(pdf(3).replace(b"<< /Type /Catalog", outline + b" << /Type /Catalog")) == 3
 
 
 def test_pdf_page_counting_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

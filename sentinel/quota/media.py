@@ -117,7 +117,8 @@ _OBJECT_STREAM = re.compile(_name("Type") + _GAP + _name("ObjStm") + _NAME_END +
 # A page tree node's `/Count` (the pages below it; the root's is the document's): readers take a
 # document's pages from it, so a page dictionary without `/Type` (which readers accept) is counted
 # by it. Only a `/Count` in a dictionary that has `/Kids` is a node's (an outline's is not).
-_COUNT = re.compile(_name("Count") + _GAP + rb"([0-9]{1,9})(?![0-9])")
+_COUNT = re.compile(_name("Count") + _GAP + rb"\+?([0-9]+)")
+MAX_COUNTED_PAGES = 10**7  # a `/Count` past it (leading zeros aside) is read as this many
 _KIDS = re.compile(_name("Kids") + _NAME_END)
 _OPEN = re.compile(rb"<<")
 _CLOSE = re.compile(rb">>")
@@ -319,7 +320,9 @@ def _page_count(data: bytes) -> int:
     opens = [found.start() for found in _OPEN.finditer(data)]
     closes = [found.start() for found in _CLOSE.finditer(data)]
     for count in _COUNT.finditer(data):
-        if int(count[1]) <= pages:
+        digits = count[1].lstrip(b"0")
+        value = MAX_COUNTED_PAGES if len(digits) > 7 else int(digits or b"0")
+        if value <= pages:
             continue
         # Its dictionary: from the nearest `<<` before it to the nearest `>>` after it.
         before, after = bisect.bisect_left(opens, count.start()), bisect.bisect_left(closes, count.end())
@@ -327,5 +330,5 @@ def _page_count(data: bytes) -> int:
         end = closes[after] if after < len(closes) else len(data)
         near = bisect.bisect_left(kids, start)
         if near < len(kids) and kids[near] < end:
-            pages = int(count[1])
+            pages = value
     return pages

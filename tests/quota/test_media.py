@@ -145,6 +145,7 @@ def test_pages_are_found_by_the_names_a_reader_reads() -> None:
         "escaped key": pdf(300).replace(page, b"/T#79pe/Pag#65 /Parent"),
         "commented": pdf(300).replace(page, b"/Type % not a page?\r/Page /Parent"),
         "untyped": pdf(300).replace(page, b"/Parent"),
+        "untyped, counted with zeros": pdf(300).replace(page, b"/Parent").replace(b"/Count 300", b"/Count +0000000000300"),
         "escaped stream": pdf(300, compressed=True).replace(b"/Type /ObjStm", b"/Type /Obj#53tm"),
         "untyped stream": pdf(300, compressed=True).replace(b"/Type /ObjStm", b"").replace(b"/Count 300", b"/Count 1"),
     }

@@ -25,7 +25,7 @@ import hmac
 from typing import Any
 
 from sentinel.mock.anthropic_prompt import Prompt, parse
-from sentinel.mock.asgi import Call, JSONReply, Reply, SSEReply, sse
+from sentinel.mock.asgi import ENDLESS_FRAGMENT, Call, Endless, JSONReply, Reply, SSEReply, sse
 from sentinel.mock.faults import Faults, WireError
 from sentinel.mock.prompt_cache import CacheUsage, PromptCache, breakpoints
 from sentinel.mock.text import (
@@ -162,6 +162,7 @@ def _stream(message: dict[str, Any], output: TextOutput) -> SSEReply:
     if "usage" in message:
         start["usage"] = {**message["usage"], "output_tokens": 1}
     events = [sse({"type": "message_start", "message": start}, "message_start")]
+    endless: Endless | None = None  # (`endless_tool_args`: the last tool_use block goes on)
     for index, block in enumerate(message["content"]):
         if block["type"] == "text":
             opening: dict[str, Any] = {"type": "text", "text": ""}
@@ -184,6 +185,10 @@ def _stream(message: dict[str, Any], output: TextOutput) -> SSEReply:
             sse({"type": "content_block_delta", "index": index, "delta": d}, "content_block_delta")
             for d in deltas
         )
+        if block["type"] == "tool_use":
+            more = {"type": "input_json_delta", "partial_json": ENDLESS_FRAGMENT}
+            endless = Endless(len(events), sse({"type": "content_block_delta", "index": index, "delta": more},
+                                               "content_block_delta"))
         events.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
     final: dict[str, Any] = {
         "type": "message_delta",
@@ -194,4 +199,4 @@ def _stream(message: dict[str, Any], output: TextOutput) -> SSEReply:
         final["usage"] = {k: usage[k] for k in _DELTA_USAGE}
     events.append(sse(final, "message_delta"))
     events.append(sse({"type": "message_stop"}, "message_stop"))
-    return SSEReply(events, 3)
+    return SSEReply(events, 3, endless)

@@ -184,8 +184,23 @@ def malformed(event: bytes) -> bytes:
     return event[: start + max(1, len(payload) // 2)] + b"\n\n"
 
 
+class Endless:
+    """What `endless_tool_args` sends: `event` (a tool call's argument fragment) again and again, in
+    place of the events from `at` on (the rest of the stream never comes)."""
+
+    __slots__ = ("at", "event")
+
+    def __init__(self, at: int, event: bytes) -> None:
+        self.at = at
+        self.event = event
+
+
+ENDLESS_FRAGMENT = "x" * (64 * 1024)  # one fragment `endless_tool_args` repeats
+
+
 class SSEReply:
-    """A ready list of SSE events; obeys `malformed`, `disconnect_after`, `pings_after` and `chunk_delay_ms`.
+    """A ready list of SSE events; obeys `malformed`, `disconnect_after`, `pings_after`,
+    `chunk_delay_ms` and (given an `endless`) `endless_tool_args`.
 
     ``delta_index`` is the position of the first content delta: the malformed copy goes there.
     `disconnect_after=N` sends at most N events and always stops before the terminal event;
@@ -193,11 +208,12 @@ class SSEReply:
     events, an SSE comment on others) until the client leaves — a stream without end.
     """
 
-    __slots__ = ("events", "delta_index")
+    __slots__ = ("delta_index", "endless", "events")
 
-    def __init__(self, events: list[bytes], delta_index: int) -> None:
+    def __init__(self, events: list[bytes], delta_index: int, endless: Endless | None = None) -> None:
         self.events = events
         self.delta_index = min(delta_index, len(events) - 1)
+        self.endless = endless
 
     async def send(self, send: Send, faults: Faults, extra: dict[str, str], receive: Receive | None = None) -> None:
         events = self.events
@@ -209,6 +225,9 @@ class SSEReply:
             limit = min(faults.disconnect_after, len(events) - 1)
         if faults.pings_after is not None:
             limit = min(faults.pings_after, limit, len(events) - 1)
+        endless = self.endless if faults.endless_tool_args and not faults.malformed else None
+        if endless is not None:
+            limit = min(endless.at, limit)
         headers = _headers(b"text/event-stream; charset=utf-8", {"cache-control": "no-cache", **extra})
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         delay = faults.chunk_delay_ms / 1000.0
@@ -216,7 +235,9 @@ class SSEReply:
             if delay and index:
                 await asyncio.sleep(delay)
             await send({"type": "http.response.body", "body": events[index], "more_body": True})
-        if faults.pings_after is not None and receive is not None:
+        if endless is not None and receive is not None and limit == endless.at:
+            await _repeat_until_gone(send, receive, endless.event)
+        elif faults.pings_after is not None and receive is not None:
             ping = ANTHROPIC_PING if events[0].startswith(b"event:") else COMMENT_PING
             await _ping_until_gone(send, receive, ping, max(delay, MIN_PING_INTERVAL))
         if limit < len(events):
@@ -232,6 +253,17 @@ async def _ping_until_gone(send: Send, receive: Receive, ping: bytes, interval: 
         while not gone.done():
             await send({"type": "http.response.body", "body": ping, "more_body": True})
             await asyncio.wait({gone}, timeout=interval)
+    finally:
+        gone.cancel()
+
+
+async def _repeat_until_gone(send: Send, receive: Receive, event: bytes) -> None:
+    """Send `event` again and again, as fast as the client reads, until it disconnects."""
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        while not gone.done():
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            await asyncio.sleep(0)  # (lets the disconnect be read)
     finally:
         gone.cancel()
 

@@ -38,6 +38,12 @@ malformed          X-Mock-Malformed-Chunk  #mock:malformed          stream: one 
                                                                     non-stream: truncated JSON body
 no_usage           X-Mock-No-Usage         #mock:no_usage           omit usage everywhere
 parallel_tools     X-Mock-Parallel-Tools   #mock:parallel_tools     call every tool, not just the first
+endless_tool_args  X-Mock-Endless-Tool-    #mock:endless_tool_args  stream with tool calls: after the last
+                   Args                                             call's arguments, more argument
+                                                                    fragments of it (64 KiB each) without
+                                                                    end, until the client leaves (a
+                                                                    hostile or broken provider);
+                                                                    otherwise no effect
 =================  ======================  =======================  =====================================
 
 The query names are the directive names prefixed with ``mock_``. Boolean knobs accept no value,
@@ -53,7 +59,7 @@ from typing import Any
 
 _INT_KNOBS = ("status", "disconnect_after", "retry_after", "pings_after")
 _FLOAT_KNOBS = ("latency_ms", "chunk_delay_ms", "drop_after_ms", "trickle_ms")
-_BOOL_KNOBS = ("malformed", "no_usage", "parallel_tools")
+_BOOL_KNOBS = ("malformed", "no_usage", "parallel_tools", "endless_tool_args")
 _HEADER_NAMES = {
     "x-mock-status": "status",
     "x-mock-retry-after": "retry_after",
@@ -67,6 +73,7 @@ _HEADER_NAMES = {
     "x-mock-malformed": "malformed",
     "x-mock-no-usage": "no_usage",
     "x-mock-parallel-tools": "parallel_tools",
+    "x-mock-endless-tool-args": "endless_tool_args",
 }
 _KNOBS = frozenset(_INT_KNOBS + _FLOAT_KNOBS + _BOOL_KNOBS)
 _DIRECTIVE = re.compile(r"#mock:([a-z_]+)(?:=([^\s#]+))?")
@@ -113,6 +120,7 @@ class Faults:
     malformed: bool = False
     no_usage: bool = False
     parallel_tools: bool = False
+    endless_tool_args: bool = False
 
     @classmethod
     def resolve(cls, *sources: Mapping[str, str]) -> Faults:

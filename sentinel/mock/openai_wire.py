@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from sentinel.mock import logprobs
-from sentinel.mock.asgi import DONE, Call, JSONReply, Reply, SSEReply, sse
+from sentinel.mock.asgi import DONE, ENDLESS_FRAGMENT, Call, Endless, JSONReply, Reply, SSEReply, sse
 from sentinel.mock.faults import Faults, WireError
 from sentinel.mock.text import (
     TextOutput,
@@ -279,6 +279,7 @@ def _chat_stream(
         return sse({**base, "choices": [choice], **null_usage})
 
     events: list[bytes] = []
+    endless: Endless | None = None
     for i in range(n):
         if tool_calls:
             for k, tc in enumerate(tool_calls):
@@ -296,6 +297,9 @@ def _chat_stream(
                     chunk(i, {"tool_calls": [{"index": k, "function": {"arguments": part}}]})
                     for part in fragments(tc["function"]["arguments"])
                 )
+            if endless is None:  # (`endless_tool_args`: the first choice's last call goes on)
+                more = {"tool_calls": [{"index": len(tool_calls) - 1, "function": {"arguments": ENDLESS_FRAGMENT}}]}
+                endless = Endless(len(events), chunk(i, more))
             events.append(chunk(i, {}, "tool_calls"))
             continue
         events.append(chunk(i, {"role": "assistant", "content": "", "refusal": None}))
@@ -307,4 +311,4 @@ def _chat_stream(
     if usage is not None:
         events.append(sse({**base, "choices": [], "usage": usage}))
     events.append(DONE)
-    return SSEReply(events, 1)
+    return SSEReply(events, 1, endless)

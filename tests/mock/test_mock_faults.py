@@ -317,3 +317,31 @@ def test_trickle_stops_when_its_client_leaves(http: httpx.Client) -> None:
         first = next(r.iter_raw())
     assert len(first) == 1
     assert http.get("/v1/models", headers=OPENAI_AUTH).status_code == 200  # the mock serves on
+
+
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+CLAUDE_TOOL = {"name": "get_weather", "input_schema": TOOL["function"]["parameters"]}
+
+
+@pytest.mark.parametrize(("path", "body", "fragment"), [
+    ("/v1/chat/completions", {**CHAT, "stream": True, "tools": [TOOL]}, b'"function":{"arguments":"xxxx'),
+    ("/v1/messages", {"model": "m", "max_tokens": 50, "stream": True, "messages": USER, "tools": [CLAUDE_TOOL]},
+     b'"partial_json":"xxxx'),
+])
+def test_endless_tool_args_streams_argument_fragments_until_the_client_leaves(
+    http: httpx.Client, path: str, body: dict[str, object], fragment: bytes
+) -> None:
+    """A tool call whose arguments never end: its events, then 64 KiB fragments of it without end
+    (never the stream's finish)."""
+    auth = OPENAI_AUTH if path.endswith("completions") else ANTHROPIC_AUTH
+    received = b""
+    with http.stream("POST", path, json=body, headers={**auth, "X-Mock-Endless-Tool-Args": "1"}) as r:
+        for chunk in r.iter_raw():
+            received += chunk
+            if received.count(fragment) >= 20:
+                break
+    assert len(received) > 19 * 64 * 1024
+    assert b'"get_weather"' in received.split(fragment)[0]  # the call came first
+    for end in (b"finish_reason\":\"tool_calls", b"content_block_stop", b"[DONE]", b"message_stop"):
+        assert end not in received

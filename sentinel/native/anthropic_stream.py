@@ -9,9 +9,10 @@ never overlap and a block gets no delta after its `content_block_stop`, whatever
 fragments come in: text streams as it comes until the first tool call, which streams as it comes
 until the end; what begins after it (another call, more text) is held and sent whole, as a block
 each, when the stream finishes (OpenAI-compatible servers may interleave the fragments of parallel
-calls, and a block closed early would have lost its later arguments). The closing events are
-returned by `finish()` so the caller can send them after the usage record is stored. A broken
-stream ends with an `error` event instead.
+calls, and a block closed early would have lost its later arguments). What is held is bounded
+(`sentinel.native.kept.HELD_CHARS`): past it `feed` raises a `stream_too_large` StreamError, and the
+stream ends with an `error` event. The closing events are returned by `finish()` so the caller can
+send them after the usage record is stored. A broken stream ends with an `error` event instead.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import orjson
 
 from sentinel.native._wire import as_object
 from sentinel.native.anthropic_inbound import anthropic_usage, stop_reason
+from sentinel.native.kept import HeldBudget
 from sentinel.native.responses import CacheTokens, FinishReason, Usage
 
 
@@ -39,10 +41,11 @@ class AnthropicStreamEncoder:
     """Feed it unified chunks; it returns the Anthropic events to send (see the module docstring).
 
     `input_tokens` is what `message_start` reports (the admission estimate: the provider reports the
-    real figure only at the end, and `message_delta` carries it then).
+    real figure only at the end, and `message_delta` carries it then). `provider` names the upstream
+    in the error `feed` raises when the stream holds too much.
     """
 
-    def __init__(self, *, input_tokens: int) -> None:
+    def __init__(self, *, input_tokens: int, provider: str | None = None) -> None:
         self.input_tokens = input_tokens
         self.started = False
         self.called = False  # a tool call began
@@ -50,9 +53,11 @@ class AnthropicStreamEncoder:
         self._open: tuple[str, Any] | None = None  # ("text", None) or ("tool", unified index): streaming
         self._held: list[tuple[dict[str, Any], list[str]]] = []  # blocks begun after the first call
         self._held_calls: dict[Any, list[str]] = {}  # unified tool-call index -> its held fragments
+        self._budget = HeldBudget("what it streamed after its first tool call", provider=provider)
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
-        """The events for one unified chunk (possibly none)."""
+        """The events for one unified chunk (possibly none); StreamError (`stream_too_large`) when
+        what it holds to send at the end passes `HELD_CHARS`."""
         out = [] if self.started else [self._start(chunk)]
         for choice in chunk.get("choices") or ():
             delta = as_object(as_object(choice).get("delta"))
@@ -62,6 +67,12 @@ class AnthropicStreamEncoder:
             for call in delta.get("tool_calls") or ():
                 out.extend(self._tool(as_object(call)))
         return b"".join(out)
+
+    @property
+    def held_chars(self) -> int:
+        """The characters held to send at the end (what began after the first call)."""
+        return sum(len(piece) for _, pieces in self._held for piece in pieces) + sum(
+            len(str(block.get("id") or "")) + len(str(block.get("name") or "")) for block, _ in self._held)
 
     def finish(self, reason: FinishReason | None, usage: Usage, cache: CacheTokens) -> tuple[bytes, bytes]:
         """(the events that close the message, the final `message_stop`)."""
@@ -117,6 +128,7 @@ class AnthropicStreamEncoder:
 
     def _text(self, text: str) -> list[bytes]:
         if self.called:  # after a call began: held, one block per run of text
+            self._budget.take(text)
             if not self._held or self._held[-1][0]["type"] != "text":
                 self._held.append(({"type": "text", "text": ""}, []))
             self._held[-1][1].append(text)
@@ -132,11 +144,14 @@ class AnthropicStreamEncoder:
         if self._open == ("tool", key):  # the first call: streamed
             return [self._delta("input_json_delta", fragment)] if fragment else []
         if key in self._held_calls:
+            self._budget.take(fragment)
             self._held_calls[key].append(fragment)
             return []
         function = as_object(call.get("function"))
         block: dict[str, Any] = {"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": {}}
         if self.called:  # a later call: held until the end
+            for text in (block["id"], block["name"], fragment):
+                self._budget.take(text if isinstance(text, str) else "")
             self._held_calls[key] = [fragment]
             self._held.append((block, self._held_calls[key]))
             return []

@@ -7,11 +7,21 @@ between) streaming text without end — events of up to 16 MiB each, for up to
 counted all of it with tiktoken. Up to KEPT_CHARS characters are kept (no answer `max_tokens`
 allows comes near: ~250,000 tokens); past them each piece is counted as it arrives, a token per 4 UTF-8
 bytes (the count used when no encoding loads), and dropped.
+
+What a stream must keep to finish or to send is bounded too (`HeldBudget`): a tool call is made of its
+argument fragments (the normalisers keep them to check the call is whole JSON at the end), and a
+translated Anthropic stream holds what begins after its first call until the end. They were kept
+whole: a provider streaming one call's arguments (or text after a call) without end grew the
+process's memory until the stream time limit. Past HELD_CHARS characters a stream ends with a
+`stream_too_large` error (no model's output comes near: ~2 M tokens; the largest cap is ~128 K).
 """
 
 from __future__ import annotations
 
+from sentinel.native.errors import StreamError
+
 KEPT_CHARS = 1024 * 1024
+HELD_CHARS = 8 * 1024 * 1024  # per stream: its tool calls (ids, names, arguments), or what it holds to send
 
 
 class KeptText:
@@ -40,3 +50,26 @@ class KeptText:
     @property
     def text(self) -> str:
         return "".join(self._parts)
+
+
+class HeldBudget:
+    """The characters a stream holds to finish or send (`HELD_CHARS` at most): `take` raises a
+    `stream_too_large` StreamError once they pass `limit` (what was taken is not kept by the caller)."""
+
+    __slots__ = ("chars", "limit", "provider", "what")
+
+    def __init__(self, what: str, *, provider: str | None = None, limit: int = HELD_CHARS) -> None:
+        self.what = what  # what is held, as the error names it ("its tool calls")
+        self.provider = provider
+        self.limit = limit
+        self.chars = 0
+
+    def take(self, text: str) -> None:
+        """Count `text` as held; StreamError (`stream_too_large`) when the stream holds too much."""
+        self.chars += len(text)
+        if self.chars > self.limit:
+            upstream = f"Upstream {self.provider} stream" if self.provider else "Upstream stream"
+            raise StreamError(
+                f"{upstream} cut: {self.what} ran past the {self.limit:,} characters a stream may hold",
+                code="stream_too_large", provider=self.provider,
+            )

@@ -26,7 +26,7 @@ import orjson
 from sentinel.native._wire import as_count, as_list, as_object
 from sentinel.native.anthropic import anthropic_cache_tokens, anthropic_prompt_tokens, map_stop_reason
 from sentinel.native.errors import StreamError, TranslationError
-from sentinel.native.kept import KeptText
+from sentinel.native.kept import HeldBudget, KeptText
 from sentinel.native.openai import (
     PLAIN_DELTA,
     cut_arguments,
@@ -99,6 +99,7 @@ class StreamNormalizer:
         self._text = KeptText()  # the output, to count when the usage never came (bounded)
         self._extras = KeptText()  # output sent beside the text (reasoning, a refusal): counted only
         self._calls: dict[int | None, _PendingCall] = {}  # keyed by the upstream's own index
+        self._held = HeldBudget("its tool calls", provider=provider)  # their ids, names and arguments
         self._prompt_tokens: int | None = None
         self._completion_tokens: int | None = None
         self.cache = CacheTokens()  # the prompt-cache part of the prompt tokens, as reported
@@ -123,15 +124,31 @@ class StreamNormalizer:
     @property
     def text(self) -> str:
         """The output streamed so far, for counting usage: the text, the reasoning and refusals the
-        provider streamed beside it (billed like the text) and the tool-call argument fragments."""
-        fragments = [f for call in self._calls.values() for f in call.fragments]
-        return self._text.text + self._extras.text + "".join(fragments)
+        provider streamed beside it (billed like the text) and the tool-call argument fragments (each
+        part up to KEPT_CHARS: see `counted`)."""
+        return self._text.text + self._extras.text + self._arguments().text
 
     @property
     def counted(self) -> int:
-        """The tokens of the text and reasoning streamed past what `text` keeps, counted as they came
-        (`sentinel.native.kept`). (A call's argument fragments are kept whole: the call is made of them.)"""
-        return self._text.counted + self._extras.counted
+        """The tokens of the output streamed past what `text` keeps, counted as they came
+        (`sentinel.native.kept`) — the calls' arguments past KEPT_CHARS too, a token per 4 bytes. (A
+        call's argument fragments are kept, up to HELD_CHARS: the call is made of them; a stream
+        whose calls pass that ends with an error.)"""
+        return self._text.counted + self._extras.counted + self._arguments().counted
+
+    @property
+    def held_chars(self) -> int:
+        """The characters the tool calls hold (their ids, names and argument fragments)."""
+        return sum(len(call.id) + len(call.name) + sum(map(len, call.fragments)) for call in self._calls.values())
+
+    def _arguments(self) -> KeptText:
+        """The calls' argument fragments as output to count: tiktoken counts KEPT_CHARS of them at
+        most, as it does of the text (encoding the 8 M characters a stream may hold took seconds)."""
+        kept = KeptText()
+        for call in self._calls.values():
+            for fragment in call.fragments:
+                kept.append(fragment)
+        return kept
 
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
         """The chunks to send for one upstream event; raise `StreamError` on an error or a bad event."""
@@ -203,6 +220,8 @@ class StreamNormalizer:
         call = _PendingCall(
             len(self._calls), call_id if isinstance(call_id, str) and call_id else new_call_id(), name
         )
+        self._held.take(call.id)
+        self._held.take(name)
         self._calls[key] = call
         return {
             "index": call.index,
@@ -238,8 +257,13 @@ class StreamNormalizer:
             raise StreamError(
                 "Upstream tool call fragment out of order", code="parse_error", provider=self.provider
             )
-        call.fragments.append(fragment)
+        self._keep(call, fragment)
         return {"index": call.index, "function": {"arguments": fragment}}
+
+    def _keep(self, call: _PendingCall, fragment: str) -> None:
+        """Keep a fragment of `call`'s arguments, within the stream's `HeldBudget` (else StreamError)."""
+        self._held.take(fragment)
+        call.fragments.append(fragment)
 
     def _decode(self, data: str) -> dict[str, Any]:
         try:
@@ -314,7 +338,7 @@ class OpenAIStreamNormalizer(StreamNormalizer):
                 if fragment:
                     fragment = self._arguments_text(fragment)
                     calls[-1]["function"]["arguments"] = fragment
-                    self._calls[key].fragments.append(fragment)
+                    self._keep(self._calls[key], fragment)
             elif fragment:
                 calls.append(self._add_arguments(key, fragment))
         if calls:
@@ -384,7 +408,7 @@ class AnthropicStreamNormalizer(StreamNormalizer):
             initial = block.get("input")
             if isinstance(initial, dict) and initial:  # normally {} with the input streamed as JSON deltas
                 call["function"]["arguments"] = self._arguments_text(initial)
-                self._calls[index].fragments.append(call["function"]["arguments"])
+                self._keep(self._calls[index], call["function"]["arguments"])
             return [self._chunk({"tool_calls": [call]})]
         if block.get("type") == "text" and isinstance(block.get("text"), str) and block["text"]:
             delta: dict[str, Any] = {}

@@ -157,7 +157,8 @@ class TranslatedChat:
         client: ClientFormat,
     ) -> StreamReply:
         meter, metrics = self.meter, self.metrics
-        encoder = AnthropicStreamEncoder(input_tokens=admission.estimate_input) if client == "anthropic" else None
+        encoder = (AnthropicStreamEncoder(input_tokens=admission.estimate_input, provider=target.provider)
+                   if client == "anthropic" else None)
 
         async def produce(ending: Ending) -> AsyncIterator[bytes]:
             try:
@@ -169,6 +170,7 @@ class TranslatedChat:
                 error = exc if isinstance(exc, StreamError | UpstreamError) else (
                     unexpected_stream_failure(exc, target.provider)
                 )
+                stream.upstream.close()  # the encoder's error (it held too much) left `events` open
                 ending.status = 502
                 code = error.code if isinstance(error, StreamError) else cut_code(error)
                 kind = error.kind if isinstance(error, StreamError) else code  # (never the provider's code)

@@ -308,6 +308,12 @@ def event_data(event: bytes) -> bytes | None:
     return b"\n".join(values) if values else None
 
 
+# The audio answers a chat stream names, kept to record as the caller's (`answers.claim_created`): one
+# per choice (`n` is at most 128), each id one Sentinel can own (`governance.ownership`: 200 characters).
+# A stream naming more, or a longer id, names nothing kept: unowned, unreachable through Sentinel (a
+# provider naming a new id per chunk grew the map, and the store writes after it, without end).
+MAX_AUDIO_ANSWERS = 128
+MAX_AUDIO_ID = 200
 LENIENT_MAX_BYTES = 64 * 1024  # an event orjson refuses is read as the SDKs read it up to this size
 
 
@@ -533,7 +539,7 @@ class StreamInspector:
                     self._text.append(delta["content"])
                 audio = delta.get("audio")
                 if isinstance(audio, dict) and isinstance(audio.get("id"), str) and audio["id"]:
-                    self.audio[audio["id"]] = audio.get("expires_at") or self.audio.get(audio["id"])
+                    self._note_audio(audio["id"], audio.get("expires_at"))
                 if not delta.keys() <= PLAIN_DELTA:
                     self._text.append(delta_extras(delta))
                 for call in as_list(delta.get("tool_calls")):
@@ -544,6 +550,11 @@ class StreamInspector:
         # (Never an error chunk: the client is told of the error.)
         return not (self.strip and isinstance(obj.get("usage"), dict) and (choices is None or choices == [])
                     and not obj.get("error"))
+
+    def _note_audio(self, audio_id: str, expires_at: Any) -> None:
+        """Keep an audio answer's id (and its `expires_at` once given), within MAX_AUDIO_ANSWERS."""
+        if audio_id in self.audio or (len(self.audio) < MAX_AUDIO_ANSWERS and len(audio_id) <= MAX_AUDIO_ID):
+            self.audio[audio_id] = expires_at or self.audio.get(audio_id)
 
     def _absorb_responses(self, obj: dict[str, Any]) -> bool:
         if obj.get("type") in RESPONSES_TERMINAL:

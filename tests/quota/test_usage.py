@@ -488,3 +488,19 @@ def test_data_orjson_refuses_is_read_as_the_sdks_read_it_up_to_a_size() -> None:
     assert read_as_sdks(b"[" * 5000) is None and read_as_sdks(b"{oops}") is None
     big = b'{"a":"' + b"x" * LENIENT_MAX_BYTES + b'\\ud83d"}'
     assert read_as_sdks(big) is None  # (the slow reader is not run on large events)
+
+
+def test_the_audio_answers_a_stream_names_are_kept_within_a_bound() -> None:
+    """A chat answer names one audio answer per choice (`n` is at most 128): kept to record as the
+    caller's. A provider naming a new id in every chunk grew the map (and the store writes made of it
+    at settlement) without end; past the bound, and for an id no store key can hold, nothing is kept
+    (unowned: unreachable through Sentinel)."""
+    inspector = StreamInspector("chat")
+    for i in range(300):
+        audio = {"id": f"audio_{i}", "transcript": "hi", **({"expires_at": 1_800_000_000} if i == 3 else {})}
+        inspector.feed(event({"id": "c1", "choices": [{"index": 0, "delta": {"audio": audio}}]}))
+    long_id = {"audio": {"id": "a" * 201}}
+    inspector.feed(event({"id": "c1", "choices": [{"index": 0, "delta": long_id}]}))
+    assert list(inspector.audio) == [f"audio_{i}" for i in range(128)]
+    inspector.feed(event({"id": "c1", "choices": [{"index": 0, "delta": {"audio": {"id": "audio_5", "expires_at": 7}}}]}))
+    assert (inspector.audio["audio_3"], inspector.audio["audio_5"], len(inspector.audio)) == (1_800_000_000, 7, 128)

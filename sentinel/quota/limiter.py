@@ -15,7 +15,13 @@ count), and a settlement's script adjusts the counters only if it deletes that m
 finds it gone and changes nothing. The marker lives until then, or `settle_within` (a day) — longer
 when one of the reservation's counters does —, so markers a crashed process left expire; a
 settlement arriving after that changes nothing. Every admitted reservation is settled by a script
-call, even one that changes no counter (its marker goes). A peek writes none.
+call, even one that changes no counter (its marker goes). A peek writes none. A reservation's script
+that finds its marker there already counts nothing (a second run: redis-py's cluster retry).
+
+A reservation whose own reply was lost (its outcome unknown: see `reserve`'s `on_lost`) may have
+run, or may run late; its token was made before it was sent, so it can be given back
+(`Reservation.lost`, `GIVE_BACK`): only if its marker is there, once; else a tombstone takes the
+marker's place (`0`, living as a marker does) and a run arriving after counts nothing.
 
 Windows are fixed and aligned to the Unix epoch, one counter per (metric, window):
 `{prefix}:{<subject>}:{metric}:{window_seconds}:{window_index}`. The braces are a Redis Cluster
@@ -54,6 +60,7 @@ amount stays counted, against the user, until the next reading).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import os
@@ -66,6 +73,7 @@ import orjson
 
 from sentinel.domain.plans import ExternalUsage, Limit, Plan
 from sentinel.domain.text import is_text
+from sentinel.errors import StoreRefused, StoreUnavailable
 from sentinel.quota.decision import Decision, LimitState, refuses
 from sentinel.store.base import LocalOps, Script, Store
 
@@ -88,7 +96,9 @@ end
 
 # KEYS are the counters, ARGV 4 per counter: amount, limit, offset, TTL in ms. A reservation that
 # will be settled (not a peek) adds its marker (`_MARK_LUA`): one more KEY and one more ARGV, the
-# marker's shortest TTL.
+# marker's shortest TTL. A marker already there means this reservation ran before (this is redis-py's
+# cluster retry after its reply was lost) or was given back unanswered (`_GIVE_BACK_LUA`): it counts
+# nothing again, and answers as admitted.
 _MARK_LUA = """
 local function mark(key, ttl)
   redis.call('SET', key, '1', 'PX', ttl)
@@ -97,6 +107,7 @@ end
 
 _RESERVE_LUA = _REFUSES_LUA + _MARK_LUA + """
 local n = math.floor(#ARGV / 4)
+local ran = #ARGV > 4 * n and redis.call('EXISTS', KEYS[n + 1]) == 1
 local used = {}
 local denied = 0
 for i = 1, n do
@@ -107,7 +118,9 @@ for i = 1, n do
     denied = i
   end
 end
-if denied == 0 then
+if ran then
+  denied = 0
+elseif denied == 0 then
   local ttl = 0
   for i = 1, n do
     local a = (i - 1) * 4
@@ -133,6 +146,7 @@ def _mark_local(ops: LocalOps, key: str, ttl_ms: int) -> None:
 
 def _reserve_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[int]:
     n = len(args) // 4
+    ran = len(args) > 4 * n and ops.get(keys[n]) is not None
     used: list[int] = []
     denied = 0
     for i, key in enumerate(keys[:n]):
@@ -141,7 +155,9 @@ def _reserve_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[int]
         used.append(current)
         if denied == 0 and refuses(current, amount, cap, offset):
             denied = i + 1
-    if denied == 0:
+    if ran:
+        denied = 0
+    elif denied == 0:
         ttl = 0
         for i, key in enumerate(keys[:n]):
             amount = int(args[4 * i])
@@ -159,10 +175,12 @@ def _reserve_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[int]
 # limit, offset, TTL in ms, the index of its hash among those KEYS (0: not external) and the
 # deadline (ms) of its entry there. The check is `_RESERVE_LUA`'s; a missing external counter (a new
 # reading) starts at what is still running (live entries of its hash, expired ones pruned). A
-# reservation that will be settled adds its marker as `_RESERVE_LUA` does: the last KEY, the last ARGV.
+# reservation that will be settled adds its marker as `_RESERVE_LUA` does: the last KEY, the last ARGV
+# (one already there: it counts nothing).
 _RESERVE_EXTERNAL_LUA = _REFUSES_LUA + _MARK_LUA + """
 local now = tonumber(ARGV[1])
 local n = math.floor((#ARGV - 2) / 6)
+local ran = #ARGV > 2 + 6 * n and redis.call('EXISTS', KEYS[#KEYS]) == 1
 local function in_flight(key)
   local total = 0
   local entries = redis.call('HGETALL', key)
@@ -201,7 +219,9 @@ for i = 1, n do
     denied = i
   end
 end
-if denied == 0 then
+if ran then
+  denied = 0
+elseif denied == 0 then
   local ttl = 0
   for i = 1, n do
     local a = 2 + (i - 1) * 6
@@ -242,6 +262,7 @@ def _in_flight(ops: LocalOps, key: str, now: int) -> int:
 def _reserve_external_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[int]:
     now, token = int(args[0]), args[1]
     n = (len(args) - 2) // 6
+    ran = len(args) > 2 + 6 * n and ops.get(keys[-1]) is not None
     used: list[int] = []
     running: dict[int, int] = {}
     denied = 0
@@ -262,7 +283,9 @@ def _reserve_external_local(ops: LocalOps, keys: list[str], args: list[str]) -> 
         used.append(current)
         if denied == 0 and refuses(current, amount, cap, offset):
             denied = i + 1
-    if denied == 0:
+    if ran:
+        denied = 0
+    elif denied == 0:
         longest = 0
         for i in range(n):
             a = 2 + 6 * i
@@ -365,6 +388,47 @@ def _adjust_external_local(ops: LocalOps, keys: list[str], args: list[str]) -> i
     return 1
 
 
+# The settlement of a reservation whose script call went unanswered (`Reservation.lost`: it may have
+# run, or may still run, late), once: KEYS[1] is its marker, the next (#ARGV - 2) / 2 KEYS counters
+# with their pairs from ARGV[3], the remaining KEYS its in-flight hashes (token ARGV[1]). A marker
+# there (the reservation ran) goes, and its changes are made; none there (it never ran, or not yet)
+# leaves a tombstone in its place for ARGV[2] ms, so that a run arriving later counts nothing
+# (`_RESERVE_LUA`); a tombstone there (this ran already) changes nothing. 1 when it applied.
+_GIVE_BACK_LUA = _ADJUST_ONE_LUA + """
+local mark = redis.call('GET', KEYS[1])
+if not mark then
+  redis.call('SET', KEYS[1], '0', 'PX', ARGV[2])
+  return 0
+elseif mark ~= '1' then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+local m = (#ARGV - 2) / 2
+for i = 1, m do
+  adjust(KEYS[i + 1], tonumber(ARGV[2 * i + 1]), ARGV[2 * i + 2])
+end
+for i = m + 2, #KEYS do
+  redis.call('HDEL', KEYS[i], ARGV[1])
+end
+return 1
+"""
+
+
+def _give_back_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    mark = ops.get(keys[0])
+    if mark is None:
+        ops.set(keys[0], b"0", int(args[1]) / 1000)
+        return 0
+    if mark != b"1":
+        return 0
+    ops.delete(keys[0])
+    m = (len(args) - 2) // 2
+    _adjust_local(ops, keys[1 : m + 1], args[2:])
+    for key in keys[m + 1 :]:
+        ops.hdel(key, args[0])
+    return 1
+
+
 # The settlement of a held reservation (`QuotaLimiter.settle_held`), once: KEYS[1] is where it is
 # held, which must still hold ARGV[1] (what the settler read: a second settler finds it gone and
 # changes nothing); it is deleted with the reservation's marker (KEYS[2]: this record is what says
@@ -405,6 +469,7 @@ SETTLE_HELD = Script("sentinel_quota_settle_held", _SETTLE_HELD_LUA, _settle_hel
 ADJUST = Script("sentinel_quota_adjust", _ADJUST_LUA, _settle_local)
 RESERVE_EXTERNAL = Script("sentinel_quota_reserve_external", _RESERVE_EXTERNAL_LUA, _reserve_external_local)
 ADJUST_EXTERNAL = Script("sentinel_quota_adjust_external", _ADJUST_EXTERNAL_LUA, _adjust_external_local)
+GIVE_BACK = Script("sentinel_quota_give_back", _GIVE_BACK_LUA, _give_back_local)
 
 
 def hash_tag(subject: str) -> str:
@@ -438,6 +503,9 @@ class Reservation:
     # The key whose presence says this reservation is still to settle (`{prefix}:{<subject>}:reserved:<token>`;
     # "" when nothing was counted): its settlement runs only in the call that deletes it.
     marker: str = field(default="", repr=False)
+    # Made by a script call whose outcome is unknown (`reserve`'s `on_lost`): it may have run, or run
+    # later; its settlement (`GIVE_BACK`) applies only if it did, and stops a later run from counting.
+    lost: bool = False
 
     @property
     def allowed(self) -> bool:
@@ -500,7 +568,7 @@ class QuotaLimiter:
 
     async def reserve(
         self, subject: str, plan: Plan, *, requests: int = 1, input_tokens: int, output_tokens: int,
-        tokens_later: bool = False,
+        tokens_later: bool = False, on_lost: Callable[[Reservation], None] | None = None,
     ) -> Reservation:
         """Check every limit of `plan` and, only if all fit, count the request against all of them.
 
@@ -510,14 +578,19 @@ class QuotaLimiter:
 
         Raises StoreUnavailable when the store cannot be reached (the caller applies the failure
         mode); a denial is not an exception: see `reservation.decision` / `decision.to_error()`.
+        When the script call's outcome is unknown (StoreUnavailable other than StoreRefused: a reply
+        lost to a timeout or a cut connection; or the call cancelled), it may have run, or may run
+        late: `on_lost` then gets the reservation it would have made (`lost`), which `release`
+        gives back if it ran — once, however often sent — and keeps from counting if it runs after.
         """
         if min(requests, input_tokens, output_tokens) < 0:
             raise ValueError("reserved amounts cannot be negative")
-        return await self._reserve(subject, plan, requests, input_tokens, output_tokens, tokens_later, marked=True)
+        return await self._reserve(subject, plan, requests, input_tokens, output_tokens, tokens_later, marked=True,
+                                   on_lost=on_lost)
 
     async def _reserve(
         self, subject: str, plan: Plan, requests: int, input_tokens: int, output_tokens: int, tokens_later: bool,
-        *, marked: bool,
+        *, marked: bool, on_lost: Callable[[Reservation], None] | None = None,
     ) -> Reservation:
         """`reserve`; `marked`: an admitted reservation is to be settled (not a peek), so it is marked."""
         wanted = {"requests": requests, "input_tokens": input_tokens, "output_tokens": output_tokens}
@@ -538,17 +611,20 @@ class QuotaLimiter:
             # Refused as needing a token of the banned metric (`Decision.oversized`: no Retry-After).
             amounts = tuple(1 if i == banned else amount for i, amount in enumerate(amounts))
             denied, used = banned + 1, [0] * len(plan.limits)
-        elif plan.external:
-            denied, used, in_flight = await self._reserve_external(subject, plan, amounts, slots, now, token, marker)
         elif plan.limits:
-            args: list[int] = []
-            for limit, amount, (_, _, ttl_ms) in zip(plan.limits, amounts, slots, strict=True):
-                args += [amount, limit.limit, limit.offset, ttl_ms]
-            if marker:
-                args.append(self._settle_within_ms)
-                denied, *used = (int(v) for v in await self.store.run(RESERVE, [*keys, marker], args))
-            else:
-                denied, *used = (int(v) for v in await self.store.run(RESERVE, keys, args))
+            script, call_keys, args, in_flight = self._reserve_call(subject, plan, amounts, slots, now, token, marker)
+            try:
+                denied, *used = (int(v) for v in await self.store.run(script, call_keys, args))
+            except StoreRefused:
+                raise  # it did not run
+            except (StoreUnavailable, asyncio.CancelledError):
+                if marker and on_lost is not None:
+                    on_lost(Reservation(
+                        subject, Decision(True, None, None, None, None, None), keys, plan.limits, amounts, requests,
+                        input_tokens, output_tokens, owner=self, reserved_at=now, in_flight=in_flight, token=token,
+                        marker=marker, lost=True,
+                    ))
+                raise
         states = tuple(
             LimitState(limit, count + limit.offset, amount, reset_at)
             for limit, count, amount, (_, reset_at, _) in zip(plan.limits, used, amounts, slots, strict=True)
@@ -571,13 +647,29 @@ class QuotaLimiter:
             marker=marker if decision.allowed else "",
         )
 
-    async def _reserve_external(
+    def _reserve_call(
         self, subject: str, plan: Plan, amounts: tuple[int, ...], slots: list[tuple[str, float, int]], now: float,
         token: str, marker: str,
-    ) -> tuple[int, list[int], tuple[str, ...]]:
-        """`reserve`'s script call for a plan with external limits: (denied, used, the in-flight
-        hashes an admitted reservation has its entry in, under `token`). A peek (no `marker`) has
-        no token and puts no entry anywhere (it reserves nothing)."""
+    ) -> tuple[Script, list[str], list[int | str], tuple[str, ...]]:
+        """`reserve`'s script call: (script, keys, args, the in-flight hashes an admitted reservation
+        has its entry in, under `token`: external limits only)."""
+        if plan.external:
+            return self._reserve_external_call(subject, plan, amounts, slots, now, token, marker)
+        args: list[int | str] = []
+        for limit, amount, (_, _, ttl_ms) in zip(plan.limits, amounts, slots, strict=True):
+            args += [amount, limit.limit, limit.offset, ttl_ms]
+        keys = [key for key, _, _ in slots]
+        if marker:
+            keys.append(marker)
+            args.append(self._settle_within_ms)
+        return RESERVE, keys, args, ()
+
+    def _reserve_external_call(
+        self, subject: str, plan: Plan, amounts: tuple[int, ...], slots: list[tuple[str, float, int]], now: float,
+        token: str, marker: str,
+    ) -> tuple[Script, list[str], list[int | str], tuple[str, ...]]:
+        """`_reserve_call` for a plan with external limits. A peek (no `marker`) has no token and
+        puts no entry anywhere (it reserves nothing)."""
         now_ms = math.floor(now * 1000)
         hashes: dict[str, int] = {}  # in-flight hash -> its index among the script's extra KEYS (from 1)
         held: list[str] = []  # those this reservation puts an entry in (when admitted)
@@ -595,8 +687,7 @@ class QuotaLimiter:
         if marker:
             keys.append(marker)
             args.append(self._settle_within_ms)
-        denied, *used = (int(v) for v in await self.store.run(RESERVE_EXTERNAL, keys, args))
-        return denied, used, tuple(held)
+        return RESERVE_EXTERNAL, keys, args, tuple(held)
 
     async def peek(self, subject: str, plan: Plan) -> Decision:
         """Every limit's state, counting nothing; `allowed` says whether a request would fit now."""
@@ -630,7 +721,10 @@ class QuotaLimiter:
             return
         # Sent even when nothing changes (exact usage, a plan of request limits alone): it deletes the marker.
         keys, args = self._adjustments(reservation, deltas)
-        if reservation.in_flight:
+        if reservation.lost:
+            await self.store.run(GIVE_BACK, [reservation.marker, *keys, *reservation.in_flight],
+                                 [reservation.token, self._settle_within_ms, *args])
+        elif reservation.in_flight:
             # The same call takes the reservation's entry out of the in-flight hashes (no longer running).
             await self.store.run(
                 ADJUST_EXTERNAL, [reservation.marker, *keys, *reservation.in_flight], [reservation.token, *args])

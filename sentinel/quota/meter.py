@@ -11,7 +11,8 @@ were spent, client disconnect): it reconciles the reservation to the real usage 
 usage record to the durable outbox before returning (and one more for each model whose usage the
 answer reports apart: `ModelUsage`). `release()` runs when nothing was served.
 A reconciliation or give-back the store did not take (refused, or its outcome unknown) is sent again
-later (`Unsettled`): it runs once however often it is sent.
+later (`Unsettled`): it runs once however often it is sent. So is the give-back of a reservation
+whose own reply was lost (the request meanwhile gets what the failure mode says).
 Either, once begun, runs to its end even if its caller is cancelled (one task of its own, shielded);
 shutdown waits (`QuotaMeter.drain`) for those under way, and for every admission neither has begun
 for yet (a request the server cancelled reaches its settlement some loop turns later), before it
@@ -321,11 +322,12 @@ class QuotaMeter:
 
     async def _reserve(self, admission: Admission, plan: Plan, *, tokens_later: bool = False) -> None:
         subject = admission.identity.external_id
-        tokens = {"input_tokens": admission.estimate_input, "output_tokens": admission.max_output}
         limiter = self.limiter
         try:
-            reservation = await limiter.reserve(subject, plan, requests=admission.requests, **tokens,
-                                                tokens_later=tokens_later)
+            reservation = await limiter.reserve(subject, plan, requests=admission.requests,
+                                                input_tokens=admission.estimate_input,
+                                                output_tokens=admission.max_output, tokens_later=tokens_later,
+                                                on_lost=self._give_back_lost)
         except StoreUnavailable:
             self.metrics.quota_store_failures.labels(self.failure_mode.value).inc()
             if self.failure_mode is QuotaFailureMode.closed:
@@ -336,8 +338,9 @@ class QuotaMeter:
                 self._repeated.warning("quota store unavailable; admitting without a quota check (QUOTA_FAILURE_MODE=open)")
                 return
             limiter = self.local_limiter
-            reservation = await limiter.reserve(subject, plan, requests=admission.requests, **tokens,
-                                                tokens_later=tokens_later)
+            reservation = await limiter.reserve(subject, plan, requests=admission.requests,
+                                                input_tokens=admission.estimate_input,
+                                                output_tokens=admission.max_output, tokens_later=tokens_later)
         decision = reservation.decision
         if not decision.allowed:
             self._refuse(decision)
@@ -345,6 +348,12 @@ class QuotaMeter:
         admission.reservation = reservation
         admission.limiter = limiter
         admission.headers = decision.headers()
+
+    def _give_back_lost(self, reservation: Reservation) -> None:
+        """A reservation whose script call went unanswered (it may have run, or may run late): given
+        back in the background (`Unsettled`) — only if it ran, once, and a late run then counts
+        nothing. The request meanwhile gets what the failure mode says, as if it had never run."""
+        self.unsettled.add(functools.partial(self.limiter.release, reservation))
 
     async def settle(
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,

@@ -8,7 +8,8 @@ output tokens and used 10 kept the 4,096 for the rest of the day on a daily limi
 the limit was refused for it. Such a settlement is kept here and sent again in the background, with
 backoff, until the store runs it. Sending it again is safe whatever happened to the first send: a
 settlement runs only in the call that deletes its reservation's marker (`QuotaLimiter`), so one
-that ran already changes nothing the second time (a refund is never given twice).
+that ran already changes nothing the second time (a refund is never given twice). The give-back
+of a reservation whose own reply was lost (`QuotaLimiter.reserve`'s `on_lost`) waits here alike.
 
 One whose sends keep failing other than by a refusal (`MAX_UNKNOWN` of them: a command error, a
 Redis that keeps timing out) is dropped and logged, so it cannot block those behind it forever.

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-from sentinel.quota.limiter import ADJUST
+from sentinel.quota.limiter import ADJUST, RESERVE
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import ledger_totals, set_plan
 from tests.conftest import REDIS_BIN, unavailable
@@ -177,5 +177,43 @@ def test_a_reconciliation_whose_connection_was_cut_is_made_once(
             assert unsettled(admin) == []
             assert wait_for(lambda: ledger_totals(gw.settings.database_url, USER)["requests"] == 1)
             assert ledger_totals(gw.settings.database_url, USER)["output_tokens"] == 2
+        finally:
+            proxy.close()
+
+
+@pytest.mark.parametrize("delivered", [False, True], ids=["not-run", "run"])
+def test_a_reservation_whose_connection_was_cut_is_refused_and_counts_nothing(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, delivered: bool
+) -> None:
+    """The connection carrying a request's reservation is cut after Sentinel sent it: Redis ran it
+    (its reply lost) or never got it. The request is refused (503 `quota_unavailable`, closed
+    mode) either way — but one that ran left a request and 500 output tokens counted until the
+    day's end, with nobody to settle them. Its token is made before it is sent, so it is given back
+    now, in the background: once if it ran, not at all if it did not (no other request's amounts
+    taken), and the next request is served and counted alone."""
+    upstream = GatedUpstream()
+    with RedisServerProcess(tmp_path, redis_bin()) as server, serving(upstream) as upstream_server:
+        proxy = HungProxy(("127.0.0.1", server.port))
+        try:
+            gw = gateway_factory(redis_url=f"redis://127.0.0.1:{proxy.port}/0",
+                                 openai_api_url=upstream_server.url + "/v1")
+            set_plan(gw.settings.database_url, USER, "plan", PLAN)
+            admin = redis.Redis(port=server.port)
+            for script in (RESERVE, ADJUST):
+                admin.script_load(script.lua)  # Redis knows them: the cut command is the script's run
+            proxy.cut_at(f"sentinel:quota:{{{USER}}}:requests:".encode(), delivered=delivered)
+            with gw.client() as http:
+                refused = http.post("/v1/chat/completions", json=CHAT)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "quota_unavailable" and proxy.cut == 1
+            # Given back (its marker gone), or, never run, a tombstone in its marker's place: none left to settle.
+            done = [b"0"] * (not delivered)
+            assert wait_for(lambda: [admin.get(key) for key in unsettled(admin)] == done), unsettled(admin)
+            assert counters(admin).get("requests", 0) == 0, counters(admin)
+            upstream.open()
+            with gw.client() as http:
+                served = http.post("/v1/chat/completions", json=CHAT)
+            assert served.status_code == 200, served.text
+            assert wait_for(lambda: counters(admin) == {"requests": 1, "output_tokens": 2}), counters(admin)
         finally:
             proxy.close()

@@ -1,10 +1,12 @@
 """The quota scripts that settle a reservation give the same results on every backend: their Lua
 on a standalone Redis and a Redis Cluster (every key in the subject's slot), their Python twins on
-the memory store — a settlement applied once however often it is sent (its reservation's marker)."""
+the memory store — a settlement applied once however often it is sent (its reservation's marker),
+a reservation counted once however often it runs, and one whose reply was lost given back once if
+it ran, never if it did not (a tombstone in its marker's place stops a late run from counting)."""
 
 from __future__ import annotations
 
-from sentinel.quota.limiter import ADJUST, ADJUST_EXTERNAL, RESERVE, RESERVE_EXTERNAL, SETTLE_HELD
+from sentinel.quota.limiter import ADJUST, ADJUST_EXTERNAL, GIVE_BACK, RESERVE, RESERVE_EXTERNAL, SETTLE_HELD
 from sentinel.store import Store
 from sentinel.store.base import Script
 
@@ -63,6 +65,43 @@ async def test_an_external_settlement_sent_twice_changes_the_counters_once(store
     assert settle == [1, 0]
     assert await store.get(counter) == b"40" and await store.run(_HKEYS, [IN_FLIGHT], []) == []
     assert await store.get(MARKER) is None
+
+
+async def test_a_reservation_run_again_counts_nothing(store: Store) -> None:
+    """redis-py's cluster client sends a reservation again after its reply was lost: the second run
+    finds its marker and counts nothing (it was counted twice), answering as admitted."""
+    reserve: list[str | int] = [100, 1000, 0, 60_000, 0, 1000, 0, 60_000, 90_000]
+    assert [int(v) for v in await store.run(RESERVE, [DOWN, UP, MARKER], reserve)] == [0, 100, 0]
+    assert [int(v) for v in await store.run(RESERVE, [DOWN, UP, MARKER], reserve)] == [0, 100, 0]
+    assert await store.get(DOWN) == b"100"
+    counter = "sentinel:quota:{u1}:input_tokens:86400:x1"
+    marker = MARKER + "-x"
+    args: list[str | int] = [1_000, "tok", 100, 1000, 0, 60_000, 1, 61_000, 90_000]
+    for _ in range(2):
+        reserved = await store.run(RESERVE_EXTERNAL, [counter, IN_FLIGHT, marker], args)
+        assert [int(v) for v in reserved] == [0, 100]
+    assert await store.get(counter) == b"100"
+
+
+async def test_a_lost_reservation_is_given_back_once_if_it_ran(store: Store) -> None:
+    """`GIVE_BACK` settles a reservation whose reply was lost: its changes (and in-flight entry) go
+    only with its marker, once; sent again, it leaves a tombstone and changes nothing."""
+    counter = "sentinel:quota:{u1}:input_tokens:86400:x1"
+    args: list[str | int] = [1_000, "tok", 100, 1000, 0, 60_000, 1, 61_000, 90_000]
+    await store.run(RESERVE_EXTERNAL, [counter, IN_FLIGHT, MARKER], args)
+    await store.run(_HSET, [IN_FLIGHT], ["other", "5:99999999999"])
+    give_back: list[str | int] = ["tok", 90_000, -100, ""]
+    assert [await store.run(GIVE_BACK, [MARKER, counter, IN_FLIGHT], give_back) for _ in range(3)] == [1, 0, 0]
+    assert await store.get(counter) == b"0" and await store.run(_HKEYS, [IN_FLIGHT], []) == [b"other"]
+    assert await store.get(MARKER) == b"0" and 0 < (await store.ttl(MARKER) or 0) <= 90
+
+
+async def test_a_lost_reservation_that_never_ran_gives_nothing_back_and_counts_nothing_late(store: Store) -> None:
+    await store.set(DOWN, b"30", 60)  # another request's
+    assert await store.run(GIVE_BACK, [MARKER, DOWN], ["tok", 90_000, -100, ""]) == 0
+    assert await store.get(DOWN) == b"30"  # none of the other's amount taken
+    late = await store.run(RESERVE, [DOWN, MARKER], [100, 1000, 0, 60_000, 90_000])  # it reaches Redis now
+    assert int(late[0]) == 0 and await store.get(DOWN) == b"30"  # and counts nothing
 
 
 _HSET = Script(

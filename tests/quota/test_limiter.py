@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from sentinel.domain.plans import ExternalUsage, Limit, Plan, parse_plan_spec
@@ -454,3 +457,111 @@ async def test_markers_go_with_their_settlement_and_a_peek_leaves_none(store: St
     await limiter.commit(settled, input_tokens=0, output_tokens=0)  # no counter changes
     assert await store.scan("sentinel:quota:{u1}:reserved:*") == [running.marker]
     assert (await reserve(limiter, plan, subject="u}x")).marker.startswith("sentinel:quota:{u%7Dx}:reserved:")
+
+
+# --- a reservation whose own reply was lost is given back, once, only if it ran -------------------
+ZION_DAY = Plan("zion", (Limit("output_tokens", 86400, 10_000, ExternalUsage(0, "s1", T0 + 86400)),
+                         Limit("requests", 60, 100)))
+
+
+@pytest.mark.parametrize("plan", [parse_plan_spec("output_tokens=1000/1h,requests=10/60s"), ZION_DAY],
+                         ids=["plain", "zion"])
+async def test_a_reservation_whose_reply_was_lost_is_given_back_once(
+    store: Store, monkeypatch: pytest.MonkeyPatch, plan: Plan
+) -> None:
+    """The reservation script ran and its reply was lost (a read timeout): the request never heard
+    of it, so nobody settled it — 300 output tokens and a request counted until the window ended
+    for a request refused with a 503. Its token is made before it is sent, so the caller gets the
+    reservation it may have made (`on_lost`); given back, it applies once however often sent."""
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
+    kept = await reserve(limiter, plan, o=300)  # another request of the user, still running
+    lost: list[Reservation] = []
+    LostReply(store, monkeypatch, "EVALSHA", "sentinel:quota:{u1}:")
+    with pytest.raises(StoreUnavailable) as failed:
+        await limiter.reserve("u1", plan, input_tokens=0, output_tokens=300, on_lost=lost.append)
+    assert not isinstance(failed.value, StoreRefused)
+    [r] = lost
+    assert r.lost and r.marker and await counts(store, kept) == [600, 2]  # it ran: counted
+    LostReply(store, monkeypatch, "EVALSHA", "sentinel:quota:{u1}:reserved:")  # the give-back's reply lost too
+    with pytest.raises(StoreUnavailable):
+        await limiter.release(r)
+    await limiter.release(r)  # sent again
+    assert await counts(store, kept) == [300, 1]  # given back once: the other's still counted
+    if plan.external:
+        later = Plan("zion", (Limit("output_tokens", 86400, 10_000, ExternalUsage(0, "s2", T0 + 86400)),))
+        assert (await limiter.peek("u1", later)).states[0].used == 300  # its in-flight entry is gone
+    # (the second send left a tombstone: a run of the reservation arriving now would count nothing)
+    assert sorted(await store.scan("sentinel:quota:{u1}:reserved:*")) == sorted([kept.marker, r.marker])
+    assert await store.get(r.marker) == b"0" and await store.get(kept.marker) == b"1"
+
+
+async def test_a_lost_reservation_that_never_ran_gives_nothing_back_and_counts_nothing_if_it_runs_late(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reservation's outcome is unknown and it had not run (the connection cut before Redis read
+    it — or its command still waiting to be read): the give-back finds no marker and changes
+    nothing (no refund of another request's amounts), and leaves a tombstone in the marker's place,
+    so the reservation arriving after it counts nothing."""
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
+    plan = parse_plan_spec("requests=10/60s,output_tokens=1000/1h")
+    kept = await reserve(limiter, plan, o=300)
+    real_run, late = store.run, []
+
+    async def unsent(script: Any, keys: Any, args: Any) -> Any:
+        late.append((script, keys, args))  # not run (yet)
+        raise StoreUnavailable("Redis is unavailable: TimeoutError")
+
+    monkeypatch.setattr(store, "run", unsent)
+    lost: list[Reservation] = []
+    with pytest.raises(StoreUnavailable):
+        await limiter.reserve("u1", plan, input_tokens=0, output_tokens=300, on_lost=lost.append)
+    monkeypatch.undo()
+    await limiter.release(lost[0])
+    assert await counts(store, kept) == [1, 300]  # nothing given back: it never ran
+    [(script, keys, args)] = late
+    await real_run(script, keys, args)  # the reservation reaches Redis after its give-back
+    assert await counts(store, kept) == [1, 300]  # and counts nothing
+    assert (await reserve(limiter, plan, o=700)).allowed  # the user still has all the rest
+
+
+async def test_a_refused_reservation_is_no_lost_one(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reservation the store refused did not run: nothing to give back."""
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
+
+    async def refused(script: Any, keys: Any, args: Any) -> Any:
+        raise StoreRefused("Redis is unavailable (circuit open)")
+
+    monkeypatch.setattr(store, "run", refused)
+    lost: list[Reservation] = []
+    with pytest.raises(StoreRefused):
+        await limiter.reserve("u1", parse_plan_spec("requests=10/60s"), input_tokens=0, output_tokens=0,
+                              on_lost=lost.append)
+    assert lost == []
+
+
+async def test_a_reservation_cancelled_while_its_script_ran_is_a_lost_one(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request cancelled while its reservation was on its way (the server stopping; the script
+    may have run): nobody would settle it. It is handed over as lost, and given back once."""
+    limiter = QuotaLimiter(store, clock=FakeClock(T0))
+    plan = parse_plan_spec("requests=10/60s,output_tokens=1000/1h")
+    real_run, ran = store.run, asyncio.Event()
+
+    async def run_then_wait(script: Any, keys: Any, args: Any) -> Any:
+        await real_run(script, keys, args)
+        ran.set()
+        await asyncio.Event().wait()  # its reply never comes
+
+    monkeypatch.setattr(store, "run", run_then_wait)
+    lost: list[Reservation] = []
+    task = asyncio.ensure_future(limiter.reserve("u1", plan, input_tokens=0, output_tokens=300, on_lost=lost.append))
+    await ran.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    monkeypatch.undo()
+    [r] = lost
+    assert await counts(store, r) == [1, 300]
+    await limiter.release(r)
+    assert await counts(store, r) == [0, 0]

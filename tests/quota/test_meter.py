@@ -665,3 +665,34 @@ async def test_a_read_showing_several_batches_settles_each_held_reservation_once
     again = await s.meter.admit_call(ALICE, endpoint="/v1/threads/*", request_id="again")
     await s.meter.settle(again, usage=Usage(305, 46), output_text="", status=200, provider="openai", settles=shown)
     assert await s.used() == {"requests": 13, "input_tokens": 610, "output_tokens": 92}
+
+
+@pytest.mark.parametrize("mode", list(QuotaFailureMode))
+async def test_a_reservation_whose_reply_was_lost_is_given_back_and_the_failure_mode_applies(
+    monkeypatch: pytest.MonkeyPatch, mode: QuotaFailureMode
+) -> None:
+    """The reservation script ran, its reply lost (a timeout, a connection cut after sending): the
+    request got what the failure mode says — 503 `quota_unavailable`, admitted unchecked, or
+    reserved by the local limiter — while its shared reservation stayed counted with nobody to
+    settle it (all its estimate until the window ended; with `local` or `open`, on top of what the
+    request served was charged). It is given back now, once: the request is charged as its failure
+    mode charges one the store never saw."""
+    s = Setup(mode)
+    s.meter.unsettled = Unsettled(backoff=Backoff(base=0.0, cap=0.0))
+    lost = LostReply(s.store, monkeypatch, "EVALSHA", f"sentinel:quota:{{{ALICE.external_id}}}:")  # ran, reply lost
+    if mode is QuotaFailureMode.closed:
+        with pytest.raises(ServiceUnavailable) as caught:
+            await s.admit()
+        assert (caught.value.status, caught.value.code) == (503, "quota_unavailable")
+    else:
+        admission = await s.admit()
+        assert admission.limiter is (s.local if mode is QuotaFailureMode.local else None)
+        await s.meter.settle(admission, usage=Usage(7, 3), output_text="", status=200, provider="openai")
+        assert [(r.input_tokens, r.output_tokens) for r in s.outbox.records] == [(7, 3)]
+    assert lost.lost == 1
+    await until(lambda: len(s.meter.unsettled) == 0)
+    assert await s.used() == {"requests": 0, "input_tokens": 0, "output_tokens": 0}  # given back
+    if mode is QuotaFailureMode.local:
+        assert await s.used(s.local) == {"requests": 1, "input_tokens": 7, "output_tokens": 3}  # charged there, once
+    assert await s.store.scan("sentinel:quota:*:reserved:*") == []
+

@@ -280,6 +280,25 @@ async def test_a_quota_settlement_run_twice_by_the_clients_retry_counts_once(
     await store.close()
 
 
+async def test_a_reservation_run_twice_by_the_clients_retry_counts_once(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's cluster client sends the reservation script again after its reply was lost: it was
+    counted twice (1,000 output tokens and 2 requests for one request, against the user), its
+    settlement giving back one. Now the second run finds the reservation's marker and counts nothing."""
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    limiter = QuotaLimiter(store)
+    plan = Plan("p", (Limit("requests", 3600, 100), Limit("output_tokens", 3600, 10_000)))
+    await limiter.release(await limiter.reserve("u-reserve", plan, input_tokens=0, output_tokens=1))  # scripts known
+    lost = LostClusterReply(monkeypatch, "EVALSHA")
+    r = await limiter.reserve("u-reserve", plan, input_tokens=0, output_tokens=500)  # its retry answered
+    assert lost.sent == 2 and r.allowed  # run twice
+    assert [int(await store.get(key) or 0) for key in r.keys] == [1, 500]  # counted once
+    await limiter.commit(r, input_tokens=0, output_tokens=20)
+    assert [int(await store.get(key) or 0) for key in r.keys] == [1, 20]
+    await store.close()
+
+
 async def test_two_instances_share_data(redis_cluster_url: str) -> None:
     one, two = create_store(redis_cluster_url, timeout=2.0), create_store(redis_cluster_url, timeout=2.0)
     assert one.backend == "redis-cluster"

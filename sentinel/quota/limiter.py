@@ -66,7 +66,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -780,11 +780,15 @@ class QuotaLimiter:
 
     async def settle_held(
         self, subject: str, name: str, *, input_tokens: int, output_tokens: int, requests: int | None = None,
+        again: Callable[[Callable[[], Awaitable[None]]], None] | None = None,
     ) -> bool:
         """Settle the reservation `subject` holds under `name` (`hold`) to the actual token amounts, as
         `commit` does (its request count stays — the lines ran — unless `requests` is given), once
         whichever replicas race to it (one atomic call, `SETTLE_HELD`). False when none is held (never held, settled already, or
-        kept past its `ttl`): the caller charges the usage on its own reservation."""
+        kept past its `ttl`): the caller charges the usage on its own reservation. When the store did
+        not take that call (refused, or its outcome unknown) `again` gets it, to send again (it runs
+        once: the held record it deletes is what it checks), and the answer is True: the usage is the
+        held reservation's to count, never charged on top; without `again`, StoreUnavailable."""
         if not 0 < len(name) <= MAX_HELD_NAME or not is_text(name):
             return False
         key = self._held_key(subject, name)
@@ -794,10 +798,19 @@ class QuotaLimiter:
             return False
         keys, args = self._adjustments(reservation, _deltas(reservation, input_tokens, output_tokens, requests))
         marker = self._marker(reservation.subject, reservation.token)  # (held before markers: none, deleting is moot)
-        settled = await self.store.run(
-            SETTLE_HELD, [key, marker, *keys, *reservation.in_flight],
-            [raw.decode(), reservation.token, len(keys), *args],
-        )
+        call_keys = [key, marker, *keys, *reservation.in_flight]
+        call_args: list[str | int] = [raw.decode(), reservation.token, len(keys), *args]
+        try:
+            settled = await self.store.run(SETTLE_HELD, call_keys, call_args)
+        except StoreUnavailable:
+            if again is None:
+                raise
+
+            async def send_again() -> None:
+                await self.store.run(SETTLE_HELD, call_keys, call_args)
+
+            again(send_again)
+            return True
         return bool(int(settled))
 
     def _load(self, raw: bytes) -> Reservation | None:

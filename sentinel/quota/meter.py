@@ -12,7 +12,8 @@ usage record to the durable outbox before returning (and one more for each model
 answer reports apart: `ModelUsage`). `release()` runs when nothing was served.
 A reconciliation or give-back the store did not take (refused, or its outcome unknown) is sent again
 later (`Unsettled`): it runs once however often it is sent. So is the give-back of a reservation
-whose own reply was lost (the request meanwhile gets what the failure mode says).
+whose own reply was lost (the request meanwhile gets what the failure mode says) and the settlement
+of a batch's held reservation.
 Either, once begun, runs to its end even if its caller is cancelled (one task of its own, shielded);
 shutdown waits (`QuotaMeter.drain`) for those under way, and for every admission neither has begun
 for yet (a request the server cancelled reaches its settlement some loop turns later), before it
@@ -567,14 +568,17 @@ class QuotaMeter:
 
     async def _settle_held(self, admission: Admission, name: str, input_tokens: int, output_tokens: int) -> bool:
         """Settle the reservation the object `name` holds (`hold`) to its usage; False when it holds
-        none (or the store cannot say: the usage is then charged on the call's own reservation —
-        twice, until the windows end, beats never). A usage of no tokens is a batch that ended
+        none (or the store cannot say whether it does, its record unread: the usage is then charged on
+        the call's own reservation — twice, until the windows end, beats never). A settlement the
+        store did not take is sent again (`Unsettled`; it runs once) and counts the usage: never
+        charged on top. A usage of no tokens is a batch that ended
         having run no line (`answers.final_usage`): it counts one request, as one the provider
         refused (`_refused`), not one a line."""
         ran_nothing = input_tokens == output_tokens == 0
         try:
             return await self.limiter.settle_held(admission.identity.external_id, name, input_tokens=input_tokens,
-                                                  output_tokens=output_tokens, requests=1 if ran_nothing else None)
+                                                  output_tokens=output_tokens, requests=1 if ran_nothing else None,
+                                                  again=self.unsettled.add)
         except StoreUnavailable:
             return False
 

@@ -9,7 +9,8 @@ the limit was refused for it. Such a settlement is kept here and sent again in t
 backoff, until the store runs it. Sending it again is safe whatever happened to the first send: a
 settlement runs only in the call that deletes its reservation's marker (`QuotaLimiter`), so one
 that ran already changes nothing the second time (a refund is never given twice). The give-back
-of a reservation whose own reply was lost (`QuotaLimiter.reserve`'s `on_lost`) waits here alike.
+of a reservation whose own reply was lost (`QuotaLimiter.reserve`'s `on_lost`) and the settlement
+of a batch's held reservation (`QuotaLimiter.settle_held`'s `again`) wait here alike.
 
 One whose sends keep failing other than by a refusal (`MAX_UNKNOWN` of them: a command error, a
 Redis that keeps timing out) is dropped and logged, so it cannot block those behind it forever.

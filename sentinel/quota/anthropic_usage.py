@@ -123,8 +123,10 @@ def _content(
             if isinstance(text := block.get("text"), str):  # its `citations` are not billed (`_UNBILLED`)
                 texts.append(text)
         elif kind == "image":
+            # The data of a base64 source only: a URL source's stray `data` is never read by the
+            # provider (nor sent by a translation), and priced a fetched image as its tiny decoy.
             source = block.get("source")
-            data = source.get("data") if isinstance(source, dict) else None
+            data = source.get("data") if isinstance(source, dict) and source.get("type") == "base64" else None
             tokens += base64_image_tokens(data, rule) if isinstance(data, str) else rule.most()
         elif kind == "tool_use":
             texts.append(_call_text(block))

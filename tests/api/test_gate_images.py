@@ -146,6 +146,24 @@ def test_messages_translated_to_an_openai_model_are_estimated_by_its_image_rule(
     assert IMAGE_TOKENS <= row["input_tokens"] < IMAGE_TOKENS + 100, row
 
 
+def test_a_url_image_with_a_stray_data_field_is_estimated_as_a_url_image(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """An Anthropic image whose source is a URL (`{"type": "url", "url": ..., "data": ...}`) was
+    estimated from the `data` beside it, which the provider never reads: a 16 x 16 PNG there priced
+    each image fetched from the URL at 8,500 tokens for gpt-4o-mini instead of the 48,169 an image
+    of unknown size may cost, so a stream cut at its first event was charged ~1/6 of what the
+    provider billed (and a burst passed an input limit by as much). The translation sends the URL;
+    the estimate reads the source its `type` names."""
+    gw = gateway_factory(usage_flush_interval_seconds=0.1)
+    decoy = base64.b64encode(whole_png(16, 16)).decode()
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/huge.png", "data": decoy}}
+    request = {"model": MINI, "stream": True, "max_tokens": 50,
+               "messages": [{"role": "user", "content": [{"type": "text", "text": SLOW}, *[image] * IMAGES]}]}
+    row = leave_after_the_first_event(gw, "/v1/messages", request)
+    assert IMAGES * 48_169 <= row["input_tokens"] < IMAGES * 48_169 + 100, row
+
+
 def test_an_alias_is_estimated_by_the_dearest_rule_of_its_targets(
     gateway_factory: Callable[..., Gateway], tmp_path: Path
 ) -> None:

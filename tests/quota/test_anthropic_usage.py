@@ -83,6 +83,12 @@ def test_estimate_counts_system_tools_images_and_tool_blocks() -> None:
     with_images = estimate_messages(counter, "claude-x", {**base, "messages": [
         {"role": "user", "content": [image, url_image, {"type": "text", "text": "hello"}]}]})
     assert with_images == plain + 40 + MAX_IMAGE_TOKENS
+    # Only a base64 source's data is read: a URL (or untyped) source's stray `data`, a tiny image the
+    # provider never sees, was what the fetched image was estimated at.
+    decoys = [{"type": "image", "source": {**source, "data": image["source"]["data"]}}
+              for source in ({"type": "url", "url": "https://example.com/a.png"}, {})]
+    assert estimate_messages(counter, "claude-x", {**base, "messages": [
+        {"role": "user", "content": [*decoys, {"type": "text", "text": "hello"}]}]}) == plain + 2 * MAX_IMAGE_TOKENS
     tools = [{"name": "lookup", "input_schema": {"type": "object"}}]
     assert estimate_messages(counter, "claude-x", {**base, "tools": tools}) > plain
     hostile = {"model": "claude-x", "messages": [None, {"content": [7, {"type": "tool_result", "content": {}}]}],

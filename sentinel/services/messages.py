@@ -61,7 +61,8 @@ def _invalid(exc: NativeValidationError) -> InvalidRequest:
 
 
 def _check(payload: dict[str, Any], *, count_only: bool = False) -> None:
-    """The metered fields' types, and no object of the provider account named (InvalidRequest, 400):
+    """The metered fields' types, no server-side fallback models, and no object of the provider
+    account named (InvalidRequest, 400):
     Sentinel serves neither Anthropic's Files API nor its containers, nor records whose message a
     server-held thread continues, so such an object is never the caller's (SECURITY.md: objects
     created outside Sentinel are unreachable through it)."""
@@ -69,6 +70,16 @@ def _check(payload: dict[str, Any], *, count_only: bool = False) -> None:
         check_messages_fields(payload, count_only=count_only)
     except NativeValidationError as exc:
         raise _invalid(exc) from None
+    if payload.get("fallbacks") not in (None, []):
+        # Anthropic's server-side fallback (`fallbacks`, the `server-side-fallback-*` beta) serves a
+        # declined request on the models it names, each with its own `max_tokens`: a model the
+        # catalogue does not offer (or not on these terms), an output the reservation never held,
+        # at another model's price. Sentinel's own failover is an alias's next target.
+        raise InvalidRequest(
+            "fallbacks: server-side fallback models cannot be used through this gateway (the models "
+            "served, and their quotas, are the gateway's); name an alias whose targets fail over",
+            details={"param": "fallbacks"},
+        )
     at = anthropic_object_reference(payload)
     if at in HELD_MESSAGES:
         raise InvalidRequest(

@@ -281,6 +281,33 @@ def test_messages_the_provider_holds_are_never_named(gateway_factory: Callable[.
         assert spy.paths() == ["/v1/messages"]
 
 
+def test_server_side_fallback_models_are_refused(gateway_factory: Callable[..., Gateway]) -> None:
+    """Anthropic's server-side fallback (`fallbacks`) serves a request its model declines on the
+    models the client names, each with its own `max_tokens`: relayed as sent, a caller offered only
+    Haiku, reserved 5 output tokens, got a model the catalogue never offered writing 32,000 (a
+    refusal is easy to provoke), priced as Haiku. 400 in Anthropic's shape, relayed, translated or
+    counted, before anything is reserved or sent; `fallbacks: null` goes through."""
+    from sentinel.mock.app import create_mock_app
+    from tests.support.attack import recorded_ids, spying
+
+    with spying(create_mock_app()) as (_, spy):
+        gw = gateway_factory(anthropic_api_url=spy.url, openai_api_url=spy.url + "/v1")
+        claude = gw.anthropic()
+        for model in (HAIKU, "gpt-4o-mini"):
+            for fallbacks in ([{"model": "claude-opus-4-1-20250805", "max_tokens": 32000}], "default"):
+                for send, extra in ((claude.beta.messages.create, {"max_tokens": 5}),
+                                    (claude.beta.messages.count_tokens, {})):
+                    with pytest.raises(anthropic.BadRequestError, match="fallbacks") as caught:
+                        send(model=model, messages=user("decline this"), extra_body={"fallbacks": fallbacks},
+                             betas=["server-side-fallback-2026-07-01"], **extra)
+                    error = orjson.loads(caught.value.response.content)
+                    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error", error
+        assert spy.seen == []
+        assert recorded_ids(gw.settings.database_url) == set()
+        claude.messages.create(model=HAIKU, max_tokens=5, messages=user("hi"), extra_body={"fallbacks": None})
+        assert spy.paths() == ["/v1/messages"]
+
+
 async def test_async_client(gateway: Gateway) -> None:
     claude = gateway.async_anthropic()
     message = await claude.messages.create(model=HAIKU, max_tokens=20, messages=user("async hello"))

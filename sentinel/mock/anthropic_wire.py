@@ -50,7 +50,16 @@ _TYPES = {
     429: "rate_limit_error",
     529: "overloaded_error",
 }
-_DELTA_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+_DELTA_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens",
+                "iterations")
+# Context compaction (`context_management.edits` with a `compact_20260112` edit): a prompt at or past
+# its trigger (`{"type": "input_tokens", "value": N}`, 150,000 by default; the mock takes any N) is
+# summarised first, in a step of its own: the answer opens with a `compaction` block, the top-level
+# usage counts the answer's step alone (it read the summary), and `usage.iterations` gives both —
+# the compaction's tokens, as Anthropic's docs say, "are not included in the top-level usage fields".
+COMPACTION_SUMMARY = "Summary of the conversation so far."
+COMPACTION_OUTPUT_TOKENS = 7
+_COMPACTION_TRIGGER = 150_000
 _STOP = {"stop": "end_turn", "length": "max_tokens", "stop_sequence": "stop_sequence"}
 
 
@@ -146,26 +155,53 @@ def messages(call: Call, cache: PromptCache) -> Reply:
         "stop_reason": "tool_use" if uses else _STOP[output.reason],
         "stop_sequence": None if uses else output.stop_sequence,
     }
+    compacted = _compacts(body, prompt.input_tokens)
+    if compacted:
+        message["content"] = [{"type": "compaction", "content": COMPACTION_SUMMARY}, *message["content"]]
     if not faults.no_usage:
+        read = COMPACTION_OUTPUT_TOKENS if compacted else prompt.input_tokens  # the step's own input
         message["usage"] = {
-            **cached.usage_fields(prompt.input_tokens),
+            **cached.usage_fields(read),
             "output_tokens": completion,
             "service_tier": "standard",
         }
+        if compacted:
+            steps = [("compaction", prompt.input_tokens, COMPACTION_OUTPUT_TOKENS), ("message", read, completion)]
+            message["usage"]["iterations"] = [
+                {"type": kind, "input_tokens": tokens, "output_tokens": out, "cache_creation_input_tokens": 0,
+                 "cache_read_input_tokens": 0} for kind, tokens, out in steps
+            ]
     if body.get("stream"):
         return _stream(message, output)
     return JSONReply(message)
 
 
+def _compacts(body: dict[str, Any], input_tokens: int) -> bool:
+    """Whether the request asks for compaction and its prompt reached the trigger."""
+    management = body.get("context_management")
+    edits = management.get("edits") if isinstance(management, dict) else None
+    for edit in edits if isinstance(edits, list) else ():
+        if isinstance(edit, dict) and edit.get("type") == "compact_20260112":
+            trigger = edit.get("trigger")
+            value = trigger.get("value") if isinstance(trigger, dict) else None
+            return input_tokens >= (value if isinstance(value, int) else _COMPACTION_TRIGGER)
+    return False
+
+
 def _stream(message: dict[str, Any], output: TextOutput) -> SSEReply:
     start: dict[str, Any] = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
     if "usage" in message:
-        start["usage"] = {**message["usage"], "output_tokens": 1}
+        # (the steps are known at the end: `iterations` comes in message_delta alone)
+        start["usage"] = {**{k: v for k, v in message["usage"].items() if k != "iterations"}, "output_tokens": 1}
     events = [sse({"type": "message_start", "message": start}, "message_start")]
     endless: Endless | None = None  # (`endless_tool_args`: the last tool_use block goes on)
     for index, block in enumerate(message["content"]):
-        if block["type"] == "text":
-            opening: dict[str, Any] = {"type": "text", "text": ""}
+        opening: dict[str, Any]
+        deltas: list[dict[str, Any]]
+        if block["type"] == "compaction":  # whole at its start
+            opening, deltas = block, []
+        elif block["type"] == "text":
+            opening = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": piece} for piece in output.pieces]
         else:
             opening = {**block, "input": {}}
@@ -196,7 +232,7 @@ def _stream(message: dict[str, Any], output: TextOutput) -> SSEReply:
     }
     if "usage" in message:
         usage = message["usage"]
-        final["usage"] = {k: usage[k] for k in _DELTA_USAGE}
+        final["usage"] = {k: usage[k] for k in _DELTA_USAGE if k in usage}
     events.append(sse(final, "message_delta"))
     events.append(sse({"type": "message_stop"}, "message_stop"))
     return SSEReply(events, 3, endless)

@@ -259,3 +259,28 @@ async def test_async_client_full_path(mock_url: str) -> None:
         assert counted.input_tokens == msg.usage.input_tokens
         with pytest.raises(anthropic.RateLimitError):
             await client.messages.create(model="m", max_tokens=5, messages=user("#mock:status=429"))
+
+
+def test_compaction_past_its_trigger(claude: anthropic.Anthropic) -> None:
+    """A `compact_20260112` edit: a prompt at or past its trigger opens the answer with a `compaction`
+    block, its step's tokens in `usage.iterations` only (the top-level counts the summary read after);
+    below the trigger, or without the edit, nothing changes. The stream gives `iterations` in its
+    message_delta."""
+    from sentinel.mock.anthropic_wire import COMPACTION_OUTPUT_TOKENS
+
+    def edit(trigger: int) -> dict:
+        return {"context_management": {"edits": [{"type": "compact_20260112",
+                                                  "trigger": {"type": "input_tokens", "value": trigger}}]}}
+
+    text = "word " * 400
+    plain = claude.messages.create(model="m", max_tokens=20, messages=user(text))
+    below = claude.beta.messages.create(model="m", max_tokens=20, messages=user(text), extra_body=edit(10**6))
+    assert below.usage.input_tokens == plain.usage.input_tokens and below.usage.iterations is None
+    past = claude.beta.messages.create(model="m", max_tokens=20, messages=user(text), extra_body=edit(10))
+    assert [block.type for block in past.content] == ["compaction", "text"]
+    compaction, answer = past.usage.iterations
+    assert compaction.type == "compaction" and compaction.input_tokens == plain.usage.input_tokens
+    assert compaction.output_tokens == COMPACTION_OUTPUT_TOKENS == past.usage.input_tokens == answer.input_tokens
+    with claude.beta.messages.stream(model="m", max_tokens=20, messages=user(text), extra_body=edit(10)) as stream:
+        streamed = stream.get_final_message()
+    assert streamed.usage.iterations is not None and streamed.usage.iterations[0].input_tokens == plain.usage.input_tokens

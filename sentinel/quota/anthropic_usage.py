@@ -13,7 +13,9 @@ Every other block (a server tool's use and result, MCP's, redacted thinking, a t
 every string in it counted (`_walk`): a block type Sentinel does not know is never a free channel.
 
 Usage: Anthropic's `input_tokens` excludes the prompt-cache writes and reads; Sentinel's input tokens
-include them (as OpenAI's `prompt_tokens` do), with the two figures kept on their own as well.
+include them (as OpenAI's `prompt_tokens` do), with the two figures kept on their own as well, and
+the steps of `usage.iterations` the top-level figures leave out (a context compaction's, the advisor
+tool's: `usage_of`).
 A server tool's result (a fetched page, a search, code output) is part of the answer but is input: the
 model reads it in the step that follows, and only the final usage counts it. An answer or stream
 without that usage is charged it as read (`blocks_read`), counted as the estimate counts the same block.
@@ -265,9 +267,18 @@ def blocks_read(blocks: list[Any]) -> tuple[str, int]:
     return "\n".join(texts), tokens
 
 
+# The `usage.iterations` entries the top-level figures already sum: the model's own sampling steps
+# (a server-tool loop's turns), the last one served by a fallback model included. Any other entry —
+# a `compaction` (the summary of a context past its trigger: Anthropic's docs say its tokens "are not
+# included in the top-level usage fields"), an `advisor_message` (the advisor tool's model reading
+# the whole transcript), a kind added later — is billed besides them.
+_SUMMED_ITERATIONS = frozenset({"message", "fallback_message"})
+
+
 def usage_of(raw: Any) -> Usage | None:
     """Sentinel's usage from an Anthropic `usage` object (None unless it has input and output figures,
-    and input figures that sum to at most MAX_TOKENS)."""
+    and input figures that sum to at most MAX_TOKENS): the top-level figures plus those of each
+    `iterations` entry they leave out (`_SUMMED_ITERATIONS`)."""
     if not isinstance(raw, dict):
         return None
     plain, output = _count(raw.get("input_tokens")), _count(raw.get("output_tokens"))
@@ -275,7 +286,14 @@ def usage_of(raw: Any) -> Usage | None:
         return None
     write = _count(raw.get("cache_creation_input_tokens")) or 0
     read = _count(raw.get("cache_read_input_tokens")) or 0
-    if plain + write + read > MAX_TOKENS:
+    iterations = raw.get("iterations")
+    for step in iterations if isinstance(iterations, list) else ():
+        if isinstance(step, dict) and step.get("type") not in _SUMMED_ITERATIONS:
+            plain += _count(step.get("input_tokens")) or 0
+            output += _count(step.get("output_tokens")) or 0
+            write += _count(step.get("cache_creation_input_tokens")) or 0
+            read += _count(step.get("cache_read_input_tokens")) or 0
+    if plain + write + read > MAX_TOKENS or output > MAX_TOKENS:
         return None
     return Usage(plain + write + read, output, write, read)
 
@@ -328,6 +346,11 @@ class AnthropicStreamInspector:
         self.secret = secret  # the provider key the stream was asked with: never relayed nor logged
         self._events = EventSplitter()
         self._input: dict[str, int] = {}
+        self._iterations: list[Any] = []  # the latest `usage.iterations` (`usage_of`)
+        # A `compaction` block came: the context was summarised in a step message_start's input
+        # leaves out (it counts the summary read after), so a stream cut before the final usage is
+        # charged the estimate of the whole prompt instead (`reported_input`).
+        self._compacted = False
         self._output: int | None = None
         self._final = False  # a message_delta gave the final output count
         self._text = KeptText()  # the output, to count when the final usage never came (bounded)
@@ -358,15 +381,16 @@ class AnthropicStreamInspector:
         """The reported usage once the final figures arrived; None for a stream cut short."""
         if not self._final or "input_tokens" not in self._input or self._output is None:
             return None
-        return usage_of({**self._input, "output_tokens": self._output})
+        return usage_of({**self._input, "output_tokens": self._output, "iterations": self._iterations})
 
     @property
     def reported_input(self) -> Usage | None:
         """The input figures message_start reported (output 0), kept for a stream that breaks off
-        before its final count; None when it reported none."""
-        if "input_tokens" not in self._input:
+        before its final count; None when it reported none, or when the context was compacted
+        (they leave out the compaction's step: the estimate is charged)."""
+        if "input_tokens" not in self._input or self._compacted:
             return None
-        return usage_of({**self._input, "output_tokens": 0})
+        return usage_of({**self._input, "output_tokens": 0, "iterations": self._iterations})
 
     def feed(self, chunk: bytes) -> bytes:
         return b"".join(self._event(event) for event in self._events.feed(chunk))
@@ -419,6 +443,8 @@ class AnthropicStreamInspector:
             # A block the model writes starts empty (its text follows in deltas); a server tool's
             # result arrives whole, here.
             block = obj.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "compaction":
+                self._compacted = True
             if isinstance(block, dict) and not _written(block):
                 self._read.add(*blocks_read([block]))
             elif isinstance(block, dict) and isinstance(block.get("name"), str):
@@ -431,5 +457,7 @@ class AnthropicStreamInspector:
         for key in _INPUT_KEYS:
             if (value := _count(usage.get(key))) is not None:
                 self._input[key] = value
+        if isinstance(usage.get("iterations"), list):
+            self._iterations = usage["iterations"]
         if (output := _count(usage.get("output_tokens"))) is not None and self._output is None:
             self._output = output

@@ -308,6 +308,44 @@ def test_server_side_fallback_models_are_refused(gateway_factory: Callable[..., 
         assert spy.paths() == ["/v1/messages"]
 
 
+COMPACT = {"context_management": {"edits": [{"type": "compact_20260112",
+                                             "trigger": {"type": "input_tokens", "value": 1000}}]}}
+
+
+def test_a_compacted_context_is_charged_the_compaction_step(gateway_factory: Callable[..., Gateway]) -> None:
+    """With compaction (`context_management` edit `compact_20260112`), a prompt past its trigger is
+    summarised in a step of its own whose tokens Anthropic leaves out of the top-level usage (they
+    are in `usage.iterations`), and bills. Sentinel read the top-level figures alone: a ~23,000-token
+    conversation was charged the few tokens of the summary the answer read, streamed or not, again
+    and again. A stream cut after the compaction block was charged message_start's input (the
+    summary's): it is charged the estimate of the whole prompt now."""
+    from tests.support.attack import ledger_rows, wait_for
+
+    gw = gateway_factory(usage_flush_interval_seconds=0.1)
+    claude = gw.anthropic()
+    conversation = [{"role": "user", "content": RESENT}, {"role": "assistant", "content": "noted"},
+                    {"role": "user", "content": "go on"}]
+    answer = claude.beta.messages.create(model=HAIKU, max_tokens=20, messages=conversation, extra_body=COMPACT,
+                                         betas=["compact-2026-01-12"])
+    assert answer.content[0].type == "compaction" and answer.usage.iterations[0].type == "compaction"
+    with claude.beta.messages.stream(model=HAIKU, max_tokens=20, messages=conversation, extra_body=COMPACT,
+                                     betas=["compact-2026-01-12"]) as stream:
+        streamed = stream.get_final_message()
+    billed = answer.usage.iterations[0].input_tokens + answer.usage.input_tokens
+    assert billed > 15_000 and streamed.usage.iterations[0].input_tokens == answer.usage.iterations[0].input_tokens
+    cut = [*conversation[:-1], {"role": "user", "content": "go on #mock:disconnect_after=2"}]
+    with claude.beta.messages.stream(model=HAIKU, max_tokens=20, messages=cut, extra_body=COMPACT,
+                                     betas=["compact-2026-01-12"]) as stream, \
+            pytest.raises(anthropic.APIStatusError):
+        stream.get_final_message()  # the provider's connection broke after the compaction block
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 3)
+    whole, relayed, broken = ledger_rows(gw.settings.database_url)
+    for row in (whole, relayed):
+        assert row["usage_source"] == "measured" and row["input_tokens"] == billed, row
+        assert row["output_tokens"] == answer.usage.iterations[0].output_tokens + answer.usage.output_tokens, row
+    assert broken["usage_source"] == "estimated" and broken["input_tokens"] > 15_000, broken
+
+
 async def test_async_client(gateway: Gateway) -> None:
     claude = gateway.async_anthropic()
     message = await claude.messages.create(model=HAIKU, max_tokens=20, messages=user("async hello"))

@@ -219,6 +219,29 @@ def test_usage_of_answers() -> None:
     assert usage_from_body("chat", openai) == Usage(50, 2, 0, 32)
 
 
+def test_usage_iterations_left_out_of_the_top_level_are_added() -> None:
+    """`usage.iterations`: the model's own steps (`message`, `fallback_message`) are what the top-level
+    figures sum; a compaction's and an advisor's steps (and a kind added later) are billed besides."""
+    def step(kind: str, plain: int, output: int, write: int = 0, read: int = 0) -> dict:
+        return {"type": kind, "input_tokens": plain, "output_tokens": output,
+                "cache_creation_input_tokens": write, "cache_read_input_tokens": read}
+
+    top = {"input_tokens": 10, "output_tokens": 3, "cache_read_input_tokens": 20}
+    summed = [step("message", 4, 1), step("fallback_message", 6, 2, read=20)]
+    assert message_usage({"usage": {**top, "iterations": summed}}) == Usage(30, 3, 0, 20)
+    apart = [step("compaction", 180_000, 3_500, write=100), step("advisor_message", 9_000, 700, read=50),
+             step("added_later", 5, 1), "junk", step("compaction", -1, True)]  # type: ignore[arg-type]
+    assert message_usage({"usage": {**top, "iterations": summed + apart}}) == Usage(189_185, 4_204, 100, 70)
+    inspector = AnthropicStreamInspector()
+    inspector.feed(b'data: {"type":"message_start","message":{"usage":{"input_tokens":10,"output_tokens":1}}}\n\n')
+    inspector.feed(b'data: {"type":"content_block_start","index":0,"content_block":'
+                   b'{"type":"compaction","content":"the summary"}}\n\n')
+    assert inspector.reported_input is None  # message_start's input leaves the compaction out: the estimate
+    inspector.feed(b'data: {"type":"message_delta","usage":{"output_tokens":3,"iterations":'
+                   + orjson.dumps([step("compaction", 180_000, 3_500), step("message", 10, 3)]) + b'}}\n\n')
+    assert inspector.usage == Usage(180_010, 3_503, 0, 0)
+
+
 @pytest.mark.parametrize("value", [
     None, "é\"", 1.5, [], {}, [[[]], {}], {"a": [1, {"b": None, "c": True}], "d": "x"},
 ])

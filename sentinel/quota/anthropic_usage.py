@@ -81,6 +81,7 @@ def estimate_messages(
     if isinstance(tools, list) and tools:
         texts.append(json.dumps(tools, separators=(",", ":"), ensure_ascii=False))
     texts.extend(json.dumps(schema, separators=(",", ":"), ensure_ascii=False) for schema in _output_formats(payload))
+    texts.extend(_compaction_instructions(payload))
     count = sum(counter.count_text(text, model, user=user) for text in texts if text)
     return overhead + count + media
 
@@ -92,6 +93,17 @@ def _output_formats(payload: dict[str, Any]) -> list[dict[str, Any]]:
     config = payload.get("output_config")
     formats = [payload.get("output_format"), config.get("format") if isinstance(config, dict) else None]
     return [value for value in formats if isinstance(value, dict) and value]
+
+
+def _compaction_instructions(payload: dict[str, Any]) -> list[str]:
+    """The summarisation prompts a body gives (a compaction request's `compaction.instructions`, a
+    compaction edit's `context_management.edits[].instructions`): text the compaction step reads
+    besides the conversation, of any length — free in the estimate before."""
+    compaction, management = payload.get("compaction"), payload.get("context_management")
+    edits = management.get("edits") if isinstance(management, dict) else None
+    holders = [compaction, *(edits if isinstance(edits, list) else ())]
+    return [text for holder in holders
+            if isinstance(holder, dict) and isinstance(text := holder.get("instructions"), str)]
 
 
 def content_texts(value: Any) -> list[str]:

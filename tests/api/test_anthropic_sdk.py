@@ -208,6 +208,28 @@ def test_a_structured_output_schema_counts_against_the_input_limit(
     counted = claude.messages.count_tokens(model="gpt-4o-mini", messages=user("fill it"), extra_body=asking(RESENT))
     assert counted.input_tokens > 20_000
 
+@pytest.mark.parametrize("where", ["compaction", "context_management"])
+def test_a_compaction_prompt_counts_against_the_input_limit(
+    gateway_factory: Callable[..., Gateway], where: str
+) -> None:
+    """A compaction's own summarisation prompt (`compaction.instructions` on a compaction request,
+    `instructions` of a `compact_20260112` edit) is text the compaction step reads, of any length:
+    ~23,000 tokens of it were admitted at a few tokens under a 5,000-token input limit. Refused
+    alike now; a short one is served."""
+    gw = gateway_factory(default_plan="requests=100/1m,input_tokens=5000/1m")
+    claude = gw.anthropic()
+
+    def asking(instructions: str) -> dict:
+        if where == "compaction":
+            return {"compaction": {"type": "summarize", "instructions": instructions}}
+        return {"context_management": {"edits": [{"type": "compact_20260112", "instructions": instructions}]}}
+
+    with pytest.raises(anthropic.RateLimitError, match="can never be admitted"):
+        claude.messages.create(model=HAIKU, max_tokens=5, messages=user("sum up"), extra_body=asking(RESENT))
+    served = claude.messages.create(model=HAIKU, max_tokens=5, messages=user("sum up"), extra_body=asking("brief"))
+    assert served.content and served.usage.input_tokens > 0
+
+
 FILE_ID = "file_011CNha8iCJcU1wXNR6q4V8w"
 FILE_REFERENCES = [  # (a block naming a file of the provider account, where the refusal points)
     ({"type": "document", "source": {"type": "file", "file_id": FILE_ID}}, "messages.0.content.1.source"),

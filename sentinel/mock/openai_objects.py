@@ -34,7 +34,9 @@ class ObjectStore:
 
     # --- stored responses (filled by POST /v1/responses unless store is false) -----------------------
     def keep_response(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
-        _keep(self.responses, response["id"], (response, input_items), self.limit)
+        """Store a response with its input items, each given an id as the provider gives them (`msg_…`)."""
+        items = [item if isinstance(item.get("id"), str) else {"id": new_id("msg_"), **item} for item in input_items]
+        _keep(self.responses, response["id"], (response, items), self.limit)
 
     def get_response(self, call: Call) -> Reply:
         response_id = call.path_params["response_id"]

@@ -7,6 +7,8 @@ not the caller's — unknown, expired or someone else's — is answered as if it
 Ownership never outlives what it guards by less than the provider's retention (`ttl` None = kept
 until the object is deleted through Sentinel). A store outage fails closed (`StoreUnavailable`).
 An owner, once recorded, is never replaced: a claim of another user's object changes nothing.
+Responses API items (`msg_…`, `fc_…`) are recorded the same way, as Sentinel shows them to a user
+(`sentinel.services.objects.answer_items`): an `item_reference` names only the caller's.
 """
 
 from __future__ import annotations
@@ -138,6 +140,23 @@ class Ownership:
             return True
         log.warning("an answer named an object another user owns; its owner was kept", extra={"object": object_id})
         return False
+
+    async def claim_all(self, created: Iterable[tuple[str, float | None]], owner: str) -> None:
+        """`claim` each of `created` (id, ttl) for `owner`, all at once: on one Redis server they go
+        as one pipeline (`sentinel.store.autopipeline`), one round trip however many — a response
+        and its items. Callers bound how many (`MAX_ANSWER_ITEMS`). StoreUnavailable once every
+        claim ended, when one could not be made."""
+        claims = dict(created)
+        if len(claims) == 1:  # (most answers create one object: no gather)
+            [(object_id, ttl)] = claims.items()
+            await self.claim(object_id, owner, ttl)
+            return
+        results = await asyncio.gather(*(self.claim(i, owner, ttl) for i, ttl in claims.items()),
+                                       return_exceptions=True)
+        failed = [result for result in results if isinstance(result, BaseException)]
+        if failed:
+            results.clear()  # (see `require`: no cycle through the traceback)
+            raise failed.pop(0)
 
     async def owner_of(self, object_id: str) -> str | None:
         """The owner's external id, or None when the object is unknown to Sentinel."""

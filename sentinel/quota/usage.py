@@ -245,6 +245,7 @@ class ReadKept:
 
 # A Responses stream ends with one of these (no `[DONE]`): held back like `[DONE]`.
 RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_ITEM_EVENTS = frozenset({"response.output_item.added", "response.output_item.done"})
 
 
 class EventSplitter:
@@ -314,6 +315,11 @@ def event_data(event: bytes) -> bytes | None:
 # provider naming a new id per chunk grew the map, and the store writes after it, without end).
 MAX_AUDIO_ANSWERS = 128
 MAX_AUDIO_ID = 200
+# The Responses API items an answer shows, kept to record as the caller's (`answers.claim_created`):
+# an item may be named by id later (an `item_reference`) only when it is its caller's. Past these,
+# an item stays unowned — unreachable by id, even to its caller —, as an id over MAX_AUDIO_ID
+# characters (a provider naming items without end grew the store writes after it).
+MAX_ANSWER_ITEMS = 128
 LENIENT_MAX_BYTES = 64 * 1024  # an event orjson refuses is read as the SDKs read it up to this size
 
 
@@ -385,6 +391,7 @@ class StreamInspector:
         self.saw_done = False
         self.object_id: str | None = None  # the answer's own id (a stored response or chat completion)
         self.audio: dict[str, Any] = {}  # a chat answer's audio answers: id -> `expires_at` (None until given)
+        self.items: dict[str, None] = {}  # a response's output items' ids, in order (MAX_ANSWER_ITEMS)
         self.model: str | None = None  # the model the upstream named in its chunks
 
     @property
@@ -556,8 +563,17 @@ class StreamInspector:
         if audio_id in self.audio or (len(self.audio) < MAX_AUDIO_ANSWERS and len(audio_id) <= MAX_AUDIO_ID):
             self.audio[audio_id] = expires_at or self.audio.get(audio_id)
 
+    def _note_item(self, item: Any) -> None:
+        """Keep an output item's id (`items`), within MAX_ANSWER_ITEMS."""
+        item_id = item.get("id") if isinstance(item, dict) else None
+        if isinstance(item_id, str) and item_id and item_id not in self.items and len(self.items) < MAX_ANSWER_ITEMS \
+                and len(item_id) <= MAX_AUDIO_ID:
+            self.items[item_id] = None
+
     def _absorb_responses(self, obj: dict[str, Any]) -> bool:
-        if obj.get("type") in RESPONSES_TERMINAL:
+        # (a `type` that is not a string — a provider's list — is no event's: looked up in a set, it raised)
+        kind = obj.get("type") if isinstance(obj.get("type"), str) else None
+        if kind in RESPONSES_TERMINAL:
             self._terminal = True
         response = obj.get("response")
         if isinstance(response, dict) and self.object_id is None and isinstance(response.get("id"), str):
@@ -577,7 +593,13 @@ class StreamInspector:
             self._text.append(delta)
         elif isinstance(delta, dict):
             self._text.append(str(delta.get("text") or delta.get("content") or ""))
-        if obj.get("type") == "response.output_item.done":  # (`.added` came before, without results)
+        if kind in _ITEM_EVENTS:
+            self._note_item(obj.get("item"))
+        if isinstance(response, dict) and kind in RESPONSES_TERMINAL:
+            output = response.get("output")
+            for item in output if isinstance(output, list) else ():
+                self._note_item(item)
+        if kind == "response.output_item.done":  # (`.added` came before, without results)
             item = obj.get("item")
             if isinstance(item, dict) and not _written_item(item):
                 self._read.add(*item_read(item))

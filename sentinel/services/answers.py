@@ -33,7 +33,9 @@ from sentinel.services.event_streams import relay_events
 from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
 from sentinel.services.objects import (
     AUDIO_TTL,
+    Items,
     ObjectPath,
+    answer_items,
     audio_answers,
     audio_ttl,
     created_ids,
@@ -87,14 +89,16 @@ class AnswerRelay:
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, *, owner: Identity | None,
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
         extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None,
-        thread_runs: tuple[str, FetchRun] | None = None,
+        thread_runs: tuple[str, FetchRun] | None = None, items: Items | None = None,
     ) -> Reply | StreamReply:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
         relayed as it arrives after the part already read; its `usage` is charged as `charging`
         says (see `Charging`), and so are the eval runs it shows done, per model, and — a read of a
         thread's messages: `thread_runs`, (the thread, how to fetch one of its runs) — the runs its
         messages name (`RunCharges`). The audio answers of a chat answer become `speaker`'s (stored or not:
-        a later request names them in `messages[].audio`). A 304 (a conditional download's "not
+        a later request names them in `messages[].audio`); so do the Responses API items it shows
+        (`items`: a response's output, a conversation's items), along with the objects it created, in
+        one store round trip (`Ownership.claim_all`). A 304 (a conditional download's "not
         modified") is relayed without a body and settled as one request."""
         if upstream.status == 304:
             return await self._not_modified(upstream, admission, ex)
@@ -147,8 +151,11 @@ class AnswerRelay:
             settles=shown,
             models=models,
         )
-        if owner is not None:
-            await claim_created(self.ownership, created_ids(parsed, creating=creating, ttl=ttl), owner)
+        claims: list[tuple[str, float | None]] = created_ids(parsed, creating=creating, ttl=ttl) if owner else []
+        if items is not None:
+            claims += answer_items(parsed, items)
+        if claims:
+            await claim_created(self.ownership, claims, owner or admission.identity)
         if endpoint == "responses":  # stored or not (`store: false`), the turn joined its conversation
             stored = answer_id if isinstance(answer_id, str) else None
             await remember_context(self.ownership, admission, stored, extends)
@@ -293,8 +300,11 @@ class AnswerRelay:
     def sse(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, strip_usage: bool,
         owner: Identity | None, *, ex: Exchange | None = None, extends: Sequence[tuple[str, int]] = (),
-        speaker: Identity | None = None,
+        speaker: Identity | None = None, items: Items | None = None,
     ) -> StreamReply:
+        """Relay an SSE answer event by event (`StreamInspector`), settled at its end; the object it
+        names becomes `owner`'s and — `items` — the Responses API items it streamed
+        (`StreamInspector.items`) its caller's, in one store round trip."""
         inspector = StreamInspector(endpoint, strip_usage_chunk=strip_usage, provider=upstream.provider,
                                     secret=upstream.secret)
         meter, ownership = self.meter, self.ownership
@@ -307,10 +317,15 @@ class AnswerRelay:
                 read_input=("", 0) if usage is not None else inspector.read_input,
             )
             stored = None
+            claims: list[tuple[str, float | None]] = [] if items is None else [
+                (item_id, items.ttl) for item_id in inspector.items]
+            collection = "responses" if endpoint == "responses" else "chat/completions"
             if owner is not None and inspector.object_id is not None:
                 stored = inspector.object_id
-                collection = "responses" if endpoint == "responses" else "chat/completions"
-                await claim_created(ownership, [(stored, ObjectPath(collection).ttl)], owner)
+                claims.insert(0, (stored, ObjectPath(collection).ttl))
+            if claims:
+                await claim_created(ownership, claims, owner or admission.identity)
+            if stored is not None:
                 # Charged its usage here: a later fetch charges nothing. A stream cut before the
                 # provider's count was charged only what it streamed, and a provider may finish and
                 # store the answer all the same: the first read showing its usage charges that (what
@@ -332,8 +347,7 @@ async def claim_created(ownership: Ownership, created: Iterable[tuple[str, float
     store that cannot be reached leaves them unowned — unreachable through Sentinel, which fails
     closed — and never costs the call its usage record: the provider served it."""
     try:
-        for object_id, ttl in created:
-            await ownership.claim(object_id, owner.external_id, ttl)
+        await ownership.claim_all(created, owner.external_id)
     except StoreUnavailable:
         ownership.outage.warning("the store is unavailable: an object this answer created stays unowned (unreachable)")
 

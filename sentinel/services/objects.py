@@ -30,6 +30,7 @@ from sentinel.domain.plans import MAX_LIMIT
 from sentinel.domain.text import is_text
 from sentinel.native.openai_checks import json_containers_exceed
 from sentinel.quota.estimate import BATCH_URLS
+from sentinel.quota.usage import MAX_ANSWER_ITEMS
 
 DAY = 86400.0
 # Collections of per-account objects under /v1, with how long ownership is kept: no shorter than
@@ -61,12 +62,19 @@ COLLECTIONS: dict[str, float | None] = {
 # Responses request's `prompt_cache_options.comparison_response_id` names a stored response too
 # (the provider compares its prompt with the request's: how much of it matched tells its text), and
 # a `skill_reference`'s `skill_id` a skill (its files are mounted in the caller's container).
+# Responses API items (`msg_…`, `fc_…`, `rs_…`, …) are objects too, named by an `item_reference`'s
+# `id`, by an item given with its `id` in an `input` or `items` list (the provider reads the stored
+# item of that id: a reasoning item's), and by an MCP approval's `approval_request_id`; they become
+# their caller's as Sentinel shows them (`answer_items`).
 REFERENCE_KEYS = frozenset({
     "previous_response_id", "response_id", "comparison_response_id", "conversation", "conversation_id", "file_id",
     "file_ids", "input_file_id", "output_file_id", "error_file_id", "training_file", "validation_file",
     "vector_store_id", "vector_store_ids", "assistant_id", "thread_id", "batch_id", "upload_id", "container",
-    "container_id", "eval_id", "part_ids", "skill_id",
+    "container_id", "eval_id", "part_ids", "skill_id", "approval_request_id",
 })
+# Lists of Responses API items in a body (a response's `input`, a conversation's `items`): an item
+# given there with an `id` names the stored item of that id.
+ITEM_LISTS = ("input", "items")
 # Fields that name an object on one call only, by the `/v1` path of the call that takes them: a
 # voice's `consent` (its speaker's consent recording) — a word too common to read as an id in every
 # body (a request's `metadata` may have a `consent` key).
@@ -182,8 +190,12 @@ def referenced_ids(body: Any, limit: int = MAX_REFERENCES, *, keys: frozenset[st
     checked, so none may be left unread."""
     found: list[str] = []
     for node in _objects(body):
-        if node.get("type") == "file_id" and isinstance(node.get("id"), str) and node["id"]:
+        if _named(node.get("type")) in _BY_ID and isinstance(node.get("id"), str) and node["id"]:
             found.append(node["id"])
+        for listed in ITEM_LISTS:
+            items = node.get(listed)
+            found += [item["id"] for item in items if isinstance(item, dict) and _named(item.get("type")) not in _BY_ID
+                      and isinstance(item.get("id"), str) and item["id"]] if isinstance(items, list) else []
         for named in (node.get("audio"), node.get("voice")):
             if isinstance(named, dict) and isinstance(named.get("id"), str) and named["id"]:
                 found.append(named["id"])
@@ -193,6 +205,11 @@ def referenced_ids(body: Any, limit: int = MAX_REFERENCES, *, keys: frozenset[st
         if len(found) > limit:
             raise TooManyReferences(f"A request may name at most {limit} objects")
     return found
+
+
+# Objects whose `type` says their `id` names another: an eval run's JSONL source (a file), a
+# Responses `item_reference` (an item).
+_BY_ID = frozenset({"file_id", "item_reference"})
 
 
 def named_files(body: Any) -> list[str]:
@@ -981,6 +998,51 @@ def created_ids(answer: Any, *, creating: bool, ttl: float | None) -> list[tuple
     if isinstance(file, dict) and isinstance(file.get("id"), str):
         out.append((file["id"], COLLECTIONS["files"]))
     return out
+
+
+@dataclass(frozen=True)
+class Items:
+    """An answer showing its caller Responses API items (`answer_items`), which become the caller's
+    for `ttl` seconds (their owning object's: a stored response's, a conversation's — None); `own`:
+    the answer is one item itself (a conversation's item read by its id)."""
+
+    ttl: float | None
+    own: bool = False
+
+
+def items_shown(where: ObjectPath, method: str, segments: Sequence[str]) -> Items | None:
+    """The items a pass-through call's answer shows its caller (`answer_items`): a stored response's
+    output (read, cancelled; a compaction's output) and input items, kept as long as the response;
+    a conversation's items (listed, added, one read by its id), as long as the conversation. None
+    for any other call."""
+    if where.collection == "responses" and method != "DELETE":
+        return Items(COLLECTIONS["responses"])
+    if where.collection == "conversations" and where.object_id is not None and len(segments) in (3, 4) \
+            and segments[2] == "items" and method in ("GET", "POST"):
+        return Items(COLLECTIONS["conversations"], own=len(segments) == 4)
+    return None
+
+
+def conversation_item(where: ObjectPath, segments: Sequence[str]) -> str | None:
+    """The item a `/v1/conversations/{id}/items/{item_id}` path names (its conversation, the
+    caller's, holds it), else None."""
+    if where.collection == "conversations" and where.object_id is not None and len(segments) == 4 \
+            and segments[2] == "items":
+        return segments[3] or None
+    return None
+
+
+def answer_items(answer: Any, items: Items) -> list[tuple[str, float | None]]:
+    """The items an answer shows (a response's `output`, a list's `data`: a conversation's items, a
+    response's input items; the answer itself when `items.own`), each with how long its owner is
+    kept; at most MAX_ANSWER_ITEMS (past them, an item stays unowned: unreachable by id)."""
+    if not isinstance(answer, dict):
+        return []
+    listed = answer.get("output") if "output" in answer else answer.get("data")
+    found = [answer] if items.own else []
+    found += [item for item in listed if isinstance(item, dict)] if isinstance(listed, list) else []
+    ids = [item["id"] for item in found if isinstance(item.get("id"), str) and item["id"]]
+    return [(item_id, items.ttl) for item_id in list(dict.fromkeys(ids))[:MAX_ANSWER_ITEMS]]
 
 
 def audio_answers(answer: Any, now: float) -> list[tuple[str, float | None]]:

@@ -63,15 +63,19 @@ from sentinel.services.exchange import Exchange, Reply, StreamReply
 from sentinel.services.file_facts import FileFactsReader
 from sentinel.services.objects import (
     ACTION_CREATED,
+    COLLECTIONS,
     MAX_BATCH_TOKENS,
     REFERENCE_KEYS,
     InvalidBatchInput,
+    Items,
     MalformedUpload,
     ObjectPath,
     TooManyReferences,
     Upload,
     classify,
     continued,
+    conversation_item,
+    items_shown,
     named_files,
     read_batch_input,
     reads_account_data,
@@ -251,13 +255,17 @@ class OpenAIRelay:
             await upstream.drain_served()
             raise UnreadableAnswer(f"Provider {upstream.provider} answered a streamed request with a compressed body",
                                    usage=None, provider=upstream.provider)
+        # A response's output items become the caller's, stored or not (a `store: false` answer's items
+        # are given back as input by id), for as long as what holds them: its conversation, else it.
+        items = None if request.endpoint != "responses" else Items(
+            COLLECTIONS["conversations"] if request.extends else COLLECTIONS["responses"])
         if request.stream and 200 <= upstream.status < 300 and upstream.streams:
             return self.answers.sse(upstream, request.endpoint, admission, request.strip_usage, request.owner, ex=ex,
-                                    extends=request.extends, speaker=request.speaker)
+                                    extends=request.extends, speaker=request.speaker, items=items)
         return await self.answers.complete(
             upstream, request.endpoint, admission, owner=request.owner,
             ttl=ObjectPath(_COLLECTION.get(request.endpoint)).ttl, creating=True, ex=ex, extends=request.extends,
-            speaker=request.speaker,
+            speaker=request.speaker, items=items,
         )
 
     # --- other calls: objects, allowed pass-through --------------------------------------------------
@@ -328,6 +336,7 @@ class OpenAIRelay:
             reply = await self.answers.complete(
                 upstream, endpoint, admission, owner=owner, ttl=where.ttl, creating=creating, ex=ex, charging=charging,
                 thread_runs=self._thread_runs(ex, method, segments, where, headers),
+                items=items_shown(where, method, segments),
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)
@@ -341,9 +350,10 @@ class OpenAIRelay:
             await self._claim_along(where, reply, identity)
         if where.collection == "conversations" and method == "POST" and body:
             await self._conversation_grew(where, last, reply, body)
-        if method == "DELETE" and where.object_id is not None and where.is_object(segments) and reply.status < 300:
+        deleted = where.object_id if where.is_object(segments) else conversation_item(where, segments)
+        if method == "DELETE" and deleted is not None and reply.status < 300:
             try:
-                await self.ownership.forget(where.object_id)
+                await self.ownership.forget(deleted)
             except StoreUnavailable:  # the provider deleted it: its record names its maker, nothing more
                 self.ownership.outage.warning("the store is unavailable: a deleted object's owner record was kept")
         return reply

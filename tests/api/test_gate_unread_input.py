@@ -37,6 +37,13 @@ def heard(clip: bytes, kind: str = "wav") -> list[dict[str, Any]]:
         {"type": "input_audio", "input_audio": {"data": base64.b64encode(clip).decode(), "format": kind}}]}]
 
 
+def alices(gw: Gateway, *item_ids: str) -> None:
+    """Make stored items Alice's, as Sentinel does for the items it shows her (named by id, only an
+    item of the caller's reaches the provider: `tests/api/test_gate_items.py`)."""
+    for item_id in item_ids:
+        gw.write_stored(f"sentinel:owner:{item_id}", b"alice", 3600)
+
+
 def refused_as_never_fitting(refused: openai.RateLimitError, at_least: int) -> None:
     error = openai_error(refused.response.json())
     assert "can never be admitted" in error["message"], error
@@ -75,6 +82,7 @@ def test_stored_items_and_prompts_named_by_id_are_reserved(
     one can never fit — it was admitted at a few tokens."""
     gw = gateway_factory(openai_api_url=spy.url + "/v1")
     set_plan(gw.settings.database_url, "alice", "small", LIMITED)
+    alices(gw, "msg_0123456789abcdef")
     client = gw.openai()
     with pytest.raises(openai.RateLimitError) as refused:
         client.responses.create(model="gpt-4o", input=[
@@ -97,6 +105,7 @@ def test_the_reservation_per_reference_is_configured(
     set_plan(gw.settings.database_url, "alice", "small", LIMITED)
     client = gw.openai()
     refs: list[Any] = [{"type": "item_reference", "id": f"msg_{i:016d}"} for i in range(4)]
+    alices(gw, *(ref["id"] for ref in refs))
     answer = client.responses.create(model="gpt-4o", input=[{"role": "user", "content": "go on"}, *refs[:2]])
     assert answer.status == "completed"
     with pytest.raises(openai.RateLimitError) as refused:
@@ -118,6 +127,7 @@ def test_a_stream_its_client_leaves_is_charged_what_it_carried(
     """Read the first event and leave: the record is the estimate, which now holds the audio's
     length or the reference's figure (it was the text's few tokens while the provider billed all)."""
     gw = gateway_factory(usage_flush_interval_seconds=0.1)
+    alices(gw, "msg_0123456789abcdef")
     path = "/v1/responses" if "input" in body else "/v1/chat/completions"
     with gw.client() as http, http.stream("POST", path, json=body) as r:
         assert r.status_code == 200, r.read()

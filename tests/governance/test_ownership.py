@@ -210,3 +210,39 @@ async def test_facts_of_many_files_are_looked_up_with_their_owners(
     monkeypatch.setattr(store, "get", failing)
     found = await owners.require(ids, "alice", files=ids)
     assert "file-1" not in found and found["file-2"] == FileFacts(text=2)
+
+
+async def test_an_answers_objects_are_claimed_at_once(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A response and its items are claimed together (`claim_all`): all under way at once — on one
+    Redis server, one pipeline —, another user's item kept theirs, a store failure raised once every
+    claim ended."""
+    owners = Ownership(store)
+    await owners.claim("msg_bob", "bob", None)
+    running = peak = 0
+    run = store.run
+
+    async def counting(*args: object) -> object:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await asyncio.sleep(0)
+            return await run(*args)  # type: ignore[arg-type]
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(store, "run", counting)
+    created = [("resp_1", 31 * DAY), *((f"msg_{i}", 31 * DAY) for i in range(20)), ("msg_bob", None)]
+    await owners.claim_all(created, "alice")
+    assert peak == len(created)
+    assert [await owners.owner_of(i) for i in ("resp_1", "msg_19", "msg_bob")] == ["alice", "alice", "bob"]
+
+    async def failing(*args: object) -> object:
+        if "sentinel:owner:msg_3" in args[1]:  # type: ignore[operator]
+            raise StoreUnavailable("store down")
+        return await counting(*args)
+
+    monkeypatch.setattr(store, "run", failing)
+    with pytest.raises(StoreUnavailable):
+        await owners.claim_all([("resp_2", None), ("msg_3x", None), ("msg_3", None)], "carol")
+    assert await owners.owner_of("resp_2") == "carol"

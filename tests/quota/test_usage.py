@@ -504,3 +504,21 @@ def test_the_audio_answers_a_stream_names_are_kept_within_a_bound() -> None:
     assert list(inspector.audio) == [f"audio_{i}" for i in range(128)]
     inspector.feed(event({"id": "c1", "choices": [{"index": 0, "delta": {"audio": {"id": "audio_5", "expires_at": 7}}}]}))
     assert (inspector.audio["audio_3"], inspector.audio["audio_5"], len(inspector.audio)) == (1_800_000_000, 7, 128)
+
+
+def test_the_items_a_responses_stream_shows_are_kept_within_a_bound() -> None:
+    """A response's output items (`response.output_item.added`/`.done`, the terminal event's output)
+    are kept to record as the caller's; a provider naming a new item without end keeps no more than
+    MAX_ANSWER_ITEMS, and an id no store key can hold is not kept."""
+    inspector = StreamInspector("responses")
+    inspector.feed(event({"type": "response.output_item.added", "item": {"type": "message", "id": "msg_1"}}))
+    inspector.feed(event({"type": "response.output_item.done", "item": {"type": "message", "id": "msg_1"}}))
+    inspector.feed(event({"type": ["x"], "item": {"id": "msg_x"}}))
+    inspector.feed(event({"type": "response.output_item.done", "item": {"id": "m" * 201}}))
+    for i in range(300):
+        inspector.feed(event({"type": "response.output_item.added", "item": {"type": "function_call", "id": f"fc_{i}"}}))
+    assert list(inspector.items) == ["msg_1", *(f"fc_{i}" for i in range(127))]
+    completed = StreamInspector("responses")
+    completed.feed(event({"type": "response.completed", "response": {"id": "resp_1", "output": [
+        {"type": "reasoning", "id": "rs_1"}, {"type": "message", "id": "msg_2"}]}}))
+    assert list(completed.items) == ["rs_1", "msg_2"]

@@ -11,16 +11,21 @@ import pytest
 from sentinel.services.objects import (
     AUDIO_TTL,
     DAY,
+    MAX_ANSWER_ITEMS,
     MAX_PART_HEADER_LINES,
     REFERENCE_KEYS,
     InvalidBatchInput,
+    Items,
     MalformedUpload,
     TooManyReferences,
     Upload,
+    answer_items,
     audio_answers,
     batch_references,
     classify,
+    conversation_item,
     created_ids,
+    items_shown,
     leading_audio_ids,
     multipart_references,
     read_batch_input,
@@ -670,3 +675,43 @@ def test_a_part_whose_own_content_length_is_not_its_length_is_malformed() -> Non
                     TYPE)
     with pytest.raises(MalformedUpload):
         upload.with_values(sized, TYPE, {0: b"pseudonym-0123"})
+
+
+def test_items_named_by_id_are_references() -> None:
+    """A Responses `item_reference` (anywhere), an item given with its `id` in an `input` or `items`
+    list (the provider reads the stored item of that id), an MCP approval's request: each names an
+    item, which must be the caller's. A message without an id, or a `type` that is no string, names none."""
+    body = {"model": "m", "input": [
+        {"role": "user", "content": "hi"}, {"type": "item_reference", "id": "msg_1"},
+        {"type": "reasoning", "id": "rs_1", "summary": []}, {"type": "function_call_output", "call_id": "call_1"},
+        {"type": "mcp_approval_response", "approval_request_id": "mcpr_1", "approve": True},
+        {"type": ["item_reference"], "id": "fc_1"}]}
+    assert sorted(referenced_ids(body)) == ["fc_1", "mcpr_1", "msg_1", "rs_1"]
+    assert referenced_ids({"items": [{"type": "message", "id": "msg_2", "role": "user", "content": "x"}]}) == ["msg_2"]
+    line = {"custom_id": "1", "method": "POST", "url": "/v1/responses", "body": body}  # a batch line's too
+    assert sorted(referenced_ids(line)) == ["fc_1", "mcpr_1", "msg_1", "rs_1"]
+    assert referenced_ids({"model": "m", "messages": [{"role": "user", "content": "hi"}]}) == []
+
+
+def test_the_items_an_answer_shows_become_its_callers_within_a_bound() -> None:
+    response = {"id": "resp_1", "object": "response", "output": [{"type": "message", "id": "msg_1"},
+                                                                  {"type": "function_call", "id": "fc_1"}, "x", {}]}
+    assert answer_items(response, Items(31 * DAY)) == [("msg_1", 31 * DAY), ("fc_1", 31 * DAY)]
+    listed = {"object": "list", "data": [{"id": f"msg_{i}"} for i in range(300)]}
+    assert answer_items(listed, Items(None)) == [(f"msg_{i}", None) for i in range(MAX_ANSWER_ITEMS)]
+    assert answer_items({"type": "message", "id": "msg_9"}, Items(None, own=True)) == [("msg_9", None)]
+    assert answer_items("x", Items(None)) == answer_items({"id": "conv_1"}, Items(None)) == []
+
+
+@pytest.mark.parametrize("method, path, shown", [
+    ("POST", "responses/compact", Items(31 * DAY)), ("GET", "responses/resp_1", Items(31 * DAY)),
+    ("GET", "responses/resp_1/input_items", Items(31 * DAY)), ("DELETE", "responses/resp_1", None),
+    ("GET", "conversations/conv_1/items", Items(None)), ("POST", "conversations/conv_1/items", Items(None)),
+    ("GET", "conversations/conv_1/items/msg_1", Items(None, own=True)), ("DELETE", "conversations/conv_1/items/msg_1", None),
+    ("POST", "conversations", None), ("GET", "files/file-1", None),
+])
+def test_the_calls_whose_answers_show_items(method: str, path: str, shown: Items | None) -> None:
+    segments = path.split("/")
+    assert items_shown(classify(segments, method), method, segments) == shown
+    item = conversation_item(classify(segments, method), segments)
+    assert item == ("msg_1" if path == "conversations/conv_1/items/msg_1" else None)

@@ -1,0 +1,143 @@
+"""Responses API items (`msg_…`, `fc_…`, `rs_…`) belong to the user Sentinel showed them to.
+
+Every user shares the provider account: an `item_reference` (or an input item given with its `id`)
+naming another user's item had the model read it. Sentinel makes an item its caller's as it relays
+it — a response's output, plain or streamed, stored or not; a response's input items; a
+conversation's items — and answers any other id as one that does not exist, before anything is
+reserved or sent. With the official openai SDK against the mock upstream, on a real Redis and on
+the in-memory store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from sentinel.mock.app import create_mock_app
+from tests.api.conftest import Gateway
+from tests.support.accounts import create_key
+from tests.support.attack import SpyUpstream, openai_error, spying
+from tests.support.servers import serving
+from tests.support.upstream import ScriptedUpstream
+
+MODEL = "gpt-4o-mini"
+
+
+@pytest.fixture
+def spy() -> Iterator[SpyUpstream]:
+    with spying(create_mock_app()) as (_, recorder):
+        yield recorder
+
+
+def start(gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None) -> Gateway:
+    return gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url)
+
+
+def sdk(gw: Gateway, user: str) -> openai.OpenAI:
+    key = gw.key if user == "alice" else asyncio.run(create_key(gw.settings.database_url, user))[1]
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+
+
+def output_item(client: openai.OpenAI, *, stream: bool, **extra: Any) -> str:
+    """The id of the first output item of a response `client` makes."""
+    if not stream:
+        return str(client.responses.create(model=MODEL, input="alice's secret plan", **extra).output[0].id)
+    events = list(client.responses.create(model=MODEL, input="alice's secret plan", stream=True, **extra))
+    done = [e for e in events if e.type == "response.output_item.done"]
+    assert done, [e.type for e in events]
+    return str(done[0].item.id)
+
+
+def refer(client: openai.OpenAI, item_id: str, *, by_id: bool = False) -> Any:
+    """A response whose input names `item_id`: by an `item_reference`, or (`by_id`) as an item given with its id."""
+    named: dict[str, Any] = (
+        {"type": "message", "id": item_id, "role": "assistant", "content": "(as you said)"} if by_id
+        else {"type": "item_reference", "id": item_id}
+    )
+    return client.responses.create(model=MODEL, input=[{"role": "user", "content": "repeat that"}, named])
+
+
+def refused(attempt: Callable[[], Any]) -> openai.NotFoundError:
+    with pytest.raises(openai.NotFoundError) as caught:
+        attempt()
+    assert caught.value.status_code == 404
+    openai_error(caught.value.response.json())
+    return caught.value
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("store", [True, False], ids=["stored", "unstored"])
+def test_another_users_output_item_is_not_found(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None, stream: bool, store: bool,
+) -> None:
+    """Bob names Alice's output item — by reference, or as an item with its id: the 404 an id that does
+    not exist gets, and nothing reaches the provider nor is recorded. Alice names her own: served."""
+    gw = start(gateway_factory, spy, backend_url)
+    alice, bob = sdk(gw, "alice"), sdk(gw, "bob")
+    item = output_item(alice, stream=stream, store=store)
+    ghost = item[:4] + "0" * (len(item) - 4)
+    spy.clear()
+    for by_id in (False, True):
+        theirs = refused(lambda by_id=by_id: refer(bob, item, by_id=by_id))
+        missing = refused(lambda by_id=by_id: refer(bob, ghost, by_id=by_id))
+        assert theirs.response.text.replace(item, "<id>") == missing.response.text.replace(ghost, "<id>")
+    assert spy.seen == []  # refused before anything was sent
+    assert refer(alice, item).status == "completed"
+    assert refer(alice, item, by_id=True).status == "completed"
+
+
+def test_input_items_listed_become_their_callers(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None,
+) -> None:
+    """The provider gives a response's input items ids Sentinel first sees when their owner lists them:
+    then they are the owner's to name, never another's."""
+    gw = start(gateway_factory, spy, backend_url)
+    alice, bob = sdk(gw, "alice"), sdk(gw, "bob")
+    response = alice.responses.create(model=MODEL, input=[{"role": "user", "content": "my diary"}])
+    listed = alice.responses.input_items.list(response.id)
+    given = str(listed.data[0].id)
+    assert given.startswith("msg_")
+    refused(lambda: refer(bob, given))
+    assert refer(alice, given).status == "completed"
+
+
+def test_a_conversations_items_are_its_owners(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """A conversation's items — added, listed, read one by one — are its owner's: Bob can neither have
+    a response read one nor add one to his own conversation; Alice can. Deleted, an item is no one's."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url,
+                             passthrough="/v1/conversations,/v1/conversations/*")
+        alice, bob = sdk(gw, "alice"), sdk(gw, "bob")
+        upstream.json({"id": "conv_a", "object": "conversation", "created_at": 1, "metadata": {}})
+        upstream.json({"id": "conv_b", "object": "conversation", "created_at": 1, "metadata": {}})
+        message = {"type": "message", "role": "user", "status": "completed",
+                   "content": [{"type": "input_text", "text": "the vault code is 1234"}]}
+        upstream.json({"object": "list", "data": [{**message, "id": "msg_added"}], "has_more": False,
+                       "first_id": "msg_added", "last_id": "msg_added"})
+        upstream.json({"object": "list", "data": [{**message, "id": "msg_listed"}], "has_more": False,
+                       "first_id": "msg_listed", "last_id": "msg_listed"})
+        upstream.json({**message, "id": "msg_read"})
+        assert alice.conversations.create().id == "conv_a"
+        assert bob.conversations.create().id == "conv_b"
+        alice.conversations.items.create("conv_a", items=[{"type": "message", "role": "user", "content": "x"}])
+        alice.conversations.items.list("conv_a")
+        assert alice.conversations.items.retrieve("msg_read", conversation_id="conv_a").id == "msg_read"
+        sent = len(upstream.received)
+        for item in ("msg_added", "msg_listed", "msg_read"):
+            refused(lambda item=item: refer(bob, item))
+            refused(lambda item=item: bob.conversations.items.create(
+                "conv_b", items=[{"type": "item_reference", "id": item}]))
+        assert len(upstream.received) == sent  # none of Bob's attempts reached the provider
+        upstream.json({"id": "resp_1", "object": "response", "status": "completed", "model": MODEL, "output": [],
+                       "usage": {"input_tokens": 5, "output_tokens": 1, "total_tokens": 6}})
+        assert refer(alice, "msg_added").status == "completed"
+        upstream.json({"id": "conv_a", "object": "conversation", "created_at": 1, "metadata": {}})
+        alice.conversations.items.delete("msg_read", conversation_id="conv_a")
+        refused(lambda: refer(alice, "msg_read"))  # deleted: its record went with it

@@ -94,9 +94,6 @@ class RequestFiles(dict[str, FileFacts]):
 # PDF names end at white space or a delimiter: `/Type /Page` and `/Type/Page>>`, never `/Type /Pages`
 # (nor `/Type /Page#73`, the same name escaped).
 _NAME_END = rb"(?![^\x00\t\n\x0c\r ()<>\[\]{}/%])"
-# White space and comments between two tokens (a comment is white space to a reader), possessive:
-# a run of `%` is read one way only.
-_GAP = rb"(?:[\x00\t\n\x0c\r ]|%[^\r\n]*+)*+"
 
 
 def _name(word: str) -> bytes:
@@ -109,15 +106,28 @@ def _name(word: str) -> bytes:
     return ("/" + "".join(f"(?:{re.escape(char)}|{escaped(char)})" for char in word)).encode()
 
 
-_PAGE = re.compile(_name("Type") + _GAP + _name("Page") + _NAME_END)
+def _gap(*words: str) -> bytes:
+    """The pattern of white space and comments between two tokens (a comment is white space to a
+    reader), after one of the names `words` (possessive: a run of `%` is read one way only). A
+    comment is read up to its line's end or the next of those names, where a search starts anew:
+    read to its line's end, a line of 40,000 `/Type%` had each of them search the rest of the line
+    (a 240 KB PDF took 18 s, a 10 MB one would take hours). Ended there, what one search covers
+    holds no start of another, so each byte is read about once; a page whose comment holds the
+    name is found by the search from the name in it (`/Type %/Type` then `/Page`: one page)."""
+    starts = b"|".join(_name(word) for word in words)
+    return rb"(?:[\x00\t\n\x0c\r ]|%(?:[^\r\n/]|(?!" + starts + rb")/)*+)*+"
+
+
+_PAGE = re.compile(_name("Type") + _gap("Type") + _name("Page") + _NAME_END)
 # An object stream: its `/Type /ObjStm`, or its `/First` offset (a direct integer; an outline's
 # `/First` is a reference, `n 0 R`), which a reader needs and reads without its `/Type`.
-_OBJECT_STREAM = re.compile(_name("Type") + _GAP + _name("ObjStm") + _NAME_END + rb"|"
-                            + _name("First") + _GAP + rb"[0-9]+" + _GAP + rb"(?=/|>>)")
+_OBJECT_GAP = _gap("Type", "First")
+_OBJECT_STREAM = re.compile(_name("Type") + _OBJECT_GAP + _name("ObjStm") + _NAME_END + rb"|"
+                            + _name("First") + _OBJECT_GAP + rb"[0-9]++" + _OBJECT_GAP + rb"(?=/|>>)")
 # A page tree node's `/Count` (the pages below it; the root's is the document's): readers take a
 # document's pages from it, so a page dictionary without `/Type` (which readers accept) is counted
 # by it. Only a `/Count` in a dictionary that has `/Kids` is a node's (an outline's is not).
-_COUNT = re.compile(_name("Count") + _GAP + rb"\+?([0-9]+)")
+_COUNT = re.compile(_name("Count") + _gap("Count") + rb"\+?([0-9]+)")
 MAX_COUNTED_PAGES = 10**7  # a `/Count` past it (leading zeros aside) is read as this many
 _KIDS = re.compile(_name("Kids") + _NAME_END)
 _OPEN = re.compile(rb"<<")

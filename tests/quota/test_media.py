@@ -202,6 +202,27 @@ async def test_a_pdf_inflated_by_a_count_on_the_event_loop_is_inflated_in_a_thre
     assert inflated == [here]
 
 
+def test_pdf_names_with_comments_are_searched_about_once_per_byte() -> None:
+    """A comment between two names was read to its line's end from each name before it: a line of
+    `/Type%` repeated had every `/Type` search the rest of the line (240 KB took 18 s, 10 MB would
+    take hours, one request pinning a worker thread and the GIL). A search now ends a comment at the
+    next name it starts from, so what one match covers holds no other start; pages still count."""
+    names = {media._PAGE: b"/Type%", media._COUNT: b"/Count%", media._OBJECT_STREAM: b"/First%"}
+    ends = {media._PAGE: b"\n/Page", media._COUNT: b"\n7", media._OBJECT_STREAM: b"\n7\n/N"}
+    for pattern, unit in names.items():
+        sample = unit * 2_000 + ends[pattern]
+        found = list(pattern.finditer(sample))
+        assert len(found) == 1 and found[0][0].count(unit[:-1]) == 1, (unit, found[0].span() if found else None)
+    assert pdf_pages(b"%PDF-1.7\n<</Type %/Type\n/Page>> <</Type %/ %\n/Page>>") == 2
+    tree = b"<</Type /Pages /Kids [] /Count %/Count\n5>>"
+    assert pdf_pages(b"%PDF-1.7\n" + tree) == 5
+    # 10 MB crafted files finish (each byte read about once; no time is asserted, the suite's
+    # timeout bounds them: before, each took hours).
+    size = 10 * 1024 * 1024
+    for unit in (b"/Type%", b"/Kids /Count%", b"/First%", b"/Type %x\n%y\n"):
+        assert pdf_pages(b"%PDF-1.7\n" + unit * (size // len(unit))) == 1
+
+
 class _ScanCounter:
     """A compiled pattern that counts the bytes its searches cover (from `pos` to the match's end, or
     to the end of the data when none is found)."""

@@ -85,9 +85,17 @@ def references(endpoint: str, payload: dict[str, Any]) -> int:
     if endpoint != "responses":
         return 0
     items = payload.get("input")
-    named = sum(1 for item in items if isinstance(item, dict) and item.get("type") == "item_reference") \
+    named = sum(1 for item in items if isinstance(item, dict) and _item_reference(item)) \
         if isinstance(items, list) else 0
     return named + (1 if _named(payload.get("prompt")) else 0)
+
+
+def _item_reference(item: dict[str, Any]) -> bool:
+    """Whether a Responses input item is an `item_reference`: its type says so, or — the type is
+    optional, null or left out (`{"id": "msg_..."}`) — it is an id and no message (which has a role).
+    Counted by its type alone, a reference without one passed any input limit."""
+    kind = item.get("type")
+    return kind == "item_reference" or (kind is None and "role" not in item and _named(item))
 
 
 def _named(value: Any) -> bool:

@@ -96,6 +96,25 @@ def test_stored_items_and_prompts_named_by_id_are_reserved(
     assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()
 
 
+def test_a_stored_item_named_by_its_id_alone_is_reserved(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """An item reference's `type` is optional in the Responses API (`{"id": "msg_..."}`, or its type
+    null, is an `item_reference`): written so, it was estimated at nothing and admitted under a
+    1,000-token input limit, the provider reading the stored item."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1")
+    set_plan(gw.settings.database_url, "alice", "small", LIMITED)
+    client = gw.openai()
+    for reference in ({"id": "msg_0123456789abcdef"}, {"type": None, "id": "msg_0123456789abcdef"}):
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.responses.create(model="gpt-4o", input=[{"role": "user", "content": "go on"}, reference])  # type: ignore[list-item]
+        refused_as_never_fitting(refused.value, REFERENCE_TOKENS)
+    assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()
+    # A message without its type is a message, not a reference: admitted.
+    answer = client.responses.create(model="gpt-4o", input=[{"role": "user", "content": "go on", "id": "msg_1"}])  # type: ignore[list-item]
+    assert answer.status == "completed"
+
+
 def test_the_reservation_per_reference_is_configured(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream
 ) -> None:

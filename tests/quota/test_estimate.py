@@ -264,9 +264,14 @@ def test_what_a_request_names_that_the_provider_holds_is_reserved_per_reference(
     plain = estimate_input(RecordingCounter(), "responses", "gpt-4o", {"input": [USER]})  # type: ignore[arg-type]
     assert estimate_input(RecordingCounter(), "responses", "gpt-4o", body) == plain + 4 * REFERENCE_TOKENS  # type: ignore[arg-type]
     assert estimate_input(RecordingCounter(), "responses", "gpt-4o", body, referenced=100) == plain + 400  # type: ignore[arg-type]
-    # Not a reference: an item of another type, a reference without its type, a prompt without an id.
+    # A reference's type is optional (left out or null: `{"id": ...}` is one to the API).
+    for untyped in ({"id": "msg_1"}, {"type": None, "id": "msg_1"}):
+        estimated = estimate_input(RecordingCounter(), "responses", "gpt-4o", {"input": [USER, untyped]})  # type: ignore[arg-type]
+        assert plain + REFERENCE_TOKENS <= estimated < plain + REFERENCE_TOKENS + 10, untyped  # (and its JSON)
+    # Not a reference: an item of another type, a message without its type, a prompt without an id.
     for other in ({"input": [USER, {"type": "message", "id": "msg_1", "role": "user", "content": "x"}]},
-                  {"input": [USER, {"id": "msg_1"}]}, {"input": [USER], "prompt": {"id": ""}},
+                  {"input": [USER, {"id": "msg_1", "role": "user", "content": "x"}]},
+                  {"input": [USER, {"id": ""}]}, {"input": [USER], "prompt": {"id": ""}},
                   {"input": [USER], "prompt": {"variables": {}}}):
         assert estimate_input(RecordingCounter(), "responses", "gpt-4o", other) < REFERENCE_TOKENS  # type: ignore[arg-type]
     heard = {"messages": [USER, {"role": "assistant", "audio": {"id": "audio_1"}}, USER]}

@@ -201,8 +201,15 @@ class OpenAIRoutes:
                 "The query holds a Sentinel API key: a URL is sent on to the provider and kept in logs. Send "
                 "your key only as Authorization: Bearer <key> (or x-api-key)", code="credential_in_query",
             )
-        body = await self.deps.read_body(request) if request.method not in ("GET", "HEAD") else None
         path: str = request.scope["path"]
+        if KEY_PREFIX in path:
+            # The path below an allowed prefix (`SENTINEL_PASSTHROUGH=/v1/images/*`) is sent on too,
+            # as it came (its escapes read: `%2D` is `-`): a key in it would leave as one in the query.
+            raise InvalidRequest(
+                "The path holds a Sentinel API key: a URL is sent on to the provider and kept in logs. Send "
+                "your key only as Authorization: Bearer <key> (or x-api-key)", code="credential_in_path",
+            )
+        body = await self.deps.read_body(request) if request.method not in ("GET", "HEAD") else None
         reply = await self.relay.call(
             context(request.scope), identity, endpoint=endpoint, method=request.method,
             segments=path[4:].split("/"), body=body, headers=request.scope["headers"], query=query,

@@ -433,6 +433,24 @@ def test_a_credential_in_a_forwarded_query_is_refused_never_sent_on(gateway_fact
     assert last_upstream_request(gw)["query"] == {"purpose": "check"}
 
 
+def test_a_credential_in_a_forwarded_path_is_refused_never_sent_on(gateway_factory: Callable[..., Gateway]) -> None:
+    """A pass-through path with everything below it (`/v1/images/*`) sends the rest of the path on to
+    the provider as it sends the query: a key in it (escaped too) went to the provider's logs as
+    `?api_key=` did. Refused (400 `credential_in_path`, the key not repeated), nothing sent."""
+    gw = gateway_factory(passthrough="/v1/moderations/*")
+    before = last_upstream_request(gw)
+    for target in (f"/v1/moderations/{gw.key}", f"/v1/moderations/x/{gw.key.replace('-', '%2D')}/y"):
+        with gw.client() as http:
+            refused = http.post(target, json={"input": "a"})
+        assert refused.status_code == 400, (target, refused.text)
+        assert refused.json()["error"]["code"] == "credential_in_path", refused.text
+        assert gw.key not in refused.text
+    assert last_upstream_request(gw) == before
+    assert recorded_ids(gw.settings.database_url) == set()
+    with gw.client() as http:  # a path without one is sent on as before
+        assert http.post("/v1/moderations/check", json={"input": "a"}).status_code != 400
+
+
 def test_a_metered_call_with_a_query_is_refused_before_anything_is_sent(gateway: Gateway) -> None:
     """The metered endpoints take no query parameter and Sentinel reads none: sent on, one was read
     upstream unchecked — a LiteLLM proxy runs `?model=` over the body's model, the one checked against

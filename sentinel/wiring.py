@@ -61,7 +61,7 @@ from sentinel.providers.chat import ChatProvider, make_provider
 from sentinel.providers.http import BodyLimit, create_session
 from sentinel.providers.openai import OpenAICompatUpstream
 from sentinel.quota.deliverer import UsageDeliverer, delivery_backoff
-from sentinel.quota.limiter import QuotaLimiter
+from sentinel.quota.limiter import SETTLE_WITHIN, QuotaLimiter
 from sentinel.quota.local_limiter import LocalLimiter
 from sentinel.quota.meter import QuotaMeter
 from sentinel.quota.outbox import DurableOutbox, LedgerOutbox, RedisStreamOutbox, SqlOutbox
@@ -394,7 +394,8 @@ async def build_runtime(
     )
     deliverer = UsageDeliverer(outbox, governance.sink, metrics, interval=s.usage_flush_interval_seconds,
                                backoff=delivery_backoff(s.usage_lease_seconds))
-    limiter = QuotaLimiter(store)
+    # A reservation's marker outlives the longest answer by a day (a settlement after it changes nothing).
+    limiter = QuotaLimiter(store, settle_within=SETTLE_WITHIN + s.stream_max_seconds)
     meter = QuotaMeter(
         plans=plans, limiter=limiter, local_limiter=LocalLimiter(), failure_mode=s.quota_failure_mode,
         counter=counter, outbox=outbox, metrics=metrics, default_max_output=s.default_max_output_tokens,

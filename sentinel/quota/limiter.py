@@ -79,8 +79,8 @@ from sentinel.store.base import LocalOps, Script, Store
 
 # A reservation's marker lives at least this long (seconds; longer when one of its counters does): a
 # settlement arriving after it is gone changes nothing, so it must outlast the longest request
-# (`SENTINEL_STREAM_MAX_SECONDS` and the waits before it) and a settlement sent again while Redis is
-# away. Markers a crashed process left go with it.
+# (`SENTINEL_STREAM_MAX_SECONDS` and the waits before it: the runtime gives it this much past that)
+# and a settlement sent again while Redis is away. Markers a crashed process left go with it.
 SETTLE_WITHIN = 86_400.0
 
 # Whether `amount` more of a limit refuses a request: it would pass the limit (`limit` - `offset`:

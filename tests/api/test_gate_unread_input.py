@@ -104,6 +104,7 @@ def test_a_stored_item_named_by_its_id_alone_is_reserved(
     1,000-token input limit, the provider reading the stored item."""
     gw = gateway_factory(openai_api_url=spy.url + "/v1")
     set_plan(gw.settings.database_url, "alice", "small", LIMITED)
+    alices(gw, "msg_0123456789abcdef", "msg_1")
     client = gw.openai()
     for reference in ({"id": "msg_0123456789abcdef"}, {"type": None, "id": "msg_0123456789abcdef"}):
         with pytest.raises(openai.RateLimitError) as refused:

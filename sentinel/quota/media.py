@@ -112,10 +112,12 @@ def _gap(*words: str) -> bytes:
     comment is read up to its line's end or the next of those names, where a search starts anew:
     read to its line's end, a line of 40,000 `/Type%` had each of them search the rest of the line
     (a 240 KB PDF took 18 s, a 10 MB one would take hours). Ended there, what one search covers
-    holds no start of another that goes on past it (a longer name begun the same, `/Typex`, is no gap's
-    start), so each byte is read about once; a page whose comment holds the name is found by the
-    search from the name in it (`/Type %/Type` then `/Page`: one page)."""
-    starts = b"(?:" + b"|".join(_name(word) for word in words) + b")" + _NAME_END  # (a whole name: not `/Typex`)
+    holds no start of another that reads on past it (one the comment holds followed by anything but
+    white space or a comment, `/Type(` or `/Typex`, is read through: its own search ends at once), so
+    each byte is read about once; a page whose comment holds the name followed by a gap is found by
+    the search from the name in it (`/Type %/Type` then `/Page`: one page)."""
+    # (a name whose own search reads on: followed by white space or a comment, not `/Typex` nor `/Type(`)
+    starts = b"(?:" + b"|".join(_name(word) for word in words) + rb")[\x00\t\n\x0c\r %]"
     return rb"(?:[\x00\t\n\x0c\r ]|%(?:[^\r\n/]|(?!" + starts + rb")/)*+)*+"
 
 

@@ -6,10 +6,15 @@ per output item ``response.output_item.added`` / ``response.content_part.added``
 ``response.output_item.done`` (function calls use ``response.function_call_arguments.delta`` /
 ``.done``), and finally ``response.completed`` (``response.incomplete`` when ``max_output_tokens``
 cut the text) carrying the usage.
+
+A request with an ``image_generation`` tool is answered an ``image_generation_call`` item (``ig_…``)
+before the message, its ``result`` a base64 image of IMAGE_BYTES bytes, as large as the provider's
+(1.5–3 MB of base64): the whole answer is over 1 MiB.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +50,20 @@ def _items(value: Any) -> list[dict[str, Any]]:
         param="input",
         code="invalid_type",
     )
+
+
+# The image an `image_generation` tool draws: a PNG's signature, then bytes (base64: ~1.6 MB).
+IMAGE_BYTES = 1_200_000
+
+
+def _images(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `image_generation_call` items a request with an `image_generation` tool is answered."""
+    tools = body.get("tools") or []
+    if not any(isinstance(t, dict) and t.get("type") == "image_generation" for t in tools):
+        return []
+    image = b"\x89PNG\r\n\x1a\n" + bytes(IMAGE_BYTES - 8)
+    return [{"type": "image_generation_call", "id": new_id("ig_"), "status": "completed",
+             "result": base64.b64encode(image).decode("ascii")}]
 
 
 def _function_calls(body: dict[str, Any], user_text: str, faults: Faults) -> list[dict[str, Any]]:
@@ -113,7 +132,7 @@ def responses(call: Call, keep: Callable[[dict[str, Any], list[dict[str, Any]]],
         "role": "assistant",
         "content": [{"type": "output_text", "text": output.text, "annotations": [], "logprobs": []}],
     }
-    outputs = calls or [message]
+    outputs = calls or [*_images(body), message]
     incomplete = not calls and output.reason == "length"
     if incomplete:
         message["status"] = "incomplete"
@@ -167,6 +186,11 @@ def _stream(final: dict[str, Any], pieces: list[str]) -> SSEReply:
     emit("response.in_progress", response=started)
     delta_index = len(events) + 2
     for index, item in enumerate(final["output"]):
+        if item["type"] == "image_generation_call":
+            emit("response.output_item.added", output_index=index,
+                 item={**item, "status": "in_progress", "result": None})
+            emit("response.output_item.done", output_index=index, item=item)
+            continue
         if item["type"] == "function_call":
             emit(
                 "response.output_item.added",
@@ -203,4 +227,6 @@ def _stream(final: dict[str, Any], pieces: list[str]) -> SSEReply:
         emit("response.content_part.done", **where, part=part)
         emit("response.output_item.done", output_index=index, item=item)
     emit("response.completed" if final["status"] == "completed" else "response.incomplete", response=final)
-    return SSEReply(events, delta_index if final["output"][0]["type"] == "message" else delta_index - 1)
+    first_delta = next((i for i, event in enumerate(events) if b"response.output_text.delta" in event.split(b"\n", 1)[0]),
+                       delta_index - 1)
+    return SSEReply(events, first_delta)

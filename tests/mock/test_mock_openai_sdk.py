@@ -3,7 +3,9 @@ and their results, logprobs, stream_options, a configured key, request ids and t
 
 from __future__ import annotations
 
+import base64
 import json
+from typing import Any
 
 import openai
 import pytest
@@ -125,3 +127,20 @@ async def test_async_client(mock_url: str) -> None:
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
         with pytest.raises(openai.RateLimitError):
             await client.chat.completions.create(model="m", messages=user("#mock:status=429"))
+
+
+def test_an_image_generation_tool_draws_an_image_as_large_as_the_providers(oai: openai.OpenAI) -> None:
+    """A response with an `image_generation` tool opens its output with an `image_generation_call`
+    whose base64 PNG makes the answer over 1 MiB (the answers Sentinel relays as they arrive),
+    plain and streamed."""
+    tools: Any = [{"type": "image_generation", "model": "gpt-image-1"}]
+    plain = oai.responses.create(model="gpt-4o-mini", input="draw a cat", tools=tools)
+    events = list(oai.responses.create(model="gpt-4o-mini", input="draw a cat", tools=tools, stream=True))
+    done = [e.item for e in events if e.type == "response.output_item.done"]
+    for output in (plain.output, done):
+        image = output[0]
+        assert image.type == "image_generation_call" and image.id.startswith("ig_")
+        assert image.result is not None and len(image.result) > 1024 * 1024
+        assert base64.b64decode(image.result).startswith(b"\x89PNG\r\n\x1a\n")
+        assert output[1].type == "message"
+    assert events[-1].type == "response.completed"

@@ -34,6 +34,7 @@ from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, S
 from sentinel.services.objects import (
     AUDIO_TTL,
     Items,
+    ItemScanner,
     ObjectPath,
     answer_items,
     audio_answers,
@@ -113,7 +114,7 @@ class AnswerRelay:
                 size += len(chunk)
                 if size > MAX_BUFFERED:
                     return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating, ex,
-                                       charging, extends, speaker)
+                                       charging, extends, speaker, items)
         upstream.release()
         raw = b"".join(chunks)
         self.metrics.child(self.metrics.upstream_duration, upstream.provider, endpoint).observe(
@@ -251,12 +252,17 @@ class AnswerRelay:
     def _large(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, head: bytes, owner: Identity | None,
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
-        extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None,
+        extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None, items: Items | None = None,
     ) -> StreamReply:
         """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
-        from; the last chunk waits for the usage record."""
+        from; the last chunk waits for the usage record. The Responses API items it shows (`items`: an
+        answer with an image's base64 is commonly over MAX_BUFFERED) are read as they pass
+        (`ItemScanner`) and become the caller's with the object it created, as a small answer's."""
         tail = TailInspector()
         tail.feed(head)
+        scanner = None if items is None else ItemScanner(items)
+        if scanner is not None:
+            scanner.feed(head)
         meter, ownership = self.meter, self.ownership
 
         async def produce(ending: Ending) -> AsyncIterator[bytes]:
@@ -267,6 +273,8 @@ class AnswerRelay:
                     yield held
                     held = chunk
                     tail.feed(chunk)
+                    if scanner is not None:
+                        scanner.feed(chunk)
             except UpstreamError:
                 ending.status = 502
             finally:
@@ -285,8 +293,11 @@ class AnswerRelay:
                                provider=upstream.provider, output_estimate=admission.max_output,
                                settles=[(settles, usage)] if settles is not None and usage is not None else [])
             object_id = answer_id if creating else None
-            if owner is not None and object_id is not None:
-                await claim_created(ownership, [(object_id, ttl)], owner)
+            claims: list[tuple[str, float | None]] = [(object_id, ttl)] if owner and object_id is not None else []
+            if scanner is not None:
+                claims += scanner.claims
+            if claims:
+                await claim_created(ownership, claims, owner or admission.identity)
             if endpoint == "responses":  # stored or not, the turn joined its conversation
                 await remember_context(ownership, admission, object_id, extends)
             if speaker is not None:  # read from the head: an audio answer's id comes before its data

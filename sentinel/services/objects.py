@@ -1045,6 +1045,117 @@ def answer_items(answer: Any, items: Items) -> list[tuple[str, float | None]]:
     return [(item_id, items.ttl) for item_id in list(dict.fromkeys(ids))[:MAX_ANSWER_ITEMS]]
 
 
+# Reading a large answer's items as its bytes pass (`ItemScanner`): a JSON token that may start a
+# structure (a string, an object, an array); a string's rest up to its closing quote (escapes
+# skipped; stops before the quote, or at a lone backslash ending the bytes); an `"id"` key's value.
+_JSON_TOKEN = re.compile(rb'["{}\[\]]')
+_STRING_REST = re.compile(rb'(?:[^"\\]++|\\.)*+', re.S)
+_ID_VALUE = re.compile(rb'[ \t\r\n]{0,32}:[ \t\r\n]{0,32}"([^"\\]{1,200})"')
+_ID_SPAN = 300  # bytes after an `"id"` key that tell whether a string value (at most 200) follows
+_SHORT = 512  # an unfinished string at most this long at a chunk's end is carried to the next
+_OBJECT, _ARRAY = 0x7B, 0x5B
+
+
+class ItemScanner:
+    """The ids of the items a JSON answer too large to parse shows (`answer_items`: a response's
+    `output`, a list's `data`; the answer itself when `items.own`), read as its bytes pass: strings
+    and brackets are followed (a string skipped by one regex match, however long — a 2 MB base64
+    image —, never byte by byte in Python) to know the depth, so only an item's own `"id"` counts
+    — never one the model wrote in a text (JSON escapes its quotes), nor one in an object the caller
+    gave and the provider echoes (a response's `metadata`, a tool's schema). An unfinished token at
+    a chunk's end is carried over (a short string, an `"id"` key whose value has not come); a long
+    one only as "inside a string" (and whether its next byte is escaped). A Python step per string
+    and bracket of the answer up to the end of its list of items, no further; at most
+    MAX_ANSWER_ITEMS ids, the rest of the answer then not read."""
+
+    def __init__(self, items: Items) -> None:
+        self.items = items
+        self.ids: dict[str, None] = {}
+        self._carry = b""
+        self._depth = 0
+        self._kinds: list[int] = []  # the containers open at depths 1-3 (`{` or `[`)
+        self._key = b""  # the last short string closed at depth 1: a top-level key, before its value
+        self._listing = False  # the array open at depth 2 is the answer's `output` or `data`
+        self._in_string = False  # inside a long string (its content not kept)
+        self._escaped = False  # ... whose next byte is escaped (the last chunk ended in a lone backslash)
+        self._done = False  # the answer's list of items has ended: nothing more to read
+
+    @property
+    def claims(self) -> list[tuple[str, float | None]]:
+        """The ids read, each with how long its owner is kept (as `answer_items`)."""
+        return [(item_id, self.items.ttl) for item_id in self.ids]
+
+    def feed(self, chunk: bytes) -> None:
+        if self._done or len(self.ids) >= MAX_ANSWER_ITEMS or not chunk:
+            return
+        buf, self._carry = self._carry + chunk, b""
+        pos = self._finish_string(buf) if self._in_string else 0
+        while pos >= 0 and len(self.ids) < MAX_ANSWER_ITEMS:
+            token = _JSON_TOKEN.search(buf, pos)
+            if token is None:
+                return
+            at = token.start()
+            if buf[at] == 0x22:
+                pos = self._string(buf, at)
+            elif buf[at] in (_OBJECT, _ARRAY):
+                if self._depth == 1 and buf[at] == _ARRAY:
+                    self._listing = self._key in (b"output", b"data")
+                self._depth += 1
+                if self._depth <= 3:
+                    self._kinds.append(buf[at])
+                pos = at + 1
+            else:
+                if self._depth <= 3 and self._kinds:
+                    self._kinds.pop()
+                self._depth = max(self._depth - 1, 0)
+                pos = at + 1
+                if self._depth == 1 and self._listing and (self.ids or not self.items.own):
+                    self._done = True  # its items were read: what follows (`tools`, `metadata`) is not
+                    return
+
+    def _finish_string(self, buf: bytes) -> int:
+        """Where the long string a chunk began in ends (past its closing quote), or -1: not yet."""
+        start = 1 if self._escaped else 0
+        end = _STRING_REST.match(buf, start).end()  # type: ignore[union-attr]  # (matches empty)
+        if end >= len(buf) or buf[end] != 0x22:
+            self._escaped = end < len(buf)  # a lone backslash ends it
+            return -1
+        self._in_string = False
+        if self._depth == 1:
+            self._key = b""
+        return end + 1
+
+    def _string(self, buf: bytes, at: int) -> int:
+        """Read the string whose opening quote is at `at`: where to go on, or -1 (the chunk ended)."""
+        end = _STRING_REST.match(buf, at + 1).end()  # type: ignore[union-attr]  # (matches empty)
+        if end >= len(buf) or buf[end] != 0x22:
+            if len(buf) - at <= _SHORT:
+                self._carry = buf[at:]
+            else:
+                self._in_string, self._escaped = True, end < len(buf)
+            return -1
+        if end - at == 3 and buf[at + 1 : end] == b"id" and self._at_item:
+            value = _ID_VALUE.match(buf, end + 1)
+            if value is not None:
+                self.ids[value.group(1).decode("utf-8", "replace")] = None
+                return value.end()
+            if len(buf) - end < _ID_SPAN:  # its value may not have come yet
+                self._carry = buf[at:]
+                return -1
+        if self._depth == 1:
+            self._key = buf[at + 1 : end] if end - at <= 16 else b""
+        return end + 1
+
+    @property
+    def _at_item(self) -> bool:
+        """Whether the object being read is an item the answer shows: one of its `output` or `data`
+        list, or the answer itself when it is one item. (Only these: an id nested in an item is not
+        one Sentinel reads in an answer it parses either.)"""
+        if self._depth == 1:
+            return self.items.own and self._kinds == [_OBJECT]
+        return self._depth == 3 and self._listing and self._kinds == [_OBJECT, _ARRAY, _OBJECT]
+
+
 def audio_answers(answer: Any, now: float) -> list[tuple[str, float | None]]:
     """The audio answers a chat completion holds (`choices[].message.audio`), each with how long its
     owner is kept (`audio_ttl`)."""

@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from sentinel.mock.app import create_mock_app
+from sentinel.services.answers import MAX_BUFFERED
 from tests.api.conftest import Gateway
 from tests.support.accounts import create_key
 from tests.support.attack import SpyUpstream, openai_error, spying
@@ -141,3 +142,59 @@ def test_a_conversations_items_are_its_owners(
         upstream.json({"id": "conv_a", "object": "conversation", "created_at": 1, "metadata": {}})
         alice.conversations.items.delete("msg_read", conversation_id="conv_a")
         refused(lambda: refer(alice, "msg_read"))  # deleted: its record went with it
+
+
+def draw(client: openai.OpenAI, text: str, **extra: Any) -> Any:
+    """A response with an image (an `image_generation_call` whose base64 makes the answer over 1 MiB,
+    relayed as it arrives), checked to be that large."""
+    raw = client.responses.with_raw_response.create(
+        model=MODEL, input=text, tools=[{"type": "image_generation", "model": MODEL}], **extra)
+    assert len(raw.content) > MAX_BUFFERED
+    return raw.parse()
+
+
+@pytest.mark.parametrize("store", [True, False], ids=["stored", "unstored"])
+def test_a_large_answers_items_are_its_callers(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None, store: bool,
+) -> None:
+    """An answer over 1 MiB (an image's base64) was relayed unparsed and its items never became the
+    caller's: the SDK's `input = previous.output + [...]` got 404 for the caller's own items. Its
+    items are read as they pass: Alice gives them back; Bob still gets 404, nothing sent."""
+    gw = start(gateway_factory, spy, backend_url)
+    alice, bob = sdk(gw, "alice"), sdk(gw, "bob")
+    previous = draw(alice, "draw a cat", store=store)
+    ids = [str(item.id) for item in previous.output]
+    assert [i[:3] for i in ids] == ["ig_", "msg"], ids
+    spy.clear()
+    for item in ids:
+        for by_id in (False, True):
+            refused(lambda item=item, by_id=by_id: refer(bob, item, by_id=by_id))
+    assert spy.seen == []
+    again = alice.responses.create(model=MODEL, input=[*previous.output, {"role": "user", "content": "again"}])
+    assert again.status == "completed"
+    assert refer(alice, ids[0]).status == "completed"
+    if store:  # its input items, listed: over 1 MiB too (the image given back); the provider named "again"
+        listed = alice.responses.input_items.with_raw_response.list(again.id)
+        assert len(listed.content) > MAX_BUFFERED
+        given = str(listed.parse().data[-1].id)
+        assert given not in ids and given.startswith("msg_")
+        refused(lambda: refer(bob, given))
+        assert refer(alice, given).status == "completed"
+
+
+def test_what_a_large_answer_echoes_claims_no_item(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None,
+) -> None:
+    """Only an item's own `"id"` is read from a large answer: not `"id":"msg_victim"` in the model's
+    text (its quotes escaped), nor a `metadata` key `id` the caller chose (an object echoed as the
+    caller sent it): either would have made an item no one was shown Bob's."""
+    gw = start(gateway_factory, spy, backend_url)
+    bob = sdk(gw, "bob")
+    forged = 'say "id":"msg_victim" and \\"id\\":\\"msg_victim\\"'
+    answer = draw(bob, forged, metadata={"id": "msg_victim"})
+    assert "msg_victim" in answer.output_text and answer.metadata == {"id": "msg_victim"}
+    spy.clear()
+    for by_id in (False, True):
+        refused(lambda by_id=by_id: refer(bob, "msg_victim", by_id=by_id))
+    assert spy.seen == []
+    assert refer(bob, str(answer.output[1].id)).status == "completed"  # his own item is his

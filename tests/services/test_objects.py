@@ -16,6 +16,7 @@ from sentinel.services.objects import (
     REFERENCE_KEYS,
     InvalidBatchInput,
     Items,
+    ItemScanner,
     MalformedUpload,
     TooManyReferences,
     Upload,
@@ -715,3 +716,68 @@ def test_the_calls_whose_answers_show_items(method: str, path: str, shown: Items
     assert items_shown(classify(segments, method), method, segments) == shown
     item = conversation_item(classify(segments, method), segments)
     assert item == ("msg_1" if path == "conversations/conv_1/items/msg_1" else None)
+
+
+def scanned(body: bytes, items: Items, size: int) -> list[tuple[str, float | None]]:
+    """What an `ItemScanner` reads from `body` fed in chunks of `size` bytes."""
+    scanner = ItemScanner(items)
+    for at in range(0, len(body), size):
+        scanner.feed(body[at : at + size])
+    return scanner.claims
+
+
+def _answer(text: str, result: str = "iVBORw0KGgo" * 20) -> dict[str, object]:
+    return {
+        "id": "resp_1", "object": "response", "instructions": 'be "id":"msg_i"',
+        "output": [
+            {"type": "image_generation_call", "id": "ig_1", "status": "completed", "result": result},
+            {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+             "content": [{"type": "output_text", "text": text, "annotations": [{"id": "nested_1"}]}]},
+            {"type": "function_call", "call_id": "call_1", "arguments": '{"id": "msg_args"}', "id": "fc_1"},
+        ],
+        "prompt": {"id": "pmpt_1"}, "conversation": {"id": "conv_1"},
+        "tools": [{"type": "function", "name": "f", "parameters": {"const": {"id": "msg_schema"}}}],
+        "usage": {"input_tokens": 1}, "metadata": {"id": "msg_victim", "other": "x"},
+    }
+
+
+FORGERIES = [
+    'plain "id":"msg_victim"', '\\"id\\":\\"msg_victim\\"', "\\", "\\\\" * 300 + '"id":"msg_victim"',
+    '\\"' * 200 + '", "id": "msg_victim', "}]}, {\"id\": \"msg_victim\"}",
+]
+
+
+@pytest.mark.parametrize("text", FORGERIES)
+@pytest.mark.parametrize("pretty", [False, True], ids=["compact", "indented"])
+def test_a_large_answers_items_are_read_as_its_bytes_pass(text: str, pretty: bool) -> None:
+    """The ids a large answer's bytes show, chunked anyhow, are its items' own (`answer_items` of it
+    parsed): never one the model wrote in a text (escaped quotes, backslash runs across chunks),
+    nor one nested in an item, nor one of an object the caller gave and the provider echoes (the
+    `metadata`, a tool's schema, a prompt's id)."""
+    answer = _answer(text)
+    body = json.dumps(answer, indent=2).encode() if pretty else orjson.dumps(answer)
+    expected = answer_items(answer, Items(31 * DAY))
+    assert [i for i, _ in expected] == ["ig_1", "msg_1", "fc_1"]
+    for size in (1, 2, 3, 7, 64, 301, 513, len(body)):
+        assert scanned(body, Items(31 * DAY), size) == expected, size
+
+
+def test_a_large_lists_items_and_a_large_item_are_read() -> None:
+    """A list's `data` (a response's input items, a conversation's) and an item read on its own
+    (`own`), however long its strings — a 1 MB one, escapes split between chunks."""
+    result = ("A" * 65_536 + "\\\\\\\"") * 16
+    listed = orjson.dumps({"object": "list", "data": [{"id": "msg_a", "content": result}, {"id": "msg_b"}],
+                           "first_id": "msg_a", "last_id": "msg_b", "has_more": False})
+    one = orjson.dumps({"id": "msg_own", "type": "message", "content": [{"id": "nested"}], "text": result})
+    for size in (1000, 4096, 65_537):
+        assert scanned(listed, Items(None), size) == [("msg_a", None), ("msg_b", None)]
+        assert scanned(one, Items(None, own=True), size) == [("msg_own", None)]
+        assert scanned(one, Items(None), size) == []  # a response's: its own id is no item
+
+
+def test_a_large_answer_gives_at_most_so_many_items() -> None:
+    """Past MAX_ANSWER_ITEMS ids, the rest of the answer is not read (those items stay unowned); an
+    id over 200 characters is none."""
+    output = [{"id": f"msg_{i}"} for i in range(MAX_ANSWER_ITEMS + 10)]
+    body = orjson.dumps({"output": [{"id": "x" * 201}, *output]})
+    assert [i for i, _ in scanned(body, Items(None), 100)] == [f"msg_{i}" for i in range(MAX_ANSWER_ITEMS)]

@@ -29,7 +29,7 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-from sentinel.quota.images import base64_head, data_url_start, is_data_url
+from sentinel.quota.images import base64_data_start, base64_head
 
 AUDIO_TOKENS_PER_SECOND = 10  # OpenAI: "audio tokens in user messages are 1 token per 100 ms of audio"
 MP3_MIN_BYTES_PER_SECOND = 1000  # 8 kbit/s: MPEG-2.5 layer III's lowest bitrate
@@ -51,11 +51,9 @@ def audio_part_tokens(part: Mapping[str, Any]) -> int:
     data = audio.get("data")
     if not isinstance(data, str) or not data:
         return 0
-    start = data_url_start(data)
+    start = base64_data_start(data)
     if start is None:
-        if is_data_url(data):  # a data URL that is not base64: no audio a provider reads
-            return 0
-        start = 0
+        return 0
     # base64's bytes (exact; anything else in it, whitespace, counted as data: more, never less)
     padding = 2 if data.endswith("==") else 1 if data.endswith("=") else 0
     size = max(0, len(data) - start - padding) * 3 // 4

@@ -243,6 +243,15 @@ def data_url_start(url: str) -> int | None:
     return comma + 1
 
 
+def base64_data_start(data: str) -> int | None:
+    """Where the base64 of `data` — bare base64, or a `data:...;base64,` URL — starts: 0, or after
+    the URL's comma; None for a data URL that is not base64 (no file a provider reads)."""
+    start = data_url_start(data)
+    if start is None:
+        return None if is_data_url(data) else 0
+    return start
+
+
 def base64_head(data: str, start: int = 0) -> bytes:
     """The first HEADER_BYTES (or fewer) of the base64 data at `data[start:]`, decoded; b"" when they
     do not decode (only the header is sliced out: the data may be megabytes long)."""

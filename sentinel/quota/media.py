@@ -61,10 +61,9 @@ from sentinel.quota.images import (
     HEADER_BYTES,
     TILES,
     ImageRule,
+    base64_data_start,
     base64_head,
-    data_url_start,
     image_size,
-    is_data_url,
     openai_image_tokens,
     url_image_tokens,
 )
@@ -253,11 +252,9 @@ def file_tokens(file_data: Any, rule: ImageRule = TILES, count: TextCount | None
     that is not base64 (no file a provider reads)."""
     if not isinstance(file_data, str) or not file_data:
         return 0
-    start = data_url_start(file_data)
+    start = base64_data_start(file_data)
     if start is None:
-        if is_data_url(file_data):  # a data URL that is not base64: no file a provider reads
-            return 0
-        start = 0
+        return 0
     head = base64_head(file_data, start)
     if b"%PDF-" in head[:PDF_MAGIC_WITHIN]:
         return pdf_pages(_decoded(file_data, start)) * rule.tokens(*PDF_PAGE)

@@ -159,6 +159,12 @@ class Store(Protocol):
     async def get(self, key: str) -> bytes | None:
         """The value, or None when missing or expired."""
 
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Each key's value (None when missing or expired), in the order of `keys`, read in one batch:
+        one MGET on a single Redis, one pipeline of an MGET per hash slot to each primary of a Cluster
+        (keys in different slots are fine; the read is not atomic across them). StoreUnavailable when
+        any could not be read. Callers bound how many keys they pass."""
+
     async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
         """Store `value` (optionally only if absent). Returns False when `nx` and the key existed."""
 

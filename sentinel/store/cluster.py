@@ -175,6 +175,41 @@ class RedisClusterStore(RedisStore):
                 "Redis Cluster every key of one script must share a hash tag, e.g. prefix:{tag}:rest"
             )
 
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The keys grouped by the primary serving their slot, each group read at once under that
+        primary's breaker (`mget_nonatomic`: one pipeline of an MGET per slot, one round trip per
+        primary), the groups side by side: a dead primary fails the read (StoreUnavailable, once
+        every group ended) and counts against its own breaker only, as a `get` of its key does."""
+        if not keys:
+            return []
+        if len(keys) == 1:
+            return [await self.get(keys[0])]
+        async with self.guard():  # loads the slot map if needed
+            cluster = self.cluster
+            groups: dict[str, list[str]] = {}
+            for key in dict.fromkeys(keys):
+                try:
+                    node = cluster.get_node_from_key(key)
+                except RedisClusterException:  # a slot no primary serves now: its read fails below
+                    node = None
+                groups.setdefault("" if node is None else node.name, []).append(key)
+        found = await asyncio.gather(*(self._get_on(name, group) for name, group in groups.items()),
+                                     return_exceptions=True)
+        failed = [result for result in found if isinstance(result, BaseException)]
+        if failed:
+            found.clear()  # (no cycle through the traceback: see `Ownership.require`)
+            raise failed.pop(0)
+        values: dict[str, bytes | None] = {}
+        for group, read in zip(groups.values(), found, strict=True):
+            assert not isinstance(read, BaseException)
+            values.update(zip(group, read, strict=True))
+        return [values[key] for key in keys]
+
+    async def _get_on(self, node: str, keys: list[str]) -> list[bytes | None]:
+        async with self.guard(breaker=self._node_breaker(node) if node else self.breaker):
+            values: Any = await self.cluster.mget_nonatomic(keys)
+        return list(values)
+
     async def _command_once(self, key: str, *command: Any) -> Any:
         """Straight to the primary of `key`'s slot, without redis-py's retry (naming the target
         node turns it off; a MOVED or ASK reply, which means the command did not run, is still

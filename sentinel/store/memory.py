@@ -153,6 +153,9 @@ class MemoryStore:
     async def get(self, key: str) -> bytes | None:
         return self._ops.get(key)
 
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [self._ops.get(key) for key in keys]
+
     async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
         if nx and self._ops.exists(key):
             return False

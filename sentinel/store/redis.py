@@ -267,6 +267,13 @@ class RedisStore:
             value: Any = await self._client.get(key)
         return cast(bytes | None, value)
 
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        async with self.guard(keys[0] if len(keys) == 1 else None):
+            values: Any = await self._command("MGET", *keys)  # one command, auto-pipelined with others
+        return cast(list[bytes | None], values)
+
     async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
         # Whole milliseconds, at least one: `PX 0` is an error (a TTL under 1 ms, a JWT's last instant)
         px = max(1, math.ceil(ttl * 1000)) if ttl is not None else None

@@ -21,6 +21,20 @@ async def test_get_set_delete(store: Store) -> None:
     assert await store.get("k") is None
 
 
+async def test_get_many_reads_keys_of_any_slot_at_once_in_order(store: Store) -> None:
+    """Every key's value (None when missing), in the order asked, duplicates too — keys of many hash
+    slots included (a Cluster reads them per primary) —, as one `get` each would."""
+    keys = [f"sentinel:context:resp_{n}" for n in range(300)]
+    for n, key in enumerate(keys):
+        if n % 3:
+            await store.set(key, str(n).encode())
+    asked = [*reversed(keys), "missing", keys[1], keys[0]]
+    assert await store.get_many(asked) == [await store.get(key) for key in asked]
+    assert (await store.get_many(asked))[-3:] == [None, b"1", None]
+    assert await store.get_many([keys[2]]) == [b"2"]
+    assert await store.get_many([]) == []
+
+
 async def test_set_nx(store: Store) -> None:
     assert await store.set("k", b"1", nx=True) is True
     assert await store.set("k", b"2", nx=True) is False

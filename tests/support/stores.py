@@ -11,7 +11,7 @@ from sentinel.errors import StoreUnavailable
 from sentinel.store import MemoryStore, Script
 from sentinel.store.base import ScriptArg
 
-_OPS = ("get", "set", "delete", "expire", "ttl", "incr", "run", "scan")
+_OPS = ("get", "get_many", "set", "delete", "expire", "ttl", "incr", "run", "scan")
 
 
 class FlakyStore(MemoryStore):
@@ -43,6 +43,10 @@ class FlakyStore(MemoryStore):
     async def get(self, key: str) -> bytes | None:
         self._enter("get")
         return await super().get(key)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        self._enter("get_many")
+        return await super().get_many(keys)
 
     async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
         self._enter("set")

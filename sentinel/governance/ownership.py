@@ -55,6 +55,9 @@ _CHARGED = "sentinel:charged:"
 _MAX_ID = 200
 # Ids `require` looks up together: each lookup under way holds one of the store's connections.
 LOOKUPS_AT_ONCE = 16
+# Context sizes `contexts` reads in one batched store read (one MGET on a single Redis): a batch's
+# lines continue at most `MAX_REFERENCES` (1,000) distinct objects, read in one.
+CONTEXTS_AT_ONCE = 1000
 
 
 def _keyable(object_id: str) -> bool:
@@ -233,11 +236,18 @@ class Ownership:
         return sum((await self.contexts(object_ids)).values())
 
     async def contexts(self, object_ids: Iterable[str]) -> dict[str, int]:
-        """The tokens each of the objects holds as context (0 for one Sentinel does not know)."""
-        counts: dict[str, int] = {}
-        for object_id in object_ids:
-            raw = await self.store.get(_CONTEXT + object_id) if _keyable(object_id) else None
-            counts[object_id] = int(raw) if raw is not None and raw.isdigit() else 0
+        """The tokens each of the objects holds as context (0 for one Sentinel does not know).
+
+        Each distinct id is read once, all of them in one batched read of the store (`get_many`),
+        CONTEXTS_AT_ONCE at most a read: a batch is made with the contexts of up to `MAX_REFERENCES`
+        objects its lines continue, which one read after another cost as many store round trips.
+        StoreUnavailable when any could not be read (fails closed, as one `get` did)."""
+        counts = dict.fromkeys(object_ids, 0)
+        keyable = [object_id for object_id in counts if _keyable(object_id)]
+        for start in range(0, len(keyable), CONTEXTS_AT_ONCE):
+            some = keyable[start : start + CONTEXTS_AT_ONCE]
+            for object_id, raw in zip(some, await self.store.get_many([_CONTEXT + i for i in some]), strict=True):
+                counts[object_id] = int(raw) if raw is not None and raw.isdigit() else 0
         return counts
 
     async def remember_context(self, object_id: str, tokens: int, ttl: float | None) -> None:

@@ -250,6 +250,27 @@ def _continuing(previous: str, lines: int) -> bytes:
     }}) + b"\n" for n in range(lines))
 
 
+def test_a_batch_continuing_several_stored_responses_reserves_each_ones_context(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """The contexts of all the responses a batch's lines continue are read together when it is made
+    (one batched store read): each line reserves the context of the response it continues, and an
+    id continued by several lines is counted once a line."""
+    gw = _gateway(gateway_factory, spy, backend_url,
+                  "requests=1000/1d,input_tokens=1000000/1d,output_tokens=100000/1d")
+    client = gw.openai()
+    stored = [client.responses.create(model="gpt-4o-mini", input="the sky is blue " * words, max_output_tokens=16)
+              for words in (300, 900, 1500)]
+    contexts = [response.usage.input_tokens + response.usage.output_tokens for response in stored]
+    content = b"".join(_continuing(response.id, lines) for response, lines in zip(stored, (1, 2, 4), strict=True))
+    upload = client.files.create(file=("in.jsonl", content), purpose="batch").id
+    before = _used(gw)["input_tokens"]
+    client.batches.create(input_file_id=upload, endpoint="/v1/responses", completion_window="24h")
+    reserved = _used(gw)["input_tokens"] - before
+    read_along = contexts[0] + 2 * contexts[1] + 4 * contexts[2]
+    assert read_along < reserved < read_along + 7 * 100  # each line's context, and its own few words
+
+
 def test_a_batch_whose_lines_continue_a_stored_response_reserves_the_context_each_reads(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
 ) -> None:

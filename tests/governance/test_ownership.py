@@ -9,8 +9,13 @@ import pytest
 
 from sentinel.domain.files import FileFacts
 from sentinel.errors import NotFound, StoreUnavailable
-from sentinel.governance.ownership import LOOKUPS_AT_ONCE, Ownership
+from sentinel.governance.ownership import LOOKUPS_AT_ONCE, Ownership, _keyable
+from sentinel.services.objects import MAX_REFERENCES
 from sentinel.store import Store
+from tests.support.redis_cluster import redis_cluster, redis_cluster_url
+from tests.support.stores import FlakyStore
+
+__all__ = ["redis_cluster", "redis_cluster_url"]
 
 DAY = 86400.0
 
@@ -143,6 +148,86 @@ async def test_lookups_under_way_at_once_are_bounded(store: Store, monkeypatch: 
     peak = 0
     await owners.require(ids, "alice", files=ids)  # facts looked up along: within the same bound
     assert 1 < peak <= LOOKUPS_AT_ONCE
+
+
+async def _contexts_one_by_one(store: Store, object_ids: list[str]) -> dict[str, int]:
+    """What `Ownership.contexts` answered when it read one id after another (its results are kept)."""
+    counts: dict[str, int] = {}
+    for object_id in object_ids:
+        raw = await store.get("sentinel:context:" + object_id) if _keyable(object_id) else None
+        counts[object_id] = int(raw) if raw is not None and raw.isdigit() else 0
+    return counts
+
+
+def _ids_a_batch_continues() -> list[str]:
+    """Up to MAX_REFERENCES distinct ids (as many as a batch's lines may continue), with a repeat,
+    ids that name nothing (empty, too long, a lone surrogate) and one whose count is not digits."""
+    ids = [f"resp_{n}" for n in range(MAX_REFERENCES - 4)]
+    return [*ids, "resp_0", "", "r" * 201, "resp_\udc80", "conv_garbled"]
+
+
+async def _remember_some(owners: Ownership, ids: list[str]) -> None:
+    for n, object_id in enumerate(ids[: MAX_REFERENCES - 4]):
+        if n % 4:
+            await owners.remember_context(object_id, n * 10, None)
+    await owners.store.set("sentinel:context:conv_garbled", b"12x")
+
+
+async def test_contexts_are_read_in_one_batched_store_read(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch continuing 1,000 stored responses is made with one store read of their contexts, not
+    1,000 one after another; the counts are those read one by one (0 for an id naming nothing)."""
+    owners = Ownership(store)
+    ids = _ids_a_batch_continues()
+    await _remember_some(owners, ids)
+    expected = await _contexts_one_by_one(store, ids)
+    calls: list[str] = []
+    get = store.get
+
+    async def counting_get(key: str) -> bytes | None:
+        calls.append("get")
+        return await get(key)
+
+    async def counting_get_many(keys: list[str]) -> list[bytes | None]:
+        calls.append("get_many")
+        assert len(keys) == len(set(keys)) <= MAX_REFERENCES  # each distinct id once, bounded
+        return await type(store).get_many(store, keys)
+
+    monkeypatch.setattr(store, "get", counting_get)
+    monkeypatch.setattr(store, "get_many", counting_get_many, raising=False)
+    assert await owners.contexts(iter(ids)) == expected
+    assert calls == ["get_many"]
+    assert expected["resp_5"] == 50 and expected["resp_4"] == 0 and expected["conv_garbled"] == 0
+    assert expected[""] == expected["r" * 201] == 0
+    calls.clear()
+    assert await owners.contexts(["", "r" * 201]) == {"": 0, "r" * 201: 0}  # nothing to read: no read
+    assert await owners.contexts([]) == {}
+    assert calls == []
+
+
+async def test_contexts_fail_closed_when_the_store_cannot_read_them() -> None:
+    store = FlakyStore()
+    owners = Ownership(store)
+    await owners.remember_context("resp_1", 10, None)
+    store.fail("get_many")
+    with pytest.raises(StoreUnavailable):
+        await owners.contexts(["resp_1", "resp_2"])
+    store.recover()
+    assert await owners.contexts(["resp_1", "resp_2"]) == {"resp_1": 10, "resp_2": 0}
+
+
+async def test_contexts_on_a_cluster_read_every_slot(redis_cluster_url: str) -> None:
+    """On a Redis Cluster the ids' keys lie in many hash slots (on every primary): read at once per
+    primary, the counts are those read one by one."""
+    from sentinel.store.cluster import RedisClusterStore
+
+    store = RedisClusterStore(redis_cluster_url, timeout=5.0)
+    try:
+        owners = Ownership(store)
+        ids = _ids_a_batch_continues()
+        await _remember_some(owners, ids)
+        assert await owners.contexts(ids) == await _contexts_one_by_one(store, ids)
+    finally:
+        await store.close()
 
 
 async def test_a_turn_keeps_what_its_conversation_grew_by_meanwhile(store: Store) -> None:

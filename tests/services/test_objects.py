@@ -12,7 +12,9 @@ from sentinel.services.objects import (
     AUDIO_TTL,
     DAY,
     MAX_ANSWER_ITEMS,
+    MAX_BATCH_LINES,
     MAX_PART_HEADER_LINES,
+    MAX_REFERENCES,
     REFERENCE_KEYS,
     InvalidBatchInput,
     Items,
@@ -641,6 +643,24 @@ def test_a_measured_batch_input_counts_the_contexts_its_lines_continue() -> None
     read = read_batch_input(content, offered=OFFERED, measure=lambda url, body: (1, 1))
     assert read.continues == {"resp_1": 2, "conv_1": 2}
     assert read_batch_input(content, offered=OFFERED).continues == {}  # (counted only when measured)
+
+
+def test_the_objects_a_batch_input_continues_are_bounded_by_its_references() -> None:
+    """A batch input of 50,000 lines, each continuing a different response, never makes a multi-MB
+    record of what it continues (kept with its vouch, `Ownership.vouch_batch_input`): every id
+    continued is one the input names, at most MAX_REFERENCES in all (a 400 past that), each one the
+    caller owns (at most 200 characters): its `continues` stays under ~0.25 MB."""
+    def line(response: str) -> bytes:
+        return orjson.dumps({"custom_id": "1", "method": "POST", "url": "/v1/responses",
+                             "body": {"model": "gpt-4o-mini", "input": "x", "previous_response_id": response}})
+
+    ids = [f"resp_{n:0196d}" for n in range(MAX_REFERENCES + 1)]  # 200 characters each
+    with pytest.raises(TooManyReferences):
+        read_batch_input(b"\n".join(map(line, ids)), offered=OFFERED, measure=lambda url, body: (1, 1))
+    read = read_batch_input(b"\n".join(line(ids[n % MAX_REFERENCES]) for n in range(MAX_BATCH_LINES)),
+                            offered=OFFERED, measure=lambda url, body: (1, 1))
+    assert len(read.continues) == MAX_REFERENCES and set(read.continues.values()) == {50}
+    assert len(orjson.dumps(list(read.continues.items()))) < 256 * 1024
 
 
 def test_an_uploads_values_are_written_in_their_parts_place() -> None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast, get_args
 
+from sentinel.domain.numbers import MAX_TOKENS
+
 # The longest request id (ledger key) a ledger stores: the `request_id` columns are VARCHAR(128).
 MAX_REQUEST_ID = 128
 UsageSource = Literal["measured", "estimated"]
@@ -53,6 +55,19 @@ class Usage:
             write, read = capped_cache(self.input_tokens, self.cache_write_tokens, self.cache_read_tokens)
             object.__setattr__(self, "cache_write_tokens", write)
             object.__setattr__(self, "cache_read_tokens", read)
+
+    def plus(self, other: Usage) -> Usage:
+        """The two usages summed (several objects' usage shown by one answer, charged as one record),
+        each count at most MAX_TOKENS, as any one count a provider reports: a list of 12,000 objects
+        of 10**12 tokens each (a hostile or broken provider) made one record of 1.2 * 10**16 —
+        past 2**53, which a JSON number in JavaScript (Zion, the console) cannot hold exactly, and a
+        few hundred of them overflowed the rollups' BIGINT."""
+        return Usage(
+            min(MAX_TOKENS, self.input_tokens + other.input_tokens),
+            min(MAX_TOKENS, self.output_tokens + other.output_tokens),
+            min(MAX_TOKENS, self.cache_write_tokens + other.cache_write_tokens),
+            min(MAX_TOKENS, self.cache_read_tokens + other.cache_read_tokens),
+        )
 
 
 def capped_cache(input_tokens: int, write: int, read: int) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import orjson
@@ -195,7 +195,7 @@ class AnswerRelay:
             if shown is None or not isinstance(item.get("id"), str) or not await self._charged(item["id"], ttl):
                 continue
             first.append((item["id"], shown))
-            total = shown if total is None else Usage(*map(sum, zip(astuple(total), astuple(shown), strict=True)))
+            total = shown if total is None else total.plus(shown)
         return None if total is None else (total, first)
 
     async def _charged(self, object_id: str, ttl: float | None) -> bool:

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import astuple
 from typing import Any
 
 from sentinel.domain.catalogue import Prices
@@ -90,7 +89,7 @@ class RunCharges:
             if shown is None and _malformed(run.get("usage")):
                 log.warning("a run's usage is malformed; it is not charged", extra={"run_id": run_id})
             if shown is not None:
-                total = shown if total is None else Usage(*map(sum, zip(astuple(total), astuple(shown), strict=True)))
+                total = shown if total is None else total.plus(shown)
         return total
 
     async def _first(self, object_id: str, ttl: float | None) -> bool:

@@ -15,6 +15,7 @@ import openai
 import orjson
 import pytest
 
+from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.support.attack import SpyUpstream, ledger_rows, spying
@@ -298,3 +299,31 @@ def test_a_batch_whose_lines_continue_a_stored_response_reserves_the_context_eac
     before = _used(gw)["input_tokens"]
     client.batches.create(input_file_id=few, endpoint="/v1/responses", completion_window="24h")
     assert _used(gw)["input_tokens"] - before > 3 * context  # each line's context, and its own words
+
+
+def test_a_list_read_charges_at_most_max_tokens_whatever_its_items_add_up_to(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """The usages a list answer shows first are summed into one record: the sum is a count a
+    provider reports like any other, at most MAX_TOKENS. It was not capped: a hostile or broken
+    provider listing 12,000 items of 10**12 tokens (within the 1 MiB read) made a record of
+    1.2 * 10**16 tokens — past 2**53, which a JSON number in JavaScript (Zion, the console) cannot
+    hold, and ~770 of them in an hour overflowed the PostgreSQL rollups' BIGINT, stopping the
+    console's roll-ups for everyone — while the quota was charged MAX_TOKENS (the ledger and the
+    quota disagreed)."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", admin_key=ADMIN_KEY,
+                             passthrough=PASSTHROUGH + ",/v1/threads,/v1/threads/*",
+                             default_plan="requests=1000/1d")
+        upstream.json({"id": "thread_1", "object": "thread"})
+        done = [{"id": f"run_{n}", "object": "thread.run", "status": "completed",
+                 "usage": {"prompt_tokens": MAX_TOKENS, "completion_tokens": MAX_TOKENS, "total_tokens": 2 * MAX_TOKENS}}
+                for n in range(3)]
+        upstream.json({"object": "list", "data": done, "has_more": False})
+        with gw.client() as alice:
+            assert alice.post("/v1/threads", json={}).status_code == 200
+            assert alice.get("/v1/threads/thread_1/runs").status_code == 200
+        assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+        listed = ledger_rows(gw.settings.database_url, "alice")[-1]
+        assert (listed["input_tokens"], listed["output_tokens"]) == (MAX_TOKENS, MAX_TOKENS)

@@ -522,3 +522,11 @@ def test_the_items_a_responses_stream_shows_are_kept_within_a_bound() -> None:
     completed.feed(event({"type": "response.completed", "response": {"id": "resp_1", "output": [
         {"type": "reasoning", "id": "rs_1"}, {"type": "message", "id": "msg_2"}]}}))
     assert list(completed.items) == ["rs_1", "msg_2"]
+
+
+def test_usages_summed_stay_within_max_tokens() -> None:
+    from sentinel.domain.numbers import MAX_TOKENS
+
+    big = Usage(MAX_TOKENS, MAX_TOKENS, 0, MAX_TOKENS)
+    assert big.plus(big) == Usage(MAX_TOKENS, MAX_TOKENS, 0, MAX_TOKENS)
+    assert Usage(10, 5, 2, 3).plus(Usage(2, 1, 1, 1)) == Usage(12, 6, 3, 4)

@@ -85,6 +85,7 @@ class UsageDeliverer:
         # Of a batch delivered apart, the records the sink answered: request id -> refused.
         self._parts: dict[str, bool] = {}
         self._not_before = 0.0
+        self._leased_at = 0.0  # when the held batch's lease was last taken or renewed (`clock`)
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -92,13 +93,14 @@ class UsageDeliverer:
         """Advance the current batch (claiming one if none is held): returns how many records the
         sink accepted, 0 when nothing was delivered (nothing waiting, a failure, or not yet due)."""
         if self.outbox.orphans:  # every cycle: also while a batch waits for its retry (a long outage)
-            await self.outbox.rescue_orphans()
+            await self.outbox.rescue_orphans(between=self._keep_lease)
         if self.held is None:
             if self.clock() < self._not_before:  # pausing after a batch the sink refused whole
                 return 0
             self.held = await self.outbox.claim(self.batch_size)
             if self.held is None:
                 return 0
+            self._leased_at = self.clock()
         elif self.clock() < self._not_before:
             return 0
         batch = self.held
@@ -225,6 +227,14 @@ class UsageDeliverer:
         log.warning("the usage sink refused every record of a batch; pausing before the next",
                     extra={"batch": batch.key, "count": len(batch.items), "retry_in_s": round(delay, 2)})
 
+    async def _keep_lease(self) -> None:
+        """Renew the held batch's lease once a third of it has passed since it was taken or last
+        renewed: called between the records of a rescue (`DurableOutbox.rescue_orphans`), which can
+        outlast a lease while the batch waits for its retry. Renewed only before the retry, after
+        the rescue, it ran out meanwhile: another replica took the batch over and both sent it."""
+        if self.held is not None and self.clock() - self._leased_at >= self.backoff.cap:
+            await self._renew(self.held)
+
     async def _renew(self, batch: Batch) -> None:
         """Extend the batch's lease before a retry, so no other deliverer takes it over meanwhile.
 
@@ -232,6 +242,7 @@ class UsageDeliverer:
         sent anyway: under its key that is a replay for a sink that honours keys, and it may be
         the only copy left.
         """
+        self._leased_at = self.clock()
         try:
             if not await self.outbox.renew(batch):
                 log.info("usage batch no longer held in the outbox; sending it again", extra={"batch": batch.key})

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable, StoreUnavailable, UsageBatchRefused
@@ -237,14 +237,20 @@ class DurableOutbox:
                               extra={"record_id": record.request_id})
         return False
 
-    async def rescue_orphans(self, *, everything: bool = False) -> None:
+    async def rescue_orphans(
+        self, *, everything: bool = False, between: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         """Store durably the records that could be stored nowhere earlier, each leaving memory only
         once stored (a cancelled rescue loses none); the first that still finds no durable outbox
         ends the attempt until the next. Batches being delivered from memory stay where they are;
-        `everything`: records waiting for a later retry too."""
+        `everything`: records waiting for a later retry too. `between` is awaited before each
+        record (the deliverer keeps the lease of the batch it holds: storing 100,000 records one by
+        one can take longer than a lease)."""
         stored: list[UsageRecord] = []
         try:
             for record in self.memory.due(everything=everything):
+                if between is not None:
+                    await between()
                 try:
                     if not await self._store_durably(record):
                         return

@@ -18,7 +18,7 @@ from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
 from sentinel.observability.metrics import Metrics
 from sentinel.quota.batch import Batch, is_batch_key
-from sentinel.quota.deliverer import UsageDeliverer
+from sentinel.quota.deliverer import UsageDeliverer, delivery_backoff
 from sentinel.quota.outbox import DurableOutbox, RedisStreamOutbox, SqlOutbox
 from tests.support.clock import FakeClock
 from tests.support.metrics import counted
@@ -622,3 +622,41 @@ async def test_records_the_ledger_refuses_never_hold_up_the_records_after_them(
     (totals,) = await ledger.totals("alice")
     assert totals["requests"] == 2
     assert await outbox.depth() == 2  # the bad ones, kept
+
+
+async def test_a_long_rescue_keeps_the_held_batch_leased(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Records memory holds (both outboxes were down) are stored one by one at the top of every cycle,
+    also while a batch waits for its retry; 100,000 of them at a millisecond or two each take longer
+    than the lease. The held batch's lease was renewed only before its retry, after the rescue: it
+    ran out meanwhile, another replica took the batch over, and both sent it (a Zion that ignores
+    keys counts it twice). Time moves only as records are stored (a second each)."""
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    clock = FakeClock()
+
+    def tick() -> None:
+        now[0] += timedelta(seconds=1)
+        clock.advance(1)
+
+    sql = SqlOutbox(sessions, lease_seconds=30, clock=lambda: now[0])
+    outbox = DurableOutbox(sql)
+    sink = Sink()
+    deliverer = UsageDeliverer(outbox, sink, Metrics(), backoff=delivery_backoff(30), clock=clock)
+    await outbox.put(usage_record("held"))
+    sink.down = True
+    assert await deliverer.deliver_once() == 0 and deliverer.held is not None  # waits for its retry
+    held = deliverer.held
+    for n in range(60):  # kept in memory while no outbox could take them
+        await outbox.memory.put(usage_record(f"orphan{n}"))
+    other = SqlOutbox(sessions, lease_seconds=30, clock=lambda: now[0])  # another replica's
+    taken: list[Batch | None] = []
+    write = sql._write
+
+    async def slow_write(records: list[UsageRecord]) -> None:
+        await write(records)
+        tick()
+        taken.append(await other.claim(500))
+
+    sql._group._write = slow_write  # type: ignore[method-assign]
+    await deliverer.deliver_once()
+    assert outbox.orphans == []
+    assert [b.key for b in taken if b is not None and b.key == held.key] == []  # nobody else took it

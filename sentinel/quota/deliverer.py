@@ -3,7 +3,8 @@
 One batch at a time. A batch claimed from the outbox is kept in memory and sent again — the same
 records under the same key (its `Idempotency-Key`) — with exponential backoff (0.5 s doubling to
 a third of the lease, with jitter) until the sink answers; no new records are claimed meanwhile (other replicas
-may deliver them). Then the batch is settled: accepted records leave the outbox, records the sink
+may deliver them). Its lease is renewed before each retry, every third of a lease while a delivery
+runs (`_leased`), and while the records memory holds are stored (`_keep_lease`). Then the batch is settled: accepted records leave the outbox, records the sink
 refused one by one go back to be batched again later under a new key (after a batch refused whole,
 the next claim waits a backoff: `_pause`). A crash at any point leaves
 the batch in the outbox under its key, and whoever takes it over after the lease sends it under
@@ -29,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from sentinel.backoff import Backoff
 from sentinel.domain.usage import UsageRecord
@@ -70,6 +71,7 @@ class UsageDeliverer:
         batch_size: int = 500,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.outbox = outbox
         self.sink = sink
@@ -78,6 +80,7 @@ class UsageDeliverer:
         self.batch_size = batch_size
         self.backoff = backoff or delivery_backoff(30.0)
         self.clock = clock
+        self.sleep = sleep  # the lease keeper's wait between renewals (`_renewing`)
         self.failures = 0
         self._refusals = 0  # batches in a row whose every record the sink refused (`_pause`)
         self.held: Batch | None = None
@@ -108,7 +111,7 @@ class UsageDeliverer:
             if self.failures:
                 await self._renew(batch)
             try:
-                batch, refused = await self._send(batch)
+                batch, refused = await self._leased(self._send(batch))
             except (GovernanceUnavailable, StoreUnavailable) as exc:
                 self.metrics.deliveries.labels("failure").inc()
                 self._later(exc.message, "usage delivery failed; retrying the same batch")
@@ -138,6 +141,28 @@ class UsageDeliverer:
         elif len(batch.items) > 1:  # (one record refused alone says nothing of the next: no pause)
             self._pause(batch)
         return delivered
+
+    async def _leased(self, sending: Awaitable[tuple[Batch, list[str]]]) -> tuple[Batch, list[str]]:
+        """Await `sending` (a delivery of the held batch) while a task of its own renews the batch's
+        lease every third of a lease. Renewed only before each retry, a delivery longer than the
+        lease — a Zion call with its own retries takes up to ~13 s, past a lease of 20 s or less
+        (`USAGE_LEASE_SECONDS`) — let another replica take the batch over and send it too, while
+        this one still sent it."""
+        keeper = asyncio.ensure_future(self._renewing())
+        try:
+            return await sending
+        finally:
+            keeper.cancel()
+
+    async def _renewing(self) -> None:
+        """Renew the held batch's lease every third of a lease, until cancelled (`_leased`)."""
+        while True:
+            await self.sleep(self.backoff.cap)
+            if self.held is not None:
+                try:
+                    await self._renew(self.held)
+                except Exception:  # noqa: BLE001 - not an outage (a bug): the delivery goes on, logged
+                    log.exception("could not renew the lease of a usage batch being delivered")
 
     async def _send(self, batch: Batch) -> tuple[Batch, list[str]]:
         """Deliver `batch` (the held one): the batch as now held, and the request ids the sink refused. Whole under its key,

@@ -660,3 +660,49 @@ async def test_a_long_rescue_keeps_the_held_batch_leased(sessions: async_session
     await deliverer.deliver_once()
     assert outbox.orphans == []
     assert [b.key for b in taken if b is not None and b.key == held.key] == []  # nobody else took it
+
+
+class Sleeps:
+    """An injected `sleep` that returns only when the test says (`wake`): a lease keeper's ticks."""
+
+    def __init__(self) -> None:
+        self.waiting: list[asyncio.Future[None]] = []
+
+    async def __call__(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        await future
+
+    async def wake(self) -> None:
+        await until(lambda: bool(self.waiting))
+        self.waiting.pop(0).set_result(None)
+        await until(lambda: bool(self.waiting))  # asleep again: the renewal in between is done
+
+
+async def test_a_delivery_longer_than_the_lease_keeps_its_batch(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """The lease was renewed only before each retry: a sink call longer than the lease (a Zion call
+    with its own retries takes up to ~13 s; USAGE_LEASE_SECONDS of 20 s or less) let another replica
+    take the batch over and send it too while this one still sent it. Now a task renews it every
+    third of a lease while the delivery runs, and stops with it."""
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    sql = SqlOutbox(sessions, lease_seconds=6, clock=lambda: now[0])
+    other = SqlOutbox(sessions, lease_seconds=6, clock=lambda: now[0])  # another replica's
+    answered = asyncio.Event()
+
+    class SlowSink(Sink):
+        async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
+            await answered.wait()
+            return await super().deliver(records, idempotency_key)
+
+    sink, sleeps = SlowSink(), Sleeps()
+    deliverer = UsageDeliverer(DurableOutbox(sql), sink, Metrics(), backoff=delivery_backoff(6), sleep=sleeps)
+    await sql.put(usage_record("r1"))
+    delivery = asyncio.ensure_future(deliverer.deliver_once())
+    for _ in range(5):  # 10 s of a sink call: five thirds of the lease
+        now[0] += timedelta(seconds=2)
+        await sleeps.wake()
+        assert await other.claim(10) is None  # still this deliverer's
+    answered.set()
+    assert await delivery == 1
+    assert sink.delivered == ["r1"] and await sql.depth() == 0
+    await until(lambda: all(f.cancelled() for f in sleeps.waiting))  # the keeper stopped with the delivery

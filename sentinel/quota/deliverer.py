@@ -89,6 +89,8 @@ class UsageDeliverer:
         self._parts: dict[str, bool] = {}
         self._not_before = 0.0
         self._leased_at = 0.0  # when the held batch's lease was last taken or renewed (`clock`)
+        self._moving = asyncio.Lock()  # the held batch's split (`_send`) and the lease keeper's renewals
+        self._keeper_renews = False  # the lease keeper (`_renewing`) is renewing the held batch now
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -148,21 +150,37 @@ class UsageDeliverer:
         lease — a Zion call with its own retries takes up to ~13 s, past a lease of 20 s or less
         (`USAGE_LEASE_SECONDS`) — let another replica take the batch over and send it too, while
         this one still sent it."""
-        keeper = asyncio.ensure_future(self._renewing())
+        stopping = asyncio.Event()
+        keeper = asyncio.ensure_future(self._renewing(stopping))
         try:
             return await sending
         finally:
-            keeper.cancel()
+            stopping.set()
+            if self._keeper_renews:
+                # Never cut a renewal short, nor let it run on into the settlement: a stream's renewal
+                # claims the batch's entries for its key, and run after a settlement it took the
+                # refused ones back from their new batch.
+                await asyncio.shield(keeper)
+            else:
+                keeper.cancel()
 
-    async def _renewing(self) -> None:
-        """Renew the held batch's lease every third of a lease, until cancelled (`_leased`)."""
+    async def _renewing(self, stopping: asyncio.Event) -> None:
+        """Renew the held batch's lease every third of a lease until `stopping` (`_leased`); never at
+        the same time as the batch moves under its split key (`_moving`)."""
         while True:
             await self.sleep(self.backoff.cap)
-            if self.held is not None:
+            async with self._moving:
+                if stopping.is_set() or self.held is None:
+                    return
+                self._keeper_renews = True
                 try:
                     await self._renew(self.held)
                 except Exception:  # noqa: BLE001 - not an outage (a bug): the delivery goes on, logged
                     log.exception("could not renew the lease of a usage batch being delivered")
+                finally:
+                    self._keeper_renews = False
+            if stopping.is_set():  # (the delivery ended during the renewal, and waits for it)
+                return
 
     async def _send(self, batch: Batch) -> tuple[Batch, list[str]]:
         """Deliver `batch` (the held one): the batch as now held, and the request ids the sink refused. Whole under its key,
@@ -179,7 +197,8 @@ class UsageDeliverer:
                 log.warning("the usage sink refused a batch whole; delivering its records one by one",
                             extra={"batch": batch.key, "count": len(batch.items), "error": exc.message})
             # Before any part is sent: a failure here leaves the batch under its key, sent whole again.
-            batch = self.held = await self.outbox.split_up(batch)
+            async with self._moving:  # (not while the lease keeper renews it under its first key)
+                batch = self.held = await self.outbox.split_up(batch)
         return batch, await self._send_apart(batch)
 
     async def _send_apart(self, batch: Batch) -> list[str]:

@@ -5,7 +5,7 @@ backoff policy and the clock are injected. (Batch identity end to end: test_deli
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -732,3 +732,45 @@ async def test_records_memory_holds_are_stored_together(sessions: async_sessionm
     assert outbox.orphans == [] and await sql.depth() == 1000 and sum(writes) == 1000
     assert len(writes) <= 8, writes
 
+
+async def test_the_lease_keeper_never_renews_during_or_after_the_settlement() -> None:
+    """A renewal the keeper has begun ends before the batch is settled (not cut short and left to run
+    on: a stream's renewal claims the batch's entries for its key, and run after the settlement it
+    took the refused ones back from their new batch)."""
+    events: list[str] = []
+    gate, answered = asyncio.Event(), asyncio.Event()
+
+    class Part(OutboxPart):
+        async def renew(self, batch: Batch) -> bool:
+            events.append("renew")
+            await gate.wait()
+            events.append("renewed")
+            return await super().renew(batch)
+
+        async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
+            events.append("settle")
+            await super().settle(batch, refused, retry_in)
+
+    class SlowSink(Sink):
+        async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
+            await answered.wait()
+            return await super().deliver(records, idempotency_key)
+
+    part, sink, sleeps = Part("redis"), SlowSink(), Sleeps()
+    sink.refuse = {"r2"}
+    outbox = DurableOutbox(part)  # type: ignore[arg-type]
+    deliverer = UsageDeliverer(outbox, sink, Metrics(), backoff=delivery_backoff(30), sleep=sleeps)
+    for rid in ("r1", "r2"):
+        await outbox.put(usage_record(rid))
+    delivery = asyncio.ensure_future(deliverer.deliver_once())
+    await until(lambda: bool(sleeps.waiting))
+    sleeps.waiting.pop(0).set_result(None)
+    await until(lambda: events == ["renew"])  # the keeper's renewal is under way
+    answered.set()
+    await until(lambda: sink.delivered == ["r1"])
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert events == ["renew"]  # the settlement waits for it
+    gate.set()
+    assert await delivery == 1
+    assert events == ["renew", "renewed", "settle"] and part.retried == [("r2", 10.0)]

@@ -149,6 +149,24 @@ def test_a_failover_behind_one_address_is_followed_without_a_restart(
             proxy.close()
 
 
+@contextmanager
+def behind_a_proxy(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> Iterator[tuple[Gateway, GatedUpstream, HungProxy, redis.Redis]]:
+    """A gateway on a Redis server reached through a proxy that can cut a command's connection
+    (`HungProxy.cut_at`), USER on PLAN, a gated upstream, and a client of that server direct."""
+    upstream = GatedUpstream()
+    with RedisServerProcess(tmp_path, redis_bin()) as server, serving(upstream) as upstream_server:
+        proxy = HungProxy(("127.0.0.1", server.port))
+        try:
+            gw = gateway_factory(redis_url=f"redis://127.0.0.1:{proxy.port}/0",
+                                 openai_api_url=upstream_server.url + "/v1")
+            set_plan(gw.settings.database_url, USER, "plan", PLAN)
+            yield gw, upstream, proxy, redis.Redis(port=server.port)
+        finally:
+            proxy.close()
+
+
 @pytest.mark.parametrize("delivered", [False, True], ids=["not-run", "run"])
 def test_a_reconciliation_whose_connection_was_cut_is_made_once(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, delivered: bool
@@ -158,27 +176,18 @@ def test_a_reconciliation_whose_connection_was_cut_is_made_once(
     never ran left the whole reservation (500 output tokens for 2 used) counted until the day's
     end. Now it is sent again, and runs once: the counters hold the real usage either way, and the
     usage record reaches the ledger once."""
-    upstream = GatedUpstream()
-    with RedisServerProcess(tmp_path, redis_bin()) as server, serving(upstream) as upstream_server:
-        proxy = HungProxy(("127.0.0.1", server.port))
-        try:
-            gw = gateway_factory(redis_url=f"redis://127.0.0.1:{proxy.port}/0",
-                                 openai_api_url=upstream_server.url + "/v1")
-            set_plan(gw.settings.database_url, USER, "plan", PLAN)
-            admin = redis.Redis(port=server.port)
-            with held_requests(gw, upstream, 1) as answers:
-                assert counters(admin) == {"requests": 1, "output_tokens": 500}
-                [output] = admin.keys(f"sentinel:quota:{{{USER}}}:output_tokens:*")
-                admin.script_load(ADJUST.lua)  # Redis knows it: the cut command is the script's run, not NOSCRIPT
-                proxy.cut_at(output, delivered=delivered)  # the next command naming it: the settlement
-            assert [a.status_code for a in answers] == [200], [a.text for a in answers]
-            assert wait_for(lambda: proxy.cut == 1)
-            assert wait_for(lambda: counters(admin) == {"requests": 1, "output_tokens": 2}), counters(admin)
-            assert unsettled(admin) == []
-            assert wait_for(lambda: ledger_totals(gw.settings.database_url, USER)["requests"] == 1)
-            assert ledger_totals(gw.settings.database_url, USER)["output_tokens"] == 2
-        finally:
-            proxy.close()
+    with behind_a_proxy(gateway_factory, tmp_path) as (gw, upstream, proxy, admin):
+        with held_requests(gw, upstream, 1) as answers:
+            assert counters(admin) == {"requests": 1, "output_tokens": 500}
+            [output] = admin.keys(f"sentinel:quota:{{{USER}}}:output_tokens:*")
+            admin.script_load(ADJUST.lua)  # Redis knows it: the cut command is the script's run, not NOSCRIPT
+            proxy.cut_at(output, delivered=delivered)  # the next command naming it: the settlement
+        assert [a.status_code for a in answers] == [200], [a.text for a in answers]
+        assert wait_for(lambda: proxy.cut == 1)
+        assert wait_for(lambda: counters(admin) == {"requests": 1, "output_tokens": 2}), counters(admin)
+        assert unsettled(admin) == []
+        assert wait_for(lambda: ledger_totals(gw.settings.database_url, USER)["requests"] == 1)
+        assert ledger_totals(gw.settings.database_url, USER)["output_tokens"] == 2
 
 
 @pytest.mark.parametrize("delivered", [False, True], ids=["not-run", "run"])
@@ -191,29 +200,20 @@ def test_a_reservation_whose_connection_was_cut_is_refused_and_counts_nothing(
     day's end, with nobody to settle them. Its token is made before it is sent, so it is given back
     now, in the background: once if it ran, not at all if it did not (no other request's amounts
     taken), and the next request is served and counted alone."""
-    upstream = GatedUpstream()
-    with RedisServerProcess(tmp_path, redis_bin()) as server, serving(upstream) as upstream_server:
-        proxy = HungProxy(("127.0.0.1", server.port))
-        try:
-            gw = gateway_factory(redis_url=f"redis://127.0.0.1:{proxy.port}/0",
-                                 openai_api_url=upstream_server.url + "/v1")
-            set_plan(gw.settings.database_url, USER, "plan", PLAN)
-            admin = redis.Redis(port=server.port)
-            for script in (RESERVE, ADJUST):
-                admin.script_load(script.lua)  # Redis knows them: the cut command is the script's run
-            proxy.cut_at(f"sentinel:quota:{{{USER}}}:requests:".encode(), delivered=delivered)
-            with gw.client() as http:
-                refused = http.post("/v1/chat/completions", json=CHAT)
-            assert refused.status_code == 503, refused.text
-            assert refused.json()["error"]["code"] == "quota_unavailable" and proxy.cut == 1
-            # Given back (its marker gone), or, never run, a tombstone in its marker's place: none left to settle.
-            done = [b"0"] * (not delivered)
-            assert wait_for(lambda: [admin.get(key) for key in unsettled(admin)] == done), unsettled(admin)
-            assert counters(admin).get("requests", 0) == 0, counters(admin)
-            upstream.open()
-            with gw.client() as http:
-                served = http.post("/v1/chat/completions", json=CHAT)
-            assert served.status_code == 200, served.text
-            assert wait_for(lambda: counters(admin) == {"requests": 1, "output_tokens": 2}), counters(admin)
-        finally:
-            proxy.close()
+    with behind_a_proxy(gateway_factory, tmp_path) as (gw, upstream, proxy, admin):
+        for script in (RESERVE, ADJUST):
+            admin.script_load(script.lua)  # Redis knows them: the cut command is the script's run
+        proxy.cut_at(f"sentinel:quota:{{{USER}}}:requests:".encode(), delivered=delivered)
+        with gw.client() as http:
+            refused = http.post("/v1/chat/completions", json=CHAT)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "quota_unavailable" and proxy.cut == 1
+        # Given back (its marker gone), or, never run, a tombstone in its marker's place: none left to settle.
+        done = [b"0"] * (not delivered)
+        assert wait_for(lambda: [admin.get(key) for key in unsettled(admin)] == done), unsettled(admin)
+        assert counters(admin).get("requests", 0) == 0, counters(admin)
+        upstream.open()
+        with gw.client() as http:
+            served = http.post("/v1/chat/completions", json=CHAT)
+        assert served.status_code == 200, served.text
+        assert wait_for(lambda: counters(admin) == {"requests": 1, "output_tokens": 2}), counters(admin)

@@ -697,18 +697,24 @@ async def test_a_reservation_whose_reply_was_lost_is_given_back_and_the_failure_
     assert await s.store.scan("sentinel:quota:*:reserved:*") == []
 
 
-async def test_a_batch_settlement_whose_reply_was_lost_charges_the_usage_once() -> None:
-    """The read showing a batch's usage settles the reservation the batch holds; when that script's
-    reply was lost (it ran), the usage was charged on the read's own reservation as well — counted
-    twice until the windows ended. Now the settlement is sent again (it runs once) and the read's
-    own reservation charges nothing of it."""
+async def _a_held_batch_and_its_read() -> tuple[Setup, Admission]:
+    """ALICE's batch `batch_a` holding its reservation (10 requests, 5,000 in, 2,000 out), settlements
+    the store did not take sent again at once, and the admission of a read of it."""
     s = Setup(spec="requests=100/1m,input_tokens=100000/1m,output_tokens=100000/1m")
     s.meter.unsettled = Unsettled(backoff=Backoff(base=0.0, cap=0.0))
     made = await s.meter.admit_batch(ALICE, endpoint="/v1/batches", request_id="batch_a", requests=10,
                                      input_tokens=5000, output_tokens=2000)
     await s.meter.hold(made, "batch_a", None)
     await s.meter.settle(made, usage=None, output_text="", status=200, provider="openai")
-    read = await s.meter.admit_call(ALICE, endpoint="/v1/batches/*", request_id="read")
+    return s, await s.meter.admit_call(ALICE, endpoint="/v1/batches/*", request_id="read")
+
+
+async def test_a_batch_settlement_whose_reply_was_lost_charges_the_usage_once() -> None:
+    """The read showing a batch's usage settles the reservation the batch holds; when that script's
+    reply was lost (it ran), the usage was charged on the read's own reservation as well — counted
+    twice until the windows ended. Now the settlement is sent again (it runs once) and the read's
+    own reservation charges nothing of it."""
+    s, read = await _a_held_batch_and_its_read()
     with pytest.MonkeyPatch.context() as patch:
         lost = LostReply(s.store, patch, "EVALSHA", f"sentinel:quota:{{{ALICE.external_id}}}:held:")
         await s.meter.settle(read, usage=Usage(300, 40), output_text="", status=200, provider="openai",
@@ -722,13 +728,7 @@ async def test_a_batch_settlement_the_store_refused_is_sent_again_and_charges_th
     """Refused (it did not run): sent again once the store takes it — the batch's estimate replaced
     by its usage, the read's own reservation charged nothing of it (it was charged there, and the
     estimate stayed counted on top)."""
-    s = Setup(spec="requests=100/1m,input_tokens=100000/1m,output_tokens=100000/1m")
-    s.meter.unsettled = Unsettled(backoff=Backoff(base=0.0, cap=0.0))
-    made = await s.meter.admit_batch(ALICE, endpoint="/v1/batches", request_id="batch_a", requests=10,
-                                     input_tokens=5000, output_tokens=2000)
-    await s.meter.hold(made, "batch_a", None)
-    await s.meter.settle(made, usage=None, output_text="", status=200, provider="openai")
-    read = await s.meter.admit_call(ALICE, endpoint="/v1/batches/*", request_id="read")
+    s, read = await _a_held_batch_and_its_read()
     real_run = s.store.run
     refusing = [True]
 

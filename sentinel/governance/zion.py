@@ -12,7 +12,8 @@ failing usage endpoint never stops identities and limits from being read. Once i
 while Zion is down requests are served from the caches at cache speed for the grace period.
 
 `ZionIdentitySource` validates user JWTs through `/users/me` (a 400, 401, 403 or 404 there means
-no such identity, never an outage); `ZionPlanSource` turns a user's Zion limits into a quota `Plan`
+no such identity, never an outage, and so does any other 4xx but a 408 or 429; a token longer than
+MAX_ZION_TOKEN_BYTES is refused without asking); `ZionPlanSource` turns a user's Zion limits into a quota `Plan`
 whose limits carry Zion's `used` figure (`ExternalUsage`).
 """
 
@@ -40,7 +41,7 @@ from sentinel.domain.plans import MAX_LIMIT, ExternalUsage, Limit, Metric, Plan
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.jwt import unverified_expiry
-from sentinel.observability.logging import clipped
+from sentinel.observability.logging import Repeated, clipped
 from sentinel.providers.http import read_capped
 
 log = logging.getLogger("sentinel.zion")
@@ -53,6 +54,15 @@ BREAKER_COOLDOWN_SECONDS = 5.0
 # What `/users/me` answers for a token that names no usable user: malformed (400), invalid or expired
 # (401), a deactivated user (403), a deleted one (404). Exactly like 401: no identity.
 NO_IDENTITY = (400, 401, 403, 404)
+# The 4xx answers that say Zion could not take the call now rather than anything of the token: a
+# timeout (408) and "call less" (429). Outages, as a 5xx is; any other 4xx to `/users/me` (431, 414,
+# 413 for a token too large for Zion or a proxy in front of it, 405, 422, ...) means Zion did not
+# accept the token: no identity, never a 503.
+NOT_A_VERDICT = (408, 429)
+# The longest token (UTF-8 bytes) sent to Zion's `/users/me`: a longer one is refused (no identity)
+# without asking. No JWT Zion issues comes near it, and web servers and proxies commonly refuse a
+# header line past 8 KiB (431, 414, 400); the gateway itself takes 16 KiB of headers in all.
+MAX_ZION_TOKEN_BYTES = 8 * 1024
 PERIOD_SECONDS = {"DAILY": 86400, "WEEKLY": 7 * 86400, "MONTHLY": 30 * 86400, "NEVER": 10 * 365 * 86400}
 # Zion's metric names and Sentinel's quota metrics, in the same order.
 WIRE_METRICS: dict[str, Metric] = {
@@ -147,6 +157,7 @@ class ZionClient:
         # must not make every user Sentinel has not cached a 503 (the deliverer backs off anyway).
         self.breaker = breaker or CircuitBreaker(BREAKER_THRESHOLD, BREAKER_COOLDOWN_SECONDS)
         self.usage_breaker = usage_breaker or CircuitBreaker(BREAKER_THRESHOLD, BREAKER_COOLDOWN_SECONDS)
+        self._refusals = Repeated(log)  # unexpected 4xx refusals of users' tokens: once a minute per status
         for name, watched in (("zion", self.breaker), ("zion_usage", self.usage_breaker)):
             if watched.on_change is None:
                 watched.on_change = self._watcher(name, watched)
@@ -162,10 +173,20 @@ class ZionClient:
     async def me(self, token: str) -> Identity | None:
         """The user behind a JWT, per Zion; None when Zion refuses it (NO_IDENTITY: an invalid token, a
         deactivated or deleted user). Such a refusal is an answer, not an outage: no cached identity
-        may stand in for it."""
-        data = await self._call(
-            "GET", "/users/me", headers={"Authorization": f"Bearer {token}"}, none_on=NO_IDENTITY
-        )
+        may stand in for it. So is any other 4xx but NOT_A_VERDICT (logged: it may be Zion's
+        misconfiguration), and a token longer than MAX_ZION_TOKEN_BYTES is refused without asking."""
+        if len(token.encode("utf-8", "surrogatepass")) > MAX_ZION_TOKEN_BYTES:
+            return None
+        try:
+            data = await self._call(
+                "GET", "/users/me", headers={"Authorization": f"Bearer {token}"}, none_on=NO_IDENTITY
+            )
+        except ZionStatusError as exc:
+            if not 400 <= exc.zion_status < 500 or exc.zion_status in NOT_A_VERDICT:
+                raise
+            self._refusals.warning("Zion answered %d to /users/me: the token is refused (401)",
+                                   exc.zion_status, key=str(exc.zion_status))
+            return None
         if data is None:
             return None
         user_id, email = _str(data, "id"), data.get("email")

@@ -17,6 +17,7 @@ from sentinel.db.engine import create_engine, migrate, session_factory
 from sentinel.errors import InvalidRequest
 from sentinel.governance.jwt import LEEWAY_SECONDS
 from sentinel.governance.keys import KeyService
+from sentinel.governance.zion import MAX_ZION_TOKEN_BYTES
 from sentinel.routing.sessions import SessionStore
 from tests.api.conftest import Gateway
 from tests.support.fake_zion import BATCH, LIMITS, ME, FakeZion
@@ -199,6 +200,59 @@ def test_a_user_zion_refuses_is_401_not_a_stale_identity(
     # the throttle's minute ended in between).
     codes = [post(gw, "jwt-olga").json()["error"]["code"] for _ in range(2)]
     assert "auth_rate_limited" in codes, codes
+
+
+@pytest.mark.parametrize("status", [402, 405, 409, 410, 413, 414, 422, 431])
+def test_any_other_4xx_zion_answers_for_a_token_is_401_not_503(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion, status: int
+) -> None:
+    """Zion (or a proxy in front of it) answering /users/me with a 4xx other than 400/401/403/404 —
+    431 or 414 for a token too large for it, 405, 422, ... — did not accept the token: it was a
+    503 (an outage, served a stale identity for the grace period), and is a 401 now, in each surface's
+    shape, remembered as any wrong token is (Zion is not asked again at once)."""
+    zion.refuse_user("jwt-uma", status)
+    gw = zion_gateway(gateway_factory, zion, auth_failures_per_minute=1000)
+    answer = post(gw, "jwt-uma")
+    assert answer.status_code == 401, answer.text
+    assert answer.json()["error"]["code"] == "invalid_api_key"
+    anthropic = httpx.post(gw.url + "/v1/messages", headers={"x-api-key": "jwt-uma", "anthropic-version": "2023-06-01"},
+                           json={"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+                           timeout=30)
+    assert anthropic.status_code == 401 and anthropic.json()["error"]["type"] == "authentication_error"
+    assert zion.attempts[ME] == 1  # one answer, no retry, and remembered: the second request did not ask
+    assert gw.read_stored("sentinel:profile:" + hashlib.sha256(b"jwt-uma").hexdigest()) is not None
+
+
+@pytest.mark.parametrize("status", [408, 429])
+def test_a_timeout_or_429_from_zion_stays_an_outage(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion, status: int
+) -> None:
+    """408 and 429 say nothing of the token: Zion could not take the call now. A 503 (Zion down),
+    never a 401 (the caller would be signed out, and the failure counted against their address)."""
+    zion.refuse_user("jwt-val", status)
+    gw = zion_gateway(gateway_factory, zion, auth_failures_per_minute=1000)
+    answer = post(gw, "jwt-val")
+    assert answer.status_code == 503, answer.text
+
+
+def test_a_token_longer_than_zion_takes_is_401_without_asking_zion(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    """A bearer token of 8 KiB and more (the gateway takes 16 KiB of headers) went to Zion, whose
+    server or proxy may answer it 431/414 — which was a 503. Past MAX_ZION_TOKEN_BYTES it is refused
+    (401) before Zion is asked, and remembered as any wrong token is; one at the bound is still asked."""
+    gw = zion_gateway(gateway_factory, zion, auth_failures_per_minute=1000)
+    long = "t" * (MAX_ZION_TOKEN_BYTES + 1)
+    for _ in range(2):
+        answer = post(gw, long)
+        assert answer.status_code == 401, answer.text
+        assert answer.json()["error"]["code"] == "invalid_api_key"
+    assert zion.attempts[ME] == 0
+    assert gw.read_stored("sentinel:profile:" + hashlib.sha256(long.encode()).hexdigest()) is not None
+    # The longest token sent is still Zion's to judge.
+    zion.add_user("u" * MAX_ZION_TOKEN_BYTES, "wes-ext", "wes@example.com")
+    assert post(gw, "u" * MAX_ZION_TOKEN_BYTES).status_code == 200
+    assert zion.attempts[ME] == 1
 
 
 def test_a_token_zion_refused_is_never_served_from_its_claims_during_a_later_outage(

@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import jwt
 import pytest
 
 from sentinel.backoff import Backoff
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
-from sentinel.governance.zion import ZionClient, ZionIdentitySource, ZionStatusError
+from sentinel.governance.identity import Refused
+from sentinel.governance.jwt import JwtVerifier, LocalJwtIdentitySource
+from sentinel.governance.zion import MAX_ZION_TOKEN_BYTES, ZionClient, ZionIdentitySource, ZionStatusError
 from tests.support.fake_zion import BATCH, LIMITS, ME, FakeZion
 from tests.support.servers import free_port, serving
 
@@ -105,6 +108,50 @@ async def test_me_returns_none_when_zion_refuses_the_user(client: ZionClient, fa
     fake.refuse_user("tok-alice", status)
     assert await client.me("tok-alice") is None
     assert fake.attempts[ME] == 1 and client.breaker.failures == 0
+
+
+@pytest.mark.parametrize("status", [405, 413, 414, 422, 431])
+async def test_me_returns_none_on_any_other_4xx(
+    client: ZionClient, fake: FakeZion, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any 4xx but 408 and 429 is Zion not accepting the token (a 431 for one too large for it): no
+    identity, not retried, logged without the token; it was a ZionStatusError (an outage, 503)."""
+    fake.refuse_user("tok-alice", status)
+    with caplog.at_level(logging.WARNING, "sentinel.zion"):
+        assert await client.me("tok-alice") is None
+    assert fake.attempts[ME] == 1 and client.breaker.failures == 0
+    assert f"Zion answered {status} to /users/me" in caplog.text and "tok-alice" not in caplog.text
+
+
+@pytest.mark.parametrize("status", [408, 429])
+async def test_me_408_and_429_stay_outages(client: ZionClient, fake: FakeZion, status: int) -> None:
+    fake.refuse_user("tok-alice", status)
+    with pytest.raises(ZionStatusError) as outage:
+        await client.me("tok-alice")
+    assert outage.value.zion_status == status
+
+
+async def test_me_refuses_a_token_past_the_bound_without_asking(client: ZionClient, fake: FakeZion) -> None:
+    """A token Zion (or a proxy in front of it) would likely refuse as too large is not sent at all."""
+    assert await client.me("x" * (MAX_ZION_TOKEN_BYTES + 1)) is None
+    assert await client.me("é" * (MAX_ZION_TOKEN_BYTES // 2 + 1)) is None  # bytes, not characters
+    assert fake.attempts[ME] == 0
+    assert await client.me("x" * MAX_ZION_TOKEN_BYTES) is None  # asked: Zion does not know it (401)
+    assert fake.attempts[ME] == 1
+
+
+async def test_a_verified_jwt_zion_answers_431_to_is_refused_not_served_from_its_claims(
+    client: ZionClient, fake: FakeZion
+) -> None:
+    """With local JWT verification, a Zion 4xx on a verified token is Zion's verdict (`Refused`:
+    401, no stand-in later), as a 403 is; it was an outage, served from the token's claims."""
+    secret = "shared-jwt-signing-secret-0123456789"
+    token = jwt.encode({"sub": "s", "externalId": "ext-x", "email": "x@example.com", "exp": int(time.time()) + 600},
+                       secret, algorithm="HS256")
+    fake.refuse_user(token, 431)
+    source = LocalJwtIdentitySource(JwtVerifier(secret, None, None, None), profile_source=ZionIdentitySource(client))
+    with pytest.raises(Refused):
+        await source.authenticate(token)
 
 
 async def test_limits_are_parsed(client: ZionClient, fake: FakeZion) -> None:

@@ -9,7 +9,7 @@ It wraps the router. For every HTTP request it:
   503 `overloaded` is counted in `sentinel_overload_rejections_total` and logged at debug only: it
   comes at the rate of whoever fills the slots);
 - renders any SentinelError (and the router's 404/405) in the shape of the request's surface
-  (`sentinel.api.surfaces`), and any other exception as a 500 without a traceback in the body,
+  (`sentinel.api.surfaces`; an Anthropic client's 404 for a route not served in Anthropic's), and any other exception as a 500 without a traceback in the body,
   logging each error once with the request id;
 - adds `Server-Timing: upstream;dur=..., total;dur=...` and records latency, overhead and status
   metrics, and writes one JSON access-log line when the response is finished.
@@ -33,7 +33,7 @@ from sentinel.api.body_budget import BodyBudget
 from sentinel.api.context import MAX_CLIENT_REQUEST_ID, RequestContext
 from sentinel.api.paths import check_raw_path
 from sentinel.api.responses import endpoint_not_found, method_not_allowed
-from sentinel.api.surfaces import render_error, surface_headers
+from sentinel.api.surfaces import is_anthropic_client, render_error, surface_headers
 from sentinel.api.throttle import client_key
 from sentinel.api.user_slots import UserSlots
 from sentinel.domain.usage import new_request_id
@@ -163,7 +163,8 @@ class RequestMiddleware:
                     )
                 _drop_tracebacks(exc)  # logged: the frames it came through (a body) are not needed to answer
                 if not started_response:
-                    await render_error(path, err, rid)(scope, receive, send_wrapper)
+                    anthropic_client = is_anthropic_client(scope["headers"])
+                    await render_error(path, err, rid, anthropic_client=anthropic_client)(scope, receive, send_wrapper)
             finally:
                 # `err` is often `exc` itself, whose traceback holds this frame: kept in a local, a
                 # reference cycle that kept every frame the error came through (a refused body's

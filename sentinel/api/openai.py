@@ -2,7 +2,8 @@
 
 Served: the metered endpoints, the stored-response routes (`/v1/responses/{id}` and below), the
 model list (the catalogue), and the `/v1` paths the operator allows with SENTINEL_PASSTHROUGH
-(`/v1/messages*` is Anthropic's surface, `sentinel.api.anthropic`). Everything else
+(`/v1/messages*` is Anthropic's surface, `sentinel.api.anthropic`; Anthropic's legacy `/v1/complete`
+is refused, pointing to it). Everything else
 under `/v1` is 404 `endpoint_not_supported`: nothing reaches the provider account by default.
 """
 
@@ -31,6 +32,7 @@ METERED = {
     "/v1/embeddings": "embeddings",
     "/v1/responses": "responses",
 }
+LEGACY_COMPLETE = "/v1/complete"  # Anthropic's legacy Text Completions API: never served (see `passthrough`)
 TYPED_PATHS = {*METERED, "/v1/models", "/v1/messages", "/v1/messages/count_tokens"}
 # What Sentinel matches a `/v1` path against, by its first segments: the endpoints it serves (the typed
 # ones, and the stored responses and models below them), the collections whose objects it keeps owners
@@ -183,6 +185,15 @@ class OpenAIRoutes:
                 f"taken as spelled, case-sensitive: /v1/{spelled})", code="endpoint_not_supported",
             )
         pattern = self.passthrough_policy.match(path)
+        if path == LEGACY_COMPLETE:
+            # Anthropic's legacy Text Completions API, which Sentinel does not serve: never pass-through (to the
+            # OpenAI upstream). Allowed (`/v1/*`), it is authenticated first, as every allowed path is.
+            if pattern is not None:
+                await self.deps.authenticate(request)
+            raise NotFound(
+                f"Endpoint {request.method} {path} (Anthropic's legacy Text Completions API) is not supported by "
+                "this gateway: use POST /v1/messages", code="endpoint_not_supported",
+            )
         if pattern is None:
             raise NotFound(
                 f"Endpoint {request.method} {clipped(path)} is not supported by this gateway", code="endpoint_not_supported"

@@ -2,7 +2,8 @@
 
 The one place that decides it, used by the request middleware for every error it renders (the
 route table's 404/405 included) and for the response headers it adds:
-- `/v1/messages` and everything below it is Anthropic's surface: errors are
+- `/v1/messages` and everything below it, and the legacy `/v1/complete` (never served: refused with
+  404 pointing to `/v1/messages`), is Anthropic's surface: errors are
   `{"type": "error", "error": {"type", "message"}, "request_id"}` with Anthropic's statuses and type
   names (`invalid_request_error` 400, `authentication_error` 401, `permission_error` 403,
   `not_found_error` 404, `request_too_large` 413, `rate_limit_error` 429, `api_error` 500/502,
@@ -12,6 +13,11 @@ route table's 404/405 included) and for the response headers it adds:
   `/admin` (the admin API and the console) it carries `Cache-Control: no-store`, as their every
   answer does (a 404 is cacheable by default: a shared cache could keep the console's "No plan
   'gold'" after the plan is created).
+An Anthropic client (a request carrying `anthropic-version`, which the official SDKs always send)
+naming a route Sentinel does not serve (the Files API, Skills, ...: a 404 `endpoint_not_found` or
+`endpoint_not_supported`) gets that 404 in Anthropic's shape too, so its SDK raises its own
+`NotFoundError`; only the shape changes (the status, the message, what is checked before are the same),
+and a request without the header (every OpenAI client's) is answered as before.
 The surface is read from the decoded path, tolerant of extra `/`, `\\` and `.` segments, so an
 encoded or malformed variant of `/v1/messages` (refused with 400 by the canonical-path check) is still
 answered in Anthropic's shape.
@@ -36,17 +42,25 @@ _ANTHROPIC_NAMES = frozenset(ANTHROPIC_TYPES.values()) | {"billing_error"}
 OVERLOADED = 529
 
 
-# `/v1/messages` and below, also when spelled with extra `/`, `\\` or `.` segments or followed by any
+# `/v1/messages` and below (and `/v1/complete`), also when spelled with extra `/`, `\\` or `.` segments or followed by any
 # character that cannot continue the name (the canonical-path check refuses those with 400).
-_ANTHROPIC_PATH = re.compile(r"^[/\\.]*v1[/\\.]+messages(?![A-Za-z0-9_-])")
+_ANTHROPIC_PATH = re.compile(r"^[/\\.]*v1[/\\.]+(?:messages|complete)(?![A-Za-z0-9_-])")
 # `/admin` and below (the admin API and the console), spelled as loosely.
 _ADMIN_PATH = re.compile(r"^[/\\.]*admin(?![A-Za-z0-9_-])")
 _NO_STORE = {"Cache-Control": "no-store"}
+# The codes of a 404 for a route Sentinel does not serve (not for an object or a model it does not have).
+UNSERVED_ROUTE = frozenset({"endpoint_not_found", "endpoint_not_supported"})
+_ANTHROPIC_VERSION = b"anthropic-version"
 
 
 def is_anthropic(path: str) -> bool:
     """Whether `path` (decoded) is on the Anthropic surface."""
-    return "messages" in path and _ANTHROPIC_PATH.match(path) is not None
+    return ("messages" in path or "complete" in path) and _ANTHROPIC_PATH.match(path) is not None
+
+
+def is_anthropic_client(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request (its ASGI headers) is an Anthropic client's: it carries `anthropic-version`."""
+    return any(name == _ANTHROPIC_VERSION for name, _ in headers)
 
 
 def anthropic_error(err: SentinelError, request_id: str | None) -> tuple[int, dict[str, Any]]:
@@ -66,14 +80,20 @@ def anthropic_error(err: SentinelError, request_id: str | None) -> tuple[int, di
     return status, body
 
 
-def render_error(path: str, err: SentinelError, request_id: str | None = None) -> RawResponse:
-    """The error response for a request to `path`, in its surface's shape."""
-    if not is_anthropic(path):
-        admin = "admin" in path and _ADMIN_PATH.match(path) is not None
+def render_error(
+    path: str, err: SentinelError, request_id: str | None = None, *, anthropic_client: bool = False
+) -> RawResponse:
+    """The error response for a request to `path`, in its surface's shape (`anthropic_client`: the
+    request carries `anthropic-version`, so a route-not-served 404 is in Anthropic's shape anywhere)."""
+    admin = "admin" in path and _ADMIN_PATH.match(path) is not None
+    on_surface = is_anthropic(path)
+    if not on_surface and not (anthropic_client and err.status == 404 and err.code in UNSERVED_ROUTE):
         return error_response(err, _NO_STORE if admin else None)
     status, body = anthropic_error(err, request_id)
-    headers = encode_headers(err.headers)
+    headers = encode_headers({**err.headers, **_NO_STORE} if admin else err.headers)
     headers.append((b"content-type", b"application/json"))
+    if request_id and not on_surface:  # the surface's own answers get it from `surface_headers`
+        headers.append((b"request-id", request_id.encode()))
     return RawResponse(status, orjson.dumps(body), headers)
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar, cast
 
 import orjson
 
@@ -30,6 +30,8 @@ from sentinel.store import Store
 from sentinel.store.base import LocalOps, Script
 
 log = logging.getLogger("sentinel.ownership")
+_A = TypeVar("_A")
+_B = TypeVar("_B")
 
 _PREFIX = "sentinel:owner:"
 # A file whose every line Sentinel checked as a batch's input, wrote back naming its owner's
@@ -53,8 +55,9 @@ _FILE_FACTS = "sentinel:file-facts:"
 # a later read of it (a batch or a run polled until done, a stored response fetched) charges nothing.
 _CHARGED = "sentinel:charged:"
 _MAX_ID = 200
-# Ids `require` looks up together: each lookup under way holds one of the store's connections.
-LOOKUPS_AT_ONCE = 16
+# Ids `require` reads in one batched store read (`get_many`; one MGET on a single Redis): a body
+# names at most `MAX_REFERENCES` (1,000) distinct objects, read in one.
+READS_AT_ONCE = 1000
 # Context sizes `contexts` reads in one batched store read (one MGET on a single Redis): a batch's
 # lines continue at most `MAX_REFERENCES` (1,000) distinct objects, read in one.
 CONTEXTS_AT_ONCE = 1000
@@ -158,7 +161,7 @@ class Ownership:
                                        return_exceptions=True)
         failed = [result for result in results if isinstance(result, BaseException)]
         if failed:
-            results.clear()  # (see `require`: no cycle through the traceback)
+            results.clear()  # (see `_together`: no cycle through the traceback)
             raise failed.pop(0)
 
     async def owner_of(self, object_id: str) -> str | None:
@@ -176,35 +179,55 @@ class Ownership:
         of `files` (ids among `object_ids` named as files) that it has (`remember_file`): one whose
         facts are missing, or could not be read (a store outage), is left out.
 
-        Each distinct id is looked up once (its facts along with it), LOOKUPS_AT_ONCE lookups at a
-        time: a body may name up to `MAX_REFERENCES` ids (the same one, too), and one lookup
-        after another cost as many store round trips — but each lookup under way holds a connection
-        of the store's pool (a GET is not auto-pipelined), so all 1,000 at once took the whole pool
-        (512 on Redis): that request was a 503 and every other request's store command failed meanwhile."""
+        Each distinct id is looked up once (its facts along with it). One id (most requests) is one
+        `get`; several are read in one batched read of the store (`get_many`: one MGET on a single
+        Redis, auto-pipelined, however many ids) and their facts in another beside it, READS_AT_ONCE
+        ids at most a read: a body may name up to `MAX_REFERENCES` ids (the same one, too), and one
+        `get` each cost a store round trip (and a pool connection) apiece. StoreUnavailable when an
+        owner could not be read (fails closed); facts that could not be read are left out."""
         distinct = list(dict.fromkeys(object_ids))
         wanted = set(files)
-        lookups = [(object_id, False) for object_id in distinct]
-        lookups += [(object_id, True) for object_id in distinct if object_id in wanted]
+        if len(distinct) == 1:
+            return await self._require_one(distinct[0], owner, of_file=distinct[0] in wanted)
         facts: dict[str, FileFacts] = {}
-        for start in range(0, len(lookups), LOOKUPS_AT_ONCE):  # (most requests name none: no gather)
-            some = lookups[start : start + LOOKUPS_AT_ONCE]
-            found = await asyncio.gather(
-                *(self._facts_of(object_id) if of_file else self.owner_of(object_id) for object_id, of_file in some),
-                return_exceptions=True,
-            )
-            failed = [result for result in found if isinstance(result, BaseException)]
-            if failed:
-                # The store's error (StoreUnavailable), once every lookup ended; not kept in a local of
-                # this frame, which its traceback holds (a cycle that kept the request's frames alive).
-                found.clear()
-                raise failed.pop(0)
-            for (object_id, of_file), result in zip(some, found, strict=True):
-                if of_file:
-                    if isinstance(result, FileFacts):
-                        facts[object_id] = result
-                elif result != owner:
+        for start in range(0, len(distinct), READS_AT_ONCE):
+            some = distinct[start : start + READS_AT_ONCE]
+            keyable = [object_id for object_id in some if _keyable(object_id)]
+            named_files = [object_id for object_id in keyable if object_id in wanted]
+            owners, raw_facts = await _together(
+                self.store.get_many([_PREFIX + i for i in keyable]), self._facts_many(named_files))
+            found = dict(zip(keyable, owners, strict=True))
+            for object_id in some:
+                raw = found.get(object_id)
+                if raw is None or raw.decode() != owner:
                     raise NotFound(f"No such object: '{object_id[:_MAX_ID]}'", code="object_not_found")
+            for file_id, raw in zip(named_files, raw_facts, strict=True):
+                read = FileFacts.decode(raw)
+                if read is not None:
+                    facts[file_id] = read
         return facts
+
+    async def _require_one(self, object_id: str, owner: str, *, of_file: bool) -> dict[str, FileFacts]:
+        """`require` of one id: its owner's `get` (and its facts' beside it when named as a file)."""
+        if not of_file:
+            if await self.owner_of(object_id) != owner:
+                raise NotFound(f"No such object: '{object_id[:_MAX_ID]}'", code="object_not_found")
+            return {}
+        found, facts = await _together(self.owner_of(object_id), self._facts_of(object_id))
+        if found != owner:
+            raise NotFound(f"No such object: '{object_id[:_MAX_ID]}'", code="object_not_found")
+        return {} if facts is None else {object_id: facts}
+
+    async def _facts_many(self, file_ids: list[str]) -> list[bytes | None]:
+        """The stored facts of each of `file_ids` (keyable), None each when the store could not give
+        them: those files are estimated as ones Sentinel cannot read (the owners' read, made beside
+        it, fails closed)."""
+        if not file_ids:
+            return []
+        try:
+            return await self.store.get_many([_FILE_FACTS + i for i in file_ids])
+        except StoreUnavailable:
+            return [None] * len(file_ids)
 
     async def _facts_of(self, file_id: str) -> FileFacts | None:
         """The facts read at upload of `file_id`, None when there are none — or the store could not
@@ -311,6 +334,18 @@ class Ownership:
                 details={"param": "input_file_id"},
             )
         return estimate
+
+
+async def _together(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
+    """Both results, read side by side; the first's error (StoreUnavailable) once both ended."""
+    results: list[object] = list(await asyncio.gather(first, second, return_exceptions=True))
+    failed = [result for result in results if isinstance(result, BaseException)]
+    if failed:
+        # Not kept in a local of this frame, which its traceback holds (a cycle that kept the
+        # request's frames alive).
+        results.clear()
+        raise failed.pop(0)
+    return cast(_A, results[0]), cast(_B, results[1])
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,7 @@ class RedisClusterStore(RedisStore):
                                      return_exceptions=True)
         failed = [result for result in found if isinstance(result, BaseException)]
         if failed:
-            found.clear()  # (no cycle through the traceback: see `Ownership.require`)
+            found.clear()  # (no cycle through the traceback: see `sentinel.governance.ownership._together`)
             raise failed.pop(0)
         values: dict[str, bytes | None] = {}
         for group, read in zip(groups.values(), found, strict=True):

@@ -155,6 +155,33 @@ def test_an_uploads_parts_are_completed_only_by_their_owner(
     assert owners.get(f"sentinel:owner:{done.file.id}") == b"alice"
 
 
+def test_another_users_part_among_several_is_404_and_reaches_nobody(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """Several ids named at once are read together (one batched store read): one of them another
+    user's, wherever it stands among his own, is still the 404 an unknown one gets, sent nowhere;
+    all his own complete as before."""
+    with spying(uploads_upstream()) as (_, upstream):
+        gw = gateway_factory(openai_api_url=upstream.url + "/v1", redis_url=redis_url, passthrough="/v1/uploads/*")
+        made = {"filename": "a.txt", "purpose": "user_data", "bytes": 5, "mime_type": "text/plain"}
+        alice = gw.openai()
+        hers = alice.uploads.parts.create(alice.uploads.create(**made).id, data=b"alice").id
+        bob = openai.OpenAI(base_url=gw.url + "/v1", api_key=key_for(gw, "bob"), max_retries=0)
+        upload = bob.uploads.create(**made)
+        his = [bob.uploads.parts.create(upload.id, data=b"bob").id for _ in range(3)]
+        upstream.clear()
+        answers = set()
+        for named in ([*his, hers], [hers, *his], [his[0], hers, his[1], hers], [*his, "part_999"]):
+            with pytest.raises(openai.NotFoundError) as refused:
+                bob.uploads.complete(upload.id, part_ids=named)
+            assert refused.value.code == "object_not_found"
+            answers.add(str(refused.value).replace(hers, "<id>").replace("part_999", "<id>"))
+        assert len(answers) == 1 and "<id>" in answers.pop()  # hers answered as an unknown one
+        assert upstream.seen == []
+        done = bob.uploads.complete(upload.id, part_ids=his)
+    assert done.status == "completed" and upstream.paths() == [f"/v1/uploads/{upload.id}/complete"]
+
+
 # --- multipart bodies ----------------------------------------------------------------------------
 def test_a_form_is_taken_only_where_a_file_is(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str

@@ -9,7 +9,7 @@ import pytest
 
 from sentinel.domain.files import FileFacts
 from sentinel.errors import NotFound, StoreUnavailable
-from sentinel.governance.ownership import LOOKUPS_AT_ONCE, Ownership, _keyable
+from sentinel.governance.ownership import Ownership, _keyable
 from sentinel.services.objects import MAX_REFERENCES
 from sentinel.store import Store
 from tests.support.redis_cluster import redis_cluster, redis_cluster_url
@@ -73,81 +73,123 @@ async def test_ids_out_of_bounds_are_never_recorded(store: Store, object_id: str
     assert await owners.context_of([object_id]) == 0
 
 
-async def test_the_ids_a_body_names_are_looked_up_at_once_each_once(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A body may name 1,000 ids (the same one 1,000 times, too): looked up one after another, each
-    was a store round trip of its own. Each distinct id is looked up once, and all together (on
-    Redis they share a round trip)."""
+async def test_the_ids_a_body_names_are_read_in_one_batched_store_read() -> None:
+    """A body may name 1,000 ids (the same one 1,000 times, too): each was a `get` of its own (a store
+    round trip, a pool connection apiece). Several distinct ids are one `get_many`, each id once;
+    one id (most requests) stays one `get`."""
+    store = FlakyStore()
     owners = Ownership(store)
     for i in range(5):
         await owners.claim(f"file-{i}", "alice", None)
-    looked_up: list[str] = []
-    running = peak = 0
-    get = store.get
-
-    async def counting(key: str) -> bytes | None:
-        nonlocal running, peak
-        looked_up.append(key)
-        running += 1
-        peak = max(peak, running)
-        try:
-            await asyncio.sleep(0)  # (a yield: the lookups issued in the same turn run together)
-            return await get(key)
-        finally:
-            running -= 1
-
-    monkeypatch.setattr(store, "get", counting)
+    store.calls.clear()
     await owners.require([f"file-{i % 5}" for i in range(1000)], "alice")
-    assert sorted(looked_up) == [f"sentinel:owner:file-{i}" for i in range(5)]
-    assert peak == 5
-    looked_up.clear()
+    assert store.calls == {"get_many": 1}
+    store.calls.clear()
     with pytest.raises(NotFound, match="file-9"):
         await owners.require(["file-0", "file-9", "file-1", "file-9"], "alice")
-    assert len(looked_up) == 3
+    assert store.calls == {"get_many": 1}
+    store.calls.clear()
+    await owners.require(["file-3", "file-3"], "alice")
+    assert store.calls == {"get": 1}
+    store.calls.clear()
+    assert await owners.require([], "alice") == {}
+    assert store.calls == {}
 
 
-async def test_a_store_failure_in_a_lookup_is_the_store_error(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_several_files_and_their_facts_are_two_batched_reads_side_by_side() -> None:
+    store = FlakyStore()
+    owners = Ownership(store)
+    ids = [f"file-{i}" for i in range(40)]
+    for number, file_id in enumerate(ids):
+        await owners.claim(file_id, "alice", None)
+        await owners.remember_file(file_id, "alice", FileFacts(text=number))
+    store.calls.clear()
+    assert await owners.require(ids, "alice", files=ids) == {
+        file_id: FileFacts(text=number) for number, file_id in enumerate(ids)}
+    assert store.calls == {"get_many": 2}
+
+
+async def test_a_store_failure_in_a_lookup_is_the_store_error() -> None:
+    """Fails closed, one id or several, files among them or not."""
+    store = FlakyStore()
     owners = Ownership(store)
     await owners.claim("file-1", "alice", None)
-    get = store.get
-
-    async def failing(key: str) -> bytes | None:
-        if key.endswith("file-2"):
-            raise StoreUnavailable("store down")
-        return await get(key)
-
-    monkeypatch.setattr(store, "get", failing)
-    with pytest.raises(StoreUnavailable):
-        await owners.require(["file-1", "file-2"], "alice")
+    await owners.claim("file-2", "alice", None)
+    store.fail("get", "get_many")
+    for ids in (["file-1"], ["file-1", "file-2"]):
+        for files in ((), ids):
+            with pytest.raises(StoreUnavailable):
+                await owners.require(ids, "alice", files=files)
 
 
-async def test_lookups_under_way_at_once_are_bounded(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each lookup under way holds one of the store's connections: 1,000 distinct ids at once took a
-    Redis pool's 512 (a 503 for that request, and for everyone else's store commands meanwhile)."""
+async def _require_one_by_one(store: Store, object_ids: list[str], owner: str, files: set[str]) -> object:
+    """What `Ownership.require` answered when it read each id's owner (and facts) with a `get` of its
+    own: the facts found, or the NotFound message of the first id (in order) that is not `owner`'s."""
+    facts: dict[str, FileFacts] = {}
+    for object_id in dict.fromkeys(object_ids):
+        raw = await store.get("sentinel:owner:" + object_id) if _keyable(object_id) else None
+        if raw is None or raw.decode() != owner:
+            return NotFound(f"No such object: '{object_id[:200]}'").message
+        if object_id in files:
+            read = FileFacts.decode(await store.get("sentinel:file-facts:" + object_id))
+            if read is not None:
+                facts[object_id] = read
+    return facts
+
+
+async def _require_answer(owners: Ownership, object_ids: list[str], owner: str, files: set[str]) -> object:
+    try:
+        return await owners.require(object_ids, owner, files=files)
+    except NotFound as error:
+        return error.message
+
+
+async def _check_require_as_one_by_one(store: Store) -> None:
+    """Many ids — alice's, bob's, unknown, expired, ones that name nothing, repeats, files with facts,
+    without, with unreadable ones — answer as they did read one by one, whichever is first."""
     owners = Ownership(store)
-    ids = [f"file-{i}" for i in range(100)]
-    for object_id in ids:
+    mine = [f"resp_{n}" for n in range(300)]
+    for n, object_id in enumerate(mine):
         await owners.claim(object_id, "alice", None)
-    running = peak = 0
-    get = store.get
+        if n % 3 == 0:
+            await owners.remember_file(object_id, "alice", FileFacts(pages=n + 1))
+    await store.set("sentinel:file-facts:resp_1", b"{not json")
+    await owners.claim("resp_bob", "bob", None)
+    await owners.claim("resp_brief", "alice", 60.0)
+    await store.delete("sentinel:owner:resp_brief")  # (as expired: gone from the store)
+    files = set(mine[::2])
+    cases = [
+        [*mine, *mine[:10]],
+        [*mine, "resp_bob"],
+        [*mine[:50], "resp_unknown", *mine[50:]],
+        [*mine, "resp_brief"],
+        [*mine[:5], "", *mine[5:]],
+        [*mine[:5], "r" * 201],
+        [*mine[:5], "resp_\udc80", "resp_bob"],
+        ["resp_bob", *mine],
+    ]
+    for ids in cases:
+        for owner in ("alice", "bob"):
+            expected = await _require_one_by_one(store, ids, owner, files)
+            assert await _require_answer(owners, ids, owner, files) == expected
+    assert await _require_answer(owners, mine, "alice", files) == {
+        i: FileFacts(pages=int(i[5:]) + 1) for i in mine if i in files and int(i[5:]) % 3 == 0 and i != "resp_1"}
+    assert await _require_answer(owners, [*mine, "resp_bob"], "alice", files) == "No such object: 'resp_bob'"
 
-    async def counting(key: str) -> bytes | None:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        try:
-            await asyncio.sleep(0)
-            return await get(key)
-        finally:
-            running -= 1
 
-    monkeypatch.setattr(store, "get", counting)
-    await owners.require(ids, "alice")
-    assert 1 < peak <= LOOKUPS_AT_ONCE
-    peak = 0
-    await owners.require(ids, "alice", files=ids)  # facts looked up along: within the same bound
-    assert 1 < peak <= LOOKUPS_AT_ONCE
+async def test_many_ids_answer_as_read_one_by_one(store: Store) -> None:
+    await _check_require_as_one_by_one(store)
+
+
+async def test_many_ids_answer_as_read_one_by_one_on_a_cluster(redis_cluster_url: str) -> None:
+    """On a Redis Cluster the owner keys lie in many slots (every primary): one read per primary."""
+    from sentinel.store.cluster import RedisClusterStore
+
+    store = RedisClusterStore(redis_cluster_url, timeout=5.0)
+    try:
+        await _check_require_as_one_by_one(store)
+    finally:
+        await store.close()
 
 
 async def _contexts_one_by_one(store: Store, object_ids: list[str]) -> dict[str, int]:
@@ -277,24 +319,32 @@ async def test_facts_of_many_files_are_looked_up_with_their_owners(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every file's facts are read along with the owners; facts the store cannot give (an outage
-    that spared the owner lookups) leave their file to the bound, refusing nothing."""
+    that spared the owner lookups) leave their files to the bound, refusing nothing."""
     owners = Ownership(store)
-    ids = [f"file-{i}" for i in range(LOOKUPS_AT_ONCE * 2 + 3)]
+    ids = [f"file-{i}" for i in range(35)]
     for number, file_id in enumerate(ids):
         await owners.claim(file_id, "alice", None)
         await owners.remember_file(file_id, "alice", FileFacts(text=number))
     assert await owners.require(ids, "alice", files=ids) == {
         file_id: FileFacts(text=number) for number, file_id in enumerate(ids)}
-    get = store.get
+    get, get_many = store.get, store.get_many
 
     async def failing(key: str) -> bytes | None:
-        if key.startswith("sentinel:file-facts:") and key.endswith("-1"):
+        if key.startswith("sentinel:file-facts:"):
             raise StoreUnavailable("store down")
         return await get(key)
 
+    async def failing_many(keys: list[str]) -> list[bytes | None]:
+        if any(key.startswith("sentinel:file-facts:") for key in keys):
+            raise StoreUnavailable("store down")
+        return await get_many(keys)
+
     monkeypatch.setattr(store, "get", failing)
-    found = await owners.require(ids, "alice", files=ids)
-    assert "file-1" not in found and found["file-2"] == FileFacts(text=2)
+    monkeypatch.setattr(store, "get_many", failing_many)
+    assert await owners.require(ids, "alice", files=ids) == {}
+    assert await owners.require(["file-1"], "alice", files=["file-1"]) == {}
+    with pytest.raises(NotFound):
+        await owners.require([*ids, "file-bob"], "alice", files=ids)
 
 
 async def test_an_answers_objects_are_claimed_at_once(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:

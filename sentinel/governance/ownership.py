@@ -308,6 +308,21 @@ class Ownership:
         nothing counts as charged. StoreUnavailable when the store cannot say."""
         return not _keyable(object_id) or await self.store.get(_CHARGED + object_id) is not None
 
+    async def uncharged(self, object_ids: Iterable[str]) -> list[str]:
+        """Those of `object_ids` (distinct, in order) whose usage was not charged (`was_charged`),
+        read in one batched read of the store (`get_many`) when there are several, READS_AT_ONCE at
+        most a read. StoreUnavailable when the store cannot say."""
+        distinct = list(dict.fromkeys(object_ids))
+        if len(distinct) == 1:
+            return [] if await self.was_charged(distinct[0]) else distinct
+        unread: list[str] = []
+        keyable = [object_id for object_id in distinct if _keyable(object_id)]
+        for start in range(0, len(keyable), READS_AT_ONCE):
+            some = keyable[start : start + READS_AT_ONCE]
+            marks = await self.store.get_many([_CHARGED + i for i in some])
+            unread += [object_id for object_id, mark in zip(some, marks, strict=True) if mark is None]
+        return unread
+
     async def grow_context(self, object_id: str, tokens: int) -> None:
         """Add `tokens` to what `object_id` holds as context (items added to a conversation)."""
         if _keyable(object_id) and tokens > 0:

@@ -74,7 +74,7 @@ class RunCharges:
             if isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) and len(named) < MAX_FETCHED_RUNS:
                 named[run_id] = None
         try:
-            unread = [run_id for run_id in named if not await self.ownership.was_charged(run_id)]
+            unread = await self.ownership.uncharged(named)
         except StoreUnavailable:
             self.ownership.outage.warning("the store is unavailable: runs a thread's messages name were not charged")
             return None

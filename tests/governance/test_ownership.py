@@ -192,6 +192,25 @@ async def test_many_ids_answer_as_read_one_by_one_on_a_cluster(redis_cluster_url
         await store.close()
 
 
+async def test_runs_charged_are_read_in_one_batched_store_read(store: Store) -> None:
+    """Which of a thread's runs were charged: one batched read for several, one `get` for one."""
+    owners = Ownership(store)
+    await owners.charge_once("run_1", None)
+    await owners.charge_once("run_3", None)
+    assert await owners.uncharged(["run_1", "run_2", "run_3", "run_4", "run_2", ""]) == ["run_2", "run_4"]
+    assert await owners.uncharged(["run_1"]) == [] and await owners.uncharged(["run_2"]) == ["run_2"]
+    assert await owners.uncharged([]) == []
+    flaky = FlakyStore()
+    counted = Ownership(flaky)
+    await counted.charge_once("run_1", None)
+    flaky.calls.clear()
+    assert await counted.uncharged([f"run_{n}" for n in range(20)]) == ["run_0", *(f"run_{n}" for n in range(2, 20))]
+    assert flaky.calls == {"get_many": 1}
+    flaky.fail("get_many")
+    with pytest.raises(StoreUnavailable):
+        await counted.uncharged(["run_1", "run_2"])
+
+
 async def _contexts_one_by_one(store: Store, object_ids: list[str]) -> dict[str, int]:
     """What `Ownership.contexts` answered when it read one id after another (its results are kept)."""
     counts: dict[str, int] = {}

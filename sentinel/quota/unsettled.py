@@ -13,7 +13,8 @@ of a reservation whose own reply was lost (`QuotaLimiter.reserve`'s `on_lost`) a
 of a batch's held reservation (`QuotaLimiter.settle_held`'s `again`) wait here alike.
 
 One whose sends keep failing other than by a refusal (`MAX_UNKNOWN` of them: a command error, a
-Redis that keeps timing out) is dropped and logged, so it cannot block those behind it forever.
+Redis that keeps timing out) is dropped and logged, so it cannot block those behind it forever; so
+is one failing with an error that is no store's (a bug), at once, with its traceback.
 Held in this process's memory (at most `limit`, the oldest dropped and logged beyond); what is
 still held at shutdown is tried once more (`close`) within what is left of the shutdown deadline
 (the usage records still to be flushed come after it), and what is left then is logged, as is a
@@ -102,6 +103,9 @@ class Unsettled:
                     return False
                 self._repeated.log(logging.ERROR, "a quota settlement kept failing and is dropped (its "
                                    "reservation stays counted until its window ends)")
+            except Exception:  # noqa: BLE001 - a bug: raised on, it ended this task and stayed first in line
+                log.exception("a quota settlement could not be sent (a bug) and is dropped; its reservation "
+                              "stays counted until its window ends")
             self._held.popleft()
         return True
 

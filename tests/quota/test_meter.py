@@ -646,6 +646,29 @@ async def test_a_settlement_that_keeps_failing_is_dropped_in_the_end(caplog: pyt
     assert sent == ["failing"] * 3 + ["fine"] and "kept failing and is dropped" in caplog.text
 
 
+async def test_a_settlement_failing_with_a_bug_is_dropped_and_logged_not_holding_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One that fails with an error that is no store's (a bug) ended the background task with it,
+    kept at the head of the queue: every settlement added after it met the same error first, and
+    none was sent until shutdown. It is logged with its traceback and dropped; the others are sent."""
+    unsettled = Unsettled(backoff=Backoff(base=0.0, cap=0.0))
+    sent: list[str] = []
+
+    async def broken() -> None:
+        sent.append("broken")
+        raise ValueError("a reservation must be settled by the limiter that made it")
+
+    async def fine() -> None:
+        sent.append("fine")
+
+    unsettled.add(broken)
+    unsettled.add(fine)
+    await until(lambda: len(unsettled) == 0)
+    assert sent == ["broken", "fine"]
+    assert "could not be sent (a bug)" in caplog.text and "ValueError" in caplog.text
+
+
 async def test_a_read_showing_several_batches_settles_each_held_reservation_once() -> None:
     """A list read that shows the usage of several batches first settles the reservation each one
     holds to its own usage; a usage no reservation holds (an object that holds none) is charged on

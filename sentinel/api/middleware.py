@@ -4,7 +4,9 @@ It wraps the router. For every HTTP request it:
 - refuses with 400 `duplicate_header` a request sending a credential header (`Authorization`,
   `x-api-key`, `X-Docs-Key`, `X-CSRF-Token`) or `Host` on more than one line: Sentinel read the
   first line, a proxy in front may read the last, so which credential a request carried was a guess;
-- takes `X-Request-Id` from the client (if sane) or makes one, and returns it on the response;
+- takes `X-Request-Id` from the client (if sane, and holding no API key or configured secret: the id
+  is in every log line, the ledger and the provider's `X-Client-Request-Id`) or makes one, and
+  returns it on the response;
 - refuses new work with 503 + Retry-After when `max_in_flight` requests are already running (a
   503 `overloaded` is counted in `sentinel_overload_rejections_total` and logged at debug only: it
   comes at the rate of whoever fills the slots);
@@ -106,7 +108,7 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid, supplied = _request_id(scope)
+        rid, supplied = _request_id(scope, self.redact)
         ctx = RequestContext.start(rid, time.perf_counter(), client_supplied_id=supplied)
         scope["sentinel.ctx"] = ctx
         token = request_id_var.set(rid)
@@ -254,13 +256,16 @@ class RequestMiddleware:
             self.access_log.record(ctx.request_id, extra)
 
 
-def _request_id(scope: Scope) -> tuple[str, bool]:
+def _request_id(scope: Scope, redact: Redactor = SENTINEL_KEYS_ONLY) -> tuple[str, bool]:
     """The client's X-Request-Id when it is sane (True), else a new one (False). Sane: 1 to
-    MAX_CLIENT_REQUEST_ID (115) characters of `A-Z a-z 0-9 . _ : -`, so its ledger key fits."""
+    MAX_CLIENT_REQUEST_ID (115) characters of `A-Z a-z 0-9 . _ : -`, so its ledger key fits, and
+    nothing `redact` would take out (a Sentinel API key is such text: a client that sent its key
+    as its request id had it written unredacted in every log line of the request, in the ledger,
+    and sent to the provider as `X-Client-Request-Id`)."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             candidate = value.decode("latin-1")
-            if _SAFE_ID.fullmatch(candidate):
+            if _SAFE_ID.fullmatch(candidate) and redact(candidate) == candidate:
                 return candidate, True
             break
     return new_request_id(), False

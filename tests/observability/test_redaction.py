@@ -79,3 +79,39 @@ def test_a_key_in_a_request_path_is_in_no_log_line(
     ]
     assert len(failed) == 4 and all("***" in line["path"] for line in failed)
     assert any("sk-sentinel-***" in line["error"] for line in failed)
+
+
+def test_a_request_id_holding_a_key_is_replaced_not_logged_or_echoed(
+    gateway_factory: Callable[..., Gateway], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A client's X-Request-Id is in every log line of its request, in the ledger and in the provider's
+    `X-Client-Request-Id`: one holding a Sentinel key (its own, pasted in the wrong header) or a
+    configured secret was taken as it was, and logged unredacted. It is replaced by a new id."""
+    with json_logs():
+        gw = gateway_factory(access_log=True, admin_key=ADMIN_KEY)
+        user = {"Authorization": f"Bearer {gw.key}"}
+        chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.Client(base_url=gw.url, timeout=30) as http:
+            answers = [
+                http.post("/v1/chat/completions", json=chat, headers={**user, "X-Request-Id": gw.key}),
+            ]
+            sent = httpx.get(str(gw.settings.openai_api_url).removesuffix("/v1") + "/__mock/last_request").json()
+            answers += [
+                http.get("/v1/models", headers={**user, "X-Request-Id": f"trace:{gw.key}"}),
+                http.get("/admin/api/overview", headers={"Authorization": f"Bearer {ADMIN_KEY}", "X-Request-Id": ADMIN_KEY}),
+                http.get("/v1/models", headers={**user, "X-Request-Id": "my-trace.42"}),  # an ordinary id is kept
+            ]
+        gw.server.stop()  # the lifespan shutdown writes the last batch of access lines
+        err = capfd.readouterr().err
+    assert [a.status_code for a in answers] == [200, 200, 200, 200], [a.text for a in answers]
+    ids = [a.headers["x-request-id"] for a in answers]
+    assert ids[3] == "my-trace.42"
+    for rid in ids[:3]:
+        assert KEY_PREFIX not in rid and ADMIN_KEY not in rid and len(rid) == 32, rid
+    for secret in (gw.key[len(KEY_PREFIX):], ADMIN_KEY):
+        assert secret not in err, secret
+    upstream = dict(sent["headers"])  # the provider is told the id the client was answered with
+    assert upstream["x-client-request-id"] == ids[0] and gw.key[len(KEY_PREFIX):] not in str(sent["headers"])
+    access = {line["request_id"] for line in map(orjson.loads, filter(lambda x: x.startswith("{"), err.splitlines()))
+              if line["logger"] == "sentinel.access"}
+    assert set(ids) <= access  # each request was logged, under the id it was answered with

@@ -334,8 +334,7 @@ class LocalJwtIdentitySource:
             user_id=_text(claims.get("sub")) or external_id,
             email=_text(claims.get("email")),
             source=self.name,
-            plan=_text(claims.get("plan")),
-            expires_at=expires_at,
+            expires_at=expires_at,  # no `plan`: a token's claims never choose it (the database's or Zion's is read)
         )
 
 

@@ -138,6 +138,15 @@ def test_a_tokens_claims_cannot_choose_its_plan_and_its_id_is_the_key_users(
     assert refused.status_code == 429, refused.text
 
 
+def test_a_plan_claim_no_store_can_hold_does_not_refuse_the_token(gateway_factory: Callable[..., Gateway]) -> None:
+    """The `plan` claim is never read (above): one holding a lone surrogate (text no store takes) made
+    the token's identity unstorable, a 403 `identity_unrecordable` for a valid token of a valid user."""
+    gw = gateway_factory(jwt_secret=SECRET, jwt_audience="sentinel")
+    answer = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=30,
+                        headers={"Authorization": f"Bearer {token(plan=chr(0xD800))}"})
+    assert answer.status_code == 200, answer.text
+
+
 def test_validly_signed_tokens_with_claims_out_of_bounds_are_refused_in_each_surfaces_shape(
     gateway_factory: Callable[..., Gateway], caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -106,8 +106,14 @@ class Unsettled:
             except Exception:  # noqa: BLE001 - a bug: raised on, it ended this task and stayed first in line
                 log.exception("a quota settlement could not be sent (a bug) and is dropped; its reservation "
                               "stays counted until its window ends")
-            self._held.popleft()
+            self._done(held)
         return True
+
+    def _done(self, held: _Held) -> None:
+        """Take `held`, sent (or dropped), out of the queue — unless `add` dropped it meanwhile to make
+        room (it was the oldest): the one first in line now is another, never sent."""
+        if self._held and self._held[0] is held:
+            self._held.popleft()
 
     async def close(self, within: float) -> None:
         """Stop the background task and send what is held once more, for at most `within` seconds;

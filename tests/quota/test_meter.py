@@ -669,6 +669,32 @@ async def test_a_settlement_failing_with_a_bug_is_dropped_and_logged_not_holding
     assert "could not be sent (a bug)" in caplog.text and "ValueError" in caplog.text
 
 
+async def test_a_settlement_dropped_for_room_while_it_is_sent_takes_no_other_with_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A full queue drops its oldest settlement to take a new one — maybe the one being sent. When
+    that send ended, the settlement first in line then (the new one, never sent) was taken out in its
+    place: lost without a word, its reservation counted until its window ended."""
+    unsettled = Unsettled(limit=1, backoff=Backoff(base=0.0, cap=0.0))
+    sent: list[str] = []
+    answered = asyncio.Event()
+
+    async def slow() -> None:
+        sent.append("slow")
+        await answered.wait()
+
+    async def fine() -> None:
+        sent.append("fine")
+
+    unsettled.add(slow)
+    await until(lambda: sent == ["slow"])
+    unsettled.add(fine)  # full: `slow`, the oldest, is dropped while its send is under way
+    assert "the oldest is dropped" in caplog.text and len(unsettled) == 1
+    answered.set()
+    await until(lambda: len(unsettled) == 0)
+    assert sent == ["slow", "fine"]
+
+
 async def test_a_read_showing_several_batches_settles_each_held_reservation_once() -> None:
     """A list read that shows the usage of several batches first settles the reservation each one
     holds to its own usage; a usage no reservation holds (an object that holds none) is charged on

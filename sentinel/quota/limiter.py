@@ -49,8 +49,9 @@ external limits run the plain scripts, which touch no hash.
 A reservation can outlive its call: a batch's, made when the batch is, is held in the store by the
 batch (`hold`: `{prefix}:{<subject>}:held:<batch id>`, in the counters' slot, holding what its
 settlement needs) until the first read showing the batch's usage — on any replica — settles it to
-that usage (`settle_held`: one script checks the record is still there, deletes it — and the
-reservation's marker — and adjusts the counters, so two readers racing settle it once).
+that usage (`settle_held`: one script checks the record is still there, puts the call's own mark
+in its place — a second run of that call, redis-py's cluster retry, answers as the first did —,
+deletes the reservation's marker and adjusts the counters, so two readers racing settle it once).
 
 An external key can expire while a reservation on it is still running (a long stream) and be made
 again, under the same name, by the next reservation: a refund then would take back that one's
@@ -431,18 +432,26 @@ def _give_back_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 
 # The settlement of a held reservation (`QuotaLimiter.settle_held`), once: KEYS[1] is where it is
 # held, which must still hold ARGV[1] (what the settler read: a second settler finds it gone and
-# changes nothing); it is deleted with the reservation's marker (KEYS[2]: this record is what says
-# it is unsettled now), `_ADJUST_LUA`'s pairs (from ARGV[4]) applied to the next ARGV[3] KEYS, and
-# the reservation's entry (token ARGV[2]) removed from the in-flight hashes that are the remaining
-# KEYS. 1 when this call settled it, else 0.
+# changes nothing); this call's own mark (ARGV[4], not JSON) takes its place for ARGV[5] ms, so a
+# second run of this call (redis-py's cluster retry after a lost reply) answers as the first did —
+# answering 0, the read charged the usage on its own reservation too. The reservation's marker
+# (KEYS[2]) is deleted (this record is what says it is unsettled now), `_ADJUST_LUA`'s pairs (from
+# ARGV[6]) applied to the next ARGV[3] KEYS, and the reservation's entry (token ARGV[2]) removed from
+# the in-flight hashes that are the remaining KEYS. 1 when this call settled it, else 0.
 _SETTLE_HELD_LUA = _ADJUST_ONE_LUA + """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[4] then
+  return 1
+elseif held ~= ARGV[1] then
   return 0
 end
-redis.call('DEL', KEYS[1], KEYS[2])
+-- (a write first that is no DENYOOM one: under `maxmemory` a script already writing may go on, so
+-- a settlement, which frees memory, still runs on a full Redis)
+redis.call('DEL', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
 local m = tonumber(ARGV[3])
 for i = 1, m do
-  adjust(KEYS[i + 2], tonumber(ARGV[2 + 2 * i]), ARGV[3 + 2 * i])
+  adjust(KEYS[i + 2], tonumber(ARGV[4 + 2 * i]), ARGV[5 + 2 * i])
 end
 for i = m + 3, #KEYS do
   redis.call('HDEL', KEYS[i], ARGV[2])
@@ -453,12 +462,14 @@ return 1
 
 def _settle_held_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     raw = ops.get(keys[0])
+    if raw is not None and raw.decode() == args[3]:
+        return 1
     if raw is None or raw.decode() != args[0]:
         return 0
-    ops.delete(keys[0])
     ops.delete(keys[1])
+    ops.set(keys[0], args[3].encode(), int(args[4]) / 1000)
     m = int(args[2])
-    _adjust_local(ops, keys[2 : m + 2], args[3 : 3 + 2 * m])
+    _adjust_local(ops, keys[2 : m + 2], args[5 : 5 + 2 * m])
     for key in keys[m + 2 :]:
         ops.hdel(key, args[1])
     return 1
@@ -544,6 +555,10 @@ class QuotaLimiter:
             self._bases[key] = base
         return base
 
+    def _new_token(self) -> str:
+        """A token no other call of any process makes (this limiter's random prefix and a count)."""
+        return f"{self._token_prefix}{next(self._tokens):x}"
+
     def _marker(self, subject: str, token: str) -> str:
         """The key marking the reservation `token` of `subject` unsettled (in its counters' slot)."""
         key = (subject, "", 0)  # (no limit's metric is "")
@@ -603,7 +618,7 @@ class QuotaLimiter:
         in_flight: tuple[str, ...] = ()
         token = marker = ""
         if marked and plan.limits:
-            token = f"{self._token_prefix}{next(self._tokens):x}"
+            token = self._new_token()
             marker = self._marker(subject, token)
         banned = next((i for i, limit in enumerate(plan.limits) if limit.limit == 0 and limit.metric != "requests"),
                       None) if tokens_later else None
@@ -784,10 +799,11 @@ class QuotaLimiter:
     ) -> bool:
         """Settle the reservation `subject` holds under `name` (`hold`) to the actual token amounts, as
         `commit` does (its request count stays — the lines ran — unless `requests` is given), once
-        whichever replicas race to it (one atomic call, `SETTLE_HELD`). False when none is held (never held, settled already, or
+        whichever replicas race to it (one atomic call, `SETTLE_HELD`; run again by redis-py's cluster
+        retry, it answers as it did). False when none is held (never held, settled already, or
         kept past its `ttl`): the caller charges the usage on its own reservation. When the store did
         not take that call (refused, or its outcome unknown) `again` gets it, to send again (it runs
-        once: the held record it deletes is what it checks), and the answer is True: the usage is the
+        once: the held record it replaces is what it checks), and the answer is True: the usage is the
         held reservation's to count, never charged on top; without `again`, StoreUnavailable."""
         if not 0 < len(name) <= MAX_HELD_NAME or not is_text(name):
             return False
@@ -799,7 +815,10 @@ class QuotaLimiter:
         keys, args = self._adjustments(reservation, _deltas(reservation, input_tokens, output_tokens, requests))
         marker = self._marker(reservation.subject, reservation.token)  # (held before markers: none, deleting is moot)
         call_keys = [key, marker, *keys, *reservation.in_flight]
-        call_args: list[str | int] = [raw.decode(), reservation.token, len(keys), *args]
+        # This call's own mark in the record's place (`_SETTLE_HELD_LUA`): a token no JSON record is.
+        settled_as = f"settled:{self._new_token()}"
+        call_args: list[str | int] = [raw.decode(), reservation.token, len(keys), settled_as, self._settle_within_ms,
+                                      *args]
         try:
             settled = await self.store.run(SETTLE_HELD, call_keys, call_args)
         except StoreUnavailable:

@@ -27,8 +27,8 @@ What differs from a single server:
 Timeouts and the breaker itself are `RedisStore`'s; so is the error translation (`guard()`).
 redis-py's own retry is cut to one immediate retry after a topology reload, so a call never takes
 much more than two timeouts; XADD and XREADGROUP get none (above). The scripts keep it: a stream
-script (reclaim, settle) run twice leaves the stream as one run does, and so does a quota
-settlement (its reservation's marker); a quota reservation run twice counts twice (README, What next).
+script (reclaim, settle) run twice leaves the stream as one run does, and so do the quota scripts
+(a settlement deletes its reservation's marker; a reservation finds its own and counts nothing).
 """
 
 from __future__ import annotations

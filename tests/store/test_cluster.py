@@ -299,6 +299,29 @@ async def test_a_reservation_run_twice_by_the_clients_retry_counts_once(
     await store.close()
 
 
+async def test_a_held_settlement_run_twice_by_the_clients_retry_is_still_the_reads(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's cluster client sends a held reservation's settlement again after its reply was lost:
+    the second run found the held record gone and answered "none held", so the read charged the
+    batch's usage on its own reservation as well (counted twice until the windows ended). The second
+    run now finds this call's own mark in the record's place and answers as the first did."""
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    limiter = QuotaLimiter(store)
+    plan = Plan("p", (Limit("requests", 3600, 100), Limit("output_tokens", 3600, 10_000)))
+    warm = await limiter.reserve("u-held", plan, input_tokens=0, output_tokens=1)
+    assert await limiter.hold(warm, "batch_warm", None)
+    assert await limiter.settle_held("u-held", "batch_warm", input_tokens=0, output_tokens=0)  # the script known
+    r = await limiter.reserve("u-held", plan, input_tokens=0, output_tokens=500)
+    assert await limiter.hold(r, "batch_1", None)
+    lost = LostClusterReply(monkeypatch, "EVALSHA")
+    settled = await limiter.settle_held("u-held", "batch_1", input_tokens=0, output_tokens=80)  # its retry answered
+    assert lost.sent == 2 and settled  # run twice, and settled by this call
+    assert [int(await store.get(key) or 0) for key in r.keys] == [2, 80]  # counted once
+    assert not await limiter.settle_held("u-held", "batch_1", input_tokens=0, output_tokens=80)  # a later read: none
+    await store.close()
+
+
 async def test_two_instances_share_data(redis_cluster_url: str) -> None:
     one, two = create_store(redis_cluster_url, timeout=2.0), create_store(redis_cluster_url, timeout=2.0)
     assert one.backend == "redis-cluster"

@@ -321,16 +321,27 @@ local function adjust(key, delta, ttl)
   end
 end
 """
+# What every settlement script does once it knows it applies (`_settle_tail_local` is its twin): the
+# `m` KEYS after KEYS[first] are counters, adjusted by the pairs that begin at ARGV[at]; the KEYS
+# after those are in-flight hashes, from which the reservation's entry (`token`) is removed.
+_SETTLE_LUA = _ADJUST_ONE_LUA + """
+local function settle(first, m, at, token)
+  for i = 1, m do
+    adjust(KEYS[first + i], tonumber(ARGV[at + 2 * i - 2]), ARGV[at + 2 * i - 1])
+  end
+  for i = first + m + 1, #KEYS do
+    redis.call('HDEL', KEYS[i], token)
+  end
+end
+"""
 # The settlement of a reservation, once: KEYS[1] is its marker (`_MARK_LUA`), the others counters
 # with their pairs in ARGV. Only a call that deletes the marker adjusts anything (1); a settlement
 # sent again after one that ran (its reply lost) finds it gone and changes nothing (0).
-_ADJUST_LUA = _ADJUST_ONE_LUA + """
+_ADJUST_LUA = _SETTLE_LUA + """
 if redis.call('DEL', KEYS[1]) == 0 then
   return 0
 end
-for i = 2, #KEYS do
-  adjust(KEYS[i], tonumber(ARGV[2 * i - 3]), ARGV[2 * i - 2])
-end
+settle(1, #KEYS - 1, 1, '')
 return 1
 """
 
@@ -346,35 +357,39 @@ def _unmark_local(ops: LocalOps, key: str) -> bool:
 def _settle_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     if not _unmark_local(ops, keys[0]):
         return 0
-    return _adjust_local(ops, keys[1:], args)
-
-
-def _adjust_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
-    for n, key in enumerate(keys):
-        delta, ttl = int(args[2 * n]), args[2 * n + 1]
-        if delta != 0 and (ttl != "" or ops.get(key) is not None):
-            value = ops.incrby(key, delta)
-            if value < 0:
-                ops.incrby(key, -value)  # incrby keeps the key's TTL, unlike set
-            if ttl != "" and ops.pttl(key) < 0:
-                ops.expire(key, int(ttl) / 1000)
+    _settle_tail_local(ops, keys, args, 1, len(keys) - 1, 0, "")
     return 1
+
+
+def _settle_tail_local(
+    ops: LocalOps, keys: list[str], args: list[str], first: int, m: int, at: int, token: str,
+) -> None:
+    """`_SETTLE_LUA`'s `settle`, indexes from 0: the `m` counters from `keys[first]` adjusted by the
+    pairs from `args[at]`, then `token`'s entry removed from the in-flight hashes after them."""
+    for n, key in enumerate(keys[first : first + m]):
+        _adjust_local(ops, key, int(args[at + 2 * n]), args[at + 2 * n + 1])
+    for key in keys[first + m :]:
+        ops.hdel(key, token)
+
+
+def _adjust_local(ops: LocalOps, key: str, delta: int, ttl: str) -> None:
+    """`_ADJUST_ONE_LUA`'s `adjust`."""
+    if delta != 0 and (ttl != "" or ops.get(key) is not None):
+        value = ops.incrby(key, delta)
+        if value < 0:
+            ops.incrby(key, -value)  # incrby keeps the key's TTL, unlike set
+        if ttl != "" and ops.pttl(key) < 0:
+            ops.expire(key, int(ttl) / 1000)
 
 
 # The settlement of a reservation on external limits, once (`_ADJUST_LUA`'s marker, KEYS[1]):
 # `_ADJUST_LUA` on the next (#ARGV - 1) / 2 KEYS (their pairs from ARGV[2]), then the reservation's
 # entry (token ARGV[1]) removed from the in-flight hashes that are the remaining KEYS.
-_ADJUST_EXTERNAL_LUA = _ADJUST_ONE_LUA + """
+_ADJUST_EXTERNAL_LUA = _SETTLE_LUA + """
 if redis.call('DEL', KEYS[1]) == 0 then
   return 0
 end
-local m = (#ARGV - 1) / 2
-for i = 1, m do
-  adjust(KEYS[i + 1], tonumber(ARGV[2 * i]), ARGV[2 * i + 1])
-end
-for i = m + 2, #KEYS do
-  redis.call('HDEL', KEYS[i], ARGV[1])
-end
+settle(1, (#ARGV - 1) / 2, 2, ARGV[1])
 return 1
 """
 
@@ -382,10 +397,7 @@ return 1
 def _adjust_external_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     if not _unmark_local(ops, keys[0]):
         return 0
-    m = (len(args) - 1) // 2
-    _adjust_local(ops, keys[1 : m + 1], args[1:])
-    for key in keys[m + 1 :]:
-        ops.hdel(key, args[0])
+    _settle_tail_local(ops, keys, args, 1, (len(args) - 1) // 2, 1, args[0])
     return 1
 
 
@@ -395,7 +407,7 @@ def _adjust_external_local(ops: LocalOps, keys: list[str], args: list[str]) -> i
 # there (the reservation ran) goes, and its changes are made; none there (it never ran, or not yet)
 # leaves a tombstone in its place for ARGV[2] ms, so that a run arriving later counts nothing
 # (`_RESERVE_LUA`); a tombstone there (this ran already) changes nothing. 1 when it applied.
-_GIVE_BACK_LUA = _ADJUST_ONE_LUA + """
+_GIVE_BACK_LUA = _SETTLE_LUA + """
 local mark = redis.call('GET', KEYS[1])
 if not mark then
   redis.call('SET', KEYS[1], '0', 'PX', ARGV[2])
@@ -404,13 +416,7 @@ elseif mark ~= '1' then
   return 0
 end
 redis.call('DEL', KEYS[1])
-local m = (#ARGV - 2) / 2
-for i = 1, m do
-  adjust(KEYS[i + 1], tonumber(ARGV[2 * i + 1]), ARGV[2 * i + 2])
-end
-for i = m + 2, #KEYS do
-  redis.call('HDEL', KEYS[i], ARGV[1])
-end
+settle(1, (#ARGV - 2) / 2, 3, ARGV[1])
 return 1
 """
 
@@ -423,10 +429,7 @@ def _give_back_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     if mark != b"1":
         return 0
     ops.delete(keys[0])
-    m = (len(args) - 2) // 2
-    _adjust_local(ops, keys[1 : m + 1], args[2:])
-    for key in keys[m + 1 :]:
-        ops.hdel(key, args[0])
+    _settle_tail_local(ops, keys, args, 1, (len(args) - 2) // 2, 2, args[0])
     return 1
 
 
@@ -438,7 +441,7 @@ def _give_back_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 # (KEYS[2]) is deleted (this record is what says it is unsettled now), `_ADJUST_LUA`'s pairs (from
 # ARGV[6]) applied to the next ARGV[3] KEYS, and the reservation's entry (token ARGV[2]) removed from
 # the in-flight hashes that are the remaining KEYS. 1 when this call settled it, else 0.
-_SETTLE_HELD_LUA = _ADJUST_ONE_LUA + """
+_SETTLE_HELD_LUA = _SETTLE_LUA + """
 local held = redis.call('GET', KEYS[1])
 if held == ARGV[4] then
   return 1
@@ -449,13 +452,7 @@ end
 -- a settlement, which frees memory, still runs on a full Redis)
 redis.call('DEL', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
-local m = tonumber(ARGV[3])
-for i = 1, m do
-  adjust(KEYS[i + 2], tonumber(ARGV[4 + 2 * i]), ARGV[5 + 2 * i])
-end
-for i = m + 3, #KEYS do
-  redis.call('HDEL', KEYS[i], ARGV[2])
-end
+settle(2, tonumber(ARGV[3]), 6, ARGV[2])
 return 1
 """
 
@@ -468,10 +465,7 @@ def _settle_held_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
         return 0
     ops.delete(keys[1])
     ops.set(keys[0], args[3].encode(), int(args[4]) / 1000)
-    m = int(args[2])
-    _adjust_local(ops, keys[2 : m + 2], args[5 : 5 + 2 * m])
-    for key in keys[m + 2 :]:
-        ops.hdel(key, args[1])
+    _settle_tail_local(ops, keys, args, 2, int(args[2]), 5, args[1])
     return 1
 
 

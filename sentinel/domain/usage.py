@@ -5,6 +5,7 @@ A record is keyed by its request id, which makes recording it idempotent in ever
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Mapping
@@ -33,6 +34,15 @@ def new_request_id(now_ns: int | None = None) -> str:
     """
     ms = (time.time_ns() if now_ns is None else now_ns) // 1_000_000
     return f"{ms:012x}{os.urandom(10).hex()}"
+
+
+def charge_id(external_id: str, object_id: str, part: str = "") -> str:
+    """The ledger key of the record charging `object_id`'s usage (`part`: one model's share of it)
+    to its owner `external_id`: derived from them, so a read that records it again — the read
+    before it died before marking it charged — adds no second row. `charge-` and 48 hex digits of
+    the SHA-256 of the three (never a request id: those are 32 hex digits or the client's)."""
+    digest = hashlib.sha256("\0".join((external_id, object_id, part)).encode("utf-8", "surrogatepass"))
+    return "charge-" + digest.hexdigest()[:48]
 
 
 @dataclass(frozen=True, slots=True)

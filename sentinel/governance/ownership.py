@@ -18,7 +18,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeGuard, TypeVar, cast
+from typing import Any, Literal, TypeGuard, TypeVar, cast
 
 import orjson
 
@@ -54,6 +54,11 @@ _FILE_FACTS = "sentinel:file-facts:"
 # An object whose usage was charged (made through Sentinel, or first shown with its usage to a read):
 # a later read of it (a batch or a run polled until done, a stored response fetched) charges nothing.
 _CHARGED = "sentinel:charged:"
+# A read's claim of an object's charge (`Ownership.claim_charge`) is pending until its record is
+# stored; then it is confirmed. Any other mark (`charge_once`'s) is a charge done.
+_PENDING = b"pending:"
+_CONFIRMED = b"charged"
+ChargeClaim = Literal["first", "pending", "charged"]
 _MAX_ID = 200
 # Ids `require` reads in one batched store read (`get_many`; one MGET on a single Redis): a body
 # names at most `MAX_REFERENCES` (1,000) distinct objects, read in one.
@@ -61,6 +66,11 @@ READS_AT_ONCE = 1000
 # Context sizes `contexts` reads in one batched store read (one MGET on a single Redis): a batch's
 # lines continue at most `MAX_REFERENCES` (1,000) distinct objects, read in one.
 CONTEXTS_AT_ONCE = 1000
+
+
+def _charged(mark: bytes | None) -> bool:
+    """Whether a charge mark says the object's usage was charged (a claim not yet confirmed did not)."""
+    return mark is not None and not mark.startswith(_PENDING)
 
 
 def _keyable(object_id: str) -> bool:
@@ -290,23 +300,46 @@ class Ownership:
 
     async def charge_once(self, object_id: str, ttl: float | None) -> bool:
         """True the first time `object_id`'s usage is charged (and marks it so, for `ttl` seconds —
-        as long as its owner is kept — or until it is deleted); False after that.
+        as long as its owner is kept — or until it is deleted); False after that: the mark of a call
+        whose own record holds the object's usage (a metered call's own object, `claim_charge` for a
+        read showing it).
 
         The mark is a random token of this call's: a SET NX that found the key taken is read back,
         and finding its own token there is still the first charge — redis-py's cluster client sends
         a command again after its reply was lost (a read timeout), and the second run finds the
         first's mark (read as "charged already", a batch's whole usage went uncharged)."""
+        return await self._mark(object_id, ttl, b"") == "first"
+
+    async def claim_charge(self, object_id: str, ttl: float | None) -> ChargeClaim:
+        """Claim the charge of `object_id`'s usage, shown to a read: `first` when no read claimed it
+        before (marked pending now, for `ttl` seconds), `pending` when one did but its record was
+        not known stored (`confirm_charged`: that read may have died in between, `kill -9`),
+        `charged` once one was. A `first` or `pending` read records the usage under its
+        `charge_id` (the ledger keeps one row per id: the pending read's record is a copy, or
+        the only one) and then confirms it. An id that names nothing is `charged`."""
+        return await self._mark(object_id, ttl, _PENDING)
+
+    async def _mark(self, object_id: str, ttl: float | None, prefix: bytes) -> ChargeClaim:
         if not _keyable(object_id):
-            return False
-        key, mark = _CHARGED + object_id, secrets.token_hex(16).encode()
+            return "charged"
+        key, mark = _CHARGED + object_id, prefix + secrets.token_hex(16).encode()
         if await self.store.set(key, mark, ttl, nx=True):
-            return True
-        return await self.store.get(key) == mark
+            return "first"
+        found = await self.store.get(key)
+        if found == mark:  # (its reply lost, the SET was sent again: see `charge_once`)
+            return "first"
+        return "pending" if found is None or found.startswith(_PENDING) else "charged"
+
+    async def confirm_charged(self, object_ids: Iterable[str], ttl: float | None) -> None:
+        """Mark `object_ids`' usage charged for good (`claim_charge`), once their record is stored."""
+        keys = [_CHARGED + object_id for object_id in dict.fromkeys(object_ids) if _keyable(object_id)]
+        await asyncio.gather(*(self.store.set(key, _CONFIRMED, ttl) for key in keys))
 
     async def was_charged(self, object_id: str) -> bool:
-        """Whether `object_id`'s usage was charged (`charge_once`), marking nothing: an id that names
-        nothing counts as charged. StoreUnavailable when the store cannot say."""
-        return not _keyable(object_id) or await self.store.get(_CHARGED + object_id) is not None
+        """Whether `object_id`'s usage was charged (`charge_once`, or `claim_charge` confirmed),
+        marking nothing: an id that names nothing counts as charged. StoreUnavailable when the
+        store cannot say."""
+        return not _keyable(object_id) or _charged(await self.store.get(_CHARGED + object_id))
 
     async def uncharged(self, object_ids: Iterable[str]) -> list[str]:
         """Those of `object_ids` (distinct, in order) whose usage was not charged (`was_charged`),
@@ -320,7 +353,7 @@ class Ownership:
         for start in range(0, len(keyable), READS_AT_ONCE):
             some = keyable[start : start + READS_AT_ONCE]
             marks = await self.store.get_many([_CHARGED + i for i in some])
-            unread += [object_id for object_id, mark in zip(some, marks, strict=True) if mark is None]
+            unread += [object_id for object_id, mark in zip(some, marks, strict=True) if not _charged(mark)]
         return unread
 
     async def grow_context(self, object_id: str, tokens: int) -> None:

@@ -37,7 +37,7 @@ from sentinel.domain.identity import Identity
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.plans import Plan, PlanSource
 from sentinel.domain.policies import QuotaFailureMode
-from sentinel.domain.usage import MAX_REQUEST_ID, Usage, UsageRecord, UsageSource, new_request_id
+from sentinel.domain.usage import MAX_REQUEST_ID, Usage, UsageRecord, UsageSource, charge_id, new_request_id
 from sentinel.errors import ServiceUnavailable, StoreUnavailable, sent_unanswered
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
@@ -73,6 +73,20 @@ class ModelUsage:
     model: str
     usage: Usage
     prices: Prices | None = None
+    of: str | None = None  # the object whose usage this is part of (keys its record: `charge_id`)
+    counted: bool = True  # False: another read claimed that object first (`ObjectCharge`)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectCharge:
+    """An object's usage a read shows and charges (`Ownership.claim_charge`): recorded under the
+    object's `charge_id`, so recording it again adds no row. `counted`: False when another read
+    claimed it first and had not confirmed it (a race, or a read that died before its record was
+    known stored): its quota counted it (or went with it), the ledger keeps one row either way."""
+
+    object_id: str
+    usage: Usage
+    counted: bool = True
 
 
 def part_id(request_id: str, n: int) -> str:
@@ -139,7 +153,7 @@ class Meter(Protocol):
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None = None, reported_input: Usage | None = None,
         read_input: tuple[str, int] = ("", 0), output_counted: int = 0, settles: Sequence[tuple[str, Usage]] = (),
-        models: Sequence[ModelUsage] = (),
+        models: Sequence[ModelUsage] = (), charges: Sequence[ObjectCharge] = (),
     ) -> None: ...
 
     async def release(self, admission: Admission) -> None: ...
@@ -360,7 +374,7 @@ class QuotaMeter:
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None = None, reported_input: Usage | None = None,
         read_input: tuple[str, int] = ("", 0), output_counted: int = 0, settles: Sequence[tuple[str, Usage]] = (),
-        models: Sequence[ModelUsage] = (),
+        models: Sequence[ModelUsage] = (), charges: Sequence[ObjectCharge] = (),
     ) -> None:
         """Reconcile the reservation to the real usage and store one usage record (once per admission).
 
@@ -381,14 +395,20 @@ class QuotaMeter:
         and this call's own counts none of it; with none held, this call's counts it.
 
         `models`: usage the answer reports per model apart from its own (`ModelUsage`, first shown to
-        this call): each is one more record, keyed `part_id(request id, n)`, of that model — its
-        tokens, its cost —, and their tokens are reconciled against the plan with this call's."""
+        this call): each is one more record, keyed `part_id(request id, n)` (`charge_id(owner,
+        object, model)` when it is part of an object's: `ModelUsage.of`), of that model — its
+        tokens, its cost —, and their tokens are reconciled against the plan with this call's.
+
+        `charges`: the objects whose usage is this read's `usage` (their sum; `ObjectCharge`): each
+        is recorded under its `charge_id` instead — the read's row is the first's — so a read that
+        records one again, after the read before it died before marking it charged, adds no row;
+        one another read claimed first counts nothing against the plan."""
         if not self._begin(admission):
             return
         await self._carry_out(self._record(
             admission, usage=usage, output_text=output_text, status=status, provider=provider,
             output_estimate=output_estimate, reported_input=reported_input, read_input=read_input,
-            output_counted=output_counted, settles=settles, models=models,
+            output_counted=output_counted, settles=settles, models=models, charges=charges,
         ))
 
     def _begin(self, admission: Admission) -> bool:
@@ -455,6 +475,7 @@ class QuotaMeter:
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None, reported_input: Usage | None, read_input: tuple[str, int],
         output_counted: int = 0, settles: Sequence[tuple[str, Usage]] = (), models: Sequence[ModelUsage] = (),
+        charges: Sequence[ObjectCharge] = (),
     ) -> None:
         label = self.metrics.model_label(admission.model)
         model = admission.counted_as or admission.model  # (what the texts are counted as)
@@ -509,20 +530,26 @@ class QuotaMeter:
             cache_read_tokens=cache_read,
         )
         charged = (input_tokens, output_tokens)  # what this call's own reservation is reconciled to
+        uncounted = [(c.usage.input_tokens, c.usage.output_tokens) for c in charges if not c.counted]
         for name, shown in settles:
             if await self._settle_held(admission, name, shown.input_tokens, shown.output_tokens):
                 # (counted by the reservation it settled)
-                charged = (max(0, charged[0] - shown.input_tokens), max(0, charged[1] - shown.output_tokens))
+                uncounted.append((shown.input_tokens, shown.output_tokens))
+        for used in uncounted:
+            charged = (max(0, charged[0] - used[0]), max(0, charged[1] - used[1]))
         parts = [self._part(record, n, part) for n, part in enumerate(models, 1)]
-        charged = (min(MAX_TOKENS, charged[0] + sum(p.input_tokens for p in parts)),
-                   min(MAX_TOKENS, charged[1] + sum(p.output_tokens for p in parts)))
+        plan_parts = [p for p, part in zip(parts, models, strict=True) if part.counted]
+        charged = (min(MAX_TOKENS, charged[0] + sum(p.input_tokens for p in plan_parts)),
+                   min(MAX_TOKENS, charged[1] + sum(p.output_tokens for p in plan_parts)))
+        rows = self._charges(record, admission.prices, charges) or [record]
+        rows += parts
         if admission.reservation is None or admission.limiter is None:  # admitted unchecked (failure mode open)
-            await self._store(record, parts)
+            await self._store(rows)
         else:
             # The record is stored while the reservation is reconciled: the two are independent, and on
             # a shared store they travel to Redis in one round trip (auto-pipelining). Nothing cancels
             # this task (see `settle`), so neither is cut short.
-            stored = asyncio.ensure_future(self._store(record, parts))
+            stored = asyncio.ensure_future(self._store(rows))
             commit = functools.partial(
                 admission.limiter.commit, admission.reservation, input_tokens=charged[0],
                 output_tokens=charged[1], requests=1 if _refused(status) else None,
@@ -535,22 +562,45 @@ class QuotaMeter:
             finally:
                 await stored
         admission.recorded = Usage(input_tokens, output_tokens)
-        for each in (record, *parts):
+        for each in rows:
             self._counted(each)
+
+    @staticmethod
+    def _charges(record: UsageRecord, prices: Prices | None, charges: Sequence[ObjectCharge]) -> list[UsageRecord]:
+        """The records of `charges`, the objects' usage `record`'s read charges (see `settle`), in
+        order, each at most what `record` holds that those before it did not: together, what it
+        holds (at most MAX_TOKENS a count, as the plan was charged: `Usage.plus`)."""
+        left = [record.input_tokens, record.output_tokens, record.cache_write_tokens, record.cache_read_tokens]
+        rows: list[UsageRecord] = []
+        for charge in charges:
+            shown = charge.usage
+            counts = [min(n, most) for n, most in zip(
+                (shown.input_tokens, shown.output_tokens, shown.cache_write_tokens, shown.cache_read_tokens),
+                left, strict=True)]
+            left = [most - n for most, n in zip(left, counts, strict=True)]
+            used = Usage(*counts)
+            rows.append(dataclasses.replace(
+                record, request_id=charge_id(record.external_id, charge.object_id), input_tokens=used.input_tokens,
+                output_tokens=used.output_tokens, usage_source="measured", cache_write_tokens=used.cache_write_tokens,
+                cache_read_tokens=used.cache_read_tokens, cost_usd=None if prices is None else prices.cost(
+                    used.input_tokens, used.output_tokens, used.cache_write_tokens, used.cache_read_tokens),
+            ))
+        return rows
 
     def _part(self, record: UsageRecord, n: int, part: ModelUsage) -> UsageRecord:
         """The record of `part`, the `n`th model usage `record`'s answer reports apart (see `settle`)."""
         used = part.usage
+        key = part_id(record.request_id, n) if part.of is None else charge_id(record.external_id, part.of, part.model)
         return dataclasses.replace(
-            record, request_id=part_id(record.request_id, n), model=part.model, input_tokens=used.input_tokens,
+            record, request_id=key, model=part.model, input_tokens=used.input_tokens,
             output_tokens=used.output_tokens, usage_source="measured", cache_write_tokens=used.cache_write_tokens,
             cache_read_tokens=used.cache_read_tokens, cost_usd=None if part.prices is None else part.prices.cost(
                 used.input_tokens, used.output_tokens, used.cache_write_tokens, used.cache_read_tokens),
         )
 
-    async def _store(self, record: UsageRecord, parts: Sequence[UsageRecord]) -> None:
-        """Put a request's record, then its parts' (`_part`), in the outbox."""
-        for each in (record, *parts):
+    async def _store(self, records: Sequence[UsageRecord]) -> None:
+        """Put a request's records (its own or its charges', then its parts': `_part`) in the outbox."""
+        for each in records:
             await self.outbox.put(each)
 
     def _counted(self, record: UsageRecord) -> None:

@@ -22,12 +22,12 @@ import orjson
 from sentinel.domain.identity import Identity
 from sentinel.domain.usage import Usage
 from sentinel.errors import StoreUnavailable, UpstreamError
-from sentinel.governance.ownership import Ownership
+from sentinel.governance.ownership import ChargeClaim, Ownership
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.errors import UnreadableAnswer, upstream_error
 from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
-from sentinel.quota.meter import Admission, Meter
+from sentinel.quota.meter import Admission, Meter, ModelUsage, ObjectCharge
 from sentinel.quota.usage import StreamInspector, TailInspector, output_read, text_from_body, usage_from_body
 from sentinel.services.event_streams import relay_events
 from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
@@ -58,7 +58,9 @@ class Charging:
 
     An object's usage is charged once: when it is made through Sentinel, or by the first read that
     shows it (a batch's or a run's appears only when it is done); Sentinel marks it charged, in the
-    store, for as long as it keeps the object's owner. `work`: the call asked the provider for work
+    store, for as long as it keeps the object's owner. A read claims the charge first
+    (`Ownership.claim_charge`), records it under the object's key (`ObjectCharge`) and then marks
+    it charged: a read after one that died in between records it again, as one ledger row. `work`: the call asked the provider for work
     (a POST that is no `cancel`) — unless its answer is the object at the call's own path (`at`:
     the path's last segment; an update of its metadata); `counted`: False for an answer whose usage
     is part of another object's (a run's steps). `holds`: the call reserved for the object it makes
@@ -125,17 +127,21 @@ class AnswerRelay:
         answer_id = parsed.get("id") if owner is not None and isinstance(parsed, dict) else None
         if charging.holds and 200 <= upstream.status < 300 and isinstance(answer_id, str):
             await self.meter.hold(admission, answer_id, ttl)
-        pays, settles = await self._pays(charging, answer_id, usage is not None, ttl)
+        pays, settles, charges = await self._pays(charging, answer_id, usage, ttl)
         shown = [(settles, usage)] if settles is not None and usage is not None else []
         if owner is not None and not pays and charging.counted:  # a list of objects (a thread's runs)
             listed = await self._listed_usage(endpoint, parsed, ttl)
             if listed is not None:
-                (usage, shown), pays = listed, True
+                (usage, shown, charges), pays = listed, True
+        claimed: list[str] = []  # (runs charged apart from `charges`: those their records are part of)
         if owner is not None and not pays and charging.counted and thread_runs is not None:
-            fetched = await self.runs.unread_runs(parsed, *thread_runs, ttl)
-            if fetched is not None:
-                usage, pays = fetched, True
-        models = await self.runs.eval_models(parsed, ttl) if owner is not None and charging.counted else []
+            charges, claimed = await self.runs.unread_runs(parsed, *thread_runs, ttl)
+            if charges:
+                usage, pays = _summed(charges), True
+        models: list[ModelUsage] = []
+        if owner is not None and charging.counted:
+            models, runs = await self.runs.eval_models(parsed, ttl)
+            claimed += runs
         unmetered = pays and usage is None  # then what the model read (hosted tools' results) counts too
         # A served generation whose answer cannot be read (not JSON: HTML, a body compressed despite
         # `identity`, cut JSON) is relayed as it is, and charged the output it reserved, as the native
@@ -151,7 +157,9 @@ class AnswerRelay:
             output_estimate=admission.max_output if unreadable else None,
             settles=shown,
             models=models,
+            charges=charges,
         )
+        await self._confirm([*(c.object_id for c in charges), *claimed], ttl)
         claims: list[tuple[str, float | None]] = created_ids(parsed, creating=creating, ttl=ttl) if owner else []
         if items is not None:
             claims += answer_items(parsed, items)
@@ -166,37 +174,51 @@ class AnswerRelay:
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
     async def _pays(
-        self, charging: Charging, answer_id: Any, has_usage: bool, ttl: float | None
-    ) -> tuple[bool, str | None]:
-        """Whether this call pays the usage its answer shows (see `Charging`), and the object whose
-        usage it is the first to show (its reservation, if it holds one, is settled to it); an answer
-        about an owned object with a usage marks that object's usage charged."""
+        self, charging: Charging, answer_id: Any, usage: Usage | None, ttl: float | None
+    ) -> tuple[bool, str | None, list[ObjectCharge]]:
+        """Whether this call pays the usage its answer shows (see `Charging`), the object whose usage
+        it is the first to show (its reservation, if it holds one, is settled to it), and — a read
+        showing an owned object's usage no read charged yet — that charge (`ObjectCharge`); a
+        metered call's answer about an owned object marks that object's usage charged."""
         if not charging.counted:
-            return False, None
+            return False, None, []
         work = charging.work and (charging.at is None or answer_id != charging.at)
         made_here = work and charging.at is None  # a metered call's own object: charged now, usage or estimate
-        if isinstance(answer_id, str) and (has_usage or made_here):  # (a batch made shows its usage when done)
-            first = await self._charged(answer_id, ttl)
-            return first or work, answer_id if first and has_usage else None
-        return work, None
+        if not isinstance(answer_id, str):
+            return work, None, []
+        if work:  # its own record holds the usage: marked charged first, as any call's own object
+            if usage is not None or made_here:  # (a batch made shows its usage when done)
+                first = await self._charged(answer_id, ttl)
+                return True, answer_id if first and usage is not None else None, []
+            return True, None, []
+        if usage is None:
+            return False, None, []
+        claim = await self._claim(answer_id, ttl)
+        if claim == "charged":
+            return False, None, []
+        return True, answer_id if claim == "first" else None, [ObjectCharge(answer_id, usage, claim == "first")]
 
     async def _listed_usage(
         self, endpoint: str, parsed: Any, ttl: float | None
-    ) -> tuple[Usage, list[tuple[str, Usage]]] | None:
-        """The usage of the objects a list answer shows (`data`) whose usage it is the first to show,
-        summed, and each of them with its own (a batch's settles the reservation it holds, as a
-        read of it alone would: `Meter.settle`'s `settles`); None when there is none: a list read is
-        one more way to read each."""
+    ) -> tuple[Usage, list[tuple[str, Usage]], list[ObjectCharge]] | None:
+        """The usage of the objects a list answer shows (`data`) whose usage no read charged yet,
+        summed, those it is the first to show each with its own (a batch's settles the reservation
+        it holds, as a read of it alone would: `Meter.settle`'s `settles`), and their charges; None
+        when there is none: a list read is one more way to read each."""
         items = parsed.get("data") if isinstance(parsed, dict) else None
-        total: Usage | None = None
         first: list[tuple[str, Usage]] = []
+        charges: list[ObjectCharge] = []
         for item in items if isinstance(items, list) else ():
             shown = final_usage(endpoint, item) if isinstance(item, dict) else None
-            if shown is None or not isinstance(item.get("id"), str) or not await self._charged(item["id"], ttl):
+            if shown is None or not isinstance(item.get("id"), str):
                 continue
-            first.append((item["id"], shown))
-            total = shown if total is None else total.plus(shown)
-        return None if total is None else (total, first)
+            claim = await self._claim(item["id"], ttl)
+            if claim == "charged":
+                continue
+            if claim == "first":
+                first.append((item["id"], shown))
+            charges.append(ObjectCharge(item["id"], shown, claim == "first"))
+        return (_summed(charges), first, charges) if charges else None
 
     async def _charged(self, object_id: str, ttl: float | None) -> bool:
         """Whether this is the first charge of `object_id`'s usage (see `Charging`); a store that
@@ -205,6 +227,25 @@ class AnswerRelay:
             return await self.ownership.charge_once(object_id, ttl)
         except StoreUnavailable:
             return True
+
+    async def _claim(self, object_id: str, ttl: float | None) -> ChargeClaim:
+        """This read's claim of `object_id`'s charge (`Ownership.claim_charge`); a store that cannot
+        be reached counts it as the first (recorded under the object's key: the ledger keeps one row)."""
+        try:
+            return await self.ownership.claim_charge(object_id, ttl)
+        except StoreUnavailable:
+            return "first"
+
+    async def _confirm(self, object_ids: list[str], ttl: float | None) -> None:
+        """Mark charged the objects whose charge this read recorded (`Ownership.confirm_charged`). A
+        store that cannot be reached leaves them claimed: a later read records them again, adding
+        no ledger row (`ObjectCharge`) and counting nothing against the plan."""
+        if not object_ids:
+            return
+        try:
+            await self.ownership.confirm_charged(object_ids, ttl)
+        except StoreUnavailable:
+            self.ownership.outage.warning("the store is unavailable: objects whose usage was recorded stay claimed")
 
     async def _not_modified(self, upstream: UpstreamResponse, admission: Admission, ex: Exchange | None) -> Reply:
         """Relay a 304 (the file's content the client holds is still current: `If-None-Match`,
@@ -286,12 +327,14 @@ class AnswerRelay:
             # charged the most output it could hold, as reserved (never a free answer).
             usage = tail.usage(endpoint)
             answer_id = leading_id(head) if owner is not None else None
-            pays, settles = await self._pays(charging, answer_id, usage is not None, ttl)
+            pays, settles, charges = await self._pays(charging, answer_id, usage, ttl)
             if not pays:
                 usage = Usage(0, 0)
             await meter.settle(admission, usage=usage, output_text="", status=status,
                                provider=upstream.provider, output_estimate=admission.max_output,
-                               settles=[(settles, usage)] if settles is not None and usage is not None else [])
+                               settles=[(settles, usage)] if settles is not None and usage is not None else [],
+                               charges=charges)
+            await self._confirm([c.object_id for c in charges], ttl)
             object_id = answer_id if creating else None
             claims: list[tuple[str, float | None]] = [(object_id, ttl)] if owner and object_id is not None else []
             if scanner is not None:
@@ -439,6 +482,14 @@ def final_usage(endpoint: str, body: Any) -> Usage | None:
         if type(ran) is int and ran == 0:
             return Usage(0, 0)
     return usage
+
+
+def _summed(charges: Sequence[ObjectCharge]) -> Usage:
+    """The usage of `charges` (at least one) together."""
+    total = charges[0].usage
+    for charge in charges[1:]:
+        total = total.plus(charge.usage)
+    return total
 
 
 def _json(raw: bytes, upstream: UpstreamResponse) -> Any:

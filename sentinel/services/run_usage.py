@@ -3,8 +3,9 @@
 An eval run reports the tokens its sampling model and its model graders used only per model
 (`per_model_usage`), once it is done; an Assistants run shows its `usage` only on the run, while its
 results are read through its thread's messages, which name it (`run_id`). Either is charged once,
-to the first read that shows it done — the charged-once mark of `Ownership.charge_once`, shared by
-replicas, as a batch's or a run's own `usage` is.
+to the first read that shows it done — the charge claimed (`Ownership.claim_charge`), recorded
+under the run's key (`charge_id`) and then confirmed, shared by replicas, as a batch's or a run's
+own `usage` is.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sentinel.domain.catalogue import Prices
-from sentinel.domain.usage import Usage
 from sentinel.errors import StoreUnavailable
-from sentinel.governance.ownership import Ownership
-from sentinel.quota.meter import ModelUsage
+from sentinel.governance.ownership import ChargeClaim, Ownership
+from sentinel.quota.meter import ModelUsage, ObjectCharge
 from sentinel.quota.usage import per_model_usage, usage_from_body
 
 log = logging.getLogger("sentinel.answers")
@@ -44,28 +44,36 @@ class RunCharges:
         self.ownership = ownership
         self.prices = prices
 
-    async def eval_models(self, answer: Any, ttl: float | None) -> list[ModelUsage]:
+    async def eval_models(self, answer: Any, ttl: float | None) -> tuple[list[ModelUsage], list[str]]:
         """The usage per model of the eval runs `answer` shows done (the run itself, or a list's
-        `data`) whose usage no read charged yet: marked charged now. A malformed entry of a run's
+        `data`) whose usage no read charged yet (each part of its run's: `ModelUsage.of`), and those
+        runs (claimed now: confirmed once their records are stored). A malformed entry of a run's
         `per_model_usage` is ignored, with one warning (the run is charged only once)."""
         parts: list[ModelUsage] = []
+        runs: list[str] = []
         for run in _shown(answer, "eval.run"):
             run_id = run.get("id")
             if run.get("status") not in EVAL_RUN_DONE or not isinstance(run_id, str):
                 continue
-            if not await self._first(run_id, ttl):
+            claim = await self._claim(run_id, ttl)
+            if claim == "charged":
                 continue
+            runs.append(run_id)
             usages, malformed = per_model_usage(run)
             if malformed:
                 log.warning("an eval run's per_model_usage has entries Sentinel cannot read; they are not charged",
                             extra={"run_id": run_id[:100], "ignored": malformed})
-            parts += [ModelUsage(model, usage, self.prices(model)) for model, usage in usages.items()]
-        return parts
+            parts += [ModelUsage(model, usage, self.prices(model), of=run_id, counted=claim == "first")
+                      for model, usage in usages.items()]
+        return parts, runs
 
-    async def unread_runs(self, answer: Any, thread: str, fetch: FetchRun, ttl: float | None) -> Usage | None:
-        """The usage, summed, of the Assistants runs that the messages `answer` shows (a list's
-        `data`, or one message) name by `run_id` and that no read charged yet, fetched (`fetch`) and
-        charged when done; None when there is none. A run whose fetch fails, that is not of
+    async def unread_runs(
+        self, answer: Any, thread: str, fetch: FetchRun, ttl: float | None
+    ) -> tuple[list[ObjectCharge], list[str]]:
+        """The charges (`ObjectCharge`) of the Assistants runs that the messages `answer` shows (a
+        list's `data`, or one message) name by `run_id` and that no read charged yet, fetched
+        (`fetch`) and claimed when done, and every run claimed (those done without a usage too:
+        confirmed with the others once their records are stored). A run whose fetch fails, that is not of
         `thread`, or not done yet, stays uncharged (a later read fetches it again); a store that
         cannot say which runs were charged fetches none (each read would charge them again)."""
         named: dict[str, None] = {}
@@ -77,28 +85,31 @@ class RunCharges:
             unread = await self.ownership.uncharged(named)
         except StoreUnavailable:
             self.ownership.outage.warning("the store is unavailable: runs a thread's messages name were not charged")
-            return None
-        total: Usage | None = None
+            return [], []
+        charges: list[ObjectCharge] = []
+        claimed: list[str] = []
         for run_id, run in zip(unread, await asyncio.gather(*map(fetch, unread)), strict=True):
             if not (isinstance(run, dict) and run.get("id") == run_id and run.get("thread_id") == thread
                     and run.get("status") in THREAD_RUN_DONE):
                 continue
-            if not await self._first(run_id, ttl):
+            claim = await self._claim(run_id, ttl)
+            if claim == "charged":
                 continue
+            claimed.append(run_id)
             shown = usage_from_body("runs", run)
             if shown is None and _malformed(run.get("usage")):
                 log.warning("a run's usage is malformed; it is not charged", extra={"run_id": run_id})
             if shown is not None:
-                total = shown if total is None else total.plus(shown)
-        return total
+                charges.append(ObjectCharge(run_id, shown, claim == "first"))
+        return charges, claimed
 
-    async def _first(self, object_id: str, ttl: float | None) -> bool:
-        """Whether this is the first charge of `object_id`'s usage; a store that cannot be reached
-        counts it as the first (a usage charged twice beats one never charged)."""
+    async def _claim(self, object_id: str, ttl: float | None) -> ChargeClaim:
+        """This read's claim of `object_id`'s charge (`Ownership.claim_charge`); a store that cannot
+        be reached counts it as the first (recorded under the run's key: the ledger keeps one row)."""
         try:
-            return await self.ownership.charge_once(object_id, ttl)
+            return await self.ownership.claim_charge(object_id, ttl)
         except StoreUnavailable:
-            return True
+            return "first"
 
 
 def _shown(answer: Any, kind: str) -> list[dict[str, Any]]:

@@ -304,8 +304,8 @@ def test_a_batch_whose_lines_continue_a_stored_response_reserves_the_context_eac
 def test_a_list_read_charges_at_most_max_tokens_whatever_its_items_add_up_to(
     gateway_factory: Callable[..., Gateway],
 ) -> None:
-    """The usages a list answer shows first are summed into one record: the sum is a count a
-    provider reports like any other, at most MAX_TOKENS. It was not capped: a hostile or broken
+    """The usages a list answer shows first are summed (one row per object, together the sum): the
+    sum is a count a provider reports like any other, at most MAX_TOKENS. It was not capped: a hostile or broken
     provider listing 12,000 items of 10**12 tokens (within the 1 MiB read) made a record of
     1.2 * 10**16 tokens — past 2**53, which a JSON number in JavaScript (Zion, the console) cannot
     hold, and ~770 of them in an hour overflowed the PostgreSQL rollups' BIGINT, stopping the
@@ -324,6 +324,7 @@ def test_a_list_read_charges_at_most_max_tokens_whatever_its_items_add_up_to(
         with gw.client() as alice:
             assert alice.post("/v1/threads", json={}).status_code == 200
             assert alice.get("/v1/threads/thread_1/runs").status_code == 200
-        assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
-        listed = ledger_rows(gw.settings.database_url, "alice")[-1]
-        assert (listed["input_tokens"], listed["output_tokens"]) == (MAX_TOKENS, MAX_TOKENS)
+        # one row per run the read charges (`ObjectCharge`), together what the plan was charged
+        assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
+        listed = ledger_rows(gw.settings.database_url, "alice")[1:]
+        assert (sum(r["input_tokens"] for r in listed), sum(r["output_tokens"] for r in listed)) == (MAX_TOKENS, MAX_TOKENS)

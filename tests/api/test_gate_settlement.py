@@ -17,6 +17,7 @@ import openai
 import orjson
 import pytest
 
+from sentinel.domain.usage import charge_id
 from sentinel.errors import StoreUnavailable
 from sentinel.governance.ownership import Ownership
 from sentinel.native.stream import OpenAIStreamNormalizer
@@ -683,8 +684,9 @@ def test_a_stored_answer_whose_stream_was_cut_is_charged_by_the_read_that_shows_
             upstream.json(answer)
             read = http.get(stored_path)
             assert read.status_code == 200, read.text
-            assert wait_for(lambda: len(recorded(gw, read.headers["x-request-id"])) == 1)
-            rows = recorded(gw, read.headers["x-request-id"])
+            charge = charge_id(recorded(gw, cut_id)[0]["external_id"], answer["id"])  # the read's row, by its object
+            assert wait_for(lambda: len(recorded(gw, charge)) == 1)
+            rows = recorded(gw, charge)
             assert [(row["input_tokens"], row["output_tokens"]) for row in rows] == [(700, 9000)], rows
             upstream.json(answer)  # a second read charges nothing more
             again = http.get(stored_path)

@@ -12,6 +12,7 @@ from typing import Any
 import openai
 import pytest
 
+from sentinel.domain.usage import charge_id
 from sentinel.mock.app import create_mock_app
 from sentinel.mock.openai_runs import GRADED, RUN_USAGE, SAMPLED
 from tests.api.conftest import Gateway
@@ -69,8 +70,9 @@ def test_an_eval_run_is_charged_per_model_once_when_a_read_first_shows_it_done(
         ("gpt-4o-mini", SAMPLED["prompt_tokens"], SAMPLED["completion_tokens"], SAMPLED["cached_tokens"]),
         ("gpt-4o", GRADED["prompt_tokens"], GRADED["completion_tokens"], GRADED["cached_tokens"]),
         (None, 0, 0, 0), (None, 0, 0, 0)]
-    read = rows[2]["request_id"]
-    assert [r["request_id"] for r in rows[3:5]] == [f"{read}#1", f"{read}#2"]
+    # each model's share keyed by the run: a read recording it again adds no row
+    owner = rows[3]["external_id"]
+    assert [r["request_id"] for r in rows[3:5]] == [charge_id(owner, run.id, m) for m in ("gpt-4o-mini", "gpt-4o")]
     assert all(r["endpoint"] == "/v1/evals/*" and r["status"] == 200 for r in rows[2:5])
     # priced as the catalogue prices each model (gpt-4o-mini: $0.15 / $0.60 per million)
     assert rows[3]["cost_usd"] == pytest.approx((120 * 0.15 + 40 * 0.60) / 1e6)

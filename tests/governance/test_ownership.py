@@ -400,3 +400,26 @@ async def test_an_answers_objects_are_claimed_at_once(store: Store, monkeypatch:
     with pytest.raises(StoreUnavailable):
         await owners.claim_all([("resp_2", None), ("msg_3x", None), ("msg_3", None)], "carol")
     assert await owners.owner_of("resp_2") == "carol"
+
+
+async def test_a_reads_charge_is_claimed_then_confirmed_and_a_claim_never_confirmed_is_charged_again(
+    store: Store,
+) -> None:
+    """A read claims an object's charge (`first`), records it, then confirms it (`charged` after).
+    A claim never confirmed — its read died in between — is `pending` to the next read (which
+    records it again under the same key) and uncharged to `uncharged`; a mark `charge_once` made (a
+    metered call's own object, or any mark written before claims existed) is a charge done."""
+    owners = Ownership(store)
+    assert await owners.claim_charge("batch_1", None) == "first"
+    assert await owners.claim_charge("batch_1", None) == "pending"
+    assert await owners.uncharged(["batch_1"]) == ["batch_1"] and not await owners.was_charged("batch_1")
+    await owners.confirm_charged(["batch_1", "batch_1", ""], None)
+    assert await owners.claim_charge("batch_1", None) == "charged" and await owners.was_charged("batch_1")
+    assert await owners.charge_once("resp_1", None) is True
+    assert await owners.claim_charge("resp_1", None) == "charged"
+    await store.set("sentinel:charged:batch_old", b"0f" * 16)  # an earlier version's mark
+    assert await owners.claim_charge("batch_old", None) == "charged"
+    assert await owners.claim_charge("run_2", None) == "first"
+    assert await owners.charge_once("run_2", None) is False  # claimed by a read: not a call's own
+    assert await owners.uncharged(["batch_1", "run_2", "batch_old", "run_3"]) == ["run_2", "run_3"]
+    assert await owners.claim_charge("x" * 201, None) == "charged"  # names nothing

@@ -35,7 +35,7 @@ from sentinel.api.bodies import (
 )
 from sentinel.api.deps import Deps
 from sentinel.api.responses import NO_STORE, NOSNIFF, RawResponse, operator_json
-from sentinel.api.throttle import address_of
+from sentinel.api.throttle import address_of, client_of
 from sentinel.domain.numbers import MAX_INT64, parse_whole
 from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import MAX_ITEMS, limit_inputs, refuse
@@ -143,7 +143,7 @@ class AdminApiRoutes:
         ]
 
     async def _access(self, request: Request, *, client_text: tuple[str, ...] = ()) -> AdminAccess:
-        access = await self.gate.authorize(request.method, request.headers, address_of(request))
+        access = await self.gate.authorize(request.method, request.headers, client_of(request))
         refuse_unreadable_query(request, client_text=client_text)
         return access
 

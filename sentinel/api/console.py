@@ -38,7 +38,7 @@ from sentinel.api.docs import HTML_HEADERS
 from sentinel.api.docs_assets import DocsAssets
 from sentinel.api.docs_auth import from_another_site
 from sentinel.api.responses import NOSNIFF, RawResponse
-from sentinel.api.throttle import address_of
+from sentinel.api.throttle import address_of, client_of
 from sentinel.domain.numbers import parse_whole
 from sentinel.domain.plans import format_window
 from sentinel.errors import Conflict, InvalidRequest, NotFound, RevocationIncomplete, StoreUnavailable
@@ -151,7 +151,7 @@ class ConsoleRoutes:
         async def typed_key() -> str:
             return self._one(await self._form(request, sign_in_deadline(self.body_timeout)), "key")
 
-        if not await self.gate.throttle.attempt(address_of(request), typed_key, self.gate.key_matches):
+        if not await self.gate.throttle.attempt(client_of(request), typed_key, self.gate.key_matches):
             return _html(401, signin_page(self.css, "Wrong admin key."))
         cookie = self.gate.set_cookie(self.gate.mint(), secure=request.url.scheme == "https")
         return _see_other("/admin", [(b"set-cookie", cookie.encode())])

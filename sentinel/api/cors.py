@@ -14,6 +14,8 @@ API path with an `Origin` header:
 Preflights are answered in front of the request middleware: no request id, not in the metrics.
 Credentials mode is never allowed (no `Access-Control-Allow-Credentials`): the API authenticates with
 headers, not cookies. That makes `*` (any origin) safe to offer: a page still needs a key to call.
+The wrong keys a page makes its visitors' browsers send count in a second bucket of their address
+(`sentinel.api.throttle.client_of`): they cannot lock the admin API or server-side clients out.
 """
 
 from __future__ import annotations

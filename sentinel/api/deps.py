@@ -9,7 +9,7 @@ from starlette.requests import Request
 from sentinel.api.bodies import read_within
 from sentinel.api.body_budget import BodyBudget
 from sentinel.api.context import context
-from sentinel.api.throttle import FailedAuthThrottle, address_of
+from sentinel.api.throttle import FailedAuthThrottle, client_of
 from sentinel.api.user_slots import UserSlots
 from sentinel.config import Settings
 from sentinel.domain.identity import Identity
@@ -36,7 +36,7 @@ class Deps:
         never forwarded upstream): AuthenticationError (401), or 429 for an address that failed too
         often this minute (checked before any lookup) — unless the credential's identity is cached:
         one client's failures must not lock out the users sharing its address (a NAT, a proxy)."""
-        address = address_of(request)
+        address = client_of(request)
         ctx = context(request.scope)
         with ctx.spans.span("sentinel.auth"):
             try:

@@ -37,7 +37,7 @@ from sentinel.api.docs_assets import DocsAssets
 from sentinel.api.docs_auth import MAX_FORM_BYTES, DocsGate, form_key, from_another_site
 from sentinel.api.openapi import build_openapi
 from sentinel.api.responses import NOSNIFF, RawResponse
-from sentinel.api.throttle import FailedAuthThrottle, address_of
+from sentinel.api.throttle import FailedAuthThrottle, client_of
 from sentinel.errors import AuthenticationError, InvalidRequest, NotFound
 
 CSP = (
@@ -126,7 +126,7 @@ class DocsRoutes:
         headers = dict(request.headers)
         if "x-docs-key" not in headers or self.gate.open:
             return self.gate.allows(headers)
-        address = address_of(request)
+        address = client_of(request)
         self.throttle.check(address)
         if self.gate.allows(headers):
             return True
@@ -163,7 +163,7 @@ class DocsRoutes:
             return form_key(body)
 
         # A failed sign-in counts like a failed authentication (see `FailedAuthThrottle.attempt`).
-        if not await self.throttle.attempt(address_of(request), typed_key, self.gate.key_matches):
+        if not await self.throttle.attempt(client_of(request), typed_key, self.gate.key_matches):
             return self._signin_page(401, "Wrong docs key.")
         cookie = self.gate.set_cookie(secure=request.url.scheme == "https")
         headers = [(b"location", b"/native/docs"), (b"set-cookie", cookie.encode()), (b"cache-control", b"no-store")]

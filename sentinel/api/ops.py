@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from sentinel import __version__
 from sentinel.api.responses import NOSNIFF, RawResponse, operator_json
-from sentinel.api.throttle import FailedAuthThrottle, address_of
+from sentinel.api.throttle import FailedAuthThrottle, client_of
 from sentinel.errors import AuthenticationError, StoreUnavailable
 from sentinel.flight import SingleFlight
 from sentinel.observability.logging import Repeated
@@ -145,7 +145,7 @@ class OpsRoutes:
             raise AuthenticationError(
                 "Send the metrics token (METRICS_TOKEN) as Authorization: Bearer <token>", code="missing_metrics_token"
             )
-        address = address_of(request)
+        address = client_of(request)
         if self.throttle is not None:
             self.throttle.check(address)
         if not hmac.compare_digest(_digest(given), self._token_digest):

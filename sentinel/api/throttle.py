@@ -20,6 +20,16 @@ own: N replicas admit up to N x `limit` failures a minute); the address is the s
 the one a trusted proxy reported (`SENTINEL_FORWARDED_ALLOW_IPS`). The table holds at most
 `max_clients` clients: when it is full, the counts of past minutes and of clients below the limit
 are dropped first; clients at the limit are never forgotten before their minute ends.
+
+Each address has two buckets (`client_of`): failures of requests a browser page of another origin
+sent (an `Origin` header naming another origin than Sentinel's own, `from_another_origin`) count in
+its second, cross-origin bucket. With `SENTINEL_CORS_ORIGINS` a page can make its visitors' browsers
+send wrong keys; counted with the address's own, a page left open kept a whole office (a NAT) out of
+the admin API, the console and every key not cached. Now it can at worst throttle the browser apps'
+cross-origin calls from that address; server-side clients (no `Origin`) and the console (same
+origin) keep their own count. The bucket is not keyed by the origin's value (a script writing a new
+one per request would get a fresh bucket each time): a script adding an `Origin` moves its guesses to
+the second bucket, throttled there too — at most twice `limit` failures per window in all.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from starlette.requests import ClientDisconnect, Request
 from sentinel.errors import Overloaded, RateLimited
 
 MAX_CLIENTS = 100_000
+CROSS_ORIGIN = "cross-origin "  # what an address's second bucket is counted under: this, then the address
 
 
 def address_of(request: Request) -> str | None:
@@ -46,9 +57,34 @@ def address_of(request: Request) -> str | None:
     return client[0] if client else None
 
 
+def from_another_origin(request: Request) -> bool:
+    """Whether the request says (`Origin`) that a page of another origin than Sentinel's own (the
+    request's `Host`; any scheme) sent it: a browser's cross-origin call. An opaque origin (`null`)
+    is another. Clients that are not browsers send no `Origin`."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    _, sep, authority = origin.partition("://")
+    host = request.headers.get("host")
+    return not sep or host is None or authority.strip().lower() != host.strip().lower()
+
+
+def client_of(request: Request) -> str | None:
+    """What the throttle counts the request's failures under: its address (`address_of`), or that
+    address's cross-origin bucket when a page of another origin sent it (see the module docstring)."""
+    address = address_of(request)
+    if address is not None and from_another_origin(request):
+        return CROSS_ORIGIN + address
+    return address
+
+
 @functools.lru_cache(maxsize=4096)
 def client_key(address: str | None) -> str | None:
-    """What the throttle counts `address` under: IPv4 as is, IPv6 by its /64 (see the module docstring)."""
+    """What the throttle counts `address` under: IPv4 as is, IPv6 by its /64 (see the module docstring);
+    a cross-origin bucket's address (`client_of`) the same way, in that bucket."""
+    if address is not None and address.startswith(CROSS_ORIGIN):
+        key = client_key(address[len(CROSS_ORIGIN):])
+        return None if key is None else CROSS_ORIGIN + key
     if address is None or ":" not in address:
         return address
     try:

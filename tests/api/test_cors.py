@@ -4,6 +4,7 @@ in tests/browser/test_cors_browser.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import httpx
@@ -58,3 +59,70 @@ def test_bad_origin_settings_are_refused(value: str, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("SENTINEL_CORS_ORIGINS", value)
     with pytest.raises(ConfigError, match="SENTINEL_CORS_ORIGINS"):
         load_settings(_env_file=None)
+
+
+def test_a_hostile_page_cannot_lock_its_visitors_address_out_through_the_failed_auth_throttle(
+    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With `*`, any page passes the preflight for `authorization` and makes its visitors' browsers
+    send junk keys: counted with the address's own failures, a page left open kept everyone behind
+    that address (an office NAT) out — the admin API, the console sign-in, every key not cached. A
+    cross-origin request's failures now count in a second bucket of the address; a script adding an
+    `Origin` to dodge the throttle is throttled there too (twice the limit in all, never more)."""
+    import openai
+
+    from tests.api.test_gate_limits import _throttle_minute_fixed
+    from tests.support.accounts import create_key
+
+    _throttle_minute_fixed(monkeypatch)
+    admin_key = "admin-key-for-tests-0123"
+    gw = gateway_factory(cors_origins="*", auth_failures_per_minute=3, admin_key=admin_key)
+    _, fresh = asyncio.run(create_key(gw.settings.database_url, "office-colleague"))  # never used: not cached
+    page = {"origin": "https://hostile.example", "sec-fetch-site": "cross-site"}
+
+    def junk(http: httpx.Client, i: int, headers: dict[str, str]) -> httpx.Response:
+        return http.get("/v1/models", headers={**headers, "authorization": f"Bearer sk-sentinel-junk-{i}"})
+
+    with httpx.Client(base_url=gw.url, timeout=30) as http:
+        assert http.options("/v1/models", headers={**page, "access-control-request-method": "GET",
+                                                   "access-control-request-headers": "authorization"}).status_code == 204
+        from_page = [junk(http, i, page).status_code for i in range(5)]
+        assert from_page == [401] * 3 + [429] * 2  # the page's calls are throttled in their own bucket
+        # The office behind the same address is not: a key not seen before (it needs a lookup), the
+        # admin API, the console's sign-in (a same-origin form, its `Origin` Sentinel's own).
+        models = openai.OpenAI(base_url=gw.url + "/v1", api_key=fresh, max_retries=0).models.list()
+        assert models.data
+        admin = http.get("/admin/api/plans", headers={"authorization": f"Bearer {admin_key}"})
+        assert admin.status_code == 200, admin.text
+        own = gw.url.removeprefix("http://")
+        signin = http.post("/admin/signin", data={"key": admin_key},
+                           headers={"origin": f"http://{own}", "sec-fetch-site": "same-origin"})
+        assert signin.status_code == 303, signin.text
+        # A script sending junk without an Origin is throttled at the limit as before...
+        script = [junk(http, 10 + i, {}).status_code for i in range(4)]
+        # ...and adding an Origin only moves it to the second bucket, already at its limit; another
+        # origin's value is no new bucket either.
+        dodge = [junk(http, 20, {"origin": "https://another-one.example"}), junk(http, 21, {"origin": "null"})]
+    assert script == [401] * 3 + [429]
+    assert [r.status_code for r in dodge] == [429, 429]
+    assert {r.json()["error"]["code"] for r in dodge} == {"auth_rate_limited"}
+
+
+def test_a_script_adding_an_origin_gets_at_most_twice_the_limit(
+    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.api.test_gate_limits import _throttle_minute_fixed
+
+    _throttle_minute_fixed(monkeypatch)
+    gw = gateway_factory(cors_origins="*", auth_failures_per_minute=3)
+    with httpx.Client(base_url=gw.url, timeout=30) as http:
+        plain = [http.get("/v1/models", headers={"authorization": f"Bearer sk-sentinel-junk-{i}"}).status_code
+                 for i in range(4)]
+        dodging = [http.get("/v1/models", headers={"authorization": f"Bearer sk-sentinel-junk-{10 + i}",
+                                                   "origin": f"https://site-{i}.example"}).status_code
+                   for i in range(4)]
+        # The address's own bucket is still full: a key never seen waits for the minute's end.
+        fresh = http.get("/v1/models", headers={"authorization": "Bearer sk-sentinel-junk-99"})
+    assert plain == [401] * 3 + [429]
+    assert dodging == [401] * 3 + [429]
+    assert fresh.status_code == 429

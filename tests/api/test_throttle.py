@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, Request
 
-from sentinel.api.throttle import FailedAuthThrottle, client_key
+from sentinel.api.throttle import FailedAuthThrottle, client_key, client_of
 from sentinel.errors import AuthenticationError, InvalidRequest, Overloaded, RateLimited, RequestTimeout
 
 
@@ -127,3 +127,25 @@ async def test_a_sign_in_form_never_read_whole_is_a_failed_sign_in() -> None:
             await throttle.attempt("198.51.100.7", never(exc), lambda _: True)
     with pytest.raises(RateLimited):
         throttle.check("198.51.100.7")
+
+
+def _request(headers: dict[str, str], client: str = "2001:db8:5::1") -> Request:
+    raw = [(k.encode(), v.encode()) for k, v in headers.items()]
+    return Request({"type": "http", "method": "GET", "path": "/v1/models", "headers": raw, "client": (client, 1)})
+
+
+def test_a_cross_origin_request_counts_in_its_addresses_second_bucket() -> None:
+    """A page of another origin (an `Origin` not Sentinel's own `Host`, or an opaque one) fails in a
+    second bucket of the address — one per address (an IPv6 /64), whatever the origin's value."""
+    throttle = FailedAuthThrottle(2, clock=lambda: 1000.0)
+    own = {"host": "sentinel.example:8443", "origin": "https://Sentinel.example:8443"}
+    assert client_of(_request(own)) == "2001:db8:5::1"  # same origin: the address's own bucket
+    assert client_of(_request({"host": "sentinel.example"})) == "2001:db8:5::1"  # no Origin: not a browser page
+    for origin in ("https://hostile.example", "https://sentinel.example", "null"):
+        throttle.failed(client_of(_request({"host": "sentinel.example:8443", "origin": origin})))
+    with pytest.raises(RateLimited):
+        throttle.check(client_of(_request({"host": "x", "origin": "https://a.example"}, "2001:db8:5::2")))
+    throttle.check("2001:db8:5::1")  # the address's own bucket: nothing failed there
+    throttle.check(client_of(_request(own)))
+    assert client_key(client_of(_request({"origin": "https://a.example"}, "::ffff:192.0.2.1"))) == "cross-origin 192.0.2.1"
+    assert client_key(client_of(_request({"origin": "https://a.example"}, "2001:db8:5::1"))) == "cross-origin 2001:db8:5::/64"

@@ -184,7 +184,7 @@ def start_sentinel(
         "DATABASE_URL": database_url or f"sqlite+aiosqlite:///{home}/sentinel.db",
         "SENTINEL_HOST": HOST,
         "SENTINEL_PORT": str(port),
-        "DOCS_API_KEY": "bench-docs",
+        "DOCS_API_KEY": "bench-docs-key-0123",
     }
     if spec.redis:
         if redis_url is None:

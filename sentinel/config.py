@@ -56,6 +56,10 @@ MAX_WORKERS = 256
 MAX_SECONDS = 1_000_000_000  # ~31 years: the longest duration a setting takes (`1e300` overflowed timedelta)
 MIN_JWT_SECRET_BYTES = 32
 MIN_END_USER_SECRET_BYTES = 32
+# The keys operators choose and hand out (SENTINEL_ADMIN_KEY, DOCS_API_KEY, METRICS_TOKEN): at least
+# this long — guessable otherwise, and one shorter than the log redactor's minimum (8) is never
+# blanked from the logs.
+MIN_OPERATOR_KEY_CHARS = 16
 MAX_POOL_CONNECTIONS = 1000  # DATABASE_POOL_SIZE, DATABASE_MAX_OVERFLOW: far past any PostgreSQL's max_connections
 # The HMAC keys among the settings: their least length in bytes, and why (`Settings._hmac_key`).
 _HMAC_KEYS = {"jwt_secret": (MIN_JWT_SECRET_BYTES, " (HS256 wants a 256-bit key)"),
@@ -481,8 +485,8 @@ class Settings(BaseSettings):
         if value is None or not value.get_secret_value():
             return None
         secret = value.get_secret_value()
-        if len(secret) < 16:
-            raise ValueError("must be at least 16 characters")
+        if len(secret) < MIN_OPERATOR_KEY_CHARS:
+            raise ValueError(f"must be at least {MIN_OPERATOR_KEY_CHARS} characters")
         if secret.startswith("sk-sentinel-"):
             raise ValueError("must not look like a user API key (sk-sentinel-...): the admin credential is separate")
         return value
@@ -492,8 +496,21 @@ class Settings(BaseSettings):
     def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value():
             return None
-        if len(value.get_secret_value()) < 16:
-            raise ValueError("must be at least 16 characters (it is the only thing between anyone and /metrics)")
+        if len(value.get_secret_value()) < MIN_OPERATOR_KEY_CHARS:
+            raise ValueError(f"must be at least {MIN_OPERATOR_KEY_CHARS} characters (it is the only thing between "
+                             "anyone and /metrics)")
+        return value
+
+    @field_validator("docs_api_key")
+    @classmethod
+    def _docs_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """A short docs key was accepted: easy to guess, and one under the log redactor's minimum
+        (`MIN_REDACTED`, 8) was never blanked from the logs (a client sending it in a path, a header)."""
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < MIN_OPERATOR_KEY_CHARS:
+            raise ValueError(f"must be at least {MIN_OPERATOR_KEY_CHARS} characters (it guards /native/docs, and "
+                             "a shorter key is easy to guess)")
         return value
 
     @field_validator("openai_api_url", "anthropic_api_url", "zion_api_url", "jwt_jwks_url", "otel_endpoint")

@@ -135,6 +135,25 @@ def test_a_weak_or_unsendable_metrics_token_is_refused_without_being_shown(
     assert "METRICS_TOKEN" in str(refused.value) and value.strip() not in str(refused.value)
 
 
+@pytest.mark.parametrize("value", ["docs-7", "docs-key-15-chr"])
+def test_a_short_docs_key_is_refused_without_being_shown(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """DOCS_API_KEY had no minimum length: a key easy to guess, and one under the log redactor's
+    minimum (8 characters) was never blanked from the logs. It takes the other operator keys' minimum."""
+    monkeypatch.setenv("DOCS_API_KEY", value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    from sentinel.config import MIN_OPERATOR_KEY_CHARS
+    from sentinel.observability.redaction import MIN_REDACTED
+
+    assert "DOCS_API_KEY" in str(refused.value) and f"at least {MIN_OPERATOR_KEY_CHARS} characters" in str(refused.value)
+    assert value not in str(refused.value)
+    assert MIN_OPERATOR_KEY_CHARS >= MIN_REDACTED  # every key accepted is one the redactor looks for
+    monkeypatch.setenv("DOCS_API_KEY", value + "x" * (MIN_OPERATOR_KEY_CHARS - len(value)))
+    assert reveal(load_settings().docs_api_key) == value.ljust(MIN_OPERATOR_KEY_CHARS, "x")
+    monkeypatch.setenv("DOCS_API_KEY", "")
+    assert load_settings().docs_api_key is None  # empty: unset (the docs open, warned at start)
+
+
 def test_a_metrics_token_is_a_secret_and_an_empty_one_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("METRICS_TOKEN", "")
     assert load_settings().metrics_token is None

@@ -213,12 +213,12 @@ def test_broken_stream_ends_with_error_event(native_gw: Gateway) -> None:
 
 
 def test_docs_protected_by_key(gateway_factory: Callable[..., Gateway]) -> None:
-    gw = gateway_factory(docs_api_key="docs-secret")
+    gw = gateway_factory(docs_api_key="docs-secret-for-tests-0123")
     with httpx.Client(base_url=gw.url) as http:
         assert http.get("/native/docs/openapi.json").status_code == 401
         assert http.get("/native/docs/openapi.json", headers={"X-Docs-Key": "wrong"}).status_code == 401
-        assert http.get("/native/docs", headers={"X-Docs-Key": "docs-secret"}).status_code == 200
-        doc = http.get("/native/docs/openapi.json", headers={"X-Docs-Key": "docs-secret"}).json()
+        assert http.get("/native/docs", headers={"X-Docs-Key": "docs-secret-for-tests-0123"}).status_code == 200
+        doc = http.get("/native/docs/openapi.json", headers={"X-Docs-Key": "docs-secret-for-tests-0123"}).json()
     from openapi_spec_validator import validate
 
     validate(doc)

@@ -22,14 +22,14 @@ CHECKS = (
 
 
 def test_schemathesis_finds_no_server_errors(gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
-    gw = gateway_factory(docs_api_key="docs-key", default_plan="requests=100000/1m")
+    gw = gateway_factory(docs_api_key="docs-key-for-tests-0123", default_plan="requests=100000/1m")
     st = Path(sys.executable).with_name("st")
     result = subprocess.run(
         [
             str(st), "run", f"{gw.url}/native/docs/openapi.json",
             "--url", gw.url,
             "-H", f"Authorization: Bearer {gw.key}",
-            "-H", "X-Docs-Key: docs-key",
+            "-H", "X-Docs-Key: docs-key-for-tests-0123",
             "--checks", ",".join(CHECKS),
             "--max-examples", "60",
             "--phases", "examples,coverage,fuzzing",

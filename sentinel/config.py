@@ -303,8 +303,9 @@ class Settings(BaseSettings):
     zion_apply_default_plan: bool = env("ZION_APPLY_DEFAULT_PLAN", True)
     quota_failure_mode: QuotaFailureMode = env("QUOTA_FAILURE_MODE", QuotaFailureMode.closed)
     default_max_output_tokens: int = env("DEFAULT_MAX_OUTPUT_TOKENS", 4096, ge=1)
-    # Input reserved for each stored item, reusable prompt or audio answer a request names by id: the
-    # provider holds its text, Sentinel cannot read it (`sentinel.quota.estimate.REFERENCE_TOKENS`).
+    # Input reserved for each stored item, reusable prompt or audio answer a request names by id, and
+    # each MCP server it names: the provider holds or fetches its text, Sentinel cannot read it
+    # (`sentinel.quota.estimate.REFERENCE_TOKENS`).
     reference_input_tokens: int = env("SENTINEL_REFERENCE_INPUT_TOKENS", 4096, ge=0, le=1_000_000_000)
     usage_lease_seconds: float = env("USAGE_LEASE_SECONDS", 30.0, gt=0)
     usage_flush_interval_seconds: float = env("USAGE_FLUSH_INTERVAL_SECONDS", 0.5, gt=0)

@@ -64,6 +64,8 @@ def check_messages_fields(payload: dict[str, Any], *, count_only: bool = False) 
         _blocks("system", system)
     if payload.get("tools") is not None and not _objects(payload["tools"]):
         raise _fail("tools", "must be an array of tool objects")
+    if payload.get("mcp_servers") is not None and not _objects(payload["mcp_servers"]):  # (each one reserved)
+        raise _fail("mcp_servers", "must be an array of MCP server objects")
     for key in ("tool_choice", "metadata", "thinking"):
         if payload.get(key) is not None and not isinstance(payload[key], dict):
             raise _fail(key, "must be an object")

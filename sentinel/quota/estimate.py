@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from sentinel.native.openai_checks import output_multiplier
+from sentinel.native.types import MAX_TOOLS
 from sentinel.quota.anthropic_usage import content_texts, estimate_messages
 from sentinel.quota.images import ANTHROPIC, ImageRule, openai_image_rule
 from sentinel.quota.items import item_text
@@ -24,10 +25,15 @@ from sentinel.quota.tokens import TokenCounter
 MAX_RESERVED_OUTPUT = 2**40
 # What a request reserves for each thing it names that the provider holds and Sentinel cannot read
 # (`SENTINEL_REFERENCE_INPUT_TOKENS`): a Responses `item_reference` input item, a reusable prompt's
-# own text (`prompt.id`), a chat message's earlier audio answer (`audio.id`). One short id can stand
-# for a long stored item: estimated at nothing, it passed any input limit, and a stream cut before
-# its usage was charged nothing for it. The answer's usage is what is charged.
+# own text (`prompt.id`), a chat message's earlier audio answer (`audio.id`), an MCP server whose
+# tool list the provider fetches and adds to the input (`/v1/messages`' `mcp_servers`, a Responses
+# `mcp` tool). One short id can stand for a long stored item: estimated at nothing, it passed any
+# input limit, and a stream cut before its usage was charged nothing for it. The answer's usage is
+# what is charged.
 REFERENCE_TOKENS = 4096
+# The most MCP servers one request is reserved for: the most tools a request may have. A body naming
+# 100,000 of them reserved 100,000 times the figure (the provider refuses such a request anyway).
+MAX_MCP_SERVERS = MAX_TOOLS
 
 
 def estimate_input(
@@ -43,7 +49,8 @@ def estimate_input(
     `referenced`: the tokens reserved for each stored item, prompt or audio answer it names by id
     (`references`; REFERENCE_TOKENS)."""
     if endpoint in ("messages", "messages/count_tokens"):
-        return estimate_messages(counter, model, payload, user=user, images=ANTHROPIC if images is None else images)
+        return estimate_messages(counter, model, payload, user=user, images=ANTHROPIC if images is None else images) \
+            + references(endpoint, payload) * referenced
     rule = openai_image_rule(model) if images is None else images
     files = RequestFiles(files)  # (the bound of the files it cannot read is reserved once: `media.unread_bound`)
     if endpoint in ("chat", "native"):
@@ -76,8 +83,12 @@ def estimate_input(
 def references(endpoint: str, payload: dict[str, Any]) -> int:
     """How many things the request names that the provider holds and Sentinel cannot read, each
     reserved REFERENCE_TOKENS (or the configured figure): a Responses request's `item_reference`
-    input items and its reusable prompt (`prompt.id`); a chat message's earlier audio answer
-    (`audio.id`, which the model hears again)."""
+    input items, its reusable prompt (`prompt.id`) and its `mcp` tools; a chat message's earlier
+    audio answer (`audio.id`, which the model hears again); a Messages request's `mcp_servers`. The
+    MCP servers (whose tool lists the provider fetches, `allowed_tools` or not: Sentinel sees their
+    names at most, never their definitions) count up to MAX_MCP_SERVERS."""
+    if endpoint in ("messages", "messages/count_tokens"):
+        return _mcp_servers(payload.get("mcp_servers"))
     if endpoint in ("chat", "native"):
         messages = payload.get("messages")
         return sum(1 for message in messages if isinstance(message, dict) and _named(message.get("audio"))) \
@@ -87,7 +98,16 @@ def references(endpoint: str, payload: dict[str, Any]) -> int:
     items = payload.get("input")
     named = sum(1 for item in items if isinstance(item, dict) and _item_reference(item)) \
         if isinstance(items, list) else 0
-    return named + (1 if _named(payload.get("prompt")) else 0)
+    tools = payload.get("tools")
+    mcp = [tool for tool in tools if isinstance(tool, dict) and tool.get("type") == "mcp"] \
+        if isinstance(tools, list) else []
+    return named + (1 if _named(payload.get("prompt")) else 0) + _mcp_servers(mcp)
+
+
+def _mcp_servers(servers: Any) -> int:
+    """How many MCP servers `servers` (a list of server objects) names, at most MAX_MCP_SERVERS."""
+    return min(MAX_MCP_SERVERS, sum(1 for server in servers if isinstance(server, dict))) \
+        if isinstance(servers, list) else 0
 
 
 def _item_reference(item: dict[str, Any]) -> bool:

@@ -8,6 +8,7 @@ at once charged nothing for it), and a burst of such requests all passed admissi
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -157,3 +158,64 @@ def test_a_stream_its_client_leaves_is_charged_what_it_carried(
     (row,) = ledger_rows(gw.settings.database_url)
     assert row["usage_source"] == "estimated", row
     assert tokens <= row["input_tokens"] < tokens + 100, row
+
+
+MCP_SERVER = {"type": "url", "url": "https://mcp.example.com/sse", "name": "docs"}
+MCP_TOOL = {"type": "mcp", "server_label": "docs", "server_url": "https://mcp.example.com/sse",
+            "allowed_tools": ["search"], "require_approval": "never"}
+
+
+def test_mcp_servers_are_reserved_per_server(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    """An MCP server a request names (`/v1/messages`' `mcp_servers`, a Responses `mcp` tool by
+    `server_url` or `connector_id`, `allowed_tools` or not) makes the provider fetch its tool list and
+    add it to the input: estimated at nothing, it passed a 1,000-token input limit. Each reserves
+    SENTINEL_REFERENCE_INPUT_TOKENS, so one can never fit that limit; nothing is sent or charged."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", anthropic_api_url=spy.url)
+    set_plan(gw.settings.database_url, "alice", "small", LIMITED)
+    with pytest.raises(openai.RateLimitError) as refused:
+        gw.openai().responses.create(model="gpt-4o", input="what do the docs say?", tools=[MCP_TOOL])  # type: ignore[list-item]
+    refused_as_never_fitting(refused.value, REFERENCE_TOKENS)
+    with pytest.raises(openai.RateLimitError) as refused:
+        gw.openai().responses.create(model="gpt-4o", input="mail?", tools=[  # type: ignore[list-item]
+            {"type": "mcp", "server_label": "mail", "connector_id": "connector_gmail", "authorization": "t"}])
+    refused_as_never_fitting(refused.value, REFERENCE_TOKENS)
+    import anthropic
+
+    with pytest.raises(anthropic.RateLimitError) as too_much:
+        gw.anthropic().beta.messages.create(
+            model="claude-3-5-haiku-20241022", max_tokens=50, messages=[{"role": "user", "content": "docs?"}],
+            mcp_servers=[MCP_SERVER], betas=["mcp-client-2025-04-04"])  # type: ignore[list-item]
+    error = too_much.value.response.json()["error"]
+    assert "can never be admitted" in error["message"], error
+    assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()
+
+
+def needed(body: dict[str, Any]) -> int:
+    """The input tokens an Anthropic-shaped 429 says a request alone needs."""
+    found = re.search(r"alone needs (\d+) input tokens", body["error"]["message"])
+    assert found is not None and body["error"]["type"] == "rate_limit_error", body
+    return int(found[1])
+
+
+def test_the_reservation_per_mcp_server_is_configured_and_bounded(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """With SENTINEL_REFERENCE_INPUT_TOKENS=300 a request naming two MCP servers (600) fits a
+    1,000-token limit and four (1,200) do not; an absurd number of them is reserved as the most
+    tools a request may have (128), never more — the figure stays finite and exact."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", anthropic_api_url=spy.url, reference_input_tokens=300)
+    set_plan(gw.settings.database_url, "alice", "small", LIMITED)
+    body: dict[str, Any] = {"model": "claude-3-5-haiku-20241022", "max_tokens": 5,
+                            "messages": [{"role": "user", "content": "docs?"}]}
+    with gw.client() as http:
+        ok = http.post("/v1/messages", json={**body, "mcp_servers": [MCP_SERVER] * 2})
+        assert ok.status_code == 200, ok.text
+        over = http.post("/v1/messages", json={**body, "mcp_servers": [MCP_SERVER] * 4})
+        assert over.status_code == 429 and over.json()["type"] == "error", over.text
+        assert needed(over.json()) >= 1_200, over.text
+        absurd = http.post("/v1/messages", json={**body, "mcp_servers": [MCP_SERVER] * 50_000})
+        assert absurd.status_code == 429, absurd.text
+        assert 128 * 300 <= needed(absurd.json()) < 129 * 300, absurd.text
+        wrong = http.post("/v1/messages", json={**body, "mcp_servers": {"docs": MCP_SERVER}})
+        assert wrong.status_code == 400 and wrong.json()["error"]["type"] == "invalid_request_error", wrong.text
+    assert len(spy.seen) == 1

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sentinel.quota.estimate import REFERENCE_TOKENS, estimate_input, max_output
+from sentinel.quota.estimate import MAX_MCP_SERVERS, REFERENCE_TOKENS, estimate_input, max_output, references
 from sentinel.quota.images import OPENAI_MAX_IMAGE_TOKENS, ImageRule
 from tests.support.payloads import WEATHER_TOOL
 
@@ -278,3 +278,30 @@ def test_what_a_request_names_that_the_provider_holds_is_reserved_per_reference(
     for endpoint in ("chat", "native"):
         assert estimate(endpoint, heard)[0] == 30 + REFERENCE_TOKENS
         assert estimate(endpoint, {"messages": [USER, {"role": "assistant", "audio": None}]})[0] == 20
+
+
+def test_each_mcp_server_named_is_reserved_as_a_reference() -> None:
+    """An MCP server's tool list is fetched by the provider and added to the input: a Messages
+    request's `mcp_servers` entries and a Responses request's `mcp` tools (by `server_url` or
+    `connector_id`; their `allowed_tools` are names, never the definitions) each reserve the
+    configured figure, up to MAX_MCP_SERVERS of them; a count was never reserved before."""
+    server = {"type": "url", "url": "https://mcp.example.com/sse", "name": "docs"}
+    messages = {"messages": [USER], "max_tokens": 5}
+    plain = estimate_input(RecordingCounter(), "messages", "claude", messages)  # type: ignore[arg-type]
+    named = {**messages, "mcp_servers": [server, server, "junk"]}
+    for endpoint in ("messages", "messages/count_tokens"):
+        assert estimate_input(RecordingCounter(), endpoint, "claude", named) == plain + 2 * REFERENCE_TOKENS  # type: ignore[arg-type]
+    assert estimate_input(RecordingCounter(), "messages", "claude", named, referenced=7) == plain + 14  # type: ignore[arg-type]
+    many = {**messages, "mcp_servers": [server] * (MAX_MCP_SERVERS * 10)}
+    assert estimate_input(RecordingCounter(), "messages", "claude", many) == plain + MAX_MCP_SERVERS * REFERENCE_TOKENS  # type: ignore[arg-type]
+    for absent in (None, {"docs": server}, []):
+        assert estimate_input(RecordingCounter(), "messages", "claude", {**messages, "mcp_servers": absent}) == plain  # type: ignore[arg-type]
+    tools = [{"type": "mcp", "server_label": "docs", "server_url": "https://mcp.example.com/sse",
+              "allowed_tools": ["search"]},
+             {"type": "mcp", "server_label": "mail", "connector_id": "connector_gmail"},
+             {"type": "function", "name": "f", "parameters": {}}]
+    without = estimate_input(RecordingCounter(), "responses", "gpt-4o", {"input": [USER], "tools": tools[2:]})  # type: ignore[arg-type]
+    with_mcp = estimate_input(RecordingCounter(), "responses", "gpt-4o", {"input": [USER], "tools": tools})  # type: ignore[arg-type]
+    assert with_mcp >= without + 2 * REFERENCE_TOKENS  # (and the mcp tools' own JSON)
+    assert with_mcp < without + 2 * REFERENCE_TOKENS + 500
+    assert references("chat", {"messages": [USER], "tools": tools}) == 0  # chat has no MCP tools

@@ -49,6 +49,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import itertools
 import re
 import zlib
 from collections.abc import Callable, Mapping
@@ -114,22 +115,45 @@ def _gap(*words: str) -> bytes:
     holds no start of another that reads on past it (one the comment holds followed by anything but
     white space or a comment, `/Type(` or `/Typex`, is read through: its own search ends at once), so
     each byte is read about once; a page whose comment holds the name followed by a gap is found by
-    the search from the name in it (`/Type %/Type` then `/Page`: one page)."""
+    the search from the name in it (`/Type %/Type` then `/Page`: one page), and one whose comment
+    holds it followed by other tokens (`/Type %/Type x`) by the second reading (`_read`)."""
     # (a name whose own search reads on: followed by white space or a comment, not `/Typex` nor `/Type(`)
     starts = b"(?:" + b"|".join(_name(word) for word in words) + rb")[\x00\t\n\x0c\r %]"
     return rb"(?:[\x00\t\n\x0c\r ]|%(?:[^\r\n/]|(?!" + starts + rb")/)*+)*+"
 
 
+# The second reading of a name followed by a comment (`_read`; a name with none is the first's
+# alone): white space, then whole comments and white space — each comment read to its line's end, as
+# a reader skips it whatever names it holds. A comment holding the name before it followed by white
+# space (`/Type %/Type x⏎/Page`) ended the first reading's comment (`_gap`), and the name in it read
+# ` x` as tokens: the page was hidden. Searched with `finditer`, a match takes the whole comment and
+# a name in it starts no search of its own, so each byte is read once.
+_READ_GAP = rb"[\x00\t\n\x0c\r ]*+%[^\r\n]*+(?:[\x00\t\n\x0c\r ]|%[^\r\n]*+)*+"
+
+
+def _read(name: bytes, after: bytes) -> re.Pattern[bytes]:
+    """`name`, a comment (white space around it) and `after` in a group — optional: once its
+    comment starts, a name is matched whatever follows, so that its comment is not searched again."""
+    return re.compile(name + _READ_GAP + b"(" + after + b")?")
+
+
 _PAGE = re.compile(_name("Type") + _gap("Type") + _name("Page") + _NAME_END)
+_PAGE_READ = _read(_name("Type"), _name("Page") + _NAME_END)
 # An object stream: its `/Type /ObjStm`, or its `/First` offset (a direct integer; an outline's
 # `/First` is a reference, `n 0 R`), which a reader needs and reads without its `/Type`.
 _OBJECT_GAP = _gap("Type", "First")
 _OBJECT_STREAM = re.compile(_name("Type") + _OBJECT_GAP + _name("ObjStm") + _NAME_END + rb"|"
                             + _name("First") + _OBJECT_GAP + rb"[0-9]++" + _OBJECT_GAP + rb"(?=/|>>)")
+# (`/First`'s offset and what follows it are taken whether or not a name or `>>` comes next: given
+# back, the comments after it were searched again from each name they hold.)
+_OBJECT_STREAM_READ = re.compile(
+    _name("Type") + _READ_GAP + b"(" + _name("ObjStm") + _NAME_END + b")?|"
+    + _name("First") + _READ_GAP + rb"(?:[0-9]++" + _OBJECT_GAP + rb"((?=/|>>))?)?")
 # A page tree node's `/Count` (the pages below it; the root's is the document's): readers take a
 # document's pages from it, so a page dictionary without `/Type` (which readers accept) is counted
 # by it. Only a `/Count` in a dictionary that has `/Kids` is a node's (an outline's is not).
 _COUNT = re.compile(_name("Count") + _gap("Count") + rb"\+?([0-9]+)")
+_COUNT_READ = _read(_name("Count"), rb"\+?[0-9]++")
 MAX_COUNTED_PAGES = 10**7  # a `/Count` past it (leading zeros aside) is read as this many
 _KIDS = re.compile(_name("Kids") + _NAME_END)
 _OPEN = re.compile(rb"<<")
@@ -280,7 +304,8 @@ def pdf_pages(raw: bytes) -> int:
     """The pages of a PDF, at least 1: its page objects, written out or inside its Flate-compressed
     object streams (PDF 1.5's, where most current writers put them), or its page tree's `/Count`
     when that says more (`_page_count`: a page dictionary need not say `/Type /Page` to a reader) —
-    their names read as a reader reads them (`_name`: escaped, a comment between). Inflation stops at a budget
+    their names read as a reader reads them (`_name`: escaped, a comment between — read two ways,
+    `_gap` and `_read`, each byte about once by each). Inflation stops at a budget
     (PDF_MAX_INFLATED, PDF_INFLATE_RATIO times the file; on the event loop, a count goes on in a worker
     thread first: `INFLATED_PER_CHAR`) and each byte is searched about once: an
     object stream is read to its `endstream` and a dictionary (DICT_BYTES) searched for its
@@ -289,18 +314,19 @@ def pdf_pages(raw: bytes) -> int:
     left unread — past the budget, or not Flate data (LZW, ASCIIHex, corrupt) — is at least
     UNREAD_FILE_PAGES pages: its pages may be there (an object stream inflating to the budget of
     zeros hid the 100 pages in the next, estimated as one)."""
-    pages, counted = len(_PAGE.findall(raw)), _page_count(raw)
+    pages, counted = _pages(raw), _page_count(raw)
     budget = min(PDF_MAX_INFLATED, PDF_INFLATE_RATIO * len(raw))
     view = memoryview(raw)
     at = 0
     unread = False
-    while (match := _OBJECT_STREAM.search(raw, at)) is not None:
+    streams = _ObjectStreams(raw)
+    while (marked := streams.next(at)) is not None:
         if budget <= 0:
             unread = True
             break
-        stream = _STREAM.search(raw, match.end(), match.end() + DICT_BYTES)
+        stream = _STREAM.search(raw, marked, marked + DICT_BYTES)
         if stream is None:
-            at = match.end() + DICT_BYTES
+            at = marked + DICT_BYTES
             continue
         end = raw.find(b"endstream", stream.end())
         if end < 0:
@@ -315,9 +341,43 @@ def pdf_pages(raw: bytes) -> int:
             continue
         unread = unread or bool(inflating.unconsumed_tail)
         budget -= len(inflated)
-        pages += len(_PAGE.findall(inflated))
+        pages += _pages(inflated)
         counted = max(counted, _page_count(inflated))
     return max(UNREAD_FILE_PAGES if unread else 1, pages, counted)
+
+
+def _pages(data: bytes) -> int:
+    """The page objects in `data` (`/Type /Page`): those either reading finds (`_PAGE`, `_PAGE_READ`),
+    each once. Each alone misses some: a name in a string or a comment before (`(%) /Type /Page`)
+    makes the second read the page as its comment; a comment holding `/Type` and white space
+    (`/Type %/Type x⏎/Page`) ended the first's comment too early. A page is known by where its
+    `/Page` ends: both may find it, from the same `/Type` or not (`/Type %/Type⏎/Page`)."""
+    read = [match.end() for match in _PAGE_READ.finditer(data) if match[1] is not None]
+    if not read:  # (no page behind a comment: most files)
+        return len(_PAGE.findall(data))
+    return len({match.end() for match in _PAGE.finditer(data)}.union(read))
+
+
+class _ObjectStreams:
+    """Where each object stream's marker ends, in order, as either reading finds it (`_OBJECT_STREAM`,
+    searched from where the caller is; `_OBJECT_STREAM_READ`, found once): each byte is searched
+    about once by each."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.plain = _OBJECT_STREAM.search(raw)
+        self.read = [match.span() for match in _OBJECT_STREAM_READ.finditer(raw)
+                     if match[1] is not None or match[2] is not None]
+
+    def next(self, at: int) -> int | None:
+        """The end of the first marker that starts at or after `at` (None: no more)."""
+        if self.plain is not None and self.plain.start() < at:
+            self.plain = _OBJECT_STREAM.search(self.raw, at)  # (one ahead of `at` is kept, not searched again)
+        spans = [self.plain.span()] if self.plain is not None else []
+        later = bisect.bisect_left(self.read, (at, -1))
+        if later < len(self.read):
+            spans.append(self.read[later])
+        return min(spans)[1] if spans else None
 
 
 def _page_count(data: bytes) -> int:
@@ -329,8 +389,10 @@ def _page_count(data: bytes) -> int:
         return pages
     opens = [found.start() for found in _OPEN.finditer(data)]
     closes = [found.start() for found in _CLOSE.finditer(data)]
-    for count in _COUNT.finditer(data):
-        digits = count[1].lstrip(b"0")
+    for count in itertools.chain(_COUNT.finditer(data), _COUNT_READ.finditer(data)):
+        if count[1] is None:  # (a name `_COUNT_READ` matched with no count after it)
+            continue
+        digits = count[1].lstrip(b"+0")
         value = MAX_COUNTED_PAGES if len(digits) > 7 else int(digits or b"0")
         if value <= pages:
             continue

@@ -216,7 +216,8 @@ def test_a_pdf_hiding_its_pages_from_the_count_is_estimated_by_them(
     gateway_factory: Callable[..., Gateway], backend_url: str | None
 ) -> None:
     """A PDF's pages were counted by the names as written: a 60-page PDF whose page dictionaries say
-    `/Type /P#61ge` (an escape every reader decodes), `/Type %…⏎/Page` (a comment between) or no
+    `/Type /P#61ge` (an escape every reader decodes), `/Type %…⏎/Page` (a comment between, holding
+    `/Type` and white space too: `/Type %/Type x⏎/Page`, hidden until later) or no
     `/Type` at all (a leaf of its page tree, as readers take it) was kept as one page at upload, and
     a request naming it — by id, or as data — reserved one page where the provider reads 60 (a
     1,530,060-token PDF on gpt-4o-mini let through as 25,501)."""
@@ -224,6 +225,8 @@ def test_a_pdf_hiding_its_pages_from_the_count_is_estimated_by_them(
     page = b"/Type /Page /Parent"
     for n, hidden in enumerate([pdf(60).replace(page, b"/Type /P#61ge /Parent"),
                                 pdf(60).replace(page, b"/Type %see\n/Page /Parent"),
+                                pdf(60).replace(page, b"/Type %/Type x\n/Page /Parent").replace(b"/Count 60", b"/Count 1"),
+                                pdf(60).replace(page, b"/Parent").replace(b"/Count 60", b"/Count %/Count 1\n60"),
                                 pdf(60).replace(page, b"/Parent")]):
         client = user(gw, f"mallory{n}")
         file_id = client.files.create(file=("report.pdf", hidden), purpose="user_data").id

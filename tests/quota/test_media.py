@@ -148,6 +148,14 @@ def test_pages_are_found_by_the_names_a_reader_reads() -> None:
         "untyped, counted with zeros": pdf(300).replace(page, b"/Parent").replace(b"/Count 300", b"/Count +0000000000300"),
         "escaped stream": pdf(300, compressed=True).replace(b"/Type /ObjStm", b"/Type /Obj#53tm"),
         "untyped stream": pdf(300, compressed=True).replace(b"/Type /ObjStm", b"").replace(b"/Count 300", b"/Count 1"),
+        # A comment holding the name before it followed by white space: each search stopped there
+        # and the name's own search read its comment as tokens (`/Type %/Type x⏎/Page`).
+        "commented twice": pdf(300).replace(page, b"/Type %/Type x\n/Page /Parent").replace(b"/Count 300", b"/Count 1"),
+        "counted, commented twice": pdf(300).replace(page, b"/Parent").replace(b"/Count 300", b"/Count %/Count 1\r300"),
+        "stream commented twice": pdf(300, compressed=True).replace(b"/Type /ObjStm", b"/Type %/Type x\n/ObjStm")
+        .replace(b"/First ", b"/First %/First x\n").replace(b"/Count 300", b"/Count 1"),
+        "untyped stream commented twice": pdf(300, compressed=True).replace(b"/Type /ObjStm", b"")
+        .replace(b"/First ", b"/First %/First x\n").replace(b"/Count 300", b"/Count 1"),
     }
     assert {name: pdf_pages(raw) for name, raw in hiding.items()} == dict.fromkeys(hiding, 300)
     # Not a page, nor a page tree's count: `/Pages`, escaped too; an outline's `/Count` (no `/Kids`)
@@ -213,15 +221,21 @@ def test_pdf_names_with_comments_are_searched_about_once_per_byte() -> None:
         sample = unit * 2_000 + ends[pattern]
         found = list(pattern.finditer(sample))
         assert len(found) == 1 and found[0][0].count(unit[:-1]) == 1, (unit, found[0].span() if found else None)
+    # The second reading (a name's comment read to its line's end) takes the whole line in one match.
+    reread = {media._PAGE_READ: b"/Type%", media._COUNT_READ: b"/Count%", media._OBJECT_STREAM_READ: b"/First%"}
+    for pattern, unit in reread.items():
+        sample = unit * 2_000 + ends[media._PAGE if unit == b"/Type%" else media._COUNT]
+        assert [found.span() for found in pattern.finditer(sample)] == [(0, len(sample))], unit
     assert pdf_pages(b"%PDF-1.7\n<</Type %/Type\n/Page>> <</Type %/ %\n/Page>> <</Type %/Typex\n/Page>>"
-                     b" <</Type %/Type(\n/Page>>") == 4
+                     b" <</Type %/Type(\n/Page>> <</Type %/Type x\n/Page>>") == 5
     tree = b"<</Type /Pages /Kids [] /Count %/Count\n5>>"
     assert pdf_pages(b"%PDF-1.7\n" + tree) == 5
     # 10 MB crafted files finish (each byte read about once; no time is asserted, the suite's
     # timeout bounds them: before, each took hours).
     size = 10 * 1024 * 1024
     for unit in (b"/Type%", b"/Kids /Count%", b"/First%", b"/Type %x\n%y\n", b"/Type%/Typex%",
-                 b"/Type%/Type(%"):
+                 b"/Type%/Type(%", b"/Type %/Type x\n", b"/Kids /Count %/Count x\n", b"/First %/First x\n",
+                 b"/First 1 %/First 1 %", b"(%) /Type %/Type x\n"):
         assert pdf_pages(b"%PDF-1.7\n" + unit * (size // len(unit))) == 1
 
 

@@ -35,7 +35,7 @@ from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
 from sentinel.native._wire import flat_json
 from sentinel.native.kept import KeptText
-from sentinel.native.openai_checks import MAX_JSON_DEPTH
+from sentinel.native.openai_checks import MAX_JSON_DEPTH, MAX_MODEL_CHARS
 from sentinel.observability.redaction import redact
 from sentinel.providers.errors import stream_error
 from sentinel.quota.images import ANTHROPIC, ImageRule, base64_image_tokens
@@ -298,21 +298,51 @@ def usage_of(raw: Any) -> Usage | None:
         return None
     write = _count(raw.get("cache_creation_input_tokens")) or 0
     read = _count(raw.get("cache_read_input_tokens")) or 0
-    iterations = raw.get("iterations")
-    for step in iterations if isinstance(iterations, list) else ():
-        if isinstance(step, dict) and step.get("type") not in _SUMMED_ITERATIONS:
-            plain += _count(step.get("input_tokens")) or 0
-            output += _count(step.get("output_tokens")) or 0
-            write += _count(step.get("cache_creation_input_tokens")) or 0
-            read += _count(step.get("cache_read_input_tokens")) or 0
+    for step in _steps_apart(raw):
+        plain, output, write, read = (a + b for a, b in zip((plain, output, write, read), _figures(step), strict=True))
     if plain + write + read > MAX_TOKENS or output > MAX_TOKENS:
         return None
     return Usage(plain + write + read, output, write, read)
 
 
+def _steps_apart(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries of `raw`'s `iterations` the top-level figures leave out (`_SUMMED_ITERATIONS`)."""
+    iterations = raw.get("iterations")
+    return [step for step in iterations if isinstance(step, dict) and step.get("type") not in _SUMMED_ITERATIONS] \
+        if isinstance(iterations, list) else []
+
+
+def _figures(step: dict[str, Any]) -> tuple[int, int, int, int]:
+    """A step's plain input, output, cache-write and cache-read tokens (0 for one not believable)."""
+    return (_count(step.get("input_tokens")) or 0, _count(step.get("output_tokens")) or 0,
+            _count(step.get("cache_creation_input_tokens")) or 0, _count(step.get("cache_read_input_tokens")) or 0)
+
+
+def model_steps(raw: Any) -> list[tuple[str, Usage]]:
+    """The steps `usage_of` adds to an Anthropic `usage` object's figures that name the model that ran
+    them (`advisor_message`: the advisor tool's `model`, which may be dearer than the request's),
+    each with its usage: to be priced at that model's prices (`QuotaMeter.settle`'s `within`). Empty
+    when `usage_of` reads no usage from `raw`; a step naming no model (a compaction: the request's
+    model) is not one."""
+    if not isinstance(raw, dict) or usage_of(raw) is None:
+        return []
+    steps = []
+    for step in _steps_apart(raw):
+        model = step.get("model")
+        if isinstance(model, str) and model:
+            plain, output, write, read = _figures(step)
+            steps.append((model[:MAX_MODEL_CHARS], Usage(plain + write + read, output, write, read)))
+    return steps
+
+
 def message_usage(body: Any) -> Usage | None:
     """The usage of a (non-streamed) Messages API answer, or None."""
     return usage_of(body.get("usage")) if isinstance(body, dict) else None
+
+
+def message_steps(body: Any) -> list[tuple[str, Usage]]:
+    """The steps of another model in a (non-streamed) Messages API answer's usage (`model_steps`)."""
+    return model_steps(body.get("usage")) if isinstance(body, dict) else []
 
 
 def message_text(body: Any) -> str:
@@ -394,6 +424,13 @@ class AnthropicStreamInspector:
         if not self._final or "input_tokens" not in self._input or self._output is None:
             return None
         return usage_of({**self._input, "output_tokens": self._output, "iterations": self._iterations})
+
+    @property
+    def steps(self) -> list[tuple[str, Usage]]:
+        """The steps of another model in the final usage (`model_steps`); none without it."""
+        if self.usage is None:
+            return []
+        return model_steps({**self._input, "output_tokens": self._output, "iterations": self._iterations})
 
     @property
     def reported_input(self) -> Usage | None:

@@ -89,6 +89,23 @@ class ObjectCharge:
     counted: bool = True
 
 
+def priced(prices: Prices, used: Usage, within: Sequence[ModelUsage] = ()) -> float | None:
+    """The USD cost of `used` at `prices` but for the parts of it `within` (another model's steps),
+    each at its own prices — at `prices` when they are unknown (None, or none set) —; None when
+    `prices` are unknown. A part is taken out of `used` at most whole (never below zero)."""
+    rest, apart = used, 0.0
+    for part in within:
+        step = part.usage
+        rest = Usage(max(0, rest.input_tokens - step.input_tokens), max(0, rest.output_tokens - step.output_tokens),
+                     max(0, rest.cache_write_tokens - step.cache_write_tokens),
+                     max(0, rest.cache_read_tokens - step.cache_read_tokens))
+        figures = (step.input_tokens, step.output_tokens, step.cache_write_tokens, step.cache_read_tokens)
+        own = part.prices.cost(*figures) if part.prices is not None else None
+        apart += own if own is not None else prices.cost(*figures) or 0.0
+    cost = prices.cost(rest.input_tokens, rest.output_tokens, rest.cache_write_tokens, rest.cache_read_tokens)
+    return None if cost is None else round(cost + apart, 8)
+
+
 def part_id(request_id: str, n: int) -> str:
     """The ledger key of a request's `n`th `ModelUsage` record: `<request id>#<n>` (`#` is in no
     request id), or a fresh id when that would not fit the ledger's key."""
@@ -154,6 +171,7 @@ class Meter(Protocol):
         output_estimate: int | None = None, reported_input: Usage | None = None,
         read_input: tuple[str, int] = ("", 0), output_counted: int = 0, settles: Sequence[tuple[str, Usage]] = (),
         models: Sequence[ModelUsage] = (), charges: Sequence[ObjectCharge] = (),
+        within: Sequence[ModelUsage] = (),
     ) -> None: ...
 
     async def release(self, admission: Admission) -> None: ...
@@ -375,6 +393,7 @@ class QuotaMeter:
         output_estimate: int | None = None, reported_input: Usage | None = None,
         read_input: tuple[str, int] = ("", 0), output_counted: int = 0, settles: Sequence[tuple[str, Usage]] = (),
         models: Sequence[ModelUsage] = (), charges: Sequence[ObjectCharge] = (),
+        within: Sequence[ModelUsage] = (),
     ) -> None:
         """Reconcile the reservation to the real usage and store one usage record (once per admission).
 
@@ -402,13 +421,18 @@ class QuotaMeter:
         `charges`: the objects whose usage is this read's `usage` (their sum; `ObjectCharge`): each
         is recorded under its `charge_id` instead — the read's row is the first's — so a read that
         records one again, after the read before it died before marking it charged, adds no row;
-        one another read claimed first counts nothing against the plan."""
+        one another read claimed first counts nothing against the plan.
+
+        `within`: the parts of `usage` another model ran (an Anthropic advisor tool's steps,
+        `anthropic_usage.model_steps`), with that model's prices: counted in this record's tokens
+        as they are, but priced at their own prices in its `cost_usd` (at the request's when None)."""
         if not self._begin(admission):
             return
         await self._carry_out(self._record(
             admission, usage=usage, output_text=output_text, status=status, provider=provider,
             output_estimate=output_estimate, reported_input=reported_input, read_input=read_input,
             output_counted=output_counted, settles=settles, models=models, charges=charges,
+            within=within if usage is not None else (),
         ))
 
     def _begin(self, admission: Admission) -> bool:
@@ -475,7 +499,7 @@ class QuotaMeter:
         self, admission: Admission, *, usage: Usage | None, output_text: str, status: int, provider: str | None,
         output_estimate: int | None, reported_input: Usage | None, read_input: tuple[str, int],
         output_counted: int = 0, settles: Sequence[tuple[str, Usage]] = (), models: Sequence[ModelUsage] = (),
-        charges: Sequence[ObjectCharge] = (),
+        charges: Sequence[ObjectCharge] = (), within: Sequence[ModelUsage] = (),
     ) -> None:
         label = self.metrics.model_label(admission.model)
         model = admission.counted_as or admission.model  # (what the texts are counted as)
@@ -523,8 +547,8 @@ class QuotaMeter:
             status=status,
             started_at=admission.started_at,
             finished_at=datetime.now(UTC),
-            cost_usd=None if admission.prices is None else admission.prices.cost(
-                input_tokens, output_tokens, cache_write, cache_read
+            cost_usd=None if admission.prices is None else priced(
+                admission.prices, Usage(input_tokens, output_tokens, cache_write, cache_read), within
             ),
             cache_write_tokens=cache_write,
             cache_read_tokens=cache_read,

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from sentinel.domain.catalogue import ModelTarget
+from sentinel.domain.catalogue import ModelTarget, Prices
 from sentinel.domain.end_user import EndUsers
 from sentinel.domain.identity import Identity
+from sentinel.domain.usage import Usage
 from sentinel.errors import InvalidRequest, UpstreamError
 from sentinel.native.anthropic_checks import check_messages_fields
 from sentinel.native.anthropic_inbound import parse_anthropic_messages
@@ -38,10 +40,16 @@ from sentinel.offload import count_off_loop, large, off_loop
 from sentinel.providers.anthropic import AnthropicUpstream
 from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import forwardable_headers, relayable_headers
-from sentinel.quota.anthropic_usage import AnthropicStreamInspector, message_read, message_text, message_usage
+from sentinel.quota.anthropic_usage import (
+    AnthropicStreamInspector,
+    message_read,
+    message_steps,
+    message_text,
+    message_usage,
+)
 from sentinel.quota.estimate import estimate_input, hides_output
 from sentinel.quota.images import image_rule_for
-from sentinel.quota.meter import Admission, Meter
+from sentinel.quota.meter import Admission, Meter, ModelUsage
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes
@@ -252,7 +260,7 @@ class MessagesService:
     ) -> Reply | StreamReply:
         upstream = await self._forward(ex, target, ["messages"], payload, headers, heavy=heavy, end_user=end_user)
         if payload.get("stream") is True and 200 <= upstream.status < 300 and upstream.streams:
-            return self._relay_sse(ex, upstream, admission)
+            return self._relay_sse(ex, upstream, admission, functools.partial(self._within, target, payload))
         raw = await self._read(upstream, admission)
         try:
             parsed = orjson.loads(raw)
@@ -266,11 +274,35 @@ class MessagesService:
             admission, usage=usage, output_text=message_text(parsed), status=upstream.status,
             provider=upstream.provider, read_input=("", 0) if usage is not None else message_read(parsed),
             output_estimate=admission.max_output if parsed is None else None,
+            within=self._within(target, payload, message_steps(parsed)),
         )
         report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
-    def _relay_sse(self, ex: Exchange, upstream: UpstreamResponse, admission: Admission) -> StreamReply:
+    def _within(
+        self, target: ModelTarget, payload: dict[str, Any], steps: list[tuple[str, Usage]]
+    ) -> list[ModelUsage]:
+        """The steps of another model an answer's usage holds (`anthropic_usage.model_steps`: the
+        advisor tool's), each with the prices of the model that ran it: the catalogue model the
+        request or one of its tools names (`tool_models`) that `target`'s provider serves under that
+        name (its upstream name, or its catalogue name). A step naming any other model (a dated
+        snapshot of it, say) is priced at the dearest, for that step, of those models' prices: never
+        below the request's own, which priced every step before."""
+        if not steps:
+            return []
+        named = [target, *(found for _, name in tool_models(payload) if isinstance(name, str)
+                           and (found := self.catalogue.on_provider(name, target.provider)) is not None)]
+        by_name: dict[str, Prices] = {}
+        for each in named:
+            by_name.setdefault(each.upstream_model, each.prices)
+            by_name.setdefault(each.name, each.prices)
+        return [ModelUsage(model, used, known if (known := by_name.get(model)) is not None
+                           else _dearest([each.prices for each in named], used)) for model, used in steps]
+
+    def _relay_sse(
+        self, ex: Exchange, upstream: UpstreamResponse, admission: Admission,
+        within: Callable[[list[tuple[str, Usage]]], list[ModelUsage]],
+    ) -> StreamReply:
         inspector = AnthropicStreamInspector(upstream.provider, upstream.secret)
         meter = self.meter
 
@@ -279,7 +311,14 @@ class MessagesService:
             await meter.settle(admission, usage=usage, output_text=inspector.text, output_counted=inspector.counted,
                                status=status,
                                provider=upstream.provider, reported_input=inspector.reported_input,
-                               read_input=("", 0) if usage is not None else inspector.read_input)
+                               read_input=("", 0) if usage is not None else inspector.read_input,
+                               within=within(inspector.steps))
             report(ex, admission, None)
 
         return relay_events(upstream, inspector, "messages", self.metrics, settle)
+
+
+def _dearest(prices: list[Prices], used: Usage) -> Prices:
+    """Of `prices`, those that make `used` cost the most (unknown ones cost nothing)."""
+    return max(prices, key=lambda each: each.cost(
+        used.input_tokens, used.output_tokens, used.cache_write_tokens, used.cache_read_tokens) or 0.0)

@@ -16,6 +16,7 @@ from sentinel.quota.anthropic_usage import (
     estimate_messages,
     json_text,
     message_read,
+    message_steps,
     message_text,
     message_usage,
 )
@@ -240,6 +241,28 @@ def test_usage_iterations_left_out_of_the_top_level_are_added() -> None:
     inspector.feed(b'data: {"type":"message_delta","usage":{"output_tokens":3,"iterations":'
                    + orjson.dumps([step("compaction", 180_000, 3_500), step("message", 10, 3)]) + b'}}\n\n')
     assert inspector.usage == Usage(180_010, 3_503, 0, 0)
+
+
+def test_the_steps_of_another_model_are_read_with_their_model() -> None:
+    """An `advisor_message` step names the model that ran it (the advisor tool's): its usage is read
+    apart, whole or streamed, to be priced at that model's prices; a step of the request's model (a
+    compaction's, the summed ones) names none and is not."""
+    advice = {"type": "advisor_message", "model": "claude-opus-4-8", "input_tokens": 9_000, "output_tokens": 700,
+              "cache_creation_input_tokens": 0, "cache_read_input_tokens": 50}
+    steps = [{"type": "message", "input_tokens": 4, "output_tokens": 1, "model": "claude-haiku-4-5"}, advice,
+             {"type": "compaction", "input_tokens": 100, "output_tokens": 10}, {**advice, "model": 7}]
+    usage = {"input_tokens": 10, "output_tokens": 3, "iterations": steps}
+    assert message_steps({"usage": usage}) == [("claude-opus-4-8", Usage(9_050, 700, 0, 50))]
+    assert message_steps({"usage": {**usage, "input_tokens": -1}}) == []  # no usage read: none apart
+    assert message_steps({"usage": {**usage, "iterations": "junk"}}) == [] and message_steps(None) == []
+    inspector = AnthropicStreamInspector()
+    inspector.feed(b'data: {"type":"message_start","message":{"usage":{"input_tokens":10,"output_tokens":1}}}\n\n')
+    assert inspector.steps == []
+    inspector.feed(b'data: {"type":"message_delta","usage":{"output_tokens":3,"iterations":'
+                   + orjson.dumps(steps) + b'}}\n\n')
+    assert inspector.steps == [("claude-opus-4-8", Usage(9_050, 700, 0, 50))]
+    # (all counted: a step whose model is not a string is priced at the request's model's prices)
+    assert inspector.usage == Usage(10 + 2 * 9_050 + 100, 3 + 2 * 700 + 10, 0, 100)
 
 
 @pytest.mark.parametrize("value", [

@@ -33,7 +33,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.quota.estimate import estimate_input
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.quota.local_limiter import LocalLimiter
-from sentinel.quota.meter import Admission, QuotaMeter
+from sentinel.quota.meter import Admission, ModelUsage, QuotaMeter, priced
 from sentinel.quota.tokens import EncodingUnavailable, TokenCounter
 from sentinel.quota.unsettled import Unsettled
 from tests.support.clock import FakeClock
@@ -160,6 +160,32 @@ async def test_settle_commits_the_actual_tokens_and_writes_one_record() -> None:
     assert counted(s.metrics, "sentinel_tokens_total", direction="output", model=MODEL) == 11
     assert counted(s.metrics, "sentinel_usage_requests_total", model=MODEL, source="measured") == 1
     assert counted(s.metrics, "sentinel_cost_usd_total", provider="openai", model=MODEL) == record.cost_usd
+
+
+async def test_steps_of_another_model_are_priced_at_its_prices() -> None:
+    """`within`: parts of the usage another model ran (an advisor's steps) keep the record's tokens
+    but are priced at their own prices; a part of unknown prices at the request's. Not for an
+    estimated record (no usage: no steps were read)."""
+    s = Setup(spec="requests=10/1m,input_tokens=100000/1m,output_tokens=100000/1m")
+    admission = await s.admit()
+    request, advisor = Prices(1.0, 5.0, cache_read=0.1), Prices(15.0, 75.0, cache_read=1.5)
+    admission.prices = request
+    advice, unknown = Usage(5_000, 400, 0, 1_000), Usage(300, 20)
+    await s.meter.settle(admission, usage=Usage(8_000, 600, 0, 1_500), output_text="", status=200, provider="anthropic",
+                         within=[ModelUsage("claude-opus-4-8", advice, advisor), ModelUsage("x", unknown, Prices())])
+    (record,) = s.outbox.records
+    assert (record.input_tokens, record.output_tokens, record.cache_read_tokens) == (8_000, 600, 1_500)
+    # (the unknown part at the request's prices, with the rest: 3,000 in all, 500 of them cache reads)
+    own, advised = request.cost(3_000, 200, 0, 500), advisor.cost(5_000, 400, 0, 1_000)
+    assert own is not None and advised is not None
+    assert record.cost_usd == pytest.approx(own + advised)
+    assert priced(request, Usage(10, 1), [ModelUsage("m", Usage(50, 5), advisor)]) == advisor.cost(50, 5)  # (no less)
+    assert priced(Prices(), Usage(10, 1), [ModelUsage("m", advice, advisor)]) is None  # the request's unknown
+    estimated = await s.admit()
+    estimated.prices = request
+    await s.meter.settle(estimated, usage=None, output_text="x", status=200, provider="anthropic",
+                         within=[ModelUsage("claude-opus-4-8", advice, advisor)])
+    assert s.outbox.records[-1].cost_usd == request.cost(estimated.estimate_input, s.outbox.records[-1].output_tokens)
 
 
 async def test_settle_without_usage_counts_the_output_text() -> None:

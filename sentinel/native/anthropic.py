@@ -3,7 +3,10 @@
 Request: system messages become the top-level `system`; assistant tool calls become `tool_use` blocks
 and tool messages `tool_result` blocks in a user turn; consecutive turns of one role are merged so that
 user and assistant strictly alternate, as Anthropic requires. Within a merged user turn, tool results
-come first (Anthropic wants them before any text that follows a tool call). A tool-call id with
+come first (Anthropic wants them before any text that follows a tool call). Text that is empty or
+only whitespace is left out (Anthropic refuses such a block, 400 "text content blocks must contain
+non-whitespace text": a model's own whitespace-only text beside its tool calls, replayed, refused
+every later turn of the conversation); a turn left with nothing is an empty message. A tool-call id with
 characters Anthropic refuses (another provider's) is renamed, alike in the call and its result
 (`anthropic_call_id`); a message's `name` has no place in Anthropic's format and is left out.
 
@@ -144,18 +147,18 @@ def _turns(messages: list[Message]) -> list[dict[str, Any]]:
 def _blocks(msg: Message, index: int) -> list[dict[str, Any]]:
     if msg.role == "tool":
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": anthropic_call_id(msg.tool_call_id or "")}
-        if text := msg.text():
+        if (text := msg.text()).strip():
             result["content"] = text
         return [result]
     blocks: list[dict[str, Any]] = []
     if isinstance(msg.content, str):
-        if msg.content:  # Anthropic rejects empty text blocks
+        if msg.content.strip():  # Anthropic rejects empty and whitespace-only text blocks
             blocks.append({"type": "text", "text": msg.content})
     elif msg.content is not None:
         for j, part in enumerate(msg.content):
             if isinstance(part, ImagePart):
                 blocks.append(_image_block(part.image_url.url, f"messages.{index}.content.{j}.image_url.url"))
-            elif part.text:
+            elif part.text.strip():
                 blocks.append({"type": "text", "text": part.text})
     for call in msg.tool_calls or ():
         blocks.append(

@@ -170,6 +170,28 @@ def test_a_tool_name_with_a_final_newline_is_refused_before_anything_is_sent(
         assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()
 
 
+def test_a_replayed_whitespace_only_text_beside_a_tool_call_reaches_claude_without_it(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """A model's answer may carry whitespace-only text beside its tool call; the client replays it.
+    Anthropic refuses a whitespace-only text block (400), so every later turn of that conversation
+    failed: the block is left out of what Claude is sent, the rest of the turn kept."""
+    gw = gateway_factory(providers_file=tiers_file(tmp_path, "anthropic"))
+    call = {"id": "toolu_ws", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+    messages = [
+        {"role": "user", "content": "weather in Oslo?"},
+        {"role": "assistant", "content": "\n\n", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "toolu_ws", "content": "sunny"},
+    ]
+    with gw.client() as http:
+        r = http.post(URL, json={"messages": messages, "tools": [WEATHER_TOOL]})
+    assert r.status_code == 200, r.text
+    sent = httpx.get(f"{gw.settings.anthropic_api_url}/__mock/last_request", params={"path": "/v1/messages"},
+                     timeout=5).json()["body"]
+    assert sent["messages"][1] == {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_ws", "name": "get_weather", "input": {"city": "Oslo"}}]}
+
+
 def test_native_requires_auth(gateway: Gateway) -> None:
     r = httpx.post(gateway.url + URL, json={"messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"

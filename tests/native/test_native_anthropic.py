@@ -146,6 +146,36 @@ def test_empty_turn_is_rejected_clearly() -> None:
     assert "empty" in info.value.message
 
 
+def test_whitespace_only_text_is_left_out(anthropic_wire: Check) -> None:
+    """Anthropic refuses a text block that is only whitespace ("text content blocks must contain
+    non-whitespace text"): a model's "\\n\\n" beside its tool call, replayed by the client, made every
+    later turn of the conversation a 400. It is left out, as empty text is; a tool result of only
+    whitespace is sent without content."""
+    req = request(
+        user("weather?"),
+        {"role": "assistant", "content": "\n\n", "tool_calls": [call("toolu_1", "Paris")]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": " \n"},
+        {"role": "user", "content": [{"type": "text", "text": " "}, {"type": "text", "text": "and Rome?"}]},
+    )
+    body = build_anthropic_request(req, "m", stream=False)
+    anthropic_wire(body)
+    assert body["messages"][1:] == [
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1"}, {"type": "text", "text": "and Rome?"}]},
+    ]
+
+
+def test_a_whitespace_only_turn_is_an_empty_message() -> None:
+    """A turn of nothing but whitespace has nothing Anthropic accepts: refused as an empty message (so
+    the native service tries the tier's next candidate while the conversation is not bound)."""
+    with pytest.raises(NativeValidationError) as info:
+        build_anthropic_request(request(user(" \t\n")), "m", stream=False)
+    assert info.value.param == "messages.0.content"
+    assert "empty" in info.value.message
+
+
 @pytest.mark.parametrize(
     ("choice", "wire"),
     [

@@ -157,6 +157,23 @@ def test_a_request_one_candidate_cannot_carry_goes_to_another_not_to_a_400(
         assert kept is not None and (kept["provider"], kept["model"]) == AN_HAIKU
 
 
+def test_a_whitespace_only_message_goes_to_a_candidate_that_can_carry_it(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    """Anthropic refuses a message of only whitespace as it does an empty one ("text content blocks
+    must contain non-whitespace text"); OpenAI takes it. With Anthropic the cheaper draw, it went to
+    Anthropic nearly every time (a provider's 400); it goes to OpenAI, and the session with it."""
+    tiers = {"simple": [entry(AN_HAIKU, cost=1), entry(OA_4O, cost=50)]}
+    gw = start(gateway_factory, tmp_path, backend_url, tiers=tiers)
+    blank = [{"role": "user", "content": " \n"}]
+    with gw.client() as http:
+        for i in range(8):
+            assert served(chat(http, messages=blank)) == ("simple", *OA_4O)
+            assert served(chat(http, messages=blank, conv=f"conv-blank-{i}")) == ("simple", *OA_4O)
+    session = stored(gw, "conv-blank-0")
+    assert session is not None and (session["provider"], session["model"]) == OA_4O
+
+
 def test_a_request_that_fails_validation_creates_no_session(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
 ) -> None:

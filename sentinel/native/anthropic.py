@@ -6,7 +6,9 @@ user and assistant strictly alternate, as Anthropic requires. Within a merged us
 come first (Anthropic wants them before any text that follows a tool call). Text that is empty or
 only whitespace is left out (Anthropic refuses such a block, 400 "text content blocks must contain
 non-whitespace text": a model's own whitespace-only text beside its tool calls, replayed, refused
-every later turn of the conversation); a turn left with nothing is an empty message. A tool-call id with
+every later turn of the conversation); a turn left with nothing is an empty message. A final
+assistant turn (a prefill) loses its trailing whitespace, which Anthropic refuses there; a stop
+sequence of only whitespace cannot be carried (Anthropic refuses it). A tool-call id with
 characters Anthropic refuses (another provider's) is renamed, alike in the call and its result
 (`anthropic_call_id`); a message's `name` has no place in Anthropic's format and is left out.
 
@@ -76,7 +78,7 @@ def build_anthropic_request(
     if req.top_p is not None:
         body["top_p"] = req.top_p
     if req.stop is not None:
-        body["stop_sequences"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+        body["stop_sequences"] = _stop_sequences(req.stop)
     if req.tools:
         body["tools"] = [_tool(t.function.name, t.function.description, t.function.parameters) for t in req.tools]
         choice = _tool_choice(req)
@@ -97,6 +99,18 @@ def build_anthropic_model_request(req: ModelChatRequest, model: str, *, default_
     if req.parallel_tool_calls is False and req.tools:
         body["tool_choice"] = {**body.get("tool_choice", {"type": "auto"}), "disable_parallel_tool_use": True}
     return body
+
+
+def _stop_sequences(stop: str | list[str]) -> list[str]:
+    """`stop` as Anthropic's `stop_sequences`. One of only whitespace (`"\\n"`, which OpenAI takes) is
+    refused by Anthropic (400 "each stop sequence must contain non-whitespace"): a NativeValidationError
+    here, so the request goes to a tier candidate that can carry it, or is refused before it is sent."""
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    for i, sequence in enumerate(stops):
+        if not sequence.strip():
+            param = "stop" if isinstance(stop, str) else f"stop.{i}"
+            raise NativeValidationError(f"{param}: Anthropic does not accept a stop sequence of only whitespace", param)
+    return stops
 
 
 def _tool(name: str, description: str | None, schema: dict[str, Any]) -> dict[str, Any]:
@@ -141,6 +155,11 @@ def _turns(messages: list[Message]) -> list[dict[str, Any]]:
             )
         if turn["role"] == "user":  # stable: tool results first, the rest in order
             turn["content"].sort(key=lambda block: block["type"] != "tool_result")
+    last = turns[-1]["content"][-1]
+    if turns[-1]["role"] == "assistant" and last["type"] == "text":
+        # A prefill: Anthropic refuses one that ends in whitespace (400 "final assistant content
+        # cannot end with trailing whitespace"); OpenAI takes it. (Not empty: whitespace-only text is left out.)
+        last["text"] = last["text"].rstrip()
     return turns
 
 

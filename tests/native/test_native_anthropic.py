@@ -176,6 +176,29 @@ def test_a_whitespace_only_turn_is_an_empty_message() -> None:
     assert "empty" in info.value.message
 
 
+def test_a_final_assistant_turn_loses_its_trailing_whitespace(anthropic_wire: Check) -> None:
+    """A prefill ending in whitespace is refused by Anthropic (400 "final assistant content cannot end
+    with trailing whitespace"), taken by OpenAI: its trailing whitespace is left out; an earlier
+    assistant turn keeps its own."""
+    req = request(user("a"), {"role": "assistant", "content": "one \n"}, user("b"),
+                  {"role": "assistant", "content": [{"type": "text", "text": "Sure, "}, {"type": "text", "text": "\n"}]})
+    body = build_anthropic_request(req, "m", stream=False)
+    anthropic_wire(body)
+    assert body["messages"][1]["content"] == [{"type": "text", "text": "one \n"}]
+    assert body["messages"][3]["content"] == [{"type": "text", "text": "Sure,"}]
+
+
+@pytest.mark.parametrize(("stop", "param"), [("\n", "stop"), (["END", " \t"], "stop.1")])
+def test_a_whitespace_only_stop_sequence_cannot_be_carried(stop: Any, param: str) -> None:
+    """Anthropic refuses a stop sequence of only whitespace (400 "each stop sequence must contain
+    non-whitespace"); OpenAI takes `"\\n"`. Refused by the translation (before anything is sent; a tier's
+    other candidate may carry it), naming the sequence."""
+    with pytest.raises(NativeValidationError) as info:
+        build_anthropic_request(request(user("hi"), stop=stop), "m", stream=False)
+    assert info.value.param == param
+    assert "whitespace" in info.value.message
+
+
 @pytest.mark.parametrize(
     ("choice", "wire"),
     [

@@ -33,6 +33,7 @@ from tests.routing.helpers import (
     stored,
 )
 from tests.support.accounts import create_key
+from tests.support.attack import recorded_ids
 from tests.support.lost_replies import LostReply
 from tests.support.metrics import metric
 from tests.support.process import RedisServerProcess
@@ -172,6 +173,25 @@ def test_a_whitespace_only_message_goes_to_a_candidate_that_can_carry_it(
             assert served(chat(http, messages=blank, conv=f"conv-blank-{i}")) == ("simple", *OA_4O)
     session = stored(gw, "conv-blank-0")
     assert session is not None and (session["provider"], session["model"]) == OA_4O
+
+
+def test_a_whitespace_only_stop_sequence_goes_to_a_candidate_that_can_carry_it(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """Anthropic refuses a stop sequence of only whitespace (`"\\n"`, a common one); OpenAI takes it. It
+    went to Anthropic nearly every draw (a provider's 400, charged); it goes to OpenAI. With Claude
+    alone it is a 400 naming `stop`, before anything is sent or recorded."""
+    tiers = {"simple": [entry(AN_HAIKU, cost=1), entry(OA_4O, cost=50)]}
+    gw = start(gateway_factory, tmp_path, None, tiers=tiers)
+    with gw.client() as http:
+        for i in range(8):
+            assert served(chat(http, f"lines {i}", stop="\n")) == ("simple", *OA_4O)
+    alone = start(gateway_factory, tmp_path, None, tiers={"simple": [entry(AN_HAIKU)]})
+    with alone.client() as http:
+        r = chat(http, "lines", stop=["END", "\n"])
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["message"].startswith("stop.1: ")
+    assert recorded_ids(alone.settings.database_url) == set()
 
 
 def test_a_request_that_fails_validation_creates_no_session(

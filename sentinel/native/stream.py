@@ -52,6 +52,17 @@ def render_chunk(chunk: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
+def answering(chunk: dict[str, Any]) -> bool:
+    """Whether a unified chunk carries some of the answer — text, a tool call, or how it ended — and
+    not only the opening `role` a stream begins with (Anthropic's `message_start`, sent before the
+    model generates anything: its `overloaded_error` may come next)."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or choice.get("finish_reason") is not None:
+            return True
+    return False
+
+
 def render_error_event(message: str, type: str = "stream_error", code: str | None = None) -> bytes:
     """An in-stream error: `data: {"error": {"message", "type", "code"?}}\\n\\n` (sent instead of DONE)."""
     error: dict[str, str] = {"message": message, "type": type}

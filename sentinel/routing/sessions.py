@@ -5,7 +5,7 @@ user's external id), JSON value
 `{conversation_id, external_id, tier, provider, model, created_at, last_seen_at, migrations, claim}`
 (`claim`: 32 random hex digits of the request that created it; absent from sessions stored before
 it, which load as sessions with none and are never taken for a request's own),
-TTL SESSION_TTL_SECONDS, refreshed by every request a model answered (a stream: once it began; a
+TTL SESSION_TTL_SECONDS, refreshed by every request a model answered (a stream: once its answer began; a
 request refused or never answered leaves the session as it was). Conversation ids are the user's
 own: two users naming the same id have two conversations, and neither can see, change, hold or learn
 of the other's (the original keyed sessions by the id alone, so another user could squat a guessable

@@ -3,7 +3,8 @@
 Order: route (read-only) -> translate -> quota -> a first turn's session created (concurrent first
 turns follow the first one's session: its model, or an upgrade at a higher tier) -> upstream (retried once before the first byte when allowed)
 -> unified response or stream -> usage, and the session is written to the model that answered (a
-stream: once its first chunk came; one that failed before any is a turn no model answered). A
+stream: once a chunk of its answer came, `answering` — not the bare opening chunk; one that failed
+before any is a turn no model answered). A
 request refused before the upstream call creates or changes no session;
 one no model answered — the provider's 5xx or 429 after any retry, an error, cancelled — upgrades
 or moves none, and a first turn's removes the session it created (unless it changed meanwhile; also
@@ -27,7 +28,7 @@ from sentinel.domain.identity import Identity
 from sentinel.errors import InvalidRequest, UpstreamError
 from sentinel.native import ChatRequest, NativeValidationError, StreamError, TranslationError
 from sentinel.native.responses import Usage as WireUsage
-from sentinel.native.stream import DONE, render_chunk, render_error_event
+from sentinel.native.stream import DONE, answering, render_chunk, render_error_event
 from sentinel.native.types import ImagePart
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.offload import count_off_loop, off_loop
@@ -239,7 +240,7 @@ class NativeChat:
         unsettled = True  # the session is neither written (answered) nor given back yet
 
         async def bind() -> None:
-            """The answer began (its first chunk, or an empty answer's end): the session is this
+            """The answer began (a chunk of it, `answering`, or an empty answer's end): the session is this
             model's. Shielded: a client that left during the write cancels the stream, never the write
             (a first turn's session was left on a model that failed before the retry that answered, or
             not written at all); a shield is a task of its own, so only when there is a write."""
@@ -249,8 +250,8 @@ class NativeChat:
                 await asyncio.shield(router.commit(identity, choice))
 
         async def give_back() -> None:
-            """The stream closed. If no chunk came (the first event an error, the connection broken,
-            the stream cut or never read): no model answered, as on the unstreamed path — an upgrade
+            """The stream closed. If no chunk of the answer came (the first event an error, or one
+            after the bare opening chunk; the connection broken, the stream cut or never read): no model answered, as on the unstreamed path — an upgrade
             or a migration is not written, and a first turn's claimed session is removed
             (`TierRouter.abandon`). A half-open trial it claimed and did not settle is released."""
             nonlocal unsettled
@@ -263,7 +264,7 @@ class NativeChat:
         async def produce(ending: Ending) -> AsyncIterator[bytes]:
             try:
                 async for chunk in stream.events():
-                    if unsettled:
+                    if unsettled and answering(chunk):  # (not the opening chunk: nothing answered yet)
                         await bind()
                     yield render_chunk(chunk)
                 if unsettled:

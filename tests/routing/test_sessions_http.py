@@ -267,6 +267,51 @@ def test_a_stream_that_failed_before_its_first_chunk_binds_no_session(
             assert stored(gw, "conv-new") is None and stored(gw, "conv-cut") is None
 
 
+MESSAGE_START = {"type": "message_start", "message": {
+    "id": "msg_1", "type": "message", "role": "assistant", "model": AN_HAIKU[1], "content": [],
+    "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 0}}}
+ANTHROPIC_OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+OPENING = {"id": "c0", "object": "chat.completion.chunk", "created": 1, "model": SMALL[1],
+           "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+
+
+@pytest.mark.parametrize("wire", ["openai", "anthropic"])
+def test_a_stream_that_failed_after_its_bare_opening_chunk_binds_no_session(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, wire: str
+) -> None:
+    """Anthropic opens every stream with `message_start` before the model generates anything, and its
+    `overloaded_error` often comes right after it; OpenAI's first chunk holds only the role too. That
+    opening chunk (the unified stream's `role`, no content) bound a new conversation to the model that
+    then failed it, and `keep` held every later turn there; it upgraded a session, too. Only a chunk of
+    the answer binds: such a stream is a turn no model answered."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        if wire == "openai":
+            gw = start(gateway_factory, tmp_path, None, {"simple": [entry(SMALL)], "complex": [entry(BIG)]},
+                       {"scripted": f"{srv.url}/v1"})
+            opening, overloaded = OPENING, OVERLOADED
+        else:
+            gw = start(gateway_factory, tmp_path, None, {"simple": [entry(AN_HAIKU)], "complex": [entry(AN_HAIKU)]},
+                       anthropic_api_url=srv.url)
+            opening, overloaded = MESSAGE_START, ANTHROPIC_OVERLOADED
+        with gw.client() as http:
+            upstream.sse(opening, overloaded)
+            failed = chat(http, "hi", conv="conv-opened", stream=True)
+            assert failed.status_code == 200 and '"stream_error"' in failed.text, failed.text
+            assert stored(gw, "conv-opened") is None
+        if wire == "openai":  # an upgrade that failed so leaves the session on the model that served it
+            with gw.client() as http:
+                upstream.json({"id": "c1", "object": "chat.completion", "created": 1, "model": SMALL[1],
+                               "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"},
+                                            "finish_reason": "stop"}]})
+                assert served(chat(http, "start", conv="conv-up")) == ("simple", *SMALL)
+                upstream.sse({**OPENING, "model": BIG[1]}, overloaded)
+                upgrade = chat(http, "harder", conv="conv-up", tier="complex", stream=True)
+                assert upgrade.headers["x-sentinel-model"] == BIG[1] and '"stream_error"' in upgrade.text
+            session = stored(gw, "conv-up")
+            assert session is not None and (session["tier"], session["model"]) == ("simple", SMALL[1])
+
+
 def test_a_stream_that_failed_before_its_first_chunk_upgrades_no_session(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
 ) -> None:

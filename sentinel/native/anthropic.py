@@ -6,7 +6,8 @@ user and assistant strictly alternate, as Anthropic requires. Within a merged us
 come first (Anthropic wants them before any text that follows a tool call). Text that is empty or
 only whitespace is left out (Anthropic refuses such a block, 400 "text content blocks must contain
 non-whitespace text": a model's own whitespace-only text beside its tool calls, replayed, refused
-every later turn of the conversation); a turn left with nothing is an empty message. A final
+every later turn of the conversation); an assistant message left with nothing is left out (the
+user turns around it merged), a user turn left with nothing is an empty message. A final
 assistant turn (a prefill) loses its trailing whitespace, which Anthropic refuses there; a stop
 sequence of only whitespace cannot be carried (Anthropic refuses it). A tool-call id with
 characters Anthropic refuses (another provider's) is renamed, alike in the call and its result
@@ -137,6 +138,11 @@ def _turns(messages: list[Message]) -> list[dict[str, Any]]:
             continue
         role = "assistant" if msg.role == "assistant" else "user"
         blocks = _blocks(msg, i)
+        if not blocks and role == "assistant":
+            # An answer of nothing (Claude's own empty `end_turn`, replayed by the client as `""`):
+            # refused as an empty message, it failed every later turn of a conversation bound to
+            # Claude. Left out; the user turns around it merge, as Anthropic requires.
+            continue
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:

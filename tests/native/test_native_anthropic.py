@@ -139,11 +139,23 @@ def test_conversation_needs_a_non_system_message() -> None:
 
 
 def test_empty_turn_is_rejected_clearly() -> None:
-    req = request(user("hi"), {"role": "assistant", "content": ""}, user("again"))
+    req = request(user("hi"), {"role": "assistant", "content": "a"}, user(""))
     with pytest.raises(NativeValidationError) as info:
         build_anthropic_request(req, "m", stream=False)
-    assert info.value.param == "messages.1.content"
+    assert info.value.param == "messages.2.content"
     assert "empty" in info.value.message
+
+
+@pytest.mark.parametrize("said", ["", " \n", [{"type": "text", "text": ""}]])
+def test_an_empty_assistant_answer_replayed_is_left_out(anthropic_wire: Check, said: Any) -> None:
+    """Claude may answer nothing (an `end_turn` with no text: the native answer's content is `""`);
+    the client replays it. Refused as an empty message, every later turn of a conversation bound to
+    Claude was a 400. The empty assistant turn is left out and the user turns around it merge."""
+    req = request(user("hi"), {"role": "assistant", "content": said}, user("again"))
+    body = build_anthropic_request(req, "m", stream=False)
+    anthropic_wire(body)
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "again"}]}]
 
 
 def test_whitespace_only_text_is_left_out(anthropic_wire: Check) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -173,6 +174,34 @@ def test_a_whitespace_only_message_goes_to_a_candidate_that_can_carry_it(
             assert served(chat(http, messages=blank, conv=f"conv-blank-{i}")) == ("simple", *OA_4O)
     session = stored(gw, "conv-blank-0")
     assert session is not None and (session["provider"], session["model"]) == OA_4O
+
+
+def test_a_conversation_bound_to_claude_goes_on_after_claude_answered_nothing(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """Claude may end a turn with no text; the native answer's content is then `""`, and a client
+    replays it as the assistant's turn. That turn was refused as an empty message, so under `keep`
+    every later turn of the conversation, bound to Claude, was a 400 until its session expired."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = start(gateway_factory, tmp_path, None, {"simple": [entry(AN_HAIKU)]}, anthropic_api_url=srv.url)
+        with gw.client() as http:
+            upstream.json({"id": "msg_1", "type": "message", "role": "assistant", "model": AN_HAIKU[1],
+                           "content": [], "stop_reason": "end_turn",
+                           "usage": {"input_tokens": 5, "output_tokens": 0}})
+            first = chat(http, "hi", conv="conv-quiet")
+            assert served(first) == ("simple", *AN_HAIKU)
+            said = first.json()["choices"][0]["message"]
+            assert said == {"role": "assistant", "content": ""}
+            upstream.json({"id": "msg_2", "type": "message", "role": "assistant", "model": AN_HAIKU[1],
+                           "content": [{"type": "text", "text": "Hello again."}], "stop_reason": "end_turn",
+                           "usage": {"input_tokens": 9, "output_tokens": 3}})
+            again = chat(http, messages=[{"role": "user", "content": "hi"}, said,
+                                         {"role": "user", "content": "are you there?"}], conv="conv-quiet")
+        assert again.status_code == 200, again.text
+        assert again.json()["choices"][0]["message"]["content"] == "Hello again."
+        sent = json.loads(upstream.received[-1])
+        assert [turn["role"] for turn in sent["messages"]] == ["user"]
 
 
 def test_a_whitespace_only_stop_sequence_goes_to_a_candidate_that_can_carry_it(

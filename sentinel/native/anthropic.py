@@ -1,6 +1,6 @@
 """Translate between the unified types and Anthropic's Messages API.
 
-Request: system messages become the top-level `system`; assistant tool calls become `tool_use` blocks
+Request: system messages become the top-level `system` (those empty or of only whitespace left out); assistant tool calls become `tool_use` blocks
 and tool messages `tool_result` blocks in a user turn; consecutive turns of one role are merged so that
 user and assistant strictly alternate, as Anthropic requires. Within a merged user turn, tool results
 come first (Anthropic wants them before any text that follows a tool call). Text that is empty or
@@ -66,7 +66,10 @@ def build_anthropic_request(
     """The upstream body for POST /v1/messages with the selected `model`. Without `clamp_temperature`
     a temperature above Anthropic's maximum is a NativeValidationError instead of being lowered."""
     body: dict[str, Any] = {"model": model, "max_tokens": req.max_tokens or default_max_tokens}
-    system = [m.text() for m in req.messages if m.role == "system"]
+    # Anthropic refuses an empty or whitespace-only `system` (400 "system: text content blocks must be
+    # non-empty"): a client's empty system message (common: a prompt not set) is left out, as is one
+    # of only whitespace; none left, no `system`.
+    system = [text for m in req.messages if m.role == "system" and (text := m.text()).strip()]
     if system:
         body["system"] = "\n".join(system)
     body["messages"] = _turns(req.messages)

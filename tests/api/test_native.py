@@ -192,6 +192,18 @@ def test_a_replayed_whitespace_only_text_beside_a_tool_call_reaches_claude_witho
         {"type": "tool_use", "id": "toolu_ws", "name": "get_weather", "input": {"city": "Oslo"}}]}
 
 
+def test_an_empty_system_message_is_not_sent_to_claude(gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
+    """A client with no system prompt set often sends an empty system message; Anthropic refuses an
+    empty `system` (400 "system: text content blocks must be non-empty"). Claude is sent none."""
+    gw = gateway_factory(providers_file=tiers_file(tmp_path, "anthropic"))
+    with gw.client() as http:
+        r = http.post(URL, json={"messages": [{"role": "system", "content": ""}, {"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    sent = httpx.get(f"{gw.settings.anthropic_api_url}/__mock/last_request", params={"path": "/v1/messages"},
+                     timeout=5).json()["body"]
+    assert "system" not in sent and sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+
+
 def test_native_requires_auth(gateway: Gateway) -> None:
     r = httpx.post(gateway.url + URL, json={"messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"

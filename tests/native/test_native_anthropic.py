@@ -188,6 +188,18 @@ def test_a_whitespace_only_turn_is_an_empty_message() -> None:
     assert "empty" in info.value.message
 
 
+@pytest.mark.parametrize(
+    ("systems", "sent"), [([""], None), ([" \n", ""], None), (["Be brief.", "", "Be kind."], "Be brief.\nBe kind.")]
+)
+def test_empty_system_messages_are_left_out(anthropic_wire: Check, systems: list[str], sent: str | None) -> None:
+    """Anthropic refuses an empty or whitespace-only `system` (400 "system: text content blocks must be
+    non-empty"); a client sends an empty system message when no prompt is set, and OpenAI takes it."""
+    req = request(*({"role": "system", "content": text} for text in systems), user("hi"))
+    body = build_anthropic_request(req, "m", stream=False)
+    anthropic_wire(body)
+    assert body.get("system") == sent
+
+
 def test_a_final_assistant_turn_loses_its_trailing_whitespace(anthropic_wire: Check) -> None:
     """A prefill ending in whitespace is refused by Anthropic (400 "final assistant content cannot end
     with trailing whitespace"), taken by OpenAI: its trailing whitespace is left out; an earlier

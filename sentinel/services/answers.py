@@ -43,7 +43,7 @@ from sentinel.services.objects import (
     leading_audio_ids,
     leading_id,
 )
-from sentinel.services.run_usage import FetchRun, PriceOf, RunCharges
+from sentinel.services.run_usage import FetchRun, PriceOf, RunCharges, RunIdScanner, named_runs
 
 log = logging.getLogger("sentinel.answers")
 
@@ -116,7 +116,7 @@ class AnswerRelay:
                 size += len(chunk)
                 if size > MAX_BUFFERED:
                     return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating, ex,
-                                       charging, extends, speaker, items)
+                                       charging, extends, speaker, items, thread_runs)
         upstream.release()
         raw = b"".join(chunks)
         self.metrics.child(self.metrics.upstream_duration, upstream.provider, endpoint).observe(
@@ -135,7 +135,7 @@ class AnswerRelay:
                 (usage, shown, charges), pays = listed, True
         claimed: list[str] = []  # (runs charged apart from `charges`: those their records are part of)
         if owner is not None and not pays and charging.counted and thread_runs is not None:
-            charges, claimed = await self.runs.unread_runs(parsed, *thread_runs, ttl)
+            charges, claimed = await self.runs.unread_runs(named_runs(parsed), *thread_runs, ttl)
             if charges:
                 usage, pays = _summed(charges), True
         models: list[ModelUsage] = []
@@ -294,16 +294,22 @@ class AnswerRelay:
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, head: bytes, owner: Identity | None,
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
         extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None, items: Items | None = None,
+        thread_runs: tuple[str, FetchRun] | None = None,
     ) -> StreamReply:
         """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
         from; the last chunk waits for the usage record. The Responses API items it shows (`items`: an
         answer with an image's base64 is commonly over MAX_BUFFERED) are read as they pass
-        (`ItemScanner`) and become the caller's with the object it created, as a small answer's."""
+        (`ItemScanner`) and become the caller's with the object it created, as a small answer's; so
+        are the runs a thread's messages name (`thread_runs`: long messages), charged as a small
+        answer's are."""
         tail = TailInspector()
         tail.feed(head)
         scanner = None if items is None else ItemScanner(items)
         if scanner is not None:
             scanner.feed(head)
+        runs = None if thread_runs is None or owner is None or not charging.counted else RunIdScanner()
+        if runs is not None:
+            runs.feed(head)
         meter, ownership = self.meter, self.ownership
 
         async def produce(ending: Ending) -> AsyncIterator[bytes]:
@@ -316,6 +322,8 @@ class AnswerRelay:
                     tail.feed(chunk)
                     if scanner is not None:
                         scanner.feed(chunk)
+                    if runs is not None:
+                        runs.feed(chunk)
             except UpstreamError:
                 ending.status = 502
             finally:
@@ -328,13 +336,18 @@ class AnswerRelay:
             usage = tail.usage(endpoint)
             answer_id = leading_id(head) if owner is not None else None
             pays, settles, charges = await self._pays(charging, answer_id, usage, ttl)
+            claimed: list[str] = []  # (runs charged apart from `charges`: done without a usage)
+            if not pays and runs is not None and thread_runs is not None:
+                charges, claimed = await self.runs.unread_runs(runs.named, *thread_runs, ttl)
+                if charges:
+                    usage, pays = _summed(charges), True
             if not pays:
                 usage = Usage(0, 0)
             await meter.settle(admission, usage=usage, output_text="", status=status,
                                provider=upstream.provider, output_estimate=admission.max_output,
                                settles=[(settles, usage)] if settles is not None and usage is not None else [],
                                charges=charges)
-            await self._confirm([c.object_id for c in charges], ttl)
+            await self._confirm([*(c.object_id for c in charges), *claimed], ttl)
             object_id = answer_id if creating else None
             claims: list[tuple[str, float | None]] = [(object_id, ttl)] if owner and object_id is not None else []
             if scanner is not None:

@@ -68,19 +68,16 @@ class RunCharges:
         return parts, runs
 
     async def unread_runs(
-        self, answer: Any, thread: str, fetch: FetchRun, ttl: float | None
+        self, named: list[str], thread: str, fetch: FetchRun, ttl: float | None
     ) -> tuple[list[ObjectCharge], list[str]]:
-        """The charges (`ObjectCharge`) of the Assistants runs that the messages `answer` shows (a
-        list's `data`, or one message) name by `run_id` and that no read charged yet, fetched
-        (`fetch`) and claimed when done, and every run claimed (those done without a usage too:
-        confirmed with the others once their records are stored). A run whose fetch fails, that is not of
-        `thread`, or not done yet, stays uncharged (a later read fetches it again); a store that
-        cannot say which runs were charged fetches none (each read would charge them again)."""
-        named: dict[str, None] = {}
-        for message in _shown(answer, "thread.message"):
-            run_id = message.get("run_id")
-            if isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) and len(named) < MAX_FETCHED_RUNS:
-                named[run_id] = None
+        """The charges (`ObjectCharge`) of the Assistants runs `named` (`named_runs` of the messages
+        an answer shows, or `RunIdScanner.named` of one too large to parse) that no read charged yet,
+        fetched (`fetch`) and claimed when done, and every run claimed (those done without a usage
+        too: confirmed with the others once their records are stored). A run whose fetch fails, that
+        is not of `thread`, or not done yet, stays uncharged (a later read fetches it again); a store
+        that cannot say which runs were charged fetches none (each read would charge them again)."""
+        if not named:
+            return [], []
         try:
             unread = await self.ownership.uncharged(named)
         except StoreUnavailable:
@@ -110,6 +107,51 @@ class RunCharges:
             return await self.ownership.claim_charge(object_id, ttl)
         except StoreUnavailable:
             return "first"
+
+
+def named_runs(answer: Any) -> list[str]:
+    """The runs the messages `answer` shows (a list's `data`, or one message) name by `run_id`:
+    distinct, MAX_FETCHED_RUNS at most."""
+    named: dict[str, None] = {}
+    for message in _shown(answer, "thread.message"):
+        run_id = message.get("run_id")
+        if isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) and len(named) < MAX_FETCHED_RUNS:
+            named[run_id] = None
+    return list(named)
+
+
+# A message's `run_id` as the provider writes it, in the bytes of an answer too large to parse. In a
+# JSON string a quote is escaped (`\"`): `"run_id"` then `:` is a key, never text a model wrote —
+# though a key of an object the caller chose may read so (a message's `metadata`), which only costs a
+# fetch: a run is fetched below the caller's own thread, and charged only when it is that thread's.
+_RUN_ID_KEY = re.compile(rb'"run_id"[ \t\r\n]{0,32}:[ \t\r\n]{0,32}"([A-Za-z0-9_-]{1,100})"')
+_RUN_ID_SPAN = 256  # bytes that hold any match of _RUN_ID_KEY: carried from a chunk to the next
+
+
+class RunIdScanner:
+    """The runs a thread's messages answer too large to parse whole (over `MAX_BUFFERED`: long
+    messages) names by `run_id`, read as its bytes pass (as `named_runs` reads a parsed one):
+    distinct, MAX_FETCHED_RUNS at most. Such an answer shows the runs' results as any other."""
+
+    def __init__(self) -> None:
+        self._named: dict[str, None] = {}
+        self._carry = b""
+
+    @property
+    def named(self) -> list[str]:
+        return list(self._named)
+
+    def feed(self, chunk: bytes) -> None:
+        if len(self._named) >= MAX_FETCHED_RUNS or not chunk:
+            return
+        buf = self._carry + chunk
+        end = 0
+        for match in _RUN_ID_KEY.finditer(buf):
+            end = match.end()
+            self._named[match.group(1).decode("ascii")] = None
+            if len(self._named) >= MAX_FETCHED_RUNS:
+                return
+        self._carry = buf[max(end, len(buf) - _RUN_ID_SPAN):]
 
 
 def _shown(answer: Any, kind: str) -> list[dict[str, Any]]:

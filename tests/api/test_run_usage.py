@@ -151,6 +151,30 @@ def test_a_run_read_only_through_its_threads_messages_is_charged_once(
         (0, 0), (0, 0), (0, 0), (RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"]), (0, 0), (0, 0)]
 
 
+def test_a_run_read_through_messages_too_large_to_parse_is_charged_once(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """A thread whose messages list is over 1 MiB (a long message) is relayed as it arrives: the runs
+    its messages name are read from its bytes, fetched and charged as a small list's (they went
+    uncharged: the run's answer read for free)."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
+    client = gw.openai()
+    assistant = client.beta.assistants.create(model="gpt-4o-mini", name="helper")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "long " * 250_000}])
+    run = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id)
+    spy.clear()
+    first = client.beta.threads.messages.list(thread.id)
+    assert [m.run_id for m in first.data] == [run.id, None]
+    assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages", f"/v1/threads/{thread.id}/runs/{run.id}"]
+    spy.clear()
+    client.beta.threads.messages.list(thread.id)
+    assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages"]  # charged already
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 5)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [
+        (0, 0), (0, 0), (0, 0), (RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"]), (0, 0)]
+
+
 def test_a_run_whose_thread_is_another_users_is_never_fetched_nor_charged(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
 ) -> None:

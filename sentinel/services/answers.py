@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import orjson
 
 from sentinel.domain.identity import Identity
+from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
 from sentinel.errors import StoreUnavailable, UpstreamError
 from sentinel.governance.ownership import ChargeClaim, Ownership
@@ -476,6 +477,8 @@ _AT_WORK = frozenset({"validating", "queued", "in_progress", "requires_action", 
 
 # A batch's `status` once it has ended: it runs nothing more.
 _BATCH_ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+# A fine-tuning job's `status` once it has ended: it trains no more (a `paused` one may resume).
+_TRAINING_ENDED = frozenset({"succeeded", "failed", "cancelled"})
 
 
 def final_usage(endpoint: str, body: Any) -> Usage | None:
@@ -485,8 +488,15 @@ def final_usage(endpoint: str, body: Any) -> Usage | None:
     A batch that ended without usage having run no line (`request_counts.completed` 0; a `failed`
     one — its input refused at validation — may show no counts) shows no tokens: `Usage(0, 0)`,
     to which its reservation is settled (`Meter.settle`); one whose lines ran without usage shown
-    (a provider that reports none) shows none: its reservation stays counted."""
+    (a provider that reports none) shows none: its reservation stays counted. A fine-tuning job
+    shows no `usage`: what it bills is its `trained_tokens` (null while it runs), charged as input
+    tokens once it has ended."""
     if not isinstance(body, dict) or body.get("status") in _AT_WORK:
+        return None
+    if body.get("object") == "fine_tuning.job":
+        trained = body.get("trained_tokens")
+        if body.get("status") in _TRAINING_ENDED and type(trained) is int and 0 < trained <= MAX_TOKENS:
+            return Usage(trained, 0)
         return None
     usage = usage_from_body(endpoint, body)
     if usage is None and body.get("object") == "batch" and body.get("status") in _BATCH_ENDED:

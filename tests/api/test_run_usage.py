@@ -223,3 +223,31 @@ def test_malformed_run_usage_is_ignored_never_a_server_error(
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
     assert _tokens(ledger_rows(gw.settings.database_url, "alice")) == [
         (None, 0, 0, 0), ("gpt-4o", 30, 4, 10), (None, 0, 0, 0), (None, 0, 0, 0)]
+
+
+def test_a_fine_tuning_job_is_charged_its_trained_tokens_once_when_a_read_first_shows_it_ended(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """A fine-tuning job bills its `trained_tokens` (it shows no `usage`): charged as input tokens by
+    the first read showing it ended, once — it went uncharged, a request a read whatever it trained."""
+    upstream = ScriptedUpstream()
+    made = {"id": "ftjob_1", "object": "fine_tuning.job", "model": "gpt-4o-mini-2024-07-18", "created_at": 1,
+            "status": "validating_files", "trained_tokens": None, "training_file": "file-1", "result_files": [],
+            "fine_tuned_model": None, "finished_at": None, "hyperparameters": {}, "organization_id": "org",
+            "seed": 1, "validation_file": None, "error": None}
+    running = {**made, "status": "running"}
+    paused = {**made, "status": "paused", "trained_tokens": 1_000}  # may resume: not ended
+    done = {**made, "status": "succeeded", "trained_tokens": 48_000, "fine_tuned_model": "ft:gpt-4o-mini:org::abc"}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/fine_tuning/*")
+        gw.write_stored("sentinel:owner:file-1", b"alice", 3600)
+        for answer in (made, running, paused, done, done):
+            upstream.json(answer)
+        client = gw.openai()
+        job = client.fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18", training_file="file-1")
+        assert [client.fine_tuning.jobs.retrieve(job.id).status for _ in range(4)] == [
+            "running", "paused", "succeeded", "succeeded"]
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 5)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0), (0, 0), (0, 0), (48_000, 0), (0, 0)]
+    assert all(r["endpoint"] == "/v1/fine_tuning/*" for r in rows)

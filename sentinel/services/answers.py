@@ -44,7 +44,7 @@ from sentinel.services.objects import (
     leading_audio_ids,
     leading_id,
 )
-from sentinel.services.run_usage import FetchRun, PriceOf, RunCharges, RunIdScanner, named_runs
+from sentinel.services.run_usage import Fetch, FetchRun, PriceOf, RunCharges, RunIdScanner, named_runs
 
 log = logging.getLogger("sentinel.answers")
 
@@ -94,12 +94,14 @@ class AnswerRelay:
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
         extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None,
         thread_runs: tuple[str, FetchRun] | None = None, items: Items | None = None,
+        eval_run: tuple[str, str, Fetch] | None = None,
     ) -> Reply | StreamReply:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
         relayed as it arrives after the part already read; its `usage` is charged as `charging`
         says (see `Charging`), and so are the eval runs it shows done, per model, and — a read of a
         thread's messages: `thread_runs`, (the thread, how to fetch one of its runs) — the runs its
-        messages name (`RunCharges`). The audio answers of a chat answer become `speaker`'s (stored or not:
+        messages name, and — a read of an eval run's output items: `eval_run`, (its eval, the run,
+        how to fetch it) — that run (`RunCharges`). The audio answers of a chat answer become `speaker`'s (stored or not:
         a later request names them in `messages[].audio`); so do the Responses API items it shows
         (`items`: a response's output, a conversation's items), along with the objects it created, in
         one store round trip (`Ownership.claim_all`). A 304 (a conditional download's "not
@@ -117,7 +119,7 @@ class AnswerRelay:
                 size += len(chunk)
                 if size > MAX_BUFFERED:
                     return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating, ex,
-                                       charging, extends, speaker, items, thread_runs)
+                                       charging, extends, speaker, items, thread_runs, eval_run)
         upstream.release()
         raw = b"".join(chunks)
         self.metrics.child(self.metrics.upstream_duration, upstream.provider, endpoint).observe(
@@ -142,6 +144,10 @@ class AnswerRelay:
         models: list[ModelUsage] = []
         if owner is not None and charging.counted:
             models, runs = await self.runs.eval_models(parsed, ttl)
+            claimed += runs
+        if owner is not None and charging.counted and eval_run is not None:
+            shown_models, runs = await self.runs.eval_run_shown(*eval_run, ttl)
+            models += shown_models
             claimed += runs
         unmetered = pays and usage is None  # then what the model read (hosted tools' results) counts too
         # A served generation whose answer cannot be read (not JSON: HTML, a body compressed despite
@@ -295,14 +301,14 @@ class AnswerRelay:
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, head: bytes, owner: Identity | None,
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
         extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None, items: Items | None = None,
-        thread_runs: tuple[str, FetchRun] | None = None,
+        thread_runs: tuple[str, FetchRun] | None = None, eval_run: tuple[str, str, Fetch] | None = None,
     ) -> StreamReply:
         """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
         from; the last chunk waits for the usage record. The Responses API items it shows (`items`: an
         answer with an image's base64 is commonly over MAX_BUFFERED) are read as they pass
         (`ItemScanner`) and become the caller's with the object it created, as a small answer's; so
         are the runs a thread's messages name (`thread_runs`: long messages), charged as a small
-        answer's are."""
+        answer's are, and so is the eval run whose output items it shows (`eval_run`)."""
         tail = TailInspector()
         tail.feed(head)
         scanner = None if items is None else ItemScanner(items)
@@ -344,10 +350,14 @@ class AnswerRelay:
                     usage, pays = _summed(charges), True
             if not pays:
                 usage = Usage(0, 0)
+            models: list[ModelUsage] = []
+            if owner is not None and charging.counted and eval_run is not None:
+                models, runs_claimed = await self.runs.eval_run_shown(*eval_run, ttl)
+                claimed += runs_claimed
             await meter.settle(admission, usage=usage, output_text="", status=status,
                                provider=upstream.provider, output_estimate=admission.max_output,
                                settles=[(settles, usage)] if settles is not None and usage is not None else [],
-                               charges=charges)
+                               models=models, charges=charges)
             await self._confirm([*(c.object_id for c in charges), *claimed], ttl)
             object_id = answer_id if creating else None
             claims: list[tuple[str, float | None]] = [(object_id, ttl)] if owner and object_id is not None else []

@@ -85,7 +85,7 @@ from sentinel.services.objects import (
     tool_models,
     upload_files,
 )
-from sentinel.services.run_usage import FetchRun
+from sentinel.services.run_usage import Fetch, FetchRun
 from sentinel.services.translated_chat import TranslatedChat
 
 log = logging.getLogger("sentinel.relay")
@@ -336,6 +336,7 @@ class OpenAIRelay:
             reply = await self.answers.complete(
                 upstream, endpoint, admission, owner=owner, ttl=where.ttl, creating=creating, ex=ex, charging=charging,
                 thread_runs=self._thread_runs(ex, method, segments, where, headers),
+                eval_run=self._eval_run(ex, method, segments, where, headers),
                 items=items_shown(where, method, segments),
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
@@ -374,15 +375,29 @@ class OpenAIRelay:
             return None
         return where.object_id, functools.partial(self._thread_run, ex, where.object_id, headers)
 
+    def _eval_run(
+        self, ex: Exchange, method: str, segments: Sequence[str], where: ObjectPath, headers: RawHeaders,
+    ) -> tuple[str, str, Fetch] | None:
+        """For a read of an eval run's output items (`GET /v1/evals/{e}/runs/{r}/output_items`, or one
+        of them): the eval, the run, and how to fetch the run (`AnswerRelay.complete`'s `eval_run`)."""
+        if method != "GET" or where.collection != "evals" or where.object_id is None or len(segments) not in (5, 6) \
+                or segments[2] != "runs" or segments[4] != "output_items" or not segments[3]:
+            return None
+        path = ["evals", where.object_id, "runs", segments[3]]
+        return where.object_id, segments[3], functools.partial(self._fetch, ex, path, headers)
+
     async def _thread_run(self, ex: Exchange, thread: str, headers: RawHeaders, run_id: str) -> Any:
-        """`GET /v1/threads/{thread}/runs/{run_id}` upstream with the client's relayed headers (its
-        `OpenAI-Beta`), at Sentinel's cost — no request of the caller's —, for the run's usage: its
-        JSON, None when it could not be read (an error answer, a failure, not JSON)."""
+        """`GET /v1/threads/{thread}/runs/{run_id}` (`_fetch`), for the run's usage."""
+        return await self._fetch(ex, ["threads", thread, "runs", run_id], headers)
+
+    async def _fetch(self, ex: Exchange, segments: list[str], headers: RawHeaders) -> Any:
+        """`GET` of `segments` (a `/v1` path's: an object of the caller's) upstream with the client's
+        relayed headers (its `OpenAI-Beta`), at Sentinel's cost — no request of the caller's —, for
+        the object's usage: its JSON, None when it could not be read (an error answer, a failure, not
+        JSON)."""
         started = time.perf_counter()
         try:
-            upstream = await self.upstream.forward(
-                "GET", ["threads", thread, "runs", run_id], headers=forwardable_headers(headers), body=None,
-            )
+            upstream = await self.upstream.forward("GET", segments, headers=forwardable_headers(headers), body=None)
             raw = await upstream.read_served() if upstream.status == 200 else await upstream.read_error()
             status = upstream.status
         except UpstreamError as exc:

@@ -34,6 +34,7 @@ MAX_FETCHED_RUNS = 20
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 FetchRun = Callable[[str], Awaitable[Any]]  # a run of the thread read, by id: its JSON, None if unread
+Fetch = Callable[[], Awaitable[Any]]  # an object read at Sentinel's cost: its JSON, None if unread
 PriceOf = Callable[[str], Prices | None]  # a model's prices by the name a provider reports, if known
 
 
@@ -66,6 +67,28 @@ class RunCharges:
             parts += [ModelUsage(model, usage, self.prices(model), of=run_id, counted=claim == "first")
                       for model, usage in usages.items()]
         return parts, runs
+
+    async def eval_run_shown(
+        self, eval_id: str, run_id: str, fetch: Fetch, ttl: float | None
+    ) -> tuple[list[ModelUsage], list[str]]:
+        """The usage per model of the eval run `run_id` of `eval_id` whose output items a read shows
+        (its samples: the sampling model's answers, the graders' verdicts) — read without the run,
+        whose `per_model_usage` alone reports what they cost —, when no read charged it yet: fetched
+        (`fetch`) and claimed as a read of it would be (`eval_models`: the parts and the run claimed, to
+        confirm once their records are stored). Nothing when it was charged,
+        its fetch fails, it is not that eval's run, or it is not done (a later read fetches it again);
+        a store that cannot say whether it was charged fetches nothing."""
+        try:
+            if not await self.ownership.uncharged([run_id]):
+                return [], []
+        except StoreUnavailable:
+            self.ownership.outage.warning("the store is unavailable: an eval run whose output items were read was not charged")
+            return [], []
+        run = await fetch()
+        if not (isinstance(run, dict) and run.get("object") == "eval.run" and run.get("id") == run_id
+                and run.get("eval_id") == eval_id):
+            return [], []
+        return await self.eval_models(run, ttl)
 
     async def unread_runs(
         self, named: list[str], thread: str, fetch: FetchRun, ttl: float | None

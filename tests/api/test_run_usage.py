@@ -251,3 +251,58 @@ def test_a_fine_tuning_job_is_charged_its_trained_tokens_once_when_a_read_first_
     rows = ledger_rows(gw.settings.database_url, "alice")
     assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0), (0, 0), (0, 0), (48_000, 0), (0, 0)]
     assert all(r["endpoint"] == "/v1/fine_tuning/*" for r in rows)
+
+
+def test_an_eval_run_read_only_through_its_output_items_is_charged_per_model_once(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """An eval run's output items show its samples (the sampled model's answers, the graders'
+    verdicts) while only the run reports their tokens: a read of them fetches the run at Sentinel's
+    cost and charges it per model once it is done, as a read of the run would — it went uncharged."""
+    upstream = ScriptedUpstream()
+    items = {"object": "list", "has_more": False, "data": [
+        {"id": "outputitem_1", "object": "eval.run.output_item", "eval_id": "eval_1", "run_id": "evalrun_1",
+         "status": "pass", "sample": {"output": [{"role": "assistant", "content": "yes"}]}}]}
+    one = items["data"][0]
+    running = {"id": "evalrun_1", "object": "eval.run", "eval_id": "eval_1", "status": "in_progress",
+               "per_model_usage": None}
+    done = {**running, "status": "completed", "per_model_usage": [
+        {"model_name": "gpt-4o-mini", "prompt_tokens": 120, "completion_tokens": 40, "cached_tokens": 20,
+         "invocation_count": 2, "total_tokens": 160}]}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/evals/*")
+        gw.write_stored("sentinel:owner:eval_1", b"alice", 3600)
+        # a read while it runs (fetched, not charged), one once done (charged), then none fetched
+        for answer in (items, running, items, done, one, items):
+            upstream.json(answer)
+        with gw.client() as alice:
+            for path in ("output_items", "output_items", "output_items/outputitem_1", "output_items"):
+                assert alice.get(f"/v1/evals/eval_1/runs/evalrun_1/{path}").status_code == 200
+        assert len(upstream.received) == 6  # (the queue is used up: a fetch more would be a 500)
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 5)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert _tokens(rows) == [(None, 0, 0, 0), (None, 0, 0, 0), ("gpt-4o-mini", 120, 40, 20), (None, 0, 0, 0),
+                             (None, 0, 0, 0)]
+    # the model's share keyed by the run (`charge_id`): a read recording it again adds no row
+    assert rows[2]["request_id"] == charge_id(rows[2]["external_id"], "evalrun_1", "gpt-4o-mini")
+
+
+def test_an_eval_run_read_through_output_items_too_large_to_parse_is_charged(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    upstream = ScriptedUpstream()
+    items = {"object": "list", "has_more": False, "data": [
+        {"id": "outputitem_1", "object": "eval.run.output_item", "eval_id": "eval_1", "run_id": "evalrun_1",
+         "status": "pass", "sample": {"output": [{"role": "assistant", "content": "long " * 250_000}]}}]}
+    done = {"id": "evalrun_1", "object": "eval.run", "eval_id": "eval_1", "status": "completed", "per_model_usage": [
+        {"model_name": "gpt-4o-mini", "prompt_tokens": 120, "completion_tokens": 40, "cached_tokens": 20}]}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/evals/*")
+        gw.write_stored("sentinel:owner:eval_1", b"alice", 3600)
+        for answer in (items, done):
+            upstream.json(answer)
+        with gw.client() as alice:
+            read = alice.get("/v1/evals/eval_1/runs/evalrun_1/output_items")
+            assert read.status_code == 200 and len(read.content) > 1024 * 1024
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+    assert _tokens(ledger_rows(gw.settings.database_url, "alice")) == [(None, 0, 0, 0), ("gpt-4o-mini", 120, 40, 20)]

@@ -44,7 +44,7 @@ from sentinel.services.objects import (
     leading_audio_ids,
     leading_id,
 )
-from sentinel.services.run_usage import Fetch, FetchRun, PriceOf, RunCharges, RunIdScanner, named_runs
+from sentinel.services.run_usage import Fetch, PriceOf, RunCharges, RunIdScanner, ThreadRuns, named_runs
 
 log = logging.getLogger("sentinel.answers")
 
@@ -93,14 +93,14 @@ class AnswerRelay:
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, *, owner: Identity | None,
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
         extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None,
-        thread_runs: tuple[str, FetchRun] | None = None, items: Items | None = None,
+        thread_runs: ThreadRuns | None = None, items: Items | None = None,
         eval_run: tuple[str, str, Fetch] | None = None,
     ) -> Reply | StreamReply:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
         relayed as it arrives after the part already read; its `usage` is charged as `charging`
         says (see `Charging`), and so are the eval runs it shows done, per model, and — a read of a
-        thread's messages: `thread_runs`, (the thread, how to fetch one of its runs) — the runs its
-        messages name, and — a read of an eval run's output items: `eval_run`, (its eval, the run,
+        thread's messages, or of a run's steps: `thread_runs` — the runs its messages name, the run
+        of the steps, and — a read of an eval run's output items: `eval_run`, (its eval, the run,
         how to fetch it) — that run (`RunCharges`). The audio answers of a chat answer become `speaker`'s (stored or not:
         a later request names them in `messages[].audio`); so do the Responses API items it shows
         (`items`: a response's output, a conversation's items), along with the objects it created, in
@@ -137,8 +137,8 @@ class AnswerRelay:
             if listed is not None:
                 (usage, shown, charges), pays = listed, True
         claimed: list[str] = []  # (runs charged apart from `charges`: those their records are part of)
-        if owner is not None and not pays and charging.counted and thread_runs is not None:
-            charges, claimed = await self.runs.unread_runs(named_runs(parsed), *thread_runs, ttl)
+        if owner is not None and not pays and thread_runs is not None:  # (a run's steps count no usage)
+            charges, claimed = await self.runs.unread_runs(named_runs(parsed), thread_runs, ttl)
             if charges:
                 usage, pays = _summed(charges), True
         models: list[ModelUsage] = []
@@ -301,20 +301,20 @@ class AnswerRelay:
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, head: bytes, owner: Identity | None,
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
         extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None, items: Items | None = None,
-        thread_runs: tuple[str, FetchRun] | None = None, eval_run: tuple[str, str, Fetch] | None = None,
+        thread_runs: ThreadRuns | None = None, eval_run: tuple[str, str, Fetch] | None = None,
     ) -> StreamReply:
         """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
         from; the last chunk waits for the usage record. The Responses API items it shows (`items`: an
         answer with an image's base64 is commonly over MAX_BUFFERED) are read as they pass
         (`ItemScanner`) and become the caller's with the object it created, as a small answer's; so
-        are the runs a thread's messages name (`thread_runs`: long messages), charged as a small
+        are the runs a thread's messages name (`thread_runs`: long messages, or a run's steps), charged as a small
         answer's are, and so is the eval run whose output items it shows (`eval_run`)."""
         tail = TailInspector()
         tail.feed(head)
         scanner = None if items is None else ItemScanner(items)
         if scanner is not None:
             scanner.feed(head)
-        runs = None if thread_runs is None or owner is None or not charging.counted else RunIdScanner()
+        runs = None if thread_runs is None or owner is None else RunIdScanner()
         if runs is not None:
             runs.feed(head)
         meter, ownership = self.meter, self.ownership
@@ -345,7 +345,7 @@ class AnswerRelay:
             pays, settles, charges = await self._pays(charging, answer_id, usage, ttl)
             claimed: list[str] = []  # (runs charged apart from `charges`: done without a usage)
             if not pays and runs is not None and thread_runs is not None:
-                charges, claimed = await self.runs.unread_runs(runs.named, *thread_runs, ttl)
+                charges, claimed = await self.runs.unread_runs(runs.named, thread_runs, ttl)
                 if charges:
                     usage, pays = _summed(charges), True
             if not pays:

@@ -85,7 +85,7 @@ from sentinel.services.objects import (
     tool_models,
     upload_files,
 )
-from sentinel.services.run_usage import Fetch, FetchRun
+from sentinel.services.run_usage import Fetch, ThreadRuns
 from sentinel.services.translated_chat import TranslatedChat
 
 log = logging.getLogger("sentinel.relay")
@@ -367,13 +367,18 @@ class OpenAIRelay:
 
     def _thread_runs(
         self, ex: Exchange, method: str, segments: Sequence[str], where: ObjectPath, headers: RawHeaders,
-    ) -> tuple[str, FetchRun] | None:
-        """For a read of a thread's messages (`GET /v1/threads/{t}/messages`, or one of them): the
-        thread, and how to fetch one of its runs (`AnswerRelay.complete`'s `thread_runs`)."""
-        if method != "GET" or where.collection != "threads" or where.object_id is None or len(segments) not in (3, 4) \
-                or segments[2] != "messages":
+    ) -> ThreadRuns | None:
+        """For a read of a thread's messages (`GET /v1/threads/{t}/messages`, or one of them) or of a
+        run's steps (`GET /v1/threads/{t}/runs/{r}/steps`, or one of them): the thread, how to fetch
+        one of its runs, and the steps' run (`AnswerRelay.complete`'s `thread_runs`)."""
+        if method != "GET" or where.collection != "threads" or where.object_id is None:
             return None
-        return where.object_id, functools.partial(self._thread_run, ex, where.object_id, headers)
+        fetch = functools.partial(self._thread_run, ex, where.object_id, headers)
+        if len(segments) in (3, 4) and segments[2] == "messages":
+            return ThreadRuns(where.object_id, fetch)
+        if len(segments) in (5, 6) and segments[2] == "runs" and segments[4] == "steps":
+            return ThreadRuns(where.object_id, fetch, run=segments[3])
+        return None
 
     def _eval_run(
         self, ex: Exchange, method: str, segments: Sequence[str], where: ObjectPath, headers: RawHeaders,

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sentinel.domain.catalogue import Prices
@@ -36,6 +37,17 @@ _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 FetchRun = Callable[[str], Awaitable[Any]]  # a run of the thread read, by id: its JSON, None if unread
 Fetch = Callable[[], Awaitable[Any]]  # an object read at Sentinel's cost: its JSON, None if unread
 PriceOf = Callable[[str], Prices | None]  # a model's prices by the name a provider reports, if known
+
+
+@dataclass(frozen=True)
+class ThreadRuns:
+    """A read that shows an Assistants run's results but not its usage, which only the run reports:
+    a thread's messages (the runs they name by `run_id`), or a run's steps (`run`, the one its path
+    names: a tool's calls and outputs, a code interpreter's logs). `fetch`: a run of `thread` by id."""
+
+    thread: str
+    fetch: FetchRun
+    run: str | None = None
 
 
 class RunCharges:
@@ -91,14 +103,18 @@ class RunCharges:
         return await self.eval_models(run, ttl)
 
     async def unread_runs(
-        self, named: list[str], thread: str, fetch: FetchRun, ttl: float | None
+        self, named: list[str], read: ThreadRuns, ttl: float | None
     ) -> tuple[list[ObjectCharge], list[str]]:
-        """The charges (`ObjectCharge`) of the Assistants runs `named` (`named_runs` of the messages
-        an answer shows, or `RunIdScanner.named` of one too large to parse) that no read charged yet,
-        fetched (`fetch`) and claimed when done, and every run claimed (those done without a usage
-        too: confirmed with the others once their records are stored). A run whose fetch fails, that
-        is not of `thread`, or not done yet, stays uncharged (a later read fetches it again); a store
-        that cannot say which runs were charged fetches none (each read would charge them again)."""
+        """The charges (`ObjectCharge`) of the Assistants runs of `read` — the one its path names, or
+        `named` (`named_runs` of the messages an answer shows, `RunIdScanner.named` of one too large
+        to parse) — that no read charged yet, fetched (`read.fetch`) and claimed when done, and every
+        run claimed (those done without a usage too: confirmed with the others once their records
+        are stored). A run whose fetch fails, that is not of the thread, or not done yet, stays
+        uncharged (a later read fetches it again); a store that cannot say which runs were charged
+        fetches none (each read would charge them again)."""
+        thread, fetch = read.thread, read.fetch
+        if read.run is not None:
+            named = [read.run] if _RUN_ID.fullmatch(read.run) else []
         if not named:
             return [], []
         try:

@@ -306,3 +306,32 @@ def test_an_eval_run_read_through_output_items_too_large_to_parse_is_charged(
             assert read.status_code == 200 and len(read.content) > 1024 * 1024
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
     assert _tokens(ledger_rows(gw.settings.database_url, "alice")) == [(None, 0, 0, 0), ("gpt-4o-mini", 120, 40, 20)]
+
+
+def test_a_run_read_only_through_its_steps_is_charged_once(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """A run's steps show its work (a tool's calls and outputs, a code interpreter's logs) but count
+    no usage of their own: a read of them fetches the run and charges it once done — it went
+    uncharged, its results read through the steps alone."""
+    upstream = ScriptedUpstream()
+    step = {"id": "step_1", "object": "thread.run.step", "thread_id": "thread_1", "run_id": "run_1",
+            "status": "completed", "type": "tool_calls", "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+            "step_details": {"type": "tool_calls", "tool_calls": [{"id": "call_1", "type": "code_interpreter",
+                             "code_interpreter": {"input": "print(6*7)", "outputs": [{"type": "logs", "logs": "42"}]}}]}}
+    steps = {"object": "list", "data": [step], "has_more": False}
+    running = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "status": "in_progress", "usage": None}
+    done = {**running, "status": "completed", "usage": {"prompt_tokens": 90, "completion_tokens": 30, "total_tokens": 120}}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/threads/*")
+        gw.write_stored("sentinel:owner:thread_1", b"alice", 3600)
+        # a read while it runs (fetched, not charged), one once done (charged), then none fetched
+        for answer in (steps, running, steps, done, step, steps):
+            upstream.json(answer)
+        with gw.client() as alice:
+            for path in ("steps", "steps", "steps/step_1", "steps"):
+                assert alice.get(f"/v1/threads/thread_1/runs/run_1/{path}").status_code == 200
+        assert len(upstream.received) == 6  # (the queue is used up: a fetch more would be a 500)
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0), (90, 30), (0, 0), (0, 0)]

@@ -111,8 +111,10 @@ ACTION_CREATED: dict[tuple[str, str], tuple[str, str]] = {("threads", "runs"): (
 # Words below an object that tell Sentinel what a call on it is (`sentinel.services.relay`): a file's
 # `content` is its bytes (no object in it becomes the caller's), a `cancel` asks for no work, a run's
 # `steps` count no usage of their own, a conversation's `items` grow its context, an upload's `parts`
-# and a video's `remix` are objects. Spelled in another case (`/v1/files/{id}/Content`), a call would be read as another.
-OBJECT_WORDS = frozenset({"content", "cancel", "steps", "items", "parts", "remix"})
+# and a video's `remix` are objects, a thread's `messages` and a run's `steps` charge the `runs` they
+# show, an eval run's `output_items` charge it. Spelled in another case (`/v1/files/{id}/Content`,
+# `/v1/threads/{id}/Messages`), a call would be read as another.
+OBJECT_WORDS = frozenset({"content", "cancel", "steps", "items", "parts", "remix", "messages", "runs", "output_items"})
 # An audio answer of chat (its `id` is named again in a later request's `messages[].audio`): the
 # provider keeps it until its `expires_at`; when that is not known, this long.
 AUDIO_TTL = 2 * DAY

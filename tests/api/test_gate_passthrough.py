@@ -282,6 +282,25 @@ def test_a_path_a_lenient_server_reads_as_an_owned_one_is_never_pass_through(
     assert spy.seen == []
 
 
+def test_a_word_that_charges_a_run_in_another_case_is_never_pass_through(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """A thread's `messages` and a run's `steps` charge the runs they show, an eval run's
+    `output_items` the run: `/v1/threads/{id}/Messages` (or `Runs/{run}/steps`, `Output_Items`) went
+    upstream as spelled, uncharged, to a provider that folds case. 404, nothing sent."""
+    gw = start(gateway_factory, spy, passthrough="/v1/*")
+    for owned in ("thread_1", "eval_1"):
+        gw.write_stored(f"sentinel:owner:{owned}", b"alice", 3600)
+    spy.clear()
+    with gw.client() as alice:
+        refused = [alice.get("/v1/threads/thread_1/Messages"), alice.get("/v1/threads/thread_1/messages;x/msg_1"),
+                   alice.get("/v1/threads/thread_1/Runs/run_1/steps"), alice.get("/v1/threads/thread_1/runs./run_1"),
+                   alice.get("/v1/evals/eval_1/runs/run_1/Output_Items"), alice.get("/v1/evals/eval_1/RUNS/run_1")]
+    for r in refused:
+        assert (r.status_code, openai_error(r.json())["code"]) == (404, "endpoint_not_supported"), r.text
+    assert spy.seen == []
+
+
 def test_a_collections_own_calls_are_pass_through_and_their_ids_checked(
     gateway_factory: Callable[..., Gateway]
 ) -> None:

@@ -500,9 +500,12 @@ def final_usage(endpoint: str, body: Any) -> Usage | None:
     to which its reservation is settled (`Meter.settle`); one whose lines ran without usage shown
     (a provider that reports none) shows none: its reservation stays counted. A fine-tuning job
     shows no `usage`: what it bills is its `trained_tokens` (null while it runs), charged as input
-    tokens once it has ended."""
+    tokens once it has ended. A grader run on its own (`/v1/fine_tuning/alpha/graders/run`: its
+    `reward`) shows what its model graders used only in `metadata.token_usage`."""
     if not isinstance(body, dict) or body.get("status") in _AT_WORK:
         return None
+    if "reward" in body and isinstance(body.get("metadata"), dict):
+        return _grader_usage(body["metadata"].get("token_usage"))
     if body.get("object") == "fine_tuning.job":
         trained = body.get("trained_tokens")
         if body.get("status") in _TRAINING_ENDED and type(trained) is int and 0 < trained <= MAX_TOKENS:
@@ -523,6 +526,17 @@ def _summed(charges: Sequence[ObjectCharge]) -> Usage:
     for charge in charges[1:]:
         total = total.plus(charge.usage)
     return total
+
+
+def _grader_usage(tokens: Any) -> Usage | None:
+    """A grader run's `metadata.token_usage` (`prompt_tokens`, its `cached_tokens`, and
+    `completion_tokens`, which may be missing or null) as a usage; None when it shows none."""
+    if not isinstance(tokens, dict):
+        return None
+    completion = tokens.get("completion_tokens")
+    return usage_from_body("grader", {"usage": {
+        "prompt_tokens": tokens.get("prompt_tokens"), "completion_tokens": 0 if completion is None else completion,
+        "prompt_tokens_details": {"cached_tokens": tokens.get("cached_tokens")}}})
 
 
 def _json(raw: bytes, upstream: UpstreamResponse) -> Any:

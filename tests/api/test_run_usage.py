@@ -335,3 +335,28 @@ def test_a_run_read_only_through_its_steps_is_charged_once(
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
     rows = ledger_rows(gw.settings.database_url, "alice")
     assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0), (90, 30), (0, 0), (0, 0)]
+
+
+def test_a_grader_run_on_its_own_is_charged_what_its_model_graders_used(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """A grader run (`/v1/fine_tuning/alpha/graders/run`) has the provider run its model graders and
+    shows their tokens only in `metadata.token_usage`: charged as the call's usage — it was charged
+    none, a request however long the input its model read."""
+    upstream = ScriptedUpstream()
+    grader = {"type": "score_model", "name": "s", "model": "gpt-4o-mini", "input": [{"role": "user", "content": "x"}]}
+    ran = {"reward": 1.0, "sub_rewards": {}, "metadata": {
+        "name": "s", "type": "score_model", "execution_time": 1.5, "scores": {"s": 1.0}, "sampled_model_name": None,
+        "errors": {}, "token_usage": {"prompt_tokens": 700, "completion_tokens": 9, "cached_tokens": 100,
+                                      "total_tokens": 709}},
+        "model_grader_token_usage_per_model": {"gpt-4o-mini": {"prompt_tokens": 700, "completion_tokens": 9}}}
+    without = {**ran, "metadata": {**ran["metadata"], "token_usage": {"prompt_tokens": 80, "completion_tokens": None}}}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/fine_tuning/*")
+        for answer in (ran, without):
+            upstream.json(answer)
+        client = gw.openai()
+        for _ in range(2):
+            assert client.fine_tuning.alpha.graders.run(grader=grader, model_sample="yes").reward == 1.0  # type: ignore[arg-type]
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+    assert _tokens(ledger_rows(gw.settings.database_url, "alice")) == [(None, 700, 9, 100), (None, 80, 0, 0)]

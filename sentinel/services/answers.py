@@ -100,8 +100,8 @@ class AnswerRelay:
         relayed as it arrives after the part already read; its `usage` is charged as `charging`
         says (see `Charging`), and so are the eval runs it shows done, per model, and — a read of a
         thread's messages, or of a run's steps: `thread_runs` — the runs its messages name, the run
-        of the steps, and — a read of an eval run's output items: `eval_run`, (its eval, the run,
-        how to fetch it) — that run (`RunCharges`). The audio answers of a chat answer become `speaker`'s (stored or not:
+        of the steps, and — a read of an eval run's output items, or of the run when too large to
+        parse: `eval_run`, (its eval, the run, how to fetch it) — that run (`RunCharges`). The audio answers of a chat answer become `speaker`'s (stored or not:
         a later request names them in `messages[].audio`); so do the Responses API items it shows
         (`items`: a response's output, a conversation's items), along with the objects it created, in
         one store round trip (`Ownership.claim_all`). A 304 (a conditional download's "not
@@ -145,7 +145,7 @@ class AnswerRelay:
         if owner is not None and charging.counted:
             models, runs = await self.runs.eval_models(parsed, ttl)
             claimed += runs
-        if owner is not None and charging.counted and eval_run is not None:
+        if owner is not None and charging.counted and eval_run is not None and not _shown_itself(parsed, eval_run[1]):
             shown_models, runs = await self.runs.eval_run_shown(*eval_run, ttl)
             models += shown_models
             claimed += runs
@@ -308,7 +308,8 @@ class AnswerRelay:
         answer with an image's base64 is commonly over MAX_BUFFERED) are read as they pass
         (`ItemScanner`) and become the caller's with the object it created, as a small answer's; so
         are the runs a thread's messages name (`thread_runs`: long messages, or a run's steps), charged as a small
-        answer's are, and so is the eval run whose output items it shows (`eval_run`)."""
+        answer's are, and so is the eval run it is or whose output items it shows (`eval_run`: fetched,
+        since its `per_model_usage` is not read from the bytes passing)."""
         tail = TailInspector()
         tail.feed(head)
         scanner = None if items is None else ItemScanner(items)
@@ -526,6 +527,11 @@ def _summed(charges: Sequence[ObjectCharge]) -> Usage:
     for charge in charges[1:]:
         total = total.plus(charge.usage)
     return total
+
+
+def _shown_itself(answer: Any, object_id: str) -> bool:
+    """Whether `answer` is the object `object_id` itself (read whole: nothing to fetch)."""
+    return isinstance(answer, dict) and answer.get("id") == object_id
 
 
 def _grader_usage(tokens: Any) -> Usage | None:

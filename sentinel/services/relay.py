@@ -384,9 +384,11 @@ class OpenAIRelay:
         self, ex: Exchange, method: str, segments: Sequence[str], where: ObjectPath, headers: RawHeaders,
     ) -> tuple[str, str, Fetch] | None:
         """For a read of an eval run's output items (`GET /v1/evals/{e}/runs/{r}/output_items`, or one
-        of them): the eval, the run, and how to fetch the run (`AnswerRelay.complete`'s `eval_run`)."""
-        if method != "GET" or where.collection != "evals" or where.object_id is None or len(segments) not in (5, 6) \
-                or segments[2] != "runs" or segments[4] != "output_items" or not segments[3]:
+        of them), or of the run itself (`GET /v1/evals/{e}/runs/{r}`: fetched only when its answer is
+        too large to parse): the eval, the run, and how to fetch the run (`AnswerRelay.complete`'s
+        `eval_run`)."""
+        if method != "GET" or where.collection != "evals" or where.object_id is None or len(segments) not in (4, 5, 6) \
+                or segments[2] != "runs" or not segments[3] or (len(segments) > 4 and segments[4] != "output_items"):
             return None
         path = ["evals", where.object_id, "runs", segments[3]]
         return where.object_id, segments[3], functools.partial(self._fetch, ex, path, headers)

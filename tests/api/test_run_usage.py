@@ -360,3 +360,30 @@ def test_a_grader_run_on_its_own_is_charged_what_its_model_graders_used(
             assert client.fine_tuning.alpha.graders.run(grader=grader, model_sample="yes").reward == 1.0  # type: ignore[arg-type]
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
     assert _tokens(ledger_rows(gw.settings.database_url, "alice")) == [(None, 700, 9, 100), (None, 80, 0, 0)]
+
+
+def test_an_eval_run_too_large_to_parse_is_fetched_and_charged_once(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """An eval run over 1 MiB (its inline items echoed in `data_source`) is relayed as it arrives, its
+    `per_model_usage` unread: it went uncharged. It is fetched whole and charged once, as read small."""
+    upstream = ScriptedUpstream()
+    done = {"id": "evalrun_1", "object": "eval.run", "eval_id": "eval_1", "status": "completed",
+            "data_source": {"type": "completions", "model": "gpt-4o-mini", "source": {
+                "type": "file_content", "content": [{"item": {"q": "long " * 250_000}}]}},
+            "per_model_usage": [{"model_name": "gpt-4o-mini", "prompt_tokens": 120, "completion_tokens": 40,
+                                 "cached_tokens": 20}]}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/evals/*")
+        gw.write_stored("sentinel:owner:eval_1", b"alice", 3600)
+        for _ in range(3):  # read, fetched, read again (charged: not fetched)
+            upstream.json(done)
+        with gw.client() as alice:
+            for _ in range(2):
+                read = alice.get("/v1/evals/eval_1/runs/evalrun_1")
+                assert read.status_code == 200 and len(read.content) > 1024 * 1024
+        assert len(upstream.received) == 3
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 3)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert _tokens(rows) == [(None, 0, 0, 0), ("gpt-4o-mini", 120, 40, 20), (None, 0, 0, 0)]
+    assert rows[1]["request_id"] == charge_id(rows[1]["external_id"], "evalrun_1", "gpt-4o-mini")

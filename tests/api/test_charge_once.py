@@ -25,8 +25,11 @@ import pytest
 
 from sentinel.domain.usage import charge_id
 from sentinel.mock.app import create_mock_app
+from sentinel.mock.openai_runs import RUN_USAGE
 from tests.api.conftest import Gateway
 from tests.support.attack import SpyUpstream, ledger_rows, spying
+from tests.support.servers import serving
+from tests.support.upstream import ScriptedUpstream
 from tests.support.waiting import wait_for
 
 ADMIN_KEY = "admin-key-for-charge-once"
@@ -172,3 +175,95 @@ def test_an_eval_run_whose_read_dies_before_its_records_is_charged_per_model_by_
     assert {r["model"]: (r["input_tokens"], r["output_tokens"]) for r in charged} == shown
     assert len(charged) == 2
     assert {r["request_id"] for r in charged} == {charge_id(r["external_id"], run.id, r["model"]) for r in charged}
+
+
+# Reads that charge an object their answer does not show whole: a run read through its steps, a
+# fine-tuning job's trained tokens, an eval run read through its output items. Each claims, records
+# under the object's key and confirms, as a batch's read does: killed at either step, the next read
+# leaves exactly one row of the object's usage, counted against the plan once.
+_STEP = {"id": "step_1", "object": "thread.run.step", "thread_id": "thread_1", "run_id": "run_1",
+         "status": "completed", "type": "tool_calls", "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+         "step_details": {"type": "tool_calls", "tool_calls": []}}
+_RUN = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "status": "completed",
+        "usage": {"prompt_tokens": 90, "completion_tokens": 30, "total_tokens": 120}}
+_JOB = {"id": "ftjob_1", "object": "fine_tuning.job", "model": "gpt-4o-mini-2024-07-18", "created_at": 1,
+        "status": "succeeded", "trained_tokens": 48_000, "training_file": "file-1", "result_files": [],
+        "fine_tuned_model": "ft:gpt-4o-mini:org::abc", "finished_at": 2, "hyperparameters": {},
+        "organization_id": "org", "seed": 1, "validation_file": None, "error": None}
+_ITEMS = {"object": "list", "has_more": False, "data": [
+    {"id": "outputitem_1", "object": "eval.run.output_item", "eval_id": "eval_1", "run_id": "evalrun_1",
+     "status": "pass", "sample": {"output": [{"role": "assistant", "content": "yes"}]}}]}
+_EVAL_RUN = {"id": "evalrun_1", "object": "eval.run", "eval_id": "eval_1", "status": "completed", "per_model_usage": [
+    {"model_name": "gpt-4o-mini", "prompt_tokens": 120, "completion_tokens": 40, "cached_tokens": 20}]}
+# the read's path, what owns it, the answers of a read that fetches (the read's, the object's), the
+# answers of a read after the charge, the object charged (and its model's part), its tokens
+_READS = {
+    "run steps": ("/v1/threads/thread_1/runs/run_1/steps", "thread_1", [{"object": "list", "data": [_STEP]}, _RUN],
+                  [{"object": "list", "data": [_STEP]}], ("run_1", ""), (90, 30)),
+    "fine-tuning job": ("/v1/fine_tuning/jobs/ftjob_1", "ftjob_1", [_JOB], [_JOB], ("ftjob_1", ""), (48_000, 0)),
+    "eval output items": ("/v1/evals/eval_1/runs/evalrun_1/output_items", "eval_1", [_ITEMS, _EVAL_RUN], [_ITEMS],
+                          ("evalrun_1", "gpt-4o-mini"), (120, 40)),
+}
+
+
+@pytest.mark.parametrize("read", list(_READS))
+@pytest.mark.parametrize("dies_in", ["put", "confirm_charged"])
+def test_a_read_charging_an_object_it_fetched_or_read_dies_and_the_next_charges_it_once(
+    gateway_factory: Callable[..., Gateway], redis_url: str, monkeypatch: pytest.MonkeyPatch,
+    read: str, dies_in: str,
+) -> None:
+    """Killed before its record is stored (`put`), the read leaves the object to the next read,
+    which records it; killed after (`confirm_charged`), the next read records it again under the
+    same key — one row — and counts it against the plan no more. (Marked charged first, the object
+    killed before its record was never charged.)"""
+    path, owned, fetching, after, (object_id, part), tokens = _READS[read]
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, default_plan=PLAN,
+                             admin_key=ADMIN_KEY, passthrough="/v1/threads/*,/v1/fine_tuning/*,/v1/evals/*")
+        gw.write_stored(f"sentinel:owner:{owned}", b"alice", 3600)
+        for answer in (*fetching, *fetching, *after):
+            upstream.json(answer)
+        died = _dies_once(monkeypatch, gw.runtime.relay.meter.outbox if dies_in == "put"
+                          else gw.runtime.relay.ownership, dies_in)
+        with gw.client() as alice:
+            assert alice.get(path).status_code == 500
+            assert died == [1]
+            counted = _used(gw)
+            assert alice.get(path).status_code == 200  # the next read: records the object's usage
+            assert alice.get(path).status_code == 200  # charged now: nothing fetched, nothing more
+        assert len(upstream.received) == 2 * len(fetching) + len(after)
+    # the object's row (the read's own when it is the object's usage: a run's, a job's) and the last
+    # read's; an eval run's read has its own row besides its model's, the dying one too when its died after
+    charged = _charged_rows(gw, 2 + ((2 if dies_in == "confirm_charged" else 1) if part else 0))
+    assert [(r["input_tokens"], r["output_tokens"]) for r in charged] == [tokens]
+    assert charged[0]["request_id"] == charge_id(charged[0]["external_id"], object_id, part)
+    if dies_in == "confirm_charged":  # (the dying read's settlement counted it; the next counts none)
+        assert _used(gw) == {**counted, "requests": counted["requests"] + 2}
+        assert counted["input_tokens"] == tokens[0]
+
+
+def test_a_read_of_long_messages_that_dies_before_its_record_leaves_their_run_to_the_next_read(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread's messages over 1 MiB are relayed as they arrive, the runs they name read from their
+    bytes: the read charging such a run claims it too — killed before its record, the next read
+    records it, one row keyed by the run. (Marked charged first, the run's usage was lost.)"""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url,
+                         passthrough="/v1/assistants,/v1/threads,/v1/threads/*")
+    client = gw.openai()
+    assistant = client.beta.assistants.create(model="gpt-4o-mini", name="helper")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "long " * 250_000}])
+    run = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id)
+    died = _dies_once(monkeypatch, gw.runtime.relay.meter.outbox, "put")
+    with gw.client() as alice, pytest.raises(httpx.HTTPError):  # (cut short: its last chunk waits for the record)
+        alice.get(f"/v1/threads/{thread.id}/messages").raise_for_status()
+    assert died == [1]
+    for _ in range(2):  # the next read charges the run; the one after finds it charged
+        assert [m.run_id for m in client.beta.threads.messages.list(thread.id).data] == [run.id, None]
+    # the assistant, the thread and the run made, the run's row, the read after it
+    charged = _charged_rows(gw, 5)
+    assert [(r["input_tokens"], r["output_tokens"]) for r in charged] == [
+        (RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"])]
+    assert charged[0]["request_id"] == charge_id(charged[0]["external_id"], run.id)

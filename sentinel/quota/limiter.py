@@ -95,49 +95,67 @@ end
 """
 
 
-# KEYS are the counters, ARGV 4 per counter: amount, limit, offset, TTL in ms. A reservation that
-# will be settled (not a peek) adds its marker (`_MARK_LUA`): one more KEY and one more ARGV, the
-# marker's shortest TTL. A marker already there means this reservation ran before (this is redis-py's
-# cluster retry after its reply was lost) or was given back unanswered (`_GIVE_BACK_LUA`): it counts
-# nothing again, and answers as admitted.
+# A reservation's marker (`{prefix}:{<subject>}:reserved:<token>`), written when it is admitted.
 _MARK_LUA = """
 local function mark(key, ttl)
   redis.call('SET', key, '1', 'PX', ttl)
 end
 """
 
-_RESERVE_LUA = _REFUSES_LUA + _MARK_LUA + """
-local n = math.floor(#ARGV / 4)
-local ran = #ARGV > 4 * n and redis.call('EXISTS', KEYS[n + 1]) == 1
-local used = {}
-local denied = 0
-for i = 1, n do
-  local a = (i - 1) * 4
-  local current = tonumber(redis.call('GET', KEYS[i]) or '0')
-  used[i] = current
-  if denied == 0 and refuses(current, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])) then
-    denied = i
-  end
-end
-if ran then
-  denied = 0
-elseif denied == 0 then
-  local ttl = 0
+# What every reservation script does (`_reserve_tail_local` is its twin): `n` counters (KEYS[1..n]),
+# their ARGV in runs of `stride` after ARGV[at] (amount, limit, offset, TTL in ms first); `current(i, a)`
+# reads counter i's count (a: where its run begins), `added(i, a)` (when given) runs after counter i is
+# added to. Only if every counter fits (`refuses`) are the amounts added; a marker, when ARGV has one
+# more (the marker's shortest TTL, the last ARGV), is the last KEY. Answers {denied (0: admitted; else
+# the first refusing counter, from 1), the count of each counter}.
+_RESERVE_TAIL_LUA = _REFUSES_LUA + _MARK_LUA + """
+local function reserve(n, at, stride, current, added)
+  local marked = #ARGV > at + stride * n
+  local ran = marked and redis.call('EXISTS', KEYS[#KEYS]) == 1
+  local used = {}
+  local denied = 0
   for i = 1, n do
-    local a = (i - 1) * 4
-    local amount = tonumber(ARGV[a + 1])
-    ttl = math.max(ttl, tonumber(ARGV[a + 4]))
-    if amount > 0 then
-      used[i] = redis.call('INCRBY', KEYS[i], amount)
-      redis.call('PEXPIRE', KEYS[i], ARGV[a + 4])
+    local a = at + (i - 1) * stride
+    local count = current(i, a)
+    used[i] = count
+    if denied == 0 and refuses(count, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])) then
+      denied = i
     end
   end
-  if #ARGV > 4 * n then
-    mark(KEYS[n + 1], math.max(ttl, tonumber(ARGV[#ARGV])))
+  if ran then
+    denied = 0
+  elseif denied == 0 then
+    local ttl = 0
+    for i = 1, n do
+      local a = at + (i - 1) * stride
+      local amount = tonumber(ARGV[a + 1])
+      ttl = math.max(ttl, tonumber(ARGV[a + 4]))
+      if amount > 0 then
+        used[i] = redis.call('INCRBY', KEYS[i], amount)
+        redis.call('PEXPIRE', KEYS[i], ARGV[a + 4])
+        if added then
+          added(i, a)
+        end
+      end
+    end
+    if marked then
+      mark(KEYS[#KEYS], math.max(ttl, tonumber(ARGV[#ARGV])))
+    end
   end
+  table.insert(used, 1, denied)
+  return used
 end
-table.insert(used, 1, denied)
-return used
+"""
+
+# KEYS are the counters, ARGV 4 per counter: amount, limit, offset, TTL in ms. A reservation that
+# will be settled (not a peek) adds its marker (`_MARK_LUA`): one more KEY and one more ARGV, the
+# marker's shortest TTL. A marker already there means this reservation ran before (this is redis-py's
+# cluster retry after its reply was lost) or was given back unanswered (`_GIVE_BACK_LUA`): it counts
+# nothing again, and answers as admitted.
+_RESERVE_LUA = _RESERVE_TAIL_LUA + """
+return reserve(math.floor(#ARGV / 4), 0, 4, function(i)
+  return tonumber(redis.call('GET', KEYS[i]) or '0')
+end)
 """
 
 
@@ -145,43 +163,54 @@ def _mark_local(ops: LocalOps, key: str, ttl_ms: int) -> None:
     ops.set(key, b"1", ttl_ms / 1000)
 
 
-def _reserve_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[int]:
-    n = len(args) // 4
-    ran = len(args) > 4 * n and ops.get(keys[n]) is not None
+def _reserve_tail_local(
+    ops: LocalOps, keys: list[str], args: list[str], n: int, at: int, stride: int,
+    current: Callable[[int, int], int], added: Callable[[int, int], None] | None = None,
+) -> list[int]:
+    """`_RESERVE_TAIL_LUA`'s `reserve`, indexes from 0: counter i's run begins at `args[at + stride * i]`."""
+    marked = len(args) > at + stride * n
+    ran = marked and ops.get(keys[-1]) is not None
     used: list[int] = []
     denied = 0
-    for i, key in enumerate(keys[:n]):
-        amount, cap, offset = int(args[4 * i]), int(args[4 * i + 1]), int(args[4 * i + 2])
-        current = int(ops.get(key) or 0)
-        used.append(current)
-        if denied == 0 and refuses(current, amount, cap, offset):
+    for i in range(n):
+        a = at + stride * i
+        count = current(i, a)
+        used.append(count)
+        if denied == 0 and refuses(count, int(args[a]), int(args[a + 1]), int(args[a + 2])):
             denied = i + 1
     if ran:
         denied = 0
     elif denied == 0:
         ttl = 0
-        for i, key in enumerate(keys[:n]):
-            amount = int(args[4 * i])
-            ttl = max(ttl, int(args[4 * i + 3]))
+        for i in range(n):
+            a = at + stride * i
+            amount = int(args[a])
+            ttl = max(ttl, int(args[a + 3]))
             if amount > 0:
-                used[i] = ops.incrby(key, amount)
-                ops.expire(key, int(args[4 * i + 3]) / 1000)
-        if len(args) > 4 * n:
-            _mark_local(ops, keys[n], max(ttl, int(args[-1])))
+                used[i] = ops.incrby(keys[i], amount)
+                ops.expire(keys[i], int(args[a + 3]) / 1000)
+                if added is not None:
+                    added(i, a)
+        if marked:
+            _mark_local(ops, keys[-1], max(ttl, int(args[-1])))
     return [denied, *used]
+
+
+def _reserve_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[int]:
+    return _reserve_tail_local(ops, keys, args, len(args) // 4, 0, 4, lambda i, _: int(ops.get(keys[i]) or 0))
 
 
 # A plan with external (Zion) limits: KEYS are the counters, then the in-flight hashes of the
 # external ones; ARGV[1] is now (ms), ARGV[2] the reservation's token, then 6 per counter: amount,
 # limit, offset, TTL in ms, the index of its hash among those KEYS (0: not external) and the
 # deadline (ms) of its entry there. The check is `_RESERVE_LUA`'s; a missing external counter (a new
-# reading) starts at what is still running (live entries of its hash, expired ones pruned). A
-# reservation that will be settled adds its marker as `_RESERVE_LUA` does: the last KEY, the last ARGV
-# (one already there: it counts nothing).
-_RESERVE_EXTERNAL_LUA = _REFUSES_LUA + _MARK_LUA + """
+# reading) starts at what is still running (live entries of its hash, expired ones pruned), and an
+# admitted reservation puts its entry in the hash of each external counter it adds to. A reservation
+# that will be settled adds its marker as `_RESERVE_LUA` does: the last KEY, the last ARGV (one
+# already there: it counts nothing).
+_RESERVE_EXTERNAL_LUA = _RESERVE_TAIL_LUA + """
 local now = tonumber(ARGV[1])
 local n = math.floor((#ARGV - 2) / 6)
-local ran = #ARGV > 2 + 6 * n and redis.call('EXISTS', KEYS[#KEYS]) == 1
 local function in_flight(key)
   local total = 0
   local entries = redis.call('HGETALL', key)
@@ -195,55 +224,32 @@ local function in_flight(key)
   end
   return total
 end
-local used = {}
 local running = {}
-local denied = 0
-for i = 1, n do
-  local a = 2 + (i - 1) * 6
+local function current(i, a)
   local h = tonumber(ARGV[a + 5])
-  local current = redis.call('GET', KEYS[i])
-  if current then
-    current = tonumber(current)
+  local count = redis.call('GET', KEYS[i])
+  if count then
+    return tonumber(count)
   elseif h > 0 then
     if running[h] == nil then
       running[h] = in_flight(KEYS[n + h])
     end
-    current = running[h]
-    if current > 0 then
-      redis.call('SET', KEYS[i], current, 'PX', ARGV[a + 4])
+    count = running[h]
+    if count > 0 then
+      redis.call('SET', KEYS[i], count, 'PX', ARGV[a + 4])
     end
-  else
-    current = 0
+    return count
   end
-  used[i] = current
-  if denied == 0 and refuses(current, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])) then
-    denied = i
+  return 0
+end
+local function added(i, a)
+  local h = tonumber(ARGV[a + 5])
+  if h > 0 then
+    redis.call('HSET', KEYS[n + h], ARGV[2], ARGV[a + 1] .. ':' .. ARGV[a + 6])
+    redis.call('PEXPIRE', KEYS[n + h], ARGV[a + 4])
   end
 end
-if ran then
-  denied = 0
-elseif denied == 0 then
-  local ttl = 0
-  for i = 1, n do
-    local a = 2 + (i - 1) * 6
-    local amount = tonumber(ARGV[a + 1])
-    ttl = math.max(ttl, tonumber(ARGV[a + 4]))
-    if amount > 0 then
-      used[i] = redis.call('INCRBY', KEYS[i], amount)
-      redis.call('PEXPIRE', KEYS[i], ARGV[a + 4])
-      local h = tonumber(ARGV[a + 5])
-      if h > 0 then
-        redis.call('HSET', KEYS[n + h], ARGV[2], ARGV[a + 1] .. ':' .. ARGV[a + 6])
-        redis.call('PEXPIRE', KEYS[n + h], ARGV[a + 4])
-      end
-    end
-  end
-  if #ARGV > 2 + 6 * n then
-    mark(KEYS[#KEYS], math.max(ttl, tonumber(ARGV[#ARGV])))
-  end
-end
-table.insert(used, 1, denied)
-return used
+return reserve(n, 2, 6, current, added)
 """
 
 _ENTRY = re.compile(r"([0-9]+):([0-9]+)")
@@ -263,45 +269,29 @@ def _in_flight(ops: LocalOps, key: str, now: int) -> int:
 def _reserve_external_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[int]:
     now, token = int(args[0]), args[1]
     n = (len(args) - 2) // 6
-    ran = len(args) > 2 + 6 * n and ops.get(keys[-1]) is not None
-    used: list[int] = []
     running: dict[int, int] = {}
-    denied = 0
-    for i in range(n):
-        a = 2 + 6 * i
-        amount, cap, offset, h = int(args[a]), int(args[a + 1]), int(args[a + 2]), int(args[a + 4])
+
+    def current(i: int, a: int) -> int:
+        h = int(args[a + 4])
         raw = ops.get(keys[i])
         if raw is not None:
-            current = int(raw)
-        elif h > 0:
+            return int(raw)
+        if h > 0:
             if h not in running:
                 running[h] = _in_flight(ops, keys[n + h - 1], now)
-            current = running[h]
-            if current > 0:
-                ops.set(keys[i], str(current).encode(), int(args[a + 3]) / 1000)
-        else:
-            current = 0
-        used.append(current)
-        if denied == 0 and refuses(current, amount, cap, offset):
-            denied = i + 1
-    if ran:
-        denied = 0
-    elif denied == 0:
-        longest = 0
-        for i in range(n):
-            a = 2 + 6 * i
-            amount, ttl = int(args[a]), int(args[a + 3]) / 1000
-            longest = max(longest, int(args[a + 3]))
-            if amount > 0:
-                used[i] = ops.incrby(keys[i], amount)
-                ops.expire(keys[i], ttl)
-                h = int(args[a + 4])
-                if h > 0:
-                    ops.hset(keys[n + h - 1], token, f"{args[a]}:{args[a + 5]}".encode())
-                    ops.expire(keys[n + h - 1], ttl)
-        if len(args) > 2 + 6 * n:
-            _mark_local(ops, keys[-1], max(longest, int(args[-1])))
-    return [denied, *used]
+            count = running[h]
+            if count > 0:
+                ops.set(keys[i], str(count).encode(), int(args[a + 3]) / 1000)
+            return count
+        return 0
+
+    def added(i: int, a: int) -> None:
+        h = int(args[a + 4])
+        if h > 0:
+            ops.hset(keys[n + h - 1], token, f"{args[a]}:{args[a + 5]}".encode())
+            ops.expire(keys[n + h - 1], int(args[a + 3]) / 1000)
+
+    return _reserve_tail_local(ops, keys, args, n, 2, 6, current, added)
 
 
 # A delta per key (ARGV[2i-1]) and how to apply it (ARGV[2i]): "" adjusts a window that still exists

@@ -147,6 +147,10 @@ class Admission:
 class Meter(Protocol):
     """Quota admission and usage settlement, as the services see it (see the module docstring)."""
 
+    # Input reserved for each stored item, prompt or audio answer a request names by id (`estimate.references`):
+    # a service estimating a request again (`NativeChat._reprice`) reserves what `admit` does.
+    referenced: int
+
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
         size: int = 0, carried_input: int = 0, counted_as: str | None = None, images: ImageRule | None = None,

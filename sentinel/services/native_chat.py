@@ -190,7 +190,8 @@ class NativeChat:
         if serving <= priced:
             return
         count = functools.partial(estimate_input, self.counter, "native", choice.model, payload,
-                                  user=identity.external_id, images=image_rule_for(priced | serving))
+                                  user=identity.external_id, images=image_rule_for(priced | serving),
+                                  referenced=self.meter.referenced)
         admission.estimate_input = max(admission.estimate_input, await count_off_loop(count, size))
 
     def _translator(

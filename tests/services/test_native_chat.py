@@ -18,7 +18,7 @@ from sentinel.native.stream import OpenAIStreamNormalizer
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.chat import ProviderStream
 from sentinel.providers.http import UpstreamResponse
-from sentinel.quota.estimate import estimate_input
+from sentinel.quota.estimate import REFERENCE_TOKENS, estimate_input
 from sentinel.quota.meter import Admission
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.health import ProviderHealth
@@ -227,14 +227,16 @@ class Estimating:
     """Admits with the estimate the meter would make (its image rule as given); while it counts, a
     concurrent first turn creates the conversation's session (`concurrent`)."""
 
-    def __init__(self, concurrent: Any) -> None:
+    def __init__(self, concurrent: Any, referenced: int = REFERENCE_TOKENS) -> None:
         self.concurrent = concurrent
+        self.referenced = referenced
         self.failed: list[Admission] = []
 
     async def admit(self, identity: Identity, **kw: Any) -> Admission:
         await self.concurrent()
         rule = {"images": kw["images"]} if "images" in kw else {}
-        estimate = estimate_input(TokenCounter(), kw["endpoint"], kw["model"], kw["payload"], **rule)
+        estimate = estimate_input(TokenCounter(), kw["endpoint"], kw["model"], kw["payload"], **rule,
+                                  referenced=self.referenced)
         return Admission(identity, "native", kw["model"], kw["request_id"], estimate_input=estimate)
 
     async def fail(self, admission: Admission, error: BaseException) -> None:
@@ -274,6 +276,30 @@ async def test_a_first_turn_that_follows_another_models_session_is_estimated_by_
     assert admission.model == "gpt-4o-mini"  # served by the session it followed
     assert admission.counted_as == "gpt-4o-mini"  # its text counted as what serves it (was Claude's)
     assert 20 * 2833 <= admission.estimate_input < 20 * 2833 + 100, admission.estimate_input
+
+
+class Serving:
+    """A router whose retries may go to `entries`."""
+
+    def __init__(self, *entries: TierModelEntry) -> None:
+        self.entries = entries
+
+    async def may_serve(self, choice: RouteChoice) -> tuple[TierModelEntry, ...]:
+        return self.entries
+
+
+async def test_a_first_turn_estimated_again_reserves_the_configured_figure_for_what_it_names() -> None:
+    """Estimated again for the model of the session it follows, a request's input reserved 4,096
+    tokens (the default) for each stored thing it names by id, not SENTINEL_REFERENCE_INPUT_TOKENS
+    (the meter's `referenced`) as its admission did. (No native request names one today: its
+    estimate payload is given here.)"""
+    referenced = 1_000_000
+    entry = TierModelEntry(provider="openai", model="gpt-4o-mini", relative_cost=1)
+    chat = NativeChat(Serving(entry), {}, Estimating(None, referenced), TokenCounter())  # type: ignore[arg-type]
+    payload = {"messages": [{"role": "assistant", "audio": {"id": "audio_1"}}, {"role": "user", "content": "hi"}]}
+    admission = Admission(ALICE, "native", "gpt-4o-mini", "r1", estimate_input=0)
+    await chat._reprice(ALICE, admission, payload, frozenset(), RouteChoice("simple", entry), size=0)
+    assert referenced <= admission.estimate_input < referenced + 100, admission.estimate_input
 
 
 async def test_a_request_is_estimated_by_the_dearest_rule_of_the_candidates_a_retry_may_go_to() -> None:

@@ -52,6 +52,9 @@ settlement needs) until the first read showing the batch's usage — on any repl
 that usage (`settle_held`: one script checks the record is still there, puts the call's own mark
 in its place — a second run of that call, redis-py's cluster retry, answers as the first did —,
 deletes the reservation's marker and adjusts the counters, so two readers racing settle it once).
+The record is kept `HOLD_WITHIN` (a week), or longer while one of the reservation's counters lives:
+a read after it is gone charges the usage on its own reservation, when the held one counts nothing
+any more (but on an external key another reservation kept alive: until the next reading).
 
 An external key can expire while a reservation on it is still running (a long stream) and be made
 again, under the same name, by the next reservation: a refund then would take back that one's
@@ -83,6 +86,13 @@ from sentinel.store.base import LocalOps, Script, Store
 # (`SENTINEL_STREAM_MAX_SECONDS` and the waits before it: the runtime gives it this much past that)
 # and a settlement sent again while Redis is away. Markers a crashed process left go with it.
 SETTLE_WITHIN = 86_400.0
+
+# A held reservation (a batch's: `QuotaLimiter.hold`) waits at least this long (seconds) for the read
+# that settles it — a batch ends within its completion window (24 h at OpenAI), and its maker polls
+# it —, and longer while one of its counters lives: so the record never outlives its use by much
+# (Redis under `noeviction` would keep every batch's for ever), and a read after it is gone, which
+# charges the usage on its own reservation, counts it once.
+HOLD_WITHIN = 7 * 86_400.0
 
 # Whether `amount` more of a limit refuses a request: it would pass the limit (`limit` - `offset`:
 # what an outside system counted), and while `amount` is 0, the limit is exhausted — but a limit of
@@ -761,10 +771,11 @@ class QuotaLimiter:
 
     async def hold(self, reservation: Reservation, name: str, ttl: float | None) -> bool:
         """Keep an admitted reservation counted past its call, stored under `name` (the object it
-        reserved for: a batch's id) for `ttl` seconds (None: until settled), so that any replica can
-        settle it (`settle_held`) when a read first shows the object's usage; the reservation is no
-        longer this call's to settle. False (and nothing stored: it stays as it is, counted until its
-        windows end) for a settled reservation or a name no key can hold."""
+        reserved for: a batch's id) so that any replica can settle it (`settle_held`) when a read
+        first shows the object's usage; the reservation is no longer this call's to settle. Kept for
+        `ttl` seconds (None: 0), HOLD_WITHIN or until its last counter expires, whichever is longest.
+        False (and nothing stored: it stays as it is, counted until its windows end) for a settled
+        reservation or a name no key can hold."""
         if reservation.owner is not self:
             raise ValueError("a reservation must be held by the limiter that made it")
         if reservation.settled or not 0 < len(name) <= MAX_HELD_NAME or not is_text(name):
@@ -773,9 +784,16 @@ class QuotaLimiter:
             held = _dump(reservation)
         except orjson.JSONEncodeError:  # a subject that is no text (a lone surrogate): no key holds it
             return False
-        await self.store.set(self._held_key(reservation.subject, name), held, ttl)
+        await self.store.set(self._held_key(reservation.subject, name), held, self._held_life(reservation, ttl))
         reservation.settled = True
         return True
+
+    def _held_life(self, reservation: Reservation, ttl: float | None) -> float:
+        """How long `hold` keeps `reservation` (seconds from now): `ttl`, HOLD_WITHIN or until the last
+        of its counters expires (as it was when reserved), whichever is longest."""
+        at = reservation.reserved_at
+        ends = [at + self._slot(reservation.subject, limit, at)[2] / 1000 for limit in reservation.limits]
+        return max(HOLD_WITHIN, ttl or 0.0, *(end - self.clock() for end in ends))
 
     async def settle_held(
         self, subject: str, name: str, *, input_tokens: int, output_tokens: int, requests: int | None = None,
@@ -785,7 +803,7 @@ class QuotaLimiter:
         `commit` does (its request count stays — the lines ran — unless `requests` is given), once
         whichever replicas race to it (one atomic call, `SETTLE_HELD`; run again by redis-py's cluster
         retry, it answers as it did). False when none is held (never held, settled already, or
-        kept past its `ttl`): the caller charges the usage on its own reservation. When the store did
+        kept past its life: `hold`): the caller charges the usage on its own reservation. When the store did
         not take that call (refused, or its outcome unknown) `again` gets it, to send again (it runs
         once: the held record it replaces is what it checks), and the answer is True: the usage is the
         held reservation's to count, never charged on top; without `again`, StoreUnavailable."""

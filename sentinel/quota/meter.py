@@ -308,9 +308,10 @@ class QuotaMeter:
 
     async def hold(self, admission: Admission, name: str, ttl: float | None) -> None:
         """The provider made the object `name` (a batch) that `admission` reserved for: its reservation
-        stays counted — held under `name`, for `ttl` seconds (None: until settled) — until the first
-        read showing the object's usage settles it to that usage (`settle` with `settles`), on any
-        replica. The admission keeps no estimate (its record charges nothing). A reservation the
+        stays counted — held under `name` for `ttl` seconds, a week or while one of its windows lasts,
+        whichever is longest (`QuotaLimiter.hold`; a read after that charges the usage on its own) —
+        until the first read showing the object's usage settles it to that usage (`settle` with
+        `settles`), on any replica. The admission keeps no estimate (its record charges nothing). A reservation the
         shared store cannot hold (a local limiter's, the store unreachable) stays counted until its
         windows end, and that read charges the usage on top."""
         reservation, limiter = admission.reservation, admission.limiter

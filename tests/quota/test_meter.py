@@ -31,7 +31,7 @@ from sentinel.errors import (
 )
 from sentinel.observability.metrics import Metrics
 from sentinel.quota.estimate import estimate_input
-from sentinel.quota.limiter import QuotaLimiter
+from sentinel.quota.limiter import HOLD_WITHIN, QuotaLimiter
 from sentinel.quota.local_limiter import LocalLimiter
 from sentinel.quota.meter import Admission, ModelUsage, QuotaMeter, priced
 from sentinel.quota.tokens import EncodingUnavailable, TokenCounter
@@ -782,6 +782,50 @@ async def _a_held_batch_and_its_read() -> tuple[Setup, Admission]:
     await s.meter.hold(made, "batch_a", None)
     await s.meter.settle(made, usage=None, output_text="", status=200, provider="openai")
     return s, await s.meter.admit_call(ALICE, endpoint="/v1/batches/*", request_id="read")
+
+
+async def _held_batch(spec: str, window: int) -> tuple[Setup, str]:
+    """ALICE's batch `batch_a` (10 requests, 5,000 in, 2,000 out on `spec`) holding its reservation,
+    made at the start of a window of `window` seconds; the key it is held under."""
+    s = Setup(spec=spec)
+    s.clock.now = (s.clock.now // window + 1) * window
+    made = await s.meter.admit_batch(ALICE, endpoint="/v1/batches", request_id="batch_a", requests=10,
+                                     input_tokens=5000, output_tokens=2000)
+    await s.meter.hold(made, "batch_a", None)  # (a batch's owner is kept without expiry: `COLLECTIONS`)
+    await s.meter.settle(made, usage=None, output_text="", status=200, provider="openai")
+    return s, f"sentinel:quota:{{{ALICE.external_id}}}:held:batch_a"
+
+
+async def _read_batch_a(s: Setup) -> None:
+    read = await s.meter.admit_call(ALICE, endpoint="/v1/batches/*", request_id="read")
+    await s.meter.settle(read, usage=Usage(300, 40), output_text="", status=200, provider="openai",
+                         settles=[("batch_a", Usage(300, 40))])
+
+
+async def test_a_batch_never_read_lets_its_held_reservation_go_after_a_week() -> None:
+    """A batch's held reservation was kept as long as the batch's owner — for ever: every batch never
+    read once done left its record in Redis (under `noeviction`, memory without bound). It goes
+    after HOLD_WITHIN (its counters gone long before: 1-minute windows); a read after that charges
+    the usage on its own reservation, once."""
+    s, key = await _held_batch("requests=100/1m,input_tokens=100000/1m,output_tokens=100000/1m", 60)
+    s.clock.advance(HOLD_WITHIN - 1)
+    assert await s.store.get(key) is not None  # (a batch ends within a day: it is read well before)
+    s.clock.advance(2)
+    assert await s.store.get(key) is None
+    assert await s.used() == {"requests": 0, "input_tokens": 0, "output_tokens": 0}  # its windows ended
+    await _read_batch_a(s)
+    assert await s.used() == {"requests": 1, "input_tokens": 300, "output_tokens": 40}  # charged, once
+
+
+async def test_a_held_reservation_stays_while_its_longest_window_counts_it() -> None:
+    """A held reservation counted in a window longer than HOLD_WITHIN stays held until that window's
+    counter expires: gone before, a read would charge the usage on top of the estimate still counted."""
+    window = 4 * 604800
+    s, key = await _held_batch("requests=100/1m,input_tokens=100000/4w,output_tokens=100000/4w", window)
+    s.clock.advance(window - 1)  # the last second of the 4-week window, long past HOLD_WITHIN
+    assert window - 1 > HOLD_WITHIN and await s.store.get(key) is not None
+    await _read_batch_a(s)
+    assert await s.used() == {"requests": 1, "input_tokens": 300, "output_tokens": 40}  # the estimate settled
 
 
 async def test_a_batch_settlement_whose_reply_was_lost_charges_the_usage_once() -> None:

@@ -12,6 +12,7 @@ of ``tool`` messages (parallel calls) the answer is ``Result: <their texts joine
 from __future__ import annotations
 
 import hmac
+import re
 import time
 from typing import Any
 
@@ -36,7 +37,8 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 FINGERPRINT = "fp_mock"
 _TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "requests"}
 _CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
-
+# OpenAI's rule for a chat message's `name` (its 400 quotes this pattern).
+_MESSAGE_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 def error_reply(err: WireError, request_id: str | None = None) -> JSONReply:
     """An error in OpenAI's shape ``{"error": {message, type, param, code}}`` (the id is a header only)."""
@@ -198,6 +200,15 @@ def chat_completions(call: Call) -> Reply:
                 400,
                 f"Invalid value for 'messages[{i}].role'.",
                 param=f"messages[{i}].role",
+                code="invalid_value",
+            )
+        name = entry.get("name")
+        if name is not None and not (isinstance(name, str) and _MESSAGE_NAME.fullmatch(name)):
+            raise WireError(
+                400,
+                f"Invalid 'messages[{i}].name': string does not match pattern. Expected a string that matches"
+                f" the pattern '{_MESSAGE_NAME.pattern}'.",
+                param=f"messages[{i}].name",
                 code="invalid_value",
             )
         texts.append(content_text(entry.get("content")))

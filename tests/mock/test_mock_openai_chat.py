@@ -235,6 +235,11 @@ def test_completions_list_prompt(oai: openai.OpenAI) -> None:
         ({"model": "m", "messages": []}, "messages"),
         ({"model": "m", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
         ({"model": "m", "messages": [{"role": ["user"], "content": "x"}]}, "messages[0].role"),  # was a 500
+        # OpenAI's rule for a message's name: no spaces, no `<|\\/>`
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}, {"role": "user", "content": "y", "name": "Jo Do"}]},
+         "messages[1].name"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x", "name": "a<b>"}]}, "messages[0].name"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x", "name": 7}]}, "messages[0].name"),
     ],
 )
 def test_chat_validation_errors(http: httpx.Client, body: dict, param: str) -> None:

@@ -34,6 +34,11 @@ ToolChoiceMode = Literal["auto", "none", "required"]
 
 TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 _TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
+# A message's `name` on the Native API: OpenAI refuses one outside this pattern (400 "Invalid
+# 'messages[1].name': string does not match pattern"), Anthropic has no place for it (left out). A tier
+# may hold both, so the name every candidate takes is checked here, not by whichever model is drawn.
+MESSAGE_NAME_PATTERN = TOOL_NAME_PATTERN
+_MESSAGE_NAME = _TOOL_NAME
 # What a `conversation_id` may not hold: the control characters (C0, DEL, C1); any other text it may.
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Objects and arrays in one request's `tools`, all together. Their schemas are checked against the
@@ -489,3 +494,15 @@ class ChatRequest(ChatParams):
                 "conversation_id", "conversation_id must not contain control characters"
             )
         return value
+
+    @model_validator(mode="after")
+    def _check_message_names(self) -> ChatRequest:
+        """See MESSAGE_NAME_PATTERN (the `/v1` surfaces name one model, whose provider judges its names)."""
+        for i, msg in enumerate(self.messages):
+            if msg.name is not None and not _MESSAGE_NAME.fullmatch(msg.name):
+                raise _semantic_error(
+                    f"a message name must match {MESSAGE_NAME_PATTERN}"
+                    " (letters, digits, '_' and '-'; no spaces), what every model of a tier accepts",
+                    f"messages.{i}.name",
+                )
+        return self

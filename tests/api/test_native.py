@@ -170,6 +170,44 @@ def test_a_tool_name_with_a_final_newline_is_refused_before_anything_is_sent(
         assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()
 
 
+@pytest.mark.parametrize("name", ["John Doe", "a<b>", "x|y", "a/b", "a\\b", "ann\n", "\u00e9", "n" * 65])
+def test_a_message_name_an_openai_model_refuses_is_sentinels_400_before_anything_is_sent(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, name: str
+) -> None:
+    """OpenAI refuses a message `name` outside `^[a-zA-Z0-9_-]+$` (its 400), Anthropic has no place for
+    one: on a tier holding both, the same request succeeded or failed by the model drawn. The name is
+    checked before any candidate is chosen: Sentinel's own 400 naming it, nothing sent or recorded."""
+    with spying(create_mock_app()) as (_, spy):
+        gw = gateway_factory(openai_api_url=spy.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
+        messages = [{"role": "user", "content": "x"}, {"role": "user", "content": "y", "name": name}]
+        with gw.client() as http:
+            r = http.post(URL, json={"messages": messages})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert (error["type"], error["code"], error["details"]["param"]) == (
+            "invalid_request_error", "invalid_request", "messages.1.name"), error
+        assert "messages.1.name" in error["message"]
+        assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()
+
+
+def test_a_message_name_reaches_an_openai_model_and_is_left_out_for_claude(native_gw: Gateway) -> None:
+    """A name every model takes is sent to an OpenAI model as it is; Anthropic's format has no field
+    for it, so Claude is sent the turn without it (not folded into the text)."""
+    messages = [{"role": "user", "content": "hi there", "name": "Ann_1-b"}]
+    with native_gw.client() as http:
+        r = http.post(URL, json={"messages": messages})
+    assert r.status_code == 200, r.text
+    if native_gw.provider == "openai":  # type: ignore[attr-defined]
+        path, url = "/v1/chat/completions", native_gw.settings.openai_api_url.removesuffix("/v1")
+    else:
+        path, url = "/v1/messages", native_gw.settings.anthropic_api_url
+    sent = httpx.get(f"{url}/__mock/last_request", params={"path": path}, timeout=5).json()["body"]
+    if native_gw.provider == "openai":  # type: ignore[attr-defined]
+        assert sent["messages"] == [{"role": "user", "content": "hi there", "name": "Ann_1-b"}]
+    else:
+        assert sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi there"}]}]
+
+
 def test_a_replayed_whitespace_only_text_beside_a_tool_call_reaches_claude_without_it(
     gateway_factory: Callable[..., Gateway], tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from sentinel.native import ChatChunk, ChatRequest, ChatResponse, ErrorBody, NativeValidationError
+from sentinel.native.model_request import ModelChatRequest
 from sentinel.native.types import (
     MAX_TOOL_LIST_ITEMS,
     MAX_TOOL_NODES,
@@ -304,6 +305,28 @@ def test_conversation_id_rejected(value: Any, text: str) -> None:
     err = error_of(body(conversation_id=value))
     assert err.param == "conversation_id"
     assert text in err.message
+
+
+@pytest.mark.parametrize("name", ["a", "Ann_1-b", "x" * 64])
+def test_message_names_every_provider_takes_are_accepted(name: str) -> None:
+    req = parse_chat_request({"messages": [USER, {"role": "user", "content": "x", "name": name}]})
+    assert req.messages[1].name == name
+
+
+@pytest.mark.parametrize("name", ["John Doe", "a<b", "a|b", "a\\b", "a/b", "a>b", "ann\n", "\u00e9", "x" * 65])
+def test_a_message_name_openai_refuses_is_refused_for_every_tier(name: str) -> None:
+    with pytest.raises(NativeValidationError) as exc:
+        parse_chat_request({"messages": [USER, {"role": "user", "content": "x", "name": name}]})
+    assert exc.value.param == "messages.1.name"
+    assert exc.value.message.startswith("messages.1.name: a message name must match ^[a-zA-Z0-9_-]{1,64}$")
+
+
+def test_a_v1_request_for_one_model_keeps_its_message_name_for_that_provider() -> None:
+    """Only a tier mixes providers: a `/v1` request names its model, whose provider judges the name
+    (OpenAI's own 400 reaches an OpenAI client; Claude is sent the turn without it)."""
+    req = ModelChatRequest.model_validate(
+        {"model": "claude-3-5-haiku-20241022", "messages": [{"role": "user", "content": "x", "name": "John Doe"}]})
+    assert req.messages[0].name == "John Doe"
 
 
 def tool(**function: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ day (whole hours) and from the per-day rollups for 30 days (whole UTC days). Tot
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -256,7 +257,7 @@ class UsageReports:
         lines = [",".join(CSV_COLUMNS)]
         for row in await self.ledger.totals_by_user(since, until):
             cost = f"{row['cost_usd']:.8f}".rstrip("0").rstrip(".")
-            cells = [_csv_text(row["external_id"]), _csv_text(row["model"] or ""), str(row["requests"]),
+            cells = [_csv_text(row["external_id"], first=True), _csv_text(row["model"] or ""), str(row["requests"]),
                      str(row["input_tokens"]), str(row["output_tokens"]), cost]
             lines.append(",".join(cells))
         return "\r\n".join(lines) + "\r\n"
@@ -269,12 +270,21 @@ class UsageReports:
 # is one cell whatever the separator (a quote opening a field keeps every separator in it).
 _QUOTED = frozenset(',"\r\n;\t|')
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
+# A cell after the first (the model) opens with its quote only for a reader splitting on `,`: one
+# splitting on `;`, tab or `|` starts a cell after each of them inside it (and a row after a line
+# break), so what follows one — past any quotes — must not start a formula either: the model
+# `x;=1+1;` was a cell `=1+1` there. Such a separator gets a ' after it, as a cell's start does.
+_INNER_FORMULA = re.compile(r'([;\t|\r\n]"*)(?=[=+\-@\t\r])')
 
 
-def _csv_text(text: str) -> str:
-    """A text cell a spreadsheet reads as text: one starting with = + - @, tab or CR is prefixed with
-    ' (no formula), then quoted when it holds a separator or a line break (see `_QUOTED`)."""
+def _csv_text(text: str, *, first: bool = False) -> str:
+    """A text cell a spreadsheet reads as text, whatever separator it splits rows on: one starting
+    with = + - @, tab or CR is prefixed with ' (no formula), and unless it is `first` on its row so
+    is what follows each `;`, tab, `|` or line break in it (`_INNER_FORMULA`); then quoted when it
+    holds a separator or a line break (see `_QUOTED`)."""
     safe = "'" + text if text.startswith(_FORMULA) else text
+    if not first:
+        safe = _INNER_FORMULA.sub(r"\1'", safe)
     if _QUOTED.isdisjoint(safe):
         return safe
     return '"' + safe.replace('"', '""') + '"'

@@ -313,6 +313,27 @@ async def test_the_csv_export_has_the_figures_of_usage_show(setup: Setup) -> Non
     )
 
 
+async def test_no_cell_of_the_csv_export_starts_a_formula_whatever_the_separator(setup: Setup) -> None:
+    """The model cell is second on its row, so its opening quote keeps separators in it only for a
+    reader splitting on `,`: Excel where the decimal mark is a comma splits on `;` (others on tab or
+    `|`), and there the model `x;=1+1;` was a cell `=1+1`, a formula, and `x\n=1+1` a row of its own
+    starting one. A model name a provider reports (an advisor step's, an eval run's per-model usage)
+    is recorded with no check of its characters."""
+    models = ["x;=1+1;", "x\n=1+1", "x\r@SUM(1)", "x|+1|", "x\t-1\t", 'x;"=1";', "x;;=1", "x\t\t=1"]
+    await record_and_roll_up(setup.sessions, [
+        UsageRecord(f"r{i}", "alice", None, model, "openai", "chat", 1, 1, "measured", 200, NOW, NOW, 0.001)
+        for i, model in enumerate(models)
+    ])
+    text = await setup.admin.usage_csv(NOW - timedelta(days=1), None)
+    for separator in (",", ";", "\t", "|"):
+        cells = [cell for row in csv.reader(io.StringIO(text, newline=""), delimiter=separator) for cell in row]
+        formulas = [cell for cell in cells if cell.lstrip('"')[:1] in ("=", "+", "-", "@", "\t", "\r")]
+        assert formulas == [], (separator, formulas)
+    exported = [row["model"] for row in csv.DictReader(io.StringIO(text, newline=""))]
+    assert len(exported) == len(models)  # one row a model, each still naming its model
+    assert sorted(m.replace("'", "") for m in exported) == sorted(models)
+
+
 async def test_overview_buckets_and_tops(setup: Setup) -> None:
     await record_and_roll_up(setup.sessions, [
         UsageRecord(f"r{i}", f"u{i % 2}", None, "gpt-4o", "openai", "chat", 1, 1, "measured", 200 if i else 502,

@@ -244,6 +244,9 @@ class Settings(BaseSettings):
     database_url: str = env("DATABASE_URL", "sqlite+aiosqlite:///./data/sentinel.db")
     # The longest wait for the database: a connect, a pooled connection, a statement's answer (then 503).
     database_timeout_seconds: float = env("DATABASE_TIMEOUT_SECONDS", 5.0, gt=0)
+    # The longest statement of the operators' usage reports on PostgreSQL (exports, totals, top lists
+    # read the whole ledger: longer than a request may wait, but bounded; then 503).
+    database_report_timeout_seconds: float = env("DATABASE_REPORT_TIMEOUT_SECONDS", 120.0, gt=0)
     # Each process's pool of PostgreSQL connections for requests: this many kept, `overflow` more
     # opened under load (and closed once returned). Not used on SQLite (its own pool: 5, 10 more).
     database_pool_size: int = env("DATABASE_POOL_SIZE", 10, ge=1, le=MAX_POOL_CONNECTIONS)

@@ -341,11 +341,12 @@ async def build_runtime(
         timeout=s.database_timeout_seconds,
     )
     # The operators' usage reports (exports, totals, top lists) read the whole ledger: their
-    # statements are not bounded by DATABASE_TIMEOUT_SECONDS, as the command line's are not. On
-    # PostgreSQL they get a small engine of their own (connects and pool waits still bounded).
+    # statements may outlast DATABASE_TIMEOUT_SECONDS, up to DATABASE_REPORT_TIMEOUT_SECONDS (a
+    # database that never answers is then a 503, not a wait until the operator gives up). On
+    # PostgreSQL they get a small engine of their own (connects and pool waits bounded as a request's).
     report_engine = (
         create_engine(s.database_url, pool_size=2, max_overflow=2, timeout=s.database_timeout_seconds,
-                      bound_statements=False)
+                      statement_timeout=s.database_report_timeout_seconds)
         if engine.dialect.name == "postgresql" else None
     )
     await migrate(engine, connect_timeout=s.database_timeout_seconds)

@@ -79,6 +79,7 @@ def _sqlite_file(url: URL) -> Path | None:
 def create_engine(
     url: str | URL, *, pool_size: int = 10, max_overflow: int = 10, echo: bool = False,
     timeout: float = DEFAULT_TIMEOUT_SECONDS, bound_statements: bool = True, breaker: CircuitBreaker | None = None,
+    statement_timeout: float | None = None,
 ) -> AsyncEngine:
     """An AsyncEngine for `sqlite+aiosqlite://` or `postgresql+asyncpg://` URLs, tuned per backend.
 
@@ -86,7 +87,8 @@ def create_engine(
     (`pool_timeout`: past it SQLAlchemy's TimeoutError, an outage for `database_errors`), the
     pre-ping of a pooled connection and each statement (asyncpg's `command_timeout`, which cancels
     the statement on the server; not with `bound_statements` False: migrations, which may rewrite
-    large tables, or wait for another process's). On SQLite a write waits `timeout` for a lock held
+    large tables, or wait for another process's; with `statement_timeout`, that bound instead: the
+    operators' usage reports, which read the whole ledger). On SQLite a write waits `timeout` for a lock held
     elsewhere (the busy timeout: the command line writing, say), then fails ("database is locked"),
     and so does a wait for a pooled connection. PostgreSQL's new connections go through `breaker`
     (one per engine unless given; see `_guard_connects`)."""
@@ -103,7 +105,7 @@ def create_engine(
         pool_timeout=timeout,
         connect_args={
             "timeout": timeout,
-            "command_timeout": timeout if bound_statements else None,
+            "command_timeout": statement_timeout or (timeout if bound_statements else None),
             "server_settings": {"application_name": "sentinel"},
         },
     )

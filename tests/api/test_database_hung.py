@@ -77,7 +77,8 @@ async def test_the_operators_usage_reports_may_run_longer_than_a_request_may_wai
     """DATABASE_TIMEOUT_SECONDS bounds every statement a request waits on; an export or a top list of
     a large ledger (`/admin/export.csv`, `/admin/api/usage.csv`, the console) reads it whole, and was
     cut at that bound too (503 where it had been a slow answer). The reports have their own sessions,
-    whose statements are not bounded; the requests' stay bounded."""
+    whose statements are bounded by DATABASE_REPORT_TIMEOUT_SECONDS (120 s) instead; the requests'
+    stay bounded."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from sentinel.app import create_app
@@ -104,3 +105,30 @@ async def test_the_operators_usage_reports_may_run_longer_than_a_request_may_wai
             raise AssertionError("a request's statement outlasted DATABASE_TIMEOUT_SECONDS")
     finally:
         await app.shutdown()
+
+
+def test_an_operators_usage_report_on_a_hung_database_is_a_bounded_503(
+    gateway_factory: Callable[..., Gateway], pg_url: str
+) -> None:
+    """The reports' own sessions had no statement bound at all: on a database that accepts
+    connections and never answers, an export (`/admin/api/usage.csv`, `/admin/export.csv`), the
+    totals and the top lists waited until their caller gave up — the pre-ping of the pooled report
+    connection alone never returned. DATABASE_REPORT_TIMEOUT_SECONDS bounds them now (longer than a
+    request's bound: a large ledger's export is still answered): past it, 503 in the admin API's
+    shape. The client waits 20 s: the bound, not a timing."""
+    from tests.api.test_admin_api import ADMIN_KEY
+
+    asyncio.run(_empty(pg_url))
+    with hung_proxy(pg_url) as (proxy, url):
+        gw = gateway_factory(database_url=url, admin_key=ADMIN_KEY, database_timeout_seconds=0.5,
+                             database_report_timeout_seconds=1.0)
+        with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=20) as admin:
+            assert admin.get("/admin/api/usage.csv").status_code == 200  # a report connection is pooled
+            assert admin.get("/admin/api/usage/totals", params={"user": "alice"}).status_code == 200
+            proxy.hang()
+            for path, params in (("/admin/api/usage.csv", {}), ("/admin/api/usage/totals", {"user": "alice"})):
+                refused = admin.get(path, params=params)
+                assert refused.status_code == 503, (path, refused.status_code, refused.text)
+                assert refused.json()["error"]["code"] == "governance_unavailable"
+            proxy.resume()
+            assert wait_for(lambda: admin.get("/admin/api/usage.csv").status_code == 200, timeout=30)

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 from sentinel.config import MAX_WORKERS, ConfigError, Settings, load_settings
 from sentinel.domain.tiers import TIERS
-from sentinel.observability.logging import clipped
+from sentinel.observability.logging import clipped, printable
 
 log = logging.getLogger("sentinel.cli")
 
@@ -331,7 +331,8 @@ def cmd_usage_show(args: argparse.Namespace) -> int:
         print(f"{'MODEL':<32} {'REQUESTS':>10} {'INPUT TOKENS':>14} {'OUTPUT TOKENS':>14}")
         total = {"requests": 0, "input_tokens": 0, "output_tokens": 0}
         for row in rows:
-            print(f"{(row['model'] or '-'):<32} {row['requests']:>10} {row['input_tokens']:>14} {row['output_tokens']:>14}")
+            # a model name a provider reported: shown as text, never as terminal commands
+            print(f"{printable(row['model'] or '-'):<32} {row['requests']:>10} {row['input_tokens']:>14} {row['output_tokens']:>14}")
             for k in total:
                 total[k] += row[k]
         print(f"{'TOTAL':<32} {total['requests']:>10} {total['input_tokens']:>14} {total['output_tokens']:>14}")

@@ -92,6 +92,39 @@ def test_plans_users_usage_commands(tmp_path: Path) -> None:
     assert exported[1:] == ["carol,gpt-4o,2,30,3,0", "carol,gpt-4o-mini,1,30,3,0"]  # the same figures
 
 
+def test_usage_show_writes_a_reported_model_name_as_text_never_as_terminal_commands(tmp_path: Path) -> None:
+    """A model name a provider reports (an advisor step's, an eval run's per-model usage) is recorded
+    with no check of its characters, and `usage show` printed it raw to the operator's terminal: an
+    ESC sequence in it retitled the window or cleared the screen, a C1 CSI (U+009B) started one too,
+    a bidi override reordered the line. Such characters are shown as `\\uXXXX` escapes now."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from sentinel.db.engine import create_engine, migrate, session_factory
+    from sentinel.domain.usage import UsageRecord
+
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    models = ["evil\x1b]0;owned\x07\x1b[2J", "csi\x9b31m", "gpt\u202e4o", "gpt-4o"]
+
+    async def seed() -> None:
+        engine = create_engine(env["DATABASE_URL"])
+        now = datetime.now(UTC)
+        rows = [UsageRecord(f"r{i}", "carol", None, model, "openai", "chat", 1, 1, "measured", 200, now, now)
+                for i, model in enumerate(models)]
+        await migrate(engine)
+        try:
+            await record_and_roll_up(session_factory(engine), rows)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(seed())
+    shown = run(["usage", "show", "carol", "--since", "1d"], env)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.isprintable() or all(line.isprintable() for line in shown.stdout.splitlines()), shown.stdout
+    names = [line.split()[0] for line in shown.stdout.splitlines()[1:-1]]
+    assert sorted(names) == sorted(["evil\\u001b]0;owned\\u0007\\u001b[2J", "csi\\u009b31m", "gpt\\u202e4o", "gpt-4o"])
+
+
 def test_cli_changes_go_through_the_admin_service(tmp_path: Path) -> None:
     """Plans, plan assignments, keys and tiers from the CLI are checked like the console's and audited
     with actor `cli`; `usage export` prints the console's CSV."""

@@ -96,8 +96,11 @@ def test_usage_show_writes_a_reported_model_name_as_text_never_as_terminal_comma
     """A model name a provider reports (an advisor step's, an eval run's per-model usage) is recorded
     with no check of its characters, and `usage show` printed it raw to the operator's terminal: an
     ESC sequence in it retitled the window or cleared the screen, a C1 CSI (U+009B) started one too,
-    a bidi override reordered the line. Such characters are shown as `\\uXXXX` escapes now."""
+    a bidi override reordered the line — and so did `usage export`, the console's CSV. Such characters
+    are shown as `\\uXXXX` escapes now (in the CSV but for tab, CR and LF, which quoting keeps in their cell)."""
     import asyncio
+    import csv
+    import io
     from datetime import UTC, datetime
 
     from sentinel.db.engine import create_engine, migrate, session_factory
@@ -122,7 +125,12 @@ def test_usage_show_writes_a_reported_model_name_as_text_never_as_terminal_comma
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.isprintable() or all(line.isprintable() for line in shown.stdout.splitlines()), shown.stdout
     names = [line.split()[0] for line in shown.stdout.splitlines()[1:-1]]
-    assert sorted(names) == sorted(["evil\\u001b]0;owned\\u0007\\u001b[2J", "csi\\u009b31m", "gpt\\u202e4o", "gpt-4o"])
+    escaped = ["evil\\u001b]0;owned\\u0007\\u001b[2J", "csi\\u009b31m", "gpt\\u202e4o", "gpt-4o"]
+    assert sorted(names) == sorted(escaped)
+    exported = run(["usage", "export", "--since", "1d"], env)  # the console's CSV, on the terminal here
+    assert exported.returncode == 0, exported.stderr
+    assert all(line.isprintable() for line in exported.stdout.splitlines()), exported.stdout
+    assert sorted(row[1] for row in list(csv.reader(io.StringIO(exported.stdout)))[1:]) == sorted(escaped)
 
 
 def test_cli_changes_go_through_the_admin_service(tmp_path: Path) -> None:

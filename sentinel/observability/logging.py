@@ -59,14 +59,14 @@ def visible(line: bytes) -> bytes:
     return printable(text).encode()
 
 
-def printable(text: str) -> str:
+def printable(text: str, keep: str = "") -> str:
     """`text` with every character that is not printable (C0 and C1 controls, DEL, bidi overrides and
-    other format characters, line separators) written as a `\\uXXXX` escape: text from a client or a
-    provider shown on an operator's terminal (`sentinel usage show`) reads as text, never as a
-    command or reordered."""
+    other format characters, line separators) but those in `keep` written as a `\\uXXXX` escape: text
+    from a client or a provider shown on an operator's terminal (`sentinel usage show`, the usage
+    CSV) reads as text, never as a command or reordered."""
     if text.isprintable():
         return text
-    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+    return "".join(ch if ch.isprintable() or ch in keep else _escape(ch) for ch in text)
 
 
 def _escape(char: str) -> str:

@@ -23,6 +23,7 @@ from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.request_stats import AnswerBucket, RequestStats
 from sentinel.governance.rollups import percentile
 from sentinel.governance.usage_stats import Bucket, Ranked, UsageStats
+from sentinel.observability.logging import printable
 from sentinel.services.admin_forms import refuse
 
 
@@ -281,8 +282,11 @@ def _csv_text(text: str, *, first: bool = False) -> str:
     """A text cell a spreadsheet reads as text, whatever separator it splits rows on: one starting
     with = + - @, tab or CR is prefixed with ' (no formula), and unless it is `first` on its row so
     is what follows each `;`, tab, `|` or line break in it (`_INNER_FORMULA`); then quoted when it
-    holds a separator or a line break (see `_QUOTED`)."""
-    safe = "'" + text if text.startswith(_FORMULA) else text
+    holds a separator or a line break (see `_QUOTED`). A character that is not printable but tab, CR and
+    LF (ESC, a C1 CSI, a bidi override: in a model name a provider reported) is written as a `\\uXXXX`
+    escape."""
+    safe = printable(text, keep="\t\r\n")  # an ESC or CSI sequence reaches a terminal as text (`usage export`)
+    safe = "'" + safe if safe.startswith(_FORMULA) else safe
     if not first:
         safe = _INNER_FORMULA.sub(r"\1'", safe)
     if _QUOTED.isdisjoint(safe):

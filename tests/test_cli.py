@@ -93,7 +93,7 @@ def test_plans_users_usage_commands(tmp_path: Path) -> None:
 
 
 def test_usage_show_writes_a_reported_model_name_as_text_never_as_terminal_commands(tmp_path: Path) -> None:
-    """A model name a provider reports (an advisor step's, an eval run's per-model usage) is recorded
+    """A model name a provider reports (an eval run's per-model usage) is recorded
     with no check of its characters, and `usage show` printed it raw to the operator's terminal: an
     ESC sequence in it retitled the window or cleared the screen, a C1 CSI (U+009B) started one too,
     a bidi override reordered the line — and so did `usage export`, the console's CSV. Such characters

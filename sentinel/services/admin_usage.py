@@ -283,7 +283,7 @@ def _csv_text(text: str, *, first: bool = False) -> str:
     with = + - @, tab or CR is prefixed with ' (no formula), and unless it is `first` on its row so
     is what follows each `;`, tab, `|` or line break in it (`_INNER_FORMULA`); then quoted when it
     holds a separator or a line break (see `_QUOTED`). A character that is not printable but tab, CR and
-    LF (ESC, a C1 CSI, a bidi override: in a model name a provider reported) is written as a `\\uXXXX`
+    LF (ESC, a C1 CSI, a bidi override: in a model name a provider reported for an eval run) is written as a `\\uXXXX`
     escape."""
     safe = printable(text, keep="\t\r\n")  # an ESC or CSI sequence reaches a terminal as text (`usage export`)
     safe = "'" + safe if safe.startswith(_FORMULA) else safe

@@ -317,7 +317,7 @@ async def test_no_cell_of_the_csv_export_starts_a_formula_whatever_the_separator
     """The model cell is second on its row, so its opening quote keeps separators in it only for a
     reader splitting on `,`: Excel where the decimal mark is a comma splits on `;` (others on tab or
     `|`), and there the model `x;=1+1;` was a cell `=1+1`, a formula, and `x\n=1+1` a row of its own
-    starting one. A model name a provider reports (an advisor step's, an eval run's per-model usage)
+    starting one. A model name a provider reports (an eval run's per-model usage)
     is recorded with no check of its characters."""
     models = ["x;=1+1;", "x\n=1+1", "x\r@SUM(1)", "x|+1|", "x\t-1\t", 'x;"=1";', "x;;=1", "x\t\t=1"]
     await record_and_roll_up(setup.sessions, [

@@ -49,8 +49,10 @@ def estimate_input(
     `referenced`: the tokens reserved for each stored item, prompt or audio answer it names by id
     (`references`; REFERENCE_TOKENS)."""
     if endpoint in ("messages", "messages/count_tokens"):
+        # (count_tokens answers this figure to the client: a count of the body, never the reservation
+        # of what the provider fetches, which Sentinel does not see)
         return estimate_messages(counter, model, payload, user=user, images=ANTHROPIC if images is None else images) \
-            + references(endpoint, payload) * referenced
+            + (references(endpoint, payload) * referenced if endpoint == "messages" else 0)
     rule = openai_image_rule(model) if images is None else images
     files = RequestFiles(files)  # (the bound of the files it cannot read is reserved once: `media.unread_bound`)
     if endpoint in ("chat", "native"):

@@ -651,3 +651,18 @@ def test_a_tool_use_cut_by_max_tokens_is_length_for_an_openai_client(gateway_fac
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
     calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or ()]
     assert calls[0].id == "toolu_a" and "".join(call.function.arguments or "" for call in calls) == '{"q": "ti'
+
+
+def test_count_tokens_off_anthropic_answers_a_count_not_the_mcp_reservation(gateway: Gateway) -> None:
+    """Sentinel's count of a Messages body for a model elsewhere is its estimate of the body's
+    tokens: an `mcp_servers` entry reserves SENTINEL_REFERENCE_INPUT_TOKENS on `/v1/messages`
+    (a guess at a tool list Sentinel never sees), but that guess is no count — it was added to
+    the answer, 4,096 per server whatever the setting, for a body such a model refuses anyway."""
+    claude = gateway.anthropic()
+    ask = [{"role": "user", "content": "estimate me"}]
+    server = {"type": "url", "url": "https://mcp.example.com/sse", "name": "docs"}
+    plain = claude.messages.count_tokens(model=MINI, messages=ask).input_tokens  # type: ignore[arg-type]
+    named = claude.messages.count_tokens(
+        model=MINI, messages=ask, extra_body={"mcp_servers": [server, server]},  # type: ignore[arg-type]
+    ).input_tokens
+    assert plain > 0 and named == plain

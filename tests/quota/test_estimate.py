@@ -289,8 +289,9 @@ def test_each_mcp_server_named_is_reserved_as_a_reference() -> None:
     messages = {"messages": [USER], "max_tokens": 5}
     plain = estimate_input(RecordingCounter(), "messages", "claude", messages)  # type: ignore[arg-type]
     named = {**messages, "mcp_servers": [server, server, "junk"]}
-    for endpoint in ("messages", "messages/count_tokens"):
-        assert estimate_input(RecordingCounter(), endpoint, "claude", named) == plain + 2 * REFERENCE_TOKENS  # type: ignore[arg-type]
+    assert estimate_input(RecordingCounter(), "messages", "claude", named) == plain + 2 * REFERENCE_TOKENS  # type: ignore[arg-type]
+    # count_tokens answers its figure to the client: a count, not a reservation
+    assert estimate_input(RecordingCounter(), "messages/count_tokens", "claude", named) == plain  # type: ignore[arg-type]
     assert estimate_input(RecordingCounter(), "messages", "claude", named, referenced=7) == plain + 14  # type: ignore[arg-type]
     many = {**messages, "mcp_servers": [server] * (MAX_MCP_SERVERS * 10)}
     assert estimate_input(RecordingCounter(), "messages", "claude", many) == plain + MAX_MCP_SERVERS * REFERENCE_TOKENS  # type: ignore[arg-type]

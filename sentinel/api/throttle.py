@@ -22,7 +22,8 @@ the one a trusted proxy reported (`SENTINEL_FORWARDED_ALLOW_IPS`). The table hol
 are dropped first; clients at the limit are never forgotten before their minute ends.
 
 Each address has two buckets (`client_of`): failures of requests a browser page of another origin
-sent (an `Origin` header naming another origin than Sentinel's own, `from_another_origin`) count in
+sent (an `Origin` header, and the browser's `Sec-Fetch-Site` or else the `Host` saying it is another
+origin than Sentinel's own, `from_another_origin`) count in
 its second, cross-origin bucket. With `SENTINEL_CORS_ORIGINS` a page can make its visitors' browsers
 send wrong keys; counted with the address's own, a page left open kept a whole office (a NAT) out of
 the admin API, the console and every key not cached. Now it can at worst throttle the browser apps'
@@ -44,6 +45,7 @@ from contextlib import asynccontextmanager
 
 from starlette.requests import ClientDisconnect, Request
 
+from sentinel.api.docs_auth import from_another_site
 from sentinel.errors import Overloaded, RateLimited
 
 MAX_CLIENTS = 100_000
@@ -58,12 +60,17 @@ def address_of(request: Request) -> str | None:
 
 
 def from_another_origin(request: Request) -> bool:
-    """Whether the request says (`Origin`) that a page of another origin than Sentinel's own (the
-    request's `Host`; any scheme) sent it: a browser's cross-origin call. An opaque origin (`null`)
-    is another. Clients that are not browsers send no `Origin`."""
+    """Whether the request says (`Origin`) that a page of another origin than Sentinel's own sent
+    it: a browser's cross-origin call. The browser's own word (`Sec-Fetch-Site`, which no page can
+    set) decides when it is sent — a proxy in front may send its upstream name as `Host` (nginx's
+    default), so the console's same-origin sign-in named another origin than that `Host` —; else
+    the `Origin` is compared with the request's `Host` (any scheme). An opaque origin (`null`) is
+    another. Clients that are not browsers send no `Origin`."""
     origin = request.headers.get("origin")
     if origin is None:
         return False
+    if "sec-fetch-site" in request.headers:
+        return from_another_site(request.headers)
     _, sep, authority = origin.partition("://")
     host = request.headers.get("host")
     return not sep or host is None or authority.strip().lower() != host.strip().lower()

@@ -126,3 +126,26 @@ def test_a_script_adding_an_origin_gets_at_most_twice_the_limit(
     assert plain == [401] * 3 + [429]
     assert dodging == [401] * 3 + [429]
     assert fresh.status_code == 429
+
+
+def test_the_console_behind_a_proxy_that_rewrites_host_is_not_locked_out_by_a_hostile_page(
+    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A proxy in front commonly sends Sentinel its own upstream name as `Host` (nginx's default
+    `proxy_set_header Host $proxy_host`): the console's same-origin sign-in then carries an `Origin`
+    (the public name) that is not the `Host`. The browser says what it is (`Sec-Fetch-Site:
+    same-origin`, a header no page can set): compared with `Host` only, it counted in the
+    cross-origin bucket a hostile page had filled — the console was locked out again."""
+    from tests.api.test_gate_limits import _throttle_minute_fixed
+
+    _throttle_minute_fixed(monkeypatch)
+    admin_key = "admin-key-for-tests-0123"
+    gw = gateway_factory(cors_origins="*", auth_failures_per_minute=3, admin_key=admin_key)
+    page = {"origin": "https://hostile.example", "sec-fetch-site": "cross-site"}
+    with httpx.Client(base_url=gw.url, timeout=30) as http:  # (its Host: the proxy's upstream name)
+        from_page = [http.get("/v1/models", headers={**page, "authorization": f"Bearer sk-sentinel-junk-{i}"})
+                     .status_code for i in range(4)]
+        signin = http.post("/admin/signin", data={"key": admin_key},
+                           headers={"origin": "https://sentinel.example", "sec-fetch-site": "same-origin"})
+    assert from_page == [401] * 3 + [429]
+    assert signin.status_code == 303, signin.text

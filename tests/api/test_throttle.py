@@ -149,3 +149,15 @@ def test_a_cross_origin_request_counts_in_its_addresses_second_bucket() -> None:
     throttle.check(client_of(_request(own)))
     assert client_key(client_of(_request({"origin": "https://a.example"}, "::ffff:192.0.2.1"))) == "cross-origin 192.0.2.1"
     assert client_key(client_of(_request({"origin": "https://a.example"}, "2001:db8:5::1"))) == "cross-origin 2001:db8:5::/64"
+
+
+def test_the_browsers_own_word_on_the_origin_decides_over_the_host() -> None:
+    """`Sec-Fetch-Site` (set by the browser, never by a page) says whether a page of another origin
+    sent the request, whatever `Host` a proxy in front wrote; without it, `Origin` is compared with `Host`."""
+    proxied = {"host": "127.0.0.1:8000", "origin": "https://sentinel.example"}
+    assert client_of(_request({**proxied, "sec-fetch-site": "same-origin"})) == "2001:db8:5::1"
+    for site in ("cross-site", "same-site"):
+        assert client_of(_request({**proxied, "sec-fetch-site": site})) == "cross-origin 2001:db8:5::1"
+    hostile = {"host": "sentinel.example", "origin": "https://hostile.example", "sec-fetch-site": "cross-site"}
+    assert client_of(_request(hostile)) == "cross-origin 2001:db8:5::1"
+    assert client_of(_request(proxied)) == "cross-origin 2001:db8:5::1"  # an older browser: by the Host

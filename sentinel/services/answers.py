@@ -23,7 +23,7 @@ from sentinel.domain.identity import Identity
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
 from sentinel.errors import StoreUnavailable, UpstreamError
-from sentinel.governance.ownership import ChargeClaim, Ownership
+from sentinel.governance.ownership import Ownership
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.errors import UnreadableAnswer, upstream_error
 from sentinel.providers.http import UpstreamResponse
@@ -200,7 +200,7 @@ class AnswerRelay:
             return True, None, []
         if usage is None:
             return False, None, []
-        claim = await self._claim(answer_id, ttl)
+        claim = await self.runs.claim(answer_id, ttl)
         if claim == "charged":
             return False, None, []
         return True, answer_id if claim == "first" else None, [ObjectCharge(answer_id, usage, claim == "first")]
@@ -219,7 +219,7 @@ class AnswerRelay:
             shown = final_usage(endpoint, item) if isinstance(item, dict) else None
             if shown is None or not isinstance(item.get("id"), str):
                 continue
-            claim = await self._claim(item["id"], ttl)
+            claim = await self.runs.claim(item["id"], ttl)
             if claim == "charged":
                 continue
             if claim == "first":
@@ -234,14 +234,6 @@ class AnswerRelay:
             return await self.ownership.charge_once(object_id, ttl)
         except StoreUnavailable:
             return True
-
-    async def _claim(self, object_id: str, ttl: float | None) -> ChargeClaim:
-        """This read's claim of `object_id`'s charge (`Ownership.claim_charge`); a store that cannot
-        be reached counts it as the first (recorded under the object's key: the ledger keeps one row)."""
-        try:
-            return await self.ownership.claim_charge(object_id, ttl)
-        except StoreUnavailable:
-            return "first"
 
     async def _confirm(self, object_ids: list[str], ttl: float | None) -> None:
         """Mark charged the objects whose charge this read recorded (`Ownership.confirm_charged`). A

@@ -68,7 +68,7 @@ class RunCharges:
             run_id = run.get("id")
             if run.get("status") not in EVAL_RUN_DONE or not isinstance(run_id, str):
                 continue
-            claim = await self._claim(run_id, ttl)
+            claim = await self.claim(run_id, ttl)
             if claim == "charged":
                 continue
             runs.append(run_id)
@@ -128,7 +128,7 @@ class RunCharges:
             if not (isinstance(run, dict) and run.get("id") == run_id and run.get("thread_id") == thread
                     and run.get("status") in THREAD_RUN_DONE):
                 continue
-            claim = await self._claim(run_id, ttl)
+            claim = await self.claim(run_id, ttl)
             if claim == "charged":
                 continue
             claimed.append(run_id)
@@ -139,9 +139,10 @@ class RunCharges:
                 charges.append(ObjectCharge(run_id, shown, claim == "first"))
         return charges, claimed
 
-    async def _claim(self, object_id: str, ttl: float | None) -> ChargeClaim:
-        """This read's claim of `object_id`'s charge (`Ownership.claim_charge`); a store that cannot
-        be reached counts it as the first (recorded under the run's key: the ledger keeps one row)."""
+    async def claim(self, object_id: str, ttl: float | None) -> ChargeClaim:
+        """A read's claim of `object_id`'s charge (`Ownership.claim_charge`: a run's, a batch's, any
+        object's a read shows); a store that cannot be reached counts it as the first (recorded under
+        the object's key, `charge_id`: the ledger keeps one row)."""
         try:
             return await self.ownership.claim_charge(object_id, ttl)
         except StoreUnavailable:

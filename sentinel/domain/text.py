@@ -69,6 +69,18 @@ def _selects(text: str, at: int) -> bool:
     return not (kind[0] in "LN" and (code < 0x0530 or 0x1E00 <= code < 0x2000))  # Latin, Greek, Cyrillic
 
 
+# What no store holds: NUL (PostgreSQL's text refuses it) and the surrogates (no UTF-8: the outbox's
+# JSON, SQLite and PostgreSQL refuse a lone one; Python holds a pair as two such code points).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value: str) -> str:
+    """`value` with each character no store holds (NUL, a surrogate) replaced by U+FFFD, the
+    replacement character: text a provider named (a model) that must reach the ledger as it was
+    charged, a character for a character (a name of at most 200 stays within its column)."""
+    return value if value.isascii() and "\x00" not in value else _UNSTORABLE.sub("\ufffd", value)
+
+
 def is_text(value: str) -> bool:
     """Whether `value` is Unicode text any store, log line or JSON answer can hold: no lone surrogate
     (Python's json reads `"\\ud800"`; a JSON claim or a batch line may hold one)."""

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast, get_args
 
 from sentinel.domain.numbers import MAX_TOKENS
+from sentinel.domain.text import storable
 
 # The longest request id (ledger key) a ledger stores: the `request_id` columns are VARCHAR(128).
 MAX_REQUEST_ID = 128
@@ -107,7 +108,11 @@ class UsageRecord:
     counted by Sentinel (`estimated`). `input_tokens` includes the prompt-cache writes and reads,
     which are also given on their own (`cache_write_tokens`, `cache_read_tokens`: Anthropic's
     cache_creation/cache_read_input_tokens, OpenAI's cached_tokens), together never more than
-    `input_tokens` (`capped_cache`). Timestamps are normalised to aware UTC.
+    `input_tokens` (`capped_cache`). Timestamps are normalised to aware UTC. `model` and `provider`,
+    which a provider may name (an eval run's `per_model_usage`, an Anthropic step's `model`), are
+    kept `storable`: a NUL or a lone surrogate is U+FFFD, else PostgreSQL (or the outbox's JSON)
+    refused the row of usage already charged. The caller's id and email are refused where the
+    identity comes from (`Identity.unrecordable`): never rewritten, they key quotas.
     """
 
     request_id: str
@@ -140,6 +145,10 @@ class UsageRecord:
             object.__setattr__(self, "cache_read_tokens", read)
         object.__setattr__(self, "started_at", _utc(self.started_at))
         object.__setattr__(self, "finished_at", _utc(self.finished_at))
+        if self.model is not None:
+            object.__setattr__(self, "model", storable(self.model))
+        if self.provider is not None:
+            object.__setattr__(self, "provider", storable(self.provider))
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict (orjson/json-serialisable) with ISO-8601 timestamps."""

@@ -174,3 +174,18 @@ async def test_rows_keep_every_field(ledger: SqlLedger, sessions: async_sessionm
         row = (await session.scalars(select(UsageLedgerRow))).one()
     assert UsageRecord.from_json({c: getattr(row, c) for c in rec.to_json()}) == rec
     assert row.finished_at.tzinfo is not None
+
+
+async def test_a_model_name_no_store_holds_is_kept_replaced(
+    ledger: SqlLedger, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    # A provider names the model (an eval run's per_model_usage): a NUL, which PostgreSQL's text
+    # refuses, or a lone surrogate, which no UTF-8 holds, lost the row of usage already charged.
+    named = {"nul": "gpt\x00-4o", "surrogate": "gpt-\ud800", "pair": "gpt-\ud83d\ude00"}
+    records = [record(key, model=name) for key, name in named.items()]
+    for rec in records:
+        assert UsageRecord.from_json(orjson.loads(orjson.dumps(rec.to_json()))) == rec  # the outbox's JSON
+    assert await ledger.record_batch(records) == 3
+    async with sessions() as session:
+        rows = {row.request_id: row.model for row in await session.scalars(select(UsageLedgerRow))}
+    assert rows == {"nul": "gpt\ufffd-4o", "surrogate": "gpt-\ufffd", "pair": "gpt-\ufffd\ufffd"}

@@ -259,8 +259,8 @@ class RequestMiddleware:
 def _request_id(scope: Scope, redact: Redactor = SENTINEL_KEYS_ONLY) -> tuple[str, bool]:
     """The client's X-Request-Id when it is sane (True), else a new one (False). Sane: 1 to
     MAX_CLIENT_REQUEST_ID (115) characters of `A-Z a-z 0-9 . _ : -`, so its ledger key fits, and
-    nothing `redact` would take out (a Sentinel API key is such text: a client that sent its key
-    as its request id had it written unredacted in every log line of the request, in the ledger,
+    nothing `redact` would take out (a Sentinel API key or a JWT is such text: a client that sent its
+    key as its request id had it written unredacted in every log line of the request, in the ledger,
     and sent to the provider as `X-Client-Request-Id`)."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":

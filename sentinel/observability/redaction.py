@@ -5,10 +5,12 @@ error answer or event, str or bytes. `Redactor` is for what a client sends that 
 request path, an error message quoting it): it replaces every Sentinel API key (`sk-sentinel-` and
 its body, whatever key it is) and every configured secret (provider keys, the admin, docs and Zion
 keys, ...) with `***`. A client that puts its key in a URL, or an operator who pastes a key where a
-key id goes (`POST /admin/api/keys/sk-sentinel-.../revoke`), leaves no key in the logs.
+key id goes (`POST /admin/api/keys/sk-sentinel-.../revoke`), leaves no key in the logs. A JWT (three
+base64url segments joined by dots, the first starting `eyJ`: a signed header's `{"`) is taken out
+whole too: a bearer credential wherever it is found (a client's X-Request-Id, a URL's query).
 
 It runs on every access-log line, so the common case costs a few substring checks (C speed, no
-regex): the pattern is applied only when `sk-sentinel-` is in the text.
+regex): a pattern is applied only when `sk-sentinel-` (or `eyJ`) is in the text.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ REDACTED = "***"
 # keeps the two the same).
 SENTINEL_KEY_PREFIX = "sk-sentinel-"
 _SENTINEL_KEY = re.compile(r"sk-sentinel-[A-Za-z0-9_\-]*")
+JWT_PREFIX = "eyJ"  # base64url of `{"`, how every JWT's header starts
+# A JWT: header, payload and signature (empty when unsigned, `alg: none`), base64url each.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 
 Text = TypeVar("Text", str, bytes)
 
@@ -42,7 +47,7 @@ def redact(text: Text, secret: str | None) -> Text:
 
 
 class Redactor:
-    """Takes Sentinel API keys and the configured `secrets` out of text (see the module docstring)."""
+    """Takes Sentinel API keys, JWTs and the configured `secrets` out of text (see the module docstring)."""
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         # Longest first: a secret holding another is replaced whole.
@@ -54,6 +59,8 @@ class Redactor:
                 text = text.replace(secret, REDACTED)
         if SENTINEL_KEY_PREFIX in text:
             text = _SENTINEL_KEY.sub(SENTINEL_KEY_PREFIX + REDACTED, text)
+        if JWT_PREFIX in text:
+            text = _JWT.sub(REDACTED, text)
         return text
 
     def clipped(self, text: str, limit: int = MAX_LOGGED_CHARS) -> str:

@@ -16,6 +16,8 @@ from sentinel.observability.redaction import MIN_REDACTED, SENTINEL_KEY_PREFIX, 
 from tests.api.conftest import UPSTREAM_KEY, Gateway
 
 ADMIN_KEY = "admin-key-for-tests-0123"
+# A JWT short enough (101 characters) to pass as an X-Request-Id: HS256 over {"sub": "alice"}.
+JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSJ9.9Fq3OZ0mV2wYQxkJ3s6fP1xHk8c7R2aT0bUeLdN5gWs"
 DOCS_KEY = "docs-key-for-the-tests-4567"
 
 
@@ -32,6 +34,10 @@ def test_every_sentinel_key_and_configured_secret_is_taken_out() -> None:
     clipped = redactor.clipped("/" + "a" * (MAX_LOGGED_CHARS - 20) + key)
     assert key[len(KEY_PREFIX):][:4] not in clipped.rsplit("sk-sentinel-", 1)[-1] and clipped.endswith("***")
     assert redact(b"said sk-upstream-0123456789", "sk-upstream-0123456789") == b"said ***"
+    # A JWT (signed, or unsigned: `alg: none` has an empty signature) is a bearer credential wherever it is.
+    assert redactor(f"/v1/models?token={JWT}&x=1") == "/v1/models?token=***&x=1"
+    assert redactor("id eyJhbGciOiJub25lIn0.eyJzdWIiOiJhIn0. end") == "id *** end"
+    assert redactor("eyJ-looking but no token, a.b.c") == "eyJ-looking but no token, a.b.c"
 
 
 @contextlib.contextmanager
@@ -100,15 +106,16 @@ def test_a_request_id_holding_a_key_is_replaced_not_logged_or_echoed(
                 http.get("/v1/models", headers={**user, "X-Request-Id": f"trace:{gw.key}"}),
                 http.get("/admin/api/overview", headers={"Authorization": f"Bearer {ADMIN_KEY}", "X-Request-Id": ADMIN_KEY}),
                 http.get("/v1/models", headers={**user, "X-Request-Id": "my-trace.42"}),  # an ordinary id is kept
+                http.get("/v1/models", headers={**user, "X-Request-Id": JWT}),  # a bearer token, however short
             ]
         gw.server.stop()  # the lifespan shutdown writes the last batch of access lines
         err = capfd.readouterr().err
-    assert [a.status_code for a in answers] == [200, 200, 200, 200], [a.text for a in answers]
+    assert [a.status_code for a in answers] == [200] * 5, [a.text for a in answers]
     ids = [a.headers["x-request-id"] for a in answers]
     assert ids[3] == "my-trace.42"
-    for rid in ids[:3]:
+    for rid in ids[:3] + ids[4:]:
         assert KEY_PREFIX not in rid and ADMIN_KEY not in rid and len(rid) == 32, rid
-    for secret in (gw.key[len(KEY_PREFIX):], ADMIN_KEY):
+    for secret in (gw.key[len(KEY_PREFIX):], ADMIN_KEY, JWT.rsplit(".", 1)[1]):
         assert secret not in err, secret
     upstream = dict(sent["headers"])  # the provider is told the id the client was answered with
     assert upstream["x-client-request-id"] == ids[0] and gw.key[len(KEY_PREFIX):] not in str(sent["headers"])

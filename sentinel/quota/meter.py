@@ -572,6 +572,11 @@ class QuotaMeter:
                    min(MAX_TOKENS, charged[1] + sum(p.output_tokens for p in plan_parts)))
         rows = self._charges(record, admission.prices, charges) or [record]
         rows += parts
+        # The rows the plan counted: a charge or a part another read claimed first (`counted` False)
+        # is a row the ledger has (or will have) once, under the same key, which that read's metrics
+        # counted when it was stored (a read that died before storing it counted it in no process
+        # that still reports): counted again, the tokens and cost metrics held it twice.
+        new = ([c.counted for c in charges] if charges else [True]) + [part.counted for part in models]
         if admission.reservation is None or admission.limiter is None:  # admitted unchecked (failure mode open)
             await self._store(rows)
         else:
@@ -591,8 +596,9 @@ class QuotaMeter:
             finally:
                 await stored
         admission.recorded = Usage(input_tokens, output_tokens)
-        for each in rows:
-            self._counted(each)
+        for each, first in zip(rows, new, strict=True):
+            if first:
+                self._counted(each)
 
     @staticmethod
     def _charges(record: UsageRecord, prices: Prices | None, charges: Sequence[ObjectCharge]) -> list[UsageRecord]:

@@ -33,7 +33,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.quota.estimate import estimate_input
 from sentinel.quota.limiter import HOLD_WITHIN, QuotaLimiter
 from sentinel.quota.local_limiter import LocalLimiter
-from sentinel.quota.meter import Admission, ModelUsage, QuotaMeter, priced
+from sentinel.quota.meter import Admission, ModelUsage, ObjectCharge, QuotaMeter, priced
 from sentinel.quota.tokens import EncodingUnavailable, TokenCounter
 from sentinel.quota.unsettled import Unsettled
 from tests.support.clock import FakeClock
@@ -160,6 +160,30 @@ async def test_settle_commits_the_actual_tokens_and_writes_one_record() -> None:
     assert counted(s.metrics, "sentinel_tokens_total", direction="output", model=MODEL) == 11
     assert counted(s.metrics, "sentinel_usage_requests_total", model=MODEL, source="measured") == 1
     assert counted(s.metrics, "sentinel_cost_usd_total", provider="openai", model=MODEL) == record.cost_usd
+
+
+async def test_metrics_count_only_the_rows_the_plan_counted() -> None:
+    """A read that records an object's charge (or a run's model part) another read claimed first
+    (`counted` False) writes the row again under the same key: the ledger keeps one, and the
+    tokens, requests and cost metrics counted that read's copy on top of the first's."""
+    s = Setup(spec="requests=10/1m,input_tokens=100000/1m,output_tokens=100000/1m")
+    s.metrics.known_models.add("grader")
+    admission = await s.admit()
+    admission.prices = Prices(2.5, 10.0)
+    first, again = Usage(3, 4), Usage(70, 110)
+    grader, seen = ModelUsage("grader", Usage(5, 6), Prices(1.0, 1.0), of="run-1"), Usage(50, 60)
+    await s.meter.settle(
+        admission, usage=first.plus(again), output_text="", status=200, provider="openai",
+        charges=[ObjectCharge("obj-1", first), ObjectCharge("obj-2", again, counted=False)],
+        models=[grader, ModelUsage("grader", seen, Prices(1.0, 1.0), of="run-2", counted=False)],
+    )
+    assert len(s.outbox.records) == 4  # every row is written: the ledger keeps each key once
+    assert counted(s.metrics, "sentinel_tokens_total", direction="input", model=MODEL) == first.input_tokens
+    assert counted(s.metrics, "sentinel_tokens_total", direction="output", model=MODEL) == first.output_tokens
+    assert counted(s.metrics, "sentinel_tokens_total", direction="input", model="grader") == grader.usage.input_tokens
+    assert counted(s.metrics, "sentinel_usage_requests_total", source="measured") == 2
+    assert counted(s.metrics, "sentinel_cost_usd_total", provider="openai", model=MODEL) == Prices(2.5, 10.0).cost(3, 4)
+    assert counted(s.metrics, "sentinel_cost_usd_total", provider="openai", model="grader") == Prices(1.0, 1.0).cost(5, 6)
 
 
 async def test_steps_of_another_model_are_priced_at_its_prices() -> None:

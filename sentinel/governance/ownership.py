@@ -331,9 +331,11 @@ class Ownership:
         return "pending" if found is None or found.startswith(_PENDING) else "charged"
 
     async def confirm_charged(self, object_ids: Iterable[str], ttl: float | None) -> None:
-        """Mark `object_ids`' usage charged for good (`claim_charge`), once their record is stored."""
+        """Mark `object_ids`' usage charged for good (`claim_charge`), once their record is stored:
+        only a mark still there (SET XX) — an object deleted since its claim (its marks removed) got
+        its mark back, kept for ever without `ttl`."""
         keys = [_CHARGED + object_id for object_id in dict.fromkeys(object_ids) if _keyable(object_id)]
-        await asyncio.gather(*(self.store.set(key, _CONFIRMED, ttl) for key in keys))
+        await asyncio.gather(*(self.store.set(key, _CONFIRMED, ttl, xx=True) for key in keys))
 
     async def was_charged(self, object_id: str) -> bool:
         """Whether `object_id`'s usage was charged (`charge_once`, or `claim_charge` confirmed),

@@ -165,8 +165,11 @@ class Store(Protocol):
         (keys in different slots are fine; the read is not atomic across them). StoreUnavailable when
         any could not be read. Callers bound how many keys they pass."""
 
-    async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
-        """Store `value` (optionally only if absent). Returns False when `nx` and the key existed."""
+    async def set(
+        self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False, xx: bool = False
+    ) -> bool:
+        """Store `value` (`nx`: only if absent; `xx`: only if present). Returns False when `nx` and
+        the key existed, or `xx` and it did not."""
 
     async def delete(self, *keys: str) -> int:
         """Remove keys; returns how many existed."""

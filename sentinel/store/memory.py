@@ -156,8 +156,10 @@ class MemoryStore:
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return [self._ops.get(key) for key in keys]
 
-    async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
-        if nx and self._ops.exists(key):
+    async def set(
+        self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False, xx: bool = False
+    ) -> bool:
+        if (nx or xx) and (self._ops.exists(key) if nx else not self._ops.exists(key)):
             return False
         self._ops.set(key, value, ttl)
         self._maybe_sweep()

@@ -274,11 +274,13 @@ class RedisStore:
             values: Any = await self._command("MGET", *keys)  # one command, auto-pipelined with others
         return cast(list[bytes | None], values)
 
-    async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
+    async def set(
+        self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False, xx: bool = False
+    ) -> bool:
         # Whole milliseconds, at least one: `PX 0` is an error (a TTL under 1 ms, a JWT's last instant)
         px = max(1, math.ceil(ttl * 1000)) if ttl is not None else None
         async with self.guard(key):
-            result = await self._client.set(key, value, px=px, nx=nx)
+            result = await self._client.set(key, value, px=px, nx=nx, xx=xx)
         return bool(result)
 
     async def delete(self, *keys: str) -> int:

@@ -41,6 +41,14 @@ async def test_set_nx(store: Store) -> None:
     assert await store.get("k") == b"1"
 
 
+async def test_set_xx_only_overwrites(store: Store) -> None:
+    assert await store.set("k", b"1", ttl=10, xx=True) is False
+    assert await store.get("k") is None
+    await store.set("k", b"1")
+    assert await store.set("k", b"2", xx=True) is True
+    assert await store.get("k") == b"2"
+
+
 async def test_ttl_expiry_and_expire(store: Store) -> None:
     await store.set("short", b"x", ttl=0.15)
     await store.set("forever", b"y")

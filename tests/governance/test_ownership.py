@@ -402,6 +402,19 @@ async def test_an_answers_objects_are_claimed_at_once(store: Store, monkeypatch:
     assert await owners.owner_of("resp_2") == "carol"
 
 
+async def test_confirming_the_charge_of_an_object_deleted_since_its_claim_marks_nothing(store: Store) -> None:
+    """The object was deleted (`forget`: its marks removed) between the read's claim and its
+    confirm: a plain SET wrote its mark back — kept for ever without a ttl — for an id that names
+    nothing now. The confirm overwrites only a mark still there."""
+    owners = Ownership(store)
+    assert await owners.claim_charge("batch_gone", None) == "first"
+    assert await owners.claim_charge("batch_kept", None) == "first"
+    await owners.forget("batch_gone")
+    await owners.confirm_charged(["batch_gone", "batch_kept"], None)
+    assert await store.get("sentinel:charged:batch_gone") is None
+    assert await owners.was_charged("batch_kept") and not await owners.was_charged("batch_gone")
+
+
 async def test_a_reads_charge_is_claimed_then_confirmed_and_a_claim_never_confirmed_is_charged_again(
     store: Store,
 ) -> None:

@@ -93,8 +93,10 @@ class LostReply:
         elif isinstance(store, MemoryStore):
             real_set = store.set
 
-            async def set_(key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
-                done = await real_set(key, value, ttl, nx=nx)
+            async def set_(
+                key: str, value: bytes, ttl: float | None = None, *, nx: bool = False, xx: bool = False
+            ) -> bool:
+                done = await real_set(key, value, ttl, nx=nx, xx=xx)
                 if self._losing("SET", key):
                     raise StoreUnavailable("Redis is unavailable: TimeoutError")  # as RedisStore maps it
                 return done

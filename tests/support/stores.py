@@ -48,9 +48,11 @@ class FlakyStore(MemoryStore):
         self._enter("get_many")
         return await super().get_many(keys)
 
-    async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
+    async def set(
+        self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False, xx: bool = False
+    ) -> bool:
         self._enter("set")
-        return await super().set(key, value, ttl, nx=nx)
+        return await super().set(key, value, ttl, nx=nx, xx=xx)
 
     async def delete(self, *keys: str) -> int:
         self._enter("delete")

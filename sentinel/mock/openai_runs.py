@@ -114,7 +114,7 @@ class RunStore:
         thread: dict[str, Any] = {"id": new_id("thread_"), "object": "thread", "created_at": int(time.time()), "metadata": {}}
         self._keep(self.threads, thread)
         given: list[Any] = body["messages"] if isinstance(body.get("messages"), list) else []
-        self.messages[thread["id"]] = [self._message(thread["id"], "user", str(m.get("content")), None)
+        self.messages[thread["id"]] = [self._message(thread["id"], "user", str(m.get("content")), None, m.get("metadata"))
                                        for m in given if isinstance(m, dict)]
         return JSONReply(thread)
 
@@ -142,13 +142,14 @@ class RunStore:
         return JSONReply(self._done_run(run))
 
     def thread_messages(self, call: Call) -> Reply:
-        """GET /v1/threads/{id}/messages: newest first — its runs done first, as a client reading
-        them once they ran (each run's answer a message naming it)."""
+        """GET /v1/threads/{id}/messages: newest first (`order=asc`: oldest first) — its runs done
+        first, as a client reading them once they ran (each run's answer a message naming it)."""
         thread = self._thread(call)
         call.resolve_faults("")
         for run in [r for r in self.runs.values() if r["thread_id"] == thread]:
             self._done_run(run)
-        return JSONReply({"object": "list", "data": self.messages[thread][::-1], "has_more": False})
+        listed = self.messages[thread] if call.query.get("order") == "asc" else self.messages[thread][::-1]
+        return JSONReply({"object": "list", "data": listed, "has_more": False})
 
     def _keep(self, objects: dict[str, dict[str, Any]], made: dict[str, Any]) -> None:
         objects[made["id"]] = made
@@ -170,8 +171,11 @@ class RunStore:
         return run
 
     @staticmethod
-    def _message(thread: str, role: str, text: str, run: dict[str, Any] | None) -> dict[str, Any]:
+    def _message(
+        thread: str, role: str, text: str, run: dict[str, Any] | None, metadata: Any = None
+    ) -> dict[str, Any]:
         return {"id": new_id("msg_"), "object": "thread.message", "created_at": int(time.time()), "thread_id": thread,
                 "role": role, "content": [{"type": "text", "text": {"value": text, "annotations": []}}],
                 "run_id": None if run is None else run["id"],
-                "assistant_id": None if run is None else run["assistant_id"], "attachments": [], "metadata": {}}
+                "assistant_id": None if run is None else run["assistant_id"], "attachments": [],
+                "metadata": metadata if isinstance(metadata, dict) else {}}

@@ -28,9 +28,12 @@ log = logging.getLogger("sentinel.answers")
 # Statuses after which a run's usage no longer changes (the OpenAI API's terminal ones).
 EVAL_RUN_DONE = frozenset({"completed", "failed", "canceled"})
 THREAD_RUN_DONE = frozenset({"completed", "failed", "cancelled", "incomplete", "expired"})
-# The most runs one read of a thread's messages fetches (a page holds at most 100 messages; runs
-# left over are fetched by a later read, still uncharged).
+# The most runs one read of a thread's messages fetches, of those it names that no read charged yet
+# (runs left over are fetched by a later read, still uncharged).
 MAX_FETCHED_RUNS = 20
+# The most runs one read of a thread's messages names that are looked up (a page holds at most 100
+# messages): runs charged already, however many, do not hide the others from charging.
+MAX_NAMED_RUNS = 100
 # A run id as the provider writes it (`run_abc123`): it goes into the path of the fetch.
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
@@ -107,7 +110,8 @@ class RunCharges:
     ) -> tuple[list[ObjectCharge], list[str]]:
         """The charges (`ObjectCharge`) of the Assistants runs of `read` — the one its path names, or
         `named` (`named_runs` of the messages an answer shows, `RunIdScanner.named` of one too large
-        to parse) — that no read charged yet, fetched (`read.fetch`) and claimed when done, and every
+        to parse) — that no read charged yet (MAX_FETCHED_RUNS at most, the first: runs charged
+        already never take their place), fetched (`read.fetch`) and claimed when done, and every
         run claimed (those done without a usage too: confirmed with the others once their records
         are stored). A run whose fetch fails, that is not of the thread, or not done yet, stays
         uncharged (a later read fetches it again); a store that cannot say which runs were charged
@@ -118,7 +122,7 @@ class RunCharges:
         if not named:
             return [], []
         try:
-            unread = await self.ownership.uncharged(named)
+            unread = (await self.ownership.uncharged(named))[:MAX_FETCHED_RUNS]
         except StoreUnavailable:
             self.ownership.outage.warning("the store is unavailable: runs a thread's messages name were not charged")
             return [], []
@@ -151,47 +155,88 @@ class RunCharges:
 
 def named_runs(answer: Any) -> list[str]:
     """The runs the messages `answer` shows (a list's `data`, or one message) name by `run_id`:
-    distinct, MAX_FETCHED_RUNS at most."""
+    distinct, MAX_NAMED_RUNS at most."""
     named: dict[str, None] = {}
     for message in _shown(answer, "thread.message"):
         run_id = message.get("run_id")
-        if isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) and len(named) < MAX_FETCHED_RUNS:
+        if isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) and len(named) < MAX_NAMED_RUNS:
             named[run_id] = None
     return list(named)
 
 
-# A message's `run_id` as the provider writes it, in the bytes of an answer too large to parse. In a
-# JSON string a quote is escaped (`\"`): `"run_id"` then `:` is a key, never text a model wrote —
-# though a key of an object the caller chose may read so (a message's `metadata`), which only costs a
-# fetch: a run is fetched below the caller's own thread, and charged only when it is that thread's.
+# A message's `run_id` as the provider writes it, in the bytes of an answer too large to parse: a key
+# of a message itself — the answer (one message) or an item of its `data` (a list) —, never one of an
+# object inside a message (its `metadata`, the caller's own keys and values: a fake `run_id` there
+# would take the place of a real run's), nor text inside a JSON string (a model's, escaped).
 _RUN_ID_KEY = re.compile(rb'"run_id"[ \t\r\n]{0,32}:[ \t\r\n]{0,32}"([A-Za-z0-9_-]{1,100})"')
-_RUN_ID_SPAN = 256  # bytes that hold any match of _RUN_ID_KEY: carried from a chunk to the next
+# What a chunk's end can cut a match of _RUN_ID_KEY to (a prefix of one, whole: read with the next).
+_RUN_ID_CUT = re.compile(rb'"(?:r(?:u(?:n(?:_(?:i(?:d(?:"[ \t\r\n]{0,32}(?::[ \t\r\n]{0,32}(?:"[A-Za-z0-9_-]{0,100})?)?)?)?)?)?)?)?)?')
+_STRING_REST = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)  # a string's bytes up to its closing quote
+_STRUCTURE = re.compile(rb'["{}\[\]]')  # outside strings: what opens or closes a string or a container
+# The containers around a message's own keys: the answer (one message), or a list's item.
+_MESSAGE_LEVELS = (b"{", b"{[{")
+_KEPT_LEVELS = 3  # the outermost containers kept (deeper ones are only counted: bounded memory)
 
 
 class RunIdScanner:
     """The runs a thread's messages answer too large to parse whole (over `MAX_BUFFERED`: long
     messages) names by `run_id`, read as its bytes pass (as `named_runs` reads a parsed one):
-    distinct, MAX_FETCHED_RUNS at most. Such an answer shows the runs' results as any other."""
+    distinct, MAX_NAMED_RUNS at most. Such an answer shows the runs' results as any other. Its JSON
+    is followed as it passes (strings, containers' nesting), in linear time and bounded memory,
+    so that only a message's own `run_id` counts (see `_RUN_ID_KEY`)."""
 
     def __init__(self) -> None:
         self._named: dict[str, None] = {}
-        self._carry = b""
+        self._carry = b""  # bytes not read yet (a key cut by a chunk's end, a trailing escape)
+        self._in_string = False
+        self._depth = 0
+        self._levels = b""  # the outermost containers open (`{`, `[`), _KEPT_LEVELS at most
 
     @property
     def named(self) -> list[str]:
         return list(self._named)
 
     def feed(self, chunk: bytes) -> None:
-        if len(self._named) >= MAX_FETCHED_RUNS or not chunk:
+        if len(self._named) >= MAX_NAMED_RUNS or not chunk:
             return
-        buf = self._carry + chunk
-        end = 0
-        for match in _RUN_ID_KEY.finditer(buf):
-            end = match.end()
-            self._named[match.group(1).decode("ascii")] = None
-            if len(self._named) >= MAX_FETCHED_RUNS:
+        buf = self._carry + chunk if self._carry else chunk
+        self._carry = b""
+        pos, size = 0, len(buf)
+        while pos < size:
+            if self._in_string:
+                pos = _STRING_REST.match(buf, pos).end()  # type: ignore[union-attr]  # (matches empty)
+                if pos == size:
+                    return
+                if buf[pos] == 0x5C:  # a backslash ending the chunk: read with the byte it escapes
+                    self._carry = buf[pos:]
+                    return
+                self._in_string, pos = False, pos + 1
+                continue
+            found = _STRUCTURE.search(buf, pos)
+            if found is None:
                 return
-        self._carry = buf[max(end, len(buf) - _RUN_ID_SPAN):]
+            at, byte = found.start(), buf[found.start()]
+            pos = at + 1
+            if byte == 0x22:  # '"'
+                if self._levels in _MESSAGE_LEVELS and self._depth == len(self._levels):
+                    key = _RUN_ID_KEY.match(buf, at)
+                    if key is not None:
+                        self._named[key.group(1).decode("ascii")] = None
+                        if len(self._named) >= MAX_NAMED_RUNS:
+                            return
+                        pos = key.end()
+                        continue
+                    if _RUN_ID_CUT.fullmatch(buf, at):  # perhaps a `run_id` the next chunk ends
+                        self._carry = buf[at:]
+                        return
+                self._in_string = True
+            elif byte in b"{[":
+                if self._depth < _KEPT_LEVELS:
+                    self._levels += bytes((byte,))
+                self._depth += 1
+            else:
+                self._depth = max(self._depth - 1, 0)
+                self._levels = self._levels[: self._depth]
 
 
 def _shown(answer: Any, kind: str) -> list[dict[str, Any]]:

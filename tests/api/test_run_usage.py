@@ -15,6 +15,7 @@ import pytest
 from sentinel.domain.usage import charge_id
 from sentinel.mock.app import create_mock_app
 from sentinel.mock.openai_runs import GRADED, RUN_USAGE, SAMPLED
+from sentinel.services.run_usage import MAX_FETCHED_RUNS
 from tests.api.conftest import Gateway
 from tests.support.accounts import create_key
 from tests.support.attack import SpyUpstream, ledger_rows, spying
@@ -173,6 +174,62 @@ def test_a_run_read_through_messages_too_large_to_parse_is_charged_once(
     rows = ledger_rows(gw.settings.database_url, "alice")
     assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [
         (0, 0), (0, 0), (0, 0), (RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"]), (0, 0)]
+
+
+def test_fake_run_ids_in_messages_metadata_do_not_hide_a_real_run_of_a_large_answer(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """A message's `metadata` is the caller's: 20 messages whose metadata holds a `run_id` key, listed
+    before the run's own message in a messages answer over 1 MiB, filled every run a read fetches
+    with fakes (not found: never charged, the same on every read) — the real run was never charged."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
+    client = gw.openai()
+    assistant = client.beta.assistants.create(model="gpt-4o-mini", name="helper")
+    fakes = [{"role": "user", "content": "x", "metadata": {"run_id": f"run_fake{i}"}} for i in range(MAX_FETCHED_RUNS)]
+    thread = client.beta.threads.create(messages=[*fakes, {"role": "user", "content": "long " * 250_000}])
+    run = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id)
+    spy.clear()
+    first = client.beta.threads.messages.list(thread.id, order="asc")
+    assert [m.metadata for m in first.data[:2]] == [{"run_id": "run_fake0"}, {"run_id": "run_fake1"}]
+    assert first.data[-1].run_id == run.id
+    assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages", f"/v1/threads/{thread.id}/runs/{run.id}"]
+    spy.clear()
+    client.beta.threads.messages.list(thread.id, order="asc")
+    assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages"]  # charged already
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 5)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [
+        (0, 0), (0, 0), (0, 0), (RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"]), (0, 0)]
+
+
+def test_runs_charged_already_do_not_hide_the_threads_other_runs(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """A read fetches at most MAX_FETCHED_RUNS runs, of those not charged yet: listed oldest first,
+    runs charged already took every place, and a later run (its answer read) was never charged."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
+    client = gw.openai()
+    assistant = client.beta.assistants.create(model="gpt-4o-mini", name="helper")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "hello"}])
+    runs = [client.beta.threads.runs.create(thread.id, assistant_id=assistant.id).id for _ in range(MAX_FETCHED_RUNS + 1)]
+    spy.clear()
+    listed = client.beta.threads.messages.list(thread.id, order="asc")
+    assert [m.run_id for m in listed.data] == [None, *runs]
+    assert [s.path for s in spy.seen[1:]] == [f"/v1/threads/{thread.id}/runs/{r}" for r in runs[:MAX_FETCHED_RUNS]]
+    spy.clear()
+    client.beta.threads.messages.list(thread.id, order="asc")
+    assert [s.path for s in spy.seen[1:]] == [f"/v1/threads/{thread.id}/runs/{runs[-1]}"]
+    spy.clear()
+    client.beta.threads.messages.list(thread.id, order="asc")
+    assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages"]  # all charged
+    prompt, completion = RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"]
+
+    def charged() -> list[tuple[int, int]]:
+        rows = ledger_rows(gw.settings.database_url, "alice")
+        return [(r["input_tokens"], r["output_tokens"]) for r in rows if r["input_tokens"] or r["output_tokens"]]
+
+    assert wait_for(lambda: len(charged()) == len(runs))
+    assert charged() == [(prompt, completion)] * len(runs)  # each run once
 
 
 def test_a_run_whose_thread_is_another_users_is_never_fetched_nor_charged(

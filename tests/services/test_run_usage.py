@@ -2,33 +2,60 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
-from sentinel.services.run_usage import MAX_FETCHED_RUNS, RunIdScanner, named_runs
+from sentinel.services.run_usage import MAX_NAMED_RUNS, RunIdScanner, named_runs
 
 
-def _messages(*run_ids: str | None, text: str = "hi") -> bytes:
+def _messages(*run_ids: str | None, text: str = "hi", metadata: dict[str, str] | None = None) -> bytes:
     return orjson.dumps({"object": "list", "data": [
-        {"id": f"msg_{i}", "object": "thread.message", "thread_id": "thread_1", "run_id": run_id,
-         "content": [{"type": "text", "text": {"value": text, "annotations": []}}]}
+        {"id": f"msg_{i}", "object": "thread.message", "thread_id": "thread_1", "metadata": metadata or {},
+         "content": [{"type": "text", "text": {"value": text, "annotations": []}}], "run_id": run_id}
         for i, run_id in enumerate(run_ids)], "has_more": False})
 
 
+def _scanned(*chunks: bytes) -> list[str]:
+    scanner = RunIdScanner()
+    for chunk in chunks:
+        scanner.feed(chunk)
+    return scanner.named
+
+
 def test_the_scanner_reads_the_runs_a_parse_reads_however_the_answer_is_cut() -> None:
-    answer = _messages("run_a", None, "run_b", "run_a", text='he wrote "run_id": "run_text" and {"run_id":"run_x"}')
+    answer = _messages("run_a", None, "run_b", "run_a", text='he wrote "run_id": "run_text" and {"run_id":"run_x"}\\')
     expected = named_runs(orjson.loads(answer))
     assert expected == ["run_a", "run_b"]
     for cut in range(1, len(answer)):
-        scanner = RunIdScanner()
-        scanner.feed(answer[:cut])
-        scanner.feed(answer[cut:])
-        assert scanner.named == expected, cut
+        assert _scanned(answer[:cut], answer[cut:]) == expected, cut
 
 
-def test_the_scanner_reads_one_byte_at_a_time_and_stops_at_the_most_fetched() -> None:
-    runs = [f"run_{i}" for i in range(MAX_FETCHED_RUNS + 5)]
+def test_the_scanner_ignores_a_run_id_in_a_messages_metadata_however_the_answer_is_cut() -> None:
+    """A message's `metadata` is the caller's: a `run_id` key there (listed before the runs' own
+    messages) took the place of the real runs (fetched: not found, never charged)."""
+    answer = _messages(None, None, "run_real", metadata={"run_id": "run_fake", "note": '"run_id": "run_in_value"'})
+    assert b'"run_id":"run_fake"' in answer
+    expected = named_runs(orjson.loads(answer))
+    assert expected == ["run_real"]
+    for cut in range(1, len(answer)):
+        assert _scanned(answer[:cut], answer[cut:]) == expected, cut
+    for first in range(1, len(answer), 7):  # cut three ways: every stretch of the metadata split
+        for second in range(first + 1, min(first + 40, len(answer))):
+            assert _scanned(answer[:first], answer[first:second], answer[second:]) == expected, (first, second)
+
+
+def test_the_scanner_reads_one_message_and_no_deeper_object_of_it() -> None:
+    message: dict[str, Any] = {"id": "msg_1", "object": "thread.message", "metadata": {"run_id": "run_fake"},
+                               "attachments": [{"file_id": "file_1", "tools": [{"run_id": "run_deep"}]}],
+                               "run_id": "run_real"}
+    answer = orjson.dumps(message)
+    assert named_runs(orjson.loads(answer)) == ["run_real"]
+    assert _scanned(*(answer[i : i + 1] for i in range(len(answer)))) == ["run_real"]
+
+
+def test_the_scanner_reads_one_byte_at_a_time_and_stops_at_the_most_named() -> None:
+    runs = [f"run_{i}" for i in range(MAX_NAMED_RUNS + 5)]
     answer = _messages(*runs)
-    scanner = RunIdScanner()
-    for byte in range(len(answer)):
-        scanner.feed(answer[byte : byte + 1])
-    assert scanner.named == named_runs(orjson.loads(answer)) == runs[:MAX_FETCHED_RUNS]
+    assert _scanned(*(answer[i : i + 1] for i in range(len(answer)))) == named_runs(orjson.loads(answer)) \
+        == runs[:MAX_NAMED_RUNS]

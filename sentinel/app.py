@@ -70,7 +70,7 @@ class SentinelApp:
         if s.access_log and access_log_wanted():
             self.access_log = AccessLog(sys.stderr.buffer)
             self.access_log.start()
-        throttle = FailedAuthThrottle(s.auth_failures_per_minute)
+        throttle = FailedAuthThrottle(s.auth_failures_per_minute, store=runtime.store)
         slots = UserSlots(s.max_in_flight_per_user)
         bodies = BodyBudget(s.max_body_bytes_in_flight, s.body_bytes_per_user)
         deps = Deps(

@@ -138,13 +138,13 @@ class AdminGate:
         """The admin access of a request (lower-cased `headers`): AuthenticationError (401) without a
         valid key or session, PermissionDenied (403) for a cookie request that changes state without
         its CSRF header, RateLimited (429) for an address that failed too often."""
-        self.throttle.check(address)
+        await self.throttle.check(address)
         bearer = headers.get("authorization")
         if bearer is not None:
             scheme, _, given = bearer.partition(" ")
             if scheme.lower() == "bearer" and given.strip() and self.key_matches(given.strip()):
                 return AdminAccess(None, None)
-            self.throttle.failed(address)
+            await self.throttle.failed(address)
             raise _unauthenticated("The admin API takes the admin key (SENTINEL_ADMIN_KEY), not a user's key")
         session = await self.session_of(headers)
         if session is None:

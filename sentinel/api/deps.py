@@ -42,8 +42,13 @@ class Deps:
             try:
                 try:
                     token = parse_credential(request.headers.get("authorization"), request.headers.get("x-api-key"))
-                except AuthenticationError:
-                    self.throttle.check(address)
+                except AuthenticationError as exc:
+                    # No credential at all is judged on this process's count (no store round trip):
+                    # it costs no lookup and guesses no key.
+                    if exc.code == "missing_api_key":
+                        self.throttle.check_here(address)
+                    else:
+                        await self.throttle.check(address)
                     raise
                 identity = await self.authenticator.authenticate(
                     token, lookup=lambda: self.throttle.lookup(address), unknown=lambda: self.throttle.check(address)
@@ -53,7 +58,7 @@ class Deps:
                 # opens can make it send one (an <img>), so counting it let any site lock its
                 # visitors' address out — the admin key and every user key behind the same NAT too.
                 if exc.code != "missing_api_key":
-                    self.throttle.failed(address)
+                    await self.throttle.failed(address)  # in this process's count before its first await
                 raise
         ctx.external_id = identity.external_id
         if ctx.slot is None:  # given back by RequestMiddleware once the answer is sent

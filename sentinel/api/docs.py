@@ -119,7 +119,7 @@ class DocsRoutes:
     def _key_in_query(request: Request) -> bool:
         return any(name.lower() in QUERY_KEY_NAMES for name in request.query_params)
 
-    def _admitted(self, request: Request) -> bool:
+    async def _admitted(self, request: Request) -> bool:
         """Whether the request carries the docs key or a signed-in cookie. A wrong `X-Docs-Key` counts
         as a failed sign-in (and a throttled address is refused, 429): the header is no way around
         the sign-in form's throttle for guessing the key."""
@@ -127,19 +127,19 @@ class DocsRoutes:
         if "x-docs-key" not in headers or self.gate.open:
             return self.gate.allows(headers)
         address = client_of(request)
-        self.throttle.check(address)
+        await self.throttle.check(address)
         if self.gate.allows(headers):
             return True
-        self.throttle.failed(address)
+        await self.throttle.failed(address)
         return False
 
     async def page(self, request: Request) -> RawResponse:
-        if not self._admitted(request):
+        if not await self._admitted(request):
             return self._signin_page(401, QUERY_KEY_MESSAGE if self._key_in_query(request) else None)
         return RawResponse(200, self.page_html.encode(), list(HTML_HEADERS))
 
     async def openapi(self, request: Request) -> RawResponse:
-        if not self._admitted(request):
+        if not await self._admitted(request):
             message = QUERY_KEY_MESSAGE if self._key_in_query(request) else (
                 "Send the docs key in the X-Docs-Key header, or sign in at /native/docs/signin"
             )

@@ -127,14 +127,14 @@ class OpsRoutes:
         """The exposition, rendered in a thread (~20 ms of CPU with a realistic registry, more with
         `--workers`: on the event loop, a flood of these public scrapes starved every request); scrapes
         arriving while a render runs share it, one arriving after it ends renders again."""
-        self._check_token(request)
+        await self._check_token(request)
         body = await self._rendering.run(None, self._render)
         return RawResponse(200, body, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"), NOSNIFF])
 
     async def _render(self) -> bytes:
         return await asyncio.to_thread(self.metrics.render)
 
-    def _check_token(self, request: Request) -> None:
+    async def _check_token(self, request: Request) -> None:
         """Nothing without METRICS_TOKEN; else AuthenticationError (401) unless the request carries it
         (a wrong one is counted as a failed authentication of its address: 429 past the limit)."""
         if self._token_digest is None:
@@ -147,10 +147,10 @@ class OpsRoutes:
             )
         address = client_of(request)
         if self.throttle is not None:
-            self.throttle.check(address)
+            await self.throttle.check(address)
         if not hmac.compare_digest(_digest(given), self._token_digest):
             if self.throttle is not None:
-                self.throttle.failed(address)
+                await self.throttle.failed(address)
             raise AuthenticationError("Wrong metrics token", code="invalid_metrics_token")
 
 

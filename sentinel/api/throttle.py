@@ -15,11 +15,24 @@ body deadline passed, or the client left) is a failed one too.
 
 A client is its address: an IPv4 address (an IPv4-mapped IPv6 one counts as its IPv4 address), or
 the /64 an IPv6 address belongs to (one host usually holds a whole /64: counting its addresses
-one by one would give it billions of tries). Counted in this process (each replica counts its
-own: N replicas admit up to N x `limit` failures a minute); the address is the socket peer's, or
-the one a trusted proxy reported (`SENTINEL_FORWARDED_ALLOW_IPS`). The table holds at most
-`max_clients` clients: when it is full, the counts of past minutes and of clients below the limit
-are dropped first; clients at the limit are never forgotten before their minute ends.
+one by one would give it billions of tries). The address is the socket peer's, or the one a
+trusted proxy reported (`SENTINEL_FORWARDED_ALLOW_IPS`).
+
+Where it is counted: with a shared store (Redis, Redis Cluster: `Store.shared`) a client's failures
+of a minute live in the store, one counter per (bucket, address, minute) with that minute as its TTL
+(`COUNT_FAILURE`, one key: atomic with EVALSHA), so every worker and replica on that store counts
+one total — N processes admit `limit` failures a minute, not N x `limit`. Only failures and the
+checks that precede a lookup or a key's judgement touch the store (`check`); a credential whose
+identity is cached is served without them, and a request with no credential at all is judged on
+this process's table alone (`check_here`: it costs no lookup, and no key is guessed with it). This
+process's table mirrors what it learnt of the shared count (the larger of its own and the store's),
+so a client seen at its limit is refused without asking the store again that minute. When the store
+cannot answer, the table is the count: each process counts its own until the store is back (no one
+is locked out by an outage, nor are the failures uncounted). The in-memory store (one process, the
+embedded default) uses the table alone. The lookups in flight (`lookup`) are counted per process.
+The table holds at most `max_clients` clients: when it is full, the counts of past minutes and of
+clients below the limit are dropped first; clients at the limit are never forgotten before their
+minute ends.
 
 Each address has two buckets (`client_of`): failures of requests a browser page of another origin
 sent (an `Origin` header, and the browser's `Sec-Fetch-Site` or else the `Host` saying it is another
@@ -37,7 +50,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import ipaddress
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,10 +61,34 @@ from contextlib import asynccontextmanager
 from starlette.requests import ClientDisconnect, Request
 
 from sentinel.api.docs_auth import from_another_site
-from sentinel.errors import Overloaded, RateLimited
+from sentinel.errors import Overloaded, RateLimited, StoreUnavailable
+from sentinel.observability.logging import Repeated
+from sentinel.store import Store
+from sentinel.store.base import LocalOps, Script
+
+log = logging.getLogger("sentinel.auth")
 
 MAX_CLIENTS = 100_000
 CROSS_ORIGIN = "cross-origin "  # what an address's second bucket is counted under: this, then the address
+PREFIX = "sentinel:authfail:"  # then `<minute index>:<client>` (`shared_key`)
+
+# KEYS[1]: a client's counter of one minute; ARGV[1]: its TTL in ms. Adds one failure and returns the
+# total; a new counter (or one somehow left without a TTL) gets the TTL, so it never outlives long.
+_COUNT_LUA = """
+local n = redis.call('INCR', KEYS[1])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
+
+def _count_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    n = ops.incrby(keys[0], 1)
+    if ops.pttl(keys[0]) < 0:
+        ops.expire(keys[0], int(args[0]) / 1000)
+    return n
+
+
+COUNT_FAILURE = Script(name="authfail_count", lua=_COUNT_LUA, local=_count_local)
 
 
 def address_of(request: Request) -> str | None:
@@ -103,40 +142,90 @@ def client_key(address: str | None) -> str | None:
     return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
 
 
+def shared_key(index: int, key: str) -> str:
+    """The store key of client `key`'s failures in minute `index`: readable for an address (or a
+    cross-origin bucket's), a digest for anything longer (a proxy's odd `X-Forwarded-For` entry)."""
+    if len(key) > 64:
+        key = "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{PREFIX}{index}:{key}"
+
+
 class FailedAuthThrottle:
-    """Per-client counts of failed authentications over fixed one-minute windows, and of the
-    identity lookups each client has in flight."""
+    """Per-client counts of failed authentications over fixed one-minute windows — in the store when
+    it is shared by several processes, else in this one — and of the identity lookups each client
+    has in flight in this process."""
 
     def __init__(
         self, limit: int, *, window: float = 60.0, clock: Callable[[], float] = time.time,
-        max_clients: int = MAX_CLIENTS,
+        max_clients: int = MAX_CLIENTS, store: Store | None = None,
     ) -> None:
         self.limit = limit
         self.window = window
         self.clock = clock
         self.max_clients = max_clients
+        self.store = store if store is not None and store.shared else None  # None: this process's table alone
         self._counts: dict[str, tuple[int, int]] = {}  # client -> (window index, failures)
         self._pending: dict[str, int] = {}  # client -> identity lookups in flight
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}  # client -> lookups waiting for a turn
+        self._repeated = Repeated(log)
 
-    def check(self, address: str | None) -> None:
-        """RateLimited (429) when `address` already failed `limit` times in this window."""
+    async def check(self, address: str | None) -> None:
+        """RateLimited (429) when `address` already failed `limit` times in this window, in every
+        process sharing the store (this process's count when the store cannot say)."""
         key = client_key(address)
-        if key is not None and self._failures(key) >= self.limit:
+        if key is None:
+            return
+        self._refuse(key)
+        if self.store is None:
+            return
+        index = math.floor(self.clock() / self.window)
+        try:
+            raw = await self.store.get(shared_key(index, key))
+            count = int(raw) if raw is not None else 0
+        except (StoreUnavailable, ValueError):
+            self._repeated.warning("failed-authentication throttle: store unavailable; counting in this process")
+            return
+        self._learn(key, index, count)
+        self._refuse(key)
+
+    def check_here(self, address: str | None) -> None:
+        """`check` on what this process knows (its own failures, and the shared count it last saw):
+        for requests that cost no lookup and judge no key."""
+        key = client_key(address)
+        if key is not None:
+            self._refuse(key)
+
+    async def failed(self, address: str | None) -> None:
+        """Count one failed authentication from `address`: in this process's table at once (before
+        any await: a lookup waiting for its turn sees it), then in the shared store."""
+        key = client_key(address)
+        if key is None:
+            return
+        index = math.floor(self.clock() / self.window)
+        seen = self._counts.get(key)
+        self._learn(key, index, seen[1] + 1 if seen is not None and seen[0] == index else 1)
+        if self.store is None:
+            return
+        try:
+            total = await self.store.run(COUNT_FAILURE, [shared_key(index, key)], [math.ceil(self.window * 1000)])
+        except StoreUnavailable:
+            self._repeated.warning("failed-authentication throttle: store unavailable; counting in this process")
+            return
+        self._learn(key, index, int(total))
+
+    def _refuse(self, key: str) -> None:
+        if self._failures(key) >= self.limit:
             retry = (math.floor(self.clock() / self.window) + 1) * self.window - self.clock()
             raise RateLimited(
                 "Too many failed authentications from this address; retry later",
                 code="auth_rate_limited", retry_after=retry,
             )
 
-    def failed(self, address: str | None) -> None:
-        """Count one failed authentication from `address`."""
-        key = client_key(address)
-        if key is None:
-            return
-        index = math.floor(self.clock() / self.window)
+    def _learn(self, key: str, index: int, count: int) -> None:
+        """Take `count` failures of `key` in minute `index` into the table, unless it holds more."""
         seen = self._counts.get(key)
-        count = seen[1] + 1 if seen is not None and seen[0] == index else 1
+        if count <= 0 or (seen is not None and seen[0] == index and seen[1] >= count):
+            return
         if key not in self._counts and len(self._counts) >= self.max_clients and not self._make_room(index):
             return  # every client in the table is at its limit this minute: those stay
         self._counts[key] = (index, count)
@@ -152,7 +241,7 @@ class FailedAuthThrottle:
             yield
             return
         while self._failures(key) + self._pending.get(key, 0) >= self.limit:
-            self.check(address)
+            self._refuse(key)
             turn = asyncio.get_running_loop().create_future()
             self._waiting.setdefault(key, []).append(turn)
             try:
@@ -184,17 +273,17 @@ class FailedAuthThrottle:
         is judged. The form is read outside the turn: a slow form holds none; one refused while read
         (its body deadline passed: 408, its client left: 499, too large: 413, not a form: 400) counts
         as a failed sign-in — only the server being full (Overloaded) is not the sender's doing."""
-        self.check(address)
+        await self.check(address)
         try:
             key = await read()
         except (Exception, ClientDisconnect) as exc:
             if not isinstance(exc, Overloaded):
-                self.failed(address)
+                await self.failed(address)
             raise
         async with self.lookup(address):
             if key and matches(key):
                 return True
-            self.failed(address)
+            await self.failed(address)
             return False
 
     def _failures(self, key: str) -> int:

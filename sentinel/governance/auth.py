@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager, nullcontext
 
 from sentinel.domain.identity import Identity
@@ -137,7 +137,7 @@ class Authenticator:
 
     async def authenticate(
         self, token: str, *, lookup: Callable[[], AbstractAsyncContextManager[None]] | None = None,
-        unknown: Callable[[], None] | None = None,
+        unknown: Callable[[], Awaitable[None]] | None = None,
     ) -> Identity:
         """Identity for `token`; AuthenticationError (401), PermissionDenied (403, an identity whose
         usage cannot be reported) or GovernanceUnavailable (503). `lookup()`, when given, is entered
@@ -156,7 +156,7 @@ class Authenticator:
                 return self._admit(cached.value)
             stale = cached.value
         elif unknown is not None:
-            unknown()
+            await unknown()
         if key in self.operator_keys:
             raise AuthenticationError("An operator key is not a user credential: use an API key or a JWT")
         if key in self.withheld:

@@ -21,7 +21,7 @@ async def _failing_lookup(throttle: FailedAuthThrottle, address: str, release: a
             await release.wait()
             raise AuthenticationError()
     except AuthenticationError:
-        throttle.failed(address)
+        await throttle.failed(address)
         return "401"
     except RateLimited:
         return "429"
@@ -42,7 +42,7 @@ async def test_concurrent_made_up_tokens_cannot_all_pass_the_check_before_the_fi
     assert len(seen) == 3, len(seen)
     assert sorted(outcomes) == ["401"] * 3 + ["429"] * 17
     with pytest.raises(RateLimited):
-        throttle.check("198.51.100.7")
+        await throttle.check("198.51.100.7")
 
 
 async def test_lookups_that_succeed_let_the_waiting_ones_through() -> None:
@@ -61,33 +61,33 @@ async def test_lookups_that_succeed_let_the_waiting_ones_through() -> None:
 
     await asyncio.gather(*(valid() for _ in range(10)))
     assert most == 2
-    throttle.check("198.51.100.8")  # nothing failed: not throttled
+    await throttle.check("198.51.100.8")  # nothing failed: not throttled
 
 
-def test_an_ipv6_host_is_one_client_however_many_addresses_of_its_64_it_uses() -> None:
+async def test_an_ipv6_host_is_one_client_however_many_addresses_of_its_64_it_uses() -> None:
     throttle = FailedAuthThrottle(2, clock=lambda: 1000.0)
-    throttle.failed("2001:db8:1:2::1")
-    throttle.failed("2001:db8:1:2:ffff:ffff:ffff:fffe")
+    await throttle.failed("2001:db8:1:2::1")
+    await throttle.failed("2001:db8:1:2:ffff:ffff:ffff:fffe")
     with pytest.raises(RateLimited):
-        throttle.check("2001:db8:1:2::99")
-    throttle.check("2001:db8:1:3::1")  # another /64: another client
+        await throttle.check("2001:db8:1:2::99")
+    await throttle.check("2001:db8:1:3::1")  # another /64: another client
     assert client_key("::ffff:192.0.2.1") == "192.0.2.1"  # an IPv4-mapped address is its IPv4 address
     assert client_key("192.0.2.1") == "192.0.2.1"
     assert client_key("fe80::1%eth0") == "fe80::/64"
 
 
-def test_a_full_table_never_forgets_a_client_at_its_limit() -> None:
+async def test_a_full_table_never_forgets_a_client_at_its_limit() -> None:
     """When the table was full, every count was cleared: an attacker filling it lifted its own lockout."""
     throttle = FailedAuthThrottle(2, clock=lambda: 1000.0, max_clients=10)
-    throttle.failed("203.0.113.1")
-    throttle.failed("203.0.113.1")  # at the limit
+    await throttle.failed("203.0.113.1")
+    await throttle.failed("203.0.113.1")  # at the limit
     for i in range(2, 40):  # fill the table with other addresses, each below the limit
-        throttle.failed(f"203.0.113.{i}")
+        await throttle.failed(f"203.0.113.{i}")
     with pytest.raises(RateLimited):
-        throttle.check("203.0.113.1")
+        await throttle.check("203.0.113.1")
 
 
-def test_an_ipv6_address_is_parsed_once_however_often_it_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_ipv6_address_is_parsed_once_however_often_it_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every request's check parsed its IPv6 address again (5-9 µs): a client's key is remembered."""
     import ipaddress
 
@@ -103,7 +103,7 @@ def test_an_ipv6_address_is_parsed_once_however_often_it_is_checked(monkeypatch:
     client_key.cache_clear()
     throttle = FailedAuthThrottle(3, clock=lambda: 1000.0)
     for _ in range(5):
-        throttle.check("2001:db8:7::1")
+        await throttle.check("2001:db8:7::1")
     assert parsed == ["2001:db8:7::1"]
 
 
@@ -120,13 +120,13 @@ async def test_a_sign_in_form_never_read_whole_is_a_failed_sign_in() -> None:
 
     with pytest.raises(Overloaded):
         await throttle.attempt("198.51.100.7", never(Overloaded("full")), lambda _: True)
-    throttle.check("198.51.100.7")  # not counted
+    await throttle.check("198.51.100.7")  # not counted
     throttle = FailedAuthThrottle(3, clock=lambda: 1000.0)
     for exc in (InvalidRequest("bad form"), RequestTimeout("too slow"), ClientDisconnect()):
         with pytest.raises(type(exc)):
             await throttle.attempt("198.51.100.7", never(exc), lambda _: True)
     with pytest.raises(RateLimited):
-        throttle.check("198.51.100.7")
+        await throttle.check("198.51.100.7")
 
 
 def _request(headers: dict[str, str], client: str = "2001:db8:5::1") -> Request:
@@ -134,7 +134,7 @@ def _request(headers: dict[str, str], client: str = "2001:db8:5::1") -> Request:
     return Request({"type": "http", "method": "GET", "path": "/v1/models", "headers": raw, "client": (client, 1)})
 
 
-def test_a_cross_origin_request_counts_in_its_addresses_second_bucket() -> None:
+async def test_a_cross_origin_request_counts_in_its_addresses_second_bucket() -> None:
     """A page of another origin (an `Origin` not Sentinel's own `Host`, or an opaque one) fails in a
     second bucket of the address — one per address (an IPv6 /64), whatever the origin's value."""
     throttle = FailedAuthThrottle(2, clock=lambda: 1000.0)
@@ -142,11 +142,11 @@ def test_a_cross_origin_request_counts_in_its_addresses_second_bucket() -> None:
     assert client_of(_request(own)) == "2001:db8:5::1"  # same origin: the address's own bucket
     assert client_of(_request({"host": "sentinel.example"})) == "2001:db8:5::1"  # no Origin: not a browser page
     for origin in ("https://hostile.example", "https://sentinel.example", "null"):
-        throttle.failed(client_of(_request({"host": "sentinel.example:8443", "origin": origin})))
+        await throttle.failed(client_of(_request({"host": "sentinel.example:8443", "origin": origin})))
     with pytest.raises(RateLimited):
-        throttle.check(client_of(_request({"host": "x", "origin": "https://a.example"}, "2001:db8:5::2")))
-    throttle.check("2001:db8:5::1")  # the address's own bucket: nothing failed there
-    throttle.check(client_of(_request(own)))
+        await throttle.check(client_of(_request({"host": "x", "origin": "https://a.example"}, "2001:db8:5::2")))
+    await throttle.check("2001:db8:5::1")  # the address's own bucket: nothing failed there
+    await throttle.check(client_of(_request(own)))
     assert client_key(client_of(_request({"origin": "https://a.example"}, "::ffff:192.0.2.1"))) == "cross-origin 192.0.2.1"
     assert client_key(client_of(_request({"origin": "https://a.example"}, "2001:db8:5::1"))) == "cross-origin 2001:db8:5::/64"
 

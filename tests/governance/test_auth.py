@@ -281,7 +281,7 @@ async def test_only_a_token_not_known_good_meets_the_unknown_hook(clock: FakeClo
     auth, source, _ = make(clock, withheld=[hash_key("operator-admin-key-0123456789")])
     met: list[str] = []
 
-    def refuse(token: str) -> None:
+    async def refuse(token: str) -> None:
         met.append(token)
         raise RateLimited("throttled", code="auth_rate_limited")
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from sentinel.api.throttle import PREFIX, FailedAuthThrottle, shared_key
-from sentinel.errors import RateLimited, StoreUnavailable
+from sentinel.errors import AuthenticationError, RateLimited, StoreUnavailable
 from sentinel.store import MemoryStore, Script, Store
 from sentinel.store.base import ScriptArg
 from sentinel.store.redis import RedisStore
@@ -73,7 +73,7 @@ async def test_the_shared_count_lives_one_minute_in_the_store(redis_url: str,
         client.close()
 
 
-async def test_a_lookup_waiting_for_its_turn_is_refused_once_another_process_reached_the_limit(
+async def test_a_client_at_its_limit_through_another_process_is_refused_here_after_one_read(
     two_stores: tuple[RedisStore, RedisStore],
 ) -> None:
     """The check before a lookup reads the shared count: a client at its limit through another
@@ -99,6 +99,40 @@ async def test_a_lookup_waiting_for_its_turn_is_refused_once_another_process_rea
     with pytest.raises(RateLimited):
         one.check_here(ADDRESS)  # what this process learnt holds for requests that ask no store
     assert len(asked) == 1
+
+
+async def test_concurrent_made_up_tokens_wait_for_the_shared_count_too(
+    two_stores: tuple[RedisStore, RedisStore],
+) -> None:
+    """A failure is in this process's count before the store's round trip: the lookups waiting for a
+    turn, woken as a failed one ends, do not pass while the store is still counting it."""
+    import asyncio
+
+    throttle = FailedAuthThrottle(3, clock=FakeClock(MINUTE), store=two_stores[0])
+    release, three_in = asyncio.Event(), asyncio.Event()
+    looked_up = 0
+
+    async def made_up() -> str:
+        nonlocal looked_up
+        try:
+            async with throttle.lookup(ADDRESS):
+                looked_up += 1
+                if looked_up == 3:
+                    three_in.set()
+                await release.wait()
+                raise AuthenticationError()
+        except AuthenticationError:
+            await throttle.failed(ADDRESS)
+            return "401"
+        except RateLimited:
+            return "429"
+
+    tasks = [asyncio.create_task(made_up()) for _ in range(12)]
+    await three_in.wait()
+    release.set()
+    assert sorted(await asyncio.gather(*tasks)) == ["401"] * 3 + ["429"] * 9
+    assert looked_up == 3
+    assert await _refused(FailedAuthThrottle(3, clock=FakeClock(MINUTE), store=two_stores[1]))
 
 
 class _Recording:

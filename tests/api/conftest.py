@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,12 @@ from sentinel.protocol import connection_limits, uvicorn_protocol_options
 from sentinel.store.base import seconds_left
 from sentinel.wiring import Runtime
 from tests.support.accounts import create_key
+from tests.support.attack import ledger_rows
 from tests.support.servers import ServerThread, serving
-from tests.support.upstream import UPSTREAM_KEY
+from tests.support.upstream import UPSTREAM_KEY, ScriptedUpstream
+from tests.support.waiting import wait_for
 
-__all__ = ["UPSTREAM_KEY", "Gateway", "backend_url", "gateway", "gateway_factory", "mock_upstream"]
+__all__ = ["UPSTREAM_KEY", "Gateway", "backend_url", "gateway", "gateway_factory", "mock_upstream", "scripted_gateway"]
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +105,12 @@ class Gateway:
         else:
             asyncio.run(self.runtime.store.delete(key))
 
+    def settled_rows(self, count: int, user: str = "alice") -> list[dict[str, Any]]:
+        """`user`'s ledger rows, oldest first, once the ledger holds exactly `count` of them (their
+        records are delivered in the background); AssertionError when it never does."""
+        assert wait_for(lambda: len(ledger_rows(self.settings.database_url, user)) == count)
+        return ledger_rows(self.settings.database_url, user)
+
     def anthropic(self, **kw: Any) -> Any:
         """The official Anthropic client on Sentinel (`api_key=` unless `auth_token=` is given)."""
         import anthropic
@@ -165,3 +174,20 @@ def gateway(gateway_factory: Callable[..., Gateway]) -> Gateway:
 def backend_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """REDIS_URL for a gateway: None (the in-process store), then a clean real Redis."""
     yield None if request.param == "memory" else request.getfixturevalue("redis_url")
+
+
+@contextmanager
+def scripted_gateway(
+    gateway_factory: Callable[..., Gateway], answers: Iterable[Any], *owned: str, **overrides: Any
+) -> Iterator[tuple[Gateway, ScriptedUpstream]]:
+    """A gateway (these `Settings` overrides) whose OpenAI upstream answers with the JSON `answers`
+    in turn, alice owning the objects `owned` (as if she had made them through it); the upstream is
+    served until the block ends, the gateway until the test does."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", **overrides)
+        for object_id in owned:
+            gw.write_stored(f"sentinel:owner:{object_id}", b"alice", 3600)
+        for answer in answers:
+            upstream.json(answer)
+        yield gw, upstream

@@ -16,11 +16,10 @@ from sentinel.domain.usage import charge_id
 from sentinel.mock.app import create_mock_app
 from sentinel.mock.openai_runs import GRADED, RUN_USAGE, SAMPLED
 from sentinel.services.run_usage import MAX_FETCHED_RUNS
-from tests.api.conftest import Gateway
+from tests.api.conftest import Gateway, scripted_gateway
 from tests.support.accounts import create_key
 from tests.support.attack import SpyUpstream, ledger_rows, spying
-from tests.support.servers import serving
-from tests.support.upstream import ScriptedUpstream
+from tests.support.runs import eval_and_run, thread_with_run, thread_with_runs
 from tests.support.waiting import wait_for
 
 EVALS = "/v1/evals,/v1/evals/*"
@@ -33,21 +32,6 @@ def spy() -> Iterator[SpyUpstream]:
         yield recorder
 
 
-def _eval_and_run(client: Any) -> tuple[Any, Any]:
-    """An eval graded by gpt-4o, and a run of it sampling gpt-4o-mini over two inline items."""
-    made = client.evals.create(
-        name="e", data_source_config={"type": "custom", "item_schema": {"type": "object"}},
-        testing_criteria=[{"type": "score_model", "name": "s", "model": "gpt-4o",
-                           "input": [{"role": "user", "content": "{{sample.output_text}}"}]}],
-    )
-    run = client.evals.runs.create(made.id, data_source={
-        "type": "completions", "model": "gpt-4o-mini",
-        "source": {"type": "file_content", "content": [{"item": {"q": "a"}}, {"item": {"q": "b"}}]},
-        "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
-    })
-    return made, run
-
-
 def _tokens(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return [(r["model"], r["input_tokens"], r["output_tokens"], r["cache_read_tokens"]) for r in rows]
 
@@ -57,14 +41,13 @@ def test_an_eval_run_is_charged_per_model_once_when_a_read_first_shows_it_done(
 ) -> None:
     gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=EVALS)
     client = gw.openai()
-    made, run = _eval_and_run(client)
+    made, run = eval_and_run(client)
     assert run.status == "queued"
     done = client.evals.runs.retrieve(run.id, eval_id=made.id)
     assert done.status == "completed" and {u.run_model_name for u in done.per_model_usage} == {"gpt-4o-mini", "gpt-4o"}
     assert client.evals.runs.retrieve(run.id, eval_id=made.id).status == "completed"
     assert [r.id for r in client.evals.runs.list(made.id)] == [run.id]
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 7)
-    rows = ledger_rows(gw.settings.database_url, "alice")
+    rows = gw.settled_rows(7)
     # made the eval, made the run, the first read and its two models, a read, a list: nothing more
     assert _tokens(rows) == [
         (None, 0, 0, 0), (None, 0, 0, 0), (None, 0, 0, 0),
@@ -84,12 +67,11 @@ def test_a_list_of_eval_runs_charges_each_done_run_once(
 ) -> None:
     gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough=EVALS)
     client = gw.openai()
-    made, run = _eval_and_run(client)
+    made, run = eval_and_run(client)
     for _ in range(2):
         assert [r.status for r in client.evals.runs.list(made.id)] == ["completed"]
     assert client.evals.runs.retrieve(run.id, eval_id=made.id).status == "completed"
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 7)
-    charged = [r for r in ledger_rows(gw.settings.database_url, "alice") if r["model"] is not None]
+    charged = [r for r in gw.settled_rows(7) if r["model"] is not None]
     assert _tokens(charged) == [("gpt-4o-mini", 120, 40, 20), ("gpt-4o", 200, 10, 0)]
 
 
@@ -100,11 +82,10 @@ def test_an_eval_run_is_charged_once_across_replicas(
     first = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough=EVALS)
     second = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough=EVALS,
                              database_url=first.settings.database_url)
-    made, run = _eval_and_run(first.openai())
+    made, run = eval_and_run(first.openai())
     for gw in (first, second, first, second):
         assert gw.openai().evals.runs.retrieve(run.id, eval_id=made.id).status == "completed"
-    assert wait_for(lambda: len(ledger_rows(first.settings.database_url, "alice")) == 8)
-    charged = [r for r in ledger_rows(first.settings.database_url, "alice") if r["model"] is not None]
+    charged = [r for r in first.settled_rows(8) if r["model"] is not None]
     assert _tokens(charged) == [("gpt-4o-mini", 120, 40, 20), ("gpt-4o", 200, 10, 0)]
 
 
@@ -112,23 +93,15 @@ def test_no_one_is_charged_for_another_users_eval_run(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
 ) -> None:
     gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=EVALS)
-    made, run = _eval_and_run(gw.openai())
+    made, run = eval_and_run(gw.openai())
     _, bob_key = asyncio.run(create_key(gw.settings.database_url, "bob"))
     with gw.client(bob_key) as bob:
         assert bob.get(f"/v1/evals/{made.id}/runs/{run.id}").status_code == 404
         assert bob.get(f"/v1/evals/{made.id}/runs").status_code == 404
     assert spy.seen[-1].method == "POST"  # (neither reached the provider)
     assert gw.openai().evals.runs.retrieve(run.id, eval_id=made.id).status == "completed"
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 5)
-    assert [r["model"] for r in ledger_rows(gw.settings.database_url, "alice")][3:] == ["gpt-4o-mini", "gpt-4o"]
+    assert [r["model"] for r in gw.settled_rows(5)][3:] == ["gpt-4o-mini", "gpt-4o"]
     assert all(r["input_tokens"] == r["output_tokens"] == 0 for r in ledger_rows(gw.settings.database_url, "bob"))
-
-
-def _thread_with_run(client: Any) -> tuple[Any, Any]:
-    assistant = client.beta.assistants.create(model="gpt-4o-mini", name="helper")
-    thread = client.beta.threads.create(messages=[{"role": "user", "content": "hello"}])
-    run = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id)
-    return thread, run
 
 
 def test_a_run_read_only_through_its_threads_messages_is_charged_once(
@@ -136,7 +109,7 @@ def test_a_run_read_only_through_its_threads_messages_is_charged_once(
 ) -> None:
     gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
     client = gw.openai()
-    thread, run = _thread_with_run(client)
+    thread, run = thread_with_run(client)
     spy.clear()
     first = client.beta.threads.messages.list(thread.id)
     assert [m.run_id for m in first.data] == [run.id, None]
@@ -146,8 +119,7 @@ def test_a_run_read_only_through_its_threads_messages_is_charged_once(
     client.beta.threads.messages.list(thread.id)
     assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages"]
     assert client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).usage is not None  # charged already
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 6)
-    rows = ledger_rows(gw.settings.database_url, "alice")
+    rows = gw.settled_rows(6)
     assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [
         (0, 0), (0, 0), (0, 0), (RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"]), (0, 0), (0, 0)]
 
@@ -160,9 +132,7 @@ def test_a_run_read_through_messages_too_large_to_parse_is_charged_once(
     uncharged: the run's answer read for free)."""
     gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
     client = gw.openai()
-    assistant = client.beta.assistants.create(model="gpt-4o-mini", name="helper")
-    thread = client.beta.threads.create(messages=[{"role": "user", "content": "long " * 250_000}])
-    run = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id)
+    thread, run = thread_with_run(client, {"role": "user", "content": "long " * 250_000})
     spy.clear()
     first = client.beta.threads.messages.list(thread.id)
     assert [m.run_id for m in first.data] == [run.id, None]
@@ -170,8 +140,7 @@ def test_a_run_read_through_messages_too_large_to_parse_is_charged_once(
     spy.clear()
     client.beta.threads.messages.list(thread.id)
     assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages"]  # charged already
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 5)
-    rows = ledger_rows(gw.settings.database_url, "alice")
+    rows = gw.settled_rows(5)
     assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [
         (0, 0), (0, 0), (0, 0), (RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"]), (0, 0)]
 
@@ -184,10 +153,8 @@ def test_fake_run_ids_in_messages_metadata_do_not_hide_a_real_run_of_a_large_ans
     with fakes (not found: never charged, the same on every read) — the real run was never charged."""
     gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
     client = gw.openai()
-    assistant = client.beta.assistants.create(model="gpt-4o-mini", name="helper")
     fakes = [{"role": "user", "content": "x", "metadata": {"run_id": f"run_fake{i}"}} for i in range(MAX_FETCHED_RUNS)]
-    thread = client.beta.threads.create(messages=[*fakes, {"role": "user", "content": "long " * 250_000}])
-    run = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id)
+    thread, run = thread_with_run(client, *fakes, {"role": "user", "content": "long " * 250_000})
     spy.clear()
     first = client.beta.threads.messages.list(thread.id, order="asc")
     assert [m.metadata for m in first.data[:2]] == [{"run_id": "run_fake0"}, {"run_id": "run_fake1"}]
@@ -196,8 +163,7 @@ def test_fake_run_ids_in_messages_metadata_do_not_hide_a_real_run_of_a_large_ans
     spy.clear()
     client.beta.threads.messages.list(thread.id, order="asc")
     assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages"]  # charged already
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 5)
-    rows = ledger_rows(gw.settings.database_url, "alice")
+    rows = gw.settled_rows(5)
     assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [
         (0, 0), (0, 0), (0, 0), (RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"]), (0, 0)]
 
@@ -209,9 +175,8 @@ def test_runs_charged_already_do_not_hide_the_threads_other_runs(
     runs charged already took every place, and a later run (its answer read) was never charged."""
     gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
     client = gw.openai()
-    assistant = client.beta.assistants.create(model="gpt-4o-mini", name="helper")
-    thread = client.beta.threads.create(messages=[{"role": "user", "content": "hello"}])
-    runs = [client.beta.threads.runs.create(thread.id, assistant_id=assistant.id).id for _ in range(MAX_FETCHED_RUNS + 1)]
+    thread, made = thread_with_runs(client, runs=MAX_FETCHED_RUNS + 1)
+    runs = [run.id for run in made]
     spy.clear()
     listed = client.beta.threads.messages.list(thread.id, order="asc")
     assert [m.run_id for m in listed.data] == [None, *runs]
@@ -236,15 +201,14 @@ def test_a_run_whose_thread_is_another_users_is_never_fetched_nor_charged(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
 ) -> None:
     gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
-    thread, run = _thread_with_run(gw.openai())
+    thread, run = thread_with_run(gw.openai())
     _, bob_key = asyncio.run(create_key(gw.settings.database_url, "bob"))
     spy.clear()
     with pytest.raises(openai.NotFoundError):
         openai.OpenAI(base_url=gw.url + "/v1", api_key=bob_key, max_retries=0).beta.threads.messages.list(thread.id)
     assert spy.seen == []
     gw.openai().beta.threads.messages.list(thread.id)
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
-    assert ledger_rows(gw.settings.database_url, "alice")[-1]["input_tokens"] == RUN_USAGE["prompt_tokens"]
+    assert gw.settled_rows(4)[-1]["input_tokens"] == RUN_USAGE["prompt_tokens"]
     assert all(r["input_tokens"] == 0 for r in ledger_rows(gw.settings.database_url, "bob"))
 
 
@@ -252,7 +216,6 @@ def test_malformed_run_usage_is_ignored_never_a_server_error(
     gateway_factory: Callable[..., Gateway], redis_url: str
 ) -> None:
     """Counts of the wrong type are not charged (the well-formed entries are), and the read is answered."""
-    upstream = ScriptedUpstream()
     run = {"id": "evalrun_1", "object": "eval.run", "eval_id": "eval_1", "status": "completed", "per_model_usage": [
         {"model_name": "gpt-4o-mini", "prompt_tokens": "12", "completion_tokens": 3, "cached_tokens": 0},
         {"model_name": ["gpt-4o"], "prompt_tokens": 12, "completion_tokens": 3, "cached_tokens": 0},
@@ -266,19 +229,13 @@ def test_malformed_run_usage_is_ignored_never_a_server_error(
                                             "run_id": "run_1"}]}
     thread_run = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "status": "completed",
                   "usage": {"prompt_tokens": [1], "completion_tokens": 2, "total_tokens": 3}}
-    with serving(upstream) as srv:
-        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url,
-                             passthrough="/v1/evals/*,/v1/threads/*")
-        for key in ("eval_1", "thread_1"):
-            gw.write_stored(f"sentinel:owner:{key}", b"alice", 3600)
-        for answer in (run, odd, messages, thread_run):
-            upstream.json(answer)
+    with scripted_gateway(gateway_factory, (run, odd, messages, thread_run), "eval_1", "thread_1",
+                          redis_url=redis_url, passthrough="/v1/evals/*,/v1/threads/*") as (gw, _):
         with gw.client() as alice:
             assert alice.get("/v1/evals/eval_1/runs/evalrun_1").status_code == 200
             assert alice.get("/v1/evals/eval_1/runs/evalrun_2").status_code == 200
             assert alice.get("/v1/threads/thread_1/messages").status_code == 200
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
-    assert _tokens(ledger_rows(gw.settings.database_url, "alice")) == [
+    assert _tokens(gw.settled_rows(4)) == [
         (None, 0, 0, 0), ("gpt-4o", 30, 4, 10), (None, 0, 0, 0), (None, 0, 0, 0)]
 
 
@@ -287,7 +244,6 @@ def test_a_fine_tuning_job_is_charged_its_trained_tokens_once_when_a_read_first_
 ) -> None:
     """A fine-tuning job bills its `trained_tokens` (it shows no `usage`): charged as input tokens by
     the first read showing it ended, once — it went uncharged, a request a read whatever it trained."""
-    upstream = ScriptedUpstream()
     made = {"id": "ftjob_1", "object": "fine_tuning.job", "model": "gpt-4o-mini-2024-07-18", "created_at": 1,
             "status": "validating_files", "trained_tokens": None, "training_file": "file-1", "result_files": [],
             "fine_tuned_model": None, "finished_at": None, "hyperparameters": {}, "organization_id": "org",
@@ -295,17 +251,13 @@ def test_a_fine_tuning_job_is_charged_its_trained_tokens_once_when_a_read_first_
     running = {**made, "status": "running"}
     paused = {**made, "status": "paused", "trained_tokens": 1_000}  # may resume: not ended
     done = {**made, "status": "succeeded", "trained_tokens": 48_000, "fine_tuned_model": "ft:gpt-4o-mini:org::abc"}
-    with serving(upstream) as srv:
-        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/fine_tuning/*")
-        gw.write_stored("sentinel:owner:file-1", b"alice", 3600)
-        for answer in (made, running, paused, done, done):
-            upstream.json(answer)
+    with scripted_gateway(gateway_factory, (made, running, paused, done, done), "file-1",
+                          redis_url=redis_url, passthrough="/v1/fine_tuning/*") as (gw, _):
         client = gw.openai()
         job = client.fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18", training_file="file-1")
         assert [client.fine_tuning.jobs.retrieve(job.id).status for _ in range(4)] == [
             "running", "paused", "succeeded", "succeeded"]
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 5)
-    rows = ledger_rows(gw.settings.database_url, "alice")
+    rows = gw.settled_rows(5)
     assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0), (0, 0), (0, 0), (48_000, 0), (0, 0)]
     assert all(r["endpoint"] == "/v1/fine_tuning/*" for r in rows)
 
@@ -316,7 +268,6 @@ def test_an_eval_run_read_only_through_its_output_items_is_charged_per_model_onc
     """An eval run's output items show its samples (the sampled model's answers, the graders'
     verdicts) while only the run reports their tokens: a read of them fetches the run at Sentinel's
     cost and charges it per model once it is done, as a read of the run would — it went uncharged."""
-    upstream = ScriptedUpstream()
     items = {"object": "list", "has_more": False, "data": [
         {"id": "outputitem_1", "object": "eval.run.output_item", "eval_id": "eval_1", "run_id": "evalrun_1",
          "status": "pass", "sample": {"output": [{"role": "assistant", "content": "yes"}]}}]}
@@ -326,18 +277,14 @@ def test_an_eval_run_read_only_through_its_output_items_is_charged_per_model_onc
     done = {**running, "status": "completed", "per_model_usage": [
         {"model_name": "gpt-4o-mini", "prompt_tokens": 120, "completion_tokens": 40, "cached_tokens": 20,
          "invocation_count": 2, "total_tokens": 160}]}
-    with serving(upstream) as srv:
-        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/evals/*")
-        gw.write_stored("sentinel:owner:eval_1", b"alice", 3600)
-        # a read while it runs (fetched, not charged), one once done (charged), then none fetched
-        for answer in (items, running, items, done, one, items):
-            upstream.json(answer)
+    # a read while it runs (fetched, not charged), one once done (charged), then none fetched
+    with scripted_gateway(gateway_factory, (items, running, items, done, one, items), "eval_1",
+                          redis_url=redis_url, passthrough="/v1/evals/*") as (gw, upstream):
         with gw.client() as alice:
             for path in ("output_items", "output_items", "output_items/outputitem_1", "output_items"):
                 assert alice.get(f"/v1/evals/eval_1/runs/evalrun_1/{path}").status_code == 200
         assert len(upstream.received) == 6  # (the queue is used up: a fetch more would be a 500)
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 5)
-    rows = ledger_rows(gw.settings.database_url, "alice")
+    rows = gw.settled_rows(5)
     assert _tokens(rows) == [(None, 0, 0, 0), (None, 0, 0, 0), ("gpt-4o-mini", 120, 40, 20), (None, 0, 0, 0),
                              (None, 0, 0, 0)]
     # the model's share keyed by the run (`charge_id`): a read recording it again adds no row
@@ -347,22 +294,17 @@ def test_an_eval_run_read_only_through_its_output_items_is_charged_per_model_onc
 def test_an_eval_run_read_through_output_items_too_large_to_parse_is_charged(
     gateway_factory: Callable[..., Gateway], redis_url: str
 ) -> None:
-    upstream = ScriptedUpstream()
     items = {"object": "list", "has_more": False, "data": [
         {"id": "outputitem_1", "object": "eval.run.output_item", "eval_id": "eval_1", "run_id": "evalrun_1",
          "status": "pass", "sample": {"output": [{"role": "assistant", "content": "long " * 250_000}]}}]}
     done = {"id": "evalrun_1", "object": "eval.run", "eval_id": "eval_1", "status": "completed", "per_model_usage": [
         {"model_name": "gpt-4o-mini", "prompt_tokens": 120, "completion_tokens": 40, "cached_tokens": 20}]}
-    with serving(upstream) as srv:
-        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/evals/*")
-        gw.write_stored("sentinel:owner:eval_1", b"alice", 3600)
-        for answer in (items, done):
-            upstream.json(answer)
+    with scripted_gateway(gateway_factory, (items, done), "eval_1",
+                          redis_url=redis_url, passthrough="/v1/evals/*") as (gw, _):
         with gw.client() as alice:
             read = alice.get("/v1/evals/eval_1/runs/evalrun_1/output_items")
             assert read.status_code == 200 and len(read.content) > 1024 * 1024
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
-    assert _tokens(ledger_rows(gw.settings.database_url, "alice")) == [(None, 0, 0, 0), ("gpt-4o-mini", 120, 40, 20)]
+    assert _tokens(gw.settled_rows(2)) == [(None, 0, 0, 0), ("gpt-4o-mini", 120, 40, 20)]
 
 
 def test_a_run_read_only_through_its_steps_is_charged_once(
@@ -371,7 +313,6 @@ def test_a_run_read_only_through_its_steps_is_charged_once(
     """A run's steps show its work (a tool's calls and outputs, a code interpreter's logs) but count
     no usage of their own: a read of them fetches the run and charges it once done — it went
     uncharged, its results read through the steps alone."""
-    upstream = ScriptedUpstream()
     step = {"id": "step_1", "object": "thread.run.step", "thread_id": "thread_1", "run_id": "run_1",
             "status": "completed", "type": "tool_calls", "usage": {"prompt_tokens": 5, "completion_tokens": 1},
             "step_details": {"type": "tool_calls", "tool_calls": [{"id": "call_1", "type": "code_interpreter",
@@ -379,18 +320,14 @@ def test_a_run_read_only_through_its_steps_is_charged_once(
     steps = {"object": "list", "data": [step], "has_more": False}
     running = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "status": "in_progress", "usage": None}
     done = {**running, "status": "completed", "usage": {"prompt_tokens": 90, "completion_tokens": 30, "total_tokens": 120}}
-    with serving(upstream) as srv:
-        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/threads/*")
-        gw.write_stored("sentinel:owner:thread_1", b"alice", 3600)
-        # a read while it runs (fetched, not charged), one once done (charged), then none fetched
-        for answer in (steps, running, steps, done, step, steps):
-            upstream.json(answer)
+    # a read while it runs (fetched, not charged), one once done (charged), then none fetched
+    with scripted_gateway(gateway_factory, (steps, running, steps, done, step, steps), "thread_1",
+                          redis_url=redis_url, passthrough="/v1/threads/*") as (gw, upstream):
         with gw.client() as alice:
             for path in ("steps", "steps", "steps/step_1", "steps"):
                 assert alice.get(f"/v1/threads/thread_1/runs/run_1/{path}").status_code == 200
         assert len(upstream.received) == 6  # (the queue is used up: a fetch more would be a 500)
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
-    rows = ledger_rows(gw.settings.database_url, "alice")
+    rows = gw.settled_rows(4)
     assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0), (90, 30), (0, 0), (0, 0)]
 
 
@@ -400,7 +337,6 @@ def test_a_grader_run_on_its_own_is_charged_what_its_model_graders_used(
     """A grader run (`/v1/fine_tuning/alpha/graders/run`) has the provider run its model graders and
     shows their tokens only in `metadata.token_usage`: charged as the call's usage — it was charged
     none, a request however long the input its model read."""
-    upstream = ScriptedUpstream()
     grader = {"type": "score_model", "name": "s", "model": "gpt-4o-mini", "input": [{"role": "user", "content": "x"}]}
     ran = {"reward": 1.0, "sub_rewards": {}, "metadata": {
         "name": "s", "type": "score_model", "execution_time": 1.5, "scores": {"s": 1.0}, "sampled_model_name": None,
@@ -408,15 +344,12 @@ def test_a_grader_run_on_its_own_is_charged_what_its_model_graders_used(
                                       "total_tokens": 709}},
         "model_grader_token_usage_per_model": {"gpt-4o-mini": {"prompt_tokens": 700, "completion_tokens": 9}}}
     without = {**ran, "metadata": {**ran["metadata"], "token_usage": {"prompt_tokens": 80, "completion_tokens": None}}}
-    with serving(upstream) as srv:
-        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/fine_tuning/*")
-        for answer in (ran, without):
-            upstream.json(answer)
+    with scripted_gateway(gateway_factory, (ran, without), redis_url=redis_url,
+                          passthrough="/v1/fine_tuning/*") as (gw, _):
         client = gw.openai()
         for _ in range(2):
             assert client.fine_tuning.alpha.graders.run(grader=grader, model_sample="yes").reward == 1.0  # type: ignore[arg-type]
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
-    assert _tokens(ledger_rows(gw.settings.database_url, "alice")) == [(None, 700, 9, 100), (None, 80, 0, 0)]
+    assert _tokens(gw.settled_rows(2)) == [(None, 700, 9, 100), (None, 80, 0, 0)]
 
 
 def test_an_eval_run_too_large_to_parse_is_fetched_and_charged_once(
@@ -424,23 +357,19 @@ def test_an_eval_run_too_large_to_parse_is_fetched_and_charged_once(
 ) -> None:
     """An eval run over 1 MiB (its inline items echoed in `data_source`) is relayed as it arrives, its
     `per_model_usage` unread: it went uncharged. It is fetched whole and charged once, as read small."""
-    upstream = ScriptedUpstream()
     done = {"id": "evalrun_1", "object": "eval.run", "eval_id": "eval_1", "status": "completed",
             "data_source": {"type": "completions", "model": "gpt-4o-mini", "source": {
                 "type": "file_content", "content": [{"item": {"q": "long " * 250_000}}]}},
             "per_model_usage": [{"model_name": "gpt-4o-mini", "prompt_tokens": 120, "completion_tokens": 40,
                                  "cached_tokens": 20}]}
-    with serving(upstream) as srv:
-        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, passthrough="/v1/evals/*")
-        gw.write_stored("sentinel:owner:eval_1", b"alice", 3600)
-        for _ in range(3):  # read, fetched, read again (charged: not fetched)
-            upstream.json(done)
+    # read, fetched, read again (charged: not fetched)
+    with scripted_gateway(gateway_factory, [done] * 3, "eval_1",
+                          redis_url=redis_url, passthrough="/v1/evals/*") as (gw, upstream):
         with gw.client() as alice:
             for _ in range(2):
                 read = alice.get("/v1/evals/eval_1/runs/evalrun_1")
                 assert read.status_code == 200 and len(read.content) > 1024 * 1024
         assert len(upstream.received) == 3
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 3)
-    rows = ledger_rows(gw.settings.database_url, "alice")
+    rows = gw.settled_rows(3)
     assert _tokens(rows) == [(None, 0, 0, 0), ("gpt-4o-mini", 120, 40, 20), (None, 0, 0, 0)]
     assert rows[1]["request_id"] == charge_id(rows[1]["external_id"], "evalrun_1", "gpt-4o-mini")

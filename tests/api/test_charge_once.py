@@ -26,11 +26,9 @@ import pytest
 from sentinel.domain.usage import charge_id
 from sentinel.mock.app import create_mock_app
 from sentinel.mock.openai_runs import RUN_USAGE
-from tests.api.conftest import Gateway
-from tests.support.attack import SpyUpstream, ledger_rows, spying
-from tests.support.servers import serving
-from tests.support.upstream import ScriptedUpstream
-from tests.support.waiting import wait_for
+from tests.api.conftest import Gateway, scripted_gateway
+from tests.support.attack import SpyUpstream, spying
+from tests.support.runs import eval_and_run, thread_with_run
 
 ADMIN_KEY = "admin-key-for-charge-once"
 PASSTHROUGH = "/v1/files,/v1/files/*,/v1/batches,/v1/batches/*,/v1/evals,/v1/evals/*"
@@ -92,8 +90,7 @@ def _used(gw: Gateway) -> dict[str, int]:
 
 def _charged_rows(gw: Gateway, rows: int) -> list[dict[str, Any]]:
     """Alice's ledger rows with tokens, once it holds `rows` rows."""
-    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == rows)
-    return [r for r in ledger_rows(gw.settings.database_url, "alice") if r["input_tokens"] or r["output_tokens"]]
+    return [r for r in gw.settled_rows(rows) if r["input_tokens"] or r["output_tokens"]]
 
 
 def test_a_read_that_dies_before_its_record_leaves_the_batch_to_the_next_read(
@@ -152,16 +149,7 @@ def test_an_eval_run_whose_read_dies_before_its_records_is_charged_per_model_by_
     before they are stored; the next read stores them, each once, keyed by the run and its model."""
     dying, reader = _gateways(gateway_factory, spy, backend_url)
     client = dying.openai()
-    made = client.evals.create(
-        name="e", data_source_config={"type": "custom", "item_schema": {"type": "object"}},
-        testing_criteria=[{"type": "score_model", "name": "s", "model": "gpt-4o",
-                           "input": [{"role": "user", "content": "{{sample.output_text}}"}]}],
-    )
-    run = client.evals.runs.create(made.id, data_source={
-        "type": "completions", "model": "gpt-4o-mini",
-        "source": {"type": "file_content", "content": [{"item": {"q": "a"}}]},
-        "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
-    })
+    made, run = eval_and_run(client)
     died = _dies_once(monkeypatch, dying.runtime.relay.meter.outbox, "put")
     with pytest.raises(openai.InternalServerError):
         client.evals.runs.retrieve(run.id, eval_id=made.id)
@@ -217,13 +205,9 @@ def test_a_read_charging_an_object_it_fetched_or_read_dies_and_the_next_charges_
     same key — one row — and counts it against the plan no more. (Marked charged first, the object
     killed before its record was never charged.)"""
     path, owned, fetching, after, (object_id, part), tokens = _READS[read]
-    upstream = ScriptedUpstream()
-    with serving(upstream) as srv:
-        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=redis_url, default_plan=PLAN,
-                             admin_key=ADMIN_KEY, passthrough="/v1/threads/*,/v1/fine_tuning/*,/v1/evals/*")
-        gw.write_stored(f"sentinel:owner:{owned}", b"alice", 3600)
-        for answer in (*fetching, *fetching, *after):
-            upstream.json(answer)
+    with scripted_gateway(gateway_factory, (*fetching, *fetching, *after), owned, redis_url=redis_url,
+                          default_plan=PLAN, admin_key=ADMIN_KEY,
+                          passthrough="/v1/threads/*,/v1/fine_tuning/*,/v1/evals/*") as (gw, upstream):
         died = _dies_once(monkeypatch, gw.runtime.relay.meter.outbox if dies_in == "put"
                           else gw.runtime.relay.ownership, dies_in)
         with gw.client() as alice:
@@ -253,9 +237,7 @@ def test_a_read_of_long_messages_that_dies_before_its_record_leaves_their_run_to
     gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url,
                          passthrough="/v1/assistants,/v1/threads,/v1/threads/*")
     client = gw.openai()
-    assistant = client.beta.assistants.create(model="gpt-4o-mini", name="helper")
-    thread = client.beta.threads.create(messages=[{"role": "user", "content": "long " * 250_000}])
-    run = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id)
+    thread, run = thread_with_run(client, {"role": "user", "content": "long " * 250_000})
     died = _dies_once(monkeypatch, gw.runtime.relay.meter.outbox, "put")
     with gw.client() as alice, pytest.raises(httpx.HTTPError):  # (cut short: its last chunk waits for the record)
         alice.get(f"/v1/threads/{thread.id}/messages").raise_for_status()

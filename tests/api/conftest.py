@@ -21,12 +21,14 @@ from sentinel.protocol import connection_limits, uvicorn_protocol_options
 from sentinel.store.base import seconds_left
 from sentinel.wiring import Runtime
 from tests.support.accounts import create_key
-from tests.support.attack import ledger_rows
+from tests.support.attack import SpyUpstream, ledger_rows, spying
 from tests.support.servers import ServerThread, serving
 from tests.support.upstream import UPSTREAM_KEY, ScriptedUpstream
 from tests.support.waiting import wait_for
 
-__all__ = ["UPSTREAM_KEY", "Gateway", "backend_url", "gateway", "gateway_factory", "mock_upstream", "scripted_gateway"]
+__all__ = [
+    "UPSTREAM_KEY", "Gateway", "backend_url", "gateway", "gateway_factory", "mock_upstream", "scripted_gateway", "spy",
+]
 
 
 @pytest.fixture(scope="session")
@@ -174,6 +176,13 @@ def gateway(gateway_factory: Callable[..., Gateway]) -> Gateway:
 def backend_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """REDIS_URL for a gateway: None (the in-process store), then a clean real Redis."""
     yield None if request.param == "memory" else request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+def spy() -> Iterator[SpyUpstream]:
+    """A mock upstream of its own (not the session's shared one) recording every request it gets."""
+    with spying(create_mock_app()) as (_, recorder):
+        yield recorder
 
 
 @contextmanager

@@ -7,7 +7,7 @@ it, the plan's token and request limits never stopped it, and the company paid f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -27,12 +27,6 @@ ADMIN_KEY = "admin-key-for-batch-tests"
 PASSTHROUGH = "/v1/files,/v1/files/*,/v1/batches,/v1/batches/*"
 LINES = 20
 CAP = 100  # each line's max_tokens
-
-
-@pytest.fixture
-def spy() -> Iterator[SpyUpstream]:
-    with spying(create_mock_app()) as (_, recorder):
-        yield recorder
 
 
 def _input() -> tuple[bytes, list[dict[str, Any]]]:

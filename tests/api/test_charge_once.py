@@ -15,7 +15,7 @@ its process — the same one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -24,10 +24,9 @@ import orjson
 import pytest
 
 from sentinel.domain.usage import charge_id
-from sentinel.mock.app import create_mock_app
 from sentinel.mock.openai_runs import RUN_USAGE
 from tests.api.conftest import Gateway, scripted_gateway
-from tests.support.attack import SpyUpstream, spying
+from tests.support.attack import SpyUpstream
 from tests.support.runs import eval_and_run, thread_with_run
 
 ADMIN_KEY = "admin-key-for-charge-once"
@@ -37,12 +36,6 @@ PLAN = "requests=1000/1d,input_tokens=10000000/1d,output_tokens=1000000/1d"
 
 class Killed(Exception):
     """The process died here (an injected fault)."""
-
-
-@pytest.fixture
-def spy() -> Iterator[SpyUpstream]:
-    with spying(create_mock_app()) as (_, recorder):
-        yield recorder
 
 
 def _gateways(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -16,21 +16,14 @@ import anthropic
 import openai
 import pytest
 
-from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import set_plan
-from tests.support.attack import SpyUpstream, openai_error, recorded_ids, spying
+from tests.support.attack import SpyUpstream, openai_error, recorded_ids
 from tests.support.media import data_url, pdf
 
 LIMITED = "requests=100/1h,input_tokens=10000/1h"
 NOTES = " ".join(f"note{i} about the quarter" for i in range(10_000))  # ~50,000 tokens of text
 SLOW = "read it #mock:chunk_delay_ms=200"  # a stream still running while the next request is admitted
-
-
-@pytest.fixture
-def spy() -> Iterator[SpyUpstream]:
-    with spying(create_mock_app()) as (_, recorder):
-        yield recorder
 
 
 def responses_with(file: dict[str, Any], text: str = "summarise it") -> dict[str, Any]:

@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.api.test_quotas import set_plan
 from tests.support.accounts import create_key
-from tests.support.attack import SpyUpstream, ledger_rows, openai_error, recorded_ids, spying, wait_for
+from tests.support.attack import SpyUpstream, ledger_rows, openai_error, recorded_ids, wait_for
 from tests.support.media import data_url, whole_png
 
 MINI = "gpt-4o-mini"
@@ -59,12 +58,6 @@ def test_a_stream_its_client_leaves_is_charged_its_images(
     (row,) = ledger_rows(gw.settings.database_url)
     assert row["usage_source"] == "estimated", row  # cut before the provider's usage: the estimate
     assert IMAGE_TOKENS <= row["input_tokens"] < IMAGE_TOKENS + 100, row
-
-
-@pytest.fixture
-def spy() -> Iterator[SpyUpstream]:
-    with spying(create_mock_app()) as (_, recorder):
-        yield recorder
 
 
 @pytest.mark.parametrize("path", PATHS)

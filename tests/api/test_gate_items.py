@@ -11,27 +11,20 @@ the in-memory store.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import openai
 import pytest
 
-from sentinel.mock.app import create_mock_app
 from sentinel.services.answers import MAX_BUFFERED
 from tests.api.conftest import Gateway
 from tests.support.accounts import create_key
-from tests.support.attack import SpyUpstream, openai_error, spying
+from tests.support.attack import SpyUpstream, openai_error
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream
 
 MODEL = "gpt-4o-mini"
-
-
-@pytest.fixture
-def spy() -> Iterator[SpyUpstream]:
-    with spying(create_mock_app()) as (_, recorder):
-        yield recorder
 
 
 def start(gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None) -> Gateway:

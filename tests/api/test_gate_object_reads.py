@@ -6,7 +6,7 @@ account by filter (an eval run over "responses" or "stored_completions": a list 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -15,19 +15,12 @@ import orjson
 import pytest
 import redis
 
-from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.support.accounts import create_key
-from tests.support.attack import SpyUpstream, ledger_rows, openai_error, recorded_ids, spying
+from tests.support.attack import SpyUpstream, ledger_rows, openai_error, recorded_ids
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream
 from tests.support.waiting import wait_for
-
-
-@pytest.fixture
-def spy() -> Iterator[SpyUpstream]:
-    with spying(create_mock_app()) as (_, recorder):
-        yield recorder
 
 
 def test_fetching_a_stored_response_charges_no_tokens(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:

@@ -8,7 +8,7 @@ must get exactly the 404 an id that does not exist gets, with nothing reaching t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,9 @@ import pytest
 import redis
 import yaml
 
-from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.support.accounts import create_key
-from tests.support.attack import SpyUpstream, bearer, openai_error, raw_request, recorded_ids, spying
+from tests.support.attack import SpyUpstream, bearer, openai_error, raw_request, recorded_ids
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream
 
@@ -29,12 +28,6 @@ DAY_MS = 86_400_000
 PASSTHROUGH = "/v1/files/*,/v1/batches"
 BATCH_LINE = (b'{"custom_id": "%s", "method": "POST", "url": "/v1/chat/completions", '
               b'"body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Answer: yes or no"}]}}')
-
-
-@pytest.fixture
-def spy() -> Iterator[SpyUpstream]:
-    with spying(create_mock_app()) as (_, recorder):
-        yield recorder
 
 
 def start(gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str, **settings: Any) -> Gateway:

@@ -6,18 +6,16 @@ A spy in front of the mock upstream records every request that reaches the provi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import orjson
-import pytest
 
-from sentinel.mock.app import create_mock_app
 from sentinel.native.openai_checks import MAX_JSON_DEPTH
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import set_plan
 from tests.support.accounts import create_key
-from tests.support.attack import SpyUpstream, ledger_rows, openai_error, recorded_ids, spying, wait_for
+from tests.support.attack import SpyUpstream, ledger_rows, openai_error, recorded_ids, wait_for
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream
 
@@ -35,12 +33,6 @@ UNKNOWN = [
     "/v1/chat/completions/",
 ]
 MODERATION = {"input": ["is this fine?"]}
-
-
-@pytest.fixture
-def spy() -> Iterator[SpyUpstream]:
-    with spying(create_mock_app()) as (_, recorder):
-        yield recorder
 
 
 def start(gateway_factory: Callable[..., Gateway], spy: SpyUpstream, **settings: object) -> Gateway:

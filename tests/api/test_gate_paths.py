@@ -7,12 +7,11 @@ request that reaches the provider, including ones the mock itself would not rout
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import orjson
 import pytest
 
-from sentinel.mock.app import create_mock_app
 from sentinel.native.responses import ErrorBody
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import set_plan
@@ -22,7 +21,6 @@ from tests.support.attack import (
     openai_error,
     raw_request,
     recorded_ids,
-    spying,
 )
 
 CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "path games"}]})
@@ -57,12 +55,6 @@ REFUSED_BY_PARSER = [
     b"/v1/chat/compl\xc3\xa9tions", b"/v1/chat/completions\xff", b"/v1/\x80/chat/completions",
     b"/v1/chat/completions\tx", b"v1/chat/completions",
 ]
-
-
-@pytest.fixture
-def spy() -> Iterator[SpyUpstream]:
-    with spying(create_mock_app()) as (_, recorder):
-        yield recorder
 
 
 @pytest.fixture

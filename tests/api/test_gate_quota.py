@@ -4,7 +4,7 @@ admission, a refused request touches no session, and `[DONE]` follows the usage 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,6 @@ import orjson
 import pytest
 import redis
 
-from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.api.test_quotas import set_plan
@@ -26,7 +25,6 @@ from tests.support.attack import (
     openai_error,
     read_until,
     recorded_ids,
-    spying,
     wait_for,
 )
 from tests.support.servers import serving
@@ -38,12 +36,6 @@ EMBEDDING = {"model": "text-embedding-3-small", "input": "hi"}
 RESPONSE = {"model": "gpt-4o-mini", "input": "hi"}
 BASE = {"chat/completions": CHAT, "completions": COMPLETION, "embeddings": EMBEDDING, "responses": RESPONSE}
 NATIVE = "/native/v1/chat/completions"
-
-
-@pytest.fixture
-def spy() -> Iterator[SpyUpstream]:
-    with spying(create_mock_app()) as (_, recorder):
-        yield recorder
 
 
 def new_user(gw: Gateway, user: str, spec: str) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -29,12 +29,6 @@ DAY_MS = 86_400_000
 
 def key_for(gw: Gateway, user: str) -> str:
     return asyncio.run(create_key(gw.settings.database_url, user))[1]
-
-
-@pytest.fixture
-def spy() -> Iterator[SpyUpstream]:
-    with spying(create_mock_app()) as (_, recorder):
-        yield recorder
 
 
 # --- audio answers -------------------------------------------------------------------------------

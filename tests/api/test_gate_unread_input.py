@@ -9,27 +9,20 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import openai
 import pytest
 
-from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import set_plan
-from tests.support.attack import SpyUpstream, ledger_rows, openai_error, recorded_ids, spying, wait_for
+from tests.support.attack import SpyUpstream, ledger_rows, openai_error, recorded_ids, wait_for
 from tests.support.media import wav
 
 LIMITED = "requests=100/1h,input_tokens=1000/1h"
 SLOW = "what is said here? #mock:chunk_delay_ms=200"  # a stream the client can leave early
 REFERENCE_TOKENS = 4096  # SENTINEL_REFERENCE_INPUT_TOKENS' default
-
-
-@pytest.fixture
-def spy() -> Iterator[SpyUpstream]:
-    with spying(create_mock_app()) as (_, recorder):
-        yield recorder
 
 
 def heard(clip: bytes, kind: str = "wav") -> list[dict[str, Any]]:

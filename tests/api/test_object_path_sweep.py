@@ -10,7 +10,7 @@ the refusals are the path's, not the route's. In-process (ASGI calls), every `/v
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -22,11 +22,10 @@ import pytest
 from sentinel.app import SentinelApp, create_app
 from sentinel.config import Settings
 from sentinel.governance.ownership import Ownership
-from sentinel.mock.app import create_mock_app
 from sentinel.services.objects import COLLECTIONS
 from tests.api.conftest import UPSTREAM_KEY
 from tests.support.accounts import create_key
-from tests.support.attack import SpyUpstream, openai_error, spying
+from tests.support.attack import SpyUpstream, openai_error
 from tests.support.inprocess import Answer, call
 
 SECRET = b"alice's salary: 1,000,000"
@@ -46,12 +45,6 @@ class World:
     bob: dict[str, str]
     objects: dict[str, str]  # collection -> an object of alice's
     bobs: dict[str, str]  # collection -> an object of bob's
-
-
-@pytest.fixture
-def spy() -> Iterator[SpyUpstream]:
-    with spying(create_mock_app()) as (_, recorder):
-        yield recorder
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ Each request is refused in its surface's own shape and nothing of it reaches the
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,10 +19,9 @@ import pytest
 from sentinel.app import SentinelApp, create_app
 from sentinel.config import Settings
 from sentinel.governance.keys import KeyService
-from sentinel.mock.app import create_mock_app
 from tests.api.conftest import UPSTREAM_KEY
 from tests.support.accounts import create_key, database, revoke_key
-from tests.support.attack import SpyUpstream, openai_error, spying
+from tests.support.attack import SpyUpstream, openai_error
 from tests.support.inprocess import Answer, call, route_table
 
 ADMIN_KEY = "admin-key-for-the-route-sweep-0123"
@@ -42,12 +41,6 @@ class Swept:
     app: SentinelApp
     spy: SpyUpstream
     keys: dict[str, str]  # credential name -> its token
-
-
-@pytest.fixture
-def spy() -> Iterator[SpyUpstream]:
-    with spying(create_mock_app()) as (_, recorder):
-        yield recorder
 
 
 @pytest.fixture

@@ -6,30 +6,23 @@ uncharged: an eval run counted one request, a run never read itself nothing."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import openai
 import pytest
 
 from sentinel.domain.usage import charge_id
-from sentinel.mock.app import create_mock_app
 from sentinel.mock.openai_runs import GRADED, RUN_USAGE, SAMPLED
 from sentinel.services.run_usage import MAX_FETCHED_RUNS
 from tests.api.conftest import Gateway, scripted_gateway
 from tests.support.accounts import create_key
-from tests.support.attack import SpyUpstream, ledger_rows, spying
+from tests.support.attack import SpyUpstream, ledger_rows
 from tests.support.runs import eval_and_run, thread_with_run, thread_with_runs
 from tests.support.waiting import wait_for
 
 EVALS = "/v1/evals,/v1/evals/*"
 THREADS = "/v1/assistants,/v1/threads,/v1/threads/*"
-
-
-@pytest.fixture
-def spy() -> Iterator[SpyUpstream]:
-    with spying(create_mock_app()) as (_, recorder):
-        yield recorder
 
 
 def _tokens(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:

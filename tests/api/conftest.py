@@ -50,6 +50,18 @@ class Gateway:
         headers = {"Authorization": f"Bearer {key or self.key}"}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kw)
 
+    def admin(self, **kw: Any) -> httpx.Client:
+        """A client of the operator surfaces (the admin API), on the gateway's admin key."""
+        assert self.settings.admin_key is not None, "the gateway has no admin key"
+        return self.client(self.settings.admin_key.get_secret_value(), **kw)
+
+    def quota_used(self, user: str = "alice") -> dict[str, int]:
+        """What each metric of `user`'s plan counts now (the admin API's view of the counters)."""
+        with self.admin() as admin:
+            quota = admin.get(f"/admin/api/users/{user}/quota")
+        assert quota.status_code == 200, quota.text
+        return {limit["metric"]: limit["used"] for limit in quota.json()["limits"]}
+
     def openai(self, **kw: Any) -> Any:
         import openai
 

@@ -30,10 +30,6 @@ def gw(gateway_factory: Callable[..., Gateway]) -> Gateway:
     return gateway_factory(admin_key=ADMIN_KEY, auth_failures_per_minute=5)
 
 
-def admin(gw: Gateway) -> httpx.Client:
-    return httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
-
-
 def signed_in(gw: Gateway) -> tuple[httpx.Client, str]:
     """A client holding the console's session cookie, and the page's CSRF token."""
     client = httpx.Client(base_url=gw.url, timeout=30)
@@ -65,7 +61,7 @@ def test_admin_routes_want_the_admin_key_and_refuse_user_keys(gw: Gateway) -> No
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "admin_auth_required"
         assert client.get("/admin/api/users", headers={"Authorization": "Basic abc"}).status_code == 401
         assert client.get("/admin", follow_redirects=False).headers["location"] == "/admin/signin"
-    with admin(gw) as client:
+    with gw.admin() as client:
         assert client.get("/admin/api/users").status_code == 200
 
 
@@ -134,7 +130,7 @@ def test_signing_out_ends_the_session_not_just_the_cookie(
     finally:
         client.close()
         other.close()
-    with admin(gw) as api_client:  # nothing was changed by the refused requests
+    with gw.admin() as api_client:  # nothing was changed by the refused requests
         assert api_client.get("/admin/api/user", params={"id": "zoe"}).status_code == 404
 
 
@@ -221,7 +217,7 @@ async def test_a_signed_out_session_is_kept_until_it_would_have_expired() -> Non
 def test_the_openapi_document_is_valid_and_covers_every_route(gw: Gateway) -> None:
     with httpx.Client(base_url=gw.url) as anonymous:
         assert anonymous.get("/admin/api/openapi.json").status_code == 401
-    with admin(gw) as client:
+    with gw.admin() as client:
         document = client.get("/admin/api/openapi.json").json()
     validate(document)
     documented = {(path, method.upper()) for path, item in document["paths"].items() for method in item}
@@ -238,7 +234,7 @@ def test_the_openapi_document_is_valid_and_covers_every_route(gw: Gateway) -> No
 
 
 def test_an_operator_flow_through_the_api(gw: Gateway) -> None:
-    with admin(gw) as client:
+    with gw.admin() as client:
         bad = client.put("/admin/api/plans/team", json={"limits": [{"metric": "requests", "limit": "x", "window": "1m"}]})
         assert bad.status_code == 400 and bad.json()["error"]["details"]["fields"] == {"limits.0.limit": "a whole number from 0 to 1,000,000,000,000,000"}
         plan = client.put("/admin/api/plans/team", json={"create": True, "limits": [
@@ -248,7 +244,7 @@ def test_an_operator_flow_through_the_api(gw: Gateway) -> None:
         created = client.post("/admin/api/users/dave/keys", json={"name": "ci"})
         assert created.status_code == 201 and created.headers["cache-control"] == "no-store"
         key, key_id = created.json()["key"], created.json()["id"]
-        user = httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        user = gw.client(key)
         with user:
             assert [user.post("/v1/chat/completions", json=CHAT).status_code for _ in range(3)] == [200, 200, 429]
             assert wait_for(lambda: len(client.get("/admin/api/users/dave").json()["recent_requests"]) == 2)
@@ -286,11 +282,11 @@ def test_an_operator_flow_through_the_api(gw: Gateway) -> None:
         assert client.get("/admin/api/usage", params={"step": "7m"}).status_code == 400
         assert client.get("/admin/api/users/alice/sessions/none-such").status_code == 404
         assert client.get("/admin/api/users/nobody-at-all").status_code == 404
-    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {gw.key}"}, timeout=30) as alice:
+    with gw.client() as alice:
         started = alice.post("/native/v1/chat/completions", json={
             "messages": [{"role": "user", "content": "hi"}], "conversation_id": "conv-ops"})
         assert started.status_code == 200, started.text
-    with admin(gw) as client:  # a conversation id is looked up with its user: ids are each user's own
+    with gw.admin() as client:  # a conversation id is looked up with its user: ids are each user's own
         found = client.get("/admin/api/users/alice/sessions/conv-ops")
         assert found.status_code == 200 and found.json()["external_id"] == "alice", found.text
         assert found.json()["ttl_remaining_seconds"] > 0
@@ -302,11 +298,11 @@ def test_a_session_whose_id_no_path_segment_holds_is_found_by_query(gw: Gateway)
     name it (`/` splits it, the encoded forms are refused), so users could make sessions operators
     could not look at. `.../session?conversation_id=` names it, for a user in the path or by `?id=`."""
     odd = "team/a?b#c%d .."
-    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {gw.key}"}, timeout=30) as alice:
+    with gw.client() as alice:
         started = alice.post("/native/v1/chat/completions", json={
             "messages": [{"role": "user", "content": "hi"}], "conversation_id": odd})
         assert started.status_code == 200, started.text
-    with admin(gw) as client:
+    with gw.admin() as client:
         for path, params in (("/admin/api/users/alice/session", {"conversation_id": odd}),
                              ("/admin/api/user/session", {"id": "alice", "conversation_id": odd})):
             found = client.get(path, params=params)
@@ -354,7 +350,7 @@ def test_bad_numbers_in_queries_are_validation_failures(gw: Gateway) -> None:
         ("/admin/api/usage/totals", {"user": "dave", "since": "99999999d"}, "since"),
         ("/admin/api/usage.csv", {"since": "99999999d"}, "since"),
     ]
-    with admin(gw) as client:
+    with gw.admin() as client:
         for path, params, field in bad:
             answer = client.get(path, params=params)
             assert answer.status_code == 400, (path, params, answer.text)
@@ -366,7 +362,7 @@ def test_bad_numbers_in_queries_are_validation_failures(gw: Gateway) -> None:
 
 
 def test_a_key_field_that_is_not_text_is_the_only_field_named(gw: Gateway) -> None:
-    with admin(gw) as client:
+    with gw.admin() as client:
         for body, fields in (
             ({"name": 5}, {"name": "text or null"}),
             ({"name": "laptop", "email": ["a@x"]}, {"email": "text or null"}),
@@ -384,7 +380,7 @@ def test_plan_limits_and_windows_are_bounded(gw: Gateway) -> None:
         return client.put("/admin/api/plans/team", json={"create": True, "limits": [
             {"metric": "requests", "limit": limit, "window": window}]})
 
-    with admin(gw) as client:
+    with gw.admin() as client:
         refused = put("\u00b2", "1h")
         assert refused.status_code == 400
         assert refused.json()["error"]["details"]["fields"] == {"limits.0.limit": "a whole number from 0 to 1,000,000,000,000,000"}
@@ -402,7 +398,7 @@ def test_plan_limits_and_windows_are_bounded(gw: Gateway) -> None:
 
 
 def test_tier_prices_must_be_finite(gw: Gateway) -> None:
-    with admin(gw) as client:
+    with gw.admin() as client:
         for price in ("inf", "1e400", "nan", "-1"):
             refused = client.put("/admin/api/tiers/simple", json={"entries": [f"openai/gpt-4o-mini:1:{price}:0.6"]})
             assert refused.status_code == 400, price
@@ -425,7 +421,7 @@ def test_operator_input_a_column_cannot_hold_is_a_400_that_changes_nothing(any_d
     gw = any_db_gw
     key = gw.key
     console = signed_in(gw)[0]
-    with admin(gw) as http:
+    with gw.admin() as http:
         before = http.get("/admin/api/tiers").json()
         answers = [
             http.put("/admin/api/users/alice/plan", json={"plan": "a\x00b"}),
@@ -473,7 +469,7 @@ def test_the_usage_csv_quotes_a_cell_holding_a_line_break(gateway_factory: Calla
     refused = post("alice\r=1+1")
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "identity_unrecordable", refused.text
     assert post("alice").status_code == 200
-    with admin(gw) as http:
+    with gw.admin() as http:
         assert wait_for(lambda: "alice" in http.get("/admin/api/usage.csv").text)
         conn = sqlite3.connect(sqlite_file(gw.settings.database_url), timeout=10)
         with conn:
@@ -503,7 +499,7 @@ def test_an_external_id_holding_another_separator_stays_one_cell_of_text(
         answer = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {token}"}, json=CHAT,
                             timeout=30)
         assert answer.status_code == 200, answer.text
-    with admin(gw) as http:
+    with gw.admin() as http:
         assert wait_for(lambda: all(i.split(";")[0] in http.get("/admin/api/usage.csv").text for i in ids))
         text = http.get("/admin/api/usage.csv").text
     for separator in (",", ";", "\t", "|"):
@@ -518,7 +514,7 @@ def test_an_external_id_holding_another_separator_stays_one_cell_of_text(
 def test_every_admin_api_error_is_not_stored(gw: Gateway) -> None:
     """Only the admin API's successes carried `Cache-Control: no-store`: its refusals (a missing key,
     a bad input, an unknown user or route, a wrong method) could be kept by a cache along the way."""
-    with admin(gw) as client:
+    with gw.admin() as client:
         answers = [
             httpx.get(gw.url + "/admin/api/users"),  # no key: 401
             client.get("/admin/api/usage", params={"step": "1y"}),  # 400
@@ -578,7 +574,7 @@ def test_a_deleted_plans_users_get_the_default_plan_not_a_later_plan_of_its_name
     """Deleting a plan left its users on its name: shown as assigned to it, and put on any plan later
     created under that name — here one of 999,999 requests a minute (the default allows 100)."""
     gw = any_db_gw
-    with admin(gw) as http:
+    with gw.admin() as http:
         plan, user, key, limits = on_a_new_plan(http)
         with gw.client(key) as alice:
             assert alice.post("/v1/chat/completions", json=CHAT).headers["x-ratelimit-limit"] == "1000"
@@ -604,7 +600,7 @@ def test_a_plan_deleted_on_one_replica_is_off_the_others_at_once(
     cached in Redis, so the other enforces the default plan within its one-second local copy."""
     one = gateway_factory(admin_key=ADMIN_KEY, database_url=pg_url, redis_url=redis_url)
     other = gateway_factory(admin_key=ADMIN_KEY, database_url=pg_url, redis_url=redis_url)
-    with admin(one) as http:
+    with one.admin() as http:
         plan, user, key, limits = on_a_new_plan(http)
         with other.client(key) as alice:
 
@@ -625,7 +621,7 @@ def test_a_revocation_the_store_did_not_hear_about_is_a_503_and_revoking_again_c
 ) -> None:
     """The store could not take the revoked key's tombstone (logged only) and the answer was 200, while
     the identity it had cached kept the key working for up to JWT_CACHE_TTL_SECONDS."""
-    with admin(gw) as client, gw.client() as user:
+    with gw.admin() as client, gw.client() as user:
         assert user.post("/v1/chat/completions", json=CHAT).status_code == 200  # its identity is cached now
 
         async def unavailable(key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
@@ -653,7 +649,7 @@ def test_a_key_given_for_its_id_is_refused_without_quoting_it(gw: Gateway) -> No
     """An operator who pastes the API key itself where its id goes got a 404 `No key 'sk-sentinel-...'`:
     the secret, in the answer (and an admin client's logs). It is a 400 in the admin API's error shape
     that does not repeat it, the console's form alike; nothing is revoked and the key still works."""
-    with admin(gw) as client:
+    with gw.admin() as client:
         created = client.post("/admin/api/users/pasted/keys", json={"name": "laptop"})
         key = created.json()["key"]
         for path in (f"/admin/api/keys/{key}/revoke", f"/admin/api/keys/%20{key}/revoke"):
@@ -670,5 +666,5 @@ def test_a_key_given_for_its_id_is_refused_without_quoting_it(gw: Gateway) -> No
         assert refused.status_code == 400 and key[len("sk-sentinel-"):] not in refused.text
     finally:
         console.close()
-    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as user:
+    with gw.client(key) as user:
         assert user.post("/v1/chat/completions", json=CHAT).status_code == 200

@@ -22,10 +22,6 @@ def gw(gateway_factory: Callable[..., Gateway]) -> Gateway:
     return gateway_factory(admin_key=ADMIN_KEY)
 
 
-def admin(gw: Gateway) -> httpx.Client:
-    return httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
-
-
 @contextlib.contextmanager
 def audit_log_unwritable(gw: Gateway) -> Iterator[None]:
     """The audit table out of reach (as a database failing at that write): every write to it fails
@@ -67,7 +63,7 @@ def test_a_change_whose_audit_entry_cannot_be_written_is_not_made(gw: Gateway) -
         ("DELETE", "/admin/api/tiers/simple", None, "tier.reset"),
         ("DELETE", "/admin/api/plans/gold", None, "plan.delete"),
     ]
-    with admin(gw) as http:
+    with gw.admin() as http:
         for method, path, body, action in changes:
             before = state(http, gw)
             with audit_log_unwritable(gw):

@@ -7,7 +7,6 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Iterator
 
-import httpx
 import pytest
 
 from sentinel.db.engine import create_engine, session_factory
@@ -48,7 +47,7 @@ def stored(gw: Gateway) -> tuple[list[tuple[object, ...]], list[tuple[object, ..
 
 def test_the_admin_api_refuses_plan_changes_with_409(gw: Gateway) -> None:
     before = stored(gw)
-    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30) as api:
+    with gw.admin() as api:
         limits = {"limits": [{"metric": "requests", "limit": 1, "window": "1m"}]}
         for method, path, body in (
             ("PUT", "/admin/api/plans/pro", limits), ("PUT", "/admin/api/plans/team", {"create": True, **limits}),

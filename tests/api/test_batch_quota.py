@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import openai
 import orjson
 import pytest
@@ -43,14 +42,6 @@ def _gateway(gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_
                            default_plan=plan, admin_key=ADMIN_KEY)
 
 
-def _used(gw: Gateway) -> dict[str, int]:
-    """What each metric of Alice's plan counts now (the admin API's view of her counters)."""
-    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30) as admin:
-        quota = admin.get("/admin/api/users/alice/quota")
-    assert quota.status_code == 200, quota.text
-    return {limit["metric"]: limit["used"] for limit in quota.json()["limits"]}
-
-
 def _upload(client: openai.OpenAI) -> str:
     content, _ = _input()
     return client.files.create(file=("in.jsonl", content), purpose="batch").id
@@ -72,7 +63,7 @@ def test_a_batch_past_the_plan_is_refused_before_it_is_made(
     assert error["details"]["requested"] == LINES * CAP
     assert caught.value.response.headers["x-should-retry"] == "false"
     assert spy.seen == []  # no batch was made upstream
-    assert _used(gw) == {"requests": 1, "output_tokens": 0}  # the upload alone
+    assert gw.quota_used() == {"requests": 1, "output_tokens": 0}  # the upload alone
 
 
 def test_a_batch_reserves_its_lines_and_its_first_read_settles_them(
@@ -86,20 +77,20 @@ def test_a_batch_reserves_its_lines_and_its_first_read_settles_them(
     client = gw.openai()
     file_id = _upload(client)
     batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
-    assert _used(gw)["output_tokens"] == LINES * CAP  # (before: 0, the batch reserved nothing)
+    assert gw.quota_used()["output_tokens"] == LINES * CAP  # (before: 0, the batch reserved nothing)
     estimates = [gw.runtime.relay.meter.batch_line("/v1/chat/completions", body) for body in _input()[1]]
     estimated_input = sum(estimate[0] for estimate in estimates)
     assert estimated_input > LINES * 20 and all(estimate[1] == CAP for estimate in estimates)
-    assert _used(gw) == {"requests": 1 + LINES, "input_tokens": estimated_input, "output_tokens": LINES * CAP}
+    assert gw.quota_used() == {"requests": 1 + LINES, "input_tokens": estimated_input, "output_tokens": LINES * CAP}
 
     done = client.batches.retrieve(batch.id)
     assert done.status == "completed" and done.usage is not None
     real = (done.usage.input_tokens, done.usage.output_tokens)
     assert real != (estimated_input, LINES * CAP)
     settled = {"requests": 2 + LINES, "input_tokens": real[0], "output_tokens": real[1]}
-    assert _used(gw) == settled
+    assert gw.quota_used() == settled
     client.batches.retrieve(batch.id)
-    assert _used(gw) == {**settled, "requests": 3 + LINES}  # a read more: one request, no tokens
+    assert gw.quota_used() == {**settled, "requests": 3 + LINES}  # a read more: one request, no tokens
 
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
     rows = ledger_rows(gw.settings.database_url, "alice")
@@ -117,7 +108,7 @@ def test_a_batch_the_provider_refuses_gives_its_reservation_back(
     with pytest.raises(openai.BadRequestError):
         client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
                               extra_query={"mock_status": "400"})
-    assert _used(gw) == {"requests": 2, "input_tokens": 0, "output_tokens": 0}
+    assert gw.quota_used() == {"requests": 2, "input_tokens": 0, "output_tokens": 0}
 
 
 class StillRunningFirst:
@@ -166,15 +157,15 @@ def test_a_batch_still_at_work_settles_nothing_until_its_usage_is_final(
         client = gw.openai()
         batch = client.batches.create(input_file_id=_upload(client), endpoint="/v1/chat/completions",
                                       completion_window="24h")
-        reserved = _used(gw)
+        reserved = gw.quota_used()
         running = client.batches.retrieve(batch.id)
         assert running.status == status and running.usage is not None
-        assert _used(gw) == {**reserved, "requests": reserved["requests"] + 1}  # still the estimate
+        assert gw.quota_used() == {**reserved, "requests": reserved["requests"] + 1}  # still the estimate
 
         done = client.batches.retrieve(batch.id)
         assert done.status == "completed" and done.usage is not None
         real = (done.usage.input_tokens, done.usage.output_tokens)
-        assert _used(gw) == {"requests": reserved["requests"] + 2, "input_tokens": real[0], "output_tokens": real[1]}
+        assert gw.quota_used() == {"requests": reserved["requests"] + 2, "input_tokens": real[0], "output_tokens": real[1]}
         assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
         rows = ledger_rows(gw.settings.database_url, "alice")
         assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0), (0, 0), (0, 0), real]
@@ -191,13 +182,13 @@ def test_a_batch_that_ended_having_run_nothing_gives_its_tokens_back(
                   "requests=1000/1d,input_tokens=1000000/1d,output_tokens=100000/1d")
     client = gw.openai()
     batch = client.batches.create(input_file_id=_upload(client), endpoint="/v1/responses", completion_window="24h")
-    assert _used(gw)["output_tokens"] == LINES * CAP  # reserved
+    assert gw.quota_used()["output_tokens"] == LINES * CAP  # reserved
 
     failed = client.batches.retrieve(batch.id)
     assert failed.status == "failed" and failed.usage is None and failed.errors is not None
-    assert _used(gw) == {"requests": 3, "input_tokens": 0, "output_tokens": 0}  # upload, batch, read
+    assert gw.quota_used() == {"requests": 3, "input_tokens": 0, "output_tokens": 0}  # upload, batch, read
     client.batches.retrieve(batch.id)
-    assert _used(gw) == {"requests": 4, "input_tokens": 0, "output_tokens": 0}
+    assert gw.quota_used() == {"requests": 4, "input_tokens": 0, "output_tokens": 0}
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
     rows = ledger_rows(gw.settings.database_url, "alice")
     assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0)] * 4
@@ -228,14 +219,14 @@ def test_a_list_read_showing_a_batchs_usage_first_settles_its_reservation_once(
         upstream.json(done)
         file_id = _upload(client)
         client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
-        assert _used(gw)["output_tokens"] == LINES * CAP  # reserved
+        assert gw.quota_used()["output_tokens"] == LINES * CAP  # reserved
         with gw.client() as alice:
             assert alice.post("/v1/threads", json={}).status_code == 200
             assert alice.get("/v1/threads/thread_1/runs").status_code == 200
             settled = {"requests": 3 + LINES, "input_tokens": 700, "output_tokens": 90}
-            assert _used(gw) == settled  # (before: the estimate, and the usage on top)
+            assert gw.quota_used() == settled  # (before: the estimate, and the usage on top)
             assert alice.get("/v1/batches/batch_1").status_code == 200
-        assert _used(gw) == {**settled, "requests": 4 + LINES}  # a read more: one request, no tokens
+        assert gw.quota_used() == {**settled, "requests": 4 + LINES}  # a read more: one request, no tokens
 
 
 def _continuing(previous: str, lines: int) -> bytes:
@@ -259,9 +250,9 @@ def test_a_batch_continuing_several_stored_responses_reserves_each_ones_context(
     contexts = [response.usage.input_tokens + response.usage.output_tokens for response in stored]
     content = b"".join(_continuing(response.id, lines) for response, lines in zip(stored, (1, 2, 4), strict=True))
     upload = client.files.create(file=("in.jsonl", content), purpose="batch").id
-    before = _used(gw)["input_tokens"]
+    before = gw.quota_used()["input_tokens"]
     client.batches.create(input_file_id=upload, endpoint="/v1/responses", completion_window="24h")
-    reserved = _used(gw)["input_tokens"] - before
+    reserved = gw.quota_used()["input_tokens"] - before
     read_along = contexts[0] + 2 * contexts[1] + 4 * contexts[2]
     assert read_along < reserved < read_along + 7 * 100  # each line's context, and its own few words
 
@@ -290,9 +281,9 @@ def test_a_batch_whose_lines_continue_a_stored_response_reserves_the_context_eac
     assert error["details"]["requested"] > 40 * context
     assert spy.seen == []  # no batch was made upstream
 
-    before = _used(gw)["input_tokens"]
+    before = gw.quota_used()["input_tokens"]
     client.batches.create(input_file_id=few, endpoint="/v1/responses", completion_window="24h")
-    assert _used(gw)["input_tokens"] - before > 3 * context  # each line's context, and its own words
+    assert gw.quota_used()["input_tokens"] - before > 3 * context  # each line's context, and its own words
 
 
 def test_a_list_read_charges_at_most_max_tokens_whatever_its_items_add_up_to(

@@ -74,13 +74,6 @@ def _batch(client: openai.OpenAI) -> str:
     return client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h").id
 
 
-def _used(gw: Gateway) -> dict[str, int]:
-    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30) as admin:
-        quota = admin.get("/admin/api/users/alice/quota")
-    assert quota.status_code == 200, quota.text
-    return {limit["metric"]: limit["used"] for limit in quota.json()["limits"]}
-
-
 def _charged_rows(gw: Gateway, rows: int) -> list[dict[str, Any]]:
     """Alice's ledger rows with tokens, once it holds `rows` rows."""
     return [r for r in gw.settled_rows(rows) if r["input_tokens"] or r["output_tokens"]]
@@ -122,10 +115,10 @@ def test_a_read_that_dies_after_its_record_is_not_charged_again(
     with pytest.raises(openai.InternalServerError):
         dying.openai().batches.retrieve(batch_id)
     assert died == [1]
-    counted = _used(dying)
+    counted = dying.quota_used()
     done = reader.openai().batches.retrieve(batch_id)
     assert done.usage is not None
-    assert _used(reader) == {**counted, "requests": counted["requests"] + 1}  # the read, no tokens more
+    assert reader.quota_used() == {**counted, "requests": counted["requests"] + 1}  # the read, no tokens more
     reader.openai().batches.retrieve(batch_id)
     # the upload, the batch made, the batch's usage (twice recorded, one row), the read after it
     charged = _charged_rows(reader, 4)
@@ -206,7 +199,7 @@ def test_a_read_charging_an_object_it_fetched_or_read_dies_and_the_next_charges_
         with gw.client() as alice:
             assert alice.get(path).status_code == 500
             assert died == [1]
-            counted = _used(gw)
+            counted = gw.quota_used()
             assert alice.get(path).status_code == 200  # the next read: records the object's usage
             assert alice.get(path).status_code == 200  # charged now: nothing fetched, nothing more
         assert len(upstream.received) == 2 * len(fetching) + len(after)
@@ -216,7 +209,7 @@ def test_a_read_charging_an_object_it_fetched_or_read_dies_and_the_next_charges_
     assert [(r["input_tokens"], r["output_tokens"]) for r in charged] == [tokens]
     assert charged[0]["request_id"] == charge_id(charged[0]["external_id"], object_id, part)
     if dies_in == "confirm_charged":  # (the dying read's settlement counted it; the next counts none)
-        assert _used(gw) == {**counted, "requests": counted["requests"] + 2}
+        assert gw.quota_used() == {**counted, "requests": counted["requests"] + 2}
         assert counted["input_tokens"] == tokens[0]
 
 

@@ -69,10 +69,6 @@ def fuzz_gw(gateway_factory: Callable[..., Gateway]) -> Gateway:
     return gateway_factory(default_plan="requests=1000000/1m", admin_key=ADMIN_KEY, passthrough="/v1/*")
 
 
-def admin_client(gw: Gateway) -> httpx.Client:
-    return httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
-
-
 @st.composite
 def mutated(draw: st.DrawFn, base: dict[str, Any]) -> bytes:
     """`base` with one to three fields removed or replaced by hostile values (in an item of a list of
@@ -265,7 +261,7 @@ def test_hostile_admin_bodies_never_get_a_server_error_and_a_refused_one_changes
     gateway_factory: Callable[..., Gateway], method: str, path: str
 ) -> None:
     gw = gateway_factory(admin_key=ADMIN_KEY)
-    with admin_client(gw) as api:
+    with gw.admin() as api:
         plan = api.put("/admin/api/plans/fuzz", json={"create": True, "limits": [{"metric": "requests", "limit": 5, "window": "1m"}]})
         assert plan.status_code == 200, plan.text
 
@@ -326,7 +322,7 @@ def transport_variants(good: bytes) -> list[tuple[str, dict[str, str], bytes]]:
 
 def check_transport(gw: Gateway, method: str, path: str, good: bytes) -> None:
     key = ADMIN_KEY if path.startswith("/admin") else gw.key
-    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+    with gw.client(key) as http:
         for name, headers, body in transport_variants(good):
             r = http.request(method, path, content=body, headers=headers)
             check_answer(path, r, name.encode() + b": " + body[:200])
@@ -369,7 +365,7 @@ def test_a_body_that_is_not_utf8_is_refused_saying_what_it_is(
         ({"content-type": "application/json; charset=utf-16"}, good.decode().encode("utf-16"), "UTF-16"),
         (JSON, b'{"x": "\xff"}', "not UTF-8 (byte 7)"),
     ]
-    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+    with gw.client(key) as http:
         for headers, body, says in expected:
             r = http.request(method, path, content=body, headers=headers)
             check_answer(path, r, body)
@@ -392,7 +388,7 @@ def test_the_admin_api_reads_a_session_whose_id_holds_a_format_character(
         made = http.post("/native/v1/chat/completions",
                          json={"conversation_id": conversation, "messages": [{"role": "user", "content": "hi"}]})
         assert made.status_code == 200, made.text
-    with admin_client(gw) as api:
+    with gw.admin() as api:
         for path in (f"/admin/api/users/alice/session?conversation_id={quote(conversation, safe='')}",
                      f"/admin/api/user/session?id=alice&conversation_id={quote(conversation, safe='')}"):
             read = api.get(path)

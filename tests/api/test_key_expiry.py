@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import openai
 import pytest
 from sqlalchemy import event
@@ -48,10 +47,6 @@ class Clocks:
         self.clock.advance(seconds)
 
 
-def admin(gw: Gateway) -> httpx.Client:
-    return httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def gw(request: pytest.FixtureRequest, gateway_factory: Callable[..., Gateway]) -> Gateway:
     if request.param == "postgres":
@@ -66,7 +61,7 @@ def test_a_key_works_until_its_expiry_then_every_surface_refuses_it(gw: Gateway)
     /v1/messages in Anthropic's shape and on /native; the listings say `expired`."""
     clocks = Clocks(gw)
     user = f"trial-{time.time_ns()}"  # the PostgreSQL database is the session's
-    with admin(gw) as http:
+    with gw.admin() as http:
         created = http.post(f"/admin/api/users/{user}/keys", json={"name": "trial", "expires_in_seconds": 3600})
         assert created.status_code == 201, created.text
         issued = created.json()
@@ -77,7 +72,7 @@ def test_a_key_works_until_its_expiry_then_every_surface_refuses_it(gw: Gateway)
         assert sdk.chat.completions.create(**CHAT).choices[0].message.content  # type: ignore[call-overload]
         clocks.advance(3599)  # its identity is cached (fresh for 300 s) since the first use: not past the expiry
         assert sdk.chat.completions.create(**CHAT).choices[0].message.content  # type: ignore[call-overload]
-        with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as caller:
+        with gw.client(key) as caller:
             assert caller.post("/v1/messages", json=MESSAGES, headers={"x-api-key": key}).status_code == 200
             clocks.advance(1)
             with pytest.raises(openai.AuthenticationError) as refused:
@@ -111,7 +106,7 @@ def test_repeated_uses_of_an_expired_key_do_not_each_read_the_database(gw: Gatew
     others are refused from the cache — still 401 `token_expired` every time."""
     clocks = Clocks(gw)
     user = f"lapsed-{time.time_ns()}"
-    with admin(gw) as http:
+    with gw.admin() as http:
         key = http.post(f"/admin/api/users/{user}/keys", json={"expires_in_seconds": 60}).json()["key"]
     key_reads: list[str] = []
 
@@ -135,7 +130,7 @@ def test_an_expiry_given_as_a_moment(gw: Gateway) -> None:
     clocks = Clocks(gw)
     user = f"dated-{time.time_ns()}"
     ends = (clocks.moment() + timedelta(days=2)).replace(microsecond=0)
-    with admin(gw) as http:
+    with gw.admin() as http:
         # An offset is read as such (UTC in the answer); a naive time is UTC.
         local = ends.astimezone(UTC).replace(tzinfo=None).isoformat() + "+02:00"
         created = http.post(f"/admin/api/users/{user}/keys", json={"expires_at": local})
@@ -170,7 +165,7 @@ BAD_EXPIRIES = [
 
 def test_a_wrong_expiry_is_a_400_naming_its_field_and_issues_nothing(gw: Gateway) -> None:
     user = f"refused-{time.time_ns()}"
-    with admin(gw) as http:
+    with gw.admin() as http:
         answers = [(http.post(f"/admin/api/users/{user}/keys", json={"name": "x", **body}), field)
                    for body, field in BAD_EXPIRIES]
         for (answer, field), (body, _) in zip(answers, BAD_EXPIRIES, strict=True):
@@ -201,7 +196,7 @@ def test_the_console_issues_a_key_with_a_lifetime_and_shows_when_keys_expire(con
     ends = (clocks.moment() + timedelta(hours=12)).strftime("%Y-%m-%d %H:%M UTC")
     assert f"It expires {ends}." in created.text
     assert "<td>never</td>" not in created.text  # erin's only key has an expiry
-    with admin(console.gw) as http:
+    with console.gw.admin() as http:
         (key,) = http.get("/admin/api/keys", params={"user": "erin"}).json()["keys"]
         assert key["status"] == "active"
         clocks.advance(12 * 3600)
@@ -219,7 +214,7 @@ def test_failed_uses_of_an_expired_key_count_towards_the_addresss_throttle(
     behind it keep working."""
     gw = gateway_factory(admin_key=ADMIN_KEY, auth_failures_per_minute=3)
     clocks = Clocks(gw)
-    with admin(gw) as http:
+    with gw.admin() as http:
         key = http.post("/admin/api/users/bob/keys", json={"expires_in_seconds": 60}).json()["key"]
     with gw.client() as alice:
         assert alice.get("/v1/models").status_code == 200  # cached from here on

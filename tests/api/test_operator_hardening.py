@@ -30,7 +30,7 @@ def gw(gateway_factory: Callable[..., Gateway]) -> Gateway:
 
 @pytest.fixture
 def api(gw: Gateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30) as client:
+    with gw.admin() as client:
         yield client
 
 

@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from sentinel.native._wire import MAX_COUNT, as_count, as_object
-from sentinel.native.errors import NativeValidationError, TranslationError
+from sentinel.native.errors import NativeValidationError, TranslationError, invalid
 from sentinel.native.model_request import ModelChatRequest
 from sentinel.native.openai import writable_arguments
 from sentinel.native.responses import (
@@ -113,7 +113,7 @@ def _stop_sequences(stop: str | list[str]) -> list[str]:
     for i, sequence in enumerate(stops):
         if not sequence.strip():
             param = "stop" if isinstance(stop, str) else f"stop.{i}"
-            raise NativeValidationError(f"{param}: Anthropic does not accept a stop sequence of only whitespace", param)
+            raise invalid(param, "Anthropic does not accept a stop sequence of only whitespace")
     return stops
 
 

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sentinel.native.errors import NativeValidationError
+from sentinel.native.errors import invalid
 from sentinel.native.openai_checks import MAX_MODEL_CHARS
-
-
-def _fail(param: str, expected: str) -> NativeValidationError:
-    return NativeValidationError(f"{param}: {expected}", param)
 
 
 def _is_number(value: Any) -> bool:
@@ -30,10 +26,10 @@ def _blocks(param: str, content: Any) -> None:
     if isinstance(content, str):
         return
     if not isinstance(content, list):
-        raise _fail(param, "must be a string or an array of content blocks")
+        raise invalid(param, "must be a string or an array of content blocks")
     for j, block in enumerate(content):
         if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-            raise _fail(f"{param}.{j}", "must be a content block object with a string 'type'")
+            raise invalid(f"{param}.{j}", "must be a content block object with a string 'type'")
         if block["type"] == "tool_result" and block.get("content") is not None:
             _blocks(f"{param}.{j}.content", block["content"])
 
@@ -43,35 +39,35 @@ def check_messages_fields(payload: dict[str, Any], *, count_only: bool = False) 
     `count_only`, a `/v1/messages/count_tokens` body, which has no `max_tokens`) has the wrong type."""
     model = payload.get("model")
     if not isinstance(model, str) or not model or len(model) > MAX_MODEL_CHARS:
-        raise _fail("model", f"is required and must be a non-empty string of at most {MAX_MODEL_CHARS} characters")
+        raise invalid("model", f"is required and must be a non-empty string of at most {MAX_MODEL_CHARS} characters")
     if not count_only:
         max_tokens = payload.get("max_tokens")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise _fail("max_tokens", "is required and must be an integer >= 1")
+            raise invalid("max_tokens", "is required and must be an integer >= 1")
         if payload.get("stream") is not None and not isinstance(payload["stream"], bool):
-            raise _fail("stream", "must be a boolean")
+            raise invalid("stream", "must be a boolean")
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _fail("messages", "must be a non-empty array of message objects")
+        raise invalid("messages", "must be a non-empty array of message objects")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise _fail(f"messages.{i}", "must be a message object")
+            raise invalid(f"messages.{i}", "must be a message object")
         if not isinstance(message.get("role"), str):
-            raise _fail(f"messages.{i}.role", "must be a string")
+            raise invalid(f"messages.{i}.role", "must be a string")
         _blocks(f"messages.{i}.content", message.get("content"))
     system = payload.get("system")
     if system is not None:
         _blocks("system", system)
     if payload.get("tools") is not None and not _objects(payload["tools"]):
-        raise _fail("tools", "must be an array of tool objects")
+        raise invalid("tools", "must be an array of tool objects")
     if payload.get("mcp_servers") is not None and not _objects(payload["mcp_servers"]):  # (each one reserved)
-        raise _fail("mcp_servers", "must be an array of MCP server objects")
+        raise invalid("mcp_servers", "must be an array of MCP server objects")
     for key in ("tool_choice", "metadata", "thinking"):
         if payload.get(key) is not None and not isinstance(payload[key], dict):
-            raise _fail(key, "must be an object")
+            raise invalid(key, "must be an object")
     stops = payload.get("stop_sequences")
     if stops is not None and not (isinstance(stops, list) and all(isinstance(s, str) for s in stops)):
-        raise _fail("stop_sequences", "must be an array of strings")
+        raise invalid("stop_sequences", "must be an array of strings")
     for key in ("temperature", "top_p", "top_k"):
         if payload.get(key) is not None and not _is_number(payload[key]):
-            raise _fail(key, "must be a number")
+            raise invalid(key, "must be a number")

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sentinel.native.errors import NativeValidationError
+from sentinel.native.errors import NativeValidationError, invalid
 from sentinel.native.model_request import ModelChatRequest
 from sentinel.native.responses import CacheTokens, FinishReason, ProviderReply, Usage
 from sentinel.native.validation import to_native_error
@@ -48,10 +48,6 @@ _BLOCK_KEYS = {
 _TOOL_KEYS = {"type", "name", "description", "input_schema", "cache_control"}
 
 
-def _refuse(param: str, why: str) -> NativeValidationError:
-    return NativeValidationError(f"{param}: {why}", param)
-
-
 def parse_anthropic_messages(payload: dict[str, Any], *, target: str) -> ModelChatRequest:
     """A Messages API body as a unified request; `target` names the provider's wire format in error
     messages. Raise NativeValidationError naming the first field that cannot be translated."""
@@ -60,17 +56,17 @@ def parse_anthropic_messages(payload: dict[str, Any], *, target: str) -> ModelCh
         if key in _KEPT or key in ("messages", "system", "stop_sequences", "tools", "tool_choice", "metadata"):
             continue
         if key not in _NO_OPS:
-            raise _refuse(key, f"unknown parameter, or one that cannot be translated to {target}")
+            raise invalid(key, f"unknown parameter, or one that cannot be translated to {target}")
         if value not in _NO_OPS[key]:
-            raise _refuse(key, f"this value cannot be translated to {target}")
+            raise invalid(key, f"this value cannot be translated to {target}")
     if "max_tokens" not in out:
-        raise _refuse("max_tokens", "Field required")
+        raise invalid("max_tokens", "Field required")
     origins: list[dict[str, str]] = []  # per unified message: its paths as the client wrote them
     out["messages"] = _system(payload.get("system"), origins) + _messages(payload.get("messages"), target, origins)
     stops = payload.get("stop_sequences")
     if stops:
         if not isinstance(stops, list) or len(stops) > MAX_STOP_SEQUENCES:
-            raise _refuse("stop_sequences", f"at most {MAX_STOP_SEQUENCES} stop sequences can be translated to {target}")
+            raise invalid("stop_sequences", f"at most {MAX_STOP_SEQUENCES} stop sequences can be translated to {target}")
         out["stop"] = stops
     if payload.get("tools") is not None:
         out["tools"] = _tools(payload["tools"], target)
@@ -130,7 +126,7 @@ def _metadata(metadata: Any) -> None:
     if metadata is None:
         return
     if not isinstance(metadata, dict) or set(metadata) - {"user_id"}:
-        raise _refuse("metadata", "only metadata.user_id is known")
+        raise invalid("metadata", "only metadata.user_id is known")
 
 
 def _system(system: Any, origins: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -140,11 +136,11 @@ def _system(system: Any, origins: list[dict[str, str]]) -> list[dict[str, Any]]:
         origins.append({"": "system", "content": "system"})
         return [{"role": "system", "content": system}]
     if not isinstance(system, list):
-        raise _refuse("system", "must be a string or a list of text blocks")
+        raise invalid("system", "must be a string or a list of text blocks")
     parts = []
     for j, block in enumerate(system):
         if not isinstance(block, dict) or block.get("type") != "text":
-            raise _refuse(f"system.{j}.type", "only text blocks are allowed")
+            raise invalid(f"system.{j}.type", "only text blocks are allowed")
         _known_keys(f"system.{j}", block)
         parts.append({"type": "text", "text": block.get("text")})
     if not parts:
@@ -156,40 +152,40 @@ def _system(system: Any, origins: list[dict[str, str]]) -> list[dict[str, Any]]:
 def _known_keys(at: str, block: dict[str, Any]) -> None:
     extra = set(block) - _BLOCK_KEYS[block["type"]]
     if extra:
-        raise _refuse(f"{at}.{sorted(extra)[0]}", "unknown field")
+        raise invalid(f"{at}.{sorted(extra)[0]}", "unknown field")
 
 
 def _messages(raw: Any, target: str, origins: list[dict[str, str]]) -> list[dict[str, Any]]:
     if not isinstance(raw, list) or not raw:
-        raise _refuse("messages", "must be a non-empty array of message objects")
+        raise invalid("messages", "must be a non-empty array of message objects")
     out: list[dict[str, Any]] = []
     for i, message in enumerate(raw):
         if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-            raise _refuse(f"messages.{i}.role", "must be 'user' or 'assistant'")
+            raise invalid(f"messages.{i}.role", "must be 'user' or 'assistant'")
         extra = set(message) - {"role", "content"}
         if extra:
-            raise _refuse(f"messages.{i}.{sorted(extra)[0]}", "unknown field")
+            raise invalid(f"messages.{i}.{sorted(extra)[0]}", "unknown field")
         turn = _user(i, message.get("content"), target, origins) if message["role"] == "user" else _assistant(
             i, message.get("content"), target, origins
         )
         out.extend(turn)
     if raw[-1].get("role") == "assistant":
-        raise _refuse(f"messages.{len(raw) - 1}", f"a final assistant message (a prefill) cannot be translated to {target}")
+        raise invalid(f"messages.{len(raw) - 1}", f"a final assistant message (a prefill) cannot be translated to {target}")
     return out
 
 
 def _blocks(at: str, content: Any, allowed: tuple[str, ...], target: str) -> list[dict[str, Any]]:
     if not isinstance(content, list):
-        raise _refuse(at, "must be a string or a list of content blocks")
+        raise invalid(at, "must be a string or a list of content blocks")
     for j, block in enumerate(content):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind not in allowed:
-            raise _refuse(f"{at}.{j}.type", f"{kind!r} blocks cannot be translated to {target} here")
+            raise invalid(f"{at}.{j}.type", f"{kind!r} blocks cannot be translated to {target} here")
         _known_keys(f"{at}.{j}", block)
         if kind == "text" and not isinstance(block.get("text"), str):  # was read as "" in a result or an answer
-            raise _refuse(f"{at}.{j}.text", "must be a string")
+            raise invalid(f"{at}.{j}.text", "must be a string")
         if kind == "tool_result" and not isinstance(block.get("is_error", False), bool | None):
-            raise _refuse(f"{at}.{j}.is_error", "must be a boolean")
+            raise invalid(f"{at}.{j}.is_error", "must be a boolean")
     return content
 
 
@@ -215,7 +211,7 @@ def _user(i: int, content: Any, target: str, origins: list[dict[str, str]]) -> l
             results.append({"role": "tool", "tool_call_id": block.get("tool_use_id"),
                             "content": _result_text(f"{at}.{j}", block, target)})
     if not results and not parts:
-        raise _refuse(at, "must not be empty")
+        raise invalid(at, "must not be empty")
     origins.extend(result_paths + ([part_paths] if parts else []))
     return results + ([{"role": "user", "content": parts}] if parts else [])
 
@@ -230,7 +226,7 @@ def _image_url(at: str, source: Any) -> str:
         # Anthropic fetches http(s) alone; an OpenAI-compatible server may read other schemes too
         # (vLLM: `file://` under its allowed media path, and a data URL is not a url source).
         return url
-    raise _refuse(at, "must be a base64 image (media_type image/..., data) or a url source with an http(s) URL")
+    raise invalid(at, "must be a base64 image (media_type image/..., data) or a url source with an http(s) URL")
 
 
 def _result_text(at: str, block: dict[str, Any], target: str) -> Any:
@@ -271,14 +267,14 @@ def _assistant(i: int, content: Any, target: str, origins: list[dict[str, str]])
 
 def _tools(tools: Any, target: str) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
-        raise _refuse("tools", "must be an array of tool objects")
+        raise invalid("tools", "must be an array of tool objects")
     out = []
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict) or tool.get("type", "custom") not in ("custom", None):
-            raise _refuse(f"tools.{i}.type", f"only custom (client) tools can be translated to {target}")
+            raise invalid(f"tools.{i}.type", f"only custom (client) tools can be translated to {target}")
         extra = set(tool) - _TOOL_KEYS
         if extra:
-            raise _refuse(f"tools.{i}.{sorted(extra)[0]}", f"cannot be translated to {target}")
+            raise invalid(f"tools.{i}.{sorted(extra)[0]}", f"cannot be translated to {target}")
         function = {"name": tool.get("name"), "parameters": tool.get("input_schema")}
         if tool.get("description") is not None:
             function["description"] = tool["description"]
@@ -288,17 +284,17 @@ def _tools(tools: Any, target: str) -> list[dict[str, Any]]:
 
 def _tool_choice(choice: Any, out: dict[str, Any]) -> None:
     if not isinstance(choice, dict) or set(choice) - {"type", "name", "disable_parallel_tool_use"}:
-        raise _refuse("tool_choice", "must be an object with type auto, any, tool or none")
+        raise invalid("tool_choice", "must be an object with type auto, any, tool or none")
     kind = choice.get("type")
     if kind == "tool":
         out["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
     elif kind in ("auto", "any", "none"):
         out["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[kind]
     else:
-        raise _refuse("tool_choice.type", "must be auto, any, tool or none")
+        raise invalid("tool_choice.type", "must be auto, any, tool or none")
     disable = choice.get("disable_parallel_tool_use")
     if not isinstance(disable, bool | None):  # "true" was read as false: parallel calls left on
-        raise _refuse("tool_choice.disable_parallel_tool_use", "must be a boolean")
+        raise invalid("tool_choice.disable_parallel_tool_use", "must be a boolean")
     if disable:
         out["parallel_tool_calls"] = False
 

@@ -26,6 +26,11 @@ class NativeValidationError(NativeError):
         self.param = param
 
 
+def invalid(param: str, why: str) -> NativeValidationError:
+    """The request's field `param` (a dotted path) is invalid, `why` saying how: "`param`: `why`"."""
+    return NativeValidationError(f"{param}: {why}", param)
+
+
 class TranslationError(NativeError):
     """An upstream body does not have the shape its wire format promises."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sentinel.native.errors import NativeValidationError
+from sentinel.native.errors import invalid
 
 MAX_N = 128  # OpenAI's range for `n`
 MAX_BEST_OF = 20  # and for `best_of` (legacy completions)
@@ -27,14 +27,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _fail(param: str, expected: str) -> NativeValidationError:
-    return NativeValidationError(f"{param}: {expected}", param)
-
-
 def _optional(payload: dict[str, Any], key: str, ok: Callable[[Any], bool], expected: str) -> None:
     value = payload.get(key)
     if value is not None and not ok(value):
-        raise _fail(key, expected)
+        raise invalid(key, expected)
 
 
 def _positive_int(limit: int | None = None) -> Callable[[Any], bool]:
@@ -56,19 +52,19 @@ def _text_or_tokens(value: Any) -> bool:
 
 def _check_messages(messages: Any) -> None:
     if not isinstance(messages, list) or not messages:
-        raise _fail("messages", "must be a non-empty array of message objects")
+        raise invalid("messages", "must be a non-empty array of message objects")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise _fail(f"messages.{i}", "must be a message object")
+            raise invalid(f"messages.{i}", "must be a message object")
         if not isinstance(message.get("role"), str):
-            raise _fail(f"messages.{i}.role", "must be a string")
+            raise invalid(f"messages.{i}.role", "must be a string")
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
-            raise _fail(f"messages.{i}.content", "must be a string, an array of content parts or null")
+            raise invalid(f"messages.{i}.content", "must be a string, an array of content parts or null")
         if isinstance(content, list):
             for j, part in enumerate(content):
                 if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    raise _fail(f"messages.{i}.content.{j}", "must be a content part object with a string 'type'")
+                    raise invalid(f"messages.{i}.content.{j}", "must be a content part object with a string 'type'")
                 if part["type"] == "image_url":
                     image = part.get("image_url")
                     url = image.get("url") if isinstance(image, dict) else image
@@ -83,7 +79,7 @@ _IMAGE_URL_SCHEMES = ("http://", "https://", "data:")
 
 def _check_image_url(url: Any, param: str) -> None:
     if isinstance(url, str) and not url[:8].lower().startswith(_IMAGE_URL_SCHEMES):
-        raise _fail(param, "must be an http(s) URL or a data URL")
+        raise invalid(param, "must be an http(s) URL or a data URL")
 
 
 def _check_common(payload: dict[str, Any]) -> None:
@@ -98,7 +94,7 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
     wrong type or an absurd value. `endpoint` is one of chat, completions, embeddings, responses."""
     model = payload.get("model")
     if not isinstance(model, str) or not model or len(model) > MAX_MODEL_CHARS:
-        raise _fail("model", f"is required and must be a non-empty string of at most {MAX_MODEL_CHARS} characters")
+        raise invalid("model", f"is required and must be a non-empty string of at most {MAX_MODEL_CHARS} characters")
     _check_common(payload)
     if endpoint == "chat":
         _check_messages(payload.get("messages"))
@@ -107,24 +103,24 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
         _optional(payload, "n", _positive_int(MAX_N), f"must be an integer from 1 to {MAX_N}")
     elif endpoint == "completions":
         if not _text_or_tokens(payload.get("prompt")):
-            raise _fail("prompt", "must be a string, an array of strings or an array of token ids")
+            raise invalid("prompt", "must be a string, an array of strings or an array of token ids")
         _optional(payload, "max_tokens", _positive_int(), "must be an integer >= 1")
         _optional(payload, "n", _positive_int(MAX_N), f"must be an integer from 1 to {MAX_N}")
         _optional(payload, "best_of", _positive_int(MAX_BEST_OF), f"must be an integer from 1 to {MAX_BEST_OF}")
         n, best_of = payload.get("n") or 1, payload.get("best_of")
         if best_of is not None and best_of < n:
-            raise _fail("best_of", "must be at least n")
+            raise invalid("best_of", "must be at least n")
     elif endpoint == "embeddings":
         if not _text_or_tokens(payload.get("input")):
-            raise _fail("input", "must be a string, an array of strings or an array of token ids")
+            raise invalid("input", "must be a string, an array of strings or an array of token ids")
     elif endpoint == "responses":
         items = payload.get("input")
         if items is not None and not isinstance(items, str | list):
-            raise _fail("input", "must be a string or an array of input items")
+            raise invalid("input", "must be a string or an array of input items")
         if isinstance(items, list):
             for i, item in enumerate(items):
                 if not isinstance(item, dict):
-                    raise _fail(f"input.{i}", "must be an input item object")
+                    raise invalid(f"input.{i}", "must be an input item object")
                 parts = item.get("content")
                 for j, part in enumerate(parts if isinstance(parts, list) else ()):
                     if isinstance(part, dict) and part.get("type") == "input_image":
@@ -134,7 +130,7 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
         _optional(payload, "previous_response_id", lambda v: isinstance(v, str), "must be a string")
         if payload.get("background") not in (None, False):
             # The provider would generate after the call is answered: output Sentinel could not meter.
-            raise _fail("background", "background responses are not supported through this gateway")
+            raise invalid("background", "background responses are not supported through this gateway")
 
 
 def output_multiplier(endpoint: str, payload: dict[str, Any]) -> int:

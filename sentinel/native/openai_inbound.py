@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from sentinel.native.errors import NativeValidationError, TranslationError
+from sentinel.native.errors import TranslationError, invalid
 from sentinel.native.model_request import ModelChatRequest
 from sentinel.native.openai import parse_arguments
 from sentinel.native.responses import CacheTokens, ProviderReply, Usage
@@ -64,10 +64,6 @@ _STREAM_OPTIONS = frozenset({"include_usage", "include_obfuscation"})
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 
 
-def _refuse(param: str, why: str) -> NativeValidationError:
-    return NativeValidationError(f"{param}: {why}", param)
-
-
 def parse_openai_chat(payload: dict[str, Any], *, target: str) -> ModelChatRequest:
     """An OpenAI chat-completions body as a unified request; `target` names the provider's wire format
     in error messages. Raise NativeValidationError naming the first field that cannot be translated."""
@@ -79,9 +75,9 @@ def parse_openai_chat(payload: dict[str, Any], *, target: str) -> ModelChatReque
             continue
         check = _NO_OPS.get(key)
         if check is None:
-            raise _refuse(key, f"unknown parameter, or one that cannot be translated to {target}")
+            raise invalid(key, f"unknown parameter, or one that cannot be translated to {target}")
         if not check(value):
-            raise _refuse(key, f"this value cannot be translated to {target}")
+            raise invalid(key, f"this value cannot be translated to {target}")
     # null is absent (as OpenAI reads it), so `max_completion_tokens: null` leaves `max_tokens` in force.
     limit = payload.get("max_completion_tokens")
     if limit is None:
@@ -102,27 +98,27 @@ def _include_usage(options: Any) -> bool:
     if options is None:
         return False
     if not isinstance(options, dict):
-        raise _refuse("stream_options", "must be an object")
+        raise invalid("stream_options", "must be an object")
     for key in options:
         if key not in _STREAM_OPTIONS:
-            raise _refuse(f"stream_options.{key}", "unknown stream option")
+            raise invalid(f"stream_options.{key}", "unknown stream option")
     return options.get("include_usage") is True
 
 
 def _messages(raw: Any, target: str) -> list[dict[str, Any]]:
     if not isinstance(raw, list):
-        raise _refuse("messages", "must be an array of message objects")
+        raise invalid("messages", "must be an array of message objects")
     return [_message(i, m, target) for i, m in enumerate(raw)]
 
 
 def _message(i: int, raw: Any, target: str) -> dict[str, Any]:
     at = f"messages.{i}"
     if not isinstance(raw, dict):
-        raise _refuse(at, "must be a message object")
+        raise invalid(at, "must be a message object")
     given = raw.get("role")
     role = _ROLES.get(given) if isinstance(given, str) else None
     if role is None:
-        raise _refuse(f"{at}.role", f"must be one of {', '.join(_ROLES)} (function messages cannot be translated)")
+        raise invalid(f"{at}.role", f"must be one of {', '.join(_ROLES)} (function messages cannot be translated)")
     msg: dict[str, Any] = {"role": role}
     for key, value in raw.items():
         if key in ("role", "name", "tool_call_id"):
@@ -135,9 +131,9 @@ def _message(i: int, raw: Any, target: str) -> dict[str, Any]:
                 msg["tool_calls"] = _tool_calls(f"{at}.tool_calls", value)
         elif key in ("refusal", "audio", "function_call", "annotations"):
             if value not in (None, []):
-                raise _refuse(f"{at}.{key}", f"cannot be translated to {target}")
+                raise invalid(f"{at}.{key}", f"cannot be translated to {target}")
         else:
-            raise _refuse(f"{at}.{key}", "unknown message field")
+            raise invalid(f"{at}.{key}", "unknown message field")
     return msg
 
 
@@ -148,24 +144,24 @@ def _content(at: str, value: Any, target: str) -> Any:
     for j, part in enumerate(value):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind not in ("text", "image_url"):
-            raise _refuse(f"{at}.{j}.type", f"only text and image_url parts can be translated to {target}")
+            raise invalid(f"{at}.{j}.type", f"only text and image_url parts can be translated to {target}")
         parts.append(part)
     return parts
 
 
 def _tool_calls(at: str, calls: Any) -> list[dict[str, Any]]:
     if not isinstance(calls, list):
-        raise _refuse(at, "must be an array of tool calls")
+        raise invalid(at, "must be an array of tool calls")
     out = []
     for j, call in enumerate(calls):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
-            raise _refuse(f"{at}.{j}.function", "is required")
+            raise invalid(f"{at}.{j}.function", "is required")
         name = function.get("name")
         try:
             arguments = parse_arguments(function.get("arguments"), tool=str(name), provider="client")
         except TranslationError as exc:
-            raise _refuse(f"{at}.{j}.function.arguments", exc.message) from None
+            raise invalid(f"{at}.{j}.function.arguments", exc.message) from None
         out.append({"id": call.get("id"), "type": call.get("type", "function"),
                     "function": {"name": name, "arguments": arguments}})
     return out
@@ -173,14 +169,14 @@ def _tool_calls(at: str, calls: Any) -> list[dict[str, Any]]:
 
 def _tools(tools: Any, target: str) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
-        raise _refuse("tools", "must be an array of tool objects")
+        raise invalid("tools", "must be an array of tool objects")
     out = []
     for i, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(function, dict) or tool.get("type") != "function":
-            raise _refuse(f"tools.{i}.type", f"only function tools can be translated to {target}")
+            raise invalid(f"tools.{i}.type", f"only function tools can be translated to {target}")
         if function.get("strict"):
-            raise _refuse(f"tools.{i}.function.strict", f"strict schemas cannot be translated to {target}")
+            raise invalid(f"tools.{i}.function.strict", f"strict schemas cannot be translated to {target}")
         out.append({"type": "function", "function": {k: v for k, v in function.items() if k != "strict"}})
     return out
 

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from sentinel.domain.text import has_control, is_text
+from sentinel.native._wire import is_number
 
 # What the ledger stores of a caller: the `external_id` (VARCHAR(255)) and `email` (VARCHAR(320))
 # columns; PostgreSQL takes no NUL character in text.
@@ -91,7 +92,7 @@ def external_id_of(value: object) -> str | None:
     0, a boolean), where the profile's own id is the key."""
     if isinstance(value, str):
         return value or None
-    if isinstance(value, int | float) and not isinstance(value, bool) and value:
+    if is_number(value) and value:
         return str(value)
     return None
 

@@ -19,7 +19,6 @@ bring it back. The refusal expires or is `forget`-ten. A refusal may carry its w
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from sentinel.errors import StoreUnavailable
+from sentinel.native._wire import is_finite_number
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
@@ -63,17 +63,13 @@ return 1
 HOLD_MARGIN = 2.0
 
 
-def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _entry(raw: bytes) -> dict[str, Any]:
     """A stored entry as `put` and `hold` write it: a JSON object with `v` (null for a refusal) and a
     finite number `fresh_until`, and a hold's `held_at`; ValueError for anything else (another
     version's format, corruption, set by hand), which readers count as a miss and `put` replaces.
     The Lua script's `read` is its twin: both must call the same entries unreadable."""
     data = orjson.loads(raw)  # orjson.JSONDecodeError is a ValueError
-    if not isinstance(data, dict) or "v" not in data or not _finite(data.get("fresh_until")):
+    if not isinstance(data, dict) or "v" not in data or not is_finite_number(data.get("fresh_until")):
         raise ValueError("not a cache entry: an object with `v` and a number `fresh_until`")
     return data
 

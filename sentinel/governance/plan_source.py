@@ -10,7 +10,6 @@ a restart) and serves a stale plan for `grace` seconds more while the source is 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ from sentinel.errors import GovernanceUnavailable
 from sentinel.flight import SingleFlight
 from sentinel.governance.cache import GovernanceCache
 from sentinel.governance.plans import PlanRepository
+from sentinel.native._wire import is_finite_number
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
@@ -91,9 +91,7 @@ def _external_from_json(ext: Any) -> ExternalUsage:
         raise ValueError("an external usage's `used` must be a whole number, at least 0")
     if not isinstance(snapshot, str):
         raise ValueError("an external usage's snapshot must be a string")
-    if resets_at is not None and (
-        isinstance(resets_at, bool) or not isinstance(resets_at, int | float) or not math.isfinite(resets_at)
-    ):
+    if resets_at is not None and not is_finite_number(resets_at):
         raise ValueError("an external usage's `resets_at` must be a number")
     return ExternalUsage(used, snapshot, None if resets_at is None else float(resets_at))
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -21,6 +22,16 @@ def as_str(value: Any) -> str:
 def as_list(value: Any) -> list[Any]:
     """`value` if it is a JSON array, else an empty one."""
     return value if isinstance(value, list) else []
+
+
+def is_number(value: object) -> TypeGuard[int | float]:
+    """Whether `value` is a JSON number: an int or a float, not a boolean (which Python counts as an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_finite_number(value: object) -> TypeGuard[int | float]:
+    """Whether `value` is a JSON number (`is_number`) and finite: orjson reads `1e400` as infinity."""
+    return is_number(value) and math.isfinite(value)
 
 
 # The most tokens a provider is believed to report for one call (`sentinel.domain.numbers.MAX_TOKENS`;

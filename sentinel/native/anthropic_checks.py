@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sentinel.native._wire import is_number
 from sentinel.native.errors import invalid
 from sentinel.native.openai_checks import MAX_MODEL_CHARS
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _objects(value: Any) -> bool:
@@ -69,5 +66,5 @@ def check_messages_fields(payload: dict[str, Any], *, count_only: bool = False) 
     if stops is not None and not (isinstance(stops, list) and all(isinstance(s, str) for s in stops)):
         raise invalid("stop_sequences", "must be an array of strings")
     for key in ("temperature", "top_p", "top_k"):
-        if payload.get(key) is not None and not _is_number(payload[key]):
+        if payload.get(key) is not None and not is_number(payload[key]):
             raise invalid(key, "must be a number")

@@ -50,6 +50,7 @@ from typing import Any
 import orjson
 
 from sentinel.errors import StoreUnavailable
+from sentinel.native._wire import is_finite_number, is_number
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.store import LocalOps, Script, Store
@@ -142,7 +143,7 @@ def _state(raw: bytes | None) -> dict[str, Any] | None:
         if not isinstance(data, dict):
             return None
         fields = [data.get(name) for name in ("failures", "until_ts", "backoff")]
-        numbers = [float(v) for v in fields if isinstance(v, int | float) and not isinstance(v, bool)]
+        numbers = [float(v) for v in fields if is_number(v)]
     except (orjson.JSONDecodeError, OverflowError):
         return None
     if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
@@ -152,7 +153,7 @@ def _state(raw: bytes | None) -> dict[str, Any] | None:
         return None
     state: dict[str, Any] = {"failures": int(failures), "until_ts": until_ts, "backoff": backoff}
     trial = data.get("trial_until")
-    if isinstance(trial, int | float) and not isinstance(trial, bool) and math.isfinite(trial):
+    if is_finite_number(trial):
         state["trial_until"] = float(trial)  # else left out: no trial claimed
     if isinstance(trial_id := data.get("trial_id"), str):
         state["trial_id"] = trial_id

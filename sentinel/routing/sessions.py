@@ -41,6 +41,7 @@ import orjson
 
 from sentinel.domain.catalogue import UPSTREAM_MODEL_PATTERN
 from sentinel.errors import PermissionDenied, StoreUnavailable
+from sentinel.native._wire import is_number
 from sentinel.observability.metrics import Metrics
 from sentinel.store import LocalOps, Script, Store
 
@@ -109,7 +110,7 @@ def _replace_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     if data is None:
         return 0
     migrations = data.get("migrations")
-    if (migrations if isinstance(migrations, int | float) and not isinstance(migrations, bool) else 0) != int(args[3]):
+    if (migrations if is_number(migrations) else 0) != int(args[3]):
         return 0
     ops.set(keys[0], args[4].encode(), int(args[5]) / 1000)
     return 1
@@ -211,7 +212,7 @@ class Session:
         if not _UPSTREAM_MODEL.fullmatch(data["model"]):  # (one a tier table held before that rule)
             raise ValueError("a session's model must be a model name a tier may hold")
         for name in ("created_at", "last_seen_at"):
-            if not _number(data.get(name)):
+            if not is_number(data.get(name)):
                 raise ValueError(f"a session needs a numeric {name}")
         migrations = data.get("migrations", 0)
         if isinstance(migrations, bool) or not isinstance(migrations, int):
@@ -222,10 +223,6 @@ class Session:
             float(data["created_at"]), float(data["last_seen_at"]), migrations,
             claim if isinstance(claim, str) and claim else None,
         )
-
-
-def _number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float)
 
 
 def _ours(stored: Session, session: Session) -> bool:

@@ -28,6 +28,7 @@ import orjson
 
 from sentinel.domain.plans import MAX_LIMIT
 from sentinel.domain.text import is_text
+from sentinel.native._wire import is_number
 from sentinel.native.openai_checks import json_containers_exceed
 from sentinel.quota.estimate import BATCH_URLS
 from sentinel.quota.usage import MAX_ANSWER_ITEMS
@@ -1174,7 +1175,7 @@ def audio_answers(answer: Any, now: float) -> list[tuple[str, float | None]]:
 def audio_ttl(expires_at: Any, now: float) -> float:
     """How long the owner of an audio answer is kept: a day past its `expires_at` (a Unix time, as
     the provider gives it; 30 days ahead at most), AUDIO_TTL at least."""
-    if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
+    if is_number(expires_at):
         return max(AUDIO_TTL, min(expires_at - now, 30 * DAY) + DAY)
     return AUDIO_TTL
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -142,14 +142,19 @@ async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
     """The answer's body, or None as soon as it is past `limit` bytes (the rest is not read): for
     answers of a known kind and size (governance, JWKS) that a hostile or broken server could make
     large enough to exhaust memory."""
-    chunks: list[bytes] = []
+    return await _joined_within(resp.content.iter_chunked(64 * 1024), limit)
+
+
+async def _joined_within(chunks: AsyncIterable[bytes], limit: int) -> bytes | None:
+    """The `chunks` joined, or None as soon as they are past `limit` bytes (the rest is not read)."""
+    kept: list[bytes] = []
     size = 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+        kept.append(chunk)
+    return b"".join(kept)
 
 
 @contextmanager
@@ -267,15 +272,8 @@ class UpstreamResponse:
     async def read_within(self, limit: int) -> bytes | None:
         """The whole body, chunk by chunk (`iter_chunks`: its time limit), or None as soon as it is
         past `limit` bytes — the rest unread: the caller drops the connection (`close`)."""
-        chunks: list[bytes] = []
-        size = 0
         async with aclosing(self.iter_chunks()) as body:
-            async for chunk in body:
-                size += len(chunk)
-                if size > limit:
-                    return None
-                chunks.append(chunk)
-        return b"".join(chunks)
+            return await _joined_within(body, limit)
 
     def _too_large(self) -> UnreadableAnswer:
         log.warning("answer larger than Sentinel reads whole", extra={"provider": self.provider,
@@ -293,18 +291,8 @@ class UpstreamResponse:
         it ran out); so does one still coming after `limit`. The provider key the request was sent
         with is replaced by `***` in it (`redact`): every error text Sentinel relays, answers or logs
         is read from here."""
-        chunks: list[bytes] = []
-        size = 0
-        raw: bytes | None = None
         try:
-            async with aclosing(self.iter_chunks()) as body:  # (for at most `limit`: a body sent a byte at a time)
-                async for chunk in body:
-                    size += len(chunk)
-                    if size > MAX_ERROR_BYTES:
-                        break
-                    chunks.append(chunk)
-                else:
-                    raw = b"".join(chunks)
+            raw = await self.read_within(MAX_ERROR_BYTES)  # (for at most `limit`: a body sent a byte at a time)
         except UpstreamError:
             raw = None
         finally:

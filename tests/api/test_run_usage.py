@@ -97,24 +97,36 @@ def test_no_one_is_charged_for_another_users_eval_run(
     assert all(r["input_tokens"] == r["output_tokens"] == 0 for r in ledger_rows(gw.settings.database_url, "bob"))
 
 
+RUN_ROW = (RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"])  # a thread run's ledger tokens
+
+
+def _pairs(rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    return [(r["input_tokens"], r["output_tokens"]) for r in rows]
+
+
+def _messages_read_twice(client: Any, spy: SpyUpstream, thread: Any, run: Any, **params: Any) -> list[Any]:
+    """Two reads of the thread's messages: the first fetches the run for its usage (to charge it),
+    the second finds it charged and fetches nothing; the first read's messages."""
+    messages = f"/v1/threads/{thread.id}/messages"
+    spy.clear()
+    first = client.beta.threads.messages.list(thread.id, **params)
+    assert spy.paths() == [messages, f"/v1/threads/{thread.id}/runs/{run.id}"]
+    spy.clear()
+    client.beta.threads.messages.list(thread.id, **params)
+    assert spy.paths() == [messages]  # charged already
+    return list(first.data)
+
+
 def test_a_run_read_only_through_its_threads_messages_is_charged_once(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
 ) -> None:
     gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
     client = gw.openai()
     thread, run = thread_with_run(client)
-    spy.clear()
-    first = client.beta.threads.messages.list(thread.id)
-    assert [m.run_id for m in first.data] == [run.id, None]
     # fetched once by Sentinel for its usage; a later read finds it charged and fetches nothing
-    assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages", f"/v1/threads/{thread.id}/runs/{run.id}"]
-    spy.clear()
-    client.beta.threads.messages.list(thread.id)
-    assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages"]
+    assert [m.run_id for m in _messages_read_twice(client, spy, thread, run)] == [run.id, None]
     assert client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).usage is not None  # charged already
-    rows = gw.settled_rows(6)
-    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [
-        (0, 0), (0, 0), (0, 0), (RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"]), (0, 0), (0, 0)]
+    assert _pairs(gw.settled_rows(6)) == [(0, 0), (0, 0), (0, 0), RUN_ROW, (0, 0), (0, 0)]
 
 
 def test_a_run_read_through_messages_too_large_to_parse_is_charged_once(
@@ -126,16 +138,8 @@ def test_a_run_read_through_messages_too_large_to_parse_is_charged_once(
     gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
     client = gw.openai()
     thread, run = thread_with_run(client, {"role": "user", "content": "long " * 250_000})
-    spy.clear()
-    first = client.beta.threads.messages.list(thread.id)
-    assert [m.run_id for m in first.data] == [run.id, None]
-    assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages", f"/v1/threads/{thread.id}/runs/{run.id}"]
-    spy.clear()
-    client.beta.threads.messages.list(thread.id)
-    assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages"]  # charged already
-    rows = gw.settled_rows(5)
-    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [
-        (0, 0), (0, 0), (0, 0), (RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"]), (0, 0)]
+    assert [m.run_id for m in _messages_read_twice(client, spy, thread, run)] == [run.id, None]
+    assert _pairs(gw.settled_rows(5)) == [(0, 0), (0, 0), (0, 0), RUN_ROW, (0, 0)]
 
 
 def test_fake_run_ids_in_messages_metadata_do_not_hide_a_real_run_of_a_large_answer(
@@ -148,17 +152,10 @@ def test_fake_run_ids_in_messages_metadata_do_not_hide_a_real_run_of_a_large_ans
     client = gw.openai()
     fakes = [{"role": "user", "content": "x", "metadata": {"run_id": f"run_fake{i}"}} for i in range(MAX_FETCHED_RUNS)]
     thread, run = thread_with_run(client, *fakes, {"role": "user", "content": "long " * 250_000})
-    spy.clear()
-    first = client.beta.threads.messages.list(thread.id, order="asc")
-    assert [m.metadata for m in first.data[:2]] == [{"run_id": "run_fake0"}, {"run_id": "run_fake1"}]
-    assert first.data[-1].run_id == run.id
-    assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages", f"/v1/threads/{thread.id}/runs/{run.id}"]
-    spy.clear()
-    client.beta.threads.messages.list(thread.id, order="asc")
-    assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages"]  # charged already
-    rows = gw.settled_rows(5)
-    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [
-        (0, 0), (0, 0), (0, 0), (RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"]), (0, 0)]
+    first = _messages_read_twice(client, spy, thread, run, order="asc")
+    assert [m.metadata for m in first[:2]] == [{"run_id": "run_fake0"}, {"run_id": "run_fake1"}]
+    assert first[-1].run_id == run.id
+    assert _pairs(gw.settled_rows(5)) == [(0, 0), (0, 0), (0, 0), RUN_ROW, (0, 0)]
 
 
 def test_runs_charged_already_do_not_hide_the_threads_other_runs(
@@ -180,14 +177,12 @@ def test_runs_charged_already_do_not_hide_the_threads_other_runs(
     spy.clear()
     client.beta.threads.messages.list(thread.id, order="asc")
     assert [s.path for s in spy.seen] == [f"/v1/threads/{thread.id}/messages"]  # all charged
-    prompt, completion = RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"]
 
     def charged() -> list[tuple[int, int]]:
-        rows = ledger_rows(gw.settings.database_url, "alice")
-        return [(r["input_tokens"], r["output_tokens"]) for r in rows if r["input_tokens"] or r["output_tokens"]]
+        return [pair for pair in _pairs(ledger_rows(gw.settings.database_url, "alice")) if any(pair)]
 
     assert wait_for(lambda: len(charged()) == len(runs))
-    assert charged() == [(prompt, completion)] * len(runs)  # each run once
+    assert charged() == [RUN_ROW] * len(runs)  # each run once
 
 
 def test_a_run_whose_thread_is_another_users_is_never_fetched_nor_charged(
@@ -251,7 +246,7 @@ def test_a_fine_tuning_job_is_charged_its_trained_tokens_once_when_a_read_first_
         assert [client.fine_tuning.jobs.retrieve(job.id).status for _ in range(4)] == [
             "running", "paused", "succeeded", "succeeded"]
     rows = gw.settled_rows(5)
-    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0), (0, 0), (0, 0), (48_000, 0), (0, 0)]
+    assert _pairs(rows) == [(0, 0), (0, 0), (0, 0), (48_000, 0), (0, 0)]
     assert all(r["endpoint"] == "/v1/fine_tuning/*" for r in rows)
 
 
@@ -320,8 +315,7 @@ def test_a_run_read_only_through_its_steps_is_charged_once(
             for path in ("steps", "steps", "steps/step_1", "steps"):
                 assert alice.get(f"/v1/threads/thread_1/runs/run_1/{path}").status_code == 200
         assert len(upstream.received) == 6  # (the queue is used up: a fetch more would be a 500)
-    rows = gw.settled_rows(4)
-    assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(0, 0), (90, 30), (0, 0), (0, 0)]
+    assert _pairs(gw.settled_rows(4)) == [(0, 0), (90, 30), (0, 0), (0, 0)]
 
 
 def test_a_grader_run_on_its_own_is_charged_what_its_model_graders_used(

@@ -10,7 +10,8 @@ The stream is the real named-event sequence: ``message_start`` (usage with the i
 figures), per block ``content_block_start`` / ``content_block_delta`` (``text_delta`` one word
 each, or ``input_json_delta`` fragments) / ``content_block_stop`` with one ``ping`` after the first
 block start, then ``message_delta`` (stop_reason, stop_sequence and the final usage totals) and
-``message_stop``.
+``message_stop`` — or, under the ``error_after`` knob, an ``error`` event (``overloaded_error``) instead
+of the rest.
 
 Tools: with ``tools`` given the answer is a ``tool_use`` block for the first tool (or the one
 ``tool_choice`` names), its input built from the schema's required properties; every tool gets a
@@ -235,4 +236,8 @@ def _stream(message: dict[str, Any], output: TextOutput) -> SSEReply:
         final["usage"] = {k: usage[k] for k in _DELTA_USAGE if k in usage}
     events.append(sse(final, "message_delta"))
     events.append(sse({"type": "message_stop"}, "message_stop"))
-    return SSEReply(events, 3, endless)
+    return SSEReply(events, 3, endless, OVERLOADED_EVENT)
+
+
+# What Anthropic sends when it cannot finish a stream it began (`error_after`), its status line long gone.
+OVERLOADED_EVENT = sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error")

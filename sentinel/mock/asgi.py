@@ -200,20 +200,24 @@ ENDLESS_FRAGMENT = "x" * (64 * 1024)  # one fragment `endless_tool_args` repeats
 
 class SSEReply:
     """A ready list of SSE events; obeys `malformed`, `disconnect_after`, `pings_after`,
-    `chunk_delay_ms` and (given an `endless`) `endless_tool_args`.
+    `chunk_delay_ms`, (given an `endless`) `endless_tool_args` and (given a `failure`) `error_after`.
 
     ``delta_index`` is the position of the first content delta: the malformed copy goes there.
     `disconnect_after=N` sends at most N events and always stops before the terminal event;
     `pings_after=N` too, then sends only pings (Anthropic's `ping` event on a stream of named
-    events, an SSE comment on others) until the client leaves — a stream without end.
+    events, an SSE comment on others) until the client leaves — a stream without end;
+    `error_after=N` too, then sends `failure` (the wire's error event) and ends the stream whole.
     """
 
-    __slots__ = ("delta_index", "endless", "events")
+    __slots__ = ("delta_index", "endless", "events", "failure")
 
-    def __init__(self, events: list[bytes], delta_index: int, endless: Endless | None = None) -> None:
+    def __init__(
+        self, events: list[bytes], delta_index: int, endless: Endless | None = None, failure: bytes | None = None,
+    ) -> None:
         self.events = events
         self.delta_index = min(delta_index, len(events) - 1)
         self.endless = endless
+        self.failure = failure
 
     async def send(self, send: Send, faults: Faults, extra: dict[str, str], receive: Receive | None = None) -> None:
         events = self.events
@@ -225,6 +229,9 @@ class SSEReply:
             limit = min(faults.disconnect_after, len(events) - 1)
         if faults.pings_after is not None:
             limit = min(faults.pings_after, limit, len(events) - 1)
+        failure = self.failure if faults.error_after is not None else None
+        if failure is not None and faults.error_after is not None:
+            limit = min(faults.error_after, limit, len(events) - 1)
         endless = self.endless if faults.endless_tool_args and not faults.malformed else None
         if endless is not None:
             limit = min(endless.at, limit)
@@ -240,6 +247,9 @@ class SSEReply:
         elif faults.pings_after is not None and receive is not None:
             ping = ANTHROPIC_PING if events[0].startswith(b"event:") else COMMENT_PING
             await _ping_until_gone(send, receive, ping, max(delay, MIN_PING_INTERVAL))
+        if failure is not None:  # the provider's own error event ends the stream: no cut
+            await send({"type": "http.response.body", "body": failure})
+            return
         if limit < len(events):
             _DELIBERATE_CUT.set(True)
             return

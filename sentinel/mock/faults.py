@@ -38,6 +38,12 @@ malformed          X-Mock-Malformed-Chunk  #mock:malformed          stream: one 
                                                                     non-stream: truncated JSON body
 no_usage           X-Mock-No-Usage         #mock:no_usage           omit usage everywhere
 parallel_tools     X-Mock-Parallel-Tools   #mock:parallel_tools     call every tool, not just the first
+error_after        X-Mock-Error-After      #mock:error_after=N      Anthropic stream: after N events (never
+                                                                    the terminal one) an ``error`` event
+                                                                    (``overloaded_error``), then the end
+                                                                    of the stream, as Anthropic ends one
+                                                                    it could not finish; other streams
+                                                                    and non-stream: no effect
 endless_tool_args  X-Mock-Endless-Tool-    #mock:endless_tool_args  stream with tool calls: after the last
                    Args                                             call's arguments, more argument
                                                                     fragments of it (64 KiB each) without
@@ -57,7 +63,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-_INT_KNOBS = ("status", "disconnect_after", "retry_after", "pings_after")
+_INT_KNOBS = ("status", "disconnect_after", "retry_after", "pings_after", "error_after")
 _FLOAT_KNOBS = ("latency_ms", "chunk_delay_ms", "drop_after_ms", "trickle_ms")
 _BOOL_KNOBS = ("malformed", "no_usage", "parallel_tools", "endless_tool_args")
 _HEADER_NAMES = {
@@ -67,6 +73,7 @@ _HEADER_NAMES = {
     "x-mock-chunk-delay-ms": "chunk_delay_ms",
     "x-mock-disconnect-after": "disconnect_after",
     "x-mock-pings-after": "pings_after",
+    "x-mock-error-after": "error_after",
     "x-mock-drop-after-ms": "drop_after_ms",
     "x-mock-trickle-ms": "trickle_ms",
     "x-mock-malformed-chunk": "malformed",
@@ -115,6 +122,7 @@ class Faults:
     chunk_delay_ms: float = 0.0
     disconnect_after: int | None = None
     pings_after: int | None = None
+    error_after: int | None = None
     drop_after_ms: float | None = None
     trickle_ms: float | None = None
     malformed: bool = False

@@ -345,3 +345,22 @@ def test_endless_tool_args_streams_argument_fragments_until_the_client_leaves(
     assert b'"get_weather"' in received.split(fragment)[0]  # the call came first
     for end in (b"finish_reason\":\"tool_calls", b"content_block_stop", b"[DONE]", b"message_stop"):
         assert end not in received
+
+
+def test_error_after_ends_an_anthropic_stream_with_the_overloaded_error_event(
+    claude: anthropic.Anthropic, http: httpx.Client,
+) -> None:
+    """Anthropic's overload after a stream began: its `error` event, then the end of a whole stream."""
+    types: list[str] = []
+    with pytest.raises(anthropic.APIStatusError) as caught:  # noqa: PT012
+        for event in claude.messages.create(
+            model="m", max_tokens=50, stream=True,
+            messages=[{"role": "user", "content": "a b c #mock:error_after=4"}],
+        ):
+            types.append(event.type)
+    assert types == ["message_start", "content_block_start", "content_block_delta"]  # the SDK hides ping
+    assert caught.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    chat = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "a b"}]}
+    plain = sse_data(http.post("/v1/chat/completions", json=chat, headers={**OPENAI_AUTH, "x-mock-error-after": "1"}
+                               ).text)
+    assert plain[-1] == "[DONE]"  # an OpenAI stream: no effect

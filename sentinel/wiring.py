@@ -430,7 +430,8 @@ async def build_runtime(
         for name, spec in catalog.providers.items() if spec.kind == "anthropic"
     }
     routes = ModelRoutes(health)
-    translated = TranslatedChat(chat_providers, meter, counter, metrics, default_max_tokens=s.default_max_output_tokens)
+    translated = TranslatedChat(chat_providers, meter, counter, metrics, default_max_tokens=s.default_max_output_tokens,
+                                routes=routes)
     secret = reveal(s.end_user_secret)
     end_users = EndUsers(secret.encode() if secret else None)  # what providers are told a caller is
     live = LiveState(

@@ -399,6 +399,7 @@ class AnthropicStreamInspector:
         self._read = ReadKept()  # the server tools' results (`read_input`)
         self.parse_errors = 0
         self.failed = False  # the provider's `error` event came
+        self.error_type: str | None = None  # its `type` (`overloaded_error`, ...), as relayed
         self.done = b""
 
     @property
@@ -469,6 +470,7 @@ class AnthropicStreamInspector:
         if obj.get("type") == "error":  # whatever its `error` holds (a string carried the message whole)
             obj["error"] = error = stream_error(self.provider, obj.get("error"), "api_error", self.secret)
             self.failed = True
+            self.error_type = kind if isinstance(kind := error.get("type"), str) else None
             event = with_data(event, redact(_rendered(obj, str(error["message"])), self.secret))
         return event + b"\n\n"
 

@@ -58,6 +58,15 @@ from sentinel.routing.router import RouteChoice, TierRouter
 T = TypeVar("T")
 
 QUICK_DROP_SECONDS = 5.0  # a connection dropped this soon after sending began counts (module docstring)
+# The error a provider sends inside a stream it had begun that counts against its health, as its status
+# before the first byte would: Anthropic's `overloaded_error` (its 529: the provider's load, never the
+# request's). Any other (an `api_error`, a broken connection) does not: a client may cause one.
+OVERLOADED_MID_STREAM = "overloaded_error"
+
+
+def overloaded_mid_stream(code: str | None) -> bool:
+    """Whether a stream's error event of type (or code) `code` counts against the provider's health."""
+    return code == OVERLOADED_MID_STREAM
 
 
 def dropped_quickly(elapsed: float | None) -> bool:

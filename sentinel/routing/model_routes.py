@@ -10,7 +10,8 @@ backoff ran out counts as healthy when it would be tried first and this request 
 fails claims no trial; while another request's trial of it runs it comes after the healthy ones,
 before those in backoff) and moves to the next target when one fails with a provider failure before the first byte (5xx, connect timeout,
 refused connection, provider 429, a refusal of the provider key itself; not a read timeout nor a connection dropped after the request was
-sent: the provider may have served it) — the same rule as the native API's failover; a 429 refusing the
+sent: the provider may have served it) — the same rule as the native API's failover; a stream that
+ends with the provider's `overloaded_error` event after it began counts too (`failed_mid_stream`), never retried; a 429 refusing the
 request as larger than the provider's per-minute limit moves on too, counting against no health. A single target
 costs no health lookup: only a failure is written, and a later success clears it when this process
 saw it.
@@ -25,7 +26,13 @@ from typing import TypeVar
 
 from sentinel.domain.catalogue import ModelTarget
 from sentinel.errors import SentinelError
-from sentinel.routing.failover import asked_wait, is_provider_failure, may_retry, too_large_here
+from sentinel.routing.failover import (
+    asked_wait,
+    is_provider_failure,
+    may_retry,
+    overloaded_mid_stream,
+    too_large_here,
+)
 from sentinel.routing.health import ProviderHealth
 
 T = TypeVar("T")
@@ -105,6 +112,13 @@ class ModelRoutes:
         if trials is not None:
             trials.append((*_pair(target), token))
         return True
+
+    async def failed_mid_stream(self, target: ModelTarget, code: str | None) -> None:
+        """A stream `target` began ended with the provider's error event of type `code`: recorded against
+        its health when that error is the provider's overload (`overloaded_mid_stream`), as its 529
+        before the first byte is; never retried (the client was sent the stream's opening already)."""
+        if overloaded_mid_stream(code):
+            await self._report_failure(target, None)
 
     async def _report_failure(self, target: ModelTarget, retry_after: float | None) -> None:
         await self.health.record_failure(target.provider, target.upstream_model, retry_after)

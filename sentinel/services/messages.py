@@ -260,7 +260,7 @@ class MessagesService:
     ) -> Reply | StreamReply:
         upstream = await self._forward(ex, target, ["messages"], payload, headers, heavy=heavy, end_user=end_user)
         if payload.get("stream") is True and 200 <= upstream.status < 300 and upstream.streams:
-            return self._relay_sse(ex, upstream, admission, functools.partial(self._within, target, payload))
+            return self._relay_sse(ex, target, upstream, admission, functools.partial(self._within, target, payload))
         raw = await self._read(upstream, admission)
         try:
             parsed = orjson.loads(raw)
@@ -300,11 +300,11 @@ class MessagesService:
                            else _dearest([each.prices for each in named], used)) for model, used in steps]
 
     def _relay_sse(
-        self, ex: Exchange, upstream: UpstreamResponse, admission: Admission,
+        self, ex: Exchange, target: ModelTarget, upstream: UpstreamResponse, admission: Admission,
         within: Callable[[list[tuple[str, Usage]]], list[ModelUsage]],
     ) -> StreamReply:
         inspector = AnthropicStreamInspector(upstream.provider, upstream.secret)
-        meter = self.meter
+        meter, routes = self.meter, self.routes
 
         async def settle(status: int) -> None:
             usage = inspector.usage  # else the server tools' results streamed are charged as read too
@@ -314,6 +314,8 @@ class MessagesService:
                                read_input=("", 0) if usage is not None else inspector.read_input,
                                within=within(inspector.steps))
             report(ex, admission, None)
+            if inspector.failed:  # the provider's overload after the stream began counts against its health
+                await routes.failed_mid_stream(target, inspector.error_type)
 
         return relay_events(upstream, inspector, "messages", self.metrics, settle)
 

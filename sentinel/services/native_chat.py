@@ -38,7 +38,7 @@ from sentinel.quota.estimate import estimate_input, hides_output
 from sentinel.quota.images import image_rule_for
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
-from sentinel.routing.failover import Failover
+from sentinel.routing.failover import Failover, overloaded_mid_stream
 from sentinel.routing.router import RouteChoice, TierRouter
 from sentinel.services.answers import refuse
 from sentinel.services.exchange import (
@@ -279,8 +279,11 @@ class NativeChat:
                 ending.status = 502
                 code = error.code if isinstance(error, StreamError) else cut_code(error)
                 # Not a health failure: the provider answered; one broken stream must not take a
-                # single-model tier down for 30 s (only failures before the first byte count).
+                # single-model tier down for 30 s (only failures before the first byte count) — but
+                # for the provider's own overload (Anthropic's `overloaded_error` event), as its 529.
                 ending.last = render_error_event(error.message, "stream_error", code)
+                if isinstance(error, StreamError) and overloaded_mid_stream(error.code):
+                    await router.report(choice, ok=False)
                 await give_back()  # (before the final bytes: the client sees the session as it is)
                 return
             except BaseException:  # cancelled (the client left) during the write or before any chunk

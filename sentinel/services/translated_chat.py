@@ -38,6 +38,7 @@ from sentinel.providers.chat import ChatProvider, ProviderStream, recorded_usage
 from sentinel.providers.http import UpstreamResponse
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
+from sentinel.routing.model_routes import ModelRoutes
 from sentinel.services.answers import refuse, report
 from sentinel.services.exchange import (
     SSE_RESPONSE_HEADERS,
@@ -59,13 +60,14 @@ class TranslatedChat:
 
     def __init__(
         self, providers: dict[str, ChatProvider], meter: Meter, counter: TokenCounter, metrics: Metrics,
-        *, default_max_tokens: int,
+        *, default_max_tokens: int, routes: ModelRoutes | None = None,
     ) -> None:
         self.providers = providers
         self.meter = meter
         self.counter = counter
         self.metrics = metrics
         self.default_max_tokens = default_max_tokens
+        self.routes = routes  # a stream's overload after it began is recorded there (`failed_mid_stream`)
 
     def translate(self, req: ModelChatRequest, target: ModelTarget, end_user: str | None = None) -> dict[str, Any]:
         """The provider's request body, telling it `end_user` (the caller's pseudonym) when given;
@@ -156,7 +158,7 @@ class TranslatedChat:
         self, ex: Exchange, stream: ProviderStream, req: ModelChatRequest, target: ModelTarget, admission: Admission,
         client: ClientFormat,
     ) -> StreamReply:
-        meter, metrics = self.meter, self.metrics
+        meter, metrics, routes = self.meter, self.metrics, self.routes
         encoder = (AnthropicStreamEncoder(input_tokens=admission.estimate_input, provider=target.provider)
                    if client == "anthropic" else None)
 
@@ -179,6 +181,8 @@ class TranslatedChat:
                     render_error_event(error.message, "stream_error", code) if encoder is None
                     else anthropic_error_event(error.message)
                 )
+                if routes is not None and isinstance(error, StreamError):  # the provider's overload counts
+                    await routes.failed_mid_stream(target, error.code)
                 return
             usage = stream.usage or await self._estimate(admission, stream.normalizer.text, target,
                                                          stream.normalizer.counted)

@@ -202,3 +202,15 @@ async def test_a_connection_dropped_after_the_request_was_sent_is_not_sent_to_th
     with pytest.raises(UpstreamConnectionError):
         await ModelRoutes(health).call(catalogue({"smart": ["claude", "llama"]}).resolve("smart"), dropped)
     assert dropped.calls == ["claude"]
+
+
+async def test_only_the_providers_overload_after_a_stream_began_counts_against_its_health() -> None:
+    health = ProviderHealth(MemoryStore(), Metrics(), clock=FakeClock())
+    routes = ModelRoutes(health)
+    target = catalogue({}).resolve("claude")[0]
+    pair = ("anthropic", "claude-3-5-haiku-20241022")
+    for code in ("api_error", "invalid_request_error", "connection_closed", None):  # a client may cause these
+        await routes.failed_mid_stream(target, code)
+        assert (await health.available([pair]))[pair], code
+    await routes.failed_mid_stream(target, "overloaded_error")
+    assert not (await health.available([pair]))[pair]

@@ -1,0 +1,89 @@
+"""Anthropic's `overloaded_error` sent after a stream's opening `message_start` (the mock's `error_after`
+knob): the client gets a well-formed error event (what its SDK raises), the usage record holds the input
+message_start reported and the output streamed before it (status 502), and the provider+model is put
+in backoff as its 529 before the first byte would — on `/v1/messages` (relayed), on a Claude model
+reached from an OpenAI client (translated), and on the native API.
+A stream cut by a broken connection still counts against no health (`test_gate_drops`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from sentinel.quota.tokens import TokenCounter
+from sentinel.routing.health import ProviderHealth
+from tests.api.conftest import Gateway
+from tests.api.test_native import tiers_file
+from tests.support.attack import ledger_rows
+from tests.support.metrics import metric
+from tests.support.waiting import wait_for
+
+HAIKU = "claude-3-5-haiku-20241022"
+
+
+@pytest.fixture
+def gw(gateway_factory: Callable[..., Gateway], tmp_path: Path) -> Gateway:
+    """Native tiers on Claude alone, usage records flushed at once."""
+    return gateway_factory(providers_file=tiers_file(tmp_path, "anthropic"), usage_flush_interval_seconds=0.1)
+
+
+def one_row(gw: Gateway) -> dict[str, object]:
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)
+    return ledger_rows(gw.settings.database_url, "alice")[0]
+
+
+def in_backoff(gw: Gateway) -> bool:
+    return gw.read_stored(ProviderHealth.key("anthropic", HAIKU)) is not None
+
+
+def test_anthropic_sdk_gets_the_error_and_the_stream_is_charged_what_it_served(gw: Gateway) -> None:
+    claude = gw.anthropic()
+    seen: list[anthropic.types.RawMessageStreamEvent] = []
+    text = ""
+    with pytest.raises(anthropic.APIStatusError) as caught:  # noqa: PT012
+        for event in claude.messages.create(
+            model=HAIKU, max_tokens=200, stream=True,
+            messages=[{"role": "user", "content": "one two three four five #mock:error_after=5"}],
+        ):
+            seen.append(event)
+            if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                text += event.delta.text
+    assert [e.type for e in seen] == ["message_start", "content_block_start", "content_block_delta",
+                                      "content_block_delta"]
+    error = caught.value.body["error"]  # type: ignore[index]
+    assert error["type"] == "overloaded_error" and "anthropic" in error["message"], error
+    row = one_row(gw)
+    started = seen[0]
+    assert started.type == "message_start"
+    assert row["status"] == 502 and row["input_tokens"] == started.message.usage.input_tokens, row
+    assert row["output_tokens"] == TokenCounter().count_text(text, HAIKU) > 0, (row, text)  # not the 200 reserved
+    assert in_backoff(gw)
+    assert metric(gw.url, "sentinel_provider_health", provider="anthropic", model=HAIKU) == 0
+
+
+def test_a_claude_stream_translated_to_an_openai_client(gw: Gateway) -> None:
+    with pytest.raises(openai.APIError) as caught:  # noqa: PT012
+        for _ in gw.openai().chat.completions.create(
+            model=HAIKU, stream=True, messages=[{"role": "user", "content": "one two #mock:error_after=3"}],
+        ):
+            pass
+    assert "anthropic" in caught.value.message
+    row = one_row(gw)
+    assert row["status"] == 502 and row["input_tokens"] > 0, row
+    assert in_backoff(gw)
+
+
+def test_a_native_stream_on_claude_puts_the_tier_model_in_backoff(gw: Gateway) -> None:
+    with gw.client() as http:
+        broken = http.post("/native/v1/chat/completions", json={
+            "tier": "simple", "stream": True, "messages": [{"role": "user", "content": "hi #mock:error_after=1"}]})
+        assert broken.status_code == 200 and '"code":"overloaded_error"' in broken.text, broken.text
+        assert "[DONE]" not in broken.text
+        after = http.post("/native/v1/chat/completions", json={"tier": "simple", "messages": [
+            {"role": "user", "content": "hi"}]})
+    assert after.status_code == 503 and after.json()["error"]["code"] == "tier_unavailable", after.text
+    assert one_row(gw)["status"] == 502

@@ -17,7 +17,9 @@ An Anthropic client (a request carrying `anthropic-version`, which the official 
 naming a route Sentinel does not serve (the Files API, Skills, ...: a 404 `endpoint_not_found` or
 `endpoint_not_supported`) gets that 404 in Anthropic's shape too, so its SDK raises its own
 `NotFoundError`; only the shape changes (the status, the message, what is checked before are the same),
-and a request without the header (every OpenAI client's) is answered as before.
+and a request without the header (every OpenAI client's) is answered as before. So is every error of
+`/v1/models` and below (a 401, a 404 `model_not_found`, a 405, a 429) to an Anthropic client: the
+Anthropic SDK's `models.list` and `models.retrieve` ask there, and Anthropic answers them in its shape.
 The surface is read from the decoded path, tolerant of extra `/`, `\\` and `.` segments, so an
 encoded or malformed variant of `/v1/messages` (refused with 400 by the canonical-path check) is still
 answered in Anthropic's shape.
@@ -45,6 +47,8 @@ OVERLOADED = 529
 # `/v1/messages` and below (and `/v1/complete`), also when spelled with extra `/`, `\\` or `.` segments or followed by any
 # character that cannot continue the name (the canonical-path check refuses those with 400).
 _ANTHROPIC_PATH = re.compile(r"^[/\\.]*v1[/\\.]+(?:messages|complete)(?![A-Za-z0-9_-])")
+# `/v1/models` and below (both surfaces' model list), spelled as loosely.
+_MODELS_PATH = re.compile(r"^[/\\.]*v1[/\\.]+models(?![A-Za-z0-9_-])")
 # `/admin` and below (the admin API and the console), spelled as loosely.
 _ADMIN_PATH = re.compile(r"^[/\\.]*admin(?![A-Za-z0-9_-])")
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -84,10 +88,12 @@ def render_error(
     path: str, err: SentinelError, request_id: str | None = None, *, anthropic_client: bool = False
 ) -> RawResponse:
     """The error response for a request to `path`, in its surface's shape (`anthropic_client`: the
-    request carries `anthropic-version`, so a route-not-served 404 is in Anthropic's shape anywhere)."""
+    request carries `anthropic-version`, so a route-not-served 404 is in Anthropic's shape anywhere,
+    and every error of `/v1/models`)."""
     admin = "admin" in path and _ADMIN_PATH.match(path) is not None
     on_surface = is_anthropic(path)
-    if not on_surface and not (anthropic_client and err.status == 404 and err.code in UNSERVED_ROUTE):
+    models = anthropic_client and "models" in path and _MODELS_PATH.match(path) is not None
+    if not (on_surface or models) and not (anthropic_client and err.status == 404 and err.code in UNSERVED_ROUTE):
         return error_response(err, _NO_STORE if admin else None)
     status, body = anthropic_error(err, request_id)
     headers = encode_headers({**err.headers, **_NO_STORE} if admin else err.headers)

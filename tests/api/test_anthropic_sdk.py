@@ -399,3 +399,25 @@ def test_refused_provider_key_is_a_generic_502(gateway_factory: Callable[..., Ga
     assert orjson.loads(caught.value.response.content)["error"]["type"] == "api_error"
     assert cross.status_code == 502 and cross.json()["error"]["code"] == "provider_auth_error"
     assert "1234" not in cross.text
+
+
+def test_models_errors_are_in_anthropics_shape_for_the_anthropic_sdk(gateway: Gateway) -> None:
+    """`models.list` and `models.retrieve` ask `/v1/models`, both surfaces' list: an Anthropic client's
+    errors there come in Anthropic's shape (what its SDK reads), an OpenAI client's in OpenAI's."""
+    claude = gateway.anthropic()
+    assert HAIKU in [model.id for model in claude.models.list()]
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        claude.models.retrieve("no-such-model")
+    body = missing.value.body
+    assert body["type"] == "error" and body["error"]["type"] == "not_found_error", body  # type: ignore[index]
+    assert "no-such-model" in body["error"]["message"] and body["request_id"], body  # type: ignore[index]
+    assert missing.value.response.headers["request-id"] == body["request_id"]  # type: ignore[index]
+    with pytest.raises(anthropic.AuthenticationError) as refused:
+        gateway.anthropic(api_key="sk-sentinel-not-a-key").models.list()
+    assert refused.value.body["error"]["type"] == "authentication_error", refused.value.body  # type: ignore[index]
+    wrong_method = httpx.delete(gateway.url + f"/v1/models/{HAIKU}",
+                                headers={"x-api-key": gateway.key, "anthropic-version": "2023-06-01"})
+    assert wrong_method.status_code == 405 and wrong_method.json()["type"] == "error", wrong_method.text
+    with gateway.client() as http:  # no anthropic-version: an OpenAI client
+        plain = http.get("/v1/models/no-such-model")
+    assert plain.status_code == 404 and plain.json()["error"]["code"] == "model_not_found", plain.text

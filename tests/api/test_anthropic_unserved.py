@@ -98,3 +98,14 @@ def test_only_a_route_not_served_changes_shape_for_an_anthropic_client() -> None
     assert set(orjson.loads(render_error("/v1/files", unserved, "rid").body)) == {"error"}
     admin = render_error("/admin/nowhere", unserved, "rid", anthropic_client=True)
     assert (b"cache-control", b"no-store") in admin.headers and orjson.loads(admin.body)["type"] == "error"
+
+
+def test_every_models_error_is_in_anthropics_shape_for_an_anthropic_client() -> None:
+    missing = NotFound("The model 'x' does not exist", code="model_not_found")
+    for path in ("/v1/models", "/v1/models/x", "/v1/models/meta-llama/x", "//v1/./models"):
+        answer = surfaces.render_error(path, missing, "rid", anthropic_client=True)
+        assert orjson.loads(answer.body)["error"]["type"] == "not_found_error", path
+        assert (b"request-id", b"rid") in answer.headers, path
+        assert set(orjson.loads(surfaces.render_error(path, missing, "rid").body)) == {"error"}, path  # OpenAI's
+    for path in ("/v1/modelsx", "/v1/model", "/v2/models"):  # not the models list
+        assert set(orjson.loads(surfaces.render_error(path, missing, "rid", anthropic_client=True).body)) == {"error"}

@@ -400,6 +400,7 @@ class AnthropicStreamInspector:
         self.parse_errors = 0
         self.failed = False  # the provider's `error` event came
         self.error_type: str | None = None  # its `type` (`overloaded_error`, ...), as relayed
+        self._began = False  # a block of the answer (or its final delta) came
         self.done = b""
 
     @property
@@ -442,6 +443,13 @@ class AnthropicStreamInspector:
             return None
         return usage_of({**self._input, "output_tokens": 0, "iterations": self._iterations})
 
+    @property
+    def unserved(self) -> bool:
+        """The provider ended the stream with its error event before any block of its answer (an
+        `overloaded_error` right after message_start): it generated no output, hidden reasoning
+        included (`Admission.hidden_output` is not charged as reserved then)."""
+        return self.failed and not self._began
+
     def feed(self, chunk: bytes) -> bytes:
         return b"".join(self._event(event) for event in self._events.feed(chunk))
 
@@ -476,6 +484,8 @@ class AnthropicStreamInspector:
 
     def _absorb(self, obj: dict[str, Any]) -> None:
         kind = obj.get("type")
+        if kind in ("content_block_start", "content_block_delta", "message_delta"):
+            self._began = True
         if kind == "message_start":
             message = obj.get("message")
             self._take(message.get("usage") if isinstance(message, dict) else None)

@@ -309,7 +309,7 @@ class MessagesService:
         async def settle(status: int) -> None:
             usage = inspector.usage  # else the server tools' results streamed are charged as read too
             await meter.settle(admission, usage=usage, output_text=inspector.text, output_counted=inspector.counted,
-                               status=status,
+                               status=status, output_estimate=0 if inspector.unserved else None,
                                provider=upstream.provider, reported_input=inspector.reported_input,
                                read_input=("", 0) if usage is not None else inspector.read_input,
                                within=within(inspector.steps))

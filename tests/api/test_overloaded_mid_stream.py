@@ -2,7 +2,8 @@
 knob): the client gets a well-formed error event (what its SDK raises), the usage record holds the input
 message_start reported and the output streamed before it (status 502), and the provider+model is put
 in backoff as its 529 before the first byte would — on `/v1/messages` (relayed), on a Claude model
-reached from an OpenAI client (translated), and on the native API.
+reached from an OpenAI client (translated), and on the native API. A request asking for thinking whose
+stream the overload ended before any block of the answer is charged no output (not its reservation).
 A stream cut by a broken connection still counts against no health (`test_gate_drops`)."""
 
 from __future__ import annotations
@@ -87,3 +88,24 @@ def test_a_native_stream_on_claude_puts_the_tier_model_in_backoff(gw: Gateway) -
             {"role": "user", "content": "hi"}]})
     assert after.status_code == 503 and after.json()["error"]["code"] == "tier_unavailable", after.text
     assert one_row(gw)["status"] == 502
+
+
+@pytest.mark.parametrize("after", [1, 4])
+def test_a_thinking_stream_overloaded_before_its_answer_began_is_charged_no_output(gw: Gateway, after: int) -> None:
+    """A request asking for thinking is charged its reservation's output when its stream stops short
+    (reasoning is billed, not all streamed) — but not when the provider's error came before any block
+    of the answer (`after=1`: right after message_start): it generated nothing."""
+    claude = gw.anthropic()
+    reserved = 3000
+    seen: list[anthropic.types.RawMessageStreamEvent] = []
+    with pytest.raises(anthropic.APIStatusError):  # noqa: PT012
+        for event in claude.messages.create(
+            model=HAIKU, max_tokens=reserved, stream=True, thinking={"type": "enabled", "budget_tokens": 1024},
+            messages=[{"role": "user", "content": f"one two three #mock:error_after={after}"}],
+        ):
+            seen.append(event)
+    started = seen[0]
+    assert started.type == "message_start"
+    row = one_row(gw)
+    assert row["status"] == 502 and row["input_tokens"] == started.message.usage.input_tokens, row
+    assert row["output_tokens"] == (0 if after == 1 else reserved), row

@@ -394,3 +394,20 @@ def test_server_tool_results_kept_to_count_are_bounded() -> None:
     assert 4 * len(page) // 4 <= tokens < 5 * len(page) // 4  # the four past the bound, a token per 4 bytes
     whole, counted = message_read({"content": blocks})  # what the same blocks answered whole are charged
     assert whole.count(page) == 5 and counted == 0
+
+
+def test_an_error_before_any_block_of_the_answer_leaves_it_unserved() -> None:
+    """The provider's error event right after message_start (its overload): no block of the answer came,
+    so no output was generated — its type is kept for routing health (`failed_mid_stream`)."""
+    opening = sse("message_start", {"message": {"usage": {"input_tokens": 9, "output_tokens": 1}}})
+    overloaded = sse("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})
+    at_once = AnthropicStreamInspector()
+    at_once.feed(opening + sse("ping", {}) + overloaded)
+    assert at_once.unserved and at_once.error_type == "overloaded_error"
+    later = AnthropicStreamInspector()
+    later.feed(opening + sse("content_block_start", {"index": 0, "content_block": {"type": "thinking", "thinking": ""}})
+               + overloaded)
+    assert later.failed and not later.unserved and later.error_type == "overloaded_error"
+    whole = AnthropicStreamInspector()
+    whole.feed(opening)
+    assert not whole.unserved and whole.error_type is None

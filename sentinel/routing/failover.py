@@ -60,13 +60,15 @@ T = TypeVar("T")
 QUICK_DROP_SECONDS = 5.0  # a connection dropped this soon after sending began counts (module docstring)
 # The error a provider sends inside a stream it had begun that counts against its health, as its status
 # before the first byte would: Anthropic's `overloaded_error` (its 529: the provider's load, never the
-# request's). Any other (an `api_error`, a broken connection) does not: a client may cause one.
+# request's). Any other (an `api_error`, a broken connection) does not: a client may cause one; nor
+# does an OpenAI-format server's error chunk, whose type and code are any text the server chose.
 OVERLOADED_MID_STREAM = "overloaded_error"
 
 
-def overloaded_mid_stream(code: str | None) -> bool:
-    """Whether a stream's error event of type (or code) `code` counts against the provider's health."""
-    return code == OVERLOADED_MID_STREAM
+def overloaded_mid_stream(kind: str, code: str | None) -> bool:
+    """Whether a stream's error event of type (or code) `code`, from a provider of wire format `kind`,
+    counts against the provider's health."""
+    return kind == "anthropic" and code == OVERLOADED_MID_STREAM
 
 
 def dropped_quickly(elapsed: float | None) -> bool:

@@ -115,9 +115,9 @@ class ModelRoutes:
 
     async def failed_mid_stream(self, target: ModelTarget, code: str | None) -> None:
         """A stream `target` began ended with the provider's error event of type `code`: recorded against
-        its health when that error is the provider's overload (`overloaded_mid_stream`), as its 529
+        its health when that error is Anthropic's overload (`overloaded_mid_stream`), as its 529
         before the first byte is; never retried (the client was sent the stream's opening already)."""
-        if overloaded_mid_stream(code):
+        if overloaded_mid_stream(target.kind, code):
             await self._report_failure(target, None)
 
     async def _report_failure(self, target: ModelTarget, retry_after: float | None) -> None:

@@ -237,6 +237,7 @@ class NativeChat:
         ex.upstream_seconds = stream.upstream_seconds
         ex.upstream_status = stream.upstream.status
         router, meter = self.router, self.meter
+        kind = _kind(self.providers.get(choice.provider))  # (the wire format its error events come in)
 
         unsettled = True  # the session is neither written (answered) nor given back yet
 
@@ -282,7 +283,7 @@ class NativeChat:
                 # single-model tier down for 30 s (only failures before the first byte count) — but
                 # for the provider's own overload (Anthropic's `overloaded_error` event), as its 529.
                 ending.last = render_error_event(error.message, "stream_error", code)
-                if isinstance(error, StreamError) and overloaded_mid_stream(error.code):
+                if isinstance(error, StreamError) and overloaded_mid_stream(kind, error.code):
                     await router.report(choice, ok=False)
                 await give_back()  # (before the final bytes: the client sees the session as it is)
                 return

@@ -212,5 +212,8 @@ async def test_only_the_providers_overload_after_a_stream_began_counts_against_i
     for code in ("api_error", "invalid_request_error", "connection_closed", None):  # a client may cause these
         await routes.failed_mid_stream(target, code)
         assert (await health.available([pair]))[pair], code
+    openai_target = catalogue({}).resolve("gpt-4o-mini")[0]
+    await routes.failed_mid_stream(openai_target, "overloaded_error")  # an OpenAI-format server's chosen text
+    assert (await health.available([("openai", "gpt-4o-mini")]))[("openai", "gpt-4o-mini")]
     await routes.failed_mid_stream(target, "overloaded_error")
     assert not (await health.available([pair]))[pair]

@@ -240,4 +240,5 @@ def _stream(message: dict[str, Any], output: TextOutput) -> SSEReply:
 
 
 # What Anthropic sends when it cannot finish a stream it began (`error_after`), its status line long gone.
-OVERLOADED_EVENT = sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error")
+OVERLOADED_EVENT = sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"},
+                        "request_id": "req_mock_overloaded"}, "error")

@@ -20,8 +20,8 @@ A server tool's result (a fetched page, a search, code output) is part of the an
 model reads it in the step that follows, and only the final usage counts it. An answer or stream
 without that usage is charged it as read (`blocks_read`), counted as the estimate counts the same block.
 `AnthropicStreamInspector` watches a relayed stream without delaying it, holds back the final
-`message_stop` event until the usage record is stored and replaces the error of an `error` event
-(`providers.errors.stream_error`).
+`message_stop` event until the usage record is stored and rebuilds an `error` event of its error's labels
+alone (`providers.errors.stream_error`: the provider's message, and the event's other fields, left out).
 """
 
 from __future__ import annotations
@@ -368,16 +368,6 @@ def _blocks(body: Any) -> list[Any]:
     return blocks if isinstance(blocks, list) else []
 
 
-def _rendered(error_event: dict[str, Any], message: str) -> bytes:
-    """A redacted error event as JSON. orjson reads deeper nesting than it writes (255 levels): an
-    event it cannot write back becomes a generic error event, with the provider's other fields left
-    out, instead of an exception that cut the client's connection mid-stream."""
-    try:
-        return orjson.dumps(error_event)
-    except orjson.JSONEncodeError:
-        return orjson.dumps({"type": "error", "error": {"type": "api_error", "message": message}})
-
-
 class AnthropicStreamInspector:
     """Watches an Anthropic SSE stream: `feed(chunk)` returns the complete events to relay now; the
     `message_stop` event is kept in `done` (sent after the usage record is stored); nothing after it
@@ -476,10 +466,13 @@ class AnthropicStreamInspector:
             return b""
         self._absorb(obj)
         if obj.get("type") == "error":  # whatever its `error` holds (a string carried the message whole)
-            obj["error"] = error = stream_error(self.provider, obj.get("error"), "api_error", self.secret)
+            error = stream_error(self.provider, obj.get("error"), "api_error", self.secret)
             self.failed = True
             self.error_type = kind if isinstance(kind := error.get("type"), str) else None
-            event = with_data(event, redact(_rendered(obj, str(error["message"])), self.secret))
+            # Rebuilt of the error's labels alone: the event's other fields (the provider's `request_id`,
+            # what a proxy in front of it adds, any depth of nesting orjson could not write back) are the
+            # provider's, as its message is.
+            event = with_data(event, redact(orjson.dumps({"type": "error", "error": error}), self.secret))
         return event + b"\n\n"
 
     def _absorb(self, obj: dict[str, Any]) -> None:

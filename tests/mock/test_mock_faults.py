@@ -359,7 +359,8 @@ def test_error_after_ends_an_anthropic_stream_with_the_overloaded_error_event(
         ):
             types.append(event.type)
     assert types == ["message_start", "content_block_start", "content_block_delta"]  # the SDK hides ping
-    assert caught.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    assert caught.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"},
+                                 "request_id": "req_mock_overloaded"}
     chat = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "a b"}]}
     plain = sse_data(http.post("/v1/chat/completions", json=chat, headers={**OPENAI_AUTH, "x-mock-error-after": "1"}
                                ).text)

@@ -346,15 +346,18 @@ def events_block(event: bytes) -> dict:
     return orjson.loads(event.split(b"data: ", 1)[1])["content_block"]
 
 
-def test_an_error_event_too_deep_to_write_back_is_replaced_by_a_generic_one() -> None:
+def test_an_error_event_too_deep_to_write_back_is_relayed_of_its_labels_alone() -> None:
     """orjson reads 1,024 levels but writes 255: re-writing the redacted event raised a JSONEncodeError
-    that cut the client's connection mid-stream and left the request recorded as a success."""
+    that cut the client's connection mid-stream and left the request recorded as a success. The event
+    is rebuilt of its error's labels alone now: its other fields — the provider's `request_id`, what a
+    proxy adds, however deep — were relayed as the provider wrote them."""
     deep = "[" * 300 + "]" * 300
-    raw = b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "org-123"}, "x": '
+    raw = (b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "org-123"}, '
+           b'"request_id": "req_0123", "org": "org-123 at its limit", "x": ')
     relayed = AnthropicStreamInspector().feed(raw + deep.encode() + b"}\n\n")
     assert relayed.startswith(b"event: error\ndata: ") and b"org-123" not in relayed
     assert orjson.loads(relayed.split(b"data: ", 1)[1]) == {
-        "type": "error", "error": {"type": "api_error", "message": "Provider anthropic failed during the stream"}
+        "type": "error", "error": {"type": "overloaded_error", "message": "Provider anthropic failed during the stream"}
     }
 
 

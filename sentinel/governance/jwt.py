@@ -274,8 +274,9 @@ class JwtVerifier:
 class LocalJwtIdentitySource:
     """IdentitySource from locally verified JWT claims: no governance call per new token.
 
-    Without a `profile_source` the claims are the identity: `external_id` = claim `externalId`,
-    `external_id` or `sub`; `user_id` = `sub`; `email` = `email`; `expires_at` = `exp + LEEWAY_SECONDS`
+    Without a `profile_source` the claims are the identity: `external_id` = claim `externalId`, else
+    `external_id` (a number taken as its text; another type refuses the token: `_id_claim`), else
+    `sub`; `user_id` = `sub`; `email` = `email`; `expires_at` = `exp + LEEWAY_SECONDS`
     (so no cache serves it past the token's life).
 
     With a `profile_source` (Zion's `/users/me`) every verified token is checked with it too, and the
@@ -304,7 +305,9 @@ class LocalJwtIdentitySource:
         if expires_at is None:
             return None
         if self.profile_source is None:
-            external_id = _text(claims.get("externalId")) or _text(claims.get("external_id")) or _text(claims.get("sub"))
+            named, external_id = _id_claim(claims)
+            if not named:
+                external_id = _text(claims.get("sub"))
             return self._from_claims(claims, external_id, expires_at) if external_id is not None else None
         try:
             profile = await self.profile_source.authenticate(token)
@@ -323,7 +326,7 @@ class LocalJwtIdentitySource:
     def _outage_identity(self, claims: dict[str, Any], expires_at: float) -> Identity | None:
         """The identity the profile would give, from claims that name it (explicit external id and
         email), or None: `sub` is not the profile's id, and a guess would key the user apart."""
-        external_id = external_id_of(claims.get("externalId")) or external_id_of(claims.get("external_id"))
+        _, external_id = _id_claim(claims)
         if external_id is None or _text(claims.get("email")) is None:
             return None
         return self._from_claims(claims, external_id, expires_at)
@@ -336,6 +339,19 @@ class LocalJwtIdentitySource:
             source=self.name,
             expires_at=expires_at,  # no `plan`: a token's claims never choose it (the database's or Zion's is read)
         )
+
+
+def _id_claim(claims: dict[str, Any]) -> tuple[bool, str | None]:
+    """Whether the claims name their user explicitly — `externalId`, else `external_id`, present and
+    neither null nor "" — and that id as Zion's profile reads it (`external_id_of`: a number is its
+    text), None when it cannot be read (a list, an object, a boolean, 0). Such a claim never gives way
+    to `sub`, another id space: `{"externalId": 42, "sub": "alice"}` was served as `alice`, whoever
+    she is, on her plan and her count."""
+    for name in ("externalId", "external_id"):
+        value = claims.get(name)
+        if value is not None and value != "":
+            return True, external_id_of(value)
+    return False, None
 
 
 def _text(value: Any) -> str | None:

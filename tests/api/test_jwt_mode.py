@@ -138,6 +138,46 @@ def test_a_tokens_claims_cannot_choose_its_plan_and_its_id_is_the_key_users(
     assert refused.status_code == 429, refused.text
 
 
+def test_an_id_claim_that_is_not_text_never_falls_back_to_another_users_sub(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """`externalId` (or `external_id`) names the user; `sub` only stands in when neither is there. A
+    number in it was skipped, and so was a list, an object or a boolean: the token was served as its
+    `sub` — another id space, here `alice`, the gateway's key user — on her plan and her count. A
+    number is its text now (as Zion's profile and a stand-in read it); any other type is a 401."""
+    import asyncio
+
+    from tests.support.accounts import set_user_plan
+    from tests.support.attack import ledger_rows, wait_for
+
+    gw = gateway_factory(jwt_secret=SECRET, jwt_audience="sentinel", default_plan="requests=100/60s",
+                         usage_flush_interval_seconds=0.1)
+    asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=2/60s", plan="tight"))
+
+    def post(bearer: str, path: str = "/v1/chat/completions", body: object = CHAT) -> httpx.Response:
+        return httpx.post(gw.url + path, json=body, headers={"Authorization": f"Bearer {bearer}"}, timeout=30)
+
+    numbered = post(token(sub="alice", externalId=42))
+    assert numbered.status_code == 200, numbered.text
+    assert numbered.headers["x-ratelimit-limit"] == "100", numbered.headers  # user "42": the default plan
+    snake = post(token(sub="alice", externalId=None, external_id=7))
+    assert snake.status_code == 200 and snake.headers["x-ratelimit-limit"] == "100", snake.headers
+    message = {"model": "claude-3-5-haiku-20241022", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    for unreadable in (["alice"], {"id": "alice"}, True, 0):
+        for claim in ("externalId", "external_id"):
+            bearer = token(sub="alice", **{"externalId": None, claim: unreadable})
+            openai_style = post(bearer)
+            assert openai_style.status_code == 401, (claim, unreadable, openai_style.text)
+            assert openai_style.json()["error"]["code"] == "invalid_api_key", openai_style.text
+            anthropic_style = post(bearer, "/v1/messages", message)
+            assert anthropic_style.status_code == 401, (claim, unreadable, anthropic_style.text)
+            assert anthropic_style.json()["error"]["type"] == "authentication_error", anthropic_style.text
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 2)
+    assert sorted(row["external_id"] for row in ledger_rows(gw.settings.database_url)) == ["42", "7"]
+    # alice's own count was not touched: her two requests are still hers
+    assert post(gw.key).status_code == 200 and post(gw.key).status_code == 200
+
+
 def test_a_plan_claim_no_store_can_hold_does_not_refuse_the_token(gateway_factory: Callable[..., Gateway]) -> None:
     """The `plan` claim is never read (above): one holding a lone surrogate (text no store takes) made
     the token's identity unstorable, a 403 `identity_unrecordable` for a valid token of a valid user."""

@@ -108,6 +108,22 @@ async def test_identity_from_claims(verifier: JwtVerifier) -> None:
     assert await source.authenticate(hs(aud(), key="wrong-secret-0123456789-0123456789-0123")) is None
 
 
+@pytest.mark.parametrize("claim", ["externalId", "external_id"])
+async def test_an_id_claim_is_never_skipped_for_the_sub(verifier: JwtVerifier, claim: str) -> None:
+    """A number is the id as its text (as Zion's profile reads one); a claim of another type refuses
+    the token: it was skipped, and the token served as its `sub` — another id space, another user."""
+    source = LocalJwtIdentitySource(verifier)
+    numbered = await source.authenticate(hs(aud(**{claim: 42})))
+    assert numbered is not None and (numbered.external_id, numbered.user_id) == ("42", "user-1")
+    for unreadable in (["ext-9"], {"id": "ext-9"}, True, False, 0):
+        assert await source.authenticate(hs(aud(**{claim: unreadable}))) is None, unreadable
+    for absent in (None, ""):  # null or "" names nobody: the `sub` then, as before
+        only_sub = await source.authenticate(hs(aud(**{claim: absent})))
+        assert only_sub is not None and only_sub.external_id == "user-1"
+    # `externalId` is read first, and decides: an unreadable one is not made up for by `external_id`
+    assert await source.authenticate(hs(aud(externalId=["x"], external_id="ext-snake"))) is None
+
+
 async def stand_in(source: LocalJwtIdentitySource, token: str) -> Identity:
     """The identity a token's claims stand in with while governance is down (raised, never returned)."""
     with pytest.raises(StandIn) as outage:
@@ -136,13 +152,15 @@ async def test_governance_is_asked_about_every_token_and_its_claims_serve_only_i
     in_outage = await stand_in(source, hs(aud(externalId="ext-z")))
     assert (in_outage.external_id, in_outage.email) == ("ext-z", "u@example.com")
     assert (await stand_in(source, hs(aud(external_id="ext-z")))).external_id == "ext-z"
-    for no_stand_in in (hs(aud()), hs(aud(externalId="ext-z", email=None))):  # `sub` is not Zion's id; no email
+    # `sub` is not Zion's id; no email; an `externalId` that is no id (not made up for by `external_id`)
+    for no_stand_in in (hs(aud()), hs(aud(externalId="ext-z", email=None)),
+                        hs(aud(externalId=["ext-z"], external_id="ext-z"))):
         with pytest.raises(GovernanceUnavailable) as outage:
             await source.authenticate(no_stand_in)
         assert not isinstance(outage.value, StandIn)
-    assert profiles.calls == 6
+    assert profiles.calls == 7
     assert await source.authenticate(hs(aud(), key="wrong-secret-0123456789-0123456789-0123")) is None
-    assert profiles.calls == 6  # a token that fails verification never reaches governance
+    assert profiles.calls == 7  # a token that fails verification never reaches governance
 
 
 async def test_with_zion_the_identity_is_always_the_profiles(verifier: JwtVerifier) -> None:

@@ -12,8 +12,9 @@ none asks the database. Invalid tokens are remembered for `negative_ttl` seconds
 within `ttl` seconds. An identity served while its source is down from the token's own claims (a
 `StandIn`) is cached for the outage only, never fresh: the next use asks the source again, so a
 user it refuses once it answers is refused then, not a TTL later. A token the source refused (a
-`Refused`: a deactivated user's verified JWT) is remembered under `sentinel:refused:<sha256(token)>`
-until it expires, so no later outage serves it from its claims once the 30 s refusal is over.
+`Refused`: a deactivated user's verified JWT) is remembered under `sentinel:refused:<refusal_key>` —
+the SHA-256 of what its signature covers, the same for each encoding of the token — until it expires,
+so no later outage serves it from its claims once the 30 s refusal is over.
 
 Concurrent requests with one token share one source lookup (`SingleFlight`, per process): the
 first runs it, the others await its outcome (the same identity or error) and take no lookup turn;
@@ -44,8 +45,8 @@ from sentinel.store import Store
 
 log = logging.getLogger("sentinel.auth")
 
-# `<prefix><sha256(token)>`: a token its source refused although it names its identity itself (Zion
-# refused a locally verified JWT), kept until the token expires: no stand-in is served for it.
+# `<prefix><refusal_key(token)>`: a token its source refused although it names its identity itself
+# (Zion refused a locally verified JWT), kept until the token expires: no stand-in is served for it.
 REFUSED_PREFIX = "sentinel:refused:"
 
 UNREPORTABLE = (
@@ -53,6 +54,15 @@ UNREPORTABLE = (
     "email. Ask an operator to give the user an email (for a Sentinel key: `sentinel keys create "
     "<external_id> --email ...`)."
 )
+
+
+def refusal_key(token: str) -> str:
+    """What a refused token is remembered by: the SHA-256 of the part its signature covers (a compact
+    JWS's `header.payload`; a token without a `.`, whole). Only a verified JWT is refused so
+    (`Refused`), and one signed token has several encodings that verify — its signature segment padded
+    with `=` (PyJWT takes it), an ECDSA signature (r, n-s) as well as (r, s) —: keyed by the token as
+    sent, a fired employee added a `=` and was served from the claims at the next outage."""
+    return hash_key(token.rpartition(".")[0] or token)
 
 
 def parse_bearer(header: str | None) -> str:
@@ -184,7 +194,7 @@ class Authenticator:
         try:
             found = await source.authenticate(token)
         except Refused as refusal:  # refused as any unknown token is (below), and remembered longer
-            await self._remember_refusal(key, refusal.expires_at)
+            await self._remember_refusal(token, refusal.expires_at)
             found = None
         except Expired:  # for good: remembered as long as an identity, and said again at each use
             await self.cache.put(key, None, reason=Expired.code)
@@ -196,7 +206,7 @@ class Authenticator:
                 return self._admit(stale)
             if not isinstance(exc, StandIn):
                 raise
-            if await self._refused_before(key, exc):
+            if await self._refused_before(token, exc):
                 raise AuthenticationError() from None
             self._repeated.warning("identity source unavailable; serving a token from its claims",
                                    extra={"source": source.name}, key=source.name)
@@ -212,21 +222,21 @@ class Authenticator:
         await self.cache.put(key, found, stale=not confirmed, not_after=found.expires_at)
         return self._admit(found)
 
-    async def _remember_refusal(self, key: str, expires_at: float) -> None:
+    async def _remember_refusal(self, token: str, expires_at: float) -> None:
         """Remember, until the token expires, that its source refused it: no stand-in for it then."""
         seconds = expires_at - self.clock()
         if seconds <= 0:
             return
         try:
-            await self.cache.store.set(REFUSED_PREFIX + key, b"1", seconds)
+            await self.cache.store.set(REFUSED_PREFIX + refusal_key(token), b"1", seconds)
         except StoreUnavailable:
             self._repeated.warning("could not remember a refused token: store unavailable")
 
-    async def _refused_before(self, key: str, outage: GovernanceUnavailable) -> bool:
+    async def _refused_before(self, token: str, outage: GovernanceUnavailable) -> bool:
         """Whether the source refused this token before (then no stand-in is served for it); the
         outage itself (503) when that cannot be read: a stand-in is never served unchecked."""
         try:
-            return await self.cache.store.get(REFUSED_PREFIX + key) is not None
+            return await self.cache.store.get(REFUSED_PREFIX + refusal_key(token)) is not None
         except StoreUnavailable:
             raise outage from None
 

@@ -286,6 +286,29 @@ def test_a_token_zion_refused_is_never_served_from_its_claims_during_a_later_out
     assert post(gw, other).status_code == 200
 
 
+def test_a_refused_token_sent_in_another_encoding_gets_no_stand_in_either(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    """The refusal was remembered under the SHA-256 of the token as sent, but one signed token has
+    several encodings that verify: its signature segment with `=` padding (PyJWT takes it), and for
+    ES256 the signature (r, n-s) as well as (r, s). The fired employee added a `=` and was served from
+    the claims again during the outage. The refusal is remembered by what the signature covers."""
+    secret = "shared-jwt-signing-secret-0123456789"
+    token = jwt.encode({"sub": "auth0|pat", "externalId": "pat-ext", "email": "pat@example.com",
+                        "exp": int(time.time()) + 600}, secret, algorithm="HS256")
+    assert len(token.rpartition(".")[2]) % 4 == 3  # 43 characters: one `=` pads it
+    zion.add_user(token, "pat-ext", "pat@example.com")
+    gw = zion_gateway(gateway_factory, zion, jwt_secret=secret, auth_failures_per_minute=1000)
+    assert post(gw, token).status_code == 200
+    zion.refuse_user(token, 403)  # deactivated
+    gw.drop_stored("sentinel:profile:" + hashlib.sha256(token.encode()).hexdigest())
+    assert post(gw, token).status_code == 401
+    zion.set_down(True)
+    padded = post(gw, token + "=")
+    assert padded.status_code == 401, padded.text  # not served from its claims
+    assert post(gw, token).status_code == 401
+
+
 def test_users_whose_usage_cannot_be_reported_are_refused(
     gateway_factory: Callable[..., Gateway], zion: FakeZion
 ) -> None:

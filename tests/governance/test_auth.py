@@ -432,6 +432,43 @@ async def test_zions_answer_after_an_outage_replaces_the_stand_in_and_is_cached_
     assert profiles.calls == 3
 
 
+
+async def test_a_refusal_holds_for_every_encoding_of_the_refused_token() -> None:
+    """Zion's refusal was remembered under the SHA-256 of the token as sent; the same token with its
+    signature padded (`=`: PyJWT verifies it) was another token, and in an outage it was served from
+    its claims. It is remembered by what the signature covers, which each encoding shares."""
+    import time
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    clock = FakeClock(time.time())
+    auth, profiles = make_zion_jwt(clock)
+    token = claims_token(clock.now + 3600, externalId="dora-ext", email="dora@example.com")
+    padded = token + "="  # a 43-character HS256 signature: one `=` pads it
+    assert pyjwt.decode(padded, JWT_SECRET, algorithms=["HS256"])["sub"] == "auth0|dora"
+    with pytest.raises(AuthenticationError):  # Zion refuses her (deactivated): remembered
+        await auth.authenticate(token)
+    profiles.down = True
+    clock.advance(31)  # the refusal's 30 s in the identity cache are over
+    for encoding in (token, padded):
+        with pytest.raises(AuthenticationError):
+            await auth.authenticate(encoding)
+    assert profiles.calls == 3  # each asked Zion (down), and got no stand-in
+    # An ES256 token's two signatures (r, s) and (r, n-s) both verify: one key for both.
+    from sentinel.governance.auth import refusal_key
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    es = pyjwt.encode({"sub": "x", "exp": int(clock.now) + 600}, private, algorithm="ES256")
+    head, body, signature = es.split(".")
+    raw = pyjwt.utils.base64url_decode(signature)
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256's
+    twin = f"{head}.{body}." + pyjwt.utils.base64url_encode(
+        raw[:32] + (order - int.from_bytes(raw[32:], "big")).to_bytes(32, "big")).decode()
+    assert twin != es and pyjwt.decode(twin, private.public_key(), algorithms=["ES256"])["sub"] == "x"
+    assert refusal_key(twin) == refusal_key(es) == refusal_key(es + "==")
+    assert len({refusal_key(es), refusal_key(token), refusal_key("opaque"), refusal_key("other")}) == 4
+
+
 # --- one source lookup per token at a time (single flight) -------------------------------------------
 
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from sentinel.domain.text import has_control, is_text
-from sentinel.native._wire import is_number
+from sentinel.native._wire import is_finite_number
 
 # What the ledger stores of a caller: the `external_id` (VARCHAR(255)) and `email` (VARCHAR(320))
 # columns; PostgreSQL takes no NUL character in text.
@@ -89,10 +89,11 @@ class Identity:
 def external_id_of(value: object) -> str | None:
     """A profile's `externalId` (Zion's answer, or a JWT claim standing in for it) as the id a user is
     keyed by: a non-empty string as it is, a number as its text; None for anything else (null, "",
-    0, a boolean), where the profile's own id is the key."""
+    0, a boolean, a NaN or an infinity: a JWT's JSON may hold `NaN`, which was the id "nan", another
+    user's if one is so named), where the profile's own id is the key."""
     if isinstance(value, str):
         return value or None
-    if is_number(value) and value:
+    if is_finite_number(value) and value:
         return str(value)
     return None
 

@@ -163,7 +163,7 @@ def test_an_id_claim_that_is_not_text_never_falls_back_to_another_users_sub(
     snake = post(token(sub="alice", externalId=None, external_id=7))
     assert snake.status_code == 200 and snake.headers["x-ratelimit-limit"] == "100", snake.headers
     message = {"model": "claude-3-5-haiku-20241022", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
-    for unreadable in (["alice"], {"id": "alice"}, True, 0):
+    for unreadable in (["alice"], {"id": "alice"}, True, 0, float("nan")):
         for claim in ("externalId", "external_id"):
             bearer = token(sub="alice", **{"externalId": None, claim: unreadable})
             openai_style = post(bearer)

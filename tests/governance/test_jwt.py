@@ -115,7 +115,7 @@ async def test_an_id_claim_is_never_skipped_for_the_sub(verifier: JwtVerifier, c
     source = LocalJwtIdentitySource(verifier)
     numbered = await source.authenticate(hs(aud(**{claim: 42})))
     assert numbered is not None and (numbered.external_id, numbered.user_id) == ("42", "user-1")
-    for unreadable in (["ext-9"], {"id": "ext-9"}, True, False, 0):
+    for unreadable in (["ext-9"], {"id": "ext-9"}, True, False, 0, float("nan"), float("inf")):
         assert await source.authenticate(hs(aud(**{claim: unreadable}))) is None, unreadable
     for absent in (None, ""):  # null or "" names nobody: the `sub` then, as before
         only_sub = await source.authenticate(hs(aud(**{claim: absent})))

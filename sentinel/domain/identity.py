@@ -45,6 +45,9 @@ class Identity:
         # What the operator surfaces refuse in every id and email they are given (ESC, a bidi
         # override, a zero-width space: see `sentinel.domain.text`): a user named so would read as
         # another on the console, rewrite an operator's terminal, and could be put on no plan.
+        # Blank (whitespace only): refused by the operator surfaces too, so no plan could be set for it.
+        if not self.external_id.strip():
+            return "its user id is blank"
         if has_control(self.external_id):
             return "its user id contains a control or invisible formatting character"
         if self.email is not None and has_control(self.email):

@@ -297,6 +297,8 @@ JWT_SECRET = "a-test-secret-that-is-long-enough-for-hs256"
     {"externalId": "mallory\x1b]0;owned\x07\x1b[2K"},  # ESC sequences for `sentinel usage export` on a terminal
     {"sub": "\x1b[31mred", "externalId": None},
     {"email": "m\u202e@example.com"},
+    # blank: the operator surfaces refuse it too (400: 1-255 characters), so no plan could be set for it
+    {"externalId": "   "}, {"externalId": "\u3000"}, {"sub": " ", "externalId": None},
 ])
 def test_a_token_naming_its_user_with_control_characters_is_refused(
     gateway_factory: Callable[..., Gateway], claims: dict[str, object]

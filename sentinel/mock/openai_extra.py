@@ -91,7 +91,7 @@ def embeddings(call: Call) -> Reply:
     last = items[-1]
     faults = call.resolve_faults(last if isinstance(last, str) else "")
     dimensions = body.get("dimensions", DIMENSIONS.get(model, DEFAULT_DIMENSIONS))
-    if not isinstance(dimensions, int) or not 1 <= dimensions <= MAX_DIMENSIONS:
+    if not isinstance(dimensions, int) or isinstance(dimensions, bool) or not 1 <= dimensions <= MAX_DIMENSIONS:
         raise WireError(400, "Invalid 'dimensions': must be a positive integer.", param="dimensions")
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
@@ -172,6 +172,9 @@ def completions(call: Call) -> Reply:
     stops = stop_list(body.get("stop"))
     outputs = [shape_text(echo_text(t), limit, stops) for t in texts]
     prompt_count = sum(count_tokens(p) if isinstance(p, str) else len(p) for p in prompts)
+    suffix = body.get("suffix")
+    if isinstance(suffix, str):  # each prompt is completed on its own, before the suffix: read once a prompt
+        prompt_count += len(prompts) * count_tokens(suffix)
     usage = None if faults.no_usage else usage_block(prompt_count, sum(o.tokens for o in outputs))
     head = {
         "id": new_id("cmpl-"),

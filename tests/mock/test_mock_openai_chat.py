@@ -225,6 +225,9 @@ def test_completions_plain_and_stream(oai: openai.OpenAI) -> None:
 def test_completions_list_prompt(oai: openai.OpenAI) -> None:
     out = oai.completions.create(model="m", prompt=["first", "second"])
     assert [(c.index, c.text) for c in out.choices] == [(0, "Echo: first"), (1, "Echo: second")]
+    # Each prompt is completed on its own, followed by the suffix: it is read once a prompt.
+    suffixed = oai.completions.create(model="m", prompt=["first", "second"], suffix="x" * 40)
+    assert suffixed.usage is not None and suffixed.usage.prompt_tokens == 2 + 2 + 2 * 10
 
 
 @pytest.mark.parametrize(

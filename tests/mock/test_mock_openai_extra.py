@@ -68,6 +68,9 @@ def test_embeddings_token_input_and_errors(http: httpx.Client) -> None:
         "/v1/embeddings", headers=OPENAI_AUTH, json={"model": "m", "input": "x", "encoding_format": "hex"}
     )
     assert bad.status_code == 400
+    # A boolean is no dimension count (it was taken for 1, then failed: a 500).
+    flag = http.post("/v1/embeddings", headers=OPENAI_AUTH, json={"model": "m", "input": "x", "dimensions": True})
+    assert flag.status_code == 400 and flag.json()["error"]["param"] == "dimensions"
 
 
 def test_models_list_and_retrieve(oai: openai.OpenAI) -> None:

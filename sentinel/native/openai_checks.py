@@ -145,10 +145,16 @@ def output_multiplier(endpoint: str, payload: dict[str, Any]) -> int:
     best_of = payload.get("best_of")
     if isinstance(best_of, int) and not isinstance(best_of, bool) and best_of > count:
         count = best_of
-    prompt = payload.get("prompt")
+    return count * prompt_count(payload.get("prompt"))
+
+
+def prompt_count(prompt: Any) -> int:
+    """How many prompts a legacy completions `prompt` holds, each completed on its own: the length
+    of a list of strings or of token lists, else 1 (a string, or a list of integers: one tokenised
+    prompt)."""
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
-        count *= len(prompt)  # a list of integers is one tokenised prompt
-    return count
+        return len(prompt)
+    return 1
 
 
 def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:

@@ -11,7 +11,7 @@ import functools
 import json
 from typing import Any
 
-from sentinel.native.openai_checks import output_multiplier
+from sentinel.native.openai_checks import output_multiplier, prompt_count
 from sentinel.native.types import MAX_TOOLS
 from sentinel.quota.anthropic_usage import content_texts, estimate_messages
 from sentinel.quota.images import ANTHROPIC, ImageRule, openai_image_rule
@@ -72,9 +72,13 @@ def estimate_input(
             total += sum(counter.count_text(text, model, user=user) for text in content_texts(prediction.get("content")))
         return total + references(endpoint, payload) * referenced
     if endpoint == "completions":
-        total = counter.count_prompt(_prompt(payload.get("prompt")), model, user=user)
+        prompt = payload.get("prompt")
+        total = counter.count_prompt(_prompt(prompt), model, user=user)
+        # Each prompt of a list is completed on its own, followed by the `suffix`: read once a prompt
+        # (counted once, 2,048 prompts with a 4,000-token suffix reserved ~6,000 tokens of 8 million).
         suffix = payload.get("suffix")
-        return total + (counter.count_text(suffix, model, user=user) if isinstance(suffix, str) else 0)
+        return total + (counter.count_text(suffix, model, user=user) * prompt_count(prompt)
+                        if isinstance(suffix, str) else 0)
     if endpoint == "embeddings":
         return counter.count_prompt(_prompt(payload.get("input")), model, user=user)
     if endpoint == "responses":

@@ -154,6 +154,28 @@ def test_definitions_count_against_the_input_limit(gateway_factory: Callable[...
     assert spy.seen == []
 
 
+def test_a_suffix_counts_once_for_each_prompt_it_follows(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    """A legacy completion completes each prompt of its list on its own, followed by the `suffix`: the
+    provider reads the suffix once a prompt. Counted once, 20 prompts with a ~300-token suffix were
+    admitted against a 1,000-token input limit and read ~6,000 tokens."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1")
+    suffix = "lorem ipsum dolor sit amet " * 50
+    many = {**COMPLETION, "prompt": [f"p{i}" for i in range(20)], "suffix": suffix, "max_tokens": 5}
+    key = new_user(gw, "suffixed", "requests=100/1h,input_tokens=1000/1h")
+    with gw.client(key) as http:
+        refused = http.post("/v1/completions", json=many)
+        assert refused.status_code == 429, refused.text
+        details = openai_error(refused.json())["details"]
+        assert details["metric"] == "input_tokens" and details["requested"] > 20 * 250, details
+        assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()  # refused: nothing sent or kept
+        served = http.post("/v1/completions", json={**many, "prompt": many["prompt"][:2]})
+    assert served.status_code == 200, served.text
+    # Two prompts reserved the suffix twice (the input limit is the tightest: its remaining is shown),
+    # as the provider reads it (the mock counts it once a prompt too).
+    assert int(served.headers["x-ratelimit-remaining"]) < 1000 - 2 * 250
+    assert served.json()["usage"]["prompt_tokens"] > 2 * 250
+
+
 def test_a_null_cap_does_not_hide_the_cap_in_force(gateway: Gateway) -> None:
     """`max_completion_tokens: null` is not set, so `max_tokens` is the cap: the gate reserves it and
     a translated request (a Claude model through /v1/chat/completions) sends that same cap upstream,

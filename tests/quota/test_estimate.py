@@ -140,6 +140,15 @@ def test_definitions_that_reach_the_model_as_text_are_counted() -> None:
     assert estimate("completions", {"prompt": "a", "suffix": "after"}) == (100 + 5, [("prompt", "a"), ("text", "after")])
 
 
+def test_a_suffix_is_counted_once_a_prompt() -> None:
+    """Each prompt of a legacy completion's list is completed on its own, followed by the `suffix`:
+    counted once for the request, 2,048 prompts with a long suffix reserved 1/2,048th of what they read."""
+    assert estimate("completions", {"prompt": ["a", "b", "c"], "suffix": "after"})[0] == 100 + 3 * 5
+    assert estimate("completions", {"prompt": [[1, 2], [3]], "suffix": "after"})[0] == 100 + 2 * 5
+    assert estimate("completions", {"prompt": [1, 2, 3], "suffix": "after"})[0] == 100 + 5  # one tokenised prompt
+    assert estimate("completions", {"prompt": [], "suffix": "after"})[0] == 100 + 5
+
+
 def test_unknown_endpoints_estimate_nothing() -> None:
     assert estimate("images", {"prompt": "a cat"}) == (0, [])
 

@@ -132,6 +132,37 @@ def test_a_plan_change_keeps_the_count_of_each_window_it_keeps(
         assert answer.status_code == 200 and answer.headers["x-ratelimit-remaining"] == "4"
 
 
+def test_two_processes_on_one_redis_admit_no_more_output_than_a_token_limit_holds(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """40 requests at once, half through each of two gateways sharing one Redis, each capped at 100
+    output tokens against 1,000 a day: exactly 10 are admitted (each reserved its cap), the others
+    refused on that limit; once settled the counter holds what the admitted ones used, as recorded.
+    (A day-long window: a boundary inside the burst would give it a second allowance.)"""
+    first = gateway_factory(redis_url=redis_url)
+    second = gateway_factory(redis_url=redis_url, database_url=first.settings.database_url)
+    set_plan(first.settings.database_url, "alice", "burst", "requests=1000/1d,output_tokens=1000/1d")
+    body = {**CHAT, "max_tokens": 100}
+    slow = {"Authorization": f"Bearer {first.key}", "X-Mock-Latency-Ms": "300"}  # all in flight at once
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(headers=slow, timeout=30) as http:
+            return await asyncio.gather(*(
+                http.post(f"{(first, second)[i % 2].url}/v1/chat/completions", json=body) for i in range(40)))
+
+    answers = asyncio.run(burst())
+    assert Counter(r.status_code for r in answers) == {200: 10, 429: 30}
+    assert {r.json()["error"]["details"]["metric"] for r in answers if r.status_code == 429} == {"output_tokens"}
+    used = sum(r.json()["usage"]["completion_tokens"] for r in answers if r.status_code == 200)
+    assert wait_for(lambda: ledger_totals(first.settings.database_url, "alice")["output_tokens"] == used)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        counters = [int(client.get(key) or 0) for key in client.scan_iter("sentinel:quota:{alice}:output_tokens:86400:*")]
+    finally:
+        client.close()
+    assert sum(counters) == used
+
+
 def test_default_plan_applies_to_users_without_one(gateway_factory: Callable[..., Gateway]) -> None:
     gw = gateway_factory(default_plan="requests=2/1d")
     with gw.client() as http:

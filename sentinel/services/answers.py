@@ -22,7 +22,7 @@ import orjson
 from sentinel.domain.identity import Identity
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.usage import Usage
-from sentinel.errors import StoreUnavailable, UpstreamError
+from sentinel.errors import StoreUnavailable, UpstreamError, UpstreamStatusError
 from sentinel.governance.ownership import Ownership
 from sentinel.observability.metrics import Metrics
 from sentinel.providers.errors import UnreadableAnswer, upstream_error
@@ -452,23 +452,29 @@ async def refuse(
 ) -> NoReturn:
     """Settle (or not) an upstream error answer, then raise the Sentinel error for it.
 
-    A request the provider refused (4xx other than 401/403/429) still reached the company's account:
-    it counts as one request and is recorded with the upstream status and no tokens, so
-    provider-refused calls are not free. When the provider failed or limited us (5xx, 429) or refused
-    Sentinel's own key (401/403), nothing was served: nothing is settled here and the caller gives the
-    reservation back (`Meter.release`, a no-op after a settle). The error raised is
+    A request the provider refused (a 4xx other than 429, and a 401/403 that refused this request —
+    a model or feature the key may not use, a client's beta switch —, not Sentinel's provider key
+    itself: `UpstreamStatusError.key_refused`) still reached the company's account: it counts as one
+    request and is recorded with the upstream status and no tokens, so provider-refused calls are not
+    free (a 403 a client causes at will was given back: repeated without end, not even its requests
+    counted). When the provider failed or limited us (5xx, 429) or refused Sentinel's own key,
+    nothing was served: nothing is settled here and the caller gives the reservation back
+    (`Meter.release`, a no-op after a settle; such a refusal is a provider failure, which may be
+    sent to another candidate). The error raised is
     `upstream_error(...)` for the answer; `relay_client_errors` as there (True on the `/v1` surfaces,
     False on the native API). Every surface's error answers go through here: the OpenAI relay
     (`AnswerRelay`), the Messages API (`MessagesService`), translated chat (`TranslatedChat`) and
     the native API (`NativeChat`)."""
     raw = await upstream.read_error()
-    if 400 <= upstream.status < 500 and upstream.status not in (401, 403, 429):
-        await meter.settle(admission, usage=Usage(0, 0), output_text="", status=upstream.status,
-                           provider=upstream.provider)
-    raise upstream_error(
+    error = upstream_error(
         upstream.provider, upstream.status, raw, upstream.headers, relay_client_errors=relay_client_errors,
         client_switched=upstream.client_switched,
     )
+    key_refused = isinstance(error, UpstreamStatusError) and error.key_refused
+    if 400 <= upstream.status < 500 and upstream.status != 429 and not key_refused:
+        await meter.settle(admission, usage=Usage(0, 0), output_text="", status=upstream.status,
+                           provider=upstream.provider)
+    raise error
 
 
 _GENERATIONS = ("chat", "completions", "responses")  # endpoints whose 2xx answer is a JSON generation

@@ -130,6 +130,43 @@ def test_provider_refusals_count_on_every_surface_and_failures_give_back(
     assert (row["endpoint"], row["model"], row["input_tokens"], row["output_tokens"]) == (endpoint, model, 0, 0)
 
 
+KEY_CASES: dict[str, tuple[Build, str, str, str | None]] = {
+    "chat": (_chat(MINI), "chat", MINI, None),
+    "messages": (_messages(HAIKU), "messages", HAIKU, None),
+    "chat-translated": (_chat(HAIKU), "chat", HAIKU, None),
+    "native": (_native, "native", MINI, "openai"),
+}
+
+
+@pytest.mark.parametrize("case", list(KEY_CASES))
+def test_a_403_a_client_causes_counts_a_refusal_of_the_key_gives_back(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, case: str,
+) -> None:
+    """A 403 refuses what was asked (OpenAI's and Anthropic's `permission_error`: a model or feature
+    the key may not use, a client's beta switch), which a client causes at will: it reached the
+    company's account and counts one request, recorded with its status, as any refusal. It was given
+    back as a refusal of Sentinel's own key is (a 401 typed `authentication_error` or coded
+    `invalid_api_key`, which stays free: the operator's to fix), so it could be repeated without end,
+    past a plan's request limit."""
+    build, endpoint, model, native = KEY_CASES[case]
+    extra: dict[str, Any] = {"providers_file": tiers_file(tmp_path, native)} if native else {}
+    gw = gateway_factory(usage_flush_interval_seconds=0.1, **extra)
+    asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=4/1d"))
+    with gw.client() as http:
+        answers = [http.post(p, json=b, headers=h) for p, b, h in map(build, (403, 401))]
+        path, body, headers = _chat(MINI)(None)  # (a key refusal puts the native tier's model in backoff)
+        served = http.post(path, json=body, headers=headers)
+    assert [r.status_code for r in answers] == [502, 502], [r.text for r in answers]
+    assert served.status_code == 200, served.text
+    assert served.headers["x-ratelimit-remaining"] == "2"  # the 403's request and this one's
+    # (records are stored in the order of their requests: the 401's, had it one, before the 200's)
+    assert wait_for(lambda: 200 in {r["status"] for r in ledger_rows(gw.settings.database_url, "alice")})
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert sorted(r["status"] for r in rows) == [200, 403]
+    (row,) = [r for r in rows if r["status"] == 403]
+    assert (row["endpoint"], row["model"], row["input_tokens"], row["output_tokens"]) == (endpoint, model, 0, 0)
+
+
 def test_background_responses_are_refused_before_admission(gateway: Gateway) -> None:
     with gateway.client() as http:
         r = http.post("/v1/responses", json={"model": "gpt-4o-mini", "input": "hi", "background": True})

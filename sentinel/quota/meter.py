@@ -38,11 +38,11 @@ from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.plans import Plan, PlanSource
 from sentinel.domain.policies import QuotaFailureMode
 from sentinel.domain.usage import MAX_REQUEST_ID, Usage, UsageRecord, UsageSource, charge_id, new_request_id
-from sentinel.errors import ServiceUnavailable, StoreUnavailable, sent_unanswered
+from sentinel.errors import RateLimited, ServiceUnavailable, StoreUnavailable, sent_unanswered
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.offload import OFF_LOOP_SIZE, count_off_loop
-from sentinel.providers.errors import UnreadableAnswer
+from sentinel.providers.errors import REQUEST_TOO_LARGE, UnreadableAnswer
 from sentinel.quota.decision import Decision
 from sentinel.quota.estimate import (
     REFERENCE_TOKENS,
@@ -678,8 +678,12 @@ class QuotaMeter:
         its estimated input and all the output it reserved. A call cancelled mid-way (the server
         stopping past its shutdown deadline) may have reached the provider too: recorded with
         status 499, its estimated input and no output (the server stopped it, not its caller),
-        shielded from the cancellation. Any other exception (the client
-        gets a 500, not an answer) gives the reservation back."""
+        shielded from the cancellation. A request the provider refused as larger than its account's
+        per-minute limit (a 429 `provider_request_too_large`, on every model tried: its input plus
+        its `max_tokens`, which the client names) is a refusal of the request, not of the traffic:
+        one request with no tokens, recorded with status 429, as a provider's 4xx is (given back, it
+        was free and repeatable at will). Any other exception (the client gets a 500, not an
+        answer) gives the reservation back."""
         if isinstance(error, asyncio.CancelledError):  # (settled even if cancelled again: see `settle`)
             await self.settle(admission, usage=None, output_text="", status=499, provider=None, output_estimate=0)
         elif sent_unanswered(error):  # may have been generated, billed: as reserved
@@ -688,6 +692,9 @@ class QuotaMeter:
         elif isinstance(error, UnreadableAnswer):  # served, billed: its usage, else all it reserved
             await self.settle(admission, usage=error.usage, output_text="", status=error.status,
                               provider=error.provider, output_estimate=admission.max_output)
+        elif isinstance(error, RateLimited) and error.code == REQUEST_TOO_LARGE:  # refused for its own size
+            await self.settle(admission, usage=Usage(0, 0), output_text="", status=error.status,
+                              provider=error.provider)
         else:
             await self.release(admission)
 

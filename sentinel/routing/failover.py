@@ -15,8 +15,9 @@ against a provider's health — else one user's slow request took a model out of
 Nor does a 429 refusing the request itself as larger than the provider account's per-minute limit
 (`provider_request_too_large`: its input plus `max_tokens`; a client picks the cap): one request took
 the model out for everyone, its retry the tier's other model too (a 503 for every user of a two-model
-tier), again every backoff period, for free (a 429 is given back). It was not served, so it is still
-sent to another candidate when the router allows (`too_large_here`): another model may take it.
+tier), again every backoff period, for free. It was not served, so it is still
+sent to another candidate when the router allows (`too_large_here`): another model may take it
+(refused by every one, it counts one request: `Meter.fail`).
 
 A connection dropped after the request was sent — before an answer (`UpstreamConnectionError` with
 `sent`) or while a 2xx answer was read (`BrokenOffAnswer`) — counts only when it came within

@@ -14,8 +14,10 @@ import pytest
 
 from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
+from tests.routing.test_failover_http import per_minute_limited
 from tests.support.accounts import set_user_plan
 from tests.support.attack import ledger_rows, wait_for
+from tests.support.servers import serving
 
 
 def last_upstream_request(gw: Gateway) -> dict:
@@ -165,6 +167,27 @@ def test_a_403_a_client_causes_counts_a_refusal_of_the_key_gives_back(
     assert sorted(r["status"] for r in rows) == [200, 403]
     (row,) = [r for r in rows if r["status"] == 403]
     assert (row["endpoint"], row["model"], row["input_tokens"], row["output_tokens"]) == (endpoint, model, 0, 0)
+
+
+def test_a_request_too_large_for_the_providers_minute_counts_as_its_refusal(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """OpenAI refuses a request whose input and `max_tokens` pass the account's tokens-per-minute limit
+    with a 429 ("Request too large"): a refusal of that request, which a client makes at will (it names
+    the cap), not of the traffic. It counts one request with no tokens and is recorded with its
+    status, as any provider refusal; given back, it was free and repeatable past any request limit."""
+    with serving(per_minute_limited(30_000)) as upstream:
+        gw = gateway_factory(openai_api_url=upstream.url + "/v1", usage_flush_interval_seconds=0.1)
+        asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=3/1d"))
+        chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        with gw.client() as http:
+            refused = http.post("/v1/chat/completions", json={**chat, "max_tokens": 50_000})
+            served = http.post("/v1/chat/completions", json={**chat, "max_tokens": 10})
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "provider_request_too_large", refused.text
+    assert served.status_code == 200 and served.headers["x-ratelimit-remaining"] == "1", served.text
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+    rows = sorted((r["status"], r["input_tokens"], r["output_tokens"]) for r in ledger_rows(gw.settings.database_url, "alice"))
+    assert rows[0][0] == 200 and rows[1] == (429, 0, 0)
 
 
 def test_background_responses_are_refused_before_admission(gateway: Gateway) -> None:

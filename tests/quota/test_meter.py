@@ -30,6 +30,7 @@ from sentinel.errors import (
     UpstreamTimeout,
 )
 from sentinel.observability.metrics import Metrics
+from sentinel.providers.errors import REQUEST_TOO_LARGE
 from sentinel.quota.estimate import estimate_input
 from sentinel.quota.limiter import HOLD_WITHIN, QuotaLimiter
 from sentinel.quota.local_limiter import LocalLimiter
@@ -292,6 +293,18 @@ async def test_a_call_that_failed_before_the_provider_spent_gives_everything_bac
     await s.meter.fail(admission, error)
     assert await s.used() == {"requests": 0, "input_tokens": 0, "output_tokens": 0}
     assert s.outbox.records == []
+
+
+async def test_a_request_the_provider_refused_as_too_large_counts_one_request() -> None:
+    """A 429 refusing the request itself as larger than the account's per-minute limit (its input and
+    `max_tokens`, which the client names): a refusal, not a failure — one request, no tokens, recorded;
+    a rate limit of the traffic (above) is given back."""
+    s = Setup()
+    admission = await s.admit()
+    await s.meter.fail(admission, RateLimited("too large", code=REQUEST_TOO_LARGE, provider="openai"))
+    (record,) = s.outbox.records
+    assert (record.status, record.provider, record.input_tokens, record.output_tokens) == (429, "openai", 0, 0)
+    assert await s.used() == {"requests": 1, "input_tokens": 0, "output_tokens": 0}
 
 
 async def test_a_plan_source_outage_refuses_before_reserving() -> None:

@@ -63,6 +63,21 @@ def part_key(key: str, request_id: str) -> str:
     return f"{key}:{hashlib.sha256(request_id.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
 
 
+# The longest a record the sink keeps refusing waits before it is batched again (`refused_wait`).
+REFUSED_RETRY_CAP = 600.0
+
+
+def refused_wait(retry_in: float, tries: int) -> float:
+    """How long a record the sink refused waits before it is batched again, the `tries`-th time it
+    was sent (1: the first): `retry_in`, doubling with each try after the first, up to
+    REFUSED_RETRY_CAP (never below `retry_in`). The same wait each time, a record refused for good
+    (an email Zion does not know, a value it rejects) was sent every `retry_in` for ever — with the
+    records that came meanwhile, each such batch refused whole and delivered apart."""
+    if tries <= 1 or retry_in <= 0:
+        return max(retry_in, 0.0)
+    return max(retry_in, min(retry_in * 2.0 ** min(tries - 1, 32), REFUSED_RETRY_CAP))
+
+
 def decode_record(raw: Any, where: str) -> UsageRecord | None:
     """The usage record stored as `raw` (JSON bytes), or None — logged at error with what was stored,
     the only place it is then kept — when it cannot be read (corrupted, or written by a newer
@@ -122,7 +137,8 @@ class OutboxBackend(Protocol):
 
     async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
         """The sink answered: remove the accepted records; the `refused` request ids leave the batch
-        and wait (at least `retry_in` seconds) to be batched again under a new key."""
+        and wait (at least `retry_in` seconds; longer each time the same record is refused again, see
+        `refused_wait`) to be batched again under a new key."""
 
     async def split_up(self, batch: Batch) -> Batch:
         """Move `batch`'s records, still held under its key, under `split_key(batch.key)` (lease renewed),

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Collection
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable, StoreUnavailable, UsageBatchRefused
 from sentinel.observability.logging import Repeated
-from sentinel.quota.batch import Batch, Claimed, OutboxBackend, new_batch_key, split_key
+from sentinel.quota.batch import Batch, Claimed, OutboxBackend, new_batch_key, refused_wait, split_key
 from sentinel.quota.group_commit import GroupCommit
 from sentinel.quota.outbox_sql import SqlOutbox
 from sentinel.quota.outbox_stream import RedisStreamOutbox
@@ -51,6 +51,7 @@ class MemoryOutbox:
         self.clock = clock
         self._waiting: list[tuple[float, UsageRecord]] = []  # (not before, record)
         self._held: dict[str, Batch] = {}
+        self._tries: dict[str, int] = {}  # request id -> times the sink refused it (`refused_wait`)
 
     @property
     def records(self) -> list[UsageRecord]:
@@ -74,6 +75,8 @@ class MemoryOutbox:
         if records:
             gone = {id(record) for record in records}
             self._waiting = [(at, kept) for at, kept in self._waiting if id(kept) not in gone]
+            for record in records:
+                self._tries.pop(record.request_id, None)
 
     async def put(self, record: UsageRecord) -> None:
         self._waiting.append((0.0, record))
@@ -103,12 +106,18 @@ class MemoryOutbox:
     def forget(self, batch: Batch) -> None:
         """Let go of a batch being delivered from here (stored elsewhere now, under its key)."""
         self._held.pop(batch.key, None)
+        for item in batch.items:
+            self._tries.pop(item.record.request_id, None)
 
     async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
         self._held.pop(batch.key, None)
-        _, declined = batch.split(refused)
-        at = self.clock() + retry_in
-        self._waiting += [(at, c.record) for c in declined]
+        accepted, declined = batch.split(refused)
+        for item in accepted:
+            self._tries.pop(item.record.request_id, None)
+        now = self.clock()
+        for item in declined:
+            tries = self._tries[item.record.request_id] = self._tries.get(item.record.request_id, 0) + 1
+            self._waiting.append((now + refused_wait(retry_in, tries), item.record))
 
     async def depth(self) -> int:
         return len(self.records)

@@ -29,7 +29,7 @@ from sentinel.db.models import UsageOutboxRow, utcnow
 from sentinel.db.queries import insert_ignoring, picked_once
 from sentinel.domain.usage import UsageRecord
 from sentinel.quiet import QuietWindow
-from sentinel.quota.batch import Batch, Claimed, decode_record, new_batch_key, split_key
+from sentinel.quota.batch import Batch, Claimed, decode_record, new_batch_key, refused_wait, split_key
 from sentinel.quota.group_commit import GroupCommit
 
 Row = UsageOutboxRow
@@ -192,11 +192,22 @@ class SqlOutbox:
                         delete(Row).where(Row.id.in_([int(c.ref) for c in accepted]), Row.batch_key == batch.key)
                     )
                 if declined:
-                    await session.execute(
-                        update(Row)
+                    # Each waits by how often it was batched (`attempts`): refused again and again,
+                    # longer each time (`refused_wait`).
+                    tries = await session.execute(
+                        select(Row.id, Row.attempts)
                         .where(Row.id.in_([int(c.ref) for c in declined]), Row.batch_key == batch.key)
-                        .values(batch_key=None, next_attempt_at=self.clock() + timedelta(seconds=retry_in))
                     )
+                    waits: dict[float, list[int]] = {}
+                    for row_id, attempts in tries.all():
+                        waits.setdefault(refused_wait(retry_in, attempts), []).append(row_id)
+                    now = self.clock()
+                    for wait, ids in waits.items():
+                        await session.execute(
+                            update(Row)
+                            .where(Row.id.in_(ids), Row.batch_key == batch.key)
+                            .values(batch_key=None, next_attempt_at=now + timedelta(seconds=wait))
+                        )
                 await session.commit()
 
     async def depth(self) -> int:

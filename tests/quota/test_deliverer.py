@@ -5,6 +5,7 @@ backoff policy and the clock are injected. (Batch identity end to end: test_deli
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.backoff import Backoff
 from sentinel.domain.usage import UsageRecord
-from sentinel.errors import GovernanceUnavailable
+from sentinel.errors import GovernanceUnavailable, UsageBatchRefused
 from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
 from sentinel.observability.metrics import Metrics
 from sentinel.quota.batch import Batch, is_batch_key
@@ -774,3 +775,57 @@ async def test_the_lease_keeper_never_renews_during_or_after_the_settlement() ->
     gate.set()
     assert await delivery == 1
     assert events == ["renew", "renewed", "settle"] and part.retried == [("r2", 10.0)]
+
+
+class WholeRefusingSink(Sink):
+    """Zion refusing a batch whole (400) for one value it rejects, and that record alone for good;
+    `sent_at`: when (`clock`) a call held it."""
+
+    def __init__(self, poison: str, clock: FakeClock) -> None:
+        super().__init__()
+        self.refuse = {poison}
+        self.poison = poison
+        self.clock = clock
+        self.calls = 0
+        self.sent_at: list[float] = []
+
+    async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
+        self.calls += 1
+        if any(r.request_id == self.poison for r in records):
+            self.sent_at.append(self.clock())
+            if len(records) > 1:
+                raise UsageBatchRefused("Zion refused the usage batch whole (400)")
+        return await super().deliver(records, idempotency_key)
+
+
+@pytest.mark.parametrize("backend", ["sql", "memory"])
+async def test_a_record_refused_for_good_is_retried_less_and_less_often(
+    sessions: async_sessionmaker[AsyncSession], backend: str
+) -> None:
+    """A record the sink refuses for good waited the same third of a lease before every retry, for
+    ever: batched again with the records that came meanwhile, it made Zion refuse each such batch
+    whole, every 10 s, and each record with it was then sent on its own — under steady traffic a
+    split of a whole batch every 10 s, for as long as the record stayed. Its waits now double, up to
+    a cap; every other record is still delivered, once, as it comes."""
+    clock = FakeClock()
+    start, t0 = datetime(2030, 1, 1, tzinfo=UTC), clock()
+    table = SqlOutbox(sessions, lease_seconds=30, clock=lambda: start + timedelta(seconds=clock() - t0))
+    if backend == "sql":
+        outbox = DurableOutbox(table)
+    else:  # no outbox table reachable: the records, and the refused one, wait in memory
+        down = OutboxPart("sql")
+        down.down = True
+        outbox = DurableOutbox(down)  # type: ignore[arg-type]
+    outbox.memory.clock = clock
+    sink = WholeRefusingSink("poison", clock)
+    deliverer = UsageDeliverer(outbox, sink, Metrics(), backoff=delivery_backoff(30), clock=clock)
+    await outbox.put(usage_record("poison"))
+    for n in range(360):  # an hour, a new record every 10 s
+        await outbox.put(usage_record(f"r{n}"))
+        assert await deliverer.deliver_once() == 1, n  # the refused record never holds up the others
+        clock.advance(10)
+    assert sorted(sink.delivered) == sorted(f"r{n}" for n in range(360))  # each once
+    tries = sorted(set(sink.sent_at))  # each try: the batch refused whole, then the record alone
+    waits = [later - earlier for earlier, later in itertools.pairwise(tries)]
+    assert waits[1] >= 2 * waits[0] and waits[2] >= 2 * waits[1], waits
+    assert len(tries) < 20, waits  # were 360: every 10 s

@@ -17,7 +17,7 @@ from sentinel.db.engine import create_engine, session_factory
 from sentinel.db.models import UsageOutboxRow
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
-from sentinel.quota.batch import Batch, Claimed, is_batch_key
+from sentinel.quota.batch import REFUSED_RETRY_CAP, Batch, Claimed, is_batch_key, refused_wait
 from sentinel.quota.outbox import DurableOutbox, SqlOutbox
 from tests.support.outbox import OutboxPart, usage_record
 
@@ -334,3 +334,29 @@ async def test_an_unreadable_row_is_logged_and_taken_out_not_holding_its_batch(
     async with sessions() as session:
         left = (await session.execute(select(UsageOutboxRow.request_id))).scalars().all()
     assert sorted(left) == ["r1", "r2"]
+
+
+async def test_a_row_refused_again_waits_twice_as_long_up_to_the_cap(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    outbox = SqlOutbox(sessions, lease_seconds=30, clock=lambda: now[0])
+    await outbox.put(record("refused"))
+    batch = await outbox.claim(10)
+    waits = []
+    for _ in range(8):
+        assert batch is not None and ids(batch) == ["refused"]
+        await outbox.settle(batch, {"refused"}, retry_in=10)
+        waited = 0
+        while (batch := await outbox.claim(10)) is None:  # not due yet: time passes, 10 s at a time
+            now[0] += timedelta(seconds=10)
+            waited += 10
+        waits.append(waited)
+    assert waits == [10, 20, 40, 80, 160, 320, REFUSED_RETRY_CAP, REFUSED_RETRY_CAP]
+
+
+def test_refused_waits_double_from_retry_in_to_the_cap_never_below_retry_in() -> None:
+    assert [refused_wait(10, tries) for tries in range(1, 9)] == [10, 20, 40, 80, 160, 320, 600, 600]
+    assert refused_wait(0, 5) == 0  # a shutdown's settlement: due at once, however often refused
+    assert refused_wait(3600, 4) == 3600  # never below what the caller asks
+    assert refused_wait(10, 10**9) == REFUSED_RETRY_CAP  # no overflow

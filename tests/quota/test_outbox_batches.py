@@ -13,7 +13,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from sentinel.quota.batch import Batch, is_batch_key
+from sentinel.quota.batch import REFUSED_RETRY_CAP, Batch, is_batch_key
 from sentinel.quota.outbox import RedisStreamOutbox
 from tests.support.lost_replies import read_twice_once
 from tests.support.outbox import usage_record
@@ -133,7 +133,7 @@ async def test_a_stale_holder_settling_after_a_takeover_changes_nothing(world: W
     # Both sent the batch under its key and got the same answer: r2 refused.
     await taker.settle(taken, {"r2"}, retry_in=LEASE)
     await stale.settle(batch, {"r2"}, retry_in=LEASE)
-    await world.age(LEASE)
+    await world.age(REFUSED_RETRY_CAP)  # (r2 was batched twice: it waits longer than LEASE on a table)
     retry = await taker.claim(10)
     assert retry is not None and ids(retry) == ["r2"] and retry.key != batch.key
     assert await world.outbox().claim(10) is None  # r2 is in exactly one batch

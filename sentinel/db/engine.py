@@ -157,6 +157,12 @@ def _breaker_changed(old: State, new: State) -> None:
         log.info("the database answers again")
 
 
+# The size a SQLite WAL is cut back to when a commit starts it afresh after a checkpoint (SQLite's
+# `journal_size_limit`). A read held open (a backup, a `sqlite3` shell) stops checkpoints and the WAL
+# grows by every commit meanwhile; without a limit the file kept that size for good.
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
+
+
 def _sqlite_engine(url: URL, *, echo: bool, timeout: float) -> AsyncEngine:
     path = _sqlite_file(url)
     kwargs: dict[str, Any] = {}
@@ -177,6 +183,7 @@ def _sqlite_engine(url: URL, *, echo: bool, timeout: float) -> AsyncEngine:
             # Readers never block the writer; persistent in the file once set.
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

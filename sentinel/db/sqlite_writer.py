@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sentinel.db.engine import DEFAULT_TIMEOUT_SECONDS, busy_timeout_ms, sqlite_file
+from sentinel.db.engine import DEFAULT_TIMEOUT_SECONDS, WAL_SIZE_LIMIT, busy_timeout_ms, sqlite_file
 from sentinel.errors import GovernanceUnavailable
 
 log = logging.getLogger("sentinel.db")
@@ -46,8 +46,10 @@ class SqliteWriter:
 
     def __init__(
         self, path: Path, *, checkpoint_every: int = CHECKPOINT_EVERY, busy_timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        wal_size_limit: int = WAL_SIZE_LIMIT,
     ) -> None:
         self.path = path
+        self.wal_size_limit = wal_size_limit  # what a WAL grown past it is cut back to (`WAL_SIZE_LIMIT`)
         self.busy_timeout = busy_timeout  # the thread's wait for a lock held elsewhere (DATABASE_TIMEOUT_SECONDS)
         self.checkpoint_every = checkpoint_every
         self.inline_commits = 0  # batches committed on the event loop
@@ -72,6 +74,7 @@ class SqliteWriter:
             )
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(f"PRAGMA journal_size_limit={int(self.wal_size_limit)}")
             self._connection = connection
         return self._connection
 
@@ -83,6 +86,9 @@ class SqliteWriter:
                     raise sqlite3.OperationalError("not in WAL mode yet")  # the thread's connection sets it
                 connection.execute("PRAGMA synchronous=NORMAL")
                 connection.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in the thread
+                # This connection makes most commits, so it is most often the one to start the WAL
+                # afresh after a checkpoint: it cuts a WAL grown past the limit back then.
+                connection.execute(f"PRAGMA journal_size_limit={int(self.wal_size_limit)}")
             except BaseException:
                 connection.close()
                 raise

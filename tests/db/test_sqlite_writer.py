@@ -186,3 +186,37 @@ async def test_a_broken_database_is_governance_unavailable(tmp_path: Path) -> No
 def test_only_sqlite_files_get_a_writer() -> None:
     assert SqliteWriter.for_url("postgresql+asyncpg://u@h/db") is None
     assert SqliteWriter.for_url("sqlite+aiosqlite:///:memory:") is None
+
+
+async def test_the_wal_shrinks_back_once_a_long_reader_is_gone(tmp_path: Path) -> None:
+    """A read transaction held open (a backup, an operator's `sqlite3` shell) stops checkpoints, so
+    the WAL grows by every commit meanwhile. It never shrank afterwards: reused from its start, the
+    file kept its high-water mark for as long as the server ran (90 MB after 6,000 requests served
+    while one `sqlite3` session held a read; the database itself was 0.2 MB)."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
+    engine = create_engine(url)
+    await migrate(engine)
+    await engine.dispose()
+    engine = create_engine(url)
+    limit = 64 * 1024
+    writer = SqliteWriter(tmp_path / "ledger.db", checkpoint_every=1, wal_size_limit=limit)
+    ledger = SqlLedger(session_factory(engine), writer)
+    wal = tmp_path / "ledger.db-wal"
+    reader = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM usage_ledger").fetchone()  # its snapshot holds the WAL
+        for n in range(300):
+            await ledger.record_batch([record(f"r{n}")])
+            await writer.drain()
+        grown = wal.stat().st_size
+        assert grown > 4 * limit
+        reader.execute("COMMIT")
+        for n in range(2):  # a checkpoint that now completes, then a commit that starts the WAL afresh
+            await ledger.record_batch([record(f"after{n}")])
+            await writer.drain()
+        assert wal.stat().st_size <= limit < grown
+    finally:
+        reader.close()
+        await writer.close()
+        await engine.dispose()

@@ -8,12 +8,13 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import CTE, Select, select, update
+from sqlalchemy import CTE, BigInteger, Select, case, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import Insert
 
 from sentinel.db.models import Base, User, utcnow
+from sentinel.domain.numbers import MAX_INT64
 
 
 def insert_ignoring(session: AsyncSession, model: type[Base], conflict_columns: Sequence[str]) -> Insert:
@@ -44,8 +45,19 @@ def _upsert_statement(dialect: str, model: type[Base], keys: tuple[str, ...], co
         raise NotImplementedError(f"unsupported database dialect {dialect!r}")
     excluded = insert.excluded
     return insert.on_conflict_do_update(
-        index_elements=list(keys), set_={name: table.c[name] + excluded[name] for name in columns}
+        index_elements=list(keys), set_={name: _added(table.c[name], excluded[name]) for name in columns}
     )
+
+
+def _added(column: Any, new: Any) -> Any:
+    """`column + new`; for a BIGINT column, at most MAX_INT64 (`new` is never negative). Provider
+    counts are believed up to MAX_TOKENS each, so 9.2 million of them overflowed a day's sum: on
+    PostgreSQL the statement failed (the roll-up retried for ever, no row rolled up again), on SQLite
+    the sum became an inexact REAL. The test never overflows: `MAX_INT64 - new` fits."""
+    if not isinstance(column.type, BigInteger):
+        return column + new
+    largest = literal_column(str(MAX_INT64), BigInteger)  # inline: no placeholder of its own
+    return case((column > largest - new, largest), else_=column + new)
 
 
 @functools.cache

@@ -9,7 +9,7 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.backoff import Backoff
@@ -24,6 +24,7 @@ from sentinel.db.models import (
     UsageLedgerRow,
     UsageMinuteRow,
 )
+from sentinel.domain.numbers import MAX_INT64, MAX_TOKENS
 from sentinel.domain.usage import UsageRecord, latency_ms
 from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.rollups import TABLES, Rollup, RollupWorker, latency_bucket, percentile
@@ -369,3 +370,28 @@ async def test_a_database_down_is_logged_once_a_minute_not_once_a_roll_up(
     finally:
         await up.dispose()
     assert [r.message for r in caplog.records].count("rollups resumed") == 1
+
+
+async def test_a_sum_past_what_its_column_holds_stays_at_the_largest_and_never_stops_the_roll_ups(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """A count a provider reports is believed up to MAX_TOKENS (10**12), so 9.2 million such records
+    in one day of one model (~107 a second from a broken provider) overflowed that day's BIGINT sum:
+    on PostgreSQL each roll-up failed and was retried for ever, and no request was rolled up again —
+    the console's figures stopped for everyone; on SQLite the sum turned into an inexact REAL. A sum
+    now stops at the largest value its column holds."""
+    ledger = SqlLedger(sessions)
+    await ledger.record_batch([rec("r1", inp=MAX_TOKENS, out=MAX_TOKENS)])
+    assert await ledger.roll_up() == 1
+    tables = [table for table, _, _ in TABLES]
+    async with sessions() as session:  # what 9.2 million such records leave behind
+        for table in tables:
+            await session.execute(update(table).values(input_tokens=MAX_INT64 - 1))
+        await session.commit()
+    await ledger.record_batch([rec("r2", inp=MAX_TOKENS, out=3)])
+    assert await ledger.roll_up() == 1
+    for table in tables:
+        async with sessions() as session:
+            assert (await session.execute(select(table.input_tokens, table.output_tokens))).all() == [
+                (MAX_INT64, MAX_TOKENS + 3)
+            ], table

@@ -193,20 +193,25 @@ class SqlOutbox:
                     )
                 if declined:
                     # Each waits by how often it was batched (`attempts`): refused again and again,
-                    # longer each time (`refused_wait`).
-                    tries = await session.execute(
-                        select(Row.id, Row.attempts)
-                        .where(Row.id.in_([int(c.ref) for c in declined]), Row.batch_key == batch.key)
-                    )
-                    waits: dict[float, list[int]] = {}
-                    for row_id, attempts in tries.all():
-                        waits.setdefault(refused_wait(retry_in, attempts), []).append(row_id)
+                    # longer each time (`refused_wait`). Written first, then read back (RETURNING):
+                    # a read first and a write after it, SQLite refuses the write at once when
+                    # another connection committed in between.
                     now = self.clock()
-                    for wait, ids in waits.items():
+                    released = await session.execute(
+                        update(Row)
+                        .where(Row.id.in_([int(c.ref) for c in declined]), Row.batch_key == batch.key)
+                        .values(batch_key=None, next_attempt_at=now + timedelta(seconds=retry_in))
+                        .returning(Row.id, Row.attempts)
+                    )
+                    longer: dict[float, list[int]] = {}
+                    for row_id, attempts in released.all():
+                        if (wait := refused_wait(retry_in, attempts)) != retry_in:
+                            longer.setdefault(wait, []).append(row_id)
+                    for wait, ids in longer.items():  # (still this transaction's: nobody claimed them)
                         await session.execute(
                             update(Row)
-                            .where(Row.id.in_(ids), Row.batch_key == batch.key)
-                            .values(batch_key=None, next_attempt_at=now + timedelta(seconds=wait))
+                            .where(Row.id.in_(ids), Row.batch_key.is_(None))
+                            .values(next_attempt_at=now + timedelta(seconds=wait))
                         )
                 await session.commit()
 

@@ -11,10 +11,32 @@ from typing import Any
 from sqlalchemy import CTE, BigInteger, Select, case, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.functions import FunctionElement
 
 from sentinel.db.models import Base, User, utcnow
 from sentinel.domain.numbers import MAX_INT64
+
+
+class added_up(FunctionElement[Any]):  # noqa: N801 - an SQL function, named as one
+    """`SUM(x)` that never fails for its size: SQLite's `sum()` of integers raises "integer overflow"
+    past 2^63 - 1 (roll-up rows that each stop at it, `_added`, summed over days; a user's ledger
+    rows over all time), so there it is `total()` (a float: exact up to 2^53, far beyond any real
+    sum); PostgreSQL sums BIGINT as NUMERIC already. Read it back with `int()`."""
+
+    inherit_cache = True
+    name = "added_up"
+
+
+@compiles(added_up)
+def _added_up(element: added_up, compiler: Any, **kw: Any) -> str:
+    return f"sum({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(added_up, "sqlite")
+def _added_up_sqlite(element: added_up, compiler: Any, **kw: Any) -> str:
+    return f"total({compiler.process(element.clauses, **kw)})"
 
 
 def insert_ignoring(session: AsyncSession, model: type[Base], conflict_columns: Sequence[str]) -> Insert:

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
 from sentinel.db.models import UsageLedgerRow
-from sentinel.db.queries import insert_ignoring, picked_once, sqlite_upsert_adding
+from sentinel.db.queries import added_up, insert_ignoring, picked_once, sqlite_upsert_adding
 from sentinel.db.sqlite_writer import SqliteWriter
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
@@ -233,8 +233,8 @@ class SqlLedger:
             row.external_id,
             row.model,
             func.count(),
-            func.coalesce(func.sum(row.input_tokens), 0),
-            func.coalesce(func.sum(row.output_tokens), 0),
+            func.coalesce(added_up(row.input_tokens), 0),
+            func.coalesce(added_up(row.output_tokens), 0),
             func.coalesce(func.sum(row.cost_usd), 0.0),
         ).group_by(row.external_id, row.model)
         if external_id is not None:

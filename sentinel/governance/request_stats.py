@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
 from sentinel.db.models import RequestHourRow, RequestMinuteRow
-from sentinel.db.queries import upsert_adding
+from sentinel.db.queries import added_up, upsert_adding
 from sentinel.errors import GovernanceUnavailable
 from sentinel.observability.logging import Repeated
 from sentinel.observability.outcomes import Outcomes, RequestOutcomes
@@ -56,7 +56,7 @@ class RequestStats:
         if step_minutes % 60 == 0 and start_minute % 60 == 0 and end_minute % 60 == 0:
             table, key, start, end, step = RequestHourRow, RequestHourRow.hour, start // 60, end // 60, step // 60
         index = ((key - start) // step).label("bucket")
-        sums = [func.coalesce(func.sum(getattr(table, c)), 0) for c in COLUMNS]
+        sums = [func.coalesce(added_up(getattr(table, c)), 0) for c in COLUMNS]
         query = select(index, *sums).where(key >= start, key < end).group_by(index).order_by(index)
         with database_errors("request statistics unavailable"):
             async with self._sessions() as session:

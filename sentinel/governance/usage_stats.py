@@ -25,6 +25,7 @@ from sentinel.db.models import (
     UsageLedgerRow,
     UsageMinuteRow,
 )
+from sentinel.db.queries import added_up
 from sentinel.domain.usage import latency_ms
 from sentinel.governance.rollups import MEASURES
 
@@ -79,7 +80,7 @@ class LedgerEntry:
 
 
 def _sums(table: Any) -> list[ColumnElement[Any]]:
-    return [func.coalesce(func.sum(getattr(table, name)), 0) for name in MEASURES]
+    return [func.coalesce(added_up(getattr(table, name)), 0) for name in MEASURES]
 
 
 def _ranked(name: str, provider: str | None, values: Any) -> Ranked:
@@ -106,9 +107,9 @@ class UsageStats:
         if step_minutes % 60 == 0 and start_minute % 60 == 0 and end_minute % 60 == 0:
             table, key, start, end, step = UsageHourRow, UsageHourRow.hour, start // 60, end // 60, step // 60
         index = ((key - start) // step).label("bucket")
-        histogram = [func.coalesce(func.sum(getattr(table, name)), 0) for name in LATENCY_COLUMNS]
+        histogram = [func.coalesce(added_up(getattr(table, name)), 0) for name in LATENCY_COLUMNS]
         query = (
-            select(index, *_sums(table), func.coalesce(func.sum(table.latency_ms_sum), 0), *histogram)
+            select(index, *_sums(table), func.coalesce(added_up(table.latency_ms_sum), 0), *histogram)
             .where(key >= start, key < end)
             .group_by(index)
             .order_by(index)
@@ -165,8 +166,8 @@ class UsageStats:
         return [
             func.count(),
             func.coalesce(func.sum(case((row.status >= 400, 1), else_=0)), 0),
-            func.coalesce(func.sum(row.input_tokens), 0),
-            func.coalesce(func.sum(row.output_tokens), 0),
+            func.coalesce(added_up(row.input_tokens), 0),
+            func.coalesce(added_up(row.output_tokens), 0),
             func.coalesce(func.sum(row.cost_usd), 0.0),
         ]
 

@@ -395,3 +395,22 @@ async def test_a_sum_past_what_its_column_holds_stays_at_the_largest_and_never_s
             assert (await session.execute(select(table.input_tokens, table.output_tokens))).all() == [
                 (MAX_INT64, MAX_TOKENS + 3)
             ], table
+
+
+async def test_reports_add_up_sums_past_what_a_column_holds(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Rows that each hold the most a column can (a roll-up's sum stops there) summed past it: on
+    SQLite `sum()` raised "integer overflow" and the report was a 503 for good (PostgreSQL sums
+    BIGINT as NUMERIC)."""
+    ledger = SqlLedger(sessions)
+    await ledger.record_batch([rec("r1", at=T0), rec("r2", at=T0 + timedelta(days=1))])
+    assert await ledger.roll_up() == 2
+    async with sessions() as session:
+        for table in (UsageLedgerRow, UsageDailyUserRow, UsageHourRow):
+            await session.execute(update(table).values(input_tokens=MAX_INT64))
+        await session.commit()
+    stats = UsageStats(sessions)
+    assert (await stats.user_totals("alice", DAY0)).input_tokens >= 2 * MAX_INT64 - 2**12
+    (totals,) = await ledger.totals("alice")
+    assert totals["input_tokens"] >= 2 * MAX_INT64 - 2**12
+    (bucket,) = await stats.series(MINUTE0, MINUTE0 + 2 * 1440, 2 * 1440)
+    assert bucket.input_tokens >= 2 * MAX_INT64 - 2**12

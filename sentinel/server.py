@@ -3,7 +3,7 @@
 With `workers > 1`, uvicorn's own supervisor (`uvicorn.supervisors.Multiprocess`) binds the port
 once in this (parent) process and hands the listening socket to N spawned workers, which accept
 from it in turn: a busy worker accepts fewer new connections. The parent restarts a worker that
-dies, replaces workers one by one on SIGHUP and, on SIGTERM/SIGINT, stops every worker gracefully
+dies (a replacement that cannot start is tried again later: `_supervisor`), replaces workers one by one on SIGHUP and, on SIGTERM/SIGINT, stops every worker gracefully
 (in-flight requests finish, each worker's usage deliverer flushes) before it exits 0.
 
 The Settings object is built once, here; each worker receives it pickled through the
@@ -32,11 +32,13 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from sentinel.backoff import Backoff
 from sentinel.config import Settings
 from sentinel.observability.logging import configure_logging
 from sentinel.protocol import uvicorn_protocol_options, with_connection_limits
@@ -227,15 +229,78 @@ def _config(app: Callable[..., Any], settings: Settings, workers: int) -> uvicor
 
 def _run_workers(config: uvicorn.Config, sockets: list[socket.socket]) -> int:
     """Supervise `config.workers` processes on `sockets` until SIGTERM/SIGINT; 0 after a clean stop."""
-    from uvicorn.supervisors import Multiprocess
-
-    supervisor = Multiprocess(config, sockets=sockets)
+    supervisor = _supervisor(config, sockets)
     supervisor.run()
-    failed = [p.pid for p in supervisor.processes if p.process.exitcode == STARTUP_FAILURE]
-    if failed:
-        log.error("a worker failed to start; stopped all workers", extra={"worker_pids": failed})
+    if supervisor.startup_failed:
+        log.error("a worker failed to start; stopped all workers", extra={"worker_pids": supervisor.startup_failed})
         return 1
     return 0
+
+
+REPLACEMENT_BACKOFF = Backoff(base=1.0, cap=30.0)
+"""Between tries to start a replacement worker that could not start (the database is down)."""
+
+
+def _supervisor(
+    config: uvicorn.Config, sockets: list[socket.socket], *, clock: Callable[[], float] = time.monotonic
+) -> Any:
+    """uvicorn's `Multiprocess` supervisor, but only a worker of the first start that cannot start
+    stops everything (the app, the database or the settings are broken: every start fails alike).
+    A replacement of a worker that died which cannot start — the database down at that moment —
+    is tried again (1 s, doubling to 30 s) while the other workers serve on: uvicorn stopped every
+    worker then, so one crash during a database outage took the whole host down."""
+    from uvicorn.supervisors.multiprocess import Multiprocess, Process
+
+    class Supervisor(Multiprocess):
+        def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+            super().__init__(config, sockets)
+            self.startup_failed: list[int | None] = []  # the first start's workers that could not start
+            self._first: set[int] = set()  # id() of the first start's processes
+            self._failures: dict[int, int] = {}  # slot -> its replacements that failed to start in a row
+            self._retry_at: dict[int, float] = {}  # slot -> when to try its replacement again
+
+        def init_processes(self) -> None:
+            super().init_processes()
+            self._first = {id(process) for process in self.processes}
+
+        def keep_subprocess_alive(self) -> None:
+            if self.should_exit.is_set():
+                return
+            for slot, process in enumerate(self.processes):
+                if slot in self._retry_at:
+                    if clock() >= self._retry_at[slot]:
+                        del self._retry_at[slot]
+                        self._replace(slot)
+                    continue
+                if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                    continue
+                process.kill()  # hung, or already gone
+                process.join()
+                if self.should_exit.is_set():
+                    return
+                if process.exitcode != STARTUP_FAILURE:
+                    log.warning("worker %s died; starting another", process.pid, extra={"exit_code": process.exitcode})
+                    self._failures.pop(slot, None)
+                    self._replace(slot)
+                elif id(process) in self._first:
+                    self.startup_failed.append(process.pid)
+                    self.should_exit.set()
+                    return
+                else:
+                    failures = self._failures[slot] = self._failures.get(slot, 0) + 1
+                    delay = REPLACEMENT_BACKOFF.delay(failures)
+                    log.error(
+                        "a replacement worker failed to start; trying again in %.1f s, the other workers serve on",
+                        delay, extra={"worker_pid": process.pid, "failures": failures},
+                    )  # fmt: skip
+                    self._retry_at[slot] = clock() + delay
+
+        def _replace(self, slot: int) -> None:
+            process = Process(self.config, self.sockets)
+            process.start()
+            self.processes[slot] = process
+
+    return Supervisor(config, sockets)
 
 
 @contextlib.contextmanager

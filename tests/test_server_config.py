@@ -7,6 +7,7 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from sentinel.app import create_app
 from sentinel.config import Settings
 from sentinel.protocol import GuardedHttpToolsProtocol
-from sentinel.server import _config, raise_open_files_limit
+from sentinel.server import STARTUP_FAILURE, _config, raise_open_files_limit
 from tests.support.servers import serving
 
 
@@ -158,3 +159,74 @@ def test_a_second_serve_on_the_in_memory_store_and_the_same_sqlite_file_is_refus
     finally:
         first.close()
     assert serve(s) in (0, 1) and started == [True, True]  # the first one gone: this one serves
+
+
+# --- the `--workers` supervisor: which dead worker stops everything ----------------------------------
+class FakeWorker:
+    """A worker process as the supervisor sees it: alive, or ended with `exitcode`."""
+
+    started: list[FakeWorker] = []
+
+    def __init__(self, *args: object) -> None:
+        self.exitcode: int | None = None
+        self.pid = 1000 + len(FakeWorker.started)
+
+    def start(self) -> None:
+        FakeWorker.started.append(self)
+
+    def is_alive(self, timeout: float = 5) -> bool:
+        return self.exitcode is None
+
+    def kill(self) -> None: ...
+
+    def join(self) -> None: ...
+
+
+@pytest.fixture
+def supervisor(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[float]]:
+    """A two-worker supervisor over FakeWorkers with a clock of our own (its signal handlers not
+    installed in the test process)."""
+    import signal
+
+    import uvicorn.supervisors.multiprocess as multiprocess
+
+    from sentinel.server import _supervisor
+
+    monkeypatch.setattr(multiprocess, "Process", FakeWorker)
+    monkeypatch.setattr(signal, "signal", lambda *_: None)
+    monkeypatch.setattr(FakeWorker, "started", [])
+    now = [0.0]
+    made = _supervisor(_config(app, Settings(_env_file=None), 2), [], clock=lambda: now[0])  # type: ignore[call-arg]
+    made.init_processes()
+    return made, now
+
+
+def test_a_worker_of_the_first_start_that_cannot_start_stops_everything(supervisor: tuple[Any, list[float]]) -> None:
+    made, _ = supervisor
+    made.processes[1].exitcode = STARTUP_FAILURE
+    made.keep_subprocess_alive()
+    assert made.should_exit.is_set() and made.startup_failed == [made.processes[1].pid]
+    assert len(FakeWorker.started) == 2  # nothing replaced
+
+
+def test_a_dead_worker_is_replaced_and_a_replacement_that_cannot_start_is_tried_again(
+    supervisor: tuple[Any, list[float]],
+) -> None:
+    made, now = supervisor
+    first, second = made.processes
+    second.exitcode = -9  # kill -9
+    made.keep_subprocess_alive()
+    replacement = made.processes[1]
+    assert replacement is not second and len(FakeWorker.started) == 3
+
+    replacement.exitcode = STARTUP_FAILURE  # the database was down when it started
+    made.keep_subprocess_alive()
+    assert not made.should_exit.is_set() and made.startup_failed == []
+    assert made.processes == [first, replacement] and len(FakeWorker.started) == 3  # waits its backoff
+    now[0] += 0.4  # within the first retry's delay (0.5–1 s)
+    made.keep_subprocess_alive()
+    assert len(FakeWorker.started) == 3
+    now[0] += 0.6
+    made.keep_subprocess_alive()
+    assert len(FakeWorker.started) == 4 and made.processes[1] is FakeWorker.started[-1]
+    assert made.processes[0] is first  # the other worker served on, untouched

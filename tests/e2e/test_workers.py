@@ -36,6 +36,7 @@ from tests.e2e.helpers import (
     statuses,
     wait_for_rows,
 )
+from tests.support.hung_db import hung_proxy
 from tests.support.metrics import sample_sum
 from tests.support.process import (
     SentinelWorkersProcess,
@@ -44,6 +45,7 @@ from tests.support.process import (
     connection_owners,
     pid_exists,
     port_open,
+    wait_until,
 )
 from tests.support.servers import free_port
 
@@ -323,3 +325,71 @@ async def test_workers_stop_when_the_parent_is_killed(
 
     assert await eventually(all_gone, within=30), "workers outlived their supervisor"
     assert not port_open(gateway.port)
+
+
+# --- a worker dies -----------------------------------------------------------------------------------
+async def connections_on_both(
+    gateway: SentinelWorkersProcess, workers: list[int], connections: list[RawConnection], each: int
+) -> dict[int, list[RawConnection]]:
+    """New connections (kept in `connections`) until each worker accepted at least `each`:
+    {worker pid: the connections it accepted}. A connection is accepted once it answered."""
+    held: dict[int, list[RawConnection]] = {pid: [] for pid in workers}
+    for _ in range(20):
+        batch = await open_connections(gateway.url, 6)
+        connections.extend(batch)
+        for c in batch:  # a request answered: the connection was accepted, /proc names its worker
+            await c.send("GET", "/health/live", b"", {})
+            assert (await c.receive())[0] == 200
+        owners = connection_owners(gateway.port, [c.local_port for c in batch], workers)
+        for c in batch:
+            held[owners[c.local_port]].append(c)
+        if all(len(held[pid]) >= each for pid in workers):
+            break
+    assert all(len(held[pid]) >= each for pid in workers), "one worker accepted every connection"
+    return held
+
+
+def wait_until_every_worker_answers(gateway: SentinelWorkersProcess) -> None:
+    wait_until(gateway.is_ready, timeout=30, what="the replacement worker", alive=lambda: gateway.running)
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+async def test_a_replacement_that_cannot_start_is_tried_again_while_the_other_serves(
+    processes: Processes,
+    start_workers: StartWorkers,
+    connections: list[RawConnection],
+    pg_url: str,
+    upstream: str,
+) -> None:
+    """A worker dies while the database is down: its replacement cannot start (no migration check),
+    which must not stop the host — the other worker serves on (Redis holds the usage), and the
+    replacement is tried again until the database is back. (It stopped every worker, status 1.)"""
+    user = new_user("outage")
+    with hung_proxy(pg_url) as (database, url):
+        key = await provision(url, user)
+        gateway = start_workers(sentinel_env(upstream, url, processes.redis().url), workers=2)
+        workers = gateway.worker_pids()
+        held = await connections_on_both(gateway, workers, connections, each=1)
+        victim, survivor = workers
+        answered = [await held[survivor][0].chat(key, chat_body("before the outage"))]
+
+        database.down()
+        os.kill(victim, signal.SIGKILL)
+
+        def replacement_failed() -> bool:
+            return "trying again" in gateway.log_tail(lines=200) or not gateway.running
+
+        assert await eventually(lambda: asyncio.to_thread(replacement_failed), within=30)
+        assert gateway.running, gateway.log_tail()
+        (fresh,) = await open_connections(gateway.url, 1)  # only the survivor accepts now
+        connections.append(fresh)
+        answered.append(await fresh.chat(key, chat_body("during the outage")))
+
+        database.up()
+        await asyncio.to_thread(wait_until_every_worker_answers, gateway)
+        assert len(gateway.worker_pids()) == 2 and victim not in gateway.worker_pids()
+        assert statuses(answered) == {200: len(answered)}, [(o.status, o.error) for o in answered]
+        rows = await wait_for_rows(url, user, len(answered))
+        assert sorted(r.request_id for r in rows) == sorted(o.request_id for o in answered)
+

@@ -1,7 +1,8 @@
 """A TCP proxy in front of a database that can stop forwarding: a database that accepts connections
 (and keeps those it has) but never answers, as one does when its host hangs or a network drops
 packets. It can also cut one connection at a command (`cut_at`): the command delivered or not, its
-reply never comes back — the client's outcome unknown either way."""
+reply never comes back — the client's outcome unknown either way. And it can go down (`down()`): every
+connection cut and new ones closed at once, as when the database is stopped, until `up()`."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class HungProxy:
         self._flowing = threading.Event()
         self._flowing.set()
         self._closed = threading.Event()
+        self._down = threading.Event()
         self._sockets: list[socket.socket] = []
         self.accepted = 0  # connections accepted so far
         self.cut = 0  # connections cut at a command (`cut_at`)
@@ -37,6 +39,17 @@ class HungProxy:
 
     def resume(self) -> None:
         self._flowing.set()
+
+    def down(self) -> None:
+        """The database is gone: every connection is cut, and new ones are closed once accepted."""
+        self._down.set()
+        with self._lock:
+            for s in self._sockets:
+                s.close()
+            self._sockets = []
+
+    def up(self) -> None:
+        self._down.clear()
 
     def cut_at(self, needle: bytes, *, delivered: bool) -> None:
         """Cut the connection whose client next sends bytes holding `needle`: those bytes reach the
@@ -55,6 +68,9 @@ class HungProxy:
             except OSError:
                 return
             self.accepted += 1
+            if self._down.is_set():
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
                 upstream.settimeout(None)

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from sentinel.cli import parse_workers
 from sentinel.config import Settings, reveal
@@ -349,6 +350,73 @@ async def connections_on_both(
     return held
 
 
+@pytest.mark.redis
+async def test_a_killed_worker_is_replaced_while_the_other_serves(
+    processes: Processes,
+    start_workers: StartWorkers,
+    connections: list[RawConnection],
+    sqlite_url: str,
+    upstream: str,
+) -> None:
+    """`kill -9` of a worker with a request and a stream in flight: those two clients lose their
+    connection (no answer: no usage record either), the other worker serves on, the parent starts
+    a replacement, and the dead request's reservation counts only until its window ends."""
+    steady, capped = new_user("steady"), new_user("capped")
+    key = await provision(sqlite_url, steady)
+    capped_key = await provision(sqlite_url, capped, plan="output_tokens=100000/1m")
+    store = processes.redis()
+    gateway = start_workers(sentinel_env(upstream, sqlite_url, store.url), workers=2)
+    workers = gateway.worker_pids()
+    held = await connections_on_both(gateway, workers, connections, each=2)
+    victim, survivor = workers
+    answered = [await c.chat(key, chat_body("before the crash")) for c in held[survivor]]
+
+    # On the victim: a slow answer (capped's only request of its window) and a slow stream.
+    slow_call, slow_stream = held[victim][:2]
+    call_id = await slow_call.send_chat(capped_key, chat_body("cut by the crash"), {"X-Mock-Latency-Ms": "20000"})
+    stream_id = await slow_stream.send_chat(
+        key, chat_body("a stream cut by the crash", stream=True), {"X-Mock-Chunk-Delay-Ms": "2000"}
+    )
+    async def reserved() -> bool:  # both admitted: each holds its reservation's marker
+        return all(quota_keys(store.url, user, "reserved:*") for user in (steady, capped))
+
+    assert await eventually(reserved, within=10)
+    os.kill(victim, signal.SIGKILL)
+
+    cut = [await slow_call.receive_chat(call_id), await slow_stream.receive_chat(stream_id)]
+    assert [o.status for o in cut] == [0, 0], cut  # the connection ended without a (complete) answer
+    # The surviving worker serves on its connections and on new ones, the parent is untouched.
+    answered += [await c.chat(key, chat_body("after the crash")) for c in held[survivor]]
+    fresh = await open_connections(gateway.url, 4)
+    connections.extend(fresh)
+    answered += [await c.chat(key, chat_body("a new connection")) for c in fresh]
+    assert statuses(answered) == {200: len(answered)}, [(o.status, o.error) for o in answered]
+    assert gateway.running
+
+    async def replaced() -> bool:
+        pids = gateway.worker_pids()
+        return len(pids) == 2 and victim not in pids and survivor in pids
+
+    assert await eventually(replaced, within=30), gateway.log_tail()
+    await asyncio.to_thread(wait_until_every_worker_answers, gateway)
+
+    # The dead request's reservation was never given back: its estimate (all of its output cap)
+    # counts in its window's counter — a minute aligned to the epoch: the next window counts in a
+    # key of its own, and this one expires a margin (60 s) after its window.
+    ((_, counted, expires_in),) = quota_keys(store.url, capped, "output_tokens:60:*")
+    assert counted >= 1000 and 0 < expires_in <= 60 + 60
+    assert quota_keys(store.url, capped, "reserved:*"), "nobody settled it"
+    # Every answer delivered is in the ledger; the two cut by the crash are not (never answered).
+    rows = await wait_for_rows(sqlite_url, steady, len(answered))
+    assert sorted(r.request_id for r in rows) == sorted(o.request_id for o in answered)
+
+
+def quota_keys(url: str, user: str, pattern: str) -> list[tuple[bytes, int, int]]:
+    """The user's quota keys matching `pattern` in Redis: (key, value or 0, TTL in seconds)."""
+    with redis.Redis.from_url(url) as r:
+        return [(k, int(r.get(k) or 0), r.ttl(k)) for k in r.keys(f"sentinel:quota:{{{user}}}:{pattern}")]
+
+
 def wait_until_every_worker_answers(gateway: SentinelWorkersProcess) -> None:
     wait_until(gateway.is_ready, timeout=30, what="the replacement worker", alive=lambda: gateway.running)
 
@@ -393,3 +461,54 @@ async def test_a_replacement_that_cannot_start_is_tried_again_while_the_other_se
         rows = await wait_for_rows(url, user, len(answered))
         assert sorted(r.request_id for r in rows) == sorted(o.request_id for o in answered)
 
+
+# --- Redis goes away under the workers ---------------------------------------------------------------
+@pytest.mark.redis
+@pytest.mark.parametrize("outage", ["paused", "restarted empty"])
+async def test_workers_ride_out_a_redis_outage(
+    processes: Processes,
+    start_workers: StartWorkers,
+    connections: list[RawConnection],
+    sqlite_url: str,
+    upstream: str,
+    outage: str,
+) -> None:
+    """Redis paused (`CLIENT PAUSE`) or restarted without its data under both workers: each request
+    is answered 200 or 503 `quota_unavailable` in the OpenAI shape, never a 500; both workers meter
+    in Redis again once it is back, without a restart; every answer delivered is in the ledger once."""
+    user = new_user("outage")
+    key = await provision(sqlite_url, user)
+    store = processes.redis()
+    gateway = start_workers(sentinel_env(upstream, sqlite_url, store.url, USAGE_LEASE_SECONDS="1"), workers=2)
+    held = await connections_on_both(gateway, gateway.worker_pids(), connections, each=2)
+    both = [c for pool in held.values() for c in pool]
+    before = [await c.chat(key, chat_body("before")) for c in both]
+    await wait_for_rows(sqlite_url, user, len(before))  # delivered: a Redis without AOF loses the rest
+
+    with redis.Redis.from_url(store.url) as r:
+        if outage == "paused":
+            r.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        else:
+            store.kill9()
+    during = list(await asyncio.gather(*(c.chat(key, chat_body("during")) for c in both)))
+    if outage == "restarted empty":
+        store.start()
+
+    probes: list[Outcome] = []
+
+    async def metered_again() -> bool:
+        probes.extend(await asyncio.gather(*(c.chat(key, chat_body("probe")) for c in both)))
+        return all(o.status == 200 for o in probes[-len(both) :])
+
+    assert await eventually(metered_again, within=15, every=0.2)
+    after = [await c.chat(key, chat_body("after")) for c in both]
+
+    assert statuses(before + after) == {200: len(before) + len(after)}
+    assert set(statuses(during + probes)) <= {200, 503}, [(o.status, o.error) for o in during + probes]
+    for refused in (o for o in during + probes if o.status == 503):
+        assert refused.error is not None and refused.error["code"] == "quota_unavailable", refused.error
+    # Both workers meter in Redis again (no restart needed): `after` counted there.
+    assert quota_keys(store.url, user, "requests:*")
+    served = [o for o in before + during + probes + after if o.status == 200]
+    rows = await wait_for_rows(sqlite_url, user, len(served))
+    assert sorted(r.request_id for r in rows) == sorted(o.request_id for o in served), processes.logs()

@@ -239,6 +239,9 @@ def _run_workers(config: uvicorn.Config, sockets: list[socket.socket]) -> int:
 
 REPLACEMENT_BACKOFF = Backoff(base=1.0, cap=30.0)
 """Between tries to start a replacement worker that could not start (the database is down)."""
+START_GRACE_SECONDS = 30.0
+"""How long a new worker may take to answer the parent's ping (it answers once Python started and
+imported what its unpickled settings need)."""
 
 
 def _supervisor(
@@ -248,20 +251,28 @@ def _supervisor(
     stops everything (the app, the database or the settings are broken: every start fails alike).
     A replacement of a worker that died which cannot start — the database down at that moment —
     is tried again (1 s, doubling to 30 s) while the other workers serve on: uvicorn stopped every
-    worker then, so one crash during a database outage took the whole host down."""
+    worker then, so one crash during a database outage took the whole host down.
+
+    A worker is asked whether it is alive (a ping it must answer within 5 s, or it is killed as
+    hung) only once START_GRACE_SECONDS have passed since it was started: before, only its exit
+    counts. It answers from a thread it starts once spawned — after a new interpreter has started
+    and imported Sentinel to unpickle its settings, over 5 s on a busy host — and uvicorn pinged
+    it from the first 0.5 s: it killed such a worker as hung, and its replacement alike."""
     from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
     class Supervisor(Multiprocess):
         def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
             super().__init__(config, sockets)
             self.startup_failed: list[int | None] = []  # the first start's workers that could not start
-            self._first: set[int] = set()  # id() of the first start's processes
+            self._first: set[object] = set()  # the first start's processes (kept: an id() is reused)
             self._failures: dict[int, int] = {}  # slot -> its replacements that failed to start in a row
             self._retry_at: dict[int, float] = {}  # slot -> when to try its replacement again
+            self._started: dict[object, float] = {}  # a live process -> when it was started
 
         def init_processes(self) -> None:
             super().init_processes()
-            self._first = {id(process) for process in self.processes}
+            self._first = set(self.processes)
+            self._started = dict.fromkeys(self._first, clock())
 
         def keep_subprocess_alive(self) -> None:
             if self.should_exit.is_set():
@@ -272,17 +283,26 @@ def _supervisor(
                         del self._retry_at[slot]
                         self._replace(slot)
                     continue
+                running = process.exitcode is None
+                if running and clock() - self._started.get(process, -math.inf) < START_GRACE_SECONDS:
+                    continue  # still starting: it may not answer a ping yet
                 if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
                     continue
-                process.kill()  # hung, or already gone
+                hung = process.exitcode is None
+                process.kill()
                 process.join()
+                self._started.pop(process, None)
                 if self.should_exit.is_set():
                     return
-                if process.exitcode != STARTUP_FAILURE:
-                    log.warning("worker %s died; starting another", process.pid, extra={"exit_code": process.exitcode})
+                if hung or process.exitcode != STARTUP_FAILURE:
+                    log.warning(
+                        "worker %s %s; starting another", process.pid,
+                        "did not answer the parent's ping: killed" if hung else "died",
+                        extra={"exit_code": None if hung else process.exitcode},
+                    )  # fmt: skip
                     self._failures.pop(slot, None)
                     self._replace(slot)
-                elif id(process) in self._first:
+                elif process in self._first:
                     self.startup_failed.append(process.pid)
                     self.should_exit.set()
                     return
@@ -299,6 +319,7 @@ def _supervisor(
             process = Process(self.config, self.sockets)
             process.start()
             self.processes[slot] = process
+            self._started[process] = clock()
 
     return Supervisor(config, sockets)
 

@@ -15,7 +15,7 @@ import pytest
 from sentinel.app import create_app
 from sentinel.config import Settings
 from sentinel.protocol import GuardedHttpToolsProtocol
-from sentinel.server import STARTUP_FAILURE, _config, raise_open_files_limit
+from sentinel.server import START_GRACE_SECONDS, STARTUP_FAILURE, _config, raise_open_files_limit
 from tests.support.servers import serving
 
 
@@ -170,14 +170,19 @@ class FakeWorker:
     def __init__(self, *args: object) -> None:
         self.exitcode: int | None = None
         self.pid = 1000 + len(FakeWorker.started)
+        self.answers = True  # to the parent's ping
+        self.pinged = 0
 
     def start(self) -> None:
         FakeWorker.started.append(self)
 
     def is_alive(self, timeout: float = 5) -> bool:
-        return self.exitcode is None
+        self.pinged += 1
+        return self.exitcode is None and self.answers
 
-    def kill(self) -> None: ...
+    def kill(self) -> None:
+        if self.exitcode is None:
+            self.exitcode = -9
 
     def join(self) -> None: ...
 
@@ -230,3 +235,23 @@ def test_a_dead_worker_is_replaced_and_a_replacement_that_cannot_start_is_tried_
     made.keep_subprocess_alive()
     assert len(FakeWorker.started) == 4 and made.processes[1] is FakeWorker.started[-1]
     assert made.processes[0] is first  # the other worker served on, untouched
+
+
+def test_a_starting_worker_is_not_pinged_until_its_grace_ends(supervisor: tuple[Any, list[float]]) -> None:
+    """A new worker answers pings only once spawned and its imports done (over 5 s on a busy host):
+    until START_GRACE_SECONDS only its exit counts; then one that does not answer is killed as hung."""
+    made, now = supervisor
+    first, second = made.processes
+    second.answers = False  # still importing
+    now[0] += 6.0  # uvicorn had pinged it, waited 5 s and killed it by now
+    made.keep_subprocess_alive()
+    assert made.processes == [first, second] and second.exitcode is None and second.pinged == 0
+
+    now[0] = START_GRACE_SECONDS  # hung for good
+    made.keep_subprocess_alive()
+    assert second.exitcode == -9 and made.processes[1] is FakeWorker.started[-1] is not second
+    assert first.pinged == 1 and not made.should_exit.is_set()
+    replacement = made.processes[1]
+    replacement.answers = False  # a replacement has its own grace
+    made.keep_subprocess_alive()
+    assert made.processes[1] is replacement and replacement.pinged == 0

@@ -24,6 +24,13 @@ with `NotSent` (they were never sent). A caller cancelled while queued is not se
 replies (no redis-py response callbacks), which is what `RedisStore` expects of the commands it
 sends this way (EVALSHA, EVAL, XADD).
 
+A reply's timeout is Redis's, not this process's: when the timer fires, the socket is read once more
+(for up to STALL_GRACE_SECONDS) before it counts as one. A process held up for longer than the timeout
+— starved of CPU on a busy host, or its event loop busy with a slow callback, as on a cold start's
+first requests — wakes with the reply waiting in its socket, and the event loop runs the timer before
+it reads the socket: such a reply, there in time, was a timeout, the connection dropped, and a
+reservation answered 503 `quota_unavailable` (three in a row opened the breaker for everyone).
+
 Commands are encoded by hiredis's C packer (`pack`), byte for byte what redis-py's own packer
 writes: redis-py's synchronous connection uses it when hiredis is installed, its asyncio connection
 packs in Python, ~6x slower (49 µs against 8 µs for a reservation and a usage record here).
@@ -32,6 +39,7 @@ packs in Python, ~6x slower (49 µs against 8 µs for a reservation and a usage 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import hiredis
@@ -41,6 +49,10 @@ from redis.exceptions import DataError, MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = tuple[Any, ...]
+
+STALL_GRACE_SECONDS = 0.05
+"""How long a reply is waited for once more after its timeout fired (see the module docstring):
+a few turns of the event loop, so a reply already in the socket is read."""
 
 
 class NotSent(RedisConnectionError):
@@ -65,8 +77,10 @@ def pack(command: Command) -> bytes:
 class AutoPipeline:
     """Sends commands over one redis-py connection pool, batching those issued concurrently."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, *, timeout: float | None = None) -> None:
+        """`timeout`: how long to wait for each reply (None: the connections' `socket_timeout`)."""
         self._pool = pool
+        self._timeout = pool.connection_kwargs.get("socket_timeout") if timeout is None else timeout
         self._busy = False
         self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []  # (packed command, its reply)
         self._drainer: asyncio.Task[None] | None = None
@@ -131,7 +145,7 @@ class AutoPipeline:
             replies: list[Any] = []
             for _ in commands:
                 try:
-                    replies.append(await connection.read_response())
+                    replies.append(await self._read(connection))
                 except ResponseError as exc:
                     replies.append(exc)
                 except Exception as exc:  # noqa: BLE001 - the rest of the replies are lost with the connection
@@ -144,3 +158,18 @@ class AutoPipeline:
             raise
         finally:
             await pool.release(connection)
+
+    async def _read(self, connection: Any) -> Any:
+        """The next reply on `connection`; RedisTimeoutError when none came within the timeout, even
+        once the socket was read again (see the module docstring). The caller drops the connection
+        on any error but a command's own."""
+        if self._timeout is None:
+            return await connection.read_response(timeout=math.inf)
+        for wait in (self._timeout, STALL_GRACE_SECONDS):
+            try:
+                async with asyncio.timeout(wait):
+                    # No timeout of redis-py's own (ours is above), and the connection kept on ours.
+                    return await connection.read_response(timeout=math.inf, disconnect_on_error=False)
+            except TimeoutError:
+                continue
+        raise RedisTimeoutError(f"Timeout reading from Redis ({self._timeout} s)")

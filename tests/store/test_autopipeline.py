@@ -5,6 +5,7 @@ while queued is not sent."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,44 @@ def test_an_argument_redis_py_refuses_is_a_data_error(bad: object) -> None:
         Connection().pack_commands([("SET", "k", bad)])  # what redis-py does ...
     with pytest.raises(DataError):
         pack(("SET", "k", bad))  # ... and so does the auto-pipeline
+
+
+async def test_a_reply_that_came_while_the_process_was_held_up_is_read_not_timed_out(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis answers at once, but this process is held up (its event loop blocked, as when starved
+    of CPU on a busy host, or a cold start's slow first callback) for longer than the timeout, just
+    as the reply's read began: the event loop fires the timer before it reads the socket, where the
+    reply waits. That was a timeout — the connection dropped and a reservation refused, 503
+    `quota_unavailable` — for a Redis that had answered in time."""
+    store = RedisStore(redis_url, timeout=0.05)
+    assert await store.run(ADD, ["k:held-up"], [1]) == [b"k:held-up", 1]  # connected, script loaded
+    send = Connection.send_packed_command
+    held_up: list[bool] = []
+
+    async def send_then_hold_up(self: Connection, *args: object, **kwargs: object) -> None:
+        await send(self, *args, **kwargs)  # type: ignore[arg-type]
+        if not held_up:  # once: the loop is blocked right after the read of the reply began
+            held_up.append(True)
+            asyncio.get_running_loop().call_soon(time.sleep, 0.2)
+
+    monkeypatch.setattr(Connection, "send_packed_command", send_then_hold_up)
+    assert await store.run(ADD, ["k:held-up"], [1]) == [b"k:held-up", 2]
+    assert held_up and store.breaker.failures == 0
+    await store.close()
+
+
+@pytest.mark.skipif(REDIS_BIN is None, reason="redis-server binary not found")
+async def test_a_reply_that_never_comes_is_a_timeout_after_one_more_read(tmp_path: Path) -> None:
+    assert REDIS_BIN is not None
+    with RedisServerProcess(tmp_path, REDIS_BIN) as proc:
+        client = aioredis.Redis.from_url(f"redis://127.0.0.1:{proc.port}/0", socket_timeout=0.05)
+        pipeline = AutoPipeline(client.connection_pool)
+        assert await pipeline.execute("INCRBY", "k:frozen", 1) == 1
+        proc.freeze()
+        try:
+            with pytest.raises(RedisTimeoutError):
+                await pipeline.execute("INCRBY", "k:frozen", 1)
+        finally:
+            proc.thaw()
+        await client.aclose()

@@ -8,7 +8,8 @@ them. An answer or stream without that usage is charged them as read (`items_rea
 `StreamInspector` watches an SSE byte stream without delaying it: it splits events, pulls usage and
 text from their data (`event_data`: as the SDKs read it), (when Sentinel injected
 `stream_options.include_usage` on the client's behalf) drops the usage-only chunk the client did
-not ask for, and replaces the error of a provider's error event (`providers.errors.stream_error`).
+not ask for, and rebuilds a provider's error event of its error's labels (`providers.errors.stream_error`:
+the provider's message, and the event's other fields, left out).
 """
 
 from __future__ import annotations
@@ -358,6 +359,12 @@ def _is_data(line: bytes) -> bool:
     return line.startswith(b"data:") or line == b"data"  # (a field without a colon has an empty value)
 
 
+# What a Responses event carrying a failed response keeps of its top level: what the openai SDK's
+# event types read (`ResponseFailedEvent`: type, sequence_number, response; a pydantic model that keeps
+# any other field as an extra, which the client then read).
+_ERROR_EVENT_KEPT = frozenset({"type", "sequence_number", "response"})
+
+
 class StreamInspector:
     """Incrementally parse an OpenAI-style SSE stream for usage and text.
 
@@ -480,13 +487,17 @@ class StreamInspector:
         """Replace the provider's error in an error event (chat's `error`, the Responses API's `error`
         event and a response's `error`) by `stream_error`'s; the message put in its place, or None
         when `obj` was not one. Any `error` an SDK raises on (one that is not empty) is one, whatever
-        its shape: a string error carried the provider's message whole."""
+        its shape: a string error carried the provider's message whole. The event is rebuilt of what
+        the SDKs read of it alone (chat's `error`; a Responses event's `_ERROR_EVENT_KEPT`): its other fields (the provider's `request_id`,
+        what a proxy in front of it adds) are the provider's, as its message is."""
         if self.endpoint != "responses":
             if not obj.get("error"):
                 return None
-            obj["error"] = stream_error(self.provider, obj["error"], "upstream_error", self.secret)
+            error = stream_error(self.provider, obj["error"], "upstream_error", self.secret)
+            obj.clear()
+            obj["error"] = error  # (the openai SDK raises `APIError` of `error` alone)
             self.failed = True
-            return str(obj["error"]["message"])
+            return str(error["message"])
         response = obj.get("response")
         if obj.get("type") == "error":  # the event is the error: rebuilt of its labels
             sequence = obj.get("sequence_number")
@@ -499,22 +510,24 @@ class StreamInspector:
             return str(kept["message"])
         if isinstance(response, dict) and response.get("error"):  # a failed response: an answer (not `failed`)
             response["error"] = stream_error(self.provider, response["error"], None, self.secret)
+            for key in obj.keys() - _ERROR_EVENT_KEPT:
+                del obj[key]  # (the response itself is the answer, kept as the provider wrote it)
             return str(response["error"]["message"])
         return None
 
     def _rendered(self, obj: dict[str, Any], message: str) -> bytes:
-        """A redacted error event as JSON. orjson reads deeper nesting than it writes (255 levels): an
-        event it cannot write back becomes a generic error of the same kind, with the provider's other
-        fields left out, instead of an exception that cut the client's connection mid-stream. (A
-        Responses `error` event is rebuilt of its labels alone: it is always written back.)"""
+        """A redacted error event as JSON. orjson reads deeper nesting than it writes (255 levels): a
+        failed response it cannot write back becomes a generic one, with the provider's other fields
+        left out, instead of an exception that cut the client's connection mid-stream. (Chat's and
+        completions' error chunk and a Responses `error` event are rebuilt of their labels alone:
+        they are always written back.)"""
         try:
             return orjson.dumps(obj)
         except orjson.JSONEncodeError:
             return orjson.dumps(self._generic_error(obj.get("type"), message))
 
-    def _generic_error(self, kind: Any, message: str) -> dict[str, Any]:
-        if self.endpoint != "responses":
-            return {"error": {"message": message, "type": "upstream_error"}}
+    @staticmethod
+    def _generic_error(kind: Any, message: str) -> dict[str, Any]:
         error = {"code": "server_error", "message": message}
         return {"type": kind if isinstance(kind, str) else "response.failed",
                 "response": {"object": "response", "status": "failed", "error": error}}

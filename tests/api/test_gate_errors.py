@@ -502,6 +502,78 @@ def test_a_relayed_stream_error_of_any_shape_does_not_leak_the_account(
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 5)  # each recorded once
 
 
+# What a provider (or a proxy in front of it) puts beside the error in its stream's error event.
+PROVIDER_EXTRAS = {"request_id": "req_upstream_0123", "x_proxy_account": SECRET_ORG}
+
+
+def test_a_relayed_openai_stream_error_carries_nothing_of_the_providers_event_but_its_labels(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """Only the error of an OpenAI-format stream's error event was replaced: the event's other fields
+    (the provider's `request_id`, what a proxy added, an OpenRouter chunk's id and choices) reached the
+    client — in the chunk a chat or completions client reads, and as extra fields of the
+    `response.failed` event the openai SDK hands a Responses client. Each is now rebuilt of what the
+    SDK reads: the error's labels (its type, code and param) and a generic message."""
+    upstream = ScriptedUpstream()
+    error = {"message": ACCOUNT_DETAILS, "type": "server_error", "code": "rate_limit_exceeded", "param": None}
+    failed = {"type": "response.failed", "sequence_number": 2, **PROVIDER_EXTRAS, "response": {
+        "id": "resp_1", "object": "response", "status": "failed", "model": MODEL, "output": [],
+        "error": {"code": "rate_limit_exceeded", "message": ACCOUNT_DETAILS}}}
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1")
+        client = gw.openai()
+        seen: dict[str, str] = {}
+        upstream.sse(OPENAI_FIRST, {**OPENAI_FIRST, **PROVIDER_EXTRAS, "error": error})
+        with client.chat.completions.with_streaming_response.create(
+                model=MODEL, messages=user(), stream=True) as chat:  # type: ignore[arg-type]
+            seen["chat"] = chat.read().decode()
+        upstream.sse({"id": "cmpl-1", "object": "text_completion", "model": MODEL,
+                      "choices": [{"index": 0, "text": "a"}]}, {**PROVIDER_EXTRAS, "error": error})
+        with client.completions.with_streaming_response.create(model=MODEL, prompt="hi", stream=True) as completions:
+            seen["completions"] = completions.read().decode()
+        upstream.sse({"type": "response.created", "sequence_number": 0, "response": {
+            "id": "resp_1", "object": "response", "status": "in_progress", "model": MODEL, "output": []}}, failed)
+        events = list(client.responses.create(model=MODEL, input="hi", stream=True))
+        # ... and the SDK raises each error chunk still, of its labels.
+        upstream.sse(OPENAI_FIRST, {**OPENAI_FIRST, **PROVIDER_EXTRAS, "error": error})
+        with pytest.raises(openai.APIError) as raised:
+            list(client.chat.completions.create(model=MODEL, messages=user(), stream=True))  # type: ignore[arg-type]
+    for surface, text in seen.items():
+        error_chunk = orjson.loads(next(line for line in text.splitlines() if '"error"' in line).removeprefix("data: "))
+        assert error_chunk == {"error": {"type": "server_error", "code": "rate_limit_exceeded", "param": None,
+                                         "message": "Provider openai failed during the stream"}}, (surface, text)
+    assert events[-1].type == "response.failed"
+    assert events[-1].to_dict().keys() == {"type", "sequence_number", "response"}, events[-1]
+    assert events[-1].response.error is not None and events[-1].response.error.code == "rate_limit_exceeded"
+    assert SECRET_ORG not in json.dumps(events[-1].to_dict())
+    assert raised.value.message == "Provider openai failed during the stream"
+    assert raised.value.body == {"type": "server_error", "code": "rate_limit_exceeded", "param": None,
+                                 "message": "Provider openai failed during the stream"}
+
+
+def test_a_relayed_error_answer_carries_nothing_of_the_providers_body_but_its_error(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """A provider's 4xx, relayed on `/v1` and `/v1/messages` (not streamed), is rebuilt of its
+    status, type, code and message: the provider's `request_id` and any other field of its body, or
+    of its error, stay out (the body's request id is Sentinel's own)."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", anthropic_api_url=srv.url)
+        upstream.json({"error": {"message": "bad image", "type": "invalid_request_error", "code": "bad_image",
+                                 "metadata": {"raw": ACCOUNT_DETAILS}}, **PROVIDER_EXTRAS}, status=400)
+        with pytest.raises(openai.BadRequestError) as chat:
+            gw.openai().chat.completions.create(model=MODEL, messages=user())  # type: ignore[arg-type]
+        upstream.json({"type": "error", "error": {"type": "invalid_request_error", "message": "bad image",
+                                                  "details": ACCOUNT_DETAILS}, **PROVIDER_EXTRAS}, status=400)
+        with pytest.raises(anthropic.BadRequestError) as messages:
+            gw.anthropic().messages.create(model="claude-3-5-haiku-20241022", max_tokens=20, messages=user())  # type: ignore[arg-type]
+    for raised in (chat.value, messages.value):
+        text = raised.response.text
+        assert "bad image" in text and SECRET_ORG not in text and "req_upstream_0123" not in text, text
+    assert chat.value.code == "bad_image" and messages.value.body["request_id"] == messages.value.request_id  # type: ignore[index]
+
+
 def test_a_providers_long_stream_error_message_is_clipped_in_the_log(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -327,8 +327,6 @@ DEEP = "[" * 300 + "]" * 300  # orjson reads 1,024 levels but writes only 255
 @pytest.mark.parametrize(
     ("endpoint", "raw", "expected"),
     [
-        ("chat", '{"error": {"message": "org-123 over quota", "param": "p"}, "x": DEEP}',
-         {"error": {"message": "Provider openai failed during the stream", "type": "upstream_error"}}),
         ("responses", '{"type": "response.failed", "response": {"error": {"message": "org-123"}, "x": DEEP}}',
          {"type": "response.failed", "response": {"object": "response", "status": "failed", "error": {
              "code": "server_error", "message": "Provider openai failed during the stream"}}}),
@@ -367,6 +365,19 @@ GENERIC = "Provider openai failed during the stream"
          {"type": "error", "code": "rate_limit_exceeded", "param": None, "message": GENERIC, "sequence_number": 4}),
         ("responses", b'data: {"type": "response.failed", "response": {"id": "r", "error": "org-123 over its quota of 30000"}}',
          {"type": "response.failed", "response": {"id": "r", "error": {"message": GENERIC}}}),
+        # The event's other fields: the provider's request id, a proxy's, an OpenRouter chunk's own,
+        # nesting deeper than orjson writes (it wrote a generic error, its `param` lost).
+        ("chat", b'data: {"id": "c1", "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}], '
+                 b'"request_id": "req_1", "proxy": {"account": "org-123 over its quota of 30000"}, '
+                 b'"error": {"message": "x", "type": "server_error", "code": "overloaded"}}',
+         {"error": {"type": "server_error", "code": "overloaded", "message": GENERIC}}),
+        ("completions", b'data: {"request_id": "req_1", "detail": "org-123 over its quota of 30000", "error": {"message": "x"}}',
+         {"error": {"type": "upstream_error", "message": GENERIC}}),
+        ("chat", ('data: {"error": {"message": "org-123 over its quota of 30000", "param": "p"}, "x": ' + DEEP + "}").encode(),
+         {"error": {"param": "p", "type": "upstream_error", "message": GENERIC}}),
+        ("responses", b'data: {"type": "response.failed", "sequence_number": 3, "request_id": "req_1", '
+                      b'"detail": "org-123 over its quota of 30000", "response": {"id": "r", "error": {"code": "c"}}}',
+         {"type": "response.failed", "sequence_number": 3, "response": {"id": "r", "error": {"code": "c", "message": GENERIC}}}),
     ],
 )
 def test_a_relayed_error_event_of_any_shape_carries_no_provider_text(

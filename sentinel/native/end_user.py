@@ -19,6 +19,8 @@ providers file's `end_user_field`, else one read from its base URL):
 - `none` (opted in): the client's end-user fields are taken out, none added.
 
 Anthropic's: `metadata.user_id` is set (any other `metadata` key is left as the client wrote it).
+`/v1/messages/count_tokens` takes no `metadata`: none is added, and a `metadata.user_id` the client
+wrote is replaced, as a pass-through body's end-user field is (below).
 
 A pass-through JSON body (an image generation, ...) has an end-user field the client wrote replaced
 (`with_named_end_user`), none added: most of those calls take none, and a strict server refuses one;
@@ -73,9 +75,12 @@ def with_openai_end_user(body: dict[str, Any], end_user: str, field: str, *, end
     return out
 
 
-def with_anthropic_end_user(body: dict[str, Any], end_user: str) -> dict[str, Any]:
-    """`body` (never changed) with `metadata.user_id` naming `end_user`."""
+def with_anthropic_end_user(body: dict[str, Any], end_user: str, *, add: bool = True) -> dict[str, Any]:
+    """`body` (never changed) with `metadata.user_id` naming `end_user`; without `add`, only where the
+    client wrote one (a call that takes no `metadata`: count_tokens)."""
     metadata = body.get("metadata")
+    if not add and not (isinstance(metadata, dict) and "user_id" in metadata):
+        return body
     return {**body, "metadata": {**(metadata if isinstance(metadata, dict) else {}), "user_id": end_user}}
 
 

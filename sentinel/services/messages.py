@@ -9,7 +9,8 @@ exactly one usage record, with a stream's `message_stop` sent only after that re
 Anthropic-format provider is relayed as it is (its name replaced only when the catalogue gives it
 another upstream name, and its `metadata.user_id` the caller's pseudonym: `sentinel.native.end_user`);
 a model on another wire format is translated (`TranslatedChat`).
-`count_tokens` reserves one request: it is relayed to an Anthropic provider, or answered with
+`count_tokens` reserves one request: it is relayed to an Anthropic provider (a `metadata.user_id` the
+client wrote the caller's pseudonym, none added: that call takes no `metadata`), or answered with
 Sentinel's own estimate for a model elsewhere. Upstream error answers, on either endpoint, are settled
 by `sentinel.services.answers.refuse`.
 """
@@ -191,6 +192,9 @@ class MessagesService:
             await self.meter.settle(admission, usage=None, output_text="", status=200, provider=None)
             return Reply(200, orjson.dumps({"input_tokens": tokens}), [*JSON, ("x-sentinel-estimate", "true")])
         ex.provider = target.provider
+        # Anthropic's count_tokens takes no `metadata`: no end user is added, but one the client wrote is
+        # the caller's pseudonym instead, never the id written (`sentinel.native.end_user`).
+        payload = with_anthropic_end_user(payload, self.end_users.of(identity.external_id), add=False)
         try:
             upstream = await self._forward(ex, target, ["messages", "count_tokens"], payload, headers, heavy=heavy)
             raw = await self._read(upstream, admission)
@@ -224,7 +228,7 @@ class MessagesService:
         # What Sentinel read, never the client's bytes (a duplicated key read first-wins upstream
         # would differ from what was checked and reserved; see `OpenAIRelay._serve`), telling the
         # provider the caller's pseudonym as the end user (`end_user`; count_tokens has no
-        # `metadata`). A large body's in a worker thread (`sentinel.offload`).
+        # `metadata`: its body comes with a client's `metadata.user_id` replaced). A large body's in a worker thread (`sentinel.offload`).
         def encoded() -> bytes:
             sent = upstream_payload(self.catalogue, payload, target)
             return orjson.dumps(sent if end_user is None else with_anthropic_end_user(sent, end_user))

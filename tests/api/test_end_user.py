@@ -106,6 +106,20 @@ def test_messages_relayed_to_claude_name_the_caller(gw: Gateway) -> None:
     assert sent(gw, "/v1/messages")["metadata"] == {"user_id": pseudonym("alice")}
 
 
+def test_count_tokens_relayed_to_claude_never_passes_on_the_user_the_client_named(gw: Gateway) -> None:
+    """`/v1/messages/count_tokens` forwarded a client's `metadata.user_id` as written, naming anyone
+    to the provider. The call takes no `metadata`: none is added, and one the client wrote names the
+    caller instead (as a pass-through body's end-user field does)."""
+    claude = gw.anthropic()
+    hi = [{"role": "user", "content": "hi"}]
+    named = claude.messages.count_tokens(model=HAIKU, messages=hi, extra_body={"metadata": {"user_id": VICTIM}})
+    body = sent(gw, "/v1/messages/count_tokens")
+    assert body["metadata"] == {"user_id": pseudonym("alice")} and VICTIM not in str(body)
+    plain = claude.messages.count_tokens(model=HAIKU, messages=hi)
+    assert "metadata" not in sent(gw, "/v1/messages/count_tokens")  # none added
+    assert named.input_tokens == plain.input_tokens > 0  # the count is the same
+
+
 def test_translated_chat_names_the_caller_both_ways(gw: Gateway) -> None:
     alice = pseudonym("alice")
     gw.openai().chat.completions.create(model=HAIKU, messages=[{"role": "user", "content": "hi"}],

@@ -81,6 +81,16 @@ def test_anthropic_is_told_in_metadata_user_id() -> None:
     assert with_end_user({}, "openai", "p", "named") == {}
 
 
+def test_a_call_without_metadata_has_only_the_user_id_the_client_wrote_replaced() -> None:
+    """count_tokens takes no `metadata`: none is added (`add=False`), but a client's `user_id` named anyone."""
+    client = {"model": "m", "metadata": {"user_id": "bob", "other": 1}}
+    assert with_anthropic_end_user(client, "p", add=False) == {"model": "m", "metadata": {"user_id": "p", "other": 1}}
+    assert client["metadata"] == {"user_id": "bob", "other": 1}
+    assert with_anthropic_end_user({"model": "m"}, "p", add=False) == {"model": "m"}
+    assert with_anthropic_end_user({"metadata": {"other": 1}}, "p", add=False) == {"metadata": {"other": 1}}
+    assert with_anthropic_end_user({"metadata": {"user_id": None}}, "p", add=False) == {"metadata": {"user_id": "p"}}
+
+
 def test_a_pass_through_body_has_only_the_end_user_it_named_replaced() -> None:
     client = {"prompt": "a cat", "user": "bob"}
     assert with_named_end_user(client, "p") == {"prompt": "a cat", "user": "p"} and client["user"] == "bob"

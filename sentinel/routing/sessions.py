@@ -43,7 +43,7 @@ from sentinel.domain.catalogue import UPSTREAM_MODEL_PATTERN
 from sentinel.errors import PermissionDenied, StoreUnavailable
 from sentinel.native._wire import is_number
 from sentinel.observability.metrics import Metrics
-from sentinel.store import LocalOps, Script, Store
+from sentinel.store import DELETE_IF, LocalOps, Script, Store
 
 log = logging.getLogger("sentinel.sessions")
 
@@ -120,26 +120,6 @@ def _replace_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 # that both changed the session they read, the first answered wins (its migration counted), and the
 # other leaves it — as of two first turns (SET NX).
 REPLACE = Script(name="session_replace", lua=_REPLACE_LUA, local=_replace_local)
-
-# ARGV: the session exactly as it was created (JSON). Deleted only if the stored value is still
-# those bytes: a session another request created, changed or refreshed meanwhile stays.
-_DELETE_IF_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-"""
-
-
-def _delete_if_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
-    if ops.get(keys[0]) != args[0].encode():
-        return 0
-    ops.delete(keys[0])
-    return 1
-
-
-# Remove the session a first turn created when no model answered that turn — only if it is still
-# the one it created (see `SessionStore.delete_if`).
-DELETE_IF = Script(name="session_delete_if", lua=_DELETE_IF_LUA, local=_delete_if_local)
 
 # ARGV: the session exactly as it was created (JSON), the new session (JSON), its TTL (ms). Written
 # only if the stored value is still those bytes, as DELETE_IF: a session another request was

@@ -3,11 +3,11 @@
 import logging
 
 from sentinel.errors import StoreUnavailable
-from sentinel.store.base import LocalOps, PendingEntry, Ping, Script, Store, StreamEntry
+from sentinel.store.base import DELETE_IF, LocalOps, PendingEntry, Ping, Script, Store, StreamEntry
 from sentinel.store.memory import MemoryStore
 
 __all__ = [
-    "REDIS_URL_SCHEMES", "LocalOps", "MemoryStore", "PendingEntry", "Ping", "Script", "Store", "StreamEntry",
+    "DELETE_IF", "REDIS_URL_SCHEMES", "LocalOps", "MemoryStore", "PendingEntry", "Ping", "Script", "Store", "StreamEntry",
     "check_eviction", "create_store",
 ]
 

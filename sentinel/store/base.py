@@ -78,6 +78,26 @@ class Script:
     local: Callable[[LocalOps, list[str], list[str]], Any]
 
 
+_DELETE_IF_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
+def _delete_if_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    if ops.get(keys[0]) != args[0].encode():
+        return 0
+    ops.delete(keys[0])
+    return 1
+
+
+# Delete KEYS[1] only if it still holds ARGV[1] (its bytes): 1 when deleted, else 0 — a value another
+# caller wrote meanwhile stays (the session a first turn created and no model answered:
+# `SessionStore.delete_if`; a charge claim made after its object was deleted: `Ownership.claim_charge`).
+DELETE_IF = Script(name="delete_if", lua=_DELETE_IF_LUA, local=_delete_if_local)
+
+
 class StreamEntry(NamedTuple):
     """One stream entry: its id (`"<ms>-<seq>"`, increasing within a stream) and its fields."""
 

@@ -26,7 +26,7 @@ from sentinel.domain.files import FileFacts
 from sentinel.domain.text import is_text
 from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable
 from sentinel.observability.logging import Repeated
-from sentinel.store import Store
+from sentinel.store import DELETE_IF, Store
 from sentinel.store.base import LocalOps, Script
 
 log = logging.getLogger("sentinel.ownership")
@@ -308,27 +308,41 @@ class Ownership:
         and finding its own token there is still the first charge — redis-py's cluster client sends
         a command again after its reply was lost (a read timeout), and the second run finds the
         first's mark (read as "charged already", a batch's whole usage went uncharged)."""
-        return await self._mark(object_id, ttl, b"") == "first"
+        return (await self._mark(object_id, ttl, b""))[0] == "first"
 
-    async def claim_charge(self, object_id: str, ttl: float | None) -> ChargeClaim:
+    async def claim_charge(self, object_id: str, ttl: float | None, within: str | None = None) -> ChargeClaim:
         """Claim the charge of `object_id`'s usage, shown to a read: `first` when no read claimed it
         before (marked pending now, for `ttl` seconds), `pending` when one did but its record was
         not known stored (`confirm_charged`: that read may have died in between, `kill -9`),
         `charged` once one was. A `first` or `pending` read records the usage under its
         `charge_id` (the ledger keeps one row per id: the pending read's record is a copy, or
-        the only one) and then confirms it. An id that names nothing is `charged`."""
-        return await self._mark(object_id, ttl, _PENDING)
+        the only one) and then confirms it. An id that names nothing is `charged`.
 
-    async def _mark(self, object_id: str, ttl: float | None, prefix: bytes) -> ChargeClaim:
+        `within`: the object whose owner the read checked (`object_id` itself, or the thread of a
+        run, the eval of an eval run), whose DELETE forgets `object_id`'s marks (`forget`). A read
+        that passed that check before the DELETE may claim after its `forget`: its mark, made
+        then, is taken back once `within` is found without an owner (only that mark: DELETE_IF), and
+        the read is still `first` — it showed the usage, charged under the object's key, with
+        nothing left of the deleted object in the store (a mark kept for ever without `ttl`). Its
+        mark and its owner are in two slots of a Cluster: the mark is made, then the owner read,
+        so that a `forget` after that read removes the mark itself."""
+        claim, mark = await self._mark(object_id, ttl, _PENDING)
+        if claim == "first" and within is not None and await self.owner_of(within) is None:
+            await self.store.run(DELETE_IF, [_CHARGED + object_id], [mark])
+        return claim
+
+    async def _mark(self, object_id: str, ttl: float | None, prefix: bytes) -> tuple[ChargeClaim, bytes]:
+        """`object_id`'s charge mark made (`first`) or found, and this call's mark (`prefix` and a
+        random token)."""
         if not _keyable(object_id):
-            return "charged"
+            return "charged", b""
         key, mark = _CHARGED + object_id, prefix + secrets.token_hex(16).encode()
         if await self.store.set(key, mark, ttl, nx=True):
-            return "first"
+            return "first", mark
         found = await self.store.get(key)
         if found == mark:  # (its reply lost, the SET was sent again: see `charge_once`)
-            return "first"
-        return "pending" if found is None or found.startswith(_PENDING) else "charged"
+            return "first", mark
+        return "pending" if found is None or found.startswith(_PENDING) else "charged", mark
 
     async def confirm_charged(self, object_ids: Iterable[str], ttl: float | None) -> None:
         """Mark `object_ids`' usage charged for good (`claim_charge`), once their record is stored:

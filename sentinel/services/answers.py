@@ -94,14 +94,15 @@ class AnswerRelay:
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
         extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None,
         thread_runs: ThreadRuns | None = None, items: Items | None = None,
-        eval_run: tuple[str, str, Fetch] | None = None,
+        eval_run: tuple[str, str, Fetch] | None = None, within: str | None = None,
     ) -> Reply | StreamReply:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
         relayed as it arrives after the part already read; its `usage` is charged as `charging`
         says (see `Charging`), and so are the eval runs it shows done, per model, and — a read of a
         thread's messages, or of a run's steps: `thread_runs` — the runs its messages name, the run
         of the steps, and — a read of an eval run's output items, or of the run when too large to
-        parse: `eval_run`, (its eval, the run, how to fetch it) — that run (`RunCharges`). The audio answers of a chat answer become `speaker`'s (stored or not:
+        parse: `eval_run`, (its eval, the run, how to fetch it) — that run (`RunCharges`), each
+        claimed only while `within`, the object the call's path names, is kept (`RunCharges.claim`). The audio answers of a chat answer become `speaker`'s (stored or not:
         a later request names them in `messages[].audio`); so do the Responses API items it shows
         (`items`: a response's output, a conversation's items), along with the objects it created, in
         one store round trip (`Ownership.claim_all`). A 304 (a conditional download's "not
@@ -119,7 +120,7 @@ class AnswerRelay:
                 size += len(chunk)
                 if size > MAX_BUFFERED:
                     return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating, ex,
-                                       charging, extends, speaker, items, thread_runs, eval_run)
+                                       charging, extends, speaker, items, thread_runs, eval_run, within)
         upstream.release()
         raw = b"".join(chunks)
         self.metrics.child(self.metrics.upstream_duration, upstream.provider, endpoint).observe(
@@ -130,10 +131,10 @@ class AnswerRelay:
         answer_id = parsed.get("id") if owner is not None and isinstance(parsed, dict) else None
         if charging.holds and 200 <= upstream.status < 300 and isinstance(answer_id, str):
             await self.meter.hold(admission, answer_id, ttl)
-        pays, settles, charges = await self._pays(charging, answer_id, usage, ttl)
+        pays, settles, charges = await self._pays(charging, answer_id, usage, ttl, within)
         shown = [(settles, usage)] if settles is not None and usage is not None else []
         if owner is not None and not pays and charging.counted:  # a list of objects (a thread's runs)
-            listed = await self._listed_usage(endpoint, parsed, ttl)
+            listed = await self._listed_usage(endpoint, parsed, ttl, within)
             if listed is not None:
                 (usage, shown, charges), pays = listed, True
         claimed: list[str] = []  # (runs charged apart from `charges`: those their records are part of)
@@ -143,7 +144,7 @@ class AnswerRelay:
                 usage, pays = _summed(charges), True
         models: list[ModelUsage] = []
         if owner is not None and charging.counted:
-            models, runs = await self.runs.eval_models(parsed, ttl)
+            models, runs = await self.runs.eval_models(parsed, ttl, within)
             claimed += runs
         if owner is not None and charging.counted and eval_run is not None and not _shown_itself(parsed, eval_run[1]):
             shown_models, runs = await self.runs.eval_run_shown(*eval_run, ttl)
@@ -181,11 +182,13 @@ class AnswerRelay:
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
     async def _pays(
-        self, charging: Charging, answer_id: Any, usage: Usage | None, ttl: float | None
+        self, charging: Charging, answer_id: Any, usage: Usage | None, ttl: float | None,
+        within: str | None = None,
     ) -> tuple[bool, str | None, list[ObjectCharge]]:
         """Whether this call pays the usage its answer shows (see `Charging`), the object whose usage
         it is the first to show (its reservation, if it holds one, is settled to it), and — a read
-        showing an owned object's usage no read charged yet — that charge (`ObjectCharge`); a
+        showing an owned object's usage no read charged yet — that charge (`ObjectCharge`:
+        claimed while `within` is kept: `RunCharges.claim`); a
         metered call's answer about an owned object marks that object's usage charged."""
         if not charging.counted:
             return False, None, []
@@ -200,13 +203,13 @@ class AnswerRelay:
             return True, None, []
         if usage is None:
             return False, None, []
-        claim = await self.runs.claim(answer_id, ttl)
+        claim = await self.runs.claim(answer_id, ttl, within)
         if claim == "charged":
             return False, None, []
         return True, answer_id if claim == "first" else None, [ObjectCharge(answer_id, usage, claim == "first")]
 
     async def _listed_usage(
-        self, endpoint: str, parsed: Any, ttl: float | None
+        self, endpoint: str, parsed: Any, ttl: float | None, within: str | None
     ) -> tuple[Usage, list[tuple[str, Usage]], list[ObjectCharge]] | None:
         """The usage of the objects a list answer shows (`data`) whose usage no read charged yet,
         summed, those it is the first to show each with its own (a batch's settles the reservation
@@ -219,7 +222,7 @@ class AnswerRelay:
             shown = final_usage(endpoint, item) if isinstance(item, dict) else None
             if shown is None or not isinstance(item.get("id"), str):
                 continue
-            claim = await self.runs.claim(item["id"], ttl)
+            claim = await self.runs.claim(item["id"], ttl, within)
             if claim == "charged":
                 continue
             if claim == "first":
@@ -294,6 +297,7 @@ class AnswerRelay:
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
         extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None, items: Items | None = None,
         thread_runs: ThreadRuns | None = None, eval_run: tuple[str, str, Fetch] | None = None,
+        within: str | None = None,
     ) -> StreamReply:
         """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
         from; the last chunk waits for the usage record. The Responses API items it shows (`items`: an
@@ -335,7 +339,7 @@ class AnswerRelay:
             # charged the most output it could hold, as reserved (never a free answer).
             usage = tail.usage(endpoint)
             answer_id = leading_id(head) if owner is not None else None
-            pays, settles, charges = await self._pays(charging, answer_id, usage, ttl)
+            pays, settles, charges = await self._pays(charging, answer_id, usage, ttl, within=within)
             claimed: list[str] = []  # (runs charged apart from `charges`: done without a usage)
             if not pays and runs is not None and thread_runs is not None:
                 charges, claimed = await self.runs.unread_runs(runs.named, thread_runs, ttl)

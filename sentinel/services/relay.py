@@ -337,7 +337,7 @@ class OpenAIRelay:
                 upstream, endpoint, admission, owner=owner, ttl=where.ttl, creating=creating, ex=ex, charging=charging,
                 thread_runs=self._thread_runs(ex, method, segments, where, headers),
                 eval_run=self._eval_run(ex, method, segments, where, headers),
-                items=items_shown(where, method, segments),
+                items=items_shown(where, method, segments), within=where.object_id,
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)

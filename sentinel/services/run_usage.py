@@ -60,18 +60,21 @@ class RunCharges:
         self.ownership = ownership
         self.prices = prices
 
-    async def eval_models(self, answer: Any, ttl: float | None) -> tuple[list[ModelUsage], list[str]]:
+    async def eval_models(
+        self, answer: Any, ttl: float | None, within: str | None = None
+    ) -> tuple[list[ModelUsage], list[str]]:
         """The usage per model of the eval runs `answer` shows done (the run itself, or a list's
         `data`) whose usage no read charged yet (each part of its run's: `ModelUsage.of`), and those
-        runs (claimed now: confirmed once their records are stored). A malformed entry of a run's
-        `per_model_usage` is ignored, with one warning (the run is charged only once)."""
+        runs (claimed now, while their eval `within` is kept: `claim`; confirmed once their records
+        are stored). A malformed entry of a run's `per_model_usage` is ignored, with one warning
+        (the run is charged only once)."""
         parts: list[ModelUsage] = []
         runs: list[str] = []
         for run in _shown(answer, "eval.run"):
             run_id = run.get("id")
             if run.get("status") not in EVAL_RUN_DONE or not isinstance(run_id, str):
                 continue
-            claim = await self.claim(run_id, ttl)
+            claim = await self.claim(run_id, ttl, within)
             if claim == "charged":
                 continue
             runs.append(run_id)
@@ -103,7 +106,7 @@ class RunCharges:
         if not (isinstance(run, dict) and run.get("object") == "eval.run" and run.get("id") == run_id
                 and run.get("eval_id") == eval_id):
             return [], []
-        return await self.eval_models(run, ttl)
+        return await self.eval_models(run, ttl, eval_id)
 
     async def unread_runs(
         self, named: list[str], read: ThreadRuns, ttl: float | None
@@ -132,7 +135,7 @@ class RunCharges:
             if not (isinstance(run, dict) and run.get("id") == run_id and run.get("thread_id") == thread
                     and run.get("status") in THREAD_RUN_DONE):
                 continue
-            claim = await self.claim(run_id, ttl)
+            claim = await self.claim(run_id, ttl, thread)
             if claim == "charged":
                 continue
             claimed.append(run_id)
@@ -143,12 +146,14 @@ class RunCharges:
                 charges.append(ObjectCharge(run_id, shown, claim == "first"))
         return charges, claimed
 
-    async def claim(self, object_id: str, ttl: float | None) -> ChargeClaim:
+    async def claim(self, object_id: str, ttl: float | None, within: str | None = None) -> ChargeClaim:
         """A read's claim of `object_id`'s charge (`Ownership.claim_charge`: a run's, a batch's, any
-        object's a read shows); a store that cannot be reached counts it as the first (recorded under
-        the object's key, `charge_id`: the ledger keeps one row)."""
+        object's a read shows), marked only while `within` — the object the read's path names, whose
+        owner the read checked (the run's thread, the batch itself) — is still kept (a DELETE of it
+        meanwhile forgot its marks); a store that cannot be reached counts it as the first (recorded
+        under the object's key, `charge_id`: the ledger keeps one row)."""
         try:
-            return await self.ownership.claim_charge(object_id, ttl)
+            return await self.ownership.claim_charge(object_id, ttl, within)
         except StoreUnavailable:
             return "first"
 

@@ -235,3 +235,37 @@ def test_a_read_of_long_messages_that_dies_before_its_record_leaves_their_run_to
     assert [(r["input_tokens"], r["output_tokens"]) for r in charged] == [
         (RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"])]
     assert charged[0]["request_id"] == charge_id(charged[0]["external_id"], run.id)
+
+
+@pytest.mark.parametrize(("path", "owned", "object_id"), [
+    ("/v1/threads/thread_1/runs/run_1", "thread_1", "run_1"),
+    ("/v1/threads/thread_1/runs/run_1/steps", "thread_1", "run_1"),
+    ("/v1/fine_tuning/jobs/ftjob_1", "ftjob_1", "ftjob_1"),
+])
+def test_a_read_whose_object_is_deleted_before_its_claim_charges_it_and_leaves_no_mark(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None, monkeypatch: pytest.MonkeyPatch,
+    path: str, owned: str, object_id: str,
+) -> None:
+    """A read passed the ownership check; a DELETE of the object (the run's thread, the job) forgot
+    its owner and its marks before the read claimed the charge (injected: the DELETE's `forget`
+    lands there). The read still charges what it showed, once, keyed by the object; but its claim
+    made `sentinel:charged:<id>` again — confirmed, and kept for ever (these objects' TTL is None)
+    for an object that no longer exists."""
+    answers = {"thread_1": [_RUN] if path.endswith("run_1") else [{"object": "list", "data": [_STEP]}, _RUN],
+               "ftjob_1": [_JOB]}[owned]
+    with scripted_gateway(gateway_factory, answers, owned, redis_url=backend_url,
+                          passthrough="/v1/threads/*,/v1/fine_tuning/*") as (gw, _):
+        ownership = gw.runtime.relay.ownership
+        real = ownership.claim_charge
+
+        async def deleted_meanwhile(*args: Any) -> Any:
+            await ownership.forget(owned)
+            return await real(*args)
+
+        monkeypatch.setattr(ownership, "claim_charge", deleted_meanwhile)
+        with gw.client() as alice:
+            assert alice.get(path).status_code == 200
+        (row,) = _charged_rows(gw, 1)
+        assert row["request_id"] == charge_id(row["external_id"], object_id)
+        assert gw.read_stored("sentinel:charged:" + object_id) is None
+        assert gw.read_stored("sentinel:owner:" + owned) is None

@@ -82,11 +82,15 @@ class ObjectCharge:
     """An object's usage a read shows and charges (`Ownership.claim_charge`): recorded under the
     object's `charge_id`, so recording it again adds no row. `counted`: False when another read
     claimed it first and had not confirmed it (a race, or a read that died before its record was
-    known stored): its quota counted it (or went with it), the ledger keeps one row either way."""
+    known stored): its quota counted it (or went with it), the ledger keeps one row either way.
+    `model`: the model the object names (a run's, a batch's), recorded as the record's model and
+    priced at `prices` (None: no cost); None: the read's own model and prices."""
 
     object_id: str
     usage: Usage
     counted: bool = True
+    model: str | None = None
+    prices: Prices | None = None
 
 
 def priced(prices: Prices, used: Usage, within: Sequence[ModelUsage] = ()) -> float | None:
@@ -604,7 +608,8 @@ class QuotaMeter:
     def _charges(record: UsageRecord, prices: Prices | None, charges: Sequence[ObjectCharge]) -> list[UsageRecord]:
         """The records of `charges`, the objects' usage `record`'s read charges (see `settle`), in
         order, each at most what `record` holds that those before it did not: together, what it
-        holds (at most MAX_TOKENS a count, as the plan was charged: `Usage.plus`)."""
+        holds (at most MAX_TOKENS a count, as the plan was charged: `Usage.plus`); each of the
+        model its object names, priced as that model (`ObjectCharge.model`), else as `record`."""
         left = [record.input_tokens, record.output_tokens, record.cache_write_tokens, record.cache_read_tokens]
         rows: list[UsageRecord] = []
         for charge in charges:
@@ -614,10 +619,12 @@ class QuotaMeter:
                 left, strict=True)]
             left = [most - n for most, n in zip(left, counts, strict=True)]
             used = Usage(*counts)
+            model, at = (record.model, prices) if charge.model is None else (charge.model, charge.prices)
             rows.append(dataclasses.replace(
-                record, request_id=charge_id(record.external_id, charge.object_id), input_tokens=used.input_tokens,
-                output_tokens=used.output_tokens, usage_source="measured", cache_write_tokens=used.cache_write_tokens,
-                cache_read_tokens=used.cache_read_tokens, cost_usd=None if prices is None else prices.cost(
+                record, request_id=charge_id(record.external_id, charge.object_id), model=model,
+                input_tokens=used.input_tokens, output_tokens=used.output_tokens, usage_source="measured",
+                cache_write_tokens=used.cache_write_tokens, cache_read_tokens=used.cache_read_tokens,
+                cost_usd=None if at is None else at.cost(
                     used.input_tokens, used.output_tokens, used.cache_write_tokens, used.cache_read_tokens),
             ))
         return rows

@@ -60,6 +60,15 @@ MAX_RUN_MODELS = 32
 _MAX_MODEL_NAME = 200  # the ledger's `model` column
 
 
+def named_model(body: Any) -> str | None:
+    """The model an object a provider answered with names (`model`: an Assistants run's, a stored
+    response's, a batch's, a fine-tuning job's) as the provider wrote it, when it is a string of 1 to
+    200 characters (the ledger's column; a NUL or a lone surrogate is made storable with the record:
+    `UsageRecord`); None otherwise."""
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) and 0 < len(model) <= _MAX_MODEL_NAME else None
+
+
 def per_model_usage(body: Any) -> tuple[dict[str, Usage], int]:
     """(the usage of each model an eval run's `per_model_usage` reports — `model_name`,
     `prompt_tokens` with its `cached_tokens`, `completion_tokens` —, summed by model; how many of

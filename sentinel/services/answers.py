@@ -102,7 +102,8 @@ class AnswerRelay:
         thread's messages, or of a run's steps: `thread_runs` — the runs its messages name, the run
         of the steps, and — a read of an eval run's output items, or of the run when too large to
         parse: `eval_run`, (its eval, the run, how to fetch it) — that run (`RunCharges`), each
-        claimed only while `within`, the object the call's path names, is kept (`RunCharges.claim`). The audio answers of a chat answer become `speaker`'s (stored or not:
+        charge of the model its object names (`RunCharges.charge`) and claimed only while
+        `within`, the object the call's path names, is kept (`RunCharges.claim`). The audio answers of a chat answer become `speaker`'s (stored or not:
         a later request names them in `messages[].audio`); so do the Responses API items it shows
         (`items`: a response's output, a conversation's items), along with the objects it created, in
         one store round trip (`Ownership.claim_all`). A 304 (a conditional download's "not
@@ -131,7 +132,7 @@ class AnswerRelay:
         answer_id = parsed.get("id") if owner is not None and isinstance(parsed, dict) else None
         if charging.holds and 200 <= upstream.status < 300 and isinstance(answer_id, str):
             await self.meter.hold(admission, answer_id, ttl)
-        pays, settles, charges = await self._pays(charging, answer_id, usage, ttl, within)
+        pays, settles, charges = await self._pays(charging, answer_id, usage, ttl, parsed, within)
         shown = [(settles, usage)] if settles is not None and usage is not None else []
         if owner is not None and not pays and charging.counted:  # a list of objects (a thread's runs)
             listed = await self._listed_usage(endpoint, parsed, ttl, within)
@@ -182,13 +183,13 @@ class AnswerRelay:
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
 
     async def _pays(
-        self, charging: Charging, answer_id: Any, usage: Usage | None, ttl: float | None,
+        self, charging: Charging, answer_id: Any, usage: Usage | None, ttl: float | None, parsed: Any = None,
         within: str | None = None,
     ) -> tuple[bool, str | None, list[ObjectCharge]]:
         """Whether this call pays the usage its answer shows (see `Charging`), the object whose usage
         it is the first to show (its reservation, if it holds one, is settled to it), and — a read
-        showing an owned object's usage no read charged yet — that charge (`ObjectCharge`:
-        claimed while `within` is kept: `RunCharges.claim`); a
+        showing an owned object's usage no read charged yet — that charge (`ObjectCharge`: of the
+        model the answer, `parsed`, names; claimed while `within` is kept: `RunCharges.claim`); a
         metered call's answer about an owned object marks that object's usage charged."""
         if not charging.counted:
             return False, None, []
@@ -206,7 +207,7 @@ class AnswerRelay:
         claim = await self.runs.claim(answer_id, ttl, within)
         if claim == "charged":
             return False, None, []
-        return True, answer_id if claim == "first" else None, [ObjectCharge(answer_id, usage, claim == "first")]
+        return True, answer_id if claim == "first" else None, [self.runs.charge(answer_id, usage, claim, parsed)]
 
     async def _listed_usage(
         self, endpoint: str, parsed: Any, ttl: float | None, within: str | None
@@ -227,7 +228,7 @@ class AnswerRelay:
                 continue
             if claim == "first":
                 first.append((item["id"], shown))
-            charges.append(ObjectCharge(item["id"], shown, claim == "first"))
+            charges.append(self.runs.charge(item["id"], shown, claim, item))
         return (_summed(charges), first, charges) if charges else None
 
     async def _charged(self, object_id: str, ttl: float | None) -> bool:
@@ -339,6 +340,7 @@ class AnswerRelay:
             # charged the most output it could hold, as reserved (never a free answer).
             usage = tail.usage(endpoint)
             answer_id = leading_id(head) if owner is not None else None
+            # (the answer is not parsed: its charge is of the read's model, as before)
             pays, settles, charges = await self._pays(charging, answer_id, usage, ttl, within=within)
             claimed: list[str] = []  # (runs charged apart from `charges`: done without a usage)
             if not pays and runs is not None and thread_runs is not None:

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sentinel.domain.catalogue import Prices
+from sentinel.domain.usage import Usage
 from sentinel.errors import StoreUnavailable
 from sentinel.governance.ownership import ChargeClaim, Ownership
 from sentinel.quota.meter import ModelUsage, ObjectCharge
-from sentinel.quota.usage import per_model_usage, usage_from_body
+from sentinel.quota.usage import named_model, per_model_usage, usage_from_body
 
 log = logging.getLogger("sentinel.answers")
 
@@ -143,7 +144,7 @@ class RunCharges:
             if shown is None and _malformed(run.get("usage")):
                 log.warning("a run's usage is malformed; it is not charged", extra={"run_id": run_id})
             if shown is not None:
-                charges.append(ObjectCharge(run_id, shown, claim == "first"))
+                charges.append(self.charge(run_id, shown, claim, run))
         return charges, claimed
 
     async def claim(self, object_id: str, ttl: float | None, within: str | None = None) -> ChargeClaim:
@@ -156,6 +157,17 @@ class RunCharges:
             return await self.ownership.claim_charge(object_id, ttl, within)
         except StoreUnavailable:
             return "first"
+
+    def charge(self, object_id: str, usage: Usage, claim: ChargeClaim, shown: Any) -> ObjectCharge:
+        """The charge of `object_id`'s `usage` (claimed: `claim`) shown by the object `shown`: of
+        the model it names (`named_model`: a run's, a stored response's, a batch's), priced as the
+        catalogue prices that model (`prices`; no cost for any other) — but a fine-tuning job's,
+        recorded without a cost: its trained tokens are billed at training rates, which the
+        catalogue does not hold (its prices are a model's for requests)."""
+        model = named_model(shown)
+        trains = isinstance(shown, dict) and shown.get("object") == "fine_tuning.job"
+        return ObjectCharge(object_id, usage, claim == "first", model,
+                            None if model is None or trains else self.prices(model))
 
 
 def named_runs(answer: Any) -> list[str]:

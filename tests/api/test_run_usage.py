@@ -360,3 +360,59 @@ def test_an_eval_run_too_large_to_parse_is_fetched_and_charged_once(
     rows = gw.settled_rows(3)
     assert _tokens(rows) == [(None, 0, 0, 0), ("gpt-4o-mini", 120, 40, 20), (None, 0, 0, 0)]
     assert rows[1]["request_id"] == charge_id(rows[1]["external_id"], "evalrun_1", "gpt-4o-mini")
+
+
+def _cost(prompt: int, completion: int) -> float:
+    """What the catalogue charges gpt-4o-mini ($0.15 / $0.60 a million, as the eval run's test says)."""
+    return (prompt * 0.15 + completion * 0.60) / 1e6
+
+
+def test_a_runs_charge_is_of_the_model_it_ran_and_priced_read_through_messages_or_itself(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """A run names its model: its charge — by a read of its thread's messages, or of the run itself —
+    is recorded of that model, at the catalogue's prices. It was recorded of no model and no cost:
+    operators' reports by model and their cost totals left every Assistants run out."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
+    client = gw.openai()
+    thread, run = thread_with_run(client)
+    other, again = thread_with_run(client)
+    client.beta.threads.messages.list(thread.id)
+    assert client.beta.threads.runs.retrieve(again.id, thread_id=other.id).model == "gpt-4o-mini"
+    rows = [r for r in gw.settled_rows(8) if r["input_tokens"]]
+    assert [(r["model"], r["input_tokens"], r["output_tokens"]) for r in rows] == [("gpt-4o-mini", *RUN_ROW)] * 2
+    assert [r["request_id"] for r in rows] == [charge_id(rows[0]["external_id"], i) for i in (run.id, again.id)]
+    assert [r["cost_usd"] for r in rows] == [pytest.approx(_cost(*RUN_ROW))] * 2
+
+
+def test_object_charges_record_the_model_the_object_names_priced_only_for_a_catalogue_model(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """A stored response read (a catalogue model: priced), a run read through its steps naming a dated
+    snapshot (no catalogue model: recorded, no cost), a run whose model holds a NUL (recorded
+    storable), a fine-tuning job (its base model: trained tokens bill at training rates the
+    catalogue does not hold, no cost), a run naming no model (none, as before)."""
+    response = {"id": "resp_1", "object": "response", "status": "completed", "model": "gpt-4o-mini", "output": [],
+                "usage": {"input_tokens": 300, "output_tokens": 50, "total_tokens": 350}}
+    steps = {"object": "list", "data": [], "has_more": False}
+    run = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "status": "completed",
+           "model": "gpt-4o-mini-2024-07-18", "usage": {"prompt_tokens": 90, "completion_tokens": 30}}
+    nul = {**run, "id": "run_2", "model": "gpt\x00x", "usage": {"prompt_tokens": 7, "completion_tokens": 1}}
+    unnamed = {**run, "id": "run_3", "model": "x" * 201, "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+    job = {"id": "ftjob_1", "object": "fine_tuning.job", "model": "gpt-4o-mini", "status": "succeeded",
+           "trained_tokens": 48_000}
+    answers = (response, steps, run, nul, unnamed, job)
+    with scripted_gateway(gateway_factory, answers, "resp_1", "thread_1", "ftjob_1", redis_url=redis_url,
+                          passthrough="/v1/responses/*,/v1/threads/*,/v1/fine_tuning/*") as (gw, _):
+        with gw.client() as alice:
+            for path in ("/v1/responses/resp_1", "/v1/threads/thread_1/runs/run_1/steps",
+                         "/v1/threads/thread_1/runs/run_2", "/v1/threads/thread_1/runs/run_3",
+                         "/v1/fine_tuning/jobs/ftjob_1"):
+                assert alice.get(path).status_code == 200
+    rows = gw.settled_rows(5)
+    assert [(r["model"], r["input_tokens"], r["cost_usd"]) for r in rows] == [
+        ("gpt-4o-mini", 300, pytest.approx(_cost(300, 50))), ("gpt-4o-mini-2024-07-18", 90, None),
+        ("gpt\ufffdx", 7, None), (None, 5, None), ("gpt-4o-mini", 48_000, None)]
+    owner = rows[0]["external_id"]  # (keyed by the object alone, as before: exactly once across a crash)
+    assert [r["request_id"] for r in rows] == [
+        charge_id(owner, i) for i in ("resp_1", "run_1", "run_2", "run_3", "ftjob_1")]

@@ -18,7 +18,7 @@ from sentinel.domain.catalogue import Prices
 from sentinel.domain.identity import Identity
 from sentinel.domain.plans import Plan, parse_plan_spec
 from sentinel.domain.policies import QuotaFailureMode
-from sentinel.domain.usage import Usage, UsageRecord
+from sentinel.domain.usage import Usage, UsageRecord, charge_id
 from sentinel.errors import (
     GovernanceUnavailable,
     RateLimited,
@@ -185,6 +185,26 @@ async def test_metrics_count_only_the_rows_the_plan_counted() -> None:
     assert counted(s.metrics, "sentinel_usage_requests_total", source="measured") == 2
     assert counted(s.metrics, "sentinel_cost_usd_total", provider="openai", model=MODEL) == Prices(2.5, 10.0).cost(3, 4)
     assert counted(s.metrics, "sentinel_cost_usd_total", provider="openai", model="grader") == Prices(1.0, 1.0).cost(5, 6)
+
+
+async def test_an_object_charge_is_of_the_model_its_object_names_at_that_models_prices() -> None:
+    """`ObjectCharge.model`: a run's charge is recorded of the run's model, priced at its prices (none:
+    no cost, never the read's); a charge naming no model keeps the read's model and prices. The
+    key is the object's either way (`charge_id`: exactly once across a crash)."""
+    s = Setup(spec="requests=10/1m,input_tokens=100000/1m,output_tokens=100000/1m")
+    admission = await s.admit()
+    admission.prices = Prices(2.5, 10.0)
+    ran, snapshot, unnamed = Usage(300, 40, 0, 100), Usage(20, 2), Usage(7, 1)
+    await s.meter.settle(
+        admission, usage=ran.plus(snapshot).plus(unnamed), output_text="", status=200, provider="openai",
+        charges=[ObjectCharge("run_1", ran, model="gpt-4o", prices=Prices(5.0, 15.0, cache_read=2.5)),
+                 ObjectCharge("run_2", snapshot, model="gpt-4o-2024-08-06"), ObjectCharge("resp_1", unnamed)],
+    )
+    assert [(r.request_id, r.model, r.cost_usd) for r in s.outbox.records] == [
+        (charge_id(ALICE.external_id, "run_1"), "gpt-4o", Prices(5.0, 15.0, cache_read=2.5).cost(300, 40, 0, 100)),
+        (charge_id(ALICE.external_id, "run_2"), "gpt-4o-2024-08-06", None),
+        (charge_id(ALICE.external_id, "resp_1"), MODEL, Prices(2.5, 10.0).cost(7, 1)),
+    ]
 
 
 async def test_steps_of_another_model_are_priced_at_its_prices() -> None:

@@ -1,12 +1,19 @@
-"""Reading the runs a thread's messages name from an answer too large to parse (`RunIdScanner`)."""
+"""Reading the runs a thread's messages name from an answer too large to parse (`RunIdScanner`), and
+the model an object's charge is of (`RunCharges.charge`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
+import pytest
 
-from sentinel.services.run_usage import MAX_NAMED_RUNS, RunIdScanner, named_runs
+from sentinel.domain.catalogue import Prices
+from sentinel.domain.usage import Usage
+from sentinel.governance.ownership import Ownership
+from sentinel.quota.meter import ObjectCharge
+from sentinel.services.run_usage import MAX_NAMED_RUNS, RunCharges, RunIdScanner, named_runs
+from sentinel.store import MemoryStore
 
 
 def _messages(*run_ids: str | None, text: str = "hi", metadata: dict[str, str] | None = None) -> bytes:
@@ -59,3 +66,21 @@ def test_the_scanner_reads_one_byte_at_a_time_and_stops_at_the_most_named() -> N
     answer = _messages(*runs)
     assert _scanned(*(answer[i : i + 1] for i in range(len(answer)))) == named_runs(orjson.loads(answer)) \
         == runs[:MAX_NAMED_RUNS]
+
+
+PRICES = Prices(0.15, 0.60)
+
+
+@pytest.mark.parametrize(("shown", "model", "prices"), [
+    ({"object": "thread.run", "model": "gpt-4o-mini"}, "gpt-4o-mini", PRICES),
+    ({"object": "response", "model": "gpt-4o-2024-08-06"}, "gpt-4o-2024-08-06", None),  # (not the catalogue's)
+    ({"object": "fine_tuning.job", "model": "gpt-4o-mini"}, "gpt-4o-mini", None),  # (training rates)
+    ({"object": "batch", "model": "x" * 201}, None, None),
+    ({"object": "batch", "model": ["gpt-4o-mini"]}, None, None),
+    ({"object": "batch"}, None, None),
+    (None, None, None),
+])
+def test_a_charge_is_of_the_model_its_object_names(shown: Any, model: str | None, prices: Prices | None) -> None:
+    charges = RunCharges(Ownership(MemoryStore()), lambda name: PRICES if name == "gpt-4o-mini" else None)
+    assert charges.charge("obj_1", Usage(3, 4), "pending", shown) == ObjectCharge(
+        "obj_1", Usage(3, 4), False, model, prices)

@@ -101,13 +101,17 @@ def references(endpoint: str, payload: dict[str, Any]) -> int:
             if isinstance(messages, list) else 0
     if endpoint != "responses":
         return 0
-    items = payload.get("input")
-    named = sum(1 for item in items if isinstance(item, dict) and _item_reference(item)) \
-        if isinstance(items, list) else 0
     tools = payload.get("tools")
     mcp = [tool for tool in tools if isinstance(tool, dict) and tool.get("type") == "mcp"] \
         if isinstance(tools, list) else []
-    return named + (1 if _named(payload.get("prompt")) else 0) + _mcp_servers(mcp)
+    return item_references(payload.get("input")) + (1 if _named(payload.get("prompt")) else 0) + _mcp_servers(mcp)
+
+
+def item_references(items: Any) -> int:
+    """How many of a list of Responses items (a request's `input`, the `items` given to a
+    conversation) name a stored item by id (`_item_reference`): its text is the provider's, which
+    Sentinel cannot read — each is reserved REFERENCE_TOKENS (or the configured figure)."""
+    return sum(1 for item in items if isinstance(item, dict) and _item_reference(item)) if isinstance(items, list) else 0
 
 
 def _mcp_servers(servers: Any) -> int:

@@ -50,7 +50,7 @@ from sentinel.offload import count_off_loop, large, off_loop
 from sentinel.providers.errors import UnreadableAnswer
 from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import OpenAICompatUpstream, forwardable_headers
-from sentinel.quota.estimate import hides_output
+from sentinel.quota.estimate import hides_output, item_references
 from sentinel.quota.images import image_rule_for
 from sentinel.quota.items import item_text
 from sentinel.quota.media import upload_facts
@@ -566,13 +566,15 @@ class OpenAIRelay:
         """Items given to a conversation (at its creation, or added) are context every later response
         in it makes the provider read: counted as a token per `BYTES_PER_TOKEN` bytes of the call's
         JSON (`body`, as sent), since this call charges none of them, plus the estimate of the images
-        and files among them (`conversation_media`: a short image URL is 1,445 tokens, not 20) — also
+        and files among them and of the items it names by id (`conversation_unread`: a short image URL
+        is 1,445 tokens, not 20; a referenced item, `SENTINEL_REFERENCE_INPUT_TOKENS`) — also
         when the answer is relayed as it arrives (over `MAX_BUFFERED`: the items added, listed back).
         A conversation's creation is counted from an answer read whole (its id is read from it; the
         answer, the conversation alone, is small)."""
         if reply.status >= 300 or not (where.is_collection or last == "items"):
             return
-        tokens = -(-len(body) // BYTES_PER_TOKEN) + await off_loop(functools.partial(conversation_media, body), large(body))
+        tokens = -(-len(body) // BYTES_PER_TOKEN) + await off_loop(
+            functools.partial(conversation_unread, body, self.meter.referenced), large(body))
         try:
             if where.object_id is not None:
                 await self.ownership.grow_context(where.object_id, tokens)
@@ -701,15 +703,20 @@ class Relayed:
     end_user: str = ""  # what the provider is told the end user is: the caller's pseudonym (`EndUsers`)
 
 
-def conversation_media(body: bytes) -> int:
-    """The estimate of the images and files (`sentinel.quota.media`, by gpt-4o's image rule: the model
-    of a later turn is not known) that a conversation's items hold, in a call's JSON `body`: each
-    image's and PDF's tokens are what its part's bytes never tell (an image by its URL or file id)."""
+def conversation_unread(body: bytes, referenced: int) -> int:
+    """What the items a call's JSON `body` gives a conversation hold beyond their bytes: the estimate
+    of their images and files (`sentinel.quota.media`, by gpt-4o's image rule: the model of a later
+    turn is not known) — each image's and PDF's tokens are what its part's bytes never tell (an image
+    by its URL or file id) —, and `referenced` tokens for each item given by id (`item_references`:
+    the stored item's text, which the provider copies into the conversation; its ~40 bytes of
+    reference were counted as 10 tokens, whatever the item held)."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         return 0
-    return item_text(parsed)[1] if isinstance(parsed, dict) else 0
+    if not isinstance(parsed, dict):
+        return 0
+    return item_text(parsed)[1] + item_references(parsed.get("items")) * referenced
 
 
 def upstream_payload(catalogue: ModelCatalogue, payload: dict[str, Any], target: ModelTarget) -> dict[str, Any]:

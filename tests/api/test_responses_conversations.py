@@ -127,3 +127,28 @@ def test_images_given_to_a_conversation_count_as_images(
             assert _count(gw) >= 20 * 1445
             assert alice.post("/v1/conversations/conv_1/items", json=items).status_code == 200
             assert _count(gw) >= 40 * 1445
+
+
+def test_items_given_to_a_conversation_by_reference_count_as_references(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """An item given to a conversation by id (an `item_reference`, or `{"id": …}` without a type) puts
+    the stored item's whole text in the conversation, which every later turn reads again: it was
+    counted as the ~40 bytes of its reference (10 tokens), where the same reference in a response's
+    own input reserves `SENTINEL_REFERENCE_INPUT_TOKENS` — a turn cut before its usage was charged
+    ~10 tokens a referenced item, whatever its size."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url,
+                             passthrough="/v1/conversations,/v1/conversations/*", reference_input_tokens=5_000)
+        for item in ("msg_1", "msg_2", "msg_3", "msg_4"):
+            gw.write_stored(f"sentinel:owner:{item}", b"alice", 3600)
+        upstream.json({"id": "conv_1", "object": "conversation"})
+        upstream.json({"object": "list", "data": []})
+        with gw.client() as alice:
+            created = alice.post("/v1/conversations", json={"items": [{"type": "item_reference", "id": "msg_1"}]})
+            assert created.status_code == 200, created.text
+            assert 5_000 <= _count(gw) < 5_100
+            added = alice.post("/v1/conversations/conv_1/items", json={"items": [{"id": f"msg_{n}"} for n in (2, 3, 4)]})
+            assert added.status_code == 200, added.text
+            assert 20_000 <= _count(gw) < 20_200

@@ -80,7 +80,9 @@ def _keyable(object_id: str) -> bool:
     return 0 < len(object_id) <= _MAX_ID and is_text(object_id)
 
 # Record ARGV[1] as the owner unless another owner is recorded; the owner's own claim refreshes the
-# expiry (ARGV[2] ms; "" = none). 1 when the caller owns the object afterwards, else 0.
+# expiry (ARGV[2] ms; "" = none), but never gives one to a record kept without: an item of a
+# conversation (kept until deleted) shown again by a read of its response (31 days) stays its
+# owner's as long as the conversation holds it. 1 when the caller owns the object afterwards, else 0.
 _CLAIM_LUA = """
 local current = redis.call('GET', KEYS[1])
 if current and current ~= ARGV[1] then
@@ -88,7 +90,7 @@ if current and current ~= ARGV[1] then
 end
 if ARGV[2] == '' then
   redis.call('SET', KEYS[1], ARGV[1])
-else
+elseif not current or redis.call('PTTL', KEYS[1]) ~= -1 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
 return 1
@@ -99,7 +101,10 @@ def _claim_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     current = ops.get(keys[0])
     if current is not None and current.decode() != args[0]:
         return 0
-    ops.set(keys[0], args[0].encode(), None if args[1] == "" else int(args[1]) / 1000)
+    if args[1] == "":
+        ops.set(keys[0], args[0].encode())
+    elif current is None or ops.pttl(keys[0]) != -1:
+        ops.set(keys[0], args[0].encode(), int(args[1]) / 1000)
     return 1
 
 

@@ -191,3 +191,32 @@ def test_what_a_large_answer_echoes_claims_no_item(
         refused(lambda by_id=by_id: refer(bob, "msg_victim", by_id=by_id))
     assert spy.seen == []
     assert refer(bob, str(answer.output[1].id)).status == "completed"  # his own item is his
+
+
+def test_a_conversation_turns_items_stay_owned_when_their_response_is_read(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """A turn's output items are kept as long as its conversation (which keeps them until they are
+    deleted); reading the turn's response (`GET /v1/responses/{id}`, its `input_items`) claimed them
+    again for a response's 31 days, and the owner's own claim set that expiry: a month on, the
+    conversation still held them, but naming one was 404 — to its owner too."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url,
+                             passthrough="/v1/responses/*")
+        gw.write_stored("sentinel:owner:conv_a", b"alice", 3600)
+        turn = {"id": "resp_1", "object": "response", "status": "completed", "model": MODEL,
+                "output": [{"type": "message", "id": "msg_out", "role": "assistant", "status": "completed",
+                            "content": [{"type": "output_text", "text": "hi", "annotations": []}]}],
+                "usage": {"input_tokens": 5, "output_tokens": 1, "total_tokens": 6}}
+        upstream.json(turn)
+        upstream.json(turn)
+        upstream.json({"object": "list", "data": [{"type": "message", "id": "msg_out", "role": "assistant",
+                                                    "content": []}], "has_more": False})
+        alice = sdk(gw, "alice")
+        alice.responses.create(model=MODEL, input="hello", conversation="conv_a")
+        assert gw.stored_ttl("sentinel:owner:msg_out") == -1.0  # the conversation's: until deleted
+        assert alice.responses.retrieve("resp_1").id == "resp_1"
+        alice.responses.input_items.list("resp_1")
+        assert gw.stored_ttl("sentinel:owner:msg_out") == -1.0
+        assert gw.stored_ttl("sentinel:owner:resp_1") is not None  # (the response itself: 31 days)

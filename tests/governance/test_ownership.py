@@ -51,6 +51,16 @@ async def test_the_owners_own_claim_refreshes_the_expiry(store: Store) -> None:
     assert await store.ttl("sentinel:owner:batch_1") == -1.0  # no expiry: kept until deleted
 
 
+async def test_the_owners_claim_with_an_expiry_never_gives_one_to_a_record_kept_without(store: Store) -> None:
+    """An item of a conversation (kept until deleted), shown again by a read of its response (31 days):
+    its record kept no expiry, so the item stays its owner's as long as the conversation holds it."""
+    owners = Ownership(store)
+    await owners.claim("msg_1", "alice", None)
+    assert await owners.claim("msg_1", "alice", 31 * DAY) is True
+    assert await store.ttl("sentinel:owner:msg_1") == -1.0
+    assert await owners.owner_of("msg_1") == "alice"
+
+
 async def test_a_forgotten_object_can_be_claimed_again(store: Store) -> None:
     owners = Ownership(store)
     await owners.claim("file-2", "alice", None)

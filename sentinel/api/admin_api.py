@@ -215,7 +215,9 @@ class AdminApiRoutes:
         self.service.plans_editable()  # 409 under GOVERNANCE=zion, before the body is read
         body = await self._body(request)
         plan = body.get("plan")
-        if plan is not None and not isinstance(plan, str):
+        # `plan` is required (null for the default plan): `{}` or a misspelt `{"plan_name": "team"}`
+        # put the user back on the default plan, silently and audited as asked for.
+        if "plan" not in body or (plan is not None and not isinstance(plan, str)):
             raise refuse({"plan": "a plan name, or null for the default plan"})
         external_id = user_param(request)
         await self.service.set_user_plan(external_id, plan or None, actor)

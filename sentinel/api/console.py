@@ -43,7 +43,7 @@ from sentinel.domain.numbers import parse_whole
 from sentinel.domain.plans import format_window
 from sentinel.errors import Conflict, InvalidRequest, NotFound, RevocationIncomplete, StoreUnavailable
 from sentinel.services.admin import Actor, AdminService
-from sentinel.services.admin_forms import LimitInput, field_errors
+from sentinel.services.admin_forms import LimitInput, field_errors, refuse
 from sentinel.services.admin_usage import PERIODS, empty_window, parse_moment
 from sentinel.store import Store
 
@@ -231,6 +231,9 @@ class ConsoleRoutes:
         session, form, actor = checked
         external_id = user_param(request)
         try:
+            self.service.plans_editable()  # 409 under GOVERNANCE=zion, whatever the form holds
+            if "plan" not in form:  # the form's select always sends it ("" for the default plan)
+                raise refuse({"plan": "choose a plan, or the default plan"})
             await self.service.set_user_plan(external_id, self._one(form, "plan") or None, actor)
         except Conflict:  # GOVERNANCE=zion: the page says where the plan comes from, with no form
             return await self._user_page(session, external_id, status=409)

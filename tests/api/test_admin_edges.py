@@ -168,3 +168,26 @@ def test_a_404_quotes_the_name_it_looked_for_clipped(api: httpx.Client) -> None:
         assert answer.status_code == 404, (path[:40], answer.text[:200])
         message = answer.json()["error"]["message"]
         assert "a" * 250 in message and "a" * 257 not in message and "…" in message, (path[:40], len(message))
+
+
+@pytest.mark.parametrize("body", [{}, {"plan_name": "team"}, {"Plan": "team"}])
+def test_a_plan_assignment_without_its_plan_field_changes_nothing(
+    api: httpx.Client, console: Console, body: dict[str, str],
+) -> None:
+    """`plan` is required (`null`: the default plan, as the OpenAPI document says): a body without
+    it — `{}`, a misspelt field — put the user back on the default plan, 200, audited as asked for.
+    The console's form, whose select always sends `plan`, refuses a post without it likewise."""
+    api.put("/admin/api/plans/team", json={"create": True, "limits": [{"metric": "requests", "limit": 5, "window": "1h"}]})
+    assert api.put("/admin/api/users/dave/plan", json={"plan": "team"}).status_code == 200
+    entries = len(api.get("/admin/api/audit", params={"target": "dave"}).json()["entries"])
+
+    answer = api.put("/admin/api/users/dave/plan", json=body)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "validation_failed" and list(error["details"]["fields"]) == ["plan"], error
+    page = console.post("/admin/users/dave/plan", {"plan_name": "team"})
+    assert page.status_code == 400 and "choose a plan" in page.text, page.text
+
+    assert api.get("/admin/api/users/dave").json()["user"]["plan"] == "team"
+    assert len(api.get("/admin/api/audit", params={"target": "dave"}).json()["entries"]) == entries
+    assert api.put("/admin/api/users/dave/plan", json={"plan": None}).json() == {"external_id": "dave", "plan": None}

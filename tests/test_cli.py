@@ -779,3 +779,18 @@ def test_a_long_value_given_is_not_repeated_whole(tmp_path: Path) -> None:
         assert result.returncode == 2, (args[:2], result.returncode, result.stderr[:300])
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("sentinel: ") and len(lines[0]) <= 420, (args[:2], len(lines[0]))
+
+
+def test_plans_set_without_a_limit_changes_nothing(tmp_path: Path) -> None:
+    """`plans set pro` with no limit named (a forgotten argument, or `--window 1h` without a metric)
+    replaced pro's limits with none, exit 0: every user on pro was unlimited. Status 2, pro as it was."""
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    assert run(["plans", "set", "pro", "--limit", "requests=5/1m"], env).returncode == 0
+    for args in (["plans", "set", "pro"], ["plans", "set", "pro", "--window", "1h"],
+                 ["plans", "set", "pro", "--add"], ["plans", "set", "new"]):
+        refused = run(args, env)
+        assert refused.returncode == 2, (args, refused.stdout, refused.stderr)
+        assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr, refused.stderr
+    listed = run(["plans", "list"], env).stdout
+    assert "requests=5/1m" in listed and "new" not in listed, listed
+

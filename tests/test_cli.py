@@ -794,3 +794,12 @@ def test_plans_set_without_a_limit_changes_nothing(tmp_path: Path) -> None:
     listed = run(["plans", "list"], env).stdout
     assert "requests=5/1m" in listed and "new" not in listed, listed
 
+
+def test_a_new_user_id_with_a_space_at_either_end_is_refused(tmp_path: Path) -> None:
+    """`keys create "alice "` made a user listed as `alice` beside alice (`keys list`, the console):
+    status 2 in one line naming the field, nothing created."""
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    for args in (["keys", "create", "alice "], ["users", "set-plan", "\u00a0alice", "--default"]):
+        refused = run(args, env)
+        assert refused.returncode == 2 and "external_id: no space at either end" in refused.stderr, refused.stderr
+    assert "alice" not in run(["keys", "list"], env).stdout

@@ -225,6 +225,8 @@ def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan]
     if detail is None:
         parts.append('<p class="empty">This user is not in the database yet: choosing a plan or creating a key '
                      "creates it.</p>")
+    if "external_id" in errors:  # the id itself refused (a form for `alice `): no field of the page holds it
+        parts.append(f"<p>{error_for(errors, 'external_id')}</p>")
     if new_key is not None:
         info, key = new_key
         expiry = "" if info.expires_at is None else f" It expires {when(info.expires_at)}."

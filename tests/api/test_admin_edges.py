@@ -4,14 +4,17 @@ quoted a whole path."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Iterator
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 
 from tests.api.conftest import Gateway
 from tests.api.test_console import ADMIN_KEY, Console
+from tests.support.accounts import create_key
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -191,3 +194,29 @@ def test_a_plan_assignment_without_its_plan_field_changes_nothing(
     assert api.get("/admin/api/users/dave").json()["user"]["plan"] == "team"
     assert len(api.get("/admin/api/audit", params={"target": "dave"}).json()["entries"]) == entries
     assert api.put("/admin/api/users/dave/plan", json={"plan": None}).json() == {"external_id": "dave", "plan": None}
+
+
+@pytest.mark.parametrize("user", ["alice ", " alice", "alice\u00a0", "\u3000alice"])
+def test_a_new_user_whose_id_has_a_space_at_either_end_is_refused(
+    gw: Gateway, api: httpx.Client, console: Console, user: str,
+) -> None:
+    """`alice ` read as `alice` on the console (HTML draws neither end's spaces), in the users list and
+    `keys list`: a key or plan an operator meant for alice went to a new user. Refused (400, field
+    `external_id`) on the admin API, the console and the CLI's service, nothing created or audited; a user
+    who already exists under such an id (an identity source's) is still managed."""
+    audit = len(api.get("/admin/api/audit").json()["entries"])
+    key = api.post("/admin/api/user/keys", params={"id": user}, json={"name": "laptop"})
+    plan = api.put("/admin/api/user/plan", params={"id": user}, json={"plan": None})
+    for answer in (key, plan):
+        assert answer.status_code == 400, answer.text
+        assert list(answer.json()["error"]["details"]["fields"]) == ["external_id"], answer.text
+    _, nonce = console.key_form("/admin/users/alice")
+    form = console.post("/admin/user/keys?" + urlencode({"id": user}), {"name": "x", "nonce": nonce})
+    assert form.status_code == 400 and "no space at either end" in form.text, form.text
+    assert console.post("/admin/user/plan?" + urlencode({"id": user}), {"plan": ""}).status_code == 400
+    assert api.get("/admin/api/user", params={"id": user}).status_code == 404
+    assert len(api.get("/admin/api/audit").json()["entries"]) == audit
+
+    asyncio.run(create_key(gw.settings.database_url, user))  # as a JWT's `sub` would have made it
+    assert api.put("/admin/api/user/plan", params={"id": user}, json={"plan": None}).status_code == 200
+    assert api.post("/admin/api/user/keys", params={"id": user}, json={}).status_code == 201

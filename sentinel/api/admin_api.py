@@ -37,9 +37,11 @@ from sentinel.api.deps import Deps
 from sentinel.api.responses import NO_STORE, NOSNIFF, RawResponse, operator_json
 from sentinel.api.throttle import address_of, client_of
 from sentinel.domain.numbers import MAX_INT64, parse_whole
+from sentinel.errors import InvalidRequest
 from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import MAX_ITEMS, limit_inputs, refuse
 from sentinel.services.admin_usage import EMPTY_WINDOW, STEPS, empty_window, parse_moment
+from sentinel.services.objects import repeated_key
 
 PREFIX = "/admin/api"
 
@@ -152,7 +154,11 @@ class AdminApiRoutes:
         return Actor("admin", address_of(request))
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        body = parse_json_object(await self.deps.read_body(request))
+        raw = await self.deps.read_body(request)
+        body = parse_json_object(raw)
+        # `{"limits": [...], "limits": []}` saved the plan without limits (orjson keeps the last value)
+        if (why := repeated_key(raw, body)) is not None:
+            raise InvalidRequest(f"Invalid JSON body: {why}", code="invalid_json")
         refuse_control_characters(body, "the body")
         return body
 

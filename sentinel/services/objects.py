@@ -490,12 +490,22 @@ def _json_field(value: bytes, *, text: bool = False) -> Any:
             "A form field's value that starts as JSON ({ or [) must be JSON Sentinel can read "
             "(valid UTF-8, no NaN, no lone surrogate)"
         ) from None
-    if _may_repeat_a_key(value, parsed):
-        try:
-            _strict_json(value)
-        except (ValueError, RecursionError) as exc:
-            raise MalformedUpload(f"A form field's JSON value must be JSON Sentinel can read: {exc}") from None
+    if (why := repeated_key(value, parsed)) is not None:
+        raise MalformedUpload(f"A form field's JSON value must be JSON Sentinel can read: {why}")
     return parsed
+
+
+def repeated_key(data: bytes, parsed: Any) -> str | None:
+    """Why `data`, which orjson read as `parsed`, is not read alike by every reader — a key given
+    twice, of which orjson keeps the last value and other readers the first (see `_batch_line`) —,
+    or None."""
+    if not _may_repeat_a_key(data, parsed):
+        return None
+    try:
+        _strict_json(data)
+    except (ValueError, RecursionError) as exc:
+        return str(exc)
+    return None
 
 
 # Calls that take an upload (`multipart/form-data`): a POST to one of these paths (`*`: any one

@@ -220,3 +220,22 @@ def test_a_new_user_whose_id_has_a_space_at_either_end_is_refused(
     asyncio.run(create_key(gw.settings.database_url, user))  # as a JWT's `sub` would have made it
     assert api.put("/admin/api/user/plan", params={"id": user}, json={"plan": None}).status_code == 200
     assert api.post("/admin/api/user/keys", params={"id": user}, json={}).status_code == 201
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/admin/api/plans/team", '{"limits": [{"metric": "requests", "limit": 5, "window": "1h"}], "limits": []}'),
+    ("/admin/api/users/alice/plan", '{"plan": "team", "plan": null}'),
+    ("/admin/api/plans/team", '{"limits": [{"metric": "requests", "limit": 5, "window": "1h", "limit": 0}]}'),
+])
+def test_a_body_giving_a_key_twice_is_refused_and_changes_nothing(api: httpx.Client, path: str, body: str) -> None:
+    """orjson keeps a repeated key's last value, other readers (a proxy, a reviewing script) the first:
+    `{"limits": [...], "limits": []}` saved the plan without limits, its users unlimited. 400 invalid_json."""
+    api.put("/admin/api/plans/team", json={"create": True, "limits": [{"metric": "requests", "limit": 7, "window": "1m"}]})
+    assert api.put("/admin/api/users/alice/plan", json={"plan": "team"}).status_code == 200
+    audit = len(api.get("/admin/api/audit").json()["entries"])
+    answer = api.put(path, content=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "invalid_json" and "twice" in answer.json()["error"]["message"], answer.text
+    assert api.get("/admin/api/plans/team").json()["spec"] == "requests=7/1m"
+    assert api.get("/admin/api/users/alice").json()["user"]["plan"] == "team"
+    assert len(api.get("/admin/api/audit").json()["entries"]) == audit

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import unicodedata
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -69,6 +70,7 @@ PLANS_MANAGED_BY_GOVERNANCE = (
 
 
 SPACED_ID = "no space at either end: a new user named so would read as another on the console"
+UNCOMPOSED_ID = "in Unicode's composed form (NFC): a new user named otherwise would read as another on the console"
 
 
 @dataclass(frozen=True)
@@ -195,22 +197,29 @@ class AdminService:
         origin = ("assigned" if summary and summary.plan_name else "default") if self.builtin else "governance"
         return UserDetail(external_id, summary, origin, quota, keys, recent, usage, models)
 
-    async def _spaced_new_user(self, external_id: str) -> bool:
-        """Whether `external_id` has whitespace at either end (a space, a no-break space, ...) and names
-        no user yet (no row, no usage). Created, `alice ` would read as `alice` on the console (HTML
-        draws neither end's spaces) and in `keys list`; one an identity source already vouched for (a
-        JWT's `sub`) stays manageable."""
-        if external_id == external_id.strip():
-            return False
-        return await self.users.get(external_id) is None and not await self.reports.stats.recent_requests(external_id, 1)
+    async def _misleading_new_id(self, external_id: str) -> str | None:
+        """Why `external_id` would read as another user's id on the console, when it names no user yet
+        (no row, no usage), or None: whitespace at either end (a space, a no-break space: HTML draws
+        neither end's, so `alice ` read as `alice`, also in `keys list`), or a form other than Unicode's
+        composed one (NFC: `cafe\u0301` is drawn as `café`, a second user beside it). One an identity
+        source already vouched for (a JWT's `sub`) stays manageable."""
+        if external_id != external_id.strip():
+            why = SPACED_ID
+        elif not unicodedata.is_normalized("NFC", external_id):
+            why = UNCOMPOSED_ID
+        else:
+            return None
+        if await self.users.get(external_id) is not None or await self.reports.stats.recent_requests(external_id, 1):
+            return None
+        return why
 
     async def set_user_plan(self, external_id: str, plan: str | None, actor: Actor) -> None:
         """Put a user (created if missing) on `plan` (None: the default plan); NotFound for an unknown plan."""
         self.plans_editable()
         if not external_id.strip() or len(external_id) > 255 or has_control(external_id):
             raise refuse({"external_id": "1-255 characters, no control characters"})
-        if await self._spaced_new_user(external_id):
-            raise refuse({"external_id": SPACED_ID})
+        if (misleading := await self._misleading_new_id(external_id)) is not None:
+            raise refuse({"external_id": misleading})
         await self.plan_repo.set_user_plan(
             external_id, plan, lambda before: self._entry(actor, "user.plan", external_id, {"from": before, "to": plan})
         )
@@ -313,8 +322,8 @@ class AdminService:
         for named, value in (("external_id", external_id), ("name", name), ("email", email)):
             if value is not None and has_control(value):  # as the admin API and the console refuse them
                 errors[named] = "no control characters (NUL, CR, LF, ...)"
-        if not errors and await self._spaced_new_user(external_id):
-            errors["external_id"] = SPACED_ID
+        if not errors and (misleading := await self._misleading_new_id(external_id)) is not None:
+            errors["external_id"] = misleading
         if errors:
             raise refuse(errors)
 

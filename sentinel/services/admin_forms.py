@@ -183,6 +183,7 @@ def check_tier_entries(lines: Iterable[str]) -> list[TierModelEntry]:
     blank items are skipped."""
     errors: dict[str, str] = {}
     entries: list[TierModelEntry] = []
+    seen: dict[tuple[str, str], int] = {}
     counted = 0
     for i, line in enumerate(lines):
         if not line.strip():
@@ -201,6 +202,9 @@ def check_tier_entries(lines: Iterable[str]) -> list[TierModelEntry]:
             continue
         if not 1 <= entry.relative_cost <= MAX_COST:
             errors[f"entries.{i}"] = f"the relative cost must be 1 to {MAX_COST}"
+            continue
+        if (earlier := seen.setdefault((entry.provider, entry.model), i)) != i:  # a failover would retry it
+            errors[f"entries.{i}"] = f"{entry.provider}/{entry.model} is candidate {earlier + 1} already"
             continue
         entries.append(entry)
     if errors:

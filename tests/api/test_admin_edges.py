@@ -240,3 +240,16 @@ def test_a_body_giving_a_key_twice_is_refused_and_changes_nothing(api: httpx.Cli
     assert api.get("/admin/api/plans/team").json()["spec"] == "requests=7/1m"
     assert api.get("/admin/api/users/alice").json()["user"]["plan"] == "team"
     assert len(api.get("/admin/api/audit").json()["entries"]) == audit
+
+
+def test_a_tier_naming_one_candidate_twice_is_refused(api: httpx.Client, console: Console) -> None:
+    """`openai/gpt-4o:1` and `openai/gpt-4o:2` in one tier were saved: a failover tried the same
+    upstream again. 400 naming the second entry, the tier as it was (API and console)."""
+    before = api.get("/admin/api/tiers").json()["effective"]["simple"]
+    answer = api.put("/admin/api/tiers/simple", json={"entries": ["openai/gpt-4o:1", "anthropic/claude-3-5-haiku-20241022:2",
+                                                                  "openai/gpt-4o:3"]})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["details"]["fields"] == {"entries.2": "openai/gpt-4o is candidate 1 already"}
+    page = console.post("/admin/tiers/simple", {"entries": "openai/gpt-4o:1\nopenai/gpt-4o:1"})
+    assert page.status_code == 400 and "candidate 1 already" in page.text, page.text
+    assert api.get("/admin/api/tiers").json()["effective"]["simple"] == before

@@ -275,6 +275,11 @@ class Settings(BaseSettings):
     governance: GovernanceKind = env("GOVERNANCE", GovernanceKind.builtin)
     zion_api_url: str | None = env("ZION_API_URL", None)
     zion_api_key: SecretStr | None = env("ZION_API_KEY", None)
+    # A usage batch's call to Zion (up to 500 increments, applied one by one) may take longer than the
+    # 3 s an identity or limits lookup gets on the request path; a batch whose call timed out is not
+    # sent again before this much more has passed (Zion may still be applying it). At most
+    # MAX_SINK_WAIT (the deliverer's longest wait).
+    zion_usage_timeout_seconds: float = env("ZION_USAGE_TIMEOUT_SECONDS", 30.0, gt=0, le=300)
     jwt_jwks_url: str | None = env("JWT_JWKS_URL", None)
     jwt_secret: SecretStr | None = env("JWT_SECRET", None)
     jwt_audience: str | None = env("JWT_AUDIENCE", None)

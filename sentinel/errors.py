@@ -211,7 +211,16 @@ class RevocationIncomplete(StoreUnavailable):
 
 
 class GovernanceUnavailable(ServiceUnavailable):
+    """The governance source (Zion, the database) could not answer. `resend_after`: seconds before
+    which the same call should not be made again — Zion's `Retry-After` (a 429, a 503), or a usage
+    batch whose call timed out, which Zion may still be applying; None when nothing was asked. The
+    usage deliverer honours it (`sentinel.quota.deliverer`)."""
+
     code = "governance_unavailable"
+
+    def __init__(self, message: str, *, resend_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.resend_after = resend_after
 
 
 class UsageBatchRefused(GovernanceUnavailable):

@@ -215,7 +215,7 @@ def build_governance(
     if s.governance is GovernanceKind.zion:
         zion_key = reveal(s.zion_api_key)
         assert s.zion_api_url and zion_key  # checked by Settings
-        zion = ZionClient(s.zion_api_url, zion_key, session=http)
+        zion = ZionClient(s.zion_api_url, zion_key, session=http, usage_timeout=s.zion_usage_timeout_seconds)
     if reveal(s.jwt_secret) or s.jwt_jwks_url:
         verifier = JwtVerifier(reveal(s.jwt_secret), s.jwt_jwks_url, s.jwt_audience, s.jwt_issuer, http,
                                max_age=s.jwt_jwks_max_age_seconds, max_stale=s.jwt_jwks_max_stale_seconds)

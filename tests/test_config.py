@@ -22,6 +22,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.stream_max_seconds == 900
     assert s.max_unstored_records == 100_000
     assert s.database_pool_size == 10 and s.database_max_overflow == 10
+    assert s.zion_usage_timeout_seconds == 30
     assert s.use_embedded_mock
     assert s.effective_openai_url == "https://api.openai.com/v1"
 
@@ -70,6 +71,9 @@ def test_an_empty_providers_file_setting_is_unset(monkeypatch: pytest.MonkeyPatc
         ("DATABASE_MAX_OVERFLOW", "-1"),
         ("DATABASE_MAX_OVERFLOW", "1001"),
         ("DATABASE_MAX_OVERFLOW", "lots"),
+        ("ZION_USAGE_TIMEOUT_SECONDS", "0"),
+        ("ZION_USAGE_TIMEOUT_SECONDS", "301"),
+        ("ZION_USAGE_TIMEOUT_SECONDS", "soon"),
     ],
 )
 def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:

@@ -1,8 +1,11 @@
 """The Zion governance API over one pooled aiohttp session, and the sources built on it.
 
-`ZionClient` is the only place that talks to Zion: each call has a timeout, is retried with
-exponential backoff and jitter on a 5xx, a dropped connection or a timeout (never on a 4xx), and
-every aiohttp/asyncio failure becomes `GovernanceUnavailable` here, once. The service key goes in
+`ZionClient` is the only place that talks to Zion: each call has a timeout (a usage delivery its
+own, longer one: `usage_timeout`), is retried with exponential backoff and jitter on a 5xx, a
+dropped connection or a timeout (never on a 4xx), and every aiohttp/asyncio failure becomes
+`GovernanceUnavailable` here, once. A usage delivery is not retried within the call after a timeout
+(Zion may still be applying it) nor after an answer carrying `Retry-After`: the error says how long
+to wait (`resend_after`), and the deliverer waits it before it sends the batch again. The service key goes in
 `x-api-key` and is never logged; Zion's error bodies are never passed on to clients.
 
 A circuit breaker (`sentinel.breaker`) counts outages only (connection errors, timeouts, 5xx; any
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
@@ -74,10 +78,14 @@ WIRE_METRICS: dict[str, Metric] = {
 
 class ZionStatusError(GovernanceUnavailable):
     """Zion answered with an unexpected status; `zion_status` keeps it (4xx ones are not retryable),
-    `retry_after` Zion's Retry-After seconds when it sent one (e.g. with a 429)."""
+    `retry_after` Zion's Retry-After seconds when it sent one (e.g. with a 429), also the
+    `resend_after` unless another is given."""
 
-    def __init__(self, message: str, *, zion_status: int, retry_after: float | None = None) -> None:
-        super().__init__(message, retry_after=retry_after or 1.0)
+    def __init__(
+        self, message: str, *, zion_status: int, retry_after: float | None = None, resend_after: float | None = None
+    ) -> None:
+        super().__init__(message, retry_after=retry_after or 1.0,
+                         resend_after=retry_after if resend_after is None else resend_after)
         self.zion_status = zion_status
 
 
@@ -141,6 +149,7 @@ class ZionClient:
         *,
         session: aiohttp.ClientSession | None = None,
         timeout: float = 3.0,
+        usage_timeout: float = 30.0,
         connect_timeout: float = 1.0,
         backoff: Backoff | None = None,
         breaker: CircuitBreaker | None = None,
@@ -150,7 +159,11 @@ class ZionClient:
         self._api_key = api_key
         self._session = session
         self._owned = session is None
+        # Identity, limits and tier config are on the request path: a short timeout. A usage batch
+        # (up to MAX_BATCH increments Zion applies one by one) gets one that fits it
+        # (ZION_USAGE_TIMEOUT_SECONDS): cut at 3 s it was sent again while Zion still applied it.
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
+        self._usage_timeout = aiohttp.ClientTimeout(total=usage_timeout, connect=connect_timeout)
         self._backoff = backoff or Backoff(base=0.1, cap=2.0, attempts=3)
         # Identity, limits and tier config share one breaker; usage delivery has its own: the usage
         # endpoint failing (or one batch Zion answers 500 to, sent again under its key for as long)
@@ -264,8 +277,11 @@ class ZionClient:
         usage: bool = False,
     ) -> Any:
         """One API call with retries; Zion's `data` (None when the status is one of `none_on`).
-        `usage`: a usage delivery, behind `usage_breaker` (every other call is behind `breaker`)."""
+        `usage`: a usage delivery, behind `usage_breaker` (every other call is behind `breaker`), with
+        the usage timeout; one that times out once its connection was made, or is answered with a
+        `Retry-After`, is not sent again here: `resend_after` says when it may be."""
         breaker = self.usage_breaker if usage else self.breaker
+        timeout = self._usage_timeout if usage else self._timeout
         sent = {**(headers or {}), "Accept-Encoding": "identity"}
         if service:
             sent["x-api-key"] = self._api_key
@@ -286,12 +302,17 @@ class ZionClient:
                 # Not redirected (the service key would go wherever Zion pointed), not compressed
                 # (the app's session does not inflate answers).
                 async with self._http().request(
-                    method, url, headers=sent, data=payload, timeout=self._timeout, allow_redirects=False
+                    method, url, headers=sent, data=payload, timeout=timeout, allow_redirects=False
                 ) as resp:
                     status, raw, wait = resp.status, await _read_capped(resp), resp.headers.get("Retry-After", "")
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 breaker.failure()
                 problem = f"Zion unreachable on {method} {route}: {type(exc).__name__}"
+                if usage and isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ConnectionTimeoutError):
+                    # Sent, maybe still being applied: sent again at once under its key, it was counted
+                    # twice by a Zion that looks a key up only once it has applied it. Not before
+                    # the timeout has passed once more (the deliverer waits it).
+                    raise GovernanceUnavailable(problem, resend_after=timeout.total) from exc
                 if last:
                     raise GovernanceUnavailable(problem) from exc
             else:
@@ -304,9 +325,14 @@ class ZionClient:
                 if 200 <= status < 300:
                     return _data(raw, route)
                 problem = f"Zion answered {status} to {method} {route}"
-                if status < 500 or last:
-                    retry_after = parse_retry_after(wait)
-                    raise ZionStatusError(problem, zion_status=status, retry_after=retry_after)
+                retry_after = parse_retry_after(wait, now=time.time())
+                # A usage delivery Zion asks to wait (a 503 with Retry-After) is not sent again now:
+                # the deliverer waits what Zion asked, and meanwhile calls it for nothing else. A 504
+                # (a proxy in front of Zion that stopped waiting) is a timed-out call: Zion may still
+                # be applying it.
+                resend = timeout.total if usage and status == 504 and retry_after is None else retry_after
+                if status < 500 or last or (usage and resend is not None):
+                    raise ZionStatusError(problem, zion_status=status, retry_after=retry_after, resend_after=resend)
             if breaker.state == "open":  # this failure opened it: do not keep trying
                 raise GovernanceUnavailable(f"{problem}; circuit open", retry_after=breaker.retry_after())
             log.warning("%s; retrying (attempt %d of %d)", problem, attempt + 1, self._backoff.attempts)

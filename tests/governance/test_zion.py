@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,7 @@ from sentinel.governance.jwt import JwtVerifier, LocalJwtIdentitySource
 from sentinel.governance.zion import MAX_ZION_TOKEN_BYTES, ZionClient, ZionIdentitySource, ZionStatusError
 from tests.support.fake_zion import BATCH, LIMITS, ME, FakeZion
 from tests.support.servers import free_port, serving
+from tests.support.waiting import reached
 
 FAST = Backoff(attempts=3, base=0.01, cap=0.05)
 T = datetime(2024, 1, 15, 10, 30, 0, 123456, tzinfo=UTC)
@@ -43,6 +45,7 @@ def fake() -> Iterator[FakeZion]:
         zion.url = server.url
         yield zion
         zion.set_down(False)  # release hanging requests before the server stops
+        zion.hold_batches(False)
 
 
 @pytest.fixture
@@ -341,6 +344,77 @@ async def test_429_is_not_retried(client: ZionClient, fake: FakeZion) -> None:
     with pytest.raises(ZionStatusError) as caught:
         await client.tier_config()
     assert caught.value.zion_status == 429 and fake.received == 1
+
+
+async def test_a_usage_batch_gets_longer_than_an_identity_lookup(fake: FakeZion) -> None:
+    """A usage batch has a timeout of its own (ZION_USAGE_TIMEOUT_SECONDS, 30 s by default); the
+    lookups on the request path keep their short one. The batch is held until a `/users/me` sent
+    after it has timed out, so it took longer than that timeout: with one timeout for every call it
+    was cut (and sent twice more) while Zion was still to apply it."""
+    client = ZionClient(fake.url, fake.api_key, timeout=0.2, backoff=FAST)
+    try:
+        fake.set_down(True, "hang")
+        sending = asyncio.ensure_future(client.batch_increment([record(1)], "key-slow"))
+        assert await reached(lambda: fake.attempts[BATCH] == 1)
+        with pytest.raises(GovernanceUnavailable, match="unreachable"):
+            await client.me("tok-alice")
+        fake.set_down(False)
+        result = await sending
+    finally:
+        await client.aclose()
+    assert result.applied == ["req-1"]
+    assert fake.attempts[BATCH] == 1 and fake.totals["alice@example.com"]["aiRequests"] == 1
+
+
+async def test_a_usage_batch_that_timed_out_is_not_sent_again_in_the_call(fake: FakeZion) -> None:
+    """Zion may still be applying a batch whose call timed out: sent again at once under its key, a
+    Zion that looks a key up only once it has applied it counted each copy (here three). The error
+    says to wait the timeout once more before sending it again (`resend_after`)."""
+    client = ZionClient(fake.url, fake.api_key, timeout=2.0, usage_timeout=0.2, backoff=FAST)
+    fake.hold_batches(True)
+    try:
+        with pytest.raises(GovernanceUnavailable) as caught:
+            await client.batch_increment([record(1)], "key-slow")
+        assert fake.attempts[BATCH] == 1
+        fake.hold_batches(False)
+        assert await reached(lambda: len(fake.applied) == 1)
+    finally:
+        await client.aclose()
+    assert caught.value.resend_after == pytest.approx(0.2)
+    assert fake.totals["alice@example.com"]["aiRequests"] == 1
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_usage_batch_zion_asks_to_wait_is_not_sent_again_in_the_call(
+    client: ZionClient, fake: FakeZion, status: int
+) -> None:
+    """Zion's Retry-After on a usage batch is passed on (`resend_after`) for the deliverer to wait,
+    not answered with a retry a few milliseconds later (a 503 was retried at once, twice)."""
+    fake.fail_next(3, status=status, retry_after="120")
+    with pytest.raises(ZionStatusError) as caught:
+        await client.batch_increment([record(1)], "key-wait")
+    assert caught.value.resend_after == 120 and fake.attempts[BATCH] == 1
+    assert not fake.applied
+
+
+async def test_a_usage_batch_a_proxy_answers_504_to_is_a_timed_out_call(fake: FakeZion) -> None:
+    """A 504 is a proxy in front of Zion that stopped waiting, while Zion may still apply the batch:
+    not sent again in the call (it was, at once, twice), but after the usage timeout."""
+    client = ZionClient(fake.url, fake.api_key, usage_timeout=7.0, backoff=FAST)
+    fake.fail_next(3, status=504)
+    try:
+        with pytest.raises(ZionStatusError) as caught:
+            await client.batch_increment([record(1)], "key-proxy")
+    finally:
+        await client.aclose()
+    assert caught.value.resend_after == 7.0 and fake.attempts[BATCH] == 1
+
+
+async def test_a_lookup_zion_answers_503_with_retry_after_is_still_retried(client: ZionClient, fake: FakeZion) -> None:
+    """On the request path a 503 is retried within the call as before, Retry-After or not."""
+    fake.fail_next(1, status=503, retry_after="120")
+    assert await client.me("tok-alice") is not None
+    assert fake.received == 2
 
 
 # --- a hostile or broken Zion: answers of the wrong shape are an outage, never a 500 ---------------------

@@ -2,7 +2,7 @@
 
 Serve it on a real socket with `tests.support.servers.serving(fake)` (the object is an ASGI app)
 and drive it from the test thread with plain methods: `add_user`, `refuse_user`, `set_down`, `fail_next`,
-`set_honour_idempotency`, `fail_batches`, `reject_model`, `refuse_batches_with`, `lose_batch_answers`, `reshape_batch_results`; read `calls` (per route, requests that got past the
+`set_honour_idempotency`, `fail_batches`, `hold_batches`, `reject_model`, `refuse_batches_with`, `lose_batch_answers`, `reshape_batch_results`; read `calls` (per route, requests that got past the
 failure controls), `attempts` (per route, every request, failed ones too), `received` (all
 requests), `applied`, `totals` (per email), `seen`. A lock guards
 the state because the server runs in another thread.
@@ -126,7 +126,8 @@ class FakeZion:
         self._users: list[FakeUser] = []
         self._refused: dict[str, int] = {}  # token -> the status /users/me answers for it
         self._down: str | None = None
-        self._fail_next: list[int] = []
+        self._fail_next: list[tuple[int, str | None]] = []  # (status, Retry-After)
+        self._hold_batches = False
         self._honour_idempotency = True
         self._lose_batch_answers = 0
         self._batch_status: int | None = None
@@ -190,10 +191,18 @@ class FakeZion:
             raise ValueError(mode)
         self._down = mode if down else None
 
-    def fail_next(self, count: int, status: int = 503) -> None:
-        """The next `count` calls (any path) answer `status` before anything is applied."""
+    def fail_next(self, count: int, status: int = 503, *, retry_after: str | None = None) -> None:
+        """The next `count` calls (any path) answer `status` (with `Retry-After: retry_after` when
+        given) before anything is applied."""
         with self._lock:
-            self._fail_next += [status] * count
+            self._fail_next += [(status, retry_after)] * count
+
+    def hold_batches(self, hold: bool) -> None:
+        """Hold: every batch-increment call (counted in `attempts`) waits before it is handled until
+        released (`hold_batches(False)`), then is applied as usual: a Zion slower than the client's
+        timeout, which applies a batch whose caller has given up. Like a Zion that looks a key up only
+        once it has applied it, copies held together are each applied."""
+        self._hold_batches = hold
 
     def set_honour_idempotency(self, honour: bool) -> None:
         self._honour_idempotency = honour
@@ -243,7 +252,7 @@ class FakeZion:
         with self._lock:
             self.received += 1
             self.attempts[_route(scope.get("path", ""))] += 1
-            failing = self._fail_next.pop(0) if self._fail_next else None
+            failing, retry_after = self._fail_next.pop(0) if self._fail_next else (None, None)
             if failing is None and scope.get("path") == BATCH:
                 failing = self._batch_status
         if self._down == "hang":
@@ -257,7 +266,10 @@ class FakeZion:
             return None
         elif self._down == "503" or failing is not None:
             status = failing or 503
-            return await _error(status, "UNAVAILABLE", "zion is down")(scope, receive, send)
+            answer = _error(status, "UNAVAILABLE", "zion is down")
+            if retry_after is not None:
+                answer.headers["Retry-After"] = retry_after
+            return await answer(scope, receive, send)
         return await self._app(scope, receive, send)
 
     def _note(self, request: Request, route: str) -> None:
@@ -333,6 +345,10 @@ class FakeZion:
 
     async def _batch(self, request: Request) -> Response:
         self._note(request, BATCH)
+        if self._hold_batches:
+            await request.body()  # read whole, as Zion does before it works on a batch
+            while self._hold_batches:  # noqa: ASYNC110 - set from the test thread
+                await asyncio.sleep(0.02)
         response = await self._idempotently(request, BATCH, self._apply_batch)
         with self._lock:
             if self._lose_batch_answers <= 0:

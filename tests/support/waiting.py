@@ -33,6 +33,16 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = 20
     return await check()
 
 
+async def reached(condition: Callable[[], bool], *, within: float = 15.0) -> bool:
+    """`eventually` for a plain condition on what another thread changes (a fake server's counts):
+    polled without blocking the test's event loop."""
+
+    async def check() -> bool:
+        return condition()
+
+    return await eventually(check, within=within, every=0.02)
+
+
 async def until(condition: Callable[[], bool], *, turns: int = 10_000) -> None:
     """Let the event loop's other tasks run until `condition` holds (for in-process fakes: counted
     loop turns, no clock); AssertionError when it never does."""

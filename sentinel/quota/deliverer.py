@@ -20,6 +20,13 @@ any failure does: the retry sends the parts not yet answered, under the same par
 takeover after a crash finds the batch under its split key and sends every part under the same key
 again (replayed by a sink that honours keys), never the batch whole.
 
+When the sink asks for a wait (`GovernanceUnavailable.resend_after`: Zion's `Retry-After` on a 429
+or 503, or a batch whose call timed out, which Zion may still be applying) nothing is sent to it
+before that wait has passed — at least the backoff's delay, at most MAX_SINK_WAIT — not the held
+batch, no new one, not at shutdown; the deliverer goes on with everything else meanwhile (orphans
+are stored, the held batch's lease renewed every third of a lease). Never a wait of its own: a
+cycle returns at once while it lasts.
+
 A batch claimed from memory (its records found no durable outbox) is moved to the outbox table under
 its key at its next failure, and at shutdown (`DurableOutbox.keep`): from there it is taken over
 whole under its key, so neither a crash loses it nor a restart sends it under a new key.
@@ -46,6 +53,9 @@ log = logging.getLogger("sentinel.deliverer")
 
 KEEP_TIMEOUT = 5.0  # at shutdown, how long storing what only memory holds may take
 PARTS_AT_ONCE = 8  # records of a batch delivered apart that are sent at the same time
+# The longest wait the sink may ask for (Retry-After, a timed-out call) before it is called again: a
+# longer one (Zion may send a day) holds usage back past what `used` figures and operators expect.
+MAX_SINK_WAIT = 300.0
 
 
 def delivery_backoff(lease_seconds: float) -> Backoff:
@@ -88,6 +98,9 @@ class UsageDeliverer:
         # Of a batch delivered apart, the records the sink answered: request id -> refused.
         self._parts: dict[str, bool] = {}
         self._not_before = 0.0
+        # The sink asked not to be called before this (`clock`): Retry-After, a timed-out call. Unlike
+        # `_not_before`, kept when the held batch is let go of, and by `drain`.
+        self._quiet_until = 0.0
         self._leased_at = 0.0  # when the held batch's lease was last taken or renewed (`clock`)
         self._moving = asyncio.Lock()  # the held batch's split (`_send`) and the lease keeper's renewals
         self._keeper_renews = False  # the lease keeper (`_renewing`) is renewing the held batch now
@@ -99,6 +112,9 @@ class UsageDeliverer:
         sink accepted, 0 when nothing was delivered (nothing waiting, a failure, or not yet due)."""
         if self.outbox.orphans:  # every cycle: also while a batch waits for its retry (a long outage)
             await self.outbox.rescue_orphans(between=self._keep_lease)
+        if self.clock() < self._quiet_until:  # the sink asked for a wait: nothing goes to it meanwhile
+            await self._keep_lease()
+            return 0
         if self.held is None:
             if self.clock() < self._not_before:  # pausing after a batch the sink refused whole
                 return 0
@@ -116,7 +132,8 @@ class UsageDeliverer:
                 batch, refused = await self._leased(self._send(batch))
             except (GovernanceUnavailable, StoreUnavailable) as exc:
                 self.metrics.deliveries.labels("failure").inc()
-                self._later(exc.message, "usage delivery failed; retrying the same batch")
+                asked = exc.resend_after if isinstance(exc, GovernanceUnavailable) else None
+                self._later(exc.message, "usage delivery failed; retrying the same batch", asked=asked)
                 await self._keep_held()
                 return 0
             except Exception as exc:  # noqa: BLE001 - no outage (odd JSON from a sink, a bug): back off all the same
@@ -147,9 +164,8 @@ class UsageDeliverer:
     async def _leased(self, sending: Awaitable[tuple[Batch, list[str]]]) -> tuple[Batch, list[str]]:
         """Await `sending` (a delivery of the held batch) while a task of its own renews the batch's
         lease every third of a lease. Renewed only before each retry, a delivery longer than the
-        lease — a Zion call with its own retries takes up to ~13 s, past a lease of 20 s or less
-        (`USAGE_LEASE_SECONDS`) — let another replica take the batch over and send it too, while
-        this one still sent it."""
+        lease — a Zion usage call with its own retries, each attempt up to ZION_USAGE_TIMEOUT_SECONDS
+        — let another replica take the batch over and send it too, while this one still sent it."""
         stopping = asyncio.Event()
         keeper = asyncio.ensure_future(self._renewing(stopping))
         try:
@@ -293,11 +309,16 @@ class UsageDeliverer:
         except SentinelError:
             pass  # the lease may run out meanwhile: a takeover sends the same batch under the same key
 
-    def _later(self, error: str, message: str) -> None:
+    def _later(self, error: str, message: str, *, asked: float | None = None) -> None:
         """Back off before the next attempt at the held batch (`error`: what to log of the failure —
-        never an exception's text that could carry a batch's records)."""
+        never an exception's text that could carry a batch's records). `asked`: the wait the sink
+        asked for (`resend_after`): nothing goes to the sink before it has passed — at least the
+        backoff's delay (a `Retry-After: 0` never makes the deliverer spin), at most MAX_SINK_WAIT."""
         self.failures += 1
         delay = self.backoff.delay(self.failures)
+        if asked is not None:
+            delay = max(delay, min(asked, MAX_SINK_WAIT))
+            self._quiet_until = self.clock() + delay
         self._not_before = self.clock() + delay
         held = self.held.key if self.held is not None else None
         log.warning(message, extra={"error": error, "retry_in_s": round(delay, 2), "batch": held})
@@ -388,7 +409,7 @@ class UsageDeliverer:
 
     async def drain(self) -> None:
         """Deliver batches until nothing deliverable is left or a delivery fails (a batch waiting
-        for its retry is tried once more right away)."""
+        for its retry is tried once more right away, unless the sink asked for a wait)."""
         self._not_before = 0.0
         while await self.deliver_once() > 0:
             pass

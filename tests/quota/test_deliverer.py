@@ -40,6 +40,7 @@ class Sink:
         self.refuse: set[str] = set()
         self.hang = False
         self.crash_once = False
+        self.asks: float | None = None  # while down, the wait it asks for (`resend_after`)
 
     async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
         if self.crash_once:
@@ -49,7 +50,7 @@ class Sink:
             await asyncio.Event().wait()
         self.keys.append(idempotency_key)
         if self.down:
-            raise GovernanceUnavailable("ledger unavailable")
+            raise GovernanceUnavailable("ledger unavailable", resend_after=self.asks)
         self.delivered += [r.request_id for r in records if r.request_id not in self.refuse]
         return [r.request_id for r in records if r.request_id in self.refuse]
 
@@ -664,6 +665,61 @@ async def test_a_long_rescue_keeps_the_held_batch_leased(sessions: async_session
     await deliverer.deliver_once()
     assert outbox.orphans == []
     assert [b.key for b in taken if b is not None and b.key == held.key] == []  # nobody else took it
+
+
+async def test_a_wait_the_sink_asks_for_outlasting_the_lease_keeps_the_batch(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """A sink asking for a wait longer than the lease (Zion's Retry-After: 120, a lease of 30 s): the
+    lease is renewed every third of a lease while the deliverer waits, never the sink called; else
+    another replica took the batch over and sent it at once, Retry-After or not."""
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    clock = FakeClock()
+    sql = SqlOutbox(sessions, lease_seconds=30, clock=lambda: now[0])
+    other = SqlOutbox(sessions, lease_seconds=30, clock=lambda: now[0])  # another replica's
+    sink = Sink()
+    deliverer = UsageDeliverer(DurableOutbox(sql), sink, Metrics(), backoff=delivery_backoff(30), clock=clock)
+    await sql.put(usage_record("r1"))
+    sink.down, sink.asks = True, 120.0
+    assert await deliverer.deliver_once() == 0
+    for _ in range(11):  # 110 s, a cycle every 10 s
+        now[0] += timedelta(seconds=10)
+        clock.advance(10)
+        assert await deliverer.deliver_once() == 0
+        assert await other.claim(10) is None  # still this deliverer's
+    assert len(sink.keys) == 1
+    sink.down = False
+    now[0] += timedelta(seconds=10)
+    clock.advance(10)
+    assert await deliverer.deliver_once() == 1
+    assert sink.keys == [sink.keys[0]] * 2 and await sql.depth() == 0
+
+
+async def test_a_wait_the_sink_asks_for_holds_back_every_batch_and_is_at_least_the_backoff() -> None:
+    """While the sink's wait lasts nothing is sent to it: not the held batch, nor — once a batch
+    claimed from memory is stored under its key and let go of — any other; a wait shorter than the
+    backoff (`Retry-After: 0`) is the backoff's, never a deliverer calling the sink every cycle."""
+    s = Setup()
+    s.part.down = True
+    await s.put("r1")
+    s.sink.down, s.sink.asks = True, 0.0
+    assert await s.deliverer.deliver_once() == 0  # claimed from memory, failed, the table down: held
+    assert await s.deliverer.deliver_once() == 0  # the backoff's 1 s: no call
+    assert len(s.sink.keys) == 1
+    s.clock.advance(1)
+    s.sink.asks = 60.0
+    s.part.down = False
+    assert await s.deliverer.deliver_once() == 0  # failed again, asked for 60 s: stored, let go of
+    assert s.deliverer.held is None and sorted(s.part.items) == ["r1"]
+    await s.put("r2")
+    s.sink.down = False
+    s.clock.advance(59.5)
+    assert await s.deliverer.deliver_once() == 0
+    await s.deliverer.drain()  # nor at shutdown
+    assert len(s.sink.keys) == 2
+    s.clock.advance(0.5)
+    await s.deliverer.drain()
+    assert sorted(s.sink.delivered) == ["r1", "r2"]
 
 
 class Sleeps:

@@ -29,7 +29,7 @@ from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.zion import ZionClient
 from sentinel.governance.zion_sources import ZionSink
 from sentinel.observability.metrics import Metrics
-from sentinel.quota.deliverer import UsageDeliverer
+from sentinel.quota.deliverer import MAX_SINK_WAIT, UsageDeliverer
 from sentinel.quota.outbox import DurableOutbox, RedisStreamOutbox, SqlOutbox
 from sentinel.store import MemoryStore, Store
 from tests.support.clock import FakeClock
@@ -38,6 +38,7 @@ from tests.support.lost_replies import LostClusterReply, read_twice_once
 from tests.support.outbox_worlds import age_redis_stream
 from tests.support.redis_cluster import redis_cluster, redis_cluster_url
 from tests.support.servers import serving
+from tests.support.waiting import reached
 
 __all__ = ["redis_cluster", "redis_cluster_url"]
 
@@ -90,8 +91,12 @@ class Rig:
         stream = RedisStreamOutbox(self.store, lease_seconds=lease) if self.store is not None else None  # type: ignore[arg-type]
         return DurableOutbox(SqlOutbox(self.sessions, lease_seconds=lease), stream)
 
-    def deliverer(self, outbox: DurableOutbox) -> UsageDeliverer:
-        return UsageDeliverer(outbox, self.sink, Metrics(), batch_size=10, backoff=NO_WAIT)
+    def deliverer(
+        self, outbox: DurableOutbox, *, clock: FakeClock | None = None, sink: RecordingSink | None = None
+    ) -> UsageDeliverer:
+        if clock is None:
+            return UsageDeliverer(outbox, sink or self.sink, Metrics(), batch_size=10, backoff=NO_WAIT)
+        return UsageDeliverer(outbox, sink or self.sink, Metrics(), batch_size=10, backoff=NO_WAIT, clock=clock)
 
     async def age(self, seconds: float) -> None:
         """Let time pass for entries pending in the stream (rows' leases are not needed here)."""
@@ -121,6 +126,7 @@ def zion() -> Iterator[FakeZion]:
     with serving(fake) as server:
         fake.url = server.url
         yield fake
+        fake.hold_batches(False)  # release held requests before the server stops
 
 
 @pytest.fixture(params=["table", pytest.param("redis-stream", marks=pytest.mark.redis), "memory-stream"])
@@ -360,6 +366,68 @@ async def test_a_batch_refused_for_sentinels_key_or_an_outage_is_kept_whole(
     rig.zion.fail_batches(None)
     await rig.deliver_all(deliverer, outbox)
     assert len(set(rig.sink.attempts)) == 1, rig.sink.attempts  # still whole, under its key
+    assert [rig.counted(n) for n in range(2)] == [1, 1]
+
+
+@pytest.mark.parametrize(("status", "asked", "waited"), [
+    (429, "120", 120.0), (503, "120", 120.0), (429, "86400", MAX_SINK_WAIT),
+])
+async def test_zion_asking_to_wait_gets_no_usage_call_before_the_wait_has_passed(
+    rig: Rig, status: int, asked: str, waited: float
+) -> None:
+    """Zion's Retry-After on a usage batch (429, 503) is honoured, up to MAX_SINK_WAIT: nothing goes
+    to the usage endpoint before it has passed — not the held batch, not a new one, not a drain at
+    shutdown — while the rest of Zion is asked as usual. Then the same batch goes under its key.
+    (Ignored, the 429's batch went again after the backoff's second, the 503's at once in the call.)"""
+    clock = FakeClock()
+    outbox = rig.outbox()
+    deliverer = rig.deliverer(outbox, clock=clock)
+    for n in (0, 1):
+        await outbox.put(record(n))
+    rig.zion.fail_next(1, status=status, retry_after=asked)
+    assert await deliverer.deliver_once() == 0
+    await outbox.put(record(2))
+    clock.advance(waited - 0.5)
+    assert await deliverer.deliver_once() == 0
+    await deliverer.drain()
+    assert rig.zion.attempts[BATCH] == 1
+    assert await rig.client.me("tok-0") is not None  # for the usage sink only
+    clock.advance(0.5)
+    await rig.deliver_all(deliverer, outbox)
+    first = rig.sink.attempts_with("req-0")
+    assert len(first) == 2 and len(set(first)) == 1, rig.sink.attempts  # the same batch, under its key
+    assert [rig.counted(n) for n in range(3)] == [1, 1, 1]
+
+
+async def test_a_batch_whose_call_timed_out_goes_again_only_after_the_timeout_once_more(rig: Rig) -> None:
+    """A Zion slower than the usage timeout may still be applying the batch: sent again under its key
+    right away (in the call, then at the deliverer's retry), each copy was counted by a Zion that
+    looks a key up only once it has applied it. It goes again once the timeout has passed once more
+    (by the deliverer's clock), and Zion, done by then, replays it."""
+    client = ZionClient(
+        rig.zion.url, rig.zion.api_key, timeout=2.0, usage_timeout=0.2, backoff=Backoff(base=0.001, cap=0.002),
+        breaker=CircuitBreaker(threshold=1000), usage_breaker=CircuitBreaker(threshold=1000),
+    )
+    sink = RecordingSink(ZionSink(client))
+    clock = FakeClock()
+    outbox = rig.outbox()
+    deliverer = rig.deliverer(outbox, clock=clock, sink=sink)
+    for n in (0, 1):
+        await outbox.put(record(n))
+    rig.zion.hold_batches(True)
+    try:
+        assert await deliverer.deliver_once() == 0  # timed out: Zion holds it
+        clock.advance(0.1)
+        assert await deliverer.deliver_once() == 0
+        assert rig.zion.attempts[BATCH] == 1
+        rig.zion.hold_batches(False)
+        assert await reached(lambda: len(rig.zion.applied) == 2)
+        clock.advance(0.15)
+        await rig.deliver_all(deliverer, outbox)
+    finally:
+        await client.aclose()
+    assert len(sink.attempts) == 2 and len(set(sink.attempts)) == 1, sink.attempts
+    assert rig.zion.attempts[BATCH] == 2
     assert [rig.counted(n) for n in range(2)] == [1, 1]
 
 

@@ -5,17 +5,20 @@ while queued is not sent."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from pathlib import Path
 
+import hiredis
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import Connection, _AsyncHiredisParser, _AsyncRESP2Parser, _AsyncRESP3Parser
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sentinel.errors import StoreUnavailable
+from sentinel.store import autopipeline
 from sentinel.store.autopipeline import AutoPipeline, pack
 from sentinel.store.base import Script
 from sentinel.store.redis import RedisStore
@@ -228,3 +231,64 @@ async def test_a_reply_that_never_comes_is_a_timeout_after_one_more_read(tmp_pat
         finally:
             proc.thaw()
         await client.aclose()
+
+
+@pytest.mark.parametrize(("parser", "protocol"), [
+    (_AsyncHiredisParser, 3), (_AsyncHiredisParser, 2), (_AsyncRESP3Parser, 3), (_AsyncRESP2Parser, 2)])
+async def test_a_reply_cut_off_by_the_timeout_mid_way_is_read_whole_by_the_grace_read(
+    parser: type, protocol: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The timer fires while part of a reply is in (the parser holds an array's first element and half
+    of its second): the grace read (`_read`) goes on from there, with the C parser (hiredis, the
+    default) and redis-py's pure-Python ones alike — the reply is whole, the next command's reply is
+    its own, and the connection is kept. A server of the test's own sends the rest of the reply only
+    once the grace read has begun."""
+    rest = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        commands = hiredis.Reader()
+        while data := await reader.read(65536):
+            commands.feed(data)
+            while (command := commands.gets()) is not False:
+                if command[:2] == [b"GET", b"cut"]:
+                    writer.write(b"*2\r\n$3\r\nabc\r\n$2\r\nd")  # its first element and half the second
+                    await writer.drain()
+                    await rest.wait()
+                    writer.write(b"e\r\n")
+                elif command[0] == b"GET":
+                    writer.write(b"$" + str(len(command[1])).encode() + b"\r\n" + command[1] + b"\r\n")
+                elif command[0] == b"HELLO":  # what redis-py sends on connecting with RESP3 ...
+                    writer.write(b"%1\r\n$5\r\nproto\r\n:3\r\n")
+                else:  # ... and then (CLIENT SETINFO)
+                    writer.write(b"+OK\r\n")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    read = Connection.read_response
+    reads: list[object] = []
+
+    async def read_noting_the_grace(self: Connection, *args: object, **kwargs: object) -> object:
+        if kwargs.get("timeout") == math.inf:  # the auto-pipeline's reads, not the connect's
+            reads.append(self)
+            if len(reads) == 2:  # the grace read of the cut reply: the rest may come now
+                rest.set()
+        return await read(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Connection, "read_response", read_noting_the_grace)
+    monkeypatch.setattr(autopipeline, "STALL_GRACE_SECONDS", 60.0)  # waits for the rest: the test sets it
+    pool = aioredis.ConnectionPool(host="127.0.0.1", port=port, parser_class=parser, protocol=protocol,
+                                  socket_timeout=0.01)
+    pipeline = AutoPipeline(pool)
+    try:
+        replies = await asyncio.gather(pipeline.execute("GET", "cut"), pipeline.execute("GET", "next"))
+        assert replies == [[b"abc", b"de"], b"next"]
+        assert await pipeline.execute("GET", "after") == b"after"  # the connection is in step
+        assert rest.is_set() and len(set(map(id, reads))) == 1  # one connection throughout: never dropped
+        assert pipeline.sends == 2
+    finally:
+        rest.set()  # (the server's handler ends whatever happened)
+        await pool.aclose()
+        server.close()
+        await server.wait_closed()

@@ -23,10 +23,17 @@ class added_up(FunctionElement[Any]):  # noqa: N801 - an SQL function, named as 
     """`SUM(x)` that never fails for its size: SQLite's `sum()` of integers raises "integer overflow"
     past 2^63 - 1 (roll-up rows that each stop at it, `_added`, summed over days; a user's ledger
     rows over all time), so there it is `total()` (a float: exact up to 2^53, far beyond any real
-    sum); PostgreSQL sums BIGINT as NUMERIC already. Read it back with `int()`."""
+    sum); PostgreSQL sums BIGINT as NUMERIC already. Read it back with `summed`."""
 
     inherit_cache = True
     name = "added_up"
+
+
+def summed(value: Any) -> int:
+    """An `added_up` sum as read back (a float on SQLite, a Decimal on PostgreSQL): an int, at most
+    MAX_INT64, where a roll-up's sum stops too (`_added`). Rows that each hold it, added up, passed
+    2^64: no JSON answer carries such a number (orjson refuses it), and the report was a 500."""
+    return min(int(value), MAX_INT64)
 
 
 @compiles(added_up)

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
 from sentinel.db.models import UsageLedgerRow
-from sentinel.db.queries import added_up, insert_ignoring, picked_once, sqlite_upsert_adding
+from sentinel.db.queries import added_up, insert_ignoring, picked_once, sqlite_upsert_adding, summed
 from sentinel.db.sqlite_writer import SqliteWriter
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
@@ -247,10 +247,10 @@ class SqlLedger:
             async with self._sessions() as session:
                 found = (await session.execute(query)).all()
         totals = [
-            # PostgreSQL sums BIGINT as NUMERIC: normalise to int.
+            # PostgreSQL sums BIGINT as NUMERIC, SQLite's total() is a float: `summed`.
             {
-                "external_id": user, "model": model, "requests": int(count), "input_tokens": int(inp),
-                "output_tokens": int(out), "cost_usd": round(float(spent or 0.0), 8),
+                "external_id": user, "model": model, "requests": int(count), "input_tokens": summed(inp),
+                "output_tokens": summed(out), "cost_usd": round(float(spent or 0.0), 8),
             }
             for user, model, count, inp, out, spent in found
         ]

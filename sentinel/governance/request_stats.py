@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
 from sentinel.db.models import RequestHourRow, RequestMinuteRow
-from sentinel.db.queries import added_up, upsert_adding
+from sentinel.db.queries import added_up, summed, upsert_adding
 from sentinel.errors import GovernanceUnavailable
 from sentinel.observability.logging import Repeated
 from sentinel.observability.outcomes import Outcomes, RequestOutcomes
@@ -61,7 +61,7 @@ class RequestStats:
         with database_errors("request statistics unavailable"):
             async with self._sessions() as session:
                 rows = (await session.execute(query)).all()
-        return [AnswerBucket(*(int(v) for v in row)) for row in rows]
+        return [AnswerBucket(int(row[0]), *(summed(v) for v in row[1:])) for row in rows]
 
 
 class RequestStatsWriter:

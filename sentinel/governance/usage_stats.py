@@ -25,7 +25,7 @@ from sentinel.db.models import (
     UsageLedgerRow,
     UsageMinuteRow,
 )
-from sentinel.db.queries import added_up
+from sentinel.db.queries import added_up, summed
 from sentinel.domain.usage import latency_ms
 from sentinel.governance.rollups import MEASURES
 
@@ -85,7 +85,7 @@ def _sums(table: Any) -> list[ColumnElement[Any]]:
 
 def _ranked(name: str, provider: str | None, values: Any) -> Ranked:
     requests, errors, inp, out, cost = values
-    return Ranked(name, provider, int(requests), int(errors), int(inp), int(out), float(cost))
+    return Ranked(name, provider, summed(requests), summed(errors), summed(inp), summed(out), float(cost))
 
 
 class UsageStats:
@@ -115,8 +115,8 @@ class UsageStats:
             .order_by(index)
         )
         return [
-            Bucket(int(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), float(r[5]), int(r[6]),
-                   tuple(int(v) for v in r[7:]))
+            Bucket(int(r[0]), summed(r[1]), summed(r[2]), summed(r[3]), summed(r[4]), float(r[5]), summed(r[6]),
+                   tuple(summed(v) for v in r[7:]))
             for r in await self._all(query)
         ]
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sentinel.domain.numbers import MAX_INT64
 from sentinel.domain.plans import parse_duration
 from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.request_stats import AnswerBucket, RequestStats
@@ -168,22 +169,26 @@ def ranked_json(item: Ranked) -> dict[str, Any]:
 
 
 def _point(start: datetime, buckets: list[Bucket], answers: list[AnswerBucket]) -> Point:
-    """One point from zero or more buckets of each kind (histograms merged)."""
+    """One point from zero or more buckets of each kind (histograms merged); a count at most
+    MAX_INT64, as each bucket's (`summed`): a JSON answer carries no larger integer."""
+    def total(values: Iterable[int]) -> int:
+        return min(sum(values), MAX_INT64)
+
     width = len(buckets[0].histogram) if buckets else 0
-    histogram = [sum(b.histogram[i] for b in buckets) for i in range(width)]
+    histogram = [total(b.histogram[i] for b in buckets) for i in range(width)]
     return Point(
         start,
-        sum(b.requests for b in buckets),
-        sum(b.errors for b in buckets),
-        sum(b.input_tokens for b in buckets),
-        sum(b.output_tokens for b in buckets),
+        total(b.requests for b in buckets),
+        total(b.errors for b in buckets),
+        total(b.input_tokens for b in buckets),
+        total(b.output_tokens for b in buckets),
         sum(b.cost_usd for b in buckets),
         percentile(histogram, 0.50) if histogram else None,
         percentile(histogram, 0.99) if histogram else None,
-        sum(a.requests for a in answers),
-        sum(a.client_errors for a in answers),
-        sum(a.rate_limited for a in answers),
-        sum(a.server_errors for a in answers),
+        total(a.requests for a in answers),
+        total(a.client_errors for a in answers),
+        total(a.rate_limited for a in answers),
+        total(a.server_errors for a in answers),
     )
 
 

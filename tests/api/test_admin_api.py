@@ -4,6 +4,7 @@ session cookie and its CSRF token, the sign-in throttle, the OpenAPI document, a
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -15,9 +16,11 @@ from openapi_spec_validator import validate
 
 from sentinel.api.admin_auth import AdminGate
 from sentinel.api.throttle import FailedAuthThrottle
+from sentinel.domain.numbers import MAX_INT64
 from sentinel.errors import StoreUnavailable
 from sentinel.store.memory import MemoryStore
 from tests.api.conftest import Gateway
+from tests.support.attack import ledger_rows, sqlite_file
 from tests.support.clock import FakeClock
 from tests.support.waiting import wait_for
 
@@ -668,3 +671,26 @@ def test_a_key_given_for_its_id_is_refused_without_quoting_it(gw: Gateway) -> No
         console.close()
     with gw.client(key) as user:
         assert user.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_usage_totals_past_what_a_64_bit_integer_holds_are_reported_at_the_most_it_holds(gw: Gateway) -> None:
+    """Ledger rows that each hold the most a BIGINT column can (provider counts are believed up to
+    MAX_TOKENS each) added up past 2^64: the sum was no JSON number orjson writes, and the report a 500.
+    It stops at the largest, as a roll-up's sum does."""
+    with gw.client() as user:
+        assert [user.post("/v1/chat/completions", json=CHAT).status_code for _ in range(3)] == [200] * 3
+    database = sqlite_file(gw.settings.database_url)
+
+    def rolled_up() -> bool:  # (the background roll-up has taken the rows: it reads them no more)
+        with sqlite3.connect(database, timeout=10) as db:
+            (requests,) = db.execute("SELECT sum(requests) FROM usage_daily_users WHERE external_id = 'alice'").fetchone()
+        return bool(requests == 3)
+
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 3) and wait_for(rolled_up)
+    with sqlite3.connect(database, timeout=10) as db:
+        db.execute("UPDATE usage_ledger SET input_tokens = ? WHERE external_id = 'alice'", (MAX_INT64,))
+    with gw.admin() as client:
+        totals = client.get("/admin/api/usage/totals", params={"user": "alice", "since": "1h"})
+    assert totals.status_code == 200, totals.text
+    (model,) = totals.json()["models"]
+    assert (model["requests"], model["input_tokens"]) == (3, MAX_INT64)

@@ -315,6 +315,34 @@ def _supervisor(
                     )  # fmt: skip
                     self._retry_at[slot] = clock() + delay
 
+        def restart_all(self) -> None:
+            """SIGHUP: uvicorn's — each slot's new worker brought into service before its old one is
+            retired, the restart given up if one is not ready in time — but a new worker is given
+            START_GRACE_SECONDS to be ready, as every new worker here (uvicorn's 5 s gave up the
+            restart on a busy host), and a slot waiting to retry a replacement that could not start
+            is served by it: its retry is dropped (it started another worker over the new one, which
+            ran on unsupervised)."""
+            for slot, old in enumerate(self.processes):
+                if self.should_exit.is_set():
+                    return
+                process = Process(self.config, self.sockets)
+                process.start()
+                self._started[process] = clock()
+                if not process.wait_until_ready(START_GRACE_SECONDS, self.should_exit):
+                    process.kill()
+                    process.join()
+                    self._started.pop(process, None)
+                    if not self.should_exit.is_set():
+                        log.error("new worker %s not ready in time; keeping worker %s and ending the restart",
+                                  process.pid, old.pid)
+                    return
+                old.terminate()
+                old.join()
+                self._started.pop(old, None)
+                self._retry_at.pop(slot, None)
+                self._failures.pop(slot, None)
+                self.processes[slot] = process
+
         def _replace(self, slot: int) -> None:
             process = Process(self.config, self.sockets)
             process.start()

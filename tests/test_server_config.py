@@ -184,7 +184,15 @@ class FakeWorker:
         if self.exitcode is None:
             self.exitcode = -9
 
+    def terminate(self) -> None:
+        if self.exitcode is None:
+            self.exitcode = 0
+
     def join(self) -> None: ...
+
+    def wait_until_ready(self, timeout: float, should_exit: object = None) -> bool:
+        self.given = timeout  # (how long it was given)
+        return self.exitcode is None and self.answers
 
 
 @pytest.fixture
@@ -255,3 +263,25 @@ def test_a_starting_worker_is_not_pinged_until_its_grace_ends(supervisor: tuple[
     replacement.answers = False  # a replacement has its own grace
     made.keep_subprocess_alive()
     assert made.processes[1] is replacement and replacement.pinged == 0
+
+
+def test_a_restart_gives_each_new_worker_its_grace_and_ends_a_pending_retry(supervisor: tuple[Any, list[float]]) -> None:
+    """SIGHUP (`restart_all`) starts a new worker per slot and retires the old one once the new is
+    ready: it is given START_GRACE_SECONDS for that, as any new worker (uvicorn gave it 5 s and, on a
+    busy host, abandoned the restart), and a slot that was waiting to retry a replacement that could
+    not start is served by the new worker — its retry no longer due (it started yet another worker
+    over the new one, left running unsupervised)."""
+    made, now = supervisor
+    first, second = made.processes
+    second.exitcode = -9
+    made.keep_subprocess_alive()
+    made.processes[1].exitcode = STARTUP_FAILURE  # its replacement could not start: retried later
+    made.keep_subprocess_alive()
+    made.restart_all()
+    renewed = made.processes
+    assert renewed[0] is not first and first.exitcode == 0 and renewed[1].exitcode is None
+    assert [worker.given for worker in renewed] == [START_GRACE_SECONDS] * 2
+    started = len(FakeWorker.started)
+    now[0] += 60.0  # past the retry's delay, and past the new workers' grace
+    made.keep_subprocess_alive()
+    assert made.processes == renewed and len(FakeWorker.started) == started  # none started over them

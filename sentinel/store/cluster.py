@@ -52,6 +52,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sentinel.breaker import CircuitBreaker
 from sentinel.errors import StoreUnavailable
 from sentinel.store.base import Ping, Script, evicting_policy
+from sentinel.store.connection import graced
 from sentinel.store.redis import RedisClient, RedisStore, flat_fields
 
 SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -111,7 +112,7 @@ class RedisClusterStore(RedisStore):
 
     def _connect(self, url: str, *, timeout: float, max_connections: int) -> RedisClient:
         address = parse_cluster_url(url)
-        return RedisCluster(
+        cluster = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
             username=address.username,
             password=address.password,
@@ -129,6 +130,15 @@ class RedisClusterStore(RedisStore):
             # connection errors still reload the whole map.
             reinitialize_steps=0,
         )
+        # Every node's connections have the stall grace (`connection.py`: a reply read late is not
+        # a timeout). redis-py takes no connection class for a cluster: it picks one by `ssl`, into
+        # the keyword arguments every node is made of (the node manager's are the same dict) — the
+        # startup nodes already, before any connection.
+        connection_class = graced(cluster.connection_kwargs["connection_class"])
+        cluster.connection_kwargs["connection_class"] = connection_class
+        for node in cluster.nodes_manager.startup_nodes.values():
+            node.connection_class = connection_class
+        return cluster
 
     @property
     def cluster(self) -> RedisCluster:

@@ -29,7 +29,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import ConnectionPool
+from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -63,6 +63,7 @@ from sentinel.store.base import (
     evicting_policy,
     seconds_left,
 )
+from sentinel.store.connection import graced
 from sentinel.store.redis_streams import entries as _entries
 from sentinel.store.redis_streams import is_nogroup, read_reply
 from sentinel.store.redis_streams import text as _text
@@ -118,7 +119,11 @@ return 1
 """
 
 class _Pool(ConnectionPool):
-    """redis-py's connection pool, able to make every connection connect afresh (`reconnect`)."""
+    """redis-py's connection pool, able to make every connection connect afresh (`reconnect`), of
+    connections with the stall grace (`connection.py`: a reply read late is not a timeout)."""
+
+    def __init__(self, connection_class: type[AbstractConnection] = Connection, **kwargs: Any) -> None:
+        super().__init__(graced(connection_class), **kwargs)
 
     async def reconnect(self) -> None:
         """Close the idle connections now and those in use once released: each connects again

@@ -24,12 +24,8 @@ with `NotSent` (they were never sent). A caller cancelled while queued is not se
 replies (no redis-py response callbacks), which is what `RedisStore` expects of the commands it
 sends this way (EVALSHA, EVAL, XADD).
 
-A reply's timeout is Redis's, not this process's: when the timer fires, the socket is read once more
-(for up to STALL_GRACE_SECONDS) before it counts as one. A process held up for longer than the timeout
-— starved of CPU on a busy host, or its event loop busy with a slow callback, as on a cold start's
-first requests — wakes with the reply waiting in its socket, and the event loop runs the timer before
-it reads the socket: such a reply, there in time, was a timeout, the connection dropped, and a
-reservation answered 503 `quota_unavailable` (three in a row opened the breaker for everyone).
+A reply's timeout is the connection's: with the stall grace (`connection.py`, the store's pool),
+a reply Redis sent in time but this process read late is read, not a timeout.
 
 Commands are encoded by hiredis's C packer (`pack`), byte for byte what redis-py's own packer
 writes: redis-py's synchronous connection uses it when hiredis is installed, its asyncio connection
@@ -39,7 +35,6 @@ packs in Python, ~6x slower (49 µs against 8 µs for a reservation and a usage 
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import Any
 
 import hiredis
@@ -49,10 +44,6 @@ from redis.exceptions import DataError, MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = tuple[Any, ...]
-
-STALL_GRACE_SECONDS = 0.05
-"""How long a reply is waited for once more after its timeout fired (see the module docstring):
-a few turns of the event loop, so a reply already in the socket is read."""
 
 
 class NotSent(RedisConnectionError):
@@ -77,10 +68,8 @@ def pack(command: Command) -> bytes:
 class AutoPipeline:
     """Sends commands over one redis-py connection pool, batching those issued concurrently."""
 
-    def __init__(self, pool: ConnectionPool, *, timeout: float | None = None) -> None:
-        """`timeout`: how long to wait for each reply (None: the connections' `socket_timeout`)."""
+    def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
-        self._timeout = pool.connection_kwargs.get("socket_timeout") if timeout is None else timeout
         self._busy = False
         self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []  # (packed command, its reply)
         self._drainer: asyncio.Task[None] | None = None
@@ -145,7 +134,7 @@ class AutoPipeline:
             replies: list[Any] = []
             for _ in commands:
                 try:
-                    replies.append(await self._read(connection))
+                    replies.append(await connection.read_response())
                 except ResponseError as exc:
                     replies.append(exc)
                 except Exception as exc:  # noqa: BLE001 - the rest of the replies are lost with the connection
@@ -158,18 +147,3 @@ class AutoPipeline:
             raise
         finally:
             await pool.release(connection)
-
-    async def _read(self, connection: Any) -> Any:
-        """The next reply on `connection`; RedisTimeoutError when none came within the timeout, even
-        once the socket was read again (see the module docstring). The caller drops the connection
-        on any error but a command's own."""
-        if self._timeout is None:
-            return await connection.read_response(timeout=math.inf)
-        for wait in (self._timeout, STALL_GRACE_SECONDS):
-            try:
-                async with asyncio.timeout(wait):
-                    # No timeout of redis-py's own (ours is above), and the connection kept on ours.
-                    return await connection.read_response(timeout=math.inf, disconnect_on_error=False)
-            except TimeoutError:
-                continue
-        raise RedisTimeoutError(f"Timeout reading from Redis ({self._timeout} s)")

@@ -21,6 +21,7 @@ from sentinel.errors import StoreUnavailable
 from sentinel.store import autopipeline
 from sentinel.store.autopipeline import AutoPipeline, pack
 from sentinel.store.base import Script
+from sentinel.store.connection import GracedConnection
 from sentinel.store.redis import RedisStore
 from tests.conftest import REDIS_BIN
 from tests.support.process import RedisServerProcess
@@ -221,7 +222,9 @@ async def test_a_reply_that_came_while_the_process_was_held_up_is_read_not_timed
 async def test_a_reply_that_never_comes_is_a_timeout_after_one_more_read(tmp_path: Path) -> None:
     assert REDIS_BIN is not None
     with RedisServerProcess(tmp_path, REDIS_BIN) as proc:
-        client = aioredis.Redis.from_url(f"redis://127.0.0.1:{proc.port}/0", socket_timeout=0.05)
+        client = aioredis.Redis.from_url(
+            f"redis://127.0.0.1:{proc.port}/0", socket_timeout=0.05, connection_class=GracedConnection
+        )
         pipeline = AutoPipeline(client.connection_pool)
         assert await pipeline.execute("INCRBY", "k:frozen", 1) == 1
         proc.freeze()

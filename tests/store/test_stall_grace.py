@@ -149,6 +149,13 @@ def test_the_graced_class_is_the_one_of_the_url_scheme() -> None:
         pool = RedisStore(url).client.connection_pool
         assert issubclass(pool.connection_class, StallGrace)
     assert RedisStore("rediss://h:1/0").client.connection_pool.connection_class is GracedSSLConnection
+    cluster = RedisClusterStore("rediss+cluster://h:1,g:2").client
+    assert isinstance(cluster, RedisCluster)
+    assert cluster.nodes_manager.connection_kwargs["connection_class"] is GracedSSLConnection  # nodes to come
+    assert [node.connection_class for node in cluster.nodes_manager.startup_nodes.values()] == [
+        GracedSSLConnection,
+        GracedSSLConnection,
+    ]
     with pytest.raises(TypeError):
         graced(type("Other", (Connection,), {}))
 

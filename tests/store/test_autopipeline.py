@@ -18,7 +18,7 @@ from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sentinel.errors import StoreUnavailable
-from sentinel.store import autopipeline
+from sentinel.store import connection
 from sentinel.store.autopipeline import AutoPipeline, pack
 from sentinel.store.base import Script
 from sentinel.store.connection import GracedConnection
@@ -242,7 +242,7 @@ async def test_a_reply_cut_off_by_the_timeout_mid_way_is_read_whole_by_the_grace
     parser: type, protocol: int, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The timer fires while part of a reply is in (the parser holds an array's first element and half
-    of its second): the grace read (`_read`) goes on from there, with the C parser (hiredis, the
+    of its second): the grace read (`sentinel.store.connection.StallGrace`) goes on from there, with the C parser (hiredis, the
     default) and redis-py's pure-Python ones alike — the reply is whole, the next command's reply is
     its own, and the connection is kept. A server of the test's own sends the rest of the reply only
     once the grace read has begun."""
@@ -273,22 +273,23 @@ async def test_a_reply_cut_off_by_the_timeout_mid_way_is_read_whole_by_the_grace
     reads: list[object] = []
 
     async def read_noting_the_grace(self: Connection, *args: object, **kwargs: object) -> object:
-        if kwargs.get("timeout") == math.inf:  # the auto-pipeline's reads, not the connect's
+        timeout = args[1] if len(args) > 1 else kwargs.get("timeout")
+        if timeout == math.inf:  # the grace read of the cut reply (the only one): the rest may come now
             reads.append(self)
-            if len(reads) == 2:  # the grace read of the cut reply: the rest may come now
-                rest.set()
+            rest.set()
         return await read(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Connection, "read_response", read_noting_the_grace)
-    monkeypatch.setattr(autopipeline, "STALL_GRACE_SECONDS", 60.0)  # waits for the rest: the test sets it
+    monkeypatch.setattr(connection, "STALL_GRACE_SECONDS", 60.0)  # waits for the rest: the test sets it
     pool = aioredis.ConnectionPool(host="127.0.0.1", port=port, parser_class=parser, protocol=protocol,
-                                  socket_timeout=0.01)
+                                  socket_timeout=0.01, connection_class=GracedConnection)
     pipeline = AutoPipeline(pool)
     try:
         replies = await asyncio.gather(pipeline.execute("GET", "cut"), pipeline.execute("GET", "next"))
         assert replies == [[b"abc", b"de"], b"next"]
         assert await pipeline.execute("GET", "after") == b"after"  # the connection is in step
-        assert rest.is_set() and len(set(map(id, reads))) == 1  # one connection throughout: never dropped
+        assert rest.is_set() and len(reads) == 1  # one grace read ...
+        assert len(pool._available_connections) + len(pool._in_use_connections) == 1  # ... one connection, kept
         assert pipeline.sends == 2
     finally:
         rest.set()  # (the server's handler ends whatever happened)

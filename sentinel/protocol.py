@@ -42,7 +42,10 @@ other answers were lost and their requests ran on. Now nothing after the refused
 the connection closes. The refusal is written rather than the connection just closed after those
 answers: it is the answer to that request, in order, so the client learns why instead of sending it
 again to be refused again. (A 400 in the body of a request already queued takes it off the queue;
-one in the body of the request being answered is written at once, as before: it is its turn. The
+one in the body of the request being answered is written at once, as before: it is its turn —
+unless that request was answered already (before its body was in: a 401, a 404, a 413 from its
+Content-Length), when a 400 was a second answer, which the client, or a proxy in front reusing the
+connection for another client, read as the next request's: the connection is just closed. The
 408 for late headers already waited for the answer before it.)
 
 A chunked body may end with a trailer section (fields after the last chunk). uvicorn appended its
@@ -375,13 +378,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if (max(self._header_bytes, self._trailer_unparsed) <= limits.max_header_bytes
                 and self._header_count <= limits.max_headers):
             return
-        if self.cycle is not None and self.cycle.response_started:
-            self._refused = True
-            self._body_pending = False
-            self._stop_drain()
-            self.transport.close()
-        else:
-            self._headers_too_large()
+        self._headers_too_large()  # closes the connection at once if the answer was begun (`_refuse_with`)
 
     def _headers_too_large(self) -> None:
         if not self._refused:
@@ -413,17 +410,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Refuse the request being parsed: `refusal` writes its answer and closes the connection. With
         the answer to an earlier request still to come (one is being answered, or queued), it waits
         for that answer: written now, the client would read it as that answer (see the module docstring)."""
-        pending = self._answers_pending()
+        answered = self._answer_begun()
+        pending = not answered and self._answers_pending()
         self._refused = True
         self._body_pending = False
         self._disarm()
         if self.transport.is_closing():
+            return
+        if answered:
+            # The request is refused in its body (or trailer section) once its answer was begun: a
+            # refusal written now would be a second answer, read as the next request's (or inside this one).
+            self._stop_drain()
+            self.transport.close()
             return
         if pending:
             self._refusal = refusal
             self.flow.resume_reading()  # to drop what else comes (`data_received`) until the close
         else:
             refusal()
+
+    def _answer_begun(self) -> bool:
+        """Whether the request being refused is the one being answered and its answer was begun (a
+        401, a 404, a 413 from its Content-Length: answered before the rest of its body was read)."""
+        cycle = self.cycle
+        return (
+            self._body_pending and cycle is not None and cycle.response_started
+            and not (self.pipeline and self.pipeline[0][0] is cycle)
+        )
 
     def _answers_pending(self) -> bool:
         """Whether an answer to a request before the one being refused is still to be written (and

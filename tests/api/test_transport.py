@@ -112,6 +112,35 @@ def test_too_many_trailer_fields_are_refused(gateway_factory: Callable[..., Gate
     assert ledger_rows(gw.settings.database_url) == []
 
 
+# --- a body that breaks after its answer --------------------------------------------------------
+@pytest.mark.parametrize(("path", "authorized"), [
+    (b"/v1/chat/completions", False), (b"/v1/no-such-endpoint", True),
+], ids=["401", "404"])
+def test_a_body_that_breaks_after_its_answer_gets_no_second_answer(
+    gateway: Gateway, path: bytes, authorized: bool
+) -> None:
+    """A request answered before its body was in (401: no key; 404) keeps its connection while the
+    rest arrives. A chunk that did not parse then was answered with a second answer, a 400: a client
+    (or a proxy in front, reusing the connection for another client's request) read it as the answer
+    to its next request. The connection is closed instead, with nothing more written."""
+    auth = b"Authorization: Bearer " + gateway.key.encode() + b"\r\n" if authorized else b""
+    with socket.create_connection(("127.0.0.1", port_of(gateway)), timeout=10) as sock:
+        sock.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + auth
+                     + b"Transfer-Encoding: chunked\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        while len(body) < length:
+            body += sock.recv(65536)
+        sock.sendall(b"5\r\nhello\r\nzz\r\n")  # the rest of the body: a chunk size that is not hex
+        after = body[length:] + rest_of(sock)
+    assert statuses(head) == [401 if not authorized else 404], head
+    assert after == b"", after[:300]
+    assert ledger_rows(gateway.settings.database_url) == []
+
+
 # --- transfer codings ---------------------------------------------------------------------------
 @pytest.mark.parametrize(("version", "coding"), [
     (b"HTTP/1.1", b"gzip, chunked"), (b"HTTP/1.1", b"deflate, chunked"), (b"HTTP/1.0", b"chunked"),

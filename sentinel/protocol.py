@@ -48,6 +48,11 @@ Content-Length), when a 400 was a second answer, which the client, or a proxy in
 connection for another client, read as the next request's: the connection is just closed. The
 408 for late headers already waited for the answer before it.)
 
+A body's bytes are handed to its request once per read, joined: uvicorn appended each chunk of a
+chunked body to the bytes held for the app, a copy of the whole at every chunk, so a read of 1-byte
+chunks (~43,000 in 256 KiB) held the event loop ~80 ms copying — every request of the process waiting
+(one key's connection sending such a body at 10 MB/s: up to 0.6 s; now 0.08 s, measured 2026-12-06).
+
 A chunked body may end with a trailer section (fields after the last chunk). uvicorn appended its
 fields to the request's headers — the very list the app reads, so with the request in one read a key
 (`Authorization`, `x-api-key`) or an `X-Forwarded-For` sent after the body, where a proxy in front
@@ -155,6 +160,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._body_parts: list[bytes] = []  # body bytes of the read being parsed (`on_body`)
         self.flow = _QueueFlow(transport, self._reading_held)  # before any request holds the flow
         self._arm()
 
@@ -286,11 +292,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_trailers = False
         if self._parsing_done or self._refused:
             return
-        super().on_body(body)
+        # Handed on once a read (`_hand_on_body`): uvicorn's `cycle.body += body` copies the whole at
+        # every chunk, so a read of 1-byte chunks (~43,000 in 256 KiB) held the event loop copying.
+        self._body_parts.append(body)
+
+    def _hand_on_body(self) -> None:
+        """Hand the body bytes parsed from this read to the request they belong to, joined (or drop
+        them: that request was refused meanwhile — a queued one is off the queue, `self.cycle` is
+        another request's)."""
+        if not self._body_parts:
+            return
+        body = b"".join(self._body_parts)
+        self._body_parts.clear()
+        if not (self._parsing_done or self._refused):
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
         if self._parsing_done or self._refused:
             return
+        self._hand_on_body()  # before the next request of this read, if any, takes `self.cycle`
         self._body_pending = False
         self._stop_drain()
         super().on_message_complete()
@@ -341,7 +361,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused or self._parsing_done:
             return
         was_in_headers, was_in_trailers, messages = self._in_headers, self._in_trailers, self._messages
-        super().data_received(data)
+        try:
+            super().data_received(data)
+        finally:
+            self._hand_on_body()
         if messages != self._messages:
             return
         if (was_in_headers and self._in_headers) or (was_in_trailers and self._in_trailers):

@@ -9,7 +9,9 @@ from collections.abc import Callable
 
 import orjson
 import pytest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from sentinel.protocol import GuardedHttpToolsProtocol
 from tests.api.conftest import Gateway
 from tests.support.attack import ledger_rows, openai_error
 from tests.support.raw_http import port_of, raw_exchange, rest_of
@@ -139,6 +141,33 @@ def test_a_body_that_breaks_after_its_answer_gets_no_second_answer(
     assert statuses(head) == [401 if not authorized else 404], head
     assert after == b"", after[:300]
     assert ledger_rows(gateway.settings.database_url) == []
+
+
+# --- a body of many tiny chunks -------------------------------------------------------------------
+def test_a_body_of_tiny_chunks_is_handed_on_once_a_read(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn appended every chunk of a chunked body to the bytes held for the app (`body += chunk`,
+    a copy of the whole each time): a read of 1-byte chunks (~43,000 in 256 KiB) cost the event loop
+    a copy of up to 43 KB per byte, every request of the process waiting. The chunks of one read
+    are joined once, then handed on; the body the app reads is the same."""
+    handed: list[int] = []
+    original = HttpToolsProtocol.on_body
+
+    def counted(self: HttpToolsProtocol, body: bytes) -> None:
+        if isinstance(self, GuardedHttpToolsProtocol):  # not the mock upstream's server
+            handed.append(len(body))
+        original(self, body)
+
+    monkeypatch.setattr(HttpToolsProtocol, "on_body", counted)
+    padded = CHAT[:-1] + b" " * 20_000 + b"}"  # still the same chat, in 20,000+ chunks of one byte
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Authorization: Bearer " + gateway.key.encode() + b"\r\nTransfer-Encoding: chunked\r\n"
+               b"Connection: close\r\n\r\n" + b"".join(b"1\r\n" + padded[i:i + 1] + b"\r\n" for i in range(len(padded)))
+               + b"0\r\n\r\n")
+    answer = exchange(gateway, request)
+    assert statuses(answer) == [200], answer[:300]
+    assert body_of(answer)["object"] == "chat.completion"  # type: ignore[index]
+    assert sum(handed) == len(padded)
+    assert len(handed) < len(padded) // 100, len(handed)  # a few reads, not one call per chunk
 
 
 # --- transfer codings ---------------------------------------------------------------------------

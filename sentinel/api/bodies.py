@@ -8,19 +8,13 @@ from collections.abc import Collection
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 from starlette.requests import Request
 
 from sentinel.api.body_budget import BodyBudget, caller_of
 from sentinel.api.context import context
+from sentinel.domain.json_body import read_json
 from sentinel.domain.text import has_control
 from sentinel.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
-from sentinel.native.openai_checks import (
-    TOO_DEEP,
-    TOO_MANY_CONTAINERS,
-    json_body_too_deep,
-    json_containers_exceed,
-)
 from sentinel.native.types import CONTROL_CHARS
 from sentinel.offload import large, off_loop
 
@@ -76,37 +70,11 @@ def is_read(request: Request) -> bool:
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object of at most MAX_JSON_CONTAINERS objects and arrays, nested at most
-    MAX_JSON_DEPTH levels, or InvalidRequest (400). The containers are counted before the parse:
-    building them, and every walk of the body before admission, costs ~1 µs each (`parse_json_body`
-    runs a large body's in a worker thread)."""
-    if json_containers_exceed(body):
-        raise InvalidRequest(TOO_MANY_CONTAINERS, code="invalid_json")
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"Invalid JSON body: {_why_unreadable(body, exc)}", code="invalid_json") from None
+    """The body as a JSON object (`read_json`: bounded in size and depth), or InvalidRequest (400)."""
+    payload = read_json(body)
     if not isinstance(payload, dict):
         raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
-    if json_body_too_deep(body, payload):
-        raise InvalidRequest(TOO_DEEP, code="invalid_json")
     return payload
-
-
-def _why_unreadable(body: bytes, exc: orjson.JSONDecodeError) -> str:
-    """What is wrong with a body orjson could not read. Its own words for bytes that are not UTF-8
-    ("str is not valid UTF-8: surrogates not allowed", for a gzip body or UTF-16 text, which hold no
-    surrogate) sent clients looking in their strings: say what the body is instead."""
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError as bad:
-        start = body[:4]
-        if start.startswith((b"\x1f\x8b", b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda", b"\x28\xb5\x2f\xfd")):
-            return "the body is compressed (gzip, deflate or zstd): send it uncompressed, as UTF-8 JSON"
-        if start.startswith((b"\xff\xfe", b"\xfe\xff")):
-            return "the body is UTF-16 or UTF-32 (it starts with a byte order mark): send it as UTF-8 JSON"
-        return f"the body is not UTF-8 (byte {bad.start}): send it as UTF-8 JSON"
-    return str(exc)
 
 
 async def parse_json_body(body: bytes) -> dict[str, Any]:

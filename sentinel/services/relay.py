@@ -25,6 +25,7 @@ from sentinel.domain.catalogue import ModelTarget, Prices
 from sentinel.domain.end_user import EndUsers
 from sentinel.domain.files import UNREAD, FileFacts
 from sentinel.domain.identity import Identity
+from sentinel.domain.json_body import read_json
 from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable, UpstreamError
 from sentinel.governance.ownership import BatchEstimate, Ownership
 from sentinel.native.end_user import (
@@ -35,13 +36,7 @@ from sentinel.native.end_user import (
 )
 from sentinel.native.errors import NativeValidationError
 from sentinel.native.model_request import ModelChatRequest
-from sentinel.native.openai_checks import (
-    TOO_DEEP,
-    TOO_MANY_CONTAINERS,
-    check_metered_fields,
-    json_body_too_deep,
-    json_containers_exceed,
-)
+from sentinel.native.openai_checks import check_metered_fields
 from sentinel.native.openai_inbound import parse_openai_chat
 from sentinel.native.types import schemas_remembered
 from sentinel.observability.metrics import Metrics
@@ -517,14 +512,9 @@ class OpenAIRelay:
 
     def _read_json(self, body: bytes, segments: Sequence[str]) -> tuple[Any, list[str]]:
         """A pass-through JSON body parsed and checked (400s: see `_check_body`): (it, the ids it names)."""
-        if json_containers_exceed(body):  # before the parse and the walks for ids, as `parse_json_object`
-            raise InvalidRequest(TOO_MANY_CONTAINERS, code="invalid_json")
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:  # compressed, or JSON orjson refuses: ids in it would go unchecked
-            raise InvalidRequest("The request body must be JSON (uncompressed, valid UTF-8)") from None
-        if json_body_too_deep(body, parsed):  # as every request body; orjson would not write it back past 254
-            raise InvalidRequest(TOO_DEEP, code="invalid_json")
+        # As every request body (compressed, or JSON orjson refuses: ids in it would go unchecked;
+        # past MAX_JSON_DEPTH: orjson would not write it back past 254 levels).
+        parsed = read_json(body)
         if isinstance(parsed, dict) and parsed.get("stream") not in (None, False):
             raise _no_passthrough_stream()
         if reads_account_data(parsed):

@@ -6,6 +6,7 @@ A spy in front of the mock upstream records every request that reaches the provi
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import Callable
 
 import httpx
@@ -362,6 +363,34 @@ def test_a_body_nested_too_deep_is_a_400_on_pass_through_too(
     assert taken.status_code == 200, taken.text
     assert spy.paths() == ["/v1/moderations"]
     assert recorded_ids(gw.settings.database_url) == {taken.headers["x-request-id"]}
+
+
+def test_an_unreadable_body_gets_the_same_answer_on_pass_through_and_metered_paths(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """One reader for a client's JSON body (`sentinel.domain.json_body.read_json`): a body nested past
+    orjson's own 1,024 levels was told on pass-through that it "must be JSON (uncompressed, valid
+    UTF-8)" (`invalid_request`), a compressed one too, while the metered path named what was wrong
+    (`invalid_json`). Same status, code and message on both, nothing sent upstream or recorded."""
+    gw = start(gateway_factory, spy, passthrough="/v1/moderations")
+    bodies = [b'{"input":"x","a":' + b"[" * depth + b"]" * depth + b"}" for depth in (1025, 5000)]
+    bodies += [gzip.compress(b'{"input":"x"}'), b'{"input":"x"', '{"input":"é"}'.encode("utf-16")]
+    told = []
+    with gw.client() as http:
+        for body in bodies:
+            answers = [http.post(path, content=body, headers={"Content-Type": "application/json"})
+                       for path in ("/v1/moderations", "/v1/chat/completions")]
+            errors = []
+            for r in answers:
+                assert r.status_code == 400, (r.request.url, r.text)
+                errors.append(openai_error(r.json()))
+            assert errors[0] == errors[1], errors
+            assert errors[0]["code"] == "invalid_json", errors
+            told.append(errors[0]["message"])
+    assert f"nested deeper than {MAX_JSON_DEPTH} levels" in told[0] and told[0] == told[1]
+    assert "compressed" in told[2] and "UTF-16" in told[4]
+    assert spy.paths() == []
+    assert recorded_ids(gw.settings.database_url) == set()
 
 
 def test_a_model_is_only_read_whatever_is_allowed(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:

@@ -21,7 +21,7 @@ import httpx
 import orjson
 import pytest
 
-import sentinel.api.bodies as bodies
+import sentinel.domain.json_body as json_body
 import sentinel.native.types as native_types
 import sentinel.services.messages as messages
 import sentinel.services.relay as relay
@@ -75,7 +75,7 @@ def walks(monkeypatch: pytest.MonkeyPatch) -> Walks:
         monkeypatch.setattr(owner, name, recording)
 
     for owner, name in [
-        (bodies, "json_containers_exceed"), (relay, "json_containers_exceed"), (relay, "referenced_ids"), (relay, "read_batch_input"),
+        (json_body, "json_containers_exceed"), (relay, "referenced_ids"), (relay, "read_batch_input"),
         (messages, "anthropic_object_reference"), (native_types, "_check_schema"),
         (TranslatedChat, "translate"), (NativeChat, "_translate"),
     ]:

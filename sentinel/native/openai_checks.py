@@ -121,6 +121,8 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
             for i, item in enumerate(items):
                 if not isinstance(item, dict):
                     raise invalid(f"input.{i}", "must be an input item object")
+                if _names_an_item(item) and not _is_id(item.get("id")):
+                    raise invalid(f"input.{i}.id", "must be a non-empty string: the id of the item it names")
                 parts = item.get("content")
                 for j, part in enumerate(parts if isinstance(parts, list) else ()):
                     if isinstance(part, dict) and part.get("type") == "input_image":
@@ -128,9 +130,32 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
         _optional(payload, "instructions", lambda v: isinstance(v, str), "must be a string")
         _optional(payload, "max_output_tokens", _positive_int(), "must be an integer >= 1")
         _optional(payload, "previous_response_id", lambda v: isinstance(v, str), "must be a string")
+        _check_conversation(payload.get("conversation"))
         if payload.get("background") not in (None, False):
             # The provider would generate after the call is answered: output Sentinel could not meter.
             raise invalid("background", "background responses are not supported through this gateway")
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _names_an_item(item: dict[str, Any]) -> bool:
+    """Whether a Responses input item names a stored one by its `id`: an `item_reference` (its type
+    is optional: an item with an `id`, no type and no role — a message's — is one to the provider)."""
+    kind = item.get("type")
+    return kind == "item_reference" or (kind is None and "role" not in item and "id" in item)
+
+
+def _check_conversation(value: Any) -> None:
+    """A Responses request's `conversation`, when given: its id, or an object naming it by `id`.
+    Refused here as `previous_response_id` is, a malformed one went to the provider (and was charged)."""
+    if value is None or _is_id(value):
+        return
+    if not isinstance(value, dict):
+        raise invalid("conversation", "must be a conversation id (a non-empty string) or an object with its `id`")
+    if not _is_id(value.get("id")):
+        raise invalid("conversation.id", "must be a non-empty string: the id of the conversation")
 
 
 def output_multiplier(endpoint: str, payload: dict[str, Any]) -> int:

@@ -90,8 +90,9 @@ def test_stored_responses_are_their_creators(
                 bob.post("/v1/responses", json={"model": "gpt-4o-mini", "input": "go on", "previous_response_id": ref}),
                 bob.post("/v1/responses", json={"model": "gpt-4o-mini", "input": "go on", "previous_response_id": ref,
                                                 "stream": True}),
+                # (a key a lenient reader would read; an `item_reference` without its `id` is a 400 first)
                 bob.post("/v1/responses", json={"model": "gpt-4o-mini", "input": [
-                    {"role": "user", "content": "x"}, {"type": "item_reference", "response_id": ref}]}),
+                    {"role": "user", "content": "x"}, {"role": "user", "content": "y", "response_id": ref}]}),
             ]
             for ref in (rid, ghost)
         ]

@@ -226,6 +226,12 @@ BAD_FIELDS: list[tuple[str, str, Any, str]] = [
     *[("responses", "input", v, "input.0") for v in ([1], ["x"])],
     *[("responses", "max_output_tokens", v, "max_output_tokens") for v in (0, -5, "5", 1.5)],
     *[("responses", "previous_response_id", v, "previous_response_id") for v in (5, ["resp_1"])],
+    # A conversation is its id or an object naming it by id; a reference names an item by a string id.
+    *[("responses", "conversation", v, "conversation") for v in (5, "", ["conv_1"], True)],
+    *[("responses", "conversation", v, "conversation.id") for v in ({}, {"id": 5}, {"id": ""}, {"id": ["conv_1"]})],
+    *[("responses", "input", [item], "input.0.id") for item in (
+        {"type": "item_reference", "id": 5}, {"type": "item_reference"}, {"type": "item_reference", "id": ""},
+        {"type": "item_reference", "id": ["msg_1"]}, {"id": 5}, {"id": {"id": "msg_1"}}, {"type": None, "id": ""})],
     *[("responses", "stream", v, "stream") for v in ("true", 1)],
 ]
 
@@ -262,6 +268,30 @@ def test_wrong_types_are_refused_before_any_quota_is_taken(
     assert int(last.headers["x-ratelimit-remaining"]) == remaining - 1  # the 400s cost nothing
     assert spy.paths() == ["/v1/chat/completions"] * 2
     assert recorded_ids(gw.settings.database_url) == {first.headers["x-request-id"], last.headers["x-request-id"]}
+
+
+def test_a_malformed_conversation_or_item_reference_is_refused_through_the_sdk_before_any_quota(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """A Responses `conversation` or `item_reference` id of the wrong shape went to the provider and
+    was charged a request, while a malformed `previous_response_id` was refused here: each is a 400
+    naming its field, through the official SDK, nothing reserved, sent or recorded."""
+    import openai
+
+    gw = gateway_factory(openai_api_url=spy.url + "/v1")
+    client = gw.openai()
+    for extra, param in (
+        ({"conversation": {"id": 5}}, "conversation.id"), ({"conversation": ""}, "conversation"),
+        ({"input": [{"type": "item_reference", "id": 7}]}, "input.0.id"),
+        ({"input": [{"role": "user", "content": "hi"}, {"type": "item_reference", "id": None}]}, "input.1.id"),
+    ):
+        with pytest.raises(openai.BadRequestError) as error:
+            client.responses.create(**{**RESPONSE, **extra})
+        assert error.value.status_code == 400 and error.value.code == "invalid_request", error.value.body
+        assert isinstance(error.value.body, dict) and error.value.body["details"]["param"] == param, error.value.body
+        assert "x-ratelimit-remaining" not in error.value.response.headers
+    assert spy.paths() == []
+    assert recorded_ids(gw.settings.database_url) == set()
 
 
 # --- a refused request touches no session ---------------------------------------------------------

@@ -67,12 +67,15 @@ class Charging:
     is part of another object's (a run's steps). `holds`: the call reserved for the object it makes
     (a batch's lines: `Meter.admit_batch`), which holds that reservation once made (`Meter.hold`)
     until the first read showing its usage — of it, or of a list showing it — settles it to that
-    usage (`Meter.settle`'s `settles`)."""
+    usage (`Meter.settle`'s `settles`). `context`: the call reads a stored response (its own path),
+    whose usage a read charges — its stream was cut before the provider's count — is the context
+    it holds (`remember_read_context`)."""
 
     work: bool = True
     at: str | None = None
     counted: bool = True
     holds: bool = False
+    context: bool = False
 
 
 WORK = Charging()  # a metered call: its answer's usage is its own
@@ -169,6 +172,8 @@ class AnswerRelay:
             charges=charges,
         )
         await self._confirm([*(c.object_id for c in charges), *claimed], ttl)
+        if charging.context:
+            await remember_read_context(self.ownership, charges, charging.at)
         claims: list[tuple[str, float | None]] = created_ids(parsed, creating=creating, ttl=ttl) if owner else []
         if items is not None:
             claims += answer_items(parsed, items)
@@ -358,6 +363,8 @@ class AnswerRelay:
                                settles=[(settles, usage)] if settles is not None and usage is not None else [],
                                models=models, charges=charges)
             await self._confirm([*(c.object_id for c in charges), *claimed], ttl)
+            if charging.context:
+                await remember_read_context(ownership, charges, charging.at)
             object_id = answer_id if creating else None
             claims: list[tuple[str, float | None]] = [(object_id, ttl)] if owner and object_id is not None else []
             if scanner is not None:
@@ -451,6 +458,22 @@ async def remember_context(
             await ownership.remember_turn(conversation, tokens, held, ObjectPath("conversations").ttl)
     except StoreUnavailable:
         ownership.outage.warning("the store is unavailable: a response's context size was not kept")
+
+
+async def remember_read_context(ownership: Ownership, charges: Iterable[ObjectCharge], response_id: str | None) -> None:
+    """Record the context a stored response holds from the usage a read of it charges (`charges`:
+    only when its stream was cut before the provider's count, which kept the cut exchange's charge
+    as its context — `remember_context` —, too little when the provider finished it): its input,
+    the context it continued included, and its output, as a complete exchange keeps. A conversation
+    the response joined keeps its count (README, "What next"). A store outage costs nothing but this."""
+    for charge in charges:
+        if charge.object_id != response_id:
+            continue
+        try:
+            await ownership.remember_context(response_id, charge.usage.input_tokens + charge.usage.output_tokens,
+                                             ObjectPath("responses").ttl)
+        except StoreUnavailable:
+            ownership.outage.warning("the store is unavailable: a response's context size was not kept")
 
 
 async def refuse(

@@ -325,7 +325,7 @@ class OpenAIRelay:
             last = segments[-1]
             owner = identity if where.collection is not None and last != "content" else None
             charging = Charging(work=method == "POST" and last != "cancel", at=last, counted="steps" not in segments,
-                                holds=creates_batch)
+                                holds=creates_batch, context=where.collection == "responses" and where.is_object(segments))
             if charging.work and 200 <= upstream.status < 300 and upstream.event_stream:
                 await self.answers.unoffered_stream(upstream, admission)  # raises: never relayed
             reply = await self.answers.complete(

@@ -694,3 +694,48 @@ def test_a_stored_answer_whose_stream_was_cut_is_charged_by_the_read_that_shows_
             assert wait_for(lambda: len(recorded(gw, again.headers["x-request-id"])) == 1)
             assert [(row["input_tokens"], row["output_tokens"])
                     for row in recorded(gw, again.headers["x-request-id"])] == [(0, 0)]
+
+
+def _cut_stream(gw: Gateway, http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    """Stream `body` to /v1/responses and leave after the first event: the cut request's record."""
+    with http.stream("POST", "/v1/responses", json={**body, "stream": True, "store": True}) as r:
+        assert r.status_code == 200
+        cut_id = r.headers["x-request-id"]
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                break
+    assert wait_for(lambda: len(recorded(gw, cut_id)) == 1)
+    return recorded(gw, cut_id)[0]
+
+
+@pytest.mark.parametrize("text", ["done", "x" * (1024 * 1024 + 1)])  # read whole, or relayed as it comes
+def test_the_read_charging_a_cut_responses_usage_keeps_it_as_the_context_continuing_it_reads(
+    gateway_factory: Callable[..., Gateway], text: str,
+) -> None:
+    """A stored response whose stream was cut kept the cut exchange's charge (a few tokens) as the
+    context a request continuing it (`previous_response_id`) is charged, even once the first read
+    of it had charged its real usage: a continuation cut in turn was charged the few tokens, not the
+    9,700 the provider read again. The read that charges its usage keeps that as its context."""
+    def created(response_id: str) -> dict[str, Any]:
+        return {"type": "response.created", "response": {"id": response_id, "object": "response", "model": "gpt-4o-mini",
+                                                          "status": "in_progress", "output": [], "usage": None}}
+
+    answer = {"id": "resp_cut", "object": "response", "status": "completed", "model": "gpt-4o-mini",
+              "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}],
+              "usage": {"input_tokens": 700, "output_tokens": 9000, "total_tokens": 9700}}
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1)
+        with gw.client() as http:
+            upstream.sse(created("resp_cut"), hold=True)
+            first = _cut_stream(gw, http, {"model": "gpt-4o-mini", "input": "hi"})
+            assert first["input_tokens"] + first["output_tokens"] < 100, first
+            upstream.json(answer)
+            read = http.get("/v1/responses/resp_cut")
+            assert read.status_code == 200, read.text
+            charge = charge_id(first["external_id"], "resp_cut")
+            assert wait_for(lambda: len(recorded(gw, charge)) == 1)
+            upstream.sse(created("resp_next"), hold=True)
+            continued = _cut_stream(gw, http, {"model": "gpt-4o-mini", "input": "hi", "previous_response_id": "resp_cut"})
+    # Its input: its own few tokens and the 9,700 of the context it continued, as the provider read them.
+    assert 9700 < continued["input_tokens"] < 9700 + 100, continued

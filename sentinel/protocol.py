@@ -11,7 +11,13 @@ answers 431 to more than `max_headers` headers or `max_header_bytes` bytes of re
 headers (a header line that never ends included). A request answered before its body was all in
 (a 401, a 413 from its Content-Length) keeps its connection while the rest arrives — read and
 dropped, so the client still gets its answer — but for at most `body_timeout` seconds: one that
-trickles the rest is then closed (every byte it sent had put off the keep-alive timeout). While
+trickles the rest is then closed (every byte it sent had put off the keep-alive timeout). One whose
+client asked for `100 Continue` first (`Expect: 100-continue`) and was answered without it may never
+send that body (RFC 9110 §10.1.1): its next request on the connection was read as the body, unanswered
+until the body deadline. Its answer says `Connection: close`, the end of the connection's answers
+follows it at once (a half-close), and the body, if it comes anyway, is still read and dropped — a
+socket closed with unread bytes resets the connection, which fails the client's upload and can lose
+the answer — then the connection closes; nothing after the body is parsed. While
 the answer cannot be written because the client does not read it (the transport paused writing),
 `send_timeout` seconds without progress close the connection (the app sees a client disconnect:
 its slot is freed, a stream is settled as 499). A body the app reads is bounded by the app
@@ -152,6 +158,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _running: RequestResponseCycle | None = None  # the request whose app was started last (uvicorn's
     # `cycle` is the one parsed last: a queued one while any are queued)
     _refusal: Callable[[], None] | None = None  # a refusal to write once the answers before it are out
+    _close_after_body = False  # the request being answered was answered without `100 Continue` before its
+    # body was in: the connection closes once that body is (`_close_unless_continued`)
 
     @property
     def _limits(self) -> ConnectionLimits:
@@ -279,6 +287,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._body_pending = True
         super().on_headers_complete()
+        if self.expect_100_continue and self.cycle is not None:
+            self._close_unless_continued(self.cycle)
+
+    def _close_unless_continued(self, cycle: RequestResponseCycle) -> None:
+        """`cycle`'s client asked for `100 Continue` before its body: answered without it (a 401, a 404,
+        a 413 from its Content-Length — the app never read the body) and before the body was in, that
+        client may never send the body (RFC 9110 §10.1.1), and its next request on the connection was
+        taken for the body until the body deadline. The answer says `Connection: close`; the body's
+        rest, if it comes, is still read and dropped (closed at once, a socket with unread bytes resets
+        the connection, which can lose the answer), and the connection closes once it is in."""
+        send = cycle.send
+
+        async def send_closing(message: Any) -> None:
+            closes = (message["type"] == "http.response.start" and cycle.waiting_for_100_continue
+                      and cycle.more_body and cycle.keep_alive)
+            if closes:
+                cycle.keep_alive = False  # uvicorn writes `Connection: close` ...
+            await send(message)
+            if closes:
+                cycle.keep_alive = True  # ... but does not close the transport: `on_response_complete` does
+                self._close_after_body = True
+
+        cycle.send = send_closing  # type: ignore[method-assign]
 
     def _overflow(self) -> None:
         """One request more than `MAX_PIPELINED` are queued: it is dropped, with everything after it;
@@ -314,6 +345,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_pending = False
         self._stop_drain()
         super().on_message_complete()
+        if self._close_after_body and self.cycle is not None:
+            # The body of a request answered with `Connection: close` (`_close_unless_continued`) is in:
+            # nothing after it is parsed, and the connection closes once that answer is written.
+            self._parsing_done = True
+            self.flow.resume_reading()  # to drop what else comes (`data_received`) until the close
+            if self.cycle.response_complete:
+                self.transport.close()
+            else:
+                self.cycle.keep_alive = False
+            return
         if self._upgrade_ignored() and self.cycle is not None:
             # What follows is, for the parser, the other protocol's: this request is the connection's last.
             self._parsing_done = True
@@ -346,6 +387,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if answered_before_its_body and not self.transport.is_closing():
             self._stop_drain()
             self._drain_timer = self.loop.call_later(self._limits.body_timeout, self._drain_too_slow)
+            if self._close_after_body and self.transport.can_write_eof():
+                self.transport.write_eof()  # the client reads the end of the answers at once
 
     def _stop_drain(self) -> None:
         _cancel(self._drain_timer)

@@ -213,3 +213,82 @@ def test_a_credential_or_host_sent_twice_is_refused(gateway: Gateway, twice: str
     else:
         assert openai_error(error)["code"] == "duplicate_header"
     assert ledger_rows(gateway.settings.database_url) == []
+
+
+# --- Expect: 100-continue -----------------------------------------------------------------------
+def expecting(gw: Gateway, *, authorized: bool = False, length: int = len(CHAT)) -> bytes:
+    """The head of a chat request that waits for `100 Continue` before its body (of `length` bytes)."""
+    auth = b"Authorization: Bearer " + gw.key.encode() + b"\r\n" if authorized else b""
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + auth
+            + b"Expect: 100-continue\r\nContent-Length: " + str(length).encode() + b"\r\n\r\n")
+
+
+def read_answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One answer's head and body (by its Content-Length), read from `sock`, skipping `100 Continue`."""
+    received = b""
+    while True:
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(65536)
+            assert chunk, received
+            received += chunk
+        head, _, received = received.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 100 "):
+            break
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(received) < length:
+        received += sock.recv(65536)
+    assert len(received) == length, received[length:]
+    return head, received
+
+
+def test_an_answer_without_continue_closes_a_connection_whose_body_never_comes(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """A request that waits for `100 Continue` and is answered without it (401, before its body) may
+    have its body skipped (RFC 9110 §10.1.1): the client's next request on that connection was read as
+    the body, unanswered until the body deadline. The answer says `Connection: close`, and the
+    connection ends with it."""
+    gw = gateway_factory(body_timeout_seconds=120)
+    with socket.create_connection(("127.0.0.1", port_of(gw)), timeout=8) as sock:
+        sock.sendall(expecting(gw))
+        head, body = read_answer(sock)
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")  # the body skipped: the next request
+        after = rest_of(sock)
+    assert statuses(head) == [401] and b"connection: close" in head.lower(), head
+    assert openai_error(orjson.loads(body))["code"] == "missing_api_key"
+    assert after == b"", after[:300]  # closed, nothing read as a request
+    assert ledger_rows(gw.settings.database_url) == []
+
+
+def test_a_body_sent_after_an_answer_without_continue_is_read_before_the_close(gateway: Gateway) -> None:
+    """The client that sends its body anyway (curl does after 1 s) has it read and dropped, then the
+    connection closes: closed at once, the body's bytes arriving at a closed socket reset the
+    connection, which can lose the answer, and the client's upload fails."""
+    big = 4 * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", port_of(gateway)), timeout=10) as sock:
+        sock.sendall(expecting(gateway, length=big))
+        head, _ = read_answer(sock)
+        sock.sendall(b" " * big)  # a reset connection fails this
+        after = rest_of(sock)
+    assert statuses(head) in ([401], [413]) and b"connection: close" in head.lower(), head
+    assert after == b"", after[:300]
+
+
+def test_a_body_that_came_with_its_head_keeps_the_connection(gateway: Gateway) -> None:
+    """A client that did not wait for `100 Continue` (its body came with its head) is answered as
+    before, keep-alive included; so is one whose body the app asked for (`100 Continue` sent)."""
+    with socket.create_connection(("127.0.0.1", port_of(gateway)), timeout=10) as sock:
+        sock.sendall(expecting(gateway) + CHAT)
+        first, _ = read_answer(sock)
+        sock.sendall(expecting(gateway, authorized=True))
+        continued = sock.recv(65536)
+        sock.sendall(CHAT)
+        second, body = read_answer(sock)
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        last, _ = read_answer(sock)
+    assert statuses(first) == [401] and b"connection: close" not in first.lower(), first
+    assert continued.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), continued
+    assert statuses(second) == [200], second
+    assert orjson.loads(body)["object"] == "chat.completion"
+    assert statuses(last) == [200], last
+

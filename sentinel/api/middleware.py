@@ -4,6 +4,7 @@ It wraps the router. For every HTTP request it:
 - refuses with 400 `duplicate_header` a request sending a credential header (`Authorization`,
   `x-api-key`, `X-Docs-Key`, `X-CSRF-Token`) or `Host` on more than one line: Sentinel read the
   first line, a proxy in front may read the last, so which credential a request carried was a guess;
+  and with 400 `missing_host` an HTTP/1.1 request with no `Host` at all (RFC 9112 §3.2: HTTP/1.0 has none);
 - takes `X-Request-Id` from the client (if sane, and holding no API key or configured secret: the id
   is in every log line, the ledger and the provider's `X-Client-Request-Id`) or makes one, and
   returns it on the response;
@@ -272,7 +273,9 @@ def _request_id(scope: Scope, redact: Redactor = SENTINEL_KEYS_ONLY) -> tuple[st
 
 
 def _check_one_line_headers(scope: Scope) -> None:
-    """InvalidRequest (400 `duplicate_header`) when a header of _ONE_LINE_HEADERS comes on two lines."""
+    """InvalidRequest (400 `duplicate_header`) when a header of _ONE_LINE_HEADERS comes on two lines,
+    (400 `missing_host`) when an HTTP/1.1 request has no Host: RFC 9112 §3.2 asks a server to refuse it
+    (the parser took it; an HTTP/1.0 request may have none)."""
     seen: set[bytes] = set()
     for name, _ in scope["headers"]:
         if name in _ONE_LINE_HEADERS:
@@ -281,6 +284,8 @@ def _check_one_line_headers(scope: Scope) -> None:
                     f"The request has more than one {name.decode()} header: send exactly one", code="duplicate_header"
                 )
             seen.add(name)
+    if b"host" not in seen and scope.get("http_version") == "1.1":
+        raise InvalidRequest("An HTTP/1.1 request must have a Host header", code="missing_host")
 
 
 def _drop_tracebacks(exc: BaseException) -> None:

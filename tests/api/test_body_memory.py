@@ -69,7 +69,7 @@ class Exchange:
 def scope_for(
     path: str, key: str | None, *, length: int | None, client: str = "127.0.0.1", method: str = "POST",
 ) -> dict[str, Any]:
-    headers = [(b"content-type", b"application/json")]
+    headers = [(b"host", b"sentinel.test"), (b"content-type", b"application/json")]
     if key is not None:
         headers.append((b"authorization", f"Bearer {key}".encode()))
     if length is not None:

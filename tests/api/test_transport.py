@@ -1,5 +1,6 @@
 """The HTTP transport, attacked on a raw socket: what a chunked body's trailer section carries, how
-long it may be, transfer codings other than `chunked` alone, and credentials or hosts sent twice."""
+long it may be, transfer codings other than `chunked` alone, credentials or hosts sent twice, a Host
+missing, and an answer without `100 Continue` to a client that waits for it."""
 
 from __future__ import annotations
 
@@ -292,3 +293,26 @@ def test_a_body_that_came_with_its_head_keeps_the_connection(gateway: Gateway) -
     assert orjson.loads(body)["object"] == "chat.completion"
     assert statuses(last) == [200], last
 
+
+# --- Host -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/health/live"])
+def test_an_http_1_1_request_without_host_is_refused(gateway: Gateway, path: str) -> None:
+    """RFC 9112 §3.2: an HTTP/1.1 request without Host is a bad request; the parser took it. 400
+    `missing_host` in the surface's shape, before any credential is looked at."""
+    request = (f"POST {path} HTTP/1.1\r\nAuthorization: Bearer {gateway.key}\r\nx-api-key: {gateway.key}\r\n"
+               f"Content-Type: application/json\r\nanthropic-version: 2023-06-01\r\nContent-Length: {len(CHAT)}\r\n"
+               "Connection: close\r\n\r\n").encode() + CHAT
+    answer = exchange(gateway, request)
+    assert statuses(answer) == [400], answer[:300]
+    error = body_of(answer)
+    if path == "/v1/messages":
+        assert error["error"]["type"] == "invalid_request_error", error  # type: ignore[index]
+        assert "Host" in error["error"]["message"]  # type: ignore[index]
+    else:
+        assert openai_error(error)["code"] == "missing_host"
+    assert ledger_rows(gateway.settings.database_url) == []
+
+
+def test_an_http_1_0_request_without_host_is_served(gateway: Gateway) -> None:
+    answer = exchange(gateway, b"GET /health/live HTTP/1.0\r\n\r\n")
+    assert re.match(rb"HTTP/1\.1 200 ", answer), answer[:300]

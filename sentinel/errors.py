@@ -239,8 +239,9 @@ class UpstreamError(SentinelError):
 class UpstreamStatusError(UpstreamError):
     """The upstream answered with an error status; `upstream_status` keeps it. `retry_after`: the
     seconds the provider's `Retry-After` asked for (a 5xx's: the provider's health reads it, the
-    client is not told). `key_refused`: a 401/403 that refused the provider key itself (revoked,
-    invalid), not only the request."""
+    client is not told). `key_refused`: an answer that refused Sentinel's provider key or account
+    itself (revoked, invalid, out of credit, the host's region blocked: see
+    `sentinel.providers.errors._key_refused`), not only the request."""
 
     key_refused = False
 

@@ -50,6 +50,14 @@ endless_tool_args  X-Mock-Endless-Tool-    #mock:endless_tool_args  stream with 
                                                                     end, until the client leaves (a
                                                                     hostile or broken provider);
                                                                     otherwise no effect
+error_code         X-Mock-Error-Code       #mock:error_code=NAME    with ``status``: the error's code
+                                                                    (OpenAI shape: ``code``; Google
+                                                                    shape: its ``ErrorInfo`` reason)
+error_shape        X-Mock-Error-Shape      #mock:error_shape=SHAPE  with ``status``, OpenAI-format
+                                                                    endpoints: ``google`` answers
+                                                                    ``{"error": {code, message,
+                                                                    status, details}}`` (Gemini's),
+                                                                    ``google_list`` a list of one
 =================  ======================  =======================  =====================================
 
 The query names are the directive names prefixed with ``mock_``. Boolean knobs accept no value,
@@ -66,6 +74,9 @@ from typing import Any
 _INT_KNOBS = ("status", "disconnect_after", "retry_after", "pings_after", "error_after")
 _FLOAT_KNOBS = ("latency_ms", "chunk_delay_ms", "drop_after_ms", "trickle_ms")
 _BOOL_KNOBS = ("malformed", "no_usage", "parallel_tools", "endless_tool_args")
+_WORD_KNOBS = ("error_code", "error_shape")
+_SHAPES = frozenset({"google", "google_list"})
+_WORD = re.compile(r"[A-Za-z0-9_]{1,64}")
 _HEADER_NAMES = {
     "x-mock-status": "status",
     "x-mock-retry-after": "retry_after",
@@ -81,8 +92,10 @@ _HEADER_NAMES = {
     "x-mock-no-usage": "no_usage",
     "x-mock-parallel-tools": "parallel_tools",
     "x-mock-endless-tool-args": "endless_tool_args",
+    "x-mock-error-code": "error_code",
+    "x-mock-error-shape": "error_shape",
 }
-_KNOBS = frozenset(_INT_KNOBS + _FLOAT_KNOBS + _BOOL_KNOBS)
+_KNOBS = frozenset(_INT_KNOBS + _FLOAT_KNOBS + _BOOL_KNOBS + _WORD_KNOBS)
 _DIRECTIVE = re.compile(r"#mock:([a-z_]+)(?:=([^\s#]+))?")
 _TRUE = frozenset({"", "1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -103,8 +116,10 @@ class WireError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
+        shape: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.shape = shape  # None: the wire's own; "google", "google_list" (the `error_shape` knob)
         self.status = status
         self.message = message
         self.param = param
@@ -129,6 +144,8 @@ class Faults:
     no_usage: bool = False
     parallel_tools: bool = False
     endless_tool_args: bool = False
+    error_code: str | None = None
+    error_shape: str | None = None
 
     @classmethod
     def resolve(cls, *sources: Mapping[str, str]) -> Faults:
@@ -147,13 +164,15 @@ class Faults:
         if self.status in (429, 503, 529):
             headers["retry-after"] = str(self.retry_after)
         return WireError(
-            self.status, _FAULT_MESSAGES.get(self.status, "Mock upstream error"), headers=headers
+            self.status, _FAULT_MESSAGES.get(self.status, "Mock upstream error"), headers=headers,
+            code=self.error_code, shape=self.error_shape,
         )
 
 
 _FAULT_MESSAGES = {
     400: "Mock upstream: bad request",
     401: "Mock upstream: invalid API key",
+    402: "Mock upstream: insufficient credits",
     403: "Mock upstream: permission denied",
     404: "Mock upstream: the model does not exist or you do not have access to it",
     408: "Mock upstream: request timed out",
@@ -167,6 +186,11 @@ _FAULT_MESSAGES = {
 
 
 def _convert(key: str, value: str) -> Any:
+    if key in _WORD_KNOBS:
+        word = value.strip()
+        if not _WORD.fullmatch(word) or (key == "error_shape" and word not in _SHAPES):
+            raise WireError(400, f"mock knob {key}: not a valid value: {value!r}")
+        return word
     raw = value.strip().lower()
     try:
         if key in _INT_KNOBS:

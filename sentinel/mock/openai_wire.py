@@ -42,6 +42,8 @@ _MESSAGE_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 def error_reply(err: WireError, request_id: str | None = None) -> JSONReply:
     """An error in OpenAI's shape ``{"error": {message, type, param, code}}`` (the id is a header only)."""
+    if err.shape is not None:
+        return _google_error(err)
     kind = _TYPES.get(err.status, "server_error" if err.status >= 500 else "invalid_request_error")
     body = {
         "error": {
@@ -52,6 +54,23 @@ def error_reply(err: WireError, request_id: str | None = None) -> JSONReply:
         }
     }
     return JSONReply(body, err.status, err.headers)
+
+
+# Google's canonical status names of the HTTP statuses (google.rpc.Code), as Gemini's errors carry them.
+_GOOGLE_STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                    429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def _google_error(err: WireError) -> JSONReply:
+    """An error in Google's shape (Gemini's; its OpenAI-compatible endpoint answers a list of one):
+    ``{"error": {code, message, status, details}}``, `err.code` as the reason of its ``ErrorInfo``."""
+    error: dict[str, Any] = {"code": err.status, "message": err.message,
+                             "status": _GOOGLE_STATUSES.get(err.status, "UNKNOWN")}
+    if err.code:
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": err.code,
+                             "domain": "googleapis.com"}]
+    body: Any = {"error": error}
+    return JSONReply([body] if err.shape == "google_list" else body, err.status, err.headers)
 
 
 def authenticate(call: Call, api_key: str | None = None) -> None:

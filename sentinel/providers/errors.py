@@ -1,10 +1,12 @@
 """Upstream error answers mapped to Sentinel errors: the one place that reads a provider's error body.
 
 Both surfaces use the same mapping (documented in the README's error table):
-- 401/403: Sentinel's own provider credentials were refused -> 502 `provider_auth_error`, with a
-  generic message (a provider's message can quote the tail of the key). One that refuses the key
-  itself (`UpstreamStatusError.key_refused`, see `_key_refused`: a revoked or invalid key) is a
-  provider failure (backoff, a retry elsewhere); one that refuses only what was asked is not;
+- 401/402/403, and a 400 that refuses the key (Google's `API_KEY_INVALID`): Sentinel's own provider
+  credentials were refused -> 502 `provider_auth_error`, with a generic message (a provider's message
+  can quote the tail of the key, or name the account's credit). One that refuses the key or the
+  account itself (`UpstreamStatusError.key_refused`, see `_key_refused`: a revoked or invalid key, an
+  account out of credit, the host's region blocked) is a provider failure (backoff, a retry
+  elsewhere) and never the user's cost; one that refuses only what was asked is not;
 - 429 -> 429 `provider_rate_limited`, with the provider's Retry-After (seconds, or an HTTP date
   turned into seconds) when it sent one and a generic message: the provider's names the company's
   account (organisation id) and its limits and usage. A 429 that refuses the request itself as larger
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -128,15 +130,17 @@ def upstream_error(
     request carried a client's beta switch (`UpstreamResponse.client_switched`): a 401/403 then
     refused that request, never the key itself (`key_refused`: a client could otherwise take a model
     out of service for everyone at will)."""
-    message, code, err_type = _error_fields(raw)
+    fields = _error_fields(raw)
+    message, code, err_type = fields.message, fields.code, fields.type
     asked = next((v for k, v in headers if k.lower() == "retry-after"), None)
     retry_after = parse_retry_after(asked, now=time.time()) if asked is not None else None
-    if status in (401, 403):
+    key_refused = not client_switched and _key_refused(status, fields)
+    if status in (401, 402, 403) or key_refused:
         refused = UpstreamStatusError(
             f"Provider {provider} rejected Sentinel's credentials (HTTP {status}); check the provider configuration",
             upstream_status=status, code="provider_auth_error", provider=provider,
         )
-        refused.key_refused = not client_switched and _key_refused(status, message, code, err_type)
+        refused.key_refused = key_refused
         return refused
     if status == 429:
         log.info("provider rate limited",
@@ -180,32 +184,80 @@ def _too_large(message: str) -> bool:
 
 
 _SCOPE_HINTS = ("scope", "permission")  # OpenAI's restricted keys: "insufficient permissions ... Missing scopes"
+# OpenAI's codes for a refusal of Sentinel's own setup: its key, or the region of the host it calls from
+# ("Country, region, or territory not supported": no request of that host is served).
+_KEY_CODES = frozenset({"invalid_api_key", "unsupported_country_region_territory"})
+# Google's (Gemini's, its OpenAI-compatible endpoint's too) `ErrorInfo` reasons for a refusal of the key
+# or its project: invalid or expired, blocked for the API, an IP or a referrer; the API off; the project
+# suspended. A leaked key's 403 carries none: its message says "Your API key was reported as leaked".
+_GOOGLE_KEY_REASONS = frozenset({
+    "API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED", "API_KEY_IP_ADDRESS_BLOCKED",
+    "API_KEY_HTTP_REFERRER_BLOCKED", "API_KEY_ANDROID_APP_BLOCKED", "API_KEY_IOS_APP_BLOCKED",
+    "SERVICE_DISABLED", "CONSUMER_SUSPENDED", "CONSUMER_INVALID",
+})
+_GOOGLE_KEY_MESSAGES = ("api key", "your api key")  # at the start of the message, which a client's text never is
 
 
-def _key_refused(status: int, message: str, code: str, err_type: str) -> bool:
-    """Whether a 401/403 says the provider key itself is refused (revoked, invalid), not this request:
-    an error typed `authentication_error` (Anthropic) or coded `invalid_api_key` (OpenAI); else any
-    401 but one about the key's scopes (a restricted key may call some endpoints and not others: a
-    client picks the endpoint). A 403 says no to what was asked (Anthropic's `permission_error`: a
-    model or feature the key may not use; a region; a content policy) — a client can cause one."""
-    if err_type == "authentication_error" or code == "invalid_api_key":
+def _key_refused(status: int, fields: _ErrorFields) -> bool:
+    """Whether an error answer refuses Sentinel's own provider key or account (revoked, invalid, out of
+    credit, the host's region blocked), not this request — the operator's to fix, never the user's cost:
+    - any 402 (Payment Required: the account out of credit or its billing off, OpenRouter's and other
+      OpenAI-compatible providers');
+    - an error typed `authentication_error` (Anthropic) or coded as in `_KEY_CODES` (OpenAI);
+    - a Google-shaped error (`{"error": {"code": 403, "status": "PERMISSION_DENIED", ...}}`, or a list
+      of them) whose `ErrorInfo` reason is one of `_GOOGLE_KEY_REASONS` or whose message begins by
+      naming the API key (a leaked key) — a 400 `API_KEY_INVALID` included;
+    - else any 401 but one about the key's scopes (a restricted key may call some endpoints and not
+      others: a client picks the endpoint).
+    Any other 403 says no to what was asked (Anthropic's `permission_error`, OpenAI's: a model or
+    feature the key may not use; Google's `PERMISSION_DENIED` for a file or tuned model; a content
+    policy) — a client can cause one."""
+    if not 400 <= status < 500 or status == 429:
+        return False
+    if status == 402 or fields.type == "authentication_error" or fields.code in _KEY_CODES:
         return True
-    return status == 401 and not any(hint in message.lower() for hint in _SCOPE_HINTS)
+    if fields.reasons & _GOOGLE_KEY_REASONS or (
+        fields.google and fields.message.lower().startswith(_GOOGLE_KEY_MESSAGES)
+    ):
+        return True
+    return status == 401 and not any(hint in fields.message.lower() for hint in _SCOPE_HINTS)
 
 
-def _error_fields(raw: bytes) -> tuple[str, str, str]:
-    """(message, code, type) of an OpenAI- or Anthropic-shaped error body, tolerant of anything."""
+class _ErrorFields(NamedTuple):
+    """What an error body says: its message, code and type (OpenAI's or Anthropic's labels; "" when
+    absent), whether it is Google-shaped (a numeric `code` and a `status`) and, of a Google one, the
+    `reason`s of its `details`."""
+
+    message: str
+    code: str = ""
+    type: str = ""
+    google: bool = False
+    reasons: frozenset[str] = frozenset()
+
+
+def _error_fields(raw: bytes) -> _ErrorFields:
+    """The fields of an OpenAI-, Anthropic- or Google-shaped error body (Google's may come as a list
+    of one), tolerant of anything."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return (raw[:200].decode("utf-8", "replace").strip() or "no details", "", "")
+        return _ErrorFields(raw[:200].decode("utf-8", "replace").strip() or "no details")
+    if isinstance(data, list) and data:
+        data = data[0]
     err = data.get("error") if isinstance(data, dict) else None
     if not isinstance(err, dict):
-        return "no details", "", ""
+        return _ErrorFields("no details")
     message = err.get("message")
-    code, err_type = err.get("code"), err.get("type")
-    return (
+    code, err_type, details = err.get("code"), err.get("type"), err.get("details")
+    google = isinstance(err.get("status"), str) and type(code) is int
+    reasons = frozenset(
+        each["reason"] for each in (details if google and isinstance(details, list) else ())
+        if isinstance(each, dict) and isinstance(each.get("reason"), str)
+    )
+    return _ErrorFields(
         str(message)[:_MAX_MESSAGE] if message else "no details",
         code if isinstance(code, str) else "",
         err_type if isinstance(err_type, str) else "",
+        google,
+        reasons,
     )

@@ -1,7 +1,7 @@
 """Retry once before the first byte: which failures count against a provider, and the retry loop.
 
 A request whose chosen candidate fails with a provider failure (5xx, connect timeout, connection
-error, provider 429, a 401 refusing Sentinel's provider key itself: see
+error, provider 429, a 401, 402 or 403 refusing Sentinel's provider key or account itself: see
 `UpstreamStatusError.key_refused`) is recorded against that candidate's health and, when the
 router allows it (see `TierRouter.alternative`), sent once more to another healthy candidate of the
 tier — unless the provider may have served it: a read timeout or a connection dropped after it was

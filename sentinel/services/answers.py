@@ -482,11 +482,12 @@ async def refuse(
     """Settle (or not) an upstream error answer, then raise the Sentinel error for it.
 
     A request the provider refused (a 4xx other than 429, and a 401/403 that refused this request —
-    a model or feature the key may not use, a client's beta switch —, not Sentinel's provider key
-    itself: `UpstreamStatusError.key_refused`) still reached the company's account: it counts as one
+    a model or feature the key may not use, a client's beta switch —, not Sentinel's provider key or
+    account itself — revoked, out of credit (a 402), the host's region blocked:
+    `UpstreamStatusError.key_refused`) still reached the company's account: it counts as one
     request and is recorded with the upstream status and no tokens, so provider-refused calls are not
     free (a 403 a client causes at will was given back: repeated without end, not even its requests
-    counted). When the provider failed or limited us (5xx, 429) or refused Sentinel's own key,
+    counted). When the provider failed or limited us (5xx, 429) or refused Sentinel's own key or account,
     nothing was served: nothing is settled here and the caller gives the reservation back
     (`Meter.release`, a no-op after a settle; such a refusal is a provider failure, which may be
     sent to another candidate). The error raised is

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from sentinel.routing.health import ProviderHealth
 from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.routing.test_failover_http import per_minute_limited
@@ -207,3 +208,50 @@ def test_method_override_headers_are_not_forwarded(gateway_factory: Callable[...
         seen = last_upstream_request(gw)
     assert r.status_code == 200 and seen["method"] == "POST"
     assert not {"x-http-method-override", "x-method-override", "x-http-method"} & set(seen["headers"])
+
+
+# Refusals of Sentinel's own setup, as an OpenAI-compatible provider answers them (the mock's knobs):
+SETUP_REFUSALS = {
+    "out-of-credit": "#mock:status=402",  # OpenRouter's and others' 402: the account's billing
+    "region": "#mock:status=403 #mock:error_code=unsupported_country_region_territory",  # the host's region
+    # Gemini's OpenAI-compatible endpoint: a list of one Google error, its ErrorInfo reason the key's
+    "google-blocked": "#mock:status=403 #mock:error_shape=google_list #mock:error_code=API_KEY_SERVICE_BLOCKED",
+    "google-invalid": "#mock:status=400 #mock:error_shape=google #mock:error_code=API_KEY_INVALID",
+}
+
+
+@pytest.mark.parametrize("fault", list(SETUP_REFUSALS))
+def test_a_refusal_of_sentinels_own_setup_is_no_users_cost_and_a_provider_failure(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, fault: str,
+) -> None:
+    """A provider refusing Sentinel's account or key for what no request can change — out of credit
+    (402), the host's region blocked, a Google key blocked or invalid — refuses every request until an
+    operator fixes it: on the /v1 surface and the native API alike it is 502 `provider_auth_error`
+    (the provider's text, which names the account, never shown), its reservation given back (no
+    request counted, no record), and a provider failure (the model in backoff). It was charged as
+    a refusal of the request (a 402 relayed as the provider's own), every user paying for the
+    operator's setup."""
+    gw = gateway_factory(usage_flush_interval_seconds=0.1, providers_file=tiers_file(tmp_path, "openai"))
+    asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=4/1d"))
+    text = f"hi {SETUP_REFUSALS[fault]}"
+    with gw.client() as http:
+        refused = [  # (the native API first: its tier's one model is in backoff after this)
+            http.post("/native/v1/chat/completions", json={"messages": [{"role": "user", "content": text}]}),
+            http.post("/v1/chat/completions", json={"model": MINI, "messages": [{"role": "user", "content": text}]}),
+            http.post("/v1/messages", json={"model": MINI, "max_tokens": 20,
+                                            "messages": [{"role": "user", "content": text}]}),
+        ]
+        backoff = gw.read_stored(ProviderHealth.key("openai", MINI))  # (a success, below, clears it)
+        path, body, headers = _chat(MINI)(None)
+        served = http.post(path, json=body, headers=headers)
+    assert [r.status_code for r in refused] == [502, 502, 502], [r.text for r in refused]
+    codes = [r.json()["error"].get("code") for r in refused]
+    assert codes == ["provider_auth_error", "provider_auth_error", None], [r.text for r in refused]
+    assert all(r.json()["error"]["type"] in {"upstream_error", "api_error"} for r in refused)
+    assert not any(word in r.text for r in refused for word in ("credits", "permission", "Mock upstream"))
+    assert served.status_code == 200, served.text
+    assert served.headers["x-ratelimit-remaining"] == "3"  # only the served request counted
+    assert backoff is not None  # a provider failure
+    assert wait_for(lambda: ledger_rows(gw.settings.database_url, "alice"))
+    time.sleep(0.3)  # a wrongly recorded refusal would have been flushed by now
+    assert [r["status"] for r in ledger_rows(gw.settings.database_url, "alice")] == [200]

@@ -91,6 +91,26 @@ def test_bad_knob_values_are_400(http: httpx.Client) -> None:
     assert r.status_code == 400 and "bogus" in r.json()["error"]["message"]
 
 
+def test_error_code_and_google_shape(http: httpx.Client) -> None:
+    """`error_code` names the error's code (OpenAI's `code`, Google's ErrorInfo reason); `error_shape`
+    answers in Google's shape (Gemini's), `google_list` as a list of one (its OpenAI-compatible endpoint)."""
+    def post(text: str) -> httpx.Response:
+        return http.post("/v1/chat/completions", headers=OPENAI_AUTH,
+                         json={"model": "m", "messages": [{"role": "user", "content": text}]})
+
+    region = post("hi #mock:status=403 #mock:error_code=unsupported_country_region_territory")
+    assert region.status_code == 403 and region.json()["error"]["code"] == "unsupported_country_region_territory"
+    listed = post("hi #mock:status=403 #mock:error_shape=google_list #mock:error_code=API_KEY_SERVICE_BLOCKED")
+    assert listed.status_code == 403
+    (google,) = listed.json()
+    assert (google["error"]["code"], google["error"]["status"]) == (403, "PERMISSION_DENIED")
+    assert google["error"]["details"][0]["reason"] == "API_KEY_SERVICE_BLOCKED"
+    bare = post("hi #mock:status=402 #mock:error_shape=google").json()
+    assert bare["error"]["code"] == 402 and "details" not in bare["error"]
+    assert post("hi #mock:status=403 #mock:error_shape=square").status_code == 400  # no such shape
+    assert post("hi #mock:status=403 #mock:error_code=a{b").status_code == 400
+
+
 def test_disconnect_mid_stream_openai(http: httpx.Client, oai: openai.OpenAI) -> None:
     received: list[bytes] = []
     with pytest.raises(httpx.RemoteProtocolError):  # noqa: PT012

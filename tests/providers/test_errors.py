@@ -96,6 +96,18 @@ ANTHROPIC_BAD_KEY = {"type": "error", "error": {"type": "authentication_error", 
 ANTHROPIC_NOT_ALLOWED = {"type": "error", "error": {
     "type": "permission_error", "message": "Your API key does not have permission to use the specified resource."}}
 
+OPENAI_REGION = {"error": {"code": "unsupported_country_region_territory", "message": "Country, region, or "
+                           "territory not supported", "param": None, "type": "request_forbidden"}}
+GOOGLE_LEAKED = {"error": {"code": 403, "message": "Your API key was reported as leaked. Please use another API key.",
+                           "status": "PERMISSION_DENIED"}}
+GOOGLE_FILE_DENIED = {"error": {"code": 403, "message": "You do not have permission to access the File abc or it may "
+                                "not exist.", "status": "PERMISSION_DENIED"}}
+
+
+def google(code: int, status: str, reason: str) -> dict[str, object]:
+    return {"error": {"code": code, "message": "Refused.", "status": status, "details": [
+        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "googleapis.com"}]}}
+
 
 @pytest.mark.parametrize(
     ("status", "raw", "refused"),
@@ -108,6 +120,17 @@ ANTHROPIC_NOT_ALLOWED = {"type": "error", "error": {
         (403, b"<html>Forbidden</html>", False),
         (403, orjson.dumps({"error": {"type": "authentication_error", "message": "key revoked"}}), True),
         (403, orjson.dumps({"error": {"code": "invalid_api_key", "message": "no such key"}}), True),
+        # the host's region blocked (OpenAI): no request of Sentinel's is served, whatever it asks
+        (403, orjson.dumps(OPENAI_REGION), True),
+        # Google's (Gemini's, as an object or its OpenAI-compatible endpoint's list of one)
+        (403, orjson.dumps(GOOGLE_LEAKED), True),
+        (403, orjson.dumps([GOOGLE_LEAKED]), True),
+        (403, orjson.dumps([google(403, "PERMISSION_DENIED", "API_KEY_SERVICE_BLOCKED")]), True),
+        (400, orjson.dumps([google(400, "INVALID_ARGUMENT", "API_KEY_INVALID")]), True),
+        (403, orjson.dumps(GOOGLE_FILE_DENIED), False),  # a file named in the request: the client's
+        # out of credit (OpenRouter's, an OpenAI-compatible provider's 402): the account's, not the user's
+        (402, orjson.dumps({"error": {"code": 402, "message": "Insufficient credits. Add more using ..."}}), True),
+        (402, b"Payment Required", True),
     ],
 )
 def test_a_refusal_of_the_provider_key_itself_is_told_from_one_of_the_request(
@@ -117,10 +140,15 @@ def test_a_refusal_of_the_provider_key_itself_is_told_from_one_of_the_request(
     A 403 refuses what was asked (a client can ask for what the key may not do), unless its error
     says the key is bad; so does a 401 about a restricted key's scopes. Either way the client gets
     the same generic 502, never the provider's text."""
-    err = upstream_error("anthropic", status, raw, [])
-    assert isinstance(err, UpstreamStatusError)
-    assert (err.status, err.code, err.key_refused) == (502, "provider_auth_error", refused)
-    assert not any(text in err.message for text in ("sk-", "Incorrect", "x-api-key", "permission", "scopes"))
+    for relayed in (False, True):  # the native API's and the /v1 surfaces' alike
+        err = upstream_error("anthropic", status, raw, [], relay_client_errors=relayed)
+        assert isinstance(err, UpstreamStatusError)
+        assert (err.status, err.code, err.key_refused) == (502, "provider_auth_error", refused)
+        assert not any(text in err.message for text in ("sk-", "Incorrect", "x-api-key", "permission", "scopes",
+                                                        "leaked", "credits", "Country"))
+    # a request carrying a client's beta switch: the refusal is that request's, whatever it says
+    switched = upstream_error("anthropic", status, raw, [], client_switched=True)
+    assert not (isinstance(switched, UpstreamStatusError) and switched.key_refused)
 
 
 def test_a_429_refusing_the_request_as_too_large_for_the_minute_is_told_from_a_rate_limit() -> None:

@@ -123,6 +123,13 @@ class StreamNormalizer:
         return Usage.of(self._prompt_tokens, self._completion_tokens)
 
     @property
+    def unserved(self) -> bool:
+        """The stream ended with the provider's error before any of its answer was generated (no output
+        to charge, hidden reasoning included). False unless the format tells (an OpenAI-format stream
+        shows none of a reasoning model's reasoning, so an error may follow billed reasoning)."""
+        return False
+
+    @property
     def done(self) -> bool:
         """The upstream's final event (`[DONE]`, `message_stop`) arrived: nothing after it is read."""
         return self._done
@@ -374,6 +381,15 @@ class AnthropicStreamNormalizer(StreamNormalizer):
     ) -> None:
         super().__init__(provider=provider, created=created, scrub=scrub)
         self._input: dict[str, int] = {}
+        self._began = False  # a block of the answer (thinking included) started
+        self._failed = False  # the provider's error event ended the stream
+
+    @property
+    def unserved(self) -> bool:
+        """The provider ended the stream with its error event before any block of its answer (an
+        `overloaded_error` right after message_start): it generated no output, hidden reasoning
+        included — as `AnthropicStreamInspector.unserved` tells of a relayed stream."""
+        return self._failed and not self._began
 
     def _take_input(self, usage: dict[str, Any]) -> None:
         for key in _INPUT_KEYS:
@@ -394,6 +410,7 @@ class AnthropicStreamNormalizer(StreamNormalizer):
             self._take_input(as_object(message.get("usage")))
             return [self._chunk({"content": ""})]
         if kind == "content_block_start":
+            self._began = True
             return self._block_start(self._index(obj.get("index")), obj.get("content_block"))
         if kind == "content_block_delta":
             return self._block_delta(self._index(obj.get("index")), obj.get("delta"))
@@ -408,6 +425,7 @@ class AnthropicStreamNormalizer(StreamNormalizer):
         if kind == "message_stop":
             self._done = True
         elif kind == "error":
+            self._failed = True
             raise self._upstream_error(obj.get("error"))
         return []  # ping, content_block_stop and event types added later
 

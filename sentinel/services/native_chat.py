@@ -298,6 +298,7 @@ class NativeChat:
             await meter.settle(
                 admission, usage=stream.measured, output_text=stream.normalizer.text,
                 output_counted=stream.normalizer.counted, status=status,
+                output_estimate=0 if stream.normalizer.unserved else None,
                 provider=choice.provider, reported_input=stream.reported_input,
             )
             if admission.recorded is not None:

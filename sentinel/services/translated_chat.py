@@ -200,6 +200,7 @@ class TranslatedChat:
             await meter.settle(
                 admission, usage=stream.measured, output_text=stream.normalizer.text,
                 output_counted=stream.normalizer.counted, status=status,
+                output_estimate=0 if stream.normalizer.unserved else None,
                 provider=target.provider, reported_input=stream.reported_input,
             )
             report(ex, admission, target.upstream_model)

@@ -14,6 +14,7 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
+import yaml
 
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.health import ProviderHealth
@@ -110,3 +111,54 @@ def test_a_thinking_stream_overloaded_before_its_answer_began_is_charged_no_outp
     row = one_row(gw)
     assert row["status"] == 502 and row["input_tokens"] == started.message.usage.input_tokens, row
     assert row["output_tokens"] == (0 if after == 1 else reserved), row
+
+
+
+@pytest.fixture
+def thinker(gateway_factory: Callable[..., Gateway], tmp_path: Path, mock_upstream: str) -> Gateway:
+    """A Claude model an operator marked as reasoning unasked (`reasons: true`: its output billed
+    unseen), on /v1 and as every native tier's model."""
+    model = {"name": "house-claude", "provider": "anthropic", "upstream_name": HAIKU, "reasons": True}
+    entry = {"provider": "anthropic", "model": HAIKU}  # (a tier names the upstream model)
+    path = tmp_path / "providers.yaml"
+    path.write_text(yaml.safe_dump({
+        "providers": [{"name": "anthropic", "kind": "anthropic", "base_url": mock_upstream, "api_key": "sk-ant-x"}],
+        "models": [model],
+        "tiers": {"simple": [entry], "moderate": [entry], "complex": [entry]},
+    }))
+    return gateway_factory(providers_file=path, usage_flush_interval_seconds=0.1)
+
+
+@pytest.mark.parametrize("after", [1, 4])
+def test_a_translated_thinking_stream_overloaded_before_its_answer_began_is_charged_no_output(
+    thinker: Gateway, after: int,
+) -> None:
+    """The same rule for an OpenAI client's chat on a Claude model that reasons (translated): its stream
+    stopped short is charged its reservation's output (reasoning is billed unseen) — not when the
+    provider's error came right after message_start (`after=1`), before any block of the answer: it
+    generated nothing, and was charged the whole reservation."""
+    reserved = 3000
+    with pytest.raises(openai.APIError):  # noqa: PT012
+        for _ in thinker.openai().chat.completions.create(
+            model="house-claude", stream=True, max_completion_tokens=reserved,
+            messages=[{"role": "user", "content": f"one two three #mock:error_after={after}"}],
+        ):
+            pass
+    row = one_row(thinker)
+    assert row["status"] == 502 and row["input_tokens"] > 0, row
+    assert row["output_tokens"] == (0 if after == 1 else reserved), row
+
+
+@pytest.mark.parametrize("after", [1, 4])
+def test_a_native_thinking_stream_overloaded_before_its_answer_began_is_charged_no_output(
+    thinker: Gateway, after: int,
+) -> None:
+    """And on the native API (its tier's model reasons)."""
+    reserved = 3000
+    with thinker.client() as http:
+        broken = http.post("/native/v1/chat/completions", json={
+            "tier": "simple", "stream": True, "max_tokens": reserved,
+            "messages": [{"role": "user", "content": f"hi #mock:error_after={after}"}]})
+    assert broken.status_code == 200 and '"code":"overloaded_error"' in broken.text, broken.text
+    row = one_row(thinker)
+    assert row["status"] == 502 and row["output_tokens"] == (0 if after == 1 else reserved), row

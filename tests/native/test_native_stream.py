@@ -18,6 +18,7 @@ from anthropic.types import (
     RawMessageStopEvent,
     TextBlock,
     TextDelta,
+    ThinkingBlock,
     ToolUseBlock,
 )
 from anthropic.types import Usage as AnthropicUsage
@@ -462,6 +463,32 @@ def test_anthropic_error_event_raises_with_its_type() -> None:
     with pytest.raises(StreamError) as info:
         normalizer.feed(SSEEvent(orjson.dumps(error).decode(), "error"))
     assert (info.value.message, info.value.code) == ("Provider anthropic failed during the stream", "overloaded_error")
+
+
+def test_an_anthropic_error_before_any_block_leaves_the_answer_unserved() -> None:
+    """The provider's error right after message_start: no block of the answer (thinking included)
+    came, so none was generated (`unserved`: charged no output). After a block began, or without an
+    error, it is not; an OpenAI-format stream never tells (its reasoning is not streamed)."""
+    error = SSEEvent(orjson.dumps({"type": "error", "error": {"type": "overloaded_error"}}).decode(), "error")
+
+    def fed(raw: bytes, *, failing: bool) -> AnthropicStreamNormalizer:
+        normalizer = AnthropicStreamNormalizer(provider="anthropic")
+        for event in SSEParser().feed(raw):
+            normalizer.feed(event)
+        if failing:
+            with pytest.raises(StreamError):
+                normalizer.feed(error)
+        return normalizer
+
+    assert fed(an_start(), failing=True).unserved
+    thinking = an_event(RawContentBlockStartEvent(
+        type="content_block_start", index=0, content_block=ThinkingBlock(type="thinking", thinking="", signature="")))
+    assert not fed(an_start() + thinking, failing=True).unserved
+    assert not fed(an_start(), failing=False).unserved
+    openai_side = OpenAIStreamNormalizer(provider="openai")
+    with pytest.raises(StreamError):
+        openai_side.feed(SSEEvent(orjson.dumps({"error": {"message": "x", "type": "server_error"}}).decode()))
+    assert not openai_side.unserved
 
 
 def test_anthropic_invalid_tool_json_fails_at_the_end() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -803,3 +804,17 @@ def test_a_new_user_id_with_a_space_at_either_end_is_refused(tmp_path: Path) -> 
         refused = run(args, env)
         assert refused.returncode == 2 and "external_id: no space at either end" in refused.stderr, refused.stderr
     assert "alice" not in run(["keys", "list"], env).stdout
+
+
+def test_keys_create_with_another_email_is_audited(tmp_path: Path) -> None:
+    """`keys create alice --email b@x` replaced alice's email with no word of it in the audit log:
+    the `key.create` entry records `email: {from, to}`."""
+    import sqlite3
+
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    for email in ("a@example.com", "b@example.com"):
+        assert run(["keys", "create", "alice", "--email", email], env).returncode == 0
+    with sqlite3.connect(tmp_path / "cli.db") as db:
+        details = [row[0] for row in db.execute("SELECT details FROM audit_log WHERE action = 'key.create' ORDER BY id")]
+    assert [json.loads(d)["email"] for d in details] == [
+        {"from": None, "to": "a@example.com"}, {"from": "a@example.com", "to": "b@example.com"}]

@@ -186,7 +186,9 @@ def build_admin_openapi() -> dict[str, Any]:
                                                             params=[_path("external_id")], errors=("404",))},
         "/admin/api/users/{external_id}/keys": {"post": _op(
             "Issue a key (shown once)", _json(_ref("NewKey"), "Created"), params=[_path("external_id")],
-            body=_obj([], name=_NULL_STR, email=_NULL_STR,
+            body=_obj([], name=_NULL_STR,
+                      email={**_NULL_STR, "description": "sets or replaces the user's email (the `key.create` "
+                             "audit entry records the change: `email: {from, to}`)"},
                       expires_in_seconds={"type": ["integer", "null"], "minimum": 1, "maximum": MAX_KEY_LIFETIME_SECONDS,
                                           "description": "the key's lifetime (null: it never expires)"},
                       expires_at={**_NULL_TIME, "description": "when the key stops working (ISO 8601, UTC unless "

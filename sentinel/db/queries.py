@@ -140,6 +140,19 @@ async def ensure_user(session: AsyncSession, external_id: str, email: str | None
     return str(user_id)
 
 
+async def ensure_user_email(session: AsyncSession, external_id: str, email: str | None) -> tuple[str, str | None]:
+    """`ensure_user`, its row held first (on PostgreSQL locked, on SQLite the write lock taken): the
+    user's id and the email stored before `email` (non-empty) replaced it, read under that hold, so
+    concurrent changes of one user's email each see the one before (their audit entries chain).
+    Does not commit."""
+    user_id = await ensure_user(session, external_id)
+    await session.execute(update(User).where(User.id == user_id).values(email=User.email))
+    before: str | None = await session.scalar(select(User.email).where(User.id == user_id))
+    if email and email != before:
+        await session.execute(update(User).where(User.id == user_id).values(email=email))
+    return user_id, before
+
+
 def picked_once(session: AsyncSession, query: Select[Any], name: str, *, skip_locked: bool) -> CTE:
     """`query` as a CTE evaluated once, for an `UPDATE ... WHERE id IN (picked) RETURNING` claim. On
     PostgreSQL its rows are locked (FOR UPDATE, in the query's order) and it is MATERIALIZED: as a

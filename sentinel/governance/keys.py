@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
 from sentinel.db.models import ApiKey, AuditLogRow, User, utcnow
-from sentinel.db.queries import ensure_user
+from sentinel.db.queries import ensure_user, ensure_user_email
 from sentinel.domain.identity import Identity
 from sentinel.errors import InvalidRequest
 from sentinel.governance.identity import Expired
@@ -135,12 +135,15 @@ class KeyService:
 
     async def create_key(
         self, external_id: str, name: str | None = None, email: str | None = None,
-        expires_at: datetime | None = None, audit: Callable[[ApiKeyInfo], AuditLogRow] | None = None,
+        expires_at: datetime | None = None,
+        audit: Callable[[ApiKeyInfo, str | None], AuditLogRow] | None = None,
     ) -> tuple[ApiKeyInfo, str]:
         """Issue a key for `external_id` (created if missing); returns (info, plaintext shown once).
-        `expires_at`: when it stops working (None: never; the operator surfaces check it first,
-        `sentinel.services.admin_forms.key_expiry`). `audit`: the issue's audit entry, written in
-        its transaction (not written, no key is issued).
+        A non-empty `email` different from the user's replaces it. `expires_at`: when it stops
+        working (None: never; the operator surfaces check it first,
+        `sentinel.services.admin_forms.key_expiry`). `audit`: the issue's audit entry, given the
+        user's email before this call (None: none), written in its transaction (not written, no key
+        is issued).
 
         InvalidRequest (nothing written) when `require_email` and the user has no email."""
         token = generate_key()
@@ -154,20 +157,18 @@ class KeyService:
         )
         with database_errors("API key store unavailable"):
             async with self._sessions() as session:
-                row.user_id = await ensure_user(session, external_id, email)
-                if self.require_email and not email:
-                    stored = await session.scalar(select(User.email).where(User.id == row.user_id))
-                    if not stored:
-                        await session.rollback()
-                        raise InvalidRequest(
-                            f"user {external_id!r} has no email: with GOVERNANCE=zion usage is reported to "
-                            "Zion by email, so a key needs one (add --email ADDRESS)",
-                            code="usage_unreportable",
-                        )
+                row.user_id, email_before = await ensure_user_email(session, external_id, email)
+                if self.require_email and not email and not email_before:
+                    await session.rollback()
+                    raise InvalidRequest(
+                        f"user {external_id!r} has no email: with GOVERNANCE=zion usage is reported to "
+                        "Zion by email, so a key needs one (add --email ADDRESS)",
+                        code="usage_unreportable",
+                    )
                 session.add(row)
                 info = ApiKeyInfo(row.id, external_id, name, row.prefix, row.created_at, None, None, expires_at)
                 if audit is not None:
-                    session.add(audit(info))
+                    session.add(audit(info, email_before))
                 await session.commit()
         return info, token
 

@@ -302,7 +302,8 @@ class AdminService:
     async def create_key(self, external_id: str, name: str | None, email: str | None, actor: Actor, *,
                          expires_in: str | int | None = None, expires_at: str | datetime | None = None,
                          in_field: str = "expires_in") -> tuple[ApiKeyInfo, str]:
-        """Issue a key (the user is created if missing): (info, the key, shown this once). It expires
+        """Issue a key (the user is created if missing): (info, the key, shown this once). An `email`
+        other than the user's sets or replaces it, the change in the `key.create` entry. It expires
         `expires_in` (seconds, or `30d`) or at `expires_at` (ISO 8601) from now on this service's
         clock, or never (`key_expiry`; `in_field`: how the surface names the lifetime's field)."""
         errors = {}
@@ -327,10 +328,12 @@ class AdminService:
         if errors:
             raise refuse(errors)
 
-        def entry(info: ApiKeyInfo) -> AuditLogRow:
-            details = {"user": external_id, "name": name, "prefix": info.prefix}
+        def entry(info: ApiKeyInfo, email_before: str | None) -> AuditLogRow:
+            details: dict[str, Any] = {"user": external_id, "name": name, "prefix": info.prefix}
             if expiry is not None:
                 details["expires_at"] = expiry.isoformat()
+            if email and email != email_before:  # the user's email, set or replaced with the key
+                details["email"] = {"from": email_before, "to": email}
             return self._entry(actor, "key.create", info.id, details)
 
         return await self.keys.create_key(

@@ -80,3 +80,23 @@ def test_a_change_whose_audit_entry_cannot_be_written_is_not_made(gw: Gateway) -
         assert deleted["details"] == {"from": "requests=7/1m", "users": 1}
     with gw.client() as alice:  # the key's revocation took effect once, when audited
         assert alice.post("/v1/chat/completions", json=CHAT).status_code == 401
+
+
+def test_a_key_created_with_another_email_records_the_change(gw: Gateway) -> None:
+    """A key created with an `email` other than its user's replaces the user's email (the one way an
+    operator sets it), but the `key.create` entry did not say so: the change vanished from the log.
+    The entry holds `email: {from, to}` when the email is set or replaced, and nothing when unchanged."""
+    with gw.admin() as http:
+        def create(body: dict[str, Any]) -> dict[str, Any]:
+            created = http.post("/admin/api/users/carol/keys", json=body)
+            assert created.status_code == 201, created.text
+            entry: dict[str, Any] = http.get("/admin/api/audit").json()["entries"][0]
+            assert entry["action"] == "key.create" and entry["target"] == created.json()["id"]
+            return entry["details"]
+
+        assert "email" not in create({"name": "a"})  # a new user, no email
+        assert create({"email": "carol@example.com"})["email"] == {"from": None, "to": "carol@example.com"}
+        assert "email" not in create({"email": "carol@example.com"})  # the same: no change
+        assert "email" not in create({})  # none given: the stored one kept
+        assert create({"email": "c@example.org"})["email"] == {"from": "carol@example.com", "to": "c@example.org"}
+        assert http.get("/admin/api/users/carol").json()["user"]["email"] == "c@example.org"

@@ -248,8 +248,6 @@ def cmd_plans_set(args: argparse.Namespace) -> int:
             raise ValueError("--window is required with --requests/--input-tokens/--output-tokens")
         if args.window and not given:  # `plans set pro --window 1h` replaced pro's limits with none
             raise ValueError("--window needs --requests, --input-tokens or --output-tokens")
-        if not given and not args.limit:  # a forgotten argument would leave the plan's users unlimited
-            raise ValueError("name at least one limit: --limit METRIC=N/WINDOW, or --requests N --window W")
         for window in args.window or []:
             seconds = parse_window(window)
             limits += [Limit(m, seconds, v) for m, v in given.items()]  # type: ignore[arg-type]

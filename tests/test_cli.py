@@ -818,3 +818,14 @@ def test_keys_create_with_another_email_is_audited(tmp_path: Path) -> None:
         details = [row[0] for row in db.execute("SELECT details FROM audit_log WHERE action = 'key.create' ORDER BY id")]
     assert [json.loads(d)["email"] for d in details] == [
         {"from": None, "to": "a@example.com"}, {"from": "a@example.com", "to": "b@example.com"}]
+
+
+def test_plans_set_refuses_a_new_plan_named_as_another_but_for_case(tmp_path: Path) -> None:
+    """`plans set pro` beside `Pro` made a second plan looking like the first: status 2 in one line
+    naming `Pro`, nothing saved."""
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    assert run(["plans", "set", "Pro", "--limit", "requests=5/1m"], env).returncode == 0
+    refused = run(["plans", "set", "pro", "--limit", "requests=9/1m"], env)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "'Pro' exists already" in refused.stderr, refused.stderr
+    assert run(["plans", "list"], env).stdout == "Pro: requests=5/1m\n"

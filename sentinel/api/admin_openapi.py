@@ -202,9 +202,10 @@ def build_admin_openapi() -> dict[str, Any]:
         "/admin/api/plans": {"get": _op("Plans with their users' count", array("plans", "Plan"))},
         "/admin/api/plans/{name}": {
             "get": _op("A plan", _json(_ref("Plan")), params=[_path("name")], errors=("404",)),
-            "put": _op("Create (with `create: true`, refused when it exists) or replace a plan's limits",
+            "put": _op("Create (with `create: true`, refused when it exists) or replace a plan's limits (at "
+                       "least one; a new plan's name may not equal an existing one's but for case)",
                        _json(_ref("Plan")), params=[_path("name")],
-                       body=_obj(["limits"], limits={"type": "array", "items": _ref("LimitInput")},
+                       body=_obj(["limits"], limits={"type": "array", "items": _ref("LimitInput"), "minItems": 1},
                                  create={"type": "boolean"}), errors=(*change, "409")),
             "delete": _op("Delete a plan (its users get the default plan)",
                           _json(_obj(["deleted"], deleted={"type": "string"})), params=[_path("name")],

@@ -5,11 +5,12 @@ The plan and limit types and their spelling (`requests=100/1m`) are `sentinel.do
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
@@ -20,7 +21,8 @@ from sentinel.errors import NotFound
 
 
 class PlanExists(Exception):  # noqa: N818 - a verdict on a `create`, not a failure
-    """`set_plan(..., create=True)` found the plan there already."""
+    """`set_plan(..., create=True)` found the plan there already, or `set_plan` would have created a
+    plan whose name differs from an existing one's only by case; its argument is the existing name."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,24 @@ def _check_limits(limits: Sequence[Limit]) -> None:
         raise ValueError("a plan may have only one limit per metric and window")
 
 
+async def _hold_name(session: AsyncSession, name: str) -> None:
+    """Serialise the changes of plans whose names differ only by case, so that of concurrent
+    creations of `Pro` and `pro` one sees the other (`_case_twin`): on PostgreSQL a transaction
+    advisory lock keyed on the lower-cased name; SQLite's write lock, taken by the first write,
+    serialises every change already."""
+    if session.get_bind().dialect.name == "postgresql":
+        digest = hashlib.sha256(b"sentinel-plan-name:" + name.lower().encode()).digest()
+        await session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True))))
+
+
+async def _case_twin(session: AsyncSession, name: str) -> str | None:
+    """The name of another plan equal to `name` but for case (plan names are ASCII), or None."""
+    found: str | None = await session.scalar(
+        select(PlanRow.name).where(func.lower(PlanRow.name) == name.lower(), PlanRow.name != name).limit(1)
+    )
+    return found
+
+
 async def _limits_of(session: AsyncSession, name: str) -> list[Limit]:
     rows = await session.execute(
         select(PlanLimitRow.metric, PlanLimitRow.window_seconds, PlanLimitRow.limit)
@@ -70,7 +90,9 @@ class PlanRepository:
         same metric and window); with `create`, PlanExists (nothing written) when it exists;
         ValueError (nothing written) when the plan would hold more than MAX_PLAN_LIMITS limits or
         two of one metric and window. `audit`: the audit entry of the change, written in its
-        transaction (not written, nothing is).
+        transaction (not written, nothing is). A new plan whose name equals an existing one's but for
+        case (`pro` beside `Pro`: alike on the console) is PlanExists (the existing name), nothing
+        written; plans stored so earlier keep working.
 
         The plan is read and written in one transaction holding its row (on SQLite the database's
         write lock): concurrent changes of one plan apply one after the other, each to what the
@@ -83,6 +105,7 @@ class PlanRepository:
         now = utcnow()
         with database_errors("plan store unavailable"):
             async with self._sessions() as session:
+                await _hold_name(session, name)
                 held = None
                 while held is None:
                     created = await session.scalar(
@@ -93,6 +116,9 @@ class PlanRepository:
                     if create and created is None:
                         await session.rollback()
                         raise PlanExists(name)
+                    if created is not None and (twin := await _case_twin(session, name)) is not None:
+                        await session.rollback()
+                        raise PlanExists(twin)
                     # The row lock taken here serialises concurrent changes of the same plan. No row:
                     # a delete committed since the insert found it (PostgreSQL; the insert took no
                     # lock), and its limits would break their foreign key: the plan is made anew.

@@ -63,6 +63,10 @@ from sentinel.services.admin_usage import PERIODS, Series, UsageReports
 
 log = logging.getLogger("sentinel.admin")
 
+NO_LIMITS = (
+    "at least one limit: a plan without limits leaves its users unlimited (to put them on the default plan, "
+    "delete the plan)"
+)
 PLANS_MANAGED_BY_GOVERNANCE = (
     "With GOVERNANCE=zion, quota plans and plan assignments come from Zion: Sentinel's own plans are not "
     "enforced, so they cannot be edited here (change the user's limits in Zion)"
@@ -266,9 +270,14 @@ class AdminService:
     async def save_plan(self, name: str, limits: Sequence[Limit], actor: Actor, *, create: bool = False,
                         merge: bool = False) -> Plan:
         """Create plan `name` or replace its limits (`merge`: only those of the same metric and window);
-        with `create`, an existing plan is a field error."""
+        with `create`, an existing plan is a field error, and so is a new plan whose name differs from
+        an existing one's only by case. Every surface saves plans here, so this is where a plan must
+        name at least one limit: one without leaves its users unlimited (a plan stored without limits
+        earlier still reads and applies as such)."""
         self.plans_editable()
         name = check_plan_name(name)
+        if not limits:
+            raise refuse({"limits": NO_LIMITS})
         if too_large := [lim for lim in limits if not 0 <= lim.limit <= MAX_LIMIT]:
             raise refuse({"limits": f"{too_large[0].metric}: a whole number from 0 to {MAX_LIMIT:,}"})
 
@@ -279,8 +288,10 @@ class AdminService:
 
         try:
             change = await self.plan_repo.set_plan(name, limits, merge=merge, create=create, audit=entry)
-        except PlanExists:
-            raise refuse({"name": f"a plan called {name!r} exists already"}) from None
+        except PlanExists as exc:
+            taken = exc.args[0]
+            same = "" if taken == name else " (plan names must differ by more than case)"
+            raise refuse({"name": f"a plan called {taken!r} exists already{same}"}) from None
         except ValueError as exc:
             raise refuse({"limits": str(exc)}) from None
         await self._forget_plans(change.users)

@@ -21,7 +21,7 @@ from sentinel.domain.plans import (
     parse_window,
 )
 from sentinel.errors import NotFound
-from sentinel.governance.plans import PlanRepository
+from sentinel.governance.plans import PlanExists, PlanRepository
 
 
 @pytest.mark.parametrize(
@@ -281,3 +281,44 @@ async def test_a_plan_deleted_while_a_change_of_it_begins_is_created_anew_by_tha
     else:  # this change first, then the delete
         assert change.before == Plan("gold", (Limit("requests", 60, 1000),)) and change.users == ("alice",)
         assert await plans.get_plan("gold") is None
+
+
+async def test_a_new_plan_named_as_another_but_for_case_is_refused(plans: PlanRepository) -> None:
+    """`Pro` and `pro` could both be created (alike on the console): the second is PlanExists naming
+    the first, nothing written; the first is changed as before."""
+    await plans.set_plan("Pro", [Limit("requests", 60, 1)])
+    for create in (True, False):
+        with pytest.raises(PlanExists) as refused:
+            await plans.set_plan("pRO", [Limit("requests", 60, 2)], create=create)
+        assert refused.value.args == ("Pro",)
+    assert [p.name for p in await plans.list_plans()] == ["Pro"]
+    await plans.set_plan("Pro", [Limit("requests", 60, 3)])
+    assert await plans.get_plan("Pro") == Plan("Pro", (Limit("requests", 60, 3),))
+
+
+async def test_concurrent_creations_of_names_alike_but_for_case_make_one_plan(plans: PlanRepository) -> None:
+    """Each creation checks for the other under one hold (on PostgreSQL an advisory lock keyed on the
+    lower-cased name): of `Pro`, `pro`, `PRO` created at once exactly one is made."""
+    names = ["Pro", "pro", "PRO", "pRo"]
+    results = await asyncio.gather(
+        *(plans.set_plan(name, [Limit("requests", 60, 1)], create=True) for name in names), return_exceptions=True
+    )
+    made = [r for r in results if not isinstance(r, BaseException)]
+    assert len(made) == 1, results
+    assert all(isinstance(r, PlanExists) for r in results if r not in made), results
+    assert [p.name for p in await plans.list_plans()] == [made[0].after.name]
+
+
+async def test_plans_stored_alike_but_for_case_keep_working(plans: PlanRepository, db_engine: AsyncEngine) -> None:
+    """Plans made before the rule (`Pro` beside `pro`) are each read, changed, assigned and deleted."""
+    await plans.set_plan("Pro", [Limit("requests", 60, 1)])
+    async with db_engine.begin() as conn:
+        await conn.execute(text("INSERT INTO plans (name, created_at, updated_at) "
+                                "VALUES ('pro', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+    await plans.set_plan("pro", [Limit("requests", 60, 2)])
+    await plans.set_plan("Pro", [Limit("requests", 60, 3)], merge=True)
+    await plans.set_user_plan("u", "pro")
+    assert await plans.plan_for_user("u") == Plan("pro", (Limit("requests", 60, 2),))
+    assert await plans.get_plan("Pro") == Plan("Pro", (Limit("requests", 60, 3),))
+    assert await plans.delete_plan("pro") == ["u"]
+    assert [p.name for p in await plans.list_plans()] == ["Pro"]

@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+import orjson
+
 from sentinel.api.console_charts import SeriesData, bar_chart, line_chart
 from sentinel.api.console_html import (
     csrf_field,
@@ -407,9 +409,21 @@ def tiers_section(view: TiersView, csrf: str | None, failed: tuple[str, str | No
     return '<div class="tiers">' + "".join(out) + "</div>"
 
 
+def _detail(value: object) -> str:
+    """An audit detail's value as an operator reads it: a change (`{"from": a, "to": b}`, as a key's
+    email change records it) as `a → b`, nothing as "none", other values as JSON (not Python's repr)."""
+    if isinstance(value, dict) and value.keys() == {"from", "to"}:
+        return f"{_detail(value['from'])} → {_detail(value['to'])}"
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
 def audit_page(entries: Sequence[AuditEntry]) -> str:
     rows = ([when(x.at), e(x.actor), f"<code>{e(x.action)}</code>", e(x.target),
-             e(", ".join(f"{k}: {v}" for k, v in x.details.items())), e(x.address or "")] for x in entries)
+             e(", ".join(f"{k}: {_detail(v)}" for k, v in x.details.items())), e(x.address or "")] for x in entries)
     more = f'<p><a href="/admin/audit?before={entries[-1].id}">Older entries</a></p>' if len(entries) >= 100 else ""
     return table(("When", "Actor", "Action", "Target", "Details", "Address"), rows, empty="No actions yet.",
                  cls="audit") + more

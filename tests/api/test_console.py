@@ -295,3 +295,14 @@ def test_a_user_form_posted_without_its_user_is_refused_as_the_admin_api_refuses
         refused = console.post(path, {"plan": "", "name": "x"})
         assert refused.status_code == 400, refused.text
         assert refused.json()["error"]["details"]["fields"] == {"id": "the user's external id"}, refused.text
+
+
+def test_the_audit_page_shows_a_change_as_before_and_after(console: Console) -> None:
+    """A key created with another email records `email: {from, to}`: the audit page showed Python's
+    repr of it (`{'from': None, 'to': ...}`); it reads `none → carol@example.com`, then the next change."""
+    for email in ("carol@example.com", "c@example.org"):
+        assert console.create_key("/admin/users/carol", {"name": "k", "email": email}).status_code in (200, 303)
+    audit = html.unescape(console.get("/admin/audit").text)
+    assert "email: none → carol@example.com" in audit
+    assert "email: carol@example.com → c@example.org" in audit
+    assert "{'from'" not in audit

@@ -343,6 +343,22 @@ def _supervisor(
                 self._failures.pop(slot, None)
                 self.processes[slot] = process
 
+        def handle_ttin(self) -> None:
+            """SIGTTIN: uvicorn's (one worker more), the new worker given its START_GRACE_SECONDS."""
+            super().handle_ttin()
+            self._started[self.processes[-1]] = clock()
+
+        def handle_ttou(self) -> None:
+            """SIGTTOU: uvicorn's (the last slot's worker retired), and what is kept of that slot with
+            it: its pending retry, left behind, started a worker over the one a later SIGTTIN put in
+            that slot, which then ran on unsupervised."""
+            slot, last = len(self.processes) - 1, self.processes[-1] if self.processes else None
+            super().handle_ttou()
+            if last is not None and len(self.processes) == slot:
+                self._started.pop(last, None)
+                self._retry_at.pop(slot, None)
+                self._failures.pop(slot, None)
+
         def _replace(self, slot: int) -> None:
             process = Process(self.config, self.sockets)
             process.start()

@@ -285,3 +285,32 @@ def test_a_restart_gives_each_new_worker_its_grace_and_ends_a_pending_retry(supe
     now[0] += 60.0  # past the retry's delay, and past the new workers' grace
     made.keep_subprocess_alive()
     assert made.processes == renewed and len(FakeWorker.started) == started  # none started over them
+
+
+def test_a_worker_added_by_sigttin_has_its_grace_and_a_slot_removed_by_sigttou_forgets_its_retry(
+    supervisor: tuple[Any, list[float]],
+) -> None:
+    """SIGTTOU retires the last slot's worker — one whose replacement could not start, waiting for its
+    retry, too — and SIGTTIN adds one. The removed slot's retry, still due, started a worker over the
+    one SIGTTIN added later in that slot, which ran on unsupervised (never pinged, never stopped by
+    SIGTERM or replaced by SIGHUP); and a worker SIGTTIN added was pinged from its first moment."""
+    made, now = supervisor
+    first, second = made.processes
+    second.exitcode = -9
+    made.keep_subprocess_alive()
+    made.processes[1].exitcode = STARTUP_FAILURE  # its replacement could not start: retried later
+    made.keep_subprocess_alive()
+    made.handle_ttou()
+    assert made.processes == [first]
+    made.handle_ttin()
+    added = made.processes[1]
+    assert added.exitcode is None and added is FakeWorker.started[-1]
+    added.answers = False  # still importing
+    now[0] += 6.0  # past the removed slot's retry (0.5–1 s), within the added worker's grace
+    made.keep_subprocess_alive()
+    assert made.processes == [first, added] and added is FakeWorker.started[-1]  # no worker over it
+    assert added.pinged == 0 and added.exitcode is None  # not killed as hung while it starts
+    now[0] += START_GRACE_SECONDS
+    added.answers = True
+    made.keep_subprocess_alive()
+    assert made.processes == [first, added] and added.pinged == 1

@@ -32,6 +32,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -237,6 +238,22 @@ def _run_workers(config: uvicorn.Config, sockets: list[socket.socket]) -> int:
     return 0
 
 
+class _StopAsked(threading.Event):
+    """What a supervisor's restart (SIGHUP) waits under: set once the supervisor is stopping, or a
+    SIGTERM/SIGINT is queued for it. Its signal handlers only queue a signal, which the supervisor
+    acts on between checks, so a stop asked during a restart waited for the whole restart: for each
+    slot in turn, a new worker's start (up to START_GRACE_SECONDS) — minutes with many workers,
+    past a service manager's stop timeout (systemd's 90 s, then SIGKILL and no drain)."""
+
+    def __init__(self, supervisor: Any) -> None:
+        super().__init__()
+        self._supervisor = supervisor
+
+    def is_set(self) -> bool:
+        stops = (signal.SIGTERM, signal.SIGINT)
+        return self._supervisor.should_exit.is_set() or any(sig in stops for sig in self._supervisor.signal_queue)
+
+
 REPLACEMENT_BACKOFF = Backoff(base=1.0, cap=30.0)
 """Between tries to start a replacement worker that could not start (the database is down)."""
 START_GRACE_SECONDS = 30.0
@@ -321,18 +338,20 @@ def _supervisor(
             START_GRACE_SECONDS to be ready, as every new worker here (uvicorn's 5 s gave up the
             restart on a busy host), and a slot waiting to retry a replacement that could not start
             is served by it: its retry is dropped (it started another worker over the new one, which
-            ran on unsupervised)."""
+            ran on unsupervised). A SIGTERM or SIGINT meanwhile ends it at once (the new worker killed,
+            the old ones kept): only queued until the restart returned, it waited for every slot's."""
+            stopping = _StopAsked(self)
             for slot, old in enumerate(self.processes):
-                if self.should_exit.is_set():
+                if stopping.is_set():
                     return
                 process = Process(self.config, self.sockets)
                 process.start()
                 self._started[process] = clock()
-                if not process.wait_until_ready(START_GRACE_SECONDS, self.should_exit):
+                if not process.wait_until_ready(START_GRACE_SECONDS, stopping):
                     process.kill()
                     process.join()
                     self._started.pop(process, None)
-                    if not self.should_exit.is_set():
+                    if not stopping.is_set():
                         log.error("new worker %s not ready in time; keeping worker %s and ending the restart",
                                   process.pid, old.pid)
                     return

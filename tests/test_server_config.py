@@ -314,3 +314,30 @@ def test_a_worker_added_by_sigttin_has_its_grace_and_a_slot_removed_by_sigttou_f
     added.answers = True
     made.keep_subprocess_alive()
     assert made.processes == [first, added] and added.pinged == 1
+
+
+def test_a_sigterm_during_a_restart_ends_the_restart_at_once(
+    supervisor: tuple[Any, list[float]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM (or SIGINT) arriving while SIGHUP's restart waits for a new worker is only queued (the
+    parent acts on signals between checks): the restart went on, slot after slot, each new worker
+    given up to START_GRACE_SECONDS — minutes with many workers before the stop began, past a service
+    manager's stop timeout. The wait now ends when a stop is asked: the new worker is killed, the old
+    ones kept, and the stop follows."""
+    import signal
+
+    made, _ = supervisor
+    old = list(made.processes)
+
+    def starting(worker: FakeWorker, timeout: float, should_exit: Any = None) -> bool:
+        if not made.signal_queue:
+            made.signal_queue.append(signal.SIGTERM)  # `systemctl stop` while the first new worker starts
+        worker.given = timeout
+        return not (should_exit is not None and should_exit.is_set())
+
+    monkeypatch.setattr(FakeWorker, "wait_until_ready", starting)
+    made.restart_all()
+    assert made.processes == old and all(worker.exitcode is None for worker in old)  # the old ones serve on
+    assert len(FakeWorker.started) == 3 and FakeWorker.started[-1].exitcode == -9  # one new worker, killed
+    made.handle_signals()
+    assert made.should_exit.is_set()

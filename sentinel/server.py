@@ -283,6 +283,7 @@ def _supervisor(
             self.startup_failed: list[int | None] = []  # the first start's workers that could not start
             self._first: set[object] = set()  # the first start's processes (kept: an id() is reused)
             self._failures: dict[int, int] = {}  # slot -> its replacements that failed to start in a row
+            self._early: dict[int, int] = {}  # slot -> its workers that died within their grace, in a row
             self._retry_at: dict[int, float] = {}  # slot -> when to try its replacement again
             self._started: dict[object, float] = {}  # a live process -> when it was started
 
@@ -308,17 +309,25 @@ def _supervisor(
                 hung = process.exitcode is None
                 process.kill()
                 process.join()
-                self._started.pop(process, None)
+                started = self._started.pop(process, -math.inf)
                 if self.should_exit.is_set():
                     return
                 if hung or process.exitcode != STARTUP_FAILURE:
-                    log.warning(
-                        "worker %s %s; starting another", process.pid,
-                        "did not answer the parent's ping: killed" if hung else "died",
-                        extra={"exit_code": None if hung else process.exitcode},
-                    )  # fmt: skip
                     self._failures.pop(slot, None)
-                    self._replace(slot)
+                    # Died before its grace was over: in a row, a crash loop (OOM-killed as it starts)
+                    # that replaced at every check spawned a worker twice a second for ever.
+                    early = self._early[slot] = self._early.get(slot, 0) + 1 if (
+                        not hung and clock() - started < START_GRACE_SECONDS) else 0
+                    delay = REPLACEMENT_BACKOFF.delay(early - 1) if early > 1 else 0.0
+                    log.warning(
+                        "worker %s %s; starting another" + (f" in {delay:.1f} s" if delay else ""), process.pid,
+                        "did not answer the parent's ping: killed" if hung else "died",
+                        extra={"exit_code": None if hung else process.exitcode, "early_deaths": early},
+                    )  # fmt: skip
+                    if delay:
+                        self._retry_at[slot] = clock() + delay
+                    else:
+                        self._replace(slot)
                 elif process in self._first:
                     self.startup_failed.append(process.pid)
                     self.should_exit.set()
@@ -360,6 +369,7 @@ def _supervisor(
                 self._started.pop(old, None)
                 self._retry_at.pop(slot, None)
                 self._failures.pop(slot, None)
+                self._early.pop(slot, None)
                 self.processes[slot] = process
 
         def handle_ttin(self) -> None:
@@ -377,6 +387,7 @@ def _supervisor(
                 self._started.pop(last, None)
                 self._retry_at.pop(slot, None)
                 self._failures.pop(slot, None)
+                self._early.pop(slot, None)
 
         def _replace(self, slot: int) -> None:
             process = Process(self.config, self.sockets)

@@ -341,3 +341,37 @@ def test_a_sigterm_during_a_restart_ends_the_restart_at_once(
     assert len(FakeWorker.started) == 3 and FakeWorker.started[-1].exitcode == -9  # one new worker, killed
     made.handle_signals()
     assert made.should_exit.is_set()
+
+
+def test_a_worker_that_keeps_dying_as_it_starts_is_replaced_less_and_less_often(
+    supervisor: tuple[Any, list[float]],
+) -> None:
+    """A worker that dies before its start grace is over (OOM-killed while it starts on a host short
+    of memory, a crash at its first request) was replaced at every check, 0.5 s apart, for ever: a
+    new interpreter spawned twice a second, adding to what killed it. A first such death is replaced
+    at once (a `kill -9` of a new worker); the next in a row wait (1 s, doubling to 30 s); a worker
+    that lived past its grace starts the count again."""
+    made, now = supervisor
+    first, second = made.processes
+    second.exitcode = -9
+    made.keep_subprocess_alive()
+    assert len(FakeWorker.started) == 3  # the first death: replaced at once
+    for _ in range(6):  # its replacement dies as it starts; the parent's checks go on
+        made.processes[1].exitcode = -9
+        made.keep_subprocess_alive()
+    assert len(FakeWorker.started) == 3 and not made.should_exit.is_set()  # waiting, not spawning
+    now[0] += 1.0  # past the first wait (0.5–1 s)
+    made.keep_subprocess_alive()
+    assert len(FakeWorker.started) == 4 and made.processes[0] is first
+    made.processes[1].exitcode = -9  # dies as it starts again: a longer wait
+    made.keep_subprocess_alive()
+    now[0] += 0.9
+    made.keep_subprocess_alive()
+    assert len(FakeWorker.started) == 4
+    now[0] += 1.1  # past the second wait (1–2 s)
+    made.keep_subprocess_alive()
+    assert len(FakeWorker.started) == 5
+    now[0] += START_GRACE_SECONDS  # this one lived: its death is replaced at once
+    made.processes[1].exitcode = -9
+    made.keep_subprocess_alive()
+    assert len(FakeWorker.started) == 6

@@ -23,7 +23,8 @@ again (replayed by a sink that honours keys), never the batch whole.
 When the sink asks for a wait (`GovernanceUnavailable.resend_after`: Zion's `Retry-After` on a 429
 or 503, or a batch whose call timed out, which Zion may still be applying) nothing is sent to it
 before that wait has passed — at least the backoff's delay, at most MAX_SINK_WAIT — not the held
-batch, no new one, not at shutdown; the deliverer goes on with everything else meanwhile (orphans
+batch, no new one, not at shutdown (a batch held in memory stored then is due once the wait is
+over, for the next process too); the deliverer goes on with everything else meanwhile (orphans
 are stored, the held batch's lease renewed every third of a lease). Never a wait of its own: a
 cycle returns at once while it lasts.
 
@@ -401,7 +402,10 @@ class UsageDeliverer:
         (a hung database) leaves the other half to store the batch's records elsewhere (the stream,
         under a new key) rather than lose them."""
         try:
-            return await asyncio.wait_for(self.outbox.keep(batch, records, retry_in=0.0), KEEP_TIMEOUT / 2)
+            # Due once the wait the sink asked for is over (a timed-out batch it may still be applying):
+            # due at once, the next process sent it meanwhile.
+            wait = max(self._quiet_until - self.clock(), 0.0)
+            return await asyncio.wait_for(self.outbox.keep(batch, records, retry_in=wait), KEEP_TIMEOUT / 2)
         except TimeoutError:
             log.warning("the outbox table did not store a usage batch held in memory in time; storing its "
                         "records elsewhere", extra={"batch": batch.key})

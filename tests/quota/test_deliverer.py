@@ -722,6 +722,25 @@ async def test_a_wait_the_sink_asks_for_holds_back_every_batch_and_is_at_least_t
     assert sorted(s.sink.delivered) == ["r1", "r2"]
 
 
+async def test_a_batch_held_in_memory_and_stored_at_shutdown_keeps_the_wait_the_sink_asked_for() -> None:
+    """The sink asked for a wait (a timed-out batch it may still be applying, Zion's Retry-After) while
+    the table was down: the batch stayed in memory. Stored under its key at shutdown it was due at
+    once (`retry_in` 0): the next process took it and sent it while the sink was still applying it,
+    which counted it twice. It is due when the wait ends, as a batch stored at its failure is."""
+    s = Setup()
+    s.part.down = True
+    await s.put("r1")
+    s.sink.down, s.sink.asks = True, 60.0
+    assert await s.deliverer.deliver_once() == 0  # claimed from memory, timed out: held, the table down
+    assert s.deliverer.held is not None and s.part.adopted == []
+    s.part.down = False
+    s.clock.advance(10)
+    await s.deliverer.stop(drain_timeout=1)
+    assert len(s.sink.keys) == 1  # not sent again at shutdown
+    ((key, retry_in),) = s.part.adopted
+    assert key == s.sink.keys[0] and retry_in == pytest.approx(50.0)
+
+
 class Sleeps:
     """An injected `sleep` that returns only when the test says (`wake`): a lease keeper's ticks."""
 

@@ -122,14 +122,14 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
                 if not isinstance(item, dict):
                     raise invalid(f"input.{i}", "must be an input item object")
                 if _names_an_item(item) and not _is_id(item.get("id")):
-                    raise invalid(f"input.{i}.id", "must be a non-empty string: the id of the item it names")
+                    raise invalid(f"input.{i}.id", "must be a string, not blank: the id of the item it names")
                 parts = item.get("content")
                 for j, part in enumerate(parts if isinstance(parts, list) else ()):
                     if isinstance(part, dict) and part.get("type") == "input_image":
                         _check_image_url(part.get("image_url"), f"input.{i}.content.{j}.image_url")
         _optional(payload, "instructions", lambda v: isinstance(v, str), "must be a string")
         _optional(payload, "max_output_tokens", _positive_int(), "must be an integer >= 1")
-        _optional(payload, "previous_response_id", lambda v: isinstance(v, str), "must be a string")
+        _optional(payload, "previous_response_id", _is_id, "must be a response id (a string, not blank)")
         _check_conversation(payload.get("conversation"))
         if payload.get("background") not in (None, False):
             # The provider would generate after the call is answered: output Sentinel could not meter.
@@ -137,7 +137,9 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
 
 
 def _is_id(value: Any) -> bool:
-    return isinstance(value, str) and bool(value)
+    """A string naming an object: not empty nor blank (`""`, `"  "` name none — the provider refused
+    them, after the request was admitted and sent, and charged a request)."""
+    return isinstance(value, str) and bool(value.strip())
 
 
 def _names_an_item(item: dict[str, Any]) -> bool:
@@ -153,9 +155,9 @@ def _check_conversation(value: Any) -> None:
     if value is None or _is_id(value):
         return
     if not isinstance(value, dict):
-        raise invalid("conversation", "must be a conversation id (a non-empty string) or an object with its `id`")
+        raise invalid("conversation", "must be a conversation id (a string, not blank) or an object with its `id`")
     if not _is_id(value.get("id")):
-        raise invalid("conversation.id", "must be a non-empty string: the id of the conversation")
+        raise invalid("conversation.id", "must be a string, not blank: the id of the conversation")
 
 
 def output_multiplier(endpoint: str, payload: dict[str, Any]) -> int:

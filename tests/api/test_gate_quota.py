@@ -225,12 +225,16 @@ BAD_FIELDS: list[tuple[str, str, Any, str]] = [
     *[("responses", "input", v, "input") for v in (5, {"a": 1})],
     *[("responses", "input", v, "input.0") for v in ([1], ["x"])],
     *[("responses", "max_output_tokens", v, "max_output_tokens") for v in (0, -5, "5", 1.5)],
-    *[("responses", "previous_response_id", v, "previous_response_id") for v in (5, ["resp_1"])],
+    # An id is a string, not blank: "" and "  " name nothing (they went to the provider, charged a request).
+    *[("responses", "previous_response_id", v, "previous_response_id")
+      for v in (5, ["resp_1"], "", "  ", "\t\n", True, {"id": "resp_1"})],
     # A conversation is its id or an object naming it by id; a reference names an item by a string id.
-    *[("responses", "conversation", v, "conversation") for v in (5, "", ["conv_1"], True)],
-    *[("responses", "conversation", v, "conversation.id") for v in ({}, {"id": 5}, {"id": ""}, {"id": ["conv_1"]})],
+    *[("responses", "conversation", v, "conversation") for v in (5, "", " ", ["conv_1"], True)],
+    *[("responses", "conversation", v, "conversation.id")
+      for v in ({}, {"id": 5}, {"id": ""}, {"id": "  "}, {"id": ["conv_1"]})],
     *[("responses", "input", [item], "input.0.id") for item in (
         {"type": "item_reference", "id": 5}, {"type": "item_reference"}, {"type": "item_reference", "id": ""},
+        {"type": "item_reference", "id": " "},
         {"type": "item_reference", "id": ["msg_1"]}, {"id": 5}, {"id": {"id": "msg_1"}}, {"type": None, "id": ""})],
     *[("responses", "stream", v, "stream") for v in ("true", 1)],
 ]
@@ -274,14 +278,17 @@ def test_a_malformed_conversation_or_item_reference_is_refused_through_the_sdk_b
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream
 ) -> None:
     """A Responses `conversation` or `item_reference` id of the wrong shape went to the provider and
-    was charged a request, while a malformed `previous_response_id` was refused here: each is a 400
-    naming its field, through the official SDK, nothing reserved, sent or recorded."""
+    was charged a request, while a malformed `previous_response_id` was refused here — but for a
+    blank one (`""`, `"  "`), which went on too: each is a 400 naming its field, through the official
+    SDK, nothing reserved, sent or recorded."""
     import openai
 
     gw = gateway_factory(openai_api_url=spy.url + "/v1")
     client = gw.openai()
     for extra, param in (
         ({"conversation": {"id": 5}}, "conversation.id"), ({"conversation": ""}, "conversation"),
+        ({"previous_response_id": ""}, "previous_response_id"), ({"previous_response_id": " "}, "previous_response_id"),
+        ({"conversation": "  "}, "conversation"), ({"conversation": {"id": "\n"}}, "conversation.id"),
         ({"input": [{"type": "item_reference", "id": 7}]}, "input.0.id"),
         ({"input": [{"role": "user", "content": "hi"}, {"type": "item_reference", "id": None}]}, "input.1.id"),
     ):

@@ -259,6 +259,19 @@ _DELTA_TEXT = ("refusal", "reasoning_content")
 PLAIN_DELTA = frozenset({"role", "content", "tool_calls"})  # most deltas: nothing more to look at
 
 
+def carries_answer(choice: dict[str, Any], key: str = "delta") -> bool:
+    """Whether a streamed choice carries any of the answer: a finish reason (the model finished,
+    reasoning included), or under `key` (chat's `delta`, legacy completions' `text`) anything but
+    the opening role and empty values (`{"role": "assistant", "content": "", "refusal": null}`). A
+    provider's failure before any choice carried some gave the client nothing (`unserved`)."""
+    if choice.get("finish_reason") is not None:
+        return True
+    shown = choice.get(key)
+    if isinstance(shown, dict):
+        return any(name != "role" and value not in (None, "", [], {}) for name, value in shown.items())
+    return shown not in (None, "", [], {})
+
+
 def delta_extras(delta: dict[str, Any]) -> str:
     """The text of a chat delta's (or message's) output other than its `content` and `tool_calls`
     (see `_DELTA_TEXT`), for counting when the answer comes without the provider's usage."""

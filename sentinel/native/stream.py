@@ -29,6 +29,7 @@ from sentinel.native.errors import StreamError, TranslationError
 from sentinel.native.kept import HeldBudget, KeptText
 from sentinel.native.openai import (
     PLAIN_DELTA,
+    carries_answer,
     cut_arguments,
     delta_extras,
     map_finish_reason,
@@ -124,9 +125,8 @@ class StreamNormalizer:
 
     @property
     def unserved(self) -> bool:
-        """The stream ended with the provider's error before any of its answer was generated (no output
-        to charge, hidden reasoning included). False unless the format tells (an OpenAI-format stream
-        shows none of a reasoning model's reasoning, so an error may follow billed reasoning)."""
+        """The stream ended with the provider's error before any of its answer came (no output to
+        charge, hidden reasoning included): each format's normaliser tells."""
         return False
 
     @property
@@ -316,6 +316,21 @@ class StreamNormalizer:
 class OpenAIStreamNormalizer(StreamNormalizer):
     """Normalises an OpenAI chat-completions stream (requested with include_usage)."""
 
+    def __init__(
+        self, *, provider: str, created: int | None = None, scrub: Callable[[str], str] | None = None
+    ) -> None:
+        super().__init__(provider=provider, created=created, scrub=scrub)
+        self._began = False  # a choice carried some of the answer (`carries_answer`)
+        self._failed = False  # the provider's error chunk ended the stream
+
+    @property
+    def unserved(self) -> bool:
+        """The provider ended the stream with its error chunk before any choice carried some of its
+        answer (`carries_answer`: the opening role alone is none): the client got no output, and none
+        is charged without the provider's usage, hidden reasoning included — as the relayed
+        `/v1` stream's `StreamInspector.unserved` tells. A stream broken otherwise is charged as before."""
+        return self._failed and not self._began
+
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
         if self._done:
             return []
@@ -324,7 +339,10 @@ class OpenAIStreamNormalizer(StreamNormalizer):
             return []
         obj = self._decode(event.data)
         if "error" in obj:
+            self._failed = True
             raise self._upstream_error(obj["error"])
+        if not self._began and any(isinstance(c, dict) and carries_answer(c) for c in as_list(obj.get("choices"))):
+            self._began = True
         self._adopt(obj.get("id"), obj.get("model"), obj.get("created"))
         if obj.get("usage") is not None:
             usage = parse_openai_usage(obj["usage"])  # None when malformed: the stream's usage is estimated

@@ -26,7 +26,7 @@ from sentinel.domain.usage import Usage
 from sentinel.errors import UpstreamError
 from sentinel.native._wire import as_list, as_str
 from sentinel.native.kept import KeptText
-from sentinel.native.openai import PLAIN_DELTA, delta_extras, field_text
+from sentinel.native.openai import PLAIN_DELTA, carries_answer, delta_extras, field_text
 from sentinel.observability.redaction import redact
 from sentinel.providers.errors import stream_error
 from sentinel.quota.items import NO_FIELDS, item_text
@@ -404,6 +404,8 @@ class StreamInspector:
         self._read = ReadKept()  # the hosted-tool items (`read_input`)
         self.parse_errors = 0
         self.failed = False  # the provider's error event came (chat's `error`, the Responses API's `error`)
+        self._response_failed = False  # a Responses stream ended by `response.failed`
+        self._began = False  # any of the answer came (`unserved`)
         self.saw_done = False
         self.object_id: str | None = None  # the answer's own id (a stored response or chat completion)
         self.audio: dict[str, Any] = {}  # a chat answer's audio answers: id -> `expires_at` (None until given)
@@ -432,6 +434,19 @@ class StreamInspector:
         tokens so far, and `n: 64` left before the final sum was charged one choice. Then the text
         streamed is counted instead (every choice's)."""
         return self._usage if self._usage_whole or self.saw_done else None
+
+    @property
+    def unserved(self) -> bool:
+        """The provider ended the stream as failed — its error event (chat's `error` chunk, the
+        Responses API's `error`), a `response.failed` — before any of its answer came: no content,
+        tool call, refusal or finish reason in a choice, no output item, part or delta of a response
+        (events other than `response.created`/`.queued`/`.in_progress`). The client got no output,
+        and none is charged without the provider's usage — hidden reasoning included
+        (`Admission.hidden_output` is not charged as reserved then), as an Anthropic stream's error
+        before any block is not (`AnthropicStreamInspector.unserved`). A stream cut otherwise (the
+        connection broken, a read timeout, Sentinel's time limit, the client gone) tells nothing of
+        what the provider generated unseen: charged as before."""
+        return (self.failed or self._response_failed) and not self._began
 
     @property
     def read_input(self) -> tuple[str, int]:
@@ -558,6 +573,8 @@ class StreamInspector:
             for choice in choices:
                 if not isinstance(choice, dict):
                     continue
+                if not self._began and carries_answer(choice, "text" if self.endpoint == "completions" else "delta"):
+                    self._began = True
                 if self.endpoint == "completions":
                     self._text.append(field_text(choice.get("text")))
                     continue
@@ -598,6 +615,10 @@ class StreamInspector:
         if kind in RESPONSES_TERMINAL:
             self._terminal = True
         response = obj.get("response")
+        if kind == "response.failed":
+            self._response_failed = True
+        if kind not in _NO_OUTPUT_EVENTS or (isinstance(response, dict) and response.get("output")):
+            self._began = True  # (an event of the answer, or a response holding output)
         if isinstance(response, dict) and self.object_id is None and isinstance(response.get("id"), str):
             self.object_id = response["id"]  # `response.created` names the stored response
         if isinstance(response, dict):
@@ -626,6 +647,11 @@ class StreamInspector:
             if isinstance(item, dict) and not _written_item(item):
                 self._read.add(*item_read(item))
         return True
+
+
+# Responses stream events that carry none of the answer: its lifecycle, and its failure.
+_NO_OUTPUT_EVENTS = frozenset({"response.created", "response.queued", "response.in_progress", "error",
+                               "response.failed"})
 
 
 class TailInspector:

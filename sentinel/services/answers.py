@@ -397,7 +397,7 @@ class AnswerRelay:
             usage = inspector.usage  # else the hosted tools' results streamed are charged as read too
             await meter.settle(
                 admission, usage=usage, output_text=inspector.text, output_counted=inspector.counted, status=status,
-                provider=upstream.provider,
+                provider=upstream.provider, output_estimate=0 if inspector.unserved else None,
                 read_input=("", 0) if usage is not None else inspector.read_input,
             )
             stored = None

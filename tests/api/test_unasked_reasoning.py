@@ -5,11 +5,14 @@ by the model's name or the providers file's `reasons`, either way."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import openai
 import pytest
 import yaml
 
@@ -217,3 +220,85 @@ def test_a_whole_answer_without_usage_from_a_model_that_reasons_is_charged_as_re
     charged = [(rows[r.headers["x-request-id"]]["usage_source"], rows[r.headers["x-request-id"]]["output_tokens"])
                for r in answers]
     assert charged == [("measured", 412), ("estimated", 300)]
+
+
+ROLE = {"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None}, "finish_reason": None}
+SAID = {"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}
+CHAT_ERROR = b'data: {"error": {"message": "The server had an error", "type": "server_error", "code": null}}\n\n'
+STARTED = {"id": "resp_1", "object": "response", "created_at": 1, "model": "o4-mini", "status": "in_progress",
+           "output": [], "usage": None}
+FAILED = {**STARTED, "status": "failed", "error": {"code": "server_error", "message": "The server had an error"}}
+REASONING = {"id": "rs_1", "type": "reasoning", "summary": []}
+BROKEN: list[tuple[str, list[bytes], int | None]] = [
+    # (surface, what the provider streams before it ends, the output charged: None for none)
+    ("chat", [chunk("o4-mini", [ROLE]), CHAT_ERROR], None),  # its error right after the opening role
+    ("chat", [CHAT_ERROR], None),
+    ("chat", [chunk("o4-mini", [SAID]), CHAT_ERROR], RESERVED),  # the answer began: it reasoned first
+    ("chat", [chunk("o4-mini", [{**ROLE, "delta": {}, "finish_reason": "length"}]), CHAT_ERROR], RESERVED),
+    ("chat", [chunk("o4-mini", [ROLE])], RESERVED),  # the connection ended: the provider may go on unseen
+    ("responses", [event("response.created", {"response": STARTED}),
+                   event("response.in_progress", {"response": STARTED}),
+                   event("response.failed", {"response": FAILED})], None),
+    ("responses", [event("response.created", {"response": STARTED}),
+                   event("error", {"code": "server_error", "message": "The server had an error", "param": None})],
+     None),
+    ("responses", [event("response.created", {"response": STARTED}),
+                   event("response.output_item.added", {"output_index": 0, "item": REASONING}),
+                   event("response.failed", {"response": FAILED})], RESERVED),  # it began reasoning
+    ("responses", [event("response.created", {"response": STARTED}),
+                   event("response.failed", {"response": {**FAILED, "output": [REASONING]}})], RESERVED),
+    ("responses", [event("response.created", {"response": STARTED}),  # the provider's count wins
+                   event("response.failed", {"response": {**FAILED, "usage": {
+                       "input_tokens": 10, "output_tokens": 321, "total_tokens": 331}}})], 321),
+    # Translated for an Anthropic client, and on the native API (a tier's o4-mini): the same rule.
+    ("messages", [chunk("o4-mini", [ROLE]), CHAT_ERROR], None),
+    ("messages", [chunk("o4-mini", [SAID]), CHAT_ERROR], RESERVED),
+    ("native", [chunk("o4-mini", [ROLE]), CHAT_ERROR], None),
+    ("native", [chunk("o4-mini", [SAID]), CHAT_ERROR], RESERVED),
+]
+
+
+@pytest.mark.parametrize(("surface", "sent", "output"), BROKEN)
+def test_a_reasoning_stream_the_provider_failed_before_any_output_is_charged_no_output(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, upstream: tuple[HeldUpstream, str],
+    surface: str, sent: list[bytes], output: int | None,
+) -> None:
+    """o4-mini's reasoning is billed unseen, so a stream cut short is charged the output it reserved —
+    but one the provider itself ended as failed (chat's error chunk, a Responses `error` or
+    `response.failed`) before any of the answer came gave the client nothing: it was charged its
+    whole reservation for it. Charged no output now (its input as before), unless the provider's
+    usage says otherwise; one whose answer began (a word, a finish reason, a reasoning item), or
+    whose connection merely ended, is charged as before."""
+    held, url = upstream
+    gw = gateway(gateway_factory, tmp_path, url)
+    held.queue(Script(b"text/event-stream", [Step(part) for part in sent])).open_all()
+    client = gw.openai()
+    with contextlib.suppress(openai.APIError, anthropic.APIError):
+        if surface == "native":
+            with gw.client() as http:
+                r = http.post("/native/v1/chat/completions", json={
+                    "tier": "simple", "messages": [{"role": "user", "content": "think about it"}], "stream": True,
+                    "max_tokens": RESERVED})
+            assert r.status_code == 200 and "[DONE]" not in r.text, r.text
+        elif surface == "messages":
+            for _ in gw.anthropic().messages.create(
+                model="o4-mini", max_tokens=RESERVED, messages=[{"role": "user", "content": "think about it"}],
+                stream=True,
+            ):
+                pass
+        elif surface == "chat":
+            for _ in client.chat.completions.create(
+                model="o4-mini", messages=[{"role": "user", "content": "think about it"}], stream=True,
+                max_completion_tokens=RESERVED,
+            ):
+                pass
+        else:
+            for _ in client.responses.create(
+                model="o4-mini", input="think about it", stream=True, max_output_tokens=RESERVED,
+            ):
+                pass
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)
+    row = ledger_rows(gw.settings.database_url, "alice")[0]
+    assert row["input_tokens"] > 0, row
+    assert row["output_tokens"] == (0 if output is None else output), row
+    assert row["usage_source"] == ("measured" if output not in (None, RESERVED) else "estimated"), row

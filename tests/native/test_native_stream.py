@@ -468,7 +468,8 @@ def test_anthropic_error_event_raises_with_its_type() -> None:
 def test_an_anthropic_error_before_any_block_leaves_the_answer_unserved() -> None:
     """The provider's error right after message_start: no block of the answer (thinking included)
     came, so none was generated (`unserved`: charged no output). After a block began, or without an
-    error, it is not; an OpenAI-format stream never tells (its reasoning is not streamed)."""
+    error, it is not. An OpenAI-format stream tells alike: its error chunk before any choice carried
+    some of the answer (the opening role alone is none) gave the client nothing."""
     error = SSEEvent(orjson.dumps({"type": "error", "error": {"type": "overloaded_error"}}).decode(), "error")
 
     def fed(raw: bytes, *, failing: bool) -> AnthropicStreamNormalizer:
@@ -485,10 +486,24 @@ def test_an_anthropic_error_before_any_block_leaves_the_answer_unserved() -> Non
         type="content_block_start", index=0, content_block=ThinkingBlock(type="thinking", thinking="", signature="")))
     assert not fed(an_start() + thinking, failing=True).unserved
     assert not fed(an_start(), failing=False).unserved
-    openai_side = OpenAIStreamNormalizer(provider="openai")
-    with pytest.raises(StreamError):
-        openai_side.feed(SSEEvent(orjson.dumps({"error": {"message": "x", "type": "server_error"}}).decode()))
-    assert not openai_side.unserved
+    def openai_fed(*chunks: dict[str, object]) -> OpenAIStreamNormalizer:
+        normalizer = OpenAIStreamNormalizer(provider="openai")
+        for chunk in chunks:
+            normalizer.feed(SSEEvent(orjson.dumps(chunk).decode()))
+        with pytest.raises(StreamError):
+            normalizer.feed(SSEEvent(orjson.dumps({"error": {"message": "x", "type": "server_error"}}).decode()))
+        return normalizer
+
+    def choice(delta: dict[str, object], finish: str | None = None) -> dict[str, object]:
+        return {"id": "c", "model": "o4-mini", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    assert openai_fed().unserved
+    assert openai_fed(choice({"role": "assistant", "content": "", "refusal": None})).unserved
+    assert not openai_fed(choice({"content": "Hi"})).unserved
+    assert not openai_fed(choice({}, "length")).unserved  # (its reasoning took the whole cap)
+    unfailed = OpenAIStreamNormalizer(provider="openai")
+    unfailed.feed(SSEEvent(orjson.dumps(choice({"role": "assistant", "content": ""})).decode()))
+    assert not unfailed.unserved
 
 
 def test_anthropic_invalid_tool_json_fails_at_the_end() -> None:

@@ -47,6 +47,11 @@ _UNWRITTEN_BATCH_INPUT = "sentinel:batch-input:"
 # The tokens a stored response (or a conversation, as of its last response) holds: a request that
 # continues it (`previous_response_id`, `conversation`) makes the provider read all of them again.
 _CONTEXT = "sentinel:context:"
+# A stored response whose stream was cut in a conversation (`Ownership.remember_cut_turn`): the
+# conversation, the cut exchange's charge it was counted at, and the count that turn left (JSON),
+# until the first read charging the response's usage corrects the conversation's count by the
+# difference (`Ownership.correct_turn`), or the response is deleted.
+_CUT_TURN = "sentinel:cut-turn:"
 # What Sentinel read of a file uploaded through it (`sentinel.domain.files.FileFacts`): how a request
 # naming the file by id is estimated. Written once (a file's content never changes), only for the
 # file's owner, dropped with the file.
@@ -126,19 +131,63 @@ if ARGV[3] == '' then
 else
   redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
 end
+return value
+"""
+
+
+def _turn_local(ops: LocalOps, keys: list[str], args: list[str]) -> bytes:
+    raw = ops.get(keys[0])
+    current = int(raw) if raw is not None and raw.isdigit() else 0
+    value = str(int(args[0]) + max(0, current - int(args[1]))).encode()
+    ops.set(keys[0], value, None if args[2] == "" else int(args[2]) / 1000)
+    return value
+
+
+# The count it set is returned (its digits): what a cut turn's correction checks is still there
+# (`Ownership.correct_turn`).
+TURN = Script("sentinel_context_turn", _TURN_LUA, _turn_local)
+
+# KEYS[1]'s value, deleted: only one caller gets it (nil when there is none).
+_TAKE_LUA = """
+local value = redis.call('GET', KEYS[1])
+if value then
+  redis.call('DEL', KEYS[1])
+end
+return value
+"""
+
+
+def _take_local(ops: LocalOps, keys: list[str], args: list[str]) -> bytes | None:
+    value = ops.get(keys[0])
+    if value is not None:
+        ops.delete(keys[0])
+    return value
+
+
+TAKE = Script("sentinel_take", _TAKE_LUA, _take_local)
+
+# Set KEYS[1] to ARGV[2] only if it still holds ARGV[1], keeping its expiry: 1 when set, else 0.
+_SET_IF_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+end
 return 1
 """
 
 
-def _turn_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
-    raw = ops.get(keys[0])
-    current = int(raw) if raw is not None and raw.isdigit() else 0
-    value = int(args[0]) + max(0, current - int(args[1]))
-    ops.set(keys[0], str(value).encode(), None if args[2] == "" else int(args[2]) / 1000)
+def _set_if_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    if ops.get(keys[0]) != args[0].encode():
+        return 0
+    ttl = ops.pttl(keys[0])
+    ops.set(keys[0], args[1].encode(), ttl / 1000 if ttl > 0 else None)
     return 1
 
 
-TURN = Script("sentinel_context_turn", _TURN_LUA, _turn_local)
+SET_IF = Script("sentinel_set_if", _SET_IF_LUA, _set_if_local)
 
 
 class Ownership:
@@ -266,7 +315,7 @@ class Ownership:
         if _keyable(object_id):
             # one by one: keys in different slots of a Cluster
             for prefix in (_PREFIX, _BATCH_INPUT, _UNMEASURED_BATCH_INPUT, _UNWRITTEN_BATCH_INPUT, _CONTEXT, _CHARGED,
-                           _FILE_FACTS):
+                           _FILE_FACTS, _CUT_TURN):
                 await self.store.delete(prefix + object_id)
 
     async def context_of(self, object_ids: Iterable[str]) -> int:
@@ -293,15 +342,54 @@ class Ownership:
         if _keyable(object_id):
             await self.store.set(_CONTEXT + object_id, str(max(0, tokens)).encode(), ttl)
 
-    async def remember_turn(self, conversation: str, tokens: int, held: int, ttl: float | None) -> None:
+    async def remember_turn(self, conversation: str, tokens: int, held: int, ttl: float | None) -> str | None:
         """Record that `conversation` holds `tokens` after a turn in it that was admitted when it held
         `held` (`tokens` include those, as the turn's input): what it grew by since (items added
         while the turn ran, another turn that ended first) is kept on top, in one atomic step — set
         to the turn's own count, a conversation forgot what was added to it meanwhile, though the
-        provider's conversation holds it and every later turn reads it."""
-        if _keyable(conversation):
-            expiry = "" if ttl is None else str(max(1, round(ttl * 1000)))
-            await self.store.run(TURN, [_CONTEXT + conversation], [str(max(0, tokens)), str(max(0, held)), expiry])
+        provider's conversation holds it and every later turn reads it. The count set (its digits;
+        None for an id no key can hold)."""
+        if not _keyable(conversation):
+            return None
+        expiry = "" if ttl is None else str(max(1, round(ttl * 1000)))
+        value = await self.store.run(TURN, [_CONTEXT + conversation], [str(max(0, tokens)), str(max(0, held)), expiry])
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    async def remember_cut_turn(
+        self, response_id: str, conversation: str, tokens: int, after: str, ttl: float | None
+    ) -> None:
+        """Record that the stored response `response_id`, a turn in `conversation` whose stream was cut
+        before the provider's count, was counted there at `tokens` (the cut exchange's charge), leaving
+        the count at `after` (`remember_turn`'s answer): the first read charging its real usage
+        corrects the conversation's count (`correct_turn`). Kept as long as the response (`ttl`)."""
+        if _keyable(response_id):
+            record = {"conversation": conversation, "tokens": max(0, tokens), "after": after}
+            await self.store.set(_CUT_TURN + response_id, orjson.dumps(record), ttl)
+
+    async def correct_turn(self, response_id: str, tokens: int) -> bool:
+        """The first read charging a cut stored response's usage: its exchange held `tokens`, not the
+        cut charge its conversation was counted at (`remember_cut_turn`) — the count is moved by the
+        difference while it is still the count that turn left. Any change since tells that something
+        else counted there: a later turn that ended (whose own count is the provider's, this
+        context included: adding the difference would count it twice) or items added (a count this
+        cannot tell from such a turn) — it is left as it is, too low, as before. The record is taken
+        in one atomic step: of two reads at once (each charging it, `claim_charge`'s `pending`), one
+        corrects. True when the count was corrected."""
+        if not _keyable(response_id):
+            return False
+        raw = await self.store.run(TAKE, [_CUT_TURN + response_id], [])
+        try:
+            record = orjson.loads(raw) if isinstance(raw, bytes) else None
+        except orjson.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            return False
+        conversation, cut, after = record.get("conversation"), record.get("tokens"), record.get("after")
+        if not (isinstance(conversation, str) and _keyable(conversation) and type(cut) is int
+                and isinstance(after, str) and after.isdigit()):
+            return False
+        value = str(max(0, int(after) + max(0, tokens) - cut))
+        return bool(int(await self.store.run(SET_IF, [_CONTEXT + conversation], [after, value])))
 
     async def charge_once(self, object_id: str, ttl: float | None) -> bool:
         """True the first time `object_id`'s usage is charged (and marks it so, for `ttl` seconds —

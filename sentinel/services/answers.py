@@ -417,7 +417,7 @@ class AnswerRelay:
                 if usage is not None:
                     await self._charged(stored, ObjectPath(collection).ttl)
             if endpoint == "responses":  # also when the client left early (what was charged), stored or not
-                await remember_context(ownership, admission, stored, extends)
+                await remember_context(ownership, admission, stored, extends, cut=usage is None)
             if speaker is not None and inspector.audio:
                 now = time.time()
                 await claim_created(ownership, [(i, audio_ttl(at, now)) for i, at in inspector.audio.items()], speaker)
@@ -437,7 +437,8 @@ async def claim_created(ownership: Ownership, created: Iterable[tuple[str, float
 
 
 async def remember_context(
-    ownership: Ownership, admission: Admission, response_id: str | None, conversations: Iterable[tuple[str, int]]
+    ownership: Ownership, admission: Admission, response_id: str | None, conversations: Iterable[tuple[str, int]],
+    *, cut: bool = False,
 ) -> None:
     """Record the tokens a Responses exchange held (its input, the context it continued included,
     and its output, as charged) under the response's id when it is stored (`response_id`; None for
@@ -447,7 +448,10 @@ async def remember_context(
     (`Ownership.remember_turn`). A later request continuing either is charged them as input, even
     when its own stream is cut off before the provider's count. Each count is kept as long as its
     object's owner (`COLLECTIONS`): a conversation's until it is deleted through Sentinel, as the
-    provider keeps its items. Like `claim_created`, a store outage costs nothing but this."""
+    provider keeps its items. A stored response whose exchange was charged without the provider's
+    count (`cut`: its stream cut before it) is noted with each conversation's count it left (`remember_cut_turn`),
+    for the first read charging its usage to correct (`remember_read_context`). Like
+    `claim_created`, a store outage costs nothing but this."""
     if admission.recorded is None:
         return
     tokens = admission.recorded.input_tokens + admission.recorded.output_tokens
@@ -455,7 +459,10 @@ async def remember_context(
         if response_id is not None:
             await ownership.remember_context(response_id, tokens, ObjectPath("responses").ttl)
         for conversation, held in conversations:
-            await ownership.remember_turn(conversation, tokens, held, ObjectPath("conversations").ttl)
+            after = await ownership.remember_turn(conversation, tokens, held, ObjectPath("conversations").ttl)
+            if cut and response_id is not None and after is not None:
+                await ownership.remember_cut_turn(response_id, conversation, tokens, after,
+                                                  ObjectPath("responses").ttl)
     except StoreUnavailable:
         ownership.outage.warning("the store is unavailable: a response's context size was not kept")
 
@@ -464,14 +471,16 @@ async def remember_read_context(ownership: Ownership, charges: Iterable[ObjectCh
     """Record the context a stored response holds from the usage a read of it charges (`charges`:
     only when its stream was cut before the provider's count, which kept the cut exchange's charge
     as its context — `remember_context` —, too little when the provider finished it): its input,
-    the context it continued included, and its output, as a complete exchange keeps. A conversation
-    the response joined keeps its count (README, "What next"). A store outage costs nothing but this."""
+    the context it continued included, and its output, as a complete exchange keeps. The count of a
+    conversation the response joined is corrected by the difference, once, while it is still what
+    that turn left (`Ownership.correct_turn`). A store outage costs nothing but this."""
     for charge in charges:
         if charge.object_id != response_id:
             continue
+        tokens = charge.usage.input_tokens + charge.usage.output_tokens
         try:
-            await ownership.remember_context(response_id, charge.usage.input_tokens + charge.usage.output_tokens,
-                                             ObjectPath("responses").ttl)
+            await ownership.remember_context(response_id, tokens, ObjectPath("responses").ttl)
+            await ownership.correct_turn(response_id, tokens)
         except StoreUnavailable:
             ownership.outage.warning("the store is unavailable: a response's context size was not kept")
 

@@ -674,3 +674,43 @@ def test_a_pass_through_event_stream_with_an_event_too_large_to_read_is_still_re
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)
     (row,) = ledger_rows(gw.settings.database_url, "alice")
     assert (row["status"], row["input_tokens"], row["output_tokens"]) == (502, 700, 20)
+
+
+def test_the_read_charging_a_cut_turns_usage_corrects_its_conversations_count(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """A turn in a conversation whose stream was cut before the provider's count left the
+    conversation's count at the cut exchange's charge (~1,000 here), even once the first read of the
+    stored response charged its real usage (9,950): a later turn in it was estimated, and charged when
+    cut, at the too-low count. That read now corrects the count by the difference — once (a second
+    read charges nothing and moves nothing), and only while the count is still what the cut turn
+    left: after a later turn ended (its count the provider's, the cut turn included) it stays."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url, passthrough="/v1/conversations")
+        with gw.client() as alice:
+            for conversation in ("conv_1", "conv_2"):
+                upstream.json({"id": conversation, "object": "conversation"})
+                assert alice.post("/v1/conversations", json={}).status_code == 200
+                upstream.json(_response(f"{conversation}_resp_1", 900, 100))
+                turn = {"model": "gpt-4o-mini", "input": "hi", "conversation": conversation}
+                assert alice.post("/v1/responses", json=turn).status_code == 200
+                upstream.sse({"type": "response.created", "response": {
+                    "id": f"{conversation}_resp_2", "object": "response", "status": "in_progress"}},
+                    {"type": "response.output_text.delta", "delta": "hel"})  # cut: no usage, no [DONE]
+                with alice.stream("POST", "/v1/responses", json={**turn, "stream": True}) as answer:
+                    answer.read()
+                left = int(gw.read_stored(f"sentinel:context:{conversation}") or b"0")
+                assert 1000 < left < 1100, left
+            upstream.json(_response("conv_2_resp_3", 5000, 100))  # conv_2 goes on: its count the provider's
+            assert alice.post("/v1/responses", json={
+                "model": "gpt-4o-mini", "input": "more", "conversation": "conv_2"}).status_code == 200
+            assert gw.read_stored("sentinel:context:conv_2") == b"5100"
+            for conversation in ("conv_1", "conv_2", "conv_1"):
+                upstream.json(_response(f"{conversation}_resp_2", 1950, 8000))
+                assert alice.get(f"/v1/responses/{conversation}_resp_2").status_code == 200
+    assert gw.read_stored("sentinel:context:conv_1") == b"9950"  # the cut turn's real exchange
+    assert gw.read_stored("sentinel:context:conv_2") == b"5100"  # counted by the later turn already
+    for conversation in ("conv_1", "conv_2"):
+        assert gw.read_stored(f"sentinel:context:{conversation}_resp_2") == b"9950"
+        assert gw.read_stored(f"sentinel:cut-turn:{conversation}_resp_2") is None

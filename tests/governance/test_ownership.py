@@ -321,6 +321,35 @@ async def test_a_turn_keeps_what_its_conversation_grew_by_meanwhile(store: Store
     assert await owners.context_of(["conv_1"]) == 10**12 * 3 + 50
 
 
+async def test_a_cut_turns_correction_applies_once_and_only_to_the_count_it_left(store: Store) -> None:
+    """A stored response cut in its conversation is noted with the count its turn left; the first
+    read charging its usage moves that count by the difference — once, keeping the count's expiry —
+    and not at all once the count changed (a later turn counted the provider's figure, this turn's
+    real exchange included); a deleted response's note goes with it."""
+    owners = Ownership(store)
+    await owners.remember_turn("conv_1", 1000, 0, None)
+    after = await owners.remember_turn("conv_1", 1050, 1000, 31 * DAY)  # the cut turn: 1,050 - 1,000 charged
+    assert after == "1050"
+    await owners.remember_cut_turn("resp_cut", "conv_1", 50, after, 31 * DAY)
+    assert await owners.correct_turn("resp_cut", 9000) is True  # its real exchange: 9,000, not 50
+    assert await owners.context_of(["conv_1"]) == 1050 - 50 + 9000
+    ttl = await store.ttl("sentinel:context:conv_1")
+    assert ttl is not None and 30 * DAY < ttl <= 31 * DAY
+    assert await owners.correct_turn("resp_cut", 9000) is False  # once
+    assert await owners.context_of(["conv_1"]) == 10_000
+    after = await owners.remember_turn("conv_2", 60, 0, None)
+    assert after is not None
+    await owners.remember_cut_turn("resp_2", "conv_2", 60, after, None)
+    await owners.remember_turn("conv_2", 7000, 60, None)  # a later turn ended: the provider's count
+    assert await owners.correct_turn("resp_2", 9000) is False
+    assert await owners.context_of(["conv_2"]) == 7000
+    await owners.remember_cut_turn("resp_3", "conv_2", 10, "7000", None)
+    await owners.forget("resp_3")
+    assert await owners.correct_turn("resp_3", 9000) is False
+    assert await owners.context_of(["conv_2"]) == 7000
+    assert await owners.correct_turn("resp_unknown", 9000) is False
+
+
 async def test_a_files_facts_are_its_owners_kept_once_and_dropped_with_it(store: Store) -> None:
     """What an upload held is kept only for the file's owner, never replaced (a file's content never
     changes: nobody's later claim makes it look smaller), read back only along with a successful

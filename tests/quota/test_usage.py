@@ -541,3 +541,24 @@ def test_usages_summed_stay_within_max_tokens() -> None:
     big = Usage(MAX_TOKENS, MAX_TOKENS, 0, MAX_TOKENS)
     assert big.plus(big) == Usage(MAX_TOKENS, MAX_TOKENS, 0, MAX_TOKENS)
     assert Usage(10, 5, 2, 3).plus(Usage(2, 1, 1, 1)) == Usage(12, 6, 3, 4)
+
+
+def test_a_provider_failure_before_any_of_the_answer_leaves_it_unserved() -> None:
+    """The provider's error (chat's and legacy completions' error chunk) before any choice carried some
+    of the answer — the opening role or an empty text is none — gave the client no output (`unserved`:
+    charged none); after a word or a finish reason, or without an error, it is not."""
+    error = event({"error": {"message": "x", "type": "server_error"}})
+
+    def unserved(endpoint: str, *choices: dict[str, Any], failing: bool = True) -> bool:
+        inspector = StreamInspector(endpoint)
+        feed_all(inspector, [*(event({"id": "c1", "choices": [c]}) for c in choices), *([error] if failing else [])])
+        return inspector.unserved
+
+    role = {"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None}, "finish_reason": None}
+    assert unserved("chat") and unserved("chat", role)
+    assert not unserved("chat", role, {"index": 0, "delta": {"content": "Hi"}})
+    assert not unserved("chat", {"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1"}]}})
+    assert not unserved("chat", {"index": 0, "delta": {}, "finish_reason": "length"})
+    assert not unserved("chat", role, failing=False)
+    assert unserved("completions", {"index": 0, "text": "", "finish_reason": None})
+    assert not unserved("completions", {"index": 0, "text": "Hi", "finish_reason": None})

@@ -15,6 +15,7 @@ the provider's message, and the event's other fields, left out).
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -29,18 +30,22 @@ from sentinel.native.kept import KeptText
 from sentinel.native.openai import PLAIN_DELTA, carries_answer, delta_extras, field_text
 from sentinel.observability.redaction import redact
 from sentinel.providers.errors import stream_error
+from sentinel.quota.audio import AUDIO_TOKENS_PER_SECOND
 from sentinel.quota.items import NO_FIELDS, item_text
 from sentinel.quota.tokens import estimate_tokens
 
 
 def usage_from_body(endpoint: str, body: Any) -> Usage | None:
     """Usage reported in a response body (`prompt_tokens`/`completion_tokens` as in chat, or
-    `input_tokens`/`output_tokens` as in responses and images), or None."""
+    `input_tokens`/`output_tokens` as in responses and images, or a transcription's audio length:
+    `duration_usage`), or None."""
     if not isinstance(body, dict):
         return None
     usage = body.get("usage")
     if not isinstance(usage, dict):
         return None
+    if usage.get("type") == "duration":
+        return duration_usage(usage.get("seconds"))
     none = 0 if endpoint == "embeddings" else None  # only embeddings have no output to report
     if "prompt_tokens" in usage:
         i, o = usage.get("prompt_tokens"), usage.get("completion_tokens", none)
@@ -52,6 +57,21 @@ def usage_from_body(endpoint: str, body: Any) -> Usage | None:
         return None
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return Usage(i, o, 0, cached if isinstance(cached, int) and _count(cached) else 0)  # capped at `i` by Usage
+
+
+def duration_usage(seconds: Any) -> Usage | None:
+    """A usage billed by audio length — `{"type": "duration", "seconds": 9.2}`, a `whisper-1`
+    transcription's or translation's — as the input tokens of that much audio at OpenAI's rate for
+    user audio (`AUDIO_TOKENS_PER_SECOND`, as a chat's `input_audio` is estimated), rounded up; None
+    when `seconds` is no believable length (not a number, negative, or more tokens than MAX_TOKENS)
+    or none. Read as no usage, an hour transcribed counted no tokens against any plan."""
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 < seconds <= MAX_AUDIO_SECONDS:
+        return None
+    return Usage(math.ceil(seconds * AUDIO_TOKENS_PER_SECOND), 0)
+
+
+# The longest audio a duration usage is believed for: its tokens at most MAX_TOKENS.
+MAX_AUDIO_SECONDS = MAX_TOKENS // AUDIO_TOKENS_PER_SECOND
 
 
 # The most models one eval run's `per_model_usage` is read for (its sampling model and its graders':

@@ -562,3 +562,23 @@ def test_a_provider_failure_before_any_of_the_answer_leaves_it_unserved() -> Non
     assert not unserved("chat", role, failing=False)
     assert unserved("completions", {"index": 0, "text": "", "finish_reason": None})
     assert not unserved("completions", {"index": 0, "text": "Hi", "finish_reason": None})
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        ({"type": "duration", "seconds": 9.2}, Usage(92, 0)),  # whisper-1: 10 tokens a second of audio
+        ({"type": "duration", "seconds": 0.01}, Usage(1, 0)),  # rounded up
+        ({"type": "duration", "seconds": 3600}, Usage(36_000, 0)),
+        ({"type": "duration", "seconds": 0}, None),
+        ({"type": "duration", "seconds": -5}, None),
+        ({"type": "duration", "seconds": "60"}, None),
+        ({"type": "duration", "seconds": True}, None),
+        ({"type": "duration", "seconds": 1e300}, None),  # past any count believed
+        ({"type": "duration"}, None),
+        # gpt-4o-transcribe bills tokens, and says so
+        ({"type": "tokens", "input_tokens": 14, "output_tokens": 45, "total_tokens": 59}, Usage(14, 45)),
+    ],
+)
+def test_a_usage_billed_by_audio_length_is_its_audio_tokens(usage: dict[str, Any], expected: Usage | None) -> None:
+    assert usage_from_body("/v1/audio/*", {"text": "hi", "usage": usage}) == expected

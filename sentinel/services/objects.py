@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from email.message import Message
+from email.utils import collapse_rfc2231_value
 from typing import Any
 
 import orjson
@@ -857,7 +858,7 @@ def _parts(body: bytes, content_type: str) -> tuple[list[tuple[str, bytes, bool]
                 "A multipart part's Content-Disposition must be given plainly: form-data, then parameters whose "
                 "values are tokens or quoted with no escape but a filename's `\\\\` (its name has no backslash)"
             )
-        is_file = fields.get_param("filename", header="content-disposition") is not None
+        is_file = _names_a_file(fields.get_param("filename", header="content-disposition"))
         sized = fields.get_all("content-length") or []
         if sized and (len(sized) > 1 or sized[0] != str(len(value))):
             # A reader that trusts a part's own length (aiohttp's) reads other bytes than the ones
@@ -868,6 +869,18 @@ def _parts(body: bytes, content_type: str) -> tuple[list[tuple[str, bytes, bool]
         found.append((name, value, is_file))
         spans.append((end - len(value), end))  # the value ends its part
     return found, spans, delimiter
+
+
+def _names_a_file(filename: str | tuple[str | None, str | None, str] | None) -> bool:
+    """Whether a part whose Content-Disposition gives `filename` (as `Message.get_param` reads it: a
+    tuple for RFC 2231's `filename*=`) is a file to every reader: it names one that is not empty.
+    aiohttp's `request.post()` and Go's `ReadForm` read a part with `filename=""` (a browser's empty
+    file input) as a field, Starlette and werkzeug as a file: read as a file here, its value went
+    unchecked on a field the call takes files on — a `video` of `{"id": …}` edited another user's
+    video where the provider reads it as a field."""
+    if isinstance(filename, tuple):
+        filename = collapse_rfc2231_value(filename)
+    return bool(filename)
 
 
 # A part's value is its bytes as they came: readers decode a part's transfer encoding (base64,

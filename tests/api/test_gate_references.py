@@ -223,6 +223,36 @@ def test_a_form_is_taken_only_where_a_file_is(
     assert [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/files"), ("POST", "/v1/audio/transcriptions")]
 
 
+def test_a_part_with_an_empty_filename_is_read_as_a_field(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """aiohttp's `request.post()` and Go's `ReadForm` read a part with `filename=""` as a field
+    (Starlette and werkzeug as a file): Sentinel read it as a file on a field the call takes files
+    on (an edit's `image`, a video's `input_reference`), never read its value, and sent Bob's
+    `{"file_id": <Alice's>}` on. Now it is read as a field too: the 404 an unknown file gets,
+    nothing sent; Alice's own goes through."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough="/v1/files/*,/v1/images/*,/v1/videos")
+    victim = gw.openai().files.create(file=("v.png", b"alice's"), purpose="vision").id
+    form = {"Content-Type": "multipart/form-data; boundary=bd"}
+
+    def upload(field: str, file_id: str) -> bytes:
+        return (b'--bd\r\nContent-Disposition: form-data; name="prompt"\r\n\r\na cat\r\n'
+                b'--bd\r\nContent-Disposition: form-data; name="' + field.encode() + b'"; filename=""\r\n\r\n'
+                + orjson.dumps({"file_id": file_id}) + b"\r\n--bd--\r\n")
+
+    with gw.client(key_for(gw, "bob")) as bob, gw.client() as alice:
+        spy.clear()
+        for path, field in (("/v1/images/edits", "image"), ("/v1/images/edits", "image[]"), ("/v1/videos", "input_reference")):
+            stolen = bob.post(path, content=upload(field, victim), headers=form)
+            missing = bob.post(path, content=upload(field, "file-000"), headers=form)
+            assert stolen.status_code == missing.status_code == 404, (field, stolen.text)
+            assert openai_error(stolen.json())["code"] == "object_not_found"
+            assert stolen.text.replace(victim, "<id>") == missing.text.replace("file-000", "<id>")
+            assert spy.seen == []
+        alice.post("/v1/images/edits", content=upload("image", victim), headers=form)
+    assert [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/images/edits")]
+
+
 def test_a_json_field_of_an_upload_is_read_as_any_reader_would_or_refused(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
 ) -> None:

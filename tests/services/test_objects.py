@@ -166,6 +166,20 @@ def test_a_file_is_read_as_a_field_unless_the_call_takes_files_there() -> None:
     assert multipart_references(body, TYPE, files=frozenset({"meta"})) == ["file-in-an-image"]
 
 
+def test_a_part_with_an_empty_filename_is_read_as_a_field() -> None:
+    """aiohttp and Go read a part with `filename=""` as a field, Starlette and werkzeug as a file:
+    read as a file on a field the call takes files on, its id went unchecked (an edit's `image` of
+    `{"file_id": …}`). A filename that is not empty is a file, RFC 2231's too."""
+    files = upload_files("POST", ["images", "edits"])
+    assert files is not None and "image" in files
+    for disposition in ('form-data; name="image"; filename=""', "form-data; name=image; filename*=UTF-8''"):
+        body = part(disposition, b'{"file_id": "file-victim"}') + b"--XyZ--"
+        assert multipart_references(body, TYPE, files=files) == ["file-victim"], disposition
+    for disposition in ('form-data; name="image"; filename="a.png"', "form-data; name=image; filename*=UTF-8''a.png"):
+        body = part(disposition, b'{"file_id": "file-victim"}') + b"--XyZ--"
+        assert multipart_references(body, TYPE, files=files) == [], disposition
+
+
 def test_audio_answers_and_upload_parts_are_references() -> None:
     body = {"model": "gpt-4o-audio-preview", "audio": {"voice": "alloy", "format": "wav"}, "messages": [
         {"role": "user", "content": "hi"}, {"role": "assistant", "audio": {"id": "audio_1"}}],

@@ -22,7 +22,6 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from email.message import Message
-from email.utils import collapse_rfc2231_value
 from typing import Any
 
 import orjson
@@ -858,7 +857,7 @@ def _parts(body: bytes, content_type: str) -> tuple[list[tuple[str, bytes, bool]
                 "A multipart part's Content-Disposition must be given plainly: form-data, then parameters whose "
                 "values are tokens or quoted with no escape but a filename's `\\\\` (its name has no backslash)"
             )
-        is_file = _names_a_file(fields.get_param("filename", header="content-disposition"))
+        is_file = _names_a_file(fields.get_param("filename", header="content-disposition"), dispositions[0])
         sized = fields.get_all("content-length") or []
         if sized and (len(sized) > 1 or sized[0] != str(len(value))):
             # A reader that trusts a part's own length (aiohttp's) reads other bytes than the ones
@@ -871,16 +870,18 @@ def _parts(body: bytes, content_type: str) -> tuple[list[tuple[str, bytes, bool]
     return found, spans, delimiter
 
 
-def _names_a_file(filename: str | tuple[str | None, str | None, str] | None) -> bool:
-    """Whether a part whose Content-Disposition gives `filename` (as `Message.get_param` reads it: a
-    tuple for RFC 2231's `filename*=`) is a file to every reader: it names one that is not empty.
-    aiohttp's `request.post()` and Go's `ReadForm` read a part with `filename=""` (a browser's empty
-    file input) as a field, Starlette and werkzeug as a file: read as a file here, its value went
-    unchecked on a field the call takes files on — a `video` of `{"id": …}` edited another user's
-    video where the provider reads it as a field."""
-    if isinstance(filename, tuple):
-        filename = collapse_rfc2231_value(filename)
-    return bool(filename)
+def _names_a_file(filename: str | tuple[str | None, str | None, str] | None, disposition: str) -> bool:
+    """Whether a part whose Content-Disposition is `disposition` — its `filename` as
+    `Message.get_param` reads it — is a file to every reader: it names one plainly (`filename=`, not
+    RFC 2231's `filename*=`, which readers differ on: one that does not read it reads no filename)
+    and not an empty one (aiohttp's `request.post()` and Go's `ReadForm` read `filename=""` as a
+    field, Starlette and werkzeug as a file). Any other part is read as a field: read as a file on a
+    field the call takes files on, its value went unchecked — an edit's `image` of `{"file_id": …}`
+    named another user's file where the provider reads it as a field."""
+    return isinstance(filename, str) and bool(filename) and not _RFC2231_FILENAME.search(disposition)
+
+
+_RFC2231_FILENAME = re.compile(r";[ \t]*filename\*", re.IGNORECASE)
 
 
 # A part's value is its bytes as they came: readers decode a part's transfer encoding (base64,

@@ -167,15 +167,18 @@ def test_a_file_is_read_as_a_field_unless_the_call_takes_files_there() -> None:
 
 
 def test_a_part_with_an_empty_filename_is_read_as_a_field() -> None:
-    """aiohttp and Go read a part with `filename=""` as a field, Starlette and werkzeug as a file:
-    read as a file on a field the call takes files on, its id went unchecked (an edit's `image` of
-    `{"file_id": …}`). A filename that is not empty is a file, RFC 2231's too."""
+    """aiohttp and Go read a part with `filename=""` as a field, Starlette and werkzeug as a file (and
+    a reader that does not read RFC 2231 reads no filename in `filename*=`): read as a file on a field
+    the call takes files on, its id went unchecked (an edit's `image` of `{"file_id": …}`). Only a
+    filename given plainly and not empty makes a part a file."""
     files = upload_files("POST", ["images", "edits"])
     assert files is not None and "image" in files
-    for disposition in ('form-data; name="image"; filename=""', "form-data; name=image; filename*=UTF-8''"):
+    fields = ['form-data; name="image"; filename=""', "form-data; name=image; filename*=UTF-8''",
+              "form-data; name=image; filename*=UTF-8''a.png", "form-data; name=image; filename*0=a.png"]
+    for disposition in fields:
         body = part(disposition, b'{"file_id": "file-victim"}') + b"--XyZ--"
         assert multipart_references(body, TYPE, files=files) == ["file-victim"], disposition
-    for disposition in ('form-data; name="image"; filename="a.png"', "form-data; name=image; filename*=UTF-8''a.png"):
+    for disposition in ('form-data; name="image"; filename="a.png"', "form-data; name=image; filename=a"):
         body = part(disposition, b'{"file_id": "file-victim"}') + b"--XyZ--"
         assert multipart_references(body, TYPE, files=files) == [], disposition
 

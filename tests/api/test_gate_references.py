@@ -227,24 +227,28 @@ def test_a_part_with_an_empty_filename_is_read_as_a_field(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
 ) -> None:
     """aiohttp's `request.post()` and Go's `ReadForm` read a part with `filename=""` as a field
-    (Starlette and werkzeug as a file): Sentinel read it as a file on a field the call takes files
-    on (an edit's `image`, a video's `input_reference`), never read its value, and sent Bob's
+    (Starlette and werkzeug as a file), and a reader without RFC 2231 finds no filename in
+    `filename*=`: Sentinel read either as a file on a field the call takes files on (an edit's
+    `image`, a video's `input_reference`), never read its value, and sent Bob's
     `{"file_id": <Alice's>}` on. Now it is read as a field too: the 404 an unknown file gets,
     nothing sent; Alice's own goes through."""
     gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough="/v1/files/*,/v1/images/*,/v1/videos")
     victim = gw.openai().files.create(file=("v.png", b"alice's"), purpose="vision").id
     form = {"Content-Type": "multipart/form-data; boundary=bd"}
 
-    def upload(field: str, file_id: str) -> bytes:
+    def upload(field: str, file_id: str, filename: str = 'filename=""') -> bytes:
         return (b'--bd\r\nContent-Disposition: form-data; name="prompt"\r\n\r\na cat\r\n'
-                b'--bd\r\nContent-Disposition: form-data; name="' + field.encode() + b'"; filename=""\r\n\r\n'
-                + orjson.dumps({"file_id": file_id}) + b"\r\n--bd--\r\n")
+                b'--bd\r\nContent-Disposition: form-data; name="' + field.encode() + b'"; ' + filename.encode()
+                + b"\r\n\r\n" + orjson.dumps({"file_id": file_id}) + b"\r\n--bd--\r\n")
 
     with gw.client(key_for(gw, "bob")) as bob, gw.client() as alice:
         spy.clear()
-        for path, field in (("/v1/images/edits", "image"), ("/v1/images/edits", "image[]"), ("/v1/videos", "input_reference")):
-            stolen = bob.post(path, content=upload(field, victim), headers=form)
-            missing = bob.post(path, content=upload(field, "file-000"), headers=form)
+        for path, field, filename in (
+            ("/v1/images/edits", "image", 'filename=""'), ("/v1/images/edits", "image[]", 'filename=""'),
+            ("/v1/videos", "input_reference", 'filename=""'), ("/v1/images/edits", "image", "filename*=UTF-8''a.png"),
+        ):
+            stolen = bob.post(path, content=upload(field, victim, filename), headers=form)
+            missing = bob.post(path, content=upload(field, "file-000", filename), headers=form)
             assert stolen.status_code == missing.status_code == 404, (field, stolen.text)
             assert openai_error(stolen.json())["code"] == "object_not_found"
             assert stolen.text.replace(victim, "<id>") == missing.text.replace("file-000", "<id>")

@@ -267,9 +267,8 @@ def image_size(raw: bytes) -> tuple[int, int] | None:
     if raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) >= 24:
         width, height = struct.unpack(">II", raw[16:24])
         return width, height
-    if raw[:6] in (b"GIF87a", b"GIF89a") and len(raw) >= 10:
-        width, height = struct.unpack("<HH", raw[6:10])
-        return width, height
+    if raw[:6] in (b"GIF87a", b"GIF89a") and len(raw) >= 13:
+        return _gif(raw)
     if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
         return _webp(raw)
     if raw[:2] == b"\xff\xd8":
@@ -288,6 +287,34 @@ def _webp(raw: bytes) -> tuple[int, int] | None:
     if kind == b"VP8X" and len(raw) >= 30:
         return int.from_bytes(raw[24:27], "little") + 1, int.from_bytes(raw[27:30], "little") + 1
     return None
+
+
+# Data sub-blocks (extensions: comments, XMP, a loop count) read before a GIF's first frame: a real
+# file's first frame follows a few (XMP in 255-byte blocks: some dozens).
+GIF_MAX_SUB_BLOCKS = 512
+
+
+def _gif(raw: bytes) -> tuple[int, int] | None:
+    """A GIF's size: its logical screen, grown to hold its first frame (its image descriptor's
+    offset and size) as Pillow reads it (`GifImagePlugin` expands the image to a frame past the
+    screen; libvips takes the largest frame). The screen alone was the size read: a 1 x 1 screen
+    around a 2048 x 2048 frame was estimated as 1 x 1. None when the first frame is not found in
+    `raw` within GIF_MAX_SUB_BLOCKS (a size not read: estimated at the most)."""
+    width, height, flags = struct.unpack_from("<HHB", raw, 6)
+    at = 13 + (3 << ((flags & 0x07) + 1) if flags & 0x80 else 0)  # past the global color table
+    blocks = 0
+    while at < len(raw) and raw[at] == 0x21:  # an extension: its label, then data sub-blocks up to an empty one
+        at += 2
+        while at < len(raw) and raw[at]:
+            blocks += 1
+            if blocks > GIF_MAX_SUB_BLOCKS:
+                return None
+            at += 1 + raw[at]
+        at += 1
+    if at + 9 > len(raw) or raw[at] != 0x2C:  # no image descriptor where the first frame begins
+        return None
+    left, top, frame_width, frame_height = struct.unpack_from("<HHHH", raw, at + 1)
+    return max(width, left + frame_width), max(height, top + frame_height)
 
 
 # The markers (fill bytes included) read before a JPEG's size: a real file's frame header follows

@@ -19,7 +19,7 @@ from tests.api.test_native import tiers_file
 from tests.api.test_quotas import set_plan
 from tests.support.accounts import create_key
 from tests.support.attack import SpyUpstream, ledger_rows, openai_error, recorded_ids, wait_for
-from tests.support.media import data_url, whole_png
+from tests.support.media import data_url, gif, whole_png
 
 MINI = "gpt-4o-mini"
 NATIVE = "/native/v1/chat/completions"
@@ -84,6 +84,30 @@ def test_images_alone_over_the_input_limit_are_refused(
             text_only["messages"] = [{"role": "user", "content": "hi"}]
         r = http.post(path, json={**text_only, "stream": False})
     assert r.status_code == 200, r.text
+
+
+def test_a_gif_is_estimated_by_its_first_frame_not_its_screen(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, tmp_path: Path
+) -> None:
+    """A GIF whose logical screen is 1 x 1 around a 2048 x 2048 frame (which Pillow grows the image
+    to hold) was estimated as 1 x 1: 8,500 tokens under gpt-4o-mini's rule where it bills 25,501, so
+    it passed an input limit it alone exceeds. Now it is refused before it is sent, as the 2048 x
+    2048 image it is; the same GIF whose frame fits its screen is admitted."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", providers_file=tiers_file(tmp_path, "openai"))
+    key = asyncio.run(create_key(gw.settings.database_url, "viewer"))[1]
+    set_plan(gw.settings.database_url, "viewer", "plan-viewer", "requests=100/1h,input_tokens=20000/1h")
+
+    def asking(image: bytes) -> dict[str, Any]:
+        return {"model": MINI, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is it?"}, {"type": "image_url", "image_url": {"url": data_url(image, "image/gif")}}]}]}
+
+    with gw.client(key) as http:
+        refused = http.post("/v1/chat/completions", json=asking(gif(1, 1, (0, 0, 2048, 2048))))
+        assert refused.status_code == 429, refused.text
+        details = openai_error(refused.json())["details"]
+        assert details["metric"] == "input_tokens" and details["requested"] >= 2833 + 4 * 5667, details
+        assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()
+        assert http.post("/v1/chat/completions", json=asking(gif(1, 1))).status_code == 200
 
 
 def test_images_are_estimated_by_the_model_the_provider_is_sent(

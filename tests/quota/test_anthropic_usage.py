@@ -22,6 +22,7 @@ from sentinel.quota.anthropic_usage import (
 )
 from sentinel.quota.estimate import estimate_input, max_output
 from sentinel.quota.images import (
+    GIF_MAX_SUB_BLOCKS,
     JPEG_MAX_MARKERS,
     MAX_IMAGE_TOKENS,
     base64_image_tokens,
@@ -30,19 +31,35 @@ from sentinel.quota.images import (
 )
 from sentinel.quota.tokens import TokenCounter
 from sentinel.quota.usage import usage_from_body
-from tests.support.media import jpeg, png
+from tests.support.media import gif, gif_comment, jpeg, png
 from tests.support.payloads import SERVER_ID, resent_blocks
 
 
 @pytest.mark.parametrize("raw, size", [
     (png(800, 600), (800, 600)),
-    (b"GIF89a" + struct.pack("<HH", 320, 200) + bytes(8), (320, 200)),
+    (gif(320, 200), (320, 200)),
     (jpeg(1024, 768), (1024, 768)),
     (b"RIFF" + bytes(4) + b"WEBPVP8X" + bytes(8) + (639).to_bytes(3, "little") + (479).to_bytes(3, "little"), (640, 480)),
     (b"not an image at all", None),
 ])
 def test_image_sizes(raw: bytes, size: tuple[int, int] | None) -> None:
     assert image_size(raw) == size
+
+
+def test_a_gif_is_as_large_as_its_first_frame() -> None:
+    """Pillow grows a GIF to hold a frame past its logical screen (libvips takes the largest frame):
+    a 1 x 1 screen around a 2048 x 2048 frame was read as 1 x 1 (gpt-4o-mini: 8,500 tokens for an
+    image billed 25,501). Its size is the screen grown to its first frame's, found past the global
+    color table and any extensions; a first frame not found (past GIF_MAX_SUB_BLOCKS data blocks, or
+    not there at all) is a size not read: the rule's most."""
+    assert image_size(gif(1, 1, (0, 0, 2048, 2048))) == (2048, 2048)
+    assert image_size(gif(100, 100, (90, 10, 50, 50), palette=False)) == (140, 100)
+    assert image_size(gif(640, 480, (0, 0, 10, 10))) == (640, 480)  # a small frame: the screen's
+    netscape = b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
+    assert image_size(gif(1, 1, (0, 0, 1500, 900), extensions=netscape + gif_comment(b"x" * 5000))) == (1500, 900)
+    assert image_size(gif(1, 1, (0, 0, 1500, 900), extensions=gif_comment(b"x" * (GIF_MAX_SUB_BLOCKS + 1), block=1))) is None
+    assert image_size(gif(1, 1)[:-16]) is None  # ends before its first frame
+    assert image_size(b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0, 0, 0) + b"\x3b") is None  # no frame at all
 
 
 def jpeg_after(markers: bytes, width: int = 1024, height: int = 768) -> bytes:

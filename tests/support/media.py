@@ -20,6 +20,23 @@ def jpeg(width: int, height: int) -> bytes:
     return b"\xff\xd8" + app0 + sof + b"\xff\xd9"
 
 
+def gif(width: int, height: int, frame: tuple[int, int, int, int] | None = None, *, extensions: bytes = b"",
+        palette: bool = True) -> bytes:
+    """A GIF's header, logical screen of `width` x `height` (with a 2-color global color table when
+    `palette`), `extensions` (whole extension blocks), then its first frame's image descriptor —
+    `frame` (left, top, width, height), by default the whole screen — and a trailer."""
+    left, top, frame_width, frame_height = frame or (0, 0, width, height)
+    screen = struct.pack("<HHBBB", width, height, 0x80 if palette else 0, 0, 0) + (bytes(6) if palette else b"")
+    descriptor = b"\x2c" + struct.pack("<HHHHB", left, top, frame_width, frame_height, 0)
+    return b"GIF89a" + screen + extensions + descriptor + b"\x02\x02\x44\x01\x00\x3b"
+
+
+def gif_comment(text: bytes, block: int = 255) -> bytes:
+    """A GIF comment extension holding `text` in data sub-blocks of `block` bytes."""
+    pieces = [text[i : i + block] for i in range(0, len(text), block)]
+    return b"\x21\xfe" + b"".join(bytes([len(piece)]) + piece for piece in pieces) + b"\x00"
+
+
 @cache
 def whole_png(width: int, height: int) -> bytes:
     """A complete, decodable PNG: `width` x `height` black RGB pixels (IHDR, IDAT, IEND)."""

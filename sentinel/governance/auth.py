@@ -262,3 +262,10 @@ class Authenticator:
         """Drop the cached identity of the token whose SHA-256 is `token_hash` (a revoked key then
         fails at its next use; other processes' local copies live at most `local_ttl` longer)."""
         await self.cache.forget(token_hash)
+
+    async def user_changed(self, token_hash: str) -> None:
+        """Drop the cached identity of the token whose SHA-256 is `token_hash`, as its user changed
+        (an email set or replaced): its next use reads the source again, not JWT_CACHE_TTL_SECONDS
+        later (other processes' local copies live at most `local_ttl` longer). A refusal (a revoked
+        key's tombstone, an expiry) stays. Raises StoreUnavailable."""
+        await self.cache.drop_value(token_hash)

@@ -31,7 +31,7 @@ from sentinel.native._wire import is_finite_number
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
-from sentinel.store.base import LUA_FINITE, LocalOps, Script
+from sentinel.store.base import DELETE_IF, LUA_FINITE, LocalOps, Script
 
 log = logging.getLogger("sentinel.cache")
 
@@ -238,6 +238,21 @@ class GovernanceCache(Generic[T]):
         """Drop the entry for `key` (the next lookup asks the source); raises StoreUnavailable."""
         self._local.pop(key, None)
         await self.store.delete(self.prefix + key)
+
+    async def drop_value(self, key: str) -> None:
+        """Drop the value cached for `key`, which changed at its source (the next lookup asks it), but
+        never a refusal (a revoked key's tombstone, an expiry): compared and deleted in one step
+        (DELETE_IF), so a refusal written after it was read here stays. Raises StoreUnavailable."""
+        self._local.pop(key, None)
+        raw = await self.store.get(self.prefix + key)
+        if raw is None:
+            return
+        try:
+            if _entry(raw)["v"] is None:
+                return
+        except ValueError:
+            pass  # unreadable: a miss to readers anyway
+        await self.store.run(DELETE_IF, [self.prefix + key], [raw])
 
     async def hold(self, key: str, seconds: float, *, reopens: bool = False) -> None:
         """Drop the entry for `key` and keep values out of it for `seconds` (a refusal): a lookup that

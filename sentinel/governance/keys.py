@@ -235,6 +235,16 @@ class KeyService:
                 rows = (await session.execute(query)).all()
         return [ApiKeyInfo(*row) for row in rows]
 
+    async def key_hashes(self, external_id: str) -> list[str]:
+        """The hashes (what caches are keyed by) of `external_id`'s keys not revoked."""
+        query = (
+            select(ApiKey.key_hash).join(User, ApiKey.user_id == User.id)
+            .where(User.external_id == external_id, ApiKey.revoked_at.is_(None))
+        )
+        with database_errors("API key store unavailable"):
+            async with self._sessions() as session:
+                return list((await session.scalars(query)).all())
+
     async def get_key(self, key_id: str) -> ApiKeyInfo | None:
         """One key's information, or None when there is no such key."""
         query = select(*_INFO_COLUMNS).join(User, ApiKey.user_id == User.id).where(ApiKey.id == key_id)

@@ -36,7 +36,14 @@ from sentinel.domain.identity import Identity
 from sentinel.domain.plans import MAX_LIMIT, Limit, Plan
 from sentinel.domain.text import has_control
 from sentinel.domain.tiers import TIERS, TierModelEntry, TierTable
-from sentinel.errors import Conflict, InvalidRequest, NotFound, RevocationIncomplete, StoreUnavailable
+from sentinel.errors import (
+    Conflict,
+    GovernanceUnavailable,
+    InvalidRequest,
+    NotFound,
+    RevocationIncomplete,
+    StoreUnavailable,
+)
 from sentinel.governance.audit import AuditEntry, AuditLog
 from sentinel.governance.auth import Authenticator
 from sentinel.governance.keys import PASTED_KEY, ApiKeyInfo, KeyService, is_api_key
@@ -339,17 +346,40 @@ class AdminService:
         if errors:
             raise refuse(errors)
 
+        email_changed = False
+
         def entry(info: ApiKeyInfo, email_before: str | None) -> AuditLogRow:
+            nonlocal email_changed
             details: dict[str, Any] = {"user": external_id, "name": name, "prefix": info.prefix}
             if expiry is not None:
                 details["expires_at"] = expiry.isoformat()
             if email and email != email_before:  # the user's email, set or replaced with the key
                 details["email"] = {"from": email_before, "to": email}
+                email_changed = True
             return self._entry(actor, "key.create", info.id, details)
 
-        return await self.keys.create_key(
+        created = await self.keys.create_key(
             external_id, name or None, email=email or None, expires_at=expiry, audit=entry
         )
+        if email_changed:
+            await self._forget_identities(external_id)
+        return created
+
+    async def _forget_identities(self, external_id: str) -> None:
+        """Drop the cached identities of `external_id`'s keys once the user changed (an email set or
+        replaced): each carried the old email for up to JWT_CACHE_TTL_SECONDS — under Zion their usage
+        went on being reported to the old address (or refused as unreportable) that long, on every
+        replica. A store outage is logged only (they expire within the TTL), as for plans."""
+        if self.identities is None:
+            return
+        identities = self.identities
+        try:  # the key is issued: never a 503 now, which would lose the key shown this once
+            hashes = await self.keys.key_hashes(external_id)
+            for start in range(0, len(hashes), 100):
+                await asyncio.gather(*(identities.user_changed(h) for h in hashes[start : start + 100]))
+        except (StoreUnavailable, GovernanceUnavailable) as exc:
+            log.warning("could not drop the cached identities of a changed user (they expire within "
+                        "JWT_CACHE_TTL_SECONDS): %s", exc)
 
     async def revoke_key(self, key_id: str, actor: Actor) -> ApiKeyInfo:
         """Revoke a key and replace its cached identity with a tombstone; NotFound when unknown.

@@ -102,3 +102,51 @@ def test_a_key_revoked_through_one_process_is_refused_by_another_sharing_redis(
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", r.text
     with first.client() as http:  # the first process's own key is untouched
         assert http.get("/v1/models").status_code == 200
+
+
+def test_a_users_email_replaced_through_one_process_is_used_by_the_others_cached_keys_at_once(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None,
+) -> None:
+    """An email set with a new key (the admin API, the console, `keys create --email`) is the user's
+    email for their other keys too. Their cached identities kept the old one for JWT_CACHE_TTL_SECONDS
+    (300 s), on every process: under Zion usage is reported by email, so it went to the old address,
+    or was refused as unreportable, that long. Now the change drops those identities (never a revoked
+    key's tombstone): the next use, through any process sharing the store, reads the new email."""
+    from tests.support.attack import ledger_rows
+    from tests.support.waiting import wait_for
+
+    admin_key = "admin-key-for-the-email-change"
+    first = gateway_factory(redis_url=backend_url, admin_key=admin_key)
+    second = first if backend_url is None else gateway_factory(
+        redis_url=backend_url, database_url=first.settings.database_url)
+    with first.admin() as admin:
+        doomed_key = admin.post("/admin/api/users/alice/keys", json={"name": "doomed"}).json()
+    with second.client() as http, first.client(doomed_key["key"]) as doomed:
+        assert http.get("/v1/models").status_code == 200  # cached, with no email
+        assert doomed.get("/v1/models").status_code == 200
+    assert orjson.loads(second.read_stored(identity_entry(second.key)) or b"null")["v"]["email"] is None
+    with first.admin() as admin:
+        assert admin.post(f"/admin/api/keys/{doomed_key['id']}/revoke").status_code == 200
+        issued = admin.post("/admin/api/users/alice/keys", json={"email": "alice@example.com"})
+    assert issued.status_code in (200, 201), issued.text
+
+    def reads_the_new_email() -> bool:
+        with second.client() as http:
+            assert http.get("/v1/models").status_code == 200
+        stored = orjson.loads(second.read_stored(identity_entry(second.key)) or b"null")
+        return stored is not None and stored["v"]["email"] == "alice@example.com"
+
+    assert wait_for(reads_the_new_email, timeout=10)
+    with second.client() as http:
+        answer = http.post("/v1/chat/completions",
+                           json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+    assert answer.status_code == 200, answer.text
+
+    def chat_emails() -> list[str | None]:
+        rows = ledger_rows(first.settings.database_url, "alice")
+        return [r["email"] for r in rows if r["endpoint"] == "chat"]
+
+    assert wait_for(lambda: chat_emails() != [])
+    assert chat_emails() == ["alice@example.com"]
+    with first.client(doomed_key["key"]) as doomed:  # its tombstone stayed
+        assert doomed.get("/v1/models").status_code == 401

@@ -223,3 +223,22 @@ async def test_a_readable_refusal_still_keeps_values_out_on_both_backends(store:
     await cache.put("k", {"n": 1})
     await cache.put("k", {"n": 1}, began=clock() + 100)
     assert await cache.get("k") == Cached(None, True)
+
+
+async def test_drop_value_drops_a_value_and_never_a_refusal(store: Store) -> None:
+    """A user changed at its source (an email replaced) drops its cached value on both backends, and
+    a local copy with it; a refusal under the key (a revoked key's tombstone) stays: dropped, the key
+    was looked up again and served until its TTL by a lookup that had read it active."""
+    clock = FakeClock(1_000_000.0)
+    cache: GovernanceCache[dict[str, int]] = GovernanceCache(
+        store, name="identity", prefix="t:drop:", encode=dict, decode=decode, ttl=300, grace=900, clock=clock,
+        local_ttl=1.0)
+    await cache.put("changed", {"n": 1})
+    assert await cache.get("changed") == Cached({"n": 1}, True)  # copied locally
+    await cache.drop_value("changed")
+    assert await cache.get("changed") is None and await store.get("t:drop:changed") is None
+    await cache.hold("revoked", 1200)
+    await cache.drop_value("revoked")
+    assert await cache.get("revoked") == Cached(None, True)
+    await cache.drop_value("absent")
+    assert await store.get("t:drop:absent") is None

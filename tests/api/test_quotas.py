@@ -332,3 +332,40 @@ def test_an_unreadable_cached_plan_is_a_miss_never_a_500(
     with gw.client() as http:
         answers = [http.post("/v1/chat/completions", json=CHAT) for _ in range(3)]
     assert [r.status_code for r in answers] == [200, 200, 429], answers[-1].text
+
+
+def test_a_plan_change_made_through_one_process_binds_another_sharing_redis_at_once(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """Two processes on one Redis and one database. A user moved to a smaller plan mid-window through
+    the first's admin API is refused by the second at once (within its one-second local copy, not
+    CACHE_TTL_SECONDS, 300 s, later), on what she already used; a plan deleted while she holds it puts
+    her on DEFAULT_PLAN in the second at once too, and a plan edited in place likewise."""
+    admin_key = "admin-key-for-the-two-process-plans"
+    first = gateway_factory(redis_url=redis_url, admin_key=admin_key, default_plan="requests=100/1d")
+    second = gateway_factory(redis_url=redis_url, database_url=first.settings.database_url,
+                             default_plan="requests=100/1d")
+    with first.admin() as admin, second.client() as alice:
+        for name, limit in (("big", 10), ("small", 3)):
+            body = {"limits": [{"metric": "requests", "limit": limit, "window": "1d"}]}
+            assert admin.put(f"/admin/api/plans/{name}", json=body).status_code == 200
+        assert admin.put("/admin/api/users/alice/plan", json={"plan": "big"}).status_code == 200
+        answers = [alice.post("/v1/chat/completions", json=CHAT) for _ in range(4)]
+        assert [(r.status_code, r.headers["x-ratelimit-limit"]) for r in answers] == [(200, "10")] * 4
+        assert admin.put("/admin/api/users/alice/plan", json={"plan": "small"}).status_code == 200
+
+        def refused() -> bool:  # admitted only by a local copy of the plan before (a second at most)
+            return alice.post("/v1/chat/completions", json=CHAT).status_code == 429
+
+        assert wait_for(refused, timeout=10)
+        assert admin.delete("/admin/api/plans/small").status_code in (200, 204)
+
+        def on_default() -> bool:
+            r = alice.post("/v1/chat/completions", json=CHAT)
+            return r.status_code == 200 and r.headers["x-ratelimit-limit"] == "100"
+
+        assert wait_for(on_default, timeout=10)
+        assert admin.put("/admin/api/users/alice/plan", json={"plan": "big"}).status_code == 200
+        body = {"limits": [{"metric": "requests", "limit": 2, "window": "1d"}]}
+        assert admin.put("/admin/api/plans/big", json=body).status_code == 200
+        assert wait_for(refused, timeout=10)

@@ -44,7 +44,7 @@ from sentinel.governance.jwt import JwtVerifier, LocalJwtIdentitySource
 from sentinel.governance.keys import KeyService, hash_key
 from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
 from sentinel.governance.ownership import Ownership
-from sentinel.governance.plan_source import BuiltinPlanSource, CachedPlans
+from sentinel.governance.plan_source import BuiltinPlanSource, CachedPlans, plan_basis
 from sentinel.governance.plans import PlanRepository
 from sentinel.governance.request_stats import RequestStatsWriter
 from sentinel.governance.rollups import RollupWorker
@@ -197,6 +197,18 @@ class Governance:
     tiers: TierSource
 
 
+def zion_window(s: Settings) -> int:
+    """The longest window of a Zion limit (how long the local count of one reading is kept)."""
+    return int(s.cache_ttl_seconds + s.governance_grace_seconds + 60)
+
+
+def plans_basis(s: Settings) -> str:
+    """`CachedPlans`' `basis`: the settings the plans of `s.governance`'s source are made from."""
+    zion = s.governance is GovernanceKind.zion
+    return plan_basis(s.governance.value, parse_plan_spec(s.default_plan, "default"),
+                      (s.zion_apply_default_plan, zion_window(s)) if zion else None)
+
+
 def build_governance(
     s: Settings,
     *,
@@ -227,7 +239,7 @@ def build_governance(
             sink=SqlLedgerSink(ledger or SqlLedger(sessions)),
             tiers=DbTiers(TierRepository(sessions), catalog_tiers, s.tier_config_ttl_seconds),
         )
-    window = int(s.cache_ttl_seconds + s.governance_grace_seconds + 60)
+    window = zion_window(s)
     return Governance(
         jwt=local_jwt or ZionIdentitySource(zion),
         plans=ZionPlans(zion, default_plan, max_window_seconds=window, apply_default=s.zion_apply_default_plan),
@@ -293,7 +305,7 @@ def build_cli_admin(s: Settings, sessions: async_sessionmaker[AsyncSession], sto
     revoked key or a changed plan applies at once on a shared Redis."""
     plan_cache = CachedPlans(
         store, BuiltinPlanSource(PlanRepository(sessions), parse_plan_spec(s.default_plan, "default")),
-        ttl=s.cache_ttl_seconds, grace=s.governance_grace_seconds,
+        ttl=s.cache_ttl_seconds, grace=s.governance_grace_seconds, basis=plans_basis(s),
     )
     identities = Authenticator(store, api_keys=None, ttl=s.jwt_cache_ttl_seconds, grace=s.governance_grace_seconds)
     # `sentinel serve` on settings with no upstream runs the built-in mock as both providers: their
@@ -374,7 +386,7 @@ async def build_runtime(
     await asyncio.to_thread(counter.warm)
     plans = CachedPlans(
         store, governance.plans, ttl=s.cache_ttl_seconds, grace=s.governance_grace_seconds, local_ttl=local_ttl,
-        metrics=metrics,
+        metrics=metrics, basis=plans_basis(s),
     )
     # A stream outbox only where every replica sees the same stream (Redis, Redis Cluster).
     stream_outbox = (

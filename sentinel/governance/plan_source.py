@@ -9,6 +9,7 @@ a restart) and serves a stale plan for `grace` seconds more while the source is 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -83,6 +84,13 @@ def plan_from_json(data: Any) -> Plan:
     return Plan(data["name"], tuple(limits))
 
 
+def _based_plan_from_json(data: Any) -> tuple[Plan, str]:
+    """A cached plan and its `basis` ("" for none: an entry of an earlier version)."""
+    plan = plan_from_json(data)
+    basis = data.get("basis")
+    return plan, basis if isinstance(basis, str) else ""
+
+
 def _external_from_json(ext: Any) -> ExternalUsage:
     if not isinstance(ext, dict):
         raise ValueError("a limit's external usage must be an object")
@@ -96,8 +104,20 @@ def _external_from_json(ext: Any) -> ExternalUsage:
     return ExternalUsage(used, snapshot, None if resets_at is None else float(resets_at))
 
 
+def plan_basis(*settings: object) -> str:
+    """A short digest of the configuration a source's plans are made from (DEFAULT_PLAN, ...): what
+    `CachedPlans` stores with each plan, so that one cached under another configuration is read anew."""
+    return hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
+
+
 class CachedPlans:
-    """A PlanSource wrapper caching plans under `sentinel:limits:<external_id>`."""
+    """A PlanSource wrapper caching plans under `sentinel:limits:<external_id>`.
+
+    Each entry carries `basis` (`plan_basis` of the configuration that made it: DEFAULT_PLAN and what
+    else shapes a source's plans): one of another basis — cached before a restart with another
+    DEFAULT_PLAN, or by a replica not yet restarted — is not fresh, so the source is asked again (it
+    was enforced for up to CACHE_TTL_SECONDS after the change, hold and forget notwithstanding); it
+    is still served, as any stale plan, while the source cannot answer."""
 
     def __init__(
         self,
@@ -109,15 +129,17 @@ class CachedPlans:
         clock: Callable[[], float] = time.time,
         local_ttl: float = 0.0,
         metrics: Metrics | None = None,
+        basis: str = "",
     ) -> None:
         self.source = source
         self.name = source.name
-        self.cache: GovernanceCache[Plan] = GovernanceCache(
+        self.basis = basis
+        self.cache: GovernanceCache[tuple[Plan, str]] = GovernanceCache(
             store,
             name="plan",
             prefix="sentinel:limits:",
-            encode=plan_to_json,
-            decode=plan_from_json,
+            encode=lambda entry: {**plan_to_json(entry[0]), "basis": entry[1]},
+            decode=_based_plan_from_json,
             ttl=ttl,
             grace=grace,
             clock=clock,
@@ -129,14 +151,14 @@ class CachedPlans:
 
     async def plan_for(self, identity: Identity) -> Plan:
         cached = await self.cache.get(identity.external_id)
-        if cached is not None and cached.value is not None and cached.fresh:
-            return cached.value
+        if cached is not None and cached.value is not None and cached.fresh and cached.value[1] == self.basis:
+            return cached.value[0]
         try:
             return await self._flights.run(identity.external_id, lambda: self._look_up(identity))
         except GovernanceUnavailable:
             if cached is not None and cached.value is not None:
                 self._repeated.warning("plan source unavailable; enforcing the cached plan", extra={"user": identity.external_id})
-                return cached.value
+                return cached.value[0]
             raise
 
     async def _look_up(self, identity: Identity) -> Plan:
@@ -145,7 +167,7 @@ class CachedPlans:
         each (a burst of 64 was 64 database queries at once)."""
         began = self.cache.clock()
         plan = await self.source.plan_for(identity)
-        await self.cache.put(identity.external_id, plan, began=began)
+        await self.cache.put(identity.external_id, (plan, self.basis), began=began)
         return plan
 
     async def forget(self, external_id: str) -> None:

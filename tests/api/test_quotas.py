@@ -369,3 +369,27 @@ def test_a_plan_change_made_through_one_process_binds_another_sharing_redis_at_o
         body = {"limits": [{"metric": "requests", "limit": 2, "window": "1d"}]}
         assert admin.put("/admin/api/plans/big", json=body).status_code == 200
         assert wait_for(refused, timeout=10)
+
+
+def test_a_default_plan_changed_at_a_restart_applies_at_once_to_plans_cached_before(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """DEFAULT_PLAN is lowered (or raised) and Sentinel restarted on the same Redis: the plans cached
+    under the old one (CACHE_TTL_SECONDS, 300 s; nothing drops them, as a plan edited through the admin
+    API is) were enforced that long. Each cached plan now carries the configuration it was made under,
+    and one made under another is read again. A replica still on the old configuration keeps its own."""
+    before = gateway_factory(redis_url=redis_url, default_plan="requests=50/1d")
+    with before.client() as alice:
+        answer = alice.post("/v1/chat/completions", json=CHAT)
+        assert answer.status_code == 200 and answer.headers["x-ratelimit-limit"] == "50"
+    assert before.read_stored("sentinel:limits:alice") is not None  # cached for CACHE_TTL_SECONDS
+    after = gateway_factory(redis_url=redis_url, database_url=before.settings.database_url,
+                            default_plan="requests=2/1d")
+    with after.client() as alice:
+        answers = [alice.post("/v1/chat/completions", json=CHAT) for _ in range(2)]
+    # On what she used under the old one: one request of the two.
+    assert (answers[0].status_code, answers[0].headers["x-ratelimit-limit"]) == (200, "2"), answers[0].text
+    assert answers[1].status_code == 429, answers[1].text
+    with before.client() as alice:  # the old configuration's replica enforces its own plan
+        answer = alice.post("/v1/chat/completions", json=CHAT)
+        assert answer.status_code == 200 and answer.headers["x-ratelimit-limit"] == "50"

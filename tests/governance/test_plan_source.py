@@ -185,3 +185,20 @@ async def test_a_lookup_begun_after_a_change_does_not_join_one_begun_before_it()
     source.release.set()
     assert (await before, await after) == (LARGE, SMALL)
     assert source.calls == 2
+
+
+async def test_a_plan_cached_under_another_configuration_is_read_again_and_served_only_in_an_outage() -> None:
+    """A plan cached by a process of another configuration (`basis`: DEFAULT_PLAN changed at a
+    restart) is not fresh to this one: the source is asked, and its answer replaces it; while the
+    source is down it is served as any stale plan is (within the grace), not a 503."""
+    source, clock = FakePlans(SMALL), FakeClock()
+    store = MemoryStore(clock=clock)
+    old = CachedPlans(store, source, ttl=300, grace=900, clock=clock, basis="old")
+    new = CachedPlans(store, source, ttl=300, grace=900, clock=clock, basis="new")
+    assert await old.plan_for(ALICE) == SMALL
+    source.plan, source.down = LARGE, True
+    assert await new.plan_for(ALICE) == SMALL  # the source is down: the plan it had
+    source.down = False
+    assert await new.plan_for(ALICE) == LARGE and source.calls == 3
+    assert await new.plan_for(ALICE) == LARGE and source.calls == 3  # cached under its own basis now
+    assert await old.plan_for(ALICE) == LARGE and source.calls == 4  # and the other process reads it again

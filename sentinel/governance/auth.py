@@ -16,6 +16,10 @@ user it refuses once it answers is refused then, not a TTL later. A token the so
 the SHA-256 of what its signature covers, the same for each encoding of the token — until it expires,
 so no later outage serves it from its claims once the 30 s refusal is over.
 
+A locally verified JWT's cached identity is served by a process only once its own verifier has
+verified the token (`_verified_here`; once per token and process): one cached by a process of another
+configuration (before JWT_SECRET was rotated) is not served on that process's word.
+
 Concurrent requests with one token share one source lookup (`SingleFlight`, per process): the
 first runs it, the others await its outcome (the same identity or error) and take no lookup turn;
 while a stale identity is being refreshed, the others are served it at once.
@@ -37,7 +41,7 @@ from sentinel.errors import AuthenticationError, GovernanceUnavailable, Permissi
 from sentinel.flight import SingleFlight
 from sentinel.governance.cache import GovernanceCache
 from sentinel.governance.identity import Expired, IdentitySource, Refused, StandIn
-from sentinel.governance.jwt import unverified_expiry
+from sentinel.governance.jwt import LocalJwtIdentitySource, unverified_expiry
 from sentinel.governance.keys import KEY_PREFIX, hash_key
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
@@ -48,6 +52,9 @@ log = logging.getLogger("sentinel.auth")
 # `<prefix><refusal_key(token)>`: a token its source refused although it names its identity itself
 # (Zion refused a locally verified JWT), kept until the token expires: no stand-in is served for it.
 REFUSED_PREFIX = "sentinel:refused:"
+# Tokens a process remembers having verified itself (`Authenticator._verified_here`); past it, the
+# memory starts afresh.
+MAX_VERIFIED = 10_000
 
 UNREPORTABLE = (
     "Usage of this account cannot be reported: it has no email address, and Zion records usage by "
@@ -129,6 +136,8 @@ class Authenticator:
         self._repeated = Repeated(log, clock=clock)  # outage lines: once a minute, not once a request
         # Lookups under way, by token key: concurrent requests with one token share one source lookup.
         self._flights: SingleFlight[str, Identity] = SingleFlight()
+        # Token keys whose JWT this process's verifier has verified itself (`_verified_here`).
+        self._verified: set[str] = set()
         self.cache: GovernanceCache[Identity] = GovernanceCache(
             store,
             name="identity",
@@ -160,6 +169,11 @@ class Authenticator:
         — and so do the other users behind its address (one NAT, an unnamed proxy)."""
         key = hash_key(token)
         cached = None if key in self.withheld else await self.cache.get(key)
+        if (cached is not None and cached.value is not None and not self._expired(cached.value)
+                and not await self._verified_here(token, key)):
+            # Not remembered in the shared cache: a process whose key set is older than the one that
+            # cached it (a JWKS key published since) would refuse it for every process.
+            raise AuthenticationError()
         stale: Identity | None = None
         if cached is not None and cached.value is not None and not self._expired(cached.value):
             if cached.fresh:
@@ -188,6 +202,33 @@ class Authenticator:
         async with lookup() if lookup is not None and stale is None else nullcontext():
             return await self._flights.run(key, work)
 
+    async def _verified_here(self, token: str, key: str) -> bool:
+        """Whether this process may serve a cached identity of `token`: always for an API key or a
+        token no local verifier judges (Zion's); for a locally verified JWT, once this process's
+        verifier has verified it (remembered per process, so once per token and process): an
+        identity cached by another configuration's process — before JWT_SECRET was rotated (say it
+        leaked), or a JWKS key was withdrawn — was served on that process's word for up to
+        JWT_CACHE_TTL_SECONDS after the restart, the forged tokens of the old secret with it. While
+        the key set cannot be had (GovernanceUnavailable) the cached identity is served, as before.
+        A token this process does not verify is refused here, at each use (a local check), and left
+        cached for the processes that do."""
+        if (key in self._verified or token.startswith(KEY_PREFIX)
+                or not isinstance(self.jwt, LocalJwtIdentitySource)):
+            return True
+        try:
+            claims = await self.jwt.verifier.verify(token)
+        except GovernanceUnavailable:
+            return True
+        if claims is None:
+            return False
+        self._remember_verified(key)
+        return True
+
+    def _remember_verified(self, key: str) -> None:
+        if len(self._verified) >= MAX_VERIFIED:
+            self._verified.clear()  # each is verified again at its next use: a local check, no lookup
+        self._verified.add(key)
+
     async def _look_up(self, token: str, key: str, source: IdentitySource, stale: Identity | None) -> Identity:
         """Ask `source` about `token`, and remember its answer: run once per token at a time (`_flights`)."""
         confirmed = True
@@ -214,6 +255,8 @@ class Authenticator:
         if found is None or self._expired(found):
             await self.cache.put(key, None, ttl=self.negative_ttl)
             raise AuthenticationError()
+        if source is self.jwt:
+            self._remember_verified(key)  # its source verified it here: not again at its next use
         if (problem := found.unstorable()) is not None:  # refused, and not cached: it cannot be stored
             raise PermissionDenied(f"This identity's usage cannot be recorded: {problem}", code="identity_unrecordable")
         # A stand-in is kept for the outage only (stale from the start, as a confirmed identity past

@@ -250,3 +250,31 @@ def test_validly_signed_tokens_with_claims_out_of_bounds_are_refused_in_each_sur
     # The same claims in bounds are served: the refusals above are the claims'.
     assert httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=30,
                       headers={"Authorization": f"Bearer {signed(base)}"}).status_code == 200
+
+
+def test_a_rotated_jwt_secret_ends_the_old_secrets_tokens_cached_by_earlier_processes(
+    gateway_factory: Callable[..., Gateway], redis_url: str,
+) -> None:
+    """JWT_SECRET rotated (it leaked) and Sentinel restarted on the same Redis: a token signed with the
+    old secret (a forgery, now) whose identity a process of the old configuration cached was served
+    from that cache for JWT_CACHE_TTL_SECONDS (300 s) after the restart. A process now verifies a
+    cached JWT itself once before serving it: the old secret's tokens are 401 at once, the new
+    secret's work, and the process on the old configuration goes on with its own."""
+    rotated = "a-rotated-secret-that-is-long-enough-for-hs256"
+    before = gateway_factory(jwt_secret=SECRET, jwt_audience="sentinel", redis_url=redis_url)
+    after = gateway_factory(jwt_secret=rotated, jwt_audience="sentinel", redis_url=redis_url,
+                            database_url=before.settings.database_url)
+    old = token()
+    with before.client(old) as http:
+        assert http.post("/v1/chat/completions", json=CHAT).status_code == 200  # cached, in Redis
+    with after.client(old) as http:
+        first = http.post("/v1/chat/completions", json=CHAT)
+        assert first.status_code == 401, first.text
+        assert first.json()["error"]["code"] == "invalid_api_key"
+        assert http.get("/v1/models").status_code == 401
+    new = jwt.encode(jwt.decode(old, SECRET, algorithms=["HS256"], audience="sentinel"), rotated, algorithm="HS256")
+    with after.client(new) as http:
+        assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
+        assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
+    with before.client(new) as http:  # cached by the new one, never served by the old one's secret
+        assert http.get("/v1/models").status_code == 401

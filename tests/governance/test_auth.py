@@ -590,3 +590,51 @@ async def test_once_a_shared_lookup_ended_the_next_miss_asks_the_source_again(cl
     clock.advance(11)  # past the TTL
     assert (await auth.authenticate("sk-sentinel-good")).external_id == "alice"
     assert source.calls == 3
+
+
+async def test_a_cached_jwt_identity_is_verified_once_by_each_process_before_it_serves_it() -> None:
+    """Two processes on one store: the one that did not verify a token itself verifies it once
+    (locally, no lookup) before serving the identity the other cached, and then never again; a
+    token its secret does not verify (the other's secret, before a rotation) is refused by it, at each
+    use, and still served by the other (a process whose JWKS is older than the other's must not
+    refuse a new key's tokens for everyone). While its key set cannot be had the cached identity is
+    served, as before."""
+    import time
+
+    from sentinel.governance.jwt import JwtVerifier, LocalJwtIdentitySource
+
+    clock = FakeClock(time.time())  # the token's `exp` is verified against the real time
+    store = MemoryStore(clock=clock)
+
+    class Counting(JwtVerifier):
+        calls = 0
+        down = False
+
+        async def verify(self, token: str) -> dict[str, object] | None:
+            Counting.calls += 1
+            if Counting.down:
+                raise GovernanceUnavailable("no key set")
+            return await super().verify(token)
+
+    def process(secret: str) -> Authenticator:
+        source = LocalJwtIdentitySource(Counting(secret, None, None, None))
+        return Authenticator(store, api_keys=None, jwt=source, ttl=300, grace=900, clock=clock)
+
+    old, new = process(JWT_SECRET), process("a-rotated-secret-0123456789-0123456789")
+    token = claims_token(clock.now + 3600, externalId="dora-ext")
+    assert (await old.authenticate(token)).external_id == "dora-ext"
+    assert (await old.authenticate(token)).external_id == "dora-ext"
+    assert Counting.calls == 1  # its lookup's verification, remembered
+    again = process(JWT_SECRET)
+    Counting.down = True
+    assert (await again.authenticate(token)).external_id == "dora-ext"  # the key set cannot be had
+    Counting.down = False
+    for _ in range(2):
+        assert (await again.authenticate(token)).external_id == "dora-ext"
+    assert Counting.calls == 3  # once while down, once since: not at each use
+    for _ in range(2):
+        with pytest.raises(AuthenticationError):
+            await new.authenticate(token)
+    assert Counting.calls == 5
+    assert (await old.authenticate(token)).external_id == "dora-ext"
+    assert Counting.calls == 5

@@ -301,9 +301,16 @@ class NativeChat:
                 output_estimate=0 if stream.normalizer.unserved else None,
                 provider=choice.provider, reported_input=stream.reported_input,
             )
-            if admission.recorded is not None:
-                ex.recorded(admission.recorded.input_tokens, admission.recorded.output_tokens,
-                            stream.normalizer.model or choice.model)
+            used = admission.recorded
+            if used is not None:
+                ex.recorded(used.input_tokens, used.output_tokens, stream.normalizer.model or choice.model)
+                if stream.usage is None and metered.ending.last == DONE:
+                    # The provider gave no usage (an OpenAI-compatible server that ignores
+                    # `stream_options`): the whole stream still ends with its usage chunk, the
+                    # estimate just recorded, as an unstreamed answer shows one (it ended at its
+                    # finish chunk, the client told nothing of what it was charged).
+                    estimate = stream.normalizer.usage_chunk(WireUsage.of(used.input_tokens, used.output_tokens))
+                    metered.ending.last = render_chunk(estimate) + DONE
 
         metered = MeteredStream(produce, settle, give_back)  # (never read: given back too)
         return StreamReply(200, [*SSE_RESPONSE_HEADERS, *_choice_headers(choice)], metered.chunks(), metered.on_close)

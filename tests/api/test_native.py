@@ -138,6 +138,23 @@ def test_stream_shape(native_gw: Gateway) -> None:
     assert usage and usage[-1]["usage"]["completion_tokens"] > 0
 
 
+def test_a_stream_whose_provider_gave_no_usage_still_ends_with_the_usage_recorded(native_gw: Gateway) -> None:
+    """The README's stream: a final chunk, a usage chunk, `[DONE]`. A provider that sends no usage
+    (an OpenAI-compatible server ignoring `stream_options`) ended it at its finish chunk: the client
+    was told nothing of what it was charged, where an unstreamed answer shows the estimate."""
+    with native_gw.client() as http:
+        events, r = stream_chat(http, {"messages": [{"role": "user", "content": "one two three #mock:no_usage"}]})
+    assert r.status_code == 200 and events[-1] == "[DONE]"
+    chunks = [e for e in events if e != "[DONE]"]
+    assert assemble(events)["finish_reason"] == "stop"
+    usage = chunks[-1]
+    assert usage["choices"] == [] and usage["id"] == chunks[0]["id"], usage
+    row = native_gw.settled_rows(1)[0]
+    assert row["usage_source"] == "estimated" and row["output_tokens"] > 0
+    assert usage["usage"] == {"prompt_tokens": row["input_tokens"], "completion_tokens": row["output_tokens"],
+                              "total_tokens": row["input_tokens"] + row["output_tokens"]}
+
+
 def test_validation_errors_name_the_field(gateway: Gateway) -> None:
     with gateway.client() as http:
         model = http.post(URL, json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})

@@ -206,7 +206,9 @@ class NativeChat:
         try:
             body = provider.body(req, choice.model, stream=req.stream)
         except (NativeValidationError, TranslationError) as exc:
-            raise InvalidRequest(exc.message, provider=choice.provider) from None
+            param = exc.param if isinstance(exc, NativeValidationError) else None  # (as a validation error's)
+            raise InvalidRequest(exc.message, provider=choice.provider,
+                                 details={"param": param} if param else None) from None
         return provider.with_end_user(body, end_user)
 
     async def _complete(self, ex: Exchange, done: Completion, choice: RouteChoice, admission: Admission) -> Reply:

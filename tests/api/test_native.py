@@ -170,6 +170,20 @@ def test_validation_errors_name_the_field(gateway: Gateway) -> None:
     assert "tier" in tier.json()["error"]["message"]
 
 
+def test_a_request_the_models_wire_format_cannot_carry_names_the_field_in_details_param(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """A 400 for what the tier's model cannot be sent (Claude refuses an empty message) names its field in
+    `details.param`, as every other validation error does (README: Errors); it named it in the message only."""
+    gw = gateway_factory(providers_file=tiers_file(tmp_path, "anthropic"))
+    with gw.client() as http:
+        r = http.post(URL, json={"messages": [{"role": "user", "content": []}]})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["provider"] == "anthropic"
+    assert error["details"] == {"param": "messages.0.content"}, error
+
+
 def test_a_tool_name_with_a_final_newline_is_refused_before_anything_is_sent(
     gateway_factory: Callable[..., Gateway], tmp_path: Path
 ) -> None:

@@ -226,7 +226,12 @@ class NativeChat:
         await self.router.report(choice, ok=True)
         if admission.recorded is not None:
             ex.recorded(admission.recorded.input_tokens, admission.recorded.output_tokens, reply.model or choice.model)
-        if usage is None:
+        if usage is None and admission.recorded is not None:
+            # The provider gave none: the estimate its record holds (output a model that reasons
+            # unasked billed unseen is charged as reserved; counted from the text, the answer showed
+            # two tokens where the ledger charged all it reserved), as a stream's usage chunk shows.
+            usage = WireUsage.of(admission.recorded.input_tokens, admission.recorded.output_tokens)
+        elif usage is None:
             count = functools.partial(self.counter.count_text, text, choice.model)
             estimated_out = await count_off_loop(count, len(text)) if text else 0
             usage = WireUsage.of(admission.estimate_input, estimated_out)

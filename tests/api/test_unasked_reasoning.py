@@ -302,3 +302,38 @@ def test_a_reasoning_stream_the_provider_failed_before_any_output_is_charged_no_
     assert row["input_tokens"] > 0, row
     assert row["output_tokens"] == (0 if output is None else output), row
     assert row["usage_source"] == ("measured" if output not in (None, RESERVED) else "estimated"), row
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_native_answer_without_usage_shows_what_it_was_charged(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, upstream: tuple[HeldUpstream, str], stream: bool,
+) -> None:
+    """The simple tier's o4-mini answers without usage: it is charged as reserved, and the answer's
+    usage (the body's, the stream's usage chunk) says so — it showed the two words' count, or nothing."""
+    held, url = upstream
+    gw = gateway(gateway_factory, tmp_path, url)
+    message = {"role": "assistant", "content": "Hello there"}
+    if stream:
+        script = Script(b"text/event-stream", [Step(
+            chunk("o4-mini", [{"index": 0, "delta": message, "finish_reason": None}])
+            + chunk("o4-mini", [{"index": 0, "delta": {}, "finish_reason": "stop"}]) + b"data: [DONE]\n\n")])
+    else:
+        script = Script(b"application/json", [Step(json.dumps({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "o4-mini",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}).encode())])
+    held.queue(script).open_all()
+    body = {"messages": [{"role": "user", "content": "think about it"}], "max_tokens": RESERVED, "stream": stream}
+    with gw.client() as http:
+        r = http.post("/native/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    if stream:
+        events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+        assert r.text.endswith("data: [DONE]\n\n")
+        shown = events[-1]["usage"]
+    else:
+        shown = r.json()["usage"]
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)
+    row = ledger_rows(gw.settings.database_url, "alice")[0]
+    assert (row["usage_source"], row["output_tokens"]) == ("estimated", RESERVED)
+    assert shown == {"prompt_tokens": row["input_tokens"], "completion_tokens": RESERVED,
+                     "total_tokens": row["input_tokens"] + RESERVED}

@@ -32,6 +32,12 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$"
 UPSTREAM_MODEL_PATTERN = r"^[!-~](?:[ -~]{0,198}[!-~])?$"
 UpstreamModelName = Annotated[str, Field(pattern=UPSTREAM_MODEL_PATTERN)]
 
+# A provider's name as a tier table's entry or a catalogue model names it: 1 to 40 characters (the
+# tier table's column is VARCHAR(40)). The one home of that bound: a stored session naming a longer
+# one is no session (`sentinel.routing.sessions`), it made every turn of its conversation a 500.
+MAX_PROVIDER_NAME = 40
+ProviderName = Annotated[str, Field(min_length=1, max_length=MAX_PROVIDER_NAME)]
+
 # The most a price may be, USD per million tokens: far above any real model's, and low enough that
 # a cost (at most MAX_TOKENS tokens per call) and the sums of many stay finite. Above it, a cost was
 # `inf`, which the ledger stored and the console's charts could not scale (a 500).
@@ -109,7 +115,7 @@ class CatalogueModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=MODEL_NAME_PATTERN)
-    provider: str = Field(min_length=1, max_length=40)
+    provider: ProviderName
     upstream_name: UpstreamModelName | None = None
     input_price_per_million: Price = 0.0
     output_price_per_million: Price = 0.0

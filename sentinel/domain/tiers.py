@@ -10,7 +10,7 @@ from typing import Protocol, get_args
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from sentinel.domain.catalogue import Price, Prices, UpstreamModelName
+from sentinel.domain.catalogue import Price, Prices, ProviderName, UpstreamModelName
 from sentinel.native.types import Tier
 
 __all__ = ["TIERS", "TIER_ORDER", "Tier", "TierModelEntry", "TierSource", "TierTable", "is_tier"]
@@ -24,7 +24,7 @@ class TierModelEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
-    provider: str = Field(min_length=1, max_length=40)  # the tier table's columns (VARCHAR(40), VARCHAR(200))
+    provider: ProviderName  # the tier table's columns (VARCHAR(40), VARCHAR(200))
     model: UpstreamModelName
     relative_cost: int = Field(1, ge=0, le=255, validation_alias=AliasChoices("relative_cost", "relativeCost"))
     input_price_per_million: Price = Field(

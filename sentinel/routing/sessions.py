@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from sentinel.domain.catalogue import UPSTREAM_MODEL_PATTERN
+from sentinel.domain.catalogue import MAX_PROVIDER_NAME, UPSTREAM_MODEL_PATTERN
 from sentinel.errors import PermissionDenied, StoreUnavailable
 from sentinel.native._wire import is_number
 from sentinel.observability.metrics import Metrics
@@ -191,6 +191,8 @@ class Session:
                 raise ValueError(f"a session needs a string {name}")
         if not _UPSTREAM_MODEL.fullmatch(data["model"]):  # (one a tier table held before that rule)
             raise ValueError("a session's model must be a model name a tier may hold")
+        if len(data["provider"]) > MAX_PROVIDER_NAME:  # (no tier entry names one: its turns were 500s)
+            raise ValueError("a session's provider must be a provider name a tier may hold")
         for name in ("created_at", "last_seen_at"):
             if not is_number(data.get(name)):
                 raise ValueError(f"a session needs a numeric {name}")

@@ -547,6 +547,24 @@ def test_a_session_naming_a_model_no_tier_may_hold_starts_afresh(
     assert session is not None and (session["tier"], session["provider"], session["model"]) == first
 
 
+def test_a_session_naming_a_provider_no_tier_may_hold_starts_afresh(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    """A stored session naming a provider of more than the 40 characters a tier entry may name (set
+    by hand, another version): every turn of its conversation was a 500 (the bare tier entry built
+    for it could not be). It is no session: the turn starts afresh, and its session replaces it."""
+    gw = start(gateway_factory, tmp_path, backend_url)
+    now = time.time()
+    old = {"conversation_id": "conv-long", "external_id": "alice", "tier": "simple", "provider": "p" * 41,
+           "model": "gpt-4o-mini", "created_at": now, "last_seen_at": now, "migrations": 0}
+    gw.write_stored(SessionStore.key("alice", "conv-long"), orjson.dumps(old), 1000)
+    with gw.client() as http:
+        first = served(chat(http, "hello again", conv="conv-long"))
+        assert served(chat(http, "and again", conv="conv-long")) == first
+    session = stored(gw, "conv-long")
+    assert session is not None and (session["tier"], session["provider"], session["model"]) == first
+
+
 def test_activity_refreshes_the_session_ttl(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, redis_url: str
 ) -> None:

@@ -78,6 +78,15 @@ class RunStore:
             raise WireError(404, f"Eval run {call.path_params['run_id']} not found", code="not_found")
         return JSONReply(self._done_eval_run(run))
 
+    def eval_deleted(self, call: Call) -> Reply:
+        """DELETE /v1/evals/{id}: the eval and its runs."""
+        found = self._eval(call)
+        call.resolve_faults("")
+        del self.evals[found["id"]]
+        for run_id in [r["id"] for r in self.eval_runs.values() if r["eval_id"] == found["id"]]:
+            del self.eval_runs[run_id]
+        return JSONReply({"object": "eval.deleted", "deleted": True, "eval_id": found["id"]})
+
     def _eval(self, call: Call) -> dict[str, Any]:
         found = self.evals.get(call.path_params["eval_id"])
         if found is None:
@@ -117,6 +126,16 @@ class RunStore:
         self.messages[thread["id"]] = [self._message(thread["id"], "user", str(m.get("content")), None, m.get("metadata"))
                                        for m in given if isinstance(m, dict)]
         return JSONReply(thread)
+
+    def thread_deleted(self, call: Call) -> Reply:
+        """DELETE /v1/threads/{id}: the thread, its messages and its runs."""
+        thread = self._thread(call)
+        call.resolve_faults("")
+        del self.threads[thread]
+        self.messages.pop(thread, None)
+        for run_id in [r["id"] for r in self.runs.values() if r["thread_id"] == thread]:
+            del self.runs[run_id]
+        return JSONReply({"id": thread, "object": "thread.deleted", "deleted": True})
 
     def thread_runs(self, call: Call) -> Reply:
         """POST /v1/threads/{id}/runs (a run, `queued`); GET: the thread's runs, done."""

@@ -27,7 +27,7 @@ from sentinel.domain.text import is_text
 from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable
 from sentinel.observability.logging import Repeated
 from sentinel.store import DELETE_IF, Store
-from sentinel.store.base import LocalOps, Script
+from sentinel.store.base import LocalOps, Script, beside
 
 log = logging.getLogger("sentinel.ownership")
 _A = TypeVar("_A")
@@ -61,6 +61,21 @@ _FILE_FACTS = "sentinel:file-facts:"
 _CHARGED = "sentinel:charged:"
 # A read's claim of an object's charge (`Ownership.claim_charge`) is pending until its record is
 # stored; then it is confirmed. Any other mark (`charge_once`'s) is a charge done.
+# The objects whose charge marks reads made under another object, their parent (a thread's runs, an
+# eval's runs: the read's `within`, the object its path names): a hash of their ids, beside the
+# parent's owner record in its hash slot (`beside`), so that a claim adding a child (`ADOPT`, only
+# while the parent has an owner) and the parent's `forget` (`ORPHAN`) are atomic against each other
+# on a Redis Cluster too. The parent's `forget` removes its children's marks along with it: no child
+# is read but through its parent's path (its owner checked), nor charged again once it is gone.
+_CHILDREN = ":charged-children"
+# The most children `forget` ends the marks of at once (one command each: they are in as many slots).
+FORGET_AT_ONCE = 100
+# How long a child's mark is kept once its parent is deleted (`forget`), rather than removed then: a
+# read that fetched the child before the DELETE and claims its charge after it still finds it
+# charged (removed, it was charged again); the provider deletes the children with their parent, so
+# none is read again afterwards. A day: longer than any read lasts (a relayed answer's
+# SENTINEL_STREAM_MAX_SECONDS, 900 by default).
+FORGOTTEN_CHILD_TTL = 86400.0
 _PENDING = b"pending:"
 _CONFIRMED = b"charged"
 ChargeClaim = Literal["first", "pending", "charged"]
@@ -190,6 +205,90 @@ def _set_if_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 SET_IF = Script("sentinel_set_if", _SET_IF_LUA, _set_if_local)
 
 
+# Record ARGV[1] as a child of the object whose owner record is KEYS[1], in its children's hash
+# KEYS[2] (kept as long as the owner record: its TTL, if any), only while that owner is recorded: 1
+# when recorded, 0 when the object has no owner (deleted).
+_ADOPT_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], '1')
+local left = redis.call('PTTL', KEYS[1])
+if left >= 0 then
+  redis.call('PEXPIRE', KEYS[2], math.max(left, 1))
+end
+return 1
+"""
+
+
+def _adopt_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    if ops.get(keys[0]) is None:
+        return 0
+    ops.hset(keys[1], args[0], b"1")
+    left = ops.pttl(keys[0])
+    if left >= 0:
+        ops.expire(keys[1], max(left, 1) / 1000)
+    return 1
+
+
+ADOPT = Script("sentinel_owner_adopt", _ADOPT_LUA, _adopt_local)
+
+# Drop the owner record KEYS[1] and answer the children in KEYS[2] (their ids), in one step: no
+# child is adopted after it (`ADOPT` finds no owner). The children's hash is left for the caller to
+# delete once their marks are: a run of this script sent again (its reply lost) answers them again.
+_ORPHAN_LUA = """
+redis.call('DEL', KEYS[1])
+return redis.call('HKEYS', KEYS[2])
+"""
+
+
+def _orphan_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[bytes]:
+    ops.delete(keys[0])
+    return [child.encode() for child in ops.hgetall(keys[1])]
+
+
+ORPHAN = Script("sentinel_owner_orphan", _ORPHAN_LUA, _orphan_local)
+
+
+# Confirm the charge mark KEYS[1] as ARGV[1] only while it is there, keeping the expiry it has; one
+# without (a claim made with no `ttl`, or a mark written before) gets ARGV[2] ms ("" = none). 1 when
+# confirmed, 0 when the mark is gone (its object deleted since its claim).
+_CONFIRM_LUA = """
+local left = redis.call('PTTL', KEYS[1])
+if left == -2 then
+  return 0
+end
+if left >= 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', math.max(left, 1))
+elseif ARGV[2] == '' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
+"""
+
+
+def _confirm_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    left = ops.pttl(keys[0])
+    if left == -2:
+        return 0
+    if left >= 0:
+        ops.set(keys[0], args[0].encode(), max(left, 1) / 1000)
+    else:
+        ops.set(keys[0], args[0].encode(), None if args[1] == "" else int(args[1]) / 1000)
+    return 1
+
+
+CONFIRM = Script("sentinel_charge_confirm", _CONFIRM_LUA, _confirm_local)
+
+
+def _children_key(parent: str) -> str | None:
+    """The key of `parent`'s children (`_CHILDREN`), beside its owner record; None for an id no
+    such key can be made for (see `beside`)."""
+    return beside(_PREFIX + parent, _CHILDREN)
+
+
 class Ownership:
     """Owner records over the store."""
 
@@ -311,12 +410,28 @@ class Ownership:
             await self.store.set(_FILE_FACTS + file_id, facts.encode(), None, nx=True)
 
     async def forget(self, object_id: str) -> None:
-        """Drop the record of a deleted object."""
-        if _keyable(object_id):
-            # one by one: keys in different slots of a Cluster
-            for prefix in (_PREFIX, _BATCH_INPUT, _UNMEASURED_BATCH_INPUT, _UNWRITTEN_BATCH_INPUT, _CONTEXT, _CHARGED,
-                           _FILE_FACTS, _CUT_TURN):
-                await self.store.delete(prefix + object_id)
+        """Drop the record of a deleted object: its owner and what Sentinel kept of it; its children's
+        charge marks (a thread's runs, an eval's runs: `_CHILDREN`), which the provider deletes with
+        it, end a day later (`FORGOTTEN_CHILD_TTL`)."""
+        if not _keyable(object_id):
+            return
+        children_key = _children_key(object_id)
+        if children_key is None:
+            await self.store.delete(_PREFIX + object_id)
+            children: list[str] = []
+        else:
+            found = await self.store.run(ORPHAN, [_PREFIX + object_id, children_key], [])
+            children = [c.decode() if isinstance(c, bytes) else str(c) for c in found]
+        # one by one: keys in different slots of a Cluster
+        for prefix in (_BATCH_INPUT, _UNMEASURED_BATCH_INPUT, _UNWRITTEN_BATCH_INPUT, _CONTEXT, _CHARGED, _FILE_FACTS,
+                       _CUT_TURN):
+            await self.store.delete(prefix + object_id)
+        keys = [_CHARGED + child for child in children if _keyable(child)]
+        for start in range(0, len(keys), FORGET_AT_ONCE):
+            await asyncio.gather(*(self.store.expire(key, FORGOTTEN_CHILD_TTL)
+                                   for key in keys[start : start + FORGET_AT_ONCE]))
+        if children_key is not None:
+            await self.store.delete(children_key)
 
     async def context_of(self, object_ids: Iterable[str]) -> int:
         """The tokens the objects hold as context (0 for one Sentinel does not know)."""
@@ -391,17 +506,17 @@ class Ownership:
         value = str(max(0, int(after) + max(0, tokens) - cut))
         return bool(int(await self.store.run(SET_IF, [_CONTEXT + conversation], [after, value])))
 
-    async def charge_once(self, object_id: str, ttl: float | None) -> bool:
+    async def charge_once(self, object_id: str, ttl: float | None, within: str | None = None) -> bool:
         """True the first time `object_id`'s usage is charged (and marks it so, for `ttl` seconds —
-        as long as its owner is kept — or until it is deleted); False after that: the mark of a call
-        whose own record holds the object's usage (a metered call's own object, `claim_charge` for a
-        read showing it).
+        as long as its owner is kept — or until it is deleted, or `within` is: see `claim_charge`);
+        False after that: the mark of a call whose own record holds the object's usage (a metered
+        call's own object, `claim_charge` for a read showing it).
 
         The mark is a random token of this call's: a SET NX that found the key taken is read back,
         and finding its own token there is still the first charge — redis-py's cluster client sends
         a command again after its reply was lost (a read timeout), and the second run finds the
         first's mark (read as "charged already", a batch's whole usage went uncharged)."""
-        return (await self._mark(object_id, ttl, b""))[0] == "first"
+        return await self._claim(object_id, ttl, b"", within) == "first"
 
     async def claim_charge(self, object_id: str, ttl: float | None, within: str | None = None) -> ChargeClaim:
         """Claim the charge of `object_id`'s usage, shown to a read: `first` when no read claimed it
@@ -418,8 +533,21 @@ class Ownership:
         the read is still `first` — it showed the usage, charged under the object's key, with
         nothing left of the deleted object in the store (a mark kept for ever without `ttl`). Its
         mark and its owner are in two slots of a Cluster: the mark is made, then the owner read,
-        so that a `forget` after that read removes the mark itself."""
-        claim, mark = await self._mark(object_id, ttl, _PENDING)
+        so that a `forget` after that read removes the mark itself.
+
+        An object claimed within another (a thread's run, an eval's run) is first recorded as that
+        object's child (`ADOPT`, only while it has an owner), so that the `forget` of its parent ends
+        its mark too (`FORGOTTEN_CHILD_TTL`): kept without a TTL as its parent's owner is, it stayed
+        in the store for good once the parent was deleted."""
+        return await self._claim(object_id, ttl, _PENDING, within)
+
+    async def _claim(self, object_id: str, ttl: float | None, prefix: bytes, within: str | None) -> ChargeClaim:
+        """`claim_charge` (`prefix`: its pending mark's) or `charge_once` (none)."""
+        if within is not None and within != object_id and _keyable(object_id) and _keyable(within):
+            children = _children_key(within)
+            if children is not None:
+                await self.store.run(ADOPT, [_PREFIX + within, children], [object_id])
+        claim, mark = await self._mark(object_id, ttl, prefix)
         if claim == "first" and within is not None and await self.owner_of(within) is None:
             await self.store.run(DELETE_IF, [_CHARGED + object_id], [mark])
         return claim
@@ -439,10 +567,13 @@ class Ownership:
 
     async def confirm_charged(self, object_ids: Iterable[str], ttl: float | None) -> None:
         """Mark `object_ids`' usage charged for good (`claim_charge`), once their record is stored:
-        only a mark still there (SET XX) — an object deleted since its claim (its marks removed) got
-        its mark back, kept for ever without `ttl`."""
+        only a mark still there (`CONFIRM`) — an object deleted since its claim (its marks removed) got
+        its mark back, kept for ever without `ttl` — and for as long as it was kept (its claim's
+        `ttl`; a run's whose thread was deleted since, `FORGOTTEN_CHILD_TTL`: confirmed with `ttl`
+        None, it was kept for ever)."""
         keys = [_CHARGED + object_id for object_id in dict.fromkeys(object_ids) if _keyable(object_id)]
-        await asyncio.gather(*(self.store.set(key, _CONFIRMED, ttl, xx=True) for key in keys))
+        expiry = "" if ttl is None else str(max(1, round(ttl * 1000)))
+        await asyncio.gather(*(self.store.run(CONFIRM, [key], [_CONFIRMED, expiry]) for key in keys))
 
     async def was_charged(self, object_id: str) -> bool:
         """Whether `object_id`'s usage was charged (`charge_once`, or `claim_charge` confirmed),

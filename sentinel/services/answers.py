@@ -204,7 +204,7 @@ class AnswerRelay:
             return work, None, []
         if work:  # its own record holds the usage: marked charged first, as any call's own object
             if usage is not None or made_here:  # (a batch made shows its usage when done)
-                first = await self._charged(answer_id, ttl)
+                first = await self._charged(answer_id, ttl, within)
                 return True, answer_id if first and usage is not None else None, []
             return True, None, []
         if usage is None:
@@ -236,11 +236,12 @@ class AnswerRelay:
             charges.append(self.runs.charge(item["id"], shown, claim, item))
         return (_summed(charges), first, charges) if charges else None
 
-    async def _charged(self, object_id: str, ttl: float | None) -> bool:
-        """Whether this is the first charge of `object_id`'s usage (see `Charging`); a store that
-        cannot be reached counts it as the first (a usage charged twice beats one never charged)."""
+    async def _charged(self, object_id: str, ttl: float | None, within: str | None = None) -> bool:
+        """Whether this is the first charge of `object_id`'s usage (see `Charging`; a run made in the
+        thread `within`, its child: `Ownership.charge_once`); a store that cannot be reached counts it
+        as the first (a usage charged twice beats one never charged)."""
         try:
-            return await self.ownership.charge_once(object_id, ttl)
+            return await self.ownership.charge_once(object_id, ttl, within)
         except StoreUnavailable:
             return True
 

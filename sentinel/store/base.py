@@ -98,6 +98,28 @@ def _delete_if_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 DELETE_IF = Script(name="delete_if", lua=_DELETE_IF_LUA, local=_delete_if_local)
 
 
+def hashed_part(key: str) -> str:
+    """What a Redis Cluster hashes of `key` to place it in a slot: its hash tag — the text between
+    its first `{` and the first `}` after it, when not empty —, else the whole key."""
+    start = key.find("{")
+    if start != -1:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
+def beside(key: str, suffix: str) -> str | None:
+    """A key in the hash slot of `key` (whatever `key` is: a key written before hash tags, such as
+    an owner record), naming `suffix` apart: `key` itself as the hash tag — `{<key>}<suffix>` —, or
+    `key` followed by `suffix` when `key` has a hash tag of its own. None when no key can share its
+    slot so (the part of `key` hashed holds a `}`: never an id a provider makes)."""
+    hashed = hashed_part(key)
+    if hashed != key:
+        return key + suffix
+    return None if "}" in key else "{" + key + "}" + suffix
+
+
 class StreamEntry(NamedTuple):
     """One stream entry: its id (`"<ms>-<seq>"`, increasing within a stream) and its fields."""
 

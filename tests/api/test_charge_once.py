@@ -24,6 +24,7 @@ import orjson
 import pytest
 
 from sentinel.domain.usage import charge_id
+from sentinel.governance.ownership import FORGOTTEN_CHILD_TTL
 from sentinel.mock.openai_runs import RUN_USAGE
 from tests.api.conftest import Gateway, scripted_gateway
 from tests.support.attack import SpyUpstream
@@ -269,3 +270,35 @@ def test_a_read_whose_object_is_deleted_before_its_claim_charges_it_and_leaves_n
         assert row["request_id"] == charge_id(row["external_id"], object_id)
         assert gw.read_stored("sentinel:charged:" + object_id) is None
         assert gw.read_stored("sentinel:owner:" + owned) is None
+
+
+def test_deleting_a_thread_or_an_eval_ends_its_runs_marks_and_charges_none_again(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None,
+) -> None:
+    """A run's charge mark is kept without a TTL, as its thread's (its eval's) owner is; deleting
+    the thread left it in the store for good — one key per run, however many threads a user made
+    and deleted. Now the DELETE ends it a day later (`FORGOTTEN_CHILD_TTL`; a read in flight still
+    finds it charged meanwhile), and the runs were charged once."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, default_plan=PLAN,
+                         passthrough="/v1/assistants,/v1/threads,/v1/threads/*,/v1/evals,/v1/evals/*")
+    client = gw.openai()
+    thread, run = thread_with_run(client)
+    made, eval_run = eval_and_run(client)
+    for _ in range(2):  # the first read charges each run, the next nothing
+        assert client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "completed"
+        assert client.evals.runs.retrieve(eval_run.id, eval_id=made.id).status == "completed"
+    marks = ["sentinel:charged:" + run.id, "sentinel:charged:" + eval_run.id]
+    assert [gw.stored_ttl(mark) for mark in marks] == [-1.0, -1.0]
+    assert client.beta.threads.delete(thread.id).deleted
+    assert client.evals.delete(made.id).deleted
+    for mark in marks:
+        left = gw.stored_ttl(mark)
+        assert left is not None and 0 < left <= FORGOTTEN_CHILD_TTL
+    assert gw.stored_ttl("{sentinel:owner:" + thread.id + "}:charged-children") is None
+    assert gw.stored_ttl("{sentinel:owner:" + made.id + "}:charged-children") is None
+    # the assistant, the thread, the run, the eval and its run made; four reads (the first of the eval
+    # run with a row per model besides its own); two deletes: the run and the eval run charged once
+    charged = _charged_rows(gw, 13)
+    assert sorted(r["request_id"] for r in charged) == sorted(
+        [charge_id(charged[0]["external_id"], run.id)]
+        + [charge_id(charged[0]["external_id"], eval_run.id, model) for model in ("gpt-4o-mini", "gpt-4o")])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from sentinel.governance.ownership import Ownership
+from sentinel.governance.ownership import FORGOTTEN_CHILD_TTL, Ownership
 from sentinel.store import Store
 
 
@@ -69,3 +69,119 @@ async def test_a_claim_found_after_the_delete_is_not_taken_back(store: Store) ->
         assert await store.get("sentinel:charged:batch_1") == b"charged"
     finally:
         await store.delete("sentinel:charged:batch_1")
+
+
+# A thread's runs and an eval's runs are charged under their parent's path (`within`): kept without a
+# TTL as their parent's owner is, their marks stayed in the store for good once the parent was
+# deleted — a user creating and deleting threads grew it without bound. The parent's `forget` now
+# ends them a day later (not at once: a read in flight that fetched a run before the DELETE still
+# finds it charged), and their list goes with the parent.
+_PARENTS = [("run_1", "thread_1"), ("evalrun_1", "eval_1")]
+
+
+def _children_key(parent: str) -> str:
+    return "{sentinel:owner:" + parent + "}:charged-children"
+
+
+@pytest.mark.parametrize("confirm", ["claim_charge", "charge_once"])
+@pytest.mark.parametrize(("child", "parent"), _PARENTS)
+async def test_a_parents_forget_ends_its_childrens_marks_without_charging_them_again(
+    store: Store, child: str, parent: str, confirm: str
+) -> None:
+    owners = Ownership(store)
+    try:
+        assert await owners.claim(parent, "alice", None)
+        if confirm == "claim_charge":
+            assert await owners.claim_charge(child, None, parent) == "first"
+            await owners.confirm_charged([child], None)
+        else:
+            assert await owners.charge_once(child, None, parent)
+        assert await store.ttl("sentinel:charged:" + child) == -1.0  # (kept as long as its parent)
+        await owners.forget(parent)
+        left = await store.ttl("sentinel:charged:" + child)
+        assert left is not None and 0 < left <= FORGOTTEN_CHILD_TTL
+        assert await store.ttl(_children_key(parent)) is None
+        # a read in flight, which fetched the run before the DELETE, finds it charged still
+        assert await owners.claim_charge(child, None, parent) == "charged"
+        assert not await owners.charge_once(child, None, parent)
+        assert await store.ttl(_children_key(parent)) is None  # (no child added once the parent is gone)
+    finally:
+        await store.delete("sentinel:charged:" + child, "sentinel:owner:" + parent, _children_key(parent))
+
+
+@pytest.mark.parametrize(("child", "parent"), _PARENTS)
+async def test_a_claim_confirmed_after_its_parents_forget_keeps_the_end_of_its_mark(
+    store: Store, child: str, parent: str
+) -> None:
+    """A read claimed the run, its thread was deleted, then the read confirmed: its mark ends still
+    (confirmed with its thread's TTL, None, it was kept for ever)."""
+    owners = Ownership(store)
+    try:
+        assert await owners.claim(parent, "alice", None)
+        assert await owners.claim_charge(child, None, parent) == "first"
+        await owners.forget(parent)
+        await owners.confirm_charged([child], None)
+        assert await store.get("sentinel:charged:" + child) == b"charged"
+        left = await store.ttl("sentinel:charged:" + child)
+        assert left is not None and 0 < left <= FORGOTTEN_CHILD_TTL
+    finally:
+        await store.delete("sentinel:charged:" + child, "sentinel:owner:" + parent, _children_key(parent))
+
+
+@pytest.mark.parametrize("lands", ["before the claim", "between its adoption and its mark",
+                                   "between its mark and its owner read"])
+@pytest.mark.parametrize(("child", "parent"), _PARENTS)
+async def test_a_claim_racing_its_parents_delete_leaves_nothing(
+    store: Store, monkeypatch: pytest.MonkeyPatch, lands: str, child: str, parent: str
+) -> None:
+    """The parent's DELETE lands at each step of a claim of a child never charged: the read is the
+    first (it showed the usage), and neither a mark nor a list of children is left."""
+    owners = Ownership(store)
+    try:
+        assert await owners.claim(parent, "alice", None)
+        if lands == "before the claim":
+            await owners.forget(parent)
+        elif lands == "between its mark and its owner read":
+            _deleted_between(owners, parent, monkeypatch)
+        else:
+            real = owners._mark
+
+            async def mark(*args: object) -> object:
+                await owners.forget(parent)
+                return await real(*args)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(owners, "_mark", mark)
+        assert await owners.claim_charge(child, None, parent) == "first"
+        await owners.confirm_charged([child], None)
+        assert await store.get("sentinel:charged:" + child) is None
+        assert await store.ttl(_children_key(parent)) is None
+        assert await owners.owner_of(parent) is None
+    finally:
+        await store.delete("sentinel:charged:" + child, "sentinel:owner:" + parent, _children_key(parent))
+
+
+async def test_a_parent_kept_for_a_while_keeps_its_children_list_as_long(store: Store) -> None:
+    """The list of a parent's children never outlives its owner record (a parent kept with a TTL)."""
+    owners = Ownership(store)
+    try:
+        assert await owners.claim("resp_1", "alice", 600)
+        assert await owners.claim_charge("child_1", 600, "resp_1") == "first"
+        left = await store.ttl(_children_key("resp_1"))
+        assert left is not None and 0 < left <= 600
+    finally:
+        await store.delete("sentinel:charged:child_1", "sentinel:owner:resp_1", _children_key("resp_1"))
+
+
+@pytest.mark.parametrize("parent", ["thread_{1}", "a{b", "a}b{c}"])
+async def test_a_parent_whose_id_holds_braces_keeps_its_children_beside_it(store: Store, parent: str) -> None:
+    """An id with `{`/`}` (a hash tag of its own, or none) still has its children's list in its owner
+    record's slot (a script spanning two slots is refused on a Cluster)."""
+    owners = Ownership(store)
+    try:
+        assert await owners.claim(parent, "alice", None)
+        assert await owners.claim_charge("run_1", None, parent) == "first"
+        await owners.forget(parent)
+        left = await store.ttl("sentinel:charged:run_1")
+        assert left is not None and 0 < left <= FORGOTTEN_CHILD_TTL
+    finally:
+        await store.delete("sentinel:charged:run_1", "sentinel:owner:" + parent)

@@ -15,6 +15,7 @@ from redis.crc import key_slot
 from sentinel.domain.plans import ExternalUsage, Limit, Plan
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.store import MemoryStore
+from sentinel.store.base import beside, hashed_part
 from sentinel.store.cluster import RedisClusterStore
 
 PLAN = Plan(
@@ -66,3 +67,17 @@ async def test_odd_ids_are_limited_on_a_cluster(redis_cluster_url: str) -> None:
             assert allowed == [True, True, True, False], external_id
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("object_id", ODD_IDS)
+def test_a_key_beside_another_shares_its_slot_or_is_none(object_id: str) -> None:
+    """`beside` (an object's children's list next to its owner record, `sentinel:owner:<id>`, a key
+    without a hash tag of Sentinel's): in that key's slot whatever braces the id holds, or None when
+    no key can be (the part hashed holds a `}`)."""
+    key = "sentinel:owner:" + object_id
+    found = beside(key, ":charged-children")
+    if found is None:
+        assert "}" in hashed_part(key)
+    else:
+        assert found != key and key_slot(found.encode()) == key_slot(key.encode())
+    assert beside("sentinel:owner:thread_abc", ":x") == "{sentinel:owner:thread_abc}:x"

@@ -109,6 +109,11 @@ COLLECTION_ACTIONS: dict[str, frozenset[str]] = {
 }
 # Fields of an action's answer naming another object it created, with that object's collection.
 ACTION_CREATED: dict[tuple[str, str], tuple[str, str]] = {("threads", "runs"): ("thread_id", "threads")}
+# Actions whose answer is an object of the one they created along (ACTION_CREATED), reached only
+# through that object's path (a run, through its thread's): it becomes no one's itself — its owner,
+# kept without a TTL as its thread's and never named by id, stayed in the store for good once its
+# thread was deleted.
+ACTION_CHILDREN = frozenset({("threads", "runs")})
 # Words below an object that tell Sentinel what a call on it is (`sentinel.services.relay`): a file's
 # `content` is its bytes (no object in it becomes the caller's), a `cancel` asks for no work, a run's
 # `steps` count no usage of their own, a conversation's `items` grow its context, an upload's `parts`
@@ -156,9 +161,9 @@ class ObjectPath:
 
     def creates(self, method: str, segments: Sequence[str]) -> bool:
         """Whether a call with `method` on `segments` (this path's) creates an object that becomes the
-        caller's: a POST to a collection or one of its COLLECTION_ACTIONS, or to one of an object's
-        PART_COLLECTIONS."""
-        if method != "POST" or self.collection is None:
+        caller's: a POST to a collection or one of its COLLECTION_ACTIONS (not ACTION_CHILDREN's), or
+        to one of an object's PART_COLLECTIONS."""
+        if method != "POST" or self.collection is None or (self.collection, self.action or "") in ACTION_CHILDREN:
             return False
         if self.object_id is None:
             return True

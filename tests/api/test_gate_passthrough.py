@@ -330,6 +330,9 @@ def test_a_collections_own_calls_are_pass_through_and_their_ids_checked(
         assert r.status_code == 404 and openai_error(r.json())["code"] == "object_not_found", r.text
     assert [r.status_code for r in served] == [200] * 5, [r.text for r in served]
     assert served[1].json()["input_tokens"] == 42
+    # the run is reached through its thread's path only: no owner of its own, kept for ever
+    assert gw.read_stored("sentinel:owner:run_1") is None
+    assert gw.read_stored("sentinel:owner:thread_new") == b"alice"
     assert len(upstream.received) == 5
     assert orjson.loads(upstream.received[0])["previous_response_id"] == "resp_alice"
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 5)

@@ -62,12 +62,16 @@ _CHARGED = "sentinel:charged:"
 # A read's claim of an object's charge (`Ownership.claim_charge`) is pending until its record is
 # stored; then it is confirmed. Any other mark (`charge_once`'s) is a charge done.
 # The objects whose charge marks reads made under another object, their parent (a thread's runs, an
-# eval's runs: the read's `within`, the object its path names): a hash of their ids, beside the
-# parent's owner record in its hash slot (`beside`), so that a claim adding a child (`ADOPT`, only
-# while the parent has an owner) and the parent's `forget` (`ORPHAN`) are atomic against each other
-# on a Redis Cluster too. The parent's `forget` removes its children's marks along with it: no child
-# is read but through its parent's path (its owner checked), nor charged again once it is gone.
+# eval's runs: the read's `within`, the object its path names; field value `_MARKED`), and the items
+# of a conversation its reads made their caller's, kept without a TTL as it is (`_OWNED`): a hash of
+# their ids, beside the parent's owner record in its hash slot (`beside`), so that a claim adding a
+# child (`ADOPT`, only while the parent has an owner) and the parent's `forget` (`ORPHAN`) are atomic
+# against each other on a Redis Cluster too. The parent's `forget` ends its children's records along
+# with it: no run is read but through its parent's path (its owner checked), nor charged again once
+# it is gone; an item is named by id still while a stored response shows it.
 _CHILDREN = ":charged-children"
+_MARKED = "c"
+_OWNED = "o"
 # The most children `forget` ends the marks of at once (one command each: they are in as many slots).
 FORGET_AT_ONCE = 100
 # How long a child's mark is kept once its parent is deleted (`forget`), rather than removed then: a
@@ -76,6 +80,9 @@ FORGET_AT_ONCE = 100
 # none is read again afterwards. A day: longer than any read lasts (a relayed answer's
 # SENTINEL_STREAM_MAX_SECONDS, 900 by default).
 FORGOTTEN_CHILD_TTL = 86400.0
+# How long a conversation's item stays its owner's once the conversation is deleted: a stored
+# response may show it still (its output, or its input items), and is kept 30 days (31: `COLLECTIONS`).
+FORGOTTEN_ITEM_TTL = 31 * 86400.0
 _PENDING = b"pending:"
 _CONFIRMED = b"charged"
 ChargeClaim = Literal["first", "pending", "charged"]
@@ -205,14 +212,16 @@ def _set_if_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 SET_IF = Script("sentinel_set_if", _SET_IF_LUA, _set_if_local)
 
 
-# Record ARGV[1] as a child of the object whose owner record is KEYS[1], in its children's hash
-# KEYS[2] (kept as long as the owner record: its TTL, if any), only while that owner is recorded: 1
-# when recorded, 0 when the object has no owner (deleted).
+# Record ARGV[2..] as children (of kind ARGV[1]: `_MARKED`, `_OWNED`) of the object whose owner
+# record is KEYS[1], in its children's hash KEYS[2] (kept as long as the owner record: its TTL, if
+# any), only while that owner is recorded: 1 when recorded, 0 when the object has no owner (deleted).
 _ADOPT_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
-redis.call('HSET', KEYS[2], ARGV[1], '1')
+for i = 2, #ARGV do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[1])
+end
 local left = redis.call('PTTL', KEYS[1])
 if left >= 0 then
   redis.call('PEXPIRE', KEYS[2], math.max(left, 1))
@@ -224,7 +233,8 @@ return 1
 def _adopt_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     if ops.get(keys[0]) is None:
         return 0
-    ops.hset(keys[1], args[0], b"1")
+    for child in args[1:]:
+        ops.hset(keys[1], child, args[0].encode())
     left = ops.pttl(keys[0])
     if left >= 0:
         ops.expire(keys[1], max(left, 1) / 1000)
@@ -233,18 +243,19 @@ def _adopt_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 
 ADOPT = Script("sentinel_owner_adopt", _ADOPT_LUA, _adopt_local)
 
-# Drop the owner record KEYS[1] and answer the children in KEYS[2] (their ids), in one step: no
-# child is adopted after it (`ADOPT` finds no owner). The children's hash is left for the caller to
-# delete once their marks are: a run of this script sent again (its reply lost) answers them again.
+# Drop the owner record KEYS[1] and answer the children in KEYS[2] (each id and its kind, flat), in
+# one step: no child is adopted after it (`ADOPT` finds no owner). The children's hash is left for
+# the caller to delete once their records are ended: a run of this script sent again (its reply
+# lost) answers them again.
 _ORPHAN_LUA = """
 redis.call('DEL', KEYS[1])
-return redis.call('HKEYS', KEYS[2])
+return redis.call('HGETALL', KEYS[2])
 """
 
 
 def _orphan_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[bytes]:
     ops.delete(keys[0])
-    return [child.encode() for child in ops.hgetall(keys[1])]
+    return [part for child, kind in ops.hgetall(keys[1]).items() for part in (child.encode(), kind)]
 
 
 ORPHAN = Script("sentinel_owner_orphan", _ORPHAN_LUA, _orphan_local)
@@ -310,12 +321,22 @@ class Ownership:
         log.warning("an answer named an object another user owns; its owner was kept", extra={"object": object_id})
         return False
 
-    async def claim_all(self, created: Iterable[tuple[str, float | None]], owner: str) -> None:
+    async def claim_all(
+        self, created: Iterable[tuple[str, float | None]], owner: str, *, parent: str | None = None
+    ) -> None:
         """`claim` each of `created` (id, ttl) for `owner`, all at once: on one Redis server they go
         as one pipeline (`sentinel.store.autopipeline`), one round trip however many — a response
         and its items. Callers bound how many (`MAX_ANSWER_ITEMS`). StoreUnavailable once every
-        claim ended, when one could not be made."""
+        claim ended, when one could not be made.
+
+        `parent`: the conversation whose items they are (kept without a TTL as it is): those claimed
+        are then listed as its children (`ADOPT`), so that its `forget` ends them
+        (`FORGOTTEN_ITEM_TTL`) — they stayed in the store for good once it was deleted; those claimed
+        after that `forget` (the conversation found without an owner) are ended so at once."""
         claims = dict(created)
+        if parent is not None:
+            await self._claim_children(parent, claims, owner)
+            return
         if len(claims) == 1:  # (most answers create one object: no gather)
             [(object_id, ttl)] = claims.items()
             await self.claim(object_id, owner, ttl)
@@ -326,6 +347,22 @@ class Ownership:
         if failed:
             results.clear()  # (see `_together`: no cycle through the traceback)
             raise failed.pop(0)
+
+    async def _claim_children(self, parent: str, claims: dict[str, float | None], owner: str) -> None:
+        """`claim_all` of `parent`'s items (see there)."""
+        results = await asyncio.gather(*(self.claim(i, owner, ttl) for i, ttl in claims.items()),
+                                       return_exceptions=True)
+        failed = [result for result in results if isinstance(result, BaseException)]
+        if failed:
+            results.clear()  # (see `_together`: no cycle through the traceback)
+            raise failed.pop(0)
+        # only the caller's own (another's item, never, is ended by this conversation's DELETE), listed
+        # once claimed: listed, a `forget` after ends them; found without an owner, it came before
+        kept = [object_id for (object_id, ttl), mine in zip(claims.items(), results, strict=True)
+                if mine is True and ttl is None]
+        children = _children_key(parent) if kept and _keyable(parent) else None
+        if children is not None and not int(await self.store.run(ADOPT, [_PREFIX + parent, children], [_OWNED, *kept])):
+            await asyncio.gather(*(self.store.expire(_PREFIX + i, FORGOTTEN_ITEM_TTL) for i in kept))
 
     async def owner_of(self, object_id: str) -> str | None:
         """The owner's external id, or None when the object is unknown to Sentinel."""
@@ -416,20 +453,20 @@ class Ownership:
         if not _keyable(object_id):
             return
         children_key = _children_key(object_id)
+        found: list[str] = []
         if children_key is None:
             await self.store.delete(_PREFIX + object_id)
-            children: list[str] = []
         else:
-            found = await self.store.run(ORPHAN, [_PREFIX + object_id, children_key], [])
-            children = [c.decode() if isinstance(c, bytes) else str(c) for c in found]
+            found = [c.decode() if isinstance(c, bytes) else str(c)
+                     for c in await self.store.run(ORPHAN, [_PREFIX + object_id, children_key], [])]
         # one by one: keys in different slots of a Cluster
         for prefix in (_BATCH_INPUT, _UNMEASURED_BATCH_INPUT, _UNWRITTEN_BATCH_INPUT, _CONTEXT, _CHARGED, _FILE_FACTS,
                        _CUT_TURN):
             await self.store.delete(prefix + object_id)
-        keys = [_CHARGED + child for child in children if _keyable(child)]
-        for start in range(0, len(keys), FORGET_AT_ONCE):
-            await asyncio.gather(*(self.store.expire(key, FORGOTTEN_CHILD_TTL)
-                                   for key in keys[start : start + FORGET_AT_ONCE]))
+        ends = [(_PREFIX + child, FORGOTTEN_ITEM_TTL) if kind == _OWNED else (_CHARGED + child, FORGOTTEN_CHILD_TTL)
+                for child, kind in zip(found[::2], found[1::2], strict=True) if _keyable(child)]
+        for start in range(0, len(ends), FORGET_AT_ONCE):
+            await asyncio.gather(*(self.store.expire(key, ttl) for key, ttl in ends[start : start + FORGET_AT_ONCE]))
         if children_key is not None:
             await self.store.delete(children_key)
 
@@ -546,7 +583,7 @@ class Ownership:
         if within is not None and within != object_id and _keyable(object_id) and _keyable(within):
             children = _children_key(within)
             if children is not None:
-                await self.store.run(ADOPT, [_PREFIX + within, children], [object_id])
+                await self.store.run(ADOPT, [_PREFIX + within, children], [_MARKED, object_id])
         claim, mark = await self._mark(object_id, ttl, prefix)
         if claim == "first" and within is not None and await self.owner_of(within) is None:
             await self.store.run(DELETE_IF, [_CHARGED + object_id], [mark])

@@ -175,7 +175,10 @@ class AnswerRelay:
         if charging.context:
             await remember_read_context(self.ownership, charges, charging.at)
         claims: list[tuple[str, float | None]] = created_ids(parsed, creating=creating, ttl=ttl) if owner else []
-        if items is not None:
+        if items is not None and items.parent is not None:  # a conversation's items: its children
+            await claim_created(self.ownership, answer_items(parsed, items), owner or admission.identity,
+                                parent=items.parent)
+        elif items is not None:
             claims += answer_items(parsed, items)
         if claims:
             await claim_created(self.ownership, claims, owner or admission.identity)
@@ -368,7 +371,9 @@ class AnswerRelay:
                 await remember_read_context(ownership, charges, charging.at)
             object_id = answer_id if creating else None
             claims: list[tuple[str, float | None]] = [(object_id, ttl)] if owner and object_id is not None else []
-            if scanner is not None:
+            if scanner is not None and items is not None and items.parent is not None:
+                await claim_created(ownership, scanner.claims, owner or admission.identity, parent=items.parent)
+            elif scanner is not None:
                 claims += scanner.claims
             if claims:
                 await claim_created(ownership, claims, owner or admission.identity)
@@ -427,12 +432,15 @@ class AnswerRelay:
         return relay_events(upstream, inspector, endpoint, self.metrics, settle)
 
 
-async def claim_created(ownership: Ownership, created: Iterable[tuple[str, float | None]], owner: Identity) -> None:
-    """Record `owner` as the owner of the objects an answer created, after its usage was recorded. A
-    store that cannot be reached leaves them unowned — unreachable through Sentinel, which fails
-    closed — and never costs the call its usage record: the provider served it."""
+async def claim_created(
+    ownership: Ownership, created: Iterable[tuple[str, float | None]], owner: Identity, *, parent: str | None = None
+) -> None:
+    """Record `owner` as the owner of the objects an answer created (or showed: a conversation's
+    items, children of `parent`: `Ownership.claim_all`), after its usage was recorded. A store that
+    cannot be reached leaves them unowned — unreachable through Sentinel, which fails closed — and
+    never costs the call its usage record: the provider served it."""
     try:
-        await ownership.claim_all(created, owner.external_id)
+        await ownership.claim_all(created, owner.external_id, parent=parent)
     except StoreUnavailable:
         ownership.outage.warning("the store is unavailable: an object this answer created stays unowned (unreachable)")
 

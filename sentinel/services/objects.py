@@ -1036,10 +1036,12 @@ def created_ids(answer: Any, *, creating: bool, ttl: float | None) -> list[tuple
 class Items:
     """An answer showing its caller Responses API items (`answer_items`), which become the caller's
     for `ttl` seconds (their owning object's: a stored response's, a conversation's — None); `own`:
-    the answer is one item itself (a conversation's item read by its id)."""
+    the answer is one item itself (a conversation's item read by its id); `parent`: the conversation
+    holding them, whose DELETE ends them (`Ownership.claim_all`)."""
 
     ttl: float | None
     own: bool = False
+    parent: str | None = None
 
 
 def items_shown(where: ObjectPath, method: str, segments: Sequence[str]) -> Items | None:
@@ -1051,7 +1053,7 @@ def items_shown(where: ObjectPath, method: str, segments: Sequence[str]) -> Item
         return Items(COLLECTIONS["responses"])
     if where.collection == "conversations" and where.object_id is not None and len(segments) in (3, 4) \
             and segments[2] == "items" and method in ("GET", "POST"):
-        return Items(COLLECTIONS["conversations"], own=len(segments) == 4)
+        return Items(COLLECTIONS["conversations"], own=len(segments) == 4, parent=where.object_id)
     return None
 
 

@@ -15,6 +15,7 @@ import orjson
 import pytest
 import redis
 
+from sentinel.governance.ownership import FORGOTTEN_ITEM_TTL
 from tests.api.conftest import Gateway
 from tests.support.accounts import create_key
 from tests.support.attack import SpyUpstream, ledger_rows, openai_error, recorded_ids
@@ -714,3 +715,23 @@ def test_the_read_charging_a_cut_turns_usage_corrects_its_conversations_count(
     for conversation in ("conv_1", "conv_2"):
         assert gw.read_stored(f"sentinel:context:{conversation}_resp_2") == b"9950"
         assert gw.read_stored(f"sentinel:cut-turn:{conversation}_resp_2") is None
+def test_deleting_a_conversation_ends_its_items_owners(gateway_factory: Callable[..., Gateway]) -> None:
+    """The items a conversation's reads show become their reader's for as long as the conversation
+    is kept (no TTL); its DELETE left each one's owner record in the store for good. Now they end in
+    31 days (`FORGOTTEN_ITEM_TTL`: a stored response may show an item until then)."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", passthrough="/v1/conversations,/v1/conversations/*")
+        upstream.json({"id": "conv_1", "object": "conversation"})
+        upstream.json({"object": "list", "data": [{"type": "message", "role": "user", "id": f"msg_{n}",
+                                                   "content": [{"type": "input_text", "text": "hi"}]} for n in (1, 2)]})
+        upstream.json({"id": "conv_1", "object": "conversation.deleted", "deleted": True})
+        with gw.client() as alice:
+            assert alice.post("/v1/conversations", json={}).status_code == 200
+            assert alice.get("/v1/conversations/conv_1/items").status_code == 200
+            assert [gw.stored_ttl(f"sentinel:owner:msg_{n}") for n in (1, 2)] == [-1.0, -1.0]
+            assert alice.delete("/v1/conversations/conv_1").status_code == 200
+    for n in (1, 2):
+        left = gw.stored_ttl(f"sentinel:owner:msg_{n}")
+        assert left is not None and 0 < left <= FORGOTTEN_ITEM_TTL
+    assert gw.read_stored("sentinel:owner:conv_1") is None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from sentinel.governance.ownership import FORGOTTEN_CHILD_TTL, Ownership
+from sentinel.governance.ownership import FORGOTTEN_CHILD_TTL, FORGOTTEN_ITEM_TTL, Ownership
 from sentinel.store import Store
 
 
@@ -185,3 +185,51 @@ async def test_a_parent_whose_id_holds_braces_keeps_its_children_beside_it(store
         assert left is not None and 0 < left <= FORGOTTEN_CHILD_TTL
     finally:
         await store.delete("sentinel:charged:run_1", "sentinel:owner:" + parent)
+
+
+# A conversation's items become their reader's kept without a TTL, as the conversation is: its
+# DELETE left each item's owner record in the store for good. It now ends them in 31 days (a stored
+# response may still show an item until then).
+async def test_a_conversations_forget_ends_its_items_owners(store: Store) -> None:
+    owners = Ownership(store)
+    try:
+        assert await owners.claim("conv_1", "alice", None)
+        assert await owners.claim("msg_bob", "bob", None)
+        await owners.claim_all([("msg_1", None), ("msg_2", None), ("msg_bob", None)], "alice", parent="conv_1")
+        assert [await store.ttl("sentinel:owner:" + i) for i in ("msg_1", "msg_2")] == [-1.0, -1.0]
+        await owners.forget("conv_1")
+        for item in ("msg_1", "msg_2"):
+            left = await store.ttl("sentinel:owner:" + item)
+            assert left is not None and FORGOTTEN_CHILD_TTL < left <= FORGOTTEN_ITEM_TTL
+            assert await owners.owner_of(item) == "alice"  # (a stored response may show it still)
+        assert await store.ttl("sentinel:owner:msg_bob") == -1.0  # another's item is not alice's to end
+        assert await store.ttl(_children_key("conv_1")) is None
+    finally:
+        await store.delete(*("sentinel:owner:" + i for i in ("conv_1", "msg_1", "msg_2", "msg_bob")),
+                           _children_key("conv_1"))
+
+
+@pytest.mark.parametrize("lands", ["before the claim", "between its claims and its adoption"])
+async def test_items_claimed_after_their_conversations_forget_end_too(
+    store: Store, monkeypatch: pytest.MonkeyPatch, lands: str
+) -> None:
+    owners = Ownership(store)
+    try:
+        assert await owners.claim("conv_1", "alice", None)
+        if lands == "before the claim":
+            await owners.forget("conv_1")
+        else:
+            real = owners.claim
+
+            async def claim(*args: object) -> bool:
+                claimed = await real(*args)  # type: ignore[arg-type]
+                await owners.forget("conv_1")
+                return claimed
+
+            monkeypatch.setattr(owners, "claim", claim)
+        await owners.claim_all([("msg_1", None)], "alice", parent="conv_1")
+        left = await store.ttl("sentinel:owner:msg_1")
+        assert left is not None and 0 < left <= FORGOTTEN_ITEM_TTL
+        assert await store.ttl(_children_key("conv_1")) is None
+    finally:
+        await store.delete("sentinel:owner:conv_1", "sentinel:owner:msg_1", _children_key("conv_1"))

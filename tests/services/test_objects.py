@@ -745,8 +745,10 @@ def test_the_items_an_answer_shows_become_its_callers_within_a_bound() -> None:
 @pytest.mark.parametrize("method, path, shown", [
     ("POST", "responses/compact", Items(31 * DAY)), ("GET", "responses/resp_1", Items(31 * DAY)),
     ("GET", "responses/resp_1/input_items", Items(31 * DAY)), ("DELETE", "responses/resp_1", None),
-    ("GET", "conversations/conv_1/items", Items(None)), ("POST", "conversations/conv_1/items", Items(None)),
-    ("GET", "conversations/conv_1/items/msg_1", Items(None, own=True)), ("DELETE", "conversations/conv_1/items/msg_1", None),
+    ("GET", "conversations/conv_1/items", Items(None, parent="conv_1")),
+    ("POST", "conversations/conv_1/items", Items(None, parent="conv_1")),
+    ("GET", "conversations/conv_1/items/msg_1", Items(None, own=True, parent="conv_1")),
+    ("DELETE", "conversations/conv_1/items/msg_1", None),
     ("POST", "conversations", None), ("GET", "files/file-1", None),
 ])
 def test_the_calls_whose_answers_show_items(method: str, path: str, shown: Items | None) -> None:

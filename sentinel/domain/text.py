@@ -6,7 +6,10 @@ overrides and isolates U+200E/U+200F, U+202A-U+202E, U+2066-U+2069 and U+061C th
 otherwise than it is stored, the zero-width space, word joiner, soft hyphen and BOM, the invisible
 tag characters), the line and paragraph separators U+2028/U+2029 (Zl, Zp) and lone surrogates (Cs:
 not text any store can hold). Allowed of these: ZERO WIDTH NON-JOINER and ZERO WIDTH JOINER
-(U+200C, U+200D), which names in Persian and Indic scripts and emoji sequences need.
+(U+200C, U+200D), which names in Persian and Indic scripts and emoji sequences need — but only
+between two characters they can join: neither first nor last, nor next to an ASCII character, a
+space, a control or format character, or a letter or digit of the Latin, Greek or Cyrillic scripts
+(where they join nothing and draw nothing, so `alice\u200d` read as `alice`, as `alice\u200b` did).
 
 Also refused: what Unicode calls default-ignorable but files as a letter, mark or unassigned code
 point — drawn as nothing, so `alice\\u3164` read as `alice` on the console just as `alice\\u200b` did:
@@ -44,15 +47,33 @@ def has_control(text: str, *, lines: bool = False) -> bool:
     # The common case in one pass in C: no character of categories C* and Z* but ' ', and ASCII
     # (nothing drawn as nothing)
     if not text.isprintable():
-        for char in text:
-            if char.isprintable() or char in JOINERS or (lines and char in LINE_BREAKS):
-                continue  # printable, or allowed though not (ZWNJ, ZWJ; a textarea's line breaks)
+        for at, char in enumerate(text):
+            if char.isprintable() or (lines and char in LINE_BREAKS):
+                continue  # printable, or allowed though not (a textarea's line breaks)
+            if char in JOINERS:  # ZWNJ, ZWJ: allowed where they join something
+                if not (0 < at < len(text) - 1 and _joinable(text[at - 1]) and _joinable(text[at + 1])):
+                    return True
+                continue
             if unicodedata.category(char) in REFUSED_CATEGORIES:
                 return True
     return not text.isascii() and any(
         _SELECTOR.fullmatch(found.group()) is None or not _selects(text, found.start())
         for found in _HIDDEN.finditer(text)
     )
+
+
+def _latin_greek_cyrillic(char: str, kind: str) -> bool:
+    """Whether `char` (of category `kind`) is a letter or digit of the Latin, Greek or Cyrillic scripts."""
+    code = ord(char)
+    return kind[0] in "LN" and (code < 0x0530 or 0x1E00 <= code < 0x2000)
+
+
+def _joinable(char: str) -> bool:
+    """Whether a joiner (ZWNJ, ZWJ) next to `char` may join something (see the module docstring): a
+    Persian or Indic letter, a virama, an emoji; not ASCII, a space, a control or format character
+    (another joiner too), nor a Latin, Greek or Cyrillic letter or digit."""
+    kind = unicodedata.category(char)
+    return not (char.isascii() or kind[0] in "CZ" or _latin_greek_cyrillic(char, kind))
 
 
 def _selects(text: str, at: int) -> bool:
@@ -63,10 +84,10 @@ def _selects(text: str, at: int) -> bool:
     before = text[at - 1]
     if before in _KEYCAP_BASES:  # `1\ufe0f\u20e3`: an emoji keycap
         return text[at] in "\ufe0e\ufe0f" and text[at + 1:at + 2] == "\u20e3"
-    code, kind = ord(before), unicodedata.category(before)
+    kind = unicodedata.category(before)
     if before.isascii() or kind[0] in "CZM":
         return False
-    return not (kind[0] in "LN" and (code < 0x0530 or 0x1E00 <= code < 0x2000))  # Latin, Greek, Cyrillic
+    return not _latin_greek_cyrillic(before, kind)
 
 
 # What no store holds: NUL (PostgreSQL's text refuses it) and the surrogates (no UTF-8: the outbox's

@@ -183,7 +183,8 @@ def test_saving_a_tier_form_unchanged_keeps_its_prices(api: httpx.Client, consol
 
 @pytest.mark.parametrize("char", ["\u0085", "\u009b", "\u202e", "\u200f", "\u2066", "\u061c", "\u200b", "\ufeff",
                                   "\u2028", "\U000e0041", "\ufe0f", "\U000e0100", "\u034f", "\u3164", "\uffa0",
-                                  "\u17b4", "\u180b", "\U000e0080", "\ufff0"])
+                                  "\u17b4", "\u180b", "\U000e0080", "\ufff0",
+                                  "\u200c", "\u200d"])  # the joiners between Latin letters: they join nothing
 def test_unicode_controls_and_format_characters_are_refused(api: httpx.Client, console: Console, char: str) -> None:
     """Only ASCII controls were refused: NEL, CSI (C1), bidi overrides that make a name read as
     another, zero-width and tag characters were stored."""
@@ -203,7 +204,9 @@ def test_the_joiners_names_need_are_accepted(api: httpx.Client) -> None:
     # and the variation selectors that draw something: an emoji's (U+FE0F, a keycap's too), an
     # ideograph's variant (a Japanese name's IVS), a Mongolian letter's form
     for name in ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "dev \U0001f469\u200d\U0001f4bb", "caf\u00e9\u00a0bar",
-                 "team \u2764\ufe0f", "desk 1\ufe0f\u20e3", "\u845b\U000e0100\u98fe", "\u1820\u180b", "\u00a9\ufe0f 2026"):
+                 "team \u2764\ufe0f", "desk 1\ufe0f\u20e3", "\u845b\U000e0100\u98fe", "\u1820\u180b", "\u00a9\ufe0f 2026",
+                 "\u0915\u094d\u200d\u0937", "\u0915\u094d\u200c\u0937", "flag \U0001f3f3\ufe0f\u200d\U0001f308",
+                 "\U0001f469\U0001f3fd\u200d\U0001f4bb"):
         created = api.post("/admin/api/users/bob/keys", json={"name": name})
         assert created.status_code == 201 and created.json()["name"] == name, created.text
 
@@ -294,6 +297,9 @@ JWT_SECRET = "a-test-secret-that-is-long-enough-for-hs256"
     {"externalId": "alice\ufe0f"}, {"externalId": "alice\U000e0100"}, {"externalId": "ali\u034fce"},
     {"externalId": "alice\u3164"}, {"externalId": "\U000e0080alice"}, {"externalId": "alice\u2065"},
     {"externalId": "\ufe0falice"},
+    # a joiner where it joins nothing (Latin letters, either end): drawn as nothing, "alice" again
+    {"externalId": "alice\u200d"}, {"externalId": "\u200calice"}, {"externalId": "ali\u200dce"},
+    {"email": "alice@example.com\u200c"},
     {"externalId": "mallory\x1b]0;owned\x07\x1b[2K"},  # ESC sequences for `sentinel usage export` on a terminal
     {"sub": "\x1b[31mred", "externalId": None},
     {"email": "m\u202e@example.com"},

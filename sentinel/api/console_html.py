@@ -8,6 +8,7 @@ code or style). Every form that changes something carries the session's CSRF tok
 from __future__ import annotations
 
 import html
+import unicodedata
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
@@ -17,6 +18,50 @@ NAV = (("/admin", "Overview"), ("/admin/users", "Users"), ("/admin/plans", "Plan
 def e(value: object) -> str:
     """HTML-escaped text (None is empty)."""
     return "" if value is None else html.escape(str(value), quote=True)
+
+
+def _hidden_space(text: str, at: int) -> bool:
+    """Whether `text[at]` is whitespace a page does not show as it is: any but U+0020 (a no-break space
+    draws as one), or U+0020 at either end (not drawn) or next to another (drawn as one)."""
+    char = text[at]
+    if not char.isspace():
+        return False
+    return char != " " or at in (0, len(text) - 1) or text[at - 1].isspace() or text[at + 1].isspace()
+
+
+def look_alike(text: str) -> str | None:
+    """Why `text` (a user id) may read on a page as another text does, or None: whitespace a page
+    does not show as it is (`_hidden_space`: `alice `, `bob\u00a0smith`), or a form other than
+    Unicode's composed one (NFC: `zoe\u0301` is drawn as `zoé`). An identity source may vouch for
+    such an id (a JWT's `externalId`); the operator surfaces refuse one only for a new user."""
+    notes = []
+    spaces = sorted({text[at] for at in range(len(text)) if _hidden_space(text, at)})
+    if spaces:
+        notes.append("spaces that do not show: " + ", ".join(
+            f"U+{ord(c):04X} {unicodedata.name(c, 'SPACE')}" for c in spaces))
+    if not unicodedata.is_normalized("NFC", text):
+        notes.append("not in Unicode's composed form (NFC)")
+    return "; ".join(notes) or None
+
+
+def shown_id(text: str) -> str:
+    """A user id as HTML: escaped, and followed by its `id_badge`."""
+    return e(text) + id_badge(text)
+
+
+def id_badge(text: str) -> str:
+    """For a user id that may read as another (`look_alike`), a badge spelling it out — each hidden
+    space, and each mark of an id not in NFC, as `\\uXXXX` — with the reason as its title; else ""."""
+    why = look_alike(text)
+    if why is None:
+        return ""
+    composed = unicodedata.is_normalized("NFC", text)
+    spelled = "".join(
+        f"\\u{ord(char):04x}" if _hidden_space(text, at) or (not composed and unicodedata.category(char)[0] == "M")
+        else char
+        for at, char in enumerate(text)
+    )
+    return f' <span class="badge warn look-alike" title="{e(why)}">{e(spelled)}</span>'
 
 
 def num(value: float | int | None) -> str:

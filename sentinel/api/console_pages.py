@@ -16,11 +16,14 @@ from sentinel.api.console_html import (
     csrf_field,
     e,
     error_for,
+    id_badge,
+    look_alike,
     ms,
     num,
     pct,
     select,
     short,
+    shown_id,
     table,
     usd,
     when,
@@ -54,7 +57,8 @@ def user_href(external_id: str, action: str = "") -> str:
 
 
 def user_link(external_id: str) -> str:
-    return f'<a href="{e(user_href(external_id))}">{e(external_id)}</a>'
+    """A link to the user's page, marked when the id may read as another's (`id_badge`)."""
+    return f'<a href="{e(user_href(external_id))}">{e(external_id)}</a>{id_badge(external_id)}'
 
 
 def _tile(label: str, value: str, key: str) -> str:
@@ -224,6 +228,9 @@ def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan]
     enforced = detail.quota.plan.name if detail and detail.quota and detail.quota.plan else None
     origin = detail.plan_origin if detail else "default"
     parts = []
+    if (why := look_alike(external_id)) is not None:  # an identity source vouched for it: `alice ` read as `alice`
+        parts.append(f'<p class="notice look-alike-id" role="status">This user id, {shown_id(external_id)}, may read as '
+                     f"another user's: {e(why)}.</p>")
     if detail is None:
         parts.append('<p class="empty">This user is not in the database yet: choosing a plan or creating a key '
                      "creates it.</p>")
@@ -422,7 +429,7 @@ def _detail(value: object) -> str:
 
 
 def audit_page(entries: Sequence[AuditEntry]) -> str:
-    rows = ([when(x.at), e(x.actor), f"<code>{e(x.action)}</code>", e(x.target),
+    rows = ([when(x.at), e(x.actor), f"<code>{e(x.action)}</code>", shown_id(x.target),
              e(", ".join(f"{k}: {_detail(v)}" for k, v in x.details.items())), e(x.address or "")] for x in entries)
     more = f'<p><a href="/admin/audit?before={entries[-1].id}">Older entries</a></p>' if len(entries) >= 100 else ""
     return table(("When", "Actor", "Action", "Target", "Details", "Address"), rows, empty="No actions yet.",

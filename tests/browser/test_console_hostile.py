@@ -145,3 +145,52 @@ async def test_user_text_is_shown_as_text_under_the_csp(hostile_gateway: Gateway
     await operator_tour(page, hostile_gateway.url)
     assert page.console_errors == []  # type: ignore[attr-defined]
     assert page.outside_requests == []  # type: ignore[attr-defined]
+
+
+# Ids an identity source may vouch for that a page draws as another's: whitespace at an end, a
+# no-break space, two spaces in a row, a decomposed accent (NFC: `zoé`).
+LOOK_ALIKES = ("alice", "alice ", " alice", "alice\u00a0", "bob smith", "bob  smith", "zo\u00e9", "zoe\u0301")
+
+
+def look_alike_traffic(gw: Gateway) -> None:
+    """One served request from each of LOOK_ALIKES, each a JWT's `externalId`."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=gw.url, timeout=30) as client:
+        for user in LOOK_ALIKES:
+            claims = {"sub": f"sub-{LOOK_ALIKES.index(user)}", "externalId": user, "aud": "sentinel",
+                      "exp": int(time.time()) + 600}
+            token = jwt.encode(claims, SECRET, algorithm="HS256")
+            served = client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"})
+            assert served.status_code == 200, served.text
+
+
+def as_read(text: str) -> str:
+    """What a reader takes from drawn text: runs of whitespace (a no-break space too) as one space,
+    none at the ends, a decomposed accent as the composed one."""
+    import unicodedata
+
+    return unicodedata.normalize("NFC", " ".join(text.split()))
+
+
+async def test_user_ids_that_look_alike_read_apart(hostile_gateway: Gateway, page: Page) -> None:
+    """A JWT may name its user `alice ` (or `alice\\u00a0`, `zoe\\u0301`): the operator surfaces refuse
+    such an id for a new user, but one an identity source vouched for is served and recorded, and the
+    console drew it exactly as `alice` — two rows reading `alice` in the top users, the user's page
+    titled `User alice` — so the operator could change the plan of, or revoke, the wrong one."""
+    await asyncio.to_thread(look_alike_traffic, hostile_gateway)
+    await sign_in(page, hostile_gateway.url)
+
+    async def listed() -> bool:
+        return await page.locator("table.top-users tbody tr").count() == len(LOOK_ALIKES)
+
+    await visit(page, hostile_gateway.url + "/admin?period=1h", within=listed)
+    cells = page.locator("table.top-users tbody tr td:first-child")
+    shown = [as_read(await cells.nth(i).inner_text()) for i in range(await cells.count())]
+    assert len(set(shown)) == len(LOOK_ALIKES), shown
+    links = page.locator("table.top-users a")
+    hrefs = {await links.nth(i).get_attribute("href") for i in range(await links.count())}
+    assert "/admin/users/alice%20" in hrefs
+    await visit(page, hostile_gateway.url + "/admin/users/alice%20")
+    assert "alice\\u0020" in await page.inner_text("main .look-alike-id")
+    await visit(page, hostile_gateway.url + "/admin/users/alice")
+    assert await page.locator("main .look-alike-id").count() == 0

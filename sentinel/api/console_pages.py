@@ -273,7 +273,10 @@ def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan]
         f'<form method="post" action="{e(user_href(external_id, "keys"))}" class="inline create-key" data-once>{csrf_field(csrf)}'
         f'<input type="hidden" name="nonce" value="{e(nonce)}">'
         f'<label>Name <input name="name" maxlength="200"></label>{error_for(errors, "name")}'
-        f'<label>Email <input name="email" type="email" maxlength="320" value="{e(summary.email if summary else "")}">'
+        # text, not `type=email`: the browser's check is stricter than Sentinel's (`josé@example.com`),
+        # and a stored email it refused kept the form from being sent at all
+        f'<label>Email <input name="email" inputmode="email" autocomplete="off" spellcheck="false" maxlength="320" '
+        f'value="{e(summary.email if summary else "")}">'
         f'</label>{error_for(errors, "email")}'
         '<label>Expires in <input name="expires_in" maxlength="20" size="6" placeholder="never" '
         'title="blank: never; 3600 (seconds), 90m, 12h, 30d, 2w"></label>'

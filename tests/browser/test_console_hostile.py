@@ -194,3 +194,29 @@ async def test_user_ids_that_look_alike_read_apart(hostile_gateway: Gateway, pag
     assert "alice\\u0020" in await page.inner_text("main .look-alike-id")
     await visit(page, hostile_gateway.url + "/admin/users/alice")
     assert await page.locator("main .look-alike-id").count() == 0
+
+
+async def test_a_key_is_created_for_a_user_whose_email_the_browser_would_refuse(
+    hostile_gateway: Gateway, page: Page
+) -> None:
+    """The key form's Email field, filled in with the user's email, was `type=email`: an email
+    Sentinel holds (given with an earlier key by `sentinel keys create --email` or the admin API — an
+    address with a non-ASCII local part, `josé@example.com`, or text a user gave the operator) that
+    failed the browser's own stricter check made the operator's "Create key" do nothing but show the
+    browser's complaint about a field they had not touched."""
+    gw = hostile_gateway
+    users = {"jose": "jos\u00e9@example.com", "mallory": "m@llory@example.com", "eve": "eve @example.com"}
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    for user, email in users.items():
+        made = await asyncio.to_thread(httpx.post, f"{gw.url}/admin/api/users/{user}/keys", json={"email": email},
+                                       headers=admin, timeout=30)
+        assert made.status_code == 201, made.text
+    await sign_in(page, gw.url)
+    for user, email in users.items():
+        await visit(page, f"{gw.url}/admin/users/{user}")
+        assert await page.input_value("form.create-key input[name=email]") == email
+        await page.fill("form.create-key input[name=name]", "laptop")
+        async with page.expect_navigation(timeout=10_000):
+            await page.click("form.create-key button[type=submit]")
+        assert (await page.input_value("#new-key")).startswith("sk-sentinel-"), user
+        assert await page.locator("table.keys tbody tr").count() == 2, user

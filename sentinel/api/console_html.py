@@ -12,6 +12,8 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
+from sentinel.domain.text import has_control
+
 NAV = (("/admin", "Overview"), ("/admin/users", "Users"), ("/admin/plans", "Plans & tiers"), ("/admin/audit", "Audit log"))
 
 
@@ -33,8 +35,13 @@ def look_alike(text: str) -> str | None:
     """Why `text` (a user id) may read on a page as another text does, or None: whitespace a page
     does not show as it is (`_hidden_space`: `alice `, `bob\u00a0smith`), or a form other than
     Unicode's composed one (NFC: `zoe\u0301` is drawn as `zoé`). An identity source may vouch for
-    such an id (a JWT's `externalId`); the operator surfaces refuse one only for a new user."""
+    such an id (a JWT's `externalId`); the operator surfaces refuse one only for a new user. Also
+    a character Sentinel refuses in every id (`has_control`: a bidi override, `\u202eecila` drawn as
+    `alice`), which only a link names (`/admin/users/%E2%80%AEecila`) or a row an earlier version
+    recorded holds."""
     notes = []
+    if has_control(text):
+        notes.append("characters that are not drawn, or reorder what is")
     spaces = sorted({text[at] for at in range(len(text)) if _hidden_space(text, at)})
     if spaces:
         notes.append("spaces that do not show: " + ", ".join(
@@ -45,20 +52,22 @@ def look_alike(text: str) -> str | None:
 
 
 def shown_id(text: str) -> str:
-    """A user id as HTML: escaped, and followed by its `id_badge`."""
-    return e(text) + id_badge(text)
+    """A user id as HTML: escaped, isolated (`<bdi>`: a right-to-left id, or an override a row of an
+    earlier version holds, leaves the text after it as it is), and followed by its `id_badge`."""
+    return f"<bdi>{e(text)}</bdi>{id_badge(text)}"
 
 
 def id_badge(text: str) -> str:
     """For a user id that may read as another (`look_alike`), a badge spelling it out — each hidden
-    space, and each mark of an id not in NFC, as `\\uXXXX` — with the reason as its title; else ""."""
+    space, each character not drawn alone, and each mark of an id not in NFC, as `\\uXXXX` — with the
+    reason as its title; else ""."""
     why = look_alike(text)
     if why is None:
         return ""
     composed = unicodedata.is_normalized("NFC", text)
     spelled = "".join(
-        f"\\u{ord(char):04x}" if _hidden_space(text, at) or (not composed and unicodedata.category(char)[0] == "M")
-        else char
+        f"\\u{ord(char):04x}" if _hidden_space(text, at) or has_control(char)
+        or (not composed and unicodedata.category(char)[0] == "M") else char
         for at, char in enumerate(text)
     )
     return f' <span class="badge warn look-alike" title="{e(why)}">{e(spelled)}</span>'

@@ -58,7 +58,7 @@ def user_href(external_id: str, action: str = "") -> str:
 
 def user_link(external_id: str) -> str:
     """A link to the user's page, marked when the id may read as another's (`id_badge`)."""
-    return f'<a href="{e(user_href(external_id))}">{e(external_id)}</a>{id_badge(external_id)}'
+    return f'<a href="{e(user_href(external_id))}"><bdi>{e(external_id)}</bdi></a>{id_badge(external_id)}'
 
 
 def _tile(label: str, value: str, key: str) -> str:

@@ -43,5 +43,5 @@ def test_the_page_answering_a_form_sent_again_names_what_it_created() -> None:
     done = user_page("erin", None, [], "csrf", "0" * 32, earlier=EarlierPost(INFO.id, INFO.prefix, "erin"))
     assert f"<code>{INFO.prefix}\u2026</code> ({INFO.id}), which is not shown again" in done
     elsewhere = user_page("frank", None, [], "csrf", "0" * 32, earlier=EarlierPost(INFO.id, INFO.prefix, "erin"))
-    assert 'for <a href="/admin/users/erin">erin</a>' in elsewhere
+    assert 'for <a href="/admin/users/erin"><bdi>erin</bdi></a>' in elsewhere
     assert 'name="nonce" value="' + "0" * 32 + '"' in done  # a fresh form of its own

@@ -264,7 +264,7 @@ def test_a_user_whose_id_no_path_can_hold_is_managed_by_query(
     assert api.get("/admin/api/user").status_code == 400  # no id
 
     listed = console.get("/admin/users", params={"q": external_id})
-    links = re.findall(r'<a href="([^"]+)">([^<]*)</a>', listed.text)
+    links = re.findall(r'<a href="([^"]+)"><bdi>([^<]*)</bdi></a>', listed.text)
     href = next(html.unescape(h) for h, text in links if html.unescape(text) == external_id)
     page = console.get(href)
     assert page.status_code == 200 and 'class="plan-name">team<' in page.text, (href, page.status_code)

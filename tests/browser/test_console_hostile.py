@@ -190,8 +190,18 @@ async def test_user_ids_that_look_alike_read_apart(hostile_gateway: Gateway, pag
     links = page.locator("table.top-users a")
     hrefs = {await links.nth(i).get_attribute("href") for i in range(await links.count())}
     assert "/admin/users/alice%20" in hrefs
-    await visit(page, hostile_gateway.url + "/admin/users/alice%20")
-    assert "alice\\u0020" in await page.inner_text("main .look-alike-id")
+    # its page, and that of an id only a link can name now (Sentinel refuses a bidi override in every
+    # id; a row an earlier version recorded may hold one): `\u202eecila` is drawn as `alice`
+    for path, spelled in (("alice%20", "alice\\u0020"), ("%E2%80%AEecila", "\\u202eecila")):
+        await visit(page, f"{hostile_gateway.url}/admin/users/{path}")
+        assert await page.locator("main .look-alike-id").count() == 1, path
+        assert spelled in await page.inner_text("main .look-alike-id .look-alike"), path
+        drawn = await page.evaluate("""() => {  // the id is isolated: an override in it leaves the badge after it
+          const [id, badge] = ["main .look-alike-id bdi", "main .look-alike-id .look-alike"].map(
+            (selector) => document.querySelector(selector).getBoundingClientRect());
+          return badge.left >= id.right;
+        }""")
+        assert drawn, path
     await visit(page, hostile_gateway.url + "/admin/users/alice")
     assert await page.locator("main .look-alike-id").count() == 0
 

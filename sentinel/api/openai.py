@@ -46,8 +46,17 @@ SPELLED: frozenset[tuple[str, ...]] = frozenset(
 )
 ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 # What a lenient server may read past in a path (ASCII by then): another case, a segment's `;`
-# parameters (Java servlet containers drop them), dots and spaces trailing a segment (Windows).
-_LENIENT = re.compile(r"[A-Z; ]|\.(?:/|$)")
+# parameters (Java servlet containers drop them), dots and spaces trailing a segment (Windows), a
+# `.suffix` ending the path (Spring MVC's suffix patterns, Rails' formats: `completions.json`).
+_LENIENT = re.compile(r"[A-Z; ]|\.(?:/|[^/]*$)")
+# The paths Sentinel meters (and Anthropic's), as the last segments of another path: a gateway in
+# front of a provider serves them below other prefixes too (LiteLLM's `/v1/v1/chat/completions`,
+# `/engines/{model}/chat/completions`, `/openai/deployments/{name}/chat/completions`, `/anthropic/v1/messages`).
+_METERED_TAILS = frozenset(
+    {tuple(path[4:].split("/")) for path in METERED} | {("v1", "messages"), ("v1", "complete")}
+)
+# ... but for the organisation's usage reports (`/v1/organization/usage/completions`), which run nothing.
+_REPORTS = "/v1/organization/"
 
 
 def _leniently(segment: str) -> str:
@@ -65,6 +74,7 @@ def _misspelled(path: str) -> str | None:
         return None
     segments = path[4:].split("/")
     wanted = [_leniently(segment) for segment in segments]
+    wanted[-1] = wanted[-1].partition(".")[0] or wanted[-1]  # a suffix pattern's `.json`
     for size in (2, 1):
         head = tuple(wanted[:size])
         if len(head) == size and head in SPELLED and tuple(segments[:size]) != head:
@@ -73,6 +83,25 @@ def _misspelled(path: str) -> str | None:
         for at, word in enumerate(wanted):
             if word in OBJECT_WORDS and segments[at] != word:
                 return "/".join([*segments[:at], word])
+    return None
+
+
+def _metered_below(path: str) -> str | None:
+    """The metered endpoint `path` ends as (read as `_misspelled` reads it, one trailing slash
+    dropped), when it is not that endpoint itself: `/v1/v1/chat/completions`,
+    `/v1/engines/{model}/completions`, `/v1/x/responses.json` (a gateway in front of the provider may
+    serve the endpoint there, run as pass-through: one request, no catalogue, no token reservation);
+    None otherwise, and for the organisation's usage reports (`_REPORTS`)."""
+    if path.startswith(_REPORTS):
+        return None
+    segments = path[4:].rstrip("/").split("/")
+    tail = [_leniently(segment) for segment in segments[-2:]]
+    tail[-1] = tail[-1].partition(".")[0] or tail[-1]
+    for size in (2, 1):
+        end = tuple(tail[-size:])
+        if len(end) == size and end in _METERED_TAILS:
+            served = "/".join(end) if end[0] == "v1" else "v1/" + "/".join(end)
+            return None if path == "/" + served else served
     return None
 
 
@@ -184,8 +213,15 @@ class OpenAIRoutes:
                 f"Endpoint {request.method} {clipped(path)} is not supported by this gateway (paths are "
                 f"taken as spelled, case-sensitive: /v1/{spelled})", code="endpoint_not_supported",
             )
+        served = _metered_below(path)
+        if served is not None:
+            # As a trailing slash: a gateway in front of the provider may serve the metered endpoint there.
+            raise NotFound(
+                f"Endpoint {request.method} {clipped(path)} is not supported by this gateway (it ends as /{served}, "
+                f"which this gateway serves itself: use /{served})", code="endpoint_not_supported",
+            )
         pattern = self.passthrough_policy.match(path)
-        if path == LEGACY_COMPLETE:
+        if path in (LEGACY_COMPLETE, LEGACY_COMPLETE + "/"):
             # Anthropic's legacy Text Completions API, which Sentinel does not serve: never pass-through (to the
             # OpenAI upstream). Allowed (`/v1/*`), it is authenticated first, as every allowed path is.
             if pattern is not None:

@@ -275,6 +275,41 @@ def test_a_path_a_lenient_server_reads_as_an_owned_one_is_never_pass_through(
     assert spy.seen == []
 
 
+def test_a_metered_endpoint_with_a_suffix_or_below_another_prefix_is_never_pass_through(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """With `/v1/*` allowed, `POST /v1/chat/completions.json` (Spring MVC's suffix patterns, Rails'
+    formats read it as `/v1/chat/completions`), `/v1/v1/chat/completions`, `/v1/engines/{model}/completions`
+    or `/v1/openai/deployments/{name}/chat/completions` (a LiteLLM proxy in front of the provider serves
+    chat there) went upstream as pass-through: one request, any model, no token reservation — and
+    `GET /v1/chat/completions.json` the provider's list of every user's stored completions. A path
+    ending as an endpoint Sentinel serves itself is 404 `endpoint_not_supported`, nothing sent; the
+    organisation's usage reports (`/v1/organization/usage/completions`) and other paths still go."""
+    gw = start(gateway_factory, spy, passthrough="/v1/*", usage_flush_interval_seconds=0.1)
+    chat = {"model": "o1-pro", "messages": [{"role": "user", "content": "hi"}], "input": "hi"}
+    with gw.client() as alice:
+        refused = [
+            alice.post(path, json=chat) for path in (
+                "/v1/chat/completions.json", "/v1/chat/completions.json;x", "/v1/responses.json", "/v1/embeddings.x.y",
+                "/v1/completions.json", "/v1/v1/chat/completions", "/v1/v1/responses", "/v1/x/embeddings/",
+                "/v1/engines/gpt-4o-mini/completions", "/v1/engines/gpt-4o-mini/chat/completions",
+                "/v1/openai/deployments/o1-pro/chat/completions", "/v1/x/Chat/Completions.json", "/v1/files.json",
+                "/v1/threads/thread_1/runs/run_1/steps.json", "/v1/anthropic/v1/messages", "/v1/v1/messages",
+            )
+        ] + [alice.get("/v1/chat/completions.json"), alice.get("/v1/x/chat/completions")]
+        legacy = alice.post("/v1/complete/", json=chat)  # Anthropic's legacy API, as `/v1/complete`
+        assert spy.seen == []
+        others = [alice.get("/v1/organization/usage/completions"), alice.post("/v1/moderations.json", json=MODERATION)]
+    for r in refused:
+        assert (r.status_code, openai_error(r.json())["code"]) == (404, "endpoint_not_supported"), (r.request.url, r.text)
+    assert "use /v1/chat/completions" in openai_error(refused[5].json())["message"]
+    assert legacy.status_code == 404 and legacy.json()["error"]["type"] == "not_found_error", legacy.text
+    assert "use POST /v1/messages" in legacy.json()["error"]["message"]
+    assert [r.status_code for r in others] == [404, 404]  # the mock serves neither: the provider's own 404s
+    assert spy.paths() == ["/v1/organization/usage/completions", "/v1/moderations.json"]
+    assert recorded_ids(gw.settings.database_url) == {r.headers["x-request-id"] for r in others}
+
+
 def test_a_word_that_charges_a_run_in_another_case_is_never_pass_through(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream
 ) -> None:

@@ -105,8 +105,26 @@ def _metered_below(path: str) -> str | None:
     return None
 
 
+# Below these the provider hands out sessions that run models out of Sentinel's sight — Realtime's
+# ephemeral keys and SIP calls, ChatKit's and Live's sessions, agent sessions whose turns run on their own —,
+# metered as the one request that made them: opened only by a pattern at or below them
+# (`/v1/realtime/*`, `/v1/realtime/client_secrets`), never by a broader one (`/v1/*`).
+UNSEEN_SESSIONS = frozenset({"realtime", "chatkit", "live", "agents"})
+
+
+def unseen_sessions(path: str) -> str | None:
+    """The `/v1/{name}` of UNSEEN_SESSIONS `path` is at or below (read as a lenient server may read its
+    first segment: `/v1/Realtime/...`, `/v1/realtime;x/...`), or None."""
+    first, _, rest = path[4:].partition("/")
+    name = _leniently(first)
+    if not rest:
+        name = name.partition(".")[0] or name  # a suffix pattern's `.json`
+    return f"/v1/{name}" if name in UNSEEN_SESSIONS else None
+
+
 class PassthroughPolicy:
-    """Which other `/v1` paths are forwarded: exact paths, or `prefix/*` for a path and all below it."""
+    """Which other `/v1` paths are forwarded: exact paths, or `prefix/*` for a path and all below it
+    — but for those below UNSEEN_SESSIONS, which only a pattern at or below them allows."""
 
     def __init__(self, patterns: list[str]) -> None:
         self.exact = {p for p in patterns if not p.endswith("/*")}
@@ -116,10 +134,19 @@ class PassthroughPolicy:
         """The pattern that allows `path` (the ledger's endpoint name), or None."""
         if path in self.exact:
             return path
-        for prefix in self.prefixes:
-            if path == prefix or path.startswith(prefix + "/"):
+        covering = self._covering(path)
+        sessions = unseen_sessions(path) if covering else None
+        for prefix in covering:
+            if sessions is None or prefix == sessions or prefix.startswith(sessions + "/"):
                 return prefix + "/*"
         return None
+
+    def withheld(self, path: str) -> str | None:
+        """The `/v1/{name}` of UNSEEN_SESSIONS that a broader allowed pattern does not open for `path`."""
+        return unseen_sessions(path) if self._covering(path) and self.match(path) is None else None
+
+    def _covering(self, path: str) -> list[str]:
+        return [prefix for prefix in self.prefixes if path == prefix or path.startswith(prefix + "/")]
 
 
 class OpenAIRoutes:
@@ -231,6 +258,13 @@ class OpenAIRoutes:
                 "this gateway: use POST /v1/messages", code="endpoint_not_supported",
             )
         if pattern is None:
+            sessions = self.passthrough_policy.withheld(path)
+            if sessions is not None:
+                raise NotFound(
+                    f"Endpoint {request.method} {clipped(path)} is not supported by this gateway: it hands out "
+                    f"provider sessions whose tokens the gateway never sees, allowed only by name ({sessions}/*)",
+                    code="endpoint_not_supported",
+                )
             raise NotFound(
                 f"Endpoint {request.method} {clipped(path)} is not supported by this gateway", code="endpoint_not_supported"
             )

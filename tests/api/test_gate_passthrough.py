@@ -310,6 +310,42 @@ def test_a_metered_endpoint_with_a_suffix_or_below_another_prefix_is_never_pass_
     assert recorded_ids(gw.settings.database_url) == {r.headers["x-request-id"] for r in others}
 
 
+SESSIONS = [
+    "/v1/realtime/client_secrets", "/v1/realtime/sessions", "/v1/realtime/transcription_sessions",
+    "/v1/realtime/calls/rtc_1/accept", "/v1/realtime/translations/client_secrets", "/v1/chatkit/sessions",
+    "/v1/live/sessions/sess_1/accept", "/v1/live/sessions/sess_1/fork", "/v1/agents/sessions",
+    "/v1/agents/sessions/sess_1/turns", "/v1/Realtime/client_secrets", "/v1/realtime;x/client_secrets",
+]
+
+
+def test_sessions_the_gateway_never_sees_are_opened_only_by_name(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """`SENTINEL_PASSTHROUGH=/v1/*` (to offer files, batches, images) also handed every user Realtime
+    ephemeral keys and SIP calls, ChatKit and Live sessions and agent sessions — models run for as long
+    as the client likes, out of Sentinel's sight, metered as the one request that made them. Below
+    those only a pattern naming them opens a path: 404 `endpoint_not_supported` under a broader one."""
+    gw = start(gateway_factory, spy, passthrough="/v1/*")
+    body = {"session": {"type": "realtime", "model": "gpt-realtime"}}
+    with gw.client() as alice:
+        refused = [alice.post(path, json=body) for path in SESSIONS] + [alice.get("/v1/realtime")]
+        other = alice.post("/v1/moderations", json=MODERATION)
+    for r in refused:
+        assert (r.status_code, openai_error(r.json())["code"]) == (404, "endpoint_not_supported"), (r.request.url, r.text)
+    assert "allowed only by name (/v1/realtime/*)" in openai_error(refused[0].json())["message"]
+    assert other.status_code == 200, other.text
+    assert spy.paths() == ["/v1/moderations"]
+
+    spy.clear()
+    named = start(gateway_factory, spy, passthrough="/v1/*,/v1/realtime/*,/v1/chatkit/sessions")
+    with named.client() as alice:
+        answers = [alice.post(path, json=body) for path in
+                   ("/v1/realtime/client_secrets", "/v1/chatkit/sessions", "/v1/live/sessions/sess_1/accept")]
+    assert [r.status_code for r in answers] == [404, 404, 404]  # the mock serves none of them...
+    assert spy.paths() == ["/v1/realtime/client_secrets", "/v1/chatkit/sessions"]  # ...but these were sent
+    assert "allowed only by name (/v1/live/*)" in openai_error(answers[2].json())["message"]
+
+
 def test_a_word_that_charges_a_run_in_another_case_is_never_pass_through(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream
 ) -> None:

@@ -93,6 +93,24 @@ def is_provider_failure(exc: SentinelError) -> bool:
     return isinstance(exc, UpstreamError)
 
 
+# A provider's own load or unavailability, never a request's: counts against its health at once.
+PROVIDER_LOAD_STATUSES = (503, 529)
+
+
+def client_may_cause(exc: SentinelError) -> bool:
+    """Whether a provider failure is one a client can cause with its request's content — a 5xx
+    answer other than 503 or 529 (a backend's 500 for an `image_url` it cannot fetch, a proxy's 504
+    for a long call) —, which counts against the provider's health only when another user met one
+    too (`ProviderHealth.record_failure`'s `caller`)."""
+    return (isinstance(exc, UpstreamStatusError) and exc.code == "provider_error"
+            and exc.upstream_status not in PROVIDER_LOAD_STATUSES)
+
+
+def witness(exc: SentinelError, caller: str | None) -> str | None:
+    """The `caller` to record a provider failure with: theirs when a client may have caused it."""
+    return caller if client_may_cause(exc) else None
+
+
 def too_large_here(exc: SentinelError) -> bool:
     """Whether the provider refused the request as larger than its account's per-minute limit: no
     failure of the provider's, nothing served — another candidate may take it."""
@@ -138,10 +156,12 @@ class Failover:
         translate: Callable[[RouteChoice], Awaitable[dict[str, Any]]],
         send: Callable[[ChatProvider, dict[str, Any], RouteChoice], Awaitable[T]],
         on_attempt: Callable[[RouteChoice], None] | None = None,
+        caller: str | None = None,
     ) -> Attempt[T]:
         """`send` the translated `wire` body; on a retryable failure, translate for the alternative
         and send again (`translate` is awaited: a large request's runs in a worker thread). Raises the last failure. The session is the caller's to commit, to the
-        choice that answered (`Attempt.choice`): none is written for a request no model answered."""
+        choice that answered (`Attempt.choice`): none is written for a request no model answered.
+        `caller`: the user's id, which a failure a client can cause is recorded with (`witness`)."""
         while True:
             provider = self.providers[choice.provider]
             if on_attempt is not None:
@@ -150,7 +170,7 @@ class Failover:
                 return Attempt(await send(provider, wire, choice), choice, provider)
             except SentinelError as exc:
                 if is_provider_failure(exc):
-                    await self.router.report(choice, ok=False, retry_after=asked_wait(exc))
+                    await self.router.report(choice, ok=False, retry_after=asked_wait(exc), caller=witness(exc, caller))
                 elif not too_large_here(exc):
                     raise
                 if not may_retry(exc):

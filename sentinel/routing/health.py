@@ -35,10 +35,20 @@ means "assume healthy" (never refuse traffic because the health table is unreach
 entry that cannot be read (not the JSON object the scripts write — set by hand, or by an older
 version): the pair counts as healthy, and its next failure overwrites it as a first failure; it
 made every request of its tier a 500 (`_state` and the scripts' `read`, which must agree).
+
+A failure a client can cause with its request's content (a 5xx other than 503 or 529: a backend
+that answers 500 for an `image_url` it cannot fetch, a proxy's 504 for a long call; see
+`sentinel.routing.failover.client_may_cause`) is recorded with its `caller` and counts only when
+another user saw one from the pair within WITNESS_SECONDS (60 s): the first user's is remembered
+under `sentinel:health-witness:{providers}:<provider>:<model>` (a digest of the user's id, not the
+id), a second user's counts (and clears the witness). One user's failing requests alone, at will and
+for free (the reservation is given back), no longer put the model in backoff for everyone; a
+provider that is really failing fails every user's requests, so it is backed off at the second user's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -61,6 +71,7 @@ log = logging.getLogger("sentinel.health")
 INITIAL_BACKOFF = 30.0
 MAX_BACKOFF = 300.0
 TRIAL_SECONDS = 30.0  # how long a trial claim keeps other trials away when its request never reports
+WITNESS_SECONDS = 60.0  # how long one user's client-causable failure waits for another user's (module docstring)
 
 _MGET_LUA = "return redis.call('MGET', unpack(KEYS))"
 
@@ -238,6 +249,30 @@ def _release_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 RELEASE_TRIAL = Script(name="health_trial_release", lua=_RELEASE_LUA, local=_release_local)
 
 
+# ARGV: the caller's digest, WITNESS_SECONDS. 1: another caller's failure is on record (cleared: this
+# one counts); 0: none, or this caller's own — this caller's is remembered (for WITNESS_SECONDS).
+_WITNESS_LUA = """local seen = redis.call('GET', KEYS[1])
+if seen and seen ~= ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', math.ceil(tonumber(ARGV[2]) * 1000))
+return 0
+"""
+
+
+def _witness_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    seen = ops.get(keys[0])
+    if seen is not None and seen != args[0].encode():
+        ops.delete(keys[0])
+        return 1
+    ops.set(keys[0], args[0].encode(), float(args[1]))
+    return 0
+
+
+SECOND_WITNESS = Script(name="health_witness", lua=_WITNESS_LUA, local=_witness_local)
+
+
 @dataclass(frozen=True)
 class HealthState:
     provider: str
@@ -290,6 +325,10 @@ class ProviderHealth:
     @staticmethod
     def key(provider: str, model: str) -> str:
         return f"sentinel:health:{{providers}}:{provider}:{model}"
+
+    @staticmethod
+    def witness_key(provider: str, model: str) -> str:
+        return f"sentinel:health-witness:{{providers}}:{provider}:{model}"
 
     async def states(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], HealthState | None]:
         """Current backoff state of each pair (None = healthy); all healthy when the store is down."""
@@ -345,12 +384,20 @@ class ProviderHealth:
         except StoreUnavailable:
             log.debug("could not release a provider trial (store unavailable)")
 
-    async def record_failure(self, provider: str, model: str, retry_after: float | None = None) -> float | None:
+    async def record_failure(
+        self, provider: str, model: str, retry_after: float | None = None, caller: str | None = None
+    ) -> float | None:
         """Start or double the backoff (leave one that still runs as it is); returns its length
-        (None when the store is down). `retry_after`: the seconds the provider's answer asked to wait
-        (its `Retry-After`), which replace the doubling: a backoff of that long, at least
-        INITIAL_BACKOFF and at most MAX_BACKOFF; a running backoff is lengthened to end then (at
-        most MAX_BACKOFF from now), never shortened."""
+        (None when the store is down, or the failure does not count yet). `retry_after`: the seconds
+        the provider's answer asked to wait (its `Retry-After`), which replace the doubling: a backoff
+        of that long, at least INITIAL_BACKOFF and at most MAX_BACKOFF; a running backoff is
+        lengthened to end then (at most MAX_BACKOFF from now), never shortened. `caller`: the user
+        whose request met a failure a client can cause (module docstring): it counts only when
+        another user met one within WITNESS_SECONDS."""
+        if caller is not None and not await self._second_witness(provider, model, caller):
+            log.info("provider failure not counted: no other user's within the window",
+                     extra={"provider": provider, "model": model})
+            return None
         asked = "" if retry_after is None or not retry_after >= 0 else repr(min(float(retry_after), MAX_BACKOFF))
         try:
             backoff = float(
@@ -365,6 +412,16 @@ class ProviderHealth:
             self.metrics.provider_health.labels(provider, model).set(0)
         log.warning("provider in backoff", extra={"provider": provider, "model": model, "backoff_s": backoff})
         return backoff
+
+    async def _second_witness(self, provider: str, model: str, caller: str) -> bool:
+        """Whether another user's client-causable failure of the pair is on record (then cleared);
+        else `caller`'s is remembered. False when the store is down (nothing could be recorded)."""
+        digest = hashlib.sha256(caller.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        try:
+            return bool(await self.store.run(
+                SECOND_WITNESS, [self.witness_key(provider, model)], [digest, WITNESS_SECONDS]))
+        except StoreUnavailable:
+            return False
 
     async def record_success(self, provider: str, model: str) -> None:
         try:

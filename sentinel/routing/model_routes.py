@@ -32,6 +32,7 @@ from sentinel.routing.failover import (
     may_retry,
     overloaded_mid_stream,
     too_large_here,
+    witness,
 )
 from sentinel.routing.health import ProviderHealth
 
@@ -79,9 +80,11 @@ class ModelRoutes:
         targets: Sequence[ModelTarget],
         send: Callable[[ModelTarget], Awaitable[T]],
         on_attempt: Callable[[ModelTarget], None] | None = None,
+        caller: str | None = None,
     ) -> T:
         """`send` to each target in turn until one answers; raise the last provider failure, or at once
-        any other error (a client error is the same on every target)."""
+        any other error (a client error is the same on every target). `caller`: the user's id, which a
+        failure a client can cause is recorded with (`witness`)."""
         trials: list[tuple[str, str, str]] = []
         try:
             ordered, recorded = await self.order(targets, trials)
@@ -92,7 +95,7 @@ class ModelRoutes:
                     result = await send(target)
                 except SentinelError as exc:
                     if is_provider_failure(exc):
-                        await self._report_failure(target, asked_wait(exc))
+                        await self._report_failure(target, asked_wait(exc), witness(exc, caller))
                     elif not too_large_here(exc):  # (too large for this one's limit: not its failure)
                         raise
                     if position == len(ordered) - 1 or not may_retry(exc):
@@ -120,8 +123,10 @@ class ModelRoutes:
         if overloaded_mid_stream(target.kind, code):
             await self._report_failure(target, None)
 
-    async def _report_failure(self, target: ModelTarget, retry_after: float | None) -> None:
-        await self.health.record_failure(target.provider, target.upstream_model, retry_after)
+    async def _report_failure(
+        self, target: ModelTarget, retry_after: float | None, caller: str | None = None
+    ) -> None:
+        await self.health.record_failure(target.provider, target.upstream_model, retry_after, caller)
         if len(self._failed) < _MAX_REMEMBERED:
             self._failed.add(_pair(target))
 

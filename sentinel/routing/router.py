@@ -442,11 +442,14 @@ class TierRouter:
             retry.event = "migrated" if decision.bound else decision.event
         return retry
 
-    async def report(self, decision: RouteChoice, *, ok: bool, retry_after: float | None = None) -> None:
+    async def report(
+        self, decision: RouteChoice, *, ok: bool, retry_after: float | None = None, caller: str | None = None
+    ) -> None:
         """Record the decision's answer: `ok`, or a provider failure (`retry_after`: the wait its
-        answer asked for, see `ProviderHealth.record_failure`)."""
+        answer asked for; `caller`: the user, for a failure a client may have caused — see
+        `ProviderHealth.record_failure`)."""
         if ok:
             if decision.was_unhealthy:
                 await self.health.record_success(decision.provider, decision.model)
         else:
-            await self.health.record_failure(decision.provider, decision.model, retry_after)
+            await self.health.record_failure(decision.provider, decision.model, retry_after, caller)

@@ -162,7 +162,7 @@ class MessagesService:
                                                heavy=heavy)
 
         try:
-            reply = await self.routes.call(targets, send, on_attempt)
+            reply = await self.routes.call(targets, send, on_attempt, caller=identity.external_id)
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)  # a no-op when `refuse` settled a provider refusal
             raise

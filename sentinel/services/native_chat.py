@@ -132,11 +132,13 @@ class NativeChat:
                 streamed = await self.failover.call(
                     choice, wire, translate=translate,
                     send=lambda p, body, c: _upstream(ex, c, p.open_stream_body(body, refused=refused)), on_attempt=on_attempt,
+                    caller=identity.external_id,
                 )
                 return self._stream(ex, identity, streamed.result, streamed.choice, admission)
             completed = await self.failover.call(
                 choice, wire, translate=translate,
                 send=lambda p, body, c: _upstream(ex, c, p.complete_body(body, c.tier, refused=refused)), on_attempt=on_attempt,
+                caller=identity.external_id,
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             try:

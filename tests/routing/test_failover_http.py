@@ -6,6 +6,7 @@ failures come from a provider pointed at a closed port, or at a mock upstream th
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import time
@@ -37,6 +38,7 @@ from tests.routing.helpers import (
     start,
     stored,
 )
+from tests.support.accounts import create_key
 from tests.support.metrics import metric
 from tests.support.servers import ServerThread, free_port, serving
 from tests.support.waiting import wait_for
@@ -152,6 +154,32 @@ def test_one_users_burst_of_failing_calls_is_one_failure(
         refused = chat(http, "anyone?")
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "tier_unavailable", refused.text
     assert 0 < int(refused.headers["retry-after"]) <= 30
+    state = gw.read_stored(ProviderHealth.key(*OA_MINI))
+    assert state is not None and json.loads(state)["failures"] == 1
+
+
+def test_one_users_500s_put_no_model_in_backoff_until_another_user_meets_one(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    """A backend that answers 500 for what a client sent (an `image_url` it cannot fetch) let one
+    user, at will and for free (the reservation is given back), put its model in backoff: the
+    native tier it serves answered 503 to everyone. A 5xx other than 503/529 now counts only once a
+    second user meets one within a minute; a provider that is really failing fails them all."""
+    gw = start(gateway_factory, tmp_path, backend_url, {"simple": [entry(OA_MINI)]})
+    _, bob_key = asyncio.run(create_key(gw.settings.database_url, "bob"))
+    failing = {"model": OA_MINI[1], "messages": [{"role": "user", "content": "my fault #mock:status=500"}]}
+    with gw.client() as alice, gw.client(bob_key) as bob:
+        for _ in range(3):
+            r = alice.post("/v1/chat/completions", json=failing)
+            assert r.status_code == 502 and r.json()["error"]["code"] == "provider_error", r.text
+        native = chat(alice, "and now?")
+        assert served(native)[1:] == OA_MINI  # alice's own 500s alone: still in service
+        assert gw.read_stored(ProviderHealth.key(*OA_MINI)) is None
+        assert chat(bob, "mine?", stream=True).status_code == 200
+        r = bob.post("/v1/chat/completions", json=failing)
+        assert r.status_code == 502 and r.json()["error"]["code"] == "provider_error", r.text
+        refused = chat(bob, "anyone?")  # a second user met one: the model is out
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "tier_unavailable", refused.text
     state = gw.read_stored(ProviderHealth.key(*OA_MINI))
     assert state is not None and json.loads(state)["failures"] == 1
 

@@ -31,7 +31,9 @@ cut ordinary answers too) — and a caller can make any call last that long (a h
 every backoff period. A later drop (or one not measured: `elapsed` None) is recorded as before (502,
 its estimated input and all the output it reserved; never sent elsewhere) and says nothing of the
 provider's health. A provider that is really down still shows it: its next calls are refused or time
-out connecting, answer 5xx, or drop at once. One that accepts calls and then hangs until a proxy cuts
+out connecting, answer 5xx, or drop at once. A drop at once and a 5xx other than 503/529 are ones a
+request's content can cause (a proxy resetting an oversized body, a backend's 500 for an `image_url` it
+cannot fetch): they count only once a second user meets one (`client_may_cause`). One that accepts calls and then hangs until a proxy cuts
 them does not — unless SENTINEL_UPSTREAM_TIMEOUT_SECONDS is below the proxy's cut: a streamed request
 whose answer never began in time then counts (`UpstreamTimeout.stalled`).
 """
@@ -100,10 +102,12 @@ PROVIDER_LOAD_STATUSES = (503, 529)
 def client_may_cause(exc: SentinelError) -> bool:
     """Whether a provider failure is one a client can cause with its request's content — a 5xx
     answer other than 503 or 529 (a backend's 500 for an `image_url` it cannot fetch, a proxy's 504
-    for a long call) —, which counts against the provider's health only when another user met one
-    too (`ProviderHealth.record_failure`'s `caller`)."""
-    return (isinstance(exc, UpstreamStatusError) and exc.code == "provider_error"
-            and exc.upstream_status not in PROVIDER_LOAD_STATUSES)
+    for a long call), a connection dropped after the request was sent (a proxy resetting an
+    oversized body instead of answering 413) —, which counts against the provider's health only
+    when another user met one too (`ProviderHealth.record_failure`'s `caller`)."""
+    if isinstance(exc, UpstreamStatusError):
+        return exc.code == "provider_error" and exc.upstream_status not in PROVIDER_LOAD_STATUSES
+    return isinstance(exc, BrokenOffAnswer) or (isinstance(exc, UpstreamConnectionError) and exc.sent)
 
 
 def witness(exc: SentinelError, caller: str | None) -> str | None:

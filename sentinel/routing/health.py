@@ -37,7 +37,8 @@ version): the pair counts as healthy, and its next failure overwrites it as a fi
 made every request of its tier a 500 (`_state` and the scripts' `read`, which must agree).
 
 A failure a client can cause with its request's content (a 5xx other than 503 or 529: a backend
-that answers 500 for an `image_url` it cannot fetch, a proxy's 504 for a long call; see
+that answers 500 for an `image_url` it cannot fetch, a proxy's 504 for a long call; a connection
+dropped at once after the request was sent: a proxy resetting an oversized body; see
 `sentinel.routing.failover.client_may_cause`) is recorded with its `caller` and counts only when
 another user saw one from the pair within WITNESS_SECONDS (60 s): the first user's is remembered
 under `sentinel:health-witness:{providers}:<provider>:<model>` (a digest of the user's id, not the

@@ -11,6 +11,7 @@ one step): a step of 60 s makes every drop a late one, a step of 0 an immediate 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 from sentinel.routing.health import ProviderHealth
 from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
+from tests.support.accounts import create_key
 from tests.support.attack import ledger_rows
 from tests.support.clock import TickingClock
 from tests.support.metrics import metric
@@ -74,15 +76,26 @@ def test_a_connection_dropped_late_does_not_take_the_model_out_of_service(
 def test_a_connection_dropped_at_once_still_takes_the_model_out_of_service(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, where: str,
 ) -> None:
-    """A provider that crashed or restarts drops a call as soon as it arrives: that says it is down."""
+    """A provider that crashed or restarts drops a call as soon as it arrives: that says it is down —
+    once a second user's call was dropped too. One user's alone does not count: a request's content
+    can make a proxy in front of a provider reset it at once (an oversized body instead of a 413),
+    which put the model in backoff for everyone, at will and free."""
     directive, code = DROPS[where]
     gw = dropping_gateway(gateway_factory, tmp_path, step=0.0)
-    with gw.client() as http:
-        native = http.post(NATIVE, json=ask(f"hi {directive}"))
+    _, bob_key = asyncio.run(create_key(gw.settings.database_url, "bob"))
+    with gw.client() as http, gw.client(bob_key) as bob:
+        for _ in range(3):
+            native = http.post(NATIVE, json=ask(f"hi {directive}"))
+            assert native.status_code == 502 and native.json()["error"]["code"] == code, native.text
+            messages = http.post("/v1/messages", json={"model": HAIKU, "max_tokens": 20, **ask(f"hi {directive}")})
+            assert messages.status_code == 502, messages.text
+        assert http.post(NATIVE, json=ask("hi")).status_code == 200  # alice's own drops alone: in service
+        assert gw.read_stored(ProviderHealth.key("anthropic", HAIKU)) is None
+        native = bob.post(NATIVE, json=ask(f"hi {directive}"))
         assert native.status_code == 502 and native.json()["error"]["code"] == code, native.text
         assert metric(gw.url, "sentinel_provider_health", provider="openai", model=MINI) == 0
         after = http.post(NATIVE, json=ask("hi"))
-        messages = http.post("/v1/messages", json={"model": HAIKU, "max_tokens": 20, **ask(f"hi {directive}")})
+        messages = bob.post("/v1/messages", json={"model": HAIKU, "max_tokens": 20, **ask(f"hi {directive}")})
     assert after.status_code == 503 and after.json()["error"]["code"] == "tier_unavailable", after.text
     assert messages.status_code == 502, messages.text
     assert gw.read_stored(ProviderHealth.key("anthropic", HAIKU)) is not None  # on /v1/messages too

@@ -10,7 +10,8 @@ backoff ran out counts as healthy when it would be tried first and this request 
 fails claims no trial; while another request's trial of it runs it comes after the healthy ones,
 before those in backoff) and moves to the next target when one fails with a provider failure before the first byte (5xx, connect timeout,
 refused connection, provider 429, a refusal of the provider key itself; not a read timeout nor a connection dropped after the request was
-sent: the provider may have served it) — the same rule as the native API's failover; a stream that
+sent: the provider may have served it; nor to another provider's target for a request that stores an
+object upstream or names one: `one_provider`) — the same rule as the native API's failover; a stream that
 ends with the provider's `overloaded_error` event after it began counts too (`failed_mid_stream`), never retried; a 429 refusing the
 request as larger than the provider's per-minute limit moves on too, counting against no health. A single target
 costs no health lookup: only a failure is written, and a later success clears it when this process
@@ -81,13 +82,19 @@ class ModelRoutes:
         send: Callable[[ModelTarget], Awaitable[T]],
         on_attempt: Callable[[ModelTarget], None] | None = None,
         caller: str | None = None,
+        one_provider: bool = False,
     ) -> T:
         """`send` to each target in turn until one answers; raise the last provider failure, or at once
         any other error (a client error is the same on every target). `caller`: the user's id, which a
-        failure a client can cause is recorded with (`witness`)."""
+        failure a client can cause is recorded with (`witness`). `one_provider`: a request that stores
+        an object upstream or names one goes on only to targets of the provider it was first sent to
+        (another keeps no object of that one's: it was created, or looked for, where object calls do
+        not go)."""
         trials: list[tuple[str, str, str]] = []
         try:
             ordered, recorded = await self.order(targets, trials)
+            if one_provider and ordered:
+                ordered = [t for t in ordered if t.provider == ordered[0].provider]
             for position, target in enumerate(ordered):
                 if on_attempt is not None:
                     on_attempt(target)

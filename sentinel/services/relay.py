@@ -176,7 +176,7 @@ class OpenAIRelay:
         try:
             reply = await self.routes.call(
                 targets, lambda target: self._serve(ex, request, target, admission), on_attempt,
-                caller=identity.external_id,
+                caller=identity.external_id, one_provider=_stores_objects(endpoint, payload) or bool(references),
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)

@@ -186,6 +186,34 @@ def test_a_request_whose_connection_was_dropped_after_it_was_sent_is_not_sent_el
     assert row["input_tokens"] > 0 and row["output_tokens"] == 50  # charged: all it reserved
 
 
+def test_a_request_that_stores_an_object_is_not_sent_on_to_another_provider(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, mock_upstream: str,
+) -> None:
+    """An alias's first target failed (refused connection) and a stored response went on to its next
+    target, another provider's, silently: created there, where object calls never go (they go to the
+    OpenAI provider), so the id the client was given could not be read, continued or deleted. A
+    request that stores an object upstream (or names one) now stays on the provider it was sent to;
+    one that stores nothing still goes on."""
+    doc = {
+        "providers": [{"name": "backup", "kind": "openai", "base_url": f"{mock_upstream}/v1", "api_key": "sk-test"}],
+        "models": [{"name": "gpt-4o-mini", "provider": "openai"},
+                   {"name": "backup-mini", "provider": "backup", "upstream_name": "gpt-4o-mini"}],
+        "aliases": {"sturdy": ["gpt-4o-mini", "backup-mini"]},
+    }
+    path = tmp_path / "backup.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    gw = gateway_factory(providers_file=path, openai_api_url=f"http://127.0.0.1:{free_port()}/v1")  # OpenAI down
+    before = mock_requests(gw)
+    with gw.client() as http:
+        stored = http.post("/v1/responses", json={"model": "sturdy", "input": "keep me"})
+        assert stored.status_code == 502, stored.text
+        assert stored.json()["error"]["code"] == "upstream_unreachable", stored.text
+        assert mock_requests(gw) == before  # the backup provider never saw it
+        unstored = http.post("/v1/responses", json={"model": "sturdy", "input": "forget me", "store": False})
+    assert unstored.status_code == 200, unstored.text
+    assert unstored.headers["x-sentinel-provider"] == "backup"
+
+
 def test_upstream_name_and_prices(gateway_factory: Callable[..., Gateway], tmp_path: Path) -> None:
     gw = catalogue_gateway(gateway_factory, tmp_path)
     raw = gw.anthropic().messages.with_raw_response.create(

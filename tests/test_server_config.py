@@ -265,6 +265,17 @@ def test_a_starting_worker_is_not_pinged_until_its_grace_ends(supervisor: tuple[
     assert made.processes[1] is replacement and replacement.pinged == 0
 
 
+def _second_slot_waiting_to_retry(made: Any) -> Any:
+    """Kill the second slot's worker and fail its replacement's start: the slot waits to retry it.
+    The first slot's worker."""
+    first, second = made.processes
+    second.exitcode = -9
+    made.keep_subprocess_alive()
+    made.processes[1].exitcode = STARTUP_FAILURE  # its replacement could not start: retried later
+    made.keep_subprocess_alive()
+    return first
+
+
 def test_a_restart_gives_each_new_worker_its_grace_and_ends_a_pending_retry(supervisor: tuple[Any, list[float]]) -> None:
     """SIGHUP (`restart_all`) starts a new worker per slot and retires the old one once the new is
     ready: it is given START_GRACE_SECONDS for that, as any new worker (uvicorn gave it 5 s and, on a
@@ -272,11 +283,7 @@ def test_a_restart_gives_each_new_worker_its_grace_and_ends_a_pending_retry(supe
     not start is served by the new worker — its retry no longer due (it started yet another worker
     over the new one, left running unsupervised)."""
     made, now = supervisor
-    first, second = made.processes
-    second.exitcode = -9
-    made.keep_subprocess_alive()
-    made.processes[1].exitcode = STARTUP_FAILURE  # its replacement could not start: retried later
-    made.keep_subprocess_alive()
+    first = _second_slot_waiting_to_retry(made)
     made.restart_all()
     renewed = made.processes
     assert renewed[0] is not first and first.exitcode == 0 and renewed[1].exitcode is None
@@ -295,11 +302,7 @@ def test_a_worker_added_by_sigttin_has_its_grace_and_a_slot_removed_by_sigttou_f
     one SIGTTIN added later in that slot, which ran on unsupervised (never pinged, never stopped by
     SIGTERM or replaced by SIGHUP); and a worker SIGTTIN added was pinged from its first moment."""
     made, now = supervisor
-    first, second = made.processes
-    second.exitcode = -9
-    made.keep_subprocess_alive()
-    made.processes[1].exitcode = STARTUP_FAILURE  # its replacement could not start: retried later
-    made.keep_subprocess_alive()
+    first = _second_slot_waiting_to_retry(made)
     made.handle_ttou()
     assert made.processes == [first]
     made.handle_ttin()

@@ -341,25 +341,26 @@ class Ownership:
             [(object_id, ttl)] = claims.items()
             await self.claim(object_id, owner, ttl)
             return
+        await self._claim_each(claims, owner)
+
+    async def _claim_each(self, claims: dict[str, float | None], owner: str) -> list[bool]:
+        """`claim` each of `claims` at once: each one's answer, in order; the first failure raised
+        once every claim ended."""
         results = await asyncio.gather(*(self.claim(i, owner, ttl) for i, ttl in claims.items()),
                                        return_exceptions=True)
         failed = [result for result in results if isinstance(result, BaseException)]
         if failed:
             results.clear()  # (see `_together`: no cycle through the traceback)
             raise failed.pop(0)
+        return [result is True for result in results]
 
     async def _claim_children(self, parent: str, claims: dict[str, float | None], owner: str) -> None:
         """`claim_all` of `parent`'s items (see there)."""
-        results = await asyncio.gather(*(self.claim(i, owner, ttl) for i, ttl in claims.items()),
-                                       return_exceptions=True)
-        failed = [result for result in results if isinstance(result, BaseException)]
-        if failed:
-            results.clear()  # (see `_together`: no cycle through the traceback)
-            raise failed.pop(0)
+        results = await self._claim_each(claims, owner)
         # only the caller's own (another's item, never, is ended by this conversation's DELETE), listed
         # once claimed: listed, a `forget` after ends them; found without an owner, it came before
         kept = [object_id for (object_id, ttl), mine in zip(claims.items(), results, strict=True)
-                if mine is True and ttl is None]
+                if mine and ttl is None]
         children = _children_key(parent) if kept and _keyable(parent) else None
         if children is not None and not int(await self.store.run(ADOPT, [_PREFIX + parent, children], [_OWNED, *kept])):
             await asyncio.gather(*(self.store.expire(_PREFIX + i, FORGOTTEN_ITEM_TTL) for i in kept))

@@ -163,6 +163,7 @@ class Meter(Protocol):
 
     async def admit_call(
         self, identity: Identity, *, endpoint: str, request_id: str, tokens_later: bool = False,
+        input_tokens: int = 0, output_tokens: int = 0,
     ) -> Admission: ...
 
     async def admit_batch(
@@ -274,14 +275,18 @@ class QuotaMeter:
 
     async def admit_call(
         self, identity: Identity, *, endpoint: str, request_id: str, tokens_later: bool = False,
+        input_tokens: int = 0, output_tokens: int = 0,
     ) -> Admission:
         """Reserve one request and no tokens (a call whose tokens are not estimated: the model list,
-        pass-through endpoints); it is refused while any limit of the plan is exhausted, and, with
-        `tokens_later` (a call charged the tokens its answer shows: pass-through), by a token limit
-        of 0; and, as `admit`, while its usage could not be recorded."""
+        pass-through endpoints) — or `input_tokens` and `output_tokens` (a pass-through media call whose
+        answer may show no usage: `media_calls.media_call`), charged when its answer shows none —; it
+        is refused while any limit of the plan is exhausted, and, with `tokens_later` (a call charged
+        the tokens its answer shows: pass-through), by a token limit of 0; and, as `admit`, while its
+        usage could not be recorded."""
         self._recordable()
         plan = await self.plans.plan_for(identity)
-        admission = Admission(identity=identity, endpoint=endpoint, model=None, request_id=request_id)
+        admission = Admission(identity=identity, endpoint=endpoint, model=None, request_id=request_id,
+                              estimate_input=input_tokens, max_output=output_tokens)
         await self._reserve(admission, plan, tokens_later=tokens_later)
         self._count(admission)
         return admission

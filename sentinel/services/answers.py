@@ -28,6 +28,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.providers.errors import UnreadableAnswer, upstream_error
 from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
+from sentinel.quota.media_calls import MediaCall, media_charge
 from sentinel.quota.meter import Admission, Meter, ModelUsage, ObjectCharge
 from sentinel.quota.usage import StreamInspector, TailInspector, output_read, text_from_body, usage_from_body
 from sentinel.services.event_streams import relay_events
@@ -69,13 +70,16 @@ class Charging:
     until the first read showing its usage — of it, or of a list showing it — settles it to that
     usage (`Meter.settle`'s `settles`). `context`: the call reads a stored response (its own path),
     whose usage a read charges — its stream was cut before the provider's count — is the context
-    it holds (`remember_read_context`)."""
+    it holds (`remember_read_context`). `media`: a media call whose answer may show no usage
+    (speech, dall-e images, a transcript as text): without one it is charged by its rule
+    (`media_calls.media_charge`)."""
 
     work: bool = True
     at: str | None = None
     counted: bool = True
     holds: bool = False
     context: bool = False
+    media: MediaCall | None = None
 
 
 WORK = Charging()  # a metered call: its answer's usage is its own
@@ -159,14 +163,20 @@ class AnswerRelay:
         # `identity`, cut JSON) is relayed as it is, and charged the output it reserved, as the native
         # API charges one (its text, if any, cannot be counted: it was charged none).
         unreadable = unmetered and parsed is None and 200 <= upstream.status < 300 and endpoint in _GENERATIONS
+        output_text = "" if parsed is None or not pays else text_from_body(endpoint, parsed)
+        read_input = output_read(endpoint, parsed) if unmetered else ("", 0)
+        output_estimate = admission.max_output if unreadable else None
+        if unmetered and charging.media is not None:
+            read, output_estimate, output_text = media_charge(charging.media, parsed, raw)
+            read_input = ("", read)
         await self.meter.settle(
             admission,
             usage=usage if pays else Usage(0, 0),
-            output_text="" if parsed is None or not pays else text_from_body(endpoint, parsed),
+            output_text=output_text,
             status=upstream.status,
             provider=upstream.provider,
-            read_input=output_read(endpoint, parsed) if unmetered else ("", 0),
-            output_estimate=admission.max_output if unreadable else None,
+            read_input=read_input,
+            output_estimate=output_estimate,
             settles=shown,
             models=models,
             charges=charges,

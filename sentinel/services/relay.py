@@ -49,6 +49,7 @@ from sentinel.quota.estimate import hides_output, item_references
 from sentinel.quota.images import image_rule_for
 from sentinel.quota.items import item_text
 from sentinel.quota.media import upload_facts
+from sentinel.quota.media_calls import MediaCall, media_call
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.catalogue import ModelCatalogue
@@ -269,7 +270,8 @@ class OpenAIRelay:
         self, ex: Exchange, identity: Identity, *, endpoint: str, method: str, segments: Sequence[str],
         body: bytes | None, headers: RawHeaders, query: Query | None,
     ) -> Reply | StreamReply:
-        """Forward a call that reserves one request. Paths into a collection of per-account objects
+        """Forward a call that reserves one request (and a media call whose answer may show no usage
+        the tokens it is charged then: `media_calls.media_call`). Paths into a collection of per-account objects
         are checked for ownership (a collection's list is not offered: GET or HEAD); so are ids named
         in the body. An object's path with a trailing slash is its path (`/v1/files/{id}/` is
         `/v1/files/{id}`: a DELETE of it forgets its owner), and goes upstream without it. A POST of
@@ -286,16 +288,19 @@ class OpenAIRelay:
         as_json = False
         batch: BatchEstimate | None = None  # what a batch input uploaded, or the batch made, reserves
         stored: bytes | None = None  # a file uploaded through POST /v1/files: its content, as sent
+        media: MediaCall | None = None  # a media call whose answer may show no usage: what it reserves
         creating = where.creates(method, segments)
         creates_batch = creating and where.collection == "batches"
         if body:
             forwarded = forwardable_headers(headers)
             if forwarded.get("content-encoding", "identity").strip().lower() != "identity":
                 raise InvalidRequest("A pass-through body must not be compressed (Content-Encoding): its ids must be read")
-            body, as_json, batch, stored = await self._check_body(
+            body, as_json, batch, stored, fields = await self._check_body(
                 identity, body, forwarded.get("content-type", "").strip(),
                 creates_batch=creates_batch, uploads=upload_files(method, segments), segments=segments,
             )
+            if method == "POST":
+                media = await count_off_loop(functools.partial(media_call, self.counter, segments, fields), len(body))
         elif creates_batch:
             await self.ownership.require_batch_input("", identity.external_id)  # a batch names its input
         with ex.spans.span("sentinel.quota.admit"):
@@ -312,6 +317,7 @@ class OpenAIRelay:
                 admission = await self.meter.admit_call(
                     identity, endpoint=endpoint, request_id=ex.usage_id,
                     tokens_later=method != "DELETE" and segments[-1] != "cancel",
+                    input_tokens=media.input_tokens if media else 0, output_tokens=media.output_tokens if media else 0,
                 )
         ex.headers.extend(admission.headers.items())
         try:
@@ -326,7 +332,8 @@ class OpenAIRelay:
             last = segments[-1]
             owner = identity if where.collection is not None and last != "content" else None
             charging = Charging(work=method == "POST" and last != "cancel", at=last, counted="steps" not in segments,
-                                holds=creates_batch, context=where.collection == "responses" and where.is_object(segments))
+                                holds=creates_batch, context=where.collection == "responses" and where.is_object(segments),
+                                media=media)
             if charging.work and 200 <= upstream.status < 300 and upstream.event_stream:
                 await self.answers.unoffered_stream(upstream, admission)  # raises: never relayed
             reply = await self.answers.complete(
@@ -416,12 +423,13 @@ class OpenAIRelay:
     async def _check_body(
         self, identity: Identity, body: bytes, content_type: str, *, creates_batch: bool,
         uploads: frozenset[str] | None, segments: Sequence[str],
-    ) -> tuple[bytes, bool, BatchEstimate | None, bytes | None]:
+    ) -> tuple[bytes, bool, BatchEstimate | None, bytes | None, dict[str, Any]]:
         """Refuse a body naming another user's object. Returns (the body as it goes upstream, whether
         it is JSON — re-encoded from what was checked —, for the upload of a batch's input — whose
         every line was checked as a request of its own — what its lines reserve, or for a batch's
-        creation what its input's do, and — an upload to `POST /v1/files` — the file's content as it
-        goes upstream: `Upload.stored_file`). The end user the client named — a JSON
+        creation what its input's do, — an upload to `POST /v1/files` — the file's content as it
+        goes upstream: `Upload.stored_file`, and its fields: a JSON object's, an upload's as text —
+        the first of each name, files aside —, for what a media call reserves: `media_call`). The end user the client named — a JSON
         body's `user` or `safety_identifier`, an upload's field of that name — is the caller's
         pseudonym instead, and every line of a batch's input tells the provider the caller's pseudonym
         as the metered endpoint it runs would (`sentinel.native.end_user`): an upload goes with those
@@ -448,7 +456,11 @@ class OpenAIRelay:
             if upload.streams:
                 raise _no_passthrough_stream()
             await self.ownership.require(ids, identity.external_id)
-            return upload_body, False, estimate, stored
+            fields: dict[str, Any] = {}
+            for name, value, is_file in upload.parts:
+                if not is_file:
+                    fields.setdefault(name, value.decode("utf-8", "replace"))
+            return upload_body, False, estimate, stored, fields
         if media and media != "application/json" and not media.endswith("+json"):
             raise _unsupported_type(
                 "The request body must be JSON (Content-Type: application/json), or a multipart/form-data upload "
@@ -463,7 +475,8 @@ class OpenAIRelay:
                 given if isinstance(given, str) else "", identity.external_id))
         # An end user the client named (an image generation's `user`) is the caller's pseudonym.
         parsed = with_named_end_user(parsed, self.end_users.of(identity.external_id))
-        return await off_loop(functools.partial(orjson.dumps, parsed), heavy), True, estimate, None
+        sent = await off_loop(functools.partial(orjson.dumps, parsed), heavy)
+        return sent, True, estimate, None, parsed if isinstance(parsed, dict) else {}
 
     async def _read_along(self, estimate: BatchEstimate) -> BatchEstimate:
         """`estimate` with the context its lines have the provider read along added to its input: each

@@ -1,0 +1,143 @@
+"""Pass-through media calls whose answer shows no `usage` are held to the plan's token limits
+(`sentinel.quota.media_calls`): speech is reserved and charged its `input` text's tokens (and a
+gpt-4o-mini-tts answer's audio), a dall-e image what gpt-image-1 bills for its size and quality, a
+transcript as `text`/`srt`/`vtt` its audio's length or its text. Before, each was charged no token
+and reserved none: a user on a token-limited plan ran them at one request each."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+
+from sentinel.quota.audio import AUDIO_TOKENS_PER_SECOND
+from sentinel.quota.media_calls import image_tokens, speech_audio_tokens
+from sentinel.quota.tokens import TokenCounter
+from tests.api.conftest import Gateway
+from tests.support.attack import ledger_rows, openai_error, wait_for
+from tests.support.servers import serving
+from tests.support.upstream import ScriptedUpstream
+
+SPEECH_TEXT = "The quick brown fox jumps over the lazy dog, again and again, until the day is done. " * 10
+MP3 = b"ID3" + b"\x00" * 64
+IMAGE = {"created": 1, "data": [{"url": "https://images.example/a.png"}]}
+
+
+def _start(gateway_factory: Callable[..., Gateway], url: str, plan: str) -> Gateway:
+    return gateway_factory(openai_api_url=url + "/v1", passthrough="/v1/audio/*,/v1/images/*", default_plan=plan)
+
+
+def _row(gw: Gateway) -> dict[str, object]:
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)
+    [row] = ledger_rows(gw.settings.database_url, "alice")
+    return row
+
+
+def _refused_before_upstream(gw: Gateway, upstream: ScriptedUpstream, call: Callable[[], object], sent: int) -> None:
+    import openai
+
+    with pytest.raises(openai.RateLimitError) as refused:
+        call()
+    assert openai_error(refused.value.response.json())["code"] == "quota_exceeded"
+    assert len(upstream.received) == sent  # refused before the provider
+
+
+@pytest.mark.parametrize("audio", [MP3, MP3 + b"\x00" * (1024 * 1024)], ids=["small", "over 1 MiB"])
+def test_speech_is_charged_its_input_text_and_held_to_the_input_limit(
+    gateway_factory: Callable[..., Gateway], audio: bytes,
+) -> None:
+    tokens = TokenCounter().count_text(SPEECH_TEXT, "tts-1")
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, f"requests=100/1h,input_tokens={tokens + tokens // 2}/1h")
+        upstream.typed(b"audio/mpeg", audio)
+        client = gw.openai()
+        spoken = client.audio.speech.create(model="tts-1", voice="alloy", input=SPEECH_TEXT)
+        assert spoken.content == audio
+        row = _row(gw)
+        assert (row["status"], row["input_tokens"], row["output_tokens"]) == (200, tokens, 0)
+        # Half the text is left of the limit: the same text again does not fit, and is refused before it runs.
+        _refused_before_upstream(
+            gw, upstream, lambda: client.audio.speech.create(model="tts-1", voice="alloy", input=SPEECH_TEXT), 1)
+
+
+def test_speech_of_a_model_billing_audio_tokens_is_charged_its_audio(gateway_factory: Callable[..., Gateway]) -> None:
+    audio = speech_audio_tokens("gpt-4o-mini-tts", SPEECH_TEXT)
+    assert audio > 0
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, f"requests=100/1h,output_tokens={audio + audio // 2}/1h")
+        upstream.typed(b"audio/mpeg", MP3)
+        client = gw.openai()
+        client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input=SPEECH_TEXT)
+        row = _row(gw)
+        assert (row["input_tokens"], row["output_tokens"]) == (TokenCounter().count_text(SPEECH_TEXT, "gpt-4o-mini-tts"),
+                                                               audio)
+        _refused_before_upstream(
+            gw, upstream, lambda: client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input=SPEECH_TEXT), 1)
+
+
+def test_dalle_images_are_charged_per_image_made_and_held_to_the_output_limit(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    per_image = image_tokens("dall-e-3", "1792x1024", "hd")
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        # Room for two images: the call asks for three (reserved), the answer shows two (charged).
+        gw = _start(gateway_factory, srv.url, f"requests=100/1h,output_tokens={3 * per_image}/1h")
+        upstream.json({"created": 1, "data": [*IMAGE["data"], *IMAGE["data"]]})
+        client = gw.openai()
+        made = client.images.generate(model="dall-e-3", prompt="a lighthouse at dusk", n=3, size="1792x1024",
+                                      quality="hd")
+        assert len(made.data or []) == 2
+        row = _row(gw)
+        assert (row["status"], row["output_tokens"]) == (200, 2 * per_image)
+        assert row["input_tokens"] == TokenCounter().count_text("a lighthouse at dusk", "dall-e-3")
+        # One image's worth is left: two more do not fit, refused before they run.
+        _refused_before_upstream(gw, upstream, lambda: client.images.generate(
+            model="dall-e-3", prompt="a lighthouse at dawn", n=2, size="1792x1024", quality="hd"), 1)
+
+
+def test_an_image_variation_upload_is_charged_its_images(gateway_factory: Callable[..., Gateway]) -> None:
+    per_image = image_tokens("dall-e-2", "512x512", None)
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, f"requests=100/1h,output_tokens={per_image}/1h")
+        upstream.json(IMAGE)
+        client = gw.openai()
+        client.images.create_variation(image=("cat.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 32), n=1, size="512x512")
+        assert _row(gw)["output_tokens"] == per_image
+        _refused_before_upstream(gw, upstream, lambda: client.images.create_variation(
+            image=("cat.png", b"\x89PNG\r\n\x1a\n"), n=1, size="512x512"), 1)
+
+
+@pytest.mark.parametrize("kind", ["transcriptions", "translations"])
+def test_a_transcript_as_srt_is_charged_its_audio_length(gateway_factory: Callable[..., Gateway], kind: str) -> None:
+    srt = "1\n00:00:00,000 --> 00:30:00,000\na long meeting\n\n2\n00:30:00,000 --> 00:59:59,950\nstill going\n"
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, "requests=100/1h,input_tokens=30000/1h")
+        upstream.typed(b"text/plain; charset=utf-8", srt.encode())
+        client = gw.openai()
+        made = getattr(client.audio, kind).create(model="whisper-1", file=("meeting.mp3", MP3), response_format="srt")
+        assert "a long meeting" in str(made)
+        row = _row(gw)
+        assert (row["input_tokens"], row["output_tokens"]) == (math.ceil(3599.95 * AUDIO_TOKENS_PER_SECOND), 0)
+        _refused_before_upstream(gw, upstream, lambda: getattr(client.audio, kind).create(
+            model="whisper-1", file=("b.mp3", MP3), response_format="srt"), 1)
+
+
+def test_a_transcript_as_text_is_charged_its_text(gateway_factory: Callable[..., Gateway]) -> None:
+    text = "word " * 400
+    tokens = TokenCounter().count_text(text, "")
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, f"requests=100/1h,output_tokens={tokens}/1h")
+        upstream.typed(b"text/plain; charset=utf-8", text.encode())
+        client = gw.openai()
+        client.audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.mp3", MP3), response_format="text")
+        row = _row(gw)
+        assert (row["input_tokens"], row["output_tokens"]) == (0, tokens)
+        _refused_before_upstream(gw, upstream, lambda: client.audio.transcriptions.create(
+            model="gpt-4o-transcribe", file=("b.mp3", MP3), response_format="text"), 1)

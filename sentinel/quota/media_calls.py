@@ -18,7 +18,8 @@ plan ran them at one request each. Each is now held to the plan's token limits, 
 - a transcription or translation as `text`, `srt` or `vtt`: nothing is reserved (its audio's length
   is not known before: bounded from an upload's size, a real recording would never fit a plan); it is
   charged the audio's length its cues show (the last one's end, at the rate a `whisper-1` duration
-  usage is charged: `usage.duration_usage`) or else, as plain `text`, the text's tokens as output.
+  usage is charged: `usage.duration_usage`) or else, as plain `text`, the text's tokens as output
+  (an answer over 1 MiB, relayed as it passes, a token per 4 bytes of it: `unread_output`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.quota.audio import AUDIO_TOKENS_PER_SECOND
+from sentinel.quota.media import BYTES_PER_TOKEN
 from sentinel.quota.tokens import TokenCounter
 
 SPEECH = ("audio", "speech")
@@ -126,6 +128,13 @@ def media_charge(call: MediaCall, answer: Any, raw: bytes) -> tuple[int, int | N
             return min(MAX_TOKENS, math.ceil(seconds * AUDIO_TOKENS_PER_SECOND)), 0, ""
         return 0, None, text
     return 0, call.output_tokens, ""  # speech: as reserved (its audio is not read)
+
+
+def unread_output(call: MediaCall | None, size: int, reserved: int) -> int:
+    """The output a media call's answer too large to keep (`size` bytes, relayed as it passed) is
+    charged: a transcript a token per 4 bytes of its text (BYTES_PER_TOKEN; it reserved none), any
+    other call — and any answer not a media call's — what it `reserved`."""
+    return -(-size // BYTES_PER_TOKEN) if call is not None and call.kind == "transcript" else reserved
 
 
 def transcript_seconds(text: str) -> float:

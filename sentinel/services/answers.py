@@ -28,7 +28,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.providers.errors import UnreadableAnswer, upstream_error
 from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
-from sentinel.quota.media_calls import MediaCall, media_charge
+from sentinel.quota.media_calls import MediaCall, media_charge, unread_output
 from sentinel.quota.meter import Admission, Meter, ModelUsage, ObjectCharge
 from sentinel.quota.usage import StreamInspector, TailInspector, output_read, text_from_body, usage_from_body
 from sentinel.services.event_streams import relay_events
@@ -328,6 +328,7 @@ class AnswerRelay:
         since its `per_model_usage` is not read from the bytes passing)."""
         tail = TailInspector()
         tail.feed(head)
+        size = len(head)  # (an answer without usage may be charged by its size: `media_calls.unread_output`)
         scanner = None if items is None else ItemScanner(items)
         if scanner is not None:
             scanner.feed(head)
@@ -337,12 +338,14 @@ class AnswerRelay:
         meter, ownership = self.meter, self.ownership
 
         async def produce(ending: Ending) -> AsyncIterator[bytes]:
+            nonlocal size
             ending.status = upstream.status
             held = head
             try:
                 async for chunk in upstream.iter_chunks(relayed=True):
                     yield held
                     held = chunk
+                    size += len(chunk)
                     tail.feed(chunk)
                     if scanner is not None:
                         scanner.feed(chunk)
@@ -356,7 +359,7 @@ class AnswerRelay:
 
         async def settle(status: int) -> None:
             # Without a usage object, the text of an answer this large was not kept to count: it is
-            # charged the most output it could hold, as reserved (never a free answer).
+            # charged the most output it could hold, as reserved (never a free answer; a transcript by its size).
             usage = tail.usage(endpoint)
             answer_id = leading_id(head) if owner is not None else None
             # (the answer is not parsed: its charge is of the read's model, as before)
@@ -372,8 +375,8 @@ class AnswerRelay:
             if owner is not None and charging.counted and eval_run is not None:
                 models, runs_claimed = await self.runs.eval_run_shown(*eval_run, ttl)
                 claimed += runs_claimed
-            await meter.settle(admission, usage=usage, output_text="", status=status,
-                               provider=upstream.provider, output_estimate=admission.max_output,
+            await meter.settle(admission, usage=usage, output_text="", status=status, provider=upstream.provider,
+                               output_estimate=unread_output(charging.media, size, admission.max_output),
                                settles=[(settles, usage)] if settles is not None and usage is not None else [],
                                models=models, charges=charges)
             await self._confirm([*(c.object_id for c in charges), *claimed], ttl)

@@ -39,6 +39,10 @@ SPEECH = ("audio", "speech")
 IMAGES = frozenset({("images", "generations"), ("images", "edits"), ("images", "variations")})
 TRANSCRIPTS = frozenset({("audio", "transcriptions"), ("audio", "translations")})
 TEXT_FORMATS = frozenset({"text", "srt", "vtt"})  # a transcript's answer formats without a `usage`
+# The fields of an upload (an image edit, a transcription) its charge is read from: each given once
+# (`read_once`), or the provider might read another value than Sentinel did (`response_format` given
+# as `json`, then as `text`: reserved and charged as a call whose answer shows its usage).
+READ_FIELDS = frozenset({"model", "n", "size", "quality", "response_format", "prompt"})
 
 # gpt-image-1's output tokens per image (OpenAI's image generation guide), by quality: a square
 # (1024 x 1024), a portrait (1024 x 1536) and a landscape (1536 x 1024) image.
@@ -71,7 +75,7 @@ class MediaCall:
 def media_call(counter: TokenCounter, segments: Sequence[str], fields: Mapping[str, Any]) -> MediaCall | None:
     """The media call a `POST` to the `/v1` path `segments` with the body `fields` (a JSON object, or an
     upload's fields as text) is, None for any other call (a transcript asked for as JSON shows its usage)."""
-    path = tuple(segments[:-1] if segments and segments[-1] == "" else segments)
+    path = _path(segments)
     model = fields.get("model")
     model = model if isinstance(model, str) else ""
     if path == SPEECH:
@@ -86,6 +90,15 @@ def media_call(counter: TokenCounter, segments: Sequence[str], fields: Mapping[s
     if path in TRANSCRIPTS and fields.get("response_format") in TEXT_FORMATS:
         return MediaCall("transcript")
     return None
+
+
+def read_once(segments: Sequence[str]) -> bool:
+    """Whether an upload to the `/v1` path `segments` must give each of READ_FIELDS once."""
+    return _path(segments) in IMAGES | TRANSCRIPTS
+
+
+def _path(segments: Sequence[str]) -> tuple[str, ...]:
+    return tuple(segments[:-1] if segments and segments[-1] == "" else segments)
 
 
 def speech_audio_tokens(model: str, text: str, speed: Any = None) -> int:

@@ -49,7 +49,7 @@ from sentinel.quota.estimate import hides_output, item_references
 from sentinel.quota.images import image_rule_for
 from sentinel.quota.items import item_text
 from sentinel.quota.media import upload_facts
-from sentinel.quota.media_calls import MediaCall, media_call
+from sentinel.quota.media_calls import READ_FIELDS, MediaCall, media_call, read_once
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.catalogue import ModelCatalogue
@@ -457,9 +457,14 @@ class OpenAIRelay:
                 raise _no_passthrough_stream()
             await self.ownership.require(ids, identity.external_id)
             fields: dict[str, Any] = {}
+            once = read_once(segments)
             for name, value, is_file in upload.parts:
-                if not is_file:
-                    fields.setdefault(name, value.decode("utf-8", "replace"))
+                if is_file:
+                    continue
+                if once and name in fields and name in READ_FIELDS:
+                    raise InvalidRequest(f"An upload to this endpoint gives its `{name}` once: its charge is read from it",
+                                         details={"param": name})
+                fields.setdefault(name, value.decode("utf-8", "replace"))
             return upload_body, False, estimate, stored, fields
         if media and media != "application/json" and not media.endswith("+json"):
             raise _unsupported_type(

@@ -144,3 +144,23 @@ def test_a_transcript_as_text_is_charged_its_text(gateway_factory: Callable[...,
         assert (row["input_tokens"], row["output_tokens"]) == (0, tokens)
         _refused_before_upstream(gw, upstream, lambda: client.audio.transcriptions.create(
             model="gpt-4o-transcribe", file=("b.mp3", MP3), response_format="text"), 1)
+
+
+def test_an_upload_giving_a_field_its_charge_is_read_from_twice_is_refused(gateway_factory: Callable[..., Gateway]) -> None:
+    # `json` then `text`: read as the first, a call whose answer shows its usage; answered as the
+    # second, a transcript without usage, charged nothing.
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, "requests=100/1h,input_tokens=30000/1h")
+        with gw.client() as alice:
+            twice = alice.post("/v1/audio/transcriptions", files={"file": ("a.mp3", MP3)},
+                               data={"model": "whisper-1", "response_format": ["json", "text"]})
+        assert twice.status_code == 400, twice.text
+        assert openai_error(twice.json())["details"]["param"] == "response_format"
+        assert upstream.received == []
+        assert ledger_rows(gw.settings.database_url, "alice") == []
+        # A field given as a list (`timestamp_granularities[]`) is not one the charge is read from.
+        upstream.json({"text": "hi", "usage": {"type": "duration", "seconds": 1.0}})
+        gw.openai().audio.transcriptions.create(model="whisper-1", file=("a.mp3", MP3), response_format="verbose_json",
+                                                timestamp_granularities=["word", "segment"])
+        assert _row(gw)["input_tokens"] == AUDIO_TOKENS_PER_SECOND

@@ -87,7 +87,7 @@ def media_call(counter: TokenCounter, segments: Sequence[str], fields: Mapping[s
         per_image = image_tokens(model or "dall-e-2", fields.get("size"), fields.get("quality"))
         return MediaCall("images", counter.count_text(prompt, model) if isinstance(prompt, str) else 0,
                          per_image * min(MAX_IMAGES, _count(fields.get("n"))), per_image)
-    if path in TRANSCRIPTS and fields.get("response_format") in TEXT_FORMATS:
+    if path in TRANSCRIPTS and _word(fields.get("response_format")) in TEXT_FORMATS:
         return MediaCall("transcript")
     return None
 
@@ -119,7 +119,7 @@ def image_tokens(model: str, size: Any, quality: Any) -> int:
     none) the dearest shape, a portrait."""
     dalle = model.rsplit("/", 1)[-1].lower().startswith("dall-e")
     default = "medium" if dalle else "high"
-    figures = GPT_IMAGE_TOKENS[_QUALITIES.get(quality, default) if isinstance(quality, str) else default]
+    figures = GPT_IMAGE_TOKENS[_QUALITIES.get(_word(quality), default)]
     found = _SIZE.fullmatch(size.strip()) if isinstance(size, str) else None
     if found is None:
         return figures[0] if dalle and size is None else max(figures)
@@ -157,6 +157,11 @@ def transcript_seconds(text: str) -> float:
         hours, minutes, seconds, fraction = found.groups()
         last = max(last, int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds) + int(fraction.ljust(3, "0")) / 1000)
     return last
+
+
+def _word(value: Any) -> str:
+    """An option's value as a lenient reader may take it (` Text`: `text`); "" for no text."""
+    return value.strip().lower() if isinstance(value, str) else ""
 
 
 def _count(value: Any) -> int:

@@ -24,6 +24,7 @@ COUNTER = TokenCounter()
     [
         ("dall-e-3", "1024x1024", "standard", GPT_IMAGE_TOKENS["medium"][0]),
         ("dall-e-3", "1024x1792", "hd", GPT_IMAGE_TOKENS["high"][1]),
+        ("dall-e-3", "1024x1792", " HD", GPT_IMAGE_TOKENS["high"][1]),
         ("dall-e-3", "1792x1024", None, GPT_IMAGE_TOKENS["medium"][2]),
         ("dall-e-2", None, None, GPT_IMAGE_TOKENS["medium"][0]),  # dall-e's defaults: standard, 1024 x 1024
         ("dall-e-2", "256x256", None, GPT_IMAGE_TOKENS["medium"][0]),
@@ -51,7 +52,8 @@ def test_an_upload_names_its_image_count_as_text() -> None:
 
 
 def test_only_a_transcript_without_usage_is_a_media_call() -> None:
-    assert media_call(COUNTER, ["audio", "transcriptions"], {"response_format": "vtt"}) == MediaCall("transcript")
+    for format_ in ("vtt", " Text", "SRT\n"):  # as a lenient reader takes it
+        assert media_call(COUNTER, ["audio", "transcriptions"], {"response_format": format_}) == MediaCall("transcript")
     for shown in ({}, {"response_format": "json"}, {"response_format": "verbose_json"}):
         assert media_call(COUNTER, ["audio", "translations"], shown) is None
     assert media_call(COUNTER, ["files"], {"purpose": "batch"}) is None

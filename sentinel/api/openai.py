@@ -32,6 +32,11 @@ METERED = {
     "/v1/embeddings": "embeddings",
     "/v1/responses": "responses",
 }
+# The one query a metered endpoint takes, exactly so spelled: the openai SDK's beta Responses
+# (`client.beta.responses.create`, `POST /v1/responses?beta=true`), metered as `client.responses` and
+# sent on as the SDK sent it — the provider decides what the beta is. Its stored-response calls
+# (`GET /v1/responses/{id}?beta=true`, ...) go by the stored-response routes, which keep their query.
+BETA_RESPONSES = ("/v1/responses", b"beta=true")
 LEGACY_COMPLETE = "/v1/complete"  # Anthropic's legacy Text Completions API: never served (see `passthrough`)
 TYPED_PATHS = {*METERED, "/v1/models", "/v1/messages", "/v1/messages/count_tokens"}
 # What Sentinel matches a `/v1` path against, by its first segments: the endpoints it serves (the typed
@@ -173,18 +178,21 @@ class OpenAIRoutes:
     async def metered(self, request: Request) -> Any:
         path: str = request.scope["path"]  # not request.url: building a URL parses the Host header
         identity = await self.deps.authenticate(request)
-        if query_items(request) is not None:
+        query = query_items(request)
+        if query is not None and (path, request.scope["query_string"]) != BETA_RESPONSES:
             # The metered endpoints take no query parameter, and Sentinel reads none: one sent on would be
             # read upstream unchecked (a LiteLLM proxy runs `?model=` over the body's model, the one checked
-            # against the catalogue and reserved for; Azure reads `?api-version=`).
+            # against the catalogue and reserved for; Azure reads `?api-version=`) — but the openai SDK's
+            # `client.beta.responses.create` (`BETA_RESPONSES`), sent on as it came.
             raise InvalidRequest(
-                f"POST {path} takes no query parameters (they go in the JSON body): the provider would read "
-                "what Sentinel does not check", code="unsupported_query",
+                f"POST {path} takes no query parameters (they go in the JSON body; /v1/responses takes only "
+                "the openai SDK's beta=true): the provider would read what Sentinel does not check",
+                code="unsupported_query",
             )
         body = await self.deps.read_body(request)
         reply = await self.relay.metered(
             context(request.scope), identity, endpoint=METERED[path], segments=path[4:].split("/"),
-            payload=await parse_json_body(body), body=body, headers=request.scope["headers"],
+            payload=await parse_json_body(body), body=body, headers=request.scope["headers"], query=query,
         )
         return render(reply)
 

@@ -122,10 +122,11 @@ class OpenAIRelay:
     # --- metered endpoints (chat, completions, embeddings, responses) -------------------------------
     async def metered(
         self, ex: Exchange, identity: Identity, *, endpoint: str, segments: Sequence[str], payload: dict[str, Any],
-        body: bytes, headers: RawHeaders,
+        body: bytes, headers: RawHeaders, query: Query | None = None,
     ) -> Reply | StreamReply:
-        """Check, resolve the model, admit, forward the request (`body`, parsed as `payload`; never a
-        query: the caller refuses one), relay the answer and settle. Nothing is reserved for a request
+        """Check, resolve the model, admit, forward the request (`body`, parsed as `payload`, with
+        `query`: the only one the caller lets through, the openai SDK's beta switch — sent on as it
+        came, to every target, never read), relay the answer and settle. Nothing is reserved for a request
         refused before it is sent. The walks of a large body run in a worker thread (`sentinel.offload`)."""
         heavy = large(body)
         targets, references, files = await off_loop(functools.partial(self._checked, endpoint, payload), heavy)
@@ -144,7 +145,7 @@ class OpenAIRelay:
                 strip_usage = True
         carried, extends = continued(payload) if endpoint == "responses" else ([], [])
         held = await self.ownership.contexts(carried) if carried else {}
-        request = Relayed(endpoint, segments, payload, headers, stream, strip_usage,
+        request = Relayed(endpoint, segments, payload, headers, query, stream, strip_usage,
                           identity if _stores_objects(endpoint, payload) else None,
                           extends=[(conversation, held.get(conversation, 0)) for conversation in extends],
                           speaker=identity if endpoint == "chat" else None, heavy=heavy,
@@ -242,7 +243,7 @@ class OpenAIRelay:
             endpoint=request.endpoint,
         )), request.heavy)
         upstream = await self._forward(
-            ex, to, "POST", request.segments, body, request.headers, None,
+            ex, to, "POST", request.segments, body, request.headers, request.query,
             admission, stream=request.stream,
         )
         if request.stream and request.strip_usage and 200 <= upstream.status < 300 and upstream.encoded:
@@ -700,6 +701,7 @@ class Relayed:
     segments: Sequence[str]
     payload: dict[str, Any]  # what is sent (re-encoded: never the client's bytes)
     headers: RawHeaders
+    query: Query | None  # sent on as it came (`/v1/responses?beta=true`: the openai SDK's beta)
     stream: bool
     strip_usage: bool
     owner: Identity | None

@@ -245,11 +245,12 @@ class UpstreamResponse:
     @property
     def client_switched(self) -> bool:
         """Whether the request went with a client's switch that changes how the provider reads it — a
-        beta (`anthropic-beta`, `openai-beta`, relayed from the client: `forwardable_headers`). One can
-        make a provider refuse Sentinel's key for that request alone (Anthropic's OAuth beta expects
-        another credential), so such a refusal says nothing of the key (`upstream_error`)."""
-        sent = self.raw.request_info.headers
-        return "anthropic-beta" in sent or "openai-beta" in sent
+        beta (`anthropic-beta`, `openai-beta`, relayed from the client: `forwardable_headers`; the
+        openai SDK's `?beta=true`, or any `beta` a pass-through query sent on). One can make a provider
+        refuse Sentinel's key for that request alone (Anthropic's OAuth beta expects another
+        credential), so such a refusal says nothing of the key (`upstream_error`)."""
+        sent = self.raw.request_info
+        return "anthropic-beta" in sent.headers or "openai-beta" in sent.headers or "beta" in sent.url.query
 
     async def read(self) -> bytes:
         """The whole body (read before anything of it is answered: past `limit`, `AnswerTimeLimit`).

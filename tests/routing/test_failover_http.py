@@ -213,7 +213,7 @@ def answering(status: int, body: dict[str, Any], headers: dict[str, str] | None 
     async def answer(request: Request) -> JSONResponse:
         return JSONResponse(body, status_code=status, headers=headers)
 
-    return Starlette(routes=[Route("/v1/chat/completions", answer, methods=["POST"])])
+    return Starlette(routes=[Route(path, answer, methods=["POST"]) for path in ("/v1/chat/completions", "/v1/responses")])
 
 
 def test_a_native_retry_records_the_wait_its_first_choice_asked_for(
@@ -446,6 +446,26 @@ def test_a_key_refusal_of_a_request_with_a_clients_beta_switch_is_no_provider_fa
             assert switched.status_code == 502 and switched.json()["error"]["code"] == "provider_auth_error"
             assert gw.read_stored(ProviderHealth.key(*OA_MINI)) is None
             plain = http.post("/v1/chat/completions", json=body)
+    assert plain.status_code == 502 and plain.json()["error"]["code"] == "provider_auth_error", plain.text
+    state = gw.read_stored(ProviderHealth.key(*OA_MINI))
+    assert state is not None and json.loads(state)["failures"] == 1
+
+
+def test_a_key_refusal_of_a_beta_response_is_no_provider_failure(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    """The openai SDK's beta Responses (`POST /v1/responses?beta=true`) is a client's beta switch as
+    `openai-beta` is: a 401 to it refused that request, not Sentinel's key — counted, any user could
+    take the model out of service for everyone at will. The same refusal without the switch counts."""
+    with serving(answering(401, REVOKED)) as upstream:
+        gw = start(gateway_factory, tmp_path, backend_url, {"simple": [entry(OA_MINI)]},
+                   openai_api_url=upstream.url + "/v1")
+        body = {"model": OA_MINI[1], "input": "hi"}
+        with gw.client() as http:
+            switched = http.post("/v1/responses?beta=true", json=body)
+            assert switched.status_code == 502 and switched.json()["error"]["code"] == "provider_auth_error"
+            assert gw.read_stored(ProviderHealth.key(*OA_MINI)) is None
+            plain = http.post("/v1/responses", json=body)
     assert plain.status_code == 502 and plain.json()["error"]["code"] == "provider_auth_error", plain.text
     state = gw.read_stored(ProviderHealth.key(*OA_MINI))
     assert state is not None and json.loads(state)["failures"] == 1

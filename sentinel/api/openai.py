@@ -115,21 +115,28 @@ def _metered_below(path: str) -> str | None:
 # metered as the one request that made them: opened only by a pattern at or below them
 # (`/v1/realtime/*`, `/v1/realtime/client_secrets`), never by a broader one (`/v1/*`).
 UNSEEN_SESSIONS = frozenset({"realtime", "chatkit", "live", "agents"})
+# Below these the provider keeps what the whole account shares, every user's alike: its organisation
+# and projects (members, keys, roles, every user's usage and costs), its webhook endpoints (every
+# event of the account sent where one says: a user adding one receives the others' answers), its vaults
+# of credentials. No object there is one user's, so none can be kept to its owner: opened only by a
+# pattern naming them too (`/v1/*` handed every user the account's shared settings and secrets).
+ACCOUNT_WIDE = frozenset({"organization", "projects", "webhook_endpoints", "webhook_event_types", "vaults"})
+BY_NAME_ONLY = UNSEEN_SESSIONS | ACCOUNT_WIDE
 
 
-def unseen_sessions(path: str) -> str | None:
-    """The `/v1/{name}` of UNSEEN_SESSIONS `path` is at or below (read as a lenient server may read its
+def by_name_only(path: str) -> str | None:
+    """The `/v1/{name}` of BY_NAME_ONLY `path` is at or below (read as a lenient server may read its
     first segment: `/v1/Realtime/...`, `/v1/realtime;x/...`), or None."""
     first, _, rest = path[4:].partition("/")
     name = _leniently(first)
     if not rest:
         name = name.partition(".")[0] or name  # a suffix pattern's `.json`
-    return f"/v1/{name}" if name in UNSEEN_SESSIONS else None
+    return f"/v1/{name}" if name in BY_NAME_ONLY else None
 
 
 class PassthroughPolicy:
     """Which other `/v1` paths are forwarded: exact paths, or `prefix/*` for a path and all below it
-    — but for those below UNSEEN_SESSIONS, which only a pattern at or below them allows."""
+    — but for those below BY_NAME_ONLY, which only a pattern at or below them allows."""
 
     def __init__(self, patterns: list[str]) -> None:
         self.exact = {p for p in patterns if not p.endswith("/*")}
@@ -140,15 +147,15 @@ class PassthroughPolicy:
         if path in self.exact:
             return path
         covering = self._covering(path)
-        sessions = unseen_sessions(path) if covering else None
+        named = by_name_only(path) if covering else None
         for prefix in covering:
-            if sessions is None or prefix == sessions or prefix.startswith(sessions + "/"):
+            if named is None or prefix == named or prefix.startswith(named + "/"):
                 return prefix + "/*"
         return None
 
     def withheld(self, path: str) -> str | None:
-        """The `/v1/{name}` of UNSEEN_SESSIONS that a broader allowed pattern does not open for `path`."""
-        return unseen_sessions(path) if self._covering(path) and self.match(path) is None else None
+        """The `/v1/{name}` of BY_NAME_ONLY that a broader allowed pattern does not open for `path`."""
+        return by_name_only(path) if self._covering(path) and self.match(path) is None else None
 
     def _covering(self, path: str) -> list[str]:
         return [prefix for prefix in self.prefixes if path == prefix or path.startswith(prefix + "/")]
@@ -266,12 +273,13 @@ class OpenAIRoutes:
                 "this gateway: use POST /v1/messages", code="endpoint_not_supported",
             )
         if pattern is None:
-            sessions = self.passthrough_policy.withheld(path)
-            if sessions is not None:
+            named = self.passthrough_policy.withheld(path)
+            if named is not None:
+                what = ("hands out provider sessions whose tokens the gateway never sees" if named[4:] in UNSEEN_SESSIONS
+                        else "manages what the whole provider account shares, every user's alike")
                 raise NotFound(
-                    f"Endpoint {request.method} {clipped(path)} is not supported by this gateway: it hands out "
-                    f"provider sessions whose tokens the gateway never sees, allowed only by name ({sessions}/*)",
-                    code="endpoint_not_supported",
+                    f"Endpoint {request.method} {clipped(path)} is not supported by this gateway: it {what}, "
+                    f"allowed only by name ({named}/*)", code="endpoint_not_supported",
                 )
             raise NotFound(
                 f"Endpoint {request.method} {clipped(path)} is not supported by this gateway", code="endpoint_not_supported"

@@ -284,8 +284,9 @@ def test_a_metered_endpoint_with_a_suffix_or_below_another_prefix_is_never_pass_
     chat there) went upstream as pass-through: one request, any model, no token reservation — and
     `GET /v1/chat/completions.json` the provider's list of every user's stored completions. A path
     ending as an endpoint Sentinel serves itself is 404 `endpoint_not_supported`, nothing sent; the
-    organisation's usage reports (`/v1/organization/usage/completions`) and other paths still go."""
-    gw = start(gateway_factory, spy, passthrough="/v1/*", usage_flush_interval_seconds=0.1)
+    organisation's usage reports (`/v1/organization/usage/completions`, allowed by name) and other paths
+    still go."""
+    gw = start(gateway_factory, spy, passthrough="/v1/*,/v1/organization/*", usage_flush_interval_seconds=0.1)
     chat = {"model": "o1-pro", "messages": [{"role": "user", "content": "hi"}], "input": "hi"}
     with gw.client() as alice:
         refused = [
@@ -344,6 +345,41 @@ def test_sessions_the_gateway_never_sees_are_opened_only_by_name(
     assert [r.status_code for r in answers] == [404, 404, 404]  # the mock serves none of them...
     assert spy.paths() == ["/v1/realtime/client_secrets", "/v1/chatkit/sessions"]  # ...but these were sent
     assert "allowed only by name (/v1/live/*)" in openai_error(answers[2].json())["message"]
+
+
+ACCOUNT_WIDE = [
+    "/v1/vaults", "/v1/vaults/vlt_1", "/v1/webhook_endpoints", "/v1/webhook_endpoints/we_1", "/v1/webhook_event_types",
+    "/v1/organization/usage/completions", "/v1/organization/admin_api_keys", "/v1/projects/proj_1/users",
+    "/v1/Vaults", "/v1/webhook_endpoints;x",
+]
+
+
+def test_what_the_whole_provider_account_shares_is_opened_only_by_name(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """`SENTINEL_PASSTHROUGH=/v1/*` handed every user what the provider account shares, every user's
+    alike: its vaults of credentials, its webhook endpoints (a user adding one is sent every event of
+    the account, the other users' answers too), its organisation and projects (keys, members, every
+    user's usage). No object there is one user's: only a pattern naming them opens them; under a
+    broader one they are 404 `endpoint_not_supported`, nothing sent."""
+    gw = start(gateway_factory, spy, passthrough="/v1/*")
+    with gw.client() as alice:
+        refused = [alice.get(path) for path in ACCOUNT_WIDE]
+        refused.append(alice.post("/v1/webhook_endpoints", json={"url": "https://attacker.example/hook"}))
+        other = alice.post("/v1/moderations", json=MODERATION)
+    for r in refused:
+        assert (r.status_code, openai_error(r.json())["code"]) == (404, "endpoint_not_supported"), (r.request.url, r.text)
+    assert "what the whole provider account shares" in openai_error(refused[0].json())["message"]
+    assert "allowed only by name (/v1/vaults/*)" in openai_error(refused[0].json())["message"]
+    assert other.status_code == 200, other.text
+    assert spy.paths() == ["/v1/moderations"]
+
+    spy.clear()
+    named = start(gateway_factory, spy, passthrough="/v1/*,/v1/vaults/*")
+    with named.client() as alice:
+        answers = [alice.get(path) for path in ("/v1/vaults/vlt_1", "/v1/webhook_endpoints")]
+    assert [r.status_code for r in answers] == [404, 404]  # the mock serves neither...
+    assert spy.paths() == ["/v1/vaults/vlt_1"]  # ...but the vault named was sent
 
 
 def test_a_word_that_charges_a_run_in_another_case_is_never_pass_through(

@@ -41,7 +41,7 @@ from sentinel.errors import AuthenticationError, GovernanceUnavailable, Permissi
 from sentinel.flight import SingleFlight
 from sentinel.governance.cache import GovernanceCache
 from sentinel.governance.identity import Expired, IdentitySource, Refused, StandIn
-from sentinel.governance.jwt import LocalJwtIdentitySource, unverified_expiry
+from sentinel.governance.jwt import LocalJwtIdentitySource, canonical_encoding, unverified_expiry
 from sentinel.governance.keys import KEY_PREFIX, hash_key
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
@@ -191,6 +191,8 @@ class Authenticator:
         if source is None:
             raise AuthenticationError()
         if source is not self.api_keys:
+            if not canonical_encoding(token):  # one token's other spellings: no lookup, no cache entry each
+                raise AuthenticationError("The token is not a JWT in canonical base64url (no '=' padding, '-' and '_')")
             expiry = unverified_expiry(token)
             if expiry is not None and expiry <= self.clock():
                 raise AuthenticationError("The token has expired", code="token_expired")

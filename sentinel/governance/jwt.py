@@ -16,6 +16,8 @@ every JWKS-signed token is GovernanceUnavailable (503), as with no set at all. K
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import time
 import warnings
@@ -63,6 +65,24 @@ def expiry_of(exp: object) -> float | None:
     if isinstance(exp, bool) or not isinstance(exp, int | float) or exp != exp:  # exp != exp: NaN
         return None
     return float(max(min(exp, MAX_EXP), -MAX_EXP)) + LEEWAY_SECONDS
+
+
+def canonical_encoding(token: str) -> bool:
+    """Whether each `.`-separated segment of a JWT-shaped token is canonical unpadded base64url (RFC
+    7515 §2: no `=`, no `+`/`/`, no other character, zero trailing bits); True for a token without a
+    `.` (an opaque one: not ours to judge). PyJWT takes `sig=`, `+` for `-`, and trailing bits set,
+    so one signed token had many spellings that verify: each its own identity-cache entry and its own
+    Zion `/users/me` lookup, and one user's token multiplied into as many lookups as spellings."""
+    if "." not in token:
+        return True
+    for segment in token.split("."):
+        try:
+            raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        except (binascii.Error, ValueError):  # ValueError: a character outside ASCII
+            return False
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != segment:
+            return False
+    return True
 
 
 def unverified_expiry(token: str) -> float | None:
@@ -121,7 +141,10 @@ class JwtVerifier:
 
     async def verify(self, token: str) -> dict[str, Any] | None:
         """The token's claims, or None when it is not valid. GovernanceUnavailable when the JWKS is
-        needed but cannot be fetched and none is cached, or only one fetched over `max_stale` ago."""
+        needed but cannot be fetched and none is cached, or only one fetched over `max_stale` ago.
+        A token not in canonical encoding (`canonical_encoding`) is not valid."""
+        if not canonical_encoding(token):
+            return None
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

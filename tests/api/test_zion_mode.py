@@ -309,6 +309,30 @@ def test_a_refused_token_sent_in_another_encoding_gets_no_stand_in_either(
     assert post(gw, token).status_code == 401
 
 
+def test_other_spellings_of_a_users_token_never_reach_zion(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    """One valid token spelled otherwise (its signature padded with `=`, its base64url in the standard
+    alphabet, trailing bits set): each was its own identity-cache entry and its own `/users/me` call,
+    so one user's token multiplied into as many Zion lookups as spellings. Only the canonical spelling
+    is asked about; the others are 401, counted as failed authentications."""
+    token = next(t for n in range(1000) if set((t := zion_jwt(600, f"auth0|ria-{n}")).rpartition(".")[2]) & {"-", "_"})
+    zion.add_user(token, "ria-ext", "ria@example.com")
+    head, body, sig = token.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    others = [token + "=", token + "==", token.replace("-", "+").replace("_", "/"),
+              f"{head}.{body}.{sig[:-1]}{alphabet[alphabet.index(sig[-1]) ^ 1]}"]  # an unused bit set
+    gw = zion_gateway(gateway_factory, zion, auth_failures_per_minute=len(others))
+    assert post(gw, token).status_code == 200
+    for other in others:
+        refused = post(gw, other)
+        assert refused.status_code == 401, (other, refused.text)
+        assert refused.json()["error"]["type"] == "authentication_error"
+    assert zion.calls[ME] == 1
+    assert post(gw, "jwt-made-up").status_code == 429  # each was a failed authentication
+    assert post(gw, token).status_code == 200  # the user's own token still serves
+
+
 def test_users_whose_usage_cannot_be_reported_are_refused(
     gateway_factory: Callable[..., Gateway], zion: FakeZion
 ) -> None:

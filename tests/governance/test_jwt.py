@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import RSAAlgorithm
 from starlette.applications import Starlette
@@ -29,6 +29,7 @@ from sentinel.governance.jwt import (
     MAX_KEYS_PER_KID,
     JwtVerifier,
     LocalJwtIdentitySource,
+    canonical_encoding,
     unverified_expiry,
 )
 from tests.support.fake_zion import ZionProfiles
@@ -211,6 +212,54 @@ def test_unverified_expiry_reads_exp_plus_the_leeway_and_nothing_else() -> None:
     assert unverified_expiry(hs(claims(exp=-(10**400)))) == long_ago  # nor this one, of anyone's making
     assert unverified_expiry(hs(claims(exp=-1e300))) == long_ago
     assert unverified_expiry(hs(claims(exp=float("nan")))) is None
+
+
+def respellings(token: str) -> dict[str, str]:
+    """Other spellings of `token` (43-character signature, one holding a `-` or `_`) that decode to
+    the same bytes, or nearly: each was a separate identity-cache entry and identity lookup."""
+    head, body, sig = token.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    flipped = alphabet[alphabet.index(sig[-1]) ^ 1]  # one of the 2 unused trailing bits set
+    return {
+        "padded signature": f"{token}=",
+        "padded twice": f"{token}==",
+        "padded payload": f"{head}.{body}{'=' * (-len(body) % 4)}.{sig}",
+        "trailing bits": f"{head}.{body}.{sig[:-1]}{flipped}",
+        "standard alphabet": token.replace("-", "+").replace("_", "/"),
+        "junk": f"{head}.{body}.{sig[:8]}!{sig[8:]}",
+    }
+
+
+def dashed_token() -> str:
+    """A valid HS256 token whose signature holds a `-` or `_` (the jti picked to make one)."""
+    for n in range(1000):
+        token = hs(aud(jti=str(n)))
+        if len(token.rpartition(".")[2]) == 43 and set(token.rpartition(".")[2]) & {"-", "_"}:
+            return token
+    raise AssertionError("no such token")
+
+
+async def test_only_the_canonical_spelling_of_a_token_is_valid(verifier: JwtVerifier) -> None:
+    """PyJWT takes a signature padded with `=`: one signed token had several spellings, each its own
+    identity-cache entry and governance lookup. RFC 7515 wants unpadded base64url: any other is refused."""
+    token = dashed_token()
+    assert canonical_encoding(token) and await verifier.verify(token) is not None
+    for name, other in respellings(token).items():
+        assert other != token
+        assert not canonical_encoding(other), name
+        assert await verifier.verify(other) is None, name
+
+
+@pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512", "RS256", "PS512", "ES256", "ES384", "ES512", "EdDSA"])
+def test_tokens_pyjwt_makes_are_canonical(alg: str) -> None:
+    """Every token PyJWT encodes (each algorithm's signature length) passes; so does an opaque one."""
+    curves = {"ES256": ec.SECP256R1(), "ES384": ec.SECP384R1(), "ES512": ec.SECP521R1()}
+    key: Any = (SECRET if alg.startswith("HS") else ed25519.Ed25519PrivateKey.generate() if alg == "EdDSA"
+                else ec.generate_private_key(curves[alg]) if alg in curves
+                else rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    for n in range(8):  # payloads of each length mod 3
+        assert canonical_encoding(jwt.encode(claims(jti="x" * n), key, algorithm=alg))
+    assert canonical_encoding("opaque-zion-token")
 
 
 # --- RS256 through a JWKS ---------------------------------------------------------------------------

@@ -27,10 +27,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _optional(payload: dict[str, Any], key: str, ok: Callable[[Any], bool], expected: str) -> None:
+def _optional(payload: dict[str, Any], key: str, ok: Callable[[Any], bool], expected: str, where: str = "") -> None:
     value = payload.get(key)
     if value is not None and not ok(value):
-        raise invalid(key, expected)
+        raise invalid(where + key, expected)
 
 
 def _positive_int(limit: int | None = None) -> Callable[[Any], bool]:
@@ -121,19 +121,31 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
             for i, item in enumerate(items):
                 if not isinstance(item, dict):
                     raise invalid(f"input.{i}", "must be an input item object")
-                if _names_an_item(item) and not _is_id(item.get("id")):
-                    raise invalid(f"input.{i}.id", "must be a string, not blank: the id of the item it names")
                 parts = item.get("content")
                 for j, part in enumerate(parts if isinstance(parts, list) else ()):
                     if isinstance(part, dict) and part.get("type") == "input_image":
                         _check_image_url(part.get("image_url"), f"input.{i}.content.{j}.image_url")
         _optional(payload, "instructions", lambda v: isinstance(v, str), "must be a string")
         _optional(payload, "max_output_tokens", _positive_int(), "must be an integer >= 1")
-        _optional(payload, "previous_response_id", _is_id, "must be a response id (a string, not blank)")
-        _check_conversation(payload.get("conversation"))
+        check_named_ids(payload)
         if payload.get("background") not in (None, False):
             # The provider would generate after the call is answered: output Sentinel could not meter.
             raise invalid("background", "background responses are not supported through this gateway")
+
+
+def check_named_ids(payload: dict[str, Any], where: str = "") -> None:
+    """Raise NativeValidationError (`param` prefixed by `where`: `body.` for a batch line) when a
+    Responses-shaped body names a stored object by an id that is not one: `previous_response_id`,
+    `conversation` (`_check_conversation`) or an input item naming a stored one by `id`, empty or
+    blank. The one check of the metered `/v1/responses`, of the pass-through calls that take its body
+    (`/v1/responses/input_tokens`, `/v1/responses/compact`) and of a batch's `/v1/responses` lines:
+    the provider refused such an id after the call was admitted and sent."""
+    _optional(payload, "previous_response_id", _is_id, "must be a response id (a string, not blank)", where)
+    _check_conversation(payload.get("conversation"), where)
+    items = payload.get("input")
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        if isinstance(item, dict) and _names_an_item(item) and not _is_id(item.get("id")):
+            raise invalid(f"{where}input.{i}.id", "must be a string, not blank: the id of the item it names")
 
 
 def _is_id(value: Any) -> bool:
@@ -149,15 +161,15 @@ def _names_an_item(item: dict[str, Any]) -> bool:
     return kind == "item_reference" or (kind is None and "role" not in item and "id" in item)
 
 
-def _check_conversation(value: Any) -> None:
+def _check_conversation(value: Any, where: str = "") -> None:
     """A Responses request's `conversation`, when given: its id, or an object naming it by `id`.
     Refused here as `previous_response_id` is, a malformed one went to the provider (and was charged)."""
     if value is None or _is_id(value):
         return
     if not isinstance(value, dict):
-        raise invalid("conversation", "must be a conversation id (a string, not blank) or an object with its `id`")
+        raise invalid(f"{where}conversation", "must be a conversation id (a string, not blank) or an object with its `id`")
     if not _is_id(value.get("id")):
-        raise invalid("conversation.id", "must be a string, not blank: the id of the conversation")
+        raise invalid(f"{where}conversation.id", "must be a string, not blank: the id of the conversation")
 
 
 def output_multiplier(endpoint: str, payload: dict[str, Any]) -> int:

@@ -29,7 +29,8 @@ import orjson
 from sentinel.domain.plans import MAX_LIMIT
 from sentinel.domain.text import is_text
 from sentinel.native._wire import is_number
-from sentinel.native.openai_checks import json_containers_exceed
+from sentinel.native.errors import NativeValidationError
+from sentinel.native.openai_checks import check_named_ids, json_containers_exceed
 from sentinel.quota.estimate import BATCH_URLS
 from sentinel.quota.usage import MAX_ANSWER_ITEMS
 
@@ -639,6 +640,13 @@ def read_batch_input(
                 )
         if reads_account_data(request):
             raise InvalidBatchInput(f"Line {number} of the batch input asks for data across the account")
+        url = request.get("url")
+        responses = BATCH_URLS.get(url if isinstance(url, str) else "", "responses") == "responses"
+        if responses and isinstance(body, dict):  # as the metered /v1/responses checks them (a url not known: as it)
+            try:
+                check_named_ids(body, "body.")
+            except NativeValidationError as exc:
+                raise InvalidBatchInput(f"Line {number} of the batch input: {exc.message}") from None
         ids = referenced_ids(request)
         if not all(is_text(object_id) for object_id in ids):
             raise InvalidBatchInput(f"Line {number} of the batch input names an object id that is not text "
@@ -653,8 +661,7 @@ def read_batch_input(
             line_input, line_output = measure(request.get("url"), body)
             input_tokens = min(MAX_BATCH_TOKENS, input_tokens + line_input)
             output_tokens = min(MAX_BATCH_TOKENS, output_tokens + line_output)
-            url = request.get("url")
-            if BATCH_URLS.get(url if isinstance(url, str) else "", "responses") == "responses":
+            if responses:
                 for object_id in continued(body)[0]:
                     continues[object_id] = continues.get(object_id, 0) + 1
     sent = content if rewrite is None else (

@@ -36,7 +36,7 @@ from sentinel.native.end_user import (
 )
 from sentinel.native.errors import NativeValidationError
 from sentinel.native.model_request import ModelChatRequest
-from sentinel.native.openai_checks import check_metered_fields
+from sentinel.native.openai_checks import check_metered_fields, check_named_ids
 from sentinel.native.openai_inbound import parse_openai_chat
 from sentinel.native.types import schemas_remembered
 from sentinel.observability.metrics import Metrics
@@ -544,6 +544,11 @@ class OpenAIRelay:
                 code="unsupported_data_source",
             )
         self._check_run_models(segments, parsed)
+        if segments[0] == "responses" and isinstance(parsed, dict):  # input_tokens, compact: a Responses body
+            try:
+                check_named_ids(parsed)  # as the metered /v1/responses: a blank id is no object's
+            except NativeValidationError as exc:
+                raise InvalidRequest(exc.message, details={"param": exc.param}) from None
         return parsed, _references(parsed, reference_keys(segments))
 
     def _batch_model(self, name: str) -> bool:

@@ -539,3 +539,42 @@ def test_anthropics_paths_are_never_pass_through(gateway_factory: Callable[..., 
             assert r.json()["type"] == "error" and r.json()["error"]["type"] == "not_found_error", r.text
         assert spy.seen == []
         assert recorded_ids(gw.settings.database_url) == set()
+
+
+# Bodies naming a stored object by an id that is none: the metered /v1/responses refuses each (400).
+BLANK_IDS = [
+    ({"previous_response_id": ""}, "previous_response_id"),
+    ({"previous_response_id": "  "}, "previous_response_id"),
+    ({"conversation": " "}, "conversation"),
+    ({"conversation": {"id": ""}}, "conversation.id"),
+    ({"input": [{"type": "item_reference", "id": "\t"}]}, "input.0.id"),
+]
+
+
+def test_blank_ids_on_responses_pass_through_calls_and_batch_lines_are_400_before_the_provider(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """`/v1/responses/input_tokens` and `/v1/responses/compact` take a Responses body, and a batch's
+    `/v1/responses` lines are Responses requests; but only the metered `/v1/responses` refused a blank
+    `previous_response_id`, `conversation` or item id: the others sent it to the provider (admitted
+    and charged a request), which refused it. Each is the same 400 naming the parameter now, before
+    anything is reserved or sent."""
+    gw = start(gateway_factory, spy, passthrough="/v1/responses/*,/v1/files/*,/v1/batches")
+    answers = []
+    with gw.client() as http:
+        for extra, param in BLANK_IDS:
+            body = {"model": "gpt-4o-mini", "input": "hi", **extra}
+            for path in ("/v1/responses/input_tokens", "/v1/responses/compact"):
+                answers.append((http.post(path, json=body), param))
+            line = orjson.dumps({"custom_id": "1", "method": "POST", "url": "/v1/responses", "body": body})
+            answers.append((http.post("/v1/files", files={"file": ("in.jsonl", line + b"\n")},
+                                      data={"purpose": "batch"}), "body." + param))
+        taken = http.post("/v1/responses/input_tokens", json={"model": "gpt-4o-mini", "input": "hi"})
+    for answer, param in answers:
+        assert answer.status_code == 400, (param, answer.text)
+        error = openai_error(answer.json())
+        assert error["type"] == "invalid_request_error" and param in error["message"], (param, error)
+        assert "x-ratelimit-limit" not in answer.headers  # refused before anything was reserved
+    assert taken.status_code != 400, taken.text  # a body naming no blank id still goes through
+    assert spy.paths() == ["/v1/responses/input_tokens"]
+    assert wait_for(lambda: len(recorded_ids(gw.settings.database_url)) == 1)  # only the call that was sent

@@ -88,7 +88,9 @@ def _count_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     return n
 
 
-COUNT_FAILURE = Script(name="authfail_count", lua=_COUNT_LUA, local=_count_local)
+# Sent once (`Script.once`): redis-py's cluster client sent it again after a lost reply, and one
+# failed authentication was counted twice. A lost reply is an outage for `failed` (counted here).
+COUNT_FAILURE = Script(name="authfail_count", lua=_COUNT_LUA, local=_count_local, once=True)
 
 
 def address_of(request: Request) -> str | None:

@@ -71,11 +71,17 @@ class Script:
 
     Both implementations must return the same result for the same keys/args; the contract tests
     check it. `local(ops, keys, args)` receives args as strings, exactly like Lua's ARGV.
+
+    `once`: a script that must not run twice for one call, and cannot tell a second run from a new
+    call (a counter's INCR): sent once, never again by the client (`RedisStore._command_once`), so a
+    reply lost after it ran is StoreUnavailable for the caller, not a second run. Others are resent
+    by redis-py's cluster client after a lost reply, and must give the same outcome run twice.
     """
 
     name: str
     lua: str
     local: Callable[[LocalOps, list[str], list[str]], Any]
+    once: bool = False
 
 
 _DELETE_IF_LUA = """

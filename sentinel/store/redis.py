@@ -20,6 +20,7 @@ through redis-py's cluster client, which routes each to its slot's primary.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -322,19 +323,23 @@ class RedisStore:
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
         self.check_script_keys(script, keys)
         async with self.guard(keys[0] if keys else None):
-            return await self._eval(script.name, script.lua, keys, args)
+            return await self._eval(script.name, script.lua, keys, args, once=script.once)
 
-    async def _eval(self, name: str, body: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
-        """EVALSHA, or EVAL once on a node that does not know the script yet (inside `guard()`)."""
+    async def _eval(
+        self, name: str, body: str, keys: Sequence[str], args: Sequence[ScriptArg], *, once: bool = False
+    ) -> Any:
+        """EVALSHA, or EVAL once on a node that does not know the script yet (inside `guard()`);
+        `once` (`Script.once`, a script with keys): each sent with `_command_once`, never resent."""
         sha = self._shas.get(name)
         if sha is None:
             sha = self._shas[name] = hashlib.sha1(body.encode()).hexdigest()
+        send = functools.partial(self._command_once, keys[0]) if once and keys else self._command
         try:
-            return await self._command("EVALSHA", sha, len(keys), *keys, *args)
+            return await send("EVALSHA", sha, len(keys), *keys, *args)
         except NoScriptError:
             # First use on this node (or it restarted, or a replica was promoted): send the
             # body once; Redis caches it under the same sha.
-            return await self._command("EVAL", body, len(keys), *keys, *args)
+            return await send("EVAL", body, len(keys), *keys, *args)
 
     async def _command(self, *command: Any) -> Any:
         """A hot-path command: auto-pipelined on one server, routed by redis-py on a cluster."""

@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import MaxConnectionsError
 
+from sentinel.api.throttle import FailedAuthThrottle, shared_key
 from sentinel.domain.plans import ExternalUsage, Limit, Plan
 from sentinel.errors import StoreRefused, StoreUnavailable
 from sentinel.governance.ownership import Ownership
@@ -258,6 +259,24 @@ async def test_a_stream_append_whose_reply_is_lost_is_not_run_again(
         await store.stream_add(S, {"r": b"once"})
     assert lost.sent == 1 and await store.stream_len(S) == 1
     assert await store.stream_add(S, {"r": b"next"})  # the store goes on serving
+    await store.close()
+
+
+async def test_a_failed_authentication_whose_reply_is_lost_is_counted_once(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's cluster client sent the failure counter's script again after its reply was lost:
+    one failed authentication counted twice, so a client reached the limit in half its failures. It
+    is sent once: the lost reply is an outage for the throttle, which counts it in its own table."""
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    throttle = FailedAuthThrottle(5, store=store, clock=lambda: 1_000_000.0)  # minute 16,666
+    await throttle.failed("198.51.100.7")  # the script is known to its node from now on (EVALSHA, not EVAL)
+    lost = LostClusterReply(monkeypatch, "EVALSHA")
+    await throttle.failed("198.51.100.7")  # its reply lost: counted in this process's table
+    assert lost.sent == 1
+    key = shared_key(16_666, "198.51.100.7")
+    assert await store.get(key) == b"2"  # two failures, each counted once
+    await store.delete(key)
     await store.close()
 
 

@@ -190,7 +190,8 @@ def test_a_body_framed_otherwise_than_by_chunked_alone_is_refused(gateway: Gatew
 
 # --- headers sent twice ---------------------------------------------------------------------------
 @pytest.mark.parametrize("twice", ["Authorization", "x-api-key", "Host"])
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/native/v1/chat/completions",
+                                  "/admin/api/users"])
 def test_a_credential_or_host_sent_twice_is_refused(gateway: Gateway, twice: str, path: str) -> None:
     """Two Authorization lines (or x-api-key, or Host): Sentinel read the first, a proxy in front may
     read the last — the key a request was billed to was a guess. 400 `duplicate_header`, in the
@@ -214,6 +215,35 @@ def test_a_credential_or_host_sent_twice_is_refused(gateway: Gateway, twice: str
     else:
         assert openai_error(error)["code"] == "duplicate_header"
     assert ledger_rows(gateway.settings.database_url) == []
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/native/v1/chat/completions"])
+def test_authorization_and_x_api_key_naming_different_credentials_are_refused(gateway: Gateway, path: str) -> None:
+    """Two credentials on one request (a proxy in front may check one while Sentinel used the other):
+    401 `conflicting_credentials` in the surface's shape on every user surface, whichever is valid;
+    the same token in both is one credential."""
+    other = "sk-sentinel-someone-else"
+    body = (b'{"model":"claude-3-5-haiku-20241022","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
+            if path == "/v1/messages" else CHAT)
+
+    def send(authorization: str, api_key: str) -> bytes:
+        return exchange(gateway, (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {authorization}\r\nx-api-key: {api_key}\r\n"
+            f"Content-Type: application/json\r\nanthropic-version: 2023-06-01\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode() + body)
+
+    for authorization, api_key in ((gateway.key, other), (other, gateway.key)):
+        answer = send(authorization, api_key)
+        assert statuses(answer) == [401], answer[:300]
+        error = body_of(answer)
+        if path == "/v1/messages":
+            assert error["error"]["type"] == "authentication_error", error  # type: ignore[index]
+        else:
+            assert openai_error(error)["code"] == "conflicting_credentials"
+    assert ledger_rows(gateway.settings.database_url) == []
+    same = send(gateway.key, gateway.key)  # authenticated: past the gate (the native body is not its shape)
+    assert statuses(same) == ([400] if path.startswith("/native/") else [200]), same[:300]
+    assert b"conflicting_credentials" not in same
 
 
 # --- Expect: 100-continue -----------------------------------------------------------------------

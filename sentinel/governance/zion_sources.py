@@ -92,7 +92,8 @@ class ZionSink:
                           "usage waits in the outbox", exc.zion_status, extra={"batch": idempotency_key})
             elif exc.zion_status in CONTENT_REFUSALS and sum(1 for r in records if r.email) <= MAX_BATCH:
                 raise UsageBatchRefused(
-                    f"Zion refused the usage batch whole ({exc.zion_status})", retry_after=exc.retry_after
+                    f"Zion refused the usage batch whole ({exc.zion_status})", retry_after=exc.retry_after,
+                    resend_after=exc.resend_after,  # its Retry-After, if any: honoured before any part goes
                 ) from None
             raise
         skipped = [item.request_id for item in result.items if item.status == "skipped"]

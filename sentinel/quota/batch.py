@@ -131,9 +131,11 @@ class OutboxBackend(Protocol):
         """A batch to deliver: first one whose holder's lease ran out (taken over whole, same key,
         same records), else up to `limit` waiting records under a new key; None when nothing waits."""
 
-    async def renew(self, batch: Batch) -> bool:
+    async def renew(self, batch: Batch, hold: float = 0.0) -> bool:
         """Extend the lease on `batch`; False when none of it is held under its key any more
-        (another holder settled it)."""
+        (another holder settled it). `hold`: seconds no other deliverer may take the batch over even
+        should this one die, when longer than the lease — the wait the sink asked for (Retry-After,
+        a timed-out call): a takeover after the lease sent it before that wait was over."""
 
     async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
         """The sink answered: remove the accepted records; the `refused` request ids leave the batch

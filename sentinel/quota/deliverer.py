@@ -26,7 +26,10 @@ before that wait has passed — at least the backoff's delay, at most MAX_SINK_W
 batch, no new one, not at shutdown (a batch held in memory stored then is due once the wait is
 over, for the next process too); the deliverer goes on with everything else meanwhile (orphans
 are stored, the held batch's lease renewed every third of a lease). Never a wait of its own: a
-cycle returns at once while it lasts.
+cycle returns at once while it lasts. The held batch's lease is renewed for the whole wait
+(`DurableOutbox.renew`'s `hold`), so a deliverer that takes it over after this one died honours the
+wait too. A refusal whole or of one record (`UsageBatchRefused`) carrying a wait is honoured the same
+way: the batch moves under its split key at once, its parts go after the wait.
 
 A batch claimed from memory (its records found no durable outbox) is moved to the outbox table under
 its key at its next failure, and at shutdown (`DurableOutbox.keep`): from there it is taken over
@@ -136,6 +139,10 @@ class UsageDeliverer:
                 asked = exc.resend_after if isinstance(exc, GovernanceUnavailable) else None
                 self._later(exc.message, "usage delivery failed; retrying the same batch", asked=asked)
                 await self._keep_held()
+                if asked is not None and self.held is not None:
+                    # Held in the outbox for the whole wait: should this process die meanwhile, a
+                    # takeover after the lease sent it while Zion may still be applying it.
+                    await self._renew(self.held)
                 return 0
             except Exception as exc:  # noqa: BLE001 - no outage (odd JSON from a sink, a bug): back off all the same
                 self.metrics.deliveries.labels("failure").inc()
@@ -210,12 +217,22 @@ class UsageDeliverer:
                 if len(batch.items) == 1:  # refused alone: not applied, batched again later
                     log.warning("the usage sink refused a record", extra={
                         "batch": batch.key, "record_id": batch.items[0].record.request_id, "error": exc.message})
+                    self._asked_to_wait(exc.resend_after)
                     return batch, [batch.items[0].record.request_id]
                 log.warning("the usage sink refused a batch whole; delivering its records one by one",
                             extra={"batch": batch.key, "count": len(batch.items), "error": exc.message})
+                wait = exc.resend_after
+            else:
+                wait = None
             # Before any part is sent: a failure here leaves the batch under its key, sent whole again.
             async with self._moving:  # (not while the lease keeper renews it under its first key)
                 batch = self.held = await self.outbox.split_up(batch)
+            if wait is not None:
+                # Refused with a Retry-After: no part goes before the wait is over (sent at once, the
+                # parts were a burst of calls to a Zion that had just asked for none). A failure
+                # asking for that wait, so the retry (or a takeover) sends the parts after it.
+                raise GovernanceUnavailable("the usage sink refused a batch whole and asked for a wait; "
+                                            "its records go one by one after it", resend_after=wait)
         return batch, await self._send_apart(batch)
 
     async def _send_apart(self, batch: Batch) -> list[str]:
@@ -235,27 +252,35 @@ class UsageDeliverer:
             sent = waiting[start : start + PARTS_AT_ONCE]
             answers = await asyncio.gather(*(self._send_part(batch.key, r) for r in sent), return_exceptions=True)
             failure: BaseException | None = None
+            wait: float | None = None
             for record, answer in zip(sent, answers, strict=True):
                 if isinstance(answer, BaseException):
                     failure = failure or answer
                 else:
-                    self._parts[record.request_id] = answer
+                    self._parts[record.request_id], asked = answer
+                    if asked is not None:
+                        wait = max(wait or 0.0, asked)
             if failure is not None:
                 raise failure
+            if wait is not None and start + PARTS_AT_ONCE < len(waiting):
+                # A part refused with a Retry-After: the parts not yet sent go after the wait.
+                raise GovernanceUnavailable("the usage sink refused a record and asked for a wait",
+                                            resend_after=wait)
         refused = [c.record.request_id for c in batch.items if self._parts.get(c.record.request_id)]
         log.info("usage batch delivered apart", extra={"batch": batch.key, "count": len(batch.items),
                                                          "refused": len(refused)})
         return refused
 
-    async def _send_part(self, key: str, record: UsageRecord) -> bool:
-        """Deliver one record of a batch delivered apart under its part key: whether the sink refused it."""
+    async def _send_part(self, key: str, record: UsageRecord) -> tuple[bool, float | None]:
+        """Deliver one record of a batch delivered apart under its part key: whether the sink refused
+        it, and the wait it asked for with a refusal (Retry-After), if any."""
         try:
             refused = await self.sink.deliver([record], part_key(key, record.request_id))
         except UsageBatchRefused as exc:
             log.warning("the usage sink refused a record", extra={
                 "batch": key, "record_id": record.request_id, "error": exc.message})
-            return True
-        return record.request_id in refused
+            return True, exc.resend_after
+        return record.request_id in refused, None
 
     def _untaken(self, batch: Batch) -> set[str]:
         """The request ids of `batch` the sink may still have to take: all but the parts it accepted
@@ -305,7 +330,8 @@ class UsageDeliverer:
         """
         self._leased_at = self.clock()
         try:
-            if not await self.outbox.renew(batch):
+            # For the wait the sink asked for, if longer than the lease: a takeover honours it too.
+            if not await self.outbox.renew(batch, hold=max(self._quiet_until - self.clock(), 0.0)):
                 log.info("usage batch no longer held in the outbox; sending it again", extra={"batch": batch.key})
         except SentinelError:
             pass  # the lease may run out meanwhile: a takeover sends the same batch under the same key
@@ -323,6 +349,12 @@ class UsageDeliverer:
         self._not_before = self.clock() + delay
         held = self.held.key if self.held is not None else None
         log.warning(message, extra={"error": error, "retry_in_s": round(delay, 2), "batch": held})
+
+    def _asked_to_wait(self, asked: float | None) -> None:
+        """The sink refused a record alone and asked for a wait with it (Retry-After): nothing goes to
+        it before that wait has passed (at most MAX_SINK_WAIT), as after a failure asking for one."""
+        if asked is not None:
+            self._quiet_until = max(self._quiet_until, self.clock() + min(max(asked, 0.0), MAX_SINK_WAIT))
 
     def _release(self) -> None:
         self.held, self._refused, self.failures, self._not_before = None, None, 0, 0.0

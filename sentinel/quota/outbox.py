@@ -94,7 +94,7 @@ class MemoryOutbox:
         self._held[key] = batch
         return batch
 
-    async def renew(self, batch: Batch) -> bool:
+    async def renew(self, batch: Batch, hold: float = 0.0) -> bool:
         return batch.key in self._held
 
     async def split_up(self, batch: Batch) -> Batch:
@@ -148,7 +148,7 @@ class LedgerOutbox:
     async def claim(self, limit: int) -> Batch | None:
         return None
 
-    async def renew(self, batch: Batch) -> bool:
+    async def renew(self, batch: Batch, hold: float = 0.0) -> bool:
         return False
 
     async def split_up(self, batch: Batch) -> Batch:
@@ -357,9 +357,10 @@ class DurableOutbox:
                 return part
         raise ValueError(f"no outbox backend {batch.backend!r}")
 
-    async def renew(self, batch: Batch) -> bool:
-        """Extend `batch`'s lease; False when another holder has settled it meanwhile."""
-        return await self._owner(batch).renew(batch)
+    async def renew(self, batch: Batch, hold: float = 0.0) -> bool:
+        """Extend `batch`'s lease (for `hold` seconds at least: see `OutboxBackend.renew`); False when
+        another holder has settled it meanwhile."""
+        return await self._owner(batch).renew(batch, hold)
 
     async def split_up(self, batch: Batch) -> Batch:
         """Hold `batch` under its split key from now on (see `OutboxBackend.split_up`)."""

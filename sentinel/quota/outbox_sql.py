@@ -154,13 +154,16 @@ class SqlOutbox:
                     await session.commit()
         return Batch("sql", key, items) if items else None
 
-    async def renew(self, batch: Batch) -> bool:
+    async def renew(self, batch: Batch, hold: float = 0.0) -> bool:
+        """As `OutboxBackend.renew`: the lease (`next_attempt_at`) ends `hold` seconds from now when
+        that is longer, so a takeover after a crash honours the wait too."""
+        lease = max(self.lease, timedelta(seconds=max(hold, 0.0)))
         with database_errors("usage outbox unavailable"):
             async with self._sessions() as session:
                 result = await session.execute(
                     update(Row)
                     .where(Row.batch_key == batch.key)
-                    .values(next_attempt_at=self.clock() + self.lease)
+                    .values(next_attempt_at=self.clock() + lease)
                     .returning(Row.id)
                 )
                 renewed = len(result.all())

@@ -11,7 +11,10 @@ remembers every entry's batch, across crashes and replicas:
   to `limit` new entries under a fresh key — and check the key holds just those: a read that ran
   twice (a store client retrying it after a lost reply) left others under it, which go to a fresh
   key of their own, so a key never stands for two sets of records. After a takeover the next claim
-  reads new entries first: records a sink keeps refusing never starve the new ones.
+  reads new entries first: records a sink keeps refusing never starve the new ones. A batch its
+  holder renewed with a `hold` (the sink asked to wait longer than a lease) is not taken over
+  before that wait is over: a pending entry's idle time cannot be set in the future, so the wait is
+  a key of its own (`hold:<batch key>`, expiring when it ends), checked before a takeover.
 - settle: acknowledge and delete the accepted entries, hand refused ones to a fresh consumer (a new
   batch, picked up once its lease runs out) and forget the old consumer — one atomic step, so a
   crash never leaves a part of a batch under its old key.
@@ -102,7 +105,11 @@ class RedisStreamOutbox:
 
     async def _take_over(self, limit: int) -> Batch | None:
         idle = await self.store.stream_idle(self.KEY, self.GROUP, min_idle_ms=self.lease_ms, count=limit)
-        for owner in dict.fromkeys(pending.consumer for pending in idle):
+        owners = list(dict.fromkeys(pending.consumer for pending in idle))
+        held = await self._held(owners)
+        for owner in owners:
+            if owner in held:
+                continue  # asked to wait (`renew`'s hold): not sent before the wait is over
             if is_batch_key(owner):
                 # Whole or not at all: a part re-sent under the batch's key would get the sink's
                 # remembered answer for the whole batch.
@@ -123,6 +130,15 @@ class RedisStreamOutbox:
                 return await self._batch(key, entries)
         return None
 
+    async def _held(self, owners: Sequence[str]) -> set[str]:
+        """Of the batches `owners`, those still held for a wait (`hold_key`): one read for them all,
+        made only when some batch is idle past its lease."""
+        keys = [owner for owner in owners if is_batch_key(owner)]
+        if not keys:
+            return set()
+        found = await self.store.get_many([self.hold_key(key) for key in keys])
+        return {key for key, hold in zip(keys, found, strict=True) if hold is not None}
+
     async def _batch(self, key: str, entries: Sequence[StreamEntry]) -> Batch | None:
         """The entries as a batch; unreadable ones are logged and acknowledged (`decode_record`)."""
         items, unreadable = [], []
@@ -136,7 +152,16 @@ class RedisStreamOutbox:
             await self.store.stream_settle(self.KEY, self.GROUP, key, done=unreadable)
         return Batch(self.backend, key, tuple(items)) if items else None
 
-    async def renew(self, batch: Batch) -> bool:
+    def hold_key(self, key: str) -> str:
+        """Where the wait a batch's holder was asked for is kept (`renew`'s `hold`), until it ends."""
+        return f"{self.KEY}:hold:{key}"
+
+    async def renew(self, batch: Batch, hold: float = 0.0) -> bool:
+        """As `OutboxBackend.renew`; a `hold` longer than the lease is kept beside the stream (written
+        first: the entries are never idle past a lease without it), so a takeover after a crash
+        honours the wait — an extra write only while the sink asks for a wait."""
+        if hold * 1000 > self.lease_ms:
+            await self.store.set(self.hold_key(batch.key), b"1", ttl=hold)
         ids = [c.ref for c in batch.items]
         return bool(await self.store.stream_reclaim(self.KEY, self.GROUP, batch.key, ids, min_idle_ms=0))
 

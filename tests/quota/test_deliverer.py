@@ -817,11 +817,11 @@ async def test_the_lease_keeper_never_renews_during_or_after_the_settlement() ->
     gate, answered = asyncio.Event(), asyncio.Event()
 
     class Part(OutboxPart):
-        async def renew(self, batch: Batch) -> bool:
+        async def renew(self, batch: Batch, hold: float = 0.0) -> bool:
             events.append("renew")
             await gate.wait()
             events.append("renewed")
-            return await super().renew(batch)
+            return await super().renew(batch, hold)
 
         async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
             events.append("settle")
@@ -904,3 +904,37 @@ async def test_a_record_refused_for_good_is_retried_less_and_less_often(
     waits = [later - earlier for earlier, later in itertools.pairwise(tries)]
     assert waits[1] >= 2 * waits[0] and waits[2] >= 2 * waits[1], waits
     assert len(tries) < 20, waits  # were 360: every 10 s
+
+
+async def test_a_record_refused_with_a_wait_holds_back_the_parts_not_yet_sent() -> None:
+    """Of a batch delivered apart, a record Zion refuses with a Retry-After: the parts not yet sent
+    went on at once, calls to a Zion that had just asked for none. They now go after the wait,
+    under their part keys; the refused record waits for a new batch."""
+
+    class PartWaitSink(Sink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent: list[tuple[str, ...]] = []
+
+        async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
+            self.sent.append(tuple(r.request_id for r in records))
+            if len(records) > 1:
+                raise UsageBatchRefused("Zion refused the usage batch whole (400)")
+            if records[0].request_id == "r0":
+                raise UsageBatchRefused("Zion refused the usage batch whole (400)", resend_after=60.0)
+            return await super().deliver(records, idempotency_key)
+
+    s = Setup(batch_size=10)
+    s.sink = sink = PartWaitSink()
+    s.deliverer.sink = sink
+    for n in range(10):
+        await s.outbox.put(usage_record(f"r{n}"))
+    assert await s.deliverer.deliver_once() == 0
+    assert len(sink.sent) == 1 + 8  # the batch whole, then the first parts together
+    s.clock.advance(59)
+    assert await s.deliverer.deliver_once() == 0
+    assert len(sink.sent) == 9
+    s.clock.advance(1)
+    assert await s.deliverer.deliver_once() == 9
+    assert sorted(sink.delivered) == sorted(f"r{n}" for n in range(1, 10))  # each once
+    assert len(set(sink.keys)) == 9, sink.keys  # each under its own part key

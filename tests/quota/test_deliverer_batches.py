@@ -399,6 +399,30 @@ async def test_zion_asking_to_wait_gets_no_usage_call_before_the_wait_has_passed
     assert [rig.counted(n) for n in range(3)] == [1, 1, 1]
 
 
+@pytest.mark.parametrize("status", [400, 413, 422])
+async def test_a_batch_refused_whole_with_a_wait_sends_no_part_before_the_wait_is_over(rig: Rig, status: int) -> None:
+    """Zion refused the whole batch (400, 413, 422) and asked for a wait (Retry-After): its records
+    went one by one at once, a burst of calls to a Zion that had just asked for none. Now nothing
+    goes before the wait is over (not a drain either); then each record under its part key."""
+    clock = FakeClock()
+    outbox = rig.outbox()
+    deliverer = rig.deliverer(outbox, clock=clock)
+    for n in (0, 1):
+        await outbox.put(record(n))
+    rig.zion.fail_next(1, status=status, retry_after="120")
+    assert await deliverer.deliver_once() == 0
+    clock.advance(119.5)
+    assert await deliverer.deliver_once() == 0
+    await deliverer.drain()
+    assert rig.zion.attempts[BATCH] == 1
+    clock.advance(0.5)
+    await rig.deliver_all(deliverer, outbox)
+    whole, *parts = rig.sink.attempts
+    assert sorted(ids for _, ids in parts) == [("req-0",), ("req-1",)], rig.sink.attempts
+    assert all(key.startswith(whole[0] + ".split:") for key, _ in parts), rig.sink.attempts
+    assert [rig.counted(n) for n in range(2)] == [1, 1]
+
+
 async def test_a_batch_whose_call_timed_out_goes_again_only_after_the_timeout_once_more(rig: Rig) -> None:
     """A Zion slower than the usage timeout may still be applying the batch: sent again under its key
     right away (in the call, then at the deliverer's retry), each copy was counted by a Zion that

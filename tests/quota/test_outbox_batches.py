@@ -13,10 +13,16 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
+from sentinel.backoff import Backoff
+from sentinel.domain.usage import UsageRecord
+from sentinel.errors import GovernanceUnavailable
+from sentinel.observability.metrics import Metrics
 from sentinel.quota.batch import REFUSED_RETRY_CAP, Batch, is_batch_key
-from sentinel.quota.outbox import RedisStreamOutbox
+from sentinel.quota.deliverer import UsageDeliverer
+from sentinel.quota.outbox import DurableOutbox, RedisStreamOutbox, SqlOutbox
+from tests.support.clock import FakeClock
 from tests.support.lost_replies import read_twice_once
-from tests.support.outbox import usage_record
+from tests.support.outbox import OutboxPart, usage_record
 from tests.support.outbox_worlds import LEASE, STREAM_KINDS, World, age_redis_stream, world, world_kind
 from tests.support.redis_cluster import redis_cluster, redis_cluster_url
 
@@ -308,3 +314,49 @@ async def test_an_unreadable_stream_entry_is_logged_and_acknowledged(
     finally:
         await client.aclose()
         await store.close()
+
+
+class AskingSink:
+    """A sink whose first answer asks for a wait (`asks` seconds, as Zion's Retry-After on a 503 or a
+    timed-out call does); every attempt noted as (key, request ids)."""
+
+    name = "zion"
+
+    def __init__(self, asks: float) -> None:
+        self.asks: float | None = asks
+        self.attempts: list[tuple[str, tuple[str, ...]]] = []
+
+    async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
+        self.attempts.append((idempotency_key, tuple(r.request_id for r in records)))
+        if self.asks is not None:
+            asked, self.asks = self.asks, None
+            raise GovernanceUnavailable("Zion answered 503", resend_after=asked)
+        return []
+
+
+def deliverer_on(world: World, sink: AskingSink, clock: FakeClock) -> UsageDeliverer:
+    """A deliverer (another process's) on the world's storage, on `clock`."""
+    part = world.outbox()
+    outbox = DurableOutbox(part) if isinstance(part, SqlOutbox) else DurableOutbox(OutboxPart("sql"), part)  # type: ignore[arg-type]
+    return UsageDeliverer(outbox, sink, Metrics(), backoff=Backoff(base=0.0, cap=0.0), clock=clock)
+
+
+async def test_a_batch_zion_asked_to_wait_for_is_not_taken_over_before_the_wait_is_over(world: World) -> None:
+    """Zion asked for a wait longer than the lease (Retry-After: 120, or a timed-out batch it may
+    still be applying), then the batch's holder died: another deliverer took the batch over once the
+    lease ran out (30 s) and sent it at once. Now the batch is held for the wait, and goes after it
+    under its key."""
+    await put(world, "r1", "r2")
+    clock, sink = FakeClock(), AskingSink(asks=120.0)
+    assert await deliverer_on(world, sink, clock).deliver_once() == 0  # asked to wait; then it dies
+    other = deliverer_on(world, sink, clock)
+    for _ in range(3):  # 90 s: three leases, not yet the wait
+        clock.advance(LEASE)
+        await world.age(LEASE)
+        assert await other.deliver_once() == 0
+    assert len(sink.attempts) == 1, sink.attempts
+    clock.advance(LEASE)
+    await world.age(LEASE)
+    assert await other.deliver_once() == 2
+    assert len(sink.attempts) == 2 and len(set(sink.attempts)) == 1, sink.attempts  # whole, under its key
+    assert await world.outbox().depth() == 0

@@ -69,7 +69,7 @@ class OutboxPart:
         self.held[batch.key] = batch
         return batch
 
-    async def renew(self, batch: Batch) -> bool:
+    async def renew(self, batch: Batch, hold: float = 0.0) -> bool:
         self._check(self.down)
         return batch.key in self.held
 

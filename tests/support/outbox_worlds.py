@@ -92,9 +92,17 @@ async def _sql_world(name: str, url: str, *, truncate: bool) -> World:
 
 
 async def age_redis_stream(store: Any, seconds: float) -> None:
-    """Make every pending entry of the usage stream `seconds` older, keeping its consumer."""
+    """Make every pending entry of the usage stream `seconds` older, keeping its consumer, and bring
+    the end of every batch's hold (`RedisStreamOutbox.hold_key`) that much closer."""
     key, group = RedisStreamOutbox.KEY, RedisStreamOutbox.GROUP
     client = store.client
+    ms = int(seconds * 1000)
+    async for name in client.scan_iter(match=f"{key}:hold:*"):
+        left = await client.pttl(name)
+        if 0 < left <= ms:
+            await client.delete(name)
+        elif left > ms:
+            await client.pexpire(name, left - ms)
     if not await client.exists(key):
         return
     for pending in await client.xpending_range(key, group, "-", "+", 100_000):

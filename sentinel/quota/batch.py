@@ -44,6 +44,21 @@ def is_batch_key(name: str) -> bool:
 
 
 SPLIT_SUFFIX = ".split"
+REFUSED_MARK = ".r"  # `<key>.r<n>`: a batch of records refused n times in a row (`refused_batch_key`)
+
+
+def refused_batch_key(key: str) -> str:
+    """A fresh key for the records the sink refused of the batch under `key`, marked with how often
+    in a row they were: for an outbox that keeps no count per record (the stream), so their wait
+    grows as `refused_wait` has it. `refused_times` reads the mark back."""
+    return f"{new_batch_key()}{REFUSED_MARK}{refused_times(key) + 1}"
+
+
+def refused_times(key: str) -> int:
+    """How often in a row the records of the batch under `key` were refused (0: a fresh batch)."""
+    base = key.removesuffix(SPLIT_SUFFIX)
+    _, mark, times = base.rpartition(REFUSED_MARK)
+    return int(times) if mark and times.isdigit() and len(times) < 4 else 0
 
 
 def split_key(key: str) -> str:

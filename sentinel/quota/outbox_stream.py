@@ -16,7 +16,7 @@ remembers every entry's batch, across crashes and replicas:
   before that wait is over: a pending entry's idle time cannot be set in the future, so the wait is
   a key of its own (`hold:<batch key>`, expiring when it ends), checked before a takeover.
 - settle: acknowledge and delete the accepted entries, hand refused ones to a fresh consumer (a new
-  batch, picked up once its lease runs out) and forget the old consumer — one atomic step, so a
+  batch, picked up once its lease runs out — later each time they are refused again in a row) and forget the old consumer — one atomic step, so a
   crash never leaves a part of a batch under its old key.
 """
 
@@ -28,7 +28,17 @@ from collections.abc import Collection, Sequence
 import orjson
 
 from sentinel.domain.usage import UsageRecord
-from sentinel.quota.batch import Batch, Claimed, decode_record, is_batch_key, new_batch_key, split_key
+from sentinel.quota.batch import (
+    Batch,
+    Claimed,
+    decode_record,
+    is_batch_key,
+    new_batch_key,
+    refused_batch_key,
+    refused_times,
+    refused_wait,
+    split_key,
+)
 from sentinel.store import Store, StreamEntry
 
 log = logging.getLogger("sentinel.outbox")
@@ -177,16 +187,23 @@ class RedisStreamOutbox:
 
     async def settle(self, batch: Batch, refused: Collection[str], retry_in: float) -> None:
         """As `OutboxBackend.settle`; refused records wait one lease (not `retry_in`) before their
-        new batch is taken up."""
+        new batch is taken up the first time, doubling each time they are refused again in a row
+        (`refused_wait`, up to 10 minutes; counted in the new batch's key: `refused_batch_key`), the
+        wait past the lease held beside the stream (`hold_key`: a write only on such a refusal).
+        One lease every time, records refused for good went back every 30 s for ever."""
         accepted, declined = batch.split(refused)
+        retry_to = refused_batch_key(batch.key) if declined else None
         await self.store.stream_settle(
             self.KEY,
             self.GROUP,
             batch.key,
             done=[c.ref for c in accepted],
             retry=[c.ref for c in declined],
-            retry_to=new_batch_key() if declined else None,
+            retry_to=retry_to,
         )
+        if retry_to is not None and (wait := refused_wait(self.lease_ms / 1000, refused_times(retry_to))) * 1000 > self.lease_ms:
+            # Written after: a crash between them leaves the records a lease's wait, as before.
+            await self.store.set(self.hold_key(retry_to), b"1", ttl=wait)
 
     async def depth(self) -> int:
         return await self.store.stream_len(self.KEY)

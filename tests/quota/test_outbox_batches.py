@@ -360,3 +360,23 @@ async def test_a_batch_zion_asked_to_wait_for_is_not_taken_over_before_the_wait_
     assert await other.deliver_once() == 2
     assert len(sink.attempts) == 2 and len(set(sink.attempts)) == 1, sink.attempts  # whole, under its key
     assert await world.outbox().depth() == 0
+
+
+async def test_a_record_refused_again_and_again_waits_longer_each_time(world: World) -> None:
+    """A record the sink refuses for good (an email Zion does not know) waited one lease every time
+    on the stream, for ever — on the table its wait already doubled. Now on each outbox it waits
+    one lease (the table: the `retry_in` given) and longer each time it is refused again."""
+    await put(world, "dead")
+    outbox = world.outbox()
+    batch = await outbox.claim(10)
+    waits: list[float] = []
+    for _ in range(4):
+        assert batch is not None and ids(batch) == ["dead"]
+        await outbox.settle(batch, {"dead"}, retry_in=LEASE)
+        waited = 0.0
+        while (batch := await outbox.claim(10)) is None:
+            assert waited < 2 * REFUSED_RETRY_CAP, waits
+            await world.age(LEASE / 2)
+            waited += LEASE / 2
+        waits.append(waited)
+    assert waits[0] <= LEASE and waits[1] >= 2 * LEASE and waits[3] >= 8 * LEASE, waits

@@ -53,11 +53,14 @@ def _models_wire(call: Call) -> Wire:
 
 
 class MockState:
-    """Per-app state: the request log, latency, the accepted key, the prompt cache, request ids."""
+    """Per-app state: the request log, latency, the accepted key, the prompt cache, request ids, and
+    the models it no longer serves (`retired`: a request naming one is answered 404 as the real
+    provider answers a retired model, `retired_error` — test state, set directly)."""
 
     def __init__(self, latency_ms: float, history: int, api_key: str | None = None) -> None:
         self.latency_ms = latency_ms
         self.api_key = api_key
+        self.retired: set[str] = set()
         self.log = RequestLog(history)
         self.prompt_cache = PromptCache()
         self.objects = ObjectStore()
@@ -88,6 +91,9 @@ class Endpoint:
             if call.knob_error is not None:  # a bad knob value in a header or the query
                 raise call.knob_error
             wire.authenticate(call, self.state.api_key)
+            model = call.body.get("model") if isinstance(call.body, dict) else None
+            if isinstance(model, str) and model in self.state.retired:
+                raise retired_error(wire.name, model)
             reply = self.handler(call)
             fault = call.faults.error()
             if fault is not None:
@@ -104,6 +110,15 @@ class Endpoint:
         if dropped is not None:
             return await drop(send)
         await reply.send(send, call.faults, {"x-request-id": rid, "request-id": rid}, receive)
+
+
+def retired_error(wire: str, model: str) -> WireError:
+    """The 404 a provider answers for a model it no longer serves, as each says it: OpenAI's
+    `model_not_found` naming the model, Anthropic's `not_found_error` "model: <name>"."""
+    if wire == "anthropic":
+        return WireError(404, f"model: {model}")
+    return WireError(404, f"The model `{model}` does not exist or you do not have access to it.",
+                     code="model_not_found")
 
 
 def _run_routes(state: MockState) -> list[Route]:

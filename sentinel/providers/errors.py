@@ -82,6 +82,40 @@ class BrokenOffAnswer(UnreadableAnswer):
         self.elapsed = elapsed
 
 
+class ModelRetired(UpstreamStatusError):
+    """The provider answered 404 that it no longer serves the model the request named (`retired`):
+    OpenAI's `model_not_found`, Anthropic's `not_found_error` "model: <name>" — the model retired or
+    withdrawn for good, Sentinel's configuration out of date. Nothing was served, and it is neither
+    the caller's doing (the native API names no model: the tier table does) nor the provider's health
+    (a 5xx, a timeout or a 429 is that): the native API moves the conversation off the model
+    (`sentinel.routing.failover`), and the caller is never charged for it."""
+
+    code = "provider_model_retired"
+
+    def __init__(self, provider: str, model: str) -> None:
+        super().__init__(
+            f"Provider {provider} no longer serves the model {model}; the tier has no other model to move to",
+            upstream_status=404, provider=provider,
+        )
+        self.model = model
+
+
+def retired(status: int, raw: bytes, model: str) -> bool:
+    """Whether an error answer says the provider no longer serves `model` (the model the request
+    named): a 404 coded `model_not_found` (OpenAI) or typed `not_found_error` (Anthropic) whose message
+    names `model` itself. A 404 about anything else (a file, a stored object) or one that does not name
+    the model never is: nothing a request's content holds can make it one for the model it was sent to."""
+    if status != 404:
+        return False
+    fields = _error_fields(raw)
+    if fields.code != "model_not_found" and fields.type != "not_found_error":
+        return False
+    message = fields.message
+    return any(f"{quote}{model}{end}" in message for quote, end in (("`", "`"), ("'", "'"), ('"', '"'))) or (
+        message.strip() == f"model: {model}"
+    )
+
+
 def broken_off(provider: str, elapsed: float | None = None) -> BrokenOffAnswer:
     """The error for a 2xx answer cut off while it was read, `elapsed` seconds after the request
     began to be sent (see `BrokenOffAnswer`)."""

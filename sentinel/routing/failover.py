@@ -19,6 +19,10 @@ tier), again every backoff period, for free. It was not served, so it is still
 sent to another candidate when the router allows (`too_large_here`): another model may take it
 (refused by every one, it counts one request: `Meter.fail`).
 
+A 404 saying the provider no longer serves the model (`ModelRetired`) is no provider failure either
+(no backoff brings a withdrawn model back): the request goes once to another model of the tier, and
+a conversation bound to the old one moves with it, under `keep` too (`TierRouter.retired`).
+
 A connection dropped after the request was sent — before an answer (`UpstreamConnectionError` with
 `sent`) or while a 2xx answer was read (`BrokenOffAnswer`) — counts only when it came within
 QUICK_DROP_SECONDS of the moment the request began to be sent (its `elapsed`; the wait for a
@@ -55,7 +59,7 @@ from sentinel.errors import (
     sent_unanswered,
 )
 from sentinel.providers.chat import ChatProvider
-from sentinel.providers.errors import REQUEST_TOO_LARGE, BrokenOffAnswer, UnreadableAnswer
+from sentinel.providers.errors import REQUEST_TOO_LARGE, BrokenOffAnswer, ModelRetired, UnreadableAnswer
 from sentinel.routing.router import RouteChoice, TierRouter
 
 T = TypeVar("T")
@@ -90,6 +94,8 @@ def is_provider_failure(exc: SentinelError) -> bool:
         return False
     if isinstance(exc, UpstreamConnectionError) and exc.sent:  # ... and a proxy may cut a long one
         return dropped_quickly(exc.elapsed)
+    if isinstance(exc, ModelRetired):  # the model withdrawn: no backoff brings it back (`TierRouter.retired`)
+        return False
     if isinstance(exc, UpstreamStatusError) and exc.code == "provider_auth_error":
         return exc.key_refused  # the provider key revoked or invalid, not a refusal of this request
     return isinstance(exc, UpstreamError)
@@ -173,6 +179,13 @@ class Failover:
             try:
                 return Attempt(await send(provider, wire, choice), choice, provider)
             except SentinelError as exc:
+                if isinstance(exc, ModelRetired):  # gone for good: the conversation moves off it
+                    moved = await self.router.retired(choice)
+                    carried = None if moved is None else await self._translated(moved, translate)
+                    if carried is None:
+                        raise
+                    choice, wire = carried
+                    continue
                 if is_provider_failure(exc):
                     await self.router.report(choice, ok=False, retry_after=asked_wait(exc), caller=witness(exc, caller))
                 elif not too_large_here(exc):
@@ -183,6 +196,15 @@ class Failover:
                 if carried is None:
                     raise
                 choice, wire = carried
+
+    async def _translated(
+        self, choice: RouteChoice, translate: Callable[[RouteChoice], Awaitable[dict[str, Any]]]
+    ) -> tuple[RouteChoice, dict[str, Any]] | None:
+        """`choice` and the request translated for it; None when its wire format cannot carry it."""
+        try:
+            return choice, await translate(choice)
+        except InvalidRequest:
+            return None
 
     async def carrier(
         self, choice: RouteChoice, translate: Callable[[RouteChoice], Awaitable[dict[str, Any]]]

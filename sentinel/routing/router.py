@@ -17,6 +17,10 @@ Policies (documented in the README):
   session (preferring its provider), a lower one never downgrades it;
 - SESSION_FAILOVER=keep (default): a session whose model is in backoff keeps it and the provider's
   error reaches the client; `migrate` moves the session to a healthy model of its tier;
+- a session whose model is gone for good (its provider not configured, the tier table naming it
+  nowhere, or the provider answering 404 that it no longer serves it: `retired`) moves to a model
+  of its tier under `keep` too, written before the upstream call over the session as read (`_move`:
+  concurrent turns move to one model; the move stays if that model does not answer);
 - a candidate whose backoff ran out (half-open, see `sentinel.routing.health`) is given one request
   at a time as its trial (claimed in the store, across replicas), while the others keep to the
   tier's healthy candidates (an upgrade whose provider has a healthy one takes no other provider's
@@ -72,6 +76,9 @@ class RouteChoice:
     # The half-open trials this request claimed (provider, model, token), shared by its retries:
     # `TierRouter.release` ends those still held once the request ends.
     trials: list[tuple[str, str, str]] = field(default_factory=list)
+    # A migration off a model gone for good (its provider not configured, the tier table naming it
+    # nowhere): written before the upstream call (`claim`), so that concurrent turns move together.
+    moving: bool = False
 
     @property
     def provider(self) -> str:
@@ -247,16 +254,19 @@ class TierRouter:
         return await self._sticky(session)
 
     async def _sticky(self, session: Session) -> RouteChoice:
-        entry = await self._entry_for(session.tier, session.provider, session.model)
+        named = await self._named(session.tier, session.provider, session.model)
+        entry = named or TierModelEntry(provider=session.provider, model=session.model, relative_cost=1)
         state = (await self.health.states([(session.provider, session.model)]))[(session.provider, session.model)]
         now = self.clock()
         in_backoff = state is not None and state.in_backoff(now)
-        gone = session.provider not in self.providers
+        # Gone for good: its provider is not configured here, or the operator took the model out of
+        # every tier. It moves under `keep` too, written before the call (`claim`, `_move`).
+        gone = session.provider not in self.providers or named is None
         trials: list[tuple[str, str, str]] = []
-        if (gone or in_backoff) and (gone or self.failover is SessionFailover.migrate):
+        if gone or (in_backoff and self.failover is SessionFailover.migrate):
             new, unhealthy = await self._select(session.tier, trials, exclude=[(session.provider, session.model)])
             return RouteChoice(session.tier, new, session.conversation_id, session, "update", "migrated",
-                               was_unhealthy=unhealthy, trials=trials)
+                               was_unhealthy=unhealthy, trials=trials, moving=gone)
         if state is not None and state.recovering(now) and not state.trial_running(now):
             # Its backoff ran out: the conversation goes to its model either way (as before), and is
             # its trial when no other request's is under way, so that others keep away meanwhile.
@@ -267,14 +277,20 @@ class TierRouter:
 
     async def _entry_for(self, tier: str, provider: str, model: str) -> TierModelEntry:
         """The tier table's entry for a conversation's provider+model (its prices included): in its
-        tier, else in any tier; a bare entry (prices unknown) only when the table no longer names it
-        — the table changed but the provider still exists, so the conversation keeps its model."""
+        tier, else in any tier; a bare entry (prices unknown) when the table no longer names it (a
+        session another process wrote with its own table: `claim`)."""
+        named = await self._named(tier, provider, model)
+        return named or TierModelEntry(provider=provider, model=model, relative_cost=1)
+
+    async def _named(self, tier: str, provider: str, model: str) -> TierModelEntry | None:
+        """The tier table's entry for provider+model: in `tier`, else in any tier; None when no tier
+        names it (the operator took it out: a conversation on it moves, `_sticky`)."""
         table = await self.tiers.table()
         for entries in (table.get(tier, []), *table.values()):
             for entry in entries:
                 if (entry.provider, entry.model) == (provider, model):
                     return entry
-        return TierModelEntry(provider=provider, model=model, relative_cost=1)
+        return None
 
     async def claim(self, identity: Identity, decision: RouteChoice) -> None:
         """A first turn's session, created before its upstream call (the request admitted). If a
@@ -286,7 +302,11 @@ class TierRouter:
         stays unknown (the store down) is settled once the turn ends: `commit` moves or creates it,
         `abandon` removes it, each only if still exactly as written. A session whose provider is not
         configured here (another process's) is migrated, as `_sticky` does. Raises only what reading
-        the tier table and choosing a model raise (ServiceUnavailable), never the store's errors."""
+        the tier table and choosing a model raise (ServiceUnavailable), never the store's errors.
+        A migration off a model gone for good (`RouteChoice.moving`) is written here too (`_move`)."""
+        if decision.moving:
+            await self._move(decision)
+            return
         if decision.pending_write != "create" or decision.conversation_id is None:
             return
         now = self.clock()
@@ -325,6 +345,75 @@ class TierRouter:
             decision.entry = await self._entry_for(won.tier, won.provider, won.model)
             decision.tier = won.tier
             decision.was_unhealthy = True  # its health unread: `report` records a success once answered
+        decision.pending_write, decision.event = "touch", "hit"
+
+    async def retired(self, decision: RouteChoice) -> RouteChoice | None:
+        """`decision`'s model answered that its provider no longer serves it (`ModelRetired`): the
+        choice to send the request to instead, once, or None (already a retry; no other model in the
+        tier). A conversation bound to the model moves off it under `keep` too, written before the
+        call (`_move`: concurrent turns move to one model); one not bound yet (a first turn, an
+        upgrade) is retried as after a provider failure (its session follows the retry). Nothing is
+        recorded against the model's health: it is not failing, and no backoff brings it back."""
+        log.warning("the provider no longer serves a tier's model; take it out of the tier table",
+                    extra={"model": f"{decision.provider}/{decision.model}", "tier": decision.tier})
+        if decision.tried:
+            return None
+        tried = [(decision.provider, decision.model)]
+        try:
+            entry, unhealthy = await self._select(decision.tier, decision.trials, exclude=tried)
+        except ServiceUnavailable:
+            return None
+        retry = RouteChoice(decision.tier, entry, decision.conversation_id, decision.session, decision.pending_write,
+                            decision.event, was_unhealthy=unhealthy, tried=tried, created=decision.created,
+                            trials=decision.trials)
+        if decision.bound:
+            retry.pending_write, retry.event, retry.moving = "update", "migrated", True
+            await self._move(retry)
+            if (retry.provider, retry.model) in tried:
+                return None  # (the session was moved back to it meanwhile: nothing to retry on)
+        elif decision.sticky:
+            retry.pending_write = "update"  # a first turn's session follows the retry (see `alternative`)
+        return retry
+
+    async def _move(self, decision: RouteChoice) -> None:
+        """Write `decision`'s migration (`moving`: its session's model is gone for good) before its
+        upstream call, only over the session as read (`SessionStore.replace`): of concurrent turns
+        one moves it, and the others — finding it changed — follow the session as it now is (its
+        model, a hit), so every turn of the conversation goes to one new model. The move stays if no
+        model answers the turn: the old model cannot serve the conversation any more. The store
+        down: written once answered, if it can be then (`commit`). Raises nothing but what choosing
+        a model raises."""
+        read = decision.session
+        decision.moving = False
+        if read is None or decision.conversation_id is None:
+            return
+        new = replace(read, tier=decision.tier, provider=decision.provider, model=decision.model,
+                      migrations=read.migrations + 1)
+        try:
+            if await self.sessions.replace(read, new):
+                log.info("session moved off a model gone for good", extra={
+                    "from": f"{read.provider}/{read.model}", "to": f"{new.provider}/{new.model}"})
+                self.metrics.sessions.labels("migrated").inc()
+                decision.session, decision.pending_write, decision.event = new, "touch", None
+                return
+            current = await self.sessions.get(decision.conversation_id, read.external_id)
+            if current is None:  # expired meanwhile: created anew on this model, unless another's is there
+                anew = new.anew(migrations=0)
+                current = await self.sessions.create(anew)
+                if current is anew:
+                    decision.session, decision.pending_write, decision.event = anew, "touch", "created"
+                    return
+        except StoreUnavailable:
+            self.metrics.sessions.labels("store_error").inc()
+            self._outage.warning("could not move a session off a model gone for good (store unavailable)")
+            return  # written once answered (`commit`), as any migration
+        if current.provider not in self.providers:
+            return  # (another process's, on a provider not configured here: written once answered)
+        # Moved (or upgraded) by a concurrent turn first: this one follows the session as it now is.
+        decision.session = current
+        decision.tier = current.tier
+        decision.entry = await self._entry_for(current.tier, current.provider, current.model)
+        decision.was_unhealthy = True  # its health unread: `report` records a success once answered
         decision.pending_write, decision.event = "touch", "hit"
 
     async def abandon(self, decision: RouteChoice) -> None:

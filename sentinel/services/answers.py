@@ -25,7 +25,7 @@ from sentinel.domain.usage import Usage
 from sentinel.errors import StoreUnavailable, UpstreamError, UpstreamStatusError
 from sentinel.governance.ownership import Ownership
 from sentinel.observability.metrics import Metrics
-from sentinel.providers.errors import UnreadableAnswer, upstream_error
+from sentinel.providers.errors import ModelRetired, UnreadableAnswer, retired, upstream_error
 from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
 from sentinel.quota.media_calls import MediaCall, media_charge, unread_output
@@ -508,7 +508,8 @@ async def remember_read_context(ownership: Ownership, charges: Iterable[ObjectCh
 
 
 async def refuse(
-    meter: Meter, upstream: UpstreamResponse, admission: Admission, *, relay_client_errors: bool = True
+    meter: Meter, upstream: UpstreamResponse, admission: Admission, *, relay_client_errors: bool = True,
+    model: str | None = None,
 ) -> NoReturn:
     """Settle (or not) an upstream error answer, then raise the Sentinel error for it.
 
@@ -525,8 +526,13 @@ async def refuse(
     `upstream_error(...)` for the answer; `relay_client_errors` as there (True on the `/v1` surfaces,
     False on the native API). Every surface's error answers go through here: the OpenAI relay
     (`AnswerRelay`), the Messages API (`MessagesService`), translated chat (`TranslatedChat`) and
-    the native API (`NativeChat`)."""
+    the native API (`NativeChat`). `model`: the model the request was sent to, when a 404 saying the
+    provider no longer serves it (`retired`) is to be told apart (the native API, whose caller names
+    no model): `ModelRetired` is raised, nothing settled (nothing was served, and the tier table's
+    model is no caller's doing: the caller gives the reservation back, or a retry's answer settles it)."""
     raw = await upstream.read_error()
+    if model is not None and retired(upstream.status, raw, model):
+        raise ModelRetired(upstream.provider, model)
     error = upstream_error(
         upstream.provider, upstream.status, raw, upstream.headers, relay_client_errors=relay_client_errors,
         client_switched=upstream.client_switched,

@@ -118,8 +118,12 @@ class NativeChat:
                 "native", payload, reasons=self.reasons(attempt.provider, attempt.model)
             )
 
-        async def refused(upstream: UpstreamResponse) -> NoReturn:
-            await refuse(self.meter, upstream, admission, relay_client_errors=False)
+        def refused(to: RouteChoice) -> Callable[[UpstreamResponse], Awaitable[NoReturn]]:
+            """How an error answer of `to`'s model is settled: a 404 saying the provider no longer
+            serves that model is `ModelRetired`, unsettled (the conversation moves off it)."""
+            async def settle(upstream: UpstreamResponse) -> NoReturn:
+                await refuse(self.meter, upstream, admission, relay_client_errors=False, model=to.model)
+            return settle
 
         try:
             chosen = (choice.provider, choice.model)
@@ -131,13 +135,13 @@ class NativeChat:
             if req.stream:
                 streamed = await self.failover.call(
                     choice, wire, translate=translate,
-                    send=lambda p, body, c: _upstream(ex, c, p.open_stream_body(body, refused=refused)), on_attempt=on_attempt,
+                    send=lambda p, body, c: _upstream(ex, c, p.open_stream_body(body, refused=refused(c))), on_attempt=on_attempt,
                     caller=identity.external_id,
                 )
                 return self._stream(ex, identity, streamed.result, streamed.choice, admission)
             completed = await self.failover.call(
                 choice, wire, translate=translate,
-                send=lambda p, body, c: _upstream(ex, c, p.complete_body(body, c.tier, refused=refused)), on_attempt=on_attempt,
+                send=lambda p, body, c: _upstream(ex, c, p.complete_body(body, c.tier, refused=refused(c))), on_attempt=on_attempt,
                 caller=identity.external_id,
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)

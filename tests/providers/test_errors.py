@@ -10,7 +10,7 @@ import pytest
 
 from sentinel.errors import RateLimited, UpstreamStatusError
 from sentinel.observability.redaction import redact
-from sentinel.providers.errors import upstream_error
+from sentinel.providers.errors import retired, upstream_error
 
 
 def body(message: str, code: str = "") -> bytes:
@@ -170,3 +170,24 @@ def test_a_429_refusing_the_request_as_too_large_for_the_minute_is_told_from_a_r
         "provider_request_too_large", None, {"x-should-retry": "false"})
     assert (limited.code, limited.retry_after) == ("provider_rate_limited", 1.0)
     assert "org-abc" not in refused.message
+
+
+def _body(**error: object) -> bytes:
+    return orjson.dumps({"error": error})
+
+
+@pytest.mark.parametrize(("status", "raw", "gone"), [
+    (404, _body(message="The model `gpt-4o-mini` does not exist or you do not have access to it.",
+                type="invalid_request_error", code="model_not_found"), True),
+    (404, orjson.dumps({"type": "error", "error": {"type": "not_found_error", "message": "model: gpt-4o-mini"}}), True),
+    # Not the model the request was sent to, not naming one, another 404, another status: never.
+    (404, _body(message="The model `gpt-4o` does not exist or you do not have access to it.",
+                code="model_not_found"), False),
+    (404, _body(message="The model does not exist or you do not have access to it", code="model_not_found"), False),
+    (404, _body(message="No such file: `gpt-4o-mini`", code="file_not_found"), False),
+    (404, orjson.dumps({"type": "error", "error": {"type": "not_found_error", "message": "file: gpt-4o-mini"}}), False),
+    (400, _body(message="The model `gpt-4o-mini` does not exist", code="model_not_found"), False),
+    (404, b"not json", False),
+])
+def test_a_404_is_a_retired_model_only_when_it_says_so_of_the_model_sent(status: int, raw: bytes, gone: bool) -> None:
+    assert retired(status, raw, "gpt-4o-mini") is gone

@@ -498,3 +498,62 @@ async def test_the_models_that_may_serve_a_request(store: Store) -> None:
 
 async def serving(router: TierRouter, req: ChatRequest) -> set[tuple[str, str]]:
     return {(e.provider, e.model) for e in await router.may_serve(await router.decide(ALICE, req))}
+
+
+class Cycling(WeightedSelector):
+    """Picks the candidates in turn: two requests choosing one after the other choose differently."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.picks = 0
+
+    def choose(self, entries: Any) -> TierModelEntry:
+        self.picks += 1
+        return list(entries)[self.picks % len(entries)]
+
+
+async def test_concurrent_turns_of_a_conversation_whose_model_was_retired_move_to_one_model(store: Store) -> None:
+    """Two turns read the session on a model the provider then answered 404 for (`ModelRetired`):
+    each choosing its own new model (the selector picks differently each time), and writing it once
+    answered, the conversation's turns were served by two models and the last answered won. The
+    first to move writes the move before its call; the other finds the session changed and follows."""
+    router = make_router(store, table(simple=[OA_MINI, OA_4O, AN_HAIKU]))
+    router.selector = Cycling()
+    _, provider, model = await turn(router, request())
+    one, two = await router.decide(ALICE, request()), await router.decide(ALICE, request())
+    assert (one.event, two.event) == ("hit", "hit")
+    moved_one, moved_two = await router.retired(one), await router.retired(two)
+    assert moved_one is not None and moved_two is not None
+    assert (moved_one.provider, moved_one.model) != (provider, model)
+    assert (moved_two.provider, moved_two.model) == (moved_one.provider, moved_one.model)
+    stored = await router.sessions.get("conv-1", "alice")
+    assert stored is not None and (stored.provider, stored.model, stored.migrations) == (
+        moved_one.provider, moved_one.model, 1)
+    for moved in (moved_one, moved_two):
+        await router.commit(ALICE, moved)
+    stored = await router.sessions.get("conv-1", "alice")
+    assert stored is not None and (stored.provider, stored.model, stored.migrations) == (
+        moved_one.provider, moved_one.model, 1)
+    assert sessions_count(router, "migrated") == 1
+    assert await router.retired(moved_one) is None  # a retry is not moved again
+
+
+async def test_concurrent_turns_of_a_conversation_whose_model_left_every_tier_move_to_one_model(
+    store: Store,
+) -> None:
+    """The operator took the session's model out of the tier table: its turns moved to a model each
+    chose (written once answered, the last answered winning); now the first to claim moves it."""
+    router = make_router(store, table(simple=[OA_MINI]))
+    await turn(router, request())
+    edited = make_router(store, table(simple=[OA_4O, AN_HAIKU]))
+    edited.selector = Cycling()
+    one, two = await edited.decide(ALICE, request()), await edited.decide(ALICE, request())
+    assert (one.event, two.event) == ("migrated", "migrated") and (one.model, one.provider) != (two.model, two.provider)
+    await edited.claim(ALICE, one)
+    await edited.claim(ALICE, two)
+    assert (two.provider, two.model) == (one.provider, one.model)
+    for decision in (two, one):
+        await edited.commit(ALICE, decision)
+    stored = await edited.sessions.get("conv-1", "alice")
+    assert stored is not None and (stored.provider, stored.model, stored.migrations) == (one.provider, one.model, 1)
+    assert sessions_count(edited, "migrated") == 1

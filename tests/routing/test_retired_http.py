@@ -1,0 +1,174 @@
+"""A conversation whose model is gone for good — the provider answers 404 that it no longer serves
+it, or the operator took it out of every tier — moves once to a model of its tier, over HTTP against
+the mock upstream (told to retire a model: `MockState.retired`), on the in-memory store and on a real
+Redis (`backend_url`). A transient error, or a 404 that does not say the model is gone, moves nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sentinel.mock.app import MockState, create_mock_app
+from tests.api.conftest import Gateway
+from tests.routing.helpers import AN_HAIKU, OA_MINI, URL, chat, entry, served, start, stored
+from tests.support.metrics import metric
+from tests.support.servers import serving
+
+ADMIN_KEY = "retired-admin-key-0123456789"
+TWO = {"simple": [entry(OA_MINI), entry(AN_HAIKU)]}
+
+
+@pytest.fixture
+def upstream() -> Iterator[tuple[str, MockState]]:
+    """A mock upstream of this test's own (its retired models are its state), and that state."""
+    app = create_mock_app()
+    with serving(app) as srv:
+        yield srv.url, app.state.mock  # type: ignore[attr-defined]
+
+
+def gateway(
+    factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: str,
+    tiers: dict[str, list[dict[str, Any]]] = TWO, **settings: Any,
+) -> Gateway:
+    return start(factory, tmp_path, backend_url, tiers, openai_api_url=upstream + "/v1", anthropic_api_url=upstream,
+                 **settings)
+
+
+def streamed(http: httpx.Client, conv: str, text: str) -> httpx.Response:
+    body = {"messages": [{"role": "user", "content": text}], "conversation_id": conv, "stream": True}
+    with http.stream("POST", URL, json=body) as r:
+        r.read()
+    return r
+
+
+def other(pair: tuple[str, str]) -> tuple[str, str]:
+    return AN_HAIKU if pair == OA_MINI else OA_MINI
+
+
+def on(gw: Gateway, conv: str) -> tuple[str, str]:
+    session = stored(gw, conv)
+    assert session is not None
+    return session["provider"], session["model"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_conversation_whose_model_the_provider_retired_moves_once_to_another_of_its_tier(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None,
+    upstream: tuple[str, MockState], stream: bool,
+) -> None:
+    url, mock = upstream
+    gw = gateway(gateway_factory, tmp_path, backend_url, url)
+    with gw.client() as http:
+        first = served(chat(http, "hello", conv="old"))[1:]
+        mock.retired.add(first[1])  # the provider withdraws the conversation's model
+        r = streamed(http, "old", "still there?") if stream else chat(http, "still there?", conv="old")
+        assert r.status_code == 200, r.text
+        if stream:
+            assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text
+        moved = other(first)
+        assert (r.headers["x-sentinel-provider"], r.headers["x-sentinel-model"]) == moved
+        session = stored(gw, "old")
+        assert session is not None and (session["provider"], session["model"]) == moved
+        assert session["migrations"] == 1
+        assert metric(gw.url, "sentinel_sessions_total", event="migrated") == 1
+        # It stays there: the next turns go to the new model straight away, and move nothing more.
+        for i in range(3):
+            assert served(chat(http, f"turn {i}", conv="old"))[1:] == moved
+        assert stored(gw, "old")["migrations"] == 1  # type: ignore[index]
+    # The retired model was asked twice: the first turn, and the moved turn's first attempt; never again.
+    asked = [call["body"]["model"] for call in mock.log.all() if call["path"].endswith(("completions", "messages"))]
+    assert asked.count(first[1]) == 2 and asked.count(moved[1]) == 4
+
+
+def test_the_moved_turn_is_charged_once(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    url, mock = upstream
+    gw = gateway(gateway_factory, tmp_path, backend_url, url, admin_key=ADMIN_KEY)
+    with gw.client() as http:
+        first = served(chat(http, "hello", conv="old"))[1:]
+        assert gw.quota_used()["requests"] == 1
+        mock.retired.add(first[1])
+        assert served(chat(http, "again", conv="old"))[1:] == other(first)
+        assert gw.quota_used()["requests"] == 2  # one request: the 404 attempt is not charged
+
+
+def test_a_turn_whose_model_is_retired_with_nowhere_to_move_is_given_back(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    """A tier whose only model the provider retired: the turn fails (502 `provider_model_retired`,
+    the operator's to fix), charged nothing, and the session stays as it was."""
+    url, mock = upstream
+    gw = gateway(gateway_factory, tmp_path, backend_url, url, {"simple": [entry(OA_MINI)]}, admin_key=ADMIN_KEY)
+    with gw.client() as http:
+        served(chat(http, "hello", conv="old"))
+        before = stored(gw, "old")
+        mock.retired.add(OA_MINI[1])
+        for stream in (False, True):
+            r = streamed(http, "old", "and now?") if stream else chat(http, "and now?", conv="old")
+            assert r.status_code == 502 and r.json()["error"]["code"] == "provider_model_retired", r.text
+        assert gw.quota_used()["requests"] == 1
+        assert stored(gw, "old") == before
+    assert not metric(gw.url, "sentinel_sessions_total", event="migrated")
+
+
+@pytest.mark.parametrize("fault", ["503", "429", "500", "404"])
+def test_a_transient_error_or_a_404_not_naming_the_model_moves_nothing(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None,
+    upstream: tuple[str, MockState], fault: str,
+) -> None:
+    """A provider's 5xx or 429 says nothing of the model being gone; nor does a 404 whose message
+    does not name the model (the mock's `#mock:status=404`, coded `model_not_found`, names none: a
+    client sending it must not move a healthy conversation)."""
+    url, _ = upstream
+    gw = gateway(gateway_factory, tmp_path, backend_url, url)
+    with gw.client() as http:
+        first = served(chat(http, "hello", conv="kept"))[1:]
+        before = stored(gw, "kept")
+        r = chat(http, f"#mock:status={fault}", conv="kept")
+        assert r.status_code != 200
+        assert r.headers.get("x-sentinel-model") in (None, first[1])
+        assert stored(gw, "kept") == before
+        assert served(chat(http, "and again", conv="kept"))[1:] == first
+    assert not metric(gw.url, "sentinel_sessions_total", event="migrated")
+
+
+def test_a_conversation_whose_model_the_operator_took_out_of_every_tier_moves_once(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    url, _ = upstream
+    gw = gateway(gateway_factory, tmp_path, backend_url, url, admin_key=ADMIN_KEY)
+    with gw.client() as http:
+        first = served(chat(http, "hello", conv="edited"))[1:]
+        rest = other(first)
+        with gw.admin() as admin:
+            saved = admin.put("/admin/api/tiers/simple", json={"entries": [f"{rest[0]}/{rest[1]}:1"]})
+            assert saved.status_code == 200, saved.text
+        assert served(chat(http, "next", conv="edited"))[1:] == rest
+        assert on(gw, "edited") == rest
+        assert stored(gw, "edited")["migrations"] == 1  # type: ignore[index]
+        assert served(chat(http, "after", conv="edited"))[1:] == rest
+        assert stored(gw, "edited")["migrations"] == 1  # type: ignore[index]
+    assert metric(gw.url, "sentinel_sessions_total", event="migrated") == 1
+
+
+def test_concurrent_turns_after_a_retirement_are_all_served_by_one_new_model(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    url, mock = upstream
+    three = {"simple": [entry(OA_MINI), entry(("openai", "gpt-4o")), entry(AN_HAIKU)]}
+    gw = gateway(gateway_factory, tmp_path, backend_url, url, three)
+    with gw.client() as http:
+        first = served(chat(http, "hello", conv="busy"))[1:]
+        mock.retired.add(first[1])
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: chat(http, f"turn {i}", conv="busy"), range(8)))
+    models = {served(r)[1:] for r in answers}
+    assert len(models) == 1 and first not in models
+    assert on(gw, "busy") in models and stored(gw, "busy")["migrations"] == 1  # type: ignore[index]
+    assert metric(gw.url, "sentinel_sessions_total", event="migrated") == 1

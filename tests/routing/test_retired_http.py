@@ -172,3 +172,23 @@ def test_concurrent_turns_after_a_retirement_are_all_served_by_one_new_model(
     assert len(models) == 1 and first not in models
     assert on(gw, "busy") in models and stored(gw, "busy")["migrations"] == 1  # type: ignore[index]
     assert metric(gw.url, "sentinel_sessions_total", event="migrated") == 1
+
+
+def test_first_turns_drawn_to_a_retired_model_are_served_by_another_and_their_sessions_follow(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    """A tier still naming a model its provider retired: a first turn drawn to it was refused (400),
+    at random. It goes to another model of the tier, and its session is on that one; the model is
+    not put in backoff (no backoff brings it back: the operator's to take out)."""
+    url, mock = upstream
+    gw = gateway(gateway_factory, tmp_path, backend_url, url)
+    mock.retired.add(OA_MINI[1])
+    with gw.client() as http:
+        for i in range(12):
+            assert served(chat(http, f"hello {i}", conv=f"new-{i}"))[1:] == AN_HAIKU
+            assert on(gw, f"new-{i}") == AN_HAIKU
+            assert stored(gw, f"new-{i}")["migrations"] == 0  # type: ignore[index]
+        assert served(chat(http, "no conversation"))[1:] == AN_HAIKU
+    asked = [call["body"]["model"] for call in mock.log.all() if call["path"].endswith(("completions", "messages"))]
+    assert OA_MINI[1] in asked  # it was drawn (equal costs), answered 404, and retried
+    assert metric(gw.url, "sentinel_provider_health", provider="openai", model=OA_MINI[1]) != 0

@@ -180,11 +180,19 @@ class Failover:
                 return Attempt(await send(provider, wire, choice), choice, provider)
             except SentinelError as exc:
                 if isinstance(exc, ModelRetired):  # gone for good: the conversation moves off it
-                    moved = await self.router.retired(choice)
-                    carried = None if moved is None else await self._translated(moved, translate)
-                    if carried is None:
+                    retry = await self.router.retired(choice)
+                    carried = None if retry is None else await self._translated(retry, translate)
+                    if retry is None or carried is None:
+                        raise
+                    drawn = (retry.provider, retry.model)
+                    if not await self.router.moved(retry):  # (the move written once it suits the request)
                         raise
                     choice, wire = carried
+                    if (choice.provider, choice.model) != drawn:  # it follows another turn's move
+                        carried = await self._translated(choice, translate)
+                        if carried is None:
+                            raise
+                        wire = carried[1]
                     continue
                 if is_provider_failure(exc):
                     await self.router.report(choice, ok=False, retry_after=asked_wait(exc), caller=witness(exc, caller))

@@ -366,14 +366,19 @@ class TierRouter:
         retry = RouteChoice(decision.tier, entry, decision.conversation_id, decision.session, decision.pending_write,
                             decision.event, was_unhealthy=unhealthy, tried=tried, created=decision.created,
                             trials=decision.trials)
-        if decision.bound:
+        if decision.bound:  # moved by `moved`, once the request is known to suit the new model
             retry.pending_write, retry.event, retry.moving = "update", "migrated", True
-            await self._move(retry)
-            if (retry.provider, retry.model) in tried:
-                return None  # (the session was moved back to it meanwhile: nothing to retry on)
         elif decision.sticky:
             retry.pending_write = "update"  # a first turn's session follows the retry (see `alternative`)
         return retry
+
+    async def moved(self, retry: RouteChoice) -> bool:
+        """Write the move of a `retired` retry (`_move`), if it is one; False when the session is now
+        on a model the retry may not go to (moved back to the retired one meanwhile)."""
+        if not retry.moving:
+            return True
+        await self._move(retry)
+        return (retry.provider, retry.model) not in retry.tried
 
     async def _move(self, decision: RouteChoice) -> None:
         """Write `decision`'s migration (`moving`: its session's model is gone for good) before its

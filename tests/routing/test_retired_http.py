@@ -192,3 +192,23 @@ def test_first_turns_drawn_to_a_retired_model_are_served_by_another_and_their_se
     asked = [call["body"]["model"] for call in mock.log.all() if call["path"].endswith(("completions", "messages"))]
     assert OA_MINI[1] in asked  # it was drawn (equal costs), answered 404, and retried
     assert metric(gw.url, "sentinel_provider_health", provider="openai", model=OA_MINI[1]) != 0
+
+
+def test_a_turn_the_new_model_cannot_carry_does_not_move_the_conversation(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    """The tier's other model is Anthropic's, which cannot carry a conversation opened by the
+    assistant: such a turn fails (nowhere to move it) and leaves the session as it was, rather than
+    binding the conversation to a model that refused it; the next turn it can carry moves it."""
+    url, mock = upstream
+    gw = gateway(gateway_factory, tmp_path, backend_url, url, TWO)
+    opened = [{"role": "assistant", "content": "Welcome!"}, {"role": "user", "content": "hi"}]
+    with gw.client() as http:
+        assert served(chat(http, messages=opened, conv="c"))[1:] == OA_MINI  # (the one that can carry it)
+        before = stored(gw, "c")
+        mock.retired.add(OA_MINI[1])
+        r = chat(http, messages=opened, conv="c")
+        assert r.status_code == 502 and r.json()["error"]["code"] == "provider_model_retired", r.text
+        assert stored(gw, "c") == before
+        assert served(chat(http, "plain now", conv="c"))[1:] == AN_HAIKU
+        assert on(gw, "c") == AN_HAIKU

@@ -524,6 +524,8 @@ async def test_concurrent_turns_of_a_conversation_whose_model_was_retired_move_t
     assert (one.event, two.event) == ("hit", "hit")
     moved_one, moved_two = await router.retired(one), await router.retired(two)
     assert moved_one is not None and moved_two is not None
+    assert (moved_one.provider, moved_one.model) != (moved_two.provider, moved_two.model)  # each drew its own
+    assert await router.moved(moved_one) and await router.moved(moved_two)
     assert (moved_one.provider, moved_one.model) != (provider, model)
     assert (moved_two.provider, moved_two.model) == (moved_one.provider, moved_one.model)
     stored = await router.sessions.get("conv-1", "alice")

@@ -185,6 +185,13 @@ def create_mock_app(
         Route("/v1/files/{file_id}/content", Endpoint(state, state.objects.file_content, OPENAI), methods=["GET"]),
         Route("/v1/batches", Endpoint(state, state.objects.batches_root, OPENAI), methods=["POST"]),
         Route("/v1/batches/{batch_id}", Endpoint(state, state.objects.batch, OPENAI), methods=["GET"]),
+        Route("/v1/videos", Endpoint(state, state.objects.videos_root, OPENAI), methods=["POST"]),
+        Route("/v1/videos/{video_id}/remix", Endpoint(state, state.objects.video_remix, OPENAI), methods=["POST"]),
+        Route("/v1/vector_stores", Endpoint(state, state.objects.vector_stores_root, OPENAI), methods=["POST"]),
+        Route(
+            "/v1/vector_stores/{vector_store_id}/search", Endpoint(state, state.objects.vector_store_search, OPENAI),
+            methods=["POST"],
+        ),
         Route("/v1/moderations", Endpoint(state, openai_objects.moderations, OPENAI), methods=["POST"]),
         Route("/v1/models", Endpoint(state, openai_extra.list_models, _models_wire), methods=["GET"]),
         Route(

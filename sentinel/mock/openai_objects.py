@@ -1,7 +1,10 @@
 """OpenAI wire format: objects an account stores (files, stored responses) and a stateless extra.
 
 Enough of the Files API (`POST /v1/files` multipart, `GET /v1/files`, `GET/DELETE /v1/files/{id}`,
-`GET /v1/files/{id}/content`), batches (`POST /v1/batches` over an uploaded file,
+`GET /v1/files/{id}/content`), video jobs (`POST /v1/videos`, JSON or multipart, and
+`POST /v1/videos/{id}/remix`: queued, as Sora answers, with the model, size and seconds it makes),
+vector stores (`POST /v1/vector_stores`, `POST /v1/vector_stores/{id}/search`: no results, and the
+query — rewritten with `rewrite_query` — it searched for), batches (`POST /v1/batches` over an uploaded file,
 `GET /v1/batches/{id}`: done — or failed validation — at its first read, its usage a figure of its
 input's), stored responses (`GET/DELETE /v1/responses/{id}`, `GET /v1/responses/{id}/input_items`) and `POST /v1/moderations` for a gateway's ownership and
 pass-through tests. Like the real account, the mock does not know who asked: every object is
@@ -31,6 +34,58 @@ class ObjectStore:
         self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
         self.responses: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
+        self.videos: dict[str, dict[str, Any]] = {}
+        self.vector_stores: dict[str, dict[str, Any]] = {}
+
+    # --- videos (Sora: a job made queued; a remix is as long and as large as its source) --------------
+    def videos_root(self, call: Call) -> Reply:
+        call.resolve_faults("")
+        fields = _form_fields(call) if "multipart/form-data" in call.headers.get("content-type", "") else json_object(call)
+        prompt = fields.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise WireError(400, "Missing required parameter: 'prompt'.", param="prompt")
+        seconds = str(fields.get("seconds", "4"))
+        if seconds not in ("4", "8", "12"):
+            raise WireError(400, f"Invalid value: '{seconds}'. Supported values are: '4', '8', and '12'.", param="seconds")
+        return self._video(str(fields.get("model", "sora-2")), str(fields.get("size", "720x1280")), seconds, prompt)
+
+    def video_remix(self, call: Call) -> Reply:
+        call.resolve_faults("")
+        source = self.videos.get(call.path_params["video_id"])
+        if source is None:
+            raise WireError(404, f"Video with id '{call.path_params['video_id']}' not found.", code="not_found")
+        prompt = json_object(call).get("prompt")
+        return self._video(source["model"], source["size"], source["seconds"], str(prompt), remixed=source["id"])
+
+    def _video(self, model: str, size: str, seconds: str, prompt: str, remixed: str | None = None) -> Reply:
+        video_id = new_id("video_")
+        video = {"id": video_id, "object": "video", "created_at": int(time.time()), "status": "queued",
+                 "model": model, "size": size, "seconds": seconds, "progress": 0, "prompt": prompt,
+                 "remixed_from_video_id": remixed, "completed_at": None, "expires_at": None, "error": None}
+        _keep(self.videos, video_id, video, self.limit)
+        return JSONReply(video)
+
+    # --- vector stores ---------------------------------------------------------------------------------
+    def vector_stores_root(self, call: Call) -> Reply:
+        call.resolve_faults("")
+        store_id = new_id("vs_")
+        store = {"id": store_id, "object": "vector_store", "created_at": int(time.time()),
+                 "name": json_object(call).get("name"), "status": "completed", "usage_bytes": 0,
+                 "file_counts": {"in_progress": 0, "completed": 0, "failed": 0, "cancelled": 0, "total": 0}}
+        _keep(self.vector_stores, store_id, store, self.limit)
+        return JSONReply(store)
+
+    def vector_store_search(self, call: Call) -> Reply:
+        call.resolve_faults("")
+        if call.path_params["vector_store_id"] not in self.vector_stores:
+            raise WireError(404, f"Vector store with id '{call.path_params['vector_store_id']}' not found.",
+                            code="not_found")
+        body = json_object(call)
+        query = body.get("query")
+        queries = query if isinstance(query, list) else [query]
+        searched = " ".join(str(q) for q in queries).lower() if body.get("rewrite_query") else " ".join(map(str, queries))
+        return JSONReply({"object": "vector_store.search_results.page", "search_query": [searched], "data": [],
+                          "has_more": False, "next_page": None})
 
     # --- stored responses (filled by POST /v1/responses unless store is false) -----------------------
     def keep_response(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
@@ -161,6 +216,20 @@ def _multipart(call: Call) -> tuple[str, bytes, str]:
         elif b'name="purpose"' in head:
             purpose = data.decode("utf-8", "replace")
     return filename, content, purpose
+
+
+def _form_fields(call: Call) -> dict[str, str]:
+    """The text fields of a multipart/form-data upload (small and well-formed only): the first of each name."""
+    kind = call.headers.get("content-type", "")
+    boundary = kind.split("boundary=", 1)[1].strip('"').encode() if "boundary=" in kind else b"--"
+    fields: dict[str, str] = {}
+    for part in call.raw.split(b"--" + boundary):
+        head, _, data = part.partition(b"\r\n\r\n")
+        if b'name="' not in head or b'filename="' in head:
+            continue
+        name = head.split(b'name="', 1)[1].split(b'"', 1)[0].decode("utf-8", "replace")
+        fields.setdefault(name, data.removesuffix(b"\r\n").decode("utf-8", "replace"))
+    return fields
 
 
 def _keep(objects: dict[str, Any], key: str, value: Any, limit: int) -> None:

@@ -20,6 +20,17 @@ plan ran them at one request each. Each is now held to the plan's token limits, 
   charged the audio's length its cues show (the last one's end, at the rate a `whisper-1` duration
   usage is charged: `usage.duration_usage`) or else, as plain `text`, the text's tokens as output
   (an answer over 1 MiB, relayed as it passes, a token per 4 bytes of it: `unread_output`).
+- a video (`POST /v1/videos`, `/v1/videos/edits`, `/extensions`, `/v1/videos/{id}/remix`): Sora bills
+  it by the second, by model and size: each second is reserved and charged as output the tokens that
+  cost as much (VIDEO_TOKENS_PER_SECOND: OpenAI's per-second prices at $40 per million tokens, what
+  gpt-image-1's image output tokens cost), charged when the job is made (the provider bills what was
+  asked: a creation it refuses, 4xx or 5xx, is charged nothing). What the request does not name is
+  what the answer (the video job) shows — an extension's, an edit's or a remix's model and size are
+  its source's, a remix's or an edit's length too —, reserved as a creation's defaults (`sora-2`,
+  720 x 1280, 4 seconds) for a creation, else as the dearest (`sora-2-pro` at its larger sizes, 12
+  seconds). A `seconds` that is no whole number from 1 to MAX_VIDEO_SECONDS is refused (400).
+- a vector store search with `rewrite_query` (`POST /v1/vector_stores/{id}/search`): a model rewrites
+  its query: the query's tokens (each of a list's) are reserved and charged as input.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sentinel.domain.numbers import MAX_TOKENS
+from sentinel.errors import InvalidRequest
 from sentinel.quota.audio import AUDIO_TOKENS_PER_SECOND
 from sentinel.quota.media import BYTES_PER_TOKEN
 from sentinel.quota.tokens import TokenCounter
@@ -42,7 +54,7 @@ TEXT_FORMATS = frozenset({"text", "srt", "vtt"})  # a transcript's answer format
 # The fields of an upload (an image edit, a transcription) its charge is read from: each given once
 # (`read_once`), or the provider might read another value than Sentinel did (`response_format` given
 # as `json`, then as `text`: reserved and charged as a call whose answer shows its usage).
-READ_FIELDS = frozenset({"model", "n", "size", "quality", "response_format", "prompt"})
+READ_FIELDS = frozenset({"model", "n", "size", "quality", "response_format", "prompt", "seconds"})
 
 # gpt-image-1's output tokens per image (OpenAI's image generation guide), by quality: a square
 # (1024 x 1024), a portrait (1024 x 1536) and a landscape (1536 x 1024) image.
@@ -52,6 +64,19 @@ _QUALITIES = {"low": "low", "medium": "medium", "standard": "medium", "high": "h
 MAX_IMAGES = 10  # the most images a call may ask for (`n`): what is reserved past it
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 _DIGITS = re.compile(r"[0-9]+")
+
+# A second of video as the tokens costing as much at $40 per million (gpt-image-1's image output
+# tokens): OpenAI's per-second prices, by model, at 720 x 1280 or 1280 x 720 and at a larger size
+# (1024 x 1792, 1792 x 1024): sora-2 $0.10 ($0.10), sora-2-pro $0.30 ($0.50). A model not in it (or
+# none named where the request is no creation) is billed as the dearest, and so is a size not `WxH`.
+VIDEO_TOKENS_PER_SECOND = {"sora-2": (2_500, 2_500), "sora-2-pro": (7_500, 12_500)}
+VIDEO_SMALL_AREA = 1280 * 720  # the sizes billed at a model's first rate
+VIDEO_CREATION = ("sora-2", "720x1280", 4)  # what a creation naming none of them makes (the provider's defaults)
+VIDEO_UNKNOWN_SECONDS = 12  # a remix's or an edit's length (its source's) reserved: the longest creation
+MAX_VIDEO_SECONDS = 60  # the longest video `seconds` may ask for (Sora's longest: an extension's 20)
+VIDEOS = ("videos",)
+VIDEO_CALLS = frozenset({VIDEOS, ("videos", "edits"), ("videos", "extensions")})  # and `videos/{id}/remix`
+VECTOR_SEARCH = "search"  # `vector_stores/{id}/search`
 
 SPEECH_AUDIO_TOKENS_PER_MINUTE = 1250  # gpt-4o-mini-tts: $0.015 a minute at $12 per million audio tokens
 SPEECH_CHARS_PER_MINUTE = 900  # 150 words a minute
@@ -64,12 +89,14 @@ _CUE_END = re.compile(r"-->[ \t]*(?:([0-9]{1,6}):)?([0-9]{1,2}):([0-9]{2})[.,]([
 @dataclass(frozen=True)
 class MediaCall:
     """A pass-through media call whose answer may show no usage (see the module docstring): its kind
-    (`speech`, `images`, `transcript`), the input and output tokens it reserves, and an image's."""
+    (`speech`, `images`, `transcript`, `video`, `search`), the input and output tokens it reserves,
+    an image's, and a video's model, size and seconds as the request named them (None: not named)."""
 
     kind: str
     input_tokens: int = 0
     output_tokens: int = 0
     per_image: int = 0
+    video: tuple[str | None, str | None, int | None] = (None, None, None)
 
 
 def media_call(counter: TokenCounter, segments: Sequence[str], fields: Mapping[str, Any]) -> MediaCall | None:
@@ -89,12 +116,78 @@ def media_call(counter: TokenCounter, segments: Sequence[str], fields: Mapping[s
                          per_image * min(MAX_IMAGES, _count(fields.get("n"))), per_image)
     if path in TRANSCRIPTS and _word(fields.get("response_format")) in TEXT_FORMATS:
         return MediaCall("transcript")
+    if _is_video(path):
+        size = fields.get("size")
+        asked = (model or None, size if isinstance(size, str) else None, video_seconds(fields.get("seconds")))
+        if path == VIDEOS:  # a creation: what it did not name is the provider's default
+            asked = _video_or(asked, None, creation=True)
+        return MediaCall("video", output_tokens=video_tokens(*_video_or(asked, None, creation=False)), video=asked)
+    if len(path) == 3 and path[0] == "vector_stores" and path[2] == VECTOR_SEARCH \
+            and fields.get("rewrite_query") not in (None, False):  # (one the provider refuses is charged nothing)
+        query = fields.get("query")
+        texts = query if isinstance(query, list) else [query]
+        tokens = sum(counter.count_text(text, model) for text in texts if isinstance(text, str))
+        return MediaCall("search", input_tokens=min(MAX_TOKENS, tokens))
     return None
 
 
 def read_once(segments: Sequence[str]) -> bool:
     """Whether an upload to the `/v1` path `segments` must give each of READ_FIELDS once."""
-    return _path(segments) in IMAGES | TRANSCRIPTS
+    path = _path(segments)
+    return path in IMAGES | TRANSCRIPTS or _is_video(path)
+
+
+def _is_video(path: tuple[str, ...]) -> bool:
+    return path in VIDEO_CALLS or (len(path) == 3 and path[0] == "videos" and path[2] == "remix")
+
+
+def video_seconds(value: Any) -> int | None:
+    """A video's `seconds` (a JSON integer, or digits: an upload's text, the SDK's `"8"`), None when
+    not given; InvalidRequest (400) for anything else, or past MAX_VIDEO_SECONDS."""
+    if value is None:
+        return None
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        value = int(value.strip()[:6])
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_VIDEO_SECONDS:
+        raise InvalidRequest(f"`seconds` must be a whole number of seconds from 1 to {MAX_VIDEO_SECONDS}",
+                             details={"param": "seconds"})
+    return value
+
+
+def video_tokens(model: str | None, size: str | None, seconds: int) -> int:
+    """What `seconds` of video of `model` at `size` (`WxH`) cost, in tokens (VIDEO_TOKENS_PER_SECOND):
+    a model not in it (a dated `sora-2-2025-10-06` is `sora-2`'s) or none is the dearest, and a size
+    not `WxH` or none the larger."""
+    name = (model or "").rsplit("/", 1)[-1].strip().lower()
+    rates = max(VIDEO_TOKENS_PER_SECOND.values())
+    for known in sorted(VIDEO_TOKENS_PER_SECOND, key=len, reverse=True):  # (`sora-2-pro` before `sora-2`)
+        if re.fullmatch(re.escape(known) + r"(-[0-9]{4}-[0-9]{2}-[0-9]{2})?", name):
+            rates = VIDEO_TOKENS_PER_SECOND[known]
+            break
+    found = _SIZE.fullmatch(size.strip()) if isinstance(size, str) else None
+    small = found is not None and int(found[1]) * int(found[2]) <= VIDEO_SMALL_AREA
+    return min(MAX_TOKENS, rates[0 if small else 1] * seconds)
+
+
+def _video_or(
+    asked: tuple[str | None, str | None, int | None], shown: Any, *, creation: bool,
+) -> tuple[str | None, str | None, int]:
+    """A video's (model, size, seconds): what the request `asked`, else what its answer (the video
+    job: `shown`) shows, else a creation's defaults (VIDEO_CREATION) or — its source's, not known —
+    the dearest (None: `video_tokens`), VIDEO_UNKNOWN_SECONDS long."""
+    answer = shown if isinstance(shown, dict) else {}
+    model, size, seconds = asked
+    if model is None and isinstance(answer.get("model"), str):
+        model = answer["model"]
+    if size is None and isinstance(answer.get("size"), str):
+        size = answer["size"]
+    if seconds is None:
+        try:
+            seconds = video_seconds(answer.get("seconds"))
+        except InvalidRequest:  # (an answer's length not read: as reserved)
+            seconds = None
+    default_model, default_size, default_seconds = VIDEO_CREATION if creation else (None, None, VIDEO_UNKNOWN_SECONDS)
+    return model or default_model, size or default_size, seconds or default_seconds
 
 
 def _path(segments: Sequence[str]) -> tuple[str, ...]:
@@ -140,7 +233,9 @@ def media_charge(call: MediaCall, answer: Any, raw: bytes) -> tuple[int, int | N
         if seconds:
             return min(MAX_TOKENS, math.ceil(seconds * AUDIO_TOKENS_PER_SECOND)), 0, ""
         return 0, None, text
-    return 0, call.output_tokens, ""  # speech: as reserved (its audio is not read)
+    if call.kind == "video":  # what it asked, and what the job shows for what it did not
+        return 0, video_tokens(*_video_or(call.video, answer, creation=False)), ""
+    return 0, call.output_tokens, ""  # speech, a search's rewrite (its input): as reserved
 
 
 def unread_output(call: MediaCall | None, size: int, reserved: int) -> int:

@@ -71,7 +71,7 @@ class Charging:
     usage (`Meter.settle`'s `settles`). `context`: the call reads a stored response (its own path),
     whose usage a read charges — its stream was cut before the provider's count — is the context
     it holds (`remember_read_context`). `media`: a media call whose answer may show no usage
-    (speech, dall-e images, a transcript as text): without one it is charged by its rule
+    (speech, dall-e images, a transcript as text, a video, a search rewriting its query): without one it is charged by its rule
     (`media_calls.media_charge`)."""
 
     work: bool = True

@@ -1,7 +1,8 @@
 """Pass-through media calls whose answer shows no `usage` are held to the plan's token limits
 (`sentinel.quota.media_calls`): speech is reserved and charged its `input` text's tokens (and a
 gpt-4o-mini-tts answer's audio), a dall-e image what gpt-image-1 bills for its size and quality, a
-transcript as `text`/`srt`/`vtt` its audio's length or its text. Before, each was charged no token
+transcript as `text`/`srt`/`vtt` its audio's length or its text, a Sora video its seconds at its
+model's and size's rate, a vector store search with `rewrite_query` its query's tokens. Before, each was charged no token
 and reserved none: a user on a token-limited plan ran them at one request each."""
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import pytest
 
 from sentinel.quota.audio import AUDIO_TOKENS_PER_SECOND
 from sentinel.quota.media import BYTES_PER_TOKEN
-from sentinel.quota.media_calls import image_tokens, speech_audio_tokens
+from sentinel.quota.media_calls import MAX_VIDEO_SECONDS, image_tokens, speech_audio_tokens, video_tokens
 from sentinel.quota.tokens import TokenCounter
 from tests.api.conftest import Gateway
-from tests.support.attack import ledger_rows, openai_error, wait_for
+from tests.support.attack import SpyUpstream, ledger_rows, openai_error, wait_for
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream
 
@@ -164,3 +165,96 @@ def test_an_upload_giving_a_field_its_charge_is_read_from_twice_is_refused(gatew
         gw.openai().audio.transcriptions.create(model="whisper-1", file=("a.mp3", MP3), response_format="verbose_json",
                                                 timestamp_granularities=["word", "segment"])
         assert _row(gw)["input_tokens"] == AUDIO_TOKENS_PER_SECOND
+
+
+VIDEOS = "/v1/videos,/v1/videos/*,/v1/vector_stores,/v1/vector_stores/*"
+
+
+def _rows(gw: Gateway, count: int) -> list[dict[str, object]]:
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == count)
+    return ledger_rows(gw.settings.database_url, "alice")
+
+
+def test_a_video_is_charged_its_seconds_at_creation_and_held_to_the_output_limit(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream,
+) -> None:
+    import openai
+
+    eight = video_tokens("sora-2-pro", "1792x1024", 8)
+    assert eight == 8 * 12_500  # $0.50 a second at $40 per million tokens
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", passthrough=VIDEOS,
+                         default_plan=f"requests=100/1h,output_tokens={eight + eight // 2}/1h")
+    client = gw.openai()
+    made = client.videos.create(model="sora-2-pro", prompt="a lighthouse at dusk", seconds="8", size="1792x1024")
+    assert (made.status, made.seconds) == ("queued", "8")
+    [row] = _rows(gw, 1)
+    assert (row["status"], row["input_tokens"], row["output_tokens"]) == (200, 0, eight)
+    # Half of it is left: another eight seconds do not fit, refused before they run.
+    sent = len(spy.seen)
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.videos.create(model="sora-2-pro", prompt="a lighthouse at dawn", seconds="8", size="1792x1024")
+    assert openai_error(refused.value.response.json())["code"] == "quota_exceeded"
+    assert len(spy.seen) == sent
+    # Four seconds of sora-2 at its default size (10,000 tokens) still fit; a remix of them is
+    # reserved as the dearest (12 seconds of sora-2-pro, larger than is left) and refused.
+    short = client.videos.create(prompt="a lighthouse")  # sora-2, 720 x 1280, 4 seconds: the defaults
+    assert _rows(gw, 2)[1]["output_tokens"] == video_tokens("sora-2", "720x1280", 4) == 10_000
+    with pytest.raises(openai.RateLimitError):
+        client.videos.remix(short.id, prompt="at night")
+
+
+def test_a_remix_is_charged_what_its_answer_shows_it_makes(gateway_factory: Callable[..., Gateway]) -> None:
+    gw = gateway_factory(passthrough=VIDEOS, default_plan="requests=100/1h,output_tokens=200000/1h")
+    client = gw.openai()
+    source = client.videos.create(model="sora-2", prompt="a lighthouse", seconds="12", size="1280x720")
+    remix = client.videos.remix(source.id, prompt="at night")
+    assert (remix.model, remix.seconds, remix.size) == ("sora-2", "12", "1280x720")  # its source's
+    assert [r["output_tokens"] for r in _rows(gw, 2)] == [12 * 2_500, 12 * 2_500]
+
+
+@pytest.mark.parametrize("seconds", ["100000", "0", "-4", "4.5", "four", str(MAX_VIDEO_SECONDS + 1)])
+def test_a_video_of_absurd_seconds_is_refused(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, seconds: str,
+) -> None:
+    import openai
+
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", passthrough=VIDEOS,
+                         default_plan="requests=100/1h,output_tokens=1000000/1h")
+    with pytest.raises(openai.BadRequestError) as refused:
+        gw.openai().videos.create(prompt="a lighthouse", seconds=seconds)  # type: ignore[arg-type]
+    assert openai_error(refused.value.response.json())["details"]["param"] == "seconds"
+    assert spy.seen == []
+    assert ledger_rows(gw.settings.database_url, "alice") == []
+    # A JSON body is read alike.
+    with gw.client() as alice:
+        as_json = alice.post("/v1/videos", json={"prompt": "a lighthouse", "seconds": 3600})
+    assert as_json.status_code == 400, as_json.text
+    assert openai_error(as_json.json())["details"]["param"] == "seconds"
+    assert spy.seen == []
+
+
+def test_a_video_the_provider_refuses_is_charged_nothing(gateway_factory: Callable[..., Gateway]) -> None:
+    import openai
+
+    gw = gateway_factory(passthrough=VIDEOS, default_plan="requests=100/1h,output_tokens=1000000/1h")
+    with pytest.raises(openai.BadRequestError):  # 16 seconds: Sentinel's bound, not the provider's
+        gw.openai().videos.create(prompt="a lighthouse", seconds="16")  # type: ignore[arg-type]
+    [row] = _rows(gw, 1)
+    assert (row["status"], row["input_tokens"], row["output_tokens"]) == (400, 0, 0)
+
+
+def test_a_vector_store_search_rewriting_its_query_is_charged_the_query(gateway_factory: Callable[..., Gateway]) -> None:
+    import openai
+
+    query = "which of our lighthouses were built before the war, and by whom? " * 8
+    tokens = TokenCounter().count_text(query, "")
+    gw = gateway_factory(passthrough=VIDEOS, default_plan=f"requests=100/1h,input_tokens={tokens + tokens // 2}/1h")
+    client = gw.openai()
+    store = client.vector_stores.create(name="lighthouses")
+    client.vector_stores.search(store.id, query=query)  # no rewrite: no model runs, charged nothing
+    page = client.vector_stores.search(store.id, query=query, rewrite_query=True)
+    assert page.search_query == [query.lower()]
+    assert [r["input_tokens"] for r in _rows(gw, 3)] == [0, 0, tokens]
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.vector_stores.search(store.id, query=[query], rewrite_query=True)
+    assert openai_error(refused.value.response.json())["code"] == "quota_exceeded"

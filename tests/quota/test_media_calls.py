@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import pytest
 
+from sentinel.errors import InvalidRequest
 from sentinel.quota.media_calls import (
     GPT_IMAGE_TOKENS,
+    VIDEO_TOKENS_PER_SECOND,
     MediaCall,
     image_tokens,
     media_call,
     media_charge,
     speech_audio_tokens,
     transcript_seconds,
+    video_seconds,
+    video_tokens,
 )
 from sentinel.quota.tokens import TokenCounter
 
@@ -80,3 +84,53 @@ def test_speech_audio_is_estimated_for_a_model_billing_audio_tokens_at_its_speed
     assert speech_audio_tokens("gpt-4o-mini-tts", text, 10**400) == speech_audio_tokens("gpt-4o-mini-tts", text, 4.0)
     assert speech_audio_tokens("gpt-4o-mini-tts", text, 0) == speech_audio_tokens("gpt-4o-mini-tts", text, 0.25) == 5000
     assert speech_audio_tokens("gpt-4o-mini-tts", text, "fast") == 1250
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "rate"),
+    [
+        ("sora-2", "720x1280", 2_500),
+        ("sora-2-2025-10-06", " 1280x720", 2_500),  # a dated snapshot is its model's
+        ("sora-2-pro", "1280x720", 7_500),
+        ("openai/SORA-2-PRO", "1024x1792", 12_500),
+        ("sora-2-pro", "auto", 12_500),  # no `WxH`: the larger size
+        ("sora-3", "720x1280", 7_500),  # a model not in the table: the dearest
+        (None, None, 12_500),
+        ("sora-2-proper", "720x1280", 7_500),  # no prefix match: `sora-2-proper` is not sora-2's
+    ],
+)
+def test_a_second_of_video_is_its_price_in_tokens(model: str | None, size: str | None, rate: int) -> None:
+    assert video_tokens(model, size, 4) == 4 * rate
+    assert max(VIDEO_TOKENS_PER_SECOND.values()) == (7_500, 12_500)
+
+
+def test_a_video_reserves_what_it_asks_and_is_charged_what_it_did_not_ask_as_its_answer_shows() -> None:
+    creation = media_call(COUNTER, ["videos"], {"prompt": "a lighthouse"})  # the provider's defaults
+    assert creation == MediaCall("video", output_tokens=4 * 2_500, video=("sora-2", "720x1280", 4))
+    assert media_charge(creation, {"model": "sora-2-pro", "seconds": "12"}, b"") == (0, 4 * 2_500, "")  # as asked
+    # An extension names its length, not its source's model or size: the dearest reserved, its answer's charged.
+    extension = media_call(COUNTER, ["videos", "extensions"], {"prompt": "on", "seconds": " 8"})
+    assert extension is not None and extension.output_tokens == 8 * 12_500
+    assert media_charge(extension, {"model": "sora-2", "size": "1280x720", "seconds": "20"}, b"") == (0, 8 * 2_500, "")
+    remix = media_call(COUNTER, ["videos", "video_1", "remix"], {"prompt": "at night"})
+    assert remix is not None and remix.output_tokens == 12 * 12_500  # its source's length: the longest creation
+    assert media_charge(remix, {"model": "sora-2", "size": "720x1280", "seconds": "8"}, b"") == (0, 8 * 2_500, "")
+    assert media_charge(remix, {"seconds": 10**9}, b"") == (0, 12 * 12_500, "")  # no answer read: as reserved
+
+
+@pytest.mark.parametrize("given", [0, -1, 61, "61", "4.0", 4.0, True, "", [4], 10**400])
+def test_a_video_length_is_a_whole_number_of_seconds_within_bounds(given: object) -> None:
+    with pytest.raises(InvalidRequest):
+        video_seconds(given)
+    assert video_seconds(None) is None and video_seconds(" 12 ") == video_seconds(12) == 12
+
+
+def test_a_vector_store_search_is_a_media_call_only_when_it_rewrites_its_query() -> None:
+    tokens = COUNTER.count_text("old lighthouses", "")
+    path = ["vector_stores", "vs_1", "search"]
+    assert media_call(COUNTER, path, {"query": "old lighthouses", "rewrite_query": True}) == MediaCall("search", tokens)
+    assert media_call(COUNTER, path, {"query": ["old lighthouses", 3, "old lighthouses"], "rewrite_query": "yes"}) == \
+        MediaCall("search", 2 * tokens)
+    for off in ({}, {"rewrite_query": False}, {"rewrite_query": None}):
+        assert media_call(COUNTER, path, {"query": "old lighthouses", **off}) is None
+    assert media_charge(MediaCall("search", tokens), {"search_query": ["x"]}, b"") == (0, 0, "")

@@ -17,9 +17,10 @@ plan ran them at one request each. Each is now held to the plan's token limits, 
   which is charged instead.
 - a transcription or translation as `text`, `srt` or `vtt`: nothing is reserved (its audio's length
   is not known before: bounded from an upload's size, a real recording would never fit a plan); it is
-  charged the audio's length its cues show (the last one's end, at the rate a `whisper-1` duration
-  usage is charged: `usage.duration_usage`) or else, as plain `text`, the text's tokens as output
-  (an answer over 1 MiB, relayed as it passes, a token per 4 bytes of it: `unread_output`).
+  charged, as `srt` or `vtt`, the audio's length its cues show (the last one's end, at the rate a
+  `whisper-1` duration usage is charged: `usage.duration_usage`) or else — and always as plain
+  `text`, whose words are the speaker's (a "--> 00:00.001" in them is no cue) — the text's tokens
+  as output (an answer over 1 MiB, relayed as it passes, a token per 4 bytes of it: `unread_output`).
 - a video (`POST /v1/videos`, `/v1/videos/edits`, `/extensions`, `/v1/videos/{id}/remix`): Sora bills
   it by the second, by model and size: each second is reserved and charged as output the tokens that
   cost as much (VIDEO_TOKENS_PER_SECOND: OpenAI's per-second prices at $40 per million tokens, what
@@ -51,6 +52,7 @@ SPEECH = ("audio", "speech")
 IMAGES = frozenset({("images", "generations"), ("images", "edits"), ("images", "variations")})
 TRANSCRIPTS = frozenset({("audio", "transcriptions"), ("audio", "translations")})
 TEXT_FORMATS = frozenset({"text", "srt", "vtt"})  # a transcript's answer formats without a `usage`
+CUED_FORMATS = frozenset({"srt", "vtt"})  # ... those whose cues show the audio's length
 # The fields of an upload (an image edit, a transcription) its charge is read from: each given once
 # (`read_once`), or the provider might read another value than Sentinel did (`response_format` given
 # as `json`, then as `text`: reserved and charged as a call whose answer shows its usage).
@@ -90,13 +92,15 @@ _CUE_END = re.compile(r"-->[ \t]*(?:([0-9]{1,6}):)?([0-9]{1,2}):([0-9]{2})[.,]([
 class MediaCall:
     """A pass-through media call whose answer may show no usage (see the module docstring): its kind
     (`speech`, `images`, `transcript`, `video`, `search`), the input and output tokens it reserves,
-    an image's, and a video's model, size and seconds as the request named them (None: not named)."""
+    an image's, a video's model, size and seconds as the request named them (None: not named), and —
+    a transcript — whether it was asked for with cues (`srt`, `vtt`: `CUED_FORMATS`)."""
 
     kind: str
     input_tokens: int = 0
     output_tokens: int = 0
     per_image: int = 0
     video: tuple[str | None, str | None, int | None] = (None, None, None)
+    cues: bool = False
 
 
 def media_call(counter: TokenCounter, segments: Sequence[str], fields: Mapping[str, Any]) -> MediaCall | None:
@@ -114,8 +118,8 @@ def media_call(counter: TokenCounter, segments: Sequence[str], fields: Mapping[s
         per_image = image_tokens(model or "dall-e-2", fields.get("size"), fields.get("quality"))
         return MediaCall("images", counter.count_text(prompt, model) if isinstance(prompt, str) else 0,
                          per_image * min(MAX_IMAGES, _count(fields.get("n"))), per_image)
-    if path in TRANSCRIPTS and _word(fields.get("response_format")) in TEXT_FORMATS:
-        return MediaCall("transcript")
+    if path in TRANSCRIPTS and (format_ := _word(fields.get("response_format"))) in TEXT_FORMATS:
+        return MediaCall("transcript", cues=format_ in CUED_FORMATS)
     if _is_video(path):
         size = fields.get("size")
         asked = (model or None, size if isinstance(size, str) else None, video_seconds(fields.get("seconds")))
@@ -229,7 +233,7 @@ def media_charge(call: MediaCall, answer: Any, raw: bytes) -> tuple[int, int | N
         return 0, call.per_image * (len(data) if isinstance(data, list) else 0), ""
     if call.kind == "transcript":
         text = raw.decode("utf-8", "replace")
-        seconds = transcript_seconds(text)
+        seconds = transcript_seconds(text) if call.cues else 0.0  # (plain text: the speaker's words)
         if seconds:
             return min(MAX_TOKENS, math.ceil(seconds * AUDIO_TOKENS_PER_SECOND)), 0, ""
         return 0, None, text

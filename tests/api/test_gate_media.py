@@ -147,6 +147,21 @@ def test_a_transcript_as_text_is_charged_its_text(gateway_factory: Callable[...,
             model="gpt-4o-transcribe", file=("b.mp3", MP3), response_format="text"), 1)
 
 
+def test_a_transcript_as_text_saying_a_cue_is_charged_its_text(gateway_factory: Callable[..., Gateway]) -> None:
+    # A plain-text transcript is the speaker's words: one that says "--> 00:00:00,001" (spoken, or a
+    # prompt's style the model follows) was read as a cue, and the whole text charged one token.
+    text = "--> 00:00:00,001 " + "word " * 400
+    tokens = TokenCounter().count_text(text, "")
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, f"requests=100/1h,output_tokens={tokens}/1h")
+        upstream.typed(b"text/plain; charset=utf-8", text.encode())
+        client = gw.openai()
+        client.audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.mp3", MP3), response_format="text")
+        row = _row(gw)
+        assert (row["input_tokens"], row["output_tokens"]) == (0, tokens)
+
+
 def test_an_upload_giving_a_field_its_charge_is_read_from_twice_is_refused(gateway_factory: Callable[..., Gateway]) -> None:
     # `json` then `text`: read as the first, a call whose answer shows its usage; answered as the
     # second, a transcript without usage, charged nothing.

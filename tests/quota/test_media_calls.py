@@ -56,8 +56,9 @@ def test_an_upload_names_its_image_count_as_text() -> None:
 
 
 def test_only_a_transcript_without_usage_is_a_media_call() -> None:
-    for format_ in ("vtt", " Text", "SRT\n"):  # as a lenient reader takes it
-        assert media_call(COUNTER, ["audio", "transcriptions"], {"response_format": format_}) == MediaCall("transcript")
+    for format_, cues in (("vtt", True), (" Text", False), ("SRT\n", True)):  # as a lenient reader takes it
+        assert media_call(COUNTER, ["audio", "transcriptions"], {"response_format": format_}) == \
+            MediaCall("transcript", cues=cues)
     for shown in ({}, {"response_format": "json"}, {"response_format": "verbose_json"}):
         assert media_call(COUNTER, ["audio", "translations"], shown) is None
     assert media_call(COUNTER, ["files"], {"purpose": "batch"}) is None
@@ -66,8 +67,10 @@ def test_only_a_transcript_without_usage_is_a_media_call() -> None:
 def test_a_transcript_is_charged_its_cues_length_or_else_its_text() -> None:
     vtt = "WEBVTT\n\n00:01.000 --> 00:04.250\nhello\n\n01:02:03.5 --> 01:02:09.125\nbye\n"
     assert transcript_seconds(vtt) == 3729.125
-    assert media_charge(MediaCall("transcript"), None, vtt.encode()) == (37292, 0, "")
-    assert media_charge(MediaCall("transcript"), None, b"just words") == (0, None, "just words")
+    assert media_charge(MediaCall("transcript", cues=True), None, vtt.encode()) == (37292, 0, "")
+    assert media_charge(MediaCall("transcript", cues=True), None, b"just words") == (0, None, "just words")
+    # plain text is the speaker's words, never cues
+    assert media_charge(MediaCall("transcript"), None, vtt.encode()) == (0, None, vtt)
 
 
 def test_images_are_charged_for_those_the_answer_shows() -> None:

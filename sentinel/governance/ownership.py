@@ -294,6 +294,17 @@ def _confirm_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 CONFIRM = Script("sentinel_charge_confirm", _CONFIRM_LUA, _confirm_local)
 
 
+# Drop ARGV's ids from the children's hash KEYS[1] (a conversation's item deleted on its own).
+_DROP_CHILDREN_LUA = "return redis.call('HDEL', KEYS[1], unpack(ARGV))"
+
+
+def _drop_children_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    return ops.hdel(keys[0], *args)
+
+
+DROP_CHILDREN = Script("sentinel_owner_drop_children", _DROP_CHILDREN_LUA, _drop_children_local)
+
+
 def _children_key(parent: str) -> str | None:
     """The key of `parent`'s children (`_CHILDREN`), beside its owner record; None for an id no
     such key can be made for (see `beside`)."""
@@ -447,12 +458,17 @@ class Ownership:
         if _keyable(file_id) and await self.owner_of(file_id) == owner:
             await self.store.set(_FILE_FACTS + file_id, facts.encode(), None, nx=True)
 
-    async def forget(self, object_id: str) -> None:
+    async def forget(self, object_id: str, *, parent: str | None = None) -> None:
         """Drop the record of a deleted object: its owner and what Sentinel kept of it; its children's
         charge marks (a thread's runs, an eval's runs: `_CHILDREN`), which the provider deletes with
-        it, end a day later (`FORGOTTEN_CHILD_TTL`)."""
+        it, end a day later (`FORGOTTEN_CHILD_TTL`). `parent`: the conversation an item deleted on its
+        own was listed in (`claim_all`), which lists it no more — kept, each item added, read and
+        deleted grew that list for as long as the conversation is kept (for good: no TTL)."""
         if not _keyable(object_id):
             return
+        children = _children_key(parent) if parent is not None and _keyable(parent) else None
+        if children is not None:
+            await self.store.run(DROP_CHILDREN, [children], [object_id])
         children_key = _children_key(object_id)
         found: list[str] = []
         if children_key is None:

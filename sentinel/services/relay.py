@@ -355,10 +355,11 @@ class OpenAIRelay:
             await self._claim_along(where, reply, identity)
         if where.collection == "conversations" and method == "POST" and body:
             await self._conversation_grew(where, last, reply, body)
-        deleted = where.object_id if where.is_object(segments) else conversation_item(where, segments)
+        item = conversation_item(where, segments)
+        deleted = where.object_id if where.is_object(segments) else item
         if method == "DELETE" and deleted is not None and reply.status < 300:
             try:
-                await self.ownership.forget(deleted)
+                await self.ownership.forget(deleted, parent=where.object_id if item is not None else None)
             except StoreUnavailable:  # the provider deleted it: its record names its maker, nothing more
                 self.ownership.outage.warning("the store is unavailable: a deleted object's owner record was kept")
         return reply

@@ -715,6 +715,30 @@ def test_the_read_charging_a_cut_turns_usage_corrects_its_conversations_count(
     for conversation in ("conv_1", "conv_2"):
         assert gw.read_stored(f"sentinel:context:{conversation}_resp_2") == b"9950"
         assert gw.read_stored(f"sentinel:cut-turn:{conversation}_resp_2") is None
+def test_deleting_a_conversations_item_drops_it_from_the_conversations_list(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """An item a read showed is listed beside its conversation's owner record (for the conversation's
+    DELETE to end it), kept as long as the conversation — for good. An item deleted on its own stayed
+    listed: adding, reading and deleting items grew that list without bound. Now it leaves the list."""
+    upstream = ScriptedUpstream()
+    children = "{sentinel:owner:conv_1}:charged-children"
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", passthrough="/v1/conversations,/v1/conversations/*")
+        upstream.json({"id": "conv_1", "object": "conversation"})
+        upstream.json({"object": "list", "data": [{"type": "message", "role": "user", "id": f"msg_{n}",
+                                                   "content": [{"type": "input_text", "text": "hi"}]} for n in (1, 2)]})
+        with gw.client() as alice:
+            assert alice.post("/v1/conversations", json={}).status_code == 200
+            assert alice.get("/v1/conversations/conv_1/items").status_code == 200
+            assert gw.stored_ttl(children) == -1.0  # (listed, kept as long as the conversation)
+            for n in (1, 2):
+                upstream.json({"id": "conv_1", "object": "conversation"})  # (an item's DELETE answers its conversation)
+                assert alice.delete(f"/v1/conversations/conv_1/items/msg_{n}").status_code == 200
+    assert gw.stored_ttl(children) is None  # its last item gone: no list left
+    assert gw.read_stored("sentinel:owner:conv_1") is not None
+
+
 def test_deleting_a_conversation_ends_its_items_owners(gateway_factory: Callable[..., Gateway]) -> None:
     """The items a conversation's reads show become their reader's for as long as the conversation
     is kept (no TTL); its DELETE left each one's owner record in the store for good. Now they end in

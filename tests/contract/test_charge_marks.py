@@ -233,3 +233,25 @@ async def test_items_claimed_after_their_conversations_forget_end_too(
         assert await store.ttl(_children_key("conv_1")) is None
     finally:
         await store.delete("sentinel:owner:conv_1", "sentinel:owner:msg_1", _children_key("conv_1"))
+
+
+async def test_an_item_deleted_on_its_own_leaves_its_conversations_list(store: Store) -> None:
+    """Listed without a TTL as its conversation is, an item deleted by itself stayed listed: adding,
+    reading and deleting items grew the list for as long as the conversation is kept."""
+    owners = Ownership(store)
+    try:
+        assert await owners.claim("conv_1", "alice", None)
+        await owners.claim_all([("msg_1", None), ("msg_2", None)], "alice", parent="conv_1")
+        await owners.forget("msg_1", parent="conv_1")
+        assert await owners.owner_of("msg_1") is None
+        await owners.forget("conv_1")  # msg_2 alone is ended: msg_1 is listed no more
+        left = await store.ttl("sentinel:owner:msg_2")
+        assert left is not None and 0 < left <= FORGOTTEN_ITEM_TTL
+        assert await store.ttl("sentinel:owner:msg_1") is None
+        assert await owners.claim("conv_2", "alice", None)
+        await owners.claim_all([("msg_3", None)], "alice", parent="conv_2")
+        await owners.forget("msg_3", parent="conv_2")
+        assert await store.ttl(_children_key("conv_2")) is None  # its last item gone: no list left
+    finally:
+        await store.delete(*("sentinel:owner:" + i for i in ("conv_1", "conv_2", "msg_1", "msg_2", "msg_3")),
+                           _children_key("conv_1"), _children_key("conv_2"))

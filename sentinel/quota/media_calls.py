@@ -21,6 +21,10 @@ plan ran them at one request each. Each is now held to the plan's token limits, 
   `whisper-1` duration usage is charged: `usage.duration_usage`) or else — and always as plain
   `text`, whose words are the speaker's (a "--> 00:00.001" in them is no cue) — the text's tokens
   as output (an answer over 1 MiB, relayed as it passes, a token per 4 bytes of it: `unread_output`).
+- a transcription or translation as JSON (`json`, `verbose_json`, none) whose answer shows no usage
+  (an OpenAI-compatible server's, or an older one's: its `usage` is optional) — reserved nothing
+  either — is charged its `duration` (`verbose_json`'s) as that much audio, or else its `text`'s
+  tokens as output: it was charged nothing.
 - a video (`POST /v1/videos`, `/v1/videos/edits`, `/extensions`, `/v1/videos/{id}/remix`): Sora bills
   it by the second, by model and size: each second is reserved and charged as output the tokens that
   cost as much (VIDEO_TOKENS_PER_SECOND: OpenAI's per-second prices at $40 per million tokens, what
@@ -93,7 +97,7 @@ class MediaCall:
     """A pass-through media call whose answer may show no usage (see the module docstring): its kind
     (`speech`, `images`, `transcript`, `video`, `search`), the input and output tokens it reserves,
     an image's, a video's model, size and seconds as the request named them (None: not named), and —
-    a transcript — whether it was asked for with cues (`srt`, `vtt`: `CUED_FORMATS`)."""
+    a transcript — whether it was asked for with cues (`srt`, `vtt`: `CUED_FORMATS`) or as JSON."""
 
     kind: str
     input_tokens: int = 0
@@ -101,11 +105,12 @@ class MediaCall:
     per_image: int = 0
     video: tuple[str | None, str | None, int | None] = (None, None, None)
     cues: bool = False
+    as_json: bool = False
 
 
 def media_call(counter: TokenCounter, segments: Sequence[str], fields: Mapping[str, Any]) -> MediaCall | None:
     """The media call a `POST` to the `/v1` path `segments` with the body `fields` (a JSON object, or an
-    upload's fields as text) is, None for any other call (a transcript asked for as JSON shows its usage)."""
+    upload's fields as text) is, None for any other call."""
     path = _path(segments)
     model = fields.get("model")
     model = model if isinstance(model, str) else ""
@@ -118,8 +123,9 @@ def media_call(counter: TokenCounter, segments: Sequence[str], fields: Mapping[s
         per_image = image_tokens(model or "dall-e-2", fields.get("size"), fields.get("quality"))
         return MediaCall("images", counter.count_text(prompt, model) if isinstance(prompt, str) else 0,
                          per_image * min(MAX_IMAGES, _count(fields.get("n"))), per_image)
-    if path in TRANSCRIPTS and (format_ := _word(fields.get("response_format"))) in TEXT_FORMATS:
-        return MediaCall("transcript", cues=format_ in CUED_FORMATS)
+    if path in TRANSCRIPTS:
+        format_ = _word(fields.get("response_format"))
+        return MediaCall("transcript", cues=format_ in CUED_FORMATS, as_json=format_ not in TEXT_FORMATS)
     if _is_video(path):
         size = fields.get("size")
         asked = (model or None, size if isinstance(size, str) else None, video_seconds(fields.get("seconds")))
@@ -231,6 +237,12 @@ def media_charge(call: MediaCall, answer: Any, raw: bytes) -> tuple[int, int | N
     if call.kind == "images":
         data = answer.get("data") if isinstance(answer, dict) else None
         return 0, call.per_image * (len(data) if isinstance(data, list) else 0), ""
+    if call.kind == "transcript" and call.as_json:  # its `duration` (verbose_json's), else its text
+        shown = answer if isinstance(answer, dict) else {}
+        duration, said = shown.get("duration"), shown.get("text")
+        if isinstance(duration, int | float) and not isinstance(duration, bool) and 0 < duration < math.inf:
+            return min(MAX_TOKENS, math.ceil(duration * AUDIO_TOKENS_PER_SECOND)), 0, ""
+        return 0, None, said if isinstance(said, str) else ""
     if call.kind == "transcript":
         text = raw.decode("utf-8", "replace")
         seconds = transcript_seconds(text) if call.cues else 0.0  # (plain text: the speaker's words)

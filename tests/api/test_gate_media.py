@@ -162,6 +162,24 @@ def test_a_transcript_as_text_saying_a_cue_is_charged_its_text(gateway_factory: 
         assert (row["input_tokens"], row["output_tokens"]) == (0, tokens)
 
 
+@pytest.mark.parametrize("verbose", [True, False], ids=["verbose_json, by its duration", "json, by its text"])
+def test_a_json_transcript_without_usage_is_charged(gateway_factory: Callable[..., Gateway], verbose: bool) -> None:
+    # `usage` is optional in a transcript's JSON (an OpenAI-compatible server's, an older answer's):
+    # one without was charged nothing. verbose_json always shows the audio's `duration`.
+    text = "word " * 400
+    answer: dict[str, object] = {"text": text, **({"task": "transcribe", "duration": 1800.05} if verbose else {})}
+    tokens = math.ceil(1800.05 * AUDIO_TOKENS_PER_SECOND) if verbose else TokenCounter().count_text(text, "")
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, f"requests=100/1h,{'input' if verbose else 'output'}_tokens={tokens}/1h")
+        upstream.json(answer)
+        client = gw.openai()
+        client.audio.transcriptions.create(model="whisper-1", file=("a.mp3", MP3),
+                                           response_format="verbose_json" if verbose else "json")
+        row = _row(gw)
+        assert (row["input_tokens"], row["output_tokens"]) == ((tokens, 0) if verbose else (0, tokens))
+
+
 def test_an_upload_giving_a_field_its_charge_is_read_from_twice_is_refused(gateway_factory: Callable[..., Gateway]) -> None:
     # `json` then `text`: read as the first, a call whose answer shows its usage; answered as the
     # second, a transcript without usage, charged nothing.

@@ -59,8 +59,9 @@ def test_only_a_transcript_without_usage_is_a_media_call() -> None:
     for format_, cues in (("vtt", True), (" Text", False), ("SRT\n", True)):  # as a lenient reader takes it
         assert media_call(COUNTER, ["audio", "transcriptions"], {"response_format": format_}) == \
             MediaCall("transcript", cues=cues)
+    # as JSON: charged only when its answer shows no usage (`usage` is optional)
     for shown in ({}, {"response_format": "json"}, {"response_format": "verbose_json"}):
-        assert media_call(COUNTER, ["audio", "translations"], shown) is None
+        assert media_call(COUNTER, ["audio", "translations"], shown) == MediaCall("transcript", as_json=True)
     assert media_call(COUNTER, ["files"], {"purpose": "batch"}) is None
 
 
@@ -69,6 +70,10 @@ def test_a_transcript_is_charged_its_cues_length_or_else_its_text() -> None:
     assert transcript_seconds(vtt) == 3729.125
     assert media_charge(MediaCall("transcript", cues=True), None, vtt.encode()) == (37292, 0, "")
     assert media_charge(MediaCall("transcript", cues=True), None, b"just words") == (0, None, "just words")
+    as_json = MediaCall("transcript", as_json=True)
+    assert media_charge(as_json, {"text": "hi", "duration": 9.21}, b"") == (93, 0, "")
+    assert media_charge(as_json, {"text": "just words"}, b"") == (0, None, "just words")
+    assert media_charge(as_json, {"text": "x", "duration": True}, b"") == (0, None, "x")
     # plain text is the speaker's words, never cues
     assert media_charge(MediaCall("transcript"), None, vtt.encode()) == (0, None, vtt)
 

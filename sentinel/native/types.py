@@ -400,6 +400,56 @@ def _semantic_error(message: str, param: str) -> PydanticCustomError:
     return PydanticCustomError("semantic", message, {"param": param})
 
 
+def _check_tool_turns(messages: Sequence[Message]) -> None:
+    """Every tool call is answered by exactly one tool message, among the tool messages right after
+    the assistant message that made it, and no two tool calls of a conversation share an id.
+
+    Both wire formats refuse a call left unanswered (OpenAI: "An assistant message with 'tool_calls'
+    must be followed by tool messages responding to each 'tool_call_id'"; Anthropic: "tool_use ids were
+    found without tool_result blocks immediately after") and a result naming no call just made;
+    Anthropic refuses a repeated id (in one message or across the conversation), OpenAI may not. Checked
+    here for every model alike: one sent upstream was a request charged and the provider's 400 relayed.
+    """
+    seen: set[str] = set()
+    pending: dict[str, str] = {}  # the calls awaiting their result: id -> the call's `param`
+    for i, msg in enumerate(messages):
+        if msg.role == "tool":
+            call_id = msg.tool_call_id or ""
+            if call_id in pending:
+                del pending[call_id]
+                continue
+            if call_id not in seen:
+                raise _semantic_error(
+                    f"No tool call found in history for tool_call_id: {call_id}", f"messages.{i}.tool_call_id"
+                )
+            raise _semantic_error(
+                f"tool_call_id {call_id} answers a tool call already answered or not made by the assistant"
+                " message just before these tool messages (tool messages follow the call they answer, one each)",
+                f"messages.{i}.tool_call_id",
+            )
+        if pending:
+            _refuse_unanswered(pending, f"messages.{i}")
+        for j, call in enumerate(msg.tool_calls or ()):
+            if call.id in seen:
+                raise _semantic_error(
+                    f"duplicate tool call id {call.id}: each tool call of a conversation needs an id of its own",
+                    f"messages.{i}.tool_calls.{j}.id",
+                )
+            seen.add(call.id)
+            pending[call.id] = f"messages.{i}.tool_calls.{j}.id"
+    if pending:
+        _refuse_unanswered(pending, "the end of the conversation")
+
+
+def _refuse_unanswered(pending: dict[str, str], before: str) -> None:
+    call_id, param = next(iter(pending.items()))
+    raise _semantic_error(
+        f"tool call {call_id} has no tool message answering it before {before}: the tool messages answering"
+        " each of an assistant message's tool calls must follow it directly",
+        param,
+    )
+
+
 class ChatParams(StrictModel):
     """What every unified chat request holds, with the semantic rules every translator relies on.
 
@@ -435,20 +485,13 @@ class ChatParams(StrictModel):
     @model_validator(mode="after")
     def _check_semantics(self) -> ChatParams:
         seen_non_system = False
-        call_ids: set[str] = set()
         for i, msg in enumerate(self.messages):
             if msg.role == "system" and seen_non_system:
                 raise _semantic_error(
                     "System messages must appear before any non-system messages", f"messages.{i}.role"
                 )
             seen_non_system = seen_non_system or msg.role != "system"
-            if msg.tool_calls:
-                call_ids.update(call.id for call in msg.tool_calls)
-            if msg.role == "tool" and msg.tool_call_id not in call_ids:
-                raise _semantic_error(
-                    f"No tool call found in history for tool_call_id: {msg.tool_call_id}",
-                    f"messages.{i}.tool_call_id",
-                )
+        _check_tool_turns(self.messages)
         self._check_tools()
         return self
 
@@ -505,4 +548,17 @@ class ChatRequest(ChatParams):
                     " (letters, digits, '_' and '-'; no spaces), what every model of a tier accepts",
                     f"messages.{i}.name",
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_one_sampling_knob(self) -> ChatRequest:
+        """`temperature` or `top_p`, not both: Anthropic's newer models (Claude 4.5 and later, Opus 4.1)
+        refuse the two together ("`temperature` and `top_p` cannot both be specified for this model"),
+        and OpenAI and Anthropic both advise altering one. Refused for every model of a tier alike,
+        rather than one of them dropped for some models only (the `/v1` surfaces name one model,
+        whose provider judges)."""
+        if self.temperature is not None and self.top_p is not None:
+            raise _semantic_error(
+                "set temperature or top_p, not both: some models of a tier refuse the two together", "top_p"
+            )
         return self

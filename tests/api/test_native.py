@@ -400,3 +400,109 @@ def test_an_image_urls_scheme_is_read_in_any_case(native_gw: Gateway, url: str) 
         r = http.post(URL, json={"max_tokens": 20, "messages": [
             {"role": "user", "content": [{"type": "text", "text": "what is it?"}, image]}]})
     assert r.status_code == 200, r.text
+
+
+@pytest.fixture(params=["openai", "anthropic"])
+def spied_native(
+    request: pytest.FixtureRequest, gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> Iterator[tuple[Gateway, Any]]:
+    """A gateway whose tier holds one model of `request.param`, its upstream a spy: what was sent."""
+    with spying(create_mock_app()) as (_, spy):
+        gw = gateway_factory(openai_api_url=spy.url + "/v1", anthropic_api_url=spy.url,
+                             providers_file=tiers_file(tmp_path, request.param))
+        yield gw, spy
+
+
+def _call(call_id: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"id": call_id, "type": "function",
+            "function": {"name": "get_weather", "arguments": arguments if arguments is not None else {"city": "Oslo"}}}
+
+
+def _refused_before_anything(gw: Gateway, spy: Any, body: dict[str, Any], param: str) -> dict[str, Any]:
+    """POST `body` (streamed and not): a 400 in the native shape naming `param`, nothing sent upstream
+    nor recorded. The error, for its message."""
+    for stream in (False, True):
+        with gw.client() as http:
+            r = http.post(URL, json={**body, "stream": stream})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert (error["type"], error["code"], error["details"]) == (
+            "invalid_request_error", "invalid_request", {"param": param}), error
+    assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()
+    return error  # type: ignore[no-any-return]
+
+
+_ASK = {"role": "user", "content": "weather in Oslo?"}
+_TOOL_TURN_CASES = {
+    # a call never answered, the user speaking next: both providers refuse it
+    "unanswered": ([_ASK, {"role": "assistant", "content": None, "tool_calls": [_call("c1")]},
+                    {"role": "user", "content": "well?"}], "messages.1.tool_calls.0.id"),
+    "one of two unanswered": ([_ASK, {"role": "assistant", "content": None, "tool_calls": [_call("c1"), _call("c2")]},
+                               {"role": "tool", "tool_call_id": "c2", "content": "sunny"},
+                               {"role": "user", "content": "well?"}], "messages.1.tool_calls.0.id"),
+    "unanswered at the end": ([_ASK, {"role": "assistant", "content": None, "tool_calls": [_call("c1")]}],
+                              "messages.1.tool_calls.0.id"),
+    # a result naming a call of an earlier turn, not the one just made
+    "result of an earlier turn": ([_ASK, {"role": "assistant", "content": None, "tool_calls": [_call("c1")]},
+                                   {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+                                   {"role": "user", "content": "and now?"},
+                                   {"role": "tool", "tool_call_id": "c1", "content": "rain"}],
+                                  "messages.4.tool_call_id"),
+    "answered twice": ([_ASK, {"role": "assistant", "content": None, "tool_calls": [_call("c1")]},
+                        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+                        {"role": "tool", "tool_call_id": "c1", "content": "rain"}], "messages.3.tool_call_id"),
+    # one id for two calls: Anthropic refuses, OpenAI may not
+    "duplicate id in one message": ([_ASK, {"role": "assistant", "content": None,
+                                            "tool_calls": [_call("c1"), _call("c1", {"city": "Bergen"})]},
+                                     {"role": "tool", "tool_call_id": "c1", "content": "sunny"}],
+                                    "messages.1.tool_calls.1.id"),
+    "duplicate id across the conversation": (
+        [_ASK, {"role": "assistant", "content": None, "tool_calls": [_call("c1")]},
+         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+         {"role": "user", "content": "and Bergen?"},
+         {"role": "assistant", "content": None, "tool_calls": [_call("c1", {"city": "Bergen"})]},
+         {"role": "tool", "tool_call_id": "c1", "content": "rain"}], "messages.4.tool_calls.0.id"),
+}
+
+
+@pytest.mark.parametrize("case", list(_TOOL_TURN_CASES))
+def test_tool_turns_a_provider_would_refuse_are_sentinels_400_whatever_the_model(
+    spied_native: tuple[Gateway, Any], case: str
+) -> None:
+    """A tool call left unanswered, a result naming no call just made, an id used twice: OpenAI or
+    Anthropic refuses them (the duplicate, Anthropic only), so on a tier holding both the same request
+    succeeded or failed by the model drawn, and a refused one was sent, charged and the provider's 400
+    relayed. One rule for every model, before anything is reserved or sent."""
+    gw, spy = spied_native
+    messages, param = _TOOL_TURN_CASES[case]
+    error = _refused_before_anything(gw, spy, {"messages": messages, "tools": [WEATHER_TOOL]}, param)
+    assert param in error["message"]
+
+
+def test_tool_turns_answered_in_order_still_reach_the_model(spied_native: tuple[Gateway, Any]) -> None:
+    """Parallel calls answered in any order, then a later turn with calls of new ids: sent as before."""
+    gw, spy = spied_native
+    messages = [_ASK, {"role": "assistant", "content": None, "tool_calls": [_call("c1"), _call("c2")]},
+                {"role": "tool", "tool_call_id": "c2", "content": "sunny"},
+                {"role": "tool", "tool_call_id": "c1", "content": "rain"},
+                {"role": "user", "content": "and Bergen?"},
+                {"role": "assistant", "content": "checking", "tool_calls": [_call("c3", {"city": "Bergen"})]},
+                {"role": "tool", "tool_call_id": "c3", "content": "fog"}]
+    with gw.client() as http:
+        r = http.post(URL, json={"messages": messages, "tools": [WEATHER_TOOL]})
+    assert r.status_code == 200, r.text
+    assert len(spy.seen) == 1
+
+
+def test_temperature_and_top_p_together_are_refused_for_every_model(spied_native: tuple[Gateway, Any]) -> None:
+    """Anthropic's newer models refuse `temperature` and `top_p` together ("cannot both be specified for
+    this model"), OpenAI's take them: the translation sent both, so the request's fate hung on the model
+    drawn. The native format takes one of them, for every model; each alone still reaches the model."""
+    gw, spy = spied_native
+    ask = {"messages": [{"role": "user", "content": "hi"}]}
+    error = _refused_before_anything(gw, spy, {**ask, "temperature": 0.2, "top_p": 0.9}, "top_p")
+    assert "temperature" in error["message"] and "top_p" in error["message"]
+    with gw.client() as http:
+        for knob in ({"temperature": 0.2}, {"top_p": 0.9}):
+            r = http.post(URL, json={**ask, **knob})
+            assert r.status_code == 200, r.text

@@ -65,13 +65,14 @@ def test_minimal_request(anthropic_wire: Check) -> None:
 
 def test_parameters_and_stop_sequences(anthropic_wire: Check) -> None:
     body = build_anthropic_request(
-        request(user("hi"), max_tokens=50, temperature=0.3, top_p=0.9, stop="END", stream=True),
+        request(user("hi"), max_tokens=50, temperature=0.3, stop="END", stream=True),
         "m",
         stream=True,
         default_max_tokens=999,
     )
     anthropic_wire(body)
-    assert (body["max_tokens"], body["temperature"], body["top_p"]) == (50, 0.3, 0.9)
+    assert (body["max_tokens"], body["temperature"]) == (50, 0.3) and "top_p" not in body
+    assert build_anthropic_request(request(user("hi"), top_p=0.9), "m", stream=False)["top_p"] == 0.9
     assert body["stop_sequences"] == ["END"]
     assert body["stream"] is True
     listed = build_anthropic_request(

@@ -59,17 +59,17 @@ def completion(
 
 def test_request_sets_model_and_copies_parameters(openai_wire: Check) -> None:
     body = build_openai_request(
-        request(temperature=1.5, top_p=0.5, max_tokens=100, stop=["END", "##"]), "gpt-4o-mini", stream=False
+        request(temperature=1.5, max_tokens=100, stop=["END", "##"]), "gpt-4o-mini", stream=False
     )
     openai_wire(body)
     assert body == {
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": "hi"}],
         "temperature": 1.5,
-        "top_p": 0.5,
         "max_tokens": 100,
         "stop": ["END", "##"],
     }
+    assert build_openai_request(request(top_p=0.5), "gpt-4o-mini", stream=False)["top_p"] == 0.5
 
 
 def test_single_stop_string_is_kept(openai_wire: Check) -> None:

@@ -55,7 +55,6 @@ def test_full_request_parses() -> None:
             tier="complex",
             temperature=2,
             max_tokens=1,
-            top_p=0,
             stop=["a", "b", "c", "d"],
             stream=True,
             conversation_id="c" * 256,
@@ -66,6 +65,7 @@ def test_full_request_parses() -> None:
     assert req.temperature == 2.0 and req.max_tokens == 1 and req.stop == ["a", "b", "c", "d"]
     assert isinstance(req.tool_choice, ToolChoiceFunction)
     assert req.tools is not None and req.tools[0].function.name == "get_weather"
+    assert parse_chat_request(body(top_p=0)).top_p == 0  # (with no temperature: one or the other)
 
 
 def test_tool_round_trip_history_parses() -> None:
@@ -279,7 +279,8 @@ def test_semantic_errors(raw: dict[str, Any], param: str, text: str) -> None:
 
 def test_empty_string_content_is_allowed_on_assistant_tool_call_turn() -> None:
     req = parse_chat_request(
-        body(messages=[USER, {"role": "assistant", "content": "", "tool_calls": [CALL]}])
+        body(messages=[USER, {"role": "assistant", "content": "", "tool_calls": [CALL]},
+                       {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}])
     )
     assert req.messages[1].content == ""
 

@@ -33,16 +33,17 @@ class NativeRoutes:
         body = await self.deps.read_body(request)
         heavy = large(body)
         if heavy:  # parsed and validated in a worker thread (`sentinel.offload`)
-            req = await off_loop(lambda: _chat_request(parse_json_object(body)), True)
+            req = await off_loop(lambda: _chat_request(parse_json_object(body), body), True)
         else:  # and one with a tool schema not checked before: ~0.5 ms and up to check
             payload = parse_json_object(body)
-            req = await off_loop(lambda: _chat_request(payload), not schemas_remembered(payload.get("tools")))
+            req = await off_loop(lambda: _chat_request(payload, body), not schemas_remembered(payload.get("tools")))
         return render(await self.service.chat(context(request.scope), identity, req, size=len(body), heavy=heavy))
 
 
-def _chat_request(payload: dict[str, Any]) -> ChatRequest:
-    """The request validated (its tools' schemas checked), or InvalidRequest (400) naming the field."""
+def _chat_request(payload: dict[str, Any], body: bytes) -> ChatRequest:
+    """The request validated (its tools' schemas checked), or InvalidRequest (400) naming the field;
+    `payload` is `body` read."""
     try:
-        return parse_chat_request(payload)
+        return parse_chat_request(payload, text=body)
     except NativeValidationError as exc:
         raise InvalidRequest(exc.message, details={"param": exc.param} if exc.param else None) from None

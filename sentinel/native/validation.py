@@ -9,21 +9,26 @@ best) is reported.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from sentinel.native.errors import NativeValidationError
+from sentinel.native.errors import NativeValidationError, invalid
 from sentinel.native.types import ChatRequest
 
 _TYPE_LABELS = frozenset({"str", "int", "float", "bool", "none"})
 
 
-def parse_chat_request(raw: bytes | str | dict[str, Any]) -> ChatRequest:
-    """Decode (when given bytes or text) and validate a request body; raise `NativeValidationError`."""
+def parse_chat_request(raw: bytes | str | dict[str, Any], *, text: bytes | str | None = None) -> ChatRequest:
+    """Decode (when given bytes or text) and validate a request body; raise `NativeValidationError`.
+    `text` is the JSON text a given object was read from (orjson), to tell integers it could not
+    read exactly (`inexact_integer`)."""
     if isinstance(raw, bytes | str):
+        text = raw
         try:
             raw = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -31,9 +36,66 @@ def parse_chat_request(raw: bytes | str | dict[str, Any]) -> ChatRequest:
     if not isinstance(raw, dict):
         raise NativeValidationError("Request body must be a JSON object")
     try:
-        return ChatRequest.model_validate(raw)
+        request = ChatRequest.model_validate(raw)
     except ValidationError as exc:
         raise to_native_error(exc) from None
+    param = inexact_integer(raw, text) if text is not None else None
+    if param is not None:
+        raise invalid(
+            param,
+            f"an integer beyond the 64-bit range ({-_EXACT}..{2 * _EXACT - 1}) cannot be carried exactly"
+            " (it would reach the model as a rounded number): send it as a string",
+        )
+    return request
+
+
+# orjson reads an integer outside -2**63..2**64-1 as the nearest float, without a word: a tool call's
+# `arguments` or a tool's schema (`maximum`, `enum`, `const`) then reached the model with another value.
+_EXACT = 2**63
+
+
+class _Digits(str):
+    """An integer's text, as the standard library's parser hands it over (never converted)."""
+
+
+def inexact_integer(payload: dict[str, Any], text: bytes | str) -> str | None:
+    """The dotted path of the first integer of a validated request's tool-call `arguments` and `tools`
+    that orjson, reading `text` into `payload`, turned into a float, or None. Only a float that is whole
+    and outside the exact range can be one; the text is read again (standard library, integers kept as
+    their digits) only when the request holds such a float — a float written as one (`1e19`) is not."""
+    suspects = [path for path, value in _tool_numbers(payload)
+                if isinstance(value, float) and value.is_integer() and abs(value) >= _EXACT]
+    if not suspects:
+        return None
+    exact = json.loads(text, parse_int=_Digits)
+    for path in suspects:
+        node = exact
+        try:
+            for segment in path:
+                node = node[segment]
+        except (KeyError, IndexError, TypeError):  # not the text `payload` was read from
+            continue
+        if isinstance(node, _Digits):
+            return ".".join(map(str, path))
+    return None
+
+
+def _tool_numbers(payload: dict[str, Any]) -> Iterator[tuple[tuple[str | int, ...], Any]]:
+    """(path, value) of every scalar in the tool calls' `arguments` and in `tools` (of a request
+    `ChatRequest` validated: the shapes are known)."""
+    roots: list[tuple[tuple[str | int, ...], Any]] = [(("tools",), payload.get("tools"))]
+    for i, message in enumerate(payload["messages"]):
+        for j, call in enumerate(message.get("tool_calls") or ()):
+            roots.append((("messages", i, "tool_calls", j, "function", "arguments"), call["function"]["arguments"]))
+    stack = roots
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(((*path, key), value) for key, value in node.items())
+        elif isinstance(node, list):
+            stack.extend(((*path, k), value) for k, value in enumerate(node))
+        else:
+            yield path, node
 
 
 def to_native_error(exc: ValidationError) -> NativeValidationError:

@@ -506,3 +506,48 @@ def test_temperature_and_top_p_together_are_refused_for_every_model(spied_native
         for knob in ({"temperature": 0.2}, {"top_p": 0.9}):
             r = http.post(URL, json={**ask, **knob})
             assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("where", ["arguments", "tools"])
+@pytest.mark.parametrize("number", [2**64, -(2**63) - 1, 10**30])
+def test_an_integer_json_cannot_carry_exactly_is_refused_not_rounded(
+    spied_native: tuple[Gateway, Any], where: str, number: int
+) -> None:
+    """orjson reads an integer outside -2**63..2**64-1 as the nearest float: a user's id in a tool call's
+    `arguments`, or a tool schema's `maximum`, reached the model as another number. A 400 naming it."""
+    gw, spy = spied_native
+    tool = json.loads(json.dumps(WEATHER_TOOL))
+    messages: list[dict[str, Any]] = [_ASK]
+    if where == "arguments":
+        messages += [{"role": "assistant", "content": None, "tool_calls": [_call("c1", {"city": "Oslo", "id": number})]},
+                     {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+        param = "messages.1.tool_calls.0.function.arguments.id"
+    else:
+        tool["function"]["parameters"]["properties"]["id"] = {"type": "integer", "maximum": number}
+        param = "tools.0.function.parameters.properties.id.maximum"
+    for stream in (False, True):
+        body = json.dumps({"messages": messages, "tools": [tool], "stream": stream})  # (exact integers)
+        with gw.client() as http:
+            r = http.post(URL, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["details"] == {"param": param}, r.text
+    assert spy.seen == [] and recorded_ids(gw.settings.database_url) == set()
+
+
+def test_numbers_json_carries_exactly_reach_the_model_unchanged(spied_native: tuple[Gateway, Any]) -> None:
+    """2**63 (within orjson's unsigned 64 bits) and a float written as one (`1e19`) pass as they are."""
+    gw, spy = spied_native
+    messages = [_ASK, {"role": "assistant", "content": None,
+                       "tool_calls": [_call("c1", {"city": "Oslo", "id": 2**63, "big": 1e19})]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    with gw.client() as http:
+        r = http.post(URL, json={"messages": messages, "tools": [WEATHER_TOOL]})
+    assert r.status_code == 200, r.text
+    assert len(spy.seen) == 1
+    path = spy.seen[0].path
+    sent = httpx.get(f"{spy.url}/__mock/last_request", params={"path": path}, timeout=5).json()["body"]
+    if path.endswith("/chat/completions"):
+        arguments = json.loads(sent["messages"][1]["tool_calls"][0]["function"]["arguments"])
+    else:
+        arguments = sent["messages"][1]["content"][0]["input"]
+    assert arguments == {"city": "Oslo", "id": 2**63, "big": 1e19}

@@ -831,8 +831,9 @@ def test_a_long_answer_without_usage_is_counted_off_the_event_loop(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The native API and a translated chat show the usage of an answer the provider gave none for,
-    and record it: its text counted each time, a long one in a worker thread (~0.5 ms per 1,000
-    characters), streamed or not."""
+    and record it: its text counted — a translated chat's for the usage shown and again for the
+    record, the native API's once (it shows what its record holds) —, a long one in a worker thread
+    (~0.5 ms per 1,000 characters), streamed or not."""
     counted: list[tuple[int, bool]] = []  # (characters, on the event loop)
     count_text = TokenCounter.count_text
 
@@ -858,7 +859,7 @@ def test_a_long_answer_without_usage_is_counted_off_the_event_loop(
         ]
     assert [r.status_code for r in answers] == [200, 200, 200], [r.text[:300] for r in answers]
     long_counts = [on_loop for size, on_loop in counted if size >= OFF_LOOP_SIZE]
-    assert len(long_counts) >= 6, counted  # each answer: its usage shown, then recorded
+    assert len(long_counts) >= 5, counted  # each translated answer: its usage shown, then recorded
     assert not any(long_counts), counted
 
 

@@ -45,6 +45,15 @@ under `sentinel:health-witness:{providers}:<provider>:<model>` (a digest of the 
 id), a second user's counts (and clears the witness). One user's failing requests alone, at will and
 for free (the reservation is given back), no longer put the model in backoff for everyone; a
 provider that is really failing fails every user's requests, so it is backed off at the second user's.
+
+A pair whose provider answered 404 that it no longer serves the model (`ModelRetired`) is marked
+retired (`mark_retired`) under `sentinel:health-retired:{providers}:<provider>:<model>` for
+RETIRED_SECONDS (1 h): the native API's tier selection leaves it out as it leaves out a pair in
+backoff (`TierRouter._select`, read in the same MGET as the health entries: `standing`), so that a
+first turn no longer draws it at its normal odds, paying the 404's round trip and a warning each
+time. It is no provider failure (no backoff, no half-open trial): once the mark expires the pair is
+drawn again, and marked again if it still answers so. A tier whose every candidate is marked is
+served as before (the request goes to them, and their 404 is answered as it was).
 """
 
 from __future__ import annotations
@@ -72,6 +81,7 @@ log = logging.getLogger("sentinel.health")
 INITIAL_BACKOFF = 30.0
 MAX_BACKOFF = 300.0
 TRIAL_SECONDS = 30.0  # how long a trial claim keeps other trials away when its request never reports
+RETIRED_SECONDS = 3600.0  # how long a model its provider answered as retired is left out (module docstring)
 WITNESS_SECONDS = 60.0  # how long one user's client-causable failure waits for another user's (module docstring)
 
 _MGET_LUA = "return redis.call('MGET', unpack(KEYS))"
@@ -331,6 +341,10 @@ class ProviderHealth:
     def witness_key(provider: str, model: str) -> str:
         return f"sentinel:health-witness:{{providers}}:{provider}:{model}"
 
+    @staticmethod
+    def retired_key(provider: str, model: str) -> str:
+        return f"sentinel:health-retired:{{providers}}:{provider}:{model}"
+
     async def states(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], HealthState | None]:
         """Current backoff state of each pair (None = healthy); all healthy when the store is down."""
         if not pairs:
@@ -339,6 +353,35 @@ class ProviderHealth:
             raws = await self.store.run(MGET, [self.key(p, m) for p, m in pairs], [])
         except StoreUnavailable:
             return {pair: None for pair in pairs}
+        return self._states(pairs, raws)
+
+    async def standing(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> tuple[dict[tuple[str, str], HealthState | None], set[tuple[str, str]]]:
+        """`states`, and the pairs marked retired (`mark_retired`), read in one MGET (one slot: the
+        `{providers}` hash tag); all healthy and none retired when the store is down."""
+        if not pairs:
+            return {}, set()
+        keys = [self.key(p, m) for p, m in pairs] + [self.retired_key(p, m) for p, m in pairs]
+        try:
+            raws = await self.store.run(MGET, keys, [])
+        except StoreUnavailable:
+            return {pair: None for pair in pairs}, set()
+        marks = raws[len(pairs):]
+        return self._states(pairs, raws[:len(pairs)]), {
+            pair for pair, mark in zip(pairs, marks, strict=True) if mark is not None}
+
+    async def mark_retired(self, provider: str, model: str) -> None:
+        """The provider answered 404 that it no longer serves the model (`ModelRetired`): leave the
+        pair out of tier selection for RETIRED_SECONDS (module docstring). Never raises."""
+        try:
+            await self.store.set(self.retired_key(provider, model), b"1", ttl=RETIRED_SECONDS)
+        except StoreUnavailable:
+            self._repeated.warning("could not mark a retired model (store unavailable)")
+
+    def _states(
+        self, pairs: Sequence[tuple[str, str]], raws: Sequence[bytes | None]
+    ) -> dict[tuple[str, str], HealthState | None]:
         out: dict[tuple[str, str], HealthState | None] = {}
         for (provider, model), raw in zip(pairs, raws, strict=True):
             data = _state(raw)

@@ -20,7 +20,9 @@ Policies (documented in the README):
 - a session whose model is gone for good (its provider not configured, the tier table naming it
   nowhere, or the provider answering 404 that it no longer serves it: `retired`) moves to a model
   of its tier under `keep` too, written before the upstream call over the session as read (`_move`:
-  concurrent turns move to one model; the move stays if that model does not answer);
+  concurrent turns move to one model; the move stays if that model does not answer); a model
+  answered as retired is left out of selection for an hour (`ProviderHealth.mark_retired`), unless
+  every candidate of the tier is;
 - a candidate whose backoff ran out (half-open, see `sentinel.routing.health`) is given one request
   at a time as its trial (claimed in the store, across replicas), while the others keep to the
   tier's healthy candidates (an upgrade whose provider has a healthy one takes no other provider's
@@ -149,7 +151,10 @@ class TierRouter:
         entries = [e for e in await self._candidates(tier) if (e.provider, e.model) not in exclude]
         if not entries:
             raise ServiceUnavailable(f"No other model is available for tier '{tier}'", code="no_alternative")
-        states = await self.health.states([(e.provider, e.model) for e in entries])
+        states, retired = await self.health.standing([(e.provider, e.model) for e in entries])
+        # A model its provider answered as retired is left out while marked (`ProviderHealth.mark_retired`),
+        # unless every candidate is: then they are drawn as before (their 404 answered as it was).
+        entries = [e for e in entries if (e.provider, e.model) not in retired] or entries
         now = self.clock()
         healthy: list[TierModelEntry] = []
         recovering: list[TierModelEntry] = []
@@ -352,10 +357,13 @@ class TierRouter:
         choice to send the request to instead, once, or None (already a retry; no other model in the
         tier). A conversation bound to the model moves off it under `keep` too, written before the
         call (`_move`: concurrent turns move to one model); one not bound yet (a first turn, an
-        upgrade) is retried as after a provider failure (its session follows the retry). Nothing is
-        recorded against the model's health: it is not failing, and no backoff brings it back."""
+        upgrade) is retried as after a provider failure (its session follows the retry). No failure is
+        recorded against the model's health: it is not failing, and no backoff brings it back; it is
+        marked retired (`ProviderHealth.mark_retired`), so selection leaves it out for a while."""
         log.warning("the provider no longer serves a tier's model; take it out of the tier table",
                     extra={"model": f"{decision.provider}/{decision.model}", "tier": decision.tier})
+        # Remembered for a while (across replicas), so that first turns stop drawing it: not a failure.
+        await self.health.mark_retired(decision.provider, decision.model)
         if decision.tried:
             return None
         tried = [(decision.provider, decision.model)]

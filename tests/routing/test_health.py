@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sentinel.observability.metrics import Metrics
-from sentinel.routing.health import ProviderHealth
+from sentinel.routing.health import RETIRED_SECONDS, ProviderHealth
 from sentinel.store import Store
 from tests.support.clock import FakeClock
 from tests.support.stores import FlakyStore
@@ -224,3 +224,14 @@ async def test_a_whole_number_written_as_a_float_is_still_read(store: Store) -> 
     assert await health.record_failure(*PAIR) == 60  # in backoff: left as it is
     clock.advance(61)
     assert await health.record_failure(*PAIR) == 120  # the third in a row
+
+
+async def test_a_retired_mark_lasts_an_hour_and_is_no_failure(store: Store) -> None:
+    health = ProviderHealth(store, Metrics(), clock=FakeClock())
+    assert await health.standing([PAIR, OTHER]) == ({PAIR: None, OTHER: None}, set())
+    await health.mark_retired(*PAIR)
+    assert await health.standing([PAIR, OTHER]) == ({PAIR: None, OTHER: None}, {PAIR})  # no backoff, no trial
+    ttl = await store.ttl(ProviderHealth.retired_key(*PAIR))
+    assert ttl is not None and RETIRED_SECONDS - 60 < ttl <= RETIRED_SECONDS  # then drawn again
+    await store.delete(ProviderHealth.retired_key(*PAIR))  # (as the TTL does)
+    assert await health.standing([PAIR]) == ({PAIR: None}, set())

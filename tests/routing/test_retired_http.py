@@ -212,3 +212,29 @@ def test_a_turn_the_new_model_cannot_carry_does_not_move_the_conversation(
         assert stored(gw, "c") == before
         assert served(chat(http, "plain now", conv="c"))[1:] == AN_HAIKU
         assert on(gw, "c") == AN_HAIKU
+
+
+def test_first_turns_stop_drawing_a_model_the_provider_answered_as_retired(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    """Once a model answered 404 that it is retired, first turns leave it out (marked in the store,
+    `ProviderHealth.mark_retired`) instead of drawing it at its normal odds, each draw an extra round
+    trip: it is asked once, however many first turns follow. No provider failure is recorded."""
+    url, mock = upstream
+    gw = gateway(gateway_factory, tmp_path, backend_url, url)
+    mock.retired.add(OA_MINI[1])
+
+    def asked(model: str) -> int:
+        return [c["body"]["model"] for c in mock.log.all() if c["path"].endswith(("completions", "messages"))
+                ].count(model)
+
+    with gw.client() as http:
+        for i in range(60):  # until a first turn drew it (each draws it at even odds)
+            assert served(chat(http, f"first {i}"))[1:] == AN_HAIKU
+            if asked(OA_MINI[1]):
+                break
+        assert asked(OA_MINI[1]) == 1
+        for i in range(20):  # would draw it about ten times more
+            assert served(chat(http, f"then {i}", conv=f"c{i}"))[1:] == AN_HAIKU
+        assert asked(OA_MINI[1]) == 1
+    assert metric(gw.url, "sentinel_provider_health", provider=OA_MINI[0], model=OA_MINI[1]) != 0  # no backoff

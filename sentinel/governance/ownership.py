@@ -305,6 +305,16 @@ def _drop_children_local(ops: LocalOps, keys: list[str], args: list[str]) -> int
 DROP_CHILDREN = Script("sentinel_owner_drop_children", _DROP_CHILDREN_LUA, _drop_children_local)
 
 
+_CHILD_OF_LUA = "return redis.call('HGET', KEYS[1], ARGV[1])"
+
+
+def _child_of_local(ops: LocalOps, keys: list[str], args: list[str]) -> bytes | None:
+    return ops.hgetall(keys[0]).get(args[0])
+
+
+CHILD_OF = Script("sentinel_owner_child_of", _CHILD_OF_LUA, _child_of_local)
+
+
 def _children_key(parent: str) -> str | None:
     """The key of `parent`'s children (`_CHILDREN`), beside its owner record; None for an id no
     such key can be made for (see `beside`)."""
@@ -486,6 +496,20 @@ class Ownership:
             await asyncio.gather(*(self.store.expire(key, ttl) for key, ttl in ends[start : start + FORGET_AT_ONCE]))
         if children_key is not None:
             await self.store.delete(children_key)
+
+    async def forget_child(self, child: str, parent: str) -> None:
+        """A child deleted on its own (an eval's run: `DELETE /v1/evals/{id}/runs/{run}`): its charge
+        mark ends a day later (`FORGOTTEN_CHILD_TTL`, as when its parent is deleted: a read that
+        fetched it before the DELETE and claims after still finds it charged) — only a child recorded
+        as `parent`'s (`ADOPT`), so that no DELETE naming another's object under one's own parent
+        touches that object's mark. It stays listed among the parent's children: a read in flight
+        may `ADOPT` it again meanwhile, and a mark it makes then (kept without a TTL, as the
+        parent's owner) is ended by the parent's `forget` that way."""
+        children = _children_key(parent) if _keyable(parent) else None
+        if children is None or not _keyable(child):
+            return
+        if await self.store.run(CHILD_OF, [children], [child]) is not None:
+            await self.store.expire(_CHARGED + child, FORGOTTEN_CHILD_TTL)
 
     async def context_of(self, object_ids: Iterable[str]) -> int:
         """The tokens the objects hold as context (0 for one Sentinel does not know)."""

@@ -128,7 +128,7 @@ def _run_routes(state: MockState) -> list[Route]:
         Route("/v1/evals", Endpoint(state, runs.evals_root, OPENAI), methods=["POST"]),
         Route("/v1/evals/{eval_id}", Endpoint(state, runs.eval_deleted, OPENAI), methods=["DELETE"]),
         Route("/v1/evals/{eval_id}/runs", Endpoint(state, runs.eval_runs_root, OPENAI), methods=["GET", "POST"]),
-        Route("/v1/evals/{eval_id}/runs/{run_id}", Endpoint(state, runs.eval_run, OPENAI), methods=["GET"]),
+        Route("/v1/evals/{eval_id}/runs/{run_id}", Endpoint(state, runs.eval_run, OPENAI), methods=["GET", "DELETE"]),
         Route("/v1/assistants", Endpoint(state, runs.assistants_root, OPENAI), methods=["POST"]),
         Route("/v1/threads", Endpoint(state, runs.threads_root, OPENAI), methods=["POST"]),
         Route("/v1/threads/{thread_id}", Endpoint(state, runs.thread_deleted, OPENAI), methods=["DELETE"]),

@@ -1,6 +1,6 @@
 """OpenAI wire format: runs whose usage shows only once they are done, for pass-through metering tests.
 
-Evals and their runs (`POST /v1/evals`, `POST`/`GET /v1/evals/{id}/runs`, `GET
+Evals and their runs (`POST /v1/evals`, `POST`/`GET /v1/evals/{id}/runs`, `GET`/`DELETE
 /v1/evals/{id}/runs/{run}`: a run's tokens in `per_model_usage`, one entry per model it ran — its
 data source's sampling model, each model grader's), and enough of the Assistants API (`POST
 /v1/assistants`, `POST /v1/threads`, `POST`/`GET /v1/threads/{id}/runs`, `GET
@@ -70,12 +70,15 @@ class RunStore:
         return JSONReply(run)
 
     def eval_run(self, call: Call) -> Reply:
-        """GET /v1/evals/{id}/runs/{run}: done."""
+        """GET /v1/evals/{id}/runs/{run}: done; DELETE: the run."""
         found = self._eval(call)
         call.resolve_faults("")
         run = self.eval_runs.get(call.path_params["run_id"])
         if run is None or run["eval_id"] != found["id"]:
             raise WireError(404, f"Eval run {call.path_params['run_id']} not found", code="not_found")
+        if call.method == "DELETE":
+            del self.eval_runs[run["id"]]
+            return JSONReply({"object": "eval.run.deleted", "deleted": True, "run_id": run["id"]})
         return JSONReply(self._done_eval_run(run))
 
     def eval_deleted(self, call: Call) -> Reply:

@@ -1073,6 +1073,14 @@ def conversation_item(where: ObjectPath, segments: Sequence[str]) -> str | None:
     return None
 
 
+def eval_run_named(where: ObjectPath, segments: Sequence[str]) -> str | None:
+    """The run a `/v1/evals/{id}/runs/{run_id}` path names (its eval, the caller's, holds it; its
+    DELETE deletes the run: `Ownership.forget_child`), else None."""
+    if where.collection == "evals" and where.object_id is not None and len(segments) == 4 and segments[2] == "runs":
+        return segments[3] or None
+    return None
+
+
 def answer_items(answer: Any, items: Items) -> list[tuple[str, float | None]]:
     """The items an answer shows (a response's `output`, a list's `data`: a conversation's items, a
     response's input items; the answer itself when `items.own`), each with how long its owner is

@@ -71,6 +71,7 @@ from sentinel.services.objects import (
     classify,
     continued,
     conversation_item,
+    eval_run_named,
     items_shown,
     named_files,
     read_batch_input,
@@ -357,9 +358,13 @@ class OpenAIRelay:
             await self._conversation_grew(where, last, reply, body)
         item = conversation_item(where, segments)
         deleted = where.object_id if where.is_object(segments) else item
-        if method == "DELETE" and deleted is not None and reply.status < 300:
+        run = eval_run_named(where, segments)
+        if method == "DELETE" and (deleted is not None or run is not None) and reply.status < 300:
             try:
-                await self.ownership.forget(deleted, parent=where.object_id if item is not None else None)
+                if run is not None and where.object_id is not None:  # (named with its eval)
+                    await self.ownership.forget_child(run, where.object_id)
+                elif deleted is not None:
+                    await self.ownership.forget(deleted, parent=where.object_id if item is not None else None)
             except StoreUnavailable:  # the provider deleted it: its record names its maker, nothing more
                 self.ownership.outage.warning("the store is unavailable: a deleted object's owner record was kept")
         return reply

@@ -28,7 +28,7 @@ from sentinel.governance.ownership import FORGOTTEN_CHILD_TTL
 from sentinel.mock.openai_runs import RUN_USAGE
 from tests.api.conftest import Gateway, scripted_gateway
 from tests.support.attack import SpyUpstream
-from tests.support.runs import eval_and_run, thread_with_run
+from tests.support.runs import EVAL_SOURCE, eval_and_run, thread_with_run
 
 ADMIN_KEY = "admin-key-for-charge-once"
 PASSTHROUGH = "/v1/files,/v1/files/*,/v1/batches,/v1/batches/*,/v1/evals,/v1/evals/*"
@@ -270,6 +270,25 @@ def test_a_read_whose_object_is_deleted_before_its_claim_charges_it_and_leaves_n
         assert row["request_id"] == charge_id(row["external_id"], object_id)
         assert gw.read_stored("sentinel:charged:" + object_id) is None
         assert gw.read_stored("sentinel:owner:" + owned) is None
+
+
+def test_deleting_an_eval_run_ends_its_mark_a_day_later(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None,
+) -> None:
+    """`DELETE /v1/evals/{id}/runs/{run}` deletes the run: its charge mark, kept without a TTL as its
+    eval's owner is, stayed in the store until the eval itself was deleted. Now it ends a day later
+    (`FORGOTTEN_CHILD_TTL`: a read in flight still finds it charged meanwhile)."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, default_plan=PLAN,
+                         passthrough="/v1/evals,/v1/evals/*")
+    client = gw.openai()
+    made, kept = eval_and_run(client)
+    deleted = client.evals.runs.create(made.id, data_source=EVAL_SOURCE)
+    for run in (kept, deleted):
+        assert client.evals.runs.retrieve(run.id, eval_id=made.id).status == "completed"
+    assert client.evals.runs.delete(deleted.id, eval_id=made.id).deleted
+    left = gw.stored_ttl("sentinel:charged:" + deleted.id)
+    assert left is not None and 0 < left <= FORGOTTEN_CHILD_TTL
+    assert gw.stored_ttl("sentinel:charged:" + kept.id) == -1.0  # (the eval's other run: kept as its eval)
 
 
 def test_deleting_a_thread_or_an_eval_ends_its_runs_marks_and_charges_none_again(

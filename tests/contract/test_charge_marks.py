@@ -255,3 +255,24 @@ async def test_an_item_deleted_on_its_own_leaves_its_conversations_list(store: S
     finally:
         await store.delete(*("sentinel:owner:" + i for i in ("conv_1", "conv_2", "msg_1", "msg_2", "msg_3")),
                            _children_key("conv_1"), _children_key("conv_2"))
+
+
+async def test_a_childs_own_delete_ends_its_mark_only_under_its_parent(store: Store) -> None:
+    """An eval run deleted on its own (`forget_child`): its mark ends a day later, as when its eval
+    is deleted — but only when the run is the named eval's child: a DELETE naming another's run
+    under one's own eval touches nothing of it."""
+    owners = Ownership(store)
+    try:
+        for parent, owner in (("eval_1", "alice"), ("eval_2", "bob")):
+            assert await owners.claim(parent, owner, None)
+        assert await owners.claim_charge("evalrun_1", None, "eval_1") == "first"
+        await owners.confirm_charged(["evalrun_1"], None)
+        await owners.forget_child("evalrun_1", "eval_2")  # (bob's eval)
+        assert await store.ttl("sentinel:charged:evalrun_1") == -1.0
+        await owners.forget_child("evalrun_1", "eval_1")
+        left = await store.ttl("sentinel:charged:evalrun_1")
+        assert left is not None and 0 < left <= FORGOTTEN_CHILD_TTL
+        assert await owners.claim_charge("evalrun_1", None, "eval_1") == "charged"  # (a read in flight)
+    finally:
+        await store.delete("sentinel:charged:evalrun_1", "sentinel:owner:eval_1", "sentinel:owner:eval_2",
+                           _children_key("eval_1"), _children_key("eval_2"))

@@ -8,6 +8,14 @@ from typing import Any
 HELLO = {"role": "user", "content": "hello"}
 
 
+# An eval run's data source: gpt-4o-mini sampled over two inline items.
+EVAL_SOURCE: dict[str, Any] = {
+    "type": "completions", "model": "gpt-4o-mini",
+    "source": {"type": "file_content", "content": [{"item": {"q": "a"}}, {"item": {"q": "b"}}]},
+    "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
+}
+
+
 def eval_and_run(client: Any) -> tuple[Any, Any]:
     """An eval graded by gpt-4o, and a run of it sampling gpt-4o-mini over two inline items."""
     made = client.evals.create(
@@ -15,12 +23,7 @@ def eval_and_run(client: Any) -> tuple[Any, Any]:
         testing_criteria=[{"type": "score_model", "name": "s", "model": "gpt-4o",
                            "input": [{"role": "user", "content": "{{sample.output_text}}"}]}],
     )
-    run = client.evals.runs.create(made.id, data_source={
-        "type": "completions", "model": "gpt-4o-mini",
-        "source": {"type": "file_content", "content": [{"item": {"q": "a"}}, {"item": {"q": "b"}}]},
-        "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
-    })
-    return made, run
+    return made, client.evals.runs.create(made.id, data_source=EVAL_SOURCE)
 
 
 def thread_with_runs(client: Any, *messages: dict[str, Any], runs: int = 1) -> tuple[Any, list[Any]]:

@@ -56,6 +56,9 @@ _CUT_TURN = "sentinel:cut-turn:"
 # naming the file by id is estimated. Written once (a file's content never changes), only for the
 # file's owner, dropped with the file.
 _FILE_FACTS = "sentinel:file-facts:"
+# A video made through Sentinel: its (model, size, seconds), what a remix or an edit of it is reserved
+# (`remember_video`), kept as its owner is.
+_VIDEO_FACTS = "sentinel:video-facts:"
 # An object whose usage was charged (made through Sentinel, or first shown with its usage to a read):
 # a later read of it (a batch or a run polled until done, a stored response fetched) charges nothing.
 _CHARGED = "sentinel:charged:"
@@ -468,6 +471,26 @@ class Ownership:
         if _keyable(file_id) and await self.owner_of(file_id) == owner:
             await self.store.set(_FILE_FACTS + file_id, facts.encode(), None, nx=True)
 
+    async def remember_video(self, video_id: str, owner: str, model: str, size: str, seconds: int) -> None:
+        """Record the (model, size, seconds) of the video `owner` made as `video_id`, only while
+        `owner` owns it and only once (a video job's never change): a remix or an edit of it is
+        reserved that (`media_calls.media_call`'s `source`), not the dearest."""
+        if _keyable(video_id) and await self.owner_of(video_id) == owner:
+            await self.store.set(_VIDEO_FACTS + video_id, orjson.dumps([model, size, seconds]), None, nx=True)
+
+    async def video_of(self, video_id: str) -> tuple[str, str, int] | None:
+        """What `remember_video` recorded of `video_id`; None when nothing (not made through
+        Sentinel, or unreadable) — or the store could not say: reserved as the dearest then."""
+        try:
+            raw = await self.store.get(_VIDEO_FACTS + video_id) if _keyable(video_id) else None
+            found = orjson.loads(raw) if raw is not None else None
+        except (StoreUnavailable, orjson.JSONDecodeError):
+            return None
+        if isinstance(found, list) and len(found) == 3 and isinstance(found[0], str) and isinstance(found[1], str) \
+                and type(found[2]) is int:
+            return found[0], found[1], found[2]
+        return None
+
     async def forget(self, object_id: str, *, parent: str | None = None) -> None:
         """Drop the record of a deleted object: its owner and what Sentinel kept of it; its children's
         charge marks (a thread's runs, an eval's runs: `_CHILDREN`), which the provider deletes with
@@ -487,7 +510,7 @@ class Ownership:
             found = [c.decode() if isinstance(c, bytes) else str(c)
                      for c in await self.store.run(ORPHAN, [_PREFIX + object_id, children_key], [])]
         # one by one: keys in different slots of a Cluster
-        for prefix in (_BATCH_INPUT, _UNMEASURED_BATCH_INPUT, _UNWRITTEN_BATCH_INPUT, _CONTEXT, _CHARGED, _FILE_FACTS,
+        for prefix in (_BATCH_INPUT, _UNMEASURED_BATCH_INPUT, _UNWRITTEN_BATCH_INPUT, _CONTEXT, _CHARGED, _FILE_FACTS, _VIDEO_FACTS,
                        _CUT_TURN):
             await self.store.delete(prefix + object_id)
         ends = [(_PREFIX + child, FORGOTTEN_ITEM_TTL) if kind == _OWNED else (_CHARGED + child, FORGOTTEN_CHILD_TTL)

@@ -32,8 +32,9 @@ plan ran them at one request each. Each is now held to the plan's token limits, 
   asked: a creation it refuses, 4xx or 5xx, is charged nothing). What the request does not name is
   what the answer (the video job) shows — an extension's, an edit's or a remix's model and size are
   its source's, a remix's or an edit's length too —, reserved as a creation's defaults (`sora-2`,
-  720 x 1280, 4 seconds) for a creation, else as the dearest (`sora-2-pro` at its larger sizes, 12
-  seconds). A `seconds` that is no whole number from 1 to MAX_VIDEO_SECONDS is refused (400).
+  720 x 1280, 4 seconds) for a creation, else as its source's when Sentinel recorded it (a video
+  made through it: `Ownership.remember_video`, `source`), else as the dearest (`sora-2-pro` at its
+  larger sizes, 12 seconds). A `seconds` that is no whole number from 1 to MAX_VIDEO_SECONDS is refused (400).
 - a vector store search with `rewrite_query` (`POST /v1/vector_stores/{id}/search`): a model rewrites
   its query: the query's tokens (each of a list's) are reserved and charged as input.
 """
@@ -108,9 +109,25 @@ class MediaCall:
     as_json: bool = False
 
 
-def media_call(counter: TokenCounter, segments: Sequence[str], fields: Mapping[str, Any]) -> MediaCall | None:
+def video_source(segments: Sequence[str], fields: Mapping[str, Any]) -> str | None:
+    """The id of the video a video call makes its video of (a remix's path names it, an edit's or
+    an extension's `video` as `{"id": ...}`), None for any other call (or a source given as a file)."""
+    path = _path(segments)
+    if len(path) == 3 and path[0] == "videos" and path[2] == "remix":
+        return path[1] or None
+    source = fields.get("video") if path in VIDEO_CALLS and path != VIDEOS else None
+    found = source.get("id") if isinstance(source, dict) else None
+    return found if isinstance(found, str) and found else None
+
+
+def media_call(
+    counter: TokenCounter, segments: Sequence[str], fields: Mapping[str, Any],
+    source: tuple[str, str, int] | None = None,
+) -> MediaCall | None:
     """The media call a `POST` to the `/v1` path `segments` with the body `fields` (a JSON object, or an
-    upload's fields as text) is, None for any other call."""
+    upload's fields as text) is, None for any other call. `source`: the (model, size, seconds) of
+    the video a video call makes its own of (`video_source`), when Sentinel recorded it: what the
+    request does not name of its source is reserved as that (an extension's length: its own)."""
     path = _path(segments)
     model = fields.get("model")
     model = model if isinstance(model, str) else ""
@@ -131,7 +148,12 @@ def media_call(counter: TokenCounter, segments: Sequence[str], fields: Mapping[s
         asked = (model or None, size if isinstance(size, str) else None, video_seconds(fields.get("seconds")))
         if path == VIDEOS:  # a creation: what it did not name is the provider's default
             asked = _video_or(asked, None, creation=True)
-        return MediaCall("video", output_tokens=video_tokens(*_video_or(asked, None, creation=False)), video=asked)
+        known: dict[str, Any] = {}
+        if source is not None and path != VIDEOS:  # its source's model and size; a remix's, an edit's length
+            known = {"model": source[0], "size": source[1]}
+            if path != ("videos", "extensions"):
+                known["seconds"] = source[2]
+        return MediaCall("video", output_tokens=video_tokens(*_video_or(asked, known, creation=False)), video=asked)
     if len(path) == 3 and path[0] == "vector_stores" and path[2] == VECTOR_SEARCH \
             and fields.get("rewrite_query") not in (None, False):  # (one the provider refuses is charged nothing)
         query = fields.get("query")
@@ -198,6 +220,13 @@ def _video_or(
             seconds = None
     default_model, default_size, default_seconds = VIDEO_CREATION if creation else (None, None, VIDEO_UNKNOWN_SECONDS)
     return model or default_model, size or default_size, seconds or default_seconds
+
+
+def video_made(call: MediaCall, answer: Any) -> tuple[str, str, int] | None:
+    """The (model, size, seconds) of the video a video call's answer (the job) made — what it asked,
+    else what the answer shows —, None when the model or the size is known by neither."""
+    model, size, seconds = _video_or(call.video, answer, creation=False)
+    return (model, size, seconds) if call.kind == "video" and model and size else None
 
 
 def _path(segments: Sequence[str]) -> tuple[str, ...]:

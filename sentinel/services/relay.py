@@ -49,7 +49,7 @@ from sentinel.quota.estimate import hides_output, item_references
 from sentinel.quota.images import image_rule_for
 from sentinel.quota.items import item_text
 from sentinel.quota.media import upload_facts
-from sentinel.quota.media_calls import READ_FIELDS, MediaCall, media_call, read_once
+from sentinel.quota.media_calls import READ_FIELDS, MediaCall, media_call, read_once, video_made, video_source
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.catalogue import ModelCatalogue
@@ -302,7 +302,11 @@ class OpenAIRelay:
                 creates_batch=creates_batch, uploads=upload_files(method, segments), segments=segments,
             )
             if method == "POST":
-                media = await count_off_loop(functools.partial(media_call, self.counter, segments, fields), len(body))
+                # A remix's or an edit's source, made through Sentinel: reserved as it, not the dearest.
+                source_id = video_source(segments, fields)
+                source = await self.ownership.video_of(source_id) if source_id is not None else None
+                media = await count_off_loop(
+                    functools.partial(media_call, self.counter, segments, fields, source), len(body))
         elif creates_batch:
             await self.ownership.require_batch_input("", identity.external_id)  # a batch names its input
         with ex.spans.span("sentinel.quota.admit"):
@@ -352,6 +356,8 @@ class OpenAIRelay:
                 await self._vouch_batch_input(reply, identity, batch)
             if facts is not None:
                 await self._remember_file(reply, identity, facts)
+        if media is not None and media.kind == "video" and isinstance(reply, Reply):
+            await self._remember_video(reply, identity, media)
         if (where.collection or "", where.action or "") in ACTION_CREATED and isinstance(reply, Reply):
             await self._claim_along(where, reply, identity)
         if where.collection == "conversations" and method == "POST" and body:
@@ -646,6 +652,21 @@ class OpenAIRelay:
             await self.ownership.remember_file(created["id"], identity.external_id, facts)
         except StoreUnavailable:  # the file is estimated as one Sentinel cannot read
             self.ownership.outage.warning("the store is unavailable: what an uploaded file holds was not kept")
+
+    async def _remember_video(self, reply: Reply, identity: Identity, media: MediaCall) -> None:
+        """Keep the (model, size, seconds) of the video a video call made (`media_calls.video_made`)
+        beside its owner: a remix or an edit of it is reserved that, not the dearest."""
+        try:
+            created = orjson.loads(reply.body) if reply.status < 300 else None
+        except orjson.JSONDecodeError:
+            return
+        made = video_made(media, created)
+        if made is None or not (isinstance(created, dict) and isinstance(created.get("id"), str)):
+            return
+        try:
+            await self.ownership.remember_video(created["id"], identity.external_id, *made)
+        except StoreUnavailable:  # a remix of it is reserved as the dearest
+            self.ownership.outage.warning("the store is unavailable: what a video was made of was not kept")
 
     # --- plumbing ----------------------------------------------------------------------------------
     async def _forward(

@@ -229,11 +229,18 @@ def test_a_video_is_charged_its_seconds_at_creation_and_held_to_the_output_limit
     assert openai_error(refused.value.response.json())["code"] == "quota_exceeded"
     assert len(spy.seen) == sent
     # Four seconds of sora-2 at its default size (10,000 tokens) still fit; a remix of them is
-    # reserved as the dearest (12 seconds of sora-2-pro, larger than is left) and refused.
+    # reserved as its source (recorded when it was made through Sentinel), not as the dearest (12
+    # seconds of sora-2-pro, 150,000 tokens, larger than is left): it fits too. A remix of the
+    # eight seconds of sora-2-pro, reserved as those, does not.
     short = client.videos.create(prompt="a lighthouse")  # sora-2, 720 x 1280, 4 seconds: the defaults
     assert _rows(gw, 2)[1]["output_tokens"] == video_tokens("sora-2", "720x1280", 4) == 10_000
+    remixed = client.videos.remix(short.id, prompt="at night")
+    assert (remixed.model, remixed.size, remixed.seconds) == ("sora-2", "720x1280", "4")
+    assert _rows(gw, 3)[2]["output_tokens"] == 10_000
+    sent = len(spy.seen)
     with pytest.raises(openai.RateLimitError):
-        client.videos.remix(short.id, prompt="at night")
+        client.videos.remix(made.id, prompt="at night")
+    assert len(spy.seen) == sent
 
 
 def test_a_remix_is_charged_what_its_answer_shows_it_makes(gateway_factory: Callable[..., Gateway]) -> None:

@@ -16,6 +16,7 @@ from sentinel.quota.media_calls import (
     speech_audio_tokens,
     transcript_seconds,
     video_seconds,
+    video_source,
     video_tokens,
 )
 from sentinel.quota.tokens import TokenCounter
@@ -124,6 +125,23 @@ def test_a_video_reserves_what_it_asks_and_is_charged_what_it_did_not_ask_as_its
     assert remix is not None and remix.output_tokens == 12 * 12_500  # its source's length: the longest creation
     assert media_charge(remix, {"model": "sora-2", "size": "720x1280", "seconds": "8"}, b"") == (0, 8 * 2_500, "")
     assert media_charge(remix, {"seconds": 10**9}, b"") == (0, 12 * 12_500, "")  # no answer read: as reserved
+
+
+def test_a_remix_or_an_edit_of_a_video_sentinel_recorded_reserves_its_source() -> None:
+    source = ("sora-2", "720x1280", 4)  # what `Ownership.remember_video` kept of it
+    assert video_source(["videos", "video_1", "remix"], {}) == "video_1"
+    assert video_source(["videos", "edits"], {"video": {"id": "video_2"}}) == "video_2"
+    assert video_source(["videos", "edits"], {"video": "file"}) is None  # (a file part: not known)
+    assert video_source(["videos"], {"video": {"id": "video_2"}}) is None
+    remix = media_call(COUNTER, ["videos", "video_1", "remix"], {"prompt": "at night"}, source)
+    assert remix is not None and remix.output_tokens == 4 * 2_500
+    edit = media_call(COUNTER, ["videos", "edits"], {"video": {"id": "video_1"}, "model": "sora-2-pro"}, source)
+    assert edit is not None and edit.output_tokens == 4 * 7_500  # what it names wins over its source's
+    # An extension's length is its own (the dearest's when not named), its model and size its source's.
+    extension = media_call(COUNTER, ["videos", "extensions"], {"video": {"id": "video_1"}}, source)
+    assert extension is not None and extension.output_tokens == 12 * 2_500
+    assert media_call(COUNTER, ["videos"], {"prompt": "a lighthouse"}, ("sora-2-pro", "1792x1024", 12)) == \
+        media_call(COUNTER, ["videos"], {"prompt": "a lighthouse"})  # a creation has no source
 
 
 @pytest.mark.parametrize("given", [0, -1, 61, "61", "4.0", 4.0, True, "", [4], 10**400])

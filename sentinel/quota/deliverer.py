@@ -26,7 +26,12 @@ before that wait has passed — at least the backoff's delay, at most MAX_SINK_W
 batch, no new one, not at shutdown (a batch held in memory stored then is due once the wait is
 over, for the next process too); the deliverer goes on with everything else meanwhile (orphans
 are stored, the held batch's lease renewed every third of a lease). Never a wait of its own: a
-cycle returns at once while it lasts. The held batch's lease is renewed for the whole wait
+cycle returns at once while it lasts. The wait is every replica's: with a stream outbox (a shared
+store) it is kept there (`DurableOutbox.quiet_sink`, a key living as long as the wait, only ever
+lengthened, naming the deliverer that told it last), and every other deliverer reads it once a cycle
+(`sink_quiet`; not during a wait of its own) and honours it as if asked itself — else the other replicas sent their new batches meanwhile, a
+burst at a sink that had just asked for none. Without a shared store, or while it does not
+answer, each deliverer honours the waits it was asked for. The held batch's lease is renewed for the whole wait
 (`DurableOutbox.renew`'s `hold`), so a deliverer that takes it over after this one died honours the
 wait too. A refusal whole or of one record (`UsageBatchRefused`) carrying a wait is honoured the same
 way: the batch moves under its split key at once, its parts go after the wait.
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
@@ -105,6 +111,7 @@ class UsageDeliverer:
         # The sink asked not to be called before this (`clock`): Retry-After, a timed-out call. Unlike
         # `_not_before`, kept when the held batch is let go of, and by `drain`.
         self._quiet_until = 0.0
+        self._name = secrets.token_hex(8)  # who told the other replicas' deliverers of a wait (`_tell_others`)
         self._leased_at = 0.0  # when the held batch's lease was last taken or renewed (`clock`)
         self._moving = asyncio.Lock()  # the held batch's split (`_send`) and the lease keeper's renewals
         self._keeper_renews = False  # the lease keeper (`_renewing`) is renewing the held batch now
@@ -116,6 +123,10 @@ class UsageDeliverer:
         sink accepted, 0 when nothing was delivered (nothing waiting, a failure, or not yet due)."""
         if self.outbox.orphans:  # every cycle: also while a batch waits for its retry (a long outage)
             await self.outbox.rescue_orphans(between=self._keep_lease)
+        if self.clock() >= self._quiet_until and (shared := await self.outbox.sink_quiet(self._name)) > 0:
+            # Another replica's deliverer was asked for a wait (one read a cycle, none during a wait
+            # of this deliverer's own): honoured as if asked here.
+            self._quiet_until = self.clock() + min(shared, MAX_SINK_WAIT)
         if self.clock() < self._quiet_until:  # the sink asked for a wait: nothing goes to it meanwhile
             await self._keep_lease()
             return 0
@@ -138,6 +149,8 @@ class UsageDeliverer:
                 self.metrics.deliveries.labels("failure").inc()
                 asked = exc.resend_after if isinstance(exc, GovernanceUnavailable) else None
                 self._later(exc.message, "usage delivery failed; retrying the same batch", asked=asked)
+                if asked is not None:
+                    await self._tell_others()
                 await self._keep_held()
                 if asked is not None and self.held is not None:
                     # Held in the outbox for the whole wait: should this process die meanwhile, a
@@ -218,6 +231,7 @@ class UsageDeliverer:
                     log.warning("the usage sink refused a record", extra={
                         "batch": batch.key, "record_id": batch.items[0].record.request_id, "error": exc.message})
                     self._asked_to_wait(exc.resend_after)
+                    await self._tell_others()
                     return batch, [batch.items[0].record.request_id]
                 log.warning("the usage sink refused a batch whole; delivering its records one by one",
                             extra={"batch": batch.key, "count": len(batch.items), "error": exc.message})
@@ -355,6 +369,13 @@ class UsageDeliverer:
         it before that wait has passed (at most MAX_SINK_WAIT), as after a failure asking for one."""
         if asked is not None:
             self._quiet_until = max(self._quiet_until, self.clock() + min(max(asked, 0.0), MAX_SINK_WAIT))
+
+    async def _tell_others(self) -> None:
+        """Share the wait the sink asked this deliverer for with every replica's (`DurableOutbox.quiet_sink`:
+        with a stream outbox, a key in the shared store, only ever lengthened), so none sends its own
+        batches meanwhile: a burst at a sink that had just asked for none."""
+        if (wait := self._quiet_until - self.clock()) > 0:
+            await self.outbox.quiet_sink(wait, self._name)
 
     def _release(self) -> None:
         self.held, self._refused, self.failures, self._not_before = None, None, 0, 0.0

@@ -372,6 +372,29 @@ class DurableOutbox:
         if batch.backend == self.memory.backend:
             self._counted()
 
+    async def sink_quiet(self, me: str) -> float:
+        """Seconds left of the wait the usage sink asked another replica's deliverer for (`quiet_sink`;
+        `me`: the deliverer asking, whose own wait it honours by its own clock): kept in the shared
+        store with a stream outbox (one read), else per process (0 here). A store that does not
+        answer is no wait: delivery goes on, each deliverer honouring its own."""
+        if self.redis is None:
+            return 0.0
+        try:
+            return await self.redis.sink_quiet(me)
+        except StoreUnavailable:
+            return 0.0
+
+    async def quiet_sink(self, wait: float, me: str) -> None:
+        """Tell every replica's deliverer the sink asked `me` for `wait` seconds without a call (with
+        a stream outbox: the shared store; else nothing to tell). A store that does not answer: the
+        deliverer that was asked honours the wait alone."""
+        if self.redis is None:
+            return
+        try:
+            await self.redis.quiet_sink(wait, me)
+        except StoreUnavailable:
+            pass
+
     async def depth(self) -> int:
         total = await self.memory.depth()
         for part in self.parts:

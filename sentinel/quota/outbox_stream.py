@@ -40,11 +40,49 @@ from sentinel.quota.batch import (
     split_key,
 )
 from sentinel.store import Store, StreamEntry
+from sentinel.store.base import LocalOps, Script
 
 log = logging.getLogger("sentinel.outbox")
 
 # A batch is never larger than the deliverer's batch size; this only bounds one takeover call.
 TAKEOVER_CAP = 10_000
+
+_LENGTHEN_LUA = """
+local want = tonumber(ARGV[1])
+if redis.call('PTTL', KEYS[1]) >= want then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', want)
+return 1
+"""
+
+
+def _lengthen_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    want = int(args[0])
+    if ops.pttl(keys[0]) >= want:
+        return 0
+    ops.set(keys[0], args[1].encode(), ttl=want / 1000)
+    return 1
+
+
+# Make KEYS[1] hold ARGV[2] (who asked) for ARGV[1] ms from now, unless it already lives that long:
+# a wait only ever lengthened (run twice, the same outcome). 1 when lengthened, else 0.
+LENGTHEN = Script(name="lengthen", lua=_LENGTHEN_LUA, local=_lengthen_local)
+
+_LEFT_LUA = """
+local who = redis.call('GET', KEYS[1])
+if not who or who == ARGV[1] then return 0 end
+return math.max(redis.call('PTTL', KEYS[1]), 0)
+"""
+
+
+def _left_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    who = ops.get(keys[0])
+    if who is None or who == args[0].encode():
+        return 0
+    return max(ops.pttl(keys[0]), 0)
+
+
+# The ms KEYS[1] has left to live, 0 when it is missing or holds ARGV[1] (the asker's own wait).
+LEFT = Script(name="left", lua=_LEFT_LUA, local=_left_local)
 
 
 class RedisStreamOutbox:
@@ -53,6 +91,9 @@ class RedisStreamOutbox:
     backend = "redis"
     KEY = "sentinel:usage:outbox"  # entries already in production streams stay readable
     GROUP = "deliverers"
+    # The wait the usage sink asked for (Retry-After, a timed-out call), shared by every replica's
+    # deliverer: a key living as long as the wait (`quiet_sink`, `sink_quiet`).
+    QUIET_KEY = "sentinel:usage:quiet-until"
 
     def __init__(
         self, store: Store, *, lease_seconds: float = 30.0, replicas: int = 0, replica_timeout_ms: int = 100
@@ -161,6 +202,17 @@ class RedisStreamOutbox:
         if unreadable:
             await self.store.stream_settle(self.KEY, self.GROUP, key, done=unreadable)
         return Batch(self.backend, key, tuple(items)) if items else None
+
+    async def sink_quiet(self, me: str) -> float:
+        """Seconds left of the wait the usage sink asked some replica's deliverer for (`QUIET_KEY`),
+        0 when none or when `me` asked for it last (that deliverer honours its own): one round trip."""
+        return int(await self.store.run(LEFT, [self.QUIET_KEY], [me])) / 1000
+
+    async def quiet_sink(self, wait: float, me: str) -> None:
+        """Tell every replica's deliverer the sink asked `me` for `wait` seconds without a call:
+        `QUIET_KEY` lives that long from now, never shortened by a shorter wait told meanwhile."""
+        if (ms := int(wait * 1000)) > 0:
+            await self.store.run(LENGTHEN, [self.QUIET_KEY], [ms, me])
 
     def hold_key(self, key: str) -> str:
         """Where the wait a batch's holder was asked for is kept (`renew`'s `hold`), until it ends."""

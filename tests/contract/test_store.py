@@ -441,3 +441,19 @@ async def test_stream_add_refuses_an_entry_without_fields(store: Store) -> None:
     assert await store.stream_len(S) == 0
     breaker = getattr(store, "breaker", None)  # a caller's mistake is not an outage
     assert breaker is None or breaker.failures == 0
+
+
+async def test_the_usage_sinks_shared_wait_is_only_ever_lengthened(store: Store) -> None:
+    """`RedisStreamOutbox.quiet_sink` (LENGTHEN): a wait told after a longer one never shortens it;
+    `sink_quiet` (LEFT) reads it for every deliverer but the one that told it last (its own wait)."""
+    from sentinel.quota.outbox_stream import RedisStreamOutbox
+
+    outbox = RedisStreamOutbox(store)
+    assert await outbox.sink_quiet("b") == 0
+    await outbox.quiet_sink(60, "a")
+    await outbox.quiet_sink(5, "b")
+    assert 50 < await outbox.sink_quiet("b") <= 60
+    assert await outbox.sink_quiet("a") == 0
+    await outbox.quiet_sink(90, "b")
+    assert 60 < await outbox.sink_quiet("a") <= 90
+    assert await outbox.sink_quiet("b") == 0

@@ -19,7 +19,7 @@ from sentinel.errors import GovernanceUnavailable, UsageBatchRefused
 from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
 from sentinel.observability.metrics import Metrics
 from sentinel.quota.batch import Batch, is_batch_key
-from sentinel.quota.deliverer import UsageDeliverer, delivery_backoff
+from sentinel.quota.deliverer import MAX_SINK_WAIT, UsageDeliverer, delivery_backoff
 from sentinel.quota.outbox import RESCUE_AT_ONCE, DurableOutbox, RedisStreamOutbox, SqlOutbox
 from tests.support.clock import FakeClock
 from tests.support.metrics import counted
@@ -720,6 +720,69 @@ async def test_a_wait_the_sink_asks_for_holds_back_every_batch_and_is_at_least_t
     s.clock.advance(0.5)
     await s.deliverer.drain()
     assert sorted(s.sink.delivered) == ["r1", "r2"]
+
+
+@pytest.mark.redis
+async def test_a_wait_the_sink_asked_one_replica_for_is_honoured_by_every_replica(
+    sessions: async_sessionmaker[AsyncSession], redis_url: str
+) -> None:
+    """Zion's Retry-After (or a timed-out call) was honoured by the deliverer it was told to only: the
+    other replicas' deliverers (other processes on the same Redis) went on sending their own new
+    batches, a burst at a Zion that had just asked for none. The wait is kept in the shared store
+    and read once a cycle: the second replica sends nothing before it is over (at most MAX_SINK_WAIT)."""
+    from sentinel.store.redis import RedisStore
+
+    store = RedisStore(redis_url, timeout=5.0)
+    sink = Sink()
+
+    def replica(clock: FakeClock) -> tuple[DurableOutbox, UsageDeliverer]:
+        outbox = DurableOutbox(SqlOutbox(sessions, lease_seconds=30), RedisStreamOutbox(store, lease_seconds=30))
+        return outbox, UsageDeliverer(outbox, sink, Metrics(), backoff=delivery_backoff(30), clock=clock)
+
+    try:
+        first_outbox, first = replica(FakeClock())
+        clock = FakeClock()
+        second_outbox, second = replica(clock)
+        await first_outbox.put(usage_record("r1"))
+        sink.down, sink.asks = True, 60.0
+        assert await first.deliver_once() == 0  # the first replica is told to wait 60 s
+        sink.down = False
+        await second_outbox.put(usage_record("r2"))
+        assert await second.deliver_once() == 0
+        clock.advance(50)
+        assert await second.deliver_once() == 0
+        assert sink.keys == [sink.keys[0]] and sink.delivered == []  # the first replica's call alone
+        left = await store.ttl(RedisStreamOutbox.QUIET_KEY)
+        assert left is not None and 0 < left <= 60
+        await store.delete(RedisStreamOutbox.QUIET_KEY)  # (as its expiry, once the wait is over)
+        clock.advance(11)
+        assert await second.deliver_once() == 1
+        assert sink.delivered == ["r2"]
+        sink.down, sink.asks = True, 86_400.0  # Zion may ask for a day: shared for MAX_SINK_WAIT at most
+        await second_outbox.put(usage_record("r3"))
+        assert await second.deliver_once() == 0
+        left = await store.ttl(RedisStreamOutbox.QUIET_KEY)
+        assert left is not None and 0 < left <= MAX_SINK_WAIT
+    finally:
+        await store.close()
+
+
+async def test_a_store_that_does_not_answer_never_stops_delivery_after_a_wait() -> None:
+    """The shared wait lives in the store: while it does not answer (Redis down, the records in the
+    table), the wait is neither read nor told — the deliverer honours its own, then delivers."""
+    stream, table = OutboxPart("redis"), OutboxPart("sql")
+    stream.down = True
+    outbox = DurableOutbox(table, stream)  # type: ignore[arg-type]
+    sink, clock = Sink(), FakeClock()
+    deliverer = UsageDeliverer(outbox, sink, Metrics(), backoff=CountingBackoff(base=1, cap=30), clock=clock)
+    await outbox.put(usage_record("r1"))
+    sink.down, sink.asks = True, 60.0
+    assert await deliverer.deliver_once() == 0
+    sink.down = False
+    clock.advance(59)
+    assert await deliverer.deliver_once() == 0 and len(sink.keys) == 1
+    clock.advance(1)
+    assert await deliverer.deliver_once() == 1 and sink.delivered == ["r1"]
 
 
 async def test_a_batch_held_in_memory_and_stored_at_shutdown_keeps_the_wait_the_sink_asked_for() -> None:

@@ -102,3 +102,11 @@ class OutboxPart:
     async def depth(self) -> int:
         self._check(self.down)
         return len(self.items)
+
+    async def sink_quiet(self, me: str) -> float:
+        """As `RedisStreamOutbox.sink_quiet`: no replica here was asked for a wait."""
+        self._check(self.down)
+        return 0.0
+
+    async def quiet_sink(self, wait: float, me: str) -> None:
+        self._check(self.down)

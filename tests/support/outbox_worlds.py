@@ -93,11 +93,13 @@ async def _sql_world(name: str, url: str, *, truncate: bool) -> World:
 
 async def age_redis_stream(store: Any, seconds: float) -> None:
     """Make every pending entry of the usage stream `seconds` older, keeping its consumer, and bring
-    the end of every batch's hold (`RedisStreamOutbox.hold_key`) that much closer."""
+    the end of every batch's hold (`RedisStreamOutbox.hold_key`) and of the sink's shared wait
+    (`RedisStreamOutbox.QUIET_KEY`) that much closer."""
     key, group = RedisStreamOutbox.KEY, RedisStreamOutbox.GROUP
     client = store.client
     ms = int(seconds * 1000)
-    async for name in client.scan_iter(match=f"{key}:hold:*"):
+    names = [name async for name in client.scan_iter(match=f"{key}:hold:*")]
+    for name in [*names, RedisStreamOutbox.QUIET_KEY]:
         left = await client.pttl(name)
         if 0 < left <= ms:
             await client.delete(name)

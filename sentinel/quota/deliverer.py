@@ -280,6 +280,9 @@ class UsageDeliverer:
                 # A part refused with a Retry-After: the parts not yet sent go after the wait.
                 raise GovernanceUnavailable("the usage sink refused a record and asked for a wait",
                                             resend_after=wait)
+            if wait is not None:  # (the last parts: the next batch goes after the wait)
+                self._asked_to_wait(wait)
+                await self._tell_others()
         refused = [c.record.request_id for c in batch.items if self._parts.get(c.record.request_id)]
         log.info("usage batch delivered apart", extra={"batch": batch.key, "count": len(batch.items),
                                                          "refused": len(refused)})

@@ -1001,3 +1001,33 @@ async def test_a_record_refused_with_a_wait_holds_back_the_parts_not_yet_sent() 
     assert await s.deliverer.deliver_once() == 9
     assert sorted(sink.delivered) == sorted(f"r{n}" for n in range(1, 10))  # each once
     assert len(set(sink.keys)) == 9, sink.keys  # each under its own part key
+
+
+async def test_a_wait_asked_with_a_refusal_of_the_last_parts_holds_back_the_next_batch() -> None:
+    """Of a batch delivered apart, a record of the last parts sent refused with a Retry-After: the
+    wait was dropped (it only held back parts not yet sent), and the next batch went at once, to a
+    Zion that had just asked for none. Nothing goes before the wait is over."""
+
+    class PartWaitSink(Sink):
+        async def deliver(self, records: list[UsageRecord], idempotency_key: str) -> list[str]:
+            self.keys.append(idempotency_key)
+            if len(records) > 1:
+                raise UsageBatchRefused("Zion refused the usage batch whole (400)")
+            if records[0].request_id == "r0":
+                raise UsageBatchRefused("Zion refused the usage batch whole (400)", resend_after=60.0)
+            self.delivered.append(records[0].request_id)
+            return []
+
+    s = Setup(batch_size=10)
+    s.sink = sink = PartWaitSink()
+    s.deliverer.sink = sink
+    await s.put("r0", "r1")
+    assert await s.deliverer.deliver_once() == 1  # r1; r0 refused, with a wait
+    assert len(sink.keys) == 3  # the batch whole, then its two parts
+    await s.put("r2")
+    s.clock.advance(59)
+    assert await s.deliverer.deliver_once() == 0
+    assert len(sink.keys) == 3
+    s.clock.advance(1)
+    assert await s.deliverer.deliver_once() > 0
+    assert "r2" in sink.delivered

@@ -67,7 +67,7 @@ def test_a_store_failure_while_forgetting_a_deleted_object_answers_the_delete(
     the client got a 503 for a delete that had happened (and no record of the call). The delete's
     answer is relayed; the record left names the deleted object's maker only."""
 
-    async def unavailable(self: Ownership, object_id: str) -> None:
+    async def unavailable(self: Ownership, object_id: str, **_: Any) -> None:
         raise StoreUnavailable("store down")
 
     gw = gateway_factory(usage_flush_interval_seconds=0.1, passthrough="/v1/files,/v1/files/*")

@@ -366,14 +366,9 @@ class TierRouter:
         await self.health.mark_retired(decision.provider, decision.model)
         if decision.tried:
             return None
-        tried = [(decision.provider, decision.model)]
-        try:
-            entry, unhealthy = await self._select(decision.tier, decision.trials, exclude=tried)
-        except ServiceUnavailable:
+        retry = await self._retry(decision, [(decision.provider, decision.model)])
+        if retry is None:
             return None
-        retry = RouteChoice(decision.tier, entry, decision.conversation_id, decision.session, decision.pending_write,
-                            decision.event, was_unhealthy=unhealthy, tried=tried, created=decision.created,
-                            trials=decision.trials)
         if decision.bound:  # moved by `moved`, once the request is known to suit the new model
             retry.pending_write, retry.event, retry.moving = "update", "migrated", True
         elif decision.sticky:
@@ -522,20 +517,26 @@ class TierRouter:
         table = await self.tiers.table()
         return [decision.entry, *(e for e in table.get(decision.tier, []) if e.provider in self.providers)]
 
+    async def _retry(self, decision: RouteChoice, tried: list[tuple[str, str]]) -> RouteChoice | None:
+        """A healthy candidate of `decision`'s tier but those `tried`, as `decision`'s retry (its
+        session, pending write and trials carried over), or None when the tier has no other. Its
+        past failures are cleared once it answers (`report`), as a first choice's are."""
+        try:
+            entry, unhealthy = await self._select(decision.tier, decision.trials, exclude=tried)
+        except ServiceUnavailable:
+            return None
+        return RouteChoice(decision.tier, entry, decision.conversation_id, decision.session, decision.pending_write,
+                           decision.event, was_unhealthy=unhealthy, tried=tried, created=decision.created,
+                           trials=decision.trials)
+
     async def alternative(self, decision: RouteChoice) -> RouteChoice | None:
         """Another healthy candidate of the tier for a retry before the first byte, or None."""
         # Keep binds a session only to a model that has served the conversation (`bound`).
         if decision.bound and self.failover is SessionFailover.keep:
             return None
-        tried = [*decision.tried, (decision.provider, decision.model)]
-        try:
-            entry, unhealthy = await self._select(decision.tier, decision.trials, exclude=tried)
-        except ServiceUnavailable:
+        retry = await self._retry(decision, [*decision.tried, (decision.provider, decision.model)])
+        if retry is None:
             return None
-        # Its past failures are cleared once it answers (`report`), as a first choice's are.
-        retry = RouteChoice(decision.tier, entry, decision.conversation_id, decision.session, decision.pending_write,
-                         decision.event, was_unhealthy=unhealthy, tried=tried, created=decision.created,
-                         trials=decision.trials)
         if decision.sticky:
             # A first turn's session (`claim`) is moved to the retry's model if no other turn was
             # answered with it meanwhile (`commit`), and still counted as created; an upgrade is

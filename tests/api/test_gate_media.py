@@ -135,16 +135,7 @@ def test_a_transcript_as_text_is_charged_its_text(gateway_factory: Callable[...,
     text = "word " * words
     # (an answer over 1 MiB is relayed as it passes, not kept to count: a token per 4 bytes)
     tokens = TokenCounter().count_text(text, "") if words == 400 else -(-len(text) // BYTES_PER_TOKEN)
-    upstream = ScriptedUpstream()
-    with serving(upstream) as srv:
-        gw = _start(gateway_factory, srv.url, f"requests=100/1h,output_tokens={tokens}/1h")
-        upstream.typed(b"text/plain; charset=utf-8", text.encode())
-        client = gw.openai()
-        client.audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.mp3", MP3), response_format="text")
-        row = _row(gw)
-        assert (row["input_tokens"], row["output_tokens"]) == (0, tokens)
-        _refused_before_upstream(gw, upstream, lambda: client.audio.transcriptions.create(
-            model="gpt-4o-transcribe", file=("b.mp3", MP3), response_format="text"), 1)
+    _charged_its_text(gateway_factory, text, tokens, then_refused=True)
 
 
 def test_a_transcript_as_text_saying_a_cue_is_charged_its_text(gateway_factory: Callable[..., Gateway]) -> None:
@@ -152,6 +143,12 @@ def test_a_transcript_as_text_saying_a_cue_is_charged_its_text(gateway_factory: 
     # prompt's style the model follows) was read as a cue, and the whole text charged one token.
     text = "--> 00:00:00,001 " + "word " * 400
     tokens = TokenCounter().count_text(text, "")
+    _charged_its_text(gateway_factory, text, tokens)
+
+
+def _charged_its_text(gateway_factory: Callable[..., Gateway], text: str, tokens: int, *, then_refused: bool = False) -> None:
+    """A transcript asked for as text, answered `text`, is charged `tokens` of output — all a plan of
+    that many allows: a next one is refused before the upstream (`then_refused`)."""
     upstream = ScriptedUpstream()
     with serving(upstream) as srv:
         gw = _start(gateway_factory, srv.url, f"requests=100/1h,output_tokens={tokens}/1h")
@@ -160,6 +157,9 @@ def test_a_transcript_as_text_saying_a_cue_is_charged_its_text(gateway_factory: 
         client.audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.mp3", MP3), response_format="text")
         row = _row(gw)
         assert (row["input_tokens"], row["output_tokens"]) == (0, tokens)
+        if then_refused:
+            _refused_before_upstream(gw, upstream, lambda: client.audio.transcriptions.create(
+                model="gpt-4o-transcribe", file=("b.mp3", MP3), response_format="text"), 1)
 
 
 @pytest.mark.parametrize("verbose", [True, False], ids=["verbose_json, by its duration", "json, by its text"])

@@ -134,6 +134,8 @@ def _run_routes(state: MockState) -> list[Route]:
         Route("/v1/threads/{thread_id}", Endpoint(state, runs.thread_deleted, OPENAI), methods=["DELETE"]),
         Route("/v1/threads/{thread_id}/runs", Endpoint(state, runs.thread_runs, OPENAI), methods=["GET", "POST"]),
         Route("/v1/threads/{thread_id}/runs/{run_id}", Endpoint(state, runs.thread_run, OPENAI), methods=["GET"]),
+        Route("/v1/threads/{thread_id}/runs/{run_id}/cancel", Endpoint(state, runs.run_cancelled, OPENAI),
+              methods=["POST"]),
         Route("/v1/threads/{thread_id}/messages", Endpoint(state, runs.thread_messages, OPENAI), methods=["GET"]),
     ]
 

@@ -4,9 +4,13 @@ Evals and their runs (`POST /v1/evals`, `POST`/`GET /v1/evals/{id}/runs`, `GET`/
 /v1/evals/{id}/runs/{run}`: a run's tokens in `per_model_usage`, one entry per model it ran — its
 data source's sampling model, each model grader's), and enough of the Assistants API (`POST
 /v1/assistants`, `POST /v1/threads`, `POST`/`GET /v1/threads/{id}/runs`, `GET
-/v1/threads/{id}/runs/{run}`, `GET /v1/threads/{id}/messages`: a run's `usage`, and the message it
-wrote naming it by `run_id`). A run is done at its first read — of it, of a list showing it, of its
-thread's messages —, as one polled after it ran; its figures are fixed, not a model's. Like the real
+/v1/threads/{id}/runs/{run}`, `POST /v1/threads/{id}/runs/{run}/cancel`, `GET
+/v1/threads/{id}/messages`: a run's `usage`, and the message it wrote naming it by `run_id`). A run is
+done at its first read — of it, of a list showing it, of its thread's messages —, as one polled after
+it ran; its figures are fixed, not a model's. A run given a `function` tool stops at its first read in
+`requires_action`, showing the model's call of it (its arguments: model output) with no `usage`, as
+the real API does; its cancel answers it `cancelling`, and its next read shows it `cancelled` with the
+usage of the turn that wrote the call (`ACTION_USAGE`). Like the real
 account, the mock does not know who asked: every object is visible to every caller.
 """
 
@@ -26,6 +30,11 @@ SAMPLED = {"invocation_count": 2, "prompt_tokens": 120, "completion_tokens": 40,
 GRADED = {"invocation_count": 2, "prompt_tokens": 200, "completion_tokens": 10, "cached_tokens": 0}
 # What a done Assistants run reports.
 RUN_USAGE = {"prompt_tokens": 90, "completion_tokens": 30, "total_tokens": 120}
+# What a run cancelled after `requires_action` reports: the turn that wrote its tool call.
+ACTION_USAGE = {"prompt_tokens": 70, "completion_tokens": 12, "total_tokens": 82}
+# The arguments of the tool call a run with a `function` tool stops at (`requires_action`).
+TOOL_ARGUMENTS = '{"city": "Paris"}'
+_CANCELLABLE = frozenset({"queued", "in_progress", "requires_action"})
 _MODEL_GRADERS = ("label_model", "score_model")
 
 
@@ -150,18 +159,31 @@ class RunStore:
         body = json_object(call)
         run: dict[str, Any] = {"id": new_id("run_"), "object": "thread.run", "thread_id": thread, "created_at": int(time.time()),
                "assistant_id": body.get("assistant_id"), "model": body.get("model") or "gpt-4o-mini",
-               "status": "queued", "usage": None, "instructions": "", "tools": [], "metadata": {}}
+               "status": "queued", "usage": None, "instructions": "", "metadata": {}, "required_action": None,
+               "tools": [t for t in body.get("tools") or [] if isinstance(t, dict)]}
         self._keep(self.runs, run)
+        return JSONReply(run)
+
+    def run_cancelled(self, call: Call) -> Reply:
+        """POST /v1/threads/{id}/runs/{run}/cancel: `cancelling` (its next read: `cancelled`, with the
+        usage of what it ran); a run that ended already: 400, as the real API answers."""
+        run = self._run(call)
+        if run["status"] not in _CANCELLABLE:
+            raise WireError(400, f"Cannot cancel run with status '{run['status']}'.")
+        run.update(status="cancelling", required_action=None)
         return JSONReply(run)
 
     def thread_run(self, call: Call) -> Reply:
         """GET /v1/threads/{id}/runs/{run}: done."""
+        return JSONReply(self._done_run(self._run(call)))
+
+    def _run(self, call: Call) -> dict[str, Any]:
         thread = self._thread(call)
         call.resolve_faults("")
         run = self.runs.get(call.path_params["run_id"])
         if run is None or run["thread_id"] != thread:
             raise WireError(404, f"No run found with id '{call.path_params['run_id']}'.", code="not_found")
-        return JSONReply(self._done_run(run))
+        return run
 
     def thread_messages(self, call: Call) -> Reply:
         """GET /v1/threads/{id}/messages: newest first (`order=asc`: oldest first) — its runs done
@@ -187,7 +209,13 @@ class RunStore:
         return thread
 
     def _done_run(self, run: dict[str, Any]) -> dict[str, Any]:
-        if run["status"] == "queued":
+        if run["status"] == "queued" and (function := _function(run["tools"])) is not None:
+            call = {"id": new_id("call_"), "type": "function", "function": {"name": function, "arguments": TOOL_ARGUMENTS}}
+            run.update(status="requires_action",
+                       required_action={"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": [call]}})
+        elif run["status"] == "cancelling":
+            run.update(status="cancelled", usage=dict(ACTION_USAGE), cancelled_at=int(time.time()))
+        elif run["status"] == "queued":
             run.update(status="completed", usage=dict(RUN_USAGE), completed_at=int(time.time()))
             self.messages.setdefault(run["thread_id"], []).append(self._message(run["thread_id"], "assistant", "Done.", run))
         return run
@@ -201,3 +229,13 @@ class RunStore:
                 "run_id": None if run is None else run["id"],
                 "assistant_id": None if run is None else run["assistant_id"], "attachments": [],
                 "metadata": metadata if isinstance(metadata, dict) else {}}
+
+
+def _function(tools: list[dict[str, Any]]) -> str | None:
+    """The name of a run's first `function` tool, if it has one."""
+    for tool in tools:
+        function = tool.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if tool.get("type") == "function" and isinstance(name, str):
+            return name
+    return None

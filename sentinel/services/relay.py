@@ -11,6 +11,7 @@ else's — in the path or the body — is a 404.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import logging
@@ -82,7 +83,7 @@ from sentinel.services.objects import (
     tool_models,
     upload_files,
 )
-from sentinel.services.run_usage import Fetch, ThreadRuns
+from sentinel.services.run_usage import CANCEL_WAITS, Fetch, Sleep, ThreadRuns, until_ended
 from sentinel.services.translated_chat import TranslatedChat
 
 log = logging.getLogger("sentinel.relay")
@@ -105,6 +106,7 @@ class OpenAIRelay:
         self, upstreams: dict[str, OpenAICompatUpstream], default: OpenAICompatUpstream, meter: Meter,
         ownership: Ownership, metrics: Metrics, *, catalogue: ModelCatalogue, routes: ModelRoutes,
         translated: TranslatedChat, end_users: EndUsers | None = None, counter: TokenCounter | None = None,
+        cancel_waits: Sequence[float] = CANCEL_WAITS, sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.upstreams = upstreams
         self.upstream = default
@@ -118,6 +120,8 @@ class OpenAIRelay:
         self.counter = counter or TokenCounter()  # a text file's tokens, at upload (`_remember_file`)
         # Files named by id that Sentinel kept nothing of, read from where their uploads went.
         self.file_facts = FileFactsReader(default, ownership, self.counter)
+        # How a cancelled Assistants run is read again until it ended (`run_usage.until_ended`).
+        self.cancel_waits, self.sleep = cancel_waits, sleep
         self.answers = AnswerRelay(meter, ownership, metrics, prices=self._prices)
 
     # --- metered endpoints (chat, completions, embeddings, responses) -------------------------------
@@ -386,10 +390,17 @@ class OpenAIRelay:
     ) -> ThreadRuns | None:
         """For a read of a thread's messages (`GET /v1/threads/{t}/messages`, or one of them) or of a
         run's steps (`GET /v1/threads/{t}/runs/{r}/steps`, or one of them): the thread, how to fetch
-        one of its runs, and the steps' run (`AnswerRelay.complete`'s `thread_runs`)."""
-        if method != "GET" or where.collection != "threads" or where.object_id is None:
+        one of its runs, and the steps' run (`AnswerRelay.complete`'s `thread_runs`). For a run's
+        cancel (`POST /v1/threads/{t}/runs/{r}/cancel`), whose answer shows it `cancelling` without
+        its usage — the client may have read its tool calls (`requires_action`), model output —:
+        the run, read again until it ended (`until_ended`), charged on the cancel."""
+        if where.collection != "threads" or where.object_id is None:
             return None
         fetch = functools.partial(self._thread_run, ex, where.object_id, headers)
+        if method == "POST" and len(segments) == 5 and segments[2] == "runs" and segments[4] == "cancel":
+            return ThreadRuns(where.object_id, until_ended(fetch, self.cancel_waits, self.sleep), run=segments[3])
+        if method != "GET":
+            return None
         if len(segments) in (3, 4) and segments[2] == "messages":
             return ThreadRuns(where.object_id, fetch)
         if len(segments) in (5, 6) and segments[2] == "runs" and segments[4] == "steps":

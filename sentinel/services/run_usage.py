@@ -5,7 +5,9 @@ An eval run reports the tokens its sampling model and its model graders used onl
 results are read through its thread's messages, which name it (`run_id`). Either is charged once,
 to the first read that shows it done — the charge claimed (`Ownership.claim_charge`), recorded
 under the run's key (`charge_id`) and then confirmed, shared by replicas, as a batch's or a run's
-own `usage` is.
+own `usage` is. An Assistants run a client cancels — after `requires_action` showed it the model's
+tool calls, model output, with no `usage` yet — is read again by its cancel until it ended
+(`until_ended`, bounded): its usage, written once it is `cancelled`, is charged on the cancel.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,12 @@ log = logging.getLogger("sentinel.answers")
 # Statuses after which a run's usage no longer changes (the OpenAI API's terminal ones).
 EVAL_RUN_DONE = frozenset({"completed", "failed", "canceled"})
 THREAD_RUN_DONE = frozenset({"completed", "failed", "cancelled", "incomplete", "expired"})
+# An Assistants run's statuses before it is done: it shows no `usage` yet.
+THREAD_RUN_AT_WORK = frozenset({"queued", "in_progress", "requires_action", "cancelling"})
+# The waits (seconds) before each further read of a run a client cancelled while it is still at work
+# (`cancelling`: the provider writes its usage once it is `cancelled`, usually within a second): its
+# cancel's answer waits 3.75 s at most, five reads of the run at Sentinel's cost.
+CANCEL_WAITS = (0.25, 0.5, 1.0, 2.0)
 # The most runs one read of a thread's messages fetches, of those it names that no read charged yet
 # (runs left over are fetched by a later read, still uncharged).
 MAX_FETCHED_RUNS = 20
@@ -40,6 +48,7 @@ _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 FetchRun = Callable[[str], Awaitable[Any]]  # a run of the thread read, by id: its JSON, None if unread
 Fetch = Callable[[], Awaitable[Any]]  # an object read at Sentinel's cost: its JSON, None if unread
+Sleep = Callable[[float], Awaitable[None]]
 PriceOf = Callable[[str], Prices | None]  # a model's prices by the name a provider reports, if known
 
 
@@ -168,6 +177,23 @@ class RunCharges:
         trains = isinstance(shown, dict) and shown.get("object") == "fine_tuning.job"
         return ObjectCharge(object_id, usage, claim == "first", model,
                             None if model is None or trains else self.prices(model))
+
+
+def until_ended(fetch: FetchRun, waits: Sequence[float] = CANCEL_WAITS, sleep: Sleep = asyncio.sleep) -> FetchRun:
+    """`fetch`, reading a run again after each of `waits` while it is still at work (a cancelled
+    run `cancelling`): the run once it ended, else its last read — at most `len(waits) + 1` reads; a
+    read that fails (None) or shows no run is not tried again."""
+
+    async def fetch_ended(run_id: str) -> Any:
+        run = await fetch(run_id)
+        for wait in waits:
+            if not (isinstance(run, dict) and run.get("status") in THREAD_RUN_AT_WORK):
+                break
+            await sleep(wait)
+            run = await fetch(run_id)
+        return run
+
+    return fetch_ended
 
 
 def named_runs(answer: Any) -> list[str]:

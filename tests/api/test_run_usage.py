@@ -13,12 +13,12 @@ import openai
 import pytest
 
 from sentinel.domain.usage import charge_id
-from sentinel.mock.openai_runs import GRADED, RUN_USAGE, SAMPLED
+from sentinel.mock.openai_runs import ACTION_USAGE, GRADED, RUN_USAGE, SAMPLED, TOOL_ARGUMENTS
 from sentinel.services.run_usage import MAX_FETCHED_RUNS
 from tests.api.conftest import Gateway, scripted_gateway
 from tests.support.accounts import create_key
 from tests.support.attack import SpyUpstream, ledger_rows
-from tests.support.runs import eval_and_run, thread_with_run, thread_with_runs
+from tests.support.runs import eval_and_run, thread_with_run, thread_with_runs, thread_with_tool_run
 from tests.support.waiting import wait_for
 
 EVALS = "/v1/evals,/v1/evals/*"
@@ -183,6 +183,57 @@ def test_runs_charged_already_do_not_hide_the_threads_other_runs(
 
     assert wait_for(lambda: len(charged()) == len(runs))
     assert charged() == [RUN_ROW] * len(runs)  # each run once
+
+
+ACTION_ROW = (ACTION_USAGE["prompt_tokens"], ACTION_USAGE["completion_tokens"])  # a run cancelled after its tool call
+
+
+def test_a_run_cancelled_after_requires_action_is_charged_its_usage_once_on_the_cancel(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """A run in `requires_action` shows the model's tool call (model output) with no `usage`: a
+    client that read it and cancelled the run was never charged (its cancel answered `cancelling`,
+    no usage either). The cancel reads the run again until it is `cancelled` and charges its usage,
+    under the run's key: later reads — of the run, the thread's runs, its messages — charge nothing."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
+    client = gw.openai()
+    thread, run = thread_with_tool_run(client)
+    shown = client.beta.threads.runs.retrieve(run.id, thread_id=thread.id)
+    assert shown.status == "requires_action" and shown.usage is None
+    assert shown.required_action is not None
+    assert shown.required_action.submit_tool_outputs.tool_calls[0].function.arguments == TOOL_ARGUMENTS
+    spy.clear()
+    assert client.beta.threads.runs.cancel(run.id, thread_id=thread.id).status == "cancelling"
+    run_path = f"/v1/threads/{thread.id}/runs/{run.id}"
+    assert spy.paths() == [run_path + "/cancel", run_path]  # read again: cancelled, its usage shown
+    rows = gw.settled_rows(5)  # the cancel's row is the run's charge (its key), as a read charging one's is
+    assert _pairs(rows) == [(0, 0), (0, 0), (0, 0), (0, 0), ACTION_ROW]
+    assert rows[-1]["request_id"] == charge_id(rows[-1]["external_id"], run.id)
+    assert rows[-1]["model"] == "gpt-4o-mini"
+    spy.clear()
+    assert client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "cancelled"
+    assert [r.status for r in client.beta.threads.runs.list(thread.id)] == ["cancelled"]
+    client.beta.threads.messages.list(thread.id)
+    assert spy.paths() == [run_path, f"/v1/threads/{thread.id}/runs", f"/v1/threads/{thread.id}/messages"]
+    assert _pairs(gw.settled_rows(8))[5:] == [(0, 0)] * 3  # charged already: no second charge, no fetch
+
+
+def test_a_cancel_naming_another_users_run_charges_no_one_and_the_owner_pays_on_her_own_cancel(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
+    thread, run = thread_with_tool_run(gw.openai())
+    assert gw.openai().beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "requires_action"
+    _, bob_key = asyncio.run(create_key(gw.settings.database_url, "bob"))
+    bob = openai.OpenAI(base_url=gw.url + "/v1", api_key=bob_key, max_retries=0)
+    with pytest.raises(openai.NotFoundError):  # alice's thread: never reaches the provider
+        bob.beta.threads.runs.cancel(run.id, thread_id=thread.id)
+    bobs = bob.beta.threads.create()
+    with pytest.raises(openai.NotFoundError):  # his own thread: the provider finds no such run in it
+        bob.beta.threads.runs.cancel(run.id, thread_id=bobs.id)
+    assert gw.openai().beta.threads.runs.cancel(run.id, thread_id=thread.id).status == "cancelling"
+    assert _pairs(gw.settled_rows(5))[-1] == ACTION_ROW
+    assert all(r["input_tokens"] == r["output_tokens"] == 0 for r in ledger_rows(gw.settings.database_url, "bob"))
 
 
 def test_a_run_whose_thread_is_another_users_is_never_fetched_nor_charged(

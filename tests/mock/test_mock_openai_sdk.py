@@ -10,6 +10,7 @@ from typing import Any
 import openai
 import pytest
 
+from sentinel.mock.openai_runs import ACTION_USAGE, TOOL_ARGUMENTS
 from tests.mock.conftest import KEY
 
 LOOKUP = {
@@ -144,3 +145,26 @@ def test_an_image_generation_tool_draws_an_image_as_large_as_the_providers(oai: 
         assert base64.b64decode(image.result).startswith(b"\x89PNG\r\n\x1a\n")
         assert output[1].type == "message"
     assert events[-1].type == "response.completed"
+
+
+def test_an_assistants_run_with_a_function_tool_stops_in_requires_action_and_cancels_with_usage(
+    oai: openai.OpenAI,
+) -> None:
+    """The flow pass-through metering of a cancelled run relies on: `requires_action` shows the tool
+    call and no usage; the cancel answers `cancelling`, the next read `cancelled` with its usage; a
+    run that ended cannot be cancelled (400, as the real API)."""
+    assistant = oai.beta.assistants.create(model="gpt-4o-mini")
+    thread = oai.beta.threads.create(messages=[{"role": "user", "content": "weather?"}])
+    run = oai.beta.threads.runs.create(thread.id, assistant_id=assistant.id, tools=[CLOCK])
+    shown = oai.beta.threads.runs.retrieve(run.id, thread_id=thread.id)
+    assert shown.status == "requires_action" and shown.usage is None and shown.required_action is not None
+    call = shown.required_action.submit_tool_outputs.tool_calls[0]
+    assert (call.function.name, call.function.arguments) == ("clock", TOOL_ARGUMENTS)
+    cancelling = oai.beta.threads.runs.cancel(run.id, thread_id=thread.id)
+    assert cancelling.status == "cancelling" and cancelling.usage is None
+    ended = oai.beta.threads.runs.retrieve(run.id, thread_id=thread.id)
+    assert ended.status == "cancelled" and ended.usage is not None
+    assert (ended.usage.prompt_tokens, ended.usage.completion_tokens) == (70, 12) == (
+        ACTION_USAGE["prompt_tokens"], ACTION_USAGE["completion_tokens"])
+    with pytest.raises(openai.BadRequestError, match="Cannot cancel run with status 'cancelled'"):
+        oai.beta.threads.runs.cancel(run.id, thread_id=thread.id)

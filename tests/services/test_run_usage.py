@@ -1,5 +1,6 @@
 """Reading the runs a thread's messages name from an answer too large to parse (`RunIdScanner`), and
-the model an object's charge is of (`RunCharges.charge`)."""
+the model an object's charge is of (`RunCharges.charge`), and a cancelled run read again until it
+ended (`until_ended`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sentinel.domain.catalogue import Prices
 from sentinel.domain.usage import Usage
 from sentinel.governance.ownership import Ownership
 from sentinel.quota.meter import ObjectCharge
-from sentinel.services.run_usage import MAX_NAMED_RUNS, RunCharges, RunIdScanner, named_runs
+from sentinel.services.run_usage import MAX_NAMED_RUNS, RunCharges, RunIdScanner, named_runs, until_ended
 from sentinel.store import MemoryStore
 
 
@@ -84,3 +85,42 @@ def test_a_charge_is_of_the_model_its_object_names(shown: Any, model: str | None
     charges = RunCharges(Ownership(MemoryStore()), lambda name: PRICES if name == "gpt-4o-mini" else None)
     assert charges.charge("obj_1", Usage(3, 4), "pending", shown) == ObjectCharge(
         "obj_1", Usage(3, 4), False, model, prices)
+
+
+def _reads(*answers: Any) -> tuple[list[str], Any]:
+    """A run fetch answering `answers` in turn (the last one again after them), and its reads."""
+    reads: list[str] = []
+
+    async def fetch(run_id: str) -> Any:
+        reads.append(run_id)
+        return answers[min(len(reads), len(answers)) - 1]
+
+    return reads, fetch
+
+
+async def test_a_cancelled_run_is_read_again_until_it_ended_waiting_between_reads() -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    ended = {"id": "run_1", "status": "cancelled", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+    reads, fetch = _reads({"id": "run_1", "status": "cancelling"}, {"id": "run_1", "status": "cancelling"}, ended)
+    assert await until_ended(fetch, (1.0, 2.0, 4.0, 8.0), sleep)("run_1") == ended
+    assert reads == ["run_1"] * 3 and slept == [1.0, 2.0]
+
+
+async def test_a_run_that_never_ends_is_read_a_bounded_number_of_times() -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    still = {"id": "run_1", "status": "cancelling"}
+    reads, fetch = _reads(still)
+    assert await until_ended(fetch, (1.0, 2.0), sleep)("run_1") == still
+    assert len(reads) == 3 and slept == [1.0, 2.0]
+    for failed in (None, {"error": "gone"}):  # a failed read, or no run: not tried again
+        reads, fetch = _reads(failed)
+        assert await until_ended(fetch, (1.0, 2.0), sleep)("run_1") == failed
+        assert len(reads) == 1

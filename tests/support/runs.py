@@ -33,6 +33,18 @@ def thread_with_runs(client: Any, *messages: dict[str, Any], runs: int = 1) -> t
     return thread, [client.beta.threads.runs.create(thread.id, assistant_id=assistant.id) for _ in range(runs)]
 
 
+# A function tool: a run given it stops in `requires_action`, showing the model's call of it.
+WEATHER = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+
+
+def thread_with_tool_run(client: Any) -> tuple[Any, Any]:
+    """A thread of one "hello" and a run of an assistant on gpt-4o-mini given the `weather` tool
+    (the mock stops it at its first read in `requires_action`: its call of the tool)."""
+    assistant = client.beta.assistants.create(model="gpt-4o-mini", name="helper")
+    thread = client.beta.threads.create(messages=[HELLO])
+    return thread, client.beta.threads.runs.create(thread.id, assistant_id=assistant.id, tools=[WEATHER])
+
+
 def thread_with_run(client: Any, *messages: dict[str, Any]) -> tuple[Any, Any]:
     """A thread of `messages` (one "hello" when none) and one run of an assistant on gpt-4o-mini."""
     thread, (run,) = thread_with_runs(client, *messages)

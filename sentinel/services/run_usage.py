@@ -31,8 +31,6 @@ log = logging.getLogger("sentinel.answers")
 # Statuses after which a run's usage no longer changes (the OpenAI API's terminal ones).
 EVAL_RUN_DONE = frozenset({"completed", "failed", "canceled"})
 THREAD_RUN_DONE = frozenset({"completed", "failed", "cancelled", "incomplete", "expired"})
-# An Assistants run's statuses before it is done: it shows no `usage` yet.
-THREAD_RUN_AT_WORK = frozenset({"queued", "in_progress", "requires_action", "cancelling"})
 # The waits (seconds) before each further read of a run a client cancelled while it is still at work
 # (`cancelling`: the provider writes its usage once it is `cancelled`, usually within a second): its
 # cancel's answer waits 3.75 s at most, five reads of the run at Sentinel's cost.
@@ -180,14 +178,15 @@ class RunCharges:
 
 
 def until_ended(fetch: FetchRun, waits: Sequence[float] = CANCEL_WAITS, sleep: Sleep = asyncio.sleep) -> FetchRun:
-    """`fetch`, reading a run again after each of `waits` while it is still at work (a cancelled
-    run `cancelling`): the run once it ended, else its last read — at most `len(waits) + 1` reads; a
-    read that fails (None) or shows no run is not tried again."""
+    """`fetch`, reading a run again after each of `waits` while it is still at work (a status not
+    in `THREAD_RUN_DONE`: a cancelled run `cancelling`): the run once it ended, else its last read —
+    at most `len(waits) + 1` reads; a read that fails (None) or shows no run is not tried again."""
 
     async def fetch_ended(run_id: str) -> Any:
         run = await fetch(run_id)
         for wait in waits:
-            if not (isinstance(run, dict) and run.get("status") in THREAD_RUN_AT_WORK):
+            status = run.get("status") if isinstance(run, dict) else None
+            if not isinstance(status, str) or status in THREAD_RUN_DONE:
                 break
             await sleep(wait)
             run = await fetch(run_id)

@@ -22,6 +22,7 @@ from sentinel.api.replies import render
 from sentinel.errors import InvalidRequest, MethodNotAllowed, NotFound
 from sentinel.governance.keys import KEY_PREFIX
 from sentinel.observability.logging import clipped
+from sentinel.quota.media_calls import MEDIA_PATHS, VECTOR_SEARCH
 from sentinel.services.models import ModelList
 from sentinel.services.objects import COLLECTIONS, GRADERS, OBJECT_WORDS, classify
 from sentinel.services.relay import OpenAIRelay
@@ -41,24 +42,31 @@ LEGACY_COMPLETE = "/v1/complete"  # Anthropic's legacy Text Completions API: nev
 TYPED_PATHS = {*METERED, "/v1/models", "/v1/messages", "/v1/messages/count_tokens"}
 # What Sentinel matches a `/v1` path against, by its first segments: the endpoints it serves (the typed
 # ones, and the stored responses and models below them), the collections whose objects it keeps owners
-# of, and the paths whose bodies it reads for the models they run (`GRADERS`). Spelled another way a
-# lenient server reads as the same (`/v1/Files/{id}`, `/v1/files;x/{id}`, `/v1/files./{id}`), a path
-# would miss these checks and be pass-through.
+# of, the paths whose bodies it reads for the models they run (`GRADERS`), and the media calls it
+# charges by their path (`MEDIA_PATHS`). Spelled another way a lenient server reads as the same
+# (`/v1/Files/{id}`, `/v1/files;x/{id}`, `/v1/files./{id}`, `/v1/Audio/Speech`), a path would miss
+# these checks and be pass-through.
 SPELLED: frozenset[tuple[str, ...]] = frozenset(
     {tuple(path[4:].split("/")) for path in TYPED_PATHS}
     | {tuple(collection.split("/")) for collection in COLLECTIONS}
     | set(GRADERS)
+    | MEDIA_PATHS
 )
+# The words below an object that Sentinel reads a call by: OBJECT_WORDS, and a vector store's
+# `search` (charged its rewritten query: `media_calls.media_call`).
+_WORDS = OBJECT_WORDS | {VECTOR_SEARCH}
 ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 # What a lenient server may read past in a path (ASCII by then): another case, a segment's `;`
 # parameters (Java servlet containers drop them), dots and spaces trailing a segment (Windows), a
 # `.suffix` ending the path (Spring MVC's suffix patterns, Rails' formats: `completions.json`).
 _LENIENT = re.compile(r"[A-Z; ]|\.(?:/|[^/]*$)")
-# The paths Sentinel meters (and Anthropic's), as the last segments of another path: a gateway in
-# front of a provider serves them below other prefixes too (LiteLLM's `/v1/v1/chat/completions`,
+# The paths Sentinel meters (and Anthropic's, and the media calls of two segments it charges by
+# their path: `MEDIA_PATHS`), as the last segments of another path: a gateway in front of a provider
+# serves them below other prefixes too (LiteLLM's `/v1/v1/chat/completions`, `/v1/v1/audio/speech`,
 # `/engines/{model}/chat/completions`, `/openai/deployments/{name}/chat/completions`, `/anthropic/v1/messages`).
 _METERED_TAILS = frozenset(
     {tuple(path[4:].split("/")) for path in METERED} | {("v1", "messages"), ("v1", "complete")}
+    | {path for path in MEDIA_PATHS if len(path) == 2}
 )
 # ... but for the organisation's usage reports (`/v1/organization/usage/completions`), which run nothing.
 _REPORTS = "/v1/organization/"
@@ -73,7 +81,7 @@ def _misspelled(path: str) -> str | None:
     """How `path` begins when spelled as Sentinel serves or checks it, if it is so only as a lenient
     server reads it (`/v1/FILES/{id}` and `/v1/files;x/{id}` are `files`, `/v1/files/{id}/Content`
     and `/v1/files/{id}/content.` are `files/{id}/content`): it begins as one of SPELLED, or has one
-    of OBJECT_WORDS below an object of a collection; None otherwise. Only paths no route matched and
+    of `_WORDS` below an object of a collection; None otherwise. Only paths no route matched and
     that hold what such a server reads past pay for the reading."""
     if _LENIENT.search(path) is None:
         return None
@@ -86,7 +94,7 @@ def _misspelled(path: str) -> str | None:
             return "/".join(head)
     if classify(segments).collection is not None:
         for at, word in enumerate(wanted):
-            if word in OBJECT_WORDS and segments[at] != word:
+            if word in _WORDS and segments[at] != word:
                 return "/".join([*segments[:at], word])
     return None
 
@@ -106,7 +114,7 @@ def _metered_below(path: str) -> str | None:
         end = tuple(tail[-size:])
         if len(end) == size and end in _METERED_TAILS:
             served = "/".join(end) if end[0] == "v1" else "v1/" + "/".join(end)
-            return None if path == "/" + served else served
+            return None if path.rstrip("/") == "/" + served else served  # (the endpoint's own slash: `passthrough`)
     return None
 
 
@@ -260,7 +268,7 @@ class OpenAIRoutes:
             # As a trailing slash: a gateway in front of the provider may serve the metered endpoint there.
             raise NotFound(
                 f"Endpoint {request.method} {clipped(path)} is not supported by this gateway (it ends as /{served}, "
-                f"which this gateway serves itself: use /{served})", code="endpoint_not_supported",
+                f"which this gateway serves or charges by that path: use /{served})", code="endpoint_not_supported",
             )
         pattern = self.passthrough_policy.match(path)
         if path in (LEGACY_COMPLETE, LEGACY_COMPLETE + "/"):

@@ -84,6 +84,10 @@ MAX_VIDEO_SECONDS = 60  # the longest video `seconds` may ask for (Sora's longes
 VIDEOS = ("videos",)
 VIDEO_CALLS = frozenset({VIDEOS, ("videos", "edits"), ("videos", "extensions")})  # and `videos/{id}/remix`
 VECTOR_SEARCH = "search"  # `vector_stores/{id}/search`
+# The paths (below `/v1`) whose calls are media calls: a path a lenient server reads as one of these
+# (`/v1/Audio/Speech`, `/v1/images;x/generations`) is never pass-through (`sentinel.api.openai.SPELLED`),
+# or it would be charged as another call: one request, no token.
+MEDIA_PATHS = frozenset({SPEECH, *IMAGES, *TRANSCRIPTS, *VIDEO_CALLS})
 
 SPEECH_AUDIO_TOKENS_PER_MINUTE = 1250  # gpt-4o-mini-tts: $0.015 a minute at $12 per million audio tokens
 SPEECH_CHARS_PER_MINUTE = 900  # 150 words a minute

@@ -401,6 +401,35 @@ def test_a_word_that_charges_a_run_in_another_case_is_never_pass_through(
     assert spy.seen == []
 
 
+def test_a_media_call_spelled_another_way_is_never_pass_through(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """Speech, images, transcripts, videos and a vector store search rewriting its query are held to
+    token limits by their paths (`media_calls.media_call`): `/v1/Audio/Speech`, `/v1/images;x/generations`,
+    `/v1/audio/transcriptions.json`, `/v1/videos/Edits`, `/v1/vector_stores/{id}/Search` and
+    `/v1/v1/audio/speech` went upstream as spelled under `/v1/*`, charged one request and no token,
+    to a provider (or a server in front of it) that may read them as the media call. 404, nothing sent."""
+    gw = start(gateway_factory, spy, passthrough="/v1/*")
+    gw.write_stored("sentinel:owner:vs_1", b"alice", 3600)
+    spy.clear()
+    speech = {"model": "tts-1", "voice": "alloy", "input": "hello " * 50}
+    with gw.client() as alice:
+        refused = [
+            alice.post("/v1/Audio/Speech", json=speech), alice.post("/v1/audio/speech.json", json=speech),
+            alice.post("/v1/audio;x/speech", json=speech), alice.post("/v1/v1/audio/speech", json=speech),
+            alice.post("/v1/images;x/generations", json={"model": "dall-e-3", "prompt": "a cat"}),
+            alice.post("/v1/Images/Edits", json={"model": "dall-e-2", "prompt": "a cat"}),
+            alice.post("/v1/audio/Transcriptions", json={"model": "whisper-1"}),
+            alice.post("/v1/audio/translations.json", json={"model": "whisper-1"}),
+            alice.post("/v1/videos/Edits", json={"prompt": "a cat", "video": {"id": "video_1"}}),
+            alice.post("/v1/videos/extensions.", json={"prompt": "a cat", "video": {"id": "video_1"}}),
+            alice.post("/v1/vector_stores/vs_1/Search", json={"query": "cats " * 50, "rewrite_query": True}),
+        ]
+    for r in refused:
+        assert (r.status_code, openai_error(r.json())["code"]) == (404, "endpoint_not_supported"), (r.request.url, r.text)
+    assert spy.seen == []
+
+
 def test_a_collections_own_calls_are_pass_through_and_their_ids_checked(
     gateway_factory: Callable[..., Gateway]
 ) -> None:

@@ -24,7 +24,9 @@ plan ran them at one request each. Each is now held to the plan's token limits, 
 - a transcription or translation as JSON (`json`, `verbose_json`, none) whose answer shows no usage
   (an OpenAI-compatible server's, or an older one's: its `usage` is optional) — reserved nothing
   either — is charged its `duration` (`verbose_json`'s) as that much audio, or else its `text`'s
-  tokens as output: it was charged nothing.
+  tokens as output: it was charged nothing. One answered with no JSON object at all (a server whose
+  default format is `text`, or that read the format otherwise) is charged its text as a `text`
+  transcript is: it was charged nothing either.
 - a video (`POST /v1/videos`, `/v1/videos/edits`, `/extensions`, `/v1/videos/{id}/remix`): Sora bills
   it by the second, by model and size: each second is reserved and charged as output the tokens that
   cost as much (VIDEO_TOKENS_PER_SECOND: OpenAI's per-second prices at $40 per million tokens, what
@@ -270,13 +272,12 @@ def media_charge(call: MediaCall, answer: Any, raw: bytes) -> tuple[int, int | N
     if call.kind == "images":
         data = answer.get("data") if isinstance(answer, dict) else None
         return 0, call.per_image * (len(data) if isinstance(data, list) else 0), ""
-    if call.kind == "transcript" and call.as_json:  # its `duration` (verbose_json's), else its text
-        shown = answer if isinstance(answer, dict) else {}
-        duration, said = shown.get("duration"), shown.get("text")
+    if call.kind == "transcript" and call.as_json and isinstance(answer, dict):  # its `duration`, else its text
+        duration, said = answer.get("duration"), answer.get("text")
         if isinstance(duration, int | float) and not isinstance(duration, bool) and 0 < duration < math.inf:
             return min(MAX_TOKENS, math.ceil(duration * AUDIO_TOKENS_PER_SECOND)), 0, ""
         return 0, None, said if isinstance(said, str) else ""
-    if call.kind == "transcript":
+    if call.kind == "transcript":  # asked for as text, or answered so (a format the provider read otherwise)
         text = raw.decode("utf-8", "replace")
         seconds = transcript_seconds(text) if call.cues else 0.0  # (plain text: the speaker's words)
         if seconds:

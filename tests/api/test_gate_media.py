@@ -180,6 +180,26 @@ def test_a_json_transcript_without_usage_is_charged(gateway_factory: Callable[..
         assert (row["input_tokens"], row["output_tokens"]) == ((tokens, 0) if verbose else (0, tokens))
 
 
+@pytest.mark.parametrize("asked", [None, "json"], ids=["no format", "json"])
+def test_a_json_transcript_answered_as_text_is_charged_its_text(
+    gateway_factory: Callable[..., Gateway], asked: str | None
+) -> None:
+    # A server whose default format is `text` (or that read `response_format` otherwise) answers a
+    # transcript Sentinel took for JSON with its plain text: it was charged nothing, at will.
+    text = "word " * 400
+    tokens = TokenCounter().count_text(text, "")
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, f"requests=100/1h,output_tokens={tokens}/1h")
+        upstream.typed(b"text/plain; charset=utf-8", text.encode())
+        with gw.client() as alice:
+            made = alice.post("/v1/audio/transcriptions", files={"file": ("a.mp3", MP3)},
+                              data={"model": "whisper-1", **({"response_format": asked} if asked else {})})
+        assert made.status_code == 200, made.text
+        row = _row(gw)
+        assert (row["input_tokens"], row["output_tokens"]) == (0, tokens)
+
+
 def test_an_upload_giving_a_field_its_charge_is_read_from_twice_is_refused(gateway_factory: Callable[..., Gateway]) -> None:
     # `json` then `text`: read as the first, a call whose answer shows its usage; answered as the
     # second, a transcript without usage, charged nothing.

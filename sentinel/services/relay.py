@@ -311,6 +311,13 @@ class OpenAIRelay:
                 source = await self.ownership.video_of(source_id) if source_id is not None else None
                 media = await count_off_loop(
                     functools.partial(media_call, self.counter, segments, fields, source), len(body))
+                if media is not None and query is not None:
+                    # Charged by what its body names (its model, size, seconds): a query sent on would be
+                    # read upstream unchecked, as on the metered endpoints (a LiteLLM proxy's `?model=`).
+                    raise InvalidRequest(
+                        "This call takes no query parameters (they go in the body): its charge is read from the "
+                        "body, and the provider would read what Sentinel does not check", code="unsupported_query",
+                    )
         elif creates_batch:
             await self.ownership.require_batch_input("", identity.external_id)  # a batch names its input
         with ex.spans.span("sentinel.quota.admit"):

@@ -200,6 +200,28 @@ def test_a_json_transcript_answered_as_text_is_charged_its_text(
         assert (row["input_tokens"], row["output_tokens"]) == (0, tokens)
 
 
+def test_a_media_call_with_a_query_is_refused_before_anything(gateway_factory: Callable[..., Gateway]) -> None:
+    # Charged by its body's model, size and seconds: `?model=sora-2-pro` (which a LiteLLM proxy in front
+    # of the provider reads over the body's, as on the metered endpoints) went upstream unchecked, and
+    # the video was charged as the body's `sora-2`.
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", passthrough="/v1/audio/*,/v1/images/*,/v1/videos")
+        with gw.client() as alice:
+            refused = [
+                alice.post("/v1/videos?model=sora-2-pro", json={"model": "sora-2", "prompt": "a cat"}),
+                alice.post("/v1/audio/speech?model=gpt-4o-mini-tts", json={"model": "tts-1", "voice": "alloy",
+                                                                             "input": "hi"}),
+                alice.post("/v1/images/generations?quality=high", json={"model": "dall-e-3", "prompt": "a cat"}),
+                alice.post("/v1/audio/transcriptions?response_format=text", files={"file": ("a.mp3", MP3)},
+                           data={"model": "whisper-1"}),
+            ]
+        for r in refused:
+            assert (r.status_code, openai_error(r.json())["code"]) == (400, "unsupported_query"), r.text
+        assert upstream.received == []
+        assert ledger_rows(gw.settings.database_url, "alice") == []
+
+
 def test_an_upload_giving_a_field_its_charge_is_read_from_twice_is_refused(gateway_factory: Callable[..., Gateway]) -> None:
     # `json` then `text`: read as the first, a call whose answer shows its usage; answered as the
     # second, a transcript without usage, charged nothing.

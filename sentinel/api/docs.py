@@ -51,6 +51,9 @@ HTML_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
+    # A page of another origin that opened one (`window.open`) keeps no handle on its window: it could
+    # watch it and, once the operator signed in there, send it to a look-alike sign-in page.
+    (b"cross-origin-opener-policy", b"same-origin"),
 ]
 QUERY_KEY_NAMES = frozenset({"key", "docs_key", "api_key", "x-docs-key"})
 QUERY_KEY_MESSAGE = "The docs key is not accepted in the URL: sign in, or send it in the X-Docs-Key header"

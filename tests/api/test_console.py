@@ -76,6 +76,7 @@ def test_pages_are_strict_html_and_signed_out_visitors_are_sent_to_sign_in(conso
         assert page.status_code == 200, path
         assert "script-src 'self'" in page.headers["content-security-policy"]
         assert page.headers["cache-control"] == "no-store" and page.headers["x-frame-options"] == "DENY"
+        assert page.headers["cross-origin-opener-policy"] == "same-origin"
         assert "<script>" not in page.text and " style=" not in page.text  # nothing inline
     css = console.get("/admin/assets/console.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")

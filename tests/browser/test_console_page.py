@@ -221,3 +221,27 @@ async def test_the_key_form_is_sent_once_from_its_page(console_gateway: Gateway,
         released.set()
     assert (await page.input_value("#new-key")).startswith("sk-sentinel-")
     assert await page.locator("table.keys tbody tr").count() == 1
+
+
+async def test_a_page_of_another_origin_keeps_no_handle_on_the_console_it_opens(
+    console_gateway: Gateway, page: Page
+) -> None:
+    """A page elsewhere that opened the console (`window.open`) kept a handle on its window: it could
+    watch it (`w.length`, when it navigates) and, once the operator had signed in there, send that
+    window to a look-alike sign-in page of its own. `Cross-Origin-Opener-Policy: same-origin` puts
+    the console in a browsing context group of its own: the opener's handle reads as closed and the
+    console sees no opener. `localhost` and `127.0.0.1` are two origins (and sites) of one server."""
+    gw = console_gateway
+    elsewhere = gw.url.replace("127.0.0.1", "localhost")
+    assert elsewhere != gw.url
+    await sign_in(page, gw.url)
+    await page.goto(elsewhere + "/health")
+    for path in ("/admin/signin", "/admin/users"):
+        async with page.expect_popup() as opened:
+            await page.evaluate("(url) => { window.console_window = window.open(url); }", gw.url + path)
+        popup = await opened.value
+        await popup.wait_for_load_state()
+        assert popup.url.startswith(gw.url + "/admin/"), popup.url
+        assert await popup.evaluate("window.opener === null"), path
+        assert await page.evaluate("window.console_window.closed"), path
+        await popup.close()

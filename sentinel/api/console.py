@@ -32,7 +32,7 @@ from sentinel.api.bodies import (
     refuse_unreadable_query,
     sign_in_deadline,
 )
-from sentinel.api.console_html import layout, message_page, signin_page
+from sentinel.api.console_html import layout, message_page, shown_id, signin_page, spelled_id
 from sentinel.api.console_once import KeyFormNonces
 from sentinel.api.docs import HTML_HEADERS
 from sentinel.api.docs_assets import DocsAssets
@@ -104,8 +104,10 @@ class ConsoleRoutes:
         ]
 
     # --- sessions and forms -------------------------------------------------------------------------
-    def _page(self, title: str, body: str, session: str, active: str, status: int = 200) -> RawResponse:
-        html = layout(title, body, csrf=self.gate.csrf_for(session), active=active, css=self.css, js=self.js)
+    def _page(self, title: str, body: str, session: str, active: str, status: int = 200,
+              heading: str | None = None) -> RawResponse:
+        html = layout(title, body, csrf=self.gate.csrf_for(session), active=active, css=self.css, js=self.js,
+                      heading=heading)
         return _html(status, html)
 
     async def _form(self, request: Request, seconds: float | None = None) -> Form:
@@ -216,7 +218,10 @@ class ConsoleRoutes:
         plans = [plan for plan, _ in await self.service.plans()] if self.service.builtin else None
         body = pages.user_page(external_id, detail, plans, self.gate.csrf_for(session), self.nonces.new(),
                                now=self.service.clock(), **extra)
-        return self._page(f"User {external_id}", body, session, "/admin/users", status)
+        # named as every page names a user id: one that may read as another's is spelled out (`spelled_id`),
+        # in the tab too (a `<title>` holds no markup): `User \u202eecila` was drawn `User alice` in both
+        return self._page(f"User {spelled_id(external_id)}", body, session, "/admin/users", status,
+                          heading=f"User {shown_id(external_id)}")
 
     async def user(self, request: Request) -> RawResponse:
         async def render(session: str) -> RawResponse:

@@ -57,20 +57,27 @@ def shown_id(text: str) -> str:
     return f"<bdi>{e(text)}</bdi>{id_badge(text)}"
 
 
-def id_badge(text: str) -> str:
-    """For a user id that may read as another (`look_alike`), a badge spelling it out — each hidden
-    space, each character not drawn alone, and each mark of an id not in NFC, as `\\uXXXX` — with the
-    reason as its title; else ""."""
-    why = look_alike(text)
-    if why is None:
-        return ""
+def spelled_id(text: str) -> str:
+    """A user id as plain text that reads as no other: each hidden space, each character not drawn
+    alone, and each mark of an id not in NFC, as `\\uXXXX` (an id that may read as no other: as it is).
+    For text that holds no markup (a page's `<title>`) and for `id_badge`."""
+    if look_alike(text) is None:  # a joiner inside an emoji or a Persian name is drawn as meant: kept
+        return text
     composed = unicodedata.is_normalized("NFC", text)
-    spelled = "".join(
+    return "".join(
         f"\\u{ord(char):04x}" if _hidden_space(text, at) or has_control(char)
         or (not composed and unicodedata.category(char)[0] == "M") else char
         for at, char in enumerate(text)
     )
-    return f' <span class="badge warn look-alike" title="{e(why)}">{e(spelled)}</span>'
+
+
+def id_badge(text: str) -> str:
+    """For a user id that may read as another (`look_alike`), a badge spelling it out (`spelled_id`)
+    with the reason as its title; else ""."""
+    why = look_alike(text)
+    if why is None:
+        return ""
+    return f' <span class="badge warn look-alike" title="{e(why)}">{e(spelled_id(text))}</span>'
 
 
 def num(value: float | int | None) -> str:
@@ -134,8 +141,10 @@ def table(headers: Iterable[str], rows: Iterable[Iterable[str]], *, empty: str =
     return f'<div class="scroll"><table class="{e(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
-def layout(title: str, body: str, *, csrf: str | None, active: str, css: str, js: str, flash: str = "") -> str:
-    """A signed-in page: header with navigation and sign-out, then `body`."""
+def layout(title: str, body: str, *, csrf: str | None, active: str, css: str, js: str, flash: str = "",
+           heading: str | None = None) -> str:
+    """A signed-in page: header with navigation and sign-out, then `body` under its heading: `heading`
+    (already-escaped HTML), else `title`."""
     links = "".join(
         f'<a href="{href}"{" aria-current=page" if href == active else ""}>{label}</a>' for href, label in NAV
     )
@@ -148,7 +157,7 @@ def layout(title: str, body: str, *, csrf: str | None, active: str, css: str, js
 <script src="/admin/assets/console.js" integrity="{js}" defer></script></head>
 <body><header class="top"><a class="brand" href="/admin">Sentinel</a><nav>{links}</nav>
 <form method="post" action="/admin/signout" class="signout">{csrf_field(csrf)}<button type="submit">Sign out</button></form>
-</header><main><h1>{e(title)}</h1>{notice}{body}</main></body></html>
+</header><main><h1>{heading or e(title)}</h1>{notice}{body}</main></body></html>
 """
 
 

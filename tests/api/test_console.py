@@ -153,7 +153,7 @@ def test_a_revocation_the_store_did_not_hear_about_says_so_and_offers_to_send_it
         monkeypatch.undo()
         assert page.status_code == 503, page.text
         assert "Revocation not complete" in page.text and "revoked in the database" in page.text
-        assert "JWT_CACHE_TTL_SECONDS" in page.text and "<h1>User alice</h1>" in page.text
+        assert "JWT_CACHE_TTL_SECONDS" in page.text and "<h1>User <bdi>alice</bdi></h1>" in page.text
         again = re.search(rf'<form method="post" action="(/admin/keys/{gw.key_id}/revoke)"', page.text)
         assert again is not None and "Revoke again" in page.text
         assert user.post("/v1/chat/completions", json=chat).status_code == 200  # the cached identity, as warned

@@ -196,6 +196,9 @@ async def test_user_ids_that_look_alike_read_apart(hostile_gateway: Gateway, pag
         await visit(page, f"{hostile_gateway.url}/admin/users/{path}")
         assert await page.locator("main .look-alike-id").count() == 1, path
         assert spelled in await page.inner_text("main .look-alike-id .look-alike"), path
+        # the heading and the tab name it too: they drew `User alice` above the notice and in the tab bar
+        assert spelled in await page.inner_text("main h1 .look-alike"), path
+        assert await page.title() == f"User {spelled} · Sentinel console", path
         drawn = await page.evaluate("""() => {  // the id is isolated: an override in it leaves the badge after it
           const [id, badge] = ["main .look-alike-id bdi", "main .look-alike-id .look-alike"].map(
             (selector) => document.querySelector(selector).getBoundingClientRect());
@@ -204,6 +207,7 @@ async def test_user_ids_that_look_alike_read_apart(hostile_gateway: Gateway, pag
         assert drawn, path
     await visit(page, hostile_gateway.url + "/admin/users/alice")
     assert await page.locator("main .look-alike-id").count() == 0
+    assert await page.locator("main h1 .look-alike").count() == 0 and await page.title() == "User alice · Sentinel console"
 
 
 async def test_a_key_is_created_for_a_user_whose_email_the_browser_would_refuse(

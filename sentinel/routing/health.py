@@ -48,12 +48,14 @@ provider that is really failing fails every user's requests, so it is backed off
 
 A pair whose provider answered 404 that it no longer serves the model (`ModelRetired`) is marked
 retired (`mark_retired`) under `sentinel:health-retired:{providers}:<provider>:<model>` for
-RETIRED_SECONDS (1 h): the native API's tier selection leaves it out as it leaves out a pair in
-backoff (`TierRouter._select`, read in the same MGET as the health entries: `standing`), so that a
-first turn no longer draws it at its normal odds, paying the 404's round trip and a warning each
-time. It is no provider failure (no backoff, no half-open trial): once the mark expires the pair is
-drawn again, and marked again if it still answers so. A tier whose every candidate is marked is
-served as before (the request goes to them, and their 404 is answered as it was).
+RETIRED_SECONDS (1 h): every routing that picks among pairs leaves it out (`usable`, the one home of
+that rule), read in the same MGET as the health entries (`standing`) — the native API's tier
+selection (`TierRouter._select`), a conversation already on it (`TierRouter._sticky`: it moves at
+once), the `/v1` surfaces' alias targets (`ModelRoutes.order`) — so that no request keeps paying the
+404's round trip and a warning. It is no provider failure (no backoff, no half-open trial): once the
+mark expires the pair is drawn again, and marked again if it still answers so. A tier or alias
+whose every candidate is marked is served as before (the request goes to them, and their 404 is
+answered as it was).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -83,6 +85,18 @@ MAX_BACKOFF = 300.0
 TRIAL_SECONDS = 30.0  # how long a trial claim keeps other trials away when its request never reports
 RETIRED_SECONDS = 3600.0  # how long a model its provider answered as retired is left out (module docstring)
 WITNESS_SECONDS = 60.0  # how long one user's client-causable failure waits for another user's (module docstring)
+
+T = TypeVar("T")
+
+
+def usable(
+    items: Sequence[T], pair: Callable[[T], tuple[str, str]], retired: set[tuple[str, str]], *, or_all: bool = True
+) -> list[T]:
+    """`items` but those whose provider+model `pair` is marked retired (`standing`); when every one
+    is: all of them (`or_all`: served as before, their 404 answered as it was), else none."""
+    kept = [item for item in items if pair(item) not in retired]
+    return kept if kept or not or_all else list(items)
+
 
 _MGET_LUA = "return redis.call('MGET', unpack(KEYS))"
 

@@ -55,11 +55,15 @@ from sentinel.errors import InvalidRequest, ServiceUnavailable, StoreUnavailable
 from sentinel.native import ChatRequest
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
-from sentinel.routing.health import ProviderHealth
+from sentinel.routing.health import ProviderHealth, usable
 from sentinel.routing.selection import WeightedSelector
 from sentinel.routing.sessions import AUTO_PREFIX, Session, SessionStore, auto_conversation_id
 
 log = logging.getLogger("sentinel.router")
+
+
+def _pair(entry: TierModelEntry) -> tuple[str, str]:
+    return (entry.provider, entry.model)
 
 
 @dataclass
@@ -146,15 +150,17 @@ class TierRouter:
 
     async def _select(
         self, tier: str, trials: list[tuple[str, str, str]], *, prefer: str | None = None,
-        exclude: Sequence[tuple[str, str]] = (),
+        exclude: Sequence[tuple[str, str]] = (), unmarked: bool = False,
     ) -> tuple[TierModelEntry, bool]:
+        """A candidate of `tier` but those `exclude`d, and whether it has failures on record. `unmarked`:
+        only one not marked retired (ServiceUnavailable when there is none)."""
         entries = [e for e in await self._candidates(tier) if (e.provider, e.model) not in exclude]
-        if not entries:
-            raise ServiceUnavailable(f"No other model is available for tier '{tier}'", code="no_alternative")
         states, retired = await self.health.standing([(e.provider, e.model) for e in entries])
         # A model its provider answered as retired is left out while marked (`ProviderHealth.mark_retired`),
         # unless every candidate is: then they are drawn as before (their 404 answered as it was).
-        entries = [e for e in entries if (e.provider, e.model) not in retired] or entries
+        entries = usable(entries, _pair, retired, or_all=not unmarked)
+        if not entries:
+            raise ServiceUnavailable(f"No other model is available for tier '{tier}'", code="no_alternative")
         now = self.clock()
         healthy: list[TierModelEntry] = []
         recovering: list[TierModelEntry] = []
@@ -261,13 +267,28 @@ class TierRouter:
     async def _sticky(self, session: Session) -> RouteChoice:
         named = await self._named(session.tier, session.provider, session.model)
         entry = named or TierModelEntry(provider=session.provider, model=session.model, relative_cost=1)
-        state = (await self.health.states([(session.provider, session.model)]))[(session.provider, session.model)]
+        pair = (session.provider, session.model)
+        # Its health and its retired mark in one MGET: the round trip a turn made for its health alone.
+        states, retired = await self.health.standing([pair])
+        state = states[pair]
         now = self.clock()
         in_backoff = state is not None and state.in_backoff(now)
+        trials: list[tuple[str, str, str]] = []
+        if pair in retired and session.provider in self.providers and named is not None:
+            # Its provider answered that it no longer serves it (`retired`): moved at once, as a model
+            # gone for good, to a model of its tier not marked too — rather than paying the 404's round
+            # trip first. With none (every other marked, or unavailable), it goes as before: a 404
+            # answered so moves it then if it can (`retired`), else is the client's 502.
+            try:
+                new, unhealthy = await self._select(session.tier, trials, exclude=[pair], unmarked=True)
+            except ServiceUnavailable:
+                pass
+            else:
+                return RouteChoice(session.tier, new, session.conversation_id, session, "update", "migrated",
+                                   was_unhealthy=unhealthy, trials=trials, moving=True)
         # Gone for good: its provider is not configured here, or the operator took the model out of
         # every tier. It moves under `keep` too, written before the call (`claim`, `_move`).
         gone = session.provider not in self.providers or named is None
-        trials: list[tuple[str, str, str]] = []
         if gone or (in_backoff and self.failover is SessionFailover.migrate):
             new, unhealthy = await self._select(session.tier, trials, exclude=[(session.provider, session.model)])
             return RouteChoice(session.tier, new, session.conversation_id, session, "update", "migrated",

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from sentinel.mock.app import MockState, create_mock_app
+from sentinel.routing.health import ProviderHealth
 from tests.api.conftest import Gateway
 from tests.routing.helpers import AN_HAIKU, OA_MINI, URL, chat, entry, served, start, stored
 from tests.support.metrics import metric
@@ -238,3 +239,51 @@ def test_first_turns_stop_drawing_a_model_the_provider_answered_as_retired(
             assert served(chat(http, f"then {i}", conv=f"c{i}"))[1:] == AN_HAIKU
         assert asked(OA_MINI[1]) == 1
     assert metric(gw.url, "sentinel_provider_health", provider=OA_MINI[0], model=OA_MINI[1]) != 0  # no backoff
+
+
+def asked(mock: MockState, model: str) -> int:
+    """How many generations the mock upstream was asked of `model`."""
+    return [c["body"]["model"] for c in mock.log.all() if c["path"].endswith(("completions", "messages"))
+            ].count(model)
+
+
+def test_a_conversation_already_on_a_model_marked_retired_moves_without_asking_it(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    """Two conversations on one model the provider then retires: the first one's next turn meets the
+    404 (and marks the model retired); the second one's next turn moves at once — not sent to the dead
+    model first — and is counted as a migration as the first one's move is."""
+    url, mock = upstream
+    gw = gateway(gateway_factory, tmp_path, backend_url, url, admin_key=ADMIN_KEY)
+    with gw.client() as http:
+        first = served(chat(http, "hello", conv="one"))[1:]
+        for i in range(60):  # a second conversation drawn to the same model (even odds)
+            if served(chat(http, "hello", conv=f"two-{i}"))[1:] == first:
+                break
+        two = f"two-{i}"
+        assert on(gw, two) == first
+        mock.retired.add(first[1])
+        moved = other(first)
+        assert served(chat(http, "still there?", conv="one"))[1:] == moved
+        before = asked(mock, first[1])
+        assert served(chat(http, "and you?", conv=two))[1:] == moved
+        assert asked(mock, first[1]) == before  # no 404 round trip: it was not asked again
+        assert on(gw, two) == moved and stored(gw, two)["migrations"] == 1  # type: ignore[index]
+    assert metric(gw.url, "sentinel_sessions_total", event="migrated") == 2
+
+
+def test_a_conversation_on_a_model_marked_retired_stays_when_every_other_is_marked_too(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    """The mark moves a conversation only to a model not marked: a tier whose every model is marked
+    is served as before (the marks may be stale: its model still answers, and keeps it)."""
+    url, _ = upstream
+    gw = gateway(gateway_factory, tmp_path, backend_url, url)
+    with gw.client() as http:
+        first = served(chat(http, "hello", conv="kept"))[1:]
+        for pair in (OA_MINI, AN_HAIKU):
+            gw.write_stored(ProviderHealth.retired_key(*pair), b"1", 3600)
+        assert served(chat(http, "next", conv="kept"))[1:] == first
+        assert stored(gw, "kept")["migrations"] == 0  # type: ignore[index]
+    assert not metric(gw.url, "sentinel_sessions_total", event="migrated")
+

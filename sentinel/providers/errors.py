@@ -88,13 +88,14 @@ class ModelRetired(UpstreamStatusError):
     withdrawn for good, Sentinel's configuration out of date. Nothing was served, and it is neither
     the caller's doing (the native API names no model: the tier table does) nor the provider's health
     (a 5xx, a timeout or a 429 is that): the native API moves the conversation off the model
-    (`sentinel.routing.failover`), and the caller is never charged for it."""
+    (`sentinel.routing.failover`), a `/v1` alias goes on to its next target
+    (`sentinel.routing.model_routes`), and the caller is never charged for it."""
 
     code = "provider_model_retired"
 
     def __init__(self, provider: str, model: str) -> None:
         super().__init__(
-            f"Provider {provider} no longer serves the model {model}; the tier has no other model to move to",
+            f"Provider {provider} no longer serves the model {model}; there is no other model to send the request to",
             upstream_status=404, provider=provider,
         )
         self.model = model

@@ -216,6 +216,9 @@ class UpstreamResponse:
     sent_at: float | None = field(default=None, repr=False)  # `clock`'s reading when the request began to be sent
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
     limit: BodyLimit = field(default=BODY_LIMIT, repr=False)  # how long its body may be read (`iter_chunks`)
+    # The model a generation was sent to (an alias target's upstream model), set by the `/v1` surfaces:
+    # a 404 saying the provider no longer serves it is told apart (`sentinel.services.answers.refuse`).
+    model: str | None = None
     _deadline: asyncio.TimerHandle | None = field(default=None, repr=False, compare=False)
     # When the body's time is up, on `limit.clock` and on the event loop's clock (set by its first read).
     _ends: tuple[float, float] | None = field(default=None, repr=False, compare=False)

@@ -13,7 +13,10 @@ refused connection, provider 429, a refusal of the provider key itself; not a re
 sent: the provider may have served it; nor to another provider's target for a request that stores an
 object upstream or names one: `one_provider`) — the same rule as the native API's failover; a stream that
 ends with the provider's `overloaded_error` event after it began counts too (`failed_mid_stream`), never retried; a 429 refusing the
-request as larger than the provider's per-minute limit moves on too, counting against no health. A single target
+request as larger than the provider's per-minute limit moves on too, counting against no health. So does a 404
+saying the provider no longer serves the target's model (`ModelRetired`, the native rule): no failure, not
+charged, and the pair is marked retired (`ProviderHealth.mark_retired`), which later requests skip as they
+skip a target in backoff (`usable`) — unless every target is marked: then they go in the alias's order. A single target
 costs no health lookup: only a failure is written, and a later success clears it when this process
 saw it.
 """
@@ -27,6 +30,7 @@ from typing import TypeVar
 
 from sentinel.domain.catalogue import ModelTarget
 from sentinel.errors import SentinelError
+from sentinel.providers.errors import ModelRetired
 from sentinel.routing.failover import (
     asked_wait,
     is_provider_failure,
@@ -35,7 +39,7 @@ from sentinel.routing.failover import (
     too_large_here,
     witness,
 )
-from sentinel.routing.health import ProviderHealth
+from sentinel.routing.health import ProviderHealth, usable
 
 T = TypeVar("T")
 _MAX_REMEMBERED = 10_000
@@ -56,7 +60,9 @@ class ModelRoutes:
         half-open trial claimed for the first target is added to `trials` (provider, model, token)."""
         if len(targets) < 2:
             return list(targets), set()
-        states = await self.health.states([_pair(t) for t in targets])
+        states, retired = await self.health.standing([_pair(t) for t in targets])
+        # One its provider answered as retired is left out while marked, unless every one is (`usable`).
+        targets = usable(targets, _pair, retired)
         now = self.health.clock()
         first: list[ModelTarget] = []  # in the alias's order
         waiting: list[ModelTarget] = []  # recovering, another request's trial under way
@@ -101,7 +107,9 @@ class ModelRoutes:
                 try:
                     result = await send(target)
                 except SentinelError as exc:
-                    if is_provider_failure(exc):
+                    if isinstance(exc, ModelRetired):  # gone for good: no failure, remembered (`order`)
+                        await self.health.mark_retired(*_pair(target))
+                    elif is_provider_failure(exc):
                         await self._report_failure(target, asked_wait(exc), witness(exc, caller))
                     elif not too_large_here(exc):  # (too large for this one's limit: not its failure)
                         raise

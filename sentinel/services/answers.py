@@ -526,12 +526,16 @@ async def refuse(
     `upstream_error(...)` for the answer; `relay_client_errors` as there (True on the `/v1` surfaces,
     False on the native API). Every surface's error answers go through here: the OpenAI relay
     (`AnswerRelay`), the Messages API (`MessagesService`), translated chat (`TranslatedChat`) and
-    the native API (`NativeChat`). `model`: the model the request was sent to, when a 404 saying the
-    provider no longer serves it (`retired`) is to be told apart (the native API, whose caller names
-    no model): `ModelRetired` is raised, nothing settled (nothing was served, and the tier table's
-    model is no caller's doing: the caller gives the reservation back, or a retry's answer settles it)."""
+    the native API (`NativeChat`). `model` (else `upstream.model`): the model a generation was sent
+    to, when a 404 saying the provider no longer serves it (`retired`) is to be told apart — the
+    native API's tier model, a `/v1` alias target's upstream model: `ModelRetired` is raised, nothing
+    settled (nothing was served, and the operator's table naming it is no caller's doing: the caller
+    gives the reservation back, or the answer of the model or target it moves to settles it)."""
     raw = await upstream.read_error()
-    if model is not None and retired(upstream.status, raw, model):
+    model = model if model is not None else upstream.model
+    # A client's beta switch (relayed on `/v1`) may be what the provider refused the model under: its
+    # 404 says nothing of the model for everyone, so it is relayed as the refusal it is.
+    if model is not None and not upstream.client_switched and retired(upstream.status, raw, model):
         raise ModelRetired(upstream.provider, model)
     error = upstream_error(
         upstream.provider, upstream.status, raw, upstream.headers, relay_client_errors=relay_client_errors,

@@ -263,6 +263,7 @@ class MessagesService:
         *, heavy: bool, end_user: str,
     ) -> Reply | StreamReply:
         upstream = await self._forward(ex, target, ["messages"], payload, headers, heavy=heavy, end_user=end_user)
+        upstream.model = target.upstream_model  # a 404 saying it is retired moves the alias on (`refuse`)
         if payload.get("stream") is True and 200 <= upstream.status < 300 and upstream.streams:
             return self._relay_sse(ex, target, upstream, admission, functools.partial(self._within, target, payload))
         raw = await self._read(upstream, admission)

@@ -251,6 +251,7 @@ class OpenAIRelay:
             ex, to, "POST", request.segments, body, request.headers, request.query,
             admission, stream=request.stream,
         )
+        upstream.model = target.upstream_model  # a 404 saying it is retired moves the alias on (`refuse`)
         if request.stream and request.strip_usage and 200 <= upstream.status < 300 and upstream.encoded:
             # Compressed despite `identity`: relayed as it came (never inflated), its usage chunk —
             # asked for on the client's behalf — could not be taken out, and the client would get a

@@ -117,7 +117,7 @@ class TranslatedChat:
         meter = self.meter
 
         async def refused(upstream: UpstreamResponse) -> NoReturn:
-            await refuse(meter, upstream, admission)
+            await refuse(meter, upstream, admission, model=target.upstream_model)  # (retired: the alias moves on)
 
         attributes = {PROVIDER: target.provider, SYSTEM: target.provider, REQUEST_MODEL: target.name}
         try:

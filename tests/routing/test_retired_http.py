@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
+import yaml
 
 from sentinel.mock.app import MockState, create_mock_app
 from sentinel.routing.health import ProviderHealth
@@ -287,3 +289,118 @@ def test_a_conversation_on_a_model_marked_retired_stays_when_every_other_is_mark
         assert stored(gw, "kept")["migrations"] == 0  # type: ignore[index]
     assert not metric(gw.url, "sentinel_sessions_total", event="migrated")
 
+
+# --- the `/v1` surfaces: an alias's targets --------------------------------------------------------------
+
+MINI, FOUR_O, HAIKU = OA_MINI[1], "gpt-4o", AN_HAIKU[1]
+
+
+def alias_gateway(
+    factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: str,
+) -> Gateway:
+    """A catalogue with two aliases whose first target is gpt-4o-mini: `sturdy` (then gpt-4o, relayed
+    as it is) and `mixed` (then Claude: on `/v1/messages` gpt-4o-mini is the translated one)."""
+    doc = {"models": [{"name": MINI, "provider": "openai"}, {"name": FOUR_O, "provider": "openai"},
+                      {"name": HAIKU, "provider": "anthropic"}],
+           "aliases": {"sturdy": [MINI, FOUR_O], "mixed": [MINI, HAIKU]}}
+    path = tmp_path / "aliases.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return factory(providers_file=path, redis_url=backend_url, default_plan="requests=100000/60s",
+                   openai_api_url=upstream + "/v1", anthropic_api_url=upstream, admin_key=ADMIN_KEY,
+                   redis_timeout_seconds=2.0)
+
+
+def test_an_alias_target_the_provider_retired_passes_the_request_on_uncharged_and_is_skipped_after(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    """`/v1` alias routing: a target answering 404 that its provider no longer serves it is no provider
+    failure (no backoff) and no client refusal (it was relayed, charged a request, and the alias's
+    next target never tried): the request goes on to the next target, charged once, and the target
+    is marked retired, so later requests skip it as they skip one in backoff — on both surfaces."""
+    url, mock = upstream
+    gw = alias_gateway(gateway_factory, tmp_path, backend_url, url)
+    mock.retired.add(MINI)
+    client = gw.openai()
+    raw = client.chat.completions.with_raw_response.create(model="sturdy", messages=[{"role": "user", "content": "hi"}])
+    assert raw.parse().choices[0].message.content == "Echo: hi"
+    assert raw.headers["x-sentinel-model"] == FOUR_O
+    assert gw.quota_used()["requests"] == 1
+    assert gw.read_stored(ProviderHealth.retired_key("openai", MINI)) is not None
+    assert gw.read_stored(ProviderHealth.key("openai", MINI)) is None  # not a provider failure
+    assert asked(mock, MINI) == 1
+    for i in range(3):
+        again = client.chat.completions.with_raw_response.create(
+            model="sturdy", messages=[{"role": "user", "content": f"again {i}"}])
+        assert again.headers["x-sentinel-model"] == FOUR_O
+        message = gw.anthropic().messages.with_raw_response.create(
+            model="mixed", max_tokens=10, messages=[{"role": "user", "content": f"hi {i}"}])
+        assert message.headers["x-sentinel-model"] == HAIKU
+    assert asked(mock, MINI) == 1  # skipped while marked: never asked again
+
+
+def test_a_translated_alias_target_the_provider_retired_passes_the_request_on(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    """On `/v1/messages` the alias's first target is an OpenAI model (translated): its retired 404 also
+    sends the request on to Claude, streamed or not, charged once each."""
+    url, mock = upstream
+    gw = alias_gateway(gateway_factory, tmp_path, backend_url, url)
+    mock.retired.add(MINI)
+    for stream in (True, False):
+        mock.log.clear()
+        gw.drop_stored(ProviderHealth.retired_key("openai", MINI))  # its mark ran out
+        raw = gw.anthropic().messages.with_raw_response.create(
+            model="mixed", max_tokens=10, messages=[{"role": "user", "content": "hi"}], stream=stream)
+        assert raw.headers["x-sentinel-model"] == HAIKU
+        if stream:
+            assert [event.type for event in raw.parse()][-1] == "message_stop"
+        assert asked(mock, MINI) == 1
+    assert gw.quota_used()["requests"] == 2
+
+
+def test_an_alias_whose_every_target_is_marked_is_served_as_before(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    """Marks (from the native API's tiers, or another replica) skip a target still answering; with
+    every target marked the alias is served in its order, as before."""
+    url, mock = upstream
+    gw = alias_gateway(gateway_factory, tmp_path, backend_url, url)
+    gw.write_stored(ProviderHealth.retired_key("openai", MINI), b"1", 3600)
+    client = gw.openai()
+    raw = client.chat.completions.with_raw_response.create(model="sturdy", messages=[{"role": "user", "content": "a"}])
+    assert raw.headers["x-sentinel-model"] == FOUR_O and asked(mock, MINI) == 0
+    gw.write_stored(ProviderHealth.retired_key("openai", FOUR_O), b"1", 3600)
+    raw = client.chat.completions.with_raw_response.create(model="sturdy", messages=[{"role": "user", "content": "b"}])
+    assert raw.headers["x-sentinel-model"] == MINI
+
+
+def test_a_named_model_the_provider_retired_is_a_502_charged_nothing(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    """A `/v1` request naming one model (or an alias whose last target is retired): nowhere to send
+    it, so the native rule — 502 `provider_model_retired`, the reservation given back — where it was
+    the provider's 404 relayed and charged as a client's refused request."""
+    url, mock = upstream
+    gw = alias_gateway(gateway_factory, tmp_path, backend_url, url)
+    mock.retired.update({MINI, FOUR_O})
+    for model in (MINI, "sturdy"):
+        with pytest.raises(openai.APIStatusError) as caught:
+            gw.openai().chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+        assert caught.value.status_code == 502
+        assert caught.value.body["code"] == "provider_model_retired"  # type: ignore[index]
+    assert gw.quota_used()["requests"] == 0
+
+
+def test_a_retired_404_under_a_clients_beta_switch_marks_nothing(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    """A request sent with the client's `openai-beta` may be refused the model for that switch alone:
+    its 404 is relayed as the refusal it is, and the model is not marked for everyone."""
+    url, mock = upstream
+    gw = alias_gateway(gateway_factory, tmp_path, backend_url, url)
+    mock.retired.add(MINI)
+    with pytest.raises(openai.NotFoundError):
+        gw.openai().chat.completions.create(model="sturdy", messages=[{"role": "user", "content": "x"}],
+                                            extra_headers={"openai-beta": "assistants=v2"})
+    assert gw.read_stored(ProviderHealth.retired_key("openai", MINI)) is None
+    assert asked(mock, FOUR_O) == 0

@@ -99,6 +99,8 @@ class ModelRetired(UpstreamStatusError):
             upstream_status=404, provider=provider,
         )
         self.model = model
+        # The official SDKs retry a 502 (twice by default): each retry would be the same 404 again.
+        self.headers.setdefault("x-should-retry", "false")
 
 
 def retired(status: int, raw: bytes, model: str) -> bool:

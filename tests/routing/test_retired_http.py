@@ -388,6 +388,10 @@ def test_a_named_model_the_provider_retired_is_a_502_charged_nothing(
             gw.openai().chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
         assert caught.value.status_code == 502
         assert caught.value.body["code"] == "provider_model_retired"  # type: ignore[index]
+        assert caught.value.response.headers.get("x-should-retry") == "false"  # the SDK's retries: the same 404
+    # Asked once each, never retried: the model named alone, then the alias's first target (its
+    # second, the model just marked, is left out).
+    assert (asked(mock, MINI), asked(mock, FOUR_O)) == (1, 1)
     assert gw.quota_used()["requests"] == 0
 
 

@@ -37,7 +37,15 @@ from sentinel.native.responses import (
     ProviderReply,
     Usage,
 )
-from sentinel.native.types import ChatParams, ImagePart, Message, Tier, ToolCall, ToolChoiceFunction
+from sentinel.native.types import (
+    ChatParams,
+    ImagePart,
+    Message,
+    Tier,
+    ToolCall,
+    ToolChoiceFunction,
+    sampling_knobs_refused,
+)
 
 ANTHROPIC_MAX_TEMPERATURE = 1.0
 _CALL_ID = re.compile(r"[a-zA-Z0-9_-]+")  # (whole: `fullmatch`, never `$`, which passes a final newline)
@@ -95,8 +103,11 @@ def build_anthropic_request(
 
 def build_anthropic_model_request(req: ModelChatRequest, model: str, *, default_max_tokens: int) -> dict[str, Any]:
     """The upstream body for a `/v1` request translated to Anthropic: the unified fields (a temperature
-    above 1 is refused, not lowered) and `parallel_tool_calls: false` as `disable_parallel_tool_use`
+    above 1 is refused, not lowered; so are `temperature` and `top_p` together: `sampling_knobs_refused`) and `parallel_tool_calls: false` as `disable_parallel_tool_use`
     (the end user is added by `sentinel.native.end_user`)."""
+    refused = sampling_knobs_refused(req, "Claude 4.5 and later models")
+    if refused is not None:
+        raise invalid(refused[1], refused[0])
     body = build_anthropic_request(
         req, model, stream=req.stream, default_max_tokens=default_max_tokens, clamp_temperature=False
     )

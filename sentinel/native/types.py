@@ -552,13 +552,21 @@ class ChatRequest(ChatParams):
 
     @model_validator(mode="after")
     def _check_one_sampling_knob(self) -> ChatRequest:
-        """`temperature` or `top_p`, not both: Anthropic's newer models (Claude 4.5 and later, Opus 4.1)
-        refuse the two together ("`temperature` and `top_p` cannot both be specified for this model"),
-        and OpenAI and Anthropic both advise altering one. Refused for every model of a tier alike,
-        rather than one of them dropped for some models only (the `/v1` surfaces name one model,
-        whose provider judges)."""
-        if self.temperature is not None and self.top_p is not None:
-            raise _semantic_error(
-                "set temperature or top_p, not both: some models of a tier refuse the two together", "top_p"
-            )
+        """See `sampling_knobs_refused`: refused for every model of a tier alike, rather than one of
+        them dropped for some models only."""
+        refused = sampling_knobs_refused(self, "some models of a tier")
+        if refused is not None:
+            raise _semantic_error(*refused)
         return self
+
+
+def sampling_knobs_refused(req: ChatParams, refusing: str) -> tuple[str, str] | None:
+    """(message, param) when `req` sets both `temperature` and `top_p`, else None; `refusing` names
+    the models that refuse the pair. Anthropic's newer models (Claude 4.5 and later, Opus 4.1) refuse
+    the two together ("`temperature` and `top_p` cannot both be specified for this model"), and OpenAI
+    and Anthropic both advise altering one. The one rule of the Native API (every tier: `ChatRequest`)
+    and of a `/v1` request translated to Anthropic (`anthropic.build_anthropic_model_request`); a
+    relayed `/v1` request's provider judges it."""
+    if req.temperature is None or req.top_p is None:
+        return None
+    return f"set temperature or top_p, not both: {refusing} refuse the two together", "top_p"

@@ -293,6 +293,32 @@ def test_an_alias_is_served_by_a_target_that_can_carry_the_request(
         assert failed.json()["error"]["code"] == "provider_error" and failed.json()["error"]["provider"] == "openai"
 
 
+def test_temperature_and_top_p_together_are_refused_for_claude_before_the_quota(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """Claude 4.5 and later refuse `temperature` and `top_p` together (400): an OpenAI client's request
+    translated for Claude sent the pair, and the caller paid a request for a call that could never
+    work. A 400 in OpenAI's shape naming `top_p`, before anything is reserved; an alias's OpenAI target
+    (which takes the pair) serves it; an Anthropic client's own request is relayed as written."""
+    providers = tmp_path / "aliases.yaml"
+    providers.write_text(yaml.safe_dump({"aliases": {"quick": [HAIKU, MINI]}}))
+    gw = gateway_factory(default_plan="requests=2/1m", providers_file=providers)
+    client = gw.openai()
+    ask = [{"role": "user", "content": "x"}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=HAIKU, messages=ask, temperature=0.5, top_p=0.9)
+    assert caught.value.status_code == 400
+    assert caught.value.body["details"]["param"] == "top_p" and "not both" in caught.value.message  # type: ignore[index]
+    served = client.chat.completions.with_raw_response.create(model="quick", messages=ask, temperature=0.5, top_p=0.9)
+    assert served.headers["x-sentinel-model"] == MINI and served.parse().choices[0].message.content
+    sent = httpx.get(f"{gw.settings.openai_api_url.removesuffix('/v1')}/__mock/last_request",
+                     params={"path": "/v1/chat/completions"}, timeout=5).json()["body"]
+    assert (sent["temperature"], sent["top_p"]) == (0.5, 0.9)
+    # Each alone goes as before, the plan's second request: the refusal reserved nothing.
+    one = client.chat.completions.create(model=HAIKU, messages=ask, top_p=0.9)
+    assert one.choices[0].message.content == "Echo: x" and upstream(gw, "/v1/messages")["body"]["top_p"] == 0.9
+
+
 def test_an_answer_cut_by_the_context_window_is_length_for_an_openai_client(
     gateway_factory: Callable[..., Gateway]
 ) -> None:

@@ -78,6 +78,16 @@ def reasons_by_name(upstream_model: str) -> bool:
     return _REASONS.fullmatch(name) is not None and _DOES_NOT_REASON.fullmatch(name) is None
 
 
+def takes_completion_cap(upstream_model: str) -> bool:
+    """Whether the OpenAI-format model its provider knows as `upstream_model` is one of OpenAI's
+    reasoning models by its own name (`reasons_by_name`; a providers file's `reasons` tells how a
+    model bills, not which fields its API takes), which refuse `max_tokens` and take the output cap
+    as `max_completion_tokens`: what a translated or native request's cap is sent as. A router's
+    name (`openai/o3`, with a `/`) is not: a router reads `max_tokens` and passes it on as the model
+    takes it."""
+    return "/" not in upstream_model and reasons_by_name(upstream_model)
+
+
 @dataclass(frozen=True, slots=True)
 class Prices:
     """USD per million tokens. Cache writes and reads cost the input price unless priced themselves."""

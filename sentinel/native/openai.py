@@ -92,13 +92,17 @@ def writable_arguments(value: dict[str, Any], *, tool: str, provider: str) -> di
     return value
 
 
-def build_openai_request(req: ChatParams, model: str, *, stream: bool) -> dict[str, Any]:
-    """The upstream body for POST /chat/completions with the selected `model`."""
+def build_openai_request(req: ChatParams, model: str, *, stream: bool, completion_cap: bool = False) -> dict[str, Any]:
+    """The upstream body for POST /chat/completions with the selected `model`. `completion_cap`: the
+    output cap goes as `max_completion_tokens`, for OpenAI's reasoning models, which refuse
+    `max_tokens` (400 "Unsupported parameter: 'max_tokens' is not supported with this model. Use
+    'max_completion_tokens' instead."); other models get `max_tokens`, which every OpenAI-compatible
+    server reads (some refuse a field they do not know)."""
     body: dict[str, Any] = {"model": model, "messages": [_message(m) for m in req.messages]}
     for field in ("temperature", "top_p", "max_tokens", "stop"):
         value = getattr(req, field)
         if value is not None:
-            body[field] = value
+            body["max_completion_tokens" if field == "max_tokens" and completion_cap else field] = value
     if req.tools:
         body["tools"] = [tool.to_dict() for tool in req.tools]
     if isinstance(req.tool_choice, ToolChoiceFunction):
@@ -111,10 +115,11 @@ def build_openai_request(req: ChatParams, model: str, *, stream: bool) -> dict[s
     return body
 
 
-def build_openai_model_request(req: ModelChatRequest, model: str) -> dict[str, Any]:
+def build_openai_model_request(req: ModelChatRequest, model: str, *, completion_cap: bool = False) -> dict[str, Any]:
     """The upstream body for a `/v1` request translated to OpenAI: the unified fields plus
-    `parallel_tool_calls` (the end user is added by `sentinel.native.end_user`)."""
-    body = build_openai_request(req, model, stream=req.stream)
+    `parallel_tool_calls` (the end user is added by `sentinel.native.end_user`); `completion_cap` as
+    `build_openai_request`'s."""
+    body = build_openai_request(req, model, stream=req.stream, completion_cap=completion_cap)
     if req.parallel_tool_calls is not None and req.tools:
         body["parallel_tool_calls"] = req.parallel_tool_calls
     return body

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from sentinel.domain.catalogue import takes_completion_cap
 from sentinel.domain.usage import Usage
 from sentinel.native import ChatRequest, ProviderReply
 from sentinel.native.end_user import openai_end_user_field
@@ -47,7 +48,7 @@ class OpenAIChatProvider(ChatProvider):
         return self.spec.base_url + "/chat/completions"
 
     def body(self, req: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
-        return build_openai_request(req, model, stream=stream)
+        return build_openai_request(req, model, stream=stream, completion_cap=takes_completion_cap(model))
 
     def parse(self, body: Any, tier: str) -> ProviderReply:
         return parse_openai_response(body, provider=self.name, tier=tier)  # type: ignore[arg-type]

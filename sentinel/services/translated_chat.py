@@ -19,7 +19,7 @@ from typing import Any, Literal, NoReturn
 
 import orjson
 
-from sentinel.domain.catalogue import ModelTarget
+from sentinel.domain.catalogue import ModelTarget, takes_completion_cap
 from sentinel.errors import InvalidRequest, UpstreamError
 from sentinel.native import NativeValidationError, StreamError, TranslationError
 from sentinel.native.anthropic import build_anthropic_model_request
@@ -78,7 +78,9 @@ class TranslatedChat:
                     req, target.upstream_model, default_max_tokens=self.default_max_tokens
                 )
             else:
-                body = build_openai_model_request(req, target.upstream_model)
+                body = build_openai_model_request(
+                    req, target.upstream_model, completion_cap=takes_completion_cap(target.upstream_model)
+                )
         except (NativeValidationError, TranslationError) as exc:
             param = exc.param if isinstance(exc, NativeValidationError) else None
             raise InvalidRequest(exc.message, details={"param": param} if param else None) from None

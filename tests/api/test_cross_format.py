@@ -319,6 +319,44 @@ def test_temperature_and_top_p_together_are_refused_for_claude_before_the_quota(
     assert one.choices[0].message.content == "Echo: x" and upstream(gw, "/v1/messages")["body"]["top_p"] == 0.9
 
 
+def test_an_openai_reasoning_models_cap_is_max_completion_tokens(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """OpenAI's reasoning models (o-series, gpt-5) refuse `max_tokens` (400 "Unsupported parameter:
+    'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."): every
+    Anthropic client's request for one (its `max_tokens` is required) and every native request naming a
+    cap went as `max_tokens`, refused after it was charged. Their cap goes as `max_completion_tokens`;
+    another model's, and a router's name for one (`openai/o3`), as `max_tokens`, as before."""
+    providers = tmp_path / "reasoning.yaml"
+    providers.write_text(yaml.safe_dump({
+        "models": [{"name": "o4-mini", "provider": "openai"}, {"name": MINI, "provider": "openai"},
+                   {"name": "routed-o3", "provider": "openai", "upstream_name": "openai/o3"}],
+        "tiers": {"simple": [{"provider": "openai", "model": "o4-mini"}],
+                  "moderate": [{"provider": "openai", "model": MINI}],
+                  "complex": [{"provider": "openai", "model": MINI}]},
+    }))
+    gw = gateway_factory(providers_file=providers)
+    claude = gw.anthropic()
+
+    def sent() -> dict:
+        base = gw.settings.openai_api_url.removesuffix("/v1")
+        return httpx.get(f"{base}/__mock/last_request", params={"path": "/v1/chat/completions"}, timeout=5).json()["body"]
+
+    caps = {"max_completion_tokens": "max_tokens", "max_tokens": "max_completion_tokens"}  # the field, the other
+    for model, field in (("o4-mini", "max_completion_tokens"), ("routed-o3", "max_tokens"), (MINI, "max_tokens")):
+        answer = claude.messages.create(model=model, max_tokens=7, messages=[{"role": "user", "content": "x"}])
+        assert answer.content[0].type == "text"
+        body = sent()
+        assert body[field] == 7 and caps[field] not in body, (model, body)
+    with gw.client() as http:
+        for tier, field in (("simple", "max_completion_tokens"), ("moderate", "max_tokens")):
+            r = http.post("/native/v1/chat/completions", json={
+                "tier": tier, "max_tokens": 9, "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 200, r.text
+            body = sent()
+            assert body[field] == 9 and caps[field] not in body, (tier, body)
+
+
 def test_an_answer_cut_by_the_context_window_is_length_for_an_openai_client(
     gateway_factory: Callable[..., Gateway]
 ) -> None:

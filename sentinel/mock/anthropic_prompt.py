@@ -12,7 +12,8 @@ Validation follows the real API where a gateway's translator could get a body wr
 * every ``tool_result`` answers a ``tool_use`` of the previous (assistant) message, and a
   ``tool_use`` followed by another message is answered there;
 * custom tools need a ``name`` and an object ``input_schema``; ``tool_choice`` is one of
-  ``auto``/``any``/``tool``/``none`` (``tool`` with a ``name``) and needs ``tools``.
+  ``auto``/``any``/``tool``/``none`` (``tool`` with a ``name``; ``none`` takes no
+  ``disable_parallel_tool_use``, nor any other field) and needs ``tools``.
 
 Input tokens: `sentinel.mock.text.prompt_tokens` over the system text and one text per message
 (its text blocks, the text of its tool results, and ``name + JSON input`` of its tool uses),
@@ -32,6 +33,8 @@ from sentinel.mock.text import REPLY_PRIMER, dumps_arguments, prompt_tokens
 IMAGE_TOKENS = 100
 MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 TOOL_CHOICES = frozenset({"auto", "any", "tool", "none"})
+_PARALLEL = frozenset({"type", "disable_parallel_tool_use"})
+_TOOL_CHOICE_KEYS = {"auto": _PARALLEL, "any": _PARALLEL, "tool": _PARALLEL | {"name"}, "none": frozenset({"type"})}
 
 
 def block_text(content: Any) -> str:
@@ -248,5 +251,8 @@ def _check_tools(tools: Any, choice: Any) -> None:
         raise WireError(400, "tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'")
     if choice["type"] == "tool" and not isinstance(choice.get("name"), str):
         raise WireError(400, "tool_choice.tool.name: Field required")
+    extra = sorted(set(choice) - _TOOL_CHOICE_KEYS[choice["type"]])
+    if extra:
+        raise WireError(400, f"tool_choice.{choice['type']}.{extra[0]}: Extra inputs are not permitted")
     if not tools and choice["type"] != "none":
         raise WireError(400, "tool_choice may only be specified while providing tools.")

@@ -111,7 +111,8 @@ def build_anthropic_model_request(req: ModelChatRequest, model: str, *, default_
     body = build_anthropic_request(
         req, model, stream=req.stream, default_max_tokens=default_max_tokens, clamp_temperature=False
     )
-    if req.parallel_tool_calls is False and req.tools:
+    # (`none` calls no tool: Anthropic's `none` takes no other field, 400 "Extra inputs are not permitted")
+    if req.parallel_tool_calls is False and req.tools and req.tool_choice != "none":
         body["tool_choice"] = {**body.get("tool_choice", {"type": "auto"}), "disable_parallel_tool_use": True}
     return body
 

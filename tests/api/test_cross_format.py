@@ -357,6 +357,21 @@ def test_an_openai_reasoning_models_cap_is_max_completion_tokens(
             assert body[field] == 9 and caps[field] not in body, (tier, body)
 
 
+def test_parallel_tool_calls_off_with_tool_choice_none_reaches_claude(gateway: Gateway) -> None:
+    """`parallel_tool_calls: false` went to Claude as `disable_parallel_tool_use` beside any
+    `tool_choice`, but Anthropic's `none` takes no other field (400 "Extra inputs are not permitted"):
+    an OpenAI client turning tools off for a turn, with parallel calls off as its framework sends
+    them, was refused after it was charged. A choice of no tool needs no word on parallel calls."""
+    client = gateway.openai()
+    ask = [{"role": "user", "content": "x"}]
+    answer = client.chat.completions.create(model=HAIKU, messages=ask, tools=OA_TOOLS, tool_choice="none",
+                                            parallel_tool_calls=False)
+    assert answer.choices[0].message.content == "Echo: x"
+    assert upstream(gateway, "/v1/messages")["body"]["tool_choice"] == {"type": "none"}
+    client.chat.completions.create(model=HAIKU, messages=ask, tools=OA_TOOLS, parallel_tool_calls=False)
+    assert upstream(gateway, "/v1/messages")["body"]["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+
+
 def test_an_answer_cut_by_the_context_window_is_length_for_an_openai_client(
     gateway_factory: Callable[..., Gateway]
 ) -> None:

@@ -220,9 +220,18 @@ def anthropic_call_id(call_id: str) -> str:
     return f"{_NOT_ID_CHARS.sub('_', call_id)}_{digest}"
 
 
+# The image types Anthropic takes inline (400 "media_type: Input should be 'image/jpeg', 'image/png',
+# 'image/gif' or 'image/webp'", exact lower case); `image/jpg`, a common misspelling, is JPEG.
+_MEDIA_TYPES = {"image/jpeg": "image/jpeg", "image/jpg": "image/jpeg", "image/png": "image/png",
+                "image/gif": "image/gif", "image/webp": "image/webp"}
+
+
 def _image_block(url: str, param: str) -> dict[str, Any]:
     if match := _DATA_URL.match(url):
-        source = {"type": "base64", "media_type": match.group(1), "data": match.group(2)}
+        media = _MEDIA_TYPES.get(match.group(1).lower())
+        if media is None:
+            raise invalid(param, "Anthropic takes a data URL of image/jpeg, image/png, image/gif or image/webp")
+        source = {"type": "base64", "media_type": media, "data": match.group(2)}
         return {"type": "image", "source": source}
     if url[:8].lower().startswith(("https://", "http://")):
         scheme, rest = url.split(":", 1)

@@ -372,6 +372,27 @@ def test_parallel_tool_calls_off_with_tool_choice_none_reaches_claude(gateway: G
     assert upstream(gateway, "/v1/messages")["body"]["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
 
 
+def test_an_image_type_claude_refuses_is_a_400_before_the_quota(gateway_factory: Callable[..., Gateway]) -> None:
+    """Claude takes inline images of four types, named in lower case: an OpenAI client's
+    `data:image/bmp` (or `svg+xml`) went as it was and was refused after it was charged, and so was
+    `data:image/PNG` or `image/jpg`, which name a type it takes. Those are sent as Claude names them;
+    another type is a 400 naming the part, before anything is reserved."""
+    gw = gateway_factory(default_plan="requests=2/1m")
+    client = gw.openai()
+
+    def ask(media: str) -> list:
+        return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:{media};base64,{IMAGE}"}}]}]
+
+    for media in ("image/bmp", "image/svg+xml"):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model=HAIKU, messages=ask(media))
+        assert caught.value.body["details"]["param"] == "messages.0.content.0.image_url.url"  # type: ignore[index]
+    for media, sent in (("image/PNG", "image/png"), ("image/jpg", "image/jpeg")):  # the plan's 2 requests
+        client.chat.completions.create(model=HAIKU, messages=ask(media))
+        block = upstream(gw, "/v1/messages")["body"]["messages"][0]["content"][0]
+        assert block["source"]["media_type"] == sent
+
+
 def test_an_answer_cut_by_the_context_window_is_length_for_an_openai_client(
     gateway_factory: Callable[..., Gateway]
 ) -> None:

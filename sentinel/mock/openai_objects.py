@@ -6,7 +6,8 @@ Enough of the Files API (`POST /v1/files` multipart, `GET /v1/files`, `GET/DELET
 vector stores (`POST /v1/vector_stores`, `POST /v1/vector_stores/{id}/search`: no results, and the
 query — rewritten with `rewrite_query` — it searched for), batches (`POST /v1/batches` over an uploaded file,
 `GET /v1/batches/{id}`: done — or failed validation — at its first read, its usage a figure of its
-input's), stored responses (`GET/DELETE /v1/responses/{id}`, `GET /v1/responses/{id}/input_items`) and `POST /v1/moderations` for a gateway's ownership and
+input's and its output file made then; `POST /v1/batches/{id}/cancel`; `GET /v1/batches`, newest
+first, paged by `after` and `limit`), stored responses (`GET/DELETE /v1/responses/{id}`, `GET /v1/responses/{id}/input_items`) and `POST /v1/moderations` for a gateway's ownership and
 pass-through tests. Like the real account, the mock does not know who asked: every object is
 visible to every caller, which is exactly what the gateway must hide.
 """
@@ -145,7 +146,11 @@ class ObjectStore:
 
     # --- batches -------------------------------------------------------------------------------------
     def batches_root(self, call: Call) -> Reply:
-        """POST /v1/batches: a batch over an uploaded file (404 for an unknown one), `validating`."""
+        """POST /v1/batches: a batch over an uploaded file (404 for an unknown one), `validating`.
+        GET /v1/batches: the account's batches, newest first, from the one after `after` (every
+        caller's: the account's list), at most `limit` (20 by default)."""
+        if call.method == "GET":
+            return self._batch_list(call)
         body = json_object(call)
         call.resolve_faults("")
         file_id = body.get("input_file_id")
@@ -155,22 +160,43 @@ class ObjectStore:
             "id": new_id("batch_"), "object": "batch", "endpoint": body.get("endpoint"),
             "input_file_id": file_id, "completion_window": body.get("completion_window"),
             "status": "validating", "created_at": int(time.time()), "output_file_id": None,
+            "error_file_id": None, "cancelling_at": None, "cancelled_at": None,
             "request_counts": {"total": 0, "completed": 0, "failed": 0}, "usage": None,
         }
         _keep(self.batches, batch["id"], batch, self.limit)
         return JSONReply(batch)
 
+    def _batch_list(self, call: Call) -> Reply:
+        call.resolve_faults("")
+        newest = list(reversed(self.batches.values()))
+        after = call.query.get("after")
+        if after is not None:
+            ids = [batch["id"] for batch in newest]
+            newest = newest[ids.index(after) + 1:] if after in ids else []
+        given = call.query.get("limit") or "20"
+        if not given.isdigit() or not 1 <= int(given) <= 100:
+            raise WireError(400, f"Invalid 'limit': {given[:40]!r}. Expected an integer from 1 to 100.", param="limit")
+        limit = int(given)
+        page = newest[:limit]
+        return JSONReply({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                          "last_id": page[-1]["id"] if page else None, "has_more": len(newest) > limit})
+
     def batch(self, call: Call) -> Reply:
         """GET /v1/batches/{id}: done at its first read — `failed`, without usage, when a line's `url`
-        is not the batch's `endpoint` (its input fails validation). Each line is charged a token per 8 bytes of its
-        `body`'s JSON as input and 5 tokens of output (a figure, not a model's)."""
+        is not the batch's `endpoint` (its input fails validation); `cancelled`, having run nothing,
+        when it was cancelling. Each line is charged a token per 8 bytes of its `body`'s JSON as input
+        and 5 tokens of output (a figure, not a model's); its results are the output file's lines."""
         batch_id = call.path_params["batch_id"]
         call.resolve_faults("")
         batch = self.batches.get(batch_id)
         if batch is None:
             raise WireError(404, f"No such Batch object: {batch_id}", code="not_found")
-        if batch["status"] == "validating":
-            lines = [orjson.loads(line) for line in self.files[batch["input_file_id"]][1].splitlines() if line.strip()]
+        if batch["status"] == "cancelling":
+            batch["status"], batch["cancelled_at"] = "cancelled", int(time.time())
+            total = len(self._batch_lines(batch))
+            batch["request_counts"] = {"total": total, "completed": 0, "failed": 0}
+        elif batch["status"] == "validating":
+            lines = self._batch_lines(batch)
             wrong = [n for n, line in enumerate(lines, 1) if line.get("url") != batch["endpoint"]]
             if wrong:  # its input fails validation: it ran nothing, and shows no usage
                 batch["status"] = "failed"
@@ -185,7 +211,44 @@ class ObjectStore:
                               "total_tokens": sum(spent) + 5 * len(lines),
                               "input_tokens_details": {"cached_tokens": 0},
                               "output_tokens_details": {"reasoning_tokens": 0}}
+            batch["output_file_id"] = self._batch_output(batch, lines, spent)
         return JSONReply(batch)
+
+    def batch_cancel(self, call: Call) -> Reply:
+        """POST /v1/batches/{id}/cancel: a batch still at work is `cancelling` (its next read shows it
+        `cancelled`); one that has ended cannot be cancelled (400)."""
+        batch_id = call.path_params["batch_id"]
+        call.resolve_faults("")
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            raise WireError(404, f"No such Batch object: {batch_id}", code="not_found")
+        if batch["status"] not in ("validating", "in_progress", "cancelling"):
+            raise WireError(400, f"Cannot cancel a batch with status '{batch['status']}'.", code="invalid_request")
+        if batch["status"] != "cancelling":
+            batch["status"], batch["cancelling_at"] = "cancelling", int(time.time())
+        return JSONReply(batch)
+
+    def _batch_lines(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        stored = self.files.get(batch["input_file_id"])
+        content = stored[1] if stored is not None else b""
+        return [orjson.loads(line) for line in content.splitlines() if line.strip()]
+
+    def _batch_output(self, batch: dict[str, Any], lines: list[dict[str, Any]], spent: list[int]) -> str:
+        """A file of the results of `batch`'s `lines` (`purpose` `batch_output`), one a line: its id."""
+        results = [orjson.dumps({
+            "id": new_id("batch_req_"), "custom_id": line.get("custom_id"), "error": None,
+            "response": {"status_code": 200, "request_id": new_id("req_"), "body": {
+                "id": new_id("chatcmpl-"), "object": "chat.completion", "model": (line.get("body") or {}).get("model"),
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "batch answer"}}],
+                "usage": {"prompt_tokens": tokens, "completion_tokens": 5, "total_tokens": tokens + 5}}},
+        }) for line, tokens in zip(lines, spent, strict=True)]
+        content = b"\n".join(results) + b"\n"
+        file_id = new_id("file-")
+        meta = {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                "filename": f"{batch['id']}_output.jsonl", "purpose": "batch_output", "status": "processed"}
+        _keep(self.files, file_id, (meta, content), self.limit)
+        return file_id
 
 
 def moderations(call: Call) -> Reply:

@@ -168,3 +168,31 @@ def test_an_assistants_run_with_a_function_tool_stops_in_requires_action_and_can
         ACTION_USAGE["prompt_tokens"], ACTION_USAGE["completion_tokens"])
     with pytest.raises(openai.BadRequestError, match="Cannot cancel run with status 'cancelled'"):
         oai.beta.threads.runs.cancel(run.id, thread_id=thread.id)
+
+
+def test_a_batch_runs_at_its_first_read_and_writes_its_output_file(oai: openai.OpenAI) -> None:
+    """The Batch API as the SDK drives it: made over an uploaded input, done at its first read with
+    its usage and an output file holding one result a line (by `custom_id`); a batch cancelled
+    before that ends `cancelled` having run nothing; an ended one cannot be cancelled; the account's
+    list is newest first, paged by `after`."""
+    lines = [json.dumps({"custom_id": f"c{n}", "method": "POST", "url": "/v1/chat/completions",
+                         "body": {"model": "gpt-4o-mini", "messages": user(f"question {n}")}}) for n in range(3)]
+    file_id = oai.files.create(file=("in.jsonl", "\n".join(lines).encode()), purpose="batch").id
+    batch = oai.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert batch.status == "validating"
+    done = oai.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.usage is not None and done.usage.output_tokens == 15
+    assert done.request_counts is not None and done.request_counts.completed == 3 and done.output_file_id
+    results = [json.loads(line) for line in oai.files.content(done.output_file_id).text.splitlines()]
+    assert [r["custom_id"] for r in results] == ["c0", "c1", "c2"]
+    assert all(r["response"]["status_code"] == 200 for r in results)
+    with pytest.raises(openai.BadRequestError):
+        oai.batches.cancel(batch.id)
+
+    stopped = oai.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert oai.batches.cancel(stopped.id).status == "cancelling"
+    cancelled = oai.batches.retrieve(stopped.id)
+    assert cancelled.status == "cancelled" and cancelled.output_file_id is None
+    assert cancelled.request_counts is not None and cancelled.request_counts.completed == 0
+    assert [b.id for b in oai.batches.list(limit=1).data] == [stopped.id]
+    assert batch.id in [b.id for b in oai.batches.list(after=stopped.id).data]

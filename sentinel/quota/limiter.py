@@ -795,6 +795,13 @@ class QuotaLimiter:
         ends = [at + self._slot(reservation.subject, limit, at)[2] / 1000 for limit in reservation.limits]
         return max(HOLD_WITHIN, ttl or 0.0, *(end - self.clock() for end in ends))
 
+    async def holds(self, subject: str, name: str) -> bool:
+        """Whether `subject` holds a reservation under `name` (`hold`) that no read settled yet."""
+        if not 0 < len(name) <= MAX_HELD_NAME or not is_text(name):
+            return False
+        raw = await self.store.get(self._held_key(subject, name))
+        return raw is not None and self._load(raw) is not None
+
     async def settle_held(
         self, subject: str, name: str, *, input_tokens: int, output_tokens: int, requests: int | None = None,
         again: Callable[[Callable[[], Awaitable[None]]], None] | None = None,

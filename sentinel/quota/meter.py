@@ -163,7 +163,7 @@ class Meter(Protocol):
 
     async def admit_call(
         self, identity: Identity, *, endpoint: str, request_id: str, tokens_later: bool = False,
-        input_tokens: int = 0, output_tokens: int = 0,
+        input_tokens: int = 0, output_tokens: int = 0, holding: str | None = None,
     ) -> Admission: ...
 
     async def admit_batch(
@@ -275,16 +275,23 @@ class QuotaMeter:
 
     async def admit_call(
         self, identity: Identity, *, endpoint: str, request_id: str, tokens_later: bool = False,
-        input_tokens: int = 0, output_tokens: int = 0,
+        input_tokens: int = 0, output_tokens: int = 0, holding: str | None = None,
     ) -> Admission:
         """Reserve one request and no tokens (a call whose tokens are not estimated: the model list,
         pass-through endpoints) — or `input_tokens` and `output_tokens` (a pass-through media call whose
         answer may show no usage: `media_calls.media_call`), charged when its answer shows none —; it
         is refused while any limit of the plan is exhausted, and, with `tokens_later` (a call charged
         the tokens its answer shows: pass-through), by a token limit of 0; and, as `admit`, while its
-        usage could not be recorded."""
+        usage could not be recorded. `holding`: the object the call reads or stops (a batch), whose
+        own reservation, while it is held (`hold`), is checked against the plan's request limits
+        alone — a token limit that reservation used up refused the read that settles it and the
+        cancel that stops it until the limit's window ended; the usage the read shows is counted by
+        the held reservation it settles."""
         self._recordable()
         plan = await self.plans.plan_for(identity)
+        if holding is not None and input_tokens == output_tokens == 0 and await self._holds(identity, holding):
+            plan = Plan(plan.name, tuple(limit for limit in plan.limits if limit.metric == "requests"))
+            tokens_later = False
         admission = Admission(identity=identity, endpoint=endpoint, model=None, request_id=request_id,
                               estimate_input=input_tokens, max_output=output_tokens)
         await self._reserve(admission, plan, tokens_later=tokens_later)
@@ -308,6 +315,14 @@ class QuotaMeter:
         await self._reserve(admission, plan, tokens_later=True)
         self._count(admission)
         return admission
+
+    async def _holds(self, identity: Identity, name: str) -> bool:
+        """Whether `identity` holds a reservation under `name` (`hold`); False when the store cannot
+        say (the call is then checked against the whole plan, as any)."""
+        try:
+            return await self.limiter.holds(identity.external_id, name)
+        except StoreUnavailable:
+            return False
 
     def batch_line(self, url: Any, body: dict[str, Any]) -> tuple[int, int]:
         """(input, output) tokens a batch line reserves: what its `body` sent alone to the endpoint its

@@ -332,10 +332,14 @@ class OpenAIRelay:
                 # limit of 0 refuses it — but a delete or a cancel, which starts none (a user banned
                 # from a token metric can still remove and stop what is theirs; a cancelled object's
                 # answer is still charged the usage it shows, as any read of it).
+                # A read or a cancel of a batch is not refused by a token limit its own held reservation
+                # used up: the read settles it to what the batch spent, the cancel stops it.
                 admission = await self.meter.admit_call(
                     identity, endpoint=endpoint, request_id=ex.usage_id,
                     tokens_later=method != "DELETE" and segments[-1] != "cancel",
                     input_tokens=media.input_tokens if media else 0, output_tokens=media.output_tokens if media else 0,
+                    holding=where.object_id if where.collection == "batches" and where.object_id
+                    and (method == "GET" or segments[-1] == "cancel") else None,
                 )
         ex.headers.extend(admission.headers.items())
         try:

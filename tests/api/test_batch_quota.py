@@ -111,6 +111,37 @@ def test_a_batch_the_provider_refuses_gives_its_reservation_back(
     assert gw.quota_used() == {"requests": 2, "input_tokens": 0, "output_tokens": 0}
 
 
+def test_a_batch_using_up_a_token_limit_can_still_be_cancelled_and_read(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """A batch reserves its lines' output caps: one that used up a token limit of its maker's plan
+    left every call of theirs refused (429) — the `cancel` that stops it and the read that settles it
+    to what it spent too — until the window ended (a day here, a month on a 30-day limit), for tokens
+    it never spent. A read or a cancel of a batch whose reservation is held is admitted against the
+    plan's request limits alone: the read settles it, and what its lines did not spend is free again.
+    Any other call is still refused while the limit is used up."""
+    gw = _gateway(gateway_factory, spy, backend_url,
+                  f"requests=1000/1d,input_tokens=1000000/1d,output_tokens={LINES * CAP}/1d")
+    client = gw.openai()
+    file_id = _upload(client)
+    batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert gw.quota_used()["output_tokens"] == LINES * CAP  # the whole limit
+    with pytest.raises(openai.RateLimitError):
+        client.files.retrieve(file_id)
+
+    assert client.batches.cancel(batch.id).status == "cancelling"  # (before: 429)
+    assert client.batches.retrieve(batch.id).status == "cancelled"
+    assert gw.quota_used() == {"requests": 4, "input_tokens": 0, "output_tokens": 0}  # upload, batch, cancel, read
+
+    again = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    done = client.batches.retrieve(again.id)
+    assert done.status == "completed" and done.usage is not None
+    used = gw.quota_used()
+    assert (used["input_tokens"], used["output_tokens"]) == (done.usage.input_tokens, done.usage.output_tokens)
+    assert used["requests"] == 4 + LINES + 1  # its lines, and the read
+    client.files.retrieve(file_id)  # the limit has room again
+
+
 class StillRunningFirst:
     """The mock, except that the first read of a batch shows it still at work (`status`, as given)
     with the usage of the lines run so far: half of what it shows done."""

@@ -371,8 +371,10 @@ async def test_a_held_reservation_is_settled_once_by_any_replica(store: Store) -
     await making.commit(batch, input_tokens=0, output_tokens=0)  # held: no longer this call's to settle
     assert await counts(store, batch) == [20, 3000, 2000]
     assert not await reading.settle_held("u2", "batch_1", input_tokens=1, output_tokens=1)  # another user's name
+    assert await reading.holds("u1", "batch_1") and not await reading.holds("u2", "batch_1")
     settled = [await reading.settle_held("u1", "batch_1", input_tokens=2500, output_tokens=2600) for _ in range(2)]
     assert settled == [True, False]
+    assert not await reading.holds("u1", "batch_1")  # (its settling call's mark is no reservation)
     assert await counts(store, batch) == [20, 2500, 2600]  # the usage replaced the estimate, once
     refused = await making.reserve("u1", plan, requests=20, input_tokens=3000, output_tokens=2000)
     await making.commit(refused, input_tokens=0, output_tokens=0, requests=1)

@@ -183,7 +183,7 @@ class ObjectStore:
 
     def batch(self, call: Call) -> Reply:
         """GET /v1/batches/{id}: done at its first read — `failed`, without usage, when a line's `url`
-        is not the batch's `endpoint` (its input fails validation); `cancelled`, having run nothing,
+        is not the batch's `endpoint` or its `custom_id` an earlier line's (its input fails validation); `cancelled`, having run nothing,
         when it was cancelling. Each line is charged a token per 8 bytes of its `body`'s JSON as input
         and 5 tokens of output (a figure, not a model's); its results are the output file's lines."""
         batch_id = call.path_params["batch_id"]
@@ -197,12 +197,18 @@ class ObjectStore:
             batch["request_counts"] = {"total": total, "completed": 0, "failed": 0}
         elif batch["status"] == "validating":
             lines = self._batch_lines(batch)
-            wrong = [n for n, line in enumerate(lines, 1) if line.get("url") != batch["endpoint"]]
-            if wrong:  # its input fails validation: it ran nothing, and shows no usage
-                batch["status"] = "failed"
-                batch["errors"] = {"object": "list", "data": [
-                    {"code": "invalid_url", "line": n, "message": "The URL provided does not match the batch's "
-                     "endpoint.", "param": "url"} for n in wrong]}
+            seen: set[Any] = set()
+            errors = []
+            for n, line in enumerate(lines, 1):
+                if line.get("url") != batch["endpoint"]:
+                    errors.append({"code": "invalid_url", "line": n, "param": "url",
+                                   "message": "The URL provided does not match the batch's endpoint."})
+                elif line.get("custom_id") in seen:
+                    errors.append({"code": "duplicate_custom_id", "line": n, "param": "custom_id",
+                                   "message": "The custom_id for this request is a duplicate of another request."})
+                seen.add(line.get("custom_id"))
+            if errors:  # its input fails validation: it ran nothing, and shows no usage
+                batch["status"], batch["errors"] = "failed", {"object": "list", "data": errors}
                 return JSONReply(batch)
             spent = [max(1, len(orjson.dumps(line.get("body"))) // 8) for line in lines]
             batch["status"] = "completed"

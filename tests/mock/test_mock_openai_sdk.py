@@ -196,3 +196,9 @@ def test_a_batch_runs_at_its_first_read_and_writes_its_output_file(oai: openai.O
     assert cancelled.request_counts is not None and cancelled.request_counts.completed == 0
     assert [b.id for b in oai.batches.list(limit=1).data] == [stopped.id]
     assert batch.id in [b.id for b in oai.batches.list(after=stopped.id).data]
+
+    repeated = oai.files.create(file=("in.jsonl", "\n".join([lines[0], lines[1], lines[0]]).encode()), purpose="batch")
+    failed = oai.batches.retrieve(oai.batches.create(input_file_id=repeated.id, endpoint="/v1/chat/completions",
+                                                     completion_window="24h").id)
+    assert failed.status == "failed" and failed.usage is None and failed.errors is not None
+    assert [(e.code, e.line) for e in failed.errors.data or []] == [("duplicate_custom_id", 3)]

@@ -7,6 +7,7 @@ it, the plan's token and request limits never stopped it, and the company paid f
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
+from tests.support.accounts import create_key
 from tests.support.attack import SpyUpstream, ledger_rows, spying
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream
@@ -344,3 +346,35 @@ def test_a_list_read_charges_at_most_max_tokens_whatever_its_items_add_up_to(
         assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 4)
         listed = ledger_rows(gw.settings.database_url, "alice")[1:]
         assert (sum(r["input_tokens"] for r in listed), sum(r["output_tokens"] for r in listed)) == (MAX_TOKENS, MAX_TOKENS)
+
+
+def test_a_batch_and_its_results_are_its_makers_alone_and_charged_once(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """The whole flow through the official SDK: alice's batch, read done, shows her its output file,
+    which she downloads twice — its usage charged by the first read alone, each later call one
+    request. Bob, who knows every id, can neither read, cancel nor list her batch (a cursor naming it
+    included), nor read her output file; nor can alice list the account's batches."""
+    gw = _gateway(gateway_factory, spy, backend_url,
+                  "requests=1000/1d,input_tokens=1000000/1d,output_tokens=100000/1d")
+    alice = gw.openai()
+    bob = openai.OpenAI(base_url=gw.url + "/v1", api_key=asyncio.run(create_key(gw.settings.database_url, "bob"))[1], max_retries=0)
+    batch = alice.batches.create(input_file_id=_upload(alice), endpoint="/v1/chat/completions",
+                                 completion_window="24h")
+    done = alice.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.usage is not None and done.output_file_id is not None
+    charged = gw.quota_used()
+    assert (charged["input_tokens"], charged["output_tokens"]) == (done.usage.input_tokens, done.usage.output_tokens)
+    results = [alice.files.content(done.output_file_id).text for _ in range(2)]
+    assert results[0] == results[1] and len(results[0].splitlines()) == LINES
+    assert gw.quota_used() == {**charged, "requests": charged["requests"] + 2}  # two requests, no tokens
+
+    for attempt in (lambda: bob.batches.retrieve(batch.id), lambda: bob.batches.cancel(batch.id),
+                    lambda: bob.files.content(done.output_file_id), lambda: bob.files.retrieve(done.output_file_id),
+                    lambda: bob.batches.list(after=batch.id), lambda: bob.batches.list(),
+                    lambda: alice.batches.list(), lambda: alice.batches.list(after=batch.id)):
+        with pytest.raises(openai.NotFoundError):
+            attempt()
+    assert gw.quota_used("bob") == {"requests": 0, "input_tokens": 0, "output_tokens": 0}
+    assert [seen.path for seen in spy.seen if seen.path.startswith("/v1/batches") and seen.method == "GET"] \
+        == [f"/v1/batches/{batch.id}"]  # only alice's one read reached the provider

@@ -169,8 +169,10 @@ def _turn_local(ops: LocalOps, keys: list[str], args: list[str]) -> bytes:
 
 
 # The count it set is returned (its digits): what a cut turn's correction checks is still there
-# (`Ownership.correct_turn`).
-TURN = Script("sentinel_context_turn", _TURN_LUA, _turn_local)
+# (`Ownership.correct_turn`). Sent once (`Script.once`): a second run cannot tell itself from the next
+# turn, and added the turn's own growth again (redis-py's cluster client sent it again after a lost
+# reply: a turn admitted at 100 that left 150 left 200, and every later turn was charged 50 more).
+TURN = Script("sentinel_context_turn", _TURN_LUA, _turn_local, once=True)
 
 # KEYS[1]'s value, deleted: only one caller gets it (nil when there is none).
 _TAKE_LUA = """
@@ -564,7 +566,8 @@ class Ownership:
         while the turn ran, another turn that ended first) is kept on top, in one atomic step — set
         to the turn's own count, a conversation forgot what was added to it meanwhile, though the
         provider's conversation holds it and every later turn reads it. The count set (its digits;
-        None for an id no key can hold)."""
+        None for an id no key can hold). Sent once (`TURN`): a lost reply is StoreUnavailable, never a
+        second run."""
         if not _keyable(conversation):
             return None
         expiry = "" if ttl is None else str(max(1, round(ttl * 1000)))

@@ -14,7 +14,8 @@ What differs from a single server:
 - the stream commands that must not run twice (XADD, XREADGROUP) go to their slot's primary
   without redis-py's retry (`_command_once`): run again after a reply lost to a timeout, XADD stored
   a record twice and XREADGROUP read the next entries under the same batch key; so does a script
-  marked `Script.once` (the failed-authentication counter: run twice, one failure counted twice);
+  marked `Script.once` (the failed-authentication counter: run twice, one failure counted twice; a
+  conversation's count after a turn: run twice, the turn's growth counted twice);
 - `scan()` walks every primary; `ping()` asks every primary, each under its own breaker: it fails
   only when none answers, and otherwise names the primaries that did not (`Ping.unreachable`: the
   store is degraded, not down, as the other primaries' users are served);

@@ -412,6 +412,25 @@ async def test_a_first_charge_whose_reply_is_lost_and_sent_again_is_still_the_fi
     await store.close()
 
 
+async def test_a_conversation_turn_whose_reply_is_lost_is_not_counted_twice(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn's count (TURN: the turn's tokens plus what the conversation grew by since it was
+    admitted) run again by redis-py's cluster client after its reply was lost added the turn's own
+    growth twice (150 after a turn admitted at 100 became 200), and every later request continuing
+    the conversation was charged the 50 phantom tokens. It is sent once: the lost reply is a store
+    failure, which the caller counts as an outage (the count the first run set is kept)."""
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    owners = Ownership(store)
+    await owners.remember_turn("conv_lost_reply", 100, 0, None)  # the script is known to its node (EVALSHA)
+    lost = LostClusterReply(monkeypatch, "EVALSHA")
+    with pytest.raises(StoreUnavailable):
+        await owners.remember_turn("conv_lost_reply", 150, 100, None)
+    assert lost.sent == 1
+    assert await owners.context_of(["conv_lost_reply"]) == 150
+    await store.close()
+
+
 COUNT = Script("test_count_runs", "return redis.call('INCR', KEYS[1])", lambda ops, keys, args: ops.incrby(keys[0], 1))
 
 

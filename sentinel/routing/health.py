@@ -219,14 +219,19 @@ def _fail_local(ops: LocalOps, keys: list[str], args: list[str]) -> str:
 RECORD_FAILURE = Script(name="health_fail", lua=_FAIL_LUA, local=_fail_local)
 
 # ARGV: now, TRIAL_SECONDS, the claim's token. 1: this caller's request is the pair's trial (claimed
-# until now + TRIAL_SECONDS, under its token), or the pair is healthy (no entry, or one that cannot
-# be read: left as it is); 0: in backoff, or another request's trial still runs. The TTL is kept.
+# until now + TRIAL_SECONDS, under its token — or found claimed under it: a second run of the same
+# call, redis-py's cluster client sending it again after its reply was lost), or the pair is healthy
+# (no entry, or one that cannot be read: left as it is); 0: in backoff, or another request's trial
+# still runs. The TTL is kept.
 _TRIAL_LUA = _READ_LUA + """
 local now = tonumber(ARGV[1])
 local state = read(redis.call('GET', KEYS[1]))
 if not state then return 1 end
 if now < state['until_ts'] then return 0 end
-if state['trial_until'] and now < state['trial_until'] then return 0 end
+if state['trial_until'] and now < state['trial_until'] then
+  if state['trial_id'] == ARGV[3] then return 1 end
+  return 0
+end
 rewrite(KEYS[1], state, {trial_until = now + tonumber(ARGV[2]), trial_id = ARGV[3]})
 return 1
 """
@@ -245,8 +250,10 @@ def _trial_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     state = _state(ops.get(keys[0]))
     if state is None:
         return 1
-    if now < state["until_ts"] or now < state.get("trial_until", -math.inf):
+    if now < state["until_ts"]:
         return 0
+    if now < state.get("trial_until", -math.inf):
+        return 1 if state.get("trial_id") == args[2] else 0
     _rewrite(ops, keys[0], state, trial_until=now + float(args[1]), trial_id=args[2])
     return 1
 
@@ -421,7 +428,8 @@ class ProviderHealth:
         (assume healthy); False while the pair is in backoff or another request's trial, claimed
         less than TRIAL_SECONDS ago, has not reported (`record_success` / `record_failure` end it,
         as does `release_trial` with the claim's `token`). One claim at a time across every
-        replica: the script reads and writes atomically."""
+        replica: the script reads and writes atomically. A claim found under `token` is this call's
+        (a second run of it: redis-py's cluster client sends it again after a lost reply): True."""
         token = token or uuid.uuid4().hex
         try:
             won = await self.store.run(

@@ -37,7 +37,8 @@ async def test_tier_selection_reads_every_pairs_health_and_retired_mark_at_once(
     assert retired == {PAIRS[2]}
     now[0] += 30
     token = "trial-1"
-    assert [await health.claim_trial(*PAIRS[1], token) for _ in range(2)] == [True, False]
+    assert await health.claim_trial(*PAIRS[1], token) is True
+    assert await health.claim_trial(*PAIRS[1], "trial-2") is False  # one trial at a time
     await health.release_trial(*PAIRS[1], token)
     assert await health.claim_trial(*PAIRS[1]) is True
     await health.record_success(*PAIRS[1])

@@ -431,6 +431,27 @@ async def test_a_conversation_turn_whose_reply_is_lost_is_not_counted_twice(
     await store.close()
 
 
+async def test_a_provider_trial_whose_claim_reply_is_lost_is_still_this_requests(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The half-open trial's claim (CLAIM_TRIAL) run again by redis-py's cluster client after its
+    reply was lost found its own first run's claim and answered "another request's trial runs": no
+    request was the trial, and the pair, which may be well again, was left out for TRIAL_SECONDS.
+    The second run finds the claim under the call's own token: the request is the trial."""
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    now = [1_700_000_000.0]
+    health = ProviderHealth(store, clock=lambda: now[0])
+    pair = ("openai", "gpt-4o-mini")
+    assert await health.record_failure(*pair) == 30
+    assert await health.claim_trial(*pair) is False  # in backoff (and the script known to its node: EVALSHA)
+    now[0] += 30
+    lost = LostClusterReply(monkeypatch, "EVALSHA")
+    assert await health.claim_trial(*pair, "trial-token") is True
+    assert lost.sent == 2  # run, its reply lost, run again
+    assert await health.claim_trial(*pair, "another") is False  # one trial at a time still
+    await store.close()
+
+
 COUNT = Script("test_count_runs", "return redis.call('INCR', KEYS[1])", lambda ops, keys, args: ops.incrby(keys[0], 1))
 
 

@@ -34,6 +34,7 @@ from redis.asyncio.connection import AbstractConnection, Connection, ConnectionP
 from redis.exceptions import (
     AskError,
     ClusterDownError,
+    ClusterError,
     CrossSlotTransactionError,
     InvalidPipelineStack,
     MaxConnectionsError,
@@ -73,9 +74,14 @@ __all__ = ["CircuitBreaker", "RedisStore"]
 
 RedisClient = aioredis.Redis | RedisCluster
 
-# Replies meaning "this node cannot serve that slot right now" (a failover or resharding is under
-# way, or the node was demoted to replica): outages, although redis-py raises them as ResponseError.
-_UNAVAILABLE_REPLIES = (ClusterDownError, TryAgainError, AskError, ReadOnlyError)
+# Replies meaning "this node cannot serve that slot right now" (a failover is under way, or the node
+# was demoted to replica): outages, although redis-py raises them as ResponseError.
+_UNAVAILABLE_REPLIES = (ClusterDownError, AskError, ReadOnlyError)
+# A slot being resharded: its primary answered TRYAGAIN (a script over keys some of which have moved
+# and some not; nothing ran), or redirections went on until redis-py gave up (`ClusterError`, "TTL
+# exhausted"; its subclass ClusterDownError is an outage, above). Refused, but the primary answered:
+# counted against its breaker, the keys of one slot on the move refused every other key it serves.
+_SLOT_MOVING = (TryAgainError, ClusterError)
 # Client-side cluster errors that are bugs in the caller, not outages.
 _CLUSTER_MISUSE = (CrossSlotTransactionError, InvalidPipelineStack)
 
@@ -224,6 +230,9 @@ class RedisStore:
             if isinstance(exc, ReadOnlyError):
                 await self.demoted()
             raise self.refused(f"Redis is unavailable: {type(exc).__name__}") from None
+        except _SLOT_MOVING as exc:
+            breaker.success()
+            raise self.refused(f"Redis is unavailable: {type(exc).__name__} (a slot is being resharded)") from None
         except OutOfMemoryError as exc:
             # Redis answered (as for any command error) but refused the write: out of memory under
             # `maxmemory` with `noeviction`, as recommended (README, Deployment).

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from redis.crc import key_slot
 
+from sentinel.domain.plans import Limit, Plan
 from sentinel.errors import StoreUnavailable
-from sentinel.quota.limiter import RESERVE
+from sentinel.quota.limiter import RESERVE, QuotaLimiter
 from sentinel.store.base import parse_stream_id
 from sentinel.store.cluster import RedisClusterStore
 from tests.support.redis_cluster import LocalRedisCluster
@@ -208,4 +210,38 @@ async def test_a_dead_primary_opens_only_its_own_breaker(
         assert (await store.ping()).unreachable == ()  # the promoted replica serves the slots
     finally:
         redis_cluster.restart(victim)
+        await store.close()
+
+
+async def test_a_slot_being_resharded_refuses_only_its_own_keys(
+    redis_cluster: LocalRedisCluster, redis_cluster_url: str
+) -> None:
+    """A resharding moves a slot's keys one batch at a time: meanwhile a quota script over a user's
+    counters (there) and a new reservation marker (not yet anywhere) is answered TRYAGAIN by the
+    slot's primary — nothing ran; redis-py tries again for a while, then gives up. That user is
+    refused (503), as during a failover. The primary answered: every other user on it is served."""
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    limiter = QuotaLimiter(store, clock=lambda: 1_700_000_000.0)
+    plan = Plan("p", (Limit("requests", 60, 100), Limit("input_tokens", 3600, 10_000)))
+    assert (await limiter.reserve("u-moving", plan, input_tokens=1, output_tokens=0)).allowed  # counters made
+    probe = "sentinel:quota:{u-moving}:requests"
+    source = redis_cluster.primary_of(probe)
+    target = next(n for n in redis_cluster.nodes if n is not source and n.info("replication").get("role") == "master")
+    neighbour = next(u for u in (f"u-{n}" for n in range(500))
+                     if redis_cluster.primary_of(f"sentinel:quota:{{{u}}}:requests") is source)
+    slot = key_slot(probe.encode())
+    with source.client() as s, target.client() as t:
+        source_id, target_id = s.execute_command("CLUSTER MYID"), t.execute_command("CLUSTER MYID")
+        t.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        s.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+    try:
+        for _ in range(store.breaker.threshold + 1):
+            with pytest.raises(StoreUnavailable):
+                await limiter.reserve("u-moving", plan, input_tokens=1, output_tokens=0)
+        assert (await limiter.reserve(neighbour, plan, input_tokens=1, output_tokens=0)).allowed
+        assert store.breaker_for(probe).state == "closed"
+    finally:
+        with source.client() as s, target.client() as t:
+            t.execute_command("CLUSTER SETSLOT", slot, "STABLE")
+            s.execute_command("CLUSTER SETSLOT", slot, "STABLE")
         await store.close()

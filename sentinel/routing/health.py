@@ -281,22 +281,30 @@ def _release_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 RELEASE_TRIAL = Script(name="health_trial_release", lua=_RELEASE_LUA, local=_release_local)
 
 
-# ARGV: the caller's digest, WITNESS_SECONDS. 1: another caller's failure is on record (cleared: this
-# one counts); 0: none, or this caller's own — this caller's is remembered (for WITNESS_SECONDS).
+# ARGV: the caller's digest, WITNESS_SECONDS, the call's token. 1: another caller's failure is on
+# record (cleared: this one counts; `counted:<token>` is left in its place, which only a second run of
+# this call — redis-py's cluster client sending it again after its reply was lost — reads as counted,
+# and any other as no witness); 0: none, or this caller's own — this caller's is remembered (for
+# WITNESS_SECONDS).
 _WITNESS_LUA = """local seen = redis.call('GET', KEYS[1])
-if seen and seen ~= ARGV[1] then
-  redis.call('DEL', KEYS[1])
+local px = math.ceil(tonumber(ARGV[2]) * 1000)
+if seen == 'counted:' .. ARGV[3] then return 1 end
+if seen and seen ~= ARGV[1] and string.sub(seen, 1, 8) ~= 'counted:' then
+  redis.call('SET', KEYS[1], 'counted:' .. ARGV[3], 'PX', px)
   return 1
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', math.ceil(tonumber(ARGV[2]) * 1000))
+redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
 return 0
 """
+_COUNTED = b"counted:"
 
 
 def _witness_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     seen = ops.get(keys[0])
-    if seen is not None and seen != args[0].encode():
-        ops.delete(keys[0])
+    if seen == _COUNTED + args[2].encode():
+        return 1
+    if seen is not None and seen != args[0].encode() and not seen.startswith(_COUNTED):
+        ops.set(keys[0], _COUNTED + args[2].encode(), float(args[1]))
         return 1
     ops.set(keys[0], args[0].encode(), float(args[1]))
     return 0
@@ -485,7 +493,7 @@ class ProviderHealth:
         digest = hashlib.sha256(caller.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         try:
             return bool(await self.store.run(
-                SECOND_WITNESS, [self.witness_key(provider, model)], [digest, WITNESS_SECONDS]))
+                SECOND_WITNESS, [self.witness_key(provider, model)], [digest, WITNESS_SECONDS, uuid.uuid4().hex]))
         except StoreUnavailable:
             return False
 

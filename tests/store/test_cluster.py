@@ -452,6 +452,25 @@ async def test_a_provider_trial_whose_claim_reply_is_lost_is_still_this_requests
     await store.close()
 
 
+async def test_a_second_users_failure_whose_reply_is_lost_still_counts(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second user's client-causable failure (SECOND_WITNESS: the first user's witness found and
+    cleared) run again by redis-py's cluster client after its reply was lost found no witness, took
+    itself for the first, and was not counted: the pair stayed in rotation. The second run finds the
+    call's own mark: counted."""
+    store = RedisClusterStore(redis_cluster_url, timeout=2.0)
+    health = ProviderHealth(store, clock=lambda: 1_700_000_000.0)
+    pair = ("openai", "gpt-4o-mini")
+    assert await health.record_failure(*pair, caller="alice") is None  # remembered (and the script known: EVALSHA)
+    lost = LostClusterReply(monkeypatch, "EVALSHA")
+    assert await health.record_failure(*pair, caller="bob") == 30
+    assert lost.sent >= 2  # the witness script run, its reply lost, run again (then the failure's)
+    assert (await health.states([pair]))[pair] is not None  # in backoff
+    assert await health.record_failure(*pair, caller="carol") is None  # the witness was cleared: a first again
+    await store.close()
+
+
 COUNT = Script("test_count_runs", "return redis.call('INCR', KEYS[1])", lambda ops, keys, args: ops.incrby(keys[0], 1))
 
 

@@ -51,12 +51,14 @@ class SentinelApp:
     def __init__(
         self, settings: Settings, *, tracing: Tracing | None = None, owns_process: bool = False,
         stream_clock: Callable[[], float] = time.monotonic, upstream_clock: Callable[[], float] = time.monotonic,
+        quota_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.tracing = tracing
         self.owns_process = owns_process
         self.stream_clock = stream_clock
         self.upstream_clock = upstream_clock
+        self.quota_clock = quota_clock
         self.metrics = Metrics()
         self.runtime: Runtime | None = None
         self.access_log: AccessLog | None = None
@@ -65,7 +67,8 @@ class SentinelApp:
     async def startup(self) -> None:
         s = self.settings
         runtime = await build_runtime(
-            s, self.metrics, self.tracing, stream_clock=self.stream_clock, upstream_clock=self.upstream_clock
+            s, self.metrics, self.tracing, stream_clock=self.stream_clock, upstream_clock=self.upstream_clock,
+            quota_clock=self.quota_clock,
         )
         if s.access_log and access_log_wanted():
             self.access_log = AccessLog(sys.stderr.buffer)
@@ -159,12 +162,14 @@ class SentinelApp:
 def create_app(
     settings: Settings, *, tracing: Tracing | None = None, owns_process: bool = False,
     stream_clock: Callable[[], float] = time.monotonic, upstream_clock: Callable[[], float] = time.monotonic,
+    quota_clock: Callable[[], float] = time.time,
 ) -> SentinelApp:
     """Build (but do not start) a Sentinel app for `settings` (`tracing`: instead of the one the
     settings choose, e.g. an in-memory exporter in tests; `owns_process`: the app is all this
     process serves, so start-up may tune the garbage collector for it; `stream_clock`: the monotonic
     clock the time limit of an answer's body, streamed or not, is read on, a test's own to move;
     `upstream_clock`: the one an upstream request's sending is timed on — how soon a dropped
-    connection dropped)."""
+    connection dropped; `quota_clock`: the Unix clock the quota windows (fixed, epoch-aligned) are
+    read on — a test's own, so requests it counts never straddle a window's end)."""
     return SentinelApp(settings, tracing=tracing, owns_process=owns_process, stream_clock=stream_clock,
-                       upstream_clock=upstream_clock)
+                       upstream_clock=upstream_clock, quota_clock=quota_clock)

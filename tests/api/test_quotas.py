@@ -17,6 +17,7 @@ from tests.api.conftest import Gateway
 from tests.conftest import REDIS_BIN, unavailable
 from tests.db.support import create_database, drop_database
 from tests.support.accounts import ledger_request_ids, set_user_plan, usage_totals
+from tests.support.clock import FakeClock
 from tests.support.process import RedisServerProcess
 from tests.support.waiting import wait_for
 
@@ -58,6 +59,29 @@ def test_token_limits_have_their_own_counters(gateway_factory: Callable[..., Gat
                 assert "input tokens" in r.json()["error"]["message"]
                 break
     assert statuses[0] == 200 and statuses[-1] == 429
+
+
+def test_the_quota_windows_are_read_on_the_gateways_quota_clock(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """Windows are fixed and epoch-aligned: a count read across calls restarts when a window ends
+    between them (a test saw 5 requests counted after 7 served, every one recorded). The gateway
+    reads them on the clock it is given, so a test can hold its requests in one window, or move
+    them out of it; every request served is recorded once either way."""
+    clock = FakeClock(1_800_000_059.5)  # half a second before a minute ends
+    gw = gateway_factory(redis_url=backend_url, default_plan="requests=100/60s", admin_key="admin-key-for-tests-0123",
+                         quota_clock=clock)
+    with gw.client() as c:
+        for _ in range(2):
+            assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+        assert gw.quota_used()["requests"] == 2
+        clock.advance(1)  # the next minute's window
+        assert gw.quota_used()["requests"] == 0
+        r = c.post("/v1/chat/completions", json=CHAT)
+        assert r.status_code == 200
+        assert r.headers["x-ratelimit-remaining"] == "99"  # counted in the new window
+    assert gw.quota_used()["requests"] == 1
+    assert len({row["request_id"] for row in gw.settled_rows(3)}) == 3
 
 
 def test_a_limit_of_0_bans_its_metric_only(gateway_factory: Callable[..., Gateway], backend_url: str | None) -> None:

@@ -19,6 +19,7 @@ from sentinel.mock.app import MockState, create_mock_app
 from sentinel.routing.health import ProviderHealth
 from tests.api.conftest import Gateway
 from tests.routing.helpers import AN_HAIKU, OA_MINI, URL, chat, entry, served, start, stored
+from tests.support.clock import FakeClock
 from tests.support.metrics import metric
 from tests.support.servers import serving
 
@@ -299,7 +300,9 @@ def alias_gateway(
     factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: str,
 ) -> Gateway:
     """A catalogue with two aliases whose first target is gpt-4o-mini: `sturdy` (then gpt-4o, relayed
-    as it is) and `mixed` (then Claude: on `/v1/messages` gpt-4o-mini is the translated one)."""
+    as it is) and `mixed` (then Claude: on `/v1/messages` gpt-4o-mini is the translated one). Its quota
+    clock stands still, so the requests a test counts are all in one 60 s window (on the wall clock
+    a window could end between two calls: 5 counted after 7 served)."""
     doc = {"models": [{"name": MINI, "provider": "openai"}, {"name": FOUR_O, "provider": "openai"},
                       {"name": HAIKU, "provider": "anthropic"}],
            "aliases": {"sturdy": [MINI, FOUR_O], "mixed": [MINI, HAIKU]}}
@@ -307,7 +310,7 @@ def alias_gateway(
     path.write_text(yaml.safe_dump(doc))
     return factory(providers_file=path, redis_url=backend_url, default_plan="requests=100000/60s",
                    openai_api_url=upstream + "/v1", anthropic_api_url=upstream, admin_key=ADMIN_KEY,
-                   redis_timeout_seconds=2.0)
+                   redis_timeout_seconds=2.0, quota_clock=FakeClock())
 
 
 def test_an_alias_target_the_provider_retired_passes_the_request_on_uncharged_and_is_skipped_after(
@@ -336,6 +339,10 @@ def test_an_alias_target_the_provider_retired_passes_the_request_on_uncharged_an
             model="mixed", max_tokens=10, messages=[{"role": "user", "content": f"hi {i}"}])
         assert message.headers["x-sentinel-model"] == HAIKU
     assert asked(mock, MINI) == 1  # skipped while marked: never asked again
+    # Seven served, seven counted, each with one usage record (counted when admitted, recorded in
+    # the background: `settled_rows` waits for the ledger).
+    assert gw.quota_used()["requests"] == 7
+    assert len({row["request_id"] for row in gw.settled_rows(7)}) == 7
 
 
 def test_a_translated_alias_target_the_provider_retired_passes_the_request_on(

@@ -52,6 +52,7 @@ class SentinelError(Exception):
         headers: dict[str, str] | None = None,
         details: dict[str, Any] | None = None,
         error_type: str | None = None,
+        param: str | None = None,
     ) -> None:
         if not message.isascii():
             # A message quoting a client's text may hold a lone surrogate (`"\\ud800"` read by Python's
@@ -68,10 +69,14 @@ class SentinelError(Exception):
         self.provider = provider
         self.headers: dict[str, str] = dict(headers or {})
         self.details = details
+        named = details.get("param") if details else None
+        # The request parameter the error is about: `param` (a relayed provider's own), else `details.param`.
+        self.param: str | None = param if param is not None else named if isinstance(named, str) else None
 
     def to_dict(self) -> dict[str, Any]:
-        """The error body: `{"error": {"message", "type", "code", ...}}`."""
-        err: dict[str, Any] = {"message": self.message, "type": self.type, "code": self.code}
+        """The error body in OpenAI's shape, `{"error": {"message", "type", "param", "code", ...}}`:
+        `param` (null when none) where the official SDKs read it (`exc.param`)."""
+        err: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
         if self.provider:
             err["provider"] = self.provider
         if self.details:

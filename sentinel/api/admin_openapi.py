@@ -31,6 +31,7 @@ _MOMENT = {"type": "string", "description": "a window back from now (`1h`, `7d`)
 SCHEMAS: dict[str, Any] = {
     "Error": _obj(["error"], error=_obj(
         ["message", "type", "code"], message={"type": "string"}, type={"type": "string"}, code={"type": "string"},
+        param={**_NULL_STR, "description": "the request parameter the error is about, null when none"},
         details={"type": "object", "description": "`fields` maps a field (`limits.0.window`) to its message"},
     )),
     "Limit": _obj(["metric", "limit", "window_seconds"], metric={"enum": list(METRICS)}, limit=_INT,

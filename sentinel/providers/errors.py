@@ -195,7 +195,7 @@ def upstream_error(
         if relay_client_errors:
             return SentinelError(
                 message, status=status, code=code or "provider_rejected_request",
-                error_type=err_type or "invalid_request_error", provider=provider,
+                error_type=err_type or "invalid_request_error", provider=provider, param=fields.param,
             )
         if status in (400, 413, 422) and any(h in f"{message} {code}".lower() for h in _CONTEXT_HINTS):
             return InvalidRequest(f"Context too long for the selected model: {message}",
@@ -263,13 +263,14 @@ def _key_refused(status: int, fields: _ErrorFields) -> bool:
 class _ErrorFields(NamedTuple):
     """What an error body says: its message, code and type (OpenAI's or Anthropic's labels; "" when
     absent), whether it is Google-shaped (a numeric `code` and a `status`) and, of a Google one, the
-    `reason`s of its `details`."""
+    `reason`s of its `details`; OpenAI's `param` (clipped; None when absent)."""
 
     message: str
     code: str = ""
     type: str = ""
     google: bool = False
     reasons: frozenset[str] = frozenset()
+    param: str | None = None
 
 
 def _error_fields(raw: bytes) -> _ErrorFields:
@@ -285,7 +286,7 @@ def _error_fields(raw: bytes) -> _ErrorFields:
     if not isinstance(err, dict):
         return _ErrorFields("no details")
     message = err.get("message")
-    code, err_type, details = err.get("code"), err.get("type"), err.get("details")
+    code, err_type, details, param = err.get("code"), err.get("type"), err.get("details"), err.get("param")
     google = isinstance(err.get("status"), str) and type(code) is int
     reasons = frozenset(
         each["reason"] for each in (details if google and isinstance(details, list) else ())
@@ -297,4 +298,5 @@ def _error_fields(raw: bytes) -> _ErrorFields:
         err_type if isinstance(err_type, str) else "",
         google,
         reasons,
+        param[:_MAX_LABEL] if isinstance(param, str) else None,
     )

@@ -159,5 +159,5 @@ def test_an_error_answer_read_past_the_limit_is_answered_without_its_details(
     with gw.client() as http:
         r = http.post("/v1/chat/completions", json={"model": MINI, "messages": ask(TRICKLING + " #mock:status=400")})
     assert r.status_code == 400, r.text
-    assert r.json()["error"] == {"message": "no details", "type": "invalid_request_error",
+    assert r.json()["error"] == {"message": "no details", "type": "invalid_request_error", "param": None,
                                  "code": "provider_rejected_request", "provider": "openai"}

@@ -9,7 +9,7 @@ route table's 404/405 included) and for the response headers it adds:
   `not_found_error` 404, `request_too_large` 413, `rate_limit_error` 429, `api_error` 500/502,
   `timeout_error` 504, `overloaded_error` 529 — Sentinel's own 503s are sent as 529, as Anthropic
   does), so the official SDKs raise their own typed exceptions; every answer carries `request-id`;
-- everything else keeps Sentinel's shape `{"error": {"message", "type", "code", ...}}`; under
+- everything else keeps Sentinel's (OpenAI's) shape `{"error": {"message", "type", "param", "code", ...}}`; under
   `/admin` (the admin API and the console) it carries `Cache-Control: no-store`, as their every
   answer does (a 404 is cacheable by default: a shared cache could keep the console's "No plan
   'gold'" after the plan is created).

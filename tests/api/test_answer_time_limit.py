@@ -62,7 +62,7 @@ def test_a_chat_answer_read_past_the_limit_is_a_504_the_openai_sdk_raises(
     with pytest.raises(openai.APIStatusError) as cut:
         gw.openai(timeout=30).chat.completions.create(model=model, messages=ask(), max_tokens=50)
     assert cut.value.status_code == 504
-    assert cut.value.body == {"message": CUT.format(provider), "type": "timeout_error", "code": "answer_time_limit",
+    assert cut.value.body == {"message": CUT.format(provider), "type": "timeout_error", "param": None, "code": "answer_time_limit",
                               "provider": provider}
     charged_as_reserved(gw, model)
     # A client can make a long answer: the model is not put in backoff.
@@ -93,7 +93,7 @@ def test_a_native_answer_read_past_the_limit_is_a_504_and_the_tier_stays_up(
         after = http.post("/native/v1/chat/completions", json={"messages": ask("hi"), "max_tokens": 50})
     assert cut.status_code == 504, cut.text
     assert cut.json()["error"] | {"provider": provider} == {
-        "message": CUT.format(provider), "type": "timeout_error", "code": "answer_time_limit", "provider": provider}
+        "message": CUT.format(provider), "type": "timeout_error", "param": None, "code": "answer_time_limit", "provider": provider}
     assert after.status_code == 200, after.text  # not 503 tier_unavailable: the model is not in backoff
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url)) == 2)
     row = next(r for r in ledger_rows(gw.settings.database_url) if r["request_id"] == cut.headers["x-request-id"])

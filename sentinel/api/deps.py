@@ -41,7 +41,7 @@ class Deps:
         with ctx.spans.span("sentinel.auth"):
             try:
                 try:
-                    token = parse_credential(request.headers.get("authorization"), request.headers.get("x-api-key"))
+                    token = self.credential(request)
                 except AuthenticationError as exc:
                     # No credential at all is judged on this process's count (no store round trip):
                     # it costs no lookup and guesses no key.
@@ -65,6 +65,12 @@ class Deps:
             self.slots.acquire(identity.external_id)
             ctx.slot = identity.external_id
         return identity
+
+    @staticmethod
+    def credential(request: Request) -> str:
+        """The credential the request presents (`Authorization: Bearer` or `x-api-key`), as
+        `authenticate` reads it; AuthenticationError when there is none."""
+        return parse_credential(request.headers.get("authorization"), request.headers.get("x-api-key"))
 
     async def read_body(self, request: Request) -> bytes:
         """The whole request body: more than `max_body_bytes` is 413 (refused without buffering it),

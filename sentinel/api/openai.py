@@ -296,23 +296,29 @@ class OpenAIRoutes:
 
     async def _call(self, request: Request, *, endpoint: str) -> Any:
         identity = await self.deps.authenticate(request)
+        # Sentinel's key shape, and the caller's own credential whatever its kind (a JWT, a Zion token:
+        # `?access_token=` as OAuth clients write it went on to the provider's logs).
+        credentials = (KEY_PREFIX, self.deps.credential(request))
         query = query_items(request)
-        if query is not None and any(KEY_PREFIX in text for item in query for text in item):
+        if query is not None and any(shown in text for item in query for text in item for shown in credentials):
             # The query is sent on to the provider (and kept in its logs, and in any proxy's): a key
             # put in the URL (`?api_key=`, `?key=`) would leave with it. It is never repeated here.
-            # Only Sentinel's own key shape is looked for: refusing a configured secret by its value
-            # would tell a user who guessed one (END_USER_SECRET, JWT_SECRET) that they had.
+            # Only Sentinel's own key shape and the caller's credential are looked for: refusing a
+            # configured secret by its value would tell a user who guessed one (END_USER_SECRET,
+            # JWT_SECRET) that they had.
             raise InvalidRequest(
-                "The query holds a Sentinel API key: a URL is sent on to the provider and kept in logs. Send "
-                "your key only as Authorization: Bearer <key> (or x-api-key)", code="credential_in_query",
+                "The query holds a Sentinel API key or your credential: a URL is sent on to the provider and "
+                "kept in logs. Send your key only as Authorization: Bearer <key> (or x-api-key)",
+                code="credential_in_query",
             )
         path: str = request.scope["path"]
-        if KEY_PREFIX in path:
+        if any(shown in path for shown in credentials):
             # The path below an allowed prefix (`SENTINEL_PASSTHROUGH=/v1/images/*`) is sent on too,
             # as it came (its escapes read: `%2D` is `-`): a key in it would leave as one in the query.
             raise InvalidRequest(
-                "The path holds a Sentinel API key: a URL is sent on to the provider and kept in logs. Send "
-                "your key only as Authorization: Bearer <key> (or x-api-key)", code="credential_in_path",
+                "The path holds a Sentinel API key or your credential: a URL is sent on to the provider and "
+                "kept in logs. Send your key only as Authorization: Bearer <key> (or x-api-key)",
+                code="credential_in_path",
             )
         body = await self.deps.read_body(request) if request.method not in ("GET", "HEAD") else None
         reply = await self.relay.call(

@@ -451,6 +451,35 @@ def test_a_credential_in_a_forwarded_path_is_refused_never_sent_on(gateway_facto
         assert http.post("/v1/moderations/check", json={"input": "a"}).status_code != 400
 
 
+def test_the_callers_own_jwt_in_a_forwarded_query_or_path_is_refused_never_sent_on(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """The credential checks of the query and the path looked for Sentinel's key shape only: a JWT
+    user (`JWT_SECRET`, or Zion's tokens) whose client put its token in the URL — `?access_token=`, as
+    many OAuth clients do — sent that bearer token on to the provider's logs. The caller's own
+    credential, whatever its kind, is refused there as a key is (400, the token not repeated)."""
+    import httpx
+    import jwt
+
+    secret = "a-test-secret-that-is-long-enough-for-hs256"
+    gw = gateway_factory(passthrough="/v1/moderations/*,/v1/moderations", jwt_secret=secret)
+    bearer = jwt.encode({"sub": "jwt-user", "exp": int(time.time()) + 600}, secret, algorithm="HS256")
+    before = last_upstream_request(gw)
+    for target, code in ((f"/v1/moderations?access_token={bearer}", "credential_in_query"),
+                         (f"/v1/moderations?limit=2&x=Bearer%20{bearer}", "credential_in_query"),
+                         (f"/v1/moderations/x/{bearer}", "credential_in_path")):
+        for headers in ({"Authorization": f"Bearer {bearer}"}, {"x-api-key": bearer}):
+            refused = httpx.post(gw.url + target, json={"input": "a"}, headers=headers, timeout=30)
+            assert refused.status_code == 400, (target, refused.text)
+            assert refused.json()["error"]["code"] == code, refused.text
+            assert bearer not in refused.text
+    assert last_upstream_request(gw) == before
+    assert recorded_ids(gw.settings.database_url) == set()
+    with gw.client(bearer) as http:  # another token in the query is no credential of the caller's: sent on
+        other = jwt.encode({"sub": "someone", "exp": int(time.time()) + 600}, secret, algorithm="HS256")
+        assert http.post(f"/v1/moderations?purpose={other[:20]}", json={"input": "a"}).status_code == 200
+
+
 def test_a_metered_call_with_a_query_is_refused_before_anything_is_sent(gateway: Gateway) -> None:
     """The metered endpoints take no query parameter and Sentinel reads none: sent on, one was read
     upstream unchecked — a LiteLLM proxy runs `?model=` over the body's model, the one checked against

@@ -22,6 +22,7 @@ from sentinel.api.replies import render
 from sentinel.errors import InvalidRequest, MethodNotAllowed, NotFound
 from sentinel.governance.keys import KEY_PREFIX
 from sentinel.observability.logging import clipped
+from sentinel.observability.redaction import MIN_REDACTED
 from sentinel.quota.media_calls import MEDIA_PATHS, VECTOR_SEARCH
 from sentinel.services.models import ModelList
 from sentinel.services.objects import COLLECTIONS, GRADERS, OBJECT_WORDS, classify
@@ -297,8 +298,10 @@ class OpenAIRoutes:
     async def _call(self, request: Request, *, endpoint: str) -> Any:
         identity = await self.deps.authenticate(request)
         # Sentinel's key shape, and the caller's own credential whatever its kind (a JWT, a Zion token:
-        # `?access_token=` as OAuth clients write it went on to the provider's logs).
-        credentials = (KEY_PREFIX, self.deps.credential(request))
+        # `?access_token=` as OAuth clients write it went on to the provider's logs) unless it is so
+        # short that ordinary text holds it (as the log redaction does not look for one).
+        token = self.deps.credential(request)
+        credentials = (KEY_PREFIX, token) if len(token) >= MIN_REDACTED else (KEY_PREFIX,)
         query = query_items(request)
         if query is not None and any(shown in text for item in query for text in item for shown in credentials):
             # The query is sent on to the provider (and kept in its logs, and in any proxy's): a key

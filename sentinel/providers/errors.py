@@ -13,7 +13,10 @@ Both surfaces use the same mapping (documented in the README's error table):
   than the account's per-minute limit (OpenAI's "Request too large for <model> ... on tokens per min",
   `_too_large`: its input plus `max_tokens`, which no wait lets through) is 429
   `provider_request_too_large` without a Retry-After (`x-should-retry: false`): a client can send one
-  at will, so it is no provider failure (see `sentinel.routing.failover`);
+  at will, so it is no provider failure (see `sentinel.routing.failover`). So is Anthropic's 429 naming
+  a per-minute limit ("… would exceed the rate limit for your organization … of 8,000 output tokens per
+  minute") below what the request alone asks (`wanted`: its estimated input, its `max_tokens`, from
+  which Anthropic reckons output tokens per minute): its message reads the same for the minute's traffic;
 - other 4xx: the request was refused. The native API answers 400 (`context_length_exceeded` or
   `provider_rejected_request`); the OpenAI-compatible `/v1` surface relays the provider's status,
   type, code and message (`relay_client_errors=True`) so the official SDKs raise their own errors;
@@ -35,6 +38,7 @@ fields, its logged message). 2xx answers are never scanned otherwise.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any, NamedTuple
 
@@ -162,11 +166,13 @@ def upstream_error(
     *,
     relay_client_errors: bool = False,
     client_switched: bool = False,
+    wanted: tuple[int, int] | None = None,
 ) -> SentinelError:
     """The Sentinel error for an upstream error answer (`status` >= 400). `client_switched`: the
     request carried a client's beta switch (`UpstreamResponse.client_switched`): a 401/403 then
     refused that request, never the key itself (`key_refused`: a client could otherwise take a model
-    out of service for everyone at will)."""
+    out of service for everyone at will). `wanted`: the request's (input, output) tokens — its
+    estimated input and its output cap —, to tell a 429 refusing the request alone (`_too_large`)."""
     fields = _error_fields(raw)
     message, code, err_type = fields.message, fields.code, fields.type
     asked = next((v for k, v in headers if k.lower() == "retry-after"), None)
@@ -182,7 +188,7 @@ def upstream_error(
     if status == 429:
         log.info("provider rate limited",
                  extra={"provider": provider, "upstream_status": status, "error": clipped(message)})
-        if _too_large(message):
+        if _too_large(message, wanted):
             return RateLimited(
                 f"Provider {provider} refused the request as larger than its per-minute token limit allows; "
                 "shorten the input or lower max_tokens", code=REQUEST_TOO_LARGE, retryable=False, provider=provider,
@@ -212,12 +218,28 @@ def upstream_error(
 REQUEST_TOO_LARGE = "provider_request_too_large"
 
 
-def _too_large(message: str) -> bool:
+# Anthropic's 429 for its organisation's per-minute token limits: "This request would exceed the rate
+# limit for your organization (<id>) of 8,000 output tokens per minute. …" — the limit it met.
+_PER_MINUTE = re.compile(r"of ([\d,]{1,20}) (input|output) tokens per minute")
+
+
+def _too_large(message: str, wanted: tuple[int, int] | None = None) -> bool:
     """Whether a 429's message refuses the request itself, not the traffic: OpenAI's "Request too large
     for gpt-4o in organization ... on tokens per min (TPM): Limit 30000, Requested 36278. The input or
     output tokens must be reduced ..." (its "Rate limit reached for ... Please try again in 2s" is the
-    traffic's). It counts the request's input and `max_tokens`: a client makes one with a large cap."""
-    return message.lower().startswith("request too large")
+    traffic's). It counts the request's input and `max_tokens`: a client makes one with a large cap.
+    Anthropic's says the same for both ("… of 8,000 output tokens per minute"): the request alone is
+    refused when what it `wanted` (input, output) is more than the limit named — Anthropic reckons output
+    tokens per minute from `max_tokens` as a request starts, so a cap above the limit never passes (one
+    user's `max_tokens: 64000` on an account allowed 8,000 a minute put the model in backoff for
+    everyone, again every backoff period, for free: a 429 is given back)."""
+    if message.lower().startswith("request too large"):
+        return True
+    found = _PER_MINUTE.search(message) if wanted is not None else None
+    if wanted is None or found is None:
+        return False
+    digits = found.group(1).replace(",", "")
+    return bool(digits) and (wanted[1] if found.group(2) == "output" else wanted[0]) > int(digits)
 
 
 _SCOPE_HINTS = ("scope", "permission")  # OpenAI's restricted keys: "insufficient permissions ... Missing scopes"

@@ -539,7 +539,7 @@ async def refuse(
         raise ModelRetired(upstream.provider, model)
     error = upstream_error(
         upstream.provider, upstream.status, raw, upstream.headers, relay_client_errors=relay_client_errors,
-        client_switched=upstream.client_switched,
+        client_switched=upstream.client_switched, wanted=(admission.estimate_input, admission.max_output),
     )
     key_refused = isinstance(error, UpstreamStatusError) and error.key_refused
     if 400 <= upstream.status < 500 and upstream.status != 429 and not key_refused:

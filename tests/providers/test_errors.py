@@ -191,3 +191,31 @@ def _body(**error: object) -> bytes:
 ])
 def test_a_404_is_a_retired_model_only_when_it_says_so_of_the_model_sent(status: int, raw: bytes, gone: bool) -> None:
     assert retired(status, raw, "gpt-4o-mini") is gone
+
+
+def _anthropic_limit(limit: str, kind: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": "rate_limit_error", "message": (
+        f"This request would exceed the rate limit for your organization (0f2c-org) of {limit} {kind} tokens per "
+        "minute. For details, refer to: https://docs.claude.com/en/api/rate-limits. Please reduce the prompt "
+        "length or the maximum tokens requested, or try again later.")}})
+
+
+@pytest.mark.parametrize(("kind", "wanted", "alone"), [
+    ("output", (100, 64_000), True),  # max_tokens over the account's output tokens a minute: never passes
+    ("output", (100, 8_000), False),  # within it: the minute's traffic
+    ("input", (40_000, 10), True),
+    ("input", (29_000, 10), False),
+])
+def test_anthropics_429_naming_a_per_minute_limit_the_request_alone_passes_is_too_large(
+    kind: str, wanted: tuple[int, int], alone: bool,
+) -> None:
+    """Anthropic's 429 reads the same for the minute's traffic and for a request that alone asks more
+    than the limit it names (its `max_tokens`, from which Anthropic reckons output tokens a minute, or
+    its input): the latter is the request's refusal, as OpenAI's "Request too large" is."""
+    limit = "8,000" if kind == "output" else "30,000"
+    error = upstream_error("anthropic", 429, _anthropic_limit(limit, kind), [("retry-after", "7")], wanted=wanted)
+    assert isinstance(error, RateLimited)
+    assert error.code == ("provider_request_too_large" if alone else "provider_rate_limited")
+    assert error.retry_after == (None if alone else 7.0) and "0f2c-org" not in error.message
+    unknown = upstream_error("anthropic", 429, _anthropic_limit(limit, kind), [])  # nothing asked: the traffic's
+    assert isinstance(unknown, RateLimited) and unknown.code == "provider_rate_limited"

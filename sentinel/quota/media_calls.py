@@ -61,8 +61,9 @@ TRANSCRIPTS = frozenset({("audio", "transcriptions"), ("audio", "translations")}
 TEXT_FORMATS = frozenset({"text", "srt", "vtt"})  # a transcript's answer formats without a `usage`
 CUED_FORMATS = frozenset({"srt", "vtt"})  # ... those whose cues show the audio's length
 # The fields of an upload (an image edit, a transcription) its charge is read from: each given once
-# (`read_once`), or the provider might read another value than Sentinel did (`response_format` given
-# as `json`, then as `text`: reserved and charged as a call whose answer shows its usage).
+# and as a field, not a file part (`read_once`), or the provider might read another value than
+# Sentinel did (`response_format` given as `json`, then as `text`, or `n` sent with a filename that
+# Sentinel skipped: reserved and charged as another call than the provider bills).
 READ_FIELDS = frozenset({"model", "n", "size", "quality", "response_format", "prompt", "seconds"})
 
 # gpt-image-1's output tokens per image (OpenAI's image generation guide), by quality: a square

@@ -495,6 +495,10 @@ class OpenAIRelay:
             fields: dict[str, Any] = {}
             once = read_once(segments)
             for name, value, is_file in upload.parts:
+                if is_file and once and name in READ_FIELDS and name not in uploads:
+                    # skipped here, a provider reading it as the field bills another call than Sentinel's
+                    raise InvalidRequest(f"An upload to this endpoint gives its `{name}` as a field, not a file: its "
+                                         "charge is read from it", details={"param": name})
                 if is_file:
                     continue
                 if once and name in fields and name in READ_FIELDS:

@@ -242,6 +242,29 @@ def test_an_upload_giving_a_field_its_charge_is_read_from_twice_is_refused(gatew
         assert _row(gw)["input_tokens"] == AUDIO_TOKENS_PER_SECOND
 
 
+@pytest.mark.parametrize(("path", "files", "field"), [
+    ("/v1/audio/transcriptions", {"file": ("a.mp3", MP3)}, "response_format"),
+    ("/v1/images/variations", {"image": ("a.png", b"\x89PNG")}, "n"),
+    ("/v1/images/edits", {"image": ("a.png", b"\x89PNG")}, "size"),
+], ids=["transcript", "variation", "edit"])
+def test_an_upload_giving_a_field_its_charge_is_read_from_as_a_file_is_refused(
+    gateway_factory: Callable[..., Gateway], path: str, files: dict[str, tuple[str, bytes]], field: str
+) -> None:
+    # Sentinel skipped the file part (reserved a `json` transcript, one image, the default size); a
+    # provider reading it as the field billed a `text` transcript, ten images, the dearest size.
+    upstream = ScriptedUpstream()
+    value = {"response_format": b"text", "n": b"10", "size": b"1024x1024"}[field]
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, "requests=100/1h,input_tokens=30000/1h,output_tokens=100000/1h")
+        with gw.client() as alice:
+            refused = alice.post(path, files={**files, field: ("f.txt", value)},
+                                 data={"model": "whisper-1" if "audio" in path else "dall-e-2", "prompt": "a cat"})
+        assert refused.status_code == 400, refused.text
+        assert openai_error(refused.json())["details"]["param"] == field
+        assert upstream.received == []
+        assert ledger_rows(gw.settings.database_url, "alice") == []
+
+
 VIDEOS = "/v1/videos,/v1/videos/*,/v1/vector_stores,/v1/vector_stores/*"
 
 

@@ -248,19 +248,37 @@ def _adopt_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
 
 ADOPT = Script("sentinel_owner_adopt", _ADOPT_LUA, _adopt_local)
 
-# Drop the owner record KEYS[1] and answer the children in KEYS[2] (each id and its kind, flat), in
-# one step: no child is adopted after it (`ADOPT` finds no owner). The children's hash is left for
-# the caller to delete once their records are ended: a run of this script sent again (its reply
-# lost) answers them again.
+# Answer the children in KEYS[1] (each id and its kind, flat).
+_CHILDREN_LUA = "return redis.call('HGETALL', KEYS[1])"
+
+
+def _children_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[bytes]:
+    return [part for child, kind in ops.hgetall(keys[0]).items() for part in (child.encode(), kind)]
+
+
+CHILDREN = Script("sentinel_owner_children", _CHILDREN_LUA, _children_local)
+
+# Drop the owner record KEYS[1] and answer the children in KEYS[2] (as `CHILDREN`), in one step: no
+# child is adopted after it (`ADOPT` finds no owner). The children's hash is left for the caller to
+# delete once their records are ended (a run of this script sent again, its reply lost, answers them
+# again), ending in ARGV[1] ms at the latest: a caller that fails or dies before deleting it leaves
+# no list kept for ever (its parent's owner record gone, nothing would read or drop it again).
 _ORPHAN_LUA = """
 redis.call('DEL', KEYS[1])
+local left = redis.call('PTTL', KEYS[2])
+if left == -1 or left > tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
+end
 return redis.call('HGETALL', KEYS[2])
 """
 
 
 def _orphan_local(ops: LocalOps, keys: list[str], args: list[str]) -> list[bytes]:
     ops.delete(keys[0])
-    return [part for child, kind in ops.hgetall(keys[1]).items() for part in (child.encode(), kind)]
+    left = ops.pttl(keys[1])
+    if left == -1 or left > int(args[0]):
+        ops.expire(keys[1], int(args[0]) / 1000)
+    return _children_local(ops, keys[1:], [])
 
 
 ORPHAN = Script("sentinel_owner_orphan", _ORPHAN_LUA, _orphan_local)
@@ -324,6 +342,18 @@ def _children_key(parent: str) -> str | None:
     """The key of `parent`'s children (`_CHILDREN`), beside its owner record; None for an id no
     such key can be made for (see `beside`)."""
     return beside(_PREFIX + parent, _CHILDREN)
+
+
+def _failures(results: Iterable[object]) -> int:
+    """How many of `results` (`asyncio.gather`'s, `return_exceptions`) are a store's failure; any other
+    exception is raised."""
+    failed = 0
+    for result in results:
+        if isinstance(result, StoreUnavailable):
+            failed += 1
+        elif isinstance(result, BaseException):
+            raise result
+    return failed
 
 
 class Ownership:
@@ -496,31 +526,55 @@ class Ownership:
     async def forget(self, object_id: str, *, parent: str | None = None) -> None:
         """Drop the record of a deleted object: its owner and what Sentinel kept of it; its children's
         charge marks (a thread's runs, an eval's runs: `_CHILDREN`), which the provider deletes with
-        it, end a day later (`FORGOTTEN_CHILD_TTL`). `parent`: the conversation an item deleted on its
-        own was listed in (`claim_all`), which lists it no more — kept, each item added, read and
-        deleted grew that list for as long as the conversation is kept (for good: no TTL)."""
+        it, end a day later (`FORGOTTEN_CHILD_TTL`), its items' owner records in 31 days. `parent`:
+        the conversation an item deleted on its own was listed in (`claim_all`), which lists it no
+        more — kept, each item added, read and deleted grew that list for as long as the conversation
+        is kept (for good: no TTL).
+
+        Nothing is left without an expiry by a store failing (or this process dying) part way: what
+        the owner record stands for (its children, its own records) is ended first, while that record
+        is kept — a failure then leaves the object as it was, but with its children ending —, then
+        the record is dropped (`ORPHAN`, giving the children's list an end) and it all ended again (a
+        read in flight may have marked a child or made a record meanwhile). StoreUnavailable when the
+        owner record was kept; a failure after it is carried past, each key tried, and logged."""
         if not _keyable(object_id):
             return
         children = _children_key(parent) if parent is not None and _keyable(parent) else None
         if children is not None:
             await self.store.run(DROP_CHILDREN, [children], [object_id])
         children_key = _children_key(object_id)
-        found: list[str] = []
+        listed = [] if children_key is None else await self.store.run(CHILDREN, [children_key], [])
+        await self._end(object_id, listed)
         if children_key is None:
             await self.store.delete(_PREFIX + object_id)
+            found = []
         else:
-            found = [c.decode() if isinstance(c, bytes) else str(c)
-                     for c in await self.store.run(ORPHAN, [_PREFIX + object_id, children_key], [])]
-        # one by one: keys in different slots of a Cluster
-        for prefix in (_BATCH_INPUT, _UNMEASURED_BATCH_INPUT, _UNWRITTEN_BATCH_INPUT, _CONTEXT, _CHARGED, _FILE_FACTS, _VIDEO_FACTS,
-                       _CUT_TURN):
-            await self.store.delete(prefix + object_id)
+            found = await self.store.run(ORPHAN, [_PREFIX + object_id, children_key],
+                                         [round(FORGOTTEN_CHILD_TTL * 1000)])
+        if await self._end(object_id, found, children_key):
+            self.outage.warning("the store is unavailable: records of a deleted object were kept without an expiry")
+
+    async def _end(self, object_id: str, children: list[Any], children_key: str | None = None) -> int:
+        """End what `object_id`'s owner record stands for: delete its own records (and `children_key`,
+        once the children are ended), give `children` (as `CHILDREN` answers) their end; every key
+        tried, however many fail: how many failed."""
+        ids = [c.decode() if isinstance(c, bytes) else str(c) for c in children]
         ends = [(_PREFIX + child, FORGOTTEN_ITEM_TTL) if kind == _OWNED else (_CHARGED + child, FORGOTTEN_CHILD_TTL)
-                for child, kind in zip(found[::2], found[1::2], strict=True) if _keyable(child)]
+                for child, kind in zip(ids[::2], ids[1::2], strict=True) if _keyable(child)]
+        failed = 0
         for start in range(0, len(ends), FORGET_AT_ONCE):
-            await asyncio.gather(*(self.store.expire(key, ttl) for key, ttl in ends[start : start + FORGET_AT_ONCE]))
-        if children_key is not None:
-            await self.store.delete(children_key)
+            failed += _failures(await asyncio.gather(
+                *(self.store.expire(key, ttl) for key, ttl in ends[start : start + FORGET_AT_ONCE]),
+                return_exceptions=True))
+        # one by one: keys in different slots of a Cluster
+        failed += _failures(await asyncio.gather(
+            *(self.store.delete(prefix + object_id) for prefix in (
+                _BATCH_INPUT, _UNMEASURED_BATCH_INPUT, _UNWRITTEN_BATCH_INPUT, _CONTEXT, _CHARGED, _FILE_FACTS,
+                _VIDEO_FACTS, _CUT_TURN)),
+            return_exceptions=True))
+        if children_key is not None and not failed:  # (kept, with its end, for the children not ended)
+            failed += _failures(await asyncio.gather(self.store.delete(children_key), return_exceptions=True))
+        return failed
 
     async def forget_child(self, child: str, parent: str) -> None:
         """A child deleted on its own (an eval's run: `DELETE /v1/evals/{id}/runs/{run}`): its charge

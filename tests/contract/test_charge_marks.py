@@ -10,10 +10,16 @@ key), and no mark is left."""
 
 from __future__ import annotations
 
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
 import pytest
 
-from sentinel.governance.ownership import FORGOTTEN_CHILD_TTL, FORGOTTEN_ITEM_TTL, Ownership
-from sentinel.store import Store
+from sentinel.errors import StoreUnavailable
+from sentinel.governance.ownership import ADOPT, FORGOTTEN_CHILD_TTL, FORGOTTEN_ITEM_TTL, ORPHAN, Ownership
+from sentinel.store import Script, Store
 
 
 def _deleted_between(owners: Ownership, deleted: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -276,3 +282,112 @@ async def test_a_childs_own_delete_ends_its_mark_only_under_its_parent(store: St
     finally:
         await store.delete("sentinel:charged:evalrun_1", "sentinel:owner:eval_1", "sentinel:owner:eval_2",
                            _children_key("eval_1"), _children_key("eval_2"))
+
+
+# The parent's `forget` dropped its owner record first (answering its children), then ended them and
+# its list: a store failing part way (a Cluster primary down, a lost connection) or the process dying
+# left the list, and every child not yet ended, kept for ever — nothing reads them again once the
+# owner record is gone — and the relay logged "owner record was kept". The children are now ended
+# while the owner record is kept, the list gets its end with the record's drop, and a failure after
+# it is carried past. The store fails, on each backend, at each step.
+class _Down:
+    """`store`, failing (StoreUnavailable) each operation `down(self, op, key)` names (or awaited:
+    what happens just before that operation); `orphaned` once the parent's owner record was dropped
+    (`ORPHAN` answered)."""
+
+    def __init__(self, store: Store, down: Callable[[_Down, str, str], Any]) -> None:
+        self.store, self.down, self.orphaned = store, down, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def _check(self, op: str, key: str) -> None:
+        down = self.down(self, op, key)
+        if down if not inspect.isawaitable(down) else await down:
+            raise StoreUnavailable(f"store unavailable ({op} {key})")
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        await self._check("orphan" if script is ORPHAN else "run", keys[0])
+        answer = await self.store.run(script, keys, args)
+        self.orphaned = self.orphaned or script is ORPHAN
+        return answer
+
+    async def expire(self, key: str, ttl: float) -> bool:
+        await self._check("expire", key)
+        return await self.store.expire(key, ttl)
+
+    async def delete(self, *keys: str) -> int:
+        await self._check("delete", keys[0])
+        return await self.store.delete(*keys)
+
+
+_FAILURES: dict[str, Callable[[_Down, str, str], bool]] = {
+    "after its owner record is dropped": lambda down, op, key: down.orphaned,
+    "at its owner record": lambda down, op, key: op == "orphan" or down.orphaned,
+    "in one child's slot": lambda down, op, key: op == "expire" and key in ("sentinel:charged:run_1", "sentinel:owner:msg_1"),
+}
+
+
+@pytest.mark.parametrize("fails", list(_FAILURES))
+@pytest.mark.parametrize(("parent", "kind"), [("thread_1", "runs"), ("conv_1", "items")])
+async def test_a_parents_forget_failing_part_way_leaves_nothing_without_an_end(
+    store: Store, caplog: pytest.LogCaptureFixture, fails: str, parent: str, kind: str
+) -> None:
+    children = ["run_1", "run_2"] if kind == "runs" else ["msg_1", "msg_2"]
+    prefix, end = ("sentinel:charged:", FORGOTTEN_CHILD_TTL) if kind == "runs" else ("sentinel:owner:", FORGOTTEN_ITEM_TTL)
+    owners = Ownership(store)
+    try:
+        assert await owners.claim(parent, "alice", None)
+        if kind == "runs":
+            for child in children:
+                assert await owners.charge_once(child, None, parent)
+        else:
+            await owners.claim_all([(child, None) for child in children], "alice", parent=parent)
+        assert [await store.ttl(prefix + child) for child in children] == [-1.0, -1.0]
+        failing = Ownership(cast(Store, _Down(store, _FAILURES[fails])))
+        with caplog.at_level(logging.WARNING, "sentinel.ownership"):
+            if fails == "at its owner record":
+                with pytest.raises(StoreUnavailable):
+                    await failing.forget(parent)
+                assert await owners.owner_of(parent) == "alice"  # (what the relay logs: "owner record was kept")
+            else:
+                await failing.forget(parent)  # its owner record dropped: no "owner record was kept"
+                assert await owners.owner_of(parent) is None
+                assert "kept without an expiry" in caplog.text
+        ended = children[1:] if fails == "in one child's slot" else children  # (run_1's slot is down)
+        for child in ended:
+            left = await store.ttl(prefix + child)
+            assert left is not None and 0 < left <= end, (child, left)
+        listed = await store.ttl(_children_key(parent))
+        if fails == "at its owner record":
+            assert listed == -1.0  # kept as its owner record is
+        else:
+            assert listed is not None and 0 < listed <= FORGOTTEN_CHILD_TTL  # ends, though nothing drops it
+        await owners.forget(parent)  # (the store back: a DELETE of it again)
+        assert await store.ttl(_children_key(parent)) is None
+        for child in children:
+            left = await store.ttl(prefix + child)
+            assert left is not None and 0 < left <= end, (child, left)
+    finally:
+        await store.delete(*(prefix + child for child in children), "sentinel:owner:" + parent, _children_key(parent))
+
+
+async def test_a_run_marked_while_its_thread_is_forgotten_ends_too(store: Store) -> None:
+    """A read listed its run (`ADOPT`) before the DELETE, and marks it once the DELETE ended the
+    children but before it dropped the thread's owner record: the read finds the owner and keeps its
+    mark, which the DELETE ends after that drop (ended only before it, the mark was kept for ever)."""
+    owners = Ownership(store)
+    children = _children_key("thread_1")
+    try:
+        assert await owners.claim("thread_1", "alice", None)
+        await store.run(ADOPT, ["sentinel:owner:thread_1", children], ["c", "run_1"])  # (the read's first step)
+
+        async def marked(down: _Down, op: str, key: str) -> None:
+            if op == "orphan":
+                assert await owners.charge_once("run_1", None, "thread_1")  # (then the rest of the read)
+
+        await Ownership(cast(Store, _Down(store, marked))).forget("thread_1")
+        left = await store.ttl("sentinel:charged:run_1")
+        assert left is not None and 0 < left <= FORGOTTEN_CHILD_TTL
+    finally:
+        await store.delete("sentinel:charged:run_1", "sentinel:owner:thread_1", children)

@@ -136,6 +136,8 @@ def _run_routes(state: MockState) -> list[Route]:
         Route("/v1/threads/{thread_id}/runs/{run_id}", Endpoint(state, runs.thread_run, OPENAI), methods=["GET"]),
         Route("/v1/threads/{thread_id}/runs/{run_id}/cancel", Endpoint(state, runs.run_cancelled, OPENAI),
               methods=["POST"]),
+        Route("/v1/threads/{thread_id}/runs/{run_id}/submit_tool_outputs",
+              Endpoint(state, runs.tool_outputs_submitted, OPENAI), methods=["POST"]),
         Route("/v1/threads/{thread_id}/messages", Endpoint(state, runs.thread_messages, OPENAI), methods=["GET"]),
     ]
 

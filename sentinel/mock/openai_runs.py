@@ -10,7 +10,9 @@ done at its first read — of it, of a list showing it, of its thread's messages
 it ran; its figures are fixed, not a model's. A run given a `function` tool stops at its first read in
 `requires_action`, showing the model's call of it (its arguments: model output) with no `usage`, as
 the real API does; its cancel answers it `cancelling`, and its next read shows it `cancelled` with the
-usage of the turn that wrote the call (`ACTION_USAGE`). Like the real
+usage of the turn that wrote the call (`ACTION_USAGE`). Its tool outputs given (`POST
+.../submit_tool_outputs`), its next read shows it in `requires_action` again with a new call, until it
+made ACTION_STEPS calls: then it is `completed`, with `RUN_USAGE` (all its turns). Like the real
 account, the mock does not know who asked: every object is visible to every caller.
 """
 
@@ -34,6 +36,8 @@ RUN_USAGE = {"prompt_tokens": 90, "completion_tokens": 30, "total_tokens": 120}
 ACTION_USAGE = {"prompt_tokens": 70, "completion_tokens": 12, "total_tokens": 82}
 # The arguments of the tool call a run with a `function` tool stops at (`requires_action`).
 TOOL_ARGUMENTS = '{"city": "Paris"}'
+# The calls of its tool a run makes, each in a step of its own (`requires_action`), before it completes.
+ACTION_STEPS = 2
 _CANCELLABLE = frozenset({"queued", "in_progress", "requires_action"})
 _MODEL_GRADERS = ("label_model", "score_model")
 
@@ -49,6 +53,7 @@ class RunStore:
         self.threads: dict[str, dict[str, Any]] = {}
         self.runs: dict[str, dict[str, Any]] = {}
         self.messages: dict[str, list[dict[str, Any]]] = {}  # by thread, oldest first
+        self.steps: dict[str, int] = {}  # the tool calls each run made (`requires_action` steps shown)
 
     # --- evals ---------------------------------------------------------------------------------------
     def evals_root(self, call: Call) -> Reply:
@@ -173,6 +178,15 @@ class RunStore:
         run.update(status="cancelling", required_action=None)
         return JSONReply(run)
 
+    def tool_outputs_submitted(self, call: Call) -> Reply:
+        """POST /v1/threads/{id}/runs/{run}/submit_tool_outputs: `queued` again (its next read: the
+        next step); a run not in `requires_action`: 400, as the real API answers."""
+        run = self._run(call)
+        if run["status"] != "requires_action":
+            raise WireError(400, f"Runs in status \"{run['status']}\" do not accept tool outputs.")
+        run.update(status="queued", required_action=None)
+        return JSONReply(run)
+
     def thread_run(self, call: Call) -> Reply:
         """GET /v1/threads/{id}/runs/{run}: done."""
         return JSONReply(self._done_run(self._run(call)))
@@ -201,6 +215,7 @@ class RunStore:
             forgotten = objects.pop(next(iter(objects)))
             if objects is self.threads:
                 self.messages.pop(forgotten["id"], None)
+            self.steps.pop(forgotten["id"], None)
 
     def _thread(self, call: Call) -> str:
         thread: str = call.path_params["thread_id"]
@@ -209,7 +224,9 @@ class RunStore:
         return thread
 
     def _done_run(self, run: dict[str, Any]) -> dict[str, Any]:
-        if run["status"] == "queued" and (function := _function(run["tools"])) is not None:
+        function = _function(run["tools"])
+        if run["status"] == "queued" and function is not None and self.steps.get(run["id"], 0) < ACTION_STEPS:
+            self.steps[run["id"]] = self.steps.get(run["id"], 0) + 1
             call = {"id": new_id("call_"), "type": "function", "function": {"name": function, "arguments": TOOL_ARGUMENTS}}
             run.update(status="requires_action",
                        required_action={"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": [call]}})

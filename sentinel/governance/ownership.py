@@ -52,6 +52,9 @@ _CONTEXT = "sentinel:context:"
 # until the first read charging the response's usage corrects the conversation's count by the
 # difference (`Ownership.correct_turn`), or the response is deleted.
 _CUT_TURN = "sentinel:cut-turn:"
+# The output tokens charged provisionally for an Assistants run's `requires_action` steps (their tool
+# calls, as first shown: `RunCharges.shown_steps`), summed: its usage, once shown, is charged beyond it.
+_SHOWN_OUTPUT = "sentinel:run-shown-output:"
 # What Sentinel read of a file uploaded through it (`sentinel.domain.files.FileFacts`): how a request
 # naming the file by id is estimated. Written once (a file's content never changes), only for the
 # file's owner, dropped with the file.
@@ -753,6 +756,18 @@ class Ownership:
             marks = await self.store.get_many([_CHARGED + i for i in some])
             unread += [object_id for object_id, mark in zip(some, marks, strict=True) if not _charged(mark)]
         return unread
+
+    async def add_shown_output(self, run_id: str, tokens: int, ttl: float | None) -> None:
+        """Add `tokens` to the output charged for `run_id` before its usage was shown (a step's
+        tool calls), kept `ttl` seconds (as the run's charge marks)."""
+        if _keyable(run_id) and tokens > 0:
+            await self.store.incr(_SHOWN_OUTPUT + run_id, tokens, ttl)
+
+    async def shown_output(self, run_id: str) -> int:
+        """The output tokens charged for `run_id` before its usage was shown (`add_shown_output`).
+        StoreUnavailable when the store cannot say."""
+        raw = await self.store.get(_SHOWN_OUTPUT + run_id) if _keyable(run_id) else None
+        return int(raw) if raw is not None and raw.isdigit() else 0
 
     async def grow_context(self, object_id: str, tokens: int) -> None:
         """Add `tokens` to what `object_id` holds as context (items added to a conversation)."""

@@ -30,6 +30,7 @@ from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
 from sentinel.quota.media_calls import MediaCall, media_charge, unread_output
 from sentinel.quota.meter import Admission, Meter, ModelUsage, ObjectCharge
+from sentinel.quota.tokens import TokenCounter
 from sentinel.quota.usage import StreamInspector, TailInspector, output_read, text_from_body, usage_from_body
 from sentinel.services.event_streams import relay_events
 from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
@@ -90,11 +91,13 @@ class AnswerRelay:
 
     def __init__(
         self, meter: Meter, ownership: Ownership, metrics: Metrics, prices: PriceOf = lambda model: None,
+        counter: TokenCounter | None = None,
     ) -> None:
         self.meter = meter
         self.ownership = ownership
         self.metrics = metrics
-        self.runs = RunCharges(ownership, prices)  # an eval run's usage per model, runs messages name
+        # An eval run's usage per model, runs messages name, Assistants runs' `requires_action` steps.
+        self.runs = RunCharges(ownership, prices, counter)
 
     async def complete(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, *, owner: Identity | None,
@@ -141,6 +144,8 @@ class AnswerRelay:
             await self.meter.hold(admission, answer_id, ttl)
         pays, settles, charges = await self._pays(charging, answer_id, usage, ttl, parsed, within)
         shown = [(settles, usage)] if settles is not None and usage is not None else []
+        if charges:  # (a run's usage beyond what its steps were charged: `RunCharges.beyond_shown`)
+            usage = _summed(charges)
         if owner is not None and not pays and charging.counted:  # a list of objects (a thread's runs)
             listed = await self._listed_usage(endpoint, parsed, ttl, within)
             if listed is not None:
@@ -149,6 +154,12 @@ class AnswerRelay:
         if owner is not None and not pays and thread_runs is not None:  # (a run's steps count no usage)
             charges, claimed = await self.runs.unread_runs(named_runs(parsed), thread_runs, ttl)
             if charges:
+                usage, pays = _summed(charges), True
+        # (a call's own usage aside: an answer to work showing no usage may show a step too)
+        if owner is not None and charging.counted and (not pays or charges or usage is None):
+            steps = await self.runs.shown_steps(parsed, ttl, within)
+            if steps:
+                charges = [*charges, *steps]
                 usage, pays = _summed(charges), True
         models: list[ModelUsage] = []
         if owner is not None and charging.counted:
@@ -225,6 +236,7 @@ class AnswerRelay:
         claim = await self.runs.claim(answer_id, ttl, within)
         if claim == "charged":
             return False, None, []
+        usage = await self.runs.beyond_shown(answer_id, usage, parsed)
         return True, answer_id if claim == "first" else None, [self.runs.charge(answer_id, usage, claim, parsed)]
 
     async def _listed_usage(
@@ -244,6 +256,7 @@ class AnswerRelay:
             claim = await self.runs.claim(item["id"], ttl, within)
             if claim == "charged":
                 continue
+            shown = await self.runs.beyond_shown(item["id"], shown, item)
             if claim == "first":
                 first.append((item["id"], shown))
             charges.append(self.runs.charge(item["id"], shown, claim, item))

@@ -122,7 +122,7 @@ class OpenAIRelay:
         self.file_facts = FileFactsReader(default, ownership, self.counter)
         # How a cancelled Assistants run is read again until it ended (`run_usage.until_ended`).
         self.cancel_waits, self.sleep = cancel_waits, sleep
-        self.answers = AnswerRelay(meter, ownership, metrics, prices=self._prices)
+        self.answers = AnswerRelay(meter, ownership, metrics, prices=self._prices, counter=self.counter)
 
     # --- metered endpoints (chat, completions, embeddings, responses) -------------------------------
     async def metered(

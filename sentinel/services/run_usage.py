@@ -8,11 +8,20 @@ under the run's key (`charge_id`) and then confirmed, shared by replicas, as a b
 own `usage` is. An Assistants run a client cancels — after `requires_action` showed it the model's
 tool calls, model output, with no `usage` yet — is read again by its cancel until it ended
 (`until_ended`, bounded): its usage, written once it is `cancelled`, is charged on the cancel.
+
+A run a client leaves in `requires_action` — its tool calls read, neither cancelled nor read again —
+shows no usage to any read. So each step it shows so (its tool calls, told apart by their ids) is
+charged by the first read showing it (`shown_steps`): the calls' names and arguments counted as
+output with the run's model's tokenizer, no input, claimed under the step's own key (`step_key`) as
+any object's charge, its tokens added to the run's provisional output (`Ownership.add_shown_output`).
+The run's usage, once a read shows it, is charged beyond that output (`beyond_shown`: never below
+zero) — the provider bills a run abandoned there once it expires, with a usage a later read shows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,6 +33,7 @@ from sentinel.domain.usage import Usage
 from sentinel.errors import StoreUnavailable
 from sentinel.governance.ownership import ChargeClaim, Ownership
 from sentinel.quota.meter import ModelUsage, ObjectCharge
+from sentinel.quota.tokens import TokenCounter
 from sentinel.quota.usage import named_model, per_model_usage, usage_from_body
 
 log = logging.getLogger("sentinel.answers")
@@ -64,9 +74,10 @@ class ThreadRuns:
 class RunCharges:
     """Charges the runs a read shows done, once each (see the module docstring)."""
 
-    def __init__(self, ownership: Ownership, prices: PriceOf) -> None:
+    def __init__(self, ownership: Ownership, prices: PriceOf, counter: TokenCounter | None = None) -> None:
         self.ownership = ownership
         self.prices = prices
+        self.counter = counter or TokenCounter()  # a `requires_action` step's tool calls (`shown_steps`)
 
     async def eval_models(
         self, answer: Any, ttl: float | None, within: str | None = None
@@ -151,8 +162,50 @@ class RunCharges:
             if shown is None and _malformed(run.get("usage")):
                 log.warning("a run's usage is malformed; it is not charged", extra={"run_id": run_id})
             if shown is not None:
-                charges.append(self.charge(run_id, shown, claim, run))
+                charges.append(self.charge(run_id, await self.beyond_shown(run_id, shown, run), claim, run))
         return charges, claimed
+
+    async def shown_steps(self, answer: Any, ttl: float | None, within: str | None = None) -> list[ObjectCharge]:
+        """The charges of the `requires_action` steps of the Assistants runs `answer` shows (the run
+        itself, or a list's `data`) that no read charged yet (see the module docstring): each step's
+        tool calls' names and arguments as output tokens of the run's model, claimed under the
+        step's key (`step_key`, while `within` is kept), the first claim adding them to the run's
+        provisional output. A step whose calls carry no id is not charged (it cannot be told apart)."""
+        charges: list[ObjectCharge] = []
+        for run in _shown(answer, "thread.run"):
+            run_id, calls = run.get("id"), _tool_calls(run)
+            if run.get("status") != "requires_action" or not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+                continue
+            key = step_key(run_id, [call.get("id") for call in calls])
+            if key is None:
+                continue
+            claim = await self.claim(key, ttl, within)
+            if claim == "charged":
+                continue
+            model = named_model(run) or ""
+            written = sum(self.counter.count_text(_call_text(call), model) for call in calls)
+            if claim == "first":
+                try:
+                    await self.ownership.add_shown_output(run_id, written, ttl)
+                except StoreUnavailable:  # (its usage is charged whole: more, never less)
+                    self.ownership.outage.warning("the store is unavailable: a run's step charged is not subtracted later")
+            charges.append(self.charge(key, Usage(0, written), claim, run))
+        return charges
+
+    async def beyond_shown(self, object_id: str, usage: Usage, shown: Any) -> Usage:
+        """`usage` of the object `shown` (`object_id`), less the output its `requires_action` steps
+        were charged already when it is an Assistants run (`shown_steps`; never below zero); a store
+        that cannot say subtracts nothing."""
+        if not (isinstance(shown, dict) and shown.get("object") == "thread.run"):
+            return usage
+        try:
+            charged = await self.ownership.shown_output(object_id)
+        except StoreUnavailable:
+            return usage
+        if charged <= 0:
+            return usage
+        return Usage(usage.input_tokens, max(0, usage.output_tokens - charged),
+                     usage.cache_write_tokens, usage.cache_read_tokens)
 
     async def claim(self, object_id: str, ttl: float | None, within: str | None = None) -> ChargeClaim:
         """A read's claim of `object_id`'s charge (`Ownership.claim_charge`: a run's, a batch's, any
@@ -193,6 +246,31 @@ def until_ended(fetch: FetchRun, waits: Sequence[float] = CANCEL_WAITS, sleep: S
         return run
 
     return fetch_ended
+
+
+def step_key(run_id: str, call_ids: Sequence[Any]) -> str | None:
+    """The key of a run's `requires_action` step, whose tool calls have `call_ids` (each step's
+    are new), under which it is charged once; None without calls, or with one without an id."""
+    if not call_ids or not all(isinstance(i, str) and i for i in call_ids):
+        return None
+    digest = hashlib.sha256("\n".join(sorted(call_ids)).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{run_id}:step:{digest}"
+
+
+def _tool_calls(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tool calls a run in `requires_action` shows (`required_action.submit_tool_outputs`)."""
+    action = run.get("required_action")
+    submit = action.get("submit_tool_outputs") if isinstance(action, dict) else None
+    calls = submit.get("tool_calls") if isinstance(submit, dict) else None
+    return [call for call in calls if isinstance(call, dict)] if isinstance(calls, list) else []
+
+
+def _call_text(call: dict[str, Any]) -> str:
+    """What the model wrote of a tool call: the function's name and its arguments."""
+    function = call.get("function")
+    if not isinstance(function, dict):
+        return ""
+    return "".join(part for part in (function.get("name"), function.get("arguments")) if isinstance(part, str))
 
 
 def named_runs(answer: Any) -> list[str]:

@@ -13,12 +13,13 @@ import openai
 import pytest
 
 from sentinel.domain.usage import charge_id
-from sentinel.mock.openai_runs import ACTION_USAGE, GRADED, RUN_USAGE, SAMPLED, TOOL_ARGUMENTS
+from sentinel.mock.openai_runs import ACTION_STEPS, ACTION_USAGE, GRADED, RUN_USAGE, SAMPLED, TOOL_ARGUMENTS
+from sentinel.quota.tokens import TokenCounter
 from sentinel.services.run_usage import MAX_FETCHED_RUNS
 from tests.api.conftest import Gateway, scripted_gateway
 from tests.support.accounts import create_key
 from tests.support.attack import SpyUpstream, ledger_rows
-from tests.support.runs import eval_and_run, thread_with_run, thread_with_runs, thread_with_tool_run
+from tests.support.runs import WEATHER, eval_and_run, thread_with_run, thread_with_runs, thread_with_tool_run
 from tests.support.waiting import wait_for
 
 EVALS = "/v1/evals,/v1/evals/*"
@@ -185,7 +186,11 @@ def test_runs_charged_already_do_not_hide_the_threads_other_runs(
     assert charged() == [RUN_ROW] * len(runs)  # each run once
 
 
-ACTION_ROW = (ACTION_USAGE["prompt_tokens"], ACTION_USAGE["completion_tokens"])  # a run cancelled after its tool call
+# A `requires_action` step's charge: its tool call (the function's name and arguments) as output.
+STEP = TokenCounter().count_text(WEATHER["function"]["name"] + TOOL_ARGUMENTS, "gpt-4o-mini")
+STEP_ROW = (0, STEP)
+# A run cancelled after its tool call: its usage beyond the step charged when the call was shown.
+ACTION_ROW = (ACTION_USAGE["prompt_tokens"], ACTION_USAGE["completion_tokens"] - STEP)
 
 
 def test_a_run_cancelled_after_requires_action_is_charged_its_usage_once_on_the_cancel(
@@ -207,7 +212,7 @@ def test_a_run_cancelled_after_requires_action_is_charged_its_usage_once_on_the_
     run_path = f"/v1/threads/{thread.id}/runs/{run.id}"
     assert spy.paths() == [run_path + "/cancel", run_path]  # read again: cancelled, its usage shown
     rows = gw.settled_rows(5)  # the cancel's row is the run's charge (its key), as a read charging one's is
-    assert _pairs(rows) == [(0, 0), (0, 0), (0, 0), (0, 0), ACTION_ROW]
+    assert _pairs(rows) == [(0, 0), (0, 0), (0, 0), STEP_ROW, ACTION_ROW]
     assert rows[-1]["request_id"] == charge_id(rows[-1]["external_id"], run.id)
     assert rows[-1]["model"] == "gpt-4o-mini"
     spy.clear()
@@ -216,6 +221,79 @@ def test_a_run_cancelled_after_requires_action_is_charged_its_usage_once_on_the_
     client.beta.threads.messages.list(thread.id)
     assert spy.paths() == [run_path, f"/v1/threads/{thread.id}/runs", f"/v1/threads/{thread.id}/messages"]
     assert _pairs(gw.settled_rows(8))[5:] == [(0, 0)] * 3  # charged already: no second charge, no fetch
+
+
+def test_a_run_abandoned_in_requires_action_is_charged_the_tool_calls_it_showed_once(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """A run in `requires_action` shows the model's tool call (model output) with no `usage`; a client
+    that read it and left the run there (no cancel, no further read) was never charged. The first
+    read showing the step charges its tool call as output, under the step's key: later reads — the
+    run again, the thread's runs — charge nothing more."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
+    client = gw.openai()
+    thread, run = thread_with_tool_run(client)
+    shown = client.beta.threads.runs.retrieve(run.id, thread_id=thread.id)
+    assert shown.status == "requires_action" and shown.usage is None and shown.required_action is not None
+    (call,) = shown.required_action.submit_tool_outputs.tool_calls
+    rows = gw.settled_rows(4)
+    assert _pairs(rows) == [(0, 0), (0, 0), (0, 0), STEP_ROW]
+    from sentinel.services.run_usage import (
+        step_key,  # (after the rows: their charge is what the old code missed)
+    )
+
+    assert rows[-1]["request_id"] == charge_id(rows[-1]["external_id"], str(step_key(run.id, [call.id])))
+    assert rows[-1]["model"] == "gpt-4o-mini"
+    assert client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "requires_action"
+    assert [r.status for r in client.beta.threads.runs.list(thread.id)] == ["requires_action"]
+    assert _pairs(gw.settled_rows(6))[4:] == [(0, 0), (0, 0)]  # the step was charged already
+
+
+def test_a_run_listed_in_requires_action_is_charged_its_step_once_across_replicas(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """A list of the thread's runs shows the step as a read of the run does; two replicas on one
+    Redis share the step's charge mark."""
+    first = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough=THREADS)
+    second = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough=THREADS,
+                             database_url=first.settings.database_url)
+    thread, run = thread_with_tool_run(first.openai())
+    assert [r.status for r in first.openai().beta.threads.runs.list(thread.id)] == ["requires_action"]
+    assert second.openai().beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "requires_action"
+    assert _pairs(first.settled_rows(5)) == [(0, 0), (0, 0), (0, 0), STEP_ROW, (0, 0)]
+
+
+def test_each_requires_action_step_is_charged_once_and_the_run_its_usage_beyond_them(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """A run given its tool outputs stops in `requires_action` again with new tool calls: each step is
+    charged once, by the first read showing it (the SDK's create-and-poll, a retrieve); the run's
+    usage, once shown done, is charged beyond what its steps were (never twice)."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
+    client = gw.openai()
+    assistant = client.beta.assistants.create(model="gpt-4o-mini", name="helper")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "hello"}])
+    run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, tools=[WEATHER],
+                                                   poll_interval_ms=1)
+    calls = []
+    for step in range(ACTION_STEPS):
+        if step:
+            run = client.beta.threads.runs.retrieve(run.id, thread_id=thread.id)
+        assert run.status == "requires_action" and run.required_action is not None
+        (call,) = run.required_action.submit_tool_outputs.tool_calls
+        calls.append(call.id)
+        client.beta.threads.runs.retrieve(run.id, thread_id=thread.id)  # shown again: charged already
+        client.beta.threads.runs.submit_tool_outputs(run.id, thread_id=thread.id,
+                                                     tool_outputs=[{"tool_call_id": call.id, "output": "sunny"}])
+    assert len(set(calls)) == ACTION_STEPS
+    done = client.beta.threads.runs.retrieve(run.id, thread_id=thread.id)
+    assert done.status == "completed" and done.usage is not None
+    client.beta.threads.runs.list(thread.id)
+    client.beta.threads.messages.list(thread.id)
+    charged = [(r["input_tokens"], r["output_tokens"]) for r in gw.settled_rows(2 + 1 + 3 * ACTION_STEPS + 3)
+               if r["input_tokens"] or r["output_tokens"]]
+    beyond = (RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"] - ACTION_STEPS * STEP)
+    assert charged == [STEP_ROW] * ACTION_STEPS + [beyond]
 
 
 def test_a_cancel_naming_another_users_run_charges_no_one_and_the_owner_pays_on_her_own_cancel(
@@ -276,6 +354,48 @@ def test_malformed_run_usage_is_ignored_never_a_server_error(
             assert alice.get("/v1/threads/thread_1/messages").status_code == 200
     assert _tokens(gw.settled_rows(4)) == [
         (None, 0, 0, 0), ("gpt-4o", 30, 4, 10), (None, 0, 0, 0), (None, 0, 0, 0)]
+
+
+def test_malformed_requires_action_steps_are_not_charged_never_a_server_error(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """A `requires_action` run whose tool calls cannot be told apart (no id, not a list) or carry no
+    text is answered as it is; a well-formed step beside them in a list is charged."""
+
+    def run(run_id: str, required_action: Any) -> dict[str, Any]:
+        return {"id": run_id, "object": "thread.run", "thread_id": "thread_1", "status": "requires_action",
+                "model": "gpt-4o-mini", "usage": None, "required_action": required_action}
+
+    calls = {"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": 5, "arguments": ["x"]}},
+        {"id": "call_2", "type": "function", "function": {"name": "weather", "arguments": TOOL_ARGUMENTS}}]}}
+    listed = {"object": "list", "data": [
+        run("run_1", {"submit_tool_outputs": {"tool_calls": [{"function": {"name": "w", "arguments": "{}"}}]}}),
+        run("run_2", {"submit_tool_outputs": {"tool_calls": {"id": "call_9"}}}),
+        run("run_3", "requires_action"), run("run_4", None), run("run_5", calls), "run_6"]}
+    with scripted_gateway(gateway_factory, (listed, listed), "thread_1",
+                          redis_url=redis_url, passthrough="/v1/threads/*") as (gw, _):
+        with gw.client() as alice:
+            assert alice.get("/v1/threads/thread_1/runs").status_code == 200
+            assert alice.get("/v1/threads/thread_1/runs").status_code == 200
+    assert _pairs(gw.settled_rows(2)) == [STEP_ROW, (0, 0)]
+
+
+def test_a_step_shown_by_the_answer_to_tool_outputs_is_charged_once(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """A provider that answers a run's tool outputs with its next `requires_action` step (not
+    `queued`) shows its tool calls there: that answer charges the step, a read of it after nothing."""
+    shown = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "status": "requires_action",
+             "model": "gpt-4o-mini", "usage": None, "required_action": {"submit_tool_outputs": {"tool_calls": [
+                 {"id": "call_2", "type": "function", "function": {"name": "weather", "arguments": TOOL_ARGUMENTS}}]}}}
+    with scripted_gateway(gateway_factory, (shown, shown), "thread_1",
+                          redis_url=redis_url, passthrough="/v1/threads/*") as (gw, _):
+        with gw.client() as alice:
+            outputs = {"tool_outputs": [{"tool_call_id": "call_1", "output": "sunny"}]}
+            assert alice.post("/v1/threads/thread_1/runs/run_1/submit_tool_outputs", json=outputs).status_code == 200
+            assert alice.get("/v1/threads/thread_1/runs/run_1").status_code == 200
+    assert _pairs(gw.settled_rows(2)) == [STEP_ROW, (0, 0)]
 
 
 def test_a_fine_tuning_job_is_charged_its_trained_tokens_once_when_a_read_first_shows_it_ended(

@@ -564,6 +564,9 @@ class Ownership:
         ids = [c.decode() if isinstance(c, bytes) else str(c) for c in children]
         ends = [(_PREFIX + child, FORGOTTEN_ITEM_TTL) if kind == _OWNED else (_CHARGED + child, FORGOTTEN_CHILD_TTL)
                 for child, kind in zip(ids[::2], ids[1::2], strict=True) if _keyable(child)]
+        # (a run's provisional output, `add_shown_output`: ended with its marks)
+        ends += [(_SHOWN_OUTPUT + child, FORGOTTEN_CHILD_TTL)
+                 for child, kind in zip(ids[::2], ids[1::2], strict=True) if kind == _MARKED and _keyable(child)]
         failed = 0
         for start in range(0, len(ends), FORGET_AT_ONCE):
             failed += _failures(await asyncio.gather(
@@ -757,11 +760,19 @@ class Ownership:
             unread += [object_id for object_id, mark in zip(some, marks, strict=True) if not _charged(mark)]
         return unread
 
-    async def add_shown_output(self, run_id: str, tokens: int, ttl: float | None) -> None:
+    async def add_shown_output(self, run_id: str, tokens: int, ttl: float | None, within: str | None = None) -> None:
         """Add `tokens` to the output charged for `run_id` before its usage was shown (a step's
-        tool calls), kept `ttl` seconds (as the run's charge marks)."""
-        if _keyable(run_id) and tokens > 0:
-            await self.store.incr(_SHOWN_OUTPUT + run_id, tokens, ttl)
+        tool calls), kept `ttl` seconds, as the run's charge marks: recorded as a child of its thread
+        `within` (`ADOPT`), whose `forget` ends it with them — taken back when the thread was
+        forgotten meanwhile (nothing reads a deleted thread's runs)."""
+        if not _keyable(run_id) or tokens <= 0:
+            return
+        children = _children_key(within) if within is not None and within != run_id and _keyable(within) else None
+        if children is not None:
+            await self.store.run(ADOPT, [_PREFIX + str(within), children], [_MARKED, run_id])
+        await self.store.incr(_SHOWN_OUTPUT + run_id, tokens, ttl)
+        if children is not None and await self.owner_of(str(within)) is None:
+            await self.store.delete(_SHOWN_OUTPUT + run_id)
 
     async def shown_output(self, run_id: str) -> int:
         """The output tokens charged for `run_id` before its usage was shown (`add_shown_output`).

@@ -186,7 +186,7 @@ class RunCharges:
             written = sum(self.counter.count_text(_call_text(call), model) for call in calls)
             if claim == "first":
                 try:
-                    await self.ownership.add_shown_output(run_id, written, ttl)
+                    await self.ownership.add_shown_output(run_id, written, ttl, within)
                 except StoreUnavailable:  # (its usage is charged whole: more, never less)
                     self.ownership.outage.warning("the store is unavailable: a run's step charged is not subtracted later")
             charges.append(self.charge(key, Usage(0, written), claim, run))

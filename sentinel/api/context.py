@@ -32,6 +32,9 @@ class RequestContext(Exchange):
     slot: str | None = None  # whose in-flight slot this request holds (`UserSlots`), given back at its end
     body_bytes: int = 0  # of its body read so far, counted in the process's `BodyBudget` until its answer begins
     body_caller: str | None = None  # whose share of the `BodyBudget` they are counted in
+    # The credential the caller presented (`Deps.authenticate`), taken out of what is logged of the
+    # request (`RequestMiddleware`): a Zion token has no shape the log redaction knows.
+    credential: str | None = field(default=None, repr=False)
 
     @classmethod
     def start(cls, request_id: str, started: float, *, client_supplied_id: bool) -> RequestContext:

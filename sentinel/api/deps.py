@@ -41,7 +41,7 @@ class Deps:
         with ctx.spans.span("sentinel.auth"):
             try:
                 try:
-                    token = self.credential(request)
+                    token = ctx.credential = self.credential(request)
                 except AuthenticationError as exc:
                     # No credential at all is judged on this process's count (no store round trip):
                     # it costs no lookup and guesses no key.

@@ -51,7 +51,7 @@ from sentinel.errors import (
 from sentinel.observability.logging import AccessLog, request_id_var
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.outcomes import RequestOutcomes
-from sentinel.observability.redaction import SENTINEL_KEYS_ONLY, Redactor
+from sentinel.observability.redaction import MIN_REDACTED, REDACTED, SENTINEL_KEYS_ONLY, Redactor
 
 log = logging.getLogger("sentinel.request")
 
@@ -150,7 +150,7 @@ class RequestMiddleware:
             err = _as_sentinel_error(exc, scope)
             try:
                 if err.status >= 500 and not isinstance(exc, SentinelError | HTTPException):
-                    log.error("unhandled error", exc_info=exc, extra={"path": self.redact.clipped(path)})
+                    log.error("unhandled error", exc_info=exc, extra={"path": self._logged(path, ctx, scope)})
                 else:
                     level = logging.WARNING if err.status >= 500 else logging.INFO
                     if isinstance(err, Overloaded):  # counted, not a warning: see the module docstring
@@ -161,7 +161,7 @@ class RequestMiddleware:
                         "request failed",
                         extra={
                             "status": err.status, "code": self.redact.clipped(err.code),
-                            "error": self.redact.clipped(err.message), "path": self.redact.clipped(path),
+                            "error": self._logged(err.message, ctx, scope), "path": self._logged(path, ctx, scope),
                         },
                     )
                 _drop_tracebacks(exc)  # logged: the frames it came through (a body) are not needed to answer
@@ -220,6 +220,23 @@ class RequestMiddleware:
             if slots.gauge is not None:
                 slots.gauge.dec()
 
+    def _logged(self, text: str, ctx: RequestContext, scope: Scope) -> str:
+        """What the client sent (its path, an error message quoting it) as logged: keys, JWTs and the
+        configured secrets taken out (`redact`), and the caller's own credential — a Zion token of no
+        shape the redaction knows, put in the path by its client — wherever it is: the one it was
+        authenticated with, or, for a request that failed before that (a path no route serves), each
+        one it presented (`_presented`)."""
+        if ctx.credential is not None:
+            secrets: tuple[str, ...] = (ctx.credential,)
+        elif 200 <= ctx.status < 400:  # (served unauthenticated: a public route, what it was sent is not echoed)
+            secrets = ()
+        else:
+            secrets = _presented(scope)
+        for secret in secrets:
+            if len(secret) >= MIN_REDACTED and secret in text:
+                text = text.replace(secret, REDACTED)
+        return self.redact.clipped(text)
+
     def _observe(self, scope: Scope, ctx: RequestContext) -> None:
         elapsed = time.perf_counter() - ctx.started
         method = _METHOD_LABELS.get(scope["method"], "other")
@@ -244,7 +261,7 @@ class RequestMiddleware:
         if self.access_log is not None:
             extra: dict[str, Any] = {
                 "method": scope["method"],
-                "path": self.redact.clipped(scope["path"]),
+                "path": self._logged(scope["path"], ctx, scope),
                 "route": ctx.route,
                 "status": ctx.status,
                 "latency_ms": round(elapsed * 1000, 3),
@@ -255,6 +272,17 @@ class RequestMiddleware:
             if ctx.external_id is not None:
                 extra["user"] = ctx.external_id
             self.access_log.record(ctx.request_id, extra)
+
+
+def _presented(scope: Scope) -> tuple[str, ...]:
+    """The credentials a request's headers present, however malformed (`Authorization`'s value after
+    its scheme, `x-api-key`'s): what its log lines must not hold."""
+    found = []
+    for name, value in scope["headers"]:
+        if name in (b"authorization", b"x-api-key"):
+            text = value.decode("latin-1").strip()
+            found.append(text.split(None, 1)[-1].strip() if name == b"authorization" and " " in text else text)
+    return tuple(found)
 
 
 def _request_id(scope: Scope, redact: Redactor = SENTINEL_KEYS_ONLY) -> tuple[str, bool]:

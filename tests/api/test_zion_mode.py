@@ -573,3 +573,37 @@ def test_no_secret_of_the_configuration_is_sent_to_zion_as_a_users_token(
             "model": "claude-3-5-haiku-20241022", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]})
         assert anthropic.status_code == 401 and anthropic.json()["error"]["type"] == "authentication_error"
     assert zion.attempts[ME] == 1, zion.attempts  # only the made-up token reached Zion (then remembered as invalid)
+
+
+def test_a_zion_token_the_client_put_in_the_path_is_never_logged(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion, capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Zion token has no shape the log redaction knows (a Sentinel key's prefix, a JWT's `eyJ`): one a
+    client put in a forwarded path was refused (400 `credential_in_path`) or not found (404) — and
+    written whole to the access log's path and the failure line's path and message. The caller's own
+    credential is taken out of every line logged of its request."""
+    token = "opaque-zion-token-" + "q7" * 12
+    zion.add_user(token, "olga-ext", "olga@example.com")
+    logging.getLogger("sentinel.access").setLevel(logging.INFO)  # as `sentinel serve` configures it
+    try:
+        gw = zion_gateway(gateway_factory, zion, passthrough="/v1/moderations/*", access_log=True)
+    finally:
+        logging.getLogger("sentinel.access").setLevel(logging.NOTSET)
+    caplog.set_level(logging.INFO, logger="sentinel.request")
+    headers = {"Authorization": f"Bearer {token}"}
+    refused = httpx.post(gw.url + f"/v1/moderations/x/{token}", json={"input": "a"}, headers=headers, timeout=30)
+    missing = httpx.get(gw.url + f"/v1/nowhere/{token}", headers=headers, timeout=30)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (400, "credential_in_path"), refused.text
+    assert missing.status_code == 404, missing.text
+    gw.server.stop()  # the lifespan shutdown writes the last batch
+    logged = capfd.readouterr().err
+    access = [orjson.loads(line) for line in logged.splitlines() if '"logger":"sentinel.access"' in line]
+    ids = {refused.headers["x-request-id"], missing.headers["x-request-id"]}
+    assert ids <= {line["request_id"] for line in access}
+    assert [line["path"] for line in access if line["request_id"] in ids] == [
+        "/v1/moderations/x/***", "/v1/nowhere/***"]
+    failed = [rec for rec in caplog.records if rec.getMessage() == "request failed"]
+    assert len(failed) >= 2
+    assert token not in logged
+    assert not [rec for rec in caplog.records if token in str(rec.__dict__)]

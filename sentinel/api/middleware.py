@@ -48,7 +48,7 @@ from sentinel.errors import (
     RateLimited,
     SentinelError,
 )
-from sentinel.observability.logging import AccessLog, request_id_var
+from sentinel.observability.logging import AccessLog, clipped, request_id_var
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.outcomes import RequestOutcomes
 from sentinel.observability.redaction import MIN_REDACTED, REDACTED, SENTINEL_KEYS_ONLY, Redactor
@@ -232,10 +232,11 @@ class RequestMiddleware:
             secrets = ()
         else:
             secrets = _presented(scope)
+        text = self.redact(text)  # (first: a Sentinel key stays `sk-sentinel-***`, its shape shown)
         for secret in secrets:
             if len(secret) >= MIN_REDACTED and secret in text:
                 text = text.replace(secret, REDACTED)
-        return self.redact.clipped(text)
+        return clipped(text)
 
     def _observe(self, scope: Scope, ctx: RequestContext) -> None:
         elapsed = time.perf_counter() - ctx.started

@@ -47,3 +47,27 @@ def context(scope: Scope) -> RequestContext:
     """The current request's context (set by `RequestMiddleware`)."""
     ctx: RequestContext = scope["sentinel.ctx"]
     return ctx
+
+
+def caller_credentials(ctx: RequestContext, scope: Scope) -> tuple[str, ...]:
+    """The caller's own credentials, to be taken out (`Redactor(text, also=...)`) of what is logged and
+    traced of its request (its path, an error message quoting it): a Zion token, put in the path by
+    its client, has no shape the redaction knows. The one it was authenticated with; none for a
+    request served unauthenticated (a public route: what it was sent is not echoed); else (refused
+    before authentication: a path no route serves) each one its headers present (`presented`)."""
+    if ctx.credential is not None:
+        return (ctx.credential,)
+    if 200 <= ctx.status < 400:
+        return ()
+    return presented(scope)
+
+
+def presented(scope: Scope) -> tuple[str, ...]:
+    """The credentials a request's headers present, however malformed (`Authorization`'s value after
+    its scheme, `x-api-key`'s)."""
+    found = []
+    for name, value in scope["headers"]:
+        if name in (b"authorization", b"x-api-key"):
+            text = value.decode("latin-1").strip()
+            found.append(text.split(None, 1)[-1].strip() if name == b"authorization" and " " in text else text)
+    return tuple(found)

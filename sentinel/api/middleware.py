@@ -33,7 +33,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sentinel.api.body_budget import BodyBudget
-from sentinel.api.context import MAX_CLIENT_REQUEST_ID, RequestContext
+from sentinel.api.context import MAX_CLIENT_REQUEST_ID, RequestContext, caller_credentials
 from sentinel.api.paths import check_raw_path
 from sentinel.api.responses import endpoint_not_found, method_not_allowed
 from sentinel.api.surfaces import is_anthropic_client, render_error, surface_headers
@@ -48,10 +48,10 @@ from sentinel.errors import (
     RateLimited,
     SentinelError,
 )
-from sentinel.observability.logging import AccessLog, clipped, request_id_var
+from sentinel.observability.logging import AccessLog, request_id_var
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.outcomes import RequestOutcomes
-from sentinel.observability.redaction import MIN_REDACTED, REDACTED, SENTINEL_KEYS_ONLY, Redactor
+from sentinel.observability.redaction import SENTINEL_KEYS_ONLY, Redactor
 
 log = logging.getLogger("sentinel.request")
 
@@ -222,21 +222,8 @@ class RequestMiddleware:
 
     def _logged(self, text: str, ctx: RequestContext, scope: Scope) -> str:
         """What the client sent (its path, an error message quoting it) as logged: keys, JWTs and the
-        configured secrets taken out (`redact`), and the caller's own credential — a Zion token of no
-        shape the redaction knows, put in the path by its client — wherever it is: the one it was
-        authenticated with, or, for a request that failed before that (a path no route serves), each
-        one it presented (`_presented`)."""
-        if ctx.credential is not None:
-            secrets: tuple[str, ...] = (ctx.credential,)
-        elif 200 <= ctx.status < 400:  # (served unauthenticated: a public route, what it was sent is not echoed)
-            secrets = ()
-        else:
-            secrets = _presented(scope)
-        text = self.redact(text)  # (first: a Sentinel key stays `sk-sentinel-***`, its shape shown)
-        for secret in secrets:
-            if len(secret) >= MIN_REDACTED and secret in text:
-                text = text.replace(secret, REDACTED)
-        return clipped(text)
+        configured secrets taken out (`redact`), and the caller's own credentials (`caller_credentials`)."""
+        return self.redact.clipped(text, also=caller_credentials(ctx, scope))
 
     def _observe(self, scope: Scope, ctx: RequestContext) -> None:
         elapsed = time.perf_counter() - ctx.started
@@ -273,17 +260,6 @@ class RequestMiddleware:
             if ctx.external_id is not None:
                 extra["user"] = ctx.external_id
             self.access_log.record(ctx.request_id, extra)
-
-
-def _presented(scope: Scope) -> tuple[str, ...]:
-    """The credentials a request's headers present, however malformed (`Authorization`'s value after
-    its scheme, `x-api-key`'s): what its log lines must not hold."""
-    found = []
-    for name, value in scope["headers"]:
-        if name in (b"authorization", b"x-api-key"):
-            text = value.decode("latin-1").strip()
-            found.append(text.split(None, 1)[-1].strip() if name == b"authorization" and " " in text else text)
-    return tuple(found)
 
 
 def _request_id(scope: Scope, redact: Redactor = SENTINEL_KEYS_ONLY) -> tuple[str, bool]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sentinel.api.context import context
+from sentinel.api.context import caller_credentials, context
 from sentinel.errors import SentinelError
 from sentinel.observability import tracing as t
 from sentinel.observability.redaction import SENTINEL_KEYS_ONLY, Redactor
@@ -27,7 +27,7 @@ class TracingMiddleware:
     def __init__(self, app: ASGIApp, tracing: t.OtelTracing, redact: Redactor = SENTINEL_KEYS_ONLY) -> None:
         self.app = app
         self.tracing = tracing
-        self.redact = redact  # `url.path` without keys in it, as the access log writes the path
+        self.redact = redact  # `url.path` without keys in it, as the access log writes the path (`_finish`)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,9 +37,8 @@ class TracingMiddleware:
         ctx.spans = self.tracing
         method: str = scope["method"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        span, token = self.tracing.start_request(
-            method, headers, {"http.request.method": method, "url.path": self.redact.clipped(scope["path"])}
-        )
+        # (`url.path` is set at the end, `_finish`: the caller's credential is known then)
+        span, token = self.tracing.start_request(method, headers, {"http.request.method": method})
         started = time.perf_counter()
         state: dict[str, Any] = {"status": 0, "sse": False, "first": None}
 
@@ -59,7 +58,7 @@ class TracingMiddleware:
             state["status"] = state["status"] or (exc.status if isinstance(exc, SentinelError) else 500)
             span.set_attribute(t.ERROR_TYPE, t.error_type(exc))
             if state["status"] >= 500:
-                self.tracing.fail(span, exc)
+                self.tracing.fail(span, exc, caller_credentials(ctx, scope))
             raise
         finally:
             try:
@@ -69,6 +68,8 @@ class TracingMiddleware:
 
     def _finish(self, span: Any, scope: Scope, state: dict[str, Any]) -> None:
         ctx = context(scope)
+        # What the access log writes: keys, JWTs, configured secrets and the caller's own credential out.
+        span.set_attribute("url.path", self.redact.clipped(scope["path"], also=caller_credentials(ctx, scope)))
         span.update_name(f"{scope['method']} {ctx.route}")
         span.set_attribute("http.route", ctx.route)
         status: int = state["status"]

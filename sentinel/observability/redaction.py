@@ -53,7 +53,10 @@ class Redactor:
         # Longest first: a secret holding another is replaced whole.
         self.secrets = tuple(sorted({s for s in secrets if s and len(s) >= MIN_REDACTED}, key=len, reverse=True))
 
-    def __call__(self, text: str) -> str:
+    def __call__(self, text: str, also: tuple[str, ...] = ()) -> str:
+        """`text` without the keys, JWTs and configured secrets, nor `also` (a request's own credential,
+        of any shape: `sentinel.api.context.caller_credentials`), each one at least MIN_REDACTED long
+        looked for with one substring check. The patterns first: a Sentinel key stays `sk-sentinel-***`."""
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
@@ -61,12 +64,15 @@ class Redactor:
             text = _SENTINEL_KEY.sub(SENTINEL_KEY_PREFIX + REDACTED, text)
         if JWT_PREFIX in text:
             text = _JWT.sub(REDACTED, text)
+        for secret in also:
+            if len(secret) >= MIN_REDACTED and secret in text:
+                text = text.replace(secret, REDACTED)
         return text
 
-    def clipped(self, text: str, limit: int = MAX_LOGGED_CHARS) -> str:
-        """`text` redacted, then cut to `limit` characters (`clipped`): a key across the cut is
-        still found whole."""
-        return clipped(self(text), limit)
+    def clipped(self, text: str, limit: int = MAX_LOGGED_CHARS, also: tuple[str, ...] = ()) -> str:
+        """`text` redacted (`also` too), then cut to `limit` characters (`clipped`): a key across the
+        cut is still found whole."""
+        return clipped(self(text, also), limit)
 
 
 SENTINEL_KEYS_ONLY = Redactor()  # where no configured secret is known: Sentinel API keys still go

@@ -147,19 +147,20 @@ class OtelTracing(Tracing):
                 self.fail(span, exc)
                 raise
 
-    def fail(self, span: OtelSpan, exc: BaseException) -> None:
-        """Mark `span` failed by `exc` (status ERROR, `error.type`, the exception as an event)."""
+    def fail(self, span: OtelSpan, exc: BaseException, also: tuple[str, ...] = ()) -> None:
+        """Mark `span` failed by `exc` (status ERROR, `error.type`, the exception as an event); `also`:
+        more secrets to take out of what it says (a request span's: the caller's own credential)."""
         from opentelemetry.trace import Status, StatusCode
 
         span.set_attribute(ERROR_TYPE, error_type(exc))
         described = str(getattr(exc, "message", "")) or type(exc).__name__
-        span.set_status(Status(StatusCode.ERROR, self.redact.clipped(described)))
+        span.set_status(Status(StatusCode.ERROR, self.redact.clipped(described, also=also)))
         # `record_exception`'s event, its message and traceback redacted (an exception quoting a
         # key, a path or a statement must not carry it to the collector).
         span.add_event("exception", {
             "exception.type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-            "exception.message": self.redact.clipped(str(exc)),
-            "exception.stacktrace": self.redact("".join(traceback.format_exception(exc))),
+            "exception.message": self.redact.clipped(str(exc), also=also),
+            "exception.stacktrace": self.redact("".join(traceback.format_exception(exc)), also),
         })
 
     def start_request(self, name: str, headers: Mapping[str, str], attributes: Mapping[str, Any]) -> tuple[OtelSpan, object]:

@@ -31,7 +31,8 @@ from sentinel.observability.tracing import (
 )
 from sentinel.protocol import uvicorn_protocol_options
 from tests.support.accounts import create_key
-from tests.support.servers import ServerThread
+from tests.support.fake_zion import FakeZion
+from tests.support.servers import ServerThread, serving
 from tests.support.upstream import UPSTREAM_KEY
 from tests.support.waiting import wait_for
 
@@ -358,3 +359,43 @@ def test_a_pass_through_upstream_span_is_named_after_its_allowed_pattern(tmp_pat
         server.stop()
     clients = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
     assert [s.name for s in clients] == ["/v1/widgets/*"] * 3
+
+
+def test_the_callers_own_credential_is_not_in_the_request_span(tmp_path: Path, mock_upstream: str) -> None:
+    """A Zion token has no shape the redaction knows: one a client put in a path went whole into the
+    request span's `url.path` (and a failed span's message and exception event), though its access and
+    failure log lines had it taken out. The span takes the caller's credential out as the log does:
+    the one it was authenticated with, or, refused before that, each one its headers present."""
+    token = "opaque-zion-token-" + "q7" * 12
+    fake = FakeZion()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=request_sampler())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = OtelTracing(provider)
+    with serving(fake) as zion:
+        fake.url = zion.url
+        fake.add_user(token, "olga-ext", "olga@example.com")
+        settings = _settings(tmp_path, mock_upstream, governance="zion", zion_api_url=zion.url,
+                             zion_api_key=fake.api_key, passthrough="/v1/moderations/*")
+        with serving(create_app(settings, tracing=tracing), **uvicorn_protocol_options(settings)) as sentinel:
+            headers = {"Authorization": f"Bearer {token}"}
+            refused = httpx.post(f"{sentinel.url}/v1/moderations/x/{token}", json={"input": "a"}, headers=headers,
+                                 timeout=30)
+            missing = httpx.get(f"{sentinel.url}/v1/nowhere/{token}", headers=headers, timeout=30)
+            assert (refused.status_code, refused.json()["error"]["code"]) == (400, "credential_in_path")
+            assert missing.status_code == 404
+
+            def paths() -> list[str]:
+                return [str((s.attributes or {}).get("url.path")) for s in exporter.get_finished_spans()
+                        if s.kind is SpanKind.SERVER]
+
+            assert wait_for(lambda: len(paths()) >= 2)
+            assert paths() == ["/v1/moderations/x/***", "/v1/nowhere/***"]
+            # A failed span says what its exception said, the caller's credential out of it too.
+            span = provider.get_tracer("test").start_span("sentinel.test.failure")
+            tracing.fail(span, RuntimeError(f"no route for /v1/x/{token}"), (token,))
+            span.end()
+    [failed] = [s for s in exporter.get_finished_spans() if s.name == "sentinel.test.failure"]
+    exported = [failed.status.description or "", *(str(v) for v in (failed.events[0].attributes or {}).values())]
+    assert "no route for /v1/x/***" in exported[2]
+    assert not any(token in text for text in exported)

@@ -115,7 +115,11 @@ def _metered_below(path: str) -> str | None:
         end = tuple(tail[-size:])
         if len(end) == size and end in _METERED_TAILS:
             served = "/".join(end) if end[0] == "v1" else "v1/" + "/".join(end)
-            return None if path.rstrip("/") == "/" + served else served  # (the endpoint's own slash: `passthrough`)
+            if path == "/" + served:
+                return None
+            # The endpoint's own slash is answered by `passthrough` (a typed path) or as Anthropic's legacy
+            # API; a media call's (`/v1/audio/speech/`) is that call to a server reading past the slash.
+            return None if path.rstrip("/") == "/" + served and end not in MEDIA_PATHS else served
     return None
 
 

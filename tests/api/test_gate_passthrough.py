@@ -607,3 +607,24 @@ def test_blank_ids_on_responses_pass_through_calls_and_batch_lines_are_400_befor
     assert taken.status_code != 400, taken.text  # a body naming no blank id still goes through
     assert spy.paths() == ["/v1/responses/input_tokens"]
     assert wait_for(lambda: len(recorded_ids(gw.settings.database_url)) == 1)  # only the call that was sent
+
+
+def test_a_media_call_with_a_trailing_slash_is_never_pass_through(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """`/v1/audio/speech/` (and each media call's path with a trailing slash) is the media call to a
+    server that reads past the slash, as `/v1/v1/audio/speech` is: under `/v1/*` it went upstream as
+    pass-through, charged one request and no token, without the media charge its path decides. 404,
+    nothing sent."""
+    gw = start(gateway_factory, spy, passthrough="/v1/*")
+    spy.clear()
+    speech = {"model": "tts-1", "voice": "alloy", "input": "hello " * 50}
+    with gw.client() as alice:
+        refused = [
+            alice.post("/v1/audio/speech/", json=speech),
+            alice.post("/v1/images/generations/", json={"model": "dall-e-3", "prompt": "a cat"}),
+            alice.post("/v1/videos/edits/", json={"prompt": "a cat", "video": {"id": "video_1"}}),
+        ]
+    for r in refused:
+        assert (r.status_code, openai_error(r.json())["code"]) == (404, "endpoint_not_supported"), (r.request.url, r.text)
+    assert spy.seen == []

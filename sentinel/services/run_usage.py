@@ -137,7 +137,8 @@ class RunCharges:
         run claimed (those done without a usage too: confirmed with the others once their records
         are stored). A run whose fetch fails, that is not of the thread, or not done yet, stays
         uncharged (a later read fetches it again); a store that cannot say which runs were charged
-        fetches none (each read would charge them again)."""
+        fetches none (each read would charge them again). A fetched run waiting in `requires_action`
+        is charged the steps it shows (`shown_steps`): a read of its steps shows their tool calls too."""
         thread, fetch = read.thread, read.fetch
         if read.run is not None:
             named = [read.run] if _RUN_ID.fullmatch(read.run) else []
@@ -150,9 +151,13 @@ class RunCharges:
             return [], []
         charges: list[ObjectCharge] = []
         claimed: list[str] = []
+        waiting: list[dict[str, Any]] = []  # runs in `requires_action`: their steps (`shown_steps`)
         for run_id, run in zip(unread, await asyncio.gather(*map(fetch, unread)), strict=True):
-            if not (isinstance(run, dict) and run.get("id") == run_id and run.get("thread_id") == thread
-                    and run.get("status") in THREAD_RUN_DONE):
+            if not (isinstance(run, dict) and run.get("id") == run_id and run.get("thread_id") == thread):
+                continue
+            if run.get("status") == "requires_action":
+                waiting.append(run)
+            if run.get("status") not in THREAD_RUN_DONE:
                 continue
             claim = await self.claim(run_id, ttl, thread)
             if claim == "charged":
@@ -163,6 +168,9 @@ class RunCharges:
                 log.warning("a run's usage is malformed; it is not charged", extra={"run_id": run_id})
             if shown is not None:
                 charges.append(self.charge(run_id, await self.beyond_shown(run_id, shown, run), claim, run))
+        # A run's step read while the run waits in `requires_action` shows its tool calls (model output)
+        # as the run does: charged as that run's read would charge them, once.
+        charges += await self.shown_steps({"object": "list", "data": waiting}, ttl, thread)
         return charges, claimed
 
     async def shown_steps(self, answer: Any, ttl: float | None, within: str | None = None) -> list[ObjectCharge]:

@@ -489,6 +489,33 @@ def test_a_run_read_only_through_its_steps_is_charged_once(
     assert _pairs(gw.settled_rows(4)) == [(0, 0), (90, 30), (0, 0), (0, 0)]
 
 
+def test_a_runs_requires_action_step_read_only_through_its_steps_is_charged_once(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """A run's steps read while it waits in `requires_action` show its tool calls (model output) as
+    the run does — a read of the steps alone fetched the run, found it not done and charged nothing:
+    the client took the calls and left. The step is charged as a read of the run charges it, once,
+    and the run's usage beyond it once done."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": TOOL_ARGUMENTS}}
+    step = {"id": "step_1", "object": "thread.run.step", "thread_id": "thread_1", "run_id": "run_1",
+            "status": "in_progress", "type": "tool_calls", "usage": None,
+            "step_details": {"type": "tool_calls", "tool_calls": [call]}}
+    steps = {"object": "list", "data": [step], "has_more": False}
+    waiting = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "status": "requires_action",
+               "model": "gpt-4o-mini", "usage": None,
+               "required_action": {"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": [call]}}}
+    done = {**waiting, "status": "completed", "required_action": None,
+            "usage": {"prompt_tokens": 90, "completion_tokens": 30, "total_tokens": 120}}
+    # each read of the steps fetches the run (not charged yet): waiting, waiting again, then done
+    with scripted_gateway(gateway_factory, (steps, waiting, steps, waiting, steps, done), "thread_1",
+                          redis_url=redis_url, passthrough="/v1/threads/*") as (gw, upstream):
+        with gw.client() as alice:
+            for _ in range(3):
+                assert alice.get("/v1/threads/thread_1/runs/run_1/steps").status_code == 200
+        assert len(upstream.received) == 6
+    assert _pairs(gw.settled_rows(3)) == [STEP_ROW, (0, 0), (90, 30 - STEP)]
+
+
 def test_a_grader_run_on_its_own_is_charged_what_its_model_graders_used(
     gateway_factory: Callable[..., Gateway], redis_url: str
 ) -> None:

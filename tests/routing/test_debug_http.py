@@ -17,6 +17,7 @@ DISABLED = {
     "error": {
         "message": "Debug endpoints are disabled. Set SENTINEL_DEBUG=true to enable.",
         "type": "not_found_error",
+        "param": None,
         "code": "debug_disabled",
     }
 }

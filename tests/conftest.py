@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pytest_redis import factories
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import create_engine, migrate, session_factory
 from sentinel.store import MemoryStore, Store
@@ -112,9 +112,32 @@ async def db_engine(db_url: str) -> AsyncIterator[AsyncEngine]:
     await migrate(engine)
     if engine.dialect.name == "postgresql":
         async with engine.begin() as conn:
+            leaked = await _end_leaked_transactions(conn)
             await conn.execute(text(f"TRUNCATE {', '.join(SENTINEL_TABLES)} RESTART IDENTITY CASCADE"))
+        if leaked:
+            await engine.dispose()
+            pytest.fail(f"an earlier test left PostgreSQL sessions idle in a transaction (ended now): {leaked}")
     yield engine
     await engine.dispose()
+
+
+async def _end_leaked_transactions(conn: AsyncConnection) -> list[str]:
+    """End the sessions on this database left idle in a transaction (tests run one at a time, so
+    one still idle in a transaction after two seconds is a leak of an earlier test): their locks
+    would hold every later test's `TRUNCATE` until it timed out — one leak erroring every
+    PostgreSQL test after it. What they ran is returned, for the one test that reports it."""
+    idle = (
+        "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND state LIKE 'idle in transaction%'"
+    )
+    for _ in range(20):
+        await conn.execute(text("SELECT pg_stat_clear_snapshot()"))  # else one snapshot a transaction
+        leaked = [f"{pid}: {query}" for pid, query in await conn.execute(text(f"SELECT pid, left(query, 120) {idle}"))]
+        if not leaked:
+            return []
+        await asyncio.sleep(0.1)  # a transaction between two statements, or a process on its way out
+    await conn.execute(text(f"SELECT pg_terminate_backend(pid) {idle}"))
+    return leaked
 
 
 @pytest.fixture

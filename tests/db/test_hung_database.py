@@ -14,6 +14,7 @@ from sentinel.db.engine import DatabaseCircuitOpen, close_engine, create_engine,
 from sentinel.errors import GovernanceUnavailable
 from tests.support.clock import FakeClock
 from tests.support.hung_db import hung_proxy
+from tests.support.waiting import eventually
 
 
 async def _select_one(engine) -> int:  # type: ignore[no-untyped-def]
@@ -68,3 +69,29 @@ async def test_closing_the_engine_of_a_hung_database_takes_one_timeout_not_one_p
         proxy.hang()
         await asyncio.wait_for(close_engine(engine, 2.0), 8)
         assert engine.pool.checkedin() == 0
+
+
+@pytest.mark.parametrize("cut", ["down", "close"])
+async def test_a_cut_proxy_ends_the_database_session_it_carried(pg_url: str, cut: str) -> None:
+    """The proxy is test support, and a session it leaves behind breaks later tests: a transaction
+    open when the proxy went down stayed open in PostgreSQL until the run ended (its socket was
+    closed under a thread blocked reading it, which keeps the connection), and held locks the next
+    tests' `TRUNCATE` waited on until each timed out. Cut, the database ends that session."""
+    import asyncpg
+
+    plain = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(plain)
+    try:
+        with hung_proxy(pg_url) as (proxy, url):
+            client = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+            await client.execute("BEGIN; SELECT 1")
+            backend = await client.fetchval("SELECT pg_backend_pid()")
+            getattr(proxy, cut)()
+
+            async def ended() -> bool:
+                return await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend) == 0
+
+            assert await eventually(ended, within=10), "the session outlived its proxy"
+            client.terminate()
+    finally:
+        await admin.close()

@@ -45,7 +45,7 @@ class HungProxy:
         self._down.set()
         with self._lock:
             for s in self._sockets:
-                s.close()
+                _end(s)
             self._sockets = []
 
     def up(self) -> None:
@@ -57,9 +57,14 @@ class HungProxy:
         the client's connection is closed without an answer."""
         self._cut_at = (needle, delivered)
 
-    def _keep(self, *socks: socket.socket) -> None:
+    def _keep(self, *socks: socket.socket) -> bool:
+        """Keep `socks` to be cut by `down()`/`close()`; if either came first, end them now."""
         with self._lock:
+            if self._closed.is_set() or self._down.is_set():
+                _end(*socks)
+                return False
             self._sockets.extend(socks)
+            return True
 
     def _accept(self) -> None:
         while not self._closed.is_set():
@@ -77,7 +82,8 @@ class HungProxy:
             except OSError:
                 client.close()
                 continue
-            self._keep(client, upstream)
+            if not self._keep(client, upstream):
+                continue
             cutting: list[bool] = []  # this connection's: set once its reply is to be dropped
             for a, b, out in ((client, upstream, True), (upstream, client, False)):
                 threading.Thread(target=self._pipe, args=(a, b, out, cutting), daemon=True).start()
@@ -111,12 +117,25 @@ class HungProxy:
                     pass
 
     def close(self) -> None:
-        self._closed.set()
         self._flowing.set()
         self._listener.close()
         with self._lock:
+            self._closed.set()
             for s in self._sockets:
-                s.close()
+                _end(s)
+            self._sockets = []
+
+
+def _end(*socks: socket.socket) -> None:
+    """Shut down, then close: `close()` alone frees the descriptor but not a socket a pipe thread
+    is blocked reading, so the connection stayed open — the database kept that session, and a
+    transaction it had open held its locks until the test run ended."""
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        s.close()
 
 
 @contextmanager

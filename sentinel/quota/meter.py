@@ -289,8 +289,10 @@ class QuotaMeter:
         the held reservation it settles."""
         self._recordable()
         plan = await self.plans.plan_for(identity)
-        if holding is not None and input_tokens == output_tokens == 0 and await self._holds(identity, holding):
-            plan = Plan(plan.name, tuple(limit for limit in plan.limits if limit.metric == "requests"))
+        requests_only = tuple(limit for limit in plan.limits if limit.metric == "requests")
+        if (holding is not None and input_tokens == output_tokens == 0 and len(requests_only) < len(plan.limits)
+                and await self._holds(identity, holding)):  # (a plan of request limits alone: nothing to ask)
+            plan = Plan(plan.name, requests_only)
             tokens_later = False
         admission = Admission(identity=identity, endpoint=endpoint, model=None, request_id=request_id,
                               estimate_input=input_tokens, max_output=output_tokens)

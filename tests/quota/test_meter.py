@@ -918,3 +918,24 @@ async def test_a_batch_settlement_the_store_refused_is_sent_again_and_charges_th
                          settles=[("batch_a", Usage(300, 40))])
     await until(lambda: len(s.meter.unsettled) == 0)
     assert await s.used() == {"requests": 10 + 1, "input_tokens": 300, "output_tokens": 40}
+
+
+@pytest.mark.parametrize(("spec", "asked"), [(PLAN, 1), ("requests=10/60s", 0)])
+async def test_a_call_on_a_held_batch_asks_the_store_whether_it_is_held_only_when_a_token_limit_could_be_dropped(
+    spec: str, asked: int,
+) -> None:
+    """A read or cancel of a held batch is checked against the plan's request limits alone (`holding`),
+    which needs one store read; a plan of request limits alone has nothing to drop — that read was
+    a round trip on every such call for nothing."""
+    s = Setup(spec=spec)
+    names: list[str] = []
+    holds = s.limiter.holds
+
+    async def recording(subject: str, name: str) -> bool:
+        names.append(name)
+        return await holds(subject, name)
+
+    s.limiter.holds = recording  # type: ignore[method-assign]
+    admission = await s.meter.admit_call(ALICE, endpoint="batches", request_id="req-read", holding="batch_abc")
+    assert names == ["batch_abc"] * asked
+    assert (await s.used())["requests"] == 1 and admission.reservation is not None

@@ -51,14 +51,14 @@ class SentinelApp:
     def __init__(
         self, settings: Settings, *, tracing: Tracing | None = None, owns_process: bool = False,
         stream_clock: Callable[[], float] = time.monotonic, upstream_clock: Callable[[], float] = time.monotonic,
-        quota_clock: Callable[[], float] = time.time,
+        window_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.tracing = tracing
         self.owns_process = owns_process
         self.stream_clock = stream_clock
         self.upstream_clock = upstream_clock
-        self.quota_clock = quota_clock
+        self.window_clock = window_clock
         self.metrics = Metrics()
         self.runtime: Runtime | None = None
         self.access_log: AccessLog | None = None
@@ -68,12 +68,12 @@ class SentinelApp:
         s = self.settings
         runtime = await build_runtime(
             s, self.metrics, self.tracing, stream_clock=self.stream_clock, upstream_clock=self.upstream_clock,
-            quota_clock=self.quota_clock,
+            window_clock=self.window_clock,
         )
         if s.access_log and access_log_wanted():
             self.access_log = AccessLog(sys.stderr.buffer)
             self.access_log.start()
-        throttle = FailedAuthThrottle(s.auth_failures_per_minute, store=runtime.store)
+        throttle = FailedAuthThrottle(s.auth_failures_per_minute, store=runtime.store, clock=self.window_clock)
         slots = UserSlots(s.max_in_flight_per_user)
         bodies = BodyBudget(s.max_body_bytes_in_flight, s.body_bytes_per_user)
         deps = Deps(
@@ -162,14 +162,15 @@ class SentinelApp:
 def create_app(
     settings: Settings, *, tracing: Tracing | None = None, owns_process: bool = False,
     stream_clock: Callable[[], float] = time.monotonic, upstream_clock: Callable[[], float] = time.monotonic,
-    quota_clock: Callable[[], float] = time.time,
+    window_clock: Callable[[], float] = time.time,
 ) -> SentinelApp:
     """Build (but do not start) a Sentinel app for `settings` (`tracing`: instead of the one the
     settings choose, e.g. an in-memory exporter in tests; `owns_process`: the app is all this
     process serves, so start-up may tune the garbage collector for it; `stream_clock`: the monotonic
     clock the time limit of an answer's body, streamed or not, is read on, a test's own to move;
     `upstream_clock`: the one an upstream request's sending is timed on — how soon a dropped
-    connection dropped; `quota_clock`: the Unix clock the quota windows (fixed, epoch-aligned) are
-    read on — a test's own, so requests it counts never straddle a window's end)."""
+    connection dropped; `window_clock`: the Unix clock fixed, epoch-aligned windows are read on — the
+    quotas' and the failed-authentication throttle's minutes; a test's own, so requests it counts
+    never straddle a window's end)."""
     return SentinelApp(settings, tracing=tracing, owns_process=owns_process, stream_clock=stream_clock,
-                       upstream_clock=upstream_clock, quota_clock=quota_clock)
+                       upstream_clock=upstream_clock, window_clock=window_clock)

@@ -334,14 +334,14 @@ def secret_digests(s: Settings, catalog: Catalog) -> list[str]:
 
 async def build_runtime(
     s: Settings, metrics: Metrics, tracing: Tracing | None = None, *, stream_clock: Callable[[], float] = time.monotonic,
-    upstream_clock: Callable[[], float] = time.monotonic, quota_clock: Callable[[], float] = time.time,
+    upstream_clock: Callable[[], float] = time.monotonic, window_clock: Callable[[], float] = time.time,
 ) -> Runtime:
     """Open the shared clients and build every service (call inside the running event loop).
 
     `tracing` replaces the one OTEL_EXPORTER_OTLP_ENDPOINT selects (tests pass an in-memory one);
     `stream_clock` is what the time limit of an answer's body (`SENTINEL_STREAM_MAX_SECONDS`) is read on,
     `upstream_clock` what an upstream request's sending is timed on (how soon a dropped connection
-    dropped: `sentinel.routing.failover`), `quota_clock` the Unix clock the quota windows are read on;
+    dropped: `sentinel.routing.failover`), `window_clock` the Unix clock the quota windows are read on;
     tests pass ones they move."""
     file = read_providers_file(s)  # before any pool is opened: a bad file stops start-up with nothing to close
     catalog = build_catalog(s, file)
@@ -409,9 +409,9 @@ async def build_runtime(
     deliverer = UsageDeliverer(outbox, governance.sink, metrics, interval=s.usage_flush_interval_seconds,
                                backoff=delivery_backoff(s.usage_lease_seconds))
     # A reservation's marker outlives the longest answer by a day (a settlement after it changes nothing).
-    limiter = QuotaLimiter(store, settle_within=SETTLE_WITHIN + s.stream_max_seconds, clock=quota_clock)
+    limiter = QuotaLimiter(store, settle_within=SETTLE_WITHIN + s.stream_max_seconds, clock=window_clock)
     meter = QuotaMeter(
-        plans=plans, limiter=limiter, local_limiter=LocalLimiter(clock=quota_clock), failure_mode=s.quota_failure_mode,
+        plans=plans, limiter=limiter, local_limiter=LocalLimiter(clock=window_clock), failure_mode=s.quota_failure_mode,
         counter=counter, outbox=outbox, metrics=metrics, default_max_output=s.default_max_output_tokens,
         unrecordable=lambda: outbox.full, referenced=s.reference_input_tokens,
     )

@@ -57,8 +57,8 @@ class Gateway:
 
     def quota_used(self, user: str = "alice") -> dict[str, int]:
         """What each metric of `user`'s plan counts now (the admin API's view of the counters): in the
-        windows current on the gateway's quota clock — a request is counted when it is admitted, so
-        no settlement is waited for (`gateway_factory`'s `quota_clock`)."""
+        windows current on the gateway's window clock — a request is counted when it is admitted, so
+        no settlement is waited for (`gateway_factory`'s `window_clock`)."""
         with self.admin() as admin:
             quota = admin.get(f"/admin/api/users/{user}/quota")
         assert quota.status_code == 200, quota.text
@@ -150,14 +150,15 @@ def gateway_factory(tmp_path: Path, mock_upstream: str) -> Iterator[Callable[...
 
     def start(
         *, loop: str = "asyncio", stream_clock: Callable[[], float] | None = None,
-        upstream_clock: Callable[[], float] | None = None, quota_clock: Callable[[], float] | None = None,
+        upstream_clock: Callable[[], float] | None = None, window_clock: Callable[[], float] | None = None,
         **overrides: Any,
     ) -> Gateway:
         """A gateway with these `Settings` overrides, on this uvicorn event `loop` ("uvloop" as served);
         `stream_clock`: the clock its streams' time limit is read on, `upstream_clock` the one its
-        upstream requests' sending is timed on, `quota_clock` the one its quota windows are (`create_app`).
-        A test that counts requests across calls (`Gateway.quota_used`) on a short window passes a
-        still one: on the wall clock the window may end between two calls and the count restart."""
+        upstream requests' sending is timed on, `window_clock` the one its fixed windows are (`create_app`: the
+        quotas', the failed-authentication throttle's minutes). A test that counts requests or failed
+        sign-ins across calls on a short window passes a still one: on the wall clock the window may
+        end between two calls and the count restart."""
         values: dict[str, Any] = {
             "openai_api_url": mock_upstream + "/v1",
             "openai_api_key": UPSTREAM_KEY,
@@ -171,7 +172,7 @@ def gateway_factory(tmp_path: Path, mock_upstream: str) -> Iterator[Callable[...
         settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
         key_id, key = asyncio.run(create_key(settings.database_url, "alice"))
         clocks = {name: clock for name, clock in (("stream_clock", stream_clock), ("upstream_clock", upstream_clock),
-                                                  ("quota_clock", quota_clock)) if clock is not None}
+                                                  ("window_clock", window_clock)) if clock is not None}
         app = create_app(settings, **clocks)
         server = ServerThread(
             app, limits=connection_limits(settings), loop=loop, **uvicorn_protocol_options(settings)

@@ -30,7 +30,7 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
 
 @pytest.fixture
 def gw(gateway_factory: Callable[..., Gateway]) -> Gateway:
-    return gateway_factory(admin_key=ADMIN_KEY, auth_failures_per_minute=5)
+    return gateway_factory(admin_key=ADMIN_KEY, auth_failures_per_minute=5, window_clock=FakeClock())
 
 
 def signed_in(gw: Gateway) -> tuple[httpx.Client, str]:
@@ -167,7 +167,8 @@ def test_a_sign_in_posted_by_another_site_is_refused_and_not_counted(gateway_fac
     preflight) with wrong keys from their browser: five, and their address was throttled — 429 for
     the admin key too (and for users' keys from that address). The browser says where a post came
     from (`Sec-Fetch-Site`): from another site it is 403 and counts as nothing."""
-    gw = gateway_factory(admin_key=ADMIN_KEY, docs_api_key="docs-key-for-tests-0123", auth_failures_per_minute=5)
+    gw = gateway_factory(admin_key=ADMIN_KEY, docs_api_key="docs-key-for-tests-0123", auth_failures_per_minute=5,
+                         window_clock=FakeClock())
     docs = "/native/docs/signin"
     with httpx.Client(base_url=gw.url) as browser:
         for site in ("cross-site", "same-site", "Cross-Site"):

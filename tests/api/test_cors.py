@@ -12,6 +12,7 @@ import pytest
 
 from sentinel.config import ConfigError, load_settings
 from tests.api.conftest import Gateway
+from tests.support.clock import FakeClock
 
 APP = "http://127.0.0.1:5173"
 PREFLIGHT = {"origin": APP, "access-control-request-method": "POST",
@@ -62,7 +63,7 @@ def test_bad_origin_settings_are_refused(value: str, monkeypatch: pytest.MonkeyP
 
 
 def test_a_hostile_page_cannot_lock_its_visitors_address_out_through_the_failed_auth_throttle(
-    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
+    gateway_factory: Callable[..., Gateway],
 ) -> None:
     """With `*`, any page passes the preflight for `authorization` and makes its visitors' browsers
     send junk keys: counted with the address's own failures, a page left open kept everyone behind
@@ -71,12 +72,10 @@ def test_a_hostile_page_cannot_lock_its_visitors_address_out_through_the_failed_
     `Origin` to dodge the throttle is throttled there too (twice the limit in all, never more)."""
     import openai
 
-    from tests.api.test_gate_limits import _throttle_minute_fixed
     from tests.support.accounts import create_key
 
-    _throttle_minute_fixed(monkeypatch)
     admin_key = "admin-key-for-tests-0123"
-    gw = gateway_factory(cors_origins="*", auth_failures_per_minute=3, admin_key=admin_key)
+    gw = gateway_factory(cors_origins="*", auth_failures_per_minute=3, admin_key=admin_key, window_clock=FakeClock())
     _, fresh = asyncio.run(create_key(gw.settings.database_url, "office-colleague"))  # never used: not cached
     page = {"origin": "https://hostile.example", "sec-fetch-site": "cross-site"}
 
@@ -109,12 +108,9 @@ def test_a_hostile_page_cannot_lock_its_visitors_address_out_through_the_failed_
 
 
 def test_a_script_adding_an_origin_gets_at_most_twice_the_limit(
-    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
+    gateway_factory: Callable[..., Gateway],
 ) -> None:
-    from tests.api.test_gate_limits import _throttle_minute_fixed
-
-    _throttle_minute_fixed(monkeypatch)
-    gw = gateway_factory(cors_origins="*", auth_failures_per_minute=3)
+    gw = gateway_factory(cors_origins="*", auth_failures_per_minute=3, window_clock=FakeClock())
     with httpx.Client(base_url=gw.url, timeout=30) as http:
         plain = [http.get("/v1/models", headers={"authorization": f"Bearer sk-sentinel-junk-{i}"}).status_code
                  for i in range(4)]
@@ -129,18 +125,15 @@ def test_a_script_adding_an_origin_gets_at_most_twice_the_limit(
 
 
 def test_the_console_behind_a_proxy_that_rewrites_host_is_not_locked_out_by_a_hostile_page(
-    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
+    gateway_factory: Callable[..., Gateway],
 ) -> None:
     """A proxy in front commonly sends Sentinel its own upstream name as `Host` (nginx's default
     `proxy_set_header Host $proxy_host`): the console's same-origin sign-in then carries an `Origin`
     (the public name) that is not the `Host`. The browser says what it is (`Sec-Fetch-Site:
     same-origin`, a header no page can set): compared with `Host` only, it counted in the
     cross-origin bucket a hostile page had filled — the console was locked out again."""
-    from tests.api.test_gate_limits import _throttle_minute_fixed
-
-    _throttle_minute_fixed(monkeypatch)
     admin_key = "admin-key-for-tests-0123"
-    gw = gateway_factory(cors_origins="*", auth_failures_per_minute=3, admin_key=admin_key)
+    gw = gateway_factory(cors_origins="*", auth_failures_per_minute=3, admin_key=admin_key, window_clock=FakeClock())
     page = {"origin": "https://hostile.example", "sec-fetch-site": "cross-site"}
     with httpx.Client(base_url=gw.url, timeout=30) as http:  # (its Host: the proxy's upstream name)
         from_page = [http.get("/v1/models", headers={**page, "authorization": f"Bearer sk-sentinel-junk-{i}"})

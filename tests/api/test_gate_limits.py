@@ -26,6 +26,7 @@ from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.support.accounts import create_key
 from tests.support.attack import ledger_rows, openai_error, spying
+from tests.support.clock import FakeClock
 from tests.support.metrics import metric
 from tests.support.raw_http import raw_exchange, rest_of
 from tests.support.waiting import wait_for
@@ -330,7 +331,7 @@ def test_a_sign_in_form_gets_a_short_deadline_and_each_one_missed_is_a_failure(
     assert SIGN_IN_FORM_SECONDS == 5.0
     monkeypatch.setattr("sentinel.api.bodies.SIGN_IN_FORM_SECONDS", 0.2, raising=False)
     gw = gateway_factory(admin_key="admin-key-for-tests-0123", docs_api_key="docs-key-for-tests-0123",
-                         auth_failures_per_minute=2, body_timeout_seconds=5)
+                         auth_failures_per_minute=2, body_timeout_seconds=5, window_clock=FakeClock())
     port = int(gw.url.rsplit(":", 1)[1])
     for path in (b"/admin/signin", b"/native/docs/signin"):
         with _held_sign_in(port, path, 2, length=100) as sock:
@@ -437,7 +438,8 @@ def test_a_sign_in_form_that_never_arrives_counts_as_a_failed_sign_in(
     slots held open that way, again and again, were never throttled. Each counts as a failed
     sign-in now: with a limit of 2, after one of each even the right key is refused (429)."""
     caplog.set_level(logging.INFO, logger="sentinel.request")
-    gw = gateway_factory(admin_key="admin-key-for-tests-0123", auth_failures_per_minute=2, body_timeout_seconds=0.5)
+    gw = gateway_factory(admin_key="admin-key-for-tests-0123", auth_failures_per_minute=2, body_timeout_seconds=0.5,
+                         window_clock=FakeClock())
     port = int(gw.url.rsplit(":", 1)[1])
     _held_sign_in(port, b"/admin/signin", 1, length=100).close()  # the client leaves mid-form
     assert wait_for(lambda: any(getattr(r, "status", None) == 499 for r in caplog.records)), caplog.text
@@ -459,7 +461,7 @@ def test_concurrent_sign_ins_cannot_all_pass_the_failed_login_limit(
     from sentinel.api.middleware import MAX_SIGN_IN_PER_CLIENT
 
     gw = gateway_factory(admin_key="admin-key-for-tests-0123", docs_api_key="docs-key-for-tests-0123",
-                         auth_failures_per_minute=3, body_timeout_seconds=20)
+                         auth_failures_per_minute=3, body_timeout_seconds=20, window_clock=FakeClock())
     port = int(gw.url.rsplit(":", 1)[1])
     form = b"key=wrong-key"
     held = []
@@ -580,7 +582,7 @@ def test_wrong_docs_keys_in_the_header_are_throttled_like_failed_sign_ins(
 ) -> None:
     """`X-Docs-Key` was compared without counting failures: guessing the key through the header
     went around the sign-in form's throttle. A wrong header counts; the page without any key does not."""
-    gw = gateway_factory(docs_api_key="docs-key-for-tests-0123", auth_failures_per_minute=3)
+    gw = gateway_factory(docs_api_key="docs-key-for-tests-0123", auth_failures_per_minute=3, window_clock=FakeClock())
     with httpx.Client(base_url=gw.url, timeout=10) as http:
         for _ in range(5):
             assert http.get("/native/docs").status_code == 401  # no key: the sign-in page, not counted
@@ -668,10 +670,9 @@ def test_a_body_that_trickles_is_refused(gateway_factory: Callable[..., Gateway]
 
 
 def test_failed_authentications_are_throttled_per_address_before_any_lookup(
-    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
+    gateway_factory: Callable[..., Gateway],
 ) -> None:
-    _throttle_minute_fixed(monkeypatch)
-    gw = gateway_factory(auth_failures_per_minute=5)
+    gw = gateway_factory(auth_failures_per_minute=5, window_clock=FakeClock())
     looked_up = _source_lookups(gw)
     with gw.client() as http:
         statuses = [http.get("/v1/models", headers={"Authorization": f"Bearer sk-sentinel-made-up-{i}"}).status_code
@@ -689,16 +690,32 @@ def test_failed_authentications_are_throttled_per_address_before_any_lookup(
     assert good.status_code == 429 and len(looked_up) == 5
 
 
+def test_the_failed_authentication_minutes_are_read_on_the_gateways_window_clock(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """The throttle counts per epoch-aligned minute on the clock the gateway is given (the quotas'
+    one): a test's failures stay in one minute (on the wall clock one could end between a test's
+    refused forms and its last sign-in, and the count restart), and a new minute clears them."""
+    clock = FakeClock(1_800_000_059.0)  # one second before a minute ends
+    gw = gateway_factory(auth_failures_per_minute=2, window_clock=clock)
+    wrong = {"Authorization": "Bearer sk-sentinel-made-up"}
+    with gw.client() as http:
+        assert [http.get("/v1/models", headers=wrong).status_code for _ in range(3)] == [401, 401, 429]
+        refused = http.get("/v1/models", headers=wrong)
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        clock.advance(1)  # the next minute
+        assert http.get("/v1/models", headers=wrong).status_code == 401
+
+
 def test_one_clients_failures_do_not_lock_out_the_keys_in_use_behind_its_address(
-    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
+    gateway_factory: Callable[..., Gateway],
 ) -> None:
     """Users behind one address (an office NAT; every user, behind a proxy not named in
     SENTINEL_FORWARDED_ALLOW_IPS) share one count of failures: one of them sending made-up (or old,
     revoked) keys made every request from that address 429 for the rest of each minute, valid keys
     in use included — 30 bad requests a minute kept them all out. A key whose identity is cached
     (known good) costs no lookup and is served; tokens that would need one are still refused."""
-    _throttle_minute_fixed(monkeypatch)
-    gw = gateway_factory(auth_failures_per_minute=3)
+    gw = gateway_factory(auth_failures_per_minute=3, window_clock=FakeClock())
     looked_up = _source_lookups(gw)
     with gw.client() as colleague:
         assert colleague.get("/v1/models").status_code == 200  # in use: its identity is cached
@@ -718,15 +735,6 @@ def test_one_clients_failures_do_not_lock_out_the_keys_in_use_behind_its_address
     assert again.status_code == 429 and again.json()["error"]["code"] == "auth_rate_limited"
     assert missing.status_code == 429
     assert len(looked_up) == 4
-
-
-def _throttle_minute_fixed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The gateways started next count failed authentications in one minute that never ends."""
-    import functools
-
-    from sentinel.api.throttle import FailedAuthThrottle
-
-    monkeypatch.setattr("sentinel.app.FailedAuthThrottle", functools.partial(FailedAuthThrottle, clock=lambda: 1000.0))
 
 
 def _source_lookups(gw: Gateway) -> list[str]:
@@ -750,7 +758,7 @@ def test_requests_without_a_credential_are_not_failed_authentications(
     """Any page a browser opens can make it send requests without a credential (an <img> of
     `/v1/models`, a form posted to `/native/v1/chat/completions`): counted as failures, they locked the
     visitor's address out — its users' keys and the admin key — for as long as the page stayed open."""
-    gw = gateway_factory(auth_failures_per_minute=5, admin_key="admin-key-for-tests-0123")
+    gw = gateway_factory(auth_failures_per_minute=5, admin_key="admin-key-for-tests-0123", window_clock=FakeClock())
     with httpx.Client(base_url=gw.url, timeout=30) as anonymous:
         answers = [anonymous.get("/v1/models", headers={"Sec-Fetch-Site": "cross-site"}) for _ in range(4)]
         answers += [anonymous.post("/native/v1/chat/completions", content=b"x=1",

@@ -212,7 +212,7 @@ def test_failed_uses_of_an_expired_key_count_towards_the_addresss_throttle(
     """An expired key's refusal is a failed authentication like a wrong key's: an address using one
     in a loop is throttled (429) as it would be with any wrong credential, and the cached keys
     behind it keep working."""
-    gw = gateway_factory(admin_key=ADMIN_KEY, auth_failures_per_minute=3)
+    gw = gateway_factory(admin_key=ADMIN_KEY, auth_failures_per_minute=3, window_clock=FakeClock())
     clocks = Clocks(gw)
     with gw.admin() as http:
         key = http.post("/admin/api/users/bob/keys", json={"expires_in_seconds": 60}).json()["key"]

@@ -61,7 +61,7 @@ def test_token_limits_have_their_own_counters(gateway_factory: Callable[..., Gat
     assert statuses[0] == 200 and statuses[-1] == 429
 
 
-def test_the_quota_windows_are_read_on_the_gateways_quota_clock(
+def test_the_quota_windows_are_read_on_the_gateways_window_clock(
     gateway_factory: Callable[..., Gateway], backend_url: str | None
 ) -> None:
     """Windows are fixed and epoch-aligned: a count read across calls restarts when a window ends
@@ -70,7 +70,7 @@ def test_the_quota_windows_are_read_on_the_gateways_quota_clock(
     them out of it; every request served is recorded once either way."""
     clock = FakeClock(1_800_000_059.5)  # half a second before a minute ends
     gw = gateway_factory(redis_url=backend_url, default_plan="requests=100/60s", admin_key="admin-key-for-tests-0123",
-                         quota_clock=clock)
+                         window_clock=clock)
     with gw.client() as c:
         for _ in range(2):
             assert c.post("/v1/chat/completions", json=CHAT).status_code == 200

@@ -212,11 +212,12 @@ def test_a_long_client_name_is_stored_under_a_digest() -> None:
 # --- through HTTP: two Sentinels on one Redis -----------------------------------------------------
 
 def _recording_throttles(monkeypatch: pytest.MonkeyPatch) -> list[FailedAuthThrottle]:
-    """The gateways started next count in one minute that never ends; their throttles, as made."""
+    """The throttles of the gateways started next, as made (their clock is the gateway's
+    `window_clock`: a still one keeps a test's failures in one minute)."""
     made: list[FailedAuthThrottle] = []
 
     def make(*args: Any, **kw: Any) -> FailedAuthThrottle:
-        made.append(FailedAuthThrottle(*args, clock=lambda: MINUTE + 1, **kw))
+        made.append(FailedAuthThrottle(*args, **kw))
         return made[-1]
 
     monkeypatch.setattr("sentinel.app.FailedAuthThrottle", make)
@@ -235,8 +236,9 @@ def test_two_sentinels_on_one_redis_share_the_failed_authentication_limit(
     from one address (each counted its own): 3 wrong keys through the first and 1 through the second
     left both serving lookups. They count one total now."""
     throttles = _recording_throttles(monkeypatch)
-    first = gateway_factory(redis_url=redis_url, auth_failures_per_minute=4)
-    second = gateway_factory(redis_url=redis_url, auth_failures_per_minute=4)
+    clock = FakeClock()  # one minute for both: the count is theirs together
+    first = gateway_factory(redis_url=redis_url, auth_failures_per_minute=4, window_clock=clock)
+    second = gateway_factory(redis_url=redis_url, auth_failures_per_minute=4, window_clock=clock)
     assert [_wrong(first, n).status_code for n in range(3)] == [401] * 3
     assert _wrong(second, 3).status_code == 401
     for gw, n in ((second, 4), (first, 5)):
@@ -258,7 +260,7 @@ def test_a_cached_key_costs_the_throttle_no_store_round_trip(
     """The hot path stays free: a key whose identity is cached asks the throttle nothing of the
     store, nor does a request without any credential; a wrong key reads and counts its client."""
     throttles = _recording_throttles(monkeypatch)
-    gw = gateway_factory(redis_url=redis_url, auth_failures_per_minute=4)
+    gw = gateway_factory(redis_url=redis_url, auth_failures_per_minute=4, window_clock=FakeClock())
     (throttle,) = throttles
     assert throttle.store is not None
     recording = _Recording(throttle.store)

@@ -15,6 +15,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from sentinel.protocol import GuardedHttpToolsProtocol
 from tests.api.conftest import Gateway
 from tests.support.attack import ledger_rows, openai_error
+from tests.support.clock import FakeClock
 from tests.support.raw_http import port_of, raw_exchange, rest_of
 
 CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
@@ -54,17 +55,12 @@ def test_a_credential_in_a_trailer_section_is_not_a_header(gateway: Gateway, fie
 
 
 def test_a_forwarded_address_in_a_trailer_section_is_not_the_clients(
-    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
+    gateway_factory: Callable[..., Gateway],
 ) -> None:
     """Behind a trusted proxy, an X-Forwarded-For in the trailer section came last, so it named the
     client: every request a new address, and the failed-authentication throttle (per address) never
     refused anyone. Only the header the proxy wrote counts."""
-    import functools
-
-    from sentinel.api.throttle import FailedAuthThrottle
-
-    monkeypatch.setattr("sentinel.app.FailedAuthThrottle", functools.partial(FailedAuthThrottle, clock=lambda: 1000.0))
-    gw = gateway_factory(auth_failures_per_minute=3, forwarded_allow_ips="127.0.0.1")
+    gw = gateway_factory(auth_failures_per_minute=3, forwarded_allow_ips="127.0.0.1", window_clock=FakeClock())
     seen = []
     for i in range(5):
         answer = exchange(gw, chunked_chat(

@@ -20,6 +20,7 @@ from sentinel.governance.keys import KeyService
 from sentinel.governance.zion import MAX_ZION_TOKEN_BYTES
 from sentinel.routing.sessions import SessionStore
 from tests.api.conftest import Gateway
+from tests.support.clock import FakeClock
 from tests.support.fake_zion import BATCH, LIMITS, ME, FakeZion
 from tests.support.metrics import metric
 from tests.support.servers import serving
@@ -186,7 +187,8 @@ def test_a_user_zion_refuses_is_401_not_a_stale_identity(
     not an outage: once the cached identity is due for a check it is dropped and the caller gets 401,
     counted by the failed-authentication throttle; the grace period is for outages only."""
     zion.add_user("jwt-olga", "olga-ext", "olga@example.com")
-    gw = zion_gateway(gateway_factory, zion, jwt_cache_ttl_seconds=1, auth_failures_per_minute=1)
+    gw = zion_gateway(gateway_factory, zion, jwt_cache_ttl_seconds=1, auth_failures_per_minute=1,
+                      window_clock=FakeClock())
     assert post(gw, "jwt-olga").status_code == 200
     zion.refuse_user("jwt-olga", status)
     deadline = time.monotonic() + 10
@@ -322,7 +324,7 @@ def test_other_spellings_of_a_users_token_never_reach_zion(
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
     others = [token + "=", token + "==", token.replace("-", "+").replace("_", "/"),
               f"{head}.{body}.{sig[:-1]}{alphabet[alphabet.index(sig[-1]) ^ 1]}"]  # an unused bit set
-    gw = zion_gateway(gateway_factory, zion, auth_failures_per_minute=len(others))
+    gw = zion_gateway(gateway_factory, zion, auth_failures_per_minute=len(others), window_clock=FakeClock())
     assert post(gw, token).status_code == 200
     for other in others:
         refused = post(gw, other)
@@ -478,7 +480,7 @@ def test_concurrent_made_up_tokens_reach_zion_no_more_often_than_the_throttle_al
     instead of 3. A client has at most `limit` minus its failures of lookups in flight."""
     from concurrent.futures import ThreadPoolExecutor
 
-    gw = zion_gateway(gateway_factory, zion, auth_failures_per_minute=3)
+    gw = zion_gateway(gateway_factory, zion, auth_failures_per_minute=3, window_clock=FakeClock())
     zion.set_down(True, "hang")
     with ThreadPoolExecutor(20) as pool:
         answers = [pool.submit(post, gw, f"made-up-{i}") for i in range(20)]

@@ -310,7 +310,7 @@ def alias_gateway(
     path.write_text(yaml.safe_dump(doc))
     return factory(providers_file=path, redis_url=backend_url, default_plan="requests=100000/60s",
                    openai_api_url=upstream + "/v1", anthropic_api_url=upstream, admin_key=ADMIN_KEY,
-                   redis_timeout_seconds=2.0, quota_clock=FakeClock())
+                   redis_timeout_seconds=2.0, window_clock=FakeClock())
 
 
 def test_an_alias_target_the_provider_retired_passes_the_request_on_uncharged_and_is_skipped_after(

@@ -21,6 +21,7 @@ zero) — the provider bills a run abandoned there once it expires, with a usage
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import re
@@ -32,6 +33,7 @@ from sentinel.domain.catalogue import Prices
 from sentinel.domain.usage import Usage
 from sentinel.errors import StoreUnavailable
 from sentinel.governance.ownership import ChargeClaim, Ownership
+from sentinel.offload import count_off_loop
 from sentinel.quota.meter import ModelUsage, ObjectCharge
 from sentinel.quota.tokens import TokenCounter
 from sentinel.quota.usage import named_model, per_model_usage, usage_from_body
@@ -191,7 +193,9 @@ class RunCharges:
             if claim == "charged":
                 continue
             model = named_model(run) or ""
-            written = sum(self.counter.count_text(_call_text(call), model) for call in calls)
+            texts = [_call_text(call) for call in calls]
+            written = await count_off_loop(  # (arguments of up to a MiB: counted off the event loop)
+                functools.partial(self._count_calls, texts, model), sum(map(len, texts)))
             if claim == "first":
                 try:
                     await self.ownership.add_shown_output(run_id, written, ttl, within)
@@ -199,6 +203,9 @@ class RunCharges:
                     self.ownership.outage.warning("the store is unavailable: a run's step charged is not subtracted later")
             charges.append(self.charge(key, Usage(0, written), claim, run))
         return charges
+
+    def _count_calls(self, texts: list[str], model: str) -> int:
+        return sum(self.counter.count_text(text, model) for text in texts)
 
     async def beyond_shown(self, object_id: str, usage: Usage, shown: Any) -> Usage:
         """`usage` of the object `shown` (`object_id`), less the output its `requires_action` steps

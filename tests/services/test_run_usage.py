@@ -4,6 +4,7 @@ ended (`until_ended`)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import orjson
@@ -12,7 +13,9 @@ import pytest
 from sentinel.domain.catalogue import Prices
 from sentinel.domain.usage import Usage
 from sentinel.governance.ownership import Ownership
+from sentinel.offload import OFF_LOOP_SIZE
 from sentinel.quota.meter import ObjectCharge
+from sentinel.quota.tokens import TokenCounter
 from sentinel.services.run_usage import MAX_NAMED_RUNS, RunCharges, RunIdScanner, named_runs, until_ended
 from sentinel.store import MemoryStore
 
@@ -124,3 +127,28 @@ async def test_a_run_that_never_ends_is_read_a_bounded_number_of_times() -> None
         reads, fetch = _reads(failed)
         assert await until_ended(fetch, (1.0, 2.0), sleep)("run_1") == failed
         assert len(reads) == 1
+
+
+@pytest.mark.parametrize(("size", "in_a_thread"), [(10, False), (OFF_LOOP_SIZE, True)])
+async def test_a_shown_steps_tool_calls_are_counted_off_the_event_loop_when_long(size: int, in_a_thread: bool) -> None:
+    """A run waiting in `requires_action` is charged its tool calls' names and arguments, which the
+    model wrote (up to an answer's MiB): they were encoded on the event loop, every other request
+    waiting meanwhile. Counts of that size go to the counts' pool, as every count of a body does."""
+    counter = TokenCounter()
+    threads: list[str] = []
+    count_text = counter.count_text
+
+    def recording(text: str, model: str | None = None) -> int:
+        threads.append(threading.current_thread().name)
+        return count_text(text, model)
+
+    counter.count_text = recording  # type: ignore[method-assign]
+    charges = RunCharges(Ownership(MemoryStore()), lambda name: PRICES, counter)
+    arguments = orjson.dumps({"q": "x" * size}).decode()
+    run = {"object": "thread.run", "id": "run_abc", "model": "gpt-4o-mini", "status": "requires_action",
+           "required_action": {"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": [
+               {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": arguments}}]}}}
+    (charge,) = await charges.shown_steps(run, ttl=None)
+    assert charge.usage.output_tokens == count_text("lookup" + arguments, "gpt-4o-mini") > 0
+    assert len(threads) == 1
+    assert (threads[0] != threading.current_thread().name) is in_a_thread

@@ -71,7 +71,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 
@@ -795,12 +795,29 @@ class QuotaLimiter:
         ends = [at + self._slot(reservation.subject, limit, at)[2] / 1000 for limit in reservation.limits]
         return max(HOLD_WITHIN, ttl or 0.0, *(end - self.clock() for end in ends))
 
-    async def holds(self, subject: str, name: str) -> bool:
-        """Whether `subject` holds a reservation under `name` (`hold`) that no read settled yet."""
+    async def beside_held(self, subject: str, name: str, plan: Plan) -> Plan | None:
+        """The limits a call on the object `subject` holds a reservation for under `name` (`hold`,
+        not settled yet: a batch it reads or cancels) is checked against, or None when none is held:
+        `plan`'s request limits alone — its token estimate is the held reservation's, settled by
+        that read — each raised by the requests the held reservation counted in the window now
+        current, so that the batch's own lines (they run) never lock its maker out of it: a batch
+        of as many lines as a request limit left could be neither read nor cancelled until that
+        window ended. A Zion limit is not raised (its count is Zion's and this process's reading)."""
         if not 0 < len(name) <= MAX_HELD_NAME or not is_text(name):
-            return False
+            return None
         raw = await self.store.get(self._held_key(subject, name))
-        return raw is not None and self._load(raw) is not None
+        held = None if raw is None else self._load(raw)
+        if held is None:
+            return None
+        counted = dict(zip(held.keys, held.amounts, strict=False))
+        now = self.clock()
+        limits: list[Limit] = []
+        for limit in plan.limits:
+            if limit.metric != "requests":
+                continue
+            room = 0 if limit.external is not None else counted.get(self._slot(subject, limit, now)[0], 0)
+            limits.append(replace(limit, limit=limit.limit + room) if room > 0 else limit)
+        return Plan(plan.name, tuple(limits))
 
     async def settle_held(
         self, subject: str, name: str, *, input_tokens: int, output_tokens: int, requests: int | None = None,

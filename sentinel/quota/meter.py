@@ -282,18 +282,18 @@ class QuotaMeter:
         answer may show no usage: `media_calls.media_call`), charged when its answer shows none —; it
         is refused while any limit of the plan is exhausted, and, with `tokens_later` (a call charged
         the tokens its answer shows: pass-through), by a token limit of 0; and, as `admit`, while its
-        usage could not be recorded. `holding`: the object the call reads or stops (a batch), whose
-        own reservation, while it is held (`hold`), is checked against the plan's request limits
-        alone — a token limit that reservation used up refused the read that settles it and the
-        cancel that stops it until the limit's window ended; the usage the read shows is counted by
-        the held reservation it settles."""
+        usage could not be recorded. `holding`: the object the call reads or stops (a batch); while
+        its own reservation is held (`hold`), the call is checked against the plan's request limits
+        alone, each with room for the requests that reservation counted in its current window
+        (`QuotaLimiter.beside_held`) — a limit the batch itself used up refused the read that
+        settles it and the cancel that stops it until the limit's window ended; the usage the read
+        shows is counted by the held reservation it settles."""
         self._recordable()
         plan = await self.plans.plan_for(identity)
-        requests_only = tuple(limit for limit in plan.limits if limit.metric == "requests")
-        if (holding is not None and input_tokens == output_tokens == 0 and len(requests_only) < len(plan.limits)
-                and await self._holds(identity, holding)):  # (a plan of request limits alone: nothing to ask)
-            plan = Plan(plan.name, requests_only)
-            tokens_later = False
+        if holding is not None and input_tokens == output_tokens == 0 and plan.limits:  # (no limit: nothing to ask)
+            beside = await self._beside_held(identity, holding, plan)
+            if beside is not None:
+                plan, tokens_later = beside, False
         admission = Admission(identity=identity, endpoint=endpoint, model=None, request_id=request_id,
                               estimate_input=input_tokens, max_output=output_tokens)
         await self._reserve(admission, plan, tokens_later=tokens_later)
@@ -318,13 +318,13 @@ class QuotaMeter:
         self._count(admission)
         return admission
 
-    async def _holds(self, identity: Identity, name: str) -> bool:
-        """Whether `identity` holds a reservation under `name` (`hold`); False when the store cannot
-        say (the call is then checked against the whole plan, as any)."""
+    async def _beside_held(self, identity: Identity, name: str, plan: Plan) -> Plan | None:
+        """`QuotaLimiter.beside_held`; None when the store cannot say (the call is then checked
+        against the whole plan, as any)."""
         try:
-            return await self.limiter.holds(identity.external_id, name)
+            return await self.limiter.beside_held(identity.external_id, name, plan)
         except StoreUnavailable:
-            return False
+            return None
 
     def batch_line(self, url: Any, body: dict[str, Any]) -> tuple[int, int]:
         """(input, output) tokens a batch line reserves: what its `body` sent alone to the endpoint its

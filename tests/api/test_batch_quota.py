@@ -20,6 +20,7 @@ from sentinel.mock.app import create_mock_app
 from tests.api.conftest import Gateway
 from tests.support.accounts import create_key
 from tests.support.attack import SpyUpstream, ledger_rows, spying
+from tests.support.clock import FakeClock
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream
 from tests.support.waiting import wait_for
@@ -142,6 +143,37 @@ def test_a_batch_using_up_a_token_limit_can_still_be_cancelled_and_read(
     assert (used["input_tokens"], used["output_tokens"]) == (done.usage.input_tokens, done.usage.output_tokens)
     assert used["requests"] == 4 + LINES + 1  # its lines, and the read
     client.files.retrieve(file_id)  # the limit has room again
+
+
+def test_a_batch_using_up_a_request_limit_can_still_be_cancelled_and_read(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """A batch's lines count as requests (they run): one whose lines used up a request limit left its
+    maker unable to cancel it or read its results — each one request more, refused — until the
+    window ended. A call on a batch whose reservation is held gets room for the requests the batch
+    itself counted; any other call is still refused, and so is a read once the batch is settled."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=PASSTHROUGH,
+                         default_plan=f"requests={LINES + 1}/1d", admin_key=ADMIN_KEY, window_clock=(clock := FakeClock()))
+    client = gw.openai()
+    file_id = _upload(client)
+    batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert gw.quota_used()["requests"] == LINES + 1  # the upload and the lines: the whole limit
+    with pytest.raises(openai.RateLimitError):
+        client.files.retrieve(file_id)
+
+    assert client.batches.cancel(batch.id).status == "cancelling"  # (before: 429)
+    assert client.batches.retrieve(batch.id).status == "cancelled"  # settles it: no line ran
+    assert gw.quota_used()["requests"] == 4  # upload, batch, cancel, read
+    client.files.retrieve(file_id)  # the limit has room again
+
+    clock.advance(86_400)  # the next day
+    client.files.retrieve(file_id)
+    spent = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert gw.quota_used()["requests"] == LINES + 1
+    assert client.batches.retrieve(spent.id).status == "completed"  # held: room for its own lines
+    with pytest.raises(openai.RateLimitError):  # settled, its lines ran: no room any more
+        client.batches.retrieve(spent.id)
+    assert gw.quota_used()["requests"] == LINES + 2
 
 
 class StillRunningFirst:

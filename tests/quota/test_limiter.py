@@ -371,14 +371,34 @@ async def test_a_held_reservation_is_settled_once_by_any_replica(store: Store) -
     await making.commit(batch, input_tokens=0, output_tokens=0)  # held: no longer this call's to settle
     assert await counts(store, batch) == [20, 3000, 2000]
     assert not await reading.settle_held("u2", "batch_1", input_tokens=1, output_tokens=1)  # another user's name
-    assert await reading.holds("u1", "batch_1") and not await reading.holds("u2", "batch_1")
+    # A call on the held batch is checked against the request limits, with room for its own lines.
+    assert await reading.beside_held("u1", "batch_1", plan) == Plan(plan.name, (Limit("requests", 3600, 120),))
+    assert await reading.beside_held("u2", "batch_1", plan) is None
     settled = [await reading.settle_held("u1", "batch_1", input_tokens=2500, output_tokens=2600) for _ in range(2)]
     assert settled == [True, False]
-    assert not await reading.holds("u1", "batch_1")  # (its settling call's mark is no reservation)
+    assert await reading.beside_held("u1", "batch_1", plan) is None  # (its settling call's mark is no reservation)
     assert await counts(store, batch) == [20, 2500, 2600]  # the usage replaced the estimate, once
     refused = await making.reserve("u1", plan, requests=20, input_tokens=3000, output_tokens=2000)
     await making.commit(refused, input_tokens=0, output_tokens=0, requests=1)
     assert await counts(store, batch) == [21, 2500, 2600]
+
+
+async def test_a_held_batch_makes_room_only_for_the_lines_it_counted_in_the_window_now_current(store: Store) -> None:
+    """The room a call on a held batch gets is what the batch counted in each request limit's
+    current window: a window that ended since took the lines' count with it, and gives no room (the
+    new window's count is the user's other calls alone); a Zion limit is never raised."""
+    clock = FakeClock(T0)
+    limiter = QuotaLimiter(store, clock=clock)
+    ext = ExternalUsage(used=0, snapshot="s1", resets_at=T0 + 86400)
+    plan = Plan("p", (Limit("requests", 60, 30), Limit("requests", 86400, 100), Limit("requests", 3600, 50, ext),
+                      Limit("output_tokens", 86400, 10_000)))
+    batch = await limiter.reserve("u1", plan, requests=25, input_tokens=0, output_tokens=500)
+    assert batch.decision.allowed and await limiter.hold(batch, "batch_1", None)
+    assert await limiter.beside_held("u1", "batch_1", plan) == Plan("p", (
+        Limit("requests", 60, 55), Limit("requests", 86400, 125), Limit("requests", 3600, 50, ext)))
+    clock.advance(60)  # the minute's window ended: its count of the lines too
+    assert await limiter.beside_held("u1", "batch_1", plan) == Plan("p", (
+        Limit("requests", 60, 30), Limit("requests", 86400, 125), Limit("requests", 3600, 50, ext)))
 
 
 async def test_a_held_reservation_on_zion_limits_leaves_its_in_flight_entry_when_settled(store: Store) -> None:

@@ -582,6 +582,16 @@ class Ownership:
             failed += _failures(await asyncio.gather(self.store.delete(children_key), return_exceptions=True))
         return failed
 
+    async def forget_item(self, item: str, conversation: str, owner: str) -> None:
+        """An item deleted from `conversation` on its own (`DELETE /v1/conversations/{id}/items/{item}`,
+        answered 2xx): `forget` it — only an item `owner` owns. The path names the item under the
+        caller's conversation, but any id may stand there: another user's item, or any object of
+        theirs (a file), whose record — its owner, its facts, its batch input's vouch — a provider
+        answering that DELETE 2xx had Sentinel drop (the object no one's from then on: 404 to its
+        owner). As `forget_child`, a DELETE naming another's object under one's own ends nothing of it."""
+        if await self.owner_of(item) == owner:
+            await self.forget(item, parent=conversation)
+
     async def forget_child(self, child: str, parent: str) -> None:
         """A child deleted on its own (an eval's run: `DELETE /v1/evals/{id}/runs/{run}`): its charge
         mark ends a day later (`FORGOTTEN_CHILD_TTL`, as when its parent is deleted: a read that

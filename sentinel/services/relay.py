@@ -385,8 +385,10 @@ class OpenAIRelay:
             try:
                 if run is not None and where.object_id is not None:  # (named with its eval)
                     await self.ownership.forget_child(run, where.object_id)
+                elif item is not None and where.object_id is not None:  # (named with its conversation)
+                    await self.ownership.forget_item(item, where.object_id, identity.external_id)
                 elif deleted is not None:
-                    await self.ownership.forget(deleted, parent=where.object_id if item is not None else None)
+                    await self.ownership.forget(deleted)
             except StoreUnavailable:  # the provider deleted it: its record names its maker, nothing more
                 self.ownership.outage.warning("the store is unavailable: a deleted object's owner record was kept")
         return reply

@@ -220,3 +220,39 @@ def test_a_conversation_turns_items_stay_owned_when_their_response_is_read(
         alice.responses.input_items.list("resp_1")
         assert gw.stored_ttl("sentinel:owner:msg_out") == -1.0
         assert gw.stored_ttl("sentinel:owner:resp_1") is not None  # (the response itself: 31 days)
+
+
+@pytest.mark.parametrize("theirs", ["msg_alice", "file-alice"], ids=["item", "file"])
+def test_a_delete_under_ones_own_conversation_never_forgets_another_users_object(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None, theirs: str,
+) -> None:
+    """Bob names Alice's item — or any object of hers, a file — as an item of his own conversation in
+    a DELETE (`/v1/conversations/{his}/items/{hers}`), and a provider answers it 2xx: her owner record
+    was dropped with all Sentinel kept of it, her item or file no one's (404 to her from then on). As
+    a DELETE of another's run under one's own eval, it now ends only an item of the caller's."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url,
+                             passthrough="/v1/conversations,/v1/conversations/*,/v1/files/*")
+        alice, bob = sdk(gw, "alice"), sdk(gw, "bob")
+        message = {"type": "message", "role": "user", "status": "completed",
+                   "content": [{"type": "input_text", "text": "the vault code is 1234"}]}
+        upstream.json({"id": "conv_a", "object": "conversation", "created_at": 1, "metadata": {}})
+        upstream.json({"object": "list", "data": [{**message, "id": "msg_alice"}], "has_more": False,
+                       "first_id": "msg_alice", "last_id": "msg_alice"})
+        upstream.json({"id": "file-alice", "object": "file", "bytes": 4, "created_at": 1, "filename": "a.txt",
+                       "purpose": "user_data", "status": "processed"})
+        upstream.json({"id": "conv_b", "object": "conversation", "created_at": 1, "metadata": {}})
+        assert alice.conversations.create().id == "conv_a"
+        alice.conversations.items.list("conv_a")
+        assert alice.files.create(file=("a.txt", b"1234"), purpose="user_data").id == "file-alice"
+        assert bob.conversations.create().id == "conv_b"
+        upstream.json({"id": "conv_b", "object": "conversation", "created_at": 1, "metadata": {}})
+        bob.conversations.items.delete(theirs, conversation_id="conv_b")  # (a provider answering it 2xx)
+        assert gw.read_stored(f"sentinel:owner:{theirs}") == b"alice"
+        refused(lambda: refer(bob, theirs))
+        upstream.json({"id": "resp_1", "object": "response", "status": "completed", "model": MODEL, "output": [],
+                       "usage": {"input_tokens": 5, "output_tokens": 1, "total_tokens": 6}})
+        named = refer(alice, theirs) if theirs.startswith("msg_") else alice.responses.create(
+            model=MODEL, input=[{"role": "user", "content": [{"type": "input_file", "file_id": theirs}]}])
+        assert named.status == "completed"

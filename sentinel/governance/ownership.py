@@ -797,8 +797,11 @@ class Ownership:
 
     async def vouch_batch_input(self, file_id: str, owner: str, estimate: BatchEstimate) -> None:
         """Record that `owner` uploaded `file_id` as a batch input whose lines Sentinel checked (and
-        wrote back: `sentinel.services.objects.read_batch_input`) and measured (`estimate`)."""
-        if _keyable(file_id):
+        wrote back: `sentinel.services.objects.read_batch_input`) and measured (`estimate`) — only
+        while `owner` owns it, as `remember_file`: an upload answered with another user's file id
+        (its owner kept, `claim`) had this record replace that owner's, whose own checked input was
+        refused from then on as unchecked."""
+        if _keyable(file_id) and await self.owner_of(file_id) == owner:
             record = {"owner": owner, "requests": estimate.requests, "input_tokens": estimate.input_tokens,
                       "output_tokens": estimate.output_tokens, "continues": estimate.continues}
             await self.store.set(_BATCH_INPUT + file_id, orjson.dumps(record))

@@ -649,3 +649,28 @@ def test_a_delete_below_an_object_keeps_its_owner(gateway_factory: Callable[...,
     assert kept.status_code == 200, kept.text
     assert gone.status_code == 200 and after.status_code == 404, (gone.text, after.text)
     assert redis.Redis.from_url(redis_url).exists("sentinel:owner:vs_1") == 0
+
+
+def test_an_upload_answered_with_another_users_file_never_takes_its_batch_input(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """A batch input's upload marks the file its answer names as its uploader's checked input. A
+    provider answering Bob's upload with Alice's file id (its owner kept: Alice's) had Bob's mark
+    replace hers: her own checked input was refused as unchecked (400 `unchecked_batch_input`). As
+    what an upload's file holds (`remember_file`), the mark is now made only for the file's owner."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url, passthrough=PASSTHROUGH)
+        file = {"id": "file-alice", "object": "file", "bytes": 1, "created_at": 1, "filename": "in.jsonl",
+                "purpose": "batch", "status": "processed"}
+        with gw.client() as alice, gw.client(key_for(gw, "bob")) as bob:
+            for client in (alice, bob):
+                upstream.json(file)
+                made = client.post("/v1/files", files={"file": ("in.jsonl", BATCH_LINE % b"1")}, data={"purpose": "batch"})
+                assert made.status_code == 200, made.text
+            upstream.json({"id": "batch_1", "object": "batch", "status": "validating", "input_file_id": "file-alice",
+                           "endpoint": "/v1/chat/completions", "completion_window": "24h"})
+            batch = alice.post("/v1/batches", json={"input_file_id": "file-alice", "endpoint": "/v1/chat/completions",
+                                                   "completion_window": "24h"})
+    assert batch.status_code == 200, batch.text
+    assert gw.read_stored("sentinel:owner:file-alice") == b"alice"

@@ -377,7 +377,7 @@ class OpenAIRelay:
         if (where.collection or "", where.action or "") in ACTION_CREATED and isinstance(reply, Reply):
             await self._claim_along(where, reply, identity)
         if where.collection == "conversations" and method == "POST" and body:
-            await self._conversation_grew(where, last, reply, body)
+            await self._conversation_grew(where, last, reply, body, identity)
         item = conversation_item(where, segments)
         deleted = where.object_id if where.is_object(segments) else item
         run = eval_run_named(where, segments)
@@ -618,7 +618,9 @@ class OpenAIRelay:
                     details={"param": param},
                 )
 
-    async def _conversation_grew(self, where: ObjectPath, last: str, reply: Reply | StreamReply, body: bytes) -> None:
+    async def _conversation_grew(
+        self, where: ObjectPath, last: str, reply: Reply | StreamReply, body: bytes, identity: Identity,
+    ) -> None:
         """Items given to a conversation (at its creation, or added) are context every later response
         in it makes the provider read: counted as a token per `BYTES_PER_TOKEN` bytes of the call's
         JSON (`body`, as sent), since this call charges none of them, plus the estimate of the images
@@ -626,7 +628,9 @@ class OpenAIRelay:
         is 1,445 tokens, not 20; a referenced item, `SENTINEL_REFERENCE_INPUT_TOKENS`) — also
         when the answer is relayed as it arrives (over `MAX_BUFFERED`: the items added, listed back).
         A conversation's creation is counted from an answer read whole (its id is read from it; the
-        answer, the conversation alone, is small)."""
+        answer, the conversation alone, is small), only while the caller owns the id it names: an
+        answer naming another user's conversation (its owner kept, `Ownership.claim`) set that
+        conversation's count to the caller's items."""
         if reply.status >= 300 or not (where.is_collection or last == "items"):
             return
         tokens = -(-len(body) // BYTES_PER_TOKEN) + await off_loop(
@@ -639,7 +643,8 @@ class OpenAIRelay:
                 log.warning("a conversation created with an answer too large to read: its items were not counted")
                 return
             created = orjson.loads(reply.body)
-            if isinstance(created, dict) and isinstance(created.get("id"), str):
+            if isinstance(created, dict) and isinstance(created.get("id"), str) \
+                    and await self.ownership.owner_of(created["id"]) == identity.external_id:
                 await self.ownership.remember_context(created["id"], tokens, where.ttl)
         except (orjson.JSONDecodeError, StoreUnavailable):
             self.ownership.outage.warning("a conversation's items were not counted as its context")

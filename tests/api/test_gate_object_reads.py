@@ -759,3 +759,28 @@ def test_deleting_a_conversation_ends_its_items_owners(gateway_factory: Callable
         left = gw.stored_ttl(f"sentinel:owner:msg_{n}")
         assert left is not None and 0 < left <= FORGOTTEN_ITEM_TTL
     assert gw.read_stored("sentinel:owner:conv_1") is None
+
+
+def test_a_conversation_answered_with_another_users_id_never_sets_its_context(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """A conversation's creation counts the items given to it as its context (what each later turn
+    in it reserves). A provider answering Bob's creation with Alice's conversation id (its owner kept:
+    Alice's) had Bob's count replace hers: his few items made her 20,000-token conversation count as
+    a few tokens (each of her turns reserved as if it held none), or his many a small one of hers
+    count as his. The count is now set only for the conversation's owner."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url,
+                             passthrough="/v1/conversations,/v1/conversations/*")
+        bob_key = asyncio.run(create_key(gw.settings.database_url, "bob"))[1]
+        with gw.client() as alice, gw.client(bob_key) as bob:
+            upstream.json({"id": "conv_a", "object": "conversation"})
+            long = {"items": [{"type": "message", "role": "user", "content": "lighthouse " * 8000}]}
+            assert alice.post("/v1/conversations", json=long).status_code == 200
+            hers = gw.read_stored("sentinel:context:conv_a")
+            assert hers is not None and int(hers) >= len(orjson.dumps(long)) // 4
+            upstream.json({"id": "conv_a", "object": "conversation"})  # (a provider answering with her id)
+            assert bob.post("/v1/conversations", json={"items": []}).status_code == 200
+    assert gw.read_stored("sentinel:owner:conv_a") == b"alice"
+    assert gw.read_stored("sentinel:context:conv_a") == hers

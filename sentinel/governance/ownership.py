@@ -382,11 +382,12 @@ class Ownership:
 
     async def claim_all(
         self, created: Iterable[tuple[str, float | None]], owner: str, *, parent: str | None = None
-    ) -> None:
+    ) -> set[str]:
         """`claim` each of `created` (id, ttl) for `owner`, all at once: on one Redis server they go
         as one pipeline (`sentinel.store.autopipeline`), one round trip however many — a response
         and its items. Callers bound how many (`MAX_ANSWER_ITEMS`). StoreUnavailable once every
-        claim ended, when one could not be made.
+        claim ended, when one could not be made. The ids not claimed (another user's, or none a key
+        can hold): nothing else of them is the caller's to record (a response's context).
 
         `parent`: the conversation whose items they are (kept without a TTL as it is): those claimed
         are then listed as its children (`ADOPT`), so that its `forget` ends them
@@ -394,13 +395,13 @@ class Ownership:
         after that `forget` (the conversation found without an owner) are ended so at once."""
         claims = dict(created)
         if parent is not None:
-            await self._claim_children(parent, claims, owner)
-            return
-        if len(claims) == 1:  # (most answers create one object: no gather)
+            results = await self._claim_children(parent, claims, owner)
+        elif len(claims) == 1:  # (most answers create one object: no gather)
             [(object_id, ttl)] = claims.items()
-            await self.claim(object_id, owner, ttl)
-            return
-        await self._claim_each(claims, owner)
+            results = [await self.claim(object_id, owner, ttl)]
+        else:
+            results = await self._claim_each(claims, owner)
+        return {object_id for object_id, mine in zip(claims, results, strict=True) if not mine}
 
     async def _claim_each(self, claims: dict[str, float | None], owner: str) -> list[bool]:
         """`claim` each of `claims` at once: each one's answer, in order; the first failure raised
@@ -413,8 +414,8 @@ class Ownership:
             raise failed.pop(0)
         return [result is True for result in results]
 
-    async def _claim_children(self, parent: str, claims: dict[str, float | None], owner: str) -> None:
-        """`claim_all` of `parent`'s items (see there)."""
+    async def _claim_children(self, parent: str, claims: dict[str, float | None], owner: str) -> list[bool]:
+        """`claim_all` of `parent`'s items (see there): each one's `claim`, in order."""
         results = await self._claim_each(claims, owner)
         # only the caller's own (another's item, never, is ended by this conversation's DELETE), listed
         # once claimed: listed, a `forget` after ends them; found without an owner, it came before
@@ -423,6 +424,7 @@ class Ownership:
         children = _children_key(parent) if kept and _keyable(parent) else None
         if children is not None and not int(await self.store.run(ADOPT, [_PREFIX + parent, children], [_OWNED, *kept])):
             await asyncio.gather(*(self.store.expire(_PREFIX + i, FORGOTTEN_ITEM_TTL) for i in kept))
+        return results
 
     async def owner_of(self, object_id: str) -> str | None:
         """The owner's external id, or None when the object is unknown to Sentinel."""

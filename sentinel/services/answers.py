@@ -201,10 +201,9 @@ class AnswerRelay:
                                 parent=items.parent)
         elif items is not None:
             claims += answer_items(parsed, items)
-        if claims:
-            await claim_created(self.ownership, claims, owner or admission.identity)
+        refused = await claim_created(self.ownership, claims, owner or admission.identity) if claims else set()
         if endpoint == "responses":  # stored or not (`store: false`), the turn joined its conversation
-            stored = answer_id if isinstance(answer_id, str) else None
+            stored = answer_id if isinstance(answer_id, str) and answer_id not in refused else None
             await remember_context(self.ownership, admission, stored, extends)
         if speaker is not None and (audio := audio_answers(parsed, time.time())):
             await claim_created(self.ownership, audio, speaker)
@@ -401,10 +400,9 @@ class AnswerRelay:
                 await claim_created(ownership, scanner.claims, owner or admission.identity, parent=items.parent)
             elif scanner is not None:
                 claims += scanner.claims
-            if claims:
-                await claim_created(ownership, claims, owner or admission.identity)
+            refused = await claim_created(ownership, claims, owner or admission.identity) if claims else set()
             if endpoint == "responses":  # stored or not, the turn joined its conversation
-                await remember_context(ownership, admission, object_id, extends)
+                await remember_context(ownership, admission, None if object_id in refused else object_id, extends)
             if speaker is not None:  # read from the head: an audio answer's id comes before its data
                 await claim_created(ownership, [(i, AUDIO_TTL) for i in leading_audio_ids(head)], speaker)
             report(ex, admission, None)
@@ -439,8 +437,8 @@ class AnswerRelay:
             if owner is not None and inspector.object_id is not None:
                 stored = inspector.object_id
                 claims.insert(0, (stored, ObjectPath(collection).ttl))
-            if claims:
-                await claim_created(ownership, claims, owner or admission.identity)
+            if claims and stored in await claim_created(ownership, claims, owner or admission.identity):
+                stored = None  # another user's (see `claim_created`): its context is not this turn's
             if stored is not None:
                 # Charged its usage here: a later fetch charges nothing. A stream cut before the
                 # provider's count was charged only what it streamed, and a provider may finish and
@@ -460,15 +458,17 @@ class AnswerRelay:
 
 async def claim_created(
     ownership: Ownership, created: Iterable[tuple[str, float | None]], owner: Identity, *, parent: str | None = None
-) -> None:
+) -> set[str]:
     """Record `owner` as the owner of the objects an answer created (or showed: a conversation's
-    items, children of `parent`: `Ownership.claim_all`), after its usage was recorded. A store that
+    items, children of `parent`: `Ownership.claim_all`), after its usage was recorded: the ids not
+    claimed (another user's: an answer naming one records nothing of it for `owner`). A store that
     cannot be reached leaves them unowned — unreachable through Sentinel, which fails closed — and
     never costs the call its usage record: the provider served it."""
     try:
-        await ownership.claim_all(created, owner.external_id, parent=parent)
+        return await ownership.claim_all(created, owner.external_id, parent=parent)
     except StoreUnavailable:
         ownership.outage.warning("the store is unavailable: an object this answer created stays unowned (unreachable)")
+        return set()
 
 
 async def remember_context(

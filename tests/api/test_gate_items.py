@@ -258,9 +258,9 @@ def test_a_delete_under_ones_own_conversation_never_forgets_another_users_object
         assert named.status == "completed"
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("way", ["plain", "large", "streamed"])
 def test_a_response_answered_with_another_users_id_never_sets_its_context(
-    gateway_factory: Callable[..., Gateway], backend_url: str | None, stream: bool,
+    gateway_factory: Callable[..., Gateway], backend_url: str | None, way: str,
 ) -> None:
     """A stored response's context (its exchange's tokens) is what a request continuing it reserves.
     A provider answering Bob's request with Alice's response id (its owner kept: Alice's) had Bob's
@@ -271,19 +271,22 @@ def test_a_response_answered_with_another_users_id_never_sets_its_context(
         gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url)
         alice, bob = sdk(gw, "alice"), sdk(gw, "bob")
 
-        def answer(tokens: int) -> dict[str, Any]:
-            return {"id": "resp_alice", "object": "response", "status": "completed", "model": MODEL, "output": [],
+        def answer(tokens: int, output: list[Any] | None = None) -> dict[str, Any]:
+            return {"id": "resp_alice", "object": "response", "status": "completed", "model": MODEL,
+                    "output": output or [],
                     "usage": {"input_tokens": tokens, "output_tokens": 1, "total_tokens": tokens + 1}}
 
         upstream.json(answer(5000))
         assert alice.responses.create(model=MODEL, input="alice's long story").id == "resp_alice"
         hers = gw.read_stored("sentinel:context:resp_alice")
         assert hers == b"5001"
-        if stream:
+        if way == "streamed":
             upstream.sse({"type": "response.completed", "sequence_number": 0, "response": answer(3)})
             assert [e.type for e in bob.responses.create(model=MODEL, input="hi", stream=True)] == ["response.completed"]
-        else:
-            upstream.json(answer(3))
+        else:  # (large: relayed as it arrives, past MAX_BUFFERED)
+            text = "x" * (MAX_BUFFERED + 1 if way == "large" else 1)
+            upstream.json(answer(3, [{"type": "message", "id": "msg_bob", "role": "assistant", "status": "completed",
+                                      "content": [{"type": "output_text", "text": text, "annotations": []}]}]))
             bob.responses.create(model=MODEL, input="hi")
     assert gw.read_stored("sentinel:owner:resp_alice") == b"alice"
     assert gw.read_stored("sentinel:context:resp_alice") == hers

@@ -46,6 +46,19 @@ id), a second user's counts (and clears the witness). One user's failing request
 for free (the reservation is given back), no longer put the model in backoff for everyone; a
 provider that is really failing fails every user's requests, so it is backed off at the second user's.
 
+A backoff such failures alone started is **soft** (`HealthState.soft`, `"soft": true` in the entry):
+one person holding two keys meets the witness rule alone, two free requests a backoff, so a soft
+backoff may steer traffic but never refuse it. Tier selection (`TierRouter._select`) avoids a
+soft-backed-off candidate while a healthy or recovering one remains, and with none it is used as a
+recovering one would be (rather than 503 `tier_unavailable`: a one-model tier went out of service
+for everyone, 30 s doubling to 300 s while the attacker repeated); a conversation on it is not
+migrated under SESSION_FAILOVER=migrate; a `/v1` alias sends to it after its other targets, as to
+any backoff. A failure without a caller (a 503, a 529, a 429, a timeout, a refused connection: the
+provider's own state, which no request's content causes) makes the backoff hard, also one landing
+during a soft backoff (its end and length kept); a soft failure during a hard backoff leaves it
+hard. The trial scripts keep the flag as they claim and release. An entry without it (written by a
+version before it) is hard, as it was then.
+
 A pair whose provider answered 404 that it no longer serves the model (`ModelRetired`) is marked
 retired (`mark_retired`) under `sentinel:health-retired:{providers}:<provider>:<model>` for
 RETIRED_SECONDS (1 h): every routing that picks among pairs leaves it out (`usable`, the one home of
@@ -109,7 +122,7 @@ MGET = Script(name="health_mget", lua=_MGET_LUA, local=_mget_local)
 
 # `read`: the stored state, or nil for none or one that cannot be read; a `trial_until` that is not
 # a number, or a `trial_id` not a string, is left out; an infinite `trial_until` (JSON's 1e999, which
-# orjson refuses) makes the entry unreadable (`_state` is its twin).
+# orjson refuses) makes the entry unreadable; `soft` is kept only when it is `true` (`_state` is its twin).
 _READ_LUA = LUA_FINITE + """local function read(raw)
   if not raw then return nil end
   local ok, state = pcall(cjson.decode, raw)
@@ -120,11 +133,14 @@ _READ_LUA = LUA_FINITE + """local function read(raw)
   if type(trial) == 'number' and not finite(trial) then return nil end  -- 1e999: orjson refuses it all
   if not finite(trial) then trial = nil end
   if type(id) ~= 'string' then id = nil end
-  return {failures = n, until_ts = untl, backoff = backoff, trial_until = trial, trial_id = id}
+  local soft = nil
+  if state['soft'] == true then soft = true end  -- else (none: an older version's entry) hard
+  return {failures = n, until_ts = untl, backoff = backoff, trial_until = trial, trial_id = id, soft = soft}
 end
--- `state` without its trial claim, with `extra` fields, written with the entry's TTL kept.
+-- `state` without its trial claim (its `soft` flag kept), with `extra` fields, written with the entry's TTL kept.
 local function rewrite(key, state, extra)
   local entry = {failures = state['failures'], until_ts = state['until_ts'], backoff = state['backoff']}
+  if state['soft'] then entry['soft'] = true end
   for name, value in pairs(extra) do entry[name] = value end
   local ttl = redis.call('PTTL', key)
   if ttl == -1 then
@@ -135,20 +151,30 @@ local function rewrite(key, state, extra)
 end
 """
 
-# ARGV: now, INITIAL_BACKOFF, MAX_BACKOFF, the wait the provider asked for (at most MAX_BACKOFF; "" for none).
-# A new backoff drops any trial claim (`trial_until`): the trial's verdict is in, or another's was.
+# ARGV: now, INITIAL_BACKOFF, MAX_BACKOFF, the wait the provider asked for (at most MAX_BACKOFF; "" for none),
+# "1" for a soft failure (one a client may have caused, witnessed: module docstring; "" for a hard one).
+# A new backoff drops any trial claim (`trial_until`): the trial's verdict is in, or another's was. A
+# backoff is soft only while every failure it met was: a hard one during a soft backoff makes it hard
+# (its end and length kept), a soft one during a hard backoff leaves it hard.
 _FAIL_LUA = _READ_LUA + """
 local now = tonumber(ARGV[1])
 local asked = tonumber(ARGV[4])
+local soft = ARGV[5] == '1'
 local state = read(redis.call('GET', KEYS[1]))
 local n = 0
 if state then
   local untl = state['until_ts']
   if now < untl then
+    local kept = soft and state['soft']
     if asked and now + asked > untl then
       local lengthened = {failures = state['failures'], until_ts = now + asked, backoff = asked}
+      if kept then lengthened['soft'] = true end
       redis.call('SET', KEYS[1], cjson.encode(lengthened), 'PX', math.ceil((asked + 3600) * 1000))
       return tostring(asked)
+    end
+    if state['soft'] and not kept then
+      state['soft'] = nil
+      rewrite(KEYS[1], state, {})
     end
     return tostring(state['backoff'])
   end
@@ -161,17 +187,20 @@ if asked then
 else
   backoff = math.min(tonumber(ARGV[2]) * math.pow(2, math.min(n - 1, 30)), tonumber(ARGV[3]))
 end
-redis.call('SET', KEYS[1], cjson.encode({failures = n, until_ts = now + backoff, backoff = backoff}), 'PX', math.ceil((backoff + 3600) * 1000))
+local entry = {failures = n, until_ts = now + backoff, backoff = backoff}
+if soft then entry['soft'] = true end
+redis.call('SET', KEYS[1], cjson.encode(entry), 'PX', math.ceil((backoff + 3600) * 1000))
 return tostring(backoff)
 """
 
 
 def _state(raw: bytes | None) -> dict[str, Any] | None:
-    """A stored entry as the scripts write it (`failures`, `until_ts`, `backoff`, and `trial_until`
-    and `trial_id` once a trial is claimed), or None for none or one that cannot be read (not JSON, not an object,
+    """A stored entry as the scripts write it (`failures`, `until_ts`, `backoff`, `soft` for a soft
+    backoff, and `trial_until` and `trial_id` once a trial is claimed), or None for none or one that cannot be read (not JSON, not an object,
     a field missing, not a finite number, a failure count not a whole number >= 0): healthy. A
-    `trial_until` that is not a finite number, or a `trial_id` not a string, is left out. The Lua
-    scripts' `read` is its twin."""
+    `trial_until` that is not a finite number, or a `trial_id` not a string, is left out; `soft` is
+    kept only when it is `true` (an older version's entry, without it, is hard). The Lua scripts'
+    `read` is its twin."""
     if raw is None:
         return None
     try:
@@ -193,18 +222,27 @@ def _state(raw: bytes | None) -> dict[str, Any] | None:
         state["trial_until"] = float(trial)  # else left out: no trial claimed
     if isinstance(trial_id := data.get("trial_id"), str):
         state["trial_id"] = trial_id
+    if data.get("soft") is True:
+        state["soft"] = True
     return state
 
 
 def _fail_local(ops: LocalOps, keys: list[str], args: list[str]) -> str:
     now = float(args[0])
     asked = float(args[3]) if args[3] else None
+    soft = args[4] == "1"
     state = _state(ops.get(keys[0]))
     if state is not None and now < state["until_ts"]:  # in backoff: lengthened only to what was asked
+        kept = soft and state.get("soft", False)  # soft only while every failure it met was
         if asked is not None and now + asked > state["until_ts"]:
             lengthened = {"failures": state["failures"], "until_ts": now + asked, "backoff": asked}
+            if kept:
+                lengthened["soft"] = True
             ops.set(keys[0], orjson.dumps(lengthened), asked + 3600)
             return repr(asked)
+        if state.get("soft") and not kept:  # a hard failure: the backoff is hard, its end kept
+            state.pop("soft")
+            _rewrite(ops, keys[0], state)
         return repr(float(state["backoff"]))
     n = (state["failures"] if state is not None else 0) + 1
     if asked is not None:
@@ -212,6 +250,8 @@ def _fail_local(ops: LocalOps, keys: list[str], args: list[str]) -> str:
     else:
         backoff = min(float(args[1]) * 2.0 ** min(n - 1, 30), float(args[2]))  # 2.0 ** 1024 overflows
     state = {"failures": n, "until_ts": now + backoff, "backoff": backoff}
+    if soft:
+        state["soft"] = True
     ops.set(keys[0], orjson.dumps(state), backoff + 3600)
     return repr(backoff)
 
@@ -238,9 +278,12 @@ return 1
 
 
 def _rewrite(ops: LocalOps, key: str, state: dict[str, Any], **extra: Any) -> None:
-    """`state` without its trial claim, with `extra` fields, written with the entry's TTL kept (the
-    Lua scripts' `rewrite`)."""
-    entry = {"failures": state["failures"], "until_ts": state["until_ts"], "backoff": state["backoff"], **extra}
+    """`state` without its trial claim (its `soft` flag kept), with `extra` fields, written with the
+    entry's TTL kept (the Lua scripts' `rewrite`)."""
+    entry = {"failures": state["failures"], "until_ts": state["until_ts"], "backoff": state["backoff"]}
+    if state.get("soft"):
+        entry["soft"] = True
+    entry.update(extra)
     ttl = ops.pttl(key)
     ops.set(key, orjson.dumps(entry), None if ttl == -1 else max(ttl, 1) / 1000)
 
@@ -322,6 +365,9 @@ class HealthState:
     until: float
     trial_until: float | None = None  # a trial claimed until then (`ProviderHealth.claim_trial`)
     trial_id: str | None = None  # that claim's token
+    # Started by client-causable failures alone (module docstring): avoided while another candidate
+    # may serve, never a reason to refuse a request.
+    soft: bool = False
 
     def remaining(self, now: float) -> float:
         return max(0.0, self.until - now)
@@ -423,7 +469,7 @@ class ProviderHealth:
                 continue
             out[(provider, model)] = HealthState(
                 provider, model, data["failures"], data["backoff"], data["until_ts"], data.get("trial_until"),
-                data.get("trial_id"))
+                data.get("trial_id"), data.get("soft", False))
         return out
 
     async def available(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]:
@@ -467,16 +513,19 @@ class ProviderHealth:
         of that long, at least INITIAL_BACKOFF and at most MAX_BACKOFF; a running backoff is
         lengthened to end then (at most MAX_BACKOFF from now), never shortened. `caller`: the user
         whose request met a failure a client can cause (module docstring): it counts only when
-        another user met one within WITNESS_SECONDS."""
+        another user met one within WITNESS_SECONDS, and the backoff it starts is soft (a failure
+        without a caller makes it hard; one with a caller leaves a hard backoff hard)."""
         if caller is not None and not await self._second_witness(provider, model, caller):
             log.info("provider failure not counted: no other user's within the window",
                      extra={"provider": provider, "model": model})
             return None
         asked = "" if retry_after is None or not retry_after >= 0 else repr(min(float(retry_after), MAX_BACKOFF))
+        soft = "1" if caller is not None else ""  # witnessed, yet a client's content may still be the cause
         try:
             backoff = float(
                 await self.store.run(
-                    RECORD_FAILURE, [self.key(provider, model)], [self.clock(), INITIAL_BACKOFF, MAX_BACKOFF, asked]
+                    RECORD_FAILURE, [self.key(provider, model)],
+                    [self.clock(), INITIAL_BACKOFF, MAX_BACKOFF, asked, soft],
                 )
             )
         except StoreUnavailable:

@@ -57,6 +57,27 @@ async def test_a_client_causable_failure_counts_at_a_second_users_on_every_pair(
     assert all(state is not None and state.failures == 1 for state in states.values())
 
 
+async def test_a_soft_backoff_keeps_its_flag_through_the_scripts_and_a_hard_failure_drops_it(store: Store) -> None:
+    """RECORD_FAILURE marks a backoff client-causable failures alone started as soft; CLAIM_TRIAL and
+    RELEASE_TRIAL keep the flag as they rewrite the entry; a hard failure during it drops the flag."""
+    now = [NOW]
+    health = ProviderHealth(store, clock=lambda: now[0])
+    for pair in PAIRS:
+        assert await health.record_failure(*pair, caller="alice") is None
+        assert await health.record_failure(*pair, caller="bob") == 30
+    now[0] += 30  # half-open
+    for pair in PAIRS[:2]:
+        assert await health.claim_trial(*pair, "trial-1")
+    await health.release_trial(*PAIRS[1], "trial-1")
+    assert await health.record_failure(*PAIRS[2]) == 60  # a hard one: the next backoff (doubled), hard
+    now[0] -= 10  # (back within the fourth pair's backoff)
+    assert await health.record_failure(*PAIRS[3]) == 30  # a hard one during its soft backoff
+    now[0] += 10
+    states, _ = await health.standing(PAIRS)
+    assert [state is not None and state.soft for state in states.values()] == [True, True, False, False]
+    assert states[PAIRS[0]] is not None and states[PAIRS[0]].trial_id == "trial-1"
+
+
 async def test_sessions_of_many_users_are_created_changed_and_deleted(store: Store) -> None:
     """TOUCH, REPLACE, REPLACE_IF and DELETE_IF, each on one user's session key."""
     sessions = SessionStore(store, ttl=3600, clock=lambda: NOW)

@@ -8,7 +8,8 @@ An alias with several targets tries its healthy targets first (in the alias's or
 backoff ran out counts as healthy when it would be tried first and this request claims its trial —
 `ProviderHealth.claim_trial` — or when another target comes before it: one tried only if that one
 fails claims no trial; while another request's trial of it runs it comes after the healthy ones,
-before those in backoff) and moves to the next target when one fails with a provider failure before the first byte (5xx, connect timeout,
+before those in backoff — a soft backoff too, see `sentinel.routing.health`: an alias refuses no
+request for a backoff, so a soft one only orders its targets) and moves to the next target when one fails with a provider failure before the first byte (5xx, connect timeout,
 refused connection, provider 429, a refusal of the provider key itself; not a read timeout nor a connection dropped after the request was
 sent: the provider may have served it; nor to another provider's target for a request that stores an
 object upstream or names one: `one_provider`) — the same rule as the native API's failover; a stream that

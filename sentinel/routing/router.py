@@ -16,7 +16,12 @@ Policies (documented in the README):
 - a session's provider/model win over a fresh selection; a higher requested tier upgrades the
   session (preferring its provider), a lower one never downgrades it;
 - SESSION_FAILOVER=keep (default): a session whose model is in backoff keeps it and the provider's
-  error reaches the client; `migrate` moves the session to a healthy model of its tier;
+  error reaches the client; `migrate` moves the session to a healthy model of its tier — only off a
+  hard backoff: a soft one (client-causable failures alone, see `sentinel.routing.health`) keeps it,
+  as two keys of one person may start one at will;
+- a candidate in a soft backoff is avoided while the tier has a healthy or recovering one, and used
+  when it has none (as a recovering one is), never a 503 `tier_unavailable`: only hard backoffs
+  refuse;
 - a session whose model is gone for good (its provider not configured, the tier table naming it
   nowhere, or the provider answering 404 that it no longer serves it: `retired`) moves to a model
   of its tier under `keep` too, written before the upstream call over the session as read (`_move`:
@@ -165,6 +170,7 @@ class TierRouter:
         healthy: list[TierModelEntry] = []
         recovering: list[TierModelEntry] = []
         free: list[TierModelEntry] = []  # recovering, no other request's trial under way
+        soft: list[TierModelEntry] = []  # in a soft backoff: the last resort, never a refusal
         for e in entries:
             state = states[(e.provider, e.model)]
             if state is None:
@@ -173,16 +179,20 @@ class TierRouter:
                 recovering.append(e)
                 if not state.trial_running(now):
                     free.append(e)
+            elif state.soft:
+                soft.append(e)
         # Half-open: a candidate whose backoff ran out gets this request as its trial if no other
         # request's trial runs (`ProviderHealth.claim_trial`); else the request keeps to the healthy
         # ones — or, when there are none, goes to a recovering one all the same (never refused
         # because a trial is under way). A request preferring a provider (an upgrade) that has a
-        # healthy model of it takes no other provider's trial: it keeps to its provider.
+        # healthy model of it takes no other provider's trial: it keeps to its provider. A candidate
+        # in a soft backoff (client-causable failures alone: two keys of one person start one at
+        # will) is used when there is neither: it may steer traffic, never refuse it.
         if prefer and any(e.provider == prefer for e in healthy):
             free = [e for e in free if e.provider == prefer]
         chosen = await self._trial(free, prefer, trials)
         if chosen is None:
-            pool = healthy or recovering
+            pool = healthy or recovering or soft
             if not pool:
                 wait = min(s.remaining(now) for s in states.values() if s is not None)
                 raise ServiceUnavailable(
@@ -272,7 +282,8 @@ class TierRouter:
         states, retired = await self.health.standing([pair])
         state = states[pair]
         now = self.clock()
-        in_backoff = state is not None and state.in_backoff(now)
+        # Only a hard backoff moves it under `migrate`: a soft one two keys of one person start at will.
+        hard = state is not None and state.in_backoff(now) and not state.soft
         trials: list[tuple[str, str, str]] = []
         if pair in retired and session.provider in self.providers and named is not None:
             # Its provider answered that it no longer serves it (`retired`): moved at once, as a model
@@ -289,7 +300,7 @@ class TierRouter:
         # Gone for good: its provider is not configured here, or the operator took the model out of
         # every tier. It moves under `keep` too, written before the call (`claim`, `_move`).
         gone = session.provider not in self.providers or named is None
-        if gone or (in_backoff and self.failover is SessionFailover.migrate):
+        if gone or (hard and self.failover is SessionFailover.migrate):
             new, unhealthy = await self._select(session.tier, trials, exclude=[(session.provider, session.model)])
             return RouteChoice(session.tier, new, session.conversation_id, session, "update", "migrated",
                                was_unhealthy=unhealthy, trials=trials, moving=gone)

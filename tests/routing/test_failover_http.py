@@ -178,10 +178,10 @@ def test_one_users_500s_put_no_model_in_backoff_until_another_user_meets_one(
         assert chat(bob, "mine?", stream=True).status_code == 200
         r = bob.post("/v1/chat/completions", json=failing)
         assert r.status_code == 502 and r.json()["error"]["code"] == "provider_error", r.text
-        refused = chat(bob, "anyone?")  # a second user met one: the model is out
-    assert refused.status_code == 503 and refused.json()["error"]["code"] == "tier_unavailable", refused.text
-    state = gw.read_stored(ProviderHealth.key(*OA_MINI))
-    assert state is not None and json.loads(state)["failures"] == 1
+        state = gw.read_stored(ProviderHealth.key(*OA_MINI))  # a second user met one: the model is out,
+        assert state is not None and (json.loads(state)["failures"], json.loads(state)["soft"]) == (1, True)
+        # ... softly: two keys of one person meet the rule, so it steers, never refuses (no other model here).
+        assert served(chat(bob, "anyone?"))[1:] == OA_MINI
 
 
 @pytest.mark.parametrize(("status", "asked", "backoff"), [(429, 120, 120), (503, 200, 200), (503, 5, 30),

@@ -52,8 +52,8 @@ backoff may steer traffic but never refuse it. Tier selection (`TierRouter._sele
 soft-backed-off candidate while a healthy or recovering one remains, and with none it is used as a
 recovering one would be (rather than 503 `tier_unavailable`: a one-model tier went out of service
 for everyone, 30 s doubling to 300 s while the attacker repeated); a conversation on it is not
-migrated under SESSION_FAILOVER=migrate; a `/v1` alias sends to it after its other targets, as to
-any backoff. A failure without a caller (a 503, a 529, a 429, a timeout, a refused connection: the
+migrated under SESSION_FAILOVER=migrate; a `/v1` alias sends to it after its other targets, but
+before those in a hard backoff. A failure without a caller (a 503, a 529, a 429, a timeout, a refused connection: the
 provider's own state, which no request's content causes) makes the backoff hard, also one landing
 during a soft backoff (its end and length kept); a soft failure during a hard backoff leaves it
 hard. The trial scripts keep the flag as they claim and release. An entry without it (written by a

@@ -8,8 +8,9 @@ An alias with several targets tries its healthy targets first (in the alias's or
 backoff ran out counts as healthy when it would be tried first and this request claims its trial —
 `ProviderHealth.claim_trial` — or when another target comes before it: one tried only if that one
 fails claims no trial; while another request's trial of it runs it comes after the healthy ones,
-before those in backoff — a soft backoff too, see `sentinel.routing.health`: an alias refuses no
-request for a backoff, so a soft one only orders its targets) and moves to the next target when one fails with a provider failure before the first byte (5xx, connect timeout,
+before those in backoff: first those in a soft one — client-causable failures alone, see
+`sentinel.routing.health`, likely to serve an ordinary request —, then those in a hard one; an
+alias refuses no request for a backoff) and moves to the next target when one fails with a provider failure before the first byte (5xx, connect timeout,
 refused connection, provider 429, a refusal of the provider key itself; not a read timeout nor a connection dropped after the request was
 sent: the provider may have served it; nor to another provider's target for a request that stores an
 object upstream or names one: `one_provider`) — the same rule as the native API's failover; a stream that
@@ -67,13 +68,14 @@ class ModelRoutes:
         now = self.health.clock()
         first: list[ModelTarget] = []  # in the alias's order
         waiting: list[ModelTarget] = []  # recovering, another request's trial under way
-        out: list[ModelTarget] = []  # in backoff
+        soft: list[ModelTarget] = []  # in a soft backoff: likelier to answer than one in a hard backoff
+        out: list[ModelTarget] = []  # in a hard backoff
         for target in targets:
             state = states[_pair(target)]
             if state is None:
                 first.append(target)
             elif state.in_backoff(now):
-                out.append(target)
+                (soft if state.soft else out).append(target)
             elif first:  # reached only if one before it fails: no trial claimed for it
                 first.append(target)
             elif not state.trial_running(now) and await self._claim(target, trials):
@@ -81,7 +83,7 @@ class ModelRoutes:
             else:
                 waiting.append(target)
         recorded = {pair for pair, state in states.items() if state is not None}
-        return first + waiting + out, recorded
+        return first + waiting + soft + out, recorded
 
     async def call(
         self,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from sentinel.routing.health import ProviderHealth
 from tests.api.conftest import Gateway
@@ -109,3 +110,27 @@ def test_a_soft_backoff_keeps_a_conversation_on_its_model_under_migrate(
     assert moved[1:] != (provider, model)
     session = stored(gw, "conv-c", "carol")
     assert session is not None and (session["provider"], session["model"], session["migrations"]) == (*moved[1:], 1)
+
+
+def test_an_alias_tries_a_target_in_a_soft_backoff_before_one_in_a_hard_backoff(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    """A `/v1` alias sends to its targets in backoff last, in its order: a target out for the
+    provider's own failures (a 503) was tried before one only two users' 500s put in a soft backoff,
+    which likely answers an ordinary request — a failed call first, or a 502 for a request alone."""
+    doc = {"models": [{"name": OA_MINI[1], "provider": "openai"}, {"name": OA_4O[1], "provider": "openai"}],
+           "aliases": {"sturdy": [OA_MINI[1], OA_4O[1]]}}
+    path = tmp_path / "aliases.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    gw = gateway_factory(providers_file=path, redis_url=backend_url, default_plan="requests=100000/60s",
+                         redis_timeout_seconds=2.0)
+    (bob_key,) = keys(gw, "bob")
+    with gw.client() as http, gw.client(bob_key) as bob:
+        v1_fails(http, OA_MINI[1], "#mock:status=503")  # the provider's own load: hard
+        for user in (http, bob):
+            v1_fails(user, OA_4O[1], "#mock:status=500")  # two users' 500s: soft
+        r = http.post("/v1/chat/completions", json={"model": "sturdy", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-sentinel-model"] == OA_4O[1]
+    assert gw.read_stored(ProviderHealth.key(*OA_4O)) is None  # its answer cleared the backoff
+    assert gw.read_stored(ProviderHealth.key(*OA_MINI)) is not None  # never asked

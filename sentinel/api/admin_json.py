@@ -75,7 +75,7 @@ def provider_json(view: ProviderView) -> dict[str, Any]:
     return {
         "provider": view.provider, "model": view.model or None, "tiers": view.tiers, "configured": view.configured,
         "available": view.available, "failures": view.failures, "backoff_seconds": view.backoff_seconds,
-        "remaining_seconds": view.remaining_seconds, "state": view.state,
+        "remaining_seconds": view.remaining_seconds, "state": view.state, "soft": view.soft,
     }
 
 

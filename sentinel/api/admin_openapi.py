@@ -82,7 +82,10 @@ SCHEMAS: dict[str, Any] = {
     "Provider": _obj(["provider", "available"], provider={"type": "string"}, model=_NULL_STR,
                      tiers={"type": "array", "items": {"type": "string"}}, configured={"type": "boolean"},
                      available={"type": "boolean"}, failures=_INT, backoff_seconds=_NUM, remaining_seconds=_NUM,
-                     state={"enum": list(PHASES)}),
+                     state={"enum": list(PHASES)},
+                     soft={"type": "boolean", "description": "in a soft backoff (client-causable failures alone):"
+                                                             " avoided while another candidate may serve, never"
+                                                             " a reason to refuse a request"}),
     "Overview": _obj(["period", "series", "top_users", "top_models", "providers", "outbox_depth"],
                      period={"enum": list(PERIODS)}, series=_ref("Series"),
                      top_users={"type": "array", "items": _ref("Ranked")},

@@ -130,6 +130,8 @@ def providers(view: Overview) -> str:
             state = '<span class="badge warn">recovering: next request is its trial</span>'
         elif p.available:
             state = '<span class="badge ok">healthy</span>'
+        elif p.soft:  # (client-causable failures alone: avoided, never refused)
+            state = f'<span class="badge warn">soft backoff {p.remaining_seconds:.0f} s: avoided, not refused</span>'
         else:
             state = f'<span class="badge bad">backoff {p.remaining_seconds:.0f} s</span>'
         rows.append([e(p.provider), e(p.model or "–"), e(", ".join(p.tiers) or "–"), state, num(p.failures),

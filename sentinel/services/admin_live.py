@@ -89,6 +89,9 @@ class ProviderView:
     backoff_seconds: float
     remaining_seconds: float
     state: str = "healthy"  # `sentinel.routing.health.phase`: healthy, backoff, half_open or trial
+    # In a soft backoff (client-causable failures alone, `sentinel.routing.health`): avoided while
+    # another candidate may serve, never a reason to refuse a request.
+    soft: bool = False
 
 
 async def candidate_views(
@@ -109,6 +112,7 @@ async def candidate_views(
             provider, model, tiers, provider in providers, state is None or state.until <= now,
             0 if state is None else state.failures, 0.0 if state is None else state.backoff,
             0.0 if state is None else round(state.remaining(now), digits), phase(state, now),
+            state is not None and state.soft and state.in_backoff(now),
         ))
     return out
 

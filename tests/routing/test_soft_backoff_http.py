@@ -134,3 +134,31 @@ def test_an_alias_tries_a_target_in_a_soft_backoff_before_one_in_a_hard_backoff(
     assert r.headers["x-sentinel-model"] == OA_4O[1]
     assert gw.read_stored(ProviderHealth.key(*OA_4O)) is None  # its answer cleared the backoff
     assert gw.read_stored(ProviderHealth.key(*OA_MINI)) is not None  # never asked
+
+
+def test_operators_see_a_soft_backoff_as_such(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
+) -> None:
+    """The admin API, the console and `/debug/health` said `backoff` alike for a soft backoff (which
+    refuses no request) and a hard one (which refuses a one-model tier): an operator reading "in
+    backoff" could not tell a provider failing from two users' 500s. Each candidate says `soft`."""
+    admin_key = "admin-key-for-soft-backoff"
+    gw = start(gateway_factory, tmp_path, backend_url, {"simple": [entry(OA_MINI)], "complex": [entry(OA_4O)]},
+               admin_key=admin_key, debug=True)
+    (bob_key,) = keys(gw, "bob")
+    with gw.client() as alice, gw.client(bob_key) as bob:
+        for http in (alice, bob):
+            failed(chat(http, "my fault #mock:status=500"))
+        failed(chat(alice, "the provider's own #mock:status=503", tier="complex"))
+        debug = {(c["provider"], c["model"]): c for c in alice.get("/debug/health").json()["candidates"]}
+    with gw.client(admin_key) as admin:
+        listed = admin.get("/admin/api/providers")
+        assert listed.status_code == 200, listed.text
+        rows = {(p["provider"], p["model"]): p for p in listed.json()["providers"]}
+    with httpx.Client(base_url=gw.url, timeout=30) as console:
+        assert console.post("/admin/signin", data={"key": admin_key}).status_code == 303
+        page = console.get("/admin")
+    for view in (debug, rows):
+        assert (view[OA_MINI]["state"], view[OA_MINI]["soft"]) == ("backoff", True)
+        assert (view[OA_4O]["state"], view[OA_4O]["soft"]) == ("backoff", False)
+    assert "soft backoff" in page.text and page.text.count("soft backoff") == 1, page.text

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
@@ -454,10 +454,16 @@ class Upload:
         """Whether the upload asks for its answer as a stream (`stream=true`: a transcription): any
         `stream` value but a false one. Readers take more than `true` and `1` as true (`on`, `yes`,
         `t` and `y` in pydantic, `T` and `True` in Go): only what none reads as true is left alone."""
-        return any(value.strip().lower() not in _FALSE for value in self.values("stream"))
+        return asks_stream(self.values("stream"))
 
 
 _FALSE = frozenset({b"", b"false", b"0", b"no", b"off", b"f", b"n"})
+
+
+def asks_stream(values: Iterable[bytes]) -> bool:
+    """Whether the `stream` values of an upload's fields or of a query ask for a stream: any but a
+    false one (see `Upload.streams`)."""
+    return any(value.strip().lower() not in _FALSE for value in values)
 _COMPONENT = re.compile(r"[\[\].]+")
 _INDEX = re.compile(r"\[\d*\]$")  # `image[]`, `image[0]`: one of the files given on `image`
 

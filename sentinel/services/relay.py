@@ -69,6 +69,7 @@ from sentinel.services.objects import (
     ObjectPath,
     TooManyReferences,
     Upload,
+    asks_stream,
     classify,
     continued,
     conversation_item,
@@ -286,6 +287,13 @@ class OpenAIRelay:
         that asked for work and is answered with an event stream all the same is not relayed
         (`AnswerRelay.unoffered_stream`): pass-through streams are not offered."""
         where = classify(segments, method)
+        if query is not None and asks_stream(value.encode() for name, value in query if name == "stream"):
+            # A read asking for its object's events (a stored response's again, `GET /v1/responses/{id}
+            # ?stream=true`, resumed `starting_after` one) gets its output with the usage in an event
+            # a read does not parse: a response whose own stream was cut, its usage left to the first
+            # read showing it, was read whole for free. No background response is made through
+            # Sentinel (`check_metered_fields`): nothing is left to stream.
+            raise _no_passthrough_stream()
         if segments[-1] == "" and where.object_id:
             segments = segments[:-1]
         if where.is_collection and method in ("GET", "HEAD"):
@@ -356,7 +364,9 @@ class OpenAIRelay:
             charging = Charging(work=method == "POST" and last != "cancel", at=last, counted="steps" not in segments,
                                 holds=creates_batch, context=where.collection == "responses" and where.is_object(segments),
                                 media=media)
-            if charging.work and 200 <= upstream.status < 300 and upstream.event_stream:
+            # (a stored response read as events all the same — a `stream` asked some other way — shows
+            # its output with its usage unread: never relayed either)
+            if (charging.work or charging.context) and 200 <= upstream.status < 300 and upstream.event_stream:
                 await self.answers.unoffered_stream(upstream, admission)  # raises: never relayed
             reply = await self.answers.complete(
                 upstream, endpoint, admission, owner=owner, ttl=where.ttl, creating=creating, ex=ex, charging=charging,

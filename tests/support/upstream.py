@@ -143,6 +143,10 @@ class ScriptedUpstream:
         )
         self._answers.append((b"text/event-stream", data, _raw_headers(headers), hold, 200, 0))
 
+    def drop_queued(self) -> None:
+        """Drop the answers queued and not asked for (a request the gateway refused never came)."""
+        self._answers.clear()
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             return await lifespan(receive, send)

@@ -1,0 +1,119 @@
+"""Reads of a stored response as an attacker with a user key would make them to get its output
+without its usage being charged: its events streamed again (`GET /v1/responses/{id}?stream=true`,
+resumed with `starting_after`), which carry the usage only in an event Sentinel does not read on a
+read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from sentinel.domain.usage import charge_id
+from tests.api.conftest import Gateway
+from tests.support.attack import ledger_rows
+from tests.support.servers import serving
+from tests.support.upstream import ScriptedUpstream
+from tests.support.waiting import wait_for
+
+USAGE = {"input_tokens": 700, "output_tokens": 9000, "total_tokens": 9700}
+ANSWER = {"id": "resp_cut", "object": "response", "status": "completed", "model": "gpt-4o-mini",
+          "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                      "content": [{"type": "output_text", "text": "the whole answer", "annotations": []}]}],
+          "usage": USAGE}
+CREATED = {"type": "response.created", "sequence_number": 0,
+           "response": {**ANSWER, "status": "in_progress", "output": [], "usage": None}}
+
+
+def recorded(gw: Gateway, rid: str) -> list[dict[str, Any]]:
+    return [row for row in ledger_rows(gw.settings.database_url) if row["request_id"] == rid]
+
+
+def _cut_stream(gw: Gateway, http: httpx.Client) -> dict[str, Any]:
+    """A stored response streamed and left after its first event (charged a few tokens): its record."""
+    body = {"model": "gpt-4o-mini", "input": "hi", "stream": True, "store": True, "max_output_tokens": 9000}
+    with http.stream("POST", "/v1/responses", json=body) as r:
+        assert r.status_code == 200
+        cut_id = r.headers["x-request-id"]
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                break
+    assert wait_for(lambda: len(recorded(gw, cut_id)) == 1)
+    return recorded(gw, cut_id)[0]
+
+
+@pytest.mark.parametrize("query", ["stream=true", "stream=true&starting_after=0", "stream=True", "stream=1",
+                                   "stream=false&stream=on"])
+def test_a_cut_response_streamed_again_is_refused_and_left_to_the_read_that_charges_it(
+    gateway_factory: Callable[..., Gateway], query: str,
+) -> None:
+    """A stored response whose stream the client cut was charged its few streamed tokens, its usage
+    left to the first read showing it. Read again as a stream (`?stream=true`, the Responses API's
+    way to resume one, `starting_after` an event's number), its answer is events — the whole output,
+    then `response.completed` with the usage — which a read does not parse: relayed whole, charged
+    nothing, the 9,700 tokens free however often. Such a read is 400 `stream_not_supported` before
+    anything is reserved or sent (no background response is ever made through Sentinel: nothing is
+    left to stream); a plain read still charges the usage."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1)
+        with gw.client() as http:
+            upstream.sse(CREATED, hold=True)
+            cut = _cut_stream(gw, http)
+            assert cut["input_tokens"] + cut["output_tokens"] < 9000, cut
+            sent = len(upstream.received)
+            upstream.sse(CREATED, {"type": "response.output_text.delta", "sequence_number": 1, "delta": "the whole answer"},
+                         {"type": "response.completed", "sequence_number": 2, "response": ANSWER})
+            replay = http.get(f"/v1/responses/resp_cut?{query}")
+            assert replay.status_code == 400, replay.text
+            error = replay.json()["error"]
+            assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "stream_not_supported",
+                                                                     "stream")
+            assert "x-ratelimit-remaining" not in replay.headers  # (refused before admission)
+            assert len(upstream.received) == sent  # never sent
+            assert recorded(gw, replay.headers["x-request-id"]) == []
+            upstream.drop_queued()  # (the replay queued above was never asked for)
+            upstream.json(ANSWER)
+            read = http.get("/v1/responses/resp_cut")
+            assert read.status_code == 200, read.text
+            charge = charge_id(cut["external_id"], "resp_cut")
+            assert wait_for(lambda: len(recorded(gw, charge)) == 1)
+            assert [(r["input_tokens"], r["output_tokens"]) for r in recorded(gw, charge)] == [(700, 9000)]
+
+
+def test_a_read_asking_for_no_stream_is_relayed(gateway_factory: Callable[..., Gateway]) -> None:
+    """`stream=false` (or an empty value) asks for none: relayed with the rest of the query."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1)
+        with gw.client() as http:
+            upstream.json(ANSWER)
+            assert http.post("/v1/responses", json={"model": "gpt-4o-mini", "input": "hi"}).status_code == 200
+            upstream.json(ANSWER)
+            read = http.get("/v1/responses/resp_cut?stream=false&include=message.output_text.logprobs")
+    assert read.status_code == 200, read.text
+    assert read.json()["id"] == "resp_cut"
+
+
+def test_a_stored_response_read_as_events_all_the_same_is_not_relayed(gateway_factory: Callable[..., Gateway]) -> None:
+    """A read of a stored response the provider answers with its events all the same (a stream asked
+    another way than `stream`: an `Accept` header, say) is not relayed — its output would be read
+    with its usage unread —: read to its end and recorded as a call whose answer could not be read (502), its
+    output never given."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1)
+        with gw.client() as http:
+            upstream.json(ANSWER)
+            assert http.post("/v1/responses", json={"model": "gpt-4o-mini", "input": "hi"}).status_code == 200
+            upstream.sse(CREATED, {"type": "response.output_text.delta", "sequence_number": 1, "delta": "the whole answer"},
+                         {"type": "response.completed", "sequence_number": 2, "response": ANSWER})
+            read = http.get("/v1/responses/resp_cut", headers={"Accept": "text/event-stream"})
+            assert read.status_code == 502, read.text
+            assert "the whole answer" not in read.text
+            assert read.json()["error"]["code"] == "provider_bad_response"
+            rid = read.headers["x-request-id"]
+            assert wait_for(lambda: len(recorded(gw, rid)) == 1)
+            assert [r["status"] for r in recorded(gw, rid)] == [502]

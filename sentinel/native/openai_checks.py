@@ -128,9 +128,17 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
         _optional(payload, "instructions", lambda v: isinstance(v, str), "must be a string")
         _optional(payload, "max_output_tokens", _positive_int(), "must be an integer >= 1")
         check_named_ids(payload)
-        if payload.get("background") not in (None, False):
-            # The provider would generate after the call is answered: output Sentinel could not meter.
-            raise invalid("background", "background responses are not supported through this gateway")
+        check_foreground(payload)
+
+
+def check_foreground(payload: dict[str, Any], where: str = "") -> None:
+    """Raise NativeValidationError (`param` prefixed by `where`: `body.` for a batch line) when a
+    Responses body asks for a background response: the provider would generate after the call is
+    answered (a `queued` response, no usage shown), output Sentinel could not meter. The metered
+    `/v1/responses`' check, and a batch's `/v1/responses` lines' (which ran it: their output line a
+    queued response, the batch settled without what it went on to generate)."""
+    if payload.get("background") not in (None, False):
+        raise invalid(where + "background", "background responses are not supported through this gateway")
 
 
 def check_named_ids(payload: dict[str, Any], where: str = "") -> None:

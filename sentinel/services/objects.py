@@ -30,7 +30,7 @@ from sentinel.domain.plans import MAX_LIMIT
 from sentinel.domain.text import is_text
 from sentinel.native._wire import is_number
 from sentinel.native.errors import NativeValidationError
-from sentinel.native.openai_checks import check_named_ids, json_containers_exceed
+from sentinel.native.openai_checks import check_foreground, check_named_ids, json_containers_exceed
 from sentinel.quota.estimate import BATCH_URLS
 from sentinel.quota.usage import MAX_ANSWER_ITEMS
 
@@ -651,6 +651,7 @@ def read_batch_input(
         if responses and isinstance(body, dict):  # as the metered /v1/responses checks them (a url not known: as it)
             try:
                 check_named_ids(body, "body.")
+                check_foreground(body, "body.")
             except NativeValidationError as exc:
                 raise InvalidBatchInput(f"Line {number} of the batch input: {exc.message}") from None
         ids = referenced_ids(request)

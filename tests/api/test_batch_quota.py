@@ -410,3 +410,25 @@ def test_a_batch_and_its_results_are_its_makers_alone_and_charged_once(
     assert gw.quota_used("bob") == {"requests": 0, "input_tokens": 0, "output_tokens": 0}
     assert [seen.path for seen in spy.seen if seen.path.startswith("/v1/batches") and seen.method == "GET"] \
         == [f"/v1/batches/{batch.id}"]  # only alice's one read reached the provider
+
+
+@pytest.mark.parametrize("url", ["/v1/responses", "/v1/unknown"])  # (a url Sentinel does not know is read as Responses')
+def test_a_batch_line_asking_for_a_background_response_is_refused_at_upload(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, url: str
+) -> None:
+    """The metered /v1/responses refuses `background: true` (the provider would generate after the
+    call is answered, a queued response whose usage no answer shows); a batch's Responses line
+    asking for it was uploaded and run: its output line a `queued` response without usage, the batch
+    settled without what it went on to generate. Refused at upload, as the metered call is, before
+    anything reaches the provider."""
+    gw = _gateway(gateway_factory, spy, None, "requests=1000/1d")
+    client = gw.openai()
+    line = {"custom_id": "0", "method": "POST", "url": url,
+            "body": {"model": "gpt-4o-mini", "input": "write a long story", "background": True}}
+    spy.clear()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.files.create(file=("in.jsonl", orjson.dumps(line) + b"\n"), purpose="batch")
+    error = caught.value.response.json()["error"]
+    assert error["type"] == "invalid_request_error" and "background" in error["message"], error
+    assert spy.seen == []
+    assert gw.quota_used().get("requests", 0) == 0

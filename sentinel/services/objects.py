@@ -464,6 +464,8 @@ def asks_stream(values: Iterable[bytes]) -> bool:
     """Whether the `stream` values of an upload's fields or of a query ask for a stream: any but a
     false one (see `Upload.streams`)."""
     return any(value.strip().lower() not in _FALSE for value in values)
+
+
 _COMPONENT = re.compile(r"[\[\].]+")
 _INDEX = re.compile(r"\[\d*\]$")  # `image[]`, `image[0]`: one of the files given on `image`
 

@@ -90,6 +90,14 @@ def conversation_param(request: Request) -> str:
     return found
 
 
+def unknown_fields(body: dict[str, Any], taken: tuple[str, ...]) -> dict[str, str]:
+    """A message per field of `body` the route does not read (`taken`). Ignored, each changed what was
+    done without a word: `expires_in` (the CLI's option's name) issued a key that never expires, a
+    misspelt `create` replaced an existing plan's limits."""
+    why = f"unknown field: this route takes {', '.join(taken)}"
+    return {name: why for name in body if name not in taken}
+
+
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     """A whole-number query parameter from `low` to `high`, `default` when absent or empty."""
     text = request.query_params.get(name)
@@ -225,6 +233,8 @@ class AdminApiRoutes:
         # put the user back on the default plan, silently and audited as asked for.
         if "plan" not in body or (plan is not None and not isinstance(plan, str)):
             raise refuse({"plan": "a plan name, or null for the default plan"})
+        if unknown := unknown_fields(body, ("plan",)):
+            raise refuse(unknown)
         external_id = user_param(request)
         await self.service.set_user_plan(external_id, plan or None, actor)
         return _json({"external_id": external_id, "plan": plan or None})
@@ -245,6 +255,7 @@ class AdminApiRoutes:
             wrong["expires_in_seconds"] = "a whole number of seconds, or null"  # not "30d": that is the CLI's
         if not isinstance(expires_at, str | None):
             wrong["expires_at"] = "an ISO-8601 date/time (text), or null"
+        wrong.update(unknown_fields(body, ("name", "email", "expires_in_seconds", "expires_at")))
         if wrong:  # only the fields at fault (`details.fields` named both, however right one was)
             raise refuse(wrong)
         info, key = await self.service.create_key(user_param(request), name, email, actor, expires_in=expires_in,
@@ -280,6 +291,8 @@ class AdminApiRoutes:
         create = body.get("create", False)
         if not isinstance(create, bool):
             raise refuse({"create": "true or false"})
+        if unknown := unknown_fields(body, ("limits", "create")):
+            raise refuse(unknown)
         saved = await self.service.save_plan_input(name, limit_inputs(body.get("limits")), actor, create=create)
         return _json(plan_json(saved))
 
@@ -293,9 +306,12 @@ class AdminApiRoutes:
         if request.method == "DELETE":
             await self.service.reset_tier(tier, actor)
             return _json({"reset": tier})
-        entries = (await self._body(request)).get("entries")
+        body = await self._body(request)
+        entries = body.get("entries")
         if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries) or len(entries) > MAX_ITEMS:
             raise refuse({"entries": "a list of provider/model:cost[:input_price:output_price] strings"})
+        if unknown := unknown_fields(body, ("entries",)):
+            raise refuse(unknown)
         await self.service.set_tier(tier, entries, actor)
         return _json(tiers_json(await self.service.tiers()))
 

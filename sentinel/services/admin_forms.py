@@ -105,6 +105,9 @@ def check_limits(items: Iterable[LimitInput]) -> list[Limit]:
     return limits
 
 
+LIMIT_FIELDS = ("metric", "limit", "window")
+
+
 def limit_inputs(raw: Any) -> list[LimitInput]:
     """`[{"metric", "limit", "window"}, ...]` (JSON) as LimitInputs; InvalidRequest when malformed."""
     if not isinstance(raw, list) or len(raw) > MAX_ITEMS:
@@ -113,7 +116,9 @@ def limit_inputs(raw: Any) -> list[LimitInput]:
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             raise refuse({f"limits.{i}": "an object {metric, limit, window}"})
-        values = [item.get(name, "") for name in ("metric", "limit", "window")]
+        if unknown := [name for name in item if name not in LIMIT_FIELDS]:  # `window_seconds` beside `window`
+            raise refuse({f"limits.{i}.{unknown[0]}": f"unknown field: a limit is {{{', '.join(LIMIT_FIELDS)}}}"})
+        values = [item.get(name, "") for name in LIMIT_FIELDS]
         if not all(isinstance(v, str | int) and not isinstance(v, bool) for v in values):
             raise refuse({f"limits.{i}": "metric is text; limit and window are text or whole numbers"})
         out.append(LimitInput(str(values[0]), values[1], values[2]))

@@ -253,3 +253,42 @@ def test_a_tier_naming_one_candidate_twice_is_refused(api: httpx.Client, console
     page = console.post("/admin/tiers/simple", {"entries": "openai/gpt-4o:1\nopenai/gpt-4o:1"})
     assert page.status_code == 400 and "candidate 1 already" in page.text, page.text
     assert api.get("/admin/api/tiers").json()["effective"]["simple"] == before
+
+
+TEAM = {"create": True, "limits": [{"metric": "requests", "limit": 7, "window": "1m"}]}
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), [
+    # the CLI's name for the lifetime: the key was issued never to expire
+    ("POST", "/admin/api/users/bob/keys", {"name": "ci", "expires_in": 3600}, "expires_in"),
+    ("POST", "/admin/api/users/bob/keys", {"name": "ci", "expires": "2030-01-01T00:00:00Z"}, "expires"),
+    # a misspelt `create`: the existing plan's limits were replaced, where `create` refuses
+    ("PUT", "/admin/api/plans/team", {"crate": True, "limits": [{"metric": "requests", "limit": 1, "window": "1h"}]},
+     "crate"),
+    # a limit copied from the plan's JSON (`window_seconds`) beside a `window`: one of them was ignored
+    ("PUT", "/admin/api/plans/team", {"limits": [{"metric": "requests", "limit": 1, "window": "1h",
+                                                  "window_seconds": 60}]}, "limits.0.window_seconds"),
+    ("PUT", "/admin/api/users/alice/plan", {"plan": None, "expires_in": 3600}, "expires_in"),
+    ("PUT", "/admin/api/tiers/simple", {"entries": ["openai/gpt-4o:1"], "append": True}, "append"),
+])
+def test_a_body_field_the_route_does_not_take_is_refused_and_changes_nothing(
+    api: httpx.Client, method: str, path: str, body: dict[str, object], field: str,
+) -> None:
+    """A field the route does not read was ignored: a key asked to expire in an hour (`expires_in`, the
+    CLI's option's name) was issued never to expire, a misspelt `create` replaced an existing plan's
+    limits. 400 (`validation_failed`) naming the field, nothing changed or audited."""
+    assert api.put("/admin/api/plans/team", json=TEAM).status_code == 200
+    assert api.put("/admin/api/users/alice/plan", json={"plan": "team"}).status_code == 200
+
+    def state() -> list[object]:
+        return [api.get("/admin/api/keys", params={"user": "bob"}).json(), api.get("/admin/api/plans/team").json(),
+                api.get("/admin/api/users/alice").json()["user"]["plan"], api.get("/admin/api/tiers").json(),
+                api.get("/admin/api/audit").json()]
+
+    before = state()
+    answer = api.request(method, path, json=body)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "validation_failed" and field in error["details"]["fields"], error
+    assert "unknown field" in error["details"]["fields"][field], error
+    assert state() == before

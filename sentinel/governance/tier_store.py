@@ -52,19 +52,46 @@ def parse_entry(text: str) -> TierModelEntry:
     )
 
 
+Replaced = dict[str, list[str]]  # a tier's rows as `entry_text` writes them, by tier
+
+
+def entry_text(provider: str, model: str, cost: int, input_price: float, output_price: float) -> str:
+    """A candidate as `parse_entry` reads it back, prices included (`provider/model:cost:in:out`): what
+    the audit log records of a tier edit, where a change of prices alone must show."""
+    return f"{provider}/{model}:{cost}:{float(input_price)!r}:{float(output_price)!r}"
+
+
+async def _delete(session: AsyncSession, tier: str | None) -> Replaced:
+    """Delete `tier`'s rows (None: every tier's) and return them (`RETURNING`: exactly the rows this
+    transaction replaced, however another edit of the tier raced it)."""
+    query = delete(TierModelRow)
+    if tier is not None:
+        query = query.where(TierModelRow.tier == tier)
+    columns = (TierModelRow.tier, TierModelRow.position, TierModelRow.provider, TierModelRow.model,
+               TierModelRow.relative_cost, TierModelRow.input_price_per_million, TierModelRow.output_price_per_million)
+    rows = sorted((await session.execute(query.returning(*columns))).all(), key=lambda row: (row[0], row[1]))
+    out: Replaced = {}
+    for name, _, provider, model, cost, input_price, output_price in rows:
+        out.setdefault(name, []).append(
+            entry_text(provider, model, cost, stored_price(input_price), stored_price(output_price))
+        )
+    return out
+
+
 class TierRepository:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
     async def set_tier(
-        self, tier: str, entries: list[TierModelEntry], audit: Callable[[], AuditLogRow] | None = None
+        self, tier: str, entries: list[TierModelEntry], audit: Callable[[Replaced], AuditLogRow] | None = None
     ) -> None:
-        """Replace `tier`'s rows with `entries`; `audit`: the edit's audit entry, in its transaction."""
+        """Replace `tier`'s rows with `entries`; `audit`: the edit's audit entry, in its transaction,
+        given the rows it replaced (`_delete`)."""
         if tier not in TIERS:
             raise ValueError(f"tier must be one of {', '.join(TIERS)}")
         with database_errors("tier store unavailable"):
             async with self._sessions() as session:
-                await session.execute(delete(TierModelRow).where(TierModelRow.tier == tier))
+                replaced = await _delete(session, tier)
                 session.add_all(
                     TierModelRow(
                         tier=tier, position=i, provider=e.provider, model=e.model, relative_cost=e.relative_cost,
@@ -74,19 +101,17 @@ class TierRepository:
                     for i, e in enumerate(entries)
                 )
                 if audit is not None:
-                    session.add(audit())
+                    session.add(audit(replaced))
                 await session.commit()
 
-    async def clear(self, tier: str | None = None, audit: Callable[[], AuditLogRow] | None = None) -> None:
-        """Drop `tier`'s rows (None: every tier's); `audit`: the reset's audit entry, in its transaction."""
+    async def clear(self, tier: str | None = None, audit: Callable[[Replaced], AuditLogRow] | None = None) -> None:
+        """Drop `tier`'s rows (None: every tier's); `audit`: the reset's audit entry, in its transaction,
+        given the rows dropped."""
         with database_errors("tier store unavailable"):
             async with self._sessions() as session:
-                query = delete(TierModelRow)
-                if tier is not None:
-                    query = query.where(TierModelRow.tier == tier)
-                await session.execute(query)
+                dropped = await _delete(session, tier)
                 if audit is not None:
-                    session.add(audit())
+                    session.add(audit(dropped))
                 await session.commit()
 
     async def table(self) -> TierTable:

@@ -51,7 +51,7 @@ from sentinel.governance.ledger import SqlLedger
 from sentinel.governance.plan_source import CachedPlans
 from sentinel.governance.plans import PlanChange, PlanExists, PlanRepository
 from sentinel.governance.request_stats import RequestStats
-from sentinel.governance.tier_store import DbTiers, TierRepository
+from sentinel.governance.tier_store import DbTiers, TierRepository, entry_text
 from sentinel.governance.usage_stats import LedgerEntry, Ranked, UsageStats
 from sentinel.governance.users import UserDirectory, UserSummary
 from sentinel.observability.logging import clipped
@@ -431,8 +431,12 @@ class AdminService:
             parsed = check_tier_entries([e for e in entries if isinstance(e, str)])
         if not parsed:
             raise refuse({"entries.0": "at least one candidate (or reset the tier)"})
-        shown = [f"{e.provider}/{e.model}:{e.relative_cost}" for e in parsed]
-        await self.tier_repo.set_tier(tier, parsed, lambda: self._entry(actor, "tier.set", tier, {"to": shown}))
+        # Prices included, and what it replaced: an edit of the prices alone (what `cost_usd` is reckoned
+        # with) was recorded as identical to the entry before it.
+        shown = [entry_text(e.provider, e.model, e.relative_cost, e.input_price_per_million,
+                            e.output_price_per_million) for e in parsed]
+        await self.tier_repo.set_tier(tier, parsed, lambda before: self._entry(
+            actor, "tier.set", tier, {"from": before.get(tier, []), "to": shown}))
         if self.db_tiers is not None:
             self.db_tiers.invalidate()
 
@@ -446,7 +450,8 @@ class AdminService:
         self._tiers_editable()
         if tier is not None:
             check_tier(tier)
-        await self.tier_repo.clear(tier, lambda: self._entry(actor, "tier.reset", tier or "*"))
+        await self.tier_repo.clear(tier, lambda before: self._entry(
+            actor, "tier.reset", tier or "*", {"from": before.get(tier, []) if tier is not None else before}))
         if self.db_tiers is not None:
             self.db_tiers.invalidate()
 

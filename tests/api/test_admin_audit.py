@@ -100,3 +100,22 @@ def test_a_key_created_with_another_email_records_the_change(gw: Gateway) -> Non
         assert "email" not in create({})  # none given: the stored one kept
         assert create({"email": "c@example.org"})["email"] == {"from": "carol@example.com", "to": "c@example.org"}
         assert http.get("/admin/api/users/carol").json()["user"]["email"] == "c@example.org"
+
+
+def test_a_tier_edit_records_the_prices_and_what_it_replaced(gw: Gateway) -> None:
+    """`tier.set` recorded `to: ["openai/gpt-4o:1"]` alone: an edit of a candidate's prices (what every
+    request's `cost_usd` is reckoned with — zeroed, spend vanished from the reports) left an entry
+    identical to the one before it, and neither it nor `tier.reset` said what the tier held before.
+    Each entry holds `from` (the tier's overrides before; [] for none) and `to`, prices included."""
+    with gw.admin() as http:
+        def edit(method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+            done = http.request(method, "/admin/api/tiers/simple", json=body)
+            assert done.status_code == 200, done.text
+            entry: dict[str, Any] = http.get("/admin/api/audit", params={"target": "simple"}).json()["entries"][0]
+            return entry["details"]
+
+        priced = edit("PUT", {"entries": ["openai/gpt-4o:1:2.5:10"]})
+        assert priced == {"from": [], "to": ["openai/gpt-4o:1:2.5:10.0"]}
+        free = edit("PUT", {"entries": ["openai/gpt-4o:1:0:0"]})
+        assert free == {"from": ["openai/gpt-4o:1:2.5:10.0"], "to": ["openai/gpt-4o:1:0.0:0.0"]}
+        assert edit("DELETE") == {"from": ["openai/gpt-4o:1:0.0:0.0"]}

@@ -16,6 +16,7 @@ from sentinel.domain.json_body import read_json
 from sentinel.domain.text import has_control
 from sentinel.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
 from sentinel.native.types import CONTROL_CHARS
+from sentinel.observability.logging import clipped
 from sentinel.offload import large, off_loop
 
 # A sign-in form is one short field a browser sends with its headers: it gets this long, not the
@@ -103,7 +104,8 @@ def refuse_control_characters(values: Any, where: str = "input", *, lines: bool 
 
 def refuse_unreadable_query(request: Request, *, client_text: Collection[str] = ()) -> None:
     """InvalidRequest (400) unless an operator route's query reads as one text: its percent-escapes
-    spell UTF-8 and it holds no control character (see `refuse_control_characters`). Starlette reads
+    spell UTF-8, it holds no control character (see `refuse_control_characters`) and no parameter
+    twice (below). Starlette reads
     an escape that is not UTF-8 as U+FFFD, so `?id=%FF` and `?id=%FE` named one made-up user.
     The values of the parameters named in `client_text` are text a client chose, not an operator (a
     native `conversation_id`): judged as the client's API judged them — any text without C0, DEL or
@@ -118,6 +120,14 @@ def refuse_unreadable_query(request: Request, *, client_text: Collection[str] = 
     refuse_control_characters([item if item[0] not in client_text else item[0] for item in items], "the query")
     if any(name in client_text and CONTROL_CHARS.search(value) for name, value in items):
         raise InvalidRequest("Control characters (NUL, CR, LF, ...) are not accepted in the query")
+    # `?id=alice&id=bob` changed bob (Starlette reads the last value) where a proxy, an access-log
+    # reader or a reviewing script reads the first: refused, as a JSON key given twice is. No
+    # operator route reads a parameter more than once.
+    seen: set[str] = set()
+    for name, _ in items:
+        if name in seen:
+            raise InvalidRequest(f"The query gives {clipped(name, 64)!r} twice: give each parameter once")
+        seen.add(name)
 
 
 def path_or_query(request: Request, name: str) -> str:

@@ -292,3 +292,27 @@ def test_a_body_field_the_route_does_not_take_is_refused_and_changes_nothing(
     assert error["code"] == "validation_failed" and field in error["details"]["fields"], error
     assert "unknown field" in error["details"]["fields"][field], error
     assert state() == before
+
+
+def test_a_query_parameter_given_twice_is_refused_and_changes_nothing(api: httpx.Client, console: Console) -> None:
+    """`?id=alice&id=bob` changed bob (Starlette reads a repeated parameter's last value) where a proxy,
+    an access-log reader or a reviewing script reads the first — as with a JSON key given twice. 400
+    `invalid_request` naming the parameter, on the admin API and the console, nothing changed or audited."""
+    assert api.put("/admin/api/plans/team", json=TEAM).status_code == 200
+    audit = api.get("/admin/api/audit").json()["entries"]
+    answers = [
+        api.put("/admin/api/user/plan?id=alice&id=bob", json={"plan": "team"}),
+        api.post("/admin/api/user/keys?id=alice&id=bob", json={"name": "ci"}),
+        api.get("/admin/api/usage/totals?user=alice&user=bob"),
+        api.get("/admin/api/audit?target=alice&limit=5&target=bob"),
+    ]
+    for answer in answers:
+        assert answer.status_code == 400, (answer.request.url, answer.text)
+        error = answer.json()["error"]
+        assert error["code"] == "invalid_request" and "twice" in error["message"], error
+    page = console.post("/admin/user/plan?id=alice&id=bob", {"plan": "team"})
+    assert page.status_code == 400, page.text
+    assert api.get("/admin/api/audit").json()["entries"] == audit
+    assert api.get("/admin/api/keys", params={"user": "bob"}).json()["keys"] == []
+    assert api.get("/admin/api/user", params={"id": "bob"}).status_code == 404
+    assert api.get("/admin/api/users/alice").json()["user"]["plan"] is None

@@ -82,6 +82,26 @@ PLANS_MANAGED_BY_GOVERNANCE = (
 
 SPACED_ID = "no space at either end: a new user named so would read as another on the console"
 UNCOMPOSED_ID = "in Unicode's composed form (NFC): a new user named otherwise would read as another on the console"
+COMPATIBILITY_ID = (
+    "no compatibility character (a fullwidth letter, a ligature, a Roman numeral: Unicode's NFKC form): a new "
+    "user named so would read as another on the console"
+)
+MIXED_SCRIPT_ID = (
+    "letters of one of the Latin, Greek, Cyrillic, Armenian, Cherokee and Coptic scripts, not several: a new "
+    "user named so (a Cyrillic 'а' among Latin letters) would read as another on the console"
+)
+# Scripts whose letters are drawn alike (Latin `a`, Cyrillic `а`, Greek `ο` and `o`): an id mixing them is
+# a look-alike of one written in a single script (UTS #39's mixed-script confusables, by their names).
+LOOK_ALIKE_SCRIPTS = frozenset({"LATIN", "GREEK", "CYRILLIC", "ARMENIAN", "CHEROKEE", "COPTIC"})
+
+
+def mixes_look_alike_scripts(text: str) -> bool:
+    """Whether `text`'s letters come from more than one of LOOK_ALIKE_SCRIPTS (read off each letter's
+    Unicode name: `CYRILLIC SMALL LETTER A`)."""
+    scripts = {unicodedata.name(char, "").split(" ", 1)[0] for char in text if char.isalpha() and not char.isascii()}
+    if any(char.isalpha() and char.isascii() for char in text):
+        scripts.add("LATIN")
+    return len(scripts & LOOK_ALIKE_SCRIPTS) > 1
 
 
 @dataclass(frozen=True)
@@ -211,13 +231,19 @@ class AdminService:
     async def _misleading_new_id(self, external_id: str) -> str | None:
         """Why `external_id` would read as another user's id on the console, when it names no user yet
         (no row, no usage), or None: whitespace at either end (a space, a no-break space: HTML draws
-        neither end's, so `alice ` read as `alice`, also in `keys list`), or a form other than Unicode's
-        composed one (NFC: `cafe\u0301` is drawn as `café`, a second user beside it). One an identity
+        neither end's, so `alice ` read as `alice`, also in `keys list`), a form other than Unicode's
+        composed one (NFC: `cafe\u0301` is drawn as `café`, a second user beside it) or its compatibility
+        one (NFKC: a fullwidth `ａlice`), or letters of several look-alike scripts (`\u0430lice`: a
+        Cyrillic `а`; an id in one script, Cyrillic or Greek, is its own). One an identity
         source already vouched for (a JWT's `sub`) stays manageable."""
         if external_id != external_id.strip():
             why = SPACED_ID
         elif not unicodedata.is_normalized("NFC", external_id):
             why = UNCOMPOSED_ID
+        elif not unicodedata.is_normalized("NFKC", external_id):
+            why = COMPATIBILITY_ID
+        elif mixes_look_alike_scripts(external_id):
+            why = MIXED_SCRIPT_ID
         else:
             return None
         if await self.users.get(external_id) is not None or await self.reports.stats.recent_requests(external_id, 1):

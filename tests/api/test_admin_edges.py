@@ -196,13 +196,15 @@ def test_a_plan_assignment_without_its_plan_field_changes_nothing(
     assert api.put("/admin/api/users/dave/plan", json={"plan": None}).json() == {"external_id": "dave", "plan": None}
 
 
-@pytest.mark.parametrize("user", ["alice ", " alice", "alice\u00a0", "\u3000alice", "zoe\u0301"])
+@pytest.mark.parametrize("user", ["alice ", " alice", "alice\u00a0", "\u3000alice", "zoe\u0301",
+                                  "\u0430lice", "b\u03bfb", "\uff41lice", "\u2170van"])
 def test_a_new_user_whose_id_reads_as_another_is_refused(
     gw: Gateway, api: httpx.Client, console: Console, user: str,
 ) -> None:
     """`alice ` read as `alice` on the console (HTML draws neither end's spaces), in the users list and
-    `keys list`, and `zoe\u0301` (decomposed) as `zoé`: a key or plan an operator meant for one went to a
-    new user. Refused (400, field
+    `keys list`, and `zoe\u0301` (decomposed) as `zoé`, `\u0430lice` (a Cyrillic `а` among Latin letters)
+    and `\uff41lice` (a fullwidth `ａ`) as `alice`: a key or plan an operator meant for one went to a new
+    user. Refused (400, field
     `external_id`) on the admin API, the console and the CLI's service, nothing created or audited; a user
     who already exists under such an id (an identity source's) is still managed."""
     audit = len(api.get("/admin/api/audit").json()["entries"])
@@ -316,3 +318,4 @@ def test_a_query_parameter_given_twice_is_refused_and_changes_nothing(api: httpx
     assert api.get("/admin/api/keys", params={"user": "bob"}).json()["keys"] == []
     assert api.get("/admin/api/user", params={"id": "bob"}).status_code == 404
     assert api.get("/admin/api/users/alice").json()["user"]["plan"] is None
+

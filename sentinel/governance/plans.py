@@ -18,6 +18,7 @@ from sentinel.db.models import AuditLogRow, PlanLimitRow, PlanRow, User, utcnow
 from sentinel.db.queries import ensure_user, insert_ignoring
 from sentinel.domain.plans import MAX_PLAN_LIMITS, Limit, Metric, Plan
 from sentinel.errors import NotFound
+from sentinel.observability.logging import clipped
 
 
 class PlanExists(Exception):  # noqa: N818 - a verdict on a `create`, not a failure
@@ -209,7 +210,7 @@ class PlanRepository:
                         select(PlanRow.name).where(PlanRow.name == plan_name).with_for_update(read=True, key_share=True)
                     )
                     if held is None:
-                        raise NotFound(f"plan {plan_name!r} does not exist", code="plan_not_found")
+                        raise NotFound(f"plan {clipped(plan_name)!r} does not exist", code="plan_not_found")
                 user_id = await ensure_user(session, external_id)
                 # Hold the user's row (on SQLite: take the write lock) before reading its plan.
                 await session.execute(update(User).where(User.id == user_id).values(plan_name=User.plan_name))
@@ -219,7 +220,7 @@ class PlanRepository:
                     assign = assign.where(exists().where(PlanRow.name == plan_name))
                 if await session.scalar(assign.returning(User.id)) is None:
                     await session.rollback()  # nor a user created for it
-                    raise NotFound(f"plan {plan_name!r} does not exist", code="plan_not_found")
+                    raise NotFound(f"plan {clipped(plan_name or '')!r} does not exist", code="plan_not_found")
                 if audit is not None:
                     session.add(audit(previous))
                 await session.commit()

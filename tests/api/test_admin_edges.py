@@ -319,3 +319,11 @@ def test_a_query_parameter_given_twice_is_refused_and_changes_nothing(api: httpx
     assert api.get("/admin/api/user", params={"id": "bob"}).status_code == 404
     assert api.get("/admin/api/users/alice").json()["user"]["plan"] is None
 
+
+def test_an_unknown_plan_assigned_is_quoted_clipped(api: httpx.Client) -> None:
+    """`{"plan": "<5,000 characters>"}` came back whole in the 404's message ("plan '…' does not
+    exist"), where every other name a 404 quotes is cut to 256 characters."""
+    answer = api.put("/admin/api/users/alice/plan", json={"plan": "a" * 5000})
+    assert answer.status_code == 404, answer.text[:200]
+    message = answer.json()["error"]["message"]
+    assert "a" * 250 in message and "a" * 257 not in message and "…" in message, len(message)

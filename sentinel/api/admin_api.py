@@ -230,14 +230,15 @@ class AdminApiRoutes:
         body = await self._body(request)
         plan = body.get("plan")
         # `plan` is required (null for the default plan): `{}` or a misspelt `{"plan_name": "team"}`
-        # put the user back on the default plan, silently and audited as asked for.
-        if "plan" not in body or (plan is not None and not isinstance(plan, str)):
+        # put the user back on the default plan, silently and audited as asked for; so did `""` (a
+        # script's unset variable), which `sentinel users set-plan` refuses.
+        if "plan" not in body or (plan is not None and (not isinstance(plan, str) or not plan)):
             raise refuse({"plan": "a plan name, or null for the default plan"})
         if unknown := unknown_fields(body, ("plan",)):
             raise refuse(unknown)
         external_id = user_param(request)
-        await self.service.set_user_plan(external_id, plan or None, actor)
-        return _json({"external_id": external_id, "plan": plan or None})
+        await self.service.set_user_plan(external_id, plan, actor)
+        return _json({"external_id": external_id, "plan": plan})
 
     async def quota(self, request: Request) -> RawResponse:
         await self._access(request)

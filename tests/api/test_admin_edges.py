@@ -173,12 +173,13 @@ def test_a_404_quotes_the_name_it_looked_for_clipped(api: httpx.Client) -> None:
         assert "a" * 250 in message and "a" * 257 not in message and "…" in message, (path[:40], len(message))
 
 
-@pytest.mark.parametrize("body", [{}, {"plan_name": "team"}, {"Plan": "team"}])
+@pytest.mark.parametrize("body", [{}, {"plan_name": "team"}, {"Plan": "team"}, {"plan": ""}])
 def test_a_plan_assignment_without_its_plan_field_changes_nothing(
     api: httpx.Client, console: Console, body: dict[str, str],
 ) -> None:
     """`plan` is required (`null`: the default plan, as the OpenAPI document says): a body without
-    it — `{}`, a misspelt field — put the user back on the default plan, 200, audited as asked for.
+    it — `{}`, a misspelt field — put the user back on the default plan, 200, audited as asked for; so
+    did `{"plan": ""}` (a script's unset variable), which `sentinel users set-plan alice ""` refuses.
     The console's form, whose select always sends `plan`, refuses a post without it likewise."""
     api.put("/admin/api/plans/team", json={"create": True, "limits": [{"metric": "requests", "limit": 5, "window": "1h"}]})
     assert api.put("/admin/api/users/dave/plan", json={"plan": "team"}).status_code == 200

@@ -20,6 +20,11 @@ def _obj(required: list[str], **props: Any) -> dict[str, Any]:
     return {"type": "object", "required": required, "properties": props}
 
 
+def _input(required: list[str], **props: Any) -> dict[str, Any]:
+    """A request body's object: a field the route does not take is refused (400), not ignored."""
+    return {**_obj(required, **props), "additionalProperties": False}
+
+
 _NULL_STR = {"type": ["string", "null"]}
 _TIME = {"type": "string", "format": "date-time"}
 _NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -36,7 +41,7 @@ SCHEMAS: dict[str, Any] = {
     )),
     "Limit": _obj(["metric", "limit", "window_seconds"], metric={"enum": list(METRICS)}, limit=_INT,
                   window_seconds=_INT),
-    "LimitInput": _obj(["metric", "limit", "window"], metric={"enum": list(METRICS)},
+    "LimitInput": _input(["metric", "limit", "window"], metric={"enum": list(METRICS)},
                        limit={"type": ["integer", "string"]},
                        window={"type": ["string", "integer"], "description": "`90s`, `1m`, `1h`, `1d`, `30d`, `2w`"}),
     "Plan": _obj(["name", "spec", "limits"], name={"type": "string"}, spec={"type": "string"},
@@ -185,12 +190,12 @@ def build_admin_openapi() -> dict[str, Any]:
         "/admin/api/users/{external_id}/plan": {"put": _op(
             "Put a user on a plan (null: the default plan)",
             _json(_obj(["external_id", "plan"], external_id={"type": "string"}, plan=_NULL_STR)),
-            params=[_path("external_id")], body=_obj(["plan"], plan=_NULL_STR), errors=(*change, "404", "409"))},
+            params=[_path("external_id")], body=_input(["plan"], plan=_NULL_STR), errors=(*change, "404", "409"))},
         "/admin/api/users/{external_id}/quota": {"get": _op("The user's live quota counters", _json(_ref("Quota")),
                                                             params=[_path("external_id")], errors=("404",))},
         "/admin/api/users/{external_id}/keys": {"post": _op(
             "Issue a key (shown once)", _json(_ref("NewKey"), "Created"), params=[_path("external_id")],
-            body=_obj([], name=_NULL_STR,
+            body=_input([], name=_NULL_STR,
                       email={**_NULL_STR, "description": "sets or replaces the user's email (the `key.create` "
                              "audit entry records the change: `email: {from, to}`)"},
                       expires_in_seconds={"type": ["integer", "null"], "minimum": 1, "maximum": MAX_KEY_LIFETIME_SECONDS,
@@ -209,7 +214,7 @@ def build_admin_openapi() -> dict[str, Any]:
             "put": _op("Create (with `create: true`, refused when it exists) or replace a plan's limits (at "
                        "least one; a new plan's name may not equal an existing one's but for case)",
                        _json(_ref("Plan")), params=[_path("name")],
-                       body=_obj(["limits"], limits={"type": "array", "items": _ref("LimitInput"), "minItems": 1},
+                       body=_input(["limits"], limits={"type": "array", "items": _ref("LimitInput"), "minItems": 1},
                                  create={"type": "boolean"}), errors=(*change, "409")),
             "delete": _op("Delete a plan (its users get the default plan)",
                           _json(_obj(["deleted"], deleted={"type": "string"})), params=[_path("name")],
@@ -220,7 +225,7 @@ def build_admin_openapi() -> dict[str, Any]:
         "/admin/api/tiers/{tier}": {
             "put": _op("Replace a tier's candidates", _json(_ref("Tiers")),
                        params=[{**_path("tier"), "schema": {"enum": list(TIERS)}}],
-                       body=_obj(["entries"], entries={"type": "array", "items": {
+                       body=_input(["entries"], entries={"type": "array", "items": {
                            "type": "string", "description": "provider/model:cost[:input_price:output_price]"}}),
                        errors=change),
             "delete": _op("Drop a tier's overrides", _json(_obj(["reset"], reset={"type": "string"})),

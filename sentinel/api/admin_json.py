@@ -97,9 +97,17 @@ def table_json(table: TierTable) -> dict[str, Any]:
 
 
 def tiers_json(view: TiersView) -> dict[str, Any]:
+    """The tier table; `not_configured` names each candidate in effect whose provider is not configured
+    (never chosen: a typo such as `opnai/...` can leave a tier without one), as the console and
+    `sentinel tiers set` flag it — the admin API said nothing."""
+    unserved = {
+        tier: [f"{e.provider}/{e.model}" for e in entries if e.provider not in view.providers]
+        for tier, entries in view.effective.items()
+    } if view.providers else {}
     return {
         "effective": table_json(view.effective), "overrides": table_json(view.overrides),
         "fallback": table_json(view.fallback), "editable": view.editable,
+        "not_configured": {tier: names for tier, names in unserved.items() if names},
     }
 
 

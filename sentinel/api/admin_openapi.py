@@ -98,8 +98,11 @@ SCHEMAS: dict[str, Any] = {
                      providers={"type": "array", "items": _ref("Provider")}, providers_error=_NULL_STR,
                      outbox_depth={"type": ["integer", "null"]}),
     "TierTable": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "object"}}},
-    "Tiers": _obj(["effective", "overrides", "fallback", "editable"], effective=_ref("TierTable"),
-                  overrides=_ref("TierTable"), fallback=_ref("TierTable"), editable={"type": "boolean"}),
+    "Tiers": _obj(["effective", "overrides", "fallback", "editable", "not_configured"], effective=_ref("TierTable"),
+                  overrides=_ref("TierTable"), fallback=_ref("TierTable"), editable={"type": "boolean"},
+                  not_configured={"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                                  "description": "by tier, each candidate in effect (`provider/model`) whose provider "
+                                                 "is not configured: never chosen"}),
     "AuditEntry": _obj(["id", "at", "actor", "action", "target"], id=_INT, at=_TIME, actor={"type": "string"},
                        action={"type": "string"}, target={"type": "string"}, details={"type": "object"},
                        address=_NULL_STR),

@@ -328,3 +328,15 @@ def test_an_unknown_plan_assigned_is_quoted_clipped(api: httpx.Client) -> None:
     assert answer.status_code == 404, answer.text[:200]
     message = answer.json()["error"]["message"]
     assert "a" * 250 in message and "a" * 257 not in message and "…" in message, len(message)
+
+
+def test_a_tier_candidate_of_a_provider_not_configured_is_named_in_the_answer(api: httpx.Client) -> None:
+    """`opnai/gpt-4o:1` (a typo) is saved, as the console and `sentinel tiers set` save it, but they say
+    "provider not configured" (such a candidate is never chosen: the tier may be left with none) and the
+    admin API said nothing. Its tier table names each such candidate in `not_configured`."""
+    saved = api.put("/admin/api/tiers/simple", json={"entries": ["opnai/gpt-4o:1", "openai/gpt-4o-mini:2"]})
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["not_configured"] == {"simple": ["opnai/gpt-4o"]}
+    assert api.get("/admin/api/tiers").json()["not_configured"] == {"simple": ["opnai/gpt-4o"]}
+    assert api.delete("/admin/api/tiers/simple").status_code == 200
+    assert api.get("/admin/api/tiers").json()["not_configured"] == {}

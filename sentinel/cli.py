@@ -204,8 +204,9 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         for k in rows:
             created = k.created_at.strftime("%Y-%m-%d %H:%M:%S")
             expires = "never" if k.expires_at is None else k.expires_at.strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{k.id:<18} {k.external_id:<24} {k.prefix:<22} {(k.name or ''):<20} {created:<20} {expires:<20} "
-                  f"{k.status(now)}")
+            # A row an earlier version (or another writer) left with a terminal escape reads as text.
+            print(f"{k.id:<18} {printable(k.external_id):<24} {k.prefix:<22} {printable(k.name or ''):<20} "
+                  f"{created:<20} {expires:<20} {k.status(now)}")
 
     return _run(_with_admin(_settings(), go))
 

@@ -829,3 +829,19 @@ def test_plans_set_refuses_a_new_plan_named_as_another_but_for_case(tmp_path: Pa
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "'Pro' exists already" in refused.stderr, refused.stderr
     assert run(["plans", "list"], env).stdout == "Pro: requests=5/1m\n"
+
+
+def test_keys_list_shows_a_stored_terminal_escape_as_text(tmp_path: Path) -> None:
+    """`keys list` printed a user id and a key name as stored: a row an earlier version (or another
+    writer of the database) left with `\\x1b]0;...\\x07` or `\\x1b[2J` retitled or cleared the operator's
+    terminal, where `usage show` writes such characters as `\\uXXXX` escapes. So does `keys list` now."""
+    import asyncio
+
+    from tests.support.accounts import create_key
+
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    asyncio.run(create_key(env["DATABASE_URL"], "ev\x1b]0;pwned\x07il", "n\x1b[2Jame\u202e"))
+    listed = run(["keys", "list"], env)
+    assert listed.returncode == 0, listed.stderr
+    assert all(line.isprintable() for line in listed.stdout.splitlines()), listed.stdout
+    assert "ev\\u001b]0;pwned\\u0007il" in listed.stdout and "n\\u001b[2Jame\\u202e" in listed.stdout, listed.stdout

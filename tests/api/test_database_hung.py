@@ -87,7 +87,9 @@ async def test_the_operators_usage_reports_may_run_longer_than_a_request_may_wai
     await _empty(pg_url)
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None, database_url=pg_url, access_log=False, redis_url=None,
-        openai_api_url="http://127.0.0.1:9/v1", openai_api_key="k", database_timeout_seconds=0.2,
+        # 1 s, not less: start-up's own connects and statements wait on it too (a busy CI machine
+        # took more than 0.2 s for one), and the statements below sleep well past it.
+        openai_api_url="http://127.0.0.1:9/v1", openai_api_key="k", database_timeout_seconds=1.0,
     )
     app = create_app(settings)
     await app.startup()
@@ -95,10 +97,10 @@ async def test_the_operators_usage_reports_may_run_longer_than_a_request_may_wai
         assert app.runtime is not None and app.runtime.admin is not None
         admin = app.runtime.admin
         async with admin.reports.ledger._sessions() as session:
-            await session.execute(text("SELECT pg_sleep(0.5)"))  # a long report: answered
+            await session.execute(text("SELECT pg_sleep(2.5)"))  # a long report: answered
         try:
             async with admin.ledger._sessions() as session:
-                await session.execute(text("SELECT pg_sleep(0.5)"))
+                await session.execute(text("SELECT pg_sleep(2.5)"))
         except (SQLAlchemyError, TimeoutError):
             pass  # what a request waits on is bounded
         else:

@@ -6,14 +6,12 @@ read."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-import httpx
 import pytest
 
 from sentinel.domain.usage import charge_id
 from tests.api.conftest import Gateway
-from tests.support.attack import ledger_rows
+from tests.api.test_gate_settlement import _cut_stream, recorded
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream
 from tests.support.waiting import wait_for
@@ -25,23 +23,8 @@ ANSWER = {"id": "resp_cut", "object": "response", "status": "completed", "model"
           "usage": USAGE}
 CREATED = {"type": "response.created", "sequence_number": 0,
            "response": {**ANSWER, "status": "in_progress", "output": [], "usage": None}}
-
-
-def recorded(gw: Gateway, rid: str) -> list[dict[str, Any]]:
-    return [row for row in ledger_rows(gw.settings.database_url) if row["request_id"] == rid]
-
-
-def _cut_stream(gw: Gateway, http: httpx.Client) -> dict[str, Any]:
-    """A stored response streamed and left after its first event (charged a few tokens): its record."""
-    body = {"model": "gpt-4o-mini", "input": "hi", "stream": True, "store": True, "max_output_tokens": 9000}
-    with http.stream("POST", "/v1/responses", json=body) as r:
-        assert r.status_code == 200
-        cut_id = r.headers["x-request-id"]
-        for line in r.iter_lines():
-            if line.startswith("data:"):
-                break
-    assert wait_for(lambda: len(recorded(gw, cut_id)) == 1)
-    return recorded(gw, cut_id)[0]
+# A stored response streamed and left after its first event (charged a few tokens).
+CUT = {"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 9000}
 
 
 @pytest.mark.parametrize("query", ["stream=true", "stream=true&starting_after=0", "stream=True", "stream=1",
@@ -61,7 +44,7 @@ def test_a_cut_response_streamed_again_is_refused_and_left_to_the_read_that_char
         gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1)
         with gw.client() as http:
             upstream.sse(CREATED, hold=True)
-            cut = _cut_stream(gw, http)
+            cut = _cut_stream(gw, http, CUT)
             assert cut["input_tokens"] + cut["output_tokens"] < 9000, cut
             sent = len(upstream.received)
             upstream.sse(CREATED, {"type": "response.output_text.delta", "sequence_number": 1, "delta": "the whole answer"},

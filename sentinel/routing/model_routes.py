@@ -85,6 +85,20 @@ class ModelRoutes:
         recorded = {pair for pair, state in states.items() if state is not None}
         return first + waiting + soft + out, recorded
 
+    async def counting(self, targets: Sequence[ModelTarget]) -> ModelTarget | None:
+        """For a call that only reads health (`/v1/messages/count_tokens`: it writes none, see
+        `MessagesService.count_tokens`): the first of `targets` (those marked retired left out, unless
+        every one is: `usable`) not in a hard backoff — one in a soft backoff is asked, as a soft
+        backoff never refuses —; None when every one is in a hard backoff. One read of the store (all
+        healthy when it is down); no trial claimed: a count is no verdict on the model's health."""
+        states, retired = await self.health.standing([_pair(t) for t in targets])
+        now = self.health.clock()
+        for target in usable(targets, _pair, retired):
+            state = states[_pair(target)]
+            if state is None or state.soft or not state.in_backoff(now):
+                return target
+        return None
+
     async def call(
         self,
         targets: Sequence[ModelTarget],

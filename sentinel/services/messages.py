@@ -11,7 +11,10 @@ another upstream name, and its `metadata.user_id` the caller's pseudonym: `senti
 a model on another wire format is translated (`TranslatedChat`).
 `count_tokens` reserves one request: it is relayed to an Anthropic provider (a `metadata.user_id` the
 client wrote the caller's pseudonym, none added: that call takes no `metadata`), or answered with
-Sentinel's own estimate for a model elsewhere. Upstream error answers, on either endpoint, are settled
+Sentinel's own estimate for a model elsewhere — or whose provider is in a hard backoff (an alias's
+first target out of one is asked instead: `ModelRoutes.counting`). Its own answers write no health:
+Anthropic rate-limits token counting apart from messages, so a 429 of it says nothing of the model,
+and one user flooding it would otherwise put the model in backoff for everyone. Upstream error answers, on either endpoint, are settled
 by `sentinel.services.answers.refuse`.
 """
 
@@ -174,12 +177,17 @@ class MessagesService:
     ) -> Reply:
         """Input tokens of a Messages body: the provider's count, or Sentinel's estimate off Anthropic."""
         heavy = large(body)
-        target = (await off_loop(functools.partial(self._checked, payload, count_only=True), heavy))[0]
+        targets = await off_loop(functools.partial(self._checked, payload, count_only=True), heavy)
+        # The first target not in a hard backoff, as messages would go to it; with none (a lone model
+        # in backoff) no provider is asked — it is failing, and the count is Sentinel's to give: its
+        # estimate is (`X-Sentinel-Estimate`). A count writes no health (see the module docstring).
+        asked = await self.routes.counting(targets)
+        target = asked or targets[0]
         admission = await self.meter.admit_call(identity, endpoint="messages/count_tokens", request_id=ex.usage_id)
         ex.headers.extend(admission.headers.items())
         admission.model = target.name
         ex.headers.extend(target_headers(target))
-        if target.kind != "anthropic":
+        if asked is None or target.kind != "anthropic":
             count = functools.partial(
                 estimate_input, self.counter, "messages/count_tokens", target.upstream_model, payload,
                 user=identity.external_id, images=image_rule_for([(target.kind, target.upstream_model)]),

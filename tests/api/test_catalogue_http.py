@@ -333,3 +333,38 @@ def test_a_tools_model_is_held_to_the_catalogue_as_the_requests_own(
     assert sent["body"]["model"] == "gpt-4o-mini"
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) >= 1)
     assert len(ledger_rows(gw.settings.database_url, "alice")) == 1  # the refusals reserved and recorded nothing
+
+
+def test_count_tokens_skips_a_model_in_backoff_and_writes_no_health(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """`/v1/messages/count_tokens` reads routing health as `/v1/messages` does: a lone model whose
+    provider is in a hard backoff is not asked (Sentinel's estimate answers, `X-Sentinel-Estimate`),
+    an alias counts on its first target out of backoff. It was relayed to the failing provider all the
+    same (its 5xx back to the client). Its own failures write no health: Anthropic rate-limits token
+    counting apart from messages, so one user flooding it would take the model out for everyone."""
+    sonnet = "claude-sonnet-4-20250514"
+    path = tmp_path / "catalogue.yaml"
+    path.write_text(yaml.safe_dump({
+        "models": [{"name": HAIKU, "provider": "anthropic"}, {"name": sonnet, "provider": "anthropic"}],
+        "aliases": {"claudes": [HAIKU, sonnet]},
+    }))
+    gw = gateway_factory(providers_file=path, usage_flush_interval_seconds=0.1, default_plan="requests=3/1d")
+    gw.write_stored(ProviderHealth.key("anthropic", HAIKU),
+                    orjson.dumps({"failures": 1, "until_ts": time.time() + 300, "backoff": 30.0}), 600)
+    messages = [{"role": "user", "content": "count these words please"}]
+    claude = gw.anthropic()
+    before = mock_requests(gw)
+    lone = claude.messages.with_raw_response.count_tokens(
+        model=HAIKU, messages=messages, extra_headers={"X-Mock-Status": "503"})
+    assert lone.headers["x-sentinel-estimate"] == "true" and lone.parse().input_tokens > 0
+    assert mock_requests(gw) == before  # the failing provider was not asked
+    alias = claude.messages.with_raw_response.count_tokens(model="claudes", messages=messages)
+    assert alias.headers["x-sentinel-model"] == sonnet and "x-sentinel-estimate" not in alias.headers
+    assert alias.parse().input_tokens > 0 and mock_requests(gw) == before + 1
+    with pytest.raises(anthropic.RateLimitError):  # the provider's count limit: relayed, uncharged
+        claude.messages.count_tokens(model=sonnet, messages=messages, extra_headers={"X-Mock-Status": "429"})
+    assert gw.read_stored(ProviderHealth.key("anthropic", sonnet)) is None
+    assert alias.headers["x-ratelimit-remaining"] == "1"
+    served = claude.messages.with_raw_response.count_tokens(model=sonnet, messages=messages)
+    assert served.headers["x-ratelimit-remaining"] == "0"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard, TypeVar, cast
@@ -52,6 +53,14 @@ _CONTEXT = "sentinel:context:"
 # until the first read charging the response's usage corrects the conversation's count by the
 # difference (`Ownership.correct_turn`), or the response is deleted.
 _CUT_TURN = "sentinel:cut-turn:"
+# The stored responses of a conversation whose streams were cut before the provider's count
+# (`Ownership.note_cut_turn`), not charged yet: a hash of their ids, each with when it was noted and
+# who made it (`<ms>:<owner>`), MAX_CUT_TURNS at most (the oldest dropped), kept as long as a
+# response is (its newest's: refreshed by each noted), dropped with the conversation. The provider
+# adds such a turn's whole answer to the conversation's items: a read of them first charges each
+# (`sentinel.services.answers.CutTurns`), as the first read of the response itself would.
+_CUT_TURNS = "sentinel:cut-turns:"
+MAX_CUT_TURNS = 32
 # The output tokens charged provisionally for an Assistants run's `requires_action` steps (their tool
 # calls, as first shown: `RunCharges.shown_steps`), summed: its usage, once shown, is charged beyond it.
 _SHOWN_OUTPUT = "sentinel:run-shown-output:"
@@ -334,6 +343,58 @@ DROP_CHILDREN = Script("sentinel_owner_drop_children", _DROP_CHILDREN_LUA, _drop
 _CHILD_OF_LUA = "return redis.call('HGET', KEYS[1], ARGV[1])"
 
 
+# Note ARGV[1] in the hash KEYS[1] as `<n>:<owner ARGV[3]>`, n the time ARGV[2] (ms) or one past the
+# latest noted, whichever is more (the order they were noted in, even within a ms); then drop the
+# entry noted first while there are more than ARGV[4]. The hash ends in ARGV[5] ms ("" = kept as it is).
+_NOTE_CUT_LUA = """
+local all = redis.call('HGETALL', KEYS[1])
+local at = tonumber(ARGV[2])
+for i = 1, #all, 2 do
+  local noted = tonumber(string.match(all[i + 1], '^(%d+):') or '0') or 0
+  if all[i] ~= ARGV[1] and noted >= at then
+    at = noted + 1
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', at) .. ':' .. ARGV[3])
+while redis.call('HLEN', KEYS[1]) > tonumber(ARGV[4]) do
+  all = redis.call('HGETALL', KEYS[1])
+  local oldest, first = nil, nil
+  for i = 1, #all, 2 do
+    local noted = tonumber(string.match(all[i + 1], '^(%d+):') or '0') or 0
+    if first == nil or noted < first then
+      oldest, first = all[i], noted
+    end
+  end
+  redis.call('HDEL', KEYS[1], oldest)
+end
+if ARGV[5] ~= '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+return 1
+"""
+
+
+def _noted_at(value: bytes) -> int:
+    head = value.split(b":", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def _note_cut_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    at = int(args[1])
+    for field, value in ops.hgetall(keys[0]).items():
+        if field != args[0] and _noted_at(value) >= at:
+            at = _noted_at(value) + 1
+    ops.hset(keys[0], args[0], f"{at}:{args[2]}".encode())
+    while len(noted := ops.hgetall(keys[0])) > int(args[3]):
+        ops.hdel(keys[0], min(noted.items(), key=lambda entry: _noted_at(entry[1]))[0])
+    if args[4] != "":
+        ops.expire(keys[0], int(args[4]) / 1000)
+    return 1
+
+
+NOTE_CUT = Script("sentinel_note_cut_turn", _NOTE_CUT_LUA, _note_cut_local)
+
+
 def _child_of_local(ops: LocalOps, keys: list[str], args: list[str]) -> bytes | None:
     return ops.hgetall(keys[0]).get(args[0])
 
@@ -578,7 +639,7 @@ class Ownership:
         failed += _failures(await asyncio.gather(
             *(self.store.delete(prefix + object_id) for prefix in (
                 _BATCH_INPUT, _UNMEASURED_BATCH_INPUT, _UNWRITTEN_BATCH_INPUT, _CONTEXT, _CHARGED, _FILE_FACTS,
-                _VIDEO_FACTS, _CUT_TURN)),
+                _VIDEO_FACTS, _CUT_TURN, _CUT_TURNS)),
             return_exceptions=True))
         if children_key is not None and not failed:  # (kept, with its end, for the children not ended)
             failed += _failures(await asyncio.gather(self.store.delete(children_key), return_exceptions=True))
@@ -656,6 +717,35 @@ class Ownership:
         if _keyable(response_id):
             record = {"conversation": conversation, "tokens": max(0, tokens), "after": after}
             await self.store.set(_CUT_TURN + response_id, orjson.dumps(record), ttl)
+
+    async def note_cut_turn(self, conversation: str, response_id: str, owner: str, ttl: float | None) -> None:
+        """Note `response_id`, `owner`'s stored response whose stream was cut in `conversation` before
+        the provider's count (charged what was seen), among the conversation's cut turns not charged
+        yet (`_CUT_TURNS`): a read of the conversation's items charges it first (`cut_turns`). At most
+        MAX_CUT_TURNS are kept, the oldest dropped (its own read still charges it); the list is kept
+        `ttl` (a response's) from the last one noted."""
+        if not (_keyable(conversation) and _keyable(response_id)):
+            return
+        expiry = "" if ttl is None else str(max(1, round(ttl * 1000)))
+        await self.store.run(NOTE_CUT, [_CUT_TURNS + conversation],
+                             [response_id, str(round(time.time() * 1000)), owner, str(MAX_CUT_TURNS), expiry])
+
+    async def cut_turns(self, conversation: str, owner: str) -> list[str]:
+        """The cut turns of `conversation` `owner` made that no read charged yet (`note_cut_turn`),
+        oldest first. StoreUnavailable when the store cannot say."""
+        if not _keyable(conversation):
+            return []
+        flat = await self.store.run(CHILDREN, [_CUT_TURNS + conversation], [])
+        parts = [part if isinstance(part, bytes) else str(part).encode() for part in flat or []]
+        noted = [(_noted_at(value), field.decode()) for field, value in zip(parts[::2], parts[1::2], strict=True)
+                 if value.split(b":", 1)[-1].decode("utf-8", "replace") == owner]
+        return [response_id for _, response_id in sorted(noted)]
+
+    async def drop_cut_turns(self, conversation: str, response_ids: Iterable[str]) -> None:
+        """Drop `response_ids` from `conversation`'s cut turns (charged, or gone)."""
+        dropped = list(dict.fromkeys(response_ids))
+        if dropped and _keyable(conversation):
+            await self.store.run(DROP_CHILDREN, [_CUT_TURNS + conversation], dropped)
 
     async def correct_turn(self, response_id: str, tokens: int) -> bool:
         """The first read charging a cut stored response's usage: its exchange held `tokens`, not the

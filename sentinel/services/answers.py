@@ -11,9 +11,11 @@ answer creates upstream become the caller's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -50,6 +52,8 @@ from sentinel.services.run_usage import Fetch, PriceOf, RunCharges, RunIdScanner
 
 log = logging.getLogger("sentinel.answers")
 
+# A stored response's id as the provider writes it (`resp_abc123`): it goes into the path of a fetch.
+_RESPONSE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 # Answers up to this size are read whole (usage read from the parsed body); larger ones, and
 # answers of unknown length, are relayed as they arrive (usage read from their tail).
 MAX_BUFFERED = 1024 * 1024
@@ -85,6 +89,21 @@ class Charging:
 
 WORK = Charging()  # a metered call: its answer's usage is its own
 
+FetchResponse = Callable[[str], Awaitable[Any]]  # a stored response by id, at Sentinel's cost: its JSON, None if unread
+
+
+@dataclass(frozen=True)
+class CutTurns:
+    """A read of a conversation's items (`conversation`: listed, or one read by its id), which show
+    the whole answer of each turn in it whose stream was cut before the provider's count — charged
+    only what was seen, its usage left to the first read of the stored response. Those of the
+    reader's (`owner`) no read charged yet (`Ownership.cut_turns`) are fetched (`fetch`) and charged
+    by this read as that read of the response would (`AnswerRelay.cut_turn_charges`), once each."""
+
+    conversation: str
+    owner: str
+    fetch: FetchResponse
+
 
 class AnswerRelay:
     """Relays upstream answers and settles them (see the module docstring)."""
@@ -104,7 +123,7 @@ class AnswerRelay:
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
         extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None,
         thread_runs: ThreadRuns | None = None, items: Items | None = None,
-        eval_run: tuple[str, str, Fetch] | None = None, within: str | None = None,
+        eval_run: tuple[str, str, Fetch] | None = None, within: str | None = None, cut_turns: CutTurns | None = None,
     ) -> Reply | StreamReply:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
         relayed as it arrives after the part already read; its `usage` is charged as `charging`
@@ -113,7 +132,9 @@ class AnswerRelay:
         of the steps, and — a read of an eval run's output items, or of the run when too large to
         parse: `eval_run`, (its eval, the run, how to fetch it) — that run (`RunCharges`), each
         charge of the model its object names (`RunCharges.charge`) and claimed only while
-        `within`, the object the call's path names, is kept (`RunCharges.claim`). The audio answers of a chat answer become `speaker`'s (stored or not:
+        `within`, the object the call's path names, is kept (`RunCharges.claim`); a read of a
+        conversation's items (`cut_turns`) charges the turns cut in it that no read charged yet
+        (`cut_turn_charges`) before it is relayed. The audio answers of a chat answer become `speaker`'s (stored or not:
         a later request names them in `messages[].audio`); so do the Responses API items it shows
         (`items`: a response's output, a conversation's items), along with the objects it created, in
         one store round trip (`Ownership.claim_all`). A 304 (a conditional download's "not
@@ -131,7 +152,7 @@ class AnswerRelay:
                 size += len(chunk)
                 if size > MAX_BUFFERED:
                     return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating, ex,
-                                       charging, extends, speaker, items, thread_runs, eval_run, within)
+                                       charging, extends, speaker, items, thread_runs, eval_run, within, cut_turns)
         upstream.release()
         raw = b"".join(chunks)
         self.metrics.child(self.metrics.upstream_duration, upstream.provider, endpoint).observe(
@@ -153,6 +174,11 @@ class AnswerRelay:
         claimed: list[str] = []  # (runs charged apart from `charges`: those their records are part of)
         if owner is not None and not pays and thread_runs is not None:  # (a run's steps count no usage)
             charges, claimed = await self.runs.unread_runs(named_runs(parsed), thread_runs, ttl)
+            if charges:
+                usage, pays = _summed(charges), True
+        turned: list[str] = []  # (a conversation's cut turns done with: `cut_turn_charges`)
+        if owner is not None and not pays and cut_turns is not None:
+            charges, turned = await self.cut_turn_charges(cut_turns)
             if charges:
                 usage, pays = _summed(charges), True
         # (a call's own usage aside: an answer to work showing no usage may show a step too)
@@ -195,6 +221,8 @@ class AnswerRelay:
         await self._confirm([*(c.object_id for c in charges), *claimed], ttl)
         if charging.context:
             await remember_read_context(self.ownership, charges, charging.at)
+        if cut_turns is not None and turned:
+            await self._turns_charged(cut_turns, charges, turned)
         claims: list[tuple[str, float | None]] = created_ids(parsed, creating=creating, ttl=ttl) if owner else []
         if items is not None and items.parent is not None:  # a conversation's items: its children
             await claim_created(self.ownership, answer_items(parsed, items), owner or admission.identity,
@@ -270,6 +298,54 @@ class AnswerRelay:
         except StoreUnavailable:
             return True
 
+    async def cut_turn_charges(self, turns: CutTurns) -> tuple[list[ObjectCharge], list[str]]:
+        """The charges (`ObjectCharge`) of the turns cut in `turns.conversation` that its reader made
+        and no read charged yet (`Ownership.cut_turns`), each stored response fetched and claimed as
+        the first read of it claims it (`RunCharges.claim`, within the response itself: its usage
+        recorded under its `charge_id`, once, whichever read shows it first), and the turns done
+        with: charged now or before, or no longer the reader's (deleted, expired) — dropped from the
+        conversation's list once this read's record is stored (`_turns_charged`). One whose fetch
+        fails, or that shows no usage yet (still at work), stays listed: a later read charges it. A
+        store that cannot say which were charged fetches none (each read would charge them again)."""
+        ttl = ObjectPath("responses").ttl
+        try:
+            listed = await self.ownership.cut_turns(turns.conversation, turns.owner)
+            unread = await self.ownership.uncharged(listed) if listed else []
+            owners = [await self.ownership.owner_of(response_id) for response_id in unread]
+        except StoreUnavailable:
+            self.ownership.outage.warning("the store is unavailable: turns cut in a conversation whose items "
+                                          "were read were not charged")
+            return [], []
+        done = [response_id for response_id in listed if response_id not in unread]
+        mine: list[str] = []
+        for response_id, found in zip(unread, owners, strict=True):
+            (mine if found == turns.owner and _RESPONSE_ID.fullmatch(response_id) else done).append(response_id)
+        charges: list[ObjectCharge] = []
+        for response_id, response in zip(mine, await asyncio.gather(*map(turns.fetch, mine)), strict=True):
+            if not (isinstance(response, dict) and response.get("id") == response_id
+                    and response.get("object") == "response"):
+                continue
+            usage = final_usage("responses", response)
+            if usage is None:
+                continue
+            claim = await self.runs.claim(response_id, ttl, response_id)
+            done.append(response_id)
+            if claim != "charged":
+                charges.append(self.runs.charge(response_id, usage, claim, response))
+        return charges, done
+
+    async def _turns_charged(self, turns: CutTurns, charges: Sequence[ObjectCharge], done: list[str]) -> None:
+        """After the record of a read that charged cut turns (`cut_turn_charges`) is stored: each
+        charged turn's usage kept as its context, its conversation's count corrected, as the read of
+        the response itself does (`remember_read_context`), and the turns `done` dropped from the
+        conversation's list. A store outage costs nothing but this (a later read finds them charged)."""
+        for charge in charges:
+            await remember_read_context(self.ownership, [charge], charge.object_id)
+        try:
+            await self.ownership.drop_cut_turns(turns.conversation, done)
+        except StoreUnavailable:
+            self.ownership.outage.warning("the store is unavailable: a conversation's charged cut turns stay listed")
+
     async def _confirm(self, object_ids: list[str], ttl: float | None) -> None:
         """Mark charged the objects whose charge this read recorded (`Ownership.confirm_charged`). A
         store that cannot be reached leaves them claimed: a later read records them again, adding
@@ -329,7 +405,7 @@ class AnswerRelay:
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
         extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None, items: Items | None = None,
         thread_runs: ThreadRuns | None = None, eval_run: tuple[str, str, Fetch] | None = None,
-        within: str | None = None,
+        within: str | None = None, cut_turns: CutTurns | None = None,
     ) -> StreamReply:
         """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
         from; the last chunk waits for the usage record. The Responses API items it shows (`items`: an
@@ -381,6 +457,11 @@ class AnswerRelay:
                 charges, claimed = await self.runs.unread_runs(runs.named, thread_runs, ttl)
                 if charges:
                     usage, pays = _summed(charges), True
+            turned: list[str] = []  # (as a small answer's: `cut_turn_charges`)
+            if owner is not None and not pays and cut_turns is not None:
+                charges, turned = await self.cut_turn_charges(cut_turns)
+                if charges:
+                    usage, pays = _summed(charges), True
             if not pays:
                 usage = Usage(0, 0)
             models: list[ModelUsage] = []
@@ -394,6 +475,8 @@ class AnswerRelay:
             await self._confirm([*(c.object_id for c in charges), *claimed], ttl)
             if charging.context:
                 await remember_read_context(ownership, charges, charging.at)
+            if cut_turns is not None and turned:
+                await self._turns_charged(cut_turns, charges, turned)
             object_id = answer_id if creating else None
             claims: list[tuple[str, float | None]] = [(object_id, ttl)] if owner and object_id is not None else []
             if scanner is not None and items is not None and items.parent is not None:
@@ -485,7 +568,9 @@ async def remember_context(
     object's owner (`COLLECTIONS`): a conversation's until it is deleted through Sentinel, as the
     provider keeps its items. A stored response whose exchange was charged without the provider's
     count (`cut`: its stream cut before it) is noted with each conversation's count it left (`remember_cut_turn`),
-    for the first read charging its usage to correct (`remember_read_context`). Like
+    for the first read charging its usage to correct (`remember_read_context`), and among each
+    conversation's cut turns (`Ownership.note_cut_turn`), which a read of its items charges first
+    (`CutTurns`): the provider adds the turn's whole answer there. Like
     `claim_created`, a store outage costs nothing but this."""
     if admission.recorded is None:
         return
@@ -495,9 +580,12 @@ async def remember_context(
             await ownership.remember_context(response_id, tokens, ObjectPath("responses").ttl)
         for conversation, held in conversations:
             after = await ownership.remember_turn(conversation, tokens, held, ObjectPath("conversations").ttl)
-            if cut and response_id is not None and after is not None:
-                await ownership.remember_cut_turn(response_id, conversation, tokens, after,
-                                                  ObjectPath("responses").ttl)
+            if cut and response_id is not None:
+                if after is not None:
+                    await ownership.remember_cut_turn(response_id, conversation, tokens, after,
+                                                      ObjectPath("responses").ttl)
+                await ownership.note_cut_turn(conversation, response_id, admission.identity.external_id,
+                                              ObjectPath("responses").ttl)
     except StoreUnavailable:
         ownership.outage.warning("the store is unavailable: a response's context size was not kept")
 

@@ -55,7 +55,7 @@ from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.catalogue import ModelCatalogue
 from sentinel.routing.model_routes import ModelRoutes
-from sentinel.services.answers import AnswerRelay, Charging, claim_created
+from sentinel.services.answers import AnswerRelay, Charging, CutTurns, claim_created
 from sentinel.services.exchange import Exchange, Reply, StreamReply
 from sentinel.services.file_facts import FileFactsReader
 from sentinel.services.objects import (
@@ -373,6 +373,7 @@ class OpenAIRelay:
                 thread_runs=self._thread_runs(ex, method, segments, where, headers),
                 eval_run=self._eval_run(ex, method, segments, where, headers),
                 items=items_shown(where, method, segments), within=where.object_id,
+                cut_turns=self._cut_turns(ex, identity, method, segments, where, headers),
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)
@@ -430,6 +431,22 @@ class OpenAIRelay:
         if len(segments) in (5, 6) and segments[2] == "runs" and segments[4] == "steps":
             return ThreadRuns(where.object_id, fetch, run=segments[3])
         return None
+
+    def _cut_turns(
+        self, ex: Exchange, identity: Identity, method: str, segments: Sequence[str], where: ObjectPath,
+        headers: RawHeaders,
+    ) -> CutTurns | None:
+        """For a read of a conversation's items (`GET /v1/conversations/{c}/items`, or one of them),
+        which show the whole answer of a turn cut in it: the conversation, its reader and how to
+        fetch a stored response (`AnswerRelay.complete`'s `cut_turns`)."""
+        if method != "GET" or where.collection != "conversations" or where.object_id is None \
+                or len(segments) not in (3, 4) or segments[2] != "items":
+            return None
+        return CutTurns(where.object_id, identity.external_id, functools.partial(self._stored_response, ex, headers))
+
+    async def _stored_response(self, ex: Exchange, headers: RawHeaders, response_id: str) -> Any:
+        """`GET /v1/responses/{response_id}` (`_fetch`), for its usage."""
+        return await self._fetch(ex, ["responses", response_id], headers)
 
     def _eval_run(
         self, ex: Exchange, method: str, segments: Sequence[str], where: ObjectPath, headers: RawHeaders,

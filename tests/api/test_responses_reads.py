@@ -6,12 +6,15 @@ read."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from sentinel.domain.usage import charge_id
+from sentinel.services.answers import MAX_BUFFERED
 from tests.api.conftest import Gateway
 from tests.api.test_gate_settlement import _cut_stream, recorded
+from tests.support.attack import ledger_rows
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream
 from tests.support.waiting import wait_for
@@ -100,3 +103,69 @@ def test_a_stored_response_read_as_events_all_the_same_is_not_relayed(gateway_fa
             rid = read.headers["x-request-id"]
             assert wait_for(lambda: len(recorded(gw, rid)) == 1)
             assert [r["status"] for r in recorded(gw, rid)] == [502]
+
+
+CONVERSATION = {"id": "conv_1", "object": "conversation", "created_at": 1, "metadata": {}}
+ANSWER_ITEM = {**ANSWER["output"][0], "id": "msg_1"}  # (the cut turn's whole answer, as its conversation holds it)
+
+
+@pytest.mark.parametrize("read", ["list", "item", "large"])  # (large: a list over MAX_BUFFERED, relayed as it comes)
+def test_a_cut_turns_answer_read_through_its_conversations_items_is_charged_once(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None, read: str,
+) -> None:
+    """A turn in a conversation whose stream the client cut was charged its few streamed tokens, its
+    usage (9,700 tokens) left to the first read of the stored response. The provider finishes it and
+    adds its whole answer to the conversation: read through the conversation's items (listed, or the
+    item by its id) it was served and the response never read — every answer free for a client that
+    cuts each stream at its first event. A read of the conversation's items now first fetches each
+    cut turn of the reader's no read charged yet and charges its usage, as the response's own read
+    would, under the same key: once — neither a second read of the items nor one of the response
+    charges it again, nor fetches it."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url, usage_flush_interval_seconds=0.1,
+                             passthrough="/v1/conversations,/v1/conversations/*")
+        alice = gw.openai()
+        upstream.json(CONVERSATION)
+        assert alice.conversations.create().id == "conv_1"
+        upstream.sse(CREATED, hold=True)
+        stream = alice.responses.create(model="gpt-4o-mini", input="hi", conversation="conv_1", stream=True,
+                                        store=True, max_output_tokens=9000)
+        assert next(iter(stream)).type == "response.created"
+        stream.close()  # cut: charged what it streamed
+        assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+        cut = ledger_rows(gw.settings.database_url, "alice")[1]
+        assert cut["input_tokens"] + cut["output_tokens"] < 9000, cut
+
+        def read_items(*fetched: dict[str, Any]) -> str:
+            """The conversation's items read (`fetched`: what the provider answers Sentinel's fetches after)."""
+            if read != "item":
+                large = [] if read == "list" else [{**ANSWER_ITEM, "id": "msg_0", "content": [
+                    {"type": "output_text", "text": "", "annotations": [], "padding": "x" * MAX_BUFFERED}]}]
+                upstream.json({"object": "list", "data": [*large, ANSWER_ITEM], "has_more": False,
+                               "first_id": "msg_1", "last_id": "msg_1"})
+            else:
+                upstream.json(ANSWER_ITEM)
+            for answer in fetched:
+                upstream.json(answer)
+            if read != "item":
+                return "".join(part.text for item in alice.conversations.items.list("conv_1")
+                               for part in getattr(item, "content", []))
+            item = alice.conversations.items.retrieve("msg_1", conversation_id="conv_1")
+            return "".join(part.text for part in getattr(item, "content", []))
+
+        sent = len(upstream.received)
+        assert read_items(ANSWER) == "the whole answer"  # (the stored response, fetched for its usage)
+        assert len(upstream.received) == sent + 2
+        charge = charge_id("alice", "resp_cut")
+        assert wait_for(lambda: len(recorded(gw, charge)) == 1)
+        assert [(r["input_tokens"], r["output_tokens"]) for r in recorded(gw, charge)] == [(700, 9000)]
+        assert gw.stored_ttl("sentinel:cut-turns:conv_1") is None  # (charged: no longer listed)
+        assert read_items() == "the whole answer"  # charged already: not fetched again
+        assert len(upstream.received) == sent + 3
+        upstream.json(ANSWER)
+        assert alice.responses.retrieve("resp_cut").usage is not None
+        assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 5)
+    assert [(r["input_tokens"], r["output_tokens"]) for r in recorded(gw, charge)] == [(700, 9000)]
+    reads = ledger_rows(gw.settings.database_url, "alice")[3:]
+    assert [(r["input_tokens"], r["output_tokens"]) for r in reads] == [(0, 0), (0, 0)]  # charged nothing again

@@ -9,7 +9,7 @@ import pytest
 
 from sentinel.domain.files import FileFacts
 from sentinel.errors import NotFound, StoreUnavailable
-from sentinel.governance.ownership import Ownership, _keyable
+from sentinel.governance.ownership import MAX_CUT_TURNS, Ownership, _keyable
 from sentinel.services.objects import MAX_REFERENCES
 from sentinel.store import Store
 from tests.support.redis_cluster import redis_cluster, redis_cluster_url
@@ -475,3 +475,27 @@ async def test_a_reads_charge_is_claimed_then_confirmed_and_a_claim_never_confir
     assert await owners.charge_once("run_2", None) is False  # claimed by a read: not a call's own
     assert await owners.uncharged(["batch_1", "run_2", "batch_old", "run_3"]) == ["run_2", "run_3"]
     assert await owners.claim_charge("x" * 201, None) == "charged"  # names nothing
+
+
+async def test_a_conversations_cut_turns_are_its_makers_bounded_and_dropped_with_it(store: Store) -> None:
+    """The turns cut in a conversation (`note_cut_turn`), which a read of its items charges first,
+    are listed oldest first for the user who made them only, MAX_CUT_TURNS at most (the oldest
+    dropped), kept as long as a stored response from the last one noted, dropped once charged
+    (`drop_cut_turns`) and with the conversation."""
+    owners = Ownership(store)
+    for n in range(MAX_CUT_TURNS + 2):
+        await owners.note_cut_turn("conv_1", f"resp_{n}", "alice", 31 * DAY)
+    await owners.note_cut_turn("conv_1", "resp_1", "alice", 31 * DAY)  # (noted again: kept once)
+    await owners.note_cut_turn("conv_2", "resp_b", "bob", 31 * DAY)
+    listed = await owners.cut_turns("conv_1", "alice")
+    assert listed == [f"resp_{n}" for n in range(3, MAX_CUT_TURNS + 2)] + ["resp_1"]
+    assert await owners.cut_turns("conv_1", "bob") == []
+    assert await owners.cut_turns("conv_2", "alice") == []
+    ttl = await store.ttl("sentinel:cut-turns:conv_1")
+    assert ttl is not None and 30 * DAY < ttl <= 31 * DAY
+    await owners.drop_cut_turns("conv_1", ["resp_3", "resp_1"])
+    assert (await owners.cut_turns("conv_1", "alice"))[:1] == ["resp_4"]
+    await owners.claim("conv_1", "alice", None)
+    await owners.forget("conv_1")
+    assert await owners.cut_turns("conv_1", "alice") == []
+    assert await store.ttl("sentinel:cut-turns:conv_1") is None

@@ -27,6 +27,7 @@ from tests.support.attack import (
     recorded_ids,
     wait_for,
 )
+from tests.support.clock import FakeClock
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream
 
@@ -252,7 +253,9 @@ def body_with(path: str, field: str, value: Any) -> dict[str, Any]:
 def test_wrong_types_are_refused_before_any_quota_is_taken(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream
 ) -> None:
-    gw = gateway_factory(openai_api_url=spy.url + "/v1")
+    # A still window clock: on the wall clock the minute could end between the first request and the
+    # last (a hundred 400s in between), and the count restart with it.
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", window_clock=FakeClock())
     set_plan(gw.settings.database_url, "alice", "big", "requests=1000/1m,input_tokens=100000/1m")
     with gw.client() as http:
         first = http.post("/v1/chat/completions", json=CHAT)

@@ -61,6 +61,11 @@ MAX_TOOL_LIST_ITEMS = 10_000
 # list's items are unique by comparing every pair when they do not sort (numbers and strings mixed):
 # 4,000 numbers (~20 KB) took ~10 s, holding the lock every schema check takes.
 MAX_TYPE_LIST = 7
+# Characters of one stop sequence of a Native API request (`stop`, at most 4 of them, as OpenAI takes).
+# A stop sequence is a delimiter (`"\n\nHuman:"`, `"</answer>"`, `"Observation:"`), tens of characters;
+# one of up to a whole body's size (~1 MB) reached the provider, which refuses it or reads it, and no
+# estimate counts it (it is no prompt text): the reservation held nothing of it. Bounded instead.
+MAX_STOP_CHARS = 256
 # Schemas that passed the check, remembered by the digest of their canonical JSON: a client sends
 # the same tools on every turn of a conversation, and pays for the check once.
 SCHEMAS_REMEMBERED = 4096
@@ -365,6 +370,13 @@ Stop = Annotated[
     StopSequence | Annotated[list[StopSequence], Field(min_length=1, max_length=4)],
     BeforeValidator(_kinds((str, list), "Input should be a string or a list of at most 4 strings")),
 ]
+# The Native API's `stop`: each sequence of at most MAX_STOP_CHARS characters (the `/v1` surfaces name
+# one model, whose provider judges its stops).
+NativeStopSequence = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+NativeStop = Annotated[
+    NativeStopSequence | Annotated[list[NativeStopSequence], Field(min_length=1, max_length=4)],
+    BeforeValidator(_kinds((str, list), "Input should be a string or a list of at most 4 strings")),
+]
 
 _REQUEST_EXAMPLES: list[Any] = [
     {"tier": "simple", "messages": [{"role": "user", "content": "Say hello."}]},
@@ -523,7 +535,7 @@ class ChatRequest(ChatParams):
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    stop: Stop | None = None
+    stop: NativeStop | None = None
     stream: bool = False
     conversation_id: str | None = Field(default=None, min_length=1, max_length=256)
     tools: list[ToolDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
@@ -540,7 +552,10 @@ class ChatRequest(ChatParams):
 
     @model_validator(mode="after")
     def _check_message_names(self) -> ChatRequest:
-        """See MESSAGE_NAME_PATTERN (the `/v1` surfaces name one model, whose provider judges its names)."""
+        """See MESSAGE_NAME_PATTERN (the `/v1` surfaces name one model, whose provider judges its names).
+        The name of a tool an assistant message's call invokes is held to the tool definitions' rule
+        (TOOL_NAME_PATTERN): a history replayed with a name a provider refuses was admitted, sent and
+        refused upstream (OpenAI: the `tool_calls` function name's pattern; Anthropic: `tool_use.name`)."""
         for i, msg in enumerate(self.messages):
             if msg.name is not None and not _MESSAGE_NAME.fullmatch(msg.name):
                 raise _semantic_error(
@@ -548,6 +563,13 @@ class ChatRequest(ChatParams):
                     " (letters, digits, '_' and '-'; no spaces), what every model of a tier accepts",
                     f"messages.{i}.name",
                 )
+            for j, call in enumerate(msg.tool_calls or ()):
+                if not _TOOL_NAME.fullmatch(call.function.name):
+                    param = f"messages.{i}.tool_calls.{j}.function.name"
+                    raise _semantic_error(
+                        f"a tool call's function name must match {TOOL_NAME_PATTERN}"
+                        " (letters, digits, '_' and '-'), as a tool definition's name must", param,
+                    )
         return self
 
     @model_validator(mode="after")

@@ -551,3 +551,40 @@ def test_numbers_json_carries_exactly_reach_the_model_unchanged(spied_native: tu
     else:
         arguments = sent["messages"][1]["content"][0]["input"]
     assert arguments == {"city": "Oslo", "id": 2**63, "big": 1e19}
+
+
+@pytest.mark.parametrize("name", ["get weather", "get_weather\n", "a.b", "\u00e9t\u00e9", "n" * 65])
+def test_a_tool_calls_name_in_the_history_is_held_to_the_tool_name_rule_before_anything_is_sent(
+    spied_native: tuple[Gateway, Any], name: str
+) -> None:
+    """A tool definition's name must match `^[a-zA-Z0-9_-]{1,64}$`; a call in the history naming a tool
+    was not checked: a history replayed with a name a provider refuses was admitted, sent and refused
+    upstream (charged as a call it refused). Sentinel's 400 naming it, for every model alike."""
+    gw, spy = spied_native
+    call = {"id": "c1", "type": "function", "function": {"name": name, "arguments": {"city": "Oslo"}}}
+    messages = [_ASK, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    param = "messages.1.tool_calls.0.function.name"
+    error = _refused_before_anything(gw, spy, {"messages": messages, "tools": [WEATHER_TOOL]}, param)
+    assert param in error["message"] and "^[a-zA-Z0-9_-]{1,64}$" in error["message"]
+    call["function"]["name"] = "n" * 64  # the longest name a definition may have: sent as before
+    with gw.client() as http:
+        r = http.post(URL, json={"messages": messages, "tools": [WEATHER_TOOL]})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("stop", ["s" * 257, ["</answer>", "x" * 1_000_000]])
+def test_a_stop_sequence_longer_than_256_characters_is_refused_before_anything_is_sent(
+    spied_native: tuple[Gateway, Any], stop: str | list[str]
+) -> None:
+    """A stop sequence of up to a whole body's size (~1 MB) reached the provider (which refuses or
+    reads it) while no estimate counted it: the reservation held nothing of it. A stop sequence is a
+    delimiter: one of at most 256 characters is taken, a longer one is a 400 naming it."""
+    gw, spy = spied_native
+    ask = {"messages": [{"role": "user", "content": "hi"}]}
+    param = "stop" if isinstance(stop, str) else "stop.1"
+    error = _refused_before_anything(gw, spy, {**ask, "stop": stop}, param)
+    assert "256" in error["message"]
+    with gw.client() as http:
+        r = http.post(URL, json={**ask, "stop": ["</answer>", "s" * 256]})
+    assert r.status_code == 200, r.text

@@ -58,7 +58,9 @@ _CUT_TURN = "sentinel:cut-turn:"
 # who made it (`<ms>:<owner>`), MAX_CUT_TURNS at most (the oldest dropped), kept as long as a
 # response is (its newest's: refreshed by each noted), dropped with the conversation. The provider
 # adds such a turn's whole answer to the conversation's items: a read of them first charges each
-# (`sentinel.services.answers.CutTurns`), as the first read of the response itself would.
+# (`sentinel.services.answers.CutTurns`), as the first read of the response itself would. A stored
+# response made later in the conversation, or continuing such a response (`previous_response_id`),
+# has the same list under its own id (`Ownership.inherit_cut_turns`): its input items show them too.
 _CUT_TURNS = "sentinel:cut-turns:"
 MAX_CUT_TURNS = 32
 # The output tokens charged provisionally for an Assistants run's `requires_action` steps (their tool
@@ -729,6 +731,27 @@ class Ownership:
         expiry = "" if ttl is None else str(max(1, round(ttl * 1000)))
         await self.store.run(NOTE_CUT, [_CUT_TURNS + conversation],
                              [response_id, str(round(time.time() * 1000)), owner, str(MAX_CUT_TURNS), expiry])
+
+    async def inherit_cut_turns(
+        self, response_id: str, previous: str | None, conversations: Iterable[str], owner: str, ttl: float | None,
+    ) -> None:
+        """Note under the stored response `response_id` (`owner`'s, made continuing the response
+        `previous` — its `previous_response_id` — or in `conversations`) the cut turns its input
+        items show (`_CUT_TURNS`, as a conversation's): the provider lists the context it read there,
+        each earlier turn's whole answer — those listed under `previous` (its own chain's) and
+        `previous` itself when its usage was not charged yet (its stream cut before the provider's
+        count), and each conversation's. A read of its `input_items` charges them first."""
+        if not _keyable(response_id):
+            return
+        shown: list[str] = []
+        if previous is not None and _keyable(previous):
+            shown += await self.cut_turns(previous, owner)
+            shown += await self.uncharged([previous])
+        for conversation in conversations:
+            shown += await self.cut_turns(conversation, owner)
+        for turn in dict.fromkeys(shown):
+            if turn != response_id:
+                await self.note_cut_turn(response_id, turn, owner, ttl)
 
     async def cut_turns(self, conversation: str, owner: str) -> list[str]:
         """The cut turns of `conversation` `owner` made that no read charged yet (`note_cut_turn`),

@@ -94,13 +94,16 @@ FetchResponse = Callable[[str], Awaitable[Any]]  # a stored response by id, at S
 
 @dataclass(frozen=True)
 class CutTurns:
-    """A read of a conversation's items (`conversation`: listed, or one read by its id), which show
-    the whole answer of each turn in it whose stream was cut before the provider's count — charged
-    only what was seen, its usage left to the first read of the stored response. Those of the
-    reader's (`owner`) no read charged yet (`Ownership.cut_turns`) are fetched (`fetch`) and charged
-    by this read as that read of the response would (`AnswerRelay.cut_turn_charges`), once each."""
+    """A read of a conversation's items (`holder`: the conversation; listed, or one read by its id),
+    or of a later stored response's input items (`holder`: that response, `GET
+    /v1/responses/{id}/input_items`), which show the whole answer of each turn in it (or its
+    `previous_response_id` chain) whose stream was cut before the provider's count — charged only
+    what was seen, its usage left to the first read of the stored response. Those listed under
+    `holder` (`Ownership.cut_turns`, `Ownership.inherit_cut_turns`) of the reader's (`owner`) no read
+    charged yet are fetched (`fetch`) and charged by this read as that read of the response would
+    (`AnswerRelay.cut_turn_charges`), once each."""
 
-    conversation: str
+    holder: str
     owner: str
     fetch: FetchResponse
 
@@ -124,6 +127,7 @@ class AnswerRelay:
         extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None,
         thread_runs: ThreadRuns | None = None, items: Items | None = None,
         eval_run: tuple[str, str, Fetch] | None = None, within: str | None = None, cut_turns: CutTurns | None = None,
+        previous: str | None = None,
     ) -> Reply | StreamReply:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
         relayed as it arrives after the part already read; its `usage` is charged as `charging`
@@ -152,7 +156,8 @@ class AnswerRelay:
                 size += len(chunk)
                 if size > MAX_BUFFERED:
                     return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating, ex,
-                                       charging, extends, speaker, items, thread_runs, eval_run, within, cut_turns)
+                                       charging, extends, speaker, items, thread_runs, eval_run, within, cut_turns,
+                                       previous)
         upstream.release()
         raw = b"".join(chunks)
         self.metrics.child(self.metrics.upstream_duration, upstream.provider, endpoint).observe(
@@ -232,7 +237,7 @@ class AnswerRelay:
         refused = await claim_created(self.ownership, claims, owner or admission.identity) if claims else set()
         if endpoint == "responses":  # stored or not (`store: false`), the turn joined its conversation
             stored = answer_id if isinstance(answer_id, str) and answer_id not in refused else None
-            await remember_context(self.ownership, admission, stored, extends)
+            await remember_context(self.ownership, admission, stored, extends, previous=previous)
         if speaker is not None and (audio := audio_answers(parsed, time.time())):
             await claim_created(self.ownership, audio, speaker)
         report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
@@ -299,22 +304,22 @@ class AnswerRelay:
             return True
 
     async def cut_turn_charges(self, turns: CutTurns) -> tuple[list[ObjectCharge], list[str]]:
-        """The charges (`ObjectCharge`) of the turns cut in `turns.conversation` that its reader made
+        """The charges (`ObjectCharge`) of the cut turns listed under `turns.holder` that its reader made
         and no read charged yet (`Ownership.cut_turns`), each stored response fetched and claimed as
         the first read of it claims it (`RunCharges.claim`, within the response itself: its usage
         recorded under its `charge_id`, once, whichever read shows it first), and the turns done
         with: charged now or before, or no longer the reader's (deleted, expired) — dropped from the
-        conversation's list once this read's record is stored (`_turns_charged`). One whose fetch
+        holder's list once this read's record is stored (`_turns_charged`). One whose fetch
         fails, or that shows no usage yet (still at work), stays listed: a later read charges it. A
         store that cannot say which were charged fetches none (each read would charge them again)."""
         ttl = ObjectPath("responses").ttl
         try:
-            listed = await self.ownership.cut_turns(turns.conversation, turns.owner)
+            listed = await self.ownership.cut_turns(turns.holder, turns.owner)
             unread = await self.ownership.uncharged(listed) if listed else []
             owners = [await self.ownership.owner_of(response_id) for response_id in unread]
         except StoreUnavailable:
-            self.ownership.outage.warning("the store is unavailable: turns cut in a conversation whose items "
-                                          "were read were not charged")
+            self.ownership.outage.warning("the store is unavailable: cut turns shown by a conversation's or "
+                                          "response's items read were not charged")
             return [], []
         done = [response_id for response_id in listed if response_id not in unread]
         mine: list[str] = []
@@ -342,9 +347,9 @@ class AnswerRelay:
         for charge in charges:
             await remember_read_context(self.ownership, [charge], charge.object_id)
         try:
-            await self.ownership.drop_cut_turns(turns.conversation, done)
+            await self.ownership.drop_cut_turns(turns.holder, done)
         except StoreUnavailable:
-            self.ownership.outage.warning("the store is unavailable: a conversation's charged cut turns stay listed")
+            self.ownership.outage.warning("the store is unavailable: charged cut turns stay listed")
 
     async def _confirm(self, object_ids: list[str], ttl: float | None) -> None:
         """Mark charged the objects whose charge this read recorded (`Ownership.confirm_charged`). A
@@ -405,7 +410,7 @@ class AnswerRelay:
         ttl: float | None, creating: bool, ex: Exchange | None = None, charging: Charging = WORK,
         extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None, items: Items | None = None,
         thread_runs: ThreadRuns | None = None, eval_run: tuple[str, str, Fetch] | None = None,
-        within: str | None = None, cut_turns: CutTurns | None = None,
+        within: str | None = None, cut_turns: CutTurns | None = None, previous: str | None = None,
     ) -> StreamReply:
         """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
         from; the last chunk waits for the usage record. The Responses API items it shows (`items`: an
@@ -485,7 +490,8 @@ class AnswerRelay:
                 claims += scanner.claims
             refused = await claim_created(ownership, claims, owner or admission.identity) if claims else set()
             if endpoint == "responses":  # stored or not, the turn joined its conversation
-                await remember_context(ownership, admission, None if object_id in refused else object_id, extends)
+                await remember_context(ownership, admission, None if object_id in refused else object_id, extends,
+                                       previous=previous)
             if speaker is not None:  # read from the head: an audio answer's id comes before its data
                 await claim_created(ownership, [(i, AUDIO_TTL) for i in leading_audio_ids(head)], speaker)
             report(ex, admission, None)
@@ -497,7 +503,7 @@ class AnswerRelay:
     def sse(
         self, upstream: UpstreamResponse, endpoint: str, admission: Admission, strip_usage: bool,
         owner: Identity | None, *, ex: Exchange | None = None, extends: Sequence[tuple[str, int]] = (),
-        speaker: Identity | None = None, items: Items | None = None,
+        speaker: Identity | None = None, items: Items | None = None, previous: str | None = None,
     ) -> StreamReply:
         """Relay an SSE answer event by event (`StreamInspector`), settled at its end; the object it
         names becomes `owner`'s and — `items` — the Responses API items it streamed
@@ -530,7 +536,7 @@ class AnswerRelay:
                 if usage is not None:
                     await self._charged(stored, ObjectPath(collection).ttl)
             if endpoint == "responses":  # also when the client left early (what was charged), stored or not
-                await remember_context(ownership, admission, stored, extends, cut=usage is None)
+                await remember_context(ownership, admission, stored, extends, cut=usage is None, previous=previous)
             if speaker is not None and inspector.audio:
                 now = time.time()
                 await claim_created(ownership, [(i, audio_ttl(at, now)) for i, at in inspector.audio.items()], speaker)
@@ -555,8 +561,8 @@ async def claim_created(
 
 
 async def remember_context(
-    ownership: Ownership, admission: Admission, response_id: str | None, conversations: Iterable[tuple[str, int]],
-    *, cut: bool = False,
+    ownership: Ownership, admission: Admission, response_id: str | None, conversations: Sequence[tuple[str, int]],
+    *, cut: bool = False, previous: str | None = None,
 ) -> None:
     """Record the tokens a Responses exchange held (its input, the context it continued included,
     and its output, as charged) under the response's id when it is stored (`response_id`; None for
@@ -570,7 +576,9 @@ async def remember_context(
     count (`cut`: its stream cut before it) is noted with each conversation's count it left (`remember_cut_turn`),
     for the first read charging its usage to correct (`remember_read_context`), and among each
     conversation's cut turns (`Ownership.note_cut_turn`), which a read of its items charges first
-    (`CutTurns`): the provider adds the turn's whole answer there. Like
+    (`CutTurns`): the provider adds the turn's whole answer there. A stored response keeps the cut
+    turns its input items show (`Ownership.inherit_cut_turns`: its conversation's, and those of the
+    response it continues, `previous`, that one included), which a read of them charges first. Like
     `claim_created`, a store outage costs nothing but this."""
     if admission.recorded is None:
         return
@@ -586,6 +594,9 @@ async def remember_context(
                                                       ObjectPath("responses").ttl)
                 await ownership.note_cut_turn(conversation, response_id, admission.identity.external_id,
                                               ObjectPath("responses").ttl)
+        if response_id is not None and (previous is not None or conversations):
+            await ownership.inherit_cut_turns(response_id, previous, [c for c, _ in conversations],
+                                              admission.identity.external_id, ObjectPath("responses").ttl)
     except StoreUnavailable:
         ownership.outage.warning("the store is unavailable: a response's context size was not kept")
 

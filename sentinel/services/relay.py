@@ -154,6 +154,7 @@ class OpenAIRelay:
         request = Relayed(endpoint, segments, payload, headers, query, stream, strip_usage,
                           identity if _stores_objects(endpoint, payload) else None,
                           extends=[(conversation, held.get(conversation, 0)) for conversation in extends],
+                          previous=carried[0] if len(carried) > len(extends) else None,  # (named first)
                           speaker=identity if endpoint == "chat" else None, heavy=heavy,
                           end_user=self.end_users.of(identity.external_id))
         # A 400 here reserves nothing; an alias's target that cannot carry the request is passed over.
@@ -266,11 +267,12 @@ class OpenAIRelay:
             COLLECTIONS["conversations"] if request.extends else COLLECTIONS["responses"])
         if request.stream and 200 <= upstream.status < 300 and upstream.streams:
             return self.answers.sse(upstream, request.endpoint, admission, request.strip_usage, request.owner, ex=ex,
-                                    extends=request.extends, speaker=request.speaker, items=items)
+                                    extends=request.extends, speaker=request.speaker, items=items,
+                                    previous=request.previous)
         return await self.answers.complete(
             upstream, request.endpoint, admission, owner=request.owner,
             ttl=ObjectPath(_COLLECTION.get(request.endpoint)).ttl, creating=True, ex=ex, extends=request.extends,
-            speaker=request.speaker, items=items,
+            speaker=request.speaker, items=items, previous=request.previous,
         )
 
     # --- other calls: objects, allowed pass-through --------------------------------------------------
@@ -437,10 +439,15 @@ class OpenAIRelay:
         headers: RawHeaders,
     ) -> CutTurns | None:
         """For a read of a conversation's items (`GET /v1/conversations/{c}/items`, or one of them),
-        which show the whole answer of a turn cut in it: the conversation, its reader and how to
-        fetch a stored response (`AnswerRelay.complete`'s `cut_turns`)."""
-        if method != "GET" or where.collection != "conversations" or where.object_id is None \
-                or len(segments) not in (3, 4) or segments[2] != "items":
+        which show the whole answer of a turn cut in it, or of a stored response's input items (`GET
+        /v1/responses/{r}/input_items`), which show those of the turns it continued: the
+        conversation (the response), its reader and how to fetch a stored response
+        (`AnswerRelay.complete`'s `cut_turns`)."""
+        if method != "GET" or where.object_id is None:
+            return None
+        items = where.collection == "conversations" and len(segments) in (3, 4) and segments[2] == "items"
+        inputs = where.collection == "responses" and len(segments) == 3 and segments[2] == "input_items"
+        if not (items or inputs):
             return None
         return CutTurns(where.object_id, identity.external_id, functools.partial(self._stored_response, ex, headers))
 
@@ -801,6 +808,9 @@ class Relayed:
     # The conversation a response is added to (its context grows), with the count it held when the
     # request was admitted (`remember_context`).
     extends: Sequence[tuple[str, int]] = ()
+    # The stored response it continues (`previous_response_id`): the cut turns its input items show
+    # are that response's, and its own when charged nothing yet (`Ownership.inherit_cut_turns`).
+    previous: str | None = None
     speaker: Identity | None = None  # who owns the audio answers of a chat answer (stored or not)
     translated: ModelChatRequest | None = None
     heavy: bool = False  # its body was large (`sentinel.offload`): translated and encoded in a worker thread

@@ -169,3 +169,73 @@ def test_a_cut_turns_answer_read_through_its_conversations_items_is_charged_once
     assert [(r["input_tokens"], r["output_tokens"]) for r in recorded(gw, charge)] == [(700, 9000)]
     reads = ledger_rows(gw.settings.database_url, "alice")[3:]
     assert [(r["input_tokens"], r["output_tokens"]) for r in reads] == [(0, 0), (0, 0)]  # charged nothing again
+
+
+LATER = {**ANSWER, "id": "resp_2", "output": [{**ANSWER["output"][0], "id": "msg_2"}],
+         "usage": {"input_tokens": 20, "output_tokens": 5, "total_tokens": 25}}
+LATEST = {**LATER, "id": "resp_3", "output": [{**ANSWER["output"][0], "id": "msg_3"}]}
+# A later response's input items as the provider lists them: the context it read — the earlier
+# turns of its conversation (or `previous_response_id` chain), the cut turn's whole answer among them.
+INPUT_ITEMS = {"object": "list", "data": [{"type": "message", "id": "msg_0", "role": "user", "status": "completed",
+                                           "content": [{"type": "input_text", "text": "hi"}]}, ANSWER_ITEM],
+               "has_more": False, "first_id": "msg_0", "last_id": "msg_1"}
+
+
+@pytest.mark.parametrize("made", ["conversation", "previous", "chain"])
+def test_a_cut_turns_answer_read_through_a_later_responses_input_items_is_charged_once(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None, made: str,
+) -> None:
+    """A stored response whose stream the client cut was charged its few streamed tokens, its usage
+    (9,700 tokens) left to the first read of it. A later response made in its conversation, or
+    continuing it by `previous_response_id` (directly or down a chain), lists the context the
+    provider read as its input items — the cut turn's whole answer among them: read through
+    `GET /v1/responses/{later}/input_items` it was served and never charged. Such a read now first
+    fetches each cut turn it shows of the reader's that no read charged yet and charges its usage as
+    the response's own read would, under the same key: once — neither a second read nor the cut
+    response's own read charges it again, nor fetches it."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url, usage_flush_interval_seconds=0.1,
+                             passthrough="/v1/conversations,/v1/conversations/*")
+        alice = gw.openai()
+        rows = 0
+        where: dict[str, Any] = {}
+        if made == "conversation":
+            upstream.json(CONVERSATION)
+            assert alice.conversations.create().id == "conv_1"
+            where, rows = {"conversation": "conv_1"}, 1
+        upstream.sse(CREATED, hold=True)
+        stream = alice.responses.create(model="gpt-4o-mini", input="hi", stream=True, store=True,
+                                        max_output_tokens=9000, **where)
+        assert next(iter(stream)).type == "response.created"
+        stream.close()  # cut: charged what it streamed
+        assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == rows + 1)
+        upstream.json(LATER)
+        later = alice.responses.create(model="gpt-4o-mini", input="more", store=True,
+                                       **(where or {"previous_response_id": "resp_cut"}))
+        if made == "chain":
+            upstream.json(LATEST)
+            later = alice.responses.create(model="gpt-4o-mini", input="again", store=True,
+                                           previous_response_id=later.id)
+        rows += 3 if made == "chain" else 2
+        assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == rows)
+        charge = charge_id("alice", "resp_cut")
+        assert recorded(gw, charge) == []
+
+        sent = len(upstream.received)
+        upstream.json(INPUT_ITEMS)
+        upstream.json(ANSWER)  # (the cut response, fetched for its usage)
+        shown = alice.responses.input_items.list(later.id)
+        assert [getattr(item, "id", None) for item in shown.data] == ["msg_0", "msg_1"]
+        assert len(upstream.received) == sent + 2
+        assert wait_for(lambda: len(recorded(gw, charge)) == 1)
+        assert [(r["input_tokens"], r["output_tokens"]) for r in recorded(gw, charge)] == [(700, 9000)]
+        upstream.json(INPUT_ITEMS)
+        assert len(alice.responses.input_items.list(later.id).data) == 2  # charged already: not fetched again
+        assert len(upstream.received) == sent + 3
+        upstream.json(ANSWER)
+        assert alice.responses.retrieve("resp_cut").usage is not None
+        assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == rows + 3)
+    assert [(r["input_tokens"], r["output_tokens"]) for r in recorded(gw, charge)] == [(700, 9000)]
+    reads = ledger_rows(gw.settings.database_url, "alice")[rows + 1:]
+    assert [(r["input_tokens"], r["output_tokens"]) for r in reads] == [(0, 0), (0, 0)]  # charged nothing again

@@ -499,3 +499,24 @@ async def test_a_conversations_cut_turns_are_its_makers_bounded_and_dropped_with
     await owners.forget("conv_1")
     assert await owners.cut_turns("conv_1", "alice") == []
     assert await store.ttl("sentinel:cut-turns:conv_1") is None
+
+
+async def test_a_later_responses_cut_turns_are_those_of_what_it_continued(store: Store) -> None:
+    """A stored response made in a conversation, or continuing a response (`previous_response_id`),
+    lists the cut turns its input items show (`inherit_cut_turns`): the conversation's, the
+    continued response's own list, and that response itself while its usage is charged nothing —
+    its maker's only; dropped with it."""
+    owners = Ownership(store)
+    await owners.note_cut_turn("conv_1", "resp_1", "alice", DAY)
+    await owners.note_cut_turn("conv_1", "resp_b", "bob", DAY)
+    await owners.inherit_cut_turns("resp_2", None, ["conv_1"], "alice", DAY)
+    assert await owners.cut_turns("resp_2", "alice") == ["resp_1"]
+    assert await owners.charge_once("resp_3", DAY)  # (a whole exchange: charged when made)
+    await owners.inherit_cut_turns("resp_4", "resp_3", [], "alice", DAY)
+    assert await owners.cut_turns("resp_4", "alice") == []
+    await owners.inherit_cut_turns("resp_5", "resp_2", [], "alice", DAY)  # (resp_2 charged nothing yet)
+    assert await owners.cut_turns("resp_5", "alice") == ["resp_1", "resp_2"]
+    assert await owners.cut_turns("resp_5", "bob") == []
+    await owners.claim("resp_5", "alice", None)
+    await owners.forget("resp_5")
+    assert await store.ttl("sentinel:cut-turns:resp_5") is None

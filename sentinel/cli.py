@@ -290,7 +290,8 @@ def cmd_plans_list(args: argparse.Namespace) -> int:
         if not admin.builtin:  # listed, but said first: they are not the plans in force
             _say("GOVERNANCE=zion: these plans are Sentinel's own and not in effect (Zion's limits apply)")
         for plan, _users in await admin.plans():
-            print(f"{plan.name}: {', '.join(str(lim) for lim in plan.limits) or 'no limits'}")
+            # A name an earlier version (or another writer) stored with a terminal escape reads as text.
+            print(f"{printable(plan.name)}: {', '.join(str(lim) for lim in plan.limits) or 'no limits'}")
 
     return _run(_with_admin(_settings(), go))
 
@@ -374,7 +375,7 @@ def _candidates(entries: list[Any], providers: set[str]) -> str:
     """A tier's candidates, as the console shows them: one whose provider is not configured is never
     chosen (a typo in `tiers set` left a tier without a candidate, and nothing said so)."""
     return ", ".join(
-        f"{e.provider}/{e.model} (cost {e.relative_cost})"
+        f"{printable(e.provider)}/{printable(e.model)} (cost {e.relative_cost})"
         + ("" if not providers or e.provider in providers else " (provider not configured)")
         for e in entries
     )

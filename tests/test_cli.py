@@ -845,3 +845,40 @@ def test_keys_list_shows_a_stored_terminal_escape_as_text(tmp_path: Path) -> Non
     assert listed.returncode == 0, listed.stderr
     assert all(line.isprintable() for line in listed.stdout.splitlines()), listed.stdout
     assert "ev\\u001b]0;pwned\\u0007il" in listed.stdout and "n\\u001b[2Jame\\u202e" in listed.stdout, listed.stdout
+
+
+def test_plans_list_and_tiers_show_write_a_stored_terminal_escape_as_text(tmp_path: Path) -> None:
+    """`plans list` printed a plan's name, and `tiers show` a candidate's provider (the model's characters are checked) as stored:
+    a row an earlier version (or another writer of the database) left with `\\x1b]0;...\\x07` or
+    `\\x1b[2J` retitled or cleared the operator's terminal, as `keys list` no longer does. Both write
+    such characters as `\\uXXXX` escapes now (`printable`, as `keys list` and `usage show`)."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    from sentinel.db.engine import create_engine, migrate
+
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db", "SENTINEL_CONFIG": "",
+           "OPENAI_API_KEY": "", "OPENAI_API_URL": "", "ANTHROPIC_API_KEY": "", "ANTHROPIC_API_URL": ""}
+
+    async def seed() -> None:
+        engine = create_engine(env["DATABASE_URL"])
+        await migrate(engine)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO plans (name, created_at, updated_at) "
+                                        "VALUES (:n, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"),
+                                   {"n": "pro\x1b]0;pwned\x07\u202e"})
+                await conn.execute(text("INSERT INTO tier_models (tier, position, provider, model, relative_cost) "
+                                        "VALUES ('simple', 0, :p, 'gpt-4o', 1)"), {"p": "op\x1b[2J\x9b31m"})
+        finally:
+            await engine.dispose()
+
+    asyncio.run(seed())
+    plans = run(["plans", "list"], env)
+    tiers = run(["tiers", "show"], env)
+    for shown in (plans, tiers):
+        assert shown.returncode == 0, shown.stderr
+        assert all(line.isprintable() for line in shown.stdout.splitlines()), shown.stdout
+    assert "pro\\u001b]0;pwned\\u0007\\u202e: no limits" in plans.stdout, plans.stdout
+    assert "simple: op\\u001b[2J\\u009b31m/gpt-4o (cost 1) (provider not configured)" in tiers.stdout, tiers.stdout

@@ -205,7 +205,7 @@ def zion_window(s: Settings) -> int:
 def plans_basis(s: Settings) -> str:
     """`CachedPlans`' `basis`: the settings the plans of `s.governance`'s source are made from."""
     zion = s.governance is GovernanceKind.zion
-    return plan_basis(s.governance.value, parse_plan_spec(s.default_plan, "default"),
+    return plan_basis(s.governance.value, parse_plan_spec(s.default_plan),
                       (s.zion_apply_default_plan, zion_window(s)) if zion else None)
 
 
@@ -221,7 +221,7 @@ def build_governance(
 ) -> Governance:
     """Identity sources, plan source, usage sink and tier source for `s.governance` (`ledger`: the
     built-in ledger to record usage in, default one over `sessions`)."""
-    default_plan = parse_plan_spec(s.default_plan, "default")
+    default_plan = parse_plan_spec(s.default_plan)
     local_jwt: IdentitySource | None = None
     zion: ZionClient | None = None
     if s.governance is GovernanceKind.zion:
@@ -294,7 +294,7 @@ def build_admin(
     (`report_sessions`: the usage reports' own, whose statements may run long; else `sessions`)."""
     zion = s.governance is GovernanceKind.zion
     return AdminService(
-        sessions, keys=KeyService(sessions, require_email=zion), default_plan=parse_plan_spec(s.default_plan, "default"),
+        sessions, keys=KeyService(sessions, require_email=zion), default_plan=parse_plan_spec(s.default_plan),
         catalog_tiers=catalog_tiers, live=live, identities=identities, plan_cache=plan_cache, db_tiers=db_tiers,
         builtin=not zion, report_sessions=report_sessions, providers=providers,
     )
@@ -304,7 +304,7 @@ def build_cli_admin(s: Settings, sessions: async_sessionmaker[AsyncSession], sto
     """The operator service for the command line: the database, plus the store's caches so that a
     revoked key or a changed plan applies at once on a shared Redis."""
     plan_cache = CachedPlans(
-        store, BuiltinPlanSource(PlanRepository(sessions), parse_plan_spec(s.default_plan, "default")),
+        store, BuiltinPlanSource(PlanRepository(sessions), parse_plan_spec(s.default_plan)),
         ttl=s.cache_ttl_seconds, grace=s.governance_grace_seconds, basis=plans_basis(s),
     )
     identities = Authenticator(store, api_keys=None, ttl=s.jwt_cache_ttl_seconds, grace=s.governance_grace_seconds)

@@ -215,7 +215,8 @@ def build_admin_openapi() -> dict[str, Any]:
         "/admin/api/plans/{name}": {
             "get": _op("A plan", _json(_ref("Plan")), params=[_path("name")], errors=("404",)),
             "put": _op("Create (with `create: true`, refused when it exists) or replace a plan's limits (at "
-                       "least one; a new plan's name may not equal an existing one's but for case)",
+                       "least one; a new plan's name may not equal an existing one's but for case, nor be `default` in "
+                       "any case: DEFAULT_PLAN's name)",
                        _json(_ref("Plan")), params=[_path("name")],
                        body=_input(["limits"], limits={"type": "array", "items": _ref("LimitInput"), "minItems": 1},
                                  create={"type": "boolean"}), errors=(*change, "409")),

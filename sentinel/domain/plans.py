@@ -162,7 +162,12 @@ class Plan:
         return ",".join(str(limit) for limit in self.limits)
 
 
-def parse_plan_spec(spec: str, name: str = "default") -> Plan:
+# The name of the plan users without one get (DEFAULT_PLAN): the admin API's and the console's quota
+# views, a Zion user's merged plan (`...+default`) name it so. No stored plan may take it (any case).
+DEFAULT_PLAN_NAME = "default"
+
+
+def parse_plan_spec(spec: str, name: str = DEFAULT_PLAN_NAME) -> Plan:
     """A plan from `requests=100/60s,input_tokens=100000/1d`; an empty spec has no limits."""
     return Plan(name, tuple(parse_limits(spec)))
 

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from sentinel.domain.numbers import parse_whole
 from sentinel.domain.plans import (
+    DEFAULT_PLAN_NAME,
     MAX_LIMIT,
     MAX_PLAN_LIMITS,
     MAX_WINDOW_SECONDS,
@@ -63,10 +64,21 @@ def field_errors(error: InvalidRequest) -> dict[str, str]:
     return dict(fields) if isinstance(fields, dict) else {}
 
 
+# A plan saved as `default` read, wherever a user's plan is shown by name (the admin API's and the
+# console's quota view: `"plan": "default"`), as the DEFAULT_PLAN users without a plan get — with other
+# limits; and `users set-plan alice default` put alice on it, not back on DEFAULT_PLAN.
+DEFAULT_NAME_TAKEN = (
+    f"{DEFAULT_PLAN_NAME!r} (in any case) names DEFAULT_PLAN, the plan of users without one: choose another name"
+)
+
+
 def check_plan_name(name: str) -> str:
-    """The name as given (never stripped: `PUT /plans/%20a` must not edit plan `a`), or 400."""
+    """The name as given (never stripped: `PUT /plans/%20a` must not edit plan `a`), or 400; also for
+    `default` in any case (DEFAULT_NAME_TAKEN: a plan saved so before can still be deleted)."""
     if not PLAN_NAME.fullmatch(name):
         raise refuse({"name": "1-100 characters: letters, digits, '_', '.', '-', starting with a letter or digit"})
+    if name.lower() == DEFAULT_PLAN_NAME:
+        raise refuse({"name": DEFAULT_NAME_TAKEN})
     return name
 
 

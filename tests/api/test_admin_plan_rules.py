@@ -78,3 +78,27 @@ def test_a_new_plan_named_as_another_but_for_case_is_refused(gw: Gateway) -> Non
             assert edited.status_code == 200 and edited.json()["spec"] == "requests=7/1h"
     finally:
         console.http.close()
+
+
+@pytest.mark.parametrize("name", ["default", "Default", "DEFAULT"])
+def test_a_plan_named_default_is_refused(gateway_factory: Callable[..., Gateway], name: str) -> None:
+    """Users without a plan get DEFAULT_PLAN, which the admin API's quota view names `default`; a plan
+    saved as `default` (other limits) read the same there, and `users set-plan alice default` put alice
+    on it, not back on DEFAULT_PLAN. The name is refused in any case (400 on `name`) by the admin API and
+    the console, nothing saved or audited; users keep DEFAULT_PLAN."""
+    gw = gateway_factory(admin_key=ADMIN_KEY)  # SQLite: a plan the old code saved stays out of the shared database
+    console = Console(gw)
+    try:
+        with gw.admin() as http:
+            audited = audit_actions(http)
+            refused = http.put(f"/admin/api/plans/{name}", json={"create": True, "limits": [LIMIT]})
+            assert refused.status_code == 400, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "validation_failed" and "DEFAULT_PLAN" in error["details"]["fields"]["name"], error
+            page = console.post("/admin/plans", [("name", name), *LIMIT_FORM])
+            assert page.status_code == 400 and "DEFAULT_PLAN" in (field_error(page.text, "name") or ""), page.text
+            assert http.get("/admin/api/plans").json() == {"plans": []}
+            assert audit_actions(http) == audited
+            assert http.put("/admin/api/users/alice/plan", json={"plan": name}).status_code == 404
+    finally:
+        console.http.close()

@@ -90,9 +90,47 @@ MIXED_SCRIPT_ID = (
     "letters of one of the Latin, Greek, Cyrillic, Armenian, Cherokee and Coptic scripts, not several: a new "
     "user named so (a Cyrillic 'а' among Latin letters) would read as another on the console"
 )
+CONFUSABLE_ID = (
+    "not drawn as an existing user's id ({!r}, in Latin letters): a new user named so would read as that one "
+    "on the console"
+)
 # Scripts whose letters are drawn alike (Latin `a`, Cyrillic `а`, Greek `ο` and `o`): an id mixing them is
 # a look-alike of one written in a single script (UTS #39's mixed-script confusables, by their names).
 LOOK_ALIKE_SCRIPTS = frozenset({"LATIN", "GREEK", "CYRILLIC", "ARMENIAN", "CHEROKEE", "COPTIC"})
+
+
+# Letters of those scripts drawn as a Latin one (UTS #39's confusables, the letters of ids): an id written
+# wholly in one of them (`\u0430\u0440\u0440`, Cyrillic) is not mixed, yet reads as the Latin `app`.
+_LATIN_LOOK_ALIKES = str.maketrans(
+    # Cyrillic
+    "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0455\u0456\u0458\u0501\u04bb\u04cf\u051b\u051d\u04af"
+    "\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0423\u0405\u0406\u0408\u04ae\u051a\u051c"
+    # Greek
+    "\u03b1\u03bf\u03bd\u03c1\u03b9\u03ba\u03c5\u03c7\u03f2\u03f3"
+    "\u0391\u0392\u0395\u0396\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a5\u03a7\u03f9\u037f"
+    # Armenian
+    "\u0585\u057d\u0570\u0578\u0581\u0566\u054f\u0555\u053c\u054d"
+    # Cherokee
+    "\u13aa\u13f4\u13df\u13ac\u13bb\u13ab\u13e6\u13de\u13b7\u13b3\u13a1\u13da\u13a2\u13d9\u13c3\u13e2\u13a0"
+    # Coptic
+    "\u2c9f\u2c9e\u2ca3\u2ca2\u2ca5\u2ca4\u2cad\u2cac\u2c81",
+    "aeopcyxsijdhlqwy"
+    "ABEKMHOPCTXYSIJYQW"
+    "aovpikuxcj"
+    "ABEZHIKMNOPTYXCJ"
+    "ouhngqSOLU"
+    "ABCEHJKLMWRSTVZPD"
+    "oOpPcCxXa",
+)
+
+
+def latin_look_alike(text: str) -> str | None:
+    """`text` with each letter of LOOK_ALIKE_SCRIPTS drawn as a Latin one written as that one (`\u0430\u0440\u0440`
+    -> `app`), or None when it holds no such letter (it reads as itself)."""
+    if text.isascii():
+        return None
+    latin = text.translate(_LATIN_LOOK_ALIKES)
+    return None if latin == text else latin
 
 
 def mixes_look_alike_scripts(text: str) -> bool:
@@ -234,8 +272,10 @@ class AdminService:
         neither end's, so `alice ` read as `alice`, also in `keys list`), a form other than Unicode's
         composed one (NFC: `cafe\u0301` is drawn as `café`, a second user beside it) or its compatibility
         one (NFKC: a fullwidth `ａlice`), or letters of several look-alike scripts (`\u0430lice`: a
-        Cyrillic `а`; an id in one script, Cyrillic or Greek, is its own). One an identity
-        source already vouched for (a JWT's `sub`) stays manageable."""
+        Cyrillic `а`), or letters of one of those scripts drawn as the Latin letters of an existing
+        user's id (`\u0430\u0440\u0440`, all Cyrillic, beside `app`; `latin_look_alike`: an id in one
+        script is its own otherwise). One an identity source already vouched for (a JWT's `sub`) stays
+        manageable."""
         if external_id != external_id.strip():
             why = SPACED_ID
         elif not unicodedata.is_normalized("NFC", external_id):
@@ -244,11 +284,20 @@ class AdminService:
             why = COMPATIBILITY_ID
         elif mixes_look_alike_scripts(external_id):
             why = MIXED_SCRIPT_ID
-        else:
+        elif (latin := latin_look_alike(external_id)) is None:
             return None
-        if await self.users.get(external_id) is not None or await self.reports.stats.recent_requests(external_id, 1):
+        else:  # one script drawn as Latin: misleading only beside the user it reads as
+            why = None
+        if await self._known(external_id):
             return None
+        if why is None:
+            return CONFUSABLE_ID.format(clipped(latin, 64)) if latin is not None and await self._known(latin) else None
         return why
+
+    async def _known(self, external_id: str) -> bool:
+        """Whether `external_id` names a user: a row, or usage recorded for it."""
+        return await self.users.get(external_id) is not None or bool(
+            await self.reports.stats.recent_requests(external_id, 1))
 
     async def set_user_plan(self, external_id: str, plan: str | None, actor: Actor) -> None:
         """Put a user (created if missing) on `plan` (None: the default plan); NotFound for an unknown plan."""

@@ -226,6 +226,36 @@ def test_a_new_user_whose_id_reads_as_another_is_refused(
     assert api.post("/admin/api/user/keys", params={"id": user}, json={}).status_code == 201
 
 
+@pytest.mark.parametrize("user", ["\u0430\u0440\u0440", "\u0410\u0420\u0420", "\u03b1\u03c1\u03c1", "\u0430\u0440\u0440-1"])
+def test_a_new_user_whose_id_in_one_script_reads_as_an_existing_users_is_refused(
+    gw: Gateway, api: httpx.Client, console: Console, user: str,
+) -> None:
+    """`\u0430\u0440\u0440` (all Cyrillic) is drawn as `app`: no script is mixed, so it was accepted beside an
+    existing user `app`, and a key or plan an operator meant for `app` went to a new user. A new id whose
+    letters of one look-alike script read as an existing user's id is refused (400, field `external_id`,
+    naming that id) on the admin API and the console, nothing created or audited; without such a user
+    the id is its own, and one an identity source already made stays manageable."""
+    latin = user.translate(str.maketrans("\u0430\u0440\u0410\u0420\u03b1\u03c1", "apAPap"))
+    assert api.post("/admin/api/user/keys", params={"id": latin}, json={}).status_code == 201
+    audit = len(api.get("/admin/api/audit").json()["entries"])
+    key = api.post("/admin/api/user/keys", params={"id": user}, json={"name": "laptop"})
+    plan = api.put("/admin/api/user/plan", params={"id": user}, json={"plan": None})
+    for answer in (key, plan):
+        assert answer.status_code == 400, answer.text
+        fields = answer.json()["error"]["details"]["fields"]
+        assert list(fields) == ["external_id"] and repr(latin) in fields["external_id"], answer.text
+    _, nonce = console.key_form(f"/admin/users/{latin}")
+    form = console.post("/admin/user/keys?" + urlencode({"id": user}), {"name": "x", "nonce": nonce})
+    assert form.status_code == 400 and "existing user" in form.text, form.text
+    assert api.get("/admin/api/user", params={"id": user}).status_code == 404
+    assert len(api.get("/admin/api/audit").json()["entries"]) == audit
+
+    other = user.replace("\u0440", "\u0434").replace("\u0420", "\u0414").replace("\u03c1", "\u03b4")  # no Latin twin
+    assert api.post("/admin/api/user/keys", params={"id": other}, json={}).status_code == 201
+    asyncio.run(create_key(gw.settings.database_url, user))  # as a JWT's `sub` would have made it
+    assert api.put("/admin/api/user/plan", params={"id": user}, json={"plan": None}).status_code == 200
+
+
 @pytest.mark.parametrize(("path", "body"), [
     ("/admin/api/plans/team", '{"limits": [{"metric": "requests", "limit": 5, "window": "1h"}], "limits": []}'),
     ("/admin/api/users/alice/plan", '{"plan": "team", "plan": null}'),

@@ -88,7 +88,9 @@ class SentinelApp:
             + OpenAIRoutes(deps, runtime.relay, runtime.models, PassthroughPolicy(s.passthrough_patterns)).routes()
             + NativeRoutes(deps, runtime.native).routes()
             + DebugRoutes(deps, runtime.router).routes()
-            + DocsRoutes(reveal(s.docs_api_key), throttle=throttle, body_timeout=s.body_timeout_seconds).routes()
+            + DocsRoutes(
+                reveal(s.docs_api_key), throttle=throttle, body_timeout=s.body_timeout_seconds, store=runtime.store,
+            ).routes()
         )
         admin_key = reveal(s.admin_key)
         if admin_key and runtime.admin is not None:  # without the key, every /admin* path stays 404

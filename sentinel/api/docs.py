@@ -11,6 +11,10 @@ path                        method  answer
 ``/native/docs/signin``     POST    form field ``key``: right -> 303 to the page + cookie;
                                     wrong -> 401 with the form again; posted by a page of
                                     another site -> 403 (not counted as a failed sign-in)
+``/native/docs/signout``    POST    ends the cookie's session, a copy of it too (303 to the
+                                    sign-in form; 503 when the store cannot keep that, the
+                                    cookie cleared all the same); without a session or the
+                                    key -> 401 with the form; from another site -> 403
 ``/native/docs/assets/{n}`` GET     an allow-listed static file (public, cacheable)
 ==========================  ======  ==========================================================
 
@@ -38,7 +42,8 @@ from sentinel.api.docs_auth import MAX_FORM_BYTES, DocsGate, form_key, from_anot
 from sentinel.api.openapi import build_openapi
 from sentinel.api.responses import NOSNIFF, RawResponse
 from sentinel.api.throttle import FailedAuthThrottle, client_of
-from sentinel.errors import AuthenticationError, InvalidRequest, NotFound
+from sentinel.errors import AuthenticationError, InvalidRequest, NotFound, StoreUnavailable
+from sentinel.store import Store
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
@@ -63,7 +68,7 @@ PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Sentinel Native API</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="stylesheet" href="{asset}swagger-ui.css" integrity="{css}"></head>
-<body><div id="ui"></div>
+<body>{signout}<div id="ui"></div>
 <noscript>The OpenAPI document is at /native/docs/openapi.json.</noscript>
 <script src="{asset}swagger-ui-bundle.js" integrity="{bundle}"></script>
 <script src="{asset}docs.js" integrity="{init}"></script>
@@ -82,18 +87,28 @@ SIGNIN = """<!doctype html>
 <p class="hint">Scripts can send the key in the <code>X-Docs-Key</code> header instead.</p>
 </main></body></html>
 """
+# On the page when a key guards it: ends the session, a copy of the cookie too (`DocsGate.sign_out`).
+SIGNOUT = '<form method="post" action="/native/docs/signout"><button type="submit">Sign out</button></form>'
+SIGNED_OUT_HERE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Signed out here only - Sentinel API docs</title>
+<link rel="stylesheet" href="{asset}docs.css" integrity="{css}"></head>
+<body><main><h1>Signed out here only</h1><p class="error" role="alert">The cookie is cleared, but the session
+could not be ended (store unavailable): a copy of it works until it expires. Sign in and out again once the
+store answers, or rotate DOCS_API_KEY.</p></main></body></html>
+"""
 
 
 class DocsRoutes:
-    """The docs routes for one docs key (None: open docs). `clock` is unix seconds."""
+    """The docs routes for one docs key (None: open docs). `clock` is unix seconds; `store` keeps
+    signed-out sessions (None: signing out only clears the browser's cookie)."""
 
     def __init__(
         self, docs_key: str | None, *, throttle: FailedAuthThrottle | None = None,
-        clock: Callable[[], float] = time.time, body_timeout: float = 30.0,
+        clock: Callable[[], float] = time.time, body_timeout: float = 30.0, store: Store | None = None,
     ) -> None:
         self.body_timeout = body_timeout
         self.throttle = throttle or FailedAuthThrottle(30, clock=clock)
-        self.gate = DocsGate(docs_key or None, clock=clock)
+        self.gate = DocsGate(docs_key or None, clock=clock, store=store)
         self.assets = DocsAssets()
         self.document = orjson.dumps(build_openapi())
         integrity = self.assets.integrity
@@ -102,6 +117,7 @@ class DocsRoutes:
             css=integrity("swagger-ui.css"),
             bundle=integrity("swagger-ui-bundle.js"),
             init=integrity("docs.js"),
+            signout="" if self.gate.open else SIGNOUT,
         )
 
     def routes(self) -> list[Route]:
@@ -110,6 +126,7 @@ class DocsRoutes:
             Route("/native/docs/", self.page, methods=["GET"]),
             Route("/native/docs/openapi.json", self.openapi, methods=["GET"]),
             Route("/native/docs/signin", self.signin, methods=["GET", "POST"]),
+            Route("/native/docs/signout", self.signout, methods=["POST"]),
             Route("/native/docs/assets/{name}", self.asset, methods=["GET"]),
         ]
 
@@ -128,10 +145,10 @@ class DocsRoutes:
         the sign-in form's throttle for guessing the key."""
         headers = dict(request.headers)
         if "x-docs-key" not in headers or self.gate.open:
-            return self.gate.allows(headers)
+            return await self.gate.allows(headers)
         address = client_of(request)
         await self.throttle.check(address)
-        if self.gate.allows(headers):
+        if await self.gate.allows(headers):
             return True
         await self.throttle.failed(address)
         return False
@@ -171,6 +188,27 @@ class DocsRoutes:
         cookie = self.gate.set_cookie(secure=request.url.scheme == "https")
         headers = [(b"location", b"/native/docs"), (b"set-cookie", cookie.encode()), (b"cache-control", b"no-store")]
         return RawResponse(303, b"", headers)
+
+    async def signout(self, request: Request) -> RawResponse:
+        """End the cookie's session (a copy of it too) and clear it. A page of another site cannot
+        send the cookie (`SameSite=Strict`); its form is refused all the same, as a sign-in's is."""
+        if self.gate.open:
+            return RawResponse(303, b"", [(b"location", b"/native/docs")])
+        if from_another_site(request.headers):
+            return self._signin_page(403, "Sign out with this site's own form.")
+        cleared = (b"set-cookie", self.gate.clear_cookie(secure=request.url.scheme == "https").encode())
+        session = await self.gate.session_of(request.headers)
+        if session is None and not await self._admitted(request):  # nothing to end: not signed in
+            page = self._signin_page(401)
+            page.headers.append(cleared)
+            return page
+        if session is not None:
+            try:
+                await self.gate.sign_out(session)
+            except StoreUnavailable:
+                body = SIGNED_OUT_HERE.format(asset=ASSET, css=self.assets.integrity("docs.css"))
+                return RawResponse(503, body.encode(), [*HTML_HEADERS, cleared])
+        return RawResponse(303, b"", [(b"location", b"/native/docs/signin"), cleared, (b"cache-control", b"no-store")])
 
     async def asset(self, request: Request) -> RawResponse:
         found = self.assets.response(request.path_params["name"], request.headers.get("if-none-match"))

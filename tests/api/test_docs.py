@@ -3,6 +3,7 @@ Swagger UI assets with cache headers and integrity; a strict Content-Security-Po
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
@@ -68,16 +69,18 @@ def test_signin_cookie_grants_access_and_holds_no_key(keyed: Gateway) -> None:
         assert {"httponly", "samesite=strict", "path=/native/docs", f"max-age={SESSION_SECONDS}"} <= set(attributes)
         assert "secure" not in attributes  # plain http here; see the https test below
         token = cookie.split(";")[0].split("=", 1)[1]
-        assert KEY not in token and re.fullmatch(r"v1\.\d+\.[0-9a-f]{64}", token)
+        assert KEY not in token and re.fullmatch(r"v2\.\d+\.[0-9a-f]{16}\.[0-9a-f]{64}", token)
     with httpx.Client(base_url=keyed.url, cookies={COOKIE: token}) as browser_like:
         assert browser_like.get("/native/docs").status_code == 200
         assert browser_like.get("/native/docs/openapi.json").status_code == 200
-    version, expires, mac = token.split(".")
+    version, expires, nonce, mac = token.split(".")
     forged = [
-        f"{version}.{int(expires) + 3600}.{mac}",  # a longer life, same mac
-        f"{version}.{expires}.{mac[:-1]}{'0' if mac[-1] != '0' else '1'}",
+        f"{version}.{int(expires) + 3600}.{nonce}.{mac}",  # a longer life, same mac
+        f"{version}.{expires}.{nonce}.{mac[:-1]}{'0' if mac[-1] != '0' else '1'}",
+        f"{version}.{expires}.{'0' * 16}.{mac}",  # another session's nonce, same mac
+        f"v1.{expires}.{mac}",  # the former format, which could not be signed out
         KEY,  # the key itself is not a token
-        "v1..",
+        "v2...",
     ]
     for bad in forged:
         with httpx.Client(base_url=keyed.url, cookies={COOKIE: bad}) as http:
@@ -117,7 +120,8 @@ def test_gate_tokens_expire_and_die_with_the_key() -> None:
     assert not DocsGate("another-key", clock=lambda: 1_000_000.0).token_valid(token)
     assert gate.key_matches(KEY) and not gate.key_matches(KEY.upper())
     assert "Secure" in gate.set_cookie(secure=True) and "Secure" not in gate.set_cookie(secure=False)
-    assert DocsGate(None).allows({}) and not gate.allows({"x-docs-key": "x", "cookie": f"{COOKIE}=junk"})
+    assert asyncio.run(DocsGate(None).allows({}))
+    assert not asyncio.run(gate.allows({"x-docs-key": "x", "cookie": f"{COOKIE}=junk"}))
 
 
 def test_open_docs_without_a_key(gateway_factory: Callable[..., Gateway]) -> None:
@@ -172,7 +176,7 @@ def test_assets_served_with_cache_headers(keyed: Gateway) -> None:
 
 @pytest.mark.parametrize("expires", [b"\xb2", "\u0663\u0663".encode(), b"9" * 20, b"+1", b""])
 def test_a_malformed_cookie_is_refused_not_an_error(keyed: Gateway, expires: bytes) -> None:
-    cookie = COOKIE.encode() + b"=v1." + expires + b"." + b"a" * 64  # raw bytes: 0xB2 arrives as latin-1 '\u00b2'
+    cookie = COOKIE.encode() + b"=v2." + expires + b"." + b"a" * 16 + b"." + b"a" * 64  # raw bytes: 0xB2 arrives as latin-1 '\u00b2'
     with httpx.Client(base_url=keyed.url) as http:
         for path in ("/native/docs", "/native/docs/openapi.json"):
             assert http.get(path, headers={b"Cookie": cookie}).status_code == 401, path
@@ -183,7 +187,62 @@ def test_a_cookie_of_the_same_name_sent_first_does_not_hide_the_sign_in(keyed: G
     """A sibling subdomain can set `sentinel_docs` for the parent domain, sent before the docs' own."""
     with httpx.Client(base_url=keyed.url) as http:
         token = signed_in(http).headers["set-cookie"].split(";")[0].split("=", 1)[1]
-    planted = f"{COOKIE}=v1.99999999999.{'0' * 64}"
+    planted = f"{COOKIE}=v2.99999999999.{'0' * 16}.{'0' * 64}"
     with httpx.Client(base_url=keyed.url) as http:
         assert http.get("/native/docs/openapi.json", headers={"Cookie": f"{planted}; {COOKIE}={token}"}).status_code == 200
         assert http.get("/native/docs/openapi.json", headers={"Cookie": planted}).status_code == 401
+
+
+def test_signing_out_ends_the_session_and_every_copy_of_its_cookie(keyed: Gateway) -> None:
+    """The sign-in cookie could not be revoked: no sign-out, and a copy of it (a shared machine, a
+    proxy's log, a browser profile) worked for its 12 hours unless DOCS_API_KEY was changed. The page
+    has a sign-out form now: `POST /native/docs/signout` clears the cookie and keeps its session's nonce
+    in the store until it would have expired, so a copy is refused too (401); another sign-in is not
+    touched. A sign-out form posted from another site is refused (403) and ends nothing."""
+    with httpx.Client(base_url=keyed.url) as http:
+        token = signed_in(http).headers["set-cookie"].split(";")[0].split("=", 1)[1]
+        other = signed_in(http).headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    with httpx.Client(base_url=keyed.url, cookies={COOKIE: token}) as browser:
+        page = browser.get("/native/docs")
+        assert page.status_code == 200 and 'action="/native/docs/signout"' in page.text
+        foreign = browser.post("/native/docs/signout", headers={"Sec-Fetch-Site": "cross-site"}, follow_redirects=False)
+        assert foreign.status_code == 403 and "set-cookie" not in foreign.headers
+        assert browser.get("/native/docs/openapi.json").status_code == 200
+        out = browser.post("/native/docs/signout", headers={"Sec-Fetch-Site": "same-origin"}, follow_redirects=False)
+        assert out.status_code == 303 and out.headers["location"] == "/native/docs/signin", out.text
+        cleared = [a.strip().lower() for a in out.headers["set-cookie"].split(";")]
+        assert cleared[0] == f"{COOKIE}=" and "max-age=0" in cleared and "path=/native/docs" in cleared
+    with httpx.Client(base_url=keyed.url, cookies={COOKIE: token}) as copy:
+        assert copy.get("/native/docs/openapi.json").status_code == 401
+        assert copy.get("/native/docs").status_code == 401
+    with httpx.Client(base_url=keyed.url, cookies={COOKIE: other}) as elsewhere:
+        assert elsewhere.get("/native/docs/openapi.json").status_code == 200
+
+
+def test_a_sign_out_the_store_cannot_keep_says_so(keyed: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the store refusing writes the cookie is cleared but its copies still work: 503, saying so
+    (a redirect would have read as done)."""
+    from sentinel.errors import StoreUnavailable
+
+    with httpx.Client(base_url=keyed.url) as http:
+        token = signed_in(http).headers["set-cookie"].split(";")[0].split("=", 1)[1]
+
+    async def unavailable(key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
+        raise StoreUnavailable("store unavailable (set)")
+
+    monkeypatch.setattr(keyed.runtime.store, "set", unavailable)
+    with httpx.Client(base_url=keyed.url, cookies={COOKIE: token}) as browser:
+        out = browser.post("/native/docs/signout", follow_redirects=False)
+    monkeypatch.undo()
+    assert out.status_code == 503 and "Signed out here only" in out.text and "DOCS_API_KEY" in out.text
+    assert "max-age=0" in out.headers["set-cookie"].lower()
+    with httpx.Client(base_url=keyed.url, cookies={COOKIE: token}) as copy:
+        assert copy.get("/native/docs/openapi.json").status_code == 200  # as the page warned
+
+
+def test_a_sign_out_without_a_session_is_the_sign_in_form(keyed: Gateway) -> None:
+    """Nothing to end: 401 with the sign-in form (as the page without access), the cookie cleared."""
+    with httpx.Client(base_url=keyed.url, cookies={COOKIE: "v2.99999999999.0.0"}) as http:
+        out = http.post("/native/docs/signout", follow_redirects=False)
+        assert out.status_code == 401 and 'action="/native/docs/signin"' in out.text
+        assert "max-age=0" in out.headers["set-cookie"].lower()

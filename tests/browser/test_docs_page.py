@@ -57,6 +57,12 @@ async def test_sign_in_then_swagger_ui_renders_offline(
     assert page.outside_requests == []  # type: ignore[attr-defined]
     assert page.console_errors == []  # type: ignore[attr-defined]  # a CSP violation would be logged here
 
+    async with page.expect_navigation():  # the page's sign-out form: the session ends, copies too
+        await page.click("form[action='/native/docs/signout'] button")
+    assert page.url == gw.url + "/native/docs/signin"
+    again = await page.goto(gw.url + "/native/docs")
+    assert again is not None and again.status == 401
+
 
 async def test_key_in_url_shows_the_sign_in_form(docs_gateway: Gateway, page: Page) -> None:
     gw = docs_gateway

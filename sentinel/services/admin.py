@@ -91,8 +91,7 @@ MIXED_SCRIPT_ID = (
     "user named so (a Cyrillic 'а' among Latin letters) would read as another on the console"
 )
 CONFUSABLE_ID = (
-    "not drawn as an existing user's id ({!r}, in Latin letters): a new user named so would read as that one "
-    "on the console"
+    "not drawn as an existing user's id ({}): a new user named so would read as that one on the console"
 )
 # Scripts whose letters are drawn alike (Latin `a`, Cyrillic `а`, Greek `ο` and `o`): an id mixing them is
 # a look-alike of one written in a single script (UTS #39's mixed-script confusables, by their names).
@@ -101,7 +100,7 @@ LOOK_ALIKE_SCRIPTS = frozenset({"LATIN", "GREEK", "CYRILLIC", "ARMENIAN", "CHERO
 
 # Letters of those scripts drawn as a Latin one (UTS #39's confusables, the letters of ids): an id written
 # wholly in one of them (`\u0430\u0440\u0440`, Cyrillic) is not mixed, yet reads as the Latin `app`.
-_LATIN_LOOK_ALIKES = str.maketrans(
+_LOOK_ALIKE_LETTERS, _AS_LATIN = (
     # Cyrillic
     "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0455\u0456\u0458\u0501\u04bb\u04cf\u051b\u051d\u04af"
     "\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0423\u0405\u0406\u0408\u04ae\u051a\u051c"
@@ -122,6 +121,18 @@ _LATIN_LOOK_ALIKES = str.maketrans(
     "ABCEHJKLMWRSTVZPD"
     "oOpPcCxXa",
 )
+_LATIN_LOOK_ALIKES = str.maketrans(_LOOK_ALIKE_LETTERS, _AS_LATIN)
+
+
+def _spellings() -> dict[str, dict[str, str]]:
+    """Script -> Latin letter -> the first of that script's letters drawn as it (how an id is spelled there)."""
+    table: dict[str, dict[str, str]] = {}
+    for letter, latin in zip(_LOOK_ALIKE_LETTERS, _AS_LATIN, strict=True):
+        table.setdefault(unicodedata.name(letter).split(" ", 1)[0], {}).setdefault(latin, letter)
+    return table
+
+
+_SPELLINGS = _spellings()
 
 
 def latin_look_alike(text: str) -> str | None:
@@ -131,6 +142,26 @@ def latin_look_alike(text: str) -> str | None:
         return None
     latin = text.translate(_LATIN_LOOK_ALIKES)
     return None if latin == text else latin
+
+
+def look_alike_ids(text: str) -> list[str]:
+    """The other spellings of `text` that are drawn as it, each in one script: in Latin letters
+    (`\u0430\u0440\u0440` -> `app`) and in each of LOOK_ALIKE_SCRIPTS with a look-alike for every one
+    of those Latin letters (`app` -> Cyrillic `\u0430\u0440\u0440`, Greek `\u03b1\u03c1\u03c1`), one
+    spelling per script (its first look-alike of each letter: Cyrillic `\u0443`, not `\u04af`, for `y`).
+    An id mixing scripts is refused when new (`mixes_look_alike_scripts`), so these are the ids an
+    existing user it reads as can have."""
+    latin = latin_look_alike(text) or text
+    found = [latin] if latin != text else []
+    letters = [ch for ch in latin if ch.isalpha()]
+    if not letters or not all(ch.isascii() for ch in letters):
+        return found
+    for by_latin in _SPELLINGS.values():
+        if all(ch in by_latin for ch in letters):  # this script can spell it alone
+            spelled = "".join(by_latin.get(ch, ch) for ch in latin)
+            if spelled != text and spelled not in found:
+                found.append(spelled)
+    return found
 
 
 def mixes_look_alike_scripts(text: str) -> bool:
@@ -272,10 +303,9 @@ class AdminService:
         neither end's, so `alice ` read as `alice`, also in `keys list`), a form other than Unicode's
         composed one (NFC: `cafe\u0301` is drawn as `café`, a second user beside it) or its compatibility
         one (NFKC: a fullwidth `ａlice`), or letters of several look-alike scripts (`\u0430lice`: a
-        Cyrillic `а`), or letters of one of those scripts drawn as the Latin letters of an existing
-        user's id (`\u0430\u0440\u0440`, all Cyrillic, beside `app`; `latin_look_alike`: an id in one
-        script is its own otherwise). One an identity source already vouched for (a JWT's `sub`) stays
-        manageable."""
+        Cyrillic `а`), or drawn as an existing user's id in another script (`\u0430\u0440\u0440`, all
+        Cyrillic, beside `app`, or `app` beside it: `look_alike_ids`; an id in one script is its own
+        otherwise). One an identity source already vouched for (a JWT's `sub`) stays manageable."""
         if external_id != external_id.strip():
             why = SPACED_ID
         elif not unicodedata.is_normalized("NFC", external_id):
@@ -284,14 +314,18 @@ class AdminService:
             why = COMPATIBILITY_ID
         elif mixes_look_alike_scripts(external_id):
             why = MIXED_SCRIPT_ID
-        elif (latin := latin_look_alike(external_id)) is None:
+        elif not (others := look_alike_ids(external_id)):
             return None
-        else:  # one script drawn as Latin: misleading only beside the user it reads as
+        else:  # drawn as another spelling: misleading only beside the user of that spelling
             why = None
         if await self._known(external_id):
             return None
         if why is None:
-            return CONFUSABLE_ID.format(clipped(latin, 64)) if latin is not None and await self._known(latin) else None
+            for other in others:
+                if await self._known(other):
+                    escaped = "" if other.isascii() else f", written {ascii(other)[1:-1]}"
+                    return CONFUSABLE_ID.format(f"{clipped(other, 64)!r}{escaped}")
+            return None
         return why
 
     async def _known(self, external_id: str) -> bool:

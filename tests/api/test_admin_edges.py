@@ -256,6 +256,27 @@ def test_a_new_user_whose_id_in_one_script_reads_as_an_existing_users_is_refused
     assert api.put("/admin/api/user/plan", params={"id": user}, json={"plan": None}).status_code == 200
 
 
+@pytest.mark.parametrize("user", ["app", "\u03b1\u03c1\u03c1"])
+def test_a_new_user_whose_id_reads_as_an_existing_users_in_another_script_is_refused(
+    api: httpx.Client, console: Console, user: str,
+) -> None:
+    """The other way round: beside an existing all-Cyrillic `\u0430\u0440\u0440` (its own id while no `app`
+    existed), a new Latin `app` or Greek `\u03b1\u03c1\u03c1` read as it and was accepted. Refused (400, field
+    `external_id`, naming the existing id and its escapes), nothing created or audited."""
+    assert api.post("/admin/api/user/keys", params={"id": "\u0430\u0440\u0440"}, json={}).status_code == 201
+    audit = len(api.get("/admin/api/audit").json()["entries"])
+    for answer in (api.post("/admin/api/user/keys", params={"id": user}, json={}),
+                   api.put("/admin/api/user/plan", params={"id": user}, json={"plan": None})):
+        assert answer.status_code == 400, answer.text
+        message = answer.json()["error"]["details"]["fields"]["external_id"]
+        assert "existing user" in message and "written \\u0430\\u0440\\u0440" in message, message
+    _, nonce = console.key_form("/admin/users/alice")
+    form = console.post("/admin/user/keys?" + urlencode({"id": user}), {"name": "x", "nonce": nonce})
+    assert form.status_code == 400 and "existing user" in form.text, form.text
+    assert api.get("/admin/api/user", params={"id": user}).status_code == 404
+    assert len(api.get("/admin/api/audit").json()["entries"]) == audit
+
+
 @pytest.mark.parametrize(("path", "body"), [
     ("/admin/api/plans/team", '{"limits": [{"metric": "requests", "limit": 5, "window": "1h"}], "limits": []}'),
     ("/admin/api/users/alice/plan", '{"plan": "team", "plan": null}'),

@@ -64,8 +64,11 @@ _CUT_TURN = "sentinel:cut-turn:"
 _CUT_TURNS = "sentinel:cut-turns:"
 MAX_CUT_TURNS = 32
 # The output tokens charged provisionally for an Assistants run's `requires_action` steps (their tool
-# calls, as first shown: `RunCharges.shown_steps`), summed: its usage, once shown, is charged beyond it.
+# calls, as first shown: `RunCharges.shown_steps`), summed, and the input tokens (what each step's
+# model turn read, as Sentinel estimates it): its usage, once shown, is charged beyond them.
 _SHOWN_OUTPUT = "sentinel:run-shown-output:"
+_SHOWN_INPUT = "sentinel:run-shown-input:"
+_SHOWN = (_SHOWN_INPUT, _SHOWN_OUTPUT)
 # What Sentinel read of a file uploaded through it (`sentinel.domain.files.FileFacts`): how a request
 # naming the file by id is estimated. Written once (a file's content never changes), only for the
 # file's owner, dropped with the file.
@@ -629,9 +632,9 @@ class Ownership:
         ids = [c.decode() if isinstance(c, bytes) else str(c) for c in children]
         ends = [(_PREFIX + child, FORGOTTEN_ITEM_TTL) if kind == _OWNED else (_CHARGED + child, FORGOTTEN_CHILD_TTL)
                 for child, kind in zip(ids[::2], ids[1::2], strict=True) if _keyable(child)]
-        # (a run's provisional output, `add_shown_output`: ended with its marks)
-        ends += [(_SHOWN_OUTPUT + child, FORGOTTEN_CHILD_TTL)
-                 for child, kind in zip(ids[::2], ids[1::2], strict=True) if kind == _MARKED and _keyable(child)]
+        # (a run's provisional usage, `add_shown`: ended with its marks)
+        ends += [(prefix + child, FORGOTTEN_CHILD_TTL) for child, kind in zip(ids[::2], ids[1::2], strict=True)
+                 if kind == _MARKED and _keyable(child) for prefix in _SHOWN]
         failed = 0
         for start in range(0, len(ends), FORGET_AT_ONCE):
             failed += _failures(await asyncio.gather(
@@ -885,25 +888,35 @@ class Ownership:
             unread += [object_id for object_id, mark in zip(some, marks, strict=True) if not _charged(mark)]
         return unread
 
-    async def add_shown_output(self, run_id: str, tokens: int, ttl: float | None, within: str | None = None) -> None:
-        """Add `tokens` to the output charged for `run_id` before its usage was shown (a step's
-        tool calls), kept `ttl` seconds, as the run's charge marks: recorded as a child of its thread
-        `within` (`ADOPT`), whose `forget` ends it with them — taken back when the thread was
-        forgotten meanwhile (nothing reads a deleted thread's runs)."""
-        if not _keyable(run_id) or tokens <= 0:
+    async def add_shown(
+        self, run_id: str, input_tokens: int, output_tokens: int, ttl: float | None, within: str | None = None
+    ) -> None:
+        """Add `input_tokens` and `output_tokens` to what was charged for `run_id` before its usage was
+        shown (a step: its model turn's input as estimated, its tool calls), kept `ttl` seconds, as
+        the run's charge marks: recorded as a child of its thread `within` (`ADOPT`), whose `forget`
+        ends them with those — taken back when the thread was forgotten meanwhile (nothing reads a
+        deleted thread's runs)."""
+        added = [(prefix, tokens) for prefix, tokens in zip(_SHOWN, (input_tokens, output_tokens), strict=True)
+                 if tokens > 0]
+        if not _keyable(run_id) or not added:
             return
         children = _children_key(within) if within is not None and within != run_id and _keyable(within) else None
         if children is not None:
             await self.store.run(ADOPT, [_PREFIX + str(within), children], [_MARKED, run_id])
-        await self.store.incr(_SHOWN_OUTPUT + run_id, tokens, ttl)
+        for prefix, tokens in added:
+            await self.store.incr(prefix + run_id, tokens, ttl)
         if children is not None and await self.owner_of(str(within)) is None:
-            await self.store.delete(_SHOWN_OUTPUT + run_id)
+            for prefix, _ in added:
+                await self.store.delete(prefix + run_id)
 
-    async def shown_output(self, run_id: str) -> int:
-        """The output tokens charged for `run_id` before its usage was shown (`add_shown_output`).
+    async def shown(self, run_id: str) -> tuple[int, int]:
+        """The input and output tokens charged for `run_id` before its usage was shown (`add_shown`).
         StoreUnavailable when the store cannot say."""
-        raw = await self.store.get(_SHOWN_OUTPUT + run_id) if _keyable(run_id) else None
-        return int(raw) if raw is not None and raw.isdigit() else 0
+        if not _keyable(run_id):
+            return 0, 0
+        raw_in, raw_out = await self.store.get_many([prefix + run_id for prefix in _SHOWN])
+        return tuple(int(raw) if raw is not None and raw.isdigit() else 0  # type: ignore[return-value]
+                     for raw in (raw_in, raw_out))
 
     async def grow_context(self, object_id: str, tokens: int) -> None:
         """Add `tokens` to what `object_id` holds as context (items added to a conversation)."""

@@ -164,7 +164,9 @@ class RunStore:
         body = json_object(call)
         run: dict[str, Any] = {"id": new_id("run_"), "object": "thread.run", "thread_id": thread, "created_at": int(time.time()),
                "assistant_id": body.get("assistant_id"), "model": body.get("model") or "gpt-4o-mini",
-               "status": "queued", "usage": None, "instructions": "", "metadata": {}, "required_action": None,
+               "status": "queued", "usage": None, "metadata": {}, "required_action": None,
+               "instructions": body["instructions"] if isinstance(body.get("instructions"), str) else "",
+               "max_prompt_tokens": body["max_prompt_tokens"] if type(body.get("max_prompt_tokens")) is int else None,
                "tools": [t for t in body.get("tools") or [] if isinstance(t, dict)]}
         self._keep(self.runs, run)
         return JSONReply(run)

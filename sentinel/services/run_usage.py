@@ -12,10 +12,12 @@ tool calls, model output, with no `usage` yet — is read again by its cancel un
 A run a client leaves in `requires_action` — its tool calls read, neither cancelled nor read again —
 shows no usage to any read. So each step it shows so (its tool calls, told apart by their ids) is
 charged by the first read showing it (`shown_steps`): the calls' names and arguments counted as
-output with the run's model's tokenizer, no input, claimed under the step's own key (`step_key`) as
-any object's charge, its tokens added to the run's provisional output (`Ownership.add_shown_output`).
-The run's usage, once a read shows it, is charged beyond that output (`beyond_shown`: never below
-zero) — the provider bills a run abandoned there once it expires, with a usage a later read shows.
+output with the run's model's tokenizer, and as input what the turn that wrote them read at least as
+the run shows it (its `instructions` and `tools`: not the thread's messages, of which Sentinel keeps
+no count), claimed under the step's own key (`step_key`) as any object's charge, its tokens added to
+the run's provisional usage (`Ownership.add_shown`). The run's usage, once a read shows it, is
+charged beyond that input and output (`beyond_shown`: each never below zero) — the provider bills a
+run abandoned there once it expires, with a usage a later read shows.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from sentinel.domain.catalogue import Prices
 from sentinel.domain.usage import Usage
@@ -79,7 +83,7 @@ class RunCharges:
     def __init__(self, ownership: Ownership, prices: PriceOf, counter: TokenCounter | None = None) -> None:
         self.ownership = ownership
         self.prices = prices
-        self.counter = counter or TokenCounter()  # a `requires_action` step's tool calls (`shown_steps`)
+        self.counter = counter or TokenCounter()  # a `requires_action` step's calls and input (`shown_steps`)
 
     async def eval_models(
         self, answer: Any, ttl: float | None, within: str | None = None
@@ -178,9 +182,9 @@ class RunCharges:
     async def shown_steps(self, answer: Any, ttl: float | None, within: str | None = None) -> list[ObjectCharge]:
         """The charges of the `requires_action` steps of the Assistants runs `answer` shows (the run
         itself, or a list's `data`) that no read charged yet (see the module docstring): each step's
-        tool calls' names and arguments as output tokens of the run's model, claimed under the
-        step's key (`step_key`, while `within` is kept), the first claim adding them to the run's
-        provisional output. A step whose calls carry no id is not charged (it cannot be told apart)."""
+        tool calls' names and arguments as output tokens of the run's model, its turn's input as
+        `_turn_input` estimates it, claimed under the step's key (`step_key`, while `within` is
+        kept), the first claim adding them to the run's provisional usage. A step whose calls carry no id is not charged (it cannot be told apart)."""
         charges: list[ObjectCharge] = []
         for run in _shown(answer, "thread.run"):
             run_id, calls = run.get("id"), _tool_calls(run)
@@ -196,30 +200,56 @@ class RunCharges:
             texts = [_call_text(call) for call in calls]
             written = await count_off_loop(  # (arguments of up to a MiB: counted off the event loop)
                 functools.partial(self._count_calls, texts, model), sum(map(len, texts)))
+            read = await self._turn_input(run, run_id, model)
             if claim == "first":
                 try:
-                    await self.ownership.add_shown_output(run_id, written, ttl, within)
+                    await self.ownership.add_shown(run_id, read, written, ttl, within)
                 except StoreUnavailable:  # (its usage is charged whole: more, never less)
                     self.ownership.outage.warning("the store is unavailable: a run's step charged is not subtracted later")
-            charges.append(self.charge(key, Usage(0, written), claim, run))
+            charges.append(self.charge(key, Usage(read, written), claim, run))
         return charges
+
+    async def _turn_input(self, run: dict[str, Any], run_id: str, model: str) -> int:
+        """What the model turn that wrote a `requires_action` step of `run` read at least, as the run
+        shows it: its `instructions` and its `tools` (`TokenCounter.count_chat`: as a chat prompt of
+        those), which every turn of the run reads — not the thread's messages, which Sentinel keeps
+        no count of. Never above what the run's `max_prompt_tokens` leaves of its whole input (less
+        what its steps were charged already; the whole cap when the store cannot say)."""
+        shown = run.get("instructions")
+        instructions = shown if isinstance(shown, str) else ""
+        system = [{"role": "system", "content": instructions}] if instructions else []
+        tools = run.get("tools")
+        listed = [tool for tool in tools if isinstance(tool, dict)] if isinstance(tools, list) else []
+        if not system and not listed:  # (nothing it shows to count: not its reply's priming alone)
+            return 0
+        size = len(instructions) + (len(orjson.dumps(listed)) if listed else 0)
+        read = await count_off_loop(  # (instructions of up to 256k characters: off the event loop)
+            functools.partial(self.counter.count_chat, system, model, listed or None), size)
+        cap = run.get("max_prompt_tokens")
+        if type(cap) is int and cap > 0:
+            try:
+                cap -= (await self.ownership.shown(run_id))[0]
+            except StoreUnavailable:
+                pass
+            read = min(read, max(0, cap))
+        return read
 
     def _count_calls(self, texts: list[str], model: str) -> int:
         return sum(self.counter.count_text(text, model) for text in texts)
 
     async def beyond_shown(self, object_id: str, usage: Usage, shown: Any) -> Usage:
-        """`usage` of the object `shown` (`object_id`), less the output its `requires_action` steps
-        were charged already when it is an Assistants run (`shown_steps`; never below zero); a store
-        that cannot say subtracts nothing."""
+        """`usage` of the object `shown` (`object_id`), less the input and the output its
+        `requires_action` steps were charged already when it is an Assistants run (`shown_steps`;
+        each never below zero); a store that cannot say subtracts nothing."""
         if not (isinstance(shown, dict) and shown.get("object") == "thread.run"):
             return usage
         try:
-            charged = await self.ownership.shown_output(object_id)
+            read, written = await self.ownership.shown(object_id)
         except StoreUnavailable:
             return usage
-        if charged <= 0:
+        if read <= 0 and written <= 0:
             return usage
-        return Usage(usage.input_tokens, max(0, usage.output_tokens - charged),
+        return Usage(max(0, usage.input_tokens - read), max(0, usage.output_tokens - written),
                      usage.cache_write_tokens, usage.cache_read_tokens)
 
     async def claim(self, object_id: str, ttl: float | None, within: str | None = None) -> ChargeClaim:

@@ -186,11 +186,15 @@ def test_runs_charged_already_do_not_hide_the_threads_other_runs(
     assert charged() == [RUN_ROW] * len(runs)  # each run once
 
 
-# A `requires_action` step's charge: its tool call (the function's name and arguments) as output.
+# A `requires_action` step's charge: its tool call (the function's name and arguments) as output, and
+# as input what its turn read of the run shown (its instructions and tools: none shown, none counted).
 STEP = TokenCounter().count_text(WEATHER["function"]["name"] + TOOL_ARGUMENTS, "gpt-4o-mini")
 STEP_ROW = (0, STEP)
+# The step of a run given the `weather` tool: the tool read by the turn that called it, as input.
+STEP_INPUT = TokenCounter().count_chat([], "gpt-4o-mini", [WEATHER])
+TOOL_STEP_ROW = (STEP_INPUT, STEP)
 # A run cancelled after its tool call: its usage beyond the step charged when the call was shown.
-ACTION_ROW = (ACTION_USAGE["prompt_tokens"], ACTION_USAGE["completion_tokens"] - STEP)
+ACTION_ROW = (ACTION_USAGE["prompt_tokens"] - STEP_INPUT, ACTION_USAGE["completion_tokens"] - STEP)
 
 
 def test_a_run_cancelled_after_requires_action_is_charged_its_usage_once_on_the_cancel(
@@ -212,7 +216,7 @@ def test_a_run_cancelled_after_requires_action_is_charged_its_usage_once_on_the_
     run_path = f"/v1/threads/{thread.id}/runs/{run.id}"
     assert spy.paths() == [run_path + "/cancel", run_path]  # read again: cancelled, its usage shown
     rows = gw.settled_rows(5)  # the cancel's row is the run's charge (its key), as a read charging one's is
-    assert _pairs(rows) == [(0, 0), (0, 0), (0, 0), STEP_ROW, ACTION_ROW]
+    assert _pairs(rows) == [(0, 0), (0, 0), (0, 0), TOOL_STEP_ROW, ACTION_ROW]
     assert rows[-1]["request_id"] == charge_id(rows[-1]["external_id"], run.id)
     assert rows[-1]["model"] == "gpt-4o-mini"
     spy.clear()
@@ -228,8 +232,8 @@ def test_a_run_abandoned_in_requires_action_is_charged_the_tool_calls_it_showed_
 ) -> None:
     """A run in `requires_action` shows the model's tool call (model output) with no `usage`; a client
     that read it and left the run there (no cancel, no further read) was never charged. The first
-    read showing the step charges its tool call as output, under the step's key: later reads — the
-    run again, the thread's runs — charge nothing more."""
+    read showing the step charges its tool call as output and the tool its turn read as input,
+    under the step's key: later reads — the run again, the thread's runs — charge nothing more."""
     gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
     client = gw.openai()
     thread, run = thread_with_tool_run(client)
@@ -237,7 +241,7 @@ def test_a_run_abandoned_in_requires_action_is_charged_the_tool_calls_it_showed_
     assert shown.status == "requires_action" and shown.usage is None and shown.required_action is not None
     (call,) = shown.required_action.submit_tool_outputs.tool_calls
     rows = gw.settled_rows(4)
-    assert _pairs(rows) == [(0, 0), (0, 0), (0, 0), STEP_ROW]
+    assert _pairs(rows) == [(0, 0), (0, 0), (0, 0), TOOL_STEP_ROW]
     from sentinel.services.run_usage import (
         step_key,  # (after the rows: their charge is what the old code missed)
     )
@@ -247,6 +251,60 @@ def test_a_run_abandoned_in_requires_action_is_charged_the_tool_calls_it_showed_
     assert client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "requires_action"
     assert [r.status for r in client.beta.threads.runs.list(thread.id)] == ["requires_action"]
     assert _pairs(gw.settled_rows(6))[4:] == [(0, 0), (0, 0)]  # the step was charged already
+
+
+# Heavy instructions a run is given (the input of each of its turns): ~1,000 tokens.
+INSTRUCTIONS = "Answer in the tersest way you can, and call the weather tool first. " * 70
+INSTRUCTED_INPUT = TokenCounter().count_chat([{"role": "system", "content": INSTRUCTIONS}], "gpt-4o-mini", [WEATHER])
+
+
+def test_a_run_abandoned_in_requires_action_is_charged_the_input_its_step_read_once(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """A run given heavy instructions, its tool call read and the run left there, was charged its
+    call alone as output — its turn's input, which the provider bills once the run expires, went
+    uncharged: heavy-input runs for the price of their tool calls. The first read showing the step
+    now charges as input what the run shows its turn read (its instructions and tools), once; its
+    usage, once shown (a cancel), is charged beyond that input and output, never below zero."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
+    client = gw.openai()
+    assistant = client.beta.assistants.create(model="gpt-4o-mini", name="helper")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "hello"}])
+    run = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id, tools=[WEATHER],
+                                          instructions=INSTRUCTIONS)
+    assert INSTRUCTED_INPUT > ACTION_USAGE["prompt_tokens"] + 900
+    for _ in range(2):
+        shown = client.beta.threads.runs.retrieve(run.id, thread_id=thread.id)
+        assert shown.status == "requires_action" and shown.instructions == INSTRUCTIONS
+    assert [r.status for r in client.beta.threads.runs.list(thread.id)] == ["requires_action"]
+    rows = gw.settled_rows(6)
+    assert _pairs(rows) == [(0, 0), (0, 0), (0, 0), (INSTRUCTED_INPUT, STEP), (0, 0), (0, 0)]
+    # its usage (the mock's fixed figures: less input than the step was charged) charged beyond it
+    assert client.beta.threads.runs.cancel(run.id, thread_id=thread.id).status == "cancelling"
+    assert _pairs(gw.settled_rows(7))[6] == (0, ACTION_USAGE["completion_tokens"] - STEP)
+    assert client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "cancelled"
+    assert _pairs(gw.settled_rows(8))[7] == (0, 0)
+
+
+def test_a_steps_input_is_never_charged_beyond_the_runs_max_prompt_tokens(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """A run whose `max_prompt_tokens` caps the input of all its turns is charged no more input for
+    its steps than that cap, however long its instructions."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough=THREADS)
+    client = gw.openai()
+    assistant = client.beta.assistants.create(model="gpt-4o-mini", name="helper")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "hello"}])
+    run = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id, tools=[WEATHER],
+                                          instructions=INSTRUCTIONS, max_prompt_tokens=600)
+    for _ in range(ACTION_STEPS):
+        shown = client.beta.threads.runs.retrieve(run.id, thread_id=thread.id)
+        assert shown.status == "requires_action" and shown.required_action is not None
+        (call,) = shown.required_action.submit_tool_outputs.tool_calls
+        client.beta.threads.runs.submit_tool_outputs(run.id, thread_id=thread.id,
+                                                     tool_outputs=[{"tool_call_id": call.id, "output": "sunny"}])
+    charged = [pair for pair in _pairs(gw.settled_rows(3 + 2 * ACTION_STEPS)) if any(pair)]
+    assert charged == [(600, STEP), (0, STEP)]  # the second step: the cap spent by the first
 
 
 def test_a_run_listed_in_requires_action_is_charged_its_step_once_across_replicas(
@@ -260,7 +318,7 @@ def test_a_run_listed_in_requires_action_is_charged_its_step_once_across_replica
     thread, run = thread_with_tool_run(first.openai())
     assert [r.status for r in first.openai().beta.threads.runs.list(thread.id)] == ["requires_action"]
     assert second.openai().beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "requires_action"
-    assert _pairs(first.settled_rows(5)) == [(0, 0), (0, 0), (0, 0), STEP_ROW, (0, 0)]
+    assert _pairs(first.settled_rows(5)) == [(0, 0), (0, 0), (0, 0), TOOL_STEP_ROW, (0, 0)]
 
 
 def test_each_requires_action_step_is_charged_once_and_the_run_its_usage_beyond_them(
@@ -292,8 +350,8 @@ def test_each_requires_action_step_is_charged_once_and_the_run_its_usage_beyond_
     client.beta.threads.messages.list(thread.id)
     charged = [(r["input_tokens"], r["output_tokens"]) for r in gw.settled_rows(2 + 1 + 3 * ACTION_STEPS + 3)
                if r["input_tokens"] or r["output_tokens"]]
-    beyond = (RUN_USAGE["prompt_tokens"], RUN_USAGE["completion_tokens"] - ACTION_STEPS * STEP)
-    assert charged == [STEP_ROW] * ACTION_STEPS + [beyond]
+    beyond = (RUN_USAGE["prompt_tokens"] - ACTION_STEPS * STEP_INPUT, RUN_USAGE["completion_tokens"] - ACTION_STEPS * STEP)
+    assert charged == [TOOL_STEP_ROW] * ACTION_STEPS + [beyond]
 
 
 def test_a_cancel_naming_another_users_run_charges_no_one_and_the_owner_pays_on_her_own_cancel(

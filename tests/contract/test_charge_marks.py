@@ -393,23 +393,25 @@ async def test_a_run_marked_while_its_thread_is_forgotten_ends_too(store: Store)
         await store.delete("sentinel:charged:run_1", "sentinel:owner:thread_1", children)
 
 
-async def test_a_runs_provisional_output_ends_with_its_threads_forget(store: Store) -> None:
-    """The output a run's `requires_action` steps were charged (`add_shown_output`), kept as long as
+async def test_a_runs_provisional_usage_ends_with_its_threads_forget(store: Store) -> None:
+    """The usage a run's `requires_action` steps were charged (`add_shown`), kept as long as
     its thread (no TTL), ends with the thread's forget as its marks do — and one added after that
     forget is taken back: nothing is left for good of a deleted thread."""
     owners = Ownership(store)
-    key = "sentinel:run-shown-output:run_1"
+    keys = ["sentinel:run-shown-input:run_1", "sentinel:run-shown-output:run_1"]
     try:
         assert await owners.claim("thread_1", "alice", None)
-        await owners.add_shown_output("run_1", 7, None, "thread_1")
-        await owners.add_shown_output("run_1", 5, None, "thread_1")
-        assert await owners.shown_output("run_1") == 12
-        assert await store.ttl(key) == -1.0
+        await owners.add_shown("run_1", 40, 7, None, "thread_1")
+        await owners.add_shown("run_1", 30, 5, None, "thread_1")
+        assert await owners.shown("run_1") == (70, 12)
+        for key in keys:
+            assert await store.ttl(key) == -1.0
         await owners.forget("thread_1")
-        left = await store.ttl(key)
-        assert left is not None and 0 < left <= FORGOTTEN_CHILD_TTL
-        await store.delete(key)
-        await owners.add_shown_output("run_1", 7, None, "thread_1")  # (a read in flight, after the DELETE)
-        assert await store.ttl(key) is None and await owners.shown_output("run_1") == 0
+        for key in keys:
+            left = await store.ttl(key)
+            assert left is not None and 0 < left <= FORGOTTEN_CHILD_TTL
+        await store.delete(*keys)
+        await owners.add_shown("run_1", 40, 7, None, "thread_1")  # (a read in flight, after the DELETE)
+        assert [await store.ttl(key) for key in keys] == [None, None] and await owners.shown("run_1") == (0, 0)
     finally:
-        await store.delete(key, "sentinel:owner:thread_1", _children_key("thread_1"))
+        await store.delete(*keys, "sentinel:owner:thread_1", _children_key("thread_1"))

@@ -40,12 +40,15 @@ from sentinel.quota.batch import (
     split_key,
 )
 from sentinel.store import Store, StreamEntry
-from sentinel.store.base import LocalOps, Script
+from sentinel.store.base import LocalOps, PendingEntry, Script
 
 log = logging.getLogger("sentinel.outbox")
 
 # A batch is never larger than the deliverer's batch size; this only bounds one takeover call.
 TAKEOVER_CAP = 10_000
+# Pages of idle entries (a claim's `limit` each) one claim looks through for a batch to take over,
+# past those held for a wait; the next claim goes on from where it stopped.
+TAKEOVER_PAGES = 4
 
 _LENGTHEN_LUA = """
 local want = tonumber(ARGV[1])
@@ -103,6 +106,7 @@ class RedisStreamOutbox:
         self.replicas = replicas
         self.replica_timeout_ms = replica_timeout_ms
         self._new_first = False  # after a takeover, new entries come first
+        self._idle_after: str | None = None  # where the next takeover looks on from (`_take_over`)
 
     async def put(self, record: UsageRecord) -> None:
         await self.store.stream_add(
@@ -155,7 +159,29 @@ class RedisStreamOutbox:
             await self.store.stream_settle(self.KEY, self.GROUP, key, retry=others, retry_to=new_batch_key())
 
     async def _take_over(self, limit: int) -> Batch | None:
-        idle = await self.store.stream_idle(self.KEY, self.GROUP, min_idle_ms=self.lease_ms, count=limit)
+        """A batch idle past its lease, taken over (see `_take_page`). The idle entries are looked
+        through a page (`limit`) at a time, up to TAKEOVER_PAGES a claim, the next claim going on
+        after the last page seen (from the start again once one found the end): looking only at the
+        oldest page, a page of records held for a wait (refused again and again: an email Zion no
+        longer knows) kept every batch behind them — a dead deliverer's — from its takeover, its
+        records undelivered for as long as those were refused."""
+        for _ in range(TAKEOVER_PAGES):
+            after = self._idle_after
+            idle = await self.store.stream_idle(
+                self.KEY, self.GROUP, min_idle_ms=self.lease_ms, count=limit, after=after
+            )
+            self._idle_after = idle[-1].id if len(idle) >= limit else None
+            taken = await self._take_page(idle, limit)
+            if taken is not None:
+                return taken
+            if self._idle_after is None:
+                return None  # looked through to the last idle entry: the next claim starts again
+        return None
+
+    async def _take_page(self, idle: Sequence[PendingEntry], limit: int) -> Batch | None:
+        """Of the batches of `idle` (pending entries idle past the lease), the first not held for a
+        wait, taken over whole under its key (entries read under another name: up to `limit` of
+        them, under a new key); None when there is none."""
         owners = list(dict.fromkeys(pending.consumer for pending in idle))
         held = await self._held(owners)
         for owner in owners:

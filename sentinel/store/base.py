@@ -258,11 +258,12 @@ class Store(Protocol):
         entries added since are not stranded. `count <= 0` reads nothing."""
 
     async def stream_idle(
-        self, key: str, group: str, *, min_idle_ms: int, count: int, consumer: str | None = None
+        self, key: str, group: str, *, min_idle_ms: int, count: int, consumer: str | None = None,
+        after: str | None = None,
     ) -> list[PendingEntry]:
-        """Up to `count` pending entries (of `consumer` only, when given) that have been pending
-        without being read or reclaimed for at least `min_idle_ms`, oldest first. A missing stream
-        or group has none."""
+        """Up to `count` pending entries (of `consumer` only, when given; with ids above `after` only,
+        when given: the next page) that have been pending without being read or reclaimed for at
+        least `min_idle_ms`, oldest first. A missing stream or group has none."""
 
     async def stream_reclaim(
         self, key: str, group: str, owner: str, ids: Sequence[str], *, min_idle_ms: int, to: str | None = None

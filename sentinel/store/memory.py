@@ -213,11 +213,12 @@ class MemoryStore:
         return self._streams.read(key, group, consumer, count)
 
     async def stream_idle(
-        self, key: str, group: str, *, min_idle_ms: int, count: int, consumer: str | None = None
+        self, key: str, group: str, *, min_idle_ms: int, count: int, consumer: str | None = None,
+        after: str | None = None,
     ) -> list[PendingEntry]:
         if count <= 0:
             return []
-        return self._streams.idle(key, group, min_idle_ms, count, consumer)
+        return self._streams.idle(key, group, min_idle_ms, count, consumer, after)
 
     async def stream_reclaim(
         self, key: str, group: str, owner: str, ids: Sequence[str], *, min_idle_ms: int, to: str | None = None

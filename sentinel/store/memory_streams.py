@@ -87,7 +87,10 @@ class MemoryStreams:
     def _idle_for(self, state: _Group, entry_id: StreamId, min_idle_ms: int) -> bool:
         return (self._clock() - state.pending[entry_id].delivered_at) * 1000 >= min_idle_ms
 
-    def idle(self, key: str, group: str, min_idle_ms: int, count: int, consumer: str | None) -> list[PendingEntry]:
+    def idle(
+        self, key: str, group: str, min_idle_ms: int, count: int, consumer: str | None, after: str | None = None
+    ) -> list[PendingEntry]:
+        start = check_stream_ids([after])[0] if after is not None else None
         found = self._group(key, group)
         if found is None:
             return []
@@ -96,6 +99,8 @@ class MemoryStreams:
         for entry_id in sorted(state.pending):
             if len(out) >= count:
                 break
+            if start is not None and entry_id <= start:
+                continue
             owner = state.pending[entry_id].consumer
             if (consumer is None or owner == consumer) and self._idle_for(state, entry_id, min_idle_ms):
                 out.append(PendingEntry(_format(entry_id), owner))

@@ -429,14 +429,17 @@ class RedisStore:
         return read_reply(fresh)
 
     async def stream_idle(
-        self, key: str, group: str, *, min_idle_ms: int, count: int, consumer: str | None = None
+        self, key: str, group: str, *, min_idle_ms: int, count: int, consumer: str | None = None,
+        after: str | None = None,
     ) -> list[PendingEntry]:
         if count <= 0:
             return []
+        check_stream_ids([after] if after is not None else [])
         async with self.guard(key):
             try:
                 found: Any = await self._client.xpending_range(
-                    key, group, "-", "+", count, consumername=consumer, idle=min_idle_ms
+                    key, group, "-" if after is None else f"({after}", "+", count, consumername=consumer,
+                    idle=min_idle_ms,
                 )
             except ResponseError as exc:
                 if not is_nogroup(exc):

@@ -279,6 +279,9 @@ async def test_stream_idle_lists_only_entries_idle_long_enough(store: Store) -> 
     assert await store.stream_idle(S, G, min_idle_ms=0, count=3) == [(ids[0], "a"), (ids[1], "a"), (ids[2], "b")]
     assert await store.stream_idle(S, G, min_idle_ms=0, count=10, consumer="b") == [(ids[2], "b"), (ids[3], "b")]
     assert await store.stream_idle(S, G, min_idle_ms=0, count=10, consumer="nobody") == []
+    # The next page: only ids above `after`.
+    assert await store.stream_idle(S, G, min_idle_ms=0, count=2, after=ids[1]) == [(ids[2], "b"), (ids[3], "b")]
+    assert await store.stream_idle(S, G, min_idle_ms=0, count=10, after=ids[3]) == []
     assert await store.stream_idle(S, G, min_idle_ms=0, count=0) == []
     assert await store.stream_idle(S, "no-such-group", min_idle_ms=0, count=10) == []
     assert await store.stream_idle("sentinel:test:{missing}", G, min_idle_ms=0, count=10) == []

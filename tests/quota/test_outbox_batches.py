@@ -380,3 +380,30 @@ async def test_a_record_refused_again_and_again_waits_longer_each_time(world: Wo
             waited += LEASE / 2
         waits.append(waited)
     assert waits[0] <= LEASE and waits[1] >= 2 * LEASE and waits[3] >= 8 * LEASE, waits
+
+
+async def test_records_held_for_a_refusal_never_keep_a_dead_holders_batch_from_its_takeover(world: World) -> None:
+    """Records Zion keeps refusing (an email it no longer knows) wait longer each time, held beside
+    the stream. A takeover looked only at the oldest `limit` entries idle past their lease: once
+    those were all held (a batch's worth of refused records: 500), no batch of a deliverer that had
+    died was taken over, for as long as they kept being refused — its records never delivered. Now
+    the takeover looks past them."""
+    outbox = world.outbox()
+    await put(world, "dead1", "dead2")
+    batch = await outbox.claim(2)
+    assert batch is not None and ids(batch) == ["dead1", "dead2"]
+    await outbox.settle(batch, {"dead1", "dead2"}, retry_in=LEASE)
+    await world.age(LEASE)
+    batch = await outbox.claim(2)
+    assert batch is not None and ids(batch) == ["dead1", "dead2"]
+    await outbox.settle(batch, {"dead1", "dead2"}, retry_in=LEASE)  # refused again: held two leases
+    await put(world, "live1", "live2")
+    dead = await world.outbox().claim(2)  # its deliverer dies holding it
+    assert dead is not None and ids(dead) == ["live1", "live2"]
+    await world.age(LEASE)
+    taken = await world.outbox().claim(2)
+    assert taken is not None and (taken.key, ids(taken)) == (dead.key, ["live1", "live2"])
+    await world.outbox().settle(taken, (), retry_in=0)
+    await world.age(LEASE)  # the refused ones are due again once their wait is over
+    again = await world.outbox().claim(2)
+    assert again is not None and ids(again) == ["dead1", "dead2"]

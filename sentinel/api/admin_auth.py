@@ -12,6 +12,7 @@
   nonce is there is no session — a copy of the cookie dies with the sign-out. A store that cannot
   be read does not refuse sessions (the console stays usable through a store outage, when its
   "revoke again" matters most), so a signed-out copy works again only while the store is down.
+  (The docs' sessions work alike: both are `sentinel.api.cookie_sessions.CookieSessions`.)
 * **CSRF** (synchronizer token, stateless): every state-changing request made with the cookie must
   carry `csrf = HMAC-SHA256(key, "sentinel-admin-csrf|" + <session token>)`, as the `csrf` form
   field (console forms) or the `X-CSRF-Token` header (scripts in the page). Another site can
@@ -28,19 +29,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from sentinel.api.docs_auth import MAX_EXPIRY, cookie_values
+from sentinel.api.cookie_sessions import CookieSessions, key_digest
 from sentinel.api.throttle import FailedAuthThrottle
-from sentinel.domain.numbers import parse_whole
-from sentinel.errors import AuthenticationError, PermissionDenied, StoreUnavailable
+from sentinel.errors import AuthenticationError, PermissionDenied
 from sentinel.store import Store
-
-log = logging.getLogger("sentinel.console")
 
 COOKIE = "sentinel_admin"
 COOKIE_PATH = "/admin"
@@ -60,79 +56,25 @@ class AdminAccess:
     csrf: str | None
 
 
-def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
-
-
-class AdminGate:
+class AdminGate(CookieSessions):
     """Checks admin credentials and mints sessions; `clock` is unix seconds (injected in tests)."""
 
     def __init__(self, key: str, *, throttle: FailedAuthThrottle, store: Store | None = None,
                  clock: Callable[[], float] = time.time, session_seconds: int = SESSION_SECONDS) -> None:
         if not key:
             raise ValueError("the admin key must be non-empty")
+        super().__init__(key, version="v1", context=_SESSION, cookie=COOKIE, path=COOKIE_PATH,
+                         session_seconds=session_seconds, signed_out=SIGNED_OUT, clock=clock, store=store)
         self._key = key.encode("utf-8", "surrogatepass")
-        self._key_digest = _digest(key)
+        self._key_digest = key_digest(key)
         self.throttle = throttle
-        self.store = store  # where signed-out sessions are kept (None: signing out only clears the cookie)
-        self.clock = clock
-        self.session_seconds = session_seconds
 
     def key_matches(self, given: str) -> bool:
-        return hmac.compare_digest(_digest(given), self._key_digest)
-
-    def _mac(self, context: bytes, value: str) -> str:
-        return hmac.new(self._key, context + value.encode(), hashlib.sha256).hexdigest()
-
-    def mint(self) -> str:
-        """A new session token valid for `session_seconds`."""
-        body = f"{int(self.clock()) + self.session_seconds}|{secrets.token_hex(8)}"
-        expires, nonce = body.split("|")
-        return f"v1.{expires}.{nonce}.{self._mac(_SESSION, body)}"
-
-    def session_valid(self, token: str) -> bool:
-        """True for an unexpired token minted with the current key."""
-        parts = token.split(".")
-        expires = parse_whole(parts[1], MAX_EXPIRY) if len(parts) == 4 and parts[0] == "v1" else None
-        if expires is None or expires <= self.clock():
-            return False
-        return hmac.compare_digest(parts[3].encode(), self._mac(_SESSION, f"{parts[1]}|{parts[2]}").encode())
+        return hmac.compare_digest(key_digest(given), self._key_digest)
 
     def csrf_for(self, session: str) -> str:
         """The CSRF token bound to a session token."""
-        return self._mac(_CSRF, session)
-
-    def set_cookie(self, token: str, secure: bool) -> str:
-        attributes = f"; Max-Age={self.session_seconds}; Path={COOKIE_PATH}; HttpOnly; SameSite=Strict"
-        return f"{COOKIE}={token}{attributes}{'; Secure' if secure else ''}"
-
-    @staticmethod
-    def clear_cookie(secure: bool) -> str:
-        return f"{COOKIE}=; Max-Age=0; Path={COOKIE_PATH}; HttpOnly; SameSite=Strict{'; Secure' if secure else ''}"
-
-    async def session_of(self, headers: Mapping[str, str]) -> str | None:
-        """The first valid session token among the request's cookies of that name that was not
-        signed out, or None."""
-        for token in cookie_values(headers.get("cookie", ""), COOKIE):
-            if self.session_valid(token) and not await self._signed_out(token):
-                return token
-        return None
-
-    async def _signed_out(self, token: str) -> bool:
-        if self.store is None:
-            return False
-        try:
-            return await self.store.get(SIGNED_OUT + token.split(".")[2]) is not None
-        except StoreUnavailable:  # see the module docstring: the session stands
-            log.debug("could not read signed-out console sessions: store unavailable")
-            return False
-
-    async def sign_out(self, session: str) -> None:
-        """End `session` (a valid token) for good, until it would have expired. StoreUnavailable when
-        the store cannot keep that: the session's copies stay valid."""
-        _, expires, nonce, _ = session.split(".")
-        if self.store is not None:
-            await self.store.set(SIGNED_OUT + nonce, b"1", max(1.0, int(expires) - self.clock() + 1))
+        return hmac.new(self._key, _CSRF + session.encode(), hashlib.sha256).hexdigest()
 
     async def authorize(self, method: str, headers: Mapping[str, str], address: str | None) -> AdminAccess:
         """The admin access of a request (lower-cased `headers`): AuthenticationError (401) without a
@@ -155,7 +97,7 @@ class AdminGate:
         return AdminAccess(session, csrf)
 
     def csrf_matches(self, session: str, given: str | None) -> bool:
-        return given is not None and hmac.compare_digest(_digest(given), _digest(self.csrf_for(session)))
+        return given is not None and hmac.compare_digest(key_digest(given), key_digest(self.csrf_for(session)))
 
 
 def _unauthenticated(message: str) -> AuthenticationError:

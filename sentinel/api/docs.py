@@ -185,7 +185,7 @@ class DocsRoutes:
         # A failed sign-in counts like a failed authentication (see `FailedAuthThrottle.attempt`).
         if not await self.throttle.attempt(client_of(request), typed_key, self.gate.key_matches):
             return self._signin_page(401, "Wrong docs key.")
-        cookie = self.gate.set_cookie(secure=request.url.scheme == "https")
+        cookie = self.gate.set_cookie(self.gate.mint(), secure=request.url.scheme == "https")
         headers = [(b"location", b"/native/docs"), (b"set-cookie", cookie.encode()), (b"cache-control", b"no-store")]
         return RawResponse(303, b"", headers)
 

@@ -112,14 +112,14 @@ def test_gate_tokens_expire_and_die_with_the_key() -> None:
     now = [1_000_000.0]
     gate = DocsGate(KEY, clock=lambda: now[0])
     token = gate.mint()
-    assert gate.token_valid(token)
+    assert gate.session_valid(token)
     now[0] += SESSION_SECONDS - 1
-    assert gate.token_valid(token)
+    assert gate.session_valid(token)
     now[0] += 1
-    assert not gate.token_valid(token)
-    assert not DocsGate("another-key", clock=lambda: 1_000_000.0).token_valid(token)
+    assert not gate.session_valid(token)
+    assert not DocsGate("another-key", clock=lambda: 1_000_000.0).session_valid(token)
     assert gate.key_matches(KEY) and not gate.key_matches(KEY.upper())
-    assert "Secure" in gate.set_cookie(secure=True) and "Secure" not in gate.set_cookie(secure=False)
+    assert "Secure" in gate.set_cookie(token, secure=True) and "Secure" not in gate.set_cookie(token, secure=False)
     assert asyncio.run(DocsGate(None).allows({}))
     assert not asyncio.run(gate.allows({"x-docs-key": "x", "cookie": f"{COOKIE}=junk"}))
 
@@ -180,7 +180,7 @@ def test_a_malformed_cookie_is_refused_not_an_error(keyed: Gateway, expires: byt
     with httpx.Client(base_url=keyed.url) as http:
         for path in ("/native/docs", "/native/docs/openapi.json"):
             assert http.get(path, headers={b"Cookie": cookie}).status_code == 401, path
-    assert not DocsGate(KEY).token_valid(cookie.decode("latin-1").partition("=")[2])
+    assert not DocsGate(KEY).session_valid(cookie.decode("latin-1").partition("=")[2])
 
 
 def test_a_cookie_of_the_same_name_sent_first_does_not_hide_the_sign_in(keyed: Gateway) -> None:

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from sentinel.mock import anthropic_wire, openai_extra, openai_objects, openai_responses, openai_wire
 from sentinel.mock.asgi import Call, JSONReply, Reply, drop
 from sentinel.mock.faults import WireError
+from sentinel.mock.openai_fine_tuning import FineTuning
 from sentinel.mock.openai_objects import ObjectStore
 from sentinel.mock.openai_runs import RunStore
 from sentinel.mock.prompt_cache import PromptCache
@@ -65,6 +66,7 @@ class MockState:
         self.prompt_cache = PromptCache()
         self.objects = ObjectStore()
         self.runs = RunStore()  # evals and threads, their runs
+        self.fine_tuning = FineTuning(self.objects)  # jobs, the models they made, those models' permissions
         self._prefix = os.urandom(4).hex()
         self._ids = itertools.count(1)
 
@@ -119,6 +121,21 @@ def retired_error(wire: str, model: str) -> WireError:
         return WireError(404, f"model: {model}")
     return WireError(404, f"The model `{model}` does not exist or you do not have access to it.",
                      code="model_not_found")
+
+
+def _fine_tuning_routes(state: MockState) -> list[Route]:
+    """Fine-tuning jobs, their checkpoints, and a fine-tuned model's permissions (`openai_fine_tuning`)."""
+    tuning = state.fine_tuning
+    return [
+        Route("/v1/fine_tuning/jobs", Endpoint(state, tuning.jobs_root, OPENAI), methods=["POST"]),
+        Route("/v1/fine_tuning/jobs/{job_id}", Endpoint(state, tuning.job, OPENAI), methods=["GET"]),
+        Route("/v1/fine_tuning/jobs/{job_id}/checkpoints", Endpoint(state, tuning.job_checkpoints, OPENAI),
+              methods=["GET"]),
+        Route("/v1/fine_tuning/checkpoints/{model}/permissions", Endpoint(state, tuning.permissions_root, OPENAI),
+              methods=["GET", "POST"]),
+        Route("/v1/fine_tuning/checkpoints/{model}/permissions/{permission_id}",
+              Endpoint(state, tuning.permission, OPENAI), methods=["DELETE"]),
+    ]
 
 
 def _run_routes(state: MockState) -> list[Route]:
@@ -198,6 +215,7 @@ def create_mock_app(
             methods=["POST"],
         ),
         Route("/v1/moderations", Endpoint(state, openai_objects.moderations, OPENAI), methods=["POST"]),
+        *_fine_tuning_routes(state),
         Route("/v1/models", Endpoint(state, openai_extra.list_models, _models_wire), methods=["GET"]),
         Route(
             "/v1/models/{model_id:path}",

@@ -46,6 +46,12 @@ COLLECTIONS: dict[str, float | None] = {
     "batches": None,
     "vector_stores": None,
     "fine_tuning/jobs": None,
+    # Fine-tuned models: a job's `fine_tuned_model`, a checkpoint's `fine_tuned_model_checkpoint`
+    # (`ft:…`), their job's owner's once a read of the job shows them (`trained_models`); named in
+    # the path of their permissions (`/v1/fine_tuning/checkpoints/{model}/permissions`: which projects
+    # may use them) and by a body's `model` (`fine_tuned_models`). Kept until deleted (never through
+    # Sentinel: `DELETE /v1/models/{id}` is not offered).
+    "fine_tuning/checkpoints": None,
     "assistants": None,
     "threads": None,
     "containers": None,
@@ -1046,6 +1052,53 @@ def created_ids(answer: Any, *, creating: bool, ttl: float | None) -> list[tuple
     if isinstance(file, dict) and isinstance(file.get("id"), str):
         out.append((file["id"], COLLECTIONS["files"]))
     return out
+
+
+def is_fine_tuned(model: str) -> bool:
+    """Whether `model` names a fine-tuned model of the provider account: `ft:…` (a job's
+    `fine_tuned_model`, a checkpoint's), or a legacy fine-tune's `<base>:ft-<org>-…` — in any case,
+    whitespace around it aside (a provider that reads it so runs the model)."""
+    name = model.strip().lower()
+    return name.startswith("ft:") or ":ft-" in name
+
+
+def fine_tuned_models(body: Any) -> list[tuple[str, str]]:
+    """(parameter, name) of every fine-tuned model (`is_fine_tuned`) a JSON body names under a `model`
+    key, at any depth (a job's base `model`, an eval's `data_source.model`, a grader's, an assistant's
+    or a run's `model`, a tool's), the parameter as a dotted path (`testing_criteria.0.model`). Walked
+    without recursion (any depth)."""
+    found: list[tuple[str, str]] = []
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        at, node = stack.pop()
+        if isinstance(node, list):
+            stack += [(f"{at}{i}.", item) for i, item in enumerate(node) if isinstance(item, dict | list)]
+        elif isinstance(node, dict):
+            model = node.get("model")
+            if isinstance(model, str) and is_fine_tuned(model):
+                found.append((f"{at}model", model))
+            stack += [(f"{at}{key}.", value) for key, value in node.items() if isinstance(value, dict | list)]
+    return found
+
+
+def trained_models(where: ObjectPath, segments: Sequence[str], answer: Any) -> list[tuple[str, float | None]]:
+    """The fine-tuned models an answer on a fine-tuning job's path shows that job made, each kept as
+    long as such models are (`COLLECTIONS`): the job's `fine_tuned_model` (a read of it, its cancel,
+    pause or resume) and its checkpoints' `fine_tuned_model_checkpoint` (`GET
+    /v1/fine_tuning/jobs/{id}/checkpoints`) — only of the job the path names (the caller's, checked),
+    none of a job or checkpoint another id shows."""
+    job = where.object_id
+    if where.collection != "fine_tuning/jobs" or job is None or not isinstance(answer, dict):
+        return []
+    ttl = COLLECTIONS["fine_tuning/checkpoints"]
+    if answer.get("object") == "fine_tuning.job" and answer.get("id") == job:
+        model = answer.get("fine_tuned_model")
+        return [(model, ttl)] if isinstance(model, str) and model else []
+    listed = answer.get("data") if len(segments) == 4 and segments[3] == "checkpoints" else None
+    models = [item.get("fine_tuned_model_checkpoint") for item in listed if isinstance(item, dict)
+              and item.get("object") == "fine_tuning.job.checkpoint"
+              and item.get("fine_tuning_job_id") == job] if isinstance(listed, list) else []
+    return [(model, ttl) for model in dict.fromkeys(models) if isinstance(model, str) and model][:MAX_ANSWER_ITEMS]
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ from sentinel.services.objects import (
     ACTION_CREATED,
     COLLECTIONS,
     MAX_BATCH_TOKENS,
+    MAX_REFERENCES,
     REFERENCE_KEYS,
     InvalidBatchInput,
     Items,
@@ -74,6 +75,8 @@ from sentinel.services.objects import (
     continued,
     conversation_item,
     eval_run_named,
+    fine_tuned_models,
+    is_fine_tuned,
     items_shown,
     named_files,
     read_batch_input,
@@ -82,6 +85,7 @@ from sentinel.services.objects import (
     referenced_ids,
     run_models,
     tool_models,
+    trained_models,
     upload_files,
 )
 from sentinel.services.run_usage import CANCEL_WAITS, Fetch, Sleep, ThreadRuns, until_ended
@@ -389,6 +393,8 @@ class OpenAIRelay:
             await self._remember_video(reply, identity, media)
         if (where.collection or "", where.action or "") in ACTION_CREATED and isinstance(reply, Reply):
             await self._claim_along(where, reply, identity)
+        if where.collection == "fine_tuning/jobs" and where.object_id is not None and isinstance(reply, Reply):
+            await self._claim_trained(where, segments, reply, identity)
         if where.collection == "conversations" and method == "POST" and body:
             await self._conversation_grew(where, last, reply, body, identity)
         item = conversation_item(where, segments)
@@ -528,6 +534,9 @@ class OpenAIRelay:
             if upload.streams:
                 raise _no_passthrough_stream()
             await self.ownership.require(ids, identity.external_id)
+            named = (upload.parts[i] for i in upload.named("model".__eq__))
+            await self._require_models(self._unoffered_tuned(
+                [("model", value.decode("utf-8", "replace")) for _, value, is_file in named if not is_file]), identity)
             fields: dict[str, Any] = {}
             once = read_once(segments)
             for name, value, is_file in upload.parts:
@@ -547,8 +556,9 @@ class OpenAIRelay:
                 "The request body must be JSON (Content-Type: application/json), or a multipart/form-data upload "
                 "where the call takes a file"
             )
-        parsed, ids = await off_loop(functools.partial(self._read_json, body, segments), heavy)
+        parsed, ids, models = await off_loop(functools.partial(self._read_json, body, segments), heavy)
         await self.ownership.require(ids, identity.external_id)
+        await self._require_models(models, identity)
         estimate = None
         if creates_batch:
             given = parsed.get("input_file_id") if isinstance(parsed, dict) else None
@@ -605,8 +615,9 @@ class OpenAIRelay:
         content = None if stored is None else values.get(stored, upload.parts[stored][1])
         return upload, sent, ids, estimate, content
 
-    def _read_json(self, body: bytes, segments: Sequence[str]) -> tuple[Any, list[str]]:
-        """A pass-through JSON body parsed and checked (400s: see `_check_body`): (it, the ids it names)."""
+    def _read_json(self, body: bytes, segments: Sequence[str]) -> tuple[Any, list[str], list[tuple[str, str]]]:
+        """A pass-through JSON body parsed and checked (400s: see `_check_body`): (it, the ids it names,
+        the fine-tuned models it names that must be the caller's: `_require_models`)."""
         # As every request body (compressed, or JSON orjson refuses: ids in it would go unchecked;
         # past MAX_JSON_DEPTH: orjson would not write it back past 254 levels).
         parsed = read_json(body)
@@ -624,7 +635,34 @@ class OpenAIRelay:
                 check_named_ids(parsed)  # as the metered /v1/responses: a blank id is no object's
             except NativeValidationError as exc:
                 raise InvalidRequest(exc.message, details={"param": exc.param}) from None
-        return parsed, _references(parsed, reference_keys(segments))
+        return parsed, _references(parsed, reference_keys(segments)), self._unoffered_tuned(fine_tuned_models(parsed))
+
+    def _unoffered_tuned(self, models: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Those of `models` (parameter, name) that name a fine-tuned model (`is_fine_tuned`) the
+        catalogue does not offer under that very name (`_batch_model`): each must be the caller's."""
+        return [(param, model) for param, model in models if is_fine_tuned(model) and not self._batch_model(model)]
+
+    async def _require_models(self, models: list[tuple[str, str]], identity: Identity) -> None:
+        """404 `model_not_found` (OpenAI's answer for a model the account lacks) unless each of the
+        fine-tuned models a pass-through body names (`fine_tuned_models`: a job's base `model`, an
+        assistant's, …; those of the catalogue aside — offered to every user by the operator —) is
+        the caller's: one a read of the caller's job showed (`trained_models`). Another user's and one
+        never shown through Sentinel (no one's) get the same answer, before anything is reserved or
+        sent: a job trained on, or a run of, another user's model ran it."""
+        if not models:
+            return
+        if len({model for _, model in models}) > MAX_REFERENCES:
+            raise InvalidRequest(f"A request may name at most {MAX_REFERENCES} fine-tuned models")
+        try:
+            await self.ownership.require([model for _, model in models], identity.external_id)
+        except NotFound:
+            param, model = models[0]
+            for named in models:  # (which one: read again, one by one, only to say so)
+                if await self.ownership.owner_of(named[1]) != identity.external_id:
+                    param, model = named
+                    break
+            raise NotFound(f"The model '{model[:200]}' does not exist or you do not have access to it",
+                           code="model_not_found", details={"param": param}) from None
 
     def _batch_model(self, name: str) -> bool:
         """Whether a batch's input may run the model `name`. The file goes to the default upstream, its
@@ -691,6 +729,19 @@ class OpenAIRelay:
         except orjson.JSONDecodeError:
             return
         await claim_created(self.ownership, created, identity)
+
+    async def _claim_trained(
+        self, where: ObjectPath, segments: Sequence[str], reply: Reply, identity: Identity,
+    ) -> None:
+        """Make the fine-tuned models a read of the caller's job shows it made (`trained_models`: its
+        `fine_tuned_model`, its checkpoints') the caller's: a body naming one (a job trained on it) and
+        its permissions' path are theirs only."""
+        try:
+            made = trained_models(where, segments, orjson.loads(reply.body)) if reply.status < 300 else []
+        except orjson.JSONDecodeError:
+            return
+        if made:
+            await claim_created(self.ownership, made, identity)
 
     async def _vouch_batch_input(self, reply: Reply, identity: Identity, estimate: BatchEstimate) -> None:
         """Mark the file an upload of a checked batch input created as such (its owner's only), with

@@ -28,6 +28,8 @@ from sentinel.services.objects import (
     classify,
     conversation_item,
     created_ids,
+    fine_tuned_models,
+    is_fine_tuned,
     items_shown,
     leading_audio_ids,
     multipart_references,
@@ -36,6 +38,7 @@ from sentinel.services.objects import (
     referenced_ids,
     run_models,
     tool_models,
+    trained_models,
     upload_files,
 )
 
@@ -292,6 +295,41 @@ def test_the_models_a_grader_runs_on_its_own_or_in_a_fine_tuning_job() -> None:
            "method": {"type": "reinforcement", "reinforcement": {"grader": grader}}}
     assert run_models(["fine_tuning", "jobs"], job) == [("method.reinforcement.grader.model", "o1-pro")]
     assert run_models(["fine_tuning", "jobs"], {"method": {"type": "supervised", "supervised": {}}}) == []
+
+
+def test_the_fine_tuned_models_a_body_names_under_any_model_key() -> None:
+    assert is_fine_tuned("ft:gpt-4o-mini:org::abc") and is_fine_tuned(" FT:x") and is_fine_tuned("curie:ft-org-2023")
+    assert not is_fine_tuned("gpt-4o-mini") and not is_fine_tuned("o1-pro")
+    body = {"model": "ft:a", "testing_criteria": [{"type": "label_model", "model": "gpt-4o-mini"},
+                                                  {"graders": {"x": {"model": "ft:b"}}}], "metadata": {"model": 5}}
+    assert sorted(fine_tuned_models(body)) == [("model", "ft:a"), ("testing_criteria.1.graders.x.model", "ft:b")]
+    assert fine_tuned_models([{"model": "ft:c"}]) == [("0.model", "ft:c")]
+    assert fine_tuned_models({"model": "gpt-4o"}) == fine_tuned_models(None) == []
+
+
+def test_the_fine_tuned_models_a_read_of_a_job_shows_it_made() -> None:
+    job = {"id": "ftjob-1", "object": "fine_tuning.job", "fine_tuned_model": "ft:m:org::1"}
+    read = ["fine_tuning", "jobs", "ftjob-1"]
+    assert trained_models(classify(read), read, job) == [("ft:m:org::1", None)]
+    assert trained_models(classify(read), read, {**job, "fine_tuned_model": None}) == []
+    assert trained_models(classify(read), read, {**job, "id": "ftjob-2"}) == []  # not the job the path names
+    cancel = [*read, "cancel"]
+    assert trained_models(classify(cancel, "POST"), cancel, job) == [("ft:m:org::1", None)]
+    listed = ["fine_tuning", "jobs", "ftjob-1", "checkpoints"]
+    checkpoint = {"object": "fine_tuning.job.checkpoint", "fine_tuning_job_id": "ftjob-1",
+                  "fine_tuned_model_checkpoint": "ft:m:org::1:ckpt-step-10"}
+    page = {"object": "list", "data": [checkpoint, {**checkpoint, "fine_tuning_job_id": "ftjob-2",
+                                                    "fine_tuned_model_checkpoint": "ft:other"}]}
+    assert trained_models(classify(listed), listed, page) == [("ft:m:org::1:ckpt-step-10", None)]
+    events = ["fine_tuning", "jobs", "ftjob-1", "events"]
+    assert trained_models(classify(events), events, page) == []
+    made = ["fine_tuning", "jobs"]  # a creation: its model is not made yet
+    assert trained_models(classify(made, "POST"), made, job) == []
+    files = ["files", "ftjob-1"]
+    assert trained_models(classify(files), files, job) == []
+    permissions = ["fine_tuning", "checkpoints", "ft:m:org::1", "permissions"]
+    assert classify(permissions, "POST").object_id == "ft:m:org::1"
+    assert not classify(permissions, "POST").creates("POST", permissions)
 
 
 def test_an_upload_of_more_parts_than_a_form_holds_is_malformed() -> None:

@@ -5,7 +5,9 @@ Evals and their runs (`POST /v1/evals`, `POST`/`GET /v1/evals/{id}/runs`, `GET`/
 data source's sampling model, each model grader's), and enough of the Assistants API (`POST
 /v1/assistants`, `POST /v1/threads`, `POST`/`GET /v1/threads/{id}/runs`, `GET
 /v1/threads/{id}/runs/{run}`, `POST /v1/threads/{id}/runs/{run}/cancel`, `GET
-/v1/threads/{id}/messages`: a run's `usage`, and the message it wrote naming it by `run_id`). A run is
+/v1/threads/{id}/messages`: a run's `usage`, and the message it wrote naming it by `run_id`; newest
+first unless `order=asc`, `limit` of them when asked — 1 to 100; all without, where the real API shows
+20 —, `has_more` saying whether others are left). A run is
 done at its first read — of it, of a list showing it, of its thread's messages —, as one polled after
 it ran; its figures are fixed, not a model's. A run given a `function` tool stops at its first read in
 `requires_action`, showing the model's call of it (its arguments: model output) with no `usage`, as
@@ -140,7 +142,7 @@ class RunStore:
         thread: dict[str, Any] = {"id": new_id("thread_"), "object": "thread", "created_at": int(time.time()), "metadata": {}}
         self._keep(self.threads, thread)
         given: list[Any] = body["messages"] if isinstance(body.get("messages"), list) else []
-        self.messages[thread["id"]] = [self._message(thread["id"], "user", str(m.get("content")), None, m.get("metadata"))
+        self.messages[thread["id"]] = [self._message(thread["id"], _role(m), m.get("content"), None, m.get("metadata"))
                                        for m in given if isinstance(m, dict)]
         return JSONReply(thread)
 
@@ -167,8 +169,14 @@ class RunStore:
                "status": "queued", "usage": None, "metadata": {}, "required_action": None,
                "instructions": body["instructions"] if isinstance(body.get("instructions"), str) else "",
                "max_prompt_tokens": body["max_prompt_tokens"] if type(body.get("max_prompt_tokens")) is int else None,
-               "tools": [t for t in body.get("tools") or [] if isinstance(t, dict)]}
+               "tools": [t for t in body.get("tools") or [] if isinstance(t, dict)],
+               "truncation_strategy": body["truncation_strategy"] if isinstance(body.get("truncation_strategy"), dict)
+               else {"type": "auto", "last_messages": None}}
         self._keep(self.runs, run)
+        # (its `additional_messages`: added to the thread as it is created, read by its turns)
+        added: list[Any] = body["additional_messages"] if isinstance(body.get("additional_messages"), list) else []
+        self.messages.setdefault(thread, []).extend(
+            self._message(thread, _role(m), m.get("content"), None, m.get("metadata")) for m in added if isinstance(m, dict))
         return JSONReply(run)
 
     def run_cancelled(self, call: Call) -> Reply:
@@ -209,7 +217,14 @@ class RunStore:
         for run in [r for r in self.runs.values() if r["thread_id"] == thread]:
             self._done_run(run)
         listed = self.messages[thread] if call.query.get("order") == "asc" else self.messages[thread][::-1]
-        return JSONReply({"object": "list", "data": listed, "has_more": False})
+        asked = call.query.get("limit")
+        if asked is not None and not (asked.isdigit() and 1 <= int(asked) <= 100):
+            raise WireError(400, f"Invalid 'limit': integer below minimum value or above maximum value ({asked}).",
+                            code="invalid_value", param="limit")
+        limit = int(asked) if asked is not None else len(listed)
+        page = listed[:limit]
+        return JSONReply({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                          "last_id": page[-1]["id"] if page else None, "has_more": len(listed) > limit})
 
     def _keep(self, objects: dict[str, dict[str, Any]], made: dict[str, Any]) -> None:
         objects[made["id"]] = made
@@ -241,13 +256,31 @@ class RunStore:
 
     @staticmethod
     def _message(
-        thread: str, role: str, text: str, run: dict[str, Any] | None, metadata: Any = None
+        thread: str, role: str, content: Any, run: dict[str, Any] | None, metadata: Any = None
     ) -> dict[str, Any]:
         return {"id": new_id("msg_"), "object": "thread.message", "created_at": int(time.time()), "thread_id": thread,
-                "role": role, "content": [{"type": "text", "text": {"value": text, "annotations": []}}],
+                "role": role, "content": _content(content),
                 "run_id": None if run is None else run["id"],
                 "assistant_id": None if run is None else run["assistant_id"], "attachments": [],
                 "metadata": metadata if isinstance(metadata, dict) else {}}
+
+
+def _role(message: dict[str, Any]) -> str:
+    return "assistant" if message.get("role") == "assistant" else "user"
+
+
+def _content(given: Any) -> list[dict[str, Any]]:
+    """A message's content as the API shows it: a string as one text part; of a list of parts, its
+    text parts (`{"type": "text", "text": "..."}`) as text parts, its image parts as given."""
+    if isinstance(given, str):
+        return [{"type": "text", "text": {"value": given, "annotations": []}}]
+    parts: list[dict[str, Any]] = []
+    for part in given if isinstance(given, list) else ():
+        if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": {"value": part["text"], "annotations": []}})
+        elif isinstance(part, dict) and part.get("type") in ("image_url", "image_file"):
+            parts.append(part)
+    return parts
 
 
 def _function(tools: list[dict[str, Any]]) -> str | None:

@@ -48,7 +48,15 @@ from sentinel.services.objects import (
     leading_audio_ids,
     leading_id,
 )
-from sentinel.services.run_usage import Fetch, PriceOf, RunCharges, RunIdScanner, ThreadRuns, named_runs
+from sentinel.services.run_usage import (
+    Fetch,
+    FetchMessages,
+    PriceOf,
+    RunCharges,
+    RunIdScanner,
+    ThreadRuns,
+    named_runs,
+)
 
 log = logging.getLogger("sentinel.answers")
 
@@ -127,7 +135,7 @@ class AnswerRelay:
         extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None,
         thread_runs: ThreadRuns | None = None, items: Items | None = None,
         eval_run: tuple[str, str, Fetch] | None = None, within: str | None = None, cut_turns: CutTurns | None = None,
-        previous: str | None = None,
+        previous: str | None = None, thread_messages: FetchMessages | None = None,
     ) -> Reply | StreamReply:
         """Relay a complete (non-SSE) answer: read whole when it is at most MAX_BUFFERED bytes, else
         relayed as it arrives after the part already read; its `usage` is charged as `charging`
@@ -138,7 +146,8 @@ class AnswerRelay:
         charge of the model its object names (`RunCharges.charge`) and claimed only while
         `within`, the object the call's path names, is kept (`RunCharges.claim`); a read of a
         conversation's items (`cut_turns`) charges the turns cut in it that no read charged yet
-        (`cut_turn_charges`) before it is relayed. The audio answers of a chat answer become `speaker`'s (stored or not:
+        (`cut_turn_charges`) before it is relayed; an Assistants run it shows in `requires_action`
+        is charged its step's input with its thread's messages fetched by `thread_messages`. The audio answers of a chat answer become `speaker`'s (stored or not:
         a later request names them in `messages[].audio`); so do the Responses API items it shows
         (`items`: a response's output, a conversation's items), along with the objects it created, in
         one store round trip (`Ownership.claim_all`). A 304 (a conditional download's "not
@@ -157,7 +166,7 @@ class AnswerRelay:
                 if size > MAX_BUFFERED:
                     return self._large(upstream, endpoint, admission, b"".join(chunks), owner, ttl, creating, ex,
                                        charging, extends, speaker, items, thread_runs, eval_run, within, cut_turns,
-                                       previous)
+                                       previous, thread_messages)
         upstream.release()
         raw = b"".join(chunks)
         self.metrics.child(self.metrics.upstream_duration, upstream.provider, endpoint).observe(
@@ -178,7 +187,7 @@ class AnswerRelay:
                 (usage, shown, charges), pays = listed, True
         claimed: list[str] = []  # (runs charged apart from `charges`: those their records are part of)
         if owner is not None and not pays and thread_runs is not None:  # (a run's steps count no usage)
-            charges, claimed = await self.runs.unread_runs(named_runs(parsed), thread_runs, ttl)
+            charges, claimed = await self.runs.unread_runs(named_runs(parsed), thread_runs, ttl, thread_messages)
             if charges:
                 usage, pays = _summed(charges), True
         turned: list[str] = []  # (a conversation's cut turns done with: `cut_turn_charges`)
@@ -188,7 +197,7 @@ class AnswerRelay:
                 usage, pays = _summed(charges), True
         # (a call's own usage aside: an answer to work showing no usage may show a step too)
         if owner is not None and charging.counted and (not pays or charges or usage is None):
-            steps = await self.runs.shown_steps(parsed, ttl, within)
+            steps = await self.runs.shown_steps(parsed, ttl, within, thread_messages)
             if steps:
                 charges = [*charges, *steps]
                 usage, pays = _summed(charges), True
@@ -411,6 +420,7 @@ class AnswerRelay:
         extends: Sequence[tuple[str, int]] = (), speaker: Identity | None = None, items: Items | None = None,
         thread_runs: ThreadRuns | None = None, eval_run: tuple[str, str, Fetch] | None = None,
         within: str | None = None, cut_turns: CutTurns | None = None, previous: str | None = None,
+        thread_messages: FetchMessages | None = None,
     ) -> StreamReply:
         """Relay a large answer chunk by chunk after its `head`, keeping only the tail to read usage
         from; the last chunk waits for the usage record. The Responses API items it shows (`items`: an
@@ -459,7 +469,7 @@ class AnswerRelay:
             pays, settles, charges = await self._pays(charging, answer_id, usage, ttl, within=within)
             claimed: list[str] = []  # (runs charged apart from `charges`: done without a usage)
             if not pays and runs is not None and thread_runs is not None:
-                charges, claimed = await self.runs.unread_runs(runs.named, thread_runs, ttl)
+                charges, claimed = await self.runs.unread_runs(runs.named, thread_runs, ttl, thread_messages)
                 if charges:
                     usage, pays = _summed(charges), True
             turned: list[str] = []  # (as a small answer's: `cut_turn_charges`)

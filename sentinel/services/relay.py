@@ -88,7 +88,7 @@ from sentinel.services.objects import (
     trained_models,
     upload_files,
 )
-from sentinel.services.run_usage import CANCEL_WAITS, Fetch, Sleep, ThreadRuns, until_ended
+from sentinel.services.run_usage import CANCEL_WAITS, MESSAGES_PAGE, Fetch, Sleep, ThreadRuns, until_ended
 from sentinel.services.translated_chat import TranslatedChat
 
 log = logging.getLogger("sentinel.relay")
@@ -380,6 +380,7 @@ class OpenAIRelay:
                 eval_run=self._eval_run(ex, method, segments, where, headers),
                 items=items_shown(where, method, segments), within=where.object_id,
                 cut_turns=self._cut_turns(ex, identity, method, segments, where, headers),
+                thread_messages=functools.partial(self._thread_messages, ex, headers),
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)
@@ -478,14 +479,23 @@ class OpenAIRelay:
         """`GET /v1/threads/{thread}/runs/{run_id}` (`_fetch`), for the run's usage."""
         return await self._fetch(ex, ["threads", thread, "runs", run_id], headers)
 
-    async def _fetch(self, ex: Exchange, segments: list[str], headers: RawHeaders) -> Any:
-        """`GET` of `segments` (a `/v1` path's: an object of the caller's) upstream with the client's
-        relayed headers (its `OpenAI-Beta`), at Sentinel's cost — no request of the caller's —, for
-        the object's usage: its JSON, None when it could not be read (an error answer, a failure, not
-        JSON)."""
+    async def _thread_messages(self, ex: Exchange, headers: RawHeaders, thread: str) -> Any:
+        """`GET /v1/threads/{thread}/messages?limit=100&order=desc` (`_fetch`), for what a run's turn
+        read (`RunCharges.shown_steps`): its newest MESSAGES_PAGE messages."""
+        query = [("limit", str(MESSAGES_PAGE)), ("order", "desc")]
+        return await self._fetch(ex, ["threads", thread, "messages"], headers, query)
+
+    async def _fetch(
+        self, ex: Exchange, segments: list[str], headers: RawHeaders, query: list[tuple[str, str]] | None = None,
+    ) -> Any:
+        """`GET` of `segments` (a `/v1` path's: an object of the caller's) upstream, with `query`, with
+        the client's relayed headers (its `OpenAI-Beta`), at Sentinel's cost — no request of the
+        caller's —, for the object's usage: its JSON, None when it could not be read (an error
+        answer, a failure, not JSON)."""
         started = time.perf_counter()
         try:
-            upstream = await self.upstream.forward("GET", segments, headers=forwardable_headers(headers), body=None)
+            upstream = await self.upstream.forward("GET", segments, headers=forwardable_headers(headers), body=None,
+                                                   query=query)
             raw = await upstream.read_served() if upstream.status == 200 else await upstream.read_error()
             status = upstream.status
         except UpstreamError as exc:

@@ -12,9 +12,10 @@ tool calls, model output, with no `usage` yet — is read again by its cancel un
 A run a client leaves in `requires_action` — its tool calls read, neither cancelled nor read again —
 shows no usage to any read. So each step it shows so (its tool calls, told apart by their ids) is
 charged by the first read showing it (`shown_steps`): the calls' names and arguments counted as
-output with the run's model's tokenizer, and as input what the turn that wrote them read at least as
-the run shows it (its `instructions` and `tools`: not the thread's messages, of which Sentinel keeps
-no count), claimed under the step's own key (`step_key`) as any object's charge, its tokens added to
+output with the run's model's tokenizer, and as input what the turn that wrote them read at least:
+its `instructions` and `tools` as the run shows them, and the thread's messages it read — fetched at
+Sentinel's cost (`FetchMessages`: the newest MESSAGES_PAGE), those up to the run's own (`turn_messages`)
+—, claimed under the step's own key (`step_key`) as any object's charge, its tokens added to
 the run's provisional usage (`Ownership.add_shown`). The run's usage, once a read shows it, is
 charged beyond that input and output (`beyond_shown`: each never below zero) — the provider bills a
 run abandoned there once it expires, with a usage a later read shows.
@@ -60,7 +61,14 @@ MAX_NAMED_RUNS = 100
 # A run id as the provider writes it (`run_abc123`): it goes into the path of the fetch.
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
+# The most messages of a thread a `requires_action` step's charge reads (`FetchMessages`: one page, the
+# API's largest): a thread of more is counted on its newest ones.
+MESSAGES_PAGE = 100
+
 FetchRun = Callable[[str], Awaitable[Any]]  # a run of the thread read, by id: its JSON, None if unread
+# A thread's newest MESSAGES_PAGE messages (`GET /v1/threads/{id}/messages?limit=100&order=desc`), by the
+# thread's id, read at Sentinel's cost: the list's JSON, None if unread.
+FetchMessages = Callable[[str], Awaitable[Any]]
 Fetch = Callable[[], Awaitable[Any]]  # an object read at Sentinel's cost: its JSON, None if unread
 Sleep = Callable[[float], Awaitable[None]]
 PriceOf = Callable[[str], Prices | None]  # a model's prices by the name a provider reports, if known
@@ -134,7 +142,7 @@ class RunCharges:
         return await self.eval_models(run, ttl, eval_id)
 
     async def unread_runs(
-        self, named: list[str], read: ThreadRuns, ttl: float | None
+        self, named: list[str], read: ThreadRuns, ttl: float | None, messages: FetchMessages | None = None,
     ) -> tuple[list[ObjectCharge], list[str]]:
         """The charges (`ObjectCharge`) of the Assistants runs of `read` — the one its path names, or
         `named` (`named_runs` of the messages an answer shows, `RunIdScanner.named` of one too large
@@ -144,7 +152,8 @@ class RunCharges:
         are stored). A run whose fetch fails, that is not of the thread, or not done yet, stays
         uncharged (a later read fetches it again); a store that cannot say which runs were charged
         fetches none (each read would charge them again). A fetched run waiting in `requires_action`
-        is charged the steps it shows (`shown_steps`): a read of its steps shows their tool calls too."""
+        is charged the steps it shows (`shown_steps`, with `messages`): a read of its steps shows their
+        tool calls too."""
         thread, fetch = read.thread, read.fetch
         if read.run is not None:
             named = [read.run] if _RUN_ID.fullmatch(read.run) else []
@@ -176,15 +185,19 @@ class RunCharges:
                 charges.append(self.charge(run_id, await self.beyond_shown(run_id, shown, run), claim, run))
         # A run's step read while the run waits in `requires_action` shows its tool calls (model output)
         # as the run does: charged as that run's read would charge them, once.
-        charges += await self.shown_steps({"object": "list", "data": waiting}, ttl, thread)
+        charges += await self.shown_steps({"object": "list", "data": waiting}, ttl, thread, messages)
         return charges, claimed
 
-    async def shown_steps(self, answer: Any, ttl: float | None, within: str | None = None) -> list[ObjectCharge]:
+    async def shown_steps(
+        self, answer: Any, ttl: float | None, within: str | None = None, messages: FetchMessages | None = None,
+    ) -> list[ObjectCharge]:
         """The charges of the `requires_action` steps of the Assistants runs `answer` shows (the run
         itself, or a list's `data`) that no read charged yet (see the module docstring): each step's
         tool calls' names and arguments as output tokens of the run's model, its turn's input as
-        `_turn_input` estimates it, claimed under the step's key (`step_key`, while `within` is
-        kept), the first claim adding them to the run's provisional usage. A step whose calls carry no id is not charged (it cannot be told apart)."""
+        `_turn_input` estimates it (the thread's messages fetched with `messages`, when given),
+        claimed under the step's key (`step_key`, while `within` is kept), the first claim adding
+        them to the run's provisional usage. A step whose calls carry no id is not charged (it
+        cannot be told apart)."""
         charges: list[ObjectCharge] = []
         for run in _shown(answer, "thread.run"):
             run_id, calls = run.get("id"), _tool_calls(run)
@@ -200,7 +213,7 @@ class RunCharges:
             texts = [_call_text(call) for call in calls]
             written = await count_off_loop(  # (arguments of up to a MiB: counted off the event loop)
                 functools.partial(self._count_calls, texts, model), sum(map(len, texts)))
-            read = await self._turn_input(run, run_id, model)
+            read = await self._turn_input(run, run_id, model, await self._thread_messages(run, within, messages))
             if claim == "first":
                 try:
                     await self.ownership.add_shown(run_id, read, written, ttl, within)
@@ -209,30 +222,45 @@ class RunCharges:
             charges.append(self.charge(key, Usage(read, written), claim, run))
         return charges
 
-    async def _turn_input(self, run: dict[str, Any], run_id: str, model: str) -> int:
-        """What the model turn that wrote a `requires_action` step of `run` read at least, as the run
-        shows it: its `instructions` and its `tools` (`TokenCounter.count_chat`: as a chat prompt of
-        those), which every turn of the run reads — not the thread's messages, which Sentinel keeps
-        no count of. Never above what the run's `max_prompt_tokens` leaves of its whole input (less
+    async def _turn_input(self, run: dict[str, Any], run_id: str, model: str, read: list[dict[str, Any]]) -> int:
+        """What the model turn that wrote a `requires_action` step of `run` read at least: its
+        `instructions` and its `tools` as the run shows them, and `read`, the thread's messages it
+        read (`_thread_messages`: chat messages) — counted as a chat prompt of those
+        (`TokenCounter.count_chat`: its images by the run's model's image rule), which every turn of
+        the run reads. Never above what the run's `max_prompt_tokens` leaves of its whole input (less
         what its steps were charged already; the whole cap when the store cannot say)."""
         shown = run.get("instructions")
         instructions = shown if isinstance(shown, str) else ""
-        system = [{"role": "system", "content": instructions}] if instructions else []
+        prompt = [{"role": "system", "content": instructions}] if instructions else []
+        prompt += read
         tools = run.get("tools")
         listed = [tool for tool in tools if isinstance(tool, dict)] if isinstance(tools, list) else []
-        if not system and not listed:  # (nothing it shows to count: not its reply's priming alone)
+        if not prompt and not listed:  # (nothing it shows to count: not its reply's priming alone)
             return 0
-        size = len(instructions) + (len(orjson.dumps(listed)) if listed else 0)
-        read = await count_off_loop(  # (instructions of up to 256k characters: off the event loop)
-            functools.partial(self.counter.count_chat, system, model, listed or None), size)
+        size = len(instructions) + (len(orjson.dumps(listed)) if listed else 0) + sum(map(_message_chars, read))
+        tokens = await count_off_loop(  # (instructions of up to 256k characters, messages: off the event loop)
+            functools.partial(self.counter.count_chat, prompt, model, listed or None), size)
         cap = run.get("max_prompt_tokens")
         if type(cap) is int and cap > 0:
             try:
                 cap -= (await self.ownership.shown(run_id))[0]
             except StoreUnavailable:
                 pass
-            read = min(read, max(0, cap))
-        return read
+            tokens = min(tokens, max(0, cap))
+        return tokens
+
+    async def _thread_messages(
+        self, run: dict[str, Any], within: str | None, messages: FetchMessages | None
+    ) -> list[dict[str, Any]]:
+        """The messages of `run`'s thread its turn read (`turn_messages`, as chat messages), fetched
+        with `messages` (its newest MESSAGES_PAGE) — none without it, when the run names another
+        thread than the read's path (`within`), or when the fetch fails (the step is charged what
+        the run shows)."""
+        thread = run.get("thread_id")
+        if messages is None or not isinstance(thread, str) or not _RUN_ID.fullmatch(thread) \
+                or (within is not None and within != thread):
+            return []
+        return turn_messages(await messages(thread), run)
 
     def _count_calls(self, texts: list[str], model: str) -> int:
         return sum(self.counter.count_text(text, model) for text in texts)
@@ -316,6 +344,48 @@ def _call_text(call: dict[str, Any]) -> str:
     if not isinstance(function, dict):
         return ""
     return "".join(part for part in (function.get("name"), function.get("arguments")) if isinstance(part, str))
+
+
+def turn_messages(page: Any, run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages of a page of `run`'s thread's (newest first: `FetchMessages`) that its turns read,
+    as chat messages (`TokenCounter.count_chat`'s): those created at or before the run (its
+    `additional_messages` too, added as it was created) but its own, of them only the last
+    `truncation_strategy.last_messages` when it names so many. Each message's text parts, and its
+    images (`image_url`; `image_file`, whose size Sentinel does not read: as an image by URL is,
+    at the most its detail costs); not its attachments (what a `file_search` tool reads)."""
+    created = run.get("created_at")
+    items = page.get("data") if isinstance(page, dict) and page.get("object") == "list" else None
+    read = [m for m in items[:MESSAGES_PAGE] if isinstance(m, dict) and m.get("object") == "thread.message"
+            and m.get("run_id") != run.get("id")
+            and (type(created) is not int or type(m.get("created_at")) is not int or m["created_at"] <= created)] \
+        if isinstance(items, list) else []
+    truncation = run.get("truncation_strategy")
+    last = truncation.get("last_messages") if isinstance(truncation, dict) \
+        and truncation.get("type") == "last_messages" else None
+    if type(last) is int and last >= 0:
+        read = read[:last]
+    return [{"role": m.get("role") if isinstance(m.get("role"), str) else "user", "content": _parts(m.get("content"))}
+            for m in read[::-1]]
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    """An Assistants message's content parts as chat content parts: its text, its images."""
+    parts: list[dict[str, Any]] = []
+    for part in content if isinstance(content, list) else ():
+        if not isinstance(part, dict):
+            continue
+        kind, text = part.get("type"), part.get("text")
+        if kind == "text" and isinstance(text, dict) and isinstance(text.get("value"), str):
+            parts.append({"type": "text", "text": text["value"]})
+        elif kind in ("image_url", "image_file") and isinstance(image := part.get(kind), dict):
+            url = image.get("url") if kind == "image_url" else None
+            parts.append({"type": "image_url", "image_url": {"url": url, "detail": image.get("detail")}})
+    return parts
+
+
+def _message_chars(message: dict[str, Any]) -> int:
+    """The characters of a chat message's text parts (`turn_messages`): how long counting it takes."""
+    return sum(len(part["text"]) for part in message["content"] if part["type"] == "text")
 
 
 def named_runs(answer: Any) -> list[str]:

@@ -19,7 +19,14 @@ from sentinel.services.run_usage import MAX_FETCHED_RUNS
 from tests.api.conftest import Gateway, scripted_gateway
 from tests.support.accounts import create_key
 from tests.support.attack import SpyUpstream, ledger_rows
-from tests.support.runs import WEATHER, eval_and_run, thread_with_run, thread_with_runs, thread_with_tool_run
+from tests.support.runs import (
+    HELLO,
+    WEATHER,
+    eval_and_run,
+    thread_with_run,
+    thread_with_runs,
+    thread_with_tool_run,
+)
 from tests.support.waiting import wait_for
 
 EVALS = "/v1/evals,/v1/evals/*"
@@ -187,12 +194,15 @@ def test_runs_charged_already_do_not_hide_the_threads_other_runs(
 
 
 # A `requires_action` step's charge: its tool call (the function's name and arguments) as output, and
-# as input what its turn read of the run shown (its instructions and tools: none shown, none counted).
+# as input what its turn read (its instructions and tools as the run shows them, its thread's messages).
 STEP = TokenCounter().count_text(WEATHER["function"]["name"] + TOOL_ARGUMENTS, "gpt-4o-mini")
 STEP_ROW = (0, STEP)
-# The step of a run given the `weather` tool: the tool read by the turn that called it, as input.
-STEP_INPUT = TokenCounter().count_chat([], "gpt-4o-mini", [WEATHER])
+# The step of a run given the `weather` tool on a thread of one "hello": the tool and the message read
+# by the turn that called it, as input.
+STEP_INPUT = TokenCounter().count_chat([HELLO], "gpt-4o-mini", [WEATHER])
 TOOL_STEP_ROW = (STEP_INPUT, STEP)
+# A thread's messages as a scripted upstream answers the fetch of them: none.
+NO_MESSAGES = {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
 # A run cancelled after its tool call: its usage beyond the step charged when the call was shown.
 ACTION_ROW = (ACTION_USAGE["prompt_tokens"] - STEP_INPUT, ACTION_USAGE["completion_tokens"] - STEP)
 
@@ -255,7 +265,8 @@ def test_a_run_abandoned_in_requires_action_is_charged_the_tool_calls_it_showed_
 
 # Heavy instructions a run is given (the input of each of its turns): ~1,000 tokens.
 INSTRUCTIONS = "Answer in the tersest way you can, and call the weather tool first. " * 70
-INSTRUCTED_INPUT = TokenCounter().count_chat([{"role": "system", "content": INSTRUCTIONS}], "gpt-4o-mini", [WEATHER])
+INSTRUCTED_INPUT = TokenCounter().count_chat([{"role": "system", "content": INSTRUCTIONS}, HELLO], "gpt-4o-mini",
+                                             [WEATHER])
 
 
 def test_a_run_abandoned_in_requires_action_is_charged_the_input_its_step_read_once(
@@ -284,6 +295,93 @@ def test_a_run_abandoned_in_requires_action_is_charged_the_input_its_step_read_o
     assert _pairs(gw.settled_rows(7))[6] == (0, ACTION_USAGE["completion_tokens"] - STEP)
     assert client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "cancelled"
     assert _pairs(gw.settled_rows(8))[7] == (0, 0)
+
+
+# A heavy message of a thread (the input of each turn of its runs): ~1,000 tokens.
+HEAVY = {"role": "user", "content": "Summarise the weather report below in one terse line, please. " * 90}
+# A message showing an image (by URL, low detail: its model's image rule's flat figure).
+PICTURE = {"role": "user", "content": [{"type": "text", "text": "What is the weather in this picture?"},
+                                       {"type": "image_url",
+                                        "image_url": {"url": "https://example.com/sky.png", "detail": "low"}}]}
+
+
+def test_a_run_abandoned_in_requires_action_is_charged_its_threads_messages_as_input_once(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+) -> None:
+    """A run whose heavy input is its thread's messages (not its instructions), its tool call read
+    and the run left there, was charged only its tools and call: the messages its turn read, which
+    the provider bills once the run expires, went free, run after run. The first read showing the
+    step now fetches the thread's messages at Sentinel's cost (one page: the newest 100) and
+    charges those the run read (its `additional_messages` too) as input, once."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough=THREADS)
+    client = gw.openai()
+    assistant = client.beta.assistants.create(model="gpt-4o-mini", name="helper")
+    thread = client.beta.threads.create(messages=[HEAVY])
+    run = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id, tools=[WEATHER],
+                                          additional_messages=[HELLO])
+    spy.clear()
+    for _ in range(2):
+        assert client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "requires_action"
+    assert [r.status for r in client.beta.threads.runs.list(thread.id)] == ["requires_action"]
+    read = TokenCounter().count_chat([HEAVY, HELLO], "gpt-4o-mini", [WEATHER])
+    assert read > STEP_INPUT + 900
+    assert _pairs(gw.settled_rows(6)) == [(0, 0)] * 3 + [(read, STEP), (0, 0), (0, 0)]
+    fetched = [s.query for s in spy.seen if s.path == f"/v1/threads/{thread.id}/messages"]
+    assert fetched == [b"limit=100&order=desc"]  # once: the step's first read
+
+
+def test_a_steps_thread_messages_are_the_last_its_truncation_strategy_keeps(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """A run told to read only its thread's last messages (`truncation_strategy`) is charged those:
+    here the last one, showing an image, counted by the image rule of the run's model."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url, passthrough=THREADS)
+    client = gw.openai()
+    assistant = client.beta.assistants.create(model="gpt-4o-mini", name="helper")
+    thread = client.beta.threads.create(messages=[HEAVY, PICTURE])
+    run = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id, tools=[WEATHER],
+                                          truncation_strategy={"type": "last_messages", "last_messages": 1})
+    assert client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "requires_action"
+    read = TokenCounter().count_chat([PICTURE], "gpt-4o-mini", [WEATHER])
+    # (its image: gpt-4o-mini's rule's flat 2,833 tokens at low detail)
+    assert read > TokenCounter().count_chat([], "gpt-4o-mini", [WEATHER]) + 2833
+    assert _pairs(gw.settled_rows(4))[3] == (read, STEP)
+
+
+def test_a_steps_thread_messages_that_cannot_be_fetched_leave_its_charge_as_the_run_shows_it(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """When the thread's messages cannot be fetched (an error answer), the step is charged what the
+    run shows its turn read — its instructions and tools — and the client's read is answered as
+    ever; only messages up to the run's own are counted: not the run's own answer, nor later ones."""
+    run = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "status": "requires_action",
+           "model": "gpt-4o-mini", "usage": None, "created_at": 1000, "instructions": "Be terse.",
+           "tools": [WEATHER], "required_action": {"submit_tool_outputs": {"tool_calls": [
+               {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": TOOL_ARGUMENTS}}]}}}
+    second = {**run, "id": "run_2", "required_action": {"submit_tool_outputs": {"tool_calls": [
+        {"id": "call_2", "type": "function", "function": {"name": "weather", "arguments": TOOL_ARGUMENTS}}]}}}
+
+    def message(run_id: str | None, created_at: int, text: str) -> dict[str, Any]:
+        return {"id": f"msg_{created_at}", "object": "thread.message", "thread_id": "thread_1", "role": "user",
+                "created_at": created_at, "run_id": run_id,
+                "content": [{"type": "text", "text": {"value": text, "annotations": []}}]}
+
+    page = {"object": "list", "has_more": False, "data": [
+        message(None, 1001, "later " * 500), message("run_2", 1000, "its own " * 500), message(None, 999, "hello")]}
+    with scripted_gateway(gateway_factory, (), "thread_1",
+                          redis_url=redis_url, passthrough="/v1/threads/*") as (gw, upstream):
+        upstream.json(run)
+        upstream.json({"error": {"message": "No thread found", "type": "invalid_request_error"}}, status=404)
+        upstream.json(second)
+        upstream.json(page)
+        with gw.client() as alice:
+            assert alice.get("/v1/threads/thread_1/runs/run_1").status_code == 200
+            assert alice.get("/v1/threads/thread_1/runs/run_2").status_code == 200
+    system = [{"role": "system", "content": "Be terse."}]
+    assert _pairs(gw.settled_rows(2)) == [
+        (TokenCounter().count_chat(system, "gpt-4o-mini", [WEATHER]), STEP),
+        (TokenCounter().count_chat([*system, HELLO], "gpt-4o-mini", [WEATHER]), STEP),
+    ]
 
 
 def test_a_steps_input_is_never_charged_beyond_the_runs_max_prompt_tokens(
@@ -431,7 +529,8 @@ def test_malformed_requires_action_steps_are_not_charged_never_a_server_error(
         run("run_1", {"submit_tool_outputs": {"tool_calls": [{"function": {"name": "w", "arguments": "{}"}}]}}),
         run("run_2", {"submit_tool_outputs": {"tool_calls": {"id": "call_9"}}}),
         run("run_3", "requires_action"), run("run_4", None), run("run_5", calls), "run_6"]}
-    with scripted_gateway(gateway_factory, (listed, listed), "thread_1",
+    # (the step charged fetches its thread's messages: none)
+    with scripted_gateway(gateway_factory, (listed, NO_MESSAGES, listed), "thread_1",
                           redis_url=redis_url, passthrough="/v1/threads/*") as (gw, _):
         with gw.client() as alice:
             assert alice.get("/v1/threads/thread_1/runs").status_code == 200
@@ -447,7 +546,7 @@ def test_a_step_shown_by_the_answer_to_tool_outputs_is_charged_once(
     shown = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "status": "requires_action",
              "model": "gpt-4o-mini", "usage": None, "required_action": {"submit_tool_outputs": {"tool_calls": [
                  {"id": "call_2", "type": "function", "function": {"name": "weather", "arguments": TOOL_ARGUMENTS}}]}}}
-    with scripted_gateway(gateway_factory, (shown, shown), "thread_1",
+    with scripted_gateway(gateway_factory, (shown, NO_MESSAGES, shown), "thread_1",
                           redis_url=redis_url, passthrough="/v1/threads/*") as (gw, _):
         with gw.client() as alice:
             outputs = {"tool_outputs": [{"tool_call_id": "call_1", "output": "sunny"}]}
@@ -564,13 +663,14 @@ def test_a_runs_requires_action_step_read_only_through_its_steps_is_charged_once
                "required_action": {"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": [call]}}}
     done = {**waiting, "status": "completed", "required_action": None,
             "usage": {"prompt_tokens": 90, "completion_tokens": 30, "total_tokens": 120}}
-    # each read of the steps fetches the run (not charged yet): waiting, waiting again, then done
-    with scripted_gateway(gateway_factory, (steps, waiting, steps, waiting, steps, done), "thread_1",
+    # each read of the steps fetches the run (not charged yet): waiting (its step charged: its thread's
+    # messages fetched), waiting again, then done
+    with scripted_gateway(gateway_factory, (steps, waiting, NO_MESSAGES, steps, waiting, steps, done), "thread_1",
                           redis_url=redis_url, passthrough="/v1/threads/*") as (gw, upstream):
         with gw.client() as alice:
             for _ in range(3):
                 assert alice.get("/v1/threads/thread_1/runs/run_1/steps").status_code == 200
-        assert len(upstream.received) == 6
+        assert len(upstream.received) == 7
     assert _pairs(gw.settled_rows(3)) == [STEP_ROW, (0, 0), (90, 30 - STEP)]
 
 

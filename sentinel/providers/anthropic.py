@@ -9,26 +9,73 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 from yarl import URL
 
 from sentinel.domain.usage import Usage
-from sentinel.native import ChatRequest, ProviderReply
+from sentinel.errors import SentinelError
+from sentinel.native import ChatRequest, ProviderReply, StreamError
 from sentinel.native.anthropic import (
     anthropic_cache_tokens,
     build_anthropic_request,
     parse_anthropic_response,
     parse_anthropic_usage,
 )
+from sentinel.native.sse import SSEParser
 from sentinel.native.stream import AnthropicStreamNormalizer, StreamNormalizer
-from sentinel.providers.chat import ChatProvider, recorded_usage
+from sentinel.providers.chat import ChatProvider, ProviderStream, Refused, recorded_usage
+from sentinel.providers.errors import OVERLOADED_ERROR, OverloadedAtStart
 from sentinel.providers.http import BODY_LIMIT, BodyLimit, UpstreamResponse, send
 
 ANTHROPIC_VERSION = "2023-06-01"
+# The events of a stream's opening held back until its answer's first block (`overloaded_at_start`).
+_OPENING = frozenset({"message_start", "ping"})
+HOLD_LIMIT = 1 << 20  # bytes of an opening held at most: past them it is relayed as it comes
+
+
+async def overloaded_at_start(upstream: UpstreamResponse) -> bool:
+    """Read an Anthropic stream's opening — `message_start` and any `ping`s — into `upstream.held`
+    (`iter_chunks` yields it again first), up to its first other event: whether that is an `error`
+    event of Anthropic's overload (`overloaded_error`), sent before any block of the answer. Bounded
+    by the stream's own limits (the read timeout between bytes, `SENTINEL_STREAM_MAX_SECONDS` from
+    the first read) and HOLD_LIMIT bytes; a failure of the read is kept (`held_error`) and raised
+    after the held bytes, as it would have been without the hold."""
+    parser = SSEParser()
+    size = 0
+    try:
+        async with aclosing(upstream.iter_chunks(relayed=True)) as chunks:
+            async for chunk in chunks:
+                upstream.held.append(chunk)
+                size += len(chunk)
+                for event in parser.feed(chunk):
+                    if event.event not in _OPENING:
+                        return event.event == "error" and _error_type(event.data) == OVERLOADED_ERROR
+                if size > HOLD_LIMIT:
+                    return False
+    except SentinelError as exc:  # a broken read: the relay meets it after the bytes that came
+        upstream.held_error = exc
+    except StreamError:  # an event too large: the relay's own reading of it fails as it did
+        pass
+    except BaseException:  # cancelled (the client left): nothing will read it
+        upstream.close()
+        raise
+    return False
+
+
+def _error_type(data: str) -> object:
+    """The `error.type` of an `error` event's data (None when it is not that shape)."""
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    return error.get("type") if isinstance(error, dict) else None
 
 
 class AnthropicProvider(ChatProvider):
@@ -53,6 +100,17 @@ class AnthropicProvider(ChatProvider):
 
     def normalizer(self) -> StreamNormalizer:
         return AnthropicStreamNormalizer(provider=self.name, scrub=self.scrub)
+
+    async def open_stream_body(
+        self, body: dict[str, Any], *, relay_client_errors: bool = False, refused: Refused | None = None
+    ) -> ProviderStream:
+        """As `ChatProvider.open_stream_body`, the stream's opening held back until its first block
+        (`overloaded_at_start`): an overload before it raises `OverloadedAtStart`, whose `relay()` is
+        the stream as it came."""
+        stream = await super().open_stream_body(body, relay_client_errors=relay_client_errors, refused=refused)
+        if await overloaded_at_start(stream.upstream):
+            raise OverloadedAtStart(self.name, relay=lambda: stream, drop=stream.upstream.close)
+        return stream
 
     def usage_of(self, answer: Any) -> Usage | None:
         raw = answer.get("usage") if isinstance(answer, dict) else None

@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import orjson
@@ -105,6 +106,27 @@ class ModelRetired(UpstreamStatusError):
         self.model = model
         # The official SDKs retry a 502 (twice by default): each retry would be the same 404 again.
         self.headers.setdefault("x-should-retry", "false")
+
+
+# Anthropic's error type for its own load (its 529), sent as an `error` event inside a stream it began.
+OVERLOADED_ERROR = "overloaded_error"
+
+
+class OverloadedAtStart(UpstreamStatusError):
+    """An Anthropic stream whose `overloaded_error` event came before any block of its answer (right
+    after `message_start`, its `ping`s), read while its opening was held back
+    (`sentinel.providers.anthropic.overloaded_at_start`): nothing reached the client, so the attempt
+    failed as its 529 before the first byte would — a provider failure, counted against the model's
+    health and sent to the next candidate or target (`sentinel.routing.failover`,
+    `sentinel.routing.model_routes`), nothing settled for it. With nowhere else to go, `relay()` gives
+    the caller's answer as it would have been without the hold (the stream, its held opening then the
+    error event: counted as it ends); otherwise `drop()` lets its connection go."""
+
+    def __init__(self, provider: str, relay: Callable[[], Any], drop: Callable[[], None]) -> None:
+        super().__init__(f"Provider {provider} failed with HTTP 529", upstream_status=529, code="provider_error",
+                         provider=provider)
+        self.relay = relay
+        self.drop = drop
 
 
 def retired(status: int, raw: bytes, model: str) -> bool:

@@ -219,6 +219,11 @@ class UpstreamResponse:
     # The model a generation was sent to (an alias target's upstream model), set by the `/v1` surfaces:
     # a 404 saying the provider no longer serves it is told apart (`sentinel.services.answers.refuse`).
     model: str | None = None
+    # Bytes of the body already read (an Anthropic stream's opening held back until its first block:
+    # `sentinel.providers.anthropic.overloaded_at_start`), which `iter_chunks` yields first, then
+    # raises the failure that read ended with (`held_error`), if any.
+    held: list[bytes] = field(default_factory=list, repr=False, compare=False)
+    held_error: Exception | None = field(default=None, repr=False, compare=False)
     _deadline: asyncio.TimerHandle | None = field(default=None, repr=False, compare=False)
     # When the body's time is up, on `limit.clock` and on the event loop's clock (set by its first read).
     _ends: tuple[float, float] | None = field(default=None, repr=False, compare=False)
@@ -345,7 +350,13 @@ class UpstreamResponse:
         is otherwise bounded only by the read timeout). Past it the body ends with `StreamTimeLimit`
         when it is `relayed` as it arrives (a stream, a large answer passed through: the answer began,
         it is ended as a cut stream), else with `AnswerTimeLimit` (504, read before anything was
-        answered; charged as a read timeout after the request was sent). `close` stops the timer."""
+        answered; charged as a read timeout after the request was sent). `close` stops the timer.
+        Bytes `held` back come first (and the failure their read ended with)."""
+        while self.held:
+            yield self.held.pop(0)
+        if self.held_error is not None:
+            error, self.held_error = self.held_error, None
+            raise error
         content = self.raw.content
         limit = self.limit
         loop = asyncio.get_running_loop()

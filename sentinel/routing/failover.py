@@ -19,6 +19,10 @@ tier), again every backoff period, for free. It was not served, so it is still
 sent to another candidate when the router allows (`too_large_here`): another model may take it
 (refused by every one, it counts one request: `Meter.fail`).
 
+An Anthropic stream whose `overloaded_error` event came before any block of its answer, its opening
+held back (`OverloadedAtStart`), is that 529: counted, and sent to the next candidate; with none, the
+stream is relayed as it came (its opening, then the error event, counted as it ends).
+
 A 404 saying the provider no longer serves the model (`ModelRetired`) is no provider failure either
 (no backoff brings a withdrawn model back): the request goes once to another model of the tier, and
 a conversation bound to the old one moves with it, under `keep` too (`TierRouter.retired`).
@@ -59,7 +63,14 @@ from sentinel.errors import (
     sent_unanswered,
 )
 from sentinel.providers.chat import ChatProvider
-from sentinel.providers.errors import REQUEST_TOO_LARGE, BrokenOffAnswer, ModelRetired, UnreadableAnswer
+from sentinel.providers.errors import (
+    OVERLOADED_ERROR,
+    REQUEST_TOO_LARGE,
+    BrokenOffAnswer,
+    ModelRetired,
+    OverloadedAtStart,
+    UnreadableAnswer,
+)
 from sentinel.routing.router import RouteChoice, TierRouter
 
 T = TypeVar("T")
@@ -69,7 +80,7 @@ QUICK_DROP_SECONDS = 5.0  # a connection dropped this soon after sending began c
 # before the first byte would: Anthropic's `overloaded_error` (its 529: the provider's load, never the
 # request's). Any other (an `api_error`, a broken connection) does not: a client may cause one; nor
 # does an OpenAI-format server's error chunk, whose type and code are any text the server chose.
-OVERLOADED_MID_STREAM = "overloaded_error"
+OVERLOADED_MID_STREAM = OVERLOADED_ERROR
 
 
 def overloaded_mid_stream(kind: str, code: str | None) -> bool:
@@ -193,6 +204,14 @@ class Failover:
                         if carried is None:
                             raise
                         wire = carried[1]
+                    continue
+                if isinstance(exc, OverloadedAtStart):  # a stream overloaded before its first block
+                    carried = None if choice.tried else await self.carrier(choice, translate)
+                    if carried is None:  # nowhere else to go: the stream as it came (counted as it ends)
+                        return Attempt(exc.relay(), choice, provider)
+                    exc.drop()
+                    await self.router.report(choice, ok=False, retry_after=None, caller=None)  # as its 529
+                    choice, wire = carried
                     continue
                 if is_provider_failure(exc):
                     await self.router.report(choice, ok=False, retry_after=asked_wait(exc), caller=witness(exc, caller))

@@ -14,7 +14,9 @@ alias refuses no request for a backoff) and moves to the next target when one fa
 refused connection, provider 429, a refusal of the provider key itself; not a read timeout nor a connection dropped after the request was
 sent: the provider may have served it; nor to another provider's target for a request that stores an
 object upstream or names one: `one_provider`) — the same rule as the native API's failover; a stream that
-ends with the provider's `overloaded_error` event after it began counts too (`failed_mid_stream`), never retried; a 429 refusing the
+ends with the provider's `overloaded_error` event after it began counts too (`failed_mid_stream`), retried as a 529 when it
+came before the answer's first block (`OverloadedAtStart`: the stream's opening was held back; the last target's is relayed as it
+came), never after it; a 429 refusing the
 request as larger than the provider's per-minute limit moves on too, counting against no health. So does a 404
 saying the provider no longer serves the target's model (`ModelRetired`, the native rule): no failure, not
 charged, and the pair is marked retired (`ProviderHealth.mark_retired`), which later requests skip as they
@@ -28,11 +30,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from sentinel.domain.catalogue import ModelTarget
 from sentinel.errors import SentinelError
-from sentinel.providers.errors import ModelRetired
+from sentinel.providers.errors import ModelRetired, OverloadedAtStart
 from sentinel.routing.failover import (
     asked_wait,
     is_provider_failure,
@@ -124,13 +126,18 @@ class ModelRoutes:
                 try:
                     result = await send(target)
                 except SentinelError as exc:
+                    last = position == len(ordered) - 1
+                    if isinstance(exc, OverloadedAtStart):  # a stream overloaded before its first block
+                        if last:  # nowhere else to go: the stream as it came (counted as it ends)
+                            return cast(T, exc.relay())
+                        exc.drop()
                     if isinstance(exc, ModelRetired):  # gone for good: no failure, remembered (`order`)
                         await self.health.mark_retired(*_pair(target))
                     elif is_provider_failure(exc):
                         await self._report_failure(target, asked_wait(exc), witness(exc, caller))
                     elif not too_large_here(exc):  # (too large for this one's limit: not its failure)
                         raise
-                    if position == len(ordered) - 1 or not may_retry(exc):
+                    if last or not may_retry(exc):
                         raise
                     continue
                 await self._report_success(target, _pair(target) in recorded)
@@ -151,7 +158,8 @@ class ModelRoutes:
     async def failed_mid_stream(self, target: ModelTarget, code: str | None) -> None:
         """A stream `target` began ended with the provider's error event of type `code`: recorded against
         its health when that error is Anthropic's overload (`overloaded_mid_stream`), as its 529
-        before the first byte is; never retried (the client was sent the stream's opening already)."""
+        before the first byte is; not retried here (the client was sent the stream's opening already: one
+        overloaded before its first block was retried in `call`, `OverloadedAtStart`)."""
         if overloaded_mid_stream(target.kind, code):
             await self._report_failure(target, None)
 

@@ -41,7 +41,8 @@ from sentinel.native.types import schemas_remembered
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.offload import count_off_loop, large, off_loop
-from sentinel.providers.anthropic import AnthropicUpstream
+from sentinel.providers.anthropic import AnthropicUpstream, overloaded_at_start
+from sentinel.providers.errors import OverloadedAtStart
 from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import forwardable_headers, relayable_headers
 from sentinel.quota.anthropic_usage import (
@@ -273,7 +274,13 @@ class MessagesService:
         upstream = await self._forward(ex, target, ["messages"], payload, headers, heavy=heavy, end_user=end_user)
         upstream.model = target.upstream_model  # a 404 saying it is retired moves the alias on (`refuse`)
         if payload.get("stream") is True and 200 <= upstream.status < 300 and upstream.streams:
-            return self._relay_sse(ex, target, upstream, admission, functools.partial(self._within, target, payload))
+            within = functools.partial(self._within, target, payload)
+            # Its opening held back until its first block: an overload before it is the attempt's 529
+            # (the alias's next target serves it), else relayed as it came (`OverloadedAtStart`).
+            if await overloaded_at_start(upstream):
+                raise OverloadedAtStart(upstream.provider, drop=upstream.close,
+                                        relay=lambda: self._relay_sse(ex, target, upstream, admission, within))
+            return self._relay_sse(ex, target, upstream, admission, within)
         raw = await self._read(upstream, admission)
         try:
             parsed = orjson.loads(raw)

@@ -35,6 +35,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.offload import count_off_loop, off_loop
 from sentinel.providers.chat import ChatProvider, ProviderStream, recorded_usage
+from sentinel.providers.errors import OverloadedAtStart
 from sentinel.providers.http import UpstreamResponse
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
@@ -125,13 +126,17 @@ class TranslatedChat:
         try:
             with ex.spans.span(f"chat {target.name}", attributes, client=True):
                 if req.stream:
-                    stream = await provider.open_stream_body(body, relay_client_errors=True, refused=refused)
-                    ex.upstream_seconds += stream.upstream_seconds
-                    ex.upstream_status = stream.upstream.status
-                    return self._stream(ex, stream, req, target, admission, client)
+                    try:
+                        stream = await provider.open_stream_body(body, relay_client_errors=True, refused=refused)
+                    except OverloadedAtStart as exc:  # before its first block: the alias's next target's
+                        held = exc.relay
+                        exc.relay = lambda: self._opened(ex, held(), req, target, admission, client)
+                        raise
+                    return self._opened(ex, stream, req, target, admission, client)
                 done = await provider.complete_body(body, "simple", relay_client_errors=True, refused=refused)
         except UpstreamError as exc:
-            self.metrics.upstream_errors.labels(target.provider, exc.code).inc()
+            if not isinstance(exc, OverloadedAtStart):  # (counted as its stream's error when relayed)
+                self.metrics.upstream_errors.labels(target.provider, exc.code).inc()
             raise
         ex.upstream_seconds += done.upstream_seconds
         ex.upstream_status = 200
@@ -149,6 +154,15 @@ class TranslatedChat:
             else render_anthropic_message(reply, shown, reply.cache)
         )
         return Reply(200, orjson.dumps(rendered), list(JSON))
+
+    def _opened(
+        self, ex: Exchange, stream: ProviderStream, req: ModelChatRequest, target: ModelTarget, admission: Admission,
+        client: ClientFormat,
+    ) -> StreamReply:
+        """The answer of a stream that opened (its time to headers, its status on the exchange)."""
+        ex.upstream_seconds += stream.upstream_seconds
+        ex.upstream_status = stream.upstream.status
+        return self._stream(ex, stream, req, target, admission, client)
 
     async def _estimate(self, admission: Admission, text: str, target: ModelTarget, counted: int = 0) -> WireUsage:
         """The usage shown for an answer the provider gave none for: the text counted (a long one off

@@ -8,20 +8,23 @@ A stream cut by a broken connection still counts against no health (`test_gate_d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anthropic
 import openai
 import pytest
 import yaml
+from starlette.types import Receive, Scope, Send
 
+from sentinel.mock.app import create_mock_app
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.health import ProviderHealth
 from tests.api.conftest import Gateway
 from tests.api.test_native import tiers_file
 from tests.support.attack import ledger_rows
 from tests.support.metrics import metric
+from tests.support.servers import serving
 from tests.support.waiting import wait_for
 
 HAIKU = "claude-3-5-haiku-20241022"
@@ -162,3 +165,101 @@ def test_a_native_thinking_stream_overloaded_before_its_answer_began_is_charged_
     assert broken.status_code == 200 and '"code":"overloaded_error"' in broken.text, broken.text
     row = one_row(thinker)
     assert row["status"] == 502 and row["output_tokens"] == (0 if after == 1 else reserved), row
+
+
+SONNET = "claude-sonnet-4-20250514"
+
+
+class _Overloading:
+    """The mock upstream, every Anthropic stream of which sends `overloaded_error` right after its
+    `message_start` (`error_after=1`): a Claude model overloaded as its answer would begin."""
+
+    def __init__(self) -> None:
+        self.app = create_mock_app()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "headers": [*scope["headers"], (b"x-mock-error-after", b"1")]}
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture
+def overloading(gateway_factory: Callable[..., Gateway], tmp_path: Path, mock_upstream: str) -> Iterator[Gateway]:
+    """A `/v1` alias and a native tier of two Claude models: the first (on `busy`) overloaded right
+    after `message_start`, the second sound."""
+    with serving(_Overloading()) as busy:
+        path = tmp_path / "providers.yaml"
+        path.write_text(yaml.safe_dump({
+            "providers": [{"name": "anthropic", "kind": "anthropic", "base_url": mock_upstream, "api_key": "sk-ant-x"},
+                          {"name": "busy", "kind": "anthropic", "base_url": busy.url, "api_key": "sk-ant-x"}],
+            "models": [{"name": "busy-haiku", "provider": "busy", "upstream_name": HAIKU},
+                       {"name": SONNET, "provider": "anthropic"}],
+            "aliases": {"claudes": ["busy-haiku", SONNET]},
+            "tiers": {tier: [{"provider": "busy", "model": HAIKU, "relative_cost": 1},
+                             {"provider": "anthropic", "model": SONNET, "relative_cost": 10}]
+                      for tier in ("simple", "moderate", "complex")},
+        }))
+        yield gateway_factory(providers_file=path, usage_flush_interval_seconds=0.1)
+
+
+def busy_in_backoff(gw: Gateway) -> bool:
+    return gw.read_stored(ProviderHealth.key("busy", HAIKU)) is not None
+
+
+def test_an_alias_stream_overloaded_before_its_first_block_is_served_by_the_next_target(overloading: Gateway) -> None:
+    """The first target's `message_start` is held back until its first block: its overload before
+    one is its 529 — counted against its health, the stream retried on the next target —, and the
+    client gets one clean stream from the model that served it, charged once."""
+    claude = overloading.anthropic()
+    with claude.messages.with_streaming_response.create(
+        model="claudes", max_tokens=200, stream=True, messages=[{"role": "user", "content": "one two three"}],
+    ) as raw:
+        assert raw.headers["x-sentinel-model"] == SONNET, raw.headers
+        events = list(raw.parse())
+    kinds = [e.type for e in events]
+    assert kinds[0] == "message_start" and kinds.count("message_start") == 1, kinds
+    assert kinds[-1] == "message_stop" and "error" not in kinds, kinds
+    assert events[0].message.model == SONNET  # type: ignore[union-attr]
+    text = "".join(e.delta.text for e in events if e.type == "content_block_delta"
+                   and e.delta.type == "text_delta")  # type: ignore[union-attr]
+    assert text == "Echo: one two three", text
+    row = one_row(overloading)
+    assert row["status"] == 200 and row["model"] == SONNET and row["output_tokens"] > 0, row
+    assert busy_in_backoff(overloading)
+
+
+def test_a_translated_alias_stream_overloaded_before_its_first_block_is_served_by_the_next_target(
+    overloading: Gateway,
+) -> None:
+    """The same for an OpenAI client's chat translated to the alias's Claude models."""
+    raw = overloading.openai().chat.completions.with_raw_response.create(
+        model="claudes", stream=True, messages=[{"role": "user", "content": "one two three"}],
+    )
+    assert raw.headers["x-sentinel-model"] == SONNET, raw.headers
+    chunks = list(raw.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Echo: one two three", text
+    assert chunks[-1].choices[0].finish_reason == "stop", chunks[-1]
+    row = one_row(overloading)
+    assert row["status"] == 200 and row["model"] == SONNET, row
+    assert busy_in_backoff(overloading)
+
+
+def test_a_native_stream_overloaded_before_its_first_block_is_retried_on_the_tiers_next_model(
+    overloading: Gateway,
+) -> None:
+    """On the native API the tier's next model serves it (the busy one is drawn first ten times in
+    eleven: requests go until it was — each answered whole by the other — and is then in backoff)."""
+    served = 0
+    with overloading.client() as http:
+        while not busy_in_backoff(overloading) and served < 30:
+            answer = http.post("/native/v1/chat/completions", json={
+                "tier": "simple", "stream": True, "messages": [{"role": "user", "content": "one two"}]})
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["x-sentinel-model"] == SONNET, answer.headers
+            assert "Echo:" in answer.text and "error" not in answer.text and answer.text.rstrip().endswith("[DONE]")
+            served += 1
+    assert busy_in_backoff(overloading)
+    assert wait_for(lambda: len(ledger_rows(overloading.settings.database_url, "alice")) == served)
+    rows = ledger_rows(overloading.settings.database_url, "alice")
+    assert all(row["status"] == 200 and row["model"] == SONNET for row in rows), rows

@@ -193,8 +193,9 @@ def overloading(gateway_factory: Callable[..., Gateway], tmp_path: Path, mock_up
             "providers": [{"name": "anthropic", "kind": "anthropic", "base_url": mock_upstream, "api_key": "sk-ant-x"},
                           {"name": "busy", "kind": "anthropic", "base_url": busy.url, "api_key": "sk-ant-x"}],
             "models": [{"name": "busy-haiku", "provider": "busy", "upstream_name": HAIKU},
+                       {"name": "busy-sonnet", "provider": "busy", "upstream_name": SONNET},
                        {"name": SONNET, "provider": "anthropic"}],
-            "aliases": {"claudes": ["busy-haiku", SONNET]},
+            "aliases": {"claudes": ["busy-haiku", SONNET], "busy-claudes": ["busy-haiku", "busy-sonnet"]},
             "tiers": {tier: [{"provider": "busy", "model": HAIKU, "relative_cost": 1},
                              {"provider": "anthropic", "model": SONNET, "relative_cost": 10}]
                       for tier in ("simple", "moderate", "complex")},
@@ -263,3 +264,20 @@ def test_a_native_stream_overloaded_before_its_first_block_is_retried_on_the_tie
     assert wait_for(lambda: len(ledger_rows(overloading.settings.database_url, "alice")) == served)
     rows = ledger_rows(overloading.settings.database_url, "alice")
     assert all(row["status"] == 200 and row["model"] == SONNET for row in rows), rows
+
+
+def test_an_alias_whose_last_target_is_overloaded_too_relays_its_stream_as_it_came(overloading: Gateway) -> None:
+    """With nowhere else to go, the last target's held opening is relayed, then its error event, as
+    before: both targets counted against their health, one usage record (502)."""
+    seen: list[str] = []
+    with pytest.raises(anthropic.APIStatusError) as caught:  # noqa: PT012
+        for event in overloading.anthropic().messages.create(
+            model="busy-claudes", max_tokens=200, stream=True, messages=[{"role": "user", "content": "one two"}],
+        ):
+            seen.append(event.type)
+    assert seen == ["message_start"], seen
+    assert caught.value.body["error"]["type"] == "overloaded_error", caught.value.body  # type: ignore[index]
+    row = one_row(overloading)
+    assert row["status"] == 502 and row["model"] == "busy-sonnet" and row["output_tokens"] == 0, row
+    assert busy_in_backoff(overloading)
+    assert overloading.read_stored(ProviderHealth.key("busy", SONNET)) is not None

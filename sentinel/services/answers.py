@@ -552,7 +552,7 @@ class AnswerRelay:
                 await claim_created(ownership, [(i, audio_ttl(at, now)) for i, at in inspector.audio.items()], speaker)
             report(ex, admission, inspector.model)
 
-        return relay_events(upstream, inspector, endpoint, self.metrics, settle)
+        return relay_events(upstream, inspector, endpoint, self.metrics, settle, drains=admission.hidden_output)
 
 
 async def claim_created(

@@ -56,13 +56,16 @@ def relay_events(
     endpoint: str,
     metrics: Metrics,
     settle: Callable[[int], Awaitable[None]],
+    *,
+    drains: bool = False,
 ) -> StreamReply:
     """The upstream's stream relayed through `inspector`, its usage settled by `settle(status)`.
 
     A stream that ends without its final event is counted as truncated; an upstream failing
     mid-stream ends the stream (its headers are gone) with an error event (`failure_event`) and is
     settled as 502, usage so far included; so is one that carried the provider's own error event,
-    and one that ran past its time limit (`StreamTimeLimit`).
+    and one that ran past its time limit (`StreamTimeLimit`). `drains`: the request's output is
+    hidden, and a stream its client left is read on for its usage (`MeteredStream`).
     """
     started = time.perf_counter()
 
@@ -101,7 +104,7 @@ def relay_events(
         if inspector.parse_errors:
             metrics.sse_parse_errors.labels(endpoint).inc(inspector.parse_errors)
 
-    stream = MeteredStream(produce, settle, observe)
+    stream = MeteredStream(produce, settle, observe, drains=drains)
     headers = relayable_headers(upstream.headers) + SSE_HEADERS
     return StreamReply(upstream.status, headers, stream.chunks(), stream.on_close)
 

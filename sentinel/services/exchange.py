@@ -78,6 +78,14 @@ class Ending:
     last: bytes = b""
 
 
+# The most bytes a stream left by its client is read on for its final usage (`MeteredStream`'s drain):
+# past them the drain stops and the stream is charged as it was before it (its reservation).
+DRAIN_MAX_BYTES = 16 * 1024 * 1024
+
+# The drains under way (`MeteredStream`), cut at shutdown by `stop_drains`.
+_DRAINS: set[asyncio.Task[None]] = set()
+
+
 class MeteredStream:
     """A stream whose usage record is durable before the client sees its end.
 
@@ -90,6 +98,15 @@ class MeteredStream:
     ran again, alongside: the meter's part is idempotent, the rest of a settlement is not — a
     Responses turn's tokens were added to its conversation's count twice.) `on_end` runs after
     it, also when it failed.
+
+    `drains` (the request's output is hidden: billed but not streamed, `Admission.hidden_output`):
+    without the provider's final usage such a stream is charged the output it reserved, which for
+    a request that named no cap is `DEFAULT_MAX_OUTPUT_TOKENS` however much the provider billed. So
+    each step of its producer runs as a task of its own, which the client leaving does not cancel,
+    and a stream its client left is read on to its end in the background (`_drain`: nothing more
+    is sent; bounded by the stream's time limit and `DRAIN_MAX_BYTES`) before it is settled (499)
+    — with the provider's usage when the end brought it, else as before. A drain is cut at
+    shutdown (`stop_drains`) and then settled so.
     """
 
     def __init__(
@@ -97,13 +114,19 @@ class MeteredStream:
         produce: Callable[[Ending], AsyncIterator[bytes]],
         settle: Callable[[int], Awaitable[None]],
         on_end: Callable[[], Awaitable[None]] | None = None,
+        *,
+        drains: bool = False,
     ) -> None:
         self._produce = produce
         self._settle = settle
         self._on_end = on_end
+        self._drains = drains
         self.ending = Ending()
         self._produced = False  # the producer finished: `ending.status` is how the stream ended
         self._settlement: asyncio.Future[None] | None = None  # begun (a task of its own), once
+        # A draining stream's producer left unfinished when the client's side stopped, with its step
+        # under way (if any): drained or closed by `on_close`.
+        self._rest: tuple[AsyncIterator[bytes], asyncio.Future[bytes] | None] | None = None
 
     def _settled(self, status: int) -> asyncio.Future[None]:
         """The settlement: begun with `status` by the first call, the one under way after that."""
@@ -113,22 +136,105 @@ class MeteredStream:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body, then (after the usage record is stored) the final bytes."""
-        async for chunk in self._produce(self.ending):
-            yield chunk
+        if self._drains:
+            async for chunk in self._stepped():
+                yield chunk
+        else:
+            async for chunk in self._produce(self.ending):
+                yield chunk
         self._produced = True
         await asyncio.shield(self._settled(self.ending.status))
         if self.ending.last:
             yield self.ending.last
 
+    async def _stepped(self) -> AsyncIterator[bytes]:
+        """The producer's chunks, each read by a task of its own: the client leaving (the relay
+        cancelled, the body closed) leaves the producer as it is, for `on_close`."""
+        producer = self._produce(self.ending)
+        step: asyncio.Future[bytes] | None = None
+        finished = False
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(producer))
+                try:
+                    chunk = await asyncio.shield(step)
+                except StopAsyncIteration:
+                    finished = True
+                    return
+                step = None
+                yield chunk
+        finally:
+            if not finished:
+                self._rest = (producer, step)
+
     async def on_close(self, disconnected: bool) -> None:
         """Settle a stream the client left or that was cut before its producer finished (499), or
         one that ended without its settlement yet — or wait for the settlement already under way;
-        then `on_end`."""
+        then `on_end`. A draining stream its client left is drained first (in the background)."""
+        rest, self._rest = self._rest, None
+        if rest is not None and disconnected:
+            task = asyncio.ensure_future(self._drain(*rest))
+            _DRAINS.add(task)
+            task.add_done_callback(_DRAINS.discard)
+            return
+        if rest is not None:  # the server cut it: stopped where it is
+            await asyncio.shield(_stop(*rest))
+        await self._close(disconnected)
+
+    async def _close(self, disconnected: bool) -> None:
         try:
             await asyncio.shield(self._settled(self.ending.status if self._produced and not disconnected else 499))
         finally:
             if self._on_end is not None:
                 await self._on_end()
+
+    async def _drain(self, producer: AsyncIterator[bytes], step: asyncio.Future[bytes] | None) -> None:
+        """Read the rest of a stream its client left, sending nothing, then settle it (499). Ends
+        at the producer's end, past `DRAIN_MAX_BYTES`, or cut (`stop_drains`); a producer stopped
+        before its end is closed (the upstream with it)."""
+        read = 0
+        finished = False
+        try:
+            if step is not None:
+                read += len(await step)
+            while read <= DRAIN_MAX_BYTES:
+                step = None
+                read += len(await anext(producer))
+            log.warning("a stream its client left was not read to its end: past the bytes a drain reads",
+                        extra={"limit_bytes": DRAIN_MAX_BYTES})
+        except StopAsyncIteration:
+            finished = True
+        except asyncio.CancelledError:  # cut at shutdown: settled as it stands
+            pass
+        except Exception as exc:  # noqa: BLE001 - (the producers end their own failures): settled as it stands
+            log.error("draining a stream its client left failed", exc_info=exc)
+        finally:
+            if not finished:
+                await asyncio.shield(_stop(producer, step))
+        await self._close(True)
+
+
+async def _stop(producer: AsyncIterator[bytes], step: asyncio.Future[bytes] | None) -> None:
+    """Stop a producer left unfinished: its step under way cancelled (the producer unwinds, closing
+    its upstream), then the generator closed."""
+    if step is not None and not step.done():
+        step.cancel()
+    if step is not None:
+        await asyncio.gather(step, return_exceptions=True)
+    closer = getattr(producer, "aclose", None)
+    if closer is not None:
+        await closer()
+
+
+async def stop_drains() -> None:
+    """Cut the drains under way on this loop (shutdown, before the meter waits for their
+    settlements): each closes its upstream and settles as the stream stood (`MeteredStream`)."""
+    loop = asyncio.get_running_loop()
+    drains = [task for task in _DRAINS if task.get_loop() is loop]
+    for task in drains:
+        task.cancel()
+    if drains:
+        await asyncio.wait(drains)
 
 
 def unexpected_stream_failure(exc: Exception, provider: str) -> StreamError:

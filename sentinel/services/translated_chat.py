@@ -221,5 +221,5 @@ class TranslatedChat:
             )
             report(ex, admission, target.upstream_model)
 
-        metered = MeteredStream(produce, settle)
+        metered = MeteredStream(produce, settle, drains=admission.hidden_output)
         return StreamReply(200, list(SSE_RESPONSE_HEADERS), metered.chunks(), metered.on_close)

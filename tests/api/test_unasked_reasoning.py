@@ -1,7 +1,9 @@
 """A model that reasons without being asked (OpenAI's o-series, gpt-5) bills reasoning it never
-streams: a client leaving its stream right before the usage chunk is charged the output it reserved,
-as one asking for reasoning is — on the relayed chat, translated `/v1/messages` and native surfaces,
-by the model's name or the providers file's `reasons`, either way."""
+streams: a client leaving its stream right before the usage chunk has the upstream read on to the
+provider's count, which is charged (before: the output it reserved), as one asking for reasoning
+has — on the relayed chat, Responses, translated `/v1/messages` and native surfaces, by the model's
+name or the providers file's `reasons`, either way; a drain that ends without the count is charged
+the output reserved."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import openai
 import pytest
 import yaml
 
+from sentinel.services import exchange
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import set_plan
 from tests.support.attack import ledger_rows, openai_error
@@ -25,6 +28,11 @@ from tests.support.waiting import wait_for
 
 RESERVED = 600  # each request's output cap
 LIMIT = 1000  # output tokens a day, each user
+
+
+def draining() -> bool:
+    """Whether a stream its client left is being read on (the gateway runs in this process)."""
+    return bool(exchange._DRAINS)  # noqa: SLF001
 
 
 def chunk(model: str, choices: list[dict[str, Any]], **extra: Any) -> bytes:
@@ -176,15 +184,21 @@ def test_a_stream_left_before_its_usage_is_charged_the_reasoning_it_hid(
     set_plan(gw.settings.database_url, "alice", "daily", f"output_tokens={LIMIT}/1d")
     script = held.queue(response_answer(upstream_model) if surface == "responses" else answer(upstream_model))
     LEFT[surface](gw, model, extra)
-    assert script.left.wait(10)  # the gateway left the upstream before its usage chunk
-    assert not script.done.is_set()
     assert json.loads(held.received[0])["model"] == upstream_model
+    if hidden:  # read on after the client left, for the provider's count: charged that, not the cap
+        assert wait_for(draining)
+        assert not script.left.is_set()
+        script.steps[1].gate.set()
+        assert script.done.wait(10)
+    else:
+        assert script.left.wait(10)  # the gateway left the upstream before its usage chunk
+        assert not script.done.is_set()
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)
     row = ledger_rows(gw.settings.database_url, "alice")[0]
-    assert row["usage_source"] == "estimated"
     if hidden:
-        assert row["output_tokens"] == RESERVED
+        assert (row["usage_source"], row["output_tokens"], row["status"]) == ("measured", 5000, 499)
     else:
+        assert row["usage_source"] == "estimated"
         assert 0 < row["output_tokens"] < 10
     # The plan's counter holds what the ledger says: a request for the whole day's output is refused.
     with gw.client() as http:
@@ -337,3 +351,68 @@ def test_a_native_answer_without_usage_shows_what_it_was_charged(
     assert (row["usage_source"], row["output_tokens"]) == ("estimated", RESERVED)
     assert shown == {"prompt_tokens": row["input_tokens"], "completion_tokens": RESERVED,
                      "total_tokens": row["input_tokens"] + RESERVED}
+
+
+@pytest.mark.parametrize("capped", [False, True])
+def test_an_uncapped_reasoning_stream_left_after_its_first_chunk_is_charged_what_the_provider_billed(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, upstream: tuple[HeldUpstream, str], capped: bool,
+) -> None:
+    """An o4-mini chat stream with no output cap reserves DEFAULT_MAX_OUTPUT_TOKENS (4,096): left
+    after its first chunk it was charged that, whatever the provider billed (5,000 here) — again and
+    again. The upstream is now read on to its usage, which is charged (a cap too is no bound then)."""
+    held, url = upstream
+    gw = gateway(gateway_factory, tmp_path, url)
+    script = held.queue(answer("o4-mini"))
+    client = gw.openai()
+    cap = {"max_completion_tokens": RESERVED} if capped else {}
+    with client.chat.completions.create(
+        model="o4-mini", messages=[{"role": "user", "content": "think about it"}], stream=True, **cap,
+    ) as stream:
+        assert next(iter(stream)).choices[0].delta.content == "Hello there"
+    assert wait_for(draining)
+    assert not script.left.is_set()  # still read, nothing more sent to the client
+    script.steps[1].gate.set()
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)
+    row = ledger_rows(gw.settings.database_url, "alice")[0]
+    assert (row["usage_source"], row["input_tokens"], row["output_tokens"]) == ("measured", 10, 5000)
+    assert script.done.is_set()
+
+
+def test_a_drain_past_its_byte_bound_is_charged_as_reserved(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, upstream: tuple[HeldUpstream, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stream read on after its client left is bounded: past `DRAIN_MAX_BYTES` the gateway
+    leaves the upstream and charges the stream as before the drain, its reservation."""
+    monkeypatch.setattr(exchange, "DRAIN_MAX_BYTES", 100)
+    held, url = upstream
+    gw = gateway(gateway_factory, tmp_path, url)
+    script = answer("o4-mini")
+    filler = chunk("o4-mini", [{"index": 0, "delta": {"content": "x" * 200}, "finish_reason": None}])
+    script.steps.insert(1, Step(filler))
+    held.queue(script)
+    chat_left(gw, "o4-mini", {})
+    assert wait_for(draining)  # (the filler is read after the client left, not relayed before)
+    script.steps[1].gate.set()
+    assert script.left.wait(10)  # the drain stopped past its bound, before the usage chunk
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)
+    row = ledger_rows(gw.settings.database_url, "alice")[0]
+    assert (row["usage_source"], row["output_tokens"], row["status"]) == ("estimated", RESERVED, 499)
+    assert not script.done.is_set()
+
+
+def test_a_drain_under_way_at_shutdown_is_cut_and_charged_as_reserved(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, upstream: tuple[HeldUpstream, str],
+) -> None:
+    """Shutdown does not wait on an upstream that never ends: the drain is cut, the upstream left,
+    and the stream recorded (once) before the ledger closes — charged as before the drain."""
+    held, url = upstream
+    gw = gateway(gateway_factory, tmp_path, url)
+    script = held.queue(answer("o4-mini"))
+    chat_left(gw, "o4-mini", {})
+    assert wait_for(draining)
+    gw.server.stop()
+    assert not gw.server.thread.is_alive()
+    assert script.left.wait(10)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert [(r["usage_source"], r["output_tokens"], r["status"]) for r in rows] == [("estimated", RESERVED, 499)]

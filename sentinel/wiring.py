@@ -75,7 +75,6 @@ from sentinel.routing.selection import WeightedSelector
 from sentinel.routing.sessions import SessionStore
 from sentinel.services.admin import AdminService
 from sentinel.services.admin_live import LiveState
-from sentinel.services.exchange import stop_drains
 from sentinel.services.messages import MessagesService
 from sentinel.services.models import ModelList
 from sentinel.services.native_chat import NativeChat
@@ -485,9 +484,9 @@ async def build_runtime(
         native=NativeChat(router, chat_providers, meter, counter, end_users, reasons=catalogue.reasons),
         router=router,
         # Settlements under way first (requests cancelled past the shutdown deadline finish theirs):
-        # their records go to the outbox and the ledger the next closers flush and close. The streams
-        # read on after their clients left are cut before: each settles as it stands.
-        closers=[lambda: settle_all(meter, s.shutdown_timeout_seconds),
+        # their records go to the outbox and the ledger the next closers flush and close (the streams
+        # read on after their clients left cut before: each settles as it stands).
+        closers=[lambda: meter.drain(s.shutdown_timeout_seconds),
                  lambda: deliverer.stop(s.shutdown_timeout_seconds), *([rollups.stop] if rollups else []),
                  http.close, stats_writer.stop, *([sqlite_writer.close] if sqlite_writer else []),
                  lambda: close_engine(engine, s.database_timeout_seconds),
@@ -499,9 +498,3 @@ async def build_runtime(
         redact=redact,
     )
 
-
-async def settle_all(meter: QuotaMeter, within: float) -> None:
-    """Shutdown's first step: the drains of streams their clients left cut (`stop_drains`), then the
-    settlements under way waited for (`QuotaMeter.drain`), theirs with them."""
-    await stop_drains()
-    await meter.drain(within)

@@ -187,6 +187,8 @@ class Meter(Protocol):
 
     async def fail(self, admission: Admission, error: BaseException) -> None: ...
 
+    def read_on(self, work: Coroutine[Any, Any, None]) -> None: ...
+
 
 def _refused(status: int) -> bool:
     """Whether a call settled with `status` was refused by the provider (a 4xx; 499 is a call the
@@ -234,6 +236,7 @@ class QuotaMeter:
         self.unrecordable = unrecordable
         self._repeated = Repeated(log, clock=clock)  # outage lines: once a minute, not once a request
         self._settling: set[asyncio.Task[None]] = set()  # settlements and releases under way
+        self.reading_on: set[asyncio.Task[None]] = set()  # streams read on for their usage (`read_on`)
         self._open = 0  # admissions neither settled nor released yet (a settlement still to come)
         self._changed: asyncio.Event | None = None  # set on every change `drain` waits for, while it waits
         self.unsettled = Unsettled()  # settlements the store did not take, sent again until it does
@@ -499,15 +502,29 @@ class QuotaMeter:
         if self._changed is not None:
             self._changed.set()
 
+    def read_on(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` — a stream its client left, read on for the provider's usage before it is
+        settled (`sentinel.services.exchange.MeteredStream`) — as a task of its own, which `drain`
+        cuts first (shutdown does not wait on an upstream that may never end): it then settles as
+        it stands."""
+        task = asyncio.ensure_future(work)
+        self.reading_on.add(task)
+        task.add_done_callback(self.reading_on.discard)
+
     async def drain(self, within: float) -> None:
         """Wait, at most `within` seconds, until no settlement or release is under way and every
         admission was settled or released (those admitted meanwhile too): shutdown runs it before
         the outbox, the ledger and the store are closed. The server cancels the requests still
         running past its shutdown deadline and goes straight on to the app's shutdown; a cancelled
         stream begins its settlement only some loop turns later (the relay unwinds, the body is
-        closed, then `on_close` settles), and its record would be written to closed writers."""
+        closed, then `on_close` settles), and its record would be written to closed writers.
+        Streams read on for their usage (`read_on`) are cut first, each then settling."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
+        if reading := list(self.reading_on):
+            for task in reading:
+                task.cancel()
+            await asyncio.wait(reading, timeout=within)
         self._changed = changed = asyncio.Event()
         try:
             while self._settling or self._open:

@@ -552,7 +552,7 @@ class AnswerRelay:
                 await claim_created(ownership, [(i, audio_ttl(at, now)) for i, at in inspector.audio.items()], speaker)
             report(ex, admission, inspector.model)
 
-        return relay_events(upstream, inspector, endpoint, self.metrics, settle, drains=admission.hidden_output)
+        return relay_events(upstream, inspector, endpoint, self.metrics, settle, drains=self.meter.read_on if admission.hidden_output else None)
 
 
 async def claim_created(

@@ -12,8 +12,8 @@ simply ends, as it would have without Sentinel.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
 import orjson
 
@@ -57,15 +57,15 @@ def relay_events(
     metrics: Metrics,
     settle: Callable[[int], Awaitable[None]],
     *,
-    drains: bool = False,
+    drains: Callable[[Coroutine[Any, Any, None]], None] | None = None,
 ) -> StreamReply:
     """The upstream's stream relayed through `inspector`, its usage settled by `settle(status)`.
 
     A stream that ends without its final event is counted as truncated; an upstream failing
     mid-stream ends the stream (its headers are gone) with an error event (`failure_event`) and is
     settled as 502, usage so far included; so is one that carried the provider's own error event,
-    and one that ran past its time limit (`StreamTimeLimit`). `drains`: the request's output is
-    hidden, and a stream its client left is read on for its usage (`MeteredStream`).
+    and one that ran past its time limit (`StreamTimeLimit`). `drains` (the request's output
+    is hidden: `Meter.read_on`): a stream its client left is read on for its usage (`MeteredStream`).
     """
     started = time.perf_counter()
 

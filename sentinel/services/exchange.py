@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from sentinel.errors import StreamTimeLimit, UpstreamError
 from sentinel.native import StreamError
@@ -82,9 +83,6 @@ class Ending:
 # past them the drain stops and the stream is charged as it was before it (its reservation).
 DRAIN_MAX_BYTES = 16 * 1024 * 1024
 
-# The drains under way (`MeteredStream`), cut at shutdown by `stop_drains`.
-_DRAINS: set[asyncio.Task[None]] = set()
-
 
 class MeteredStream:
     """A stream whose usage record is durable before the client sees its end.
@@ -99,14 +97,15 @@ class MeteredStream:
     Responses turn's tokens were added to its conversation's count twice.) `on_end` runs after
     it, also when it failed.
 
-    `drains` (the request's output is hidden: billed but not streamed, `Admission.hidden_output`):
-    without the provider's final usage such a stream is charged the output it reserved, which for
-    a request that named no cap is `DEFAULT_MAX_OUTPUT_TOKENS` however much the provider billed. So
-    each step of its producer runs as a task of its own, which the client leaving does not cancel,
-    and a stream its client left is read on to its end in the background (`_drain`: nothing more
-    is sent; bounded by the stream's time limit and `DRAIN_MAX_BYTES`) before it is settled (499)
-    — with the provider's usage when the end brought it, else as before. A drain is cut at
-    shutdown (`stop_drains`) and then settled so.
+    `drains` (given when the request's output is hidden — billed but not streamed,
+    `Admission.hidden_output` —: the meter's `read_on`): without the provider's final usage such a
+    stream is charged the output it reserved, which for a request that named no cap is
+    `DEFAULT_MAX_OUTPUT_TOKENS` however much the provider billed. So each step of its producer runs
+    as a task of its own, which the client leaving does not cancel, and a stream its client left is
+    read on to its end in the background (`_drain`, run by `drains`: nothing more is sent; bounded
+    by the stream's time limit and `DRAIN_MAX_BYTES`) before it is settled (499) — with the
+    provider's usage when the end brought it, else as before. The meter cuts a drain at shutdown
+    (`QuotaMeter.drain`), which then settles so.
     """
 
     def __init__(
@@ -115,7 +114,7 @@ class MeteredStream:
         settle: Callable[[int], Awaitable[None]],
         on_end: Callable[[], Awaitable[None]] | None = None,
         *,
-        drains: bool = False,
+        drains: Callable[[Coroutine[Any, Any, None]], None] | None = None,
     ) -> None:
         self._produce = produce
         self._settle = settle
@@ -136,7 +135,7 @@ class MeteredStream:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body, then (after the usage record is stored) the final bytes."""
-        if self._drains:
+        if self._drains is not None:
             async for chunk in self._stepped():
                 yield chunk
         else:
@@ -172,10 +171,8 @@ class MeteredStream:
         one that ended without its settlement yet — or wait for the settlement already under way;
         then `on_end`. A draining stream its client left is drained first (in the background)."""
         rest, self._rest = self._rest, None
-        if rest is not None and disconnected:
-            task = asyncio.ensure_future(self._drain(*rest))
-            _DRAINS.add(task)
-            task.add_done_callback(_DRAINS.discard)
+        if rest is not None and disconnected and self._drains is not None:
+            self._drains(self._drain(*rest))
             return
         if rest is not None:  # the server cut it: stopped where it is
             await asyncio.shield(_stop(*rest))
@@ -190,7 +187,7 @@ class MeteredStream:
 
     async def _drain(self, producer: AsyncIterator[bytes], step: asyncio.Future[bytes] | None) -> None:
         """Read the rest of a stream its client left, sending nothing, then settle it (499). Ends
-        at the producer's end, past `DRAIN_MAX_BYTES`, or cut (`stop_drains`); a producer stopped
+        at the producer's end, past `DRAIN_MAX_BYTES`, or cut (shutdown: `QuotaMeter.drain`); a producer stopped
         before its end is closed (the upstream with it)."""
         read = 0
         finished = False
@@ -224,17 +221,6 @@ async def _stop(producer: AsyncIterator[bytes], step: asyncio.Future[bytes] | No
     closer = getattr(producer, "aclose", None)
     if closer is not None:
         await closer()
-
-
-async def stop_drains() -> None:
-    """Cut the drains under way on this loop (shutdown, before the meter waits for their
-    settlements): each closes its upstream and settles as the stream stood (`MeteredStream`)."""
-    loop = asyncio.get_running_loop()
-    drains = [task for task in _DRAINS if task.get_loop() is loop]
-    for task in drains:
-        task.cancel()
-    if drains:
-        await asyncio.wait(drains)
 
 
 def unexpected_stream_failure(exc: Exception, provider: str) -> StreamError:

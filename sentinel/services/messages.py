@@ -337,7 +337,7 @@ class MessagesService:
             if inspector.failed:  # the provider's overload after the stream began counts against its health
                 await routes.failed_mid_stream(target, inspector.error_type)
 
-        return relay_events(upstream, inspector, "messages", self.metrics, settle, drains=admission.hidden_output)
+        return relay_events(upstream, inspector, "messages", self.metrics, settle, drains=self.meter.read_on if admission.hidden_output else None)
 
 
 def _dearest(prices: list[Prices], used: Usage) -> Prices:

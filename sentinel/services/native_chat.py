@@ -325,7 +325,7 @@ class NativeChat:
                     estimate = stream.normalizer.usage_chunk(WireUsage.of(used.input_tokens, used.output_tokens))
                     metered.ending.last = render_chunk(estimate) + DONE
 
-        metered = MeteredStream(produce, settle, give_back, drains=admission.hidden_output)  # (never read: given back too)
+        metered = MeteredStream(produce, settle, give_back, drains=self.meter.read_on if admission.hidden_output else None)  # (never read: given back too)
         return StreamReply(200, [*SSE_RESPONSE_HEADERS, *_choice_headers(choice)], metered.chunks(), metered.on_close)
 
 

@@ -221,5 +221,5 @@ class TranslatedChat:
             )
             report(ex, admission, target.upstream_model)
 
-        metered = MeteredStream(produce, settle, drains=admission.hidden_output)
+        metered = MeteredStream(produce, settle, drains=self.meter.read_on if admission.hidden_output else None)
         return StreamReply(200, list(SSE_RESPONSE_HEADERS), metered.chunks(), metered.on_close)

@@ -30,9 +30,9 @@ RESERVED = 600  # each request's output cap
 LIMIT = 1000  # output tokens a day, each user
 
 
-def draining() -> bool:
-    """Whether a stream its client left is being read on (the gateway runs in this process)."""
-    return bool(exchange._DRAINS)  # noqa: SLF001
+def draining(gw: Gateway) -> Callable[[], bool]:
+    """Whether a stream its client left is being read on by `gw` (it runs in this process)."""
+    return lambda: bool(gw.runtime.relay.meter.reading_on)  # type: ignore[attr-defined]
 
 
 def chunk(model: str, choices: list[dict[str, Any]], **extra: Any) -> bytes:
@@ -186,7 +186,7 @@ def test_a_stream_left_before_its_usage_is_charged_the_reasoning_it_hid(
     LEFT[surface](gw, model, extra)
     assert json.loads(held.received[0])["model"] == upstream_model
     if hidden:  # read on after the client left, for the provider's count: charged that, not the cap
-        assert wait_for(draining)
+        assert wait_for(draining(gw))
         assert not script.left.is_set()
         script.steps[1].gate.set()
         assert script.done.wait(10)
@@ -369,7 +369,7 @@ def test_an_uncapped_reasoning_stream_left_after_its_first_chunk_is_charged_what
         model="o4-mini", messages=[{"role": "user", "content": "think about it"}], stream=True, **cap,
     ) as stream:
         assert next(iter(stream)).choices[0].delta.content == "Hello there"
-    assert wait_for(draining)
+    assert wait_for(draining(gw))
     assert not script.left.is_set()  # still read, nothing more sent to the client
     script.steps[1].gate.set()
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)
@@ -392,7 +392,7 @@ def test_a_drain_past_its_byte_bound_is_charged_as_reserved(
     script.steps.insert(1, Step(filler))
     held.queue(script)
     chat_left(gw, "o4-mini", {})
-    assert wait_for(draining)  # (the filler is read after the client left, not relayed before)
+    assert wait_for(draining(gw))  # (the filler is read after the client left, not relayed before)
     script.steps[1].gate.set()
     assert script.left.wait(10)  # the drain stopped past its bound, before the usage chunk
     assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)
@@ -410,7 +410,7 @@ def test_a_drain_under_way_at_shutdown_is_cut_and_charged_as_reserved(
     gw = gateway(gateway_factory, tmp_path, url)
     script = held.queue(answer("o4-mini"))
     chat_left(gw, "o4-mini", {})
-    assert wait_for(draining)
+    assert wait_for(draining(gw))
     gw.server.stop()
     assert not gw.server.thread.is_alive()
     assert script.left.wait(10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 
@@ -30,6 +31,9 @@ class RequestContext(Exchange):
     status: int = 0
     client_address: str | None = field(default=None, repr=False)
     slot: str | None = None  # whose in-flight slot this request holds (`UserSlots`), given back at its end
+    # What goes on for the request after its answer (a stream its client left, read on for its usage:
+    # `StreamReply.on_close`): its `slot` is given back only once that is done.
+    read_on: asyncio.Future[None] | None = field(default=None, repr=False)
     body_bytes: int = 0  # of its body read so far, counted in the process's `BodyBudget` until its answer begins
     body_caller: str | None = None  # whose share of the `BodyBudget` they are counted in
     # The credential the caller presented (`Deps.authenticate`), taken out of what is logged of the

@@ -22,6 +22,7 @@ API keys or configured secrets in it (`observability.redaction.Redactor`), cut t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -176,11 +177,21 @@ class RequestMiddleware:
                 del err
         finally:
             if ctx.slot is not None and self.slots is not None:
-                self.slots.release(ctx.slot)
+                self._give_back_slot(self.slots, ctx.slot, ctx.read_on)
             if ctx.body_bytes and self.bodies is not None:
                 self.bodies.give_back(ctx)
             self._observe(scope, ctx)
             request_id_var.reset(token)
+
+    @staticmethod
+    def _give_back_slot(slots: UserSlots, user: str, read_on: asyncio.Future[None] | None) -> None:
+        """`user`'s in-flight slot given back — once `read_on` is done when the request's work goes on
+        after its answer (a hidden-output stream its client left, read on for its usage, holds an
+        upstream connection as the stream did: it counts as one of its caller's requests in flight)."""
+        if read_on is None or read_on.done():
+            slots.release(user)
+        else:
+            read_on.add_done_callback(lambda _: slots.release(user))
 
     async def _sign_in(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A sign-in, in one of `sign_ins`: 429 `too_many_in_flight` when its client already has

@@ -96,7 +96,7 @@ class StreamingRelay:
         status: int,
         headers: HeaderList,
         body: AsyncIterator[bytes],
-        on_close: Callable[[bool], Awaitable[None]] | None = None,
+        on_close: Callable[[bool], Awaitable[asyncio.Future[None] | None]] | None = None,
     ) -> None:
         self.status = status
         self.headers = headers
@@ -144,4 +144,6 @@ class StreamingRelay:
                     await closer()
             finally:
                 if self.on_close is not None:
-                    await asyncio.shield(self.on_close(self.client_disconnected))
+                    read_on = await asyncio.shield(self.on_close(self.client_disconnected))
+                    if read_on is not None and (ctx := scope.get("sentinel.ctx")) is not None:
+                        ctx.read_on = read_on  # its caller's in-flight slot held until it is done

@@ -4,7 +4,8 @@
 but legitimate requests (long streams, a slow upstream) could hold every slot and lock everyone
 else out with 503s. A caller past `limit` requests still running gets 429 `too_many_in_flight`
 (`Retry-After: 1`) at once, after authentication and before anything is read, reserved or sent; a
-slot is given back when the request's answer has been sent (a stream's too). Counted per process,
+slot is given back when the request's answer has been sent (a stream's too; a hidden-output stream its
+client left, read on for its usage, when that read ends: `RequestContext.read_on`). Counted per process,
 like the global limit (N workers or replicas allow up to N x `limit`).
 """
 

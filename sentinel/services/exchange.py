@@ -63,12 +63,16 @@ class Reply:
 
 @dataclass
 class StreamReply:
-    """A streamed answer: `chunks` are relayed as they come; `on_close(disconnected)` runs once at the end."""
+    """A streamed answer: `chunks` are relayed as they come; `on_close(disconnected)` runs once at the end.
+
+    `on_close` may return a future of what still goes on for the request after it (a stream its client
+    left, read on for its usage: `MeteredStream`): the request's in-flight slot is held until it is done.
+    """
 
     status: int
     headers: Headers
     chunks: AsyncIterator[bytes]
-    on_close: Callable[[bool], Awaitable[None]] | None = None
+    on_close: Callable[[bool], Awaitable[asyncio.Future[None] | None]] | None = None
 
 
 @dataclass
@@ -166,17 +170,21 @@ class MeteredStream:
             if not finished:
                 self._rest = (producer, step)
 
-    async def on_close(self, disconnected: bool) -> None:
+    async def on_close(self, disconnected: bool) -> asyncio.Future[None] | None:
         """Settle a stream the client left or that was cut before its producer finished (499), or
         one that ended without its settlement yet — or wait for the settlement already under way;
-        then `on_end`. A draining stream its client left is drained first (in the background)."""
+        then `on_end`. A draining stream its client left is drained first (in the background): the
+        drain's end is returned, and the request's in-flight slot is held until then (`StreamReply`)
+        — a drain holds an upstream connection as a stream does."""
         rest, self._rest = self._rest, None
         if rest is not None and disconnected and self._drains is not None:
-            self._drains(self._drain(*rest))
-            return
+            ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._drains(self._drain(*rest, ended=ended))
+            return ended
         if rest is not None:  # the server cut it: stopped where it is
             await asyncio.shield(_stop(*rest))
         await self._close(disconnected)
+        return None
 
     async def _close(self, disconnected: bool) -> None:
         try:
@@ -185,10 +193,19 @@ class MeteredStream:
             if self._on_end is not None:
                 await self._on_end()
 
-    async def _drain(self, producer: AsyncIterator[bytes], step: asyncio.Future[bytes] | None) -> None:
+    async def _drain(
+        self, producer: AsyncIterator[bytes], step: asyncio.Future[bytes] | None, *, ended: asyncio.Future[None],
+    ) -> None:
         """Read the rest of a stream its client left, sending nothing, then settle it (499). Ends
         at the producer's end, past `DRAIN_MAX_BYTES`, or cut (shutdown: `QuotaMeter.drain`); a producer stopped
-        before its end is closed (the upstream with it)."""
+        before its end is closed (the upstream with it). `ended` is done once it has ended, however."""
+        try:
+            await self._read_on(producer, step)
+        finally:
+            if not ended.done():
+                ended.set_result(None)
+
+    async def _read_on(self, producer: AsyncIterator[bytes], step: asyncio.Future[bytes] | None) -> None:
         read = 0
         finished = False
         try:

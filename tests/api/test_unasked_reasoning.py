@@ -35,6 +35,11 @@ def draining(gw: Gateway) -> Callable[[], bool]:
     return lambda: bool(gw.runtime.relay.meter.reading_on)  # type: ignore[attr-defined]
 
 
+def drains(gw: Gateway) -> int:
+    """How many streams their clients left `gw` is reading on."""
+    return len(gw.runtime.relay.meter.reading_on)  # type: ignore[attr-defined]
+
+
 def chunk(model: str, choices: list[dict[str, Any]], **extra: Any) -> bytes:
     body = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
             "choices": choices, **extra}
@@ -84,7 +89,8 @@ def upstream() -> Iterator[tuple[HeldUpstream, str]]:
         yield held, srv.url
 
 
-def gateway(factory: Callable[..., Gateway], tmp_path: Path, url: str, *, flags: bool = False) -> Gateway:
+def gateway(factory: Callable[..., Gateway], tmp_path: Path, url: str, *, flags: bool = False,
+            **settings: Any) -> Gateway:
     """A catalogue of OpenAI models on `url`; with `flags`, models whose `reasons` the file sets."""
     flagged = [
         {"name": "house-thinker", "provider": "openai", "upstream_name": "house-ft-1", "reasons": True},
@@ -105,7 +111,7 @@ def gateway(factory: Callable[..., Gateway], tmp_path: Path, url: str, *, flags:
     }
     path = tmp_path / "providers.yaml"
     path.write_text(yaml.safe_dump(doc))
-    return factory(providers_file=path, usage_flush_interval_seconds=0.1)
+    return factory(providers_file=path, usage_flush_interval_seconds=0.1, **settings)
 
 
 def chat_left(gw: Gateway, model: str, extra: dict[str, Any]) -> None:
@@ -207,6 +213,36 @@ def test_a_stream_left_before_its_usage_is_charged_the_reasoning_it_hid(
     assert r.status_code == 429, r.text
     assert openai_error(r.json())["details"]["used"] == row["output_tokens"]
     assert len(held.received) == 1
+
+
+def test_a_stream_read_on_after_its_client_left_holds_its_callers_in_flight_slot(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, upstream: tuple[HeldUpstream, str],
+) -> None:
+    """A drain holds an upstream connection for up to the stream's time limit: one key starting
+    hidden-output streams and leaving each at its first chunk held as many pooled connections as it
+    liked, past SENTINEL_MAX_IN_FLIGHT_PER_USER (its slot was given back as its client left). Each
+    drain now counts as one of its caller's requests in flight until it ends."""
+    held, url = upstream
+    gw = gateway(gateway_factory, tmp_path, url, max_in_flight_per_user=2)
+    scripts = [held.queue(answer("o4-mini")) for _ in range(2)]
+    for _ in scripts:
+        chat_left(gw, "o4-mini", {})
+    assert wait_for(lambda: drains(gw) == 2)
+    assert not any(script.left.is_set() for script in scripts)
+    with gw.client() as http:
+        r = http.post("/v1/chat/completions", json={"model": "o4-mini", "stream": True,
+                                                    "messages": [{"role": "user", "content": "again"}]})
+        assert r.status_code == 429, r.text
+        assert openai_error(r.json())["code"] == "too_many_in_flight"
+        assert len(held.received) == 2  # refused before anything was sent
+    scripts[0].steps[1].gate.set()  # one drain reads its end: its slot is free again
+    assert scripts[0].done.wait(10)
+    assert wait_for(lambda: drains(gw) == 1)
+    scripts.append(held.queue(answer("o4-mini")))
+    chat_left(gw, "o4-mini", {})
+    for script in scripts[1:]:
+        script.steps[1].gate.set()
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 3)
 
 
 def test_a_whole_answer_without_usage_from_a_model_that_reasons_is_charged_as_reserved(

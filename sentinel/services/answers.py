@@ -319,7 +319,9 @@ class AnswerRelay:
         recorded under its `charge_id`, once, whichever read shows it first), and the turns done
         with: charged now or before, or no longer the reader's (deleted, expired) — dropped from the
         holder's list once this read's record is stored (`_turns_charged`). One whose fetch
-        fails, or that shows no usage yet (still at work), stays listed: a later read charges it. A
+        fails, or that shows no usage yet (still at work), stays listed: a later read charges it; one
+        that ended showing none (failed, cancelled) is done with — kept, every read of the items
+        fetched it again, up to MAX_CUT_TURNS upstream reads each at Sentinel's cost, for good. A
         store that cannot say which were charged fetches none (each read would charge them again)."""
         ttl = ObjectPath("responses").ttl
         try:
@@ -341,6 +343,8 @@ class AnswerRelay:
                 continue
             usage = final_usage("responses", response)
             if usage is None:
+                if isinstance(status := response.get("status"), str) and status not in _AT_WORK:
+                    done.append(response_id)  # ended showing none (failed, cancelled): none will come
                 continue
             claim = await self.runs.claim(response_id, ttl, response_id)
             done.append(response_id)

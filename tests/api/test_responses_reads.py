@@ -171,6 +171,38 @@ def test_a_cut_turns_answer_read_through_its_conversations_items_is_charged_once
     assert [(r["input_tokens"], r["output_tokens"]) for r in reads] == [(0, 0), (0, 0)]  # charged nothing again
 
 
+def test_a_cut_turn_that_ended_without_usage_is_fetched_by_one_items_read_not_every_one(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """A cut turn whose stored response ended showing no usage (cancelled, failed) stayed listed as
+    one still at work does: every read of its conversation's items fetched it again from the provider
+    at Sentinel's cost — with 32 such turns, 32 upstream reads per read of the items, for as long as
+    a response is kept. One read fetches it; it is then done with."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1,
+                             passthrough="/v1/conversations,/v1/conversations/*")
+        alice = gw.openai()
+        upstream.json(CONVERSATION)
+        assert alice.conversations.create().id == "conv_1"
+        upstream.sse(CREATED, hold=True)
+        stream = alice.responses.create(model="gpt-4o-mini", input="hi", conversation="conv_1", stream=True,
+                                        store=True, max_output_tokens=9000)
+        assert next(iter(stream)).type == "response.created"
+        stream.close()  # cut: charged what it streamed
+        assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+        listed = {"object": "list", "data": [ANSWER_ITEM], "has_more": False, "first_id": "msg_1", "last_id": "msg_1"}
+        sent = len(upstream.received)
+        upstream.json(listed)
+        upstream.json({**ANSWER, "status": "cancelled", "usage": None})  # (the cut response, fetched)
+        assert len(alice.conversations.items.list("conv_1").data) == 1
+        assert len(upstream.received) == sent + 2
+        assert wait_for(lambda: gw.stored_ttl("sentinel:cut-turns:conv_1") is None)
+        upstream.json(listed)
+        assert len(alice.conversations.items.list("conv_1").data) == 1
+        assert len(upstream.received) == sent + 3  # the list only: nothing fetched again
+
+
 LATER = {**ANSWER, "id": "resp_2", "output": [{**ANSWER["output"][0], "id": "msg_2"}],
          "usage": {"input_tokens": 20, "output_tokens": 5, "total_tokens": 25}}
 LATEST = {**LATER, "id": "resp_3", "output": [{**ANSWER["output"][0], "id": "msg_3"}]}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import openai
 import pytest
 
 from sentinel.domain.usage import charge_id
@@ -109,6 +110,21 @@ CONVERSATION = {"id": "conv_1", "object": "conversation", "created_at": 1, "meta
 ANSWER_ITEM = {**ANSWER["output"][0], "id": "msg_1"}  # (the cut turn's whole answer, as its conversation holds it)
 
 
+def cut_in_conversation(gw: Gateway, upstream: ScriptedUpstream) -> openai.OpenAI:
+    """Alice's client, once she made `conv_1` and cut a stored turn's stream in it at its first
+    event (charged what it streamed: the conversation's row, then the cut turn's)."""
+    alice = gw.openai()
+    upstream.json(CONVERSATION)
+    assert alice.conversations.create().id == "conv_1"
+    upstream.sse(CREATED, hold=True)
+    stream = alice.responses.create(model="gpt-4o-mini", input="hi", conversation="conv_1", stream=True,
+                                    store=True, max_output_tokens=9000)
+    assert next(iter(stream)).type == "response.created"
+    stream.close()
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+    return alice
+
+
 @pytest.mark.parametrize("read", ["list", "item", "large"])  # (large: a list over MAX_BUFFERED, relayed as it comes)
 def test_a_cut_turns_answer_read_through_its_conversations_items_is_charged_once(
     gateway_factory: Callable[..., Gateway], backend_url: str | None, read: str,
@@ -125,15 +141,7 @@ def test_a_cut_turns_answer_read_through_its_conversations_items_is_charged_once
     with serving(upstream) as srv:
         gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url, usage_flush_interval_seconds=0.1,
                              passthrough="/v1/conversations,/v1/conversations/*")
-        alice = gw.openai()
-        upstream.json(CONVERSATION)
-        assert alice.conversations.create().id == "conv_1"
-        upstream.sse(CREATED, hold=True)
-        stream = alice.responses.create(model="gpt-4o-mini", input="hi", conversation="conv_1", stream=True,
-                                        store=True, max_output_tokens=9000)
-        assert next(iter(stream)).type == "response.created"
-        stream.close()  # cut: charged what it streamed
-        assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+        alice = cut_in_conversation(gw, upstream)
         cut = ledger_rows(gw.settings.database_url, "alice")[1]
         assert cut["input_tokens"] + cut["output_tokens"] < 9000, cut
 
@@ -182,15 +190,7 @@ def test_a_cut_turn_that_ended_without_usage_is_fetched_by_one_items_read_not_ev
     with serving(upstream) as srv:
         gw = gateway_factory(openai_api_url=srv.url + "/v1", usage_flush_interval_seconds=0.1,
                              passthrough="/v1/conversations,/v1/conversations/*")
-        alice = gw.openai()
-        upstream.json(CONVERSATION)
-        assert alice.conversations.create().id == "conv_1"
-        upstream.sse(CREATED, hold=True)
-        stream = alice.responses.create(model="gpt-4o-mini", input="hi", conversation="conv_1", stream=True,
-                                        store=True, max_output_tokens=9000)
-        assert next(iter(stream)).type == "response.created"
-        stream.close()  # cut: charged what it streamed
-        assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+        alice = cut_in_conversation(gw, upstream)
         listed = {"object": "list", "data": [ANSWER_ITEM], "has_more": False, "first_id": "msg_1", "last_id": "msg_1"}
         sent = len(upstream.received)
         upstream.json(listed)

@@ -429,7 +429,9 @@ async def test_a_batch_whose_call_timed_out_goes_again_only_after_the_timeout_on
     looks a key up only once it has applied it. It goes again once the timeout has passed once more
     (by the deliverer's clock), and Zion, done by then, replays it."""
     client = ZionClient(
-        rig.zion.url, rig.zion.api_key, timeout=2.0, usage_timeout=0.2, backoff=Backoff(base=0.001, cap=0.002),
+        # (The usage timeout is a wall-clock wait of the first delivery: 1 s, so that a loaded machine's
+        # connect reaches Zion within it — at 0.2 s a CI run once timed out before the call arrived.)
+        rig.zion.url, rig.zion.api_key, timeout=2.0, usage_timeout=1.0, backoff=Backoff(base=0.001, cap=0.002),
         breaker=CircuitBreaker(threshold=1000), usage_breaker=CircuitBreaker(threshold=1000),
     )
     sink = RecordingSink(ZionSink(client))
@@ -441,12 +443,12 @@ async def test_a_batch_whose_call_timed_out_goes_again_only_after_the_timeout_on
     rig.zion.hold_batches(True)
     try:
         assert await deliverer.deliver_once() == 0  # timed out: Zion holds it
-        clock.advance(0.1)
+        clock.advance(0.5)
         assert await deliverer.deliver_once() == 0
         assert rig.zion.attempts[BATCH] == 1
         rig.zion.hold_batches(False)
         assert await reached(lambda: len(rig.zion.applied) == 2)
-        clock.advance(0.15)
+        clock.advance(0.6)
         await rig.deliver_all(deliverer, outbox)
     finally:
         await client.aclose()

@@ -746,12 +746,11 @@ class Ownership:
         count), and each conversation's. A read of its `input_items` charges them first."""
         if not _keyable(response_id):
             return
-        shown: list[str] = []
+        reads: list[Awaitable[list[str]]] = []  # (read at once: one round trip, not one each)
         if previous is not None and _keyable(previous):
-            shown += await self.cut_turns(previous, owner)
-            shown += await self.uncharged([previous])
-        for conversation in conversations:
-            shown += await self.cut_turns(conversation, owner)
+            reads += [self.cut_turns(previous, owner), self.uncharged([previous])]
+        reads += [self.cut_turns(conversation, owner) for conversation in conversations]
+        shown = [turn for found in await asyncio.gather(*reads) for turn in found]
         for turn in dict.fromkeys(shown):
             if turn != response_id:
                 await self.note_cut_turn(response_id, turn, owner, ttl)

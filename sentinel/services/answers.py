@@ -327,7 +327,7 @@ class AnswerRelay:
         try:
             listed = await self.ownership.cut_turns(turns.holder, turns.owner)
             unread = await self.ownership.uncharged(listed) if listed else []
-            owners = [await self.ownership.owner_of(response_id) for response_id in unread]
+            owners = await asyncio.gather(*map(self.ownership.owner_of, unread))
         except StoreUnavailable:
             self.ownership.outage.warning("the store is unavailable: cut turns shown by a conversation's or "
                                           "response's items read were not charged")

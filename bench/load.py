@@ -85,6 +85,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("native", "/native/v1/chat/completions", {"tier": "simple", "messages": [_SYSTEM, _USER]}, None, "chat"),
     # The Anthropic surface: a Claude model relayed as it is, and an OpenAI model translated both ways.
     Scenario("messages", "/v1/messages", MESSAGES, "/v1/messages", auth_header="x-api-key"),
+    Scenario("messages_stream", "/v1/messages", {**MESSAGES, "stream": True}, "/v1/messages", stream=True,
+             auth_header="x-api-key"),
     Scenario("messages_x", "/v1/messages", {**MESSAGES, "model": "gpt-4o-mini"}, None, "chat", auth_header="x-api-key"),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}

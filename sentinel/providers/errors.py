@@ -128,6 +128,18 @@ class OverloadedAtStart(UpstreamStatusError):
         self.relay = relay
         self.drop = drop
 
+    def count_dropped(self, count: Callable[[], None]) -> None:
+        """Call `count` too when the attempt is dropped (`drop`: retried elsewhere, as its 529 would be),
+        never when it is relayed (then its stream's error event is counted as it ends): the `/v1`
+        surfaces' `upstream_errors_total{kind="provider_error"}`."""
+        dropped = self.drop
+
+        def drop() -> None:
+            count()
+            dropped()
+
+        self.drop = drop
+
 
 def retired(status: int, raw: bytes, model: str) -> bool:
     """Whether an error answer says the provider no longer serves `model` (the model the request

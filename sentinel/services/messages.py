@@ -278,8 +278,10 @@ class MessagesService:
             # Its opening held back until its first block: an overload before it is the attempt's 529
             # (the alias's next target serves it), else relayed as it came (`OverloadedAtStart`).
             if await overloaded_at_start(upstream):
-                raise OverloadedAtStart(upstream.provider, drop=upstream.close,
-                                        relay=lambda: self._relay_sse(ex, target, upstream, admission, within))
+                overloaded = OverloadedAtStart(upstream.provider, drop=upstream.close,
+                                               relay=lambda: self._relay_sse(ex, target, upstream, admission, within))
+                overloaded.count_dropped(self.metrics.upstream_errors.labels(target.provider, overloaded.code).inc)
+                raise overloaded
             return self._relay_sse(ex, target, upstream, admission, within)
         raw = await self._read(upstream, admission)
         try:

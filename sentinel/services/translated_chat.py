@@ -131,11 +131,12 @@ class TranslatedChat:
                     except OverloadedAtStart as exc:  # before its first block: the alias's next target's
                         held = exc.relay
                         exc.relay = lambda: self._opened(ex, held(), req, target, admission, client)
+                        exc.count_dropped(self.metrics.upstream_errors.labels(target.provider, exc.code).inc)
                         raise
                     return self._opened(ex, stream, req, target, admission, client)
                 done = await provider.complete_body(body, "simple", relay_client_errors=True, refused=refused)
         except UpstreamError as exc:
-            if not isinstance(exc, OverloadedAtStart):  # (counted as its stream's error when relayed)
+            if not isinstance(exc, OverloadedAtStart):  # (counted when dropped, or as its stream's error)
                 self.metrics.upstream_errors.labels(target.provider, exc.code).inc()
             raise
         ex.upstream_seconds += done.upstream_seconds

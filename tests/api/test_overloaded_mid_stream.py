@@ -207,6 +207,11 @@ def busy_in_backoff(gw: Gateway) -> bool:
     return gw.read_stored(ProviderHealth.key("busy", HAIKU)) is not None
 
 
+def retried_overloads(gw: Gateway) -> float | None:
+    """`upstream_errors_total` of the busy provider's failures before the first byte (a 529's kind)."""
+    return metric(gw.url, "sentinel_upstream_errors_total", provider="busy", kind="provider_error")
+
+
 def test_an_alias_stream_overloaded_before_its_first_block_is_served_by_the_next_target(overloading: Gateway) -> None:
     """The first target's `message_start` is held back until its first block: its overload before
     one is its 529 — counted against its health, the stream retried on the next target —, and the
@@ -227,6 +232,7 @@ def test_an_alias_stream_overloaded_before_its_first_block_is_served_by_the_next
     row = one_row(overloading)
     assert row["status"] == 200 and row["model"] == SONNET and row["output_tokens"] > 0, row
     assert busy_in_backoff(overloading)
+    assert retried_overloads(overloading) == 1  # as its 529 would be
 
 
 def test_a_translated_alias_stream_overloaded_before_its_first_block_is_served_by_the_next_target(
@@ -244,6 +250,7 @@ def test_a_translated_alias_stream_overloaded_before_its_first_block_is_served_b
     row = one_row(overloading)
     assert row["status"] == 200 and row["model"] == SONNET, row
     assert busy_in_backoff(overloading)
+    assert retried_overloads(overloading) == 1
 
 
 def test_a_native_stream_overloaded_before_its_first_block_is_retried_on_the_tiers_next_model(
@@ -281,3 +288,4 @@ def test_an_alias_whose_last_target_is_overloaded_too_relays_its_stream_as_it_ca
     assert row["status"] == 502 and row["model"] == "busy-sonnet" and row["output_tokens"] == 0, row
     assert busy_in_backoff(overloading)
     assert overloading.read_stored(ProviderHealth.key("busy", SONNET)) is not None
+    assert retried_overloads(overloading) == 1  # the first target's; the last one's relayed, not counted twice

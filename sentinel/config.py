@@ -263,6 +263,9 @@ class Settings(BaseSettings):
     # between bytes): past it a stream ends with an error event, recorded as a cut stream; a body
     # read before anything was answered is 504 `answer_time_limit`.
     stream_max_seconds: float = env("SENTINEL_STREAM_MAX_SECONDS", 900.0, gt=0)
+    # The longest an Anthropic stream's opening (`message_start`, `ping`s) and headers are held back,
+    # waiting for its first block (an overload before it is retried elsewhere): then relayed as it comes.
+    stream_hold_seconds: float = env("SENTINEL_STREAM_HOLD_SECONDS", 5.0, gt=0)
     # Idle upstream connections are dropped sooner than providers drop them (so a reused one is alive).
     upstream_keepalive_seconds: float = env("SENTINEL_UPSTREAM_KEEPALIVE_SECONDS", 15.0, gt=0)
     providers_file: Path | None = env("SENTINEL_CONFIG", None)

@@ -415,7 +415,7 @@ async def build_runtime(
         counter=counter, outbox=outbox, metrics=metrics, default_max_output=s.default_max_output_tokens,
         unrecordable=lambda: outbox.full, referenced=s.reference_input_tokens,
     )
-    body_limit = BodyLimit(s.stream_max_seconds, stream_clock)  # every answer's body, streamed or not
+    body_limit = BodyLimit(s.stream_max_seconds, stream_clock, s.stream_hold_seconds)  # every answer's body
     chat_providers: dict[str, ChatProvider] = {
         name: make_provider(spec, http, default_max_tokens=s.default_max_output_tokens, clock=upstream_clock,
                             body_limit=body_limit)

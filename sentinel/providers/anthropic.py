@@ -7,6 +7,7 @@ and `anthropic-beta` are forwarded; a request without `anthropic-version` gets A
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from contextlib import aclosing
@@ -42,22 +43,30 @@ HOLD_LIMIT = 1 << 20  # bytes of an opening held at most: past them it is relaye
 async def overloaded_at_start(upstream: UpstreamResponse) -> bool:
     """Read an Anthropic stream's opening — `message_start` and any `ping`s — into `upstream.held`
     (`iter_chunks` yields it again first), up to its first other event: whether that is an `error`
-    event of Anthropic's overload (`overloaded_error`), sent before any block of the answer. Bounded
-    by the stream's own limits (the read timeout between bytes, `SENTINEL_STREAM_MAX_SECONDS` from
-    the first read) and HOLD_LIMIT bytes; a failure of the read is kept (`held_error`) and raised
-    after the held bytes, as it would have been without the hold."""
+    event of Anthropic's overload (`overloaded_error`), sent before any block of the answer. Held for
+    at most `limit.hold_seconds` (`SENTINEL_STREAM_HOLD_SECONDS`) from its first read — checked on
+    `limit.clock` as each chunk arrives, and by a timer on the event loop for a provider that sends
+    nothing more — and HOLD_LIMIT bytes: past either, False (the opening is relayed as it came and the
+    stream goes on; an overload after it breaks the stream, as one after its first block does). A
+    provider that stalled after `message_start` kept the client without headers until the read timeout.
+    A failure of the read is kept (`held_error`) and raised after the held bytes, as it would have been
+    without the hold."""
     parser = SSEParser()
     size = 0
+    limit = upstream.limit
+    ends = limit.clock() + limit.hold_seconds
     try:
-        async with aclosing(upstream.iter_chunks(relayed=True)) as chunks:
+        async with asyncio.timeout(limit.hold_seconds), aclosing(upstream.iter_chunks(relayed=True)) as chunks:
             async for chunk in chunks:
                 upstream.held.append(chunk)
                 size += len(chunk)
                 for event in parser.feed(chunk):
                     if event.event not in _OPENING:
                         return event.event == "error" and _error_type(event.data) == OVERLOADED_ERROR
-                if size > HOLD_LIMIT:
+                if size > HOLD_LIMIT or limit.clock() >= ends:
                     return False
+    except TimeoutError:  # the hold's time is up, nothing more having come: what came is relayed
+        pass
     except SentinelError as exc:  # a broken read: the relay meets it after the bytes that came
         upstream.held_error = exc
     except StreamError:  # an event too large: the relay's own reading of it fails as it did

@@ -194,10 +194,13 @@ def stalled_if(stream: bool) -> Iterator[None]:
 @dataclass(frozen=True, slots=True)
 class BodyLimit:
     """How long an answer's body may be read (`SENTINEL_STREAM_MAX_SECONDS`), from the moment it is
-    first read; `clock` (monotonic seconds) is what each chunk's arrival is checked on."""
+    first read; `clock` (monotonic seconds) is what each chunk's arrival is checked on. `hold_seconds`
+    (`SENTINEL_STREAM_HOLD_SECONDS`): how long an Anthropic stream's opening may be held back from its
+    client (`sentinel.providers.anthropic.overloaded_at_start`), on the same clock."""
 
     seconds: float = 900.0
     clock: Callable[[], float] = time.monotonic
+    hold_seconds: float = 5.0
 
 
 BODY_LIMIT = BodyLimit()  # `SENTINEL_STREAM_MAX_SECONDS`' default

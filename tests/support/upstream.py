@@ -218,3 +218,65 @@ async def _disconnected(receive: Any) -> None:
 
 def _raw_headers(headers: dict[str, str | bytes] | None) -> list[tuple[bytes, bytes]]:
     return [(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in (headers or {}).items()]
+
+
+def _event(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+
+
+class StalledOpening:
+    """Answers every request with an Anthropic Messages stream that stalls right after its
+    `message_start` — sending nothing, or a `ping` every `ping_every` seconds — until the test calls
+    `resume()` (or `timeout` passed: `timed_out` is then set), then ends as Anthropic's streams do:
+    one text block of `TEXT`, `message_delta` with OUTPUT_TOKENS, `message_stop`; or, `overloaded`, with
+    Anthropic's `overloaded_error` event instead (the provider overloaded after the stall). A gateway
+    that holds the opening back until the first block gives its client nothing before `resume()`."""
+
+    INPUT_TOKENS, OUTPUT_TOKENS, TEXT = 21, 7, "after the stall"
+
+    def __init__(self, *, ping_every: float = 0, overloaded: bool = False, timeout: float = 10.0) -> None:
+        self.ping_every = ping_every
+        self.overloaded = overloaded
+        self.timeout = timeout
+        self.resumed = threading.Event()
+        self.timed_out = False
+        self.arrived = 0
+
+    def resume(self) -> None:
+        self.resumed.set()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await lifespan(receive, send)
+        model = json.loads(await read_body(receive)).get("model", "claude")
+        self.arrived += 1
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+
+        async def chunk(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        await chunk(_event("message_start", {"message": {
+            "id": "msg_stalled", "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": self.INPUT_TOKENS, "output_tokens": 1}}}))
+        waited = 0.0
+        step = self.ping_every or 0.02
+        while not self.resumed.is_set():
+            if waited >= self.timeout:
+                self.timed_out = True
+                break
+            if self.ping_every:
+                await chunk(_event("ping", {}))
+            await asyncio.sleep(step)
+            waited += step
+        if self.overloaded:
+            await chunk(_event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}}))
+        else:
+            await chunk(_event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}))
+            await chunk(_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": self.TEXT}}))
+            await chunk(_event("content_block_stop", {"index": 0}))
+            await chunk(_event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                                 "usage": {"output_tokens": self.OUTPUT_TOKENS}}))
+            await chunk(_event("message_stop", {}))
+        await send({"type": "http.response.body", "body": b""})

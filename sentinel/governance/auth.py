@@ -24,6 +24,9 @@ Concurrent requests with one token share one source lookup (`SingleFlight`, per 
 first runs it, the others await its outcome (the same identity or error) and take no lookup turn;
 while a stale identity is being refreshed, the others are served it at once.
 
+A Sentinel key behind other text (`Bearer Bearer <key>`, quotes) is refused before any source is
+asked: it is no key, and the JWT source would have sent it to Zion as a token.
+
 With `require_email` (GOVERNANCE=zion, where usage is reported to Zion by email) an identity
 without an email is refused with 403 `usage_unreportable`: it would be served unmetered.
 """
@@ -60,6 +63,12 @@ UNREPORTABLE = (
     "Usage of this account cannot be reported: it has no email address, and Zion records usage by "
     "email. Ask an operator to give the user an email (for a Sentinel key: `sentinel keys create "
     "<external_id> --email ...`)."
+)
+
+# Said of a credential holding a Sentinel key after other text (the key is never repeated).
+KEY_BEHIND_TEXT = (
+    f"The credential has something before its {KEY_PREFIX} key (a second 'Bearer', quotes): send the key "
+    "alone, as Authorization: Bearer <key> or x-api-key: <key>"
 )
 
 
@@ -187,6 +196,10 @@ class Authenticator:
             raise AuthenticationError()
         if cached is not None and cached.value is None:
             raise Expired() if cached.reason == Expired.code else AuthenticationError()
+        if KEY_PREFIX in token and not token.startswith(KEY_PREFIX):
+            # A key behind other text (`Bearer Bearer <key>`, `x-api-key: Bearer <key>`, quotes) is no
+            # key, and would go to the JWT source as a token: to Zion's `/users/me`, into its logs.
+            raise AuthenticationError(KEY_BEHIND_TEXT)
         source = self._source_for(token)
         if source is None:
             raise AuthenticationError()

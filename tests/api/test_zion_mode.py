@@ -609,3 +609,28 @@ def test_a_zion_token_the_client_put_in_the_path_is_never_logged(
     assert len(failed) >= 2
     assert token not in logged
     assert not [rec for rec in caplog.records if token in str(rec.__dict__)]
+
+
+def test_a_sentinel_key_sent_behind_other_text_never_reaches_zion(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    """A user's Sentinel key sent with something before it — a second `Bearer` (a client that adds the
+    scheme to a value that already has it), `x-api-key: Bearer <key>` (ANTHROPIC_API_KEY set so),
+    quotes kept from an env file — is not a key (it does not begin as one), so it went to Zion's
+    `/users/me` as a user's bearer token, into Zion's logs. It is refused (401, saying why, counted)
+    before any identity source is asked."""
+    gw = zion_gateway(gateway_factory, zion)
+    key = asyncio.run(make_key(gw.settings.database_url, "kim-ext", "kim@example.com"))
+    assert post(gw, key).status_code == 200
+    messages = {"model": "claude-3-5-haiku-20241022", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    for sent in (f"Bearer {key}", f'"{key}"', f"'{key}'", f"bearer\t{key}"):
+        refused = post(gw, sent)
+        assert refused.status_code == 401, (sent, refused.text)
+        assert refused.json()["error"]["type"] == "authentication_error"
+        assert "before it" in refused.json()["error"]["message"]
+        assert key not in refused.text
+        anthropic = httpx.post(gw.url + "/v1/messages", headers={"x-api-key": sent}, json=messages, timeout=30)
+        assert anthropic.status_code == 401, (sent, anthropic.text)
+        assert anthropic.json()["error"]["type"] == "authentication_error"
+    assert zion.attempts[ME] == 0, zion.attempts
+    assert not [seen for seen in zion.seen if key in str(seen.headers)]

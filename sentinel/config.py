@@ -567,6 +567,15 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _jwks_names_its_issuer(self) -> Settings:
+        if self.jwt_jwks_url and not self.jwt_issuer:
+            # A key set shared by many issuers (Azure AD's `common`, a multi-tenant identity provider)
+            # signs every tenant's tokens with the same keys, under the same audience: without an
+            # issuer check, any tenant's user was let in (on the default plan).
+            raise ValueError("JWT_JWKS_URL needs JWT_ISSUER (the `iss` of the tokens Sentinel accepts)")
+        return self
+
+    @model_validator(mode="after")
     def _jwks_staleness_ordered(self) -> Settings:
         if self.jwt_jwks_max_stale_seconds < self.jwt_jwks_max_age_seconds:
             raise ValueError("JWT_JWKS_MAX_STALE_SECONDS must be at least JWT_JWKS_MAX_AGE_SECONDS")

@@ -340,7 +340,23 @@ def test_a_jwks_without_an_audience_is_refused(monkeypatch: pytest.MonkeyPatch) 
         load_settings()
     assert "JWT_AUDIENCE" in str(refused.value)
     monkeypatch.setenv("JWT_AUDIENCE", "sentinel")
+    monkeypatch.setenv("JWT_ISSUER", "https://idp.example/")
     assert load_settings().jwt_audience == "sentinel"
+
+
+def test_a_jwks_without_an_issuer_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key set shared by many issuers (Azure AD's `common`, a multi-tenant identity provider) signs
+    every tenant's tokens, for the same audience: without JWT_ISSUER any tenant's user was let in."""
+    monkeypatch.setenv("JWT_JWKS_URL", "https://login.example/common/discovery/keys")
+    monkeypatch.setenv("JWT_AUDIENCE", "sentinel")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "JWT_JWKS_URL needs JWT_ISSUER" in str(refused.value)
+    monkeypatch.setenv("JWT_ISSUER", "https://login.example/tenant-a/v2.0")
+    assert load_settings().jwt_issuer == "https://login.example/tenant-a/v2.0"
+    monkeypatch.delenv("JWT_JWKS_URL")
+    monkeypatch.delenv("JWT_ISSUER")
+    assert load_settings().jwt_issuer is None  # a secret is Sentinel's own: its tokens need no issuer
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,10 @@ token's lookup under way (`Authenticator`: they ask no source). A key typed into
 one such guess (`attempt`), judged in a turn once its form is read; a form that never arrives (its
 body deadline passed, or the client left) is a failed one too.
 
-A client is its address: an IPv4 address (an IPv4-mapped IPv6 one counts as its IPv4 address), or
-the /64 an IPv6 address belongs to (one host usually holds a whole /64: counting its addresses
-one by one would give it billions of tries). The address is the socket peer's, or the one a
+A client is its address: an IPv4 address (an IPv4-mapped IPv6 one counts as its IPv4 address, and
+so does a 6to4 one, 2002:AABB:CCDD::/48 for AA.BB.CC.DD: by its /64 one IPv4 host was 65,536
+clients), or the /64 an IPv6 address belongs to (one host usually holds a whole /64: counting its
+addresses one by one would give it billions of tries). The address is the socket peer's, or the one a
 trusted proxy reported (`SENTINEL_FORWARDED_ALLOW_IPS`).
 
 Where it is counted: with a shared store (Redis, Redis Cluster: `Store.shared`) a client's failures
@@ -128,7 +129,8 @@ def client_of(request: Request) -> str | None:
 
 @functools.lru_cache(maxsize=4096)
 def client_key(address: str | None) -> str | None:
-    """What the throttle counts `address` under: IPv4 as is, IPv6 by its /64 (see the module docstring);
+    """What the throttle counts `address` under: IPv4 as is, IPv6 by its /64 but for an IPv4 one
+    (IPv4-mapped or 6to4: its IPv4 address; see the module docstring);
     a cross-origin bucket's address (`client_of`) the same way, in that bucket."""
     if address is not None and address.startswith(CROSS_ORIGIN):
         key = client_key(address[len(CROSS_ORIGIN):])
@@ -139,8 +141,8 @@ def client_key(address: str | None) -> str | None:
         ip = ipaddress.IPv6Address(address.split("%", 1)[0])
     except ValueError:
         return address
-    if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
+    if (ipv4 := ip.ipv4_mapped or ip.sixtofour) is not None:
+        return str(ipv4)
     return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
 
 

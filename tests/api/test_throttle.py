@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import httpx
 import pytest
 from starlette.requests import ClientDisconnect, Request
 
 from sentinel.api.throttle import FailedAuthThrottle, client_key, client_of
 from sentinel.errors import AuthenticationError, InvalidRequest, Overloaded, RateLimited, RequestTimeout
+from tests.api.conftest import Gateway
+from tests.support.clock import FakeClock
 
 
 async def _failing_lookup(throttle: FailedAuthThrottle, address: str, release: asyncio.Event, seen: list[str]) -> str:
@@ -72,8 +75,29 @@ async def test_an_ipv6_host_is_one_client_however_many_addresses_of_its_64_it_us
         await throttle.check("2001:db8:1:2::99")
     await throttle.check("2001:db8:1:3::1")  # another /64: another client
     assert client_key("::ffff:192.0.2.1") == "192.0.2.1"  # an IPv4-mapped address is its IPv4 address
+    assert client_key("2002:c000:201:42::1") == "192.0.2.1"  # a 6to4 address too
     assert client_key("192.0.2.1") == "192.0.2.1"
     assert client_key("fe80::1%eth0") == "fe80::/64"
+
+
+def test_a_6to4_host_is_its_ipv4_address_however_many_64s_it_uses(gateway_factory: Callable[..., Gateway]) -> None:
+    """A 6to4 address (2002:AABB:CCDD::/48) is the IPv4 host AA.BB.CC.DD's: counted by its /64, one
+    IPv4 address had 65,536 clients' worth of failed authentications. It is counted as that IPv4
+    address — the same client as the address itself and its IPv4-mapped form."""
+    gw = gateway_factory(auth_failures_per_minute=3, forwarded_allow_ips="127.0.0.1", window_clock=FakeClock())
+    seen = []
+    for i, client in enumerate(["2002:c000:207:1::1", "2002:c000:207:2::1", "::ffff:192.0.2.7", "192.0.2.7",
+                                "2002:c000:207:ffff::5"]):
+        answer = httpx.post(gw.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []},
+                            headers={"Authorization": f"Bearer sk-sentinel-made-up-{i}", "X-Forwarded-For": client},
+                            timeout=30)
+        seen.append((answer.status_code, answer.json()["error"]["code"]))
+    assert seen == [(401, "invalid_api_key")] * 3 + [(429, "auth_rate_limited")] * 2
+    # another IPv4 host's 6to4 prefix is another client
+    other = httpx.post(gw.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []},
+                       headers={"Authorization": "Bearer sk-sentinel-made-up", "X-Forwarded-For": "2002:c000:208::1"},
+                       timeout=30)
+    assert other.status_code == 401, other.text
 
 
 async def test_a_full_table_never_forgets_a_client_at_its_limit() -> None:

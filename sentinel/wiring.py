@@ -218,9 +218,11 @@ def build_governance(
     catalog_tiers: TierTable,
     metrics: Metrics | None = None,
     ledger: SqlLedger | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> Governance:
     """Identity sources, plan source, usage sink and tier source for `s.governance` (`ledger`: the
-    built-in ledger to record usage in, default one over `sessions`)."""
+    built-in ledger to record usage in, default one over `sessions`; `wall_clock`: the Unix clock a
+    JWT's `nbf` is read against)."""
     default_plan = parse_plan_spec(s.default_plan)
     local_jwt: IdentitySource | None = None
     zion: ZionClient | None = None
@@ -230,7 +232,8 @@ def build_governance(
         zion = ZionClient(s.zion_api_url, zion_key, session=http, usage_timeout=s.zion_usage_timeout_seconds)
     if reveal(s.jwt_secret) or s.jwt_jwks_url:
         verifier = JwtVerifier(reveal(s.jwt_secret), s.jwt_jwks_url, s.jwt_audience, s.jwt_issuer, http,
-                               max_age=s.jwt_jwks_max_age_seconds, max_stale=s.jwt_jwks_max_stale_seconds)
+                               max_age=s.jwt_jwks_max_age_seconds, max_stale=s.jwt_jwks_max_stale_seconds,
+                               wall_clock=wall_clock)
         local_jwt = LocalJwtIdentitySource(verifier, profile_source=ZionIdentitySource(zion) if zion else None)
     if zion is None:
         return Governance(
@@ -341,8 +344,8 @@ async def build_runtime(
     `tracing` replaces the one OTEL_EXPORTER_OTLP_ENDPOINT selects (tests pass an in-memory one);
     `stream_clock` is what the time limit of an answer's body (`SENTINEL_STREAM_MAX_SECONDS`) is read on,
     `upstream_clock` what an upstream request's sending is timed on (how soon a dropped connection
-    dropped: `sentinel.routing.failover`), `window_clock` the Unix clock the quota windows are read on;
-    tests pass ones they move."""
+    dropped: `sentinel.routing.failover`), `window_clock` the Unix clock the quota windows are read on
+    (and a JWT's `nbf`/`iat`); tests pass ones they move."""
     file = read_providers_file(s)  # before any pool is opened: a bad file stops start-up with nothing to close
     catalog = build_catalog(s, file)
     catalogue = build_model_catalogue(catalog, file)
@@ -374,7 +377,8 @@ async def build_runtime(
     sqlite_writer = SqliteWriter.for_url(s.database_url, busy_timeout=s.database_timeout_seconds)
     ledger = SqlLedger(sessions, sqlite_writer, idle_recheck=IDLE_RECHECK_SECONDS)
     governance = build_governance(
-        s, store=store, sessions=sessions, http=http, catalog_tiers=catalog.tiers, metrics=metrics, ledger=ledger
+        s, store=store, sessions=sessions, http=http, catalog_tiers=catalog.tiers, metrics=metrics, ledger=ledger,
+        wall_clock=window_clock,
     )
     zion_mode = s.governance is GovernanceKind.zion  # usage is reported by email: identities need one
     authenticator = Authenticator(

@@ -8,7 +8,9 @@ own `exp` has passed is refused with 401 before any source is asked, so an outag
 An API key issued with an expiry is the same: its identity is cached until that moment at most, and
 then the key service refuses it (401 `token_expired`, an `Expired`); that refusal is remembered as long
 as an identity (`ttl`: an expiry is for good) with its reason, so each use says `token_expired` and
-none asks the database. Invalid tokens are remembered for `negative_ttl` seconds. Revoking a key therefore takes effect
+none asks the database. Invalid tokens are remembered for `negative_ttl` seconds — but for a JWT
+not yet valid (`NotYetValid`: validly signed, its `nbf` ahead), refused uncached so that it is
+accepted once valid, not up to `negative_ttl` later. Revoking a key therefore takes effect
 within `ttl` seconds. An identity served while its source is down from the token's own claims (a
 `StandIn`) is cached for the outage only, never fresh: the next use asks the source again, so a
 user it refuses once it answers is refused then, not a TTL later. A token the source refused (a

@@ -16,7 +16,8 @@ class IdentitySource(Protocol):
     when it cannot be asked but the token names its identity itself, or `Refused` when the source
     that vouches for identities refused a token that names its identity itself (-> 401), or
     `Expired` for a token it knows that has expired for good (an API key: -> 401 `token_expired`,
-    remembered as long as an identity would be, and said again at each use).
+    remembered as long as an identity would be, and said again at each use), or `NotYetValid` for a
+    validly signed token whose `nbf` is still ahead (-> 401, not remembered).
     """
 
     name: str
@@ -56,4 +57,15 @@ class Expired(AuthenticationError):
     code = "token_expired"
 
     def __init__(self, message: str = "This API key has expired", **kw: Any) -> None:
+        super().__init__(message, **kw)
+
+
+class NotYetValid(AuthenticationError):
+    """A validly signed JWT whose `nbf` is still ahead of Sentinel's clock (beyond the leeway): 401,
+    and not remembered as refused — it becomes valid at its `nbf`, and the 30 s refusal cache kept
+    refusing it past that. Only the token's signer can make one (the signature is checked first),
+    and each use is a failed authentication for the throttle, so not caching it costs one local
+    check per use, never a JWKS fetch or an identity-source lookup."""
+
+    def __init__(self, message: str = "The token is not yet valid (nbf)", **kw: Any) -> None:
         super().__init__(message, **kw)

@@ -32,7 +32,7 @@ import orjson
 
 from sentinel.domain.identity import Identity, external_id_of
 from sentinel.errors import GovernanceUnavailable
-from sentinel.governance.identity import IdentitySource, Refused, StandIn
+from sentinel.governance.identity import IdentitySource, NotYetValid, Refused, StandIn
 from sentinel.providers.http import read_capped
 
 log = logging.getLogger("sentinel.jwt")
@@ -99,6 +99,8 @@ class JwtVerifier:
     """Verifies signature, `exp`/`nbf`/`iat` (30 s leeway), and `aud`/`iss` when configured.
 
     `session` is needed with `jwks_url` (the app's pooled session; the verifier does not close it).
+    `clock` (monotonic) times the key set's fetches; `wall_clock` (Unix) is what `nbf` is read
+    against: a token signed but not yet valid raises `NotYetValid` rather than being None.
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class JwtVerifier:
         max_stale: float = 86400.0,
         fetch_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if not secret and not jwks_url:
             raise ValueError("JWT verification needs a secret or a JWKS URL")
@@ -133,6 +136,7 @@ class JwtVerifier:
         self._max_stale = max_stale
         self._timeout = aiohttp.ClientTimeout(total=fetch_timeout)
         self._clock = clock
+        self._wall_clock = wall_clock
         self._keys: list[tuple[str | None, jwt.PyJWK]] | None = None  # (the JWK's own `alg`, key)
         self._fetched_at = 0.0
         self._retry_at = 0.0  # after a failed fetch, no fetch before this (monotonic)
@@ -141,7 +145,8 @@ class JwtVerifier:
 
     async def verify(self, token: str) -> dict[str, Any] | None:
         """The token's claims, or None when it is not valid. GovernanceUnavailable when the JWKS is
-        needed but cannot be fetched and none is cached, or only one fetched over `max_stale` ago.
+        needed but cannot be fetched and none is cached, or only one fetched over `max_stale` ago;
+        NotYetValid when it is valid but for its `nbf`, still ahead beyond the leeway.
         A token not in canonical encoding (`canonical_encoding`) is not valid."""
         if not canonical_encoding(token):
             return None
@@ -192,7 +197,9 @@ class JwtVerifier:
 
     def _decode(self, token: str, key: Any, alg: str) -> dict[str, Any]:
         """The token's verified claims; PyJWTError (or ValueError, TypeError) when it is not valid."""
-        options: dict[str, Any] = {"require": ["exp"], "verify_aud": self._audience is not None}
+        # `nbf` and `iat` are read here, on `wall_clock`, once all else holds (signature first): `_started`.
+        options: dict[str, Any] = {"require": ["exp"], "verify_aud": self._audience is not None,
+                                   "verify_nbf": False, "verify_iat": False}
         with warnings.catch_warnings():  # short keys are warned about once, at start-up
             warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
             claims: dict[str, Any] = jwt.decode(
@@ -204,7 +211,22 @@ class JwtVerifier:
                 leeway=LEEWAY_SECONDS,
                 options=options,  # type: ignore[arg-type]
             )
+        self._started(claims)
         return claims
+
+    def _started(self, claims: dict[str, Any]) -> None:
+        """Check `nbf` and `iat` as PyJWT would (integers, at most the leeway ahead): DecodeError
+        when one is not a number, NotYetValid when one is ahead — a verdict for now only, not to be
+        cached (PyJWT's ImmatureSignatureError was a refusal like any other, remembered 30 s)."""
+        for name in ("nbf", "iat"):
+            if name not in claims:
+                continue
+            try:
+                start = int(claims[name])
+            except (ValueError, TypeError, OverflowError):
+                raise jwt.DecodeError(f"The {name} claim must be an integer.") from None
+            if start > self._wall_clock() + LEEWAY_SECONDS:
+                raise NotYetValid(f"The token is not yet valid ({name})")
 
     async def _jwks(self, alg: str, kid: str | None) -> list[jwt.PyJWK]:
         """The JWKS keys this token may be signed with (none: refused), fetching the set when missing,

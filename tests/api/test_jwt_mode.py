@@ -13,6 +13,7 @@ import pytest
 
 from sentinel.governance.jwt import LEEWAY_SECONDS
 from tests.api.conftest import Gateway
+from tests.support.clock import FakeClock
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "jwt"}]}
@@ -89,6 +90,27 @@ def test_a_jwt_past_exp_but_within_the_leeway_is_accepted(gateway_factory: Calla
     r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {lenient}"},
                    timeout=30)
     assert r.status_code == 200, r.text
+
+
+def test_a_jwt_not_yet_valid_is_accepted_once_its_nbf_comes(gateway_factory: Callable[..., Gateway]) -> None:
+    """A validly signed token whose `nbf` was ahead of Sentinel's clock (beyond the leeway) was
+    remembered as invalid for the refusal cache's 30 s, past the moment it became valid: it is
+    refused only while it is not yet valid (and a token signed by no one is still remembered)."""
+    clock = FakeClock(time.time())
+    gw = gateway_factory(jwt_secret=SECRET, jwt_audience="sentinel", window_clock=clock)
+    early = token(nbf=int(clock.now) + LEEWAY_SECONDS + 60)
+
+    def post(bearer: str) -> httpx.Response:
+        return httpx.post(gw.url + "/v1/chat/completions", json=CHAT,
+                          headers={"Authorization": f"Bearer {bearer}"}, timeout=30)
+
+    refused = post(early)
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["error"]["message"] == "The token is not yet valid (nbf)"
+    assert post(token(iat=int(clock.now) + LEEWAY_SECONDS + 60)).status_code == 401  # `iat` ahead too
+    clock.advance(60)  # its `nbf` less the leeway: valid now, well within the 30 s refusal cache
+    assert post(early).status_code == 200
+    assert post(token(iat=int(clock.now) + LEEWAY_SECONDS)).status_code == 200
 
 
 def test_an_identity_whose_usage_cannot_be_recorded_is_refused_before_anything_is_served(

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from sentinel.domain.identity import Identity
 from sentinel.errors import GovernanceUnavailable
-from sentinel.governance.identity import Refused, StandIn
+from sentinel.governance.identity import NotYetValid, Refused, StandIn
 from sentinel.governance.jwt import (
     LEEWAY_SECONDS,
     MAX_KEYS_PER_KID,
@@ -77,7 +77,6 @@ async def test_alg_none_is_rejected(verifier: JwtVerifier) -> None:
         pytest.param(hs(claims(iss="https://issuer.example")), id="no-audience"),
         pytest.param(hs(claims(aud="sentinel", iss="https://evil.example")), id="wrong-issuer"),
         pytest.param(hs(aud(exp=int(time.time()) - 60)), id="expired"),
-        pytest.param(hs(aud(nbf=int(time.time()) + 86400)), id="not-yet-valid"),
         pytest.param(hs({k: v for k, v in aud().items() if k != "exp"}), id="no-exp"),
         pytest.param("not.a.jwt", id="garbage"),
         pytest.param("", id="empty"),
@@ -90,6 +89,14 @@ async def test_invalid_tokens_are_rejected(verifier: JwtVerifier, token: str) ->
 async def test_leeway_is_30_seconds(verifier: JwtVerifier) -> None:
     assert await verifier.verify(hs(aud(exp=int(time.time()) - 10))) is not None
     assert await verifier.verify(hs(aud(exp=int(time.time()) - 45))) is None
+
+
+async def test_a_token_not_yet_valid_is_refused_as_such(verifier: JwtVerifier) -> None:
+    """Its `nbf` or `iat` ahead beyond the leeway: NotYetValid (a 401 not remembered), not None."""
+    for name in ("nbf", "iat"):
+        with pytest.raises(NotYetValid):
+            await verifier.verify(hs(aud(**{name: int(time.time()) + 86400})))
+        assert await verifier.verify(hs(aud(**{name: int(time.time()) + 10}))) is not None  # within the leeway
 
 
 async def test_without_configured_audience_any_audience_passes() -> None:
@@ -353,6 +360,29 @@ async def test_rs256_via_jwks_and_one_refetch_per_unknown_kid(
     clock.now += 61
     assert await verifier.verify(rs(key_b, "unknown")) is None
     assert server.downloads == 3
+
+
+async def test_a_token_not_yet_valid_costs_no_jwks_fetch_and_is_valid_at_its_nbf(
+    jwks: tuple[Jwks, str], session: aiohttp.ClientSession
+) -> None:
+    """Not yet valid is a verdict for now (NotYetValid, which the refusal cache does not keep):
+    read on the verifier's wall clock, after the signature, and never a reason to fetch the set."""
+    server, url = jwks
+    key_a, jwk_a = rsa_key("a")
+    server.keys = [jwk_a]
+    wall = Clock()
+    wall.now = time.time()
+    verifier = JwtVerifier(None, url, None, None, session, clock=Clock(), wall_clock=wall)
+    early = rs(key_a, "a", nbf=int(wall.now) + LEEWAY_SECONDS + 60)
+    for _ in range(5):
+        with pytest.raises(NotYetValid):
+            await verifier.verify(early)
+    assert server.downloads == 1
+    other, _ = rsa_key("a")  # same kid, a key not in the set: a forgery is refused as any other
+    assert await verifier.verify(rs(other, "a", nbf=int(wall.now) + LEEWAY_SECONDS + 60)) is None
+    assert await verifier.verify(rs(key_a, "a", nbf="soon")) is None  # not a number: invalid, as PyJWT has it
+    wall.now += 60
+    assert await verifier.verify(early) is not None
 
 
 async def test_every_key_sharing_the_tokens_kid_is_tried(

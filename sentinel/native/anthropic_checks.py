@@ -12,7 +12,7 @@ from typing import Any
 
 from sentinel.native._wire import is_number
 from sentinel.native.errors import invalid
-from sentinel.native.openai_checks import MAX_MODEL_CHARS
+from sentinel.native.openai_checks import MAX_MODEL_CHARS, check_stop
 
 
 def _objects(value: Any) -> bool:
@@ -65,6 +65,7 @@ def check_messages_fields(payload: dict[str, Any], *, count_only: bool = False) 
     stops = payload.get("stop_sequences")
     if stops is not None and not (isinstance(stops, list) and all(isinstance(s, str) for s in stops)):
         raise invalid("stop_sequences", "must be an array of strings")
+    check_stop(stops, "stop_sequences", most=None)
     for key in ("temperature", "top_p", "top_k"):
         if payload.get(key) is not None and not is_number(payload[key]):
             raise invalid(key, "must be a number")

@@ -24,9 +24,9 @@ from pydantic import ValidationError
 from sentinel.native.errors import NativeValidationError, invalid
 from sentinel.native.model_request import ModelChatRequest
 from sentinel.native.responses import CacheTokens, FinishReason, ProviderReply, Usage
+from sentinel.native.types import MAX_STOP_SEQUENCES
 from sentinel.native.validation import to_native_error
 
-MAX_STOP_SEQUENCES = 4  # OpenAI's limit; Anthropic allows more
 STOP_REASONS: dict[FinishReason, str] = {
     "stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal",
 }

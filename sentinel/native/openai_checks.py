@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sentinel.native.errors import invalid
+from sentinel.native.types import MAX_STOP_CHARS, MAX_STOP_SEQUENCES
 
 MAX_N = 128  # OpenAI's range for `n`
 MAX_BEST_OF = 20  # and for `best_of` (legacy completions)
@@ -89,6 +90,29 @@ def _check_common(payload: dict[str, Any]) -> None:
               "must be an array of tool objects")
 
 
+def check_stop(stop: Any, param: str, most: int | None = MAX_STOP_SEQUENCES) -> None:
+    """Raise NativeValidationError naming `param` (or `param.N`) unless `stop` is absent, a string, or a
+    list of at most `most` strings (None: any number), each of at most MAX_STOP_CHARS characters: the
+    Native API's rule (`types.Stop`), for a `/v1` request's `stop` (`most` 4, OpenAI's) and a
+    `/v1/messages` `stop_sequences` (Anthropic takes up to 8,191: their text is counted as input
+    instead, `estimate_messages`). A stop sequence is a delimiter; one of up to a body's size reached
+    the provider, which refuses it or reads it, and no estimate counted it."""
+    if stop is None:
+        return
+    if isinstance(stop, str):
+        stops, where = [stop], [param]
+    elif isinstance(stop, list) and (most is None or len(stop) <= most):
+        stops, where = stop, [f"{param}.{i}" for i in range(len(stop))]
+    else:
+        raise invalid(param, "must be an array of strings" if most is None
+                      else f"must be a string or an array of at most {most} strings")
+    for text, name in zip(stops, where, strict=True):
+        if not isinstance(text, str):
+            raise invalid(name, "must be a string")
+        if len(text) > MAX_STOP_CHARS:
+            raise invalid(name, f"a stop sequence may be at most {MAX_STOP_CHARS} characters")
+
+
 def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
     """Raise NativeValidationError (with `param`) when a metered field of `endpoint`'s request has the
     wrong type or an absurd value. `endpoint` is one of chat, completions, embeddings, responses."""
@@ -101,6 +125,7 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
         _optional(payload, "max_tokens", _positive_int(), "must be an integer >= 1")
         _optional(payload, "max_completion_tokens", _positive_int(), "must be an integer >= 1")
         _optional(payload, "n", _positive_int(MAX_N), f"must be an integer from 1 to {MAX_N}")
+        check_stop(payload.get("stop"), "stop")
     elif endpoint == "completions":
         if not _text_or_tokens(payload.get("prompt")):
             raise invalid("prompt", "must be a string, an array of strings or an array of token ids")
@@ -110,6 +135,7 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
         n, best_of = payload.get("n") or 1, payload.get("best_of")
         if best_of is not None and best_of < n:
             raise invalid("best_of", "must be at least n")
+        check_stop(payload.get("stop"), "stop")
     elif endpoint == "embeddings":
         if not _text_or_tokens(payload.get("input")):
             raise invalid("input", "must be a string, an array of strings or an array of token ids")

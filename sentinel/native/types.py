@@ -64,8 +64,11 @@ MAX_TYPE_LIST = 7
 # Characters of one stop sequence of a Native API request (`stop`, at most 4 of them, as OpenAI takes).
 # A stop sequence is a delimiter (`"\n\nHuman:"`, `"</answer>"`, `"Observation:"`), tens of characters;
 # one of up to a whole body's size (~1 MB) reached the provider, which refuses it or reads it, and no
-# estimate counts it (it is no prompt text): the reservation held nothing of it. Bounded instead.
+# estimate counts it (it is no prompt text): the reservation held nothing of it. Bounded instead, here
+# and on the `/v1` surfaces (`openai_checks.check_stop`).
 MAX_STOP_CHARS = 256
+# Stop sequences of one OpenAI-format request (`stop`): OpenAI's limit (Anthropic takes up to 8,191).
+MAX_STOP_SEQUENCES = 4
 # Schemas that passed the check, remembered by the digest of their canonical JSON: a client sends
 # the same tools on every turn of a conversation, and pays for the check once.
 SCHEMAS_REMEMBERED = 4096
@@ -365,16 +368,12 @@ ToolChoice = Annotated[
         _kinds((str, dict), "Input should be 'auto', 'none', 'required' or an object naming a function")
     ),
 ]
-StopSequence = Annotated[str, Field(min_length=1)]
+# A `stop` as every surface takes it (the Native API's; a translated `/v1` request's, whose `stop` or
+# `stop_sequences` the transport checked first, `openai_checks.check_stop`): each sequence of 1 to
+# MAX_STOP_CHARS characters, at most MAX_STOP_SEQUENCES of them.
+StopSequence = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 Stop = Annotated[
-    StopSequence | Annotated[list[StopSequence], Field(min_length=1, max_length=4)],
-    BeforeValidator(_kinds((str, list), "Input should be a string or a list of at most 4 strings")),
-]
-# The Native API's `stop`: each sequence of at most MAX_STOP_CHARS characters (the `/v1` surfaces name
-# one model, whose provider judges its stops).
-NativeStopSequence = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
-NativeStop = Annotated[
-    NativeStopSequence | Annotated[list[NativeStopSequence], Field(min_length=1, max_length=4)],
+    StopSequence | Annotated[list[StopSequence], Field(min_length=1, max_length=MAX_STOP_SEQUENCES)],
     BeforeValidator(_kinds((str, list), "Input should be a string or a list of at most 4 strings")),
 ]
 
@@ -535,7 +534,7 @@ class ChatRequest(ChatParams):
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    stop: NativeStop | None = None
+    stop: Stop | None = None
     stream: bool = False
     conversation_id: str | None = Field(default=None, min_length=1, max_length=256)
     tools: list[ToolDefinition] | None = Field(default=None, max_length=MAX_TOOLS)

@@ -51,8 +51,10 @@ def estimate_input(
     if endpoint in ("messages", "messages/count_tokens"):
         # (count_tokens answers this figure to the client: a count of the body, never the reservation
         # of what the provider fetches, which Sentinel does not see)
-        return estimate_messages(counter, model, payload, user=user, images=ANTHROPIC if images is None else images) \
-            + (references(endpoint, payload) * referenced if endpoint == "messages" else 0)
+        total = estimate_messages(counter, model, payload, user=user, images=ANTHROPIC if images is None else images)
+        if endpoint == "messages":
+            total += references(endpoint, payload) * referenced + _stop_sequences(counter, model, user, payload)
+        return total
     rule = openai_image_rule(model) if images is None else images
     files = RequestFiles(files)  # (the bound of the files it cannot read is reserved once: `media.unread_bound`)
     if endpoint in ("chat", "native"):
@@ -84,6 +86,16 @@ def estimate_input(
     if endpoint == "responses":
         return _responses_input(counter, model, payload, user, rule, files) + references(endpoint, payload) * referenced
     return 0
+
+
+def _stop_sequences(counter: TokenCounter, model: str, user: str | None, payload: dict[str, Any]) -> int:
+    """The tokens of a `/v1/messages` body's stop sequences: Anthropic takes up to 8,191 of them (each
+    at most MAX_STOP_CHARS characters here, `openai_checks.check_stop`), which the provider reads and
+    does not bill; reserved as input so that a body of thousands of them is held to the input limit
+    like any other text (OpenAI's surfaces take at most 4, left uncounted)."""
+    stops = payload.get("stop_sequences")
+    return sum(counter.count_text(text, model, user=user)
+               for text in (stops if isinstance(stops, list) else ()) if isinstance(text, str) and text)
 
 
 def references(endpoint: str, payload: dict[str, Any]) -> int:

@@ -30,7 +30,12 @@ from sentinel.domain.plans import MAX_LIMIT
 from sentinel.domain.text import is_text
 from sentinel.native._wire import is_number
 from sentinel.native.errors import NativeValidationError
-from sentinel.native.openai_checks import check_foreground, check_named_ids, json_containers_exceed
+from sentinel.native.openai_checks import (
+    check_foreground,
+    check_named_ids,
+    check_stop,
+    json_containers_exceed,
+)
 from sentinel.quota.estimate import BATCH_URLS
 from sentinel.quota.usage import MAX_ANSWER_ITEMS
 
@@ -660,6 +665,11 @@ def read_batch_input(
             try:
                 check_named_ids(body, "body.")
                 check_foreground(body, "body.")
+            except NativeValidationError as exc:
+                raise InvalidBatchInput(f"Line {number} of the batch input: {exc.message}") from None
+        if url in ("/v1/chat/completions", "/v1/completions") and isinstance(body, dict):
+            try:  # as the metered endpoints hold a `stop` (the provider runs it; no estimate counts it)
+                check_stop(body.get("stop"), "body.stop")
             except NativeValidationError as exc:
                 raise InvalidBatchInput(f"Line {number} of the batch input: {exc.message}") from None
         ids = referenced_ids(request)

@@ -11,6 +11,7 @@ from typing import Any
 
 import anthropic
 import openai
+import orjson
 import pytest
 
 from sentinel.mock.app import create_mock_app
@@ -90,3 +91,23 @@ def test_many_messages_stop_sequences_are_counted_as_input(gateway_factory: Call
     served = client.messages.create(model=HAIKU, max_tokens=20, messages=CHAT,  # type: ignore[arg-type]
                                     stop_sequences=stop[:8])
     assert served.content
+
+
+def test_a_batch_lines_stop_is_held_to_the_same_rule(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """A batch runs each line as the request it is: a chat line's 1 MB stop sequence was uploaded and
+    run by the provider, outside the line's estimate. Refused at upload (400 naming the line and
+    `body.stop.1`), nothing sent; a line within the rule is uploaded."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", passthrough="/v1/files,/v1/files/*,/v1/batches,/v1/batches/*")
+    client = gw.openai()
+
+    def line(stop: Any) -> bytes:
+        body = {"model": MINI, "max_tokens": 10, "messages": CHAT, "stop": stop}
+        return orjson.dumps({"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": body}) + b"\n"
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.files.create(file=("in.jsonl", line(["ok", "x" * 100_000])), purpose="batch")
+    assert "body.stop.1" in refused.value.message and "Line 1" in refused.value.message, refused.value.body
+    assert spy.seen == []
+    assert client.files.create(file=("in.jsonl", line(["ok", "x" * 256])), purpose="batch").id

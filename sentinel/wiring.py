@@ -485,7 +485,8 @@ async def build_runtime(
             end_users=end_users,
         ),
         models=ModelList(catalogue, meter),
-        native=NativeChat(router, chat_providers, meter, counter, end_users, reasons=catalogue.reasons),
+        native=NativeChat(router, chat_providers, meter, counter, end_users, reasons=catalogue.reasons,
+                          max_output=catalogue.max_output),
         router=router,
         # Settlements under way first (requests cancelled past the shutdown deadline finish theirs):
         # their records go to the outbox and the ledger the next closers flush and close (the streams

@@ -14,6 +14,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sentinel.domain.numbers import MAX_TOKENS
+
 __all__ = [
     "MAX_PRICE", "MODEL_NAME_PATTERN", "UPSTREAM_MODEL_PATTERN", "CatalogueModel", "ModelTarget", "Price", "Prices",
     "UpstreamModelName", "reasons_by_name", "stored_price",
@@ -119,7 +121,8 @@ class CatalogueModel(BaseModel):
     `name` is what clients send; `upstream_name` (default: `name`) what the provider is sent.
     `created` (Unix time) is only shown in the model list. `reasons`: whether the model reasons
     without being asked (its hidden reasoning billed as output); unset, told by its upstream name
-    (`reasons_by_name`).
+    (`reasons_by_name`). `max_output_tokens`: the most output one answer of the model may have (its
+    provider's maximum), to which a native request's `max_tokens` is brought down; unset, unknown.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -133,6 +136,7 @@ class CatalogueModel(BaseModel):
     cache_read_price_per_million: Price | None = None
     created: int = Field(0, ge=0)
     reasons: bool | None = None
+    max_output_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
 
     @property
     def upstream(self) -> str:

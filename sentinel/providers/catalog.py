@@ -15,31 +15,34 @@ from dataclasses import dataclass
 from sentinel.domain.catalogue import CatalogueModel
 from sentinel.domain.tiers import TierModelEntry, TierTable
 
-# (provider, model, created, input and output USD per million tokens). Anthropic's prompt cache
-# costs 1.25x the input price to write and 0.1x to read (their published multipliers).
-_ROWS: tuple[tuple[str, str, int, float, float], ...] = (
-    ("openai", "gpt-4o", 1706745600, 2.50, 10.00),
-    ("openai", "gpt-4o-mini", 1706745600, 0.15, 0.60),
-    ("openai", "gpt-4-turbo", 1706745600, 10.00, 30.00),
-    ("openai", "gpt-4", 1687882411, 30.00, 60.00),
-    ("openai", "gpt-3.5-turbo", 1677610602, 0.50, 1.50),
-    ("openai", "gpt-3.5-turbo-instruct", 1692901427, 1.50, 2.00),
-    ("openai", "text-embedding-3-small", 1705948997, 0.02, 0.0),
-    ("openai", "text-embedding-3-large", 1705953180, 0.13, 0.0),
-    ("openai", "text-embedding-ada-002", 1671217299, 0.10, 0.0),
-    ("anthropic", "claude-sonnet-4-20250514", 1747872000, 3.00, 15.00),
-    ("anthropic", "claude-3-5-sonnet-20241022", 1729555200, 3.00, 15.00),
-    ("anthropic", "claude-3-5-haiku-20241022", 1729555200, 0.80, 4.00),
-    ("anthropic", "claude-3-opus-20240229", 1709164800, 15.00, 75.00),
+# (provider, model, created, input and output USD per million tokens, the most output tokens one
+# answer may have — its provider's documented maximum, None for an embedding model). Anthropic's
+# prompt cache costs 1.25x the input price to write and 0.1x to read (their published multipliers).
+_ROWS: tuple[tuple[str, str, int, float, float, int | None], ...] = (
+    ("openai", "gpt-4o", 1706745600, 2.50, 10.00, 16_384),
+    ("openai", "gpt-4o-mini", 1706745600, 0.15, 0.60, 16_384),
+    ("openai", "gpt-4-turbo", 1706745600, 10.00, 30.00, 4_096),
+    ("openai", "gpt-4", 1687882411, 30.00, 60.00, 8_192),
+    ("openai", "gpt-3.5-turbo", 1677610602, 0.50, 1.50, 4_096),
+    ("openai", "gpt-3.5-turbo-instruct", 1692901427, 1.50, 2.00, 4_096),
+    ("openai", "text-embedding-3-small", 1705948997, 0.02, 0.0, None),
+    ("openai", "text-embedding-3-large", 1705953180, 0.13, 0.0, None),
+    ("openai", "text-embedding-ada-002", 1671217299, 0.10, 0.0, None),
+    ("anthropic", "claude-sonnet-4-20250514", 1747872000, 3.00, 15.00, 64_000),
+    ("anthropic", "claude-3-5-sonnet-20241022", 1729555200, 3.00, 15.00, 8_192),
+    ("anthropic", "claude-3-5-haiku-20241022", 1729555200, 0.80, 4.00, 8_192),
+    ("anthropic", "claude-3-opus-20240229", 1709164800, 15.00, 75.00, 4_096),
 )
 ANTHROPIC_CACHE_WRITE = 1.25
 ANTHROPIC_CACHE_READ = 0.10
 
 
-def _model(provider: str, name: str, created: int, price_in: float, price_out: float) -> CatalogueModel:
+def _model(
+    provider: str, name: str, created: int, price_in: float, price_out: float, most: int | None
+) -> CatalogueModel:
     cached = provider == "anthropic"
     return CatalogueModel(
-        name=name, provider=provider, created=created,
+        name=name, provider=provider, created=created, max_output_tokens=most,
         input_price_per_million=price_in, output_price_per_million=price_out,
         cache_write_price_per_million=round(price_in * ANTHROPIC_CACHE_WRITE, 6) if cached else None,
         cache_read_price_per_million=round(price_in * ANTHROPIC_CACHE_READ, 6) if cached else None,

@@ -58,6 +58,12 @@ class ModelCatalogue:
         for model in self._models.values():
             key = (model.provider, model.upstream)
             self._reasons[key] = self._reasons.get(key, False) or model.reasoning
+        # (the least any of them says: a cap above it is refused by the provider)
+        self._max_output: dict[tuple[str, str], int] = {}
+        for model in self._models.values():
+            key, most = (model.provider, model.upstream), model.max_output_tokens
+            if most is not None:
+                self._max_output[key] = min(self._max_output.get(key, most), most)
         self._aliases: dict[str, tuple[str, ...]] = {}
         for alias, names in aliases.items():
             if alias in self._models:
@@ -119,6 +125,12 @@ class ModelCatalogue:
         else by its name (`reasons_by_name`)."""
         said = self._reasons.get((provider, upstream_model))
         return reasons_by_name(upstream_model) if said is None else said
+
+    def max_output(self, provider: str, upstream_model: str) -> int | None:
+        """The most output tokens one answer of the model `provider` knows as `upstream_model` (a
+        tier's candidate) may have, as the catalogue's models of that provider and upstream name say
+        (`max_output_tokens`, the least of them), or None: not known."""
+        return self._max_output.get((provider, upstream_model))
 
     def listing(self) -> list[ListedModel]:
         """Every model, then every alias, in configuration order."""

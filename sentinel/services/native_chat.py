@@ -59,14 +59,19 @@ class NativeChat:
     """Serves native chat requests over the tier router, the meter and the chat providers; each
     provider is told the caller's pseudonym (`end_users`) as the end user (`sentinel.native.end_user`).
     `reasons(provider, model)`: whether a tier's model reasons without being asked (the catalogue's
-    `ModelCatalogue.reasons`; by default by its name)."""
+    `ModelCatalogue.reasons`; by default by its name). `max_output(provider, model)`: the most output
+    one answer of a tier's model may have (`ModelCatalogue.max_output`; by default None, not known): a
+    request's `max_tokens` above it is sent as it and reserved as the most any model that may serve
+    it takes."""
 
     def __init__(
         self, router: TierRouter, providers: dict[str, ChatProvider], meter: Meter, counter: TokenCounter,
         end_users: EndUsers | None = None, reasons: Callable[[str, str], bool] | None = None,
+        max_output: Callable[[str, str], int | None] | None = None,
     ) -> None:
         self.router = router
         self.reasons = reasons or (lambda _provider, model: reasons_by_name(model))
+        self.max_output = max_output or (lambda _provider, _model: None)
         self.end_users = end_users or EndUsers(None)
         self.providers = providers
         self.meter = meter
@@ -101,6 +106,7 @@ class NativeChat:
         # without images (most) needs no candidates: the tier table is not read for it.
         images, payload = await off_loop(lambda: (_has_images(req), _estimate_payload(req)), heavy)
         priced = await self._serving(choice) if images else frozenset()
+        await self._cap_reserved(req, choice, payload)
         # Admission before the session write: a request the quota refuses changes no session.
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(
@@ -177,6 +183,26 @@ class NativeChat:
             # it came through (the request, the handler's body) until a full collection.
             del refused
 
+    def _capped(self, req: ChatRequest, choice: RouteChoice) -> ChatRequest:
+        """`req` with its `max_tokens` brought down to the most `choice`'s model answers with, when
+        the catalogue knows it (`max_output`): the provider refuses a larger cap (a 400 charged as
+        a refusal), so the same request succeeded or failed by the model a tier drew."""
+        most = self.max_output(choice.provider, choice.model)
+        if req.max_tokens is None or most is None or req.max_tokens <= most:
+            return req
+        return req.model_copy(update={"max_tokens": most})
+
+    async def _cap_reserved(self, req: ChatRequest, choice: RouteChoice, payload: dict[str, Any]) -> None:
+        """A `max_tokens` above the drawn model's maximum is reserved as the most any model that may
+        serve the request answers with (`TierRouter.may_serve`: a retry may go to another), when the
+        catalogue knows each one's; otherwise as asked (up to `MAX_RESERVED_OUTPUT`)."""
+        most = self.max_output(choice.provider, choice.model)
+        if req.max_tokens is None or most is None or req.max_tokens <= most:
+            return
+        maxima = [self.max_output(entry.provider, entry.model) for entry in await self.router.may_serve(choice)]
+        if all(m is not None for m in maxima):
+            payload["max_tokens"] = min(req.max_tokens, max(m for m in maxima if m is not None))
+
     async def _serving(self, choice: RouteChoice) -> frozenset[tuple[str, str]]:
         """The (wire format, model) of each model that may answer `choice`'s request
         (`TierRouter.may_serve`: a retry may go to another of its tier): its images are estimated by
@@ -210,7 +236,7 @@ class NativeChat:
         """The provider's body for `req`, telling it `end_user` (the caller's pseudonym) as the end user."""
         provider = self.providers[choice.provider]
         try:
-            body = provider.body(req, choice.model, stream=req.stream)
+            body = provider.body(self._capped(req, choice), choice.model, stream=req.stream)
         except (NativeValidationError, TranslationError) as exc:
             param = exc.param if isinstance(exc, NativeValidationError) else None  # (as a validation error's)
             raise InvalidRequest(exc.message, provider=choice.provider,

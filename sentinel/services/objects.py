@@ -431,6 +431,23 @@ class Upload:
                 raise TooManyReferences(f"A request may name at most {limit} objects")
         return found
 
+    def models(self, files: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+        """(parameter, name) of every model the upload's fields name, as `references` reads ids: the
+        value of every part whose name has a `model` component (`model`, `model[]`, `tools[0][model]`,
+        `session.model`: readers that build objects from such names read a model there), and every
+        `model` in a value that starts as JSON (`fine_tuned_models`; the parameter `<field>.<path>`).
+        A file given on one of `files` is its own bytes."""
+        found: list[tuple[str, str]] = []
+        for name, value, is_file in self.parts:
+            if is_file and _INDEX.sub("", name) in files:
+                continue
+            if "model" in _COMPONENT.split(name):
+                found.append((name, value.decode("utf-8", "replace")))
+            elif _starts_as_json(value):
+                inner = _json_field(value, text=name in TEXT_FIELDS and not is_file)
+                found += [(f"{name}.{param}", model) for param, model in fine_tuned_models(inner)]
+        return found
+
     def batch_input(self) -> bytes | None:
         """The file's content when the upload is a batch's input (`purpose` is `batch`), else None
         (`batch_file`)."""

@@ -544,9 +544,8 @@ class OpenAIRelay:
             if upload.streams:
                 raise _no_passthrough_stream()
             await self.ownership.require(ids, identity.external_id)
-            named = (upload.parts[i] for i in upload.named("model".__eq__))
-            await self._require_models(self._unoffered_tuned(
-                [("model", value.decode("utf-8", "replace")) for _, value, is_file in named if not is_file]), identity)
+            models = await off_loop(functools.partial(upload.models, uploads), heavy)  # (JSON values read again)
+            await self._require_models(self._unoffered_tuned(models), identity)
             fields: dict[str, Any] = {}
             once = read_once(segments)
             for name, value, is_file in upload.parts:

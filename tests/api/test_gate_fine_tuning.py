@@ -10,6 +10,7 @@ answered exactly as a model that does not exist, nothing reaching the provider, 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -148,3 +149,38 @@ def test_a_model_no_read_showed_is_no_ones(
         # once a read of her job shows it, it is hers
         assert alice.get(f"/v1/fine_tuning/jobs/{made['id']}").json()["fine_tuned_model"] == model
         assert alice.get(f"/v1/fine_tuning/checkpoints/{model}/permissions").status_code == 200
+
+
+def test_an_uploads_nested_or_json_model_fields_are_checked_too(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """Only an upload's `model` field was read for a fine-tuned model: one named in a nested field
+    (`session[model]`, `tools[0][model]`: readers that build objects from such names read a model
+    there) or under `model` in a field's JSON value went as given. Each is now held as the `model`
+    field is: Bob naming Alice's model gets what a model that does not exist gets, nothing sent;
+    Alice naming it is sent on."""
+    gw = start(gateway_factory, spy, redis_url)
+    bob_key = key_for(gw, "bob")
+    audio = {"file": ("a.wav", b"RIFF")}
+    with gw.client() as alice, gw.client(bob_key) as bob:
+        _, model, _ = tuned(alice)
+        ghost = model[:-4] + "zzzz"
+
+        def fields(named: str) -> list[tuple[dict[str, str], str]]:
+            return [
+                ({"model": "whisper-1", "session[model]": named}, "session[model]"),
+                ({"model": "whisper-1", "tools[0][model]": f" {named}"}, "tools[0][model]"),
+                ({"model": "whisper-1", "chunking_strategy": json.dumps({"type": "auto", "grader": {"model": named}})},
+                 "chunking_strategy.grader.model"),
+            ]
+
+        spy.clear()
+        for (data, param), (ghostly, _) in zip(fields(model), fields(ghost), strict=True):
+            attempt = bob.post("/v1/audio/transcriptions", files=audio, data=data)
+            missing = bob.post("/v1/audio/transcriptions", files=audio, data=ghostly)
+            error = same_as_missing(attempt, missing, model, ghost)
+            assert error["code"] == "model_not_found" and error["param"] == param, error
+        assert spy.seen == []
+        for data, _ in fields(model):  # (the mock serves no transcriptions: its 404 is relayed)
+            alice.post("/v1/audio/transcriptions", files=audio, data={k: v.strip() for k, v in data.items()})
+        assert spy.paths() == ["/v1/audio/transcriptions"] * 3

@@ -486,7 +486,7 @@ async def build_runtime(
         ),
         models=ModelList(catalogue, meter),
         native=NativeChat(router, chat_providers, meter, counter, end_users, reasons=catalogue.reasons,
-                          max_output=catalogue.max_output),
+                          max_output=catalogue.max_output, metrics=metrics),
         router=router,
         # Settlements under way first (requests cancelled past the shutdown deadline finish theirs):
         # their records go to the outbox and the ledger the next closers flush and close (the streams

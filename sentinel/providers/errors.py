@@ -49,6 +49,7 @@ from sentinel.domain.numbers import parse_retry_after
 from sentinel.domain.usage import Usage
 from sentinel.errors import InvalidRequest, RateLimited, SentinelError, UpstreamError, UpstreamStatusError
 from sentinel.observability.logging import clipped
+from sentinel.observability.metrics import Metrics
 from sentinel.observability.redaction import redact
 
 log = logging.getLogger("sentinel.upstream")
@@ -130,8 +131,8 @@ class OverloadedAtStart(UpstreamStatusError):
 
     def count_dropped(self, count: Callable[[], None]) -> None:
         """Call `count` too when the attempt is dropped (`drop`: retried elsewhere, as its 529 would be),
-        never when it is relayed (then its stream's error event is counted as it ends): the `/v1`
-        surfaces' `upstream_errors_total{kind="provider_error"}`."""
+        never when it is relayed (then its stream's error event is counted as it ends): its
+        `upstream_errors_total{kind="provider_error"}` (`count_failure`)."""
         dropped = self.drop
 
         def drop() -> None:
@@ -139,6 +140,31 @@ class OverloadedAtStart(UpstreamStatusError):
             dropped()
 
         self.drop = drop
+
+
+def count_failure(metrics: Metrics, provider: str, error: BaseException) -> None:
+    """Count an upstream attempt that failed before its answer was relayed in
+    `upstream_errors_total{provider,kind}` — the one home of that count for every surface (`/v1`,
+    `/v1/messages`, translated chat, the native API), called where a surface's attempt raises, once
+    per attempt, whether a failover then moves on or the error reaches the client: any
+    `UpstreamError` by its code (a provider's error status — `provider_error`, `provider_auth_error`,
+    `provider_model_retired` —, `upstream_timeout`, `upstream_unreachable`, an unreadable answer's
+    `provider_bad_response`); an `OverloadedAtStart` as `provider_error` when it is dropped
+    (`count_dropped`: retried elsewhere), never when relayed (its stream's error event is counted as it
+    ends: `count_stream_failure`). Anything else (a refusal relayed to the client, a provider's 429:
+    the request's or the account's limit, no failure) is not counted. Nothing runs on a success."""
+    if isinstance(error, OverloadedAtStart):
+        error.count_dropped(metrics.upstream_errors.labels(provider, error.code).inc)
+    elif isinstance(error, UpstreamError):
+        metrics.upstream_errors.labels(provider, error.code).inc()
+
+
+def count_stream_failure(metrics: Metrics, provider: str, kind: str) -> None:
+    """Count a relayed answer (a stream) that an upstream failure ended, once, as `kind` (`stream_…`: a
+    provider's error event `stream_upstream_error`, a cut `stream_connection_closed`, one past its
+    time limit `stream_time_limit`...; a relayed `/v1` stream's cut keeps its error's code, as it
+    always was): the other half of `count_failure`'s one home."""
+    metrics.upstream_errors.labels(provider, kind).inc()
 
 
 def retired(status: int, raw: bytes, model: str) -> bool:

@@ -21,6 +21,7 @@ from sentinel.errors import UpstreamError
 from sentinel.native.anthropic_stream import render_error_event as anthropic_error_event
 from sentinel.native.stream import render_error_event
 from sentinel.observability.metrics import Metrics
+from sentinel.providers.errors import count_stream_failure
 from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
 from sentinel.services.exchange import (
@@ -85,14 +86,14 @@ def relay_events(
             if inspector.failed:  # recorded as a provider failure, as the translated and native streams are
                 ending.status = 502
             if not inspector.done:
-                metrics.upstream_errors.labels(upstream.provider, "stream_truncated").inc()
+                count_stream_failure(metrics, upstream.provider, "stream_truncated")
         except UpstreamError as exc:
-            metrics.upstream_errors.labels(upstream.provider, exc.code).inc()
+            count_stream_failure(metrics, upstream.provider, exc.code)
             ending.status = 502
             failure = failure_event(endpoint, exc.message, cut_code(exc))
         except Exception as exc:  # unexpected (an event the inspector could not handle): ended as above
             unexpected = unexpected_stream_failure(exc, upstream.provider)
-            metrics.upstream_errors.labels(upstream.provider, "stream_" + unexpected.code).inc()
+            count_stream_failure(metrics, upstream.provider, "stream_" + unexpected.code)
             ending.status = 502
             failure = failure_event(endpoint, unexpected.message, unexpected.code)
         finally:

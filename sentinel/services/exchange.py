@@ -259,3 +259,11 @@ def cut_code(exc: UpstreamError) -> str:
     if isinstance(exc, StreamTimeLimit):
         return exc.code
     return "parse_error" if exc.code == "stream_event_too_large" else "connection_closed"
+
+
+def stream_failure_kind(error: StreamError | UpstreamError) -> str:
+    """The `upstream_errors_total` kind of a translated or native stream `error` ended
+    (`count_stream_failure`): `stream_` and the error's kind (`upstream_error` for a provider's error
+    event, whatever its code: never a provider's string as a label) or its `cut_code`."""
+    kind = error.kind if isinstance(error, StreamError) else cut_code(error)
+    return "stream_" + kind.removeprefix("stream_")

@@ -42,7 +42,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.offload import count_off_loop, large, off_loop
 from sentinel.providers.anthropic import AnthropicUpstream, overloaded_at_start
-from sentinel.providers.errors import OverloadedAtStart
+from sentinel.providers.errors import OverloadedAtStart, count_failure
 from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import forwardable_headers, relayable_headers
 from sentinel.quota.anthropic_usage import (
@@ -253,7 +253,7 @@ class MessagesService:
                 )
                 span.set_attribute("http.response.status_code", upstream.status)
         except UpstreamError as exc:
-            self.metrics.upstream_errors.labels(target.provider, exc.code).inc()
+            count_failure(self.metrics, target.provider, exc)  # (one it answered with an error: `_read`)
             raise
         finally:
             ex.upstream_seconds += time.perf_counter() - started
@@ -262,10 +262,14 @@ class MessagesService:
 
     async def _read(self, upstream: UpstreamResponse, admission: Admission) -> bytes:
         """The whole body of a 2xx answer; an error answer is settled or not and raised (`refuse`:
-        status, type and message relayed)."""
-        if upstream.status >= 300:
-            await refuse(self.meter, upstream, admission)
-        return await upstream.read_served()
+        status, type and message relayed). Either failure is counted (`count_failure`)."""
+        try:
+            if upstream.status >= 300:
+                await refuse(self.meter, upstream, admission)
+            return await upstream.read_served()
+        except UpstreamError as exc:
+            count_failure(self.metrics, upstream.provider, exc)
+            raise
 
     async def _relay(
         self, ex: Exchange, target: ModelTarget, payload: dict[str, Any], headers: RawHeaders, admission: Admission,
@@ -277,11 +281,11 @@ class MessagesService:
             within = functools.partial(self._within, target, payload)
             # Its opening held back until its first block: an overload before it is the attempt's 529
             # (the alias's next target serves it), else relayed as it came (`OverloadedAtStart`).
-            if await overloaded_at_start(upstream):
-                overloaded = OverloadedAtStart(upstream.provider, drop=upstream.close,
-                                               relay=lambda: self._relay_sse(ex, target, upstream, admission, within))
-                overloaded.count_dropped(self.metrics.upstream_errors.labels(target.provider, overloaded.code).inc)
-                raise overloaded
+            if await overloaded_at_start(upstream):  # (a failed read of it is met, and counted, as relayed)
+                dropped = OverloadedAtStart(upstream.provider, drop=upstream.close,
+                                            relay=lambda: self._relay_sse(ex, target, upstream, admission, within))
+                count_failure(self.metrics, target.provider, dropped)  # (once dropped: retried elsewhere)
+                raise dropped
             return self._relay_sse(ex, target, upstream, admission, within)
         raw = await self._read(upstream, admission)
         try:

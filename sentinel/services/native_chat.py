@@ -30,9 +30,11 @@ from sentinel.native import ChatRequest, NativeValidationError, StreamError, Tra
 from sentinel.native.responses import Usage as WireUsage
 from sentinel.native.stream import DONE, answering, render_chunk, render_error_event
 from sentinel.native.types import ImagePart
+from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.offload import count_off_loop, off_loop
 from sentinel.providers.chat import ChatProvider, Completion, ProviderStream, recorded_usage
+from sentinel.providers.errors import count_failure, count_stream_failure
 from sentinel.providers.http import UpstreamResponse
 from sentinel.quota.estimate import estimate_input, hides_output
 from sentinel.quota.images import image_rule_for
@@ -49,6 +51,7 @@ from sentinel.services.exchange import (
     Reply,
     StreamReply,
     cut_code,
+    stream_failure_kind,
     unexpected_stream_failure,
 )
 
@@ -62,14 +65,17 @@ class NativeChat:
     `ModelCatalogue.reasons`; by default by its name). `max_output(provider, model)`: the most output
     one answer of a tier's model may have (`ModelCatalogue.max_output`; by default None, not known): a
     request's `max_tokens` above it is sent as it and reserved as the most any model that may serve
-    it takes."""
+    it takes. Each attempt's upstream failure, and each stream's, is counted in `metrics`
+    (`count_failure`, `count_stream_failure`; none: not counted)."""
 
     def __init__(
         self, router: TierRouter, providers: dict[str, ChatProvider], meter: Meter, counter: TokenCounter,
         end_users: EndUsers | None = None, reasons: Callable[[str, str], bool] | None = None,
         max_output: Callable[[str, str], int | None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.router = router
+        self.metrics = metrics
         self.reasons = reasons or (lambda _provider, model: reasons_by_name(model))
         self.max_output = max_output or (lambda _provider, _model: None)
         self.end_users = end_users or EndUsers(None)
@@ -141,13 +147,15 @@ class NativeChat:
             if req.stream:
                 streamed = await self.failover.call(
                     choice, wire, translate=translate,
-                    send=lambda p, body, c: _upstream(ex, c, p.open_stream_body(body, refused=refused(c))), on_attempt=on_attempt,
+                    send=lambda p, body, c: self._upstream(ex, c, p.open_stream_body(body, refused=refused(c))),
+                    on_attempt=on_attempt,
                     caller=identity.external_id,
                 )
                 return self._stream(ex, identity, streamed.result, streamed.choice, admission)
             completed = await self.failover.call(
                 choice, wire, translate=translate,
-                send=lambda p, body, c: _upstream(ex, c, p.complete_body(body, c.tier, refused=refused(c))), on_attempt=on_attempt,
+                send=lambda p, body, c: self._upstream(ex, c, p.complete_body(body, c.tier, refused=refused(c))),
+                on_attempt=on_attempt,
                 caller=identity.external_id,
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
@@ -270,12 +278,24 @@ class NativeChat:
         body = orjson.dumps(reply.to_response(usage).to_dict())
         return Reply(200, body, [("content-type", "application/json"), *_choice_headers(choice)])
 
+    async def _upstream(self, ex: Exchange, choice: RouteChoice, call: Awaitable[T]) -> T:
+        """Await one upstream attempt inside its client span (the span's context goes upstream); its
+        failure is counted (`count_failure`: a dropped `OverloadedAtStart` once the failover drops it)."""
+        attributes = {PROVIDER: choice.provider, SYSTEM: choice.provider, REQUEST_MODEL: choice.model}
+        try:
+            with ex.spans.span(f"chat {choice.model}", attributes, client=True):
+                return await call
+        except UpstreamError as exc:
+            if self.metrics is not None:
+                count_failure(self.metrics, choice.provider, exc)
+            raise
+
     def _stream(
         self, ex: Exchange, identity: Identity, stream: ProviderStream, choice: RouteChoice, admission: Admission
     ) -> StreamReply:
         ex.upstream_seconds = stream.upstream_seconds
         ex.upstream_status = stream.upstream.status
-        router, meter = self.router, self.meter
+        router, meter, metrics = self.router, self.meter, self.metrics
         kind = _kind(self.providers.get(choice.provider))  # (the wire format its error events come in)
 
         unsettled = True  # the session is neither written (answered) nor given back yet
@@ -318,6 +338,8 @@ class NativeChat:
                 )
                 ending.status = 502
                 code = error.code if isinstance(error, StreamError) else cut_code(error)
+                if metrics is not None:
+                    count_stream_failure(metrics, choice.provider, stream_failure_kind(error))
                 # Not a health failure: the provider answered; one broken stream must not take a
                 # single-model tier down for 30 s (only failures before the first byte count) — but
                 # for the provider's own overload (Anthropic's `overloaded_error` event), as its 529.
@@ -353,13 +375,6 @@ class NativeChat:
 
         metered = MeteredStream(produce, settle, give_back, drains=self.meter.read_on if admission.hidden_output else None)  # (never read: given back too)
         return StreamReply(200, [*SSE_RESPONSE_HEADERS, *_choice_headers(choice)], metered.chunks(), metered.on_close)
-
-
-async def _upstream(ex: Exchange, choice: RouteChoice, call: Awaitable[T]) -> T:
-    """Await one upstream attempt inside its client span (the span's context goes upstream)."""
-    attributes = {PROVIDER: choice.provider, SYSTEM: choice.provider, REQUEST_MODEL: choice.model}
-    with ex.spans.span(f"chat {choice.model}", attributes, client=True):
-        return await call
 
 
 def _has_images(req: ChatRequest) -> bool:

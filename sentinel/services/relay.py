@@ -43,7 +43,7 @@ from sentinel.native.types import schemas_remembered
 from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import OPERATIONS, PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.offload import count_off_loop, large, off_loop
-from sentinel.providers.errors import UnreadableAnswer
+from sentinel.providers.errors import UnreadableAnswer, count_failure
 from sentinel.providers.http import UpstreamResponse, stalled_if
 from sentinel.providers.openai import OpenAICompatUpstream, forwardable_headers
 from sentinel.quota.estimate import hides_output, item_references
@@ -253,31 +253,35 @@ class OpenAIRelay:
             upstream_payload(self.catalogue, request.payload, target), request.end_user, to.end_user_field,
             endpoint=request.endpoint,
         )), request.heavy)
-        upstream = await self._forward(
-            ex, to, "POST", request.segments, body, request.headers, request.query,
-            admission, stream=request.stream,
-        )
-        upstream.model = target.upstream_model  # a 404 saying it is retired moves the alias on (`refuse`)
-        if request.stream and request.strip_usage and 200 <= upstream.status < 300 and upstream.encoded:
-            # Compressed despite `identity`: relayed as it came (never inflated), its usage chunk —
-            # asked for on the client's behalf — could not be taken out, and the client would get a
-            # chunk without choices it never asked for. Served and billed: as translated streams, a 502.
-            await upstream.drain_served()
-            raise UnreadableAnswer(f"Provider {upstream.provider} answered a streamed request with a compressed body",
-                                   usage=None, provider=upstream.provider)
-        # A response's output items become the caller's, stored or not (a `store: false` answer's items
-        # are given back as input by id), for as long as what holds them: its conversation, else it.
-        items = None if request.endpoint != "responses" else Items(
-            COLLECTIONS["conversations"] if request.extends else COLLECTIONS["responses"])
-        if request.stream and 200 <= upstream.status < 300 and upstream.streams:
-            return self.answers.sse(upstream, request.endpoint, admission, request.strip_usage, request.owner, ex=ex,
-                                    extends=request.extends, speaker=request.speaker, items=items,
-                                    previous=request.previous)
-        return await self.answers.complete(
-            upstream, request.endpoint, admission, owner=request.owner,
-            ttl=ObjectPath(_COLLECTION.get(request.endpoint)).ttl, creating=True, ex=ex, extends=request.extends,
-            speaker=request.speaker, items=items, previous=request.previous,
-        )
+        try:
+            upstream = await self._forward(
+                ex, to, "POST", request.segments, body, request.headers, request.query,
+                admission, stream=request.stream,
+            )
+            upstream.model = target.upstream_model  # a 404 saying it is retired moves the alias on (`refuse`)
+            if request.stream and request.strip_usage and 200 <= upstream.status < 300 and upstream.encoded:
+                # Compressed despite `identity`: relayed as it came (never inflated), its usage chunk —
+                # asked for on the client's behalf — could not be taken out, and the client would get a
+                # chunk without choices it never asked for. Served and billed: as translated streams, a 502.
+                await upstream.drain_served()
+                raise UnreadableAnswer(f"Provider {upstream.provider} answered a streamed request with a compressed body",
+                                       usage=None, provider=upstream.provider)
+            # A response's output items become the caller's, stored or not (a `store: false` answer's items
+            # are given back as input by id), for as long as what holds them: its conversation, else it.
+            items = None if request.endpoint != "responses" else Items(
+                COLLECTIONS["conversations"] if request.extends else COLLECTIONS["responses"])
+            if request.stream and 200 <= upstream.status < 300 and upstream.streams:
+                return self.answers.sse(upstream, request.endpoint, admission, request.strip_usage, request.owner, ex=ex,
+                                        extends=request.extends, speaker=request.speaker, items=items,
+                                        previous=request.previous)
+            return await self.answers.complete(
+                upstream, request.endpoint, admission, owner=request.owner,
+                ttl=ObjectPath(_COLLECTION.get(request.endpoint)).ttl, creating=True, ex=ex, extends=request.extends,
+                speaker=request.speaker, items=items, previous=request.previous,
+            )
+        except UpstreamError as exc:  # the send failed, or its error status, an answer broken off
+            count_failure(self.metrics, target.provider, exc)
+            raise
 
     # --- other calls: objects, allowed pass-through --------------------------------------------------
     async def call(
@@ -383,6 +387,7 @@ class OpenAIRelay:
                 thread_messages=functools.partial(self._thread_messages, ex, headers),
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
+            count_failure(self.metrics, self.upstream.name, exc)  # (an upstream failure, once: its send's too)
             await self.meter.fail(admission, exc)
             raise
         if creating and where.is_collection and where.collection == "files" and isinstance(reply, Reply):
@@ -499,7 +504,7 @@ class OpenAIRelay:
             raw = await upstream.read_served() if upstream.status == 200 else await upstream.read_error()
             status = upstream.status
         except UpstreamError as exc:
-            self.metrics.upstream_errors.labels(self.upstream.name, exc.code).inc()
+            count_failure(self.metrics, self.upstream.name, exc)
             return None
         finally:
             ex.upstream_seconds += time.perf_counter() - started
@@ -822,9 +827,8 @@ class OpenAIRelay:
                     body=body, query=query,
                 )
                 span.set_attribute("http.response.status_code", upstream.status)
-        except UpstreamError as exc:
+        except UpstreamError:  # (counted by the caller, with an error it answered: `count_failure`)
             ex.upstream_seconds += time.perf_counter() - started
-            self.metrics.upstream_errors.labels(to.name, exc.code).inc()
             raise
         ex.upstream_seconds += time.perf_counter() - started
         ex.upstream_status = upstream.status

@@ -35,7 +35,7 @@ from sentinel.observability.metrics import Metrics
 from sentinel.observability.tracing import PROVIDER, REQUEST_MODEL, SYSTEM
 from sentinel.offload import count_off_loop, off_loop
 from sentinel.providers.chat import ChatProvider, ProviderStream, recorded_usage
-from sentinel.providers.errors import OverloadedAtStart
+from sentinel.providers.errors import OverloadedAtStart, count_failure, count_stream_failure
 from sentinel.providers.http import UpstreamResponse
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
@@ -49,6 +49,7 @@ from sentinel.services.exchange import (
     Reply,
     StreamReply,
     cut_code,
+    stream_failure_kind,
     unexpected_stream_failure,
 )
 
@@ -131,13 +132,11 @@ class TranslatedChat:
                     except OverloadedAtStart as exc:  # before its first block: the alias's next target's
                         held = exc.relay
                         exc.relay = lambda: self._opened(ex, held(), req, target, admission, client)
-                        exc.count_dropped(self.metrics.upstream_errors.labels(target.provider, exc.code).inc)
                         raise
                     return self._opened(ex, stream, req, target, admission, client)
                 done = await provider.complete_body(body, "simple", relay_client_errors=True, refused=refused)
-        except UpstreamError as exc:
-            if not isinstance(exc, OverloadedAtStart):  # (counted when dropped, or as its stream's error)
-                self.metrics.upstream_errors.labels(target.provider, exc.code).inc()
+        except UpstreamError as exc:  # (an `OverloadedAtStart` when dropped, or as its stream's error)
+            count_failure(self.metrics, target.provider, exc)
             raise
         ex.upstream_seconds += done.upstream_seconds
         ex.upstream_status = 200
@@ -192,8 +191,7 @@ class TranslatedChat:
                 stream.upstream.close()  # the encoder's error (it held too much) left `events` open
                 ending.status = 502
                 code = error.code if isinstance(error, StreamError) else cut_code(error)
-                kind = error.kind if isinstance(error, StreamError) else code  # (never the provider's code)
-                metrics.upstream_errors.labels(target.provider, "stream_" + kind.removeprefix("stream_")).inc()
+                count_stream_failure(metrics, target.provider, stream_failure_kind(error))
                 ending.last = (
                     render_error_event(error.message, "stream_error", code) if encoder is None
                     else anthropic_error_event(error.message)

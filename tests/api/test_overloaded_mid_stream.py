@@ -268,6 +268,7 @@ def test_a_native_stream_overloaded_before_its_first_block_is_retried_on_the_tie
             assert "Echo:" in answer.text and "error" not in answer.text and answer.text.rstrip().endswith("[DONE]")
             served += 1
     assert busy_in_backoff(overloading)
+    assert retried_overloads(overloading) == 1  # the busy model's one attempt, dropped (the native API counted none)
     assert wait_for(lambda: len(ledger_rows(overloading.settings.database_url, "alice")) == served)
     rows = ledger_rows(overloading.settings.database_url, "alice")
     assert all(row["status"] == 200 and row["model"] == SONNET for row in rows), rows

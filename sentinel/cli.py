@@ -239,7 +239,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 def cmd_plans_set(args: argparse.Namespace) -> int:
     from sentinel.domain.plans import Limit, parse_limit, parse_window
-    from sentinel.errors import InvalidRequest
+    from sentinel.errors import InvalidRequest, PlanChangeIncomplete
 
     try:
         limits: list[Limit] = [parse_limit(item) for item in args.limit or []]
@@ -262,6 +262,9 @@ def cmd_plans_set(args: argparse.Namespace) -> int:
         except InvalidRequest as exc:
             _say(f"{_refused(exc)}")
             return 2
+        except PlanChangeIncomplete as exc:  # saved; the shared cache not told
+            _say(f"{exc.message}")
+            return 3
         shown = ", ".join(str(lim) for lim in plan.limits)
         print(f"plan {args.name}: {shown or 'no limits'} (applies within CACHE_TTL_SECONDS)")
         return 0
@@ -270,7 +273,7 @@ def cmd_plans_set(args: argparse.Namespace) -> int:
 
 
 def cmd_plans_delete(args: argparse.Namespace) -> int:
-    from sentinel.errors import NotFound
+    from sentinel.errors import NotFound, PlanChangeIncomplete
 
     async def go(admin: Any) -> int:
         try:
@@ -278,6 +281,11 @@ def cmd_plans_delete(args: argparse.Namespace) -> int:
         except NotFound:
             _say(f"no such plan: {_quoted(args.name)}")
             return 1
+        except PlanChangeIncomplete as exc:  # deleted; the shared cache not told: its users named
+            _say(f"{exc.message}")
+            for user in exc.users:
+                print(printable(user))
+            return 3
         moved = f"its {users} user(s) are back on the default plan" if users else "no user was on it"
         print(f"deleted plan {args.name}: {moved} (applies within CACHE_TTL_SECONDS)")
         return 0
@@ -297,7 +305,7 @@ def cmd_plans_list(args: argparse.Namespace) -> int:
 
 
 def cmd_users_set_plan(args: argparse.Namespace) -> int:
-    from sentinel.errors import InvalidRequest, NotFound
+    from sentinel.errors import InvalidRequest, NotFound, PlanChangeIncomplete
 
     if args.default == (args.plan is not None):
         _say("name a plan, or --default for the default plan (not both)")
@@ -312,6 +320,9 @@ def cmd_users_set_plan(args: argparse.Namespace) -> int:
         except InvalidRequest as exc:  # a value refused, said as every command says one
             _say(f"{_refused(exc)}")
             return 2
+        except PlanChangeIncomplete as exc:  # saved; the shared cache not told
+            _say(f"{exc.message}")
+            return 3
         plan = "the default plan" if args.plan is None else f"plan {args.plan}"
         print(f"user {args.external_id} is on {plan} (applies within CACHE_TTL_SECONDS)")
         return 0

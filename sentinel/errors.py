@@ -15,7 +15,8 @@
     │   ├── Overloaded                   503 too many requests in flight
     │   ├── StoreUnavailable             503 Redis unreachable or slow
     │   │   ├── StoreRefused             503 the command did not run (refused by Redis, or never sent): safe to send again
-    │   │   └── RevocationIncomplete     503 a key revoked in the database whose cached identity the store did not drop
+    │   │   ├── RevocationIncomplete     503 a key revoked in the database whose cached identity the store did not drop
+    │   │   └── PlanChangeIncomplete     503 a plan change saved in the database whose users' cached plans the store did not drop
     │   └── GovernanceUnavailable        503 identity/limits source unreachable, nothing cached
     │       └── UsageBatchRefused        a usage sink refused a batch whole for its content (deliver it apart)
     ├── UpstreamError                    502 upstream_error          (provider set when known)
@@ -32,6 +33,7 @@ that calls them; everything above that boundary only sees SentinelError.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeGuard
 
 
@@ -213,6 +215,20 @@ class RevocationIncomplete(StoreUnavailable):
         super().__init__(message, details={"key_id": key_id, "user": external_id, "revoked": True}, **kw)
         self.key_id = key_id
         self.external_id = external_id
+
+
+class PlanChangeIncomplete(StoreUnavailable):
+    """A plan change (a user's plan, a plan's limits, a plan deleted) was saved in the database, but
+    the cached plans of its users could not be dropped from the store: they may be enforced until
+    they expire. Making the change again drops them (for a deleted plan: putting its users on the
+    default plan again). `users`: whose cached plans were not dropped (the first 100 in `details`)."""
+
+    code = "plan_change_incomplete"
+
+    def __init__(self, message: str, *, users: Sequence[str], **kw: Any) -> None:
+        listed = list(users[:100])
+        super().__init__(message, details={"saved": True, "users": listed, "user_count": len(users)}, **kw)
+        self.users = tuple(users)
 
 
 class GovernanceUnavailable(ServiceUnavailable):

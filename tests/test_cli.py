@@ -476,6 +476,40 @@ def test_a_revocation_redis_did_not_hear_about_exits_3_and_revoking_again_comple
     assert tombstone is not None and tombstone.startswith(b'{"v":null')
 
 
+def test_a_plan_change_redis_did_not_hear_about_exits_3_and_making_it_again_completes_it(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """With Redis unreachable a plan change was saved and audited, exit 0 ("applies within
+    CACHE_TTL_SECONDS"), while the plan cached in Redis stayed in force for up to that TTL once it was
+    back. `plans delete` says so and names the users to put on the default plan again; `users
+    set-plan` says so; made again with Redis back, the cached plan is dropped."""
+    import redis
+
+    sqlite = f"sqlite+aiosqlite:///{tmp_path}/cli.db"
+    assert run(["plans", "set", "gold", "--requests", "1000", "--window", "1m"], {"DATABASE_URL": sqlite}).returncode == 0
+    assert run(["users", "set-plan", "bob", "gold"], {"DATABASE_URL": sqlite}).returncode == 0
+    client = redis.Redis.from_url(redis_url)
+    try:  # bob's plan as a gateway cached it
+        cached = b'{"v":{"name":"gold","limits":[{"metric":"requests","window_seconds":60,"limit":1000,"external":null}],"basis":""},"fresh_until":9e12}'
+        client.set("sentinel:limits:bob", cached)
+        closed = {"DATABASE_URL": sqlite, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+        for args in (["plans", "set", "gold", "--requests", "500", "--window", "1m"], ["plans", "delete", "gold"],
+                     ["users", "set-plan", "bob", "--default"]):
+            result = run(args, closed)
+            assert result.returncode == 3, (args, result.returncode, result.stdout, result.stderr)
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1 and "CACHE_TTL_SECONDS" in lines[0] and "again" in lines[0], result.stderr
+            assert "Traceback" not in result.stderr
+            assert result.stdout.split() == (["bob"] if args[1] == "delete" else []), result.stdout
+        assert client.get("sentinel:limits:bob") == cached  # not dropped: what the line warns of
+        retried = run(["users", "set-plan", "bob", "--default"], {"DATABASE_URL": sqlite, "REDIS_URL": redis_url})
+        assert retried.returncode == 0, retried.stderr
+        assert (client.get("sentinel:limits:bob") or b"").startswith(b'{"v":null')  # dropped (held)
+    finally:
+        client.close()
+    assert run(["plans", "list"], {"DATABASE_URL": sqlite}).stdout.strip() == ""  # deleted at the first try
+
+
 def test_a_database_locked_elsewhere_is_one_clear_line_within_its_timeout(tmp_path: Path) -> None:
     """Another process holding SQLite's write lock (`serve` committing, a backup): a command waited
     the fixed 5 s busy timeout, then printed a traceback ending in `GovernanceUnavailable: API key

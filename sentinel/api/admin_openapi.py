@@ -119,7 +119,9 @@ def _errors(*codes: str) -> dict[str, Any]:
                                        "(Sentinel's would never be enforced); nothing is changed",
             "429": "Too many failed sign-ins from this address",
             "503": "Unavailable (`revocation_incomplete`: the key is revoked in the database but the store could "
-                   "not drop its cached validation; revoke it again once the store answers)"}
+                   "not drop its cached validation; revoke it again once the store answers. "
+                   "`plan_change_incomplete`: the plan change is saved but the store could not drop its users' "
+                   "cached plans, `details.users`; make it again once the store answers)"}
     return {code: _json(_ref("Error"), text[code]) for code in ("401", "429", *codes)}
 
 
@@ -193,7 +195,8 @@ def build_admin_openapi() -> dict[str, Any]:
         "/admin/api/users/{external_id}/plan": {"put": _op(
             "Put a user on a plan (null: the default plan)",
             _json(_obj(["external_id", "plan"], external_id={"type": "string"}, plan=_NULL_STR)),
-            params=[_path("external_id")], body=_input(["plan"], plan=_NULL_STR), errors=(*change, "404", "409"))},
+            params=[_path("external_id")], body=_input(["plan"], plan=_NULL_STR),
+            errors=(*change, "404", "409", "503"))},
         "/admin/api/users/{external_id}/quota": {"get": _op("The user's live quota counters", _json(_ref("Quota")),
                                                             params=[_path("external_id")], errors=("404",))},
         "/admin/api/users/{external_id}/keys": {"post": _op(
@@ -219,10 +222,10 @@ def build_admin_openapi() -> dict[str, Any]:
                        "any case: DEFAULT_PLAN's name)",
                        _json(_ref("Plan")), params=[_path("name")],
                        body=_input(["limits"], limits={"type": "array", "items": _ref("LimitInput"), "minItems": 1},
-                                 create={"type": "boolean"}), errors=(*change, "409")),
+                                 create={"type": "boolean"}), errors=(*change, "409", "503")),
             "delete": _op("Delete a plan (its users get the default plan)",
                           _json(_obj(["deleted"], deleted={"type": "string"})), params=[_path("name")],
-                          errors=("403", "404", "409")),
+                          errors=("403", "404", "409", "503")),
         },
         "/admin/api/tiers": {"get": _op("The tier table in effect, the database's overrides and the fallback",
                                         _json(_ref("Tiers")))},

@@ -41,7 +41,14 @@ from sentinel.api.responses import NOSNIFF, RawResponse
 from sentinel.api.throttle import address_of, client_of
 from sentinel.domain.numbers import parse_whole
 from sentinel.domain.plans import format_window
-from sentinel.errors import Conflict, InvalidRequest, NotFound, RevocationIncomplete, StoreUnavailable
+from sentinel.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PlanChangeIncomplete,
+    RevocationIncomplete,
+    StoreUnavailable,
+)
 from sentinel.services.admin import Actor, AdminService
 from sentinel.services.admin_forms import LimitInput, field_errors, refuse
 from sentinel.services.admin_usage import PERIODS, empty_window, parse_moment
@@ -240,6 +247,8 @@ class ConsoleRoutes:
             if "plan" not in form:  # the form's select always sends it ("" for the default plan)
                 raise refuse({"plan": "choose a plan, or the default plan"})
             await self.service.set_user_plan(external_id, self._one(form, "plan") or None, actor)
+        except PlanChangeIncomplete as exc:
+            return self._incomplete(exc)
         except Conflict:  # GOVERNANCE=zion: the page says where the plan comes from, with no form
             return await self._user_page(session, external_id, status=409)
         except (NotFound, InvalidRequest) as exc:
@@ -282,6 +291,12 @@ class ConsoleRoutes:
             return await self._user_page(checked[0], exc.external_id, status=503, incomplete=(key_id, exc.message))
         return _see_other(pages.user_href(info.external_id))
 
+    def _incomplete(self, exc: PlanChangeIncomplete) -> RawResponse:
+        """A plan change saved whose users' cached plans the store did not drop: said, 503 (the
+        message says how to finish it), as a revocation's is."""
+        users = ", ".join(exc.users[:100]) + (" ..." if len(exc.users) > 100 else "")
+        return _html(503, message_page(self.css, "Saved, not yet in force everywhere", f"{exc.message} Users: {users}"))
+
     async def _plans_page(self, session: str, status: int = 200, **extra: Any) -> RawResponse:
         body = pages.plans_page(await self.service.plans(), await self.service.tiers(), self.gate.csrf_for(session),
                                 editable=self.service.builtin, **extra)
@@ -307,6 +322,8 @@ class ConsoleRoutes:
         name, limits = self._one(form, "name"), self._limits(form)
         try:
             await self.service.save_plan_input(name, limits, actor, create=True)
+        except PlanChangeIncomplete as exc:
+            return self._incomplete(exc)
         except Conflict:  # GOVERNANCE=zion: the page says so, with no form
             return await self._plans_page(session, 409)
         except InvalidRequest as exc:
@@ -334,6 +351,8 @@ class ConsoleRoutes:
         try:
             plan = await self.service.plan(name)
             await self.service.save_plan_input(name, limits, actor)
+        except PlanChangeIncomplete as exc:
+            return self._incomplete(exc)
         except Conflict:  # GOVERNANCE=zion: the plan shown, not in effect, with no form
             return self._page(f"Plan {name}", pages.plan_not_in_effect(plan), session, "/admin/plans", 409)
         except InvalidRequest as exc:
@@ -348,6 +367,8 @@ class ConsoleRoutes:
             return checked
         try:
             await self.service.delete_plan(request.path_params["name"], checked[2])
+        except PlanChangeIncomplete as exc:
+            return self._incomplete(exc)
         except Conflict:  # GOVERNANCE=zion: the page says so, with no form
             return await self._plans_page(checked[0], 409)
         return _see_other("/admin/plans")

@@ -11,7 +11,8 @@ takes effect, and one whose entry cannot be written is not made (503, nothing ch
 where this process can reach the cache: revoking a key drops its cached identity (when the store
 cannot be reached the revocation says so, RevocationIncomplete, and may be repeated) and changing a
 user's plan (or a plan's limits, or deleting a plan: its users get the default plan) drops the
-cached plans, in the shared store; other replicas' own one-second copies expire by themselves. Tier
+cached plans, in the shared store (when it cannot be reached the change says so, PlanChangeIncomplete,
+and may be repeated); other replicas' own one-second copies expire by themselves. Tier
 edits reach other replicas within TIER_CONFIG_TTL_SECONDS.
 
 With another governance (GOVERNANCE=zion: `builtin` False) the plans and the tier table are that
@@ -41,6 +42,7 @@ from sentinel.errors import (
     GovernanceUnavailable,
     InvalidRequest,
     NotFound,
+    PlanChangeIncomplete,
     RevocationIncomplete,
     StoreUnavailable,
 )
@@ -265,15 +267,24 @@ class AdminService:
         """The audit entry of a change, for the repository to write in the change's transaction."""
         return self.audit_log.entry(actor.name, action, target, details, actor.address)
 
-    async def _forget_plans(self, external_ids: Sequence[str]) -> None:
-        if self.plan_cache is None:
+    async def _forget_plans(self, external_ids: Sequence[str], saved: str, again: str) -> None:
+        """Drop the cached plans of `external_ids`, whose plan changed (saved in the database). When
+        the store cannot take it, PlanChangeIncomplete (503) says so — `saved`: what is done, `again`:
+        how to finish it once the store answers — rather than a success while their old plans may be
+        enforced for up to CACHE_TTL_SECONDS (every process reads them from the store)."""
+        if self.plan_cache is None or not external_ids:
             return
         cache = self.plan_cache
         try:
             for start in range(0, len(external_ids), 100):
                 await asyncio.gather(*(cache.forget(u) for u in external_ids[start : start + 100]))
         except StoreUnavailable:
-            log.warning("could not drop cached plans: store unavailable (they expire within CACHE_TTL_SECONDS)")
+            ttl = cache.cache.ttl
+            raise PlanChangeIncomplete(
+                f"{saved}, but the shared cache could not be told (store unavailable): the plan before the change "
+                f"may be enforced for up to {ttl:g} s (CACHE_TTL_SECONDS). {again} once the store answers.",
+                users=external_ids,
+            ) from None
 
     # --- users --------------------------------------------------------------------------------------
     async def find_users(self, text: str | None = None, *, limit: int = 50, offset: int = 0) -> list[UserSummary]:
@@ -343,7 +354,8 @@ class AdminService:
         await self.plan_repo.set_user_plan(
             external_id, plan, lambda before: self._entry(actor, "user.plan", external_id, {"from": before, "to": plan})
         )
-        await self._forget_plans([external_id])
+        await self._forget_plans([external_id], f"The plan of user {clipped(external_id)!r} is changed in the database",
+                                 "Make the change again")
 
     # --- plans --------------------------------------------------------------------------------------
     def plans_editable(self) -> None:
@@ -410,7 +422,8 @@ class AdminService:
             raise refuse({"name": f"a plan called {taken!r} exists already{same}"}) from None
         except ValueError as exc:
             raise refuse({"limits": str(exc)}) from None
-        await self._forget_plans(change.users)
+        await self._forget_plans(change.users, f"Plan {clipped(name)!r} is saved ({len(change.users)} user(s) on it)",
+                                 "Save it again")
         return change.after
 
     async def delete_plan(self, name: str, actor: Actor) -> int:
@@ -422,7 +435,10 @@ class AdminService:
         )
         if users is None:  # unknown, or deleted meanwhile by another operator
             raise NotFound(f"No plan {clipped(name)!r}", code="plan_not_found")
-        await self._forget_plans(users)
+        await self._forget_plans(
+            users, f"Plan {clipped(name)!r} is deleted and its {len(users)} user(s) put on the default plan",
+            "Put them on the default plan again (listed in `users`: `sentinel users set-plan USER --default`)",
+        )
         return len(users)
 
     # --- keys ---------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from tests.support.waiting import wait_for
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "reconcile me"}], "max_tokens": 500}
 USER = "alice"  # the gateway's key (gateway_factory)
 PLAN = "requests=100/1d,output_tokens=100000/1d"
+ADMIN_KEY = "admin-key-for-tests-0123"
 
 
 def redis_bin() -> str:
@@ -217,3 +218,40 @@ def test_a_reservation_whose_connection_was_cut_is_refused_and_counts_nothing(
             served = http.post("/v1/chat/completions", json=CHAT)
         assert served.status_code == 200, served.text
         assert wait_for(lambda: counters(admin) == {"requests": 1, "output_tokens": 2}), counters(admin)
+
+
+def test_a_plan_change_redis_did_not_hear_about_is_a_503_and_making_it_again_completes_it(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """Redis stopped: a plan change was saved and audited, 200, while its users' cached plans stayed in
+    Redis — once it was back, a user moved to the default plan (100 requests a minute) went on being
+    served under the old one for up to CACHE_TTL_SECONDS. It is a 503 that says so (as a revocation's),
+    and making the change again once Redis answers drops them."""
+    with RedisServerProcess(tmp_path, redis_bin(), durable=True) as server:  # the cached plan survives its stop
+        gw = gateway_factory(redis_url=server.url, admin_key=ADMIN_KEY)
+        with gw.admin() as http, gw.client() as alice:
+
+            def limit() -> str:
+                answer = alice.post("/v1/chat/completions", json=CHAT)
+                assert answer.status_code == 200, answer.text
+                return str(answer.headers["x-ratelimit-limit"])
+
+            set_plan(gw.settings.database_url, USER, "gold", "requests=1000/1m")  # no change's hold to wait out
+            assert limit() == "1000"  # the plan cached in Redis
+            server.stop()
+            changes = [("PUT", "/admin/api/plans/gold", {"limits": [{"metric": "requests", "limit": 500, "window": "1m"}]}),
+                       ("PUT", f"/admin/api/users/{USER}/plan", {"plan": None})]
+            for method, path, body in changes:
+                refused = http.request(method, path, json=body)
+                assert refused.status_code == 503, (path, refused.status_code, refused.text)
+                error = refused.json()["error"]
+                assert error["type"] == "service_unavailable" and error["code"] == "plan_change_incomplete", error
+                assert error["details"] == {"saved": True, "users": [USER], "user_count": 1}
+                assert "CACHE_TTL_SECONDS" in error["message"] and "again" in error["message"]
+            server.start()
+            assert wait_for(lambda: alice.post("/v1/chat/completions", json=CHAT).status_code == 200)
+            assert limit() == "1000"  # the plan cached before the change, as the 503 warned
+            audit = [e["action"] for e in http.get("/admin/api/audit").json()["entries"]]
+            assert audit[:2] == ["user.plan", "plan.update"]  # both saved (and audited) at the first try
+            assert http.put(f"/admin/api/users/{USER}/plan", json={"plan": None}).status_code == 200
+            assert limit() == "100"  # DEFAULT_PLAN

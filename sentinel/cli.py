@@ -25,6 +25,7 @@ def _say(message: str) -> None:
 
 
 MAX_SAID = 400
+KEYS_PAGE = 500  # `keys list` reads the keys this many at a time (the admin API's largest page)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -198,15 +199,20 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     async def go(admin: Any) -> None:
-        rows = await admin.keys.list_keys(args.user)
         now = admin.clock()
         print(f"{'KEY ID':<18} {'USER':<24} {'PREFIX':<22} {'NAME':<20} {'CREATED':<20} {'EXPIRES':<20} STATUS")
-        for k in rows:
-            created = k.created_at.strftime("%Y-%m-%d %H:%M:%S")
-            expires = "never" if k.expires_at is None else k.expires_at.strftime("%Y-%m-%d %H:%M:%S")
-            # A row an earlier version (or another writer) left with a terminal escape reads as text.
-            print(f"{k.id:<18} {printable(k.external_id):<24} {k.prefix:<22} {printable(k.name or ''):<20} "
-                  f"{created:<20} {expires:<20} {k.status(now)}")
+        offset = 0
+        while True:  # every key, a page at a time (never all of them in memory at once)
+            rows = await admin.keys.list_keys(args.user, limit=KEYS_PAGE, offset=offset)
+            for k in rows:
+                created = k.created_at.strftime("%Y-%m-%d %H:%M:%S")
+                expires = "never" if k.expires_at is None else k.expires_at.strftime("%Y-%m-%d %H:%M:%S")
+                # A row an earlier version (or another writer) left with a terminal escape reads as text.
+                print(f"{k.id:<18} {printable(k.external_id):<24} {k.prefix:<22} {printable(k.name or ''):<20} "
+                      f"{created:<20} {expires:<20} {k.status(now)}")
+            if len(rows) < KEYS_PAGE:
+                break
+            offset += len(rows)
 
     return _run(_with_admin(_settings(), go))
 

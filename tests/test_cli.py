@@ -510,6 +510,35 @@ def test_a_plan_change_redis_did_not_hear_about_exits_3_and_making_it_again_comp
     assert run(["plans", "list"], {"DATABASE_URL": sqlite}).stdout.strip() == ""  # deleted at the first try
 
 
+def test_keys_list_prints_every_key_reading_them_a_page_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`keys list` read every key into memory at once; it reads them a page at a time (KEYS_PAGE, the
+    admin API's largest page: two here) and still prints them all, oldest first."""
+    from sentinel import cli
+    from sentinel.governance.keys import KeyService
+
+    monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/cli.db")
+    for user in ("ann", "ben", "cy", "ben", "dee"):
+        assert cli.main(["keys", "create", user]) == 0
+    read: list[tuple[str | None, int | None, int]] = []
+    original = KeyService.list_keys
+
+    async def spied(self: Any, external_id: str | None = None, *, limit: int | None = None, offset: int = 0) -> Any:
+        read.append((external_id, limit, offset))
+        return await original(self, external_id, limit=limit, offset=offset)
+
+    monkeypatch.setattr(KeyService, "list_keys", spied)
+    monkeypatch.setattr(cli, "KEYS_PAGE", 2)
+    capsys.readouterr()
+    assert cli.main(["keys", "list"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[1] for row in rows] == ["ann", "ben", "cy", "ben", "dee"]
+    assert read == [(None, 2, 0), (None, 2, 2), (None, 2, 4)]
+    assert cli.main(["keys", "list", "--user", "ben"]) == 0
+    assert [row.split()[1] for row in capsys.readouterr().out.splitlines()[1:]] == ["ben", "ben"]
+
+
 def test_a_database_locked_elsewhere_is_one_clear_line_within_its_timeout(tmp_path: Path) -> None:
     """Another process holding SQLite's write lock (`serve` committing, a backup): a command waited
     the fixed 5 s busy timeout, then printed a traceback ending in `GovernanceUnavailable: API key

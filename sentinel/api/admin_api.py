@@ -265,7 +265,10 @@ class AdminApiRoutes:
 
     async def keys(self, request: Request) -> RawResponse:
         await self._access(request)
-        found = await self.service.keys.list_keys(request.query_params.get("user") or None)
+        found = await self.service.keys.list_keys(
+            request.query_params.get("user") or None, limit=int_param(request, "limit", 50, 1, 500),
+            offset=int_param(request, "offset", 0, 0, 10_000_000),
+        )
         now = self.service.clock()
         return _json({"keys": [key_json(k, now) for k in found]})
 

@@ -209,8 +209,10 @@ def build_admin_openapi() -> dict[str, Any]:
                       expires_at={**_NULL_TIME, "description": "when the key stops working (ISO 8601, UTC unless "
                                   "it says otherwise; not with `expires_in_seconds`)"}),
             errors=change, status="201")},
-        "/admin/api/keys": {"get": _op("Keys (prefixes only)", array("keys", "Key"),
-                                       params=[_query("user", {"type": "string"})])},
+        "/admin/api/keys": {"get": _op("Keys (prefixes only), oldest first, a page of `limit` (at most 500) from "
+                                       "`offset` on", array("keys", "Key"),
+                                       params=[_query("user", {"type": "string"}), _query("limit", _INT),
+                                               _query("offset", _INT)], errors=("400",))},
         "/admin/api/keys/{key_id}/revoke": {"post": _op(
             "Revoke a key (its cached validation is dropped; a revoked key again: the drop is sent again)",
             _json(_ref("Key")), params=[_path("key_id")], errors=("400", "403", "404", "503"))},

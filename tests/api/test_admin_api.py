@@ -365,6 +365,29 @@ def test_bad_numbers_in_queries_are_validation_failures(gw: Gateway) -> None:
         assert client.get("/admin/api/usage.csv", params={"since": "400d"}).status_code == 200  # not a plan window
 
 
+def test_the_key_list_is_paged_as_the_user_list_is(gw: Gateway) -> None:
+    """`GET /admin/api/keys` answered every key in one answer (read whole into memory), whatever
+    `limit` said: it takes `limit` (default 50, at most 500) and `offset`, as `users` does, oldest
+    first, and refuses a bad one as `users` does."""
+    with gw.admin() as client:
+        for user in ("bob", "carol", "bob", "dave"):
+            assert client.post(f"/admin/api/users/{user}/keys", json={"name": "job"}).status_code == 201
+        listed = client.get("/admin/api/keys").json()["keys"]
+        every = [k["id"] for k in listed]
+        assert len(every) == 5 and gw.key_id in every  # alice's and the four above
+        pages = [client.get("/admin/api/keys", params={"limit": "2", "offset": str(n)}).json()["keys"] for n in (0, 2, 4, 6)]
+        assert [[k["id"] for k in page] for page in pages] == [every[:2], every[2:4], every[4:], []]
+        bobs = client.get("/admin/api/keys", params={"user": "bob", "limit": "1", "offset": "1"}).json()["keys"]
+        assert [k["id"] for k in bobs] == [k["id"] for k in listed if k["user"] == "bob"][1:]
+        for params, field in (({"limit": "0"}, "limit"), ({"limit": "501"}, "limit"), ({"limit": "\u00b2"}, "limit"),
+                              ({"offset": "-1"}, "offset"), ({"offset": "9" * 26}, "offset")):
+            answer = client.get("/admin/api/keys", params=params)
+            assert answer.status_code == 400, (params, answer.text)
+            error = answer.json()["error"]
+            assert error["code"] == "validation_failed" and field in error["details"]["fields"], (params, error)
+        assert len(client.get("/admin/api/keys", params={"limit": "500"}).json()["keys"]) == 5
+
+
 def test_a_key_field_that_is_not_text_is_the_only_field_named(gw: Gateway) -> None:
     with gw.admin() as client:
         for body, fields in (

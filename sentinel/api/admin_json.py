@@ -65,6 +65,7 @@ def user_json(detail: UserDetail, now: datetime) -> dict[str, Any]:
         "plan_origin": detail.plan_origin,
         "quota": None if detail.quota is None else detail.quota.to_json(),
         "keys": [key_json(k, now) for k in detail.keys],
+        "more_keys": detail.more_keys,
         "recent_requests": [entry_json(e) for e in detail.recent],
         "usage_30d": ranked_json(detail.usage_30d),
         "models_24h": detail.models_24h,

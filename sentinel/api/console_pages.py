@@ -185,6 +185,14 @@ def _quota(detail: UserDetail) -> str:
     return table(("Metric", "Window", "Used / limit", "", "Resets"), rows, cls="quota")
 
 
+def _more_keys(detail: UserDetail | None) -> str:
+    """Said under a user's keys when they are only the newest (USER_PAGE_KEYS): where the rest are."""
+    if detail is None or not detail.more_keys:
+        return ""
+    return (f'<p class="note">Only the newest {len(detail.keys)} keys are shown: <code>sentinel keys list --user</code> '
+            'or <code>GET /admin/api/keys?user=</code> lists them all.</p>')
+
+
 def _keys(keys: Sequence[ApiKeyInfo], csrf: str | None, now: datetime) -> str:
     rows = []
     for k in keys:
@@ -271,7 +279,7 @@ def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan]
         f"{_quota(detail) if detail else ''}</section>"
     )
     parts.append(
-        f'<section><h2>Keys</h2>{_keys(detail.keys if detail else [], csrf, now)}'
+        f'<section><h2>Keys</h2>{_keys(detail.keys if detail else [], csrf, now)}{_more_keys(detail)}'
         f'<form method="post" action="{e(user_href(external_id, "keys"))}" class="inline create-key" data-once>{csrf_field(csrf)}'
         f'<input type="hidden" name="nonce" value="{e(nonce)}">'
         f'<label>Name <input name="name" maxlength="200"></label>{error_for(errors, "name")}'

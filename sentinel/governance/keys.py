@@ -225,15 +225,17 @@ class KeyService:
             self._repeated.warning("could not record last use of API key %s: %s", key_id, type(exc).__name__)
 
     async def list_keys(
-        self, external_id: str | None = None, *, limit: int | None = None, offset: int = 0
+        self, external_id: str | None = None, *, limit: int | None = None, offset: int = 0,
+        newest_first: bool = False,
     ) -> list[ApiKeyInfo]:
-        """Every key (revoked ones too), oldest first; only `external_id`'s when given; a page of
-        `limit` (None: all) from `offset` on. A key issued meanwhile comes last, so paging through
-        by offset sees every key once."""
+        """Every key (revoked ones too), oldest first (`newest_first`: the other way); only
+        `external_id`'s when given; a page of `limit` (None: all) from `offset` on. Oldest first, a key
+        issued meanwhile comes last, so paging through by offset sees every key once."""
         query = select(*_INFO_COLUMNS).join(User, ApiKey.user_id == User.id)
         if external_id is not None:
             query = query.where(User.external_id == external_id)
-        query = query.order_by(ApiKey.created_at, ApiKey.id).offset(offset)
+        order = (ApiKey.created_at.desc(), ApiKey.id.desc()) if newest_first else (ApiKey.created_at, ApiKey.id)
+        query = query.order_by(*order).offset(offset)
         if limit is not None:
             query = query.limit(limit)
         with database_errors("API key store unavailable"):

@@ -76,6 +76,7 @@ NO_LIMITS = (
     "at least one limit: a plan without limits leaves its users unlimited (to put them on the default plan, "
     "delete the plan)"
 )
+USER_PAGE_KEYS = 100  # a user's page lists this many of the user's keys, the newest (the key list pages them all)
 PLANS_MANAGED_BY_GOVERNANCE = (
     "With GOVERNANCE=zion, quota plans and plan assignments come from Zion: Sentinel's own plans are not "
     "enforced, so they cannot be edited here (change the user's limits in Zion)"
@@ -195,6 +196,7 @@ class UserDetail:
     recent: list[LedgerEntry]
     usage_30d: Ranked  # totals over the last 30 UTC days (today included)
     models_24h: list[dict[str, Any]]  # by model over the last 24 hours
+    more_keys: bool = False  # the user has more keys than USER_PAGE_KEYS: `keys` holds the newest
 
 
 @dataclass(frozen=True)
@@ -297,7 +299,9 @@ class AdminService:
         recent = await self.reports.stats.recent_requests(external_id)
         if summary is None and not recent:
             raise NotFound(f"No user {clipped(external_id)!r}", code="user_not_found")
-        keys = await self.keys.list_keys(external_id)
+        # The newest USER_PAGE_KEYS, shown oldest first: a user issued a key per job is one bounded page.
+        newest = await self.keys.list_keys(external_id, limit=USER_PAGE_KEYS + 1, newest_first=True)
+        keys = newest[:USER_PAGE_KEYS][::-1]
         now = self.clock()
         usage = await self.reports.stats.user_totals(external_id, int(now.timestamp()) // 86400 - 29)
         models = await self.reports.totals(external_id, now - timedelta(days=1))
@@ -306,7 +310,8 @@ class AdminService:
             identity = Identity(external_id=external_id, user_id="", email=summary.email if summary else None)
             quota = await self.live.quota(identity)
         origin = ("assigned" if summary and summary.plan_name else "default") if self.builtin else "governance"
-        return UserDetail(external_id, summary, origin, quota, keys, recent, usage, models)
+        return UserDetail(external_id, summary, origin, quota, keys, recent, usage, models,
+                          more_keys=len(newest) > USER_PAGE_KEYS)
 
     async def _misleading_new_id(self, external_id: str) -> str | None:
         """Why `external_id` would read as another user's id on the console, when it names no user yet

@@ -388,6 +388,30 @@ def test_the_key_list_is_paged_as_the_user_list_is(gw: Gateway) -> None:
         assert len(client.get("/admin/api/keys", params={"limit": "500"}).json()["keys"]) == 5
 
 
+def test_a_user_s_page_lists_the_newest_keys_and_says_there_are_more(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's page (`users/{id}`, the console's) listed every key of the user in one answer, however
+    many a key-per-job deployment had issued: it lists the newest USER_PAGE_KEYS (two here), oldest
+    first as before, and says there are more (`more_keys`)."""
+    from sentinel.services import admin
+
+    monkeypatch.setattr(admin, "USER_PAGE_KEYS", 2)
+    with gw.admin() as client:
+        assert client.get("/admin/api/users/alice").json()["more_keys"] is False
+        for _ in range(3):
+            assert client.post("/admin/api/users/alice/keys", json={"name": "job"}).status_code == 201
+        every = [k["id"] for k in client.get("/admin/api/keys", params={"user": "alice"}).json()["keys"]]
+        page = client.get("/admin/api/users/alice").json()
+        assert [k["id"] for k in page["keys"]] == every[-2:] and page["more_keys"] is True
+    console, _ = signed_in(gw)
+    try:
+        shown = console.get("/admin/users/alice")
+    finally:
+        console.close()
+    assert shown.status_code == 200 and "Only the newest 2 keys are shown" in shown.text
+
+
 def test_a_key_field_that_is_not_text_is_the_only_field_named(gw: Gateway) -> None:
     with gw.admin() as client:
         for body, fields in (

@@ -1,7 +1,8 @@
 """Upstream error answers mapped to Sentinel errors: the one place that reads a provider's error body.
 
 Both surfaces use the same mapping (documented in the README's error table):
-- 401/402/403, and a 400 that refuses the key (Google's `API_KEY_INVALID`): Sentinel's own provider
+- 401/402/403, and a 400 that refuses the key or the account (Google's `API_KEY_INVALID`, Anthropic's
+  "Your credit balance is too low" and "You have reached your specified API usage limits"): Sentinel's own provider
   credentials were refused -> 502 `provider_auth_error`, with a generic message (a provider's message
   can quote the tail of the key, or name the account's credit). One that refuses the key or the
   account itself (`UpstreamStatusError.key_refused`, see `_key_refused`: a revoked or invalid key, an
@@ -231,13 +232,13 @@ def upstream_error(
     """The Sentinel error for an upstream error answer (`status` >= 400). `client_switched`: the
     request carried a client's beta switch (`UpstreamResponse.client_switched`): a 401/403 then
     refused that request, never the key itself (`key_refused`: a client could otherwise take a model
-    out of service for everyone at will). `wanted`: the request's (input, output) tokens — its
+    out of service for everyone at will) — but Anthropic's 400 for the account (`_account_refused`). `wanted`: the request's (input, output) tokens — its
     estimated input and its output cap —, to tell a 429 refusing the request alone (`_too_large`)."""
     fields = _error_fields(raw)
     message, code, err_type = fields.message, fields.code, fields.type
     asked = next((v for k, v in headers if k.lower() == "retry-after"), None)
     retry_after = parse_retry_after(asked, now=time.time()) if asked is not None else None
-    key_refused = not client_switched and _key_refused(status, fields)
+    key_refused = _account_refused(status, fields) or (not client_switched and _key_refused(status, fields))
     if status in (401, 402, 403) or key_refused:
         refused = UpstreamStatusError(
             f"Provider {provider} rejected Sentinel's credentials (HTTP {status}); check the provider configuration",
@@ -315,6 +316,19 @@ _GOOGLE_KEY_REASONS = frozenset({
     "SERVICE_DISABLED", "CONSUMER_SUSPENDED", "CONSUMER_INVALID",
 })
 _GOOGLE_KEY_MESSAGES = ("api key", "your api key")  # at the start of the message, which a client's text never is
+# Anthropic's answer for the account itself, a 400 `invalid_request_error` (it sends no 402): out of
+# credit ("Your credit balance is too low to access the Anthropic API. ..."), or past the monthly spend
+# limit set in its console ("You have reached your specified API usage limits. You will regain access
+# on ..."); at the start of the message, which a client's text never is (its own refusals name a field).
+_ANTHROPIC_ACCOUNT_MESSAGES = ("your credit balance is too low", "you have reached your specified api usage limits")
+
+
+def _account_refused(status: int, fields: _ErrorFields) -> bool:
+    """Whether an error answer is Anthropic's for the account itself, a 400 `invalid_request_error`
+    (`_ANTHROPIC_ACCOUNT_MESSAGES`: out of credit, past its spend limit): every request is refused so
+    until an operator pays, whatever beta switch a client sent (no beta makes an account run dry)."""
+    return status == 400 and fields.type == "invalid_request_error" and (
+        fields.message.lower().startswith(_ANTHROPIC_ACCOUNT_MESSAGES))
 
 
 def _key_refused(status: int, fields: _ErrorFields) -> bool:
@@ -323,6 +337,7 @@ def _key_refused(status: int, fields: _ErrorFields) -> bool:
     - any 402 (Payment Required: the account out of credit or its billing off, OpenRouter's and other
       OpenAI-compatible providers');
     - an error typed `authentication_error` (Anthropic) or coded as in `_KEY_CODES` (OpenAI);
+    - Anthropic's 400 for the account out of credit or past its spend limit (`_account_refused`);
     - a Google-shaped error (`{"error": {"code": 403, "status": "PERMISSION_DENIED", ...}}`, or a list
       of them) whose `ErrorInfo` reason is one of `_GOOGLE_KEY_REASONS` or whose message begins by
       naming the API key (a leaked key) — a 400 `API_KEY_INVALID` included;
@@ -334,6 +349,8 @@ def _key_refused(status: int, fields: _ErrorFields) -> bool:
     if not 400 <= status < 500 or status == 429:
         return False
     if status == 402 or fields.type == "authentication_error" or fields.code in _KEY_CODES:
+        return True
+    if _account_refused(status, fields):
         return True
     if fields.reasons & _GOOGLE_KEY_REASONS or (
         fields.google and fields.message.lower().startswith(_GOOGLE_KEY_MESSAGES)

@@ -641,7 +641,7 @@ async def refuse(
 
     A request the provider refused (a 4xx other than 429, and a 401/403 that refused this request —
     a model or feature the key may not use, a client's beta switch —, not Sentinel's provider key or
-    account itself — revoked, out of credit (a 402), the host's region blocked:
+    account itself — revoked, out of credit (a 402; Anthropic's 400 saying so), the host's region blocked:
     `UpstreamStatusError.key_refused`) still reached the company's account: it counts as one
     request and is recorded with the upstream status and no tokens, so provider-refused calls are not
     free (a 403 a client causes at will was given back: repeated without end, not even its requests

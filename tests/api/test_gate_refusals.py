@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import pytest
 
@@ -19,6 +20,7 @@ from tests.routing.test_failover_http import per_minute_limited
 from tests.support.accounts import set_user_plan
 from tests.support.attack import ledger_rows, wait_for
 from tests.support.servers import serving
+from tests.support.upstream import ScriptedUpstream
 
 
 def last_upstream_request(gw: Gateway) -> dict:
@@ -254,4 +256,48 @@ def test_a_refusal_of_sentinels_own_setup_is_no_users_cost_and_a_provider_failur
     assert backoff is not None  # a provider failure
     assert wait_for(lambda: ledger_rows(gw.settings.database_url, "alice"))
     time.sleep(0.3)  # a wrongly recorded refusal would have been flushed by now
+    assert [r["status"] for r in ledger_rows(gw.settings.database_url, "alice")] == [200]
+
+
+# Anthropic answers an account out of credit, or past the monthly spend limit its console sets, with
+# a 400 `invalid_request_error` (no 402), on /v1/messages and count_tokens alike.
+ANTHROPIC_ACCOUNT_REFUSALS = {
+    "out-of-credit": "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing "
+                     "to upgrade or purchase credits.",
+    "spend-limit": "You have reached your specified API usage limits. You will regain access on 2026-01-01 at "
+                   "00:00 UTC.",
+}
+
+
+@pytest.mark.parametrize("fault", list(ANTHROPIC_ACCOUNT_REFUSALS))
+def test_anthropics_400_refusing_the_account_is_no_users_cost_and_a_provider_failure(
+    gateway_factory: Callable[..., Gateway], fault: str,
+) -> None:
+    """Anthropic's own answer for the company's account out of credit or past its spend limit is a 400
+    `invalid_request_error`: it was relayed to the user as a refusal of their request (the account's
+    billing state in its message, "go to Plans & Billing"), charged to them, and the model stayed in
+    service for everyone (no backoff, an alias never moved on). It is now what a 402 is — with a
+    client's beta switch too (Claude Code always sends one; no beta runs an account dry): 502
+    (Anthropic's `api_error` shape, a generic message), nothing charged, the model in backoff."""
+    upstream = ScriptedUpstream()
+    upstream.json({"type": "error", "error": {"type": "invalid_request_error",
+                                              "message": ANTHROPIC_ACCOUNT_REFUSALS[fault]}}, status=400)
+    with serving(upstream) as srv:
+        gw = gateway_factory(anthropic_api_url=srv.url)
+        asyncio.run(set_user_plan(gw.settings.database_url, "alice", "requests=4/1d"))
+        with pytest.raises(anthropic.APIStatusError) as refused:
+            gw.anthropic().messages.create(model=HAIKU, max_tokens=20, messages=[{"role": "user", "content": "hi"}],
+                                           extra_headers={"anthropic-beta": "prompt-caching-2024-07-31"})
+        backoff = gw.read_stored(ProviderHealth.key("anthropic", HAIKU))
+        with gw.client() as http:  # (the session's mock serves the OpenAI-format model)
+            served = http.post("/v1/messages", json={"model": MINI, "max_tokens": 20,
+                                                     "messages": [{"role": "user", "content": "hi"}]})
+    assert refused.value.status_code == 502, refused.value.response.text
+    body = refused.value.response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "api_error"
+    assert not any(word in refused.value.response.text.lower() for word in ("credit", "billing", "usage limits"))
+    assert served.status_code == 200, served.text
+    assert served.headers["x-ratelimit-remaining"] == "3"  # only the served request counted
+    assert backoff is not None  # a provider failure
+    assert wait_for(lambda: ledger_rows(gw.settings.database_url, "alice"))
     assert [r["status"] for r in ledger_rows(gw.settings.database_url, "alice")] == [200]

@@ -104,6 +104,12 @@ GOOGLE_FILE_DENIED = {"error": {"code": 403, "message": "You do not have permiss
                                 "not exist.", "status": "PERMISSION_DENIED"}}
 
 
+ANTHROPIC_NO_CREDIT = {"type": "error", "error": {"type": "invalid_request_error", "message": "Your credit balance is "
+                      "too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}
+ANTHROPIC_SPEND_LIMIT = {"type": "error", "error": {"type": "invalid_request_error", "message": "You have reached your "
+                         "specified API usage limits. You will regain access on 2026-01-01 at 00:00 UTC."}}
+
+
 def google(code: int, status: str, reason: str) -> dict[str, object]:
     return {"error": {"code": code, "message": "Refused.", "status": status, "details": [
         {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "googleapis.com"}]}}
@@ -131,6 +137,9 @@ def google(code: int, status: str, reason: str) -> dict[str, object]:
         # out of credit (OpenRouter's, an OpenAI-compatible provider's 402): the account's, not the user's
         (402, orjson.dumps({"error": {"code": 402, "message": "Insufficient credits. Add more using ..."}}), True),
         (402, b"Payment Required", True),
+        # Anthropic's for the account (out of credit, past its spend limit): a 400, no 402
+        (400, orjson.dumps(ANTHROPIC_NO_CREDIT), True),
+        (400, orjson.dumps(ANTHROPIC_SPEND_LIMIT), True),
     ],
 )
 def test_a_refusal_of_the_provider_key_itself_is_told_from_one_of_the_request(
@@ -146,9 +155,21 @@ def test_a_refusal_of_the_provider_key_itself_is_told_from_one_of_the_request(
         assert (err.status, err.code, err.key_refused) == (502, "provider_auth_error", refused)
         assert not any(text in err.message for text in ("sk-", "Incorrect", "x-api-key", "permission", "scopes",
                                                         "leaked", "credits", "Country"))
-    # a request carrying a client's beta switch: the refusal is that request's, whatever it says
+    # a request carrying a client's beta switch: the refusal is that request's, whatever it says —
+    # but the account's own state (no beta runs it out of credit)
     switched = upstream_error("anthropic", status, raw, [], client_switched=True)
-    assert not (isinstance(switched, UpstreamStatusError) and switched.key_refused)
+    account = raw in (orjson.dumps(ANTHROPIC_NO_CREDIT), orjson.dumps(ANTHROPIC_SPEND_LIMIT))
+    assert (isinstance(switched, UpstreamStatusError) and switched.key_refused) is account
+
+
+def test_a_400_quoting_anthropics_account_refusal_is_still_the_requests() -> None:
+    """Only a message that begins with Anthropic's words for the account is read as one: a refusal
+    naming a field first (the client's text can follow it) is the request's, relayed as it is."""
+    quoted = {"type": "error", "error": {"type": "invalid_request_error", "message": "messages.0.content: Your "
+                                         "credit balance is too low to access the Anthropic API."}}
+    err = upstream_error("anthropic", 400, orjson.dumps(quoted), [], relay_client_errors=True)
+    assert (err.status, err.code) == (400, "provider_rejected_request")
+    assert not isinstance(err, UpstreamStatusError)
 
 
 def test_a_429_refusing_the_request_as_too_large_for_the_minute_is_told_from_a_rate_limit() -> None:

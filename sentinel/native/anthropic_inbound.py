@@ -8,8 +8,9 @@ over http(s), what Anthropic fetches); `tool_use` blocks
 become tool calls; `stop_sequences` is `stop`, `metadata.user_id` is dropped (the provider is told
 Sentinel's pseudonym of the caller: `sentinel.native.end_user`), `tool_choice`
 `any`/`tool` are `required`/a named function and `disable_parallel_tool_use` turns parallel calls off.
-`cache_control` marks are dropped (the other provider caches prompts by itself), so are citations of
-earlier answers. Anything else that cannot be carried over (`top_k`, thinking, documents, server tools,
+`cache_control` marks are dropped (the other provider caches prompts by itself) — once checked as
+Anthropic checks them (`{"type": "ephemeral"}`, a `ttl` of "5m" or "1h"), so that a body is refused
+alike whichever target of an alias serves it —, so are citations of earlier answers. Anything else that cannot be carried over (`top_k`, thinking, documents, server tools,
 images inside tool results, a final assistant message used as a prefill, more than 4 stop
 sequences, ...) is a `NativeValidationError` naming the field as the client wrote it (`_as_written`).
 """
@@ -153,6 +154,22 @@ def _known_keys(at: str, block: dict[str, Any]) -> None:
     extra = set(block) - _BLOCK_KEYS[block["type"]]
     if extra:
         raise invalid(f"{at}.{sorted(extra)[0]}", "unknown field")
+    _cache_mark(at, block)
+
+
+_CACHE_TTLS = (None, "5m", "1h")
+
+
+def _cache_mark(at: str, holder: dict[str, Any]) -> None:
+    """A block's or a tool's `cache_control`, dropped by the translation, checked as Anthropic checks
+    it: a malformed one (`5`, `{"type": "persistent"}`, a `ttl` of "99h") was dropped unseen, served by
+    an OpenAI target where a Claude one refuses it."""
+    mark = holder.get("cache_control")
+    if mark is None:
+        return
+    if (not isinstance(mark, dict) or mark.get("type") != "ephemeral" or set(mark) - {"type", "ttl"}
+            or mark.get("ttl") not in _CACHE_TTLS):
+        raise invalid(f"{at}.cache_control", 'must be {"type": "ephemeral"}, with an optional ttl of "5m" or "1h"')
 
 
 def _messages(raw: Any, target: str, origins: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -275,6 +292,7 @@ def _tools(tools: Any, target: str) -> list[dict[str, Any]]:
         extra = set(tool) - _TOOL_KEYS
         if extra:
             raise invalid(f"tools.{i}.{sorted(extra)[0]}", f"cannot be translated to {target}")
+        _cache_mark(f"tools.{i}", tool)
         function = {"name": tool.get("name"), "parameters": tool.get("input_schema")}
         if tool.get("description") is not None:
             function["description"] = tool["description"]

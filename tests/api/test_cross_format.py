@@ -766,3 +766,32 @@ def test_count_tokens_off_anthropic_answers_a_count_not_the_mcp_reservation(gate
         model=MINI, messages=ask, extra_body={"mcp_servers": [server, server]},  # type: ignore[arg-type]
     ).input_tokens
     assert plain > 0 and named == plain
+
+
+def test_a_malformed_cache_mark_is_refused_for_gpt_as_claude_refuses_it(gateway_factory: Callable[..., Gateway]) -> None:
+    """The translation drops `cache_control` (the OpenAI provider caches by itself), and dropped a
+    malformed one unseen: a body a Claude target refuses (a mark that is no object, of another type,
+    a `ttl` Anthropic has not) was served on an OpenAI one. It is a 400 naming it, before anything is
+    reserved; a well-formed mark (`ttl` "1h" included) is still dropped and served."""
+    gw = gateway_factory(default_plan="requests=1/1m")
+    text = {"type": "text", "text": "x"}
+    cases = [
+        ({"system": [{**text, "cache_control": 5}]}, "system.0.cache_control"),
+        ({"messages": [{"role": "user", "content": [{**text, "cache_control": {"type": "persistent"}}]}]},
+         "messages.0.content.0.cache_control"),
+        ({"messages": [{"role": "user", "content": [{**text, "cache_control": {"type": "ephemeral", "ttl": "99h"}}]}]},
+         "messages.0.content.0.cache_control"),
+        ({"tools": [{**AN_TOOLS[0], "cache_control": {"type": "ephemeral", "scope": "global"}}]},
+         "tools.0.cache_control"),
+    ]
+    ask = [{"role": "user", "content": "x"}]
+    with gw.client() as http:
+        for extra, param in cases:
+            r = http.post("/v1/messages", json={"model": MINI, "max_tokens": 5, "messages": ask, **extra})
+            assert r.status_code == 400, (param, r.text)
+            assert r.json()["type"] == "error" and r.json()["error"]["message"].startswith(param + ":"), r.json()
+    served = gw.anthropic().messages.create(
+        model=MINI, max_tokens=5, system=[{**text, "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+        messages=ask, tools=[{**AN_TOOLS[0], "cache_control": {"type": "ephemeral"}}],  # type: ignore[list-item]
+    )
+    assert served.model == MINI  # (the plan's one request: the refusals above reserved none)

@@ -13,7 +13,8 @@ Validation follows the real API where a gateway's translator could get a body wr
   ``tool_use`` followed by another message is answered there;
 * custom tools need a ``name`` and an object ``input_schema``; ``tool_choice`` is one of
   ``auto``/``any``/``tool``/``none`` (``tool`` with a ``name``; ``none`` takes no
-  ``disable_parallel_tool_use``, nor any other field) and needs ``tools``.
+  ``disable_parallel_tool_use``, nor any other field) and needs ``tools``; so does a conversation
+  holding a ``tool_use`` or ``tool_result`` block.
 
 Input tokens: `sentinel.mock.text.prompt_tokens` over the system text and one text per message
 (its text blocks, the text of its tool results, and ``name + JSON input`` of its tool uses),
@@ -133,6 +134,9 @@ def parse(body: Any, json_error: str | None, *, need_max_tokens: bool) -> Prompt
         _check_content(f"messages.{i}.content", message.get("content"))
     _check_tool_pairs(messages)
     _check_tools(body.get("tools"), body.get("tool_choice"))
+    if not body.get("tools") and any(b.get("type") in ("tool_use", "tool_result")
+                                     for m in messages for b in _blocks(m.get("content"))):
+        raise WireError(400, "Requests which include `tool_use` or `tool_result` blocks must define tools.")
     user_text = next((block_text(m.get("content")) for m in reversed(messages) if m["role"] == "user"), "")
     last = messages[-1]
     results = [

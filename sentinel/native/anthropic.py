@@ -50,6 +50,7 @@ from sentinel.native.types import (
 ANTHROPIC_MAX_TEMPERATURE = 1.0
 _CALL_ID = re.compile(r"[a-zA-Z0-9_-]+")  # (whole: `fullmatch`, never `$`, which passes a final newline)
 _NOT_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
+_TOOL_BLOCKS = frozenset({"tool_use", "tool_result"})
 # A URL's scheme is case-insensitive (RFC 3986), as the unified request's check reads it
 # (`ImageUrl`): `HTTPS://…` and `Data:image/png;base64,…` were refused here as not http(s).
 _DATA_URL = re.compile(r"^(?i:data):(image/[a-zA-Z0-9.+-]+);base64,(.+)$", re.DOTALL)
@@ -81,6 +82,12 @@ def build_anthropic_request(
     if system:
         body["system"] = "\n".join(system)
     body["messages"] = _turns(req.messages)
+    if not req.tools and any(block["type"] in _TOOL_BLOCKS for turn in body["messages"] for block in turn["content"]):
+        # Anthropic refuses it (400 "Requests which include `tool_use` or `tool_result` blocks must
+        # define tools"), OpenAI takes it: a history of tool turns asked to be summed up, say. Not
+        # carried, so a tier candidate that can is tried, or the request refused before it is sent.
+        raise invalid("tools", "Anthropic does not accept a conversation with tool calls or tool results and"
+                               " no tools: send the tools its calls used (tool_choice 'none' to forbid new calls)")
     if req.temperature is not None:
         if req.temperature > ANTHROPIC_MAX_TEMPERATURE and not clamp_temperature:
             raise NativeValidationError(

@@ -269,6 +269,30 @@ def test_a_translation_refusal_comes_before_the_quota(gateway_factory: Callable[
             assert r.json()["error"]["details"]["param"] == param
 
 
+def test_a_tool_history_without_tools_is_refused_for_claude_before_the_quota(
+    gateway_factory: Callable[..., Gateway]
+) -> None:
+    """Claude refuses a conversation holding tool calls or tool results without `tools` ("Requests which
+    include `tool_use` or `tool_result` blocks must define tools"): an OpenAI client's such request
+    (a history of tool turns asked to be summed up) was sent and refused, the caller paying a request.
+    It is a 400 naming `tools` before admission; with its tools it is served."""
+    gw = gateway_factory(default_plan="requests=1/1m")
+    history = [
+        {"role": "user", "content": "look up x"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "found"},
+        {"role": "user", "content": "sum it up"},
+    ]
+    with gw.client() as http:
+        r = http.post("/v1/chat/completions", json={"model": HAIKU, "messages": history})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["details"]["param"] == "tools"
+        served = http.post("/v1/chat/completions", json={"model": HAIKU, "messages": history, "tools": OA_TOOLS,
+                                                         "tool_choice": "none"})
+        assert served.status_code == 200, served.text
+
+
 def test_an_alias_is_served_by_a_target_that_can_carry_the_request(
     gateway_factory: Callable[..., Gateway], tmp_path: Path
 ) -> None:

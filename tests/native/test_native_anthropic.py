@@ -169,6 +169,7 @@ def test_whitespace_only_text_is_left_out(anthropic_wire: Check) -> None:
         {"role": "assistant", "content": "\n\n", "tool_calls": [call("toolu_1", "Paris")]},
         {"role": "tool", "tool_call_id": "toolu_1", "content": " \n"},
         {"role": "user", "content": [{"type": "text", "text": " "}, {"type": "text", "text": "and Rome?"}]},
+        tools=[WEATHER_TOOL],
     )
     body = build_anthropic_request(req, "m", stream=False)
     anthropic_wire(body)
@@ -322,6 +323,7 @@ def test_user_text_after_tool_results_joins_their_turn_after_them(anthropic_wire
         {"role": "assistant", "content": None, "tool_calls": [call("t1", "Paris")]},
         {"role": "tool", "tool_call_id": "t1", "content": ""},
         user("and now?"),
+        tools=[WEATHER_TOOL],
     )
     body = build_anthropic_request(req, "m", stream=False)
     anthropic_wire(body)
@@ -329,6 +331,21 @@ def test_user_text_after_tool_results_joins_their_turn_after_them(anthropic_wire
         "role": "user",
         "content": [{"type": "tool_result", "tool_use_id": "t1"}, {"type": "text", "text": "and now?"}],
     }
+
+
+def test_tool_turns_without_tools_are_not_carried() -> None:
+    """Anthropic refuses tool_use/tool_result blocks in a request without `tools` ("Requests which
+    include `tool_use` or `tool_result` blocks must define tools"); OpenAI takes them: a
+    NativeValidationError naming `tools`, so a tier candidate that can carry it is tried."""
+    req = request(
+        user("hi"),
+        {"role": "assistant", "content": None, "tool_calls": [call("t1", "Paris")]},
+        {"role": "tool", "tool_call_id": "t1", "content": "21C"},
+        user("sum it up"),
+    )
+    with pytest.raises(NativeValidationError) as raised:
+        build_anthropic_request(req, "m", stream=False)
+    assert raised.value.param == "tools"
 
 
 def test_images_become_image_blocks(anthropic_wire: Check) -> None:

@@ -223,6 +223,43 @@ def test_a_whitespace_only_stop_sequence_goes_to_a_candidate_that_can_carry_it(
     assert recorded_ids(alone.settings.database_url) == set()
 
 
+TOOL_HISTORY = [
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "18 C, cloudy"},
+    {"role": "user", "content": "Sum that up in one line."},
+]
+
+
+def test_a_tool_history_without_tools_goes_to_a_candidate_that_can_carry_it(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """Anthropic refuses a conversation holding tool calls or results without `tools` ("Requests which
+    include `tool_use` or `tool_result` blocks must define tools"); OpenAI takes it (a history of tool
+    turns asked to be summed up). It went to Claude nearly every draw (a provider's 400, charged); it
+    goes to OpenAI. With Claude alone it is a 400 naming `tools`, before anything is sent or recorded,
+    and the same history with its tools (calls forbidden) is served by Claude."""
+    tiers = {"simple": [entry(AN_HAIKU, cost=1), entry(OA_4O, cost=50)]}
+    gw = start(gateway_factory, tmp_path, None, tiers=tiers)
+    with gw.client() as http:
+        for i in range(8):
+            assert served(chat(http, messages=TOOL_HISTORY, conv=f"conv-tools-{i}")) == ("simple", *OA_4O)
+    session = stored(gw, "conv-tools-0")
+    assert session is not None and (session["provider"], session["model"]) == OA_4O
+    alone = start(gateway_factory, tmp_path, None, tiers={"simple": [entry(AN_HAIKU)]})
+    with alone.client() as http:
+        r = chat(http, messages=TOOL_HISTORY, conv="conv-claude")
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "tools" and r.json()["error"]["code"] == "invalid_request"
+        assert recorded_ids(alone.settings.database_url) == set()
+        assert stored(alone, "conv-claude") is None
+        weather = {"type": "function", "function": {"name": "weather", "description": "The weather in a city",
+                                                    "parameters": {"type": "object"}}}
+        ok = chat(http, messages=TOOL_HISTORY, conv="conv-claude", tools=[weather], tool_choice="none")
+        assert served(ok) == ("simple", *AN_HAIKU)
+
+
 def test_a_request_that_fails_validation_creates_no_session(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None
 ) -> None:

@@ -122,19 +122,12 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
     _check_common(payload)
     if endpoint == "chat":
         _check_messages(payload.get("messages"))
-        _optional(payload, "max_tokens", _positive_int(), "must be an integer >= 1")
-        _optional(payload, "max_completion_tokens", _positive_int(), "must be an integer >= 1")
-        _optional(payload, "n", _positive_int(MAX_N), f"must be an integer from 1 to {MAX_N}")
+        check_caps(endpoint, payload)
         check_stop(payload.get("stop"), "stop")
     elif endpoint == "completions":
         if not _text_or_tokens(payload.get("prompt")):
             raise invalid("prompt", "must be a string, an array of strings or an array of token ids")
-        _optional(payload, "max_tokens", _positive_int(), "must be an integer >= 1")
-        _optional(payload, "n", _positive_int(MAX_N), f"must be an integer from 1 to {MAX_N}")
-        _optional(payload, "best_of", _positive_int(MAX_BEST_OF), f"must be an integer from 1 to {MAX_BEST_OF}")
-        n, best_of = payload.get("n") or 1, payload.get("best_of")
-        if best_of is not None and best_of < n:
-            raise invalid("best_of", "must be at least n")
+        check_caps(endpoint, payload)
         check_stop(payload.get("stop"), "stop")
     elif endpoint == "embeddings":
         if not _text_or_tokens(payload.get("input")):
@@ -152,9 +145,33 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
                     if isinstance(part, dict) and part.get("type") == "input_image":
                         _check_image_url(part.get("image_url"), f"input.{i}.content.{j}.image_url")
         _optional(payload, "instructions", lambda v: isinstance(v, str), "must be a string")
-        _optional(payload, "max_output_tokens", _positive_int(), "must be an integer >= 1")
+        check_caps(endpoint, payload)
         check_named_ids(payload)
         check_foreground(payload)
+
+
+def check_caps(endpoint: str, payload: dict[str, Any], where: str = "") -> None:
+    """Raise NativeValidationError (`param` prefixed by `where`: `body.` for a batch line) when a field
+    the reservation of `endpoint`'s request reads (`estimate.max_output`: its output caps, `n`,
+    `best_of`) is given and is no whole number in range (a float, a string, a boolean, 0, past the
+    most). The estimate reads only whole numbers (any other value counts as absent, reserving the
+    default), so such a value would be reserved as if not given while a lenient provider runs it:
+    the metered endpoints' rule (`check_metered_fields`) and a batch input line's, at upload.
+    `endpoint` is one of chat, completions, responses (any other has none)."""
+    if endpoint == "chat":
+        _optional(payload, "max_tokens", _positive_int(), "must be an integer >= 1", where)
+        _optional(payload, "max_completion_tokens", _positive_int(), "must be an integer >= 1", where)
+        _optional(payload, "n", _positive_int(MAX_N), f"must be an integer from 1 to {MAX_N}", where)
+    elif endpoint == "completions":
+        _optional(payload, "max_tokens", _positive_int(), "must be an integer >= 1", where)
+        _optional(payload, "n", _positive_int(MAX_N), f"must be an integer from 1 to {MAX_N}", where)
+        _optional(payload, "best_of", _positive_int(MAX_BEST_OF), f"must be an integer from 1 to {MAX_BEST_OF}",
+                  where)
+        n, best_of = payload.get("n") or 1, payload.get("best_of")
+        if best_of is not None and best_of < n:
+            raise invalid(where + "best_of", "must be at least n")
+    elif endpoint == "responses":
+        _optional(payload, "max_output_tokens", _positive_int(), "must be an integer >= 1", where)
 
 
 def check_foreground(payload: dict[str, Any], where: str = "") -> None:

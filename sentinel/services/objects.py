@@ -31,6 +31,7 @@ from sentinel.domain.text import is_text
 from sentinel.native._wire import is_number
 from sentinel.native.errors import NativeValidationError
 from sentinel.native.openai_checks import (
+    check_caps,
     check_foreground,
     check_named_ids,
     check_stop,
@@ -684,9 +685,15 @@ def read_batch_input(
                 check_foreground(body, "body.")
             except NativeValidationError as exc:
                 raise InvalidBatchInput(f"Line {number} of the batch input: {exc.message}") from None
-        if url in ("/v1/chat/completions", "/v1/completions") and isinstance(body, dict):
-            try:  # as the metered endpoints hold a `stop` (the provider runs it; no estimate counts it)
-                check_stop(body.get("stop"), "body.stop")
+        if isinstance(body, dict):
+            endpoint = BATCH_URLS.get(url) if isinstance(url, str) else None
+            try:
+                if url in ("/v1/chat/completions", "/v1/completions"):
+                    # as the metered endpoints hold a `stop` (the provider runs it; no estimate counts it)
+                    check_stop(body.get("stop"), "body.stop")
+                # and the fields its reservation reads (a line whose `url` Sentinel does not know: as any)
+                for name in (endpoint,) if endpoint is not None else ("chat", "completions", "responses"):
+                    check_caps(name, body, "body.")
             except NativeValidationError as exc:
                 raise InvalidBatchInput(f"Line {number} of the batch input: {exc.message}") from None
         ids = referenced_ids(request)

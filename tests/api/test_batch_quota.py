@@ -432,3 +432,33 @@ def test_a_batch_line_asking_for_a_background_response_is_refused_at_upload(
     assert error["type"] == "invalid_request_error" and "background" in error["message"], error
     assert spy.seen == []
     assert gw.quota_used().get("requests", 0) == 0
+
+
+@pytest.mark.parametrize(("url", "field", "value"), [
+    ("/v1/chat/completions", "max_tokens", 1e6),  # a float the estimate read as no cap
+    ("/v1/chat/completions", "max_completion_tokens", "100000"),
+    ("/v1/chat/completions", "n", 2.0),
+    ("/v1/chat/completions", "n", True),  # (a boolean is an int to Python)
+    ("/v1/completions", "best_of", 1e308),
+    ("/v1/responses", "max_output_tokens", 0),
+    ("/v1/unknown", "max_tokens", -1),  # a line Sentinel cannot place: held to every endpoint's rule
+])
+def test_a_batch_lines_reserved_fields_are_held_to_the_metered_endpoints_rule(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, url: str, field: str, value: Any
+) -> None:
+    """A line's cap, `n` or `best_of` that is no whole number in range was read by its estimate as not
+    given (the default reserved, one completion), and uploaded: a provider that takes `1e6` for a
+    million, or `2.0` for two, ran the line past what the batch reserved. The metered endpoints refuse
+    such a value (400) before anything is reserved; a batch line is refused so at upload (400 naming
+    the line and `body.<field>`), nothing sent."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", passthrough=PASSTHROUGH)
+    client = gw.openai()
+    body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+                            "prompt": "hi", "input": "hi", field: value}
+    good = orjson.dumps({"custom_id": "1", "method": "POST", "url": url, "body": {**body, field: 2}})
+    bad = orjson.dumps({"custom_id": "2", "method": "POST", "url": url, "body": body})
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.files.create(file=("in.jsonl", good + b"\n" + bad + b"\n"), purpose="batch")
+    assert f"body.{field}" in refused.value.message and "Line 2" in refused.value.message, refused.value.body
+    assert spy.seen == []
+    assert client.files.create(file=("in.jsonl", good + b"\n"), purpose="batch").id

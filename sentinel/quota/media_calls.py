@@ -146,7 +146,7 @@ def media_call(
         prompt = fields.get("prompt")
         per_image = image_tokens(model or "dall-e-2", fields.get("size"), fields.get("quality"))
         return MediaCall("images", counter.count_text(prompt, model) if isinstance(prompt, str) else 0,
-                         per_image * min(MAX_IMAGES, _count(fields.get("n"))), per_image)
+                         per_image * min(MAX_IMAGES, image_count(fields.get("n"))), per_image)
     if path in TRANSCRIPTS:
         format_ = _word(fields.get("response_format"))
         return MediaCall("transcript", cues=format_ in CUED_FORMATS, as_json=format_ not in TEXT_FORMATS)
@@ -310,8 +310,14 @@ def _word(value: Any) -> str:
     return value.strip().lower() if isinstance(value, str) else ""
 
 
-def _count(value: Any) -> int:
-    """An image count (`n`: a JSON integer, or an upload's text), 1 when it is none or no count."""
+def image_count(value: Any) -> int:
+    """An image call's `n` (a JSON integer, or digits: an upload's text, the SDK's `"2"`), 1 when not
+    given; InvalidRequest (400) for anything else — a float, a boolean, a string of no digits, 0: read
+    as no count it reserved one image, while a provider taking `10.0` for ten made ten."""
+    if value is None:
+        return 1
     if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         value = int(value.strip()[:6])
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidRequest("`n` must be a whole number of images, at least 1", details={"param": "n"})
+    return value

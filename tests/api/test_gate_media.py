@@ -363,3 +363,26 @@ def test_a_vector_store_search_rewriting_its_query_is_charged_the_query(gateway_
     with pytest.raises(openai.RateLimitError) as refused:
         client.vector_stores.search(store.id, query=[query], rewrite_query=True)
     assert openai_error(refused.value.response.json())["code"] == "quota_exceeded"
+
+
+@pytest.mark.parametrize("n", [10.0, True, "ten", 0, -2])
+def test_an_image_call_of_a_count_that_is_no_whole_number_is_refused(
+    gateway_factory: Callable[..., Gateway], n: object,
+) -> None:
+    """An image call's `n` that was no count (`10.0`, `true`, `"ten"`, 0) was read as one image and
+    reserved so, then sent: a provider taking `10.0` for ten made ten on a plan with room for one (its
+    answer charged after, past the limit). Refused (400 naming `n`) before anything is reserved or
+    sent, as a video's `seconds` is; JSON digits and an upload's text are still counts."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, "requests=100/1h,output_tokens=1000000/1h")
+        with gw.client() as alice:
+            refused = alice.post("/v1/images/generations", json={"model": "dall-e-2", "prompt": "a lighthouse", "n": n})
+            assert refused.status_code == 400, refused.text
+            assert openai_error(refused.json())["details"]["param"] == "n"
+            assert upstream.received == []
+            assert ledger_rows(gw.settings.database_url, "alice") == []
+            upstream.json({"created": 1, "data": [*IMAGE["data"], *IMAGE["data"]]})
+            made = alice.post("/v1/images/generations", json={"model": "dall-e-2", "prompt": "a lighthouse", "n": "2"})
+        assert made.status_code == 200, made.text
+        assert _row(gw)["output_tokens"] == 2 * image_tokens("dall-e-2", None, None)

@@ -49,9 +49,12 @@ def test_an_upload_names_its_image_count_as_text() -> None:
     per_image = image_tokens("dall-e-2", "512x512", None)
     call = media_call(COUNTER, ["images", "edits"], {"model": "dall-e-2", "n": "3", "size": "512x512", "prompt": "a hat"})
     assert call == MediaCall("images", COUNTER.count_text("a hat", "dall-e-2"), 3 * per_image, per_image)
-    for n in ("x", "-2", "²", "0"):  # no count: one image
-        assert media_call(COUNTER, ["images", "variations"], {"n": n, "size": "512x512"}) == \
-            MediaCall("images", 0, per_image, per_image)
+    assert media_call(COUNTER, ["images", "variations"], {"size": "512x512"}) == \
+        MediaCall("images", 0, per_image, per_image)  # none given: one image
+    for n in ("x", "-2", "²", "0", "1.5", 2.0, True, 0):  # no count: refused (a provider may read it as one)
+        with pytest.raises(InvalidRequest) as refused:
+            media_call(COUNTER, ["images", "variations"], {"n": n, "size": "512x512"})
+        assert refused.value.details == {"param": "n"}
     assert media_call(COUNTER, ["images", "generations"], {"model": "dall-e-2", "n": 10**9}).output_tokens == \
         10 * image_tokens("dall-e-2", None, None)  # at most the 10 a call may ask for
 

@@ -417,3 +417,33 @@ def test_a_default_plan_changed_at_a_restart_applies_at_once_to_plans_cached_bef
     with before.client() as alice:  # the old configuration's replica enforces its own plan
         answer = alice.post("/v1/chat/completions", json=CHAT)
         assert answer.status_code == 200 and answer.headers["x-ratelimit-limit"] == "50"
+
+
+def test_concurrent_requests_on_every_surface_admit_exactly_a_request_limit(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """48 requests at once from one user, spread over every metered surface (`/v1/chat/completions`,
+    `/v1/messages`, the native API, the model list), against 10 requests a day: exactly 10 are
+    admitted, whichever surface each came by, and the counter holds 10 — none over-admitted by a
+    surface checking apart, none counted twice."""
+    gw = gateway_factory(redis_url=backend_url, default_plan="requests=10/1d", admin_key="admin-key-for-tests-0123",
+                         window_clock=FakeClock(1_800_000_000.0))  # (all in one window)
+    calls = [
+        ("POST", "/v1/chat/completions", {**CHAT, "max_tokens": 5}),
+        ("POST", "/v1/messages", {"model": "claude-3-5-haiku-20241022", "max_tokens": 5,
+                                  "messages": [{"role": "user", "content": "quota please"}]}),
+        ("POST", "/native/v1/chat/completions", {"messages": [{"role": "user", "content": "quota please"}],
+                                                 "max_tokens": 5}),
+        ("GET", "/v1/models", None),
+    ]
+    headers = {"Authorization": f"Bearer {gw.key}", "anthropic-version": "2023-06-01", "X-Mock-Latency-Ms": "200"}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=gw.url, headers=headers, timeout=30) as http:
+            return await asyncio.gather(*(
+                http.request(method, path, json=body) for method, path, body in (calls[i % 4] for i in range(48))))
+
+    answers = asyncio.run(burst())
+    assert Counter(r.status_code for r in answers) == {200: 10, 429: 38}, [r.text for r in answers if r.status_code
+                                                                           not in (200, 429)]
+    assert gw.quota_used()["requests"] == 10

@@ -856,7 +856,9 @@ def test_a_long_answer_without_usage_is_counted_off_the_event_loop(
 
     monkeypatch.setattr(TokenCounter, "count_text", recording)
     gw = gateway_factory(providers_file=tiers_file(tmp_path, "anthropic"))
-    long_text = "word " * (OFF_LOOP_SIZE // 4)
+    # 4,096 words (the mock answers a word a token) of over OFF_LOOP_SIZE characters: within the
+    # model's most output (8,192), which a native `max_tokens` is brought down to.
+    long_text = "wordwordwordword " * (OFF_LOOP_SIZE // 16)
     user = [{"role": "user", "content": long_text + " #mock:no_usage"}]
     claude = {"model": "claude-3-5-haiku-20241022", "messages": user, "max_tokens": 20_000}
     with gw.client() as http:

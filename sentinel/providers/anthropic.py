@@ -2,7 +2,8 @@
 
 Base URL without /v1, as the SDK takes it. The client's credentials never leave Sentinel; the
 provider key is injected here (as `x-api-key`) and nowhere else. The client's `anthropic-version`
-and `anthropic-beta` are forwarded; a request without `anthropic-version` gets ANTHROPIC_VERSION.
+and `anthropic-beta` are forwarded; a request without `anthropic-version`, or with an empty (or
+whitespace-only) one, gets ANTHROPIC_VERSION.
 """
 
 from __future__ import annotations
@@ -139,10 +140,12 @@ class AnthropicUpstream:
 
     async def forward(self, segments: Sequence[str], *, headers: dict[str, str], body: bytes) -> UpstreamResponse:
         """POST `body` to `/v1/<segments>` (each segment percent-encoded whole, never normalised) with the
-        client's forwardable `headers`, the provider key and an `anthropic-version`."""
+        client's forwardable `headers`, the provider key and an `anthropic-version` (ANTHROPIC_VERSION for
+        one missing or empty: Anthropic refuses `anthropic-version: ""`, a 400 charged to the user)."""
         out = dict(headers)
         out["accept-encoding"] = "identity"
-        out.setdefault("anthropic-version", ANTHROPIC_VERSION)
+        if not out.get("anthropic-version", "").strip():
+            out["anthropic-version"] = ANTHROPIC_VERSION
         if self.api_key:
             out["x-api-key"] = self.api_key
         url = URL(self.base_url + "/v1" + "".join("/" + quote(s, safe="") for s in segments), encoded=True)

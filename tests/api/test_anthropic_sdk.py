@@ -75,6 +75,18 @@ def test_auth_token_and_x_api_key_are_both_accepted(gateway: Gateway) -> None:
     assert upstream_requests(gateway)[-1]["headers"].get("anthropic-version") == "2023-06-01"  # added when absent
 
 
+def test_an_empty_anthropic_version_is_taken_as_none(gateway_factory: Callable[..., Gateway]) -> None:
+    """`anthropic-version: ""` (or blanks) went upstream as sent: Anthropic's 400 for it was relayed and
+    charged to the user as a refused request. It gets the version a request without one gets."""
+    gw = gateway_factory(default_plan="requests=2/1m")
+    for path, extra in (("/v1/messages", {"max_tokens": 5}), ("/v1/messages/count_tokens", {})):
+        r = httpx.post(gw.url + path, headers={"x-api-key": gw.key, "anthropic-version": ""},
+                       json={"model": HAIKU, "messages": user("empty version"), **extra})
+        assert r.status_code == 200, r.text
+        assert upstream_requests(gw, path)[-1]["headers"].get("anthropic-version") == "2023-06-01"
+
+
+
 def test_streaming_events_and_final_message(gateway: Gateway) -> None:
     claude = gateway.anthropic()
     with claude.messages.stream(model=HAIKU, max_tokens=30, messages=user("stream these words")) as stream:

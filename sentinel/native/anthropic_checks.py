@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sentinel.native._wire import is_number
+from sentinel.native._wire import MAX_COUNT, is_number
 from sentinel.native.errors import invalid
 from sentinel.native.openai_checks import MAX_MODEL_CHARS, check_stop
 
@@ -39,8 +39,9 @@ def check_messages_fields(payload: dict[str, Any], *, count_only: bool = False) 
         raise invalid("model", f"is required and must be a non-empty string of at most {MAX_MODEL_CHARS} characters")
     if not count_only:
         max_tokens = payload.get("max_tokens")
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise invalid("max_tokens", "is required and must be an integer >= 1")
+        # (an integer past 64 bits, `10**30`, is read as a float: it gets this message too, which says the bound)
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= MAX_COUNT:
+            raise invalid("max_tokens", f"is required and must be an integer from 1 to {MAX_COUNT}")
         if payload.get("stream") is not None and not isinstance(payload["stream"], bool):
             raise invalid("stream", "must be a boolean")
     messages = payload.get("messages")

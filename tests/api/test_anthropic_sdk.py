@@ -87,6 +87,24 @@ def test_an_empty_anthropic_version_is_taken_as_none(gateway_factory: Callable[.
 
 
 
+def test_max_tokens_out_of_range_says_the_bound(gateway_factory: Callable[..., Gateway]) -> None:
+    """A `max_tokens` too large (`10**30`, read as a float; `10**13`, past what Sentinel believes of any
+    count) was "required and must be an integer >= 1" or went to the provider: a 400 naming the bound,
+    before anything is reserved."""
+    gw = gateway_factory(default_plan="requests=1/1m")
+    with gw.client() as http:  # (the SDK itself refuses a max_tokens this large without streaming)
+        for too_many in (b"1" + b"0" * 30, b"10000000000000", b"0"):
+            body = b'{"model":"' + HAIKU.encode() + b'","max_tokens":' + too_many + b',"messages":[{"role":"user","content":"x"}]}'
+            r = http.post("/v1/messages", content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"] == {
+                "type": "invalid_request_error",
+                "message": "max_tokens: is required and must be an integer from 1 to 1000000000000",
+            }, r.json()
+    assert gw.anthropic().messages.create(model=HAIKU, max_tokens=5, messages=user("within")).content  # none reserved
+
+
+
 def test_streaming_events_and_final_message(gateway: Gateway) -> None:
     claude = gateway.anthropic()
     with claude.messages.stream(model=HAIKU, max_tokens=30, messages=user("stream these words")) as stream:

@@ -49,9 +49,10 @@ _BLOCK_KEYS = {
 _TOOL_KEYS = {"type", "name", "description", "input_schema", "cache_control"}
 
 
-def parse_anthropic_messages(payload: dict[str, Any], *, target: str) -> ModelChatRequest:
+def parse_anthropic_messages(payload: dict[str, Any], *, target: str, count_only: bool = False) -> ModelChatRequest:
     """A Messages API body as a unified request; `target` names the provider's wire format in error
-    messages. Raise NativeValidationError naming the first field that cannot be translated."""
+    messages. Raise NativeValidationError naming the first field that cannot be translated. With
+    `count_only` (a `/v1/messages/count_tokens` body, which has no `max_tokens`) none is required."""
     out: dict[str, Any] = {key: payload[key] for key in _KEPT if payload.get(key) is not None}
     for key, value in payload.items():
         if key in _KEPT or key in ("messages", "system", "stop_sequences", "tools", "tool_choice", "metadata"):
@@ -60,7 +61,7 @@ def parse_anthropic_messages(payload: dict[str, Any], *, target: str) -> ModelCh
             raise invalid(key, f"unknown parameter, or one that cannot be translated to {target}")
         if value not in _NO_OPS[key]:
             raise invalid(key, f"this value cannot be translated to {target}")
-    if "max_tokens" not in out:
+    if "max_tokens" not in out and not count_only:
         raise invalid("max_tokens", "Field required")
     origins: list[dict[str, str]] = []  # per unified message: its paths as the client wrote them
     out["messages"] = _system(payload.get("system"), origins) + _messages(payload.get("messages"), target, origins)

@@ -11,7 +11,8 @@ another upstream name, and its `metadata.user_id` the caller's pseudonym: `senti
 a model on another wire format is translated (`TranslatedChat`).
 `count_tokens` reserves one request: it is relayed to an Anthropic provider (a `metadata.user_id` the
 client wrote the caller's pseudonym, none added: that call takes no `metadata`), or answered with
-Sentinel's own estimate for a model elsewhere — or whose provider is in a hard backoff (an alias's
+Sentinel's own estimate for a model elsewhere (its body checked as `messages` checks it for that model:
+what that refuses, this refuses) — or whose provider is in a hard backoff (an alias's
 first target out of one is asked instead: `ModelRoutes.counting`). Its own answers write no health:
 Anthropic rate-limits token counting apart from messages, so a 429 of it says nothing of the model,
 and one user flooding it would otherwise put the model in backoff for everyone. Upstream error answers, on either endpoint, are settled
@@ -135,12 +136,7 @@ class MessagesService:
         def parse(target: ModelTarget) -> ModelChatRequest:
             return parsed.get("req") or parsed.setdefault("req", self._parse(payload, target))
 
-        # A 400 here reserves nothing; an alias's target that cannot carry the request is passed over.
-        # Reading it for another wire format checks its tools' schemas (~0.5 ms and up for one not
-        # seen before): in a worker thread when it has tools too.
-        foreign = any(target.kind != "anthropic" for target in targets)
-        targets = await off_loop(functools.partial(self.translated.carriers, targets, "anthropic", parse),
-                                 foreign and (heavy or not schemas_remembered(payload.get("tools"))))
+        targets = await self._carriers(payload, targets, parse, heavy=heavy)
         ex.operation, ex.request_model = OPERATIONS["chat"], targets[0].name
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(
@@ -179,6 +175,11 @@ class MessagesService:
         """Input tokens of a Messages body: the provider's count, or Sentinel's estimate off Anthropic."""
         heavy = large(body)
         targets = await off_loop(functools.partial(self._checked, payload, count_only=True), heavy)
+        # What messages refuses for a target of another wire format (thinking, a malformed cache
+        # mark, ...) count_tokens refuses too (it answered an estimate): the same targets carry it.
+        targets = await self._carriers(
+            payload, targets, lambda target: self._parse(payload, target, count_only=True), heavy=heavy,
+        )
         # The first target not in a hard backoff, as messages would go to it; with none (a lone model
         # in backoff) no provider is asked — it is failing, and the count is Sentinel's to give: its
         # estimate is (`X-Sentinel-Estimate`). A count writes no health (see the module docstring).
@@ -224,9 +225,21 @@ class MessagesService:
         tools = tool_models(payload)
         return self.catalogue.with_tools(targets, tools) if tools else targets
 
-    def _parse(self, payload: dict[str, Any], target: ModelTarget) -> ModelChatRequest:
+    async def _carriers(
+        self, payload: dict[str, Any], targets: tuple[ModelTarget, ...],
+        parse: Callable[[ModelTarget], ModelChatRequest], *, heavy: bool,
+    ) -> tuple[ModelTarget, ...]:
+        """The `targets` that can carry the body (`TranslatedChat.carriers`): a 400 here reserves
+        nothing; an alias's target that cannot carry the request is passed over. Reading it for another
+        wire format checks its tools' schemas (~0.5 ms and up for one not seen before): in a worker
+        thread when it has tools too."""
+        foreign = any(target.kind != "anthropic" for target in targets)
+        return await off_loop(functools.partial(self.translated.carriers, targets, "anthropic", parse),
+                              foreign and (heavy or not schemas_remembered(payload.get("tools"))))
+
+    def _parse(self, payload: dict[str, Any], target: ModelTarget, *, count_only: bool = False) -> ModelChatRequest:
         try:
-            return parse_anthropic_messages(payload, target=target.kind)
+            return parse_anthropic_messages(payload, target=target.kind, count_only=count_only)
         except NativeValidationError as exc:
             raise _invalid(exc) from None
 

@@ -4,6 +4,7 @@ Sentinel and the mock upstream: a Claude model is relayed as it is (the same-for
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ import httpx
 import orjson
 import pytest
 
+from sentinel.routing.health import ProviderHealth
 from tests.api.conftest import Gateway
 from tests.support.payloads import resent_blocks
 
@@ -27,6 +29,12 @@ LOOKUP = {
 def upstream_requests(gw: Gateway, path: str = "/v1/messages") -> list[dict]:
     base = gw.settings.anthropic_api_url
     return httpx.get(f"{base}/__mock/requests", params={"path": path}, timeout=5).json()["data"]
+
+
+def in_backoff(gw: Gateway, model: str) -> None:
+    """`model`'s provider in a hard backoff for it: count_tokens answers Sentinel's estimate."""
+    gw.write_stored(ProviderHealth.key("anthropic", model),
+                    orjson.dumps({"failures": 1, "until_ts": time.time() + 300, "backoff": 30.0}), 600)
 
 
 def user(text: str) -> list[dict]:
@@ -86,7 +94,6 @@ def test_an_empty_anthropic_version_is_taken_as_none(gateway_factory: Callable[.
         assert upstream_requests(gw, path)[-1]["headers"].get("anthropic-version") == "2023-06-01"
 
 
-
 def test_max_tokens_out_of_range_says_the_bound(gateway_factory: Callable[..., Gateway]) -> None:
     """A `max_tokens` too large (`10**30`, read as a float; `10**13`, past what Sentinel believes of any
     count) was "required and must be an integer >= 1" or went to the provider: a 400 naming the bound,
@@ -102,7 +109,6 @@ def test_max_tokens_out_of_range_says_the_bound(gateway_factory: Callable[..., G
                 "message": "max_tokens: is required and must be an integer from 1 to 1000000000000",
             }, r.json()
     assert gw.anthropic().messages.create(model=HAIKU, max_tokens=5, messages=user("within")).content  # none reserved
-
 
 
 def test_streaming_events_and_final_message(gateway: Gateway) -> None:
@@ -234,9 +240,14 @@ def test_a_structured_output_schema_counts_against_the_input_limit(
         claude.messages.create(model=HAIKU, max_tokens=5, messages=user("fill it"), extra_body=asking(RESENT))
     served = claude.messages.create(model=HAIKU, max_tokens=5, messages=user("fill it"), extra_body=asking("a short one"))
     assert served.content and served.usage.input_tokens > 0
-    # Sentinel's own count for a model off Anthropic counts it too
-    counted = claude.messages.count_tokens(model="gpt-4o-mini", messages=user("fill it"), extra_body=asking(RESENT))
-    assert counted.input_tokens > 20_000
+    # Sentinel's own count (for Claude in a hard backoff, not asked) counts it too
+    in_backoff(gw, HAIKU)
+    counted = claude.messages.with_raw_response.count_tokens(model=HAIKU, messages=user("fill it"),
+                                                             extra_body=asking(RESENT))
+    assert counted.headers["x-sentinel-estimate"] == "true" and counted.parse().input_tokens > 20_000
+    # for a model off Anthropic it is refused, as /v1/messages refuses it there (no schema translates)
+    with pytest.raises(anthropic.BadRequestError, match=where):
+        claude.messages.count_tokens(model="gpt-4o-mini", messages=user("fill it"), extra_body=asking("short"))
 
 @pytest.mark.parametrize("where", ["compaction", "context_management"])
 def test_a_compaction_prompt_counts_against_the_input_limit(

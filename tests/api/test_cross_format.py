@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.api.conftest import Gateway
+from tests.api.test_anthropic_sdk import in_backoff
 from tests.api.test_usage_both_surfaces import ledger_rows
 from tests.support.servers import serving
 from tests.support.upstream import ScriptedUpstream
@@ -777,19 +778,27 @@ def test_a_tool_use_cut_by_max_tokens_is_length_for_an_openai_client(gateway_fac
     assert calls[0].id == "toolu_a" and "".join(call.function.arguments or "" for call in calls) == '{"q": "ti'
 
 
-def test_count_tokens_off_anthropic_answers_a_count_not_the_mcp_reservation(gateway: Gateway) -> None:
-    """Sentinel's count of a Messages body for a model elsewhere is its estimate of the body's
-    tokens: an `mcp_servers` entry reserves SENTINEL_REFERENCE_INPUT_TOKENS on `/v1/messages`
-    (a guess at a tool list Sentinel never sees), but that guess is no count — it was added to
-    the answer, 4,096 per server whatever the setting, for a body such a model refuses anyway."""
-    claude = gateway.anthropic()
+def test_count_tokens_estimated_answers_a_count_not_the_mcp_reservation(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """Sentinel's count of a Messages body (a Claude model in a hard backoff, not asked) is its
+    estimate of the body's tokens: an `mcp_servers` entry reserves SENTINEL_REFERENCE_INPUT_TOKENS on
+    `/v1/messages` (a guess at a tool list Sentinel never sees), but that guess is no count — it was
+    added to the answer, 4,096 per server whatever the setting. For a model elsewhere the body is
+    refused, as `/v1/messages` refuses it there."""
+    gw = gateway_factory()
+    in_backoff(gw, HAIKU)
+    claude = gw.anthropic()
     ask = [{"role": "user", "content": "estimate me"}]
     server = {"type": "url", "url": "https://mcp.example.com/sse", "name": "docs"}
-    plain = claude.messages.count_tokens(model=MINI, messages=ask).input_tokens  # type: ignore[arg-type]
-    named = claude.messages.count_tokens(
-        model=MINI, messages=ask, extra_body={"mcp_servers": [server, server]},  # type: ignore[arg-type]
-    ).input_tokens
-    assert plain > 0 and named == plain
+    plain = claude.messages.with_raw_response.count_tokens(model=HAIKU, messages=ask)  # type: ignore[arg-type]
+    named = claude.messages.with_raw_response.count_tokens(
+        model=HAIKU, messages=ask, extra_body={"mcp_servers": [server, server]},  # type: ignore[arg-type]
+    )
+    assert plain.headers["x-sentinel-estimate"] == named.headers["x-sentinel-estimate"] == "true"
+    assert plain.parse().input_tokens > 0 and named.parse().input_tokens == plain.parse().input_tokens
+    with pytest.raises(anthropic.BadRequestError, match="mcp_servers"):
+        claude.messages.count_tokens(model=MINI, messages=ask, extra_body={"mcp_servers": [server]})  # type: ignore[arg-type]
 
 
 def test_a_malformed_cache_mark_is_refused_for_gpt_as_claude_refuses_it(gateway_factory: Callable[..., Gateway]) -> None:
@@ -819,3 +828,28 @@ def test_a_malformed_cache_mark_is_refused_for_gpt_as_claude_refuses_it(gateway_
         messages=ask, tools=[{**AN_TOOLS[0], "cache_control": {"type": "ephemeral"}}],  # type: ignore[list-item]
     )
     assert served.model == MINI  # (the plan's one request: the refusals above reserved none)
+
+
+def test_count_tokens_for_gpt_refuses_what_messages_refuses(gateway_factory: Callable[..., Gateway]) -> None:
+    """`/v1/messages/count_tokens` for a model on another wire format answered Sentinel's estimate for
+    a body `/v1/messages` refuses for it (thinking, a malformed cache mark, a parameter that does not
+    translate): it is the same 400 naming the field, in Anthropic's shape, before anything is reserved."""
+    gw = gateway_factory(default_plan="requests=1/1m")
+    text = {"type": "text", "text": "x"}
+    ask = [{"role": "user", "content": "x"}]
+    cases = [
+        ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
+        ({"system": [{**text, "cache_control": {"type": "ephemeral", "ttl": "99h"}}]}, "system.0.cache_control"),
+        ({"tools": [{**AN_TOOLS[0], "cache_control": {"type": "persistent"}}]}, "tools.0.cache_control"),
+        ({"top_k": 5}, "top_k"),
+    ]
+    with gw.client() as http:
+        for extra, param in cases:
+            for path, more in (("/v1/messages", {"max_tokens": 5}), ("/v1/messages/count_tokens", {})):
+                r = http.post(path, json={"model": MINI, "messages": ask, **more, **extra})
+                assert r.status_code == 400, (path, param, r.text)
+                error = r.json()
+                assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error", error
+                assert error["error"]["message"].startswith(param + ":"), (path, error)
+    counted = gw.anthropic().messages.count_tokens(model=MINI, messages=ask)  # type: ignore[arg-type]
+    assert counted.input_tokens > 0  # (the plan's one request: the refusals above reserved none)

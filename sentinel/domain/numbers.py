@@ -13,13 +13,16 @@ import re
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
+from sentinel.native._wire import MAX_COUNT
+
 __all__ = ["MAX_INT64", "MAX_RETRY_AFTER", "MAX_TOKENS", "parse_decimal", "parse_retry_after", "parse_whole"]
 
 MAX_INT64 = 2**63 - 1  # the largest value an SQL INTEGER column (SQLite, PostgreSQL BIGINT) holds
 MAX_RETRY_AFTER = 86400.0  # a peer's Retry-After is believed up to a day
 # The most tokens a provider is believed to report for one call: far above any context window, and far
 # enough below MAX_INT64 that the sums of many (quota counters, roll-ups, usage totals) cannot overflow.
-MAX_TOKENS = 10**12
+# One figure with the wire readers' (`sentinel.native`, which imports nothing of ours, holds it).
+MAX_TOKENS = MAX_COUNT
 
 
 def parse_whole(text: str, maximum: int = MAX_INT64) -> int | None:

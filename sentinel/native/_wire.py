@@ -34,8 +34,8 @@ def is_finite_number(value: object) -> TypeGuard[int | float]:
     return is_number(value) and math.isfinite(value)
 
 
-# The most tokens a provider is believed to report for one call (`sentinel.domain.numbers.MAX_TOKENS`;
-# native imports nothing of ours): sums of larger ones could overflow a ledger's or a counter's
+# The most tokens a provider is believed to report for one call (`sentinel.domain.numbers.MAX_TOKENS`
+# is this figure; native imports nothing of ours): sums of larger ones could overflow a ledger's or a counter's
 # 64-bit integers, so a larger count reads as malformed, like a negative one.
 MAX_COUNT = 10**12
 

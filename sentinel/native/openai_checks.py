@@ -10,11 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sentinel.native._wire import MAX_COUNT
 from sentinel.native.errors import invalid
 from sentinel.native.types import MAX_STOP_CHARS, MAX_STOP_SEQUENCES
 
 MAX_N = 128  # OpenAI's range for `n`
 MAX_BEST_OF = 20  # and for `best_of` (legacy completions)
+# An output cap past the most tokens a provider is believed to report for one call is no cap a
+# provider takes: refused here, as `/v1/messages`' `max_tokens` is (with the bound said).
+_CAP = f"must be an integer from 1 to {MAX_COUNT}"
 MAX_JSON_DEPTH = 64
 # Objects and arrays in one request body. Parsing and every walk before admission (ids, metered
 # fields, depth) cost ~1.5 µs per container (in a worker thread for a large body: `sentinel.offload`):
@@ -159,11 +163,11 @@ def check_caps(endpoint: str, payload: dict[str, Any], where: str = "") -> None:
     the metered endpoints' rule (`check_metered_fields`) and a batch input line's, at upload.
     `endpoint` is one of chat, completions, responses (any other has none)."""
     if endpoint == "chat":
-        _optional(payload, "max_tokens", _positive_int(), "must be an integer >= 1", where)
-        _optional(payload, "max_completion_tokens", _positive_int(), "must be an integer >= 1", where)
+        _optional(payload, "max_tokens", _positive_int(MAX_COUNT), _CAP, where)
+        _optional(payload, "max_completion_tokens", _positive_int(MAX_COUNT), _CAP, where)
         _optional(payload, "n", _positive_int(MAX_N), f"must be an integer from 1 to {MAX_N}", where)
     elif endpoint == "completions":
-        _optional(payload, "max_tokens", _positive_int(), "must be an integer >= 1", where)
+        _optional(payload, "max_tokens", _positive_int(MAX_COUNT), _CAP, where)
         _optional(payload, "n", _positive_int(MAX_N), f"must be an integer from 1 to {MAX_N}", where)
         _optional(payload, "best_of", _positive_int(MAX_BEST_OF), f"must be an integer from 1 to {MAX_BEST_OF}",
                   where)
@@ -171,7 +175,7 @@ def check_caps(endpoint: str, payload: dict[str, Any], where: str = "") -> None:
         if best_of is not None and best_of < n:
             raise invalid(where + "best_of", "must be at least n")
     elif endpoint == "responses":
-        _optional(payload, "max_output_tokens", _positive_int(), "must be an integer >= 1", where)
+        _optional(payload, "max_output_tokens", _positive_int(MAX_COUNT), _CAP, where)
 
 
 def check_foreground(payload: dict[str, Any], where: str = "") -> None:

@@ -31,6 +31,27 @@ def test_the_openai_sdk_reads_the_param_of_sentinels_own_refusals(gateway: Gatew
     assert blank.value.body["details"] == {"param": "previous_response_id"}  # kept, as documented
 
 
+def test_an_output_cap_past_any_believable_count_is_refused_naming_its_bound(gateway: Gateway) -> None:
+    """A `/v1` output cap of 10**13 (past the most tokens Sentinel believes of one call) went to the
+    provider, and a bad one was said to need only be ">= 1": a 400 naming the field and its bound, as
+    `/v1/messages` says of its `max_tokens`, before anything is sent."""
+    sdk = gateway.openai()
+    too_many = 10**13
+    calls = (
+        ("max_tokens", lambda: sdk.chat.completions.create(model="gpt-4o-mini", messages=CHAT, max_tokens=too_many)),
+        ("max_completion_tokens", lambda: sdk.chat.completions.create(
+            model="gpt-4o-mini", messages=CHAT, max_completion_tokens=too_many)),
+        ("max_tokens", lambda: sdk.completions.create(model="gpt-3.5-turbo-instruct", prompt="Hi", max_tokens=too_many)),
+        ("max_output_tokens", lambda: sdk.responses.create(model="gpt-4o-mini", input="Hi", max_output_tokens=too_many)),
+    )
+    for param, call in calls:
+        with pytest.raises(openai.BadRequestError) as refused:
+            call()
+        assert refused.value.param == param, refused.value.body
+        assert "must be an integer from 1 to 1000000000000" in refused.value.message, refused.value.message
+    assert sdk.chat.completions.create(model="gpt-4o-mini", messages=CHAT, max_tokens=10**12).choices
+
+
 def test_an_error_about_no_parameter_carries_param_null(gateway: Gateway) -> None:
     """OpenAI's shape always has `param`: null when the error names none (a 401 here)."""
     with gateway.client("sk-sentinel-wrong") as http:

@@ -160,13 +160,18 @@ def store_url(request: pytest.FixtureRequest) -> str | None:
 
 
 def test_huge_token_caps_are_refused_not_crashed(gateway_factory: Callable[..., Gateway], store_url: str | None) -> None:
-    """Caps and multipliers beyond 64 bits and a Lua number's exact range: a 429 with its details,
-    never a 5xx (the details once held a 70-bit integer that could not be rendered)."""
+    """Caps and multipliers beyond 64 bits and a Lua number's exact range: never a 5xx (the details
+    once held a 70-bit integer that could not be rendered) — a cap past 10**12 (Sentinel's bound on any
+    token count) a 400 naming it, one within it, times `n`, a 429 with its details."""
     gw = gateway_factory(redis_url=store_url)
     set_plan(gw.settings.database_url, "alice", "tokens", "requests=100/1m,output_tokens=1000/1m")
     with gw.client() as http:
         for extra in ({"max_tokens": 2**62}, {"n": 128, "max_tokens": 2**62}, {"max_completion_tokens": 2**53 + 1},
                       {"n": 128, "max_tokens": 2**64 - 1}, {"n": 128, "max_completion_tokens": 2**63}):
+            r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": user(), **extra})
+            assert r.status_code == 400, (extra, r.text)
+            assert openai_error(r.json())["param"] == next(k for k in extra if k != "n")
+        for extra in ({"max_tokens": 10**12}, {"n": 128, "max_tokens": 10**12}, {"n": 128, "max_completion_tokens": 10**12}):
             r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": user(), **extra})
             assert r.status_code == 429, (extra, r.text)
             assert openai_error(r.json())["details"]["metric"] == "output_tokens"

@@ -44,6 +44,7 @@ from sentinel.native.types import (
     Tier,
     ToolCall,
     ToolChoiceFunction,
+    image_data_url,
     sampling_knobs_refused,
 )
 
@@ -51,9 +52,6 @@ ANTHROPIC_MAX_TEMPERATURE = 1.0
 _CALL_ID = re.compile(r"[a-zA-Z0-9_-]+")  # (whole: `fullmatch`, never `$`, which passes a final newline)
 _NOT_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 _TOOL_BLOCKS = frozenset({"tool_use", "tool_result"})
-# A URL's scheme is case-insensitive (RFC 3986), as the unified request's check reads it
-# (`ImageUrl`): `HTTPS://…` and `Data:image/png;base64,…` were refused here as not http(s).
-_DATA_URL = re.compile(r"^(?i:data):(image/[a-zA-Z0-9.+-]+);base64,(.+)$", re.DOTALL)
 _STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",
     "max_tokens": "length",
@@ -234,11 +232,13 @@ _MEDIA_TYPES = {"image/jpeg": "image/jpeg", "image/jpg": "image/jpeg", "image/pn
 
 
 def _image_block(url: str, param: str) -> dict[str, Any]:
-    if match := _DATA_URL.match(url):
-        media = _MEDIA_TYPES.get(match.group(1).lower())
+    # A URL's scheme is case-insensitive (RFC 3986), as the unified request's check reads it
+    # (`ImageUrl`): `HTTPS://…` and `Data:image/png;base64,…` were refused here as not http(s).
+    if parts := image_data_url(url):
+        media = _MEDIA_TYPES.get(parts[0].lower())
         if media is None:
             raise invalid(param, "Anthropic takes a data URL of image/jpeg, image/png, image/gif or image/webp")
-        source = {"type": "base64", "media_type": media, "data": match.group(2)}
+        source = {"type": "base64", "media_type": media, "data": parts[1]}
         return {"type": "image", "source": source}
     if url[:8].lower().startswith(("https://", "http://")):
         scheme, rest = url.split(":", 1)

@@ -14,6 +14,7 @@ The response, stream-chunk and error shapes live in `sentinel.native.responses`.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import re
 import threading
@@ -69,6 +70,13 @@ MAX_TYPE_LIST = 7
 MAX_STOP_CHARS = 256
 # Stop sequences of one OpenAI-format request (`stop`): OpenAI's limit (Anthropic takes up to 8,191).
 MAX_STOP_SEQUENCES = 4
+# Images (`image_url` parts) in one request, all its messages together. Anthropic documents a
+# per-request maximum of 100 (OpenAI's is higher): a tier may hold both, so the bound every candidate
+# takes is checked here, not by whichever model is drawn (500 images reached Claude).
+MAX_IMAGES = 100
+# The head of an image's data URL: `data:image/<subtype>;base64,`, its scheme in any case (RFC 3986).
+# What follows it must be base64 (`image_data_url`); the translators read the URL with it too.
+_IMAGE_DATA_URL = re.compile(r"(?i:data):(image/[a-zA-Z0-9.+-]+);base64,")
 # Schemas that passed the check, remembered by the digest of their canonical JSON: a client sends
 # the same tools on every turn of a conversation, and pays for the check once.
 SCHEMAS_REMEMBERED = 4096
@@ -103,8 +111,24 @@ class TextPart(StrictModel):
     text: str
 
 
+def image_data_url(url: str) -> tuple[str, str] | None:
+    """(media type, base64 data) of a `data:image/<subtype>;base64,<data>` URL, or None for any other
+    string. The data is not checked here: `ImageUrl` checks a request's."""
+    match = _IMAGE_DATA_URL.match(url)
+    return None if match is None else (match.group(1), url[match.end():])
+
+
+def _is_base64(data: str) -> bool:
+    """Whether `data` is non-empty standard base64, padded, nothing else in it (no spaces or line
+    breaks). In C, ~1 ms a megabyte: a large body's check runs in a worker thread (`sentinel.offload`)."""
+    try:
+        return bool(binascii.a2b_base64(data, strict_mode=True))
+    except (binascii.Error, ValueError):  # ValueError: a character outside ASCII
+        return False
+
+
 class ImageUrl(StrictModel):
-    """An image reference: an http(s) URL or a `data:<media type>;base64,<data>` URL."""
+    """An image reference: an http(s) URL or a `data:image/<subtype>;base64,<data>` URL."""
 
     url: str = Field(min_length=1)
     detail: Literal["auto", "low", "high"] | None = None
@@ -114,7 +138,19 @@ class ImageUrl(StrictModel):
     def _scheme(cls, url: str) -> str:
         # Another scheme went to an OpenAI-format server as it was (`file://`: vLLM reads it from disk
         # under its allowed media path); Anthropic's builder refused it, an OpenAI model's did not.
-        if url[:8].lower().startswith(("https://", "http://", "data:")):
+        # A data URL that is no base64 image (`data:text/plain,hi`, invalid base64) went to an
+        # OpenAI-format model too, refused there and charged, while Claude's translation refused it.
+        head = url[:8].lower()
+        if head.startswith(("https://", "http://")):
+            return url
+        if head.startswith("data:"):
+            parts = image_data_url(url)
+            if parts is None:
+                raise PydanticCustomError("image_url", "a data URL must be data:image/<type>;base64,<data>")
+            if not _is_base64(parts[1]):
+                raise PydanticCustomError(
+                    "image_url", "an image's base64 data must be standard base64 (padded, no spaces or line breaks)"
+                )
             return url
         raise PydanticCustomError("image_url", "must be an http(s) URL or a data:image/<type>;base64 URL")
 
@@ -569,6 +605,21 @@ class ChatRequest(ChatParams):
                         f"a tool call's function name must match {TOOL_NAME_PATTERN}"
                         " (letters, digits, '_' and '-'), as a tool definition's name must", param,
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _check_image_count(self) -> ChatRequest:
+        """See MAX_IMAGES: the image past it is refused, named."""
+        seen = 0
+        for i, msg in enumerate(self.messages):
+            for j, part in enumerate(msg.content if isinstance(msg.content, list) else ()):
+                if isinstance(part, ImagePart):
+                    seen += 1
+                    if seen > MAX_IMAGES:
+                        raise _semantic_error(
+                            f"a request may hold at most {MAX_IMAGES} images, what every model of a tier accepts",
+                            f"messages.{i}.content.{j}.image_url",
+                        )
         return self
 
     @model_validator(mode="after")

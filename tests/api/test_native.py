@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from sentinel.mock.app import create_mock_app
+from sentinel.routing.sessions import SessionStore
 from tests.api.conftest import Gateway
 from tests.support.attack import recorded_ids, spying
 from tests.support.payloads import WEATHER_TOOL
@@ -587,4 +588,81 @@ def test_a_stop_sequence_longer_than_256_characters_is_refused_before_anything_i
     assert "256" in error["message"]
     with gw.client() as http:
         r = http.post(URL, json={**ask, "stop": ["</answer>", "s" * 256]})
+    assert r.status_code == 200, r.text
+
+
+_PNG = "iVBORw0KGgo="  # a PNG's signature, base64
+
+
+def _image(url: str) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+@pytest.fixture(params=["openai", "anthropic"])
+def metered_native(
+    request: pytest.FixtureRequest, gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> Iterator[tuple[Gateway, Any]]:
+    """`spied_native` on a plan whose counters the admin API shows, read on a still window clock."""
+    with spying(create_mock_app()) as (_, spy):
+        gw = gateway_factory(openai_api_url=spy.url + "/v1", anthropic_api_url=spy.url,
+                             providers_file=tiers_file(tmp_path, request.param), default_plan="requests=100/1h",
+                             admin_key="native-images-admin-key-0123", window_clock=lambda: 1_700_000_000.0)
+        yield gw, spy
+
+
+def _refused_touching_nothing(gw: Gateway, spy: Any, content: list[dict[str, Any]], param: str) -> str:
+    """A conversation's first turn of `content` is refused naming `param` (`_refused_before_anything`),
+    no session bound, nothing counted; then a well-formed one is served. The error's message."""
+    body = {"max_tokens": 20, "conversation_id": "conv-images", "messages": [{"role": "user", "content": content}]}
+    error = _refused_before_anything(gw, spy, body, param)
+    assert gw.read_stored(SessionStore.key("alice", "conv-images")) is None
+    assert gw.quota_used()["requests"] == 0
+    with gw.client() as http:
+        r = http.post(URL, json={**body, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is it?"}, _image(f"data:image/png;base64,{_PNG}")]}]})
+    assert r.status_code == 200, r.text
+    return error["message"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("url", [
+    "data:text/plain,hello", "data:text/plain;base64,aGVsbG8=", "data:image/png,raw", "data:,hi",
+    "data:image/png;charset=utf-8;base64," + _PNG, "data:;base64," + _PNG,
+])
+def test_a_data_url_of_no_base64_image_is_refused_before_anything(metered_native: tuple[Gateway, Any], url: str) -> None:
+    """A data URL was checked for its scheme alone: `data:text/plain,…` went to an OpenAI-format model as
+    given (refused there, charged as its refusal) while Claude's translation refused it, though the
+    error message said the URL must be `data:image/<type>;base64,...`. It is held to that rule now."""
+    gw, spy = metered_native
+    message = _refused_touching_nothing(gw, spy, [{"type": "text", "text": "what is it?"}, _image(url)],
+                                        "messages.0.content.1.image_url.url")
+    assert "data:image/<type>;base64" in message
+
+
+@pytest.mark.parametrize("data", ["", "not base64!", "iVBORw0KGgo", "iVBORw0K\nGgo=", "iVBORw0K Ggo=",
+                                  "iVBORw0KGgo=====", "iVBORw0KGgo_", "=iVBORw0KGgo", "iVBORw0KGgo=\u00e9"])
+def test_a_data_url_of_invalid_base64_is_refused_before_anything(metered_native: tuple[Gateway, Any], data: str) -> None:
+    """An image's base64 is standard, padded, with nothing else in it (no line breaks), as the providers
+    decode it: invalid base64 reached the drawn model, which refused it, charged as its refusal."""
+    gw, spy = metered_native
+    message = _refused_touching_nothing(gw, spy, [_image(f"Data:image/png;base64,{data}")],
+                                        "messages.0.content.0.image_url.url")
+    assert "base64" in message
+
+
+def test_more_than_100_images_in_a_request_are_refused_before_anything(metered_native: tuple[Gateway, Any]) -> None:
+    """The images of a request were not counted: 500 reached a Claude model (Anthropic's documented
+    maximum is 100 a request). At most 100 in all its messages; the 101st is named."""
+    gw, spy = metered_native
+    # 60 + 40 in two user turns is the most; one more, the third turn's second part, is refused.
+    turn = [_image(f"data:image/png;base64,{_PNG}")]
+    history = [{"role": "user", "content": turn * 60}, {"role": "assistant", "content": "two cats"},
+               {"role": "user", "content": turn * 40}, {"role": "assistant", "content": "more cats"}]
+    body = {"max_tokens": 20, "conversation_id": "conv-images",
+            "messages": [*history, {"role": "user", "content": [{"type": "text", "text": "and?"}, *turn]}]}
+    error = _refused_before_anything(gw, spy, body, "messages.4.content.1.image_url")
+    assert "at most 100 images" in error["message"]
+    assert gw.read_stored(SessionStore.key("alice", "conv-images")) is None
+    assert gw.quota_used()["requests"] == 0
+    with gw.client() as http:
+        r = http.post(URL, json={**body, "messages": [*history, {"role": "user", "content": "and?"}]})
     assert r.status_code == 200, r.text

@@ -9,7 +9,7 @@ plan ran them at one request each. Each is now held to the plan's token limits, 
   bills its spoken answer as audio tokens (`gpt-4o-mini-tts`: any `gpt-*` speech model) is also
   reserved and charged that audio as output (`speech_audio_tokens`: OpenAI's estimate of $0.015 a
   minute at $12 per million audio tokens is 1,250 tokens a minute, speech at 900 characters a
-  minute, slower by its `speed`).
+  minute, slower by its `speed`). A `speed` that is no number from 0.25 to 4.0 is refused (400).
 - images (`POST /v1/images/generations`, `/edits`, `/variations`): each image is what `gpt-image-1`
   bills for an image of its shape and quality (`image_tokens`: OpenAI's table, GPT_IMAGE_TOKENS),
   `n` of them reserved as output (the prompt's tokens as input), and charged for the images the
@@ -141,7 +141,8 @@ def media_call(
     if path == SPEECH:
         text = fields.get("input")
         text = text if isinstance(text, str) else ""
-        return MediaCall("speech", counter.count_text(text, model), speech_audio_tokens(model, text, fields.get("speed")))
+        speed = speech_speed(fields.get("speed"))
+        return MediaCall("speech", counter.count_text(text, model), speech_audio_tokens(model, text, speed))
     if path in IMAGES:
         prompt = fields.get("prompt")
         per_image = image_tokens(model or "dall-e-2", fields.get("size"), fields.get("quality"))
@@ -249,6 +250,18 @@ def speech_audio_tokens(model: str, text: str, speed: Any = None) -> int:
     pace = speed if isinstance(speed, int | float) and not isinstance(speed, bool) else 1.0
     pace = min(MAX_SPEED, max(MIN_SPEED, pace))  # (compared, never converted: an integer of 400 digits too)
     return math.ceil(len(text) * SPEECH_AUDIO_TOKENS_PER_MINUTE / SPEECH_CHARS_PER_MINUTE / pace)
+
+
+def speech_speed(value: Any) -> int | float | None:
+    """A speech call's `speed` (a JSON number from MIN_SPEED to MAX_SPEED), None when not given;
+    InvalidRequest (400) for anything else — a string, a boolean, 0, 10: read as no speed it reserved
+    speech at speed 1, up to 4 times less than a lenient provider taking `"0.25"` (or clamping 0.1)
+    would bill. (Compared, never converted: an integer of 400 digits too.)"""
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not MIN_SPEED <= value <= MAX_SPEED:
+        raise InvalidRequest(f"`speed` must be a number from {MIN_SPEED} to {MAX_SPEED}", details={"param": "speed"})
+    return value
 
 
 def image_tokens(model: str, size: Any, quality: Any) -> int:

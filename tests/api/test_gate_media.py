@@ -386,3 +386,26 @@ def test_an_image_call_of_a_count_that_is_no_whole_number_is_refused(
             made = alice.post("/v1/images/generations", json={"model": "dall-e-2", "prompt": "a lighthouse", "n": "2"})
         assert made.status_code == 200, made.text
         assert _row(gw)["output_tokens"] == 2 * image_tokens("dall-e-2", None, None)
+
+
+@pytest.mark.parametrize("speed", ["0.25", True, 0, 0.1, 4.5, [1]])
+def test_a_speech_call_of_a_speed_that_is_no_number_in_range_is_refused(
+    gateway_factory: Callable[..., Gateway], speed: object,
+) -> None:
+    """A speech call's `speed` that was no number from 0.25 to 4.0 (`"0.25"`, `true`, 0, 10) was read
+    as speed 1 and reserved so, then sent: a lenient provider taking `"0.25"` (or clamping 0.1 to
+    0.25) spoke four times as long as was reserved. Refused (400 naming `speed`) before anything is
+    reserved or sent, as an image call's `n` is; a number in range is still read."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, "requests=100/1h,output_tokens=1000000/1h")
+        with gw.client() as alice:
+            body = {"model": "gpt-4o-mini-tts", "voice": "alloy", "input": SPEECH_TEXT}
+            refused = alice.post("/v1/audio/speech", json={**body, "speed": speed})
+            assert refused.status_code == 400, refused.text
+            assert openai_error(refused.json())["details"]["param"] == "speed"
+            assert upstream.received == []
+            assert ledger_rows(gw.settings.database_url, "alice") == []
+        upstream.typed(b"audio/mpeg", MP3)
+        gw.openai().audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input=SPEECH_TEXT, speed=0.25)
+        assert _row(gw)["output_tokens"] == speech_audio_tokens("gpt-4o-mini-tts", SPEECH_TEXT, 0.25)

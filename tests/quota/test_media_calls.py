@@ -96,6 +96,12 @@ def test_speech_audio_is_estimated_for_a_model_billing_audio_tokens_at_its_speed
     assert speech_audio_tokens("gpt-4o-mini-tts", text, 10**400) == speech_audio_tokens("gpt-4o-mini-tts", text, 4.0)
     assert speech_audio_tokens("gpt-4o-mini-tts", text, 0) == speech_audio_tokens("gpt-4o-mini-tts", text, 0.25) == 5000
     assert speech_audio_tokens("gpt-4o-mini-tts", text, "fast") == 1250
+    assert media_call(COUNTER, ["audio", "speech"], {"model": "gpt-4o-mini-tts", "input": text, "speed": 4}).output_tokens \
+        == speech_audio_tokens("gpt-4o-mini-tts", text, 4)
+    for speed in ("fast", "0.5", False, 0, 0.2, 4.01, 10**400):  # no speed in range: refused (not read as 1)
+        with pytest.raises(InvalidRequest) as refused:
+            media_call(COUNTER, ["audio", "speech"], {"model": "tts-1", "input": text, "speed": speed})
+        assert refused.value.details == {"param": "speed"}
 
 
 @pytest.mark.parametrize(

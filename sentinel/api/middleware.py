@@ -4,6 +4,7 @@ It wraps the router. For every HTTP request it:
 - refuses with 400 `duplicate_header` a request sending a credential header (`Authorization`,
   `x-api-key`, `X-Docs-Key`, `X-CSRF-Token`) or `Host` on more than one line: Sentinel read the
   first line, a proxy in front may read the last, so which credential a request carried was a guess;
+  and `anthropic-version` on more than one line (one version: its lines were joined and sent on);
   and with 400 `missing_host` an HTTP/1.1 request with no `Host` at all (RFC 9112 §3.2: HTTP/1.0 has none);
 - takes `X-Request-Id` from the client (if sane, and holding no API key or configured secret: the id
   is in every log line, the ledger and the provider's `X-Client-Request-Id`) or makes one, and
@@ -60,8 +61,12 @@ _SAFE_ID = re.compile(rf"[A-Za-z0-9._:\-]{{1,{MAX_CLIENT_REQUEST_ID}}}")  # full
 # The probes and the scrape, never refused by the in-flight cap: these paths exactly (by prefix,
 # `/healthz` or `/metrics-anything` — any unauthenticated 404 — passed the cap too).
 _UNLIMITED_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
-# Request headers a request carries on one line at most (see the module docstring).
-_ONE_LINE_HEADERS = frozenset({b"host", b"authorization", b"x-api-key", b"x-docs-key", b"x-csrf-token"})
+# Request headers a request carries on one line at most (see the module docstring). `anthropic-version`
+# names one version: two lines were joined (`", 2023-06-01"`, `forwardable_headers`) and sent to
+# Anthropic, whose 400 for it was relayed and charged.
+_ONE_LINE_HEADERS = frozenset(
+    {b"host", b"authorization", b"x-api-key", b"x-docs-key", b"x-csrf-token", b"anthropic-version"}
+)
 # The sign-in forms read a body from a caller nobody has authenticated yet: they get their own few
 # slots, so slow forms cannot fill the ones API traffic needs (`max_in_flight`), and one client (an
 # address, as the failed-authentication throttle counts it) holds at most a few of those.

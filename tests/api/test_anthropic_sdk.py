@@ -15,6 +15,7 @@ import pytest
 
 from sentinel.routing.health import ProviderHealth
 from tests.api.conftest import Gateway
+from tests.support.attack import ledger_rows
 from tests.support.payloads import resent_blocks
 
 HAIKU = "claude-3-5-haiku-20241022"
@@ -92,6 +93,28 @@ def test_an_empty_anthropic_version_is_taken_as_none(gateway_factory: Callable[.
                        json={"model": HAIKU, "messages": user("empty version"), **extra})
         assert r.status_code == 200, r.text
         assert upstream_requests(gw, path)[-1]["headers"].get("anthropic-version") == "2023-06-01"
+
+
+@pytest.mark.parametrize("versions", [("", "2023-06-01"), ("2023-06-01", "2023-06-01"), ("2023-01-01", "2023-06-01")])
+def test_anthropic_version_on_two_lines_is_refused(
+    gateway_factory: Callable[..., Gateway], versions: tuple[str, str],
+) -> None:
+    """`anthropic-version` on two lines (one empty: `", 2023-06-01"`) was joined and sent to Anthropic,
+    whose 400 for it was relayed and charged to the user. One version is one line: 400
+    `duplicate_header` in Anthropic's shape, as a credential sent twice is, before anything is
+    reserved or sent; the route's own requests and count_tokens alike."""
+    gw = gateway_factory(default_plan="requests=5/1m")
+    for path, extra in (("/v1/messages", {"max_tokens": 5}), ("/v1/messages/count_tokens", {})):
+        sent = len(upstream_requests(gw, path))
+        r = httpx.post(gw.url + path, headers=[("x-api-key", gw.key), *(("anthropic-version", v) for v in versions)],
+                       json={"model": HAIKU, "messages": user("two versions"), **extra})
+        assert r.status_code == 400, r.text
+        error = r.json()
+        assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error", error
+        assert "more than one anthropic-version header" in error["error"]["message"]
+        assert len(upstream_requests(gw, path)) == sent
+    assert ledger_rows(gw.settings.database_url) == []
+    assert gw.anthropic().messages.create(model=HAIKU, max_tokens=5, messages=user("one version")).content
 
 
 def test_max_tokens_out_of_range_says_the_bound(gateway_factory: Callable[..., Gateway]) -> None:

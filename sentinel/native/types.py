@@ -75,7 +75,8 @@ MAX_STOP_SEQUENCES = 4
 # takes is checked here, not by whichever model is drawn (500 images reached Claude).
 MAX_IMAGES = 100
 # The head of an image's data URL: `data:image/<subtype>;base64,`, its scheme in any case (RFC 3986).
-# What follows it must be base64 (`image_data_url`); the translators read the URL with it too.
+# What follows it must be base64 (`image_data_url`); the translators read the URL with it too, and the
+# quota's image estimate (`quota.images.url_image_tokens`): one rule of what an image's data URL is.
 _IMAGE_DATA_URL = re.compile(r"(?i:data):(image/[a-zA-Z0-9.+-]+);base64,")
 # Schemas that passed the check, remembered by the digest of their canonical JSON: a client sends
 # the same tools on every turn of a conversation, and pays for the check once.
@@ -111,11 +112,19 @@ class TextPart(StrictModel):
     text: str
 
 
+def image_data_url_head(url: str) -> tuple[str, int] | None:
+    """(media type, where the base64 data starts) of a `data:image/<subtype>;base64,<data>` URL, or
+    None for any other string: its head alone is read, nothing copied (the URL may be megabytes long;
+    the quota's image estimate reads a header from there, on every request)."""
+    match = _IMAGE_DATA_URL.match(url)
+    return None if match is None else (match.group(1), match.end())
+
+
 def image_data_url(url: str) -> tuple[str, str] | None:
     """(media type, base64 data) of a `data:image/<subtype>;base64,<data>` URL, or None for any other
-    string. The data is not checked here: `ImageUrl` checks a request's."""
-    match = _IMAGE_DATA_URL.match(url)
-    return None if match is None else (match.group(1), url[match.end():])
+    string (`image_data_url_head`). The data is not checked here: `ImageUrl` checks a request's."""
+    head = image_data_url_head(url)
+    return None if head is None else (head[0], url[head[1]:])
 
 
 def _is_base64(data: str) -> bool:

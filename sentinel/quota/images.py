@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Protocol
 
+from sentinel.native.types import image_data_url_head
+
 MAX_EDGE = 1568
 MAX_IMAGE_TOKENS = 1600
 PIXELS_PER_TOKEN = 750
@@ -176,15 +178,16 @@ def openai_image_tokens(width: int, height: int, detail: Any = None, model: str 
 
 
 def url_image_tokens(url: Any, detail: Any = None, rule: ImageRule = TILES) -> int:
-    """The estimate under `rule` for an image given as `url` (an OpenAI-format part's): a `data:`
-    URL's header is read; any other reference (an http(s) URL, a missing one) is estimated at the
+    """The estimate under `rule` for an image given as `url` (an OpenAI-format part's): an image's data
+    URL's header is read (`data:image/<type>;base64,`: the one rule, `native.types.image_data_url_head`);
+    any other reference (an http(s) URL, a missing one, a data URL of another form) is estimated at the
     most its detail can cost. An image whose cost its size does not change (`ImageRule.flat`: a
     tile-rule image sent with low detail) is not read."""
     flat = rule.flat(detail)
     if flat is not None:
         return flat
-    start = data_url_start(url) if isinstance(url, str) else None
-    size = None if start is None else image_size(base64_head(url, start))
+    head = image_data_url_head(url) if isinstance(url, str) else None
+    size = None if head is None else image_size(base64_head(url, head[1]))
     return rule.most(detail) if size is None else rule.tokens(*size, detail)
 
 

@@ -57,7 +57,12 @@ def test_no_image_costs_more_than_the_rules_maximum() -> None:
     (data_url(png(1024, 1024)), "high", 765),
     (data_url(whole_png(2048, 4096)), None, 1105),  # a whole file: only its header is read
     (data_url(jpeg(1024, 768), "image/jpeg"), "auto", 765),
-    ("DATA:image/png;BASE64," + base64.b64encode(png(512, 512)).decode(), None, 255),  # a scheme's case is no matter
+    ("DATA:image/png;base64," + base64.b64encode(png(512, 512)).decode(), None, 255),  # a scheme's case is no matter
+    # Of another form than the one rule of an image's data URL (`native.types.image_data_url_head`,
+    # which the native API and the translations refuse it by, and vLLM refuses `BASE64`): not read.
+    ("data:image/png;BASE64," + base64.b64encode(png(512, 512)).decode(), None, OPENAI_MAX_IMAGE_TOKENS),
+    ("data:text/plain;base64," + base64.b64encode(png(512, 512)).decode(), None, OPENAI_MAX_IMAGE_TOKENS),
+    ("data:image/png;name=a.png;base64," + base64.b64encode(png(512, 512)).decode(), None, OPENAI_MAX_IMAGE_TOKENS),
     ("data:image/png;base64:" + base64.b64encode(png(512, 512)).decode(), None, OPENAI_MAX_IMAGE_TOKENS),  # no comma
     ("https://example.com/cat.png", "high", OPENAI_MAX_IMAGE_TOKENS),  # a URL cannot be read: the maximum
     ("https://example.com/cat.png", "low", 85),

@@ -5,6 +5,10 @@ cookies and CSRF): `GET /admin` (overview, `?period=1h|24h|30d`), `/admin/users[
 `/admin/users/{id}` (`/admin/user?id=` for an id no path segment can hold), `/admin/plans`,
 `/admin/plans/{name}`, `/admin/audit`, `/admin/export.csv`, `/admin/assets/{name}`, the sign-in form, and the POST targets of the pages' forms. A page without
 a session redirects to the sign-in form; a form post without its CSRF token is refused with 403.
+Every other refusal a page or form target raises (an unknown plan or key, a post that is no form, a
+query parameter out of its rule) is an HTML page with its status and message (`_as_page`), as a
+browser shows it, not the admin API's JSON; the route table's own 404/405 and the canonical-path
+check's 400 are answered before any route, in Sentinel's JSON shape.
 A successful change redirects back (303); a refused one shows the form again with each message
 next to its field (400); a revocation whose cached identity the store could not drop answers 503
 with the user's page saying so and offering to send it again. Creating a key is the exception: its
@@ -14,7 +18,7 @@ and answers 409 (see `sentinel.api.console_once`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -37,7 +41,7 @@ from sentinel.api.console_once import KeyFormNonces
 from sentinel.api.docs import HTML_HEADERS
 from sentinel.api.docs_assets import DocsAssets
 from sentinel.api.docs_auth import from_another_site
-from sentinel.api.responses import NOSNIFF, RawResponse
+from sentinel.api.responses import NOSNIFF, RawResponse, encode_headers
 from sentinel.api.throttle import address_of, client_of
 from sentinel.domain.numbers import parse_whole
 from sentinel.domain.plans import format_window
@@ -47,6 +51,7 @@ from sentinel.errors import (
     NotFound,
     PlanChangeIncomplete,
     RevocationIncomplete,
+    SentinelError,
     StoreUnavailable,
 )
 from sentinel.services.admin import Actor, AdminService
@@ -71,6 +76,10 @@ def _see_other(location: str, extra: list[tuple[bytes, bytes]] | None = None) ->
 
 
 TEXTAREAS = frozenset({"entries"})  # the form fields whose value may span lines
+# The heading of a refusal's page (`ConsoleRoutes._refused`), by status.
+REFUSAL_TITLES = {401: "Signed out", 403: "Refused", 404: "Not found", 409: "Conflict", 413: "Too large",
+                  429: "Too many attempts"}
+Handler = Callable[[Request], Awaitable[RawResponse]]
 
 
 class ConsoleRoutes:
@@ -87,7 +96,7 @@ class ConsoleRoutes:
 
     def routes(self) -> list[Route]:
         page, post = ["GET"], ["POST"]
-        return [
+        pages_and_forms = [
             Route("/admin", self.overview, methods=page),
             Route("/admin/", self.overview, methods=page),
             Route("/admin/signin", self.signin, methods=["GET", "POST"]),
@@ -107,8 +116,31 @@ class ConsoleRoutes:
             Route("/admin/tiers/{tier}/reset", self.reset_tier, methods=post),
             Route("/admin/audit", self.audit, methods=page),
             Route("/admin/export.csv", self.export, methods=page),
-            Route("/admin/assets/{name}", self.asset, methods=page),
         ]
+        # an asset is no page: its 404 stays in Sentinel's shape
+        return [Route(r.path, self._as_page(r.endpoint), methods=r.methods) for r in pages_and_forms] + [
+            Route("/admin/assets/{name}", self.asset, methods=page)]
+
+    def _as_page(self, handler: Handler) -> Handler:
+        """`handler` answering a refusal it raises (a 4xx: an unknown plan or key, a post that is no
+        form, a bad query parameter) with an HTML page of that status and message, not JSON."""
+        async def answer(request: Request) -> RawResponse:
+            try:
+                result: RawResponse = await handler(request)
+            except SentinelError as exc:
+                if not 400 <= exc.status < 500:
+                    raise
+                return self._refused(exc)
+            return result
+
+        return answer
+
+    def _refused(self, exc: SentinelError) -> RawResponse:
+        """The page of a refusal: its status, its headers (`Retry-After`, ...) and its message."""
+        fields = field_errors(exc) if isinstance(exc, InvalidRequest) else {}
+        message = "; ".join(f"{name}: {why}" for name, why in fields.items()) or exc.message
+        title = REFUSAL_TITLES.get(exc.status, "Refused")
+        return _html(exc.status, message_page(self.css, title, message), encode_headers(exc.headers))
 
     # --- sessions and forms -------------------------------------------------------------------------
     def _page(self, title: str, body: str, session: str, active: str, status: int = 200,

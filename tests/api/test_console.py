@@ -295,7 +295,8 @@ def test_a_user_form_posted_without_its_user_is_refused_as_the_admin_api_refuses
     for path in ("/admin/user/plan", "/admin/user/keys"):
         refused = console.post(path, {"plan": "", "name": "x"})
         assert refused.status_code == 400, refused.text
-        assert refused.json()["error"]["details"]["fields"] == {"id": "the user's external id"}, refused.text
+        assert refused.headers["content-type"].startswith("text/html")
+        assert "id: the user&#x27;s external id" in refused.text, refused.text
 
 
 def test_the_audit_page_shows_a_change_as_before_and_after(console: Console) -> None:
@@ -307,3 +308,30 @@ def test_the_audit_page_shows_a_change_as_before_and_after(console: Console) -> 
     assert "email: none → carol@example.com" in audit
     assert "email: carol@example.com → c@example.org" in audit
     assert "{'from'" not in audit
+
+
+def refusal_page(answer: httpx.Response, status: int) -> str:
+    """The text of a console refusal's HTML page (its status checked), unescaped."""
+    assert answer.status_code == status, (answer.status_code, answer.text)
+    assert answer.headers["content-type"].startswith("text/html"), answer.headers["content-type"]
+    assert answer.headers["cache-control"] == "no-store" and "script-src 'self'" in answer.headers["content-security-policy"]
+    assert '<p class="error" role="alert">' in answer.text and "<script>" not in answer.text
+    return html.unescape(answer.text)
+
+
+def test_a_console_refusal_is_an_html_page_not_json(console: Console) -> None:
+    """An unknown plan, an unknown key, a form posted as another content type: the console answered
+    the admin API's JSON (`{"error": ...}`), a browser showing it raw; it is the console's page with
+    the same status and message, and nothing changed."""
+    assert "No plan 'gold'" in refusal_page(console.get("/admin/plans/gold"), 404)
+    assert "No plan 'gold'" in refusal_page(console.post("/admin/plans/gold", {"metric": "requests", "limit": "1",
+                                                                                "window": "1h"}), 404)
+    assert "No plan 'gold'" in refusal_page(console.post("/admin/plans/gold/delete", {}), 404)
+    assert "No key 'key_nope'" in refusal_page(console.post("/admin/keys/key_nope/revoke", {}), 404)
+    body = urlencode({"name": "team", "metric": "requests", "limit": "1", "window": "1h", "csrf": console.csrf})
+    plain = console.http.post("/admin/plans", content=body, headers={"Content-Type": "text/plain"})
+    assert "posted as application/x-www-form-urlencoded" in refusal_page(plain, 400)
+    marked = console.get("/admin/plans/<b>x")
+    assert "No plan '<b>x'" in refusal_page(marked, 404) and "<b>" not in marked.text  # escaped
+    assert "team" not in console.get("/admin/plans").text  # refused: nothing was created
+

@@ -335,3 +335,12 @@ def test_a_console_refusal_is_an_html_page_not_json(console: Console) -> None:
     assert "No plan '<b>x'" in refusal_page(marked, 404) and "<b>" not in marked.text  # escaped
     assert "team" not in console.get("/admin/plans").text  # refused: nothing was created
 
+
+@pytest.mark.parametrize("period", ["7d", "", "24H", "1h "])
+def test_an_unknown_overview_period_is_refused_naming_the_periods(console: Console, period: str) -> None:
+    """`/admin?period=7d` showed the last 24 hours under a link saying nothing of it, while the admin
+    API's overview refused the same parameter (400): one rule, the console's page naming the periods."""
+    assert "period: one of 1h, 24h, 30d" in refusal_page(console.get("/admin", params={"period": period}), 400)
+    with console.gw.admin() as api:
+        assert api.get("/admin/api/overview", params={"period": period}).status_code == 400
+

@@ -19,7 +19,6 @@ and answers 409 (see `sentinel.api.console_once`).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -443,7 +442,7 @@ class ConsoleRoutes:
 
     async def export(self, request: Request) -> RawResponse:
         async def render(session: str) -> RawResponse:
-            now = datetime.now(UTC)
+            now = self.service.clock()  # the admin API's export's clock: one window for one query
             try:
                 since = parse_moment(request.query_params.get("since"), now)
                 until = parse_moment(request.query_params.get("until"), now)

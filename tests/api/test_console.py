@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -344,3 +345,19 @@ def test_an_unknown_overview_period_is_refused_naming_the_periods(console: Conso
     with console.gw.admin() as api:
         assert api.get("/admin/api/overview", params={"period": period}).status_code == 400
 
+
+def test_the_console_export_reads_the_admin_services_clock(console: Console) -> None:
+    """The console's export read the wall clock, the admin API's the service's (`AdminService.clock`):
+    the same `since` named another window on each. On the service's clock, the window follows it."""
+    then = datetime(2020, 3, 1, 12, 30, tzinfo=UTC)
+    admin = console.gw.runtime.admin
+    assert admin is not None
+    admin.clock = lambda: then
+    exported = console.get("/admin/export.csv", params={"since": "1d"})
+    assert exported.status_code == 200, exported.text
+    assert 'filename="sentinel-usage-20200301-1230.csv"' in exported.headers["content-disposition"]
+    # a moment after the service's now is an empty window there, as in the admin API (the wall clock is later)
+    later = {"since": "2020-06-01"}
+    assert "From: before Until" in refusal_page(console.get("/admin/export.csv", params=later), 400)
+    with console.gw.admin() as api:
+        assert api.get("/admin/api/usage.csv", params=later).status_code == 400

@@ -4,7 +4,9 @@ It wraps the router. For every HTTP request it:
 - refuses with 400 `duplicate_header` a request sending a credential header (`Authorization`,
   `x-api-key`, `X-Docs-Key`, `X-CSRF-Token`) or `Host` on more than one line: Sentinel read the
   first line, a proxy in front may read the last, so which credential a request carried was a guess;
-  and `anthropic-version` on more than one line (one version: its lines were joined and sent on);
+  and `anthropic-version` or a relayed header read as one value (`content-type`, `user-agent`,
+  `openai-beta`, a download's `range`, `if-range`, `if-modified-since`, `if-unmodified-since`) on
+  more than one line (its lines were joined and sent on: the provider read another value than Sentinel);
   and with 400 `missing_host` an HTTP/1.1 request with no `Host` at all (RFC 9112 §3.2: HTTP/1.0 has none);
 - takes `X-Request-Id` from the client (if sane, and holding no API key or configured secret: the id
   is in every log line, the ledger and the provider's `X-Client-Request-Id`) or makes one, and
@@ -28,6 +30,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -63,10 +66,20 @@ _SAFE_ID = re.compile(rf"[A-Za-z0-9._:\-]{{1,{MAX_CLIENT_REQUEST_ID}}}")  # full
 _UNLIMITED_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
 # Request headers a request carries on one line at most (see the module docstring). `anthropic-version`
 # names one version: two lines were joined (`", 2023-06-01"`, `forwardable_headers`) and sent to
-# Anthropic, whose 400 for it was relayed and charged.
-_ONE_LINE_HEADERS = frozenset(
-    {b"host", b"authorization", b"x-api-key", b"x-docs-key", b"x-csrf-token", b"anthropic-version"}
-)
+# Anthropic, whose 400 for it was relayed and charged. So is every relayed header (RELAYED_REQUEST_HEADERS,
+# DOWNLOAD_HEADERS) that HTTP or its provider reads as one value, not a comma list: two lines were
+# joined (`application/json, text/plain`) and the provider read another value than the one Sentinel
+# read (the first) — `content-type`, `user-agent`, `openai-beta`, `range`, `if-range`,
+# `if-modified-since`, `if-unmodified-since` (a date: it holds a comma). The lists stay joined
+# (`accept`, `content-encoding`, `anthropic-beta`, `if-match`, `if-none-match`); `content-length` sent
+# twice is the HTTP parser's 400 before Sentinel sees the request. Each name has a bit, the ones nearly
+# every request sends the lowest: the check keeps a small int (cached: nothing allocated per request).
+_ONE_LINE_HEADERS = MappingProxyType({name: 1 << bit for bit, name in enumerate((
+    b"host", b"authorization", b"x-api-key", b"content-type", b"user-agent", b"anthropic-version",
+    b"openai-beta", b"x-csrf-token", b"x-docs-key", b"range", b"if-range", b"if-modified-since",
+    b"if-unmodified-since",
+))})
+_HOST_BIT = _ONE_LINE_HEADERS[b"host"]
 # The sign-in forms read a body from a caller nobody has authenticated yet: they get their own few
 # slots, so slow forms cannot fill the ones API traffic needs (`max_in_flight`), and one client (an
 # address, as the failed-authentication throttle counts it) holds at most a few of those.
@@ -297,15 +310,16 @@ def _check_one_line_headers(scope: Scope) -> None:
     """InvalidRequest (400 `duplicate_header`) when a header of _ONE_LINE_HEADERS comes on two lines,
     (400 `missing_host`) when an HTTP/1.1 request has no Host: RFC 9112 §3.2 asks a server to refuse it
     (the parser took it; an HTTP/1.0 request may have none)."""
-    seen: set[bytes] = set()
+    seen = 0  # the bits of the names met so far
     for name, _ in scope["headers"]:
-        if name in _ONE_LINE_HEADERS:
-            if name in seen:
+        bit = _ONE_LINE_HEADERS.get(name)
+        if bit is not None:
+            if seen & bit:
                 raise InvalidRequest(
                     f"The request has more than one {name.decode()} header: send exactly one", code="duplicate_header"
                 )
-            seen.add(name)
-    if b"host" not in seen and scope.get("http_version") == "1.1":
+            seen |= bit
+    if not seen & _HOST_BIT and scope.get("http_version") == "1.1":
         raise InvalidRequest("An HTTP/1.1 request must have a Host header", code="missing_host")
 
 

@@ -113,8 +113,10 @@ def forwardable_headers(
     with a client's headers, relayed or pass-through, to OpenAI or Anthropic); with `as_json` (a body
     Sentinel read as JSON and re-encoded) its Content-Type is `application/json` and it has no
     Content-Encoding, whatever the client named: the provider reads the body as Sentinel did.
-    A header sent on several lines goes as one, its values joined (`a, b`, as HTTP reads them: each
-    line used to replace the one before); a value that is not ASCII does not go (sent on as UTF-8,
+    A header sent on several lines goes as one, its values joined (`a, b`, as HTTP reads a list: each
+    line used to replace the one before) — only a list arrives so: a header read as one value
+    (`content-type`, `user-agent`, `openai-beta`, `anthropic-version`, `range`, ...) on two lines is
+    refused before this (`sentinel.api.middleware._ONE_LINE_HEADERS`); a value that is not ASCII does not go (sent on as UTF-8,
     the provider received other bytes than the client's, as a provider's are not relayed either)."""
     out: dict[str, str] = {}
     for name, value in raw:

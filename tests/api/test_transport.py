@@ -1,5 +1,6 @@
 """The HTTP transport, attacked on a raw socket: what a chunked body's trailer section carries, how
-long it may be, transfer codings other than `chunked` alone, credentials or hosts sent twice, a Host
+long it may be, transfer codings other than `chunked` alone, credentials, hosts or one-value relayed
+headers sent twice, a Host
 missing, and an answer without `100 Continue` to a client that waits for it."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import re
 import socket
 from collections.abc import Callable
 
+import httpx
 import orjson
 import pytest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -210,6 +212,66 @@ def test_a_credential_or_host_sent_twice_is_refused(gateway: Gateway, twice: str
         assert "more than one" in error["error"]["message"]  # type: ignore[index]
     else:
         assert openai_error(error)["code"] == "duplicate_header"
+    assert ledger_rows(gateway.settings.database_url) == []
+
+
+def upstream_count(gw: Gateway, path: str) -> int:
+    """How many requests the (shared) mock upstream has had at `path`."""
+    return len(httpx.get(f"{gw.settings.anthropic_api_url}/__mock/requests", params={"path": path}, timeout=5).json()["data"])
+
+
+MESSAGE = {"model": "claude-3-5-haiku-20241022", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("lines", [
+    (("content-type", "application/json"), ("content-type", "text/plain")),
+    (("user-agent", "OpenAI/Python 1.0"), ("user-agent", "curl/8")),
+    (("openai-beta", "assistants=v2"), ("openai-beta", "assistants=v1")),
+    (("range", "bytes=0-1"), ("range", "bytes=5-9")),
+    (("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT"), ("if-modified-since", "Mon, 07 Nov 1994 08:49:37 GMT")),
+], ids=lambda lines: lines[0][0])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_a_relayed_one_value_header_sent_twice_is_refused(
+    gateway: Gateway, path: str, lines: tuple[tuple[str, str], ...],
+) -> None:
+    """A relayed header read as one value on two lines was joined (`application/json, text/plain`) and
+    sent on: the provider read another value than the one Sentinel read (the first). 400
+    `duplicate_header` in the surface's shape, nothing sent upstream, nothing charged."""
+    sent = upstream_count(gateway, path)
+    body = orjson.dumps(MESSAGE if path == "/v1/messages" else orjson.loads(CHAT))
+    r = httpx.post(gateway.url + path, content=body, timeout=10,
+                   headers=[("authorization", f"Bearer {gateway.key}"), *lines])
+    assert r.status_code == 400, r.text
+    message = f"The request has more than one {lines[0][0]} header: send exactly one"
+    if path == "/v1/messages":
+        assert r.json()["type"] == "error"
+        assert r.json()["error"] == {"type": "invalid_request_error", "message": message}
+    else:
+        assert openai_error(r.json())["code"] == "duplicate_header" and openai_error(r.json())["message"] == message
+    assert upstream_count(gateway, path) == sent
+    assert ledger_rows(gateway.settings.database_url) == []
+
+
+def test_a_relayed_list_header_sent_twice_goes_joined(gateway: Gateway) -> None:
+    """A list (`anthropic-beta`, `accept`) on two lines is one list: it goes on, joined, as HTTP reads it."""
+    r = httpx.post(gateway.url + "/v1/messages", content=orjson.dumps(MESSAGE), timeout=10, headers=[
+        ("x-api-key", gateway.key), ("content-type", "application/json"),
+        ("anthropic-beta", "beta-one"), ("anthropic-beta", "beta-two"),
+    ])
+    assert r.status_code == 200, r.text
+    seen = httpx.get(f"{gateway.settings.anthropic_api_url}/__mock/requests", params={"path": "/v1/messages"},
+                     timeout=5).json()["data"][-1]
+    assert {k.lower(): v for k, v in seen["headers"].items()}["anthropic-beta"] == "beta-one, beta-two"
+
+
+def test_content_length_sent_twice_is_the_parsers_400(gateway: Gateway) -> None:
+    """`content-length` is not relayed (aiohttp sets its own) and two of them never reach Sentinel: the
+    HTTP parser answers 400 first."""
+    answer = exchange(gateway, (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gateway.key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(CHAT)}\r\nContent-Length: 2\r\n"
+        "Connection: close\r\n\r\n").encode() + CHAT)
+    assert statuses(answer) == [400], answer[:300]
     assert ledger_rows(gateway.settings.database_url) == []
 
 

@@ -4,8 +4,7 @@ It wraps the router. For every HTTP request it:
 - refuses with 400 `duplicate_header` a request sending a credential header (`Authorization`,
   `x-api-key`, `X-Docs-Key`, `X-CSRF-Token`) or `Host` on more than one line: Sentinel read the
   first line, a proxy in front may read the last, so which credential a request carried was a guess;
-  and `anthropic-version` or a relayed header read as one value (`content-type`, `user-agent`,
-  `openai-beta`, a download's `range`, `if-range`, `if-modified-since`, `if-unmodified-since`) on
+  and `anthropic-version` or a relayed header read as one value (`content-type`, `openai-beta`, a download's `range`, `if-range`, `if-modified-since`, `if-unmodified-since`) on
   more than one line (its lines were joined and sent on: the provider read another value than Sentinel);
   and with 400 `missing_host` an HTTP/1.1 request with no `Host` at all (RFC 9112 §3.2: HTTP/1.0 has none);
 - takes `X-Request-Id` from the client (if sane, and holding no API key or configured secret: the id
@@ -69,13 +68,14 @@ _UNLIMITED_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/metr
 # Anthropic, whose 400 for it was relayed and charged. So is every relayed header (RELAYED_REQUEST_HEADERS,
 # DOWNLOAD_HEADERS) that HTTP or its provider reads as one value, not a comma list: two lines were
 # joined (`application/json, text/plain`) and the provider read another value than the one Sentinel
-# read (the first) — `content-type`, `user-agent`, `openai-beta`, `range`, `if-range`,
-# `if-modified-since`, `if-unmodified-since` (a date: it holds a comma). The lists stay joined
-# (`accept`, `content-encoding`, `anthropic-beta`, `if-match`, `if-none-match`); `content-length` sent
+# read (the first) — `content-type`, `openai-beta`, `range`, `if-range`, `if-modified-since`,
+# `if-unmodified-since` (a date: it holds a comma). The lists stay joined (`accept`,
+# `content-encoding`, `anthropic-beta`, `if-match`, `if-none-match`), and so does `user-agent`
+# (one value, but a product string read by nobody: a client or proxy sending two is not refused); `content-length` sent
 # twice is the HTTP parser's 400 before Sentinel sees the request. Each name has a bit, the ones nearly
 # every request sends the lowest: the check keeps a small int (cached: nothing allocated per request).
 _ONE_LINE_HEADERS = MappingProxyType({name: 1 << bit for bit, name in enumerate((
-    b"host", b"authorization", b"x-api-key", b"content-type", b"user-agent", b"anthropic-version",
+    b"host", b"authorization", b"x-api-key", b"content-type", b"anthropic-version",
     b"openai-beta", b"x-csrf-token", b"x-docs-key", b"range", b"if-range", b"if-modified-since",
     b"if-unmodified-since",
 ))})

@@ -115,7 +115,7 @@ def forwardable_headers(
     Content-Encoding, whatever the client named: the provider reads the body as Sentinel did.
     A header sent on several lines goes as one, its values joined (`a, b`, as HTTP reads a list: each
     line used to replace the one before) — only a list arrives so: a header read as one value
-    (`content-type`, `user-agent`, `openai-beta`, `anthropic-version`, `range`, ...) on two lines is
+    (`content-type`, `openai-beta`, `anthropic-version`, `range`, ...) on two lines is
     refused before this (`sentinel.api.middleware._ONE_LINE_HEADERS`); a value that is not ASCII does not go (sent on as UTF-8,
     the provider received other bytes than the client's, as a provider's are not relayed either)."""
     out: dict[str, str] = {}

@@ -225,7 +225,6 @@ MESSAGE = {"model": "claude-3-5-haiku-20241022", "max_tokens": 5, "messages": [{
 
 @pytest.mark.parametrize("lines", [
     (("content-type", "application/json"), ("content-type", "text/plain")),
-    (("user-agent", "OpenAI/Python 1.0"), ("user-agent", "curl/8")),
     (("openai-beta", "assistants=v2"), ("openai-beta", "assistants=v1")),
     (("range", "bytes=0-1"), ("range", "bytes=5-9")),
     (("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT"), ("if-modified-since", "Mon, 07 Nov 1994 08:49:37 GMT")),

@@ -222,7 +222,7 @@ def build_governance(
 ) -> Governance:
     """Identity sources, plan source, usage sink and tier source for `s.governance` (`ledger`: the
     built-in ledger to record usage in, default one over `sessions`; `wall_clock`: the Unix clock a
-    JWT's `nbf` is read against)."""
+    JWT's `exp`, `nbf` and `iat` are read against)."""
     default_plan = parse_plan_spec(s.default_plan)
     local_jwt: IdentitySource | None = None
     zion: ZionClient | None = None
@@ -345,7 +345,8 @@ async def build_runtime(
     `stream_clock` is what the time limit of an answer's body (`SENTINEL_STREAM_MAX_SECONDS`) is read on,
     `upstream_clock` what an upstream request's sending is timed on (how soon a dropped connection
     dropped: `sentinel.routing.failover`), `window_clock` the Unix clock the quota windows are read on
-    (and a JWT's `nbf`/`iat`); tests pass ones they move."""
+    (and every time claim of a JWT — `exp`, `nbf`, `iat` — by the verifier and the authenticator's
+    expiry checks alike, and the identity cache's ages); tests pass ones they move."""
     file = read_providers_file(s)  # before any pool is opened: a bad file stops start-up with nothing to close
     catalog = build_catalog(s, file)
     catalogue = build_model_catalogue(catalog, file)
@@ -385,7 +386,7 @@ async def build_runtime(
         store, api_keys=KeyService(sessions, require_email=zion_mode), jwt=governance.jwt,
         ttl=s.jwt_cache_ttl_seconds, grace=s.governance_grace_seconds, metrics=metrics, local_ttl=local_ttl,
         require_email=zion_mode, withheld=secret_digests(s, catalog),
-        operator_keys=operator_key_digests(s),
+        operator_keys=operator_key_digests(s), clock=window_clock,  # the verifier's clock: one `exp` verdict
     )
     counter = TokenCounter(on_fallback=lambda wanted, used: metrics.tokenizer_fallback.labels(wanted, used).inc())
     await asyncio.to_thread(counter.warm)

@@ -99,8 +99,9 @@ class JwtVerifier:
     """Verifies signature, `exp`/`nbf`/`iat` (30 s leeway), and `aud`/`iss` when configured.
 
     `session` is needed with `jwks_url` (the app's pooled session; the verifier does not close it).
-    `clock` (monotonic) times the key set's fetches; `wall_clock` (Unix) is what `nbf` is read
-    against: a token signed but not yet valid raises `NotYetValid` rather than being None.
+    `clock` (monotonic) times the key set's fetches; `wall_clock` (Unix) is what every time claim
+    (`exp`, `nbf`, `iat`) is read against, PyJWT's own `time.time()` never: a token signed but
+    not yet valid raises `NotYetValid` rather than being None.
     """
 
     def __init__(
@@ -197,9 +198,10 @@ class JwtVerifier:
 
     def _decode(self, token: str, key: Any, alg: str) -> dict[str, Any]:
         """The token's verified claims; PyJWTError (or ValueError, TypeError) when it is not valid."""
-        # `nbf` and `iat` are read here, on `wall_clock`, once all else holds (signature first): `_started`.
+        # `exp`, `nbf` and `iat` are read here, on `wall_clock`, once all else holds (signature first):
+        # `_in_time`. PyJWT's own checks read `time.time()`, another clock than the gateway's.
         options: dict[str, Any] = {"require": ["exp"], "verify_aud": self._audience is not None,
-                                   "verify_nbf": False, "verify_iat": False}
+                                   "verify_exp": False, "verify_nbf": False, "verify_iat": False}
         with warnings.catch_warnings():  # short keys are warned about once, at start-up
             warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
             claims: dict[str, Any] = jwt.decode(
@@ -211,21 +213,20 @@ class JwtVerifier:
                 leeway=LEEWAY_SECONDS,
                 options=options,  # type: ignore[arg-type]
             )
-        self._started(claims)
+        self._in_time(claims)
         return claims
 
-    def _started(self, claims: dict[str, Any]) -> None:
-        """Check `nbf` and `iat` as PyJWT would (integers, at most the leeway ahead): DecodeError
-        when one is not a number, NotYetValid when one is ahead — a verdict for now only, not to be
-        cached (PyJWT's ImmatureSignatureError was a refusal like any other, remembered 30 s)."""
+    def _in_time(self, claims: dict[str, Any]) -> None:
+        """Check `exp`, `nbf` and `iat` as PyJWT would, on `wall_clock` with LEEWAY_SECONDS (each an
+        integer: DecodeError otherwise). An `exp` at or before now less the leeway is
+        ExpiredSignatureError, a refusal (cached as any); an `nbf` or `iat` beyond the leeway ahead is
+        NotYetValid — a verdict for now only, not to be cached (PyJWT's ImmatureSignatureError was a
+        refusal like any other, remembered 30 s). `exp` first: a token past it is never valid again."""
+        now = self._wall_clock()
+        if _integer(claims, "exp") <= now - LEEWAY_SECONDS:  # `exp` is required (present, not null)
+            raise jwt.ExpiredSignatureError("Signature has expired")
         for name in ("nbf", "iat"):
-            if name not in claims:
-                continue
-            try:
-                start = int(claims[name])
-            except (ValueError, TypeError, OverflowError):
-                raise jwt.DecodeError(f"The {name} claim must be an integer.") from None
-            if start > self._wall_clock() + LEEWAY_SECONDS:
+            if name in claims and _integer(claims, name) > now + LEEWAY_SECONDS:
                 raise NotYetValid(f"The token is not yet valid ({name})")
 
     async def _jwks(self, alg: str, kid: str | None) -> list[jwt.PyJWK]:
@@ -384,6 +385,15 @@ class LocalJwtIdentitySource:
             source=self.name,
             expires_at=expires_at,  # no `plan`: a token's claims never choose it (the database's or Zion's is read)
         )
+
+
+def _integer(claims: dict[str, Any], name: str) -> int:
+    """A time claim as PyJWT reads it (`int()` of it: `"123"` and `1.5` are taken); DecodeError when
+    it is none (a list, NaN, infinity)."""
+    try:
+        return int(claims[name])
+    except (ValueError, TypeError, OverflowError):
+        raise jwt.DecodeError(f"The {name} claim must be an integer.") from None
 
 
 def _id_claim(claims: dict[str, Any]) -> tuple[bool, str | None]:

@@ -211,6 +211,30 @@ def test_a_plan_claim_no_store_can_hold_does_not_refuse_the_token(gateway_factor
     assert answer.status_code == 200, answer.text
 
 
+def test_a_jwts_exp_is_judged_on_the_gateways_clock_as_its_nbf_and_iat(gateway_factory: Callable[..., Gateway]) -> None:
+    """`nbf` and `iat` were read on the gateway's (injected) Unix clock but `exp` on PyJWT's own
+    `time.time()`, and the authenticator's expiry check before it on a third: a token was judged on
+    two clocks at once. Every time claim is now read on the one clock, with the one leeway."""
+    clock = FakeClock(time.time() - 86_400)  # the gateway's clock is a day behind the real one
+    gw = gateway_factory(jwt_secret=SECRET, jwt_audience="sentinel", window_clock=clock)
+
+    def post(bearer: str) -> httpx.Response:
+        return httpx.post(gw.url + "/v1/chat/completions", json=CHAT,
+                          headers={"Authorization": f"Bearer {bearer}"}, timeout=30)
+
+    # In the real past (an hour ago) but a day ahead of the gateway's clock: valid.
+    assert post(token(exp=int(time.time()) - 3600)).status_code == 200
+    # Ahead of the real clock but past the gateway's, beyond the leeway: expired.
+    clock.advance(2 * 86_400)
+    late = token(exp=int(clock.now) - LEEWAY_SECONDS - 60)
+    jwt.decode(late, SECRET, algorithms=["HS256"], audience="sentinel")  # which PyJWT, on `time.time()`, takes as valid
+    refused = post(late)
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["error"]["code"] == "token_expired"
+    # Within the leeway on the gateway's clock: valid.
+    assert post(token(exp=int(clock.now) - LEEWAY_SECONDS + 60)).status_code == 200
+
+
 def test_validly_signed_tokens_with_claims_out_of_bounds_are_refused_in_each_surfaces_shape(
     gateway_factory: Callable[..., Gateway], caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -13,7 +13,7 @@ from sentinel.api.throttle import FailedAuthThrottle, client_of
 from sentinel.api.user_slots import UserSlots
 from sentinel.config import Settings
 from sentinel.domain.identity import Identity
-from sentinel.errors import AuthenticationError, InvalidRequest
+from sentinel.errors import AuthenticationError
 from sentinel.governance.auth import Authenticator, parse_credential
 from sentinel.observability.metrics import Metrics
 from sentinel.store import Store
@@ -74,11 +74,9 @@ class Deps:
 
     async def read_body(self, request: Request) -> bytes:
         """The whole request body: more than `max_body_bytes` is 413 (refused without buffering it),
-        not all of it within `body_timeout_seconds` is 408. A request with more than one `Content-Type`
-        is 400 before any of it is read: readers that pick different ones would disagree on what the
-        body is (Sentinel could judge it an upload while the provider reads it as JSON)."""
-        if len(request.headers.getlist("content-type")) > 1:
-            raise InvalidRequest("The request has more than one Content-Type header: send exactly one")
+        not all of it within `body_timeout_seconds` is 408. (A request with more than one `Content-Type`
+        never gets here: readers that pick different ones would disagree on what the body is, so the
+        middleware refuses it, `duplicate_header`, `sentinel.api.middleware._ONE_LINE_HEADERS`.)"""
         limit = self.settings.max_body_bytes
         return await read_within(request, limit=limit, seconds=self.settings.body_timeout_seconds,
                                  too_large=f"Request body is larger than the {limit}-byte limit", budget=self.bodies)

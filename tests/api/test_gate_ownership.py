@@ -382,7 +382,8 @@ def test_a_request_with_two_content_types_is_refused(
         ]
         for attempt in attempts:
             assert attempt.status_code == 400, attempt.text
-            assert "Content-Type" in openai_error(attempt.json())["message"]
+            assert openai_error(attempt.json())["code"] == "duplicate_header", attempt.text
+            assert "content-type" in openai_error(attempt.json())["message"].lower()
         anthropic = bob.post("/v1/messages", content=message, headers=two)
         assert anthropic.status_code == 400, anthropic.text
         assert anthropic.json()["type"] == "error" and anthropic.json()["error"]["type"] == "invalid_request_error"

@@ -112,7 +112,8 @@ class NativeChat:
         # without images (most) needs no candidates: the tier table is not read for it.
         images, payload = await off_loop(lambda: (_has_images(req), _estimate_payload(req)), heavy)
         priced = await self._serving(choice) if images else frozenset()
-        await self._cap_reserved(req, choice, payload)
+        if self._over_most(req, choice) is not None:  # (most requests: no await, no tier read)
+            await self._cap_reserved(req, choice, payload)
         # Admission before the session write: a request the quota refuses changes no session.
         with ex.spans.span("sentinel.quota.admit"):
             admission = await self.meter.admit(
@@ -191,22 +192,24 @@ class NativeChat:
             # it came through (the request, the handler's body) until a full collection.
             del refused
 
-    def _capped(self, req: ChatRequest, choice: RouteChoice) -> ChatRequest:
-        """`req` with its `max_tokens` brought down to the most `choice`'s model answers with, when
-        the catalogue knows it (`max_output`): the provider refuses a larger cap (a 400 charged as
-        a refusal), so the same request succeeded or failed by the model a tier drew."""
+    def _over_most(self, req: ChatRequest, choice: RouteChoice) -> int | None:
+        """The most output `choice`'s model answers with (`max_output`), when the catalogue knows it
+        and `req`'s `max_tokens` is above it; else None."""
         most = self.max_output(choice.provider, choice.model)
-        if req.max_tokens is None or most is None or req.max_tokens <= most:
-            return req
-        return req.model_copy(update={"max_tokens": most})
+        return most if req.max_tokens is not None and most is not None and req.max_tokens > most else None
+
+    def _capped(self, req: ChatRequest, choice: RouteChoice) -> ChatRequest:
+        """`req` with its `max_tokens` brought down to the most `choice`'s model answers with
+        (`_over_most`): the provider refuses a larger cap (a 400 charged as a refusal), so the same
+        request succeeded or failed by the model a tier drew."""
+        most = self._over_most(req, choice)
+        return req if most is None else req.model_copy(update={"max_tokens": most})
 
     async def _cap_reserved(self, req: ChatRequest, choice: RouteChoice, payload: dict[str, Any]) -> None:
-        """A `max_tokens` above the drawn model's maximum is reserved as the most any model that may
-        serve the request answers with (`TierRouter.may_serve`: a retry may go to another), when the
-        catalogue knows each one's; otherwise as asked (up to `MAX_RESERVED_OUTPUT`)."""
-        most = self.max_output(choice.provider, choice.model)
-        if req.max_tokens is None or most is None or req.max_tokens <= most:
-            return
+        """A `max_tokens` above the drawn model's maximum (`_over_most`) is reserved as the most any
+        model that may serve the request answers with (`TierRouter.may_serve`: a retry may go to
+        another), when the catalogue knows each one's; otherwise as asked (up to `MAX_RESERVED_OUTPUT`)."""
+        assert req.max_tokens is not None  # (called only when over the model's most)
         maxima = [self.max_output(entry.provider, entry.model) for entry in await self.router.may_serve(choice)]
         if all(m is not None for m in maxima):
             payload["max_tokens"] = min(req.max_tokens, max(m for m in maxima if m is not None))

@@ -23,6 +23,11 @@ run, or may run late; its token was made before it was sent, so it can be given 
 (`Reservation.lost`, `GIVE_BACK`): only if its marker is there, once; else a tombstone takes the
 marker's place (`0`, living as a marker does) and a run arriving after counts nothing.
 
+What a `LocalLimiter` (QUOTA_FAILURE_MODE=local) counted while Redis was away is added to the same
+counters once Redis answers (`take`), once: the script that adds it writes the hand-back's marker,
+`{prefix}:{<subject>}:handed:<token>` (living as long as the longest counter it added to), and a
+hand-back sent again after its reply was lost finds it and adds nothing.
+
 Windows are fixed and aligned to the Unix epoch, one counter per (metric, window):
 `{prefix}:{<subject>}:{metric}:{window_seconds}:{window_index}`. The braces are a Redis Cluster
 hash tag, so all keys of one script live in one slot; `%`, `{` and `}` in the subject are written
@@ -70,7 +75,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import orjson
@@ -469,7 +474,31 @@ def _settle_held_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     return 1
 
 
+# What a local limiter counted while Redis was away, handed back to Redis's counters once
+# (`QuotaLimiter.take`): KEYS[1] is the hand-back's marker (`{prefix}:{<subject>}:handed:<token>`), the
+# others counters with `_ADJUST_LUA`'s pairs from ARGV[2] (each a TTL: created if need be). Only the call
+# that writes the marker (for ARGV[1] ms) adds anything (1); sent again after a reply was lost, it finds
+# the marker and changes nothing (0).
+_HAND_BACK_LUA = _SETTLE_LUA + """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+settle(1, #KEYS - 1, 2, '')
+return 1
+"""
+
+
+def _hand_back_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    if ops.get(keys[0]) is not None:
+        return 0
+    ops.set(keys[0], b"1", int(args[0]) / 1000)
+    _settle_tail_local(ops, keys, args, 1, len(keys) - 1, 1, "")
+    return 1
+
+
 RESERVE = Script("sentinel_quota_reserve", _RESERVE_LUA, _reserve_local)
+HAND_BACK = Script("sentinel_quota_hand_back", _HAND_BACK_LUA, _hand_back_local)
 SETTLE_HELD = Script("sentinel_quota_settle_held", _SETTLE_HELD_LUA, _settle_held_local)
 ADJUST = Script("sentinel_quota_adjust", _ADJUST_LUA, _settle_local)
 RESERVE_EXTERNAL = Script("sentinel_quota_reserve_external", _RESERVE_EXTERNAL_LUA, _reserve_external_local)
@@ -573,7 +602,35 @@ class QuotaLimiter:
             return f"{base}:x{limit.external.snapshot}", reset_at, math.ceil(ttl * 1000)
         index = math.floor(now / limit.window_seconds)
         reset_at = float((index + 1) * limit.window_seconds)
-        return f"{base}:{index}", reset_at, math.ceil((reset_at - now + self.ttl_margin) * 1000)
+        return f"{base}:{index}", reset_at, self._ttl_ms(reset_at, now)
+
+    def _ttl_ms(self, reset_at: float, now: float) -> int:
+        """The TTL (ms) of a counter whose window ends at `reset_at`, at `now`: `ttl_margin` past its end."""
+        return math.ceil((reset_at - now + self.ttl_margin) * 1000)
+
+    def _handed_key(self, subject: str, token: str) -> str:
+        """The marker of the hand-back `token` of `subject` (`take`), in its counters' slot."""
+        return f"{self.prefix}:{{{hash_tag(subject)}}}:handed:{token}"
+
+    async def take(self, subject: str, token: str, counts: Sequence[tuple[str, int, float]]) -> None:
+        """Add to this store's counters of `subject` what another limiter with the same key names counted
+        (a `LocalLimiter`'s, handed back once the store answers): `counts` of (counter key, amount, the
+        end of its window), each with its window's TTL, as a settlement's usage above its reservation
+        is (`_ADJUST_LUA`). Once however often sent: the one call that writes the marker of `token`
+        adds them (`HAND_BACK`). Windows ended by now are left out (they limit nothing any more)."""
+        now = self.clock()
+        keys = [self._handed_key(subject, token)]
+        args: list[str | int] = [0]
+        for key, amount, reset_at in counts:
+            if reset_at > now and amount > 0:
+                keys.append(key)
+                args += [amount, self._ttl_ms(reset_at, now)]
+        if len(keys) == 1:
+            return
+        # The marker outlives every counter it added to: a send after it is gone finds their windows
+        # ended, and sends nothing.
+        args[0] = max(int(ttl) for ttl in args[2::2])
+        await self.store.run(HAND_BACK, keys, args)
 
     async def reserve(
         self, subject: str, plan: Plan, *, requests: int = 1, input_tokens: int, output_tokens: int,

@@ -14,7 +14,10 @@ A reconciliation or give-back the store did not take (refused, or its outcome un
 later (`Unsettled`): it runs once however often it is sent. So is the give-back of a reservation
 whose own reply was lost (the request meanwhile gets what the failure mode says) and the settlement
 of a batch's held reservation.
-Either, once begun, runs to its end even if its caller is cancelled (one task of its own, shielded);
+With QUOTA_FAILURE_MODE=local, what the in-process limiter counted while Redis was away is handed back
+to Redis once it answers (`LocalLimiter.hand_back`): a user's before her next reservation there, every
+user's in the background (`Unsettled`), each hand-back counted once however often it is sent.
+Either settlement, once begun, runs to its end even if its caller is cancelled (one task of its own, shielded);
 shutdown waits (`QuotaMeter.drain`) for those under way, and for every admission neither has begun
 for yet (a request the server cancelled reaches its settlement some loop turns later), before it
 closes the outbox and the store.
@@ -38,7 +41,7 @@ from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.domain.plans import Plan, PlanSource
 from sentinel.domain.policies import QuotaFailureMode
 from sentinel.domain.usage import MAX_REQUEST_ID, Usage, UsageRecord, UsageSource, charge_id, new_request_id
-from sentinel.errors import RateLimited, ServiceUnavailable, StoreUnavailable, sent_unanswered
+from sentinel.errors import RateLimited, ServiceUnavailable, StoreRefused, StoreUnavailable, sent_unanswered
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
 from sentinel.offload import OFF_LOOP_SIZE, count_off_loop
@@ -53,6 +56,7 @@ from sentinel.quota.estimate import (
 )
 from sentinel.quota.images import ImageRule
 from sentinel.quota.limiter import QuotaLimiter, Reservation
+from sentinel.quota.local_limiter import LocalLimiter
 from sentinel.quota.media import NO_FILES, Files
 from sentinel.quota.outbox import DurableOutbox
 from sentinel.quota.tokens import TokenCounter
@@ -212,7 +216,7 @@ class QuotaMeter:
         *,
         plans: PlanSource,
         limiter: QuotaLimiter,
-        local_limiter: QuotaLimiter,
+        local_limiter: LocalLimiter,
         failure_mode: QuotaFailureMode,
         counter: TokenCounter,
         outbox: DurableOutbox,
@@ -240,6 +244,7 @@ class QuotaMeter:
         self._open = 0  # admissions neither settled nor released yet (a settlement still to come)
         self._changed: asyncio.Event | None = None  # set on every change `drain` waits for, while it waits
         self.unsettled = Unsettled()  # settlements the store did not take, sent again until it does
+        self._handing_back = False  # a hand-back of the local limiter's counts waits in `unsettled`
 
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
@@ -341,11 +346,14 @@ class QuotaMeter:
         whichever is longest (`QuotaLimiter.hold`; a read after that charges the usage on its own) —
         until the first read showing the object's usage settles it to that usage (`settle` with
         `settles`), on any replica. The admission keeps no estimate (its record charges nothing). A reservation the
-        shared store cannot hold (a local limiter's, the store unreachable) stays counted until its
-        windows end, and that read charges the usage on top."""
+        shared store cannot hold (a local limiter's — handed back to Redis as reserved once it answers —, the
+        store unreachable) stays counted until its windows end, and that read charges the usage on top."""
         reservation, limiter = admission.reservation, admission.limiter
         admission.reservation = None
         admission.estimate_input = admission.max_output = 0
+        if reservation is not None and limiter is self.local_limiter:
+            self.local_limiter.keep(reservation)  # counted as reserved: handed back so once Redis answers
+            self._hand_back_later()
         if reservation is None or limiter is not self.limiter:
             return
         try:
@@ -390,6 +398,13 @@ class QuotaMeter:
     async def _reserve(self, admission: Admission, plan: Plan, *, tokens_later: bool = False) -> None:
         subject = admission.identity.external_id
         limiter = self.limiter
+        if self.local_limiter.owes(subject):
+            # What this user was counted in-process while Redis was away goes to Redis first, so this
+            # reservation is checked against all of it (`LocalLimiter.hand_back`).
+            try:
+                await self.local_limiter.hand_back(self.limiter, subject)
+            except StoreUnavailable:
+                pass  # kept, sent again (it counts once); the reservation below applies the failure mode
         try:
             reservation = await limiter.reserve(subject, plan, requests=admission.requests,
                                                 input_tokens=admission.estimate_input,
@@ -408,6 +423,8 @@ class QuotaMeter:
             reservation = await limiter.reserve(subject, plan, requests=admission.requests,
                                                 input_tokens=admission.estimate_input,
                                                 output_tokens=admission.max_output, tokens_later=tokens_later)
+        # (on either limiter: a hand-back `Unsettled` gave up on is queued again by the next request)
+        self._hand_back_later()
         decision = reservation.decision
         if not decision.allowed:
             self._refuse(decision)
@@ -415,6 +432,25 @@ class QuotaMeter:
         admission.reservation = reservation
         admission.limiter = limiter
         admission.headers = decision.headers()
+
+    def _hand_back_later(self) -> None:
+        """Have what the local limiter counted handed back to Redis once it answers (`Unsettled`: sent
+        again, with backoff, until it is taken; each user's hand-back counts once however often sent)."""
+        if not self._handing_back and self.local_limiter.owing:
+            self._handing_back = True
+            self.unsettled.add(self._hand_back)
+
+    async def _hand_back(self) -> None:
+        """Hand every user's local counts back (`LocalLimiter.hand_back`); StoreUnavailable: not all taken."""
+        try:
+            await self.local_limiter.hand_back(self.limiter)
+        except StoreRefused:
+            raise  # still queued: sent again
+        except StoreUnavailable:
+            # Sent again too — unless `Unsettled` gives up on it: a later local count queues another.
+            self._handing_back = False
+            raise
+        self._handing_back = False
 
     def _give_back_lost(self, reservation: Reservation) -> None:
         """A reservation whose script call went unanswered (it may have run, or may run late): given
@@ -638,6 +674,8 @@ class QuotaMeter:
                 self.unsettled.add(commit)
             finally:
                 await stored
+            if admission.limiter is self.local_limiter:
+                self._hand_back_later()  # what it settled to, now Redis's to count
         admission.recorded = Usage(input_tokens, output_tokens)
         for each, first in zip(rows, new, strict=True):
             if first:

@@ -447,3 +447,37 @@ def test_concurrent_requests_on_every_surface_admit_exactly_a_request_limit(
     assert Counter(r.status_code for r in answers) == {200: 10, 429: 38}, [r.text for r in answers if r.status_code
                                                                            not in (200, 429)]
     assert gw.quota_used()["requests"] == 10
+
+
+def test_what_local_mode_counted_while_redis_was_away_counts_on_redis_after(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """QUOTA_FAILURE_MODE=local: the requests the in-process limiter admitted while Redis was away
+    were never told to Redis, so once it answered again the user had the whole plan there on top (4
+    more of a plan of 5 after 1 on Redis and 2 in-process). Its counts are handed back to Redis
+    first: the user gets what is left of the plan, 2, and Redis counts 5."""
+    if REDIS_BIN is None:
+        unavailable("redis-server binary not found")
+    assert REDIS_BIN is not None
+    clock = FakeClock(1_800_000_000.0)  # one day's window throughout
+    with RedisServerProcess(tmp_path, REDIS_BIN, durable=True) as redis_server:
+        gw = gateway_factory(redis_url=redis_server.url, quota_failure_mode="local", window_clock=clock,
+                             default_plan="requests=5/1d", admin_key="admin-key-for-tests-0123")
+        with gw.client() as http:
+            assert http.post("/v1/chat/completions", json=CHAT).status_code == 200  # counted on Redis
+            redis_server.kill9()
+            during = [http.post("/v1/chat/completions", json=CHAT) for _ in range(2)]
+            assert [r.status_code for r in during] == [200, 200], during[-1].text
+            assert [r.headers["x-ratelimit-remaining"] for r in during] == ["4", "3"]  # this process's count
+            redis_server.start()
+
+            def store_answers() -> bool:
+                checks = http.get("/health").json()["checks"]
+                return bool(checks["store"]["status"] == "healthy")
+
+            assert wait_for(store_answers)
+            after = [http.post("/v1/chat/completions", json=CHAT) for _ in range(3)]
+        assert [r.status_code for r in after] == [200, 200, 429], [r.text for r in after]
+        assert [r.headers["x-ratelimit-remaining"] for r in after[:2]] == ["1", "0"]
+        assert gw.quota_used()["requests"] == 5
+        assert len({row["request_id"] for row in gw.settled_rows(5)}) == 5

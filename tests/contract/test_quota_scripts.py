@@ -6,7 +6,15 @@ it ran, never if it did not (a tombstone in its marker's place stops a late run 
 
 from __future__ import annotations
 
-from sentinel.quota.limiter import ADJUST, ADJUST_EXTERNAL, GIVE_BACK, RESERVE, RESERVE_EXTERNAL, SETTLE_HELD
+from sentinel.quota.limiter import (
+    ADJUST,
+    ADJUST_EXTERNAL,
+    GIVE_BACK,
+    HAND_BACK,
+    RESERVE,
+    RESERVE_EXTERNAL,
+    SETTLE_HELD,
+)
 from sentinel.store import Store
 from sentinel.store.base import Script
 
@@ -120,3 +128,14 @@ _HKEYS = Script(
     "local k = redis.call('HKEYS', KEYS[1]) table.sort(k) return k",
     lambda ops, keys, args: sorted(k.encode() if isinstance(k, str) else k for k in ops.hgetall(keys[0])),
 )
+
+
+async def test_a_hand_back_adds_once_and_alike_on_every_backend(store: Store) -> None:
+    """`HAND_BACK` adds a local limiter's counts to the shared counters only in the call that writes
+    its marker: sent again, it changes nothing; a counter it makes gets the TTL it is given."""
+    handed = "sentinel:quota:{u1}:handed:tok"
+    await store.set(DOWN, b"30", 60)
+    args: list[str | int] = [90_000, 5, 90_000, 7, 60_000]
+    assert [await store.run(HAND_BACK, [handed, DOWN, UP], args) for _ in range(3)] == [1, 0, 0]
+    assert await store.get(DOWN) == b"35" and await store.get(UP) == b"7"
+    assert 0 < (await store.ttl(UP) or 0) <= 60 and 0 < (await store.ttl(handed) or 0) <= 90

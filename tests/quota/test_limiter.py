@@ -587,3 +587,53 @@ async def test_a_reservation_cancelled_while_its_script_ran_is_a_lost_one(
     assert await counts(store, r) == [1, 300]
     await limiter.release(r)
     assert await counts(store, r) == [0, 0]
+
+
+async def test_local_counts_are_handed_back_once_even_when_the_reply_is_lost(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the in-process limiter (QUOTA_FAILURE_MODE=local) counted while Redis was away stayed in
+    that process: Redis knew nothing of it, and the user had the whole plan again. It is now added to
+    the shared counters once they answer — exactly once, though the first hand-back's reply was lost
+    and it was sent again — and then taken off locally; a reservation still open here is handed back
+    when it settles, as settled."""
+    clock = FakeClock(T0)
+    shared, local = QuotaLimiter(store, clock=clock), LocalLimiter(clock=clock)
+    plan = parse_plan_spec("requests=5/60s,input_tokens=1000/1h")
+    done = await reserve(local, plan, i=100)
+    await local.commit(done, input_tokens=40, output_tokens=0)
+    running = await reserve(local, plan, i=100)
+    assert local.owing and local.owes("u1") and not local.owes("u2")
+    lost = LostReply(store, monkeypatch, "EVALSHA", "sentinel:quota:{u1}:handed:")
+    with pytest.raises(StoreUnavailable):
+        await local.hand_back(shared)
+    assert lost.lost == 1
+    await local.hand_back(shared, "u1")  # sent again: it counts once
+    assert await counts(store, done) == [1, 40]
+    assert await counts(local.store, done) == [1, 100]  # what is still open stays here
+    await local.commit(running, input_tokens=30, output_tokens=0)
+    await local.hand_back(shared)
+    assert await counts(store, done) == [2, 70] and await counts(local.store, done) == [0, 0]
+    await local.hand_back(shared)
+    assert not local.owing  # nothing left: the user is forgotten
+    for key in done.keys:  # a counter made by the hand-back lives as its window's would
+        assert 0 < (await store.ttl(key) or 0) <= 3600 + 60
+    # On Redis the user has what is left of the plan, not the whole of it again.
+    assert [(await reserve(shared, plan, i=1)).allowed for _ in range(4)] == [True, True, True, False]
+
+
+async def test_a_window_ended_before_redis_answers_is_not_handed_back(store: Store) -> None:
+    clock = FakeClock(T0)
+    shared, local = QuotaLimiter(store, clock=clock), LocalLimiter(clock=clock)
+    plan = parse_plan_spec("requests=5/60s,requests=50/1h")
+    await local.commit(await reserve(local, plan), input_tokens=0, output_tokens=0)
+    clock.advance(60)  # the minute ended; the hour goes on
+    await local.hand_back(shared)
+    minute, hour = (f"sentinel:quota:{{u1}}:requests:{w}:{int(T0) // w}" for w in (60, 3600))
+    assert await store.get(minute) is None and await store.get(hour) == b"1"
+    later = await reserve(local, plan)
+    await local.commit(later, input_tokens=0, output_tokens=0)
+    clock.advance(3600)  # both of its windows ended before Redis answered: nothing is sent
+    await local.hand_back(shared)
+    assert [await store.get(key) for key in later.keys] == [None, b"1"]  # (the hour's: the first hand-back's)
+    assert await store.scan("sentinel:quota:{u1}:handed:*") != [] and not local.owing

@@ -398,6 +398,28 @@ async def test_store_down_and_failure_mode_local_enforces_the_plan_in_process() 
     assert counted(s.metrics, "sentinel_quota_store_failures_total", mode="local") == 3
 
 
+async def test_what_the_local_limiter_charged_is_handed_back_once_redis_answers() -> None:
+    """QUOTA_FAILURE_MODE=local: the local limiter's counts stayed in the process, and a user who
+    used the plan there had it whole again on Redis. Once Redis answers, the next reservation of the
+    user is checked after her settled usage was handed back; one still open when Redis came back is
+    handed back once it settles (in the background, `Unsettled`), as it settled."""
+    s = Setup(QuotaFailureMode.local, spec="requests=3/1m,input_tokens=1000/1m,output_tokens=500/1m")
+    s.meter.unsettled = Unsettled(backoff=Backoff(base=0.0, cap=0.0))
+    s.store.fail("run")
+    first, second = await s.admit(), await s.admit()
+    await s.meter.settle(first, usage=Usage(7, 11), output_text="", status=200, provider="openai")
+    s.store.recover()
+    third = await s.admit()  # the last of the plan: the first handed back, the second still open here
+    assert third.limiter is s.limiter and third.headers["X-RateLimit-Remaining"] == "1"
+    assert (await s.used())["input_tokens"] == 7 + third.estimate_input
+    await s.meter.settle(second, usage=Usage(5, 2), output_text="", status=200, provider="openai")
+    await until(lambda: len(s.meter.unsettled) == 0)
+    assert await s.used() == {"requests": 3, "input_tokens": 7 + 5 + third.estimate_input, "output_tokens": 13 + 50}
+    assert await s.used(s.local) == {"requests": 0, "input_tokens": 0, "output_tokens": 0}
+    with pytest.raises(RateLimited):
+        await s.admit()
+
+
 async def test_a_settlement_the_store_cannot_reconcile_still_writes_its_record() -> None:
     s = Setup()
     admission = await s.admit()
@@ -823,9 +845,12 @@ async def test_a_reservation_whose_reply_was_lost_is_given_back_and_the_failure_
         assert [(r.input_tokens, r.output_tokens) for r in s.outbox.records] == [(7, 3)]
     assert lost.lost == 1
     await until(lambda: len(s.meter.unsettled) == 0)
-    assert await s.used() == {"requests": 0, "input_tokens": 0, "output_tokens": 0}  # given back
     if mode is QuotaFailureMode.local:
-        assert await s.used(s.local) == {"requests": 1, "input_tokens": 7, "output_tokens": 3}  # charged there, once
+        # Given back, and what the local limiter charged handed back in its place: once.
+        assert await s.used() == {"requests": 1, "input_tokens": 7, "output_tokens": 3}
+        assert await s.used(s.local) == {"requests": 0, "input_tokens": 0, "output_tokens": 0}
+    else:
+        assert await s.used() == {"requests": 0, "input_tokens": 0, "output_tokens": 0}  # given back
     assert await s.store.scan("sentinel:quota:*:reserved:*") == []
 
 
@@ -940,3 +965,18 @@ async def test_a_call_on_a_held_batch_asks_the_store_about_it_only_when_the_plan
     admission = await s.meter.admit_call(ALICE, endpoint="batches", request_id="req-read", holding="batch_abc")
     assert names == ["batch_abc"] * asked
     assert admission.reservation is not None or spec is None
+
+
+async def test_a_batch_made_while_redis_was_away_is_handed_back_as_reserved() -> None:
+    """A batch made on the local limiter holds no reservation a read can settle: it stayed open in
+    that process, and was never handed back. It counts as reserved, handed back once Redis answers."""
+    s = Setup(QuotaFailureMode.local, spec="requests=100/1m,input_tokens=100000/1m,output_tokens=100000/1m")
+    s.meter.unsettled = Unsettled(backoff=Backoff(base=0.0, cap=0.0))
+    s.store.fail("run")
+    made = await s.meter.admit_batch(ALICE, endpoint="/v1/batches", request_id="batch_a", requests=10,
+                                     input_tokens=5_000, output_tokens=2_000)
+    await s.meter.hold(made, "batch_a", None)
+    s.store.recover()
+    await until(lambda: len(s.meter.unsettled) == 0)
+    assert await s.used() == {"requests": 10, "input_tokens": 5_000, "output_tokens": 2_000}
+    assert await s.used(s.local) == {"requests": 0, "input_tokens": 0, "output_tokens": 0}

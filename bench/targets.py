@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,12 +143,15 @@ def flush_redis(url: str) -> None:
         client.close()
 
 
-def start_bare(arr: Arrangement, mock: str, workdir: Path) -> Running:
+def start_bare(
+    arr: Arrangement, mock: str, workdir: Path, *, wrapper: Sequence[str] = (), ready_timeout: float = 60.0
+) -> Running:
+    """The bare relay; `wrapper` runs it under another program (`instructions.py`: callgrind)."""
     port = free_port()
     env = {**clean_env(), "BARE_UPSTREAM": mock, "BARE_UPSTREAM_KEY": UPSTREAM_KEY, "BARE_CLIENT": "aiohttp"}
-    cmd = [*taskset(arr.server), sys.executable, str(BENCH_DIR / "bare_proxy.py"), "--port", str(port)]
+    cmd = [*taskset(arr.server), *wrapper, sys.executable, str(BENCH_DIR / "bare_proxy.py"), "--port", str(port)]
     proc = start("bare", cmd, env, workdir, workdir)
-    wait_until(lambda: port_open(port), proc, "the bare relay")
+    wait_until(lambda: port_open(port), proc, "the bare relay", ready_timeout)
     return Running(BARE, f"http://{HOST}:{port}", None, proc)
 
 
@@ -169,9 +173,12 @@ def start_sentinel(
     database_url: str | None = None,
     name: str | None = None,
     checkout: Path = REPO,
+    wrapper: Sequence[str] = (),
+    ready_timeout: float = 60.0,
 ) -> Running:
     """Provision the benchmark user (key, plan) as an operator would, then `sentinel serve` (the
-    Sentinel of `checkout`: this one unless an A/B names another, see `interleave.py`)."""
+    Sentinel of `checkout`: this one unless an A/B names another, see `interleave.py`; under
+    `wrapper`, when given: `instructions.py` runs it under callgrind)."""
     home = workdir / (name or spec.key)
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -194,7 +201,7 @@ def start_sentinel(
     key = sentinel_cli(env, home, "keys", "create", USER).strip().splitlines()[-1].strip()
     sentinel_cli(env, home, "plans", "set", PLAN, *PLAN_ARGS)
     sentinel_cli(env, home, "users", "set-plan", USER, PLAN)
-    cmd = [*taskset(arr.server), sys.executable, "-m", "sentinel", "serve"]
+    cmd = [*taskset(arr.server), *wrapper, sys.executable, "-m", "sentinel", "serve"]
     if spec.workers is not None:
         cmd += ["--workers", str(spec.workers)]
     proc = start(name or spec.key, cmd, env, home, workdir)
@@ -206,7 +213,7 @@ def start_sentinel(
         all_started = workers == 1 or started >= workers  # one startup line per worker (log level info)
         return all_started and http("GET", url + "/health/live")[0] == 200
 
-    wait_until(ready, proc, f"{spec.label} (/health/live, {workers} worker(s) started)")
+    wait_until(ready, proc, f"{spec.label} (/health/live, {workers} worker(s) started)", ready_timeout)
     log(f"{spec.label}: {url} pid {proc.pid} ({arr.name})")
     return Running(spec, url, key, proc, env)
 

@@ -93,10 +93,12 @@ class SentinelApp:
             ).routes()
         )
         admin_key = reveal(s.admin_key)
-        if admin_key and runtime.admin is not None:  # without the key, every /admin* path stays 404
+        console: ConsoleRoutes | None = None
+        if admin_key and runtime.admin is not None:  # without the key, every /admin* path stays 404 (JSON)
             gate = AdminGate(admin_key, throttle=throttle, store=runtime.store)
             routes += AdminApiRoutes(deps, runtime.admin, gate, build_admin_openapi()).routes()
-            routes += ConsoleRoutes(runtime.admin, gate, runtime.store, body_timeout=s.body_timeout_seconds).routes()
+            console = ConsoleRoutes(runtime.admin, gate, runtime.store, body_timeout=s.body_timeout_seconds)
+            routes += console.routes()
         app: ASGIApp = Dispatcher(routes, not_found=endpoint_not_found)
         redact = runtime.redact  # keys a client puts in a path are never logged
         if isinstance(runtime.tracing, OtelTracing):
@@ -105,6 +107,7 @@ class SentinelApp:
             app,
             metrics=self.metrics, max_in_flight=s.max_in_flight, access_log=self.access_log,
             outcomes=runtime.outcomes, slots=slots, bodies=bodies, redact=redact,
+            console_page=None if console is None else console.error_page,
         )
         if s.cors_origin_list:
             app = CorsMiddleware(app, origins=s.cors_origin_list)

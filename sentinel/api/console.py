@@ -7,8 +7,10 @@ cookies and CSRF): `GET /admin` (overview, `?period=1h|24h|30d`), `/admin/users[
 a session redirects to the sign-in form; a form post without its CSRF token is refused with 403.
 Every other refusal a page or form target raises (an unknown plan or key, a post that is no form, a
 query parameter out of its rule) is an HTML page with its status and message (`_as_page`), as a
-browser shows it, not the admin API's JSON; the route table's own 404/405 and the canonical-path
-check's 400 are answered before any route, in Sentinel's JSON shape.
+browser shows it, not the admin API's JSON; so is, for a browser's request (one accepting
+`text/html`), what the middleware answers before or after any route (`error_page`): the route
+table's 404/405, the canonical-path check's 400, a 5xx (with the request id of its log line). A
+script's request (`*/*`, JSON) gets those in Sentinel's JSON shape, and so does `/admin/api/*`.
 A successful change redirects back (303); a refused one shows the form again with each message
 next to its field (400); a revocation whose cached identity the store could not drop answers 503
 with the user's page saying so and offering to send it again. Creating a key is the exception: its
@@ -76,8 +78,8 @@ def _see_other(location: str, extra: list[tuple[bytes, bytes]] | None = None) ->
 
 TEXTAREAS = frozenset({"entries"})  # the form fields whose value may span lines
 # The heading of a refusal's page (`ConsoleRoutes._refused`), by status.
-REFUSAL_TITLES = {401: "Signed out", 403: "Refused", 404: "Not found", 409: "Conflict", 413: "Too large",
-                  429: "Too many attempts"}
+REFUSAL_TITLES = {401: "Signed out", 403: "Refused", 404: "Not found", 405: "Not allowed", 409: "Conflict",
+                  413: "Too large", 429: "Too many attempts", 503: "Unavailable"}
 Handler = Callable[[Request], Awaitable[RawResponse]]
 
 
@@ -116,7 +118,7 @@ class ConsoleRoutes:
             Route("/admin/audit", self.audit, methods=page),
             Route("/admin/export.csv", self.export, methods=page),
         ]
-        # an asset is no page: its 404 stays in Sentinel's shape
+        # an asset is no page: its 404 stays in Sentinel's shape (but to a browser opening it: `error_page`)
         return [Route(r.path, self._as_page(r.endpoint), methods=r.methods) for r in pages_and_forms] + [
             Route("/admin/assets/{name}", self.asset, methods=page)]
 
@@ -134,12 +136,21 @@ class ConsoleRoutes:
 
         return answer
 
-    def _refused(self, exc: SentinelError) -> RawResponse:
-        """The page of a refusal: its status, its headers (`Retry-After`, ...) and its message."""
+    def _refused(self, exc: SentinelError, request_id: str | None = None) -> RawResponse:
+        """The page of a refusal: its status, its headers (`Retry-After`, `Allow`, ...) and its message;
+        a 5xx's names `request_id`, which its log line holds."""
         fields = field_errors(exc) if isinstance(exc, InvalidRequest) else {}
         message = "; ".join(f"{name}: {why}" for name, why in fields.items()) or exc.message
-        title = REFUSAL_TITLES.get(exc.status, "Refused")
+        if exc.status >= 500 and request_id:
+            message = f"{message} (request id {request_id})"
+        title = REFUSAL_TITLES.get(exc.status, "Server error" if exc.status >= 500 else "Refused")
         return _html(exc.status, message_page(self.css, title, message), encode_headers(exc.headers))
+
+    def error_page(self, exc: SentinelError, request_id: str) -> RawResponse:
+        """A browser's page for an error the request middleware answers on a console path (see
+        `surfaces.is_console_page`): the route table's 404/405, the canonical-path check's 400, a 5xx
+        a page or form raised, nothing changed by any of them."""
+        return self._refused(exc, request_id)
 
     # --- sessions and forms -------------------------------------------------------------------------
     def _page(self, title: str, body: str, session: str, active: str, status: int = 200,

@@ -15,7 +15,8 @@ It wraps the router. For every HTTP request it:
   comes at the rate of whoever fills the slots);
 - renders any SentinelError (and the router's 404/405) in the shape of the request's surface
   (`sentinel.api.surfaces`; an Anthropic client's 404 for a route not served in Anthropic's), and any other exception as a 500 without a traceback in the body,
-  logging each error once with the request id;
+  logging each error once with the request id — a browser's request for a console page
+  (`surfaces.is_console_page`) as the console's HTML page (`console_page`), when the console is on;
 - adds `Server-Timing: upstream;dur=..., total;dur=...` and records latency, overhead and status
   metrics, and writes one JSON access-log line when the response is finished.
 What the client sent that a log line holds (the path, an error message quoting it) is logged without
@@ -28,6 +29,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -39,8 +41,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sentinel.api.body_budget import BodyBudget
 from sentinel.api.context import MAX_CLIENT_REQUEST_ID, RequestContext, caller_credentials
 from sentinel.api.paths import check_raw_path
-from sentinel.api.responses import endpoint_not_found, method_not_allowed
-from sentinel.api.surfaces import is_anthropic_client, render_error, surface_headers
+from sentinel.api.responses import RawResponse, endpoint_not_found, method_not_allowed
+from sentinel.api.surfaces import is_anthropic_client, is_console_page, render_error, surface_headers
 from sentinel.api.throttle import client_key
 from sentinel.api.user_slots import UserSlots
 from sentinel.domain.usage import new_request_id
@@ -92,6 +94,10 @@ _API_ROUTES = ("/v1/", "/native/v1/")  # the answers counted for the console's e
 _METHOD_LABELS = {m: m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
 
+# The console's HTML page of an error (`ConsoleRoutes.error_page`): the error and the request id.
+ConsolePage = Callable[[SentinelError, str], RawResponse]
+
+
 @dataclass
 class _Slots:
     """Requests in flight of one kind, up to `limit` (a Prometheus `gauge` follows them, if given)."""
@@ -108,9 +114,10 @@ class RequestMiddleware:
     def __init__(
         self, app: ASGIApp, *, metrics: Metrics, max_in_flight: int, access_log: AccessLog | None = None,
         outcomes: RequestOutcomes | None = None, slots: UserSlots | None = None, bodies: BodyBudget | None = None,
-        redact: Redactor = SENTINEL_KEYS_ONLY,
+        redact: Redactor = SENTINEL_KEYS_ONLY, console_page: ConsolePage | None = None,
     ) -> None:
         self.app = app
+        self.console_page = console_page
         # What the client sent (the path, an error message quoting it) is logged without keys in it.
         self.redact = redact
         self.slots = slots
@@ -185,8 +192,7 @@ class RequestMiddleware:
                     )
                 _drop_tracebacks(exc)  # logged: the frames it came through (a body) are not needed to answer
                 if not started_response:
-                    anthropic_client = is_anthropic_client(scope["headers"])
-                    await render_error(path, err, rid, anthropic_client=anthropic_client)(scope, receive, send_wrapper)
+                    await self._render(err, scope, rid)(scope, receive, send_wrapper)
             finally:
                 # `err` is often `exc` itself, whose traceback holds this frame: kept in a local, a
                 # reference cycle that kept every frame the error came through (a refused body's
@@ -200,6 +206,13 @@ class RequestMiddleware:
                 self.bodies.give_back(ctx)
             self._observe(scope, ctx)
             request_id_var.reset(token)
+
+    def _render(self, err: SentinelError, scope: Scope, rid: str) -> RawResponse:
+        """The answer of `err`: the console's page for a browser's console request, else the surface's shape."""
+        path: str = scope["path"]
+        if self.console_page is not None and is_console_page(path, scope["headers"]):
+            return self.console_page(err, rid)
+        return render_error(path, err, rid, anthropic_client=is_anthropic_client(scope["headers"]))
 
     @staticmethod
     def _give_back_slot(slots: UserSlots, user: str, read_on: asyncio.Future[None] | None) -> None:

@@ -12,7 +12,12 @@ route table's 404/405 included) and for the response headers it adds:
 - everything else keeps Sentinel's (OpenAI's) shape `{"error": {"message", "type", "param", "code", ...}}`; under
   `/admin` (the admin API and the console) it carries `Cache-Control: no-store`, as their every
   answer does (a 404 is cacheable by default: a shared cache could keep the console's "No plan
-  'gold'" after the plan is created).
+  'gold'" after the plan is created);
+- a browser's request for a console page (`is_console_page`: under `/admin` but not `/admin/api`,
+  accepting `text/html`, as a navigation or a form post does) is answered an HTML page in the
+  console's style by the middleware's `console_page` (`ConsoleRoutes.error_page`), when the console
+  is on: the route table's 404/405, the canonical-path check's 400, a 5xx. A script (`*/*`, JSON) and
+  every `/admin/api/*` request keep the JSON shape.
 An Anthropic client (a request carrying `anthropic-version`, which the official SDKs always send)
 naming a route Sentinel does not serve (the Files API, Skills, ...: a 404 `endpoint_not_found` or
 `endpoint_not_supported`) gets that 404 in Anthropic's shape too, so its SDK raises its own
@@ -51,6 +56,8 @@ _ANTHROPIC_PATH = re.compile(r"^[/\\.]*v1[/\\.]+(?:messages|complete)(?![A-Za-z0
 _MODELS_PATH = re.compile(r"^[/\\.]*v1[/\\.]+models(?![A-Za-z0-9_-])")
 # `/admin` and below (the admin API and the console), spelled as loosely.
 _ADMIN_PATH = re.compile(r"^[/\\.]*admin(?![A-Za-z0-9_-])")
+# `/admin/api` and below (the admin API: JSON for any client), spelled as loosely.
+_ADMIN_API_PATH = re.compile(r"^[/\\.]*admin[/\\.]+api(?![A-Za-z0-9_-])")
 _NO_STORE = {"Cache-Control": "no-store"}
 # The codes of a 404 for a route Sentinel does not serve (not for an object or a model it does not have).
 UNSERVED_ROUTE = frozenset({"endpoint_not_found", "endpoint_not_supported"})
@@ -65,6 +72,14 @@ def is_anthropic(path: str) -> bool:
 def is_anthropic_client(headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether the request (its ASGI headers) is an Anthropic client's: it carries `anthropic-version`."""
     return any(name == _ANTHROPIC_VERSION for name, _ in headers)
+
+
+def is_console_page(path: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request (decoded `path`, ASGI `headers`) is a browser's for a console page: under
+    `/admin` (spelled as loosely as `render_error` reads it), not the admin API, accepting `text/html`."""
+    if "admin" not in path or _ADMIN_PATH.match(path) is None or _ADMIN_API_PATH.match(path) is not None:
+        return False
+    return any(name == b"accept" and b"text/html" in value.lower() for name, value in headers)
 
 
 def anthropic_error(err: SentinelError, request_id: str | None) -> tuple[int, dict[str, Any]]:

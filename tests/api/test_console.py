@@ -361,3 +361,59 @@ def test_the_console_export_reads_the_admin_services_clock(console: Console) -> 
     assert "From: before Until" in refusal_page(console.get("/admin/export.csv", params=later), 400)
     with console.gw.admin() as api:
         assert api.get("/admin/api/usage.csv", params=later).status_code == 400
+
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def test_what_the_middleware_answers_on_a_console_page_is_the_consoles_page_to_a_browser(console: Console) -> None:
+    """The route table's 404/405 and the canonical-path check's 400 on a console page path were the
+    admin API's JSON, which a browser shows raw: to a request accepting text/html they are the
+    console's page with the same status, headers and (escaped) message. A script (`*/*`) and any
+    `/admin/api/*` request keep the JSON shape."""
+    missing = console.get("/admin/nope<img src=x onerror=alert(1)>", headers=BROWSER)
+    assert "Endpoint GET /admin/nope<img src=x onerror=alert(1)> not found" in refusal_page(missing, 404)
+    assert "<img" not in missing.text and "<h1>Not found</h1>" in missing.text
+    wrong_method = console.http.delete("/admin/users", headers=BROWSER)
+    assert "Method DELETE not allowed" in refusal_page(wrong_method, 405)
+    assert "GET" in wrong_method.headers["allow"]
+    assert "('//') are not allowed" in refusal_page(console.get("/admin//users", headers=BROWSER), 400)
+    posted = console.http.post("/admin/users", content=f"csrf={console.csrf}", headers={
+        **BROWSER, "Content-Type": "application/x-www-form-urlencoded"})
+    assert "<h1>Not allowed</h1>" in posted.text and posted.status_code == 405
+    signed_out = httpx.get(console.gw.url + "/admin/nope", headers=BROWSER)  # no session: the page says no more
+    assert "Endpoint GET /admin/nope not found" in refusal_page(signed_out, 404)
+    for script in (console.get("/admin/nope"), console.get("/admin//users", headers={"Accept": "application/json"}),
+                   console.get("/admin/api/nope", headers=BROWSER), console.get("/admin//api/users", headers=BROWSER)):
+        assert script.headers["content-type"] == "application/json", script.request.url
+        assert script.json()["error"]["code"] in ("endpoint_not_found", "invalid_path")
+        assert script.headers["cache-control"] == "no-store"
+
+
+def test_a_console_5xx_is_the_consoles_page_naming_the_request_id(
+    console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page that failed (a fault in the admin service, the store gone) answered a browser the
+    admin API's JSON 500/503; it is the console's page, its status and Retry-After kept, naming the
+    request id its log line holds, no traceback. The admin API stays JSON."""
+    admin = console.gw.runtime.admin
+    assert admin is not None
+
+    async def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("secret internals")
+
+    async def unavailable(*args: object, **kwargs: object) -> object:
+        raise StoreUnavailable("store unavailable (get)")
+
+    monkeypatch.setattr(admin, "audit", broken)
+    failed = console.get("/admin/audit", headers=BROWSER)
+    assert failed.status_code == 500 and failed.headers["content-type"].startswith("text/html")
+    shown = html.unescape(failed.text)
+    assert "<h1>Server error</h1>" in shown and f"(request id {failed.headers['x-request-id']})" in shown
+    assert "secret internals" not in shown and "script-src 'self'" in failed.headers["content-security-policy"]
+    with console.gw.admin() as api:
+        assert api.get("/admin/api/audit", headers=BROWSER).json()["error"]["type"] == "server_error"
+    monkeypatch.setattr(admin, "find_users", unavailable)
+    down = console.get("/admin/users", headers=BROWSER)
+    assert "store unavailable" in refusal_page(down, 503) and "<h1>Unavailable</h1>" in down.text
+    assert console.get("/admin/users").json()["error"]["code"] == "store_unavailable"  # a script: JSON

@@ -234,3 +234,43 @@ async def test_a_key_is_created_for_a_user_whose_email_the_browser_would_refuse(
             await page.click("form.create-key button[type=submit]")
         assert (await page.input_value("#new-key")).startswith("sk-sentinel-"), user
         assert await page.locator("table.keys tbody tr").count() == 2, user
+
+
+ERROR_PATHS = {  # a console path an attacker links the operator to, and the page's heading
+    "/admin/nope<img src=x onerror=window.__xss=9>": "Not found",
+    "/admin/users/x/<svg onload=window.__xss=10>": "Not found",
+    "/admin//<script>window.__xss=11</script>": "Refused",  # not canonical: 400
+}
+
+
+async def error_tour(page: Page, url: str) -> None:
+    """Open each of ERROR_PATHS signed in: the console's page, the path quoted as text, nothing run
+    (no dialog either) and no CSP violation logged."""
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    await sign_in(page, url)
+    for path, heading in ERROR_PATHS.items():
+        answer = await page.goto(url + path)
+        assert answer is not None and answer.headers["content-type"].startswith("text/html"), path
+        assert await page.inner_text("main h1") == heading, path
+        assert await page.evaluate(INJECTED) == INERT, path
+        if heading == "Not found":  # the path, quoted as text
+            assert path in await page.inner_text("main p.error"), path
+    assert dialogs == []
+    # (chromium logs each 4xx document as an error too: only a CSP violation counts here)
+    assert not any("Content Security Policy" in error for error in errors), errors
+
+
+async def test_an_error_page_a_link_leads_to_is_the_consoles_and_inert(hostile_gateway: Gateway, browser: Browser) -> None:
+    """The route table's 404 and the canonical-path check's 400 on a console path answered the
+    browser JSON; they are the console's page, quoting the path as text: with the CSP bypassed (the
+    escaping alone) nothing runs, and as served no violation is logged."""
+    for bypass in (True, False):
+        context, outside = await guarded_context(browser, bypass_csp=bypass)
+        try:
+            await error_tour(await context.new_page(), hostile_gateway.url)
+        finally:
+            await context.close()
+        assert outside == []

@@ -4,7 +4,8 @@ Routes (registered only with SENTINEL_ADMIN_KEY set; see `sentinel.api.admin_aut
 cookies and CSRF): `GET /admin` (overview, `?period=1h|24h|30d`), `/admin/users[?q=]`,
 `/admin/users/{id}` (`/admin/user?id=` for an id no path segment can hold), `/admin/plans`,
 `/admin/plans/{name}`, `/admin/audit`, `/admin/export.csv`, `/admin/assets/{name}`, the sign-in form, and the POST targets of the pages' forms. A page without
-a session redirects to the sign-in form; a form post without its CSRF token is refused with 403.
+a session redirects to the sign-in form; a form post without its CSRF token, or one a browser says
+a page of another site sent (`from_another_site`, as the sign-in form), is refused with 403.
 Every other refusal a page or form target raises (an unknown plan or key, a post that is no form, a
 query parameter out of its rule) is an HTML page with its status and message (`_as_page`), as a
 browser shows it, not the admin API's JSON; so is, for a browser's request (one accepting
@@ -182,6 +183,8 @@ class ConsoleRoutes:
         session = await self.gate.session_of(request.headers)
         if session is None:
             return _html(401, message_page(self.css, "Signed out", "Your session ended: sign in again."))
+        if from_another_site(request.headers):  # the console's own forms are same-origin (CSP form-action 'self')
+            return _html(403, message_page(self.css, "Refused", "Send this form from the console's own page."))
         refuse_unreadable_query(request)  # `?id=` names the user a form changes
         form = await self._form(request)
         if not self.gate.csrf_matches(session, self._one(form, "csrf") or None):

@@ -417,3 +417,20 @@ def test_a_console_5xx_is_the_consoles_page_naming_the_request_id(
     down = console.get("/admin/users", headers=BROWSER)
     assert "store unavailable" in refusal_page(down, 503) and "<h1>Unavailable</h1>" in down.text
     assert console.get("/admin/users").json()["error"]["code"] == "store_unavailable"  # a script: JSON
+
+
+@pytest.mark.parametrize("site", ["same-site", "cross-site"])
+def test_a_form_another_site_sent_is_refused_even_with_its_token(console: Console, site: str) -> None:
+    """A form post a browser says a page of another site sent (a sibling subdomain is `same-site`:
+    its posts carry the SameSite=Strict cookie) was judged on its CSRF token alone: one leaked (a
+    screenshot, a shared HAR) let that page change plans. Refused as the sign-in form refuses such a
+    post (403, nothing changed); the console's own forms are same-origin, scripts send no such header."""
+    body = urlencode({"name": "team", "metric": "requests", "limit": "1", "window": "1h", "csrf": console.csrf})
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    sent = console.http.post("/admin/plans", content=body, headers={**form, "Sec-Fetch-Site": site})
+    assert "console's own page" in refusal_page(sent, 403)
+    signout = console.http.post("/admin/signout", content=f"csrf={console.csrf}", headers={**form, "Sec-Fetch-Site": site})
+    assert signout.status_code == 403 and "set-cookie" not in signout.headers
+    assert console.get("/admin/plans").status_code == 200 and "/admin/plans/team" not in console.get("/admin/plans").text
+    own = console.http.post("/admin/plans", content=body, headers={**form, "Sec-Fetch-Site": "same-origin"})
+    assert own.status_code == 303 and "/admin/plans/team" in console.get("/admin/plans").text

@@ -338,9 +338,11 @@ class ConsoleRoutes:
 
     def _incomplete(self, exc: PlanChangeIncomplete) -> RawResponse:
         """A plan change saved whose users' cached plans the store did not drop: said, 503 (the
-        message says how to finish it), as a revocation's is."""
-        users = ", ".join(exc.users[:100]) + (" ..." if len(exc.users) > 100 else "")
-        return _html(503, message_page(self.css, "Saved, not yet in force everywhere", f"{exc.message} Users: {users}"))
+        message says how to finish it), as a revocation's is. Its users are named as every page names a
+        user id (`shown_id`: isolated, a look-alike spelled out), not as one run of text, in which
+        `alice ` read as `alice` and an id holding a bidi override reordered the ids after it."""
+        users = ", ".join(shown_id(user) for user in exc.users[:100]) + (" ..." if len(exc.users) > 100 else "")
+        return _html(503, message_page(self.css, "Saved, not yet in force everywhere", exc.message, f"Users: {users}"))
 
     async def _plans_page(self, session: str, status: int = 200, **extra: Any) -> RawResponse:
         body = pages.plans_page(await self.service.plans(), await self.service.tiers(), self.gate.csrf_for(session),

@@ -177,11 +177,13 @@ def signin_page(css: str, error: str | None = None) -> str:
 """
 
 
-def message_page(css: str, title: str, message: str) -> str:
+def message_page(css: str, title: str, message: str, more: str = "") -> str:
+    """A page saying `message` (text) under `title`; `more`: already-escaped HTML in a paragraph after it."""
+    after = f'<p class="more">{more}</p>' if more else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)} · Sentinel console</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">
 <link rel="stylesheet" href="/admin/assets/console.css" integrity="{css}"></head>
-<body class="signin"><main><h1>{e(title)}</h1><p class="error" role="alert">{e(message)}</p>
+<body class="signin"><main><h1>{e(title)}</h1><p class="error" role="alert">{e(message)}</p>{after}
 <p><a href="/admin">Back to the console</a></p></main></body></html>
 """

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import html
 import re
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
+import jwt
 import pytest
 
 from sentinel.errors import StoreUnavailable
@@ -434,3 +436,40 @@ def test_a_form_another_site_sent_is_refused_even_with_its_token(console: Consol
     assert console.get("/admin/plans").status_code == 200 and "/admin/plans/team" not in console.get("/admin/plans").text
     own = console.http.post("/admin/plans", content=body, headers={**form, "Sec-Fetch-Site": "same-origin"})
     assert own.status_code == 303 and "/admin/plans/team" in console.get("/admin/plans").text
+
+
+def test_a_plan_change_not_in_force_names_its_users_as_every_page_does(
+    gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan saved whose users' cached plans the store could not drop (503) listed those users as
+    one run of text: `alice ` (a JWT's `externalId`, vouched for) read as `alice`, and an id holding
+    a bidi override reordered the ids after it. Each is named as every page names a user id: isolated
+    (`<bdi>`), a look-alike followed by its badge spelling it out."""
+    secret = "a-console-test-secret-long-enough-for-hs256"
+    gw = gateway_factory(admin_key=ADMIN_KEY, jwt_secret=secret, jwt_audience="sentinel")
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    for user in ("alice ", "bob"):
+        token = jwt.encode({"sub": user, "externalId": user, "aud": "sentinel", "exp": int(time.time()) + 600},
+                           secret, algorithm="HS256")
+        assert httpx.post(gw.url + "/v1/chat/completions", json=chat, timeout=30,
+                          headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    console = Console(gw)
+    try:
+        limits = {"metric": "requests", "limit": "100", "window": "1h"}
+        assert console.post("/admin/plans", {"name": "team", **limits}).status_code == 303
+        for user in ("alice ", "bob"):
+            assigned = console.post(f"/admin/user/plan?id={urlencode({'': user})[1:]}", {"plan": "team"})
+            assert assigned.status_code == 303, assigned.text
+
+        async def unavailable(*args: object, **kwargs: object) -> object:
+            raise StoreUnavailable("store unavailable (set)")
+
+        monkeypatch.setattr(gw.runtime.store, "set", unavailable)  # as a lost Redis refuses writes
+        page = console.post("/admin/plans/team", {**limits, "limit": "10"})
+        monkeypatch.undo()
+        assert page.status_code == 503 and "<h1>Saved, not yet in force everywhere</h1>" in page.text, page.text
+        assert "CACHE_TTL_SECONDS" in page.text
+        assert "<bdi>alice </bdi>" in page.text and "alice\\u0020</span>" in page.text  # the look-alike, spelled
+        assert "<bdi>bob</bdi>" in page.text
+    finally:
+        console.http.close()

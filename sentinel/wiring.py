@@ -292,6 +292,7 @@ def build_admin(
     db_tiers: DbTiers | None = None,
     report_sessions: async_sessionmaker[AsyncSession] | None = None,
     providers: Collection[str] = (),
+    limiter: QuotaLimiter | None = None,
 ) -> AdminService:
     """The operator service (console, admin API, CLI) on the database and what of the runtime is given
     (`report_sessions`: the usage reports' own, whose statements may run long; else `sessions`)."""
@@ -299,7 +300,7 @@ def build_admin(
     return AdminService(
         sessions, keys=KeyService(sessions, require_email=zion), default_plan=parse_plan_spec(s.default_plan),
         catalog_tiers=catalog_tiers, live=live, identities=identities, plan_cache=plan_cache, db_tiers=db_tiers,
-        builtin=not zion, report_sessions=report_sessions, providers=providers,
+        builtin=not zion, report_sessions=report_sessions, providers=providers, limiter=limiter,
     )
 
 
@@ -311,13 +312,15 @@ def build_cli_admin(s: Settings, sessions: async_sessionmaker[AsyncSession], sto
         ttl=s.cache_ttl_seconds, grace=s.governance_grace_seconds, basis=plans_basis(s),
     )
     identities = Authenticator(store, api_keys=None, ttl=s.jwt_cache_ttl_seconds, grace=s.governance_grace_seconds)
+    # The gateway's quota counters, on the same store (a plan change seeds its new windows' counters).
+    limiter = QuotaLimiter(store, settle_within=SETTLE_WITHIN + s.stream_max_seconds)
     # `sentinel serve` on settings with no upstream runs the built-in mock as both providers: their
     # default tiers are the table in effect (`tiers show` printed none). Only the tiers are read.
     served = s.served_by_mock("http://mock") if s.use_embedded_mock else s
     catalog = build_catalog(served)
     return build_admin(
         s, sessions, catalog_tiers=catalog.tiers, identities=identities, plan_cache=plan_cache,
-        providers=catalog.providers,
+        providers=catalog.providers, limiter=limiter,
     )
 
 

@@ -945,3 +945,50 @@ def test_plans_list_and_tiers_show_write_a_stored_terminal_escape_as_text(tmp_pa
         assert all(line.isprintable() for line in shown.stdout.splitlines()), shown.stdout
     assert "pro\\u001b]0;pwned\\u0007\\u202e: no limits" in plans.stdout, plans.stdout
     assert "simple: op\\u001b[2J\\u009b31m/gpt-4o (cost 1) (provider not configured)" in tiers.stdout, tiers.stdout
+
+
+def test_a_window_set_from_the_command_line_is_seeded_from_the_ledger(tmp_path: Path, redis_url: str) -> None:
+    """`plans set` and `users set-plan` seed the counters of the windows new to a plan's users in the
+    gateway's store (README, Quotas): a user who used 5 requests this hour starts a day's limit at 5,
+    not at 0. Requests are the ledger's rows (a part recorded beside a request, `<id>#<n>`, is none),
+    tokens their sums; usage from before the window began is not counted."""
+    import asyncio
+    import math
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    import redis
+
+    from sentinel.db.engine import create_engine, migrate, session_factory
+    from sentinel.domain.usage import UsageRecord
+
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db", "REDIS_URL": redis_url}
+    assert run(["plans", "set", "hourly", "--requests", "5", "--window", "1h"], env).returncode == 0
+    assert run(["users", "set-plan", "bob", "hourly"], env).returncode == 0
+
+    async def record() -> None:
+        engine = create_engine(env["DATABASE_URL"])
+        now, long_ago = datetime.now(UTC), datetime.now(UTC) - timedelta(days=3)
+        rows = [UsageRecord(f"r{i}", "bob", None, "gpt-4o", "openai", "chat", 10, 2, "measured", 200, now, now)
+                for i in range(5)]
+        rows.append(UsageRecord("r0#1", "bob", None, "gpt-4o-mini", "openai", "chat", 7, 1, "measured", 200, now, now))
+        rows.append(UsageRecord("old", "bob", None, "gpt-4o", "openai", "chat", 99, 9, "measured", 200, long_ago,
+                                long_ago))
+        await migrate(engine)
+        try:
+            await record_and_roll_up(session_factory(engine), rows)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(record())
+    assert run(["plans", "set", "hourly", "--requests", "5", "--window", "1d"], env).returncode == 0
+    client = redis.Redis.from_url(redis_url)
+    try:
+        day = math.floor(time.time() / 86400)
+        assert client.get(f"sentinel:quota:{{bob}}:requests:86400:{day}") == b"5"
+        assert 0 < client.pttl(f"sentinel:quota:{{bob}}:requests:86400:{day}") <= (86400 + 60) * 1000
+        assert run(["plans", "set", "tokens", "--input-tokens", "1000", "--window", "1d"], env).returncode == 0
+        assert run(["users", "set-plan", "bob", "tokens"], env).returncode == 0
+        assert client.get(f"sentinel:quota:{{bob}}:input_tokens:86400:{day}") == b"57"
+    finally:
+        client.close()

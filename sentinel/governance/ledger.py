@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -126,6 +126,19 @@ def _roll_up_sqlite(limit: int, connection: sqlite3.Connection) -> int:
 def _sqlite_time(value: datetime) -> str:
     """How SQLAlchemy stores a UTC datetime in SQLite (naive UTC, microseconds)."""
     return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]  # half of strftime's cost
+
+
+class WindowUsage(NamedTuple):
+    """What one user's ledger holds of requests started in a window: requests (a request's own row or
+    its charges', not the parts recorded beside it, `<request id>#<n>`) and the tokens of all."""
+
+    requests: int
+    input_tokens: int
+    output_tokens: int
+
+    def of(self, metric: str) -> int:
+        """The figure a limit of `metric` counts."""
+        return int(getattr(self, metric))
 
 
 class SqlLedger:
@@ -255,6 +268,42 @@ class SqlLedger:
             for user, model, count, inp, out, spent in found
         ]
         return sorted(totals, key=lambda item: (item["external_id"], item["model"] is None, item["model"] or ""))
+
+    async def usage_since(
+        self, external_ids: Sequence[str], starts: Sequence[datetime]
+    ) -> dict[str, list[WindowUsage]]:
+        """Each of `external_ids` with usage in the ledger: its `WindowUsage` since each of `starts`
+        (requests started at or after it, in `starts`' order), in one query per 500 users, grouped by
+        user (bounded by the `(external_id, finished_at)` index: a request finishes after it starts)."""
+        if not external_ids or not starts:
+            return {}
+        row = UsageLedgerRow
+        own = ~row.request_id.contains("#")  # a part's row (`meter.part_id`) is no request of its own
+        columns: list[Any] = []
+        for start in starts:
+            began = row.started_at >= start
+            columns += [
+                func.coalesce(func.sum(case((and_(began, own), 1), else_=0)), 0),
+                func.coalesce(added_up(case((began, row.input_tokens), else_=0)), 0),
+                func.coalesce(added_up(case((began, row.output_tokens), else_=0)), 0),
+            ]
+        earliest = min(starts)
+        found: dict[str, list[WindowUsage]] = {}
+        with database_errors("usage ledger unavailable"):
+            async with self._sessions() as session:
+                for at in range(0, len(external_ids), _CHUNK_ROWS):
+                    chunk = list(external_ids[at : at + _CHUNK_ROWS])
+                    query = (
+                        select(row.external_id, *columns)
+                        .where(row.external_id.in_(chunk), row.finished_at >= earliest, row.started_at >= earliest)
+                        .group_by(row.external_id)
+                    )
+                    for user, *sums in (await session.execute(query)).all():
+                        found[user] = [
+                            WindowUsage(int(sums[i]), summed(sums[i + 1]), summed(sums[i + 2]))
+                            for i in range(0, len(sums), 3)
+                        ]
+        return found
 
 
 class SqlLedgerSink:

@@ -61,6 +61,10 @@ The record is kept `HOLD_WITHIN` (a week), or longer while one of the reservatio
 a read after it is gone charges the usage on its own reservation, when the held one counts nothing
 any more (but on an external key another reservation kept alive: until the next reading).
 
+A plan change that gives a user a limit over a new window seeds that window's counter (`seed`: the
+user's usage in it, read from the ledger by the admin service), raising it to that count, never
+lowering it, in one script call per user (`SEED`).
+
 An external key can expire while a reservation on it is still running (a long stream) and be made
 again, under the same name, by the next reservation: a refund then would take back that one's
 amount, so a reservation older than `window_seconds` gives nothing back on an external key (its
@@ -489,6 +493,25 @@ return 1
 """
 
 
+# A plan change's seed of counters (`QuotaLimiter.seed`): KEYS are counters, ARGV 2 per counter: the
+# count it must at least hold, and the TTL in ms a counter made here gets. A counter below its count
+# is raised to it (INCRBY: a live one keeps its TTL), never lowered; run twice (redis-py's cluster
+# retry), the second run finds each at its count and changes nothing.
+_SEED_LUA = """
+for i = 1, #KEYS do
+  local amount = tonumber(ARGV[2 * i - 1])
+  local count = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if amount > count then
+    redis.call('INCRBY', KEYS[i], amount - count)
+    if redis.call('PTTL', KEYS[i]) < 0 then
+      redis.call('PEXPIRE', KEYS[i], ARGV[2 * i])
+    end
+  end
+end
+return 1
+"""
+
+
 def _hand_back_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     if ops.get(keys[0]) is not None:
         return 0
@@ -497,8 +520,19 @@ def _hand_back_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     return 1
 
 
+def _seed_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
+    for i, key in enumerate(keys):
+        amount, count = int(args[2 * i]), int(ops.get(key) or 0)
+        if amount > count:
+            ops.incrby(key, amount - count)
+            if ops.pttl(key) < 0:
+                ops.expire(key, int(args[2 * i + 1]) / 1000)
+    return 1
+
+
 RESERVE = Script("sentinel_quota_reserve", _RESERVE_LUA, _reserve_local)
 HAND_BACK = Script("sentinel_quota_hand_back", _HAND_BACK_LUA, _hand_back_local)
+SEED = Script("sentinel_quota_seed", _SEED_LUA, _seed_local)
 SETTLE_HELD = Script("sentinel_quota_settle_held", _SETTLE_HELD_LUA, _settle_held_local)
 ADJUST = Script("sentinel_quota_adjust", _ADJUST_LUA, _settle_local)
 RESERVE_EXTERNAL = Script("sentinel_quota_reserve_external", _RESERVE_EXTERNAL_LUA, _reserve_external_local)
@@ -631,6 +665,26 @@ class QuotaLimiter:
         # ended, and sends nothing.
         args[0] = max(int(ttl) for ttl in args[2::2])
         await self.store.run(HAND_BACK, keys, args)
+
+    def window_start(self, limit: Limit, now: float) -> float:
+        """When the window of `limit` current at `now` began (Unix seconds; its counter's `_slot`)."""
+        return math.floor(now / limit.window_seconds) * float(limit.window_seconds)
+
+    async def seed(self, subject: str, counts: Sequence[tuple[Limit, int]], now: float) -> None:
+        """Raise each counter `subject` has at `now` for a limit of `counts` to at least its count,
+        never lowering one (a plan change's seed from the ledger: `AdminService`), in one atomic
+        call; a counter made here lives as a reservation's would (`_slot`). External (Zion) limits
+        and counts of 0 are left alone. StoreUnavailable when the store does not take it (sent
+        again, it changes nothing more)."""
+        keys: list[str] = []
+        args: list[int] = []
+        for limit, count in counts:
+            if limit.external is None and count > 0:
+                key, _, ttl_ms = self._slot(subject, limit, now)
+                keys.append(key)
+                args += [count, ttl_ms]
+        if keys:
+            await self.store.run(SEED, keys, args)
 
     async def reserve(
         self, subject: str, plan: Plan, *, requests: int = 1, input_tokens: int, output_tokens: int,

@@ -12,7 +12,10 @@ where this process can reach the cache: revoking a key drops its cached identity
 cannot be reached the revocation says so, RevocationIncomplete, and may be repeated) and changing a
 user's plan (or a plan's limits, or deleting a plan: its users get the default plan) drops the
 cached plans, in the shared store (when it cannot be reached the change says so, PlanChangeIncomplete,
-and may be repeated); other replicas' own one-second copies expire by themselves. Tier
+and may be repeated); other replicas' own one-second copies expire by themselves. A plan change that
+gives users a limit over a window new to them seeds its counter from the usage ledger first
+(`_seed_windows`: what they used in that window, never lowering a counter), so a window changed
+mid-way does not start at 0. Tier
 edits reach other replicas within TIER_CONFIG_TTL_SECONDS.
 
 With another governance (GOVERNANCE=zion: `builtin` False) the plans and the tier table are that
@@ -23,11 +26,12 @@ source's: changing Sentinel's own plans or plan assignments is refused (`plans_e
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import unicodedata
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -57,6 +61,7 @@ from sentinel.governance.tier_store import DbTiers, TierRepository, entry_text
 from sentinel.governance.usage_stats import LedgerEntry, Ranked, UsageStats
 from sentinel.governance.users import UserDirectory, UserSummary
 from sentinel.observability.logging import clipped
+from sentinel.quota.limiter import QuotaLimiter
 from sentinel.services.admin_forms import (
     LimitInput,
     check_limits,
@@ -176,6 +181,15 @@ def mixes_look_alike_scripts(text: str) -> bool:
     return len(scripts & LOOK_ALIKE_SCRIPTS) > 1
 
 
+# A plan change's plans, before (None: the plan set again, every window of it seeded) and after.
+_PlanMove = tuple[Plan | None, Plan]
+
+
+async def _moved(before: Plan | None, after: Plan) -> _PlanMove:
+    """A plan change's plans, known already (`AdminService._plan_changed`)."""
+    return before, after
+
+
 @dataclass(frozen=True)
 class Actor:
     """Who makes a change: `admin` (console, admin API) or `cli`, and from which address."""
@@ -243,6 +257,7 @@ class AdminService:
         clock: Callable[[], datetime] = utcnow,
         report_sessions: async_sessionmaker[AsyncSession] | None = None,
         providers: Collection[str] = (),
+        limiter: QuotaLimiter | None = None,
     ) -> None:
         self.keys = keys
         self.plan_repo = PlanRepository(sessions)
@@ -264,6 +279,9 @@ class AdminService:
         self.configured_providers = set(providers)
         self.builtin = builtin
         self.clock = clock
+        # The quota counters a plan change seeds from the ledger (`_seed_windows`): the gateway's own
+        # limiter (`live`), or one on the store the CLI was given.
+        self.limiter = limiter if limiter is not None or live is None else live.limiter
 
     def _entry(self, actor: Actor, action: str, target: str, details: dict[str, Any] | None = None) -> AuditLogRow:
         """The audit entry of a change, for the repository to write in the change's transaction."""
@@ -287,6 +305,70 @@ class AdminService:
                 f"may be enforced for up to {ttl:g} s (CACHE_TTL_SECONDS). {again} once the store answers.",
                 users=external_ids,
             ) from None
+
+    async def _plan_changed(self, external_ids: Sequence[str], plans: Callable[[], Awaitable[_PlanMove]], saved: str,
+                            again: str) -> None:
+        """What follows a plan change saved in the database: the counters of its new windows seeded
+        (`_seed_windows`, `plans` read only then: the plans before and after), then the cached plans
+        dropped (`_forget_plans`); either not done is PlanChangeIncomplete (503), and making the
+        change again does it."""
+        unseeded = await self._seed_windows(external_ids, plans)
+        unseeded_said = (
+            f"the counters of its new window(s) were not seeded from the usage ledger ({unseeded}): until they "
+            "are, those limits count only what is used from now on"
+        )
+        try:
+            await self._forget_plans(external_ids, saved, again)
+        except PlanChangeIncomplete as exc:
+            if unseeded is None:
+                raise
+            raise PlanChangeIncomplete(f"{exc.message} Also, {unseeded_said}.", users=external_ids) from None
+        if unseeded is not None:
+            raise PlanChangeIncomplete(f"{saved}, but {unseeded_said}. {again} once the store and the database "
+                                       "answer.", users=external_ids)
+
+    async def _seed_windows(self, external_ids: Sequence[str], plans: Callable[[], Awaitable[_PlanMove]]) -> str | None:
+        """Seed the quota counters of each limit of the plan after the change over a (metric, window)
+        the plan before it had not (`plans` reads both; no plan before: every limit of the one after —
+        the change made again, to finish what failed), in the window current now, from the ledger:
+        what each user's requests started since that window began used (requests, tokens:
+        `SqlLedger.usage_since`, one query per 500 users). A counter is raised to that figure, never
+        lowered (`QuotaLimiter.seed`), so a window new to a user starts at what the user used in it,
+        not at 0. Usage not in the ledger yet (requests still running, records still in the outbox)
+        is not in the seed. None when done (or nothing to do), else what failed."""
+        if self.limiter is None or not external_ids:
+            return None
+        try:
+            before, after = await plans()
+        except GovernanceUnavailable:
+            return "plan store unavailable"
+        kept = set() if before is None else {(lim.metric, lim.window_seconds) for lim in before.limits}
+        new = [lim for lim in after.limits
+               if (lim.metric, lim.window_seconds) not in kept and lim.external is None and lim.limit > 0]
+        if not new:
+            return None
+        limiter = self.limiter
+        now = limiter.clock()
+        starts = [datetime.fromtimestamp(limiter.window_start(lim, now), UTC) for lim in new]
+        try:
+            used = list((await self.ledger.usage_since(external_ids, starts)).items())
+            for at in range(0, len(used), 100):
+                await asyncio.gather(*(
+                    limiter.seed(user, [(lim, figures.of(lim.metric)) for lim, figures in zip(new, windows, strict=True)],
+                                 now)
+                    for user, windows in used[at : at + 100]
+                ))
+        except GovernanceUnavailable:
+            return "usage ledger unavailable"
+        except StoreUnavailable:
+            return "store unavailable"
+        return None
+
+    async def _plan_named(self, name: str | None) -> Plan:
+        """The plan `name` names (None: the default plan); one deleted meanwhile has no limits."""
+        if name is None:
+            return self.default_plan
+        return await self.plan_repo.get_plan(name) or Plan(name, ())
 
     # --- users --------------------------------------------------------------------------------------
     async def find_users(self, text: str | None = None, *, limit: int = 50, offset: int = 0) -> list[UserSummary]:
@@ -356,11 +438,21 @@ class AdminService:
             raise refuse({"external_id": "1-255 characters, no control characters"})
         if (misleading := await self._misleading_new_id(external_id)) is not None:
             raise refuse({"external_id": misleading})
-        await self.plan_repo.set_user_plan(
-            external_id, plan, lambda before: self._entry(actor, "user.plan", external_id, {"from": before, "to": plan})
-        )
-        await self._forget_plans([external_id], f"The plan of user {clipped(external_id)!r} is changed in the database",
-                                 "Make the change again")
+        was: list[str | None] = []
+
+        def entry(before: str | None) -> AuditLogRow:
+            was[:] = [before]
+            return self._entry(actor, "user.plan", external_id, {"from": before, "to": plan})
+
+        await self.plan_repo.set_user_plan(external_id, plan, entry)
+
+        async def plans() -> _PlanMove:
+            # The same plan set again (the retry after PlanChangeIncomplete): every window seeded.
+            moved = bool(was) and was[0] != plan
+            return (await self._plan_named(was[0]) if moved else None), await self._plan_named(plan)
+
+        await self._plan_changed([external_id], plans, f"The plan of user {clipped(external_id)!r} is changed in the "
+                                 "database", "Make the change again")
 
     # --- plans --------------------------------------------------------------------------------------
     def plans_editable(self) -> None:
@@ -427,21 +519,28 @@ class AdminService:
             raise refuse({"name": f"a plan called {taken!r} exists already{same}"}) from None
         except ValueError as exc:
             raise refuse({"limits": str(exc)}) from None
-        await self._forget_plans(change.users, f"Plan {clipped(name)!r} is saved ({len(change.users)} user(s) on it)",
-                                 "Save it again")
+        # Saved as it was (the retry after PlanChangeIncomplete): every window seeded again.
+        before = None if change.before is None or change.before.limits == change.after.limits else change.before
+        await self._plan_changed(change.users, functools.partial(_moved, before, change.after),
+                                 f"Plan {clipped(name)!r} is saved ({len(change.users)} user(s) on it)", "Save it again")
         return change.after
 
     async def delete_plan(self, name: str, actor: Actor) -> int:
         """Delete a plan; its users are put on the default plan (in the same transaction) and their
         cached plans dropped. NotFound when unknown. Returns how many moved (the audit entry's `users`)."""
         self.plans_editable()
-        users = await self.plan_repo.delete_plan(
-            name, lambda plan, users: self._entry(actor, "plan.delete", name, {"from": plan.spec(), "users": len(users)})
-        )
+        deleted: list[Plan] = []
+
+        def entry(plan: Plan, users: list[str]) -> AuditLogRow:
+            deleted[:] = [plan]
+            return self._entry(actor, "plan.delete", name, {"from": plan.spec(), "users": len(users)})
+
+        users = await self.plan_repo.delete_plan(name, entry)
         if users is None:  # unknown, or deleted meanwhile by another operator
             raise NotFound(f"No plan {clipped(name)!r}", code="plan_not_found")
-        await self._forget_plans(
-            users, f"Plan {clipped(name)!r} is deleted and its {len(users)} user(s) put on the default plan",
+        await self._plan_changed(
+            users, functools.partial(_moved, deleted[0] if deleted else None, self.default_plan),
+            f"Plan {clipped(name)!r} is deleted and its {len(users)} user(s) put on the default plan",
             "Put them on the default plan again (listed in `users`: `sentinel users set-plan USER --default`)",
         )
         return len(users)

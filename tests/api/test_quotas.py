@@ -134,7 +134,7 @@ def test_a_plan_change_keeps_the_count_of_each_window_it_keeps(
 ) -> None:
     """Counters are per metric and window, not per plan: a plan made smaller mid-window, or a move to
     a smaller plan, is enforced on what the user already used (no fresh allowance); a limit over
-    another window counts from the change (README, Quotas)."""
+    another window starts at what the ledger holds of it (README, Quotas)."""
     gw = gateway_factory(redis_url=backend_url, admin_key="admin-key-for-tests-0123")
     admin = httpx.Client(base_url=gw.url, headers={"Authorization": "Bearer admin-key-for-tests-0123"}, timeout=30)
 
@@ -151,9 +151,12 @@ def test_a_plan_change_keeps_the_count_of_each_window_it_keeps(
         plan("small", 5, "1d")
         assert admin.put("/admin/api/users/alice/plan", json={"plan": "small"}).status_code == 200
         assert [alice.post("/v1/chat/completions", json=CHAT).status_code for _ in range(2)] == [200, 429]
-        plan("small", 5, "2d")  # another window: its own counter, from now
+        gw.settled_rows(5)  # the 5 served, in the ledger
+        plan("small", 5, "2d")  # another window: its own counter, seeded from the ledger
+        assert alice.post("/v1/chat/completions", json=CHAT).status_code == 429
+        plan("small", 6, "2d")
         answer = alice.post("/v1/chat/completions", json=CHAT)
-        assert answer.status_code == 200 and answer.headers["x-ratelimit-remaining"] == "4"
+        assert answer.status_code == 200 and answer.headers["x-ratelimit-remaining"] == "0"
 
 
 def test_two_processes_on_one_redis_admit_no_more_output_than_a_token_limit_holds(

@@ -12,6 +12,7 @@ ledger, and Sentinel serves again without a restart.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from sentinel.quota.limiter import ADJUST, RESERVE
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import ledger_totals, set_plan
 from tests.conftest import REDIS_BIN, unavailable
+from tests.support.clock import FakeClock
 from tests.support.hung_db import HungProxy
 from tests.support.process import RedisServerProcess
 from tests.support.servers import serving
@@ -255,3 +257,32 @@ def test_a_plan_change_redis_did_not_hear_about_is_a_503_and_making_it_again_com
             assert audit[:2] == ["user.plan", "plan.update"]  # both saved (and audited) at the first try
             assert http.put(f"/admin/api/users/{USER}/plan", json={"plan": None}).status_code == 200
             assert limit() == "100"  # DEFAULT_PLAN
+
+
+def test_a_window_change_redis_did_not_hear_about_is_a_503_and_making_it_again_seeds_the_window(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """A plan change giving a user a new window seeds its counter from the ledger (README, Quotas); with
+    Redis stopped it cannot: the change is saved, and the 503 says the counters were not seeded either.
+    Saved again (unchanged) once Redis answers, every window of the plan is seeded: tightened from 5
+    an hour to 5 a day, a user who used 5 this hour is refused."""
+    with RedisServerProcess(tmp_path, redis_bin(), durable=True) as server:
+        gw = gateway_factory(redis_url=server.url, admin_key=ADMIN_KEY, window_clock=FakeClock(time.time()),
+                             usage_flush_interval_seconds=0.05)
+        hourly = {"limits": [{"metric": "requests", "limit": 5, "window": "1h"}]}
+        daily = {"limits": [{"metric": "requests", "limit": 5, "window": "1d"}]}
+        with gw.admin() as http, gw.client() as alice:
+            assert http.put("/admin/api/plans/team", json=hourly).status_code == 200
+            assert http.put(f"/admin/api/users/{USER}/plan", json={"plan": "team"}).status_code == 200
+            assert [alice.post("/v1/chat/completions", json=CHAT).status_code for _ in range(5)] == [200] * 5
+            gw.settled_rows(5)
+            server.stop()
+            refused = http.put("/admin/api/plans/team", json=daily)
+            assert refused.status_code == 503, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "plan_change_incomplete" and error["details"]["saved"] is True, error
+            assert "CACHE_TTL_SECONDS" in error["message"] and "seeded" in error["message"], error["message"]
+            server.start()
+            assert wait_for(lambda: http.get("/health/ready").status_code == 200)
+            assert http.put("/admin/api/plans/team", json=daily).status_code == 200  # made again
+            assert alice.post("/v1/chat/completions", json=CHAT).status_code == 429

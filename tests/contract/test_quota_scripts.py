@@ -13,6 +13,7 @@ from sentinel.quota.limiter import (
     HAND_BACK,
     RESERVE,
     RESERVE_EXTERNAL,
+    SEED,
     SETTLE_HELD,
 )
 from sentinel.store import Store
@@ -49,6 +50,19 @@ async def test_a_held_reservation_is_settled_once_and_alike_on_every_backend(sto
     theirs = [*args[:3], "settled:theirs", *args[4:]]
     assert await store.run(SETTLE_HELD, keys, theirs) == 0  # once: a second settler changes nothing
     assert await store.get(UP) == b"40" and await store.get(HELD) == b"settled:mine"
+
+
+async def test_a_seed_raises_counters_never_lowers_them_and_runs_twice_alike(store: Store) -> None:
+    """`SEED` (a plan change's, from the ledger) raises a counter below its count to it — a new one
+    gets the TTL given, a live one keeps its own — and leaves one at or above it as it is; run again
+    (redis-py's cluster retry) it changes nothing more."""
+    await store.set(DOWN, b"30", 60)
+    await store.set(UP, b"2", 60)
+    seed: list[str | int] = [10, 90_000, 5, 90_000, 7, 90_000]  # DOWN above, UP below, GONE new
+    for _ in range(2):
+        assert int(await store.run(SEED, [DOWN, UP, GONE], seed)) == 1
+        assert await store.get(DOWN) == b"30" and await store.get(UP) == b"5" and await store.get(GONE) == b"7"
+    assert 0 < (await store.ttl(UP) or 0) <= 60 and 60 < (await store.ttl(GONE) or 0) <= 90
 
 
 async def test_a_settlement_sent_twice_changes_the_counters_once(store: Store) -> None:

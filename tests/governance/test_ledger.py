@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from sentinel.db.models import UsageLedgerRow
 from sentinel.domain.usage import Usage, UsageRecord, capped_cache, new_request_id
-from sentinel.governance.ledger import SqlLedger
+from sentinel.governance.ledger import SqlLedger, WindowUsage
 
 T0 = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -165,6 +165,31 @@ async def test_totals_by_model_user_and_time(ledger: SqlLedger) -> None:
         {"model": None, "requests": 1, "input_tokens": 0, "output_tokens": 0},
     ]
     assert await ledger.totals("nobody") == []
+
+
+async def test_usage_since_each_window_start_by_user(ledger: SqlLedger) -> None:
+    """What a plan change seeds a new window's counters from: per user, since each start, the
+    requests (rows, a part's `#<n>` row none) and the tokens of requests started since it."""
+    hour, day = T0 - timedelta(minutes=30), T0 - timedelta(hours=12)
+    await ledger.record_batch([
+        record("a1", inp=100, out=10, finished=T0 - timedelta(hours=2)),  # in the day only
+        record("a2", inp=200, out=20, finished=T0),
+        record("a2#1", inp=7, out=3, finished=T0),  # a part of a2: tokens, no request
+        record("a0", inp=9, out=9, finished=T0 - timedelta(days=2)),  # before both
+        record("b1", external_id="bob", inp=5, out=5, finished=T0),
+        record("c1", external_id="carol", inp=1, out=1, finished=T0),  # not asked about
+        # started before the hour began, finished in it: the previous hour's counter has it
+        record("a3", inp=50, out=5, finished=hour + timedelta(seconds=1)),
+    ])
+    found = await ledger.usage_since(["alice", "bob", "nobody"], [hour, day])
+    assert found == {
+        "alice": [WindowUsage(1, 207, 23), WindowUsage(3, 357, 38)],
+        "bob": [WindowUsage(1, 5, 5), WindowUsage(1, 5, 5)],
+    }
+    assert found["alice"][1].of("input_tokens") == 357
+    assert await ledger.usage_since([], [hour]) == {} and await ledger.usage_since(["alice"], []) == {}
+    many = [f"user-{i}" for i in range(1200)] + ["bob"]  # several statements' worth
+    assert await ledger.usage_since(many, [day]) == {"bob": [WindowUsage(1, 5, 5)]}
 
 
 async def test_rows_keep_every_field(ledger: SqlLedger, sessions: async_sessionmaker[AsyncSession]) -> None:

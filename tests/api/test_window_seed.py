@@ -1,0 +1,143 @@
+"""A plan change that gives a user a limit over a window the user had no limit over seeds that
+window's counter from the usage ledger (README, Quotas): tightening 5 an hour to 5 a day does not
+hand a user who used 5 this hour 5 more. Through the admin API and the openai SDK, on the in-process
+store and on a real Redis, the windows on the gateway's (still) window clock."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import httpx
+import openai
+import pytest
+
+from tests.api.conftest import Gateway
+from tests.support.clock import FakeClock
+
+ADMIN_KEY = "admin-key-for-tests-0123"
+
+
+def started(gateway_factory: Callable[..., Gateway], backend_url: str | None) -> tuple[Gateway, FakeClock]:
+    # The window clock stands at the wall clock's now: the ledger's rows are stamped on the wall
+    # clock, so they fall in the windows current on it (the windows never move under the test).
+    clock = FakeClock(time.time())
+    gw = gateway_factory(redis_url=backend_url, admin_key=ADMIN_KEY, window_clock=clock,
+                         usage_flush_interval_seconds=0.05)
+    return gw, clock
+
+
+def plan(admin: httpx.Client, name: str, *limits: tuple[str, int, str]) -> None:
+    body = {"limits": [{"metric": metric, "limit": limit, "window": window} for metric, limit, window in limits]}
+    answer = admin.put(f"/admin/api/plans/{name}", json=body)
+    assert answer.status_code == 200, answer.text
+
+
+def put_on(admin: httpx.Client, user: str, name: str | None) -> None:
+    answer = admin.put(f"/admin/api/users/{user}/plan", json={"plan": name})
+    assert answer.status_code == 200, answer.text
+
+
+def chat(client: openai.OpenAI) -> int:
+    """One chat request's status (200, or the refusal's)."""
+    try:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "seed me"}])
+    except openai.APIStatusError as exc:
+        return exc.status_code
+    return 200
+
+
+def test_a_window_tightened_from_an_hour_to_a_day_counts_what_the_hour_used(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    gw, _ = started(gateway_factory, backend_url)
+    client = gw.openai()
+    with gw.admin() as admin:
+        plan(admin, "team", ("requests", 5, "1h"))
+        put_on(admin, "alice", "team")
+        assert [chat(client) for _ in range(6)] == [200] * 5 + [429]
+        gw.settled_rows(5)  # delivered to the ledger
+        plan(admin, "team", ("requests", 5, "1d"))  # the operator tightens the plan
+        assert chat(client) == 429  # the day's counter starts at the 5 used this hour, not at 0
+        assert gw.quota_used() == {"requests": 5}
+
+
+def test_a_user_moved_to_a_plan_of_other_windows_keeps_what_was_used(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """Each metric of the new plan's windows is seeded with its own figure (requests: rows; tokens:
+    their sums), and a window a user comes back to is raised to what the ledger holds (its counter,
+    live, had missed what was used under the other plan meanwhile)."""
+    gw, _ = started(gateway_factory, backend_url)
+    client = gw.openai()
+    with gw.admin() as admin:
+        plan(admin, "daily", ("requests", 6, "1d"))
+        plan(admin, "hourly", ("requests", 6, "1h"), ("input_tokens", 1_000_000, "1h"))
+        put_on(admin, "alice", "daily")
+        assert [chat(client) for _ in range(2)] == [200] * 2
+        rows = gw.settled_rows(2)
+        put_on(admin, "alice", "hourly")
+        assert gw.quota_used() == {"requests": 2, "input_tokens": sum(row["input_tokens"] for row in rows)}
+        assert [chat(client) for _ in range(2)] == [200] * 2  # 4 of 6 this hour
+        gw.settled_rows(4)
+        put_on(admin, "alice", "daily")  # its day counter, still live, held 2
+        assert [chat(client) for _ in range(3)] == [200, 200, 429]
+
+
+def test_a_new_window_without_usage_admits_normally(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    gw, _ = started(gateway_factory, backend_url)
+    client = gw.openai()
+    with gw.admin() as admin:
+        plan(admin, "hourly", ("requests", 3, "1h"))
+        plan(admin, "daily", ("requests", 3, "1d"))
+        put_on(admin, "alice", "hourly")
+        put_on(admin, "alice", "daily")
+        assert [chat(client) for _ in range(4)] == [200] * 3 + [429]
+
+
+def test_a_plan_change_never_lowers_a_live_counter(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """A counter already above what the ledger holds (requests still running, records not yet
+    delivered, another replica's count) keeps its count: the seed only ever raises one."""
+    gw, clock = started(gateway_factory, backend_url)
+    client = gw.openai()
+    with gw.admin() as admin:
+        plan(admin, "daily", ("requests", 10, "1d"))
+        plan(admin, "hourly", ("requests", 10, "1h"))
+        put_on(admin, "alice", "daily")
+        assert chat(client) == 200
+        gw.settled_rows(1)
+        hour = f"sentinel:quota:{{alice}}:requests:3600:{math.floor(clock() / 3600)}"
+        gw.write_stored(hour, b"8", 3600)  # counted in the hour already, not in the ledger
+        put_on(admin, "alice", "hourly")
+        assert gw.read_stored(hour) == b"8"
+        assert [chat(client) for _ in range(3)] == [200, 200, 429]
+
+
+@pytest.mark.parametrize("backend_url", ["memory"], indirect=True)
+def test_a_plan_edit_seeds_every_user_on_the_plan_in_one_go(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """A plan's users are seeded together (one ledger query for all of them), each from their own usage."""
+    gw, _ = started(gateway_factory, backend_url)
+    with gw.admin() as admin:
+        plan(admin, "team", ("requests", 4, "1h"))
+        keys = {}
+        for user in ("bob", "carol"):
+            put_on(admin, user, "team")
+            created = admin.post(f"/admin/api/users/{user}/keys", json={"name": "job"})
+            assert created.status_code == 201, created.text
+            keys[user] = created.json()["key"]
+        bob, carol = (openai.OpenAI(base_url=gw.url + "/v1", api_key=keys[user], max_retries=0)
+                      for user in ("bob", "carol"))
+        assert [chat(bob) for _ in range(3)] == [200] * 3
+        assert chat(carol) == 200
+        gw.settled_rows(3, "bob")
+        gw.settled_rows(1, "carol")
+        plan(admin, "team", ("requests", 4, "1d"))
+        assert [chat(bob) for _ in range(2)] == [200, 429]
+        assert [chat(carol) for _ in range(4)] == [200, 200, 200, 429]

@@ -38,6 +38,13 @@ malformed          X-Mock-Malformed-Chunk  #mock:malformed          stream: one 
                                                                     non-stream: truncated JSON body
 no_usage           X-Mock-No-Usage         #mock:no_usage           omit usage everywhere
 parallel_tools     X-Mock-Parallel-Tools   #mock:parallel_tools     call every tool, not just the first
+refusal            X-Mock-Refusal          #mock:refusal            OpenAI chat and Responses: the model
+                                                                    refuses (`text.REFUSAL` as the
+                                                                    message's ``refusal``, content null;
+                                                                    ``refusal`` deltas, a ``refusal``
+                                                                    part), as a structured output's
+                                                                    refusal is answered; tool calls,
+                                                                    other formats: no effect
 error_after        X-Mock-Error-After      #mock:error_after=N      Anthropic stream: after N events (never
                                                                     the terminal one) an ``error`` event
                                                                     (``overloaded_error``), then the end
@@ -73,7 +80,7 @@ from typing import Any
 
 _INT_KNOBS = ("status", "disconnect_after", "retry_after", "pings_after", "error_after")
 _FLOAT_KNOBS = ("latency_ms", "chunk_delay_ms", "drop_after_ms", "trickle_ms")
-_BOOL_KNOBS = ("malformed", "no_usage", "parallel_tools", "endless_tool_args")
+_BOOL_KNOBS = ("malformed", "no_usage", "parallel_tools", "endless_tool_args", "refusal")
 _WORD_KNOBS = ("error_code", "error_shape")
 _SHAPES = frozenset({"google", "google_list"})
 _WORD = re.compile(r"[A-Za-z0-9_]{1,64}")
@@ -91,6 +98,7 @@ _HEADER_NAMES = {
     "x-mock-malformed": "malformed",
     "x-mock-no-usage": "no_usage",
     "x-mock-parallel-tools": "parallel_tools",
+    "x-mock-refusal": "refusal",
     "x-mock-endless-tool-args": "endless_tool_args",
     "x-mock-error-code": "error_code",
     "x-mock-error-shape": "error_shape",
@@ -144,6 +152,7 @@ class Faults:
     no_usage: bool = False
     parallel_tools: bool = False
     endless_tool_args: bool = False
+    refusal: bool = False
     error_code: str | None = None
     error_shape: str | None = None
 

@@ -51,10 +51,13 @@ def entry(piece: str, top: int) -> dict[str, Any]:
     return {**_token(piece, 0.0), "top_logprobs": alternatives[:top]}
 
 
-def choice_logprobs(pieces: list[str], top: int | None, tool_calls: bool) -> dict[str, Any] | None:
-    """A non-streamed choice's ``logprobs`` object (None when not requested)."""
+def choice_logprobs(pieces: list[str], top: int | None, tool_calls: bool,
+                    key: str = "content") -> dict[str, Any] | None:
+    """A non-streamed choice's ``logprobs`` object (None when not requested); `key` names what the
+    words are (``content``, or a ``refusal``'s)."""
     if top is None:
         return None
-    if tool_calls:
-        return {"content": None, "refusal": None}
-    return {"content": [entry(p, top) for p in pieces], "refusal": None}
+    out: dict[str, Any] = {"content": None, "refusal": None}
+    if not tool_calls:
+        out[key] = [entry(p, top) for p in pieces]
+    return out

@@ -10,6 +10,12 @@ cut the text) carrying the usage.
 A request with an ``image_generation`` tool is answered an ``image_generation_call`` item (``ig_…``)
 before the message, its ``result`` a base64 image of IMAGE_BYTES bytes, as large as the provider's
 (1.5–3 MB of base64): the whole answer is over 1 MiB.
+
+``text.format`` ``json_schema`` (``name`` and ``schema`` beside ``type``, as the Responses API
+takes them) or ``json_object`` is answered as JSON text (`text.structured_text`), and the response's
+``text`` carries the format as asked; a ``json_schema`` format without a ``name`` is the real API's 400.
+The ``refusal`` knob answers a ``refusal`` part (`text.REFUSAL`), streamed as ``response.refusal.delta``
+events and a ``response.refusal.done``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from sentinel.mock.asgi import Call, JSONReply, Reply, SSEReply, sse
 from sentinel.mock.faults import Faults, WireError
 from sentinel.mock.openai_wire import content_text, json_object, max_tokens_of, require_model
 from sentinel.mock.text import (
+    REFUSAL,
     dumps_arguments,
     echo_text,
     example_arguments,
@@ -31,6 +38,7 @@ from sentinel.mock.text import (
     prompt_tokens,
     result_text,
     shape_text,
+    structured_text,
     tool_output_tokens,
 )
 
@@ -93,6 +101,19 @@ def _function_calls(body: dict[str, Any], user_text: str, faults: Faults) -> lis
     ]
 
 
+def _text_format(body: dict[str, Any]) -> dict[str, Any]:
+    """The request's ``text.format`` (``{"type": "text"}`` when none); the real API's 400 for a
+    ``json_schema`` one without a ``name``."""
+    text = body.get("text")
+    format_ = text.get("format") if isinstance(text, dict) else None
+    if not isinstance(format_, dict):
+        return {"type": "text"}
+    if format_.get("type") == "json_schema" and not isinstance(format_.get("name"), str):
+        raise WireError(400, "Missing required parameter: 'text.format.name'.", param="text.format.name",
+                        code="missing_required_parameter")
+    return format_
+
+
 def responses(call: Call, keep: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None) -> Reply:
     """POST /v1/responses; `keep(response, input_items)` stores it unless the request says `store: false`."""
     body = json_object(call)
@@ -108,10 +129,17 @@ def responses(call: Call, keep: Callable[[dict[str, Any], list[dict[str, Any]]],
     last = items[-1] if items else {}
     calls: list[dict[str, Any]] = []
     if last.get("type") == "function_call_output":
-        output = shape_text(result_text(str(last.get("output", ""))), limit)
+        answer = result_text(str(last.get("output", "")))
     else:
-        output = shape_text(echo_text(user_text), limit)
+        answer = echo_text(user_text)
         calls = _function_calls(body, user_text, faults)
+    format_ = _text_format(body)
+    refused = faults.refusal and not calls
+    if refused:
+        answer = REFUSAL
+    else:
+        answer = structured_text(format_.get("type"), format_.get("schema"), answer) or answer
+    output = shape_text(answer, limit)
     prompt = prompt_tokens(texts, body.get("tools"))
     completion = sum(tool_output_tokens(c["name"], c["arguments"]) for c in calls) if calls else output.tokens
     usage = (
@@ -130,7 +158,8 @@ def responses(call: Call, keep: Callable[[dict[str, Any], list[dict[str, Any]]],
         "id": new_id("msg_"),
         "status": "completed",
         "role": "assistant",
-        "content": [{"type": "output_text", "text": output.text, "annotations": [], "logprobs": []}],
+        "content": [{"type": "refusal", "refusal": output.text} if refused else
+                    {"type": "output_text", "text": output.text, "annotations": [], "logprobs": []}],
     }
     outputs = calls or [*_images(body), message]
     incomplete = not calls and output.reason == "length"
@@ -164,7 +193,7 @@ def _envelope(
         "reasoning": {"effort": None, "summary": None},
         "store": body.get("store", True),
         "temperature": body.get("temperature", 1.0),
-        "text": {"format": {"type": "text"}},
+        "text": {"format": _text_format(body)},
         "tool_choice": body.get("tool_choice", "auto"),
         "tools": body.get("tools", []),
         "top_p": body.get("top_p", 1.0),
@@ -220,13 +249,19 @@ def _stream(final: dict[str, Any], pieces: list[str]) -> SSEReply:
             output_index=index,
             item={**item, "status": "in_progress", "content": []},
         )
-        emit("response.content_part.added", **where, part={**part, "text": ""})
-        for piece in pieces:
-            emit("response.output_text.delta", **where, delta=piece, logprobs=[])
-        emit("response.output_text.done", **where, text=part["text"], logprobs=[])
+        if part["type"] == "refusal":
+            emit("response.content_part.added", **where, part={**part, "refusal": ""})
+            for piece in pieces:
+                emit("response.refusal.delta", **where, delta=piece)
+            emit("response.refusal.done", **where, refusal=part["refusal"])
+        else:
+            emit("response.content_part.added", **where, part={**part, "text": ""})
+            for piece in pieces:
+                emit("response.output_text.delta", **where, delta=piece, logprobs=[])
+            emit("response.output_text.done", **where, text=part["text"], logprobs=[])
         emit("response.content_part.done", **where, part=part)
         emit("response.output_item.done", output_index=index, item=item)
     emit("response.completed" if final["status"] == "completed" else "response.incomplete", response=final)
-    first_delta = next((i for i, event in enumerate(events) if b"response.output_text.delta" in event.split(b"\n", 1)[0]),
-                       delta_index - 1)
+    deltas = (b"event: response.output_text.delta", b"event: response.refusal.delta")
+    first_delta = next((i for i, event in enumerate(events) if event.split(b"\n", 1)[0] in deltas), delta_index - 1)
     return SSEReply(events, first_delta)

@@ -7,6 +7,10 @@ Tool calls stream as ``delta.tool_calls`` fragments: index/id/type/name first, t
 ``n`` (1..128) repeats the answer per choice; ``logprobs``/``top_logprobs`` follow
 `sentinel.mock.logprobs`; ``stream_options`` without ``stream`` is the real API's 400. After a run
 of ``tool`` messages (parallel calls) the answer is ``Result: <their texts joined by " | ">``.
+``response_format`` ``json_schema`` / ``json_object`` is answered as JSON text (`text.structured_text`);
+``json_object`` without the word "json" in the messages, and ``json_schema`` without a ``json_schema``
+object holding a ``name``, are the real API's 400s. The ``refusal`` knob answers `text.REFUSAL` as
+the message's ``refusal`` (content null), streamed as ``refusal`` deltas.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from sentinel.mock import logprobs
 from sentinel.mock.asgi import DONE, ENDLESS_FRAGMENT, Call, Endless, JSONReply, Reply, SSEReply, sse
 from sentinel.mock.faults import Faults, WireError
 from sentinel.mock.text import (
+    REFUSAL,
     TextOutput,
     dumps_arguments,
     echo_text,
@@ -30,6 +35,7 @@ from sentinel.mock.text import (
     result_text,
     shape_text,
     stop_list,
+    structured_text,
     tool_output_tokens,
 )
 
@@ -181,6 +187,28 @@ def pick_tools(body: dict[str, Any], user_text: str, faults: Faults) -> list[tup
     return [(t["name"], dumps_arguments(example_arguments(t.get("parameters")))) for t in tools]
 
 
+def structured_format(body: dict[str, Any], texts: list[str]) -> tuple[str, Any] | None:
+    """A chat request's ``response_format`` as (type, schema) when it asks for JSON, else None; the
+    real API's 400 for a malformed one."""
+    value = body.get("response_format")
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "json_object":
+        if not any("json" in text.lower() for text in texts):
+            raise WireError(400, "'messages' must contain the word 'json' in some form, to use 'response_format' of"
+                            " type 'json_object'.", param="messages")
+        return kind, None
+    if kind != "json_schema":
+        return None
+    spec = value.get("json_schema") if isinstance(value, dict) else None
+    if not isinstance(spec, dict):
+        raise WireError(400, "Missing required parameter: 'response_format.json_schema'.",
+                        param="response_format.json_schema", code="missing_required_parameter")
+    if not isinstance(spec.get("name"), str):
+        raise WireError(400, "Missing required parameter: 'response_format.json_schema.name'.",
+                        param="response_format.json_schema.name", code="missing_required_parameter")
+    return kind, spec.get("schema")
+
+
 def _trailing_tool_results(messages: list[dict[str, Any]], texts: list[str]) -> list[str]:
     """Texts of the tool messages ending the conversation (parallel calls answer in a row)."""
     results: list[str] = []
@@ -252,6 +280,12 @@ def chat_completions(call: Call) -> Reply:
     else:
         answer = echo_text(user_text)
         calls = pick_tools(body, user_text, faults)
+    structured = structured_format(body, texts)
+    refused = faults.refusal and not calls
+    if refused:
+        answer = REFUSAL
+    elif structured is not None and not calls:
+        answer = structured_text(*structured, answer) or answer
     output = shape_text(answer, limit, stop_list(body.get("stop")))
     prompt = prompt_tokens(texts, body.get("tools"))
     completion = sum(tool_output_tokens(*c) for c in calls) if calls else output.tokens
@@ -268,17 +302,17 @@ def chat_completions(call: Call) -> Reply:
     }
     if body.get("stream"):
         include = include_usage(body)
-        return _chat_stream(head, n, output, tool_calls, usage if include else None, include, top)
+        return _chat_stream(head, n, output, tool_calls, usage if include else None, include, top, refused)
     reason = "tool_calls" if tool_calls else ("length" if output.reason == "length" else "stop")
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": None if tool_calls else output.text,
-        "refusal": None,
+        "content": None if tool_calls or refused else output.text,
+        "refusal": output.text if refused else None,
         "annotations": [],
     }
     if tool_calls:
         message["tool_calls"] = tool_calls
-    lp = logprobs.choice_logprobs(output.pieces, top, bool(tool_calls))
+    lp = logprobs.choice_logprobs(output.pieces, top, bool(tool_calls), "refusal" if refused else "content")
     choices = [{"index": i, "message": message, "logprobs": lp, "finish_reason": reason} for i in range(n)]
     result = {
         "id": head["id"],
@@ -300,6 +334,7 @@ def _chat_stream(
     usage: dict[str, Any] | None,
     include_usage: bool,
     top: int | None,
+    refused: bool = False,
 ) -> SSEReply:
     base = {"id": head["id"], "object": "chat.completion.chunk", **head}
     null_usage = {"usage": None} if include_usage and usage is not None else {}
@@ -332,9 +367,11 @@ def _chat_stream(
                 endless = Endless(len(events), chunk(i, more))
             events.append(chunk(i, {}, "tool_calls"))
             continue
-        events.append(chunk(i, {"role": "assistant", "content": "", "refusal": None}))
+        key = "refusal" if refused else "content"
+        events.append(chunk(i, {"role": "assistant", "content": None if refused else "",
+                                "refusal": "" if refused else None}))
         events.extend(
-            chunk(i, {"content": p}, None, None if top is None else {"content": [logprobs.entry(p, top)]})
+            chunk(i, {key: p}, None, None if top is None else {key: [logprobs.entry(p, top)]})
             for p in output.pieces
         )
         events.append(chunk(i, {}, "length" if output.reason == "length" else "stop"))

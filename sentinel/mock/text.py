@@ -12,10 +12,15 @@ Rules (shared by every wire format):
 * Input tokens are ``ceil(chars / 4)`` of each message text plus 3 per message and 3 for the
   reply primer; tool definitions count ``ceil(len(json) / 4)``.
 * A tool call's output tokens are ``ceil(len(name + arguments) / 4)``.
+* A refusal (the ``refusal`` knob) is `REFUSAL`, counted and streamed as any answer.
+* A structured output (OpenAI's ``json_schema`` format) is the answer as JSON text fitting its
+  schema (`example_arguments`), keys and values spaced as ``json.dumps`` spaces them (so it has words
+  to stream and to count); ``json_object`` is ``{"echo": "<the answer>"}``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -28,6 +33,8 @@ from sentinel.mock.faults import strip_directives
 
 _WORD = re.compile(r"\s*\S+")
 MESSAGE_OVERHEAD = 3
+# What OpenAI's models answer as a refusal (a structured output's too).
+REFUSAL = "I'm sorry, but I can't assist with that request."
 REPLY_PRIMER = 3
 
 
@@ -157,3 +164,13 @@ def tool_output_tokens(name: str, arguments: str) -> int:
 def dumps_arguments(arguments: dict[str, Any]) -> str:
     """Tool arguments as the JSON string the wire formats carry."""
     return orjson.dumps(arguments).decode()
+
+
+def structured_text(kind: Any, schema: Any, answer: str) -> str | None:
+    """The answer to a structured-output request (`kind` is the format's ``type``): JSON text fitting
+    `schema` for ``json_schema``, ``{"echo": answer}`` for ``json_object``; None for any other."""
+    if kind == "json_schema":
+        return json.dumps(example_value("answer", schema if isinstance(schema, dict) else {"type": "object"}))
+    if kind == "json_object":
+        return json.dumps({"echo": answer})
+    return None

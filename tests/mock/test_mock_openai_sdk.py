@@ -202,3 +202,46 @@ def test_a_batch_runs_at_its_first_read_and_writes_its_output_file(oai: openai.O
                                                      completion_window="24h").id)
     assert failed.status == "failed" and failed.usage is None and failed.errors is not None
     assert [(e.code, e.line) for e in failed.errors.data or []] == [("duplicate_custom_id", 3)]
+
+
+def test_structured_outputs_are_json_fitting_their_schema(oai: openai.OpenAI, http: Any) -> None:
+    """`response_format` json_schema / json_object on chat, `text.format` on Responses: JSON text, as
+    the real API answers; a malformed format is its 400."""
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}}
+    answer = oai.chat.completions.create(model="m", messages=user("who?"), response_format=fmt)
+    assert json.loads(answer.choices[0].message.content or "") == {"name": "mock-name", "age": 1}
+    assert answer.usage is not None and answer.usage.completion_tokens == 4
+    as_object = oai.chat.completions.create(model="m", messages=user("answer in json"),
+                                            response_format={"type": "json_object"})
+    assert json.loads(as_object.choices[0].message.content or "") == {"echo": "Echo: answer in json"}
+    response = oai.responses.create(model="m", input="who?",
+                                    text={"format": {"type": "json_schema", "name": "person", "schema": schema}})
+    assert json.loads(response.output_text) == {"name": "mock-name", "age": 1}
+    assert response.text is not None and response.text.format is not None
+    assert response.text.format.type == "json_schema"
+    for body, param in [({"response_format": {"type": "json_object"}}, "messages"),
+                        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+                        ({"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}},
+                         "response_format.json_schema.name")]:
+        refused = http.post("/v1/chat/completions", json={"model": "m", "messages": user("who?"), **body},
+                            headers={"Authorization": "Bearer k"})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param
+
+
+def test_a_refusal_is_openais_refusal_field(oai: openai.OpenAI) -> None:
+    """`#mock:refusal`: content null and `refusal` set (streamed as `refusal` deltas); Responses: a
+    `refusal` part, streamed as `response.refusal.delta` events."""
+    answer = oai.chat.completions.create(model="m", messages=user("who? #mock:refusal"))
+    message = answer.choices[0].message
+    assert message.content is None and message.refusal == "I'm sorry, but I can't assist with that request."
+    assert answer.choices[0].finish_reason == "stop" and answer.usage is not None
+    assert answer.usage.completion_tokens == 9
+    chunks = list(oai.chat.completions.create(model="m", messages=user("who? #mock:refusal"), stream=True))
+    assert "".join(c.choices[0].delta.refusal or "" for c in chunks if c.choices) == message.refusal
+    assert all(not c.choices or not c.choices[0].delta.content for c in chunks)
+    events = list(oai.responses.create(model="m", input="who? #mock:refusal", stream=True))
+    refused = "".join(e.delta for e in events if e.type == "response.refusal.delta")
+    assert refused == message.refusal and events[-1].type == "response.completed"
+    assert [p.type for p in events[-1].response.output[0].content] == ["refusal"]  # type: ignore[union-attr]

@@ -318,16 +318,20 @@ def _tool_choice(choice: Any, out: dict[str, Any]) -> None:
         out["parallel_tool_calls"] = False
 
 
-def stop_reason(reason: FinishReason | None, called: bool) -> str:
+def stop_reason(reason: FinishReason | None, called: bool, refused: bool = False) -> str:
     """Anthropic's `stop_reason` for a unified finish reason: an answer that `called` tools ended
     for them (`tool_use`, what an Anthropic client's tool loop waits for), though OpenAI says `stop`
     when `tool_choice` named the function; one that called none ended its turn, though a server may
     say `tool_calls` (vLLM's for a `required` choice whose call it could not read): the client's
-    tool loop found nothing to run and sent back an empty turn of results."""
+    tool loop found nothing to run and sent back an empty turn of results. One that `refused`
+    (OpenAI's `refusal`, said with `stop`) is `refusal`, as Claude's own refusal ends: else the
+    client saw an empty turn ended as any other."""
     if called and reason in (None, "stop"):
         return "tool_use"
     if not called and reason == "tool_calls":
         return "end_turn"
+    if refused and not called and reason in (None, "stop"):
+        return "refusal"
     return STOP_REASONS[reason or "stop"]
 
 
@@ -355,7 +359,8 @@ def render_anthropic_message(reply: ProviderReply, usage: Usage, cache: CacheTok
         "role": "assistant",
         "model": reply.model,
         "content": content,
-        "stop_reason": stop_reason(choice.finish_reason, bool(choice.message.tool_calls)),
+        "stop_reason": stop_reason(choice.finish_reason, bool(choice.message.tool_calls),
+                                   bool(choice.message.refusal)),
         "stop_sequence": None,
         "usage": anthropic_usage(usage, cache),
     }

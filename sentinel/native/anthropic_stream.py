@@ -74,8 +74,10 @@ class AnthropicStreamEncoder:
         return sum(len(piece) for _, pieces in self._held for piece in pieces) + sum(
             len(str(block.get("id") or "")) + len(str(block.get("name") or "")) for block, _ in self._held)
 
-    def finish(self, reason: FinishReason | None, usage: Usage, cache: CacheTokens) -> tuple[bytes, bytes]:
-        """(the events that close the message, the final `message_stop`)."""
+    def finish(self, reason: FinishReason | None, usage: Usage, cache: CacheTokens,
+               refused: bool = False) -> tuple[bytes, bytes]:
+        """(the events that close the message, the final `message_stop`); `refused`: the provider's
+        answer was a refusal it streamed apart (OpenAI's `refusal`), the message ends `refusal`."""
         closing = [self._start({})] if not self.started else []
         closing.extend(self._close())
         for block, pieces in self._held:  # each whole: start, one delta, stop
@@ -85,7 +87,7 @@ class AnthropicStreamEncoder:
                 closing.append(self._delta(kind, "".join(pieces)))
             closing.extend(self._close())
         self._held, self._held_calls = [], {}
-        delta = {"stop_reason": stop_reason(reason, self.called), "stop_sequence": None}
+        delta = {"stop_reason": stop_reason(reason, self.called, refused), "stop_sequence": None}
         closing.append(render_event("message_delta", {"type": "message_delta", "delta": delta,
                                                       "usage": anthropic_usage(usage, cache)}))
         return b"".join(closing), render_event("message_stop", {"type": "message_stop"})

@@ -82,6 +82,7 @@ class StreamResult:
     text: str
     finish_reason: FinishReason | None
     error: StreamError | None
+    refused: bool = False  # the answer was a refusal (OpenAI's `refusal` deltas): not in `chunks`
 
 
 @dataclass(slots=True)
@@ -110,6 +111,7 @@ class StreamNormalizer:
         self._finish: FinishReason | None = None
         self._text = KeptText()  # the output, to count when the usage never came (bounded)
         self._extras = KeptText()  # output sent beside the text (reasoning, a refusal): counted only
+        self._refused = False  # a refusal was streamed (OpenAI's `refusal` deltas)
         self._calls: dict[int | None, _PendingCall] = {}  # keyed by the upstream's own index
         self._held = HeldBudget("its tool calls", provider=provider)  # their ids, names and arguments
         self._prompt_tokens: int | None = None
@@ -186,7 +188,7 @@ class StreamNormalizer:
         reason = self._finish or ("tool_calls" if self._calls else "stop")
         chunks = [] if error else [self._chunk({}, reason)]
         return StreamResult(
-            chunks, self.usage, calls, self._text.text, reason if self._done else None, error
+            chunks, self.usage, calls, self._text.text, reason if self._done else None, error, self._refused
         )
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
@@ -363,6 +365,8 @@ class OpenAIStreamNormalizer(StreamNormalizer):
             self._add_text(delta, content)
         if not raw.keys() <= PLAIN_DELTA:
             self._extras.append(delta_extras(raw))  # counted as the relay counts it, not relayed
+            refusal = raw.get("refusal")
+            self._refused = self._refused or (isinstance(refusal, str) and bool(refusal))
         calls = []
         for position, item in enumerate(as_list(raw.get("tool_calls"))):
             tc = as_object(item)

@@ -207,8 +207,9 @@ class TranslatedChat:
                     yield render_chunk({**stream.normalizer.usage_chunk(usage), "usage": openai_usage(usage, cache)})
                 ending.last = DONE
             else:
-                reason = stream.result.finish_reason if stream.result is not None else None
-                closing, ending.last = encoder.finish(reason, usage, cache)
+                result = stream.result
+                closing, ending.last = encoder.finish(None if result is None else result.finish_reason, usage, cache,
+                                                      result is not None and result.refused)
                 yield closing
 
         async def settle(status: int) -> None:

@@ -853,3 +853,19 @@ def test_count_tokens_for_gpt_refuses_what_messages_refuses(gateway_factory: Cal
                 assert error["error"]["message"].startswith(param + ":"), (path, error)
     counted = gw.anthropic().messages.count_tokens(model=MINI, messages=ask)  # type: ignore[arg-type]
     assert counted.input_tokens > 0  # (the plan's one request: the refusals above reserved none)
+
+
+def test_an_openai_refusal_ends_an_anthropic_clients_message_as_a_refusal(gateway: Gateway) -> None:
+    """OpenAI's refusal (`message.refusal`, content null, `finish_reason: stop`) is not shown to an
+    Anthropic client — it has no field for it — but the message ends `stop_reason: refusal`, as Claude's
+    own refusal ends, streamed or not: it ended `end_turn`, an empty answer said to be a whole one."""
+    claude = gateway.anthropic()
+    ask = [{"role": "user", "content": "who is it? #mock:refusal"}]
+    message = claude.messages.create(model=MINI, max_tokens=64, messages=ask)
+    assert message.stop_reason == "refusal" and message.usage.output_tokens == 9
+    assert "".join(block.text for block in message.content if block.type == "text") == ""
+    with claude.messages.stream(model=MINI, max_tokens=64, messages=ask) as stream:
+        streamed = stream.get_final_message()
+    assert streamed.stop_reason == "refusal" and streamed.usage.output_tokens == 9
+    answered = claude.messages.create(model=MINI, max_tokens=64, messages=[{"role": "user", "content": "who?"}])
+    assert answered.stop_reason == "end_turn"

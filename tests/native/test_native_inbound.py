@@ -166,7 +166,8 @@ def test_unified_answer_in_both_formats() -> None:
 
 def test_an_openai_refusal_reaches_an_openai_client_and_is_counted_for_an_anthropic_one() -> None:
     """A refusal (content null) is OpenAI's `message.refusal`; an Anthropic client is answered as its
-    stream is (`AnthropicStreamEncoder` relays no refusal): the refusal is counted, not shown."""
+    stream is (`AnthropicStreamEncoder` relays no refusal): the refusal is counted, not shown, and the
+    message ends `refusal`, as Claude's own refusal ends."""
     reply = parse_openai_response({
         "id": "chatcmpl-r", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
         "choices": [{"index": 0, "finish_reason": "stop",
@@ -177,7 +178,7 @@ def test_an_openai_refusal_reaches_an_openai_client_and_is_counted_for_an_anthro
     assert completion["choices"][0]["message"] == {"role": "assistant", "content": None,
                                                    "refusal": "I can't help with that."}
     message = render_anthropic_message(reply, Usage.of(5, 7), reply.cache)
-    assert (message["content"], message["stop_reason"]) == ([{"type": "text", "text": ""}], "end_turn")
+    assert (message["content"], message["stop_reason"]) == ([{"type": "text", "text": ""}], "refusal")
     assert message["usage"]["output_tokens"] == 7
 
 

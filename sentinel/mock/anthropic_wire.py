@@ -17,7 +17,9 @@ Tools: with ``tools`` given the answer is a ``tool_use`` block for the first too
 ``tool_choice`` names), its input built from the schema's required properties; every tool gets a
 block (parallel) under the ``parallel_tools`` knob, or with two or more tools and "parallel" in the
 user text, unless ``disable_parallel_tool_use``. A last user turn holding ``tool_result`` blocks is
-answered with text: ``Result: <each result's text, joined by " | ">``.
+answered with text: ``Result: <each result's text, joined by " | ">``. A structured output
+(``output_config.format``, the beta's ``output_format``: ``{"type": "json_schema", "schema": ...}``) is
+answered as JSON text fitting the schema (`text.structured_text`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from sentinel.mock.text import (
     result_text,
     shape_text,
     stop_list,
+    structured_text,
     tool_output_tokens,
 )
 
@@ -125,13 +128,27 @@ def count_tokens(call: Call) -> Reply:
     return JSONReply({"input_tokens": prompt.input_tokens})
 
 
+def _output_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The structured output a body asks for: ``output_config.format``, else the beta's ``output_format``."""
+    config = body.get("output_config")
+    format_ = config.get("format") if isinstance(config, dict) else None
+    format_ = format_ if format_ is not None else body.get("output_format")
+    return format_ if isinstance(format_, dict) and format_.get("type") == "json_schema" else None
+
+
 def _answer(prompt: Prompt, faults: Faults) -> tuple[TextOutput, list[dict[str, Any]]]:
     body = prompt.body
     stops = stop_list(body.get("stop_sequences"))
+    format_ = _output_format(body)
     if prompt.tool_results is not None:
-        return shape_text(result_text(" | ".join(prompt.tool_results)), body["max_tokens"], stops), []
-    output = shape_text(echo_text(prompt.user_text), body["max_tokens"], stops)
-    return output, _tool_uses(body, prompt.user_text, faults)
+        answer = result_text(" | ".join(prompt.tool_results))
+        uses: list[dict[str, Any]] = []
+    else:
+        answer = echo_text(prompt.user_text)
+        uses = _tool_uses(body, prompt.user_text, faults)
+    if format_ is not None:
+        answer = structured_text("json_schema", format_.get("schema"), answer) or answer
+    return shape_text(answer, body["max_tokens"], stops), uses
 
 
 def messages(call: Call, cache: PromptCache) -> Reply:

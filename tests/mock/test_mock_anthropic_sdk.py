@@ -284,3 +284,19 @@ def test_compaction_past_its_trigger(claude: anthropic.Anthropic) -> None:
     with claude.beta.messages.stream(model="m", max_tokens=20, messages=user(text), extra_body=edit(10)) as stream:
         streamed = stream.get_final_message()
     assert streamed.usage.iterations is not None and streamed.usage.iterations[0].input_tokens == plain.usage.input_tokens
+
+
+def test_a_structured_output_is_json_fitting_its_schema(claude: anthropic.Anthropic) -> None:
+    """`output_config.format` (what `messages.parse` sends) and the beta's `output_format`: the text is
+    JSON fitting the schema, plain and streamed."""
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "schema": schema}
+    ask = [{"role": "user", "content": "who?"}]
+    plain = claude.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=ask,
+                                   output_config={"format": fmt})  # type: ignore[typeddict-item]
+    assert [b.text for b in plain.content if b.type == "text"] == ['{"name": "mock-name", "age": 1}']
+    assert plain.usage.output_tokens == 4
+    with claude.messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=ask,
+                                extra_body={"output_format": fmt}) as stream:
+        assert stream.get_final_text() == '{"name": "mock-name", "age": 1}'

@@ -84,3 +84,27 @@ def test_structured_output_by_json_schema(gateway: Gateway) -> None:
         chat(gateway, HAIKU).with_structured_output(Person).invoke("who is it?")
     assert caught.value.status_code == 400 and "response_format" in caught.value.message
     assert all(r["model"] == MINI for r in gateway.settled_rows(2))
+
+
+def test_on_the_responses_api(gateway: Gateway) -> None:
+    """`use_responses_api=True` (what ChatOpenAI picks for built-in tools and reasoning): invoke, stream
+    with its usage, a tool call and a structured output through `/v1/responses`, each charged once."""
+    llm = ChatOpenAI(model=MINI, base_url=gateway.url + "/v1", api_key=SecretStr(gateway.key), max_retries=0,
+                     stream_usage=True, use_responses_api=True)
+    answer = llm.invoke("hello responses")
+    assert answer.text == "Echo: hello responses"
+    pieces = list(llm.stream("stream responses"))
+    streamed = pieces[0]
+    for piece in pieces[1:]:
+        streamed += piece
+    assert streamed.text == "Echo: stream responses"
+    called = llm.bind_tools([lookup]).invoke("find the thing")
+    assert [call["args"] for call in called.tool_calls] == [{"q": "mock-q"}]
+    assert llm.with_structured_output(Person).invoke("who is it?") == Person(name="mock-name", age=1)
+    charges = []
+    for message in (answer, streamed, called):
+        assert message.usage_metadata is not None
+        charges.append((message.usage_metadata["input_tokens"], message.usage_metadata["output_tokens"]))
+    rows = gateway.settled_rows(4)
+    assert {r["endpoint"] for r in rows} == {"responses"}
+    assert sorted((r["input_tokens"], r["output_tokens"]) for r in rows[:3]) == sorted(charges)

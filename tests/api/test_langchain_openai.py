@@ -4,6 +4,9 @@ metadata as the provider reported it), tool calls and `with_structured_output`, 
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import openai
 import pytest
 from langchain_core.messages import AIMessageChunk, HumanMessage, ToolMessage
@@ -33,6 +36,15 @@ def chat(gw: Gateway, model: str) -> ChatOpenAI:
                       stream_usage=True)
 
 
+def sum_chunks(pieces: list[Any]) -> AIMessageChunk:
+    """A stream's chunks added up, as LangChain joins them (usage summed: once if sent once)."""
+    total = pieces[0]
+    assert isinstance(total, AIMessageChunk)
+    for piece in pieces[1:]:
+        total += piece
+    return total
+
+
 @pytest.mark.parametrize("model", [MINI, HAIKU])
 def test_invoke_stream_tools_and_structured_output(gateway: Gateway, model: str) -> None:
     llm = chat(gateway, model)
@@ -41,11 +53,8 @@ def test_invoke_stream_tools_and_structured_output(gateway: Gateway, model: str)
     assert answer.usage_metadata is not None and answer.usage_metadata["output_tokens"] == 3
     charges = [(answer.usage_metadata["input_tokens"], 3)]
 
-    pieces = list(llm.stream("stream langchain"))
-    streamed = pieces[0]
-    for piece in pieces[1:]:
-        streamed += piece
-    assert isinstance(streamed, AIMessageChunk) and streamed.content == "Echo: stream langchain"
+    streamed = sum_chunks(list(llm.stream("stream langchain")))
+    assert streamed.content == "Echo: stream langchain"
     usage = streamed.usage_metadata  # one usage chunk, summed once: not doubled, not missing
     assert usage is not None and usage["output_tokens"] == 3
     assert usage["total_tokens"] == usage["input_tokens"] + 3
@@ -63,6 +72,20 @@ def test_invoke_stream_tools_and_structured_output(gateway: Gateway, model: str)
         assert message.usage_metadata is not None
         charges.append((message.usage_metadata["input_tokens"], message.usage_metadata["output_tokens"]))
 
+    streamed_call = sum_chunks(list(with_tools.stream([ask])))
+    assert [c["args"] for c in streamed_call.tool_calls] == [{"q": "mock-q"}]
+    assert streamed_call.usage_metadata is not None
+    charges.append((streamed_call.usage_metadata["input_tokens"], streamed_call.usage_metadata["output_tokens"]))
+
+    async def on_the_async_client() -> list[tuple[int, int]]:
+        fresh = chat(gateway, model)
+        answer = await fresh.ainvoke("hello async")
+        streamed = sum_chunks([piece async for piece in fresh.astream("stream async")])
+        assert (answer.content, streamed.content) == ("Echo: hello async", "Echo: stream async")
+        assert answer.usage_metadata is not None and streamed.usage_metadata is not None
+        return [(m["input_tokens"], m["output_tokens"]) for m in (answer.usage_metadata, streamed.usage_metadata)]
+
+    charges.extend(asyncio.run(on_the_async_client()))
     by_tool = llm.with_structured_output(Person, method="function_calling")
     assert by_tool.invoke("who is it?") == Person(name="mock-name", age=1)
     rows = gateway.settled_rows(len(charges) + 1)
@@ -93,10 +116,7 @@ def test_on_the_responses_api(gateway: Gateway) -> None:
                      stream_usage=True, use_responses_api=True)
     answer = llm.invoke("hello responses")
     assert answer.text == "Echo: hello responses"
-    pieces = list(llm.stream("stream responses"))
-    streamed = pieces[0]
-    for piece in pieces[1:]:
-        streamed += piece
+    streamed = sum_chunks(list(llm.stream("stream responses")))
     assert streamed.text == "Echo: stream responses"
     called = llm.bind_tools([lookup]).invoke("find the thing")
     assert [call["args"] for call in called.tool_calls] == [{"q": "mock-q"}]

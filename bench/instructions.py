@@ -41,9 +41,9 @@ from targets import (
     REDIS,
     Running,
     arrangements,
+    required_redis,
     start_bare,
     start_mock,
-    start_redis,
     start_sentinel,
 )
 
@@ -137,13 +137,7 @@ def main() -> int:
             checkouts = ([("before", a.before.resolve())] if a.before else []) + [("after" if a.before else "sentinel", REPO)]
             for name, checkout in checkouts:
                 (workdir / name).mkdir()
-                redis_url = None
-                if a.redis:
-                    started = start_redis(arr, workdir / name)
-                    if started is None:
-                        raise SystemExit("--redis needs redis-server")
-                    procs.append(started[0])
-                    redis_url = started[1]
+                redis_url = required_redis(arr, workdir / name, procs) if a.redis else None
                 label = f"{spec.label} ({name}: {checkout})" if a.before else spec.label
                 results[label] = measure(
                     name,

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from load import BY_NAME, Scenario, run_wrk
 from procs import REPO, Proc, log
-from targets import EMBEDDED, REDIS, Running, arrangements, start_mock, start_redis, start_sentinel
+from targets import EMBEDDED, REDIS, Running, arrangements, required_redis, start_mock, start_sentinel
 
 
 def sequential(targets: dict[str, Running], scenario: Scenario, requests: int) -> dict[str, float]:
@@ -89,13 +89,7 @@ def main() -> int:
             targets: dict[str, Running] = {}
             for name, checkout in (("before", a.before.resolve()), ("after", REPO)):
                 (workdir / name).mkdir()
-                redis_url = None
-                if a.redis:
-                    started = start_redis(arr, workdir / name)
-                    if started is None:
-                        raise SystemExit("--redis needs redis-server")
-                    procs.append(started[0])
-                    redis_url = started[1]
+                redis_url = required_redis(arr, workdir / name, procs) if a.redis else None
                 spec = REDIS if a.redis else EMBEDDED
                 t = start_sentinel(spec, arr, mock.url, workdir / name, redis_url=redis_url, name=name,
                                    checkout=checkout)  # fmt: skip

@@ -133,6 +133,15 @@ def start_redis(arr: Arrangement, workdir: Path) -> tuple[Proc, str] | None:
     return proc, f"redis://{HOST}:{port}/0"
 
 
+def required_redis(arr: Arrangement, workdir: Path, procs: list[Proc]) -> str:
+    """`start_redis`'s URL, its process added to `procs` (to stop); SystemExit without redis-server."""
+    started = start_redis(arr, workdir)
+    if started is None:
+        raise SystemExit("--redis needs redis-server")
+    procs.append(started[0])
+    return started[1]
+
+
 def flush_redis(url: str) -> None:
     import redis
 

@@ -19,7 +19,8 @@ block (parallel) under the ``parallel_tools`` knob, or with two or more tools an
 user text, unless ``disable_parallel_tool_use``. A last user turn holding ``tool_result`` blocks is
 answered with text: ``Result: <each result's text, joined by " | ">``. A structured output
 (``output_config.format``, the beta's ``output_format``: ``{"type": "json_schema", "schema": ...}``) is
-answered as JSON text fitting the schema (`text.structured_text`).
+answered as JSON text fitting the schema (`text.structured_text`); one of another type or without a
+``schema`` object is the real API's 400.
 """
 
 from __future__ import annotations
@@ -129,11 +130,19 @@ def count_tokens(call: Call) -> Reply:
 
 
 def _output_format(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The structured output a body asks for: ``output_config.format``, else the beta's ``output_format``."""
+    """The structured output a body asks for: ``output_config.format``, else the beta's ``output_format``;
+    the real API's 400 for one that is not ``{"type": "json_schema", "schema": {...}}``."""
     config = body.get("output_config")
-    format_ = config.get("format") if isinstance(config, dict) else None
-    format_ = format_ if format_ is not None else body.get("output_format")
-    return format_ if isinstance(format_, dict) and format_.get("type") == "json_schema" else None
+    at, format_ = "output_config.format", config.get("format") if isinstance(config, dict) else None
+    if format_ is None:
+        at, format_ = "output_format", body.get("output_format")
+    if format_ is None:
+        return None
+    if not isinstance(format_, dict) or format_.get("type") != "json_schema":
+        raise WireError(400, f"{at}.type: Input should be 'json_schema'")
+    if not isinstance(format_.get("schema"), dict):
+        raise WireError(400, f"{at}.schema: Field required")
+    return format_
 
 
 def _answer(prompt: Prompt, faults: Faults) -> tuple[TextOutput, list[dict[str, Any]]]:

@@ -9,7 +9,8 @@ Tool calls stream as ``delta.tool_calls`` fragments: index/id/type/name first, t
 of ``tool`` messages (parallel calls) the answer is ``Result: <their texts joined by " | ">``.
 ``response_format`` ``json_schema`` / ``json_object`` is answered as JSON text (`text.structured_text`);
 ``json_object`` without the word "json" in the messages, and ``json_schema`` without a ``json_schema``
-object holding a ``name``, are the real API's 400s. The ``refusal`` knob answers `text.REFUSAL` as
+object holding a ``name`` (of letters, digits, ``_`` and ``-``) and a ``schema`` object, are the real
+API's 400s. The ``refusal`` knob answers `text.REFUSAL` as
 the message's ``refusal`` (content null), streamed as ``refusal`` deltas.
 """
 
@@ -206,7 +207,17 @@ def structured_format(body: dict[str, Any], texts: list[str]) -> tuple[str, Any]
     if not isinstance(spec.get("name"), str):
         raise WireError(400, "Missing required parameter: 'response_format.json_schema.name'.",
                         param="response_format.json_schema.name", code="missing_required_parameter")
-    return kind, spec.get("schema")
+    if not _SCHEMA_NAME.fullmatch(spec["name"]):
+        raise WireError(400, "Invalid 'response_format.json_schema.name': string does not match pattern."
+                        " Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'.",
+                        param="response_format.json_schema.name", code="invalid_value")
+    if not isinstance(spec.get("schema"), dict):
+        raise WireError(400, "Missing required parameter: 'response_format.json_schema.schema'.",
+                        param="response_format.json_schema.schema", code="missing_required_parameter")
+    return kind, spec["schema"]
+
+
+_SCHEMA_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 
 def _trailing_tool_results(messages: list[dict[str, Any]], texts: list[str]) -> list[str]:

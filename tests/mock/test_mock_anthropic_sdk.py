@@ -300,3 +300,9 @@ def test_a_structured_output_is_json_fitting_its_schema(claude: anthropic.Anthro
     with claude.messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=ask,
                                 extra_body={"output_format": fmt}) as stream:
         assert stream.get_final_text() == '{"name": "mock-name", "age": 1}'
+    for body, param in [({"output_config": {"format": {"type": "json_schema"}}}, "output_config.format.schema"),
+                        ({"output_format": {"type": "json", "schema": schema}}, "output_format.type")]:
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            claude.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=ask,  # type: ignore[call-overload]
+                                   extra_body=body)
+        assert param in caught.value.message

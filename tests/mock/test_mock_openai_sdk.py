@@ -224,7 +224,11 @@ def test_structured_outputs_are_json_fitting_their_schema(oai: openai.OpenAI, ht
     for body, param in [({"response_format": {"type": "json_object"}}, "messages"),
                         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
                         ({"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}},
-                         "response_format.json_schema.name")]:
+                         "response_format.json_schema.name"),
+                        ({"response_format": {"type": "json_schema", "json_schema": {"name": "a person"}}},
+                         "response_format.json_schema.name"),
+                        ({"response_format": {"type": "json_schema", "json_schema": {"name": "person"}}},
+                         "response_format.json_schema.schema")]:
         refused = http.post("/v1/chat/completions", json={"model": "m", "messages": user("who?"), **body},
                             headers={"Authorization": "Bearer k"})
         assert refused.status_code == 400 and refused.json()["error"]["param"] == param

@@ -8,6 +8,8 @@ over http(s), what Anthropic fetches); `tool_use` blocks
 become tool calls; `stop_sequences` is `stop`, `metadata.user_id` is dropped (the provider is told
 Sentinel's pseudonym of the caller: `sentinel.native.end_user`), `tool_choice`
 `any`/`tool` are `required`/a named function and `disable_parallel_tool_use` turns parallel calls off.
+A structured output (`output_config.format`, the beta's `output_format`: `{"type": "json_schema",
+"schema": ...}`) is one (see `_output_schema`).
 `cache_control` marks are dropped (the other provider caches prompts by itself) — once checked as
 Anthropic checks them (`{"type": "ephemeral"}`, a `ttl` of "5m" or "1h"), so that a body is refused
 alike whichever target of an alias serves it —, so are citations of earlier answers. Anything else that cannot be carried over (`top_k`, thinking, documents, server tools,
@@ -55,7 +57,8 @@ def parse_anthropic_messages(payload: dict[str, Any], *, target: str, count_only
     `count_only` (a `/v1/messages/count_tokens` body, which has no `max_tokens`) none is required."""
     out: dict[str, Any] = {key: payload[key] for key in _KEPT if payload.get(key) is not None}
     for key, value in payload.items():
-        if key in _KEPT or key in ("messages", "system", "stop_sequences", "tools", "tool_choice", "metadata"):
+        if key in _KEPT or key in ("messages", "system", "stop_sequences", "tools", "tool_choice", "metadata",
+                                   "output_config", "output_format"):
             continue
         if key not in _NO_OPS:
             raise invalid(key, f"unknown parameter, or one that cannot be translated to {target}")
@@ -75,6 +78,9 @@ def parse_anthropic_messages(payload: dict[str, Any], *, target: str, count_only
     if payload.get("tool_choice") is not None:
         _tool_choice(payload["tool_choice"], out)
     _metadata(payload.get("metadata"))
+    schema = _output_schema(payload.get("output_config"), payload.get("output_format"), target)
+    if schema is not None:
+        out["output_schema"] = schema
     try:
         return ModelChatRequest.model_validate(out)
     except ValidationError as exc:
@@ -120,6 +126,39 @@ _TOOL = re.compile(r"^tools\.(?P<index>\d+)\.function(?:\.(?P<field>.*))?$")
 _FIELDS = {"stop": "stop_sequences", "tool_choice.function.name": "tool_choice.name",
            "tool_choice.function": "tool_choice"}
 _TOOL_FIELDS = {"parameters": "input_schema"}  # under `tools.N.function.`, else the same name under `tools.N.`
+
+
+_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # OpenAI's for a json_schema's `name`
+
+
+def _output_schema(config: Any, beta: Any, target: str) -> dict[str, Any] | None:
+    """`output_config` (only its `format` can be carried) or the beta's `output_format` as the unified
+    structured output (None: plain text). Claude always enforces the schema (`strict`; the other
+    provider keeps it where it can: `sentinel.native.openai`), named by its `title` when that is
+    a name OpenAI takes, else `output`."""
+    at, format_ = "output_format", beta
+    if config is not None:
+        if not isinstance(config, dict):
+            raise invalid("output_config", "must be an object")
+        for key, value in config.items():
+            if key != "format" and value is not None:
+                raise invalid(f"output_config.{key}", f"cannot be translated to {target}")
+        if config.get("format") is not None:
+            if beta is not None:
+                raise invalid("output_format", "give output_config.format or output_format, not both")
+            at, format_ = "output_config.format", config["format"]
+    if format_ is None:
+        return None
+    if not isinstance(format_, dict) or format_.get("type") != "json_schema":
+        raise invalid(f"{at}.type", "must be json_schema")
+    if set(format_) - {"type", "schema"}:
+        raise invalid(f"{at}.{sorted(set(format_) - {'type', 'schema'})[0]}", "unknown field")
+    schema = format_.get("schema")
+    if not isinstance(schema, dict):
+        raise invalid(f"{at}.schema", "a JSON schema (an object) is required")
+    title = schema.get("title")
+    name = title if isinstance(title, str) and _NAME.fullmatch(title) else "output"
+    return {"json_schema": schema, "name": name, "strict": True}
 
 
 def _metadata(metadata: Any) -> None:

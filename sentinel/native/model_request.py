@@ -4,16 +4,29 @@ A client of `/v1/chat/completions` or `/v1/messages` names a catalogue model; wh
 a provider of the other wire format, its body is read into a `ModelChatRequest`
 (`sentinel.native.openai_inbound`, `sentinel.native.anthropic_inbound`) and sent with the same
 translators the Native API uses. It holds the unified fields plus what either wire format can carry
-to the other: whether parallel tool calls are allowed, and whether an OpenAI client asked for a usage
-chunk. The client's end-user id is not carried: the provider is told Sentinel's pseudonym of the caller
+to the other: whether parallel tool calls are allowed, whether an OpenAI client asked for a usage
+chunk, and a structured output (`OutputSchema`: OpenAI's `response_format` json_schema, Anthropic's
+`output_config.format`). The client's end-user id is not carried: the provider is told Sentinel's pseudonym of the caller
 (`sentinel.native.end_user`). Tool descriptions are optional here (both wire formats allow that).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
-from sentinel.native.types import ChatParams, Message, Stop, ToolChoice, ToolSpec
+from sentinel.native.types import ChatParams, Message, Stop, StrictModel, ToolChoice, ToolSpec
+
+
+class OutputSchema(StrictModel):
+    """A structured output: the answer is JSON text fitting `json_schema`. `name` is OpenAI's label
+    (Anthropic has none); `strict` whether the client asked OpenAI to enforce the schema (Claude
+    always enforces it)."""
+
+    json_schema: dict[str, Any]
+    name: str | None = None
+    strict: bool | None = None
 
 
 class ModelChatRequest(ChatParams):
@@ -30,3 +43,4 @@ class ModelChatRequest(ChatParams):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     include_usage: bool = False
+    output_schema: OutputSchema | None = None

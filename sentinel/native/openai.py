@@ -117,12 +117,42 @@ def build_openai_request(req: ChatParams, model: str, *, stream: bool, completio
 
 def build_openai_model_request(req: ModelChatRequest, model: str, *, completion_cap: bool = False) -> dict[str, Any]:
     """The upstream body for a `/v1` request translated to OpenAI: the unified fields plus
-    `parallel_tool_calls` (the end user is added by `sentinel.native.end_user`); `completion_cap` as
+    `parallel_tool_calls`, a structured output as `response_format` json_schema (`strict` when the
+    schema fits OpenAI's strict mode: `strict_schema_fits`) (the end user is added by `sentinel.native.end_user`); `completion_cap` as
     `build_openai_request`'s."""
     body = build_openai_request(req, model, stream=req.stream, completion_cap=completion_cap)
     if req.parallel_tool_calls is not None and req.tools:
         body["parallel_tool_calls"] = req.parallel_tool_calls
+    if req.output_schema is not None:
+        schema = req.output_schema.json_schema
+        spec: dict[str, Any] = {"name": req.output_schema.name or "output", "schema": schema}
+        if req.output_schema.strict and strict_schema_fits(schema):
+            spec["strict"] = True
+        body["response_format"] = {"type": "json_schema", "json_schema": spec}
     return body
+
+
+def strict_schema_fits(schema: Any) -> bool:
+    """Whether OpenAI's strict mode takes `schema`: every object in it requires all its properties and
+    forbids others (400 "'required' is required to be supplied and to be an array including every key
+    in properties" else). A schema asked to be enforced (Claude's always are) that does not fit is sent
+    without `strict`, followed by the model but not enforced, rather than refused by OpenAI."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            properties = node.get("properties")
+            if node.get("type") == "object" or isinstance(properties, dict):
+                keys = set(properties) if isinstance(properties, dict) else set()
+                required = node.get("required", [])
+                if node.get("additionalProperties") is not False or not isinstance(required, list) or set(required) != keys:
+                    return False
+            stack.extend(value for key, value in node.items() if key != "properties")
+            if isinstance(properties, dict):
+                stack.extend(properties.values())
+    return True
 
 
 # The longest tool-call id OpenAI takes ("string too long. Expected a string with maximum length 40").

@@ -5,7 +5,10 @@ Used when an OpenAI client's model lives on a provider of another wire format: t
 unified chunks already are OpenAI chunks). A field that cannot be carried to the other format is a
 `NativeValidationError` naming it — never silently dropped; a field whose value changes nothing
 (`n: 1`, `logprobs: false`, a zero penalty, ...) is accepted. `developer` messages are system
-messages; tool-call arguments (JSON strings) must be JSON objects.
+messages; tool-call arguments (JSON strings) must be JSON objects. A `response_format` of
+`json_schema` is a structured output (its `name` and `strict` carry nothing to Claude, which has no
+label and always enforces the schema); `json_object` asks for JSON of no schema, which Claude has no
+mode for: refused.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ _NO_OPS: dict[str, Callable[[Any], bool]] = {
     "presence_penalty": _is(0, 0.0),
     "logit_bias": lambda v: v is None or v == {},
     "seed": _none,
-    "response_format": lambda v: v is None or v == {"type": "text"},
     "store": _is(False),
     "metadata": lambda v: v is None or v == {},
     "service_tier": _is("auto", "default"),
@@ -69,7 +71,8 @@ def parse_openai_chat(payload: dict[str, Any], *, target: str) -> ModelChatReque
     in error messages. Raise NativeValidationError naming the first field that cannot be translated."""
     out: dict[str, Any] = {key: payload[key] for key in _KEPT if key in payload and payload[key] is not None}
     for key, value in payload.items():
-        if key in _KEPT or key in ("messages", "max_tokens", "max_completion_tokens", "tools", "stream_options"):
+        if key in _KEPT or key in ("messages", "max_tokens", "max_completion_tokens", "tools", "stream_options",
+                                   "response_format"):
             continue
         if key in _END_USER:
             continue
@@ -88,10 +91,43 @@ def parse_openai_chat(payload: dict[str, Any], *, target: str) -> ModelChatReque
     out["messages"] = _messages(payload.get("messages"), target)
     if payload.get("tools") is not None:
         out["tools"] = _tools(payload["tools"], target)
+    schema = _output_schema(payload.get("response_format"), target)
+    if schema is not None:
+        out["output_schema"] = schema
     try:
         return ModelChatRequest.model_validate(out)
     except ValidationError as exc:
         raise to_native_error(exc) from None
+
+
+_JSON_SCHEMA_KEYS = frozenset({"name", "schema", "strict", "description"})
+
+
+def _output_schema(value: Any, target: str) -> dict[str, Any] | None:
+    """`response_format` as the unified structured output (None: plain text)."""
+    if value is None or value == {"type": "text"}:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "json_object":
+        raise invalid("response_format", f"json_object (JSON of no schema) cannot be translated to {target},"
+                                         " which has no JSON mode: use json_schema")
+    if kind != "json_schema" or set(value) - {"type", "json_schema"}:
+        raise invalid("response_format", f"this value cannot be translated to {target}")
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        raise invalid("response_format.json_schema", "must be an object")
+    for key in spec:
+        if key not in _JSON_SCHEMA_KEYS:
+            raise invalid(f"response_format.json_schema.{key}", "unknown field")
+    if not isinstance(spec.get("name"), str) or not spec["name"]:
+        raise invalid("response_format.json_schema.name", "is required")
+    if spec.get("description") not in (None, ""):
+        raise invalid("response_format.json_schema.description", f"cannot be translated to {target}")
+    if not isinstance(spec.get("schema"), dict):
+        raise invalid("response_format.json_schema.schema", f"a JSON schema (an object) is required for {target}")
+    if not isinstance(spec.get("strict"), bool | None):
+        raise invalid("response_format.json_schema.strict", "must be a boolean")
+    return {"json_schema": spec["schema"], "name": spec["name"], "strict": spec.get("strict")}
 
 
 def _include_usage(options: Any) -> bool:

@@ -1,8 +1,8 @@
 """The `openai` SDK's helpers through Sentinel, unchanged: structured outputs
 (`chat.completions.parse`, `responses.parse`), the chat stream helper (`chat.completions.stream`: its
 events, `get_final_completion`, `stream_options`), sync and async — each charged once, as the provider
-reported it; and a structured output asked of a Claude model, which the translation cannot carry: a
-400 in OpenAI's shape before anything is reserved or charged."""
+reported it; a structured output asked of a Claude model is translated to Claude's (`output_config`),
+its JSON mode (`json_object`, which Claude has not) a 400 in OpenAI's shape before anything is reserved."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from pydantic import BaseModel
@@ -110,31 +111,67 @@ def test_the_async_client_helpers(gateway: Gateway) -> None:
     charged(gateway, asyncio.run(go()))
 
 
-def test_a_structured_output_for_claude_is_refused_before_the_quota(gateway_factory: Callable[..., Gateway]) -> None:
-    """Claude's translation carries no `response_format` JSON mode: `parse` (sync, async, the stream
-    helper) is a 400 in OpenAI's shape naming it — the SDK raises BadRequestError, not a parse error —,
-    nothing reserved (a plan of one request still serves one after) and nothing charged."""
+def last_upstream_body(gw: Gateway, path: str) -> dict[str, Any]:
+    """The body the mock upstream last received on `path`."""
+    base = gw.settings.anthropic_api_url
+    return httpx.get(f"{base}/__mock/last_request", params={"path": path}, timeout=5).json()["body"]
+
+
+def test_a_structured_output_reaches_claude_translated(gateway: Gateway) -> None:
+    """`parse` (sync, async, the stream helper) on a Claude model: `response_format` json_schema is
+    sent as Claude's `output_config.format` (the schema as the SDK made it; `name` and `strict` have
+    no place there) and the JSON answer comes back `parsed` — each call charged once."""
+    client = gateway.openai()
+    parsed = client.chat.completions.parse(model=HAIKU, messages=ASK, response_format=Person)
+    assert parsed.choices[0].message.parsed == Person(name="mock-name", age=1)
+    assert parsed.choices[0].finish_reason == "stop" and parsed.usage is not None
+    sent = last_upstream_body(gateway, "/v1/messages")
+    fmt = sent["output_config"]["format"]
+    assert set(sent["output_config"]) == {"format"} and set(fmt) == {"type", "schema"} and fmt["type"] == "json_schema"
+    assert fmt["schema"]["title"] == "Person" and fmt["schema"]["required"] == ["name", "age"]
+    assert "response_format" not in sent
+    usages = [(parsed.usage.prompt_tokens, parsed.usage.completion_tokens)]
+    with client.chat.completions.stream(model=HAIKU, messages=ASK, response_format=Person,
+                                        stream_options={"include_usage": True}) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+    assert "".join(e.delta for e in events if e.type == "content.delta") == '{"name": "mock-name", "age": 1}'
+    assert final.choices[0].message.parsed == Person(name="mock-name", age=1) and final.usage is not None
+    assert last_upstream_body(gateway, "/v1/messages")["output_config"]["format"]["type"] == "json_schema"
+    usages.append((final.usage.prompt_tokens, final.usage.completion_tokens))
+
+    async def parse_async() -> tuple[int, int]:
+        async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0) as aclient:
+            answer = await aclient.chat.completions.parse(model=HAIKU, messages=ASK, response_format=Person)
+        assert answer.choices[0].message.parsed == Person(name="mock-name", age=1) and answer.usage is not None
+        return answer.usage.prompt_tokens, answer.usage.completion_tokens
+
+    usages.append(asyncio.run(parse_async()))
+    assert all(output == 4 for _, output in usages)
+    charged(gateway, usages)
+
+
+def test_a_json_mode_for_claude_is_refused_before_the_quota(gateway_factory: Callable[..., Gateway]) -> None:
+    """`json_object` (JSON of no schema): Claude has no such mode — a 400 in OpenAI's shape naming
+    `response_format`, plain or streamed, nothing reserved (a plan of one request still serves one
+    after) and nothing charged; so is a `json_schema` without a schema."""
     gw = gateway_factory(default_plan="requests=1/1m")
     client = gw.openai()
+    ask = [{"role": "user", "content": "answer in json"}]
     refused: list[Any] = []
+    for extra in ({}, {"stream": True}):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model=HAIKU, messages=ask, response_format={"type": "json_object"},
+                                           **extra)  # type: ignore[call-overload]
+        refused.append(caught.value)
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.parse(model=HAIKU, messages=ASK, response_format=Person)
-    refused.append(caught.value)
-    with pytest.raises(openai.BadRequestError) as caught, client.chat.completions.stream(
-            model=HAIKU, messages=ASK, response_format=Person) as stream:
-        list(stream)
-    refused.append(caught.value)
-
-    async def parse_async() -> None:
-        async with openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=gw.key, max_retries=0) as aclient:
-            await aclient.chat.completions.parse(model=HAIKU, messages=ASK, response_format=Person)
-
-    with pytest.raises(openai.BadRequestError) as caught:
-        asyncio.run(parse_async())
+        client.chat.completions.create(model=HAIKU, messages=ask,
+                                       response_format={"type": "json_schema", "json_schema": {"name": "x"}})
     refused.append(caught.value)
     for error in refused:
         assert error.status_code == 400 and "response_format" in error.message
         assert isinstance(error.body, dict) and error.body["type"] == "invalid_request_error"
+    assert "json_object" in refused[0].message and "json_schema.schema" in refused[2].message
     served = client.chat.completions.create(model=HAIKU, messages=ASK)
     assert served.choices[0].message.content == "Echo: who is it?" and served.usage is not None
     charged(gw, [(served.usage.prompt_tokens, served.usage.completion_tokens)])

@@ -27,6 +27,24 @@ class Person(BaseModel):
     age: int
 
 
+def _async_parse_then_each_charged_once(gateway: Gateway, model: str, usages: list[anthropic.types.Usage]) -> None:
+    """`messages.parse` on the async client too, then the three calls (`usages`: the sync parse's and the
+    stream's, then the async one's) each in the ledger once, with their own usage."""
+
+    async def parse_async() -> anthropic.types.Usage:
+        client = gateway.async_anthropic()
+        async with client:
+            answer = await client.messages.parse(model=model, max_tokens=64, messages=ASK, output_format=Person)
+        assert answer.parsed_output == Person(name="mock-name", age=1)
+        return answer.usage
+
+    usages = [*usages, asyncio.run(parse_async())]
+    rows = gateway.settled_rows(3)
+    assert sorted((r["input_tokens"], r["output_tokens"]) for r in rows) == sorted(
+        (u.input_tokens, u.output_tokens) for u in usages)
+    assert all(u.output_tokens == 4 for u in usages)
+
+
 def test_parse_and_stream_on_a_claude_model(gateway: Gateway) -> None:
     claude = gateway.anthropic()
     parsed = claude.messages.parse(model=SONNET, max_tokens=64, messages=ASK, output_format=Person)
@@ -34,19 +52,7 @@ def test_parse_and_stream_on_a_claude_model(gateway: Gateway) -> None:
     with claude.messages.stream(model=SONNET, max_tokens=64, messages=ASK, output_format=Person) as stream:
         streamed = stream.get_final_message()
     assert streamed.parsed_output == Person(name="mock-name", age=1)
-
-    async def parse_async() -> anthropic.types.Usage:
-        client = gateway.async_anthropic()
-        async with client:
-            answer = await client.messages.parse(model=SONNET, max_tokens=64, messages=ASK, output_format=Person)
-        assert answer.parsed_output == Person(name="mock-name", age=1)
-        return answer.usage
-
-    usages = [parsed.usage, streamed.usage, asyncio.run(parse_async())]
-    rows = gateway.settled_rows(3)
-    assert sorted((r["input_tokens"], r["output_tokens"]) for r in rows) == sorted(
-        (u.input_tokens, u.output_tokens) for u in usages)
-    assert all(u.output_tokens == 4 for u in usages)
+    _async_parse_then_each_charged_once(gateway, SONNET, [parsed.usage, streamed.usage])
 
 
 def sent_upstream(gw: Gateway) -> dict[str, Any]:
@@ -70,19 +76,7 @@ def test_a_structured_output_reaches_an_openai_model_translated(gateway: Gateway
         streamed = stream.get_final_message()
     assert streamed.parsed_output == Person(name="mock-name", age=1)
     assert sent_upstream(gateway)["response_format"]["type"] == "json_schema"
-
-    async def parse_async() -> anthropic.types.Usage:
-        client = gateway.async_anthropic()
-        async with client:
-            answer = await client.messages.parse(model=MINI, max_tokens=64, messages=ASK, output_format=Person)
-        assert answer.parsed_output == Person(name="mock-name", age=1)
-        return answer.usage
-
-    usages = [parsed.usage, streamed.usage, asyncio.run(parse_async())]
-    rows = gateway.settled_rows(3)
-    assert sorted((r["input_tokens"], r["output_tokens"]) for r in rows) == sorted(
-        (u.input_tokens, u.output_tokens) for u in usages)
-    assert all(u.output_tokens == 4 for u in usages)
+    _async_parse_then_each_charged_once(gateway, MINI, [parsed.usage, streamed.usage])
 
 
 class Card(BaseModel):

@@ -385,10 +385,12 @@ def anthropic_usage(usage: Usage, cache: CacheTokens) -> dict[str, int]:
 
 
 def render_anthropic_message(reply: ProviderReply, usage: Usage, cache: CacheTokens) -> dict[str, Any]:
-    """A unified reply (its first choice) as a Messages API `message` body."""
+    """A unified reply (its first choice) as a Messages API `message` body. A refusal (OpenAI's
+    `refusal`, content null) has no content block, as its stream has none (Claude's own refusal may
+    have none either); an empty answer of no tool calls has one empty text block."""
     choice = reply.choices[0]
     content: list[dict[str, Any]] = []
-    if choice.message.content or not choice.message.tool_calls:
+    if choice.message.content or not (choice.message.tool_calls or choice.message.refusal):
         content.append({"type": "text", "text": choice.message.content or ""})
     for call in choice.message.tool_calls or ():
         content.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": call.function.arguments})

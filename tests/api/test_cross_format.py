@@ -858,14 +858,15 @@ def test_count_tokens_for_gpt_refuses_what_messages_refuses(gateway_factory: Cal
 def test_an_openai_refusal_ends_an_anthropic_clients_message_as_a_refusal(gateway: Gateway) -> None:
     """OpenAI's refusal (`message.refusal`, content null, `finish_reason: stop`) is not shown to an
     Anthropic client — it has no field for it — but the message ends `stop_reason: refusal`, as Claude's
-    own refusal ends, streamed or not: it ended `end_turn`, an empty answer said to be a whole one."""
+    own refusal ends, streamed or not: it ended `end_turn`, an empty answer said to be a whole one — and
+    has no content block, plain as streamed (the plain one had an empty text block)."""
     claude = gateway.anthropic()
     ask = [{"role": "user", "content": "who is it? #mock:refusal"}]
     message = claude.messages.create(model=MINI, max_tokens=64, messages=ask)
     assert message.stop_reason == "refusal" and message.usage.output_tokens == 9
-    assert "".join(block.text for block in message.content if block.type == "text") == ""
     with claude.messages.stream(model=MINI, max_tokens=64, messages=ask) as stream:
         streamed = stream.get_final_message()
     assert streamed.stop_reason == "refusal" and streamed.usage.output_tokens == 9
+    assert message.content == [] == streamed.content  # (not an empty text block, plain or streamed)
     answered = claude.messages.create(model=MINI, max_tokens=64, messages=[{"role": "user", "content": "who?"}])
     assert answered.stop_reason == "end_turn"

@@ -178,7 +178,7 @@ def test_an_openai_refusal_reaches_an_openai_client_and_is_counted_for_an_anthro
     assert completion["choices"][0]["message"] == {"role": "assistant", "content": None,
                                                    "refusal": "I can't help with that."}
     message = render_anthropic_message(reply, Usage.of(5, 7), reply.cache)
-    assert (message["content"], message["stop_reason"]) == ([{"type": "text", "text": ""}], "refusal")
+    assert (message["content"], message["stop_reason"]) == ([], "refusal")  # (no block, as its stream)
     assert message["usage"]["output_tokens"] == 7
 
 

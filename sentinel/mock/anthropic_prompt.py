@@ -11,7 +11,8 @@ Validation follows the real API where a gateway's translator could get a body wr
   ``tool_use`` needs ``id``, ``name`` and an object ``input``; ``tool_result`` a ``tool_use_id``;
 * every ``tool_result`` answers a ``tool_use`` of the previous (assistant) message, and a
   ``tool_use`` followed by another message is answered there;
-* custom tools need a ``name`` and an object ``input_schema``; ``tool_choice`` is one of
+* custom tools need a ``name`` and an object ``input_schema`` (``strict``, if given, is a boolean:
+  strict tool use); ``tool_choice`` is one of
   ``auto``/``any``/``tool``/``none`` (``tool`` with a ``name``; ``none`` takes no
   ``disable_parallel_tool_use``, nor any other field) and needs ``tools``; so does a conversation
   holding a ``tool_use`` or ``tool_result`` block.
@@ -248,6 +249,8 @@ def _check_tools(tools: Any, choice: Any) -> None:
             schema = tool.get("input_schema")
             if not isinstance(schema, dict) or schema.get("type") != "object":
                 raise WireError(400, f"tools.{t}.custom.input_schema.type: Input should be 'object'")
+            if not isinstance(tool.get("strict", False), bool):  # (strict tool use: null is not taken)
+                raise WireError(400, f"tools.{t}.custom.strict: Input should be a valid boolean")
     if choice is None:
         return
     kind = choice.get("type") if isinstance(choice, dict) else None

@@ -109,7 +109,7 @@ def build_anthropic_request(
 def build_anthropic_model_request(req: ModelChatRequest, model: str, *, default_max_tokens: int) -> dict[str, Any]:
     """The upstream body for a `/v1` request translated to Anthropic: the unified fields (a temperature
     above 1 is refused, not lowered; so are `temperature` and `top_p` together: `sampling_knobs_refused`), `parallel_tool_calls: false` as `disable_parallel_tool_use`
-    and a structured output as `output_config.format`
+    , a structured output as `output_config.format` and a tool's `strict: true` as the tool's `strict`
     (the end user is added by `sentinel.native.end_user`)."""
     refused = sampling_knobs_refused(req, "Claude 4.5 and later models")
     if refused is not None:
@@ -120,6 +120,9 @@ def build_anthropic_model_request(req: ModelChatRequest, model: str, *, default_
     # (`none` calls no tool: Anthropic's `none` takes no other field, 400 "Extra inputs are not permitted")
     if req.parallel_tool_calls is False and req.tools and req.tool_choice != "none":
         body["tool_choice"] = {**body.get("tool_choice", {"type": "auto"}), "disable_parallel_tool_use": True}
+    for tool, spec in zip(body.get("tools", ()), req.tools or (), strict=True):
+        if spec.function.strict:
+            tool["strict"] = True
     if req.output_schema is not None:  # (its name and strict: Claude has no label and always enforces)
         body["output_config"] = {"format": {"type": "json_schema", "schema": req.output_schema.json_schema}}
     return body

@@ -48,7 +48,7 @@ _BLOCK_KEYS = {
     "tool_use": {"type", "id", "name", "input", "cache_control"},
     "tool_result": {"type", "tool_use_id", "content", "is_error", "cache_control"},
 }
-_TOOL_KEYS = {"type", "name", "description", "input_schema", "cache_control"}
+_TOOL_KEYS = {"type", "name", "description", "input_schema", "strict", "cache_control"}
 
 
 def parse_anthropic_messages(payload: dict[str, Any], *, target: str, count_only: bool = False) -> ModelChatRequest:
@@ -336,6 +336,8 @@ def _tools(tools: Any, target: str) -> list[dict[str, Any]]:
         function = {"name": tool.get("name"), "parameters": tool.get("input_schema")}
         if tool.get("description") is not None:
             function["description"] = tool["description"]
+        if tool.get("strict") is not None:
+            function["strict"] = tool["strict"]
         out.append({"type": "function", "function": function})
     return out
 

@@ -6,7 +6,7 @@ a provider of the other wire format, its body is read into a `ModelChatRequest`
 translators the Native API uses. It holds the unified fields plus what either wire format can carry
 to the other: whether parallel tool calls are allowed, whether an OpenAI client asked for a usage
 chunk, and a structured output (`OutputSchema`: OpenAI's `response_format` json_schema, Anthropic's
-`output_config.format`). The client's end-user id is not carried: the provider is told Sentinel's pseudonym of the caller
+`output_config.format`) and a tool's `strict` (`ModelFunctionSpec`). The client's end-user id is not carried: the provider is told Sentinel's pseudonym of the caller
 (`sentinel.native.end_user`). Tool descriptions are optional here (both wire formats allow that).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import Field
 
-from sentinel.native.types import ChatParams, Message, Stop, StrictModel, ToolChoice, ToolSpec
+from sentinel.native.types import ChatParams, FunctionSpec, Message, Stop, StrictModel, ToolChoice, ToolSpec
 
 
 class OutputSchema(StrictModel):
@@ -29,6 +29,20 @@ class OutputSchema(StrictModel):
     strict: bool | None = None
 
 
+class ModelFunctionSpec(FunctionSpec):
+    """A tool's function plus `strict`: whether the client asked the provider to enforce the
+    schema on the call's input (OpenAI's `function.strict`, Anthropic's tool `strict`). The Native
+    API's tools take no `strict` (`sentinel.native.types.FunctionDefinition`)."""
+
+    strict: bool | None = None
+
+
+class ModelToolSpec(ToolSpec):
+    """A tool of a `/v1` request (see `ModelFunctionSpec`)."""
+
+    function: ModelFunctionSpec
+
+
 class ModelChatRequest(ChatParams):
     """A chat request addressed to one model (see the module docstring)."""
 
@@ -39,7 +53,7 @@ class ModelChatRequest(ChatParams):
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: Stop | None = None
     stream: bool = False
-    tools: list[ToolSpec] | None = Field(default=None, max_length=128)
+    tools: list[ModelToolSpec] | None = Field(default=None, max_length=128)
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     include_usage: bool = False

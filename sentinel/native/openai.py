@@ -117,10 +117,15 @@ def build_openai_request(req: ChatParams, model: str, *, stream: bool, completio
 
 def build_openai_model_request(req: ModelChatRequest, model: str, *, completion_cap: bool = False) -> dict[str, Any]:
     """The upstream body for a `/v1` request translated to OpenAI: the unified fields plus
-    `parallel_tool_calls`, a structured output as `response_format` json_schema (`strict` when the
-    schema fits OpenAI's strict mode: `strict_schema_fits`) (the end user is added by `sentinel.native.end_user`); `completion_cap` as
+    `parallel_tool_calls`, a structured output as `response_format` json_schema and a tool's `strict`
+    as `function.strict` (each `strict` only when the schema fits OpenAI's strict mode:
+    `strict_schema_fits`) (the end user is added by `sentinel.native.end_user`); `completion_cap` as
     `build_openai_request`'s."""
     body = build_openai_request(req, model, stream=req.stream, completion_cap=completion_cap)
+    for tool, given in zip(body.get("tools", ()), req.tools or (), strict=True):
+        tool["function"].pop("strict", None)
+        if given.function.strict and strict_schema_fits(given.function.parameters):
+            tool["function"]["strict"] = True
     if req.parallel_tool_calls is not None and req.tools:
         body["parallel_tool_calls"] = req.parallel_tool_calls
     if req.output_schema is not None:

@@ -211,9 +211,7 @@ def _tools(tools: Any, target: str) -> list[dict[str, Any]]:
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(function, dict) or tool.get("type") != "function":
             raise invalid(f"tools.{i}.type", f"only function tools can be translated to {target}")
-        if function.get("strict"):
-            raise invalid(f"tools.{i}.function.strict", f"strict schemas cannot be translated to {target}")
-        out.append({"type": "function", "function": {k: v for k, v in function.items() if k != "strict"}})
+        out.append({"type": "function", "function": function})  # (`strict`: `ModelFunctionSpec`)
     return out
 
 

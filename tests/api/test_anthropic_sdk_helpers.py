@@ -120,3 +120,36 @@ def test_a_structured_output_openai_cannot_carry_is_refused_before_the_quota(
     served = claude.messages.create(model=MINI, max_tokens=64, messages=ASK)
     assert served.content[0].type == "text" and served.content[0].text == "Echo: who is it?"
     assert [r["model"] for r in gw.settled_rows(1)] == [MINI]
+
+
+def test_a_strict_tool_reaches_an_openai_model_strict_when_openai_can_enforce_it(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """An Anthropic tool's `strict: true` (strict tool use) is sent to an OpenAI model as
+    `function.strict: true` when the schema fits OpenAI's strict mode, else without it (OpenAI would
+    refuse it), as a structured output is; `strict: false` sends nothing. A `strict` that is no boolean
+    is a 400 naming `tools.0.strict` for an OpenAI model (nothing reserved) and the Claude API's own 400
+    for a Claude model."""
+    gw = gateway_factory(default_plan="requests=3/1m")
+    claude = gw.anthropic()
+    fits = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+            "additionalProperties": False}
+    loose = {"type": "object", "properties": {"city": {"type": "string"}}}
+    tools: list[anthropic.types.ToolParam] = [
+        {"name": "fits", "input_schema": fits, "strict": True},
+        {"name": "loose", "input_schema": loose, "strict": True},
+        {"name": "unasked", "input_schema": fits, "strict": False},
+    ]
+    answer = claude.messages.create(model=MINI, max_tokens=64, messages=ASK, tools=tools)
+    assert answer.stop_reason == "tool_use"
+    sent = {tool["function"]["name"]: tool["function"].get("strict") for tool in sent_upstream(gw)["tools"]}
+    assert sent == {"fits": True, "loose": None, "unasked": None}
+    wrong: Any = [{"name": "fits", "input_schema": fits, "strict": "yes"}]
+    for model, param in ((MINI, "tools.0.strict"), (SONNET, "tools.0.custom.strict")):
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            claude.messages.create(model=model, max_tokens=64, messages=ASK, tools=wrong)
+        assert caught.value.message.startswith("Error code: 400") and param in caught.value.message, caught.value.message
+    on_claude = claude.messages.create(model=SONNET, max_tokens=64, messages=ASK, tools=tools[:1])
+    assert on_claude.stop_reason == "tool_use"
+    rows = gw.settled_rows(3)  # (the Claude API's 400 is a request it answered: recorded, no tokens)
+    assert [(r["model"], r["status"]) for r in rows] == [(MINI, 200), (SONNET, 400), (SONNET, 200)]

@@ -61,7 +61,8 @@ def test_chat_parse_and_stream_helper(gateway: Gateway) -> None:
 
 def test_strict_function_tools_through_the_stream_helper(gateway: Gateway) -> None:
     """`pydantic_function_tool` (a strict schema): the stream helper's argument events and the parsed
-    call on an OpenAI model; for a Claude model the strict schema cannot be carried — a 400 naming it."""
+    call on an OpenAI model; on a Claude model too, its `strict` sent as the Anthropic tool's `strict`
+    (it was a 400 naming `tools.0.function.strict`) — `strict: false` sends nothing."""
     client = gateway.openai()
     with client.chat.completions.stream(model=MINI, messages=ASK, tools=[openai.pydantic_function_tool(Person)],
                                         stream_options={"include_usage": True}) as stream:
@@ -70,11 +71,22 @@ def test_strict_function_tools_through_the_stream_helper(gateway: Gateway) -> No
     assert "tool_calls.function.arguments.delta" in kinds and "tool_calls.function.arguments.done" in kinds
     calls = final.choices[0].message.tool_calls or []
     assert [call.function.parsed_arguments for call in calls] == [Person(name="mock-name", age=1)]
-    with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.parse(model=HAIKU, messages=ASK, tools=[openai.pydantic_function_tool(Person)])
-    assert "tools.0.function.strict" in caught.value.message
-    assert final.usage is not None
-    charged(gateway, [(final.usage.prompt_tokens, final.usage.completion_tokens)])
+    on_claude = client.chat.completions.parse(model=HAIKU, messages=ASK, tools=[openai.pydantic_function_tool(Person)])
+    called = on_claude.choices[0].message.tool_calls or []
+    assert [call.function.parsed_arguments for call in called] == [Person(name="mock-name", age=1)]
+    sent = claude_received(gateway)["tools"]
+    assert [(tool["name"], tool.get("strict")) for tool in sent] == [("Person", True)]
+    loose = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}, "strict": False}}
+    plain = client.chat.completions.create(model=HAIKU, messages=ASK, tools=[loose])  # type: ignore[list-item]
+    assert "strict" not in claude_received(gateway)["tools"][0]
+    assert final.usage is not None and on_claude.usage is not None and plain.usage is not None
+    charged(gateway, [(u.prompt_tokens, u.completion_tokens) for u in (final.usage, on_claude.usage, plain.usage)])
+
+
+def claude_received(gw: Gateway) -> dict[str, Any]:
+    """The body the mock Anthropic upstream last received on /v1/messages."""
+    return httpx.get(f"{gw.settings.anthropic_api_url}/__mock/last_request",
+                     params={"path": "/v1/messages"}, timeout=5).json()["body"]
 
 
 def test_responses_parse_and_stream(gateway: Gateway) -> None:

@@ -72,7 +72,7 @@ def test_openai_request_to_anthropic_body(anthropic_wire: Check) -> None:
     ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}, "messages.0.content.0.type"),
     ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{nope"}}]},
                    {"role": "user", "content": "x"}]}, "messages.0.tool_calls.0.function.arguments"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": SCHEMA, "strict": True}}]}, "tools.0.function.strict"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": SCHEMA, "strict": "yes"}}]}, "tools.0.function.strict"),
     ({"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "late"}]}, "messages.1.role"),
 ])
 def test_openai_fields_that_cannot_be_translated(extra: dict[str, Any], param: str) -> None:

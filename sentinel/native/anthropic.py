@@ -108,9 +108,10 @@ def build_anthropic_request(
 
 def build_anthropic_model_request(req: ModelChatRequest, model: str, *, default_max_tokens: int) -> dict[str, Any]:
     """The upstream body for a `/v1` request translated to Anthropic: the unified fields (a temperature
-    above 1 is refused, not lowered; so are `temperature` and `top_p` together: `sampling_knobs_refused`), `parallel_tool_calls: false` as `disable_parallel_tool_use`
-    , a structured output as `output_config.format` and a tool's `strict: true` as the tool's `strict`
-    (the end user is added by `sentinel.native.end_user`)."""
+    above 1 is refused, not lowered; so are `temperature` and `top_p` together: `sampling_knobs_refused`),
+    `parallel_tool_calls: false` as `disable_parallel_tool_use`, a structured output as
+    `output_config.format` and a tool's `strict: true` as the tool's `strict` (the end user is added by
+    `sentinel.native.end_user`)."""
     refused = sampling_knobs_refused(req, "Claude 4.5 and later models")
     if refused is not None:
         raise invalid(refused[1], refused[0])

@@ -466,7 +466,8 @@ def test_a_refusal_and_reasoning_in_an_answer_without_usage_are_charged_on_every
     answers = [relayed, native, translated]
     assert [r.status_code for r in answers] == [200] * 3, [r.text for r in answers]
     assert native.json()["choices"][0]["message"] == {"role": "assistant", "refusal": refusal}
-    assert translated.json()["content"] == [{"type": "text", "text": ""}]
+    # (a refusal: no content block, as its stream has none — the Messages API has no field for its text)
+    assert translated.json()["content"] == [] and translated.json()["stop_reason"] == "refusal"
     rows = {row["request_id"]: row for row in ledger_rows(gw.settings.database_url)}
     recorded = [rows[r.headers["x-request-id"]] for r in answers]
     assert all(r["status"] == 200 and r["usage_source"] == "estimated" for r in recorded), recorded

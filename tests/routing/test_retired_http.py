@@ -93,7 +93,8 @@ def test_the_moved_turn_is_charged_once(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
 ) -> None:
     url, mock = upstream
-    gw = gateway(gateway_factory, tmp_path, backend_url, url, admin_key=ADMIN_KEY)
+    # (its quota clock stands still: on the wall clock a 60 s window could end between the two counts)
+    gw = gateway(gateway_factory, tmp_path, backend_url, url, admin_key=ADMIN_KEY, window_clock=FakeClock())
     with gw.client() as http:
         first = served(chat(http, "hello", conv="old"))[1:]
         assert gw.quota_used()["requests"] == 1
@@ -108,7 +109,8 @@ def test_a_turn_whose_model_is_retired_with_nowhere_to_move_is_given_back(
     """A tier whose only model the provider retired: the turn fails (502 `provider_model_retired`,
     the operator's to fix), charged nothing, and the session stays as it was."""
     url, mock = upstream
-    gw = gateway(gateway_factory, tmp_path, backend_url, url, {"simple": [entry(OA_MINI)]}, admin_key=ADMIN_KEY)
+    gw = gateway(gateway_factory, tmp_path, backend_url, url, {"simple": [entry(OA_MINI)]}, admin_key=ADMIN_KEY,
+                 window_clock=FakeClock())  # (one 60 s window for both counts, as above)
     with gw.client() as http:
         served(chat(http, "hello", conv="old"))
         before = stored(gw, "old")

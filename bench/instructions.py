@@ -103,6 +103,9 @@ def measure(
     callgrind(running.proc.pid, "-i", "off")
     callgrind(running.proc.pid, "-d")
     running.proc.stop(120)
+    if a.keep is not None:
+        a.keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out.parent / f"{out.name}.1", a.keep / f"{name}.callgrind")
     served = a.requests // a.concurrency * a.concurrency
     return counted(out) / served
 
@@ -115,6 +118,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300, help="counted requests per target")
     parser.add_argument("--warmup", type=int, default=200, help="requests before counting starts")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--keep", type=Path, help="copy each target's callgrind file here (for callgrind_annotate)")
     a = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("needs valgrind (Debian: apt-get install valgrind)")

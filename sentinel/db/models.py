@@ -16,6 +16,9 @@ models mirror it (a test compares the two) and are what the repositories query w
     usage_daily_users / _models        per-day rollups by user and by model
     request_minutes / request_hours    every API answer by kind (refused and failed ones too)
     audit_log                          operator actions (plans, plan assignments, keys, tiers)
+    unfinished_plan_changes            plan changes saved whose follow-up (counters seeded, cached plans
+                                       dropped) the store or the database did not take: a gateway
+                                       finishes each and deletes it (`sentinel.services.plan_finisher`)
 
 The rollups are written in the ledger's own transaction, only for rows that were new, so they
 hold exactly what the ledger holds (see `sentinel.governance.rollups`).
@@ -387,3 +390,18 @@ class AuditLogRow(Base):
     target: Mapped[str] = mapped_column(String(255), nullable=False)
     details: Mapped[str | None] = mapped_column(Text)
     address: Mapped[str | None] = mapped_column(String(64))
+
+
+class UnfinishedPlanChangeRow(Base):
+    """A plan change saved in the database whose follow-up failed (migration 0008): its users' cached
+    plans still to drop, its new windows' counters still to seed. `users`: a JSON list of external
+    ids; `plan_before`/`plan_after`: the plans' limits (`Plan.spec`) — `plan_before` NULL: every
+    window of the plan after is seeded; `plan_after` NULL: each user's plan as it stands then."""
+
+    __tablename__ = "unfinished_plan_changes"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = _created_at()
+    users: Mapped[str] = mapped_column(Text, nullable=False)
+    plan_before: Mapped[str | None] = mapped_column(Text)
+    plan_after: Mapped[str | None] = mapped_column(Text)

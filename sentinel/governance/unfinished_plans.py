@@ -1,0 +1,73 @@
+"""Plan changes saved in the database whose follow-up failed, kept there until one is finished.
+
+A plan change is saved (and audited) first; its follow-up — the counters of its new windows seeded
+from the ledger, its users' cached plans dropped from the store — comes after, and when the store or
+the database cannot take it the change is written here (`add`), durably, so that a running gateway
+finishes it once both answer (`sentinel.services.plan_finisher`) and deletes it (`done`), whichever
+process made it (the admin API, the console, the command line) and across restarts. Finishing one
+twice is harmless: a seed only ever raises a counter to what the ledger holds, and dropping a
+cached plan again drops nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sentinel.db.engine import database_errors
+from sentinel.db.models import UnfinishedPlanChangeRow
+from sentinel.domain.plans import Plan, parse_plan_spec
+
+
+@dataclass(frozen=True)
+class UnfinishedPlanChange:
+    """One change to finish: its users, the plan before it (None: every window of the plan after
+    is seeded) and after it (None: each user's plan as it stands when finished)."""
+
+    id: int
+    users: tuple[str, ...]
+    before: Plan | None
+    after: Plan | None
+
+
+def _plan(spec: str | None) -> Plan | None:
+    return None if spec is None else parse_plan_spec(spec, "unfinished")
+
+
+class UnfinishedPlanChanges:
+    """The `unfinished_plan_changes` table. Every call raises GovernanceUnavailable when the
+    database cannot be reached."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def add(self, users: Sequence[str], before: Plan | None, after: Plan | None) -> None:
+        """Keep a change whose follow-up failed, for a gateway to finish."""
+        row = UnfinishedPlanChangeRow(
+            users=json.dumps(list(users)), plan_before=None if before is None else before.spec(),
+            plan_after=None if after is None else after.spec(),
+        )
+        with database_errors("unfinished plan changes unavailable"):
+            async with self._sessions() as session:
+                session.add(row)
+                await session.commit()
+
+    async def pending(self, limit: int = 100) -> list[UnfinishedPlanChange]:
+        """The oldest `limit` changes still to finish, oldest first."""
+        query = select(UnfinishedPlanChangeRow).order_by(UnfinishedPlanChangeRow.id).limit(limit)
+        with database_errors("unfinished plan changes unavailable"):
+            async with self._sessions() as session:
+                rows = (await session.scalars(query)).all()
+        return [UnfinishedPlanChange(row.id, tuple(json.loads(row.users)), _plan(row.plan_before),
+                                     _plan(row.plan_after)) for row in rows]
+
+    async def done(self, change_id: int) -> None:
+        """Forget a change once finished (another process finishing it too deletes nothing more)."""
+        with database_errors("unfinished plan changes unavailable"):
+            async with self._sessions() as session:
+                await session.execute(delete(UnfinishedPlanChangeRow).where(UnfinishedPlanChangeRow.id == change_id))
+                await session.commit()

@@ -219,16 +219,21 @@ class RevocationIncomplete(StoreUnavailable):
 
 class PlanChangeIncomplete(StoreUnavailable):
     """A plan change (a user's plan, a plan's limits, a plan deleted) was saved in the database, but
-    the cached plans of its users could not be dropped from the store: they may be enforced until
-    they expire. Making the change again drops them (for a deleted plan: putting its users on the
-    default plan again). `users`: whose cached plans were not dropped (the first 100 in `details`)."""
+    its follow-up was not done: the cached plans of its users could not be dropped from the store
+    (they may be enforced until they expire) or its new windows' counters seeded. `finishing`: the
+    change is kept in the database and a running gateway finishes it once the store (and the
+    database) answer; else (the database could not keep it either) making the change again does
+    (for a deleted plan: putting its users on the default plan again). `users`: whose cached plans
+    were not dropped (the first 100 in `details`)."""
 
     code = "plan_change_incomplete"
 
-    def __init__(self, message: str, *, users: Sequence[str], **kw: Any) -> None:
+    def __init__(self, message: str, *, users: Sequence[str], finishing: bool = False, **kw: Any) -> None:
         listed = list(users[:100])
-        super().__init__(message, details={"saved": True, "users": listed, "user_count": len(users)}, **kw)
+        details = {"saved": True, "users": listed, "user_count": len(users), "finishing": finishing}
+        super().__init__(message, details=details, **kw)
         self.users = tuple(users)
+        self.finishing = finishing
 
 
 class GovernanceUnavailable(ServiceUnavailable):

@@ -78,6 +78,7 @@ from sentinel.services.admin_live import LiveState
 from sentinel.services.messages import MessagesService
 from sentinel.services.models import ModelList
 from sentinel.services.native_chat import NativeChat
+from sentinel.services.plan_finisher import PlanFinisher
 from sentinel.services.relay import OpenAIRelay
 from sentinel.services.translated_chat import TranslatedChat
 from sentinel.store import Store, check_eviction, create_store
@@ -271,6 +272,8 @@ class Runtime:
     # Takes every configured secret (`configured_secrets`) and Sentinel API keys out of what is
     # logged or traced: the access log's paths, the request span's, a failed span's message.
     redact: Redactor = SENTINEL_KEYS_ONLY
+    # Finishes the plan changes whose follow-up the store or the database did not take (built-in plans only).
+    plan_finisher: PlanFinisher | None = None
 
 
 def configured_secrets(s: Settings, catalog: Catalog) -> tuple[str, ...]:
@@ -468,10 +471,14 @@ async def build_runtime(
     stats_writer = RequestStatsWriter(sessions, outcomes)
     # The ledger is rolled up after the fact (recording stays one insert); only the built-in ledger has one.
     rollups = RollupWorker(ledger.roll_up) if not zion_mode else None
+    # Plan changes kept unfinished (the store or the database down), by this process or another (the CLI).
+    finisher = PlanFinisher(admin.finish_plan_changes) if not zion_mode else None
     deliverer.start()
     stats_writer.start()
     if rollups is not None:
         rollups.start()
+    if finisher is not None:
+        finisher.start()
     redact = Redactor(configured_secrets(s, catalog))
     if isinstance(tracing, OtelTracing):
         tracing.redact = redact
@@ -497,6 +504,7 @@ async def build_runtime(
         # read on after their clients left cut before: each settles as it stands).
         closers=[lambda: meter.drain(s.shutdown_timeout_seconds),
                  lambda: deliverer.stop(s.shutdown_timeout_seconds), *([rollups.stop] if rollups else []),
+                 *([finisher.stop] if finisher else []),
                  http.close, stats_writer.stop, *([sqlite_writer.close] if sqlite_writer else []),
                  lambda: close_engine(engine, s.database_timeout_seconds),
                  *([lambda: close_engine(report_engine, s.database_timeout_seconds)] if report_engine else []),
@@ -505,5 +513,6 @@ async def build_runtime(
         tracing=tracing,
         outcomes=outcomes,
         redact=redact,
+        plan_finisher=finisher,
     )
 

@@ -122,7 +122,9 @@ def _errors(*codes: str) -> dict[str, Any]:
             "503": "Unavailable (`revocation_incomplete`: the key is revoked in the database but the store could "
                    "not drop its cached validation; revoke it again once the store answers. "
                    "`plan_change_incomplete`: the plan change is saved but the store could not drop its users' "
-                   "cached plans, `details.users`; make it again once the store answers)"}
+                   "cached plans (`details.users`) or the store or the database seed its new windows' counters; "
+                   "with `details.finishing` true it is kept and a running gateway finishes it by itself once "
+                   "they answer, else make it again then)"}
     return {code: _json(_ref("Error"), text[code]) for code in ("401", "429", *codes)}
 
 

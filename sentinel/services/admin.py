@@ -11,11 +11,13 @@ takes effect, and one whose entry cannot be written is not made (503, nothing ch
 where this process can reach the cache: revoking a key drops its cached identity (when the store
 cannot be reached the revocation says so, RevocationIncomplete, and may be repeated) and changing a
 user's plan (or a plan's limits, or deleting a plan: its users get the default plan) drops the
-cached plans, in the shared store (when it cannot be reached the change says so, PlanChangeIncomplete,
-and may be repeated); other replicas' own one-second copies expire by themselves. A plan change that
-gives users a limit over a window new to them seeds its counter from the usage ledger first
+cached plans, in the shared store; other replicas' own one-second copies expire by themselves. A plan
+change that gives users a limit over a window new to them seeds its counter from the usage ledger first
 (`_seed_windows`: what they used in that window, never lowering a counter), so a window changed
-mid-way does not start at 0. Tier
+mid-way does not start at 0. When the store (or the database) cannot take that follow-up, the change
+is kept in the database and a running gateway finishes it once they answer (`finish_plan_changes`,
+driven by `sentinel.services.plan_finisher`); the change says so, PlanChangeIncomplete (503), and may
+be repeated. Tier
 edits reach other replicas within TIER_CONFIG_TTL_SECONDS.
 
 With another governance (GOVERNANCE=zion: `builtin` False) the plans and the tier table are that
@@ -58,6 +60,7 @@ from sentinel.governance.plan_source import CachedPlans
 from sentinel.governance.plans import PlanChange, PlanExists, PlanRepository
 from sentinel.governance.request_stats import RequestStats
 from sentinel.governance.tier_store import DbTiers, TierRepository, entry_text
+from sentinel.governance.unfinished_plans import UnfinishedPlanChanges
 from sentinel.governance.usage_stats import LedgerEntry, Ranked, UsageStats
 from sentinel.governance.users import UserDirectory, UserSummary
 from sentinel.observability.logging import clipped
@@ -269,6 +272,8 @@ class AdminService:
         reading = report_sessions or sessions
         self.reports = UsageReports(SqlLedger(reading), UsageStats(reading), RequestStats(reading), clock)
         self.audit_log = AuditLog(sessions, clock)
+        # Plan changes whose follow-up failed, for a running gateway to finish (`finish_plan_changes`).
+        self.unfinished = UnfinishedPlanChanges(sessions)
         self.default_plan = default_plan
         self.catalog_tiers = catalog_tiers
         self.live = live
@@ -287,45 +292,92 @@ class AdminService:
         """The audit entry of a change, for the repository to write in the change's transaction."""
         return self.audit_log.entry(actor.name, action, target, details, actor.address)
 
-    async def _forget_plans(self, external_ids: Sequence[str], saved: str, again: str) -> None:
-        """Drop the cached plans of `external_ids`, whose plan changed (saved in the database). When
-        the store cannot take it, PlanChangeIncomplete (503) says so — `saved`: what is done, `again`:
-        how to finish it once the store answers — rather than a success while their old plans may be
-        enforced for up to CACHE_TTL_SECONDS (every process reads them from the store)."""
+    async def _forget_plans(self, external_ids: Sequence[str]) -> bool:
+        """Drop the cached plans of `external_ids`, whose plan changed (saved in the database); False
+        when the store cannot take it: their old plans may be enforced for up to CACHE_TTL_SECONDS
+        (every process reads them from the store)."""
         if self.plan_cache is None or not external_ids:
-            return
+            return True
         cache = self.plan_cache
         try:
             for start in range(0, len(external_ids), 100):
                 await asyncio.gather(*(cache.forget(u) for u in external_ids[start : start + 100]))
         except StoreUnavailable:
-            ttl = cache.cache.ttl
-            raise PlanChangeIncomplete(
-                f"{saved}, but the shared cache could not be told (store unavailable): the plan before the change "
-                f"may be enforced for up to {ttl:g} s (CACHE_TTL_SECONDS). {again} once the store answers.",
-                users=external_ids,
-            ) from None
+            return False
+        return True
 
-    async def _plan_changed(self, external_ids: Sequence[str], plans: Callable[[], Awaitable[_PlanMove]], saved: str,
-                            again: str) -> None:
-        """What follows a plan change saved in the database: the counters of its new windows seeded
-        (`_seed_windows`, `plans` read only then: the plans before and after), then the cached plans
-        dropped (`_forget_plans`); either not done is PlanChangeIncomplete (503), and making the
-        change again does it."""
+    async def _follow_up(self, external_ids: Sequence[str], plans: Callable[[], Awaitable[_PlanMove]]) -> str | None:
+        """The follow-up of a plan change saved in the database: the counters of its new windows
+        seeded (`_seed_windows`, `plans` read only then: the plans before and after), then the cached
+        plans dropped (`_forget_plans`). None when done, else what was not (a sentence's end)."""
         unseeded = await self._seed_windows(external_ids, plans)
         unseeded_said = (
             f"the counters of its new window(s) were not seeded from the usage ledger ({unseeded}): until they "
             "are, those limits count only what is used from now on"
         )
+        if not await self._forget_plans(external_ids):
+            ttl = self.plan_cache.cache.ttl if self.plan_cache is not None else 0.0
+            told = (f"the shared cache could not be told (store unavailable): the plan before the change may be "
+                    f"enforced for up to {ttl:g} s (CACHE_TTL_SECONDS)")
+            return told if unseeded is None else f"{told}. Also, {unseeded_said}"
+        return None if unseeded is None else unseeded_said
+
+    async def _plan_changed(self, external_ids: Sequence[str], plans: Callable[[], Awaitable[_PlanMove]], saved: str,
+                            again: str) -> None:
+        """What follows a plan change saved in the database (`_follow_up`). Not all done, the change is
+        kept in the database (`UnfinishedPlanChanges`) for a running gateway to finish once the store
+        and the database answer (`finish_plan_changes`), and PlanChangeIncomplete (503) says so — it
+        was not in force at once; when the database cannot keep it either, making the change again
+        does it."""
+        missed = await self._follow_up(external_ids, plans)
+        if missed is None:
+            return
+        kept = await self._keep_unfinished(external_ids, plans)
+        if kept:
+            then = ("It is kept in the database: a running gateway finishes it by itself once the store and the "
+                    f"database answer. {again} then to finish it at once.")
+        else:
+            then = (f"It could not be kept for the gateway to finish (database unavailable): {again} once the store "
+                    "and the database answer.")
+        raise PlanChangeIncomplete(f"{saved}, but {missed}. {then}", users=external_ids, finishing=kept)
+
+    async def _keep_unfinished(self, external_ids: Sequence[str], plans: Callable[[], Awaitable[_PlanMove]]) -> bool:
+        """Write a change whose follow-up failed to the database for a gateway to finish; whether it
+        was (the plans unreadable now, it is kept to seed every window of each user's plan then)."""
         try:
-            await self._forget_plans(external_ids, saved, again)
-        except PlanChangeIncomplete as exc:
-            if unseeded is None:
-                raise
-            raise PlanChangeIncomplete(f"{exc.message} Also, {unseeded_said}.", users=external_ids) from None
-        if unseeded is not None:
-            raise PlanChangeIncomplete(f"{saved}, but {unseeded_said}. {again} once the store and the database "
-                                       "answer.", users=external_ids)
+            before, after = await plans()
+        except GovernanceUnavailable:
+            before, after = None, None
+        try:
+            await self.unfinished.add(external_ids, before, after)
+        except GovernanceUnavailable as exc:
+            log.warning("a plan change whose follow-up failed could not be kept for the gateway to finish: %s",
+                        exc.message)
+            return False
+        return True
+
+    async def finish_plan_changes(self, limit: int = 100) -> int:
+        """Finish the plan changes kept unfinished (`_plan_changed`), oldest first, up to `limit`:
+        each one's follow-up done again (`_follow_up`: the windows new to it seeded, never lowering a
+        counter; the cached plans dropped), then deleted. Stops at the first the store or the
+        database still cannot take. How many of those read are left (0: all finished);
+        GovernanceUnavailable when the database cannot list them."""
+        pending = await self.unfinished.pending(limit)
+        for index, change in enumerate(pending):
+            if change.after is not None:
+                moves = [(change.users, functools.partial(_moved, change.before, change.after))]
+            else:  # the plans were unreadable when it was kept: each user's plan now, every window
+                moves = [((user,), functools.partial(self._current_plan, user)) for user in change.users]
+            for users, plans in moves:
+                if await self._follow_up(users, plans) is not None:
+                    return len(pending) - index
+            await self.unfinished.done(change.id)
+            log.info("an unfinished plan change is finished", extra={"user_count": len(change.users)})
+        return 0
+
+    async def _current_plan(self, external_id: str) -> _PlanMove:
+        """A user's plan as it stands (none before: every window of it seeded)."""
+        return None, await self.plan_repo.plan_for_user(external_id) or self.default_plan
 
     async def _seed_windows(self, external_ids: Sequence[str], plans: Callable[[], Awaitable[_PlanMove]]) -> str | None:
         """Seed the quota counters of each limit of the plan after the change over a (metric, window)

@@ -11,11 +11,16 @@ ledger, and Sentinel serves again without a restart.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -36,6 +41,7 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "reconc
 USER = "alice"  # the gateway's key (gateway_factory)
 PLAN = "requests=100/1d,output_tokens=100000/1d"
 ADMIN_KEY = "admin-key-for-tests-0123"
+T = TypeVar("T")
 
 
 def redis_bin() -> str:
@@ -222,13 +228,33 @@ def test_a_reservation_whose_connection_was_cut_is_refused_and_counts_nothing(
         assert wait_for(lambda: counters(admin) == {"requests": 1, "output_tokens": 2}), counters(admin)
 
 
-def test_a_plan_change_redis_did_not_hear_about_is_a_503_and_making_it_again_completes_it(
+def on_loop(gw: Gateway, call: Callable[[], Awaitable[T]]) -> T:
+    """`call()` awaited on the gateway's own event loop (its store's and database's clients live there)."""
+    loop = gw.server.server.servers[0].get_loop()
+    return asyncio.run_coroutine_threadsafe(_awaited(call), loop).result(30)
+
+
+async def _awaited(call: Callable[[], Awaitable[T]]) -> T:
+    return await call()
+
+
+def finisher_by_hand(gw: Gateway) -> Callable[[], int]:
+    """The gateway's finisher of unfinished plan changes, its background loop stopped: each call is
+    one round (`PlanFinisher.run_once`: how many changes are left), so the test says when it runs."""
+    finisher = gw.runtime.plan_finisher
+    assert finisher is not None
+    on_loop(gw, finisher.stop)
+    return lambda: on_loop(gw, finisher.run_once)
+
+
+def test_a_plan_change_redis_did_not_hear_about_is_a_503_and_the_gateway_finishes_it_once_redis_is_back(
     gateway_factory: Callable[..., Gateway], tmp_path: Path
 ) -> None:
     """Redis stopped: a plan change was saved and audited, 200, while its users' cached plans stayed in
-    Redis — once it was back, a user moved to the default plan (100 requests a minute) went on being
-    served under the old one for up to CACHE_TTL_SECONDS. It is a 503 that says so (as a revocation's),
-    and making the change again once Redis answers drops them."""
+    Redis. It became a 503 saying so (as a revocation's), but then nothing dropped them once Redis was
+    back: a user moved to the default plan (100 requests a minute) went on being served under the old
+    one for up to CACHE_TTL_SECONDS unless the operator made the change again. The change is kept in
+    the database and the gateway finishes it once Redis answers: the user's cached plan is the new one."""
     with RedisServerProcess(tmp_path, redis_bin(), durable=True) as server:  # the cached plan survives its stop
         gw = gateway_factory(redis_url=server.url, admin_key=ADMIN_KEY)
         with gw.admin() as http, gw.client() as alice:
@@ -248,24 +274,61 @@ def test_a_plan_change_redis_did_not_hear_about_is_a_503_and_making_it_again_com
                 assert refused.status_code == 503, (path, refused.status_code, refused.text)
                 error = refused.json()["error"]
                 assert error["type"] == "service_unavailable" and error["code"] == "plan_change_incomplete", error
-                assert error["details"] == {"saved": True, "users": [USER], "user_count": 1}
-                assert "CACHE_TTL_SECONDS" in error["message"] and "again" in error["message"]
+                assert error["details"] == {"saved": True, "users": [USER], "user_count": 1, "finishing": True}
+                assert "CACHE_TTL_SECONDS" in error["message"] and "by itself" in error["message"], error["message"]
+            finish = finisher_by_hand(gw)  # (nothing can be finished before Redis is back)
+            assert finish() == 2  # Redis still down: both kept
             server.start()
             assert wait_for(lambda: alice.post("/v1/chat/completions", json=CHAT).status_code == 200)
-            assert limit() == "1000"  # the plan cached before the change, as the 503 warned
-            audit = [e["action"] for e in http.get("/admin/api/audit").json()["entries"]]
-            assert audit[:2] == ["user.plan", "plan.update"]  # both saved (and audited) at the first try
-            assert http.put(f"/admin/api/users/{USER}/plan", json={"plan": None}).status_code == 200
+            assert limit() == "1000"  # the plan cached before the change, as the 503 warned, until it is finished
+            assert finish() == 0
             assert limit() == "100"  # DEFAULT_PLAN
+            assert finish() == 0  # nothing left to finish
+            audit = [e["action"] for e in http.get("/admin/api/audit").json()["entries"]]
+            assert audit == ["user.plan", "plan.update"]  # both saved (and audited) at the first try, once
+            assert http.put(f"/admin/api/users/{USER}/plan", json={"plan": None}).status_code == 200  # made again
+            assert limit() == "100"
 
 
-def test_a_window_change_redis_did_not_hear_about_is_a_503_and_making_it_again_seeds_the_window(
+def test_a_plan_change_the_cli_made_while_redis_was_down_is_finished_by_a_running_gateway(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """`sentinel users set-plan` with Redis stopped exits 3 (saved, the cached plan not dropped); the
+    command line has no gateway to finish it, so it keeps the change in the database, and a running
+    gateway finishes it once Redis answers."""
+    with RedisServerProcess(tmp_path, redis_bin(), durable=True) as server:
+        gw = gateway_factory(redis_url=server.url)
+        with gw.client() as alice:
+
+            def limit() -> str:
+                answer = alice.post("/v1/chat/completions", json=CHAT)
+                assert answer.status_code == 200, answer.text
+                return str(answer.headers["x-ratelimit-limit"])
+
+            set_plan(gw.settings.database_url, USER, "gold", "requests=1000/1m")
+            assert limit() == "1000"
+            server.stop()
+            env = {**os.environ, "DATABASE_URL": gw.settings.database_url, "REDIS_URL": server.url}
+            result = subprocess.run([sys.executable, "-m", "sentinel", "users", "set-plan", USER, "--default"],
+                                    env=env, capture_output=True, text=True, timeout=60)
+            assert result.returncode == 3, (result.returncode, result.stdout, result.stderr)
+            assert "by itself" in result.stderr and "Traceback" not in result.stderr, result.stderr
+            finish = finisher_by_hand(gw)
+            server.start()
+            assert wait_for(lambda: alice.post("/v1/chat/completions", json=CHAT).status_code == 200)
+            assert limit() == "1000"
+            assert finish() == 0
+            assert limit() == "100"
+
+
+def test_a_window_change_redis_did_not_hear_about_is_a_503_and_the_gateway_seeds_the_window_once_redis_is_back(
     gateway_factory: Callable[..., Gateway], tmp_path: Path
 ) -> None:
     """A plan change giving a user a new window seeds its counter from the ledger (README, Quotas); with
     Redis stopped it cannot: the change is saved, and the 503 says the counters were not seeded either.
-    Saved again (unchanged) once Redis answers, every window of the plan is seeded: tightened from 5
-    an hour to 5 a day, a user who used 5 this hour is refused."""
+    Nothing seeded them once Redis was back (only the change made again did): tightened from 5 an hour
+    to 5 a day, a user who used 5 this hour had 5 more. The gateway finishes it: the day's counter
+    holds the ledger's 5, and the user is refused."""
     with RedisServerProcess(tmp_path, redis_bin(), durable=True) as server:
         gw = gateway_factory(redis_url=server.url, admin_key=ADMIN_KEY, window_clock=FakeClock(time.time()),
                              usage_flush_interval_seconds=0.05)
@@ -280,9 +343,12 @@ def test_a_window_change_redis_did_not_hear_about_is_a_503_and_making_it_again_s
             refused = http.put("/admin/api/plans/team", json=daily)
             assert refused.status_code == 503, refused.text
             error = refused.json()["error"]
-            assert error["code"] == "plan_change_incomplete" and error["details"]["saved"] is True, error
+            assert error["code"] == "plan_change_incomplete" and error["details"]["finishing"] is True, error
             assert "CACHE_TTL_SECONDS" in error["message"] and "seeded" in error["message"], error["message"]
+            assert "by itself" in error["message"], error["message"]
+            finish = finisher_by_hand(gw)
             server.start()
             assert wait_for(lambda: http.get("/health/ready").status_code == 200)
-            assert http.put("/admin/api/plans/team", json=daily).status_code == 200  # made again
+            assert finish() == 0
+            assert gw.quota_used() == {"requests": 5}  # the day's counter, seeded from the ledger
             assert alice.post("/v1/chat/completions", json=CHAT).status_code == 429

@@ -352,3 +352,26 @@ def test_a_window_change_redis_did_not_hear_about_is_a_503_and_the_gateway_seeds
             assert finish() == 0
             assert gw.quota_used() == {"requests": 5}  # the day's counter, seeded from the ledger
             assert alice.post("/v1/chat/completions", json=CHAT).status_code == 429
+
+
+def test_a_plan_change_left_unfinished_at_a_restart_is_finished_by_the_gateway_started_after(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """The change is kept in the database, not in the process that made it: a gateway stopped before
+    Redis came back leaves it to the next one started on that database."""
+    with RedisServerProcess(tmp_path, redis_bin(), durable=True) as server:
+        before = gateway_factory(redis_url=server.url, admin_key=ADMIN_KEY)
+        set_plan(before.settings.database_url, USER, "gold", "requests=1000/1m")
+        with before.client() as alice:
+            assert alice.post("/v1/chat/completions", json=CHAT).headers["x-ratelimit-limit"] == "1000"  # cached
+        server.stop()
+        with before.admin() as http:
+            refused = http.put(f"/admin/api/users/{USER}/plan", json={"plan": None})
+        assert refused.status_code == 503 and refused.json()["error"]["details"]["finishing"] is True, refused.text
+        before.server.stop()  # shut down with the change unfinished
+        server.start()
+        after = gateway_factory(redis_url=server.url, database_url=before.settings.database_url)
+        assert finisher_by_hand(after)() == 0  # finished (by this round, or by the loop's first at start)
+        with after.client() as alice:
+            answer = alice.post("/v1/chat/completions", json=CHAT)
+        assert answer.status_code == 200 and answer.headers["x-ratelimit-limit"] == "100", answer.text
